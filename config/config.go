@@ -1,0 +1,165 @@
+// Package config reads stowline's configuration from the environment.
+// Every public variable is declared once, on a struct field with an env tag,
+// a default and a description, so parsing, `-h` and the docs agree.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// fileSuffix names the variant of a secret variable that holds a file path
+// (Docker and Kubernetes secrets) instead of the value.
+const fileSuffix = "_FILE"
+
+// Load fills dst, a pointer to a struct with env tags, from getenv.
+// A field tagged secret:"true" may instead be given as VAR_FILE, a path
+// whose content (trailing newline trimmed) is the value. Errors name the
+// variable. If dst has a Validate() error method it runs last.
+func Load(getenv func(string) string, dst any) error {
+	params, err := env.GetFieldParams(dst)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	secrets := secretKeys(reflect.TypeOf(dst))
+	values := make(map[string]string, len(params))
+	var errs []error
+	for _, p := range params {
+		if v := getenv(p.Key); v != "" {
+			values[p.Key] = v
+		}
+		if !secrets[p.Key] {
+			continue
+		}
+		path := getenv(p.Key + fileSuffix)
+		if path == "" {
+			continue
+		}
+		if _, both := values[p.Key]; both {
+			errs = append(errs, fmt.Errorf("%s and %s%s are both set: set only one", p.Key, p.Key, fileSuffix))
+			continue
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			// The path is not secret; the content would be.
+			errs = append(errs, fmt.Errorf("%s%s: %w", p.Key, fileSuffix, err))
+			continue
+		}
+		values[p.Key] = strings.TrimRight(string(b), "\r\n")
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := env.ParseWithOptions(dst, env.Options{Environment: values}); err != nil {
+		return cleanEnvError(err, reflect.TypeOf(dst))
+	}
+	if v, ok := dst.(interface{ Validate() error }); ok {
+		return v.Validate()
+	}
+	return nil
+}
+
+// cleanEnvError turns the env library's aggregate error into one line per
+// problem, each naming the variable (the library names the Go field).
+func cleanEnvError(err error, t reflect.Type) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return err
+	}
+	keys := map[string][]string{}
+	for _, v := range appendVars(nil, t) {
+		keys[v.field] = append(keys[v.field], v.Name)
+	}
+	out := make([]error, 0, len(agg.Errors))
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) && len(keys[pe.Name]) > 0 {
+			e = fmt.Errorf("%s: %w", strings.Join(keys[pe.Name], " or "), pe.Err)
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
+}
+
+// Var describes one configuration variable for `-h` and the docs.
+type Var struct {
+	Name, Default, Description string
+	Required, Secret           bool
+
+	field string // Go field name, to translate the env library's errors
+}
+
+// Vars lists the variables that cfgs (pointers to structs) read, in
+// declaration order.
+func Vars(cfgs ...any) []Var {
+	var out []Var
+	for _, c := range cfgs {
+		out = appendVars(out, reflect.TypeOf(c))
+	}
+	return out
+}
+
+func appendVars(out []Var, t reflect.Type) []Var {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Type.Kind() == reflect.Struct && f.Tag.Get("env") == "" {
+			out = appendVars(out, f.Type)
+			continue
+		}
+		name, opts, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if name == "" {
+			continue
+		}
+		out = append(out, Var{
+			Name:        name,
+			Default:     f.Tag.Get("envDefault"),
+			Description: f.Tag.Get("desc"),
+			Required:    strings.Contains(opts, "required") || strings.Contains(opts, "notEmpty"),
+			Secret:      f.Tag.Get("secret") == "true",
+			field:       f.Name,
+		})
+	}
+	return out
+}
+
+// Usage writes the variables cfgs read as a table, for `-h`.
+func Usage(w io.Writer, program string, cfgs ...any) {
+	fmt.Fprintf(w, "Usage: %s\n\nAll configuration comes from environment variables:\n\n", program)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tDESCRIPTION")
+	for _, v := range Vars(cfgs...) {
+		def := v.Default
+		switch {
+		case v.Required:
+			def = "(required)"
+		case def == "":
+			def = "-"
+		}
+		desc := v.Description
+		if v.Secret {
+			desc += " (or " + v.Name + fileSuffix + ": a file holding it)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, def, desc)
+	}
+	tw.Flush()
+}
+
+func secretKeys(t reflect.Type) map[string]bool {
+	out := map[string]bool{}
+	for _, v := range appendVars(nil, t) {
+		if v.Secret {
+			out[v.Name] = true
+		}
+	}
+	return out
+}

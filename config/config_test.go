@@ -1,0 +1,159 @@
+package config
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func mapEnv(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func baseEnv() map[string]string {
+	return map[string]string{
+		"INGEST_TOKEN": "0123456789abcdef0123",
+		"DICOMWEB_URL": "https://dicom.example.org/v1",
+	}
+}
+
+func TestLoadDefaults(t *testing.T) {
+	var c SingleHost
+	if err := Load(mapEnv(baseEnv()), &c); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.Ingest.Addr != ":8080" || c.Forwarder.Addr != ":8081" {
+		t.Errorf("addresses = %q, %q", c.Ingest.Addr, c.Forwarder.Addr)
+	}
+	if c.OrthancURL != "http://localhost:8042" || c.StoreDir != "./data/nats" || !c.Embedded() {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+	if c.StowMaxBytes != 256<<20 || c.Concurrency != 4 {
+		t.Errorf("StowMaxBytes=%d Concurrency=%d", c.StowMaxBytes, c.Concurrency)
+	}
+}
+
+func TestLoadErrorsNameTheVariable(t *testing.T) {
+	tests := []struct {
+		name string
+		set  map[string]string
+		drop string
+		want string
+	}{
+		{"missing token", nil, "INGEST_TOKEN", "INGEST_TOKEN"},
+		{"missing dicomweb", nil, "DICOMWEB_URL", "DICOMWEB_URL"},
+		{"short token", map[string]string{"INGEST_TOKEN": "short"}, "", "INGEST_TOKEN"},
+		{"bad dicomweb url", map[string]string{"DICOMWEB_URL": "ftp://x"}, "", "DICOMWEB_URL"},
+		{"url with credentials", map[string]string{"ORTHANC_URL": "http://u:p@orthanc:8042"}, "", "ORTHANC_URL"},
+		{"bad concurrency", map[string]string{"FORWARDER_CONCURRENCY": "zero"}, "", "FORWARDER_CONCURRENCY"},
+		{"concurrency out of range", map[string]string{"FORWARDER_CONCURRENCY": "0"}, "", "FORWARDER_CONCURRENCY"},
+		{"bad duration", map[string]string{"FORWARDER_ACK_WAIT": "soon"}, "", "FORWARDER_ACK_WAIT"},
+		{"bad size", map[string]string{"STOW_MAX_BYTES": "lots"}, "", "STOW_MAX_BYTES"},
+		{"oauth without client", map[string]string{"OAUTH_TOKEN_URL": "https://idp/token"}, "", "OAUTH_CLIENT_ID"},
+		{"client without oauth url", map[string]string{"OAUTH_CLIENT_ID": "x"}, "", "OAUTH_TOKEN_URL"},
+		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, "", "LOG_LEVEL"},
+		{"bad addr", map[string]string{"INGEST_ADDR": "8080"}, "", "INGEST_ADDR"},
+		{"same addr", map[string]string{"INGEST_ADDR": ":9000", "FORWARDER_ADDR": ":9000"}, "", "FORWARDER_ADDR"},
+		{"replicas embedded", map[string]string{"NATS_REPLICAS": "3"}, "", "NATS_REPLICAS"},
+		{"dedupe over retention", map[string]string{"EVENTS_DEDUPE_WINDOW": "200h"}, "", "EVENTS_DEDUPE_WINDOW"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			delete(e, tt.drop)
+			for k, v := range tt.set {
+				e[k] = v
+			}
+			var c SingleHost
+			err := Load(mapEnv(e), &c)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load() = %v, want an error naming %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSecretFromFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "token")
+	if err := os.WriteFile(path, []byte("from-a-file-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := baseEnv()
+	delete(e, "INGEST_TOKEN")
+	e["INGEST_TOKEN_FILE"] = path
+	var c SingleHost
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.Token != "from-a-file-0123456789" {
+		t.Errorf("Token = %q, want the file content without newline", c.Token)
+	}
+
+	e["INGEST_TOKEN"] = "also-set-directly-0123"
+	if err := Load(mapEnv(e), &SingleHost{}); err == nil || !strings.Contains(err.Error(), "both set") {
+		t.Errorf("both VAR and VAR_FILE: err = %v", err)
+	}
+	delete(e, "INGEST_TOKEN")
+	e["INGEST_TOKEN_FILE"] = filepath.Join(dir, "missing")
+	if err := Load(mapEnv(e), &SingleHost{}); err == nil || !strings.Contains(err.Error(), "INGEST_TOKEN_FILE") {
+		t.Errorf("missing file: err = %v", err)
+	}
+	// A non-secret variable has no _FILE variant.
+	e = baseEnv()
+	e["DICOMWEB_URL_FILE"] = path
+	delete(e, "DICOMWEB_URL")
+	if err := Load(mapEnv(e), &SingleHost{}); err == nil || !strings.Contains(err.Error(), "DICOMWEB_URL") {
+		t.Errorf("DICOMWEB_URL_FILE must not count: err = %v", err)
+	}
+}
+
+func TestListAndByteSize(t *testing.T) {
+	e := baseEnv()
+	e["OAUTH_SCOPES"] = "a b,c  ,d"
+	e["STOW_MAX_BYTES"] = "1GiB"
+	var c SingleHost
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.OAuthScopes, "|"); got != "a|b|c|d" {
+		t.Errorf("scopes = %q", got)
+	}
+	if c.StowMaxBytes != 1<<30 || c.StowMaxBytes.String() != "1GiB" {
+		t.Errorf("StowMaxBytes = %d (%s)", c.StowMaxBytes, c.StowMaxBytes)
+	}
+	sizes := map[string]int64{"1048576": 1 << 20, "500MB": 500e6, "2 GiB": 2 << 30, "10KiB": 10 << 10}
+	for in, want := range sizes {
+		var s ByteSize
+		if err := s.UnmarshalText([]byte(in)); err != nil || int64(s) != want {
+			t.Errorf("ByteSize(%q) = %d, %v; want %d", in, s, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5GB", "GB", "99999999999TiB"} {
+		var s ByteSize
+		if err := s.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("ByteSize(%q) accepted", in)
+		}
+	}
+}
+
+func TestUsageListsEveryVariable(t *testing.T) {
+	var buf bytes.Buffer
+	Usage(&buf, "stowline", &SingleHost{})
+	out := buf.String()
+	for _, v := range Vars(&SingleHost{}) {
+		if !strings.Contains(out, v.Name) {
+			t.Errorf("usage does not list %s", v.Name)
+		}
+		if v.Description == "" {
+			t.Errorf("%s has no description", v.Name)
+		}
+	}
+	for _, want := range []string{"INGEST_TOKEN_FILE", "(required)", ":8080"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("usage lacks %q", want)
+		}
+	}
+}

@@ -1,0 +1,224 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Log configures the process's logger.
+type Log struct {
+	Level  string `env:"LOG_LEVEL" envDefault:"info" desc:"debug, info, warn or error"`
+	Format string `env:"LOG_FORMAT" envDefault:"json" desc:"json (one object a line) or text"`
+}
+
+// Validate names the variable that is out of range.
+func (l *Log) Validate() error {
+	var errs []error
+	switch strings.ToLower(l.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", l.Level))
+	}
+	if l.Format != "json" && l.Format != "text" {
+		errs = append(errs, fmt.Errorf("LOG_FORMAT=%q: want json or text", l.Format))
+	}
+	return errors.Join(errs...)
+}
+
+// NATS says where JetStream is and how the event stream is kept.
+type NATS struct {
+	URL             string        `env:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty runs an embedded JetStream server (single-host mode)"`
+	CredsFile       string        `env:"NATS_CREDS_FILE" desc:"NATS credentials (.creds) file for an external server"`
+	StoreDir        string        `env:"NATS_STORE_DIR" envDefault:"./data/nats" desc:"embedded JetStream storage directory (single-host mode)"`
+	Replicas        int           `env:"NATS_REPLICAS" envDefault:"1" desc:"stream replicas: 1 on a single server, 3 on a JetStream cluster"`
+	EventsRetention time.Duration `env:"EVENTS_RETENTION" envDefault:"168h" desc:"how long events stay in the stream, forwarded or not (replay window)"`
+	DedupeWindow    time.Duration `env:"EVENTS_DEDUPE_WINDOW" envDefault:"24h" desc:"how long a repeated event for an unchanged study is dropped"`
+}
+
+// Embedded reports whether this process must run its own JetStream server.
+func (n *NATS) Embedded() bool { return n.URL == "" }
+
+// Validate names the variable that is out of range.
+func (n *NATS) Validate() error {
+	var errs []error
+	if n.Embedded() && n.StoreDir == "" {
+		errs = append(errs, errors.New("NATS_STORE_DIR must not be empty when NATS_URL is empty (embedded JetStream)"))
+	}
+	if n.Replicas < 1 || n.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("NATS_REPLICAS=%d: want 1 to 5", n.Replicas))
+	}
+	if n.Embedded() && n.Replicas != 1 {
+		errs = append(errs, fmt.Errorf("NATS_REPLICAS=%d: the embedded JetStream server is a single node, want 1", n.Replicas))
+	}
+	if n.EventsRetention < time.Minute {
+		errs = append(errs, fmt.Errorf("EVENTS_RETENTION=%s: want at least 1m", n.EventsRetention))
+	}
+	if n.DedupeWindow <= 0 || n.DedupeWindow > n.EventsRetention {
+		errs = append(errs, fmt.Errorf("EVENTS_DEDUPE_WINDOW=%s: want more than 0 and at most EVENTS_RETENTION (%s)", n.DedupeWindow, n.EventsRetention))
+	}
+	return errors.Join(errs...)
+}
+
+// Ingest configures the webhook service.
+type Ingest struct {
+	Addr           string        `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
+	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters)"`
+	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503"`
+}
+
+// Validate names the variable that is out of range.
+func (i *Ingest) Validate() error {
+	var errs []error
+	if err := validateAddr("INGEST_ADDR", i.Addr); err != nil {
+		errs = append(errs, err)
+	}
+	if len(i.Token) < 16 {
+		errs = append(errs, errors.New("INGEST_TOKEN: want at least 16 characters"))
+	}
+	if i.PublishTimeout < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("INGEST_PUBLISH_TIMEOUT=%s: want at least 100ms", i.PublishTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Forwarder configures the workers that move studies to the destination.
+type Forwarder struct {
+	Addr            string `env:"FORWARDER_ADDR" envDefault:":8081" desc:"listen address of the forwarder's health and metrics"`
+	OrthancURL      string `env:"ORTHANC_URL" envDefault:"http://localhost:8042" desc:"Orthanc REST API base URL"`
+	OrthancUsername string `env:"ORTHANC_USERNAME" desc:"Orthanc HTTP basic-auth user (empty: no auth)"`
+	OrthancPassword string `env:"ORTHANC_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password"`
+
+	DICOMwebURL string `env:"DICOMWEB_URL,required" desc:"DICOMweb base URL of the destination; STOW-RS goes to {DICOMWEB_URL}/studies"`
+
+	OAuthTokenURL     string `env:"OAUTH_TOKEN_URL" desc:"OAuth2 token endpoint (client credentials); empty sends requests without auth"`
+	OAuthClientID     string `env:"OAUTH_CLIENT_ID" desc:"OAuth2 client ID"`
+	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET" secret:"true" desc:"OAuth2 client secret"`
+	OAuthScopes       List   `env:"OAUTH_SCOPES" desc:"OAuth2 scopes, separated by spaces or commas"`
+
+	Concurrency   int           `env:"FORWARDER_CONCURRENCY" envDefault:"4" desc:"studies each forwarder process sends at once"`
+	AckWait       time.Duration `env:"FORWARDER_ACK_WAIT" envDefault:"60s" desc:"JetStream ack wait; a live forwarder signals progress every third of it"`
+	RetryDelay    time.Duration `env:"FORWARDER_RETRY_DELAY" envDefault:"10s" desc:"first delay before a failed study is retried (doubles each attempt)"`
+	RetryMaxDelay time.Duration `env:"FORWARDER_RETRY_MAX_DELAY" envDefault:"10m" desc:"longest delay between retries of a failed study"`
+
+	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
+	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
+}
+
+// Validate names the variable that is out of range.
+func (f *Forwarder) Validate() error {
+	var errs []error
+	if err := validateAddr("FORWARDER_ADDR", f.Addr); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateHTTPURL("ORTHANC_URL", f.OrthancURL); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateHTTPURL("DICOMWEB_URL", f.DICOMwebURL); err != nil {
+		errs = append(errs, err)
+	}
+	if f.OrthancPassword != "" && f.OrthancUsername == "" {
+		errs = append(errs, errors.New("ORTHANC_PASSWORD is set but ORTHANC_USERNAME is empty"))
+	}
+	if f.OAuthTokenURL != "" {
+		if err := validateHTTPURL("OAUTH_TOKEN_URL", f.OAuthTokenURL); err != nil {
+			errs = append(errs, err)
+		}
+		if f.OAuthClientID == "" {
+			errs = append(errs, errors.New("OAUTH_CLIENT_ID is required when OAUTH_TOKEN_URL is set"))
+		}
+		if f.OAuthClientSecret == "" {
+			errs = append(errs, errors.New("OAUTH_CLIENT_SECRET is required when OAUTH_TOKEN_URL is set"))
+		}
+	} else if f.OAuthClientID != "" || f.OAuthClientSecret != "" {
+		errs = append(errs, errors.New("OAUTH_CLIENT_ID or OAUTH_CLIENT_SECRET is set but OAUTH_TOKEN_URL is empty"))
+	}
+	if f.Concurrency < 1 || f.Concurrency > 256 {
+		errs = append(errs, fmt.Errorf("FORWARDER_CONCURRENCY=%d: want 1 to 256", f.Concurrency))
+	}
+	if f.AckWait < 3*time.Second {
+		errs = append(errs, fmt.Errorf("FORWARDER_ACK_WAIT=%s: want at least 3s", f.AckWait))
+	}
+	if f.RetryDelay <= 0 || f.RetryMaxDelay < f.RetryDelay {
+		errs = append(errs, fmt.Errorf("FORWARDER_RETRY_DELAY=%s, FORWARDER_RETRY_MAX_DELAY=%s: want 0 < delay <= max delay", f.RetryDelay, f.RetryMaxDelay))
+	}
+	if f.StowMaxInstances < 1 {
+		errs = append(errs, fmt.Errorf("STOW_MAX_INSTANCES=%d: want at least 1", f.StowMaxInstances))
+	}
+	if f.StowMaxBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES=%s: want at least 1MiB", f.StowMaxBytes))
+	}
+	return errors.Join(errs...)
+}
+
+func validateAddr(name, addr string) error {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		return fmt.Errorf("%s=%q: want host:port or :port", name, addr)
+	}
+	return nil
+}
+
+func validateHTTPURL(name, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%s=%q: want an http:// or https:// URL", name, raw)
+	}
+	if u.User != nil {
+		return fmt.Errorf("%s: credentials in the URL are not allowed; use the _USERNAME/_PASSWORD variables", name)
+	}
+	return nil
+}
+
+// List is a list of words separated by commas or white space.
+type List []string
+
+// UnmarshalText splits on commas and white space, dropping empty words.
+func (l *List) UnmarshalText(b []byte) error {
+	*l = strings.FieldsFunc(string(b), func(r rune) bool {
+		return r == ',' || r == ' ' || r == '\t' || r == '\n'
+	})
+	return nil
+}
+
+// ByteSize is a size in bytes written as 1048576, 500MB or 1GiB.
+type ByteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"B", 1},
+}
+
+// UnmarshalText parses a number with an optional unit.
+func (s *ByteSize) UnmarshalText(b []byte) error {
+	text := strings.TrimSpace(string(b))
+	mult := int64(1)
+	for _, u := range byteUnits {
+		if rest, ok := strings.CutSuffix(text, u.suffix); ok {
+			text, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(text, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return fmt.Errorf("%q is not a size (want e.g. 1048576, 500MB or 1GiB)", string(b))
+	}
+	*s = ByteSize(n * mult)
+	return nil
+}
+
+func (s ByteSize) String() string {
+	for _, u := range byteUnits[:4] {
+		if s >= ByteSize(u.mult) && int64(s)%u.mult == 0 && int64(s)/u.mult < 1024 {
+			return strconv.FormatInt(int64(s)/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(s), 10) + "B"
+}

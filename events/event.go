@@ -1,0 +1,127 @@
+// Package events defines the event stowline moves through NATS JetStream:
+// "this Orthanc study is stable and must be forwarded". It owns the wire
+// format, its validation, the subjects and the JetStream topology.
+package events
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// TypeStudyStable is the only event type of version 1.
+const TypeStudyStable = "orthanc.study.stable"
+
+// Version is the event schema version this build writes and reads.
+const Version = 1
+
+// LastUpdateLayout is the layout of Orthanc's LastUpdate metadata
+// (a local timestamp without zone, as Orthanc writes it).
+const LastUpdateLayout = "20060102T150405"
+
+// StudyStable says that a study in an Orthanc source became stable and must
+// be forwarded. Orthanc IDs and UIDs only: never patient data.
+type StudyStable struct {
+	Type             string    `json:"type"`
+	Version          int       `json:"version"`
+	Source           string    `json:"source"`
+	OrthancStudyID   string    `json:"orthancStudyId"`
+	StudyInstanceUID string    `json:"studyInstanceUid"`
+	LastUpdate       string    `json:"lastUpdate"`
+	ReceivedAt       time.Time `json:"receivedAt,omitzero"`
+}
+
+// ErrInvalid is matched (errors.Is) by every validation error.
+var ErrInvalid = errors.New("invalid event")
+
+// FieldError names the JSON field that is missing or malformed.
+type FieldError struct {
+	Field   string
+	Problem string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("field %q: %s", e.Field, e.Problem) }
+
+// Is makes errors.Is(err, ErrInvalid) true for every FieldError.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+var (
+	// Orthanc identifiers are SHA-1 based: five dash-separated groups of
+	// eight lowercase hex digits.
+	orthancIDPattern = regexp.MustCompile(`^[0-9a-f]{8}(-[0-9a-f]{8}){4}$`)
+	// A source name becomes a NATS subject token and a KV key: no dots,
+	// wildcards or whitespace.
+	sourcePattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+)
+
+// ValidOrthancID reports whether id has the exact grammar of an Orthanc ID.
+func ValidOrthancID(id string) bool { return orthancIDPattern.MatchString(id) }
+
+// ValidSource reports whether name can be used as a source name.
+func ValidSource(name string) bool { return sourcePattern.MatchString(name) }
+
+// ValidUID reports whether uid is a DICOM UID as PS3.5 §9.1 defines it:
+// at most 64 characters, numeric components separated by dots, no
+// component with a leading zero unless it is "0".
+func ValidUID(uid string) bool {
+	if uid == "" || len(uid) > 64 {
+		return false
+	}
+	for comp := range strings.SplitSeq(uid, ".") {
+		if comp == "" || (len(comp) > 1 && comp[0] == '0') {
+			return false
+		}
+		for i := 0; i < len(comp); i++ {
+			if comp[i] < '0' || comp[i] > '9' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Validate checks every field; the error names the first bad field.
+func (e *StudyStable) Validate() error {
+	switch {
+	case e.Type == "":
+		return &FieldError{"type", "is required"}
+	case e.Type != TypeStudyStable:
+		return &FieldError{"type", fmt.Sprintf("must be %q", TypeStudyStable)}
+	case e.Version == 0:
+		return &FieldError{"version", "is required"}
+	case e.Version != Version:
+		return &FieldError{"version", fmt.Sprintf("unsupported version %d (this build reads %d)", e.Version, Version)}
+	case e.Source == "":
+		return &FieldError{"source", "is required"}
+	case !ValidSource(e.Source):
+		return &FieldError{"source", "must be 1-64 characters of A-Z a-z 0-9 _ -"}
+	case e.OrthancStudyID == "":
+		return &FieldError{"orthancStudyId", "is required"}
+	case !ValidOrthancID(e.OrthancStudyID):
+		return &FieldError{"orthancStudyId", "must be an Orthanc ID (five dash-separated groups of 8 lowercase hex digits)"}
+	case e.StudyInstanceUID == "":
+		return &FieldError{"studyInstanceUid", "is required"}
+	case !ValidUID(e.StudyInstanceUID):
+		return &FieldError{"studyInstanceUid", "must be a DICOM UID (digits and dots, at most 64 characters)"}
+	case e.LastUpdate == "":
+		return &FieldError{"lastUpdate", "is required"}
+	}
+	if _, err := time.Parse(LastUpdateLayout, e.LastUpdate); err != nil {
+		return &FieldError{"lastUpdate", "must be an Orthanc timestamp such as 20261126T101500"}
+	}
+	return nil
+}
+
+// MsgID is the JetStream de-duplication ID (Nats-Msg-Id). It changes when
+// the study changes (LastUpdate), so a study that gains instances later is
+// forwarded again, while the same event posted twice, by Orthanc's Lua
+// script and by the change-log reconciler, is stored once.
+func (e *StudyStable) MsgID() string {
+	return e.Source + "/" + e.OrthancStudyID + "/" + e.LastUpdate
+}
+
+// Subject is where the event is published: one subject per source, so
+// consumers and operators can filter by source.
+func (e *StudyStable) Subject() string { return SubjectPrefix + e.Source }

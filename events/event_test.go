@@ -1,0 +1,113 @@
+package events
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func validEvent() StudyStable {
+	return StudyStable{
+		Type:             TypeStudyStable,
+		Version:          Version,
+		Source:           "orthanc-a",
+		OrthancStudyID:   "27f7126f-4f66fb14-03f4081b-f9341db2-53925988",
+		StudyInstanceUID: "1.2.840.113619.2.1.2411.1031152382.365.1.736169244",
+		LastUpdate:       "20261126T101500",
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*StudyStable)
+		field  string // "" means valid
+	}{
+		{"valid", func(*StudyStable) {}, ""},
+		{"missing type", func(e *StudyStable) { e.Type = "" }, "type"},
+		{"wrong type", func(e *StudyStable) { e.Type = "orthanc.study.deleted" }, "type"},
+		{"missing version", func(e *StudyStable) { e.Version = 0 }, "version"},
+		{"future version", func(e *StudyStable) { e.Version = 2 }, "version"},
+		{"missing source", func(e *StudyStable) { e.Source = "" }, "source"},
+		{"source with dot", func(e *StudyStable) { e.Source = "a.b" }, "source"},
+		{"source wildcard", func(e *StudyStable) { e.Source = ">" }, "source"},
+		{"source star", func(e *StudyStable) { e.Source = "*" }, "source"},
+		{"source space", func(e *StudyStable) { e.Source = "a b" }, "source"},
+		{"source too long", func(e *StudyStable) { e.Source = strings.Repeat("a", 65) }, "source"},
+		{"missing study id", func(e *StudyStable) { e.OrthancStudyID = "" }, "orthancStudyId"},
+		{"study id traversal", func(e *StudyStable) { e.OrthancStudyID = "../../tools/reset" }, "orthancStudyId"},
+		{"study id query", func(e *StudyStable) { e.OrthancStudyID = "27f7126f-4f66fb14-03f4081b-f9341db2-5392598?" }, "orthancStudyId"},
+		{"study id uppercase", func(e *StudyStable) { e.OrthancStudyID = "27F7126F-4F66FB14-03F4081B-F9341DB2-53925988" }, "orthancStudyId"},
+		{"study id encoded slash", func(e *StudyStable) { e.OrthancStudyID = "27f7126f%2F4f66fb14-03f4081b-f9341db2-53925988" }, "orthancStudyId"},
+		{"missing uid", func(e *StudyStable) { e.StudyInstanceUID = "" }, "studyInstanceUid"},
+		{"uid letters", func(e *StudyStable) { e.StudyInstanceUID = "1.2.abc" }, "studyInstanceUid"},
+		{"uid leading zero", func(e *StudyStable) { e.StudyInstanceUID = "1.02.3" }, "studyInstanceUid"},
+		{"uid empty component", func(e *StudyStable) { e.StudyInstanceUID = "1..3" }, "studyInstanceUid"},
+		{"uid too long", func(e *StudyStable) { e.StudyInstanceUID = "1." + strings.Repeat("1", 63) }, "studyInstanceUid"},
+		{"uid trailing space", func(e *StudyStable) { e.StudyInstanceUID = "1.2.3 " }, "studyInstanceUid"},
+		{"missing last update", func(e *StudyStable) { e.LastUpdate = "" }, "lastUpdate"},
+		{"bad last update", func(e *StudyStable) { e.LastUpdate = "2026-11-26 10:15" }, "lastUpdate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := validEvent()
+			tt.mutate(&e)
+			err := e.Validate()
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.field {
+				t.Fatalf("Validate() = %v, want a FieldError on %q", err, tt.field)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
+			}
+			if !strings.Contains(err.Error(), tt.field) {
+				t.Errorf("message %q does not name the field", err)
+			}
+		})
+	}
+}
+
+func TestValidUIDBoundaries(t *testing.T) {
+	if !ValidUID("1." + strings.Repeat("1", 62)) {
+		t.Error("a 64-character UID must be valid")
+	}
+	if !ValidUID("0.0") {
+		t.Error(`"0" components are valid`)
+	}
+}
+
+func TestMsgIDChangesWithLastUpdate(t *testing.T) {
+	a, b := validEvent(), validEvent()
+	if a.MsgID() != b.MsgID() {
+		t.Fatal("the same study state must give the same Nats-Msg-Id")
+	}
+	b.LastUpdate = "20261126T101501"
+	if a.MsgID() == b.MsgID() {
+		t.Fatal("a changed study must give a new Nats-Msg-Id")
+	}
+	c := validEvent()
+	c.Source = "orthanc-b"
+	if a.MsgID() == c.MsgID() {
+		t.Fatal("the same study ID in two sources must not be de-duplicated")
+	}
+	if got, want := a.Subject(), "stowline.study.stable.orthanc-a"; got != want {
+		t.Errorf("Subject() = %q, want %q", got, want)
+	}
+}
+
+func TestTopologyValidate(t *testing.T) {
+	if err := DefaultTopology().Validate(); err != nil {
+		t.Fatalf("default topology invalid: %v", err)
+	}
+	bad := DefaultTopology()
+	bad.DedupeWindow = bad.Retention * 2
+	if err := bad.Validate(); err == nil {
+		t.Fatal("a dedupe window longer than the retention must be refused")
+	}
+}

@@ -1,0 +1,231 @@
+// Package ingest is the webhook Orthanc's Lua script posts stable-study
+// events to: it authenticates, validates and publishes them to JetStream,
+// and answers only once JetStream has stored the event.
+package ingest
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/ops"
+)
+
+// MaxBodyBytes bounds a webhook body; an event is a few hundred bytes.
+const MaxBodyBytes = 64 << 10
+
+// WebhookPath is where Orthanc posts events.
+const WebhookPath = "/webhooks/orthanc"
+
+// Publisher stores an event durably and returns JetStream's ack.
+type Publisher interface {
+	Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error)
+}
+
+// JetStreamPublisher publishes to the event stream.
+type JetStreamPublisher struct{ JS jetstream.JetStream }
+
+// Publish implements Publisher.
+func (p JetStreamPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	return events.Publish(ctx, p.JS, ev)
+}
+
+// Options configures the handler.
+type Options struct {
+	// Tokens are the accepted bearer tokens (several, for rotation).
+	Tokens         []string
+	Publisher      Publisher
+	PublishTimeout time.Duration
+	Logger         *slog.Logger
+	Registerer     prometheus.Registerer
+	// Now is the clock (tests); default time.Now.
+	Now func() time.Time
+}
+
+// Handler serves the webhook.
+type Handler struct {
+	tokens  [][32]byte
+	pub     Publisher
+	timeout time.Duration
+	log     *slog.Logger
+	now     func() time.Time
+	m       *metrics
+}
+
+// New validates opts and returns the webhook handler.
+func New(opts Options) (*Handler, error) {
+	if len(opts.Tokens) == 0 {
+		return nil, errors.New("ingest: at least one token is required")
+	}
+	if opts.Publisher == nil {
+		return nil, errors.New("ingest: a publisher is required")
+	}
+	h := &Handler{
+		pub:     opts.Publisher,
+		timeout: opts.PublishTimeout,
+		log:     opts.Logger,
+		now:     opts.Now,
+	}
+	for _, t := range opts.Tokens {
+		if t == "" {
+			return nil, errors.New("ingest: empty token")
+		}
+		// Hashing first makes the comparison constant-time regardless of
+		// the presented token's length.
+		h.tokens = append(h.tokens, sha256.Sum256([]byte(t)))
+	}
+	if h.timeout <= 0 {
+		h.timeout = 10 * time.Second
+	}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	reg := opts.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	h.m = m
+	return h, nil
+}
+
+// Mount adds the webhook route to r.
+func (h *Handler) Mount(r chi.Router) {
+	r.Post(WebhookPath, h.serveWebhook)
+}
+
+// accepted is the 202 body.
+type accepted struct {
+	Stream    string `json:"stream"`
+	Seq       uint64 `json:"seq"`
+	Duplicate bool   `json:"duplicate"`
+	MsgID     string `json:"msgId"`
+}
+
+func (h *Handler) serveWebhook(w http.ResponseWriter, r *http.Request) {
+	if !h.authorized(r) {
+		h.reject(w, r, http.StatusUnauthorized, "unauthorized", "missing or invalid bearer token")
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		h.reject(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type",
+			fmt.Sprintf("Content-Type must be application/json, got %q", r.Header.Get("Content-Type")))
+		return
+	}
+	ev, status, reason, err := decodeEvent(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		h.reject(w, r, status, reason, err.Error())
+		return
+	}
+	ev.ReceivedAt = h.now().UTC()
+
+	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
+	defer cancel()
+	start := time.Now()
+	ack, err := h.pub.Publish(ctx, ev)
+	h.m.publishSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		h.log.Error("event not stored: JetStream did not acknowledge",
+			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
+			"study_instance_uid", ev.StudyInstanceUID, "err", err)
+		h.reject(w, r, http.StatusServiceUnavailable, "jetstream_unavailable",
+			"JetStream did not acknowledge the event, retry later: "+err.Error())
+		return
+	}
+	result := "accepted"
+	if ack.Duplicate {
+		result = "duplicate"
+	}
+	h.m.received.WithLabelValues(result).Inc()
+	h.log.Info("event accepted", "source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
+		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
+		"stream_seq", ack.Sequence, "duplicate", ack.Duplicate)
+	ops.WriteJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})
+}
+
+// decodeEvent reads one JSON event and validates it; on error it returns the
+// HTTP status and the metric reason.
+func decodeEvent(body io.Reader) (*events.StudyStable, int, string, error) {
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	var ev events.StudyStable
+	if err := dec.Decode(&ev); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
+		}
+		return nil, http.StatusBadRequest, "malformed", fmt.Errorf("malformed JSON: %s", jsonProblem(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
+		}
+		return nil, http.StatusBadRequest, "malformed", errors.New("malformed JSON: more than one value in the body")
+	}
+	if !ev.ReceivedAt.IsZero() {
+		return nil, http.StatusBadRequest, "invalid", errors.New(`field "receivedAt": is set by the ingest, not by the sender`)
+	}
+	if err := ev.Validate(); err != nil {
+		return nil, http.StatusBadRequest, "invalid", err
+	}
+	return &ev, 0, "", nil
+}
+
+// jsonProblem says what is wrong without echoing the body back.
+func jsonProblem(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		return fmt.Sprintf("field %q must be a %s", typeErr.Field, typeErr.Type)
+	}
+	msg := err.Error()
+	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		return "unknown field " + f
+	}
+	if errors.Is(err, io.EOF) {
+		return "empty body"
+	}
+	return msg
+}
+
+func (h *Handler) authorized(r *http.Request) bool {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(token))
+	match := 0
+	for _, t := range h.tokens {
+		match |= subtle.ConstantTimeCompare(sum[:], t[:])
+	}
+	return match == 1
+}
+
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
+	h.m.rejected.WithLabelValues(reason).Inc()
+	h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "err", msg)
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="stowline"`)
+	}
+	ops.WriteError(w, status, msg)
+}

@@ -1,0 +1,158 @@
+package ingest_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/ingest"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+const token = "test-token-0123456789"
+
+const validBody = `{"type":"orthanc.study.stable","version":1,"source":"orthanc-a",` +
+	`"orthancStudyId":"27f7126f-4f66fb14-03f4081b-f9341db2-53925988",` +
+	`"studyInstanceUid":"1.2.840.113619.2.1.2411.1031152382.365.1.736169244","lastUpdate":"20261126T101500"}`
+
+func newServer(t *testing.T, pub ingest.Publisher) *httptest.Server {
+	t.Helper()
+	h, err := ingest.New(ingest.Options{Tokens: []string{"old-token-rotating-out", token}, Publisher: pub, PublishTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := chi.NewRouter()
+	h.Mount(r)
+	srv := httptest.NewServer(r)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func post(t *testing.T, url, contentType, auth, body string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url+ingest.WebhookPath, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("status %d, body not JSON: %q", resp.StatusCode, b)
+	}
+	return resp.StatusCode, out
+}
+
+func TestWebhook(t *testing.T) {
+	ns := testnats.Start(t)
+	srv := newServer(t, ingest.JetStreamPublisher{JS: ns.JS})
+	bearer := "Bearer " + token
+
+	tests := []struct {
+		name        string
+		contentType string
+		auth        string
+		body        string
+		status      int
+		errContains string
+	}{
+		{"no token", "application/json", "", validBody, 401, "bearer token"},
+		{"wrong token", "application/json", "Bearer nope", validBody, 401, "bearer token"},
+		{"basic auth", "application/json", "Basic dXNlcjpwYXNz", validBody, 401, "bearer token"},
+		{"text body", "text/plain", bearer, validBody, 415, "application/json"},
+		{"no content type", "", bearer, validBody, 415, "application/json"},
+		{"malformed", "application/json", bearer, `{"type":`, 400, "malformed JSON"},
+		{"empty", "application/json", bearer, ``, 400, "empty body"},
+		{"two values", "application/json", bearer, validBody + validBody, 400, "more than one"},
+		{"wrong type of field", "application/json", bearer, strings.Replace(validBody, `"version":1`, `"version":"1"`, 1), 400, `"version"`},
+		{"unknown field", "application/json", bearer, strings.Replace(validBody, `{`, `{"patientName":"x",`, 1), 400, "patientName"},
+		{"missing field", "application/json", bearer, strings.Replace(validBody, `"source":"orthanc-a",`, ``, 1), 400, `"source"`},
+		{"traversal id", "application/json", bearer, strings.Replace(validBody, `27f7126f-4f66fb14-03f4081b-f9341db2-53925988`, `../../tools/reset`, 1), 400, `"orthancStudyId"`},
+		{"receivedAt from sender", "application/json", bearer, strings.Replace(validBody, `{`, `{"receivedAt":"2026-01-01T00:00:00Z",`, 1), 400, "receivedAt"},
+		{"too large", "application/json", bearer, `{"type":"` + strings.Repeat("x", ingest.MaxBodyBytes) + `"}`, 413, "larger than"},
+		{"accepted", "application/json; charset=utf-8", bearer, validBody, 202, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, body := post(t, srv.URL, tt.contentType, tt.auth, tt.body)
+			if status != tt.status {
+				t.Fatalf("status = %d (%v), want %d", status, body, tt.status)
+			}
+			if tt.errContains != "" {
+				msg, _ := body["error"].(string)
+				if !strings.Contains(msg, tt.errContains) {
+					t.Errorf("error %q does not contain %q", msg, tt.errContains)
+				}
+			}
+		})
+	}
+
+	// The accepted event is in the stream, once, with its dedupe ID.
+	status, body := post(t, srv.URL, "application/json", bearer, validBody)
+	if status != 202 || body["duplicate"] != true {
+		t.Errorf("repeat: status %d body %v, want 202 duplicate", status, body)
+	}
+	ctx := context.Background()
+	stream, err := ns.JS.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d messages, want 1", info.State.Msgs)
+	}
+	msg, err := stream.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.Decode(msg.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.ReceivedAt.IsZero() || ev.Source != "orthanc-a" {
+		t.Errorf("stored event = %+v", ev)
+	}
+	if got := msg.Header.Get("Nats-Msg-Id"); got != ev.MsgID() {
+		t.Errorf("Nats-Msg-Id = %q, want %q", got, ev.MsgID())
+	}
+
+	// A study that changed (new LastUpdate) is a new event.
+	status, body = post(t, srv.URL, "application/json", bearer, strings.Replace(validBody, "20261126T101500", "20261126T111500", 1))
+	if status != 202 || body["duplicate"] != false || body["seq"].(float64) != 2 {
+		t.Errorf("changed study: %d %v", status, body)
+	}
+}
+
+func TestWebhookJetStreamDown(t *testing.T) {
+	ns := testnats.Start(t)
+	srv := newServer(t, ingest.JetStreamPublisher{JS: ns.JS})
+	ns.Shutdown() // a real outage: the server is gone
+	status, body := post(t, srv.URL, "application/json", "Bearer "+token, validBody)
+	if status != http.StatusServiceUnavailable {
+		t.Fatalf("status = %d, want 503", status)
+	}
+	if msg, _ := body["error"].(string); !strings.Contains(msg, "JetStream did not acknowledge") {
+		t.Errorf("error = %q", msg)
+	}
+}

@@ -1,0 +1,40 @@
+package ingest
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	received       *prometheus.CounterVec
+	rejected       *prometheus.CounterVec
+	publishSeconds prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_ingest_events_received_total",
+			Help: "Events stored in JetStream, by result (accepted, duplicate).",
+		}, []string{"result"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_ingest_events_rejected_total",
+			Help: "Webhook requests refused, by reason.",
+		}, []string{"reason"}),
+		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "stowline_ingest_publish_duration_seconds",
+			Help:    "Time from publish to JetStream acknowledgement.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+	}
+	for _, r := range []string{"accepted", "duplicate"} {
+		m.received.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("ingest: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

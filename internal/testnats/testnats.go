@@ -1,0 +1,47 @@
+// Package testnats starts a real embedded JetStream server for tests.
+package testnats
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/natsembed"
+)
+
+// Server is a running embedded server with a client connection.
+type Server struct {
+	*natsembed.Server
+	NC *nats.Conn
+	JS jetstream.JetStream
+}
+
+// Start runs an embedded JetStream server in a temporary directory, with
+// the event stream created; all of it is stopped at cleanup.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), ServerName: "test"}, nil)
+	if err != nil {
+		t.Fatalf("start embedded nats: %v", err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := events.EnsureStream(ctx, js, events.DefaultTopology()); err != nil {
+		t.Fatalf("ensure stream: %v", err)
+	}
+	return &Server{Server: srv, NC: nc, JS: js}
+}
