@@ -1,0 +1,418 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+const (
+	testClientID = "stowline"
+	// testSecret has characters that form encoding changes, to check that
+	// scrubbing catches the encoded form too.
+	testSecret = "s3cr3t+v/alue=&x"
+)
+
+// tokenServer is a minimal token endpoint for unit tests; the real
+// authorization server is exercised in internal/testidp.
+type tokenServer struct {
+	URL      string
+	requests atomic.Int64
+}
+
+// Requests is how many token requests the server has received.
+func (s *tokenServer) Requests() int { return int(s.requests.Load()) }
+
+// newTokenServer serves h as the token endpoint, counting requests.
+func newTokenServer(t *testing.T, h http.HandlerFunc) *tokenServer {
+	t.Helper()
+	ts := &tokenServer{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ts.requests.Add(1)
+		h(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	ts.URL = srv.URL + "/token"
+	return ts
+}
+
+// issue returns a handler that checks the client credentials (basic or post)
+// and issues numbered tokens living expiresIn seconds, after delay.
+func issue(expiresIn int, delay time.Duration) http.HandlerFunc {
+	var n atomic.Int64
+	return func(w http.ResponseWriter, r *http.Request) {
+		// Read the body first: only then does the server notice a client
+		// that gave up, which lets the test server close promptly.
+		_ = r.ParseForm()
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		id, secret, ok := r.BasicAuth()
+		if ok {
+			// RFC 6749 2.3.1: form-encoded before Basic encoding.
+			id, _ = url.QueryUnescape(id)
+			secret, _ = url.QueryUnescape(secret)
+		} else {
+			id, secret = r.PostFormValue("client_id"), r.PostFormValue("client_secret")
+		}
+		if r.PostFormValue("grant_type") != "client_credentials" || id != testClientID || secret != testSecret {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"access_token": fmt.Sprintf("token-%d", n.Add(1)),
+			"token_type":   "bearer",
+			"expires_in":   expiresIn,
+		})
+	}
+}
+
+// newSource builds a TokenSource for srv and the test client.
+func newSource(t *testing.T, srv *tokenServer, opts ...Option) *TokenSource {
+	t.Helper()
+	ts, err := NewTokenSource(t.Context(), Config{
+		TokenURL: srv.URL, ClientID: testClientID, ClientSecret: testSecret, Scopes: []string{"stow"},
+	}, opts...)
+	if err != nil {
+		t.Fatalf("NewTokenSource: %v", err)
+	}
+	return ts
+}
+
+// mustToken calls ts.Token and fails the test on error.
+func mustToken(t *testing.T, ts *TokenSource) *oauth2.Token {
+	t.Helper()
+	tok, err := ts.Token()
+	if err != nil {
+		t.Fatalf("Token: %v", err)
+	}
+	return tok
+}
+
+func TestNewTokenSourceValidates(t *testing.T) {
+	valid := Config{TokenURL: "https://idp.example/token", ClientID: "id", ClientSecret: "secret"}
+	tests := []struct {
+		name string
+		edit func(*Config)
+		opts []Option
+		want string // substring of the error; "" means no error
+	}{
+		{name: "valid", edit: func(*Config) {}},
+		{name: "no token URL", edit: func(c *Config) { c.TokenURL = "" }, want: "TokenURL"},
+		{name: "relative token URL", edit: func(c *Config) { c.TokenURL = "/token" }, want: "TokenURL"},
+		{name: "no client ID", edit: func(c *Config) { c.ClientID = "" }, want: "ClientID"},
+		{name: "no client secret", edit: func(c *Config) { c.ClientSecret = "" }, want: "ClientSecret"},
+		{name: "negative delta", edit: func(*Config) {}, opts: []Option{WithExpiryDelta(-time.Second)}, want: "expiry delta"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := valid
+			tt.edit(&cfg)
+			_, err := NewTokenSource(t.Context(), cfg, tt.opts...)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("NewTokenSource: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want ErrInvalidConfig naming %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestTokenSourceCaches(t *testing.T) {
+	for _, style := range []oauth2.AuthStyle{oauth2.AuthStyleAutoDetect, oauth2.AuthStyleInHeader, oauth2.AuthStyleInParams} {
+		t.Run(fmt.Sprintf("auth style %d", style), func(t *testing.T) {
+			srv := newTokenServer(t, issue(3600, 0))
+			ts := newSource(t, srv, WithAuthStyle(style))
+			first := mustToken(t, ts)
+			for range 5 {
+				if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+					t.Fatalf("token changed from %q to %q", first.AccessToken, tok.AccessToken)
+				}
+			}
+			if got := srv.Requests(); got != 1 {
+				t.Fatalf("token requests = %d, want 1", got)
+			}
+		})
+	}
+}
+
+func TestTokenSourceSingleFlight(t *testing.T) {
+	srv := newTokenServer(t, issue(3600, 200*time.Millisecond))
+	ts := newSource(t, srv)
+
+	const workers = 64
+	var (
+		wg     sync.WaitGroup
+		tokens [workers]string
+		errs   [workers]error
+	)
+	start := make(chan struct{})
+	for i := range workers {
+		wg.Go(func() {
+			<-start
+			tok, err := ts.Token()
+			errs[i] = err
+			if err == nil {
+				tokens[i] = tok.AccessToken
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	for i := range workers {
+		if errs[i] != nil {
+			t.Fatalf("worker %d: %v", i, errs[i])
+		}
+		if tokens[i] != tokens[0] {
+			t.Fatalf("worker %d got %q, worker 0 got %q", i, tokens[i], tokens[0])
+		}
+	}
+	if got := srv.Requests(); got != 1 {
+		t.Fatalf("token requests = %d, want 1 for %d concurrent workers", got, workers)
+	}
+}
+
+func TestTokenSourceCancelledWaiterDoesNotPoisonCache(t *testing.T) {
+	srv := newTokenServer(t, issue(3600, 300*time.Millisecond))
+	ts := newSource(t, srv)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := ts.TokenContext(ctx); !errors.Is(err, ErrToken) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("TokenContext with expiring ctx: err = %v, want ErrToken and DeadlineExceeded", err)
+	}
+	// The fetch started for the impatient caller goes on and serves the next one.
+	mustToken(t, ts)
+	if got := srv.Requests(); got != 1 {
+		t.Fatalf("token requests = %d, want 1", got)
+	}
+}
+
+func TestRefreshTime(t *testing.T) {
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		lifetime time.Duration
+		delta    time.Duration
+		want     time.Duration // after now; -1 means never
+	}{
+		{name: "long token uses delta", lifetime: time.Hour, delta: 10 * time.Second, want: time.Hour - 10*time.Second},
+		{name: "short token capped at half", lifetime: 3 * time.Second, delta: 10 * time.Second, want: 1500 * time.Millisecond},
+		{name: "small delta on short token", lifetime: 3 * time.Second, delta: 500 * time.Millisecond, want: 2500 * time.Millisecond},
+		{name: "zero delta", lifetime: 3 * time.Second, delta: 0, want: 3 * time.Second},
+		{name: "already expired", lifetime: -time.Second, delta: 10 * time.Second, want: -time.Second},
+		{name: "no expiry", lifetime: 0, delta: 10 * time.Second, want: -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var expiry time.Time
+			if tt.lifetime != 0 {
+				expiry = now.Add(tt.lifetime)
+			}
+			got := refreshTime(expiry, now, tt.delta)
+			if tt.want == -1 {
+				if !got.IsZero() {
+					t.Fatalf("refreshTime = %v, want zero (never)", got)
+				}
+				return
+			}
+			if d := got.Sub(now); d != tt.want {
+				t.Fatalf("refresh after %v, want %v", d, tt.want)
+			}
+		})
+	}
+}
+
+// TestTokenSourceExpiryDelta uses real 3-second tokens; TestRefreshTime
+// covers the other cases without waiting.
+func TestTokenSourceExpiryDelta(t *testing.T) {
+	tests := []struct {
+		name      string
+		opts      []Option
+		reusedAt  time.Duration // the first token is still handed out then
+		refreshBy time.Duration // and replaced by then
+	}{
+		{name: "default delta capped at half lifetime", reusedAt: time.Second, refreshBy: 1800 * time.Millisecond},
+		{name: "500ms delta", opts: []Option{WithExpiryDelta(500 * time.Millisecond)}, reusedAt: 2200 * time.Millisecond, refreshBy: 2800 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv := newTokenServer(t, issue(3, 0))
+			ts := newSource(t, srv, tt.opts...)
+
+			start := time.Now()
+			first := mustToken(t, ts)
+
+			time.Sleep(time.Until(start.Add(tt.reusedAt)))
+			if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+				t.Fatalf("at %v: got a new token, want the first one reused", tt.reusedAt)
+			}
+			time.Sleep(time.Until(start.Add(tt.refreshBy)))
+			if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
+				t.Fatalf("at %v: still the first token, want a refreshed one", tt.refreshBy)
+			}
+			if got := srv.Requests(); got != 2 {
+				t.Fatalf("token requests = %d, want 2", got)
+			}
+		})
+	}
+}
+
+func TestTokenSourceInvalidate(t *testing.T) {
+	srv := newTokenServer(t, issue(3600, 0))
+	ts := newSource(t, srv)
+
+	first := mustToken(t, ts)
+	ts.Invalidate(first)
+	second := mustToken(t, ts)
+	if second.AccessToken == first.AccessToken {
+		t.Fatal("Invalidate: the rejected token was handed out again")
+	}
+	// Late 401s for the old token must not throw away its replacement.
+	ts.Invalidate(first)
+	ts.Invalidate(nil)
+	if tok := mustToken(t, ts); tok.AccessToken != second.AccessToken {
+		t.Fatalf("stale Invalidate dropped the current token: got %q, want %q", tok.AccessToken, second.AccessToken)
+	}
+	if got := srv.Requests(); got != 2 {
+		t.Fatalf("token requests = %d, want 2", got)
+	}
+}
+
+func TestTokenSourceErrors(t *testing.T) {
+	// echo is a broken server that reflects the request in its error body.
+	echo := func(status int, contentType string, format string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			_ = r.ParseForm()
+			_, secret, _ := r.BasicAuth()
+			w.Header().Set("Content-Type", contentType)
+			w.WriteHeader(status)
+			_, _ = fmt.Fprintf(w, format, secret, r.Form.Encode())
+		}
+	}
+	tests := []struct {
+		name       string
+		handler    http.HandlerFunc
+		url        string // overrides the server URL
+		style      oauth2.AuthStyle
+		wantStatus int
+		wantCode   string
+		wantText   []string
+	}{
+		{
+			name:       "oauth2 error with description",
+			handler:    echo(http.StatusUnauthorized, "application/json", `{"error":"invalid_client","error_description":"bad secret %s for %s"}`),
+			style:      oauth2.AuthStyleInHeader,
+			wantStatus: http.StatusUnauthorized,
+			wantCode:   "invalid_client",
+			wantText:   []string{"401", "invalid_client", "bad secret"},
+		},
+		{
+			name:       "plain server error",
+			handler:    echo(http.StatusBadGateway, "text/plain", "upstream failed for secret=%s form=%s"),
+			style:      oauth2.AuthStyleInHeader,
+			wantStatus: http.StatusBadGateway,
+			wantText:   []string{"502", "upstream failed"},
+		},
+		{
+			name:       "plain server error echoing client_secret_post form",
+			handler:    echo(http.StatusBadGateway, "text/plain", "upstream failed for secret=%s form=%s"),
+			style:      oauth2.AuthStyleInParams,
+			wantStatus: http.StatusBadGateway,
+			wantText:   []string{"502", "client_id=stowline"},
+		},
+		{
+			name:     "unreachable endpoint",
+			url:      "http://127.0.0.1:1/token",
+			wantText: []string{"127.0.0.1:1"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newTokenServer(t, tt.handler)
+			if tt.url != "" {
+				srv.URL = tt.url
+			}
+			var observed []error
+			ts := newSource(t, srv, WithAuthStyle(tt.style),
+				WithObserver(func(err error, _ time.Duration) { observed = append(observed, err) }))
+
+			_, err := ts.Token()
+			if !errors.Is(err, ErrToken) {
+				t.Fatalf("err = %v, want ErrToken", err)
+			}
+			text := err.Error()
+			t.Logf("error text: %s", text)
+			for _, secret := range []string{testSecret, url.QueryEscape(testSecret), "s3cr3t"} {
+				if strings.Contains(text, secret) {
+					t.Fatalf("error text leaks the secret: %s", text)
+				}
+			}
+			for _, want := range tt.wantText {
+				if !strings.Contains(text, want) {
+					t.Errorf("error text %q lacks %q", text, want)
+				}
+			}
+			te, ok := errors.AsType[*TokenError](err)
+			if !ok {
+				t.Fatalf("err %T is not a *TokenError", err)
+			}
+			if te.StatusCode != tt.wantStatus || te.Code != tt.wantCode {
+				t.Errorf("status, code = %d, %q; want %d, %q", te.StatusCode, te.Code, tt.wantStatus, tt.wantCode)
+			}
+			if len(observed) != 1 || !errors.Is(observed[0], ErrToken) {
+				t.Errorf("observer saw %v, want one ErrToken", observed)
+			}
+		})
+	}
+}
+
+func TestTokenSourceRetriesAfterError(t *testing.T) {
+	var fail atomic.Bool
+	fail.Store(true)
+	ok := issue(3600, 0)
+	srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if fail.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		ok(w, r)
+	})
+	var observed atomic.Int64
+	ts := newSource(t, srv, WithObserver(func(err error, d time.Duration) {
+		if err == nil && d > 0 {
+			observed.Add(1)
+		}
+	}))
+
+	if _, err := ts.Token(); err == nil {
+		t.Fatal("Token: want an error while the endpoint is down")
+	}
+	fail.Store(false)
+	mustToken(t, ts)
+	if got := observed.Load(); got != 1 {
+		t.Fatalf("observer saw %d successful fetches, want 1", got)
+	}
+}

@@ -1,0 +1,99 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"golang.org/x/oauth2"
+)
+
+// ErrNoTokenSource is returned by a Transport built without a token source.
+var ErrNoTokenSource = errors.New("auth: no token source")
+
+// contextTokenSource is a token source whose callers can stop waiting.
+type contextTokenSource interface {
+	TokenContext(ctx context.Context) (*oauth2.Token, error)
+}
+
+// invalidator drops a token that the destination rejected.
+type invalidator interface {
+	Invalidate(tok *oauth2.Token)
+}
+
+// Transport returns a RoundTripper that sends every request through base
+// (http.DefaultTransport if nil) with "Authorization: Bearer <token>" from src.
+//
+// If src is a *TokenSource (or anything with TokenContext), a request whose
+// context ends while it waits for a token fails at once. If src has an
+// Invalidate method, a 401 response invalidates the token it was sent with.
+// The request is not retried: its body is a stream that may already be
+// consumed, so retrying is up to the caller, who can rebuild it.
+func Transport(src oauth2.TokenSource, base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return &transport{src: src, base: base}
+}
+
+type transport struct {
+	src  oauth2.TokenSource
+	base http.RoundTripper
+}
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	tok, err := t.token(req.Context())
+	if err != nil {
+		// A RoundTripper must close the body, even on error.
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, err
+	}
+
+	// A RoundTripper must not modify the caller's request; Clone copies the
+	// headers and shares the body stream.
+	out := req.Clone(req.Context())
+	out.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+
+	resp, err := t.base.RoundTrip(out)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		if inv, ok := t.src.(invalidator); ok {
+			inv.Invalidate(tok)
+		}
+	}
+	return resp, nil
+}
+
+func (t *transport) token(ctx context.Context) (*oauth2.Token, error) {
+	if t.src == nil {
+		return nil, ErrNoTokenSource
+	}
+	var (
+		tok *oauth2.Token
+		err error
+	)
+	if cs, ok := t.src.(contextTokenSource); ok {
+		tok, err = cs.TokenContext(ctx)
+	} else {
+		tok, err = t.src.Token()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if tok == nil || tok.AccessToken == "" {
+		return nil, fmt.Errorf("%w: empty access token", ErrToken)
+	}
+	return tok, nil
+}
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach base.
+func (t *transport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}

@@ -1,0 +1,231 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+// upstream is a destination that records the Authorization header it sees
+// and answers 401 to the tokens in reject.
+type upstream struct {
+	URL    string
+	hits   atomic.Int64
+	mu     sync.Mutex
+	seen   []string
+	reject map[string]bool
+}
+
+func newUpstream(t *testing.T, reject ...string) *upstream {
+	t.Helper()
+	u := &upstream{reject: map[string]bool{}}
+	for _, r := range reject {
+		u.reject["Bearer "+r] = true
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.hits.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		h := r.Header.Get("Authorization")
+		u.mu.Lock()
+		u.seen = append(u.seen, h)
+		u.mu.Unlock()
+		if h == "" || u.reject[h] {
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	u.URL = srv.URL
+	return u
+}
+
+func (u *upstream) lastAuth() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.seen) == 0 {
+		return ""
+	}
+	return u.seen[len(u.seen)-1]
+}
+
+// do sends a POST with a small body through rt and returns the status.
+func do(t *testing.T, rt http.RoundTripper, url string) int {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader("dicom"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Basic c3RhbGU6c3RhbGU=")
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if got := req.Header.Get("Authorization"); got != "Basic c3RhbGU6c3RhbGU=" {
+		t.Fatalf("RoundTrip modified the caller's request: Authorization = %q", got)
+	}
+	return resp.StatusCode
+}
+
+func TestTransportSetsBearer(t *testing.T) {
+	tests := []struct {
+		name string
+		src  func(t *testing.T) oauth2.TokenSource
+		want string
+	}{
+		{
+			name: "TokenSource",
+			src:  func(t *testing.T) oauth2.TokenSource { return newSource(t, newTokenServer(t, issue(3600, 0))) },
+			want: "Bearer token-1",
+		},
+		{
+			name: "plain oauth2 source",
+			src: func(*testing.T) oauth2.TokenSource {
+				// token_type in lower case, as many servers send it.
+				return oauth2.StaticTokenSource(&oauth2.Token{AccessToken: "static", TokenType: "bearer"})
+			},
+			want: "Bearer static",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := newUpstream(t)
+			rt := Transport(tt.src(t), nil)
+			if got := do(t, rt, up.URL); got != http.StatusOK {
+				t.Fatalf("status = %d, want 200", got)
+			}
+			if got := up.lastAuth(); got != tt.want {
+				t.Fatalf("upstream saw Authorization %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestTransport401InvalidatesWithoutRetry(t *testing.T) {
+	srv := newTokenServer(t, issue(3600, 0))
+	ts := newSource(t, srv)
+	up := newUpstream(t, "token-1")
+	rt := Transport(ts, http.DefaultTransport)
+
+	// Several workers are rejected with the same token at once.
+	const workers = 8
+	var wg sync.WaitGroup
+	statuses := make([]int, workers)
+	for i := range workers {
+		wg.Go(func() { statuses[i] = do(t, rt, up.URL) })
+	}
+	wg.Wait()
+	for i, s := range statuses {
+		if s != http.StatusUnauthorized {
+			t.Fatalf("worker %d: status = %d, want 401 passed through", i, s)
+		}
+	}
+	if got := up.hits.Load(); got != workers {
+		t.Fatalf("upstream hits = %d, want %d (no retries)", got, workers)
+	}
+
+	if got := do(t, rt, up.URL); got != http.StatusOK {
+		t.Fatalf("after 401: status = %d, want 200 with a fresh token", got)
+	}
+	if got := up.lastAuth(); got != "Bearer token-2" {
+		t.Fatalf("after 401: upstream saw %q, want Bearer token-2", got)
+	}
+	if got := srv.Requests(); got != 2 {
+		t.Fatalf("token requests = %d, want 2 (one refetch for all the 401s)", got)
+	}
+}
+
+// closeRecorder is a request body that records whether it was closed.
+type closeRecorder struct {
+	io.Reader
+	closed atomic.Bool
+}
+
+func (c *closeRecorder) Close() error { c.closed.Store(true); return nil }
+
+func TestTransportTokenFailure(t *testing.T) {
+	tests := []struct {
+		name    string
+		src     func(t *testing.T) oauth2.TokenSource
+		ctx     func(t *testing.T) context.Context
+		wantErr []error
+	}{
+		{
+			name: "token endpoint refuses",
+			src: func(t *testing.T) oauth2.TokenSource {
+				return newSource(t, newTokenServer(t, func(w http.ResponseWriter, _ *http.Request) {
+					http.Error(w, `{"error":"invalid_client"}`, http.StatusUnauthorized)
+				}))
+			},
+			wantErr: []error{ErrToken},
+		},
+		{
+			name: "request context ends while waiting for a token",
+			src: func(t *testing.T) oauth2.TokenSource {
+				return newSource(t, newTokenServer(t, issue(3600, 2*time.Second)))
+			},
+			ctx: func(t *testing.T) context.Context {
+				ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+				t.Cleanup(cancel)
+				return ctx
+			},
+			wantErr: []error{ErrToken, context.DeadlineExceeded},
+		},
+		{
+			name:    "no token source",
+			src:     func(*testing.T) oauth2.TokenSource { return nil },
+			wantErr: []error{ErrNoTokenSource},
+		},
+		{
+			name:    "nil *TokenSource",
+			src:     func(*testing.T) oauth2.TokenSource { return (*TokenSource)(nil) },
+			wantErr: []error{ErrNoTokenSource},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := newUpstream(t)
+			ctx := t.Context()
+			if tt.ctx != nil {
+				ctx = tt.ctx(t)
+			}
+			body := &closeRecorder{Reader: strings.NewReader("dicom")}
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, up.URL, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			resp, err := Transport(tt.src(t), nil).RoundTrip(req)
+			if err == nil {
+				_ = resp.Body.Close()
+				t.Fatal("RoundTrip: want an error")
+			}
+			for _, want := range tt.wantErr {
+				if !errors.Is(err, want) {
+					t.Errorf("err = %v, want it to match %v", err, want)
+				}
+			}
+			if !body.closed.Load() {
+				t.Error("request body was not closed")
+			}
+			if up.hits.Load() != 0 {
+				t.Error("request reached the destination without a token")
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("RoundTrip took %v, want a prompt failure", d)
+			}
+		})
+	}
+}

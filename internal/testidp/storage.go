@@ -1,0 +1,231 @@
+package testidp
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+)
+
+// zitadel's example storage (example/server/storage) does support
+// client_credentials, but with one hard-coded service user and a fixed
+// five-minute token lifetime in unexported fields, so this package implements
+// the few op.Storage methods the client_credentials grant needs and refuses
+// the rest (authorization code, refresh, JWT profile, introspection).
+
+var (
+	_ op.Storage                  = (*storage)(nil)
+	_ op.ClientCredentialsStorage = (*storage)(nil)
+)
+
+// errUnsupported answers every flow other than client_credentials.
+var errUnsupported = errors.New("testidp: only the client_credentials grant is supported")
+
+// errBadClient answers an unknown client or a wrong secret. A plain error is
+// what zitadel turns into invalid_client; an oidc server_error would be a 500.
+var errBadClient = errors.New("testidp: unknown client or wrong secret")
+
+// storage is immutable after newStorage but for the counter, so it needs no lock.
+type storage struct {
+	clients  map[string]*serviceClient
+	lifetime time.Duration
+	key      signingKey
+	issued   atomic.Int64
+}
+
+func newStorage(creds []credential, lifetime time.Duration, key signingKey) *storage {
+	s := &storage{clients: make(map[string]*serviceClient, len(creds)), lifetime: lifetime, key: key}
+	for _, c := range creds {
+		s.clients[c.id] = &serviceClient{id: c.id, secret: c.secret}
+	}
+	return s
+}
+
+func (s *storage) authenticate(clientID, secret string) (*serviceClient, error) {
+	c, ok := s.clients[clientID]
+	if !ok || subtle.ConstantTimeCompare([]byte(c.secret), []byte(secret)) != 1 {
+		return nil, errBadClient
+	}
+	return c, nil
+}
+
+// ClientCredentials authenticates a client of the client_credentials grant,
+// whether it sent its secret as client_secret_basic or client_secret_post.
+func (s *storage) ClientCredentials(_ context.Context, clientID, clientSecret string) (op.Client, error) {
+	return s.authenticate(clientID, clientSecret)
+}
+
+func (s *storage) ClientCredentialsTokenRequest(_ context.Context, clientID string, scopes []string) (op.TokenRequest, error) {
+	if _, ok := s.clients[clientID]; !ok {
+		return nil, errBadClient
+	}
+	return &tokenRequest{clientID: clientID, scopes: scopes}, nil
+}
+
+// CreateAccessToken returns the ID and expiry of a new token; zitadel signs
+// the JWT itself with SigningKey.
+func (s *storage) CreateAccessToken(_ context.Context, _ op.TokenRequest) (string, time.Time, error) {
+	s.issued.Add(1)
+	// The JWT exp claim has whole seconds and zitadel truncates expires_in
+	// (exp minus now) to whole seconds, so exp = now+lifetime would be
+	// announced as lifetime-1s. Rounding exp up to the next second announces
+	// the lifetime exactly, and the JWT never expires before the client
+	// expects it to.
+	exp := time.Now().Add(s.lifetime).Truncate(time.Second).Add(time.Second)
+	return rand.Text(), exp, nil
+}
+
+func (s *storage) SigningKey(context.Context) (op.SigningKey, error) { return &s.key, nil }
+
+func (s *storage) SignatureAlgorithms(context.Context) ([]jose.SignatureAlgorithm, error) {
+	return []jose.SignatureAlgorithm{s.key.alg}, nil
+}
+
+func (s *storage) KeySet(context.Context) ([]op.Key, error) {
+	return []op.Key{publicKey{s.key}}, nil
+}
+
+func (s *storage) GetClientByClientID(_ context.Context, clientID string) (op.Client, error) {
+	c, ok := s.clients[clientID]
+	if !ok {
+		return nil, errBadClient
+	}
+	return c, nil
+}
+
+func (s *storage) AuthorizeClientIDSecret(_ context.Context, clientID, clientSecret string) error {
+	_, err := s.authenticate(clientID, clientSecret)
+	return err
+}
+
+// GetPrivateClaimsFromScopes adds no claims beyond the standard ones
+// (iss, sub, aud, exp, iat, nbf, jti, client_id).
+func (s *storage) GetPrivateClaimsFromScopes(context.Context, string, string, []string) (map[string]any, error) {
+	return nil, nil
+}
+
+func (s *storage) Health(context.Context) error { return nil }
+
+// The rest of op.Storage serves flows this IdP does not offer.
+
+func (s *storage) CreateAuthRequest(context.Context, *oidc.AuthRequest, string) (op.AuthRequest, error) {
+	return nil, errUnsupported
+}
+
+func (s *storage) AuthRequestByID(context.Context, string) (op.AuthRequest, error) {
+	return nil, errUnsupported
+}
+
+func (s *storage) AuthRequestByCode(context.Context, string) (op.AuthRequest, error) {
+	return nil, errUnsupported
+}
+
+func (s *storage) SaveAuthCode(context.Context, string, string) error { return errUnsupported }
+
+func (s *storage) DeleteAuthRequest(context.Context, string) error { return errUnsupported }
+
+func (s *storage) CreateAccessAndRefreshTokens(context.Context, op.TokenRequest, string) (string, string, time.Time, error) {
+	return "", "", time.Time{}, errUnsupported
+}
+
+func (s *storage) TokenRequestByRefreshToken(context.Context, string) (op.RefreshTokenRequest, error) {
+	return nil, op.ErrInvalidRefreshToken
+}
+
+func (s *storage) TerminateSession(context.Context, string, string) error { return errUnsupported }
+
+func (s *storage) RevokeToken(context.Context, string, string, string) *oidc.Error {
+	return oidc.ErrUnsupportedGrantType().WithDescription("revocation is not supported")
+}
+
+func (s *storage) GetRefreshTokenInfo(context.Context, string, string) (string, string, error) {
+	return "", "", op.ErrInvalidRefreshToken
+}
+
+func (s *storage) SetUserinfoFromScopes(context.Context, *oidc.UserInfo, string, string, []string) error {
+	return nil
+}
+
+func (s *storage) SetUserinfoFromToken(context.Context, *oidc.UserInfo, string, string, string) error {
+	return errUnsupported
+}
+
+func (s *storage) SetIntrospectionFromToken(context.Context, *oidc.IntrospectionResponse, string, string, string) error {
+	return errUnsupported
+}
+
+func (s *storage) GetKeyByIDAndClientID(context.Context, string, string) (*jose.JSONWebKey, error) {
+	return nil, errUnsupported
+}
+
+func (s *storage) ValidateJWTProfileScopes(context.Context, string, []string) ([]string, error) {
+	return nil, errUnsupported
+}
+
+// tokenRequest is the op.TokenRequest of a client_credentials grant: the
+// client is both subject and audience.
+type tokenRequest struct {
+	clientID string
+	scopes   []string
+}
+
+func (r *tokenRequest) GetSubject() string    { return r.clientID }
+func (r *tokenRequest) GetAudience() []string { return []string{r.clientID} }
+func (r *tokenRequest) GetScopes() []string   { return r.scopes }
+
+// signingKey implements op.SigningKey.
+type signingKey struct {
+	id  string
+	alg jose.SignatureAlgorithm
+	key *ecdsa.PrivateKey
+}
+
+func (k *signingKey) SignatureAlgorithm() jose.SignatureAlgorithm { return k.alg }
+func (k *signingKey) Key() any                                    { return k.key }
+func (k *signingKey) ID() string                                  { return k.id }
+
+// publicKey implements op.Key, as published at the JWKS endpoint.
+type publicKey struct{ k signingKey }
+
+func (p publicKey) ID() string                         { return p.k.id }
+func (p publicKey) Algorithm() jose.SignatureAlgorithm { return p.k.alg }
+func (p publicKey) Use() string                        { return "sig" }
+func (p publicKey) Key() any                           { return &p.k.key.PublicKey }
+
+// serviceClient is a service account: it may only use client_credentials and gets
+// JWT access tokens.
+type serviceClient struct {
+	id, secret string
+}
+
+var _ op.Client = (*serviceClient)(nil)
+
+func (c *serviceClient) GetID() string                       { return c.id }
+func (c *serviceClient) RedirectURIs() []string              { return nil }
+func (c *serviceClient) PostLogoutRedirectURIs() []string    { return nil }
+func (c *serviceClient) ApplicationType() op.ApplicationType { return op.ApplicationTypeWeb }
+func (c *serviceClient) AuthMethod() oidc.AuthMethod         { return oidc.AuthMethodBasic }
+func (c *serviceClient) ResponseTypes() []oidc.ResponseType  { return nil }
+func (c *serviceClient) GrantTypes() []oidc.GrantType {
+	return []oidc.GrantType{oidc.GrantTypeClientCredentials}
+}
+func (c *serviceClient) LoginURL(string) string               { return "" }
+func (c *serviceClient) AccessTokenType() op.AccessTokenType  { return op.AccessTokenTypeJWT }
+func (c *serviceClient) IDTokenLifetime() time.Duration       { return 0 }
+func (c *serviceClient) DevMode() bool                        { return false }
+func (c *serviceClient) IsScopeAllowed(string) bool           { return true }
+func (c *serviceClient) IDTokenUserinfoClaimsAssertion() bool { return false }
+func (c *serviceClient) ClockSkew() time.Duration             { return 0 }
+func (c *serviceClient) RestrictAdditionalIdTokenScopes() func([]string) []string {
+	return func(s []string) []string { return s }
+}
+func (c *serviceClient) RestrictAdditionalAccessTokenScopes() func([]string) []string {
+	return func(s []string) []string { return s }
+}
