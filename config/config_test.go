@@ -157,3 +157,30 @@ func TestUsageListsEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+func TestSeparateCommandsNeedNATSURL(t *testing.T) {
+	e := baseEnv()
+	for _, c := range []any{&IngestService{}, &ForwarderService{}} {
+		if err := Load(mapEnv(e), c); err == nil || !strings.Contains(err.Error(), "NATS_URL is required") {
+			t.Errorf("%T without NATS_URL: err = %v", c, err)
+		}
+	}
+	e["NATS_URL"] = "nats://127.0.0.1:4222"
+	for _, c := range []any{&IngestService{}, &ForwarderService{}} {
+		if err := Load(mapEnv(e), c); err != nil {
+			t.Errorf("%T: %v", c, err)
+		}
+	}
+}
+
+func TestReadmeDocumentsEveryVariable(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range Vars(&SingleHost{}) {
+		if !strings.Contains(string(readme), "| `"+v.Name+"` |") {
+			t.Errorf("README.md has no table row for %s", v.Name)
+		}
+	}
+}

@@ -11,7 +11,17 @@ type IngestService struct {
 
 // Validate checks every part; the errors name the variables.
 func (c *IngestService) Validate() error {
-	return errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate())
+	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Ingest.Validate())
+}
+
+// requireExternalNATS refuses an embedded server for the separate
+// commands: an ingest and a forwarder each with its own embedded server
+// would never see each other's events.
+func requireExternalNATS(n NATS) error {
+	if n.Embedded() {
+		return errors.New("NATS_URL is required (a separate ingest or forwarder needs a shared NATS server; for a single host run cmd/stowline, which embeds one)")
+	}
+	return nil
 }
 
 // ForwarderService is what cmd/forwarder reads.
@@ -23,7 +33,7 @@ type ForwarderService struct {
 
 // Validate checks every part; the errors name the variables.
 func (c *ForwarderService) Validate() error {
-	return errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Forwarder.Validate())
+	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Forwarder.Validate())
 }
 
 // SingleHost is what cmd/stowline reads: ingest and forwarder in one
@@ -43,3 +53,12 @@ func (c *SingleHost) Validate() error {
 	}
 	return err
 }
+
+// LogConfig returns the logging part (commands build the logger from it).
+func (c *IngestService) LogConfig() Log { return c.Log }
+
+// LogConfig returns the logging part.
+func (c *ForwarderService) LogConfig() Log { return c.Log }
+
+// LogConfig returns the logging part.
+func (c *SingleHost) LogConfig() Log { return c.Log }

@@ -82,6 +82,16 @@ func ValidUID(uid string) bool {
 	return true
 }
 
+// PlausibleUID reports whether uid is safe to carry as a StudyInstanceUID:
+// 1 to 64 characters of digits, letters, '.', '_' or '-'. It is looser than
+// ValidUID on purpose: Orthanc stores studies whose UIDs break PS3.5 (one
+// shared sample has 64 hex digits), and refusing their events would lose
+// the study. The UID is informational: stowline never builds a URL, a
+// subject or a key from it (see docs/uids.md).
+func PlausibleUID(uid string) bool { return plausibleUIDPattern.MatchString(uid) }
+
+var plausibleUIDPattern = regexp.MustCompile(`^[0-9A-Za-z._-]{1,64}$`)
+
 // Validate checks every field; the error names the first bad field.
 func (e *StudyStable) Validate() error {
 	switch {
@@ -103,8 +113,8 @@ func (e *StudyStable) Validate() error {
 		return &FieldError{"orthancStudyId", "must be an Orthanc ID (five dash-separated groups of 8 lowercase hex digits)"}
 	case e.StudyInstanceUID == "":
 		return &FieldError{"studyInstanceUid", "is required"}
-	case !ValidUID(e.StudyInstanceUID):
-		return &FieldError{"studyInstanceUid", "must be a DICOM UID (digits and dots, at most 64 characters)"}
+	case !PlausibleUID(e.StudyInstanceUID):
+		return &FieldError{"studyInstanceUid", "must be a UID of at most 64 characters from 0-9 A-Z a-z . _ -"}
 	case e.LastUpdate == "":
 		return &FieldError{"lastUpdate", "is required"}
 	}

@@ -40,9 +40,11 @@ func TestValidate(t *testing.T) {
 		{"study id uppercase", func(e *StudyStable) { e.OrthancStudyID = "27F7126F-4F66FB14-03F4081B-F9341DB2-53925988" }, "orthancStudyId"},
 		{"study id encoded slash", func(e *StudyStable) { e.OrthancStudyID = "27f7126f%2F4f66fb14-03f4081b-f9341db2-53925988" }, "orthancStudyId"},
 		{"missing uid", func(e *StudyStable) { e.StudyInstanceUID = "" }, "studyInstanceUid"},
-		{"uid letters", func(e *StudyStable) { e.StudyInstanceUID = "1.2.abc" }, "studyInstanceUid"},
-		{"uid leading zero", func(e *StudyStable) { e.StudyInstanceUID = "1.02.3" }, "studyInstanceUid"},
-		{"uid empty component", func(e *StudyStable) { e.StudyInstanceUID = "1..3" }, "studyInstanceUid"},
+		{"non-conformant uid Orthanc accepts", func(e *StudyStable) {
+			e.StudyInstanceUID = "05fa52f0e599f17b8186ff18fcdf2b5570a52206a75c4d03afebf5c475dc8758"
+		}, ""},
+		{"uid slash", func(e *StudyStable) { e.StudyInstanceUID = "1.2/../3" }, "studyInstanceUid"},
+		{"uid wildcard", func(e *StudyStable) { e.StudyInstanceUID = "1.2.>" }, "studyInstanceUid"},
 		{"uid too long", func(e *StudyStable) { e.StudyInstanceUID = "1." + strings.Repeat("1", 63) }, "studyInstanceUid"},
 		{"uid trailing space", func(e *StudyStable) { e.StudyInstanceUID = "1.2.3 " }, "studyInstanceUid"},
 		{"missing last update", func(e *StudyStable) { e.LastUpdate = "" }, "lastUpdate"},
@@ -70,6 +72,14 @@ func TestValidate(t *testing.T) {
 				t.Errorf("message %q does not name the field", err)
 			}
 		})
+	}
+}
+
+func TestValidUID(t *testing.T) {
+	for _, bad := range []string{"1.2.abc", "1.02.3", "1..3", "1.2.3 ", "", "1." + strings.Repeat("1", 63)} {
+		if ValidUID(bad) {
+			t.Errorf("ValidUID(%q) = true", bad)
+		}
 	}
 }
 

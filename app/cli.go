@@ -1,0 +1,50 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/stowline/stowline/config"
+)
+
+// ErrUsage matches (errors.Is) the error returned for bad flags or bad
+// configuration: the command exits non-zero with a message that says
+// what to fix.
+var ErrUsage = errors.New("usage error")
+
+type usageError struct{ err error }
+
+func (e *usageError) Error() string        { return e.err.Error() }
+func (e *usageError) Unwrap() error        { return e.err }
+func (e *usageError) Is(target error) bool { return target == ErrUsage }
+
+// Main parses flags and configuration into cfg and calls start. Bad
+// configuration fails here, before anything starts, naming the variable.
+func Main[T any, P interface {
+	*T
+	LogConfig() config.Log
+}](ctx context.Context, program string, args []string, getenv func(string) string, stdout, stderr io.Writer,
+	start func(ctx context.Context, cfg P, log *slog.Logger) error) error {
+	fs := flag.NewFlagSet(program, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg T
+	fs.Usage = func() { config.Usage(stderr, program, P(&cfg)) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Errorf("unexpected arguments %q (all configuration comes from the environment; see -h)", fs.Args())}
+	}
+	if err := config.Load(getenv, P(&cfg)); err != nil {
+		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
+	}
+	log := NewLogger(stdout, P(&cfg).LogConfig())
+	return start(ctx, P(&cfg), log)
+}

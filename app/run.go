@@ -1,0 +1,112 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/stowline/stowline/config"
+	"github.com/stowline/stowline/forward"
+	"github.com/stowline/stowline/ingest"
+	"github.com/stowline/stowline/ops"
+)
+
+// RunIngest runs the webhook service until ctx ends.
+func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) error {
+	return run(ctx, log, c.NATS, 0, &c.Ingest, nil)
+}
+
+// RunForwarder runs the forwarder until ctx ends.
+func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Logger) error {
+	return run(ctx, log, c.NATS, c.AckWait, nil, &c.Forwarder)
+}
+
+// RunSingleHost runs ingest and forwarder in one process, on an embedded
+// JetStream server unless NATS_URL is set.
+func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) error {
+	return run(ctx, log, c.NATS, c.AckWait, &c.Ingest, &c.Forwarder)
+}
+
+func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Duration, ic *config.Ingest, fc *config.Forwarder) error {
+	js, err := ConnectJetStream(ctx, nc, Topology(nc, ackWait), log)
+	if err != nil {
+		return err
+	}
+	// Closed last: the servers and workers below stop first, so every
+	// accepted event is published and every ack is flushed.
+	defer js.Close()
+
+	g, gctx := newGroup(ctx)
+	if ic != nil {
+		reg := NewRegistry()
+		h, err := ingest.New(ingest.Options{
+			Tokens:         []string{ic.Token},
+			Publisher:      ingest.JetStreamPublisher{JS: js.JS},
+			PublishTimeout: ic.PublishTimeout,
+			Logger:         log.With("component", "ingest"),
+			Registerer:     reg,
+		})
+		if err != nil {
+			return err
+		}
+		r := newRouter()
+		h.Mount(r)
+		ops.Mount(r, reg, map[string]ops.Check{"jetstream": js.Ready})
+		if err := serveHTTP(g, gctx, "ingest", ic.Addr, r, log); err != nil {
+			g.cancel()
+			_ = g.Wait()
+			return err
+		}
+	}
+	if fc != nil {
+		if err := startForwarder(g, gctx, js, nc, ackWait, fc, log.With("component", "forwarder")); err != nil {
+			g.cancel()
+			_ = g.Wait()
+			return err
+		}
+	}
+	log.Info("stowline started")
+	err = g.Wait()
+	log.Info("stowline stopped", "err", err)
+	return err
+}
+
+func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS, ackWait time.Duration, fc *config.Forwarder, log *slog.Logger) error {
+	reg := NewRegistry()
+	deps, err := NewForwarderDeps(ctx, fc, reg, log)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cons, err := ensureConsumer(cctx, js, nc, ackWait)
+	if err != nil {
+		return err
+	}
+	fw, err := forward.New(forward.Options{
+		Consumer:      cons,
+		SourceFor:     deps.SourceFor,
+		Destination:   deps.Destination,
+		Concurrency:   fc.Concurrency,
+		MaxInstances:  fc.StowMaxInstances,
+		MaxBytes:      int64(fc.StowMaxBytes),
+		AckWait:       fc.AckWait,
+		RetryDelay:    fc.RetryDelay,
+		RetryMaxDelay: fc.RetryMaxDelay,
+		Logger:        log,
+		Registerer:    reg,
+	})
+	if err != nil {
+		return err
+	}
+	r := newRouter()
+	ops.Mount(r, reg, map[string]ops.Check{
+		"jetstream": js.Ready,
+		"orthanc":   deps.SourceReady,
+	})
+	if err := serveHTTP(g, ctx, "forwarder", fc.Addr, r, log); err != nil {
+		return err
+	}
+	g.Go("forwarder", func() error { return fw.Run(ctx) })
+	return nil
+}

@@ -1,0 +1,34 @@
+// Command forwarder runs stowline's workers: they pull stable-study events from
+// JetStream and send each study from Orthanc to the DICOMweb destination.
+// Run any number of replicas; they share one durable consumer.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/stowline/stowline/app"
+	"github.com/stowline/stowline/config"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, app.ErrUsage) {
+			err = fmt.Errorf("forwarder: %w", err)
+		}
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, stdout, stderr, app.RunForwarder)
+}

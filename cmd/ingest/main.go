@@ -1,0 +1,33 @@
+// Command ingest runs stowline's webhook service: Orthanc's Lua script posts
+// stable-study events to it, and it stores them in NATS JetStream.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/stowline/stowline/app"
+	"github.com/stowline/stowline/config"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, app.ErrUsage) {
+			err = fmt.Errorf("ingest: %w", err)
+		}
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return app.Main[config.IngestService](ctx, "ingest", args, getenv, stdout, stderr, app.RunIngest)
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/stowline/stowline/app"
+)
+
+func TestHelpListsVariables(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"-h"}, func(string) string { return "" }, &stdout, &stderr); err != nil {
+		t.Fatalf("run -h: %v", err)
+	}
+	for _, v := range []string{"INGEST_TOKEN", "DICOMWEB_URL", "NATS_URL", "ORTHANC_URL", "OAUTH_CLIENT_SECRET_FILE"} {
+		if !strings.Contains(stderr.String(), v) {
+			t.Errorf("-h does not list %s", v)
+		}
+	}
+}
+
+func TestBadConfigFailsAtStartup(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want []string
+	}{
+		{"nothing set", nil, nil, []string{"INGEST_TOKEN", "DICOMWEB_URL"}},
+		{"bad url", map[string]string{"INGEST_TOKEN": "0123456789abcdef", "DICOMWEB_URL": "not a url"}, nil, []string{"DICOMWEB_URL"}},
+		{"stray argument", nil, []string{"serve"}, []string{"unexpected arguments"}},
+		{"unknown flag", nil, []string{"-x"}, []string{"-x"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), tt.args, func(k string) string { return tt.env[k] }, &stdout, &stderr)
+			if !errors.Is(err, app.ErrUsage) {
+				t.Fatalf("run = %v, want a usage error", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error()+stderr.String(), w) {
+					t.Errorf("error %q does not mention %s", err, w)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testidp"
+)
+
+const samplesDir = "../../../shared/dicom-samples"
+
+// syncBuffer collects everything the program logs, for the PHI scan.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitHTTP(t *testing.T, url string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready after %s (last: %v)", url, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// sampleFiles lists the shared sample files, all of them: the broken ones
+// must not stop the rest.
+func sampleFiles(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(samplesDir, "*.dcm"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no sample files in %s (err %v)", samplesDir, err)
+	}
+	sort.Strings(files)
+	return files
+}
+
+// TestEndToEnd runs the real program in single-host mode between two real
+// Orthanc servers: A receives studies from storescu and runs the project's
+// Lua script; B is the STOW-RS destination (DICOMweb plugin) behind a gate
+// that only lets through bearer tokens from a real OAuth2 server issuing
+// tokens that expire every few seconds.
+func TestEndToEnd(t *testing.T) {
+	testharness.RequireBinary(t, "Orthanc")
+	testharness.RequireBinary(t, "storescu")
+
+	const (
+		ingestToken  = "e2e-ingest-token-0123456789"
+		clientID     = "stowline-e2e"
+		clientSecret = "e2e-client-secret-abcdef"
+	)
+	idp := testidp.Start(t, testidp.WithClient(clientID, clientSecret), testidp.WithTokenLifetime(4*time.Second))
+	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest-b", DicomWeb: true})
+	gate := idp.Gate(t, dest.URL)
+
+	ingestAddr, forwarderAddr := freeAddr(t), freeAddr(t)
+	lua, err := filepath.Abs("../../lua/stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := testharness.StartOrthanc(t, testharness.OrthancOptions{
+		Name:       "source-a",
+		LuaScripts: []string{lua},
+		StableAge:  2,
+		Extra: map[string]any{"Stowline": map[string]any{
+			"IngestUrl":   "http://" + ingestAddr + "/webhooks/orthanc",
+			"IngestToken": "${STOWLINE_TEST_TOKEN}",
+			"Source":      "orthanc-a",
+		}},
+		Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+	})
+
+	env := map[string]string{
+		"NATS_STORE_DIR":        t.TempDir(),
+		"INGEST_ADDR":           ingestAddr,
+		"INGEST_TOKEN":          ingestToken,
+		"FORWARDER_ADDR":        forwarderAddr,
+		"ORTHANC_URL":           src.URL,
+		"DICOMWEB_URL":          gate.URL + "/dicom-web",
+		"OAUTH_TOKEN_URL":       idp.TokenURL,
+		"OAUTH_CLIENT_ID":       clientID,
+		"OAUTH_CLIENT_SECRET":   clientSecret,
+		"FORWARDER_RETRY_DELAY": "1s",
+		"STOW_MAX_INSTANCES":    "50",
+		"LOG_LEVEL":             "debug",
+	}
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, nil, func(k string) string { return env[k] }, &logs, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			t.Error("program did not stop within a minute")
+		}
+		if t.Failed() {
+			t.Logf("program log:\n%s", logs.String())
+		}
+	})
+	waitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
+	waitHTTP(t, "http://"+forwarderAddr+"/readyz", 30*time.Second)
+
+	// The modality sends the samples (some broken on purpose) and a
+	// generated 300-instance CT study.
+	ctDir := t.TempDir()
+	ctFiles, err := dicomgen.WriteStudy(ctDir, dicomgen.StudySpec{
+		PatientID: "E2E-300", PatientName: "Synthetic^Threehundred",
+		Series: 3, InstancesPerSeries: 100, Rows: 64, Columns: 64,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := src.StoreSCU(t, append(sampleFiles(t), ctFiles...)...)
+	t.Logf("storescu: %d stored, %d refused", len(res.Stored), len(res.Failed))
+	if len(res.Failed) == 0 {
+		t.Error("the broken sample files were all accepted: the test data is not what it claims")
+	}
+
+	want := src.InstanceMD5s(t)
+	if len(want) < 300+20 {
+		t.Fatalf("source has only %d instances", len(want))
+	}
+	deadline := time.Now().Add(4 * time.Minute)
+	var got map[string]string
+	for {
+		got = dest.InstanceMD5s(t)
+		if len(got) >= len(want) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	for uid, sum := range want {
+		switch g, ok := got[uid]; {
+		case !ok:
+			t.Errorf("SOP instance %s did not reach the destination", uid)
+		case g != sum:
+			t.Errorf("SOP instance %s differs: md5 %s at the source, %s at the destination", uid, sum, g)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("destination has %d instances, source %d", len(got), len(want))
+	}
+
+	// Tokens expired and were renewed during the run, and the gate saw
+	// only valid ones (no request was sent with an expired token).
+	if n := idp.TokensIssued(); n < 2 {
+		t.Errorf("IdP issued %d tokens; want renewals during the run", n)
+	}
+	if gate.Accepted() == 0 {
+		t.Error("no request went through the gate")
+	}
+	t.Logf("tokens issued %d, gate accepted %d, rejected %d", idp.TokensIssued(), gate.Accepted(), gate.Rejected())
+
+	checkMetrics(t, "http://"+forwarderAddr+"/metrics", "stowline_forwarder_instances_total", float64(len(want)))
+
+	// Graceful stop.
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run returned %v after cancel", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("program did not stop within a minute of cancel")
+	}
+	done <- nil // for the cleanup
+
+	// The logs never hold PHI or secrets.
+	out := logs.String()
+	forbidden := append(patientNames(t, src), ingestToken, clientSecret)
+	for _, s := range forbidden {
+		if s != "" && strings.Contains(out, s) {
+			t.Errorf("the log contains %q", s)
+		}
+	}
+	if !strings.Contains(out, `"msg":"study forwarded"`) {
+		t.Error("no 'study forwarded' log line")
+	}
+}
+
+// patientNames returns the PatientName and PatientID values stored in o,
+// for the PHI scan of the logs.
+func patientNames(t *testing.T, o *testharness.Orthanc) []string {
+	t.Helper()
+	var patients []struct {
+		MainDicomTags map[string]string
+	}
+	o.GetJSON(t, "/patients?expand", &patients)
+	var out []string
+	for _, p := range patients {
+		for _, k := range []string{"PatientName", "PatientID"} {
+			if v := strings.TrimSpace(p.MainDicomTags[k]); len(v) > 3 {
+				out = append(out, v)
+			}
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("no patient names found to scan for")
+	}
+	return out
+}
+
+func checkMetrics(t *testing.T, url, name string, atLeast float64) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil && f >= atLeast {
+				return
+			}
+			t.Errorf("metric %s = %s, want at least %v", name, v, atLeast)
+			return
+		}
+	}
+	t.Errorf("metric %s not found", name)
+}
+
+var _ = json.Marshal
+var _ = os.Getenv

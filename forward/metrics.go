@@ -1,0 +1,50 @@
+package forward
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	studies   *prometheus.CounterVec
+	instances prometheus.Counter
+	bytes     prometheus.Counter
+	duration  prometheus.Histogram
+	inFlight  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		studies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_forwarder_studies_total",
+			Help: "Studies handled, by result (forwarded, retry, interrupted, undecodable, ack_failed).",
+		}, []string{"result"}),
+		instances: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stowline_forwarder_instances_total",
+			Help: "Instances the destination confirmed as stored.",
+		}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stowline_forwarder_bytes_total",
+			Help: "Bytes of STOW-RS request bodies the destination confirmed.",
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "stowline_forwarder_study_duration_seconds",
+			Help:    "Time to forward one study, for studies forwarded.",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stowline_forwarder_studies_in_flight",
+			Help: "Studies being sent now by this process.",
+		}),
+	}
+	for _, r := range []string{"forwarded", "retry", "interrupted", "undecodable", "ack_failed"} {
+		m.studies.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("forward: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,23 @@
+// Package testharness starts real servers (Orthanc, dcmtk's storescu) for
+// integration tests.
+//
+// The testing.TB helpers fail or skip the test on error. Integration tests
+// must never skip silently in CI: when the environment variable CI is
+// non-empty, a missing binary fails the test instead of skipping it.
+//
+// Programs that are not tests (a benchmark command) can use the
+// error-returning core: LaunchOrthanc, (*Orthanc).Restart, (*Orthanc).Close
+// and (*Orthanc).StoreFiles.
+//
+// Findings the helpers encode (Orthanc 1.10.1, DICOMweb plugin 1.7,
+// dcmtk 3.6.7):
+//   - A C-STORE (storescu) re-encodes the data set: undefined-length
+//     sequences become explicit-length, trailing padding is dropped, so
+//     stored files are not byte-identical to the originals (StoreSCU still
+//     keeps each file's transfer syntax). Upload (POST /instances) and STOW-RS keep every
+//     byte, even of a bare data set without file meta information.
+//   - Orthanc keeps the first copy of an instance: sending it again
+//     answers "AlreadyStored" and does not replace the bytes.
+//   - dcmtk disables Nagle's algorithm only with TCP_NODELAY=1 in the
+//     environment; without it every C-STORE costs ~40-90 ms.
+package testharness

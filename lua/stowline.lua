@@ -1,0 +1,90 @@
+-- stowline: tell the stowline ingest service that a study is stable.
+--
+-- Install: add this file to Orthanc's "LuaScripts" and a section to the
+-- Orthanc configuration (Orthanc expands ${VAR} from its environment):
+--
+--   "Stowline": {
+--     "IngestUrl":   "http://stowline:8080/webhooks/orthanc",
+--     "IngestToken": "${STOWLINE_INGEST_TOKEN}",
+--     "Source":      "orthanc-main"   -- optional, defaults to Orthanc's "Name"
+--   }
+--
+-- The script stays tiny on purpose: Orthanc's Lua has no retry and forgets
+-- stability on restart, so stowline also reconciles from Orthanc's /changes
+-- feed. A failed post only logs a warning; it never raises, so Orthanc's
+-- Lua context keeps working for every later study.
+
+local HTTP_TIMEOUT_SECONDS = 10
+
+-- A source name becomes a NATS subject token: keep letters, digits, '_'
+-- and '-' (the ingest rejects anything else).
+local function sourceName(configured, orthancName)
+  local name = configured
+  if name == nil or name == '' then
+    name = orthancName
+  end
+  if name == nil or name == '' then
+    name = 'orthanc'
+  end
+  name = string.gsub(name, '[^%w_%-]', '-')
+  return string.sub(name, 1, 64)
+end
+
+local function settings()
+  local config = GetOrthancConfiguration()
+  local section = config['Stowline']
+  if type(section) ~= 'table' then
+    return nil, 'the "Stowline" section is missing from the Orthanc configuration'
+  end
+  local url = section['IngestUrl']
+  local token = section['IngestToken']
+  if url == nil or url == '' then
+    return nil, '"Stowline.IngestUrl" is not set'
+  end
+  if token == nil or token == '' then
+    return nil, '"Stowline.IngestToken" is not set'
+  end
+  return {
+    url = url,
+    token = token,
+    source = sourceName(section['Source'], config['Name']),
+  }
+end
+
+local function postStableStudy(studyId, tags, metadata)
+  local s, problem = settings()
+  if s == nil then
+    print('stowline: study ' .. studyId .. ' not announced: ' .. problem)
+    return
+  end
+  local event = {
+    type = 'orthanc.study.stable',
+    version = 1,
+    source = s.source,
+    orthancStudyId = studyId,
+    studyInstanceUid = tags['StudyInstanceUID'] or '',
+    lastUpdate = metadata['LastUpdate'] or '',
+  }
+  SetHttpTimeout(HTTP_TIMEOUT_SECONDS)
+  local answer = HttpPost(s.url, DumpJson(event, true), {
+    ['Content-Type'] = 'application/json',
+    ['Authorization'] = 'Bearer ' .. s.token,
+  })
+  -- Orthanc 1.10 returns nil when it could not connect and "" when the
+  -- server answered with an HTTP error; newer versions may raise instead
+  -- (caught by the pcall below).
+  if answer == nil then
+    print('stowline: study ' .. studyId .. ' not announced: cannot reach ' .. s.url ..
+      ' (the reconciler will pick it up)')
+  elseif answer == '' then
+    print('stowline: study ' .. studyId .. ' not announced: ' .. s.url ..
+      ' answered with an HTTP error (check IngestToken; the reconciler will pick it up)')
+  end
+end
+
+function OnStableStudy(studyId, tags, metadata)
+  local ok, err = pcall(postStableStudy, studyId, tags, metadata)
+  if not ok then
+    print('stowline: study ' .. tostring(studyId) .. ' not announced: ' .. tostring(err))
+  end
+end

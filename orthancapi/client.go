@@ -1,0 +1,235 @@
+// Package orthancapi is a client for the parts of Orthanc's REST API the
+// forwarder uses: studies, their instances, instance files, /system and
+// /changes.
+//
+// Orthanc IDs are validated before they are put into a URL; invalid IDs
+// fail with ErrInvalidID without a request. HTTP errors are *Error values;
+// errors.Is(err, ErrNotFound) is true for a 404.
+package orthancapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults.
+const (
+	DefaultRequestTimeout = 30 * time.Second
+	// defaultResponseHeaderTimeout also bounds how long Orthanc may take to
+	// read a file from its storage before it starts answering.
+	defaultResponseHeaderTimeout = 2 * time.Minute
+	defaultMaxIdleConnsPerHost   = 16
+	// maxJSONBytes bounds a JSON answer (a study of 10,000 instances is
+	// about 5 MB).
+	maxJSONBytes = 64 << 20
+	// maxErrorBytes bounds how much of an error body is read.
+	maxErrorBytes = 64 << 10
+	userAgent     = "stowline-orthancapi"
+)
+
+// Client talks to one Orthanc server. It is safe for concurrent use and
+// reuses connections.
+type Client struct {
+	base           *url.URL
+	httpClient     *http.Client
+	username       string
+	password       string
+	basicAuth      bool
+	requestTimeout time.Duration
+}
+
+type options struct {
+	httpClient     *http.Client
+	httpClientSet  bool
+	username       string
+	password       string
+	basicAuth      bool
+	requestTimeout time.Duration
+}
+
+// Option configures a Client.
+type Option func(*options)
+
+// WithBasicAuth sends HTTP basic credentials with every request.
+func WithBasicAuth(username, password string) Option {
+	return func(o *options) {
+		o.username, o.password, o.basicAuth = username, password, true
+	}
+}
+
+// WithHTTPClient replaces the default client. Its Timeout, if any, also
+// applies to file downloads; leave it zero and rely on contexts.
+func WithHTTPClient(c *http.Client) Option {
+	return func(o *options) { o.httpClient, o.httpClientSet = c, true }
+}
+
+// WithRequestTimeout bounds each JSON call (default 30 s). File downloads
+// are bounded only by their context: a file can be gigabytes.
+func WithRequestTimeout(d time.Duration) Option {
+	return func(o *options) { o.requestTimeout = d }
+}
+
+// New returns a client for the Orthanc at baseURL, for example
+// "http://orthanc:8042" or "https://host/orthanc/" behind a proxy.
+func New(baseURL string, opts ...Option) (*Client, error) {
+	base, err := parseBaseURL(baseURL)
+	if err != nil {
+		return nil, err
+	}
+	o := options{requestTimeout: DefaultRequestTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.requestTimeout <= 0 {
+		return nil, fmt.Errorf("orthancapi: request timeout must be positive, got %v", o.requestTimeout)
+	}
+	if o.httpClientSet && o.httpClient == nil {
+		return nil, errors.New("orthancapi: WithHTTPClient(nil)")
+	}
+	if o.basicAuth && o.username == "" {
+		return nil, errors.New("orthancapi: WithBasicAuth with an empty username")
+	}
+	hc := o.httpClient
+	if hc == nil {
+		hc = &http.Client{Transport: newTransport()}
+	}
+	return &Client{
+		base:           base,
+		httpClient:     hc,
+		username:       o.username,
+		password:       o.password,
+		basicAuth:      o.basicAuth,
+		requestTimeout: o.requestTimeout,
+	}, nil
+}
+
+func parseBaseURL(raw string) (*url.URL, error) {
+	if strings.TrimSpace(raw) == "" {
+		return nil, errors.New("orthancapi: empty Orthanc URL")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("orthancapi: Orthanc URL: %w", err)
+	}
+	switch {
+	case u.Opaque != "" && u.Scheme != "http" && u.Scheme != "https":
+		// "orthanc:8042" parses as scheme "orthanc".
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: scheme must be http or https (missing \"http://\"?)", u.Redacted())
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: scheme must be http or https", u.Redacted())
+	case u.Host == "" || u.Hostname() == "":
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q has no host", u.Redacted())
+	case u.User != nil:
+		// Credentials in a URL end up in logs and error messages.
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q holds credentials; use WithBasicAuth", u.Redacted())
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q must not have a query or fragment", u.Redacted())
+	case u.Opaque != "":
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q is not hierarchical", u.Redacted())
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("orthancapi: Orthanc URL %q: invalid port %q", u.Redacted(), p)
+		}
+	}
+	// A rooted path without trailing slash: JoinPath then yields
+	// "/prefix/studies/..." (with an empty path it would yield a relative
+	// "studies/...").
+	esc := "/" + strings.Trim(u.EscapedPath(), "/")
+	unesc, err := url.PathUnescape(esc)
+	if err != nil {
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: path: %w", u.Redacted(), err)
+	}
+	u.Path, u.RawPath = unesc, esc
+	return u, nil
+}
+
+// newTransport is tuned for one Orthanc: a few concurrent downloads reuse
+// their connections, and a server that accepts but never answers is
+// noticed.
+func newTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          4 * defaultMaxIdleConnsPerHost,
+		MaxIdleConnsPerHost:   defaultMaxIdleConnsPerHost,
+		IdleConnTimeout:       30 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: defaultResponseHeaderTimeout,
+	}
+}
+
+// endpoint joins escaped path segments to the base URL. Callers validate
+// IDs first; escaping keeps any other segment from changing the path.
+func (c *Client) endpoint(segments ...string) *url.URL {
+	esc := make([]string, len(segments))
+	for i, s := range segments {
+		esc[i] = url.PathEscape(s)
+	}
+	return c.base.JoinPath(esc...)
+}
+
+// get sends a GET and returns the response if its status is 200;
+// otherwise it returns an *Error and closes the body.
+func (c *Client) get(ctx context.Context, u *url.URL, accept string, header http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("orthancapi: build request: %w", err)
+	}
+	req.Header.Set("Accept", accept)
+	req.Header.Set("User-Agent", userAgent)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if c.basicAuth {
+		req.SetBasicAuth(c.username, c.password)
+	}
+	resp, err := c.httpClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("orthancapi: GET %s: %w", u.EscapedPath(), err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer drainClose(resp.Body)
+		return nil, newError(http.MethodGet, u.EscapedPath(), resp)
+	}
+	return resp, nil
+}
+
+// getJSON decodes the JSON answer of GET u into v, within the request
+// timeout.
+func (c *Client) getJSON(ctx context.Context, u *url.URL, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
+	defer cancel()
+	resp, err := c.get(ctx, u, "application/json", nil)
+	if err != nil {
+		return err
+	}
+	defer drainClose(resp.Body)
+	lr := &io.LimitedReader{R: resp.Body, N: maxJSONBytes + 1}
+	if err := json.NewDecoder(lr).Decode(v); err != nil {
+		if lr.N <= 0 {
+			return fmt.Errorf("orthancapi: GET %s: answer larger than %d bytes", u.EscapedPath(), maxJSONBytes)
+		}
+		return fmt.Errorf("orthancapi: GET %s: decode answer: %w", u.EscapedPath(), err)
+	}
+	return nil
+}
+
+// drainClose reads a little of what is left so the connection can be
+// reused, then closes. A large remainder is not worth reading: the
+// connection is dropped instead.
+func drainClose(body io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, body, maxErrorBytes)
+	_ = body.Close()
+}

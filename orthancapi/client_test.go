@@ -1,0 +1,548 @@
+package orthancapi_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/orthancapi"
+)
+
+const (
+	studyID    = "8a8cf898-ca27c490-d0c7058c-929d0581-2bbf104d"
+	instanceID = "f689ddd2-662f8fe1-8b18180d-ec2a2cee-937917af"
+	seriesA    = "93034833-163e42c3-bc9a428b-194620cf-2c5799e5"
+	seriesB    = "112b4636-51483acb-0b9184f7-f643f233-5e013fc0"
+)
+
+// fakeOrthanc serves canned answers by escaped path and records requests.
+type fakeOrthanc struct {
+	t        *testing.T
+	mu       sync.Mutex
+	routes   map[string]http.HandlerFunc
+	requests []*http.Request
+	newConns atomic.Int32
+}
+
+func newFake(t *testing.T) (*fakeOrthanc, *httptest.Server) {
+	t.Helper()
+	f := &fakeOrthanc{t: t, routes: map[string]http.HandlerFunc{}}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.requests = append(f.requests, r)
+		h, ok := f.routes[r.URL.EscapedPath()]
+		f.mu.Unlock()
+		if !ok {
+			// Orthanc answers unknown studies with an empty 404.
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		h(w, r)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			f.newConns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return f, srv
+}
+
+func (f *fakeOrthanc) handle(path string, h http.HandlerFunc) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.routes[path] = h
+}
+
+func (f *fakeOrthanc) json(path, body string) {
+	f.handle(path, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, body)
+	})
+}
+
+func (f *fakeOrthanc) requestCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.requests)
+}
+
+func (f *fakeOrthanc) lastRequest() *http.Request {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.requests) == 0 {
+		f.t.Fatal("no request received")
+	}
+	return f.requests[len(f.requests)-1]
+}
+
+func newClient(t *testing.T, url string, opts ...orthancapi.Option) *orthancapi.Client {
+	t.Helper()
+	c, err := orthancapi.New(url, opts...)
+	if err != nil {
+		t.Fatalf("New(%q): %v", url, err)
+	}
+	return c
+}
+
+func TestNewValidatesURL(t *testing.T) {
+	tests := []struct {
+		url     string
+		opts    []orthancapi.Option
+		wantErr string // "" for success
+	}{
+		{url: "http://orthanc:8042"},
+		{url: "https://pacs.example/orthanc/"},
+		{url: "http://[::1]:8042"},
+		{url: "", wantErr: "empty"},
+		{url: "orthanc:8042", wantErr: `missing "http://"`},
+		{url: "ftp://orthanc", wantErr: "scheme must be http or https"},
+		{url: "http://", wantErr: "no host"},
+		{url: "http:///studies", wantErr: "no host"},
+		{url: "http://:8042", wantErr: "no host"},
+		{url: "http://user:secret@orthanc", wantErr: "credentials"},
+		{url: "http://orthanc/?x=1", wantErr: "query"},
+		{url: "http://orthanc/#frag", wantErr: "fragment"},
+		{url: "http://orthanc:99999", wantErr: "port"},
+		{url: "http://orth anc", wantErr: "invalid"},
+		{url: "http://orthanc", opts: []orthancapi.Option{orthancapi.WithRequestTimeout(0)}, wantErr: "timeout"},
+		{url: "http://orthanc", opts: []orthancapi.Option{orthancapi.WithHTTPClient(nil)}, wantErr: "WithHTTPClient(nil)"},
+		{url: "http://orthanc", opts: []orthancapi.Option{orthancapi.WithBasicAuth("", "x")}, wantErr: "empty username"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.url+tc.wantErr, func(t *testing.T) {
+			_, err := orthancapi.New(tc.url, tc.opts...)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("err = %v, want it to mention %q", err, tc.wantErr)
+			}
+			if err != nil && strings.Contains(err.Error(), "secret") {
+				t.Errorf("error leaks the password: %v", err)
+			}
+		})
+	}
+}
+
+func TestValidID(t *testing.T) {
+	tests := []struct {
+		id   string
+		want bool
+	}{
+		{studyID, true},
+		{"00000000-00000000-00000000-00000000-00000000", true},
+		{"", false},
+		{strings.ToUpper(studyID), false},
+		{studyID[:35], false},          // four groups
+		{studyID + "-00000000", false}, // six groups
+		{strings.Replace(studyID, "-", "_", 1), false},
+		{"8a8cf898-ca27c490-d0c7058c-929d0581-2bbf104g", false},
+		{"8a8cf898ca27c490-d0c7058c-929d0581-2bbf104d-", false},
+		{"../../../../tools/reset/aaaaaaaaaaaaaaaaaaaa", false},
+		{"8a8cf898-ca27c490-d0c7058c-929d0581-2bbf10%2", false},
+	}
+	for _, tc := range tests {
+		if got := orthancapi.ValidID(tc.id); got != tc.want {
+			t.Errorf("ValidID(%q) = %v, want %v", tc.id, got, tc.want)
+		}
+	}
+}
+
+func TestInvalidIDsSendNoRequest(t *testing.T) {
+	f, srv := newFake(t)
+	c := newClient(t, srv.URL)
+	ctx := context.Background()
+	bad := []string{"", "..", "../system", "a/b", "8A8CF898-CA27C490-D0C7058C-929D0581-2BBF104D", studyID + "?x=1"}
+	for _, id := range bad {
+		_, err1 := c.Study(ctx, id)
+		_, err2 := c.StudyInstances(ctx, id)
+		_, _, err3 := c.OpenInstanceFile(ctx, id)
+		for _, err := range []error{err1, err2, err3} {
+			if !errors.Is(err, orthancapi.ErrInvalidID) {
+				t.Errorf("id %q: err = %v, want ErrInvalidID", id, err)
+			}
+		}
+	}
+	if n := f.requestCount(); n != 0 {
+		t.Errorf("%d requests sent for invalid IDs", n)
+	}
+}
+
+func TestPathsUseBaseURLPrefix(t *testing.T) {
+	f, srv := newFake(t)
+	f.json("/orthanc/studies/"+studyID, `{"ID":"`+studyID+`"}`)
+	f.json("/orthanc/changes", `{"Changes":[],"Done":true,"Last":7}`)
+	// Trailing slash on the base URL must not double the slash.
+	c := newClient(t, srv.URL+"/orthanc/")
+	if _, err := c.Study(context.Background(), studyID); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.lastRequest().URL.Path; got != "/orthanc/studies/"+studyID {
+		t.Errorf("path %q", got)
+	}
+	ch, err := c.Changes(context.Background(), 42, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.lastRequest()
+	if r.URL.Query().Get("since") != "42" || r.URL.Query().Get("limit") != "10" {
+		t.Errorf("query %q", r.URL.RawQuery)
+	}
+	if ch.Last != 7 || !ch.Done {
+		t.Errorf("changes %+v", ch)
+	}
+	if _, err := c.Changes(context.Background(), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if q := f.lastRequest().URL.Query(); q.Has("limit") || q.Get("since") != "0" {
+		t.Errorf("limit 0 should leave Orthanc's default: query %q", f.lastRequest().URL.RawQuery)
+	}
+	if _, err := c.Changes(context.Background(), -1, 0); err == nil {
+		t.Error("negative since accepted")
+	}
+}
+
+func TestErrors(t *testing.T) {
+	tests := []struct {
+		name         string
+		status       int
+		body         string
+		wantNotFound bool
+		wantMessage  string
+		wantDetails  string
+		wantText     string
+	}{
+		{
+			name:   "orthanc 404 JSON",
+			status: 404,
+			body: `{"HttpError":"Not Found","HttpStatus":404,"Message":"Unknown resource","Method":"GET",
+				"OrthancError":"Unknown resource","OrthancStatus":17,"Uri":"/studies/x"}`,
+			wantNotFound: true,
+			wantMessage:  "Unknown resource",
+			wantText:     "orthancapi: GET /studies/" + studyID + ": HTTP 404 Not Found: Unknown resource",
+		},
+		{
+			name:         "empty 404",
+			status:       404,
+			wantNotFound: true,
+			wantText:     "orthancapi: GET /studies/" + studyID + ": HTTP 404 Not Found",
+		},
+		{
+			name:        "400 with details",
+			status:      400,
+			body:        `{"Details":"Missing \"since\" argument","HttpStatus":400,"Message":"Bad request","OrthancError":"Bad request"}`,
+			wantMessage: "Bad request",
+			wantDetails: `Missing "since" argument`,
+			wantText:    `HTTP 400 Bad Request: Bad request (Missing "since" argument)`,
+		},
+		{
+			name:        "only OrthancError",
+			status:      500,
+			body:        `{"OrthancError":"Internal error","HttpStatus":500}`,
+			wantMessage: "Internal error",
+			wantText:    "HTTP 500 Internal Server Error: Internal error",
+		},
+		{
+			name:     "proxy HTML",
+			status:   502,
+			body:     "<html><body>Bad gateway\n</body></html>",
+			wantText: "HTTP 502 Bad Gateway",
+		},
+		{
+			name:     "401",
+			status:   401,
+			wantText: "HTTP 401 Unauthorized",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, srv := newFake(t)
+			f.handle("/studies/"+studyID, func(w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(tc.status)
+				io.WriteString(w, tc.body)
+			})
+			_, err := newClient(t, srv.URL).Study(context.Background(), studyID)
+			var oe *orthancapi.Error
+			if !errors.As(err, &oe) {
+				t.Fatalf("err = %v (%T), want *Error", err, err)
+			}
+			if oe.StatusCode != tc.status || oe.Method != "GET" || oe.Path != "/studies/"+studyID {
+				t.Errorf("error fields %+v", oe)
+			}
+			if got := errors.Is(err, orthancapi.ErrNotFound); got != tc.wantNotFound {
+				t.Errorf("errors.Is(ErrNotFound) = %v", got)
+			}
+			if oe.OrthancMessage != tc.wantMessage || oe.OrthancDetails != tc.wantDetails {
+				t.Errorf("message %q details %q", oe.OrthancMessage, oe.OrthancDetails)
+			}
+			if !strings.Contains(err.Error(), tc.wantText) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("Error() = %q, want one line containing %q", err.Error(), tc.wantText)
+			}
+		})
+	}
+}
+
+func TestBasicAuth(t *testing.T) {
+	f, srv := newFake(t)
+	f.json("/system", `{"Name":"x"}`)
+	c := newClient(t, srv.URL, orthancapi.WithBasicAuth("alice", "s3cret"))
+	if _, err := c.System(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	u, p, ok := f.lastRequest().BasicAuth()
+	if !ok || u != "alice" || p != "s3cret" {
+		t.Errorf("basic auth %q %q %v", u, p, ok)
+	}
+	if _, err := newClient(t, srv.URL).System(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := f.lastRequest().BasicAuth(); ok {
+		t.Error("credentials sent without WithBasicAuth")
+	}
+}
+
+func TestSystem(t *testing.T) {
+	f, srv := newFake(t)
+	f.json("/system", `{"ApiVersion":16,"CheckRevisions":false,"DatabaseBackendPlugin":null,"DatabaseVersion":6,
+		"DicomAet":"ORTHANC","DicomPort":4242,"HttpPort":8042,"IsHttpServerSecure":false,"Name":"MyOrthanc",
+		"PluginsEnabled":true,"StorageAreaPlugin":null,"Version":"1.10.1"}`)
+	got, err := newClient(t, srv.URL).System(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := orthancapi.System{Name: "MyOrthanc", Version: "1.10.1", ApiVersion: 16, DatabaseVersion: 6,
+		DicomAet: "ORTHANC", DicomPort: 4242, HttpPort: 8042, PluginsEnabled: true}
+	if got != want {
+		t.Errorf("got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestStudyInstancesOrder(t *testing.T) {
+	f, srv := newFake(t)
+	// Series B is missing from the series list, as if it arrived between
+	// the two calls: the client must fetch it.
+	f.json("/studies/"+studyID+"/series", `[{"ID":"`+seriesA+`","MainDicomTags":{"SeriesInstanceUID":"1.2.9"}}]`)
+	f.json("/series/"+seriesB, `{"ID":"`+seriesB+`","MainDicomTags":{"SeriesInstanceUID":"1.2.10"}}`)
+	inst := func(id, series, sop, number string, size int) string {
+		return fmt.Sprintf(`{"ID":%q,"FileSize":%d,"ParentSeries":%q,"MainDicomTags":{"SOPInstanceUID":%q,"InstanceNumber":%q}}`,
+			id, size, series, sop, number)
+	}
+	id := func(n int) string { return fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", n) }
+	f.json("/studies/"+studyID+"/instances", "["+strings.Join([]string{
+		inst(id(1), seriesA, "1.9.10", "10", 100),
+		inst(id(2), seriesA, "1.9.2", "2", 200),
+		inst(id(3), seriesB, "1.8.1", "1", 300),
+		inst(id(4), seriesA, "1.9.0", "", 400),
+		inst(id(5), seriesA, "1.9.1", "2", 500),
+	}, ",")+"]")
+	got, err := newClient(t, srv.URL).StudyInstances(context.Background(), studyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "1.2.10" < "1.2.9" as strings: series B first.
+	wantIDs := []string{id(3), id(5), id(2), id(1), id(4)}
+	if len(got) != len(wantIDs) {
+		t.Fatalf("got %d instances", len(got))
+	}
+	for i, w := range wantIDs {
+		if got[i].ID != w {
+			t.Errorf("position %d: %s (%s #%s), want %s", i, got[i].ID, got[i].SeriesInstanceUID, got[i].SOPInstanceUID, w)
+		}
+	}
+	if got[0].SeriesInstanceUID != "1.2.10" || got[0].SeriesID != seriesB || got[0].FileSize != 300 || got[0].SOPInstanceUID != "1.8.1" {
+		t.Errorf("first instance %+v", got[0])
+	}
+}
+
+func TestOpenInstanceFile(t *testing.T) {
+	const content = "DICM-ish content"
+	tests := []struct {
+		name     string
+		chunked  bool
+		wantSize int64
+	}{
+		{name: "content length", wantSize: int64(len(content))},
+		{name: "chunked", chunked: true, wantSize: -1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, srv := newFake(t)
+			f.handle("/instances/"+instanceID+"/file", func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/dicom")
+				if !tc.chunked {
+					w.Header().Set("Content-Length", fmt.Sprint(len(content)))
+				}
+				io.WriteString(w, content)
+				if tc.chunked {
+					w.(http.Flusher).Flush()
+				}
+			})
+			rc, size, err := newClient(t, srv.URL).OpenInstanceFile(context.Background(), instanceID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil || string(b) != content || size != tc.wantSize {
+				t.Errorf("read %q, size %d, err %v", b, size, err)
+			}
+			r := f.lastRequest()
+			if r.Header.Get("Accept-Encoding") != "identity" {
+				t.Errorf("Accept-Encoding %q: Orthanc would gzip the file", r.Header.Get("Accept-Encoding"))
+			}
+		})
+	}
+	t.Run("not found", func(t *testing.T) {
+		_, srv := newFake(t)
+		rc, _, err := newClient(t, srv.URL).OpenInstanceFile(context.Background(), instanceID)
+		if !errors.Is(err, orthancapi.ErrNotFound) || rc != nil {
+			t.Errorf("err = %v, reader %v", err, rc)
+		}
+	})
+}
+
+// TestRequestTimeoutSparesDownloads: the request timeout cuts a slow JSON
+// call but not a file download that takes longer.
+func TestRequestTimeoutSparesDownloads(t *testing.T) {
+	f, srv := newFake(t)
+	const timeout = 100 * time.Millisecond
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	f.handle("/system", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	f.handle("/instances/"+instanceID+"/file", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "4")
+		io.WriteString(w, "DI")
+		w.(http.Flusher).Flush()
+		time.Sleep(3 * timeout)
+		io.WriteString(w, "CM")
+	})
+	c := newClient(t, srv.URL, orthancapi.WithRequestTimeout(timeout))
+	start := time.Now()
+	_, err := c.System(context.Background())
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("slow JSON call: err = %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 10*timeout {
+		t.Errorf("slow JSON call took %v", d)
+	}
+	rc, _, err := c.OpenInstanceFile(context.Background(), instanceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil || string(b) != "DICM" {
+		t.Errorf("download: %q, %v", b, err)
+	}
+}
+
+func TestContextCancelStopsDownload(t *testing.T) {
+	f, srv := newFake(t)
+	f.handle("/instances/"+instanceID+"/file", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000000")
+		io.WriteString(w, "DICM")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	rc, _, err := newClient(t, srv.URL).OpenInstanceFile(ctx, instanceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := io.ReadAll(rc); !errors.Is(err, context.Canceled) {
+		t.Errorf("read after cancel: %v, want context.Canceled", err)
+	}
+}
+
+// TestConnectionReuse: answers, errors included, are drained so one
+// connection serves sequential calls.
+func TestConnectionReuse(t *testing.T) {
+	f, srv := newFake(t)
+	f.json("/system", `{"Name":"x"}   `)
+	f.handle("/studies/"+studyID, func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, `{"Message":"Unknown resource"}`)
+	})
+	f.handle("/instances/"+instanceID+"/file", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, strings.Repeat("x", 10000))
+	})
+	c := newClient(t, srv.URL)
+	ctx := context.Background()
+	for i := 0; i < 10; i++ {
+		if _, err := c.System(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Study(ctx, studyID); !errors.Is(err, orthancapi.ErrNotFound) {
+			t.Fatal(err)
+		}
+		rc, _, err := c.OpenInstanceFile(ctx, instanceID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, rc)
+		rc.Close()
+	}
+	if n := f.newConns.Load(); n != 1 {
+		t.Errorf("%d connections for 30 sequential requests, want 1", n)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	f, srv := newFake(t)
+	f.json("/system", `{"Name": `)
+	_, err := newClient(t, srv.URL).System(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "decode") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestTransportErrorNamesPath(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	_, err = newClient(t, "http://"+addr).Study(context.Background(), studyID)
+	if err == nil || !strings.Contains(err.Error(), "/studies/"+studyID) {
+		t.Errorf("err = %v", err)
+	}
+	var oe *orthancapi.Error
+	if errors.As(err, &oe) {
+		t.Errorf("transport error reported as HTTP error %+v", oe)
+	}
+}
+
+func TestEscapedBasePath(t *testing.T) {
+	f, srv := newFake(t)
+	f.json("/my%20orthanc/system", `{"Name":"x"}`)
+	c := newClient(t, srv.URL+"/my%20orthanc")
+	if _, err := c.System(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.lastRequest().URL.EscapedPath(); got != "/my%20orthanc/system" {
+		t.Errorf("path %q", got)
+	}
+}

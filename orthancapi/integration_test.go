@@ -1,0 +1,204 @@
+package orthancapi_test
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// TestAgainstOrthanc runs the client against a real Orthanc with basic
+// authentication.
+func TestAgainstOrthanc(t *testing.T) {
+	t.Parallel()
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+		Name: "orthancapi", AET: "APITEST", Username: "forwarder", Password: "pw-123", StableAge: 1,
+	})
+	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+		PatientID: "API-1", Series: 2, InstancesPerSeries: 3, Rows: 16, Columns: 8,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, paths...); len(res.Failed) != 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	local := map[string]string{} // SOPInstanceUID -> md5
+	var studyUID string
+	for _, p := range paths {
+		info, err := testharness.ReadFileInfo(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, err := testharness.FileMD5(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		local[info.SOPInstanceUID] = sum
+	}
+
+	c := newClient(t, o.URL, orthancapi.WithBasicAuth(o.Username, o.Password))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	sys, err := c.System(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys.Name != "orthancapi" || sys.DicomAet != "APITEST" || sys.HttpPort != o.HTTPPort || sys.Version == "" || sys.ApiVersion == 0 {
+		t.Errorf("system %+v", sys)
+	}
+
+	// Find the study through the change log, as the forwarder does.
+	var studyID string
+	var since int64
+	for {
+		ch, err := c.Changes(ctx, since, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range ch.Changes {
+			if x.ChangeType == "NewStudy" && x.ResourceType == "Study" {
+				studyID = x.ID
+			}
+			if x.Seq <= since {
+				t.Fatalf("change seq %d not after %d", x.Seq, since)
+			}
+		}
+		since = ch.Last
+		if ch.Done {
+			break
+		}
+	}
+	if !orthancapi.ValidID(studyID) {
+		t.Fatalf("no NewStudy change (study ID %q)", studyID)
+	}
+
+	st, err := c.Study(ctx, studyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ID != studyID || len(st.SeriesIDs) != 2 || st.StudyInstanceUID == "" || st.LastUpdate == "" {
+		t.Errorf("study %+v", st)
+	}
+	studyUID = st.StudyInstanceUID
+
+	insts, err := c.StudyInstances(ctx, studyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(insts) != len(paths) {
+		t.Fatalf("%d instances, want %d", len(insts), len(paths))
+	}
+	for i, in := range insts {
+		if i > 0 && insts[i-1].SeriesInstanceUID > in.SeriesInstanceUID {
+			t.Errorf("instances not ordered by series")
+		}
+		if _, ok := local[in.SOPInstanceUID]; !ok {
+			t.Errorf("unknown SOPInstanceUID %s", in.SOPInstanceUID)
+		}
+		rc, size, err := c.OpenInstanceFile(ctx, in.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := md5.New()
+		n, err := io.Copy(h, rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if size != in.FileSize || n != in.FileSize {
+			t.Errorf("%s: Content-Length %d, read %d, FileSize %d", in.ID, size, n, in.FileSize)
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != local[in.SOPInstanceUID] {
+			t.Errorf("%s: file md5 %s, uploaded %s", in.ID, got, local[in.SOPInstanceUID])
+		}
+	}
+
+	// The study becomes stable after StableAge.
+	deadline := time.Now().Add(15 * time.Second)
+	for !st.IsStable && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		if st, err = c.Study(ctx, studyID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !st.IsStable || st.StudyInstanceUID != studyUID {
+		t.Errorf("study not stable: %+v", st)
+	}
+
+	const missingID = "00000000-00000000-00000000-00000000-00000000"
+	if _, err := c.Study(ctx, missingID); !errors.Is(err, orthancapi.ErrNotFound) {
+		t.Errorf("unknown study: err = %v, want ErrNotFound", err)
+	}
+	if _, err := c.StudyInstances(ctx, missingID); !errors.Is(err, orthancapi.ErrNotFound) {
+		t.Errorf("unknown study instances: err = %v, want ErrNotFound", err)
+	}
+	_, _, err = c.OpenInstanceFile(ctx, missingID)
+	var oe *orthancapi.Error
+	if !errors.As(err, &oe) || oe.StatusCode != 404 || oe.OrthancMessage == "" {
+		t.Errorf("unknown instance: err = %v, want a 404 with Orthanc's message", err)
+	}
+
+	bad := newClient(t, o.URL, orthancapi.WithBasicAuth(o.Username, "wrong"))
+	if _, err := bad.System(ctx); !errors.As(err, &oe) || oe.StatusCode != 401 {
+		t.Errorf("wrong password: err = %v, want HTTP 401", err)
+	}
+}
+
+// TestBareDatasetServedAsIs: Orthanc keeps a file without file meta
+// information as it is, and OpenInstanceFile returns those bytes.
+func TestBareDatasetServedAsIs(t *testing.T) {
+	t.Parallel()
+	var bare testharness.Sample
+	for _, s := range testharness.Samples(t) {
+		if s.OrthancAccepts && s.TransferSyntaxUID == "" {
+			bare = s
+		}
+	}
+	if bare.Path == "" {
+		t.Fatal("no bare data set among the samples")
+	}
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "orthancapi-bare"})
+	if res := o.Upload(t, bare.Path); len(res.Failed) != 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	var studies []string
+	o.GetJSON(t, "/studies", &studies)
+	if len(studies) != 1 {
+		t.Fatalf("%d studies", len(studies))
+	}
+	c := newClient(t, o.URL)
+	ctx := context.Background()
+	insts, err := c.StudyInstances(ctx, studies[0])
+	if err != nil || len(insts) != 1 {
+		t.Fatalf("instances %v, %v", insts, err)
+	}
+	rc, size, err := c.OpenInstanceFile(ctx, insts[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(bare.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) || size != int64(len(want)) {
+		t.Errorf("served %d bytes (Content-Length %d), file has %d; equal: %v", len(got), size, len(want), string(got) == string(want))
+	}
+	if string(got[min(128, len(got)):min(132, len(got))]) == "DICM" {
+		t.Error("bare data set came back with a Part 10 header")
+	}
+}

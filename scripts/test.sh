@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs stowline's whole test suite: unit tests, and integration tests
+# against real Orthanc servers (Debian packages orthanc, orthanc-dicomweb),
+# dcmtk's storescu, an embedded nats-server and a real OAuth2 server.
+# On a fresh Debian/Ubuntu machine it installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} (Debian packages the integration tests need)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update
+  $sudo apt-get install -y --no-install-recommends "${need[@]}"
+fi
+
+# The Debian package starts a system Orthanc on 8042/4242; the tests start
+# their own on free ports and do not need it.
+
+go vet ./...
+# -race: the forwarder is concurrent; -count=1: integration tests always run.
+go test -race -count=1 -timeout 40m "$@" ./...
