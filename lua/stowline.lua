@@ -30,6 +30,16 @@ local function sourceName(configured, orthancName)
   return string.sub(name, 1, 64)
 end
 
+-- jsonString quotes s for JSON. The event is built by hand because
+-- DumpJson(t, true) turns numbers into strings and DumpJson(t, false)
+-- turns number-like strings (a UID such as "1.2") into numbers.
+local function jsonString(s)
+  s = string.gsub(tostring(s), '[%c"\\]', function(c)
+    return string.format('\\u%04x', string.byte(c))
+  end)
+  return '"' .. s .. '"'
+end
+
 local function settings()
   local config = GetOrthancConfiguration()
   local section = config['Stowline']
@@ -57,16 +67,16 @@ local function postStableStudy(studyId, tags, metadata)
     print('stowline: study ' .. studyId .. ' not announced: ' .. problem)
     return
   end
-  local event = {
-    type = 'orthanc.study.stable',
-    version = 1,
-    source = s.source,
-    orthancStudyId = studyId,
-    studyInstanceUid = tags['StudyInstanceUID'] or '',
-    lastUpdate = metadata['LastUpdate'] or '',
-  }
-  SetHttpTimeout(HTTP_TIMEOUT_SECONDS)
-  local answer = HttpPost(s.url, DumpJson(event, true), {
+  local event = '{"type":"orthanc.study.stable","version":1' ..
+    ',"source":' .. jsonString(s.source) ..
+    ',"orthancStudyId":' .. jsonString(studyId) ..
+    ',"studyInstanceUid":' .. jsonString(tags['StudyInstanceUID'] or '') ..
+    ',"lastUpdate":' .. jsonString(metadata['LastUpdate'] or '') .. '}'
+  -- SetHttpTimeout is missing from some Orthanc builds (1.10.1 on Debian).
+  if SetHttpTimeout ~= nil then
+    SetHttpTimeout(HTTP_TIMEOUT_SECONDS)
+  end
+  local answer = HttpPost(s.url, event, {
     ['Content-Type'] = 'application/json',
     ['Authorization'] = 'Bearer ' .. s.token,
   })

@@ -3,11 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -94,7 +92,8 @@ func TestEndToEnd(t *testing.T) {
 		clientID     = "stowline-e2e"
 		clientSecret = "e2e-client-secret-abcdef"
 	)
-	idp := testidp.Start(t, testidp.WithClient(clientID, clientSecret), testidp.WithTokenLifetime(4*time.Second))
+	const tokenLifetime = 3 * time.Second
+	idp := testidp.Start(t, testidp.WithClient(clientID, clientSecret), testidp.WithTokenLifetime(tokenLifetime))
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest-b", DicomWeb: true})
 	gate := idp.Gate(t, dest.URL)
 
@@ -165,18 +164,23 @@ func TestEndToEnd(t *testing.T) {
 		t.Error("the broken sample files were all accepted: the test data is not what it claims")
 	}
 
-	want := src.InstanceMD5s(t)
-	if len(want) < 300+20 {
-		t.Fatalf("source has only %d instances", len(want))
+	waitForwarded(t, src, dest, 3*time.Minute)
+
+	// A study that arrives after the first token expired must go through
+	// with a renewed token.
+	time.Sleep(tokenLifetime + time.Second)
+	lateFiles, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+		PatientID: "E2E-LATE", PatientName: "Synthetic^Late", Series: 1, InstancesPerSeries: 10, Rows: 32, Columns: 32,
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	deadline := time.Now().Add(4 * time.Minute)
-	var got map[string]string
-	for {
-		got = dest.InstanceMD5s(t)
-		if len(got) >= len(want) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(2 * time.Second)
+	if res := src.StoreSCU(t, lateFiles...); len(res.Failed) > 0 {
+		t.Fatalf("storescu refused generated files: %v", res.Failed)
+	}
+	want, got := waitForwarded(t, src, dest, 3*time.Minute)
+	if len(want) < 300+10+20 {
+		t.Fatalf("source has only %d instances", len(want))
 	}
 	for uid, sum := range want {
 		switch g, ok := got[uid]; {
@@ -227,6 +231,21 @@ func TestEndToEnd(t *testing.T) {
 	}
 }
 
+// waitForwarded waits until dest holds as many instances as src, and
+// returns both SOP Instance UID -> MD5 maps.
+func waitForwarded(t *testing.T, src, dest *testharness.Orthanc, timeout time.Duration) (want, got map[string]string) {
+	t.Helper()
+	want = src.InstanceMD5s(t)
+	deadline := time.Now().Add(timeout)
+	for {
+		got = dest.InstanceMD5s(t)
+		if len(got) >= len(want) || time.Now().After(deadline) {
+			return want, got
+		}
+		time.Sleep(time.Second)
+	}
+}
+
 // patientNames returns the PatientName and PatientID values stored in o,
 // for the PHI scan of the logs.
 func patientNames(t *testing.T, o *testharness.Orthanc) []string {
@@ -272,6 +291,3 @@ func checkMetrics(t *testing.T, url, name string, atLeast float64) {
 	}
 	t.Errorf("metric %s not found", name)
 }
-
-var _ = json.Marshal
-var _ = os.Getenv
