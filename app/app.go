@@ -58,6 +58,20 @@ type JetStream struct {
 // ConnectJetStream connects to NATS_URL, or starts the embedded server when
 // it is empty, and creates the event stream if needed.
 func ConnectJetStream(ctx context.Context, c config.NATS, topo events.Topology, log *slog.Logger) (*JetStream, error) {
+	j, err := connectJetStream(c, log)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := events.EnsureStream(ctx, j.JS, topo); err != nil {
+		j.Close()
+		return nil, err
+	}
+	return j, nil
+}
+
+func connectJetStream(c config.NATS, log *slog.Logger) (*JetStream, error) {
 	j := &JetStream{}
 	opts := []nats.Option{
 		nats.Name("stowline"),
@@ -95,12 +109,6 @@ func ConnectJetStream(ctx context.Context, c config.NATS, topo events.Topology, 
 	if err != nil {
 		j.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if _, err := events.EnsureStream(ctx, j.JS, topo); err != nil {
-		j.Close()
-		return nil, err
 	}
 	return j, nil
 }

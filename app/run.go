@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/config"
+	"github.com/stowline/stowline/deadletter"
 	"github.com/stowline/stowline/forward"
 	"github.com/stowline/stowline/ingest"
 	"github.com/stowline/stowline/ops"
+	"github.com/stowline/stowline/replay"
 )
 
 // RunIngest runs the webhook service until ctx ends.
@@ -83,18 +85,30 @@ func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS
 	if err != nil {
 		return err
 	}
+	dls, err := deadletter.Ensure(cctx, js.JS, fc.DeadLetterRetention, nc.Replicas)
+	if err != nil {
+		return err
+	}
+	failures, err := deadletter.EnsureFailureLog(cctx, js.JS, nc.EventsRetention, nc.Replicas)
+	if err != nil {
+		return err
+	}
 	fw, err := forward.New(forward.Options{
-		Consumer:      cons,
-		SourceFor:     deps.SourceFor,
-		Destination:   deps.Destination,
-		Concurrency:   fc.Concurrency,
-		MaxInstances:  fc.StowMaxInstances,
-		MaxBytes:      int64(fc.StowMaxBytes),
-		AckWait:       fc.AckWait,
-		RetryDelay:    fc.RetryDelay,
-		RetryMaxDelay: fc.RetryMaxDelay,
-		Logger:        log,
-		Registerer:    reg,
+		Consumer:        cons,
+		SourceFor:       deps.SourceFor,
+		Destination:     deps.Destination,
+		Concurrency:     fc.Concurrency,
+		MaxInstances:    fc.StowMaxInstances,
+		MaxBytes:        int64(fc.StowMaxBytes),
+		AckWait:         fc.AckWait,
+		RetryDelay:      fc.RetryDelay,
+		RetryMaxDelay:   fc.RetryMaxDelay,
+		DeadLetters:     dls,
+		Failures:        failures,
+		MaxDeliveries:   fc.MaxDeliveries,
+		InstanceRetries: fc.InstanceRetries,
+		Logger:          log,
+		Registerer:      reg,
 	})
 	if err != nil {
 		return err
@@ -104,6 +118,11 @@ func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS
 		"jetstream": js.Ready,
 		"orthanc":   deps.SourceReady,
 	})
+	if fc.AdminToken != "" {
+		(&replay.API{Store: dls, JS: js.JS, Token: fc.AdminToken, Log: log.With("component", "admin")}).Mount(r)
+	} else {
+		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
+	}
 	if err := serveHTTP(g, ctx, "forwarder", fc.Addr, r, log); err != nil {
 		return err
 	}

@@ -105,6 +105,11 @@ type Forwarder struct {
 	RetryDelay    time.Duration `env:"FORWARDER_RETRY_DELAY" envDefault:"10s" desc:"first delay before a failed study is retried (doubles each attempt)"`
 	RetryMaxDelay time.Duration `env:"FORWARDER_RETRY_MAX_DELAY" envDefault:"10m" desc:"longest delay between retries of a failed study"`
 
+	MaxDeliveries       int           `env:"FORWARDER_MAX_DELIVERIES" envDefault:"48" desc:"deliveries of a study before it is dead-lettered (0: retry forever); with the default delays about 8 hours"`
+	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently"`
+	DeadLetterRetention time.Duration `env:"DEADLETTER_RETENTION" envDefault:"720h" desc:"how long dead-lettered studies are kept for replay"`
+	AdminToken          string        `env:"ADMIN_TOKEN" secret:"true" desc:"bearer token of the admin API (/admin/...: dead letters, replay); empty disables the API"`
+
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
 }
@@ -145,6 +150,18 @@ func (f *Forwarder) Validate() error {
 	}
 	if f.RetryDelay <= 0 || f.RetryMaxDelay < f.RetryDelay {
 		errs = append(errs, fmt.Errorf("FORWARDER_RETRY_DELAY=%s, FORWARDER_RETRY_MAX_DELAY=%s: want 0 < delay <= max delay", f.RetryDelay, f.RetryMaxDelay))
+	}
+	if f.MaxDeliveries < 0 {
+		errs = append(errs, fmt.Errorf("FORWARDER_MAX_DELIVERIES=%d: want 0 (no limit) or more", f.MaxDeliveries))
+	}
+	if f.InstanceRetries < 0 || f.InstanceRetries > 10 {
+		errs = append(errs, fmt.Errorf("FORWARDER_INSTANCE_RETRIES=%d: want 0 to 10", f.InstanceRetries))
+	}
+	if f.DeadLetterRetention < time.Hour {
+		errs = append(errs, fmt.Errorf("DEADLETTER_RETENTION=%s: want at least 1h", f.DeadLetterRetention))
+	}
+	if f.AdminToken != "" && len(f.AdminToken) < 16 {
+		errs = append(errs, errors.New("ADMIN_TOKEN: want at least 16 characters"))
 	}
 	if f.StowMaxInstances < 1 {
 		errs = append(errs, fmt.Errorf("STOW_MAX_INSTANCES=%d: want at least 1", f.StowMaxInstances))

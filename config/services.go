@@ -62,3 +62,18 @@ func (c *ForwarderService) LogConfig() Log { return c.Log }
 
 // LogConfig returns the logging part.
 func (c *SingleHost) LogConfig() Log { return c.Log }
+
+// ReplayCommand is what `forwarder replay` reads: it works on the shared
+// NATS server of a running deployment.
+type ReplayCommand struct {
+	Log
+	NATS
+}
+
+// Validate checks every part; the errors name the variables.
+func (c *ReplayCommand) Validate() error {
+	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS))
+}
+
+// LogConfig returns the logging part.
+func (c *ReplayCommand) LogConfig() Log { return c.Log }

@@ -13,15 +13,21 @@ import (
 // acknowledgement. PubAck.Duplicate is true when JetStream dropped it as a
 // repeat of an event still inside the dedupe window.
 func Publish(ctx context.Context, js jetstream.JetStream, ev *StudyStable) (*jetstream.PubAck, error) {
+	return PublishAs(ctx, js, ev, ev.MsgID())
+}
+
+// PublishAs publishes ev with the given dedupe ID; replays use it to queue
+// an event again inside the dedupe window.
+func PublishAs(ctx context.Context, js jetstream.JetStream, ev *StudyStable, msgID string) (*jetstream.PubAck, error) {
 	data, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("encode event: %w", err)
 	}
 	msg := &nats.Msg{Subject: ev.Subject(), Data: data, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, ev.MsgID())
+	msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName))
 	if err != nil {
-		return nil, fmt.Errorf("publish event %s: %w", ev.MsgID(), err)
+		return nil, fmt.Errorf("publish event %s: %w", msgID, err)
 	}
 	return ack, nil
 }

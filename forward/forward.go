@@ -12,7 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"strings"
+	"net/http"
 	"sync"
 	"time"
 
@@ -20,7 +20,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/deadletter"
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/failure"
 	"github.com/stowline/stowline/orthancapi"
 	"github.com/stowline/stowline/stow"
 )
@@ -34,6 +36,17 @@ type Source interface {
 // Destination stores instances with STOW-RS.
 type Destination interface {
 	Store(ctx context.Context, parts []stow.Part) (*stow.Result, error)
+}
+
+// DeadLetterStore keeps studies that could not be forwarded.
+type DeadLetterStore interface {
+	Add(ctx context.Context, l *deadletter.Letter) (uint64, error)
+}
+
+// FailureLog remembers when an event first and last failed.
+type FailureLog interface {
+	Record(ctx context.Context, seq uint64, now time.Time) (deadletter.Times, error)
+	Forget(ctx context.Context, seq uint64) error
 }
 
 // Options configures a Forwarder.
@@ -54,6 +67,26 @@ type Options struct {
 	// RetryDelay is the first retry delay, doubled each attempt up to
 	// RetryMaxDelay, with full jitter.
 	RetryDelay, RetryMaxDelay time.Duration
+	// DeadLetters receives the studies that failed for good or ran out of
+	// deliveries. Without it, such studies are retried forever.
+	DeadLetters DeadLetterStore
+	// Failures, if set, remembers first and last failure times across
+	// deliveries and replicas, for the dead letter.
+	Failures FailureLog
+	// MaxDeliveries is how many times an event is tried before it is
+	// dead-lettered (0: no limit).
+	MaxDeliveries int
+	// InstanceRetries is how many extra rounds, within one delivery,
+	// re-send only the instances a destination refused transiently
+	// (FailedSOPSequence with e.g. A7xx or 0110).
+	InstanceRetries int
+	// InstanceRetryDelay is the pause before the first such round
+	// (doubling each round).
+	InstanceRetryDelay time.Duration
+	// Completed, if set, is called after a study was stored and its event
+	// acked, to record the completed forward (the audit reads it). An
+	// error is logged; the study stays forwarded.
+	Completed func(ctx context.Context, ev *events.StudyStable) error
 	// ShutdownGrace is how long in-flight studies may go on after
 	// shutdown starts before they are returned to the queue.
 	ShutdownGrace time.Duration
@@ -92,8 +125,14 @@ func New(opts Options) (*Forwarder, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("forward: %w", err)
 	}
+	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 {
+		return nil, errors.New("forward: max deliveries and instance retries must not be negative")
+	}
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 30 * time.Second
+	}
+	if opts.InstanceRetryDelay <= 0 {
+		opts.InstanceRetryDelay = time.Second
 	}
 	log := opts.Logger
 	if log == nil {
@@ -152,15 +191,15 @@ func (f *Forwarder) worker(ctx, workCtx context.Context) {
 }
 
 func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
-	attempt := uint64(1)
+	attempt, seq := uint64(1), uint64(0)
 	if meta, err := msg.Metadata(); err == nil {
-		attempt = meta.NumDelivered
+		attempt, seq = meta.NumDelivered, meta.Sequence.Stream
 	}
 	ev, err := events.Decode(msg.Data())
 	if err != nil {
 		// A message this build can't read would loop forever: stop it,
 		// with the reason, where an operator can see it.
-		f.log.Error("undecodable event terminated", "subject", msg.Subject(), "err", err)
+		f.log.Error("undecodable event terminated", "subject", msg.Subject(), "stream_seq", seq, "err", err)
 		f.m.studies.WithLabelValues("undecodable").Inc()
 		if err := msg.TermWithReason("undecodable event: " + err.Error()); err != nil {
 			f.log.Warn("terminate undecodable event", "err", err)
@@ -168,7 +207,8 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	log := f.log.With("source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
-		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate, "attempt", attempt)
+		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
+		"attempt", attempt, "stream_seq", seq)
 
 	f.m.inFlight.Inc()
 	stopProgress := keepAlive(msg, f.opts.AckWait/3, log)
@@ -177,14 +217,15 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	stopProgress()
 	f.m.inFlight.Dec()
 	elapsed := time.Since(start)
+	// Acks, NAKs and dead letters must go out even during shutdown.
+	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 
 	switch {
 	case err == nil:
-		ackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
 		// DoubleAck waits for the server's confirmation: the event is
 		// done only once JetStream knows it is.
-		if err := msg.DoubleAck(ackCtx); err != nil {
+		if err := msg.DoubleAck(finishCtx); err != nil {
 			log.Error("study stored but the ack was not confirmed; it will be delivered again", "err", err)
 			f.m.studies.WithLabelValues("ack_failed").Inc()
 			return
@@ -192,7 +233,18 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 		f.m.studies.WithLabelValues("forwarded").Inc()
 		f.m.duration.Observe(elapsed.Seconds())
 		log.Info("study forwarded", "instances", rep.Instances, "bytes", rep.Bytes,
-			"requests", rep.Requests, "duration_ms", elapsed.Milliseconds())
+			"requests", rep.Requests, "already_stored", rep.AlreadyStored, "resent", rep.Resent,
+			"duration_ms", elapsed.Milliseconds())
+		if attempt > 1 && f.opts.Failures != nil {
+			if err := f.opts.Failures.Forget(finishCtx, seq); err != nil {
+				log.Warn("forget failure record", "err", err)
+			}
+		}
+		if f.opts.Completed != nil {
+			if err := f.opts.Completed(finishCtx, ev); err != nil {
+				log.Warn("study forwarded but not recorded as completed", "err", err)
+			}
+		}
 	case ctx.Err() != nil:
 		log.Warn("shutdown: study returned to the queue", "instances_sent", rep.Instances)
 		f.m.studies.WithLabelValues("interrupted").Inc()
@@ -200,52 +252,141 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 			log.Warn("nak on shutdown", "err", err)
 		}
 	default:
-		delay := f.backoff(attempt)
-		log.Warn("study not forwarded; will retry", "err", err, "retry_in", delay.String(),
+		f.fail(finishCtx, msg, ev, seq, attempt, rep, err, elapsed, log)
+	}
+}
+
+// fail records a failed attempt and either schedules a retry or
+// dead-letters the study, by the failure's class.
+func (f *Forwarder) fail(ctx context.Context, msg jetstream.Msg, ev *events.StudyStable, seq, attempt uint64, rep Report, ferr error, elapsed time.Duration, log *slog.Logger) {
+	class := failure.Classify(ferr)
+	f.m.failures.WithLabelValues(string(class)).Inc()
+	now := time.Now().UTC()
+	times := deadletter.Times{First: now, Last: now}
+	if f.opts.Failures != nil {
+		t, err := f.opts.Failures.Record(ctx, seq, now)
+		if err != nil {
+			log.Warn("record failure time", "err", err)
+		} else {
+			times = t
+		}
+	}
+	outOfDeliveries := f.opts.MaxDeliveries > 0 && attempt >= uint64(f.opts.MaxDeliveries)
+	if f.opts.DeadLetters == nil || (!class.DeadLetterNow() && !outOfDeliveries) {
+		delay := f.retryDelay(attempt, ferr)
+		log.Warn("study not forwarded; will retry", "class", class, "err", ferr, "retry_in", delay.String(),
 			"instances_sent", rep.Instances, "duration_ms", elapsed.Milliseconds())
 		f.m.studies.WithLabelValues("retry").Inc()
 		if err := msg.NakWithDelay(delay); err != nil {
 			log.Warn("nak failed; JetStream redelivers after the ack wait", "err", err)
 		}
+		return
+	}
+	reason := ferr.Error()
+	if outOfDeliveries && !class.DeadLetterNow() {
+		reason = fmt.Sprintf("gave up after %d deliveries: %s", attempt, reason)
+	}
+	letter := &deadletter.Letter{
+		Event:          *ev,
+		Class:          class,
+		Reason:         reason,
+		Attempts:       attempt,
+		FirstFailure:   times.First,
+		LastFailure:    times.Last,
+		OriginalSeq:    seq,
+		DeadLetteredAt: now,
+		LastResponse:   lastResponse(ferr),
+	}
+	var fe *failure.Error
+	if errors.As(ferr, &fe) {
+		letter.Failures = fe.Instances
+	}
+	dlSeq, err := f.opts.DeadLetters.Add(ctx, letter)
+	if err != nil {
+		// Never drop a study: without its dead letter it stays queued.
+		delay := f.retryDelay(attempt, nil)
+		log.Error("dead letter not stored; the study stays queued", "class", class, "err", err, "retry_in", delay.String())
+		if err := msg.NakWithDelay(delay); err != nil {
+			log.Warn("nak failed; JetStream redelivers after the ack wait", "err", err)
+		}
+		return
+	}
+	f.m.studies.WithLabelValues("dead_lettered").Inc()
+	log.Error("study dead-lettered", "class", class, "err", ferr, "dead_letter_seq", dlSeq,
+		"failed_instances", len(letter.Failures), "instances_stored", rep.Instances)
+	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (%s)", dlSeq, class)); err != nil {
+		log.Warn("terminate dead-lettered event", "err", err)
+	}
+	if f.opts.Failures != nil {
+		if err := f.opts.Failures.Forget(ctx, seq); err != nil {
+			log.Warn("forget failure record", "err", err)
+		}
 	}
 }
 
-// backoff is exponential with full jitter, so studies that failed together
-// (a destination outage) don't all come back at the same instant.
-func (f *Forwarder) backoff(attempt uint64) time.Duration {
+// lastResponse is the destination's answer kept with a dead letter.
+func lastResponse(err error) string {
+	var he *stow.HTTPError
+	if errors.As(err, &he) {
+		return fmt.Sprintf("HTTP %d %s: %s", he.StatusCode, he.ContentType, he.Body)
+	}
+	return ""
+}
+
+// retryDelay is exponential backoff with jitter in [d/2, d]: studies that
+// failed together (a destination outage) don't all come back at once, and
+// the floor keeps the request rate during an outage bounded. A server's
+// Retry-After is honoured (up to an hour).
+func (f *Forwarder) retryDelay(attempt uint64, err error) time.Duration {
 	d := f.opts.RetryDelay
 	for i := uint64(1); i < attempt && d < f.opts.RetryMaxDelay; i++ {
 		d *= 2
 	}
 	d = min(d, f.opts.RetryMaxDelay)
-	return time.Duration(rand.Int64N(int64(d)) + 1)
+	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+	var he *stow.HTTPError
+	if errors.As(err, &he) && he.RetryAfter > d {
+		d = min(he.RetryAfter, time.Hour)
+	}
+	return d
 }
 
 // Report says what one Forward call sent.
 type Report struct {
+	// Instances the destination confirmed (stored or already stored).
 	Instances int
 	Bytes     int64
 	Requests  int
+	// AlreadyStored counts instances the destination already had.
+	AlreadyStored int
+	// Resent counts instances sent again after a transient refusal.
+	Resent int
 }
 
-// Forward sends every instance of the event's study to the destination. It
-// returns nil only when the destination confirmed every SOP instance.
+// Forward sends every instance of the event's study to the destination.
+// It returns nil only when the destination confirmed every SOP instance;
+// otherwise an error that failure.Classify understands. Instances the
+// destination refused transiently are re-sent alone, up to
+// InstanceRetries rounds.
 func (f *Forwarder) Forward(ctx context.Context, ev *events.StudyStable) (Report, error) {
 	var rep Report
 	src, err := f.opts.SourceFor(ev.Source)
 	if err != nil {
-		return rep, err
+		return rep, &failure.Error{Class: failure.Permanent, Err: err}
 	}
 	instances, err := src.StudyInstances(ctx, ev.OrthancStudyID)
 	if err != nil {
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			return rep, failure.Errorf(failure.SourceMissing, "study %s is no longer in Orthanc source %s: %w", ev.OrthancStudyID, ev.Source, err)
+		}
 		return rep, fmt.Errorf("list instances of study %s: %w", ev.OrthancStudyID, err)
 	}
 	if len(instances) == 0 {
-		return rep, fmt.Errorf("study %s has no instances in Orthanc", ev.OrthancStudyID)
+		return rep, failure.Errorf(failure.SourceMissing, "study %s has no instances in Orthanc source %s", ev.OrthancStudyID, ev.Source)
 	}
-	parts := make([]stow.Part, len(instances))
+	pending := make([]stow.Part, len(instances))
 	for i, inst := range instances {
-		parts[i] = stow.Part{
+		pending[i] = stow.Part{
 			SOPInstanceUID: inst.SOPInstanceUID,
 			Size:           inst.FileSize,
 			Open: func(ctx context.Context) (io.ReadCloser, error) {
@@ -254,42 +395,115 @@ func (f *Forwarder) Forward(ctx context.Context, ev *events.StudyStable) (Report
 			},
 		}
 	}
-	for _, batch := range stow.Batches(parts, f.opts.MaxInstances, f.opts.MaxBytes) {
-		res, err := f.opts.Destination.Store(ctx, batch)
-		rep.Requests++
-		if err != nil {
-			return rep, fmt.Errorf("STOW-RS request %d: %w", rep.Requests, err)
+	var rejected []failure.Instance
+	for round := 0; ; round++ {
+		var retry []stow.Part
+		for _, batch := range stow.Batches(pending, f.opts.MaxInstances, f.opts.MaxBytes) {
+			out, err := f.send(ctx, batch, &rep)
+			if err != nil {
+				return rep, fmt.Errorf("STOW-RS request %d: %w", rep.Requests, err)
+			}
+			retry = append(retry, out.retry...)
+			rejected = append(rejected, out.rejected...)
 		}
-		sent := make([]string, len(batch))
-		for i, p := range batch {
-			sent[i] = p.SOPInstanceUID
+		if len(retry) == 0 {
+			break
 		}
-		if missing := res.Missing(sent); len(missing) > 0 {
-			return rep, fmt.Errorf("STOW-RS request %d: destination answered %d but did not confirm %d of %d instances (first: %s)%s",
-				rep.Requests, res.StatusCode, len(missing), len(sent), missing[0], failureSummary(res))
+		if round >= f.opts.InstanceRetries {
+			return rep, fmt.Errorf("%d instances still refused transiently after %d rounds (first: %s)",
+				len(retry), round+1, retry[0].SOPInstanceUID)
 		}
-		rep.Instances += len(batch)
-		rep.Bytes += res.BytesSent
-		f.m.instances.Add(float64(len(batch)))
-		f.m.bytes.Add(float64(res.BytesSent))
+		f.log.Warn("re-sending instances the destination refused transiently", "orthanc_study_id", ev.OrthancStudyID,
+			"study_instance_uid", ev.StudyInstanceUID, "instances", len(retry), "round", round+1)
+		sleep(ctx, f.opts.InstanceRetryDelay<<round)
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		rep.Resent += len(retry)
+		f.m.resent.Add(float64(len(retry)))
+		pending = retry
+	}
+	if len(rejected) > 0 {
+		return rep, &failure.Error{
+			Class:     failure.Partial,
+			Err:       fmt.Errorf("destination refused %d of %d instances for good (first: %s: %s)", len(rejected), len(instances), rejected[0].SOPInstanceUID, rejected[0].Text),
+			Instances: rejected,
+		}
 	}
 	return rep, nil
 }
 
-func failureSummary(res *stow.Result) string {
-	if len(res.Failed) == 0 {
-		return ""
+// batchOutcome sorts a request's instances by what to do next.
+type batchOutcome struct {
+	retry    []stow.Part
+	rejected []failure.Instance
+}
+
+// send stores one batch and sorts its instances by the response. A 401 is
+// retried once: the auth transport has dropped the refused token, so the
+// retry carries a fresh one.
+func (f *Forwarder) send(ctx context.Context, batch []stow.Part, rep *Report) (batchOutcome, error) {
+	rep.Requests++
+	res, err := f.opts.Destination.Store(ctx, batch)
+	var he *stow.HTTPError
+	if errors.As(err, &he) && he.StatusCode == http.StatusUnauthorized {
+		rep.Requests++
+		res, err = f.opts.Destination.Store(ctx, batch)
 	}
-	var b strings.Builder
-	b.WriteString("; failed:")
-	for i, fi := range res.Failed {
-		if i == 5 {
-			fmt.Fprintf(&b, " and %d more", len(res.Failed)-i)
-			break
+	if err != nil {
+		// A STOW response on an error status still says per instance
+		// what happened (Orthanc answers 400 when one part is broken and
+		// stores the rest; 409 lists conflicts).
+		if !errors.As(err, &he) || he.Result == nil || len(he.Result.Stored)+len(he.Result.Failed) == 0 {
+			return batchOutcome{}, err
 		}
-		fmt.Fprintf(&b, " %s reason 0x%04X", fi.SOPInstanceUID, fi.FailureReason)
+		res = he.Result
+		res.StatusCode = he.StatusCode
 	}
-	return b.String()
+	stored := make(map[string]bool, len(res.Stored))
+	for _, in := range res.Stored {
+		stored[in.SOPInstanceUID] = true
+	}
+	failed := make(map[string]int, len(res.Failed))
+	for _, fi := range append(res.Failed, res.OtherFailures...) {
+		failed[fi.SOPInstanceUID] = fi.FailureReason
+	}
+	var out batchOutcome
+	confirmed := 0
+	for _, p := range batch {
+		if stored[p.SOPInstanceUID] {
+			confirmed++
+			continue
+		}
+		reason, listed := failed[p.SOPInstanceUID]
+		if !listed {
+			// Neither stored nor failed: after a success status, send it
+			// again; after an error status, the status decides.
+			if failure.ClassifyStatus(res.StatusCode) == failure.Transient {
+				out.retry = append(out.retry, p)
+			} else {
+				out.rejected = append(out.rejected, failure.Instance{SOPInstanceUID: p.SOPInstanceUID,
+					Text: fmt.Sprintf("not listed in the destination's HTTP %d response", res.StatusCode)})
+			}
+			continue
+		}
+		switch failure.ClassifyInstance(reason) {
+		case failure.Stored:
+			confirmed++
+			rep.AlreadyStored++
+			f.m.alreadyStored.Inc()
+		case failure.Retry:
+			out.retry = append(out.retry, p)
+		default:
+			out.rejected = append(out.rejected, failure.Instance{SOPInstanceUID: p.SOPInstanceUID,
+				FailureReason: reason, Text: failure.Describe(reason)})
+		}
+	}
+	rep.Instances += confirmed
+	rep.Bytes += res.BytesSent
+	f.m.instances.Add(float64(confirmed))
+	f.m.bytes.Add(float64(res.BytesSent))
+	return out, nil
 }
 
 // keepAlive tells JetStream every interval that msg is still being worked

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/failure"
 )
 
 type metrics struct {
@@ -12,13 +14,17 @@ type metrics struct {
 	bytes     prometheus.Counter
 	duration  prometheus.Histogram
 	inFlight  prometheus.Gauge
+
+	failures      *prometheus.CounterVec
+	resent        prometheus.Counter
+	alreadyStored prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		studies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_forwarder_studies_total",
-			Help: "Studies handled, by result (forwarded, retry, interrupted, undecodable, ack_failed).",
+			Help: "Studies handled, by result (forwarded, retry, dead_lettered, interrupted, undecodable, ack_failed).",
 		}, []string{"result"}),
 		instances: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "stowline_forwarder_instances_total",
@@ -38,10 +44,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Studies being sent now by this process.",
 		}),
 	}
-	for _, r := range []string{"forwarded", "retry", "interrupted", "undecodable", "ack_failed"} {
+	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stowline_forwarder_failures_total",
+		Help: "Failed forwarding attempts, by failure class (transient, partial, permanent, source-missing).",
+	}, []string{"class"})
+	m.resent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stowline_forwarder_instances_resent_total",
+		Help: "Instances sent again alone after the destination refused them transiently.",
+	})
+	m.alreadyStored = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stowline_forwarder_instances_already_stored_total",
+		Help: "Instances the destination reported as already stored (counted as success).",
+	})
+	for _, r := range []string{"forwarded", "retry", "dead_lettered", "interrupted", "undecodable", "ack_failed"} {
 		m.studies.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight} {
+	for _, c := range failure.Classes {
+		m.failures.WithLabelValues(string(c))
+	}
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

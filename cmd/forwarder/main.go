@@ -1,6 +1,8 @@
 // Command forwarder runs stowline's workers: they pull stable-study events from
 // JetStream and send each study from Orthanc to the DICOMweb destination.
 // Run any number of replicas; they share one durable consumer.
+//
+// `forwarder replay ...` lists, replays and purges dead-lettered studies.
 package main
 
 import (
@@ -21,14 +23,20 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		if !errors.Is(err, app.ErrUsage) {
+		code := 1
+		if errors.Is(err, app.ErrUsage) {
+			code = 2 // bad arguments or configuration
+		} else {
 			err = fmt.Errorf("forwarder: %w", err)
 		}
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		os.Exit(code)
 	}
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "replay" {
+		return app.RunReplay(ctx, args[1:], getenv, stdout, stderr)
+	}
 	return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, stdout, stderr, app.RunForwarder)
 }

@@ -20,11 +20,14 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		if !errors.Is(err, app.ErrUsage) {
+		code := 1
+		if errors.Is(err, app.ErrUsage) {
+			code = 2 // bad arguments or configuration
+		} else {
 			err = fmt.Errorf("ingest: %w", err)
 		}
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		os.Exit(code)
 	}
 }
 

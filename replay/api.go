@@ -1,0 +1,186 @@
+package replay
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/deadletter"
+	"github.com/stowline/stowline/ops"
+)
+
+// API is the admin HTTP API over dead letters, behind its own bearer
+// token (never the webhook's).
+type API struct {
+	Store *deadletter.Store
+	JS    jetstream.JetStream
+	Token string
+	Log   *slog.Logger
+}
+
+// Mount adds the /admin routes to r.
+//
+//	GET  /admin/deadletters            ?seq ?study ?orthancStudyId ?class ?reason ?since
+//	GET  /admin/deadletters/{seq}
+//	POST /admin/deadletters/replay     {"study":…, "all":true, "dryRun":true, …}
+//	POST /admin/deadletters/purge      same body
+//	POST /admin/reforward              {"since":…, "until":…, "dryRun":true}
+func (a *API) Mount(r chi.Router) {
+	want := sha256.Sum256([]byte(a.Token))
+	r.Route("/admin", func(r chi.Router) {
+		r.Use(func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+				got := sha256.Sum256([]byte(tok))
+				if !ok || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+					w.Header().Set("WWW-Authenticate", `Bearer realm="stowline-admin"`)
+					ops.WriteError(w, http.StatusUnauthorized, "missing or invalid admin bearer token")
+					return
+				}
+				next.ServeHTTP(w, req)
+			})
+		})
+		r.Get("/deadletters", a.list)
+		r.Get("/deadletters/{seq}", a.show)
+		r.Post("/deadletters/replay", a.mutate(true))
+		r.Post("/deadletters/purge", a.mutate(false))
+		r.Post("/reforward", a.reforward)
+	})
+}
+
+func (a *API) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	args := FilterArgs{Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
+		Class: q.Get("class"), Reason: q.Get("reason"), Since: q.Get("since")}
+	f, err := args.Filter()
+	if err != nil {
+		ops.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if f.Empty() {
+		f.All = true
+	}
+	entries, err := a.Store.List(r.Context(), f)
+	if err != nil {
+		a.fail(w, "list dead letters", err)
+		return
+	}
+	ops.WriteJSON(w, http.StatusOK, map[string]any{"entries": nonNil(entries)})
+}
+
+func (a *API) show(w http.ResponseWriter, r *http.Request) {
+	seq, err := strconv.ParseUint(chi.URLParam(r, "seq"), 10, 64)
+	if err != nil || seq == 0 {
+		ops.WriteError(w, http.StatusBadRequest, "seq: not a dead-letter sequence number")
+		return
+	}
+	e, err := a.Store.Get(r.Context(), seq)
+	if errors.Is(err, deadletter.ErrNotFound) {
+		ops.WriteError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	if err != nil {
+		a.fail(w, "show dead letter", err)
+		return
+	}
+	ops.WriteJSON(w, http.StatusOK, e)
+}
+
+type mutateRequest struct {
+	FilterArgs
+	DryRun bool `json:"dryRun"`
+}
+
+func (a *API) mutate(replay bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req mutateRequest
+		if !decodeBody(w, r, &req) {
+			return
+		}
+		f, err := req.Filter()
+		if err != nil {
+			ops.WriteError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if f.Empty() {
+			ops.WriteError(w, http.StatusBadRequest, "give a filter (seq, study, orthancStudyId, class, reason, since) or \"all\": true")
+			return
+		}
+		op, what := a.Store.Purge, "purge"
+		if replay {
+			op, what = a.Store.Replay, "replay"
+		}
+		entries, err := op(r.Context(), f, req.DryRun)
+		if err != nil {
+			a.fail(w, what+" dead letters", err)
+			return
+		}
+		if !req.DryRun {
+			a.Log.Info("dead letters "+what+"ed through the admin API", "count", len(entries), "remote", r.RemoteAddr)
+		}
+		ops.WriteJSON(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": nonNil(entries)})
+	}
+}
+
+type reforwardRequest struct {
+	Since  string `json:"since"`
+	Until  string `json:"until"`
+	DryRun bool   `json:"dryRun"`
+}
+
+func (a *API) reforward(w http.ResponseWriter, r *http.Request) {
+	var req reforwardRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if req.Since == "" {
+		ops.WriteError(w, http.StatusBadRequest, "since: is required")
+		return
+	}
+	since, err := ParseTime(req.Since)
+	if err != nil {
+		ops.WriteError(w, http.StatusBadRequest, "since: "+err.Error())
+		return
+	}
+	var until time.Time
+	if req.Until != "" {
+		if until, err = ParseTime(req.Until); err != nil {
+			ops.WriteError(w, http.StatusBadRequest, "until: "+err.Error())
+			return
+		}
+		if !until.After(since) {
+			ops.WriteError(w, http.StatusBadRequest, "until: must be after since")
+			return
+		}
+	}
+	evs, err := deadletter.Reforward(r.Context(), a.JS, since, until, req.DryRun)
+	if err != nil {
+		a.fail(w, "reforward", err)
+		return
+	}
+	ops.WriteJSON(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs})
+}
+
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		ops.WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func (a *API) fail(w http.ResponseWriter, what string, err error) {
+	a.Log.Error(what+" failed", "err", err)
+	ops.WriteError(w, http.StatusServiceUnavailable, what+": "+err.Error())
+}

@@ -1,0 +1,292 @@
+package replay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/deadletter"
+)
+
+// ErrUsage matches (errors.Is) a command-line mistake; the message says
+// what to fix.
+var ErrUsage = errors.New("usage error")
+
+type usageError struct{ err error }
+
+func (e *usageError) Error() string        { return e.err.Error() }
+func (e *usageError) Unwrap() error        { return e.err }
+func (e *usageError) Is(target error) bool { return target == ErrUsage }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(format, args...)} }
+
+// Usage is the command's help text.
+const Usage = `Usage: forwarder replay COMMAND [flags]
+
+Commands:
+  list     [filters] [--json]          list dead-lettered studies (all if no filter)
+  show     SEQ [--json]                show one dead letter
+  run      filters|--all [--dry-run]   put dead-lettered studies back in the queue
+  purge    filters|--all [--dry-run]   delete dead letters for good
+  reforward --since T [--until T] [--dry-run]
+                                       queue again every event received in a window
+                                       (for a destination that lost data)
+
+Filters:
+  --seq N          one dead letter
+  --study UID      by StudyInstanceUID
+  --orthanc-id ID  by Orthanc study ID
+  --class C        transient, partial, permanent or source-missing
+  --reason TEXT    reason contains TEXT (case-insensitive)
+  --since T        dead-lettered at or after T (e.g. 2026-11-01T00:00Z)
+  --all            every dead letter (run and purge need a filter or --all)
+
+Connects to NATS_URL (see forwarder -h). Exit status: 0 done, 1 failed, 2 bad arguments.
+`
+
+// CLI runs the replay commands against JetStream.
+type CLI struct {
+	Store  *deadletter.Store
+	JS     jetstream.JetStream
+	Stdout io.Writer
+	Now    func() time.Time
+}
+
+// Run executes one command line (without the leading "replay").
+func (c *CLI) Run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usagef("a command is required\n\n%s", Usage)
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "list":
+		return c.list(ctx, rest)
+	case "show":
+		return c.show(ctx, rest)
+	case "run":
+		return c.mutate(ctx, "run", rest)
+	case "purge":
+		return c.mutate(ctx, "purge", rest)
+	case "reforward":
+		return c.reforward(ctx, rest)
+	case "help", "-h", "--help":
+		fmt.Fprint(c.Stdout, Usage)
+		return nil
+	}
+	return usagef("unknown command %q\n\n%s", cmd, Usage)
+}
+
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("replay "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func filterFlags(fs *flag.FlagSet, a *FilterArgs) {
+	fs.StringVar(&a.Seq, "seq", "", "dead-letter sequence number")
+	fs.StringVar(&a.Study, "study", "", "StudyInstanceUID")
+	fs.StringVar(&a.OrthancStudyID, "orthanc-id", "", "Orthanc study ID")
+	fs.StringVar(&a.Class, "class", "", "failure class")
+	fs.StringVar(&a.Reason, "reason", "", "reason contains")
+	fs.StringVar(&a.Since, "since", "", "dead-lettered at or after")
+	fs.BoolVar(&a.All, "all", false, "every dead letter")
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return usagef("%s: %v\n\n%s", fs.Name(), err, Usage)
+	}
+	if fs.NArg() > 0 {
+		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
+func (c *CLI) list(ctx context.Context, args []string) error {
+	fs := newFlags("list")
+	var a FilterArgs
+	filterFlags(fs, &a)
+	asJSON := fs.Bool("json", false, "JSON output")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	f, err := a.Filter()
+	if err != nil {
+		return usagef("list: %w", err)
+	}
+	if f.Empty() {
+		f.All = true
+	}
+	entries, err := c.Store.List(ctx, f)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return writeJSON(c.Stdout, nonNil(entries))
+	}
+	writeTable(c.Stdout, entries)
+	return nil
+}
+
+func (c *CLI) show(ctx context.Context, args []string) error {
+	fs := newFlags("show")
+	asJSON := fs.Bool("json", false, "JSON output")
+	// Accept the sequence before or after the flags.
+	var seqArg string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		seqArg, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return usagef("show: %v", err)
+	}
+	if seqArg == "" && fs.NArg() > 0 {
+		seqArg = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return usagef("show: unexpected argument %q", fs.Arg(0))
+	}
+	seq, err := strconv.ParseUint(seqArg, 10, 64)
+	if err != nil || seq == 0 {
+		return usagef("show: want a dead-letter sequence number, got %q", seqArg)
+	}
+	e, err := c.Store.Get(ctx, seq)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return writeJSON(c.Stdout, e)
+	}
+	w := tabwriter.NewWriter(c.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "seq\t%d\n", e.Seq)
+	fmt.Fprintf(w, "source\t%s\n", e.Event.Source)
+	fmt.Fprintf(w, "orthanc study\t%s\n", e.Event.OrthancStudyID)
+	fmt.Fprintf(w, "study UID\t%s\n", e.Event.StudyInstanceUID)
+	fmt.Fprintf(w, "last update\t%s\n", e.Event.LastUpdate)
+	fmt.Fprintf(w, "class\t%s\n", e.Class)
+	fmt.Fprintf(w, "reason\t%s\n", e.Reason)
+	fmt.Fprintf(w, "attempts\t%d\n", e.Attempts)
+	fmt.Fprintf(w, "first failure\t%s\n", e.FirstFailure.Format(time.RFC3339))
+	fmt.Fprintf(w, "last failure\t%s\n", e.LastFailure.Format(time.RFC3339))
+	fmt.Fprintf(w, "dead-lettered\t%s\n", e.DeadLetteredAt.Format(time.RFC3339))
+	for _, fi := range e.Failures {
+		fmt.Fprintf(w, "failed instance\t%s (0x%04X %s)\n", fi.SOPInstanceUID, fi.FailureReason, fi.Text)
+	}
+	if e.LastResponse != "" {
+		fmt.Fprintf(w, "last response\t%s\n", oneLine(e.LastResponse))
+	}
+	return w.Flush()
+}
+
+func (c *CLI) mutate(ctx context.Context, name string, args []string) error {
+	fs := newFlags(name)
+	var a FilterArgs
+	filterFlags(fs, &a)
+	dryRun := fs.Bool("dry-run", false, "only say what would be done")
+	asJSON := fs.Bool("json", false, "JSON output")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	f, err := a.Filter()
+	if err != nil {
+		return usagef("%s: %w", name, err)
+	}
+	if f.Empty() {
+		return usagef("%s: give a filter (--seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
+	}
+	op, verb := c.Store.Replay, "replayed"
+	if name == "purge" {
+		op, verb = c.Store.Purge, "purged"
+	}
+	entries, err := op(ctx, f, *dryRun)
+	if *dryRun {
+		verb = "would be " + verb
+	}
+	if *asJSON {
+		if jerr := writeJSON(c.Stdout, map[string]any{"dryRun": *dryRun, "entries": nonNil(entries)}); jerr != nil {
+			return jerr
+		}
+	} else {
+		writeTable(c.Stdout, entries)
+		fmt.Fprintf(c.Stdout, "%d dead letters %s\n", len(entries), verb)
+	}
+	return err
+}
+
+func (c *CLI) reforward(ctx context.Context, args []string) error {
+	fs := newFlags("reforward")
+	since := fs.String("since", "", "start of the window")
+	until := fs.String("until", "", "end of the window (default now)")
+	dryRun := fs.Bool("dry-run", false, "only say what would be done")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *since == "" {
+		return usagef("reforward: --since is required")
+	}
+	from, err := ParseTime(*since)
+	if err != nil {
+		return usagef("reforward: since: %w", err)
+	}
+	var to time.Time
+	if *until != "" {
+		if to, err = ParseTime(*until); err != nil {
+			return usagef("reforward: until: %w", err)
+		}
+		if !to.After(from) {
+			return usagef("reforward: --until must be after --since")
+		}
+	}
+	evs, err := deadletter.Reforward(ctx, c.JS, from, to, *dryRun)
+	verb := "queued again"
+	if *dryRun {
+		verb = "would be queued again"
+	}
+	w := tabwriter.NewWriter(c.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SOURCE\tORTHANC STUDY\tSTUDY UID\tRECEIVED")
+	for _, ev := range evs {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.ReceivedAt.Format(time.RFC3339))
+	}
+	w.Flush()
+	fmt.Fprintf(c.Stdout, "%d events %s\n", len(evs), verb)
+	return err
+}
+
+func writeTable(out io.Writer, entries []deadletter.Entry) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SEQ\tDEAD-LETTERED\tCLASS\tATTEMPTS\tSOURCE\tORTHANC STUDY\tSTUDY UID\tREASON")
+	for _, e := range entries {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
+			e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, e.Event.StudyInstanceUID, truncate(oneLine(e.Reason), 80))
+	}
+	w.Flush()
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func nonNil(e []deadletter.Entry) []deadletter.Entry {
+	if e == nil {
+		return []deadletter.Entry{}
+	}
+	return e
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}

@@ -1,0 +1,102 @@
+// Package replay is the operator's way to dead letters: list, show,
+// replay, purge, and re-forward a time window of the event stream, as the
+// `forwarder replay` command and as an authenticated HTTP admin API.
+package replay
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/stowline/stowline/deadletter"
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/failure"
+)
+
+// timeLayouts are the accepted forms of a time argument, UTC unless the
+// value has a zone.
+var timeLayouts = []string{
+	time.RFC3339Nano,
+	"2006-01-02T15:04Z07:00",
+	"2006-01-02T15:04:05",
+	"2006-01-02T15:04",
+	"2006-01-02",
+}
+
+// ParseTime reads 2026-11-01T00:00Z, RFC 3339, or a date.
+func ParseTime(s string) (time.Time, error) {
+	for _, l := range timeLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q is not a time (want e.g. 2026-11-01T00:00Z or 2026-11-01)", s)
+}
+
+// FilterArgs is a filter as text, from flags or JSON.
+type FilterArgs struct {
+	Seq            string `json:"seq,omitempty"`
+	Study          string `json:"study,omitempty"`
+	OrthancStudyID string `json:"orthancStudyId,omitempty"`
+	Class          string `json:"class,omitempty"`
+	Reason         string `json:"reason,omitempty"`
+	Since          string `json:"since,omitempty"`
+	All            bool   `json:"all,omitempty"`
+}
+
+// Filter validates the arguments; errors name the argument.
+func (a FilterArgs) Filter() (deadletter.Filter, error) {
+	f := deadletter.Filter{All: a.All, ReasonContains: a.Reason}
+	var errs []error
+	if a.Seq != "" {
+		n, err := strconv.ParseUint(a.Seq, 10, 64)
+		if err != nil || n == 0 {
+			errs = append(errs, fmt.Errorf("seq: %q is not a dead-letter sequence number", a.Seq))
+		}
+		f.Seq = n
+	}
+	if a.Study != "" {
+		if !events.PlausibleUID(a.Study) {
+			errs = append(errs, fmt.Errorf("study: %q is not a StudyInstanceUID", a.Study))
+		}
+		f.StudyInstanceUID = a.Study
+	}
+	if a.OrthancStudyID != "" {
+		if !events.ValidOrthancID(a.OrthancStudyID) {
+			errs = append(errs, fmt.Errorf("orthanc-id: %q is not an Orthanc ID", a.OrthancStudyID))
+		}
+		f.OrthancStudyID = a.OrthancStudyID
+	}
+	if a.Class != "" {
+		c := failure.Class(a.Class)
+		valid := false
+		for _, k := range failure.Classes {
+			valid = valid || k == c
+		}
+		if !valid {
+			errs = append(errs, fmt.Errorf("class: %q is not one of %s", a.Class, classList()))
+		}
+		f.Class = c
+	}
+	if a.Since != "" {
+		t, err := ParseTime(a.Since)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("since: %w", err))
+		}
+		f.Since = t
+	}
+	if a.All && (f.Seq != 0 || f.StudyInstanceUID != "" || f.OrthancStudyID != "" || f.Class != "" || f.ReasonContains != "" || !f.Since.IsZero()) {
+		errs = append(errs, errors.New("all: cannot be combined with other filters"))
+	}
+	return f, errors.Join(errs...)
+}
+
+func classList() string {
+	names := make([]string, len(failure.Classes))
+	for i, c := range failure.Classes {
+		names[i] = string(c)
+	}
+	return strings.Join(names, ", ")
+}
