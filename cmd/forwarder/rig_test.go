@@ -1,0 +1,309 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/faultproxy"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/natsembed"
+)
+
+const adminToken = "admin-token-for-tests-0123"
+
+// rig is a real deployment for forwarder tests: source Orthanc A, a real
+// destination Orthanc B (DICOMweb plugin) behind a fault proxy, and a
+// nats-server listening on TCP, as a separate forwarder needs.
+type rig struct {
+	src, dest *testharness.Orthanc
+	proxy     *faultproxy.Proxy
+
+	storeDir string
+	natsPort int
+	natsMu   sync.Mutex
+	nats     *natsembed.Server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+
+	forwarderAddr string
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	testharness.RequireBinary(t, "Orthanc")
+	testharness.RequireBinary(t, "storescu")
+	r := &rig{storeDir: t.TempDir(), forwarderAddr: freeAddr(t)}
+	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
+	r.proxy = faultproxy.Start(t, r.dest.URL)
+	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	r.startNATS(t)
+	t.Cleanup(r.stopNATS)
+	nc, err := nats.Connect(r.natsURL(), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	r.nc = nc
+	if r.js, err = jetstream.New(nc); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := events.EnsureStream(ctx, r.js, events.DefaultTopology()); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r *rig) startNATS(t *testing.T) {
+	t.Helper()
+	r.natsMu.Lock()
+	defer r.natsMu.Unlock()
+	port := r.natsPort
+	if port == 0 {
+		port = -1 // a random free port the first time, the same one after
+	}
+	srv, err := natsembed.Start(natsembed.Options{StoreDir: r.storeDir, ServerName: "test", Port: port}, nil)
+	if err != nil {
+		t.Fatalf("start nats: %v", err)
+	}
+	r.nats = srv
+	if r.natsPort == 0 {
+		u, err := url.Parse(srv.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.natsPort, _ = strconv.Atoi(u.Port())
+	}
+}
+
+func (r *rig) stopNATS() {
+	r.natsMu.Lock()
+	defer r.natsMu.Unlock()
+	if r.nats != nil {
+		r.nats.Shutdown()
+		r.nats = nil
+	}
+}
+
+func (r *rig) natsURL() string { return "nats://127.0.0.1:" + strconv.Itoa(r.natsPort) }
+
+func (r *rig) env(extra map[string]string) map[string]string {
+	env := map[string]string{
+		"NATS_URL":                  r.natsURL(),
+		"FORWARDER_ADDR":            r.forwarderAddr,
+		"ORTHANC_URL":               r.src.URL,
+		"DICOMWEB_URL":              r.proxy.URL + "/dicom-web",
+		"FORWARDER_RETRY_DELAY":     "1s",
+		"FORWARDER_RETRY_MAX_DELAY": "8s",
+		"FORWARDER_ACK_WAIT":        "3s",
+		"ADMIN_TOKEN":               adminToken,
+		"LOG_LEVEL":                 "debug",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
+// startForwarder runs the real forwarder (run) in this process until the
+// returned stop is called or the test ends.
+func (r *rig) startForwarder(t *testing.T, extra map[string]string) (stop func()) {
+	t.Helper()
+	env := r.env(extra)
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("forwarder returned %v", err)
+				}
+			case <-time.After(time.Minute):
+				t.Error("forwarder did not stop within a minute")
+			}
+			if t.Failed() {
+				t.Logf("forwarder log:\n%s", logs.String())
+			}
+		})
+	}
+	t.Cleanup(stop)
+	waitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
+	return stop
+}
+
+// addStudy generates a study of n instances, stores it in the source with
+// storescu and returns its Orthanc ID.
+func (r *rig) addStudy(t *testing.T, n, rows int) string {
+	t.Helper()
+	uid := dicomgen.NewUID()
+	files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+		StudyInstanceUID: uid, PatientID: "FWD-TEST", PatientName: "Synthetic^Forwarder",
+		Series: 1, InstancesPerSeries: n, Rows: rows, Columns: rows,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := r.src.StoreSCU(t, files...); len(res.Failed) > 0 {
+		t.Fatalf("storescu refused %d generated files", len(res.Failed))
+	}
+	var found []struct{ ID, Type string }
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.src.Do(ctx, http.MethodPost, "/tools/lookup", strings.NewReader(uid), &found); err != nil {
+		t.Fatalf("lookup study: %v", err)
+	}
+	for _, f := range found {
+		if f.Type == "Study" {
+			return f.ID
+		}
+	}
+	t.Fatalf("generated study %s not found in the source", uid)
+	return ""
+}
+
+// publish queues the stable-study event for an Orthanc study, as the
+// ingest would.
+func (r *rig) publish(t *testing.T, studyID string) *events.StudyStable {
+	t.Helper()
+	var s struct {
+		MainDicomTags map[string]string
+		LastUpdate    string
+	}
+	r.src.GetJSON(t, "/studies/"+studyID, &s)
+	ev := &events.StudyStable{
+		Type: events.TypeStudyStable, Version: events.Version, Source: "src",
+		OrthancStudyID: studyID, StudyInstanceUID: s.MainDicomTags["StudyInstanceUID"],
+		LastUpdate: s.LastUpdate, ReceivedAt: time.Now().UTC(),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := events.Publish(ctx, r.js, ev); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	return ev
+}
+
+// waitDest waits until the destination holds n instances.
+func (r *rig) waitDest(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var stats struct{ CountInstances int }
+		r.dest.GetJSON(t, "/statistics", &stats)
+		if stats.CountInstances >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("destination has %d instances after %s, want %d", stats.CountInstances, timeout, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitQueueEmpty waits until the forwarder consumer has nothing pending or
+// unacknowledged.
+func (r *rig) waitQueueEmpty(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		info := r.consumerInfo(t)
+		if info != nil && info.NumPending == 0 && info.NumAckPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue not empty after %s: %+v", timeout, info)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (r *rig) consumerInfo(t *testing.T) *jetstream.ConsumerInfo {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := r.js.Consumer(ctx, events.StreamName, events.ConsumerName)
+	if err != nil {
+		return nil
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return nil
+	}
+	return info
+}
+
+// assertIdentical checks every source instance is in the destination with
+// the same bytes.
+func (r *rig) assertIdentical(t *testing.T) {
+	t.Helper()
+	want, got := r.src.InstanceMD5s(t), r.dest.InstanceMD5s(t)
+	for uid, sum := range want {
+		if got[uid] != sum {
+			t.Errorf("instance %s: md5 %q at the source, %q at the destination", uid, sum, got[uid])
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitHTTP(t *testing.T, url string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready after %s (last: %v)", url, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

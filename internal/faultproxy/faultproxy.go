@@ -1,0 +1,230 @@
+// Package faultproxy sits in front of a real STOW-RS destination in tests
+// and produces the faults a real server won't on demand: an outage (any
+// status for every STOW request), a 202 that reports some instances as
+// failed, and a slow link. It counts requests and, from the destination's
+// answers, how often each SOP instance was sent.
+package faultproxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Proxy is a reverse proxy with switchable faults.
+type Proxy struct {
+	URL string
+
+	mu          sync.Mutex
+	status      int    // answer every STOW POST with this status (0: pass)
+	body        string // body for status answers
+	failNext    int    // report this many instances as failed on the next passed STOW
+	failReason  int
+	bytesPerSec int // throttle request bodies (0: no limit)
+	stowPosts   int
+	refused     int
+	perUID      map[string]int
+}
+
+// Start runs the proxy in front of upstream until the test ends.
+func Start(t testing.TB, upstream string) *Proxy {
+	t.Helper()
+	u, err := url.Parse(upstream)
+	if err != nil {
+		t.Fatalf("faultproxy: %v", err)
+	}
+	p := &Proxy{perUID: map[string]int{}}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.FlushInterval = -1
+	rp.ModifyResponse = p.modify
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isSTOW(r) {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		p.mu.Lock()
+		p.stowPosts++
+		status, body, rate := p.status, p.body, p.bytesPerSec
+		if status != 0 {
+			p.refused++
+		}
+		p.mu.Unlock()
+		if status != 0 {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(status)
+			_, _ = io.WriteString(w, body)
+			return
+		}
+		if rate > 0 {
+			r.Body = &throttled{r: r.Body, rate: rate}
+		}
+		// The proxy reads STOW responses: ask for them uncompressed.
+		r.Header.Del("Accept-Encoding")
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	p.URL = srv.URL
+	return p
+}
+
+func isSTOW(r *http.Request) bool {
+	return r.Method == http.MethodPost && len(r.URL.Path) >= len("/studies") && r.URL.Path[len(r.URL.Path)-len("/studies"):] == "/studies"
+}
+
+// SetStatus makes every STOW request fail with status and body (0: pass).
+func (p *Proxy) SetStatus(status int, body string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.status, p.body = status, body
+}
+
+// FailNext makes the next STOW response that passes report n of its stored
+// instances as failed with reason, with status 202. The destination did
+// store them: a re-send is answered as a duplicate.
+func (p *Proxy) FailNext(n, reason int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failNext, p.failReason = n, reason
+}
+
+// Throttle limits request bodies to bytesPerSec (0: no limit).
+func (p *Proxy) Throttle(bytesPerSec int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bytesPerSec = bytesPerSec
+}
+
+// STOWRequests counts STOW POSTs received, refused ones included.
+func (p *Proxy) STOWRequests() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stowPosts
+}
+
+// Refused counts STOW POSTs answered with the fault status.
+func (p *Proxy) Refused() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused
+}
+
+// Sends returns how many STOW responses listed each SOP Instance UID as
+// stored or failed, that is how often each instance reached the
+// destination.
+func (p *Proxy) Sends() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]int, len(p.perUID))
+	for k, v := range p.perUID {
+		out[k] = v
+	}
+	return out
+}
+
+const (
+	tagRetrieveURL = "00081190"
+	tagFailedSeq   = "00081198"
+	tagRefSeq      = "00081199"
+	tagFailure     = "00081197"
+	tagSOPInstance = "00081155"
+)
+
+type dicomJSON map[string]json.RawMessage
+
+type seqAttr struct {
+	VR    string           `json:"vr"`
+	Value []map[string]any `json:"Value,omitempty"`
+}
+
+func (p *Proxy) modify(resp *http.Response) error {
+	if !isSTOW(resp.Request) {
+		return nil
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	var ds dicomJSON
+	if json.Unmarshal(body, &ds) == nil {
+		var ref, failed seqAttr
+		_ = json.Unmarshal(ds[tagRefSeq], &ref)
+		_ = json.Unmarshal(ds[tagFailedSeq], &failed)
+		p.mu.Lock()
+		for _, items := range [][]map[string]any{ref.Value, failed.Value} {
+			for _, it := range items {
+				if uid := sopUID(it); uid != "" {
+					p.perUID[uid]++
+				}
+			}
+		}
+		n, reason := p.failNext, p.failReason
+		if n > 0 && len(ref.Value) > 0 {
+			p.failNext = 0
+		}
+		p.mu.Unlock()
+		if n > 0 && len(ref.Value) > 0 {
+			n = min(n, len(ref.Value))
+			for _, it := range ref.Value[:n] {
+				delete(it, tagRetrieveURL)
+				it[tagFailure] = map[string]any{"vr": "US", "Value": []int{reason}}
+				failed.Value = append(failed.Value, it)
+			}
+			ref.Value = ref.Value[n:]
+			failed.VR, ref.VR = "SQ", "SQ"
+			ds[tagRefSeq], _ = json.Marshal(ref)
+			ds[tagFailedSeq], _ = json.Marshal(failed)
+			body, _ = json.Marshal(ds)
+			resp.StatusCode, resp.Status = http.StatusAccepted, "202 Accepted"
+			resp.Header.Set("Content-Type", "application/dicom+json")
+		}
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return nil
+}
+
+func sopUID(item map[string]any) string {
+	attr, _ := item[tagSOPInstance].(map[string]any)
+	vals, _ := attr["Value"].([]any)
+	if len(vals) == 0 {
+		return ""
+	}
+	s, _ := vals[0].(string)
+	return s
+}
+
+// throttled reads at most rate bytes per second.
+type throttled struct {
+	r     io.ReadCloser
+	rate  int
+	start time.Time
+	n     int
+}
+
+func (t *throttled) Read(b []byte) (int, error) {
+	if t.start.IsZero() {
+		t.start = time.Now()
+	}
+	if len(b) > t.rate/10+1 {
+		b = b[:t.rate/10+1]
+	}
+	n, err := t.r.Read(b)
+	t.n += n
+	if ahead := time.Duration(float64(t.n)/float64(t.rate)*float64(time.Second)) - time.Since(t.start); ahead > 0 {
+		time.Sleep(ahead)
+	}
+	return n, err
+}
+
+func (t *throttled) Close() error { return t.r.Close() }
