@@ -1,0 +1,293 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+	"github.com/stowline/stowline/stow"
+)
+
+// memSource is an in-memory Orthanc for unit tests (the integration tests
+// in cmd/ use real Orthanc servers).
+type memSource struct {
+	instances []orthancapi.Instance
+	data      map[string][]byte
+	// block, if set, is waited on before each file is served.
+	block chan struct{}
+}
+
+func newMemSource(n int) *memSource {
+	s := &memSource{data: map[string][]byte{}}
+	for i := range n {
+		id := fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i)
+		uid := fmt.Sprintf("1.2.3.%d", i+1)
+		s.instances = append(s.instances, orthancapi.Instance{ID: id, SOPInstanceUID: uid, FileSize: 1024})
+		s.data[id] = bytes.Repeat([]byte{byte(i)}, 1024)
+	}
+	return s
+}
+
+func (s *memSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	return s.instances, nil
+}
+
+func (s *memSource) OpenInstanceFile(ctx context.Context, id string) (io.ReadCloser, int64, error) {
+	if s.block != nil {
+		select {
+		case <-s.block:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+	}
+	return io.NopCloser(bytes.NewReader(s.data[id])), int64(len(s.data[id])), nil
+}
+
+// sink is a STOW-RS server that answers with a status, or 200 and every
+// instance as stored (it reads the SOP Instance UID from a fake part
+// layout: the test source serves 1024 bytes per instance, in order).
+type sink struct {
+	status   atomic.Int32
+	requests atomic.Int32
+	mu       sync.Mutex
+	parts    int
+	uids     []string
+}
+
+func (k *sink) handler(uids []string) http.Handler {
+	k.uids = uids
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		k.requests.Add(1)
+		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		mr := multipart.NewReader(r.Body, params["boundary"])
+		var seen []string
+		for {
+			p, err := mr.NextPart()
+			if err != nil {
+				break
+			}
+			b, _ := io.ReadAll(p)
+			seen = append(seen, fmt.Sprintf("1.2.3.%d", int(b[0])+1))
+		}
+		if st := k.status.Load(); st != 0 {
+			if st == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", "7")
+			}
+			w.WriteHeader(int(st))
+			return
+		}
+		var items []string
+		for _, uid := range seen {
+			items = append(items, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+uid+`"]}}`)
+		}
+		w.Header().Set("Content-Type", "application/dicom+json")
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+	})
+}
+
+func newForwarder(t *testing.T, src *memSource, dest string, cons jetstream.Consumer, opts ...func(*Options)) *Forwarder {
+	t.Helper()
+	client, err := stow.New(dest, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{
+		Consumer:      cons,
+		SourceFor:     func(string) (Source, error) { return src, nil },
+		Destination:   client,
+		Concurrency:   2,
+		MaxInstances:  4,
+		MaxBytes:      1 << 20,
+		AckWait:       3 * time.Second,
+		RetryDelay:    time.Second,
+		RetryMaxDelay: 8 * time.Second,
+		ShutdownGrace: 200 * time.Millisecond,
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	f, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func testEvent() *events.StudyStable {
+	return &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
+		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500"}
+}
+
+func consumer(t *testing.T, ns *testnats.Server) jetstream.Consumer {
+	t.Helper()
+	topo := events.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	c, err := events.EnsureConsumer(context.Background(), ns.JS, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func waitConsumer(t *testing.T, c jetstream.Consumer, cond func(*jetstream.ConsumerInfo) bool) *jetstream.ConsumerInfo {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		info, err := c.Info(context.Background())
+		if err == nil && cond(info) {
+			return info
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer never reached the expected state: %+v (err %v)", info, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestForwardAcksWhenAllStored(t *testing.T) {
+	ns := testnats.Start(t)
+	src := newMemSource(10)
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	f := newForwarder(t, src, srv.URL, cons)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := events.Publish(ctx, ns.JS, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	if got := k.requests.Load(); got != 3 {
+		t.Errorf("%d STOW requests for 10 instances at 4 per request, want 3", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// On shutdown, a study still uploading after the grace period goes back
+// to the queue at once (NAK): another forwarder gets it without waiting
+// for the ack wait.
+func TestShutdownReturnsInFlightStudy(t *testing.T) {
+	ns := testnats.Start(t)
+	src := newMemSource(4)
+	src.block = make(chan struct{}) // the source hangs: the upload never ends
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	topo := events.DefaultTopology()
+	topo.AckWait = time.Minute // a redelivery before this proves the NAK
+	cons, err := events.EnsureConsumer(context.Background(), ns.JS, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, src, srv.URL, cons)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := events.Publish(ctx, ns.JS, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.NumAckPending == 1 })
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the shutdown grace")
+	}
+
+	// A second forwarder, with a source that answers, finishes the study.
+	close(src.block)
+	f2 := newForwarder(t, src, srv.URL, cons)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	t.Cleanup(cancel2)
+	go func() { _ = f2.Run(ctx2) }()
+	// waitConsumer gives up after 15 s, well inside the 1 min ack wait.
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+}
+
+// An event this build cannot read is terminated, not retried forever.
+func TestUndecodableEventTerminated(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	f := newForwarder(t, newMemSource(1), srv.URL, cons)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = f.Run(ctx) }()
+	msg := &nats.Msg{Subject: events.SubjectPrefix + "a", Data: []byte(`{"type":"something.else"}`)}
+	if _, err := ns.JS.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+	if k.requests.Load() != 0 {
+		t.Error("an undecodable event reached the destination")
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	f := &Forwarder{opts: Options{RetryDelay: time.Second, RetryMaxDelay: 8 * time.Second}}
+	tests := []struct {
+		attempt  uint64
+		min, max time.Duration
+	}{
+		{1, 500 * time.Millisecond, time.Second},
+		{2, time.Second, 2 * time.Second},
+		{3, 2 * time.Second, 4 * time.Second},
+		{4, 4 * time.Second, 8 * time.Second},
+		{10, 4 * time.Second, 8 * time.Second},
+		{1000, 4 * time.Second, 8 * time.Second},
+	}
+	for _, tt := range tests {
+		for range 200 {
+			d := f.retryDelay(tt.attempt, nil)
+			if d < tt.min || d > tt.max {
+				t.Fatalf("attempt %d: delay %s outside [%s, %s]", tt.attempt, d, tt.min, tt.max)
+			}
+		}
+	}
+	// Retry-After wins when longer, up to an hour.
+	if d := f.retryDelay(1, &stow.HTTPError{StatusCode: 503, RetryAfter: 30 * time.Second}); d != 30*time.Second {
+		t.Errorf("Retry-After 30s: delay %s", d)
+	}
+	if d := f.retryDelay(1, fmt.Errorf("x: %w", &stow.HTTPError{StatusCode: 429, RetryAfter: 5 * time.Hour})); d != time.Hour {
+		t.Errorf("Retry-After 5h: delay %s, want capped at 1h", d)
+	}
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	_, err := New(Options{})
+	if err == nil {
+		t.Fatal("New accepted empty options")
+	}
+	for _, want := range []string{"source", "destination", "concurrency", "limits", "ack wait", "retry"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		t.Error("unexpected error kind")
+	}
+}
