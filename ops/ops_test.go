@@ -1,0 +1,67 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestHealthAndReadiness(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "stowline_test_total", Help: "test"})
+	reg.MustRegister(c)
+	ready := true
+	r := chi.NewRouter()
+	Mount(r, reg, map[string]Check{
+		"jetstream": func(context.Context) error {
+			if !ready {
+				return errors.New("no responders")
+			}
+			return nil
+		},
+		"orthanc": func(context.Context) error { return nil },
+	})
+	srv := httptest.NewServer(r)
+	t.Cleanup(srv.Close)
+
+	get := func(path string) (int, map[string]any, string) {
+		t.Helper()
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		var raw strings.Builder
+		if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+			_ = json.NewDecoder(resp.Body).Decode(&body)
+		} else {
+			buf := make([]byte, 1<<16)
+			n, _ := resp.Body.Read(buf)
+			raw.Write(buf[:n])
+		}
+		return resp.StatusCode, body, raw.String()
+	}
+	if code, body, _ := get("/healthz"); code != 200 || body["status"] != "ok" {
+		t.Errorf("/healthz = %d %v", code, body)
+	}
+	if code, body, _ := get("/readyz"); code != 200 || body["status"] != "ready" {
+		t.Errorf("/readyz = %d %v", code, body)
+	}
+	ready = false
+	code, body, _ := get("/readyz")
+	failed, _ := body["failed"].(map[string]any)
+	if code != 503 || failed["jetstream"] != "no responders" || failed["orthanc"] != nil {
+		t.Errorf("/readyz with JetStream down = %d %v", code, body)
+	}
+	if _, _, raw := get("/metrics"); !strings.Contains(raw, "stowline_test_total") {
+		t.Errorf("/metrics does not expose the registry: %q", raw)
+	}
+}
