@@ -18,8 +18,6 @@ import (
 	"github.com/stowline/stowline/internal/testidp"
 )
 
-const samplesDir = "../../../shared/dicom-samples"
-
 // syncBuffer collects everything the program logs, for the PHI scan.
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -70,9 +68,10 @@ func waitHTTP(t *testing.T, url string, timeout time.Duration) {
 // must not stop the rest.
 func sampleFiles(t *testing.T) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(samplesDir, "*.dcm"))
+	dir := testharness.SamplesDir(t)
+	files, err := filepath.Glob(filepath.Join(dir, "*.dcm"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no sample files in %s (err %v)", samplesDir, err)
+		t.Fatalf("no sample files in %s (err %v)", dir, err)
 	}
 	sort.Strings(files)
 	return files
