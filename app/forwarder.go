@@ -14,53 +14,63 @@ import (
 	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/config"
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/failure"
 	"github.com/stowline/stowline/forward"
-	"github.com/stowline/stowline/orthancapi"
+	"github.com/stowline/stowline/status"
 	"github.com/stowline/stowline/stow"
 )
 
 // ForwarderDeps are the forwarder's outside connections, built from config.
 type ForwarderDeps struct {
-	Orthanc     *orthancapi.Client
+	Sources     *Sources
 	Destination *stow.Client
+	// Tokens is the destination's OAuth2 token source, nil without OAuth2.
+	Tokens *auth.TokenSource
+	// TokenWatch observes its token fetches (metrics, status page).
+	TokenWatch *status.TokenWatch
 }
 
-// SourceFor returns the one configured Orthanc, whatever the event's
-// source name (several sources are configured by name in a later version).
-func (d *ForwarderDeps) SourceFor(string) (forward.Source, error) { return d.Orthanc, nil }
-
-// SourceReady reports whether Orthanc answers.
-func (d *ForwarderDeps) SourceReady(ctx context.Context) error {
-	if _, err := d.Orthanc.System(ctx); err != nil {
-		return fmt.Errorf("orthanc: %w", err)
+// SourceFor returns the Orthanc of the event's source. An unknown source
+// is an error matching ErrUnknownSource, classified permanent: retrying
+// cannot help, so the study is dead-lettered at once and can be replayed
+// once the source is configured.
+func (d *ForwarderDeps) SourceFor(name string) (forward.Source, error) {
+	c, err := d.Sources.Lookup(name)
+	if err != nil {
+		return nil, &failure.Error{Class: failure.Permanent, Err: err}
 	}
-	return nil
+	return c, nil
 }
 
-// NewForwarderDeps builds the Orthanc client and the STOW-RS client with
+// SourceReady reports whether every Orthanc source answers.
+func (d *ForwarderDeps) SourceReady(ctx context.Context) error { return d.Sources.Ready(ctx) }
+
+// NewForwarderDeps builds the Orthanc clients and the STOW-RS client with
 // its OAuth2 token source. ctx must live as long as the process: tokens
 // are fetched with it.
-func NewForwarderDeps(ctx context.Context, fc *config.Forwarder, reg prometheus.Registerer, log *slog.Logger) (*ForwarderDeps, error) {
-	var oopts []orthancapi.Option
-	if fc.OrthancUsername != "" {
-		oopts = append(oopts, orthancapi.WithBasicAuth(fc.OrthancUsername, fc.OrthancPassword))
-	}
-	oc, err := orthancapi.New(fc.OrthancURL, oopts...)
+func NewForwarderDeps(ctx context.Context, fc *config.Forwarder, oc *config.Orthanc, reg prometheus.Registerer, log *slog.Logger) (*ForwarderDeps, error) {
+	sources, err := NewSources(oc)
 	if err != nil {
-		return nil, fmt.Errorf("ORTHANC_URL: %w", err)
+		return nil, err
 	}
 
+	tw, err := newTokenWatch(fc, reg)
+	if err != nil {
+		return nil, err
+	}
+	var ts *auth.TokenSource
 	transport := newDestinationTransport()
 	var rt http.RoundTripper = transport
 	if fc.OAuthTokenURL == "" {
 		log.Warn("OAUTH_TOKEN_URL is empty: STOW-RS requests are sent without authentication", "dicomweb_url", fc.DICOMwebURL)
 	} else {
-		ts, err := auth.NewTokenSource(ctx, auth.Config{
+		ts, err = auth.NewTokenSource(ctx, auth.Config{
 			TokenURL:     fc.OAuthTokenURL,
 			ClientID:     fc.OAuthClientID,
 			ClientSecret: fc.OAuthClientSecret,
 			Scopes:       fc.OAuthScopes,
-		}, auth.WithHTTPClient(&http.Client{Timeout: 30 * time.Second, Transport: newDestinationTransport()}))
+		}, auth.WithHTTPClient(&http.Client{Timeout: 30 * time.Second, Transport: newDestinationTransport()}),
+			auth.WithObserver(tw.Observe))
 		if err != nil {
 			return nil, fmt.Errorf("OAuth2 client credentials: %w", err)
 		}
@@ -71,7 +81,7 @@ func NewForwarderDeps(ctx context.Context, fc *config.Forwarder, reg prometheus.
 	if err != nil {
 		return nil, fmt.Errorf("DICOMWEB_URL: %w", err)
 	}
-	return &ForwarderDeps{Orthanc: oc, Destination: dest}, nil
+	return &ForwarderDeps{Sources: sources, Destination: dest, Tokens: ts, TokenWatch: tw}, nil
 }
 
 // newDestinationTransport is tuned for a few long uploads to one host:

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -15,21 +16,22 @@ import (
 
 // RunIngest runs the webhook service until ctx ends.
 func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, 0, &c.Ingest, nil)
+	return run(ctx, log, c.NATS, 0, &c.Ingest, nil, &c.Orthanc, &c.Reconcile, c.Admin)
 }
 
 // RunForwarder runs the forwarder until ctx ends.
 func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, c.AckWait, nil, &c.Forwarder)
+	return run(ctx, log, c.NATS, c.AckWait, nil, &c.Forwarder, &c.Orthanc, nil, c.Admin)
 }
 
 // RunSingleHost runs ingest and forwarder in one process, on an embedded
 // JetStream server unless NATS_URL is set.
 func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, c.AckWait, &c.Ingest, &c.Forwarder)
+	return run(ctx, log, c.NATS, c.AckWait, &c.Ingest, &c.Forwarder, &c.Orthanc, &c.Reconcile, c.Admin)
 }
 
-func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Duration, ic *config.Ingest, fc *config.Forwarder) error {
+func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Duration, ic *config.Ingest, fc *config.Forwarder,
+	oc *config.Orthanc, rc *config.Reconcile, admin config.Admin) error {
 	js, err := ConnectJetStream(ctx, nc, Topology(nc, ackWait), log)
 	if err != nil {
 		return err
@@ -39,6 +41,7 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 	defer js.Close()
 
 	g, gctx := newGroup(ctx)
+	st := newStatusWiring(js, admin, ic != nil && fc != nil, log)
 	if ic != nil {
 		reg := NewRegistry()
 		h, err := ingest.New(ingest.Options{
@@ -51,9 +54,20 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 		if err != nil {
 			return err
 		}
+		checks := map[string]ops.Check{"jetstream": js.Ready}
+		if err := startReconciler(g, gctx, js, nc, oc, rc, ic.PublishTimeout, reg, checks, log.With("component", "reconciler")); err != nil {
+			g.cancel()
+			_ = g.Wait()
+			return err
+		}
 		r := newRouter()
 		h.Mount(r)
-		ops.Mount(r, reg, map[string]ops.Check{"jetstream": js.Ready})
+		if err := errors.Join(st.registerQueue(reg), st.mountUI(r)); err != nil {
+			g.cancel()
+			_ = g.Wait()
+			return err
+		}
+		ops.Mount(r, reg, checks)
 		if err := serveHTTP(g, gctx, "ingest", ic.Addr, r, log); err != nil {
 			g.cancel()
 			_ = g.Wait()
@@ -61,7 +75,7 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 		}
 	}
 	if fc != nil {
-		if err := startForwarder(g, gctx, js, nc, ackWait, fc, log.With("component", "forwarder")); err != nil {
+		if err := startForwarder(g, gctx, js, nc, ackWait, fc, oc, st, log.With("component", "forwarder")); err != nil {
 			g.cancel()
 			_ = g.Wait()
 			return err
@@ -73,9 +87,16 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 	return err
 }
 
-func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS, ackWait time.Duration, fc *config.Forwarder, log *slog.Logger) error {
+func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS, ackWait time.Duration, fc *config.Forwarder, oc *config.Orthanc, st *statusWiring, log *slog.Logger) error {
 	reg := NewRegistry()
-	deps, err := NewForwarderDeps(ctx, fc, reg, log)
+	if err := st.registerQueue(reg); err != nil {
+		return err
+	}
+	deps, err := NewForwarderDeps(ctx, fc, oc, reg, log)
+	if err != nil {
+		return err
+	}
+	completed, err := completedRecorder(ctx, js, nc)
 	if err != nil {
 		return err
 	}
@@ -93,7 +114,7 @@ func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS
 	if err != nil {
 		return err
 	}
-	fw, err := forward.New(forward.Options{
+	opts := forward.Options{
 		Consumer:        cons,
 		SourceFor:       deps.SourceFor,
 		Destination:     deps.Destination,
@@ -107,19 +128,28 @@ func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS
 		Failures:        failures,
 		MaxDeliveries:   fc.MaxDeliveries,
 		InstanceRetries: fc.InstanceRetries,
+		Completed:       completed,
 		Logger:          log,
 		Registerer:      reg,
-	})
+	}
+	if err := st.track(g, ctx, nc, fc, deps, &opts, log); err != nil {
+		return err
+	}
+	fw, err := forward.New(opts)
 	if err != nil {
 		return err
 	}
 	r := newRouter()
-	ops.Mount(r, reg, map[string]ops.Check{
+	checks := map[string]ops.Check{
 		"jetstream": js.Ready,
 		"orthanc":   deps.SourceReady,
-	})
-	if fc.AdminToken != "" {
-		(&replay.API{Store: dls, JS: js.JS, Token: fc.AdminToken, Log: log.With("component", "admin")}).Mount(r)
+	}
+	if deps.Tokens != nil {
+		checks["destination_token"] = deps.TokenReady
+	}
+	ops.Mount(r, reg, checks)
+	if st.adminToken != "" {
+		(&replay.API{Store: dls, JS: js.JS, Token: st.adminToken, Log: log.With("component", "admin")}).Mount(r)
 	} else {
 		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
 	}

@@ -83,6 +83,9 @@ func issue(expiresIn int, delay time.Duration) http.HandlerFunc {
 	}
 }
 
+// fastRetries keeps retrying tests quick.
+var fastRetries = WithRetries(DefaultRetries, time.Millisecond, 10*time.Millisecond)
+
 // newSource builds a TokenSource for srv and the test client.
 func newSource(t *testing.T, srv *tokenServer, opts ...Option) *TokenSource {
 	t.Helper()
@@ -320,33 +323,39 @@ func TestTokenSourceErrors(t *testing.T) {
 		wantStatus int
 		wantCode   string
 		wantText   []string
+		// wantAttempts: a refusal is not retried; what may pass is.
+		wantAttempts int
 	}{
 		{
-			name:       "oauth2 error with description",
-			handler:    echo(http.StatusUnauthorized, "application/json", `{"error":"invalid_client","error_description":"bad secret %s for %s"}`),
-			style:      oauth2.AuthStyleInHeader,
-			wantStatus: http.StatusUnauthorized,
-			wantCode:   "invalid_client",
-			wantText:   []string{"401", "invalid_client", "bad secret"},
+			name:         "oauth2 error with description",
+			handler:      echo(http.StatusUnauthorized, "application/json", `{"error":"invalid_client","error_description":"bad secret %s for %s"}`),
+			style:        oauth2.AuthStyleInHeader,
+			wantStatus:   http.StatusUnauthorized,
+			wantCode:     "invalid_client",
+			wantText:     []string{"generic token endpoint", "401", "invalid_client", "bad secret"},
+			wantAttempts: 1,
 		},
 		{
-			name:       "plain server error",
-			handler:    echo(http.StatusBadGateway, "text/plain", "upstream failed for secret=%s form=%s"),
-			style:      oauth2.AuthStyleInHeader,
-			wantStatus: http.StatusBadGateway,
-			wantText:   []string{"502", "upstream failed"},
+			name:         "plain server error",
+			handler:      echo(http.StatusBadGateway, "text/plain", "upstream failed for secret=%s form=%s"),
+			style:        oauth2.AuthStyleInHeader,
+			wantStatus:   http.StatusBadGateway,
+			wantText:     []string{"502", "upstream failed"},
+			wantAttempts: 1 + DefaultRetries,
 		},
 		{
-			name:       "plain server error echoing client_secret_post form",
-			handler:    echo(http.StatusBadGateway, "text/plain", "upstream failed for secret=%s form=%s"),
-			style:      oauth2.AuthStyleInParams,
-			wantStatus: http.StatusBadGateway,
-			wantText:   []string{"502", "client_id=stowline"},
+			name:         "plain server error echoing client_secret_post form",
+			handler:      echo(http.StatusBadGateway, "text/plain", "upstream failed for secret=%s form=%s"),
+			style:        oauth2.AuthStyleInParams,
+			wantStatus:   http.StatusBadGateway,
+			wantText:     []string{"502", "client_id=stowline"},
+			wantAttempts: 1 + DefaultRetries,
 		},
 		{
-			name:     "unreachable endpoint",
-			url:      "http://127.0.0.1:1/token",
-			wantText: []string{"127.0.0.1:1"},
+			name:         "unreachable endpoint",
+			url:          "http://127.0.0.1:1/token",
+			wantText:     []string{"127.0.0.1:1"},
+			wantAttempts: 1 + DefaultRetries,
 		},
 	}
 	for _, tt := range tests {
@@ -356,7 +365,7 @@ func TestTokenSourceErrors(t *testing.T) {
 				srv.URL = tt.url
 			}
 			var observed []error
-			ts := newSource(t, srv, WithAuthStyle(tt.style),
+			ts := newSource(t, srv, WithAuthStyle(tt.style), fastRetries,
 				WithObserver(func(err error, _ time.Duration) { observed = append(observed, err) }))
 
 			_, err := ts.Token()
@@ -382,8 +391,11 @@ func TestTokenSourceErrors(t *testing.T) {
 			if te.StatusCode != tt.wantStatus || te.Code != tt.wantCode {
 				t.Errorf("status, code = %d, %q; want %d, %q", te.StatusCode, te.Code, tt.wantStatus, tt.wantCode)
 			}
-			if len(observed) != 1 || !errors.Is(observed[0], ErrToken) {
-				t.Errorf("observer saw %v, want one ErrToken", observed)
+			if te.Attempts != tt.wantAttempts || te.Temporary() != (tt.wantAttempts > 1) {
+				t.Errorf("attempts %d, temporary %v; want %d", te.Attempts, te.Temporary(), tt.wantAttempts)
+			}
+			if len(observed) != tt.wantAttempts || !errors.Is(observed[0], ErrToken) {
+				t.Errorf("observer saw %v, want %d ErrToken", observed, tt.wantAttempts)
 			}
 		})
 	}
@@ -401,7 +413,7 @@ func TestTokenSourceRetriesAfterError(t *testing.T) {
 		ok(w, r)
 	})
 	var observed atomic.Int64
-	ts := newSource(t, srv, WithObserver(func(err error, d time.Duration) {
+	ts := newSource(t, srv, fastRetries, WithObserver(func(err error, d time.Duration) {
 		if err == nil && d > 0 {
 			observed.Add(1)
 		}

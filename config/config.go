@@ -32,27 +32,16 @@ func Load(getenv func(string) string, dst any) error {
 	values := make(map[string]string, len(params))
 	var errs []error
 	for _, p := range params {
-		if v := getenv(p.Key); v != "" {
+		v := getenv(p.Key)
+		if secrets[p.Key] {
+			if v, err = readSecret(getenv, p.Key); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		if v != "" {
 			values[p.Key] = v
 		}
-		if !secrets[p.Key] {
-			continue
-		}
-		path := getenv(p.Key + fileSuffix)
-		if path == "" {
-			continue
-		}
-		if _, both := values[p.Key]; both {
-			errs = append(errs, fmt.Errorf("%s and %s%s are both set: set only one", p.Key, p.Key, fileSuffix))
-			continue
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			// The path is not secret; the content would be.
-			errs = append(errs, fmt.Errorf("%s%s: %w", p.Key, fileSuffix, err))
-			continue
-		}
-		values[p.Key] = strings.TrimRight(string(b), "\r\n")
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
@@ -60,10 +49,43 @@ func Load(getenv func(string) string, dst any) error {
 	if err := env.ParseWithOptions(dst, env.Options{Environment: values}); err != nil {
 		return cleanEnvError(err, reflect.TypeOf(dst))
 	}
+	if d, ok := dst.(dynamicVars); ok {
+		if err := d.readDynamic(getenv); err != nil {
+			return err
+		}
+	}
 	if v, ok := dst.(interface{ Validate() error }); ok {
 		return v.Validate()
 	}
 	return nil
+}
+
+// readSecret returns the value of the secret variable key, given either
+// directly or as key_FILE, the path of a file holding it (trailing newline
+// trimmed). Errors name the variable, never the content.
+func readSecret(getenv func(string) string, key string) (string, error) {
+	v := getenv(key)
+	path := getenv(key + fileSuffix)
+	if path == "" {
+		return v, nil
+	}
+	if v != "" {
+		return "", fmt.Errorf("%s and %s%s are both set: set only one", key, key, fileSuffix)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		// The path is not secret; the content would be.
+		return "", fmt.Errorf("%s%s: %w", key, fileSuffix, err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// dynamicVars is implemented by configuration whose variable names depend
+// on other variables (ORTHANC_SOURCES names the ORTHANC_<NAME>_*
+// variables). Load calls it after the declared variables are parsed and
+// before Validate.
+type dynamicVars interface {
+	readDynamic(getenv func(string) string) error
 }
 
 // cleanEnvError turns the env library's aggregate error into one line per

@@ -27,7 +27,7 @@ func TestLoadDefaults(t *testing.T) {
 	if c.Ingest.Addr != ":8080" || c.Forwarder.Addr != ":8081" {
 		t.Errorf("addresses = %q, %q", c.Ingest.Addr, c.Forwarder.Addr)
 	}
-	if c.OrthancURL != "http://localhost:8042" || c.StoreDir != "./data/nats" || !c.Embedded() {
+	if c.Orthanc.URL != "http://localhost:8042" || c.StoreDir != "./data/nats" || !c.Embedded() {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 	if c.StowMaxBytes != 256<<20 || c.Concurrency != 4 {

@@ -88,10 +88,7 @@ func (i *Ingest) Validate() error {
 
 // Forwarder configures the workers that move studies to the destination.
 type Forwarder struct {
-	Addr            string `env:"FORWARDER_ADDR" envDefault:":8081" desc:"listen address of the forwarder's health and metrics"`
-	OrthancURL      string `env:"ORTHANC_URL" envDefault:"http://localhost:8042" desc:"Orthanc REST API base URL"`
-	OrthancUsername string `env:"ORTHANC_USERNAME" desc:"Orthanc HTTP basic-auth user (empty: no auth)"`
-	OrthancPassword string `env:"ORTHANC_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password"`
+	Addr string `env:"FORWARDER_ADDR" envDefault:":8081" desc:"listen address of the forwarder's health and metrics"`
 
 	DICOMwebURL string `env:"DICOMWEB_URL,required" desc:"DICOMweb base URL of the destination; STOW-RS goes to {DICOMWEB_URL}/studies"`
 
@@ -108,7 +105,6 @@ type Forwarder struct {
 	MaxDeliveries       int           `env:"FORWARDER_MAX_DELIVERIES" envDefault:"48" desc:"deliveries of a study before it is dead-lettered (0: retry forever); with the default delays about 8 hours"`
 	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently"`
 	DeadLetterRetention time.Duration `env:"DEADLETTER_RETENTION" envDefault:"720h" desc:"how long dead-lettered studies are kept for replay"`
-	AdminToken          string        `env:"ADMIN_TOKEN" secret:"true" desc:"bearer token of the admin API (/admin/...: dead letters, replay); empty disables the API"`
 
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
@@ -120,14 +116,8 @@ func (f *Forwarder) Validate() error {
 	if err := validateAddr("FORWARDER_ADDR", f.Addr); err != nil {
 		errs = append(errs, err)
 	}
-	if err := validateHTTPURL("ORTHANC_URL", f.OrthancURL); err != nil {
-		errs = append(errs, err)
-	}
 	if err := validateHTTPURL("DICOMWEB_URL", f.DICOMwebURL); err != nil {
 		errs = append(errs, err)
-	}
-	if f.OrthancPassword != "" && f.OrthancUsername == "" {
-		errs = append(errs, errors.New("ORTHANC_PASSWORD is set but ORTHANC_USERNAME is empty"))
 	}
 	if f.OAuthTokenURL != "" {
 		if err := validateHTTPURL("OAUTH_TOKEN_URL", f.OAuthTokenURL); err != nil {
@@ -159,9 +149,6 @@ func (f *Forwarder) Validate() error {
 	}
 	if f.DeadLetterRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("DEADLETTER_RETENTION=%s: want at least 1h", f.DeadLetterRetention))
-	}
-	if f.AdminToken != "" && len(f.AdminToken) < 16 {
-		errs = append(errs, errors.New("ADMIN_TOKEN: want at least 16 characters"))
 	}
 	if f.StowMaxInstances < 1 {
 		errs = append(errs, fmt.Errorf("STOW_MAX_INSTANCES=%d: want at least 1", f.StowMaxInstances))

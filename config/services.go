@@ -2,16 +2,31 @@ package config
 
 import "errors"
 
-// IngestService is what cmd/ingest reads.
+// IngestService is what cmd/ingest reads: the webhook and, unless
+// RECONCILE_ENABLED is false, the change-log reconciler of every Orthanc
+// source.
 type IngestService struct {
 	Log
 	NATS
 	Ingest
+	Reconcile
+	Orthanc
+	Admin
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *IngestService) Validate() error {
-	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Ingest.Validate())
+	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Ingest.Validate(),
+		c.reconcileValidate(), c.Admin.Validate())
+}
+
+// reconcileValidate checks the reconciler and, when it runs, the sources
+// it reads.
+func (c *IngestService) reconcileValidate() error {
+	if !c.Reconcile.Enabled {
+		return nil
+	}
+	return errors.Join(c.Reconcile.Validate(), c.Orthanc.Validate())
 }
 
 // requireExternalNATS refuses an embedded server for the separate
@@ -29,29 +44,52 @@ type ForwarderService struct {
 	Log
 	NATS
 	Forwarder
+	Orthanc
+	Admin
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *ForwarderService) Validate() error {
-	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Forwarder.Validate())
+	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Forwarder.Validate(), c.Orthanc.Validate(),
+		c.Admin.Validate())
 }
 
-// SingleHost is what cmd/stowline reads: ingest and forwarder in one
-// process, on an embedded JetStream server unless NATS_URL is set.
+// SingleHost is what cmd/stowline reads: ingest, reconciler and forwarder
+// in one process, on an embedded JetStream server unless NATS_URL is set.
 type SingleHost struct {
 	Log
 	NATS
 	Ingest
+	Reconcile
 	Forwarder
+	Orthanc
+	Admin
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *SingleHost) Validate() error {
-	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate())
+	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
+		c.Admin.Validate())
+	if c.Reconcile.Enabled {
+		err = errors.Join(err, c.Reconcile.Validate())
+	}
 	if err == nil && c.Ingest.Addr == c.Forwarder.Addr {
 		err = errors.New("INGEST_ADDR and FORWARDER_ADDR must differ")
 	}
 	return err
+}
+
+// Audit is what `forwarder audit` reads: it compares the studies in every
+// Orthanc source with the completed forwards recorded in JetStream.
+type Audit struct {
+	Log
+	NATS
+	Orthanc
+}
+
+// Validate checks every part; the errors name the variables.
+func (c *Audit) Validate() error {
+	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Orthanc.Validate())
 }
 
 // LogConfig returns the logging part (commands build the logger from it).
@@ -62,6 +100,9 @@ func (c *ForwarderService) LogConfig() Log { return c.Log }
 
 // LogConfig returns the logging part.
 func (c *SingleHost) LogConfig() Log { return c.Log }
+
+// LogConfig returns the logging part.
+func (c *Audit) LogConfig() Log { return c.Log }
 
 // ReplayCommand is what `forwarder replay` reads: it works on the shared
 // NATS server of a running deployment.

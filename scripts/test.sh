@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs stowline's whole test suite: unit tests, and integration tests
 # against real Orthanc servers (Debian packages orthanc, orthanc-dicomweb),
-# dcmtk's storescu, an embedded nats-server and a real OAuth2 server.
+# dcmtk's storescu, an embedded nats-server, a real OAuth2 server and, for
+# the status page, headless Chromium (Debian package chromium).
 # On a fresh Debian/Ubuntu machine it installs what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ need=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} (Debian packages the integration tests need)"
   sudo=""

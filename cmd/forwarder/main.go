@@ -3,6 +3,8 @@
 // Run any number of replicas; they share one durable consumer.
 //
 // `forwarder replay ...` lists, replays and purges dead-lettered studies.
+// `forwarder audit [--enqueue] [--json]` lists (and enqueues) the studies
+// in Orthanc whose current state has no completed forward.
 package main
 
 import (
@@ -37,6 +39,9 @@ func main() {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "replay" {
 		return app.RunReplay(ctx, args[1:], getenv, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "audit" {
+		return app.RunAudit(ctx, args[1:], getenv, stdout, stderr)
 	}
 	return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, stdout, stderr, app.RunForwarder)
 }

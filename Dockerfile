@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build of stowline's three commands. docker-compose.yml picks
+# a command with its target: ingest, forwarder or stowline (single host).
+#
+#   docker build --target forwarder -t stowline-forwarder .
+
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+# Static binaries: the runtime images have no C library.
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/ingest ./cmd/forwarder ./cmd/stowline
+
+FROM gcr.io/distroless/static-debian12:nonroot AS ingest
+COPY --from=build /out/ingest /usr/local/bin/ingest
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/ingest"]
+
+FROM gcr.io/distroless/static-debian12:nonroot AS forwarder
+COPY --from=build /out/forwarder /usr/local/bin/forwarder
+EXPOSE 8081
+ENTRYPOINT ["/usr/local/bin/forwarder"]
+
+FROM gcr.io/distroless/static-debian12:nonroot AS stowline
+COPY --from=build /out/stowline /usr/local/bin/stowline
+# Embedded JetStream data (single host): mount a volume here.
+ENV NATS_STORE_DIR=/data/nats
+VOLUME ["/data"]
+EXPOSE 8080 8081
+ENTRYPOINT ["/usr/local/bin/stowline"]

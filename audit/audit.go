@@ -1,0 +1,234 @@
+// Package audit is the last line of defence against a lost study: it lists
+// the studies present in each Orthanc source that have no record of a
+// completed forward of their current state (the ledger), and can publish
+// their events so the forwarders send them.
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/ledger"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// Orthanc is what the audit reads from one source.
+type Orthanc interface {
+	System(ctx context.Context) (orthancapi.System, error)
+	Studies(ctx context.Context, since, limit int) ([]orthancapi.Study, error)
+}
+
+// Ledger tells which forwards completed (ledger.Ledger).
+type Ledger interface {
+	Lookup(ctx context.Context, source, orthancStudyID string) (ledger.Record, error)
+}
+
+// Publisher stores an event in the event stream (events.Publish).
+type Publisher interface {
+	Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error)
+}
+
+// Source is one Orthanc to audit.
+type Source struct {
+	// Name is the source name of its events; empty means Orthanc's Name
+	// as the Lua script uses it (events.DefaultSourceName).
+	Name    string
+	Orthanc Orthanc
+}
+
+// Reasons a study is reported.
+const (
+	// ReasonNeverForwarded: no completed forward of the study is recorded.
+	ReasonNeverForwarded = "never_forwarded"
+	// ReasonChanged: the study changed (LastUpdate) after its last
+	// completed forward.
+	ReasonChanged = "changed_since_forward"
+)
+
+// Finding is a study whose current state was not forwarded.
+type Finding struct {
+	Source           string `json:"source"`
+	OrthancStudyID   string `json:"orthancStudyId"`
+	StudyInstanceUID string `json:"studyInstanceUid"`
+	LastUpdate       string `json:"lastUpdate"`
+	Reason           string `json:"reason"`
+	// ForwardedLastUpdate is the LastUpdate of the last completed
+	// forward; empty if there was none.
+	ForwardedLastUpdate string `json:"forwardedLastUpdate,omitempty"`
+	// Enqueued is true when --enqueue published the study's event;
+	// Duplicate when JetStream already held it (it is queued or was
+	// forwarded within the dedupe window).
+	Enqueued  bool `json:"enqueued,omitempty"`
+	Duplicate bool `json:"duplicate,omitempty"`
+	// Problem says why the event could not be published.
+	Problem string `json:"problem,omitempty"`
+}
+
+// Summary counts what an audit saw.
+type Summary struct {
+	Studies   int `json:"studies"`
+	Forwarded int `json:"forwarded"`
+	// Unstable studies are still receiving instances: their event comes
+	// when they are stable, so they are not reported.
+	Unstable int `json:"unstable"`
+	Findings int `json:"findings"`
+	Enqueued int `json:"enqueued"`
+	// NotEnqueued counts findings whose event could not be published.
+	NotEnqueued int `json:"notEnqueued,omitempty"`
+}
+
+// Options configures an Auditor.
+type Options struct {
+	Sources []Source
+	Ledger  Ledger
+	// Publisher is required to enqueue.
+	Publisher Publisher
+	// PageSize is how many studies one GET /studies reads (default 500).
+	PageSize int
+	Logger   *slog.Logger
+}
+
+// Auditor compares Orthanc sources with the ledger.
+type Auditor struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// New validates opts and returns an Auditor.
+func New(opts Options) (*Auditor, error) {
+	if len(opts.Sources) == 0 {
+		return nil, errors.New("audit: at least one source is required")
+	}
+	for _, s := range opts.Sources {
+		if s.Orthanc == nil {
+			return nil, fmt.Errorf("audit: source %q has no Orthanc client", s.Name)
+		}
+	}
+	if opts.Ledger == nil {
+		return nil, errors.New("audit: a ledger is required")
+	}
+	if opts.PageSize <= 0 {
+		opts.PageSize = 500
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Auditor{opts: opts, log: log}, nil
+}
+
+// Run audits every source and calls report for each finding, in Orthanc's
+// order. With enqueue it first publishes the finding's event, the same the
+// Lua script would send. A report error stops the audit.
+func (a *Auditor) Run(ctx context.Context, enqueue bool, report func(Finding) error) (Summary, error) {
+	if enqueue && a.opts.Publisher == nil {
+		return Summary{}, errors.New("audit: a publisher is required to enqueue")
+	}
+	var sum Summary
+	for _, src := range a.opts.Sources {
+		if err := a.source(ctx, src, enqueue, report, &sum); err != nil {
+			return sum, err
+		}
+	}
+	return sum, nil
+}
+
+func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report func(Finding) error, sum *Summary) error {
+	name := src.Name
+	if name == "" {
+		sys, err := src.Orthanc.System(ctx)
+		if err != nil {
+			return fmt.Errorf("orthanc: learn the source name: %w", err)
+		}
+		name = events.DefaultSourceName(sys.Name)
+	}
+	log := a.log.With("source", name)
+	log.Info("auditing source")
+	for since := 0; ; {
+		page, err := src.Orthanc.Studies(ctx, since, a.opts.PageSize)
+		if err != nil {
+			return fmt.Errorf("source %s: list studies from %d: %w", name, since, err)
+		}
+		for _, st := range page {
+			f, ok, err := a.study(ctx, name, st, sum)
+			if err != nil {
+				return fmt.Errorf("source %s: %w", name, err)
+			}
+			if !ok {
+				continue
+			}
+			if enqueue {
+				a.enqueue(ctx, &f, log)
+				if f.Enqueued {
+					sum.Enqueued++
+				} else {
+					sum.NotEnqueued++
+				}
+			}
+			sum.Findings++
+			if err := report(f); err != nil {
+				return err
+			}
+		}
+		if len(page) < a.opts.PageSize {
+			return nil
+		}
+		since += len(page)
+	}
+}
+
+// study compares one study with the ledger; ok is true for a finding.
+func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study, sum *Summary) (f Finding, ok bool, err error) {
+	sum.Studies++
+	if !st.IsStable {
+		sum.Unstable++
+		return Finding{}, false, nil
+	}
+	f = Finding{Source: source, OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID, LastUpdate: st.LastUpdate, Reason: ReasonNeverForwarded}
+	rec, err := a.opts.Ledger.Lookup(ctx, source, st.ID)
+	switch {
+	case errors.Is(err, ledger.ErrNotRecorded):
+	case err != nil:
+		return Finding{}, false, err
+	case rec.LastUpdate >= st.LastUpdate:
+		sum.Forwarded++
+		return Finding{}, false, nil
+	default:
+		f.Reason, f.ForwardedLastUpdate = ReasonChanged, rec.LastUpdate
+	}
+	return f, true, nil
+}
+
+func (a *Auditor) enqueue(ctx context.Context, f *Finding, log *slog.Logger) {
+	ev := &events.StudyStable{
+		Type:             events.TypeStudyStable,
+		Version:          events.Version,
+		Source:           f.Source,
+		OrthancStudyID:   f.OrthancStudyID,
+		StudyInstanceUID: f.StudyInstanceUID,
+		LastUpdate:       f.LastUpdate,
+		ReceivedAt:       time.Now().UTC(),
+	}
+	log = log.With("orthanc_study_id", f.OrthancStudyID, "study_instance_uid", f.StudyInstanceUID, "last_update", f.LastUpdate)
+	if err := ev.Validate(); err != nil {
+		f.Problem = "the event would be invalid: " + err.Error()
+		log.Error("study not enqueued", "err", err)
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ack, err := a.opts.Publisher.Publish(pctx, ev)
+	if err != nil {
+		f.Problem = err.Error()
+		log.Error("study not enqueued", "err", err)
+		return
+	}
+	f.Enqueued, f.Duplicate = true, ack.Duplicate
+	log.Info("study enqueued by the audit", "duplicate", ack.Duplicate, "stream_seq", ack.Sequence)
+}

@@ -1,0 +1,207 @@
+package auth
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+)
+
+// ClientAssertionType is the RFC 7523 §2.2 client_assertion_type.
+const ClientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+// Config describes an RFC 6749 §4.4 client-credentials grant.
+type Config struct {
+	// Provider names the identity provider in errors; empty means
+	// ProviderGeneric.
+	Provider string
+	// TokenURL is the token endpoint. Give it or IssuerURL.
+	TokenURL string
+	// IssuerURL is an OpenID Connect issuer whose token endpoint is
+	// discovered from {IssuerURL}/.well-known/openid-configuration by the
+	// first fetch (and kept once found).
+	IssuerURL string
+	ClientID  string
+	// ClientSecret authenticates the client (client_secret_basic or
+	// client_secret_post). Give it or Assertion.
+	ClientSecret string
+	// Assertion authenticates the client with private_key_jwt (RFC 7523
+	// §2.2, OpenID Connect Core §9): a fresh JWT signed with this key is
+	// sent as client_assertion with every request.
+	Assertion *AssertionKey
+	Scopes    []string
+	// EndpointParams are extra token request parameters, e.g. audience
+	// (Auth0, Okta) or resource (ADFS, RFC 8707).
+	EndpointParams url.Values
+	// AuthStyle is how a ClientSecret is sent: oauth2.AuthStyleInHeader
+	// (client_secret_basic), oauth2.AuthStyleInParams (client_secret_post)
+	// or oauth2.AuthStyleAutoDetect. With an Assertion the client ID is
+	// always in the form.
+	AuthStyle oauth2.AuthStyle
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.TokenURL == "" && c.IssuerURL == "":
+		return fmt.Errorf("%w: TokenURL or IssuerURL is required", ErrInvalidConfig)
+	case c.TokenURL != "" && c.IssuerURL != "":
+		return fmt.Errorf("%w: set TokenURL or IssuerURL, not both", ErrInvalidConfig)
+	case c.ClientID == "":
+		return fmt.Errorf("%w: ClientID is required", ErrInvalidConfig)
+	case c.ClientSecret == "" && c.Assertion == nil:
+		return fmt.Errorf("%w: ClientSecret (or an Assertion key) is required", ErrInvalidConfig)
+	case c.ClientSecret != "" && c.Assertion != nil:
+		return fmt.Errorf("%w: set ClientSecret or Assertion, not both", ErrInvalidConfig)
+	}
+	if c.TokenURL != "" && !isHTTPURL(c.TokenURL) {
+		return fmt.Errorf("%w: TokenURL must be an absolute http(s) URL", ErrInvalidConfig)
+	}
+	if c.IssuerURL != "" && !isHTTPURL(c.IssuerURL) {
+		return fmt.Errorf("%w: IssuerURL must be an absolute http(s) URL", ErrInvalidConfig)
+	}
+	return nil
+}
+
+func isHTTPURL(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != ""
+}
+
+// ClientCredentials returns the Endpoint of the client-credentials grant
+// cfg describes.
+func ClientCredentials(cfg Config) (Endpoint, error) {
+	if err := cfg.validate(); err != nil {
+		return Endpoint{}, err
+	}
+	g := &clientCredentials{cfg: cfg}
+	return Endpoint{
+		Provider: cmp.Or(cfg.Provider, ProviderGeneric),
+		TokenURL: g.url,
+		Fetch:    g.fetch,
+		Secrets:  []string{cfg.ClientSecret},
+	}, nil
+}
+
+type clientCredentials struct {
+	cfg Config
+
+	mu         sync.Mutex
+	discovered string // token endpoint found through IssuerURL
+}
+
+// url is the token endpoint, or the issuer until discovery succeeded.
+func (g *clientCredentials) url() string {
+	if g.cfg.TokenURL != "" {
+		return g.cfg.TokenURL
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return cmp.Or(g.discovered, g.cfg.IssuerURL)
+}
+
+func (g *clientCredentials) fetch(ctx context.Context) (*oauth2.Token, error) {
+	tokenURL, err := g.tokenEndpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	params := maps.Clone(g.cfg.EndpointParams)
+	if params == nil {
+		params = url.Values{}
+	}
+	cc := clientcredentials.Config{
+		ClientID:     g.cfg.ClientID,
+		ClientSecret: g.cfg.ClientSecret,
+		TokenURL:     tokenURL,
+		Scopes:       g.cfg.Scopes,
+		AuthStyle:    g.cfg.AuthStyle,
+	}
+	if g.cfg.Assertion != nil {
+		// RFC 7523 §3 / OIDC Core §9: the audience is the token endpoint.
+		assertion, err := g.cfg.Assertion.Sign(g.cfg.ClientID, tokenURL, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		params.Set("client_assertion_type", ClientAssertionType)
+		params.Set("client_assertion", assertion)
+		cc.AuthStyle = oauth2.AuthStyleInParams // client_id in the form, no secret
+	}
+	cc.EndpointParams = params
+	return cc.Token(ctx)
+}
+
+func (g *clientCredentials) tokenEndpoint(ctx context.Context) (string, error) {
+	if g.cfg.TokenURL != "" {
+		return g.cfg.TokenURL, nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.discovered != "" {
+		return g.discovered, nil
+	}
+	u, err := DiscoverTokenEndpoint(ctx, httpClient(ctx), g.cfg.IssuerURL)
+	if err != nil {
+		return "", err
+	}
+	g.discovered = u
+	return u, nil
+}
+
+// httpClient is the client a TokenSource put in ctx.
+func httpClient(ctx context.Context) *http.Client {
+	if c, ok := ctx.Value(oauth2.HTTPClient).(*http.Client); ok && c != nil {
+		return c
+	}
+	return &http.Client{Timeout: defaultFetchTimeout}
+}
+
+// maxDiscoveryBody bounds an OpenID provider configuration document.
+const maxDiscoveryBody = 1 << 20
+
+// DiscoverTokenEndpoint reads the token endpoint from the OpenID Connect
+// Discovery document of issuer ({issuer}/.well-known/openid-configuration),
+// checking that the document names that issuer (OpenID Connect Discovery
+// §4.3). An HTTP error answer is returned as an *oauth2.RetrieveError.
+func DiscoverTokenEndpoint(ctx context.Context, hc *http.Client, issuer string) (string, error) {
+	docURL := strings.TrimSuffix(issuer, "/") + "/.well-known/openid-configuration"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, docURL, nil)
+	if err != nil {
+		return "", fmt.Errorf("%w: issuer %q: %w", ErrInvalidConfig, issuer, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("OpenID discovery: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDiscoveryBody))
+	if err != nil {
+		return "", fmt.Errorf("OpenID discovery at %s: %w", docURL, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("OpenID discovery at %s: %w", docURL, &oauth2.RetrieveError{Response: resp, Body: body})
+	}
+	var doc struct {
+		Issuer        string `json:"issuer"`
+		TokenEndpoint string `json:"token_endpoint"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return "", fmt.Errorf("OpenID discovery at %s: not a JSON provider configuration: %w", docURL, err)
+	}
+	if strings.TrimSuffix(doc.Issuer, "/") != strings.TrimSuffix(issuer, "/") {
+		return "", fmt.Errorf("%w: OpenID discovery at %s names issuer %q, want %q", ErrInvalidConfig, docURL, doc.Issuer, issuer)
+	}
+	if !isHTTPURL(doc.TokenEndpoint) {
+		return "", fmt.Errorf("%w: OpenID discovery at %s: token_endpoint %q is not an absolute http(s) URL", ErrInvalidConfig, docURL, doc.TokenEndpoint)
+	}
+	return doc.TokenEndpoint, nil
+}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/audit"
+)
+
+// runAudit runs `forwarder audit args...` (the real command) and returns
+// its findings (--json is added) and stderr.
+func (r *rig) runAudit(t *testing.T, args ...string) ([]audit.Finding, string) {
+	t.Helper()
+	env := r.env(nil)
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := run(ctx, append([]string{"audit", "--json"}, args...), func(k string) string { return env[k] }, &out, &errOut); err != nil {
+		t.Fatalf("forwarder audit %v: %v\n%s", args, err, errOut.String())
+	}
+	var findings []audit.Finding
+	dec := json.NewDecoder(&out)
+	for dec.More() {
+		var f audit.Finding
+		if err := dec.Decode(&f); err != nil {
+			t.Fatalf("audit output: %v", err)
+		}
+		findings = append(findings, f)
+	}
+	return findings, errOut.String()
+}
+
+// A study reaches Orthanc with no event (no Lua script) and its change-log
+// entries are purged, so the reconciler could not find it either: the
+// audit lists it, --enqueue queues it, the forwarder sends it and records
+// the completed forward, and the audit is then clean.
+func TestAuditFindsAndEnqueuesAStudyWithoutEvent(t *testing.T) {
+	r := newRig(t)
+	id := r.addStudy(t, 2, 16)
+	r.src.WaitStable(t, 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.src.Do(ctx, http.MethodDelete, "/changes", nil, nil); err != nil {
+		t.Fatalf("purge the change log: %v", err)
+	}
+
+	findings, summary := r.runAudit(t)
+	if len(findings) != 1 || findings[0].OrthancStudyID != id || findings[0].Reason != audit.ReasonNeverForwarded ||
+		findings[0].Source != "src" || findings[0].Enqueued {
+		t.Fatalf("findings = %+v, want study %s never forwarded (source named after Orthanc)", findings, id)
+	}
+	if !strings.Contains(summary, "1 not forwarded") {
+		t.Errorf("summary: %q", summary)
+	}
+
+	findings, _ = r.runAudit(t, "--enqueue")
+	if len(findings) != 1 || !findings[0].Enqueued || findings[0].Duplicate {
+		t.Fatalf("--enqueue findings = %+v", findings)
+	}
+
+	r.startForwarder(t, nil)
+	r.waitDest(t, 2, 30*time.Second)
+	r.assertIdentical(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		findings, summary = r.runAudit(t)
+		if len(findings) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the forward, the audit still finds %+v", findings)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(summary, "1 studies, 1 forwarded") {
+		t.Errorf("summary: %q", summary)
+	}
+}
+
+func TestAuditUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"audit", "-h"}, func(string) string { return "" }, &out, &errOut); err != nil {
+		t.Fatalf("audit -h: %v", err)
+	}
+	for _, want := range []string{"--enqueue", "-json", "NATS_URL", "ORTHANC_SOURCES"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("audit -h does not mention %s", want)
+		}
+	}
+	err := run(context.Background(), []string{"audit"}, func(string) string { return "" }, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "NATS_URL") {
+		t.Errorf("audit without NATS_URL: %v", err)
+	}
+	err = run(context.Background(), []string{"audit", "extra"}, func(string) string { return "" }, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "unexpected arguments") {
+		t.Errorf("audit with an argument: %v", err)
+	}
+}

@@ -1,0 +1,136 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/stowline/stowline/events"
+)
+
+// Orthanc configures the Orthanc servers stowline reads studies from, the
+// "sources". One Orthanc is set with ORTHANC_URL; several are named in
+// ORTHANC_SOURCES and each is set with its own ORTHANC_<NAME>_ variables.
+type Orthanc struct {
+	URL        string `env:"ORTHANC_URL" envDefault:"http://localhost:8042" desc:"Orthanc REST API base URL (one source; see ORTHANC_SOURCES for several)"`
+	Username   string `env:"ORTHANC_USERNAME" desc:"Orthanc HTTP basic-auth user (empty: no auth)"`
+	Password   string `env:"ORTHANC_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password"`
+	SourceName string `env:"ORTHANC_SOURCE_NAME" desc:"source name of that Orthanc's events (the Lua script's Stowline.Source); empty: the forwarder takes events of any source, the reconciler and audit use Orthanc's Name as the script does"`
+	Sources    List   `env:"ORTHANC_SOURCES" desc:"names of several Orthanc sources, comma-separated; each is set with the ORTHANC_<NAME>_ variables below, and ORTHANC_URL, _USERNAME, _PASSWORD and _SOURCE_NAME must then be unset"`
+
+	// The per-source variables are read by readDynamic, not by the env
+	// library (which skips blank fields); these fields declare them for -h
+	// and the README. <NAME> is the source name in upper case with '-'
+	// written as '_'.
+	_ struct{} `env:"ORTHANC_<NAME>_URL" desc:"Orthanc REST API base URL of source <NAME> (required for each name in ORTHANC_SOURCES)"`
+	_ struct{} `env:"ORTHANC_<NAME>_USERNAME" desc:"Orthanc HTTP basic-auth user of source <NAME> (empty: no auth)"`
+	_ struct{} `env:"ORTHANC_<NAME>_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password of source <NAME>"`
+
+	named []OrthancSource // filled by readDynamic from ORTHANC_SOURCES
+}
+
+// OrthancSource is one configured Orthanc.
+type OrthancSource struct {
+	// Name is the events' source name. It is empty only in the one-source
+	// setup without ORTHANC_SOURCE_NAME: that Orthanc serves every source.
+	Name               string
+	URL                string
+	Username, Password string
+	// Var is the prefix of the source's variables ("ORTHANC_" or
+	// "ORTHANC_CARDIO_"), for error messages.
+	Var string
+}
+
+// SourceVarPrefix is the prefix of the variables of a source named in
+// ORTHANC_SOURCES: "cardio-2" is configured by ORTHANC_CARDIO_2_URL etc.
+func SourceVarPrefix(name string) string {
+	return "ORTHANC_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_"
+}
+
+// SourceList returns the configured sources: the ones ORTHANC_SOURCES names, or
+// the one ORTHANC_URL sets.
+func (o *Orthanc) SourceList() []OrthancSource {
+	if len(o.Sources) > 0 {
+		return o.named
+	}
+	return []OrthancSource{{Name: o.SourceName, URL: o.URL, Username: o.Username, Password: o.Password, Var: "ORTHANC_"}}
+}
+
+// readDynamic reads the ORTHANC_<NAME>_ variables of every name in
+// ORTHANC_SOURCES.
+func (o *Orthanc) readDynamic(getenv func(string) string) error {
+	o.named = nil
+	if len(o.Sources) == 0 {
+		return nil
+	}
+	var errs []error
+	for _, k := range []string{"ORTHANC_URL", "ORTHANC_USERNAME", "ORTHANC_PASSWORD", "ORTHANC_PASSWORD_FILE", "ORTHANC_SOURCE_NAME"} {
+		if getenv(k) != "" {
+			errs = append(errs, fmt.Errorf("%s is set but ORTHANC_SOURCES names the sources: configure each with ORTHANC_<NAME>_URL, _USERNAME and _PASSWORD instead", k))
+		}
+	}
+	prefixes := map[string]string{}
+	for _, name := range o.Sources {
+		if !events.ValidSource(name) {
+			errs = append(errs, fmt.Errorf("ORTHANC_SOURCES: %q is not a source name (1-64 characters of A-Z a-z 0-9 _ -)", name))
+			continue
+		}
+		p := SourceVarPrefix(name)
+		if other, dup := prefixes[p]; dup {
+			errs = append(errs, fmt.Errorf("ORTHANC_SOURCES: %q and %q would both be configured by %s* variables: rename one", other, name, p))
+			continue
+		}
+		prefixes[p] = name
+		src := OrthancSource{Name: name, URL: getenv(p + "URL"), Username: getenv(p + "USERNAME"), Var: p}
+		pw, err := readSecret(getenv, p+"PASSWORD")
+		if err != nil {
+			errs = append(errs, err)
+		}
+		src.Password = pw
+		if src.URL == "" {
+			errs = append(errs, fmt.Errorf("%sURL is required: ORTHANC_SOURCES names source %q", p, name))
+		}
+		o.named = append(o.named, src)
+	}
+	return errors.Join(errs...)
+}
+
+// Validate names the variable that is out of range.
+func (o *Orthanc) Validate() error {
+	var errs []error
+	if o.SourceName != "" && !events.ValidSource(o.SourceName) {
+		errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_NAME=%q: want 1-64 characters of A-Z a-z 0-9 _ -", o.SourceName))
+	}
+	for _, s := range o.SourceList() {
+		if s.URL == "" {
+			continue // reported by readDynamic
+		}
+		if err := validateHTTPURL(s.Var+"URL", s.URL); err != nil {
+			errs = append(errs, err)
+		}
+		if s.Password != "" && s.Username == "" {
+			errs = append(errs, fmt.Errorf("%sPASSWORD is set but %sUSERNAME is empty", s.Var, s.Var))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Reconcile configures the change-log reconciler that runs with the ingest.
+type Reconcile struct {
+	Enabled      bool          `env:"RECONCILE_ENABLED" envDefault:"true" desc:"poll each Orthanc source's change log (GET /changes) so that a study whose webhook was lost is still forwarded"`
+	PollInterval time.Duration `env:"RECONCILE_POLL_INTERVAL" envDefault:"10s" desc:"how often the reconciler reads each source's change log"`
+	LeaseTTL     time.Duration `env:"RECONCILE_LEASE_TTL" envDefault:"15s" desc:"one ingest replica polls a source at a time; another takes over when it has not renewed its lease for this long"`
+}
+
+// Validate names the variable that is out of range.
+func (r *Reconcile) Validate() error {
+	var errs []error
+	if r.PollInterval < 100*time.Millisecond || r.PollInterval > time.Hour {
+		errs = append(errs, fmt.Errorf("RECONCILE_POLL_INTERVAL=%s: want 100ms to 1h", r.PollInterval))
+	}
+	if r.LeaseTTL < time.Second || r.LeaseTTL > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("RECONCILE_LEASE_TTL=%s: want 1s to 10m", r.LeaseTTL))
+	}
+	return errors.Join(errs...)
+}

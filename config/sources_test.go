@@ -1,0 +1,123 @@
+package config
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestOneSourceDefault(t *testing.T) {
+	e := baseEnv()
+	e["ORTHANC_USERNAME"] = "stowline"
+	e["ORTHANC_PASSWORD"] = "orthanc-password"
+	var c SingleHost
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatal(err)
+	}
+	want := []OrthancSource{{Name: "", URL: "http://localhost:8042", Username: "stowline", Password: "orthanc-password", Var: "ORTHANC_"}}
+	if got := c.SourceList(); !reflect.DeepEqual(got, want) {
+		t.Errorf("SourceList() = %+v, want %+v", got, want)
+	}
+	if !c.Reconcile.Enabled || c.PollInterval != 10*time.Second || c.LeaseTTL != 15*time.Second {
+		t.Errorf("reconcile defaults: %+v", c.Reconcile)
+	}
+
+	e["ORTHANC_SOURCE_NAME"] = "orthanc-main"
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.SourceList()[0].Name; got != "orthanc-main" {
+		t.Errorf("source name = %q", got)
+	}
+}
+
+func TestNamedSources(t *testing.T) {
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pwFile, []byte("cardio-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := baseEnv()
+	e["ORTHANC_SOURCES"] = "main, cardio-2"
+	e["ORTHANC_MAIN_URL"] = "http://orthanc-main:8042"
+	e["ORTHANC_CARDIO_2_URL"] = "https://cardio.example.org/orthanc"
+	e["ORTHANC_CARDIO_2_USERNAME"] = "stowline"
+	e["ORTHANC_CARDIO_2_PASSWORD_FILE"] = pwFile
+	var c SingleHost
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatal(err)
+	}
+	want := []OrthancSource{
+		{Name: "main", URL: "http://orthanc-main:8042", Var: "ORTHANC_MAIN_"},
+		{Name: "cardio-2", URL: "https://cardio.example.org/orthanc", Username: "stowline", Password: "cardio-secret", Var: "ORTHANC_CARDIO_2_"},
+	}
+	if got := c.SourceList(); !reflect.DeepEqual(got, want) {
+		t.Errorf("SourceList() = %+v, want %+v", got, want)
+	}
+}
+
+func TestSourceErrorsNameTheVariable(t *testing.T) {
+	tests := []struct {
+		name string
+		set  map[string]string
+		want string
+	}{
+		{"missing url", map[string]string{"ORTHANC_SOURCES": "main"}, "ORTHANC_MAIN_URL is required"},
+		{"bad url", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "orthanc:8042"}, "ORTHANC_MAIN_URL"},
+		{"credentials in url", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://u:p@o:8042"}, "ORTHANC_MAIN_URL"},
+		{"password without user", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAIN_PASSWORD": "x"}, "ORTHANC_MAIN_USERNAME"},
+		{"password twice", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAIN_PASSWORD": "x", "ORTHANC_MAIN_PASSWORD_FILE": "/nonexistent"}, "ORTHANC_MAIN_PASSWORD and ORTHANC_MAIN_PASSWORD_FILE"},
+		{"bad name", map[string]string{"ORTHANC_SOURCES": "main,a.b"}, `"a.b" is not a source name`},
+		{"clashing names", map[string]string{"ORTHANC_SOURCES": "a-b,a_b", "ORTHANC_A_B_URL": "http://o:8042"}, "ORTHANC_A_B_"},
+		{"url and sources", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_URL": "http://x:8042"}, "ORTHANC_URL is set but ORTHANC_SOURCES"},
+		{"bad source name", map[string]string{"ORTHANC_SOURCE_NAME": "a b"}, "ORTHANC_SOURCE_NAME"},
+		{"poll interval", map[string]string{"RECONCILE_POLL_INTERVAL": "1ms"}, "RECONCILE_POLL_INTERVAL"},
+		{"lease ttl", map[string]string{"RECONCILE_LEASE_TTL": "100ms"}, "RECONCILE_LEASE_TTL"},
+		{"bad bool", map[string]string{"RECONCILE_ENABLED": "perhaps"}, "RECONCILE_ENABLED"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			for k, v := range tt.set {
+				e[k] = v
+			}
+			err := Load(mapEnv(e), &SingleHost{})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReconcileDisabledIgnoresItsSettings(t *testing.T) {
+	e := baseEnv()
+	e["NATS_URL"] = "nats://127.0.0.1:4222"
+	e["RECONCILE_ENABLED"] = "false"
+	e["RECONCILE_POLL_INTERVAL"] = "1ms"
+	e["ORTHANC_URL"] = "not a url"
+	var c IngestService
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatalf("an ingest without reconciler must not check the reconciler's settings: %v", err)
+	}
+	e["RECONCILE_ENABLED"] = "true"
+	err := Load(mapEnv(e), &IngestService{})
+	for _, want := range []string{"RECONCILE_POLL_INTERVAL", "ORTHANC_URL"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("enabled reconciler: err = %v, want it to name %s", err, want)
+		}
+	}
+}
+
+func TestUsageListsSourcePattern(t *testing.T) {
+	var buf bytes.Buffer
+	Usage(&buf, "ingest", &IngestService{})
+	for _, want := range []string{"ORTHANC_SOURCES", "ORTHANC_<NAME>_URL", "ORTHANC_<NAME>_PASSWORD_FILE", "RECONCILE_LEASE_TTL"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("ingest -h does not list %s", want)
+		}
+	}
+}

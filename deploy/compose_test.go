@@ -1,0 +1,492 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/stowline/stowline/config"
+	"github.com/stowline/stowline/events"
+)
+
+const root = ".."
+
+type composeFile struct {
+	Name     string             `yaml:"name"`
+	Services map[string]service `yaml:"services"`
+	Volumes  map[string]any     `yaml:"volumes"`
+}
+
+type service struct {
+	Image       string            `yaml:"image"`
+	Build       *build            `yaml:"build"`
+	Restart     string            `yaml:"restart"`
+	Command     []string          `yaml:"command"`
+	DependsOn   []string          `yaml:"depends_on"`
+	Environment map[string]string `yaml:"environment"`
+	Volumes     []string          `yaml:"volumes"`
+	Ports       []string          `yaml:"ports"`
+	Deploy      struct {
+		Replicas int `yaml:"replicas"`
+	} `yaml:"deploy"`
+}
+
+type build struct {
+	Context string `yaml:"context"`
+	Target  string `yaml:"target"`
+}
+
+// configFor is the configuration each stowline command reads, by its
+// Dockerfile target.
+var configFor = map[string]func() any{
+	"ingest":    func() any { return &config.IngestService{} },
+	"forwarder": func() any { return &config.ForwarderService{} },
+	"stowline":  func() any { return &config.SingleHost{} },
+}
+
+func readFile(t *testing.T, rel string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func loadCompose(t *testing.T) composeFile {
+	t.Helper()
+	dec := yaml.NewDecoder(bytes.NewReader(readFile(t, "docker-compose.yml")))
+	dec.KnownFields(true) // a misspelt key is an error, not ignored
+	var c composeFile
+	if err := dec.Decode(&c); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	return c
+}
+
+// dotEnv is deploy/env.example with every empty value filled, as a user
+// would fill .env.
+func dotEnv(t *testing.T) map[string]string {
+	t.Helper()
+	vars := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(readFile(t, "deploy/env.example")))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("deploy/env.example: %q is not NAME=value", line)
+		}
+		if v == "" {
+			v = "filled-" + strings.ToLower(k) + "-0123456789abcdef"
+		}
+		vars[k] = v
+	}
+	return vars
+}
+
+var reference = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}`)
+
+// interpolate expands compose's ${VAR}, ${VAR:-default} and ${VAR:?error}
+// from vars, and reports each variable used.
+func interpolate(s string, vars map[string]string) (string, []string, error) {
+	var used []string
+	var err error
+	out := reference.ReplaceAllStringFunc(s, func(m string) string {
+		p := reference.FindStringSubmatch(m)
+		name, op, arg := p[1], p[2], p[3]
+		used = append(used, name)
+		v, set := vars[name]
+		switch {
+		case strings.HasSuffix(op, "?") && v == "":
+			err = fmt.Errorf("${%s} is required: %s", name, arg)
+		case strings.HasSuffix(op, "-") && (!set || (op == ":-" && v == "")):
+			return arg
+		}
+		return v
+	})
+	return out, used, err
+}
+
+// TestComposeServicesMatchTheConfig checks every stowline service's
+// environment against the variables its command reads: no unknown name (a
+// typo would be silently ignored), no required variable missing, and the
+// whole environment, as a user fills .env from deploy/env.example, loads.
+func TestComposeServicesMatchTheConfig(t *testing.T) {
+	c := loadCompose(t)
+	env := dotEnv(t)
+	stages := dockerfileStages(t)
+	found := 0
+	for name, svc := range c.Services {
+		if svc.Build == nil {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			found++
+			newCfg, ok := configFor[svc.Build.Target]
+			if !ok {
+				t.Fatalf("build target %q is not one of the commands %v", svc.Build.Target, slices.Sorted(func(yield func(string) bool) {
+					for k := range configFor {
+						if !yield(k) {
+							return
+						}
+					}
+				}))
+			}
+			if svc.Build.Context != "." {
+				t.Errorf("build context %q, want . (the repository root)", svc.Build.Context)
+			}
+			if entry, ok := stages[svc.Build.Target]; !ok {
+				t.Errorf("Dockerfile has no stage %q", svc.Build.Target)
+			} else if entry != "/usr/local/bin/"+svc.Build.Target {
+				t.Errorf("Dockerfile stage %q runs %q, want /usr/local/bin/%s", svc.Build.Target, entry, svc.Build.Target)
+			}
+
+			vars := config.Vars(newCfg())
+			known := map[string]config.Var{}
+			var patterns []*regexp.Regexp
+			for _, v := range vars {
+				if strings.Contains(v.Name, "<NAME>") {
+					patterns = append(patterns, regexp.MustCompile("^"+strings.ReplaceAll(regexp.QuoteMeta(v.Name), "<NAME>", "[A-Z0-9_]+")+"$"))
+				}
+				known[v.Name] = v
+				if v.Secret {
+					known[v.Name+"_FILE"] = v
+				}
+			}
+			values := map[string]string{}
+			for k, raw := range svc.Environment {
+				_, isKnown := known[k]
+				if !isKnown && !slices.ContainsFunc(patterns, func(p *regexp.Regexp) bool { return p.MatchString(k) }) {
+					t.Errorf("environment sets %s, which %s does not read (typo?)", k, svc.Build.Target)
+				}
+				v, used, err := interpolate(raw, env)
+				if err != nil {
+					t.Errorf("%s: %v", k, err)
+				}
+				for _, u := range used {
+					if _, ok := env[u]; !ok {
+						t.Errorf("%s uses ${%s}, which deploy/env.example does not list", k, u)
+					}
+				}
+				values[k] = v
+			}
+			for _, v := range vars {
+				if v.Required && svc.Environment[v.Name] == "" && svc.Environment[v.Name+"_FILE"] == "" {
+					t.Errorf("required variable %s is not set", v.Name)
+				}
+			}
+			if err := config.Load(func(k string) string { return values[k] }, newCfg()); err != nil {
+				t.Errorf("the service's configuration does not load:\n%v", err)
+			}
+		})
+	}
+	if found < 2 {
+		t.Errorf("compose file builds %d stowline services, want the ingest and the forwarder", found)
+	}
+	fw := c.Services["forwarder"]
+	if fw.Deploy.Replicas != 3 {
+		t.Errorf("forwarder replicas = %d, want 3", fw.Deploy.Replicas)
+	}
+	if len(fw.Ports) > 0 {
+		t.Errorf("forwarder publishes ports %v: replicas would collide", fw.Ports)
+	}
+}
+
+// dockerfileStages maps each stage of the Dockerfile to its ENTRYPOINT
+// binary, and checks the build stage builds the three commands.
+func dockerfileStages(t *testing.T) map[string]string {
+	t.Helper()
+	stages := map[string]string{}
+	stage := ""
+	builds := ""
+	for line := range strings.SplitSeq(string(readFile(t, "Dockerfile")), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 4 && f[0] == "FROM" && strings.EqualFold(f[2], "AS"):
+			stage = f[3]
+			stages[stage] = ""
+		case len(f) >= 2 && f[0] == "ENTRYPOINT":
+			var argv []string
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "ENTRYPOINT")), &argv); err != nil || len(argv) == 0 {
+				t.Errorf("Dockerfile: stage %s: ENTRYPOINT %q is not an exec-form list", stage, line)
+				continue
+			}
+			stages[stage] = argv[0]
+		case len(f) >= 2 && f[0] == "RUN" && strings.Contains(line, "go build"):
+			builds += line
+		}
+	}
+	for cmd := range configFor {
+		if !strings.Contains(builds, "./cmd/"+cmd) {
+			t.Errorf("Dockerfile does not build ./cmd/%s", cmd)
+		}
+	}
+	return stages
+}
+
+func hostPort(t *testing.T, what, raw string) (string, string) {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		t.Fatalf("%s = %q is not a URL", what, raw)
+	}
+	return u.Hostname(), u.Port()
+}
+
+func addrPort(t *testing.T, what, addr string) string {
+	t.Helper()
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("%s = %q: %v", what, addr, err)
+	}
+	return port
+}
+
+// mountOf returns the container path where host path src is mounted.
+func mountOf(svc service, src string) (string, bool) {
+	for _, v := range svc.Volumes {
+		parts := strings.Split(v, ":")
+		if len(parts) >= 2 && parts[0] == src {
+			return parts[1], true
+		}
+	}
+	return "", false
+}
+
+// TestComposeWiring checks that the services point at each other: the
+// Orthanc configuration's Stowline section at the ingest, with the same
+// token; stowline at Orthanc with a user Orthanc knows, and at NATS;
+// Prometheus at both services' listeners; every mounted file exists.
+func TestComposeWiring(t *testing.T) {
+	c := loadCompose(t)
+	orthanc, nats, ingest, fw := c.Services["orthanc"], c.Services["nats"], c.Services["ingest"], c.Services["forwarder"]
+	if !strings.HasPrefix(orthanc.Image, "orthancteam/orthanc:") {
+		t.Errorf("orthanc image %q, want orthancteam/orthanc", orthanc.Image)
+	}
+	for name, svc := range c.Services {
+		for _, v := range svc.Volumes {
+			src := strings.Split(v, ":")[0]
+			if strings.HasPrefix(src, "./") {
+				if _, err := os.Stat(filepath.Join(root, src)); err != nil {
+					t.Errorf("%s mounts %s: %v", name, src, err)
+				}
+			} else if _, ok := c.Volumes[src]; !ok {
+				t.Errorf("%s mounts volume %q, which is not declared", name, src)
+			}
+		}
+	}
+
+	// Orthanc runs the project's Lua script with the Stowline section.
+	luaPath, ok := mountOf(orthanc, "./lua/stowline.lua")
+	if !ok {
+		t.Fatal("orthanc does not mount ./lua/stowline.lua")
+	}
+	cfgPath, ok := mountOf(orthanc, "./deploy/orthanc/stowline.json")
+	if !ok || !strings.HasPrefix(cfgPath, "/etc/orthanc/") || !strings.HasSuffix(cfgPath, ".json") {
+		t.Fatalf("orthanc mounts ./deploy/orthanc/stowline.json at %q, want a .json file in /etc/orthanc/", cfgPath)
+	}
+	var oc struct {
+		Name            string
+		LuaScripts      []string
+		RegisteredUsers map[string]string
+		Stowline        struct{ IngestUrl, IngestToken, Source string }
+	}
+	if err := json.Unmarshal(readFile(t, "deploy/orthanc/stowline.json"), &oc); err != nil {
+		t.Fatalf("deploy/orthanc/stowline.json: %v", err)
+	}
+	if !slices.Contains(oc.LuaScripts, luaPath) {
+		t.Errorf("LuaScripts %v does not load the mounted script %s", oc.LuaScripts, luaPath)
+	}
+	host, port := hostPort(t, "Stowline.IngestUrl", oc.Stowline.IngestUrl)
+	if _, ok := c.Services[host]; host != "ingest" || !ok {
+		t.Errorf("Stowline.IngestUrl host %q, want the ingest service", host)
+	}
+	if want := addrPort(t, "INGEST_ADDR", ingest.Environment["INGEST_ADDR"]); port != want {
+		t.Errorf("Stowline.IngestUrl port %s, but the ingest listens on %s", port, want)
+	}
+	if u, _ := url.Parse(oc.Stowline.IngestUrl); u.Path != "/webhooks/orthanc" {
+		t.Errorf("Stowline.IngestUrl path %q, want /webhooks/orthanc", u.Path)
+	}
+	// ${X} in the Orthanc configuration is Orthanc's environment variable X.
+	orthancVar := func(what, ref string) string {
+		m := regexp.MustCompile(`^\$\{([A-Za-z0-9_]+)\}$`).FindStringSubmatch(ref)
+		if m == nil {
+			t.Errorf("%s = %q: want ${VARIABLE} (no secret in the file)", what, ref)
+			return ""
+		}
+		v, ok := orthanc.Environment[m[1]]
+		if !ok {
+			t.Errorf("%s = %s, but the orthanc service does not set %s", what, ref, m[1])
+		}
+		return v
+	}
+	if got, want := orthancVar("Stowline.IngestToken", oc.Stowline.IngestToken), ingest.Environment["INGEST_TOKEN"]; got != want {
+		t.Errorf("Orthanc's IngestToken comes from %q, the ingest's INGEST_TOKEN from %q", got, want)
+	}
+	if !events.ValidSource(oc.Stowline.Source) {
+		t.Errorf("Stowline.Source %q is not a valid source name", oc.Stowline.Source)
+	}
+	for name, svc := range map[string]service{"ingest": ingest, "forwarder": fw} {
+		if got := svc.Environment["ORTHANC_SOURCE_NAME"]; got != "" && got != oc.Stowline.Source {
+			t.Errorf("%s: ORTHANC_SOURCE_NAME %q, but the Lua script sends source %q", name, got, oc.Stowline.Source)
+		}
+		if h, p := hostPort(t, name+" ORTHANC_URL", svc.Environment["ORTHANC_URL"]); h != "orthanc" || p != "8042" {
+			t.Errorf("%s: ORTHANC_URL %s, want the orthanc service on 8042", name, svc.Environment["ORTHANC_URL"])
+		}
+		user := svc.Environment["ORTHANC_USERNAME"]
+		if ref, ok := oc.RegisteredUsers[user]; !ok {
+			t.Errorf("%s: ORTHANC_USERNAME %q is not in Orthanc's RegisteredUsers", name, user)
+		} else if got, want := orthancVar("RegisteredUsers."+user, ref), svc.Environment["ORTHANC_PASSWORD"]; got != want {
+			t.Errorf("%s: Orthanc's password of %s comes from %q, ORTHANC_PASSWORD from %q", name, user, got, want)
+		}
+		if h, p := hostPort(t, name+" NATS_URL", svc.Environment["NATS_URL"]); h != "nats" || p != "4222" {
+			t.Errorf("%s: NATS_URL %s, want the nats service on 4222", name, svc.Environment["NATS_URL"])
+		}
+	}
+
+	// NATS runs JetStream on a volume.
+	if !strings.HasPrefix(nats.Image, "nats:") || !slices.Contains(nats.Command, "-js") {
+		t.Errorf("nats: image %q command %v, want the official image with -js", nats.Image, nats.Command)
+	}
+	if i := slices.Index(nats.Command, "-sd"); i < 0 || i+1 >= len(nats.Command) || !slices.ContainsFunc(nats.Volumes, func(v string) bool {
+		return strings.Split(v, ":")[1] == nats.Command[i+1]
+	}) {
+		t.Errorf("nats: the JetStream store (-sd) is not on a volume: %v %v", nats.Command, nats.Volumes)
+	}
+
+	// Prometheus scrapes both services where they listen.
+	prom := c.Services["prometheus"]
+	if _, ok := mountOf(prom, "./deploy/prometheus.yml"); !ok {
+		t.Fatal("prometheus does not mount ./deploy/prometheus.yml")
+	}
+	var pc struct {
+		RuleFiles     []string `yaml:"rule_files"`
+		ScrapeConfigs []struct {
+			JobName       string `yaml:"job_name"`
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+			DNSSDConfigs []struct {
+				Names []string `yaml:"names"`
+				Port  int      `yaml:"port"`
+			} `yaml:"dns_sd_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(readFile(t, "deploy/prometheus.yml"), &pc); err != nil {
+		t.Fatalf("deploy/prometheus.yml: %v", err)
+	}
+	want := map[string]bool{
+		"ingest:" + addrPort(t, "INGEST_ADDR", ingest.Environment["INGEST_ADDR"]):      false,
+		"forwarder:" + addrPort(t, "FORWARDER_ADDR", fw.Environment["FORWARDER_ADDR"]): false,
+	}
+	for _, sc := range pc.ScrapeConfigs {
+		for _, s := range sc.StaticConfigs {
+			for _, target := range s.Targets {
+				want[target] = true
+			}
+		}
+		for _, d := range sc.DNSSDConfigs {
+			for _, n := range d.Names {
+				want[fmt.Sprintf("%s:%d", n, d.Port)] = true
+			}
+		}
+	}
+	for target, scraped := range want {
+		if !scraped {
+			t.Errorf("prometheus does not scrape %s", target)
+		}
+	}
+	for _, rf := range pc.RuleFiles {
+		if !slices.ContainsFunc(prom.Volumes, func(v string) bool { return strings.Split(v, ":")[1] == rf }) {
+			t.Errorf("prometheus rule file %s is not mounted", rf)
+		}
+	}
+}
+
+var metricName = regexp.MustCompile(`stowline_[a-z_]+`)
+
+// TestDashboardsAndAlertsUseDocumentedMetrics checks every stowline metric
+// the Grafana dashboards and the alerts use is one docs/metrics.md
+// documents (the browser test checks the docs against /metrics).
+func TestDashboardsAndAlertsUseDocumentedMetrics(t *testing.T) {
+	docs := string(readFile(t, "docs/metrics.md"))
+	check := func(file, text string) {
+		for _, m := range metricName.FindAllString(text, -1) {
+			base := m
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				base = strings.TrimSuffix(base, suffix)
+			}
+			if !strings.Contains(docs, "`"+base+"`") {
+				t.Errorf("%s uses %s, which docs/metrics.md does not document", file, m)
+			}
+		}
+	}
+	dashboards, err := filepath.Glob(filepath.Join(root, "deploy/grafana/dashboards/*.json"))
+	if err != nil || len(dashboards) == 0 {
+		t.Fatalf("no dashboards (err %v)", err)
+	}
+	for _, path := range dashboards {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d struct {
+			UID    string `json:"uid"`
+			Panels []struct {
+				Title   string `json:"title"`
+				Targets []struct {
+					Expr string `json:"expr"`
+				} `json:"targets"`
+			} `json:"panels"`
+		}
+		if err := json.Unmarshal(b, &d); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if d.UID == "" || len(d.Panels) == 0 {
+			t.Errorf("%s: no uid or no panels", path)
+		}
+		for _, p := range d.Panels {
+			for _, tg := range p.Targets {
+				check(filepath.Base(path)+" panel "+p.Title, tg.Expr)
+			}
+		}
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(readFile(t, "deploy/alerts.yml"), &rules); err != nil {
+		t.Fatalf("deploy/alerts.yml: %v", err)
+	}
+	n := 0
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			n++
+			if r.Alert == "" || r.Expr == "" {
+				t.Errorf("alert rule without name or expression: %+v", r)
+			}
+			check("alert "+r.Alert, r.Expr)
+		}
+	}
+	if n == 0 {
+		t.Error("deploy/alerts.yml has no rules")
+	}
+}

@@ -1,0 +1,152 @@
+// Package ledger records completed forwards in a JetStream key-value
+// bucket: for each study of each source, the LastUpdate the forwarder last
+// delivered and when. The audit compares it with the studies in Orthanc.
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+)
+
+// Bucket is the key-value bucket of completed forwards. A key is
+// "<source>.<orthanc study id>"; records are kept until deleted.
+const Bucket = "stowline_forwarded"
+
+// Sentinel errors, checked with errors.Is.
+var (
+	// ErrNotRecorded: no completed forward of the study is recorded.
+	ErrNotRecorded = errors.New("ledger: no completed forward recorded")
+	// ErrNoBucket: the bucket does not exist (no forwarder ever ran).
+	ErrNoBucket = errors.New("ledger: bucket " + Bucket + " does not exist")
+)
+
+// Record is one completed forward.
+type Record struct {
+	// LastUpdate is the study's Orthanc LastUpdate the event carried: every
+	// instance Orthanc held at that time was delivered.
+	LastUpdate       string    `json:"lastUpdate"`
+	StudyInstanceUID string    `json:"studyInstanceUid,omitempty"`
+	ForwardedAt      time.Time `json:"forwardedAt"`
+}
+
+// Ledger reads and writes the bucket.
+type Ledger struct {
+	kv  jetstream.KeyValue
+	now func() time.Time
+}
+
+// Option configures a Ledger.
+type Option func(*Ledger)
+
+// WithClock replaces time.Now (tests).
+func WithClock(now func() time.Time) Option { return func(l *Ledger) { l.now = now } }
+
+// Ensure creates the bucket if needed (replicas as the event stream) and
+// returns its Ledger. Calling it from every forwarder replica is safe.
+func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, opts ...Option) (*Ledger, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "stowline: completed forwards (source.orthancStudyId -> LastUpdate)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update key-value bucket %s: %w", Bucket, err)
+	}
+	return newLedger(kv, opts), nil
+}
+
+// Open returns the Ledger of an existing bucket, ErrNoBucket if there is
+// none. It never creates or changes the bucket (the audit uses it).
+func Open(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Ledger, error) {
+	kv, err := js.KeyValue(ctx, Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, ErrNoBucket
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open key-value bucket %s: %w", Bucket, err)
+	}
+	return newLedger(kv, opts), nil
+}
+
+func newLedger(kv jetstream.KeyValue, opts []Option) *Ledger {
+	l := &Ledger{kv: kv, now: time.Now}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
+}
+
+// Key is the bucket key of a study. Source names and Orthanc IDs are
+// validated (events.ValidSource, events.ValidOrthancID) before they get
+// here, so the key holds only A-Z a-z 0-9 _ - and one dot.
+func Key(source, orthancStudyID string) string { return source + "." + orthancStudyID }
+
+// maxAttempts bounds the compare-and-set retries of Record when replicas
+// record the same study at once.
+const maxAttempts = 5
+
+// Record stores that ev's study was forwarded. A record is never moved
+// back to an older LastUpdate (events may be forwarded out of order). It
+// has the signature of forward.Options.Completed.
+func (l *Ledger) Record(ctx context.Context, ev *events.StudyStable) error {
+	if !events.ValidSource(ev.Source) || !events.ValidOrthancID(ev.OrthancStudyID) {
+		return fmt.Errorf("ledger: record %s: invalid source or study ID", ev.MsgID())
+	}
+	key := Key(ev.Source, ev.OrthancStudyID)
+	val, err := json.Marshal(Record{LastUpdate: ev.LastUpdate, StudyInstanceUID: ev.StudyInstanceUID, ForwardedAt: l.now().UTC()})
+	if err != nil {
+		return fmt.Errorf("ledger: encode record: %w", err)
+	}
+	for range maxAttempts {
+		entry, err := l.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = l.kv.Create(ctx, key, val)
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue // another replica recorded it first: compare again
+			}
+		case err != nil:
+			return fmt.Errorf("ledger: read %s: %w", key, err)
+		default:
+			var old Record
+			if json.Unmarshal(entry.Value(), &old) == nil && old.LastUpdate > ev.LastUpdate {
+				return nil // a newer state of the study was already forwarded
+			}
+			_, err = l.kv.Update(ctx, key, val, entry.Revision())
+			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				continue
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("ledger: write %s: %w", key, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("ledger: write %s: still conflicting after %d attempts", key, maxAttempts)
+}
+
+// Lookup returns the record of a study, ErrNotRecorded if there is none.
+func (l *Ledger) Lookup(ctx context.Context, source, orthancStudyID string) (Record, error) {
+	key := Key(source, orthancStudyID)
+	entry, err := l.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Record{}, ErrNotRecorded
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("ledger: read %s: %w", key, err)
+	}
+	var r Record
+	if err := json.Unmarshal(entry.Value(), &r); err != nil {
+		return Record{}, fmt.Errorf("ledger: decode %s: %w", key, err)
+	}
+	return r, nil
+}

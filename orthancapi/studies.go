@@ -1,0 +1,82 @@
+package orthancapi
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+)
+
+// The calls in this file serve the reconciler and the audit: they find the
+// study a change-log entry belongs to, list every study, and read the end
+// of the change log.
+
+func (s studyJSON) study() Study {
+	return Study{
+		ID:               s.ID,
+		StudyInstanceUID: s.MainDicomTags.StudyInstanceUID,
+		LastUpdate:       s.LastUpdate,
+		IsStable:         s.IsStable,
+		SeriesIDs:        s.Series,
+	}
+}
+
+// InstanceStudy returns the study an instance belongs to
+// (GET /instances/{id}/study).
+func (c *Client) InstanceStudy(ctx context.Context, instanceID string) (Study, error) {
+	return c.parentStudy(ctx, "instances", "instance", instanceID)
+}
+
+// SeriesStudy returns the study a series belongs to
+// (GET /series/{id}/study).
+func (c *Client) SeriesStudy(ctx context.Context, seriesID string) (Study, error) {
+	return c.parentStudy(ctx, "series", "series", seriesID)
+}
+
+func (c *Client) parentStudy(ctx context.Context, collection, kind, id string) (Study, error) {
+	if err := checkID(kind, id); err != nil {
+		return Study{}, err
+	}
+	var s studyJSON
+	if err := c.getJSON(ctx, c.endpoint(collection, id, "study"), &s); err != nil {
+		return Study{}, err
+	}
+	return s.study(), nil
+}
+
+// Studies returns up to limit studies starting at position since of
+// Orthanc's list of studies (GET /studies?expand&since=&limit=). Page with
+// since += len(result) until fewer than limit come back. The list is
+// ordered by Orthanc's internal index, so studies created while paging come
+// last; a study deleted while paging shifts the later ones by one.
+func (c *Client) Studies(ctx context.Context, since, limit int) ([]Study, error) {
+	if since < 0 || limit <= 0 {
+		return nil, fmt.Errorf("orthancapi: studies: since (%d) must not be negative and limit (%d) must be positive", since, limit)
+	}
+	u := c.endpoint("studies")
+	q := u.Query()
+	q.Set("expand", "")
+	q.Set("since", strconv.Itoa(since))
+	q.Set("limit", strconv.Itoa(limit))
+	u.RawQuery = q.Encode()
+	var page []studyJSON
+	if err := c.getJSON(ctx, u, &page); err != nil {
+		return nil, err
+	}
+	out := make([]Study, len(page))
+	for i, s := range page {
+		out[i] = s.study()
+	}
+	return out, nil
+}
+
+// LastChange returns the sequence number of the newest entry of the change
+// log (GET /changes?last), 0 when it is empty.
+func (c *Client) LastChange(ctx context.Context) (int64, error) {
+	u := c.endpoint("changes")
+	u.RawQuery = "last"
+	var ch Changes
+	if err := c.getJSON(ctx, u, &ch); err != nil {
+		return 0, err
+	}
+	return ch.Last, nil
+}

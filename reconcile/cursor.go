@@ -1,0 +1,124 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// Bucket is the key-value bucket of the reconciler's cursors and leases:
+// "cursor.<source>" and "lease.<source>".
+const Bucket = "stowline_reconcile"
+
+// EnsureBucket creates the bucket if needed (replicas as the event
+// stream); calling it from every ingest replica is safe.
+func EnsureBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "stowline: change-log cursors and leases of the reconciler, per Orthanc source",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update key-value bucket %s: %w", Bucket, err)
+	}
+	return kv, nil
+}
+
+func cursorKey(source string) string { return "cursor." + source }
+func leaseKey(source string) string  { return "lease." + source }
+
+// errCursorConflict: another replica wrote the cursor, so it believes it
+// holds the lease; this one steps down.
+var errCursorConflict = errors.New("reconcile: the cursor was written by another replica")
+
+// cursor is how far the reconciler got in a source's change log.
+type cursor struct {
+	// Seq is the last change handled: every StableStudy change up to it
+	// was published.
+	Seq int64 `json:"seq"`
+	// Change identifies the change at Seq, so a recreated Orthanc database
+	// (whose sequence numbers start again at 1) is noticed even once it has
+	// more changes than Seq.
+	Change *changeMark `json:"change,omitempty"`
+	// Pending holds studies that received instances (Orthanc study ID ->
+	// seq of the change) and were not published since: Orthanc forgets
+	// unstable studies when it restarts and then never logs StableStudy
+	// for them, so the reconciler publishes them once Orthanc says they are
+	// stable.
+	Pending   map[string]int64 `json:"pending,omitempty"`
+	UpdatedAt time.Time        `json:"updatedAt"`
+}
+
+type changeMark struct {
+	Type string `json:"type"`
+	ID   string `json:"id"`
+	Date string `json:"date"`
+}
+
+func markOf(c orthancapi.Change) *changeMark {
+	return &changeMark{Type: c.ChangeType, ID: c.ID, Date: c.Date}
+}
+
+// matches reports whether c is the change the mark was taken from. A
+// missing mark (the cursor started at a purged change) matches anything.
+func (m *changeMark) matches(c orthancapi.Change) bool {
+	return m == nil || (m.Type == c.ChangeType && m.ID == c.ID && m.Date == c.Date)
+}
+
+// cursorStore reads and writes one source's cursor with compare-and-set.
+type cursorStore struct {
+	kv  jetstream.KeyValue
+	key string
+	rev uint64 // revision last read or written; 0 when the key is absent
+}
+
+// load returns the stored cursor; found is false when there is none.
+func (s *cursorStore) load(ctx context.Context) (c cursor, found bool, err error) {
+	entry, err := s.kv.Get(ctx, s.key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		s.rev = 0
+		return cursor{}, false, nil
+	}
+	if err != nil {
+		return cursor{}, false, fmt.Errorf("read cursor %s: %w", s.key, err)
+	}
+	if err := json.Unmarshal(entry.Value(), &c); err != nil {
+		return cursor{}, false, fmt.Errorf("decode cursor %s: %w", s.key, err)
+	}
+	s.rev = entry.Revision()
+	return c, true, nil
+}
+
+// save writes c if nobody else wrote the cursor since it was last read
+// or written here; errCursorConflict otherwise.
+func (s *cursorStore) save(ctx context.Context, c cursor) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encode cursor: %w", err)
+	}
+	var rev uint64
+	if s.rev == 0 {
+		rev, err = s.kv.Create(ctx, s.key, b)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return errCursorConflict
+		}
+	} else {
+		rev, err = s.kv.Update(ctx, s.key, b, s.rev)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return errCursorConflict
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("write cursor %s: %w", s.key, err)
+	}
+	s.rev = rev
+	return nil
+}

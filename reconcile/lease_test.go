@@ -1,0 +1,136 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+func testBucket(t *testing.T) (*testnats.Server, jetstream.KeyValue) {
+	t.Helper()
+	ns := testnats.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := EnsureBucket(ctx, ns.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns, kv
+}
+
+func mustAcquire(t *testing.T, l *lease, want bool) {
+	t.Helper()
+	held, err := l.tryAcquire(context.Background())
+	if err != nil {
+		t.Fatalf("%s: tryAcquire: %v", l.holder, err)
+	}
+	if held != want {
+		t.Fatalf("%s: tryAcquire = %v, want %v", l.holder, held, want)
+	}
+}
+
+func TestLeaseIsExclusiveAndRenewed(t *testing.T) {
+	_, kv := testBucket(t)
+	const ttl = 600 * time.Millisecond
+	a := newLease(kv, leaseKey("s"), "a", ttl, time.Now)
+	b := newLease(kv, leaseKey("s"), "b", ttl, time.Now)
+
+	mustAcquire(t, a, true)
+	mustAcquire(t, b, false)
+	// A renews faster than the TTL: B never gets it.
+	for range 6 {
+		time.Sleep(ttl / 3)
+		if err := a.renew(context.Background()); err != nil {
+			t.Fatalf("renew: %v", err)
+		}
+		mustAcquire(t, b, false)
+	}
+	// A holder that acquires again keeps its lease.
+	mustAcquire(t, a, true)
+
+	// Released: B takes it at once.
+	if err := a.release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mustAcquire(t, b, true)
+	if err := a.renew(context.Background()); !errors.Is(err, errLeaseLost) {
+		t.Fatalf("renew of a released lease: %v, want errLeaseLost", err)
+	}
+}
+
+// A holder that dies (stops renewing without releasing) is replaced after
+// one TTL, measured on the contender's clock.
+func TestLeaseTakenOverWhenHolderStopsRenewing(t *testing.T) {
+	_, kv := testBucket(t)
+	const ttl = time.Second
+	a := newLease(kv, leaseKey("s"), "a", ttl, time.Now)
+	b := newLease(kv, leaseKey("s"), "b", ttl, time.Now)
+	mustAcquire(t, a, true)
+	died := time.Now()
+
+	var took time.Duration
+	for {
+		held, err := b.tryAcquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if held {
+			took = time.Since(died)
+			break
+		}
+		if time.Since(died) > 3*ttl {
+			t.Fatal("the lease of a dead holder was not taken over")
+		}
+		time.Sleep(ttl / 10)
+	}
+	if took < ttl || took > ttl+ttl/2 {
+		t.Errorf("taken over after %v, want between the TTL (%v) and 1.5 TTL", took, ttl)
+	}
+	if b.previous != "a" {
+		t.Errorf("previous holder = %q", b.previous)
+	}
+	if err := a.renew(context.Background()); !errors.Is(err, errLeaseLost) {
+		t.Fatalf("the old holder's renew: %v, want errLeaseLost", err)
+	}
+	// A's release after losing must not delete B's lease.
+	if err := a.release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.renew(context.Background()); err != nil {
+		t.Fatalf("B lost its lease to A's late release: %v", err)
+	}
+}
+
+func TestCursorStoreCompareAndSet(t *testing.T) {
+	_, kv := testBucket(t)
+	ctx := context.Background()
+	a := &cursorStore{kv: kv, key: cursorKey("s")}
+	b := &cursorStore{kv: kv, key: cursorKey("s")}
+	if _, found, err := a.load(ctx); err != nil || found {
+		t.Fatalf("load of a new cursor: found=%v err=%v", found, err)
+	}
+	if _, _, err := b.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.save(ctx, cursor{Seq: 5, Pending: map[string]int64{"x": 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.save(ctx, cursor{Seq: 1}); !errors.Is(err, errCursorConflict) {
+		t.Fatalf("second creator: %v, want errCursorConflict", err)
+	}
+	c, found, err := b.load(ctx)
+	if err != nil || !found || c.Seq != 5 || c.Pending["x"] != 3 {
+		t.Fatalf("load = %+v, %v, %v", c, found, err)
+	}
+	if err := b.save(ctx, cursor{Seq: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.save(ctx, cursor{Seq: 6}); !errors.Is(err, errCursorConflict) {
+		t.Fatalf("stale writer: %v, want errCursorConflict", err)
+	}
+}

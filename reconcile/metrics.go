@@ -1,0 +1,72 @@
+package reconcile
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	lag        *prometheus.GaugeVec
+	leaseHeld  *prometheus.GaugeVec
+	pending    *prometheus.GaugeVec
+	published  *prometheus.CounterVec
+	skipped    *prometheus.CounterVec
+	pollErrors *prometheus.CounterVec
+	resets     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "stowline_reconcile_lag_changes",
+			Help: "Entries of the source's change log the reconciler has not read yet (Orthanc's last change minus the cursor); only the replica holding the lease reports it.",
+		}, []string{"source"}),
+		leaseHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "stowline_reconcile_lease_held",
+			Help: "1 while this replica holds the source's lease and polls its change log, else 0.",
+		}, []string{"source"}),
+		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "stowline_reconcile_pending_studies",
+			Help: "Studies that received instances and are waiting to become stable.",
+		}, []string{"source"}),
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_reconcile_events_published_total",
+			Help: "Events the reconciler published, by result (stored; duplicate: JetStream already had it, from the Lua script or an earlier poll).",
+		}, []string{"source", "result"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_reconcile_studies_skipped_total",
+			Help: "Stable studies not published, by reason (deleted: gone from Orthanc; invalid: the event would be invalid).",
+		}, []string{"source", "reason"}),
+		pollErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_reconcile_poll_errors_total",
+			Help: "Polls that failed (Orthanc or JetStream unreachable); the reconciler backs off and retries.",
+		}, []string{"source"}),
+		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_reconcile_change_log_resets_total",
+			Help: "Times the source's change log was found reset or purged and rescanned from the start.",
+		}, []string{"source"}),
+	}
+	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.pollErrors, m.resets} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("reconcile: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// init creates the series of a source, so they are exported as 0 before
+// anything happens.
+func (m *metrics) init(source string) {
+	m.lag.WithLabelValues(source)
+	m.leaseHeld.WithLabelValues(source)
+	m.pending.WithLabelValues(source)
+	for _, r := range []string{"stored", "duplicate"} {
+		m.published.WithLabelValues(source, r)
+	}
+	for _, r := range []string{"deleted", "invalid"} {
+		m.skipped.WithLabelValues(source, r)
+	}
+	m.pollErrors.WithLabelValues(source)
+	m.resets.WithLabelValues(source)
+}

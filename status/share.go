@@ -1,0 +1,128 @@
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket is the key-value bucket where every forwarder process shares its
+// Snapshot, under its ID, so that the status page of any ingest replica
+// sees every forwarder. Entries expire when a forwarder stops updating.
+const Bucket = "stowline_forwarders"
+
+// ShareInterval is how often a forwarder writes its snapshot; entries
+// live for bucketTTL, so a forwarder that died drops off within it.
+const (
+	ShareInterval = 5 * time.Second
+	bucketTTL     = 6 * ShareInterval
+)
+
+// EnsureBucket creates or updates the bucket (in memory: it only holds
+// live state).
+func EnsureBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "stowline: what each live forwarder process is sending (status page)",
+		History:     1,
+		TTL:         bucketTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update key-value bucket %s: %w", Bucket, err)
+	}
+	return kv, nil
+}
+
+// Share writes the tracker's snapshot to kv every interval until ctx ends,
+// then removes it. Write failures are logged and retried at the next tick:
+// the status page is never worth stopping a forwarder for.
+func (t *Tracker) Share(ctx context.Context, kv jetstream.KeyValue, interval time.Duration, log *slog.Logger) error {
+	if interval <= 0 {
+		interval = ShareInterval
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	failing := false
+	for {
+		wctx, cancel := context.WithTimeout(ctx, interval)
+		err := t.put(wctx, kv)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			log.Warn("status: cannot share this forwarder's state (status page)", "bucket", Bucket, "err", err)
+			failing = true
+		case err == nil && failing:
+			log.Info("status: sharing this forwarder's state again", "bucket", Bucket)
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			if err := kv.Delete(dctx, t.id); err != nil {
+				log.Debug("status: remove this forwarder's state", "err", err)
+			}
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (t *Tracker) put(ctx context.Context, kv jetstream.KeyValue) error {
+	data, err := json.Marshal(t.Snapshot())
+	if err != nil {
+		return fmt.Errorf("encode snapshot: %w", err)
+	}
+	if _, err := kv.Put(ctx, t.id, data); err != nil {
+		return fmt.Errorf("put %s: %w", t.id, err)
+	}
+	return nil
+}
+
+// ReadShared returns the snapshots of the live forwarder processes,
+// sorted by host; none if no forwarder created the bucket yet.
+func ReadShared(ctx context.Context, js jetstream.JetStream) ([]Snapshot, error) {
+	kv, err := js.KeyValue(ctx, Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open key-value bucket %s: %w", Bucket, err)
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("read key-value bucket %s: %w", Bucket, err)
+	}
+	defer func() { _ = w.Stop() }()
+	var out []Snapshot
+	for {
+		select {
+		case e := <-w.Updates():
+			if e == nil { // the initial values are all read
+				slices.SortFunc(out, func(a, b Snapshot) int {
+					return strings.Compare(a.Host+a.ID, b.Host+b.ID)
+				})
+				return out, nil
+			}
+			var s Snapshot
+			if err := json.Unmarshal(e.Value(), &s); err != nil {
+				continue // written by another version; skip it
+			}
+			if time.Since(s.UpdatedAt) > bucketTTL {
+				continue
+			}
+			out = append(out, s)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("read key-value bucket %s: %w", Bucket, ctx.Err())
+		}
+	}
+}

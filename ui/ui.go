@@ -1,0 +1,204 @@
+// Package ui serves the status page (/ui): a small server-rendered page
+// (html/template, no JavaScript) for the IT team running stowline: the
+// queue depth, the studies in flight with their progress, the recent
+// forwards, the dead letters with a replay button, and each destination's
+// token status. It is read from JetStream and the forwarders' shared
+// state, so any ingest replica shows the whole deployment.
+//
+// It sits behind the admin credentials: HTTP basic auth with ADMIN_TOKEN
+// as the password (any user name). The replay form is a POST protected
+// against cross-site requests (see csrf).
+package ui
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"errors"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/deadletter"
+	"github.com/stowline/stowline/status"
+)
+
+const basePath = "/ui"
+
+//go:embed templates/*.html static/*.css
+var files embed.FS
+
+// Options configures the page.
+type Options struct {
+	JS jetstream.JetStream
+	// Forwarders returns the snapshots of the live forwarder processes:
+	// the in-process tracker in single-host mode, else status.ReadShared.
+	Forwarders func(ctx context.Context) ([]status.Snapshot, error)
+	// SingleHost says the forwarder runs in this process.
+	SingleHost bool
+	// AdminToken is the basic-auth password; it must not be empty.
+	AdminToken string
+	// Timeout bounds the JetStream reads of one page (default 5 s).
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+// Handler serves the page.
+type Handler struct {
+	opts Options
+	want [sha256.Size]byte
+	csrf *csrf
+	tmpl *template.Template
+	css  []byte
+	log  *slog.Logger
+}
+
+// New parses the templates and returns the handler.
+func New(opts Options) (*Handler, error) {
+	if opts.JS == nil || opts.Forwarders == nil {
+		return nil, errors.New("ui: JetStream and the forwarders' state are required")
+	}
+	if opts.AdminToken == "" {
+		return nil, errors.New("ui: an admin token is required")
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tmpl, err := template.New("").Funcs(funcs).ParseFS(files, "templates/*.html")
+	if err != nil {
+		return nil, err
+	}
+	css, err := files.ReadFile("static/style.css")
+	if err != nil {
+		return nil, err
+	}
+	return &Handler{opts: opts, want: sha256.Sum256([]byte(opts.AdminToken)), csrf: newCSRF(opts.AdminToken),
+		tmpl: tmpl, css: css, log: log}, nil
+}
+
+// Mount adds GET /ui, GET /ui/style.css and POST /ui/replay to r.
+func (h *Handler) Mount(r chi.Router) {
+	r.Route(basePath, func(r chi.Router) {
+		r.Use(secureHeaders, h.authenticate)
+		r.Get("/", h.page)
+		r.Get("/style.css", h.style)
+		r.Post("/replay", h.replay)
+	})
+}
+
+func secureHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+		hd.Set("X-Frame-Options", "DENY")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "same-origin")
+		hd.Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authenticate wants HTTP basic auth with the admin token as the password.
+func (h *Handler) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pass, ok := r.BasicAuth()
+		got := sha256.Sum256([]byte(pass))
+		if !ok || subtle.ConstantTimeCompare(got[:], h.want[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="stowline status", charset="UTF-8"`)
+			http.Error(w, "stowline status page: log in with any user name and the admin token (ADMIN_TOKEN) as the password", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (h *Handler) style(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/css; charset=utf-8")
+	_, _ = w.Write(h.css)
+}
+
+func (h *Handler) page(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.Timeout)
+	defer cancel()
+	p := h.load(ctx)
+	q := r.URL.Query()
+	if seq := q.Get("replayed"); seq != "" {
+		if _, err := strconv.ParseUint(seq, 10, 64); err == nil {
+			p.Flash = "Dead letter " + seq + " replayed: its study is queued again."
+		}
+	}
+	if n, err := strconv.Atoi(q.Get("refresh")); err == nil && n >= 5 && n <= 3600 {
+		p.Refresh = n
+	}
+	h.render(w, r, http.StatusOK, p)
+}
+
+func (h *Handler) render(w http.ResponseWriter, r *http.Request, code int, p *pageData) {
+	p.CSRF = h.csrf.token(w, r)
+	var buf bytes.Buffer
+	if err := h.tmpl.ExecuteTemplate(&buf, "status.html", p); err != nil {
+		h.log.Error("status page: render", "err", err)
+		http.Error(w, "status page: render failed", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = w.Write(buf.Bytes())
+}
+
+// replay queues a dead letter again (POST seq, csrf), then redirects to
+// the page (303, so a reload does not post twice).
+func (h *Handler) replay(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
+	}
+	if err := h.csrf.check(r); err != nil {
+		h.log.Warn("status page: replay refused", "reason", err.Error(), "remote", r.RemoteAddr)
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
+	seq, err := strconv.ParseUint(r.PostFormValue("seq"), 10, 64)
+	if err != nil || seq == 0 {
+		http.Error(w, "seq: not a dead-letter sequence number", http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	fail := func(msg string, err error, code int) {
+		h.log.Error("status page: replay failed", "dead_letter_seq", seq, "err", err)
+		p := h.load(ctx)
+		p.FlashErr = msg
+		h.render(w, r, code, p)
+	}
+	store, err := deadletter.Open(ctx, h.opts.JS)
+	if err != nil {
+		fail("Replay failed: "+err.Error(), err, http.StatusServiceUnavailable)
+		return
+	}
+	entries, err := store.Replay(ctx, deadletter.Filter{Seq: seq}, false)
+	if err != nil {
+		fail("Replay of dead letter "+strconv.FormatUint(seq, 10)+" failed: "+err.Error(), err, http.StatusServiceUnavailable)
+		return
+	}
+	if len(entries) == 0 {
+		fail("Dead letter "+strconv.FormatUint(seq, 10)+" is gone (replayed or purged already).", deadletter.ErrNotFound, http.StatusNotFound)
+		return
+	}
+	e := entries[0]
+	h.log.Info("dead letter replayed from the status page", "dead_letter_seq", seq, "source", e.Event.Source,
+		"orthanc_study_id", e.Event.OrthancStudyID, "study_instance_uid", e.Event.StudyInstanceUID, "remote", r.RemoteAddr)
+	http.Redirect(w, r, basePath+"/?replayed="+strconv.FormatUint(seq, 10)+"#deadletters", http.StatusSeeOther)
+}
