@@ -42,4 +42,3 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	return nil
 }
-

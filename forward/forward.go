@@ -175,7 +175,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 // in a client-side buffer while its ack wait runs out.
 func (f *Forwarder) worker(ctx, workCtx context.Context) {
 	for ctx.Err() == nil {
-		pullCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		// Short pulls: a pull request outlives its cancelled context on
+		// the server until it expires, and a message handed to it then
+		// waits for the ack wait; 5 s bounds that at shutdown.
+		pullCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		msg, err := f.opts.Consumer.Next(jetstream.FetchContext(pullCtx))
 		cancel()
 		if err != nil {
@@ -306,6 +309,7 @@ func (f *Forwarder) fail(ctx context.Context, msg jetstream.Msg, ev *events.Stud
 		// Never drop a study: without its dead letter it stays queued.
 		delay := f.retryDelay(attempt, nil)
 		log.Error("dead letter not stored; the study stays queued", "class", class, "err", err, "retry_in", delay.String())
+		f.m.studies.WithLabelValues("retry").Inc()
 		if err := msg.NakWithDelay(delay); err != nil {
 			log.Warn("nak failed; JetStream redelivers after the ack wait", "err", err)
 		}
@@ -448,6 +452,7 @@ func (f *Forwarder) send(ctx context.Context, batch []stow.Part, rep *Report) (b
 	var he *stow.HTTPError
 	if errors.As(err, &he) && he.StatusCode == http.StatusUnauthorized {
 		rep.Requests++
+		f.m.authRetries.Inc()
 		res, err = f.opts.Destination.Store(ctx, batch)
 	}
 	if err != nil {

@@ -18,6 +18,7 @@ type metrics struct {
 	failures      *prometheus.CounterVec
 	resent        prometheus.Counter
 	alreadyStored prometheus.Counter
+	authRetries   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -56,13 +57,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "stowline_forwarder_instances_already_stored_total",
 		Help: "Instances the destination reported as already stored (counted as success).",
 	})
+	m.authRetries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stowline_forwarder_auth_retries_total",
+		Help: "STOW-RS requests sent again with a fresh token after the destination answered 401.",
+	})
 	for _, r := range []string{"forwarded", "retry", "dead_lettered", "interrupted", "undecodable", "ack_failed"} {
 		m.studies.WithLabelValues(r)
 	}
 	for _, c := range failure.Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}
