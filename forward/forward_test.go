@@ -291,3 +291,24 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		t.Error("unexpected error kind")
 	}
 }
+
+func TestRequestSize(t *testing.T) {
+	tests := []struct{ n, max, parallel, want int }{
+		{300, 100, 1, 100},
+		{300, 100, 2, 75},
+		{300, 100, 4, 75},
+		{20, 100, 2, 10},
+		{1, 100, 2, 1},
+		{1000, 50, 3, 48},
+		{7, 100, 0, 7},
+	}
+	for _, tt := range tests {
+		f := &Forwarder{opts: Options{MaxInstances: tt.max, RequestConcurrency: tt.parallel}}
+		if got := f.requestSize(tt.n); got != tt.want {
+			t.Errorf("requestSize(%d) with max %d, %d at once = %d, want %d", tt.n, tt.max, tt.parallel, got, tt.want)
+		}
+		if got := f.requestSize(tt.n); got > tt.max {
+			t.Errorf("requestSize(%d) = %d exceeds the maximum %d", tt.n, got, tt.max)
+		}
+	}
+}

@@ -55,6 +55,8 @@ type Client struct {
 	bufferSize       int
 	newBoundary      func() (string, error)
 	bufPool          sync.Pool
+	// contentLength: announce the body length (WithContentLength).
+	contentLength bool
 }
 
 // Option configures a Client.
@@ -105,6 +107,19 @@ func WithHeader(key, value string) Option {
 			return fmt.Errorf("stow: header %q contains CR or LF", key)
 		}
 		c.header.Add(key, value)
+		return nil
+	}
+}
+
+// WithContentLength makes Store announce the request's exact length
+// (Content-Length) instead of sending it chunked, whenever every part has
+// a known Size; the body still streams. Destinations whose signatures
+// cover the length need it (AWS HealthImaging). A part whose content is
+// not exactly Size bytes then fails the request with ErrSizeMismatch
+// before any excess byte is sent.
+func WithContentLength() Option {
+	return func(c *Client) error {
+		c.contentLength = true
 		return nil
 	}
 }
@@ -218,11 +233,18 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, pr)
+	// Not from bufPool: the transport may still be inside WriteTo after
+	// Do returned, so the buffer cannot go back to the pool here.
+	reqBody := &bigChunks{r: pr, buf: make([]byte, c.bufferSize)}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, reqBody)
 	if err != nil {
 		return nil, fmt.Errorf("stow: build request: %w", err)
 	}
 	req.ContentLength = -1 // stream: chunked on HTTP/1.1
+	exact := c.contentLength && allSized(parts)
+	if exact {
+		req.ContentLength = multipartLength(boundary, parts)
+	}
 	for k, vs := range c.header {
 		req.Header[k] = append([]string(nil), vs...)
 	}
@@ -232,7 +254,7 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 
 	done := make(chan error, 1)
 	go func() {
-		err := writeParts(ctx, mw, parts)
+		err := writeParts(ctx, mw, parts, exact)
 		pw.CloseWithError(err) // nil closes with EOF
 		done <- err
 	}()
@@ -267,6 +289,38 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 	return c.handleResponse(resp, body, tooLarge, readErr, werr, mw.BytesWritten())
 }
 
+// bigChunks is the request body: net/http copies a body that implements
+// io.WriterTo through WriteTo, so each HTTP chunk is a full buffer
+// (bufferSize, 256 KiB) instead of io.Copy's 32 KiB; the server then reads
+// the body with far fewer system calls (Orthanc: half as many recv calls).
+type bigChunks struct {
+	r   io.Reader
+	buf []byte
+}
+
+func (b *bigChunks) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b *bigChunks) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		n, rerr := io.ReadFull(b.r, b.buf)
+		if n > 0 {
+			m, werr := w.Write(b.buf[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		switch rerr {
+		case nil:
+		case io.EOF, io.ErrUnexpectedEOF:
+			return total, nil
+		default:
+			return total, rerr
+		}
+	}
+}
+
 // isWriteFailure tells a real body failure (source error, boundary
 // collision) from the writer merely being stopped.
 func isWriteFailure(err error) bool {
@@ -276,27 +330,99 @@ func isWriteFailure(err error) bool {
 		!errors.Is(err, context.Canceled)
 }
 
-func writeParts(ctx context.Context, mw *MultipartWriter, parts []Part) error {
-	header := textproto.MIMEHeader{"Content-Type": {DICOMMediaType}}
+// partHeader is the header of every part.
+var partHeader = textproto.MIMEHeader{"Content-Type": {DICOMMediaType}}
+
+func writeParts(ctx context.Context, mw *MultipartWriter, parts []Part, exact bool) error {
 	for i, p := range parts {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := writePart(ctx, mw, header, p); err != nil {
+		if err := writePart(ctx, mw, partHeader, p, exact); err != nil {
 			return fmt.Errorf("stow: part %d (SOP Instance UID %q): %w", i+1, p.SOPInstanceUID, err)
 		}
 	}
 	return mw.Close()
 }
 
-func writePart(ctx context.Context, mw *MultipartWriter, header textproto.MIMEHeader, p Part) error {
+func writePart(ctx context.Context, mw *MultipartWriter, header textproto.MIMEHeader, p Part, exact bool) error {
 	rc, err := p.Open(ctx)
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
 	}
 	defer rc.Close()
-	_, err = mw.WritePart(header, ctxReader{ctx: ctx, r: rc})
+	var r io.Reader = ctxReader{ctx: ctx, r: rc}
+	if exact {
+		r = &exactReader{r: r, left: p.Size}
+	}
+	_, err = mw.WritePart(header, r)
 	return err
+}
+
+// exactReader yields exactly left bytes of r and fails with
+// ErrSizeMismatch, instead of returning the excess or an early EOF, when r
+// holds more or fewer.
+type exactReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.left <= 0 {
+		var one [1]byte
+		if n, err := e.r.Read(one[:]); n > 0 {
+			return 0, fmt.Errorf("%w: longer than announced", ErrSizeMismatch)
+		} else if err == nil {
+			return 0, nil
+		} else if err != io.EOF {
+			return 0, err
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > e.left {
+		p = p[:e.left]
+	}
+	n, err := e.r.Read(p)
+	e.left -= int64(n)
+	if err == io.EOF && e.left > 0 {
+		return n, fmt.Errorf("%w: %d bytes short", ErrSizeMismatch, e.left)
+	}
+	if err == io.EOF {
+		err = nil // the next Read checks that nothing is left
+	}
+	return n, err
+}
+
+func allSized(parts []Part) bool {
+	for _, p := range parts {
+		if p.Size < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// multipartLength is the exact length of the body MultipartWriter writes
+// for parts with boundary and partHeader.
+func multipartLength(boundary string, parts []Part) int64 {
+	var header int64
+	for k, vs := range partHeader {
+		for _, v := range vs {
+			header += int64(len(k) + len(": ") + len(v) + len("\r\n"))
+		}
+	}
+	delimiter := int64(len("--") + len(boundary) + len("\r\n"))
+	var n int64
+	for i, p := range parts {
+		if i > 0 {
+			n += int64(len("\r\n"))
+		}
+		n += delimiter + header + int64(len("\r\n")) + p.Size
+	}
+	if len(parts) > 0 {
+		n += int64(len("\r\n"))
+	}
+	return n + int64(len("--")+len(boundary)+len("--\r\n"))
 }
 
 // ctxReader stops a copy between chunks once ctx is done, even if the

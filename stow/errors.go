@@ -52,4 +52,8 @@ var (
 	// ErrIncompleteBody means the server answered with success although
 	// the request body could not be sent completely.
 	ErrIncompleteBody = errors.New("stow: request body was not sent completely")
+
+	// ErrSizeMismatch means a part's content was not Part.Size bytes long
+	// while the request announced its length (WithContentLength).
+	ErrSizeMismatch = errors.New("stow: part content does not match its size")
 )

@@ -6,8 +6,9 @@
 // non-empty, a missing binary fails the test instead of skipping it.
 //
 // Programs that are not tests (a benchmark command) can use the
-// error-returning core: LaunchOrthanc, (*Orthanc).Restart, (*Orthanc).Close
-// and (*Orthanc).StoreFiles.
+// error-returning core: LaunchOrthanc, (*Orthanc).Restart, (*Orthanc).Close,
+// (*Orthanc).StoreFiles and (*Orthanc).Do; (*Orthanc).PID gives the process
+// to measure (CPU time, memory).
 //
 // Findings the helpers encode (Orthanc 1.10.1, DICOMweb plugin 1.7,
 // dcmtk 3.6.7):

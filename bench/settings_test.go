@@ -1,0 +1,173 @@
+package bench
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// settings are the benchmark's knobs, all from STOWLINE_BENCH_* variables
+// so that one documented command reproduces the figures and a variant is
+// one variable away.
+type settings struct {
+	// Series x PerSeries instances of Rows x Cols 16-bit pixels.
+	Series, PerSeries, Rows, Cols int
+	// Rounds each case runs; the median is reported.
+	Rounds int
+	// Stowline lists the forwarder settings to measure.
+	Stowline []fwdSetting
+	// ReadWorkers lists the parallelism of the raw-read reference.
+	ReadWorkers []int
+	// BStow lists the STOW-RS-from-local-files references.
+	BStow []bstowSetting
+	// Native measures Orthanc's own STOW-RS client.
+	Native bool
+	// ProfileDir, if set, runs stowline-profiled (CPU profile and execution
+	// trace per stowline run, written there) instead of cmd/stowline.
+	ProfileDir string
+	// Source is the module root stowline is built from: this repository
+	// by default, or another checkout (e.g. a `git archive` of a commit)
+	// to compare versions.
+	Source string
+	// PerfDir, if set, records every native and stowline transfer with
+	// Linux perf (A, B and stowline, call graphs) into files there.
+	PerfDir string
+	// Timeout bounds one transfer.
+	Timeout time.Duration
+	// MaxOtherLoad is the competing load (cores used by other programs)
+	// above which a transfer is measured again, up to maxAttempts times
+	// (the least disturbed attempt is kept); 0 keeps every first attempt.
+	MaxOtherLoad float64
+}
+
+// maxAttempts bounds how often one transfer is measured because other
+// programs were busy.
+const maxAttempts = 4
+
+// fwdSetting is one stowline configuration: FORWARDER_CONCURRENCY,
+// STOW_MAX_INSTANCES and, when above 0, STOW_PARALLEL_REQUESTS (a
+// proposed setting: builds that do not know it ignore it).
+type fwdSetting struct {
+	Concurrency, MaxInstances, Parallel int
+}
+
+func (f fwdSetting) String() string {
+	s := fmt.Sprintf("conc=%d,max=%d", f.Concurrency, f.MaxInstances)
+	if f.Parallel > 0 {
+		s += fmt.Sprintf(",par=%d", f.Parallel)
+	}
+	return s
+}
+
+// bstowSetting is one reference STOW-RS upload of the study's files from
+// local disk straight to B: requests of MaxInstances, Parallel at once.
+type bstowSetting struct {
+	MaxInstances, Parallel int
+}
+
+func (s bstowSetting) String() string {
+	return fmt.Sprintf("max=%d,par=%d", s.MaxInstances, s.Parallel)
+}
+
+const envPrefix = "STOWLINE_BENCH_"
+
+// settingsDoc lists the variables, for the failure message of a bad one.
+const settingsDoc = `STOWLINE_BENCH_SERIES (3), _PER_SERIES (100), _ROWS (512), _COLS (512),
+_ROUNDS (7), _STOWLINE ("4/100,1/100,4/25,4/50,4/300": concurrency/max instances[/parallel requests]),
+_READ_WORKERS ("1,4"), _BSTOW ("100/1,50/2": max instances/parallel requests; "-" for none),
+_NATIVE (1), _SOURCE (this module), _MAX_OTHER_LOAD (0.25), _PROFILE_DIR (""), _PERF_DIR (""), _TIMEOUT (5m)`
+
+func loadSettings(getenv func(string) string) (settings, error) {
+	s := settings{Native: true}
+	var errs []string
+	intVar := func(name string, def, lo, hi int) int {
+		v := getenv(envPrefix + name)
+		if v == "" {
+			return def
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < lo || n > hi {
+			errs = append(errs, fmt.Sprintf("%s%s=%q: want an integer in %d..%d", envPrefix, name, v, lo, hi))
+			return def
+		}
+		return n
+	}
+	s.Series = intVar("SERIES", 3, 1, 100)
+	s.PerSeries = intVar("PER_SERIES", 100, 1, 10000)
+	s.Rows = intVar("ROWS", 512, 1, 4096)
+	s.Cols = intVar("COLS", 512, 1, 4096)
+	s.Rounds = intVar("ROUNDS", 7, 1, 50)
+	s.Native = intVar("NATIVE", 1, 0, 1) == 1
+	s.ProfileDir = getenv(envPrefix + "PROFILE_DIR")
+	s.PerfDir = getenv(envPrefix + "PERF_DIR")
+	s.Source = getenv(envPrefix + "SOURCE")
+	s.MaxOtherLoad = 0.25
+	if v := getenv(envPrefix + "MAX_OTHER_LOAD"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 {
+			errs = append(errs, fmt.Sprintf("%sMAX_OTHER_LOAD=%q: want a number of cores, 0 to disable", envPrefix, v))
+		} else {
+			s.MaxOtherLoad = f
+		}
+	}
+	s.Timeout = 5 * time.Minute
+	if v := getenv(envPrefix + "TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Sprintf("%sTIMEOUT=%q: want a positive duration", envPrefix, v))
+		} else {
+			s.Timeout = d
+		}
+	}
+	tuples := func(name, def string, lo, hi int) [][]int {
+		v := getenv(envPrefix + name)
+		if v == "" {
+			v = def
+		}
+		if v == "-" {
+			return nil
+		}
+		var out [][]int
+		for _, item := range strings.Split(v, ",") {
+			var t []int
+			for _, f := range strings.Split(strings.TrimSpace(item), "/") {
+				n, err := strconv.Atoi(f)
+				if err != nil || n < 1 {
+					t = nil
+					break
+				}
+				t = append(t, n)
+			}
+			if len(t) < lo || len(t) > hi {
+				errs = append(errs, fmt.Sprintf("%s%s: %q is not %d to %d positive integers separated by /", envPrefix, name, item, lo, hi))
+				continue
+			}
+			out = append(out, append(t, 0))
+		}
+		return out
+	}
+	for _, t := range tuples("STOWLINE", "4/100,1/100,4/25,4/50,4/300", 2, 3) {
+		s.Stowline = append(s.Stowline, fwdSetting{Concurrency: t[0], MaxInstances: t[1], Parallel: t[2]})
+	}
+	for _, t := range tuples("BSTOW", "100/1,50/2", 2, 2) {
+		s.BStow = append(s.BStow, bstowSetting{MaxInstances: t[0], Parallel: t[1]})
+	}
+	if v := getenv(envPrefix + "READ_WORKERS"); v != "-" {
+		if v == "" {
+			v = "1,4"
+		}
+		for _, item := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(item))
+			if err != nil || n < 1 || n > 64 {
+				errs = append(errs, fmt.Sprintf("%sREAD_WORKERS: %q is not an integer in 1..64", envPrefix, item))
+				continue
+			}
+			s.ReadWorkers = append(s.ReadWorkers, n)
+		}
+	}
+	if len(errs) > 0 {
+		return s, fmt.Errorf("%s\n(variables: %s)", strings.Join(errs, "\n"), settingsDoc)
+	}
+	return s, nil
+}

@@ -1,0 +1,406 @@
+package bench
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+// destName is the DicomWeb "Servers" entry of A that points at B.
+const destName = "B"
+
+// pollInterval is how often B's instance count is read while a transfer
+// runs; it bounds the timing error of "until B holds the whole study".
+const pollInterval = 20 * time.Millisecond
+
+// pipeline is the shared setup of one benchmark run: two Orthanc servers,
+// the study loaded into A, and the stowline binary.
+type pipeline struct {
+	set  settings
+	a, b *testharness.Orthanc
+	tmp  string
+
+	studyID, studyUID, lastUpdate string
+	instances                     []instance
+	totalBytes                    int64
+
+	// stowline is the binary the stowline cases run; source says what it
+	// was built from.
+	stowline, source string
+	// http reaches A and B for the benchmark's own calls (no timeout:
+	// contexts bound them).
+	http *http.Client
+}
+
+// instance is one instance of the study, as A stores it.
+type instance struct {
+	ID, SOPInstanceUID string
+	Size               int64
+	// MD5 is of A's GET /instances/{id}/file, equal to the generated file.
+	MD5 string
+	// Path is the generated file.
+	Path string
+}
+
+func (p *pipeline) n() int { return len(p.instances) }
+
+// setupPipeline starts A and B, generates and loads the study, and builds
+// stowline. A missing Orthanc skips the benchmark, or fails it when CI is
+// set (testharness).
+func setupPipeline(b *testing.B) *pipeline {
+	b.Helper()
+	set, err := loadSettings(os.Getenv)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if f := flag.Lookup("test.benchtime"); f == nil || f.Value.String() != "1x" {
+		// The rounds run inside the benchmark (alternating between cases);
+		// the sub-benchmarks only report. Any other benchtime would re-run
+		// the reporting functions and print a meaningless iteration count.
+		b.Fatalf("run with -benchtime 1x (rounds are set with %sROUNDS), e.g.\n"+
+			"  go test -run '^$' -bench Pipeline -benchtime 1x -timeout 30m ./bench/", envPrefix)
+	}
+	if _, err := os.Stat("/proc/self/status"); err != nil {
+		b.Fatalf("this benchmark reads /proc (Linux only): %v", err)
+	}
+	p := &pipeline{set: set, tmp: b.TempDir(), http: &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: 64,
+		DisableCompression:  true,
+	}}}
+	b.Cleanup(p.http.CloseIdleConnections)
+
+	p.b = testharness.StartOrthanc(b, testharness.OrthancOptions{Name: "bench-dest-b", DicomWeb: true})
+	p.a = testharness.StartOrthanc(b, testharness.OrthancOptions{
+		Name:     "bench-source-a",
+		DicomWeb: true,
+		Extra: map[string]any{"DicomWeb": map[string]any{
+			"Servers": map[string]any{destName: []string{p.b.URL + "/dicom-web/"}},
+		}},
+	})
+	b.Logf("orthanc A %s (pid %d), B %s (pid %d)", p.a.URL, p.a.PID(), p.b.URL, p.b.PID())
+
+	p.loadStudy(b)
+	p.stowline = p.build(b)
+	return p
+}
+
+// loadStudy generates the study, uploads it to A (POST /instances keeps
+// every byte) and records what A stores.
+func (p *pipeline) loadStudy(b *testing.B) {
+	b.Helper()
+	start := time.Now()
+	files, err := dicomgen.WriteStudy(filepath.Join(p.tmp, "study"), dicomgen.StudySpec{
+		PatientID: "BENCH-PIPELINE", PatientName: "Synthetic^Bench",
+		Series: p.set.Series, InstancesPerSeries: p.set.PerSeries, Rows: p.set.Rows, Columns: p.set.Cols,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	bySOP := make(map[string]string, len(files))
+	for _, f := range files {
+		info, err := testharness.ReadFileInfo(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		bySOP[info.SOPInstanceUID] = f
+	}
+	gen := time.Since(start)
+
+	start = time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	failed := map[string]string{}
+	const uploaders = 4
+	for w := range uploaders {
+		wg.Go(func() {
+			var mine []string
+			for i := w; i < len(files); i += uploaders {
+				mine = append(mine, files[i])
+			}
+			res := p.a.Upload(b, mine...)
+			mu.Lock()
+			for f, why := range res.Failed {
+				failed[f] = why
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		b.Fatalf("A refused %d generated files: %v", len(failed), failed)
+	}
+	upload := time.Since(start)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var studies []string
+	p.must(b, p.a.Do(ctx, http.MethodGet, "/studies", nil, &studies))
+	if len(studies) != 1 {
+		b.Fatalf("A holds %d studies, want 1", len(studies))
+	}
+	p.studyID = studies[0]
+	var study struct {
+		LastUpdate    string
+		MainDicomTags struct{ StudyInstanceUID string }
+	}
+	p.must(b, p.a.Do(ctx, http.MethodGet, "/studies/"+p.studyID, nil, &study))
+	p.studyUID, p.lastUpdate = study.MainDicomTags.StudyInstanceUID, study.LastUpdate
+	var insts []struct {
+		ID            string
+		FileSize      int64
+		MainDicomTags struct{ SOPInstanceUID string }
+	}
+	p.must(b, p.a.Do(ctx, http.MethodGet, "/studies/"+p.studyID+"/instances", nil, &insts))
+	if len(insts) != len(files) {
+		b.Fatalf("A holds %d instances, %d were uploaded", len(insts), len(files))
+	}
+	p.instances = make([]instance, len(insts))
+	for i, in := range insts {
+		path, ok := bySOP[in.MainDicomTags.SOPInstanceUID]
+		if !ok {
+			b.Fatalf("A holds SOP instance %s that was not generated", in.MainDicomTags.SOPInstanceUID)
+		}
+		p.instances[i] = instance{ID: in.ID, SOPInstanceUID: in.MainDicomTags.SOPInstanceUID, Size: in.FileSize, Path: path}
+		p.totalBytes += in.FileSize
+	}
+	// A must serve exactly the generated bytes: the byte-identity checks
+	// at B compare against these sums.
+	err = parallel(ctx, len(p.instances), 4, func(ctx context.Context, i int) error {
+		in := &p.instances[i]
+		sum, err := p.fileMD5(ctx, p.a, in.ID)
+		if err != nil {
+			return err
+		}
+		local, err := testharness.FileMD5(in.Path)
+		if err != nil {
+			return err
+		}
+		if sum != local {
+			return fmt.Errorf("A serves instance %s with md5 %s, the generated file has %s", in.ID, sum, local)
+		}
+		in.MD5 = sum
+		return nil
+	})
+	p.must(b, err)
+	b.Logf("study %s: %d instances, %.1f MB (%dx%d px); generated in %v, uploaded to A in %v",
+		p.studyID, p.n(), float64(p.totalBytes)/1e6, p.set.Rows, p.set.Cols,
+		gen.Round(time.Millisecond), upload.Round(time.Millisecond))
+}
+
+// build compiles the stowline binary the stowline cases run: the real
+// ./cmd/stowline, or the profiling variant when a profile directory is set.
+func (p *pipeline) build(b *testing.B) string {
+	b.Helper()
+	root := p.set.Source
+	if root == "" {
+		root = ".." // go test runs in the package directory
+	}
+	root, err := filepath.Abs(root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		b.Fatalf("stowline source: %v (set %sSOURCE to a module root, or run from the bench directory as go test does)", err, envPrefix)
+	}
+	args := []string{"build"}
+	pkg, out := "./cmd/stowline", filepath.Join(p.tmp, "stowline")
+	if p.set.ProfileDir != "" {
+		pkg, out = "./bench/cmd/stowline-profiled", filepath.Join(p.tmp, "stowline-profiled")
+		if err := os.MkdirAll(p.set.ProfileDir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		// The profiling main comes from this checkout, whatever the
+		// source: an overlay adds it to a source that lacks it (an older
+		// commit) without touching that tree.
+		own, err := filepath.Abs(filepath.Join("cmd", "stowline-profiled", "main.go"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		overlay, err := json.Marshal(map[string]any{"Replace": map[string]string{
+			filepath.Join(root, "bench", "cmd", "stowline-profiled", "main.go"): own,
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		overlayPath := filepath.Join(p.tmp, "overlay.json")
+		if err := os.WriteFile(overlayPath, overlay, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		args = append(args, "-overlay", overlayPath)
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		b.Fatalf("the go command builds stowline: %v", err)
+	}
+	cmd := exec.Command(goBin, append(args, "-o", out, pkg)...)
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build %s in %s: %v\n%s", pkg, root, err, msg)
+	}
+	p.source = root
+	if rev, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output(); err == nil {
+		p.source += " at commit " + strings.TrimSpace(string(rev))
+		if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+			p.source += " with uncommitted changes"
+		}
+	}
+	return out
+}
+
+func (p *pipeline) must(b *testing.B, err error) {
+	b.Helper()
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// fileMD5 is the MD5 of GET /instances/{id}/file.
+func (p *pipeline) fileMD5(ctx context.Context, o *testharness.Orthanc, id string) (string, error) {
+	h := md5.New()
+	if _, err := p.getFile(ctx, o, id, h); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// getFile copies GET /instances/{id}/file into w, uncompressed.
+func (p *pipeline) getFile(ctx context.Context, o *testharness.Orthanc, id string, w io.Writer) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.URL+"/instances/"+id+"/file", nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Accept-Encoding", "identity")
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s/instances/%s/file: HTTP %d", o.Name, id, resp.StatusCode)
+	}
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	return io.CopyBuffer(w, resp.Body, *buf)
+}
+
+// countB returns how many instances B holds.
+func (p *pipeline) countB(ctx context.Context) (int, error) {
+	var st struct{ CountInstances int }
+	err := p.b.Do(ctx, http.MethodGet, "/statistics", nil, &st)
+	return st.CountInstances, err
+}
+
+// watchB polls B until it holds the whole study and then sends the time
+// elapsed since start; it sends an error if ctx ends first.
+func (p *pipeline) watchB(ctx context.Context, start time.Time) <-chan timed {
+	ch := make(chan timed, 1)
+	go func() {
+		t := time.NewTicker(pollInterval)
+		defer t.Stop()
+		for {
+			n, err := p.countB(ctx)
+			if err == nil && n >= p.n() {
+				ch <- timed{d: time.Since(start)}
+				return
+			}
+			select {
+			case <-ctx.Done():
+				ch <- timed{err: fmt.Errorf("B holds %d of %d instances when the transfer timed out (last poll error: %v)", n, p.n(), err)}
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return ch
+}
+
+type timed struct {
+	d   time.Duration
+	err error
+}
+
+// checkAndEmptyB verifies that B holds exactly the study, byte-identical on
+// a sample of instances (a different sample each round), then deletes it so
+// the next transfer starts from an empty B.
+func (p *pipeline) checkAndEmptyB(ctx context.Context, round int) error {
+	n, err := p.countB(ctx)
+	if err != nil {
+		return err
+	}
+	if n != p.n() {
+		return fmt.Errorf("B holds %d instances, want %d", n, p.n())
+	}
+	const samples = 10
+	for j := range min(samples, p.n()) {
+		in := p.instances[(j*p.n()/samples+round*7)%p.n()]
+		sum, err := p.fileMD5(ctx, p.b, in.ID)
+		if err != nil {
+			return fmt.Errorf("B: %w", err)
+		}
+		if sum != in.MD5 {
+			return fmt.Errorf("B's copy of SOP instance %s differs: md5 %s, A has %s", in.SOPInstanceUID, sum, in.MD5)
+		}
+	}
+	if err := p.b.Do(ctx, http.MethodDelete, "/studies/"+p.studyID, nil, nil); err != nil {
+		return fmt.Errorf("empty B: %w", err)
+	}
+	if n, err := p.countB(ctx); err != nil || n != 0 {
+		return fmt.Errorf("B holds %d instances after the delete (err %v)", n, err)
+	}
+	return nil
+}
+
+// parallel runs fn(0..n-1) on workers goroutines and returns the first
+// error; it stops handing out work after an error.
+func parallel(ctx context.Context, n, workers int, fn func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(workers, n) {
+		wg.Go(func() {
+			for i := range next {
+				if err := fn(ctx, i); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+feed:
+	for i := range n {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// freeAddr returns a free loopback address for stowline's listeners.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
