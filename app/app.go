@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -93,10 +94,11 @@ func connectJetStream(c config.NATS, log *slog.Logger) (*JetStream, error) {
 		log.Info("embedded JetStream server started (single-host mode)", "store_dir", c.StoreDir)
 		j.NC, err = j.embedded.Connect(opts...)
 	} else {
-		if c.CredsFile != "" {
-			opts = append(opts, nats.UserCredentials(c.CredsFile))
+		var auth []nats.Option
+		if auth, err = natsAuthOptions(c); err != nil {
+			return nil, err
 		}
-		j.NC, err = nats.Connect(c.URL, opts...)
+		j.NC, err = nats.Connect(c.URL, append(opts, auth...)...)
 		if err == nil {
 			log.Info("connected to NATS", "url", j.NC.ConnectedUrlRedacted())
 		}
@@ -187,14 +189,18 @@ func (g *group) Wait() error {
 	return errors.Join(g.errs...)
 }
 
-// serveHTTP listens now (so a busy port fails startup) and serves until ctx ends.
-func serveHTTP(g *group, ctx context.Context, name, addr string, h http.Handler, log *slog.Logger) error {
+// serveHTTP listens now (so a busy port fails startup) and serves until
+// ctx ends; over HTTPS when serverTLS is not nil.
+func serveHTTP(g *group, ctx context.Context, name, addr string, h http.Handler, serverTLS *tls.Config, log *slog.Logger) error {
 	ln, err := ops.Listen(addr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	log.Info("listening", "server", name, "addr", ln.Addr().String())
+	log.Info("listening", "server", name, "addr", ln.Addr().String(), "tls", serverTLS != nil)
 	srv := ops.NewServer(h, log)
+	if serverTLS != nil {
+		ln = tls.NewListener(ln, serverTLS)
+	}
 	g.Go(name, func() error { return ops.Serve(ctx, srv, ln, shutdownGrace) })
 	return nil
 }

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -58,30 +57,12 @@ func NewForwarderDeps(ctx context.Context, fc *config.Forwarder, oc *config.Orth
 	if err != nil {
 		return nil, err
 	}
-	var ts *auth.TokenSource
-	transport := newDestinationTransport()
-	var rt http.RoundTripper = transport
-	if fc.OAuthTokenURL == "" {
-		log.Warn("OAUTH_TOKEN_URL is empty: STOW-RS requests are sent without authentication", "dicomweb_url", fc.DICOMwebURL)
-	} else {
-		ts, err = auth.NewTokenSource(ctx, auth.Config{
-			TokenURL:     fc.OAuthTokenURL,
-			ClientID:     fc.OAuthClientID,
-			ClientSecret: fc.OAuthClientSecret,
-			Scopes:       fc.OAuthScopes,
-		}, auth.WithHTTPClient(&http.Client{Timeout: 30 * time.Second, Transport: newDestinationTransport()}),
-			auth.WithObserver(tw.Observe))
-		if err != nil {
-			return nil, fmt.Errorf("OAuth2 client credentials: %w", err)
-		}
-		rt = auth.Transport(ts, transport)
-		log.Info("STOW-RS requests use OAuth2 client credentials", "token_url", fc.OAuthTokenURL, "client_id", fc.OAuthClientID)
-	}
-	dest, err := stow.New(fc.DICOMwebURL, &http.Client{Transport: rt})
+	// The provider, its credentials, TLS: app/destination.go.
+	dest, err := newDestination(ctx, fc, tw.Observe, log)
 	if err != nil {
-		return nil, fmt.Errorf("DICOMWEB_URL: %w", err)
+		return nil, err
 	}
-	return &ForwarderDeps{Sources: sources, Destination: dest, Tokens: ts, TokenWatch: tw}, nil
+	return &ForwarderDeps{Sources: sources, Destination: dest.STOW, Tokens: dest.Tokens, TokenWatch: tw}, nil
 }
 
 // newDestinationTransport is tuned for a few long uploads to one host:

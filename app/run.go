@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"time"
@@ -16,22 +17,26 @@ import (
 
 // RunIngest runs the webhook service until ctx ends.
 func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, 0, &c.Ingest, nil, &c.Orthanc, &c.Reconcile, c.Admin)
+	return run(ctx, log, c.NATS, 0, &c.Ingest, nil, &c.Orthanc, &c.Reconcile, c.Admin, c.ListenTLS)
 }
 
 // RunForwarder runs the forwarder until ctx ends.
 func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, c.AckWait, nil, &c.Forwarder, &c.Orthanc, nil, c.Admin)
+	return run(ctx, log, c.NATS, c.AckWait, nil, &c.Forwarder, &c.Orthanc, nil, c.Admin, c.ListenTLS)
 }
 
 // RunSingleHost runs ingest and forwarder in one process, on an embedded
 // JetStream server unless NATS_URL is set.
 func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, c.AckWait, &c.Ingest, &c.Forwarder, &c.Orthanc, &c.Reconcile, c.Admin)
+	return run(ctx, log, c.NATS, c.AckWait, &c.Ingest, &c.Forwarder, &c.Orthanc, &c.Reconcile, c.Admin, c.ListenTLS)
 }
 
 func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Duration, ic *config.Ingest, fc *config.Forwarder,
-	oc *config.Orthanc, rc *config.Reconcile, admin config.Admin) error {
+	oc *config.Orthanc, rc *config.Reconcile, admin config.Admin, lt config.ListenTLS) error {
+	serverTLS, err := listenTLS(lt, log)
+	if err != nil {
+		return err
+	}
 	js, err := ConnectJetStream(ctx, nc, Topology(nc, ackWait), log)
 	if err != nil {
 		return err
@@ -46,6 +51,10 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 		reg := NewRegistry()
 		h, err := ingest.New(ingest.Options{
 			Tokens:         []string{ic.Token},
+			HMACSecret:     ic.HMACSecret,
+			HMACMaxSkew:    ic.HMACMaxSkew,
+			RateLimit:      ic.RateLimit,
+			RateBurst:      ic.RateBurst,
 			Publisher:      ingest.JetStreamPublisher{JS: js.JS},
 			PublishTimeout: ic.PublishTimeout,
 			Logger:         log.With("component", "ingest"),
@@ -68,14 +77,14 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 			return err
 		}
 		ops.Mount(r, reg, checks)
-		if err := serveHTTP(g, gctx, "ingest", ic.Addr, r, log); err != nil {
+		if err := serveHTTP(g, gctx, "ingest", ic.Addr, r, serverTLS, log); err != nil {
 			g.cancel()
 			_ = g.Wait()
 			return err
 		}
 	}
 	if fc != nil {
-		if err := startForwarder(g, gctx, js, nc, ackWait, fc, oc, st, log.With("component", "forwarder")); err != nil {
+		if err := startForwarder(g, gctx, js, nc, ackWait, fc, oc, st, serverTLS, log.With("component", "forwarder")); err != nil {
 			g.cancel()
 			_ = g.Wait()
 			return err
@@ -87,7 +96,7 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 	return err
 }
 
-func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS, ackWait time.Duration, fc *config.Forwarder, oc *config.Orthanc, st *statusWiring, log *slog.Logger) error {
+func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS, ackWait time.Duration, fc *config.Forwarder, oc *config.Orthanc, st *statusWiring, serverTLS *tls.Config, log *slog.Logger) error {
 	reg := NewRegistry()
 	if err := st.registerQueue(reg); err != nil {
 		return err
@@ -115,22 +124,23 @@ func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS
 		return err
 	}
 	opts := forward.Options{
-		Consumer:        cons,
-		SourceFor:       deps.SourceFor,
-		Destination:     deps.Destination,
-		Concurrency:     fc.Concurrency,
-		MaxInstances:    fc.StowMaxInstances,
-		MaxBytes:        int64(fc.StowMaxBytes),
-		AckWait:         fc.AckWait,
-		RetryDelay:      fc.RetryDelay,
-		RetryMaxDelay:   fc.RetryMaxDelay,
-		DeadLetters:     dls,
-		Failures:        failures,
-		MaxDeliveries:   fc.MaxDeliveries,
-		InstanceRetries: fc.InstanceRetries,
-		Completed:       completed,
-		Logger:          log,
-		Registerer:      reg,
+		Consumer:           cons,
+		SourceFor:          deps.SourceFor,
+		Destination:        deps.Destination,
+		Concurrency:        fc.Concurrency,
+		MaxInstances:       fc.StowMaxInstances,
+		MaxBytes:           int64(fc.StowMaxBytes),
+		RequestConcurrency: fc.StowParallel,
+		AckWait:            fc.AckWait,
+		RetryDelay:         fc.RetryDelay,
+		RetryMaxDelay:      fc.RetryMaxDelay,
+		DeadLetters:        dls,
+		Failures:           failures,
+		MaxDeliveries:      fc.MaxDeliveries,
+		InstanceRetries:    fc.InstanceRetries,
+		Completed:          completed,
+		Logger:             log,
+		Registerer:         reg,
 	}
 	if err := st.track(g, ctx, nc, fc, deps, &opts, log); err != nil {
 		return err
@@ -153,7 +163,7 @@ func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS
 	} else {
 		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
 	}
-	if err := serveHTTP(g, ctx, "forwarder", fc.Addr, r, log); err != nil {
+	if err := serveHTTP(g, ctx, "forwarder", fc.Addr, r, serverTLS, log); err != nil {
 		return err
 	}
 	g.Go("forwarder", func() error { return fw.Run(ctx) })

@@ -14,7 +14,8 @@ import (
 // newTokenWatch returns the observer of the destination's token fetches
 // (metrics labelled with the destination host, and the status page).
 func newTokenWatch(fc *config.Forwarder, reg prometheus.Registerer) (*status.TokenWatch, error) {
-	return status.NewTokenWatch(urlHost(fc.DICOMwebURL), urlHost(fc.OAuthTokenURL), fc.OAuthTokenURL != "", reg)
+	tokenHost, oauth := tokenEndpointHost(fc) // per OAUTH_PROVIDER (app/destination.go)
+	return status.NewTokenWatch(urlHost(fc.DICOMwebURL), tokenHost, oauth, reg)
 }
 
 // urlHost is the host of a configured URL: a bounded label value that

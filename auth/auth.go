@@ -16,10 +16,13 @@ package auth
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -451,11 +454,24 @@ func (e *TokenError) Unwrap() []error { return []error{ErrToken, e.Err} }
 // Temporary reports whether trying again later may succeed: no answer at
 // all, or 408, 429 or 5xx. A refusal (other 4xx) needs an operator.
 func (e *TokenError) Temporary() bool {
-	if errors.Is(e.Err, ErrInvalidConfig) {
+	if errors.Is(e.Err, ErrInvalidConfig) || isTLSRefusal(e.Err) {
 		return false
 	}
 	s := e.StatusCode
 	return s == 0 || s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500
+}
+
+// isTLSRefusal reports a certificate the client or the server refused:
+// a configuration problem (TLS_CA_FILE, TLS_CERT_FILE) that retrying now
+// cannot fix.
+func isTLSRefusal(err error) bool {
+	var verr *tls.CertificateVerificationError
+	var alert tls.AlertError
+	var unknown x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var op *net.OpError // a TLS alert from the peer, e.g. "certificate required"
+	return errors.As(err, &verr) || errors.As(err, &alert) || errors.As(err, &unknown) || errors.As(err, &hostname) ||
+		(errors.As(err, &op) && op.Op == "remote error")
 }
 
 // maxBodyInError limits how much of a non-OAuth2 error body ends up in logs.

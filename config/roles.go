@@ -38,6 +38,8 @@ type NATS struct {
 	Replicas        int           `env:"NATS_REPLICAS" envDefault:"1" desc:"stream replicas: 1 on a single server, 3 on a JetStream cluster"`
 	EventsRetention time.Duration `env:"EVENTS_RETENTION" envDefault:"168h" desc:"how long events stay in the stream, forwarded or not (replay window)"`
 	DedupeWindow    time.Duration `env:"EVENTS_DEDUPE_WINDOW" envDefault:"24h" desc:"how long a repeated event for an unchanged study is dropped"`
+	// NATSAuth: NKey, user/password and TLS to an external server (config/natsauth.go).
+	NATSAuth
 }
 
 // Embedded reports whether this process must run its own JetStream server.
@@ -61,6 +63,9 @@ func (n *NATS) Validate() error {
 	if n.DedupeWindow <= 0 || n.DedupeWindow > n.EventsRetention {
 		errs = append(errs, fmt.Errorf("EVENTS_DEDUPE_WINDOW=%s: want more than 0 and at most EVENTS_RETENTION (%s)", n.DedupeWindow, n.EventsRetention))
 	}
+	if err := n.authValidate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -69,6 +74,8 @@ type Ingest struct {
 	Addr           string        `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
 	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters)"`
 	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503"`
+	// WebhookSecurity: HMAC signatures and rate limit (config/webhook.go).
+	WebhookSecurity
 }
 
 // Validate names the variable that is out of range.
@@ -83,6 +90,9 @@ func (i *Ingest) Validate() error {
 	if i.PublishTimeout < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("INGEST_PUBLISH_TIMEOUT=%s: want at least 100ms", i.PublishTimeout))
 	}
+	if err := i.WebhookSecurity.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -92,10 +102,13 @@ type Forwarder struct {
 
 	DICOMwebURL string `env:"DICOMWEB_URL,required" desc:"DICOMweb base URL of the destination; STOW-RS goes to {DICOMWEB_URL}/studies"`
 
-	OAuthTokenURL     string `env:"OAUTH_TOKEN_URL" desc:"OAuth2 token endpoint (client credentials); empty sends requests without auth"`
-	OAuthClientID     string `env:"OAUTH_CLIENT_ID" desc:"OAuth2 client ID"`
+	OAuthTokenURL     string `env:"OAUTH_TOKEN_URL" desc:"generic: OAuth2 token endpoint (client credentials); empty (and no OAUTH_ISSUER_URL) sends requests without auth"`
+	OAuthClientID     string `env:"OAUTH_CLIENT_ID" desc:"OAuth2 client ID (azure: the application ID, or a user-assigned managed identity's client ID)"`
 	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET" secret:"true" desc:"OAuth2 client secret"`
-	OAuthScopes       List   `env:"OAUTH_SCOPES" desc:"OAuth2 scopes, separated by spaces or commas"`
+	OAuthScopes       List   `env:"OAUTH_SCOPES" desc:"OAuth2 scopes, separated by spaces or commas (azure default: https://dicom.healthcareapis.azure.com/.default; google default: https://www.googleapis.com/auth/cloud-healthcare)"`
+	// DestinationAuth: the identity provider, its grant, token lifecycle
+	// and TLS (config/destination.go).
+	DestinationAuth
 
 	Concurrency   int           `env:"FORWARDER_CONCURRENCY" envDefault:"4" desc:"studies each forwarder process sends at once"`
 	AckWait       time.Duration `env:"FORWARDER_ACK_WAIT" envDefault:"60s" desc:"JetStream ack wait; a live forwarder signals progress every third of it"`
@@ -108,6 +121,7 @@ type Forwarder struct {
 
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
+	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"2" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
 }
 
 // Validate names the variable that is out of range.
@@ -119,18 +133,8 @@ func (f *Forwarder) Validate() error {
 	if err := validateHTTPURL("DICOMWEB_URL", f.DICOMwebURL); err != nil {
 		errs = append(errs, err)
 	}
-	if f.OAuthTokenURL != "" {
-		if err := validateHTTPURL("OAUTH_TOKEN_URL", f.OAuthTokenURL); err != nil {
-			errs = append(errs, err)
-		}
-		if f.OAuthClientID == "" {
-			errs = append(errs, errors.New("OAUTH_CLIENT_ID is required when OAUTH_TOKEN_URL is set"))
-		}
-		if f.OAuthClientSecret == "" {
-			errs = append(errs, errors.New("OAUTH_CLIENT_SECRET is required when OAUTH_TOKEN_URL is set"))
-		}
-	} else if f.OAuthClientID != "" || f.OAuthClientSecret != "" {
-		errs = append(errs, errors.New("OAUTH_CLIENT_ID or OAUTH_CLIENT_SECRET is set but OAUTH_TOKEN_URL is empty"))
+	if err := f.authValidate(); err != nil {
+		errs = append(errs, err)
 	}
 	if f.Concurrency < 1 || f.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf("FORWARDER_CONCURRENCY=%d: want 1 to 256", f.Concurrency))
@@ -149,6 +153,9 @@ func (f *Forwarder) Validate() error {
 	}
 	if f.DeadLetterRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("DEADLETTER_RETENTION=%s: want at least 1h", f.DeadLetterRetention))
+	}
+	if f.StowParallel < 1 || f.StowParallel > 16 {
+		errs = append(errs, fmt.Errorf("STOW_PARALLEL_REQUESTS=%d: want 1 to 16", f.StowParallel))
 	}
 	if f.StowMaxInstances < 1 {
 		errs = append(errs, fmt.Errorf("STOW_MAX_INSTANCES=%d: want at least 1", f.StowMaxInstances))

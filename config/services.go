@@ -12,12 +12,13 @@ type IngestService struct {
 	Reconcile
 	Orthanc
 	Admin
+	ListenTLS
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *IngestService) Validate() error {
 	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Ingest.Validate(),
-		c.reconcileValidate(), c.Admin.Validate())
+		c.reconcileValidate(), c.Admin.Validate(), c.ListenTLS.Validate())
 }
 
 // reconcileValidate checks the reconciler and, when it runs, the sources
@@ -46,12 +47,13 @@ type ForwarderService struct {
 	Forwarder
 	Orthanc
 	Admin
+	ListenTLS
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *ForwarderService) Validate() error {
 	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Forwarder.Validate(), c.Orthanc.Validate(),
-		c.Admin.Validate())
+		c.Admin.Validate(), c.ListenTLS.Validate())
 }
 
 // SingleHost is what cmd/stowline reads: ingest, reconciler and forwarder
@@ -64,12 +66,13 @@ type SingleHost struct {
 	Forwarder
 	Orthanc
 	Admin
+	ListenTLS
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *SingleHost) Validate() error {
 	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
-		c.Admin.Validate())
+		c.Admin.Validate(), c.ListenTLS.Validate())
 	if c.Reconcile.Enabled {
 		err = errors.Join(err, c.Reconcile.Validate())
 	}

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -66,8 +65,6 @@ func (s *memSource) OpenInstanceFile(ctx context.Context, id string) (io.ReadClo
 type sink struct {
 	status   atomic.Int32
 	requests atomic.Int32
-	mu       sync.Mutex
-	parts    int
 	uids     []string
 }
 

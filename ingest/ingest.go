@@ -4,6 +4,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -12,8 +13,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,7 +50,16 @@ func (p JetStreamPublisher) Publish(ctx context.Context, ev *events.StudyStable)
 // Options configures the handler.
 type Options struct {
 	// Tokens are the accepted bearer tokens (several, for rotation).
-	Tokens         []string
+	Tokens []string
+	// HMACSecret, when not empty, also requires a signature of the body
+	// (X-Stowline-Timestamp, X-Stowline-Signature) within HMACMaxSkew
+	// (default 5m) of the clock.
+	HMACSecret  string
+	HMACMaxSkew time.Duration
+	// RateLimit is requests per second per client IP (0: no limit), with
+	// bursts of RateBurst; over it the answer is 429 with Retry-After.
+	RateLimit      float64
+	RateBurst      int
 	Publisher      Publisher
 	PublishTimeout time.Duration
 	Logger         *slog.Logger
@@ -59,6 +71,9 @@ type Options struct {
 // Handler serves the webhook.
 type Handler struct {
 	tokens  [][32]byte
+	hmacKey []byte
+	maxSkew time.Duration
+	limit   *limiter
 	pub     Publisher
 	timeout time.Duration
 	log     *slog.Logger
@@ -97,6 +112,16 @@ func New(opts Options) (*Handler, error) {
 	if h.now == nil {
 		h.now = time.Now
 	}
+	if opts.HMACSecret != "" {
+		h.hmacKey = []byte(opts.HMACSecret)
+		h.maxSkew = opts.HMACMaxSkew
+		if h.maxSkew <= 0 {
+			h.maxSkew = 5 * time.Minute
+		}
+	}
+	if opts.RateLimit > 0 {
+		h.limit = newLimiter(opts.RateLimit, opts.RateBurst, h.now)
+	}
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -123,6 +148,13 @@ type accepted struct {
 }
 
 func (h *Handler) serveWebhook(w http.ResponseWriter, r *http.Request) {
+	if h.limit != nil {
+		if ok, wait := h.limit.allow(clientIP(r)); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			h.reject(w, r, http.StatusTooManyRequests, "rate_limited", "too many requests from this address, retry later")
+			return
+		}
+	}
 	if !h.authorized(r) {
 		h.reject(w, r, http.StatusUnauthorized, "unauthorized", "missing or invalid bearer token")
 		return
@@ -132,7 +164,25 @@ func (h *Handler) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("Content-Type must be application/json, got %q", r.Header.Get("Content-Type")))
 		return
 	}
-	ev, status, reason, err := decodeEvent(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	var body io.Reader = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if h.hmacKey != nil {
+		b, err := io.ReadAll(body)
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				h.reject(w, r, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
+			} else {
+				h.reject(w, r, http.StatusBadRequest, "malformed", "reading the body: "+err.Error())
+			}
+			return
+		}
+		if err := verifySignature(h.hmacKey, h.maxSkew, h.now(), r.Header, b); err != nil {
+			h.reject(w, r, http.StatusUnauthorized, "bad_signature", err.Error())
+			return
+		}
+		body = bytes.NewReader(b)
+	}
+	ev, status, reason, err := decodeEvent(body)
 	if err != nil {
 		h.reject(w, r, status, reason, err.Error())
 		return

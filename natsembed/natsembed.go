@@ -31,6 +31,9 @@ type Options struct {
 	Cluster *ClusterOptions
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	ReadyTimeout time.Duration
+	// Configure, if set, adjusts the server options last (tests: users,
+	// permissions, TLS).
+	Configure func(*server.Options)
 }
 
 // ClusterOptions joins the node to a JetStream cluster.
@@ -78,6 +81,9 @@ func Start(opts Options, log *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 		sopts.Routes = routes
+	}
+	if opts.Configure != nil {
+		opts.Configure(sopts)
 	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {

@@ -59,7 +59,7 @@ func New(f Files) (*tls.Config, error) {
 	}
 	switch {
 	case f.CertFile != "" && f.KeyFile != "":
-		kp := &keyPair{certFile: f.CertFile, keyFile: f.KeyFile}
+		kp := &keyPair{certFile: f.CertFile, keyFile: f.KeyFile, recheck: recheck}
 		if _, err := kp.get(); err != nil {
 			return nil, err
 		}
@@ -73,6 +73,7 @@ func New(f Files) (*tls.Config, error) {
 // keyPair is a client certificate reloaded when its files change.
 type keyPair struct {
 	certFile, keyFile string
+	recheck           time.Duration
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
@@ -88,7 +89,7 @@ func (k *keyPair) get() (*tls.Certificate, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := time.Now()
-	if k.cert != nil && now.Sub(k.checked) < recheck {
+	if k.cert != nil && now.Sub(k.checked) < k.recheck {
 		return k.cert, nil
 	}
 	k.checked = now

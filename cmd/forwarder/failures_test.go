@@ -57,7 +57,9 @@ func TestPermanentFailureDeadLetteredAndReplayed(t *testing.T) {
 	study := r.addStudy(t, 5, 16)
 	other := r.addStudy(t, 3, 16)
 	r.proxy.SetStatus(http.StatusUnsupportedMediaType, "unsupported media type from the test proxy")
-	r.startForwarder(t, nil)
+	// One request at a time, so the request count shows that nothing was
+	// retried.
+	r.startForwarder(t, map[string]string{"STOW_PARALLEL_REQUESTS": "1"})
 	ev := r.publish(t, study)
 	otherEv := r.publish(t, other)
 
@@ -211,7 +213,8 @@ func TestOutageThenRecovery(t *testing.T) {
 		ids[i] = r.addStudy(t, 4, 16)
 	}
 	r.proxy.SetStatus(http.StatusServiceUnavailable, "down for maintenance")
-	r.startForwarder(t, nil)
+	// One request per delivery, as the bound below assumes.
+	r.startForwarder(t, map[string]string{"STOW_PARALLEL_REQUESTS": "1"})
 	for _, id := range ids {
 		r.publish(t, id)
 	}

@@ -5,6 +5,8 @@
 // `forwarder replay ...` lists, replays and purges dead-lettered studies.
 // `forwarder audit [--enqueue] [--json]` lists (and enqueues) the studies
 // in Orthanc whose current state has no completed forward.
+// `forwarder check` verifies the destination's credentials and
+// reachability with the live configuration before any study flows.
 package main
 
 import (
@@ -42,6 +44,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if len(args) > 0 && args[0] == "audit" {
 		return app.RunAudit(ctx, args[1:], getenv, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "check" {
+		return app.RunCheck(ctx, args[1:], getenv, stdout, stderr)
 	}
 	return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, stdout, stderr, app.RunForwarder)
 }

@@ -26,6 +26,7 @@ type Gate struct {
 	URL string
 
 	verifier *op.AccessTokenVerifier
+	revoked  func(jti string) bool
 	allowed  map[string]bool
 	proxy    *httputil.ReverseProxy
 	accepted atomic.Int64
@@ -45,7 +46,8 @@ func AllowClients(ids ...string) GateOption {
 
 // Gate starts a Gate in front of upstream until the end of the test. Like a
 // real resource server it learns the IdP's keys through discovery and its
-// JWKS endpoint, and checks each token's signature, issuer, expiry and client.
+// JWKS endpoint, and checks each token's signature, issuer, expiry and client,
+// and that the IdP has not revoked it (IdP.RevokeIssued).
 func (p *IdP) Gate(t testing.TB, upstream string, opts ...GateOption) *Gate {
 	t.Helper()
 	cfg := gateConfig{allowed: []string{p.ClientID}}
@@ -65,6 +67,7 @@ func (p *IdP) Gate(t testing.TB, upstream string, opts ...GateOption) *Gate {
 
 	g := &Gate{
 		verifier: op.NewAccessTokenVerifier(disc.Issuer, rp.NewRemoteKeySet(httpClient, disc.JwksURI)),
+		revoked:  p.storage.isRevoked,
 		allowed:  make(map[string]bool, len(cfg.allowed)),
 	}
 	for _, id := range cfg.allowed {
@@ -111,6 +114,10 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	claims, err := op.VerifyAccessToken[*oidc.AccessTokenClaims](r.Context(), raw, g.verifier)
 	if err != nil {
 		g.reject(w, rejection(err))
+		return
+	}
+	if g.revoked(claims.JWTID) {
+		g.reject(w, "token revoked")
 		return
 	}
 	if !g.allowed[claims.ClientID] {

@@ -4,20 +4,30 @@
 // carrying a valid access token of that server.
 //
 // The server issues JWT access tokens through the client_credentials grant,
-// with client_secret_basic or client_secret_post, and serves discovery at
-// /.well-known/openid-configuration and its signing keys at /keys.
-// It listens on plain HTTP on 127.0.0.1 and is stopped by t.Cleanup.
+// with client_secret_basic, client_secret_post or private_key_jwt (RFC 7523
+// client assertions, checked by zitadel's JWT profile verifier), and serves
+// discovery at /.well-known/openid-configuration and its signing keys at
+// /keys. Tests can take its token endpoint down (SetDown) and revoke the
+// tokens it issued (RevokeIssued). It listens on plain HTTP on 127.0.0.1
+// and is stopped by t.Cleanup.
 package testidp
 
 import (
+	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
 )
 
@@ -38,7 +48,9 @@ type IdP struct {
 	ClientID     string
 	ClientSecret string
 
-	storage *storage
+	storage  *storage
+	down     atomic.Bool
+	requests atomic.Int64 // to the token endpoint, refused ones included
 }
 
 // Option configures an IdP.
@@ -49,13 +61,25 @@ type config struct {
 	lifetime time.Duration
 }
 
-type credential struct{ id, secret string }
+type credential struct {
+	id, secret string
+	keyID      string
+	pub        crypto.PublicKey // set for a private_key_jwt client
+}
 
 // WithClient registers a client allowed the client_credentials grant. It may
 // be given several times; the first client is the IdP's ClientID. Without it,
 // a client DefaultClientID with a random secret is registered.
 func WithClient(id, secret string) Option {
 	return func(c *config) { c.clients = append(c.clients, credential{id: id, secret: secret}) }
+}
+
+// WithKeyClient registers a client that authenticates with private_key_jwt:
+// client assertions signed with the private key of pub (RSA, EC or
+// Ed25519), carrying kid keyID (or none). Their audience must be the token
+// endpoint or the issuer.
+func WithKeyClient(id, keyID string, pub crypto.PublicKey) Option {
+	return func(c *config) { c.clients = append(c.clients, credential{id: id, keyID: keyID, pub: pub}) }
 }
 
 // WithTokenLifetime sets how long access tokens live. It must be at least a
@@ -79,8 +103,8 @@ func Start(t testing.TB, opts ...Option) *IdP {
 		cfg.clients = []credential{{id: DefaultClientID, secret: rand.Text()}}
 	}
 	for _, c := range cfg.clients {
-		if c.id == "" || c.secret == "" {
-			t.Fatalf("testidp: client ID and secret must not be empty")
+		if c.id == "" || (c.secret == "" && c.pub == nil) {
+			t.Fatalf("testidp: client ID and secret (or key) must not be empty")
 		}
 	}
 
@@ -99,7 +123,7 @@ func Start(t testing.TB, opts ...Option) *IdP {
 
 	// CryptoKey encrypts opaque access tokens, which these clients never
 	// get (they are issued JWTs), but the provider insists on one.
-	opCfg := &op.Config{AuthMethodPost: true}
+	opCfg := &op.Config{AuthMethodPost: true, AuthMethodPrivateKeyJWT: true}
 	if _, err := rand.Read(opCfg.CryptoKey[:]); err != nil {
 		t.Fatalf("testidp: %v", err)
 	}
@@ -109,11 +133,7 @@ func Start(t testing.TB, opts ...Option) *IdP {
 		srv.Close()
 		t.Fatalf("testidp: creating provider: %v", err)
 	}
-	srv.Config.Handler = provider
-	srv.Start()
-	t.Cleanup(srv.Close)
-
-	return &IdP{
+	p := &IdP{
 		Issuer:       issuer,
 		TokenURL:     provider.TokenEndpoint().Absolute(issuer),
 		JWKSURL:      provider.KeysEndpoint().Absolute(issuer),
@@ -121,6 +141,90 @@ func Start(t testing.TB, opts ...Option) *IdP {
 		ClientSecret: cfg.clients[0].secret,
 		storage:      st,
 	}
+	tokenPath := provider.TokenEndpoint().Relative()
+	srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == tokenPath {
+			p.serveToken(w, r, provider)
+			return
+		}
+		provider.ServeHTTP(w, r)
+	})
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return p
+}
+
+// SetDown makes the token endpoint answer 503 temporarily_unavailable
+// (true) or work again (false); discovery and keys stay up, as behind a
+// failing token service.
+func (p *IdP) SetDown(down bool) { p.down.Store(down) }
+
+// RevokeIssued revokes every token issued so far: the Gate refuses them
+// from now on ("token revoked"), as a resource server would after a key
+// rotation or a revocation.
+func (p *IdP) RevokeIssued() { p.storage.revokeIssued() }
+
+// TokenRequests is how many requests reached the token endpoint, refused
+// ones included.
+func (p *IdP) TokenRequests() int { return int(p.requests.Load()) }
+
+// serveToken is the token endpoint: the outage switch, then a client
+// assertion (private_key_jwt) verified with zitadel's JWT profile verifier,
+// then zitadel's token endpoint.
+func (p *IdP) serveToken(w http.ResponseWriter, r *http.Request, provider *op.Provider) {
+	p.requests.Add(1)
+	if p.down.Load() {
+		writeOAuthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "testidp: the token endpoint is down")
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "malformed form")
+		return
+	}
+	if r.PostForm.Get("client_assertion_type") == oidc.ClientAssertionTypeJWTAssertion {
+		id, err := p.verifyAssertion(r.Context(), r.PostForm.Get("client_assertion"))
+		if err != nil {
+			writeOAuthError(w, http.StatusUnauthorized, "invalid_client", "client assertion: "+err.Error())
+			return
+		}
+		if cid := r.PostForm.Get("client_id"); cid != "" && cid != id {
+			writeOAuthError(w, http.StatusUnauthorized, "invalid_client", "client_id does not match the assertion")
+			return
+		}
+		// zitadel reads the form parsed here; it authenticates the client
+		// through Storage.ClientCredentials, told by the context.
+		r.Form.Set("client_id", id)
+		r = r.WithContext(context.WithValue(r.Context(), assertedClientKey{}, id))
+	}
+	provider.ServeHTTP(w, r)
+}
+
+// verifyAssertion checks an RFC 7523 client assertion (signature with the
+// client's registered key, iss = sub, exp, iat, audience) and returns the
+// client ID. The audience may be the token endpoint (OpenID Connect Core
+// §9) or the issuer.
+func (p *IdP) verifyAssertion(ctx context.Context, assertion string) (string, error) {
+	if assertion == "" {
+		return "", errors.New("missing")
+	}
+	var err error
+	for _, aud := range []string{p.TokenURL, p.Issuer} {
+		var req *oidc.JWTTokenRequest
+		req, err = op.VerifyJWTAssertion(ctx, assertion, op.NewJWTProfileVerifier(p.storage, aud, time.Hour, time.Second))
+		if err == nil {
+			return req.Issuer, nil
+		}
+		if !errors.Is(err, oidc.ErrAudience) {
+			break
+		}
+	}
+	return "", err
+}
+
+func writeOAuthError(w http.ResponseWriter, status int, code, description string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "error_description": description})
 }
 
 // TokensIssued is how many access tokens the IdP has issued.

@@ -2,10 +2,12 @@ package testidp
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/subtle"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,7 +20,14 @@ import (
 // client_credentials, but with one hard-coded service user and a fixed
 // five-minute token lifetime in unexported fields, so this package implements
 // the few op.Storage methods the client_credentials grant needs and refuses
-// the rest (authorization code, refresh, JWT profile, introspection).
+// the rest (authorization code, refresh, introspection).
+//
+// For the client_credentials grant zitadel hands client authentication to
+// Storage.ClientCredentials with the client ID and secret only, so a
+// private_key_jwt client's assertion is verified before that (IdP.serve,
+// with zitadel's own JWT profile verifier and GetKeyByIDAndClientID), and
+// ClientCredentials accepts a key client only when the request's context
+// says its assertion was verified.
 
 var (
 	_ op.Storage                  = (*storage)(nil)
@@ -32,34 +41,68 @@ var errUnsupported = errors.New("testidp: only the client_credentials grant is s
 // what zitadel turns into invalid_client; an oidc server_error would be a 500.
 var errBadClient = errors.New("testidp: unknown client or wrong secret")
 
-// storage is immutable after newStorage but for the counter, so it needs no lock.
+// storage's clients, lifetime and key are immutable after newStorage; the
+// counter is atomic and the token IDs are under mu.
 type storage struct {
 	clients  map[string]*serviceClient
 	lifetime time.Duration
 	key      signingKey
 	issued   atomic.Int64
+
+	mu      sync.Mutex
+	ids     []string            // IDs (jti) of the tokens issued and not revoked
+	revoked map[string]struct{} // IDs of revoked tokens
 }
 
 func newStorage(creds []credential, lifetime time.Duration, key signingKey) *storage {
-	s := &storage{clients: make(map[string]*serviceClient, len(creds)), lifetime: lifetime, key: key}
+	s := &storage{clients: make(map[string]*serviceClient, len(creds)), lifetime: lifetime, key: key, revoked: map[string]struct{}{}}
 	for _, c := range creds {
-		s.clients[c.id] = &serviceClient{id: c.id, secret: c.secret}
+		s.clients[c.id] = &serviceClient{id: c.id, secret: c.secret, keyID: c.keyID, pub: c.pub}
 	}
 	return s
 }
 
 func (s *storage) authenticate(clientID, secret string) (*serviceClient, error) {
 	c, ok := s.clients[clientID]
-	if !ok || subtle.ConstantTimeCompare([]byte(c.secret), []byte(secret)) != 1 {
+	if !ok || c.pub != nil || subtle.ConstantTimeCompare([]byte(c.secret), []byte(secret)) != 1 {
 		return nil, errBadClient
 	}
 	return c, nil
 }
 
+// assertedClientKey marks a request context whose client assertion was
+// verified; its value is the client ID.
+type assertedClientKey struct{}
+
 // ClientCredentials authenticates a client of the client_credentials grant,
-// whether it sent its secret as client_secret_basic or client_secret_post.
-func (s *storage) ClientCredentials(_ context.Context, clientID, clientSecret string) (op.Client, error) {
+// whether it sent its secret as client_secret_basic or client_secret_post,
+// or a private_key_jwt assertion verified before (see IdP.serve).
+func (s *storage) ClientCredentials(ctx context.Context, clientID, clientSecret string) (op.Client, error) {
+	if asserted, ok := ctx.Value(assertedClientKey{}).(string); ok {
+		c, known := s.clients[clientID]
+		if !known || c.pub == nil || asserted != clientID || clientSecret != "" {
+			return nil, errBadClient
+		}
+		return c, nil
+	}
 	return s.authenticate(clientID, clientSecret)
+}
+
+// revokeIssued revokes every token issued so far.
+func (s *storage) revokeIssued() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range s.ids {
+		s.revoked[id] = struct{}{}
+	}
+	s.ids = nil
+}
+
+func (s *storage) isRevoked(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.revoked[id]
+	return ok
 }
 
 func (s *storage) ClientCredentialsTokenRequest(_ context.Context, clientID string, scopes []string) (op.TokenRequest, error) {
@@ -79,7 +122,11 @@ func (s *storage) CreateAccessToken(_ context.Context, _ op.TokenRequest) (strin
 	// the lifetime exactly, and the JWT never expires before the client
 	// expects it to.
 	exp := time.Now().Add(s.lifetime).Truncate(time.Second).Add(time.Second)
-	return rand.Text(), exp, nil
+	id := rand.Text()
+	s.mu.Lock()
+	s.ids = append(s.ids, id)
+	s.mu.Unlock()
+	return id, exp, nil
 }
 
 func (s *storage) SigningKey(context.Context) (op.SigningKey, error) { return &s.key, nil }
@@ -161,8 +208,15 @@ func (s *storage) SetIntrospectionFromToken(context.Context, *oidc.Introspection
 	return errUnsupported
 }
 
-func (s *storage) GetKeyByIDAndClientID(context.Context, string, string) (*jose.JSONWebKey, error) {
-	return nil, errUnsupported
+// GetKeyByIDAndClientID returns the public key a private_key_jwt client
+// registered, for zitadel's JWT profile verifier. An assertion without kid
+// is checked against the client's one key.
+func (s *storage) GetKeyByIDAndClientID(_ context.Context, keyID, clientID string) (*jose.JSONWebKey, error) {
+	c, ok := s.clients[clientID]
+	if !ok || c.pub == nil || (keyID != "" && keyID != c.keyID) {
+		return nil, errBadClient
+	}
+	return &jose.JSONWebKey{Key: c.pub, KeyID: c.keyID, Use: "sig"}, nil
 }
 
 func (s *storage) ValidateJWTProfileScopes(context.Context, string, []string) ([]string, error) {
@@ -200,9 +254,12 @@ func (p publicKey) Use() string                        { return "sig" }
 func (p publicKey) Key() any                           { return &p.k.key.PublicKey }
 
 // serviceClient is a service account: it may only use client_credentials and gets
-// JWT access tokens.
+// JWT access tokens. It authenticates with its secret or, when pub is set,
+// with private_key_jwt assertions signed by the key pub belongs to.
 type serviceClient struct {
 	id, secret string
+	keyID      string
+	pub        crypto.PublicKey
 }
 
 var _ op.Client = (*serviceClient)(nil)
@@ -211,8 +268,13 @@ func (c *serviceClient) GetID() string                       { return c.id }
 func (c *serviceClient) RedirectURIs() []string              { return nil }
 func (c *serviceClient) PostLogoutRedirectURIs() []string    { return nil }
 func (c *serviceClient) ApplicationType() op.ApplicationType { return op.ApplicationTypeWeb }
-func (c *serviceClient) AuthMethod() oidc.AuthMethod         { return oidc.AuthMethodBasic }
-func (c *serviceClient) ResponseTypes() []oidc.ResponseType  { return nil }
+func (c *serviceClient) AuthMethod() oidc.AuthMethod {
+	if c.pub != nil {
+		return oidc.AuthMethodPrivateKeyJWT
+	}
+	return oidc.AuthMethodBasic
+}
+func (c *serviceClient) ResponseTypes() []oidc.ResponseType { return nil }
 func (c *serviceClient) GrantTypes() []oidc.GrantType {
 	return []oidc.GrantType{oidc.GrantTypeClientCredentials}
 }

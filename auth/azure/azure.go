@@ -1,0 +1,224 @@
+// Package azure gets Microsoft Entra ID access tokens for Azure Health Data
+// Services DICOM: client credentials with a client secret or a certificate
+// (a client assertion signed with the certificate's key, carrying the
+// x5t#S256 header Entra requires), or the VM's managed identity through
+// the Instance Metadata Service when neither is configured.
+//
+// Entra's error answers (error, error_description with its AADSTS code,
+// trace and correlation IDs) reach the auth.TokenError verbatim.
+package azure
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"golang.org/x/oauth2"
+
+	"github.com/stowline/stowline/auth"
+)
+
+// Provider names Entra ID in errors and logs.
+const Provider = "azure"
+
+const (
+	// DefaultAuthorityHost is the public cloud's; sovereign clouds have
+	// their own (https://login.microsoftonline.us,
+	// https://login.partner.microsoftonline.cn).
+	DefaultAuthorityHost = "https://login.microsoftonline.com"
+	// DefaultScope is Azure Health Data Services DICOM's.
+	DefaultScope = "https://dicom.healthcareapis.azure.com/.default"
+	// DefaultIMDSEndpoint is the managed identity token endpoint of the
+	// Azure Instance Metadata Service.
+	DefaultIMDSEndpoint = "http://169.254.169.254/metadata/identity/oauth2/token"
+	// imdsAPIVersion is the IMDS identity API version used.
+	imdsAPIVersion = "2018-02-01"
+)
+
+// ErrConfig reports an unusable Config.
+var ErrConfig = fmt.Errorf("%w: azure", auth.ErrInvalidConfig)
+
+// Credential kinds, in the order they are chosen.
+const (
+	KindSecret          = "client secret"
+	KindCertificate     = "client certificate"
+	KindManagedIdentity = "managed identity"
+)
+
+// Config selects the Entra credential.
+type Config struct {
+	// TenantID is the directory (tenant) ID or domain; required for a
+	// client secret or certificate.
+	TenantID string
+	// ClientID is the app registration's application (client) ID; with a
+	// managed identity it selects a user-assigned identity (empty: the
+	// system-assigned one).
+	ClientID     string
+	ClientSecret string
+	// CertificateKeyFile is a PEM file with the certificate registered on
+	// the app and its private key (RSA).
+	CertificateKeyFile string
+	// Scopes default to DefaultScope. A managed identity takes one scope,
+	// as its resource (the scope without "/.default").
+	Scopes []string
+	// AuthorityHost defaults to DefaultAuthorityHost.
+	AuthorityHost string
+	// IMDSEndpoint defaults to DefaultIMDSEndpoint.
+	IMDSEndpoint string
+	// IMDSClient reaches IMDS; nil means one that bypasses any proxy (the
+	// endpoint is link-local) with a 10 s timeout.
+	IMDSClient *http.Client
+}
+
+// Kind is the credential Endpoint will use.
+func (c Config) Kind() string {
+	switch {
+	case c.ClientSecret != "":
+		return KindSecret
+	case c.CertificateKeyFile != "":
+		return KindCertificate
+	}
+	return KindManagedIdentity
+}
+
+// TokenURL is the v2.0 token endpoint of the tenant, or the IMDS endpoint.
+func (c Config) TokenURL() string {
+	if c.Kind() == KindManagedIdentity {
+		return orDefault(c.IMDSEndpoint, DefaultIMDSEndpoint)
+	}
+	return strings.TrimSuffix(orDefault(c.AuthorityHost, DefaultAuthorityHost), "/") +
+		"/" + url.PathEscape(c.TenantID) + "/oauth2/v2.0/token"
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// Endpoint returns the auth.Endpoint of the credential cfg selects.
+func Endpoint(cfg Config) (auth.Endpoint, error) {
+	if len(cfg.Scopes) == 0 {
+		cfg.Scopes = []string{DefaultScope}
+	}
+	if cfg.ClientSecret != "" && cfg.CertificateKeyFile != "" {
+		return auth.Endpoint{}, fmt.Errorf("%w: a client secret or a certificate, not both", ErrConfig)
+	}
+	if cfg.Kind() == KindManagedIdentity {
+		return managedIdentity(cfg)
+	}
+	if cfg.TenantID == "" || strings.ContainsAny(cfg.TenantID, "/?#") {
+		return auth.Endpoint{}, fmt.Errorf("%w: a tenant ID is required (a GUID or a domain)", ErrConfig)
+	}
+	if cfg.ClientID == "" {
+		return auth.Endpoint{}, fmt.Errorf("%w: a client ID is required with a %s", ErrConfig, cfg.Kind())
+	}
+	ac := auth.Config{
+		Provider:     Provider,
+		TokenURL:     cfg.TokenURL(),
+		ClientID:     cfg.ClientID,
+		ClientSecret: cfg.ClientSecret,
+		Scopes:       cfg.Scopes,
+		// Entra's documented requests carry client_id and client_secret
+		// in the form.
+		AuthStyle: oauth2.AuthStyleInParams,
+	}
+	if cfg.CertificateKeyFile != "" {
+		key, err := auth.NewAssertionKey(cfg.CertificateKeyFile, "", auth.WithAlgorithm(jose.PS256), auth.WithCertificateRequired())
+		if err != nil {
+			return auth.Endpoint{}, err
+		}
+		ac.Assertion = key
+	}
+	return auth.ClientCredentials(ac)
+}
+
+// managedIdentity asks IMDS for a token of the VM's (or the selected
+// user-assigned) managed identity.
+func managedIdentity(cfg Config) (auth.Endpoint, error) {
+	if len(cfg.Scopes) != 1 {
+		return auth.Endpoint{}, fmt.Errorf("%w: a managed identity takes one scope, got %d", ErrConfig, len(cfg.Scopes))
+	}
+	endpoint := orDefault(cfg.IMDSEndpoint, DefaultIMDSEndpoint)
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return auth.Endpoint{}, fmt.Errorf("%w: IMDS endpoint %q is not an http(s) URL", ErrConfig, endpoint)
+	}
+	q := u.Query()
+	q.Set("api-version", imdsAPIVersion)
+	q.Set("resource", strings.TrimSuffix(cfg.Scopes[0], "/.default"))
+	if cfg.ClientID != "" {
+		q.Set("client_id", cfg.ClientID)
+	}
+	u.RawQuery = q.Encode()
+	hc := cfg.IMDSClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	}
+	target := u.String()
+	return auth.Endpoint{
+		Provider: Provider,
+		TokenURL: func() string { return endpoint },
+		Fetch:    func(ctx context.Context) (*oauth2.Token, error) { return fetchIMDS(ctx, hc, target) },
+	}, nil
+}
+
+// imdsToken is IMDS's answer; its numbers are strings.
+type imdsToken struct {
+	AccessToken string      `json:"access_token"`
+	TokenType   string      `json:"token_type"`
+	ExpiresIn   json.Number `json:"expires_in"`
+	ExpiresOn   json.Number `json:"expires_on"`
+	Resource    string      `json:"resource"`
+}
+
+func fetchIMDS(ctx context.Context, hc *http.Client, target string) (*oauth2.Token, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Metadata", "true")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		re := &oauth2.RetrieveError{Response: resp, Body: body}
+		var e struct {
+			Code        string `json:"error"`
+			Description string `json:"error_description"`
+		}
+		if json.Unmarshal(body, &e) == nil {
+			re.ErrorCode, re.ErrorDescription = e.Code, e.Description
+		}
+		return nil, re
+	}
+	var t imdsToken
+	if err := json.Unmarshal(body, &t); err != nil {
+		return nil, fmt.Errorf("IMDS answer is not a token: %w", err)
+	}
+	if t.AccessToken == "" {
+		return nil, errors.New("IMDS answer has no access_token")
+	}
+	tok := &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.TokenType}
+	if secs, err := strconv.ParseInt(t.ExpiresIn.String(), 10, 64); err == nil && secs > 0 {
+		tok.Expiry = time.Now().Add(time.Duration(secs) * time.Second)
+	} else if on, err := strconv.ParseInt(t.ExpiresOn.String(), 10, 64); err == nil && on > 0 {
+		tok.Expiry = time.Unix(on, 0)
+	}
+	return tok.WithExtra(map[string]any{"resource": t.Resource}), nil
+}

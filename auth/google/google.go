@@ -1,0 +1,193 @@
+// Package google gets Google OAuth2 access tokens for the Cloud Healthcare
+// API's DICOMweb: with a service-account JSON key through the JWT-bearer
+// grant (RFC 7523 §2.1, golang.org/x/oauth2/google), or from the metadata
+// server of the GCE VM or GKE node (workload identity) when no key file is
+// given. Google service accounts cannot use the client-credentials grant.
+package google
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+	googleoauth "golang.org/x/oauth2/google"
+	"golang.org/x/oauth2/jwt"
+
+	"github.com/stowline/stowline/auth"
+)
+
+// Provider names Google in errors and logs.
+const Provider = "google"
+
+const (
+	// DefaultScope is the Cloud Healthcare API's.
+	DefaultScope = "https://www.googleapis.com/auth/cloud-healthcare"
+	// DefaultMetadataHost is the GCE metadata server (GCE_METADATA_HOST
+	// overrides it, as in Google's own libraries).
+	DefaultMetadataHost = "metadata.google.internal"
+)
+
+// ErrConfig reports an unusable Config.
+var ErrConfig = fmt.Errorf("%w: google", auth.ErrInvalidConfig)
+
+// Credential kinds.
+const (
+	KindServiceAccountKey = "service account key"
+	KindMetadataServer    = "metadata server"
+)
+
+// Config selects the Google credential.
+type Config struct {
+	// CredentialsFile is a service-account JSON key
+	// (GOOGLE_APPLICATION_CREDENTIALS); empty uses the metadata server. It
+	// is read again for every token, so a rotated key is picked up.
+	CredentialsFile string
+	// Scopes default to DefaultScope.
+	Scopes []string
+	// MetadataHost is host[:port] of the metadata server.
+	MetadataHost string
+	// MetadataClient reaches the metadata server; nil means one that
+	// bypasses any proxy with a 10 s timeout.
+	MetadataClient *http.Client
+}
+
+// Kind is the credential Endpoint will use.
+func (c Config) Kind() string {
+	if c.CredentialsFile != "" {
+		return KindServiceAccountKey
+	}
+	return KindMetadataServer
+}
+
+// Endpoint returns the auth.Endpoint of the credential cfg selects.
+func Endpoint(cfg Config) (auth.Endpoint, error) {
+	if len(cfg.Scopes) == 0 {
+		cfg.Scopes = []string{DefaultScope}
+	}
+	if cfg.CredentialsFile == "" {
+		return metadataServer(cfg)
+	}
+	// Read now, so that a bad key fails at startup.
+	conf, err := loadKey(cfg.CredentialsFile, cfg.Scopes)
+	if err != nil {
+		return auth.Endpoint{}, err
+	}
+	email := conf.Email
+	tokenURL := conf.TokenURL
+	return auth.Endpoint{
+		Provider: Provider,
+		TokenURL: func() string { return tokenURL },
+		Fetch: func(ctx context.Context) (*oauth2.Token, error) {
+			conf, err := loadKey(cfg.CredentialsFile, cfg.Scopes)
+			if err != nil {
+				return nil, err
+			}
+			if conf.Email != email {
+				return nil, fmt.Errorf("%w: %s now holds the key of another service account", ErrConfig, cfg.CredentialsFile)
+			}
+			// The JWT-bearer grant: an assertion signed RS256 with the
+			// key (iss = the service account, scope, aud = token_uri,
+			// iat, exp = iat + 1 h), exchanged at token_uri.
+			return conf.TokenSource(ctx).Token()
+		},
+	}, nil
+}
+
+// ServiceAccount is the client_email of the key file, for logs.
+func ServiceAccount(file string) (string, error) {
+	conf, err := loadKey(file, nil)
+	if err != nil {
+		return "", err
+	}
+	return conf.Email, nil
+}
+
+func loadKey(file string, scopes []string) (*jwt.Config, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%w: service account key: %w", ErrConfig, err)
+	}
+	conf, err := googleoauth.JWTConfigFromJSON(data, scopes...)
+	if err != nil {
+		// The library's message names fields, never the key.
+		return nil, fmt.Errorf("%w: service account key %s: %w", ErrConfig, file, err)
+	}
+	if conf.Email == "" || len(conf.PrivateKey) == 0 {
+		return nil, fmt.Errorf("%w: service account key %s lacks client_email or private_key", ErrConfig, file)
+	}
+	// x/oauth2 sets iat 10 s back (clock skew) and exp one hour after it:
+	// Google's maximum.
+	return conf, nil
+}
+
+// metadataServer asks the metadata server for a token of the VM's (or the
+// GKE workload's) service account.
+func metadataServer(cfg Config) (auth.Endpoint, error) {
+	host := cfg.MetadataHost
+	if host == "" {
+		host = DefaultMetadataHost
+	}
+	if strings.ContainsAny(host, "/?#@") {
+		return auth.Endpoint{}, fmt.Errorf("%w: metadata host %q: want host or host:port", ErrConfig, host)
+	}
+	u := url.URL{Scheme: "http", Host: host, Path: "/computeMetadata/v1/instance/service-accounts/default/token"}
+	u.RawQuery = url.Values{"scopes": {strings.Join(cfg.Scopes, ",")}}.Encode()
+	target := u.String()
+	hc := cfg.MetadataClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	}
+	endpoint := "http://" + host + u.Path
+	return auth.Endpoint{
+		Provider: Provider,
+		TokenURL: func() string { return endpoint },
+		Fetch:    func(ctx context.Context) (*oauth2.Token, error) { return fetchMetadata(ctx, hc, target) },
+	}, nil
+}
+
+func fetchMetadata(ctx context.Context, hc *http.Client, target string) (*oauth2.Token, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Metadata-Flavor", "Google")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, &oauth2.RetrieveError{Response: resp, Body: body}
+	}
+	if resp.Header.Get("Metadata-Flavor") != "Google" {
+		return nil, errors.New("the answer lacks Metadata-Flavor: Google; not a metadata server")
+	}
+	var t struct {
+		AccessToken string `json:"access_token"`
+		TokenType   string `json:"token_type"`
+		ExpiresIn   int64  `json:"expires_in"`
+	}
+	if err := json.Unmarshal(body, &t); err != nil {
+		return nil, fmt.Errorf("metadata server answer is not a token: %w", err)
+	}
+	if t.AccessToken == "" {
+		return nil, errors.New("metadata server answer has no access_token")
+	}
+	tok := &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.TokenType}
+	if t.ExpiresIn > 0 {
+		tok.Expiry = time.Now().Add(time.Duration(t.ExpiresIn) * time.Second)
+	}
+	return tok, nil
+}

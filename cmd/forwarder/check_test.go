@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/stowline/stowline/app"
+	"github.com/stowline/stowline/internal/testidp"
+	"github.com/stowline/stowline/internal/testpki"
+)
+
+// runCheck runs `forwarder check` with env and returns stdout, stderr.
+func runCheck(t *testing.T, env map[string]string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"check"}, func(k string) string { return env[k] }, &out, &errOut)
+	t.Logf("forwarder check:\n%s", out.String())
+	return out.String(), errOut.String(), err
+}
+
+// qido answers a QIDO-RS study search with no study, when the request
+// carries want (an Authorization value; "" accepts any).
+func qido(want string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/studies") || r.URL.Query().Get("limit") != "1" {
+			http.NotFound(w, r)
+			return
+		}
+		if want != "" && r.Header.Get("Authorization") != want {
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/dicom+json")
+		_, _ = io.WriteString(w, "[]")
+	}
+}
+
+// TestCheckGeneric runs `forwarder check` against the real IdP and a
+// Gate: a good setup passes and reports the token's lifetime and scopes
+// but never the token or the secret; a wrong secret or a client the
+// destination does not accept fail with a verdict.
+func TestCheckGeneric(t *testing.T) {
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithClient("other-client", "other-secret-0123"))
+	upstream := httptest.NewServer(qido(""))
+	t.Cleanup(upstream.Close)
+	gate := idp.Gate(t, upstream.URL)
+	base := func(extra map[string]string) map[string]string {
+		return authEnv(idp, gate.URL+"/dicom-web", tokenSecret, extra)
+	}
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr bool
+		want    []string
+	}{
+		{name: "client_secret_basic", env: base(nil), want: []string{"generic (client_secret_basic)", "lifetime", "scopes       dicomweb", "client       " + tokenClientID, "-> 200 OK", "verdict      OK"}},
+		{name: "discovery, client_secret_post", env: base(map[string]string{"OAUTH_TOKEN_URL": "", "OAUTH_ISSUER_URL": idp.Issuer, "OAUTH_AUTH_STYLE": "client_secret_post"}),
+			want: []string{"generic (client_secret_post)", "from " + idp.TokenURL, "verdict      OK"}},
+		{name: "wrong secret", env: base(map[string]string{"OAUTH_CLIENT_SECRET": "wrong-secret-0123"}), wantErr: true,
+			want: []string{"generic token endpoint " + idp.TokenURL, "401 Unauthorized: invalid_client", "verdict      FAIL"}},
+		{name: "client the destination refuses", env: base(map[string]string{"OAUTH_CLIENT_ID": "other-client", "OAUTH_CLIENT_SECRET": "other-secret-0123"}), wantErr: true,
+			want: []string{"401 Unauthorized", "client not allowed", "refused the credential"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _, err := runCheck(t, tt.env)
+			if (err != nil) != tt.wantErr || errors.Is(err, app.ErrUsage) {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q", w)
+				}
+			}
+			for _, secret := range []string{tokenSecret, "wrong-secret-0123", "other-secret-0123", "eyJ"} {
+				if strings.Contains(out, secret) {
+					t.Errorf("output holds %q", secret)
+				}
+			}
+		})
+	}
+}
+
+// jwtLike builds an unsigned token with claims, as Entra's look to a client.
+func jwtLike(claims map[string]any) string {
+	b, _ := json.Marshal(claims)
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"typ":"JWT","alg":"RS256"}`)) + "." + enc(b) + ".c2ln"
+}
+
+// TestCheckCloudProviders runs `forwarder check` with each cloud
+// provider against httptest stand-ins for its token service.
+func TestCheckCloudProviders(t *testing.T) {
+	azureToken := jwtLike(map[string]any{"aud": "https://dicom.healthcareapis.azure.com", "roles": []string{"DICOM.ReadWrite"}, "appid": "app-id-1", "iss": "https://sts.windows.net/tenant-1/"})
+	entra := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		if r.URL.Path != "/tenant-1/oauth2/v2.0/token" || r.PostForm.Get("client_secret") != "azure-secret" {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"token_type":"Bearer","expires_in":3599,"access_token":"`+azureToken+`"}`)
+	}))
+	t.Cleanup(entra.Close)
+	metadata := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Metadata-Flavor", "Google")
+		_, _ = io.WriteString(w, `{"access_token":"ya29.gce","expires_in":1800,"token_type":"Bearer"}`)
+	}))
+	t.Cleanup(metadata.Close)
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"access_token":"mi-token","expires_in":"86399","token_type":"Bearer"}`)
+	}))
+	t.Cleanup(imds.Close)
+
+	tests := []struct {
+		name    string
+		token   string
+		env     map[string]string
+		wantErr bool
+		want    []string
+	}{
+		{name: "azure client secret", token: azureToken,
+			env:  map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "tenant-1", "AZURE_AUTHORITY_HOST": entra.URL, "OAUTH_CLIENT_ID": "app-id-1", "OAUTH_CLIENT_SECRET": "azure-secret"},
+			want: []string{"azure (client secret)", "roles        DICOM.ReadWrite", "audience     https://dicom.healthcareapis.azure.com", "verdict      OK"}},
+		{name: "azure wrong secret", env: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "tenant-1", "AZURE_AUTHORITY_HOST": entra.URL, "OAUTH_CLIENT_ID": "app-id-1", "OAUTH_CLIENT_SECRET": "old-secret"},
+			wantErr: true, want: []string{"azure token endpoint", "AADSTS7000215: Invalid client secret provided.", "FAIL"}},
+		{name: "azure managed identity", token: "mi-token", env: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_IMDS_ENDPOINT": imds.URL + "/metadata/identity/oauth2/token"},
+			want: []string{"azure (managed identity)", "verdict      OK"}},
+		{name: "google metadata server", token: "ya29.gce", env: map[string]string{"OAUTH_PROVIDER": "google", "GCE_METADATA_HOST": strings.TrimPrefix(metadata.URL, "http://")},
+			want: []string{"google (metadata server)", "lifetime     30m", "verdict      OK"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dest := httptest.NewServer(qido("Bearer " + tt.token))
+			t.Cleanup(dest.Close)
+			tt.env["DICOMWEB_URL"] = dest.URL + "/v2"
+			out, _, err := runCheck(t, tt.env)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q", w)
+				}
+			}
+			if strings.Contains(out, "azure-secret") || (tt.token != "" && strings.Contains(out, tt.token)) {
+				t.Error("output holds the secret or the token")
+			}
+		})
+	}
+}
+
+// TestCheckAWS: SigV4 with credentials from the standard chain (here the
+// environment); the destination sees a medical-imaging signature.
+func TestCheckAWS(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDCHECKEXAMPLE")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "check/secret/EXAMPLEKEY")
+	t.Setenv("AWS_SESSION_TOKEN", "")
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_CONFIG_FILE", t.TempDir()+"/none")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", t.TempDir()+"/none")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	var authz string
+	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		authz = r.Header.Get("Authorization")
+		qido("")(w, r)
+	}))
+	t.Cleanup(dest.Close)
+	out, _, err := runCheck(t, map[string]string{"OAUTH_PROVIDER": "aws", "AWS_REGION": "eu-west-1", "DICOMWEB_URL": dest.URL + "/datastore/d9a2a515ab294163a2d2f4069eed584c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(authz, "AWS4-HMAC-SHA256 Credential=AKIDCHECKEXAMPLE/") || !strings.Contains(authz, "/eu-west-1/medical-imaging/aws4_request") {
+		t.Errorf("Authorization = %q", authz)
+	}
+	for _, w := range []string{"aws (Signature V4, medical-imaging, eu-west-1)", "the SDK's chain: EnvConfigCredentials", "verdict      OK"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q", w)
+		}
+	}
+	if strings.Contains(out, "check/secret") || strings.Contains(out, "AKIDCHECKEXAMPLE") {
+		t.Error("output holds AWS credentials")
+	}
+}
+
+// TestCheckMutualTLS: the token endpoint and the destination are HTTPS
+// servers of a private CA that require a client certificate; TLS_CA_FILE
+// and TLS_CERT_FILE/TLS_KEY_FILE serve both. Without the client
+// certificate the check fails; TLS_INSECURE_SKIP_VERIFY works without the
+// CA and logs a warning.
+func TestCheckMutualTLS(t *testing.T) {
+	serverCA, clientCA := testpki.NewCA(t, "private-root"), testpki.NewCA(t, "client-ca")
+	_, certFile, keyFile := clientCA.Issue(t, "stowline-forwarder", false)
+	var tokenClients, destClients []string
+	tokenSrv := testpki.MTLSServer(t, serverCA, clientCA, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tokenClients = append(tokenClients, r.TLS.PeerCertificates[0].Subject.CommonName)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"access_token":"mtls-token","token_type":"Bearer","expires_in":600,"scope":"dicom.write"}`)
+	}))
+	destSrv := testpki.MTLSServer(t, serverCA, clientCA, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		destClients = append(destClients, r.TLS.PeerCertificates[0].Subject.CommonName)
+		qido("Bearer mtls-token")(w, r)
+	}))
+	env := func(extra map[string]string) map[string]string {
+		e := map[string]string{
+			"DICOMWEB_URL": destSrv.URL + "/dicom-web", "OAUTH_TOKEN_URL": tokenSrv.URL + "/token",
+			"OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "mtls-client-secret",
+			"TLS_CA_FILE": serverCA.CAFile, "TLS_CERT_FILE": certFile, "TLS_KEY_FILE": keyFile,
+		}
+		for k, v := range extra {
+			e[k] = v
+		}
+		return e
+	}
+
+	out, _, err := runCheck(t, env(nil))
+	if err != nil || !strings.Contains(out, "scopes       dicom.write") || !strings.Contains(out, "verdict      OK") {
+		t.Fatalf("custom CA and mTLS: err %v", err)
+	}
+	if len(tokenClients) != 1 || len(destClients) != 1 || tokenClients[0] != "stowline-forwarder" || destClients[0] != "stowline-forwarder" {
+		t.Errorf("client certificates seen: token endpoint %v, destination %v", tokenClients, destClients)
+	}
+
+	out, _, err = runCheck(t, env(map[string]string{"TLS_CERT_FILE": "", "TLS_KEY_FILE": ""}))
+	if err == nil || !strings.Contains(out, "certificate required") {
+		t.Errorf("without a client certificate: err %v", err)
+	}
+	out, _, err = runCheck(t, env(map[string]string{"TLS_CA_FILE": ""}))
+	if err == nil || !strings.Contains(out, "unknown authority") {
+		t.Errorf("without the CA: err %v", err)
+	}
+	out, logs, err := runCheck(t, env(map[string]string{"TLS_CA_FILE": "", "TLS_INSECURE_SKIP_VERIFY": "true"}))
+	if err != nil || !strings.Contains(out, "verdict      OK") {
+		t.Errorf("insecure skip verify: err %v", err)
+	}
+	if !strings.Contains(logs, `"level":"WARN"`) || !strings.Contains(logs, "TLS_INSECURE_SKIP_VERIFY=true") {
+		t.Errorf("no warning logged for TLS_INSECURE_SKIP_VERIFY: %s", logs)
+	}
+	if strings.Contains(out+logs, "mtls-client-secret") || strings.Contains(out+logs, "mtls-token") {
+		t.Error("a secret or the token was printed")
+	}
+}

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/app"
+	"github.com/stowline/stowline/config"
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/ingest"
+	"github.com/stowline/stowline/internal/faultproxy"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/natsembed"
+)
+
+// docPermissions reads the permission blocks of docs/nats-permissions.md
+// (each a ```json fence after a "<!-- permissions: NAME -->" line), so the
+// test runs the services under exactly what the documentation says.
+func docPermissions(t *testing.T) map[string]*server.Permissions {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/nats-permissions.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile("(?s)<!-- permissions: ([a-z]+) -->\\s*```json\\n(.*?)```")
+	out := map[string]*server.Permissions{}
+	for _, m := range re.FindAllSubmatch(doc, -1) {
+		var p struct {
+			Publish, Subscribe struct{ Allow, Deny []string }
+		}
+		dec := json.NewDecoder(strings.NewReader(string(m[2])))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&p); err != nil {
+			t.Fatalf("permissions %s in docs/nats-permissions.md: %v", m[1], err)
+		}
+		out[string(m[1])] = &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: p.Publish.Allow, Deny: p.Publish.Deny},
+			Subscribe: &server.SubjectPermission{Allow: p.Subscribe.Allow, Deny: p.Subscribe.Deny},
+		}
+	}
+	for _, name := range []string{"ingest", "forwarder"} {
+		if out[name] == nil {
+			t.Fatalf("docs/nats-permissions.md has no permissions block for %s", name)
+		}
+	}
+	return out
+}
+
+// TestLeastPrivilegeNATSPermissions runs the real ingest and forwarder,
+// each as its own NATS user with exactly the documented permissions, on a
+// nats-server with authorization enabled: the webhook stores an event,
+// the forwarder sends the study and acks it, the status page and the
+// admin API answer, nothing was refused on the way, and publishes outside
+// the permissions are refused.
+func TestLeastPrivilegeNATSPermissions(t *testing.T) {
+	testharness.RequireBinary(t, "Orthanc")
+	testharness.RequireBinary(t, "storescu")
+	perms := docPermissions(t)
+	const (
+		adminPass     = "admin-nats-password-0123"
+		ingestPass    = "ingest-nats-password-0123"
+		forwarderPass = "forwarder-nats-password-0123"
+	)
+
+	r := &rig{storeDir: t.TempDir(), forwarderAddr: freeAddr(t)}
+	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
+	r.proxy = faultproxy.Start(t, r.dest.URL)
+	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+
+	serverLog := &syncBuffer{}
+	srv, err := natsembed.Start(natsembed.Options{
+		StoreDir: r.storeDir, ServerName: "authz", Port: -1,
+		Configure: func(o *server.Options) {
+			o.Users = []*server.User{
+				{Username: "test-admin", Password: adminPass},
+				{Username: "stowline-ingest", Password: ingestPass, Permissions: perms["ingest"]},
+				{Username: "stowline-forwarder", Password: forwarderPass, Permissions: perms["forwarder"]},
+			}
+		},
+	}, slog.New(slog.NewTextHandler(serverLog, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("nats-server log:\n%s", serverLog.String())
+		}
+	})
+	u, _ := url.Parse(srv.ClientURL())
+	r.natsPort, _ = strconv.Atoi(u.Port())
+
+	// Authorization is on: no credentials, no connection.
+	if nc, err := nats.Connect(r.natsURL()); err == nil {
+		nc.Close()
+		t.Fatal("connected without credentials")
+	}
+	r.nc, err = nats.Connect(r.natsURL(), nats.UserInfo("test-admin", adminPass))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.nc.Close)
+	if r.js, err = jetstream.New(r.nc); err != nil {
+		t.Fatal(err)
+	}
+
+	// The ingest, with its reconciler and status page.
+	ingestAddr := freeAddr(t)
+	ingestEnv := map[string]string{
+		"NATS_URL":                r.natsURL(),
+		"NATS_USER":               "stowline-ingest",
+		"NATS_PASSWORD":           ingestPass,
+		"INGEST_ADDR":             ingestAddr,
+		"INGEST_TOKEN":            "ingest-token-0123456789",
+		"ORTHANC_URL":             r.src.URL,
+		"ORTHANC_SOURCE_NAME":     "src",
+		"RECONCILE_POLL_INTERVAL": "200ms",
+		"ADMIN_TOKEN":             adminToken,
+		"LOG_LEVEL":               "debug",
+	}
+	ingestLogs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Main[config.IngestService](ctx, "ingest", nil, func(k string) string { return ingestEnv[k] },
+			ingestLogs, ingestLogs, app.RunIngest)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("ingest returned %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("ingest did not stop within 30 s")
+		}
+		if t.Failed() {
+			t.Logf("ingest log:\n%s", ingestLogs.String())
+		}
+	})
+	waitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
+
+	// The forwarder, with its admin API.
+	r.startForwarder(t, map[string]string{"NATS_USER": "stowline-forwarder", "NATS_PASSWORD": forwarderPass})
+
+	// A study arrives; Orthanc's script would post this event.
+	studyID := r.addStudy(t, 3, 32)
+	var s struct {
+		MainDicomTags map[string]string
+		LastUpdate    string
+	}
+	r.src.GetJSON(t, "/studies/"+studyID, &s)
+	body, _ := json.Marshal(map[string]any{
+		"type": events.TypeStudyStable, "version": events.Version, "source": "src",
+		"orthancStudyId": studyID, "studyInstanceUid": s.MainDicomTags["StudyInstanceUID"], "lastUpdate": s.LastUpdate,
+	})
+	req, _ := http.NewRequest(http.MethodPost, "http://"+ingestAddr+ingest.WebhookPath, strings.NewReader(string(body)))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+ingestEnv["INGEST_TOKEN"])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("webhook answered %d, want 202", resp.StatusCode)
+	}
+	r.waitDest(t, 3, 60*time.Second)
+	r.waitQueueEmpty(t, 30*time.Second)
+	r.assertIdentical(t)
+
+	// What operators read works under the same permissions.
+	get := func(url string, set func(*http.Request)) int {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		set(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get("http://"+ingestAddr+"/ui/", func(r *http.Request) { r.SetBasicAuth("op", adminToken) }); code != http.StatusOK {
+		t.Errorf("ingest status page answered %d, want 200", code)
+	}
+	if code := get("http://"+r.forwarderAddr+"/admin/deadletters", func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+adminToken) }); code != http.StatusOK {
+		t.Errorf("forwarder admin API answered %d, want 200", code)
+	}
+	for _, addr := range []string{ingestAddr, r.forwarderAddr} {
+		waitHTTP(t, "http://"+addr+"/readyz", 10*time.Second)
+		if code := get("http://"+addr+"/metrics", func(*http.Request) {}); code != http.StatusOK {
+			t.Errorf("%s/metrics answered %d", addr, code)
+		}
+	}
+	if v := serverLog.String(); strings.Contains(v, "Violation") {
+		t.Errorf("the normal flow was refused something; nats-server log:\n%s", grepLines(v, "Violation"))
+	}
+
+	// Outside the permissions: refused.
+	forbidden := []struct {
+		user, pass, subject string
+	}{
+		{"stowline-ingest", ingestPass, "stowline.deadletter.src"},                              // dead letters are the forwarder's
+		{"stowline-ingest", ingestPass, "$KV.stowline_forwarded.x"},                             // the ledger is the forwarder's
+		{"stowline-ingest", ingestPass, "$JS.API.STREAM.DELETE.STOWLINE_EVENTS"},                // nobody deletes the stream
+		{"stowline-ingest", ingestPass, "$JS.ACK.STOWLINE_EVENTS.stowline-forwarder.1.1.1.1.1"}, // nor acks events
+		{"stowline-forwarder", forwarderPass, "$KV.stowline_reconcile.x"},                       // the cursors are the ingest's
+		{"stowline-forwarder", forwarderPass, "$JS.API.STREAM.PURGE.STOWLINE_EVENTS"},
+		{"stowline-forwarder", forwarderPass, "$JS.API.CONSUMER.DELETE.STOWLINE_EVENTS.stowline-forwarder"},
+	}
+	for _, f := range forbidden {
+		t.Run(f.user+" "+f.subject, func(t *testing.T) {
+			var mu sync.Mutex
+			var asyncErr error
+			nc, err := nats.Connect(r.natsURL(), nats.UserInfo(f.user, f.pass), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+				mu.Lock()
+				asyncErr = err
+				mu.Unlock()
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			_, err = nc.Request(f.subject, []byte("{}"), 2*time.Second)
+			if err == nil {
+				t.Fatalf("request to %s answered", f.subject)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				mu.Lock()
+				e := asyncErr
+				mu.Unlock()
+				if e != nil || errors.Is(err, nats.ErrPermissionViolation) {
+					if e != nil && !errors.Is(e, nats.ErrPermissionViolation) && !strings.Contains(strings.ToLower(e.Error()), "permissions violation") {
+						t.Errorf("error %v, want a permissions violation", e)
+					}
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no permissions violation reported for %s (request error: %v)", f.subject, err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	if !strings.Contains(serverLog.String(), `Publish Violation - Subject \"$JS.API.STREAM.DELETE.STOWLINE_EVENTS\"`) {
+		t.Error("nats-server did not log the refused stream delete")
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

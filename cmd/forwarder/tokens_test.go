@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/deadletter"
+	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/testidp"
+)
+
+// Token lifecycle tests: the real forwarder, real Orthanc source and
+// destination, the destination behind a Gate that admits only valid
+// tokens of a real OAuth2 server (internal/testidp).
+
+const (
+	tokenClientID = "stowline-fwd"
+	tokenSecret   = "forwarder-secret-0123456789"
+)
+
+// authEnv points the forwarder at dicomwebURL with tokens from idp.
+func authEnv(idp *testidp.IdP, dicomwebURL, secret string, extra map[string]string) map[string]string {
+	env := map[string]string{
+		"DICOMWEB_URL":        dicomwebURL,
+		"OAUTH_TOKEN_URL":     idp.TokenURL,
+		"OAUTH_CLIENT_ID":     tokenClientID,
+		"OAUTH_CLIENT_SECRET": secret,
+		"OAUTH_SCOPES":        "dicomweb",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
+// startLoggedForwarder is rig.startForwarder, keeping the log for checks.
+func (r *rig) startLoggedForwarder(t *testing.T, extra map[string]string) *syncBuffer {
+	t.Helper()
+	env := r.env(extra)
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			t.Error("forwarder did not stop within a minute")
+		}
+		if t.Failed() {
+			t.Logf("forwarder log:\n%s", logs.String())
+		}
+	})
+	waitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
+	return logs
+}
+
+// metric sums the samples of a Prometheus metric whose labels contain
+// labels ("" for any) on the forwarder's /metrics.
+func (r *rig) metric(t *testing.T, name, labels string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + r.forwarderAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		series, value, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		metricName, rest, _ := strings.Cut(series, "{")
+		if metricName != name || !strings.Contains(rest, labels) {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func (r *rig) noDeadLetters(t *testing.T) {
+	t.Helper()
+	entries, err := r.deadLetters(t).List(context.Background(), deadletter.Filter{All: true})
+	if err != nil || len(entries) > 0 {
+		t.Errorf("dead letters: %+v (err %v), want none", entries, err)
+	}
+}
+
+// TestShortTokensUnderLoad: 2 s tokens while the forwarder uploads a large
+// study slowly (several seconds, in 12 requests): no upload fails or is
+// re-sent, no request reaches the destination with an expired token, and
+// tokens are refreshed about once per half lifetime, not per request.
+func TestShortTokensUnderLoad(t *testing.T) {
+	t.Parallel()
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithTokenLifetime(2*time.Second))
+	r := newRig(t)
+	gate := idp.Gate(t, r.proxy.URL)
+	const instances, perRequest = 120, 10
+	study := r.addStudy(t, instances, 64)
+	r.proxy.Throttle(100_000) // per request: about 5 s with 2 requests at once, 11 s with 1
+	r.startForwarder(t, authEnv(idp, gate.URL+"/dicom-web", tokenSecret, map[string]string{
+		"STOW_MAX_INSTANCES": strconv.Itoa(perRequest),
+		"FORWARDER_ACK_WAIT": "30s",
+	}))
+	start := time.Now()
+	r.publish(t, study)
+	r.waitDest(t, instances, time.Minute)
+	elapsed := time.Since(start)
+	r.waitQueueEmpty(t, 30*time.Second)
+
+	requests, issued := r.proxy.STOWRequests(), idp.TokensIssued()
+	t.Logf("%d instances in %s: %d STOW requests, %d tokens issued, gate accepted %d, rejected %d",
+		instances, elapsed.Round(time.Millisecond), requests, issued, gate.Accepted(), gate.Rejected())
+	if elapsed < 3*time.Second {
+		t.Errorf("the upload took %s: too fast to outlive a token", elapsed)
+	}
+	if gate.Rejected() != 0 {
+		t.Errorf("the gate rejected %d requests: a token expired in use", gate.Rejected())
+	}
+	if want := instances / perRequest; requests != want || gate.Accepted() != want {
+		t.Errorf("%d STOW requests (gate accepted %d), want exactly %d: an upload failed and was re-sent", requests, gate.Accepted(), want)
+	}
+	if got := r.metric(t, "stowline_forwarder_failures_total", ""); got != 0 {
+		t.Errorf("%v failed attempts", got)
+	}
+	// One token per half lifetime, plus the first and one being fetched.
+	if maxTokens := int(elapsed/time.Second) + 3; issued < 2 || issued > maxTokens {
+		t.Errorf("%d tokens issued in %s, want 2..%d", issued, elapsed, maxTokens)
+	}
+	r.noDeadLetters(t)
+	r.assertIdentical(t)
+}
+
+// TestUnauthorizedMidStudy: the destination starts refusing the current
+// token in the middle of a study (revoked at the IdP): the forwarder
+// fetches one new token, sends that request again, and the study
+// completes in the same delivery.
+func TestUnauthorizedMidStudy(t *testing.T) {
+	t.Parallel()
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithTokenLifetime(time.Minute))
+	r := newRig(t)
+	gate := idp.Gate(t, r.proxy.URL)
+	// Revoke every token issued so far just before the third STOW request.
+	var posts atomic.Int64
+	target, _ := url.Parse(gate.URL)
+	front := httputil.NewSingleHostReverseProxy(target)
+	front.FlushInterval = -1
+	revoker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method == http.MethodPost && posts.Add(1) == 3 {
+			idp.RevokeIssued()
+		}
+		front.ServeHTTP(w, req)
+	}))
+	t.Cleanup(revoker.Close)
+
+	const instances, perRequest = 30, 5
+	study := r.addStudy(t, instances, 16)
+	r.startForwarder(t, authEnv(idp, revoker.URL+"/dicom-web", tokenSecret, map[string]string{"STOW_MAX_INSTANCES": strconv.Itoa(perRequest)}))
+	r.publish(t, study)
+	r.waitDest(t, instances, time.Minute)
+	r.waitQueueEmpty(t, 30*time.Second)
+
+	// Requests in flight together (STOW_PARALLEL_REQUESTS) may all carry
+	// the revoked token; they share the one refresh.
+	rejected := gate.Rejected()
+	t.Logf("STOW posts %d, tokens issued %d, gate rejected %d", posts.Load(), idp.TokensIssued(), rejected)
+	if idp.TokensIssued() != 2 || rejected < 1 || rejected > 2 {
+		t.Errorf("tokens issued %d, gate rejected %d: want 2 (one refresh after the 401) and 1 or 2", idp.TokensIssued(), rejected)
+	}
+	if want := int64(instances/perRequest + rejected); posts.Load() != want || r.proxy.STOWRequests() != instances/perRequest {
+		t.Errorf("%d STOW posts, %d reached the destination; want %d and %d", posts.Load(), r.proxy.STOWRequests(), want, instances/perRequest)
+	}
+	if got := r.metric(t, "stowline_forwarder_studies_total", `result="retry"`); got != 0 {
+		t.Errorf("the study was retried %v times: the 401 should be handled within the delivery", got)
+	}
+	r.noDeadLetters(t)
+	r.assertIdentical(t)
+}
+
+// TestIdentityProviderDown: the token endpoint is down for 20 s with 2 s
+// tokens: the study that arrives meanwhile fails transiently (nothing is
+// sent with an expired token), is retried later, and arrives once the
+// endpoint is back; nothing is lost or dead-lettered.
+func TestIdentityProviderDown(t *testing.T) {
+	t.Parallel()
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithTokenLifetime(2*time.Second))
+	r := newRig(t)
+	gate := idp.Gate(t, r.proxy.URL)
+	first, second := r.addStudy(t, 5, 16), r.addStudy(t, 5, 16)
+	r.startForwarder(t, authEnv(idp, gate.URL+"/dicom-web", tokenSecret, nil))
+	r.publish(t, first)
+	r.waitDest(t, 5, time.Minute)
+
+	idp.SetDown(true)
+	down := time.Now()
+	// The cached token serves until it is about to expire: publish once
+	// it has.
+	time.Sleep(2500 * time.Millisecond)
+	r.publish(t, second)
+	time.Sleep(time.Until(down.Add(20 * time.Second)))
+	var stats struct{ CountInstances int }
+	r.dest.GetJSON(t, "/statistics", &stats)
+	transient := r.metric(t, "stowline_forwarder_failures_total", `class="`+string(failure.Transient)+`"`)
+	tokenErrors := r.metric(t, "stowline_forwarder_token_fetch_errors_total", "")
+	idp.SetDown(false)
+	up := time.Now()
+
+	r.waitDest(t, 10, time.Minute)
+	r.waitQueueEmpty(t, 30*time.Second)
+	t.Logf("during the outage: destination had %d instances, %v transient failures, %v token errors; recovered %s after the endpoint came back",
+		stats.CountInstances, transient, tokenErrors, time.Since(up).Round(time.Millisecond))
+	if stats.CountInstances != 5 {
+		t.Errorf("the destination had %d instances during the outage, want 5", stats.CountInstances)
+	}
+	if transient < 1 || tokenErrors < 1 {
+		t.Errorf("%v transient failures, %v token fetch errors: the study was not tried during the outage", transient, tokenErrors)
+	}
+	if gate.Rejected() != 0 {
+		t.Errorf("the gate rejected %d requests: an expired token was sent", gate.Rejected())
+	}
+	if r.metric(t, "stowline_forwarder_studies_total", `result="dead_lettered"`) != 0 {
+		t.Error("a study was dead-lettered")
+	}
+	r.noDeadLetters(t)
+	r.assertIdentical(t)
+}
+
+// TestWrongSecret: a refused client secret is a permanent failure: the
+// study is dead-lettered at once with a reason naming the provider and
+// quoting the IdP, and the secret is in neither the reason nor the log.
+func TestWrongSecret(t *testing.T) {
+	t.Parallel()
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret))
+	r := newRig(t)
+	gate := idp.Gate(t, r.proxy.URL)
+	study := r.addStudy(t, 3, 16)
+	const wrong = "not-the-secret-9876543210"
+	logs := r.startLoggedForwarder(t, authEnv(idp, gate.URL+"/dicom-web", wrong, nil))
+	r.publish(t, study)
+
+	entries := waitDeadLetters(t, r.deadLetters(t), 1, 30*time.Second)
+	e := entries[0]
+	t.Logf("dead letter: class %s, attempts %d, reason %q", e.Class, e.Attempts, e.Reason)
+	if e.Class != failure.Permanent || e.Attempts != 1 {
+		t.Errorf("class %s after %d attempts, want permanent after 1", e.Class, e.Attempts)
+	}
+	for _, want := range []string{"generic token endpoint", idp.TokenURL, "401", "invalid_client"} {
+		if !strings.Contains(e.Reason, want) {
+			t.Errorf("reason lacks %q", want)
+		}
+	}
+	if r.proxy.STOWRequests() != 0 || gate.Accepted()+gate.Rejected() != 0 {
+		t.Error("a request went to the destination without a token")
+	}
+	if strings.Contains(e.Reason, wrong) || strings.Contains(logs.String(), wrong) {
+		t.Error("the secret is in the dead letter or the log")
+	}
+}

@@ -1,0 +1,264 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The identity providers OAUTH_PROVIDER selects.
+const (
+	ProviderGeneric = "generic"
+	ProviderAzure   = "azure"
+	ProviderGoogle  = "google"
+	ProviderAWS     = "aws"
+)
+
+// The client authentication methods OAUTH_AUTH_STYLE selects.
+const (
+	AuthStyleBasic         = "client_secret_basic"
+	AuthStylePost          = "client_secret_post"
+	AuthStylePrivateKeyJWT = "private_key_jwt"
+)
+
+// awsMaxStowBytes is AWS HealthImaging's limit of DICOM data per STOW-RS
+// request ("up to 1GB", read as 10^9 bytes, the stricter reading).
+const awsMaxStowBytes = 1_000_000_000
+
+// DestinationAuth says how requests to the DICOMweb destination (one
+// destination today) are authenticated, and how TLS to it and to its
+// token endpoint is set up. It extends Forwarder's OAUTH_TOKEN_URL,
+// OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET and OAUTH_SCOPES.
+type DestinationAuth struct {
+	Provider  string `env:"OAUTH_PROVIDER" envDefault:"generic" desc:"who issues the destination's credentials: generic (any OAuth2 server), azure (Microsoft Entra ID), google (Google Cloud) or aws (AWS HealthImaging, Signature V4)"`
+	AuthStyle string `env:"OAUTH_AUTH_STYLE" desc:"generic: how the client authenticates to the token endpoint: client_secret_basic (default), client_secret_post, or private_key_jwt (default when OAUTH_CLIENT_ASSERTION_KEY_FILE is set)"`
+	IssuerURL string `env:"OAUTH_ISSUER_URL" desc:"generic: OpenID Connect issuer whose token endpoint is discovered ({issuer}/.well-known/openid-configuration), instead of OAUTH_TOKEN_URL"`
+	Audience  string `env:"OAUTH_AUDIENCE" desc:"generic: audience parameter of the token request (Auth0, Okta)"`
+	Resource  string `env:"OAUTH_RESOURCE" desc:"generic: resource parameter of the token request (ADFS, RFC 8707)"`
+
+	AssertionKeyFile string `env:"OAUTH_CLIENT_ASSERTION_KEY_FILE" desc:"PEM private key (unencrypted; with its certificate for azure) signing client assertions: private_key_jwt (generic) or certificate credentials (azure); re-read for every token"`
+	AssertionKeyID   string `env:"OAUTH_CLIENT_ASSERTION_KEY_ID" desc:"generic: key ID (kid) of OAUTH_CLIENT_ASSERTION_KEY_FILE as registered at the identity provider"`
+
+	RefreshMargin time.Duration `env:"OAUTH_REFRESH_MARGIN" envDefault:"5m" desc:"how long before expiry a token (or temporary AWS credentials) is replaced in the background; capped at half the token's lifetime"`
+
+	AzureTenantID      string `env:"AZURE_TENANT_ID" desc:"azure: directory (tenant) ID; with OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET or OAUTH_CLIENT_ASSERTION_KEY_FILE. Without a secret or certificate the managed identity is used"`
+	AzureAuthorityHost string `env:"AZURE_AUTHORITY_HOST" envDefault:"https://login.microsoftonline.com" desc:"azure: Entra ID authority (sovereign clouds: https://login.microsoftonline.us, https://login.partner.microsoftonline.cn)"`
+	AzureIMDSEndpoint  string `env:"AZURE_IMDS_ENDPOINT" envDefault:"http://169.254.169.254/metadata/identity/oauth2/token" desc:"azure: managed identity token endpoint of the Instance Metadata Service"`
+
+	GoogleCredentialsFile string `env:"GOOGLE_APPLICATION_CREDENTIALS" desc:"google: service account JSON key file; empty uses the metadata server (GCE, GKE workload identity)"`
+	GCEMetadataHost       string `env:"GCE_METADATA_HOST" envDefault:"metadata.google.internal" desc:"google: metadata server host[:port]"`
+
+	AWSRegion string `env:"AWS_REGION" desc:"aws: region of the HealthImaging data store; default: read from DICOMWEB_URL (dicom-medical-imaging.REGION.amazonaws.com). Credentials come from the AWS SDK's standard chain"`
+
+	TLSCAFile             string `env:"TLS_CA_FILE" desc:"PEM CA certificates trusted, besides the system's, for the destination and its token endpoint (private PKI)"`
+	TLSCertFile           string `env:"TLS_CERT_FILE" desc:"PEM client certificate for mutual TLS with the destination and its token endpoint; with TLS_KEY_FILE; reloaded when renewed"`
+	TLSKeyFile            string `env:"TLS_KEY_FILE" desc:"PEM private key of TLS_CERT_FILE"`
+	TLSInsecureSkipVerify bool   `env:"TLS_INSECURE_SKIP_VERIFY" envDefault:"false" desc:"true accepts any server certificate of the destination and its token endpoint (tests only; logged as a warning at every start)"`
+}
+
+// authValidate checks the destination's authentication; the errors name
+// the variables. It replaces the checks of OAUTH_TOKEN_URL and friends.
+func (f *Forwarder) authValidate() error {
+	d := &f.DestinationAuth
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for name, v := range map[string]string{"OAUTH_TOKEN_URL": f.OAuthTokenURL, "OAUTH_ISSUER_URL": d.IssuerURL, "AZURE_AUTHORITY_HOST": d.AzureAuthorityHost, "AZURE_IMDS_ENDPOINT": d.AzureIMDSEndpoint} {
+		if v != "" {
+			if err := validateHTTPURL(name, v); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if d.RefreshMargin < 0 {
+		add("OAUTH_REFRESH_MARGIN=%s: want 0 or more", d.RefreshMargin)
+	}
+	// notFor lists variables set although the provider ignores them.
+	notFor := func(vars map[string]bool) {
+		var set []string
+		for name, isSet := range vars {
+			if isSet {
+				set = append(set, name)
+			}
+		}
+		if len(set) > 0 {
+			slices.Sort(set)
+			add("%s: not used with OAUTH_PROVIDER=%s", strings.Join(set, ", "), d.Provider)
+		}
+	}
+	generic := map[string]bool{
+		"OAUTH_TOKEN_URL": f.OAuthTokenURL != "", "OAUTH_ISSUER_URL": d.IssuerURL != "", "OAUTH_AUTH_STYLE": d.AuthStyle != "",
+		"OAUTH_AUDIENCE": d.Audience != "", "OAUTH_RESOURCE": d.Resource != "", "OAUTH_CLIENT_ASSERTION_KEY_ID": d.AssertionKeyID != "",
+	}
+	switch d.Provider {
+	case ProviderGeneric:
+		errs = append(errs, f.genericValidate()...)
+	case ProviderAzure:
+		notFor(generic)
+		switch {
+		case f.OAuthClientSecret != "" && d.AssertionKeyFile != "":
+			add("OAUTH_CLIENT_SECRET and OAUTH_CLIENT_ASSERTION_KEY_FILE are both set: an Entra app authenticates with one")
+		case f.OAuthClientSecret != "" || d.AssertionKeyFile != "":
+			if d.AzureTenantID == "" {
+				add("AZURE_TENANT_ID is required with a client secret or certificate (OAUTH_PROVIDER=azure)")
+			}
+			if f.OAuthClientID == "" {
+				add("OAUTH_CLIENT_ID (the application ID) is required with a client secret or certificate (OAUTH_PROVIDER=azure)")
+			}
+		default: // managed identity
+			if d.AzureTenantID != "" {
+				add("AZURE_TENANT_ID is set but neither OAUTH_CLIENT_SECRET nor OAUTH_CLIENT_ASSERTION_KEY_FILE: set the app's credential, or unset AZURE_TENANT_ID to use the managed identity (OAUTH_PROVIDER=azure)")
+			}
+			if len(f.OAuthScopes) > 1 {
+				add("OAUTH_SCOPES: a managed identity takes one scope (OAUTH_PROVIDER=azure)")
+			}
+		}
+		if strings.ContainsAny(d.AzureTenantID, "/?#") {
+			add("AZURE_TENANT_ID=%q: want a tenant GUID or domain", d.AzureTenantID)
+		}
+		errs = append(errs, fileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
+	case ProviderGoogle:
+		generic["OAUTH_CLIENT_ID"] = f.OAuthClientID != ""
+		generic["OAUTH_CLIENT_SECRET"] = f.OAuthClientSecret != ""
+		generic["OAUTH_CLIENT_ASSERTION_KEY_FILE"] = d.AssertionKeyFile != ""
+		notFor(generic)
+		errs = append(errs, fileReadable("GOOGLE_APPLICATION_CREDENTIALS", d.GoogleCredentialsFile))
+		if strings.ContainsAny(d.GCEMetadataHost, "/?#@") || d.GCEMetadataHost == "" {
+			add("GCE_METADATA_HOST=%q: want host or host:port", d.GCEMetadataHost)
+		}
+	case ProviderAWS:
+		generic["OAUTH_CLIENT_ID"] = f.OAuthClientID != ""
+		generic["OAUTH_CLIENT_SECRET"] = f.OAuthClientSecret != ""
+		generic["OAUTH_SCOPES"] = len(f.OAuthScopes) > 0
+		generic["OAUTH_CLIENT_ASSERTION_KEY_FILE"] = d.AssertionKeyFile != ""
+		notFor(generic)
+		if d.AWSRegion == "" {
+			if _, ok := awsRegionFromURL(f.DICOMwebURL); !ok {
+				add("AWS_REGION is required: DICOMWEB_URL is not a HealthImaging endpoint (https://dicom-medical-imaging.REGION.amazonaws.com/datastore/ID) to read it from")
+			}
+		}
+		if f.StowMaxBytes > awsMaxStowBytes {
+			add("STOW_MAX_BYTES=%s: AWS HealthImaging takes at most 1GB (1000000000 bytes) of DICOM data per request; want at most 1GB", f.StowMaxBytes)
+		}
+	default:
+		add("OAUTH_PROVIDER=%q: want generic, azure, google or aws", d.Provider)
+	}
+	if (d.TLSCertFile == "") != (d.TLSKeyFile == "") {
+		add("TLS_CERT_FILE and TLS_KEY_FILE: set both for mutual TLS, or neither")
+	}
+	for name, path := range map[string]string{"TLS_CA_FILE": d.TLSCAFile, "TLS_CERT_FILE": d.TLSCertFile, "TLS_KEY_FILE": d.TLSKeyFile} {
+		errs = append(errs, fileReadable(name, path))
+	}
+	return errors.Join(errs...)
+}
+
+// genericValidate checks OAUTH_PROVIDER=generic, where no token URL and no
+// issuer means no authentication.
+func (f *Forwarder) genericValidate() []error {
+	d := &f.DestinationAuth
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	oauth := f.OAuthTokenURL != "" || d.IssuerURL != ""
+	if !oauth {
+		if f.OAuthClientID != "" || f.OAuthClientSecret != "" || d.AssertionKeyFile != "" {
+			add("OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET or OAUTH_CLIENT_ASSERTION_KEY_FILE is set but OAUTH_TOKEN_URL (or OAUTH_ISSUER_URL) is empty")
+		}
+		return errs
+	}
+	if f.OAuthTokenURL != "" && d.IssuerURL != "" {
+		add("OAUTH_TOKEN_URL and OAUTH_ISSUER_URL are both set: set the token endpoint or the issuer to discover it from")
+	}
+	if f.OAuthClientID == "" {
+		add("OAUTH_CLIENT_ID is required when OAUTH_TOKEN_URL or OAUTH_ISSUER_URL is set")
+	}
+	switch f.AuthStyle() {
+	case AuthStyleBasic, AuthStylePost:
+		if f.OAuthClientSecret == "" {
+			add("OAUTH_CLIENT_SECRET is required when OAUTH_TOKEN_URL or OAUTH_ISSUER_URL is set (or OAUTH_CLIENT_ASSERTION_KEY_FILE for private_key_jwt)")
+		}
+		if d.AssertionKeyFile != "" {
+			add("OAUTH_CLIENT_ASSERTION_KEY_FILE is set but OAUTH_AUTH_STYLE=%s", d.AuthStyle)
+		}
+	case AuthStylePrivateKeyJWT:
+		if d.AssertionKeyFile == "" {
+			add("OAUTH_CLIENT_ASSERTION_KEY_FILE is required with OAUTH_AUTH_STYLE=private_key_jwt")
+		}
+		if f.OAuthClientSecret != "" {
+			add("OAUTH_CLIENT_SECRET and a client assertion key are both set: private_key_jwt sends no secret")
+		}
+	default:
+		add("OAUTH_AUTH_STYLE=%q: want client_secret_basic, client_secret_post or private_key_jwt", d.AuthStyle)
+	}
+	errs = append(errs, fileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
+	return errs
+}
+
+// AuthStyle is the effective OAUTH_AUTH_STYLE of the generic provider.
+func (f *Forwarder) AuthStyle() string {
+	switch {
+	case f.DestinationAuth.AuthStyle != "":
+		return f.DestinationAuth.AuthStyle
+	case f.DestinationAuth.AssertionKeyFile != "":
+		return AuthStylePrivateKeyJWT
+	}
+	return AuthStyleBasic
+}
+
+// AWSRegionOrDefault is the region of an aws destination: AWS_REGION,
+// else read from DICOMWEB_URL.
+func (f *Forwarder) AWSRegionOrDefault() string {
+	if f.DestinationAuth.AWSRegion != "" {
+		return f.DestinationAuth.AWSRegion
+	}
+	r, _ := awsRegionFromURL(f.DICOMwebURL)
+	return r
+}
+
+func awsRegionFromURL(raw string) (string, bool) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", false
+	}
+	host := u.Hostname()
+	for _, prefix := range []string{"dicom-medical-imaging.", "dicom-medical-imaging-fips."} {
+		if rest, ok := strings.CutPrefix(host, prefix); ok {
+			region, domain, ok := strings.Cut(rest, ".")
+			if ok && region != "" && (domain == "amazonaws.com" || domain == "amazonaws.com.cn") {
+				return region, true
+			}
+		}
+	}
+	return "", false
+}
+
+// fileReadable checks that the file a variable names can be read (the
+// path is not secret; the content may be).
+func fileReadable(name, path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	_ = f.Close()
+	return nil
+}
+
+// CheckCommand is what `forwarder check` reads: the forwarder's
+// destination settings (the other forwarder variables are read, not used).
+type CheckCommand struct {
+	Log
+	Forwarder
+}
+
+// Validate checks every part; the errors name the variables.
+func (c *CheckCommand) Validate() error {
+	return errors.Join(c.Log.Validate(), c.Forwarder.Validate())
+}
+
+// LogConfig returns the logging part.
+func (c *CheckCommand) LogConfig() Log { return c.Log }

@@ -1,0 +1,88 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDestinationAuthValidation(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const hi = "https://dicom-medical-imaging.eu-west-1.amazonaws.com/datastore/d9a2a515ab294163a2d2f4069eed584c"
+	tests := []struct {
+		name string
+		set  map[string]string
+		want string // substring of the error; "" means valid
+	}{
+		{name: "no auth", set: nil},
+		{name: "generic basic", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}},
+		{name: "generic post with audience and resource", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s",
+			"OAUTH_AUTH_STYLE": "client_secret_post", "OAUTH_AUDIENCE": "https://api", "OAUTH_RESOURCE": "urn:x"}},
+		{name: "generic discovery and private_key_jwt", set: map[string]string{"OAUTH_ISSUER_URL": "https://idp/realms/x", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key}},
+		{name: "token URL and issuer", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_ISSUER_URL": "https://idp", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}, want: "both set"},
+		{name: "issuer without client", set: map[string]string{"OAUTH_ISSUER_URL": "https://idp"}, want: "OAUTH_CLIENT_ID"},
+		{name: "private_key_jwt without key", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_AUTH_STYLE": "private_key_jwt"}, want: "OAUTH_CLIENT_ASSERTION_KEY_FILE is required"},
+		{name: "key and secret", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key}, want: "private_key_jwt sends no secret"},
+		{name: "missing key file", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key + ".gone"}, want: "OAUTH_CLIENT_ASSERTION_KEY_FILE"},
+		{name: "bad auth style", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s", "OAUTH_AUTH_STYLE": "basic"}, want: "OAUTH_AUTH_STYLE"},
+		{name: "unknown provider", set: map[string]string{"OAUTH_PROVIDER": "okta"}, want: "OAUTH_PROVIDER"},
+		{name: "azure secret", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}},
+		{name: "azure certificate", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key}},
+		{name: "azure managed identity", set: map[string]string{"OAUTH_PROVIDER": "azure"}},
+		{name: "azure tenant without credential", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c"}, want: "neither OAUTH_CLIENT_SECRET"},
+		{name: "azure secret without tenant", set: map[string]string{"OAUTH_PROVIDER": "azure", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}, want: "AZURE_TENANT_ID"},
+		{name: "azure with a token URL", set: map[string]string{"OAUTH_PROVIDER": "azure", "OAUTH_TOKEN_URL": "https://idp/token"}, want: "OAUTH_TOKEN_URL: not used with OAUTH_PROVIDER=azure"},
+		{name: "google key", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": key}},
+		{name: "google metadata server", set: map[string]string{"OAUTH_PROVIDER": "google", "GCE_METADATA_HOST": "127.0.0.1:8080"}},
+		{name: "google with a client secret", set: map[string]string{"OAUTH_PROVIDER": "google", "OAUTH_CLIENT_SECRET": "s"}, want: "OAUTH_CLIENT_SECRET: not used"},
+		{name: "google missing key", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": key + ".gone"}, want: "GOOGLE_APPLICATION_CREDENTIALS"},
+		{name: "aws region from the URL", set: map[string]string{"OAUTH_PROVIDER": "aws", "DICOMWEB_URL": hi, "STOW_MAX_BYTES": "1GB"}},
+		{name: "aws over 1GB per request", set: map[string]string{"OAUTH_PROVIDER": "aws", "DICOMWEB_URL": hi, "STOW_MAX_BYTES": "1GiB"}, want: "STOW_MAX_BYTES=1GiB"},
+		{name: "aws without region", set: map[string]string{"OAUTH_PROVIDER": "aws"}, want: "AWS_REGION is required"},
+		{name: "aws with a client ID", set: map[string]string{"OAUTH_PROVIDER": "aws", "AWS_REGION": "us-east-1", "OAUTH_CLIENT_ID": "c"}, want: "OAUTH_CLIENT_ID: not used"},
+		{name: "TLS certificate without key", set: map[string]string{"TLS_CERT_FILE": key}, want: "TLS_CERT_FILE and TLS_KEY_FILE"},
+		{name: "TLS CA missing", set: map[string]string{"TLS_CA_FILE": key + ".gone"}, want: "TLS_CA_FILE"},
+		{name: "negative margin", set: map[string]string{"OAUTH_REFRESH_MARGIN": "-1s"}, want: "OAUTH_REFRESH_MARGIN"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			e["NATS_URL"] = "nats://127.0.0.1:4222"
+			for k, v := range tt.set {
+				e[k] = v
+			}
+			var c ForwarderService
+			err := Load(mapEnv(e), &c)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Load: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDestinationAuthDefaults(t *testing.T) {
+	var c SingleHost
+	if err := Load(mapEnv(baseEnv()), &c); err != nil {
+		t.Fatal(err)
+	}
+	d := c.Forwarder.DestinationAuth
+	if d.Provider != ProviderGeneric || d.RefreshMargin != 5*time.Minute || c.Forwarder.AuthStyle() != AuthStyleBasic ||
+		d.AzureAuthorityHost != "https://login.microsoftonline.com" || d.GCEMetadataHost != "metadata.google.internal" || d.TLSInsecureSkipVerify {
+		t.Errorf("defaults: %+v", d)
+	}
+	c.Forwarder.DICOMwebURL = "https://dicom-medical-imaging.ap-southeast-2.amazonaws.com/datastore/x"
+	if r := c.Forwarder.AWSRegionOrDefault(); r != "ap-southeast-2" {
+		t.Errorf("region = %q", r)
+	}
+}

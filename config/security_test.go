@@ -1,0 +1,68 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The listener, webhook and NATS security variables: errors name them.
+func TestSecurityVariables(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f.pem")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := map[string]string{"NATS_URL": "nats://n:4222", "INGEST_TOKEN": "0123456789abcdef", "RECONCILE_ENABLED": "false"}
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string // "" loads
+	}{
+		{"defaults", nil, ""},
+		{"listen cert without key", map[string]string{"TLS_LISTEN_CERT_FILE": file}, "TLS_LISTEN_CERT_FILE and TLS_LISTEN_KEY_FILE"},
+		{"listen key without cert", map[string]string{"TLS_LISTEN_KEY_FILE": file}, "TLS_LISTEN_CERT_FILE and TLS_LISTEN_KEY_FILE"},
+		{"listen pair", map[string]string{"TLS_LISTEN_CERT_FILE": file, "TLS_LISTEN_KEY_FILE": file}, ""},
+		{"listen cert missing", map[string]string{"TLS_LISTEN_CERT_FILE": file + ".no", "TLS_LISTEN_KEY_FILE": file}, "TLS_LISTEN_CERT_FILE"},
+		{"short hmac secret", map[string]string{"INGEST_HMAC_SECRET": "short"}, "INGEST_HMAC_SECRET"},
+		{"hmac secret", map[string]string{"INGEST_HMAC_SECRET": strings.Repeat("s", 32)}, ""},
+		{"hmac skew", map[string]string{"INGEST_HMAC_MAX_SKEW": "0s"}, "INGEST_HMAC_MAX_SKEW"},
+		{"negative rate", map[string]string{"INGEST_RATE_LIMIT": "-1"}, "INGEST_RATE_LIMIT"},
+		{"zero burst", map[string]string{"INGEST_RATE_BURST": "0"}, "INGEST_RATE_BURST"},
+		{"rate off, zero burst", map[string]string{"INGEST_RATE_LIMIT": "0", "INGEST_RATE_BURST": "0"}, ""},
+		{"user without password", map[string]string{"NATS_USER": "u"}, "NATS_USER and NATS_PASSWORD"},
+		{"user and password", map[string]string{"NATS_USER": "u", "NATS_PASSWORD": "p"}, ""},
+		{"two methods", map[string]string{"NATS_USER": "u", "NATS_PASSWORD": "p", "NATS_NKEY_FILE": file}, "set at most one"},
+		{"nkey missing", map[string]string{"NATS_NKEY_FILE": file + ".no"}, "NATS_NKEY_FILE"},
+		{"client cert without key", map[string]string{"NATS_CERT_FILE": file}, "NATS_CERT_FILE and NATS_KEY_FILE"},
+		{"ca", map[string]string{"NATS_CA_FILE": file}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range base {
+				env[k] = v
+			}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			var c IngestService
+			err := Load(func(k string) string { return env[k] }, &c)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("error %v, want one naming %s", err, tt.want)
+			}
+		})
+	}
+	// Embedded NATS takes no credentials.
+	var s SingleHost
+	err := Load(func(k string) string {
+		return map[string]string{"INGEST_TOKEN": "0123456789abcdef", "DICOMWEB_URL": "https://d/", "NATS_USER": "u", "NATS_PASSWORD": "p"}[k]
+	}, &s)
+	if err == nil || !strings.Contains(err.Error(), "need NATS_URL") {
+		t.Errorf("embedded with NATS_USER: %v", err)
+	}
+}

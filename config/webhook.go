@@ -1,0 +1,34 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// WebhookSecurity hardens the ingest's webhook beyond the bearer token:
+// an optional HMAC signature of the body and a per-client rate limit.
+type WebhookSecurity struct {
+	HMACSecret  string        `env:"INGEST_HMAC_SECRET" secret:"true" desc:"when set, webhook requests must also carry X-Stowline-Timestamp and X-Stowline-Signature (HMAC-SHA256 of timestamp.body with this secret; at least 32 characters)"`
+	HMACMaxSkew time.Duration `env:"INGEST_HMAC_MAX_SKEW" envDefault:"5m" desc:"how far X-Stowline-Timestamp may be from the ingest's clock (replay protection)"`
+	RateLimit   float64       `env:"INGEST_RATE_LIMIT" envDefault:"50" desc:"webhook requests per second per client IP address (0: no limit); over it the answer is 429 with Retry-After"`
+	RateBurst   int           `env:"INGEST_RATE_BURST" envDefault:"100" desc:"webhook requests a client IP address may send at once above INGEST_RATE_LIMIT"`
+}
+
+// Validate names the variable that is out of range.
+func (w *WebhookSecurity) Validate() error {
+	var errs []error
+	if w.HMACSecret != "" && len(w.HMACSecret) < 32 {
+		errs = append(errs, errors.New("INGEST_HMAC_SECRET: want at least 32 characters"))
+	}
+	if w.HMACMaxSkew < time.Second || w.HMACMaxSkew > time.Hour {
+		errs = append(errs, fmt.Errorf("INGEST_HMAC_MAX_SKEW=%s: want 1s to 1h", w.HMACMaxSkew))
+	}
+	if w.RateLimit < 0 {
+		errs = append(errs, fmt.Errorf("INGEST_RATE_LIMIT=%g: want 0 (no limit) or more", w.RateLimit))
+	}
+	if w.RateLimit > 0 && w.RateBurst < 1 {
+		errs = append(errs, fmt.Errorf("INGEST_RATE_BURST=%d: want at least 1", w.RateBurst))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,111 @@
+package ingest
+
+import (
+	"math"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// maxClients bounds the per-client table: beyond it the least recently
+// seen clients' buckets are dropped (a dropped client starts again with a
+// full bucket, which only ever errs on the side of admitting).
+const maxClients = 10000
+
+// limiter is a token bucket per client IP address.
+type limiter struct {
+	rate  float64 // tokens per second
+	burst float64
+	now   func() time.Time
+
+	mu      sync.Mutex
+	clients map[string]*bucket
+	lastGC  time.Time
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newLimiter(rate float64, burst int, now func() time.Time) *limiter {
+	if burst < 1 {
+		burst = 1
+	}
+	return &limiter{rate: rate, burst: float64(burst), now: now, clients: map[string]*bucket{}}
+}
+
+// allow takes a token of client's bucket; if there is none it returns how
+// long until there is.
+func (l *limiter) allow(client string) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	l.evictLocked(now)
+	b, ok := l.clients[client]
+	if !ok {
+		b = &bucket{tokens: l.burst, last: now}
+		l.clients[client] = b
+	}
+	if elapsed := now.Sub(b.last).Seconds(); elapsed > 0 {
+		b.tokens = math.Min(l.burst, b.tokens+elapsed*l.rate)
+	}
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	wait := time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+	return false, wait
+}
+
+// idleAfter is how long a client's bucket takes to refill completely; an
+// entry idle that long is equal to a new one and can go.
+func (l *limiter) idleAfter() time.Duration {
+	return time.Duration(l.burst/l.rate*float64(time.Second)) + time.Second
+}
+
+func (l *limiter) evictLocked(now time.Time) {
+	idle := l.idleAfter()
+	if len(l.clients) < maxClients && now.Sub(l.lastGC) < idle {
+		return
+	}
+	l.lastGC = now
+	for k, b := range l.clients {
+		if now.Sub(b.last) >= idle {
+			delete(l.clients, k)
+		}
+	}
+	// Still full of active clients: drop the oldest half.
+	if len(l.clients) >= maxClients {
+		var oldest time.Time
+		for _, b := range l.clients {
+			if oldest.IsZero() || b.last.Before(oldest) {
+				oldest = b.last
+			}
+		}
+		cut := oldest.Add(now.Sub(oldest) / 2)
+		for k, b := range l.clients {
+			if !b.last.After(cut) {
+				delete(l.clients, k)
+			}
+		}
+	}
+}
+
+func (l *limiter) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.clients)
+}
+
+// clientIP is the peer's address (proxy headers are not trusted: anyone
+// could set them).
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

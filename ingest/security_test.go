@@ -1,0 +1,186 @@
+package ingest_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/ingest"
+)
+
+// fakePublisher acknowledges every event (the JetStream path is tested in
+// TestWebhook).
+type fakePublisher struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (p *fakePublisher) Publish(_ context.Context, _ *events.StudyStable) (*jetstream.PubAck, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n++
+	return &jetstream.PubAck{Stream: events.StreamName, Sequence: uint64(p.n)}, nil
+}
+
+// clock is a settable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+func serve(t *testing.T, opts ingest.Options) *httptest.Server {
+	t.Helper()
+	h, err := ingest.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := chi.NewRouter()
+	h.Mount(r)
+	srv := httptest.NewServer(r)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func postHeaders(t *testing.T, url string, hdr map[string]string, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url+ingest.WebhookPath, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+func TestWebhookHMAC(t *testing.T) {
+	const secret = "hmac-secret-0123456789-0123456789"
+	now := time.Unix(1_790_000_000, 0)
+	clk := &clock{t: now}
+	srv := serve(t, ingest.Options{Tokens: []string{token}, Publisher: &fakePublisher{}, HMACSecret: secret,
+		HMACMaxSkew: 5 * time.Minute, Now: clk.Now})
+
+	sign := func(secret string, at time.Time, body string) map[string]string {
+		ts, sig := ingest.Sign([]byte(secret), at, []byte(body))
+		return map[string]string{ingest.TimestampHeader: ts, ingest.SignatureHeader: sig}
+	}
+	tampered := sign(secret, now, validBody)
+	tampered[ingest.SignatureHeader] = tampered[ingest.SignatureHeader][:len(tampered[ingest.SignatureHeader])-1] + "0"
+	if tampered[ingest.SignatureHeader] == sign(secret, now, validBody)[ingest.SignatureHeader] {
+		tampered[ingest.SignatureHeader] = tampered[ingest.SignatureHeader][:len(tampered[ingest.SignatureHeader])-1] + "1"
+	}
+	// A valid signature of one timestamp presented with another.
+	moved := sign(secret, now, validBody)
+	moved[ingest.TimestampHeader] = strconv.FormatInt(now.Unix()+1, 10)
+
+	tests := []struct {
+		name   string
+		hdr    map[string]string
+		body   string
+		status int
+	}{
+		{"signed", sign(secret, now, validBody), validBody, 202},
+		{"signed, clock 4m behind", sign(secret, now.Add(-4*time.Minute), validBody), validBody, 202},
+		{"signed, clock 4m ahead", sign(secret, now.Add(4*time.Minute), validBody), validBody, 202},
+		{"no headers", nil, validBody, 401},
+		{"no signature", map[string]string{ingest.TimestampHeader: strconv.FormatInt(now.Unix(), 10)}, validBody, 401},
+		{"wrong secret", sign("another-secret-0123456789-0123456789", now, validBody), validBody, 401},
+		{"other body", sign(secret, now, validBody), strings.Replace(validBody, "orthanc-a", "orthanc-b", 1), 401},
+		{"tampered signature", tampered, validBody, 401},
+		{"timestamp changed", moved, validBody, 401},
+		{"replayed 6m later", sign(secret, now.Add(-6*time.Minute), validBody), validBody, 401},
+		{"from the future", sign(secret, now.Add(6*time.Minute), validBody), validBody, 401},
+		{"not hex", map[string]string{ingest.TimestampHeader: strconv.FormatInt(now.Unix(), 10), ingest.SignatureHeader: "sha256=zz"}, validBody, 401},
+		{"no prefix", map[string]string{ingest.TimestampHeader: strconv.FormatInt(now.Unix(), 10),
+			ingest.SignatureHeader: strings.TrimPrefix(sign(secret, now, validBody)[ingest.SignatureHeader], "sha256=")}, validBody, 401},
+		{"timestamp not a number", map[string]string{ingest.TimestampHeader: "yesterday", ingest.SignatureHeader: sign(secret, now, validBody)[ingest.SignatureHeader]}, validBody, 401},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if resp := postHeaders(t, srv.URL, tt.hdr, tt.body); resp.StatusCode != tt.status {
+				t.Errorf("status = %d, want %d", resp.StatusCode, tt.status)
+			}
+		})
+	}
+}
+
+// TestSignatureFormat pins the documented computation
+// (docs/webhook-security.md): hex(HMAC-SHA256(secret, "<ts>.<body>")).
+func TestSignatureFormat(t *testing.T) {
+	ts, sig := ingest.Sign([]byte("key"), time.Unix(1700000000, 0), []byte(`{"a":1}`))
+	// printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac key
+	const want = "sha256=a438e398bfafc57e4396bb7fc2304422f0f768e965d073ca313cb52e22e6ad03"
+	if ts != "1700000000" {
+		t.Errorf("timestamp = %q", ts)
+	}
+	if sig != want {
+		t.Errorf("signature = %s, want %s", sig, want)
+	}
+}
+
+func TestWebhookRateLimit(t *testing.T) {
+	tests := []struct {
+		name  string
+		rate  float64
+		burst int
+		// steps: advance the clock by wait, then send n requests and expect
+		// the statuses.
+		steps []step
+	}{
+		{"off", 0, 0, []step{{0, 20, 20, 0}}},
+		{"burst then limited", 1, 3, []step{{0, 5, 3, 2}}},
+		{"refills at the rate", 2, 2, []step{{0, 3, 2, 1}, {500 * time.Millisecond, 2, 1, 1}, {time.Second, 3, 2, 1}}},
+		{"idle client starts full", 1, 2, []step{{0, 3, 2, 1}, {time.Hour, 3, 2, 1}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &clock{t: time.Unix(1_790_000_000, 0)}
+			srv := serve(t, ingest.Options{Tokens: []string{token}, Publisher: &fakePublisher{}, RateLimit: tt.rate, RateBurst: tt.burst, Now: clk.Now})
+			for i, s := range tt.steps {
+				clk.Advance(s.wait)
+				var ok, limited int
+				for range s.n {
+					resp := postHeaders(t, srv.URL, nil, validBody)
+					switch resp.StatusCode {
+					case http.StatusAccepted:
+						ok++
+					case http.StatusTooManyRequests:
+						limited++
+						if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 {
+							t.Errorf("step %d: Retry-After = %q, want whole seconds >= 1", i, resp.Header.Get("Retry-After"))
+						}
+					default:
+						t.Fatalf("step %d: status %d", i, resp.StatusCode)
+					}
+				}
+				if ok != s.ok || limited != s.limited {
+					t.Errorf("step %d: %d accepted, %d limited; want %d, %d", i, ok, limited, s.ok, s.limited)
+				}
+			}
+		})
+	}
+}
+
+type step struct {
+	wait           time.Duration
+	n, ok, limited int
+}

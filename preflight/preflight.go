@@ -1,0 +1,222 @@
+// Package preflight verifies a destination's setup before any study flows
+// (`forwarder check`): it obtains a credential the way the forwarder will
+// (an OAuth2 token, or AWS credentials for SigV4), reports what can be said
+// of it without showing it, and makes one authenticated, read-only request
+// to the destination's DICOMweb API.
+package preflight
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// ErrFailed is returned (wrapped) when the check did not pass.
+var ErrFailed = errors.New("preflight: destination check failed")
+
+// Credential is what the check may say about a credential.
+type Credential struct {
+	// Kind, e.g. "azure client certificate", "AWS SigV4 (medical-imaging, eu-west-1)".
+	Kind string
+	// Source is where it came from: a token endpoint URL, an AWS
+	// credential provider name.
+	Source string
+	// Lifetime left, 0 if unknown or unlimited.
+	Lifetime time.Duration
+	Expiry   time.Time
+	// Scopes granted, Roles (Entra application permissions), Audience.
+	Scopes, Roles, Audience []string
+	// Requested scopes, for comparison.
+	Requested []string
+	Issuer    string
+	ClientID  string
+	// OAuth says the credential is an OAuth2 token (scopes apply).
+	OAuth bool
+}
+
+// Options configure Run.
+type Options struct {
+	// BaseURL is DICOMWEB_URL.
+	BaseURL string
+	// Client sends authenticated requests to the destination.
+	Client *http.Client
+	// Credential obtains the credential; nil means the destination is
+	// used without authentication.
+	Credential func(ctx context.Context) (Credential, error)
+	// Timeout bounds each step (default 30 s).
+	Timeout time.Duration
+}
+
+// Report is the outcome of Run.
+type Report struct {
+	Credential     *Credential // nil without authentication
+	CredentialErr  error
+	CredentialTook time.Duration
+	RequestURL     string
+	Status         int
+	StatusText     string
+	RequestTook    time.Duration
+	RequestErr     error
+	// Detail is the start of an error answer's body or its WWW-Authenticate.
+	Detail string
+	OK     bool
+	// Verdict is one line an operator can act on.
+	Verdict string
+}
+
+// Run checks the destination. The returned error wraps ErrFailed when the
+// verdict is negative; the Report says why either way.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
+	r := &Report{}
+	if o.Credential != nil {
+		cctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		start := time.Now()
+		cred, err := o.Credential(cctx)
+		cancel()
+		r.CredentialTook = time.Since(start)
+		if err != nil {
+			r.CredentialErr = err
+			r.Verdict = "FAIL: no credential could be obtained; the forwarder would fail every study the same way. Fix the identity provider settings (the error above quotes the provider's answer)."
+			return r, fmt.Errorf("%w: %w", ErrFailed, err)
+		}
+		r.Credential = &cred
+	}
+
+	u, err := url.Parse(o.BaseURL)
+	if err != nil {
+		return r, fmt.Errorf("%w: DICOMWEB_URL: %w", ErrFailed, err)
+	}
+	u = u.JoinPath("studies")
+	u.RawQuery = url.Values{"limit": {"1"}}.Encode()
+	r.RequestURL = u.Redacted()
+	rctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return r, fmt.Errorf("%w: %w", ErrFailed, err)
+	}
+	req.Header.Set("Accept", "application/dicom+json")
+	start := time.Now()
+	resp, err := o.Client.Do(req)
+	r.RequestTook = time.Since(start)
+	if err != nil {
+		r.RequestErr = err
+		r.Verdict = "FAIL: the destination could not be reached (network, DNS, proxy or TLS: see TLS_CA_FILE, TLS_CERT_FILE)."
+		return r, fmt.Errorf("%w: %w", ErrFailed, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	r.Status, r.StatusText = resp.StatusCode, resp.Status
+	switch {
+	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNoContent:
+		r.OK = true
+		r.Verdict = "OK: the destination accepted an authenticated DICOMweb request. (This proves authentication and read access; storing needs the write role too: Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:StoreDICOM.)"
+		if o.Credential == nil {
+			r.Verdict = "OK: the destination answered without authentication."
+		}
+		return r, nil
+	case resp.StatusCode == http.StatusUnauthorized:
+		r.Detail = firstNonEmpty(snippet([]byte(resp.Header.Get("WWW-Authenticate"))), snippet(body))
+		r.Verdict = "FAIL: the destination refused the credential (401): check the scope or audience the token is for, and that the destination trusts this identity provider."
+	case resp.StatusCode == http.StatusForbidden:
+		r.Detail = snippet(body)
+		r.Verdict = "FAIL: authenticated, but not allowed (403): grant the identity its role on the destination (Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:SearchDICOMStudies and StoreDICOM)."
+	case resp.StatusCode == http.StatusNotFound:
+		r.Detail = snippet(body)
+		r.Verdict = "FAIL: no DICOMweb service at DICOMWEB_URL (404): check the base URL (it must be the one {DICOMWEB_URL}/studies is under)."
+	default:
+		r.Detail = snippet(body)
+		r.Verdict = fmt.Sprintf("FAIL: the destination answered %s.", resp.Status)
+	}
+	return r, fmt.Errorf("%w: %s", ErrFailed, resp.Status)
+}
+
+// WriteText prints the report for an operator. It never holds a token or
+// a secret: the credential is described, not shown.
+func (r *Report) WriteText(w io.Writer) {
+	line := func(k, format string, args ...any) { fmt.Fprintf(w, "%-12s %s\n", k, fmt.Sprintf(format, args...)) }
+	if c := r.Credential; c != nil {
+		line("credential", "%s from %s (in %s)", c.Kind, c.Source, r.CredentialTook.Round(time.Millisecond))
+		switch {
+		case !c.Expiry.IsZero():
+			line("lifetime", "%s (expires %s)", c.Lifetime.Round(time.Second), c.Expiry.UTC().Format(time.RFC3339))
+		case c.OAuth:
+			line("lifetime", "not stated by the provider")
+		default:
+			line("lifetime", "no expiry (long-term credentials)")
+		}
+		if c.OAuth {
+			line("scopes", "%s", listOr(c.Scopes, "not stated by the provider"))
+		}
+		if len(c.Requested) > 0 {
+			line("requested", "%s", strings.Join(c.Requested, " "))
+		}
+		if len(c.Roles) > 0 {
+			line("roles", "%s", strings.Join(c.Roles, " "))
+		}
+		if len(c.Audience) > 0 {
+			line("audience", "%s", strings.Join(c.Audience, " "))
+		}
+		if c.Issuer != "" {
+			line("issuer", "%s", c.Issuer)
+		}
+		if c.ClientID != "" {
+			line("client", "%s", c.ClientID)
+		}
+	} else if r.CredentialErr != nil {
+		line("credential", "ERROR %v", r.CredentialErr)
+	} else {
+		line("credential", "none (requests are sent without authentication)")
+	}
+	if r.RequestURL != "" {
+		switch {
+		case r.RequestErr != nil:
+			line("request", "GET %s: %v", r.RequestURL, r.RequestErr)
+		case r.Status != 0:
+			line("request", "GET %s -> %s in %s", r.RequestURL, r.StatusText, r.RequestTook.Round(time.Millisecond))
+		}
+	}
+	if r.Detail != "" {
+		line("answer", "%s", r.Detail)
+	}
+	line("verdict", "%s", r.Verdict)
+}
+
+func listOr(list []string, none string) string {
+	if len(list) == 0 {
+		return none
+	}
+	return strings.Join(list, " ")
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// jwtPattern matches compact JWTs, which an answer might echo.
+var jwtPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)
+
+// snippet is the start of a body, on one line, without tokens.
+func snippet(b []byte) string {
+	s := strings.Join(strings.Fields(strings.ToValidUTF8(string(b), "?")), " ")
+	s = jwtPattern.ReplaceAllString(s, "[REDACTED JWT]")
+	if utf8.RuneCountInString(s) > 300 {
+		s = string([]rune(s)[:300]) + "..."
+	}
+	return s
+}

@@ -1,0 +1,72 @@
+package preflight
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestVerdicts(t *testing.T) {
+	tests := []struct {
+		name   string
+		status int
+		body   string
+		cred   func(context.Context) (Credential, error)
+		ok     bool
+		want   []string
+	}{
+		{name: "accepted", status: 200, body: "[]", cred: okCred, ok: true, want: []string{"OK: the destination accepted", "lifetime     1h0m0s", "scopes       a b"}},
+		{name: "no authentication", status: 204, ok: true, want: []string{"credential   none", "answered without authentication"}},
+		{name: "forbidden", status: 403, body: `{"message":"no DICOM Data Owner role for eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"}`, cred: okCred,
+			want: []string{"403", "not allowed", "[REDACTED JWT]"}},
+		{name: "not found", status: 404, cred: okCred, want: []string{"404", "DICOMWEB_URL"}},
+		{name: "server error", status: 502, cred: okCred, want: []string{"answered 502 Bad Gateway"}},
+		{name: "no credential", cred: func(context.Context) (Credential, error) { return Credential{}, errors.New("invalid_client") },
+			want: []string{"ERROR invalid_client", "no credential could be obtained"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var requests int
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				requests++
+				if r.URL.Path != "/v2/studies" || r.URL.RawQuery != "limit=1" || r.Header.Get("Accept") != "application/dicom+json" {
+					t.Errorf("request %s", r.URL)
+				}
+				w.WriteHeader(tt.status)
+				_, _ = w.Write([]byte(tt.body))
+			}))
+			t.Cleanup(srv.Close)
+			rep, err := Run(t.Context(), Options{BaseURL: srv.URL + "/v2", Client: srv.Client(), Credential: tt.cred})
+			if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrFailed)) || rep.OK != tt.ok {
+				t.Fatalf("err = %v, OK = %v; want ok %v", err, rep.OK, tt.ok)
+			}
+			var out bytes.Buffer
+			rep.WriteText(&out)
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			if strings.Contains(out.String(), "eyJzdWIi") {
+				t.Error("a token went to the output")
+			}
+		})
+	}
+}
+
+func okCred(context.Context) (Credential, error) {
+	return Credential{Kind: "OAuth2 Bearer token", Source: "https://idp/token", OAuth: true, Lifetime: time.Hour,
+		Expiry: time.Now().Add(time.Hour), Scopes: []string{"a", "b"}}, nil
+}
+
+func TestUnreachable(t *testing.T) {
+	rep, err := Run(t.Context(), Options{BaseURL: "http://127.0.0.1:1/x", Client: http.DefaultClient, Timeout: time.Second})
+	if !errors.Is(err, ErrFailed) || rep.RequestErr == nil || !strings.Contains(rep.Verdict, "could not be reached") {
+		t.Fatalf("err = %v, report %+v", err, rep)
+	}
+}

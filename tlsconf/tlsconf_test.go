@@ -1,0 +1,121 @@
+package tlsconf
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stowline/stowline/internal/testpki"
+)
+
+func TestMutualTLS(t *testing.T) {
+	serverCA := testpki.NewCA(t, "private-root")
+	clientCA := testpki.NewCA(t, "clients")
+	var lastClient atomic.Value
+	srv := testpki.MTLSServer(t, serverCA, clientCA, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lastClient.Store(r.TLS.PeerCertificates[0].Subject.CommonName)
+	}))
+	_, certFile, keyFile := clientCA.Issue(t, "stowline-forwarder", false)
+	_, otherCert, otherKey := testpki.NewCA(t, "stranger").Issue(t, "stranger", false)
+
+	tests := []struct {
+		name    string
+		files   Files
+		wantErr string // substring of the request error; "" means success
+	}{
+		{name: "custom CA and client certificate", files: Files{CAFile: serverCA.CAFile, CertFile: certFile, KeyFile: keyFile}},
+		{name: "no client certificate", files: Files{CAFile: serverCA.CAFile}, wantErr: "certificate required"},
+		{name: "client certificate of an unknown CA", files: Files{CAFile: serverCA.CAFile, CertFile: otherCert, KeyFile: otherKey}, wantErr: "unknown certificate authority"},
+		{name: "server of a private CA without TLS_CA_FILE", files: Files{CertFile: certFile, KeyFile: keyFile}, wantErr: "unknown authority"},
+		{name: "insecure skip verify", files: Files{CertFile: certFile, KeyFile: keyFile, InsecureSkipVerify: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := New(tt.files)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+			t.Cleanup(c.CloseIdleConnections)
+			resp, err := c.Get(srv.URL)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = resp.Body.Close()
+				if lastClient.Load() != "stowline-forwarder" {
+					t.Errorf("server saw client %v", lastClient.Load())
+				}
+				return
+			}
+			if err == nil {
+				_ = resp.Body.Close()
+				t.Fatal("request succeeded")
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestClientCertificateRenewal: a renewed certificate is used for the next
+// connection without a restart; a half-written renewal keeps the old one.
+func TestClientCertificateRenewal(t *testing.T) {
+	ca := testpki.NewCA(t, "clients")
+	_, certFile, keyFile := ca.Issue(t, "first", false)
+	kp := &keyPair{certFile: certFile, keyFile: keyFile} // no recheck delay
+	first, err := kp.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, newCert, newKey := ca.Issue(t, "second", false)
+	for src, dst := range map[string]string{newCert: certFile, newKey: keyFile} {
+		data, _ := os.ReadFile(src)
+		if err := os.WriteFile(dst, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	second, err := kp.get()
+	if err != nil || second.Leaf.Subject.CommonName != "second" || first.Leaf.Subject.CommonName != "first" {
+		t.Fatalf("after renewal: %v, %v", err, second.Leaf.Subject.CommonName)
+	}
+	if err := os.WriteFile(keyFile, []byte("half written"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := kp.get(); err != nil || kept != second {
+		t.Fatalf("broken renewal: %v", err)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.txt")
+	_ = os.WriteFile(notPEM, []byte("not a certificate"), 0o600)
+	ca := testpki.NewCA(t, "x")
+	_, certFile, _ := ca.Issue(t, "c", false)
+	tests := []struct {
+		name  string
+		files Files
+		want  string
+	}{
+		{"missing CA file", Files{CAFile: filepath.Join(dir, "none.pem")}, "CA file"},
+		{"CA file without certificates", Files{CAFile: notPEM}, "no PEM certificate"},
+		{"certificate without key", Files{CertFile: certFile}, "both"},
+		{"key that is not a key", Files{CertFile: certFile, KeyFile: notPEM}, "client certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := New(tt.files); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+	if cfg, err := New(Files{}); cfg != nil || err != nil {
+		t.Errorf("zero Files: %v, %v", cfg, err)
+	}
+}
