@@ -87,7 +87,7 @@ func TestServiceAccountJWTBearer(t *testing.T) {
 	if form.Get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" || len(form) != 2 {
 		t.Errorf("form = %v", form)
 	}
-	jws, err := jose.ParseSigned(form.Get("assertion"), []jose.SignatureAlgorithm{jose.RS256})
+	jws, err := jose.ParseSignedCompact(form.Get("assertion"), []jose.SignatureAlgorithm{jose.RS256})
 	if err != nil {
 		t.Fatalf("assertion is not an RS256 JWS: %v", err)
 	}

@@ -96,7 +96,7 @@ func get(t *testing.T, url, authorization string) *http.Response {
 // jwtClaims decodes the claims of a JWT without verifying it.
 func jwtClaims(t *testing.T, raw string) *oidc.AccessTokenClaims {
 	t.Helper()
-	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256})
+	jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.ES256})
 	if err != nil {
 		t.Fatalf("access token is not a JWS: %v", err)
 	}
