@@ -50,7 +50,7 @@ func startReconciler(g *group, ctx context.Context, js *JetStream, nc config.NAT
 		return err
 	}
 	for name, check := range rec.Checks() {
-		checks[name] = check
+		checks[name] = ops.Advisory(check)
 	}
 	g.Go("reconciler", func() error { return rec.Run(ctx) })
 	return nil

@@ -25,7 +25,8 @@ type Check func(ctx context.Context) error
 
 // Mount adds /healthz, /readyz and /metrics to r. /readyz runs every check
 // (in parallel, 5 s at most) and answers 503 with a JSON body naming each
-// failed check.
+// failed check; failed Advisory checks are listed under "degraded" and do
+// not make the process unready.
 func Mount(r chi.Router, gatherer prometheus.Gatherer, checks map[string]Check) {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -33,33 +34,63 @@ func Mount(r chi.Router, gatherer prometheus.Gatherer, checks map[string]Check) 
 	r.Get("/readyz", func(w http.ResponseWriter, req *http.Request) {
 		ctx, cancel := context.WithTimeout(req.Context(), 5*time.Second)
 		defer cancel()
-		failed := runChecks(ctx, checks)
-		if len(failed) > 0 {
-			WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "failed": failed})
-			return
+		failed, degraded := runChecks(ctx, checks)
+		body := map[string]any{"status": "ready", "checks": sortedNames(checks)}
+		if len(degraded) > 0 {
+			body["degraded"] = degraded
 		}
-		WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": sortedNames(checks)})
+		status := http.StatusOK
+		if len(failed) > 0 {
+			body["status"], body["failed"] = "not ready", failed
+			delete(body, "checks")
+			status = http.StatusServiceUnavailable
+		}
+		WriteJSON(w, status, body)
 	})
 	r.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 }
 
-func runChecks(ctx context.Context, checks map[string]Check) map[string]string {
+// Advisory marks a check whose failure /readyz reports without taking the
+// process out of service: a reconciler that cannot reach one Orthanc
+// source must not stop the webhook that every source posts to.
+func Advisory(c Check) Check {
+	return func(ctx context.Context) error {
+		if err := c(ctx); err != nil {
+			return &advisoryError{err}
+		}
+		return nil
+	}
+}
+
+type advisoryError struct{ err error }
+
+func (e *advisoryError) Error() string { return e.err.Error() }
+func (e *advisoryError) Unwrap() error { return e.err }
+
+func runChecks(ctx context.Context, checks map[string]Check) (failed, degraded map[string]string) {
 	var (
-		mu     sync.Mutex
-		wg     sync.WaitGroup
-		failed = map[string]string{}
+		mu sync.Mutex
+		wg sync.WaitGroup
 	)
+	failed, degraded = map[string]string{}, map[string]string{}
 	for name, check := range checks {
 		wg.Go(func() {
-			if err := check(ctx); err != nil {
-				mu.Lock()
-				failed[name] = err.Error()
-				mu.Unlock()
+			err := check(ctx)
+			if err == nil {
+				return
 			}
+			var adv *advisoryError
+			mu.Lock()
+			if errors.As(err, &adv) {
+				degraded[name] = err.Error()
+			} else {
+				failed[name] = err.Error()
+			}
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
-	return failed
+	return failed, degraded
 }
 
 func sortedNames(checks map[string]Check) []string {

@@ -26,7 +26,8 @@ func TestHealthAndReadiness(t *testing.T) {
 			}
 			return nil
 		},
-		"orthanc": func(context.Context) error { return nil },
+		"orthanc":        func(context.Context) error { return nil },
+		"reconcile_main": Advisory(func(context.Context) error { return errors.New("orthanc unreachable") }),
 	})
 	srv := httptest.NewServer(r)
 	t.Cleanup(srv.Close)
@@ -52,11 +53,13 @@ func TestHealthAndReadiness(t *testing.T) {
 	if code, body, _ := get("/healthz"); code != 200 || body["status"] != "ok" {
 		t.Errorf("/healthz = %d %v", code, body)
 	}
-	if code, body, _ := get("/readyz"); code != 200 || body["status"] != "ready" {
-		t.Errorf("/readyz = %d %v", code, body)
+	code, body, _ := get("/readyz")
+	degraded, _ := body["degraded"].(map[string]any)
+	if code != 200 || body["status"] != "ready" || degraded["reconcile_main"] != "orthanc unreachable" {
+		t.Errorf("/readyz with an advisory check failing = %d %v, want 200 ready, degraded", code, body)
 	}
 	ready = false
-	code, body, _ := get("/readyz")
+	code, body, _ = get("/readyz")
 	failed, _ := body["failed"].(map[string]any)
 	if code != 503 || failed["jetstream"] != "no responders" || failed["orthanc"] != nil {
 		t.Errorf("/readyz with JetStream down = %d %v", code, body)
