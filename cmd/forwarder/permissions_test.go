@@ -77,10 +77,11 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 		forwarderPass = "forwarder-nats-password-0123"
 	)
 
-	r := &rig{storeDir: t.TempDir(), forwarderAddr: freeAddr(t)}
+	r := &rig{storeDir: t.TempDir()}
 	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
 	r.proxy = faultproxy.Start(t, r.dest.URL)
 	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	r.forwarderAddr = freeAddr(t)
 
 	serverLog := &syncBuffer{}
 	srv, err := natsembed.Start(natsembed.Options{

@@ -45,10 +45,13 @@ func newRig(t *testing.T) *rig {
 	t.Helper()
 	testharness.RequireBinary(t, "Orthanc")
 	testharness.RequireBinary(t, "storescu")
-	r := &rig{storeDir: t.TempDir(), forwarderAddr: freeAddr(t)}
+	r := &rig{storeDir: t.TempDir()}
 	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
 	r.proxy = faultproxy.Start(t, r.dest.URL)
 	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	// Picked after the servers above bind theirs: a port freeAddr released
+	// could otherwise be handed to the proxy.
+	r.forwarderAddr = freeAddr(t)
 	r.startNATS(t)
 	t.Cleanup(r.stopNATS)
 	nc, err := nats.Connect(r.natsURL(), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
