@@ -18,6 +18,7 @@ import (
 	"github.com/stowline/stowline/app"
 	"github.com/stowline/stowline/deadletter"
 	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 // A 202 that reports 3 instances as failed with a transient reason: the
@@ -263,7 +264,7 @@ func TestForwarderKilledMidStudy(t *testing.T) {
 		for k, v := range env {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
-		var logs syncBuffer
+		var logs testharness.LogBuffer
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -81,9 +81,9 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
 	r.proxy = faultproxy.Start(t, r.dest.URL)
 	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
-	r.forwarderAddr = freeAddr(t)
+	r.forwarderAddr = testharness.FreeAddr(t)
 
-	serverLog := &syncBuffer{}
+	serverLog := &testharness.LogBuffer{}
 	srv, err := natsembed.Start(natsembed.Options{
 		StoreDir: r.storeDir, ServerName: "authz", Port: -1,
 		Configure: func(o *server.Options) {
@@ -121,7 +121,7 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	}
 
 	// The ingest, with its reconciler and status page.
-	ingestAddr := freeAddr(t)
+	ingestAddr := testharness.FreeAddr(t)
 	ingestEnv := map[string]string{
 		"NATS_URL":                r.natsURL(),
 		"NATS_USER":               "stowline-ingest",
@@ -134,7 +134,7 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 		"ADMIN_TOKEN":             adminToken,
 		"LOG_LEVEL":               "debug",
 	}
-	ingestLogs := &syncBuffer{}
+	ingestLogs := &testharness.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -155,7 +155,7 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 			t.Logf("ingest log:\n%s", ingestLogs.String())
 		}
 	})
-	waitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
+	testharness.WaitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
 
 	// The forwarder, with its admin API.
 	r.startForwarder(t, map[string]string{"NATS_USER": "stowline-forwarder", "NATS_PASSWORD": forwarderPass})
@@ -204,7 +204,7 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 		t.Errorf("forwarder admin API answered %d, want 200", code)
 	}
 	for _, addr := range []string{ingestAddr, r.forwarderAddr} {
-		waitHTTP(t, "http://"+addr+"/readyz", 10*time.Second)
+		testharness.WaitHTTP(t, "http://"+addr+"/readyz", 10*time.Second)
 		if code := get("http://"+addr+"/metrics", func(*http.Request) {}); code != http.StatusOK {
 			t.Errorf("%s/metrics answered %d", addr, code)
 		}

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -51,7 +49,7 @@ func newRig(t *testing.T) *rig {
 	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
 	// Picked after the servers above bind theirs: a port freeAddr released
 	// could otherwise be handed to the proxy.
-	r.forwarderAddr = freeAddr(t)
+	r.forwarderAddr = testharness.FreeAddr(t)
 	r.startNATS(t)
 	t.Cleanup(r.stopNATS)
 	nc, err := nats.Connect(r.natsURL(), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
@@ -127,7 +125,7 @@ func (r *rig) env(extra map[string]string) map[string]string {
 func (r *rig) startForwarder(t *testing.T, extra map[string]string) (stop func()) {
 	t.Helper()
 	env := r.env(extra)
-	logs := &syncBuffer{}
+	logs := &testharness.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()
@@ -149,7 +147,7 @@ func (r *rig) startForwarder(t *testing.T, extra map[string]string) (stop func()
 		})
 	}
 	t.Cleanup(stop)
-	waitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
+	testharness.WaitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
 	return stop
 }
 
@@ -263,50 +261,5 @@ func (r *rig) assertIdentical(t *testing.T) {
 		if got[uid] != sum {
 			t.Errorf("instance %s: md5 %q at the source, %q at the destination", uid, sum, got[uid])
 		}
-	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func waitHTTP(t *testing.T, url string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready after %s (last: %v)", url, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }

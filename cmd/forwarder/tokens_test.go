@@ -15,6 +15,7 @@ import (
 
 	"github.com/stowline/stowline/deadletter"
 	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testidp"
 )
 
@@ -43,10 +44,10 @@ func authEnv(idp *testidp.IdP, dicomwebURL, secret string, extra map[string]stri
 }
 
 // startLoggedForwarder is rig.startForwarder, keeping the log for checks.
-func (r *rig) startLoggedForwarder(t *testing.T, extra map[string]string) *syncBuffer {
+func (r *rig) startLoggedForwarder(t *testing.T, extra map[string]string) *testharness.LogBuffer {
 	t.Helper()
 	env := r.env(extra)
-	logs := &syncBuffer{}
+	logs := &testharness.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()
@@ -61,7 +62,7 @@ func (r *rig) startLoggedForwarder(t *testing.T, extra map[string]string) *syncB
 			t.Logf("forwarder log:\n%s", logs.String())
 		}
 	})
-	waitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
+	testharness.WaitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
 	return logs
 }
 

@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -25,33 +23,6 @@ import (
 )
 
 const token = "ingest-test-token-0123456789"
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // rig is one Orthanc source (without the Lua script: every event comes
 // from the reconciler) and a nats-server on TCP shared by ingest replicas.
@@ -85,13 +56,13 @@ func newRig(t *testing.T) *rig {
 // replica is one running ingest (run, the real command).
 type replica struct {
 	addr string
-	logs *syncBuffer
+	logs *testharness.LogBuffer
 	stop func()
 }
 
 func (r *rig) startIngest(t *testing.T) *replica {
 	t.Helper()
-	rep := &replica{addr: freeAddr(t), logs: &syncBuffer{}}
+	rep := &replica{addr: testharness.FreeAddr(t), logs: &testharness.LogBuffer{}}
 	env := map[string]string{
 		"NATS_URL":                r.natsURL,
 		"INGEST_ADDR":             rep.addr,

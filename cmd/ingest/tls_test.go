@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testpki"
 	"github.com/stowline/stowline/natsembed"
 )
@@ -26,7 +27,7 @@ func TestListenerTLSReload(t *testing.T) {
 
 	ca := testpki.NewCA(t, "listen")
 	first, certFile, keyFile := ca.Issue(t, "ingest-1", true)
-	addr := freeAddr(t)
+	addr := testharness.FreeAddr(t)
 	env := map[string]string{
 		"NATS_URL":             srv.ClientURL(),
 		"INGEST_ADDR":          addr,
@@ -35,7 +36,7 @@ func TestListenerTLSReload(t *testing.T) {
 		"TLS_LISTEN_CERT_FILE": certFile,
 		"TLS_LISTEN_KEY_FILE":  keyFile,
 	}
-	logs := &syncBuffer{}
+	logs := &testharness.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()

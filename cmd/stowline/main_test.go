@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,52 +15,6 @@ import (
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testidp"
 )
-
-// syncBuffer collects everything the program logs, for the PHI scan.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func waitHTTP(t *testing.T, url string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready after %s (last: %v)", url, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 // sampleFiles lists the shared sample files, all of them: the broken ones
 // must not stop the rest.
@@ -97,7 +49,7 @@ func TestEndToEnd(t *testing.T) {
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest-b", DicomWeb: true})
 	gate := idp.Gate(t, dest.URL)
 
-	ingestAddr, forwarderAddr := freeAddr(t), freeAddr(t)
+	ingestAddr, forwarderAddr := testharness.FreeAddr(t), testharness.FreeAddr(t)
 	lua, err := filepath.Abs("../../lua/stowline.lua")
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +82,7 @@ func TestEndToEnd(t *testing.T) {
 		"ADMIN_TOKEN":           adminToken,
 		"LOG_LEVEL":             "debug",
 	}
-	var logs syncBuffer
+	var logs testharness.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -147,8 +99,8 @@ func TestEndToEnd(t *testing.T) {
 			t.Logf("program log:\n%s", logs.String())
 		}
 	})
-	waitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
-	waitHTTP(t, "http://"+forwarderAddr+"/readyz", 30*time.Second)
+	testharness.WaitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
+	testharness.WaitHTTP(t, "http://"+forwarderAddr+"/readyz", 30*time.Second)
 
 	// The modality sends the samples (some broken on purpose) and a
 	// generated 300-instance CT study.

@@ -32,7 +32,7 @@ type site struct {
 	fwdAddr    string
 
 	mu   sync.Mutex
-	logs *syncBuffer
+	logs *testharness.LogBuffer
 }
 
 // newSite starts the destination and one source Orthanc per name, each
@@ -40,7 +40,7 @@ type site struct {
 func newSite(t *testing.T, stableAge int, names ...string) *site {
 	t.Helper()
 	testharness.RequireBinary(t, "Orthanc")
-	s := &site{sources: map[string]*testharness.Orthanc{}, ingestAddr: freeAddr(t), fwdAddr: freeAddr(t)}
+	s := &site{sources: map[string]*testharness.Orthanc{}, ingestAddr: testharness.FreeAddr(t), fwdAddr: testharness.FreeAddr(t)}
 	s.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
 	s.proxy = faultproxy.Start(t, s.dest.URL)
 	lua, err := filepath.Abs("../../lua/stowline.lua")
@@ -86,7 +86,7 @@ func newSite(t *testing.T, stableAge int, names ...string) *site {
 // and waits until its reconciler has a cursor for every source.
 func (s *site) start(t *testing.T) (stop func()) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testharness.LogBuffer{}
 	s.mu.Lock()
 	s.logs = logs
 	s.mu.Unlock()
@@ -111,8 +111,8 @@ func (s *site) start(t *testing.T) (stop func()) {
 		})
 	}
 	t.Cleanup(stop)
-	waitHTTP(t, "http://"+s.ingestAddr+"/readyz", 30*time.Second)
-	waitHTTP(t, "http://"+s.fwdAddr+"/readyz", 30*time.Second)
+	testharness.WaitHTTP(t, "http://"+s.ingestAddr+"/readyz", 30*time.Second)
+	testharness.WaitHTTP(t, "http://"+s.fwdAddr+"/readyz", 30*time.Second)
 	for name := range s.sources {
 		// The cursor is stored before either line is logged.
 		waitLog(t, logs, `"msg":"reconciler `, `cursor`, `"source":"`+name+`"`)
@@ -121,7 +121,7 @@ func (s *site) start(t *testing.T) (stop func()) {
 }
 
 // waitLog waits for a log line that holds all of parts.
-func waitLog(t *testing.T, logs *syncBuffer, parts ...string) {
+func waitLog(t *testing.T, logs *testharness.LogBuffer, parts ...string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !hasLine(logs.String(), parts...) {

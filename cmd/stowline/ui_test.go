@@ -45,7 +45,7 @@ func TestStatusPage(t *testing.T) {
 	proxy := faultproxy.Start(t, idp.Gate(t, dest.URL).URL)
 	src := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "source-a"})
 
-	ingestAddr, forwarderAddr := freeAddr(t), freeAddr(t)
+	ingestAddr, forwarderAddr := testharness.FreeAddr(t), testharness.FreeAddr(t)
 	env := map[string]string{
 		"NATS_STORE_DIR":        t.TempDir(),
 		"INGEST_ADDR":           ingestAddr,
@@ -63,7 +63,7 @@ func TestStatusPage(t *testing.T) {
 		"RECONCILE_ENABLED": "false",
 		"LOG_LEVEL":         "debug",
 	}
-	var logs syncBuffer
+	var logs testharness.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, &logs, &logs) }()
@@ -79,8 +79,8 @@ func TestStatusPage(t *testing.T) {
 		}
 	})
 	ingestURL, forwarderURL := "http://"+ingestAddr, "http://"+forwarderAddr
-	waitHTTP(t, ingestURL+"/readyz", 30*time.Second)
-	waitHTTP(t, forwarderURL+"/readyz", 30*time.Second) // fetches the token
+	testharness.WaitHTTP(t, ingestURL+"/readyz", 30*time.Second)
+	testharness.WaitHTTP(t, forwarderURL+"/readyz", 30*time.Second) // fetches the token
 
 	// The forwarder's readiness names its checks, the token included.
 	var ready struct{ Checks []string }
