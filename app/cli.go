@@ -48,3 +48,17 @@ func Main[T any, P interface {
 	log := NewLogger(stdout, P(&cfg).LogConfig())
 	return start(ctx, P(&cfg), log)
 }
+
+// ExitCode reports err on stderr, if any, and returns the process exit
+// status: 0 done, 2 bad arguments or configuration, 1 any other failure.
+func ExitCode(program string, err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, ErrUsage) {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	fmt.Fprintf(stderr, "%s: %v\n", program, err)
+	return 1
+}

@@ -11,8 +11,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -26,16 +24,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		code := 1
-		if errors.Is(err, app.ErrUsage) {
-			code = 2 // bad arguments or configuration
-		} else {
-			err = fmt.Errorf("forwarder: %w", err)
-		}
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(code)
-	}
+	os.Exit(app.ExitCode("forwarder", err, os.Stderr))
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
