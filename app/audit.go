@@ -30,27 +30,11 @@ stdout (a table, or one JSON object a line), the summary and logs to stderr.
 func RunAudit(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	const program = "forwarder audit"
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	enqueue := fs.Bool("enqueue", false, "publish the events of the studies found (the same the Lua script sends), so the forwarders send them")
 	asJSON := fs.Bool("json", false, "write one JSON object a line instead of a table")
 	var cfg config.Audit
-	fs.Usage = func() {
-		fmt.Fprint(stderr, auditUsage)
-		fs.PrintDefaults()
-		fmt.Fprintln(stderr)
-		config.Usage(stderr, program, &cfg)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Errorf("%s: unexpected arguments %q", program, fs.Args())}
-	}
-	if err := config.Load(getenv, &cfg); err != nil {
-		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
+	if done, err := parseCommand(fs, auditUsage, args, getenv, stderr, &cfg); done || err != nil {
+		return err
 	}
 	// Logs go to stderr: stdout carries the findings.
 	log := NewLogger(stderr, cfg.Log)

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,26 +28,10 @@ exits non-zero when the check fails. Logs go to stderr.
 func RunCheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	const program = "forwarder check"
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on each step (credential, request)")
 	var cfg config.CheckCommand
-	fs.Usage = func() {
-		fmt.Fprint(stderr, checkUsage)
-		fs.PrintDefaults()
-		fmt.Fprintln(stderr)
-		config.Usage(stderr, program, &cfg)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Errorf("%s: unexpected arguments %q", program, fs.Args())}
-	}
-	if err := config.Load(getenv, &cfg); err != nil {
-		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
+	if done, err := parseCommand(fs, checkUsage, args, getenv, stderr, &cfg); done || err != nil {
+		return err
 	}
 	log := NewLogger(stderr, cfg.Log)
 	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return

@@ -62,3 +62,30 @@ func ExitCode(program string, err error, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "%s: %v\n", program, err)
 	return 1
 }
+
+// parseCommand parses a subcommand's flags (defined on fs, named after the
+// command) and its configuration into cfg. With -h it prints usage and
+// returns done. Bad flags or configuration are usage errors.
+func parseCommand(fs *flag.FlagSet, usage string, args []string, getenv func(string) string, stderr io.Writer, cfg any) (done bool, err error) {
+	program := fs.Name()
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+		fmt.Fprintln(stderr)
+		config.Usage(stderr, program, cfg)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return false, &usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return false, &usageError{fmt.Errorf("%s: unexpected arguments %q", program, fs.Args())}
+	}
+	if err := config.Load(getenv, cfg); err != nil {
+		return false, &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
+	}
+	return false, nil
+}
