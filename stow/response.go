@@ -344,17 +344,19 @@ func parseResponse(contentType string, data []byte) (*Result, error) {
 	case formatJSON:
 		ds, err := decodeJSON(trimmed)
 		if err != nil {
-			return nil, fmt.Errorf("%w (content type %q, body %q)", err, contentType, snippet(trimmed, 200))
+			return nil, fmt.Errorf("%w (content type %q, body %q)", err, snippet([]byte(contentType), 100), snippet(trimmed, 200))
 		}
 		return buildResult(ds), nil
 	case formatXML:
 		ds, err := decodeXML(trimmed)
 		if err != nil {
-			return nil, fmt.Errorf("%w (content type %q, body %q)", err, contentType, snippet(trimmed, 200))
+			return nil, fmt.Errorf("%w (content type %q, body %q)", err, snippet([]byte(contentType), 100), snippet(trimmed, 200))
 		}
 		return buildResult(ds), nil
 	}
-	got := contentType
+	// Both are the server's words: bounded, printable, so a hostile answer
+	// can't flood the logs or the dead letter's reason.
+	got := snippet([]byte(contentType), 100)
 	if got == "" {
 		got = "none"
 	}
@@ -429,7 +431,7 @@ func jsonDataset(obj map[string]any) (dataset, error) {
 		}
 		attr, ok := v.(map[string]any)
 		if !ok {
-			return nil, fmt.Errorf("%w: attribute %s is not an object", ErrMalformedResponse, k)
+			return nil, fmt.Errorf("%w: attribute %s is not an object", ErrMalformedResponse, snippet([]byte(k), 100))
 		}
 		e := &element{}
 		if vals, ok := attr["Value"].([]any); ok {
@@ -496,7 +498,7 @@ func decodeXML(b []byte) (dataset, error) {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedResponse, err)
 	}
 	if m.XMLName.Local != "NativeDicomModel" {
-		return nil, fmt.Errorf("%w: XML root element is <%s>, want <NativeDicomModel>", ErrNotSTOWResponse, m.XMLName.Local)
+		return nil, fmt.Errorf("%w: XML root element is <%s>, want <NativeDicomModel>", ErrNotSTOWResponse, snippet([]byte(m.XMLName.Local), 100))
 	}
 	return xmlDataset(m.Attrs), nil
 }
