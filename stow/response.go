@@ -392,7 +392,7 @@ func decodeJSON(b []byte) (dataset, error) {
 	dec.UseNumber() // keep number literals exact
 	var top any
 	if err := dec.Decode(&top); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedResponse, err)
+		return nil, fmt.Errorf("%w: %s", ErrMalformedResponse, snippet([]byte(err.Error()), 200))
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("%w: data after the JSON value", ErrMalformedResponse)
@@ -495,7 +495,7 @@ type xmlItem struct {
 func decodeXML(b []byte) (dataset, error) {
 	var m xmlModel
 	if err := xml.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedResponse, err)
+		return nil, fmt.Errorf("%w: %s", ErrMalformedResponse, snippet([]byte(err.Error()), 200))
 	}
 	if m.XMLName.Local != "NativeDicomModel" {
 		return nil, fmt.Errorf("%w: XML root element is <%s>, want <NativeDicomModel>", ErrNotSTOWResponse, snippet([]byte(m.XMLName.Local), 100))
