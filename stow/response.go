@@ -565,7 +565,16 @@ func snippet(b []byte, max int) string {
 }
 
 func htmlTitle(b []byte) []byte {
-	lower := bytes.ToLower(b[:min(len(b), 4096)])
+	// ASCII-only lowering keeps byte offsets: bytes.ToLower may change the
+	// length (invalid UTF-8, some case pairs), and the offsets index b.
+	head := b[:min(len(b), 4096)]
+	lower := make([]byte, len(head))
+	for k, c := range head {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		lower[k] = c
+	}
 	i := bytes.Index(lower, []byte("<title>"))
 	if i < 0 {
 		return nil
