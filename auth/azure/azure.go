@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -182,30 +181,9 @@ type imdsToken struct {
 }
 
 func fetchIMDS(ctx context.Context, hc *http.Client, target string) (*oauth2.Token, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	body, _, err := auth.GetMetadata(ctx, hc, target, "Metadata", "true")
 	if err != nil {
 		return nil, err
-	}
-	req.Header.Set("Metadata", "true")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		re := &oauth2.RetrieveError{Response: resp, Body: body}
-		var e struct {
-			Code        string `json:"error"`
-			Description string `json:"error_description"`
-		}
-		if json.Unmarshal(body, &e) == nil {
-			re.ErrorCode, re.ErrorDescription = e.Code, e.Description
-		}
-		return nil, re
 	}
 	var t imdsToken
 	if err := json.Unmarshal(body, &t); err != nil {

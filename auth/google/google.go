@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -154,24 +153,11 @@ func metadataServer(cfg Config) (auth.Endpoint, error) {
 }
 
 func fetchMetadata(ctx context.Context, hc *http.Client, target string) (*oauth2.Token, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	body, hdr, err := auth.GetMetadata(ctx, hc, target, "Metadata-Flavor", "Google")
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Metadata-Flavor", "Google")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, &oauth2.RetrieveError{Response: resp, Body: body}
-	}
-	if resp.Header.Get("Metadata-Flavor") != "Google" {
+	if hdr.Get("Metadata-Flavor") != "Google" {
 		return nil, errors.New("the answer lacks Metadata-Flavor: Google; not a metadata server")
 	}
 	var t struct {
