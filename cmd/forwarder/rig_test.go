@@ -124,31 +124,13 @@ func (r *rig) env(extra map[string]string) map[string]string {
 // returned stop is called or the test ends.
 func (r *rig) startForwarder(t *testing.T, extra map[string]string) (stop func()) {
 	t.Helper()
-	env := r.env(extra)
-	logs := &testharness.LogBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("forwarder returned %v", err)
-				}
-			case <-time.After(time.Minute):
-				t.Error("forwarder did not stop within a minute")
-			}
-			if t.Failed() {
-				t.Logf("forwarder log:\n%s", logs.String())
-			}
-		})
-	}
-	t.Cleanup(stop)
+	p := testharness.StartProgram(t, "forwarder", run, r.env(extra))
 	testharness.WaitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
-	return stop
+	return func() {
+		if err := p.Stop(); err != nil {
+			t.Errorf("forwarder: %v", err)
+		}
+	}
 }
 
 // addStudy generates a study of n instances, stores it in the source with

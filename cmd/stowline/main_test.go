@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -82,23 +81,8 @@ func TestEndToEnd(t *testing.T) {
 		"ADMIN_TOKEN":           adminToken,
 		"LOG_LEVEL":             "debug",
 	}
-	var logs testharness.LogBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, nil, func(k string) string { return env[k] }, &logs, &logs)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(time.Minute):
-			t.Error("program did not stop within a minute")
-		}
-		if t.Failed() {
-			t.Logf("program log:\n%s", logs.String())
-		}
-	})
+	prog := testharness.StartProgram(t, "stowline", run, env)
+	logs := prog.Logs
 	testharness.WaitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
 	testharness.WaitHTTP(t, "http://"+forwarderAddr+"/readyz", 30*time.Second)
 
@@ -161,16 +145,9 @@ func TestEndToEnd(t *testing.T) {
 	checkMetrics(t, "http://"+forwarderAddr+"/metrics", "stowline_forwarder_instances_total", float64(len(want)))
 
 	// Graceful stop.
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run returned %v after cancel", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("program did not stop within a minute of cancel")
+	if err := prog.Stop(); err != nil {
+		t.Errorf("graceful stop: %v", err)
 	}
-	done <- nil // for the cleanup
 
 	// The logs never hold PHI, secrets or tokens (the OAuth2 access
 	// tokens are JWTs: scanLogs looks for their "eyJ" prefix).

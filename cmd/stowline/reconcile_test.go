@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -86,31 +85,16 @@ func newSite(t *testing.T, stableAge int, names ...string) *site {
 // and waits until its reconciler has a cursor for every source.
 func (s *site) start(t *testing.T) (stop func()) {
 	t.Helper()
-	logs := &testharness.LogBuffer{}
+	p := testharness.StartProgram(t, "stowline", run, s.env)
+	logs := p.Logs
 	s.mu.Lock()
 	s.logs = logs
 	s.mu.Unlock()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return s.env[k] }, logs, logs) }()
-	var once sync.Once
 	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("stowline returned %v", err)
-				}
-			case <-time.After(time.Minute):
-				t.Error("stowline did not stop within a minute")
-			}
-			if t.Failed() {
-				t.Logf("stowline log:\n%s", logs.String())
-			}
-		})
+		if err := p.Stop(); err != nil {
+			t.Errorf("stowline: %v", err)
+		}
 	}
-	t.Cleanup(stop)
 	testharness.WaitHTTP(t, "http://"+s.ingestAddr+"/readyz", 30*time.Second)
 	testharness.WaitHTTP(t, "http://"+s.fwdAddr+"/readyz", 30*time.Second)
 	for name := range s.sources {

@@ -63,21 +63,8 @@ func TestStatusPage(t *testing.T) {
 		"RECONCILE_ENABLED": "false",
 		"LOG_LEVEL":         "debug",
 	}
-	var logs testharness.LogBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, &logs, &logs) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(time.Minute):
-			t.Error("program did not stop within a minute")
-		}
-		if t.Failed() {
-			t.Logf("program log:\n%s", logs.String())
-		}
-	})
+	prog := testharness.StartProgram(t, "stowline", run, env)
+	logs := prog.Logs
 	ingestURL, forwarderURL := "http://"+ingestAddr, "http://"+forwarderAddr
 	testharness.WaitHTTP(t, ingestURL+"/readyz", 30*time.Second)
 	testharness.WaitHTTP(t, forwarderURL+"/readyz", 30*time.Second) // fetches the token
@@ -198,16 +185,9 @@ func TestStatusPage(t *testing.T) {
 	metricsDocumented(t, ingestURL+"/metrics", forwarderURL+"/metrics")
 
 	// Nothing logged holds PHI, secrets or tokens.
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run returned %v after cancel", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("program did not stop within a minute of cancel")
+	if err := prog.Stop(); err != nil {
+		t.Errorf("graceful stop: %v", err)
 	}
-	done <- nil // for the cleanup
 	scanLogs(t, logs.String(), append(patientNames(t, src), ingestToken, adminToken, clientSecret))
 	if !strings.Contains(logs.String(), "dead letter replayed from the status page") {
 		t.Error("the replay was not logged")
