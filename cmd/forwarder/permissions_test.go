@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -134,27 +135,10 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 		"ADMIN_TOKEN":             adminToken,
 		"LOG_LEVEL":               "debug",
 	}
-	ingestLogs := &testharness.LogBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Main[config.IngestService](ctx, "ingest", nil, func(k string) string { return ingestEnv[k] },
-			ingestLogs, ingestLogs, app.RunIngest)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("ingest returned %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("ingest did not stop within 30 s")
-		}
-		if t.Failed() {
-			t.Logf("ingest log:\n%s", ingestLogs.String())
-		}
-	})
+	runIngest := func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+		return app.Main[config.IngestService](ctx, "ingest", args, getenv, stdout, stderr, app.RunIngest)
+	}
+	testharness.StartProgram(t, "ingest", runIngest, ingestEnv)
 	testharness.WaitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
 
 	// The forwarder, with its admin API.

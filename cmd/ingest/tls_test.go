@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"net/http"
 	"os"
@@ -36,24 +35,7 @@ func TestListenerTLSReload(t *testing.T) {
 		"TLS_LISTEN_CERT_FILE": certFile,
 		"TLS_LISTEN_KEY_FILE":  keyFile,
 	}
-	logs := &testharness.LogBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("ingest returned %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("ingest did not stop within 30 s")
-		}
-		if t.Failed() {
-			t.Logf("ingest log:\n%s", logs.String())
-		}
-	})
+	logs := testharness.StartProgram(t, "ingest", run, env).Logs
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig:   &tls.Config{RootCAs: ca.Pool()},
