@@ -4,7 +4,7 @@
 #
 #   docker build --target forwarder -t stowline-forwarder .
 
-FROM golang:1.26-bookworm AS build
+FROM golang:1.26.11-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

@@ -66,7 +66,8 @@ func docPermissions(t *testing.T) map[string]*server.Permissions {
 // each as its own NATS user with exactly the documented permissions, on a
 // nats-server with authorization enabled: the webhook stores an event,
 // the forwarder sends the study and acks it, the status page and the
-// admin API answer, nothing was refused on the way, and publishes outside
+// admin API answer, the admin API replays and purges a dead letter,
+// nothing was refused on the way, and publishes outside
 // the permissions are refused.
 func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	testharness.RequireBinary(t, "Orthanc")
@@ -145,27 +146,30 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	r.startForwarder(t, map[string]string{"NATS_USER": "stowline-forwarder", "NATS_PASSWORD": forwarderPass})
 
 	// A study arrives; Orthanc's script would post this event.
-	studyID := r.addStudy(t, 3, 32)
-	var s struct {
-		MainDicomTags map[string]string
-		LastUpdate    string
+	postStable := func(studyID string) {
+		t.Helper()
+		var s struct {
+			MainDicomTags map[string]string
+			LastUpdate    string
+		}
+		r.src.GetJSON(t, "/studies/"+studyID, &s)
+		body, _ := json.Marshal(map[string]any{
+			"type": events.TypeStudyStable, "version": events.Version, "source": "src",
+			"orthancStudyId": studyID, "studyInstanceUid": s.MainDicomTags["StudyInstanceUID"], "lastUpdate": s.LastUpdate,
+		})
+		req, _ := http.NewRequest(http.MethodPost, "http://"+ingestAddr+ingest.WebhookPath, strings.NewReader(string(body)))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+ingestEnv["INGEST_TOKEN"])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("webhook answered %d, want 202", resp.StatusCode)
+		}
 	}
-	r.src.GetJSON(t, "/studies/"+studyID, &s)
-	body, _ := json.Marshal(map[string]any{
-		"type": events.TypeStudyStable, "version": events.Version, "source": "src",
-		"orthancStudyId": studyID, "studyInstanceUid": s.MainDicomTags["StudyInstanceUID"], "lastUpdate": s.LastUpdate,
-	})
-	req, _ := http.NewRequest(http.MethodPost, "http://"+ingestAddr+ingest.WebhookPath, strings.NewReader(string(body)))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+ingestEnv["INGEST_TOKEN"])
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("webhook answered %d, want 202", resp.StatusCode)
-	}
+	postStable(r.addStudy(t, 3, 32))
 	r.waitDest(t, 3, 60*time.Second)
 	r.waitQueueEmpty(t, 30*time.Second)
 	r.assertIdentical(t)
@@ -193,6 +197,59 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 			t.Errorf("%s/metrics answered %d", addr, code)
 		}
 	}
+
+	// The admin API's writes under the same permissions: a study refused
+	// for good (415) becomes a dead letter; replaying it after the fix
+	// stores it; a second one is purged.
+	admin := func(method, path, body string) (int, map[string]any) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+r.forwarderAddr+"/admin"+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	waitDeadLetter := func() {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			code, out := admin(http.MethodGet, "/deadletters", "")
+			if entries, _ := out["entries"].([]any); code == http.StatusOK && len(entries) == 1 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no dead letter after 30s: %d %v", code, out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	r.proxy.SetStatus(http.StatusUnsupportedMediaType, "refused by the test proxy")
+	postStable(r.addStudy(t, 2, 32))
+	waitDeadLetter()
+	r.proxy.SetStatus(0, "")
+	if code, out := admin(http.MethodPost, "/deadletters/replay", `{"all":true}`); code != http.StatusOK || out["count"] != 1.0 {
+		t.Fatalf("admin replay under the forwarder's permissions: %d %v", code, out)
+	}
+	r.waitDest(t, 5, 60*time.Second)
+	r.proxy.SetStatus(http.StatusUnsupportedMediaType, "refused by the test proxy")
+	postStable(r.addStudy(t, 2, 32))
+	waitDeadLetter()
+	if code, out := admin(http.MethodPost, "/deadletters/purge", `{"all":true}`); code != http.StatusOK || out["count"] != 1.0 {
+		t.Fatalf("admin purge under the forwarder's permissions: %d %v", code, out)
+	}
+	if code, out := admin(http.MethodGet, "/deadletters", ""); code != http.StatusOK || len(out["entries"].([]any)) != 0 {
+		t.Errorf("after the purge: %d %v, want no dead letters", code, out)
+	}
+	r.proxy.SetStatus(0, "")
+
 	if v := serverLog.String(); strings.Contains(v, "Violation") {
 		t.Errorf("the normal flow was refused something; nats-server log:\n%s", grepLines(v, "Violation"))
 	}
