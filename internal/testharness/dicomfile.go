@@ -267,3 +267,8 @@ func isKnownVR(vr string) bool {
 	}
 	return false
 }
+
+// ReadInfo is ReadFileInfo for a stream: it reads the file meta
+// information and the data set's SOP Class/Instance UIDs from the start of
+// br and leaves br positioned somewhere in group 0008 or just after it.
+func ReadInfo(br *bufio.Reader) (FileInfo, error) { return readInfo(br) }

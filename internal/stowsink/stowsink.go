@@ -1,0 +1,214 @@
+// Package stowsink is a discard STOW-RS server for benchmarks and tests.
+// It does the work a real server must do to answer (parse the
+// multipart/related body, read each instance's SOP Class and Instance UID)
+// and none of the storing, so a transfer into it measures the sender and
+// its source, not the destination. Optional latency and a per-request
+// bandwidth cap make it behave like a distant cloud service.
+package stowsink
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+// Options shape the sink's answers.
+type Options struct {
+	// Latency is waited once per request before answering: a WAN round
+	// trip plus the service's processing time.
+	Latency time.Duration
+	// BytesPerSecond caps how fast each request body is read (0: no cap):
+	// a per-connection bandwidth limit, as a cloud service over a WAN has.
+	BytesPerSecond int
+}
+
+// Stats are totals since the sink started.
+type Stats struct {
+	Requests, Instances, Bytes int64
+}
+
+// Sink is an http.Handler answering POST .../studies like a STOW-RS server.
+type Sink struct {
+	opts      Options
+	requests  atomic.Int64
+	instances atomic.Int64
+	bytes     atomic.Int64
+
+	mu     sync.Mutex
+	seen   map[string]int // SOP Instance UID -> times stored
+	notify chan struct{}  // closed and replaced whenever instances arrive
+}
+
+// New returns a sink.
+func New(opts Options) *Sink {
+	return &Sink{opts: opts, seen: map[string]int{}, notify: make(chan struct{})}
+}
+
+// Stats returns the totals so far.
+func (s *Sink) Stats() Stats {
+	return Stats{Requests: s.requests.Load(), Instances: s.instances.Load(), Bytes: s.bytes.Load()}
+}
+
+// Distinct is how many different SOP instances the sink has stored.
+func (s *Sink) Distinct() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.seen)
+}
+
+// Reset forgets everything stored (between benchmark rounds).
+func (s *Sink) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seen = map[string]int{}
+	s.requests.Store(0)
+	s.instances.Store(0)
+	s.bytes.Store(0)
+}
+
+// WaitDistinct blocks until the sink holds at least n distinct instances
+// or ctx ends.
+func (s *Sink) WaitDistinct(ctx context.Context, n int) error {
+	for {
+		s.mu.Lock()
+		have, ch := len(s.seen), s.notify
+		s.mu.Unlock()
+		if have >= n {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("stowsink: %d of %d instances: %w", have, n, ctx.Err())
+		}
+	}
+}
+
+type storedInstance struct{ classUID, instanceUID string }
+
+func (s *Sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/studies") {
+		http.Error(w, "stowsink: only POST .../studies", http.StatusNotFound)
+		return
+	}
+	s.requests.Add(1)
+	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/related" || params["boundary"] == "" ||
+		!strings.EqualFold(params["type"], "application/dicom") {
+		http.Error(w, "stowsink: want multipart/related; type=\"application/dicom\" with a boundary", http.StatusUnsupportedMediaType)
+		return
+	}
+	var body io.Reader = r.Body
+	if s.opts.BytesPerSecond > 0 {
+		body = &throttled{r: body, rate: s.opts.BytesPerSecond, start: time.Now()}
+	}
+	stored, err := s.readParts(multipart.NewReader(body, params["boundary"]))
+	if err != nil {
+		http.Error(w, "stowsink: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if s.opts.Latency > 0 {
+		select {
+		case <-time.After(s.opts.Latency):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	s.record(stored)
+	w.Header().Set("Content-Type", "application/dicom+json")
+	_ = json.NewEncoder(w).Encode(response(stored))
+}
+
+// readParts reads every part's SOP UIDs and discards the rest of it.
+func (s *Sink) readParts(mr *multipart.Reader) ([]storedInstance, error) {
+	var stored []storedInstance
+	br := bufio.NewReaderSize(nil, 64<<10)
+	for {
+		part, err := mr.NextRawPart()
+		if errors.Is(err, io.EOF) {
+			return stored, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("part %d: %w", len(stored)+1, err)
+		}
+		counted := &countingReader{r: part}
+		br.Reset(counted)
+		info, err := testharness.ReadInfo(br)
+		if err != nil {
+			return nil, fmt.Errorf("part %d: %w", len(stored)+1, err)
+		}
+		if _, err := io.Copy(io.Discard, br); err != nil {
+			return nil, fmt.Errorf("part %d: %w", len(stored)+1, err)
+		}
+		s.bytes.Add(counted.n)
+		stored = append(stored, storedInstance{info.SOPClassUID, info.SOPInstanceUID})
+	}
+}
+
+func (s *Sink) record(stored []storedInstance) {
+	s.instances.Add(int64(len(stored)))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, in := range stored {
+		s.seen[in.instanceUID]++
+	}
+	close(s.notify)
+	s.notify = make(chan struct{})
+}
+
+// response is the DICOM JSON a STOW-RS server answers: the
+// ReferencedSOPSequence (0008,1199) with each instance's class and UID.
+func response(stored []storedInstance) map[string]any {
+	items := make([]map[string]any, len(stored))
+	for i, in := range stored {
+		items[i] = map[string]any{
+			"00081150": map[string]any{"vr": "UI", "Value": []string{in.classUID}},
+			"00081155": map[string]any{"vr": "UI", "Value": []string{in.instanceUID}},
+		}
+	}
+	return map[string]any{"00081199": map[string]any{"vr": "SQ", "Value": items}}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// throttled reads no faster than rate bytes per second on average.
+type throttled struct {
+	r     io.Reader
+	rate  int
+	start time.Time
+	n     int64
+}
+
+func (t *throttled) Read(p []byte) (int, error) {
+	if len(p) > t.rate/10+1 {
+		p = p[:t.rate/10+1] // at most 100 ms worth per read, so the pace is smooth
+	}
+	n, err := t.r.Read(p)
+	t.n += int64(n)
+	due := t.start.Add(time.Duration(float64(t.n) / float64(t.rate) * float64(time.Second)))
+	if d := time.Until(due); d > 0 {
+		time.Sleep(d)
+	}
+	return n, err
+}

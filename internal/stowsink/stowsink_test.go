@@ -1,0 +1,125 @@
+package stowsink
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/stow"
+)
+
+func parts(t *testing.T, paths []string) []stow.Part {
+	t.Helper()
+	var ps []stow.Part
+	for _, p := range paths {
+		info, err := testharness.ReadFileInfo(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, stow.Part{SOPInstanceUID: info.SOPInstanceUID, Size: -1,
+			Open: func(context.Context) (io.ReadCloser, error) { return os.Open(p) }})
+	}
+	return ps
+}
+
+// The stow client reads the sink's answer as a real server's: every
+// instance stored, with its UIDs.
+func TestSinkAnswersLikeAServer(t *testing.T) {
+	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{Series: 2, InstancesPerSeries: 3, Rows: 16, Columns: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := New(Options{})
+	srv := httptest.NewServer(sink)
+	t.Cleanup(srv.Close)
+	c, err := stow.New(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := parts(t, paths)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := c.Store(ctx, ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Stored) != len(ps) || len(res.Failed) != 0 {
+		t.Fatalf("stored %d failed %d, want %d stored", len(res.Stored), len(res.Failed), len(ps))
+	}
+	for i, in := range res.Stored {
+		if in.SOPInstanceUID != ps[i].SOPInstanceUID || in.SOPClassUID == "" {
+			t.Errorf("item %d = %+v, want UID %s and a class", i, in, ps[i].SOPInstanceUID)
+		}
+	}
+	if err := sink.WaitDistinct(ctx, len(ps)); err != nil {
+		t.Fatal(err)
+	}
+	st := sink.Stats()
+	var size int64
+	for _, p := range paths {
+		fi, _ := os.Stat(p)
+		size += fi.Size()
+	}
+	if st.Requests != 1 || st.Instances != int64(len(ps)) || st.Bytes != size {
+		t.Errorf("stats = %+v, want 1 request, %d instances, %d bytes", st, len(ps), size)
+	}
+}
+
+func TestSinkRefusesWhatAServerWould(t *testing.T) {
+	srv := httptest.NewServer(New(Options{}))
+	t.Cleanup(srv.Close)
+	for _, tc := range []struct {
+		name, method, path, ctype, body string
+		want                            int
+	}{
+		{"GET", http.MethodGet, "/studies", "", "", http.StatusNotFound},
+		{"wrong path", http.MethodPost, "/instances", "multipart/related; type=\"application/dicom\"; boundary=b", "", http.StatusNotFound},
+		{"not multipart", http.MethodPost, "/studies", "application/dicom", "x", http.StatusUnsupportedMediaType},
+		{"wrong type", http.MethodPost, "/studies", "multipart/related; type=\"application/json\"; boundary=b", "", http.StatusUnsupportedMediaType},
+		{"not DICOM", http.MethodPost, "/studies", "multipart/related; type=\"application/dicom\"; boundary=b",
+			"--b\r\nContent-Type: application/dicom\r\n\r\nhello\r\n--b--\r\n", http.StatusBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))
+			if tc.ctype != "" {
+				req.Header.Set("Content-Type", tc.ctype)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+}
+
+func TestSinkThrottles(t *testing.T) {
+	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{InstancesPerSeries: 2, Rows: 128, Columns: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// About 66 KB at 200 KB/s plus 100 ms latency: at least 0.3 s.
+	srv := httptest.NewServer(New(Options{Latency: 100 * time.Millisecond, BytesPerSecond: 200_000}))
+	t.Cleanup(srv.Close)
+	c, err := stow.New(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := c.Store(context.Background(), parts(t, paths)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Errorf("took %s, want at least 300ms (throttle and latency)", d)
+	}
+}
