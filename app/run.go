@@ -55,6 +55,7 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 			HMACMaxSkew:    ic.HMACMaxSkew,
 			RateLimit:      ic.RateLimit,
 			RateBurst:      ic.RateBurst,
+			TrustedProxies: ic.TrustedProxies,
 			Publisher:      ingest.JetStreamPublisher{JS: js.JS},
 			PublishTimeout: ic.PublishTimeout,
 			Logger:         log.With("component", "ingest"),

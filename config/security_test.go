@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,6 +32,9 @@ func TestSecurityVariables(t *testing.T) {
 		{"negative rate", map[string]string{"INGEST_RATE_LIMIT": "-1"}, "INGEST_RATE_LIMIT"},
 		{"zero burst", map[string]string{"INGEST_RATE_BURST": "0"}, "INGEST_RATE_BURST"},
 		{"rate off, zero burst", map[string]string{"INGEST_RATE_LIMIT": "0", "INGEST_RATE_BURST": "0"}, ""},
+		{"trusted proxies", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1,fd00::/8"}, ""},
+		{"trusted proxy not an address", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8,lb.example.org"}, `INGEST_TRUSTED_PROXIES: "lb.example.org"`},
+		{"trusted proxy bad prefix", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/33"}, "INGEST_TRUSTED_PROXIES"},
 		{"user without password", map[string]string{"NATS_USER": "u"}, "NATS_USER and NATS_PASSWORD"},
 		{"user and password", map[string]string{"NATS_USER": "u", "NATS_PASSWORD": "p"}, ""},
 		{"two methods", map[string]string{"NATS_USER": "u", "NATS_PASSWORD": "p", "NATS_NKEY_FILE": file}, "set at most one"},
@@ -57,6 +61,18 @@ func TestSecurityVariables(t *testing.T) {
 			}
 		})
 	}
+	var c IngestService
+	env := map[string]string{"INGEST_TRUSTED_PROXIES": "10.1.2.3/8,192.0.2.1"}
+	for k, v := range base {
+		env[k] = v
+	}
+	if err := Load(func(k string) string { return env[k] }, &c); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(c.TrustedProxies); got != "[10.0.0.0/8 192.0.2.1/32]" {
+		t.Errorf("TrustedProxies = %s, want [10.0.0.0/8 192.0.2.1/32]", got)
+	}
+
 	// Embedded NATS takes no credentials.
 	var s SingleHost
 	err := Load(func(k string) string {

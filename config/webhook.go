@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -13,6 +15,9 @@ type WebhookSecurity struct {
 	HMACMaxSkew time.Duration `env:"INGEST_HMAC_MAX_SKEW" envDefault:"5m" desc:"how far X-Stowline-Timestamp may be from the ingest's clock (replay protection)"`
 	RateLimit   float64       `env:"INGEST_RATE_LIMIT" envDefault:"50" desc:"webhook requests per second per client IP address (0: no limit); over it the answer is 429 with Retry-After"`
 	RateBurst   int           `env:"INGEST_RATE_BURST" envDefault:"100" desc:"webhook requests a client IP address may send at once above INGEST_RATE_LIMIT"`
+	// TrustedProxiesRaw is parsed into TrustedProxies by Validate.
+	TrustedProxiesRaw []string `env:"INGEST_TRUSTED_PROXIES" envSeparator:"," desc:"load balancers or reverse proxies (IP addresses or CIDR prefixes, comma-separated) whose X-Forwarded-For names the client for the rate limit and the logs; empty: the peer address is the client"`
+	TrustedProxies    []netip.Prefix
 }
 
 // Validate names the variable that is out of range.
@@ -30,5 +35,33 @@ func (w *WebhookSecurity) Validate() error {
 	if w.RateLimit > 0 && w.RateBurst < 1 {
 		errs = append(errs, fmt.Errorf("INGEST_RATE_BURST=%d: want at least 1", w.RateBurst))
 	}
+	w.TrustedProxies = w.TrustedProxies[:0]
+	for _, v := range w.TrustedProxiesRaw {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			continue
+		}
+		p, err := parsePrefix(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("INGEST_TRUSTED_PROXIES: %q is not an IP address or CIDR prefix", v))
+			continue
+		}
+		w.TrustedProxies = append(w.TrustedProxies, p)
+	}
 	return errors.Join(errs...)
+}
+
+// parsePrefix reads a CIDR prefix, or a bare address as a one-address
+// prefix.
+func parsePrefix(v string) (netip.Prefix, error) {
+	if strings.Contains(v, "/") {
+		p, err := netip.ParsePrefix(v)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }

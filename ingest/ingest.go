@@ -16,6 +16,7 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -58,8 +59,11 @@ type Options struct {
 	HMACMaxSkew time.Duration
 	// RateLimit is requests per second per client IP (0: no limit), with
 	// bursts of RateBurst; over it the answer is 429 with Retry-After.
-	RateLimit      float64
-	RateBurst      int
+	RateLimit float64
+	RateBurst int
+	// TrustedProxies are the load balancers whose X-Forwarded-For names
+	// the client (for the rate limit and the logs); by default none.
+	TrustedProxies []netip.Prefix
 	Publisher      Publisher
 	PublishTimeout time.Duration
 	Logger         *slog.Logger
@@ -74,6 +78,7 @@ type Handler struct {
 	hmacKey []byte
 	maxSkew time.Duration
 	limit   *limiter
+	proxies []netip.Prefix
 	pub     Publisher
 	timeout time.Duration
 	log     *slog.Logger
@@ -122,6 +127,7 @@ func New(opts Options) (*Handler, error) {
 	if opts.RateLimit > 0 {
 		h.limit = newLimiter(opts.RateLimit, opts.RateBurst, h.now)
 	}
+	h.proxies = opts.TrustedProxies
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -149,7 +155,7 @@ type accepted struct {
 
 func (h *Handler) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	if h.limit != nil {
-		if ok, wait := h.limit.allow(clientIP(r)); !ok {
+		if ok, wait := h.limit.allow(clientIP(r, h.proxies)); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 			h.reject(w, r, http.StatusTooManyRequests, "rate_limited", "too many requests from this address, retry later")
 			return
@@ -273,7 +279,7 @@ func (h *Handler) authorized(r *http.Request) bool {
 
 func (h *Handler) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
 	h.m.rejected.WithLabelValues(reason).Inc()
-	h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "err", msg)
+	h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", msg)
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="stowline"`)
 	}

@@ -4,6 +4,8 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
@@ -100,12 +102,42 @@ func (l *limiter) size() int {
 	return len(l.clients)
 }
 
-// clientIP is the peer's address (proxy headers are not trusted: anyone
-// could set them).
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
+// clientIP is the client's address: the peer's, or, when the peer is one
+// of the trusted proxies, the right-most X-Forwarded-For address that is
+// not itself a trusted proxy. Addresses further left are not used: anyone
+// can put anything there, only what the trusted proxies appended counts.
+func clientIP(r *http.Request, trusted []netip.Prefix) string {
+	peer := r.RemoteAddr
+	if host, _, err := net.SplitHostPort(peer); err == nil {
+		peer = host
 	}
-	return host
+	if len(trusted) == 0 || !isTrusted(peer, trusted) {
+		return peer
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop := strings.TrimSpace(hops[i])
+		a, err := netip.ParseAddr(hop)
+		if err != nil {
+			return peer // a garbled chain: fall back to what is certain
+		}
+		if !isTrusted(hop, trusted) {
+			return a.Unmap().String()
+		}
+	}
+	return peer
+}
+
+func isTrusted(addr string, trusted []netip.Prefix) bool {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }

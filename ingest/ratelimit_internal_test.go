@@ -2,6 +2,9 @@ package ingest
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -24,5 +27,39 @@ func TestLimiterBounded(t *testing.T) {
 	l.allow("192.0.2.1")
 	if n := l.size(); n != 1 {
 		t.Errorf("%d clients tracked after all went idle, want 1", n)
+	}
+}
+
+func TestClientIP(t *testing.T) {
+	lb := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fd00::/64")}
+	tests := []struct {
+		name, remote string
+		xff          []string
+		trusted      []netip.Prefix
+		want         string
+	}{
+		{"no proxies configured: header ignored", "192.0.2.7:5000", []string{"198.51.100.1"}, nil, "192.0.2.7"},
+		{"untrusted peer: header ignored", "192.0.2.7:5000", []string{"198.51.100.1"}, lb, "192.0.2.7"},
+		{"trusted peer names the client", "10.0.0.5:5000", []string{"198.51.100.1"}, lb, "198.51.100.1"},
+		{"spoofed left entries ignored", "10.0.0.5:5000", []string{"203.0.113.66, 198.51.100.1"}, lb, "198.51.100.1"},
+		{"chain of trusted proxies", "10.0.0.5:5000", []string{"198.51.100.1, 10.0.0.9"}, lb, "198.51.100.1"},
+		{"several header lines", "10.0.0.5:5000", []string{"203.0.113.66", "198.51.100.1"}, lb, "198.51.100.1"},
+		{"no header: the proxy itself", "10.0.0.5:5000", nil, lb, "10.0.0.5"},
+		{"garbage: the proxy itself", "10.0.0.5:5000", []string{"198.51.100.1, not-an-ip"}, lb, "10.0.0.5"},
+		{"only proxies in the chain", "10.0.0.5:5000", []string{"10.0.0.6"}, lb, "10.0.0.5"},
+		{"IPv6 proxy", "[fd00::1]:5000", []string{"2001:db8::7"}, lb, "2001:db8::7"},
+		{"IPv4-mapped client", "10.0.0.5:5000", []string{"::ffff:198.51.100.1"}, lb, "198.51.100.1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, "/", nil)
+			r.RemoteAddr = tt.remote
+			for _, v := range tt.xff {
+				r.Header.Add("X-Forwarded-For", v)
+			}
+			if got := clientIP(r, tt.trusted); got != tt.want {
+				t.Errorf("clientIP = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

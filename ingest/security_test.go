@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -183,4 +184,26 @@ func TestWebhookRateLimit(t *testing.T) {
 type step struct {
 	wait           time.Duration
 	n, ok, limited int
+}
+
+// Behind a trusted load balancer every client has its own bucket; the
+// balancer's address does not share one among all of them.
+func TestWebhookRateLimitBehindProxy(t *testing.T) {
+	clk := &clock{t: time.Unix(1_790_000_000, 0)}
+	srv := serve(t, ingest.Options{Tokens: []string{token}, Publisher: &fakePublisher{}, RateLimit: 1, RateBurst: 2, Now: clk.Now,
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}})
+	send := func(client string) int {
+		t.Helper()
+		return postHeaders(t, srv.URL, map[string]string{"X-Forwarded-For": client}, validBody).StatusCode
+	}
+	for _, client := range []string{"198.51.100.1", "198.51.100.2"} {
+		for i := range 2 {
+			if code := send(client); code != http.StatusAccepted {
+				t.Fatalf("%s request %d: %d, want 202", client, i+1, code)
+			}
+		}
+		if code := send(client); code != http.StatusTooManyRequests {
+			t.Errorf("%s over its burst: %d, want 429", client, code)
+		}
+	}
 }
