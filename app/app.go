@@ -107,11 +107,12 @@ func connectJetStream(c config.NATS, log *slog.Logger) (*JetStream, error) {
 		j.Close()
 		return nil, fmt.Errorf("connect to NATS: %w", err)
 	}
-	j.JS, err = jetstream.New(j.NC)
+	js, err := jetstream.New(j.NC)
 	if err != nil {
 		j.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
+	j.JS = provisioningJS{JetStream: js, log: log}
 	return j, nil
 }
 

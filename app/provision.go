@@ -1,0 +1,75 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// firstProvisionTimeout bounds the first attempt of a create-or-update
+// request; each retry waits twice as long, so a cluster that is merely
+// slow still answers one of them.
+const firstProvisionTimeout = 2 * time.Second
+
+// provisioningJS retries the create-or-update requests for streams,
+// consumers and key-value buckets that time out. Every replica of every
+// service makes them at startup (events.EnsureStream, deadletter.Ensure,
+// ledger.Ensure, ...), and on a JetStream cluster nats-server (2.15)
+// may never answer one that races another for the same stream: the
+// stream is created, but both callers wait until their deadline, and the
+// service would exit. The requests are idempotent, and repeated once the
+// race is over they are answered at once (TestClusterConcurrentProvisioning
+// races four replicas; cmd/forwarder's TestNATSClusterNodeLoss starts its
+// three services at once).
+type provisioningJS struct {
+	jetstream.JetStream
+	log *slog.Logger
+}
+
+func (p provisioningJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	return provision(ctx, p.log, "stream "+cfg.Name, func(ctx context.Context) (jetstream.Stream, error) {
+		return p.JetStream.CreateOrUpdateStream(ctx, cfg)
+	})
+}
+
+func (p provisioningJS) CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	return provision(ctx, p.log, "consumer "+cfg.Durable, func(ctx context.Context) (jetstream.Consumer, error) {
+		return p.JetStream.CreateOrUpdateConsumer(ctx, stream, cfg)
+	})
+}
+
+func (p provisioningJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	return provision(ctx, p.log, "key-value bucket "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return p.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+	})
+}
+
+// provision calls fn until it answers or ctx ends; an attempt that times
+// out is retried after a short random pause (replicas that raced start
+// apart), with twice the time.
+func provision[T any](ctx context.Context, log *slog.Logger, what string, fn func(context.Context) (T, error)) (T, error) {
+	timeout := firstProvisionTimeout
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		v, err := fn(actx)
+		cancel()
+		timedOut := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		if err == nil || !timedOut || ctx.Err() != nil {
+			return v, err
+		}
+		log.Warn("JetStream did not answer a create-or-update request; retrying", "what", what, "attempt", attempt, "timeout", timeout.String())
+		timeout *= 2
+		pause := time.NewTimer(time.Duration(rand.Int64N(int64(250 * time.Millisecond))))
+		select {
+		case <-ctx.Done():
+			pause.Stop()
+			return v, err
+		case <-pause.C:
+		}
+	}
+}
