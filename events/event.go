@@ -6,7 +6,6 @@ package events
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -47,20 +46,51 @@ func (e *FieldError) Error() string { return fmt.Sprintf("field %q: %s", e.Field
 // Is makes errors.Is(err, ErrInvalid) true for every FieldError.
 func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
 
-var (
-	// Orthanc identifiers are SHA-1 based: five dash-separated groups of
-	// eight lowercase hex digits.
-	orthancIDPattern = regexp.MustCompile(`^[0-9a-f]{8}(-[0-9a-f]{8}){4}$`)
-	// A source name becomes a NATS subject token and a KV key: no dots,
-	// wildcards or whitespace.
-	sourcePattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-)
+// The grammars below are checked byte by byte rather than with regular
+// expressions: every webhook request validates its event, and the regexp
+// matcher took about 4 % of the ingest's CPU in the BenchmarkIngest
+// profile (Validate: 1 µs an event with regexps, 0.15 µs without). The
+// regular expression each function implements is in its comment, and
+// TestValidatorsMatchTheirGrammar holds them to it.
 
-// ValidOrthancID reports whether id has the exact grammar of an Orthanc ID.
-func ValidOrthancID(id string) bool { return orthancIDPattern.MatchString(id) }
+// ValidOrthancID reports whether id has the exact grammar of an Orthanc ID:
+// SHA-1 based, five dash-separated groups of eight lowercase hex digits
+// (^[0-9a-f]{8}(-[0-9a-f]{8}){4}$).
+func ValidOrthancID(id string) bool {
+	if len(id) != 44 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if i%9 == 8 {
+			if c != '-' {
+				return false
+			}
+		} else if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
 
-// ValidSource reports whether name can be used as a source name.
-func ValidSource(name string) bool { return sourcePattern.MatchString(name) }
+// ValidSource reports whether name can be used as a source name. It
+// becomes a NATS subject token and a KV key: no dots, wildcards or
+// whitespace (^[A-Za-z0-9_-]{1,64}$).
+func ValidSource(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !(alnum(c) || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func alnum(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+}
 
 // ValidUID reports whether uid is a DICOM UID as PS3.5 §9.1 defines it:
 // at most 64 characters, numeric components separated by dots, no
@@ -87,10 +117,18 @@ func ValidUID(uid string) bool {
 // ValidUID on purpose: Orthanc stores studies whose UIDs break PS3.5 (one
 // shared sample has 64 hex digits), and refusing their events would lose
 // the study. The UID is informational: stowline never builds a URL, a
-// subject or a key from it (see docs/uids.md).
-func PlausibleUID(uid string) bool { return plausibleUIDPattern.MatchString(uid) }
-
-var plausibleUIDPattern = regexp.MustCompile(`^[0-9A-Za-z._-]{1,64}$`)
+// subject or a key from it (see docs/uids.md). (^[0-9A-Za-z._-]{1,64}$)
+func PlausibleUID(uid string) bool {
+	if uid == "" || len(uid) > 64 {
+		return false
+	}
+	for i := 0; i < len(uid); i++ {
+		if c := uid[i]; !(alnum(c) || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Validate checks every field; the error names the first bad field.
 func (e *StudyStable) Validate() error {
