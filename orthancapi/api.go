@@ -128,42 +128,51 @@ func (c *Client) StudyInstances(ctx context.Context, studyID string) ([]Instance
 	for _, s := range series {
 		seriesUID[s.ID] = s.MainDicomTags.SeriesInstanceUID
 	}
-	var insts []instanceJSON
-	if err := c.getJSON(ctx, c.endpoint("studies", studyID, "instances"), &insts); err != nil {
-		return nil, err
-	}
 	type sortable struct {
 		Instance
 		number    int64
 		hasNumber bool
 	}
-	out := make([]sortable, 0, len(insts))
-	for _, in := range insts {
-		uid, ok := seriesUID[in.ParentSeries]
-		if !ok {
-			// A series that arrived between the two calls.
-			var s seriesJSON
+	var out []sortable
+	// Orthanc answers every instance with all its main tags, about 1 KB
+	// each: decoded one at a time, a study's list costs memory for what is
+	// kept, not for the whole answer.
+	var unknownSeries []string
+	err := eachJSON(ctx, c, c.endpoint("studies", studyID, "instances"), func(in instanceJSON) error {
+		if _, ok := seriesUID[in.ParentSeries]; !ok {
 			if err := checkID("series", in.ParentSeries); err != nil {
-				return nil, fmt.Errorf("instance %s: %w", in.ID, err)
+				return fmt.Errorf("instance %s: %w", in.ID, err)
 			}
-			if err := c.getJSON(ctx, c.endpoint("series", in.ParentSeries), &s); err != nil {
-				return nil, err
-			}
-			uid = s.MainDicomTags.SeriesInstanceUID
-			seriesUID[in.ParentSeries] = uid
+			// A series that arrived between the two calls: looked up after
+			// the list is read, so as not to hold its connection.
+			seriesUID[in.ParentSeries] = ""
+			unknownSeries = append(unknownSeries, in.ParentSeries)
 		}
 		n, err := strconv.ParseInt(strings.TrimSpace(in.MainDicomTags.InstanceNumber), 10, 64)
 		out = append(out, sortable{
 			Instance: Instance{
-				ID:                in.ID,
-				SOPInstanceUID:    in.MainDicomTags.SOPInstanceUID,
-				SeriesInstanceUID: uid,
-				SeriesID:          in.ParentSeries,
-				FileSize:          in.FileSize,
+				ID:             in.ID,
+				SOPInstanceUID: in.MainDicomTags.SOPInstanceUID,
+				SeriesID:       in.ParentSeries,
+				FileSize:       in.FileSize,
 			},
 			number:    n,
 			hasNumber: err == nil,
 		})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range unknownSeries {
+		var s seriesJSON
+		if err := c.getJSON(ctx, c.endpoint("series", id), &s); err != nil {
+			return nil, err
+		}
+		seriesUID[id] = s.MainDicomTags.SeriesInstanceUID
+	}
+	for i := range out {
+		out[i].SeriesInstanceUID = seriesUID[out[i].SeriesID]
 	}
 	slices.SortFunc(out, func(a, b sortable) int {
 		if d := cmp.Compare(a.SeriesInstanceUID, b.SeriesInstanceUID); d != 0 {

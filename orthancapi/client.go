@@ -31,6 +31,10 @@ const (
 	// maxJSONBytes bounds a JSON answer (a study of 10,000 instances is
 	// about 5 MB).
 	maxJSONBytes = 64 << 20
+	// maxJSONArrayBytes bounds an answer decoded element by element
+	// (eachJSON), which costs no memory for its size: a sanity bound, at
+	// about a million instances.
+	maxJSONArrayBytes = 1 << 30
 	// maxErrorBytes bounds how much of an error body is read.
 	maxErrorBytes = 64 << 10
 	userAgent     = "stowline-orthancapi"
@@ -222,6 +226,47 @@ func (c *Client) getJSON(ctx context.Context, u *url.URL, v any) error {
 			return fmt.Errorf("orthancapi: GET %s: answer larger than %d bytes", u.EscapedPath(), maxJSONBytes)
 		}
 		return fmt.Errorf("orthancapi: GET %s: decode answer: %w", u.EscapedPath(), err)
+	}
+	return nil
+}
+
+// eachJSON GETs u, whose answer is a JSON array, and calls fn with each
+// element as it is decoded: memory grows with what fn keeps, not with the
+// size of the answer.
+func eachJSON[T any](ctx context.Context, c *Client, u *url.URL, fn func(T) error) error {
+	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
+	defer cancel()
+	resp, err := c.get(ctx, u, "application/json", nil)
+	if err != nil {
+		return err
+	}
+	defer drainClose(resp.Body)
+	lr := &io.LimitedReader{R: resp.Body, N: maxJSONArrayBytes + 1}
+	dec := json.NewDecoder(lr)
+	decodeErr := func(err error) error {
+		if lr.N <= 0 {
+			return fmt.Errorf("orthancapi: GET %s: answer larger than %d bytes", u.EscapedPath(), maxJSONArrayBytes)
+		}
+		return fmt.Errorf("orthancapi: GET %s: decode answer: %w", u.EscapedPath(), err)
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return decodeErr(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '[' {
+		return decodeErr(fmt.Errorf("want a JSON array, got %v", tok))
+	}
+	for dec.More() {
+		var v T
+		if err := dec.Decode(&v); err != nil {
+			return decodeErr(err)
+		}
+		if err := fn(v); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return decodeErr(err)
 	}
 	return nil
 }

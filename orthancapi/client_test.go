@@ -546,3 +546,32 @@ func TestEscapedBasePath(t *testing.T) {
 		t.Errorf("path %q", got)
 	}
 }
+
+// The instance list is decoded element by element; every malformed shape
+// is still an error that names the request.
+func TestStudyInstancesDecodeErrors(t *testing.T) {
+	el := `{"ID":"00000001-00000000-00000000-00000000-00000000","FileSize":1,"ParentSeries":"` + seriesA + `","MainDicomTags":{"SOPInstanceUID":"1.2"}}`
+	for _, tc := range []struct{ name, body, want string }{
+		{"object, not array", `{"ID":"x"}`, "want a JSON array"},
+		{"truncated", "[" + el + ",", "decode answer"},
+		{"no closing bracket", "[" + el, "decode answer"},
+		{"bad element", `[{"FileSize":"big"}]`, "decode answer"},
+		{"bad series ID", `[{"ID":"x","ParentSeries":"../x"}]`, "series"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, srv := newFake(t)
+			f.json("/studies/"+studyID+"/series", `[{"ID":"`+seriesA+`","MainDicomTags":{"SeriesInstanceUID":"1.2.9"}}]`)
+			f.json("/studies/"+studyID+"/instances", tc.body)
+			_, err := newClient(t, srv.URL).StudyInstances(context.Background(), studyID)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want one with %q", err, tc.want)
+			}
+		})
+	}
+	f, srv := newFake(t)
+	f.json("/studies/"+studyID+"/series", `[]`)
+	f.json("/studies/"+studyID+"/instances", `[]`)
+	if got, err := newClient(t, srv.URL).StudyInstances(context.Background(), studyID); err != nil || len(got) != 0 {
+		t.Errorf("empty study: %v, %v", got, err)
+	}
+}
