@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -33,6 +34,14 @@ type sample struct {
 	// (everything but A, B, the client and this benchmark): other
 	// programs competing for the same cores.
 	other time.Duration
+	// cpuSink is the CPU time of the discard sink (this process) during a
+	// transfer into it.
+	cpuSink time.Duration
+	// firstRequest is when the first STOW-RS request reached the sink
+	// (after the event went through JetStream and the study's instances
+	// were listed), stream the time from then until the sink held the
+	// study: sink cases only.
+	firstRequest, stream time.Duration
 	// peakRSS is stowline's VmHWM after the transfer, readyRSS its VmRSS
 	// when it was ready and idle.
 	peakRSS, readyRSS int64
@@ -143,19 +152,29 @@ func (p *pipeline) runNative(ctx context.Context, round int) (sample, error) {
 }
 
 // runStowline starts the stowline binary, publishes the study's event to
-// its webhook and measures until B holds the study.
-func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting) (s sample, err error) {
+// its webhook and measures until B (or, toSink, the discard STOW-RS sink)
+// holds the study.
+func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, toSink bool) (s sample, err error) {
 	dir, err := os.MkdirTemp(p.tmp, "stowline-")
 	if err != nil {
 		return s, err
 	}
 	defer os.RemoveAll(dir)
-	env := p.stowlineEnv(fs)
+	dest, label := p.b.URL+"/dicom-web", fileName(fs.String())
+	if toSink {
+		dest, label = p.sinkURL, "sink-"+label
+		p.sink.Reset()
+	}
+	env := p.stowlineEnv(fs, dest)
 	if p.set.ProfileDir != "" {
-		base := filepath.Join(p.set.ProfileDir, fmt.Sprintf("%s-round%d", fileName(fs.String()), round))
+		base := filepath.Join(p.set.ProfileDir, fmt.Sprintf("%s-round%d", label, round))
 		env["STOWLINE_PROFILE_CPU"] = base + ".cpu.pprof"
 		env["STOWLINE_PROFILE_TRACE"] = base + ".trace"
+		env["STOWLINE_PROFILE_HEAP"] = base + ".heap.pprof"
 	}
+	// The extra variables win, so that e.g. STOWLINE_PROFILE_TRACE= turns
+	// the execution trace (and its overhead) off.
+	maps.Copy(env, p.set.StowlineEnv)
 	proc, err := startStowline(ctx, p.stowline, dir, env)
 	if err != nil {
 		return s, err
@@ -177,7 +196,7 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting) (s
 	if err != nil {
 		return s, err
 	}
-	stopPerf, err := p.perf(fmt.Sprintf("stowline-%s-round%d", fileName(fs.String()), round), pid)
+	stopPerf, err := p.perf(fmt.Sprintf("stowline-%s-round%d", label, round), pid)
 	if err != nil {
 		return s, err
 	}
@@ -185,7 +204,12 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting) (s
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
-	w := p.watchB(wctx, start)
+	var w <-chan timed
+	if toSink {
+		w = p.watchSink(wctx, start)
+	} else {
+		w = p.watchB(wctx, start)
+	}
 	if err := proc.publish(ctx, p.studyID, p.studyUID, p.lastUpdate); err != nil {
 		return s, err
 	}
@@ -215,6 +239,13 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting) (s
 		return s, err
 	}
 	s.setCPU(before, after, false)
+	if toSink {
+		// This process did nothing but serve the sink meanwhile (and read
+		// stowline's log): its CPU is the sink's.
+		s.cpuSink = after.self - before.self
+		st := p.sink.Stats()
+		s.firstRequest, s.stream = st.First.Sub(start), st.Last.Sub(st.First)
+	}
 	mem, err := readMem(pid)
 	if err != nil {
 		return s, err
@@ -223,6 +254,9 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting) (s
 	stopped = true
 	if err := proc.stop(); err != nil {
 		return s, err
+	}
+	if toSink {
+		return s, p.checkAndResetSink()
 	}
 	return s, p.checkAndEmptyB(ctx, round)
 }

@@ -9,11 +9,23 @@
 // the real stowline binary (built from ./cmd/stowline, single-host mode,
 // run as a separate process) under several forwarder settings, and with
 // reference transfers that bound each side (A's raw read rate, B's STOW-RS
-// ingest rate from local files). Every case runs several rounds in
-// alternating order; the medians are reported. See BENCHMARKS.md for the
-// command, the settings (STOWLINE_BENCH_* environment variables) and the
-// figures.
+// ingest rate from local files). The same stowline binary also forwards
+// the study into a discard STOW-RS sink (internal/stowsink, served by the
+// benchmark process on a loopback port) that parses the multipart body and
+// answers like a real server: that measures stowline and its source
+// without the destination, and is compared with A's raw parallel read
+// rate (the "x-A-read" ratio). Every case runs several rounds in
+// alternating order; the medians are reported.
 //
-// cmd/stowline-profiled is cmd/stowline with CPU-profile and execution-trace
-// hooks, used only when STOWLINE_BENCH_PROFILE_DIR is set.
+// BenchmarkLargeStudy generates one large study (by default 192 instances
+// of 2048x2048 pixels and one of 16384x16384, 2 GiB) straight into a real
+// Orthanc A, forwards it with the stowline binary into the sink, samples
+// stowline's RSS every 50 ms and checks its peak (VmHWM) against the
+// 64 MiB target; A's raw read rate of the same study is the reference.
+//
+// See BENCHMARKS.md for the commands, the settings (STOWLINE_BENCH_*
+// environment variables) and the figures.
+//
+// cmd/stowline-profiled is cmd/stowline with CPU-profile, heap-profile and
+// execution-trace hooks, used only when STOWLINE_BENCH_PROFILE_DIR is set.
 package bench

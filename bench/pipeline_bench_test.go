@@ -33,15 +33,15 @@ func BenchmarkPipeline(b *testing.B) {
 		b.Fatal("nothing to measure: every case is switched off")
 	}
 
-	// One unmeasured transfer per sender warms B's index and storage and
-	// the page cache of the binaries.
+	// One unmeasured transfer per kind of sender (native, stowline to B,
+	// stowline to the sink) warms B's index and storage, the sink and the
+	// page cache of the binaries.
+	warm := map[caseKind]bool{kindRead: true, kindBStow: true}
 	for _, c := range cases {
-		if c.kind == kindNative || c.kind == kindStowline {
+		if !warm[c.kind] {
+			warm[c.kind] = true
 			s := p.measure(b, c, 0)
 			fmt.Printf("# warm-up  %-30s %s\n", c.name, p.line(s))
-			if c.kind == kindStowline {
-				break
-			}
 		}
 	}
 	for round := range p.set.Rounds {
@@ -56,16 +56,19 @@ func BenchmarkPipeline(b *testing.B) {
 		}
 	}
 
-	var native *summary
+	var native, read *summary
 	for _, c := range cases {
 		c.sum = p.summarize(c)
 		if c.kind == kindNative {
 			native = &c.sum
 		}
+		if c.kind == kindRead && (read == nil || c.sum.instPerS > read.instPerS) {
+			read = &c.sum
+		}
 	}
-	p.printTable(cases, native)
+	p.printTable(cases, native, read)
 	for _, c := range cases {
-		b.Run(c.name, func(b *testing.B) { p.report(b, c, native) })
+		b.Run(c.name, func(b *testing.B) { p.report(b, c, native, read) })
 	}
 }
 
@@ -76,6 +79,8 @@ const (
 	kindStowline
 	kindRead
 	kindBStow
+	// kindSink is stowline forwarding into the discard STOW-RS sink.
+	kindSink
 )
 
 type benchCase struct {
@@ -93,7 +98,11 @@ func (p *pipeline) cases() []*benchCase {
 	}
 	for _, fs := range p.set.Stowline {
 		cs = append(cs, &benchCase{name: "stowline/" + fs.String(), kind: kindStowline,
-			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs) }})
+			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, false) }})
+	}
+	for _, fs := range p.set.Sink {
+		cs = append(cs, &benchCase{name: "stowline-to-sink/" + fs.String(), kind: kindSink,
+			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, true) }})
 	}
 	for _, w := range p.set.ReadWorkers {
 		cs = append(cs, &benchCase{name: fmt.Sprintf("ref-A-read/workers=%d", w), kind: kindRead,
@@ -146,9 +155,13 @@ type summary struct {
 	toB, toBMin, toBMax, done time.Duration
 	instPerS, mbPerS          float64
 	// CPU seconds per GB (1e9 bytes) forwarded.
-	cpuA, cpuB, cpuClient float64
-	peakRSS, readyRSS     int64
-	requests              int
+	cpuA, cpuB, cpuClient, cpuSink float64
+	// firstRequest and stream are the sink cases' split of the time
+	// (see sample); streamMBps is the study's size over stream.
+	firstRequest, stream time.Duration
+	streamMBps           float64
+	peakRSS, readyRSS    int64
+	requests             int
 	// otherLoad is the CPU the rest of the machine used during the
 	// transfers, in cores (0: the machine was otherwise idle).
 	otherLoad float64
@@ -181,6 +194,12 @@ func (p *pipeline) summarize(c *benchCase) summary {
 	s.cpuA = pick(func(x sample) float64 { return x.cpuA.Seconds() }) / gb
 	s.cpuB = pick(func(x sample) float64 { return x.cpuB.Seconds() }) / gb
 	s.cpuClient = pick(func(x sample) float64 { return x.cpuClient.Seconds() }) / gb
+	s.cpuSink = pick(func(x sample) float64 { return x.cpuSink.Seconds() }) / gb
+	s.firstRequest = time.Duration(pick(func(x sample) float64 { return float64(x.firstRequest) }))
+	s.stream = time.Duration(pick(func(x sample) float64 { return float64(x.stream) }))
+	if s.stream > 0 {
+		s.streamMBps = float64(p.totalBytes) / 1e6 / s.stream.Seconds()
+	}
 	s.readyRSS = int64(pick(func(x sample) float64 { return float64(x.readyRSS) }))
 	s.requests = int(pick(func(x sample) float64 { return float64(x.requests) }))
 	s.otherLoad = pick(sample.otherLoad)
@@ -200,26 +219,36 @@ func median(v []float64) float64 {
 }
 
 // report prints c's figures in the benchmark format (benchstat reads it).
-// ns/op is the median time until B held the whole study.
-func (p *pipeline) report(b *testing.B, c *benchCase, native *summary) {
+// ns/op is the median time until B (or the sink) held the whole study.
+// x-native compares with Orthanc's own client, x-A-read with the fastest
+// raw read of A (read: nil without a read reference).
+func (p *pipeline) report(b *testing.B, c *benchCase, native, read *summary) {
 	s := c.sum
 	b.ReportMetric(float64(s.toB.Nanoseconds()), "ns/op")
 	b.ReportMetric(s.instPerS, "inst/s")
 	b.ReportMetric(s.mbPerS, "MB/s")
 	b.ReportMetric(s.done.Seconds(), "sender-done-s")
 	b.ReportMetric(s.cpuA, "A-cpu-s/GB")
-	if c.kind != kindRead {
+	if c.kind != kindRead && c.kind != kindSink {
 		b.ReportMetric(s.cpuB, "B-cpu-s/GB")
 	}
 	if c.kind != kindNative {
 		b.ReportMetric(s.cpuClient, "client-cpu-s/GB")
 	}
-	if c.kind == kindStowline {
+	if c.kind == kindStowline || c.kind == kindSink {
 		b.ReportMetric(float64(s.peakRSS)/(1<<20), "peak-RSS-MiB")
 		b.ReportMetric(float64(s.requests), "requests")
 	}
-	if native != nil && c.kind != kindNative {
+	if c.kind == kindSink {
+		b.ReportMetric(s.cpuSink, "sink-cpu-s/GB")
+		b.ReportMetric(s.firstRequest.Seconds(), "first-request-s")
+		b.ReportMetric(s.streamMBps, "stream-MB/s")
+	}
+	if native != nil && c.kind != kindNative && c.kind != kindSink {
 		b.ReportMetric(s.instPerS/native.instPerS, "x-native")
+	}
+	if read != nil && c.kind != kindRead {
+		b.ReportMetric(s.instPerS/read.instPerS, "x-A-read")
 	}
 	b.ReportMetric(s.otherLoad, "other-load-cores")
 }
@@ -232,36 +261,57 @@ func (p *pipeline) line(s sample) string {
 	if s.peakRSS > 0 {
 		out += fmt.Sprintf("  RSS ready %.0f MiB peak %.0f MiB  %d requests", float64(s.readyRSS)/(1<<20), float64(s.peakRSS)/(1<<20), s.requests)
 	}
+	if s.stream > 0 {
+		out += fmt.Sprintf("  sink: CPU %.2f s, first request %.3fs, stream %.3fs", s.cpuSink.Seconds(), s.firstRequest.Seconds(), s.stream.Seconds())
+	}
 	return out
 }
 
 // printTable prints the summary as the Markdown table BENCHMARKS.md holds.
-func (p *pipeline) printTable(cases []*benchCase, native *summary) {
+func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 	if p.set.ProfileDir != "" {
 		fmt.Printf("\nPROFILED BUILD (stowline-profiled): stowline figures include profiling overhead; profiles in %s\n", p.set.ProfileDir)
 	}
 	fmt.Printf("\n%d instances, %.1f MB, medians of %d rounds (min-max of the time in brackets); CPU in seconds per GB forwarded\n\n",
 		p.n(), float64(p.totalBytes)/1e6, p.set.Rounds)
-	fmt.Println("| case | time to B, s | instances/s | MB/s | × native | sender done, s | client CPU s/GB | A CPU s/GB | B CPU s/GB | peak RSS MiB | other load, cores |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| case | time to B or sink, s | instances/s | MB/s | × native | × A-read | sender done, s | client CPU s/GB | A CPU s/GB | B CPU s/GB | sink CPU s/GB | peak RSS MiB | other load, cores |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, c := range cases {
 		s := c.sum
-		ratio, client, cpuB, rss := "", "-", "-", "-"
-		if native != nil && c.kind != kindNative {
+		ratio, xread, client, cpuB, cpuSink, rss := "", "", "-", "-", "-", "-"
+		if native != nil && c.kind != kindNative && c.kind != kindSink {
 			ratio = fmt.Sprintf("%.2f", s.instPerS/native.instPerS)
+		}
+		if read != nil {
+			xread = fmt.Sprintf("%.2f", s.instPerS/read.instPerS)
 		}
 		if c.kind != kindNative {
 			client = fmt.Sprintf("%.2f", s.cpuClient)
 		}
-		if c.kind != kindRead {
+		if c.kind != kindRead && c.kind != kindSink {
 			cpuB = fmt.Sprintf("%.2f", s.cpuB)
 		}
-		if c.kind == kindStowline {
+		if c.kind == kindSink {
+			cpuSink = fmt.Sprintf("%.2f", s.cpuSink)
+		}
+		if c.kind == kindStowline || c.kind == kindSink {
 			rss = fmt.Sprintf("%.0f", float64(s.peakRSS)/(1<<20))
 		}
-		fmt.Printf("| %s | %.2f (%.2f-%.2f) | %.1f | %.1f | %s | %.2f | %s | %.2f | %s | %s | %.2f |\n",
+		fmt.Printf("| %s | %.3f (%.3f-%.3f) | %.1f | %.1f | %s | %s | %.3f | %s | %.2f | %s | %s | %s | %.2f |\n",
 			c.name, s.toB.Seconds(), s.toBMin.Seconds(), s.toBMax.Seconds(), s.instPerS, s.mbPerS,
-			ratio, s.done.Seconds(), client, s.cpuA, cpuB, rss, s.otherLoad)
+			ratio, xread, s.done.Seconds(), client, s.cpuA, cpuB, cpuSink, rss, s.otherLoad)
+	}
+	for _, c := range cases {
+		if c.kind != kindSink {
+			continue
+		}
+		s := c.sum
+		fmt.Printf("\n%s: the first STOW-RS request reached the sink %.3f s after the webhook POST (event through JetStream, instances listed); from then the study streamed in %.3f s, %.1f MB/s",
+			c.name, s.firstRequest.Seconds(), s.stream.Seconds(), s.streamMBps)
+		if read != nil {
+			fmt.Printf(" (%.2f × the fastest A read)", s.streamMBps/read.mbPerS)
+		}
+		fmt.Println(".")
 	}
 	again, total := 0, 0
 	for _, c := range cases {

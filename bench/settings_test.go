@@ -21,6 +21,16 @@ type settings struct {
 	ReadWorkers []int
 	// BStow lists the STOW-RS-from-local-files references.
 	BStow []bstowSetting
+	// Sink lists the stowline settings measured into the discard STOW-RS
+	// sink (internal/stowsink) served by this process, instead of B.
+	Sink []fwdSetting
+	// SinkLatency and SinkRate shape the sink's answers (0: none): the
+	// wait before each answer and the per-request read rate in bytes/s.
+	SinkLatency time.Duration
+	SinkRate    int
+	// StowlineEnv are extra variables for every stowline process (e.g.
+	// GODEBUG=gctrace=1, GOGC=50).
+	StowlineEnv map[string]string
 	// Native measures Orthanc's own STOW-RS client.
 	Native bool
 	// ProfileDir, if set, runs stowline-profiled (CPU profile and execution
@@ -76,6 +86,8 @@ const envPrefix = "STOWLINE_BENCH_"
 const settingsDoc = `STOWLINE_BENCH_SERIES (3), _PER_SERIES (100), _ROWS (512), _COLS (512),
 _ROUNDS (7), _STOWLINE ("4/100,1/100,4/25,4/50,4/300": concurrency/max instances[/parallel requests]),
 _READ_WORKERS ("1,4"), _BSTOW ("100/1,50/2": max instances/parallel requests; "-" for none),
+_SINK ("4/100/2,4/100/4": stowline settings into the discard sink; "-" for none),
+_SINK_LATENCY (0), _SINK_RATE (0: bytes/s per request), _STOWLINE_ENV ("": KEY=VALUE ...),
 _NATIVE (1), _SOURCE (this module), _MAX_OTHER_LOAD (0.25), _PROFILE_DIR (""), _PERF_DIR (""), _TIMEOUT (5m)`
 
 func loadSettings(getenv func(string) string) (settings, error) {
@@ -149,6 +161,29 @@ func loadSettings(getenv func(string) string) (settings, error) {
 	}
 	for _, t := range tuples("STOWLINE", "4/100,1/100,4/25,4/50,4/300", 2, 3) {
 		s.Stowline = append(s.Stowline, fwdSetting{Concurrency: t[0], MaxInstances: t[1], Parallel: t[2]})
+	}
+	for _, t := range tuples("SINK", "4/100/2,4/100/4", 2, 3) {
+		s.Sink = append(s.Sink, fwdSetting{Concurrency: t[0], MaxInstances: t[1], Parallel: t[2]})
+	}
+	if v := getenv(envPrefix + "SINK_LATENCY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			errs = append(errs, fmt.Sprintf("%sSINK_LATENCY=%q: want a duration of 0 or more", envPrefix, v))
+		} else {
+			s.SinkLatency = d
+		}
+	}
+	s.SinkRate = intVar("SINK_RATE", 0, 0, 1<<40)
+	if v := getenv(envPrefix + "STOWLINE_ENV"); v != "" {
+		s.StowlineEnv = map[string]string{}
+		for _, kv := range strings.Fields(v) {
+			k, val, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				errs = append(errs, fmt.Sprintf("%sSTOWLINE_ENV: %q is not KEY=VALUE", envPrefix, kv))
+				continue
+			}
+			s.StowlineEnv[k] = val
+		}
 	}
 	for _, t := range tuples("BSTOW", "100/1,50/2", 2, 2) {
 		s.BStow = append(s.BStow, bstowSetting{MaxInstances: t[0], Parallel: t[1]})

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -39,6 +40,11 @@ type pipeline struct {
 	studyID, studyUID, lastUpdate string
 	instances                     []instance
 	totalBytes                    int64
+
+	// sink is the discard STOW-RS server of the sink cases, served by
+	// this process at sinkURL (a DICOMweb base URL); nil without them.
+	sink    *stowsink.Sink
+	sinkURL string
 
 	// stowline is the binary the stowline cases run; source says what it
 	// was built from.
@@ -95,9 +101,28 @@ func setupPipeline(b *testing.B) *pipeline {
 	})
 	b.Logf("orthanc A %s (pid %d), B %s (pid %d)", p.a.URL, p.a.PID(), p.b.URL, p.b.PID())
 
+	if len(set.Sink) > 0 {
+		p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
+	}
+
 	p.loadStudy(b)
-	p.stowline = p.build(b)
+	p.stowline, p.source = buildStowline(b, set, p.tmp)
 	return p
+}
+
+// serveSink serves a discard STOW-RS sink on a loopback port until the
+// benchmark ends and returns it with its DICOMweb base URL.
+func serveSink(b *testing.B, opts stowsink.Options) (*stowsink.Sink, string) {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	sink := stowsink.New(opts)
+	srv := &http.Server{Handler: sink, ReadHeaderTimeout: time.Minute}
+	go func() { _ = srv.Serve(ln) }()
+	b.Cleanup(func() { _ = srv.Close() })
+	return sink, "http://" + ln.Addr().String() + "/dicom-web"
 }
 
 // loadStudy generates the study, uploads it to A (POST /instances keeps
@@ -203,11 +228,12 @@ func (p *pipeline) loadStudy(b *testing.B) {
 		gen.Round(time.Millisecond), upload.Round(time.Millisecond))
 }
 
-// build compiles the stowline binary the stowline cases run: the real
+// buildStowline compiles the stowline binary into tmp: the real
 // ./cmd/stowline, or the profiling variant when a profile directory is set.
-func (p *pipeline) build(b *testing.B) string {
+// It returns the binary and what it was built from.
+func buildStowline(b *testing.B, set settings, tmp string) (bin, source string) {
 	b.Helper()
-	root := p.set.Source
+	root := set.Source
 	if root == "" {
 		root = ".." // go test runs in the package directory
 	}
@@ -219,10 +245,10 @@ func (p *pipeline) build(b *testing.B) string {
 		b.Fatalf("stowline source: %v (set %sSOURCE to a module root, or run from the bench directory as go test does)", err, envPrefix)
 	}
 	args := []string{"build"}
-	pkg, out := "./cmd/stowline", filepath.Join(p.tmp, "stowline")
-	if p.set.ProfileDir != "" {
-		pkg, out = "./bench/cmd/stowline-profiled", filepath.Join(p.tmp, "stowline-profiled")
-		if err := os.MkdirAll(p.set.ProfileDir, 0o755); err != nil {
+	pkg, out := "./cmd/stowline", filepath.Join(tmp, "stowline")
+	if set.ProfileDir != "" {
+		pkg, out = "./bench/cmd/stowline-profiled", filepath.Join(tmp, "stowline-profiled")
+		if err := os.MkdirAll(set.ProfileDir, 0o755); err != nil {
 			b.Fatal(err)
 		}
 		// The profiling main comes from this checkout, whatever the
@@ -238,7 +264,7 @@ func (p *pipeline) build(b *testing.B) string {
 		if err != nil {
 			b.Fatal(err)
 		}
-		overlayPath := filepath.Join(p.tmp, "overlay.json")
+		overlayPath := filepath.Join(tmp, "overlay.json")
 		if err := os.WriteFile(overlayPath, overlay, 0o600); err != nil {
 			b.Fatal(err)
 		}
@@ -253,14 +279,14 @@ func (p *pipeline) build(b *testing.B) string {
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("go build %s in %s: %v\n%s", pkg, root, err, msg)
 	}
-	p.source = root
+	source = root
 	if rev, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output(); err == nil {
-		p.source += " at commit " + strings.TrimSpace(string(rev))
+		source += " at commit " + strings.TrimSpace(string(rev))
 		if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
-			p.source += " with uncommitted changes"
+			source += " with uncommitted changes"
 		}
 	}
-	return out
+	return out, source
 }
 
 func (p *pipeline) must(b *testing.B, err error) {
@@ -328,6 +354,33 @@ func (p *pipeline) watchB(ctx context.Context, start time.Time) <-chan timed {
 		}
 	}()
 	return ch
+}
+
+// watchSink waits until the sink holds the whole study and then sends the
+// time from start until the sink recorded its last instance; it sends an
+// error if ctx ends first.
+func (p *pipeline) watchSink(ctx context.Context, start time.Time) <-chan timed {
+	ch := make(chan timed, 1)
+	go func() {
+		if err := p.sink.WaitDistinct(ctx, p.n()); err != nil {
+			ch <- timed{err: err}
+			return
+		}
+		ch <- timed{d: p.sink.Stats().Last.Sub(start)}
+	}()
+	return ch
+}
+
+// checkAndResetSink verifies that the sink got every instance exactly
+// once, with the study's bytes, and empties it.
+func (p *pipeline) checkAndResetSink() error {
+	st, distinct := p.sink.Stats(), p.sink.Distinct()
+	p.sink.Reset()
+	if distinct != p.n() || st.Instances != int64(p.n()) || st.Bytes != p.totalBytes {
+		return fmt.Errorf("the sink got %d instances (%d distinct), %d bytes; the study has %d, %d bytes",
+			st.Instances, distinct, st.Bytes, p.n(), p.totalBytes)
+	}
+	return nil
 }
 
 type timed struct {

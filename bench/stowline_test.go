@@ -261,11 +261,19 @@ func (w *lineWatcher) line(b []byte, now time.Time) {
 	}
 }
 
-// stowlineEnv is the configuration of one stowline case.
-func (p *pipeline) stowlineEnv(fs fwdSetting) map[string]string {
+// stowlineEnv is the configuration of one stowline case sending to the
+// DICOMweb base URL dest.
+func (p *pipeline) stowlineEnv(fs fwdSetting, dest string) map[string]string {
+	return forwarderEnv(p.a.URL, dest, fs, p.set.StowlineEnv)
+}
+
+// forwarderEnv is the configuration of a stowline reading from the Orthanc
+// at source and sending to the DICOMweb base URL dest with setting fs,
+// plus extra variables.
+func forwarderEnv(source, dest string, fs fwdSetting, extra map[string]string) map[string]string {
 	env := map[string]string{
-		"ORTHANC_URL":           p.a.URL,
-		"DICOMWEB_URL":          p.b.URL + "/dicom-web",
+		"ORTHANC_URL":           source,
+		"DICOMWEB_URL":          dest,
 		"FORWARDER_CONCURRENCY": strconv.Itoa(fs.Concurrency),
 		"STOW_MAX_INSTANCES":    strconv.Itoa(fs.MaxInstances),
 		// STOW_MAX_BYTES keeps its default (256MiB): it does not bind for
@@ -273,6 +281,9 @@ func (p *pipeline) stowlineEnv(fs fwdSetting) map[string]string {
 	}
 	if fs.Parallel > 0 {
 		env["STOW_PARALLEL_REQUESTS"] = strconv.Itoa(fs.Parallel)
+	}
+	for k, v := range extra {
+		env[k] = v
 	}
 	return env
 }

@@ -131,3 +131,27 @@ func TestDelimiterDetectorMatchesOracle(t *testing.T) {
 		}
 	}
 }
+
+func TestDelimiterDetectorLongBoundaryMatchesOracle(t *testing.T) {
+	// A boundary longer than the key (maxKeyLen) is searched for by its
+	// end first: content made of pieces of the delimiter puts the key
+	// where there is no delimiter (too close to the start, after a
+	// wrong prefix) and next to real ones, cut at every offset.
+	const boundary = "stowline.0123456789abcdefghijKLMNOP"
+	delim := "\r\n--" + boundary
+	key := delim[len(delim)-maxKeyLen:]
+	pieces := []string{"\r\n--", "\r\n", "-", key, boundary, delim[:len(delim)-len(key)], delim[1:], "x", "\r", delim}
+	r := randomBytes(11, 100_000)
+	for trial := 0; trial < 3000; trial++ {
+		var content []byte
+		for i := range int(r[trial])%5 + 1 {
+			content = append(content, pieces[int(r[trial*5+i+5000])%len(pieces)]...)
+		}
+		want := bytes.Contains(append([]byte("\r\n"), content...), []byte(delim))
+		for cut := 0; cut <= len(content); cut++ {
+			if got := feed(boundary, content, cut); got != want {
+				t.Fatalf("content %q cut at %d: detector %v, oracle %v", content, cut, got, want)
+			}
+		}
+	}
+}

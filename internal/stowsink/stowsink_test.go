@@ -70,6 +70,13 @@ func TestSinkAnswersLikeAServer(t *testing.T) {
 	if st.Requests != 1 || st.Instances != int64(len(ps)) || st.Bytes != size {
 		t.Errorf("stats = %+v, want 1 request, %d instances, %d bytes", st, len(ps), size)
 	}
+	if st.First.IsZero() || st.Last.Before(st.First) {
+		t.Errorf("stats first %v, last %v: want first set and last not before it", st.First, st.Last)
+	}
+	sink.Reset()
+	if st := sink.Stats(); st != (Stats{}) || sink.Distinct() != 0 {
+		t.Errorf("after Reset: stats %+v, %d distinct", st, sink.Distinct())
+	}
 }
 
 func TestSinkRefusesWhatAServerWould(t *testing.T) {
