@@ -28,4 +28,16 @@
 //
 // cmd/stowline-profiled is cmd/stowline with CPU-profile, heap-profile and
 // execution-trace hooks, used only when STOWLINE_BENCH_PROFILE_DIR is set.
+//
+// BenchmarkReplicas measures scale-out: the same queue of generated
+// studies in a real Orthanc A is forwarded by 1, 2 and 4 separate
+// cmd/forwarder processes sharing the durable consumer on one nats-server
+// (run in the benchmark process, on loopback TCP), every replica with the
+// same fixed settings, to the discard sink on loopback and to the same
+// sink behaving like a distant cloud service (latency and a bandwidth cap
+// per request), optionally to a real Orthanc B. Every measurement deletes
+// the event stream, starts the replicas together, publishes every study's
+// event and times until the destination holds every instance; it checks
+// that each event was delivered once. Its settings are the
+// STOWLINE_BENCH_REPLICAS_* variables.
 package bench
