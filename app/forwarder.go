@@ -41,6 +41,11 @@ func (d *ForwarderDeps) SourceFor(name string) (forward.Source, error) {
 	return c, nil
 }
 
+// CleanerFor returns the Orthanc of the event's source for buffer mode.
+func (d *ForwarderDeps) CleanerFor(name string) (forward.SourceCleaner, error) {
+	return d.Sources.Lookup(name)
+}
+
 // SourceReady reports whether every Orthanc source answers.
 func (d *ForwarderDeps) SourceReady(ctx context.Context) error { return d.Sources.Ready(ctx) }
 

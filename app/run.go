@@ -143,6 +143,10 @@ func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS
 		Logger:             log,
 		Registerer:         reg,
 	}
+	if fc.DeleteFromSource {
+		opts.CleanerFor = deps.CleanerFor
+		log.Warn("buffer mode: forwarded instances are deleted from the source Orthanc once the destination stored them (FORWARDER_DELETE_FROM_SOURCE=true)")
+	}
 	if err := st.track(g, ctx, nc, fc, deps, &opts, log); err != nil {
 		return err
 	}

@@ -38,6 +38,12 @@ type Destination interface {
 	Store(ctx context.Context, parts []stow.Part) (*stow.Result, error)
 }
 
+// SourceCleaner deletes forwarded instances from a source (buffer mode).
+type SourceCleaner interface {
+	Study(ctx context.Context, studyID string) (orthancapi.Study, error)
+	DeleteInstance(ctx context.Context, instanceID string) error
+}
+
 // DeadLetterStore keeps studies that could not be forwarded.
 type DeadLetterStore interface {
 	Add(ctx context.Context, l *deadletter.Letter) (uint64, error)
@@ -91,6 +97,10 @@ type Options struct {
 	// acked, to record the completed forward (the audit reads it). An
 	// error is logged; the study stays forwarded.
 	Completed func(ctx context.Context, ev *events.StudyStable) error
+	// CleanerFor, if set, turns on buffer mode: once a study is stored,
+	// acked and recorded, the instances that were forwarded are deleted
+	// from its source, unless the study changed since its event.
+	CleanerFor func(source string) (SourceCleaner, error)
 	// ShutdownGrace is how long in-flight studies may go on after
 	// shutdown starts before they are returned to the queue.
 	ShutdownGrace time.Duration
@@ -252,6 +262,9 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 				log.Warn("study forwarded but not recorded as completed", "err", err)
 			}
 		}
+		if f.opts.CleanerFor != nil {
+			f.deleteForwarded(ctx, ev, rep.forwarded, log)
+		}
 	case ctx.Err() != nil:
 		log.Warn("shutdown: study returned to the queue", "instances_sent", rep.Instances)
 		f.m.studies.WithLabelValues("interrupted").Inc()
@@ -369,6 +382,9 @@ type Report struct {
 	AlreadyStored int
 	// Resent counts instances sent again after a transient refusal.
 	Resent int
+	// forwarded are the Orthanc IDs of the instances sent, set only when
+	// the destination confirmed every one (buffer mode deletes them).
+	forwarded []string
 }
 
 // Forward sends every instance of the event's study to the destination.
@@ -438,7 +454,68 @@ func (f *Forwarder) Forward(ctx context.Context, ev *events.StudyStable) (Report
 			Instances: rejected,
 		}
 	}
+	if f.opts.CleanerFor != nil {
+		rep.forwarded = make([]string, len(instances))
+		for i, inst := range instances {
+			rep.forwarded[i] = inst.ID
+		}
+	}
 	return rep, nil
+}
+
+// deleteForwarded is buffer mode: it deletes from the source exactly the
+// instances this forward sent and the destination confirmed, so an
+// instance that arrived since the study was listed is never deleted. A
+// study whose LastUpdate moved since its event is left alone: its next
+// event forwards it again (what the destination holds counts as stored)
+// and deletes it then. Every failure leaves instances in Orthanc, never
+// loses one; shutdown stops the deletes.
+func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, ids []string, log *slog.Logger) {
+	if len(ids) == 0 {
+		return
+	}
+	c, err := f.opts.CleanerFor(ev.Source)
+	if err != nil {
+		log.Warn("forwarded study not deleted from the source", "err", err)
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(ids)))
+		return
+	}
+	st, err := c.Study(ctx, ev.OrthancStudyID)
+	if errors.Is(err, orthancapi.ErrNotFound) {
+		return // deleted by someone else meanwhile
+	}
+	if err != nil {
+		log.Warn("forwarded study not deleted from the source: its state could not be read", "err", err)
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(ids)))
+		return
+	}
+	if st.LastUpdate != ev.LastUpdate {
+		log.Info("forwarded study not deleted from the source: it changed since its event, its next event forwards and deletes it",
+			"source_last_update", st.LastUpdate)
+		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(len(ids)))
+		return
+	}
+	deleted := 0
+	var firstErr error
+	for _, id := range ids {
+		if err := c.DeleteInstance(ctx, id); err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		deleted++
+	}
+	f.m.sourceDeletes.WithLabelValues("deleted").Add(float64(deleted))
+	if failed := len(ids) - deleted; failed > 0 {
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(failed))
+		log.Warn("some forwarded instances were not deleted from the source; they stay in Orthanc", "deleted", deleted, "failed", failed, "err", firstErr)
+		return
+	}
+	log.Info("forwarded instances deleted from the source", "deleted", deleted)
 }
 
 // requestSize spreads n instances over a multiple of RequestConcurrency

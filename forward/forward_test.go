@@ -17,6 +17,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/testnats"
@@ -307,5 +309,63 @@ func TestRequestSize(t *testing.T) {
 		if got := f.requestSize(tt.n); got > tt.max {
 			t.Errorf("requestSize(%d) = %d exceeds the maximum %d", tt.n, got, tt.max)
 		}
+	}
+}
+
+// memCleaner is a source for buffer mode: it records deletes.
+type memCleaner struct {
+	lastUpdate string
+	studyErr   error
+	failIDs    map[string]bool
+	deleted    []string
+}
+
+func (c *memCleaner) Study(context.Context, string) (orthancapi.Study, error) {
+	return orthancapi.Study{LastUpdate: c.lastUpdate}, c.studyErr
+}
+
+func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
+	if c.failIDs[id] {
+		return errors.New("Orthanc refused")
+	}
+	c.deleted = append(c.deleted, id)
+	return nil
+}
+
+// Buffer mode deletes exactly the forwarded instances, and nothing when
+// the study changed since its event or its state cannot be read.
+func TestDeleteForwarded(t *testing.T) {
+	ids := []string{"a", "b", "c"}
+	tests := []struct {
+		name        string
+		cleaner     *memCleaner
+		wantDeleted []string
+		// want counts of the metric by result: deleted, failed, skipped.
+		want [3]float64
+	}{
+		{"unchanged", &memCleaner{lastUpdate: "20261126T100000"}, ids, [3]float64{3, 0, 0}},
+		{"changed since the event", &memCleaner{lastUpdate: "20261126T100500"}, nil, [3]float64{0, 0, 3}},
+		{"state unreadable", &memCleaner{studyErr: errors.New("timeout")}, nil, [3]float64{0, 3, 0}},
+		{"already gone", &memCleaner{studyErr: fmt.Errorf("GET: %w", orthancapi.ErrNotFound)}, nil, [3]float64{0, 0, 0}},
+		{"one delete fails", &memCleaner{lastUpdate: "20261126T100000", failIDs: map[string]bool{"b": true}}, []string{"a", "c"}, [3]float64{2, 1, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+				o.Registerer = reg
+				o.CleanerFor = func(string) (SourceCleaner, error) { return tt.cleaner, nil }
+			})
+			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+			f.deleteForwarded(context.Background(), ev, ids, f.log)
+			if fmt.Sprint(tt.cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
+				t.Errorf("deleted %v, want %v", tt.cleaner.deleted, tt.wantDeleted)
+			}
+			for i, r := range []string{"deleted", "failed", "skipped"} {
+				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
+					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
+				}
+			}
+		})
 	}
 }

@@ -19,6 +19,9 @@ type metrics struct {
 	resent        prometheus.Counter
 	alreadyStored prometheus.Counter
 	authRetries   prometheus.Counter
+	// sourceDeletes counts instances of forwarded studies by what buffer
+	// mode did with them in the source (deleted, failed, skipped).
+	sourceDeletes *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -61,13 +64,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "stowline_forwarder_auth_retries_total",
 		Help: "STOW-RS requests sent again with a fresh token after the destination answered 401.",
 	})
+	m.sourceDeletes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stowline_forwarder_source_deletes_total",
+		Help: "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, or skipped because the study changed since its event.",
+	}, []string{"result"})
+	for _, r := range []string{"deleted", "failed", "skipped"} {
+		m.sourceDeletes.WithLabelValues(r)
+	}
 	for _, r := range []string{"forwarded", "retry", "dead_lettered", "interrupted", "undecodable", "ack_failed"} {
 		m.studies.WithLabelValues(r)
 	}
 	for _, c := range failure.Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

@@ -283,3 +283,36 @@ func (c *Client) Changes(ctx context.Context, since int64, limit int) (Changes, 
 	}
 	return ch, nil
 }
+
+// DeleteInstance deletes one instance from Orthanc (DELETE
+// /instances/{id}). An instance that is already gone is not an error: the
+// caller wanted it gone. It needs an Orthanc user allowed to delete
+// (docs/orthanc-access.md).
+func (c *Client) DeleteInstance(ctx context.Context, instanceID string) error {
+	if err := checkID("instance", instanceID); err != nil {
+		return err
+	}
+	u := c.endpoint("instances", instanceID)
+	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u.String(), nil)
+	if err != nil {
+		return fmt.Errorf("orthancapi: build request: %w", err)
+	}
+	req.Header.Set("User-Agent", userAgent)
+	if c.basicAuth {
+		req.SetBasicAuth(c.username, c.password)
+	}
+	resp, err := c.httpClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("orthancapi: DELETE %s: %w", u.EscapedPath(), err)
+	}
+	defer drainClose(resp.Body)
+	if resp.StatusCode == http.StatusNotFound {
+		return nil
+	}
+	if resp.StatusCode != http.StatusOK {
+		return newError(http.MethodDelete, u.EscapedPath(), resp)
+	}
+	return nil
+}

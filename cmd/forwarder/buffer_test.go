@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/events"
+)
+
+// Buffer mode (FORWARDER_DELETE_FROM_SOURCE) against real Orthanc servers:
+// a forwarded study is deleted from the source once the destination holds
+// it byte for byte; a study that changed since its event is forwarded but
+// kept, and its next event forwards the rest and deletes it all.
+func TestBufferModeDeletesForwardedInstances(t *testing.T) {
+	r := newRig(t)
+	r.startForwarder(t, map[string]string{"FORWARDER_DELETE_FROM_SOURCE": "true"})
+
+	// Unchanged since its event: forwarded, then deleted from the source.
+	first := r.addStudy(t, 4, 32)
+	want := r.src.InstanceMD5s(t)
+	r.publish(t, first)
+	r.waitDest(t, 4, 60*time.Second)
+	r.waitSourceInstances(t, 0, 30*time.Second)
+	got := r.dest.InstanceMD5s(t)
+	for uid, sum := range want {
+		if got[uid] != sum {
+			t.Errorf("instance %s: md5 %q at the source before, %q at the destination", uid, sum, got[uid])
+		}
+	}
+	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="deleted"} 4`, 10*time.Second)
+
+	// Changed since its event: an event with an older LastUpdate, as when
+	// an instance arrives after the study went stable.
+	second := r.addStudy(t, 3, 32)
+	ev := r.publishAs(t, second, "20000101T000000")
+	r.waitDest(t, 7, 60*time.Second)
+	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="skipped"} 3`, 30*time.Second)
+	if n := r.sourceInstances(t); n != 3 {
+		t.Fatalf("source holds %d instances after a skipped delete, want 3", n)
+	}
+	// Its next event (the real LastUpdate) deletes it.
+	if ev2 := r.publish(t, second); ev2.LastUpdate == ev.LastUpdate {
+		t.Fatal("the second event did not change LastUpdate")
+	}
+	r.waitSourceInstances(t, 0, 60*time.Second)
+	r.waitDest(t, 7, 10*time.Second)
+	r.waitQueueEmpty(t, 30*time.Second)
+}
+
+// publishAs queues the study's event with the given LastUpdate.
+func (r *rig) publishAs(t *testing.T, studyID, lastUpdate string) *events.StudyStable {
+	t.Helper()
+	var s struct{ MainDicomTags map[string]string }
+	r.src.GetJSON(t, "/studies/"+studyID, &s)
+	ev := &events.StudyStable{
+		Type: events.TypeStudyStable, Version: events.Version, Source: "src",
+		OrthancStudyID: studyID, StudyInstanceUID: s.MainDicomTags["StudyInstanceUID"],
+		LastUpdate: lastUpdate, ReceivedAt: time.Now().UTC(),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := events.Publish(ctx, r.js, ev); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	return ev
+}
+
+func (r *rig) sourceInstances(t *testing.T) int {
+	t.Helper()
+	var stats struct{ CountInstances int }
+	r.src.GetJSON(t, "/statistics", &stats)
+	return stats.CountInstances
+}
+
+func (r *rig) waitSourceInstances(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := r.sourceInstances(t)
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("source holds %d instances after %s, want %d", got, timeout, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitMetric waits until the forwarder's /metrics has the line.
+func (r *rig) waitMetric(t *testing.T, line string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get("http://" + r.forwarderAddr + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), line+"\n") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics has no %q after %s", line, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
