@@ -575,3 +575,38 @@ func TestStudyInstancesDecodeErrors(t *testing.T) {
 		t.Errorf("empty study: %v, %v", got, err)
 	}
 }
+
+func TestDeleteInstance(t *testing.T) {
+	const id = "00000001-00000000-00000000-00000000-00000000"
+	for _, tc := range []struct {
+		name    string
+		status  int
+		wantErr string
+	}{
+		{"deleted", http.StatusOK, ""},
+		{"already gone", http.StatusNotFound, ""},
+		{"refused", http.StatusForbidden, "403"},
+		{"server error", http.StatusInternalServerError, "500"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, srv := newFake(t)
+			f.handle("/instances/"+id, func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodDelete {
+					t.Errorf("method %s, want DELETE", r.Method)
+				}
+				w.WriteHeader(tc.status)
+			})
+			err := newClient(t, srv.URL).DeleteInstance(context.Background(), id)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("err = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+	f, srv := newFake(t)
+	if err := newClient(t, srv.URL).DeleteInstance(context.Background(), "../../tools/reset"); err == nil {
+		t.Error("a malformed ID was accepted")
+	}
+	if n := f.requestCount(); n != 0 {
+		t.Errorf("%d requests for a malformed ID, want none", n)
+	}
+}
