@@ -122,7 +122,7 @@ type Forwarder struct {
 
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
-	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"2" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
+	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"4" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
 }
 
 // Validate names the variable that is out of range.

@@ -117,6 +117,8 @@ func TestShortTokensUnderLoad(t *testing.T) {
 	r.startForwarder(t, authEnv(idp, gate.URL+"/dicom-web", tokenSecret, map[string]string{
 		"STOW_MAX_INSTANCES": strconv.Itoa(perRequest),
 		"FORWARDER_ACK_WAIT": "30s",
+		// The timing above assumes 2 requests at once.
+		"STOW_PARALLEL_REQUESTS": "2",
 	}))
 	start := time.Now()
 	r.publish(t, study)
@@ -171,7 +173,11 @@ func TestUnauthorizedMidStudy(t *testing.T) {
 
 	const instances, perRequest = 30, 5
 	study := r.addStudy(t, instances, 16)
-	r.startForwarder(t, authEnv(idp, revoker.URL+"/dicom-web", tokenSecret, map[string]string{"STOW_MAX_INSTANCES": strconv.Itoa(perRequest)}))
+	r.startForwarder(t, authEnv(idp, revoker.URL+"/dicom-web", tokenSecret, map[string]string{
+		"STOW_MAX_INSTANCES": strconv.Itoa(perRequest),
+		// 6 requests, 2 at once: at most 2 carry the revoked token.
+		"STOW_PARALLEL_REQUESTS": "2",
+	}))
 	r.publish(t, study)
 	r.waitDest(t, instances, time.Minute)
 	r.waitQueueEmpty(t, 30*time.Second)
