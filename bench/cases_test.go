@@ -182,8 +182,7 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	stopped := false
 	defer func() {
 		if !stopped {
-			proc.kill()
-			err = fmt.Errorf("%w\nstowline log tail:\n%s", err, proc.logTail(30))
+			err = proc.abort(err, 30)
 		}
 	}()
 	pid := proc.pid()

@@ -8,13 +8,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -66,11 +64,7 @@ func BenchmarkIngest(b *testing.B) {
 		fmt.Printf("# warm-up  %-34s %s\n", c.name, r.line(s))
 	}
 	for round := range r.set.Rounds {
-		order := slices.Clone(cases)
-		if round%2 == 1 {
-			slices.Reverse(order)
-		}
-		for _, c := range order {
+		for _, c := range roundOrder(cases, round) {
 			s := r.measure(b, c)
 			c.samples = append(c.samples, s)
 			fmt.Printf("# round %d/%d %-34s %s\n", round+1, r.set.Rounds, c.name, r.line(s))
@@ -121,14 +115,7 @@ func setupIngest(b *testing.B) *ingestRig {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if f := flag.Lookup("test.benchtime"); f == nil || f.Value.String() != "1x" {
-		// As in BenchmarkPipeline: the rounds run inside the benchmark.
-		b.Fatalf("run with -benchtime 1x (rounds are set with %sROUNDS), e.g.\n"+
-			"  go test -run '^$' -bench Ingest -benchtime 1x -timeout 30m ./bench/", ingestPrefix)
-	}
-	if _, err := os.Stat("/proc/self/status"); err != nil {
-		b.Fatalf("this benchmark reads /proc (Linux only): %v", err)
-	}
+	checkBenchRun(b, "Ingest", ingestPrefix+"ROUNDS")
 	r := &ingestRig{set: set, tmp: b.TempDir()}
 
 	// Port -1: a free TCP port, so the ingest processes can connect.
@@ -210,58 +197,21 @@ func setupIngest(b *testing.B) *ingestRig {
 // ./cmd/ingest, or the profiling variant when a profile directory is set.
 func (r *ingestRig) buildIngest(b *testing.B) string {
 	b.Helper()
-	root := r.set.Source
-	if root == "" {
-		root = ".." // go test runs in the package directory
-	}
-	root, err := filepath.Abs(root)
+	root, err := moduleRoot(r.set.Source)
 	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
 		b.Fatalf("ingest source: %v (set %sSOURCE to a module root)", err, ingestPrefix)
 	}
-	args := []string{"build"}
+	var flags []string
 	pkg, out := "./cmd/ingest", filepath.Join(r.tmp, "ingest")
 	if r.set.ProfileDir != "" {
 		pkg, out = "./bench/cmd/ingest-profiled", filepath.Join(r.tmp, "ingest-profiled")
 		if err := os.MkdirAll(r.set.ProfileDir, 0o755); err != nil {
 			b.Fatal(err)
 		}
-		// The profiling main comes from this checkout whatever the source,
-		// added by an overlay so an older tree is not touched.
-		own, err := filepath.Abs(filepath.Join("cmd", "ingest-profiled", "main.go"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		overlay, err := json.Marshal(map[string]any{"Replace": map[string]string{
-			filepath.Join(root, "bench", "cmd", "ingest-profiled", "main.go"): own,
-		}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		overlayPath := filepath.Join(r.tmp, "ingest-overlay.json")
-		if err := os.WriteFile(overlayPath, overlay, 0o600); err != nil {
-			b.Fatal(err)
-		}
-		args = append(args, "-overlay", overlayPath)
+		flags = profiledOverlay(b, root, r.tmp, "ingest-profiled")
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		b.Fatalf("the go command builds the ingest: %v", err)
-	}
-	cmd := exec.Command(goBin, append(args, "-o", out, pkg)...)
-	cmd.Dir = root
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build %s in %s: %v\n%s", pkg, root, err, msg)
-	}
-	r.source = root
-	if rev, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output(); err == nil {
-		r.source += " at commit " + strings.TrimSpace(string(rev))
-		if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
-			r.source += " with uncommitted changes"
-		}
-	}
+	goBuild(b, root, "the ingest", pkg, out, flags...)
+	r.source = describeSource(root)
 	return out
 }
 
@@ -597,13 +547,7 @@ type ingSummary struct {
 
 func summarizeIngest(samples []ingSample) ingSummary {
 	var s ingSummary
-	pick := func(f func(ingSample) float64) float64 {
-		v := make([]float64, len(samples))
-		for i, x := range samples {
-			v[i] = f(x)
-		}
-		return median(v)
-	}
+	pick := func(f func(ingSample) float64) float64 { return medianOf(samples, f) }
 	s.rate = pick(ingSample.rate)
 	s.rateMin, s.rateMax = samples[0].rate(), samples[0].rate()
 	for _, x := range samples {
@@ -717,7 +661,7 @@ func (r *ingestRig) printTable(cases []*ingCase, raw *ingSummary) {
 // printHeader prints the machine and versions the figures belong to.
 func (r *ingestRig) printHeader() {
 	body, _ := json.Marshal(benchEvent(0))
-	fmt.Printf("# machine: %d CPUs (%s), %s, %s/%s\n", runtime.NumCPU(), cpuModel(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	printMachine()
 	fmt.Printf("# nats-server %s (embedded in the benchmark process, TCP %s, file storage under %s), nats.go %s\n",
 		server.VERSION, r.srv.ClientURL(), os.TempDir(), nats.Version)
 	env := ingestSettingsEnv()

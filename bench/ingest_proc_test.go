@@ -4,23 +4,15 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 )
 
 // ingestProc is one running ingest process (cmd/ingest or ingest-profiled).
 type ingestProc struct {
-	cmd     *exec.Cmd
-	url     string
-	logPath string
-	logFile *os.File
-	exited  chan struct{}
-	waitErr error // set before exited is closed
+	*childProc
+	url string
 }
 
 // startIngest starts the ingest binary against natsURL with env on top of
@@ -32,37 +24,21 @@ func startIngest(ctx context.Context, bin, dir, natsURL string, env map[string]s
 		return nil, err
 	}
 	full := ingestSettingsEnv()
-	full["PATH"], full["HOME"] = os.Getenv("PATH"), os.Getenv("HOME")
 	full["NATS_URL"], full["INGEST_ADDR"], full["INGEST_TOKEN"] = natsURL, addr, ingestToken
 	maps.Copy(full, env)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(dir, "ingest.log")
-	logf, err := os.Create(logPath)
+	// No line handler: the ingest writes its log lines straight to the
+	// file, as it would to a container runtime's log file, and this
+	// process spends no CPU copying them.
+	c, err := startChild("ingest", bin, filepath.Join(dir, "ingest.log"), full, nil)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin)
-	for k, v := range full {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	// A file, not a pipe: the ingest writes its log lines straight to it,
-	// as it would to a container runtime's log file, and this process
-	// spends no CPU copying them.
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	p := &ingestProc{cmd: cmd, url: "http://" + addr, logPath: logPath, logFile: logf, exited: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.exited)
-	}()
-	if err := p.waitReady(ctx); err != nil {
-		p.kill()
-		return nil, fmt.Errorf("%w\ningest log tail:\n%s", err, p.logTail(30))
+	p := &ingestProc{childProc: c, url: "http://" + addr}
+	if err := p.waitReady(ctx, p.url+"/readyz", 30*time.Second, 50*time.Millisecond); err != nil {
+		return nil, p.abort(err, 30)
 	}
 	return p, nil
 }
@@ -82,61 +58,6 @@ func ingestSettingsEnv() map[string]string {
 		"LOG_FORMAT": "json",
 		"LOG_LEVEL":  "info",
 	}
-}
-
-func (p *ingestProc) pid() int { return p.cmd.Process.Pid }
-
-func (p *ingestProc) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/readyz", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-p.exited:
-			return fmt.Errorf("ingest exited during startup: %v", p.waitErr)
-		case <-ctx.Done():
-			return fmt.Errorf("ingest %s not ready: %w (last: %v)", p.url, ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// stop sends SIGTERM and waits for a clean exit (the profiled build writes
-// its profiles then).
-func (p *ingestProc) stop() error {
-	defer p.logFile.Close()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return err
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(stopTimeout):
-		p.kill()
-		return fmt.Errorf("ingest did not stop within %v of SIGTERM and was killed", stopTimeout)
-	}
-	if p.waitErr != nil {
-		return fmt.Errorf("ingest exited after SIGTERM: %w\nlog tail:\n%s", p.waitErr, p.logTail(20))
-	}
-	return nil
-}
-
-// kill ends the process (this benchmark's own child) after a failure.
-func (p *ingestProc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.exited
-}
-
-func (p *ingestProc) logTail(n int) string {
-	b, _ := os.ReadFile(p.logPath)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // resetPeakRSS makes VmHWM start again from the current RSS (Linux 4.0+,

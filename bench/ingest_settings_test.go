@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -51,71 +50,27 @@ _REPLICAS ("1,2": ingest processes behind client-side round-robin, one case each
 _ENV ("": KEY=VALUE,... for the ingest processes), _SOURCE (this module), _PROFILE_DIR (""), _MAX_OTHER_LOAD (0.25), _TIMEOUT (2m)`
 
 func loadIngestSettings(getenv func(string) string) (ingestSettings, error) {
+	e := &envVars{prefix: ingestPrefix, getenv: getenv}
 	var s ingestSettings
-	var errs []string
-	intVar := func(name string, def, lo, hi int) int {
-		v := getenv(ingestPrefix + name)
-		if v == "" {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil || n < lo || n > hi {
-			errs = append(errs, fmt.Sprintf("%s%s=%q: want an integer in %d..%d", ingestPrefix, name, v, lo, hi))
-			return def
-		}
-		return n
-	}
-	s.Publishers = intVar("PUBLISHERS", 16, 1, 1024)
-	s.Messages = intVar("MESSAGES", 20000, 100, 10_000_000)
-	s.Rounds = intVar("ROUNDS", 5, 1, 50)
-	s.RawPerConn = intVar("RAW_PER_CONN", 1, 0, 1) == 1
-	s.Source = getenv(ingestPrefix + "SOURCE")
-	s.ProfileDir = getenv(ingestPrefix + "PROFILE_DIR")
-	s.MaxOtherLoad = 0.25
-	if v := getenv(ingestPrefix + "MAX_OTHER_LOAD"); v != "" {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f < 0 {
-			errs = append(errs, fmt.Sprintf("%sMAX_OTHER_LOAD=%q: want a number of cores, 0 to disable", ingestPrefix, v))
-		} else {
-			s.MaxOtherLoad = f
-		}
-	}
-	s.Timeout = 2 * time.Minute
-	if v := getenv(ingestPrefix + "TIMEOUT"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			errs = append(errs, fmt.Sprintf("%sTIMEOUT=%q: want a positive duration", ingestPrefix, v))
-		} else {
-			s.Timeout = d
-		}
-	}
-	if v := getenv(ingestPrefix + "ENV"); v != "" {
+	s.Publishers = e.integer("PUBLISHERS", 16, 1, 1024)
+	s.Messages = e.integer("MESSAGES", 20000, 100, 10_000_000)
+	s.Rounds = e.integer("ROUNDS", 5, 1, 50)
+	s.RawPerConn = e.integer("RAW_PER_CONN", 1, 0, 1) == 1
+	s.Source = e.get("SOURCE")
+	s.ProfileDir = e.get("PROFILE_DIR")
+	s.MaxOtherLoad = e.cores("MAX_OTHER_LOAD", 0.25)
+	s.Timeout = e.duration("TIMEOUT", 2*time.Minute, 1, "a positive duration")
+	if v := e.get("ENV"); v != "" {
 		s.Env = map[string]string{}
 		for _, kv := range strings.Split(v, ",") {
 			k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
 			if !ok || k == "" {
-				errs = append(errs, fmt.Sprintf("%sENV: %q is not KEY=VALUE", ingestPrefix, kv))
+				e.errs = append(e.errs, fmt.Sprintf("%sENV: %q is not KEY=VALUE", ingestPrefix, kv))
 				continue
 			}
 			s.Env[k] = val
 		}
 	}
-	reps := getenv(ingestPrefix + "REPLICAS")
-	if reps == "" {
-		reps = "1,2"
-	}
-	if reps != "-" {
-		for _, item := range strings.Split(reps, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(item))
-			if err != nil || n < 1 || n > 16 {
-				errs = append(errs, fmt.Sprintf("%sREPLICAS: %q is not an integer in 1..16", ingestPrefix, item))
-				continue
-			}
-			s.Replicas = append(s.Replicas, n)
-		}
-	}
-	if len(errs) > 0 {
-		return s, fmt.Errorf("%s\n(variables: %s)", strings.Join(errs, "\n"), ingestSettingsDoc)
-	}
-	return s, nil
+	s.Replicas = e.ints("REPLICAS", "1,2", 1, 16)
+	return s, e.err(ingestSettingsDoc)
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/hex"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -13,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,11 +58,7 @@ func BenchmarkLargeStudy(b *testing.B) {
 			run: func(ctx context.Context, _ int) (largeSample, error) { return l.runRead(ctx, w) }})
 	}
 	for round := range l.set.Rounds {
-		order := slices.Clone(cases)
-		if round%2 == 1 {
-			slices.Reverse(order)
-		}
-		for _, c := range order {
+		for _, c := range roundOrder(cases, round) {
 			s := l.measure(b, c, round)
 			c.samples = append(c.samples, s)
 			fmt.Printf("# round %d/%d %-32s %s\n", round+1, l.set.Rounds, c.name, l.line(s))
@@ -107,9 +101,9 @@ func loadLargeSettings(getenv func(string) string) (largeSettings, error) {
 	if err != nil {
 		return largeSettings{}, err
 	}
-	s := largeSettings{shared: shared, Rounds: 3}
-	var errs []string
-	shape := getenv(envPrefix + "LARGE_SHAPE")
+	s := largeSettings{shared: shared}
+	e := &envVars{prefix: envPrefix, getenv: getenv}
+	shape := e.get("LARGE_SHAPE")
 	if shape == "" {
 		shape = "192x2048x2048,1x16384x16384"
 	}
@@ -123,43 +117,14 @@ func loadLargeSettings(getenv func(string) string) (largeSettings, error) {
 		}
 		// dicomgen: Rows and Columns up to 65535, PixelData under 4 GiB.
 		if len(f) != 3 || len(n) != 3 || n[0] > 100000 || n[1] > 65535 || n[2] > 65535 || int64(n[1])*int64(n[2])*2 > 0xFFFFFFFE {
-			errs = append(errs, fmt.Sprintf("%sLARGE_SHAPE: %q is not COUNTxROWSxCOLS (rows and columns 1..65535, under 4 GiB of pixels)", envPrefix, item))
+			e.errs = append(e.errs, fmt.Sprintf("%sLARGE_SHAPE: %q is not COUNTxROWSxCOLS (rows and columns 1..65535, under 4 GiB of pixels)", envPrefix, item))
 			continue
 		}
 		s.Shape = append(s.Shape, largeGroup{Count: n[0], Rows: n[1], Cols: n[2]})
 	}
-	stowline := getenv(envPrefix + "LARGE_STOWLINE")
-	if stowline == "" {
-		stowline = "4/100/2,4/100/4"
-	}
-	if stowline != "-" {
-		for _, item := range strings.Split(stowline, ",") {
-			var t []int
-			for _, f := range strings.Split(strings.TrimSpace(item), "/") {
-				if n, err := strconv.Atoi(f); err == nil && n >= 1 {
-					t = append(t, n)
-				}
-			}
-			if n := len(strings.Split(strings.TrimSpace(item), "/")); len(t) != n || n < 2 || n > 3 {
-				errs = append(errs, fmt.Sprintf("%sLARGE_STOWLINE: %q is not 2 or 3 positive integers separated by /", envPrefix, item))
-				continue
-			}
-			t = append(t, 0)
-			s.Stowline = append(s.Stowline, fwdSetting{Concurrency: t[0], MaxInstances: t[1], Parallel: t[2]})
-		}
-	}
-	if v := getenv(envPrefix + "LARGE_ROUNDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 50 {
-			errs = append(errs, fmt.Sprintf("%sLARGE_ROUNDS=%q: want an integer in 1..50", envPrefix, v))
-		} else {
-			s.Rounds = n
-		}
-	}
-	if len(errs) > 0 {
-		return s, fmt.Errorf("%s\n(variables: %s)", strings.Join(errs, "\n"), largeSettingsDoc)
-	}
-	return s, nil
+	s.Stowline = e.fwdSettings("LARGE_STOWLINE", "4/100/2,4/100/4")
+	s.Rounds = e.integer("LARGE_ROUNDS", 3, 1, 50)
+	return s, e.err(largeSettingsDoc)
 }
 
 // large is the setup of one BenchmarkLargeStudy run.
@@ -219,13 +184,7 @@ func setupLarge(b *testing.B) *large {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if f := flag.Lookup("test.benchtime"); f == nil || f.Value.String() != "1x" {
-		b.Fatalf("run with -benchtime 1x (rounds are set with %sLARGE_ROUNDS), e.g.\n"+
-			"  go test -run '^$' -bench LargeStudy -benchtime 1x -timeout 30m ./bench/", envPrefix)
-	}
-	if _, err := os.Stat("/proc/self/status"); err != nil {
-		b.Fatalf("this benchmark reads /proc (Linux only): %v", err)
-	}
+	checkBenchRun(b, "LargeStudy", envPrefix+"LARGE_ROUNDS")
 	l := &large{set: set, http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, DisableCompression: true}}}
 	// Registered before the first TempDir, so it runs after the testing
 	// package removed the temporary directories: A's storage (gigabytes)
@@ -443,8 +402,7 @@ func (l *large) run(ctx context.Context, fs fwdSetting, round int) (s largeSampl
 	stopped := false
 	defer func() {
 		if !stopped {
-			proc.kill()
-			err = fmt.Errorf("%w\nstowline log tail:\n%s", err, proc.logTail(30))
+			err = proc.abort(err, 30)
 		}
 	}()
 	pid := proc.pid()
@@ -630,13 +588,7 @@ type largeSummary struct {
 
 func (l *large) summarize(c *largeCase) largeSummary {
 	var s largeSummary
-	pick := func(f func(largeSample) float64) float64 {
-		v := make([]float64, len(c.samples))
-		for i, x := range c.samples {
-			v[i] = f(x)
-		}
-		return median(v)
-	}
+	pick := func(f func(largeSample) float64) float64 { return medianOf(c.samples, f) }
 	gb := float64(l.totalBytes) / 1e9
 	s.toSink = time.Duration(pick(func(x largeSample) float64 { return float64(x.toSink) }))
 	s.done = time.Duration(pick(func(x largeSample) float64 { return float64(x.done) }))
@@ -732,7 +684,7 @@ func (l *large) printHeader() {
 	for _, g := range l.set.Shape {
 		shape = append(shape, fmt.Sprintf("%d x %dx%d px (%.1f MB)", g.Count, g.Rows, g.Cols, float64(g.bytes())/1e6))
 	}
-	fmt.Printf("# machine: %d CPUs (%s), %s, %s/%s\n# Orthanc %s; study %s\n# stowline built from %s\n# Orthanc storage under %s\n",
-		runtime.NumCPU(), cpuModel(), runtime.Version(), runtime.GOOS, runtime.GOARCH,
+	printMachine()
+	fmt.Printf("# Orthanc %s; study %s\n# stowline built from %s\n# Orthanc storage under %s\n",
 		sys.Version, strings.Join(shape, " + "), l.source, os.TempDir())
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"runtime"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -45,11 +43,7 @@ func BenchmarkPipeline(b *testing.B) {
 		}
 	}
 	for round := range p.set.Rounds {
-		order := slices.Clone(cases)
-		if round%2 == 1 {
-			slices.Reverse(order)
-		}
-		for _, c := range order {
+		for _, c := range roundOrder(cases, round) {
 			s := p.measure(b, c, round)
 			c.samples = append(c.samples, s)
 			fmt.Printf("# round %d/%d %-30s %s\n", round+1, p.set.Rounds, c.name, p.line(s))
@@ -174,13 +168,7 @@ func (x sample) otherLoad() float64 {
 
 func (p *pipeline) summarize(c *benchCase) summary {
 	var s summary
-	pick := func(f func(sample) float64) float64 {
-		v := make([]float64, len(c.samples))
-		for i, x := range c.samples {
-			v[i] = f(x)
-		}
-		return median(v)
-	}
+	pick := func(f func(sample) float64) float64 { return medianOf(c.samples, f) }
 	gb := float64(p.totalBytes) / 1e9
 	s.toB = time.Duration(pick(func(x sample) float64 { return float64(x.toB) }))
 	s.done = time.Duration(pick(func(x sample) float64 { return float64(x.done) }))
@@ -204,18 +192,6 @@ func (p *pipeline) summarize(c *benchCase) summary {
 	s.requests = int(pick(func(x sample) float64 { return float64(x.requests) }))
 	s.otherLoad = pick(sample.otherLoad)
 	return s
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 // report prints c's figures in the benchmark format (benchstat reads it).
@@ -332,7 +308,7 @@ func (p *pipeline) printHeader() {
 	var plugin struct{ Version string }
 	_ = p.a.Do(ctx, http.MethodGet, "/system", nil, &sys)
 	_ = p.a.Do(ctx, http.MethodGet, "/plugins/dicom-web", nil, &plugin)
-	fmt.Printf("# machine: %d CPUs (%s), %s, %s/%s\n", runtime.NumCPU(), cpuModel(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	printMachine()
 	fmt.Printf("# Orthanc %s, DICOMweb plugin %s; study %d x %d instances of %dx%d px, %.1f MB\n",
 		sys.Version, plugin.Version, p.set.Series, p.set.PerSeries, p.set.Rows, p.set.Cols, float64(p.totalBytes)/1e6)
 	fmt.Printf("# stowline built from %s\n# Orthanc storage and the study under %s\n", p.source, os.TempDir())

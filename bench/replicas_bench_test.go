@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,13 +39,7 @@ func BenchmarkReplicas(b *testing.B) {
 	fmt.Printf("# warm-up  %-28s %s\n", warm.name, r.line(s))
 
 	for round := range r.set.Rounds {
-		order := slices.Clone(cases)
-		if round%2 == 1 {
-			// Drift (caches, A's index, other programs) must not favour
-			// one process count.
-			slices.Reverse(order)
-		}
-		for _, c := range order {
+		for _, c := range roundOrder(cases, round) {
 			s := r.measure(b, c)
 			c.samples = append(c.samples, s)
 			fmt.Printf("# round %d/%d %-28s %s\n", round+1, r.set.Rounds, c.name, r.line(s))
@@ -306,13 +299,7 @@ type replicaSummary struct {
 
 func (r *replicaRig) summarize(c *replicaCase) replicaSummary {
 	var s replicaSummary
-	pick := func(f func(replicaSample) float64) float64 {
-		v := make([]float64, len(c.samples))
-		for i, x := range c.samples {
-			v[i] = f(x)
-		}
-		return median(v)
-	}
+	pick := func(f func(replicaSample) float64) float64 { return medianOf(c.samples, f) }
 	gb := float64(r.totalBytes) / 1e9
 	s.toDest = time.Duration(pick(func(x replicaSample) float64 { return float64(x.toDest) }))
 	s.done = time.Duration(pick(func(x replicaSample) float64 { return float64(x.done) }))
@@ -433,7 +420,7 @@ func (r *replicaRig) printHeader() {
 	defer cancel()
 	var sys struct{ Version string }
 	_ = r.a.Do(ctx, http.MethodGet, "/system", nil, &sys)
-	fmt.Printf("# machine: %d CPUs (%s), %s, %s/%s\n", runtime.NumCPU(), cpuModel(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	printMachine()
 	fmt.Printf("# Orthanc A %s: %d studies x %d instances of %dx%d px, %d instances, %.1f MB\n",
 		sys.Version, len(r.studies), r.set.Instances, r.set.Rows, r.set.Cols, r.total, float64(r.totalBytes)/1e6)
 	fmt.Printf("# forwarder built from %s; NATS (JetStream, file store) at %s in the benchmark process\n", r.source, r.natsURL)

@@ -1,19 +1,16 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
-	"os"
-	"os/exec"
+	"maps"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,13 +59,9 @@ func (t *replicaTally) waitForwarded(ctx context.Context, n int) error {
 
 // replicaProc is one running cmd/forwarder process.
 type replicaProc struct {
-	cmd     *exec.Cmd
-	url     string // its health and metrics listener
-	logPath string
-	logFile *os.File
-	out     *replicaLog
-	exited  chan struct{}
-	waitErr error // set before exited is closed
+	*childProc
+	url string // its health and metrics listener
+	out *replicaLog
 }
 
 // startReplica starts the forwarder binary with env (and nothing inherited
@@ -79,121 +72,35 @@ func startReplica(bin, logPath string, env map[string]string, tally *replicaTall
 		return nil, err
 	}
 	full := map[string]string{
-		"PATH":           os.Getenv("PATH"),
-		"HOME":           os.Getenv("HOME"),
 		"LOG_FORMAT":     "json",
 		"LOG_LEVEL":      "info",
 		"FORWARDER_ADDR": addr,
 	}
-	for k, v := range env {
-		full[k] = v
-	}
-	logf, err := os.Create(logPath)
+	maps.Copy(full, env)
+	out := &replicaLog{tally: tally}
+	c, err := startChild("forwarder", bin, logPath, full, out.line)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin)
-	for k, v := range full {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	out := &replicaLog{dst: logf, tally: tally}
-	cmd.Stdout, cmd.Stderr = out, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	p := &replicaProc{cmd: cmd, url: "http://" + addr, logPath: logPath, logFile: logf, out: out, exited: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.exited)
-	}()
-	return p, nil
+	// Many replicas log at once: their messages name the process.
+	c.name = fmt.Sprintf("forwarder (pid %d)", c.pid())
+	return &replicaProc{childProc: c, url: "http://" + addr, out: out}, nil
 }
-
-func (p *replicaProc) pid() int { return p.cmd.Process.Pid }
 
 // waitReady waits until /readyz answers 200: NATS, the stream and the
 // shared consumer are set up and Orthanc A answers.
 func (p *replicaProc) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/readyz", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("HTTP %d", resp.StatusCode)
-		}
-		select {
-		case <-p.exited:
-			return fmt.Errorf("forwarder (pid %d) exited during startup: %v\nlog tail:\n%s", p.pid(), p.waitErr, p.logTail(20))
-		case <-ctx.Done():
-			return fmt.Errorf("forwarder (pid %d) not ready: %w (last: %v)\nlog tail:\n%s", p.pid(), ctx.Err(), err, p.logTail(20))
-		case <-time.After(25 * time.Millisecond):
-		}
-	}
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (p *replicaProc) stop() error {
-	defer p.logFile.Close()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return err
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(stopTimeout):
-		p.kill()
-		return fmt.Errorf("forwarder (pid %d) did not stop within %v of SIGTERM and was killed", p.pid(), stopTimeout)
-	}
-	if p.waitErr != nil {
-		return fmt.Errorf("forwarder (pid %d) exited after SIGTERM: %w\nlog tail:\n%s", p.pid(), p.waitErr, p.logTail(20))
+	if err := p.childProc.waitReady(ctx, p.url+"/readyz", 60*time.Second, 25*time.Millisecond); err != nil {
+		return fmt.Errorf("%w\nlog tail:\n%s", err, p.logTail(20))
 	}
 	return nil
 }
 
-// kill ends the process (this benchmark's own child) after a failure.
-func (p *replicaProc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.exited
-}
-
-func (p *replicaProc) logTail(n int) string {
-	b, _ := os.ReadFile(p.logPath)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// replicaLog copies a forwarder's stdout to its log file and counts the
-// lines the benchmark waits for into the shared tally.
+// replicaLog counts the lines of a forwarder's stdout the benchmark waits
+// for into the shared tally.
 type replicaLog struct {
-	mu        sync.Mutex
-	dst       *os.File
-	part      []byte
 	tally     *replicaTally
-	forwarded int // by this replica
-}
-
-func (w *replicaLog) Write(b []byte) (int, error) {
-	now := time.Now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if _, err := w.dst.Write(b); err != nil {
-		return 0, err
-	}
-	w.part = append(w.part, b...)
-	for {
-		i := bytes.IndexByte(w.part, '\n')
-		if i < 0 {
-			break
-		}
-		w.line(w.part[:i], now)
-		w.part = w.part[i+1:]
-	}
-	return len(b), nil
+	forwarded atomic.Int64 // by this replica (read while it runs)
 }
 
 func (w *replicaLog) line(b []byte, now time.Time) {
@@ -209,7 +116,7 @@ func (w *replicaLog) line(b []byte, now time.Time) {
 	t := w.tally
 	switch {
 	case l.Msg == "study forwarded":
-		w.forwarded++
+		w.forwarded.Add(1)
 		t.mu.Lock()
 		t.forwarded++
 		t.instances += l.Instances
@@ -231,11 +138,7 @@ func (w *replicaLog) line(b []byte, now time.Time) {
 	t.mu.Unlock()
 }
 
-func (w *replicaLog) count() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.forwarded
-}
+func (w *replicaLog) count() int { return int(w.forwarded.Load()) }
 
 // replicaSet is the K forwarder processes of one measurement.
 type replicaSet struct {

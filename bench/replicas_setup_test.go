@@ -3,16 +3,13 @@ package bench
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -78,74 +75,39 @@ type replicaSettings struct {
 const replicaMaxAttempts = 3
 
 func loadReplicaSettings(getenv func(string) string) (replicaSettings, error) {
+	e := &envVars{prefix: replicasPrefix, getenv: getenv}
 	var s replicaSettings
-	var errs []string
-	bad := func(name, v, want string) {
-		errs = append(errs, fmt.Sprintf("%s%s=%q: want %s", replicasPrefix, name, v, want))
-	}
-	intVar := func(name string, def, lo, hi int) int {
-		v := getenv(replicasPrefix + name)
-		if v == "" {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil || n < lo || n > hi {
-			bad(name, v, fmt.Sprintf("an integer in %d..%d", lo, hi))
-			return def
-		}
-		return n
-	}
-	durVar := func(name string, def time.Duration, lo time.Duration) time.Duration {
-		v := getenv(replicasPrefix + name)
-		if v == "" {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil || d < lo {
-			bad(name, v, fmt.Sprintf("a duration of at least %v", lo))
-			return def
-		}
-		return d
-	}
-	s.Studies = intVar("STUDIES", 64, 1, 1000)
-	s.Instances = intVar("INSTANCES", 40, 1, 10000)
-	s.Rows = intVar("ROWS", 256, 1, 4096)
-	s.Cols = intVar("COLS", 256, 1, 4096)
-	s.Concurrency = intVar("CONCURRENCY", 2, 1, 64)
-	s.Parallel = intVar("PARALLEL", 2, 1, 16)
-	s.MaxInstances = intVar("MAX_INSTANCES", 100, 1, 10000)
-	s.Equivalent = intVar("EQUIVALENT", 1, 0, 1) == 1
-	s.CloudLatency = durVar("CLOUD_LATENCY", 50*time.Millisecond, 0)
-	s.CloudBytesPerSecond = intVar("CLOUD_BYTES_PER_SECOND", 20_000_000, 0, 1<<30)
-	s.Rounds = intVar("ROUNDS", 5, 1, 50)
-	s.Timeout = durVar("TIMEOUT", 5*time.Minute, time.Second)
-	s.Source = getenv(replicasPrefix + "SOURCE")
-	s.AThreads = intVar("A_HTTP_THREADS", 0, 0, 1000)
-	s.MaxOtherLoad = 0.25
-	if v := getenv(replicasPrefix + "MAX_OTHER_LOAD"); v != "" {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f < 0 {
-			bad("MAX_OTHER_LOAD", v, "a number of cores, 0 to disable")
-		} else {
-			s.MaxOtherLoad = f
-		}
-	}
-	counts := getenv(replicasPrefix + "COUNTS")
+	s.Studies = e.integer("STUDIES", 64, 1, 1000)
+	s.Instances = e.integer("INSTANCES", 40, 1, 10000)
+	s.Rows = e.integer("ROWS", 256, 1, 4096)
+	s.Cols = e.integer("COLS", 256, 1, 4096)
+	s.Concurrency = e.integer("CONCURRENCY", 2, 1, 64)
+	s.Parallel = e.integer("PARALLEL", 2, 1, 16)
+	s.MaxInstances = e.integer("MAX_INSTANCES", 100, 1, 10000)
+	s.Equivalent = e.integer("EQUIVALENT", 1, 0, 1) == 1
+	s.CloudLatency = e.duration("CLOUD_LATENCY", 50*time.Millisecond, 0, "a duration of at least 0s")
+	s.CloudBytesPerSecond = e.integer("CLOUD_BYTES_PER_SECOND", 20_000_000, 0, 1<<30)
+	s.Rounds = e.integer("ROUNDS", 5, 1, 50)
+	s.Timeout = e.duration("TIMEOUT", 5*time.Minute, time.Second, "a duration of at least 1s")
+	s.Source = e.get("SOURCE")
+	s.AThreads = e.integer("A_HTTP_THREADS", 0, 0, 1000)
+	s.MaxOtherLoad = e.cores("MAX_OTHER_LOAD", 0.25)
+	counts := e.get("COUNTS")
 	if counts == "" {
 		counts = "1,2,4"
 	}
 	for item := range strings.SplitSeq(counts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(item))
 		if err != nil || n < 1 || n > 32 {
-			bad("COUNTS", item, "integers in 1..32 separated by commas")
+			e.bad("COUNTS", item, "integers in 1..32 separated by commas")
 			continue
 		}
 		s.Counts = append(s.Counts, n)
 	}
 	if s.Equivalent && s.Concurrency*replicaMaxCount(s.Counts) > 256 {
-		bad("CONCURRENCY", strconv.Itoa(s.Concurrency), "at most 256 times the largest count (FORWARDER_CONCURRENCY's limit)")
+		e.bad("CONCURRENCY", strconv.Itoa(s.Concurrency), "at most 256 times the largest count (FORWARDER_CONCURRENCY's limit)")
 	}
-	dests := getenv(replicasPrefix + "DESTS")
+	dests := e.get("DESTS")
 	if dests == "" {
 		dests = "loopback,cloud"
 	}
@@ -154,13 +116,10 @@ func loadReplicaSettings(getenv func(string) string) (replicaSettings, error) {
 		case replicaDestLoopback, replicaDestCloud, replicaDestOrthanc:
 			s.Dests = append(s.Dests, d)
 		default:
-			bad("DESTS", item, `"loopback", "cloud" or "orthanc", separated by commas`)
+			e.bad("DESTS", item, `"loopback", "cloud" or "orthanc", separated by commas`)
 		}
 	}
-	if len(errs) > 0 {
-		return s, fmt.Errorf("%s\n(variables: %s)", strings.Join(errs, "\n"), replicasDoc)
-	}
-	return s, nil
+	return s, e.err(replicasDoc)
 }
 
 func replicaMaxCount(v []int) int {
@@ -235,14 +194,7 @@ func setupReplicas(b *testing.B) *replicaRig {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if f := flag.Lookup("test.benchtime"); f == nil || f.Value.String() != "1x" {
-		// As in BenchmarkPipeline: the rounds run inside the benchmark.
-		b.Fatalf("run with -benchtime 1x (rounds are set with %sROUNDS), e.g.\n"+
-			"  go test -run '^$' -bench Replicas -benchtime 1x -timeout 30m ./bench/", replicasPrefix)
-	}
-	if _, err := os.Stat("/proc/self/status"); err != nil {
-		b.Fatalf("this benchmark reads /proc (Linux only): %v", err)
-	}
+	checkBenchRun(b, "Replicas", replicasPrefix+"ROUNDS")
 	r := &replicaRig{set: set, tmp: b.TempDir()}
 
 	// One nats-server for every forwarder, listening on loopback TCP like
@@ -332,28 +284,7 @@ func (r *replicaRig) loadStudies(b *testing.B) {
 	gen := time.Since(start)
 
 	start = time.Now()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	failed := map[string]string{}
-	const uploaders = 4
-	for w := range uploaders {
-		wg.Go(func() {
-			var mine []string
-			for i := w; i < len(files); i += uploaders {
-				mine = append(mine, files[i])
-			}
-			res := r.a.Upload(b, mine...)
-			mu.Lock()
-			for f, why := range res.Failed {
-				failed[f] = why
-			}
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	if len(failed) > 0 {
-		b.Fatalf("A refused %d generated files: %v", len(failed), failed)
-	}
+	uploadAll(b, r.a, files)
 	upload := time.Since(start)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -403,35 +334,13 @@ func (r *replicaRig) loadStudies(b *testing.B) {
 // buildForwarder compiles cmd/forwarder once; every replica runs it.
 func (r *replicaRig) buildForwarder(b *testing.B) (bin, source string) {
 	b.Helper()
-	root := r.set.Source
-	if root == "" {
-		root = ".." // go test runs in the package directory
-	}
-	root, err := filepath.Abs(root)
+	root, err := moduleRoot(r.set.Source)
 	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
 		b.Fatalf("forwarder source: %v (set %sSOURCE to a module root)", err, replicasPrefix)
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		b.Fatalf("the go command builds the forwarder: %v", err)
-	}
 	bin = filepath.Join(r.tmp, "forwarder")
-	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/forwarder")
-	cmd.Dir = root
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build ./cmd/forwarder in %s: %v\n%s", root, err, msg)
-	}
-	source = root
-	if rev, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output(); err == nil {
-		source += " at commit " + strings.TrimSpace(string(rev))
-		if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
-			source += " with uncommitted changes"
-		}
-	}
-	return bin, source
+	goBuild(b, root, "the forwarder", "./cmd/forwarder", bin)
+	return bin, describeSource(root)
 }
 
 // resetQueue deletes the event stream, and with it the forwarders'

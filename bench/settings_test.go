@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -91,118 +90,37 @@ _SINK_LATENCY (0), _SINK_RATE (0: bytes/s per request), _STOWLINE_ENV ("": KEY=V
 _NATIVE (1), _SOURCE (this module), _MAX_OTHER_LOAD (0.25), _PROFILE_DIR (""), _PERF_DIR (""), _TIMEOUT (5m)`
 
 func loadSettings(getenv func(string) string) (settings, error) {
-	s := settings{Native: true}
-	var errs []string
-	intVar := func(name string, def, lo, hi int) int {
-		v := getenv(envPrefix + name)
-		if v == "" {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil || n < lo || n > hi {
-			errs = append(errs, fmt.Sprintf("%s%s=%q: want an integer in %d..%d", envPrefix, name, v, lo, hi))
-			return def
-		}
-		return n
-	}
-	s.Series = intVar("SERIES", 3, 1, 100)
-	s.PerSeries = intVar("PER_SERIES", 100, 1, 10000)
-	s.Rows = intVar("ROWS", 512, 1, 4096)
-	s.Cols = intVar("COLS", 512, 1, 4096)
-	s.Rounds = intVar("ROUNDS", 7, 1, 50)
-	s.Native = intVar("NATIVE", 1, 0, 1) == 1
-	s.ProfileDir = getenv(envPrefix + "PROFILE_DIR")
-	s.PerfDir = getenv(envPrefix + "PERF_DIR")
-	s.Source = getenv(envPrefix + "SOURCE")
-	s.MaxOtherLoad = 0.25
-	if v := getenv(envPrefix + "MAX_OTHER_LOAD"); v != "" {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f < 0 {
-			errs = append(errs, fmt.Sprintf("%sMAX_OTHER_LOAD=%q: want a number of cores, 0 to disable", envPrefix, v))
-		} else {
-			s.MaxOtherLoad = f
-		}
-	}
-	s.Timeout = 5 * time.Minute
-	if v := getenv(envPrefix + "TIMEOUT"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			errs = append(errs, fmt.Sprintf("%sTIMEOUT=%q: want a positive duration", envPrefix, v))
-		} else {
-			s.Timeout = d
-		}
-	}
-	tuples := func(name, def string, lo, hi int) [][]int {
-		v := getenv(envPrefix + name)
-		if v == "" {
-			v = def
-		}
-		if v == "-" {
-			return nil
-		}
-		var out [][]int
-		for _, item := range strings.Split(v, ",") {
-			var t []int
-			for _, f := range strings.Split(strings.TrimSpace(item), "/") {
-				n, err := strconv.Atoi(f)
-				if err != nil || n < 1 {
-					t = nil
-					break
-				}
-				t = append(t, n)
-			}
-			if len(t) < lo || len(t) > hi {
-				errs = append(errs, fmt.Sprintf("%s%s: %q is not %d to %d positive integers separated by /", envPrefix, name, item, lo, hi))
-				continue
-			}
-			out = append(out, append(t, 0))
-		}
-		return out
-	}
-	for _, t := range tuples("STOWLINE", "4/100,1/100,4/25,4/50,4/300", 2, 3) {
-		s.Stowline = append(s.Stowline, fwdSetting{Concurrency: t[0], MaxInstances: t[1], Parallel: t[2]})
-	}
-	for _, t := range tuples("SINK", "4/100/2,4/100/4", 2, 3) {
-		s.Sink = append(s.Sink, fwdSetting{Concurrency: t[0], MaxInstances: t[1], Parallel: t[2]})
-	}
-	if v := getenv(envPrefix + "SINK_LATENCY"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			errs = append(errs, fmt.Sprintf("%sSINK_LATENCY=%q: want a duration of 0 or more", envPrefix, v))
-		} else {
-			s.SinkLatency = d
-		}
-	}
-	s.SinkRate = intVar("SINK_RATE", 0, 0, 1<<40)
-	if v := getenv(envPrefix + "STOWLINE_ENV"); v != "" {
+	e := &envVars{prefix: envPrefix, getenv: getenv}
+	var s settings
+	s.Series = e.integer("SERIES", 3, 1, 100)
+	s.PerSeries = e.integer("PER_SERIES", 100, 1, 10000)
+	s.Rows = e.integer("ROWS", 512, 1, 4096)
+	s.Cols = e.integer("COLS", 512, 1, 4096)
+	s.Rounds = e.integer("ROUNDS", 7, 1, 50)
+	s.Native = e.integer("NATIVE", 1, 0, 1) == 1
+	s.ProfileDir = e.get("PROFILE_DIR")
+	s.PerfDir = e.get("PERF_DIR")
+	s.Source = e.get("SOURCE")
+	s.MaxOtherLoad = e.cores("MAX_OTHER_LOAD", 0.25)
+	s.Timeout = e.duration("TIMEOUT", 5*time.Minute, 1, "a positive duration")
+	s.Stowline = e.fwdSettings("STOWLINE", "4/100,1/100,4/25,4/50,4/300")
+	s.Sink = e.fwdSettings("SINK", "4/100/2,4/100/4")
+	s.SinkLatency = e.duration("SINK_LATENCY", 0, 0, "a duration of 0 or more")
+	s.SinkRate = e.integer("SINK_RATE", 0, 0, 1<<40)
+	if v := e.get("STOWLINE_ENV"); v != "" {
 		s.StowlineEnv = map[string]string{}
 		for _, kv := range strings.Fields(v) {
 			k, val, ok := strings.Cut(kv, "=")
 			if !ok || k == "" {
-				errs = append(errs, fmt.Sprintf("%sSTOWLINE_ENV: %q is not KEY=VALUE", envPrefix, kv))
+				e.errs = append(e.errs, fmt.Sprintf("%sSTOWLINE_ENV: %q is not KEY=VALUE", envPrefix, kv))
 				continue
 			}
 			s.StowlineEnv[k] = val
 		}
 	}
-	for _, t := range tuples("BSTOW", "100/1,50/2", 2, 2) {
+	for _, t := range e.tuples("BSTOW", "100/1,50/2", 2, 2) {
 		s.BStow = append(s.BStow, bstowSetting{MaxInstances: t[0], Parallel: t[1]})
 	}
-	if v := getenv(envPrefix + "READ_WORKERS"); v != "-" {
-		if v == "" {
-			v = "1,4"
-		}
-		for _, item := range strings.Split(v, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(item))
-			if err != nil || n < 1 || n > 64 {
-				errs = append(errs, fmt.Sprintf("%sREAD_WORKERS: %q is not an integer in 1..64", envPrefix, item))
-				continue
-			}
-			s.ReadWorkers = append(s.ReadWorkers, n)
-		}
-	}
-	if len(errs) > 0 {
-		return s, fmt.Errorf("%s\n(variables: %s)", strings.Join(errs, "\n"), settingsDoc)
-	}
-	return s, nil
+	s.ReadWorkers = e.ints("READ_WORKERS", "1,4", 1, 64)
+	return s, e.err(settingsDoc)
 }

@@ -4,16 +4,12 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/hex"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,16 +71,7 @@ func setupPipeline(b *testing.B) *pipeline {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if f := flag.Lookup("test.benchtime"); f == nil || f.Value.String() != "1x" {
-		// The rounds run inside the benchmark (alternating between cases);
-		// the sub-benchmarks only report. Any other benchtime would re-run
-		// the reporting functions and print a meaningless iteration count.
-		b.Fatalf("run with -benchtime 1x (rounds are set with %sROUNDS), e.g.\n"+
-			"  go test -run '^$' -bench Pipeline -benchtime 1x -timeout 30m ./bench/", envPrefix)
-	}
-	if _, err := os.Stat("/proc/self/status"); err != nil {
-		b.Fatalf("this benchmark reads /proc (Linux only): %v", err)
-	}
+	checkBenchRun(b, "Pipeline", envPrefix+"ROUNDS")
 	p := &pipeline{set: set, tmp: b.TempDir(), http: &http.Client{Transport: &http.Transport{
 		MaxIdleConnsPerHost: 64,
 		DisableCompression:  true,
@@ -148,28 +135,7 @@ func (p *pipeline) loadStudy(b *testing.B) {
 	gen := time.Since(start)
 
 	start = time.Now()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	failed := map[string]string{}
-	const uploaders = 4
-	for w := range uploaders {
-		wg.Go(func() {
-			var mine []string
-			for i := w; i < len(files); i += uploaders {
-				mine = append(mine, files[i])
-			}
-			res := p.a.Upload(b, mine...)
-			mu.Lock()
-			for f, why := range res.Failed {
-				failed[f] = why
-			}
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	if len(failed) > 0 {
-		b.Fatalf("A refused %d generated files: %v", len(failed), failed)
-	}
+	uploadAll(b, p.a, files)
 	upload := time.Since(start)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -233,60 +199,21 @@ func (p *pipeline) loadStudy(b *testing.B) {
 // It returns the binary and what it was built from.
 func buildStowline(b *testing.B, set settings, tmp string) (bin, source string) {
 	b.Helper()
-	root := set.Source
-	if root == "" {
-		root = ".." // go test runs in the package directory
-	}
-	root, err := filepath.Abs(root)
+	root, err := moduleRoot(set.Source)
 	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
 		b.Fatalf("stowline source: %v (set %sSOURCE to a module root, or run from the bench directory as go test does)", err, envPrefix)
 	}
-	args := []string{"build"}
+	var flags []string
 	pkg, out := "./cmd/stowline", filepath.Join(tmp, "stowline")
 	if set.ProfileDir != "" {
 		pkg, out = "./bench/cmd/stowline-profiled", filepath.Join(tmp, "stowline-profiled")
 		if err := os.MkdirAll(set.ProfileDir, 0o755); err != nil {
 			b.Fatal(err)
 		}
-		// The profiling main comes from this checkout, whatever the
-		// source: an overlay adds it to a source that lacks it (an older
-		// commit) without touching that tree.
-		own, err := filepath.Abs(filepath.Join("cmd", "stowline-profiled", "main.go"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		overlay, err := json.Marshal(map[string]any{"Replace": map[string]string{
-			filepath.Join(root, "bench", "cmd", "stowline-profiled", "main.go"): own,
-		}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		overlayPath := filepath.Join(tmp, "overlay.json")
-		if err := os.WriteFile(overlayPath, overlay, 0o600); err != nil {
-			b.Fatal(err)
-		}
-		args = append(args, "-overlay", overlayPath)
+		flags = profiledOverlay(b, root, tmp, "stowline-profiled")
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		b.Fatalf("the go command builds stowline: %v", err)
-	}
-	cmd := exec.Command(goBin, append(args, "-o", out, pkg)...)
-	cmd.Dir = root
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build %s in %s: %v\n%s", pkg, root, err, msg)
-	}
-	source = root
-	if rev, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output(); err == nil {
-		source += " at commit " + strings.TrimSpace(string(rev))
-		if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
-			source += " with uncommitted changes"
-		}
-	}
-	return out, source
+	goBuild(b, root, "stowline", pkg, out, flags...)
+	return out, describeSource(root)
 }
 
 func (p *pipeline) must(b *testing.B, err error) {

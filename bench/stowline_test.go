@@ -6,35 +6,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"time"
 )
 
 // ingestToken is the bearer token the benchmark's stowline accepts.
 const ingestToken = "bench-ingest-token-0123456789abcdef"
 
-// stopTimeout bounds a stowline shutdown after SIGTERM (the forwarder
-// gives in-flight studies 30 s; none is in flight when the benchmark stops
-// it).
-const stopTimeout = time.Minute
-
 // stowlineProc is one running stowline process (single-host mode,
 // embedded JetStream) and what it logged.
 type stowlineProc struct {
-	cmd               *exec.Cmd
+	*childProc
 	ingestURL, fwdURL string
-	logPath           string
-	logFile           *os.File
 	lines             *lineWatcher
-	exited            chan struct{}
-	waitErr           error // set before exited is closed
 }
 
 // startStowline starts the binary with env (and nothing inherited but
@@ -48,74 +35,27 @@ func startStowline(ctx context.Context, bin, dir string, env map[string]string) 
 	if err != nil {
 		return nil, err
 	}
-	storeDir := filepath.Join(dir, "nats")
 	full := map[string]string{
-		"PATH":           os.Getenv("PATH"),
-		"HOME":           os.Getenv("HOME"),
 		"LOG_FORMAT":     "json",
 		"LOG_LEVEL":      "info",
 		"INGEST_ADDR":    ingestAddr,
 		"INGEST_TOKEN":   ingestToken,
 		"FORWARDER_ADDR": fwdAddr,
-		"NATS_STORE_DIR": storeDir,
+		"NATS_STORE_DIR": filepath.Join(dir, "nats"),
 	}
-	for k, v := range env {
-		full[k] = v
-	}
-	logPath := filepath.Join(dir, "stowline.log")
-	logf, err := os.Create(logPath)
+	maps.Copy(full, env)
+	lw := newLineWatcher()
+	c, err := startChild("stowline", bin, filepath.Join(dir, "stowline.log"), full, lw.line)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin)
-	for k, v := range full {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	lw := newLineWatcher(logf)
-	cmd.Stdout, cmd.Stderr = lw, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	p := &stowlineProc{
-		cmd: cmd, ingestURL: "http://" + ingestAddr, fwdURL: "http://" + fwdAddr,
-		logPath: logPath, logFile: logf, lines: lw, exited: make(chan struct{}),
-	}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.exited)
-	}()
+	p := &stowlineProc{childProc: c, ingestURL: "http://" + ingestAddr, fwdURL: "http://" + fwdAddr, lines: lw}
 	for _, u := range []string{p.ingestURL + "/readyz", p.fwdURL + "/readyz"} {
-		if err := p.waitReady(ctx, u); err != nil {
-			p.kill()
-			return nil, fmt.Errorf("%w\nstowline log tail:\n%s", err, p.logTail(30))
+		if err := p.waitReady(ctx, u, 30*time.Second, 50*time.Millisecond); err != nil {
+			return nil, p.abort(err, 30)
 		}
 	}
 	return p, nil
-}
-
-func (p *stowlineProc) pid() int { return p.cmd.Process.Pid }
-
-func (p *stowlineProc) waitReady(ctx context.Context, url string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-p.exited:
-			return fmt.Errorf("stowline exited during startup: %v", p.waitErr)
-		case <-ctx.Done():
-			return fmt.Errorf("stowline %s not ready: %w (last: %v)", url, ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // publish posts the study's event to the webhook, as Orthanc's Lua script
@@ -164,36 +104,6 @@ func (p *stowlineProc) forwarded(ctx context.Context) (logLine, error) {
 	}
 }
 
-// stop sends SIGTERM and waits for a clean exit.
-func (p *stowlineProc) stop() error {
-	defer p.logFile.Close()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return err
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(stopTimeout):
-		p.kill()
-		return fmt.Errorf("stowline did not stop within %v of SIGTERM and was killed", stopTimeout)
-	}
-	if p.waitErr != nil {
-		return fmt.Errorf("stowline exited after SIGTERM: %w\nlog tail:\n%s", p.waitErr, p.logTail(20))
-	}
-	return nil
-}
-
-// kill ends the process (this benchmark's own child) after a failure.
-func (p *stowlineProc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.exited
-}
-
-func (p *stowlineProc) logTail(n int) string {
-	b, _ := os.ReadFile(p.logPath)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
 // logLine is the part of a stowline JSON log line the benchmark reads.
 type logLine struct {
 	Level      string `json:"level"`
@@ -206,38 +116,16 @@ type logLine struct {
 	at         time.Time
 }
 
-// lineWatcher copies the process's stdout to the log file and hands the
-// lines the benchmark waits for to done (a study forwarded) and failed (a
-// study to retry, or any error), stamped with the time they arrived.
+// lineWatcher hands the lines of stowline's stdout the benchmark waits
+// for to done (a study forwarded) and failed (a study to retry, or any
+// error), stamped with the time they arrived.
 type lineWatcher struct {
-	mu     sync.Mutex
-	dst    *os.File
-	part   []byte
 	done   chan logLine
 	failed chan logLine
 }
 
-func newLineWatcher(dst *os.File) *lineWatcher {
-	return &lineWatcher{dst: dst, done: make(chan logLine, 16), failed: make(chan logLine, 16)}
-}
-
-func (w *lineWatcher) Write(b []byte) (int, error) {
-	now := time.Now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if _, err := w.dst.Write(b); err != nil {
-		return 0, err
-	}
-	w.part = append(w.part, b...)
-	for {
-		i := bytes.IndexByte(w.part, '\n')
-		if i < 0 {
-			break
-		}
-		w.line(w.part[:i], now)
-		w.part = w.part[i+1:]
-	}
-	return len(b), nil
+func newLineWatcher() *lineWatcher {
+	return &lineWatcher{done: make(chan logLine, 16), failed: make(chan logLine, 16)}
 }
 
 func (w *lineWatcher) line(b []byte, now time.Time) {
