@@ -9,6 +9,7 @@ import (
 
 	"github.com/stowline/stowline/config"
 	"github.com/stowline/stowline/orthancapi"
+	"github.com/stowline/stowline/tlsconf"
 )
 
 // ErrUnknownSource matches (errors.Is) the error for an event whose source
@@ -34,8 +35,15 @@ type Sources struct {
 // NewSources builds an Orthanc client per configured source.
 func NewSources(c *config.Orthanc) (*Sources, error) {
 	s := &Sources{byName: map[string]*orthancapi.Client{}}
+	tlsCfg, err := tlsconf.New(tlsconf.Files{CAFile: c.CAFile})
+	if err != nil {
+		return nil, fmt.Errorf("ORTHANC_CA_FILE: %w", err)
+	}
 	for _, src := range c.SourceList() {
 		var opts []orthancapi.Option
+		if tlsCfg != nil {
+			opts = append(opts, orthancapi.WithTLSConfig(tlsCfg.Clone()))
+		}
 		if src.Username != "" {
 			opts = append(opts, orthancapi.WithBasicAuth(src.Username, src.Password))
 		}

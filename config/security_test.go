@@ -41,6 +41,8 @@ func TestSecurityVariables(t *testing.T) {
 		{"nkey missing", map[string]string{"NATS_NKEY_FILE": file + ".no"}, "NATS_NKEY_FILE"},
 		{"client cert without key", map[string]string{"NATS_CERT_FILE": file}, "NATS_CERT_FILE and NATS_KEY_FILE"},
 		{"ca", map[string]string{"NATS_CA_FILE": file}, ""},
+		{"orthanc CA missing", map[string]string{"RECONCILE_ENABLED": "true", "ORTHANC_CA_FILE": file + ".no"}, "ORTHANC_CA_FILE"},
+		{"orthanc CA not PEM", map[string]string{"RECONCILE_ENABLED": "true", "ORTHANC_CA_FILE": file}, "ORTHANC_CA_FILE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/tlsconf"
 )
 
 // Orthanc configures the Orthanc servers stowline reads studies from, the
@@ -17,6 +18,7 @@ type Orthanc struct {
 	Username   string `env:"ORTHANC_USERNAME" desc:"Orthanc HTTP basic-auth user (empty: no auth)"`
 	Password   string `env:"ORTHANC_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password"`
 	SourceName string `env:"ORTHANC_SOURCE_NAME" desc:"source name of that Orthanc's events (the Lua script's Stowline.Source); empty: the forwarder takes events of any source, the reconciler and audit use Orthanc's Name as the script does"`
+	CAFile     string `env:"ORTHANC_CA_FILE" desc:"PEM CA certificates trusted, besides the system's, for HTTPS to every Orthanc source (an Orthanc behind a private PKI)"`
 	Sources    List   `env:"ORTHANC_SOURCES" desc:"names of several Orthanc sources, comma-separated; each is set with the ORTHANC_<NAME>_ variables below, and ORTHANC_URL, _USERNAME, _PASSWORD and _SOURCE_NAME must then be unset"`
 
 	// The per-source variables are read by readDynamic, not by the env
@@ -101,6 +103,11 @@ func (o *Orthanc) Validate() error {
 	var errs []error
 	if o.SourceName != "" && !events.ValidSource(o.SourceName) {
 		errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_NAME=%q: want 1-64 characters of A-Z a-z 0-9 _ -", o.SourceName))
+	}
+	if o.CAFile != "" {
+		if _, err := tlsconf.New(tlsconf.Files{CAFile: o.CAFile}); err != nil {
+			errs = append(errs, fmt.Errorf("ORTHANC_CA_FILE: %w", err))
+		}
 	}
 	for _, s := range o.SourceList() {
 		if s.URL == "" {

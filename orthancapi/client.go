@@ -9,6 +9,7 @@ package orthancapi
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,6 +59,7 @@ type options struct {
 	password       string
 	basicAuth      bool
 	requestTimeout time.Duration
+	tls            *tls.Config
 }
 
 // Option configures a Client.
@@ -74,6 +76,13 @@ func WithBasicAuth(username, password string) Option {
 // applies to file downloads; leave it zero and rely on contexts.
 func WithHTTPClient(c *http.Client) Option {
 	return func(o *options) { o.httpClient, o.httpClientSet = c, true }
+}
+
+// WithTLSConfig sets the TLS client configuration of the default
+// transport (an extra CA for an Orthanc behind a private PKI). It is
+// ignored with WithHTTPClient.
+func WithTLSConfig(c *tls.Config) Option {
+	return func(o *options) { o.tls = c }
 }
 
 // WithRequestTimeout bounds each JSON call (default 30 s). File downloads
@@ -104,7 +113,9 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	}
 	hc := o.httpClient
 	if hc == nil {
-		hc = &http.Client{Transport: newTransport()}
+		t := newTransport()
+		t.TLSClientConfig = o.tls
+		hc = &http.Client{Transport: t}
 	}
 	return &Client{
 		base:           base,
