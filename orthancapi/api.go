@@ -3,6 +3,7 @@ package orthancapi
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -292,27 +293,15 @@ func (c *Client) DeleteInstance(ctx context.Context, instanceID string) error {
 	if err := checkID("instance", instanceID); err != nil {
 		return err
 	}
-	u := c.endpoint("instances", instanceID)
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u.String(), nil)
-	if err != nil {
-		return fmt.Errorf("orthancapi: build request: %w", err)
-	}
-	req.Header.Set("User-Agent", userAgent)
-	if c.basicAuth {
-		req.SetBasicAuth(c.username, c.password)
-	}
-	resp, err := c.httpClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("orthancapi: DELETE %s: %w", u.EscapedPath(), err)
-	}
-	defer drainClose(resp.Body)
-	if resp.StatusCode == http.StatusNotFound {
+	resp, err := c.do(ctx, http.MethodDelete, c.endpoint("instances", instanceID), "application/json", nil)
+	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
-	if resp.StatusCode != http.StatusOK {
-		return newError(http.MethodDelete, u.EscapedPath(), resp)
+	if err != nil {
+		return err
 	}
+	drainClose(resp.Body)
 	return nil
 }

@@ -198,7 +198,14 @@ func (c *Client) endpoint(segments ...string) *url.URL {
 // get sends a GET and returns the response if its status is 200;
 // otherwise it returns an *Error and closes the body.
 func (c *Client) get(ctx context.Context, u *url.URL, accept string, header http.Header) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	return c.do(ctx, http.MethodGet, u, accept, header)
+}
+
+// do sends a request with the client's credentials and returns the
+// response if its status is 200; otherwise it returns an *Error (matching
+// ErrNotFound for a 404) and closes the body.
+func (c *Client) do(ctx context.Context, method string, u *url.URL, accept string, header http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("orthancapi: build request: %w", err)
 	}
@@ -212,11 +219,11 @@ func (c *Client) get(ctx context.Context, u *url.URL, accept string, header http
 	}
 	resp, err := c.httpClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("orthancapi: GET %s: %w", u.EscapedPath(), err)
+		return nil, fmt.Errorf("orthancapi: %s %s: %w", method, u.EscapedPath(), err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer drainClose(resp.Body)
-		return nil, newError(http.MethodGet, u.EscapedPath(), resp)
+		return nil, newError(method, u.EscapedPath(), resp)
 	}
 	return resp, nil
 }
@@ -224,27 +231,43 @@ func (c *Client) get(ctx context.Context, u *url.URL, accept string, header http
 // getJSON decodes the JSON answer of GET u into v, within the request
 // timeout.
 func (c *Client) getJSON(ctx context.Context, u *url.URL, v any) error {
-	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
-	defer cancel()
-	resp, err := c.get(ctx, u, "application/json", nil)
-	if err != nil {
-		return err
-	}
-	defer drainClose(resp.Body)
-	lr := &io.LimitedReader{R: resp.Body, N: maxJSONBytes + 1}
-	if err := json.NewDecoder(lr).Decode(v); err != nil {
-		if lr.N <= 0 {
-			return fmt.Errorf("orthancapi: GET %s: answer larger than %d bytes", u.EscapedPath(), maxJSONBytes)
-		}
-		return fmt.Errorf("orthancapi: GET %s: decode answer: %w", u.EscapedPath(), err)
-	}
-	return nil
+	return c.decodeJSON(ctx, u, maxJSONBytes, func(dec *json.Decoder) error { return dec.Decode(v) })
 }
 
 // eachJSON GETs u, whose answer is a JSON array, and calls fn with each
 // element as it is decoded: memory grows with what fn keeps, not with the
-// size of the answer.
+// size of the answer. fn's errors are returned as they are.
 func eachJSON[T any](ctx context.Context, c *Client, u *url.URL, fn func(T) error) error {
+	var fnErr error
+	err := c.decodeJSON(ctx, u, maxJSONArrayBytes, func(dec *json.Decoder) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		if d, ok := tok.(json.Delim); !ok || d != '[' {
+			return fmt.Errorf("want a JSON array, got %v", tok)
+		}
+		for dec.More() {
+			var v T
+			if err := dec.Decode(&v); err != nil {
+				return err
+			}
+			if fnErr = fn(v); fnErr != nil {
+				return fnErr
+			}
+		}
+		_, err = dec.Token() // the closing bracket
+		return err
+	})
+	if fnErr != nil {
+		return fnErr
+	}
+	return err
+}
+
+// decodeJSON GETs u within the request timeout and hands its body, at
+// most limit bytes, to decode; errors name the request.
+func (c *Client) decodeJSON(ctx context.Context, u *url.URL, limit int64, decode func(*json.Decoder) error) error {
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
 	resp, err := c.get(ctx, u, "application/json", nil)
@@ -252,32 +275,12 @@ func eachJSON[T any](ctx context.Context, c *Client, u *url.URL, fn func(T) erro
 		return err
 	}
 	defer drainClose(resp.Body)
-	lr := &io.LimitedReader{R: resp.Body, N: maxJSONArrayBytes + 1}
-	dec := json.NewDecoder(lr)
-	decodeErr := func(err error) error {
+	lr := &io.LimitedReader{R: resp.Body, N: limit + 1}
+	if err := decode(json.NewDecoder(lr)); err != nil {
 		if lr.N <= 0 {
-			return fmt.Errorf("orthancapi: GET %s: answer larger than %d bytes", u.EscapedPath(), maxJSONArrayBytes)
+			return fmt.Errorf("orthancapi: GET %s: answer larger than %d bytes", u.EscapedPath(), limit)
 		}
 		return fmt.Errorf("orthancapi: GET %s: decode answer: %w", u.EscapedPath(), err)
-	}
-	tok, err := dec.Token()
-	if err != nil {
-		return decodeErr(err)
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '[' {
-		return decodeErr(fmt.Errorf("want a JSON array, got %v", tok))
-	}
-	for dec.More() {
-		var v T
-		if err := dec.Decode(&v); err != nil {
-			return decodeErr(err)
-		}
-		if err := fn(v); err != nil {
-			return err
-		}
-	}
-	if _, err := dec.Token(); err != nil {
-		return decodeErr(err)
 	}
 	return nil
 }
