@@ -382,9 +382,9 @@ type Report struct {
 	AlreadyStored int
 	// Resent counts instances sent again after a transient refusal.
 	Resent int
-	// forwarded are the Orthanc IDs of the instances sent, set only when
-	// the destination confirmed every one (buffer mode deletes them).
-	forwarded []string
+	// forwarded are the instances sent, set only when the destination
+	// confirmed every one (buffer mode deletes them).
+	forwarded []orthancapi.Instance
 }
 
 // Forward sends every instance of the event's study to the destination.
@@ -454,12 +454,7 @@ func (f *Forwarder) Forward(ctx context.Context, ev *events.StudyStable) (Report
 			Instances: rejected,
 		}
 	}
-	if f.opts.CleanerFor != nil {
-		rep.forwarded = make([]string, len(instances))
-		for i, inst := range instances {
-			rep.forwarded[i] = inst.ID
-		}
-	}
+	rep.forwarded = instances
 	return rep, nil
 }
 
@@ -470,14 +465,14 @@ func (f *Forwarder) Forward(ctx context.Context, ev *events.StudyStable) (Report
 // event forwards it again (what the destination holds counts as stored)
 // and deletes it then. Every failure leaves instances in Orthanc, never
 // loses one; shutdown stops the deletes.
-func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, ids []string, log *slog.Logger) {
-	if len(ids) == 0 {
+func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, instances []orthancapi.Instance, log *slog.Logger) {
+	if len(instances) == 0 {
 		return
 	}
 	c, err := f.opts.CleanerFor(ev.Source)
 	if err != nil {
 		log.Warn("forwarded study not deleted from the source", "err", err)
-		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(ids)))
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
 		return
 	}
 	st, err := c.Study(ctx, ev.OrthancStudyID)
@@ -486,19 +481,19 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	}
 	if err != nil {
 		log.Warn("forwarded study not deleted from the source: its state could not be read", "err", err)
-		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(ids)))
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
 		return
 	}
 	if st.LastUpdate != ev.LastUpdate {
 		log.Info("forwarded study not deleted from the source: it changed since its event, its next event forwards and deletes it",
 			"source_last_update", st.LastUpdate)
-		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(len(ids)))
+		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(len(instances)))
 		return
 	}
 	deleted := 0
 	var firstErr error
-	for _, id := range ids {
-		if err := c.DeleteInstance(ctx, id); err != nil {
+	for _, inst := range instances {
+		if err := c.DeleteInstance(ctx, inst.ID); err != nil {
 			if firstErr == nil {
 				firstErr = err
 			}
@@ -510,7 +505,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		deleted++
 	}
 	f.m.sourceDeletes.WithLabelValues("deleted").Add(float64(deleted))
-	if failed := len(ids) - deleted; failed > 0 {
+	if failed := len(instances) - deleted; failed > 0 {
 		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(failed))
 		log.Warn("some forwarded instances were not deleted from the source; they stay in Orthanc", "deleted", deleted, "failed", failed, "err", firstErr)
 		return

@@ -336,6 +336,7 @@ func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
 // the study changed since its event or its state cannot be read.
 func TestDeleteForwarded(t *testing.T) {
 	ids := []string{"a", "b", "c"}
+	instances := []orthancapi.Instance{{ID: "a"}, {ID: "b"}, {ID: "c"}}
 	tests := []struct {
 		name        string
 		cleaner     *memCleaner
@@ -357,7 +358,7 @@ func TestDeleteForwarded(t *testing.T) {
 				o.CleanerFor = func(string) (SourceCleaner, error) { return tt.cleaner, nil }
 			})
 			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
-			f.deleteForwarded(context.Background(), ev, ids, f.log)
+			f.deleteForwarded(context.Background(), ev, instances, f.log)
 			if fmt.Sprint(tt.cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
 				t.Errorf("deleted %v, want %v", tt.cleaner.deleted, tt.wantDeleted)
 			}
