@@ -14,33 +14,12 @@ import (
 // BenchmarkParse is the sink's own cost per byte of a STOW-RS body: 20
 // instances of 512 KiB, parsed from memory.
 func BenchmarkParse(b *testing.B) {
-	paths, err := dicomgen.WriteStudy(b.TempDir(), dicomgen.StudySpec{InstancesPerSeries: 20, Rows: 512, Columns: 512})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var body bytes.Buffer
-	mw, err := stow.NewMultipartWriter(&body, "bench-boundary-0123456789")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := mw.WritePart(map[string][]string{"Content-Type": {"application/dicom"}}, f); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
-	}
-	if err := mw.Close(); err != nil {
-		b.Fatal(err)
-	}
+	body, contentType := studyBody(b)
 	sink := New(Options{})
-	b.SetBytes(int64(body.Len()))
+	b.SetBytes(int64(len(body)))
 	for b.Loop() {
-		req := httptest.NewRequest(http.MethodPost, "/dicom-web/studies", bytes.NewReader(body.Bytes()))
-		req.Header.Set("Content-Type", mw.ContentType())
+		req := httptest.NewRequest(http.MethodPost, "/dicom-web/studies", bytes.NewReader(body))
+		req.Header.Set("Content-Type", contentType)
 		w := httptest.NewRecorder()
 		sink.ServeHTTP(w, req)
 		if w.Code != http.StatusOK {
@@ -53,6 +32,28 @@ func BenchmarkParse(b *testing.B) {
 // cost included): the sink reads the body from a socket, as in the
 // pipeline benchmark.
 func BenchmarkLoopback(b *testing.B) {
+	body, contentType := studyBody(b)
+	srv := httptest.NewServer(New(Options{}))
+	defer srv.Close()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/dicom-web/studies", bytes.NewReader(body))
+		req.Header.Set("Content-Type", contentType)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+}
+
+// studyBody is a STOW-RS request body of 20 generated instances of
+// 512 KiB, and its Content-Type.
+func studyBody(b *testing.B) ([]byte, string) {
+	b.Helper()
 	paths, err := dicomgen.WriteStudy(b.TempDir(), dicomgen.StudySpec{InstancesPerSeries: 20, Rows: 512, Columns: 512})
 	if err != nil {
 		b.Fatal(err)
@@ -75,19 +76,5 @@ func BenchmarkLoopback(b *testing.B) {
 	if err := mw.Close(); err != nil {
 		b.Fatal(err)
 	}
-	srv := httptest.NewServer(New(Options{}))
-	defer srv.Close()
-	b.SetBytes(int64(body.Len()))
-	for b.Loop() {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/dicom-web/studies", bytes.NewReader(body.Bytes()))
-		req.Header.Set("Content-Type", mw.ContentType())
-		resp, err := srv.Client().Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b.Fatalf("status %d", resp.StatusCode)
-		}
-	}
+	return body.Bytes(), mw.ContentType()
 }
