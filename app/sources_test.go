@@ -15,7 +15,11 @@ import (
 )
 
 // An Orthanc behind a private PKI is reached over HTTPS with
-// ORTHANC_CA_FILE, and refused without it.
+// ORTHANC_CA_FILE, and refused without it. The server is an httptest
+// stand-in: the Debian Orthanc 1.10.1 the tests run has HTTPS
+// (SslEnabled), but it dies with a segmentation fault on the first TLS
+// connection here (tried with ECDSA and RSA certificates), so a real
+// Orthanc cannot serve this test.
 func TestOrthancCAFile(t *testing.T) {
 	ca := testpki.NewCA(t, "hospital")
 	cert, _, _ := ca.Issue(t, "127.0.0.1", true)
