@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/ledger"
+	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/orthancapi"
 )
 

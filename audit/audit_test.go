@@ -10,9 +10,9 @@ import (
 	"github.com/stowline/stowline/audit"
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
-	"github.com/stowline/stowline/ledger"
 	"github.com/stowline/stowline/orthancapi"
 )
 

@@ -16,8 +16,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/stowline/stowline/config"
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/config"
 )
 
 const root = ".."

@@ -14,7 +14,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/stowline/stowline/deadletter"
+	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/ops"
 )
 

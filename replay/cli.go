@@ -14,7 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/stowline/stowline/deadletter"
+	"github.com/stowline/stowline/internal/deadletter"
 )
 
 // ErrUsage matches (errors.Is) a command-line mistake; the message says

@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/stowline/stowline/deadletter"
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
 )
 
 // timeLayouts are the accepted forms of a time argument, UTC unless the
@@ -70,9 +70,9 @@ func (a FilterArgs) Filter() (deadletter.Filter, error) {
 		f.OrthancStudyID = a.OrthancStudyID
 	}
 	if a.Class != "" {
-		c := failure.Class(a.Class)
+		c := forward.Class(a.Class)
 		valid := false
-		for _, k := range failure.Classes {
+		for _, k := range forward.Classes {
 			valid = valid || k == c
 		}
 		if !valid {
@@ -94,8 +94,8 @@ func (a FilterArgs) Filter() (deadletter.Filter, error) {
 }
 
 func classList() string {
-	names := make([]string, len(failure.Classes))
-	for i, c := range failure.Classes {
+	names := make([]string, len(forward.Classes))
+	for i, c := range forward.Classes {
 		names[i] = string(c)
 	}
 	return strings.Join(names, ", ")

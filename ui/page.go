@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/stowline/stowline/deadletter"
-	"github.com/stowline/stowline/status"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/status"
 )
 
 // How much the page shows.

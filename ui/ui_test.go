@@ -14,11 +14,11 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/stowline/stowline/deadletter"
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/testnats"
-	"github.com/stowline/stowline/status"
 	"github.com/stowline/stowline/ui"
 )
 
@@ -43,7 +43,7 @@ func start(t *testing.T) *fixture {
 	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
 		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.826.0.1.3680043.2.1125.1",
 		LastUpdate: "20261126T101500", ReceivedAt: time.Now().UTC()}
-	if _, err := store.Add(ctx, &deadletter.Letter{Event: ev, Class: failure.Permanent, Reason: "STOW-RS request 1: HTTP 415 <script>alert(1)</script>",
+	if _, err := store.Add(ctx, &forward.DeadLetter{Event: ev, Class: forward.Permanent, Reason: "STOW-RS request 1: HTTP 415 <script>alert(1)</script>",
 		Attempts: 1, OriginalSeq: 7, DeadLetteredAt: time.Now().UTC()}); err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ import (
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
 	"github.com/stowline/stowline/auth/awssig"
-	"github.com/stowline/stowline/stow"
+	"github.com/stowline/stowline/internal/dicomweb"
 )
 
 // The credentials, date, region and service of AWS's published Signature
@@ -269,14 +269,14 @@ func TestSTOWThroughSigner(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	rt, _ := awssig.Transport(staticCreds(), "us-east-1", nil)
-	client, err := stow.New(srv.URL+"/datastore/abc", &http.Client{Transport: rt}, stow.WithContentLength())
+	client, err := dicomweb.New(srv.URL+"/datastore/abc", &http.Client{Transport: rt}, dicomweb.WithContentLength())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ps []stow.Part
+	var ps []dicomweb.Part
 	for _, uid := range []string{"1.2.3.1", "1.2.3.2"} {
 		data := parts[uid]
-		ps = append(ps, stow.Part{SOPInstanceUID: uid, Size: int64(len(data)), Open: func(context.Context) (io.ReadCloser, error) {
+		ps = append(ps, dicomweb.Part{SOPInstanceUID: uid, Size: int64(len(data)), Open: func(context.Context) (io.ReadCloser, error) {
 			return io.NopCloser(bytes.NewReader(data)), nil
 		}})
 	}

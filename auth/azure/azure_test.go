@@ -25,7 +25,7 @@ import (
 
 	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/auth/azure"
-	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/forward"
 )
 
 const (
@@ -199,7 +199,7 @@ func TestEntraErrorVerbatim(t *testing.T) {
 	if !strings.Contains(text, "azure token endpoint") || !strings.Contains(text, "invalid_client: "+description) || strings.Contains(text, "not~the~secret") {
 		t.Errorf("error text %q", text)
 	}
-	if got := failure.Classify(err); got != failure.Permanent || len(e.requests) != 1 {
+	if got := forward.Classify(err); got != forward.Permanent || len(e.requests) != 1 {
 		t.Errorf("class %s after %d requests; want permanent after 1", got, len(e.requests))
 	}
 }

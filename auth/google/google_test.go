@@ -20,7 +20,7 @@ import (
 
 	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/auth/google"
-	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/forward"
 )
 
 const email = "stowline@my-project.iam.gserviceaccount.com"
@@ -129,7 +129,7 @@ func TestGoogleErrorReported(t *testing.T) {
 	_, err := source(t, google.Config{CredentialsFile: path}).Token()
 	te, ok := errors.AsType[*auth.TokenError](err)
 	if !ok || te.Code != "invalid_grant" || te.Description != "Invalid JWT Signature." ||
-		!strings.Contains(err.Error(), "google token endpoint") || failure.Classify(err) != failure.Permanent {
+		!strings.Contains(err.Error(), "google token endpoint") || forward.Classify(err) != forward.Permanent {
 		t.Fatalf("err = %v", err)
 	}
 	if strings.Contains(err.Error(), "PRIVATE KEY") || strings.Contains(err.Error(), "eyJ") {

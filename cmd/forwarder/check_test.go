@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stowline/stowline/app"
+	"github.com/stowline/stowline/internal/app"
 	"github.com/stowline/stowline/internal/testidp"
 	"github.com/stowline/stowline/internal/testpki"
 )

@@ -14,10 +14,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/stowline/stowline/app"
-	"github.com/stowline/stowline/config"
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/ingest"
+	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/testharness"

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stowline/stowline/app"
-	"github.com/stowline/stowline/deadletter"
-	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -70,7 +70,7 @@ func TestPermanentFailureDeadLetteredAndReplayed(t *testing.T) {
 		t.Errorf("%d STOW requests for 2 studies; a permanent failure must not be retried", got)
 	}
 	for _, e := range entries {
-		if e.Class != failure.Permanent || e.Attempts != 1 || !strings.Contains(e.Reason, "415") ||
+		if e.Class != forward.Permanent || e.Attempts != 1 || !strings.Contains(e.Reason, "415") ||
 			!strings.Contains(e.LastResponse, "unsupported media type from the test proxy") || e.FirstFailure.IsZero() {
 			t.Errorf("dead letter = %+v", e)
 		}

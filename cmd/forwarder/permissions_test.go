@@ -20,13 +20,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/stowline/stowline/app"
-	"github.com/stowline/stowline/config"
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/ingest"
+	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/faultproxy"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
-	"github.com/stowline/stowline/natsembed"
 )
 
 // docPermissions reads the permission blocks of docs/nats-permissions.md
@@ -86,7 +86,7 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	r.forwarderAddr = testharness.FreeAddr(t)
 
 	serverLog := &testharness.LogBuffer{}
-	srv, err := natsembed.Start(natsembed.Options{
+	srv, err := natsjs.Start(natsjs.Options{
 		StoreDir: r.storeDir, ServerName: "authz", Port: -1,
 		Configure: func(o *server.Options) {
 			o.Users = []*server.User{

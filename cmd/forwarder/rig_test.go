@@ -16,8 +16,8 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/faultproxy"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
-	"github.com/stowline/stowline/natsembed"
 )
 
 const adminToken = "admin-token-for-tests-0123"
@@ -32,7 +32,7 @@ type rig struct {
 	storeDir string
 	natsPort int
 	natsMu   sync.Mutex
-	nats     *natsembed.Server
+	nats     *natsjs.Server
 	nc       *nats.Conn
 	js       jetstream.JetStream
 
@@ -77,7 +77,7 @@ func (r *rig) startNATS(t *testing.T) {
 	if port == 0 {
 		port = -1 // a random free port the first time, the same one after
 	}
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: r.storeDir, ServerName: "test", Port: port}, nil)
+	srv, err := natsjs.Start(natsjs.Options{StoreDir: r.storeDir, ServerName: "test", Port: port}, nil)
 	if err != nil {
 		t.Fatalf("start nats: %v", err)
 	}

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stowline/stowline/deadletter"
-	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testidp"
 )
@@ -222,7 +222,7 @@ func TestIdentityProviderDown(t *testing.T) {
 	time.Sleep(time.Until(down.Add(20 * time.Second)))
 	var stats struct{ CountInstances int }
 	r.dest.GetJSON(t, "/statistics", &stats)
-	transient := r.metric(t, "stowline_forwarder_failures_total", `class="`+string(failure.Transient)+`"`)
+	transient := r.metric(t, "stowline_forwarder_failures_total", `class="`+string(forward.Transient)+`"`)
 	tokenErrors := r.metric(t, "stowline_forwarder_token_fetch_errors_total", "")
 	idp.SetDown(false)
 	up := time.Now()
@@ -263,7 +263,7 @@ func TestWrongSecret(t *testing.T) {
 	entries := waitDeadLetters(t, r.deadLetters(t), 1, 30*time.Second)
 	e := entries[0]
 	t.Logf("dead letter: class %s, attempts %d, reason %q", e.Class, e.Attempts, e.Reason)
-	if e.Class != failure.Permanent || e.Attempts != 1 {
+	if e.Class != forward.Permanent || e.Attempts != 1 {
 		t.Errorf("class %s after %d attempts, want permanent after 1", e.Class, e.Attempts)
 	}
 	for _, want := range []string{"generic token endpoint", idp.TokenURL, "401", "invalid_client"} {

@@ -9,8 +9,8 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/stowline/stowline/app"
-	"github.com/stowline/stowline/config"
+	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/config"
 )
 
 func main() {

@@ -18,8 +18,8 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
-	"github.com/stowline/stowline/natsembed"
 )
 
 const token = "ingest-test-token-0123456789"
@@ -36,7 +36,7 @@ func newRig(t *testing.T) *rig {
 	t.Helper()
 	testharness.RequireBinary(t, "Orthanc")
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "ingest-src", StableAge: 1})
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
+	srv, err := natsjs.Start(natsjs.Options{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testpki"
-	"github.com/stowline/stowline/natsembed"
 )
 
 // TestListenerTLSReload runs the real ingest with TLS_LISTEN_CERT_FILE and
@@ -18,7 +18,7 @@ import (
 // a new pair and sees the new certificate served without a restart; a
 // broken pair keeps the previous one.
 func TestListenerTLSReload(t *testing.T) {
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
+	srv, err := natsjs.Start(natsjs.Options{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

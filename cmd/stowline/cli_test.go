@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stowline/stowline/app"
+	"github.com/stowline/stowline/internal/app"
 )
 
 func TestHelpListsVariables(t *testing.T) {

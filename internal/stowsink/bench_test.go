@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/stowline/stowline/internal/dicomgen"
-	"github.com/stowline/stowline/stow"
+	"github.com/stowline/stowline/internal/dicomweb"
 )
 
 // BenchmarkParse is the sink's own cost per byte of a STOW-RS body: 20
@@ -59,7 +59,7 @@ func studyBody(b *testing.B) ([]byte, string) {
 		b.Fatal(err)
 	}
 	var body bytes.Buffer
-	mw, err := stow.NewMultipartWriter(&body, "bench-boundary-0123456789")
+	mw, err := dicomweb.NewMultipartWriter(&body, "bench-boundary-0123456789")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,19 +11,19 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/testharness"
-	"github.com/stowline/stowline/stow"
 )
 
-func parts(t *testing.T, paths []string) []stow.Part {
+func parts(t *testing.T, paths []string) []dicomweb.Part {
 	t.Helper()
-	var ps []stow.Part
+	var ps []dicomweb.Part
 	for _, p := range paths {
 		info, err := testharness.ReadFileInfo(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ps = append(ps, stow.Part{SOPInstanceUID: info.SOPInstanceUID, Size: -1,
+		ps = append(ps, dicomweb.Part{SOPInstanceUID: info.SOPInstanceUID, Size: -1,
 			Open: func(context.Context) (io.ReadCloser, error) { return os.Open(p) }})
 	}
 	return ps
@@ -39,7 +39,7 @@ func TestSinkAnswersLikeAServer(t *testing.T) {
 	sink := New(Options{})
 	srv := httptest.NewServer(sink)
 	t.Cleanup(srv.Close)
-	c, err := stow.New(srv.URL, srv.Client())
+	c, err := dicomweb.New(srv.URL, srv.Client())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestSinkThrottles(t *testing.T) {
 	// About 66 KB at 200 KB/s plus 100 ms latency: at least 0.3 s.
 	srv := httptest.NewServer(New(Options{Latency: 100 * time.Millisecond, BytesPerSecond: 200_000}))
 	t.Cleanup(srv.Close)
-	c, err := stow.New(srv.URL, srv.Client())
+	c, err := dicomweb.New(srv.URL, srv.Client())
 	if err != nil {
 		t.Fatal(err)
 	}

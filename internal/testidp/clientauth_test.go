@@ -20,7 +20,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/stowline/stowline/auth"
-	"github.com/stowline/stowline/failure"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/testidp"
 )
 
@@ -160,8 +160,8 @@ func TestRefusals(t *testing.T) {
 			if strings.Contains(text, "wrong-secret") || strings.Contains(text, "guess") || strings.Contains(text, "eyJ") {
 				t.Error("error text holds a secret or an assertion")
 			}
-			if te.Attempts != 1 || failure.Classify(err) != failure.Permanent {
-				t.Errorf("attempts %d, class %s: want 1 and permanent", te.Attempts, failure.Classify(err))
+			if te.Attempts != 1 || forward.Classify(err) != forward.Permanent {
+				t.Errorf("attempts %d, class %s: want 1 and permanent", te.Attempts, forward.Classify(err))
 			}
 		})
 	}
@@ -179,7 +179,7 @@ func TestOutageAndRevocation(t *testing.T) {
 	idp.SetDown(true)
 	_, err := ts.Token()
 	te, ok := errors.AsType[*auth.TokenError](err)
-	if !ok || te.StatusCode != http.StatusServiceUnavailable || te.Attempts != 3 || failure.Classify(err) != failure.Transient {
+	if !ok || te.StatusCode != http.StatusServiceUnavailable || te.Attempts != 3 || forward.Classify(err) != forward.Transient {
 		t.Fatalf("while down: err = %v (%+v), want a transient 503 after 3 attempts", err, te)
 	}
 	if got := idp.TokenRequests(); got != 3 {

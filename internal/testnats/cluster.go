@@ -19,8 +19,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
-	"github.com/stowline/stowline/natsembed"
 )
 
 // ClusterName is the name every StartCluster cluster has.
@@ -54,7 +54,7 @@ type Node struct {
 	// nodes' routes to it dial: Kill cuts both.
 	out, in []*link
 	mu      sync.Mutex
-	srv     *natsembed.Server
+	srv     *natsjs.Server
 }
 
 // StartCluster starts an n-node JetStream cluster (3 for R3 streams) and
@@ -282,7 +282,7 @@ func (n *Node) ClientURL() string {
 }
 
 // Server is the running server, nil while the node is stopped.
-func (n *Node) Server() *natsembed.Server {
+func (n *Node) Server() *natsjs.Server {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.srv
@@ -369,12 +369,12 @@ func (n *Node) start() error {
 		routes[i] = "nats://127.0.0.1:" + strconv.Itoa(l.port)
 	}
 	log := slog.New(slog.NewTextHandler(n.Logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := natsembed.Start(natsembed.Options{
+	srv, err := natsjs.Start(natsjs.Options{
 		StoreDir:   n.StoreDir,
 		ServerName: n.Name,
 		Host:       "127.0.0.1",
 		Port:       n.ClientPort,
-		Cluster: &natsembed.ClusterOptions{
+		Cluster: &natsjs.ClusterOptions{
 			Name:   ClusterName,
 			Host:   "127.0.0.1",
 			Port:   n.RoutePort,

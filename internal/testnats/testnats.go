@@ -10,12 +10,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/natsembed"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // Server is a running embedded server with a client connection.
 type Server struct {
-	*natsembed.Server
+	*natsjs.Server
 	NC *nats.Conn
 	JS jetstream.JetStream
 }
@@ -24,7 +24,7 @@ type Server struct {
 // the event stream created; all of it is stopped at cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), ServerName: "test"}, nil)
+	srv, err := natsjs.Start(natsjs.Options{StoreDir: t.TempDir(), ServerName: "test"}, nil)
 	if err != nil {
 		t.Fatalf("start embedded nats: %v", err)
 	}

@@ -1,0 +1,121 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/stowline/stowline/audit"
+	"github.com/stowline/stowline/ingest"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/ledger"
+)
+
+// auditUsage heads `forwarder audit -h`.
+const auditUsage = `Usage: forwarder audit [--enqueue] [--json]
+
+Lists the stable studies present in each Orthanc source that have no record
+of a completed forward of their current state (LastUpdate), and with
+--enqueue publishes their events so the forwarders send them. Studies go to
+stdout (a table, or one JSON object a line), the summary and logs to stderr.
+
+`
+
+// RunAudit runs `forwarder audit ARGS` against the NATS server of a
+// running deployment.
+func RunAudit(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	const program = "forwarder audit"
+	fs := flag.NewFlagSet(program, flag.ContinueOnError)
+	enqueue := fs.Bool("enqueue", false, "publish the events of the studies found (the same the Lua script sends), so the forwarders send them")
+	asJSON := fs.Bool("json", false, "write one JSON object a line instead of a table")
+	var cfg config.Audit
+	if done, err := parseCommand(fs, auditUsage, args, getenv, stderr, &cfg); done || err != nil {
+		return err
+	}
+	// Logs go to stderr: stdout carries the findings.
+	log := NewLogger(stderr, cfg.Log)
+	sources, err := NewSources(&cfg.Orthanc)
+	if err != nil {
+		return err
+	}
+	js, err := connectJetStream(cfg.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer js.Close()
+	var led audit.Ledger
+	led, err = ledger.Open(ctx, js.JS)
+	if errors.Is(err, ledger.ErrNoBucket) {
+		log.Warn("no completed forward is recorded yet (no forwarder ran): every stable study is reported")
+		led = noLedger{}
+	} else if err != nil {
+		return err
+	}
+	var as []audit.Source
+	for _, s := range sources.List() {
+		as = append(as, audit.Source{Name: s.Name, Orthanc: s.Client})
+	}
+	a, err := audit.New(audit.Options{
+		Sources:   as,
+		Ledger:    led,
+		Publisher: ingest.JetStreamPublisher{JS: js.JS},
+		Logger:    log.With("component", "audit"),
+	})
+	if err != nil {
+		return err
+	}
+
+	var report func(audit.Finding) error
+	var flush func() error
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		report, flush = func(f audit.Finding) error { return enc.Encode(f) }, func() error { return nil }
+	} else {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tLAST UPDATE\tFORWARDED\tREASON\tENQUEUED")
+		report = func(f audit.Finding) error {
+			fwd, enq := f.ForwardedLastUpdate, "-"
+			if fwd == "" {
+				fwd = "-"
+			}
+			switch {
+			case f.Duplicate:
+				enq = "already queued"
+			case f.Enqueued:
+				enq = "yes"
+			case f.Problem != "":
+				enq = "failed: " + f.Problem
+			}
+			_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate, fwd, f.Reason, enq)
+			return err
+		}
+		flush = tw.Flush
+	}
+	sum, err := a.Run(ctx, *enqueue, report)
+	if ferr := flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "audit: %d studies, %d forwarded, %d still receiving (skipped), %d not forwarded", sum.Studies, sum.Forwarded, sum.Unstable, sum.Findings)
+	if *enqueue {
+		fmt.Fprintf(stderr, ", %d enqueued", sum.Enqueued)
+	}
+	fmt.Fprintln(stderr)
+	if sum.NotEnqueued > 0 {
+		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
+	}
+	return nil
+}
+
+// noLedger is the ledger before any forwarder created the bucket.
+type noLedger struct{}
+
+func (noLedger) Lookup(context.Context, string, string) (ledger.Record, error) {
+	return ledger.Record{}, ledger.ErrNotRecorded
+}

@@ -1,0 +1,93 @@
+package app
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/preflight"
+)
+
+// checkUsage heads `forwarder check -h`.
+const checkUsage = `Usage: forwarder check [--timeout 30s]
+
+Verifies the destination with the live configuration, before any study
+flows: obtains a credential the way the forwarder does (an OAuth2 token of
+OAUTH_PROVIDER, or AWS credentials for Signature V4), reports its lifetime
+and scopes (never the token), and sends one authenticated request to the
+destination: GET {DICOMWEB_URL}/studies?limit=1. It prints a verdict and
+exits non-zero when the check fails. Logs go to stderr.
+
+`
+
+// RunCheck runs `forwarder check ARGS`.
+func RunCheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	const program = "forwarder check"
+	fs := flag.NewFlagSet(program, flag.ContinueOnError)
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on each step (credential, request)")
+	var cfg config.CheckCommand
+	if done, err := parseCommand(fs, checkUsage, args, getenv, stderr, &cfg); done || err != nil {
+		return err
+	}
+	log := NewLogger(stderr, cfg.Log)
+	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return
+	defer cancel()
+	dest, err := newDestination(ctx, &cfg.Forwarder, nil, log)
+	if err != nil {
+		fmt.Fprintf(stdout, "%-12s %s\n%-12s FAIL: %v\n", "destination", cfg.DICOMwebURL, "verdict", err)
+		return err
+	}
+	fmt.Fprintf(stdout, "%-12s %s\n%-12s %s\n", "destination", redactURL(cfg.DICOMwebURL), "provider", describeAuth(dest))
+	report, err := preflight.Run(ctx, preflight.Options{
+		BaseURL:    cfg.DICOMwebURL,
+		Client:     dest.HTTP,
+		Credential: credentialCheck(dest, &cfg.Forwarder),
+		Timeout:    *timeout,
+	})
+	report.WriteText(stdout)
+	return err
+}
+
+func describeAuth(d *destination) string {
+	if d.Credential == "" {
+		return d.Provider + " (no authentication)"
+	}
+	return d.Provider + " (" + d.Credential + ")"
+}
+
+// credentialCheck obtains the destination's credential as the forwarder
+// would, and describes it.
+func credentialCheck(d *destination, fc *config.Forwarder) func(context.Context) (preflight.Credential, error) {
+	switch {
+	case d.Tokens != nil:
+		return func(ctx context.Context) (preflight.Credential, error) {
+			tok, err := d.Tokens.TokenContext(ctx)
+			if err != nil {
+				return preflight.Credential{}, err
+			}
+			info := auth.Inspect(tok, time.Now())
+			return preflight.Credential{
+				Kind: "OAuth2 " + info.Type + " token (" + d.Provider + ", " + d.Credential + ")", Source: redactURL(d.Tokens.TokenURL()),
+				Lifetime: info.Lifetime, Expiry: info.Expiry, Scopes: info.Scopes, Roles: info.Roles, Audience: info.Audience,
+				Requested: fc.OAuthScopes, Issuer: info.Issuer, ClientID: info.ClientID, OAuth: true,
+			}, nil
+		}
+	case d.AWSCredentials != nil:
+		return func(ctx context.Context) (preflight.Credential, error) {
+			creds, err := d.AWSCredentials.Retrieve(ctx)
+			if err != nil {
+				return preflight.Credential{}, fmt.Errorf("AWS credential chain: %w", err)
+			}
+			c := preflight.Credential{Kind: "AWS credentials (" + d.Credential + ")", Source: "the SDK's chain: " + creds.Source}
+			if creds.CanExpire {
+				c.Expiry, c.Lifetime = creds.Expires, time.Until(creds.Expires)
+			}
+			return c, nil
+		}
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/stowline/stowline/internal/config"
+)
+
+// ErrUsage matches (errors.Is) the error returned for bad flags or bad
+// configuration: the command exits non-zero with a message that says
+// what to fix.
+var ErrUsage = errors.New("usage error")
+
+type usageError struct{ err error }
+
+func (e *usageError) Error() string        { return e.err.Error() }
+func (e *usageError) Unwrap() error        { return e.err }
+func (e *usageError) Is(target error) bool { return target == ErrUsage }
+
+// Main parses flags and configuration into cfg and calls start. Bad
+// configuration fails here, before anything starts, naming the variable.
+func Main[T any, P interface {
+	*T
+	LogConfig() config.Log
+}](ctx context.Context, program string, args []string, getenv func(string) string, stdout, stderr io.Writer,
+	start func(ctx context.Context, cfg P, log *slog.Logger) error) error {
+	fs := flag.NewFlagSet(program, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg T
+	fs.Usage = func() { config.Usage(stderr, program, P(&cfg)) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Errorf("unexpected arguments %q (all configuration comes from the environment; see -h)", fs.Args())}
+	}
+	if err := config.Load(getenv, P(&cfg)); err != nil {
+		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
+	}
+	log := NewLogger(stdout, P(&cfg).LogConfig())
+	return start(ctx, P(&cfg), log)
+}
+
+// ExitCode reports err on stderr, if any, and returns the process exit
+// status: 0 done, 2 bad arguments or configuration, 1 any other failure.
+func ExitCode(program string, err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, ErrUsage) {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	fmt.Fprintf(stderr, "%s: %v\n", program, err)
+	return 1
+}
+
+// parseCommand parses a subcommand's flags (defined on fs, named after the
+// command) and its configuration into cfg. With -h it prints usage and
+// returns done. Bad flags or configuration are usage errors.
+func parseCommand(fs *flag.FlagSet, usage string, args []string, getenv func(string) string, stderr io.Writer, cfg any) (done bool, err error) {
+	program := fs.Name()
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+		fmt.Fprintln(stderr)
+		config.Usage(stderr, program, cfg)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return false, &usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return false, &usageError{fmt.Errorf("%s: unexpected arguments %q", program, fs.Args())}
+	}
+	if err := config.Load(getenv, cfg); err != nil {
+		return false, &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
+	}
+	return false, nil
+}

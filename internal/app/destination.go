@@ -1,0 +1,210 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"golang.org/x/oauth2"
+
+	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/auth/awssig"
+	"github.com/stowline/stowline/auth/azure"
+	"github.com/stowline/stowline/auth/google"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/tlsconf"
+)
+
+// tokenFetchTimeout bounds one request to a token endpoint.
+const tokenFetchTimeout = 30 * time.Second
+
+// destination is the DICOMweb destination with its authentication.
+type destination struct {
+	// STOW is the STOW-RS client.
+	STOW *dicomweb.Client
+	// HTTP is the authenticated client (for `forwarder check`).
+	HTTP *http.Client
+	// Tokens is the OAuth2 token source; nil for aws and without auth.
+	Tokens *auth.TokenSource
+	// AWSCredentials is the SigV4 credential chain (aws only).
+	AWSCredentials aws.CredentialsProvider
+	// Provider and Credential describe the authentication, for logs:
+	// e.g. "azure", "client certificate"; Credential is "" without auth.
+	Provider, Credential string
+}
+
+// newDestination builds the destination's HTTP client and STOW-RS client
+// from fc: TLS (custom CA, mutual TLS), then OAuth2 tokens of the
+// configured provider or AWS SigV4. observe (may be nil) sees every token
+// request. ctx must live as long as the process: tokens are fetched and
+// refreshed with it. Secrets are never logged.
+func newDestination(ctx context.Context, fc *config.Forwarder, observe func(error, time.Duration), log *slog.Logger) (*destination, error) {
+	d := &fc.DestinationAuth
+	tlsCfg, err := tlsconf.New(tlsconf.Files{CAFile: d.TLSCAFile, CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile, InsecureSkipVerify: d.TLSInsecureSkipVerify})
+	if err != nil {
+		return nil, err
+	}
+	if d.TLSInsecureSkipVerify {
+		log.Warn("TLS_INSECURE_SKIP_VERIFY=true: the certificates of the destination and its token endpoint are NOT verified; anyone on the network path can read and alter what is sent. Unset it outside tests.",
+			"dicomweb_url", fc.DICOMwebURL)
+	}
+	newTransport := func() *http.Transport {
+		t := newDestinationTransport()
+		t.TLSClientConfig = tlsCfg
+		return t
+	}
+	base := newTransport()
+	tokenHTTP := &http.Client{Timeout: tokenFetchTimeout, Transport: newTransport()}
+
+	out := &destination{Provider: d.Provider}
+	var rt http.RoundTripper = base
+	var ep auth.Endpoint
+	var stowOpts []dicomweb.Option
+	switch d.Provider {
+	case config.ProviderGeneric:
+		if fc.OAuthTokenURL == "" && d.IssuerURL == "" {
+			log.Warn("OAUTH_TOKEN_URL is empty: STOW-RS requests are sent without authentication", "dicomweb_url", fc.DICOMwebURL)
+			break
+		}
+		ep, out.Credential, err = genericEndpoint(fc)
+	case config.ProviderAzure:
+		az := azureConfig(fc)
+		out.Credential = az.Kind()
+		ep, err = azure.Endpoint(az)
+	case config.ProviderGoogle:
+		gc := google.Config{CredentialsFile: d.GoogleCredentialsFile, Scopes: fc.OAuthScopes, MetadataHost: d.GCEMetadataHost}
+		out.Credential = gc.Kind()
+		ep, err = google.Endpoint(gc)
+		if err == nil && gc.CredentialsFile != "" {
+			email, _ := google.ServiceAccount(gc.CredentialsFile)
+			log.Info("Google service account", "client_email", email)
+		}
+	case config.ProviderAWS:
+		region := fc.AWSRegionOrDefault()
+		out.Credential = "Signature V4, " + awssig.Service + ", " + region
+		out.AWSCredentials, err = awssig.LoadCredentials(ctx, region, d.RefreshMargin)
+		if err == nil {
+			rt, err = awssig.Transport(out.AWSCredentials, region, base)
+		}
+		// SigV4 covers Content-Length: announce it (the body still streams).
+		stowOpts = append(stowOpts, dicomweb.WithContentLength())
+		if err == nil {
+			log.Info("STOW-RS requests are signed with AWS Signature V4", "region", region, "service", awssig.Service)
+		}
+	default:
+		err = fmt.Errorf("OAUTH_PROVIDER=%q: want generic, azure, google or aws", d.Provider)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("destination authentication (OAUTH_PROVIDER=%s): %w", d.Provider, err)
+	}
+	if ep.Fetch != nil {
+		opts := []auth.Option{auth.WithHTTPClient(tokenHTTP), auth.WithRefreshMargin(d.RefreshMargin)}
+		if observe != nil {
+			opts = append(opts, auth.WithObserver(observe))
+		}
+		out.Tokens, err = auth.NewSource(ctx, ep, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("destination authentication (OAUTH_PROVIDER=%s): %w", d.Provider, err)
+		}
+		rt = auth.Transport(out.Tokens, base)
+		log.Info("STOW-RS requests carry OAuth2 tokens", "provider", ep.Provider, "credential", out.Credential,
+			"token_url", redactURL(ep.TokenURL()), "client_id", fc.OAuthClientID, "refresh_margin", d.RefreshMargin.String())
+	}
+	out.HTTP = &http.Client{Transport: rt}
+	out.STOW, err = dicomweb.New(fc.DICOMwebURL, out.HTTP, stowOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("DICOMWEB_URL: %w", err)
+	}
+	return out, nil
+}
+
+// genericEndpoint is the RFC 6749 client-credentials grant of
+// OAUTH_PROVIDER=generic.
+func genericEndpoint(fc *config.Forwarder) (auth.Endpoint, string, error) {
+	d := &fc.DestinationAuth
+	cfg := auth.Config{
+		TokenURL:     fc.OAuthTokenURL,
+		IssuerURL:    d.IssuerURL,
+		ClientID:     fc.OAuthClientID,
+		ClientSecret: fc.OAuthClientSecret,
+		Scopes:       fc.OAuthScopes,
+	}
+	params := url.Values{}
+	if d.Audience != "" {
+		params.Set("audience", d.Audience)
+	}
+	if d.Resource != "" {
+		params.Set("resource", d.Resource)
+	}
+	if len(params) > 0 {
+		cfg.EndpointParams = params
+	}
+	style := fc.AuthStyle()
+	switch style {
+	case config.AuthStyleBasic:
+		cfg.AuthStyle = oauth2.AuthStyleInHeader
+	case config.AuthStylePost:
+		cfg.AuthStyle = oauth2.AuthStyleInParams
+	case config.AuthStylePrivateKeyJWT:
+		key, err := auth.NewAssertionKey(d.AssertionKeyFile, d.AssertionKeyID)
+		if err != nil {
+			return auth.Endpoint{}, "", err
+		}
+		cfg.ClientSecret, cfg.Assertion = "", key
+	default:
+		return auth.Endpoint{}, "", errors.New("OAUTH_AUTH_STYLE: want client_secret_basic, client_secret_post or private_key_jwt")
+	}
+	ep, err := auth.ClientCredentials(cfg)
+	return ep, style, err
+}
+
+func azureConfig(fc *config.Forwarder) azure.Config {
+	d := &fc.DestinationAuth
+	return azure.Config{
+		TenantID:           d.AzureTenantID,
+		ClientID:           fc.OAuthClientID,
+		ClientSecret:       fc.OAuthClientSecret,
+		CertificateKeyFile: d.AssertionKeyFile,
+		Scopes:             fc.OAuthScopes,
+		AuthorityHost:      d.AzureAuthorityHost,
+		IMDSEndpoint:       d.AzureIMDSEndpoint,
+	}
+}
+
+// tokenEndpointHost is the host tokens come from, and whether there are
+// tokens at all (aws and an unauthenticated generic destination have none),
+// for the token metrics and the status page.
+func tokenEndpointHost(fc *config.Forwarder) (string, bool) {
+	d := &fc.DestinationAuth
+	switch d.Provider {
+	case config.ProviderAzure:
+		return urlHost(azureConfig(fc).TokenURL()), true
+	case config.ProviderGoogle:
+		if d.GoogleCredentialsFile == "" {
+			return d.GCEMetadataHost, true
+		}
+		return "oauth2.googleapis.com", true
+	case config.ProviderAWS:
+		return "", false
+	}
+	if fc.OAuthTokenURL != "" {
+		return urlHost(fc.OAuthTokenURL), true
+	}
+	return urlHost(d.IssuerURL), d.IssuerURL != ""
+}
+
+// redactURL drops user info and query from a URL for logs.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User, u.RawQuery, u.Fragment = nil, "", ""
+	return u.String()
+}

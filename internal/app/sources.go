@@ -1,0 +1,98 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/orthancapi"
+	"github.com/stowline/stowline/tlsconf"
+)
+
+// ErrUnknownSource matches (errors.Is) the error for an event whose source
+// is not configured.
+var ErrUnknownSource = errors.New("unknown source")
+
+// Source is one configured Orthanc and its client.
+type Source struct {
+	// Name is the events' source name; empty for the one Orthanc of the
+	// ORTHANC_URL setup without ORTHANC_SOURCE_NAME, which serves every
+	// source name.
+	Name    string
+	Client  *orthancapi.Client
+	varName string // ORTHANC_URL or ORTHANC_<NAME>_URL, for messages
+}
+
+// Sources are the configured Orthanc servers.
+type Sources struct {
+	list   []Source
+	byName map[string]*orthancapi.Client
+}
+
+// NewSources builds an Orthanc client per configured source.
+func NewSources(c *config.Orthanc) (*Sources, error) {
+	s := &Sources{byName: map[string]*orthancapi.Client{}}
+	tlsCfg, err := tlsconf.New(tlsconf.Files{CAFile: c.CAFile})
+	if err != nil {
+		return nil, fmt.Errorf("ORTHANC_CA_FILE: %w", err)
+	}
+	for _, src := range c.SourceList() {
+		var opts []orthancapi.Option
+		if tlsCfg != nil {
+			opts = append(opts, orthancapi.WithTLSConfig(tlsCfg.Clone()))
+		}
+		if src.Username != "" {
+			opts = append(opts, orthancapi.WithBasicAuth(src.Username, src.Password))
+		}
+		client, err := orthancapi.New(src.URL, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("%sURL: %w", src.Var, err)
+		}
+		s.list = append(s.list, Source{Name: src.Name, Client: client, varName: src.Var + "URL"})
+		s.byName[src.Name] = client
+	}
+	if len(s.list) == 0 {
+		return nil, errors.New("no Orthanc source is configured")
+	}
+	return s, nil
+}
+
+// List returns the sources in configuration order.
+func (s *Sources) List() []Source { return s.list }
+
+// Lookup returns the Orthanc of an event's source: the named one, or the
+// one unnamed Orthanc of the ORTHANC_URL setup.
+func (s *Sources) Lookup(name string) (*orthancapi.Client, error) {
+	if c, ok := s.byName[name]; ok {
+		return c, nil
+	}
+	if c, ok := s.byName[""]; ok {
+		return c, nil
+	}
+	names := make([]string, 0, len(s.byName))
+	for n := range s.byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return nil, fmt.Errorf("%w %q: this stowline reads studies only from %s (ORTHANC_SOURCES or ORTHANC_SOURCE_NAME)",
+		ErrUnknownSource, name, strings.Join(names, ", "))
+}
+
+// Ready reports whether every source answers; the error names the ones
+// that do not.
+func (s *Sources) Ready(ctx context.Context) error {
+	var errs []error
+	for _, src := range s.list {
+		if _, err := src.Client.System(ctx); err != nil {
+			label := src.Name
+			if label == "" {
+				label = src.varName
+			}
+			errs = append(errs, fmt.Errorf("orthanc %s: %w", label, err))
+		}
+	}
+	return errors.Join(errs...)
+}

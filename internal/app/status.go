@@ -1,0 +1,102 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/ui"
+)
+
+// statusWiring connects what operators see: the queue metrics on every
+// listener, the forwarder's tracker (shared through JetStream) and the
+// ingest's status page.
+type statusWiring struct {
+	js         *JetStream
+	adminToken string
+	singleHost bool
+	log        *slog.Logger
+	// tracker is this process's forwarder, if any; set once the forwarder
+	// starts (the ingest may already serve the page).
+	tracker atomic.Pointer[status.Tracker]
+}
+
+func newStatusWiring(js *JetStream, admin config.Admin, singleHost bool, log *slog.Logger) *statusWiring {
+	return &statusWiring{js: js, adminToken: admin.AdminToken, singleHost: singleHost, log: log}
+}
+
+// registerQueue adds the queue-depth and dead-letter collector to reg: it
+// asks JetStream at every scrape.
+func (s *statusWiring) registerQueue(reg prometheus.Registerer) error {
+	return reg.Register(status.NewQueueCollector(s.js.JS, status.DefaultScrapeTimeout, s.log))
+}
+
+// mountUI adds the status page to the ingest's router, if ADMIN_TOKEN is set.
+func (s *statusWiring) mountUI(r chi.Router) error {
+	if s.adminToken == "" {
+		s.log.Info("ADMIN_TOKEN is empty: the status page (/ui) is disabled")
+		return nil
+	}
+	h, err := ui.New(ui.Options{
+		JS:         s.js.JS,
+		Forwarders: s.forwarders,
+		SingleHost: s.singleHost,
+		AdminToken: s.adminToken,
+		Logger:     s.log.With("component", "ui"),
+	})
+	if err != nil {
+		return err
+	}
+	h.Mount(r)
+	return nil
+}
+
+// forwarders returns this process's forwarder (exact and current) and the
+// others' shared snapshots.
+func (s *statusWiring) forwarders(ctx context.Context) ([]status.Snapshot, error) {
+	shared, err := status.ReadShared(ctx, s.js.JS)
+	own := s.tracker.Load()
+	if own == nil {
+		return shared, err
+	}
+	out := []status.Snapshot{own.Snapshot()}
+	for _, o := range shared {
+		if o.ID != own.ID() {
+			out = append(out, o)
+		}
+	}
+	return out, err
+}
+
+// track follows the forwarder's studies (it wraps the consumer, sources and
+// destination of opts) and shares its state in JetStream until ctx ends.
+func (s *statusWiring) track(g *group, ctx context.Context, nc config.NATS, fc *config.Forwarder, deps *ForwarderDeps, opts *forward.Options, log *slog.Logger) error {
+	t := status.NewTracker(fc.Concurrency, deps.TokenWatch)
+	opts.Consumer = t.Consumer(opts.Consumer)
+	sourceFor := opts.SourceFor
+	opts.SourceFor = func(name string) (forward.Source, error) {
+		src, err := sourceFor(name)
+		if err != nil {
+			return nil, err
+		}
+		return t.Source(name, src), nil
+	}
+	opts.Destination = t.Destination(opts.Destination)
+
+	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	kv, err := status.EnsureBucket(bctx, s.js.JS, nc.Replicas)
+	if err != nil {
+		return err
+	}
+	s.tracker.Store(t)
+	g.Go("status", func() error { return t.Share(ctx, kv, status.ShareInterval, log) })
+	return nil
+}

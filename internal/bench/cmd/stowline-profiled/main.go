@@ -1,0 +1,103 @@
+// Command stowline-profiled is cmd/stowline with profiling hooks, for the
+// pipeline benchmark only (bench/, STOWLINE_BENCH_PROFILE_DIR). It runs the
+// very same code (app.Main, app.RunSingleHost); the measured figures in
+// BENCHMARKS.md come from the real cmd/stowline binary, never from this one.
+//
+// Environment (besides stowline's own):
+//
+//	STOWLINE_PROFILE_CPU    write a CPU profile (pprof) to this file
+//	STOWLINE_PROFILE_TRACE  write an execution trace to this file; `go tool
+//	                        trace -pprof=net|sync|syscall` turns it into
+//	                        profiles of where goroutines waited
+//	STOWLINE_PROFILE_HEAP   write a heap profile (pprof) to this file at exit
+//
+// Profiles are flushed when the process stops on SIGTERM or SIGINT.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"runtime/trace"
+	"syscall"
+
+	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/config"
+)
+
+func main() {
+	stop, err := startProfiles()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "stowline-profiled:", err)
+		os.Exit(1)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = app.Main[config.SingleHost](ctx, "stowline", os.Args[1:], os.Getenv, os.Stdout, os.Stderr, app.RunSingleHost)
+	cancel()
+	if perr := stop(); perr != nil {
+		fmt.Fprintln(os.Stderr, "stowline-profiled: profiles:", perr)
+	}
+	if err != nil {
+		if !errors.Is(err, app.ErrUsage) {
+			err = fmt.Errorf("stowline: %w", err)
+		}
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// startProfiles starts the profiles the environment asks for and returns
+// the function that stops and writes them.
+func startProfiles() (stop func() error, err error) {
+	var stops []func() error
+	stop = func() error {
+		var errs []error
+		for i := len(stops) - 1; i >= 0; i-- {
+			errs = append(errs, stops[i]())
+		}
+		return errors.Join(errs...)
+	}
+	if path := os.Getenv("STOWLINE_PROFILE_CPU"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		stops = append(stops, func() error { pprof.StopCPUProfile(); return f.Close() })
+	}
+	if path := os.Getenv("STOWLINE_PROFILE_TRACE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			_ = stop()
+			return nil, err
+		}
+		if err := trace.Start(f); err != nil {
+			f.Close()
+			_ = stop()
+			return nil, err
+		}
+		stops = append(stops, func() error { trace.Stop(); return f.Close() })
+	}
+	if path := os.Getenv("STOWLINE_PROFILE_HEAP"); path != "" {
+		stops = append(stops, func() error {
+			f, err := os.Create(path)
+			if err != nil {
+				return err
+			}
+			runtime.GC()
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		})
+	}
+	return stop, nil
+}

@@ -1,0 +1,323 @@
+// Package deadletter keeps the studies that could not be forwarded, with
+// why, in their own JetStream stream, and puts them back in the queue on
+// request (replay). Nothing leaves the dead-letter stream before its
+// replacement is safely stored in the event stream.
+package deadletter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/forward"
+)
+
+// JetStream names.
+const (
+	StreamName    = "STOWLINE_DEADLETTER"
+	SubjectPrefix = "stowline.deadletter."
+	SubjectAll    = SubjectPrefix + ">"
+)
+
+// MaxResponseBytes bounds the destination response kept with a letter.
+const MaxResponseBytes = 2048
+
+// Entry is a letter with its position in the dead-letter stream.
+type Entry struct {
+	Seq uint64 `json:"seq"`
+	forward.DeadLetter
+}
+
+// ErrNotFound is returned for a sequence that holds no dead letter.
+var ErrNotFound = errors.New("dead letter not found")
+
+// Store is the dead-letter stream.
+type Store struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+}
+
+// Ensure creates or updates the dead-letter stream (Limits retention:
+// letters stay for the retention window until replayed or purged).
+func Ensure(ctx context.Context, js jetstream.JetStream, retention time.Duration, replicas int) (*Store, error) {
+	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "stowline: studies that could not be forwarded, with the reason",
+		Subjects:    []string{SubjectAll},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      retention,
+		Duplicates:  2 * time.Minute,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", StreamName, err)
+	}
+	return &Store{js: js, stream: s}, nil
+}
+
+// Add stores a letter. It is idempotent per original event sequence, so a
+// forwarder that dies between Add and terminating the original does not
+// leave two letters.
+func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) {
+	if len(l.LastResponse) > MaxResponseBytes {
+		l.LastResponse = l.LastResponse[:MaxResponseBytes] + "…"
+	}
+	data, err := json.Marshal(l)
+	if err != nil {
+		return 0, fmt.Errorf("encode dead letter: %w", err)
+	}
+	msg := &nats.Msg{Subject: SubjectPrefix + l.Event.Source, Data: data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, "dl/"+strconv.FormatUint(l.OriginalSeq, 10)+"/"+l.Event.MsgID())
+	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName))
+	if err != nil {
+		return 0, fmt.Errorf("store dead letter for study %s: %w", l.Event.OrthancStudyID, err)
+	}
+	return ack.Sequence, nil
+}
+
+// Filter selects dead letters. Empty fields match everything; an empty
+// filter with All unset selects nothing, so "replay everything" is always
+// explicit.
+type Filter struct {
+	Seq              uint64
+	StudyInstanceUID string
+	OrthancStudyID   string
+	Class            forward.Class
+	// ReasonContains matches a substring of the reason, case-insensitive.
+	ReasonContains string
+	Since          time.Time
+	All            bool
+}
+
+// Empty reports whether f selects nothing.
+func (f Filter) Empty() bool {
+	return !f.All && f.Seq == 0 && f.StudyInstanceUID == "" && f.OrthancStudyID == "" &&
+		f.Class == "" && f.ReasonContains == "" && f.Since.IsZero()
+}
+
+func (f Filter) match(e *Entry) bool {
+	switch {
+	case f.Seq != 0 && e.Seq != f.Seq,
+		f.StudyInstanceUID != "" && e.Event.StudyInstanceUID != f.StudyInstanceUID,
+		f.OrthancStudyID != "" && e.Event.OrthancStudyID != f.OrthancStudyID,
+		f.Class != "" && e.Class != f.Class,
+		f.ReasonContains != "" && !strings.Contains(strings.ToLower(e.Reason), strings.ToLower(f.ReasonContains)),
+		!f.Since.IsZero() && e.DeadLetteredAt.Before(f.Since):
+		return false
+	}
+	return true
+}
+
+// Get returns the letter at seq.
+func (s *Store) Get(ctx context.Context, seq uint64) (*Entry, error) {
+	raw, err := s.stream.GetMsg(ctx, seq)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, fmt.Errorf("%w: sequence %d", ErrNotFound, seq)
+		}
+		return nil, fmt.Errorf("read dead letter %d: %w", seq, err)
+	}
+	return decode(raw.Sequence, raw.Data)
+}
+
+func decode(seq uint64, data []byte) (*Entry, error) {
+	e := &Entry{Seq: seq}
+	if err := json.Unmarshal(data, &e.DeadLetter); err != nil {
+		return nil, fmt.Errorf("decode dead letter %d: %w", seq, err)
+	}
+	return e, nil
+}
+
+// List returns the letters f selects (every letter if f.All), oldest first.
+func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
+	if f.Seq != 0 {
+		e, err := s.Get(ctx, f.Seq)
+		if errors.Is(err, ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !f.match(e) {
+			return nil, nil
+		}
+		return []Entry{*e}, nil
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{SubjectAll}}
+	if !f.Since.IsZero() {
+		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		since := f.Since
+		cfg.OptStartTime = &since
+	}
+	var out []Entry
+	err := readAll(ctx, s.js, StreamName, cfg, func(seq uint64, data []byte) error {
+		e, err := decode(seq, data)
+		if err != nil {
+			return err
+		}
+		if f.match(e) {
+			out = append(out, *e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// readAll reads a stream from the configured start to its current end.
+func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, fn func(seq uint64, data []byte) error) error {
+	info, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", stream, err)
+	}
+	last := info.CachedInfo().State.LastSeq
+	if info.CachedInfo().State.Msgs == 0 {
+		return nil
+	}
+	cons, err := js.OrderedConsumer(ctx, stream, cfg)
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", stream, err)
+	}
+	for {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return fmt.Errorf("read stream %s: %w", stream, err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			meta, err := msg.Metadata()
+			if err != nil {
+				return fmt.Errorf("read stream %s: %w", stream, err)
+			}
+			if err := fn(meta.Sequence.Stream, msg.Data()); err != nil {
+				return err
+			}
+			if meta.Sequence.Stream >= last || meta.NumPending == 0 {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("read stream %s: %w", stream, err)
+		}
+		if n == 0 {
+			return nil // nothing (more) from the start time on
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+// Replay puts the letters f selects back into the event stream with a
+// fresh dedupe ID, and removes each letter only once its event is stored.
+// With dryRun it only returns what it would replay.
+func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, error) {
+	if f.Empty() {
+		return nil, errors.New("replay: no filter given (use All to replay every dead letter)")
+	}
+	entries, err := s.List(ctx, f)
+	if err != nil || dryRun {
+		return entries, err
+	}
+	for i, e := range entries {
+		ev := e.Event
+		if _, err := events.PublishAs(ctx, s.js, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
+			return entries[:i], fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
+		}
+		if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return entries[:i+1], fmt.Errorf("replayed dead letter %d but could not remove it: %w", e.Seq, err)
+		}
+	}
+	return entries, nil
+}
+
+// ReplayMsgID is the dedupe ID of a replayed event: fresh, so JetStream
+// does not drop it as a repeat of the original, and stable per dead
+// letter, so replaying the same letter twice in a row queues it once.
+func ReplayMsgID(ev *events.StudyStable, dlSeq uint64) string {
+	return ev.MsgID() + "/replay/" + strconv.FormatUint(dlSeq, 10)
+}
+
+// Purge deletes the letters f selects for good.
+func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool) ([]Entry, error) {
+	if f.Empty() {
+		return nil, errors.New("purge: no filter given (use All to purge every dead letter)")
+	}
+	entries, err := s.List(ctx, f)
+	if err != nil || dryRun {
+		return entries, err
+	}
+	for i, e := range entries {
+		if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return entries[:i], fmt.Errorf("purge dead letter %d: %w", e.Seq, err)
+		}
+	}
+	return entries, nil
+}
+
+// Reforward re-queues every event the main stream received in
+// [since, until) (until zero: up to now), for a destination that lost
+// data. Each gets a fresh dedupe ID.
+func Reforward(ctx context.Context, js jetstream.JetStream, since, until time.Time, dryRun bool) ([]events.StudyStable, error) {
+	if since.IsZero() {
+		return nil, errors.New("reforward: a start time is required")
+	}
+	if !until.IsZero() && !until.After(since) {
+		return nil, errors.New("reforward: the end time must be after the start time")
+	}
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.SubjectAll},
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+		OptStartTime:   &since,
+	}
+	type item struct {
+		seq uint64
+		ev  events.StudyStable
+	}
+	var found []item
+	err := readAll(ctx, js, events.StreamName, cfg, func(seq uint64, data []byte) error {
+		ev, err := events.Decode(data)
+		if err != nil {
+			return nil // an undecodable event was never forwarded either; skip it
+		}
+		if !until.IsZero() && !ev.ReceivedAt.Before(until) {
+			return nil
+		}
+		found = append(found, item{seq, *ev})
+		return nil
+	})
+	out := make([]events.StudyStable, 0, len(found))
+	for _, it := range found {
+		out = append(out, it.ev)
+	}
+	if err != nil || dryRun {
+		return out, err
+	}
+	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
+	for i, it := range found {
+		ev := it.ev
+		if _, err := events.PublishAs(ctx, js, &ev, ev.MsgID()+"/reforward/"+stamp+"/"+strconv.FormatUint(it.seq, 10)); err != nil {
+			return out[:i], fmt.Errorf("reforward event %d: %w", it.seq, err)
+		}
+	}
+	return out, nil
+}
+
+// Open returns the existing dead-letter stream without changing its
+// configuration (for the replay command).
+func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	s, err := js.Stream(ctx, StreamName)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s (has a forwarder run yet?): %w", StreamName, err)
+	}
+	return &Store{js: js, stream: s}, nil
+}

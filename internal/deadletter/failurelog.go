@@ -1,0 +1,66 @@
+package deadletter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/forward"
+)
+
+// FailureBucket is the KV bucket that remembers when each queued event
+// first and last failed, across deliveries and forwarder replicas.
+const FailureBucket = "stowline_failures"
+
+// FailureLog records failure times per event (by stream sequence).
+type FailureLog struct{ kv jetstream.KeyValue }
+
+// EnsureFailureLog creates or updates the bucket. Entries expire after ttl
+// (the event stream's retention), so a lost delete leaves no litter.
+func EnsureFailureLog(ctx context.Context, js jetstream.JetStream, ttl time.Duration, replicas int) (*FailureLog, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      FailureBucket,
+		Description: "stowline: first and last failure time of queued events",
+		TTL:         ttl,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update KV bucket %s: %w", FailureBucket, err)
+	}
+	return &FailureLog{kv: kv}, nil
+}
+
+func failureKey(seq uint64) string { return "seq" + strconv.FormatUint(seq, 10) }
+
+// Record notes a failure of the event at seq at time now and returns the
+// times so far.
+func (l *FailureLog) Record(ctx context.Context, seq uint64, now time.Time) (forward.FailureTimes, error) {
+	t := forward.FailureTimes{First: now, Last: now}
+	if e, err := l.kv.Get(ctx, failureKey(seq)); err == nil {
+		var prev forward.FailureTimes
+		if json.Unmarshal(e.Value(), &prev) == nil && !prev.First.IsZero() {
+			t.First = prev.First
+		}
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return t, fmt.Errorf("read failure times of event %d: %w", seq, err)
+	}
+	data, _ := json.Marshal(t)
+	if _, err := l.kv.Put(ctx, failureKey(seq), data); err != nil {
+		return t, fmt.Errorf("record failure of event %d: %w", seq, err)
+	}
+	return t, nil
+}
+
+// Forget drops the record of the event at seq (forwarded or dead-lettered).
+func (l *FailureLog) Forget(ctx context.Context, seq uint64) error {
+	if err := l.kv.Purge(ctx, failureKey(seq)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("forget failures of event %d: %w", seq, err)
+	}
+	return nil
+}

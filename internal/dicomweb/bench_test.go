@@ -1,0 +1,95 @@
+package dicomweb
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"net/textproto"
+	"testing"
+)
+
+// BenchmarkStore streams a 16-instance, 64 MiB study to an httptest sink
+// that parses the multipart body and discards it, as a STOW server would.
+// MB/s is request body throughput over loopback; allocs/op count client and
+// sink together (the sink's multipart reader allocates too).
+func BenchmarkStore(b *testing.B) {
+	for _, size := range []int{256 << 10, 4 << 20} {
+		b.Run(fmt.Sprintf("instance=%dKiB", size>>10), func(b *testing.B) {
+			const count = 16
+			data := randomBytes(3, size)
+			parts := make([]Part, count)
+			uids := make([]string, count)
+			for i := range parts {
+				uids[i] = fmt.Sprintf("1.2.3.%d", i)
+				parts[i] = memPart(uids[i], data)
+			}
+			response := stowJSON(b, uids, nil, 0)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusUnsupportedMediaType)
+					return
+				}
+				mr := multipart.NewReader(r.Body, params["boundary"])
+				for {
+					p, err := mr.NextRawPart()
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						http.Error(w, err.Error(), http.StatusBadRequest)
+						return
+					}
+					io.Copy(io.Discard, p)
+				}
+				w.Header().Set("Content-Type", "application/dicom+json")
+				w.Write(response)
+			}))
+			defer srv.Close()
+			c, err := New(srv.URL, srv.Client())
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			b.SetBytes(int64(count * size))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				res, err := c.Store(ctx, parts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(res.Stored) != count {
+					b.Fatalf("stored %d", len(res.Stored))
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkMultipartWriter is the encoder alone (framing, delimiter scan,
+// copy), without HTTP.
+func BenchmarkMultipartWriter(b *testing.B) {
+	data := randomBytes(4, 4<<20)
+	header := textproto.MIMEHeader{"Content-Type": {DICOMMediaType}}
+	buf := make([]byte, DefaultBufferSize)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		mw, err := newMultipartWriter(io.Discard, testBoundary, buf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := mw.WritePart(header, bytes.NewReader(data)); err != nil {
+			b.Fatal(err)
+		}
+		if err := mw.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,138 @@
+package dicomweb
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"mime/multipart"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// FuzzParseResponse: any body under any content type either parses or
+// fails with one of the package's sentinel errors, and never panics.
+func FuzzParseResponse(f *testing.F) {
+	for _, rec := range loadRecordings(f) {
+		f.Add(rec.contentType(), readTestdata(f, "orthanc/"+rec.File))
+	}
+	docs, err := filepath.Glob(filepath.Join("testdata", "docs", "*"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, path := range docs {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			f.Fatal(err)
+		}
+		ct := map[string]string{".json": "application/dicom+json", ".xml": "application/dicom+xml", ".html": "text/html"}[filepath.Ext(path)]
+		f.Add(ct, b)
+		f.Add("", b)
+	}
+	f.Add("application/dicom+json", []byte(`[{"00081199":{"vr":"SQ","Value":[{}]}}]`))
+	f.Add("text/plain", []byte("\x00\xff"))
+
+	f.Fuzz(func(t *testing.T, contentType string, body []byte) {
+		res, err := ParseResponse(contentType, bytes.NewReader(body))
+		if err != nil {
+			if res != nil {
+				t.Fatalf("result %+v returned with error %v", res, err)
+			}
+			if !errors.Is(err, ErrUnexpectedContentType) && !errors.Is(err, ErrMalformedResponse) && !errors.Is(err, ErrNotSTOWResponse) {
+				t.Fatalf("error %v wraps no sentinel", err)
+			}
+			if len(err.Error()) > 1024 {
+				t.Fatalf("error message of %d bytes", len(err.Error()))
+			}
+			return
+		}
+		if res == nil {
+			t.Fatal("nil result without error")
+		}
+		// Missing must agree with Stored.
+		var sent []string
+		for _, in := range res.Stored {
+			sent = append(sent, in.SOPInstanceUID)
+		}
+		if m := res.Missing(sent); m != nil {
+			t.Fatalf("Missing(stored UIDs) = %q", m)
+		}
+	})
+}
+
+// FuzzMultipartRoundTrip: whatever the boundary and contents, the writer
+// either refuses (and only when a delimiter really is in a part) or writes
+// a body that Go's multipart reader splits back into the exact parts.
+func FuzzMultipartRoundTrip(f *testing.F) {
+	f.Add("b0", []byte("DICM"), []byte(""), []byte("\r\n--"))
+	f.Add(testBoundary, []byte("\r\n--"+testBoundary+"--"), []byte("x"), []byte(""))
+	f.Add("ab", []byte("--ab"), []byte("a\r\n--a"), []byte("\r\n-"))
+	f.Add("x y", []byte("\r\n--x y \r\n"), []byte("\r"), []byte("\n"))
+	for _, rec := range loadRecordings(f) {
+		f.Add(testBoundary, readTestdata(f, "orthanc/"+rec.File), []byte{}, []byte("\r\n"))
+	}
+	f.Fuzz(func(t *testing.T, boundary string, a, b, c []byte) {
+		if validateBoundary(boundary) != nil {
+			return
+		}
+		parts := [][]byte{a, b, c}
+		delim := []byte("\r\n--" + boundary)
+		collides := false
+		for _, p := range parts {
+			// The part starts right after the header's CRLF.
+			if bytes.Contains(append([]byte("\r\n"), p...), delim) {
+				collides = true
+			}
+		}
+
+		var out bytes.Buffer
+		mw, err := newMultipartWriter(&out, boundary, make([]byte, 7)) // odd, tiny buffer
+		if err != nil {
+			t.Fatal(err)
+		}
+		header := textproto.MIMEHeader{"Content-Type": {DICOMMediaType}}
+		for _, p := range parts {
+			if _, err = mw.WritePart(header, bytes.NewReader(p)); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		if collides {
+			if !errors.Is(err, ErrBoundaryCollision) {
+				t.Fatalf("content holds the delimiter but err = %v", err)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("clean content refused: %v", err)
+		}
+
+		mr := multipart.NewReader(bytes.NewReader(out.Bytes()), boundary)
+		for i, want := range parts {
+			p, err := mr.NextRawPart()
+			if err != nil {
+				t.Fatalf("part %d: %v\nbody %q", i, err, out.Bytes())
+			}
+			if ct := p.Header.Get("Content-Type"); ct != DICOMMediaType {
+				t.Fatalf("part %d Content-Type %q", i, ct)
+			}
+			got, err := io.ReadAll(p)
+			if err != nil {
+				t.Fatalf("read part %d: %v", i, err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("part %d = %q, want %q\nbody %q", i, got, want, out.Bytes())
+			}
+		}
+		if _, err := mr.NextRawPart(); err != io.EOF {
+			t.Fatalf("after the last part: %v, want io.EOF", err)
+		}
+		if strings.Count(out.String(), "--"+boundary+"--") < 1 {
+			t.Fatal("no close delimiter")
+		}
+	})
+}

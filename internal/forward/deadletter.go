@@ -1,0 +1,27 @@
+package forward
+
+import (
+	"time"
+
+	"github.com/stowline/stowline/events"
+)
+
+// DeadLetter is one dead-lettered study: the original event and why it failed.
+type DeadLetter struct {
+	Event          events.StudyStable `json:"event"`
+	Class          Class              `json:"class"`
+	Reason         string             `json:"reason"`
+	Attempts       uint64             `json:"attempts"`
+	Failures       []Instance         `json:"failures,omitempty"`
+	FirstFailure   time.Time          `json:"firstFailure"`
+	LastFailure    time.Time          `json:"lastFailure"`
+	LastResponse   string             `json:"lastResponse,omitempty"`
+	OriginalSeq    uint64             `json:"originalSeq"`
+	DeadLetteredAt time.Time          `json:"deadLetteredAt"`
+}
+
+// FailureTimes are the first and last failure of one event.
+type FailureTimes struct {
+	First time.Time `json:"first"`
+	Last  time.Time `json:"last"`
+}

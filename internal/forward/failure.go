@@ -1,0 +1,196 @@
+// Package failure is stowline's one failure taxonomy: every error met
+// while forwarding a study, and every per-instance Failure Reason a STOW-RS
+// server returns, is classified here, and the forwarder acts on the class.
+//
+//	transient       retry with backoff (network, timeouts, 408, 429, 5xx,
+//	                token endpoint or Orthanc unavailable)
+//	partial         some instances refused for good; the rest is stored;
+//	                dead-letter with the list
+//	permanent       retrying cannot help (400, 409 that is no duplicate,
+//	                413, 415, auth refused after a refresh); dead-letter now
+//	source-missing  the study is no longer in Orthanc; dead-letter
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// Class is what a failure means for the study.
+type Class string
+
+// The classes.
+const (
+	Transient     Class = "transient"
+	Partial       Class = "partial"
+	Permanent     Class = "permanent"
+	SourceMissing Class = "source-missing"
+)
+
+// Classes lists every class, for metrics and validation.
+var Classes = []Class{Transient, Partial, Permanent, SourceMissing}
+
+// DeadLetterNow reports whether a failure of class c goes to the
+// dead-letter stream without further retries.
+func (c Class) DeadLetterNow() bool { return c != Transient }
+
+// Error is an error with a class decided where the context is known (the
+// forwarder knows a 404 on the study listing means the study is gone).
+type Error struct {
+	Class Class
+	Err   error
+	// Instances are the per-instance failures (class partial).
+	Instances []Instance
+	// RetryAfter is the server's Retry-After, if any.
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Instance is one instance the destination refused.
+type Instance struct {
+	SOPInstanceUID string `json:"sopInstanceUid"`
+	FailureReason  int    `json:"failureReason"`
+	Text           string `json:"text"`
+}
+
+// Classify returns the class of err. Unknown errors are transient: they
+// are retried until the delivery limit, then dead-lettered, so nothing is
+// lost to a misjudgement either way.
+func Classify(err error) Class {
+	var fe *Error
+	if errors.As(err, &fe) {
+		return fe.Class
+	}
+	var he *dicomweb.HTTPError
+	if errors.As(err, &he) {
+		return ClassifyStatus(he.StatusCode)
+	}
+	var te *auth.TokenError
+	if errors.As(err, &te) {
+		// A token endpoint that answers 4xx refuses the credentials:
+		// waiting won't fix that, an operator will (then replays).
+		if te.StatusCode >= 400 && te.StatusCode < 500 && te.StatusCode != http.StatusRequestTimeout && te.StatusCode != http.StatusTooManyRequests {
+			return Permanent
+		}
+		return Transient
+	}
+	var oe *orthancapi.Error
+	if errors.As(err, &oe) {
+		if oe.StatusCode >= 500 || oe.StatusCode == http.StatusRequestTimeout || oe.StatusCode == http.StatusTooManyRequests {
+			return Transient
+		}
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			return SourceMissing
+		}
+		return Permanent
+	}
+	switch {
+	case errors.Is(err, dicomweb.ErrRedirected), errors.Is(err, dicomweb.ErrInvalidBaseURL),
+		errors.Is(err, orthancapi.ErrInvalidID), errors.Is(err, auth.ErrInvalidConfig):
+		return Permanent
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.ErrUnexpectedEOF):
+		return Transient
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return Transient
+	}
+	return Transient
+}
+
+// ClassifyStatus classifies a STOW-RS request's HTTP status (when the
+// response carried no per-instance detail to act on).
+func ClassifyStatus(status int) Class {
+	switch {
+	case status >= 200 && status < 300:
+		return Transient // a success that did not confirm the instances
+	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests,
+		status == http.StatusInternalServerError, status == http.StatusBadGateway,
+		status == http.StatusServiceUnavailable, status == http.StatusGatewayTimeout:
+		return Transient
+	case status == http.StatusUnauthorized:
+		// The forwarder retries once with a fresh token before it
+		// reports a 401; one that survives a refresh is permanent.
+		return Permanent
+	case status >= 400 && status < 500:
+		return Permanent
+	case status >= 500:
+		return Transient
+	}
+	return Transient
+}
+
+// Outcome is what to do with one instance the destination listed as
+// failed.
+type Outcome int
+
+// The outcomes.
+const (
+	// Stored: the destination has the instance (already-stored forms).
+	Stored Outcome = iota
+	// Retry: re-send this instance.
+	Retry
+	// Reject: the destination refuses it for good.
+	Reject
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Stored:
+		return "stored"
+	case Retry:
+		return "retry"
+	}
+	return "reject"
+}
+
+// Duplicate SOP Instance (PS3.7 C.4.2.1.4): the destination already has
+// it, so it counts as stored.
+const failureDuplicateSOPInstance = 0x0111
+
+// ClassifyInstance decides from a FailedSOPSequence item's Failure Reason.
+func ClassifyInstance(reason int) Outcome {
+	switch reason {
+	case dicomweb.FailureAzureAlreadyExists, failureDuplicateSOPInstance:
+		return Stored
+	case dicomweb.FailureProcessing, dicomweb.FailureAzureBeingCreated:
+		return Retry
+	case dicomweb.FailureSOPClassNotSupported, dicomweb.FailureTransferSyntaxNotSupported:
+		return Reject
+	}
+	switch {
+	case reason&0xFF00 == 0xA700: // Refused: out of resources
+		return Retry
+	case reason&0xFF00 == 0xA900, reason&0xF000 == 0xC000: // data set / cannot understand
+		return Reject
+	case reason == 0:
+		// Listed as failed without a reason: worth another try.
+		return Retry
+	}
+	// Unknown codes: retry; the delivery limit bounds it.
+	return Retry
+}
+
+// Describe gives a short text for a Failure Reason.
+func Describe(reason int) string {
+	if reason == failureDuplicateSOPInstance {
+		return "duplicate SOP instance (already stored)"
+	}
+	return dicomweb.FailureReasonText(reason)
+}
+
+// Errorf builds a classified error.
+func Errorf(c Class, format string, args ...any) *Error {
+	return &Error{Class: c, Err: fmt.Errorf(format, args...)}
+}

@@ -1,0 +1,80 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+
+	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want Class
+	}{
+		{"connection refused", &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, Transient},
+		{"timeout", fmt.Errorf("stow: %w", context.DeadlineExceeded), Transient},
+		{"cut body", fmt.Errorf("read: %w", io.ErrUnexpectedEOF), Transient},
+		{"408", &dicomweb.HTTPError{StatusCode: 408}, Transient},
+		{"429", &dicomweb.HTTPError{StatusCode: 429}, Transient},
+		{"500", &dicomweb.HTTPError{StatusCode: 500}, Transient},
+		{"502", &dicomweb.HTTPError{StatusCode: 502}, Transient},
+		{"503", &dicomweb.HTTPError{StatusCode: 503}, Transient},
+		{"504", &dicomweb.HTTPError{StatusCode: 504}, Transient},
+		{"400", &dicomweb.HTTPError{StatusCode: 400}, Permanent},
+		{"401 after refresh", &dicomweb.HTTPError{StatusCode: 401}, Permanent},
+		{"403", &dicomweb.HTTPError{StatusCode: 403}, Permanent},
+		{"409", &dicomweb.HTTPError{StatusCode: 409}, Permanent},
+		{"413", &dicomweb.HTTPError{StatusCode: 413}, Permanent},
+		{"415", &dicomweb.HTTPError{StatusCode: 415}, Permanent},
+		{"wrapped 415", fmt.Errorf("request 2: %w", &dicomweb.HTTPError{StatusCode: 415}), Permanent},
+		{"redirected", fmt.Errorf("x: %w", dicomweb.ErrRedirected), Permanent},
+		{"token endpoint down", &auth.TokenError{StatusCode: 0, Err: errors.New("dial")}, Transient},
+		{"token endpoint 503", &auth.TokenError{StatusCode: 503, Err: errors.New("x")}, Transient},
+		{"credentials refused", &auth.TokenError{StatusCode: 401, Code: "invalid_client", Err: errors.New("x")}, Permanent},
+		{"orthanc down", &orthancapi.Error{StatusCode: 503}, Transient},
+		{"orthanc 404", &orthancapi.Error{StatusCode: 404}, SourceMissing},
+		{"explicit class", &Error{Class: Partial, Err: errors.New("3 refused")}, Partial},
+		{"explicit wrapped", fmt.Errorf("study: %w", Errorf(SourceMissing, "gone")), SourceMissing},
+		{"unknown", errors.New("something odd"), Transient},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Classify(tt.err); got != tt.want {
+				t.Errorf("Classify(%v) = %s, want %s", tt.err, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestClassifyInstance(t *testing.T) {
+	tests := []struct {
+		reason int
+		want   Outcome
+	}{
+		{0xA700, Retry}, {0xA7FF, Retry}, {0x0110, Retry}, {0xB00F, Retry}, {0, Retry},
+		{0xB00E, Stored}, {0x0111, Stored},
+		{0xA900, Reject}, {0xA901, Reject}, {0xC000, Reject}, {0xC122, Reject}, {0x0122, Reject},
+	}
+	for _, tt := range tests {
+		if got := ClassifyInstance(tt.reason); got != tt.want {
+			t.Errorf("ClassifyInstance(0x%04X) = %s, want %s", tt.reason, got, tt.want)
+		}
+	}
+}
+
+func TestDeadLetterNow(t *testing.T) {
+	for _, c := range Classes {
+		if got, want := c.DeadLetterNow(), c != Transient; got != want {
+			t.Errorf("%s.DeadLetterNow() = %v", c, got)
+		}
+	}
+}

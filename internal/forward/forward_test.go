@@ -1,0 +1,372 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// memSource is an in-memory Orthanc for unit tests (the integration tests
+// in cmd/ use real Orthanc servers).
+type memSource struct {
+	instances []orthancapi.Instance
+	data      map[string][]byte
+	// block, if set, is waited on before each file is served.
+	block chan struct{}
+}
+
+func newMemSource(n int) *memSource {
+	s := &memSource{data: map[string][]byte{}}
+	for i := range n {
+		id := fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i)
+		uid := fmt.Sprintf("1.2.3.%d", i+1)
+		s.instances = append(s.instances, orthancapi.Instance{ID: id, SOPInstanceUID: uid, FileSize: 1024})
+		s.data[id] = bytes.Repeat([]byte{byte(i)}, 1024)
+	}
+	return s
+}
+
+func (s *memSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	return s.instances, nil
+}
+
+func (s *memSource) OpenInstanceFile(ctx context.Context, id string) (io.ReadCloser, int64, error) {
+	if s.block != nil {
+		select {
+		case <-s.block:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+	}
+	return io.NopCloser(bytes.NewReader(s.data[id])), int64(len(s.data[id])), nil
+}
+
+// sink is a STOW-RS server that answers with a status, or 200 and every
+// instance as stored (it reads the SOP Instance UID from a fake part
+// layout: the test source serves 1024 bytes per instance, in order).
+type sink struct {
+	status   atomic.Int32
+	requests atomic.Int32
+	uids     []string
+}
+
+func (k *sink) handler(uids []string) http.Handler {
+	k.uids = uids
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		k.requests.Add(1)
+		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		mr := multipart.NewReader(r.Body, params["boundary"])
+		var seen []string
+		for {
+			p, err := mr.NextPart()
+			if err != nil {
+				break
+			}
+			b, _ := io.ReadAll(p)
+			seen = append(seen, fmt.Sprintf("1.2.3.%d", int(b[0])+1))
+		}
+		if st := k.status.Load(); st != 0 {
+			if st == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", "7")
+			}
+			w.WriteHeader(int(st))
+			return
+		}
+		var items []string
+		for _, uid := range seen {
+			items = append(items, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+uid+`"]}}`)
+		}
+		w.Header().Set("Content-Type", "application/dicom+json")
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+	})
+}
+
+func newForwarder(t *testing.T, src *memSource, dest string, cons jetstream.Consumer, opts ...func(*Options)) *Forwarder {
+	t.Helper()
+	client, err := dicomweb.New(dest, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{
+		Consumer:      cons,
+		SourceFor:     func(string) (Source, error) { return src, nil },
+		Destination:   client,
+		Concurrency:   2,
+		MaxInstances:  4,
+		MaxBytes:      1 << 20,
+		AckWait:       3 * time.Second,
+		RetryDelay:    time.Second,
+		RetryMaxDelay: 8 * time.Second,
+		ShutdownGrace: 200 * time.Millisecond,
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	f, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func testEvent() *events.StudyStable {
+	return &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
+		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500"}
+}
+
+func consumer(t *testing.T, ns *testnats.Server) jetstream.Consumer {
+	t.Helper()
+	topo := events.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	c, err := events.EnsureConsumer(context.Background(), ns.JS, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func waitConsumer(t *testing.T, c jetstream.Consumer, cond func(*jetstream.ConsumerInfo) bool) *jetstream.ConsumerInfo {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		info, err := c.Info(context.Background())
+		if err == nil && cond(info) {
+			return info
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer never reached the expected state: %+v (err %v)", info, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestForwardAcksWhenAllStored(t *testing.T) {
+	ns := testnats.Start(t)
+	src := newMemSource(10)
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	f := newForwarder(t, src, srv.URL, cons)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := events.Publish(ctx, ns.JS, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	if got := k.requests.Load(); got != 3 {
+		t.Errorf("%d STOW requests for 10 instances at 4 per request, want 3", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// On shutdown, a study still uploading after the grace period goes back
+// to the queue at once (NAK): another forwarder gets it without waiting
+// for the ack wait.
+func TestShutdownReturnsInFlightStudy(t *testing.T) {
+	ns := testnats.Start(t)
+	src := newMemSource(4)
+	src.block = make(chan struct{}) // the source hangs: the upload never ends
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	topo := events.DefaultTopology()
+	topo.AckWait = time.Minute // a redelivery before this proves the NAK
+	cons, err := events.EnsureConsumer(context.Background(), ns.JS, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, src, srv.URL, cons)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := events.Publish(ctx, ns.JS, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.NumAckPending == 1 })
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the shutdown grace")
+	}
+
+	// A second forwarder, with a source that answers, finishes the study.
+	close(src.block)
+	f2 := newForwarder(t, src, srv.URL, cons)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	t.Cleanup(cancel2)
+	go func() { _ = f2.Run(ctx2) }()
+	// waitConsumer gives up after 15 s, well inside the 1 min ack wait.
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+}
+
+// An event this build cannot read is terminated, not retried forever.
+func TestUndecodableEventTerminated(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	f := newForwarder(t, newMemSource(1), srv.URL, cons)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = f.Run(ctx) }()
+	msg := &nats.Msg{Subject: events.SubjectPrefix + "a", Data: []byte(`{"type":"something.else"}`)}
+	if _, err := ns.JS.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+	if k.requests.Load() != 0 {
+		t.Error("an undecodable event reached the destination")
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	f := &Forwarder{opts: Options{RetryDelay: time.Second, RetryMaxDelay: 8 * time.Second}}
+	tests := []struct {
+		attempt  uint64
+		min, max time.Duration
+	}{
+		{1, 500 * time.Millisecond, time.Second},
+		{2, time.Second, 2 * time.Second},
+		{3, 2 * time.Second, 4 * time.Second},
+		{4, 4 * time.Second, 8 * time.Second},
+		{10, 4 * time.Second, 8 * time.Second},
+		{1000, 4 * time.Second, 8 * time.Second},
+	}
+	for _, tt := range tests {
+		for range 200 {
+			d := f.retryDelay(tt.attempt, nil)
+			if d < tt.min || d > tt.max {
+				t.Fatalf("attempt %d: delay %s outside [%s, %s]", tt.attempt, d, tt.min, tt.max)
+			}
+		}
+	}
+	// Retry-After wins when longer, up to an hour.
+	if d := f.retryDelay(1, &dicomweb.HTTPError{StatusCode: 503, RetryAfter: 30 * time.Second}); d != 30*time.Second {
+		t.Errorf("Retry-After 30s: delay %s", d)
+	}
+	if d := f.retryDelay(1, fmt.Errorf("x: %w", &dicomweb.HTTPError{StatusCode: 429, RetryAfter: 5 * time.Hour})); d != time.Hour {
+		t.Errorf("Retry-After 5h: delay %s, want capped at 1h", d)
+	}
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	_, err := New(Options{})
+	if err == nil {
+		t.Fatal("New accepted empty options")
+	}
+	for _, want := range []string{"source", "destination", "concurrency", "limits", "ack wait", "retry"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		t.Error("unexpected error kind")
+	}
+}
+
+func TestRequestSize(t *testing.T) {
+	tests := []struct{ n, max, parallel, want int }{
+		{300, 100, 1, 100},
+		{300, 100, 2, 75},
+		{300, 100, 4, 75},
+		{20, 100, 2, 10},
+		{1, 100, 2, 1},
+		{1000, 50, 3, 48},
+		{7, 100, 0, 7},
+	}
+	for _, tt := range tests {
+		f := &Forwarder{opts: Options{MaxInstances: tt.max, RequestConcurrency: tt.parallel}}
+		if got := f.requestSize(tt.n); got != tt.want {
+			t.Errorf("requestSize(%d) with max %d, %d at once = %d, want %d", tt.n, tt.max, tt.parallel, got, tt.want)
+		}
+		if got := f.requestSize(tt.n); got > tt.max {
+			t.Errorf("requestSize(%d) = %d exceeds the maximum %d", tt.n, got, tt.max)
+		}
+	}
+}
+
+// memCleaner is a source for buffer mode: it records deletes.
+type memCleaner struct {
+	lastUpdate string
+	studyErr   error
+	failIDs    map[string]bool
+	deleted    []string
+}
+
+func (c *memCleaner) Study(context.Context, string) (orthancapi.Study, error) {
+	return orthancapi.Study{LastUpdate: c.lastUpdate}, c.studyErr
+}
+
+func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
+	if c.failIDs[id] {
+		return errors.New("Orthanc refused")
+	}
+	c.deleted = append(c.deleted, id)
+	return nil
+}
+
+// Buffer mode deletes exactly the forwarded instances, and nothing when
+// the study changed since its event or its state cannot be read.
+func TestDeleteForwarded(t *testing.T) {
+	ids := []string{"a", "b", "c"}
+	instances := []orthancapi.Instance{{ID: "a"}, {ID: "b"}, {ID: "c"}}
+	tests := []struct {
+		name        string
+		cleaner     *memCleaner
+		wantDeleted []string
+		// want counts of the metric by result: deleted, failed, skipped.
+		want [3]float64
+	}{
+		{"unchanged", &memCleaner{lastUpdate: "20261126T100000"}, ids, [3]float64{3, 0, 0}},
+		{"changed since the event", &memCleaner{lastUpdate: "20261126T100500"}, nil, [3]float64{0, 0, 3}},
+		{"state unreadable", &memCleaner{studyErr: errors.New("timeout")}, nil, [3]float64{0, 3, 0}},
+		{"already gone", &memCleaner{studyErr: fmt.Errorf("GET: %w", orthancapi.ErrNotFound)}, nil, [3]float64{0, 0, 0}},
+		{"one delete fails", &memCleaner{lastUpdate: "20261126T100000", failIDs: map[string]bool{"b": true}}, []string{"a", "c"}, [3]float64{2, 1, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+				o.Registerer = reg
+				o.CleanerFor = func(string) (SourceCleaner, error) { return tt.cleaner, nil }
+			})
+			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+			f.deleteForwarded(context.Background(), ev, instances, f.log)
+			if fmt.Sprint(tt.cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
+				t.Errorf("deleted %v, want %v", tt.cleaner.deleted, tt.wantDeleted)
+			}
+			for i, r := range []string{"deleted", "failed", "skipped"} {
+				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
+					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,84 @@
+package forward
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	studies   *prometheus.CounterVec
+	instances prometheus.Counter
+	bytes     prometheus.Counter
+	duration  prometheus.Histogram
+	inFlight  prometheus.Gauge
+
+	failures      *prometheus.CounterVec
+	resent        prometheus.Counter
+	alreadyStored prometheus.Counter
+	authRetries   prometheus.Counter
+	// sourceDeletes counts instances of forwarded studies by what buffer
+	// mode did with them in the source (deleted, failed, skipped).
+	sourceDeletes *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		studies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_forwarder_studies_total",
+			Help: "Studies handled, by result (forwarded, retry, dead_lettered, interrupted, undecodable, ack_failed).",
+		}, []string{"result"}),
+		instances: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stowline_forwarder_instances_total",
+			Help: "Instances the destination confirmed as stored.",
+		}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stowline_forwarder_bytes_total",
+			Help: "Bytes of STOW-RS request bodies the destination confirmed.",
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "stowline_forwarder_study_duration_seconds",
+			Help:    "Time to forward one study, for studies forwarded.",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stowline_forwarder_studies_in_flight",
+			Help: "Studies being sent now by this process.",
+		}),
+	}
+	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stowline_forwarder_failures_total",
+		Help: "Failed forwarding attempts, by failure class (transient, partial, permanent, source-missing).",
+	}, []string{"class"})
+	m.resent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stowline_forwarder_instances_resent_total",
+		Help: "Instances sent again alone after the destination refused them transiently.",
+	})
+	m.alreadyStored = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stowline_forwarder_instances_already_stored_total",
+		Help: "Instances the destination reported as already stored (counted as success).",
+	})
+	m.authRetries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stowline_forwarder_auth_retries_total",
+		Help: "STOW-RS requests sent again with a fresh token after the destination answered 401.",
+	})
+	m.sourceDeletes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stowline_forwarder_source_deletes_total",
+		Help: "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, or skipped because the study changed since its event.",
+	}, []string{"result"})
+	for _, r := range []string{"deleted", "failed", "skipped"} {
+		m.sourceDeletes.WithLabelValues(r)
+	}
+	for _, r := range []string{"forwarded", "retry", "dead_lettered", "interrupted", "undecodable", "ack_failed"} {
+		m.studies.WithLabelValues(r)
+	}
+	for _, c := range Classes {
+		m.failures.WithLabelValues(string(c))
+	}
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("forward: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,112 @@
+package ledger_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+const studyID = "27f7126f-4f66fb14-03f4081b-f9341db2-53925988"
+
+func event(source, lastUpdate string) *events.StudyStable {
+	return &events.StudyStable{
+		Type: events.TypeStudyStable, Version: events.Version, Source: source,
+		OrthancStudyID: studyID, StudyInstanceUID: "1.2.3.4", LastUpdate: lastUpdate,
+	}
+}
+
+func TestRecordAndLookup(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := context.Background()
+
+	if _, err := ledger.Open(ctx, ns.JS); !errors.Is(err, ledger.ErrNoBucket) {
+		t.Fatalf("Open before any forwarder ran: err = %v, want ErrNoBucket", err)
+	}
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	l, err := ledger.Ensure(ctx, ns.JS, 1, ledger.WithClock(func() time.Time { return now }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Lookup(ctx, "a", studyID); !errors.Is(err, ledger.ErrNotRecorded) {
+		t.Fatalf("Lookup of an unknown study: err = %v, want ErrNotRecorded", err)
+	}
+
+	steps := []struct {
+		name   string
+		source string
+		lu     string
+		want   string // LastUpdate recorded for source "a" afterwards
+	}{
+		{"first forward", "a", "20261126T100000", "20261126T100000"},
+		{"study changed and forwarded again", "a", "20261126T110000", "20261126T110000"},
+		{"late event of an older state", "a", "20261126T090000", "20261126T110000"},
+		{"same study ID in another source", "b", "20261126T080000", "20261126T110000"},
+	}
+	for _, s := range steps {
+		if err := l.Record(ctx, event(s.source, s.lu)); err != nil {
+			t.Fatalf("%s: Record: %v", s.name, err)
+		}
+		r, err := l.Lookup(ctx, "a", studyID)
+		if err != nil {
+			t.Fatalf("%s: Lookup: %v", s.name, err)
+		}
+		if r.LastUpdate != s.want || !r.ForwardedAt.Equal(now) || r.StudyInstanceUID != "1.2.3.4" {
+			t.Errorf("%s: record = %+v, want LastUpdate %s", s.name, r, s.want)
+		}
+	}
+	if r, err := l.Lookup(ctx, "b", studyID); err != nil || r.LastUpdate != "20261126T080000" {
+		t.Errorf("source b: %+v, %v", r, err)
+	}
+
+	// Another process opens the same bucket without changing it.
+	o, err := ledger.Open(ctx, ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := o.Lookup(ctx, "a", studyID); err != nil || r.LastUpdate != "20261126T110000" {
+		t.Errorf("Open: %+v, %v", r, err)
+	}
+}
+
+func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := context.Background()
+	l, err := ledger.Ensure(ctx, ns.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lus := []string{"20261126T100001", "20261126T100005", "20261126T100003", "20261126T100002", "20261126T100004"}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(lus))
+	for _, lu := range lus {
+		wg.Go(func() { errs <- l.Record(ctx, event("a", lu)) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if r, err := l.Lookup(ctx, "a", studyID); err != nil || r.LastUpdate != "20261126T100005" {
+		t.Errorf("after concurrent records: %+v, %v; want the newest LastUpdate", r, err)
+	}
+}
+
+func TestRecordRefusesInvalidKeys(t *testing.T) {
+	ns := testnats.Start(t)
+	l, err := ledger.Ensure(context.Background(), ns.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := event("a.b", "20261126T100000")
+	if err := l.Record(context.Background(), ev); err == nil {
+		t.Error("a source with a dot must not become a key")
+	}
+}

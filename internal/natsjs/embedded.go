@@ -1,0 +1,151 @@
+// Package natsembed runs a JetStream-enabled nats-server inside the
+// stowline process, for single-host mode and for tests.
+package natsjs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Options configures the embedded server.
+type Options struct {
+	// StoreDir holds the JetStream data; it survives restarts.
+	StoreDir string
+	// ServerName identifies the node in logs and cluster metadata.
+	ServerName string
+	// Host and Port, when Port is not zero, make the server reachable over
+	// TCP (for the nats CLI, or a second process); by default it only
+	// accepts in-process connections, so nothing listens on the network.
+	Host string
+	Port int
+	// Cluster makes this node part of a JetStream cluster (tests of
+	// clustering): the cluster name, this node's route listen port, and
+	// the routes to the other nodes.
+	Cluster *ClusterOptions
+	// ReadyTimeout bounds the wait for the server to accept connections.
+	ReadyTimeout time.Duration
+	// Configure, if set, adjusts the server options last (tests: users,
+	// permissions, TLS).
+	Configure func(*server.Options)
+}
+
+// ClusterOptions joins the node to a JetStream cluster.
+type ClusterOptions struct {
+	Name   string
+	Host   string
+	Port   int
+	Routes []string
+}
+
+// Server is a running embedded nats-server.
+type Server struct {
+	ns *server.Server
+}
+
+// Start starts the server and waits until it accepts connections.
+func Start(opts Options, log *slog.Logger) (*Server, error) {
+	if opts.StoreDir == "" {
+		return nil, errors.New("natsembed: store directory is required")
+	}
+	if err := os.MkdirAll(opts.StoreDir, 0o750); err != nil {
+		return nil, fmt.Errorf("natsembed: create store directory: %w", err)
+	}
+	if opts.ReadyTimeout == 0 {
+		opts.ReadyTimeout = 30 * time.Second
+	}
+	sopts := &server.Options{
+		ServerName: opts.ServerName,
+		JetStream:  true,
+		StoreDir:   opts.StoreDir,
+		Host:       opts.Host,
+		Port:       opts.Port,
+		DontListen: opts.Port == 0,
+		NoSigs:     true,
+		// The JetStream domain is not set: a single-host install needs none.
+	}
+	if sopts.Host == "" {
+		sopts.Host = "127.0.0.1"
+	}
+	if c := opts.Cluster; c != nil {
+		sopts.DontListen = false
+		sopts.Cluster = server.ClusterOpts{Name: c.Name, Host: c.Host, Port: c.Port}
+		routes, err := parseRoutes(c.Routes)
+		if err != nil {
+			return nil, err
+		}
+		sopts.Routes = routes
+	}
+	if opts.Configure != nil {
+		opts.Configure(sopts)
+	}
+	ns, err := server.NewServer(sopts)
+	if err != nil {
+		return nil, fmt.Errorf("natsembed: configure server: %w", err)
+	}
+	if log != nil {
+		ns.SetLoggerV2(&logAdapter{log: log.With("component", "nats-server")}, false, false, false)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(opts.ReadyTimeout) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("natsembed: server not ready after %s", opts.ReadyTimeout)
+	}
+	return &Server{ns: ns}, nil
+}
+
+func parseRoutes(routes []string) ([]*url.URL, error) {
+	out := make([]*url.URL, 0, len(routes))
+	for _, r := range routes {
+		u, err := url.Parse(r)
+		if err != nil {
+			return nil, fmt.Errorf("natsembed: route %q: %w", r, err)
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// Connect opens a client connection: in-process when the server does not
+// listen, over TCP otherwise.
+func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{nats.InProcessServer(s.ns), nats.Name("stowline")}, opts...)
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("natsembed: connect: %w", err)
+	}
+	return nc, nil
+}
+
+// ClientURL is the TCP URL of the server, or "" if it does not listen.
+func (s *Server) ClientURL() string {
+	if s.ns.Addr() == nil {
+		return ""
+	}
+	return s.ns.ClientURL()
+}
+
+// Shutdown stops the server and waits until it has stopped, so its store
+// is flushed and closed.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
+
+// NATSServer exposes the underlying server (cluster tests need its details).
+func (s *Server) NATSServer() *server.Server { return s.ns }
+
+type logAdapter struct{ log *slog.Logger }
+
+func (l *logAdapter) Noticef(format string, v ...any) { l.log.Info(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Tracef(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }

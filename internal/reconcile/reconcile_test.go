@@ -1,0 +1,298 @@
+package reconcile_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/reconcile"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+type publisher struct{ js jetstream.JetStream }
+
+func (p publisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	return events.Publish(ctx, p.js, ev)
+}
+
+type rig struct {
+	orthanc *testharness.Orthanc
+	client  *orthancapi.Client
+	client2 reconcile.Orthanc // what the reconciler uses, client if nil
+	nats    *testnats.Server
+	kv      jetstream.KeyValue
+}
+
+func newRig(t *testing.T, name string) *rig {
+	t.Helper()
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: name, StableAge: 1})
+	c, err := orthancapi.New(o.URL, orthancapi.WithRequestTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	kv, err := reconcile.EnsureBucket(context.Background(), ns.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rig{orthanc: o, client: c, nats: ns, kv: kv}
+}
+
+// start runs a reconciler until the returned stop is called (or the test
+// ends).
+func (r *rig) start(t *testing.T, name string) (rec *reconcile.Reconciler, reg *prometheus.Registry, stop func()) {
+	t.Helper()
+	reg = prometheus.NewRegistry()
+	var src reconcile.Orthanc = r.client
+	if r.client2 != nil {
+		src = r.client2
+	}
+	rec, err := reconcile.New(reconcile.Options{
+		Sources:      []reconcile.Source{{Name: name, Orthanc: src}},
+		KV:           r.kv,
+		Publisher:    publisher{r.nats.JS},
+		PollInterval: 100 * time.Millisecond,
+		LeaseTTL:     time.Second,
+		MaxBackoff:   300 * time.Millisecond,
+		PageSize:     4, // a study's changes span several pages
+		Registerer:   reg,
+		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = rec.Run(ctx); close(done) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("reconciler did not stop within 10 s")
+		}
+	}
+	t.Cleanup(stop)
+	return rec, reg, stop
+}
+
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue next
+				}
+			}
+			switch {
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return -1
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type stored struct {
+	events.StudyStable
+	MsgID string
+}
+
+func streamEvents(t *testing.T, js jetstream.JetStream) []stored {
+	t.Helper()
+	ctx := context.Background()
+	s, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []stored
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ev stored
+		if err := json.Unmarshal(m.Data, &ev.StudyStable); err != nil {
+			t.Fatal(err)
+		}
+		ev.MsgID = m.Header.Get(jetstream.MsgIDHeader)
+		out = append(out, ev)
+	}
+	return out
+}
+
+func writeStudy(t *testing.T, instances int) []string {
+	t.Helper()
+	files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{Series: 1, InstancesPerSeries: instances, Rows: 16, Columns: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+func upload(t *testing.T, o *testharness.Orthanc, files []string) {
+	t.Helper()
+	if res := o.Upload(t, files...); len(res.Failed) > 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+}
+
+// The reconciler publishes exactly the event the Lua script would: a
+// webhook event for the same study state is a duplicate.
+func TestPublishesTheLuaScriptsEvent(t *testing.T) {
+	r := newRig(t, "Recon A") // source name from Orthanc's Name, as the script does
+	_, reg, _ := r.start(t, "")
+	const source = "Recon-A"
+	waitFor(t, "the lease", 10*time.Second, func() bool {
+		return metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": source}) == 1
+	})
+
+	upload(t, r.orthanc, writeStudy(t, 3))
+	upload(t, r.orthanc, []string{testharness.SamplesDir(t) + "/ct-explicit-le.dcm"})
+	waitFor(t, "two events", 20*time.Second, func() bool { return len(streamEvents(t, r.nats.JS)) == 2 })
+
+	var studies []string
+	r.orthanc.GetJSON(t, "/studies", &studies)
+	for _, id := range studies {
+		st, err := r.client.Study(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lua := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: source,
+			OrthancStudyID: id, StudyInstanceUID: st.StudyInstanceUID, LastUpdate: st.LastUpdate}
+		ack, err := events.Publish(context.Background(), r.nats.JS, lua)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ack.Duplicate {
+			t.Errorf("study %s: the Lua script's event was not a duplicate of the reconciler's", id)
+		}
+	}
+	for _, ev := range streamEvents(t, r.nats.JS) {
+		if ev.Source != source || ev.MsgID != ev.StudyStable.MsgID() || ev.ReceivedAt.IsZero() {
+			t.Errorf("event %+v", ev)
+		}
+	}
+	if got := metric(t, reg, "stowline_reconcile_events_published_total", map[string]string{"source": source, "result": "stored"}); got != 2 {
+		t.Errorf("published stored = %v, want 2", got)
+	}
+	if got := metric(t, reg, "stowline_reconcile_lag_changes", map[string]string{"source": source}); got != 0 {
+		t.Errorf("lag = %v, want 0", got)
+	}
+}
+
+// deletingOrthanc deletes a study from the real Orthanc just before the
+// reconciler looks it up: the race of a study deleted between its
+// StableStudy change and the lookup. (Orthanc deletes the changes of a
+// deleted resource, so an earlier deletion is never seen at all.)
+type deletingOrthanc struct {
+	*orthancapi.Client
+	url string
+}
+
+func (d deletingOrthanc) Study(ctx context.Context, id string) (orthancapi.Study, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, d.url+"/studies/"+id, nil)
+	if err != nil {
+		return orthancapi.Study{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return orthancapi.Study{}, err
+	}
+	resp.Body.Close()
+	return d.Client.Study(ctx, id)
+}
+
+// A study deleted before the reconciler reached it is skipped, and the
+// cursor moves past it.
+func TestDeletedStudyIsSkipped(t *testing.T) {
+	r := newRig(t, "recon-b")
+	r.client2 = deletingOrthanc{Client: r.client, url: r.orthanc.URL}
+	_, reg, _ := r.start(t, "b")
+	upload(t, r.orthanc, writeStudy(t, 2))
+	waitFor(t, "the study to be deleted", 20*time.Second, func() bool {
+		return metric(t, reg, "stowline_reconcile_studies_skipped_total", map[string]string{"source": "b", "reason": "deleted"}) == 1
+	})
+	e, err := r.kv.Get(context.Background(), "cursor.b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Seq     int64
+		Pending map[string]int64
+	}
+	if err := json.Unmarshal(e.Value(), &c); err != nil || c.Seq == 0 || len(c.Pending) != 0 {
+		t.Errorf("cursor %s: want it past the deleted study, with nothing pending", e.Value())
+	}
+	if evs := streamEvents(t, r.nats.JS); len(evs) != 0 {
+		t.Errorf("events for a deleted study: %+v", evs)
+	}
+}
+
+// While Orthanc is unreachable the source's readiness check fails; it
+// recovers on its own.
+func TestUnreachableOrthancIsNotReady(t *testing.T) {
+	r := newRig(t, "recon-c")
+	rec, reg, _ := r.start(t, "c")
+	check := rec.Checks()["reconcile_c"]
+	if check == nil {
+		t.Fatalf("checks = %v, want reconcile_c", rec.Checks())
+	}
+	waitFor(t, "the lease", 10*time.Second, func() bool {
+		return metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": "c"}) == 1
+	})
+	waitFor(t, "ready", 5*time.Second, func() bool { return check(context.Background()) == nil })
+
+	r.orthanc.Stop(t)
+	waitFor(t, "not ready", 10*time.Second, func() bool { return check(context.Background()) != nil })
+	t.Logf("check while Orthanc is down: %v", check(context.Background()))
+	r.orthanc.Start(t)
+	upload(t, r.orthanc, writeStudy(t, 1))
+	waitFor(t, "ready again and the study published", 20*time.Second, func() bool {
+		return check(context.Background()) == nil && len(streamEvents(t, r.nats.JS)) == 1
+	})
+	if got := metric(t, reg, "stowline_reconcile_poll_errors_total", map[string]string{"source": "c"}); got < 1 {
+		t.Errorf("poll errors = %v", got)
+	}
+}

@@ -1,0 +1,417 @@
+package status_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+func studyID(i int) string { return fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i) }
+
+func event(i int) *events.StudyStable {
+	return &events.StudyStable{
+		Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
+		OrthancStudyID: studyID(i), StudyInstanceUID: fmt.Sprintf("1.2.826.0.1.%d", i),
+		LastUpdate: "20261126T101500", ReceivedAt: time.Now().UTC(),
+	}
+}
+
+func timeout(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// queueFixture publishes n events, creates the forwarders' consumer and
+// takes (without acking) `take` of them.
+func queueFixture(t *testing.T, n, take int) (*testnats.Server, jetstream.Consumer, []jetstream.Msg) {
+	t.Helper()
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	for i := range n {
+		if _, err := events.Publish(ctx, ns.JS, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := events.EnsureConsumer(ctx, ns.JS, events.DefaultTopology())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []jetstream.Msg
+	for range take {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m)
+	}
+	return ns, cons, msgs
+}
+
+func addDeadLetters(t *testing.T, js jetstream.JetStream, n int) *deadletter.Store {
+	t.Helper()
+	ctx := timeout(t)
+	store, err := deadletter.Ensure(ctx, js, time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		ev := event(100 + i)
+		if _, err := store.Add(ctx, &forward.DeadLetter{Event: *ev, Class: forward.Permanent, Reason: "HTTP 415",
+			Attempts: 1, OriginalSeq: uint64(1000 + i), DeadLetteredAt: time.Now().UTC()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return store
+}
+
+func TestQueueCollector(t *testing.T) {
+	ns, _, _ := queueFixture(t, 5, 2)
+	addDeadLetters(t, ns.JS, 3)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(status.NewQueueCollector(ns.JS, time.Second, nil))
+	want := `
+# HELP stowline_deadletter_studies Studies in the dead-letter stream, waiting for an operator to replay or purge them.
+# TYPE stowline_deadletter_studies gauge
+stowline_deadletter_studies 3
+# HELP stowline_jetstream_info_success 1 if JetStream answered this scrape's queue queries in time, else 0 (and the queue metrics are absent).
+# TYPE stowline_jetstream_info_success gauge
+stowline_jetstream_info_success 1
+# HELP stowline_queue_ack_pending_events Events delivered to a forwarder and not yet acknowledged: being sent, or waiting for a retry (consumer num_ack_pending).
+# TYPE stowline_queue_ack_pending_events gauge
+stowline_queue_ack_pending_events 2
+# HELP stowline_queue_pending_events Events stored in JetStream and not yet delivered to a forwarder (consumer num_pending).
+# TYPE stowline_queue_pending_events gauge
+stowline_queue_pending_events 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "stowline_deadletter_studies", "stowline_jetstream_info_success",
+		"stowline_queue_ack_pending_events", "stowline_queue_pending_events"); err != nil {
+		t.Error(err)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %+v", err, problems)
+	}
+
+	// JetStream gone: the scrape still answers, in time, and says so.
+	ns.NC.Close()
+	start := time.Now()
+	if got := testutil.ToFloat64(collectorOnly(t, reg, "stowline_jetstream_info_success")); got != 0 {
+		t.Errorf("stowline_jetstream_info_success = %v with JetStream unreachable", got)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("a scrape with JetStream unreachable took %s", d)
+	}
+}
+
+// collectorOnly gathers reg and returns the one metric named name as a
+// collector for testutil.ToFloat64.
+func collectorOnly(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "copy"})
+			g.Set(mf.GetMetric()[0].GetGauge().GetValue())
+			return g
+		}
+	}
+	t.Fatalf("%s not gathered", name)
+	return nil
+}
+
+func TestReadQueueBeforeAnyForwarder(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	for i := range 4 {
+		if _, err := events.Publish(ctx, ns.JS, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q, err := status.ReadQueue(ctx, ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.ConsumerExists || q.Pending != 4 || q.AckPending != 0 || q.DeadLetters != 0 {
+		t.Errorf("queue = %+v; want 4 pending (a new consumer starts at the first event), no dead letters", q)
+	}
+}
+
+type fakeSource struct{ instances []orthancapi.Instance }
+
+func (s fakeSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	return s.instances, nil
+}
+
+func (s fakeSource) OpenInstanceFile(context.Context, string) (io.ReadCloser, int64, error) {
+	return nil, 0, errors.New("not used")
+}
+
+type fakeDestination struct{ fail bool }
+
+func (d fakeDestination) Store(_ context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
+	if d.fail {
+		return nil, &dicomweb.HTTPError{StatusCode: 503}
+	}
+	return &dicomweb.Result{StatusCode: 200, BytesSent: int64(1000 * len(parts))}, nil
+}
+
+// The tracker follows a study from delivery to ack through the wrapped
+// consumer, source and destination, as the forwarder calls them.
+func TestTrackerFollowsAStudy(t *testing.T) {
+	ns, cons, _ := queueFixture(t, 2, 0)
+	ctx := timeout(t)
+	tw, err := status.NewTokenWatch("dicom.example.org", "login.example.org", true, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := status.NewTracker(4, tw)
+	tc := tr.Consumer(cons)
+
+	msg, err := tc.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.Decode(msg.Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := tr.Snapshot()
+	if len(snap.InFlight) != 1 || snap.InFlight[0].OrthancStudyID != ev.OrthancStudyID || snap.InFlight[0].Attempt != 1 || snap.InFlight[0].Instances != 0 {
+		t.Fatalf("after delivery: in flight = %+v", snap.InFlight)
+	}
+
+	var instances []orthancapi.Instance
+	for i := range 10 {
+		instances = append(instances, orthancapi.Instance{ID: fmt.Sprint(i), SOPInstanceUID: fmt.Sprintf("1.2.3.%d", i)})
+	}
+	src := tr.Source(ev.Source, fakeSource{instances})
+	if _, err := src.StudyInstances(ctx, ev.OrthancStudyID); err != nil {
+		t.Fatal(err)
+	}
+	parts := func(from, to int) []dicomweb.Part {
+		var ps []dicomweb.Part
+		for _, in := range instances[from:to] {
+			ps = append(ps, dicomweb.Part{SOPInstanceUID: in.SOPInstanceUID})
+		}
+		return ps
+	}
+	dest := tr.Destination(fakeDestination{})
+	if _, err := dest.Store(ctx, parts(0, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Destination(fakeDestination{fail: true}).Store(ctx, parts(4, 8)); err == nil {
+		t.Fatal("failing destination did not fail")
+	}
+	if f := tr.Snapshot().InFlight[0]; f.Instances != 10 || f.Sent != 4 || f.Bytes != 4000 {
+		t.Errorf("progress = %d/%d, %d bytes; want 4/10, 4000 (a failed request advances nothing)", f.Sent, f.Instances, f.Bytes)
+	}
+	if _, err := dest.Store(ctx, parts(0, 10)); err != nil { // a resend counts each instance once
+		t.Fatal(err)
+	}
+	if f := tr.Snapshot().InFlight[0]; f.Sent != 10 {
+		t.Errorf("sent = %d after every instance was answered, want 10", f.Sent)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A second study fails and is NAKed for a retry.
+	msg2, err := tc.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := msg2.NakWithDelay(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	tw.Observe(nil, 10*time.Millisecond)
+	tw.Observe(errors.New("auth: cannot obtain token from https://login.example.org/token: 401 invalid_client"), time.Millisecond)
+
+	snap = tr.Snapshot()
+	if len(snap.InFlight) != 0 {
+		t.Errorf("in flight after ack and NAK: %+v", snap.InFlight)
+	}
+	if snap.Totals.Forwarded != 1 || snap.Totals.Retry != 1 {
+		t.Errorf("totals = %+v, want 1 forwarded and 1 retry", snap.Totals)
+	}
+	if len(snap.Recent) != 2 || snap.Recent[0].Result != status.ResultRetry || snap.Recent[1].Result != status.ResultForwarded ||
+		snap.Recent[1].Instances != 10 || snap.Recent[1].StudyInstanceUID != ev.StudyInstanceUID {
+		t.Errorf("recent (newest first) = %+v", snap.Recent)
+	}
+	if tok := snap.Token; !tok.OAuth || tok.Fetches != 2 || tok.Errors != 1 || tok.OK() || !strings.Contains(tok.LastError, "invalid_client") {
+		t.Errorf("token status = %+v", tok)
+	}
+	q, err := status.ReadQueue(ctx, ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Pending != 0 || q.AckPending != 1 {
+		t.Errorf("queue = %+v; want the NAKed study ack-pending (waiting for its retry)", q)
+	}
+}
+
+func TestTokenMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	tw, err := status.NewTokenWatch("dicom.example.org", "login.example.org", true, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw.Observe(nil, 20*time.Millisecond)
+	tw.Observe(errors.New("down"), 20*time.Millisecond)
+	tw.Observe(nil, 20*time.Millisecond)
+	want := `
+# HELP stowline_forwarder_token_fetch_errors_total Requests to the destination's OAuth2 token endpoint that gave no token (endpoint down, credentials refused).
+# TYPE stowline_forwarder_token_fetch_errors_total counter
+stowline_forwarder_token_fetch_errors_total{destination="dicom.example.org"} 1
+# HELP stowline_forwarder_token_fetches_total Requests to the destination's OAuth2 token endpoint (successful or not).
+# TYPE stowline_forwarder_token_fetches_total counter
+stowline_forwarder_token_fetches_total{destination="dicom.example.org"} 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "stowline_forwarder_token_fetches_total", "stowline_forwarder_token_fetch_errors_total"); err != nil {
+		t.Error(err)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %+v", err, problems)
+	}
+	if !tw.Status().OK() {
+		t.Error("a success after an error is OK again")
+	}
+	// Without OAuth2 nothing is registered (no alert on a token that is never fetched).
+	reg2 := prometheus.NewRegistry()
+	if _, err := status.NewTokenWatch("dicom.example.org", "", false, reg2); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := testutil.GatherAndCount(reg2); n != 0 {
+		t.Errorf("%d metrics registered without OAuth2", n)
+	}
+}
+
+func TestShareAndReadShared(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	if got, err := status.ReadShared(ctx, ns.JS); err != nil || len(got) != 0 {
+		t.Fatalf("before any forwarder: %v, %v", got, err)
+	}
+	kv, err := status.EnsureBucket(ctx, ns.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := status.NewTracker(4, nil), status.NewTracker(2, nil)
+	shareCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 2)
+	go func() { done <- a.Share(shareCtx, kv, 50*time.Millisecond, nil) }()
+	go func() { done <- b.Share(shareCtx, kv, 50*time.Millisecond, nil) }()
+
+	var got []status.Snapshot
+	deadline := time.Now().Add(5 * time.Second)
+	for len(got) < 2 && time.Now().Before(deadline) {
+		if got, err = status.ReadShared(ctx, ns.JS); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ids := map[string]int{}
+	for _, s := range got {
+		ids[s.ID] = s.Concurrency
+	}
+	if len(got) != 2 || ids[a.ID()] != 4 || ids[b.ID()] != 2 {
+		t.Fatalf("shared snapshots = %+v", got)
+	}
+
+	stop()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Errorf("Share returned %v", err)
+		}
+	}
+	if got, err := status.ReadShared(ctx, ns.JS); err != nil || len(got) != 0 {
+		t.Errorf("after the forwarders stopped: %d snapshots (err %v), want none", len(got), err)
+	}
+}
+
+func TestRecentFromLedger(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	if _, err := status.RecentFromLedger(ctx, ns.JS, 5); !errors.Is(err, status.ErrNoLedger) {
+		t.Fatalf("without a ledger: err = %v", err)
+	}
+	l, err := ledger.Ensure(ctx, ns.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		if err := l.Record(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Study 2 forwarded again later: it moves to the top, once.
+	again := event(2)
+	again.LastUpdate = "20261126T120000"
+	if err := l.Record(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	got, err := status.RecentFromLedger(ctx, ns.JS, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, f := range got {
+		order = append(order, f.OrthancStudyID[:8]+"@"+f.LastUpdate[9:])
+		if f.Source != "orthanc-a" || f.StudyInstanceUID == "" || f.FinishedAt.IsZero() {
+			t.Errorf("record = %+v", f)
+		}
+	}
+	want := "00000002@120000 00000007@101500 00000006@101500 00000005@101500 00000004@101500"
+	if strings.Join(order, " ") != want {
+		t.Errorf("recent = %s\nwant     %s", strings.Join(order, " "), want)
+	}
+}
+
+func TestRecentDeadLetters(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	if got, n, err := status.RecentDeadLetters(ctx, ns.JS, 3); err != nil || n != 0 || len(got) != 0 {
+		t.Fatalf("no stream yet: %v %d %v", got, n, err)
+	}
+	store := addDeadLetters(t, ns.JS, 6)
+	// Replay the newest: a gap at the end of the stream.
+	if _, err := store.Replay(ctx, deadletter.Filter{Seq: 6}, false); err != nil {
+		t.Fatal(err)
+	}
+	got, n, err := status.RecentDeadLetters(ctx, ns.JS, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for _, e := range got {
+		seqs = append(seqs, e.Seq)
+	}
+	if n != 5 || fmt.Sprint(seqs) != "[5 4 3]" {
+		t.Errorf("got %v of %d; want [5 4 3] of 5", seqs, n)
+	}
+	got, _, err = status.RecentDeadLetters(ctx, ns.JS, 10)
+	if err != nil || len(got) != 5 || got[0].Seq != 5 || got[4].Seq != 1 {
+		t.Errorf("all: %d entries, err %v", len(got), err)
+	}
+}
