@@ -4,17 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/stowline/stowline/internal/ledger"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/stowline/stowline/audit"
 )
 
 // runAudit runs `forwarder audit args...` (the real command) and returns
 // its findings (--json is added) and stderr.
-func (r *rig) runAudit(t *testing.T, args ...string) ([]audit.Finding, string) {
+func (r *rig) runAudit(t *testing.T, args ...string) ([]ledger.Finding, string) {
 	t.Helper()
 	env := r.env(nil)
 	var out, errOut bytes.Buffer
@@ -23,10 +22,10 @@ func (r *rig) runAudit(t *testing.T, args ...string) ([]audit.Finding, string) {
 	if err := run(ctx, append([]string{"audit", "--json"}, args...), func(k string) string { return env[k] }, &out, &errOut); err != nil {
 		t.Fatalf("forwarder audit %v: %v\n%s", args, err, errOut.String())
 	}
-	var findings []audit.Finding
+	var findings []ledger.Finding
 	dec := json.NewDecoder(&out)
 	for dec.More() {
-		var f audit.Finding
+		var f ledger.Finding
 		if err := dec.Decode(&f); err != nil {
 			t.Fatalf("audit output: %v", err)
 		}
@@ -50,7 +49,7 @@ func TestAuditFindsAndEnqueuesAStudyWithoutEvent(t *testing.T) {
 	}
 
 	findings, summary := r.runAudit(t)
-	if len(findings) != 1 || findings[0].OrthancStudyID != id || findings[0].Reason != audit.ReasonNeverForwarded ||
+	if len(findings) != 1 || findings[0].OrthancStudyID != id || findings[0].Reason != ledger.ReasonNeverForwarded ||
 		findings[0].Source != "src" || findings[0].Enqueued {
 		t.Fatalf("findings = %+v, want study %s never forwarded (source named after Orthanc)", findings, id)
 	}

@@ -15,13 +15,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/ingest"
 	"github.com/stowline/stowline/internal/app"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // Sizes of the load TestNATSClusterNodeLoss forwards: small studies, so
@@ -83,7 +83,7 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 	for _, u := range ready {
 		testharness.WaitHTTP(t, u, 60*time.Second)
 	}
-	load.webhook, load.token = "http://"+ingestAddr+ingest.WebhookPath, ingestEnv["INGEST_TOKEN"]
+	load.webhook, load.token = "http://"+ingestAddr+web.WebhookPath, ingestEnv["INGEST_TOKEN"]
 	t.Logf("services ready after %s", time.Since(start).Round(time.Millisecond))
 	assertReplicated(t, js, 3)
 

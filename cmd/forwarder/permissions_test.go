@@ -21,12 +21,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/ingest"
 	"github.com/stowline/stowline/internal/app"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // docPermissions reads the permission blocks of docs/nats-permissions.md
@@ -157,7 +157,7 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 			"type": events.TypeStudyStable, "version": events.Version, "source": "src",
 			"orthancStudyId": studyID, "studyInstanceUid": s.MainDicomTags["StudyInstanceUID"], "lastUpdate": s.LastUpdate,
 		})
-		req, _ := http.NewRequest(http.MethodPost, "http://"+ingestAddr+ingest.WebhookPath, strings.NewReader(string(body)))
+		req, _ := http.NewRequest(http.MethodPost, "http://"+ingestAddr+web.WebhookPath, strings.NewReader(string(body)))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer "+ingestEnv["INGEST_TOKEN"])
 		resp, err := http.DefaultClient.Do(req)

@@ -24,7 +24,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/natsjs"
-	"github.com/stowline/stowline/ops"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // shutdownGrace bounds how long HTTP servers wait for in-flight requests.
@@ -193,15 +193,15 @@ func (g *group) Wait() error {
 // serveHTTP listens now (so a busy port fails startup) and serves until
 // ctx ends; over HTTPS when serverTLS is not nil.
 func serveHTTP(g *group, ctx context.Context, name, addr string, h http.Handler, serverTLS *tls.Config, log *slog.Logger) error {
-	ln, err := ops.Listen(addr)
+	ln, err := web.Listen(addr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	log.Info("listening", "server", name, "addr", ln.Addr().String(), "tls", serverTLS != nil)
-	srv := ops.NewServer(h, log)
+	srv := web.NewServer(h, log)
 	if serverTLS != nil {
 		ln = tls.NewListener(ln, serverTLS)
 	}
-	g.Go(name, func() error { return ops.Serve(ctx, srv, ln, shutdownGrace) })
+	g.Go(name, func() error { return web.Serve(ctx, srv, ln, shutdownGrace) })
 	return nil
 }

@@ -9,10 +9,9 @@ import (
 	"io"
 	"text/tabwriter"
 
-	"github.com/stowline/stowline/audit"
-	"github.com/stowline/stowline/ingest"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // auditUsage heads `forwarder audit -h`.
@@ -47,7 +46,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer js.Close()
-	var led audit.Ledger
+	var led ledger.Records
 	led, err = ledger.Open(ctx, js.JS)
 	if errors.Is(err, ledger.ErrNoBucket) {
 		log.Warn("no completed forward is recorded yet (no forwarder ran): every stable study is reported")
@@ -55,29 +54,29 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	} else if err != nil {
 		return err
 	}
-	var as []audit.Source
+	var as []ledger.Source
 	for _, s := range sources.List() {
-		as = append(as, audit.Source{Name: s.Name, Orthanc: s.Client})
+		as = append(as, ledger.Source{Name: s.Name, Orthanc: s.Client})
 	}
-	a, err := audit.New(audit.Options{
+	a, err := ledger.New(ledger.Options{
 		Sources:   as,
 		Ledger:    led,
-		Publisher: ingest.JetStreamPublisher{JS: js.JS},
+		Publisher: web.JetStreamPublisher{JS: js.JS},
 		Logger:    log.With("component", "audit"),
 	})
 	if err != nil {
 		return err
 	}
 
-	var report func(audit.Finding) error
+	var report func(ledger.Finding) error
 	var flush func() error
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
-		report, flush = func(f audit.Finding) error { return enc.Encode(f) }, func() error { return nil }
+		report, flush = func(f ledger.Finding) error { return enc.Encode(f) }, func() error { return nil }
 	} else {
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tLAST UPDATE\tFORWARDED\tREASON\tENQUEUED")
-		report = func(f audit.Finding) error {
+		report = func(f ledger.Finding) error {
 			fwd, enq := f.ForwardedLastUpdate, "-"
 			if fwd == "" {
 				fwd = "-"

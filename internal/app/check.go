@@ -9,7 +9,7 @@ import (
 
 	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/internal/config"
-	"github.com/stowline/stowline/preflight"
+	"github.com/stowline/stowline/internal/dicomweb"
 )
 
 // checkUsage heads `forwarder check -h`.
@@ -42,7 +42,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	fmt.Fprintf(stdout, "%-12s %s\n%-12s %s\n", "destination", redactURL(cfg.DICOMwebURL), "provider", describeAuth(dest))
-	report, err := preflight.Run(ctx, preflight.Options{
+	report, err := dicomweb.Run(ctx, dicomweb.Options{
 		BaseURL:    cfg.DICOMwebURL,
 		Client:     dest.HTTP,
 		Credential: credentialCheck(dest, &cfg.Forwarder),
@@ -61,28 +61,28 @@ func describeAuth(d *destination) string {
 
 // credentialCheck obtains the destination's credential as the forwarder
 // would, and describes it.
-func credentialCheck(d *destination, fc *config.Forwarder) func(context.Context) (preflight.Credential, error) {
+func credentialCheck(d *destination, fc *config.Forwarder) func(context.Context) (dicomweb.Credential, error) {
 	switch {
 	case d.Tokens != nil:
-		return func(ctx context.Context) (preflight.Credential, error) {
+		return func(ctx context.Context) (dicomweb.Credential, error) {
 			tok, err := d.Tokens.TokenContext(ctx)
 			if err != nil {
-				return preflight.Credential{}, err
+				return dicomweb.Credential{}, err
 			}
 			info := auth.Inspect(tok, time.Now())
-			return preflight.Credential{
+			return dicomweb.Credential{
 				Kind: "OAuth2 " + info.Type + " token (" + d.Provider + ", " + d.Credential + ")", Source: redactURL(d.Tokens.TokenURL()),
 				Lifetime: info.Lifetime, Expiry: info.Expiry, Scopes: info.Scopes, Roles: info.Roles, Audience: info.Audience,
 				Requested: fc.OAuthScopes, Issuer: info.Issuer, ClientID: info.ClientID, OAuth: true,
 			}, nil
 		}
 	case d.AWSCredentials != nil:
-		return func(ctx context.Context) (preflight.Credential, error) {
+		return func(ctx context.Context) (dicomweb.Credential, error) {
 			creds, err := d.AWSCredentials.Retrieve(ctx)
 			if err != nil {
-				return preflight.Credential{}, fmt.Errorf("AWS credential chain: %w", err)
+				return dicomweb.Credential{}, fmt.Errorf("AWS credential chain: %w", err)
 			}
-			c := preflight.Credential{Kind: "AWS credentials (" + d.Credential + ")", Source: "the SDK's chain: " + creds.Source}
+			c := dicomweb.Credential{Kind: "AWS credentials (" + d.Credential + ")", Source: "the SDK's chain: " + creds.Source}
 			if creds.CanExpire {
 				c.Expiry, c.Lifetime = creds.Expires, time.Until(creds.Expires)
 			}

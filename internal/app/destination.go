@@ -18,7 +18,6 @@ import (
 	"github.com/stowline/stowline/auth/google"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomweb"
-	"github.com/stowline/stowline/tlsconf"
 )
 
 // tokenFetchTimeout bounds one request to a token endpoint.
@@ -46,7 +45,7 @@ type destination struct {
 // refreshed with it. Secrets are never logged.
 func newDestination(ctx context.Context, fc *config.Forwarder, observe func(error, time.Duration), log *slog.Logger) (*destination, error) {
 	d := &fc.DestinationAuth
-	tlsCfg, err := tlsconf.New(tlsconf.Files{CAFile: d.TLSCAFile, CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile, InsecureSkipVerify: d.TLSInsecureSkipVerify})
+	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: d.TLSCAFile, CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile, InsecureSkipVerify: d.TLSInsecureSkipVerify})
 	if err != nil {
 		return nil, err
 	}

@@ -7,17 +7,16 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/stowline/stowline/ingest"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/reconcile"
-	"github.com/stowline/stowline/ops"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // startReconciler runs the change-log reconciler of every Orthanc source
 // with the ingest (unless RECONCILE_ENABLED is false) and adds a readiness
 // check per source to checks.
 func startReconciler(g *group, ctx context.Context, js *JetStream, nc config.NATS, oc *config.Orthanc, rc *config.Reconcile,
-	publishTimeout time.Duration, reg prometheus.Registerer, checks map[string]ops.Check, log *slog.Logger) error {
+	publishTimeout time.Duration, reg prometheus.Registerer, checks map[string]web.Check, log *slog.Logger) error {
 	if !rc.Enabled {
 		log.Warn("reconciler disabled (RECONCILE_ENABLED=false): a lost webhook event goes unnoticed until `forwarder audit` runs")
 		return nil
@@ -39,7 +38,7 @@ func startReconciler(g *group, ctx context.Context, js *JetStream, nc config.NAT
 	rec, err := reconcile.New(reconcile.Options{
 		Sources:        rs,
 		KV:             kv,
-		Publisher:      ingest.JetStreamPublisher{JS: js.JS},
+		Publisher:      web.JetStreamPublisher{JS: js.JS},
 		PollInterval:   rc.PollInterval,
 		LeaseTTL:       rc.LeaseTTL,
 		PublishTimeout: publishTimeout,
@@ -50,7 +49,7 @@ func startReconciler(g *group, ctx context.Context, js *JetStream, nc config.NAT
 		return err
 	}
 	for name, check := range rec.Checks() {
-		checks[name] = ops.Advisory(check)
+		checks[name] = web.Advisory(check)
 	}
 	g.Go("reconciler", func() error { return rec.Run(ctx) })
 	return nil

@@ -2,20 +2,18 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
-	"github.com/stowline/stowline/replay"
 )
 
 // RunReplay runs `forwarder replay ARGS`: dead letters and re-forwarding,
 // against the NATS server of a running deployment.
 func RunReplay(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		fmt.Fprint(stdout, replay.Usage)
+		fmt.Fprint(stdout, replayUsage)
 		return nil
 	}
 	var cfg config.ReplayCommand
@@ -33,11 +31,8 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	cli := &replay.CLI{Store: store, JS: js.JS, Stdout: stdout}
+	cli := &replayCLI{Store: store, JS: js.JS, Stdout: stdout}
 	if err := cli.Run(ctx, args); err != nil {
-		if errors.Is(err, replay.ErrUsage) {
-			return &usageError{err}
-		}
 		return err
 	}
 	return nil

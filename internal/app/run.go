@@ -7,12 +7,10 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/stowline/stowline/ingest"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
-	"github.com/stowline/stowline/ops"
-	"github.com/stowline/stowline/replay"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // RunIngest runs the webhook service until ctx ends.
@@ -49,14 +47,14 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 	st := newStatusWiring(js, admin, ic != nil && fc != nil, log)
 	if ic != nil {
 		reg := NewRegistry()
-		h, err := ingest.New(ingest.Options{
+		h, err := web.NewWebhook(web.WebhookOptions{
 			Tokens:         []string{ic.Token},
 			HMACSecret:     ic.HMACSecret,
 			HMACMaxSkew:    ic.HMACMaxSkew,
 			RateLimit:      ic.RateLimit,
 			RateBurst:      ic.RateBurst,
 			TrustedProxies: ic.TrustedProxies,
-			Publisher:      ingest.JetStreamPublisher{JS: js.JS},
+			Publisher:      web.JetStreamPublisher{JS: js.JS},
 			PublishTimeout: ic.PublishTimeout,
 			Logger:         log.With("component", "ingest"),
 			Registerer:     reg,
@@ -64,7 +62,7 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 		if err != nil {
 			return err
 		}
-		checks := map[string]ops.Check{"jetstream": js.Ready}
+		checks := map[string]web.Check{"jetstream": js.Ready}
 		if err := startReconciler(g, gctx, js, nc, oc, rc, ic.PublishTimeout, reg, checks, log.With("component", "reconciler")); err != nil {
 			g.cancel()
 			_ = g.Wait()
@@ -77,7 +75,7 @@ func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Dur
 			_ = g.Wait()
 			return err
 		}
-		ops.Mount(r, reg, checks)
+		web.Mount(r, reg, checks)
 		if err := serveHTTP(g, gctx, "ingest", ic.Addr, r, serverTLS, log); err != nil {
 			g.cancel()
 			_ = g.Wait()
@@ -155,16 +153,16 @@ func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS
 		return err
 	}
 	r := newRouter()
-	checks := map[string]ops.Check{
+	checks := map[string]web.Check{
 		"jetstream": js.Ready,
 		"orthanc":   deps.SourceReady,
 	}
 	if deps.Tokens != nil {
 		checks["destination_token"] = deps.TokenReady
 	}
-	ops.Mount(r, reg, checks)
+	web.Mount(r, reg, checks)
 	if st.adminToken != "" {
-		(&replay.API{Store: dls, JS: js.JS, Token: st.adminToken, Log: log.With("component", "admin")}).Mount(r)
+		(&web.AdminAPI{Store: dls, JS: js.JS, Token: st.adminToken, Log: log.With("component", "admin")}).Mount(r)
 	} else {
 		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
 	}

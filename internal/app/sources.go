@@ -9,7 +9,6 @@ import (
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/orthancapi"
-	"github.com/stowline/stowline/tlsconf"
 )
 
 // ErrUnknownSource matches (errors.Is) the error for an event whose source
@@ -35,7 +34,7 @@ type Sources struct {
 // NewSources builds an Orthanc client per configured source.
 func NewSources(c *config.Orthanc) (*Sources, error) {
 	s := &Sources{byName: map[string]*orthancapi.Client{}}
-	tlsCfg, err := tlsconf.New(tlsconf.Files{CAFile: c.CAFile})
+	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: c.CAFile})
 	if err != nil {
 		return nil, fmt.Errorf("ORTHANC_CA_FILE: %w", err)
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/status"
-	"github.com/stowline/stowline/ui"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // statusWiring connects what operators see: the queue metrics on every
@@ -44,7 +44,7 @@ func (s *statusWiring) mountUI(r chi.Router) error {
 		s.log.Info("ADMIN_TOKEN is empty: the status page (/ui) is disabled")
 		return nil
 	}
-	h, err := ui.New(ui.Options{
+	h, err := web.NewStatusPage(web.StatusPageOptions{
 		JS:         s.js.JS,
 		Forwarders: s.forwarders,
 		SingleHost: s.singleHost,

@@ -28,8 +28,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/ingest"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // BenchmarkIngest measures, in one run against one nats-server (embedded
@@ -482,7 +482,7 @@ var accepted202 = []byte(`"duplicate":false`)
 
 // post sends one event to an ingest and checks that it was stored.
 func (r *ingestRig) post(ctx context.Context, base string, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+ingest.WebhookPath, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+web.WebhookPath, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}

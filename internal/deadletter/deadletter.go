@@ -137,18 +137,19 @@ func decode(seq uint64, data []byte) (*Entry, error) {
 	return e, nil
 }
 
-// List returns the letters f selects (every letter if f.All), oldest first.
+// List returns the letters f selects (every letter if f.All), oldest
+// first; never nil, so that JSON shows none as [].
 func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 	if f.Seq != 0 {
 		e, err := s.Get(ctx, f.Seq)
 		if errors.Is(err, ErrNotFound) {
-			return nil, nil
+			return []Entry{}, nil
 		}
 		if err != nil {
 			return nil, err
 		}
 		if !f.match(e) {
-			return nil, nil
+			return []Entry{}, nil
 		}
 		return []Entry{*e}, nil
 	}
@@ -158,7 +159,7 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 		since := f.Since
 		cfg.OptStartTime = &since
 	}
-	var out []Entry
+	out := []Entry{}
 	err := readAll(ctx, s.js, StreamName, cfg, func(seq uint64, data []byte) error {
 		e, err := decode(seq, data)
 		if err != nil {

@@ -1,4 +1,4 @@
-package ops
+package web
 
 import (
 	"crypto/tls"

@@ -8,7 +8,7 @@
 // It sits behind the admin credentials: HTTP basic auth with ADMIN_TOKEN
 // as the password (any user name). The replay form is a POST protected
 // against cross-site requests (see csrf).
-package ui
+package web
 
 import (
 	"bytes"
@@ -35,8 +35,8 @@ const basePath = "/ui"
 //go:embed templates/*.html static/*.css
 var files embed.FS
 
-// Options configures the page.
-type Options struct {
+// StatusPageOptions configures the page.
+type StatusPageOptions struct {
 	JS jetstream.JetStream
 	// Forwarders returns the snapshots of the live forwarder processes:
 	// the in-process tracker in single-host mode, else status.ReadShared.
@@ -50,9 +50,9 @@ type Options struct {
 	Logger  *slog.Logger
 }
 
-// Handler serves the page.
-type Handler struct {
-	opts Options
+// StatusPage serves the page.
+type StatusPage struct {
+	opts StatusPageOptions
 	want [sha256.Size]byte
 	csrf *csrf
 	tmpl *template.Template
@@ -60,8 +60,8 @@ type Handler struct {
 	log  *slog.Logger
 }
 
-// New parses the templates and returns the handler.
-func New(opts Options) (*Handler, error) {
+// NewStatusPage parses the templates and returns the handler.
+func NewStatusPage(opts StatusPageOptions) (*StatusPage, error) {
 	if opts.JS == nil || opts.Forwarders == nil {
 		return nil, errors.New("ui: JetStream and the forwarders' state are required")
 	}
@@ -83,12 +83,12 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{opts: opts, want: sha256.Sum256([]byte(opts.AdminToken)), csrf: newCSRF(opts.AdminToken),
+	return &StatusPage{opts: opts, want: sha256.Sum256([]byte(opts.AdminToken)), csrf: newCSRF(opts.AdminToken),
 		tmpl: tmpl, css: css, log: log}, nil
 }
 
 // Mount adds GET /ui, GET /ui/style.css and POST /ui/replay to r.
-func (h *Handler) Mount(r chi.Router) {
+func (h *StatusPage) Mount(r chi.Router) {
 	r.Route(basePath, func(r chi.Router) {
 		r.Use(secureHeaders, h.authenticate)
 		r.Get("/", h.page)
@@ -110,7 +110,7 @@ func secureHeaders(next http.Handler) http.Handler {
 }
 
 // authenticate wants HTTP basic auth with the admin token as the password.
-func (h *Handler) authenticate(next http.Handler) http.Handler {
+func (h *StatusPage) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pass, ok := r.BasicAuth()
 		got := sha256.Sum256([]byte(pass))
@@ -123,12 +123,12 @@ func (h *Handler) authenticate(next http.Handler) http.Handler {
 	})
 }
 
-func (h *Handler) style(w http.ResponseWriter, _ *http.Request) {
+func (h *StatusPage) style(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/css; charset=utf-8")
 	_, _ = w.Write(h.css)
 }
 
-func (h *Handler) page(w http.ResponseWriter, r *http.Request) {
+func (h *StatusPage) page(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.Timeout)
 	defer cancel()
 	p := h.load(ctx)
@@ -144,7 +144,7 @@ func (h *Handler) page(w http.ResponseWriter, r *http.Request) {
 	h.render(w, r, http.StatusOK, p)
 }
 
-func (h *Handler) render(w http.ResponseWriter, r *http.Request, code int, p *pageData) {
+func (h *StatusPage) render(w http.ResponseWriter, r *http.Request, code int, p *pageData) {
 	p.CSRF = h.csrf.token(w, r)
 	var buf bytes.Buffer
 	if err := h.tmpl.ExecuteTemplate(&buf, "status.html", p); err != nil {
@@ -159,7 +159,7 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, code int, p *pa
 
 // replay queues a dead letter again (POST seq, csrf), then redirects to
 // the page (303, so a reload does not post twice).
-func (h *Handler) replay(w http.ResponseWriter, r *http.Request) {
+func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
 	if err := r.ParseForm(); err != nil {
 		http.Error(w, "bad form", http.StatusBadRequest)

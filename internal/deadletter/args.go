@@ -1,7 +1,7 @@
 // Package replay is the operator's way to dead letters: list, show,
 // replay, purge, and re-forward a time window of the event stream, as the
 // `forwarder replay` command and as an authenticated HTTP admin API.
-package replay
+package deadletter
 
 import (
 	"errors"
@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
 )
 
@@ -47,8 +46,8 @@ type FilterArgs struct {
 }
 
 // Filter validates the arguments; errors name the argument.
-func (a FilterArgs) Filter() (deadletter.Filter, error) {
-	f := deadletter.Filter{All: a.All, ReasonContains: a.Reason}
+func (a FilterArgs) Filter() (Filter, error) {
+	f := Filter{All: a.All, ReasonContains: a.Reason}
 	var errs []error
 	if a.Seq != "" {
 		n, err := strconv.ParseUint(a.Seq, 10, 64)

@@ -1,4 +1,4 @@
-package ui_test
+package web_test
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/testnats"
-	"github.com/stowline/stowline/ui"
+	"github.com/stowline/stowline/internal/web"
 )
 
 const adminToken = "ui-test-admin-token-0123456789"
@@ -48,7 +48,7 @@ func start(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	tr := status.NewTracker(2, nil)
-	h, err := ui.New(ui.Options{
+	h, err := web.NewStatusPage(web.StatusPageOptions{
 		JS:         ns.JS,
 		Forwarders: func(context.Context) ([]status.Snapshot, error) { return []status.Snapshot{tr.Snapshot()}, nil },
 		SingleHost: true,

@@ -1,4 +1,4 @@
-package ingest_test
+package web_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/ingest"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // fakePublisher acknowledges every event (the JetStream path is tested in
@@ -41,9 +41,9 @@ type clock struct {
 func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
-func serve(t *testing.T, opts ingest.Options) *httptest.Server {
+func serve(t *testing.T, opts web.WebhookOptions) *httptest.Server {
 	t.Helper()
-	h, err := ingest.New(opts)
+	h, err := web.NewWebhook(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func serve(t *testing.T, opts ingest.Options) *httptest.Server {
 
 func postHeaders(t *testing.T, url string, hdr map[string]string, body string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url+ingest.WebhookPath, strings.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, url+web.WebhookPath, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,21 +77,21 @@ func TestWebhookHMAC(t *testing.T) {
 	const secret = "hmac-secret-0123456789-0123456789"
 	now := time.Unix(1_790_000_000, 0)
 	clk := &clock{t: now}
-	srv := serve(t, ingest.Options{Tokens: []string{token}, Publisher: &fakePublisher{}, HMACSecret: secret,
+	srv := serve(t, web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, HMACSecret: secret,
 		HMACMaxSkew: 5 * time.Minute, Now: clk.Now})
 
 	sign := func(secret string, at time.Time, body string) map[string]string {
-		ts, sig := ingest.Sign([]byte(secret), at, []byte(body))
-		return map[string]string{ingest.TimestampHeader: ts, ingest.SignatureHeader: sig}
+		ts, sig := web.Sign([]byte(secret), at, []byte(body))
+		return map[string]string{web.TimestampHeader: ts, web.SignatureHeader: sig}
 	}
 	tampered := sign(secret, now, validBody)
-	tampered[ingest.SignatureHeader] = tampered[ingest.SignatureHeader][:len(tampered[ingest.SignatureHeader])-1] + "0"
-	if tampered[ingest.SignatureHeader] == sign(secret, now, validBody)[ingest.SignatureHeader] {
-		tampered[ingest.SignatureHeader] = tampered[ingest.SignatureHeader][:len(tampered[ingest.SignatureHeader])-1] + "1"
+	tampered[web.SignatureHeader] = tampered[web.SignatureHeader][:len(tampered[web.SignatureHeader])-1] + "0"
+	if tampered[web.SignatureHeader] == sign(secret, now, validBody)[web.SignatureHeader] {
+		tampered[web.SignatureHeader] = tampered[web.SignatureHeader][:len(tampered[web.SignatureHeader])-1] + "1"
 	}
 	// A valid signature of one timestamp presented with another.
 	moved := sign(secret, now, validBody)
-	moved[ingest.TimestampHeader] = strconv.FormatInt(now.Unix()+1, 10)
+	moved[web.TimestampHeader] = strconv.FormatInt(now.Unix()+1, 10)
 
 	tests := []struct {
 		name   string
@@ -103,17 +103,16 @@ func TestWebhookHMAC(t *testing.T) {
 		{"signed, clock 4m behind", sign(secret, now.Add(-4*time.Minute), validBody), validBody, 202},
 		{"signed, clock 4m ahead", sign(secret, now.Add(4*time.Minute), validBody), validBody, 202},
 		{"no headers", nil, validBody, 401},
-		{"no signature", map[string]string{ingest.TimestampHeader: strconv.FormatInt(now.Unix(), 10)}, validBody, 401},
+		{"no signature", map[string]string{web.TimestampHeader: strconv.FormatInt(now.Unix(), 10)}, validBody, 401},
 		{"wrong secret", sign("another-secret-0123456789-0123456789", now, validBody), validBody, 401},
 		{"other body", sign(secret, now, validBody), strings.Replace(validBody, "orthanc-a", "orthanc-b", 1), 401},
 		{"tampered signature", tampered, validBody, 401},
 		{"timestamp changed", moved, validBody, 401},
 		{"replayed 6m later", sign(secret, now.Add(-6*time.Minute), validBody), validBody, 401},
 		{"from the future", sign(secret, now.Add(6*time.Minute), validBody), validBody, 401},
-		{"not hex", map[string]string{ingest.TimestampHeader: strconv.FormatInt(now.Unix(), 10), ingest.SignatureHeader: "sha256=zz"}, validBody, 401},
-		{"no prefix", map[string]string{ingest.TimestampHeader: strconv.FormatInt(now.Unix(), 10),
-			ingest.SignatureHeader: strings.TrimPrefix(sign(secret, now, validBody)[ingest.SignatureHeader], "sha256=")}, validBody, 401},
-		{"timestamp not a number", map[string]string{ingest.TimestampHeader: "yesterday", ingest.SignatureHeader: sign(secret, now, validBody)[ingest.SignatureHeader]}, validBody, 401},
+		{"not hex", map[string]string{web.TimestampHeader: strconv.FormatInt(now.Unix(), 10), web.SignatureHeader: "sha256=zz"}, validBody, 401},
+		{"no prefix", map[string]string{web.TimestampHeader: strconv.FormatInt(now.Unix(), 10), web.SignatureHeader: strings.TrimPrefix(sign(secret, now, validBody)[web.SignatureHeader], "sha256=")}, validBody, 401},
+		{"timestamp not a number", map[string]string{web.TimestampHeader: "yesterday", web.SignatureHeader: sign(secret, now, validBody)[web.SignatureHeader]}, validBody, 401},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -127,7 +126,7 @@ func TestWebhookHMAC(t *testing.T) {
 // TestSignatureFormat pins the documented computation
 // (docs/webhook-security.md): hex(HMAC-SHA256(secret, "<ts>.<body>")).
 func TestSignatureFormat(t *testing.T) {
-	ts, sig := ingest.Sign([]byte("key"), time.Unix(1700000000, 0), []byte(`{"a":1}`))
+	ts, sig := web.Sign([]byte("key"), time.Unix(1700000000, 0), []byte(`{"a":1}`))
 	// printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac key
 	const want = "sha256=a438e398bfafc57e4396bb7fc2304422f0f768e965d073ca313cb52e22e6ad03"
 	if ts != "1700000000" {
@@ -155,7 +154,7 @@ func TestWebhookRateLimit(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := &clock{t: time.Unix(1_790_000_000, 0)}
-			srv := serve(t, ingest.Options{Tokens: []string{token}, Publisher: &fakePublisher{}, RateLimit: tt.rate, RateBurst: tt.burst, Now: clk.Now})
+			srv := serve(t, web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, RateLimit: tt.rate, RateBurst: tt.burst, Now: clk.Now})
 			for i, s := range tt.steps {
 				clk.Advance(s.wait)
 				var ok, limited int
@@ -190,7 +189,7 @@ type step struct {
 // balancer's address does not share one among all of them.
 func TestWebhookRateLimitBehindProxy(t *testing.T) {
 	clk := &clock{t: time.Unix(1_790_000_000, 0)}
-	srv := serve(t, ingest.Options{Tokens: []string{token}, Publisher: &fakePublisher{}, RateLimit: 1, RateBurst: 2, Now: clk.Now,
+	srv := serve(t, web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, RateLimit: 1, RateBurst: 2, Now: clk.Now,
 		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}})
 	send := func(client string) int {
 		t.Helper()

@@ -1,7 +1,7 @@
 // Package ingest is the webhook Orthanc's Lua script posts stable-study
 // events to: it authenticates, validates and publishes them to JetStream,
 // and answers only once JetStream has stored the event.
-package ingest
+package web
 
 import (
 	"bytes"
@@ -26,7 +26,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/ops"
 )
 
 // MaxBodyBytes bounds a webhook body; an event is a few hundred bytes.
@@ -48,8 +47,8 @@ func (p JetStreamPublisher) Publish(ctx context.Context, ev *events.StudyStable)
 	return events.Publish(ctx, p.JS, ev)
 }
 
-// Options configures the handler.
-type Options struct {
+// WebhookOptions configures the handler.
+type WebhookOptions struct {
 	// Tokens are the accepted bearer tokens (several, for rotation).
 	Tokens []string
 	// HMACSecret, when not empty, also requires a signature of the body
@@ -72,8 +71,8 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Handler serves the webhook.
-type Handler struct {
+// Webhook serves the webhook.
+type Webhook struct {
 	tokens  [][32]byte
 	hmacKey []byte
 	maxSkew time.Duration
@@ -86,15 +85,15 @@ type Handler struct {
 	m       *metrics
 }
 
-// New validates opts and returns the webhook handler.
-func New(opts Options) (*Handler, error) {
+// NewWebhook validates opts and returns the webhook handler.
+func NewWebhook(opts WebhookOptions) (*Webhook, error) {
 	if len(opts.Tokens) == 0 {
 		return nil, errors.New("ingest: at least one token is required")
 	}
 	if opts.Publisher == nil {
 		return nil, errors.New("ingest: a publisher is required")
 	}
-	h := &Handler{
+	h := &Webhook{
 		pub:     opts.Publisher,
 		timeout: opts.PublishTimeout,
 		log:     opts.Logger,
@@ -141,7 +140,7 @@ func New(opts Options) (*Handler, error) {
 }
 
 // Mount adds the webhook route to r.
-func (h *Handler) Mount(r chi.Router) {
+func (h *Webhook) Mount(r chi.Router) {
 	r.Post(WebhookPath, h.serveWebhook)
 }
 
@@ -153,7 +152,7 @@ type accepted struct {
 	MsgID     string `json:"msgId"`
 }
 
-func (h *Handler) serveWebhook(w http.ResponseWriter, r *http.Request) {
+func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	if h.limit != nil {
 		if ok, wait := h.limit.allow(clientIP(r, h.proxies)); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
@@ -216,7 +215,7 @@ func (h *Handler) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	h.log.Info("event accepted", "source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
 		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
 		"stream_seq", ack.Sequence, "duplicate", ack.Duplicate)
-	ops.WriteJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})
+	WriteJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})
 }
 
 // decodeEvent reads one JSON event and validates it; on error it returns the
@@ -264,7 +263,7 @@ func jsonProblem(err error) string {
 	return msg
 }
 
-func (h *Handler) authorized(r *http.Request) bool {
+func (h *Webhook) authorized(r *http.Request) bool {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || token == "" {
 		return false
@@ -277,11 +276,11 @@ func (h *Handler) authorized(r *http.Request) bool {
 	return match == 1
 }
 
-func (h *Handler) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
+func (h *Webhook) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
 	h.m.rejected.WithLabelValues(reason).Inc()
 	h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", msg)
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="stowline"`)
 	}
-	ops.WriteError(w, status, msg)
+	WriteError(w, status, msg)
 }

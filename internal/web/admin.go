@@ -1,4 +1,4 @@
-package replay
+package web
 
 import (
 	"crypto/sha256"
@@ -15,12 +15,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/deadletter"
-	"github.com/stowline/stowline/ops"
 )
 
-// API is the admin HTTP API over dead letters, behind its own bearer
+// AdminAPI is the admin HTTP AdminAPI over dead letters, behind its own bearer
 // token (never the webhook's).
-type API struct {
+type AdminAPI struct {
 	Store *deadletter.Store
 	JS    jetstream.JetStream
 	Token string
@@ -34,7 +33,7 @@ type API struct {
 //	POST /admin/deadletters/replay     {"study":…, "all":true, "dryRun":true, …}
 //	POST /admin/deadletters/purge      same body
 //	POST /admin/reforward              {"since":…, "until":…, "dryRun":true}
-func (a *API) Mount(r chi.Router) {
+func (a *AdminAPI) Mount(r chi.Router) {
 	want := sha256.Sum256([]byte(a.Token))
 	r.Route("/admin", func(r chi.Router) {
 		r.Use(func(next http.Handler) http.Handler {
@@ -43,7 +42,7 @@ func (a *API) Mount(r chi.Router) {
 				got := sha256.Sum256([]byte(tok))
 				if !ok || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 					w.Header().Set("WWW-Authenticate", `Bearer realm="stowline-admin"`)
-					ops.WriteError(w, http.StatusUnauthorized, "missing or invalid admin bearer token")
+					WriteError(w, http.StatusUnauthorized, "missing or invalid admin bearer token")
 					return
 				}
 				next.ServeHTTP(w, req)
@@ -57,13 +56,13 @@ func (a *API) Mount(r chi.Router) {
 	})
 }
 
-func (a *API) list(w http.ResponseWriter, r *http.Request) {
+func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	args := FilterArgs{Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
+	args := deadletter.FilterArgs{Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
 		Class: q.Get("class"), Reason: q.Get("reason"), Since: q.Get("since")}
 	f, err := args.Filter()
 	if err != nil {
-		ops.WriteError(w, http.StatusBadRequest, err.Error())
+		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if f.Empty() {
@@ -74,33 +73,33 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, "list dead letters", err)
 		return
 	}
-	ops.WriteJSON(w, http.StatusOK, map[string]any{"entries": nonNil(entries)})
+	WriteJSON(w, http.StatusOK, map[string]any{"entries": entries})
 }
 
-func (a *API) show(w http.ResponseWriter, r *http.Request) {
+func (a *AdminAPI) show(w http.ResponseWriter, r *http.Request) {
 	seq, err := strconv.ParseUint(chi.URLParam(r, "seq"), 10, 64)
 	if err != nil || seq == 0 {
-		ops.WriteError(w, http.StatusBadRequest, "seq: not a dead-letter sequence number")
+		WriteError(w, http.StatusBadRequest, "seq: not a dead-letter sequence number")
 		return
 	}
 	e, err := a.Store.Get(r.Context(), seq)
 	if errors.Is(err, deadletter.ErrNotFound) {
-		ops.WriteError(w, http.StatusNotFound, err.Error())
+		WriteError(w, http.StatusNotFound, err.Error())
 		return
 	}
 	if err != nil {
 		a.fail(w, "show dead letter", err)
 		return
 	}
-	ops.WriteJSON(w, http.StatusOK, e)
+	WriteJSON(w, http.StatusOK, e)
 }
 
 type mutateRequest struct {
-	FilterArgs
+	deadletter.FilterArgs
 	DryRun bool `json:"dryRun"`
 }
 
-func (a *API) mutate(replay bool) http.HandlerFunc {
+func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req mutateRequest
 		if !decodeBody(w, r, &req) {
@@ -108,11 +107,11 @@ func (a *API) mutate(replay bool) http.HandlerFunc {
 		}
 		f, err := req.Filter()
 		if err != nil {
-			ops.WriteError(w, http.StatusBadRequest, err.Error())
+			WriteError(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		if f.Empty() {
-			ops.WriteError(w, http.StatusBadRequest, "give a filter (seq, study, orthancStudyId, class, reason, since) or \"all\": true")
+			WriteError(w, http.StatusBadRequest, "give a filter (seq, study, orthancStudyId, class, reason, since) or \"all\": true")
 			return
 		}
 		op, what := a.Store.Purge, "purge"
@@ -127,7 +126,7 @@ func (a *API) mutate(replay bool) http.HandlerFunc {
 		if !req.DryRun {
 			a.Log.Info("dead letters "+what+"ed through the admin API", "count", len(entries), "remote", r.RemoteAddr)
 		}
-		ops.WriteJSON(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": nonNil(entries)})
+		WriteJSON(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": entries})
 	}
 }
 
@@ -137,28 +136,28 @@ type reforwardRequest struct {
 	DryRun bool   `json:"dryRun"`
 }
 
-func (a *API) reforward(w http.ResponseWriter, r *http.Request) {
+func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 	var req reforwardRequest
 	if !decodeBody(w, r, &req) {
 		return
 	}
 	if req.Since == "" {
-		ops.WriteError(w, http.StatusBadRequest, "since: is required")
+		WriteError(w, http.StatusBadRequest, "since: is required")
 		return
 	}
-	since, err := ParseTime(req.Since)
+	since, err := deadletter.ParseTime(req.Since)
 	if err != nil {
-		ops.WriteError(w, http.StatusBadRequest, "since: "+err.Error())
+		WriteError(w, http.StatusBadRequest, "since: "+err.Error())
 		return
 	}
 	var until time.Time
 	if req.Until != "" {
-		if until, err = ParseTime(req.Until); err != nil {
-			ops.WriteError(w, http.StatusBadRequest, "until: "+err.Error())
+		if until, err = deadletter.ParseTime(req.Until); err != nil {
+			WriteError(w, http.StatusBadRequest, "until: "+err.Error())
 			return
 		}
 		if !until.After(since) {
-			ops.WriteError(w, http.StatusBadRequest, "until: must be after since")
+			WriteError(w, http.StatusBadRequest, "until: must be after since")
 			return
 		}
 	}
@@ -167,20 +166,20 @@ func (a *API) reforward(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, "reforward", err)
 		return
 	}
-	ops.WriteJSON(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs})
+	WriteJSON(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs})
 }
 
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		ops.WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
 		return false
 	}
 	return true
 }
 
-func (a *API) fail(w http.ResponseWriter, what string, err error) {
+func (a *AdminAPI) fail(w http.ResponseWriter, what string, err error) {
 	a.Log.Error(what+" failed", "err", err)
-	ops.WriteError(w, http.StatusServiceUnavailable, what+": "+err.Error())
+	WriteError(w, http.StatusServiceUnavailable, what+": "+err.Error())
 }

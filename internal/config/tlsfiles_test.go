@@ -1,4 +1,4 @@
-package tlsconf
+package config
 
 import (
 	"errors"
@@ -24,18 +24,18 @@ func TestMutualTLS(t *testing.T) {
 
 	tests := []struct {
 		name    string
-		files   Files
+		files   TLSFiles
 		wantErr string // substring of the request error; "" means success
 	}{
-		{name: "custom CA and client certificate", files: Files{CAFile: serverCA.CAFile, CertFile: certFile, KeyFile: keyFile}},
-		{name: "no client certificate", files: Files{CAFile: serverCA.CAFile}, wantErr: "certificate required"},
-		{name: "client certificate of an unknown CA", files: Files{CAFile: serverCA.CAFile, CertFile: otherCert, KeyFile: otherKey}, wantErr: "unknown certificate authority"},
-		{name: "server of a private CA without TLS_CA_FILE", files: Files{CertFile: certFile, KeyFile: keyFile}, wantErr: "unknown authority"},
-		{name: "insecure skip verify", files: Files{CertFile: certFile, KeyFile: keyFile, InsecureSkipVerify: true}},
+		{name: "custom CA and client certificate", files: TLSFiles{CAFile: serverCA.CAFile, CertFile: certFile, KeyFile: keyFile}},
+		{name: "no client certificate", files: TLSFiles{CAFile: serverCA.CAFile}, wantErr: "certificate required"},
+		{name: "client certificate of an unknown CA", files: TLSFiles{CAFile: serverCA.CAFile, CertFile: otherCert, KeyFile: otherKey}, wantErr: "unknown certificate authority"},
+		{name: "server of a private CA without TLS_CA_FILE", files: TLSFiles{CertFile: certFile, KeyFile: keyFile}, wantErr: "unknown authority"},
+		{name: "insecure skip verify", files: TLSFiles{CertFile: certFile, KeyFile: keyFile, InsecureSkipVerify: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := New(tt.files)
+			cfg, err := NewTLSConfig(tt.files)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -100,22 +100,22 @@ func TestNewErrors(t *testing.T) {
 	_, certFile, _ := ca.Issue(t, "c", false)
 	tests := []struct {
 		name  string
-		files Files
+		files TLSFiles
 		want  string
 	}{
-		{"missing CA file", Files{CAFile: filepath.Join(dir, "none.pem")}, "CA file"},
-		{"CA file without certificates", Files{CAFile: notPEM}, "no PEM certificate"},
-		{"certificate without key", Files{CertFile: certFile}, "both"},
-		{"key that is not a key", Files{CertFile: certFile, KeyFile: notPEM}, "client certificate"},
+		{"missing CA file", TLSFiles{CAFile: filepath.Join(dir, "none.pem")}, "CA file"},
+		{"CA file without certificates", TLSFiles{CAFile: notPEM}, "no PEM certificate"},
+		{"certificate without key", TLSFiles{CertFile: certFile}, "both"},
+		{"key that is not a key", TLSFiles{CertFile: certFile, KeyFile: notPEM}, "client certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := New(tt.files); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+			if _, err := NewTLSConfig(tt.files); !errors.Is(err, ErrInvalidTLS) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
 	}
-	if cfg, err := New(Files{}); cfg != nil || err != nil {
+	if cfg, err := NewTLSConfig(TLSFiles{}); cfg != nil || err != nil {
 		t.Errorf("zero Files: %v, %v", cfg, err)
 	}
 }

@@ -1,9 +1,8 @@
-package replay
+package app
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,20 +16,10 @@ import (
 	"github.com/stowline/stowline/internal/deadletter"
 )
 
-// ErrUsage matches (errors.Is) a command-line mistake; the message says
-// what to fix.
-var ErrUsage = errors.New("usage error")
-
-type usageError struct{ err error }
-
-func (e *usageError) Error() string        { return e.err.Error() }
-func (e *usageError) Unwrap() error        { return e.err }
-func (e *usageError) Is(target error) bool { return target == ErrUsage }
-
 func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(format, args...)} }
 
-// Usage is the command's help text.
-const Usage = `Usage: forwarder replay COMMAND [flags]
+// replayUsage is the command's help text.
+const replayUsage = `replayUsage: forwarder replay COMMAND [flags]
 
 Commands:
   list     [filters] [--json]          list dead-lettered studies (all if no filter)
@@ -53,8 +42,8 @@ Filters:
 Connects to NATS_URL (see forwarder -h). Exit status: 0 done, 1 failed, 2 bad arguments.
 `
 
-// CLI runs the replay commands against JetStream.
-type CLI struct {
+// replayCLI runs the replay commands against JetStream.
+type replayCLI struct {
 	Store  *deadletter.Store
 	JS     jetstream.JetStream
 	Stdout io.Writer
@@ -62,9 +51,9 @@ type CLI struct {
 }
 
 // Run executes one command line (without the leading "replay").
-func (c *CLI) Run(ctx context.Context, args []string) error {
+func (c *replayCLI) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return usagef("a command is required\n\n%s", Usage)
+		return usagef("a command is required\n\n%s", replayUsage)
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
@@ -79,19 +68,19 @@ func (c *CLI) Run(ctx context.Context, args []string) error {
 	case "reforward":
 		return c.reforward(ctx, rest)
 	case "help", "-h", "--help":
-		fmt.Fprint(c.Stdout, Usage)
+		fmt.Fprint(c.Stdout, replayUsage)
 		return nil
 	}
-	return usagef("unknown command %q\n\n%s", cmd, Usage)
+	return usagef("unknown command %q\n\n%s", cmd, replayUsage)
 }
 
-func newFlags(name string) *flag.FlagSet {
+func replayFlags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("replay "+name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	return fs
 }
 
-func filterFlags(fs *flag.FlagSet, a *FilterArgs) {
+func filterFlags(fs *flag.FlagSet, a *deadletter.FilterArgs) {
 	fs.StringVar(&a.Seq, "seq", "", "dead-letter sequence number")
 	fs.StringVar(&a.Study, "study", "", "StudyInstanceUID")
 	fs.StringVar(&a.OrthancStudyID, "orthanc-id", "", "Orthanc study ID")
@@ -101,9 +90,9 @@ func filterFlags(fs *flag.FlagSet, a *FilterArgs) {
 	fs.BoolVar(&a.All, "all", false, "every dead letter")
 }
 
-func parse(fs *flag.FlagSet, args []string) error {
+func parseReplayFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
-		return usagef("%s: %v\n\n%s", fs.Name(), err, Usage)
+		return usagef("%s: %v\n\n%s", fs.Name(), err, replayUsage)
 	}
 	if fs.NArg() > 0 {
 		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
@@ -111,12 +100,12 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func (c *CLI) list(ctx context.Context, args []string) error {
-	fs := newFlags("list")
-	var a FilterArgs
+func (c *replayCLI) list(ctx context.Context, args []string) error {
+	fs := replayFlags("list")
+	var a deadletter.FilterArgs
 	filterFlags(fs, &a)
 	asJSON := fs.Bool("json", false, "JSON output")
-	if err := parse(fs, args); err != nil {
+	if err := parseReplayFlags(fs, args); err != nil {
 		return err
 	}
 	f, err := a.Filter()
@@ -131,14 +120,14 @@ func (c *CLI) list(ctx context.Context, args []string) error {
 		return err
 	}
 	if *asJSON {
-		return writeJSON(c.Stdout, nonNil(entries))
+		return writeJSON(c.Stdout, entries)
 	}
 	writeTable(c.Stdout, entries)
 	return nil
 }
 
-func (c *CLI) show(ctx context.Context, args []string) error {
-	fs := newFlags("show")
+func (c *replayCLI) show(ctx context.Context, args []string) error {
+	fs := replayFlags("show")
 	asJSON := fs.Bool("json", false, "JSON output")
 	// Accept the sequence before or after the flags.
 	var seqArg string
@@ -185,13 +174,13 @@ func (c *CLI) show(ctx context.Context, args []string) error {
 	return w.Flush()
 }
 
-func (c *CLI) mutate(ctx context.Context, name string, args []string) error {
-	fs := newFlags(name)
-	var a FilterArgs
+func (c *replayCLI) mutate(ctx context.Context, name string, args []string) error {
+	fs := replayFlags(name)
+	var a deadletter.FilterArgs
 	filterFlags(fs, &a)
 	dryRun := fs.Bool("dry-run", false, "only say what would be done")
 	asJSON := fs.Bool("json", false, "JSON output")
-	if err := parse(fs, args); err != nil {
+	if err := parseReplayFlags(fs, args); err != nil {
 		return err
 	}
 	f, err := a.Filter()
@@ -210,7 +199,7 @@ func (c *CLI) mutate(ctx context.Context, name string, args []string) error {
 		verb = "would be " + verb
 	}
 	if *asJSON {
-		if jerr := writeJSON(c.Stdout, map[string]any{"dryRun": *dryRun, "entries": nonNil(entries)}); jerr != nil {
+		if jerr := writeJSON(c.Stdout, map[string]any{"dryRun": *dryRun, "entries": entries}); jerr != nil {
 			return jerr
 		}
 	} else {
@@ -220,24 +209,24 @@ func (c *CLI) mutate(ctx context.Context, name string, args []string) error {
 	return err
 }
 
-func (c *CLI) reforward(ctx context.Context, args []string) error {
-	fs := newFlags("reforward")
+func (c *replayCLI) reforward(ctx context.Context, args []string) error {
+	fs := replayFlags("reforward")
 	since := fs.String("since", "", "start of the window")
 	until := fs.String("until", "", "end of the window (default now)")
 	dryRun := fs.Bool("dry-run", false, "only say what would be done")
-	if err := parse(fs, args); err != nil {
+	if err := parseReplayFlags(fs, args); err != nil {
 		return err
 	}
 	if *since == "" {
 		return usagef("reforward: --since is required")
 	}
-	from, err := ParseTime(*since)
+	from, err := deadletter.ParseTime(*since)
 	if err != nil {
 		return usagef("reforward: since: %w", err)
 	}
 	var to time.Time
 	if *until != "" {
-		if to, err = ParseTime(*until); err != nil {
+		if to, err = deadletter.ParseTime(*until); err != nil {
 			return usagef("reforward: until: %w", err)
 		}
 		if !to.After(from) {
@@ -273,13 +262,6 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-func nonNil(e []deadletter.Entry) []deadletter.Entry {
-	if e == nil {
-		return []deadletter.Entry{}
-	}
-	return e
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -1,4 +1,4 @@
-package ingest_test
+package web_test
 
 import (
 	"context"
@@ -13,8 +13,8 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/ingest"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/internal/web"
 )
 
 const token = "test-token-0123456789"
@@ -23,9 +23,9 @@ const validBody = `{"type":"orthanc.study.stable","version":1,"source":"orthanc-
 	`"orthancStudyId":"27f7126f-4f66fb14-03f4081b-f9341db2-53925988",` +
 	`"studyInstanceUid":"1.2.840.113619.2.1.2411.1031152382.365.1.736169244","lastUpdate":"20261126T101500"}`
 
-func newServer(t *testing.T, pub ingest.Publisher) *httptest.Server {
+func newServer(t *testing.T, pub web.Publisher) *httptest.Server {
 	t.Helper()
-	h, err := ingest.New(ingest.Options{Tokens: []string{"old-token-rotating-out", token}, Publisher: pub, PublishTimeout: 2 * time.Second})
+	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{"old-token-rotating-out", token}, Publisher: pub, PublishTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func newServer(t *testing.T, pub ingest.Publisher) *httptest.Server {
 
 func post(t *testing.T, url, contentType, auth, body string) (int, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url+ingest.WebhookPath, strings.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, url+web.WebhookPath, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func post(t *testing.T, url, contentType, auth, body string) (int, map[string]an
 
 func TestWebhook(t *testing.T) {
 	ns := testnats.Start(t)
-	srv := newServer(t, ingest.JetStreamPublisher{JS: ns.JS})
+	srv := newServer(t, web.JetStreamPublisher{JS: ns.JS})
 	bearer := "Bearer " + token
 
 	tests := []struct {
@@ -87,7 +87,7 @@ func TestWebhook(t *testing.T) {
 		{"missing field", "application/json", bearer, strings.Replace(validBody, `"source":"orthanc-a",`, ``, 1), 400, `"source"`},
 		{"traversal id", "application/json", bearer, strings.Replace(validBody, `27f7126f-4f66fb14-03f4081b-f9341db2-53925988`, `../../tools/reset`, 1), 400, `"orthancStudyId"`},
 		{"receivedAt from sender", "application/json", bearer, strings.Replace(validBody, `{`, `{"receivedAt":"2026-01-01T00:00:00Z",`, 1), 400, "receivedAt"},
-		{"too large", "application/json", bearer, `{"type":"` + strings.Repeat("x", ingest.MaxBodyBytes) + `"}`, 413, "larger than"},
+		{"too large", "application/json", bearer, `{"type":"` + strings.Repeat("x", web.MaxBodyBytes) + `"}`, 413, "larger than"},
 		{"accepted", "application/json; charset=utf-8", bearer, validBody, 202, ""},
 	}
 	for _, tt := range tests {
@@ -146,7 +146,7 @@ func TestWebhook(t *testing.T) {
 
 func TestWebhookJetStreamDown(t *testing.T) {
 	ns := testnats.Start(t)
-	srv := newServer(t, ingest.JetStreamPublisher{JS: ns.JS})
+	srv := newServer(t, web.JetStreamPublisher{JS: ns.JS})
 	ns.Shutdown() // a real outage: the server is gone
 	status, body := post(t, srv.URL, "application/json", "Bearer "+token, validBody)
 	if status != http.StatusServiceUnavailable {

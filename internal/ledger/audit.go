@@ -2,7 +2,7 @@
 // the studies present in each Orthanc source that have no record of a
 // completed forward of their current state (the ledger), and can publish
 // their events so the forwarders send them.
-package audit
+package ledger
 
 import (
 	"context"
@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -24,9 +23,10 @@ type Orthanc interface {
 	Studies(ctx context.Context, since, limit int) ([]orthancapi.Study, error)
 }
 
-// Ledger tells which forwards completed (ledger.Ledger).
-type Ledger interface {
-	Lookup(ctx context.Context, source, orthancStudyID string) (ledger.Record, error)
+// Records tells which forwards completed (*Ledger, or none before any
+// forwarder created the bucket).
+type Records interface {
+	Lookup(ctx context.Context, source, orthancStudyID string) (Record, error)
 }
 
 // Publisher stores an event in the event stream (events.Publish).
@@ -86,7 +86,7 @@ type Summary struct {
 // Options configures an Auditor.
 type Options struct {
 	Sources []Source
-	Ledger  Ledger
+	Ledger  Records
 	// Publisher is required to enqueue.
 	Publisher Publisher
 	// PageSize is how many studies one GET /studies reads (default 500).
@@ -193,7 +193,7 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 	f = Finding{Source: source, OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID, LastUpdate: st.LastUpdate, Reason: ReasonNeverForwarded}
 	rec, err := a.opts.Ledger.Lookup(ctx, source, st.ID)
 	switch {
-	case errors.Is(err, ledger.ErrNotRecorded):
+	case errors.Is(err, ErrNotRecorded):
 	case err != nil:
 		return Finding{}, false, err
 	case rec.LastUpdate >= st.LastUpdate:

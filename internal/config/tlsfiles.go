@@ -2,7 +2,7 @@
 // connections to a destination and its token endpoint: an extra CA bundle
 // for private PKI, a client certificate for mutual TLS, and, only when
 // explicitly asked for, no verification at all.
-package tlsconf
+package config
 
 import (
 	"crypto/tls"
@@ -14,11 +14,11 @@ import (
 	"time"
 )
 
-// ErrInvalid reports unusable TLS files or settings.
-var ErrInvalid = errors.New("tlsconf: invalid TLS configuration")
+// ErrInvalidTLS reports unusable TLS files or settings.
+var ErrInvalidTLS = errors.New("invalid TLS configuration")
 
-// Files names the PEM files of a TLS client configuration.
-type Files struct {
+// TLSFiles names the PEM files of a TLS client configuration.
+type TLSFiles struct {
 	// CAFile holds CA certificates trusted in addition to the system's.
 	CAFile string
 	// CertFile and KeyFile hold the client certificate (with its chain)
@@ -33,12 +33,12 @@ type Files struct {
 }
 
 // IsZero reports whether f asks for nothing beyond Go's defaults.
-func (f Files) IsZero() bool { return f == Files{} }
+func (f TLSFiles) IsZero() bool { return f == TLSFiles{} }
 
-// New returns the TLS configuration f describes, or nil when f is zero
+// NewTLSConfig returns the TLS configuration f describes, or nil when f is zero
 // (Go's defaults: system roots, no client certificate). Files are read now,
 // so a bad one fails at startup; errors name the file, never its content.
-func New(f Files) (*tls.Config, error) {
+func NewTLSConfig(f TLSFiles) (*tls.Config, error) {
 	if f.IsZero() {
 		return nil, nil
 	}
@@ -50,10 +50,10 @@ func New(f Files) (*tls.Config, error) {
 		}
 		pem, err := os.ReadFile(f.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("%w: CA file: %w", ErrInvalid, err)
+			return nil, fmt.Errorf("%w: CA file: %w", ErrInvalidTLS, err)
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: CA file %s holds no PEM certificate", ErrInvalid, f.CAFile)
+			return nil, fmt.Errorf("%w: CA file %s holds no PEM certificate", ErrInvalidTLS, f.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
@@ -65,7 +65,7 @@ func New(f Files) (*tls.Config, error) {
 		}
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.get() }
 	case f.CertFile != "" || f.KeyFile != "":
-		return nil, fmt.Errorf("%w: a client certificate needs both the certificate and the key file", ErrInvalid)
+		return nil, fmt.Errorf("%w: a client certificate needs both the certificate and the key file", ErrInvalidTLS)
 	}
 	return cfg, nil
 }
@@ -100,7 +100,7 @@ func (k *keyPair) get() (*tls.Certificate, error) {
 	}
 	cert, err := tls.LoadX509KeyPair(k.certFile, k.keyFile)
 	if err != nil {
-		err = fmt.Errorf("%w: client certificate %s / key %s: %w", ErrInvalid, k.certFile, k.keyFile, err)
+		err = fmt.Errorf("%w: client certificate %s / key %s: %w", ErrInvalidTLS, k.certFile, k.keyFile, err)
 		if k.cert != nil {
 			// A renewal half-written: keep using the previous pair.
 			return k.cert, nil

@@ -1,4 +1,4 @@
-package audit_test
+package ledger_test
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/stowline/stowline/audit"
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/ledger"
@@ -37,10 +36,10 @@ func upload(t *testing.T, o *testharness.Orthanc, uid string, n int) string {
 	return uid
 }
 
-func run(t *testing.T, a *audit.Auditor, enqueue bool) (map[string]audit.Finding, audit.Summary) {
+func run(t *testing.T, a *ledger.Auditor, enqueue bool) (map[string]ledger.Finding, ledger.Summary) {
 	t.Helper()
-	found := map[string]audit.Finding{}
-	sum, err := a.Run(context.Background(), enqueue, func(f audit.Finding) error {
+	found := map[string]ledger.Finding{}
+	sum, err := a.Run(context.Background(), enqueue, func(f ledger.Finding) error {
 		found[f.StudyInstanceUID] = f
 		return nil
 	})
@@ -62,8 +61,8 @@ func TestAudit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := audit.New(audit.Options{
-		Sources:   []audit.Source{{Name: "src", Orthanc: client}},
+	a, err := ledger.New(ledger.Options{
+		Sources:   []ledger.Source{{Name: "src", Orthanc: client}},
 		Ledger:    led,
 		Publisher: publisher{ns.JS},
 		PageSize:  1, // every study on its own page
@@ -90,10 +89,10 @@ func TestAudit(t *testing.T) {
 		}
 	}
 	found, sum := run(t, a, false)
-	if len(found) != 1 || found[never].Reason != audit.ReasonNeverForwarded {
+	if len(found) != 1 || found[never].Reason != ledger.ReasonNeverForwarded {
 		t.Fatalf("findings = %+v, want only %s", found, never)
 	}
-	if sum != (audit.Summary{Studies: 3, Forwarded: 2, Findings: 1}) {
+	if sum != (ledger.Summary{Studies: 3, Forwarded: 2, Findings: 1}) {
 		t.Errorf("summary = %+v", sum)
 	}
 
@@ -104,7 +103,7 @@ func TestAudit(t *testing.T) {
 	o.WaitStable(t, 20*time.Second)
 	upload(t, o, "", 1)
 	found, sum = run(t, a, true)
-	if len(found) != 2 || found[changed].Reason != audit.ReasonChanged || found[changed].ForwardedLastUpdate == "" ||
+	if len(found) != 2 || found[changed].Reason != ledger.ReasonChanged || found[changed].ForwardedLastUpdate == "" ||
 		found[changed].ForwardedLastUpdate >= found[changed].LastUpdate {
 		t.Fatalf("findings = %+v, want %s changed since its forward and %s", found, changed, never)
 	}

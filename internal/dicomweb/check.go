@@ -3,7 +3,7 @@
 // (an OAuth2 token, or AWS credentials for SigV4), reports what can be said
 // of it without showing it, and makes one authenticated, read-only request
 // to the destination's DICOMweb API.
-package preflight
+package dicomweb
 
 import (
 	"context"
@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // ErrFailed is returned (wrapped) when the check did not pass.
@@ -126,16 +125,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		return r, nil
 	case resp.StatusCode == http.StatusUnauthorized:
-		r.Detail = firstNonEmpty(snippet([]byte(resp.Header.Get("WWW-Authenticate"))), snippet(body))
+		r.Detail = firstNonEmpty(redactedSnippet([]byte(resp.Header.Get("WWW-Authenticate"))), redactedSnippet(body))
 		r.Verdict = "FAIL: the destination refused the credential (401): check the scope or audience the token is for, and that the destination trusts this identity provider."
 	case resp.StatusCode == http.StatusForbidden:
-		r.Detail = snippet(body)
+		r.Detail = redactedSnippet(body)
 		r.Verdict = "FAIL: authenticated, but not allowed (403): grant the identity its role on the destination (Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:SearchDICOMStudies and StoreDICOM)."
 	case resp.StatusCode == http.StatusNotFound:
-		r.Detail = snippet(body)
+		r.Detail = redactedSnippet(body)
 		r.Verdict = "FAIL: no DICOMweb service at DICOMWEB_URL (404): check the base URL (it must be the one {DICOMWEB_URL}/studies is under)."
 	default:
-		r.Detail = snippet(body)
+		r.Detail = redactedSnippet(body)
 		r.Verdict = fmt.Sprintf("FAIL: the destination answered %s.", resp.Status)
 	}
 	return r, fmt.Errorf("%w: %s", ErrFailed, resp.Status)
@@ -211,12 +210,7 @@ func firstNonEmpty(vs ...string) string {
 // jwtPattern matches compact JWTs, which an answer might echo.
 var jwtPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)
 
-// snippet is the start of a body, on one line, without tokens.
-func snippet(b []byte) string {
-	s := strings.Join(strings.Fields(strings.ToValidUTF8(string(b), "?")), " ")
-	s = jwtPattern.ReplaceAllString(s, "[REDACTED JWT]")
-	if utf8.RuneCountInString(s) > 300 {
-		s = string([]rune(s)[:300]) + "..."
-	}
-	return s
+// redactedSnippet is the start of a body, on one line, without tokens.
+func redactedSnippet(b []byte) string {
+	return jwtPattern.ReplaceAllString(snippet(b, 300), "[REDACTED JWT]")
 }

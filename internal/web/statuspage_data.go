@@ -1,4 +1,4 @@
-package ui
+package web
 
 import (
 	"context"
@@ -58,7 +58,7 @@ func (p *pageData) InFlightCount() int { return len(p.InFlight) }
 
 // load reads everything the page shows, in parallel; a part that fails
 // is shown as an error in its section, the rest still renders.
-func (h *Handler) load(ctx context.Context) *pageData {
+func (h *StatusPage) load(ctx context.Context) *pageData {
 	p := &pageData{Now: time.Now().UTC(), SingleHost: h.opts.SingleHost}
 	var wg sync.WaitGroup
 	wg.Go(func() {
