@@ -1,13 +1,18 @@
 // Package events defines the event stowline moves through NATS JetStream:
-// "this Orthanc study is stable and must be forwarded". It owns the wire
-// format, its validation, the subjects and the JetStream topology.
+// "this Orthanc study is stable and must be forwarded": its wire format,
+// its validation and its de-duplication ID. Where it is stored is
+// internal/natsjs.
 package events
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TypeStudyStable is the only event type of version 1.
@@ -170,6 +175,22 @@ func (e *StudyStable) MsgID() string {
 	return e.Source + "/" + e.OrthancStudyID + "/" + e.LastUpdate
 }
 
-// Subject is where the event is published: one subject per source, so
-// consumers and operators can filter by source.
-func (e *StudyStable) Subject() string { return SubjectPrefix + e.Source }
+// Decode parses and validates an event read from the stream.
+func Decode(data []byte) (*StudyStable, error) {
+	var ev StudyStable
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := ev.Validate(); err != nil {
+		return nil, err
+	}
+	return &ev, nil
+}
+
+// Publisher stores events in the event stream: the webhook, the
+// reconciler and the audit publish through it (natsjs.Publisher).
+// PubAck.Duplicate is true when the stream dropped the event as a repeat
+// of one still inside its dedupe window.
+type Publisher interface {
+	Publish(ctx context.Context, ev *StudyStable) (*jetstream.PubAck, error)
+}

@@ -6,7 +6,7 @@ import (
 )
 
 // FuzzDecode: no input makes Decode panic, and whatever it accepts is safe
-// to turn into a NATS subject and a de-duplication ID.
+// to turn into a NATS subject token (the source) and a de-duplication ID.
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"type":"orthanc.study.stable","version":1,"source":"orthanc-a","orthancStudyId":"27f7126f-4f66fb14-03f4081b-f9341db2-53925988","studyInstanceUid":"1.2.840.113619.2.1.2411.1031152382.365.1.736169244","lastUpdate":"20261126T101500"}`))
 	f.Add([]byte(`{"type":"orthanc.study.stable","version":1,"source":"a.b","orthancStudyId":"../../tools/reset","studyInstanceUid":"1.2","lastUpdate":"x"}`))
@@ -19,12 +19,12 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, s := range []string{ev.Subject(), ev.MsgID()} {
+		for _, s := range []string{ev.Source, ev.MsgID()} {
 			if strings.ContainsAny(s, " \t\r\n*>\x00") {
 				t.Fatalf("accepted event gives unsafe subject or ID %q", s)
 			}
 		}
-		if strings.Count(ev.Subject(), ".") != strings.Count(SubjectPrefix, ".") {
+		if strings.Contains(ev.Source, ".") {
 			t.Fatalf("source %q adds subject tokens", ev.Source)
 		}
 		if strings.Contains(ev.OrthancStudyID, "/") || strings.Contains(ev.OrthancStudyID, "%") {

@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"github.com/stowline/stowline/internal/ledger"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stowline/stowline/internal/ledger"
 )
 
 // runAudit runs `forwarder audit args...` (the real command) and returns

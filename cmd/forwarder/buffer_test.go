@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // Buffer mode (FORWARDER_DELETE_FROM_SOURCE) against real Orthanc servers:
@@ -63,7 +64,7 @@ func (r *rig) publishAs(t *testing.T, studyID, lastUpdate string) *events.StudyS
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := events.Publish(ctx, r.js, ev); err != nil {
+	if _, err := (natsjs.Publisher{JS: r.js}).Publish(ctx, ev); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
 	return ev

@@ -19,6 +19,7 @@ import (
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/faultproxy"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/internal/web"
@@ -95,8 +96,8 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 			worst = n
 		}
 	}
-	cluster.MoveLeader(t, js, nc, events.StreamName, "", worst.Name)
-	cluster.MoveLeader(t, js, nc, events.StreamName, events.ConsumerName, worst.Name)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", worst.Name)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, natsjs.ForwarderConsumer, worst.Name)
 
 	// A slow link keeps studies in flight when the node goes: about 0.4 s
 	// a study, four at a time.
@@ -110,7 +111,7 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 	if victim == nil {
 		t.Fatalf("event stream leader %q is not a node of the cluster", info.Cluster.Leader)
 	}
-	consumerLeader, _ := testnats.Leader(js, events.StreamName, events.ConsumerName)
+	consumerLeader, _ := testnats.Leader(js, natsjs.EventStream, natsjs.ForwarderConsumer)
 	clients := victim.ClientsNamed("stowline")
 	victim.Kill()
 	killedAt := time.Now()
@@ -321,7 +322,7 @@ func eventStreamInfo(t *testing.T, js jetstream.JetStream) *jetstream.StreamInfo
 	var err error
 	for ctx.Err() == nil {
 		var s jetstream.Stream
-		if s, err = js.Stream(ctx, events.StreamName); err == nil {
+		if s, err = js.Stream(ctx, natsjs.EventStream); err == nil {
 			var info *jetstream.StreamInfo
 			if info, err = s.Info(ctx); err == nil && info.Cluster != nil && info.Cluster.Leader != "" {
 				return info
@@ -329,7 +330,7 @@ func eventStreamInfo(t *testing.T, js jetstream.JetStream) *jetstream.StreamInfo
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("stream info %s: %v (or no leader)", events.StreamName, err)
+	t.Fatalf("stream info %s: %v (or no leader)", natsjs.EventStream, err)
 	return nil
 }
 
@@ -368,7 +369,7 @@ func assertReplicated(t *testing.T, js jetstream.JetStream, replicas int) {
 		t.Fatalf("list streams: %v", err)
 	}
 	t.Logf("streams: %s", strings.Join(names, ", "))
-	for _, want := range []string{events.StreamName, "STOWLINE_DEADLETTER", "KV_stowline_failures", "KV_stowline_forwarded", "KV_stowline_forwarders"} {
+	for _, want := range []string{natsjs.EventStream, "STOWLINE_DEADLETTER", "KV_stowline_failures", "KV_stowline_forwarded", "KV_stowline_forwarders"} {
 		found := false
 		for _, n := range names {
 			found = found || n == want
@@ -377,12 +378,12 @@ func assertReplicated(t *testing.T, js jetstream.JetStream, replicas int) {
 			t.Errorf("stream %s was not created", want)
 		}
 	}
-	c, err := js.Consumer(ctx, events.StreamName, events.ConsumerName)
+	c, err := js.Consumer(ctx, natsjs.EventStream, natsjs.ForwarderConsumer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := c.CachedInfo().Config.Replicas; got != replicas {
-		t.Errorf("consumer %s has %d replicas, want %d", events.ConsumerName, got, replicas)
+		t.Errorf("consumer %s has %d replicas, want %d", natsjs.ForwarderConsumer, got, replicas)
 	}
 }
 
@@ -406,7 +407,7 @@ func waitReplicasCurrent(t *testing.T, js jetstream.JetStream, replicas int, tim
 func replicasCurrent(js jetstream.JetStream, replicas int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, events.StreamName)
+	s, err := js.Stream(ctx, natsjs.EventStream)
 	if err != nil {
 		return err
 	}
@@ -414,10 +415,10 @@ func replicasCurrent(js jetstream.JetStream, replicas int) error {
 	if err != nil {
 		return err
 	}
-	if err := clusterCurrent("stream "+events.StreamName, si.Cluster, replicas); err != nil {
+	if err := clusterCurrent("stream "+natsjs.EventStream, si.Cluster, replicas); err != nil {
 		return err
 	}
-	c, err := s.Consumer(ctx, events.ConsumerName)
+	c, err := s.Consumer(ctx, natsjs.ForwarderConsumer)
 	if err != nil {
 		return err
 	}
@@ -425,7 +426,7 @@ func replicasCurrent(js jetstream.JetStream, replicas int) error {
 	if err != nil {
 		return err
 	}
-	return clusterCurrent("consumer "+events.ConsumerName, ci.Cluster, replicas)
+	return clusterCurrent("consumer "+natsjs.ForwarderConsumer, ci.Cluster, replicas)
 }
 
 func clusterCurrent(what string, c *jetstream.ClusterInfo, replicas int) error {

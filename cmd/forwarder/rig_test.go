@@ -32,7 +32,7 @@ type rig struct {
 	storeDir string
 	natsPort int
 	natsMu   sync.Mutex
-	nats     *natsjs.Server
+	nats     *natsjs.EmbeddedServer
 	nc       *nats.Conn
 	js       jetstream.JetStream
 
@@ -63,7 +63,7 @@ func newRig(t *testing.T) *rig {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := events.EnsureStream(ctx, r.js, events.DefaultTopology()); err != nil {
+	if _, err := natsjs.DefaultTopology().EnsureEvents(ctx, r.js); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -77,7 +77,7 @@ func (r *rig) startNATS(t *testing.T) {
 	if port == 0 {
 		port = -1 // a random free port the first time, the same one after
 	}
-	srv, err := natsjs.Start(natsjs.Options{StoreDir: r.storeDir, ServerName: "test", Port: port}, nil)
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: r.storeDir, ServerName: "test", Port: port}, nil)
 	if err != nil {
 		t.Fatalf("start nats: %v", err)
 	}
@@ -179,7 +179,7 @@ func (r *rig) publish(t *testing.T, studyID string) *events.StudyStable {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := events.Publish(ctx, r.js, ev); err != nil {
+	if _, err := (natsjs.Publisher{JS: r.js}).Publish(ctx, ev); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
 	return ev
@@ -223,7 +223,7 @@ func (r *rig) consumerInfo(t *testing.T) *jetstream.ConsumerInfo {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := r.js.Consumer(ctx, events.StreamName, events.ConsumerName)
+	c, err := r.js.Consumer(ctx, natsjs.EventStream, natsjs.ForwarderConsumer)
 	if err != nil {
 		return nil
 	}

@@ -36,7 +36,7 @@ func newRig(t *testing.T) *rig {
 	t.Helper()
 	testharness.RequireBinary(t, "Orthanc")
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "ingest-src", StableAge: 1})
-	srv, err := natsjs.Start(natsjs.Options{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func (r *rig) studyEvents(t *testing.T) map[string][]events.StudyStable {
 	t.Helper()
 	ctx := context.Background()
 	out := map[string][]events.StudyStable{}
-	s, err := r.js.Stream(ctx, events.StreamName)
+	s, err := r.js.Stream(ctx, natsjs.EventStream)
 	if err != nil {
 		return out
 	}

@@ -18,7 +18,7 @@ import (
 // a new pair and sees the new certificate served without a restart; a
 // broken pair keeps the previous one.
 func TestListenerTLSReload(t *testing.T) {
-	srv, err := natsjs.Start(natsjs.Options{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

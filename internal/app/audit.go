@@ -11,7 +11,7 @@ import (
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/ledger"
-	"github.com/stowline/stowline/internal/web"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // auditUsage heads `forwarder audit -h`.
@@ -41,7 +41,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	js, err := connectJetStream(cfg.NATS, log)
+	js, err := connect(cfg.NATS, log)
 	if err != nil {
 		return err
 	}
@@ -58,10 +58,10 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	for _, s := range sources.List() {
 		as = append(as, ledger.Source{Name: s.Name, Orthanc: s.Client})
 	}
-	a, err := ledger.New(ledger.Options{
+	a, err := ledger.NewAuditor(ledger.AuditOptions{
 		Sources:   as,
 		Ledger:    led,
-		Publisher: web.JetStreamPublisher{JS: js.JS},
+		Publisher: natsjs.Publisher{JS: js.JS},
 		Logger:    log.With("component", "audit"),
 	})
 	if err != nil {

@@ -2,71 +2,139 @@ package app
 
 import (
 	"context"
-	"log/slog"
+	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
-	"github.com/stowline/stowline/auth"
-	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
-	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/web"
 )
 
-// ForwarderDeps are the forwarder's outside connections, built from config.
-type ForwarderDeps struct {
-	Sources     *Sources
-	Destination *dicomweb.Client
-	// Tokens is the destination's OAuth2 token source, nil without OAuth2.
-	Tokens *auth.TokenSource
-	// TokenWatch observes its token fetches (metrics, status page).
-	TokenWatch *status.TokenWatch
+// forwarderRole is the workers that send studies to the destination, with
+// their health, metrics and admin API on FORWARDER_ADDR.
+type forwarderRole struct {
+	cfg     *config.Forwarder
+	sources *Sources
 }
 
-// SourceFor returns the Orthanc of the event's source. An unknown source
+func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process) error {
+	fc := r.cfg
+	log := p.log.With("component", "forwarder")
+	reg := newRegistry()
+	if err := p.status.registerQueue(reg); err != nil {
+		return err
+	}
+	tokenHost, oauth := tokenEndpointHost(fc)
+	tw, err := status.NewTokenWatch(urlHost(fc.DICOMwebURL), tokenHost, oauth, reg)
+	if err != nil {
+		return err
+	}
+	// The provider, its credentials, TLS: destination.go. ctx outlives
+	// every token refresh.
+	dest, err := newDestination(ctx, fc, tw.Observe, log)
+	if err != nil {
+		return err
+	}
+
+	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
+	defer cancel()
+	cons, err := p.topo.EnsureConsumer(pctx, p.conn.JS)
+	if err != nil {
+		return err
+	}
+	dlStream, err := p.topo.EnsureDeadLetters(pctx, p.conn.JS)
+	if err != nil {
+		return err
+	}
+	failureKV, err := p.topo.EnsureFailureLog(pctx, p.conn.JS)
+	if err != nil {
+		return err
+	}
+	ledgerKV, err := p.topo.EnsureLedger(pctx, p.conn.JS)
+	if err != nil {
+		return err
+	}
+	dls := deadletter.NewStore(p.conn.JS, dlStream)
+	opts := forward.Options{
+		Consumer:           cons,
+		SourceFor:          r.sourceFor,
+		Destination:        dest.STOW,
+		Concurrency:        fc.Concurrency,
+		MaxInstances:       fc.StowMaxInstances,
+		MaxBytes:           int64(fc.StowMaxBytes),
+		RequestConcurrency: fc.StowParallel,
+		AckWait:            fc.AckWait,
+		RetryDelay:         fc.RetryDelay,
+		RetryMaxDelay:      fc.RetryMaxDelay,
+		DeadLetters:        dls,
+		Failures:           deadletter.NewFailureLog(failureKV),
+		MaxDeliveries:      fc.MaxDeliveries,
+		InstanceRetries:    fc.InstanceRetries,
+		Completed:          ledger.New(ledgerKV).Record,
+		Logger:             log,
+		Registerer:         reg,
+	}
+	if fc.DeleteFromSource {
+		opts.CleanerFor = r.cleanerFor
+		log.Warn("buffer mode: forwarded instances are deleted from the source Orthanc once the destination stored them (FORWARDER_DELETE_FROM_SOURCE=true)")
+	}
+	if err := p.status.track(ctx, g, p.topo, fc.Concurrency, tw, &opts, log); err != nil {
+		return err
+	}
+	fw, err := forward.New(opts)
+	if err != nil {
+		return err
+	}
+
+	router := newRouter()
+	checks := map[string]web.Check{
+		"jetstream": p.conn.Ready,
+		"orthanc":   r.sources.Ready,
+	}
+	if dest.Tokens != nil {
+		checks["destination_token"] = func(ctx context.Context) error {
+			if _, err := dest.Tokens.TokenContext(ctx); err != nil {
+				return fmt.Errorf("destination token: %w", err)
+			}
+			return nil
+		}
+	}
+	web.MountHealth(router, reg, checks)
+	if p.status.adminToken != "" {
+		(&web.AdminAPI{Store: dls, JS: p.conn.JS, Token: p.status.adminToken, Log: p.log.With("component", "admin")}).Mount(router)
+	} else {
+		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
+	}
+	if err := serveHTTP(ctx, g, "forwarder", fc.Addr, router, p.serverTLS, log); err != nil {
+		return err
+	}
+	g.Go(named("forwarder", func() error { return fw.Run(ctx) }))
+	return nil
+}
+
+// sourceFor returns the Orthanc of the event's source. An unknown source
 // is an error matching ErrUnknownSource, classified permanent: retrying
 // cannot help, so the study is dead-lettered at once and can be replayed
 // once the source is configured.
-func (d *ForwarderDeps) SourceFor(name string) (forward.Source, error) {
-	c, err := d.Sources.Lookup(name)
+func (r *forwarderRole) sourceFor(name string) (forward.Source, error) {
+	c, err := r.sources.Lookup(name)
 	if err != nil {
 		return nil, &forward.Error{Class: forward.Permanent, Err: err}
 	}
 	return c, nil
 }
 
-// CleanerFor returns the Orthanc of the event's source for buffer mode.
-func (d *ForwarderDeps) CleanerFor(name string) (forward.SourceCleaner, error) {
-	return d.Sources.Lookup(name)
-}
-
-// SourceReady reports whether every Orthanc source answers.
-func (d *ForwarderDeps) SourceReady(ctx context.Context) error { return d.Sources.Ready(ctx) }
-
-// NewForwarderDeps builds the Orthanc clients and the STOW-RS client with
-// its OAuth2 token source. ctx must live as long as the process: tokens
-// are fetched with it.
-func NewForwarderDeps(ctx context.Context, fc *config.Forwarder, oc *config.Orthanc, reg prometheus.Registerer, log *slog.Logger) (*ForwarderDeps, error) {
-	sources, err := NewSources(oc)
-	if err != nil {
-		return nil, err
-	}
-
-	tw, err := newTokenWatch(fc, reg)
-	if err != nil {
-		return nil, err
-	}
-	// The provider, its credentials, TLS: app/destination.go.
-	dest, err := newDestination(ctx, fc, tw.Observe, log)
-	if err != nil {
-		return nil, err
-	}
-	return &ForwarderDeps{Sources: sources, Destination: dest.STOW, Tokens: dest.Tokens, TokenWatch: tw}, nil
+// cleanerFor returns the Orthanc of the event's source for buffer mode.
+func (r *forwarderRole) cleanerFor(name string) (forward.SourceCleaner, error) {
+	return r.sources.Lookup(name)
 }
 
 // newDestinationTransport is tuned for a few long uploads to one host:
@@ -86,6 +154,12 @@ func newDestinationTransport() *http.Transport {
 	}
 }
 
-func ensureConsumer(ctx context.Context, js *JetStream, nc config.NATS, ackWait time.Duration) (jetstream.Consumer, error) {
-	return events.EnsureConsumer(ctx, js.JS, Topology(nc, ackWait))
+// urlHost is the host of a configured URL: a bounded label value that
+// holds no path, query or credentials.
+func urlHost(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	return u.Host
 }

@@ -3,172 +3,117 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"log/slog"
-	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/stowline/stowline/internal/config"
-	"github.com/stowline/stowline/internal/deadletter"
-	"github.com/stowline/stowline/internal/forward"
-	"github.com/stowline/stowline/internal/web"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // RunIngest runs the webhook service until ctx ends.
 func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, 0, &c.Ingest, nil, &c.Orthanc, &c.Reconcile, c.Admin, c.ListenTLS)
+	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile}
+	if c.Reconcile.Enabled {
+		var err error
+		if in.sources, err = NewSources(&c.Orthanc); err != nil {
+			return err
+		}
+	}
+	p, err := newProcess(ctx, c.NATS, nil, c.ListenTLS, c.Admin, false, log)
+	if err != nil {
+		return err
+	}
+	return p.run(ctx, in)
 }
 
 // RunForwarder runs the forwarder until ctx ends.
 func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, c.AckWait, nil, &c.Forwarder, &c.Orthanc, nil, c.Admin, c.ListenTLS)
+	sources, err := NewSources(&c.Orthanc)
+	if err != nil {
+		return err
+	}
+	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, false, log)
+	if err != nil {
+		return err
+	}
+	return p.run(ctx, &forwarderRole{cfg: &c.Forwarder, sources: sources})
 }
 
 // RunSingleHost runs ingest and forwarder in one process, on an embedded
-// JetStream server unless NATS_URL is set.
+// JetStream server unless NATS_URL is set. They share the JetStream
+// connection and the Orthanc clients.
 func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) error {
-	return run(ctx, log, c.NATS, c.AckWait, &c.Ingest, &c.Forwarder, &c.Orthanc, &c.Reconcile, c.Admin, c.ListenTLS)
+	sources, err := NewSources(&c.Orthanc)
+	if err != nil {
+		return err
+	}
+	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile}
+	if c.Reconcile.Enabled {
+		in.sources = sources
+	}
+	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, true, log)
+	if err != nil {
+		return err
+	}
+	return p.run(ctx, in, &forwarderRole{cfg: &c.Forwarder, sources: sources})
 }
 
-func run(ctx context.Context, log *slog.Logger, nc config.NATS, ackWait time.Duration, ic *config.Ingest, fc *config.Forwarder,
-	oc *config.Orthanc, rc *config.Reconcile, admin config.Admin, lt config.ListenTLS) error {
+// process is what the roles of one process share.
+type process struct {
+	conn      *natsjs.Conn
+	topo      natsjs.Topology
+	serverTLS *tls.Config
+	status    *statusWiring
+	log       *slog.Logger
+}
+
+// role is one service of the process: it starts its goroutines in g and
+// returns once they run; they stop when ctx ends.
+type role interface {
+	start(ctx context.Context, g *errgroup.Group, p *process) error
+}
+
+// newProcess connects to JetStream and creates the event stream; fc is
+// nil without a forwarder.
+func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt config.ListenTLS, admin config.Admin, singleHost bool, log *slog.Logger) (*process, error) {
 	serverTLS, err := listenTLS(lt, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	js, err := ConnectJetStream(ctx, nc, Topology(nc, ackWait), log)
+	conn, err := connect(nc, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	// Closed last: the servers and workers below stop first, so every
-	// accepted event is published and every ack is flushed.
-	defer js.Close()
-
-	g, gctx := newGroup(ctx)
-	st := newStatusWiring(js, admin, ic != nil && fc != nil, log)
-	if ic != nil {
-		reg := NewRegistry()
-		h, err := web.NewWebhook(web.WebhookOptions{
-			Tokens:         []string{ic.Token},
-			HMACSecret:     ic.HMACSecret,
-			HMACMaxSkew:    ic.HMACMaxSkew,
-			RateLimit:      ic.RateLimit,
-			RateBurst:      ic.RateBurst,
-			TrustedProxies: ic.TrustedProxies,
-			Publisher:      web.JetStreamPublisher{JS: js.JS},
-			PublishTimeout: ic.PublishTimeout,
-			Logger:         log.With("component", "ingest"),
-			Registerer:     reg,
-		})
-		if err != nil {
-			return err
-		}
-		checks := map[string]web.Check{"jetstream": js.Ready}
-		if err := startReconciler(g, gctx, js, nc, oc, rc, ic.PublishTimeout, reg, checks, log.With("component", "reconciler")); err != nil {
-			g.cancel()
-			_ = g.Wait()
-			return err
-		}
-		r := newRouter()
-		h.Mount(r)
-		if err := errors.Join(st.registerQueue(reg), st.mountUI(r)); err != nil {
-			g.cancel()
-			_ = g.Wait()
-			return err
-		}
-		web.Mount(r, reg, checks)
-		if err := serveHTTP(g, gctx, "ingest", ic.Addr, r, serverTLS, log); err != nil {
-			g.cancel()
-			_ = g.Wait()
-			return err
-		}
+	p := &process{conn: conn, topo: topology(nc, fc), serverTLS: serverTLS, log: log}
+	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
+	defer cancel()
+	if _, err := p.topo.EnsureEvents(pctx, conn.JS); err != nil {
+		conn.Close()
+		return nil, err
 	}
-	if fc != nil {
-		if err := startForwarder(g, gctx, js, nc, ackWait, fc, oc, st, serverTLS, log.With("component", "forwarder")); err != nil {
-			g.cancel()
-			_ = g.Wait()
-			return err
-		}
-	}
-	log.Info("stowline started")
-	err = g.Wait()
-	log.Info("stowline stopped", "err", err)
-	return err
+	p.status = newStatusWiring(conn, admin, singleHost, log)
+	return p, nil
 }
 
-func startForwarder(g *group, ctx context.Context, js *JetStream, nc config.NATS, ackWait time.Duration, fc *config.Forwarder, oc *config.Orthanc, st *statusWiring, serverTLS *tls.Config, log *slog.Logger) error {
-	reg := NewRegistry()
-	if err := st.registerQueue(reg); err != nil {
-		return err
-	}
-	deps, err := NewForwarderDeps(ctx, fc, oc, reg, log)
-	if err != nil {
-		return err
-	}
-	completed, err := completedRecorder(ctx, js, nc)
-	if err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+// run starts the roles and waits until ctx ends or one of them fails. A
+// role that fails to start stops those already started. The JetStream
+// connection closes last, so every accepted event is published and every
+// ack is flushed.
+func (p *process) run(ctx context.Context, roles ...role) error {
+	defer p.conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cons, err := ensureConsumer(cctx, js, nc, ackWait)
-	if err != nil {
-		return err
+	g, gctx := errgroup.WithContext(ctx)
+	for _, r := range roles {
+		if err := r.start(gctx, g, p); err != nil {
+			cancel()
+			_ = g.Wait()
+			return err
+		}
 	}
-	dls, err := deadletter.Ensure(cctx, js.JS, fc.DeadLetterRetention, nc.Replicas)
-	if err != nil {
-		return err
-	}
-	failures, err := deadletter.EnsureFailureLog(cctx, js.JS, nc.EventsRetention, nc.Replicas)
-	if err != nil {
-		return err
-	}
-	opts := forward.Options{
-		Consumer:           cons,
-		SourceFor:          deps.SourceFor,
-		Destination:        deps.Destination,
-		Concurrency:        fc.Concurrency,
-		MaxInstances:       fc.StowMaxInstances,
-		MaxBytes:           int64(fc.StowMaxBytes),
-		RequestConcurrency: fc.StowParallel,
-		AckWait:            fc.AckWait,
-		RetryDelay:         fc.RetryDelay,
-		RetryMaxDelay:      fc.RetryMaxDelay,
-		DeadLetters:        dls,
-		Failures:           failures,
-		MaxDeliveries:      fc.MaxDeliveries,
-		InstanceRetries:    fc.InstanceRetries,
-		Completed:          completed,
-		Logger:             log,
-		Registerer:         reg,
-	}
-	if fc.DeleteFromSource {
-		opts.CleanerFor = deps.CleanerFor
-		log.Warn("buffer mode: forwarded instances are deleted from the source Orthanc once the destination stored them (FORWARDER_DELETE_FROM_SOURCE=true)")
-	}
-	if err := st.track(g, ctx, nc, fc, deps, &opts, log); err != nil {
-		return err
-	}
-	fw, err := forward.New(opts)
-	if err != nil {
-		return err
-	}
-	r := newRouter()
-	checks := map[string]web.Check{
-		"jetstream": js.Ready,
-		"orthanc":   deps.SourceReady,
-	}
-	if deps.Tokens != nil {
-		checks["destination_token"] = deps.TokenReady
-	}
-	web.Mount(r, reg, checks)
-	if st.adminToken != "" {
-		(&web.AdminAPI{Store: dls, JS: js.JS, Token: st.adminToken, Log: log.With("component", "admin")}).Mount(r)
-	} else {
-		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
-	}
-	if err := serveHTTP(g, ctx, "forwarder", fc.Addr, r, serverTLS, log); err != nil {
-		return err
-	}
-	g.Go("forwarder", func() error { return fw.Run(ctx) })
-	return nil
+	p.log.Info("stowline started")
+	err := g.Wait()
+	p.log.Info("stowline stopped", "err", err)
+	return err
 }

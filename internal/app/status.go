@@ -4,13 +4,14 @@ import (
 	"context"
 	"log/slog"
 	"sync/atomic"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -19,7 +20,7 @@ import (
 // listener, the forwarder's tracker (shared through JetStream) and the
 // ingest's status page.
 type statusWiring struct {
-	js         *JetStream
+	conn       *natsjs.Conn
 	adminToken string
 	singleHost bool
 	log        *slog.Logger
@@ -28,14 +29,14 @@ type statusWiring struct {
 	tracker atomic.Pointer[status.Tracker]
 }
 
-func newStatusWiring(js *JetStream, admin config.Admin, singleHost bool, log *slog.Logger) *statusWiring {
-	return &statusWiring{js: js, adminToken: admin.AdminToken, singleHost: singleHost, log: log}
+func newStatusWiring(conn *natsjs.Conn, admin config.Admin, singleHost bool, log *slog.Logger) *statusWiring {
+	return &statusWiring{conn: conn, adminToken: admin.AdminToken, singleHost: singleHost, log: log}
 }
 
 // registerQueue adds the queue-depth and dead-letter collector to reg: it
 // asks JetStream at every scrape.
 func (s *statusWiring) registerQueue(reg prometheus.Registerer) error {
-	return reg.Register(status.NewQueueCollector(s.js.JS, status.DefaultScrapeTimeout, s.log))
+	return reg.Register(status.NewQueueCollector(s.conn.JS, status.DefaultScrapeTimeout, s.log))
 }
 
 // mountUI adds the status page to the ingest's router, if ADMIN_TOKEN is set.
@@ -45,7 +46,7 @@ func (s *statusWiring) mountUI(r chi.Router) error {
 		return nil
 	}
 	h, err := web.NewStatusPage(web.StatusPageOptions{
-		JS:         s.js.JS,
+		JS:         s.conn.JS,
 		Forwarders: s.forwarders,
 		SingleHost: s.singleHost,
 		AdminToken: s.adminToken,
@@ -61,7 +62,7 @@ func (s *statusWiring) mountUI(r chi.Router) error {
 // forwarders returns this process's forwarder (exact and current) and the
 // others' shared snapshots.
 func (s *statusWiring) forwarders(ctx context.Context) ([]status.Snapshot, error) {
-	shared, err := status.ReadShared(ctx, s.js.JS)
+	shared, err := status.ReadShared(ctx, s.conn.JS)
 	own := s.tracker.Load()
 	if own == nil {
 		return shared, err
@@ -77,8 +78,8 @@ func (s *statusWiring) forwarders(ctx context.Context) ([]status.Snapshot, error
 
 // track follows the forwarder's studies (it wraps the consumer, sources and
 // destination of opts) and shares its state in JetStream until ctx ends.
-func (s *statusWiring) track(g *group, ctx context.Context, nc config.NATS, fc *config.Forwarder, deps *ForwarderDeps, opts *forward.Options, log *slog.Logger) error {
-	t := status.NewTracker(fc.Concurrency, deps.TokenWatch)
+func (s *statusWiring) track(ctx context.Context, g *errgroup.Group, topo natsjs.Topology, concurrency int, tw *status.TokenWatch, opts *forward.Options, log *slog.Logger) error {
+	t := status.NewTracker(concurrency, tw)
 	opts.Consumer = t.Consumer(opts.Consumer)
 	sourceFor := opts.SourceFor
 	opts.SourceFor = func(name string) (forward.Source, error) {
@@ -90,13 +91,13 @@ func (s *statusWiring) track(g *group, ctx context.Context, nc config.NATS, fc *
 	}
 	opts.Destination = t.Destination(opts.Destination)
 
-	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
-	kv, err := status.EnsureBucket(bctx, s.js.JS, nc.Replicas)
+	kv, err := topo.EnsureStatus(pctx, s.conn.JS)
 	if err != nil {
 		return err
 	}
 	s.tracker.Store(t)
-	g.Go("status", func() error { return t.Share(ctx, kv, status.ShareInterval, log) })
+	g.Go(named("status", func() error { return t.Share(ctx, kv, status.ShareInterval, log) }))
 	return nil
 }

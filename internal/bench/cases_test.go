@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"github.com/stowline/stowline/internal/dicomweb"
 	"io"
 	"maps"
 	"net/http"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/stowline/stowline/internal/dicomweb"
 )
 
 // sample is one measured transfer.

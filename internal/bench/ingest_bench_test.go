@@ -92,7 +92,7 @@ type ingestRig struct {
 	set ingestSettings
 	tmp string
 
-	srv    *natsjs.Server
+	srv    *natsjs.EmbeddedServer
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	// perConn are the raw reference's own connections, one per publisher.
@@ -119,7 +119,7 @@ func setupIngest(b *testing.B) *ingestRig {
 	r := &ingestRig{set: set, tmp: b.TempDir()}
 
 	// Port -1: a free TCP port, so the ingest processes can connect.
-	r.srv, err = natsjs.Start(natsjs.Options{
+	r.srv, err = natsjs.StartEmbedded(natsjs.EmbeddedOptions{
 		StoreDir: filepath.Join(r.tmp, "nats"), ServerName: "bench-ingest", Port: -1,
 	}, nil)
 	if err != nil {
@@ -139,7 +139,7 @@ func setupIngest(b *testing.B) *ingestRig {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if r.stream, err = events.EnsureStream(ctx, r.js, events.DefaultTopology()); err != nil {
+	if r.stream, err = natsjs.DefaultTopology().EnsureEvents(ctx, r.js); err != nil {
 		b.Fatal(err)
 	}
 	if set.RawPerConn {
@@ -442,7 +442,7 @@ func (r *ingestRig) rawMessages(n int) []*nats.Msg {
 		if err != nil {
 			panic(err) // a fixed struct of strings always encodes
 		}
-		m := &nats.Msg{Subject: ev.Subject(), Data: data, Header: nats.Header{}}
+		m := &nats.Msg{Subject: natsjs.EventSubject(ev.Source), Data: data, Header: nats.Header{}}
 		m.Header.Set(jetstream.MsgIDHeader, ev.MsgID())
 		msgs[i] = m
 	}
@@ -452,7 +452,7 @@ func (r *ingestRig) rawMessages(n int) []*nats.Msg {
 // rawPublish is what events.Publish does after encoding: a synchronous
 // publish that waits for the stream's ack.
 func rawPublish(ctx context.Context, js jetstream.JetStream, m *nats.Msg) error {
-	ack, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(events.StreamName))
+	ack, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(natsjs.EventStream))
 	if err != nil {
 		return fmt.Errorf("publish: %w", err)
 	}

@@ -168,7 +168,7 @@ type replicaRig struct {
 	tmp string
 	a   *testharness.Orthanc
 
-	nats    *natsjs.Server
+	nats    *natsjs.EmbeddedServer
 	natsURL string
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -200,7 +200,7 @@ func setupReplicas(b *testing.B) *replicaRig {
 	// One nats-server for every forwarder, listening on loopback TCP like
 	// a shared server of a real deployment. It runs in this process: its
 	// CPU counts as the benchmark's own, not the forwarders'.
-	r.nats, err = natsjs.Start(natsjs.Options{
+	r.nats, err = natsjs.StartEmbedded(natsjs.EmbeddedOptions{
 		StoreDir: filepath.Join(r.tmp, "nats"), ServerName: "bench-replicas", Port: -1, // -1: any free port
 	}, nil)
 	if err != nil {
@@ -348,9 +348,9 @@ func (r *replicaRig) buildForwarder(b *testing.B) (bin, source string) {
 // consumer and an empty de-duplication window. The forwarders create both
 // again when they start (all at once: that is part of what is tested).
 func (r *replicaRig) resetQueue(ctx context.Context) error {
-	err := r.js.DeleteStream(ctx, events.StreamName)
+	err := r.js.DeleteStream(ctx, natsjs.EventStream)
 	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("delete stream %s: %w", events.StreamName, err)
+		return fmt.Errorf("delete stream %s: %w", natsjs.EventStream, err)
 	}
 	return nil
 }
@@ -366,7 +366,7 @@ func (r *replicaRig) publishAll(ctx context.Context) error {
 		if err := ev.Validate(); err != nil {
 			return err
 		}
-		ack, err := events.Publish(ctx, r.js, ev)
+		ack, err := (natsjs.Publisher{JS: r.js}).Publish(ctx, ev)
 		if err != nil {
 			return err
 		}
@@ -380,9 +380,9 @@ func (r *replicaRig) publishAll(ctx context.Context) error {
 // checkQueue verifies that the consumer delivered every event exactly
 // once and holds nothing back: no redelivery, nothing pending.
 func (r *replicaRig) checkQueue(ctx context.Context) error {
-	c, err := r.js.Consumer(ctx, events.StreamName, events.ConsumerName)
+	c, err := r.js.Consumer(ctx, natsjs.EventStream, natsjs.ForwarderConsumer)
 	if err != nil {
-		return fmt.Errorf("consumer %s: %w", events.ConsumerName, err)
+		return fmt.Errorf("consumer %s: %w", natsjs.ForwarderConsumer, err)
 	}
 	info, err := c.Info(ctx)
 	if err != nil {

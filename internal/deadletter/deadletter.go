@@ -18,13 +18,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/forward"
-)
-
-// JetStream names.
-const (
-	StreamName    = "STOWLINE_DEADLETTER"
-	SubjectPrefix = "stowline.deadletter."
-	SubjectAll    = SubjectPrefix + ">"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // MaxResponseBytes bounds the destination response kept with a letter.
@@ -45,23 +39,9 @@ type Store struct {
 	stream jetstream.Stream
 }
 
-// Ensure creates or updates the dead-letter stream (Limits retention:
-// letters stay for the retention window until replayed or purged).
-func Ensure(ctx context.Context, js jetstream.JetStream, retention time.Duration, replicas int) (*Store, error) {
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        StreamName,
-		Description: "stowline: studies that could not be forwarded, with the reason",
-		Subjects:    []string{SubjectAll},
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      retention,
-		Duplicates:  2 * time.Minute,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create or update stream %s: %w", StreamName, err)
-	}
-	return &Store{js: js, stream: s}, nil
+// NewStore returns the store of the dead-letter stream (natsjs provisions it).
+func NewStore(js jetstream.JetStream, stream jetstream.Stream) *Store {
+	return &Store{js: js, stream: stream}
 }
 
 // Add stores a letter. It is idempotent per original event sequence, so a
@@ -75,9 +55,9 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	if err != nil {
 		return 0, fmt.Errorf("encode dead letter: %w", err)
 	}
-	msg := &nats.Msg{Subject: SubjectPrefix + l.Event.Source, Data: data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: natsjs.DeadLetterSubjectPrefix + l.Event.Source, Data: data, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, "dl/"+strconv.FormatUint(l.OriginalSeq, 10)+"/"+l.Event.MsgID())
-	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName))
+	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(natsjs.DeadLetterStream))
 	if err != nil {
 		return 0, fmt.Errorf("store dead letter for study %s: %w", l.Event.OrthancStudyID, err)
 	}
@@ -153,14 +133,14 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 		}
 		return []Entry{*e}, nil
 	}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{SubjectAll}}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsjs.DeadLetterSubjectPrefix + ">"}}
 	if !f.Since.IsZero() {
 		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
 		since := f.Since
 		cfg.OptStartTime = &since
 	}
 	out := []Entry{}
-	err := readAll(ctx, s.js, StreamName, cfg, func(seq uint64, data []byte) error {
+	err := readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, func(seq uint64, data []byte) error {
 		e, err := decode(seq, data)
 		if err != nil {
 			return err
@@ -231,7 +211,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 	}
 	for i, e := range entries {
 		ev := e.Event
-		if _, err := events.PublishAs(ctx, s.js, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
+		if _, err := natsjs.PublishAs(ctx, s.js, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
 			return entries[:i], fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 		}
 		if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -276,7 +256,7 @@ func Reforward(ctx context.Context, js jetstream.JetStream, since, until time.Ti
 		return nil, errors.New("reforward: the end time must be after the start time")
 	}
 	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{events.SubjectAll},
+		FilterSubjects: []string{natsjs.EventSubjectPrefix + ">"},
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &since,
 	}
@@ -285,7 +265,7 @@ func Reforward(ctx context.Context, js jetstream.JetStream, since, until time.Ti
 		ev  events.StudyStable
 	}
 	var found []item
-	err := readAll(ctx, js, events.StreamName, cfg, func(seq uint64, data []byte) error {
+	err := readAll(ctx, js, natsjs.EventStream, cfg, func(seq uint64, data []byte) error {
 		ev, err := events.Decode(data)
 		if err != nil {
 			return nil // an undecodable event was never forwarded either; skip it
@@ -306,7 +286,7 @@ func Reforward(ctx context.Context, js jetstream.JetStream, since, until time.Ti
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for i, it := range found {
 		ev := it.ev
-		if _, err := events.PublishAs(ctx, js, &ev, ev.MsgID()+"/reforward/"+stamp+"/"+strconv.FormatUint(it.seq, 10)); err != nil {
+		if _, err := natsjs.PublishAs(ctx, js, &ev, ev.MsgID()+"/reforward/"+stamp+"/"+strconv.FormatUint(it.seq, 10)); err != nil {
 			return out[:i], fmt.Errorf("reforward event %d: %w", it.seq, err)
 		}
 	}
@@ -314,11 +294,11 @@ func Reforward(ctx context.Context, js jetstream.JetStream, since, until time.Ti
 }
 
 // Open returns the existing dead-letter stream without changing its
-// configuration (for the replay command).
+// configuration (the replay command, the status page).
 func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
-	s, err := js.Stream(ctx, StreamName)
+	s, err := natsjs.OpenStream(ctx, js, natsjs.DeadLetterStream)
 	if err != nil {
-		return nil, fmt.Errorf("open stream %s (has a forwarder run yet?): %w", StreamName, err)
+		return nil, err
 	}
 	return &Store{js: js, stream: s}, nil
 }

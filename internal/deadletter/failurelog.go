@@ -13,28 +13,11 @@ import (
 	"github.com/stowline/stowline/internal/forward"
 )
 
-// FailureBucket is the KV bucket that remembers when each queued event
-// first and last failed, across deliveries and forwarder replicas.
-const FailureBucket = "stowline_failures"
-
 // FailureLog records failure times per event (by stream sequence).
 type FailureLog struct{ kv jetstream.KeyValue }
 
-// EnsureFailureLog creates or updates the bucket. Entries expire after ttl
-// (the event stream's retention), so a lost delete leaves no litter.
-func EnsureFailureLog(ctx context.Context, js jetstream.JetStream, ttl time.Duration, replicas int) (*FailureLog, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      FailureBucket,
-		Description: "stowline: first and last failure time of queued events",
-		TTL:         ttl,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create or update KV bucket %s: %w", FailureBucket, err)
-	}
-	return &FailureLog{kv: kv}, nil
-}
+// NewFailureLog returns the log kept in kv (natsjs.Topology.EnsureFailureLog).
+func NewFailureLog(kv jetstream.KeyValue) *FailureLog { return &FailureLog{kv: kv} }
 
 func failureKey(seq uint64) string { return "seq" + strconv.FormatUint(seq, 10) }
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -136,9 +137,9 @@ func testEvent() *events.StudyStable {
 
 func consumer(t *testing.T, ns *testnats.Server) jetstream.Consumer {
 	t.Helper()
-	topo := events.DefaultTopology()
+	topo := natsjs.DefaultTopology()
 	topo.AckWait = 3 * time.Second
-	c, err := events.EnsureConsumer(context.Background(), ns.JS, topo)
+	c, err := topo.EnsureConsumer(context.Background(), ns.JS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +172,7 @@ func TestForwardAcksWhenAllStored(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.Run(ctx) }()
-	if _, err := events.Publish(ctx, ns.JS, testEvent()); err != nil {
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
 		t.Fatal(err)
 	}
 	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
@@ -194,9 +195,9 @@ func TestShutdownReturnsInFlightStudy(t *testing.T) {
 	var k sink
 	srv := httptest.NewServer(k.handler(nil))
 	t.Cleanup(srv.Close)
-	topo := events.DefaultTopology()
+	topo := natsjs.DefaultTopology()
 	topo.AckWait = time.Minute // a redelivery before this proves the NAK
-	cons, err := events.EnsureConsumer(context.Background(), ns.JS, topo)
+	cons, err := topo.EnsureConsumer(context.Background(), ns.JS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +205,7 @@ func TestShutdownReturnsInFlightStudy(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.Run(ctx) }()
-	if _, err := events.Publish(ctx, ns.JS, testEvent()); err != nil {
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
 		t.Fatal(err)
 	}
 	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.NumAckPending == 1 })
@@ -236,7 +237,7 @@ func TestUndecodableEventTerminated(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = f.Run(ctx) }()
-	msg := &nats.Msg{Subject: events.SubjectPrefix + "a", Data: []byte(`{"type":"something.else"}`)}
+	msg := &nats.Msg{Subject: natsjs.EventSubjectPrefix + "a", Data: []byte(`{"type":"something.else"}`)}
 	if _, err := ns.JS.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}

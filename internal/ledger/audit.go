@@ -11,8 +11,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -27,11 +25,6 @@ type Orthanc interface {
 // forwarder created the bucket).
 type Records interface {
 	Lookup(ctx context.Context, source, orthancStudyID string) (Record, error)
-}
-
-// Publisher stores an event in the event stream (events.Publish).
-type Publisher interface {
-	Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error)
 }
 
 // Source is one Orthanc to audit.
@@ -83,12 +76,12 @@ type Summary struct {
 	NotEnqueued int `json:"notEnqueued,omitempty"`
 }
 
-// Options configures an Auditor.
-type Options struct {
+// AuditOptions configures an Auditor.
+type AuditOptions struct {
 	Sources []Source
 	Ledger  Records
 	// Publisher is required to enqueue.
-	Publisher Publisher
+	Publisher events.Publisher
 	// PageSize is how many studies one GET /studies reads (default 500).
 	PageSize int
 	Logger   *slog.Logger
@@ -96,12 +89,12 @@ type Options struct {
 
 // Auditor compares Orthanc sources with the ledger.
 type Auditor struct {
-	opts Options
+	opts AuditOptions
 	log  *slog.Logger
 }
 
-// New validates opts and returns an Auditor.
-func New(opts Options) (*Auditor, error) {
+// NewAuditor validates opts and returns an Auditor.
+func NewAuditor(opts AuditOptions) (*Auditor, error) {
 	if len(opts.Sources) == 0 {
 		return nil, errors.New("audit: at least one source is required")
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
@@ -18,7 +19,7 @@ import (
 type publisher struct{ js jetstream.JetStream }
 
 func (p publisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
-	return events.Publish(ctx, p.js, ev)
+	return (natsjs.Publisher{JS: p.js}).Publish(ctx, ev)
 }
 
 func upload(t *testing.T, o *testharness.Orthanc, uid string, n int) string {
@@ -57,11 +58,12 @@ func TestAudit(t *testing.T) {
 	}
 	ns := testnats.Start(t)
 	ctx := context.Background()
-	led, err := ledger.Ensure(ctx, ns.JS, 1)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS)
+	led := ledger.New(ledgerKV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := ledger.New(ledger.Options{
+	a, err := ledger.NewAuditor(ledger.AuditOptions{
 		Sources:   []ledger.Source{{Name: "src", Orthanc: client}},
 		Ledger:    led,
 		Publisher: publisher{ns.JS},

@@ -13,18 +13,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 )
-
-// Bucket is the key-value bucket of completed forwards. A key is
-// "<source>.<orthanc study id>"; records are kept until deleted.
-const Bucket = "stowline_forwarded"
 
 // Sentinel errors, checked with errors.Is.
 var (
 	// ErrNotRecorded: no completed forward of the study is recorded.
 	ErrNotRecorded = errors.New("ledger: no completed forward recorded")
 	// ErrNoBucket: the bucket does not exist (no forwarder ever ran).
-	ErrNoBucket = errors.New("ledger: bucket " + Bucket + " does not exist")
+	ErrNoBucket = errors.New("ledger: bucket " + natsjs.LedgerBucket + " does not exist")
 )
 
 // Record is one completed forward.
@@ -48,31 +45,18 @@ type Option func(*Ledger)
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(l *Ledger) { l.now = now } }
 
-// Ensure creates the bucket if needed (replicas as the event stream) and
-// returns its Ledger. Calling it from every forwarder replica is safe.
-func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, opts ...Option) (*Ledger, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "stowline: completed forwards (source.orthancStudyId -> LastUpdate)",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create or update key-value bucket %s: %w", Bucket, err)
-	}
-	return newLedger(kv, opts), nil
-}
+// New returns the ledger kept in kv (natsjs.Topology.EnsureLedger).
+func New(kv jetstream.KeyValue, opts ...Option) *Ledger { return newLedger(kv, opts) }
 
 // Open returns the Ledger of an existing bucket, ErrNoBucket if there is
 // none. It never creates or changes the bucket (the audit uses it).
 func Open(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Ledger, error) {
-	kv, err := js.KeyValue(ctx, Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
+	kv, err := natsjs.OpenKV(ctx, js, natsjs.LedgerBucket)
+	if errors.Is(err, natsjs.ErrNotProvisioned) {
 		return nil, ErrNoBucket
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open key-value bucket %s: %w", Bucket, err)
+		return nil, err
 	}
 	return newLedger(kv, opts), nil
 }

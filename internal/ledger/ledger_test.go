@@ -9,6 +9,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -29,7 +30,8 @@ func TestRecordAndLookup(t *testing.T) {
 		t.Fatalf("Open before any forwarder ran: err = %v, want ErrNoBucket", err)
 	}
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
-	l, err := ledger.Ensure(ctx, ns.JS, 1, ledger.WithClock(func() time.Time { return now }))
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS)
+	l := ledger.New(ledgerKV, ledger.WithClock(func() time.Time { return now }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +79,8 @@ func TestRecordAndLookup(t *testing.T) {
 func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
 	ns := testnats.Start(t)
 	ctx := context.Background()
-	l, err := ledger.Ensure(ctx, ns.JS, 1)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS)
+	l := ledger.New(ledgerKV)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +104,8 @@ func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
 
 func TestRecordRefusesInvalidKeys(t *testing.T) {
 	ns := testnats.Start(t)
-	l, err := ledger.Ensure(context.Background(), ns.JS, 1)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(context.Background(), ns.JS)
+	l := ledger.New(ledgerKV)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,3 @@
-// Package natsembed runs a JetStream-enabled nats-server inside the
-// stowline process, for single-host mode and for tests.
 package natsjs
 
 import (
@@ -14,8 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// Options configures the embedded server.
-type Options struct {
+// EmbeddedOptions configures the embedded server.
+type EmbeddedOptions struct {
 	// StoreDir holds the JetStream data; it survives restarts.
 	StoreDir string
 	// ServerName identifies the node in logs and cluster metadata.
@@ -28,7 +26,7 @@ type Options struct {
 	// Cluster makes this node part of a JetStream cluster (tests of
 	// clustering): the cluster name, this node's route listen port, and
 	// the routes to the other nodes.
-	Cluster *ClusterOptions
+	Cluster *EmbeddedCluster
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	ReadyTimeout time.Duration
 	// Configure, if set, adjusts the server options last (tests: users,
@@ -36,26 +34,26 @@ type Options struct {
 	Configure func(*server.Options)
 }
 
-// ClusterOptions joins the node to a JetStream cluster.
-type ClusterOptions struct {
+// EmbeddedCluster joins the node to a JetStream cluster.
+type EmbeddedCluster struct {
 	Name   string
 	Host   string
 	Port   int
 	Routes []string
 }
 
-// Server is a running embedded nats-server.
-type Server struct {
+// EmbeddedServer is a running embedded nats-server.
+type EmbeddedServer struct {
 	ns *server.Server
 }
 
-// Start starts the server and waits until it accepts connections.
-func Start(opts Options, log *slog.Logger) (*Server, error) {
+// StartEmbedded starts the server and waits until it accepts connections.
+func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, error) {
 	if opts.StoreDir == "" {
-		return nil, errors.New("natsembed: store directory is required")
+		return nil, errors.New("embedded NATS: store directory is required")
 	}
 	if err := os.MkdirAll(opts.StoreDir, 0o750); err != nil {
-		return nil, fmt.Errorf("natsembed: create store directory: %w", err)
+		return nil, fmt.Errorf("embedded NATS: create store directory: %w", err)
 	}
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 30 * time.Second
@@ -87,7 +85,7 @@ func Start(opts Options, log *slog.Logger) (*Server, error) {
 	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {
-		return nil, fmt.Errorf("natsembed: configure server: %w", err)
+		return nil, fmt.Errorf("embedded NATS: configure server: %w", err)
 	}
 	if log != nil {
 		ns.SetLoggerV2(&logAdapter{log: log.With("component", "nats-server")}, false, false, false)
@@ -95,9 +93,9 @@ func Start(opts Options, log *slog.Logger) (*Server, error) {
 	go ns.Start()
 	if !ns.ReadyForConnections(opts.ReadyTimeout) {
 		ns.Shutdown()
-		return nil, fmt.Errorf("natsembed: server not ready after %s", opts.ReadyTimeout)
+		return nil, fmt.Errorf("embedded NATS: server not ready after %s", opts.ReadyTimeout)
 	}
-	return &Server{ns: ns}, nil
+	return &EmbeddedServer{ns: ns}, nil
 }
 
 func parseRoutes(routes []string) ([]*url.URL, error) {
@@ -105,7 +103,7 @@ func parseRoutes(routes []string) ([]*url.URL, error) {
 	for _, r := range routes {
 		u, err := url.Parse(r)
 		if err != nil {
-			return nil, fmt.Errorf("natsembed: route %q: %w", r, err)
+			return nil, fmt.Errorf("embedded NATS: route %q: %w", r, err)
 		}
 		out = append(out, u)
 	}
@@ -114,17 +112,17 @@ func parseRoutes(routes []string) ([]*url.URL, error) {
 
 // Connect opens a client connection: in-process when the server does not
 // listen, over TCP otherwise.
-func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
+func (s *EmbeddedServer) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	opts = append([]nats.Option{nats.InProcessServer(s.ns), nats.Name("stowline")}, opts...)
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
-		return nil, fmt.Errorf("natsembed: connect: %w", err)
+		return nil, fmt.Errorf("embedded NATS: connect: %w", err)
 	}
 	return nc, nil
 }
 
 // ClientURL is the TCP URL of the server, or "" if it does not listen.
-func (s *Server) ClientURL() string {
+func (s *EmbeddedServer) ClientURL() string {
 	if s.ns.Addr() == nil {
 		return ""
 	}
@@ -133,13 +131,13 @@ func (s *Server) ClientURL() string {
 
 // Shutdown stops the server and waits until it has stopped, so its store
 // is flushed and closed.
-func (s *Server) Shutdown() {
+func (s *EmbeddedServer) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
 }
 
 // NATSServer exposes the underlying server (cluster tests need its details).
-func (s *Server) NATSServer() *server.Server { return s.ns }
+func (s *EmbeddedServer) NATSServer() *server.Server { return s.ns }
 
 type logAdapter struct{ log *slog.Logger }
 

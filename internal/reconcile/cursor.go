@@ -12,26 +12,8 @@ import (
 	"github.com/stowline/stowline/orthancapi"
 )
 
-// Bucket is the key-value bucket of the reconciler's cursors and leases:
+// The reconciler's bucket (natsjs.ReconcileBucket) holds
 // "cursor.<source>" and "lease.<source>".
-const Bucket = "stowline_reconcile"
-
-// EnsureBucket creates the bucket if needed (replicas as the event
-// stream); calling it from every ingest replica is safe.
-func EnsureBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "stowline: change-log cursors and leases of the reconciler, per Orthanc source",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create or update key-value bucket %s: %w", Bucket, err)
-	}
-	return kv, nil
-}
-
 func cursorKey(source string) string { return "cursor." + source }
 func leaseKey(source string) string  { return "lease." + source }
 

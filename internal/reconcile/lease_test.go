@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -16,7 +17,7 @@ func testBucket(t *testing.T) (*testnats.Server, jetstream.KeyValue) {
 	ns := testnats.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := EnsureBucket(ctx, ns.JS, 1)
+	kv, err := natsjs.DefaultTopology().EnsureReconcile(ctx, ns.JS)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,11 +41,6 @@ type Orthanc interface {
 	InstanceStudy(ctx context.Context, instanceID string) (orthancapi.Study, error)
 }
 
-// Publisher stores an event in the event stream (events.Publish).
-type Publisher interface {
-	Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error)
-}
-
 // Source is one Orthanc to reconcile.
 type Source struct {
 	// Name is the source name of its events. Empty means the name
@@ -58,9 +53,9 @@ type Source struct {
 // Options configures a Reconciler. Zero durations get the defaults.
 type Options struct {
 	Sources []Source
-	// KV is the bucket of cursors and leases (EnsureBucket).
+	// KV is the bucket of cursors and leases (natsjs.Topology.EnsureReconcile).
 	KV        jetstream.KeyValue
-	Publisher Publisher
+	Publisher events.Publisher
 	// PollInterval is the pause between polls once the change log is read
 	// to its end (default 10 s).
 	PollInterval time.Duration

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/reconcile"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
@@ -22,7 +23,7 @@ import (
 type publisher struct{ js jetstream.JetStream }
 
 func (p publisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
-	return events.Publish(ctx, p.js, ev)
+	return (natsjs.Publisher{JS: p.js}).Publish(ctx, ev)
 }
 
 type rig struct {
@@ -41,7 +42,7 @@ func newRig(t *testing.T, name string) *rig {
 		t.Fatal(err)
 	}
 	ns := testnats.Start(t)
-	kv, err := reconcile.EnsureBucket(context.Background(), ns.JS, 1)
+	kv, err := natsjs.DefaultTopology().EnsureReconcile(context.Background(), ns.JS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ type stored struct {
 func streamEvents(t *testing.T, js jetstream.JetStream) []stored {
 	t.Helper()
 	ctx := context.Background()
-	s, err := js.Stream(ctx, events.StreamName)
+	s, err := js.Stream(ctx, natsjs.EventStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +202,7 @@ func TestPublishesTheLuaScriptsEvent(t *testing.T) {
 		}
 		lua := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: source,
 			OrthancStudyID: id, StudyInstanceUID: st.StudyInstanceUID, LastUpdate: st.LastUpdate}
-		ack, err := events.Publish(context.Background(), r.nats.JS, lua)
+		ack, err := (natsjs.Publisher{JS: r.nats.JS}).Publish(context.Background(), lua)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,8 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // Queue is the state of the event queue, as JetStream reports it.
@@ -40,12 +39,12 @@ type Queue struct {
 // dead-letter stream.
 func ReadQueue(ctx context.Context, js jetstream.JetStream) (Queue, error) {
 	var q Queue
-	cons, err := js.Consumer(ctx, events.StreamName, events.ConsumerName)
+	cons, err := js.Consumer(ctx, natsjs.EventStream, natsjs.ForwarderConsumer)
 	switch {
 	case err == nil:
 		info, err := cons.Info(ctx)
 		if err != nil {
-			return q, fmt.Errorf("consumer %s: %w", events.ConsumerName, err)
+			return q, fmt.Errorf("consumer %s: %w", natsjs.ForwarderConsumer, err)
 		}
 		q.ConsumerExists = true
 		q.Pending = info.NumPending
@@ -53,22 +52,22 @@ func ReadQueue(ctx context.Context, js jetstream.JetStream) (Queue, error) {
 		q.Redelivered = uint64(max(info.NumRedelivered, 0))
 		q.Waiting = uint64(max(info.NumWaiting, 0))
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		s, err := js.Stream(ctx, events.StreamName)
+		s, err := js.Stream(ctx, natsjs.EventStream)
 		if err != nil {
-			return q, fmt.Errorf("stream %s: %w", events.StreamName, err)
+			return q, fmt.Errorf("stream %s: %w", natsjs.EventStream, err)
 		}
 		q.Pending = s.CachedInfo().State.Msgs
 	default:
-		return q, fmt.Errorf("consumer %s: %w", events.ConsumerName, err)
+		return q, fmt.Errorf("consumer %s: %w", natsjs.ForwarderConsumer, err)
 	}
-	dl, err := js.Stream(ctx, deadletter.StreamName)
+	dl, err := js.Stream(ctx, natsjs.DeadLetterStream)
 	switch {
 	case err == nil:
 		q.DeadLetters = dl.CachedInfo().State.Msgs
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		// No forwarder ran yet: no dead letters.
 	default:
-		return q, fmt.Errorf("stream %s: %w", deadletter.StreamName, err)
+		return q, fmt.Errorf("stream %s: %w", natsjs.DeadLetterStream, err)
 	}
 	return q, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // maxScan bounds the messages read backwards to find the n most recent
@@ -27,15 +28,15 @@ var ErrNoLedger = errors.New("status: no ledger of completed forwards")
 // restarts), newest first. It reads the bucket's stream backwards from its
 // last message, so its cost does not grow with the ledger.
 func RecentFromLedger(ctx context.Context, js jetstream.JetStream, n int) ([]Forward, error) {
-	stream, err := js.Stream(ctx, "KV_"+ledger.Bucket)
+	stream, err := js.Stream(ctx, "KV_"+natsjs.LedgerBucket)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, ErrNoLedger
 	}
 	if err != nil {
-		return nil, fmt.Errorf("ledger bucket %s: %w", ledger.Bucket, err)
+		return nil, fmt.Errorf("ledger bucket %s: %w", natsjs.LedgerBucket, err)
 	}
 	state := stream.CachedInfo().State
-	prefix := "$KV." + ledger.Bucket + "."
+	prefix := "$KV." + natsjs.LedgerBucket + "."
 	var out []Forward
 	for seq, tries := state.LastSeq, 0; seq >= state.FirstSeq && seq > 0 && len(out) < n && tries < maxScan(n); seq, tries = seq-1, tries+1 {
 		msg, err := stream.GetMsg(ctx, seq)
@@ -43,7 +44,7 @@ func RecentFromLedger(ctx context.Context, js jetstream.JetStream, n int) ([]For
 			continue
 		}
 		if err != nil {
-			return out, fmt.Errorf("ledger bucket %s: read %d: %w", ledger.Bucket, seq, err)
+			return out, fmt.Errorf("ledger bucket %s: read %d: %w", natsjs.LedgerBucket, seq, err)
 		}
 		if op := msg.Header.Get("KV-Operation"); op != "" { // DEL or PURGE
 			continue
@@ -66,12 +67,12 @@ func RecentFromLedger(ctx context.Context, js jetstream.JetStream, n int) ([]For
 // RecentDeadLetters returns up to n dead letters, newest first, and how
 // many the stream holds in all.
 func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, n int) ([]deadletter.Entry, uint64, error) {
-	stream, err := js.Stream(ctx, deadletter.StreamName)
+	stream, err := js.Stream(ctx, natsjs.DeadLetterStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("stream %s: %w", deadletter.StreamName, err)
+		return nil, 0, fmt.Errorf("stream %s: %w", natsjs.DeadLetterStream, err)
 	}
 	state := stream.CachedInfo().State
 	if state.Msgs == 0 {

@@ -11,36 +11,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
-// Bucket is the key-value bucket where every forwarder process shares its
-// Snapshot, under its ID, so that the status page of any ingest replica
-// sees every forwarder. Entries expire when a forwarder stops updating.
-const Bucket = "stowline_forwarders"
-
-// ShareInterval is how often a forwarder writes its snapshot; entries
-// live for bucketTTL, so a forwarder that died drops off within it.
-const (
-	ShareInterval = 5 * time.Second
-	bucketTTL     = 6 * ShareInterval
-)
-
-// EnsureBucket creates or updates the bucket (in memory: it only holds
-// live state).
-func EnsureBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "stowline: what each live forwarder process is sending (status page)",
-		History:     1,
-		TTL:         bucketTTL,
-		Storage:     jetstream.MemoryStorage,
-		Replicas:    replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create or update key-value bucket %s: %w", Bucket, err)
-	}
-	return kv, nil
-}
+// ShareInterval is how often a forwarder writes its snapshot to
+// natsjs.StatusBucket; entries live for natsjs.Topology.StatusTTL (six
+// intervals), so a forwarder that died drops off within it.
+const ShareInterval = 5 * time.Second
 
 // Share writes the tracker's snapshot to kv every interval until ctx ends,
 // then removes it. Write failures are logged and retried at the next tick:
@@ -58,10 +36,10 @@ func (t *Tracker) Share(ctx context.Context, kv jetstream.KeyValue, interval tim
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
-			log.Warn("status: cannot share this forwarder's state (status page)", "bucket", Bucket, "err", err)
+			log.Warn("status: cannot share this forwarder's state (status page)", "bucket", natsjs.StatusBucket, "err", err)
 			failing = true
 		case err == nil && failing:
-			log.Info("status: sharing this forwarder's state again", "bucket", Bucket)
+			log.Info("status: sharing this forwarder's state again", "bucket", natsjs.StatusBucket)
 			failing = false
 		}
 		select {
@@ -91,16 +69,16 @@ func (t *Tracker) put(ctx context.Context, kv jetstream.KeyValue) error {
 // ReadShared returns the snapshots of the live forwarder processes,
 // sorted by host; none if no forwarder created the bucket yet.
 func ReadShared(ctx context.Context, js jetstream.JetStream) ([]Snapshot, error) {
-	kv, err := js.KeyValue(ctx, Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
+	kv, err := natsjs.OpenKV(ctx, js, natsjs.StatusBucket)
+	if errors.Is(err, natsjs.ErrNotProvisioned) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open key-value bucket %s: %w", Bucket, err)
+		return nil, err
 	}
 	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
-		return nil, fmt.Errorf("read key-value bucket %s: %w", Bucket, err)
+		return nil, fmt.Errorf("read key-value bucket %s: %w", natsjs.StatusBucket, err)
 	}
 	defer func() { _ = w.Stop() }()
 	var out []Snapshot
@@ -117,12 +95,12 @@ func ReadShared(ctx context.Context, js jetstream.JetStream) ([]Snapshot, error)
 			if err := json.Unmarshal(e.Value(), &s); err != nil {
 				continue // written by another version; skip it
 			}
-			if time.Since(s.UpdatedAt) > bucketTTL {
+			if time.Since(s.UpdatedAt) > natsjs.DefaultTopology().StatusTTL {
 				continue
 			}
 			out = append(out, s)
 		case <-ctx.Done():
-			return nil, fmt.Errorf("read key-value bucket %s: %w", Bucket, ctx.Err())
+			return nil, fmt.Errorf("read key-value bucket %s: %w", natsjs.StatusBucket, ctx.Err())
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
@@ -47,11 +48,11 @@ func queueFixture(t *testing.T, n, take int) (*testnats.Server, jetstream.Consum
 	ns := testnats.Start(t)
 	ctx := timeout(t)
 	for i := range n {
-		if _, err := events.Publish(ctx, ns.JS, event(i)); err != nil {
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, event(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cons, err := events.EnsureConsumer(ctx, ns.JS, events.DefaultTopology())
+	cons, err := natsjs.DefaultTopology().EnsureConsumer(ctx, ns.JS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,8 @@ func queueFixture(t *testing.T, n, take int) (*testnats.Server, jetstream.Consum
 func addDeadLetters(t *testing.T, js jetstream.JetStream, n int) *deadletter.Store {
 	t.Helper()
 	ctx := timeout(t)
-	store, err := deadletter.Ensure(ctx, js, time.Hour, 1)
+	dlStream, err := natsjs.DefaultTopology().EnsureDeadLetters(ctx, js)
+	store := deadletter.NewStore(js, dlStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +147,7 @@ func TestReadQueueBeforeAnyForwarder(t *testing.T) {
 	ns := testnats.Start(t)
 	ctx := timeout(t)
 	for i := range 4 {
-		if _, err := events.Publish(ctx, ns.JS, event(i)); err != nil {
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, event(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -313,7 +315,7 @@ func TestShareAndReadShared(t *testing.T) {
 	if got, err := status.ReadShared(ctx, ns.JS); err != nil || len(got) != 0 {
 		t.Fatalf("before any forwarder: %v, %v", got, err)
 	}
-	kv, err := status.EnsureBucket(ctx, ns.JS, 1)
+	kv, err := natsjs.DefaultTopology().EnsureStatus(ctx, ns.JS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +358,8 @@ func TestRecentFromLedger(t *testing.T) {
 	if _, err := status.RecentFromLedger(ctx, ns.JS, 5); !errors.Is(err, status.ErrNoLedger) {
 		t.Fatalf("without a ledger: err = %v", err)
 	}
-	l, err := ledger.Ensure(ctx, ns.JS, 1)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS)
+	l := ledger.New(ledgerKV)
 	if err != nil {
 		t.Fatal(err)
 	}

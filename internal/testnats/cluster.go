@@ -54,7 +54,7 @@ type Node struct {
 	// nodes' routes to it dial: Kill cuts both.
 	out, in []*link
 	mu      sync.Mutex
-	srv     *natsjs.Server
+	srv     *natsjs.EmbeddedServer
 }
 
 // StartCluster starts an n-node JetStream cluster (3 for R3 streams) and
@@ -282,7 +282,7 @@ func (n *Node) ClientURL() string {
 }
 
 // Server is the running server, nil while the node is stopped.
-func (n *Node) Server() *natsjs.Server {
+func (n *Node) Server() *natsjs.EmbeddedServer {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.srv
@@ -369,12 +369,12 @@ func (n *Node) start() error {
 		routes[i] = "nats://127.0.0.1:" + strconv.Itoa(l.port)
 	}
 	log := slog.New(slog.NewTextHandler(n.Logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := natsjs.Start(natsjs.Options{
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
 		StoreDir:   n.StoreDir,
 		ServerName: n.Name,
 		Host:       "127.0.0.1",
 		Port:       n.ClientPort,
-		Cluster: &natsjs.ClusterOptions{
+		Cluster: &natsjs.EmbeddedCluster{
 			Name:   ClusterName,
 			Host:   "127.0.0.1",
 			Port:   n.RoutePort,

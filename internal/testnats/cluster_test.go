@@ -7,7 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -19,9 +19,9 @@ func TestClusterNodeLossAndRejoin(t *testing.T) {
 	nc, js := c.Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	topo := events.DefaultTopology()
+	topo := natsjs.DefaultTopology()
 	topo.Replicas = 3
-	s, err := events.EnsureStream(ctx, js, topo)
+	s, err := topo.EnsureEvents(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,8 +38,8 @@ func TestClusterNodeLossAndRejoin(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	publish(events.SubjectPrefix + "a")
-	c.MoveLeader(t, js, nc, events.StreamName, "", "n2")
+	publish(natsjs.EventSubjectPrefix + "a")
+	c.MoveLeader(t, js, nc, natsjs.EventStream, "", "n2")
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +51,7 @@ func TestClusterNodeLossAndRejoin(t *testing.T) {
 	leader.Kill()
 	killed := time.Now()
 	for range 10 {
-		publish(events.SubjectPrefix + "b")
+		publish(natsjs.EventSubjectPrefix + "b")
 	}
 	// A crash is noticed by the election timeout (4-9 s), an orderly
 	// shutdown at once.
@@ -75,7 +75,7 @@ func TestClusterNodeLossAndRejoin(t *testing.T) {
 
 func streamInfo(ctx context.Context, t *testing.T, js jetstream.JetStream) *jetstream.StreamInfo {
 	t.Helper()
-	s, err := js.Stream(ctx, events.StreamName)
+	s, err := js.Stream(ctx, natsjs.EventStream)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,13 +9,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // Server is a running embedded server with a client connection.
 type Server struct {
-	*natsjs.Server
+	*natsjs.EmbeddedServer
 	NC *nats.Conn
 	JS jetstream.JetStream
 }
@@ -24,7 +23,7 @@ type Server struct {
 // the event stream created; all of it is stopped at cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	srv, err := natsjs.Start(natsjs.Options{StoreDir: t.TempDir(), ServerName: "test"}, nil)
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test"}, nil)
 	if err != nil {
 		t.Fatalf("start embedded nats: %v", err)
 	}
@@ -40,8 +39,8 @@ func Start(t testing.TB) *Server {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := events.EnsureStream(ctx, js, events.DefaultTopology()); err != nil {
+	if _, err := natsjs.DefaultTopology().EnsureEvents(ctx, js); err != nil {
 		t.Fatalf("ensure stream: %v", err)
 	}
-	return &Server{Server: srv, NC: nc, JS: js}
+	return &Server{EmbeddedServer: srv, NC: nc, JS: js}
 }

@@ -23,11 +23,11 @@ import (
 // Check reports whether one dependency is usable; nil means ready.
 type Check func(ctx context.Context) error
 
-// Mount adds /healthz, /readyz and /metrics to r. /readyz runs every check
+// MountHealth adds /healthz, /readyz and /metrics to r. /readyz runs every check
 // (in parallel, 5 s at most) and answers 503 with a JSON body naming each
 // failed check; failed Advisory checks are listed under "degraded" and do
 // not make the process unready.
-func Mount(r chi.Router, gatherer prometheus.Gatherer, checks map[string]Check) {
+func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]Check) {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

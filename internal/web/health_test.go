@@ -19,7 +19,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	reg.MustRegister(c)
 	ready := true
 	r := chi.NewRouter()
-	Mount(r, reg, map[string]Check{
+	MountHealth(r, reg, map[string]Check{
 		"jetstream": func(context.Context) error {
 			if !ready {
 				return errors.New("no responders")

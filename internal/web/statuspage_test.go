@@ -17,6 +17,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/internal/web"
@@ -36,7 +37,8 @@ func start(t *testing.T) *fixture {
 	ns := testnats.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	store, err := deadletter.Ensure(ctx, ns.JS, time.Hour, 1)
+	dlStream, err := natsjs.DefaultTopology().EnsureDeadLetters(ctx, ns.JS)
+	store := deadletter.NewStore(ns.JS, dlStream)
 	if err != nil {
 		t.Fatal(err)
 	}

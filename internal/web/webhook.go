@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
@@ -33,19 +32,6 @@ const MaxBodyBytes = 64 << 10
 
 // WebhookPath is where Orthanc posts events.
 const WebhookPath = "/webhooks/orthanc"
-
-// Publisher stores an event durably and returns JetStream's ack.
-type Publisher interface {
-	Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error)
-}
-
-// JetStreamPublisher publishes to the event stream.
-type JetStreamPublisher struct{ JS jetstream.JetStream }
-
-// Publish implements Publisher.
-func (p JetStreamPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
-	return events.Publish(ctx, p.JS, ev)
-}
 
 // WebhookOptions configures the handler.
 type WebhookOptions struct {
@@ -63,7 +49,7 @@ type WebhookOptions struct {
 	// TrustedProxies are the load balancers whose X-Forwarded-For names
 	// the client (for the rate limit and the logs); by default none.
 	TrustedProxies []netip.Prefix
-	Publisher      Publisher
+	Publisher      events.Publisher
 	PublishTimeout time.Duration
 	Logger         *slog.Logger
 	Registerer     prometheus.Registerer
@@ -78,7 +64,7 @@ type Webhook struct {
 	maxSkew time.Duration
 	limit   *limiter
 	proxies []netip.Prefix
-	pub     Publisher
+	pub     events.Publisher
 	timeout time.Duration
 	log     *slog.Logger
 	now     func() time.Time

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/web"
 )
 
@@ -29,7 +30,7 @@ func (p *fakePublisher) Publish(_ context.Context, _ *events.StudyStable) (*jets
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.n++
-	return &jetstream.PubAck{Stream: events.StreamName, Sequence: uint64(p.n)}, nil
+	return &jetstream.PubAck{Stream: natsjs.EventStream, Sequence: uint64(p.n)}, nil
 }
 
 // clock is a settable clock.

@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -23,7 +24,7 @@ const validBody = `{"type":"orthanc.study.stable","version":1,"source":"orthanc-
 	`"orthancStudyId":"27f7126f-4f66fb14-03f4081b-f9341db2-53925988",` +
 	`"studyInstanceUid":"1.2.840.113619.2.1.2411.1031152382.365.1.736169244","lastUpdate":"20261126T101500"}`
 
-func newServer(t *testing.T, pub web.Publisher) *httptest.Server {
+func newServer(t *testing.T, pub events.Publisher) *httptest.Server {
 	t.Helper()
 	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{"old-token-rotating-out", token}, Publisher: pub, PublishTimeout: 2 * time.Second})
 	if err != nil {
@@ -63,7 +64,7 @@ func post(t *testing.T, url, contentType, auth, body string) (int, map[string]an
 
 func TestWebhook(t *testing.T) {
 	ns := testnats.Start(t)
-	srv := newServer(t, web.JetStreamPublisher{JS: ns.JS})
+	srv := newServer(t, natsjs.Publisher{JS: ns.JS})
 	bearer := "Bearer " + token
 
 	tests := []struct {
@@ -111,7 +112,7 @@ func TestWebhook(t *testing.T) {
 		t.Errorf("repeat: status %d body %v, want 202 duplicate", status, body)
 	}
 	ctx := context.Background()
-	stream, err := ns.JS.Stream(ctx, events.StreamName)
+	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +147,7 @@ func TestWebhook(t *testing.T) {
 
 func TestWebhookJetStreamDown(t *testing.T) {
 	ns := testnats.Start(t)
-	srv := newServer(t, web.JetStreamPublisher{JS: ns.JS})
+	srv := newServer(t, natsjs.Publisher{JS: ns.JS})
 	ns.Shutdown() // a real outage: the server is gone
 	status, body := post(t, srv.URL, "application/json", "Bearer "+token, validBody)
 	if status != http.StatusServiceUnavailable {

@@ -1,4 +1,4 @@
-package app
+package natsjs_test
 
 import (
 	"context"
@@ -8,10 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stowline/stowline/internal/config"
-	"github.com/stowline/stowline/internal/deadletter"
-	"github.com/stowline/stowline/internal/reconcile"
-	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -22,12 +19,11 @@ import (
 // unanswered and those services fail at startup.
 func TestClusterConcurrentProvisioning(t *testing.T) {
 	cluster := testnats.StartCluster(t, 3)
-	nc := config.NATS{
-		URL:             cluster.URLs(),
-		Replicas:        3,
-		EventsRetention: time.Hour,
-		DedupeWindow:    time.Minute,
-	}
+	topo := natsjs.DefaultTopology()
+	topo.Replicas = 3
+	topo.Retention = time.Hour
+	topo.DedupeWindow = time.Minute
+	topo.AckWait = 5 * time.Second
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	const replicas = 4
 	var wg sync.WaitGroup
@@ -38,24 +34,22 @@ func TestClusterConcurrentProvisioning(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			began := time.Now()
-			js, err := ConnectJetStream(ctx, nc, Topology(nc, 5*time.Second), log)
+			conn, err := natsjs.Connect(natsjs.ConnectOptions{URL: cluster.URLs()}, log)
 			if err != nil {
 				t.Errorf("replica %d: %v", i, err)
 				return
 			}
-			defer js.Close()
-			// What startForwarder, completedRecorder, track and
-			// startReconciler create.
+			defer conn.Close()
+			// What the ingest and the forwarder create at startup.
+			js := conn.JS
 			steps := []func() error{
-				func() error { _, err := ensureConsumer(ctx, js, nc, 5*time.Second); return err },
-				func() error { _, err := deadletter.Ensure(ctx, js.JS, time.Hour, nc.Replicas); return err },
-				func() error {
-					_, err := deadletter.EnsureFailureLog(ctx, js.JS, nc.EventsRetention, nc.Replicas)
-					return err
-				},
-				func() error { _, err := completedRecorder(ctx, js, nc); return err },
-				func() error { _, err := status.EnsureBucket(ctx, js.JS, nc.Replicas); return err },
-				func() error { _, err := reconcile.EnsureBucket(ctx, js.JS, nc.Replicas); return err },
+				func() error { _, err := topo.EnsureEvents(ctx, js); return err },
+				func() error { _, err := topo.EnsureConsumer(ctx, js); return err },
+				func() error { _, err := topo.EnsureDeadLetters(ctx, js); return err },
+				func() error { _, err := topo.EnsureFailureLog(ctx, js); return err },
+				func() error { _, err := topo.EnsureLedger(ctx, js); return err },
+				func() error { _, err := topo.EnsureStatus(ctx, js); return err },
+				func() error { _, err := topo.EnsureReconcile(ctx, js); return err },
 			}
 			for _, step := range steps {
 				if err := step(); err != nil {

@@ -1,0 +1,93 @@
+package app
+
+import (
+	"context"
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/reconcile"
+	"github.com/stowline/stowline/internal/web"
+)
+
+// ingestRole is the webhook service: the webhook, the change-log
+// reconciler and the status page, on INGEST_ADDR.
+type ingestRole struct {
+	cfg       *config.Ingest
+	reconcile *config.Reconcile
+	// sources are the Orthancs the reconciler reads; nil when it is off.
+	sources *Sources
+}
+
+func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) error {
+	reg := newRegistry()
+	log := p.log.With("component", "ingest")
+	h, err := web.NewWebhook(web.WebhookOptions{
+		Tokens:         []string{r.cfg.Token},
+		HMACSecret:     r.cfg.HMACSecret,
+		HMACMaxSkew:    r.cfg.HMACMaxSkew,
+		RateLimit:      r.cfg.RateLimit,
+		RateBurst:      r.cfg.RateBurst,
+		TrustedProxies: r.cfg.TrustedProxies,
+		Publisher:      natsjs.Publisher{JS: p.conn.JS},
+		PublishTimeout: r.cfg.PublishTimeout,
+		Logger:         log,
+		Registerer:     reg,
+	})
+	if err != nil {
+		return err
+	}
+	checks := map[string]web.Check{"jetstream": p.conn.Ready}
+	if err := r.startReconciler(ctx, g, p, reg, checks); err != nil {
+		return err
+	}
+	router := newRouter()
+	h.Mount(router)
+	if err := errors.Join(p.status.registerQueue(reg), p.status.mountUI(router)); err != nil {
+		return err
+	}
+	web.MountHealth(router, reg, checks)
+	return serveHTTP(ctx, g, "ingest", r.cfg.Addr, router, p.serverTLS, p.log)
+}
+
+// startReconciler runs the change-log reconciler of every Orthanc source
+// (unless RECONCILE_ENABLED is false) and adds a readiness check per
+// source to checks.
+func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *process, reg prometheus.Registerer, checks map[string]web.Check) error {
+	log := p.log.With("component", "reconciler")
+	if !r.reconcile.Enabled {
+		log.Warn("reconciler disabled (RECONCILE_ENABLED=false): a lost webhook event goes unnoticed until `forwarder audit` runs")
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
+	defer cancel()
+	kv, err := p.topo.EnsureReconcile(pctx, p.conn.JS)
+	if err != nil {
+		return err
+	}
+	var rs []reconcile.Source
+	for _, s := range r.sources.List() {
+		rs = append(rs, reconcile.Source{Name: s.Name, Orthanc: s.Client})
+	}
+	rec, err := reconcile.New(reconcile.Options{
+		Sources:        rs,
+		KV:             kv,
+		Publisher:      natsjs.Publisher{JS: p.conn.JS},
+		PollInterval:   r.reconcile.PollInterval,
+		LeaseTTL:       r.reconcile.LeaseTTL,
+		PublishTimeout: r.cfg.PublishTimeout,
+		Logger:         log,
+		Registerer:     reg,
+	})
+	if err != nil {
+		return err
+	}
+	for name, check := range rec.Checks() {
+		checks[name] = web.Advisory(check)
+	}
+	g.Go(named("reconciler", func() error { return rec.Run(ctx) }))
+	return nil
+}

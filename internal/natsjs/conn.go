@@ -1,0 +1,99 @@
+package natsjs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ConnectOptions says where JetStream is.
+type ConnectOptions struct {
+	// URL lists the NATS servers, comma-separated; empty starts the
+	// embedded server (single-host mode) with its data in StoreDir.
+	URL      string
+	StoreDir string
+	// Auth holds the client options of an external server's
+	// authentication and TLS.
+	Auth []nats.Option
+}
+
+// Conn is a connection to JetStream, embedded or external.
+type Conn struct {
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	embedded *EmbeddedServer
+	closed   chan struct{}
+}
+
+// Connect connects to o.URL, or starts the embedded server when it is
+// empty. The connection reconnects forever: a NATS restart must never stop
+// stowline. Create-or-update calls through JS are retried when a cluster
+// does not answer them (provision.go).
+func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
+	c := &Conn{closed: make(chan struct{})}
+	opts := []nats.Option{
+		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
+		nats.Name("stowline"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("disconnected from NATS", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted()) }),
+	}
+	var err error
+	if o.URL == "" {
+		c.embedded, err = StartEmbedded(EmbeddedOptions{StoreDir: o.StoreDir, ServerName: "stowline-embedded"}, log)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("embedded JetStream server started (single-host mode)", "store_dir", o.StoreDir)
+		c.NC, err = c.embedded.Connect(opts...)
+	} else {
+		c.NC, err = nats.Connect(o.URL, append(opts, o.Auth...)...)
+		if err == nil {
+			log.Info("connected to NATS", "url", c.NC.ConnectedUrlRedacted())
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	js, err := jetstream.New(c.NC)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	c.JS = provisioningJS{JetStream: js, log: log}
+	return c, nil
+}
+
+// Ready reports whether JetStream answers (the readiness check).
+func (c *Conn) Ready(ctx context.Context) error {
+	if _, err := c.JS.Stream(ctx, EventStream); err != nil {
+		return fmt.Errorf("JetStream stream %s: %w", EventStream, err)
+	}
+	return nil
+}
+
+// Close drains the connection (pending acks and publishes are flushed)
+// and stops the embedded server, if any.
+func (c *Conn) Close() {
+	if c.NC != nil {
+		if err := c.NC.Drain(); err != nil {
+			c.NC.Close()
+		}
+		// Drain closes the connection when it is done (or after the
+		// client's drain timeout).
+		<-c.closed
+	}
+	if c.embedded != nil {
+		c.embedded.Shutdown()
+	}
+}

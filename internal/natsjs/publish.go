@@ -1,0 +1,38 @@
+package natsjs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+)
+
+// Publisher stores events in the event stream (events.Publisher).
+type Publisher struct{ JS jetstream.JetStream }
+
+// Publish stores ev under its dedupe ID and returns JetStream's
+// acknowledgement. PubAck.Duplicate is true when JetStream dropped it as a
+// repeat of an event still inside the dedupe window.
+func (p Publisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	return PublishAs(ctx, p.JS, ev, ev.MsgID())
+}
+
+// PublishAs publishes ev with the given dedupe ID; replays use it to queue
+// an event again inside the dedupe window.
+func PublishAs(ctx context.Context, js jetstream.JetStream, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	msg := &nats.Msg{Subject: EventSubject(ev.Source), Data: data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(EventStream))
+	if err != nil {
+		return nil, fmt.Errorf("publish event %s: %w", msgID, err)
+	}
+	return ack, nil
+}

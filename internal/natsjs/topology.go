@@ -1,0 +1,236 @@
+package natsjs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Names of the streams, subjects and buckets. Operators meet them in the
+// nats CLI and in NATS permissions (docs/nats-permissions.md): they do not
+// change.
+const (
+	// EventStream keeps every event, acked or not, for the retention
+	// window, so that a time window can be re-forwarded later.
+	EventStream        = "STOWLINE_EVENTS"
+	EventSubjectPrefix = "stowline.study.stable."
+	// ForwarderConsumer is the durable pull consumer the forwarders share.
+	ForwarderConsumer = "stowline-forwarder"
+
+	// DeadLetterStream keeps the studies that could not be forwarded.
+	DeadLetterStream        = "STOWLINE_DEADLETTER"
+	DeadLetterSubjectPrefix = "stowline.deadletter."
+
+	// FailureBucket remembers when each queued event first and last
+	// failed, across deliveries and replicas (key "seq<stream seq>").
+	FailureBucket = "stowline_failures"
+	// LedgerBucket records completed forwards ("<source>.<study id>").
+	LedgerBucket = "stowline_forwarded"
+	// ReconcileBucket holds the reconciler's cursor and lease per source.
+	ReconcileBucket = "stowline_reconcile"
+	// StatusBucket holds each live forwarder's snapshot for the status
+	// page; entries expire when a forwarder stops writing.
+	StatusBucket = "stowline_forwarders"
+)
+
+// EventSubject is the subject of a source's events: one per source, so
+// that consumers and operators can filter by source.
+func EventSubject(source string) string { return EventSubjectPrefix + source }
+
+// DefaultMaxDeliver bounds a forwarder consumer's deliveries of one event.
+// The forwarders dead-letter a study well before (FORWARDER_MAX_DELIVERIES);
+// this backstop only ends the loop of an event whose delivery kills every
+// forwarder before it can be dead-lettered.
+const DefaultMaxDeliver = 1000
+
+// Topology holds the tunables of the streams, the consumer and the buckets.
+type Topology struct {
+	// Retention is how long events stay in the stream, acked or not.
+	Retention time.Duration
+	// DedupeWindow is how long JetStream remembers a Nats-Msg-Id.
+	DedupeWindow time.Duration
+	// Replicas is 1 on a single server, 3 on a JetStream cluster.
+	Replicas int
+	// AckWait is how long a delivered event may go without an ack or an
+	// in-progress signal before JetStream redelivers it.
+	AckWait time.Duration
+	// MaxAckPending bounds the events in flight across all forwarders.
+	MaxAckPending int
+	// MaxDeliver bounds the deliveries of one event (see DefaultMaxDeliver).
+	MaxDeliver int
+	// DeadLetterRetention is how long dead letters are kept for replay.
+	DeadLetterRetention time.Duration
+	// StatusTTL is how long a forwarder's shared snapshot outlives its
+	// last write.
+	StatusTTL time.Duration
+}
+
+// DefaultTopology is the topology of the configuration defaults.
+func DefaultTopology() Topology {
+	return Topology{
+		Retention:           7 * 24 * time.Hour,
+		DedupeWindow:        24 * time.Hour,
+		Replicas:            1,
+		AckWait:             60 * time.Second,
+		MaxAckPending:       1000,
+		MaxDeliver:          DefaultMaxDeliver,
+		DeadLetterRetention: 30 * 24 * time.Hour,
+		StatusTTL:           30 * time.Second,
+	}
+}
+
+// EventStreamConfig is the event stream's configuration.
+func (t Topology) EventStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        EventStream,
+		Description: "stowline: stable-study events from Orthanc sources",
+		Subjects:    []string{EventSubjectPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      t.Retention,
+		Duplicates:  t.DedupeWindow,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Discard:     jetstream.DiscardOld,
+	}
+}
+
+// ConsumerConfig is the durable pull consumer all forwarder replicas share.
+func (t Topology) ConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ForwarderConsumer,
+		Description:   "stowline forwarders (shared by all replicas)",
+		FilterSubject: EventSubjectPrefix + ">",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       t.AckWait,
+		MaxDeliver:    t.MaxDeliver,
+		MaxAckPending: t.MaxAckPending,
+		Replicas:      t.Replicas,
+	}
+}
+
+// EnsureEvents creates the event stream or updates it to t; every replica
+// of every service may call it at startup.
+func (t Topology) EnsureEvents(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, t.EventStreamConfig())
+	if err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", EventStream, err)
+	}
+	return s, nil
+}
+
+// EnsureConsumer creates the forwarders' durable consumer or updates it to t.
+func (t Topology) EnsureConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, EventStream, t.ConsumerConfig())
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s on stream %s: %w", ForwarderConsumer, EventStream, err)
+	}
+	return c, nil
+}
+
+// EnsureDeadLetters creates or updates the dead-letter stream (letters
+// stay for DeadLetterRetention unless replayed or purged).
+func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        DeadLetterStream,
+		Description: "stowline: studies that could not be forwarded, with the reason",
+		Subjects:    []string{DeadLetterSubjectPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      t.DeadLetterRetention,
+		Duplicates:  2 * time.Minute,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", DeadLetterStream, err)
+	}
+	return s, nil
+}
+
+// EnsureFailureLog creates or updates the failure-time bucket. Entries
+// expire with the events (Retention), so a lost delete leaves no litter.
+func (t Topology) EnsureFailureLog(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	return ensureKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      FailureBucket,
+		Description: "stowline: first and last failure time of queued events",
+		TTL:         t.Retention,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+	})
+}
+
+// EnsureLedger creates or updates the bucket of completed forwards; its
+// records are kept until deleted.
+func (t Topology) EnsureLedger(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	return ensureKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      LedgerBucket,
+		Description: "stowline: completed forwards (source.orthancStudyId -> LastUpdate)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+	})
+}
+
+// EnsureReconcile creates or updates the reconciler's bucket.
+func (t Topology) EnsureReconcile(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	return ensureKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      ReconcileBucket,
+		Description: "stowline: change-log cursors and leases of the reconciler, per Orthanc source",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+	})
+}
+
+// EnsureStatus creates or updates the status bucket, in memory: it only
+// holds live state.
+func (t Topology) EnsureStatus(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	return ensureKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      StatusBucket,
+		Description: "stowline: what each live forwarder process is sending (status page)",
+		History:     1,
+		TTL:         t.StatusTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    t.Replicas,
+	})
+}
+
+func ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create or update key-value bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
+}
+
+// ErrNotProvisioned reports a stream or bucket that no service has created
+// yet; the commands that only read (audit, replay, the status page) never
+// create one.
+var ErrNotProvisioned = errors.New("not created yet (has a forwarder run?)")
+
+// OpenStream returns an existing stream without changing it.
+func OpenStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("stream %s: %w", name, ErrNotProvisioned)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", name, err)
+	}
+	return s, nil
+}
+
+// OpenKV returns an existing key-value bucket without changing it.
+func OpenKV(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("key-value bucket %s: %w", bucket, ErrNotProvisioned)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key-value bucket %s: %w", bucket, err)
+	}
+	return kv, nil
+}
