@@ -74,6 +74,12 @@ func topology(n config.NATS, fc *config.Forwarder) natsjs.Topology {
 	if fc != nil {
 		t.AckWait = fc.AckWait
 		t.DeadLetterRetention = fc.DeadLetterRetention
+		if fc.MaxDeliveries > 0 {
+			// Room for the deliveries that dead-letter a study (and for
+			// retries of a dead letter that could not be stored), with
+			// a bound on a study that kills every forwarder.
+			t.MaxDeliver = 2 * fc.MaxDeliveries
+		}
 	}
 	return t
 }

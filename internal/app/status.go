@@ -76,20 +76,11 @@ func (s *statusWiring) forwarders(ctx context.Context) ([]status.Snapshot, error
 	return out, err
 }
 
-// track follows the forwarder's studies (it wraps the consumer, sources and
-// destination of opts) and shares its state in JetStream until ctx ends.
+// track makes a tracker the forwarder's observer, and shares what it
+// tracks in JetStream until ctx ends.
 func (s *statusWiring) track(ctx context.Context, g *errgroup.Group, topo natsjs.Topology, concurrency int, tw *status.TokenWatch, opts *forward.Options, log *slog.Logger) error {
 	t := status.NewTracker(concurrency, tw)
-	opts.Consumer = t.Consumer(opts.Consumer)
-	sourceFor := opts.SourceFor
-	opts.SourceFor = func(name string) (forward.Source, error) {
-		src, err := sourceFor(name)
-		if err != nil {
-			return nil, err
-		}
-		return t.Source(name, src), nil
-	}
-	opts.Destination = t.Destination(opts.Destination)
+	opts.Observer = t
 
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()

@@ -174,7 +174,7 @@ func TestSeparateCommandsNeedNATSURL(t *testing.T) {
 }
 
 func TestReadmeDocumentsEveryVariable(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
+	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func TestForwardGoroutinesDoNotGrowWithInstances(t *testing.T) {
 		})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		rep, err := f.Forward(ctx, testEvent())
+		rep, err := f.transfer(ctx, &Attempt{Event: testEvent()})
 		if err != nil {
 			t.Fatalf("%d instances: %v", n, err)
 		}

@@ -1,14 +1,3 @@
-// Package failure is stowline's one failure taxonomy: every error met
-// while forwarding a study, and every per-instance Failure Reason a STOW-RS
-// server returns, is classified here, and the forwarder acts on the class.
-//
-//	transient       retry with backoff (network, timeouts, 408, 429, 5xx,
-//	                token endpoint or Orthanc unavailable)
-//	partial         some instances refused for good; the rest is stored;
-//	                dead-letter with the list
-//	permanent       retrying cannot help (400, 409 that is no duplicate,
-//	                413, 415, auth refused after a refresh); dead-letter now
-//	source-missing  the study is no longer in Orthanc; dead-letter
 package forward
 
 import (
@@ -25,7 +14,20 @@ import (
 	"github.com/stowline/stowline/orthancapi"
 )
 
-// Class is what a failure means for the study.
+// Class is what a failure means for the study: stowline's one failure
+// taxonomy. Every error met while forwarding a study, and every
+// per-instance Failure Reason a STOW-RS server returns, is classified
+// here, and the forwarder acts on the class.
+//
+//	transient       retry with backoff (network, timeouts, 408, 429, 5xx,
+//	                token endpoint or Orthanc unavailable)
+//	partial         some instances refused for good; the rest is stored;
+//	                dead-letter with the list
+//	permanent       retrying cannot help (400, 409 that is no duplicate,
+//	                413, 415, auth refused after a refresh); dead-letter now
+//	source-missing  the study is no longer in Orthanc; dead-letter
+//	crash           forwarding it panicked, or its deliveries kept ending
+//	                without an outcome (the process died); dead-letter now
 type Class string
 
 // The classes.
@@ -34,10 +36,11 @@ const (
 	Partial       Class = "partial"
 	Permanent     Class = "permanent"
 	SourceMissing Class = "source-missing"
+	Crash         Class = "crash"
 )
 
 // Classes lists every class, for metrics and validation.
-var Classes = []Class{Transient, Partial, Permanent, SourceMissing}
+var Classes = []Class{Transient, Partial, Permanent, SourceMissing, Crash}
 
 // DeadLetterNow reports whether a failure of class c goes to the
 // dead-letter stream without further retries.

@@ -168,7 +168,8 @@ func TestForwardAcksWhenAllStored(t *testing.T) {
 	srv := httptest.NewServer(k.handler(nil))
 	t.Cleanup(srv.Close)
 	cons := consumer(t, ns)
-	f := newForwarder(t, src, srv.URL, cons)
+	rec := &recordingObserver{}
+	f := newForwarder(t, src, srv.URL, cons, func(o *Options) { o.Observer = rec })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.Run(ctx) }()
@@ -183,6 +184,19 @@ func TestForwardAcksWhenAllStored(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	// Run has returned, so the attempt is settled. The observer was
+	// told the facts: one attempt, its progress, its end.
+	rec.mu.Lock()
+	if rec.started != 1 || rec.finished[ResultForwarded] != 1 || len(rec.reports) != 1 ||
+		rec.reports[0].Listed != 10 || rec.reports[0].Instances != 10 || rec.reports[0].Requests != 3 {
+		t.Errorf("observer: %d started, finished %v, reports %+v", rec.started, rec.finished, rec.reports)
+	}
+	for _, rep := range rec.last {
+		if rep.Instances != 10 || rep.Bytes == 0 {
+			t.Errorf("last progress %+v, want 10 instances and their bytes", rep)
+		}
+	}
+	rec.mu.Unlock()
 }
 
 // On shutdown, a study still uploading after the grace period goes back
@@ -244,36 +258,6 @@ func TestUndecodableEventTerminated(t *testing.T) {
 	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
 	if k.requests.Load() != 0 {
 		t.Error("an undecodable event reached the destination")
-	}
-}
-
-func TestRetryDelay(t *testing.T) {
-	f := &Forwarder{opts: Options{RetryDelay: time.Second, RetryMaxDelay: 8 * time.Second}}
-	tests := []struct {
-		attempt  uint64
-		min, max time.Duration
-	}{
-		{1, 500 * time.Millisecond, time.Second},
-		{2, time.Second, 2 * time.Second},
-		{3, 2 * time.Second, 4 * time.Second},
-		{4, 4 * time.Second, 8 * time.Second},
-		{10, 4 * time.Second, 8 * time.Second},
-		{1000, 4 * time.Second, 8 * time.Second},
-	}
-	for _, tt := range tests {
-		for range 200 {
-			d := f.retryDelay(tt.attempt, nil)
-			if d < tt.min || d > tt.max {
-				t.Fatalf("attempt %d: delay %s outside [%s, %s]", tt.attempt, d, tt.min, tt.max)
-			}
-		}
-	}
-	// Retry-After wins when longer, up to an hour.
-	if d := f.retryDelay(1, &dicomweb.HTTPError{StatusCode: 503, RetryAfter: 30 * time.Second}); d != 30*time.Second {
-		t.Errorf("Retry-After 30s: delay %s", d)
-	}
-	if d := f.retryDelay(1, fmt.Errorf("x: %w", &dicomweb.HTTPError{StatusCode: 429, RetryAfter: 5 * time.Hour})); d != time.Hour {
-		t.Errorf("Retry-After 5h: delay %s, want capped at 1h", d)
 	}
 }
 

@@ -40,10 +40,13 @@ const (
 // that consumers and operators can filter by source.
 func EventSubject(source string) string { return EventSubjectPrefix + source }
 
-// DefaultMaxDeliver bounds a forwarder consumer's deliveries of one event.
-// The forwarders dead-letter a study well before (FORWARDER_MAX_DELIVERIES);
-// this backstop only ends the loop of an event whose delivery kills every
-// forwarder before it can be dead-lettered.
+// DefaultMaxDeliver bounds the forwarders' deliveries of one event when
+// FORWARDER_MAX_DELIVERIES sets no limit: about the default retention at
+// the longest retry delay. With a limit, the consumer allows twice it. The
+// forwarders dead-letter a study long before; this backstop only ends the
+// loop of an event whose delivery kills every forwarder before it can be
+// dead-lettered (the event stays in the stream for `forwarder audit` and
+// `replay reforward`).
 const DefaultMaxDeliver = 1000
 
 // Topology holds the tunables of the streams, the consumer and the buckets.

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 )
@@ -59,7 +60,7 @@ func RecentFromLedger(ctx context.Context, js jetstream.JetStream, n int) ([]For
 			continue
 		}
 		out = append(out, Forward{Source: source, OrthancStudyID: study, StudyInstanceUID: r.StudyInstanceUID,
-			LastUpdate: r.LastUpdate, Result: ResultForwarded, FinishedAt: r.ForwardedAt})
+			LastUpdate: r.LastUpdate, Result: forward.ResultForwarded, FinishedAt: r.ForwardedAt})
 	}
 	return out, nil
 }

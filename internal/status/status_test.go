@@ -179,8 +179,8 @@ func (d fakeDestination) Store(_ context.Context, parts []dicomweb.Part) (*dicom
 	return &dicomweb.Result{StatusCode: 200, BytesSent: int64(1000 * len(parts))}, nil
 }
 
-// The tracker follows a study from delivery to ack through the wrapped
-// consumer, source and destination, as the forwarder calls them.
+// The tracker shows what the forwarder tells it: a study in flight with
+// its progress, then its result among the recent ones and the totals.
 func TestTrackerFollowsAStudy(t *testing.T) {
 	ns, cons, _ := queueFixture(t, 2, 0)
 	ctx := timeout(t)
@@ -189,9 +189,8 @@ func TestTrackerFollowsAStudy(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr := status.NewTracker(4, tw)
-	tc := tr.Consumer(cons)
 
-	msg, err := tc.Next(jetstream.FetchMaxWait(5 * time.Second))
+	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,54 +198,38 @@ func TestTrackerFollowsAStudy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := &forward.Attempt{Event: ev, Number: 1, Seq: 1}
+	tr.Started(a)
 	snap := tr.Snapshot()
 	if len(snap.InFlight) != 1 || snap.InFlight[0].OrthancStudyID != ev.OrthancStudyID || snap.InFlight[0].Attempt != 1 || snap.InFlight[0].Instances != 0 {
 		t.Fatalf("after delivery: in flight = %+v", snap.InFlight)
 	}
-
-	var instances []orthancapi.Instance
-	for i := range 10 {
-		instances = append(instances, orthancapi.Instance{ID: fmt.Sprint(i), SOPInstanceUID: fmt.Sprintf("1.2.3.%d", i)})
-	}
-	src := tr.Source(ev.Source, fakeSource{instances})
-	if _, err := src.StudyInstances(ctx, ev.OrthancStudyID); err != nil {
-		t.Fatal(err)
-	}
-	parts := func(from, to int) []dicomweb.Part {
-		var ps []dicomweb.Part
-		for _, in := range instances[from:to] {
-			ps = append(ps, dicomweb.Part{SOPInstanceUID: in.SOPInstanceUID})
-		}
-		return ps
-	}
-	dest := tr.Destination(fakeDestination{})
-	if _, err := dest.Store(ctx, parts(0, 4)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tr.Destination(fakeDestination{fail: true}).Store(ctx, parts(4, 8)); err == nil {
-		t.Fatal("failing destination did not fail")
-	}
+	tr.Progress(a, forward.Report{Listed: 10})
+	tr.Progress(a, forward.Report{Listed: 10, Instances: 4, Bytes: 4000, Requests: 1})
 	if f := tr.Snapshot().InFlight[0]; f.Instances != 10 || f.Sent != 4 || f.Bytes != 4000 {
-		t.Errorf("progress = %d/%d, %d bytes; want 4/10, 4000 (a failed request advances nothing)", f.Sent, f.Instances, f.Bytes)
-	}
-	if _, err := dest.Store(ctx, parts(0, 10)); err != nil { // a resend counts each instance once
-		t.Fatal(err)
-	}
-	if f := tr.Snapshot().InFlight[0]; f.Sent != 10 {
-		t.Errorf("sent = %d after every instance was answered, want 10", f.Sent)
+		t.Errorf("progress = %d/%d, %d bytes; want 4/10, 4000", f.Sent, f.Instances, f.Bytes)
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
 		t.Fatal(err)
 	}
+	tr.Finished(a, forward.ResultForwarded, forward.Report{Listed: 10, Instances: 10, Bytes: 10000, Requests: 3})
 
 	// A second study fails and is NAKed for a retry.
-	msg2, err := tc.Next(jetstream.FetchMaxWait(5 * time.Second))
+	msg2, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
+	ev2, err := events.Decode(msg2.Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2 := &forward.Attempt{Event: ev2, Number: 1, Seq: 2}
+	tr.Started(a2)
 	if err := msg2.NakWithDelay(time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	tr.Finished(a2, forward.ResultRetry, forward.Report{})
+	tr.Finished(a2, forward.ResultRetry, forward.Report{}) // a second report of the same end counts once
 	tw.Observe(nil, 10*time.Millisecond)
 	tw.Observe(errors.New("auth: cannot obtain token from https://login.example.org/token: 401 invalid_client"), time.Millisecond)
 
@@ -257,8 +240,8 @@ func TestTrackerFollowsAStudy(t *testing.T) {
 	if snap.Totals.Forwarded != 1 || snap.Totals.Retry != 1 {
 		t.Errorf("totals = %+v, want 1 forwarded and 1 retry", snap.Totals)
 	}
-	if len(snap.Recent) != 2 || snap.Recent[0].Result != status.ResultRetry || snap.Recent[1].Result != status.ResultForwarded ||
-		snap.Recent[1].Instances != 10 || snap.Recent[1].StudyInstanceUID != ev.StudyInstanceUID {
+	if len(snap.Recent) != 2 || snap.Recent[0].Result != forward.ResultRetry || snap.Recent[1].Result != forward.ResultForwarded ||
+		snap.Recent[1].Instances != 10 || snap.Recent[1].Bytes != 10000 || snap.Recent[1].StudyInstanceUID != ev.StudyInstanceUID {
 		t.Errorf("recent (newest first) = %+v", snap.Recent)
 	}
 	if tok := snap.Token; !tok.OAuth || tok.Fetches != 2 || tok.Errors != 1 || tok.OK() || !strings.Contains(tok.LastError, "invalid_client") {

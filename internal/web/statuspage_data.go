@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/status"
 )
 
@@ -121,7 +122,7 @@ func enrich(recs, ring []status.Forward) []status.Forward {
 	type key struct{ source, study, lastUpdate string }
 	seen := map[key]status.Forward{}
 	for _, f := range ring {
-		if f.Result == status.ResultForwarded {
+		if f.Result == forward.ResultForwarded {
 			k := key{f.Source, f.OrthancStudyID, f.LastUpdate}
 			if _, ok := seen[k]; !ok {
 				seen[k] = f

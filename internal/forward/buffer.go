@@ -1,0 +1,65 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// deleteForwarded is buffer mode: it deletes from the source exactly the
+// instances this forward sent and the destination confirmed, so an
+// instance that arrived since the study was listed is never deleted. A
+// study whose LastUpdate moved since its event is left alone: its next
+// event forwards it again (what the destination holds counts as stored)
+// and deletes it then. Every failure leaves instances in Orthanc, never
+// loses one; shutdown stops the deletes.
+func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, instances []orthancapi.Instance, log *slog.Logger) {
+	if len(instances) == 0 {
+		return
+	}
+	c, err := f.opts.CleanerFor(ev.Source)
+	if err != nil {
+		log.Warn("forwarded study not deleted from the source", "err", err)
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+		return
+	}
+	st, err := c.Study(ctx, ev.OrthancStudyID)
+	if errors.Is(err, orthancapi.ErrNotFound) {
+		return // deleted by someone else meanwhile
+	}
+	if err != nil {
+		log.Warn("forwarded study not deleted from the source: its state could not be read", "err", err)
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+		return
+	}
+	if st.LastUpdate != ev.LastUpdate {
+		log.Info("forwarded study not deleted from the source: it changed since its event, its next event forwards and deletes it",
+			"source_last_update", st.LastUpdate)
+		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(len(instances)))
+		return
+	}
+	deleted := 0
+	var firstErr error
+	for _, inst := range instances {
+		if err := c.DeleteInstance(ctx, inst.ID); err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		deleted++
+	}
+	f.m.sourceDeletes.WithLabelValues("deleted").Add(float64(deleted))
+	if failed := len(instances) - deleted; failed > 0 {
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(failed))
+		log.Warn("some forwarded instances were not deleted from the source; they stay in Orthanc", "deleted", deleted, "failed", failed, "err", firstErr)
+		return
+	}
+	log.Info("forwarded instances deleted from the source", "deleted", deleted)
+}

@@ -1,0 +1,197 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+)
+
+// Run pulls and forwards events until ctx ends. Then it stops pulling,
+// lets in-flight studies finish for up to ShutdownGrace, and returns the
+// rest to the queue (NAK) so another replica takes them at once.
+func (f *Forwarder) Run(ctx context.Context) error {
+	if f.opts.Consumer == nil {
+		return errors.New("forward: no consumer")
+	}
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopGrace := context.AfterFunc(ctx, func() {
+		time.AfterFunc(f.opts.ShutdownGrace, cancelWork)
+	})
+	defer stopGrace()
+
+	var wg sync.WaitGroup
+	for range f.opts.Concurrency {
+		wg.Go(func() { f.worker(ctx, workCtx) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// worker pulls one event at a time, only when it is free, so no event waits
+// in a client-side buffer while its ack wait runs out.
+func (f *Forwarder) worker(ctx, workCtx context.Context) {
+	for ctx.Err() == nil {
+		// Short pulls: a pull request outlives its cancelled context on
+		// the server until it expires, and a message handed to it then
+		// waits for the ack wait; 5 s bounds that at shutdown.
+		pullCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		msg, err := f.opts.Consumer.Next(jetstream.FetchContext(pullCtx))
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+				continue
+			}
+			f.log.Warn("pull from JetStream failed; retrying", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		f.handle(workCtx, msg)
+	}
+}
+
+// handle runs one delivery: it decodes the event, stops a poison study
+// before any work, transfers the study while telling JetStream it is in
+// progress, and settles the message by the outcome policy.
+func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
+	a := &Attempt{Number: 1}
+	if meta, err := msg.Metadata(); err == nil {
+		a.Number, a.Seq = meta.NumDelivered, meta.Sequence.Stream
+	}
+	ev, err := events.Decode(msg.Data())
+	if err != nil {
+		// A message this build can't read would loop forever: stop it,
+		// with the reason, where an operator can see it.
+		f.log.Error("undecodable event terminated", "subject", msg.Subject(), "stream_seq", a.Seq, "err", err)
+		f.m.studies.WithLabelValues(string(ResultUndecodable)).Inc()
+		if err := msg.TermWithReason("undecodable event: " + err.Error()); err != nil {
+			f.log.Warn("terminate undecodable event", "err", err)
+		}
+		return
+	}
+	a.Event = ev
+	log := f.log.With("source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
+		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
+		"attempt", a.Number, "stream_seq", a.Seq)
+	f.obs.Started(a)
+
+	if d, poison := f.policy.exhausted(a.Number); poison {
+		f.settle(ctx, msg, a, d, Report{}, errors.New(d.reason), 0, log)
+		return
+	}
+
+	f.m.inFlight.Inc()
+	stopProgress := keepAlive(msg, f.opts.AckWait/3, log)
+	start := time.Now()
+	rep, err := f.transferRecovering(ctx, a)
+	stopProgress()
+	f.m.inFlight.Dec()
+	var ce *crashError
+	if errors.As(err, &ce) {
+		log.Error("forwarding the study panicked; it is dead-lettered instead of crashing the forwarder",
+			"panic", ce.value, "frames", strings.Join(ce.frames, " < "))
+	}
+	d := f.policy.decide(a.Number, err, ctx.Err() != nil)
+	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log)
+}
+
+// transferRecovering is transfer with a panic turned into a crash
+// failure, so one bad study cannot take every replica down in turn.
+func (f *Forwarder) transferRecovering(ctx context.Context, a *Attempt) (rep Report, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &Error{Class: Crash, Err: newCrashError(v)}
+		}
+	}()
+	return f.transfer(ctx, a)
+}
+
+// crashError is a recovered panic: its value and the top frames of the
+// panicking goroutine, function names and lines only (no arguments, so no
+// patient data).
+type crashError struct {
+	value  string
+	frames []string
+}
+
+// maxCrashFrames and maxPanicText bound what a dead letter keeps.
+const (
+	maxCrashFrames = 8
+	maxPanicText   = 300
+)
+
+func newCrashError(v any) *crashError {
+	text := fmt.Sprint(v)
+	if len(text) > maxPanicText {
+		text = text[:maxPanicText] + "…"
+	}
+	pcs := make([]uintptr, 32)
+	n := runtime.Callers(3, pcs) // skip Callers, newCrashError, the deferred func
+	frames := runtime.CallersFrames(pcs[:n])
+	var out []string
+	for {
+		fr, more := frames.Next()
+		if !strings.HasPrefix(fr.Function, "runtime.") {
+			out = append(out, fmt.Sprintf("%s (%s:%d)", fr.Function, trimPath(fr.File), fr.Line))
+		}
+		if !more || len(out) == maxCrashFrames {
+			break
+		}
+	}
+	return &crashError{value: text, frames: out}
+}
+
+func (e *crashError) Error() string {
+	return "panic: " + e.value + " at " + strings.Join(e.frames, " < ")
+}
+
+// trimPath keeps the last two elements of a source path.
+func trimPath(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i > 0 {
+		if j := strings.LastIndexByte(p[:i], '/'); j >= 0 {
+			return p[j+1:]
+		}
+	}
+	return p
+}
+
+// keepAlive tells JetStream every interval that msg is still being worked
+// on, so a long upload is not redelivered to another replica.
+func keepAlive(msg jetstream.Msg, interval time.Duration, log *slog.Logger) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := msg.InProgress(); err != nil {
+					log.Warn("in-progress signal failed", "err", err)
+				}
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,51 @@
+package forward
+
+import "github.com/stowline/stowline/events"
+
+// Attempt is one delivery of a study's event to this forwarder.
+type Attempt struct {
+	Event *events.StudyStable
+	// Number counts the deliveries of the event, this one included.
+	Number uint64
+	// Seq is the event's position in the event stream.
+	Seq uint64
+}
+
+// Result is how an attempt ended: the label of
+// stowline_forwarder_studies_total.
+type Result string
+
+// The results.
+const (
+	// ResultForwarded: every instance stored, the event acked.
+	ResultForwarded Result = "forwarded"
+	// ResultRetry: it failed and goes back to the queue after a delay.
+	ResultRetry Result = "retry"
+	// ResultDeadLettered: it failed for good, or ran out of deliveries.
+	ResultDeadLettered Result = "dead_lettered"
+	// ResultInterrupted: shutdown returned it to the queue.
+	ResultInterrupted Result = "interrupted"
+	// ResultAckFailed: stored, but JetStream did not confirm the ack; it
+	// will be delivered again (and found already stored).
+	ResultAckFailed Result = "ack_failed"
+	// ResultUndecodable: the event could not be read; it is terminated.
+	ResultUndecodable Result = "undecodable"
+)
+
+// Observer is told what the forwarder does, as it happens. The status
+// page implements it. Calls for one attempt come in order (Started, any
+// number of Progress, Finished) but may come from several goroutines;
+// calls for different attempts interleave.
+type Observer interface {
+	Started(a *Attempt)
+	// Progress reports what the attempt has done so far.
+	Progress(a *Attempt, rep Report)
+	// Finished reports how it ended, once the message is settled.
+	Finished(a *Attempt, result Result, rep Report)
+}
+
+type noObserver struct{}
+
+func (noObserver) Started(*Attempt)                  {}
+func (noObserver) Progress(*Attempt, Report)         {}
+func (noObserver) Finished(*Attempt, Result, Report) {}

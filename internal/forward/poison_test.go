@@ -1,0 +1,202 @@
+package forward
+
+import (
+	"context"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// memDeadLetters is a DeadLetterStore in memory.
+type memDeadLetters struct {
+	mu      sync.Mutex
+	letters []DeadLetter
+}
+
+func (m *memDeadLetters) Add(_ context.Context, l *DeadLetter) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.letters = append(m.letters, *l)
+	return uint64(len(m.letters)), nil
+}
+
+func (m *memDeadLetters) all() []DeadLetter {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]DeadLetter(nil), m.letters...)
+}
+
+// panickySource panics when asked for one study, and serves the others.
+type panickySource struct {
+	*memSource
+	poison string
+	calls  atomic.Int32
+}
+
+func (s *panickySource) StudyInstances(ctx context.Context, id string) ([]orthancapi.Instance, error) {
+	s.calls.Add(1)
+	if id == s.poison {
+		var m map[string]int
+		m["boom"]++ // a nil map write: a real runtime panic, not a prepared one
+	}
+	return s.memSource.StudyInstances(ctx, id)
+}
+
+func otherEvent() *events.StudyStable {
+	ev := testEvent()
+	ev.OrthancStudyID = "11111111-11111111-11111111-11111111-11111111"
+	ev.StudyInstanceUID = "1.2.4"
+	return ev
+}
+
+// A study whose forwarding panics is dead-lettered as a crash, with the
+// panic and where it happened, and the forwarder goes on with the others.
+func TestPanicIsDeadLetteredAsCrash(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	src := &panickySource{memSource: newMemSource(4), poison: testEvent().OrthancStudyID}
+	dls := &memDeadLetters{}
+	rec := &recordingObserver{}
+	f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.DeadLetters = dls
+		o.MaxDeliveries = 5
+		o.Observer = rec
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	pub := natsjs.Publisher{JS: ns.JS}
+	for _, ev := range []*events.StudyStable{testEvent(), otherEvent()} {
+		if _, err := pub.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 && i.NumAckPending == 0 })
+	cancel()
+	if err := <-done; err != nil { // every attempt settled and observed
+		t.Fatal(err)
+	}
+
+	letters := dls.all()
+	if len(letters) != 1 {
+		t.Fatalf("%d dead letters, want 1: %+v", len(letters), letters)
+	}
+	l := letters[0]
+	if l.Class != Crash || l.Event.OrthancStudyID != testEvent().OrthancStudyID || l.Attempts != 1 {
+		t.Errorf("dead letter = class %q, study %s, attempts %d; want crash, the poison study, 1", l.Class, l.Event.OrthancStudyID, l.Attempts)
+	}
+	for _, want := range []string{"panic: assignment to entry in nil map", "forward.(*panickySource).StudyInstances", "poison_test.go:"} {
+		if !strings.Contains(l.Reason, want) {
+			t.Errorf("reason %q does not name %q", l.Reason, want)
+		}
+	}
+	if k.requests.Load() == 0 {
+		t.Error("the other study was not forwarded after the panic")
+	}
+	if got := rec.results(); got[ResultDeadLettered] != 1 || got[ResultForwarded] != 1 {
+		t.Errorf("observer saw %v, want one dead_lettered and one forwarded", got)
+	}
+}
+
+// A delivery past FORWARDER_MAX_DELIVERIES means the deliveries before it
+// never finished (the process died with the study): it is dead-lettered
+// before the source is even asked.
+func TestDeliveryPastTheLimitIsDeadLetteredUntried(t *testing.T) {
+	ns := testnats.Start(t)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = time.Second
+	cons, err := topo.EnsureConsumer(context.Background(), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	// Two deliveries that end without an outcome, as when the forwarder
+	// holding them is killed: nothing acks, NAKs or terminates them.
+	for range 2 {
+		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = msg // abandoned; JetStream redelivers after the ack wait
+	}
+	src := &panickySource{memSource: newMemSource(1)}
+	dls := &memDeadLetters{}
+	f := newForwarder(t, nil, "http://127.0.0.1:1", cons, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.DeadLetters = dls
+		o.MaxDeliveries = 2
+	})
+	go func() { _ = f.Run(ctx) }()
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+	letters := dls.all()
+	if len(letters) != 1 || letters[0].Class != Crash || letters[0].Attempts != 3 || !strings.Contains(letters[0].Reason, "delivered 3 times") {
+		t.Fatalf("dead letters = %+v; want one crash letter after 3 deliveries", letters)
+	}
+	if n := src.calls.Load(); n != 0 {
+		t.Errorf("the source was asked %d times for a study past its delivery limit", n)
+	}
+}
+
+// recordingObserver counts what the forwarder reports.
+type recordingObserver struct {
+	mu       sync.Mutex
+	started  int
+	last     map[*Attempt]Report
+	finished map[Result]int
+	reports  []Report
+}
+
+func (r *recordingObserver) Started(*Attempt) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.started++
+}
+
+func (r *recordingObserver) Progress(a *Attempt, rep Report) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == nil {
+		r.last = map[*Attempt]Report{}
+	}
+	r.last[a] = rep
+}
+
+func (r *recordingObserver) Finished(_ *Attempt, res Result, rep Report) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.finished == nil {
+		r.finished = map[Result]int{}
+	}
+	r.finished[res]++
+	r.reports = append(r.reports, rep)
+}
+
+func (r *recordingObserver) results() map[Result]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[Result]int{}
+	for k, v := range r.finished {
+		out[k] = v
+	}
+	return out
+}
+

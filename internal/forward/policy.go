@@ -1,0 +1,103 @@
+package forward
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+)
+
+// action is what becomes of a delivery once its attempt ended.
+type action int
+
+const (
+	// ack: every instance is stored.
+	ack action = iota
+	// retry: back to the queue after a delay (NAK with delay).
+	retry
+	// deadLetter: keep it as a dead letter, then terminate the event.
+	deadLetter
+	// giveBack: shutdown; back to the queue at once for another replica.
+	giveBack
+)
+
+// decision is the outcome policy's answer for one attempt.
+type decision struct {
+	action action
+	class  Class         // of the failure, if any
+	delay  time.Duration // retry
+	reason string        // deadLetter
+}
+
+// policy decides what a finished attempt means. It holds no state and
+// talks to nothing, so every rule is a row of a table test.
+type policy struct {
+	// maxDeliveries is FORWARDER_MAX_DELIVERIES (0: no limit).
+	maxDeliveries uint64
+	retryDelay    time.Duration
+	retryMaxDelay time.Duration
+	// canDeadLetter is false without a dead-letter store: then every
+	// failure is retried, forever.
+	canDeadLetter bool
+	// jitter returns a number in [0, n]; nil is math/rand.
+	jitter func(n int64) int64
+}
+
+// decide answers for an attempt that returned err (nil: stored).
+func (p policy) decide(attempt uint64, err error, shuttingDown bool) decision {
+	switch {
+	case err == nil:
+		return decision{action: ack}
+	case shuttingDown:
+		return decision{action: giveBack}
+	}
+	class := Classify(err)
+	outOfDeliveries := p.maxDeliveries > 0 && attempt >= p.maxDeliveries
+	if !p.canDeadLetter || (!class.DeadLetterNow() && !outOfDeliveries) {
+		return decision{action: retry, class: class, delay: p.backoff(attempt, err)}
+	}
+	reason := err.Error()
+	if outOfDeliveries && !class.DeadLetterNow() {
+		reason = fmt.Sprintf("gave up after %d deliveries: %s", attempt, reason)
+	}
+	return decision{action: deadLetter, class: class, reason: reason}
+}
+
+// exhausted reports a delivery past the limit. Attempts normally end by
+// the limit (decide dead-letters the last one), so the deliveries before
+// this one ended without an outcome: the forwarder that had them crashed,
+// was killed (out of memory) or lost JetStream. Trying again would do the
+// same, so the study is dead-lettered before any work.
+func (p policy) exhausted(attempt uint64) (decision, bool) {
+	if !p.canDeadLetter || p.maxDeliveries == 0 || attempt <= p.maxDeliveries {
+		return decision{}, false
+	}
+	return decision{action: deadLetter, class: Crash, reason: fmt.Sprintf(
+		"delivered %d times, past FORWARDER_MAX_DELIVERIES (%d), and the last deliveries ended without an outcome: "+
+			"the forwarder handling the study stopped (a crash or an out-of-memory kill) or could not store its dead letter; "+
+			"not tried again", attempt, p.maxDeliveries)}, true
+}
+
+// backoff is exponential with jitter in [d/2, d]: studies that failed
+// together (a destination outage) don't all come back at once, and the
+// floor keeps the request rate during an outage bounded. A server's
+// Retry-After is honoured (up to an hour).
+func (p policy) backoff(attempt uint64, err error) time.Duration {
+	d := p.retryDelay
+	for i := uint64(1); i < attempt && d < p.retryMaxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, p.retryMaxDelay)
+	jitter := p.jitter
+	if jitter == nil {
+		jitter = func(n int64) int64 { return rand.Int64N(n + 1) }
+	}
+	d = d/2 + time.Duration(jitter(int64(d/2)))
+	var he *dicomweb.HTTPError
+	if errors.As(err, &he) && he.RetryAfter > d {
+		d = min(he.RetryAfter, time.Hour)
+	}
+	return d
+}

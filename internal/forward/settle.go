@@ -1,0 +1,143 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+)
+
+// settleTimeout bounds the ack, NAK or dead letter of one attempt; they
+// go out even during shutdown.
+const settleTimeout = 30 * time.Second
+
+// settle carries d out on msg and the stores, counts it and tells the
+// observer. ctx is the work context: shutdown stops buffer-mode deletes,
+// never the ack.
+func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d decision, rep Report, ferr error, elapsed time.Duration, log *slog.Logger) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	var result Result
+	switch d.action {
+	case ack:
+		result = f.ack(sctx, msg, a, rep, elapsed, log)
+	case giveBack:
+		log.Warn("shutdown: study returned to the queue", "instances_sent", rep.Instances)
+		if err := msg.Nak(); err != nil {
+			log.Warn("nak on shutdown", "err", err)
+		}
+		result = ResultInterrupted
+	case retry:
+		f.m.failures.WithLabelValues(string(d.class)).Inc()
+		f.recordFailure(sctx, a, log)
+		log.Warn("study not forwarded; will retry", "class", d.class, "err", ferr, "retry_in", d.delay.String(),
+			"instances_sent", rep.Instances, "duration_ms", elapsed.Milliseconds())
+		result = f.nakWithDelay(msg, d.delay, log)
+	case deadLetter:
+		f.m.failures.WithLabelValues(string(d.class)).Inc()
+		result = f.deadLetter(sctx, msg, a, d, rep, ferr, log)
+	}
+	f.m.studies.WithLabelValues(string(result)).Inc()
+	f.obs.Finished(a, result, rep)
+	if result == ResultForwarded && f.opts.CleanerFor != nil {
+		f.deleteForwarded(ctx, a.Event, rep.forwarded, log)
+	}
+}
+
+func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) Result {
+	// DoubleAck waits for the server's confirmation: the event is done
+	// only once JetStream knows it is.
+	if err := msg.DoubleAck(ctx); err != nil {
+		log.Error("study stored but the ack was not confirmed; it will be delivered again", "err", err)
+		return ResultAckFailed
+	}
+	f.m.duration.Observe(elapsed.Seconds())
+	log.Info("study forwarded", "instances", rep.Instances, "bytes", rep.Bytes,
+		"requests", rep.Requests, "already_stored", rep.AlreadyStored, "resent", rep.Resent,
+		"duration_ms", elapsed.Milliseconds())
+	if a.Number > 1 && f.opts.Failures != nil {
+		if err := f.opts.Failures.Forget(ctx, a.Seq); err != nil {
+			log.Warn("forget failure record", "err", err)
+		}
+	}
+	if f.opts.Completed != nil {
+		if err := f.opts.Completed(ctx, a.Event); err != nil {
+			log.Warn("study forwarded but not recorded as completed", "err", err)
+		}
+	}
+	return ResultForwarded
+}
+
+func (f *Forwarder) nakWithDelay(msg jetstream.Msg, delay time.Duration, log *slog.Logger) Result {
+	if err := msg.NakWithDelay(delay); err != nil {
+		log.Warn("nak failed; JetStream redelivers after the ack wait", "err", err)
+	}
+	return ResultRetry
+}
+
+// recordFailure notes the failure time and returns the first and last.
+func (f *Forwarder) recordFailure(ctx context.Context, a *Attempt, log *slog.Logger) FailureTimes {
+	now := time.Now().UTC()
+	times := FailureTimes{First: now, Last: now}
+	if f.opts.Failures == nil {
+		return times
+	}
+	t, err := f.opts.Failures.Record(ctx, a.Seq, now)
+	if err != nil {
+		log.Warn("record failure time", "err", err)
+		return times
+	}
+	return t
+}
+
+// deadLetter stores the study's dead letter and terminates its event. A
+// study is never dropped: without its dead letter it stays queued.
+func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt, d decision, rep Report, ferr error, log *slog.Logger) Result {
+	times := f.recordFailure(ctx, a, log)
+	letter := &DeadLetter{
+		Event:          *a.Event,
+		Class:          d.class,
+		Reason:         d.reason,
+		Attempts:       a.Number,
+		FirstFailure:   times.First,
+		LastFailure:    times.Last,
+		OriginalSeq:    a.Seq,
+		DeadLetteredAt: time.Now().UTC(),
+		LastResponse:   lastResponse(ferr),
+	}
+	var fe *Error
+	if errors.As(ferr, &fe) {
+		letter.Failures = fe.Instances
+	}
+	dlSeq, err := f.opts.DeadLetters.Add(ctx, letter)
+	if err != nil {
+		delay := f.policy.backoff(a.Number, nil)
+		log.Error("dead letter not stored; the study stays queued", "class", d.class, "err", err, "retry_in", delay.String())
+		return f.nakWithDelay(msg, delay, log)
+	}
+	log.Error("study dead-lettered", "class", d.class, "err", ferr, "dead_letter_seq", dlSeq,
+		"failed_instances", len(letter.Failures), "instances_stored", rep.Instances)
+	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (%s)", dlSeq, d.class)); err != nil {
+		log.Warn("terminate dead-lettered event", "err", err)
+	}
+	if f.opts.Failures != nil {
+		if err := f.opts.Failures.Forget(ctx, a.Seq); err != nil {
+			log.Warn("forget failure record", "err", err)
+		}
+	}
+	return ResultDeadLettered
+}
+
+// lastResponse is the destination's answer kept with a dead letter.
+func lastResponse(err error) string {
+	var he *dicomweb.HTTPError
+	if errors.As(err, &he) {
+		return fmt.Sprintf("HTTP %d %s: %s", he.StatusCode, he.ContentType, he.Body)
+	}
+	return ""
+}
