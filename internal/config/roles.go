@@ -38,7 +38,7 @@ type NATS struct {
 	Replicas        int           `env:"NATS_REPLICAS" envDefault:"1" desc:"stream replicas: 1 on a single server, 3 on a JetStream cluster"`
 	EventsRetention time.Duration `env:"EVENTS_RETENTION" envDefault:"168h" desc:"how long events stay in the stream, forwarded or not (replay window)"`
 	DedupeWindow    time.Duration `env:"EVENTS_DEDUPE_WINDOW" envDefault:"24h" desc:"how long a repeated event for an unchanged study is dropped"`
-	// NATSAuth: NKey, user/password and TLS to an external server (config/natsauth.go).
+	// NATSAuth: NKey, user/password and TLS to an external server (natsauth.go).
 	NATSAuth
 }
 
@@ -74,7 +74,7 @@ type Ingest struct {
 	Addr           string        `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
 	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters)"`
 	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503"`
-	// WebhookSecurity: HMAC signatures and rate limit (config/webhook.go).
+	// WebhookSecurity: HMAC signatures and rate limit (webhook.go).
 	WebhookSecurity
 }
 
@@ -107,7 +107,7 @@ type Forwarder struct {
 	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET" secret:"true" desc:"OAuth2 client secret"`
 	OAuthScopes       List   `env:"OAUTH_SCOPES" desc:"OAuth2 scopes, separated by spaces or commas (azure default: https://dicom.healthcareapis.azure.com/.default; google default: https://www.googleapis.com/auth/cloud-healthcare)"`
 	// DestinationAuth: the identity provider, its grant, token lifecycle
-	// and TLS (config/destination.go).
+	// and TLS (destination.go).
 	DestinationAuth
 
 	Concurrency   int           `env:"FORWARDER_CONCURRENCY" envDefault:"4" desc:"studies each forwarder process sends at once"`
