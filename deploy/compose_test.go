@@ -13,11 +13,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/app"
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/forward"
 )
 
 const root = ".."
@@ -37,7 +40,10 @@ type service struct {
 	Environment map[string]string `yaml:"environment"`
 	Volumes     []string          `yaml:"volumes"`
 	Ports       []string          `yaml:"ports"`
-	Deploy      struct {
+	// StopGracePeriod is how long Docker waits after SIGTERM before
+	// SIGKILL (default 10s).
+	StopGracePeriod string `yaml:"stop_grace_period"`
+	Deploy          struct {
 		Replicas int `yaml:"replicas"`
 	} `yaml:"deploy"`
 }
@@ -203,6 +209,45 @@ func TestComposeServicesMatchTheConfig(t *testing.T) {
 	}
 	if len(fw.Ports) > 0 {
 		t.Errorf("forwarder publishes ports %v: replicas would collide", fw.Ports)
+	}
+}
+
+// stopMargin is the time a stopping process needs beyond its graces:
+// returning studies to the queue, closing the NATS connection.
+const stopMargin = 5 * time.Second
+
+// TestComposeStopGracePeriods checks that Docker waits long enough after
+// SIGTERM for each stowline service to stop cleanly: a forwarder killed
+// before its shutdown grace ends leaves its studies to JetStream's ack
+// wait instead of handing them to another replica at once.
+func TestComposeStopGracePeriods(t *testing.T) {
+	// What each command waits for at most when it stops, by build target.
+	graces := map[string]time.Duration{
+		"ingest":    app.HTTPShutdownGrace,
+		"forwarder": max(forward.DefaultShutdownGrace, app.HTTPShutdownGrace),
+		"stowline":  max(forward.DefaultShutdownGrace, app.HTTPShutdownGrace),
+	}
+	for name, svc := range loadCompose(t).Services {
+		if svc.Build == nil {
+			continue
+		}
+		grace, ok := graces[svc.Build.Target]
+		if !ok {
+			t.Errorf("%s: build target %q has no known shutdown grace", name, svc.Build.Target)
+			continue
+		}
+		if svc.StopGracePeriod == "" {
+			t.Errorf("%s: no stop_grace_period: Docker's 10 s default is shorter than the command's %s shutdown grace", name, grace)
+			continue
+		}
+		d, err := time.ParseDuration(svc.StopGracePeriod)
+		if err != nil {
+			t.Errorf("%s: stop_grace_period %q: %v", name, svc.StopGracePeriod, err)
+			continue
+		}
+		if d < grace+stopMargin {
+			t.Errorf("%s: stop_grace_period %s, want at least %s (the command's %s shutdown grace and %s to settle)", name, d, grace+stopMargin, grace, stopMargin)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -249,5 +250,43 @@ func TestCheckMutualTLS(t *testing.T) {
 	}
 	if strings.Contains(out+logs, "mtls-client-secret") || strings.Contains(out+logs, "mtls-token") {
 		t.Error("a secret or the token was printed")
+	}
+}
+
+// TestCheckRedactsDestinationURL: a query in DICOMWEB_URL (a
+// signature or function key some gateways take there) is never printed
+// or logged, whether the destination can be set up or not.
+func TestCheckRedactsDestinationURL(t *testing.T) {
+	const secret = "query-secret-0123456789"
+	dest := httptest.NewServer(qido(""))
+	t.Cleanup(dest.Close)
+	notPEM := t.TempDir() + "/ca.pem"
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr bool
+		want    string
+	}{
+		{name: "check passes", env: map[string]string{"DICOMWEB_URL": dest.URL + "/v2?code=" + secret},
+			want: "destination  " + dest.URL + "/v2\n"},
+		{name: "destination cannot be set up", env: map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2?code=" + secret, "TLS_CA_FILE": notPEM},
+			wantErr: true, want: "destination  https://dicom.example.org/v2\nverdict      FAIL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, logs, err := runCheck(t, tt.env)
+			if (err != nil) != tt.wantErr || errors.Is(err, app.ErrUsage) {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if !strings.Contains(out, tt.want) {
+				t.Errorf("output lacks %q", tt.want)
+			}
+			if strings.Contains(out+logs, secret) {
+				t.Errorf("the URL's query was printed or logged:\n%s%s", out, logs)
+			}
+		})
 	}
 }

@@ -24,8 +24,10 @@ import (
 	"github.com/stowline/stowline/internal/web"
 )
 
-// shutdownGrace bounds how long HTTP servers wait for in-flight requests.
-const shutdownGrace = 15 * time.Second
+// HTTPShutdownGrace bounds how long HTTP servers wait for in-flight
+// requests at shutdown. An orchestrator's stop timeout must exceed it
+// (deploy/compose_test.go checks docker-compose.yml).
+const HTTPShutdownGrace = 15 * time.Second
 
 // provisionTimeout bounds the creation of the streams and buckets a role
 // needs at startup.
@@ -103,7 +105,7 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 	if serverTLS != nil {
 		ln = tls.NewListener(ln, serverTLS)
 	}
-	g.Go(named(name, func() error { return web.Serve(ctx, srv, ln, shutdownGrace) }))
+	g.Go(named(name, func() error { return web.Serve(ctx, srv, ln, HTTPShutdownGrace) }))
 	return nil
 }
 

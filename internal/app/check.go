@@ -38,7 +38,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	defer cancel()
 	dest, err := newDestination(ctx, &cfg.Forwarder, nil, log)
 	if err != nil {
-		fmt.Fprintf(stdout, "%-12s %s\n%-12s FAIL: %v\n", "destination", cfg.DICOMwebURL, "verdict", err)
+		fmt.Fprintf(stdout, "%-12s %s\n%-12s FAIL: %v\n", "destination", redactURL(cfg.DICOMwebURL), "verdict", err)
 		return err
 	}
 	fmt.Fprintf(stdout, "%-12s %s\n%-12s %s\n", "destination", redactURL(cfg.DICOMwebURL), "provider", describeAuth(dest))

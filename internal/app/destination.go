@@ -51,7 +51,7 @@ func newDestination(ctx context.Context, fc *config.Forwarder, observe func(erro
 	}
 	if d.TLSInsecureSkipVerify {
 		log.Warn("TLS_INSECURE_SKIP_VERIFY=true: the certificates of the destination and its token endpoint are NOT verified; anyone on the network path can read and alter what is sent. Unset it outside tests.",
-			"dicomweb_url", fc.DICOMwebURL)
+			"dicomweb_url", redactURL(fc.DICOMwebURL))
 	}
 	newTransport := func() *http.Transport {
 		t := newDestinationTransport()
@@ -68,7 +68,7 @@ func newDestination(ctx context.Context, fc *config.Forwarder, observe func(erro
 	switch d.Provider {
 	case config.ProviderGeneric:
 		if fc.OAuthTokenURL == "" && d.IssuerURL == "" {
-			log.Warn("OAUTH_TOKEN_URL is empty: STOW-RS requests are sent without authentication", "dicomweb_url", fc.DICOMwebURL)
+			log.Warn("OAUTH_TOKEN_URL is empty: STOW-RS requests are sent without authentication", "dicomweb_url", redactURL(fc.DICOMwebURL))
 			break
 		}
 		ep, out.Credential, err = genericEndpoint(fc)

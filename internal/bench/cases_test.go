@@ -283,7 +283,7 @@ func (p *pipeline) perf(name string, client int) (stop func() error, err error) 
 }
 
 // copyBufs are the read buffers of the references, as large as stowline's
-// STOW-RS copy buffer (stow.DefaultBufferSize).
+// STOW-RS copy buffer (dicomweb.DefaultBufferSize).
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, dicomweb.DefaultBufferSize); return &b }}
 
 // writerOnly hides io.Discard's ReadFrom, so copies use copyBufs.
@@ -324,7 +324,7 @@ func (p *pipeline) runRead(ctx context.Context, workers int) (sample, error) {
 }
 
 // runBStow sends the generated files from local disk (page cache) straight
-// to B with the stow package, requests of MaxInstances, Parallel at once:
+// to B with internal/dicomweb's client, requests of MaxInstances, Parallel at once:
 // the rate B ingests STOW-RS, a ceiling for any forwarder.
 func (p *pipeline) runBStow(ctx context.Context, round int, bs bstowSetting) (sample, error) {
 	var s sample

@@ -23,11 +23,18 @@
 // stowline's RSS every 50 ms and checks its peak (VmHWM) against the
 // 64 MiB target; A's raw read rate of the same study is the reference.
 //
-// See BENCHMARKS.md for the commands, the settings (STOWLINE_BENCH_*
-// environment variables) and the figures.
+// See BENCHMARKS.md for the commands and the figures. The settings
+// (STOWLINE_BENCH_* environment variables) and their defaults are listed
+// in settingsDoc, largeSettingsDoc, ingestSettingsDoc and replicasDoc.
 //
 // cmd/stowline-profiled is cmd/stowline with CPU-profile, heap-profile and
-// execution-trace hooks, used only when STOWLINE_BENCH_PROFILE_DIR is set.
+// execution-trace hooks, used only when STOWLINE_BENCH_PROFILE_DIR is set;
+// cmd/ingest-profiled is the same for cmd/ingest.
+//
+// BenchmarkIngest compares the webhook of separate cmd/ingest processes
+// with raw synchronous JetStream publishes of the same events, on one
+// nats-server in the benchmark process: events per second and latency
+// percentiles.
 //
 // BenchmarkReplicas measures scale-out: the same queue of generated
 // studies in a real Orthanc A is forwarded by 1, 2 and 4 separate

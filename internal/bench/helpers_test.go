@@ -31,7 +31,7 @@ func checkBenchRun(b *testing.B, bench, roundsVar string) {
 	b.Helper()
 	if f := flag.Lookup("test.benchtime"); f == nil || f.Value.String() != "1x" {
 		b.Fatalf("run with -benchtime 1x (rounds are set with %s), e.g.\n"+
-			"  go test -run '^$' -bench %s -benchtime 1x -timeout 30m ./bench/", roundsVar, bench)
+			"  go test -run '^$' -bench %s -benchtime 1x -timeout 30m ./internal/bench/", roundsVar, bench)
 	}
 	if _, err := os.Stat("/proc/self/status"); err != nil {
 		b.Fatalf("this benchmark reads /proc (Linux only): %v", err)
@@ -40,10 +40,10 @@ func checkBenchRun(b *testing.B, bench, roundsVar string) {
 
 // moduleRoot is the absolute path of the module a benchmark builds its
 // binary from: source, or this repository when source is empty (go test
-// runs in the package directory).
+// runs in the package directory, internal/bench).
 func moduleRoot(source string) (string, error) {
 	if source == "" {
-		source = ".."
+		source = filepath.Join("..", "..")
 	}
 	root, err := filepath.Abs(source)
 	if err != nil {
@@ -56,7 +56,7 @@ func moduleRoot(source string) (string, error) {
 }
 
 // profiledOverlay returns the go build flags that add this checkout's
-// bench/cmd/<name>/main.go to root: the profiling main comes from here
+// internal/bench/cmd/<name>/main.go to root: the profiling main comes from here
 // whatever the source, and an overlay adds it to a source that lacks it
 // (an older commit) without touching that tree. The overlay file is
 // written into tmp.
@@ -67,7 +67,7 @@ func profiledOverlay(b *testing.B, root, tmp, name string) []string {
 		b.Fatal(err)
 	}
 	overlay, err := json.Marshal(map[string]any{"Replace": map[string]string{
-		filepath.Join(root, "bench", "cmd", name, "main.go"): own,
+		filepath.Join(root, "internal", "bench", "cmd", name, "main.go"): own,
 	}})
 	if err != nil {
 		b.Fatal(err)

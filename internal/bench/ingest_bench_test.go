@@ -50,7 +50,7 @@ import (
 // case once per round in alternating order; the sub-benchmarks report the
 // medians. Run it with -benchtime 1x:
 //
-//	go test -run '^$' -bench Ingest -benchtime 1x -timeout 30m ./bench/
+//	go test -run '^$' -bench Ingest -benchtime 1x -timeout 30m ./internal/bench/
 func BenchmarkIngest(b *testing.B) {
 	r := setupIngest(b)
 	r.printHeader()
@@ -204,7 +204,7 @@ func (r *ingestRig) buildIngest(b *testing.B) string {
 	var flags []string
 	pkg, out := "./cmd/ingest", filepath.Join(r.tmp, "ingest")
 	if r.set.ProfileDir != "" {
-		pkg, out = "./bench/cmd/ingest-profiled", filepath.Join(r.tmp, "ingest-profiled")
+		pkg, out = "./internal/bench/cmd/ingest-profiled", filepath.Join(r.tmp, "ingest-profiled")
 		if err := os.MkdirAll(r.set.ProfileDir, 0o755); err != nil {
 			b.Fatal(err)
 		}
@@ -429,7 +429,7 @@ func benchEvent(seq uint64) events.StudyStable {
 	}
 }
 
-// rawMessages builds n messages the way events.Publish does (the stored
+// rawMessages builds n messages the way natsjs.Publisher does (the stored
 // event carries receivedAt, as the ingest's do), before the clock starts.
 func (r *ingestRig) rawMessages(n int) []*nats.Msg {
 	first := r.seq.Add(uint64(n)) - uint64(n)
@@ -449,7 +449,7 @@ func (r *ingestRig) rawMessages(n int) []*nats.Msg {
 	return msgs
 }
 
-// rawPublish is what events.Publish does after encoding: a synchronous
+// rawPublish is what natsjs.PublishAs does after encoding: a synchronous
 // publish that waits for the stream's ack.
 func rawPublish(ctx context.Context, js jetstream.JetStream, m *nats.Msg) error {
 	ack, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(natsjs.EventStream))
@@ -566,8 +566,8 @@ func summarizeIngest(samples []ingSample) ingSummary {
 	return s
 }
 
-// ingestTarget is the goal: the ingest reaches at least this
-// fraction of the raw JetStream publish rate.
+// ingestTarget is the target (BENCHMARKS.md): the ingest reaches at
+// least this fraction of the raw JetStream publish rate.
 const ingestTarget = 0.5
 
 func reportIngest(b *testing.B, c *ingCase, raw *ingSummary) {

@@ -41,7 +41,7 @@ const largeRSSInterval = 50 * time.Millisecond
 // for the destination so that the destination's storage is neither the
 // bottleneck nor a second copy on the disk.
 //
-//	go test -run '^$' -bench LargeStudy -benchtime 1x -timeout 30m ./bench/
+//	go test -run '^$' -bench LargeStudy -benchtime 1x -timeout 30m ./internal/bench/
 func BenchmarkLargeStudy(b *testing.B) {
 	l := setupLarge(b)
 	l.printHeader()

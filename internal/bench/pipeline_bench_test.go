@@ -22,7 +22,7 @@ import (
 // side); the sub-benchmarks then report each case's medians. Run it with
 // -benchtime 1x (see BENCHMARKS.md):
 //
-//	go test -run '^$' -bench Pipeline -benchtime 1x -timeout 30m ./bench/
+//	go test -run '^$' -bench Pipeline -benchtime 1x -timeout 30m ./internal/bench/
 func BenchmarkPipeline(b *testing.B) {
 	p := setupPipeline(b)
 	p.printHeader()

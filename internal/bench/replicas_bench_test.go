@@ -21,7 +21,7 @@ import (
 // Every replica has the same fixed settings, so only the number of
 // processes changes. Run it with -benchtime 1x (see BENCHMARKS.md):
 //
-//	go test -run '^$' -bench Replicas -benchtime 1x -timeout 30m ./bench/
+//	go test -run '^$' -bench Replicas -benchtime 1x -timeout 30m ./internal/bench/
 func BenchmarkReplicas(b *testing.B) {
 	r := setupReplicas(b)
 	r.printHeader()

@@ -206,7 +206,7 @@ func buildStowline(b *testing.B, set settings, tmp string) (bin, source string) 
 	var flags []string
 	pkg, out := "./cmd/stowline", filepath.Join(tmp, "stowline")
 	if set.ProfileDir != "" {
-		pkg, out = "./bench/cmd/stowline-profiled", filepath.Join(tmp, "stowline-profiled")
+		pkg, out = "./internal/bench/cmd/stowline-profiled", filepath.Join(tmp, "stowline-profiled")
 		if err := os.MkdirAll(set.ProfileDir, 0o755); err != nil {
 			b.Fatal(err)
 		}

@@ -38,7 +38,7 @@ type NATS struct {
 	Replicas        int           `env:"NATS_REPLICAS" envDefault:"1" desc:"stream replicas: 1 on a single server, 3 on a JetStream cluster"`
 	EventsRetention time.Duration `env:"EVENTS_RETENTION" envDefault:"168h" desc:"how long events stay in the stream, forwarded or not (replay window)"`
 	DedupeWindow    time.Duration `env:"EVENTS_DEDUPE_WINDOW" envDefault:"24h" desc:"how long a repeated event for an unchanged study is dropped"`
-	// NATSAuth: NKey, user/password and TLS to an external server (config/natsauth.go).
+	// NATSAuth: NKey, user/password and TLS to an external server (natsauth.go).
 	NATSAuth
 }
 
@@ -74,7 +74,7 @@ type Ingest struct {
 	Addr           string        `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
 	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters)"`
 	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503"`
-	// WebhookSecurity: HMAC signatures and rate limit (config/webhook.go).
+	// WebhookSecurity: HMAC signatures and rate limit (webhook.go).
 	WebhookSecurity
 }
 
@@ -107,15 +107,15 @@ type Forwarder struct {
 	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET" secret:"true" desc:"OAuth2 client secret"`
 	OAuthScopes       List   `env:"OAUTH_SCOPES" desc:"OAuth2 scopes, separated by spaces or commas (azure default: https://dicom.healthcareapis.azure.com/.default; google default: https://www.googleapis.com/auth/cloud-healthcare)"`
 	// DestinationAuth: the identity provider, its grant, token lifecycle
-	// and TLS (config/destination.go).
+	// and TLS (destination.go).
 	DestinationAuth
 
 	Concurrency   int           `env:"FORWARDER_CONCURRENCY" envDefault:"4" desc:"studies each forwarder process sends at once"`
 	AckWait       time.Duration `env:"FORWARDER_ACK_WAIT" envDefault:"60s" desc:"JetStream ack wait; a live forwarder signals progress every third of it"`
-	RetryDelay    time.Duration `env:"FORWARDER_RETRY_DELAY" envDefault:"10s" desc:"first delay before a failed study is retried (doubles each attempt)"`
+	RetryDelay    time.Duration `env:"FORWARDER_RETRY_DELAY" envDefault:"10s" desc:"first delay before a failed study is retried; it doubles after each failed delivery up to FORWARDER_RETRY_MAX_DELAY, and each delay is drawn at random between half and all of that value"`
 	RetryMaxDelay time.Duration `env:"FORWARDER_RETRY_MAX_DELAY" envDefault:"10m" desc:"longest delay between retries of a failed study"`
 
-	MaxDeliveries       int           `env:"FORWARDER_MAX_DELIVERIES" envDefault:"48" desc:"deliveries of a study before it is dead-lettered (0: retry forever); with the default delays about 8 hours"`
+	MaxDeliveries       int           `env:"FORWARDER_MAX_DELIVERIES" envDefault:"48" desc:"deliveries of a study before it is dead-lettered; with the default delays the 47 waits between them add up to 3h30m to 7h (plus the attempts themselves). 0: transient failures are never dead-lettered, and JetStream stops delivering the event after 1000 deliveries"`
 	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently"`
 	DeleteFromSource    bool          `env:"FORWARDER_DELETE_FROM_SOURCE" envDefault:"false" desc:"buffer mode: once a study is stored at the destination and acked, delete the instances that were forwarded from the source Orthanc (not when the study changed since its event); needs an Orthanc user allowed to delete"`
 	DeadLetterRetention time.Duration `env:"DEADLETTER_RETENTION" envDefault:"720h" desc:"how long dead-lettered studies are kept for replay"`

@@ -1,7 +1,8 @@
-// Package tlsconf builds the TLS client configuration of outbound
-// connections to a destination and its token endpoint: an extra CA bundle
-// for private PKI, a client certificate for mutual TLS, and, only when
-// explicitly asked for, no verification at all.
+// The TLS client configuration of outbound connections to a destination
+// and its token endpoint: an extra CA bundle for private PKI, a client
+// certificate for mutual TLS, and, only when explicitly asked for, no
+// verification at all.
+
 package config
 
 import (

@@ -1,6 +1,7 @@
-// Package replay is the operator's way to dead letters: list, show,
-// replay, purge, and re-forward a time window of the event stream, as the
-// `forwarder replay` command and as an authenticated HTTP admin API.
+// The operator's filters of dead letters (sequence, study, class, reason,
+// time), parsed the same way for the `forwarder replay` command
+// (internal/app) and the admin API (internal/web).
+
 package deadletter
 
 import (

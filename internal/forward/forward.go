@@ -116,6 +116,11 @@ type Options struct {
 	Registerer    prometheus.Registerer
 }
 
+// DefaultShutdownGrace is ShutdownGrace when unset. An orchestrator's
+// stop timeout must exceed it, with room to return the studies to the
+// queue (deploy/compose_test.go checks docker-compose.yml).
+const DefaultShutdownGrace = 30 * time.Second
+
 // Forwarder runs the workers.
 type Forwarder struct {
 	opts   Options
@@ -153,7 +158,7 @@ func New(opts Options) (*Forwarder, error) {
 		return nil, fmt.Errorf("forward: %w", err)
 	}
 	if opts.ShutdownGrace <= 0 {
-		opts.ShutdownGrace = 30 * time.Second
+		opts.ShutdownGrace = DefaultShutdownGrace
 	}
 	if opts.InstanceRetryDelay <= 0 {
 		opts.InstanceRetryDelay = time.Second

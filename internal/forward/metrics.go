@@ -48,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stowline_forwarder_failures_total",
-		Help: "Failed forwarding attempts, by failure class (transient, partial, permanent, source-missing).",
+		Help: "Failed forwarding attempts, by failure class (transient, partial, permanent, source-missing, crash).",
 	}, []string{"class"})
 	m.resent = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stowline_forwarder_instances_resent_total",

@@ -199,4 +199,3 @@ func (r *recordingObserver) results() map[Result]int {
 	}
 	return out
 }
-

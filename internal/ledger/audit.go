@@ -1,7 +1,8 @@
-// Package audit is the last line of defence against a lost study: it lists
+// The audit is the last line of defence against a lost study: it lists
 // the studies present in each Orthanc source that have no record of a
 // completed forward of their current state (the ledger), and can publish
-// their events so the forwarders send them.
+// their events so the forwarders send them (`forwarder audit`).
+
 package ledger
 
 import (

@@ -1,6 +1,7 @@
 // Package ledger records completed forwards in a JetStream key-value
 // bucket: for each study of each source, the LastUpdate the forwarder last
-// delivered and when. The audit compares it with the studies in Orthanc.
+// delivered and when. The audit (audit.go) compares it with the studies
+// in Orthanc.
 package ledger
 
 import (

@@ -18,8 +18,8 @@ const firstProvisionTimeout = 2 * time.Second
 
 // provisioningJS retries the create-or-update requests for streams,
 // consumers and key-value buckets that time out. Every replica of every
-// service makes them at startup (events.EnsureStream, deadletter.Ensure,
-// ledger.Ensure, ...), and on a JetStream cluster nats-server (2.15)
+// service makes them at startup (Topology.EnsureEvents, EnsureConsumer,
+// EnsureLedger, ...), and on a JetStream cluster nats-server (2.15)
 // may never answer one that races another for the same stream: the
 // stream is created, but both callers wait until their deadline, and the
 // service would exit. The requests are idempotent, and repeated once the

@@ -2,7 +2,7 @@
 // depth and dead letters read from JetStream, what each forwarder process
 // is sending (Tracker, shared through a key-value bucket), the recent
 // forwards and the destination's token status. The /metrics collectors and
-// the status page (package ui) read it.
+// the status page (internal/web) read it.
 package status
 
 import (

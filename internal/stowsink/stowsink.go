@@ -132,8 +132,8 @@ func (s *Sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// multipart.NewReader keeps a *bufio.Reader of at least 4 KiB as it
 	// is: a large one lets it scan for the boundary, and read the socket,
-	// 256 KiB at a time instead of 4 KiB (BenchmarkLoopback: 2.6 times
-	// the rate).
+	// 256 KiB at a time instead of 4 KiB, so the sink is not what limits
+	// a benchmark (BENCHMARKS.md, BenchmarkLoopback).
 	stored, err := s.readParts(multipart.NewReader(bufio.NewReaderSize(body, readBufferSize), params["boundary"]))
 	if err != nil {
 		http.Error(w, "stowsink: "+err.Error(), http.StatusBadRequest)

@@ -1,6 +1,7 @@
-// Package ops serves what operators and orchestrators read from every
-// stowline process: /healthz, /readyz and /metrics, and runs HTTP servers
-// with timeouts and graceful shutdown.
+// What operators and orchestrators read from every stowline process:
+// /healthz, /readyz and /metrics; and HTTP servers with timeouts and
+// graceful shutdown.
+
 package web
 
 import (

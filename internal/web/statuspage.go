@@ -1,4 +1,4 @@
-// Package ui serves the status page (/ui): a small server-rendered page
+// The status page (/ui): a small server-rendered page
 // (html/template, no JavaScript) for the IT team running stowline: the
 // queue depth, the studies in flight with their progress, the recent
 // forwards, the dead letters with a replay button, and each destination's
@@ -7,7 +7,8 @@
 //
 // It sits behind the admin credentials: HTTP basic auth with ADMIN_TOKEN
 // as the password (any user name). The replay form is a POST protected
-// against cross-site requests (see csrf).
+// against cross-site requests (see csrf.go).
+
 package web
 
 import (

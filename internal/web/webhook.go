@@ -1,6 +1,7 @@
-// Package ingest is the webhook Orthanc's Lua script posts stable-study
-// events to: it authenticates, validates and publishes them to JetStream,
-// and answers only once JetStream has stored the event.
+// The webhook Orthanc's Lua script posts stable-study events to: it
+// authenticates, validates and publishes them to JetStream, and answers
+// only once JetStream has stored the event.
+
 package web
 
 import (

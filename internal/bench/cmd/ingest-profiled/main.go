@@ -1,7 +1,8 @@
 // Command ingest-profiled is cmd/ingest with profiling hooks, for
-// BenchmarkIngest only (bench/, STOWLINE_BENCH_INGEST_PROFILE_DIR). It runs
-// the very same code (app.Main, app.RunIngest); the measured figures in
-// BENCHMARKS.md come from the real cmd/ingest binary, never from this one.
+// BenchmarkIngest only (internal/bench, STOWLINE_BENCH_INGEST_PROFILE_DIR).
+// It runs the very same code (app.Main, app.RunIngest); the measured
+// figures in BENCHMARKS.md come from the real cmd/ingest binary, never
+// from this one.
 //
 // Environment (besides the ingest's own):
 //

@@ -1,5 +1,5 @@
 // Command stowline-profiled is cmd/stowline with profiling hooks, for the
-// pipeline benchmark only (bench/, STOWLINE_BENCH_PROFILE_DIR). It runs the
+// pipeline benchmark only (internal/bench, STOWLINE_BENCH_PROFILE_DIR). It runs the
 // very same code (app.Main, app.RunSingleHost); the measured figures in
 // BENCHMARKS.md come from the real cmd/stowline binary, never from this one.
 //
