@@ -323,7 +323,10 @@ func TestNATSRestartWhileForwarding(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	r.stopNATS()
-	time.Sleep(2 * time.Second)
+	// Restart only once the forwarder has lost its connection (it then
+	// waits a second before each reconnect attempt, so it sees an outage
+	// of at least that long).
+	waitLogLine(t, r.fwdLogs, `"msg":"disconnected from NATS"`, 30*time.Second)
 	r.startNATS(t)
 	r.proxy.Throttle(0)
 	r.waitDest(t, 120, 2*time.Minute)
@@ -362,6 +365,18 @@ func waitDeadLetters(t *testing.T, store *deadletter.Store, n int, timeout time.
 	}
 }
 
+// waitLogLine waits until logs hold s.
+func waitLogLine(t *testing.T, logs *testharness.LogBuffer, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(logs.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in the log after %s", s, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func waitHTTPDown(t *testing.T, url string) {
 	t.Helper()
 	for range 100 {
@@ -372,6 +387,7 @@ func waitHTTPDown(t *testing.T, url string) {
 		resp.Body.Close()
 		time.Sleep(50 * time.Millisecond)
 	}
+	t.Fatalf("%s still answers after 5s", url)
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }

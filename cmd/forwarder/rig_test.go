@@ -37,6 +37,8 @@ type rig struct {
 	js       jetstream.JetStream
 
 	forwarderAddr string
+	// fwdLogs is what the last forwarder started logs.
+	fwdLogs *testharness.LogBuffer
 }
 
 func newRig(t *testing.T) *rig {
@@ -125,6 +127,7 @@ func (r *rig) env(extra map[string]string) map[string]string {
 func (r *rig) startForwarder(t *testing.T, extra map[string]string) (stop func()) {
 	t.Helper()
 	p := testharness.StartProgram(t, "forwarder", run, r.env(extra))
+	r.fwdLogs = p.Logs
 	testharness.WaitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
 	return func() {
 		if err := p.Stop(); err != nil {

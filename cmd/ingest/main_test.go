@@ -135,6 +135,34 @@ func (rep *replica) published(t *testing.T) float64 {
 		max(rep.metric(t, `stowline_reconcile_events_published_total{result="duplicate",source="src"}`), 0)
 }
 
+// waitLeaseWrites waits until the reconciler lease of source "src" has
+// been written n more times (taken or renewed; renewals come every third
+// of the TTL).
+func (r *rig) waitLeaseWrites(t *testing.T, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := r.js.KeyValue(ctx, natsjs.ReconcileBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.Watch(ctx, "lease.src", jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for seen := 0; seen < n; {
+		select {
+		case e := <-w.Updates():
+			if e != nil && e.Operation() == jetstream.KeyValuePut {
+				seen++
+			}
+		case <-ctx.Done():
+			t.Fatalf("the lease was written %d times in 10s, want %d", seen, n)
+		}
+	}
+}
+
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -218,7 +246,9 @@ func TestTwoReplicasOnePolls(t *testing.T) {
 	if b.holdsLease(t) {
 		holder, other = b, a
 	}
-	time.Sleep(time.Second) // several lease checks: still one holder
+	// Two renewals by the holder are a whole renewal period, in which the
+	// standby, which checks as often, looked at the lease at least once.
+	r.waitLeaseWrites(t, 2)
 	if !holder.holdsLease(t) || other.holdsLease(t) {
 		t.Fatal("the lease changed hands or both replicas hold it")
 	}

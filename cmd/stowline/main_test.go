@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +34,30 @@ func sampleFiles(t *testing.T) []string {
 // Lua script; B is the STOW-RS destination (DICOMweb plugin) behind a gate
 // that only lets through bearer tokens from a real OAuth2 server issuing
 // tokens that expire every few seconds.
+//
+// With the reconciler on, it forwards every study within a poll even if
+// the Lua script never posted, so the run without it is the one that
+// proves the script: every study must then come through the webhook.
 func TestEndToEnd(t *testing.T) {
+	tests := []struct {
+		name      string
+		reconcile bool
+	}{
+		{"lua and reconciler", true},
+		{"lua only", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Each run has its own Orthanc servers, IdP, ports and store.
+			t.Parallel()
+			testEndToEnd(t, tt.reconcile)
+		})
+	}
+}
+
+// testEndToEnd is one run of TestEndToEnd, with the change-log reconciler
+// on or off.
+func testEndToEnd(t *testing.T, reconcile bool) {
 	testharness.RequireBinary(t, "Orthanc")
 	testharness.RequireBinary(t, "storescu")
 
@@ -80,6 +104,7 @@ func TestEndToEnd(t *testing.T) {
 		"STOW_MAX_INSTANCES":    "50",
 		"ADMIN_TOKEN":           adminToken,
 		"LOG_LEVEL":             "debug",
+		"RECONCILE_ENABLED":     strconv.FormatBool(reconcile),
 	}
 	prog := testharness.StartProgram(t, "stowline", run, env)
 	logs := prog.Logs
@@ -144,6 +169,19 @@ func TestEndToEnd(t *testing.T) {
 
 	checkMetrics(t, "http://"+forwarderAddr+"/metrics", "stowline_forwarder_instances_total", float64(len(want)))
 
+	// Without the reconciler only the Lua script announces studies: the
+	// ingest must have accepted exactly one webhook event per study (the
+	// counter is bumped once JetStream has the event, which may be a
+	// moment after the forwarder got it).
+	var studies []string
+	src.GetJSON(t, "/studies", &studies)
+	if !reconcile {
+		waitMetric(t, "http://"+ingestAddr+"/metrics", `stowline_ingest_events_received_total{result="accepted"}`, float64(len(studies)), 10*time.Second)
+	}
+	t.Logf("%d studies; webhook events accepted %v, duplicate %v", len(studies),
+		sampleValue(t, "http://"+ingestAddr+"/metrics", `stowline_ingest_events_received_total{result="accepted"}`),
+		sampleValue(t, "http://"+ingestAddr+"/metrics", `stowline_ingest_events_received_total{result="duplicate"}`))
+
 	// Graceful stop.
 	if err := prog.Stop(); err != nil {
 		t.Errorf("graceful stop: %v", err)
@@ -155,6 +193,14 @@ func TestEndToEnd(t *testing.T) {
 	scanLogs(t, out, append(patientNames(t, src), ingestToken, adminToken, clientSecret))
 	if !strings.Contains(out, `"msg":"study forwarded"`) {
 		t.Error("no 'study forwarded' log line")
+	}
+	// The reconciler ran exactly when it was asked to: it logs its cursor
+	// per source when it starts, and says so when it is disabled.
+	if got := hasLine(out, `"msg":"reconciler `, `"cursor"`); got != reconcile {
+		t.Errorf("reconciler cursor logged = %v, want %v (RECONCILE_ENABLED=%v)", got, reconcile, reconcile)
+	}
+	if got := hasLine(out, `"msg":"reconciler disabled`); got == reconcile {
+		t.Errorf("'reconciler disabled' logged = %v with RECONCILE_ENABLED=%v", got, reconcile)
 	}
 }
 

@@ -144,13 +144,13 @@ func generate(t *testing.T, uid string, n int) []string {
 	return files
 }
 
-// waitArrived waits until the destination holds n instances, then a
-// little longer (a few polls) so a duplicate forward would show, and
-// checks that every instance arrived exactly once.
+// waitArrived waits until the destination holds n instances and nothing
+// more can be forwarded (waitSettled), so that a duplicate forward would
+// show, and checks that every instance arrived exactly once.
 func (s *site) waitArrived(t *testing.T, n int, timeout time.Duration) {
 	t.Helper()
 	s.dest.WaitInstances(t, n, timeout)
-	time.Sleep(2 * time.Second)
+	s.waitSettled(t, 30*time.Second)
 	sends := s.proxy.Sends()
 	if len(sends) != n {
 		t.Errorf("%d instances reached the destination, want %d", len(sends), n)
@@ -159,6 +159,52 @@ func (s *site) waitArrived(t *testing.T, n int, timeout time.Duration) {
 		if k != 1 {
 			t.Errorf("instance %s was sent %d times", uid, k)
 		}
+	}
+}
+
+// waitSettled waits until stowline can forward nothing more: for every
+// source the reconciler has read the change log to its end, no study waits
+// to become stable and it has published (stored, or found already stored)
+// an event for each of the source's studies; and the forwarder sends
+// nothing and has settled as many studies as JetStream stored events
+// (from the webhook and the reconciler). An event stored after that would
+// have to come from a change Orthanc has not made.
+func (s *site) waitSettled(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	ingest, fwd := "http://"+s.ingestAddr+"/metrics", "http://"+s.fwdAddr+"/metrics"
+	settled := func() (bool, string) {
+		stored := metricValue(t, ingest, `stowline_ingest_events_received_total{result="accepted"}`)
+		for name, src := range s.sources {
+			var studies []string
+			src.GetJSON(t, "/studies", &studies)
+			label := `{source="` + name + `"}`
+			lag := metricValue(t, ingest, `stowline_reconcile_lag_changes`+label)
+			pending := metricValue(t, ingest, `stowline_reconcile_pending_studies`+label)
+			rstored := metricValue(t, ingest, `stowline_reconcile_events_published_total{result="stored",source="`+name+`"}`)
+			rdup := metricValue(t, ingest, `stowline_reconcile_events_published_total{result="duplicate",source="`+name+`"}`)
+			if lag != 0 || pending != 0 || rstored+rdup < float64(len(studies)) {
+				return false, fmt.Sprintf("source %s: lag %v, pending %v, published %v for %d studies", name, lag, pending, rstored+rdup, len(studies))
+			}
+			stored += rstored
+		}
+		inFlight := metricValue(t, fwd, `stowline_forwarder_studies_in_flight`)
+		done := metricValue(t, fwd, `stowline_forwarder_studies_total{result="forwarded"}`) +
+			metricValue(t, fwd, `stowline_forwarder_studies_total{result="dead_lettered"}`)
+		if inFlight != 0 || done != stored {
+			return false, fmt.Sprintf("forwarder: %v in flight, %v of %v stored events settled", inFlight, done, stored)
+		}
+		return true, ""
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := settled()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not settled after %s: %s", timeout, why)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

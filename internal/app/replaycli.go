@@ -19,7 +19,7 @@ import (
 func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(format, args...)} }
 
 // replayUsage is the command's help text.
-const replayUsage = `replayUsage: forwarder replay COMMAND [flags]
+const replayUsage = `Usage: forwarder replay COMMAND [flags]
 
 Commands:
   list     [filters] [--json]          list dead-lettered studies (all if no filter)
@@ -34,7 +34,7 @@ Filters:
   --seq N          one dead letter
   --study UID      by StudyInstanceUID
   --orthanc-id ID  by Orthanc study ID
-  --class C        transient, partial, permanent or source-missing
+  --class C        transient, partial, permanent, source-missing or crash
   --reason TEXT    reason contains TEXT (case-insensitive)
   --since T        dead-lettered at or after T (e.g. 2026-11-01T00:00Z)
   --all            every dead letter (run and purge need a filter or --all)

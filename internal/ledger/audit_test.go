@@ -50,6 +50,21 @@ func run(t *testing.T, a *ledger.Auditor, enqueue bool) (map[string]ledger.Findi
 	return found, sum
 }
 
+// waitNextSecond waits until the wall clock is in a later second than when
+// it was called: what Orthanc stores after it gets a later LastUpdate than
+// what it stored before.
+func waitNextSecond(t *testing.T) {
+	t.Helper()
+	start := time.Now().Unix()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Unix() == start {
+		if time.Now().After(deadline) {
+			t.Fatal("the wall clock did not move on to the next second")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestAudit(t *testing.T) {
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-src", StableAge: 2})
 	client, err := orthancapi.New(o.URL)
@@ -99,8 +114,9 @@ func TestAudit(t *testing.T) {
 	}
 
 	// An instance arrives later in one forwarded study (LastUpdate has a
-	// resolution of a second), and a new study is still receiving.
-	time.Sleep(1100 * time.Millisecond)
+	// resolution of a second, so it must arrive in a later second), and a
+	// new study is still receiving.
+	waitNextSecond(t)
 	upload(t, o, changed, 1)
 	o.WaitStable(t, 20*time.Second)
 	upload(t, o, "", 1)

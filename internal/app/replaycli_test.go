@@ -1,0 +1,337 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+func replayCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// replayRig is the replay command on a real embedded JetStream with the
+// event and dead-letter streams.
+type replayRig struct {
+	ns    *testnats.Server
+	store *deadletter.Store
+	cli   *replayCLI
+	out   *bytes.Buffer
+}
+
+func newReplayRig(t *testing.T) *replayRig {
+	t.Helper()
+	ns := testnats.Start(t)
+	dl, err := natsjs.DefaultTopology().EnsureDeadLetters(replayCtx(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replayRig{ns: ns, store: deadletter.NewStore(ns.JS, dl), out: &bytes.Buffer{}}
+	r.cli = &replayCLI{Store: r.store, JS: ns.JS, Stdout: r.out}
+	return r
+}
+
+// run runs one command line and returns what it printed.
+func (r *replayRig) run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	r.out.Reset()
+	err := r.cli.Run(replayCtx(t), args)
+	return r.out.String(), err
+}
+
+// mustRun is run for a command that must succeed.
+func (r *replayRig) mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := r.run(t, args...)
+	if err != nil {
+		t.Fatalf("replay %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// events is the number of messages in the event stream.
+func (r *replayRig) events(t *testing.T) uint64 {
+	t.Helper()
+	s, err := r.ns.JS.Stream(replayCtx(t), natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.CachedInfo().State.Msgs
+}
+
+// deadLetter stores the event of study i, as the ingest does, and a dead
+// letter for it, as a forwarder does; it returns the letter's sequence.
+func (r *replayRig) deadLetter(t *testing.T, i int, class forward.Class, reason string) (uint64, events.StudyStable) {
+	t.Helper()
+	ev := events.StudyStable{
+		Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
+		OrthancStudyID:   fmt.Sprintf("%08x-%08x-%08x-%08x-%08x", i, i, i, i, i),
+		StudyInstanceUID: fmt.Sprintf("1.2.826.0.1.3680043.2.1143.%d", i),
+		LastUpdate:       "20260101T120000", ReceivedAt: time.Now().UTC(),
+	}
+	ack, err := (natsjs.Publisher{JS: r.ns.JS}).Publish(replayCtx(t), &ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	seq, err := r.store.Add(replayCtx(t), &forward.DeadLetter{
+		Event: ev, Class: class, Reason: reason, Attempts: 2,
+		Failures:     []forward.Instance{{SOPInstanceUID: "1.2.826.0.1.3680043.2.1143.99", FailureReason: 0xC000, Text: "cannot understand"}},
+		FirstFailure: now.Add(-time.Minute), LastFailure: now, DeadLetteredAt: now,
+		LastResponse: "<html>\n  unsupported\n  media type\n</html>", OriginalSeq: ack.Sequence,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seq, ev
+}
+
+// Bad arguments are usage errors (exit status 2) that say what to fix,
+// and change nothing.
+func TestReplayArgumentErrors(t *testing.T) {
+	r := newReplayRig(t)
+	seq, _ := r.deadLetter(t, 1, forward.Permanent, "HTTP 415")
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "a command is required"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"list", "--bogus"}, "bogus"},
+		{[]string{"list", "stray"}, `unexpected argument "stray"`},
+		{[]string{"list", "--seq", "x"}, "seq:"},
+		{[]string{"list", "--all", "--class", "permanent"}, "all: cannot be combined"},
+		{[]string{"list", "--class", "fatal"}, "class:"},
+		{[]string{"show"}, "want a dead-letter sequence number"},
+		{[]string{"show", "abc"}, `got "abc"`},
+		{[]string{"show", "0"}, `got "0"`},
+		{[]string{"show", "1", "2"}, `unexpected argument "2"`},
+		{[]string{"show", "--bogus", "1"}, "bogus"},
+		{[]string{"run"}, "give a filter"},
+		{[]string{"run", "--dry-run"}, "give a filter"},
+		{[]string{"run", "--study", "not a uid"}, "study:"},
+		{[]string{"purge"}, "give a filter"},
+		{[]string{"purge", "--since", "soon"}, "since:"},
+		{[]string{"reforward"}, "--since is required"},
+		{[]string{"reforward", "--since", "yesterday"}, "since:"},
+		{[]string{"reforward", "--since", "2026-01-01", "--until", "later"}, "until:"},
+		{[]string{"reforward", "--since", "2026-01-02", "--until", "2026-01-01"}, "--until must be after --since"},
+		{[]string{"reforward", "--since", "2026-01-01", "extra"}, `unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(append([]string{"replay"}, tt.args...), " "), func(t *testing.T) {
+			_, err := r.run(t, tt.args...)
+			if !errors.Is(err, ErrUsage) {
+				t.Fatalf("err = %v, want a usage error", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not say %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := r.store.Get(replayCtx(t), seq); err != nil {
+		t.Errorf("the dead letter is gone after bad commands: %v", err)
+	}
+	if n := r.events(t); n != 1 {
+		t.Errorf("bad commands queued events: the stream holds %d, want 1", n)
+	}
+}
+
+func TestReplayHelp(t *testing.T) {
+	r := newReplayRig(t)
+	for _, arg := range []string{"help", "-h", "--help"} {
+		t.Run(arg, func(t *testing.T) {
+			out := r.mustRun(t, arg)
+			if !strings.HasPrefix(out, "Usage: forwarder replay COMMAND") {
+				t.Errorf("help starts with %q, want the usage line", strings.SplitN(out, "\n", 2)[0])
+			}
+			for _, cmd := range []string{"list", "show", "run", "purge", "reforward", "--dry-run"} {
+				if !strings.Contains(out, cmd) {
+					t.Errorf("help does not mention %s", cmd)
+				}
+			}
+			// --class takes every class a letter can have.
+			for _, c := range forward.Classes {
+				if !strings.Contains(out, string(c)) {
+					t.Errorf("help does not list the class %s", c)
+				}
+			}
+		})
+	}
+}
+
+// An operator's session: list and show the dead letters, replay one
+// (dry run first), purge the other, and re-forward a window.
+func TestReplayCommands(t *testing.T) {
+	r := newReplayRig(t)
+	since := time.Now().UTC().Add(-time.Minute).Format(time.RFC3339Nano)
+	seq1, ev1 := r.deadLetter(t, 1, forward.Permanent, "HTTP 415 Unsupported Media Type")
+	seq2, ev2 := r.deadLetter(t, 2, forward.Transient, "timeout")
+	s1, s2 := strconv.FormatUint(seq1, 10), strconv.FormatUint(seq2, 10)
+
+	listJSON := func(args ...string) []deadletter.Entry {
+		t.Helper()
+		out := r.mustRun(t, append([]string{"list", "--json"}, args...)...)
+		var entries []deadletter.Entry
+		if err := json.Unmarshal([]byte(out), &entries); err != nil {
+			t.Fatalf("list --json: %v\n%s", err, out)
+		}
+		return entries
+	}
+
+	t.Run("list", func(t *testing.T) {
+		out := r.mustRun(t, "list")
+		for _, want := range []string{"SEQ", "CLASS", ev1.OrthancStudyID, ev2.OrthancStudyID, "permanent", "transient", "HTTP 415"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("list does not show %q:\n%s", want, out)
+			}
+		}
+		if got := listJSON("--class", "permanent"); len(got) != 1 || got[0].Seq != seq1 || got[0].Event.StudyInstanceUID != ev1.StudyInstanceUID {
+			t.Errorf("list --class permanent = %+v, want letter %d", got, seq1)
+		}
+		if out := r.mustRun(t, "list", "--json", "--class", "crash"); strings.TrimSpace(out) != "[]" {
+			t.Errorf("list --json with no match printed %q, want []", out)
+		}
+	})
+
+	t.Run("show", func(t *testing.T) {
+		out := r.mustRun(t, "show", s1)
+		for _, want := range []string{ev1.OrthancStudyID, ev1.StudyInstanceUID, "permanent", "HTTP 415 Unsupported Media Type",
+			"failed instance", "0xC000", "<html> unsupported media type </html>"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("show does not show %q:\n%s", want, out)
+			}
+		}
+		// The sequence goes before or after the flags.
+		for _, args := range [][]string{{"show", s2, "--json"}, {"show", "--json", s2}} {
+			var e deadletter.Entry
+			if err := json.Unmarshal([]byte(r.mustRun(t, args...)), &e); err != nil || e.Seq != seq2 || e.Class != forward.Transient {
+				t.Errorf("%s = %+v (%v), want letter %d", strings.Join(args, " "), e, err, seq2)
+			}
+		}
+		if _, err := r.run(t, "show", "999"); !errors.Is(err, deadletter.ErrNotFound) || errors.Is(err, ErrUsage) {
+			t.Errorf("show of a missing letter: err = %v, want ErrNotFound (not a usage error)", err)
+		}
+	})
+
+	t.Run("run", func(t *testing.T) {
+		if out := r.mustRun(t, "run", "--seq", s1, "--dry-run"); !strings.Contains(out, "1 dead letters would be replayed") {
+			t.Errorf("run --dry-run printed:\n%s", out)
+		}
+		if n := r.events(t); n != 2 {
+			t.Errorf("a dry run queued events: the stream holds %d, want 2", n)
+		}
+		if out := r.mustRun(t, "run", "--seq", s1); !strings.Contains(out, "1 dead letters replayed") || !strings.Contains(out, ev1.OrthancStudyID) {
+			t.Errorf("run printed:\n%s", out)
+		}
+		if n := r.events(t); n != 3 {
+			t.Errorf("the event stream holds %d events after the replay, want 3", n)
+		}
+		if got := listJSON("--all"); len(got) != 1 || got[0].Seq != seq2 {
+			t.Errorf("after the replay the letters are %+v, want only %d", got, seq2)
+		}
+	})
+
+	t.Run("purge", func(t *testing.T) {
+		var dry struct {
+			DryRun  bool               `json:"dryRun"`
+			Entries []deadletter.Entry `json:"entries"`
+		}
+		out := r.mustRun(t, "purge", "--all", "--dry-run", "--json")
+		if err := json.Unmarshal([]byte(out), &dry); err != nil || !dry.DryRun || len(dry.Entries) != 1 || dry.Entries[0].Seq != seq2 {
+			t.Errorf("purge --all --dry-run --json = %s (%v)", out, err)
+		}
+		if out := r.mustRun(t, "purge", "--all"); !strings.Contains(out, "1 dead letters purged") {
+			t.Errorf("purge printed:\n%s", out)
+		}
+		if got := listJSON(); len(got) != 0 {
+			t.Errorf("letters left after purge --all: %+v", got)
+		}
+		if n := r.events(t); n != 3 {
+			t.Errorf("purge changed the event stream: %d events, want 3", n)
+		}
+	})
+
+	t.Run("reforward", func(t *testing.T) {
+		out := r.mustRun(t, "reforward", "--since", since, "--dry-run")
+		if !strings.Contains(out, "3 events would be queued again") || !strings.Contains(out, ev2.OrthancStudyID) {
+			t.Errorf("reforward --dry-run printed:\n%s", out)
+		}
+		if n := r.events(t); n != 3 {
+			t.Errorf("a dry run queued events: the stream holds %d, want 3", n)
+		}
+		if out := r.mustRun(t, "reforward", "--since", since); !strings.Contains(out, "3 events queued again") {
+			t.Errorf("reforward printed:\n%s", out)
+		}
+		if n := r.events(t); n != 6 {
+			t.Errorf("the event stream holds %d events after the re-forward, want 6", n)
+		}
+	})
+}
+
+// RunReplay reads its configuration and connects to the deployment's
+// NATS server before running the command.
+func TestRunReplay(t *testing.T) {
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), Port: server.RANDOM_PORT}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	env := map[string]string{"NATS_URL": srv.ClientURL()}
+	replay := func(env map[string]string, args ...string) (string, string, error) {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		err := RunReplay(replayCtx(t), args, func(k string) string { return env[k] }, &stdout, &stderr)
+		return stdout.String(), stderr.String(), err
+	}
+
+	if out, _, err := replay(nil, "-h"); err != nil || !strings.Contains(out, "forwarder replay COMMAND") {
+		t.Errorf("replay -h = %v:\n%s", err, out)
+	}
+	if _, _, err := replay(nil, "list"); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "NATS_URL") {
+		t.Errorf("replay without NATS_URL: err = %v, want a usage error naming NATS_URL", err)
+	}
+	// Nothing has run yet: the command creates no stream.
+	if _, _, err := replay(env, "list"); !errors.Is(err, natsjs.ErrNotProvisioned) {
+		t.Errorf("replay list before any forwarder ran: err = %v, want ErrNotProvisioned", err)
+	}
+
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := natsjs.DefaultTopology().EnsureDeadLetters(replayCtx(t), js); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := replay(env, "list", "--json")
+	if err != nil || strings.TrimSpace(out) != "[]" {
+		t.Errorf("replay list --json = %v, stdout %q; want [] alone on stdout", err, out)
+	}
+	if _, _, err := replay(env, "run"); !errors.Is(err, ErrUsage) {
+		t.Errorf("replay run without a filter: err = %v, want a usage error", err)
+	}
+}

@@ -1,0 +1,463 @@
+package deadletter_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// testCtx bounds a test's JetStream calls.
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// newStore starts a real embedded JetStream with the event and dead-letter
+// streams and returns the dead-letter store on it.
+func newStore(t *testing.T) (*deadletter.Store, *testnats.Server) {
+	t.Helper()
+	ns := testnats.Start(t)
+	dl, err := natsjs.DefaultTopology().EnsureDeadLetters(testCtx(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return deadletter.NewStore(ns.JS, dl), ns
+}
+
+// event returns a valid event for study i of source src.
+func event(src string, i int) events.StudyStable {
+	return events.StudyStable{
+		Type: events.TypeStudyStable, Version: events.Version, Source: src,
+		OrthancStudyID:   fmt.Sprintf("%08x-%08x-%08x-%08x-%08x", i, i, i, i, i),
+		StudyInstanceUID: fmt.Sprintf("1.2.826.0.1.3680043.2.1143.%d", i),
+		LastUpdate:       "20260101T120000",
+	}
+}
+
+// letter is a dead letter for study i, originally at event sequence i.
+func letter(i int, class forward.Class, reason string, at time.Time) *forward.DeadLetter {
+	return &forward.DeadLetter{
+		Event: event("src", i), Class: class, Reason: reason, Attempts: 3,
+		FirstFailure: at.Add(-time.Minute), LastFailure: at, OriginalSeq: uint64(i), DeadLetteredAt: at,
+	}
+}
+
+// add stores letters and returns their dead-letter sequences.
+func add(t *testing.T, s *deadletter.Store, letters ...*forward.DeadLetter) []uint64 {
+	t.Helper()
+	seqs := make([]uint64, 0, len(letters))
+	for _, l := range letters {
+		seq, err := s.Add(testCtx(t), l)
+		if err != nil {
+			t.Fatalf("Add: %v", err)
+		}
+		seqs = append(seqs, seq)
+	}
+	return seqs
+}
+
+func seqsOf(entries []deadletter.Entry) []uint64 {
+	out := make([]uint64, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, e.Seq)
+	}
+	return out
+}
+
+// storedEvent is one message of the event stream.
+type storedEvent struct {
+	msgID string
+	ev    *events.StudyStable
+	at    time.Time
+}
+
+// eventStream reads every message of the event stream, oldest first.
+func eventStream(t *testing.T, js jetstream.JetStream) []storedEvent {
+	t.Helper()
+	ctx := testCtx(t)
+	s, err := js.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []storedEvent
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("event %d: %v", seq, err)
+		}
+		ev, err := events.Decode(m.Data)
+		if err != nil {
+			t.Fatalf("event %d: %v", seq, err)
+		}
+		out = append(out, storedEvent{msgID: m.Header.Get(jetstream.MsgIDHeader), ev: ev, at: m.Time})
+	}
+	return out
+}
+
+// A forwarder that dies between Add and terminating the original event
+// adds the same letter again on the next delivery: it must stay one.
+func TestAddIsIdempotentPerOriginalSeq(t *testing.T) {
+	s, _ := newStore(t)
+	now := time.Now().UTC()
+	first := add(t, s, letter(7, forward.Permanent, "HTTP 415", now))[0]
+	again := add(t, s, letter(7, forward.Permanent, "HTTP 415 (second delivery)", now))[0]
+	if again != first {
+		t.Errorf("the same original event dead-lettered twice got sequences %d and %d, want one letter", first, again)
+	}
+	other := letter(8, forward.Permanent, "HTTP 415", now)
+	other.Event = event("src", 7) // same study, another original event
+	if seq := add(t, s, other)[0]; seq == first {
+		t.Errorf("another original event of the same study got the first letter's sequence %d", seq)
+	}
+	all, err := s.List(testCtx(t), deadletter.Filter{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 {
+		t.Errorf("%d letters stored, want 2", len(all))
+	}
+}
+
+// The destination's answer kept with a letter is bounded.
+func TestAddTruncatesTheLastResponse(t *testing.T) {
+	s, _ := newStore(t)
+	l := letter(1, forward.Permanent, "HTTP 400", time.Now())
+	l.LastResponse = strings.Repeat("x", 3*deadletter.MaxResponseBytes)
+	seq := add(t, s, l)[0]
+	got, err := s.Get(testCtx(t), seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.Repeat("x", deadletter.MaxResponseBytes) + "…"; got.LastResponse != want {
+		t.Errorf("kept a response of %d bytes, want the first %d and an ellipsis", len(got.LastResponse), deadletter.MaxResponseBytes)
+	}
+}
+
+func TestGet(t *testing.T) {
+	s, _ := newStore(t)
+	at := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	l := letter(3, forward.Partial, "2 of 5 instances failed", at)
+	l.Failures = []forward.Instance{{SOPInstanceUID: "1.2.3.4", FailureReason: 0xA700, Text: "out of resources"}}
+	seq := add(t, s, l)[0]
+
+	got, err := s.Get(testCtx(t), seq)
+	if err != nil {
+		t.Fatalf("Get(%d): %v", seq, err)
+	}
+	if got.Seq != seq || got.Event != l.Event || got.Class != l.Class || got.Reason != l.Reason ||
+		!got.DeadLetteredAt.Equal(at) || !slices.Equal(got.Failures, l.Failures) || got.OriginalSeq != 3 {
+		t.Errorf("Get = %+v, want %+v at sequence %d", got, l, seq)
+	}
+	if _, err := s.Get(testCtx(t), seq+100); !errors.Is(err, deadletter.ErrNotFound) {
+		t.Errorf("Get of a sequence with no letter: err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestListFilters(t *testing.T) {
+	s, _ := newStore(t)
+
+	// An empty stream lists as an empty, non-nil list (JSON []).
+	empty, err := s.List(testCtx(t), deadletter.Filter{All: true})
+	if err != nil || empty == nil || len(empty) != 0 {
+		t.Fatalf("List of an empty stream = %#v, %v; want an empty non-nil list", empty, err)
+	}
+
+	// The stream stores them now; DeadLetteredAt says when they failed.
+	t0 := time.Now().UTC().Add(-3 * time.Hour)
+	seqs := add(t, s,
+		letter(1, forward.Permanent, "HTTP 415 Unsupported Media Type", t0),
+		letter(2, forward.Transient, "connection refused", t0.Add(time.Hour)),
+		letter(3, forward.Partial, "2 of 5 instances failed (0xA700)", t0.Add(2*time.Hour)),
+	)
+	one, two, three := seqs[0], seqs[1], seqs[2]
+
+	tests := []struct {
+		name   string
+		filter deadletter.Filter
+		want   []uint64
+	}{
+		{"all", deadletter.Filter{All: true}, []uint64{one, two, three}},
+		{"seq", deadletter.Filter{Seq: two}, []uint64{two}},
+		{"seq without a letter", deadletter.Filter{Seq: three + 10}, []uint64{}},
+		{"seq and another class", deadletter.Filter{Seq: two, Class: forward.Permanent}, []uint64{}},
+		{"study UID", deadletter.Filter{StudyInstanceUID: event("src", 3).StudyInstanceUID}, []uint64{three}},
+		{"Orthanc ID", deadletter.Filter{OrthancStudyID: event("src", 1).OrthancStudyID}, []uint64{one}},
+		{"class", deadletter.Filter{Class: forward.Transient}, []uint64{two}},
+		{"reason, case-insensitive", deadletter.Filter{ReasonContains: "UNSUPPORTED media"}, []uint64{one}},
+		{"reason matches none", deadletter.Filter{ReasonContains: "certificate"}, []uint64{}},
+		{"dead-lettered since", deadletter.Filter{Since: t0.Add(30 * time.Minute)}, []uint64{two, three}},
+		{"since and class", deadletter.Filter{Since: t0.Add(30 * time.Minute), Class: forward.Partial}, []uint64{three}},
+		{"since after every letter was stored", deadletter.Filter{Since: time.Now().Add(time.Hour)}, []uint64{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := s.List(testCtx(t), tt.filter)
+			if err != nil {
+				t.Fatalf("List: %v", err)
+			}
+			if got == nil {
+				t.Fatal("List returned nil; want a non-nil list")
+			}
+			if !slices.Equal(seqsOf(got), tt.want) {
+				t.Errorf("List = %v, want %v", seqsOf(got), tt.want)
+			}
+		})
+	}
+	none, err := s.List(testCtx(t), deadletter.Filter{Class: forward.Crash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := json.Marshal(none); err != nil || string(b) != "[]" {
+		t.Errorf("no match encodes as %s (%v), want []", b, err)
+	}
+}
+
+func TestReplay(t *testing.T) {
+	t.Run("queues the event again with a fresh dedupe ID, then removes the letter", func(t *testing.T) {
+		s, ns := newStore(t)
+		// The original event, as the ingest stored it.
+		ev := event("src", 1)
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(testCtx(t), &ev); err != nil {
+			t.Fatal(err)
+		}
+		seqs := add(t, s, letter(1, forward.Permanent, "HTTP 415", time.Now()), letter(2, forward.Permanent, "HTTP 415", time.Now()))
+
+		dry, err := s.Replay(testCtx(t), deadletter.Filter{Seq: seqs[0]}, true)
+		if err != nil || !slices.Equal(seqsOf(dry), seqs[:1]) {
+			t.Fatalf("dry run = %v, %v; want %v", seqsOf(dry), err, seqs[:1])
+		}
+		if n := len(eventStream(t, ns.JS)); n != 1 {
+			t.Errorf("a dry run queued events: the stream holds %d, want 1", n)
+		}
+
+		done, err := s.Replay(testCtx(t), deadletter.Filter{Seq: seqs[0]}, false)
+		if err != nil || !slices.Equal(seqsOf(done), seqs[:1]) {
+			t.Fatalf("Replay = %v, %v; want %v", seqsOf(done), err, seqs[:1])
+		}
+		stored := eventStream(t, ns.JS)
+		if len(stored) != 2 {
+			t.Fatalf("the event stream holds %d events, want the original and the replayed one", len(stored))
+		}
+		replayed := stored[1]
+		if *replayed.ev != ev {
+			t.Errorf("replayed event = %+v, want %+v", replayed.ev, ev)
+		}
+		if replayed.msgID != deadletter.ReplayMsgID(&ev, seqs[0]) || replayed.msgID == ev.MsgID() {
+			t.Errorf("replayed with dedupe ID %q; want the fresh %q", replayed.msgID, deadletter.ReplayMsgID(&ev, seqs[0]))
+		}
+		if _, err := s.Get(testCtx(t), seqs[0]); !errors.Is(err, deadletter.ErrNotFound) {
+			t.Errorf("the replayed letter is still there (err %v)", err)
+		}
+		if _, err := s.Get(testCtx(t), seqs[1]); err != nil {
+			t.Errorf("the letter that was not selected is gone: %v", err)
+		}
+	})
+
+	t.Run("keeps the letter when the event cannot be stored", func(t *testing.T) {
+		s, ns := newStore(t)
+		seq := add(t, s, letter(1, forward.Permanent, "HTTP 415", time.Now()))[0]
+		if err := ns.JS.DeleteStream(testCtx(t), natsjs.EventStream); err != nil {
+			t.Fatal(err)
+		}
+		done, err := s.Replay(testCtx(t), deadletter.Filter{All: true}, false)
+		if err == nil {
+			t.Fatal("Replay with no event stream succeeded")
+		}
+		if len(done) != 0 {
+			t.Errorf("Replay reports %v replayed", seqsOf(done))
+		}
+		if _, err := s.Get(testCtx(t), seq); err != nil {
+			t.Errorf("the letter was removed although its event was not stored: %v", err)
+		}
+	})
+
+	t.Run("needs a filter", func(t *testing.T) {
+		s, ns := newStore(t)
+		add(t, s, letter(1, forward.Permanent, "HTTP 415", time.Now()))
+		if _, err := s.Replay(testCtx(t), deadletter.Filter{}, false); err == nil {
+			t.Error("Replay with an empty filter succeeded; want an error asking for All")
+		}
+		if n := len(eventStream(t, ns.JS)); n != 0 {
+			t.Errorf("an empty filter queued %d events", n)
+		}
+	})
+}
+
+func TestPurge(t *testing.T) {
+	s, _ := newStore(t)
+	now := time.Now()
+	seqs := add(t, s,
+		letter(1, forward.Permanent, "HTTP 415", now),
+		letter(2, forward.Transient, "timeout", now),
+		letter(3, forward.Permanent, "HTTP 400", now),
+	)
+	list := func() []uint64 {
+		t.Helper()
+		all, err := s.List(testCtx(t), deadletter.Filter{All: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seqsOf(all)
+	}
+
+	if _, err := s.Purge(testCtx(t), deadletter.Filter{}, false); err == nil {
+		t.Error("Purge with an empty filter succeeded; want an error asking for All")
+	}
+	dry, err := s.Purge(testCtx(t), deadletter.Filter{Class: forward.Permanent}, true)
+	if err != nil || !slices.Equal(seqsOf(dry), []uint64{seqs[0], seqs[2]}) {
+		t.Fatalf("dry run = %v, %v", seqsOf(dry), err)
+	}
+	if got := list(); !slices.Equal(got, seqs) {
+		t.Errorf("after a dry run the stream holds %v, want %v", got, seqs)
+	}
+	done, err := s.Purge(testCtx(t), deadletter.Filter{Class: forward.Permanent}, false)
+	if err != nil || !slices.Equal(seqsOf(done), []uint64{seqs[0], seqs[2]}) {
+		t.Fatalf("Purge = %v, %v", seqsOf(done), err)
+	}
+	if got := list(); !slices.Equal(got, seqs[1:2]) {
+		t.Errorf("after the purge the stream holds %v, want %v", got, seqs[1:2])
+	}
+	if again, err := s.Purge(testCtx(t), deadletter.Filter{Class: forward.Permanent}, false); err != nil || len(again) != 0 {
+		t.Errorf("purging again = %v, %v; want nothing and no error", seqsOf(again), err)
+	}
+}
+
+func TestReforward(t *testing.T) {
+	_, ns := newStore(t)
+	pub := natsjs.Publisher{JS: ns.JS}
+	publish := func(ev events.StudyStable) {
+		t.Helper()
+		if _, err := pub.Publish(testCtx(t), &ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The window's start is a stream timestamp, its end a ReceivedAt: both
+	// are the ingest's clock, so the test's events are received now.
+	received := time.Now().UTC()
+
+	// Stored before the window: never re-queued.
+	before := event("src", 1)
+	before.ReceivedAt = received
+	publish(before)
+	since := eventStream(t, ns.JS)[0].at.Add(time.Nanosecond)
+	// The window starts at a stream timestamp: wait until the clock is past
+	// it, so the next events are stored inside it.
+	for !time.Now().After(since) {
+		time.Sleep(time.Millisecond)
+	}
+	inside, late := event("src", 2), event("other", 3)
+	inside.ReceivedAt, late.ReceivedAt = received, received.Add(time.Hour)
+	publish(inside)
+	publish(late)
+
+	keys := func(evs []events.StudyStable) []string {
+		var out []string
+		for _, ev := range evs {
+			out = append(out, ev.MsgID())
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		until time.Time
+		want  []string
+	}{
+		{"up to now", time.Time{}, []string{inside.MsgID(), late.MsgID()}},
+		{"until excludes what was received at or after it", received.Add(time.Hour), []string{inside.MsgID()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" (dry run)", func(t *testing.T) {
+			got, err := deadletter.Reforward(testCtx(t), ns.JS, since, tt.until, true)
+			if err != nil || !slices.Equal(keys(got), tt.want) {
+				t.Errorf("Reforward = %v, %v; want %v", keys(got), err, tt.want)
+			}
+			if n := len(eventStream(t, ns.JS)); n != 3 {
+				t.Errorf("a dry run changed the stream: %d events, want 3", n)
+			}
+		})
+	}
+
+	got, err := deadletter.Reforward(testCtx(t), ns.JS, since, received.Add(time.Hour), false)
+	if err != nil || !slices.Equal(keys(got), []string{inside.MsgID()}) {
+		t.Fatalf("Reforward = %v, %v", keys(got), err)
+	}
+	stored := eventStream(t, ns.JS)
+	if len(stored) != 4 {
+		t.Fatalf("the event stream holds %d events, want 4 (3 and the re-queued one)", len(stored))
+	}
+	// A fresh dedupe ID, or JetStream would drop it inside the window.
+	if last := stored[3]; *last.ev != inside || !strings.HasPrefix(last.msgID, inside.MsgID()+"/reforward/") {
+		t.Errorf("re-queued %+v with dedupe ID %q, want %+v under a fresh ID", last.ev, last.msgID, inside)
+	}
+
+	for _, bad := range []struct {
+		name         string
+		since, until time.Time
+	}{
+		{"no start", time.Time{}, time.Time{}},
+		{"end before start", since, since.Add(-time.Minute)},
+		{"end at start", since, since},
+	} {
+		if _, err := deadletter.Reforward(testCtx(t), ns.JS, bad.since, bad.until, false); err == nil {
+			t.Errorf("%s: Reforward succeeded", bad.name)
+		}
+	}
+}
+
+func TestFailureLog(t *testing.T) {
+	ns := testnats.Start(t)
+	kv, err := natsjs.DefaultTopology().EnsureFailureLog(testCtx(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := deadletter.NewFailureLog(kv)
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	record := func(seq uint64, at time.Time) forward.FailureTimes {
+		t.Helper()
+		ft, err := log.Record(testCtx(t), seq, at)
+		if err != nil {
+			t.Fatalf("Record(%d): %v", seq, err)
+		}
+		return ft
+	}
+	check := func(what string, got forward.FailureTimes, first, last time.Time) {
+		t.Helper()
+		if !got.First.Equal(first) || !got.Last.Equal(last) {
+			t.Errorf("%s: times = %v..%v, want %v..%v", what, got.First, got.Last, first, last)
+		}
+	}
+
+	check("first failure", record(5, t0), t0, t0)
+	check("second failure keeps the first", record(5, t0.Add(time.Minute)), t0, t0.Add(time.Minute))
+	check("another event is separate", record(6, t0.Add(2*time.Minute)), t0.Add(2*time.Minute), t0.Add(2*time.Minute))
+	if err := log.Forget(testCtx(t), 5); err != nil {
+		t.Fatalf("Forget: %v", err)
+	}
+	check("after Forget it starts again", record(5, t0.Add(time.Hour)), t0.Add(time.Hour), t0.Add(time.Hour))
+	check("Forget leaves other events", record(6, t0.Add(time.Hour)), t0.Add(2*time.Minute), t0.Add(time.Hour))
+	if err := log.Forget(testCtx(t), 999); err != nil {
+		t.Errorf("Forget of an event with no record: %v", err)
+	}
+}

@@ -1,0 +1,429 @@
+package natsjs_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+var discard = slog.New(slog.DiscardHandler)
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// startEmbedded starts an embedded server on dir (a new temporary one if
+// empty), stopped at cleanup unless the test stops it first.
+func startEmbedded(t *testing.T, opts natsjs.EmbeddedOptions) *natsjs.EmbeddedServer {
+	t.Helper()
+	if opts.StoreDir == "" {
+		opts.StoreDir = t.TempDir()
+	}
+	srv, err := natsjs.StartEmbedded(opts, discard)
+	if err != nil {
+		t.Fatalf("StartEmbedded: %v", err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+// connectJS opens an in-process client of srv, closed at cleanup.
+func connectJS(t *testing.T, srv *natsjs.EmbeddedServer) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+func event(lastUpdate string) *events.StudyStable {
+	return &events.StudyStable{
+		Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
+		OrthancStudyID:   "5b2a8e4c-1f6d3a90-0c7e2b41-9d8f6a53-e4b1c2d7",
+		StudyInstanceUID: "1.2.826.0.1.3680043.2.1143.7", LastUpdate: lastUpdate,
+	}
+}
+
+// streamMsgs is the number of messages in a stream.
+func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
+	t.Helper()
+	s, err := natsjs.OpenStream(testCtx(t), js, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func TestStartEmbeddedNeedsAStoreDir(t *testing.T) {
+	if srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{}, discard); err == nil {
+		srv.Shutdown()
+		t.Fatal("StartEmbedded without a store directory succeeded")
+	}
+}
+
+func TestEmbeddedServerListensOnlyWhenAsked(t *testing.T) {
+	tests := []struct {
+		name   string
+		port   int
+		listen bool
+	}{
+		{"in-process only by default", 0, false},
+		{"over TCP with a port", server.RANDOM_PORT, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := startEmbedded(t, natsjs.EmbeddedOptions{ServerName: "listen-test", Port: tt.port})
+			url := srv.ClientURL()
+			if (url != "") != tt.listen {
+				t.Fatalf("ClientURL = %q, want a URL: %v", url, tt.listen)
+			}
+			// The in-process connection works either way.
+			nc, _ := connectJS(t, srv)
+			if err := nc.Flush(); err != nil {
+				t.Errorf("in-process connection: %v", err)
+			}
+			if tt.listen {
+				tcp, err := nats.Connect(url)
+				if err != nil {
+					t.Fatalf("connect to %s: %v", url, err)
+				}
+				tcp.Close()
+			}
+		})
+	}
+}
+
+// Single-host mode keeps the queue in the store directory: a restart of
+// the embedded server finds every stream and message again.
+func TestEmbeddedServerRestartKeepsData(t *testing.T) {
+	dir := t.TempDir()
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir, ServerName: "restart-test"})
+	nc, js := connectJS(t, srv)
+	if _, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), js); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := (natsjs.Publisher{JS: js}).Publish(testCtx(t), event("20260101T120000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	srv.Shutdown()
+
+	srv = startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir, ServerName: "restart-test"})
+	_, js = connectJS(t, srv)
+	s, err := natsjs.OpenStream(testCtx(t), js, natsjs.EventStream)
+	if err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	m, err := s.GetMsg(testCtx(t), ack.Sequence)
+	if err != nil {
+		t.Fatalf("after the restart, event %d: %v", ack.Sequence, err)
+	}
+	if ev, err := events.Decode(m.Data); err != nil || *ev != *event("20260101T120000") {
+		t.Errorf("after the restart the event reads %+v (%v)", ev, err)
+	}
+}
+
+func TestConnect(t *testing.T) {
+	t.Run("empty URL starts the embedded server in the store directory", func(t *testing.T) {
+		dir := t.TempDir()
+		c, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: dir}, discard)
+		if err != nil {
+			t.Fatalf("Connect: %v", err)
+		}
+		t.Cleanup(c.Close)
+		if err := c.Ready(testCtx(t)); !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Errorf("Ready before the event stream exists = %v, want stream not found", err)
+		}
+		if _, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), c.JS); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Ready(testCtx(t)); err != nil {
+			t.Errorf("Ready: %v", err)
+		}
+		if _, err := (natsjs.Publisher{JS: c.JS}).Publish(testCtx(t), event("20260101T120000")); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if !c.NC.IsClosed() {
+			t.Error("the connection is still open after Close")
+		}
+		// Close stopped the embedded server: a new one opens the same
+		// store and finds the event.
+		srv := startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir})
+		_, js := connectJS(t, srv)
+		if n := streamMsgs(t, js, natsjs.EventStream); n != 1 {
+			t.Errorf("the store holds %d events after Close, want 1", n)
+		}
+	})
+
+	t.Run("URL of a running server", func(t *testing.T) {
+		srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT})
+		c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
+		if err != nil {
+			t.Fatalf("Connect(%s): %v", srv.ClientURL(), err)
+		}
+		t.Cleanup(c.Close)
+		if _, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), c.JS); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Ready(testCtx(t)); err != nil {
+			t.Errorf("Ready: %v", err)
+		}
+	})
+
+	t.Run("unreachable URL fails", func(t *testing.T) {
+		// Nothing listens on the port of a listener that was just closed.
+		srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT})
+		url := srv.ClientURL()
+		srv.Shutdown()
+		c, err := natsjs.Connect(natsjs.ConnectOptions{URL: url}, discard)
+		if err == nil {
+			c.Close()
+			t.Fatalf("Connect(%s) to a stopped server succeeded", url)
+		}
+		if !strings.Contains(err.Error(), "connect to NATS") {
+			t.Errorf("error %q does not say what failed", err)
+		}
+	})
+}
+
+// Close drains: messages already received are still handled before the
+// connection closes (a plain close would drop them).
+func TestCloseDrains(t *testing.T) {
+	c, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	const n = 10
+	var handled atomic.Int32
+	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // a failed test must not leave Close waiting on the handler
+	sub, err := c.NC.Subscribe("drain.test", func(*nats.Msg) {
+		<-release
+		handled.Add(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		if err := c.NC.Publish("drain.test", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The handler holds the first message: wait until all of them have
+	// reached the client (Pending counts the one in the handler too).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		msgs, _, err := sub.Pending()
+		if err == nil && msgs == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages reached the subscription (err %v)", msgs, n, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	releaseOnce()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if got := handled.Load(); got != n {
+		t.Errorf("%d of %d received messages handled before Close returned", got, n)
+	}
+	if !c.NC.IsClosed() {
+		t.Error("the connection is still open after Close")
+	}
+}
+
+// Every stream and bucket: the read-only openers refuse what no service
+// has created; Ensure creates it, and again changes nothing.
+func TestTopologyEnsureIsIdempotent(t *testing.T) {
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
+	_, js := connectJS(t, srv)
+	topo := natsjs.DefaultTopology()
+	stream := func(name string) func(context.Context) error {
+		return func(ctx context.Context) error { _, err := natsjs.OpenStream(ctx, js, name); return err }
+	}
+	bucket := func(name string) func(context.Context) error {
+		return func(ctx context.Context) error { _, err := natsjs.OpenKV(ctx, js, name); return err }
+	}
+	tests := []struct {
+		name   string
+		open   func(context.Context) error
+		ensure func(context.Context) error
+	}{
+		{natsjs.EventStream, stream(natsjs.EventStream), func(ctx context.Context) error { _, err := topo.EnsureEvents(ctx, js); return err }},
+		{natsjs.DeadLetterStream, stream(natsjs.DeadLetterStream), func(ctx context.Context) error { _, err := topo.EnsureDeadLetters(ctx, js); return err }},
+		{natsjs.FailureBucket, bucket(natsjs.FailureBucket), func(ctx context.Context) error { _, err := topo.EnsureFailureLog(ctx, js); return err }},
+		{natsjs.LedgerBucket, bucket(natsjs.LedgerBucket), func(ctx context.Context) error { _, err := topo.EnsureLedger(ctx, js); return err }},
+		{natsjs.ReconcileBucket, bucket(natsjs.ReconcileBucket), func(ctx context.Context) error { _, err := topo.EnsureReconcile(ctx, js); return err }},
+		{natsjs.StatusBucket, bucket(natsjs.StatusBucket), func(ctx context.Context) error { _, err := topo.EnsureStatus(ctx, js); return err }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			if err := tt.open(ctx); !errors.Is(err, natsjs.ErrNotProvisioned) || !strings.Contains(err.Error(), tt.name) {
+				t.Errorf("open before it exists = %v, want ErrNotProvisioned naming %s", err, tt.name)
+			}
+			for i := range 2 {
+				if err := tt.ensure(ctx); err != nil {
+					t.Fatalf("Ensure, call %d: %v", i+1, err)
+				}
+			}
+			if err := tt.open(ctx); err != nil {
+				t.Errorf("open after Ensure: %v", err)
+			}
+		})
+	}
+
+	t.Run("consumer", func(t *testing.T) {
+		ctx := testCtx(t)
+		for i := range 2 {
+			if _, err := topo.EnsureConsumer(ctx, js); err != nil {
+				t.Fatalf("EnsureConsumer, call %d: %v", i+1, err)
+			}
+		}
+		s, err := natsjs.OpenStream(ctx, js, natsjs.EventStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := s.ConsumerNames(ctx)
+		var got []string
+		for name := range names.Name() {
+			got = append(got, name)
+		}
+		if len(got) != 1 || got[0] != natsjs.ForwarderConsumer {
+			t.Errorf("consumers = %v, want only %s", got, natsjs.ForwarderConsumer)
+		}
+	})
+
+	t.Run("a changed setting updates the stream", func(t *testing.T) {
+		ctx := testCtx(t)
+		changed := topo
+		changed.Retention = 48 * time.Hour
+		s, err := changed.EnsureEvents(ctx, js)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Config.MaxAge != changed.Retention || info.Config.Duplicates != topo.DedupeWindow {
+			t.Errorf("stream MaxAge %v, Duplicates %v; want %v and %v", info.Config.MaxAge, info.Config.Duplicates, changed.Retention, topo.DedupeWindow)
+		}
+	})
+}
+
+func TestEventSubject(t *testing.T) {
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
+	_, js := connectJS(t, srv)
+	s, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := event("20260101T120000")
+	if got, want := natsjs.EventSubject(ev.Source), "stowline.study.stable.orthanc-a"; got != want {
+		t.Errorf("EventSubject = %q, want %q", got, want)
+	}
+	ack, err := (natsjs.Publisher{JS: js}).Publish(testCtx(t), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetMsg(testCtx(t), ack.Sequence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != natsjs.EventSubject(ev.Source) {
+		t.Errorf("event stored on %q, want %q", m.Subject, natsjs.EventSubject(ev.Source))
+	}
+}
+
+func TestPublisherDedupe(t *testing.T) {
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
+	_, js := connectJS(t, srv)
+	pub := natsjs.Publisher{JS: js}
+	if _, err := pub.Publish(testCtx(t), event("20260101T120000")); err == nil {
+		t.Error("Publish without the event stream succeeded")
+	}
+	if _, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), js); err != nil {
+		t.Fatal(err)
+	}
+
+	first, err := pub.Publish(testCtx(t), event("20260101T120000"))
+	if err != nil || first.Duplicate {
+		t.Fatalf("first Publish = %+v, %v", first, err)
+	}
+	tests := []struct {
+		name    string
+		publish func() (*jetstream.PubAck, error)
+		dup     bool
+	}{
+		{"same event again (Lua script and reconciler)", func() (*jetstream.PubAck, error) {
+			return pub.Publish(testCtx(t), event("20260101T120000"))
+		}, true},
+		{"the study changed (new LastUpdate)", func() (*jetstream.PubAck, error) {
+			return pub.Publish(testCtx(t), event("20260101T130000"))
+		}, false},
+		{"same event under another dedupe ID (replay)", func() (*jetstream.PubAck, error) {
+			ev := event("20260101T120000")
+			return natsjs.PublishAs(testCtx(t), js, ev, ev.MsgID()+"/replay/1")
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ack, err := tt.publish()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ack.Duplicate != tt.dup {
+				t.Errorf("Duplicate = %v, want %v", ack.Duplicate, tt.dup)
+			}
+			if tt.dup && ack.Sequence != first.Sequence {
+				t.Errorf("a duplicate acknowledged sequence %d, want the original %d", ack.Sequence, first.Sequence)
+			}
+			if !tt.dup && ack.Sequence == first.Sequence {
+				t.Errorf("a new event got the first event's sequence %d", ack.Sequence)
+			}
+		})
+	}
+	if n := streamMsgs(t, js, natsjs.EventStream); n != 3 {
+		t.Errorf("the stream holds %d events, want 3", n)
+	}
+}
