@@ -46,8 +46,8 @@ type panickySource struct {
 func (s *panickySource) StudyInstances(ctx context.Context, id string) ([]orthancapi.Instance, error) {
 	s.calls.Add(1)
 	if id == s.poison {
-		var m map[string]int
-		m["boom"]++ // a nil map write: a real runtime panic, not a prepared one
+		var none []orthancapi.Instance
+		return none[:len(id)], nil // out of range: a real runtime panic, not a prepared one
 	}
 	return s.memSource.StudyInstances(ctx, id)
 }
@@ -100,7 +100,7 @@ func TestPanicIsDeadLetteredAsCrash(t *testing.T) {
 	if l.Class != Crash || l.Event.OrthancStudyID != testEvent().OrthancStudyID || l.Attempts != 1 {
 		t.Errorf("dead letter = class %q, study %s, attempts %d; want crash, the poison study, 1", l.Class, l.Event.OrthancStudyID, l.Attempts)
 	}
-	for _, want := range []string{"panic: assignment to entry in nil map", "forward.(*panickySource).StudyInstances", "poison_test.go:"} {
+	for _, want := range []string{"panic: runtime error: slice bounds out of range", "forward.(*panickySource).StudyInstances", "poison_test.go:"} {
 		if !strings.Contains(l.Reason, want) {
 			t.Errorf("reason %q does not name %q", l.Reason, want)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -15,13 +14,11 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
-	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/testnats"
-	"github.com/stowline/stowline/orthancapi"
 )
 
 func studyID(i int) string { return fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i) }
@@ -158,25 +155,6 @@ func TestReadQueueBeforeAnyForwarder(t *testing.T) {
 	if q.ConsumerExists || q.Pending != 4 || q.AckPending != 0 || q.DeadLetters != 0 {
 		t.Errorf("queue = %+v; want 4 pending (a new consumer starts at the first event), no dead letters", q)
 	}
-}
-
-type fakeSource struct{ instances []orthancapi.Instance }
-
-func (s fakeSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
-	return s.instances, nil
-}
-
-func (s fakeSource) OpenInstanceFile(context.Context, string) (io.ReadCloser, int64, error) {
-	return nil, 0, errors.New("not used")
-}
-
-type fakeDestination struct{ fail bool }
-
-func (d fakeDestination) Store(_ context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
-	if d.fail {
-		return nil, &dicomweb.HTTPError{StatusCode: 503}
-	}
-	return &dicomweb.Result{StatusCode: 200, BytesSent: int64(1000 * len(parts))}, nil
 }
 
 // The tracker shows what the forwarder tells it: a study in flight with
