@@ -64,9 +64,9 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	return ack.Sequence, nil
 }
 
-// Filter selects dead letters. Empty fields match everything; an empty
-// filter with All unset selects nothing, so "replay everything" is always
-// explicit.
+// Filter selects dead letters. Empty fields match everything. Replay and
+// Purge refuse an empty filter with All unset, so "replay everything" or
+// "purge everything" is always explicit; List lists every letter for it.
 type Filter struct {
 	Seq              uint64
 	StudyInstanceUID string
