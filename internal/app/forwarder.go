@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -10,10 +11,13 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -116,7 +120,33 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if err := serveHTTP(ctx, g, "forwarder", fc.Addr, router, p.serverTLS, log); err != nil {
 		return err
 	}
+	if err := watchMaxDeliver(ctx, p, reg, log); err != nil {
+		return err
+	}
 	g.Go(named("forwarder", func() error { return fw.Run(ctx) }))
+	return nil
+}
+
+// watchMaxDeliver counts and logs, until ctx ends, the events JetStream
+// stops delivering to the forwarders (the consumer's MaxDeliver): an
+// event that left the queue without a dead letter.
+func watchMaxDeliver(ctx context.Context, p *process, reg prometheus.Registerer, log *slog.Logger) error {
+	reached := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stowline_forwarder_max_deliver_reached_total",
+		Help: "Events JetStream stopped delivering to the forwarders after the consumer's MaxDeliver, without a dead letter; `forwarder audit` lists their studies.",
+	})
+	if err := reg.Register(reached); err != nil {
+		return err
+	}
+	stop, err := natsjs.WatchMaxDeliver(p.conn.NC, natsjs.ForwarderConsumer, func(a natsjs.MaxDeliverReached) {
+		reached.Inc()
+		log.Error("JetStream stopped delivering an event after the consumer's MaxDeliver, without a dead letter: run `forwarder audit --enqueue` to queue its study again",
+			"stream_seq", a.StreamSeq, "deliveries", a.Deliveries)
+	})
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, stop)
 	return nil
 }
 
