@@ -1,8 +1,3 @@
-// Package preflight verifies a destination's setup before any study flows
-// (`forwarder check`): it obtains a credential the way the forwarder will
-// (an OAuth2 token, or AWS credentials for SigV4), reports what can be said
-// of it without showing it, and makes one authenticated, read-only request
-// to the destination's DICOMweb API.
 package dicomweb
 
 import (
