@@ -26,12 +26,13 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/stowline/stowline/internal/retryafter"
 )
 
 // Sentinel errors; test for them with errors.Is.
@@ -495,7 +496,7 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 		if re.Response != nil {
 			te.StatusCode = re.Response.StatusCode
 			msg = re.Response.Status
-			te.RetryAfter = retryAfter(re.Response.Header.Get("Retry-After"))
+			te.RetryAfter = retryafter.Parse(re.Response.Header.Get("Retry-After"), time.Now())
 		}
 		if prefix := strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(err.Error(), re.Error())), ":"); prefix != "" && prefix != err.Error() {
 			// Context added by the endpoint, e.g. "OpenID discovery at ...".
@@ -539,19 +540,4 @@ func (ts *TokenSource) scrub(s string) string {
 		}
 	}
 	return jwtPattern.ReplaceAllString(s, "[REDACTED JWT]")
-}
-
-// retryAfter reads a Retry-After of delay-seconds or an HTTP-date.
-func retryAfter(v string) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.Atoi(v); err == nil {
-		return time.Duration(max(secs, 0)) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(time.Until(t), 0)
-	}
-	return 0
 }

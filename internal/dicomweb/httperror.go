@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/stowline/stowline/internal/retryafter"
 )
 
 func readBody(r io.Reader, limit int64) (body []byte, tooLarge bool, err error) {
@@ -44,7 +45,7 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 		ContentType: ct,
 		Location:    resp.Header.Get("Location"),
 		Body:        trimBody(body, maxErrorBody),
-		RetryAfter:  parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+		RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
 	}
 	if !tooLarge && readErr == nil && len(bytes.TrimSpace(body)) > 0 {
 		if res, err := parseResponse(ct, body); err == nil {
@@ -119,22 +120,4 @@ func trimBody(body []byte, limit int) string {
 		b = b[:cut]
 	}
 	return strings.ToValidUTF8(string(b), "\uFFFD")
-}
-
-// parseRetryAfter reads delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs <= 0 {
-			return 0
-		}
-		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
 }
