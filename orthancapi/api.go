@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/stowline/stowline/internal/ellipsis"
 )
 
 // ValidID reports whether id has the form of an Orthanc resource ID: five
@@ -37,16 +39,9 @@ func ValidID(id string) bool {
 func checkID(kind, id string) error {
 	if !ValidID(id) {
 		// %q: the ID came from outside and may hold anything.
-		return fmt.Errorf("%w: %s ID %q", ErrInvalidID, kind, truncate(id, 80))
+		return fmt.Errorf("%w: %s ID %q", ErrInvalidID, kind, ellipsis.Truncate(id, 80))
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }
 
 // Study is an Orthanc study (GET /studies/{id}).
