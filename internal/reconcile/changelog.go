@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -158,7 +157,7 @@ func (s *sourceRunner) handle(ctx context.Context, c orthancapi.Change) error {
 }
 
 func (s *sourceRunner) markPending(studyID string, seq int64) {
-	if !events.ValidOrthancID(studyID) {
+	if !orthancapi.ValidID(studyID) {
 		return
 	}
 	if s.cur.Pending == nil {
