@@ -116,7 +116,6 @@ func TestNewValidatesURL(t *testing.T) {
 		{url: "http://orthanc:99999", wantErr: "port"},
 		{url: "http://orth anc", wantErr: "invalid"},
 		{url: "http://orthanc", opts: []orthancapi.Option{orthancapi.WithRequestTimeout(0)}, wantErr: "timeout"},
-		{url: "http://orthanc", opts: []orthancapi.Option{orthancapi.WithHTTPClient(nil)}, wantErr: "WithHTTPClient(nil)"},
 		{url: "http://orthanc", opts: []orthancapi.Option{orthancapi.WithBasicAuth("", "x")}, wantErr: "empty username"},
 	}
 	for _, tc := range tests {
