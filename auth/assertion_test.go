@@ -62,7 +62,7 @@ func selfSigned(t *testing.T, key crypto.Signer) *x509.Certificate {
 func TestAssertionClaimsAndHeader(t *testing.T) {
 	key, cert := testKey(t, true, WithAlgorithm(jose.PS256), WithCertificateRequired())
 	now := time.Now().Truncate(time.Second)
-	raw, err := key.Sign("client-1", "https://idp.example/token", now)
+	raw, err := key.sign("client-1", "https://idp.example/token", now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,10 +81,10 @@ func TestAssertionClaimsAndHeader(t *testing.T) {
 		t.Fatalf("signature: %v", err)
 	}
 	if claims.Issuer != "client-1" || claims.Subject != "client-1" || len(claims.Audience) != 1 || claims.Audience[0] != "https://idp.example/token" ||
-		claims.ID == "" || claims.IssuedAt.Time() != now || claims.NotBefore.Time() != now || claims.Expiry.Time() != now.Add(AssertionLifetime) {
+		claims.ID == "" || claims.IssuedAt.Time() != now || claims.NotBefore.Time() != now || claims.Expiry.Time() != now.Add(assertionLifetime) {
 		t.Errorf("claims = %+v", claims)
 	}
-	again, _ := key.Sign("client-1", "https://idp.example/token", now)
+	again, _ := key.sign("client-1", "https://idp.example/token", now)
 	if again == raw {
 		t.Error("two assertions share a jti")
 	}
@@ -139,7 +139,7 @@ func TestAssertionKeyFiles(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			raw, err := k.Sign("c", "aud", time.Now())
+			raw, err := k.sign("c", "aud", time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -168,7 +168,7 @@ func TestAssertionKeyReread(t *testing.T) {
 		t.Fatal(err)
 	}
 	write(k2) // rotated
-	raw, err := key.Sign("c", "aud", time.Now())
+	raw, err := key.sign("c", "aud", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,17 +29,17 @@ var (
 	ErrToken = errors.New("auth: cannot obtain token")
 )
 
-// ProviderGeneric names the standards-only identity provider.
-const ProviderGeneric = "generic"
+// providerGeneric names the standards-only identity provider.
+const providerGeneric = "generic"
 
 const (
-	// DefaultRefreshMargin is how long before expiry a token is replaced
+	// defaultRefreshMargin is how long before expiry a token is replaced
 	// in the background, unless WithRefreshMargin says otherwise. It is
 	// capped at half the token's lifetime.
-	DefaultRefreshMargin = 5 * time.Minute
-	// DefaultRetries is how many times a failed token request is retried
+	defaultRefreshMargin = 5 * time.Minute
+	// defaultRetries is how many times a failed token request is retried
 	// (network errors, 408, 429, 5xx) before the caller sees the error.
-	DefaultRetries = 3
+	defaultRetries = 3
 	// defaultRetryBase and defaultRetryMax bound the backoff between retries.
 	defaultRetryBase = 500 * time.Millisecond
 	defaultRetryMax  = 8 * time.Second

@@ -166,7 +166,7 @@ func TestNewSourceValidates(t *testing.T) {
 		t.Errorf("negative retries: %v", err)
 	}
 	ts, err := NewSource(t.Context(), Endpoint{Fetch: fetch}, fastRetries)
-	if err != nil || ts.Provider() != ProviderGeneric || ts.TokenURL() != "" {
+	if err != nil || ts.Provider() != providerGeneric || ts.TokenURL() != "" {
 		t.Errorf("defaults: %v, %q, %q", err, ts.Provider(), ts.TokenURL())
 	}
 	if _, err := ts.Token(); !errors.Is(err, ErrToken) {

@@ -28,7 +28,7 @@ func WithHTTPClient(c *http.Client) Option {
 }
 
 // WithRefreshMargin sets how long before expiry a cached token is replaced
-// (default DefaultRefreshMargin). The replacement is fetched in the
+// (default 5 minutes). The replacement is fetched in the
 // background while the current token goes on being used. Whatever d is, a
 // token is used for at least half of its lifetime, so that tokens living
 // only a few seconds are still reused rather than fetched for every
@@ -36,9 +36,6 @@ func WithHTTPClient(c *http.Client) Option {
 func WithRefreshMargin(d time.Duration) Option {
 	return func(o *options) { o.margin = d }
 }
-
-// WithExpiryDelta is WithRefreshMargin, under its former name.
-func WithExpiryDelta(d time.Duration) Option { return WithRefreshMargin(d) }
 
 // WithObserver registers fn, called after every request to the token
 // endpoint (each retry included) with its error (nil on success) and
@@ -58,7 +55,7 @@ func WithAuthStyle(s oauth2.AuthStyle) Option {
 
 // WithRetries sets how many times a token request that failed for a
 // reason that may pass (network error, 408, 429, 5xx) is retried before
-// callers see the error (default DefaultRetries; 0 disables retries).
+// callers see the error (default 3; 0 disables retries).
 // Backoff starts at base and doubles up to max, with jitter; a
 // Retry-After no longer than max is honoured.
 func WithRetries(n int, base, max time.Duration) Option {

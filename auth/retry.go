@@ -34,7 +34,7 @@ func (ts *TokenSource) fetchWithRetries() (*oauth2.Token, error) {
 		if te == nil {
 			return tok, nil
 		}
-		if attempt >= ts.opts.retries || !te.Temporary() || ts.ctx.Err() != nil {
+		if attempt >= ts.opts.retries || !te.temporary() || ts.ctx.Err() != nil {
 			return nil, te
 		}
 		wait := ts.backoff(attempt, te)

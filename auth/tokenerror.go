@@ -49,9 +49,9 @@ func (e *TokenError) Error() string {
 // Unwrap lets errors.Is match ErrToken and the underlying error.
 func (e *TokenError) Unwrap() []error { return []error{ErrToken, e.Err} }
 
-// Temporary reports whether trying again later may succeed: no answer at
+// temporary reports whether trying again later may succeed: no answer at
 // all, or 408, 429 or 5xx. A refusal (other 4xx) needs an operator.
-func (e *TokenError) Temporary() bool {
+func (e *TokenError) temporary() bool {
 	if errors.Is(e.Err, ErrInvalidConfig) || isTLSRefusal(e.Err) {
 		return false
 	}

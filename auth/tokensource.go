@@ -64,11 +64,11 @@ func NewSource(ctx context.Context, ep Endpoint, opts ...Option) (*TokenSource, 
 	if ep.Fetch == nil {
 		return nil, fmt.Errorf("%w: endpoint has no Fetch", ErrInvalidConfig)
 	}
-	ep.Provider = cmp.Or(ep.Provider, ProviderGeneric)
+	ep.Provider = cmp.Or(ep.Provider, providerGeneric)
 	if ep.TokenURL == nil {
 		ep.TokenURL = func() string { return "" }
 	}
-	o := options{margin: DefaultRefreshMargin, retries: DefaultRetries, retryBase: defaultRetryBase, retryMax: defaultRetryMax}
+	o := options{margin: defaultRefreshMargin, retries: defaultRetries, retryBase: defaultRetryBase, retryMax: defaultRetryMax}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -116,7 +116,7 @@ func (ts *TokenSource) Token() (*oauth2.Token, error) {
 // done. The fetch itself goes on and its token is cached for later callers.
 func (ts *TokenSource) TokenContext(ctx context.Context) (*oauth2.Token, error) {
 	if ts == nil {
-		return nil, ErrNoTokenSource
+		return nil, errNoTokenSource
 	}
 	now := time.Now()
 	ts.mu.Lock()

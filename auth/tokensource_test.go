@@ -84,7 +84,7 @@ func issue(expiresIn int, delay time.Duration) http.HandlerFunc {
 }
 
 // fastRetries keeps retrying tests quick.
-var fastRetries = WithRetries(DefaultRetries, time.Millisecond, 10*time.Millisecond)
+var fastRetries = WithRetries(defaultRetries, time.Millisecond, 10*time.Millisecond)
 
 // newSource builds a TokenSource for srv and the test client.
 func newSource(t *testing.T, srv *tokenServer, opts ...Option) *TokenSource {
@@ -121,7 +121,7 @@ func TestNewTokenSourceValidates(t *testing.T) {
 		{name: "relative token URL", edit: func(c *Config) { c.TokenURL = "/token" }, want: "TokenURL"},
 		{name: "no client ID", edit: func(c *Config) { c.ClientID = "" }, want: "ClientID"},
 		{name: "no client secret", edit: func(c *Config) { c.ClientSecret = "" }, want: "ClientSecret"},
-		{name: "negative delta", edit: func(*Config) {}, opts: []Option{WithExpiryDelta(-time.Second)}, want: "expiry delta"},
+		{name: "negative delta", edit: func(*Config) {}, opts: []Option{WithRefreshMargin(-time.Second)}, want: "expiry delta"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -247,9 +247,9 @@ func TestRefreshTime(t *testing.T) {
 	}
 }
 
-// TestTokenSourceExpiryDelta uses real 3-second tokens; TestRefreshTime
+// TestTokenSourceRefreshMargin uses real 3-second tokens; TestRefreshTime
 // covers the other cases without waiting.
-func TestTokenSourceExpiryDelta(t *testing.T) {
+func TestTokenSourceRefreshMargin(t *testing.T) {
 	tests := []struct {
 		name      string
 		opts      []Option
@@ -257,7 +257,7 @@ func TestTokenSourceExpiryDelta(t *testing.T) {
 		refreshBy time.Duration // and replaced by then
 	}{
 		{name: "default delta capped at half lifetime", reusedAt: time.Second, refreshBy: 1800 * time.Millisecond},
-		{name: "500ms delta", opts: []Option{WithExpiryDelta(500 * time.Millisecond)}, reusedAt: 2200 * time.Millisecond, refreshBy: 2800 * time.Millisecond},
+		{name: "500ms delta", opts: []Option{WithRefreshMargin(500 * time.Millisecond)}, reusedAt: 2200 * time.Millisecond, refreshBy: 2800 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -341,7 +341,7 @@ func TestTokenSourceErrors(t *testing.T) {
 			style:        oauth2.AuthStyleInHeader,
 			wantStatus:   http.StatusBadGateway,
 			wantText:     []string{"502", "upstream failed"},
-			wantAttempts: 1 + DefaultRetries,
+			wantAttempts: 1 + defaultRetries,
 		},
 		{
 			name:         "plain server error echoing client_secret_post form",
@@ -349,13 +349,13 @@ func TestTokenSourceErrors(t *testing.T) {
 			style:        oauth2.AuthStyleInParams,
 			wantStatus:   http.StatusBadGateway,
 			wantText:     []string{"502", "client_id=stowline"},
-			wantAttempts: 1 + DefaultRetries,
+			wantAttempts: 1 + defaultRetries,
 		},
 		{
 			name:         "unreachable endpoint",
 			url:          "http://127.0.0.1:1/token",
 			wantText:     []string{"127.0.0.1:1"},
-			wantAttempts: 1 + DefaultRetries,
+			wantAttempts: 1 + defaultRetries,
 		},
 	}
 	for _, tt := range tests {
@@ -391,8 +391,8 @@ func TestTokenSourceErrors(t *testing.T) {
 			if te.StatusCode != tt.wantStatus || te.Code != tt.wantCode {
 				t.Errorf("status, code = %d, %q; want %d, %q", te.StatusCode, te.Code, tt.wantStatus, tt.wantCode)
 			}
-			if te.Attempts != tt.wantAttempts || te.Temporary() != (tt.wantAttempts > 1) {
-				t.Errorf("attempts %d, temporary %v; want %d", te.Attempts, te.Temporary(), tt.wantAttempts)
+			if te.Attempts != tt.wantAttempts || te.temporary() != (tt.wantAttempts > 1) {
+				t.Errorf("attempts %d, temporary %v; want %d", te.Attempts, te.temporary(), tt.wantAttempts)
 			}
 			if len(observed) != tt.wantAttempts || !errors.Is(observed[0], ErrToken) {
 				t.Errorf("observer saw %v, want %d ErrToken", observed, tt.wantAttempts)
