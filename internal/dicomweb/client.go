@@ -12,16 +12,16 @@ import (
 )
 
 const (
-	// DefaultMaxResponseBytes bounds a response body. A STOW response is
+	// defaultMaxResponseBytes bounds a response body. A STOW response is
 	// well under 1 KiB per instance, so this covers studies of thousands
 	// of instances.
-	DefaultMaxResponseBytes = 16 << 20
+	defaultMaxResponseBytes = 16 << 20
 	// DefaultBufferSize is the copy buffer used per request (pooled).
 	DefaultBufferSize = 256 << 10
-	// DefaultUserAgent is sent unless WithUserAgent says otherwise.
-	DefaultUserAgent = "stowline-stow/1"
-	// AcceptMediaType is the response media type the client asks for.
-	AcceptMediaType = "application/dicom+json"
+	// defaultUserAgent is sent unless withUserAgent says otherwise.
+	defaultUserAgent = "stowline-stow/1"
+	// acceptMediaType is the response media type the client asks for.
+	acceptMediaType = "application/dicom+json"
 	// maxErrorBody is how much of an error body HTTPError keeps.
 	maxErrorBody = 4 << 10
 )
@@ -57,8 +57,8 @@ type Client struct {
 // Option configures a Client.
 type Option func(*Client) error
 
-// WithUserAgent sets the User-Agent header.
-func WithUserAgent(ua string) Option {
+// withUserAgent sets the User-Agent header.
+func withUserAgent(ua string) Option {
 	return func(c *Client) error {
 		if strings.ContainsAny(ua, "\r\n") {
 			return fmt.Errorf("stow: user agent contains CR or LF")
@@ -68,10 +68,10 @@ func WithUserAgent(ua string) Option {
 	}
 }
 
-// WithMaxResponseBytes bounds the response body the client reads
-// (default DefaultMaxResponseBytes). A larger success response fails with
-// ErrResponseTooLarge; a larger error response is cut.
-func WithMaxResponseBytes(n int64) Option {
+// withMaxResponseBytes bounds the response body the client reads
+// (default defaultMaxResponseBytes). A larger success response fails with
+// errResponseTooLarge; a larger error response is cut.
+func withMaxResponseBytes(n int64) Option {
 	return func(c *Client) error {
 		if n <= 0 {
 			return fmt.Errorf("stow: max response bytes must be positive, got %d", n)
@@ -93,10 +93,10 @@ func WithBufferSize(n int) Option {
 	}
 }
 
-// WithHeader adds a header to every request, for example a static
+// withHeader adds a header to every request, for example a static
 // Authorization header; token refresh belongs in the http.Client's
 // transport.
-func WithHeader(key, value string) Option {
+func withHeader(key, value string) Option {
 	return func(c *Client) error {
 		if strings.ContainsAny(key+value, "\r\n") {
 			return fmt.Errorf("stow: header %q contains CR or LF", key)
@@ -110,7 +110,7 @@ func WithHeader(key, value string) Option {
 // (Content-Length) instead of sending it chunked, whenever every part has
 // a known Size; the body still streams. Destinations whose signatures
 // cover the length need it (AWS HealthImaging). A part whose content is
-// not exactly Size bytes then fails the request with ErrSizeMismatch
+// not exactly Size bytes then fails the request with errSizeMismatch
 // before any excess byte is sent.
 func WithContentLength() Option {
 	return func(c *Client) error {
@@ -119,8 +119,8 @@ func WithContentLength() Option {
 	}
 }
 
-// WithBoundaryFunc replaces NewBoundary, mainly for tests.
-func WithBoundaryFunc(f func() (string, error)) Option {
+// withBoundaryFunc replaces newBoundary, for tests.
+func withBoundaryFunc(f func() (string, error)) Option {
 	return func(c *Client) error {
 		if f == nil {
 			return fmt.Errorf("stow: nil boundary func")
@@ -158,11 +158,11 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 		url:              target.String(),
 		logURL:           target.Redacted(),
 		hc:               httpClient,
-		userAgent:        DefaultUserAgent,
+		userAgent:        defaultUserAgent,
 		header:           make(http.Header),
-		maxResponseBytes: DefaultMaxResponseBytes,
+		maxResponseBytes: defaultMaxResponseBytes,
 		bufferSize:       DefaultBufferSize,
-		newBoundary:      NewBoundary,
+		newBoundary:      newBoundary,
 	}
 	for _, opt := range opts {
 		if err := opt(c); err != nil {
@@ -177,10 +177,6 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 	return c, nil
 }
 
-// URL returns the STOW-RS endpoint the client POSTs to, with any password
-// redacted.
-func (c *Client) URL() string { return c.logURL }
-
 // Store sends parts in one STOW-RS request and returns the parsed response.
 // 200 and 202 both return a Result: use Result.Missing and Result.Failed to
 // see what was not stored. Any other status returns an *HTTPError (use
@@ -188,18 +184,18 @@ func (c *Client) URL() string { return c.logURL }
 //
 // If a part's content contains the multipart delimiter, Store retries once
 // with a fresh boundary; a second collision returns an error wrapping
-// ErrBoundaryCollision.
+// errBoundaryCollision.
 func (c *Client) Store(ctx context.Context, parts []Part) (*Result, error) {
 	if len(parts) == 0 {
-		return nil, ErrNoParts
+		return nil, errNoParts
 	}
 	for i, p := range parts {
 		if p.Open == nil {
-			return nil, fmt.Errorf("%w: part %d (SOP Instance UID %q) has no Open func", ErrInvalidPart, i+1, p.SOPInstanceUID)
+			return nil, fmt.Errorf("%w: part %d (SOP Instance UID %q) has no Open func", errInvalidPart, i+1, p.SOPInstanceUID)
 		}
 	}
 	res, err := c.storeOnce(ctx, parts)
-	if errors.Is(err, ErrBoundaryCollision) && ctx.Err() == nil {
+	if errors.Is(err, errBoundaryCollision) && ctx.Err() == nil {
 		// A fresh random boundary colliding again is practically
 		// impossible, so one retry is enough.
 		res, err = c.storeOnce(ctx, parts)
@@ -240,7 +236,7 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 		req.Header[k] = append([]string(nil), vs...)
 	}
 	req.Header.Set("Content-Type", mw.ContentType())
-	req.Header.Set("Accept", AcceptMediaType)
+	req.Header.Set("Accept", acceptMediaType)
 	req.Header.Set("User-Agent", c.userAgent)
 
 	done := make(chan error, 1)
@@ -277,5 +273,5 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 	pr.CloseWithError(errBodyAbandoned)
 	cancel()
 	werr := <-done
-	return c.handleResponse(resp, body, tooLarge, readErr, werr, mw.BytesWritten())
+	return c.handleResponse(resp, body, tooLarge, readErr, werr, mw.bytesWritten())
 }

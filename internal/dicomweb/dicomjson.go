@@ -16,10 +16,10 @@ func decodeJSON(b []byte) (dataset, error) {
 	dec.UseNumber() // keep number literals exact
 	var top any
 	if err := dec.Decode(&top); err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrMalformedResponse, snippet([]byte(err.Error()), 200))
+		return nil, fmt.Errorf("%w: %s", errMalformedResponse, snippet([]byte(err.Error()), 200))
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: data after the JSON value", ErrMalformedResponse)
+		return nil, fmt.Errorf("%w: data after the JSON value", errMalformedResponse)
 	}
 	switch v := top.(type) {
 	case map[string]any:
@@ -29,7 +29,7 @@ func decodeJSON(b []byte) (dataset, error) {
 		for i, item := range v {
 			obj, ok := item.(map[string]any)
 			if !ok {
-				return nil, fmt.Errorf("%w: array element %d is not a data set", ErrNotSTOWResponse, i)
+				return nil, fmt.Errorf("%w: array element %d is not a data set", errNotSTOWResponse, i)
 			}
 			d, err := jsonDataset(obj)
 			if err != nil {
@@ -39,7 +39,7 @@ func decodeJSON(b []byte) (dataset, error) {
 		}
 		return ds, nil
 	}
-	return nil, fmt.Errorf("%w: top-level JSON value is not an object", ErrNotSTOWResponse)
+	return nil, fmt.Errorf("%w: top-level JSON value is not an object", errNotSTOWResponse)
 }
 
 // jsonDataset converts one DICOM JSON object. Keys that are not tags are
@@ -55,7 +55,7 @@ func jsonDataset(obj map[string]any) (dataset, error) {
 		}
 		attr, ok := v.(map[string]any)
 		if !ok {
-			return nil, fmt.Errorf("%w: attribute %s is not an object", ErrMalformedResponse, snippet([]byte(k), 100))
+			return nil, fmt.Errorf("%w: attribute %s is not an object", errMalformedResponse, snippet([]byte(k), 100))
 		}
 		e := &element{}
 		if vals, ok := attr["Value"].([]any); ok {
@@ -82,7 +82,7 @@ func jsonDataset(obj map[string]any) (dataset, error) {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		return nil, fmt.Errorf("%w: JSON object has no DICOM tag keys (%s)", ErrNotSTOWResponse, snippet([]byte(strings.Join(keys, ", ")), 120))
+		return nil, fmt.Errorf("%w: JSON object has no DICOM tag keys (%s)", errNotSTOWResponse, snippet([]byte(strings.Join(keys, ", ")), 120))
 	}
 	return ds, nil
 }

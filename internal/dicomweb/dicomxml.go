@@ -41,10 +41,10 @@ type xmlItem struct {
 func decodeXML(b []byte) (dataset, error) {
 	var m xmlModel
 	if err := xml.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrMalformedResponse, snippet([]byte(err.Error()), 200))
+		return nil, fmt.Errorf("%w: %s", errMalformedResponse, snippet([]byte(err.Error()), 200))
 	}
 	if m.XMLName.Local != "NativeDicomModel" {
-		return nil, fmt.Errorf("%w: XML root element is <%s>, want <NativeDicomModel>", ErrNotSTOWResponse, snippet([]byte(m.XMLName.Local), 100))
+		return nil, fmt.Errorf("%w: XML root element is <%s>, want <NativeDicomModel>", errNotSTOWResponse, snippet([]byte(m.XMLName.Local), 100))
 	}
 	return xmlDataset(m.Attrs), nil
 }

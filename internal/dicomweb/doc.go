@@ -17,7 +17,7 @@
 //
 // Batches splits a study's parts into requests of bounded size.
 //
-// Run checks a destination's setup: it obtains a credential the way the
+// Check checks a destination's setup: it obtains a credential the way the
 // forwarder will (an OAuth2 token, or AWS credentials for SigV4), reports
 // what can be said of it without showing it, and makes one authenticated,
 // read-only request to the destination's DICOMweb API.

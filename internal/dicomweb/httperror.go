@@ -25,13 +25,13 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 	ct := resp.Header.Get("Content-Type")
 	if status >= 200 && status <= 299 {
 		if isWriteFailure(writeErr) {
-			return nil, fmt.Errorf("stow: server answered %d but %w: %w", status, ErrIncompleteBody, writeErr)
+			return nil, fmt.Errorf("stow: server answered %d but %w: %w", status, errIncompleteBody, writeErr)
 		}
 		if readErr != nil {
 			return nil, fmt.Errorf("stow: read %d response: %w", status, readErr)
 		}
 		if tooLarge {
-			return nil, fmt.Errorf("%w: %d response over %d bytes", ErrResponseTooLarge, status, c.maxResponseBytes)
+			return nil, fmt.Errorf("%w: %d response over %d bytes", errResponseTooLarge, status, c.maxResponseBytes)
 		}
 		res, err := parseResponse(ct, body)
 		if err != nil {
@@ -91,18 +91,6 @@ func (e *HTTPError) Error() string {
 		sb.WriteString(s)
 	}
 	return sb.String()
-}
-
-// Retryable reports whether the status suggests trying the same request
-// again later (timeouts, throttling, server and gateway errors).
-func (e *HTTPError) Retryable() bool {
-	switch e.StatusCode {
-	case http.StatusRequestTimeout, http.StatusTooManyRequests,
-		http.StatusInternalServerError, http.StatusBadGateway,
-		http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return true
-	}
-	return false
 }
 
 // trimBody keeps the start of body, cut on a character boundary, as valid

@@ -54,7 +54,7 @@ func isWriteFailure(err error) bool {
 }
 
 // partHeader is the header of every part.
-var partHeader = textproto.MIMEHeader{"Content-Type": {DICOMMediaType}}
+var partHeader = textproto.MIMEHeader{"Content-Type": {dicomMediaType}}
 
 func writeParts(ctx context.Context, mw *MultipartWriter, parts []Part, exact bool) error {
 	for i, p := range parts {
@@ -83,7 +83,7 @@ func writePart(ctx context.Context, mw *MultipartWriter, header textproto.MIMEHe
 }
 
 // exactReader yields exactly left bytes of r and fails with
-// ErrSizeMismatch, instead of returning the excess or an early EOF, when r
+// errSizeMismatch, instead of returning the excess or an early EOF, when r
 // holds more or fewer.
 type exactReader struct {
 	r    io.Reader
@@ -94,7 +94,7 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	if e.left <= 0 {
 		var one [1]byte
 		if n, err := e.r.Read(one[:]); n > 0 {
-			return 0, fmt.Errorf("%w: longer than announced", ErrSizeMismatch)
+			return 0, fmt.Errorf("%w: longer than announced", errSizeMismatch)
 		} else if err == nil {
 			return 0, nil
 		} else if err != io.EOF {
@@ -108,7 +108,7 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
 	e.left -= int64(n)
 	if err == io.EOF && e.left > 0 {
-		return n, fmt.Errorf("%w: %d bytes short", ErrSizeMismatch, e.left)
+		return n, fmt.Errorf("%w: %d bytes short", errSizeMismatch, e.left)
 	}
 	if err == io.EOF {
 		err = nil // the next Read checks that nothing is left

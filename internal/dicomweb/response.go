@@ -3,29 +3,10 @@ package dicomweb
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"mime"
 	"strconv"
 	"strings"
 )
-
-// ParseResponse parses a STOW-RS response body. contentType is the
-// response's Content-Type header: application/dicom+json and
-// application/json hold the DICOM JSON Model (PS3.18 Annex F),
-// application/dicom+xml and application/xml the Native DICOM Model (PS3.19
-// Annex A). An empty or application/octet-stream Content-Type is sniffed,
-// because Orthanc sends its 400 and 409 STOW bodies without one.
-//
-// An empty body gives an empty Result. Anything else (an HTML page from a
-// proxy, plain text) gives an error wrapping ErrUnexpectedContentType that
-// quotes the content type and the start of the body.
-func ParseResponse(contentType string, body io.Reader) (*Result, error) {
-	data, err := io.ReadAll(body)
-	if err != nil {
-		return nil, fmt.Errorf("stow: read response: %w", err)
-	}
-	return parseResponse(contentType, data)
-}
 
 type bodyFormat int
 
@@ -35,6 +16,16 @@ const (
 	formatXML
 )
 
+// parseResponse parses a STOW-RS response body. contentType is the
+// response's Content-Type header: application/dicom+json and
+// application/json hold the DICOM JSON Model (PS3.18 Annex F),
+// application/dicom+xml and application/xml the Native DICOM Model (PS3.19
+// Annex A). An empty or application/octet-stream Content-Type is sniffed,
+// because Orthanc sends its 400 and 409 STOW bodies without one.
+//
+// An empty body gives an empty Result. Anything else (an HTML page from a
+// proxy, plain text) gives an error wrapping errUnexpectedContentType that
+// quotes the content type and the start of the body.
 func parseResponse(contentType string, data []byte) (*Result, error) {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 {
@@ -70,7 +61,7 @@ func parseResponse(contentType string, data []byte) (*Result, error) {
 	if got == "" {
 		got = "none"
 	}
-	return nil, fmt.Errorf("%w: got %q, body %q", ErrUnexpectedContentType, got, snippet(trimmed, 200))
+	return nil, fmt.Errorf("%w: got %q, body %q", errUnexpectedContentType, got, snippet(trimmed, 200))
 }
 
 func mediaType(ct string) string {

@@ -4,7 +4,7 @@ import "fmt"
 
 // Result is a parsed Store Instances Response Module (PS3.18 Annex I).
 type Result struct {
-	// StatusCode is the HTTP status of the response (0 from ParseResponse).
+	// StatusCode is the HTTP status of the response (0 from parseResponse).
 	StatusCode int
 	// RetrieveURL (0008,1190) of the study, if the server sent one.
 	RetrieveURL string
@@ -20,7 +20,7 @@ type Result struct {
 	// (0008,1196) or error comments (Azure's FailedAttributesSequence).
 	Warnings []Warning
 	// BytesSent is the request body size actually sent, framing included
-	// (0 from ParseResponse).
+	// (0 from parseResponse).
 	BytesSent int64
 }
 
@@ -44,13 +44,6 @@ type FailedInstance struct {
 	// Comments are ErrorComment (0000,0902) values, direct or inside a
 	// FailedAttributesSequence (0074,1048) as Azure sends them.
 	Comments []string
-}
-
-// AlreadyStored reports whether the server refused the instance because it
-// already holds it (Azure's 45070), which a forwarder may count as
-// delivered. Orthanc instead lists duplicates as stored.
-func (f FailedInstance) AlreadyStored() bool {
-	return f.FailureReason == FailureAzureAlreadyExists
 }
 
 // Warning is a stored instance that came with a warning.
@@ -93,19 +86,10 @@ const (
 	FailureProcessing                 = 0x0110 // 272
 	FailureSOPClassNotSupported       = 0x0122 // 290
 	FailureTransferSyntaxNotSupported = 0xC122 // 49442
-	FailureAzureValidation            = 0xA900 // 43264
-	FailureAzureStudyMismatch         = 0xA901 // 43265
+	failureAzureValidation            = 0xA900 // 43264
+	failureAzureStudyMismatch         = 0xA901 // 43265
 	FailureAzureAlreadyExists         = 0xB00E // 45070
 	FailureAzureBeingCreated          = 0xB00F // 45071
-)
-
-// Warning Reason (0008,1196) values: PS3.18 Table I.2-1, and Azure's
-// validation warning.
-const (
-	WarningCoercion          = 0xB000 // 45056
-	WarningElementsDiscarded = 0xB006 // 45062
-	WarningDataSetMismatch   = 0xB007 // 45063
-	WarningAzureValidation   = 1
 )
 
 // FailureReasonText describes a Failure Reason code for logs.
@@ -117,9 +101,9 @@ func FailureReasonText(code int) string {
 		return "referenced SOP Class not supported"
 	case FailureTransferSyntaxNotSupported:
 		return "referenced Transfer Syntax not supported"
-	case FailureAzureValidation:
+	case failureAzureValidation:
 		return "data set does not match SOP Class (Azure: instance failed validation)"
-	case FailureAzureStudyMismatch:
+	case failureAzureStudyMismatch:
 		return "StudyInstanceUID does not match the study in the request URL"
 	case FailureAzureAlreadyExists:
 		return "instance already exists"
@@ -135,19 +119,4 @@ func FailureReasonText(code int) string {
 		return "cannot understand"
 	}
 	return fmt.Sprintf("failure reason %d (0x%04X)", code, code)
-}
-
-// WarningReasonText describes a Warning Reason code for logs.
-func WarningReasonText(code int) string {
-	switch code {
-	case WarningCoercion:
-		return "coercion of data elements"
-	case WarningElementsDiscarded:
-		return "data elements discarded"
-	case WarningDataSetMismatch:
-		return "data set does not match SOP Class"
-	case WarningAzureValidation:
-		return "validation warnings"
-	}
-	return fmt.Sprintf("warning reason %d (0x%04X)", code, code)
 }
