@@ -273,10 +273,9 @@ func newDelimiterDetector(boundary string) delimiterDetector {
 // only where the key occurs. bytes.Index looks for its pattern's first
 // byte with IndexByte and restarts at every occurrence; searching for the
 // delimiter itself would restart at every CR, and in 16-bit pixel data of
-// 12-bit values every high byte is 0x00-0x0F (CR is one byte in 32 of a
-// uniform image), which made the search a quarter of the forwarder's CPU.
-// The key of a newBoundary is random letters and digits, which such data
-// holds far less often and in a pair almost never.
+// 12-bit values every high byte is 0x00-0x0F, so CR is common there. The
+// key of a newBoundary is random letters and digits, which such data holds
+// far less often and in a pair almost never.
 func (d *delimiterDetector) contains(p []byte) bool {
 	off := len(d.delim) - len(d.key)
 	for i := 0; ; {

@@ -14,8 +14,8 @@ var errBodyAbandoned = errors.New("stow: request finished before the body was fu
 
 // bigChunks is the request body: net/http copies a body that implements
 // io.WriterTo through WriteTo, so each HTTP chunk is a full buffer
-// (bufferSize, 256 KiB) instead of io.Copy's 32 KiB; the server then reads
-// the body with far fewer system calls (Orthanc: half as many recv calls).
+// (bufferSize) instead of io.Copy's 32 KiB, and the server reads the body
+// with fewer system calls.
 type bigChunks struct {
 	r   io.Reader
 	buf []byte
