@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -17,61 +18,64 @@ import (
 // TestBackgroundRefreshNoCallerWaits: with 2 s tokens and a token endpoint
 // taking 300 ms, callers asking every 10 ms for 4 s never wait for the
 // endpoint after the first token, and tokens are reused, not fetched per
-// call.
+// call. It runs on synctest's fake clock.
 func TestBackgroundRefreshNoCallerWaits(t *testing.T) {
-	t.Parallel()
-	srv := newTokenServer(t, issue(2, 300*time.Millisecond))
-	ts := newSource(t, srv)
-	mustToken(t, ts)
-
-	var slowest time.Duration
-	for deadline := time.Now().Add(4 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		start := time.Now()
+	synctest.Test(t, func(t *testing.T) {
+		srv := newInMemoryTokenServer(issue(2, 300*time.Millisecond))
+		ts := newSource(t, srv)
 		mustToken(t, ts)
-		slowest = max(slowest, time.Since(start))
-	}
-	t.Logf("slowest Token call %v, %d token requests", slowest, srv.Requests())
-	if slowest > 100*time.Millisecond {
-		t.Errorf("a caller waited %v: the refresh was not in the background", slowest)
-	}
-	// One token per half lifetime (1 s): about 5 in 4.3 s.
-	if got := srv.Requests(); got < 3 || got > 7 {
-		t.Errorf("token requests = %d, want 3..7", got)
-	}
+
+		var slowest time.Duration
+		for deadline := time.Now().Add(4 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			start := time.Now()
+			mustToken(t, ts)
+			slowest = max(slowest, time.Since(start))
+		}
+		t.Logf("slowest Token call %v, %d token requests", slowest, srv.Requests())
+		if slowest > 100*time.Millisecond {
+			t.Errorf("a caller waited %v: the refresh was not in the background", slowest)
+		}
+		// One token per half lifetime (1 s): about 5 in 4.3 s.
+		if got := srv.Requests(); got < 3 || got > 7 {
+			t.Errorf("token requests = %d, want 3..7", got)
+		}
+	})
 }
 
 // TestBackgroundRefreshFailureKeepsToken: a failing background refresh
 // leaves the current token in use until it is about to expire; then
-// callers see the error; once the endpoint is back, a new token.
+// callers see the error; once the endpoint is back, a new token. It runs
+// on synctest's fake clock.
 func TestBackgroundRefreshFailureKeepsToken(t *testing.T) {
-	t.Parallel()
-	var down atomic.Bool
-	ok := issue(4, 0)
-	srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			http.Error(w, "maintenance", http.StatusServiceUnavailable)
-			return
-		}
-		ok(w, r)
-	})
-	ts := newSource(t, srv, fastRetries)
-	start := time.Now()
-	first := mustToken(t, ts)
-	down.Store(true)
+	synctest.Test(t, func(t *testing.T) {
+		var down atomic.Bool
+		ok := issue(4, 0)
+		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
+			if down.Load() {
+				http.Error(w, "maintenance", http.StatusServiceUnavailable)
+				return
+			}
+			ok(w, r)
+		})
+		ts := newSource(t, srv, fastRetries)
+		start := time.Now()
+		first := mustToken(t, ts)
+		down.Store(true)
 
-	// Refresh is due at 2 s and fails; the token is good until 3.6 s.
-	time.Sleep(time.Until(start.Add(2500 * time.Millisecond)))
-	if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
-		t.Fatal("got another token while the endpoint is down")
-	}
-	time.Sleep(time.Until(start.Add(3800 * time.Millisecond)))
-	if _, err := ts.Token(); !errors.Is(err, ErrToken) {
-		t.Fatalf("after the token went stale: err = %v, want ErrToken", err)
-	}
-	down.Store(false)
-	if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
-		t.Fatal("the stale token was handed out")
-	}
+		// Refresh is due at 2 s and fails; the token is good until 3.6 s.
+		time.Sleep(time.Until(start.Add(2500 * time.Millisecond)))
+		if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+			t.Fatal("got another token while the endpoint is down")
+		}
+		time.Sleep(time.Until(start.Add(3800 * time.Millisecond)))
+		if _, err := ts.Token(); !errors.Is(err, ErrToken) {
+			t.Fatalf("after the token went stale: err = %v, want ErrToken", err)
+		}
+		down.Store(false)
+		if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
+			t.Fatal("the stale token was handed out")
+		}
+	})
 }
 
 func TestRetriesRecoverWithinOneCall(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -29,6 +30,9 @@ const (
 type tokenServer struct {
 	URL      string
 	requests atomic.Int64
+	// client reaches the server when it is in memory
+	// (newInMemoryTokenServer); nil for a real one.
+	client *http.Client
 }
 
 // Requests is how many token requests the server has received.
@@ -46,6 +50,28 @@ func newTokenServer(t *testing.T, h http.HandlerFunc) *tokenServer {
 	ts.URL = srv.URL + "/token"
 	return ts
 }
+
+// newInMemoryTokenServer serves h as the token endpoint without a socket,
+// for tests in a synctest bubble: its fake clock moves only while every
+// goroutine of the bubble is durably blocked, which one waiting on a
+// socket never is.
+func newInMemoryTokenServer(h http.HandlerFunc) *tokenServer {
+	ts := &tokenServer{URL: "http://idp.test/token"}
+	ts.client = &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		ts.requests.Add(1)
+		rec := httptest.NewRecorder()
+		h(rec, r.Clone(r.Context()))
+		if err := r.Context().Err(); err != nil {
+			return nil, err
+		}
+		return rec.Result(), nil
+	})}
+	return ts
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // issue returns a handler that checks the client credentials (basic or post)
 // and issues numbered tokens living expiresIn seconds, after delay.
@@ -89,6 +115,9 @@ var fastRetries = WithRetries(defaultRetries, time.Millisecond, 10*time.Millisec
 // newSource builds a TokenSource for srv and the test client.
 func newSource(t *testing.T, srv *tokenServer, opts ...Option) *TokenSource {
 	t.Helper()
+	if srv.client != nil {
+		opts = append([]Option{WithHTTPClient(srv.client)}, opts...)
+	}
 	ts, err := NewTokenSource(t.Context(), Config{
 		TokenURL: srv.URL, ClientID: testClientID, ClientSecret: testSecret, Scopes: []string{"stow"},
 	}, opts...)
@@ -247,8 +276,8 @@ func TestRefreshTime(t *testing.T) {
 	}
 }
 
-// TestTokenSourceRefreshMargin uses real 3-second tokens; TestRefreshTime
-// covers the other cases without waiting.
+// TestTokenSourceRefreshMargin runs 3-second tokens on synctest's fake
+// clock; TestRefreshTime covers the other cases.
 func TestTokenSourceRefreshMargin(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -261,24 +290,25 @@ func TestTokenSourceRefreshMargin(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			srv := newTokenServer(t, issue(3, 0))
-			ts := newSource(t, srv, tt.opts...)
+			synctest.Test(t, func(t *testing.T) {
+				srv := newInMemoryTokenServer(issue(3, 0))
+				ts := newSource(t, srv, tt.opts...)
 
-			start := time.Now()
-			first := mustToken(t, ts)
+				start := time.Now()
+				first := mustToken(t, ts)
 
-			time.Sleep(time.Until(start.Add(tt.reusedAt)))
-			if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
-				t.Fatalf("at %v: got a new token, want the first one reused", tt.reusedAt)
-			}
-			time.Sleep(time.Until(start.Add(tt.refreshBy)))
-			if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
-				t.Fatalf("at %v: still the first token, want a refreshed one", tt.refreshBy)
-			}
-			if got := srv.Requests(); got != 2 {
-				t.Fatalf("token requests = %d, want 2", got)
-			}
+				time.Sleep(time.Until(start.Add(tt.reusedAt)))
+				if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+					t.Fatalf("at %v: got a new token, want the first one reused", tt.reusedAt)
+				}
+				time.Sleep(time.Until(start.Add(tt.refreshBy)))
+				if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
+					t.Fatalf("at %v: still the first token, want a refreshed one", tt.refreshBy)
+				}
+				if got := srv.Requests(); got != 2 {
+					t.Fatalf("token requests = %d, want 2", got)
+				}
+			})
 		})
 	}
 }
