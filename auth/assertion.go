@@ -20,9 +20,9 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 )
 
-// AssertionLifetime is how long a client assertion is valid: Entra asks
+// assertionLifetime is how long a client assertion is valid: Entra asks
 // for 5 to 10 minutes after nbf; a fresh one is signed for every request.
-const AssertionLifetime = 5 * time.Minute
+const assertionLifetime = 5 * time.Minute
 
 // AssertionKey signs RFC 7523 client assertions (private_key_jwt) with a
 // private key from a PEM file. The file is read again for every assertion,
@@ -79,20 +79,10 @@ func (k *AssertionKey) init(opts []AssertionOption) (*AssertionKey, error) {
 	return k, nil
 }
 
-// Thumbprint is the x5t#S256 header value (base64url SHA-256 of the
-// certificate's DER), empty without a certificate.
-func (k *AssertionKey) Thumbprint() (string, error) {
-	m, err := k.load()
-	if err != nil {
-		return "", err
-	}
-	return m.thumbprint, nil
-}
-
-// Sign returns a client assertion for clientID to present at audience
+// sign returns a client assertion for clientID to present at audience
 // (the token endpoint): iss and sub are the client ID, jti is random, iat
-// and nbf are now, exp is AssertionLifetime later.
-func (k *AssertionKey) Sign(clientID, audience string, now time.Time) (string, error) {
+// and nbf are now, exp is assertionLifetime later.
+func (k *AssertionKey) sign(clientID, audience string, now time.Time) (string, error) {
 	m, err := k.load()
 	if err != nil {
 		return "", err
@@ -115,7 +105,7 @@ func (k *AssertionKey) Sign(clientID, audience string, now time.Time) (string, e
 		ID:        rand.Text(),
 		IssuedAt:  jwt.NewNumericDate(now),
 		NotBefore: jwt.NewNumericDate(now),
-		Expiry:    jwt.NewNumericDate(now.Add(AssertionLifetime)),
+		Expiry:    jwt.NewNumericDate(now.Add(assertionLifetime)),
 	}
 	raw, err := jwt.Signed(signer).Claims(claims).Serialize()
 	if err != nil {

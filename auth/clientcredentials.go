@@ -17,13 +17,13 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 )
 
-// ClientAssertionType is the RFC 7523 §2.2 client_assertion_type.
-const ClientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+// clientAssertionType is the RFC 7523 §2.2 client_assertion_type.
+const clientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 // Config describes an RFC 6749 §4.4 client-credentials grant.
 type Config struct {
 	// Provider names the identity provider in errors; empty means
-	// ProviderGeneric.
+	// "generic".
 	Provider string
 	// TokenURL is the token endpoint. Give it or IssuerURL.
 	TokenURL string
@@ -85,7 +85,7 @@ func ClientCredentials(cfg Config) (Endpoint, error) {
 	}
 	g := &clientCredentials{cfg: cfg}
 	return Endpoint{
-		Provider: cmp.Or(cfg.Provider, ProviderGeneric),
+		Provider: cmp.Or(cfg.Provider, providerGeneric),
 		TokenURL: g.url,
 		Fetch:    g.fetch,
 		Secrets:  []string{cfg.ClientSecret},
@@ -127,11 +127,11 @@ func (g *clientCredentials) fetch(ctx context.Context) (*oauth2.Token, error) {
 	}
 	if g.cfg.Assertion != nil {
 		// RFC 7523 §3 / OIDC Core §9: the audience is the token endpoint.
-		assertion, err := g.cfg.Assertion.Sign(g.cfg.ClientID, tokenURL, time.Now())
+		assertion, err := g.cfg.Assertion.sign(g.cfg.ClientID, tokenURL, time.Now())
 		if err != nil {
 			return nil, err
 		}
-		params.Set("client_assertion_type", ClientAssertionType)
+		params.Set("client_assertion_type", clientAssertionType)
 		params.Set("client_assertion", assertion)
 		cc.AuthStyle = oauth2.AuthStyleInParams // client_id in the form, no secret
 	}
@@ -148,7 +148,7 @@ func (g *clientCredentials) tokenEndpoint(ctx context.Context) (string, error) {
 	if g.discovered != "" {
 		return g.discovered, nil
 	}
-	u, err := DiscoverTokenEndpoint(ctx, httpClient(ctx), g.cfg.IssuerURL)
+	u, err := discoverTokenEndpoint(ctx, httpClient(ctx), g.cfg.IssuerURL)
 	if err != nil {
 		return "", err
 	}
@@ -167,11 +167,11 @@ func httpClient(ctx context.Context) *http.Client {
 // maxDiscoveryBody bounds an OpenID provider configuration document.
 const maxDiscoveryBody = 1 << 20
 
-// DiscoverTokenEndpoint reads the token endpoint from the OpenID Connect
+// discoverTokenEndpoint reads the token endpoint from the OpenID Connect
 // Discovery document of issuer ({issuer}/.well-known/openid-configuration),
 // checking that the document names that issuer (OpenID Connect Discovery
 // §4.3). An HTTP error answer is returned as an *oauth2.RetrieveError.
-func DiscoverTokenEndpoint(ctx context.Context, hc *http.Client, issuer string) (string, error) {
+func discoverTokenEndpoint(ctx context.Context, hc *http.Client, issuer string) (string, error) {
 	docURL := strings.TrimSuffix(issuer, "/") + "/.well-known/openid-configuration"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, docURL, nil)
 	if err != nil {

@@ -9,8 +9,8 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// ErrNoTokenSource is returned by a Transport built without a token source.
-var ErrNoTokenSource = errors.New("auth: no token source")
+// errNoTokenSource is returned by a Transport built without a token source.
+var errNoTokenSource = errors.New("auth: no token source")
 
 // contextTokenSource is a token source whose callers can stop waiting.
 type contextTokenSource interface {
@@ -71,7 +71,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 func (t *transport) token(ctx context.Context) (*oauth2.Token, error) {
 	if t.src == nil {
-		return nil, ErrNoTokenSource
+		return nil, errNoTokenSource
 	}
 	var (
 		tok *oauth2.Token

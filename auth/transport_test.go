@@ -186,12 +186,12 @@ func TestTransportTokenFailure(t *testing.T) {
 		{
 			name:    "no token source",
 			src:     func(*testing.T) oauth2.TokenSource { return nil },
-			wantErr: []error{ErrNoTokenSource},
+			wantErr: []error{errNoTokenSource},
 		},
 		{
 			name:    "nil *TokenSource",
 			src:     func(*testing.T) oauth2.TokenSource { return (*TokenSource)(nil) },
-			wantErr: []error{ErrNoTokenSource},
+			wantErr: []error{errNoTokenSource},
 		},
 	}
 	for _, tt := range tests {

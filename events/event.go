@@ -9,10 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // TypeStudyStable is the only event type of version 1.
@@ -21,9 +22,9 @@ const TypeStudyStable = "orthanc.study.stable"
 // Version is the event schema version this build writes and reads.
 const Version = 1
 
-// LastUpdateLayout is the layout of Orthanc's LastUpdate metadata
+// lastUpdateLayout is the layout of Orthanc's LastUpdate metadata
 // (a local timestamp without zone, as Orthanc writes it).
-const LastUpdateLayout = "20060102T150405"
+const lastUpdateLayout = "20060102T150405"
 
 // StudyStable says that a study in an Orthanc source became stable and must
 // be forwarded. Orthanc IDs and UIDs only: never patient data.
@@ -37,46 +38,26 @@ type StudyStable struct {
 	ReceivedAt       time.Time `json:"receivedAt,omitzero"`
 }
 
-// ErrInvalid is matched (errors.Is) by every validation error.
-var ErrInvalid = errors.New("invalid event")
+// errInvalid is matched (errors.Is) by every validation error.
+var errInvalid = errors.New("invalid event")
 
-// FieldError names the JSON field that is missing or malformed.
-type FieldError struct {
+// fieldError names the JSON field that is missing or malformed.
+type fieldError struct {
 	Field   string
 	Problem string
 }
 
-func (e *FieldError) Error() string { return fmt.Sprintf("field %q: %s", e.Field, e.Problem) }
+func (e *fieldError) Error() string { return fmt.Sprintf("field %q: %s", e.Field, e.Problem) }
 
-// Is makes errors.Is(err, ErrInvalid) true for every FieldError.
-func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+// Is makes errors.Is(err, errInvalid) true for every fieldError.
+func (e *fieldError) Is(target error) bool { return target == errInvalid }
 
 // The grammars below are checked byte by byte rather than with regular
-// expressions: every webhook request validates its event, and the regexp
-// matcher took about 4 % of the ingest's CPU in the BenchmarkIngest
-// profile (Validate: 1 µs an event with regexps, 0.15 µs without). The
-// regular expression each function implements is in its comment, and
-// TestValidatorsMatchTheirGrammar holds them to it.
-
-// ValidOrthancID reports whether id has the exact grammar of an Orthanc ID:
-// SHA-1 based, five dash-separated groups of eight lowercase hex digits
-// (^[0-9a-f]{8}(-[0-9a-f]{8}){4}$).
-func ValidOrthancID(id string) bool {
-	if len(id) != 44 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if i%9 == 8 {
-			if c != '-' {
-				return false
-			}
-		} else if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+// expressions: the ingest validates every webhook event, so they are on its
+// hot path. The regular expression each function implements is in its
+// comment, and TestValidatorsMatchTheirGrammar holds them to it. The
+// Orthanc study ID is checked by orthancapi.ValidID, which owns that
+// grammar.
 
 // ValidSource reports whether name can be used as a source name. It
 // becomes a NATS subject token and a KV key: no dots, wildcards or
@@ -97,29 +78,10 @@ func alnum(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }
 
-// ValidUID reports whether uid is a DICOM UID as PS3.5 §9.1 defines it:
-// at most 64 characters, numeric components separated by dots, no
-// component with a leading zero unless it is "0".
-func ValidUID(uid string) bool {
-	if uid == "" || len(uid) > 64 {
-		return false
-	}
-	for comp := range strings.SplitSeq(uid, ".") {
-		if comp == "" || (len(comp) > 1 && comp[0] == '0') {
-			return false
-		}
-		for i := 0; i < len(comp); i++ {
-			if comp[i] < '0' || comp[i] > '9' {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 // PlausibleUID reports whether uid is safe to carry as a StudyInstanceUID:
-// 1 to 64 characters of digits, letters, '.', '_' or '-'. It is looser than
-// ValidUID on purpose: Orthanc stores studies whose UIDs break PS3.5 (one
+// 1 to 64 characters of digits, letters, '.', '_' or '-'. It is looser
+// than a DICOM UID (PS3.5 §9.1: numeric components without leading zeros)
+// on purpose: Orthanc stores studies whose UIDs break PS3.5 (one
 // shared sample has 64 hex digits), and refusing their events would lose
 // the study. The UID is informational: stowline never builds a URL, a
 // subject or a key from it (see docs/uids.md). (^[0-9A-Za-z._-]{1,64}$)
@@ -139,30 +101,30 @@ func PlausibleUID(uid string) bool {
 func (e *StudyStable) Validate() error {
 	switch {
 	case e.Type == "":
-		return &FieldError{"type", "is required"}
+		return &fieldError{"type", "is required"}
 	case e.Type != TypeStudyStable:
-		return &FieldError{"type", fmt.Sprintf("must be %q", TypeStudyStable)}
+		return &fieldError{"type", fmt.Sprintf("must be %q", TypeStudyStable)}
 	case e.Version == 0:
-		return &FieldError{"version", "is required"}
+		return &fieldError{"version", "is required"}
 	case e.Version != Version:
-		return &FieldError{"version", fmt.Sprintf("unsupported version %d (this build reads %d)", e.Version, Version)}
+		return &fieldError{"version", fmt.Sprintf("unsupported version %d (this build reads %d)", e.Version, Version)}
 	case e.Source == "":
-		return &FieldError{"source", "is required"}
+		return &fieldError{"source", "is required"}
 	case !ValidSource(e.Source):
-		return &FieldError{"source", "must be 1-64 characters of A-Z a-z 0-9 _ -"}
+		return &fieldError{"source", "must be 1-64 characters of A-Z a-z 0-9 _ -"}
 	case e.OrthancStudyID == "":
-		return &FieldError{"orthancStudyId", "is required"}
-	case !ValidOrthancID(e.OrthancStudyID):
-		return &FieldError{"orthancStudyId", "must be an Orthanc ID (five dash-separated groups of 8 lowercase hex digits)"}
+		return &fieldError{"orthancStudyId", "is required"}
+	case !orthancapi.ValidID(e.OrthancStudyID):
+		return &fieldError{"orthancStudyId", "must be an Orthanc ID (five dash-separated groups of 8 lowercase hex digits)"}
 	case e.StudyInstanceUID == "":
-		return &FieldError{"studyInstanceUid", "is required"}
+		return &fieldError{"studyInstanceUid", "is required"}
 	case !PlausibleUID(e.StudyInstanceUID):
-		return &FieldError{"studyInstanceUid", "must be a UID of at most 64 characters from 0-9 A-Z a-z . _ -"}
+		return &fieldError{"studyInstanceUid", "must be a UID of at most 64 characters from 0-9 A-Z a-z . _ -"}
 	case e.LastUpdate == "":
-		return &FieldError{"lastUpdate", "is required"}
+		return &fieldError{"lastUpdate", "is required"}
 	}
-	if _, err := time.Parse(LastUpdateLayout, e.LastUpdate); err != nil {
-		return &FieldError{"lastUpdate", "must be an Orthanc timestamp such as 20261126T101500"}
+	if _, err := time.Parse(lastUpdateLayout, e.LastUpdate); err != nil {
+		return &fieldError{"lastUpdate", "must be an Orthanc timestamp such as 20261126T101500"}
 	}
 	return nil
 }
@@ -179,7 +141,7 @@ func (e *StudyStable) MsgID() string {
 func Decode(data []byte) (*StudyStable, error) {
 	var ev StudyStable
 	if err := json.Unmarshal(data, &ev); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", errInvalid, err)
 	}
 	if err := ev.Validate(); err != nil {
 		return nil, err

@@ -61,34 +61,17 @@ func TestValidate(t *testing.T) {
 				}
 				return
 			}
-			var fe *FieldError
+			var fe *fieldError
 			if !errors.As(err, &fe) || fe.Field != tt.field {
-				t.Fatalf("Validate() = %v, want a FieldError on %q", err, tt.field)
+				t.Fatalf("Validate() = %v, want a fieldError on %q", err, tt.field)
 			}
-			if !errors.Is(err, ErrInvalid) {
-				t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
+			if !errors.Is(err, errInvalid) {
+				t.Errorf("errors.Is(%v, errInvalid) = false", err)
 			}
 			if !strings.Contains(err.Error(), tt.field) {
 				t.Errorf("message %q does not name the field", err)
 			}
 		})
-	}
-}
-
-func TestValidUID(t *testing.T) {
-	for _, bad := range []string{"1.2.abc", "1.02.3", "1..3", "1.2.3 ", "", "1." + strings.Repeat("1", 63)} {
-		if ValidUID(bad) {
-			t.Errorf("ValidUID(%q) = true", bad)
-		}
-	}
-}
-
-func TestValidUIDBoundaries(t *testing.T) {
-	if !ValidUID("1." + strings.Repeat("1", 62)) {
-		t.Error("a 64-character UID must be valid")
-	}
-	if !ValidUID("0.0") {
-		t.Error(`"0" components are valid`)
 	}
 }
 

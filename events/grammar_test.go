@@ -14,7 +14,6 @@ var grammars = []struct {
 	re    *regexp.Regexp
 	check func(string) bool
 }{
-	{"ValidOrthancID", regexp.MustCompile(`^[0-9a-f]{8}(-[0-9a-f]{8}){4}$`), ValidOrthancID},
 	{"ValidSource", regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`), ValidSource},
 	{"PlausibleUID", regexp.MustCompile(`^[0-9A-Za-z._-]{1,64}$`), PlausibleUID},
 }

@@ -12,43 +12,6 @@ import (
 	"strings"
 )
 
-// ValidID reports whether id has the form of an Orthanc resource ID: five
-// dash-separated groups of 8 lowercase hex digits (a SHA-1 in hex), e.g.
-// "f689ddd2-662f8fe1-8b18180d-ec2a2cee-937917af".
-func ValidID(id string) bool {
-	if len(id) != 44 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if i%9 == 8 {
-			if c != '-' {
-				return false
-			}
-			continue
-		}
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-func checkID(kind, id string) error {
-	if !ValidID(id) {
-		// %q: the ID came from outside and may hold anything.
-		return fmt.Errorf("%w: %s ID %q", ErrInvalidID, kind, truncate(id, 80))
-	}
-	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
-}
-
 // Study is an Orthanc study (GET /studies/{id}).
 type Study struct {
 	ID               string

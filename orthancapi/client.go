@@ -24,7 +24,7 @@ import (
 
 // Defaults.
 const (
-	DefaultRequestTimeout = 30 * time.Second
+	defaultRequestTimeout = 30 * time.Second
 	// defaultResponseHeaderTimeout also bounds how long Orthanc may take to
 	// read a file from its storage before it starts answering.
 	defaultResponseHeaderTimeout = 2 * time.Minute
@@ -53,8 +53,6 @@ type Client struct {
 }
 
 type options struct {
-	httpClient     *http.Client
-	httpClientSet  bool
 	username       string
 	password       string
 	basicAuth      bool
@@ -72,15 +70,8 @@ func WithBasicAuth(username, password string) Option {
 	}
 }
 
-// WithHTTPClient replaces the default client. Its Timeout, if any, also
-// applies to file downloads; leave it zero and rely on contexts.
-func WithHTTPClient(c *http.Client) Option {
-	return func(o *options) { o.httpClient, o.httpClientSet = c, true }
-}
-
-// WithTLSConfig sets the TLS client configuration of the default
-// transport (an extra CA for an Orthanc behind a private PKI). It is
-// ignored with WithHTTPClient.
+// WithTLSConfig sets the TLS client configuration of the client's
+// transport (an extra CA for an Orthanc behind a private PKI).
 func WithTLSConfig(c *tls.Config) Option {
 	return func(o *options) { o.tls = c }
 }
@@ -98,28 +89,21 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := options{requestTimeout: DefaultRequestTimeout}
+	o := options{requestTimeout: defaultRequestTimeout}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.requestTimeout <= 0 {
 		return nil, fmt.Errorf("orthancapi: request timeout must be positive, got %v", o.requestTimeout)
 	}
-	if o.httpClientSet && o.httpClient == nil {
-		return nil, errors.New("orthancapi: WithHTTPClient(nil)")
-	}
 	if o.basicAuth && o.username == "" {
 		return nil, errors.New("orthancapi: WithBasicAuth with an empty username")
 	}
-	hc := o.httpClient
-	if hc == nil {
-		t := newTransport()
-		t.TLSClientConfig = o.tls
-		hc = &http.Client{Transport: t}
-	}
+	t := newTransport()
+	t.TLSClientConfig = o.tls
 	return &Client{
 		base:           base,
-		httpClient:     hc,
+		httpClient:     &http.Client{Transport: t},
 		username:       o.username,
 		password:       o.password,
 		basicAuth:      o.basicAuth,

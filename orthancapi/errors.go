@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/stowline/stowline/internal/ellipsis"
 )
 
 // Sentinel errors, checked with errors.Is.
@@ -76,10 +78,5 @@ func newError(method, path string, resp *http.Response) *Error {
 
 // oneLine keeps an error message on one line and short.
 func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	const maxLen = 300
-	if len(s) > maxLen {
-		s = strings.ToValidUTF8(s[:maxLen], "") + "..."
-	}
-	return s
+	return ellipsis.Truncate(strings.Join(strings.Fields(s), " "), 300)
 }

@@ -11,7 +11,7 @@
 // signature then covers the method, URL and headers (among them
 // Content-Length and Content-Type, whose boundary is random per request).
 // The body length must therefore be known before sending: the STOW client
-// computes it from the instances' sizes (stow.WithContentLength).
+// computes it from the instances' sizes (dicomweb.WithContentLength).
 // See docs/auth.md for why not UNSIGNED-PAYLOAD or aws-chunked.
 package awssig
 
@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"strconv"
 	"time"
 
@@ -33,36 +32,19 @@ import (
 const Service = "medical-imaging"
 
 const (
-	// StreamingPayload is the payload hash HealthImaging's STOW-RS
+	// streamingPayload is the payload hash HealthImaging's STOW-RS
 	// documentation signs with.
-	StreamingPayload = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
-	// EmptyPayload is the SHA-256 of no body (GET requests).
-	EmptyPayload = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-	// MaxRequestBytes is HealthImaging's limit of DICOM data per STOW-RS
-	// request ("up to 1GB"; read as 10^9 bytes, the stricter reading).
-	MaxRequestBytes = 1_000_000_000
+	streamingPayload = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+	// emptyPayload is the SHA-256 of no body (GET requests).
+	emptyPayload = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 )
 
-// Sentinel errors; test for them with errors.Is.
 var (
-	// ErrUnknownLength: HealthImaging needs the body length up front.
-	ErrUnknownLength = errors.New("awssig: request body length unknown (HealthImaging needs x-amz-decoded-content-length)")
-	// ErrCredentials: no credentials could be had from the chain.
-	ErrCredentials = errors.New("awssig: no AWS credentials")
+	// errUnknownLength: HealthImaging needs the body length up front.
+	errUnknownLength = errors.New("awssig: request body length unknown (HealthImaging needs x-amz-decoded-content-length)")
+	// errCredentials: no credentials could be had from the chain.
+	errCredentials = errors.New("awssig: no AWS credentials")
 )
-
-// hostPattern matches HealthImaging's DICOMweb endpoints.
-var hostPattern = regexp.MustCompile(`^dicom-medical-imaging(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$`)
-
-// RegionFromHost reads the region from a HealthImaging DICOMweb host name,
-// e.g. dicom-medical-imaging.eu-west-1.amazonaws.com.
-func RegionFromHost(host string) (string, bool) {
-	m := hostPattern.FindStringSubmatch(host)
-	if m == nil {
-		return "", false
-	}
-	return m[1], true
-}
 
 // LoadCredentials returns the standard credential chain for region, cached
 // and refreshed five minutes (or margin) before temporary credentials
@@ -74,34 +56,26 @@ func LoadCredentials(ctx context.Context, region string, margin time.Duration) (
 			o.ExpiryWindowJitterFrac = 0.2
 		}))
 	if err != nil {
-		return nil, fmt.Errorf("%w: loading the AWS configuration: %w", ErrCredentials, err)
+		return nil, fmt.Errorf("%w: loading the AWS configuration: %w", errCredentials, err)
 	}
 	if cfg.Credentials == nil {
-		return nil, fmt.Errorf("%w: the chain found none", ErrCredentials)
+		return nil, fmt.Errorf("%w: the chain found none", errCredentials)
 	}
 	return cfg.Credentials, nil
 }
-
-// Option configures a Transport.
-type Option func(*transport)
-
-// WithService sets the signing name (default Service).
-func WithService(s string) Option { return func(t *transport) { t.service = s } }
-
-// WithClock replaces time.Now, for tests.
-func WithClock(now func() time.Time) Option { return func(t *transport) { t.now = now } }
 
 // Transport returns a RoundTripper that signs every request for region
 // with credentials from creds and sends it through base
 // (http.DefaultTransport if nil).
 //
 // A request with a body must have its ContentLength set (>= 1): it is
-// signed with StreamingPayload and x-amz-decoded-content-length, and the
-// body goes out as it is read. A request without a body is signed with
-// EmptyPayload. The transport never retries.
-func Transport(creds aws.CredentialsProvider, region string, base http.RoundTripper, opts ...Option) (http.RoundTripper, error) {
+// signed with the payload hash STREAMING-AWS4-HMAC-SHA256-PAYLOAD and
+// x-amz-decoded-content-length, and the body goes out as it is read. A
+// request without a body is signed with the hash of no body. The transport
+// never retries.
+func Transport(creds aws.CredentialsProvider, region string, base http.RoundTripper) (http.RoundTripper, error) {
 	if creds == nil {
-		return nil, fmt.Errorf("%w: nil credentials provider", ErrCredentials)
+		return nil, fmt.Errorf("%w: nil credentials provider", errCredentials)
 	}
 	if region == "" {
 		return nil, errors.New("awssig: region is required")
@@ -109,20 +83,14 @@ func Transport(creds aws.CredentialsProvider, region string, base http.RoundTrip
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	t := &transport{creds: creds, region: region, base: base, service: Service, now: time.Now, signer: v4.NewSigner()}
-	for _, opt := range opts {
-		opt(t)
-	}
-	return t, nil
+	return &transport{creds: creds, region: region, base: base, signer: v4.NewSigner()}, nil
 }
 
 type transport struct {
-	creds   aws.CredentialsProvider
-	region  string
-	service string
-	base    http.RoundTripper
-	now     func() time.Time
-	signer  *v4.Signer
+	creds  aws.CredentialsProvider
+	region string
+	base   http.RoundTripper
+	signer *v4.Signer
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -134,33 +102,33 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	creds, err := t.creds.Retrieve(req.Context())
 	if err != nil {
 		closeBody()
-		return nil, fmt.Errorf("%w: %w", ErrCredentials, err)
+		return nil, fmt.Errorf("%w: %w", errCredentials, err)
 	}
 	out := req.Clone(req.Context())
 	out.Header.Del("Authorization")
-	payload := EmptyPayload
+	payload := emptyPayload
 	switch {
 	case req.Body == nil || req.Body == http.NoBody:
 		out.ContentLength = 0
 	case req.ContentLength > 0:
-		payload = StreamingPayload
-		out.Header.Set("X-Amz-Content-Sha256", StreamingPayload)
+		payload = streamingPayload
+		out.Header.Set("X-Amz-Content-Sha256", streamingPayload)
 		out.Header.Set("X-Amz-Decoded-Content-Length", strconv.FormatInt(req.ContentLength, 10))
 	default:
 		closeBody()
-		return nil, ErrUnknownLength
+		return nil, errUnknownLength
 	}
-	if err := Sign(req.Context(), t.signer, creds, out, payload, t.service, t.region, t.now()); err != nil {
+	if err := sign(req.Context(), t.signer, creds, out, payload, Service, t.region, time.Now()); err != nil {
 		closeBody()
 		return nil, err
 	}
 	return t.base.RoundTrip(out)
 }
 
-// Sign signs req in place (Authorization, X-Amz-Date and, with temporary
+// sign signs req in place (Authorization, X-Amz-Date and, with temporary
 // credentials, X-Amz-Security-Token) with the SDK's SigV4 signer: the one
-// code path Transport uses, exposed for the published test vectors.
-func Sign(ctx context.Context, signer *v4.Signer, creds aws.Credentials, req *http.Request, payloadHash, service, region string, at time.Time) error {
+// code path Transport uses, which the published test vectors check.
+func sign(ctx context.Context, signer *v4.Signer, creds aws.Credentials, req *http.Request, payloadHash, service, region string, at time.Time) error {
 	if err := signer.SignHTTP(ctx, creds, req, payloadHash, service, region, at); err != nil {
 		return fmt.Errorf("awssig: sign: %w", err)
 	}

@@ -1,4 +1,4 @@
-package awssig_test
+package awssig
 
 import (
 	"bytes"
@@ -23,7 +23,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
-	"github.com/stowline/stowline/auth/awssig"
 	"github.com/stowline/stowline/internal/dicomweb"
 )
 
@@ -44,7 +43,7 @@ func sha(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// TestPublishedVectors signs the suite's requests through awssig.Sign, the
+// TestPublishedVectors signs the suite's requests through sign, the
 // code path of the Transport, and compares the Authorization header with
 // the suite's .authz files; the test's own SigV4 verifier, used below on
 // what the server receives, must accept each of them too.
@@ -84,7 +83,7 @@ func TestPublishedVectors(t *testing.T) {
 				creds.SessionToken = suiteToken
 			}
 			payload := sha(tt.body)
-			if err := awssig.Sign(context.Background(), v4.NewSigner(), creds, req, payload, "service", "us-east-1", suiteTime); err != nil {
+			if err := sign(context.Background(), v4.NewSigner(), creds, req, payload, "service", "us-east-1", suiteTime); err != nil {
 				t.Fatal(err)
 			}
 			want := "AWS4-HMAC-SHA256 Credential=" + suiteScope + ", SignedHeaders=" + tt.signed + ", Signature=" + tt.sig
@@ -196,7 +195,7 @@ func TestStreamedBodySigned(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 
-	rt, err := awssig.Transport(staticCreds(), "eu-west-1", nil)
+	rt, err := Transport(staticCreds(), "eu-west-1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +222,7 @@ func TestStreamedBodySigned(t *testing.T) {
 	if verr != nil {
 		t.Fatalf("server-side verification: %v", verr)
 	}
-	if gotBytes != total || gotHeader.Get("X-Amz-Content-Sha256") != awssig.StreamingPayload ||
+	if gotBytes != total || gotHeader.Get("X-Amz-Content-Sha256") != streamingPayload ||
 		gotHeader.Get("X-Amz-Decoded-Content-Length") != strconv.Itoa(total) || gotHeader.Get("X-Amz-Security-Token") != "session-token" {
 		t.Errorf("received %d bytes, headers %v", gotBytes, gotHeader)
 	}
@@ -268,7 +267,7 @@ func TestSTOWThroughSigner(t *testing.T) {
 		_, _ = io.WriteString(w, `{"00081199":{"vr":"SQ","Value":[`+strings.Join(uids, ",")+`]}}`)
 	}))
 	t.Cleanup(srv.Close)
-	rt, _ := awssig.Transport(staticCreds(), "us-east-1", nil)
+	rt, _ := Transport(staticCreds(), "us-east-1", nil)
 	client, err := dicomweb.New(srv.URL+"/datastore/abc", &http.Client{Transport: rt}, dicomweb.WithContentLength())
 	if err != nil {
 		t.Fatal(err)
@@ -293,32 +292,18 @@ func TestSTOWThroughSigner(t *testing.T) {
 }
 
 func TestUnknownLengthAndNoCredentials(t *testing.T) {
-	rt, _ := awssig.Transport(staticCreds(), "us-east-1", nil)
+	rt, _ := Transport(staticCreds(), "us-east-1", nil)
 	req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1:1/studies", io.NopCloser(strings.NewReader("x")))
 	req.ContentLength = -1
-	if _, err := rt.RoundTrip(req); !errors.Is(err, awssig.ErrUnknownLength) {
+	if _, err := rt.RoundTrip(req); !errors.Is(err, errUnknownLength) {
 		t.Errorf("unknown length: %v", err)
 	}
 	none := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
 		return aws.Credentials{}, errors.New("no EC2 IMDS role found")
 	})
-	rt, _ = awssig.Transport(none, "us-east-1", nil)
+	rt, _ = Transport(none, "us-east-1", nil)
 	req, _ = http.NewRequest(http.MethodGet, "http://127.0.0.1:1/studies", nil)
-	if _, err := rt.RoundTrip(req); !errors.Is(err, awssig.ErrCredentials) || !strings.Contains(err.Error(), "IMDS") {
+	if _, err := rt.RoundTrip(req); !errors.Is(err, errCredentials) || !strings.Contains(err.Error(), "IMDS") {
 		t.Errorf("no credentials: %v", err)
-	}
-}
-
-func TestRegionFromHost(t *testing.T) {
-	for host, want := range map[string]string{
-		"dicom-medical-imaging.us-east-1.amazonaws.com":      "us-east-1",
-		"dicom-medical-imaging-fips.us-east-1.amazonaws.com": "us-east-1",
-		"dicom-medical-imaging.eu-west-1.amazonaws.com":      "eu-west-1",
-		"medical-imaging.us-east-1.amazonaws.com":            "",
-		"dicom.example.org":                                  "",
-	} {
-		if got, ok := awssig.RegionFromHost(host); got != want || ok != (want != "") {
-			t.Errorf("RegionFromHost(%q) = %q, %v", host, got, ok)
-		}
 	}
 }

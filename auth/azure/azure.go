@@ -25,31 +25,31 @@ import (
 	"github.com/stowline/stowline/auth"
 )
 
-// Provider names Entra ID in errors and logs.
-const Provider = "azure"
+// provider names Entra ID in errors and logs.
+const provider = "azure"
 
 const (
-	// DefaultAuthorityHost is the public cloud's; sovereign clouds have
+	// defaultAuthorityHost is the public cloud's; sovereign clouds have
 	// their own (https://login.microsoftonline.us,
 	// https://login.partner.microsoftonline.cn).
-	DefaultAuthorityHost = "https://login.microsoftonline.com"
-	// DefaultScope is Azure Health Data Services DICOM's.
-	DefaultScope = "https://dicom.healthcareapis.azure.com/.default"
-	// DefaultIMDSEndpoint is the managed identity token endpoint of the
+	defaultAuthorityHost = "https://login.microsoftonline.com"
+	// defaultScope is Azure Health Data Services DICOM's.
+	defaultScope = "https://dicom.healthcareapis.azure.com/.default"
+	// defaultIMDSEndpoint is the managed identity token endpoint of the
 	// Azure Instance Metadata Service.
-	DefaultIMDSEndpoint = "http://169.254.169.254/metadata/identity/oauth2/token"
+	defaultIMDSEndpoint = "http://169.254.169.254/metadata/identity/oauth2/token"
 	// imdsAPIVersion is the IMDS identity API version used.
 	imdsAPIVersion = "2018-02-01"
 )
 
-// ErrConfig reports an unusable Config.
-var ErrConfig = fmt.Errorf("%w: azure", auth.ErrInvalidConfig)
+// errConfig reports an unusable Config.
+var errConfig = fmt.Errorf("%w: azure", auth.ErrInvalidConfig)
 
 // Credential kinds, in the order they are chosen.
 const (
-	KindSecret          = "client secret"
-	KindCertificate     = "client certificate"
-	KindManagedIdentity = "managed identity"
+	kindSecret          = "client secret"
+	kindCertificate     = "client certificate"
+	kindManagedIdentity = "managed identity"
 )
 
 // Config selects the Entra credential.
@@ -65,35 +65,39 @@ type Config struct {
 	// CertificateKeyFile is a PEM file with the certificate registered on
 	// the app and its private key (RSA).
 	CertificateKeyFile string
-	// Scopes default to DefaultScope. A managed identity takes one scope,
-	// as its resource (the scope without "/.default").
+	// Scopes default to Azure Health Data Services DICOM's
+	// (https://dicom.healthcareapis.azure.com/.default). A managed
+	// identity takes one scope, as its resource (the scope without
+	// "/.default").
 	Scopes []string
-	// AuthorityHost defaults to DefaultAuthorityHost.
+	// AuthorityHost defaults to the public cloud's,
+	// https://login.microsoftonline.com.
 	AuthorityHost string
-	// IMDSEndpoint defaults to DefaultIMDSEndpoint.
+	// IMDSEndpoint defaults to the Instance Metadata Service's.
 	IMDSEndpoint string
 	// IMDSClient reaches IMDS; nil means one that bypasses any proxy (the
 	// endpoint is link-local) with a 10 s timeout.
 	IMDSClient *http.Client
 }
 
-// Kind is the credential Endpoint will use.
+// Kind is the credential Endpoint will use: "client secret", "client
+// certificate" or "managed identity".
 func (c Config) Kind() string {
 	switch {
 	case c.ClientSecret != "":
-		return KindSecret
+		return kindSecret
 	case c.CertificateKeyFile != "":
-		return KindCertificate
+		return kindCertificate
 	}
-	return KindManagedIdentity
+	return kindManagedIdentity
 }
 
 // TokenURL is the v2.0 token endpoint of the tenant, or the IMDS endpoint.
 func (c Config) TokenURL() string {
-	if c.Kind() == KindManagedIdentity {
-		return orDefault(c.IMDSEndpoint, DefaultIMDSEndpoint)
+	if c.Kind() == kindManagedIdentity {
+		return orDefault(c.IMDSEndpoint, defaultIMDSEndpoint)
 	}
-	return strings.TrimSuffix(orDefault(c.AuthorityHost, DefaultAuthorityHost), "/") +
+	return strings.TrimSuffix(orDefault(c.AuthorityHost, defaultAuthorityHost), "/") +
 		"/" + url.PathEscape(c.TenantID) + "/oauth2/v2.0/token"
 }
 
@@ -107,22 +111,22 @@ func orDefault(v, def string) string {
 // Endpoint returns the auth.Endpoint of the credential cfg selects.
 func Endpoint(cfg Config) (auth.Endpoint, error) {
 	if len(cfg.Scopes) == 0 {
-		cfg.Scopes = []string{DefaultScope}
+		cfg.Scopes = []string{defaultScope}
 	}
 	if cfg.ClientSecret != "" && cfg.CertificateKeyFile != "" {
-		return auth.Endpoint{}, fmt.Errorf("%w: a client secret or a certificate, not both", ErrConfig)
+		return auth.Endpoint{}, fmt.Errorf("%w: a client secret or a certificate, not both", errConfig)
 	}
-	if cfg.Kind() == KindManagedIdentity {
+	if cfg.Kind() == kindManagedIdentity {
 		return managedIdentity(cfg)
 	}
 	if cfg.TenantID == "" || strings.ContainsAny(cfg.TenantID, "/?#") {
-		return auth.Endpoint{}, fmt.Errorf("%w: a tenant ID is required (a GUID or a domain)", ErrConfig)
+		return auth.Endpoint{}, fmt.Errorf("%w: a tenant ID is required (a GUID or a domain)", errConfig)
 	}
 	if cfg.ClientID == "" {
-		return auth.Endpoint{}, fmt.Errorf("%w: a client ID is required with a %s", ErrConfig, cfg.Kind())
+		return auth.Endpoint{}, fmt.Errorf("%w: a client ID is required with a %s", errConfig, cfg.Kind())
 	}
 	ac := auth.Config{
-		Provider:     Provider,
+		Provider:     provider,
 		TokenURL:     cfg.TokenURL(),
 		ClientID:     cfg.ClientID,
 		ClientSecret: cfg.ClientSecret,
@@ -145,12 +149,12 @@ func Endpoint(cfg Config) (auth.Endpoint, error) {
 // user-assigned) managed identity.
 func managedIdentity(cfg Config) (auth.Endpoint, error) {
 	if len(cfg.Scopes) != 1 {
-		return auth.Endpoint{}, fmt.Errorf("%w: a managed identity takes one scope, got %d", ErrConfig, len(cfg.Scopes))
+		return auth.Endpoint{}, fmt.Errorf("%w: a managed identity takes one scope, got %d", errConfig, len(cfg.Scopes))
 	}
-	endpoint := orDefault(cfg.IMDSEndpoint, DefaultIMDSEndpoint)
+	endpoint := orDefault(cfg.IMDSEndpoint, defaultIMDSEndpoint)
 	u, err := url.Parse(endpoint)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return auth.Endpoint{}, fmt.Errorf("%w: IMDS endpoint %q is not an http(s) URL", ErrConfig, endpoint)
+		return auth.Endpoint{}, fmt.Errorf("%w: IMDS endpoint %q is not an http(s) URL", errConfig, endpoint)
 	}
 	q := u.Query()
 	q.Set("api-version", imdsAPIVersion)
@@ -165,7 +169,7 @@ func managedIdentity(cfg Config) (auth.Endpoint, error) {
 	}
 	target := u.String()
 	return auth.Endpoint{
-		Provider: Provider,
+		Provider: provider,
 		TokenURL: func() string { return endpoint },
 		Fetch:    func(ctx context.Context) (*oauth2.Token, error) { return fetchIMDS(ctx, hc, target) },
 	}, nil

@@ -1,4 +1,4 @@
-package azure_test
+package azure
 
 import (
 	"crypto/rand"
@@ -24,7 +24,6 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/stowline/stowline/auth"
-	"github.com/stowline/stowline/auth/azure"
 	"github.com/stowline/stowline/internal/forward"
 )
 
@@ -59,9 +58,9 @@ func newEntra(t *testing.T) *entra {
 	return e
 }
 
-func source(t *testing.T, cfg azure.Config) *auth.TokenSource {
+func source(t *testing.T, cfg Config) *auth.TokenSource {
 	t.Helper()
-	ep, err := azure.Endpoint(cfg)
+	ep, err := Endpoint(cfg)
 	if err != nil {
 		t.Fatalf("Endpoint: %v", err)
 	}
@@ -78,7 +77,7 @@ func source(t *testing.T, cfg azure.Config) *auth.TokenSource {
 // with a shared secret).
 func TestClientSecretRequest(t *testing.T) {
 	e := newEntra(t)
-	ts := source(t, azure.Config{TenantID: tenant, ClientID: clientID, ClientSecret: "qWgdYAmab0YSkuL1qKv5bPX", AuthorityHost: e.URL})
+	ts := source(t, Config{TenantID: tenant, ClientID: clientID, ClientSecret: "qWgdYAmab0YSkuL1qKv5bPX", AuthorityHost: e.URL})
 	tok, err := ts.Token()
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +89,7 @@ func TestClientSecretRequest(t *testing.T) {
 	if r.Method != http.MethodPost || r.URL.Path != "/"+tenant+"/oauth2/v2.0/token" || r.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
 		t.Errorf("%s %s (%s)", r.Method, r.URL.Path, r.Header.Get("Content-Type"))
 	}
-	want := url.Values{"client_id": {clientID}, "scope": {azure.DefaultScope}, "client_secret": {"qWgdYAmab0YSkuL1qKv5bPX"}, "grant_type": {"client_credentials"}}
+	want := url.Values{"client_id": {clientID}, "scope": {defaultScope}, "client_secret": {"qWgdYAmab0YSkuL1qKv5bPX"}, "grant_type": {"client_credentials"}}
 	if form.Encode() != want.Encode() {
 		t.Errorf("form = %v\nwant   %v", form, want)
 	}
@@ -132,7 +131,7 @@ func writeCert(t *testing.T) (string, *x509.Certificate) {
 func TestCertificateRequest(t *testing.T) {
 	e := newEntra(t)
 	path, cert := writeCert(t)
-	ts := source(t, azure.Config{TenantID: tenant, ClientID: clientID, CertificateKeyFile: path, AuthorityHost: e.URL,
+	ts := source(t, Config{TenantID: tenant, ClientID: clientID, CertificateKeyFile: path, AuthorityHost: e.URL,
 		Scopes: []string{"https://dicom.healthcareapis.azure.com/.default"}})
 	before := time.Now().Add(-time.Second)
 	if _, err := ts.Token(); err != nil {
@@ -144,7 +143,7 @@ func TestCertificateRequest(t *testing.T) {
 			t.Errorf("form has %s", k)
 		}
 	}
-	if form.Get("client_id") != clientID || form.Get("grant_type") != "client_credentials" || form.Get("scope") != azure.DefaultScope ||
+	if form.Get("client_id") != clientID || form.Get("grant_type") != "client_credentials" || form.Get("scope") != defaultScope ||
 		form.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
 		t.Errorf("form = %v", form)
 	}
@@ -185,7 +184,7 @@ func TestEntraErrorVerbatim(t *testing.T) {
 			"correlation_id": "aaaa0000-bb11-2222-33cc-444444dddddd", "error_uri": "https://login.microsoftonline.com/error?code=7000215",
 		})
 	}
-	ts := source(t, azure.Config{TenantID: tenant, ClientID: clientID, ClientSecret: "not~the~secret", AuthorityHost: e.URL})
+	ts := source(t, Config{TenantID: tenant, ClientID: clientID, ClientSecret: "not~the~secret", AuthorityHost: e.URL})
 	_, err := ts.Token()
 	te, ok := errors.AsType[*auth.TokenError](err)
 	if !ok {
@@ -227,7 +226,7 @@ func TestManagedIdentity(t *testing.T) {
 	t.Cleanup(imds.Close)
 	endpoint := imds.URL + "/metadata/identity/oauth2/token"
 
-	ts := source(t, azure.Config{IMDSEndpoint: endpoint, ClientID: "user-assigned-id"})
+	ts := source(t, Config{IMDSEndpoint: endpoint, ClientID: "user-assigned-id"})
 	tok, err := ts.Token()
 	if err != nil {
 		t.Fatal(err)
@@ -244,7 +243,7 @@ func TestManagedIdentity(t *testing.T) {
 		t.Errorf("TokenURL = %q", ts.TokenURL())
 	}
 
-	_, err = source(t, azure.Config{IMDSEndpoint: endpoint, ClientID: "unknown"}).Token()
+	_, err = source(t, Config{IMDSEndpoint: endpoint, ClientID: "unknown"}).Token()
 	if te, ok := errors.AsType[*auth.TokenError](err); !ok || te.Description != "Identity not found" || !strings.Contains(err.Error(), "azure token endpoint") {
 		t.Errorf("unknown identity: %v", err)
 	}
@@ -253,24 +252,24 @@ func TestManagedIdentity(t *testing.T) {
 func TestConfig(t *testing.T) {
 	tests := []struct {
 		name     string
-		cfg      azure.Config
+		cfg      Config
 		kind     string
 		tokenURL string
 		wantErr  string
 	}{
-		{name: "secret", cfg: azure.Config{TenantID: tenant, ClientID: clientID, ClientSecret: "s"}, kind: azure.KindSecret,
+		{name: "secret", cfg: Config{TenantID: tenant, ClientID: clientID, ClientSecret: "s"}, kind: kindSecret,
 			tokenURL: "https://login.microsoftonline.com/" + tenant + "/oauth2/v2.0/token"},
-		{name: "sovereign cloud", cfg: azure.Config{TenantID: "contoso.onmicrosoft.us", ClientID: clientID, ClientSecret: "s", AuthorityHost: "https://login.microsoftonline.us/"},
-			kind: azure.KindSecret, tokenURL: "https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/token"},
-		{name: "managed identity", cfg: azure.Config{}, kind: azure.KindManagedIdentity, tokenURL: azure.DefaultIMDSEndpoint},
-		{name: "no tenant", cfg: azure.Config{ClientID: clientID, ClientSecret: "s"}, wantErr: "tenant"},
-		{name: "tenant with a slash", cfg: azure.Config{TenantID: "a/b", ClientID: clientID, ClientSecret: "s"}, wantErr: "tenant"},
-		{name: "no client", cfg: azure.Config{TenantID: tenant, ClientSecret: "s"}, wantErr: "client ID"},
-		{name: "two scopes for a managed identity", cfg: azure.Config{Scopes: []string{"a", "b"}}, wantErr: "one scope"},
+		{name: "sovereign cloud", cfg: Config{TenantID: "contoso.onmicrosoft.us", ClientID: clientID, ClientSecret: "s", AuthorityHost: "https://login.microsoftonline.us/"},
+			kind: kindSecret, tokenURL: "https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/token"},
+		{name: "managed identity", cfg: Config{}, kind: kindManagedIdentity, tokenURL: defaultIMDSEndpoint},
+		{name: "no tenant", cfg: Config{ClientID: clientID, ClientSecret: "s"}, wantErr: "tenant"},
+		{name: "tenant with a slash", cfg: Config{TenantID: "a/b", ClientID: clientID, ClientSecret: "s"}, wantErr: "tenant"},
+		{name: "no client", cfg: Config{TenantID: tenant, ClientSecret: "s"}, wantErr: "client ID"},
+		{name: "two scopes for a managed identity", cfg: Config{Scopes: []string{"a", "b"}}, wantErr: "one scope"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ep, err := azure.Endpoint(tt.cfg)
+			ep, err := Endpoint(tt.cfg)
 			if tt.wantErr != "" {
 				if !errors.Is(err, auth.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)

@@ -23,24 +23,24 @@ import (
 	"github.com/stowline/stowline/auth"
 )
 
-// Provider names Google in errors and logs.
-const Provider = "google"
+// provider names Google in errors and logs.
+const provider = "google"
 
 const (
-	// DefaultScope is the Cloud Healthcare API's.
-	DefaultScope = "https://www.googleapis.com/auth/cloud-healthcare"
-	// DefaultMetadataHost is the GCE metadata server (GCE_METADATA_HOST
+	// defaultScope is the Cloud Healthcare API's.
+	defaultScope = "https://www.googleapis.com/auth/cloud-healthcare"
+	// defaultMetadataHost is the GCE metadata server (GCE_METADATA_HOST
 	// overrides it, as in Google's own libraries).
-	DefaultMetadataHost = "metadata.google.internal"
+	defaultMetadataHost = "metadata.google.internal"
 )
 
-// ErrConfig reports an unusable Config.
-var ErrConfig = fmt.Errorf("%w: google", auth.ErrInvalidConfig)
+// errConfig reports an unusable Config.
+var errConfig = fmt.Errorf("%w: google", auth.ErrInvalidConfig)
 
 // Credential kinds.
 const (
-	KindServiceAccountKey = "service account key"
-	KindMetadataServer    = "metadata server"
+	kindServiceAccountKey = "service account key"
+	kindMetadataServer    = "metadata server"
 )
 
 // Config selects the Google credential.
@@ -49,27 +49,30 @@ type Config struct {
 	// (GOOGLE_APPLICATION_CREDENTIALS); empty uses the metadata server. It
 	// is read again for every token, so a rotated key is picked up.
 	CredentialsFile string
-	// Scopes default to DefaultScope.
+	// Scopes default to the Cloud Healthcare API's
+	// (https://www.googleapis.com/auth/cloud-healthcare).
 	Scopes []string
-	// MetadataHost is host[:port] of the metadata server.
+	// MetadataHost is host[:port] of the metadata server; empty means
+	// metadata.google.internal.
 	MetadataHost string
 	// MetadataClient reaches the metadata server; nil means one that
 	// bypasses any proxy with a 10 s timeout.
 	MetadataClient *http.Client
 }
 
-// Kind is the credential Endpoint will use.
+// Kind is the credential Endpoint will use: "service account key" or
+// "metadata server".
 func (c Config) Kind() string {
 	if c.CredentialsFile != "" {
-		return KindServiceAccountKey
+		return kindServiceAccountKey
 	}
-	return KindMetadataServer
+	return kindMetadataServer
 }
 
 // Endpoint returns the auth.Endpoint of the credential cfg selects.
 func Endpoint(cfg Config) (auth.Endpoint, error) {
 	if len(cfg.Scopes) == 0 {
-		cfg.Scopes = []string{DefaultScope}
+		cfg.Scopes = []string{defaultScope}
 	}
 	if cfg.CredentialsFile == "" {
 		return metadataServer(cfg)
@@ -82,7 +85,7 @@ func Endpoint(cfg Config) (auth.Endpoint, error) {
 	email := conf.Email
 	tokenURL := conf.TokenURL
 	return auth.Endpoint{
-		Provider: Provider,
+		Provider: provider,
 		TokenURL: func() string { return tokenURL },
 		Fetch: func(ctx context.Context) (*oauth2.Token, error) {
 			conf, err := loadKey(cfg.CredentialsFile, cfg.Scopes)
@@ -90,7 +93,7 @@ func Endpoint(cfg Config) (auth.Endpoint, error) {
 				return nil, err
 			}
 			if conf.Email != email {
-				return nil, fmt.Errorf("%w: %s now holds the key of another service account", ErrConfig, cfg.CredentialsFile)
+				return nil, fmt.Errorf("%w: %s now holds the key of another service account", errConfig, cfg.CredentialsFile)
 			}
 			// The JWT-bearer grant: an assertion signed RS256 with the
 			// key (iss = the service account, scope, aud = token_uri,
@@ -112,15 +115,15 @@ func ServiceAccount(file string) (string, error) {
 func loadKey(file string, scopes []string) (*jwt.Config, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("%w: service account key: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: service account key: %w", errConfig, err)
 	}
 	conf, err := googleoauth.JWTConfigFromJSON(data, scopes...)
 	if err != nil {
 		// The library's message names fields, never the key.
-		return nil, fmt.Errorf("%w: service account key %s: %w", ErrConfig, file, err)
+		return nil, fmt.Errorf("%w: service account key %s: %w", errConfig, file, err)
 	}
 	if conf.Email == "" || len(conf.PrivateKey) == 0 {
-		return nil, fmt.Errorf("%w: service account key %s lacks client_email or private_key", ErrConfig, file)
+		return nil, fmt.Errorf("%w: service account key %s lacks client_email or private_key", errConfig, file)
 	}
 	// x/oauth2 sets iat 10 s back (clock skew) and exp one hour after it:
 	// Google's maximum.
@@ -132,10 +135,10 @@ func loadKey(file string, scopes []string) (*jwt.Config, error) {
 func metadataServer(cfg Config) (auth.Endpoint, error) {
 	host := cfg.MetadataHost
 	if host == "" {
-		host = DefaultMetadataHost
+		host = defaultMetadataHost
 	}
 	if strings.ContainsAny(host, "/?#@") {
-		return auth.Endpoint{}, fmt.Errorf("%w: metadata host %q: want host or host:port", ErrConfig, host)
+		return auth.Endpoint{}, fmt.Errorf("%w: metadata host %q: want host or host:port", errConfig, host)
 	}
 	u := url.URL{Scheme: "http", Host: host, Path: "/computeMetadata/v1/instance/service-accounts/default/token"}
 	u.RawQuery = url.Values{"scopes": {strings.Join(cfg.Scopes, ",")}}.Encode()
@@ -146,7 +149,7 @@ func metadataServer(cfg Config) (auth.Endpoint, error) {
 	}
 	endpoint := "http://" + host + u.Path
 	return auth.Endpoint{
-		Provider: Provider,
+		Provider: provider,
 		TokenURL: func() string { return endpoint },
 		Fetch:    func(ctx context.Context) (*oauth2.Token, error) { return fetchMetadata(ctx, hc, target) },
 	}, nil

@@ -1,4 +1,4 @@
-package google_test
+package google
 
 import (
 	"crypto/rand"
@@ -19,7 +19,6 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/stowline/stowline/auth"
-	"github.com/stowline/stowline/auth/google"
 	"github.com/stowline/stowline/internal/forward"
 )
 
@@ -45,9 +44,9 @@ func writeKey(t *testing.T, tokenURI string) (string, *rsa.PrivateKey) {
 	return path, key
 }
 
-func source(t *testing.T, cfg google.Config) *auth.TokenSource {
+func source(t *testing.T, cfg Config) *auth.TokenSource {
 	t.Helper()
-	ep, err := google.Endpoint(cfg)
+	ep, err := Endpoint(cfg)
 	if err != nil {
 		t.Fatalf("Endpoint: %v", err)
 	}
@@ -74,7 +73,7 @@ func TestServiceAccountJWTBearer(t *testing.T) {
 	t.Cleanup(srv.Close)
 	path, key := writeKey(t, srv.URL+"/token")
 
-	ts := source(t, google.Config{CredentialsFile: path})
+	ts := source(t, Config{CredentialsFile: path})
 	// x/oauth2 backdates iat by 10 s for clock skew.
 	before, after := time.Now().Add(-15*time.Second).Unix(), time.Now().Unix()
 	tok, err := ts.Token()
@@ -108,7 +107,7 @@ func TestServiceAccountJWTBearer(t *testing.T) {
 	if err := json.Unmarshal(payload, &c); err != nil {
 		t.Fatal(err)
 	}
-	if c.Iss != email || c.Scope != google.DefaultScope || c.Aud != srv.URL+"/token" {
+	if c.Iss != email || c.Scope != defaultScope || c.Aud != srv.URL+"/token" {
 		t.Errorf("iss %q scope %q aud %q", c.Iss, c.Scope, c.Aud)
 	}
 	if c.Iat < before || c.Iat > after || c.Exp <= c.Iat || c.Exp-c.Iat > 3600 {
@@ -126,7 +125,7 @@ func TestGoogleErrorReported(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	path, _ := writeKey(t, srv.URL)
-	_, err := source(t, google.Config{CredentialsFile: path}).Token()
+	_, err := source(t, Config{CredentialsFile: path}).Token()
 	te, ok := errors.AsType[*auth.TokenError](err)
 	if !ok || te.Code != "invalid_grant" || te.Description != "Invalid JWT Signature." ||
 		!strings.Contains(err.Error(), "google token endpoint") || forward.Classify(err) != forward.Permanent {
@@ -156,13 +155,13 @@ func TestMetadataServer(t *testing.T) {
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
 
-	ts := source(t, google.Config{MetadataHost: host, Scopes: []string{google.DefaultScope, "https://www.googleapis.com/auth/cloud-platform"}})
+	ts := source(t, Config{MetadataHost: host, Scopes: []string{defaultScope, "https://www.googleapis.com/auth/cloud-platform"}})
 	tok, err := ts.Token()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.Method != http.MethodGet || got.URL.Path != "/computeMetadata/v1/instance/service-accounts/default/token" ||
-		got.URL.Query().Get("scopes") != google.DefaultScope+",https://www.googleapis.com/auth/cloud-platform" {
+		got.URL.Query().Get("scopes") != defaultScope+",https://www.googleapis.com/auth/cloud-platform" {
 		t.Errorf("request %s %s", got.Method, got.URL)
 	}
 	if tok.AccessToken != "ya29.metadata" || time.Until(tok.Expiry) < 2990*time.Second {
@@ -170,7 +169,7 @@ func TestMetadataServer(t *testing.T) {
 	}
 
 	flavor = ""
-	if _, err := source(t, google.Config{MetadataHost: host}).Token(); err == nil || !strings.Contains(err.Error(), "not a metadata server") {
+	if _, err := source(t, Config{MetadataHost: host}).Token(); err == nil || !strings.Contains(err.Error(), "not a metadata server") {
 		t.Errorf("answer without Metadata-Flavor: err = %v", err)
 	}
 }
@@ -179,7 +178,7 @@ func TestBadKeyFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "user.json")
 	_ = os.WriteFile(path, []byte(`{"type":"authorized_user","client_id":"x","client_secret":"y","refresh_token":"z"}`), 0o600)
 	for _, file := range []string{path, filepath.Join(t.TempDir(), "missing.json")} {
-		if _, err := google.Endpoint(google.Config{CredentialsFile: file}); !errors.Is(err, auth.ErrInvalidConfig) {
+		if _, err := Endpoint(Config{CredentialsFile: file}); !errors.Is(err, auth.ErrInvalidConfig) {
 			t.Errorf("%s: err = %v, want ErrInvalidConfig", file, err)
 		}
 	}

@@ -42,7 +42,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	fmt.Fprintf(stdout, "%-12s %s\n%-12s %s\n", "destination", redactURL(cfg.DICOMwebURL), "provider", describeAuth(dest))
-	report, err := dicomweb.Run(ctx, dicomweb.Options{
+	report, err := dicomweb.Check(ctx, dicomweb.CheckOptions{
 		BaseURL:    cfg.DICOMwebURL,
 		Client:     dest.HTTP,
 		Credential: credentialCheck(dest, &cfg.Forwarder),

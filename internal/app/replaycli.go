@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/ellipsis"
 )
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(format, args...)} }
@@ -253,7 +254,7 @@ func writeTable(out io.Writer, entries []deadletter.Entry) {
 	fmt.Fprintln(w, "SEQ\tDEAD-LETTERED\tCLASS\tATTEMPTS\tSOURCE\tORTHANC STUDY\tSTUDY UID\tREASON")
 	for _, e := range entries {
 		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
-			e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, e.Event.StudyInstanceUID, truncate(oneLine(e.Reason), 80))
+			e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, e.Event.StudyInstanceUID, ellipsis.Truncate(oneLine(e.Reason), 80))
 	}
 	w.Flush()
 }
@@ -265,10 +266,3 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n-1] + "…"
-}

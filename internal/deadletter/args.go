@@ -13,6 +13,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // timeLayouts are the accepted forms of a time argument, UTC unless the
@@ -64,7 +65,7 @@ func (a FilterArgs) Filter() (Filter, error) {
 		f.StudyInstanceUID = a.Study
 	}
 	if a.OrthancStudyID != "" {
-		if !events.ValidOrthancID(a.OrthancStudyID) {
+		if !orthancapi.ValidID(a.OrthancStudyID) {
 			errs = append(errs, fmt.Errorf("orthanc-id: %q is not an Orthanc ID", a.OrthancStudyID))
 		}
 		f.OrthancStudyID = a.OrthancStudyID

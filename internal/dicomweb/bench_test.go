@@ -76,7 +76,7 @@ func BenchmarkStore(b *testing.B) {
 // copy), without HTTP.
 func BenchmarkMultipartWriter(b *testing.B) {
 	data := randomBytes(4, 4<<20)
-	header := textproto.MIMEHeader{"Content-Type": {DICOMMediaType}}
+	header := textproto.MIMEHeader{"Content-Type": {dicomMediaType}}
 	buf := make([]byte, DefaultBufferSize)
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()

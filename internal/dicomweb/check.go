@@ -1,8 +1,3 @@
-// Package preflight verifies a destination's setup before any study flows
-// (`forwarder check`): it obtains a credential the way the forwarder will
-// (an OAuth2 token, or AWS credentials for SigV4), reports what can be said
-// of it without showing it, and makes one authenticated, read-only request
-// to the destination's DICOMweb API.
 package dicomweb
 
 import (
@@ -17,8 +12,8 @@ import (
 	"time"
 )
 
-// ErrFailed is returned (wrapped) when the check did not pass.
-var ErrFailed = errors.New("preflight: destination check failed")
+// errCheckFailed is returned (wrapped) when the check did not pass.
+var errCheckFailed = errors.New("preflight: destination check failed")
 
 // Credential is what the check may say about a credential.
 type Credential struct {
@@ -40,8 +35,8 @@ type Credential struct {
 	OAuth bool
 }
 
-// Options configure Run.
-type Options struct {
+// CheckOptions configure Check.
+type CheckOptions struct {
 	// BaseURL is DICOMWEB_URL.
 	BaseURL string
 	// Client sends authenticated requests to the destination.
@@ -53,8 +48,8 @@ type Options struct {
 	Timeout time.Duration
 }
 
-// Report is the outcome of Run.
-type Report struct {
+// CheckReport is the outcome of Check.
+type CheckReport struct {
 	Credential     *Credential // nil without authentication
 	CredentialErr  error
 	CredentialTook time.Duration
@@ -70,13 +65,13 @@ type Report struct {
 	Verdict string
 }
 
-// Run checks the destination. The returned error wraps ErrFailed when the
-// verdict is negative; the Report says why either way.
-func Run(ctx context.Context, o Options) (*Report, error) {
+// Check checks the destination's setup. It returns an error when the
+// verdict is negative; the CheckReport says why either way.
+func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
 	}
-	r := &Report{}
+	r := &CheckReport{}
 	if o.Credential != nil {
 		cctx, cancel := context.WithTimeout(ctx, o.Timeout)
 		start := time.Now()
@@ -86,14 +81,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if err != nil {
 			r.CredentialErr = err
 			r.Verdict = "FAIL: no credential could be obtained; the forwarder would fail every study the same way. Fix the identity provider settings (the error above quotes the provider's answer)."
-			return r, fmt.Errorf("%w: %w", ErrFailed, err)
+			return r, fmt.Errorf("%w: %w", errCheckFailed, err)
 		}
 		r.Credential = &cred
 	}
 
 	u, err := url.Parse(o.BaseURL)
 	if err != nil {
-		return r, fmt.Errorf("%w: DICOMWEB_URL: %w", ErrFailed, err)
+		return r, fmt.Errorf("%w: DICOMWEB_URL: %w", errCheckFailed, err)
 	}
 	u = u.JoinPath("studies")
 	u.RawQuery = url.Values{"limit": {"1"}}.Encode()
@@ -102,7 +97,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return r, fmt.Errorf("%w: %w", ErrFailed, err)
+		return r, fmt.Errorf("%w: %w", errCheckFailed, err)
 	}
 	req.Header.Set("Accept", "application/dicom+json")
 	start := time.Now()
@@ -111,7 +106,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		r.RequestErr = err
 		r.Verdict = "FAIL: the destination could not be reached (network, DNS, proxy or TLS: see TLS_CA_FILE, TLS_CERT_FILE)."
-		return r, fmt.Errorf("%w: %w", ErrFailed, err)
+		return r, fmt.Errorf("%w: %w", errCheckFailed, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
@@ -137,12 +132,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		r.Detail = redactedSnippet(body)
 		r.Verdict = fmt.Sprintf("FAIL: the destination answered %s.", resp.Status)
 	}
-	return r, fmt.Errorf("%w: %s", ErrFailed, resp.Status)
+	return r, fmt.Errorf("%w: %s", errCheckFailed, resp.Status)
 }
 
 // WriteText prints the report for an operator. It never holds a token or
 // a secret: the credential is described, not shown.
-func (r *Report) WriteText(w io.Writer) {
+func (r *CheckReport) WriteText(w io.Writer) {
 	line := func(k, format string, args ...any) { fmt.Fprintf(w, "%-12s %s\n", k, fmt.Sprintf(format, args...)) }
 	if c := r.Credential; c != nil {
 		line("credential", "%s from %s (in %s)", c.Kind, c.Source, r.CredentialTook.Round(time.Millisecond))

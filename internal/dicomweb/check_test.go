@@ -41,8 +41,8 @@ func TestVerdicts(t *testing.T) {
 				_, _ = w.Write([]byte(tt.body))
 			}))
 			t.Cleanup(srv.Close)
-			rep, err := Run(t.Context(), Options{BaseURL: srv.URL + "/v2", Client: srv.Client(), Credential: tt.cred})
-			if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrFailed)) || rep.OK != tt.ok {
+			rep, err := Check(t.Context(), CheckOptions{BaseURL: srv.URL + "/v2", Client: srv.Client(), Credential: tt.cred})
+			if (err == nil) != tt.ok || (err != nil && !errors.Is(err, errCheckFailed)) || rep.OK != tt.ok {
 				t.Fatalf("err = %v, OK = %v; want ok %v", err, rep.OK, tt.ok)
 			}
 			var out bytes.Buffer
@@ -65,8 +65,8 @@ func okCred(context.Context) (Credential, error) {
 }
 
 func TestUnreachable(t *testing.T) {
-	rep, err := Run(t.Context(), Options{BaseURL: "http://127.0.0.1:1/x", Client: http.DefaultClient, Timeout: time.Second})
-	if !errors.Is(err, ErrFailed) || rep.RequestErr == nil || !strings.Contains(rep.Verdict, "could not be reached") {
+	rep, err := Check(t.Context(), CheckOptions{BaseURL: "http://127.0.0.1:1/x", Client: http.DefaultClient, Timeout: time.Second})
+	if !errors.Is(err, errCheckFailed) || rep.RequestErr == nil || !strings.Contains(rep.Verdict, "could not be reached") {
 		t.Fatalf("err = %v, report %+v", err, rep)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -112,7 +111,7 @@ func newTestClient(t *testing.T, baseURL string, opts ...Option) *Client {
 func TestStoreSuccess(t *testing.T) {
 	var log requestLog
 	srv := fakeSTOW(t, &log)
-	c := newTestClient(t, srv.URL+"/dicom-web/", WithUserAgent("stowline-test/1"), WithHeader("X-Api-Version", "2"))
+	c := newTestClient(t, srv.URL+"/dicom-web/", withUserAgent("stowline-test/1"), withHeader("X-Api-Version", "2"))
 	payload := bytes.Repeat([]byte("\r\n--DICM"), 100_000) // 800 KB, crosses many buffer edges
 	parts := []Part{uidPart("1.2.3.1", payload), uidPart("1.2.3.2", nil), uidPart("1.2.3.3", []byte{0, 1, 2})}
 
@@ -152,7 +151,7 @@ func TestStoreSuccess(t *testing.T) {
 		t.Errorf("Content-Type = %q", req.Header.Get("Content-Type"))
 	}
 	for i, p := range got {
-		if ct := p.header.Get("Content-Type"); ct != DICOMMediaType {
+		if ct := p.header.Get("Content-Type"); ct != dicomMediaType {
 			t.Errorf("part %d Content-Type = %q", i, ct)
 		}
 		if want := readPart(t, parts[i]); !bytes.Equal(p.data, want) {
@@ -214,9 +213,6 @@ func TestStoreConflict409CarriesResult(t *testing.T) {
 	if he.Result.StatusCode != http.StatusConflict || he.Result.BytesSent == 0 {
 		t.Errorf("Result = %+v", he.Result)
 	}
-	if he.Retryable() {
-		t.Error("409 must not be retryable")
-	}
 	if !strings.Contains(he.Error(), "409 Conflict (stored 0, failed 1)") {
 		t.Errorf("Error() = %q", he.Error())
 	}
@@ -231,18 +227,17 @@ func TestStoreErrorResponses(t *testing.T) {
 		header      map[string]string
 		body        []byte
 		retryAfter  time.Duration
-		retryable   bool
 		stored      int
 		errContains []string
 	}{
 		{
 			name: "503 with Retry-After seconds", status: 503, contentType: "text/plain",
 			header: map[string]string{"Retry-After": "7"}, body: []byte("busy\n"),
-			retryAfter: 7 * time.Second, retryable: true, errContains: []string{"503 Service Unavailable", "(text/plain)", "busy"},
+			retryAfter: 7 * time.Second, errContains: []string{"503 Service Unavailable", "(text/plain)", "busy"},
 		},
 		{
 			name: "502 HTML from a proxy", status: 502, contentType: "text/html",
-			body: readTestdata(t, "docs/proxy-502.html"), retryable: true,
+			body:        readTestdata(t, "docs/proxy-502.html"),
 			errContains: []string{"502 Bad Gateway (text/html): 502 Bad Gateway"},
 		},
 		{
@@ -256,7 +251,7 @@ func TestStoreErrorResponses(t *testing.T) {
 		{name: "401 empty", status: 401, errContains: []string{"401 Unauthorized"}},
 		{
 			name: "huge error body is cut", status: 500, contentType: "text/plain",
-			body: bytes.Repeat([]byte("é"), 10_000), retryable: true,
+			body: bytes.Repeat([]byte("é"), 10_000),
 		},
 	}
 	for _, tt := range tests {
@@ -281,8 +276,8 @@ func TestStoreErrorResponses(t *testing.T) {
 			if res != nil || !errors.As(err, &he) {
 				t.Fatalf("Store = %v, %v; want nil, *HTTPError", res, err)
 			}
-			if he.StatusCode != tt.status || he.RetryAfter != tt.retryAfter || he.Retryable() != tt.retryable {
-				t.Errorf("HTTPError = %+v, Retryable %v", he, he.Retryable())
+			if he.StatusCode != tt.status || he.RetryAfter != tt.retryAfter {
+				t.Errorf("HTTPError = %+v", he)
 			}
 			if len(he.Body) > maxErrorBody {
 				t.Errorf("Body is %d bytes, want at most %d", len(he.Body), maxErrorBody)
@@ -311,8 +306,8 @@ func TestStoreUnparseableSuccess(t *testing.T) {
 		name, contentType, body string
 		err                     error
 	}{
-		{"HTML with 200", "text/html", "<html><title>Login</title></html>", ErrUnexpectedContentType},
-		{"broken JSON with 200", "application/dicom+json", `{"00081199":`, ErrMalformedResponse},
+		{"HTML with 200", "text/html", "<html><title>Login</title></html>", errUnexpectedContentType},
+		{"broken JSON with 200", "application/dicom+json", `{"00081199":`, errMalformedResponse},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -337,8 +332,8 @@ func TestStoreResponseTooLarge(t *testing.T) {
 		w.Write(stowJSON(t, []string{strings.Repeat("1", 64)}, nil, 0))
 	}))
 	defer srv.Close()
-	c := newTestClient(t, srv.URL, WithMaxResponseBytes(64))
-	if _, err := c.Store(context.Background(), []Part{uidPart("a", nil)}); !errors.Is(err, ErrResponseTooLarge) {
+	c := newTestClient(t, srv.URL, withMaxResponseBytes(64))
+	if _, err := c.Store(context.Background(), []Part{uidPart("a", nil)}); !errors.Is(err, errResponseTooLarge) {
 		t.Fatalf("err = %v, want ErrResponseTooLarge", err)
 	}
 }
@@ -371,8 +366,8 @@ func TestStoreServerAnswersEarly(t *testing.T) {
 	if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("err = %v, want HTTPError 503", err)
 	}
-	if he.RetryAfter != 30*time.Second || !he.Retryable() {
-		t.Errorf("RetryAfter = %v, Retryable = %v", he.RetryAfter, he.Retryable())
+	if he.RetryAfter != 30*time.Second {
+		t.Errorf("RetryAfter = %v", he.RetryAfter)
 	}
 	if elapsed > 5*time.Second {
 		t.Errorf("Store took %v to give up", elapsed)
@@ -493,11 +488,11 @@ func TestStoreBoundaryCollision(t *testing.T) {
 		var log requestLog
 		srv := fakeSTOW(t, &log)
 		var calls atomic.Int32
-		c := newTestClient(t, srv.URL, WithBoundaryFunc(func() (string, error) {
+		c := newTestClient(t, srv.URL, withBoundaryFunc(func() (string, error) {
 			if calls.Add(1) == 1 {
 				return bad, nil
 			}
-			return NewBoundary()
+			return newBoundary()
 		}))
 		var opens atomic.Int32
 		part := Part{SOPInstanceUID: "1.2", Size: int64(len(content)), Open: func(context.Context) (io.ReadCloser, error) {
@@ -535,9 +530,9 @@ func TestStoreBoundaryCollision(t *testing.T) {
 	t.Run("gives up after the retry", func(t *testing.T) {
 		var log requestLog
 		srv := fakeSTOW(t, &log)
-		c := newTestClient(t, srv.URL, WithBoundaryFunc(func() (string, error) { return bad, nil }))
+		c := newTestClient(t, srv.URL, withBoundaryFunc(func() (string, error) { return bad, nil }))
 		_, err := c.Store(context.Background(), []Part{memPart("1.2", content)})
-		if !errors.Is(err, ErrBoundaryCollision) {
+		if !errors.Is(err, errBoundaryCollision) {
 			t.Fatalf("err = %v, want ErrBoundaryCollision", err)
 		}
 	})
@@ -579,17 +574,17 @@ func TestStoreRedirects(t *testing.T) {
 
 func TestStoreArguments(t *testing.T) {
 	c := newTestClient(t, "http://127.0.0.1:1")
-	if _, err := c.Store(context.Background(), nil); !errors.Is(err, ErrNoParts) {
+	if _, err := c.Store(context.Background(), nil); !errors.Is(err, errNoParts) {
 		t.Errorf("no parts: %v", err)
 	}
-	if _, err := c.Store(context.Background(), []Part{{SOPInstanceUID: "x"}}); !errors.Is(err, ErrInvalidPart) {
+	if _, err := c.Store(context.Background(), []Part{{SOPInstanceUID: "x"}}); !errors.Is(err, errInvalidPart) {
 		t.Errorf("nil Open: %v", err)
 	}
-	bad := newTestClient(t, "http://127.0.0.1:1", WithBoundaryFunc(func() (string, error) { return "bad;boundary", nil }))
-	if _, err := bad.Store(context.Background(), []Part{memPart("x", nil)}); !errors.Is(err, ErrInvalidBoundary) {
+	bad := newTestClient(t, "http://127.0.0.1:1", withBoundaryFunc(func() (string, error) { return "bad;boundary", nil }))
+	if _, err := bad.Store(context.Background(), []Part{memPart("x", nil)}); !errors.Is(err, errInvalidBoundary) {
 		t.Errorf("invalid boundary: %v", err)
 	}
-	failing := newTestClient(t, "http://127.0.0.1:1", WithBoundaryFunc(func() (string, error) { return "", io.ErrUnexpectedEOF }))
+	failing := newTestClient(t, "http://127.0.0.1:1", withBoundaryFunc(func() (string, error) { return "", io.ErrUnexpectedEOF }))
 	if _, err := failing.Store(context.Background(), []Part{memPart("x", nil)}); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("boundary func error: %v", err)
 	}
@@ -615,85 +610,31 @@ func TestNew(t *testing.T) {
 		{base: "http:///nohost", err: true},
 		{base: "http://h/x#frag", err: true},
 		{base: "http://h/%zz", err: true},
-		{base: "http://h", opts: []Option{WithMaxResponseBytes(0)}, err: true},
+		{base: "http://h", opts: []Option{withMaxResponseBytes(0)}, err: true},
 		{base: "http://h", opts: []Option{WithBufferSize(10)}, err: true},
-		{base: "http://h", opts: []Option{WithUserAgent("a\nb")}, err: true},
-		{base: "http://h", opts: []Option{WithHeader("X", "a\r\nb")}, err: true},
-		{base: "http://h", opts: []Option{WithBoundaryFunc(nil)}, err: true},
-		{base: "http://h", opts: []Option{WithBufferSize(4096), WithMaxResponseBytes(1)}, url: "http://h/studies"},
+		{base: "http://h", opts: []Option{withUserAgent("a\nb")}, err: true},
+		{base: "http://h", opts: []Option{withHeader("X", "a\r\nb")}, err: true},
+		{base: "http://h", opts: []Option{withBoundaryFunc(nil)}, err: true},
+		{base: "http://h", opts: []Option{WithBufferSize(4096), withMaxResponseBytes(1)}, url: "http://h/studies"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.base, func(t *testing.T) {
 			c, err := New(tt.base, nil, tt.opts...)
 			if tt.err {
 				if err == nil {
-					t.Fatalf("New(%q) = %v, want an error", tt.base, c.URL())
+					t.Fatalf("New(%q) = %v, want an error", tt.base, c.logURL)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatalf("New(%q): %v", tt.base, err)
 			}
-			if c.URL() != tt.url {
-				t.Fatalf("URL() = %q, want %q", c.URL(), tt.url)
+			if c.logURL != tt.url {
+				t.Fatalf("logURL = %q, want %q", c.logURL, tt.url)
 			}
 		})
 	}
 	if _, err := New("ftp://h", nil); !errors.Is(err, ErrInvalidBaseURL) {
 		t.Errorf("err = %v, want ErrInvalidBaseURL", err)
-	}
-}
-
-func TestParseRetryAfter(t *testing.T) {
-	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-	tests := []struct {
-		in   string
-		want time.Duration
-	}{
-		{"", 0},
-		{"0", 0},
-		{"-5", 0},
-		{"120", 2 * time.Minute},
-		{" 3 ", 3 * time.Second},
-		{"99999999999", 24 * time.Hour},
-		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
-		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
-		{"soon", 0},
-	}
-	for _, tt := range tests {
-		if got := parseRetryAfter(tt.in, now); got != tt.want {
-			t.Errorf("parseRetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
-		}
-	}
-}
-
-func TestTrimBody(t *testing.T) {
-	tests := []struct {
-		in    string
-		limit int
-		want  string
-	}{
-		{"  short  ", 10, "short"},
-		{"abcdef", 3, "abc"},
-		{"aé", 2, "a"},             // do not split the two bytes of é
-		{"\xff\xfe", 10, "\uFFFD"}, // one replacement per invalid run
-	}
-	for _, tt := range tests {
-		if got := trimBody([]byte(tt.in), tt.limit); got != tt.want {
-			t.Errorf("trimBody(%q, %d) = %q, want %q", tt.in, tt.limit, got, tt.want)
-		}
-	}
-}
-
-func TestHTTPErrorMessage(t *testing.T) {
-	he := &HTTPError{StatusCode: 504, ContentType: "text/html", Body: "<html><title>504 Gateway Time-out</title></html>"}
-	want := "stow: server answered 504 Gateway Timeout (text/html): 504 Gateway Time-out"
-	if he.Error() != want {
-		t.Fatalf("Error() = %q, want %q", he.Error(), want)
-	}
-	var err error = fmt.Errorf("forward study: %w", he)
-	var got *HTTPError
-	if !errors.As(err, &got) || got.StatusCode != 504 {
-		t.Fatal("errors.As through wrapping failed")
 	}
 }

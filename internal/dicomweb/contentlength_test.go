@@ -14,7 +14,7 @@ import (
 
 // TestMultipartLength: the announced length is what MultipartWriter writes.
 func TestMultipartLength(t *testing.T) {
-	boundary, err := NewBoundary()
+	boundary, err := newBoundary()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestWithContentLength(t *testing.T) {
 			p := memPart("1", data)
 			p.Size = tt.size
 			_, err := c.Store(t.Context(), []Part{p})
-			if !errors.Is(err, ErrSizeMismatch) || !strings.Contains(err.Error(), tt.wantS) {
+			if !errors.Is(err, errSizeMismatch) || !strings.Contains(err.Error(), tt.wantS) {
 				t.Fatalf("err = %v, want ErrSizeMismatch (%s)", err, tt.wantS)
 			}
 		})

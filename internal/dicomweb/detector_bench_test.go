@@ -4,9 +4,9 @@ import "testing"
 
 // BenchmarkDelimiterDetector scans 16-bit pixel data like a CT's (12-bit
 // values, so every high byte is 0x00-0x0F and one byte in 32 is CR) for
-// a NewBoundary delimiter, 256 KiB at a time as Client does.
+// a newBoundary delimiter, 256 KiB at a time as Client does.
 func BenchmarkDelimiterDetector(b *testing.B) {
-	boundary, err := NewBoundary()
+	boundary, err := newBoundary()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,6 @@
-// Package stow is a streaming DICOMweb STOW-RS client (DICOM PS3.18 §10.5).
+// Package dicomweb talks to the DICOMweb destination: a streaming STOW-RS
+// client (DICOM PS3.18 §10.5), and the check `forwarder check` runs
+// before any study flows.
 //
 // A Client POSTs DICOM instances to {base}/studies as one
 // multipart/related; type="application/dicom" request. Instances are
@@ -7,13 +9,16 @@
 // when it is written and closed right after.
 //
 // The server's answer (a Store Instances Response Module, PS3.18 Annex I)
-// is parsed by ParseResponse into a Result. 200 OK and 202 Accepted both
-// return a Result; the caller decides what to retry with Result.Missing and
-// Result.Failed. Every other status is returned as an *HTTPError, which
-// still carries the parsed Result when the body was a STOW response (Orthanc
-// answers 400 and 409 with a STOW body that lists instances it did store).
+// is parsed into a Result. 200 OK and 202 Accepted both return a Result;
+// the caller decides what to retry with Result.Stored and Result.Failed.
+// Every other status is returned as an *HTTPError, which still carries the
+// parsed Result when the body was a STOW response (Orthanc answers 400 and
+// 409 with a STOW body that lists instances it did store).
 //
-// The multipart encoder (MultipartWriter), the response parser
-// (ParseResponse) and the batch splitter (Batches) are exported so they
-// can be tested and reused on their own.
+// Batches splits a study's parts into requests of bounded size.
+//
+// Check checks a destination's setup: it obtains a credential the way the
+// forwarder will (an OAuth2 token, or AWS credentials for SigV4), reports
+// what can be said of it without showing it, and makes one authenticated,
+// read-only request to the destination's DICOMweb API.
 package dicomweb

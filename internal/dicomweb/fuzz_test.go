@@ -35,12 +35,12 @@ func FuzzParseResponse(f *testing.F) {
 	f.Add("text/plain", []byte("\x00\xff"))
 
 	f.Fuzz(func(t *testing.T, contentType string, body []byte) {
-		res, err := ParseResponse(contentType, bytes.NewReader(body))
+		res, err := parseResponse(contentType, body)
 		if err != nil {
 			if res != nil {
 				t.Fatalf("result %+v returned with error %v", res, err)
 			}
-			if !errors.Is(err, ErrUnexpectedContentType) && !errors.Is(err, ErrMalformedResponse) && !errors.Is(err, ErrNotSTOWResponse) {
+			if !errors.Is(err, errUnexpectedContentType) && !errors.Is(err, errMalformedResponse) && !errors.Is(err, errNotSTOWResponse) {
 				t.Fatalf("error %v wraps no sentinel", err)
 			}
 			if len(err.Error()) > 1024 {
@@ -92,7 +92,7 @@ func FuzzMultipartRoundTrip(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		header := textproto.MIMEHeader{"Content-Type": {DICOMMediaType}}
+		header := textproto.MIMEHeader{"Content-Type": {dicomMediaType}}
 		for _, p := range parts {
 			if _, err = mw.WritePart(header, bytes.NewReader(p)); err != nil {
 				break
@@ -102,7 +102,7 @@ func FuzzMultipartRoundTrip(f *testing.F) {
 			err = mw.Close()
 		}
 		if collides {
-			if !errors.Is(err, ErrBoundaryCollision) {
+			if !errors.Is(err, errBoundaryCollision) {
 				t.Fatalf("content holds the delimiter but err = %v", err)
 			}
 			return
@@ -117,7 +117,7 @@ func FuzzMultipartRoundTrip(f *testing.F) {
 			if err != nil {
 				t.Fatalf("part %d: %v\nbody %q", i, err, out.Bytes())
 			}
-			if ct := p.Header.Get("Content-Type"); ct != DICOMMediaType {
+			if ct := p.Header.Get("Content-Type"); ct != dicomMediaType {
 				t.Fatalf("part %d Content-Type %q", i, ct)
 			}
 			got, err := io.ReadAll(p)

@@ -85,7 +85,7 @@ func readMultipart(t *testing.T, r *http.Request) ([]receivedPart, error) {
 	if err != nil {
 		return nil, err
 	}
-	if mt != "multipart/related" || params["type"] != DICOMMediaType {
+	if mt != "multipart/related" || params["type"] != dicomMediaType {
 		return nil, errors.New("unexpected content type " + r.Header.Get("Content-Type"))
 	}
 	mr := multipart.NewReader(r.Body, params["boundary"])

@@ -12,8 +12,8 @@ import (
 	"strings"
 )
 
-// DICOMMediaType is the media type of every part of a STOW-RS request.
-const DICOMMediaType = "application/dicom"
+// dicomMediaType is the media type of every part of a STOW-RS request.
+const dicomMediaType = "application/dicom"
 
 const (
 	// maxBoundaryLen is the RFC 2046 §5.1.1 limit.
@@ -28,9 +28,9 @@ const (
 	defaultCopyBufferSize = 64 << 10
 )
 
-// NewBoundary returns a fresh random multipart boundary made of RFC 2046
+// newBoundary returns a fresh random multipart boundary made of RFC 2046
 // bchars (letters, digits, '.', '-', '_'), 49 characters long.
-func NewBoundary() (string, error) {
+func newBoundary() (string, error) {
 	var b [boundaryRandomBytes]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", fmt.Errorf("stow: generate boundary: %w", err)
@@ -42,15 +42,15 @@ func NewBoundary() (string, error) {
 // not ending with a space.
 func validateBoundary(b string) error {
 	if b == "" || len(b) > maxBoundaryLen {
-		return fmt.Errorf("%w: length %d, want 1 to %d", ErrInvalidBoundary, len(b), maxBoundaryLen)
+		return fmt.Errorf("%w: length %d, want 1 to %d", errInvalidBoundary, len(b), maxBoundaryLen)
 	}
 	for i := 0; i < len(b); i++ {
 		if !isBChar(b[i]) {
-			return fmt.Errorf("%w: character %q at %d is not allowed", ErrInvalidBoundary, b[i], i)
+			return fmt.Errorf("%w: character %q at %d is not allowed", errInvalidBoundary, b[i], i)
 		}
 	}
 	if b[len(b)-1] == ' ' {
-		return fmt.Errorf("%w: ends with a space", ErrInvalidBoundary)
+		return fmt.Errorf("%w: ends with a space", errInvalidBoundary)
 	}
 	return nil
 }
@@ -63,11 +63,11 @@ func isBChar(c byte) bool {
 	return strings.IndexByte("'()+_,-./:=? ", c) >= 0
 }
 
-// RequestContentType is the Content-Type of a STOW-RS request body framed
+// requestContentType is the Content-Type of a STOW-RS request body framed
 // with boundary.
-func RequestContentType(boundary string) string {
+func requestContentType(boundary string) string {
 	return mime.FormatMediaType("multipart/related", map[string]string{
-		"type":     DICOMMediaType,
+		"type":     dicomMediaType,
 		"boundary": boundary,
 	})
 }
@@ -90,7 +90,7 @@ type MultipartWriter struct {
 }
 
 // NewMultipartWriter returns a MultipartWriter that writes to w with the
-// given boundary (see NewBoundary).
+// given boundary (see newBoundary).
 func NewMultipartWriter(w io.Writer, boundary string) (*MultipartWriter, error) {
 	return newMultipartWriter(w, boundary, nil)
 }
@@ -108,28 +108,25 @@ func newMultipartWriter(w io.Writer, boundary string, buf []byte) (*MultipartWri
 	}, nil
 }
 
-// Boundary returns the writer's boundary.
-func (m *MultipartWriter) Boundary() string { return m.boundary }
-
 // ContentType returns the Content-Type header value for the body.
-func (m *MultipartWriter) ContentType() string { return RequestContentType(m.boundary) }
+func (m *MultipartWriter) ContentType() string { return requestContentType(m.boundary) }
 
-// BytesWritten returns how many bytes, framing included, went to the
+// bytesWritten returns how many bytes, framing included, went to the
 // underlying writer.
-func (m *MultipartWriter) BytesWritten() int64 { return m.written }
+func (m *MultipartWriter) bytesWritten() int64 { return m.written }
 
 // WritePart writes one part: its delimiter, header (keys sorted, so the
 // output is deterministic) and the content read from r until EOF. It
 // returns the number of content bytes written.
 //
 // If the content contains the delimiter, WritePart stops before writing
-// the chunk that holds it and returns ErrBoundaryCollision.
+// the chunk that holds it and returns errBoundaryCollision.
 func (m *MultipartWriter) WritePart(header textproto.MIMEHeader, r io.Reader) (int64, error) {
 	if m.err != nil {
 		return 0, m.err
 	}
 	if m.closed {
-		return 0, ErrWriterClosed
+		return 0, errWriterClosed
 	}
 	if err := validateHeader(header); err != nil {
 		// Nothing was written yet: the body is still intact.
@@ -176,7 +173,7 @@ func (m *MultipartWriter) copyContent(r io.Reader) (int64, error) {
 			// Scan before writing: the bytes that would end the part early
 			// never reach the wire.
 			if m.det.scan(chunk) {
-				return n, m.fail(ErrBoundaryCollision)
+				return n, m.fail(errBoundaryCollision)
 			}
 			nw, werr := m.w.Write(chunk)
 			n += int64(nw)
@@ -234,11 +231,11 @@ func (m *MultipartWriter) fail(err error) error {
 func validateHeader(h textproto.MIMEHeader) error {
 	for k, vs := range h {
 		if k == "" || strings.ContainsFunc(k, func(r rune) bool { return r <= ' ' || r >= 0x7f || r == ':' }) {
-			return fmt.Errorf("%w: field name %q", ErrInvalidHeader, k)
+			return fmt.Errorf("%w: field name %q", errInvalidHeader, k)
 		}
 		for _, v := range vs {
 			if strings.ContainsAny(v, "\r\n\x00") {
-				return fmt.Errorf("%w: value of %s contains CR, LF or NUL", ErrInvalidHeader, k)
+				return fmt.Errorf("%w: value of %s contains CR, LF or NUL", errInvalidHeader, k)
 			}
 		}
 	}
@@ -276,10 +273,9 @@ func newDelimiterDetector(boundary string) delimiterDetector {
 // only where the key occurs. bytes.Index looks for its pattern's first
 // byte with IndexByte and restarts at every occurrence; searching for the
 // delimiter itself would restart at every CR, and in 16-bit pixel data of
-// 12-bit values every high byte is 0x00-0x0F (CR is one byte in 32 of a
-// uniform image), which made the search a quarter of the forwarder's CPU.
-// The key of a NewBoundary is random letters and digits, which such data
-// holds far less often and in a pair almost never.
+// 12-bit values every high byte is 0x00-0x0F, so CR is common there. The
+// key of a newBoundary is random letters and digits, which such data holds
+// far less often and in a pair almost never.
 func (d *delimiterDetector) contains(p []byte) bool {
 	off := len(d.delim) - len(d.key)
 	for i := 0; ; {

@@ -21,7 +21,7 @@ type testPart struct {
 }
 
 func dicomHeader() textproto.MIMEHeader {
-	return textproto.MIMEHeader{"Content-Type": {DICOMMediaType}}
+	return textproto.MIMEHeader{"Content-Type": {dicomMediaType}}
 }
 
 // encodeParts writes parts with a MultipartWriter using a small buffer, so
@@ -45,8 +45,8 @@ func encodeParts(t *testing.T, boundary string, bufSize int, parts []testPart) [
 	if err := mw.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if mw.BytesWritten() != int64(out.Len()) {
-		t.Fatalf("BytesWritten = %d, buffer holds %d", mw.BytesWritten(), out.Len())
+	if mw.bytesWritten() != int64(out.Len()) {
+		t.Fatalf("BytesWritten = %d, buffer holds %d", mw.bytesWritten(), out.Len())
 	}
 	return out.Bytes()
 }
@@ -105,7 +105,7 @@ func TestMultipartRoundTrip(t *testing.T) {
 		}},
 		{"per-part headers", 512, []testPart{
 			{textproto.MIMEHeader{
-				"Content-Type":     {DICOMMediaType + "; transfer-syntax=1.2.840.10008.1.2.1"},
+				"Content-Type":     {dicomMediaType + "; transfer-syntax=1.2.840.10008.1.2.1"},
 				"Content-Location": {"/instances/1"},
 				"X-Multi":          {"a", "b"},
 			}, []byte("one")},
@@ -139,7 +139,7 @@ func TestMultipartRoundTrip(t *testing.T) {
 func TestMultipartWriterExactBytes(t *testing.T) {
 	body := encodeParts(t, "b0", 512, []testPart{
 		{dicomHeader(), []byte("A")},
-		{textproto.MIMEHeader{"Z": {"1"}, "Content-Type": {DICOMMediaType}}, nil},
+		{textproto.MIMEHeader{"Z": {"1"}, "Content-Type": {dicomMediaType}}, nil},
 	})
 	want := "--b0\r\nContent-Type: application/dicom\r\n\r\nA" +
 		"\r\n--b0\r\nContent-Type: application/dicom\r\nZ: 1\r\n\r\n" +
@@ -164,7 +164,7 @@ func TestMultipartWriterNoParts(t *testing.T) {
 	if out.String() != "--b0--\r\n" {
 		t.Fatalf("body = %q", out.String())
 	}
-	if _, err := mw.WritePart(dicomHeader(), strings.NewReader("x")); !errors.Is(err, ErrWriterClosed) {
+	if _, err := mw.WritePart(dicomHeader(), strings.NewReader("x")); !errors.Is(err, errWriterClosed) {
 		t.Fatalf("WritePart after Close: %v, want ErrWriterClosed", err)
 	}
 }
@@ -178,17 +178,17 @@ func TestContentType(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mt != "multipart/related" || params["type"] != DICOMMediaType || params["boundary"] != testBoundary {
+	if mt != "multipart/related" || params["type"] != dicomMediaType || params["boundary"] != testBoundary {
 		t.Fatalf("ContentType() = %q", mw.ContentType())
 	}
-	if mw.Boundary() != testBoundary {
-		t.Fatalf("Boundary() = %q", mw.Boundary())
+	if mw.boundary != testBoundary {
+		t.Fatalf("boundary = %q", mw.boundary)
 	}
 	// A boundary with tspecials must come out quoted and still parse.
 	odd := "a:b(c)=d?e f"
-	_, params, err = mime.ParseMediaType(RequestContentType(odd))
+	_, params, err = mime.ParseMediaType(requestContentType(odd))
 	if err != nil || params["boundary"] != odd {
-		t.Fatalf("RequestContentType(%q) = %q (err %v)", odd, RequestContentType(odd), err)
+		t.Fatalf("RequestContentType(%q) = %q (err %v)", odd, requestContentType(odd), err)
 	}
 }
 
@@ -214,7 +214,7 @@ func TestNewMultipartWriterBoundaryValidation(t *testing.T) {
 		if tt.ok && err != nil {
 			t.Errorf("boundary %q: unexpected error %v", tt.boundary, err)
 		}
-		if !tt.ok && !errors.Is(err, ErrInvalidBoundary) {
+		if !tt.ok && !errors.Is(err, errInvalidBoundary) {
 			t.Errorf("boundary %q: error %v, want ErrInvalidBoundary", tt.boundary, err)
 		}
 	}
@@ -236,7 +236,7 @@ func TestWritePartRejectsBadHeader(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
 			mw, _ := NewMultipartWriter(&out, "b0")
-			if _, err := mw.WritePart(tt.header, strings.NewReader("x")); !errors.Is(err, ErrInvalidHeader) {
+			if _, err := mw.WritePart(tt.header, strings.NewReader("x")); !errors.Is(err, errInvalidHeader) {
 				t.Fatalf("err = %v, want ErrInvalidHeader", err)
 			}
 			if out.Len() != 0 {
@@ -273,7 +273,7 @@ func TestWritePartBoundaryCollision(t *testing.T) {
 			}
 			framed := out.Len()
 			_, err = mw.WritePart(dicomHeader(), iotest.OneByteReader(strings.NewReader(tt.content)))
-			if !errors.Is(err, ErrBoundaryCollision) {
+			if !errors.Is(err, errBoundaryCollision) {
 				t.Fatalf("err = %v, want ErrBoundaryCollision", err)
 			}
 			// The bytes that complete the delimiter were never written.
@@ -282,10 +282,10 @@ func TestWritePartBoundaryCollision(t *testing.T) {
 			if bytes.Contains(append([]byte("\r\n"), afterHeader...), []byte(delim)) {
 				t.Fatalf("the delimiter reached the output: %q", afterHeader)
 			}
-			if _, err := mw.WritePart(dicomHeader(), strings.NewReader("x")); !errors.Is(err, ErrBoundaryCollision) {
+			if _, err := mw.WritePart(dicomHeader(), strings.NewReader("x")); !errors.Is(err, errBoundaryCollision) {
 				t.Fatalf("writer not poisoned after collision: %v", err)
 			}
-			if err := mw.Close(); !errors.Is(err, ErrBoundaryCollision) {
+			if err := mw.Close(); !errors.Is(err, errBoundaryCollision) {
 				t.Fatalf("Close after collision: %v", err)
 			}
 		})
@@ -326,7 +326,7 @@ func (shortWriter) Write(p []byte) (int, error) { return len(p) / 2, nil }
 func TestNewBoundary(t *testing.T) {
 	seen := make(map[string]bool)
 	for range 100 {
-		b, err := NewBoundary()
+		b, err := newBoundary()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // Sentinel errors, checked with errors.Is.
@@ -71,7 +72,7 @@ func newLedger(kv jetstream.KeyValue, opts []Option) *Ledger {
 }
 
 // Key is the bucket key of a study. Source names and Orthanc IDs are
-// validated (events.ValidSource, events.ValidOrthancID) before they get
+// validated (events.ValidSource, orthancapi.ValidID) before they get
 // here, so the key holds only A-Z a-z 0-9 _ - and one dot.
 func Key(source, orthancStudyID string) string { return source + "." + orthancStudyID }
 
@@ -83,7 +84,7 @@ const maxAttempts = 5
 // back to an older LastUpdate (events may be forwarded out of order). It
 // has the signature of forward.Options.Completed.
 func (l *Ledger) Record(ctx context.Context, ev *events.StudyStable) error {
-	if !events.ValidSource(ev.Source) || !events.ValidOrthancID(ev.OrthancStudyID) {
+	if !events.ValidSource(ev.Source) || !orthancapi.ValidID(ev.OrthancStudyID) {
 		return fmt.Errorf("ledger: record %s: invalid source or study ID", ev.MsgID())
 	}
 	key := Key(ev.Source, ev.OrthancStudyID)

@@ -24,6 +24,14 @@ func testBucket(t *testing.T) (*testnats.Server, jetstream.KeyValue) {
 	return ns, kv
 }
 
+// fakeClock is the replicas' monotonic clock, moved by the test: a lease
+// is taken over after a TTL on the contender's clock, so the tests step
+// through TTLs without waiting for them.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time          { return c.t }
+func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
 func mustAcquire(t *testing.T, l *lease, want bool) {
 	t.Helper()
 	held, err := l.tryAcquire(context.Background())
@@ -38,14 +46,15 @@ func mustAcquire(t *testing.T, l *lease, want bool) {
 func TestLeaseIsExclusiveAndRenewed(t *testing.T) {
 	_, kv := testBucket(t)
 	const ttl = 600 * time.Millisecond
-	a := newLease(kv, leaseKey("s"), "a", ttl, time.Now)
-	b := newLease(kv, leaseKey("s"), "b", ttl, time.Now)
+	clock := &fakeClock{t: time.Now()}
+	a := newLease(kv, leaseKey("s"), "a", ttl, clock.now)
+	b := newLease(kv, leaseKey("s"), "b", ttl, clock.now)
 
 	mustAcquire(t, a, true)
 	mustAcquire(t, b, false)
-	// A renews faster than the TTL: B never gets it.
+	// A renews faster than the TTL: B never gets it, though two TTLs pass.
 	for range 6 {
-		time.Sleep(ttl / 3)
+		clock.advance(ttl / 3)
 		if err := a.renew(context.Background()); err != nil {
 			t.Fatalf("renew: %v", err)
 		}
@@ -69,10 +78,11 @@ func TestLeaseIsExclusiveAndRenewed(t *testing.T) {
 func TestLeaseTakenOverWhenHolderStopsRenewing(t *testing.T) {
 	_, kv := testBucket(t)
 	const ttl = time.Second
-	a := newLease(kv, leaseKey("s"), "a", ttl, time.Now)
-	b := newLease(kv, leaseKey("s"), "b", ttl, time.Now)
+	clock := &fakeClock{t: time.Now()}
+	a := newLease(kv, leaseKey("s"), "a", ttl, clock.now)
+	b := newLease(kv, leaseKey("s"), "b", ttl, clock.now)
 	mustAcquire(t, a, true)
-	died := time.Now()
+	died := clock.now()
 
 	var took time.Duration
 	for {
@@ -81,13 +91,13 @@ func TestLeaseTakenOverWhenHolderStopsRenewing(t *testing.T) {
 			t.Fatal(err)
 		}
 		if held {
-			took = time.Since(died)
+			took = clock.now().Sub(died)
 			break
 		}
-		if time.Since(died) > 3*ttl {
+		if clock.now().Sub(died) > 3*ttl {
 			t.Fatal("the lease of a dead holder was not taken over")
 		}
-		time.Sleep(ttl / 10)
+		clock.advance(ttl / 10)
 	}
 	if took < ttl || took > ttl+ttl/2 {
 		t.Errorf("taken over after %v, want between the TTL (%v) and 1.5 TTL", took, ttl)
@@ -104,34 +114,5 @@ func TestLeaseTakenOverWhenHolderStopsRenewing(t *testing.T) {
 	}
 	if err := b.renew(context.Background()); err != nil {
 		t.Fatalf("B lost its lease to A's late release: %v", err)
-	}
-}
-
-func TestCursorStoreCompareAndSet(t *testing.T) {
-	_, kv := testBucket(t)
-	ctx := context.Background()
-	a := &cursorStore{kv: kv, key: cursorKey("s")}
-	b := &cursorStore{kv: kv, key: cursorKey("s")}
-	if _, found, err := a.load(ctx); err != nil || found {
-		t.Fatalf("load of a new cursor: found=%v err=%v", found, err)
-	}
-	if _, _, err := b.load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.save(ctx, cursor{Seq: 5, Pending: map[string]int64{"x": 3}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.save(ctx, cursor{Seq: 1}); !errors.Is(err, errCursorConflict) {
-		t.Fatalf("second creator: %v, want errCursorConflict", err)
-	}
-	c, found, err := b.load(ctx)
-	if err != nil || !found || c.Seq != 5 || c.Pending["x"] != 3 {
-		t.Fatalf("load = %+v, %v, %v", c, found, err)
-	}
-	if err := b.save(ctx, cursor{Seq: 9}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.save(ctx, cursor{Seq: 6}); !errors.Is(err, errCursorConflict) {
-		t.Fatalf("stale writer: %v, want errCursorConflict", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/status"
 )
@@ -154,7 +155,7 @@ var funcs = template.FuncMap{
 		return (time.Duration(ms) * time.Millisecond).Round(10 * time.Millisecond).String()
 	},
 	"elapsed": func(since, now time.Time) string { return now.Sub(since).Round(time.Second).String() },
-	"trunc":   truncate,
+	"trunc":   func(n int, s string) string { return ellipsis.Truncate(strings.TrimSpace(s), n) },
 	"host":    hostOf,
 }
 
@@ -188,14 +189,6 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-func truncate(n int, s string) string {
-	r := []rune(strings.TrimSpace(s))
-	if len(r) <= n {
-		return string(r)
-	}
-	return string(r[:n]) + "…"
 }
 
 func hostOf(raw string) string {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -29,6 +30,9 @@ const (
 type tokenServer struct {
 	URL      string
 	requests atomic.Int64
+	// client reaches the server when it is in memory
+	// (newInMemoryTokenServer); nil for a real one.
+	client *http.Client
 }
 
 // Requests is how many token requests the server has received.
@@ -46,6 +50,28 @@ func newTokenServer(t *testing.T, h http.HandlerFunc) *tokenServer {
 	ts.URL = srv.URL + "/token"
 	return ts
 }
+
+// newInMemoryTokenServer serves h as the token endpoint without a socket,
+// for tests in a synctest bubble: its fake clock moves only while every
+// goroutine of the bubble is durably blocked, which one waiting on a
+// socket never is.
+func newInMemoryTokenServer(h http.HandlerFunc) *tokenServer {
+	ts := &tokenServer{URL: "http://idp.test/token"}
+	ts.client = &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		ts.requests.Add(1)
+		rec := httptest.NewRecorder()
+		h(rec, r.Clone(r.Context()))
+		if err := r.Context().Err(); err != nil {
+			return nil, err
+		}
+		return rec.Result(), nil
+	})}
+	return ts
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // issue returns a handler that checks the client credentials (basic or post)
 // and issues numbered tokens living expiresIn seconds, after delay.
@@ -84,11 +110,14 @@ func issue(expiresIn int, delay time.Duration) http.HandlerFunc {
 }
 
 // fastRetries keeps retrying tests quick.
-var fastRetries = WithRetries(DefaultRetries, time.Millisecond, 10*time.Millisecond)
+var fastRetries = WithRetries(defaultRetries, time.Millisecond, 10*time.Millisecond)
 
 // newSource builds a TokenSource for srv and the test client.
 func newSource(t *testing.T, srv *tokenServer, opts ...Option) *TokenSource {
 	t.Helper()
+	if srv.client != nil {
+		opts = append([]Option{WithHTTPClient(srv.client)}, opts...)
+	}
 	ts, err := NewTokenSource(t.Context(), Config{
 		TokenURL: srv.URL, ClientID: testClientID, ClientSecret: testSecret, Scopes: []string{"stow"},
 	}, opts...)
@@ -121,7 +150,7 @@ func TestNewTokenSourceValidates(t *testing.T) {
 		{name: "relative token URL", edit: func(c *Config) { c.TokenURL = "/token" }, want: "TokenURL"},
 		{name: "no client ID", edit: func(c *Config) { c.ClientID = "" }, want: "ClientID"},
 		{name: "no client secret", edit: func(c *Config) { c.ClientSecret = "" }, want: "ClientSecret"},
-		{name: "negative delta", edit: func(*Config) {}, opts: []Option{WithExpiryDelta(-time.Second)}, want: "expiry delta"},
+		{name: "negative delta", edit: func(*Config) {}, opts: []Option{WithRefreshMargin(-time.Second)}, want: "expiry delta"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -247,9 +276,9 @@ func TestRefreshTime(t *testing.T) {
 	}
 }
 
-// TestTokenSourceExpiryDelta uses real 3-second tokens; TestRefreshTime
-// covers the other cases without waiting.
-func TestTokenSourceExpiryDelta(t *testing.T) {
+// TestTokenSourceRefreshMargin runs 3-second tokens on synctest's fake
+// clock; TestRefreshTime covers the other cases.
+func TestTokenSourceRefreshMargin(t *testing.T) {
 	tests := []struct {
 		name      string
 		opts      []Option
@@ -257,28 +286,29 @@ func TestTokenSourceExpiryDelta(t *testing.T) {
 		refreshBy time.Duration // and replaced by then
 	}{
 		{name: "default delta capped at half lifetime", reusedAt: time.Second, refreshBy: 1800 * time.Millisecond},
-		{name: "500ms delta", opts: []Option{WithExpiryDelta(500 * time.Millisecond)}, reusedAt: 2200 * time.Millisecond, refreshBy: 2800 * time.Millisecond},
+		{name: "500ms delta", opts: []Option{WithRefreshMargin(500 * time.Millisecond)}, reusedAt: 2200 * time.Millisecond, refreshBy: 2800 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			srv := newTokenServer(t, issue(3, 0))
-			ts := newSource(t, srv, tt.opts...)
+			synctest.Test(t, func(t *testing.T) {
+				srv := newInMemoryTokenServer(issue(3, 0))
+				ts := newSource(t, srv, tt.opts...)
 
-			start := time.Now()
-			first := mustToken(t, ts)
+				start := time.Now()
+				first := mustToken(t, ts)
 
-			time.Sleep(time.Until(start.Add(tt.reusedAt)))
-			if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
-				t.Fatalf("at %v: got a new token, want the first one reused", tt.reusedAt)
-			}
-			time.Sleep(time.Until(start.Add(tt.refreshBy)))
-			if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
-				t.Fatalf("at %v: still the first token, want a refreshed one", tt.refreshBy)
-			}
-			if got := srv.Requests(); got != 2 {
-				t.Fatalf("token requests = %d, want 2", got)
-			}
+				time.Sleep(time.Until(start.Add(tt.reusedAt)))
+				if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+					t.Fatalf("at %v: got a new token, want the first one reused", tt.reusedAt)
+				}
+				time.Sleep(time.Until(start.Add(tt.refreshBy)))
+				if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
+					t.Fatalf("at %v: still the first token, want a refreshed one", tt.refreshBy)
+				}
+				if got := srv.Requests(); got != 2 {
+					t.Fatalf("token requests = %d, want 2", got)
+				}
+			})
 		})
 	}
 }
@@ -341,7 +371,7 @@ func TestTokenSourceErrors(t *testing.T) {
 			style:        oauth2.AuthStyleInHeader,
 			wantStatus:   http.StatusBadGateway,
 			wantText:     []string{"502", "upstream failed"},
-			wantAttempts: 1 + DefaultRetries,
+			wantAttempts: 1 + defaultRetries,
 		},
 		{
 			name:         "plain server error echoing client_secret_post form",
@@ -349,13 +379,13 @@ func TestTokenSourceErrors(t *testing.T) {
 			style:        oauth2.AuthStyleInParams,
 			wantStatus:   http.StatusBadGateway,
 			wantText:     []string{"502", "client_id=stowline"},
-			wantAttempts: 1 + DefaultRetries,
+			wantAttempts: 1 + defaultRetries,
 		},
 		{
 			name:         "unreachable endpoint",
 			url:          "http://127.0.0.1:1/token",
 			wantText:     []string{"127.0.0.1:1"},
-			wantAttempts: 1 + DefaultRetries,
+			wantAttempts: 1 + defaultRetries,
 		},
 	}
 	for _, tt := range tests {
@@ -391,8 +421,8 @@ func TestTokenSourceErrors(t *testing.T) {
 			if te.StatusCode != tt.wantStatus || te.Code != tt.wantCode {
 				t.Errorf("status, code = %d, %q; want %d, %q", te.StatusCode, te.Code, tt.wantStatus, tt.wantCode)
 			}
-			if te.Attempts != tt.wantAttempts || te.Temporary() != (tt.wantAttempts > 1) {
-				t.Errorf("attempts %d, temporary %v; want %d", te.Attempts, te.Temporary(), tt.wantAttempts)
+			if te.Attempts != tt.wantAttempts || te.temporary() != (tt.wantAttempts > 1) {
+				t.Errorf("attempts %d, temporary %v; want %d", te.Attempts, te.temporary(), tt.wantAttempts)
 			}
 			if len(observed) != tt.wantAttempts || !errors.Is(observed[0], ErrToken) {
 				t.Errorf("observer saw %v, want %d ErrToken", observed, tt.wantAttempts)

@@ -1,0 +1,61 @@
+package auth
+
+import (
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+// fetchWithRetries asks the endpoint for a token, retrying failures that
+// may pass with exponential backoff and jitter. The error is a *TokenError.
+func (ts *TokenSource) fetchWithRetries() (*oauth2.Token, error) {
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		tok, err := ts.ep.Fetch(ts.ctx)
+		if err == nil && (tok == nil || tok.AccessToken == "") {
+			err = errors.New("empty access token")
+		}
+		var te *TokenError
+		if err != nil {
+			te = ts.tokenError(err)
+			te.Attempts = attempt + 1
+		}
+		// Observe before anyone sees the outcome, so metrics are recorded
+		// by the time any caller does.
+		if ts.opts.observer != nil {
+			if te != nil {
+				ts.opts.observer(te, time.Since(start))
+			} else {
+				ts.opts.observer(nil, time.Since(start))
+			}
+		}
+		if te == nil {
+			return tok, nil
+		}
+		if attempt >= ts.opts.retries || !te.temporary() || ts.ctx.Err() != nil {
+			return nil, te
+		}
+		wait := ts.backoff(attempt, te)
+		select {
+		case <-time.After(wait):
+		case <-ts.ctx.Done():
+			return nil, te
+		}
+	}
+}
+
+// backoff is the wait before retry attempt+1: a Retry-After the server
+// sent, if reasonable, else exponential with jitter (half fixed, half
+// random, so retries neither synchronise nor come back at once).
+func (ts *TokenSource) backoff(attempt int, te *TokenError) time.Duration {
+	if te.RetryAfter > 0 && te.RetryAfter <= ts.opts.retryMax {
+		return te.RetryAfter
+	}
+	d := min(ts.opts.retryBase<<min(attempt, 20), ts.opts.retryMax)
+	if d <= 0 {
+		return 0
+	}
+	return d/2 + rand.N(d/2+1)
+}

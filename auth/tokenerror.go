@@ -1,0 +1,140 @@
+package auth
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/stowline/stowline/internal/retryafter"
+)
+
+// TokenError is the error returned when the token endpoint could not be
+// reached or refused to issue a token. It matches ErrToken with errors.Is.
+// Its text names the provider, the server's error and error_description
+// verbatim, and never contains the client secret or a JWT.
+type TokenError struct {
+	Provider    string // "generic", "azure", "google"
+	TokenURL    string
+	StatusCode  int    // HTTP status of the token endpoint; 0 if none was received
+	Code        string // RFC 6749 "error", e.g. "invalid_client"
+	Description string // RFC 6749 "error_description", e.g. Entra's "AADSTS7000215: ..."
+	// RetryAfter is the server's Retry-After (429, 503), 0 if none.
+	RetryAfter time.Duration
+	// Attempts is how many requests were made (retries included).
+	Attempts int
+	msg      string // scrubbed text of Err
+	// Err is the underlying error, e.g. *oauth2.RetrieveError or a network
+	// error. Its own text is not scrubbed: log the TokenError, not Err.
+	Err error
+}
+
+func (e *TokenError) Error() string {
+	where := e.TokenURL
+	if e.Provider != "" {
+		where = e.Provider + " token endpoint " + e.TokenURL
+	}
+	return fmt.Sprintf("%v from %s: %s", ErrToken, where, e.msg)
+}
+
+// Unwrap lets errors.Is match ErrToken and the underlying error.
+func (e *TokenError) Unwrap() []error { return []error{ErrToken, e.Err} }
+
+// temporary reports whether trying again later may succeed: no answer at
+// all, or 408, 429 or 5xx. A refusal (other 4xx) needs an operator.
+func (e *TokenError) temporary() bool {
+	if errors.Is(e.Err, ErrInvalidConfig) || isTLSRefusal(e.Err) {
+		return false
+	}
+	s := e.StatusCode
+	return s == 0 || s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500
+}
+
+// isTLSRefusal reports a certificate the client or the server refused:
+// a configuration problem (TLS_CA_FILE, TLS_CERT_FILE) that retrying now
+// cannot fix.
+func isTLSRefusal(err error) bool {
+	var verr *tls.CertificateVerificationError
+	var alert tls.AlertError
+	var unknown x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var op *net.OpError // a TLS alert from the peer, e.g. "certificate required"
+	return errors.As(err, &verr) || errors.As(err, &alert) || errors.As(err, &unknown) || errors.As(err, &hostname) ||
+		(errors.As(err, &op) && op.Op == "remote error")
+}
+
+// maxBodyInError limits how much of a non-OAuth2 error body ends up in logs.
+const maxBodyInError = 200
+
+func (ts *TokenSource) tokenError(err error) *TokenError {
+	te := &TokenError{Provider: ts.ep.Provider, TokenURL: ts.ep.TokenURL(), Err: err}
+	var msg string
+	if re, ok := errors.AsType[*oauth2.RetrieveError](err); ok {
+		te.Code, te.Description = re.ErrorCode, re.ErrorDescription
+		if te.Code == "" {
+			// Some grants (x/oauth2/jwt) leave the RFC 6749 body unparsed.
+			var body struct {
+				Code        string `json:"error"`
+				Description string `json:"error_description"`
+			}
+			if json.Unmarshal(re.Body, &body) == nil {
+				te.Code, te.Description = body.Code, body.Description
+			}
+		}
+		if re.Response != nil {
+			te.StatusCode = re.Response.StatusCode
+			msg = re.Response.Status
+			te.RetryAfter = retryafter.Parse(re.Response.Header.Get("Retry-After"), time.Now())
+		}
+		if prefix := strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(err.Error(), re.Error())), ":"); prefix != "" && prefix != err.Error() {
+			// Context added by the endpoint, e.g. "OpenID discovery at ...".
+			msg = prefix + ": " + msg
+		}
+		switch {
+		case te.Code != "":
+			msg += ": " + te.Code
+			if te.Description != "" {
+				msg += ": " + te.Description
+			}
+		case len(re.Body) > 0:
+			// Scrub before truncating, so no partial secret survives the cut.
+			body := []rune(ts.scrub(strings.TrimSpace(string(re.Body))))
+			if len(body) > maxBodyInError {
+				body = append(body[:maxBodyInError], []rune("...")...)
+			}
+			msg += ": " + string(body)
+		}
+	} else {
+		msg = err.Error()
+	}
+	te.msg = ts.scrub(msg)
+	return te
+}
+
+// jwtPattern matches compact JWS/JWT strings (access tokens, client
+// assertions) that a server might echo back.
+var jwtPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)
+
+// scrub removes the endpoint's secrets, as sent and as form-encoded, and
+// anything that looks like a JWT from s: a misbehaving server may echo the
+// request back in its error body.
+func (ts *TokenSource) scrub(s string) string {
+	for _, secret := range ts.ep.Secrets {
+		if secret == "" {
+			continue
+		}
+		for _, v := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret)} {
+			s = strings.ReplaceAll(s, v, "[REDACTED]")
+		}
+	}
+	return jwtPattern.ReplaceAllString(s, "[REDACTED JWT]")
+}

@@ -1,0 +1,88 @@
+package dicomweb
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+)
+
+// decodeJSON decodes a DICOM JSON data set, or an array of them (merged),
+// as some servers answer.
+func decodeJSON(b []byte) (dataset, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber() // keep number literals exact
+	var top any
+	if err := dec.Decode(&top); err != nil {
+		return nil, fmt.Errorf("%w: %s", errMalformedResponse, snippet([]byte(err.Error()), 200))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: data after the JSON value", errMalformedResponse)
+	}
+	switch v := top.(type) {
+	case map[string]any:
+		return jsonDataset(v)
+	case []any:
+		ds := dataset{}
+		for i, item := range v {
+			obj, ok := item.(map[string]any)
+			if !ok {
+				return nil, fmt.Errorf("%w: array element %d is not a data set", errNotSTOWResponse, i)
+			}
+			d, err := jsonDataset(obj)
+			if err != nil {
+				return nil, err
+			}
+			ds.merge(d)
+		}
+		return ds, nil
+	}
+	return nil, fmt.Errorf("%w: top-level JSON value is not an object", errNotSTOWResponse)
+}
+
+// jsonDataset converts one DICOM JSON object. Keys that are not tags are
+// ignored, but an object with only such keys is not a data set at all.
+func jsonDataset(obj map[string]any) (dataset, error) {
+	ds := make(dataset, len(obj))
+	other := 0
+	for k, v := range obj {
+		tag, ok := parseTag(k)
+		if !ok {
+			other++
+			continue
+		}
+		attr, ok := v.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("%w: attribute %s is not an object", errMalformedResponse, snippet([]byte(k), 100))
+		}
+		e := &element{}
+		if vals, ok := attr["Value"].([]any); ok {
+			for _, val := range vals {
+				switch x := val.(type) {
+				case map[string]any:
+					item, err := jsonDataset(x)
+					if err != nil {
+						return nil, err
+					}
+					e.items = append(e.items, item)
+				case string:
+					e.values = append(e.values, x)
+				case json.Number:
+					e.values = append(e.values, x.String())
+				}
+			}
+		}
+		ds[tag] = e
+	}
+	if len(ds) == 0 && other > 0 {
+		keys := make([]string, 0, len(obj))
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		return nil, fmt.Errorf("%w: JSON object has no DICOM tag keys (%s)", errNotSTOWResponse, snippet([]byte(strings.Join(keys, ", ")), 120))
+	}
+	return ds, nil
+}

@@ -1,0 +1,111 @@
+package dicomweb
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/stowline/stowline/internal/retryafter"
+)
+
+func readBody(r io.Reader, limit int64) (body []byte, tooLarge bool, err error) {
+	body, err = io.ReadAll(io.LimitReader(r, limit+1))
+	if int64(len(body)) > limit {
+		return body[:limit], true, err
+	}
+	return body, false, err
+}
+
+func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool, readErr, writeErr error, sent int64) (*Result, error) {
+	status := resp.StatusCode
+	ct := resp.Header.Get("Content-Type")
+	if status >= 200 && status <= 299 {
+		if isWriteFailure(writeErr) {
+			return nil, fmt.Errorf("stow: server answered %d but %w: %w", status, errIncompleteBody, writeErr)
+		}
+		if readErr != nil {
+			return nil, fmt.Errorf("stow: read %d response: %w", status, readErr)
+		}
+		if tooLarge {
+			return nil, fmt.Errorf("%w: %d response over %d bytes", errResponseTooLarge, status, c.maxResponseBytes)
+		}
+		res, err := parseResponse(ct, body)
+		if err != nil {
+			return nil, fmt.Errorf("stow: %d response: %w", status, err)
+		}
+		res.StatusCode, res.BytesSent = status, sent
+		return res, nil
+	}
+	he := &HTTPError{
+		StatusCode:  status,
+		ContentType: ct,
+		Location:    resp.Header.Get("Location"),
+		Body:        trimBody(body, maxErrorBody),
+		RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
+	}
+	if !tooLarge && readErr == nil && len(bytes.TrimSpace(body)) > 0 {
+		if res, err := parseResponse(ct, body); err == nil {
+			res.StatusCode, res.BytesSent = status, sent
+			he.Result = res
+		}
+	}
+	return nil, he
+}
+
+// HTTPError is a non-2xx STOW-RS answer.
+type HTTPError struct {
+	StatusCode  int
+	ContentType string
+	// Body is the start of the response body (about 4 KiB), for logs and
+	// failure reasons.
+	Body string
+	// Result is the parsed body when it was a STOW response (409 Conflict
+	// per PS3.18; Orthanc also answers 400 with one, listing the instances
+	// it did store).
+	Result *Result
+	// RetryAfter is the server's Retry-After, 0 if none.
+	RetryAfter time.Duration
+	// Location is the Location header of a redirect the client did not
+	// follow (307 and 308 are not followed: the streamed body cannot be
+	// sent twice). Point the base URL there.
+	Location string
+}
+
+func (e *HTTPError) Error() string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "stow: server answered %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Result != nil {
+		fmt.Fprintf(&sb, " (stored %d, failed %d)", len(e.Result.Stored), len(e.Result.Failed)+len(e.Result.OtherFailures))
+	} else if e.ContentType != "" {
+		fmt.Fprintf(&sb, " (%s)", e.ContentType)
+	}
+	if e.Location != "" {
+		fmt.Fprintf(&sb, " redirecting to %s", e.Location)
+	}
+	if s := snippet([]byte(e.Body), 200); s != "" && e.Result == nil {
+		sb.WriteString(": ")
+		sb.WriteString(s)
+	}
+	return sb.String()
+}
+
+// trimBody keeps the start of body, cut on a character boundary, as valid
+// UTF-8.
+func trimBody(body []byte, limit int) string {
+	b := bytes.TrimSpace(body)
+	if len(b) > limit {
+		cut := limit
+		for i := limit; i > max(0, limit-utf8.UTFMax); i-- {
+			if utf8.RuneStart(b[i]) {
+				cut = i
+				break
+			}
+		}
+		b = b[:cut]
+	}
+	return strings.ToValidUTF8(string(b), "\uFFFD")
+}

@@ -1,0 +1,122 @@
+package dicomweb
+
+import "fmt"
+
+// Result is a parsed Store Instances Response Module (PS3.18 Annex I).
+type Result struct {
+	// StatusCode is the HTTP status of the response (0 from parseResponse).
+	StatusCode int
+	// RetrieveURL (0008,1190) of the study, if the server sent one.
+	RetrieveURL string
+	// Stored lists the ReferencedSOPSequence (0008,1199): instances the
+	// server stored.
+	Stored []Instance
+	// Failed lists the FailedSOPSequence (0008,1198).
+	Failed []FailedInstance
+	// OtherFailures lists the OtherFailuresSequence (0008,119A): failures
+	// not tied to a SOP Instance, so the UIDs are often empty.
+	OtherFailures []FailedInstance
+	// Warnings lists the stored instances that came with a WarningReason
+	// (0008,1196) or error comments (Azure's FailedAttributesSequence).
+	Warnings []Warning
+	// BytesSent is the request body size actually sent, framing included
+	// (0 from parseResponse).
+	BytesSent int64
+}
+
+// Instance is one item of the ReferencedSOPSequence.
+type Instance struct {
+	SOPClassUID    string
+	SOPInstanceUID string
+	RetrieveURL    string
+	// WarningReason is 0 when the instance was stored without warning.
+	WarningReason int
+}
+
+// FailedInstance is one item of the FailedSOPSequence or
+// OtherFailuresSequence.
+type FailedInstance struct {
+	SOPClassUID    string
+	SOPInstanceUID string
+	// FailureReason (0008,1197); see FailureReasonText. 0 if the server
+	// sent none or an unparseable one.
+	FailureReason int
+	// Comments are ErrorComment (0000,0902) values, direct or inside a
+	// FailedAttributesSequence (0074,1048) as Azure sends them.
+	Comments []string
+}
+
+// Warning is a stored instance that came with a warning.
+type Warning struct {
+	SOPClassUID    string
+	SOPInstanceUID string
+	WarningReason  int
+	Comments       []string
+}
+
+// Missing returns the SOP Instance UIDs of sent that are not in the
+// ReferencedSOPSequence, in order and without duplicates. Failed instances
+// are missing too, as is everything when r is nil: the caller decides which
+// to resend.
+func (r *Result) Missing(sent []string) []string {
+	stored := make(map[string]struct{})
+	if r != nil {
+		for _, in := range r.Stored {
+			stored[in.SOPInstanceUID] = struct{}{}
+		}
+	}
+	var out []string
+	seen := make(map[string]struct{})
+	for _, uid := range sent {
+		if _, ok := stored[uid]; ok {
+			continue
+		}
+		if _, ok := seen[uid]; ok {
+			continue
+		}
+		seen[uid] = struct{}{}
+		out = append(out, uid)
+	}
+	return out
+}
+
+// Failure Reason (0008,1197) values: PS3.18 Table I.2-2, and the codes the
+// Azure DICOM service documents in its conformance statement v2.
+const (
+	FailureProcessing                 = 0x0110 // 272
+	FailureSOPClassNotSupported       = 0x0122 // 290
+	FailureTransferSyntaxNotSupported = 0xC122 // 49442
+	failureAzureValidation            = 0xA900 // 43264
+	failureAzureStudyMismatch         = 0xA901 // 43265
+	FailureAzureAlreadyExists         = 0xB00E // 45070
+	FailureAzureBeingCreated          = 0xB00F // 45071
+)
+
+// FailureReasonText describes a Failure Reason code for logs.
+func FailureReasonText(code int) string {
+	switch code {
+	case FailureProcessing:
+		return "processing failure"
+	case FailureSOPClassNotSupported:
+		return "referenced SOP Class not supported"
+	case FailureTransferSyntaxNotSupported:
+		return "referenced Transfer Syntax not supported"
+	case failureAzureValidation:
+		return "data set does not match SOP Class (Azure: instance failed validation)"
+	case failureAzureStudyMismatch:
+		return "StudyInstanceUID does not match the study in the request URL"
+	case FailureAzureAlreadyExists:
+		return "instance already exists"
+	case FailureAzureBeingCreated:
+		return "instance is being created by another request"
+	}
+	switch {
+	case code&0xFF00 == 0xA700:
+		return "refused: out of resources"
+	case code&0xFF00 == 0xA900:
+		return "data set does not match SOP Class"
+	case code&0xF000 == 0xC000:
+		return "cannot understand"
+	}
+	return fmt.Sprintf("failure reason %d (0x%04X)", code, code)
+}

@@ -1,0 +1,193 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// loadCursor reads the stored cursor, or starts one at the current end of
+// the change log: a first start does not publish the whole history of the
+// source (`forwarder audit --enqueue` does that on purpose).
+func (s *sourceRunner) loadCursor(ctx context.Context) error {
+	s.recent = map[string]string{}
+	s.dirty = false
+	c, found, err := s.store.load(ctx)
+	if err != nil {
+		return err
+	}
+	if found {
+		s.cur = c
+		s.log.Info("reconciler resumes", "cursor", c.Seq, "pending_studies", len(c.Pending))
+		s.r.m.pending.WithLabelValues(s.name).Set(float64(len(c.Pending)))
+		return nil
+	}
+	last, err := s.orthanc.LastChange(ctx)
+	if err != nil {
+		return fmt.Errorf("orthanc: read the end of the change log: %w", err)
+	}
+	c = cursor{Seq: last}
+	if last > 0 {
+		page, err := s.orthanc.Changes(ctx, last-1, 1)
+		if err != nil {
+			return fmt.Errorf("orthanc: read change %d: %w", last, err)
+		}
+		if len(page.Changes) > 0 && page.Changes[0].Seq == last {
+			c.Change = markOf(page.Changes[0])
+		}
+	}
+	c.UpdatedAt = time.Now().UTC()
+	if err := s.store.save(ctx, c); err != nil {
+		return err
+	}
+	s.cur = c
+	s.log.Info("reconciler starts at the end of the source's change log (first start); studies that became stable before are not published: run `forwarder audit --enqueue` for them",
+		"cursor", last)
+	return nil
+}
+
+// poll reads one page of the change log after the cursor, handles it and
+// stores the cursor. more is true when the page did not reach the end.
+func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
+	opts := &s.r.opts
+	since := max(s.cur.Seq-1, 0) // one before, to check the change at the cursor
+	page, err := s.orthanc.Changes(ctx, since, opts.PageSize+1)
+	if err != nil {
+		return false, fmt.Errorf("orthanc: read change log after %d: %w", since, err)
+	}
+	changes := page.Changes
+	if s.cur.Seq > 0 {
+		// Orthanc numbers changes with an SQLite AUTOINCREMENT: in one
+		// database, Last never goes down and a change keeps its number
+		// until it is deleted (with its resource, or DELETE /changes). A
+		// recreated database starts again at 1: its Last is below the
+		// cursor, or the change at the cursor's number is another one.
+		switch {
+		case len(changes) == 0 && page.Last < s.cur.Seq:
+			return true, s.reset(ctx, page)
+		case len(changes) > 0 && changes[0].Seq == s.cur.Seq:
+			if !s.cur.Change.matches(changes[0]) {
+				return true, s.reset(ctx, page)
+			}
+			changes = changes[1:]
+		}
+		// Otherwise the change at the cursor was deleted: all the
+		// changes read are after it.
+	}
+
+	for _, c := range changes {
+		if err := s.handle(ctx, c); err != nil {
+			return false, errors.Join(err, s.save(ctx))
+		}
+		s.cur.Seq, s.cur.Change = c.Seq, markOf(c)
+		s.dirty = true
+	}
+	if page.Done {
+		// Caught up: during a backlog a pending study's StableStudy
+		// change usually comes in a later page.
+		if err := s.resolvePending(ctx); err != nil {
+			return false, errors.Join(err, s.save(ctx))
+		}
+	}
+	if err := s.save(ctx); err != nil {
+		return false, err
+	}
+	s.r.m.pending.WithLabelValues(s.name).Set(float64(len(s.cur.Pending)))
+	lag := max(page.Last-s.cur.Seq, 0)
+	if !page.Done {
+		if last, err := s.orthanc.LastChange(ctx); err == nil {
+			lag = max(last-s.cur.Seq, lag)
+		}
+	}
+	s.r.m.lag.WithLabelValues(s.name).Set(float64(lag))
+	return !page.Done, nil
+}
+
+// reset restarts from the beginning of a change log whose database was
+// recreated. Pending studies are kept: they are looked up by ID and
+// dropped if gone.
+func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error {
+	first := int64(0)
+	if len(page.Changes) > 0 {
+		first = page.Changes[0].Seq
+	}
+	s.log.Warn("Orthanc's change log was reset (its database was recreated): rescanning it from the start",
+		"cursor", s.cur.Seq, "orthanc_last", page.Last, "orthanc_first_change", first)
+	s.r.m.resets.WithLabelValues(s.name).Inc()
+	s.cur.Seq, s.cur.Change = 0, nil
+	s.dirty = true
+	return s.save(ctx)
+}
+
+// handle acts on one change.
+func (s *sourceRunner) handle(ctx context.Context, c orthancapi.Change) error {
+	var (
+		study orthancapi.Study
+		err   error
+	)
+	switch c.ChangeType {
+	case "StableStudy":
+		return s.stable(ctx, c.ID, c.Seq)
+	case "NewStudy":
+		s.markPending(c.ID, c.Seq)
+		return nil
+	case "NewSeries":
+		study, err = s.orthanc.SeriesStudy(ctx, c.ID)
+	case "NewInstance":
+		study, err = s.orthanc.InstanceStudy(ctx, c.ID)
+	case "Deleted":
+		if c.ResourceType == "Study" {
+			s.dropPending(c.ID)
+		}
+		return nil
+	default:
+		return nil
+	}
+	switch {
+	case errors.Is(err, orthancapi.ErrNotFound), errors.Is(err, orthancapi.ErrInvalidID):
+		return nil // deleted since: nothing to wait for
+	case err != nil:
+		return fmt.Errorf("orthanc: study of %s %s: %w", c.ResourceType, c.ID, err)
+	}
+	s.markPending(study.ID, c.Seq)
+	return nil
+}
+
+func (s *sourceRunner) markPending(studyID string, seq int64) {
+	if !orthancapi.ValidID(studyID) {
+		return
+	}
+	if s.cur.Pending == nil {
+		s.cur.Pending = map[string]int64{}
+	}
+	if _, ok := s.cur.Pending[studyID]; !ok {
+		s.cur.Pending[studyID] = seq
+		s.dirty = true
+	}
+}
+
+func (s *sourceRunner) dropPending(studyID string) {
+	if _, ok := s.cur.Pending[studyID]; ok {
+		delete(s.cur.Pending, studyID)
+		s.dirty = true
+	}
+}
+
+// save stores the cursor if it changed.
+func (s *sourceRunner) save(ctx context.Context) error {
+	if !s.dirty {
+		return nil
+	}
+	s.cur.UpdatedAt = time.Now().UTC()
+	// Saved even when ctx ended: progress made must not be redone.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.store.save(sctx, s.cur); err != nil {
+		return err
+	}
+	s.dirty = false
+	return nil
+}

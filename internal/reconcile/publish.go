@@ -1,0 +1,108 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// stable publishes a study a StableStudy change names, unless it changed
+// since and is unstable again: then it waits in Pending for the next
+// StableStudy change (or for Orthanc to call it stable after a restart).
+func (s *sourceRunner) stable(ctx context.Context, studyID string, seq int64) error {
+	study, err := s.orthanc.Study(ctx, studyID)
+	switch {
+	case errors.Is(err, orthancapi.ErrNotFound), errors.Is(err, orthancapi.ErrInvalidID):
+		s.skipDeleted(studyID)
+		return nil
+	case err != nil:
+		return fmt.Errorf("orthanc: study %s: %w", studyID, err)
+	case !study.IsStable:
+		s.markPending(studyID, seq)
+		return nil
+	}
+	if err := s.publish(ctx, studyID, study, "stable_study_change"); err != nil {
+		return err
+	}
+	s.dropPending(studyID)
+	return nil
+}
+
+// resolvePending publishes the pending studies Orthanc calls stable and
+// drops the deleted ones. In normal operation a StableStudy change comes
+// first; this catches studies Orthanc forgot when it restarted before they
+// became stable.
+func (s *sourceRunner) resolvePending(ctx context.Context) error {
+	for id := range s.cur.Pending {
+		study, err := s.orthanc.Study(ctx, id)
+		switch {
+		case errors.Is(err, orthancapi.ErrNotFound), errors.Is(err, orthancapi.ErrInvalidID):
+			s.skipDeleted(id)
+			continue
+		case err != nil:
+			return fmt.Errorf("orthanc: study %s: %w", id, err)
+		case !study.IsStable:
+			continue
+		}
+		if err := s.publish(ctx, id, study, "stable_without_change"); err != nil {
+			return err
+		}
+		s.dropPending(id)
+	}
+	return nil
+}
+
+func (s *sourceRunner) skipDeleted(studyID string) {
+	s.dropPending(studyID)
+	s.r.m.skipped.WithLabelValues(s.name, "deleted").Inc()
+	s.log.Info("study deleted from Orthanc before it was announced; skipped", "orthanc_study_id", studyID)
+}
+
+// maxRecent bounds the memory of what was published in this lease term.
+const maxRecent = 10000
+
+// publish stores the study's event, the same as the Lua script's.
+func (s *sourceRunner) publish(ctx context.Context, studyID string, study orthancapi.Study, reason string) error {
+	if lu, ok := s.recent[studyID]; ok && lu == study.LastUpdate {
+		return nil // this state was published in this term already
+	}
+	ev := &events.StudyStable{
+		Type:             events.TypeStudyStable,
+		Version:          events.Version,
+		Source:           s.name,
+		OrthancStudyID:   studyID,
+		StudyInstanceUID: study.StudyInstanceUID,
+		LastUpdate:       study.LastUpdate,
+		ReceivedAt:       time.Now().UTC(),
+	}
+	log := s.log.With("orthanc_study_id", studyID, "study_instance_uid", study.StudyInstanceUID,
+		"last_update", study.LastUpdate, "reason", reason)
+	if err := ev.Validate(); err != nil {
+		// The Lua path's event would be refused the same way.
+		s.r.m.skipped.WithLabelValues(s.name, "invalid").Inc()
+		log.Error("stable study cannot be announced: its event would be invalid", "err", err)
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.r.opts.PublishTimeout)
+	defer cancel()
+	ack, err := s.r.opts.Publisher.Publish(pctx, ev)
+	if err != nil {
+		return fmt.Errorf("publish study %s: %w", studyID, err)
+	}
+	if len(s.recent) >= maxRecent {
+		clear(s.recent)
+	}
+	s.recent[studyID] = study.LastUpdate
+	if ack.Duplicate {
+		s.r.m.published.WithLabelValues(s.name, "duplicate").Inc()
+		log.Debug("study already announced (Lua script or earlier poll)", "stream_seq", ack.Sequence)
+		return nil
+	}
+	s.r.m.published.WithLabelValues(s.name, "stored").Inc()
+	log.Info("study announced by the reconciler (its webhook event was missing)", "stream_seq", ack.Sequence)
+	return nil
+}

@@ -1,0 +1,211 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/stowline/stowline/events"
+)
+
+// sourceRunner reconciles one source. Its fields below mu are used only by
+// its own goroutine (and the lease renewer while leading).
+type sourceRunner struct {
+	r          *Reconciler
+	configured string
+	orthanc    Orthanc
+
+	mu     sync.Mutex
+	status error
+
+	name   string // resolved source name
+	log    *slog.Logger
+	lease  *lease
+	store  *cursorStore
+	cur    cursor
+	dirty  bool              // cur differs from what is stored
+	recent map[string]string // study ID -> LastUpdate published in this term
+}
+
+func (s *sourceRunner) check(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+func (s *sourceRunner) setStatus(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status = err
+}
+
+func (s *sourceRunner) run(ctx context.Context) {
+	if !s.resolveName(ctx) {
+		return
+	}
+	opts := &s.r.opts
+	s.r.m.init(s.name)
+	s.log = s.r.log.With("source", s.name)
+	s.lease = newLease(opts.KV, leaseKey(s.name), opts.Holder, opts.LeaseTTL, time.Now)
+	s.store = &cursorStore{kv: opts.KV, key: cursorKey(s.name)}
+	check := opts.LeaseTTL / 3
+	for ctx.Err() == nil {
+		held, err := s.lease.tryAcquire(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Warn("reconciler cannot read its lease; retrying", "err", err)
+		case held:
+			if s.lease.previous != "" {
+				s.log.Info("took over the reconciler lease: its holder stopped renewing it", "previous_holder", s.lease.previous)
+			}
+			s.lead(ctx)
+			continue
+		}
+		sleep(ctx, check)
+	}
+}
+
+// resolveName finds the source name of an unnamed source, retrying until
+// Orthanc answers or ctx ends.
+func (s *sourceRunner) resolveName(ctx context.Context) bool {
+	if s.configured != "" {
+		s.name = s.configured
+		return true
+	}
+	delay := s.r.opts.PollInterval
+	for {
+		sys, err := s.orthanc.System(ctx)
+		if err == nil {
+			s.name = events.DefaultSourceName(sys.Name)
+			s.setStatus(nil)
+			s.r.log.Info("reconciling the Orthanc source named after Orthanc's Name, as the Lua script does by default; set ORTHANC_SOURCE_NAME if its Stowline.Source differs",
+				"source", s.name)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		s.setStatus(fmt.Errorf("orthanc: %w", err))
+		s.r.log.Warn("reconciler cannot reach Orthanc to learn the source name; retrying", "err", err, "retry_in", delay.String())
+		sleep(ctx, delay)
+		delay = min(2*delay, s.r.opts.MaxBackoff)
+	}
+}
+
+// lead polls while this replica holds the lease.
+func (s *sourceRunner) lead(ctx context.Context) {
+	opts := &s.r.opts
+	s.r.m.leaseHeld.WithLabelValues(s.name).Set(1)
+	defer s.r.m.leaseHeld.WithLabelValues(s.name).Set(0)
+	defer s.r.m.lag.WithLabelValues(s.name).Set(0)
+	s.log.Info("reconciler lease taken: this replica polls the source's change log", "holder", opts.Holder)
+
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.keepLease(lctx, cancel) })
+
+	s.pollLoop(lctx, cancel)
+	cancel(nil)
+	wg.Wait()
+	s.setStatus(nil) // a replica that does not poll is not failing
+
+	if errors.Is(context.Cause(lctx), errLeaseLost) {
+		s.log.Warn("reconciler lease lost: another replica polls the source now")
+		return
+	}
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer rcancel()
+	if err := s.lease.release(rctx); err != nil {
+		s.log.Warn("reconciler lease not released; another replica takes over once it expires", "err", err)
+		return
+	}
+	s.log.Info("reconciler lease released")
+}
+
+// keepLease renews the lease every third of its TTL. When it is taken or
+// cannot be renewed for two thirds of the TTL, it cancels the leader, well
+// before a contender may take over.
+func (s *sourceRunner) keepLease(ctx context.Context, stop context.CancelCauseFunc) {
+	ttl := s.r.opts.LeaseTTL
+	last := time.Now()
+	t := time.NewTicker(ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, ttl/3)
+		err := s.lease.renew(rctx)
+		cancel()
+		switch {
+		case err == nil:
+			last = time.Now()
+		case errors.Is(err, errLeaseLost):
+			stop(errLeaseLost)
+			return
+		case ctx.Err() != nil:
+			return
+		case time.Since(last) >= 2*ttl/3:
+			s.log.Warn("reconciler lease could not be renewed; stepping down", "err", err)
+			stop(errLeaseLost)
+			return
+		default:
+			s.log.Warn("reconciler lease renewal failed; retrying", "err", err)
+		}
+	}
+}
+
+// pollLoop polls until ctx ends, backing off while polls fail.
+func (s *sourceRunner) pollLoop(ctx context.Context, stop context.CancelCauseFunc) {
+	opts := &s.r.opts
+	delay := opts.PollInterval
+	loaded := false
+	for ctx.Err() == nil {
+		var (
+			more bool
+			err  error
+		)
+		if !loaded {
+			err = s.loadCursor(ctx)
+			loaded, more = err == nil, true
+		} else {
+			more, err = s.poll(ctx)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errCursorConflict) {
+			s.log.Warn("another replica wrote the reconciler cursor; stepping down")
+			stop(errLeaseLost)
+			return
+		}
+		if err != nil {
+			s.r.m.pollErrors.WithLabelValues(s.name).Inc()
+			s.setStatus(err)
+			s.log.Warn("reconciler poll failed; retrying", "err", err, "retry_in", delay.String(), "cursor", s.cur.Seq)
+			sleep(ctx, delay)
+			delay = min(2*delay, opts.MaxBackoff)
+			continue
+		}
+		s.setStatus(nil)
+		delay = opts.PollInterval
+		if !more {
+			sleep(ctx, opts.PollInterval)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

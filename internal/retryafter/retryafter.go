@@ -1,0 +1,35 @@
+// Package retryafter reads the Retry-After header of an HTTP answer, which
+// the STOW-RS client and the token source both honour.
+package retryafter
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxSeconds bounds delay-seconds: a day is longer than any sensible
+// wait, and a larger count could overflow a time.Duration.
+const maxSeconds = 24 * 60 * 60
+
+// Parse reads a Retry-After value, delay-seconds or an HTTP-date (RFC 9110
+// §10.2.3), as the wait from now. It is 0 when the value is empty,
+// unreadable, not positive or a date already past; delay-seconds count for
+// at most a day.
+func Parse(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, maxSeconds)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
