@@ -124,6 +124,10 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 // assertions) that a server might echo back.
 var jwtPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)
 
+// RedactJWTs replaces everything in s that looks like a JWT: a server's
+// answer may echo the token it was sent.
+func RedactJWTs(s string) string { return jwtPattern.ReplaceAllString(s, "[REDACTED JWT]") }
+
 // scrub removes the endpoint's secrets, as sent and as form-encoded, and
 // anything that looks like a JWT from s: a misbehaving server may echo the
 // request back in its error body.
@@ -136,5 +140,5 @@ func (ts *TokenSource) scrub(s string) string {
 			s = strings.ReplaceAll(s, v, "[REDACTED]")
 		}
 	}
-	return jwtPattern.ReplaceAllString(s, "[REDACTED JWT]")
+	return RedactJWTs(s)
 }

@@ -7,13 +7,14 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strings"
 	"time"
+
+	"github.com/stowline/stowline/auth"
 )
 
 // errCheckFailed is returned (wrapped) when the check did not pass.
-var errCheckFailed = errors.New("preflight: destination check failed")
+var errCheckFailed = errors.New("destination check failed")
 
 // Credential is what the check may say about a credential.
 type Credential struct {
@@ -202,10 +203,7 @@ func firstNonEmpty(vs ...string) string {
 	return ""
 }
 
-// jwtPattern matches compact JWTs, which an answer might echo.
-var jwtPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)
-
 // redactedSnippet is the start of a body, on one line, without tokens.
 func redactedSnippet(b []byte) string {
-	return jwtPattern.ReplaceAllString(snippet(b, 300), "[REDACTED JWT]")
+	return auth.RedactJWTs(snippet(b, 300))
 }

@@ -142,13 +142,13 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 		return nil, fmt.Errorf("%w: %w", ErrInvalidBaseURL, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("%w: %q: scheme must be http or https", ErrInvalidBaseURL, baseURL)
+		return nil, fmt.Errorf("%w: %q: scheme must be http or https", ErrInvalidBaseURL, logSafe(u))
 	}
 	if u.Host == "" || u.Opaque != "" {
-		return nil, fmt.Errorf("%w: %q: no host", ErrInvalidBaseURL, baseURL)
+		return nil, fmt.Errorf("%w: %q: no host", ErrInvalidBaseURL, logSafe(u))
 	}
 	if u.Fragment != "" {
-		return nil, fmt.Errorf("%w: %q: fragment not allowed", ErrInvalidBaseURL, baseURL)
+		return nil, fmt.Errorf("%w: %q: fragment not allowed", ErrInvalidBaseURL, logSafe(u))
 	}
 	target := u.JoinPath("studies")
 	if httpClient == nil {
@@ -156,7 +156,7 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 	}
 	c := &Client{
 		url:              target.String(),
-		logURL:           target.Redacted(),
+		logURL:           logSafe(target),
 		hc:               httpClient,
 		userAgent:        defaultUserAgent,
 		header:           make(http.Header),
@@ -274,4 +274,12 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 	cancel()
 	werr := <-done
 	return c.handleResponse(resp, body, tooLarge, readErr, werr, mw.bytesWritten())
+}
+
+// logSafe is a URL fit for errors and logs: without user info, query or
+// fragment, where a credential could sit.
+func logSafe(u *url.URL) string {
+	c := *u
+	c.User, c.RawQuery, c.ForceQuery, c.Fragment, c.RawFragment = nil, "", false, "", ""
+	return c.String()
 }
