@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,8 @@ type upstream struct {
 	mu     sync.Mutex
 	seen   []string
 	reject map[string]bool
+	// hold, if set, keeps each request unanswered until it is closed.
+	hold chan struct{}
 }
 
 func newUpstream(t *testing.T, reject ...string) *upstream {
@@ -37,7 +40,11 @@ func newUpstream(t *testing.T, reject ...string) *upstream {
 		h := r.Header.Get("Authorization")
 		u.mu.Lock()
 		u.seen = append(u.seen, h)
+		hold := u.hold
 		u.mu.Unlock()
+		if hold != nil {
+			<-hold
+		}
 		if h == "" || u.reject[h] {
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 			w.WriteHeader(http.StatusUnauthorized)
@@ -119,13 +126,22 @@ func TestTransport401InvalidatesWithoutRetry(t *testing.T) {
 	up := newUpstream(t, "token-1")
 	rt := Transport(ts, http.DefaultTransport)
 
-	// Several workers are rejected with the same token at once.
+	// Several workers are rejected with the same token at once: the
+	// upstream answers none before all have sent theirs.
 	const workers = 8
+	up.hold = make(chan struct{})
 	var wg sync.WaitGroup
 	statuses := make([]int, workers)
 	for i := range workers {
 		wg.Go(func() { statuses[i] = do(t, rt, up.URL) })
 	}
+	for up.hits.Load() < workers {
+		runtime.Gosched()
+	}
+	up.mu.Lock()
+	close(up.hold)
+	up.hold = nil
+	up.mu.Unlock()
 	wg.Wait()
 	for i, s := range statuses {
 		if s != http.StatusUnauthorized {
