@@ -2,9 +2,11 @@ package app
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/stowline/stowline/auth"
@@ -13,14 +15,15 @@ import (
 )
 
 // checkUsage heads `forwarder check -h`.
-const checkUsage = `Usage: forwarder check [--timeout 30s]
+const checkUsage = `Usage: forwarder check [--destination NAME] [--timeout 30s]
 
-Verifies the destination with the live configuration, before any study
-flows: obtains a credential the way the forwarder does (an OAuth2 token of
-OAUTH_PROVIDER, or AWS credentials for Signature V4), reports its lifetime
-and scopes (never the token), and sends one authenticated request to the
-destination: GET {DICOMWEB_URL}/studies?limit=1. It prints a verdict and
-exits non-zero when the check fails. Logs go to stderr.
+Verifies each destination (or the one named) with the live configuration,
+before any study flows: obtains a credential the way the forwarder does
+(an OAuth2 token of OAUTH_PROVIDER, or AWS credentials for Signature V4),
+reports its lifetime and scopes (never the token), and sends one
+authenticated request to the destination: GET {DICOMWEB_URL}/studies?limit=1.
+It prints a verdict per destination and exits non-zero when a check fails.
+Logs go to stderr.
 
 `
 
@@ -29,6 +32,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	const program = "forwarder check"
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on each step (credential, request)")
+	only := fs.String("destination", "", "check only this destination")
 	var cfg config.CheckCommand
 	if done, err := parseCommand(fs, checkUsage, args, getenv, stderr, &cfg); done || err != nil {
 		return err
@@ -36,17 +40,39 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	log := NewLogger(stderr, cfg.Log)
 	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return
 	defer cancel()
-	dest, err := newDestination(ctx, &cfg.Forwarder, nil, log)
+	var errs []error
+	found := false
+	for i, d := range cfg.DestinationList() {
+		if *only != "" && d.Name != *only {
+			continue
+		}
+		found = true
+		if i > 0 && *only == "" {
+			fmt.Fprintln(stdout)
+		}
+		if err := checkDestination(ctx, stdout, d, *timeout, log); err != nil {
+			errs = append(errs, fmt.Errorf("destination %s: %w", d.Name, err))
+		}
+	}
+	if !found {
+		return &usageError{fmt.Errorf("%s: --destination %q is not a configured destination", program, *only)}
+	}
+	return errors.Join(errs...)
+}
+
+// checkDestination checks one destination and prints its verdict.
+func checkDestination(ctx context.Context, stdout io.Writer, d config.NamedDestination, timeout time.Duration, log *slog.Logger) error {
+	dest, err := newDestination(ctx, &d, nil, log.With("destination", d.Name))
 	if err != nil {
-		fmt.Fprintf(stdout, "%-12s %s\n%-12s FAIL: %v\n", "destination", redactURL(cfg.DICOMwebURL), "verdict", err)
+		fmt.Fprintf(stdout, "%-12s %s %s\n%-12s FAIL: %v\n", "destination", d.Name, redactURL(d.DICOMwebURL), "verdict", err)
 		return err
 	}
-	fmt.Fprintf(stdout, "%-12s %s\n%-12s %s\n", "destination", redactURL(cfg.DICOMwebURL), "provider", describeAuth(dest))
+	fmt.Fprintf(stdout, "%-12s %s %s\n%-12s %s\n", "destination", d.Name, redactURL(d.DICOMwebURL), "provider", describeAuth(dest))
 	report, err := dicomweb.Check(ctx, dicomweb.CheckOptions{
-		BaseURL:    cfg.DICOMwebURL,
+		BaseURL:    d.DICOMwebURL,
 		Client:     dest.HTTP,
-		Credential: credentialCheck(dest, &cfg.Forwarder),
-		Timeout:    *timeout,
+		Credential: credentialCheck(dest, &d),
+		Timeout:    timeout,
 	})
 	report.WriteText(stdout)
 	return err
@@ -61,7 +87,7 @@ func describeAuth(d *destination) string {
 
 // credentialCheck obtains the destination's credential as the forwarder
 // would, and describes it.
-func credentialCheck(d *destination, fc *config.Forwarder) func(context.Context) (dicomweb.Credential, error) {
+func credentialCheck(d *destination, fc *config.NamedDestination) func(context.Context) (dicomweb.Credential, error) {
 	switch {
 	case d.Tokens != nil:
 		return func(ctx context.Context) (dicomweb.Credential, error) {

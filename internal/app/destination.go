@@ -43,14 +43,14 @@ type destination struct {
 // configured provider or AWS SigV4. observe (may be nil) sees every token
 // request. ctx must live as long as the process: tokens are fetched and
 // refreshed with it. Secrets are never logged.
-func newDestination(ctx context.Context, fc *config.Forwarder, observe func(error, time.Duration), log *slog.Logger) (*destination, error) {
+func newDestination(ctx context.Context, fc *config.NamedDestination, observe func(error, time.Duration), log *slog.Logger) (*destination, error) {
 	d := &fc.DestinationAuth
 	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: d.TLSCAFile, CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile, InsecureSkipVerify: d.TLSInsecureSkipVerify})
 	if err != nil {
 		return nil, err
 	}
 	if d.TLSInsecureSkipVerify {
-		log.Warn("TLS_INSECURE_SKIP_VERIFY=true: the certificates of the destination and its token endpoint are NOT verified; anyone on the network path can read and alter what is sent. Unset it outside tests.",
+		log.Warn(fc.VarName("TLS_INSECURE_SKIP_VERIFY")+"=true: the certificates of the destination and its token endpoint are NOT verified; anyone on the network path can read and alter what is sent. Unset it outside tests.",
 			"dicomweb_url", redactURL(fc.DICOMwebURL))
 	}
 	newTransport := func() *http.Transport {
@@ -68,7 +68,7 @@ func newDestination(ctx context.Context, fc *config.Forwarder, observe func(erro
 	switch d.Provider {
 	case config.ProviderGeneric:
 		if fc.OAuthTokenURL == "" && d.IssuerURL == "" {
-			log.Warn("OAUTH_TOKEN_URL is empty: STOW-RS requests are sent without authentication", "dicomweb_url", redactURL(fc.DICOMwebURL))
+			log.Warn(fc.VarName("OAUTH_TOKEN_URL")+" is empty: STOW-RS requests are sent without authentication", "dicomweb_url", redactURL(fc.DICOMwebURL))
 			break
 		}
 		ep, out.Credential, err = genericEndpoint(fc)
@@ -97,10 +97,10 @@ func newDestination(ctx context.Context, fc *config.Forwarder, observe func(erro
 			log.Info("STOW-RS requests are signed with AWS Signature V4", "region", region, "service", awssig.Service)
 		}
 	default:
-		err = fmt.Errorf("OAUTH_PROVIDER=%q: want generic, azure, google or aws", d.Provider)
+		err = fmt.Errorf("%s=%q: want generic, azure, google or aws", fc.VarName("OAUTH_PROVIDER"), d.Provider)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("destination authentication (OAUTH_PROVIDER=%s): %w", d.Provider, err)
+		return nil, fmt.Errorf("destination %s authentication (%s=%s): %w", fc.Name, fc.VarName("OAUTH_PROVIDER"), d.Provider, err)
 	}
 	if ep.Fetch != nil {
 		opts := []auth.Option{auth.WithHTTPClient(tokenHTTP), auth.WithRefreshMargin(d.RefreshMargin)}
@@ -109,7 +109,7 @@ func newDestination(ctx context.Context, fc *config.Forwarder, observe func(erro
 		}
 		out.Tokens, err = auth.NewSource(ctx, ep, opts...)
 		if err != nil {
-			return nil, fmt.Errorf("destination authentication (OAUTH_PROVIDER=%s): %w", d.Provider, err)
+			return nil, fmt.Errorf("destination %s authentication (%s=%s): %w", fc.Name, fc.VarName("OAUTH_PROVIDER"), d.Provider, err)
 		}
 		rt = auth.Transport(out.Tokens, base)
 		log.Info("STOW-RS requests carry OAuth2 tokens", "provider", ep.Provider, "credential", out.Credential,
@@ -118,14 +118,14 @@ func newDestination(ctx context.Context, fc *config.Forwarder, observe func(erro
 	out.HTTP = &http.Client{Transport: rt}
 	out.STOW, err = dicomweb.New(fc.DICOMwebURL, out.HTTP, stowOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("DICOMWEB_URL: %w", err)
+		return nil, fmt.Errorf("%s: %w", fc.VarName("DICOMWEB_URL"), err)
 	}
 	return out, nil
 }
 
 // genericEndpoint is the RFC 6749 client-credentials grant of
 // OAUTH_PROVIDER=generic.
-func genericEndpoint(fc *config.Forwarder) (auth.Endpoint, string, error) {
+func genericEndpoint(fc *config.NamedDestination) (auth.Endpoint, string, error) {
 	d := &fc.DestinationAuth
 	cfg := auth.Config{
 		TokenURL:     fc.OAuthTokenURL,
@@ -157,13 +157,13 @@ func genericEndpoint(fc *config.Forwarder) (auth.Endpoint, string, error) {
 		}
 		cfg.ClientSecret, cfg.Assertion = "", key
 	default:
-		return auth.Endpoint{}, "", errors.New("OAUTH_AUTH_STYLE: want client_secret_basic, client_secret_post or private_key_jwt")
+		return auth.Endpoint{}, "", errors.New(fc.VarName("OAUTH_AUTH_STYLE") + ": want client_secret_basic, client_secret_post or private_key_jwt")
 	}
 	ep, err := auth.ClientCredentials(cfg)
 	return ep, style, err
 }
 
-func azureConfig(fc *config.Forwarder) azure.Config {
+func azureConfig(fc *config.NamedDestination) azure.Config {
 	d := &fc.DestinationAuth
 	return azure.Config{
 		TenantID:           d.AzureTenantID,
@@ -179,7 +179,7 @@ func azureConfig(fc *config.Forwarder) azure.Config {
 // tokenEndpointHost is the host tokens come from, and whether there are
 // tokens at all (aws and an unauthenticated generic destination have none),
 // for the token metrics and the status page.
-func tokenEndpointHost(fc *config.Forwarder) (string, bool) {
+func tokenEndpointHost(fc *config.NamedDestination) (string, bool) {
 	d := &fc.DestinationAuth
 	switch d.Provider {
 	case config.ProviderAzure:

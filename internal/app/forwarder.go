@@ -22,8 +22,10 @@ import (
 	"github.com/stowline/stowline/internal/web"
 )
 
-// forwarderRole is the workers that send studies to the destination, with
-// their health, metrics and admin API on FORWARDER_ADDR.
+// forwarderRole is the workers that send studies to the destinations it
+// serves (FORWARDER_DESTINATIONS), with their health, metrics and admin
+// API on FORWARDER_ADDR. Each destination has its own consumer, workers,
+// credentials and HTTP transport, so one that is down delays no other.
 type forwarderRole struct {
 	cfg     *config.Forwarder
 	sources *Sources
@@ -36,21 +38,15 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if err := p.status.registerQueue(reg); err != nil {
 		return err
 	}
-	tokenHost, oauth := tokenEndpointHost(fc)
-	tw, err := status.NewTokenWatch(urlHost(fc.DICOMwebURL), tokenHost, oauth, reg)
-	if err != nil {
-		return err
-	}
-	// The provider, its credentials, TLS: destination.go. ctx outlives
-	// every token refresh.
-	dest, err := newDestination(ctx, fc, tw.Observe, log)
-	if err != nil {
-		return err
+	all, served := fc.DestinationList(), fc.Served()
+	names := make([]string, len(all))
+	for i, d := range all {
+		names[i] = d.Name
 	}
 
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
-	cons, err := p.topo.EnsureConsumer(pctx, p.conn.JS)
+	consumers, err := p.topo.EnsureConsumers(pctx, p.conn.JS, names)
 	if err != nil {
 		return err
 	}
@@ -62,92 +58,124 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if err != nil {
 		return err
 	}
-	ledgerKV, err := p.topo.EnsureLedger(pctx, p.conn.JS)
-	if err != nil {
-		return err
-	}
 	dls := deadletter.NewStore(p.conn.JS, dlStream)
-	opts := forward.Options{
-		Consumer:           cons,
-		SourceFor:          r.sourceFor,
-		Destination:        dest.STOW,
-		Concurrency:        fc.Concurrency,
-		MaxInstances:       fc.StowMaxInstances,
-		MaxBytes:           int64(fc.StowMaxBytes),
-		RequestConcurrency: fc.StowParallel,
-		AckWait:            fc.AckWait,
-		RetryDelay:         fc.RetryDelay,
-		RetryMaxDelay:      fc.RetryMaxDelay,
-		DeadLetters:        dls,
-		Failures:           deadletter.NewFailureLog(failureKV),
-		MaxDeliveries:      fc.MaxDeliveries,
-		InstanceRetries:    fc.InstanceRetries,
-		Completed:          ledger.New(ledgerKV).Record,
-		Logger:             log,
-		Registerer:         reg,
-	}
 	if fc.DeleteFromSource {
-		opts.CleanerFor = r.cleanerFor
-		log.Warn("buffer mode: forwarded instances are deleted from the source Orthanc once the destination stored them (FORWARDER_DELETE_FROM_SOURCE=true)")
-	}
-	if err := p.status.track(ctx, g, p.topo, fc.Concurrency, tw, &opts, log); err != nil {
-		return err
-	}
-	fw, err := forward.New(opts)
-	if err != nil {
-		return err
+		log.Warn("buffer mode: forwarded instances are deleted from the source Orthanc once every destination that selected them stored them (FORWARDER_DELETE_FROM_SOURCE=true)")
 	}
 
-	router := newRouter()
 	checks := map[string]web.Check{
 		"jetstream": p.conn.Ready,
 		"orthanc":   r.sources.Ready,
 	}
-	if dest.Tokens != nil {
-		checks["destination_token"] = func(ctx context.Context) error {
-			if _, err := dest.Tokens.TokenContext(ctx); err != nil {
-				return fmt.Errorf("destination token: %w", err)
-			}
-			return nil
+	var forwarders []*forward.Forwarder
+	var tokens []*status.TokenWatch
+	var opts []*forward.Options
+	for _, d := range served {
+		o, tw, err := r.destination(ctx, p, d, reg, log, checks)
+		if err != nil {
+			return err
+		}
+		ledgerKV, err := p.topo.EnsureLedger(pctx, p.conn.JS, d.Name)
+		if err != nil {
+			return err
+		}
+		o.Consumer = consumers[d.Name]
+		o.DeadLetters = dls
+		o.Failures = deadletter.NewFailureLog(failureKV, d.Name)
+		o.Completed = ledger.New(ledgerKV).Completed
+		opts = append(opts, o)
+		tokens = append(tokens, tw)
+	}
+	tracker, err := p.status.track(ctx, g, p.topo, fc.Concurrency*len(served), tokens, log)
+	if err != nil {
+		return err
+	}
+	for _, o := range opts {
+		o.Observer = tracker
+		fw, err := forward.New(*o)
+		if err != nil {
+			return err
+		}
+		forwarders = append(forwarders, fw)
+		if err := watchMaxDeliver(ctx, p, o.DestinationName, reg, log); err != nil {
+			return err
 		}
 	}
+
+	router := newRouter()
 	web.MountHealth(router, reg, checks)
 	if p.status.adminToken != "" {
-		(&web.AdminAPI{Store: dls, JS: p.conn.JS, Token: p.status.adminToken, Log: p.log.With("component", "admin")}).Mount(router)
+		(&web.AdminAPI{Store: dls, JS: p.conn.JS, Token: p.status.adminToken, Destinations: names, Log: p.log.With("component", "admin")}).Mount(router)
 	} else {
 		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
 	}
 	if err := serveHTTP(ctx, g, "forwarder", fc.Addr, router, p.serverTLS, log); err != nil {
 		return err
 	}
-	if err := watchMaxDeliver(ctx, p, reg, log); err != nil {
-		return err
+	for i, fw := range forwarders {
+		g.Go(named("forwarder "+opts[i].DestinationName, func() error { return fw.Run(ctx) }))
 	}
-	g.Go(named("forwarder", func() error { return fw.Run(ctx) }))
 	return nil
 }
 
-// watchMaxDeliver counts and logs, until ctx ends, the events JetStream
-// stops delivering to the forwarders (the consumer's MaxDeliver): an
-// event that left the queue without a dead letter.
-func watchMaxDeliver(ctx context.Context, p *process, reg prometheus.Registerer, log *slog.Logger) error {
-	reached := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "stowline_forwarder_max_deliver_reached_total",
-		Help: "Events JetStream stopped delivering to the forwarders after the consumer's MaxDeliver, without a dead letter; `forwarder audit` lists their studies.",
-	})
-	if err := reg.Register(reached); err != nil {
-		return err
-	}
-	stop, err := natsjs.WatchMaxDeliver(p.conn.NC, natsjs.ForwarderConsumer, func(a natsjs.MaxDeliverReached) {
-		reached.Inc()
-		log.Error("JetStream stopped delivering an event after the consumer's MaxDeliver, without a dead letter: run `forwarder audit --enqueue` to queue its study again",
-			"stream_seq", a.StreamSeq, "deliveries", a.Deliveries)
-	})
+// destination builds what one destination's workers need from its
+// settings: credentials, HTTP transport and STOW-RS client, routing rules,
+// limits; and adds its readiness check.
+func (r *forwarderRole) destination(ctx context.Context, p *process, d config.NamedDestination, reg prometheus.Registerer,
+	log *slog.Logger, checks map[string]web.Check) (*forward.Options, *status.TokenWatch, error) {
+	fc := r.cfg
+	log = log.With("destination", d.Name)
+	tokenHost, oauth := tokenEndpointHost(&d)
+	tw, err := status.NewTokenWatch(d.Name, urlHost(d.DICOMwebURL), tokenHost, oauth, reg)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	context.AfterFunc(ctx, stop)
-	return nil
+	// The provider, its credentials, TLS: destination.go. ctx outlives
+	// every token refresh.
+	client, err := newDestination(ctx, &d, tw.Observe, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if client.Tokens != nil {
+		name := "destination_token"
+		if d.Var != "" {
+			name += "_" + d.Name
+		}
+		checks[name] = func(ctx context.Context) error {
+			if _, err := client.Tokens.TokenContext(ctx); err != nil {
+				return fmt.Errorf("destination %s token: %w", d.Name, err)
+			}
+			return nil
+		}
+	}
+	o := &forward.Options{
+		DestinationName:    d.Name,
+		SourceFor:          r.sourceFor,
+		Destination:        client.STOW,
+		Concurrency:        fc.Concurrency,
+		MaxInstances:       d.StowMaxInstances,
+		MaxBytes:           int64(d.StowMaxBytes),
+		RequestConcurrency: d.StowParallel,
+		AckWait:            fc.AckWait,
+		RetryDelay:         fc.RetryDelay,
+		RetryMaxDelay:      fc.RetryMaxDelay,
+		MaxDeliveries:      fc.MaxDeliveries,
+		InstanceRetries:    fc.InstanceRetries,
+		Logger:             log,
+		Registerer:         reg,
+	}
+	route, err := newRoute(d, r.sources)
+	if err != nil {
+		return nil, nil, err
+	}
+	if route != nil {
+		o.Router = route
+		log.Info("routing rules", "match", d.Match != "", "instance_match", d.InstanceMatch != "")
+	}
+	if fc.DeleteFromSource {
+		o.CleanerFor = r.cleanerFor
+	}
+	return o, tw, nil
 }
 
 // sourceFor returns the Orthanc of the event's source. An unknown source
@@ -192,4 +220,28 @@ func urlHost(raw string) string {
 		return ""
 	}
 	return u.Host
+}
+
+// watchMaxDeliver counts and logs, until ctx ends, the events JetStream
+// stops delivering to a destination's forwarders (the consumer's
+// MaxDeliver): an event that left the queue without a dead letter.
+func watchMaxDeliver(ctx context.Context, p *process, destination string, reg prometheus.Registerer, log *slog.Logger) error {
+	reached := prometheus.NewCounter(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_max_deliver_reached_total",
+		Help:        "Events JetStream stopped delivering to the forwarders after the consumer's MaxDeliver, without a dead letter; `forwarder audit` lists their studies.",
+		ConstLabels: prometheus.Labels{"destination": destination},
+	})
+	if err := reg.Register(reached); err != nil {
+		return err
+	}
+	stop, err := natsjs.WatchMaxDeliver(p.conn.NC, natsjs.ConsumerName(destination), func(a natsjs.MaxDeliverReached) {
+		reached.Inc()
+		log.Error("JetStream stopped delivering an event after the consumer's MaxDeliver, without a dead letter: run `forwarder audit --enqueue` to queue its study again",
+			"destination", destination, "stream_seq", a.StreamSeq, "deliveries", a.Deliveries)
+	})
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, stop)
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/ellipsis"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(format, args...)} }
@@ -27,17 +28,21 @@ Commands:
   show     SEQ [--json]                show one dead letter
   run      filters|--all [--dry-run]   put dead-lettered studies back in the queue
   purge    filters|--all [--dry-run]   delete dead letters for good
-  reforward --since T [--until T] [--dry-run]
+  reforward --since T [--until T] [--destination NAME] [--dry-run]
                                        queue again every event received in a window
-                                       (for a destination that lost data)
+                                       (for a destination that lost data), for one
+                                       destination or all
+
+A dead letter goes back to the destination it failed at only.
 
 Filters:
+  --destination D  the letters of one destination
   --seq N          one dead letter
   --study UID      by StudyInstanceUID
   --orthanc-id ID  by Orthanc study ID
   --class C        transient, partial, permanent, source-missing or crash
   --reason TEXT    reason contains TEXT (case-insensitive)
-  --since T        dead-lettered at or after T (e.g. 2026-11-01T00:00Z)
+  --since T        dead-lettered at or after T (e.g. 2026-11-01T00:00Z, or 24h ago)
   --all            every dead letter (run and purge need a filter or --all)
 
 Connects to NATS_URL (see forwarder -h). Exit status: 0 done, 1 failed, 2 bad arguments.
@@ -82,6 +87,7 @@ func replayFlags(name string) *flag.FlagSet {
 }
 
 func filterFlags(fs *flag.FlagSet, a *deadletter.FilterArgs) {
+	fs.StringVar(&a.Destination, "destination", "", "destination")
 	fs.StringVar(&a.Seq, "seq", "", "dead-letter sequence number")
 	fs.StringVar(&a.Study, "study", "", "StudyInstanceUID")
 	fs.StringVar(&a.OrthancStudyID, "orthanc-id", "", "Orthanc study ID")
@@ -214,9 +220,15 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 	fs := replayFlags("reforward")
 	since := fs.String("since", "", "start of the window")
 	until := fs.String("until", "", "end of the window (default now)")
+	destination := fs.String("destination", "", "the one destination to queue them for (default all)")
 	dryRun := fs.Bool("dry-run", false, "only say what would be done")
 	if err := parseReplayFlags(fs, args); err != nil {
 		return err
+	}
+	if *destination != "" {
+		if err := requireDestination(ctx, c.JS, *destination); err != nil {
+			return usagef("reforward: %w", err)
+		}
 	}
 	if *since == "" {
 		return usagef("reforward: --since is required")
@@ -234,7 +246,7 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 			return usagef("reforward: --until must be after --since")
 		}
 	}
-	evs, err := deadletter.Reforward(ctx, c.JS, from, to, *dryRun)
+	evs, err := deadletter.Reforward(ctx, c.JS, *destination, from, to, *dryRun)
 	verb := "queued again"
 	if *dryRun {
 		verb = "would be queued again"
@@ -266,3 +278,17 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// requireDestination checks that destination has its consumer on the
+// event stream: events queued for a destination without one would reach
+// nobody.
+func requireDestination(ctx context.Context, js jetstream.JetStream, destination string) error {
+	if !natsjs.ValidDestination(destination) {
+		return fmt.Errorf("destination %q: not a destination name", destination)
+	}
+	if _, err := js.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName(destination)); err != nil {
+		return fmt.Errorf("destination %q has no consumer %s on stream %s (is it in DESTINATIONS, and has its forwarder started?): %w",
+			destination, natsjs.ConsumerName(destination), natsjs.EventStream, err)
+	}
+	return nil
+}

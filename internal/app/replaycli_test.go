@@ -271,19 +271,21 @@ func TestReplayCommands(t *testing.T) {
 		}
 	})
 
+	// The re-forward takes the events Orthanc announced, not the replay
+	// above, which was one of them queued again for its destination only.
 	t.Run("reforward", func(t *testing.T) {
 		out := r.mustRun(t, "reforward", "--since", since, "--dry-run")
-		if !strings.Contains(out, "3 events would be queued again") || !strings.Contains(out, ev2.OrthancStudyID) {
+		if !strings.Contains(out, "2 events would be queued again") || !strings.Contains(out, ev2.OrthancStudyID) {
 			t.Errorf("reforward --dry-run printed:\n%s", out)
 		}
 		if n := r.events(t); n != 3 {
 			t.Errorf("a dry run queued events: the stream holds %d, want 3", n)
 		}
-		if out := r.mustRun(t, "reforward", "--since", since); !strings.Contains(out, "3 events queued again") {
+		if out := r.mustRun(t, "reforward", "--since", since); !strings.Contains(out, "2 events queued again") {
 			t.Errorf("reforward printed:\n%s", out)
 		}
-		if n := r.events(t); n != 6 {
-			t.Errorf("the event stream holds %d events after the re-forward, want 6", n)
+		if n := r.events(t); n != 5 {
+			t.Errorf("the event stream holds %d events after the re-forward, want 5", n)
 		}
 	})
 }

@@ -10,7 +10,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stowline/stowline/internal/config"
-	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/web"
@@ -76,19 +75,17 @@ func (s *statusWiring) forwarders(ctx context.Context) ([]status.Snapshot, error
 	return out, err
 }
 
-// track makes a tracker the forwarder's observer, and shares what it
-// tracks in JetStream until ctx ends.
-func (s *statusWiring) track(ctx context.Context, g *errgroup.Group, topo natsjs.Topology, concurrency int, tw *status.TokenWatch, opts *forward.Options, log *slog.Logger) error {
-	t := status.NewTracker(concurrency, tw)
-	opts.Observer = t
-
+// track returns the tracker that the forwarders report to, and shares
+// what it tracks in JetStream until ctx ends.
+func (s *statusWiring) track(ctx context.Context, g *errgroup.Group, topo natsjs.Topology, concurrency int, tokens []*status.TokenWatch, log *slog.Logger) (*status.Tracker, error) {
+	t := status.NewTracker(concurrency, tokens...)
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
 	kv, err := topo.EnsureStatus(pctx, s.conn.JS)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s.tracker.Store(t)
 	g.Go(named("status", func() error { return t.Share(ctx, kv, status.ShareInterval, log) }))
-	return nil
+	return t, nil
 }

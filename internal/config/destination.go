@@ -29,10 +29,10 @@ const (
 // request ("up to 1GB", read as 10^9 bytes, the stricter reading).
 const awsMaxStowBytes = 1_000_000_000
 
-// DestinationAuth says how requests to the DICOMweb destination (one
-// destination today) are authenticated, and how TLS to it and to its
-// token endpoint is set up. It extends Forwarder's OAUTH_TOKEN_URL,
-// OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET and OAUTH_SCOPES.
+// DestinationAuth says how requests to a DICOMweb destination are
+// authenticated, and how TLS to it and to its token endpoint is set up.
+// It extends Destination's OAUTH_TOKEN_URL, OAUTH_CLIENT_ID,
+// OAUTH_CLIENT_SECRET and OAUTH_SCOPES.
 type DestinationAuth struct {
 	Provider  string `env:"OAUTH_PROVIDER" envDefault:"generic" desc:"who issues the destination's credentials: generic (any OAuth2 server), azure (Microsoft Entra ID), google (Google Cloud) or aws (AWS HealthImaging, Signature V4)"`
 	AuthStyle string `env:"OAUTH_AUTH_STYLE" desc:"generic: how the client authenticates to the token endpoint: client_secret_basic (default), client_secret_post, or private_key_jwt (default when OAUTH_CLIENT_ASSERTION_KEY_FILE is set)"`
@@ -62,7 +62,7 @@ type DestinationAuth struct {
 
 // authValidate checks the destination's authentication; the errors name
 // the variables. It replaces the checks of OAUTH_TOKEN_URL and friends.
-func (f *Forwarder) authValidate() error {
+func (f *Destination) authValidate() error {
 	d := &f.DestinationAuth
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -157,7 +157,7 @@ func (f *Forwarder) authValidate() error {
 
 // genericValidate checks OAUTH_PROVIDER=generic, where no token URL and no
 // issuer means no authentication.
-func (f *Forwarder) genericValidate() []error {
+func (f *Destination) genericValidate() []error {
 	d := &f.DestinationAuth
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -197,7 +197,7 @@ func (f *Forwarder) genericValidate() []error {
 }
 
 // AuthStyle is the effective OAUTH_AUTH_STYLE of the generic provider.
-func (f *Forwarder) AuthStyle() string {
+func (f *Destination) AuthStyle() string {
 	switch {
 	case f.DestinationAuth.AuthStyle != "":
 		return f.DestinationAuth.AuthStyle
@@ -209,7 +209,7 @@ func (f *Forwarder) AuthStyle() string {
 
 // AWSRegionOrDefault is the region of an aws destination: AWS_REGION,
 // else read from DICOMWEB_URL.
-func (f *Forwarder) AWSRegionOrDefault() string {
+func (f *Destination) AWSRegionOrDefault() string {
 	if f.DestinationAuth.AWSRegion != "" {
 		return f.DestinationAuth.AWSRegion
 	}

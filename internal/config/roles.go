@@ -96,21 +96,18 @@ func (i *Ingest) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Forwarder configures the workers that move studies to the destination.
+// Forwarder configures the workers that move studies to the destinations.
 type Forwarder struct {
 	Addr string `env:"FORWARDER_ADDR" envDefault:":8081" desc:"listen address of the forwarder's health and metrics"`
 
-	DICOMwebURL string `env:"DICOMWEB_URL,required" desc:"DICOMweb base URL of the destination; STOW-RS goes to {DICOMWEB_URL}/studies"`
+	// Destination is the one destination of a deployment that names none
+	// (DESTINATIONS unset): the destination called "default".
+	Destination
+	// Destinations: DESTINATIONS and the DESTINATION_<NAME>_ variables
+	// (destinations.go).
+	Destinations
 
-	OAuthTokenURL     string `env:"OAUTH_TOKEN_URL" desc:"generic: OAuth2 token endpoint (client credentials); empty (and no OAUTH_ISSUER_URL) sends requests without auth"`
-	OAuthClientID     string `env:"OAUTH_CLIENT_ID" desc:"OAuth2 client ID (azure: the application ID, or a user-assigned managed identity's client ID)"`
-	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET" secret:"true" desc:"OAuth2 client secret"`
-	OAuthScopes       List   `env:"OAUTH_SCOPES" desc:"OAuth2 scopes, separated by spaces or commas (azure default: https://dicom.healthcareapis.azure.com/.default; google default: https://www.googleapis.com/auth/cloud-healthcare)"`
-	// DestinationAuth: the identity provider, its grant, token lifecycle
-	// and TLS (destination.go).
-	DestinationAuth
-
-	Concurrency   int           `env:"FORWARDER_CONCURRENCY" envDefault:"4" desc:"studies each forwarder process sends at once"`
+	Concurrency   int           `env:"FORWARDER_CONCURRENCY" envDefault:"4" desc:"studies each forwarder process sends at once, per destination it serves"`
 	AckWait       time.Duration `env:"FORWARDER_ACK_WAIT" envDefault:"60s" desc:"JetStream ack wait; a live forwarder signals progress every third of it"`
 	RetryDelay    time.Duration `env:"FORWARDER_RETRY_DELAY" envDefault:"10s" desc:"first delay before a failed study is retried; it doubles after each failed delivery up to FORWARDER_RETRY_MAX_DELAY, and each delay is drawn at random between half and all of that value"`
 	RetryMaxDelay time.Duration `env:"FORWARDER_RETRY_MAX_DELAY" envDefault:"10m" desc:"longest delay between retries of a failed study"`
@@ -119,10 +116,6 @@ type Forwarder struct {
 	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently"`
 	DeleteFromSource    bool          `env:"FORWARDER_DELETE_FROM_SOURCE" envDefault:"false" desc:"buffer mode: once a study is stored at the destination and acked, delete the instances that were forwarded from the source Orthanc (not when the study changed since its event); needs an Orthanc user allowed to delete"`
 	DeadLetterRetention time.Duration `env:"DEADLETTER_RETENTION" envDefault:"720h" desc:"how long dead-lettered studies are kept for replay"`
-
-	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
-	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
-	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"4" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
 }
 
 // Validate names the variable that is out of range.
@@ -131,12 +124,7 @@ func (f *Forwarder) Validate() error {
 	if err := validateAddr("FORWARDER_ADDR", f.Addr); err != nil {
 		errs = append(errs, err)
 	}
-	if err := validateHTTPURL("DICOMWEB_URL", f.DICOMwebURL); err != nil {
-		errs = append(errs, err)
-	}
-	if err := f.authValidate(); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, f.destinationsValidate())
 	if f.Concurrency < 1 || f.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf("FORWARDER_CONCURRENCY=%d: want 1 to 256", f.Concurrency))
 	}
@@ -155,14 +143,47 @@ func (f *Forwarder) Validate() error {
 	if f.DeadLetterRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("DEADLETTER_RETENTION=%s: want at least 1h", f.DeadLetterRetention))
 	}
-	if f.StowParallel < 1 || f.StowParallel > 16 {
-		errs = append(errs, fmt.Errorf("STOW_PARALLEL_REQUESTS=%d: want 1 to 16", f.StowParallel))
+	return errors.Join(errs...)
+}
+
+// Destination is one DICOMweb destination's settings. The default
+// destination reads them from the variables named here; a destination of
+// DESTINATIONS from the same names with the prefix DESTINATION_<NAME>_
+// (DICOMWEB_URL is DESTINATION_<NAME>_URL).
+type Destination struct {
+	DICOMwebURL string `env:"DICOMWEB_URL" desc:"DICOMweb base URL of the destination (required unless DESTINATIONS is set); STOW-RS goes to {DICOMWEB_URL}/studies"`
+
+	OAuthTokenURL     string `env:"OAUTH_TOKEN_URL" desc:"generic: OAuth2 token endpoint (client credentials); empty (and no OAUTH_ISSUER_URL) sends requests without auth"`
+	OAuthClientID     string `env:"OAUTH_CLIENT_ID" desc:"OAuth2 client ID (azure: the application ID, or a user-assigned managed identity's client ID)"`
+	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET" secret:"true" desc:"OAuth2 client secret"`
+	OAuthScopes       List   `env:"OAUTH_SCOPES" desc:"OAuth2 scopes, separated by spaces or commas (azure default: https://dicom.healthcareapis.azure.com/.default; google default: https://www.googleapis.com/auth/cloud-healthcare)"`
+	// DestinationAuth: the identity provider, its grant, token lifecycle
+	// and TLS (destination.go).
+	DestinationAuth
+
+	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
+	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
+	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"4" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
+}
+
+// validate checks the destination's settings; the errors name the default
+// destination's variables (namedDestination renames them).
+func (d *Destination) validate() error {
+	var errs []error
+	if err := validateHTTPURL("DICOMWEB_URL", d.DICOMwebURL); err != nil {
+		errs = append(errs, err)
 	}
-	if f.StowMaxInstances < 1 {
-		errs = append(errs, fmt.Errorf("STOW_MAX_INSTANCES=%d: want at least 1", f.StowMaxInstances))
+	if err := d.authValidate(); err != nil {
+		errs = append(errs, err)
 	}
-	if f.StowMaxBytes < 1<<20 {
-		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES=%s: want at least 1MiB", f.StowMaxBytes))
+	if d.StowParallel < 1 || d.StowParallel > 16 {
+		errs = append(errs, fmt.Errorf("STOW_PARALLEL_REQUESTS=%d: want 1 to 16", d.StowParallel))
+	}
+	if d.StowMaxInstances < 1 {
+		errs = append(errs, fmt.Errorf("STOW_MAX_INSTANCES=%d: want at least 1", d.StowMaxInstances))
+	}
+	if d.StowMaxBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES=%s: want at least 1MiB", d.StowMaxBytes))
 	}
 	return errors.Join(errs...)
 }

@@ -121,3 +121,15 @@ func (c *ReplayCommand) Validate() error {
 
 // LogConfig returns the logging part.
 func (c *ReplayCommand) LogConfig() Log { return c.Log }
+
+// readDynamic reads the variables named by ORTHANC_SOURCES and
+// DESTINATIONS.
+func (c *ForwarderService) readDynamic(getenv func(string) string) error {
+	return errors.Join(c.Orthanc.readDynamic(getenv), c.Forwarder.readDynamic(getenv))
+}
+
+// readDynamic reads the variables named by ORTHANC_SOURCES and
+// DESTINATIONS.
+func (c *SingleHost) readDynamic(getenv func(string) string) error {
+	return errors.Join(c.Orthanc.readDynamic(getenv), c.Forwarder.readDynamic(getenv))
+}

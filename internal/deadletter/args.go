@@ -1,5 +1,5 @@
-// The operator's filters of dead letters (sequence, study, class, reason,
-// time), parsed the same way for the `forwarder replay` command
+// The operator's filters of dead letters (destination, sequence, study,
+// class, reason, time), parsed the same way for the `forwarder replay` command
 // (internal/app) and the admin API (internal/web).
 
 package deadletter
@@ -13,6 +13,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -26,18 +27,23 @@ var timeLayouts = []string{
 	"2006-01-02",
 }
 
-// ParseTime reads 2026-11-01T00:00Z, RFC 3339, or a date.
+// ParseTime reads 2026-11-01T00:00Z, RFC 3339, a date, or a duration
+// back from now (24h, 90m).
 func ParseTime(s string) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return time.Now().UTC().Add(-d), nil
+	}
 	for _, l := range timeLayouts {
 		if t, err := time.Parse(l, s); err == nil {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("%q is not a time (want e.g. 2026-11-01T00:00Z or 2026-11-01)", s)
+	return time.Time{}, fmt.Errorf("%q is not a time (want e.g. 2026-11-01T00:00Z, 2026-11-01 or 24h)", s)
 }
 
 // FilterArgs is a filter as text, from flags or JSON.
 type FilterArgs struct {
+	Destination    string `json:"destination,omitempty"`
 	Seq            string `json:"seq,omitempty"`
 	Study          string `json:"study,omitempty"`
 	OrthancStudyID string `json:"orthancStudyId,omitempty"`
@@ -51,6 +57,12 @@ type FilterArgs struct {
 func (a FilterArgs) Filter() (Filter, error) {
 	f := Filter{All: a.All, ReasonContains: a.Reason}
 	var errs []error
+	if a.Destination != "" {
+		if !natsjs.ValidDestination(a.Destination) {
+			errs = append(errs, fmt.Errorf("destination: %q is not a destination name", a.Destination))
+		}
+		f.Destination = a.Destination
+	}
 	if a.Seq != "" {
 		n, err := strconv.ParseUint(a.Seq, 10, 64)
 		if err != nil || n == 0 {

@@ -55,8 +55,9 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	if err != nil {
 		return 0, fmt.Errorf("encode dead letter: %w", err)
 	}
-	msg := &nats.Msg{Subject: natsjs.DeadLetterSubjectPrefix + l.Event.Source, Data: data, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, "dl/"+strconv.FormatUint(l.OriginalSeq, 10)+"/"+l.Event.MsgID())
+	dest := destinationOf(l)
+	msg := &nats.Msg{Subject: natsjs.DeadLetterSubject(dest, l.Event.Source), Data: data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, "dl/"+dest+"/"+strconv.FormatUint(l.OriginalSeq, 10)+"/"+l.Event.MsgID())
 	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(natsjs.DeadLetterStream))
 	if err != nil {
 		return 0, fmt.Errorf("store dead letter for study %s: %w", l.Event.OrthancStudyID, err)
@@ -64,10 +65,21 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	return ack.Sequence, nil
 }
 
+// destinationOf is the destination a letter failed at: letters from
+// before destinations name none and were the default destination's.
+func destinationOf(l *forward.DeadLetter) string {
+	if l.Destination == "" {
+		return natsjs.DefaultDestination
+	}
+	return l.Destination
+}
+
 // Filter selects dead letters. Empty fields match everything. Replay and
 // Purge refuse an empty filter with All unset, so "replay everything" or
 // "purge everything" is always explicit; List lists every letter for it.
 type Filter struct {
+	// Destination selects the letters of one destination.
+	Destination      string
 	Seq              uint64
 	StudyInstanceUID string
 	OrthancStudyID   string
@@ -80,13 +92,14 @@ type Filter struct {
 
 // Empty reports whether f selects nothing.
 func (f Filter) Empty() bool {
-	return !f.All && f.Seq == 0 && f.StudyInstanceUID == "" && f.OrthancStudyID == "" &&
+	return !f.All && f.Destination == "" && f.Seq == 0 && f.StudyInstanceUID == "" && f.OrthancStudyID == "" &&
 		f.Class == "" && f.ReasonContains == "" && f.Since.IsZero()
 }
 
 func (f Filter) match(e *Entry) bool {
 	switch {
-	case f.Seq != 0 && e.Seq != f.Seq,
+	case f.Destination != "" && destinationOf(&e.DeadLetter) != f.Destination,
+		f.Seq != 0 && e.Seq != f.Seq,
 		f.StudyInstanceUID != "" && e.Event.StudyInstanceUID != f.StudyInstanceUID,
 		f.OrthancStudyID != "" && e.Event.OrthancStudyID != f.OrthancStudyID,
 		f.Class != "" && e.Class != f.Class,
@@ -198,9 +211,10 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	}
 }
 
-// Replay puts the letters f selects back into the event stream with a
-// fresh dedupe ID, and removes each letter only once its event is stored.
-// With dryRun it only returns what it would replay.
+// Replay puts the letters f selects back into the event stream for their
+// destination only, with a fresh dedupe ID, and removes each letter only
+// once its event is stored. With dryRun it only returns what it would
+// replay.
 func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, error) {
 	if f.Empty() {
 		return nil, errors.New("replay: no filter given (use All to replay every dead letter)")
@@ -211,7 +225,8 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 	}
 	for i, e := range entries {
 		ev := e.Event
-		if _, err := natsjs.PublishAs(ctx, s.js, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
+		subject := natsjs.DestinationSubject(destinationOf(&e.DeadLetter), ev.Source)
+		if _, err := natsjs.PublishTo(ctx, s.js, subject, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
 			return entries[:i], fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 		}
 		if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -247,8 +262,9 @@ func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool) ([]Entry, erro
 
 // Reforward re-queues every event the main stream received in
 // [since, until) (until zero: up to now), for a destination that lost
-// data. Each gets a fresh dedupe ID.
-func Reforward(ctx context.Context, js jetstream.JetStream, since, until time.Time, dryRun bool) ([]events.StudyStable, error) {
+// data, or one added since (a backfill): for the destination named, or
+// for every destination when it is empty. Each gets a fresh dedupe ID.
+func Reforward(ctx context.Context, js jetstream.JetStream, destination string, since, until time.Time, dryRun bool) ([]events.StudyStable, error) {
 	if since.IsZero() {
 		return nil, errors.New("reforward: a start time is required")
 	}
@@ -286,7 +302,11 @@ func Reforward(ctx context.Context, js jetstream.JetStream, since, until time.Ti
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for i, it := range found {
 		ev := it.ev
-		if _, err := natsjs.PublishAs(ctx, js, &ev, ev.MsgID()+"/reforward/"+stamp+"/"+strconv.FormatUint(it.seq, 10)); err != nil {
+		subject := natsjs.EventSubject(ev.Source)
+		if destination != "" {
+			subject = natsjs.DestinationSubject(destination, ev.Source)
+		}
+		if _, err := natsjs.PublishTo(ctx, js, subject, &ev, ev.MsgID()+"/reforward/"+destination+"/"+stamp+"/"+strconv.FormatUint(it.seq, 10)); err != nil {
 			return out[:i], fmt.Errorf("reforward event %d: %w", it.seq, err)
 		}
 	}

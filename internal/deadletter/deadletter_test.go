@@ -389,7 +389,7 @@ func TestReforward(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" (dry run)", func(t *testing.T) {
-			got, err := deadletter.Reforward(testCtx(t), ns.JS, since, tt.until, true)
+			got, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, tt.until, true)
 			if err != nil || !slices.Equal(keys(got), tt.want) {
 				t.Errorf("Reforward = %v, %v; want %v", keys(got), err, tt.want)
 			}
@@ -399,7 +399,7 @@ func TestReforward(t *testing.T) {
 		})
 	}
 
-	got, err := deadletter.Reforward(testCtx(t), ns.JS, since, received.Add(time.Hour), false)
+	got, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, received.Add(time.Hour), false)
 	if err != nil || !slices.Equal(keys(got), []string{inside.MsgID()}) {
 		t.Fatalf("Reforward = %v, %v", keys(got), err)
 	}
@@ -420,7 +420,7 @@ func TestReforward(t *testing.T) {
 		{"end before start", since, since.Add(-time.Minute)},
 		{"end at start", since, since},
 	} {
-		if _, err := deadletter.Reforward(testCtx(t), ns.JS, bad.since, bad.until, false); err == nil {
+		if _, err := deadletter.Reforward(testCtx(t), ns.JS, "", bad.since, bad.until, false); err == nil {
 			t.Errorf("%s: Reforward succeeded", bad.name)
 		}
 	}
@@ -432,7 +432,7 @@ func TestFailureLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := deadletter.NewFailureLog(kv)
+	log := deadletter.NewFailureLog(kv, "default")
 	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
 	record := func(seq uint64, at time.Time) forward.FailureTimes {
 		t.Helper()

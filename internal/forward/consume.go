@@ -64,7 +64,7 @@ func (f *Forwarder) worker(ctx, workCtx context.Context) {
 // before any work, transfers the study while telling JetStream it is in
 // progress, and settles the message by the outcome policy.
 func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
-	a := &Attempt{Number: 1}
+	a := &Attempt{Destination: f.opts.DestinationName, Number: 1}
 	if meta, err := msg.Metadata(); err == nil {
 		a.Number, a.Seq = meta.NumDelivered, meta.Sequence.Stream
 	}

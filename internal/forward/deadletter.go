@@ -8,6 +8,9 @@ import (
 
 // DeadLetter is one dead-lettered study: the original event and why it failed.
 type DeadLetter struct {
+	// Destination is the destination the study failed at; empty in
+	// letters from before destinations, which were the default one's.
+	Destination    string             `json:"destination,omitempty"`
 	Event          events.StudyStable `json:"event"`
 	Class          Class              `json:"class"`
 	Reason         string             `json:"reason"`

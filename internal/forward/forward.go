@@ -59,13 +59,28 @@ type FailureLog interface {
 	Forget(ctx context.Context, seq uint64) error
 }
 
-// Options configures a Forwarder.
+// Router picks what of a study goes to the destination (its routing
+// rules): the instances to send, none when the study is not for it. A
+// rule that cannot be evaluated for the study is an *Error of class
+// Permanent.
+type Router interface {
+	Select(ctx context.Context, source, studyID string, instances []orthancapi.Instance) ([]orthancapi.Instance, error)
+}
+
+// Options configures a Forwarder: the workers of one destination.
 type Options struct {
-	// Consumer is the durable consumer shared by all replicas.
+	// DestinationName names the destination in logs, metrics, dead
+	// letters and the failure log.
+	DestinationName string
+	// Consumer is the destination's durable consumer, shared by all
+	// replicas that serve it.
 	Consumer jetstream.Consumer
 	// SourceFor returns the Orthanc that an event's source names.
 	SourceFor   func(source string) (Source, error)
 	Destination Destination
+	// Router, if set, selects what of each study goes to the destination;
+	// without it every instance of every study does.
+	Router Router
 	// Concurrency is the number of studies this process sends at once.
 	Concurrency int
 	// MaxInstances and MaxBytes bound one STOW-RS request.
@@ -102,7 +117,7 @@ type Options struct {
 	// Completed, if set, is called after a study was stored and its event
 	// acked, to record the completed forward (the audit reads it). An
 	// error is logged; the study stays forwarded.
-	Completed func(ctx context.Context, ev *events.StudyStable) error
+	Completed func(ctx context.Context, ev *events.StudyStable, notSelected bool) error
 	// CleanerFor, if set, turns on buffer mode: once a study is stored,
 	// acked and recorded, the instances that were forwarded are deleted
 	// from its source, unless the study changed since its event.
@@ -133,6 +148,9 @@ type Forwarder struct {
 // New validates opts and returns a Forwarder.
 func New(opts Options) (*Forwarder, error) {
 	var errs []error
+	if opts.DestinationName == "" {
+		errs = append(errs, errors.New("a destination name is required"))
+	}
 	if opts.SourceFor == nil {
 		errs = append(errs, errors.New("a source is required"))
 	}
@@ -167,11 +185,12 @@ func New(opts Options) (*Forwarder, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("destination", opts.DestinationName)
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	m, err := newMetrics(reg)
+	m, err := newMetrics(reg, opts.DestinationName)
 	if err != nil {
 		return nil, err
 	}

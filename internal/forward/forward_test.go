@@ -109,16 +109,17 @@ func newForwarder(t *testing.T, src *memSource, dest string, cons jetstream.Cons
 		t.Fatal(err)
 	}
 	o := Options{
-		Consumer:      cons,
-		SourceFor:     func(string) (Source, error) { return src, nil },
-		Destination:   client,
-		Concurrency:   2,
-		MaxInstances:  4,
-		MaxBytes:      1 << 20,
-		AckWait:       3 * time.Second,
-		RetryDelay:    time.Second,
-		RetryMaxDelay: 8 * time.Second,
-		ShutdownGrace: 200 * time.Millisecond,
+		DestinationName: "default",
+		Consumer:        cons,
+		SourceFor:       func(string) (Source, error) { return src, nil },
+		Destination:     client,
+		Concurrency:     2,
+		MaxInstances:    4,
+		MaxBytes:        1 << 20,
+		AckWait:         3 * time.Second,
+		RetryDelay:      time.Second,
+		RetryMaxDelay:   8 * time.Second,
+		ShutdownGrace:   200 * time.Millisecond,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -139,7 +140,7 @@ func consumer(t *testing.T, ns *testnats.Server) jetstream.Consumer {
 	t.Helper()
 	topo := natsjs.DefaultTopology()
 	topo.AckWait = 3 * time.Second
-	c, err := topo.EnsureConsumer(context.Background(), ns.JS)
+	c, err := topo.EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +212,7 @@ func TestShutdownReturnsInFlightStudy(t *testing.T) {
 	t.Cleanup(srv.Close)
 	topo := natsjs.DefaultTopology()
 	topo.AckWait = time.Minute // a redelivery before this proves the NAK
-	cons, err := topo.EnsureConsumer(context.Background(), ns.JS)
+	cons, err := topo.EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
 	if err != nil {
 		t.Fatal(err)
 	}

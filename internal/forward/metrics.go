@@ -22,55 +22,68 @@ type metrics struct {
 	sourceDeletes *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error) {
+	// One forwarder per destination registers these: the destination
+	// label tells them apart.
+	labels := prometheus.Labels{"destination": destination}
 	m := &metrics{
 		studies: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "stowline_forwarder_studies_total",
-			Help: "Studies handled, by result (forwarded, retry, dead_lettered, interrupted, undecodable, ack_failed).",
+			Name:        "stowline_forwarder_studies_total",
+			Help:        "Studies handled, by result (forwarded, not_selected, retry, dead_lettered, interrupted, undecodable, ack_failed).",
+			ConstLabels: labels,
 		}, []string{"result"}),
 		instances: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "stowline_forwarder_instances_total",
-			Help: "Instances the destination confirmed as stored.",
+			Name:        "stowline_forwarder_instances_total",
+			Help:        "Instances the destination confirmed as stored.",
+			ConstLabels: labels,
 		}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "stowline_forwarder_bytes_total",
-			Help: "Bytes of STOW-RS request bodies the destination confirmed.",
+			Name:        "stowline_forwarder_bytes_total",
+			Help:        "Bytes of STOW-RS request bodies the destination confirmed.",
+			ConstLabels: labels,
 		}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "stowline_forwarder_study_duration_seconds",
-			Help:    "Time to forward one study, for studies forwarded.",
-			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
+			Name:        "stowline_forwarder_study_duration_seconds",
+			Help:        "Time to forward one study, for studies forwarded.",
+			ConstLabels: labels,
+			Buckets:     prometheus.ExponentialBuckets(0.05, 2, 16),
 		}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "stowline_forwarder_studies_in_flight",
-			Help: "Studies being sent now by this process.",
+			Name:        "stowline_forwarder_studies_in_flight",
+			Help:        "Studies being sent now by this process.",
+			ConstLabels: labels,
 		}),
 	}
 	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stowline_forwarder_failures_total",
-		Help: "Failed forwarding attempts, by failure class (transient, partial, permanent, source-missing, crash).",
+		Name:        "stowline_forwarder_failures_total",
+		Help:        "Failed forwarding attempts, by failure class (transient, partial, permanent, source-missing, crash).",
+		ConstLabels: labels,
 	}, []string{"class"})
 	m.resent = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "stowline_forwarder_instances_resent_total",
-		Help: "Instances sent again alone after the destination refused them transiently.",
+		Name:        "stowline_forwarder_instances_resent_total",
+		Help:        "Instances sent again alone after the destination refused them transiently.",
+		ConstLabels: labels,
 	})
 	m.alreadyStored = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "stowline_forwarder_instances_already_stored_total",
-		Help: "Instances the destination reported as already stored (counted as success).",
+		Name:        "stowline_forwarder_instances_already_stored_total",
+		Help:        "Instances the destination reported as already stored (counted as success).",
+		ConstLabels: labels,
 	})
 	m.authRetries = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "stowline_forwarder_auth_retries_total",
-		Help: "STOW-RS requests sent again with a fresh token after the destination answered 401.",
+		Name:        "stowline_forwarder_auth_retries_total",
+		Help:        "STOW-RS requests sent again with a fresh token after the destination answered 401.",
+		ConstLabels: labels,
 	})
 	m.sourceDeletes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stowline_forwarder_source_deletes_total",
-		Help: "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, or skipped because the study changed since its event.",
+		Name:        "stowline_forwarder_source_deletes_total",
+		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, or skipped because the study changed since its event.",
+		ConstLabels: labels,
 	}, []string{"result"})
 	for _, r := range []string{"deleted", "failed", "skipped"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
-	for _, r := range []string{"forwarded", "retry", "dead_lettered", "interrupted", "undecodable", "ack_failed"} {
-		m.studies.WithLabelValues(r)
+	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed} {
+		m.studies.WithLabelValues(string(r))
 	}
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))

@@ -4,7 +4,9 @@ import "github.com/stowline/stowline/events"
 
 // Attempt is one delivery of a study's event to this forwarder.
 type Attempt struct {
-	Event *events.StudyStable
+	// Destination is the name of the destination it is for.
+	Destination string
+	Event       *events.StudyStable
 	// Number counts the deliveries of the event, this one included.
 	Number uint64
 	// Seq is the event's position in the event stream.
@@ -19,6 +21,9 @@ type Result string
 const (
 	// ResultForwarded: every instance stored, the event acked.
 	ResultForwarded Result = "forwarded"
+	// ResultNotSelected: the destination's rules select nothing of the
+	// study; the event is acked.
+	ResultNotSelected Result = "not_selected"
 	// ResultRetry: it failed and goes back to the queue after a delay.
 	ResultRetry Result = "retry"
 	// ResultDeadLettered: it failed for good, or ran out of deliveries.

@@ -120,7 +120,7 @@ func TestDeliveryPastTheLimitIsDeadLetteredUntried(t *testing.T) {
 	ns := testnats.Start(t)
 	topo := natsjs.DefaultTopology()
 	topo.AckWait = time.Second
-	cons, err := topo.EnsureConsumer(context.Background(), ns.JS)
+	cons, err := topo.EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,9 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	switch d.action {
 	case ack:
 		result = f.ack(sctx, msg, a, rep, elapsed, log)
+		if result == ResultForwarded && rep.NotSelected {
+			result = ResultNotSelected
+		}
 	case giveBack:
 		log.Warn("shutdown: study returned to the queue", "instances_sent", rep.Instances)
 		if err := msg.Nak(); err != nil {
@@ -56,17 +59,21 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		log.Error("study stored but the ack was not confirmed; it will be delivered again", "err", err)
 		return ResultAckFailed
 	}
-	f.m.duration.Observe(elapsed.Seconds())
-	log.Info("study forwarded", "instances", rep.Instances, "bytes", rep.Bytes,
-		"requests", rep.Requests, "already_stored", rep.AlreadyStored, "resent", rep.Resent,
-		"duration_ms", elapsed.Milliseconds())
+	if rep.NotSelected {
+		log.Info("study not forwarded: the destination's rules select none of it")
+	} else {
+		f.m.duration.Observe(elapsed.Seconds())
+		log.Info("study forwarded", "instances", rep.Instances, "bytes", rep.Bytes,
+			"requests", rep.Requests, "already_stored", rep.AlreadyStored, "resent", rep.Resent,
+			"not_selected", rep.Listed-rep.Selected, "duration_ms", elapsed.Milliseconds())
+	}
 	if a.Number > 1 && f.opts.Failures != nil {
 		if err := f.opts.Failures.Forget(ctx, a.Seq); err != nil {
 			log.Warn("forget failure record", "err", err)
 		}
 	}
 	if f.opts.Completed != nil {
-		if err := f.opts.Completed(ctx, a.Event); err != nil {
+		if err := f.opts.Completed(ctx, a.Event, rep.NotSelected); err != nil {
 			log.Warn("study forwarded but not recorded as completed", "err", err)
 		}
 	}
@@ -100,6 +107,7 @@ func (f *Forwarder) recordFailure(ctx context.Context, a *Attempt, log *slog.Log
 func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt, d decision, rep Report, ferr error, log *slog.Logger) Result {
 	times := f.recordFailure(ctx, a, log)
 	letter := &DeadLetter{
+		Destination:    a.Destination,
 		Event:          *a.Event,
 		Class:          d.class,
 		Reason:         d.reason,

@@ -16,6 +16,10 @@ import (
 type Report struct {
 	// Listed is the number of instances Orthanc listed for the study.
 	Listed int
+	// Selected is how many of them the destination's rules select;
+	// NotSelected is true when that is none (the study is not for it).
+	Selected    int
+	NotSelected bool
 	// Instances the destination confirmed (stored or already stored).
 	Instances int
 	Bytes     int64
@@ -59,6 +63,16 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		return rep, Errorf(SourceMissing, "study %s has no instances in Orthanc source %s", ev.OrthancStudyID, ev.Source)
 	}
 	rep.Listed = len(instances)
+	if f.opts.Router != nil {
+		if instances, err = f.opts.Router.Select(ctx, ev.Source, ev.OrthancStudyID, instances); err != nil {
+			return rep, fmt.Errorf("routing rules: %w", err)
+		}
+		if len(instances) == 0 {
+			rep.NotSelected = true
+			return rep, nil
+		}
+	}
+	rep.Selected = len(instances)
 	f.obs.Progress(a, rep)
 	pending := make([]dicomweb.Part, len(instances))
 	for i, inst := range instances {

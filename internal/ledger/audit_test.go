@@ -73,7 +73,7 @@ func TestAudit(t *testing.T) {
 	}
 	ns := testnats.Start(t)
 	ctx := context.Background()
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
 	led := ledger.New(ledgerKV)
 	if err != nil {
 		t.Fatal(err)

@@ -29,10 +29,15 @@ var (
 // Record is one completed forward.
 type Record struct {
 	// LastUpdate is the study's Orthanc LastUpdate the event carried: every
-	// instance Orthanc held at that time was delivered.
+	// instance Orthanc held at that time that the destination's rules
+	// select was delivered.
 	LastUpdate       string    `json:"lastUpdate"`
 	StudyInstanceUID string    `json:"studyInstanceUid,omitempty"`
 	ForwardedAt      time.Time `json:"forwardedAt"`
+	// NotSelected: the destination's rules selected nothing of the study,
+	// so nothing was sent; the study is done for the destination all the
+	// same.
+	NotSelected bool `json:"notSelected,omitempty"`
 }
 
 // Ledger reads and writes the bucket.
@@ -80,15 +85,21 @@ func Key(source, orthancStudyID string) string { return source + "." + orthancSt
 // record the same study at once.
 const maxAttempts = 5
 
-// Record stores that ev's study was forwarded. A record is never moved
-// back to an older LastUpdate (events may be forwarded out of order). It
-// has the signature of forward.Options.Completed.
+// Record stores that ev's study was forwarded.
 func (l *Ledger) Record(ctx context.Context, ev *events.StudyStable) error {
+	return l.Completed(ctx, ev, false)
+}
+
+// Completed stores that ev's study is done for the destination: forwarded,
+// or not selected by its rules. A record is never moved back to an older
+// LastUpdate (events may be forwarded out of order). It has the signature
+// of forward.Options.Completed.
+func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, notSelected bool) error {
 	if !events.ValidSource(ev.Source) || !orthancapi.ValidID(ev.OrthancStudyID) {
 		return fmt.Errorf("ledger: record %s: invalid source or study ID", ev.MsgID())
 	}
 	key := Key(ev.Source, ev.OrthancStudyID)
-	val, err := json.Marshal(Record{LastUpdate: ev.LastUpdate, StudyInstanceUID: ev.StudyInstanceUID, ForwardedAt: l.now().UTC()})
+	val, err := json.Marshal(Record{LastUpdate: ev.LastUpdate, StudyInstanceUID: ev.StudyInstanceUID, ForwardedAt: l.now().UTC(), NotSelected: notSelected})
 	if err != nil {
 		return fmt.Errorf("ledger: encode record: %w", err)
 	}

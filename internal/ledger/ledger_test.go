@@ -30,7 +30,7 @@ func TestRecordAndLookup(t *testing.T) {
 		t.Fatalf("Open before any forwarder ran: err = %v, want ErrNoBucket", err)
 	}
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
 	l := ledger.New(ledgerKV, ledger.WithClock(func() time.Time { return now }))
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +79,7 @@ func TestRecordAndLookup(t *testing.T) {
 func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
 	ns := testnats.Start(t)
 	ctx := context.Background()
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
 	l := ledger.New(ledgerKV)
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +104,7 @@ func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
 
 func TestRecordRefusesInvalidKeys(t *testing.T) {
 	ns := testnats.Start(t)
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(context.Background(), ns.JS)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(context.Background(), ns.JS, natsjs.DefaultDestination)
 	l := ledger.New(ledgerKV)
 	if err != nil {
 		t.Fatal(err)

@@ -20,7 +20,7 @@ func TestWatchMaxDeliver(t *testing.T) {
 	topo.MaxDeliver = 2
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, err := topo.EnsureConsumer(ctx, ns.JS)
+	cons, err := topo.EnsureConsumer(ctx, ns.JS, natsjs.DefaultDestination)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,10 +44,10 @@ func TestClusterConcurrentProvisioning(t *testing.T) {
 			js := conn.JS
 			steps := []func() error{
 				func() error { _, err := topo.EnsureEvents(ctx, js); return err },
-				func() error { _, err := topo.EnsureConsumer(ctx, js); return err },
+				func() error { _, err := topo.EnsureConsumer(ctx, js, natsjs.DefaultDestination); return err },
 				func() error { _, err := topo.EnsureDeadLetters(ctx, js); return err },
 				func() error { _, err := topo.EnsureFailureLog(ctx, js); return err },
-				func() error { _, err := topo.EnsureLedger(ctx, js); return err },
+				func() error { _, err := topo.EnsureLedger(ctx, js, natsjs.DefaultDestination); return err },
 				func() error { _, err := topo.EnsureStatus(ctx, js); return err },
 				func() error { _, err := topo.EnsureReconcile(ctx, js); return err },
 			}

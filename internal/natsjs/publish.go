@@ -21,14 +21,20 @@ func (p Publisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstr
 	return PublishAs(ctx, p.JS, ev, ev.MsgID())
 }
 
-// PublishAs publishes ev with the given dedupe ID; replays use it to queue
-// an event again inside the dedupe window.
+// PublishAs publishes ev for every destination with the given dedupe ID;
+// replays use it to queue an event again inside the dedupe window.
 func PublishAs(ctx context.Context, js jetstream.JetStream, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
+	return PublishTo(ctx, js, EventSubject(ev.Source), ev, msgID)
+}
+
+// PublishTo publishes ev on subject (EventSubject, or DestinationSubject
+// for one destination only) with the given dedupe ID.
+func PublishTo(ctx context.Context, js jetstream.JetStream, subject string, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
 	data, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("encode event: %w", err)
 	}
-	msg := &nats.Msg{Subject: EventSubject(ev.Source), Data: data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(EventStream))
 	if err != nil {

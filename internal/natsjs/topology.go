@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,7 +18,11 @@ const (
 	// window, so that a time window can be re-forwarded later.
 	EventStream        = "STOWLINE_EVENTS"
 	EventSubjectPrefix = "stowline.study.stable."
-	// ForwarderConsumer is the durable pull consumer the forwarders share.
+	// DestinationSubjectPrefix takes events meant for one destination
+	// only (a replay or backfill): stowline.dest.<destination>.<source>.
+	DestinationSubjectPrefix = "stowline.dest."
+	// ForwarderConsumer is the durable pull consumer of the default
+	// destination; each other destination has its own (ConsumerName).
 	ForwarderConsumer = "stowline-forwarder"
 
 	// DeadLetterStream keeps the studies that could not be forwarded.
@@ -27,7 +32,9 @@ const (
 	// FailureBucket remembers when each queued event first and last
 	// failed, across deliveries and replicas (key "seq<stream seq>").
 	FailureBucket = "stowline_failures"
-	// LedgerBucket records completed forwards ("<source>.<study id>").
+	// LedgerBucket records the default destination's completed forwards
+	// ("<source>.<study id>"); each other destination has its own
+	// (LedgerBucketOf).
 	LedgerBucket = "stowline_forwarded"
 	// ReconcileBucket holds the reconciler's cursor and lease per source.
 	ReconcileBucket = "stowline_reconcile"
@@ -36,9 +43,63 @@ const (
 	StatusBucket = "stowline_forwarders"
 )
 
+// DefaultDestination is the name of the one destination of a deployment
+// that names none (DESTINATIONS unset).
+const DefaultDestination = "default"
+
+// MaxDestinationName bounds a destination's name: it becomes part of a
+// consumer's name, a bucket's name, subjects and metric labels.
+const MaxDestinationName = 32
+
+// ValidDestination reports whether name can name a destination: 1 to
+// MaxDestinationName characters of A-Z a-z 0-9 _ -, which every one of
+// those accepts.
+func ValidDestination(name string) bool {
+	if name == "" || len(name) > MaxDestinationName {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 // EventSubject is the subject of a source's events: one per source, so
-// that consumers and operators can filter by source.
+// that consumers and operators can filter by source. Every destination's
+// consumer takes them.
 func EventSubject(source string) string { return EventSubjectPrefix + source }
+
+// DestinationSubject is the subject of a source's events meant for one
+// destination only.
+func DestinationSubject(destination, source string) string {
+	return DestinationSubjectPrefix + destination + "." + source
+}
+
+// ConsumerName is the durable consumer of a destination. The default
+// destination keeps the name of the one consumer deployments had before
+// destinations, so an upgrade keeps its queue.
+func ConsumerName(destination string) string {
+	if destination == DefaultDestination {
+		return ForwarderConsumer
+	}
+	return ForwarderConsumer + "-" + destination
+}
+
+// LedgerBucketOf is the bucket of a destination's completed forwards.
+func LedgerBucketOf(destination string) string {
+	if destination == DefaultDestination {
+		return LedgerBucket
+	}
+	return LedgerBucket + "_" + destination
+}
+
+// DeadLetterSubject is the subject of a dead letter of one destination.
+func DeadLetterSubject(destination, source string) string {
+	return DeadLetterSubjectPrefix + destination + "." + source
+}
 
 // DefaultMaxDeliver bounds the forwarders' deliveries of one event when
 // FORWARDER_MAX_DELIVERIES sets no limit: about the default retention at
@@ -90,28 +151,13 @@ func (t Topology) EventStreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        EventStream,
 		Description: "stowline: stable-study events from Orthanc sources",
-		Subjects:    []string{EventSubjectPrefix + ">"},
+		Subjects:    []string{EventSubjectPrefix + ">", DestinationSubjectPrefix + ">"},
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      t.Retention,
 		Duplicates:  t.DedupeWindow,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 		Discard:     jetstream.DiscardOld,
-	}
-}
-
-// ConsumerConfig is the durable pull consumer all forwarder replicas share.
-func (t Topology) ConsumerConfig() jetstream.ConsumerConfig {
-	return jetstream.ConsumerConfig{
-		Durable:       ForwarderConsumer,
-		Description:   "stowline forwarders (shared by all replicas)",
-		FilterSubject: EventSubjectPrefix + ">",
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       t.AckWait,
-		MaxDeliver:    t.MaxDeliver,
-		MaxAckPending: t.MaxAckPending,
-		Replicas:      t.Replicas,
 	}
 }
 
@@ -125,13 +171,84 @@ func (t Topology) EnsureEvents(ctx context.Context, js jetstream.JetStream) (jet
 	return s, nil
 }
 
-// EnsureConsumer creates the forwarders' durable consumer or updates it to t.
-func (t Topology) EnsureConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
-	c, err := js.CreateOrUpdateConsumer(ctx, EventStream, t.ConsumerConfig())
-	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on stream %s: %w", ForwarderConsumer, EventStream, err)
+// ConsumerConfig is the durable pull consumer of one destination, shared
+// by every forwarder replica that serves it. It takes every event, and
+// the events meant for this destination only. A consumer made for a
+// destination added to a running deployment starts with the events that
+// arrive from then on (startNew); the consumers of a new deployment take
+// what the stream holds.
+func (t Topology) ConsumerConfig(destination string, startNew bool) jetstream.ConsumerConfig {
+	policy := jetstream.DeliverAllPolicy
+	if startNew {
+		policy = jetstream.DeliverNewPolicy
 	}
-	return c, nil
+	return jetstream.ConsumerConfig{
+		Durable:        ConsumerName(destination),
+		Description:    "stowline forwarders of destination " + destination + " (shared by all replicas)",
+		FilterSubjects: []string{EventSubjectPrefix + ">", DestinationSubjectPrefix + destination + ".>"},
+		DeliverPolicy:  policy,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        t.AckWait,
+		MaxDeliver:     t.MaxDeliver,
+		MaxAckPending:  t.MaxAckPending,
+		Replicas:       t.Replicas,
+	}
+}
+
+// EnsureConsumers creates the durable consumer of every destination, or
+// updates it to t, and returns them by destination. Each forwarder makes
+// the consumers of every configured destination, whichever it serves, so
+// that a new deployment's destinations start together. A consumer's start
+// is kept once made; a consumer is never deleted here (a destination
+// dropped from the configuration keeps its queue until an operator
+// removes it).
+func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, destinations []string) (map[string]jetstream.Consumer, error) {
+	stream, err := js.Stream(ctx, EventStream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
+	}
+	existing := map[string]bool{}
+	names := stream.ConsumerNames(ctx)
+	for name := range names.Name() {
+		existing[name] = true
+	}
+	if err := names.Err(); err != nil {
+		return nil, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
+	}
+	anyDestination := false
+	for name := range existing {
+		if name == ForwarderConsumer || strings.HasPrefix(name, ForwarderConsumer+"-") {
+			anyDestination = true
+		}
+	}
+	out := make(map[string]jetstream.Consumer, len(destinations))
+	for _, d := range destinations {
+		cfg := t.ConsumerConfig(d, anyDestination)
+		if existing[cfg.Durable] {
+			// The start cannot change once made: keep the consumer's.
+			c, err := js.Consumer(ctx, EventStream, cfg.Durable)
+			if err != nil {
+				return nil, fmt.Errorf("consumer %s on stream %s: %w", cfg.Durable, EventStream, err)
+			}
+			info := c.CachedInfo()
+			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
+		}
+		c, err := js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("create or update consumer %s on stream %s: %w", cfg.Durable, EventStream, err)
+		}
+		out[d] = c
+	}
+	return out, nil
+}
+
+// EnsureConsumer is EnsureConsumers for one destination.
+func (t Topology) EnsureConsumer(ctx context.Context, js jetstream.JetStream, destination string) (jetstream.Consumer, error) {
+	cs, err := t.EnsureConsumers(ctx, js, []string{destination})
+	if err != nil {
+		return nil, err
+	}
+	return cs[destination], nil
 }
 
 // EnsureDeadLetters creates or updates the dead-letter stream (letters
@@ -165,12 +282,12 @@ func (t Topology) EnsureFailureLog(ctx context.Context, js jetstream.JetStream) 
 	})
 }
 
-// EnsureLedger creates or updates the bucket of completed forwards; its
-// records are kept until deleted.
-func (t Topology) EnsureLedger(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+// EnsureLedger creates or updates a destination's bucket of completed
+// forwards; its records are kept until deleted.
+func (t Topology) EnsureLedger(ctx context.Context, js jetstream.JetStream, destination string) (jetstream.KeyValue, error) {
 	return ensureKV(ctx, js, jetstream.KeyValueConfig{
-		Bucket:      LedgerBucket,
-		Description: "stowline: completed forwards (source.orthancStudyId -> LastUpdate)",
+		Bucket:      LedgerBucketOf(destination),
+		Description: "stowline: completed forwards to destination " + destination + " (source.orthancStudyId -> LastUpdate)",
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,

@@ -49,7 +49,7 @@ func queueFixture(t *testing.T, n, take int) (*testnats.Server, jetstream.Consum
 			t.Fatal(err)
 		}
 	}
-	cons, err := natsjs.DefaultTopology().EnsureConsumer(ctx, ns.JS)
+	cons, err := natsjs.DefaultTopology().EnsureConsumer(ctx, ns.JS, natsjs.DefaultDestination)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestReadQueueBeforeAnyForwarder(t *testing.T) {
 func TestTrackerFollowsAStudy(t *testing.T) {
 	ns, cons, _ := queueFixture(t, 2, 0)
 	ctx := timeout(t)
-	tw, err := status.NewTokenWatch("dicom.example.org", "login.example.org", true, prometheus.NewRegistry())
+	tw, err := status.NewTokenWatch("default", "dicom.example.org", "login.example.org", true, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,10 @@ func TestTrackerFollowsAStudy(t *testing.T) {
 		snap.Recent[1].Instances != 10 || snap.Recent[1].Bytes != 10000 || snap.Recent[1].StudyInstanceUID != ev.StudyInstanceUID {
 		t.Errorf("recent (newest first) = %+v", snap.Recent)
 	}
-	if tok := snap.Token; !tok.OAuth || tok.Fetches != 2 || tok.Errors != 1 || tok.OK() || !strings.Contains(tok.LastError, "invalid_client") {
+	if len(snap.Tokens) != 1 {
+		t.Fatalf("token statuses = %+v, want the one destination's", snap.Tokens)
+	}
+	if tok := snap.Tokens[0]; tok.Destination != "default" || tok.Host != "dicom.example.org" || !tok.OAuth || tok.Fetches != 2 || tok.Errors != 1 || tok.OK() || !strings.Contains(tok.LastError, "invalid_client") {
 		t.Errorf("token status = %+v", tok)
 	}
 	q, err := status.ReadQueue(ctx, ns.JS)
@@ -236,7 +239,7 @@ func TestTrackerFollowsAStudy(t *testing.T) {
 
 func TestTokenMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	tw, err := status.NewTokenWatch("dicom.example.org", "login.example.org", true, reg)
+	tw, err := status.NewTokenWatch("default", "dicom.example.org", "login.example.org", true, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,10 +249,10 @@ func TestTokenMetrics(t *testing.T) {
 	want := `
 # HELP stowline_forwarder_token_fetch_errors_total Requests to the destination's OAuth2 token endpoint that gave no token (endpoint down, credentials refused).
 # TYPE stowline_forwarder_token_fetch_errors_total counter
-stowline_forwarder_token_fetch_errors_total{destination="dicom.example.org"} 1
+stowline_forwarder_token_fetch_errors_total{destination="default"} 1
 # HELP stowline_forwarder_token_fetches_total Requests to the destination's OAuth2 token endpoint (successful or not).
 # TYPE stowline_forwarder_token_fetches_total counter
-stowline_forwarder_token_fetches_total{destination="dicom.example.org"} 3
+stowline_forwarder_token_fetches_total{destination="default"} 3
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "stowline_forwarder_token_fetches_total", "stowline_forwarder_token_fetch_errors_total"); err != nil {
 		t.Error(err)
@@ -262,7 +265,7 @@ stowline_forwarder_token_fetches_total{destination="dicom.example.org"} 3
 	}
 	// Without OAuth2 nothing is registered (no alert on a token that is never fetched).
 	reg2 := prometheus.NewRegistry()
-	if _, err := status.NewTokenWatch("dicom.example.org", "", false, reg2); err != nil {
+	if _, err := status.NewTokenWatch("default", "dicom.example.org", "", false, reg2); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := testutil.GatherAndCount(reg2); n != 0 {
@@ -280,7 +283,7 @@ func TestShareAndReadShared(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, b := status.NewTracker(4, nil), status.NewTracker(2, nil)
+	a, b := status.NewTracker(4), status.NewTracker(2)
 	shareCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 2)
 	go func() { done <- a.Share(shareCtx, kv, 50*time.Millisecond, nil) }()
@@ -319,7 +322,7 @@ func TestRecentFromLedger(t *testing.T) {
 	if _, err := status.RecentFromLedger(ctx, ns.JS, 5); !errors.Is(err, status.ErrNoLedger) {
 		t.Fatalf("without a ledger: err = %v", err)
 	}
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS)
+	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
 	l := ledger.New(ledgerKV)
 	if err != nil {
 		t.Fatal(err)

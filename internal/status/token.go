@@ -11,8 +11,9 @@ import (
 // TokenStatus is what a forwarder knows about its destination's OAuth2
 // token: never the token itself.
 type TokenStatus struct {
-	// Destination names the destination (the host of DICOMWEB_URL).
+	// Destination names the destination; Host is its DICOMweb URL's host.
 	Destination string `json:"destination"`
+	Host        string `json:"host,omitempty"`
 	// OAuth is false when requests go without authentication.
 	OAuth bool `json:"oauth"`
 	// TokenHost is the host of the token endpoint.
@@ -41,10 +42,11 @@ type TokenWatch struct {
 	lastSuccess prometheus.Gauge
 }
 
-// NewTokenWatch returns the watch of one destination. With oauth set it
-// registers the token metrics on reg, labelled with the destination.
-func NewTokenWatch(destination, tokenHost string, oauth bool, reg prometheus.Registerer) (*TokenWatch, error) {
-	w := &TokenWatch{st: TokenStatus{Destination: destination, OAuth: oauth, TokenHost: tokenHost}}
+// NewTokenWatch returns the watch of one destination, whose DICOMweb URL
+// is on host. With oauth set it registers the token metrics on reg,
+// labelled with the destination's name.
+func NewTokenWatch(destination, host, tokenHost string, oauth bool, reg prometheus.Registerer) (*TokenWatch, error) {
+	w := &TokenWatch{st: TokenStatus{Destination: destination, Host: host, OAuth: oauth, TokenHost: tokenHost}}
 	if !oauth || reg == nil {
 		return w, nil
 	}

@@ -16,6 +16,7 @@ const RecentSize = 25
 
 // Flight is a study a forwarder is sending now.
 type Flight struct {
+	Destination      string    `json:"destination"`
 	Source           string    `json:"source"`
 	OrthancStudyID   string    `json:"orthancStudyId"`
 	StudyInstanceUID string    `json:"studyInstanceUid"`
@@ -30,6 +31,7 @@ type Flight struct {
 
 // Forward is one finished attempt to forward a study.
 type Forward struct {
+	Destination      string         `json:"destination"`
 	Source           string         `json:"source"`
 	OrthancStudyID   string         `json:"orthancStudyId"`
 	StudyInstanceUID string         `json:"studyInstanceUid,omitempty"`
@@ -53,15 +55,16 @@ type Totals struct {
 
 // Snapshot is what one forwarder process is doing now.
 type Snapshot struct {
-	ID          string      `json:"id"`
-	Host        string      `json:"host"`
-	StartedAt   time.Time   `json:"startedAt"`
-	UpdatedAt   time.Time   `json:"updatedAt"`
-	Concurrency int         `json:"concurrency"`
-	InFlight    []Flight    `json:"inFlight"`
-	Recent      []Forward   `json:"recent"`
-	Totals      Totals      `json:"totals"`
-	Token       TokenStatus `json:"token"`
+	ID          string    `json:"id"`
+	Host        string    `json:"host"`
+	StartedAt   time.Time `json:"startedAt"`
+	UpdatedAt   time.Time `json:"updatedAt"`
+	Concurrency int       `json:"concurrency"`
+	InFlight    []Flight  `json:"inFlight"`
+	Recent      []Forward `json:"recent"`
+	Totals      Totals    `json:"totals"`
+	// Tokens is the token status of each destination it serves.
+	Tokens []TokenStatus `json:"tokens"`
 }
 
 // Tracker is what one forwarder process is doing, as the forwarder tells
@@ -71,7 +74,7 @@ type Tracker struct {
 	id, host    string
 	started     time.Time
 	concurrency int
-	token       *TokenWatch
+	tokens      []*TokenWatch
 
 	mu      sync.Mutex
 	flights map[*forward.Attempt]*flight
@@ -85,14 +88,15 @@ type flight struct {
 }
 
 // NewTracker returns the tracker of a forwarder process with the given
-// concurrency; token may be nil (no token status).
-func NewTracker(concurrency int, token *TokenWatch) *Tracker {
+// concurrency (studies at once, over every destination it serves), and
+// the token watch of each destination.
+func NewTracker(concurrency int, tokens ...*TokenWatch) *Tracker {
 	host, err := os.Hostname()
 	if err != nil {
 		host = "unknown"
 	}
 	return &Tracker{
-		id: newID(), host: host, started: time.Now().UTC(), concurrency: concurrency, token: token,
+		id: newID(), host: host, started: time.Now().UTC(), concurrency: concurrency, tokens: tokens,
 		flights: map[*forward.Attempt]*flight{},
 	}
 }
@@ -113,7 +117,10 @@ func (t *Tracker) Snapshot() Snapshot {
 	s := Snapshot{
 		ID: t.id, Host: t.host, StartedAt: t.started, UpdatedAt: time.Now().UTC(), Concurrency: t.concurrency,
 		InFlight: make([]Flight, 0, len(t.flights)), Recent: make([]Forward, 0, len(t.recent)), Totals: t.totals,
-		Token: t.token.Status(),
+		Tokens: make([]TokenStatus, 0, len(t.tokens)),
+	}
+	for _, w := range t.tokens {
+		s.Tokens = append(s.Tokens, w.Status())
 	}
 	for _, f := range t.flights {
 		s.InFlight = append(s.InFlight, f.Flight)
@@ -129,7 +136,7 @@ func (t *Tracker) Snapshot() Snapshot {
 func (t *Tracker) Started(a *forward.Attempt) {
 	ev := a.Event
 	f := &flight{
-		Flight: Flight{Source: ev.Source, OrthancStudyID: ev.OrthancStudyID, StudyInstanceUID: ev.StudyInstanceUID,
+		Flight: Flight{Destination: a.Destination, Source: ev.Source, OrthancStudyID: ev.OrthancStudyID, StudyInstanceUID: ev.StudyInstanceUID,
 			Attempt: a.Number, StartedAt: time.Now().UTC()},
 		lastUpdate: ev.LastUpdate,
 	}
@@ -159,7 +166,7 @@ func (t *Tracker) Finished(a *forward.Attempt, result forward.Result, rep forwar
 	delete(t.flights, a)
 	f.Instances, f.Sent, f.Bytes = rep.Listed, rep.Instances, rep.Bytes
 	switch result {
-	case forward.ResultForwarded:
+	case forward.ResultForwarded, forward.ResultNotSelected:
 		t.totals.Forwarded++
 	case forward.ResultRetry:
 		t.totals.Retry++
@@ -174,7 +181,7 @@ func (t *Tracker) Finished(a *forward.Attempt, result forward.Result, rep forwar
 		t.recent = append(t.recent[:0], t.recent[1:]...)
 	}
 	t.recent = append(t.recent, Forward{
-		Source: f.Source, OrthancStudyID: f.OrthancStudyID, StudyInstanceUID: f.StudyInstanceUID, LastUpdate: f.lastUpdate,
+		Destination: f.Destination, Source: f.Source, OrthancStudyID: f.OrthancStudyID, StudyInstanceUID: f.StudyInstanceUID, LastUpdate: f.lastUpdate,
 		Result: result, Attempt: f.Attempt, Instances: f.Instances, Bytes: f.Bytes,
 		DurationMS: now.Sub(f.StartedAt).Milliseconds(), FinishedAt: now,
 	})

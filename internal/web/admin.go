@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,22 +18,25 @@ import (
 	"github.com/stowline/stowline/internal/deadletter"
 )
 
-// AdminAPI is the admin HTTP AdminAPI over dead letters, behind its own bearer
-// token (never the webhook's).
+// AdminAPI is the admin HTTP API over dead letters and re-forwarding,
+// behind its own bearer token (never the webhook's).
 type AdminAPI struct {
 	Store *deadletter.Store
 	JS    jetstream.JetStream
 	Token string
-	Log   *slog.Logger
+	// Destinations are the configured destinations: a reforward names one
+	// of them, or none for all.
+	Destinations []string
+	Log          *slog.Logger
 }
 
 // Mount adds the /admin routes to r.
 //
-//	GET  /admin/deadletters            ?seq ?study ?orthancStudyId ?class ?reason ?since
+//	GET  /admin/deadletters            ?destination ?seq ?study ?orthancStudyId ?class ?reason ?since
 //	GET  /admin/deadletters/{seq}
-//	POST /admin/deadletters/replay     {"study":…, "all":true, "dryRun":true, …}
+//	POST /admin/deadletters/replay     {"destination":…, "study":…, "all":true, "dryRun":true, …}
 //	POST /admin/deadletters/purge      same body
-//	POST /admin/reforward              {"since":…, "until":…, "dryRun":true}
+//	POST /admin/reforward              {"destination":…, "since":…, "until":…, "dryRun":true}
 func (a *AdminAPI) Mount(r chi.Router) {
 	want := sha256.Sum256([]byte(a.Token))
 	r.Route("/admin", func(r chi.Router) {
@@ -58,7 +62,7 @@ func (a *AdminAPI) Mount(r chi.Router) {
 
 func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	args := deadletter.FilterArgs{Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
+	args := deadletter.FilterArgs{Destination: q.Get("destination"), Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
 		Class: q.Get("class"), Reason: q.Get("reason"), Since: q.Get("since")}
 	f, err := args.Filter()
 	if err != nil {
@@ -111,7 +115,7 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			return
 		}
 		if f.Empty() {
-			WriteError(w, http.StatusBadRequest, "give a filter (seq, study, orthancStudyId, class, reason, since) or \"all\": true")
+			WriteError(w, http.StatusBadRequest, "give a filter (destination, seq, study, orthancStudyId, class, reason, since) or \"all\": true")
 			return
 		}
 		op, what := a.Store.Purge, "purge"
@@ -131,9 +135,11 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 }
 
 type reforwardRequest struct {
-	Since  string `json:"since"`
-	Until  string `json:"until"`
-	DryRun bool   `json:"dryRun"`
+	// Destination, if set, re-forwards to that destination only.
+	Destination string `json:"destination"`
+	Since       string `json:"since"`
+	Until       string `json:"until"`
+	DryRun      bool   `json:"dryRun"`
 }
 
 func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
@@ -143,6 +149,10 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Since == "" {
 		WriteError(w, http.StatusBadRequest, "since: is required")
+		return
+	}
+	if req.Destination != "" && !slices.Contains(a.Destinations, req.Destination) {
+		WriteError(w, http.StatusBadRequest, "destination: "+strconv.Quote(req.Destination)+" is not a configured destination ("+strings.Join(a.Destinations, ", ")+")")
 		return
 	}
 	since, err := deadletter.ParseTime(req.Since)
@@ -161,7 +171,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	evs, err := deadletter.Reforward(r.Context(), a.JS, since, until, req.DryRun)
+	evs, err := deadletter.Reforward(r.Context(), a.JS, req.Destination, since, until, req.DryRun)
 	if err != nil {
 		a.fail(w, "reforward", err)
 		return

@@ -91,7 +91,7 @@ func (h *StatusPage) load(ctx context.Context) *pageData {
 		p.Totals.DeadLettered += s.Totals.DeadLettered
 		p.Totals.Interrupted += s.Totals.Interrupted
 		p.Totals.AckFailed += s.Totals.AckFailed
-		p.Tokens = append(p.Tokens, tokenOf(s))
+		p.Tokens = append(p.Tokens, s.Tokens...)
 	}
 	slices.SortFunc(p.InFlight, func(a, b flightRow) int { return a.StartedAt.Compare(b.StartedAt) })
 	slices.SortFunc(ring, func(a, b status.Forward) int { return b.FinishedAt.Compare(a.FinishedAt) })
@@ -106,15 +106,6 @@ func (h *StatusPage) load(ctx context.Context) *pageData {
 		p.Recent, p.RecentSource = ring[:min(len(ring), recentRows)], "forwarders"
 	}
 	return p
-}
-
-// tokenOf names the forwarder in its token status.
-func tokenOf(s status.Snapshot) status.TokenStatus {
-	t := s.Token
-	if t.Destination == "" {
-		t.Destination = "(unknown)"
-	}
-	return t
 }
 
 // enrich fills the ledger's records with what a live forwarder remembers

@@ -49,7 +49,7 @@ func start(t *testing.T) *fixture {
 		Attempts: 1, OriginalSeq: 7, DeadLetteredAt: time.Now().UTC()}); err != nil {
 		t.Fatal(err)
 	}
-	tr := status.NewTracker(2, nil)
+	tr := status.NewTracker(2)
 	h, err := web.NewStatusPage(web.StatusPageOptions{
 		JS:         ns.JS,
 		Forwarders: func(context.Context) ([]status.Snapshot, error) { return []status.Snapshot{tr.Snapshot()}, nil },

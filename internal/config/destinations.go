@@ -1,0 +1,207 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/routing"
+)
+
+// Destinations names the destinations of a deployment with several, each
+// configured by its own DESTINATION_<NAME>_ variables.
+type Destinations struct {
+	Names List `env:"DESTINATIONS" desc:"names of several destinations, comma-separated (letters, digits, - and _; at most 32 characters each). Each is set with the DESTINATION_<NAME>_ variables below, and the default destination's variables (DICOMWEB_URL, OAUTH_*, STOW_*, TLS_*, ...) must then be unset. Unset: one destination, named default, set by DICOMWEB_URL and the variables after it"`
+	Serve List `env:"FORWARDER_DESTINATIONS" desc:"the destinations this forwarder process serves, comma-separated (default: every destination), so that the forwarders of each destination scale on their own"`
+
+	// The per-destination variables are read by readDynamic; these
+	// fields declare them for -h and the README. <NAME> is the
+	// destination's name in upper case with '-' written as '_'.
+	_ struct{} `env:"DESTINATION_<NAME>_URL" desc:"DICOMweb base URL of destination <NAME> (required for each name in DESTINATIONS)"`
+	_ struct{} `env:"DESTINATION_<NAME>_MATCH" desc:"which studies go to destination <NAME>: a CEL expression over source, study.modalities, study.description, study.callingAets, study.institution, study.sopClasses and study.instances (docs/routing.md); empty: every study. Example: 'MR' in study.modalities && source == 'main'"`
+	_ struct{} `env:"DESTINATION_<NAME>_INSTANCE_MATCH" desc:"which instances of a selected study go to destination <NAME>: a CEL expression over instance.modality, instance.sopClassUid, instance.transferSyntaxUid, instance.callingAet and instance.seriesDescription; empty: every instance"`
+	_ struct{} `env:"DESTINATION_<NAME>_<VARIABLE>" desc:"every other destination variable for destination <NAME>: OAUTH_*, AZURE_*, GOOGLE_APPLICATION_CREDENTIALS, GCE_METADATA_HOST, AWS_REGION, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TLS_INSECURE_SKIP_VERIFY, STOW_* (e.g. DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE). A variable not given takes its default, never another destination's value"`
+
+	named []NamedDestination // filled by readDynamic from DESTINATIONS
+}
+
+// NamedDestination is one destination with its name and routing rules.
+type NamedDestination struct {
+	Name string
+	// Var is the prefix of its variables ("DESTINATION_AI_"), empty for the
+	// default destination of a deployment without DESTINATIONS.
+	Var string
+	Destination
+	// Match and InstanceMatch are its CEL rules; empty selects everything.
+	Match, InstanceMatch string
+}
+
+// VarName is the name of the destination's variable whose default
+// destination's name is name (DICOMWEB_URL, OAUTH_TOKEN_URL...).
+func (d NamedDestination) VarName(name string) string {
+	if d.Var == "" {
+		return name
+	}
+	if name == "DICOMWEB_URL" {
+		return d.Var + "URL"
+	}
+	return d.Var + name
+}
+
+// DestinationVarPrefix is the prefix of the variables of a destination
+// named in DESTINATIONS: "ai-2" is configured by DESTINATION_AI_2_URL.
+func DestinationVarPrefix(name string) string {
+	return "DESTINATION_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_"
+}
+
+// DestinationList returns every configured destination: the ones
+// DESTINATIONS names, or the default one.
+func (f *Forwarder) DestinationList() []NamedDestination {
+	if len(f.Names) > 0 {
+		return f.named
+	}
+	return []NamedDestination{{Name: natsjs.DefaultDestination, Destination: f.Destination}}
+}
+
+// Served returns the destinations this process serves
+// (FORWARDER_DESTINATIONS, default all), in configuration order.
+func (f *Forwarder) Served() []NamedDestination {
+	all := f.DestinationList()
+	if len(f.Serve) == 0 {
+		return all
+	}
+	var out []NamedDestination
+	for _, d := range all {
+		if slices.Contains(f.Serve, d.Name) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// readDynamic reads the DESTINATION_<NAME>_ variables of every name in
+// DESTINATIONS. Each destination reads only its own variables, so a
+// secret never reaches another destination.
+func (f *Forwarder) readDynamic(getenv func(string) string) error {
+	f.named = nil
+	if len(f.Names) == 0 {
+		return nil
+	}
+	var errs []error
+	var set []string
+	for _, v := range Vars(&Destination{}) {
+		if getenv(v.Name) != "" || (v.Secret && getenv(v.Name+fileSuffix) != "") {
+			set = append(set, v.Name)
+		}
+	}
+	if len(set) > 0 {
+		errs = append(errs, fmt.Errorf("%s: set, but DESTINATIONS names the destinations: configure each with its DESTINATION_<NAME>_ variables instead (the default destination's variables are not shared)", strings.Join(set, ", ")))
+	}
+	prefixes := map[string]string{}
+	for _, name := range f.Names {
+		if !natsjs.ValidDestination(name) {
+			errs = append(errs, fmt.Errorf("DESTINATIONS: %q is not a destination name (1-%d characters of A-Z a-z 0-9 _ -)", name, natsjs.MaxDestinationName))
+			continue
+		}
+		p := DestinationVarPrefix(name)
+		if other, dup := prefixes[p]; dup {
+			errs = append(errs, fmt.Errorf("DESTINATIONS: %q and %q would both be configured by %s* variables: rename one", other, name, p))
+			continue
+		}
+		prefixes[p] = name
+		d := NamedDestination{Name: name, Var: p, Match: getenv(p + "MATCH"), InstanceMatch: getenv(p + "INSTANCE_MATCH")}
+		own := func(key string) string { return getenv(d.VarName(key)) }
+		if err := Load(own, &d.Destination); err != nil {
+			errs = append(errs, d.rename(err))
+		}
+		if d.DICOMwebURL == "" {
+			errs = append(errs, fmt.Errorf("%sURL is required: DESTINATIONS names destination %q", p, name))
+		}
+		f.named = append(f.named, d)
+	}
+	return errors.Join(errs...)
+}
+
+// destinationsValidate checks every destination and the rules; the
+// errors name each destination's own variables.
+func (f *Forwarder) destinationsValidate() error {
+	var errs []error
+	names := map[string]bool{}
+	if len(f.Names) == 0 {
+		if f.DICOMwebURL == "" {
+			errs = append(errs, errors.New("DICOMWEB_URL is required (or DESTINATIONS, with DESTINATION_<NAME>_URL for each)"))
+		} else if err := f.Destination.validate(); err != nil {
+			errs = append(errs, err)
+		}
+		names[natsjs.DefaultDestination] = true
+	}
+	for _, d := range f.named {
+		names[d.Name] = true
+		if d.DICOMwebURL == "" {
+			continue // reported by readDynamic
+		}
+		if err := d.Destination.validate(); err != nil {
+			errs = append(errs, d.rename(err))
+		}
+		if _, err := routing.CompileStudyRule(d.Match); err != nil {
+			errs = append(errs, fmt.Errorf("%sMATCH: %w", d.Var, err))
+		}
+		if _, err := routing.CompileInstanceRule(d.InstanceMatch); err != nil {
+			errs = append(errs, fmt.Errorf("%sINSTANCE_MATCH: %w", d.Var, err))
+		}
+	}
+	for _, s := range f.Serve {
+		if !names[s] {
+			known := make([]string, 0, len(names))
+			for n := range names {
+				known = append(known, n)
+			}
+			sort.Strings(known)
+			errs = append(errs, fmt.Errorf("FORWARDER_DESTINATIONS: %q is not a configured destination (%s)", s, strings.Join(known, ", ")))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// destinationVars are the default destination's variable names.
+var destinationVars = func() map[string]bool {
+	out := map[string]bool{}
+	for _, v := range Vars(&Destination{}) {
+		out[v.Name] = true
+	}
+	return out
+}()
+
+// destinationVarPattern matches those names (and their _FILE forms) in a
+// message.
+var destinationVarPattern = func() *regexp.Regexp {
+	var names []string
+	for n := range destinationVars {
+		names = append(names, regexp.QuoteMeta(n))
+	}
+	sort.Slice(names, func(i, j int) bool { return len(names[i]) > len(names[j]) })
+	return regexp.MustCompile(`\b(` + strings.Join(names, "|") + `)(` + fileSuffix + `)?\b`)
+}()
+
+// rename makes err name the destination's own variables.
+func (d NamedDestination) rename(err error) error {
+	if err == nil || d.Var == "" {
+		return err
+	}
+	msg := destinationVarPattern.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		base, file := strings.CutSuffix(m, fileSuffix)
+		if file && !destinationVars[base] {
+			base, file = m, false // a name that itself ends in _FILE
+		}
+		out := d.VarName(base)
+		if file {
+			out += fileSuffix
+		}
+		return out
+	})
+	return errors.New(msg)
+}

@@ -1,0 +1,179 @@
+// Package routing decides which studies, and which of their instances, go
+// to a destination: rules written in CEL (the expression language of
+// Kubernetes' validation rules) over what Orthanc already holds about a
+// study. A rule sees Orthanc IDs, UIDs, modalities, AE titles,
+// descriptions and SOP classes, never patient identity.
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/ext"
+)
+
+// Study is what a study rule sees as `study`.
+type Study struct {
+	// Modalities: ModalitiesInStudy, else the distinct Modality of the
+	// study's series.
+	Modalities  []string `cel:"modalities"`
+	Description string   `cel:"description"`
+	// CallingAETs are the distinct AE titles that sent its instances
+	// (Orthanc's RemoteAET metadata).
+	CallingAETs []string `cel:"callingAets"`
+	Institution string   `cel:"institution"`
+	SOPClasses  []string `cel:"sopClasses"`
+	Instances   int      `cel:"instances"`
+}
+
+// Instance is what an instance rule sees as `instance`.
+type Instance struct {
+	Modality          string `cel:"modality"`
+	SOPClassUID       string `cel:"sopClassUid"`
+	TransferSyntaxUID string `cel:"transferSyntaxUid"`
+	CallingAET        string `cel:"callingAet"`
+	SeriesDescription string `cel:"seriesDescription"`
+}
+
+// ErrRule matches (errors.Is) a rule that fails to evaluate for a study:
+// a permanent failure for that study at that destination.
+var ErrRule = errors.New("routing rule failed")
+
+// StudyRule selects studies. The zero rule (an empty expression) selects
+// every study.
+type StudyRule struct {
+	prg         cel.Program
+	perInstance bool // reads callingAets or sopClasses: instance metadata
+}
+
+// InstanceRule selects instances of a selected study. The zero rule
+// selects every instance.
+type InstanceRule struct {
+	prg      cel.Program
+	metadata bool // reads sopClassUid, transferSyntaxUid or callingAet
+}
+
+// CompileStudyRule compiles a study rule: a boolean CEL expression over
+// `source` (the event's source name) and `study`. An empty expression
+// selects every study. Errors give the position of the problem.
+func CompileStudyRule(expr string) (*StudyRule, error) {
+	if strings.TrimSpace(expr) == "" {
+		return &StudyRule{}, nil
+	}
+	env, err := cel.NewEnv(
+		ext.NativeTypes(reflect.TypeFor[Study](), ext.ParseStructTags(true)),
+		cel.Variable("source", cel.StringType),
+		cel.Variable("study", cel.ObjectType("routing.Study")),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("routing: %w", err)
+	}
+	checked, err := compile(env, expr)
+	if err != nil {
+		return nil, err
+	}
+	prg, err := env.Program(checked)
+	if err != nil {
+		return nil, fmt.Errorf("routing: %w", err)
+	}
+	return &StudyRule{prg: prg, perInstance: selects(checked, "callingAets", "sopClasses")}, nil
+}
+
+// CompileInstanceRule compiles an instance rule: a boolean CEL expression
+// over `instance`. An empty expression selects every instance.
+func CompileInstanceRule(expr string) (*InstanceRule, error) {
+	if strings.TrimSpace(expr) == "" {
+		return &InstanceRule{}, nil
+	}
+	env, err := cel.NewEnv(
+		ext.NativeTypes(reflect.TypeFor[Instance](), ext.ParseStructTags(true)),
+		cel.Variable("instance", cel.ObjectType("routing.Instance")),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("routing: %w", err)
+	}
+	checked, err := compile(env, expr)
+	if err != nil {
+		return nil, err
+	}
+	prg, err := env.Program(checked)
+	if err != nil {
+		return nil, fmt.Errorf("routing: %w", err)
+	}
+	return &InstanceRule{prg: prg, metadata: selects(checked, "sopClassUid", "transferSyntaxUid", "callingAet")}, nil
+}
+
+// compile parses and type-checks expr, which must be boolean; the error
+// names the line and column of each problem.
+func compile(env *cel.Env, expr string) (*cel.Ast, error) {
+	checked, iss := env.Compile(expr)
+	if iss.Err() != nil {
+		return nil, fmt.Errorf("%s", strings.TrimSpace(iss.Err().Error()))
+	}
+	if checked.OutputType() != cel.BoolType {
+		return nil, fmt.Errorf("the rule must be true or false, not %s", checked.OutputType())
+	}
+	return checked, nil
+}
+
+// selects reports whether the checked expression reads any of fields.
+func selects(checked *cel.Ast, fields ...string) bool {
+	found := false
+	ast.PreOrderVisit(checked.NativeRep().Expr(), ast.NewExprVisitor(func(e ast.Expr) {
+		if e.Kind() == ast.SelectKind {
+			for _, f := range fields {
+				if e.AsSelect().FieldName() == f {
+					found = true
+				}
+			}
+		}
+	}))
+	return found
+}
+
+// All reports whether the rule selects every study without looking.
+func (r *StudyRule) All() bool { return r == nil || r.prg == nil }
+
+// NeedsInstances reports whether the rule reads facts that take one
+// request per instance (calling AE titles, SOP classes).
+func (r *StudyRule) NeedsInstances() bool { return r != nil && r.perInstance }
+
+// Match evaluates the rule for a study of source.
+func (r *StudyRule) Match(source string, s *Study) (bool, error) {
+	if r.All() {
+		return true, nil
+	}
+	return eval(r.prg, map[string]any{"source": source, "study": s})
+}
+
+// All reports whether the rule selects every instance without looking.
+func (r *InstanceRule) All() bool { return r == nil || r.prg == nil }
+
+// NeedsMetadata reports whether the rule reads an instance's metadata
+// (one request per instance).
+func (r *InstanceRule) NeedsMetadata() bool { return r != nil && r.metadata }
+
+// Match evaluates the rule for an instance.
+func (r *InstanceRule) Match(i *Instance) (bool, error) {
+	if r.All() {
+		return true, nil
+	}
+	return eval(r.prg, map[string]any{"instance": i})
+}
+
+func eval(prg cel.Program, vars map[string]any) (bool, error) {
+	out, _, err := prg.Eval(vars)
+	if err != nil {
+		return false, fmt.Errorf("%w: %w", ErrRule, err)
+	}
+	b, ok := out.(types.Bool)
+	if !ok {
+		return false, fmt.Errorf("%w: the rule gave %v, not true or false", ErrRule, out)
+	}
+	return bool(b), nil
+}

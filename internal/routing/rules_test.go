@@ -1,0 +1,97 @@
+package routing
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestStudyRules(t *testing.T) {
+	mr := &Study{Modalities: []string{"MR"}, Description: "Brain MRI", CallingAETs: []string{"MR1"}, Institution: "Hospital",
+		SOPClasses: []string{"1.2.840.10008.5.1.4.1.1.4"}, Instances: 120}
+	ct := &Study{Modalities: []string{"CT", "SR"}, Description: "Chest", Instances: 300}
+	tests := []struct {
+		rule         string
+		source       string
+		study        *Study
+		want         bool
+		needsPerInst bool
+	}{
+		{"", "main", mr, true, false},
+		{"'MR' in study.modalities && source == 'main'", "main", mr, true, false},
+		{"'MR' in study.modalities && source == 'main'", "cardio", mr, false, false},
+		{"'MR' in study.modalities", "main", ct, false, false},
+		{"study.description.contains('Brain')", "main", mr, true, false},
+		{"study.instances > 200", "main", ct, true, false},
+		{"'MR1' in study.callingAets", "main", mr, true, true},
+		{"study.sopClasses.exists(c, c.startsWith('1.2.840.10008.5.1.4.1.1.4'))", "main", mr, true, true},
+		{"study.institution == 'Hospital'", "main", ct, false, false},
+	}
+	for _, tt := range tests {
+		r, err := CompileStudyRule(tt.rule)
+		if err != nil {
+			t.Fatalf("%q: %v", tt.rule, err)
+		}
+		got, err := r.Match(tt.source, tt.study)
+		if err != nil || got != tt.want {
+			t.Errorf("%q on %+v from %s = %v, %v; want %v", tt.rule, tt.study, tt.source, got, err, tt.want)
+		}
+		if r.NeedsInstances() != tt.needsPerInst {
+			t.Errorf("%q: NeedsInstances = %v, want %v", tt.rule, r.NeedsInstances(), tt.needsPerInst)
+		}
+	}
+}
+
+// Bad rules fail when compiled, naming where.
+func TestBadRulesFailAtCompile(t *testing.T) {
+	for _, tt := range []struct{ rule, want string }{
+		{"'MR' in study.modality", "undefined field 'modality'"},
+		{"study.instances", "must be true or false"},
+		{"source ==", "1:10"},
+		{"sauce == 'x'", "undeclared reference to 'sauce'"},
+	} {
+		_, err := CompileStudyRule(tt.rule)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: err = %v, want it to mention %q", tt.rule, err, tt.want)
+		}
+	}
+	if _, err := CompileInstanceRule("instance.sopClass == 'x'"); err == nil || !strings.Contains(err.Error(), "undefined field 'sopClass'") {
+		t.Errorf("instance rule with a misspelt field: err = %v", err)
+	}
+}
+
+// A rule that fails while it runs is a failure of that study, not a crash.
+func TestRuleFailingAtRunTime(t *testing.T) {
+	r, err := CompileStudyRule("study.modalities[3] == 'CT'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Match("main", &Study{Modalities: []string{"CT"}})
+	if !errors.Is(err, ErrRule) {
+		t.Fatalf("err = %v, want ErrRule", err)
+	}
+}
+
+func TestInstanceRules(t *testing.T) {
+	drop := "!(instance.modality in ['SR', 'KO', 'PR'])"
+	r, err := CompileInstanceRule(drop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		inst Instance
+		want bool
+	}{
+		{Instance{Modality: "MR"}, true},
+		{Instance{Modality: "SR"}, false},
+		{Instance{Modality: "PR"}, false},
+	} {
+		if got, err := r.Match(&tt.inst); err != nil || got != tt.want {
+			t.Errorf("%s on %+v = %v, %v; want %v", drop, tt.inst, got, err, tt.want)
+		}
+	}
+	all, _ := CompileInstanceRule("  ")
+	if !all.All() {
+		t.Error("an empty instance rule must select everything")
+	}
+}

@@ -1,0 +1,131 @@
+package routing
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// metadataReads bounds the instance metadata requests one study makes at
+// once.
+const metadataReads = 8
+
+// Orthanc is what the rules read from a source.
+type Orthanc interface {
+	StudyFacts(ctx context.Context, studyID string) (orthancapi.StudyFacts, error)
+	InstanceMetadata(ctx context.Context, instanceID string) (orthancapi.InstanceMetadata, error)
+}
+
+// Route is a destination's rules.
+type Route struct {
+	Study    *StudyRule
+	Instance *InstanceRule
+}
+
+// RuleError is a rule that failed on a study: a permanent failure of that
+// study at that destination. Instance tells the instance rule from the
+// study rule.
+type RuleError struct {
+	Instance bool
+	Err      error
+}
+
+func (e *RuleError) Error() string { return e.Err.Error() }
+func (e *RuleError) Unwrap() error { return e.Err }
+
+// Select returns the instances of a study the rules send to the
+// destination, in their order; none when the study is not for it. It
+// reads the study's facts once, and each instance's metadata only when a
+// rule needs it. Errors reading Orthanc are returned as they are.
+func (r Route) Select(ctx context.Context, o Orthanc, source, studyID string, instances []orthancapi.Instance) ([]orthancapi.Instance, error) {
+	if r.Study.All() && r.Instance.All() {
+		return instances, nil
+	}
+	facts, err := o.StudyFacts(ctx, studyID)
+	if err != nil {
+		return nil, fmt.Errorf("read study %s for its routing rules: %w", studyID, err)
+	}
+	var meta []orthancapi.InstanceMetadata
+	if r.Study.NeedsInstances() || r.Instance.NeedsMetadata() {
+		if meta, err = readMetadata(ctx, o, instances); err != nil {
+			return nil, err
+		}
+	}
+	if !r.Study.All() {
+		ok, err := r.Study.Match(source, study(facts, instances, meta))
+		if err != nil {
+			return nil, &RuleError{Err: err}
+		}
+		if !ok {
+			return nil, nil
+		}
+	}
+	if r.Instance.All() {
+		return instances, nil
+	}
+	var out []orthancapi.Instance
+	for i, in := range instances {
+		s := facts.Series[in.SeriesID]
+		inst := &Instance{Modality: s.Modality, SeriesDescription: s.Description}
+		if meta != nil {
+			inst.SOPClassUID, inst.TransferSyntaxUID, inst.CallingAET = meta[i].SOPClassUID, meta[i].TransferSyntaxUID, meta[i].RemoteAET
+		}
+		ok, err := r.Instance.Match(inst)
+		if err != nil {
+			return nil, &RuleError{Instance: true, Err: fmt.Errorf("instance %s: %w", in.SOPInstanceUID, err)}
+		}
+		if ok {
+			out = append(out, in)
+		}
+	}
+	return out, nil
+}
+
+// study builds what a study rule sees.
+func study(f orthancapi.StudyFacts, instances []orthancapi.Instance, meta []orthancapi.InstanceMetadata) *Study {
+	s := &Study{Description: f.Description, Institution: f.Institution, Instances: len(instances)}
+	s.Modalities = f.ModalitiesInStudy
+	if len(s.Modalities) == 0 {
+		for _, series := range f.Series {
+			s.Modalities = append(s.Modalities, series.Modality)
+		}
+	}
+	for _, m := range meta {
+		s.CallingAETs = append(s.CallingAETs, m.RemoteAET)
+		s.SOPClasses = append(s.SOPClasses, m.SOPClassUID)
+	}
+	s.Modalities, s.CallingAETs, s.SOPClasses = distinct(s.Modalities), distinct(s.CallingAETs), distinct(s.SOPClasses)
+	return s
+}
+
+// distinct sorts the non-empty values and drops repeats.
+func distinct(v []string) []string {
+	v = slices.DeleteFunc(slices.Clone(v), func(s string) bool { return s == "" })
+	slices.Sort(v)
+	return slices.Compact(v)
+}
+
+// readMetadata reads every instance's metadata, a few at a time.
+func readMetadata(ctx context.Context, o Orthanc, instances []orthancapi.Instance) ([]orthancapi.InstanceMetadata, error) {
+	out := make([]orthancapi.InstanceMetadata, len(instances))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(metadataReads)
+	for i, in := range instances {
+		g.Go(func() error {
+			m, err := o.InstanceMetadata(ctx, in.ID)
+			if err != nil {
+				return fmt.Errorf("read metadata of instance %s for the routing rules: %w", in.ID, err)
+			}
+			out[i] = m
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
