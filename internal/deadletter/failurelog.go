@@ -26,7 +26,9 @@ func NewFailureLog(kv jetstream.KeyValue, destination string) *FailureLog {
 	return &FailureLog{kv: kv, destination: destination}
 }
 
-func (l *FailureLog) key(seq uint64) string { return l.destination + ".seq" + strconv.FormatUint(seq, 10) }
+func (l *FailureLog) key(seq uint64) string {
+	return l.destination + ".seq" + strconv.FormatUint(seq, 10)
+}
 
 // Record notes a failure of the event at seq at time now and returns the
 // times so far.

@@ -291,7 +291,10 @@ func TestTopologyEnsureIsIdempotent(t *testing.T) {
 		{natsjs.EventStream, stream(natsjs.EventStream), func(ctx context.Context) error { _, err := topo.EnsureEvents(ctx, js); return err }},
 		{natsjs.DeadLetterStream, stream(natsjs.DeadLetterStream), func(ctx context.Context) error { _, err := topo.EnsureDeadLetters(ctx, js); return err }},
 		{natsjs.FailureBucket, bucket(natsjs.FailureBucket), func(ctx context.Context) error { _, err := topo.EnsureFailureLog(ctx, js); return err }},
-		{natsjs.LedgerBucket, bucket(natsjs.LedgerBucket), func(ctx context.Context) error { _, err := topo.EnsureLedger(ctx, js, natsjs.DefaultDestination); return err }},
+		{natsjs.LedgerBucket, bucket(natsjs.LedgerBucket), func(ctx context.Context) error {
+			_, err := topo.EnsureLedger(ctx, js, natsjs.DefaultDestination)
+			return err
+		}},
 		{natsjs.ReconcileBucket, bucket(natsjs.ReconcileBucket), func(ctx context.Context) error { _, err := topo.EnsureReconcile(ctx, js); return err }},
 		{natsjs.StatusBucket, bucket(natsjs.StatusBucket), func(ctx context.Context) error { _, err := topo.EnsureStatus(ctx, js); return err }},
 	}
