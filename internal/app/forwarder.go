@@ -67,6 +67,20 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		"jetstream": p.conn.Ready,
 		"orthanc":   r.sources.Ready,
 	}
+	// Every destination's rules and ledger, served here or not: buffer
+	// mode deletes an instance only once all that select it stored it.
+	routes := map[string]*route{}
+	ledgers := map[string]*ledger.Ledger{}
+	for _, d := range all {
+		if routes[d.Name], err = newRoute(d, r.sources); err != nil {
+			return err
+		}
+		ledgerKV, err := p.topo.EnsureLedger(pctx, p.conn.JS, d.Name)
+		if err != nil {
+			return err
+		}
+		ledgers[d.Name] = ledger.New(ledgerKV)
+	}
 	var forwarders []*forward.Forwarder
 	var tokens []*status.TokenWatch
 	var opts []*forward.Options
@@ -75,14 +89,20 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		if err != nil {
 			return err
 		}
-		ledgerKV, err := p.topo.EnsureLedger(pctx, p.conn.JS, d.Name)
-		if err != nil {
-			return err
-		}
 		o.Consumer = consumers[d.Name]
+		if rt := routes[d.Name]; rt != nil {
+			o.Router = rt
+			log.Info("routing rules", "destination", d.Name, "match", d.Match != "", "instance_match", d.InstanceMatch != "")
+		}
 		o.DeadLetters = dls
 		o.Failures = deadletter.NewFailureLog(failureKV, d.Name)
-		o.Completed = ledger.New(ledgerKV).Completed
+		o.Completed = ledgers[d.Name].Completed
+		if fc.DeleteFromSource {
+			o.CleanerFor = r.cleanerFor
+			if len(all) > 1 {
+				o.Release = releaseFunc(all, routes, ledgers)
+			}
+		}
 		opts = append(opts, o)
 		tokens = append(tokens, tw)
 	}
@@ -163,17 +183,6 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		InstanceRetries:    fc.InstanceRetries,
 		Logger:             log,
 		Registerer:         reg,
-	}
-	route, err := newRoute(d, r.sources)
-	if err != nil {
-		return nil, nil, err
-	}
-	if route != nil {
-		o.Router = route
-		log.Info("routing rules", "match", d.Match != "", "instance_match", d.InstanceMatch != "")
-	}
-	if fc.DeleteFromSource {
-		o.CleanerFor = r.cleanerFor
 	}
 	return o, tw, nil
 }

@@ -9,14 +9,15 @@ import (
 	"github.com/stowline/stowline/orthancapi"
 )
 
-// deleteForwarded is buffer mode: it deletes from the source exactly the
-// instances this forward sent and the destination confirmed, so an
-// instance that arrived since the study was listed is never deleted. A
-// study whose LastUpdate moved since its event is left alone: its next
-// event forwards it again (what the destination holds counts as stored)
-// and deletes it then. Every failure leaves instances in Orthanc, never
-// loses one; shutdown stops the deletes.
-func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, instances []orthancapi.Instance, log *slog.Logger) {
+// deleteForwarded is buffer mode: it deletes from the source instances
+// this forward sent and the destination confirmed, so an instance that
+// arrived since the study was listed is never deleted. With several
+// destinations, Release keeps those another destination selected and has
+// not stored yet. A study whose LastUpdate moved since its event is left
+// alone: its next event forwards it again (what the destination holds
+// counts as stored) and deletes it then. Every failure leaves instances in
+// Orthanc, never loses one; shutdown stops the deletes.
+func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, instances, listed []orthancapi.Instance, log *slog.Logger) {
 	if len(instances) == 0 {
 		return
 	}
@@ -40,6 +41,22 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			"source_last_update", st.LastUpdate)
 		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(len(instances)))
 		return
+	}
+	if f.opts.Release != nil {
+		released, err := f.opts.Release(ctx, ev, listed)
+		if err != nil {
+			log.Warn("forwarded study not deleted from the source: what the other destinations stored could not be read", "err", err)
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+			return
+		}
+		if waiting := len(instances) - len(released); waiting > 0 {
+			log.Info("forwarded instances kept in the source for destinations that have not stored them yet", "waiting", waiting)
+			f.m.sourceDeletes.WithLabelValues("waiting").Add(float64(waiting))
+		}
+		instances = released
+		if len(instances) == 0 {
+			return
+		}
 	}
 	deleted := 0
 	var firstErr error

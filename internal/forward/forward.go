@@ -122,6 +122,10 @@ type Options struct {
 	// acked and recorded, the instances that were forwarded are deleted
 	// from its source, unless the study changed since its event.
 	CleanerFor func(source string) (SourceCleaner, error)
+	// Release, if set, narrows buffer mode's deletes to the instances that
+	// every destination whose rules select them has stored, given all the
+	// study's instances; it is needed when there are several destinations.
+	Release func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error)
 	// Observer, if set, is told of every attempt as it progresses.
 	Observer Observer
 	// ShutdownGrace is how long in-flight studies may go on after

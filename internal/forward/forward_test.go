@@ -344,7 +344,7 @@ func TestDeleteForwarded(t *testing.T) {
 				o.CleanerFor = func(string) (SourceCleaner, error) { return tt.cleaner, nil }
 			})
 			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
-			f.deleteForwarded(context.Background(), ev, instances, f.log)
+			f.deleteForwarded(context.Background(), ev, instances, instances, f.log)
 			if fmt.Sprint(tt.cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
 				t.Errorf("deleted %v, want %v", tt.cleaner.deleted, tt.wantDeleted)
 			}

@@ -76,10 +76,10 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	})
 	m.sourceDeletes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_source_deletes_total",
-		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, or skipped because the study changed since its event.",
+		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, skipped because the study changed since its event, or kept waiting for another destination that selected them.",
 		ConstLabels: labels,
 	}, []string{"result"})
-	for _, r := range []string{"deleted", "failed", "skipped"} {
+	for _, r := range []string{"deleted", "failed", "skipped", "waiting"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
 	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed} {

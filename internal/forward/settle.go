@@ -48,7 +48,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	f.m.studies.WithLabelValues(string(result)).Inc()
 	f.obs.Finished(a, result, rep)
 	if result == ResultForwarded && f.opts.CleanerFor != nil {
-		f.deleteForwarded(ctx, a.Event, rep.forwarded, log)
+		f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
 	}
 }
 

@@ -29,8 +29,9 @@ type Report struct {
 	// Resent counts instances sent again after a transient refusal.
 	Resent int
 	// forwarded are the instances sent, set only when the destination
-	// confirmed every one (buffer mode deletes them).
-	forwarded []orthancapi.Instance
+	// confirmed every one (buffer mode deletes them); listed are all the
+	// study's instances.
+	forwarded, listed []orthancapi.Instance
 }
 
 func (r *Report) add(o Report) {
@@ -62,7 +63,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	if len(instances) == 0 {
 		return rep, Errorf(SourceMissing, "study %s has no instances in Orthanc source %s", ev.OrthancStudyID, ev.Source)
 	}
-	rep.Listed = len(instances)
+	rep.Listed, rep.listed = len(instances), instances
 	if f.opts.Router != nil {
 		if instances, err = f.opts.Router.Select(ctx, ev.Source, ev.OrthancStudyID, instances); err != nil {
 			return rep, fmt.Errorf("routing rules: %w", err)
