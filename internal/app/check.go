@@ -62,12 +62,16 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 
 // checkDestination checks one destination and prints its verdict.
 func checkDestination(ctx context.Context, stdout io.Writer, d config.NamedDestination, timeout time.Duration, log *slog.Logger) error {
+	title := redactURL(d.DICOMwebURL)
+	if d.Var != "" { // one of DESTINATIONS: say which
+		title = d.Name + " " + title
+	}
 	dest, err := newDestination(ctx, &d, nil, log.With("destination", d.Name))
 	if err != nil {
-		fmt.Fprintf(stdout, "%-12s %s %s\n%-12s FAIL: %v\n", "destination", d.Name, redactURL(d.DICOMwebURL), "verdict", err)
+		fmt.Fprintf(stdout, "%-12s %s\n%-12s FAIL: %v\n", "destination", title, "verdict", err)
 		return err
 	}
-	fmt.Fprintf(stdout, "%-12s %s %s\n%-12s %s\n", "destination", d.Name, redactURL(d.DICOMwebURL), "provider", describeAuth(dest))
+	fmt.Fprintf(stdout, "%-12s %s\n%-12s %s\n", "destination", title, "provider", describeAuth(dest))
 	report, err := dicomweb.Check(ctx, dicomweb.CheckOptions{
 		BaseURL:    d.DICOMwebURL,
 		Client:     dest.HTTP,

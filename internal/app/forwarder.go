@@ -144,7 +144,6 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 func (r *forwarderRole) destination(ctx context.Context, p *process, d config.NamedDestination, reg prometheus.Registerer,
 	log *slog.Logger, checks map[string]web.Check) (*forward.Options, *status.TokenWatch, error) {
 	fc := r.cfg
-	log = log.With("destination", d.Name)
 	tokenHost, oauth := tokenEndpointHost(&d)
 	tw, err := status.NewTokenWatch(d.Name, urlHost(d.DICOMwebURL), tokenHost, oauth, reg)
 	if err != nil {
@@ -152,7 +151,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 	}
 	// The provider, its credentials, TLS: destination.go. ctx outlives
 	// every token refresh.
-	client, err := newDestination(ctx, &d, tw.Observe, log)
+	client, err := newDestination(ctx, &d, tw.Observe, log.With("destination", d.Name))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -47,7 +47,13 @@ func Load(getenv func(string) string, dst any) error {
 		return errors.Join(errs...)
 	}
 	if err := env.ParseWithOptions(dst, env.Options{Environment: values}); err != nil {
-		return cleanEnvError(err, reflect.TypeOf(dst))
+		err = cleanEnvError(err, reflect.TypeOf(dst))
+		if c, ok := dst.(conditionallyRequired); ok {
+			// Validate won't run: name these missing ones too, so one run
+			// lists everything to fix.
+			err = errors.Join(err, c.missingRequired(getenv))
+		}
+		return err
 	}
 	if d, ok := dst.(dynamicVars); ok {
 		if err := d.readDynamic(getenv); err != nil {
@@ -78,6 +84,12 @@ func readSecret(getenv func(string) string, key string) (string, error) {
 		return "", fmt.Errorf("%s%s: %w", key, fileSuffix, err)
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// conditionallyRequired is implemented by configuration with variables
+// required only when others are unset (DICOMWEB_URL without DESTINATIONS).
+type conditionallyRequired interface {
+	missingRequired(getenv func(string) string) error
 }
 
 // dynamicVars is implemented by configuration whose variable names depend

@@ -126,6 +126,17 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 	return errors.Join(errs...)
 }
 
+// missingRequired reports DICOMWEB_URL missing in a deployment without
+// DESTINATIONS.
+func (f *Forwarder) missingRequired(getenv func(string) string) error {
+	if getenv("DESTINATIONS") == "" && getenv("DICOMWEB_URL") == "" {
+		return errDICOMwebURLRequired
+	}
+	return nil
+}
+
+var errDICOMwebURLRequired = errors.New("DICOMWEB_URL is required (or DESTINATIONS, with DESTINATION_<NAME>_URL for each)")
+
 // destinationsValidate checks every destination and the rules; the
 // errors name each destination's own variables.
 func (f *Forwarder) destinationsValidate() error {
@@ -133,7 +144,7 @@ func (f *Forwarder) destinationsValidate() error {
 	names := map[string]bool{}
 	if len(f.Names) == 0 {
 		if f.DICOMwebURL == "" {
-			errs = append(errs, errors.New("DICOMWEB_URL is required (or DESTINATIONS, with DESTINATION_<NAME>_URL for each)"))
+			errs = append(errs, errDICOMwebURLRequired)
 		} else if err := f.Destination.validate(); err != nil {
 			errs = append(errs, err)
 		}
