@@ -7,20 +7,29 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // auditUsage heads `forwarder audit -h`.
-const auditUsage = `Usage: forwarder audit [--enqueue] [--json]
+const auditUsage = `Usage: forwarder audit [--destination NAME] [--enqueue] [--json]
 
-Lists the stable studies present in each Orthanc source that have no record
-of a completed forward of their current state (LastUpdate), and with
---enqueue publishes their events so the forwarders send them. Studies go to
-stdout (a table, or one JSON object a line), the summary and logs to stderr.
+Lists, for each destination (those with a consumer on the event stream, or
+the one named), the stable studies present in each Orthanc source that
+have no record of a completed forward of their current state
+(LastUpdate), and with --enqueue publishes their events for the
+destinations that lack them so the forwarders send them. Studies go to
+stdout (a table, or one JSON object a line), the summary and logs to
+stderr.
 
 `
 
@@ -29,7 +38,8 @@ stdout (a table, or one JSON object a line), the summary and logs to stderr.
 func RunAudit(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	const program = "forwarder audit"
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
-	enqueue := fs.Bool("enqueue", false, "publish the events of the studies found (the same the Lua script sends), so the forwarders send them")
+	enqueue := fs.Bool("enqueue", false, "publish the events of the studies found (the same the Lua script sends; for the destinations that lack them), so the forwarders send them")
+	only := fs.String("destination", "", "audit only this destination")
 	asJSON := fs.Bool("json", false, "write one JSON object a line instead of a table")
 	var cfg config.Audit
 	if done, err := parseCommand(fs, auditUsage, args, getenv, stderr, &cfg); done || err != nil {
@@ -46,12 +56,8 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer js.Close()
-	var led ledger.Records
-	led, err = ledger.Open(ctx, js.JS)
-	if errors.Is(err, ledger.ErrNoBucket) {
-		log.Warn("no completed forward is recorded yet (no forwarder ran): every stable study is reported")
-		led = noLedger{}
-	} else if err != nil {
+	dests, err := auditDestinations(ctx, js, *only, log)
+	if err != nil {
 		return err
 	}
 	var as []ledger.Source
@@ -59,10 +65,17 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		as = append(as, ledger.Source{Name: s.Name, Orthanc: s.Client})
 	}
 	a, err := ledger.NewAuditor(ledger.AuditOptions{
-		Sources:   as,
-		Ledger:    led,
-		Publisher: natsjs.Publisher{JS: js.JS},
-		Logger:    log.With("component", "audit"),
+		Sources:      as,
+		Destinations: dests,
+		Publish: func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
+			if destination == "" {
+				return natsjs.Publisher{JS: js.JS}.Publish(ctx, ev)
+			}
+			// A dedupe ID of its own: the destination's copy is not the
+			// event every destination took.
+			return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(destination, ev.Source), ev, ev.MsgID()+"/audit/"+destination)
+		},
+		Logger: log.With("component", "audit"),
 	})
 	if err != nil {
 		return err
@@ -75,7 +88,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		report, flush = func(f ledger.Finding) error { return enc.Encode(f) }, func() error { return nil }
 	} else {
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tLAST UPDATE\tFORWARDED\tREASON\tENQUEUED")
+		fmt.Fprintln(tw, "DESTINATION\tSOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tLAST UPDATE\tFORWARDED\tREASON\tENQUEUED")
 		report = func(f ledger.Finding) error {
 			fwd, enq := f.ForwardedLastUpdate, "-"
 			if fwd == "" {
@@ -89,7 +102,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 			case f.Problem != "":
 				enq = "failed: " + f.Problem
 			}
-			_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate, fwd, f.Reason, enq)
+			_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Destination, f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate, fwd, f.Reason, enq)
 			return err
 		}
 		flush = tw.Flush
@@ -101,7 +114,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "audit: %d studies, %d forwarded, %d still receiving (skipped), %d not forwarded", sum.Studies, sum.Forwarded, sum.Unstable, sum.Findings)
+	fmt.Fprintf(stderr, "audit: %d studies, %d forwarded to every destination, %d still receiving (skipped), %d missing at a destination", sum.Studies, sum.Forwarded, sum.Unstable, sum.Findings)
 	if *enqueue {
 		fmt.Fprintf(stderr, ", %d enqueued", sum.Enqueued)
 	}
@@ -110,6 +123,40 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
 	}
 	return nil
+}
+
+// auditDestinations are the destinations the audit compares Orthanc with:
+// those with a consumer on the event stream (or the one named), each with
+// its ledger; a destination whose forwarders never completed a forward
+// has no ledger yet, and every stable study is reported for it.
+func auditDestinations(ctx context.Context, conn *natsjs.Conn, only string, log *slog.Logger) ([]ledger.Destination, error) {
+	names, err := natsjs.ListDestinations(ctx, conn.JS)
+	if err != nil && !errors.Is(err, natsjs.ErrNotProvisioned) {
+		return nil, err
+	}
+	if only != "" {
+		if !slices.Contains(names, only) {
+			return nil, &usageError{fmt.Errorf("forwarder audit: --destination %q has no consumer on the event stream (known: %s)", only, strings.Join(names, ", "))}
+		}
+		names = []string{only}
+	}
+	if len(names) == 0 {
+		log.Warn("no forwarder has run yet: every stable study is reported for the default destination")
+		names = []string{natsjs.DefaultDestination}
+	}
+	out := make([]ledger.Destination, 0, len(names))
+	for _, name := range names {
+		var rec ledger.Records
+		rec, err := ledger.Open(ctx, conn.JS, name)
+		if errors.Is(err, ledger.ErrNoBucket) {
+			log.Warn("no completed forward is recorded yet for this destination: every stable study is reported", "destination", name)
+			rec = noLedger{}
+		} else if err != nil {
+			return nil, err
+		}
+		out = append(out, ledger.Destination{Name: name, Records: rec})
+	}
+	return out, nil
 }
 
 // noLedger is the ledger before any forwarder created the bucket.

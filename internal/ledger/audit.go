@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -45,8 +47,10 @@ const (
 	ReasonChanged = "changed_since_forward"
 )
 
-// Finding is a study whose current state was not forwarded.
+// Finding is a study whose current state was not forwarded to a
+// destination.
 type Finding struct {
+	Destination      string `json:"destination"`
 	Source           string `json:"source"`
 	OrthancStudyID   string `json:"orthancStudyId"`
 	StudyInstanceUID string `json:"studyInstanceUid"`
@@ -66,23 +70,32 @@ type Finding struct {
 
 // Summary counts what an audit saw.
 type Summary struct {
-	Studies   int `json:"studies"`
+	Studies int `json:"studies"`
+	// Forwarded counts the studies every destination has.
 	Forwarded int `json:"forwarded"`
 	// Unstable studies are still receiving instances: their event comes
 	// when they are stable, so they are not reported.
 	Unstable int `json:"unstable"`
+	// Findings counts what is missing, a study once per destination.
 	Findings int `json:"findings"`
 	Enqueued int `json:"enqueued"`
 	// NotEnqueued counts findings whose event could not be published.
 	NotEnqueued int `json:"notEnqueued,omitempty"`
 }
 
+// Destination is one destination to audit, with its ledger.
+type Destination struct {
+	Name    string
+	Records Records
+}
+
 // AuditOptions configures an Auditor.
 type AuditOptions struct {
-	Sources []Source
-	Ledger  Records
-	// Publisher is required to enqueue.
-	Publisher events.Publisher
+	Sources      []Source
+	Destinations []Destination
+	// Publish queues an event for one destination, or for every
+	// destination when destination is empty; required to enqueue.
+	Publish func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error)
 	// PageSize is how many studies one GET /studies reads (default 500).
 	PageSize int
 	Logger   *slog.Logger
@@ -104,8 +117,13 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 			return nil, fmt.Errorf("audit: source %q has no Orthanc client", s.Name)
 		}
 	}
-	if opts.Ledger == nil {
-		return nil, errors.New("audit: a ledger is required")
+	if len(opts.Destinations) == 0 {
+		return nil, errors.New("audit: at least one destination is required")
+	}
+	for _, d := range opts.Destinations {
+		if d.Records == nil {
+			return nil, fmt.Errorf("audit: destination %q has no ledger", d.Name)
+		}
 	}
 	if opts.PageSize <= 0 {
 		opts.PageSize = 500
@@ -121,7 +139,7 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 // order. With enqueue it first publishes the finding's event, the same the
 // Lua script would send. A report error stops the audit.
 func (a *Auditor) Run(ctx context.Context, enqueue bool, report func(Finding) error) (Summary, error) {
-	if enqueue && a.opts.Publisher == nil {
+	if enqueue && a.opts.Publish == nil {
 		return Summary{}, errors.New("audit: a publisher is required to enqueue")
 	}
 	var sum Summary
@@ -150,24 +168,25 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 			return fmt.Errorf("source %s: list studies from %d: %w", name, since, err)
 		}
 		for _, st := range page {
-			f, ok, err := a.study(ctx, name, st, sum)
+			findings, err := a.study(ctx, name, st, sum)
 			if err != nil {
 				return fmt.Errorf("source %s: %w", name, err)
 			}
-			if !ok {
-				continue
+			if enqueue && len(findings) > 0 {
+				a.enqueue(ctx, findings, log)
 			}
-			if enqueue {
-				a.enqueue(ctx, &f, log)
-				if f.Enqueued {
+			for _, f := range findings {
+				switch {
+				case !enqueue:
+				case f.Enqueued:
 					sum.Enqueued++
-				} else {
+				default:
 					sum.NotEnqueued++
 				}
-			}
-			sum.Findings++
-			if err := report(f); err != nil {
-				return err
+				sum.Findings++
+				if err := report(f); err != nil {
+					return err
+				}
 			}
 		}
 		if len(page) < a.opts.PageSize {
@@ -177,29 +196,41 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 	}
 }
 
-// study compares one study with the ledger; ok is true for a finding.
-func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study, sum *Summary) (f Finding, ok bool, err error) {
+// study compares one study with every destination's ledger: a finding
+// per destination that lacks its current state.
+func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study, sum *Summary) ([]Finding, error) {
 	sum.Studies++
 	if !st.IsStable {
 		sum.Unstable++
-		return Finding{}, false, nil
+		return nil, nil
 	}
-	f = Finding{Source: source, OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID, LastUpdate: st.LastUpdate, Reason: ReasonNeverForwarded}
-	rec, err := a.opts.Ledger.Lookup(ctx, source, st.ID)
-	switch {
-	case errors.Is(err, ErrNotRecorded):
-	case err != nil:
-		return Finding{}, false, err
-	case rec.LastUpdate >= st.LastUpdate:
+	var out []Finding
+	for _, d := range a.opts.Destinations {
+		f := Finding{Destination: d.Name, Source: source, OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID,
+			LastUpdate: st.LastUpdate, Reason: ReasonNeverForwarded}
+		rec, err := d.Records.Lookup(ctx, source, st.ID)
+		switch {
+		case errors.Is(err, ErrNotRecorded):
+		case err != nil:
+			return nil, fmt.Errorf("destination %s: %w", d.Name, err)
+		case rec.LastUpdate >= st.LastUpdate:
+			continue
+		default:
+			f.Reason, f.ForwardedLastUpdate = ReasonChanged, rec.LastUpdate
+		}
+		out = append(out, f)
+	}
+	if len(out) == 0 {
 		sum.Forwarded++
-		return Finding{}, false, nil
-	default:
-		f.Reason, f.ForwardedLastUpdate = ReasonChanged, rec.LastUpdate
 	}
-	return f, true, nil
+	return out, nil
 }
 
-func (a *Auditor) enqueue(ctx context.Context, f *Finding, log *slog.Logger) {
+// enqueue publishes the study's event for the destinations that lack it:
+// the event the Lua script sends when every destination does (it then
+// de-duplicates with one already queued), else one for each of them.
+func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
+	f := fs[0]
 	ev := &events.StudyStable{
 		Type:             events.TypeStudyStable,
 		Version:          events.Version,
@@ -211,18 +242,38 @@ func (a *Auditor) enqueue(ctx context.Context, f *Finding, log *slog.Logger) {
 	}
 	log = log.With("orthanc_study_id", f.OrthancStudyID, "study_instance_uid", f.StudyInstanceUID, "last_update", f.LastUpdate)
 	if err := ev.Validate(); err != nil {
-		f.Problem = "the event would be invalid: " + err.Error()
+		for i := range fs {
+			fs[i].Problem = "the event would be invalid: " + err.Error()
+		}
 		log.Error("study not enqueued", "err", err)
 		return
 	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	ack, err := a.opts.Publisher.Publish(pctx, ev)
-	if err != nil {
-		f.Problem = err.Error()
-		log.Error("study not enqueued", "err", err)
+	publish := func(destination string, targets []*Finding) {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ack, err := a.opts.Publish(pctx, destination, ev)
+		for _, t := range targets {
+			if err != nil {
+				t.Problem = err.Error()
+				continue
+			}
+			t.Enqueued, t.Duplicate = true, ack.Duplicate
+		}
+		if err != nil {
+			log.Error("study not enqueued", "destination", destination, "err", err)
+			return
+		}
+		log.Info("study enqueued by the audit", "destination", destination, "duplicate", ack.Duplicate, "stream_seq", ack.Sequence)
+	}
+	if len(fs) == len(a.opts.Destinations) {
+		targets := make([]*Finding, len(fs))
+		for i := range fs {
+			targets[i] = &fs[i]
+		}
+		publish("", targets)
 		return
 	}
-	f.Enqueued, f.Duplicate = true, ack.Duplicate
-	log.Info("study enqueued by the audit", "duplicate", ack.Duplicate, "stream_seq", ack.Sequence)
+	for i := range fs {
+		publish(fs[i].Destination, []*Finding{&fs[i]})
+	}
 }

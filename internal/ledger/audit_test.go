@@ -16,10 +16,14 @@ import (
 	"github.com/stowline/stowline/orthancapi"
 )
 
-type publisher struct{ js jetstream.JetStream }
-
-func (p publisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
-	return (natsjs.Publisher{JS: p.js}).Publish(ctx, ev)
+// publish queues an event as the forwarder audit command does.
+func publish(js jetstream.JetStream) func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
+	return func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
+		if destination == "" {
+			return (natsjs.Publisher{JS: js}).Publish(ctx, ev)
+		}
+		return natsjs.PublishTo(ctx, js, natsjs.DestinationSubject(destination, ev.Source), ev, ev.MsgID()+"/audit/"+destination)
+	}
 }
 
 func upload(t *testing.T, o *testharness.Orthanc, uid string, n int) string {
@@ -41,7 +45,7 @@ func run(t *testing.T, a *ledger.Auditor, enqueue bool) (map[string]ledger.Findi
 	t.Helper()
 	found := map[string]ledger.Finding{}
 	sum, err := a.Run(context.Background(), enqueue, func(f ledger.Finding) error {
-		found[f.StudyInstanceUID] = f
+		found[f.Destination+"/"+f.StudyInstanceUID] = f
 		return nil
 	})
 	if err != nil {
@@ -65,6 +69,8 @@ func waitNextSecond(t *testing.T) {
 	}
 }
 
+// Two destinations: the audit reports a study once for each destination
+// that lacks its current state, and enqueues it for those only.
 func TestAudit(t *testing.T) {
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-src", StableAge: 2})
 	client, err := orthancapi.New(o.URL)
@@ -73,16 +79,21 @@ func TestAudit(t *testing.T) {
 	}
 	ns := testnats.Start(t)
 	ctx := context.Background()
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
-	led := ledger.New(ledgerKV)
-	if err != nil {
-		t.Fatal(err)
+	ledgers := map[string]*ledger.Ledger{}
+	var dests []ledger.Destination
+	for _, d := range []string{natsjs.DefaultDestination, "ai"} {
+		kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ledgers[d] = ledger.New(kv)
+		dests = append(dests, ledger.Destination{Name: d, Records: ledgers[d]})
 	}
 	a, err := ledger.NewAuditor(ledger.AuditOptions{
-		Sources:   []ledger.Source{{Name: "src", Orthanc: client}},
-		Ledger:    led,
-		Publisher: publisher{ns.JS},
-		PageSize:  1, // every study on its own page
+		Sources:      []ledger.Source{{Name: "src", Orthanc: client}},
+		Destinations: dests,
+		Publish:      publish(ns.JS),
+		PageSize:     1, // every study on its own page
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -94,54 +105,89 @@ func TestAudit(t *testing.T) {
 	if err != nil || len(studies) != 3 {
 		t.Fatalf("Studies = %d, %v", len(studies), err)
 	}
-	for _, s := range studies {
-		if s.StudyInstanceUID == never {
-			continue
-		}
-		// The forwarder recorded a completed forward of these two.
-		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "src",
-			OrthancStudyID: s.ID, StudyInstanceUID: s.StudyInstanceUID, LastUpdate: s.LastUpdate}
-		if err := led.Record(ctx, ev); err != nil {
-			t.Fatal(err)
+	record := func(uid string, destinations ...string) {
+		t.Helper()
+		for _, s := range studies {
+			if s.StudyInstanceUID != uid {
+				continue
+			}
+			ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "src",
+				OrthancStudyID: s.ID, StudyInstanceUID: s.StudyInstanceUID, LastUpdate: s.LastUpdate}
+			for _, d := range destinations {
+				if err := ledgers[d].Record(ctx, ev); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 	}
+	// The forwarders completed these forwards.
+	record(forwarded, natsjs.DefaultDestination, "ai")
+	record(changed, natsjs.DefaultDestination)
 	found, sum := run(t, a, false)
-	if len(found) != 1 || found[never].Reason != ledger.ReasonNeverForwarded {
-		t.Fatalf("findings = %+v, want only %s", found, never)
+	if len(found) != 3 || found["default/"+never].Reason != ledger.ReasonNeverForwarded ||
+		found["ai/"+never].Reason != ledger.ReasonNeverForwarded || found["ai/"+changed].Reason != ledger.ReasonNeverForwarded {
+		t.Fatalf("findings = %+v, want %s at both destinations and %s at ai", found, never, changed)
 	}
-	if sum != (ledger.Summary{Studies: 3, Forwarded: 2, Findings: 1}) {
+	if sum != (ledger.Summary{Studies: 3, Forwarded: 1, Findings: 3}) {
 		t.Errorf("summary = %+v", sum)
 	}
 
-	// An instance arrives later in one forwarded study (LastUpdate has a
-	// resolution of a second, so it must arrive in a later second), and a
-	// new study is still receiving.
+	// The default destination gets the third study; an instance arrives
+	// later in the second (LastUpdate has a resolution of a second, so it
+	// must arrive in a later second), and a new study is still receiving.
+	record(never, natsjs.DefaultDestination)
 	waitNextSecond(t)
 	upload(t, o, changed, 1)
 	o.WaitStable(t, 20*time.Second)
 	upload(t, o, "", 1)
 	found, sum = run(t, a, true)
-	if len(found) != 2 || found[changed].Reason != ledger.ReasonChanged || found[changed].ForwardedLastUpdate == "" ||
-		found[changed].ForwardedLastUpdate >= found[changed].LastUpdate {
-		t.Fatalf("findings = %+v, want %s changed since its forward and %s", found, changed, never)
+	if len(found) != 3 || found["ai/"+never].Reason != ledger.ReasonNeverForwarded ||
+		found["default/"+changed].Reason != ledger.ReasonChanged || found["default/"+changed].ForwardedLastUpdate == "" ||
+		found["default/"+changed].ForwardedLastUpdate >= found["default/"+changed].LastUpdate ||
+		found["ai/"+changed].Reason != ledger.ReasonNeverForwarded {
+		t.Fatalf("findings = %+v, want %s at ai, and %s at both (changed since its forward at default)", found, never, changed)
 	}
-	for uid, f := range found {
+	for key, f := range found {
 		if !f.Enqueued || f.Duplicate {
-			t.Errorf("%s: enqueued=%v duplicate=%v, want a new event", uid, f.Enqueued, f.Duplicate)
+			t.Errorf("%s: enqueued=%v duplicate=%v, want a new event", key, f.Enqueued, f.Duplicate)
 		}
 	}
-	if sum.Studies != 4 || sum.Unstable != 1 || sum.Enqueued != 2 {
-		t.Errorf("summary = %+v, want 4 studies, 1 unstable, 2 enqueued", sum)
+	if sum.Studies != 4 || sum.Unstable != 1 || sum.Enqueued != 3 {
+		t.Errorf("summary = %+v, want 4 studies, 1 unstable, 3 enqueued", sum)
+	}
+	// The study only ai lacks went to ai only; the one both lack, to both
+	// in one event.
+	if n := subjectCount(t, ns, natsjs.DestinationSubject("ai", "src")); n != 1 {
+		t.Errorf("%d events for ai only, want 1", n)
+	}
+	if n := subjectCount(t, ns, natsjs.EventSubject("src")); n != 1 {
+		t.Errorf("%d events for every destination, want 1", n)
 	}
 	// Enqueued again within the dedupe window: JetStream keeps one. (The
 	// study still receiving may have become stable meanwhile: it is new.)
 	again, _ := run(t, a, true)
-	for uid := range found {
-		if f := again[uid]; !f.Enqueued || !f.Duplicate {
-			t.Errorf("second --enqueue of %s: %+v, want a duplicate", uid, f)
+	for key := range found {
+		if f := again[key]; !f.Enqueued || !f.Duplicate {
+			t.Errorf("second --enqueue of %s: %+v, want a duplicate", key, f)
 		}
 	}
-	if _, ok := again[forwarded]; ok {
-		t.Errorf("the forwarded, unchanged study %s is reported", forwarded)
+	for _, d := range []string{"default", "ai"} {
+		if _, ok := again[d+"/"+forwarded]; ok {
+			t.Errorf("the forwarded, unchanged study %s is reported for %s", forwarded, d)
+		}
 	}
+}
+
+// subjectCount is how many messages the event stream holds on subject.
+func subjectCount(t *testing.T, ns *testnats.Server, subject string) uint64 {
+	t.Helper()
+	s, err := ns.JS.Stream(context.Background(), natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subject]
 }

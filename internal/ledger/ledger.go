@@ -22,8 +22,9 @@ import (
 var (
 	// ErrNotRecorded: no completed forward of the study is recorded.
 	ErrNotRecorded = errors.New("ledger: no completed forward recorded")
-	// ErrNoBucket: the bucket does not exist (no forwarder ever ran).
-	ErrNoBucket = errors.New("ledger: bucket " + natsjs.LedgerBucket + " does not exist")
+	// ErrNoBucket: the destination's bucket does not exist (no forwarder
+	// of it ever ran).
+	ErrNoBucket = errors.New("ledger: the destination's bucket does not exist")
 )
 
 // Record is one completed forward.
@@ -55,10 +56,11 @@ func WithClock(now func() time.Time) Option { return func(l *Ledger) { l.now = n
 // New returns the ledger kept in kv (natsjs.Topology.EnsureLedger).
 func New(kv jetstream.KeyValue, opts ...Option) *Ledger { return newLedger(kv, opts) }
 
-// Open returns the Ledger of an existing bucket, ErrNoBucket if there is
-// none. It never creates or changes the bucket (the audit uses it).
-func Open(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Ledger, error) {
-	kv, err := natsjs.OpenKV(ctx, js, natsjs.LedgerBucket)
+// Open returns the Ledger of a destination's existing bucket, ErrNoBucket
+// if there is none. It never creates or changes the bucket (the audit
+// uses it).
+func Open(ctx context.Context, js jetstream.JetStream, destination string, opts ...Option) (*Ledger, error) {
+	kv, err := natsjs.OpenKV(ctx, js, natsjs.LedgerBucketOf(destination))
 	if errors.Is(err, natsjs.ErrNotProvisioned) {
 		return nil, ErrNoBucket
 	}

@@ -26,7 +26,7 @@ func TestRecordAndLookup(t *testing.T) {
 	ns := testnats.Start(t)
 	ctx := context.Background()
 
-	if _, err := ledger.Open(ctx, ns.JS); !errors.Is(err, ledger.ErrNoBucket) {
+	if _, err := ledger.Open(ctx, ns.JS, natsjs.DefaultDestination); !errors.Is(err, ledger.ErrNoBucket) {
 		t.Fatalf("Open before any forwarder ran: err = %v, want ErrNoBucket", err)
 	}
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
@@ -67,7 +67,7 @@ func TestRecordAndLookup(t *testing.T) {
 	}
 
 	// Another process opens the same bucket without changing it.
-	o, err := ledger.Open(ctx, ns.JS)
+	o, err := ledger.Open(ctx, ns.JS, natsjs.DefaultDestination)
 	if err != nil {
 		t.Fatal(err)
 	}
