@@ -7,6 +7,8 @@
 // in Orthanc whose current state has no completed forward.
 // `forwarder check` verifies the destination's credentials and
 // reachability with the live configuration before any study flows.
+// `forwarder backfill --destination NAME --since T` queues older studies
+// for one destination (one added to a running deployment).
 package main
 
 import (
@@ -36,6 +38,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if len(args) > 0 && args[0] == "check" {
 		return app.RunCheck(ctx, args[1:], getenv, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "backfill" {
+		return app.RunBackfill(ctx, args[1:], getenv, stdout, stderr)
 	}
 	return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, stdout, stderr, app.RunForwarder)
 }

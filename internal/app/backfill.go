@@ -1,0 +1,145 @@
+package app
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+// backfillUsage heads `forwarder backfill -h`.
+const backfillUsage = `Usage: forwarder backfill --destination NAME --since T [--until T] [--from stream|source] [--dry-run]
+
+Queues older studies for one destination only, for example a destination
+added to a running deployment (which starts with the studies that arrive
+after it). --from stream (the default) takes the events the event stream
+received in the window (it keeps EVENTS_RETENTION); --from source takes
+the stable studies of each Orthanc source whose last update is in the
+window, however old. T is 2026-11-01, 2026-11-01T08:00Z or a duration back
+from now (72h). The other destinations get nothing. Logs go to stderr.
+
+`
+
+// lastUpdateLayout is how Orthanc writes LastUpdate.
+const lastUpdateLayout = "20060102T150405"
+
+// RunBackfill runs `forwarder backfill ARGS`.
+func RunBackfill(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	const program = "forwarder backfill"
+	fs := flag.NewFlagSet(program, flag.ContinueOnError)
+	destination := fs.String("destination", "", "the destination to queue the studies for (required)")
+	since := fs.String("since", "", "start of the window (required)")
+	until := fs.String("until", "", "end of the window (default now)")
+	from := fs.String("from", "stream", "stream (the events received in the window) or source (the studies in Orthanc)")
+	dryRun := fs.Bool("dry-run", false, "only list what would be queued")
+	var cfg config.Audit
+	if done, err := parseCommand(fs, backfillUsage, args, getenv, stderr, &cfg); done || err != nil {
+		return err
+	}
+	if *destination == "" || *since == "" {
+		return &usageError{fmt.Errorf("%s: --destination and --since are required", program)}
+	}
+	start, err := deadletter.ParseTime(*since)
+	if err != nil {
+		return &usageError{fmt.Errorf("%s: --since: %w", program, err)}
+	}
+	var end time.Time
+	if *until != "" {
+		if end, err = deadletter.ParseTime(*until); err != nil {
+			return &usageError{fmt.Errorf("%s: --until: %w", program, err)}
+		}
+		if !end.After(start) {
+			return &usageError{fmt.Errorf("%s: --until must be after --since", program)}
+		}
+	}
+	if *from != "stream" && *from != "source" {
+		return &usageError{fmt.Errorf("%s: --from %q: want stream or source", program, *from)}
+	}
+	log := NewLogger(stderr, cfg.Log)
+	conn, err := connect(cfg.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := requireDestination(ctx, conn.JS, *destination); err != nil {
+		return &usageError{fmt.Errorf("%s: %w", program, err)}
+	}
+	var evs []events.StudyStable
+	if *from == "stream" {
+		evs, err = deadletter.Reforward(ctx, conn.JS, *destination, start, end, *dryRun)
+	} else {
+		evs, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, start, end, *dryRun)
+	}
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE")
+	for _, ev := range evs {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.LastUpdate)
+	}
+	w.Flush()
+	verb := "queued for"
+	if *dryRun {
+		verb = "would be queued for"
+	}
+	fmt.Fprintf(stdout, "%d studies %s %s\n", len(evs), verb, *destination)
+	return err
+}
+
+// backfillFromSources queues for destination the stable studies of every
+// source whose LastUpdate falls in [start, end) (end zero: up to now).
+// Orthanc writes LastUpdate in its own clock's zone, read here as UTC.
+func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, start, end time.Time, dryRun bool) ([]events.StudyStable, error) {
+	sources, err := NewSources(oc)
+	if err != nil {
+		return nil, err
+	}
+	from, to := start.UTC().Format(lastUpdateLayout), ""
+	if !end.IsZero() {
+		to = end.UTC().Format(lastUpdateLayout)
+	}
+	var out []events.StudyStable
+	const page = 500
+	for _, src := range sources.List() {
+		name := src.Name
+		if name == "" {
+			sys, err := src.Client.System(ctx)
+			if err != nil {
+				return out, fmt.Errorf("orthanc: learn the source name: %w", err)
+			}
+			name = events.DefaultSourceName(sys.Name)
+		}
+		for since := 0; ; since += page {
+			studies, err := src.Client.Studies(ctx, since, page)
+			if err != nil {
+				return out, fmt.Errorf("source %s: list studies from %d: %w", name, since, err)
+			}
+			for _, st := range studies {
+				if !st.IsStable || st.LastUpdate < from || (to != "" && st.LastUpdate >= to) {
+					continue
+				}
+				ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: name,
+					OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID, LastUpdate: st.LastUpdate, ReceivedAt: time.Now().UTC()}
+				if err := ev.Validate(); err != nil {
+					return out, fmt.Errorf("source %s: study %s: %w", name, st.ID, err)
+				}
+				if !dryRun {
+					subject := natsjs.DestinationSubject(destination, name)
+					if _, err := natsjs.PublishTo(ctx, conn.JS, subject, &ev, ev.MsgID()+"/backfill/"+destination); err != nil {
+						return out, err
+					}
+				}
+				out = append(out, ev)
+			}
+			if len(studies) < page {
+				break
+			}
+		}
+	}
+	return out, nil
+}
