@@ -172,7 +172,8 @@ func TestMainFlags(t *testing.T) {
 }
 
 // TestPlanSend: a directory without a manifest is sent whole; one with a
-// manifest only for the files Orthanc accepts.
+// manifest only for the files Orthanc accepts; without samples, generated
+// studies.
 func TestPlanSend(t *testing.T) {
 	dir := t.TempDir()
 	for _, f := range []string{"a.dcm", "sub/b.dcm"} {
@@ -202,5 +203,13 @@ func TestPlanSend(t *testing.T) {
 	}
 	if len(plan.files) != accepted || accepted == len(samples) {
 		t.Errorf("samples: %d files planned, %d of %d accepted", len(plan.files), accepted, len(samples))
+	}
+
+	// A fresh clone has no shared samples: the demo generates studies.
+	t.Setenv(testharness.SamplesEnv, "")
+	t.Chdir(t.TempDir())
+	plan, err = planSend("", t.TempDir())
+	if err != nil || len(plan.files) != 5+2*10+3*20 || !strings.Contains(plan.what, "generated") {
+		t.Errorf("no samples: %d files (%s), err %v; want the 85 generated ones", len(plan.files), plan.what, err)
 	}
 }
