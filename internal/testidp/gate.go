@@ -1,6 +1,7 @@
 package testidp
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -29,14 +30,25 @@ type Gate struct {
 	revoked  func(jti string) bool
 	allowed  map[string]bool
 	proxy    *httputil.ReverseProxy
-	accepted atomic.Int64
-	rejected atomic.Int64
+	srv      *httptest.Server
+	// closeIdle closes the proxy's idle connections to the upstream.
+	closeIdle func()
+	accepted  atomic.Int64
+	rejected  atomic.Int64
 }
 
 // GateOption configures a Gate.
 type GateOption func(*gateConfig)
 
-type gateConfig struct{ allowed []string }
+type gateConfig struct {
+	allowed []string
+	logf    func(format string, args ...any) // upstream errors
+}
+
+// withErrorLog sends the Gate's upstream errors to logf (the test's log).
+func withErrorLog(logf func(format string, args ...any)) GateOption {
+	return func(c *gateConfig) { c.logf = logf }
+}
 
 // AllowClients sets the clients whose tokens the Gate accepts, instead of the
 // IdP's ClientID.
@@ -50,19 +62,30 @@ func AllowClients(ids ...string) GateOption {
 // and that the IdP has not revoked it (IdP.RevokeIssued).
 func (p *IdP) Gate(t testing.TB, upstream string, opts ...GateOption) *Gate {
 	t.Helper()
-	cfg := gateConfig{allowed: []string{p.ClientID}}
+	g, err := p.NewGate(t.Context(), upstream, append([]GateOption{withErrorLog(t.Logf)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	return g
+}
+
+// NewGate is Gate for programs that are not tests: it runs until Close.
+// ctx bounds the discovery request only.
+func (p *IdP) NewGate(ctx context.Context, upstream string, opts ...GateOption) (*Gate, error) {
+	cfg := gateConfig{allowed: []string{p.ClientID}, logf: func(string, ...any) {}}
 	for _, opt := range opts {
 		opt(&cfg)
 	}
 	target, err := url.Parse(upstream)
 	if err != nil || target.Scheme == "" || target.Host == "" {
-		t.Fatalf("testidp: upstream %q is not an absolute URL", upstream)
+		return nil, fmt.Errorf("testidp: upstream %q is not an absolute URL", upstream)
 	}
 
 	httpClient := &http.Client{Timeout: 10 * time.Second}
-	disc, err := client.Discover(t.Context(), p.Issuer, httpClient)
+	disc, err := client.Discover(ctx, p.Issuer, httpClient)
 	if err != nil {
-		t.Fatalf("testidp: discovery: %v", err)
+		return nil, fmt.Errorf("testidp: discovery: %w", err)
 	}
 
 	g := &Gate{
@@ -76,7 +99,6 @@ func (p *IdP) Gate(t testing.TB, upstream string, opts ...GateOption) *Gate {
 
 	// A transport of its own, so the Gate's idle connections end with it.
 	transport := http.DefaultTransport.(*http.Transport).Clone()
-	t.Cleanup(transport.CloseIdleConnections)
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
@@ -87,15 +109,21 @@ func (p *IdP) Gate(t testing.TB, upstream string, opts ...GateOption) *Gate {
 		},
 		Transport: transport,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			t.Logf("testidp: gate: %s %s: %v", r.Method, r.URL.Path, err)
+			cfg.logf("testidp: gate: %s %s: %v", r.Method, r.URL.Path, err)
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}
 
-	srv := httptest.NewServer(g)
-	t.Cleanup(srv.Close)
-	g.URL = srv.URL
-	return g
+	g.srv = httptest.NewServer(g)
+	g.closeIdle = transport.CloseIdleConnections
+	g.URL = g.srv.URL
+	return g, nil
+}
+
+// Close stops the Gate's server and closes its idle upstream connections.
+func (g *Gate) Close() {
+	g.srv.Close()
+	g.closeIdle()
 }
 
 // Accepted is how many requests the Gate let through.

@@ -9,7 +9,8 @@
 // discovery at /.well-known/openid-configuration and its signing keys at
 // /keys. Tests can take its token endpoint down (SetDown) and revoke the
 // tokens it issued (RevokeIssued). It listens on plain HTTP on 127.0.0.1
-// and is stopped by t.Cleanup.
+// and is stopped by t.Cleanup (Start), or by Close (New, for programs that
+// are not tests, such as the local demo).
 package testidp
 
 import (
@@ -20,6 +21,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -49,6 +51,7 @@ type IdP struct {
 	ClientSecret string
 
 	storage  *storage
+	srv      *httptest.Server
 	down     atomic.Bool
 	requests atomic.Int64 // to the token endpoint, refused ones included
 }
@@ -92,19 +95,30 @@ func WithTokenLifetime(d time.Duration) Option {
 // Start runs an IdP until the end of the test.
 func Start(t testing.TB, opts ...Option) *IdP {
 	t.Helper()
+	p, err := New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// New runs an IdP until Close. It is Start for programs that are not tests
+// (the local demo, which shows the real client-credentials path).
+func New(opts ...Option) (*IdP, error) {
 	cfg := config{lifetime: DefaultTokenLifetime}
 	for _, opt := range opts {
 		opt(&cfg)
 	}
 	if cfg.lifetime < time.Second {
-		t.Fatalf("testidp: token lifetime %v is under a second", cfg.lifetime)
+		return nil, fmt.Errorf("testidp: token lifetime %v is under a second", cfg.lifetime)
 	}
 	if len(cfg.clients) == 0 {
 		cfg.clients = []credential{{id: DefaultClientID, secret: rand.Text()}}
 	}
 	for _, c := range cfg.clients {
 		if c.id == "" || (c.secret == "" && c.pub == nil) {
-			t.Fatalf("testidp: client ID and secret (or key) must not be empty")
+			return nil, errors.New("testidp: client ID and secret (or key) must not be empty")
 		}
 	}
 
@@ -112,7 +126,7 @@ func Start(t testing.TB, opts ...Option) *IdP {
 	// IdP), and zitadel's verifiers accept it by default.
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatalf("testidp: generating signing key: %v", err)
+		return nil, fmt.Errorf("testidp: generating signing key: %w", err)
 	}
 	st := newStorage(cfg.clients, cfg.lifetime, signingKey{id: rand.Text(), alg: jose.ES256, key: key})
 
@@ -125,13 +139,14 @@ func Start(t testing.TB, opts ...Option) *IdP {
 	// get (they are issued JWTs), but the provider insists on one.
 	opCfg := &op.Config{AuthMethodPost: true, AuthMethodPrivateKeyJWT: true}
 	if _, err := rand.Read(opCfg.CryptoKey[:]); err != nil {
-		t.Fatalf("testidp: %v", err)
+		srv.Close()
+		return nil, fmt.Errorf("testidp: %w", err)
 	}
 	// WithAllowInsecure: zitadel refuses an http:// issuer without it.
 	provider, err := op.NewProvider(opCfg, st, op.StaticIssuer(issuer), op.WithAllowInsecure())
 	if err != nil {
 		srv.Close()
-		t.Fatalf("testidp: creating provider: %v", err)
+		return nil, fmt.Errorf("testidp: creating provider: %w", err)
 	}
 	p := &IdP{
 		Issuer:       issuer,
@@ -140,6 +155,7 @@ func Start(t testing.TB, opts ...Option) *IdP {
 		ClientID:     cfg.clients[0].id,
 		ClientSecret: cfg.clients[0].secret,
 		storage:      st,
+		srv:          srv,
 	}
 	tokenPath := provider.TokenEndpoint().Relative()
 	srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -150,9 +166,11 @@ func Start(t testing.TB, opts ...Option) *IdP {
 		provider.ServeHTTP(w, r)
 	})
 	srv.Start()
-	t.Cleanup(srv.Close)
-	return p
+	return p, nil
 }
+
+// Close stops the IdP's server.
+func (p *IdP) Close() { p.srv.Close() }
 
 // SetDown makes the token endpoint answer 503 temporarily_unavailable
 // (true) or work again (false); discovery and keys stay up, as behind a

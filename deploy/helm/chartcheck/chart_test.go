@@ -1,0 +1,431 @@
+package chartcheck
+
+import (
+	"maps"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"helm.sh/helm/v4/pkg/chart/v2/lint"
+	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+)
+
+// TestLint runs Helm's linter over the chart, as `helm lint --strict`
+// would: warnings fail too.
+func TestLint(t *testing.T) {
+	res := lint.RunAll(chartDir, required(), release.Namespace)
+	for _, m := range res.Messages {
+		if m.Severity >= support.WarningSev {
+			t.Errorf("helm lint: %v", m)
+		} else {
+			t.Logf("helm lint: %v", m)
+		}
+	}
+}
+
+// TestDefaults renders the chart with only the required values: the
+// ingest and one forwarder group, their Services, PodDisruptionBudgets and
+// NetworkPolicies, a Secret and a ServiceAccount; no KEDA, no
+// ServiceMonitor.
+func TestDefaults(t *testing.T) {
+	objs := render(t, required())
+	want := map[string]int{
+		"Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "NetworkPolicy": 2,
+		"Secret": 1, "ServiceAccount": 1,
+	}
+	if got := objs.kinds(); !maps.Equal(got, want) {
+		t.Errorf("objects %v, want %v", got, want)
+	}
+	checkRelease(t, objs)
+	for _, d := range of[*appsv1.Deployment](objs) {
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+			t.Errorf("deployment %s: replicas %v, want 2 without KEDA", d.Name, d.Spec.Replicas)
+		}
+	}
+}
+
+// TestEverything renders every optional part: KEDA, the ServiceMonitor, an
+// existing Secret, NATS credentials, extra volumes, metrics peers, and
+// several sources' worth of env.
+func TestEverything(t *testing.T) {
+	values := merged(required(), map[string]any{
+		"keda":           map[string]any{"enabled": true, "useHttps": true, "account": "STOWLINE"},
+		"serviceMonitor": map[string]any{"enabled": true, "labels": map[string]any{"release": "prometheus"}},
+		"secrets": map[string]any{
+			"existingSecret":     "stowline-secrets",
+			"existingSecretKeys": []any{"INGEST_TOKEN", "ADMIN_TOKEN", "OAUTH_CLIENT_SECRET", "INGEST_HMAC_SECRET"},
+		},
+		"nats":         map[string]any{"credsSecret": "stowline-nats"},
+		"orthanc":      map[string]any{"httpThreadsCount": 200, "reservedThreads": 10},
+		"env":          map[string]any{"NATS_CA_FILE": "/etc/stowline/ca/ca.pem"},
+		"extraVolumes": []any{map[string]any{"name": "ca", "configMap": map[string]any{"name": "stowline-ca"}}},
+		"extraVolumeMounts": []any{map[string]any{
+			"name": "ca", "mountPath": "/etc/stowline/ca", "readOnly": true,
+		}},
+		"ingest": map[string]any{"env": map[string]any{"RECONCILE_POLL_INTERVAL": "5s", "INGEST_TRUSTED_PROXIES": "10.0.0.0/8"}},
+		"networkPolicy": map[string]any{"metricsFrom": []any{map[string]any{
+			"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "monitoring"}},
+		}}},
+		"image": map[string]any{"registry": "registry.example.org/imaging/", "tag": "1.2.3"},
+	})
+	objs := render(t, values)
+	want := map[string]int{
+		"Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "NetworkPolicy": 2,
+		"ServiceAccount": 1, "ScaledObject": 1, "ServiceMonitor": 1,
+	}
+	if got := objs.kinds(); !maps.Equal(got, want) {
+		t.Errorf("objects %v, want %v (an existing Secret: none created)", got, want)
+	}
+	checkRelease(t, objs)
+	for _, d := range of[*appsv1.Deployment](objs) {
+		c := d.Spec.Template.Spec.Containers[0]
+		if !strings.HasPrefix(c.Image, "registry.example.org/imaging/stowline-") || !strings.HasSuffix(c.Image, ":1.2.3") {
+			t.Errorf("deployment %s: image %s", d.Name, c.Image)
+		}
+		if component(d.Labels) != "ingest" && d.Spec.Replicas != nil {
+			t.Errorf("deployment %s: replicas set while KEDA scales it", d.Name)
+		}
+	}
+	sm := of[*monitoringv1.ServiceMonitor](objs)[0]
+	if sm.Labels["release"] != "prometheus" {
+		t.Errorf("ServiceMonitor labels %v lack serviceMonitor.labels", sm.Labels)
+	}
+	// Orthanc's 200 threads less 10 reserved, 16 connections a replica.
+	so := of[*scaledObject](objs)[0]
+	if got := so.Spec.MaxReplicaCount; got == nil || *got != 11 {
+		t.Errorf("maxReplicaCount %v, want (200-10)/(4x4) = 11", got)
+	}
+	if m := so.Spec.Triggers[0].Metadata; m["useHttps"] != "true" || m["account"] != "STOWLINE" {
+		t.Errorf("trigger metadata %v: useHttps and account not from values", m)
+	}
+}
+
+// TestMaxReplicas: the forwarders' ceiling follows Orthanc's threads and
+// the per-replica connections, an explicit value wins, and the consumer's
+// 1000 ack-pending events cap it.
+func TestMaxReplicas(t *testing.T) {
+	tests := []struct {
+		name                                   string
+		threads, reserved, conc, parallel, max int
+		want                                   int32
+	}{
+		{"orthanc defaults", 50, 10, 4, 4, 0, 2},
+		{"more threads", 410, 10, 4, 4, 0, 25},
+		{"one request a study", 50, 10, 2, 1, 0, 20},
+		{"ack-pending cap", 100000, 0, 50, 1, 0, 20},
+		{"explicit", 50, 10, 4, 4, 7, 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs := render(t, merged(required(), map[string]any{
+				"keda":    map[string]any{"enabled": true},
+				"orthanc": map[string]any{"httpThreadsCount": tt.threads, "reservedThreads": tt.reserved},
+				"forwarderDefaults": map[string]any{
+					"concurrency": tt.conc, "stowParallelRequests": tt.parallel,
+					"keda": map[string]any{"maxReplicaCount": tt.max},
+				},
+			}))
+			so := of[*scaledObject](objs)[0]
+			if so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount != tt.want {
+				t.Errorf("maxReplicaCount %v, want %d", so.Spec.MaxReplicaCount, tt.want)
+			}
+		})
+	}
+}
+
+// TestRefused: values the chart must refuse, with a message that names
+// what to fix.
+func TestRefused(t *testing.T) {
+	noToken := required()
+	noToken["secrets"] = map[string]any{"values": map[string]any{"ADMIN_TOKEN": "admin-token-0123456789abcdef"}}
+	twoGroups := required()
+	twoGroups["forwarders"] = []any{
+		map[string]any{"name": "a", "dicomwebURL": "https://a.example.org"},
+		map[string]any{"name": "b", "dicomwebURL": "https://b.example.org"},
+	}
+	noURL := required()
+	noURL["forwarders"] = []any{map[string]any{"name": "default"}}
+	tests := []struct {
+		name   string
+		values map[string]any
+		want   string
+	}{
+		{"no ingest token", noToken, "INGEST_TOKEN is required"},
+		{"two forwarder groups", twoGroups, "exactly one entry"},
+		{"no destination", noURL, "dicomwebURL is required"},
+		{"no NATS", merged(required(), map[string]any{"nats": map[string]any{"url": ""}}), "nats.url is required"},
+		{"no Orthanc", merged(required(), map[string]any{"orthanc": map[string]any{"url": ""}}), "orthanc.url is required"},
+		{"too few Orthanc threads", merged(required(), map[string]any{
+			"keda":    map[string]any{"enabled": true},
+			"orthanc": map[string]any{"httpThreadsCount": 20, "reservedThreads": 10},
+		}), "raise Orthanc's HttpThreadsCount"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := renderFiles(t, tt.values)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("render error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// checkRelease runs every check that holds for any rendered release.
+func checkRelease(t *testing.T, objs objects) {
+	t.Helper()
+	src := readGoFacts(t)
+	vars := commandVars(t)
+	deployments := of[*appsv1.Deployment](objs)
+	if len(deployments) == 0 {
+		t.Fatal("no Deployment")
+	}
+	for _, d := range deployments {
+		checkDeployment(t, d, src, vars)
+	}
+	checkSelectors(t, objs)
+	schema := loadCRD(t, "keda.sh_scaledobjects.yaml", "v1alpha1")
+	for _, o := range objs {
+		so, ok := o.obj.(*scaledObject)
+		if !ok {
+			continue
+		}
+		errs, err := schema.validate(t.Context(), o.yaml)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range errs {
+			t.Errorf("ScaledObject %s: KEDA's CRD schema refuses it: %v", o.name, e)
+		}
+		checkScaledObject(t, so, src, deployments)
+	}
+}
+
+// component is a pod's app.kubernetes.io/component label.
+func component(l map[string]string) string { return l["app.kubernetes.io/component"] }
+
+func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[string]commandVarSet) {
+	t.Helper()
+	pod := d.Spec.Template.Spec
+	role := "forwarder"
+	grace := src.forwarderShutdownGrace + src.httpShutdownGrace
+	if component(d.Labels) == "ingest" {
+		role = "ingest"
+		grace = src.httpShutdownGrace
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("deployment %s: %d containers, want 1", d.Name, len(pod.Containers))
+	}
+	c := pod.Containers[0]
+
+	// Security: non-root, read-only root filesystem, no privilege
+	// escalation, no capabilities, no API token.
+	if p := pod.SecurityContext; p == nil || p.RunAsNonRoot == nil || !*p.RunAsNonRoot {
+		t.Errorf("deployment %s: pod does not require a non-root user", d.Name)
+	}
+	sc := c.SecurityContext
+	switch {
+	case sc == nil:
+		t.Errorf("deployment %s: no container securityContext", d.Name)
+	case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+		t.Errorf("deployment %s: root filesystem not read-only", d.Name)
+	case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+		t.Errorf("deployment %s: privilege escalation allowed", d.Name)
+	case sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) > 0:
+		t.Errorf("deployment %s: capabilities %v, want all dropped", d.Name, sc.Capabilities)
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Errorf("deployment %s: mounts a service account token stowline never uses", d.Name)
+	}
+
+	// Probes on the container's port: /healthz alive, /readyz ready.
+	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+		want := "/healthz"
+		if name == "readiness" {
+			want = "/readyz"
+		}
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != want || p.HTTPGet.Port.String() != "http" {
+			t.Errorf("deployment %s: %s probe %+v, want GET %s on port http", d.Name, name, p, want)
+		}
+	}
+	if len(c.Ports) != 1 || c.Ports[0].Name != "http" {
+		t.Fatalf("deployment %s: ports %v, want one named http", d.Name, c.Ports)
+	}
+
+	// The orchestrator waits longer than stowline's own shutdown grace.
+	sleep := time.Duration(0)
+	if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
+		sleep = time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	}
+	if tg := pod.TerminationGracePeriodSeconds; tg == nil || time.Duration(*tg)*time.Second <= sleep+grace {
+		t.Errorf("deployment %s: terminationGracePeriodSeconds %v, want more than %v (preStop %v + stowline's grace %v)", d.Name, tg, sleep+grace, sleep, grace)
+	}
+
+	// Every variable is one the command reads; the listen address is the
+	// container's port.
+	env := map[string]string{}
+	for _, e := range c.Env {
+		if _, dup := env[e.Name]; dup {
+			t.Errorf("deployment %s: %s set twice", d.Name, e.Name)
+		}
+		if e.ValueFrom != nil {
+			t.Errorf("deployment %s: %s comes from valueFrom: secrets go through files", d.Name, e.Name)
+		}
+		env[e.Name] = e.Value
+		if !vars[role].reads(e.Name) {
+			t.Errorf("deployment %s: %s is not a variable `%s -h` lists", d.Name, e.Name, role)
+		}
+	}
+	addr := map[string]string{"ingest": "INGEST_ADDR", "forwarder": "FORWARDER_ADDR"}[role]
+	if env[addr] != ":"+strconv.Itoa(int(c.Ports[0].ContainerPort)) {
+		t.Errorf("deployment %s: %s = %q, want :%d (the container port)", d.Name, addr, env[addr], c.Ports[0].ContainerPort)
+	}
+	for _, required := range []string{"NATS_URL", "NATS_REPLICAS"} {
+		if env[required] == "" {
+			t.Errorf("deployment %s: %s not set", d.Name, required)
+		}
+	}
+	if role == "forwarder" && env["DICOMWEB_URL"] == "" {
+		t.Errorf("deployment %s: DICOMWEB_URL not set", d.Name)
+	}
+	if role == "ingest" && env["INGEST_TOKEN_FILE"] == "" {
+		t.Errorf("deployment %s: INGEST_TOKEN_FILE not set", d.Name)
+	}
+
+	// Every _FILE variable names a file a volume provides, and a secret
+	// reaches only the commands that read it.
+	mounts := map[string]string{} // mount path -> volume
+	for _, m := range c.VolumeMounts {
+		mounts[m.MountPath] = m.Name
+	}
+	volumes := map[string]corev1.Volume{}
+	for _, v := range pod.Volumes {
+		volumes[v.Name] = v
+	}
+	for name, path := range env {
+		if !strings.HasSuffix(name, "_FILE") {
+			continue
+		}
+		dir, file := path[:strings.LastIndex(path, "/")], path[strings.LastIndex(path, "/")+1:]
+		vol, ok := volumes[mounts[dir]]
+		if !ok {
+			t.Errorf("deployment %s: %s=%s: no volume mounted at %s", d.Name, name, path, dir)
+			continue
+		}
+		if vol.Secret != nil && !hasItem(vol.Secret.Items, file) {
+			t.Errorf("deployment %s: %s=%s: secret volume %s has no item %s", d.Name, name, path, vol.Name, file)
+		}
+	}
+	for _, v := range pod.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		for _, it := range v.Secret.Items {
+			if v.Name == "secrets" && env[it.Key+"_FILE"] == "" {
+				t.Errorf("deployment %s: secret %s mounted but no %s_FILE points to it", d.Name, it.Key, it.Key)
+			}
+		}
+	}
+	for _, m := range c.VolumeMounts {
+		if _, ok := volumes[m.Name]; !ok {
+			t.Errorf("deployment %s: mount of unknown volume %s", d.Name, m.Name)
+		}
+	}
+}
+
+func hasItem(items []corev1.KeyToPath, path string) bool {
+	for _, it := range items {
+		if it.Path == path {
+			return true
+		}
+	}
+	return false
+}
+
+// checkSelectors: each Deployment's selector matches its pods; each
+// Service, PodDisruptionBudget and NetworkPolicy selects the pods of
+// exactly one Deployment; the ServiceMonitor selects every Service.
+func checkSelectors(t *testing.T, objs objects) {
+	t.Helper()
+	deployments := of[*appsv1.Deployment](objs)
+	for _, d := range deployments {
+		sel := labels.SelectorFromSet(d.Spec.Selector.MatchLabels)
+		if !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+			t.Errorf("deployment %s: selector %v does not match its pods %v", d.Name, d.Spec.Selector.MatchLabels, d.Spec.Template.Labels)
+		}
+	}
+	selects := func(kind, name string, set map[string]string) {
+		t.Helper()
+		n := 0
+		for _, d := range deployments {
+			if labels.SelectorFromSet(set).Matches(labels.Set(d.Spec.Template.Labels)) {
+				n++
+			}
+		}
+		if n != 1 || len(set) == 0 {
+			t.Errorf("%s %s: selector %v matches the pods of %d deployments, want 1", kind, name, set, n)
+		}
+	}
+	for _, s := range of[*corev1.Service](objs) {
+		selects("service", s.Name, s.Spec.Selector)
+		if len(s.Spec.Ports) != 1 || s.Spec.Ports[0].TargetPort.String() != "http" {
+			t.Errorf("service %s: ports %v, want one to the pods' port http", s.Name, s.Spec.Ports)
+		}
+	}
+	for _, p := range of[*policyv1.PodDisruptionBudget](objs) {
+		selects("PodDisruptionBudget", p.Name, p.Spec.Selector.MatchLabels)
+	}
+	for _, np := range of[*networkingv1.NetworkPolicy](objs) {
+		selects("NetworkPolicy", np.Name, np.Spec.PodSelector.MatchLabels)
+		for _, r := range np.Spec.Ingress {
+			if len(r.From) == 0 {
+				t.Errorf("NetworkPolicy %s: an ingress rule without peers admits everyone", np.Name)
+			}
+		}
+	}
+	for _, sm := range of[*monitoringv1.ServiceMonitor](objs) {
+		sel := labels.SelectorFromSet(sm.Spec.Selector.MatchLabels)
+		for _, s := range of[*corev1.Service](objs) {
+			if !sel.Matches(labels.Set(s.Labels)) {
+				t.Errorf("ServiceMonitor %s does not select service %s", sm.Name, s.Name)
+			}
+		}
+		if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "http" || sm.Spec.Endpoints[0].Path != "/metrics" {
+			t.Errorf("ServiceMonitor %s: endpoints %+v, want port http, /metrics", sm.Name, sm.Spec.Endpoints)
+		}
+	}
+}
+
+// checkScaledObject: it scales a rendered forwarder Deployment on the
+// stream and consumer the code creates.
+func checkScaledObject(t *testing.T, so *scaledObject, src goFacts, deployments []*appsv1.Deployment) {
+	t.Helper()
+	found := false
+	for _, d := range deployments {
+		if d.Name == so.Spec.ScaleTargetRef.Name && so.Spec.ScaleTargetRef.Kind == "Deployment" {
+			found = component(d.Labels) != "ingest"
+		}
+	}
+	if !found {
+		t.Errorf("ScaledObject %s: target %+v is no forwarder Deployment of the release", so.Name, so.Spec.ScaleTargetRef)
+	}
+	if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Type != "nats-jetstream" {
+		t.Fatalf("ScaledObject %s: triggers %+v, want one nats-jetstream", so.Name, so.Spec.Triggers)
+	}
+	m := so.Spec.Triggers[0].Metadata
+	if m["stream"] != src.eventStream || m["consumer"] != src.forwarderConsumer {
+		t.Errorf("ScaledObject %s: stream %q consumer %q, want %q and %q (internal/natsjs/topology.go)", so.Name, m["stream"], m["consumer"], src.eventStream, src.forwarderConsumer)
+	}
+	for _, k := range []string{"natsServerMonitoringEndpoint", "account", "lagThreshold"} {
+		if m[k] == "" {
+			t.Errorf("ScaledObject %s: trigger has no %s", so.Name, k)
+		}
+	}
+}

@@ -1,0 +1,11 @@
+// Package chartcheck checks the Helm chart deploy/helm/stowline without a
+// cluster: it renders the chart with Helm's Go module, decodes every object
+// strictly into the Kubernetes API's Go types (and the Prometheus
+// Operator's), validates the KEDA ScaledObjects against KEDA's published
+// CRD schema (testdata), checks every environment variable against what
+// the commands read (their -h), and lints the chart.
+//
+// It is a module of its own so that the main module's go.mod and build
+// stay free of Helm and Kubernetes dependencies: scripts/test.sh runs it
+// with `go -C deploy/helm/chartcheck test ./...`.
+package chartcheck

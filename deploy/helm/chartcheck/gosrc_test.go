@@ -1,0 +1,135 @@
+package chartcheck
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// goFacts are the constants of the main module the chart must agree with,
+// read from its source (this module does not import it).
+type goFacts struct {
+	// httpShutdownGrace is app.HTTPShutdownGrace: how long the HTTP
+	// servers give in-flight requests after SIGTERM.
+	httpShutdownGrace time.Duration
+	// forwarderShutdownGrace is forward.DefaultShutdownGrace: how long a
+	// forwarder gives in-flight studies.
+	forwarderShutdownGrace time.Duration
+	// eventStream and forwarderConsumer are natsjs.EventStream and
+	// natsjs.ForwarderConsumer: what KEDA watches.
+	eventStream, forwarderConsumer string
+}
+
+var (
+	factsOnce sync.Once
+	facts     goFacts
+	factsErr  error
+)
+
+func readGoFacts(t *testing.T) goFacts {
+	t.Helper()
+	factsOnce.Do(func() {
+		var consts map[string]ast.Expr
+		if consts, factsErr = constants("internal/app", "internal/forward", "internal/natsjs"); factsErr != nil {
+			return
+		}
+		get := func(name string) ast.Expr {
+			e, ok := consts[name]
+			if !ok {
+				factsErr = &missingConst{name}
+			}
+			return e
+		}
+		facts.httpShutdownGrace = duration(get("app.HTTPShutdownGrace"))
+		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
+		facts.eventStream = str(get("natsjs.EventStream"))
+		facts.forwarderConsumer = str(get("natsjs.ForwarderConsumer"))
+	})
+	if factsErr != nil {
+		t.Fatal(factsErr)
+	}
+	if facts.httpShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" {
+		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
+	}
+	return facts
+}
+
+type missingConst struct{ name string }
+
+func (e *missingConst) Error() string {
+	return "constant " + e.name + " not found in the main module's source"
+}
+
+// constants returns the package-level constants of the non-test files of
+// dirs (relative to the repository), keyed "package.Name".
+func constants(dirs ...string) (map[string]ast.Expr, error) {
+	out := map[string]ast.Expr{}
+	fset := token.NewFileSet()
+	for _, dir := range dirs {
+		files, err := filepath.Glob(filepath.Join(repoRoot, dir, "*.go"))
+		if err != nil {
+			return nil, err
+		}
+		for _, path := range files {
+			if filepath.Ext(path) != ".go" || len(path) > 8 && path[len(path)-8:] == "_test.go" {
+				continue
+			}
+			f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+			if err != nil {
+				return nil, err
+			}
+			for _, decl := range f.Decls {
+				g, ok := decl.(*ast.GenDecl)
+				if !ok || g.Tok != token.CONST {
+					continue
+				}
+				for _, spec := range g.Specs {
+					vs := spec.(*ast.ValueSpec)
+					for i, name := range vs.Names {
+						if i < len(vs.Values) {
+							out[f.Name.Name+"."+name.Name] = vs.Values[i]
+						}
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// duration evaluates `N * time.Unit`; anything else gives 0.
+func duration(e ast.Expr) time.Duration {
+	b, ok := e.(*ast.BinaryExpr)
+	if !ok || b.Op != token.MUL {
+		return 0
+	}
+	lit, ok := b.X.(*ast.BasicLit)
+	sel, ok2 := b.Y.(*ast.SelectorExpr)
+	if !ok || !ok2 || lit.Kind != token.INT {
+		return 0
+	}
+	n, err := strconv.Atoi(lit.Value)
+	if err != nil {
+		return 0
+	}
+	unit := map[string]time.Duration{"Millisecond": time.Millisecond, "Second": time.Second, "Minute": time.Minute}[sel.Sel.Name]
+	return time.Duration(n) * unit
+}
+
+// str evaluates a string literal; anything else gives "".
+func str(e ast.Expr) string {
+	lit, ok := e.(*ast.BasicLit)
+	if !ok || lit.Kind != token.STRING {
+		return ""
+	}
+	s, err := strconv.Unquote(lit.Value)
+	if err != nil {
+		return ""
+	}
+	return s
+}

@@ -1,0 +1,165 @@
+package chartcheck
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
+	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel"
+	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/pruning"
+	"k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
+	"k8s.io/apimachinery/pkg/util/json"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	celconfig "k8s.io/apiserver/pkg/apis/cel"
+	sigsyaml "sigs.k8s.io/yaml"
+)
+
+// crdSchema is one version's schema of a CustomResourceDefinition, ready
+// to validate objects the way the API server does for a custom resource:
+// the OpenAPI schema, unknown fields (which the server would prune
+// silently: here they fail) and the x-kubernetes-validations CEL rules.
+type crdSchema struct {
+	validator  validation.SchemaValidator
+	structural *structuralschema.Structural
+	cel        *cel.Validator
+}
+
+// loadCRD reads the schema of version from a CRD file of testdata.
+func loadCRD(t *testing.T, file, version string) *crdSchema {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd apiextensionsv1.CustomResourceDefinition
+	if err := sigsyaml.UnmarshalStrict(b, &crd); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	for _, v := range crd.Spec.Versions {
+		if v.Name != version || v.Schema == nil || v.Schema.OpenAPIV3Schema == nil {
+			continue
+		}
+		var internal apiextensions.JSONSchemaProps
+		if err := apiextensionsv1.Convert_v1_JSONSchemaProps_To_apiextensions_JSONSchemaProps(v.Schema.OpenAPIV3Schema, &internal, nil); err != nil {
+			t.Fatalf("%s: convert schema: %v", file, err)
+		}
+		structural, err := structuralschema.NewStructural(&internal)
+		if err != nil {
+			t.Fatalf("%s: not a structural schema: %v", file, err)
+		}
+		validator, _, err := validation.NewSchemaValidator(&internal)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		return &crdSchema{
+			validator:  validator,
+			structural: structural,
+			cel:        cel.NewValidator(structural, true, celconfig.PerCallLimit),
+		}
+	}
+	t.Fatalf("%s: no schema for version %s", file, version)
+	return nil
+}
+
+// validate returns what the API server would refuse in doc, a YAML
+// object of the CRD's kind.
+func (s *crdSchema) validate(ctx context.Context, doc []byte) (field.ErrorList, error) {
+	j, err := sigsyaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, err
+	}
+	// The API server's JSON decoding: whole numbers become int64.
+	var obj map[string]any
+	if err := json.Unmarshal(j, &obj); err != nil {
+		return nil, err
+	}
+	errs := validation.ValidateCustomResource(nil, obj, s.validator)
+	if s.cel != nil {
+		celErrs, _ := s.cel.Validate(ctx, nil, s.structural, obj, nil, celconfig.RuntimeCELCostBudget)
+		errs = append(errs, celErrs...)
+	}
+	// Pruning works on a copy: it removes what the schema does not know.
+	var cp map[string]any
+	if err := json.Unmarshal(j, &cp); err != nil {
+		return nil, err
+	}
+	for _, path := range pruning.PruneWithOptions(cp, s.structural, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true}) {
+		errs = append(errs, field.Invalid(field.NewPath(path), nil, fmt.Sprintf("unknown field %q (the API server would drop it)", path)))
+	}
+	return errs, nil
+}
+
+// TestScaledObjectSchemaCatches shows that the schema check refuses what
+// KEDA would: a misspelt field, a trigger parameter that is not a string,
+// and minReplicaCount above maxReplicaCount (a CEL rule of the CRD).
+func TestScaledObjectSchemaCatches(t *testing.T) {
+	s := loadCRD(t, "keda.sh_scaledobjects.yaml", "v1alpha1")
+	const valid = `
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: x}
+spec:
+  scaleTargetRef: {name: fwd}
+  minReplicaCount: 1
+  maxReplicaCount: 3
+  triggers:
+    - type: nats-jetstream
+      metadata: {stream: S, consumer: C, account: "$G", natsServerMonitoringEndpoint: "n:8222", lagThreshold: "10"}
+`
+	tests := []struct {
+		name, doc string
+		wantErr   bool
+	}{
+		{"valid", valid, false},
+		{"misspelt field", `
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: x}
+spec:
+  scaleTargetRef: {name: fwd}
+  maxReplicas: 3
+  triggers: [{type: nats-jetstream, metadata: {stream: S}}]
+`, true},
+		{"number as trigger parameter", `
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: x}
+spec:
+  scaleTargetRef: {name: fwd}
+  triggers: [{type: nats-jetstream, metadata: {lagThreshold: 10}}]
+`, true},
+		{"min above max", `
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: x}
+spec:
+  scaleTargetRef: {name: fwd}
+  minReplicaCount: 5
+  maxReplicaCount: 2
+  triggers: [{type: nats-jetstream, metadata: {stream: S}}]
+`, true},
+		{"no triggers", `
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: x}
+spec:
+  scaleTargetRef: {name: fwd}
+`, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs, err := s.validate(t.Context(), []byte(tt.doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(errs) > 0; got != tt.wantErr {
+				t.Errorf("errors %v, want error: %v", errs, tt.wantErr)
+			}
+		})
+	}
+}

@@ -1,0 +1,215 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+// TestDemo runs the demo as CI does (-exit) on the shared samples and
+// checks what it reports: every study Orthanc accepts goes through each
+// stage, in order, and is verified identical on the archive; the
+// addresses it prints answer; nothing is left behind.
+func TestDemo(t *testing.T) {
+	if err := checkInstalled(); err != nil {
+		// Integration tests never skip in CI.
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%v; CI is set, so this fails instead of skipping", err)
+		}
+		t.Skipf("%v; skipping (set CI=1 to make this a failure)", err)
+	}
+	samplesDir := testharness.SamplesDir(t)
+
+	var studies []string // StudyInstanceUIDs the demo must report
+	seen := map[string]bool{}
+	for _, s := range testharness.Samples(t) {
+		if s.OrthancAccepts && !seen[s.StudyInstanceUID] {
+			seen[s.StudyInstanceUID] = true
+			studies = append(studies, s.StudyInstanceUID)
+		}
+	}
+
+	var out bytes.Buffer
+	var endpoints Endpoints
+	start := time.Now()
+	err := Run(t.Context(), Options{
+		Samples: samplesDir,
+		Exit:    true,
+		Timeout: 90 * time.Second,
+		Out:     &out,
+		OnReady: func(ctx context.Context, e Endpoints) error {
+			endpoints = e
+			return probeEndpoints(ctx, e)
+		},
+	})
+	t.Logf("demo ran %v", time.Since(start).Round(100*time.Millisecond))
+	if err != nil {
+		t.Fatalf("demo: %v\noutput:\n%s", err, out.String())
+	}
+	report := out.String()
+
+	for _, uid := range studies {
+		last := -1
+		for _, st := range []string{"stable", "queued", "forwarded", "verified"} {
+			i := lineIndex(report, st, uid)
+			if i < 0 {
+				t.Errorf("study %s: no %q line", uid, st)
+				continue
+			}
+			if i < last {
+				t.Errorf("study %s: %q reported before an earlier stage", uid, st)
+			}
+			last = i
+		}
+	}
+	if !strings.Contains(report, "forwarded and verified identical on the archive") {
+		t.Error("no summary line")
+	}
+	for _, want := range []string{endpoints.StatusPage, endpoints.AdminToken, endpoints.HospitalExplorer, endpoints.ArchiveExplorer, endpoints.IngestMetrics, endpoints.ForwarderMetrics} {
+		if want == "" || !strings.Contains(report, want) {
+			t.Errorf("the report does not print %q", want)
+		}
+	}
+	// The demo prints the ADMIN_TOKEN on purpose; an access token never.
+	if strings.Contains(report, "eyJ") {
+		t.Error("the report holds what looks like a JWT")
+	}
+	for _, bad := range []string{"FAILED", "retrying", "stowline warn", "stowline error"} {
+		if strings.Contains(report, bad) {
+			t.Errorf("the report holds %q", bad)
+		}
+	}
+	if _, err := os.Stat(endpoints.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("data directory %s still there after the demo (stat: %v)", endpoints.Dir, err)
+	}
+	if !strings.Contains(report, "stopped the Orthanc servers") || !strings.Contains(report, "stopped stowline") || !strings.Contains(report, "removed "+endpoints.Dir) {
+		t.Error("the report does not say everything stopped")
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", report)
+	}
+}
+
+// lineIndex is the position in report of the first line reporting stage
+// for study uid.
+func lineIndex(report, stage, uid string) int {
+	for i, line := range strings.Split(report, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[1] == stage && f[2] == uid {
+			return i
+		}
+	}
+	return -1
+}
+
+// probeEndpoints checks that what the demo prints works: the status page
+// wants the ADMIN_TOKEN, the Explorers and metrics answer.
+func probeEndpoints(ctx context.Context, e Endpoints) error {
+	get := func(url, password string) (int, string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		if password != "" {
+			req.SetBasicAuth("operator", password)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	var errs []error
+	check := func(url, password string, status int, contains string) {
+		code, body, err := get(url, password)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case code != status:
+			errs = append(errs, errors.New(url+": status "+http.StatusText(code)+", want "+http.StatusText(status)))
+		case !strings.Contains(body, contains):
+			errs = append(errs, errors.New(url+": body lacks "+contains))
+		}
+	}
+	check(e.StatusPage, "", http.StatusUnauthorized, "")
+	check(e.StatusPage, e.AdminToken, http.StatusOK, "Recent forwards")
+	check(e.HospitalExplorer, "", http.StatusOK, "Orthanc")
+	check(e.ArchiveExplorer, "", http.StatusOK, "Orthanc")
+	check(e.IngestMetrics, "", http.StatusOK, "stowline_ingest_events_received_total")
+	check(e.ForwarderMetrics, "", http.StatusOK, "stowline_forwarder_instances_total")
+	if _, err := os.Stat(filepath.Join(e.Dir, "stowline.log")); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// TestMainFlags: bad flags are usage errors and -h is not an error; both
+// return before anything starts.
+func TestMainFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	if err := Main(t.Context(), []string{"-h"}, io.Discard, &stderr); err != nil {
+		t.Errorf("-h: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "-exit") {
+		t.Errorf("-h does not list -exit:\n%s", stderr.String())
+	}
+	for _, args := range [][]string{{"-nope"}, {"extra"}} {
+		if err := Main(t.Context(), args, io.Discard, io.Discard); !errors.Is(err, ErrUsage) {
+			t.Errorf("%q: err = %v, want a usage error", args, err)
+		}
+	}
+}
+
+// TestPlanSend: a directory without a manifest is sent whole; one with a
+// manifest only for the files Orthanc accepts; without samples, generated
+// studies.
+func TestPlanSend(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"a.dcm", "sub/b.dcm"} {
+		p := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plan, err := planSend(dir, t.TempDir())
+	if err != nil || len(plan.files) != 2 {
+		t.Errorf("plain directory: %d files, err %v; want 2", len(plan.files), err)
+	}
+
+	samples := testharness.Samples(t)
+	plan, err = planSend(testharness.SamplesDir(t), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := 0
+	for _, s := range samples {
+		if s.OrthancAccepts {
+			accepted++
+		}
+	}
+	if len(plan.files) != accepted || accepted == len(samples) {
+		t.Errorf("samples: %d files planned, %d of %d accepted", len(plan.files), accepted, len(samples))
+	}
+
+	// A fresh clone has no shared samples: the demo generates studies.
+	t.Setenv(testharness.SamplesEnv, "")
+	t.Chdir(t.TempDir())
+	plan, err = planSend("", t.TempDir())
+	if err != nil || len(plan.files) != 5+2*10+3*20 || !strings.Contains(plan.what, "generated") {
+		t.Errorf("no samples: %d files (%s), err %v; want the 85 generated ones", len(plan.files), plan.what, err)
+	}
+}
