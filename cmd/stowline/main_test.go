@@ -32,9 +32,13 @@ func sampleFiles(t *testing.T) []string {
 // Orthanc servers: A receives studies from storescu and runs the project's
 // Lua script; B is the STOW-RS destination (DICOMweb plugin) behind a gate
 // that only lets through bearer tokens from a real OAuth2 server issuing
-// tokens that expire every few seconds.
+// tokens that expire every few seconds. A runs each Orthanc release under
+// test; B, a stand-in for a cloud archive, the default one.
 func TestEndToEnd(t *testing.T) {
-	testharness.RequireBinary(t, "Orthanc")
+	testharness.ForEachRelease(t, testEndToEnd)
+}
+
+func testEndToEnd(t *testing.T, rel testharness.Release) {
 	testharness.RequireBinary(t, "storescu")
 
 	const (
@@ -55,6 +59,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	src := testharness.StartOrthanc(t, testharness.OrthancOptions{
 		Name:       "source-a",
+		Release:    rel,
 		LuaScripts: []string{lua},
 		StableAge:  2,
 		Extra: map[string]any{"Stowline": map[string]any{

@@ -51,7 +51,11 @@ func run(t *testing.T, a *ledger.Auditor, enqueue bool) (map[string]ledger.Findi
 }
 
 func TestAudit(t *testing.T) {
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-src", StableAge: 2})
+	testharness.ForEachRelease(t, testAudit)
+}
+
+func testAudit(t *testing.T, rel testharness.Release) {
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-src", StableAge: 2, Release: rel})
 	client, err := orthancapi.New(o.URL)
 	if err != nil {
 		t.Fatal(err)
