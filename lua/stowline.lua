@@ -72,7 +72,8 @@ local function postStableStudy(studyId, tags, metadata)
     ',"orthancStudyId":' .. jsonString(studyId) ..
     ',"studyInstanceUid":' .. jsonString(tags['StudyInstanceUID'] or '') ..
     ',"lastUpdate":' .. jsonString(metadata['LastUpdate'] or '') .. '}'
-  -- SetHttpTimeout is missing from some Orthanc builds (1.10.1 on Debian).
+  -- SetHttpTimeout is missing from some Orthanc builds (1.10.1 on Debian
+  -- bookworm; 1.12.7 on trixie has it).
   if SetHttpTimeout ~= nil then
     SetHttpTimeout(HTTP_TIMEOUT_SECONDS)
   end
@@ -80,9 +81,10 @@ local function postStableStudy(studyId, tags, metadata)
     ['Content-Type'] = 'application/json',
     ['Authorization'] = 'Bearer ' .. s.token,
   })
-  -- Orthanc 1.10 returns nil when it could not connect and "" when the
-  -- server answered with an HTTP error; newer versions may raise instead
-  -- (caught by the pcall below).
+  -- Orthanc 1.10.1 and 1.12.7 return nil when they could not connect and
+  -- "" when the server answered with an HTTP error (lua/stowline_test.go
+  -- checks both); should a release raise instead, the pcall below
+  -- catches it. The ingest always answers with a body, so "" is an error.
   if answer == nil then
     print('stowline: study ' .. studyId .. ' not announced: cannot reach ' .. s.url ..
       ' (the reconciler will pick it up)')

@@ -19,8 +19,12 @@ import (
 // authentication.
 func TestAgainstOrthanc(t *testing.T) {
 	t.Parallel()
+	testharness.ForEachRelease(t, testAgainstOrthanc)
+}
+
+func testAgainstOrthanc(t *testing.T, rel testharness.Release) {
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{
-		Name: "orthancapi", AET: "APITEST", Username: "forwarder", Password: "pw-123", StableAge: 1,
+		Name: "orthancapi", AET: "APITEST", Username: "forwarder", Password: "pw-123", StableAge: 1, Release: rel,
 	})
 	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
 		PatientID: "API-1", Series: 2, InstancesPerSeries: 3, Rows: 16, Columns: 8,
@@ -158,6 +162,10 @@ func TestAgainstOrthanc(t *testing.T) {
 // information as it is, and OpenInstanceFile returns those bytes.
 func TestBareDatasetServedAsIs(t *testing.T) {
 	t.Parallel()
+	testharness.ForEachRelease(t, testBareDatasetServedAsIs)
+}
+
+func testBareDatasetServedAsIs(t *testing.T, rel testharness.Release) {
 	var bare testharness.Sample
 	for _, s := range testharness.Samples(t) {
 		if s.OrthancAccepts && s.TransferSyntaxUID == "" {
@@ -167,7 +175,7 @@ func TestBareDatasetServedAsIs(t *testing.T) {
 	if bare.Path == "" {
 		t.Fatal("no bare data set among the samples")
 	}
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "orthancapi-bare"})
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "orthancapi-bare", Release: rel})
 	if res := o.Upload(t, bare.Path); len(res.Failed) != 0 {
 		t.Fatalf("upload: %v", res.Failed)
 	}

@@ -14,7 +14,11 @@ import (
 // The calls the reconciler and the audit use, against a real Orthanc.
 func TestStudyListingAgainstOrthanc(t *testing.T) {
 	t.Parallel()
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "orthancapi-list", StableAge: 1})
+	testharness.ForEachRelease(t, testStudyListingAgainstOrthanc)
+}
+
+func testStudyListingAgainstOrthanc(t *testing.T, rel testharness.Release) {
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "orthancapi-list", StableAge: 1, Release: rel})
 	c := newClient(t, o.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

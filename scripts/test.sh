@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs stowline's whole test suite: unit tests, and integration tests
-# against real Orthanc servers (Debian packages orthanc, orthanc-dicomweb),
+# against real Orthanc servers (Debian packages orthanc, orthanc-dicomweb:
+# bookworm's 1.10 on the host, trixie's 1.12 in a tree of its own),
 # dcmtk's storescu, an embedded nats-server, a real OAuth2 server and, for
 # the status page, headless Chromium (Debian package chromium).
 # On a fresh Debian/Ubuntu machine it installs what is missing first.
@@ -23,6 +24,18 @@ fi
 
 # The Debian package starts a system Orthanc on 8042/4242; the tests start
 # their own on free ports and do not need it.
+
+# Orthanc-facing tests run on each release in STOWLINE_ORTHANC_RELEASES:
+# bookworm's Orthanc 1.10 installed above and trixie's 1.12, what sites
+# run, unpacked in a Debian tree of its own (made the first time, a few
+# minutes; docs/testing.md).
+releases="${STOWLINE_ORTHANC_RELEASES:-1.10,1.12}"
+case ",${releases// /}," in
+  *,1.12,*)
+    STOWLINE_ORTHANC_TRIXIE="$(./scripts/orthanc-trixie.sh)"
+    export STOWLINE_ORTHANC_TRIXIE
+    ;;
+esac
 
 # go.mod's toolchain line names the patched Go release stowline is built
 # and tested with; "auto" lets an older local go fetch it from the module

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 // runAudit runs `forwarder audit args...` (the real command) and returns
@@ -40,7 +41,11 @@ func (r *rig) runAudit(t *testing.T, args ...string) ([]ledger.Finding, string) 
 // audit lists it, --enqueue queues it, the forwarder sends it and records
 // the completed forward, and the audit is then clean.
 func TestAuditFindsAndEnqueuesAStudyWithoutEvent(t *testing.T) {
-	r := newRig(t)
+	testharness.ForEachRelease(t, testAuditFindsAStudyWithoutEvent)
+}
+
+func testAuditFindsAStudyWithoutEvent(t *testing.T, rel testharness.Release) {
+	r := newRigOn(t, rel)
 	id := r.addStudy(t, 2, 16)
 	r.src.WaitStable(t, 20*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

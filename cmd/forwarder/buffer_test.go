@@ -10,6 +10,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 // Buffer mode (FORWARDER_DELETE_FROM_SOURCE) against real Orthanc servers:
@@ -17,7 +18,11 @@ import (
 // it byte for byte; a study that changed since its event is forwarded but
 // kept, and its next event forwards the rest and deletes it all.
 func TestBufferModeDeletesForwardedInstances(t *testing.T) {
-	r := newRig(t)
+	testharness.ForEachRelease(t, testBufferMode)
+}
+
+func testBufferMode(t *testing.T, rel testharness.Release) {
+	r := newRigOn(t, rel)
 	r.startForwarder(t, map[string]string{"FORWARDER_DELETE_FROM_SOURCE": "true"})
 
 	// Unchanged since its event: forwarded, then deleted from the source.

@@ -24,7 +24,11 @@ import (
 // A 202 that reports 3 instances as failed with a transient reason: the
 // forwarder re-sends exactly those 3, and the study is acked.
 func TestPartialFailureResendsOnlyTheFailedInstances(t *testing.T) {
-	r := newRig(t)
+	testharness.ForEachRelease(t, testPartialFailure)
+}
+
+func testPartialFailure(t *testing.T, rel testharness.Release) {
+	r := newRigOn(t, rel)
 	study := r.addStudy(t, 20, 16)
 	r.proxy.FailNext(3, 0xA700) // Refused: out of resources
 	r.startForwarder(t, nil)
@@ -250,7 +254,11 @@ func TestOutageThenRecovery(t *testing.T) {
 // study and restarted: nothing was acked early, every instance arrives,
 // byte-identical.
 func TestForwarderKilledMidStudy(t *testing.T) {
-	r := newRig(t)
+	testharness.ForEachRelease(t, testForwarderKilledMidStudy)
+}
+
+func testForwarderKilledMidStudy(t *testing.T, rel testharness.Release) {
+	r := newRigOn(t, rel)
 	bin := filepath.Join(t.TempDir(), "forwarder")
 	build := exec.Command("go", "build", "-o", bin, ".")
 	if out, err := build.CombinedOutput(); err != nil {

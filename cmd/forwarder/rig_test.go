@@ -43,12 +43,19 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	testharness.RequireBinary(t, "Orthanc")
+	return newRigOn(t, testharness.Release{})
+}
+
+// newRigOn is newRig with the source Orthanc on the given release (the
+// zero Release: the default one). The destination stands in for a cloud
+// archive, so its release does not matter: it stays on the default.
+func newRigOn(t *testing.T, rel testharness.Release) *rig {
+	t.Helper()
 	testharness.RequireBinary(t, "storescu")
 	r := &rig{storeDir: t.TempDir()}
 	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
 	r.proxy = faultproxy.Start(t, r.dest.URL)
-	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src", Release: rel})
 	// Picked after the servers above bind theirs: a port freeAddr released
 	// could otherwise be handed to the proxy.
 	r.forwarderAddr = testharness.FreeAddr(t)

@@ -34,8 +34,13 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	testharness.RequireBinary(t, "Orthanc")
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "ingest-src", StableAge: 1})
+	return newRigOn(t, testharness.Release{})
+}
+
+// newRigOn is newRig with Orthanc on the given release.
+func newRigOn(t *testing.T, rel testharness.Release) *rig {
+	t.Helper()
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "ingest-src", StableAge: 1, Release: rel})
 	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -304,7 +309,11 @@ func recreate(t *testing.T, o *testharness.Orthanc) {
 // cursor), then with the ingest stopped until the new log is longer than
 // the cursor (the change at the cursor's number is another one).
 func TestOrthancDatabaseRecreated(t *testing.T) {
-	r := newRig(t)
+	testharness.ForEachRelease(t, testOrthancDatabaseRecreated)
+}
+
+func testOrthancDatabaseRecreated(t *testing.T, rel testharness.Release) {
+	r := newRigOn(t, rel)
 	ing := r.startIngest(t)
 	r.addStudies(t, 3, 3)
 	r.waitAllPublished(t, 20*time.Second)

@@ -33,31 +33,30 @@ func sampleFiles(t *testing.T) []string {
 // Orthanc servers: A receives studies from storescu and runs the project's
 // Lua script; B is the STOW-RS destination (DICOMweb plugin) behind a gate
 // that only lets through bearer tokens from a real OAuth2 server issuing
-// tokens that expire every few seconds.
+// tokens that expire every few seconds. A runs an Orthanc release under
+// test; B, a stand-in for a cloud archive, the default one.
 //
 // With the reconciler on, it forwards every study within a poll even if
 // the Lua script never posted, so the run without it is the one that
-// proves the script: every study must then come through the webhook.
+// proves the script: every study must then come through the webhook. That
+// run goes on every Orthanc release under test.
 func TestEndToEnd(t *testing.T) {
-	tests := []struct {
-		name      string
-		reconcile bool
-	}{
-		{"lua and reconciler", true},
-		{"lua only", false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+	t.Run("lua only", func(t *testing.T) {
+		testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
 			// Each run has its own Orthanc servers, IdP, ports and store.
 			t.Parallel()
-			testEndToEnd(t, tt.reconcile)
+			testEndToEnd(t, rel, false)
 		})
-	}
+	})
+	t.Run("lua and reconciler", func(t *testing.T) {
+		t.Parallel()
+		testEndToEnd(t, testharness.Release{}, true)
+	})
 }
 
-// testEndToEnd is one run of TestEndToEnd, with the change-log reconciler
-// on or off.
-func testEndToEnd(t *testing.T, reconcile bool) {
+// testEndToEnd is one run of TestEndToEnd, with source Orthanc A of
+// release rel and the change-log reconciler on or off.
+func testEndToEnd(t *testing.T, rel testharness.Release, reconcile bool) {
 	testharness.RequireBinary(t, "Orthanc")
 	testharness.RequireBinary(t, "storescu")
 
@@ -79,6 +78,7 @@ func testEndToEnd(t *testing.T, reconcile bool) {
 	}
 	src := testharness.StartOrthanc(t, testharness.OrthancOptions{
 		Name:       "source-a",
+		Release:    rel,
 		LuaScripts: []string{lua},
 		StableAge:  2,
 		Extra: map[string]any{"Stowline": map[string]any{

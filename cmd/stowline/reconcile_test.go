@@ -35,10 +35,10 @@ type site struct {
 }
 
 // newSite starts the destination and one source Orthanc per name, each
-// posting its events with that source name. It does not start stowline.
-func newSite(t *testing.T, stableAge int, names ...string) *site {
+// on release rel and posting its events with that source name. It does
+// not start stowline.
+func newSite(t *testing.T, rel testharness.Release, stableAge int, names ...string) *site {
 	t.Helper()
-	testharness.RequireBinary(t, "Orthanc")
 	s := &site{sources: map[string]*testharness.Orthanc{}, ingestAddr: testharness.FreeAddr(t), fwdAddr: testharness.FreeAddr(t)}
 	s.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
 	s.proxy = faultproxy.Start(t, s.dest.URL)
@@ -60,6 +60,7 @@ func newSite(t *testing.T, stableAge int, names ...string) *site {
 	for _, name := range names {
 		s.sources[name] = testharness.StartOrthanc(t, testharness.OrthancOptions{
 			Name:       "orthanc-" + name,
+			Release:    rel,
 			LuaScripts: []string{lua},
 			StableAge:  stableAge,
 			Extra: map[string]any{"Stowline": map[string]any{
@@ -235,7 +236,11 @@ func metricValue(t *testing.T, url, sample string) float64 {
 // fails: once stowline is back, the reconciler finds them in the change
 // log and each arrives at the destination once.
 func TestIngestDownStudiesArriveAfterRestart(t *testing.T) {
-	s := newSite(t, 1, "main")
+	testharness.ForEachRelease(t, testIngestDown)
+}
+
+func testIngestDown(t *testing.T, rel testharness.Release) {
+	s := newSite(t, rel, 1, "main")
 	src := s.sources["main"]
 	stop := s.start(t)
 	stop()
@@ -284,7 +289,11 @@ func waitOrthancLog(t *testing.T, o *testharness.Orthanc, s string, n int) {
 // never runs the Lua callback. The reconciler saw the study arrive and
 // publishes it once Orthanc calls it stable.
 func TestOrthancRestartBeforeStable(t *testing.T) {
-	s := newSite(t, 6, "main")
+	testharness.ForEachRelease(t, testOrthancRestartBeforeStable)
+}
+
+func testOrthancRestartBeforeStable(t *testing.T, rel testharness.Release) {
+	s := newSite(t, rel, 6, "main")
 	src := s.sources["main"]
 	s.start(t)
 
@@ -312,7 +321,11 @@ func TestOrthancRestartBeforeStable(t *testing.T) {
 // the same Orthanc study ID) but different instances: each event is
 // forwarded from its own source, so every instance of both arrives.
 func TestTwoSourcesWithTheSameStudy(t *testing.T) {
-	s := newSite(t, 1, "main", "cardio")
+	testharness.ForEachRelease(t, testTwoSources)
+}
+
+func testTwoSources(t *testing.T, rel testharness.Release) {
+	s := newSite(t, rel, 1, "main", "cardio")
 	s.start(t)
 	uid := dicomgen.NewUID()
 	s.sources["main"].Upload(t, generate(t, uid, 2)...)

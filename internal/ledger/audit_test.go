@@ -72,7 +72,11 @@ func waitNextSecond(t *testing.T) {
 // Two destinations: the audit reports a study once for each destination
 // that lacks its current state, and enqueues it for those only.
 func TestAudit(t *testing.T) {
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-src", StableAge: 2})
+	testharness.ForEachRelease(t, testAudit)
+}
+
+func testAudit(t *testing.T, rel testharness.Release) {
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-src", StableAge: 2, Release: rel})
 	client, err := orthancapi.New(o.URL)
 	if err != nil {
 		t.Fatal(err)

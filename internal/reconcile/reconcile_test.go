@@ -34,9 +34,9 @@ type rig struct {
 	kv      jetstream.KeyValue
 }
 
-func newRig(t *testing.T, name string) *rig {
+func newRig(t *testing.T, rel testharness.Release, name string) *rig {
 	t.Helper()
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: name, StableAge: 1})
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: name, StableAge: 1, Release: rel})
 	c, err := orthancapi.New(o.URL, orthancapi.WithRequestTimeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +182,11 @@ func upload(t *testing.T, o *testharness.Orthanc, files []string) {
 // The reconciler publishes exactly the event the Lua script would: a
 // webhook event for the same study state is a duplicate.
 func TestPublishesTheLuaScriptsEvent(t *testing.T) {
-	r := newRig(t, "Recon A") // source name from Orthanc's Name, as the script does
+	testharness.ForEachRelease(t, testPublishesTheLuaScriptsEvent)
+}
+
+func testPublishesTheLuaScriptsEvent(t *testing.T, rel testharness.Release) {
+	r := newRig(t, rel, "Recon A") // source name from Orthanc's Name, as the script does
 	_, reg, _ := r.start(t, "")
 	const source = "Recon-A"
 	waitFor(t, "the lease", 10*time.Second, func() bool {
@@ -248,7 +252,11 @@ func (d deletingOrthanc) Study(ctx context.Context, id string) (orthancapi.Study
 // A study deleted before the reconciler reached it is skipped, and the
 // cursor moves past it.
 func TestDeletedStudyIsSkipped(t *testing.T) {
-	r := newRig(t, "recon-b")
+	testharness.ForEachRelease(t, testDeletedStudyIsSkipped)
+}
+
+func testDeletedStudyIsSkipped(t *testing.T, rel testharness.Release) {
+	r := newRig(t, rel, "recon-b")
 	r.client2 = deletingOrthanc{Client: r.client, url: r.orthanc.URL}
 	_, reg, _ := r.start(t, "b")
 	upload(t, r.orthanc, writeStudy(t, 2))
@@ -274,7 +282,11 @@ func TestDeletedStudyIsSkipped(t *testing.T) {
 // While Orthanc is unreachable the source's readiness check fails; it
 // recovers on its own.
 func TestUnreachableOrthancIsNotReady(t *testing.T) {
-	r := newRig(t, "recon-c")
+	testharness.ForEachRelease(t, testUnreachableOrthancIsNotReady)
+}
+
+func testUnreachableOrthancIsNotReady(t *testing.T, rel testharness.Release) {
+	r := newRig(t, rel, "recon-c")
 	rec, reg, _ := r.start(t, "c")
 	check := rec.Checks()["reconcile_c"]
 	if check == nil {

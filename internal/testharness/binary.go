@@ -60,3 +60,8 @@ func missing(t testing.TB, err error) {
 		t.Skipf("%v; skipping (set CI=1 to make this a failure)", err)
 	}
 }
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

@@ -10,8 +10,14 @@
 // (*Orthanc).StoreFiles and (*Orthanc).Do; (*Orthanc).PID gives the process
 // to measure (CPU time, memory).
 //
+// Orthanc runs in the Release the options name: Debian bookworm's 1.10
+// installed on the host, or Debian trixie's 1.12 in a Debian tree of its
+// own (scripts/orthanc-trixie.sh), run through that tree's dynamic loader.
+// ForEachRelease runs a test on each release under test
+// (STOWLINE_ORTHANC_RELEASES); the zero Release is the first of them.
+//
 // Findings the helpers encode (Orthanc 1.10.1, DICOMweb plugin 1.7,
-// dcmtk 3.6.7):
+// dcmtk 3.6.7; Orthanc 1.12.7 and DICOMweb 1.20 behave the same here):
 //   - A C-STORE (storescu) re-encodes the data set: undefined-length
 //     sequences become explicit-length, trailing padding is dropped, so
 //     stored files are not byte-identical to the originals (StoreSCU still

@@ -21,7 +21,7 @@ import (
 )
 
 // DicomWebPlugin is where Debian's orthanc-dicomweb package installs the
-// DICOMweb plugin.
+// DICOMweb plugin (under a Release's Root: Release.DicomWebPlugin).
 const DicomWebPlugin = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 // Defaults for zero OrthancOptions fields.
@@ -60,14 +60,16 @@ type OrthancOptions struct {
 	Verbose bool
 	// StartTimeout bounds waiting for GET /system; 0 means 30 s.
 	StartTimeout time.Duration
-	// Binary is the Orthanc executable; empty means look it up.
-	Binary string
+	// Release is the Orthanc release to run; the zero Release means the
+	// first of ReleasesEnv (1.10 by default).
+	Release Release
 }
 
 // Orthanc is a running (or stopped) Orthanc server with its own storage,
 // ports and log. Stop and Start restart it on the same storage and ports.
 type Orthanc struct {
 	Name, URL, AET      string
+	Release             Release
 	HTTPPort, DicomPort int
 	// Dir holds the configuration, storage, index and log.
 	Dir                string
@@ -76,7 +78,6 @@ type Orthanc struct {
 	LogPath            string
 
 	opts   OrthancOptions
-	bin    string
 	client *http.Client
 
 	mu   sync.Mutex
@@ -95,18 +96,23 @@ type process struct {
 // the test failed, the tail of Orthanc's log is logged first.
 func StartOrthanc(t testing.TB, opts OrthancOptions) *Orthanc {
 	t.Helper()
-	if opts.Binary == "" {
-		opts.Binary = RequireBinary(t, "Orthanc")
+	rel, err := opts.release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Release = rel
+	if _, err := rel.version(); err != nil {
+		missing(t, err)
 	}
 	if opts.DicomWeb {
-		requireFile(t, DicomWebPlugin)
+		requireFile(t, opts.Release.DicomWebPlugin())
 	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout(opts)*3)
 	defer cancel()
 	o, err := LaunchOrthanc(ctx, dir, opts)
 	if err != nil {
-		t.Fatalf("start orthanc: %v", err)
+		t.Fatalf("start orthanc %s: %v", opts.Release.Name, err)
 	}
 	t.Cleanup(func() {
 		err := o.Close()
@@ -118,6 +124,14 @@ func StartOrthanc(t testing.TB, opts OrthancOptions) *Orthanc {
 		}
 	})
 	return o
+}
+
+// release is opts.Release, or the default release for the zero one.
+func (opts OrthancOptions) release() (Release, error) {
+	if opts.Release != (Release{}) {
+		return opts.Release, nil
+	}
+	return defaultRelease()
 }
 
 func startTimeout(opts OrthancOptions) time.Duration {
@@ -155,16 +169,17 @@ func LaunchOrthanc(ctx context.Context, dir string, opts OrthancOptions) (*Ortha
 			return nil, fmt.Errorf("testharness: Extra must not set %q: use OrthancOptions (Name, AET) or leave it to the harness", k)
 		}
 	}
-	bin := opts.Binary
-	if bin == "" {
-		var err error
-		if bin, err = FindBinary("Orthanc"); err != nil {
-			return nil, err
-		}
+	rel, err := opts.release()
+	if err != nil {
+		return nil, err
+	}
+	opts.Release = rel
+	if _, err := rel.version(); err != nil {
+		return nil, err
 	}
 	if opts.DicomWeb {
-		if _, err := os.Stat(DicomWebPlugin); err != nil {
-			return nil, fmt.Errorf("testharness: DICOMweb plugin %s: %w", DicomWebPlugin, ErrMissing)
+		if p := opts.Release.DicomWebPlugin(); !fileExists(p) {
+			return nil, fmt.Errorf("testharness: DICOMweb plugin of Orthanc %s %s: %w", opts.Release.Name, p, ErrMissing)
 		}
 	}
 	for _, sub := range []string{"storage", "index"} {
@@ -175,18 +190,17 @@ func LaunchOrthanc(ctx context.Context, dir string, opts OrthancOptions) (*Ortha
 	o := &Orthanc{
 		Name:       opts.Name,
 		AET:        opts.AET,
+		Release:    opts.Release,
 		Dir:        dir,
 		Username:   opts.Username,
 		Password:   opts.Password,
 		ConfigPath: filepath.Join(dir, "orthanc.json"),
 		LogPath:    filepath.Join(dir, "orthanc.log"),
 		opts:       opts,
-		bin:        bin,
 		client:     &http.Client{Timeout: 2 * time.Minute},
 	}
 	// A free port can be taken between probing and Orthanc's bind (other
 	// tests run in parallel): try again with new ports.
-	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		if err = o.pickPorts(); err != nil {
 			return nil, err
@@ -263,7 +277,7 @@ func (o *Orthanc) config() (map[string]any, error) {
 		cfg["RegisteredUsers"] = map[string]any{o.Username: o.Password}
 	}
 	if o.opts.DicomWeb {
-		cfg["Plugins"] = []string{DicomWebPlugin}
+		cfg["Plugins"] = []string{o.Release.DicomWebPlugin()}
 		cfg["DicomWeb"] = map[string]any{"Enable": true, "Root": "/dicom-web/"}
 	}
 	return mergeConfig(cfg, o.opts.Extra), nil
@@ -310,22 +324,27 @@ func (o *Orthanc) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(logf, "==== testharness: starting %s at %s ====\n", o.bin, time.Now().Format(time.RFC3339Nano))
 	args := []string{}
 	if o.opts.Verbose {
 		args = append(args, "--verbose")
 	}
 	args = append(args, o.ConfigPath)
-	cmd := exec.Command(o.bin, args...)
+	argv, env, err := o.Release.command(args...)
+	if err != nil {
+		logf.Close()
+		return err
+	}
+	fmt.Fprintf(logf, "==== testharness: starting Orthanc %s (%s) at %s ====\n", o.Release.Name, strings.Join(argv, " "), time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = o.Dir
 	// DCMTK disables Nagle's algorithm only when TCP_NODELAY is set;
 	// without it every C-STORE waits ~40 ms for a delayed ACK.
-	cmd.Env = append(append(os.Environ(), "TCP_NODELAY=1"), o.opts.Env...)
+	cmd.Env = append(append(append(os.Environ(), env...), "TCP_NODELAY=1"), o.opts.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("start %s: %w", o.bin, err)
+		return fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	p := &process{cmd: cmd, log: logf, done: make(chan struct{})}
 	go func() {

@@ -1,0 +1,243 @@
+package lua
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+const ingestToken = "lua-test-token-0123456789"
+
+// post is one request the script sent.
+type post struct {
+	Auth, ContentType string
+	Event             map[string]any
+}
+
+// ingest is a stand-in for stowline's webhook that can answer 202, answer
+// an error, or be down (nothing listening on its address).
+type ingest struct {
+	addr string
+
+	mu     sync.Mutex
+	status int
+	posts  []post
+	srv    *http.Server
+}
+
+func startIngest(t *testing.T) *ingest {
+	t.Helper()
+	in := &ingest{status: http.StatusAccepted}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.addr = ln.Addr().String()
+	in.serve(ln)
+	t.Cleanup(in.down)
+	return in
+}
+
+func (in *ingest) serve(ln net.Listener) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		p := post{Auth: r.Header.Get("Authorization"), ContentType: r.Header.Get("Content-Type")}
+		if err := json.Unmarshal(b, &p.Event); err != nil {
+			p.Event = map[string]any{"unparsable": string(b)}
+		}
+		in.mu.Lock()
+		in.posts = append(in.posts, p)
+		status := in.status
+		in.mu.Unlock()
+		// Like the real ingest, a body with every answer: Orthanc's
+		// HttpPost returns "" for an HTTP error and for an empty body
+		// alike, and the script takes "" for an error.
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, `{"stand-in":true}`)
+	})}
+	in.mu.Lock()
+	in.srv = srv
+	in.mu.Unlock()
+	go func() { _ = srv.Serve(ln) }()
+}
+
+func (in *ingest) setStatus(code int) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.status = code
+}
+
+func (in *ingest) down() {
+	in.mu.Lock()
+	srv := in.srv
+	in.srv = nil
+	in.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	}
+}
+
+// up listens again on the same address.
+func (in *ingest) up(t *testing.T) {
+	t.Helper()
+	ln, err := net.Listen("tcp", in.addr)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", in.addr, err)
+	}
+	in.serve(ln)
+}
+
+func (in *ingest) received() []post {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return append([]post(nil), in.posts...)
+}
+
+// The script posts each stable study's event on every release under test;
+// when the ingest answers an error or is down it logs a warning naming the
+// study and keeps working for the next study.
+func TestScriptOnEachRelease(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script, err := filepath.Abs("stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		in := startIngest(t)
+		o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+			Name:       "lua test", // no Stowline.Source: the name, made a subject token
+			Release:    rel,
+			LuaScripts: []string{script},
+			StableAge:  1,
+			Extra: map[string]any{"Stowline": map[string]any{
+				"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
+				"IngestToken": "${STOWLINE_TEST_TOKEN}",
+			}},
+			Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+		})
+
+		// Announced: the event the ingest expects, with the token.
+		id := addStudy(t, o)
+		p := waitPost(t, in, 1)
+		var st struct {
+			MainDicomTags map[string]string
+			LastUpdate    string
+		}
+		o.GetJSON(t, "/studies/"+id, &st)
+		want := map[string]any{
+			"type": "orthanc.study.stable", "version": float64(1), "source": "lua-test",
+			"orthancStudyId": id, "studyInstanceUid": st.MainDicomTags["StudyInstanceUID"], "lastUpdate": st.LastUpdate,
+		}
+		if !equalEvent(p.Event, want) {
+			t.Errorf("event %v, want %v", p.Event, want)
+		}
+		if p.Auth != "Bearer "+ingestToken || p.ContentType != "application/json" {
+			t.Errorf("Authorization %q, Content-Type %q", p.Auth, p.ContentType)
+		}
+
+		// The ingest refuses the post.
+		in.setStatus(http.StatusUnauthorized)
+		id = addStudy(t, o)
+		waitPost(t, in, 2)
+		waitLog(t, o, "stowline: study "+id+" not announced: ", "answered with an HTTP error")
+
+		// The ingest is down.
+		in.down()
+		id = addStudy(t, o)
+		waitLog(t, o, "stowline: study "+id+" not announced: cannot reach ")
+
+		// Back up: the next study is announced again.
+		in.setStatus(http.StatusAccepted)
+		in.up(t)
+		id = addStudy(t, o)
+		if p := waitPost(t, in, 3); p.Event["orthancStudyId"] != id {
+			t.Errorf("after the failures: event %v, want study %s", p.Event, id)
+		}
+		if strings.Contains(o.LogTail(1000), "stowline: study "+id+" not announced") {
+			t.Errorf("study %s announced and reported as not announced", id)
+		}
+	})
+}
+
+// addStudy stores a small new study with storescu, as a modality does, and
+// returns its Orthanc ID.
+func addStudy(t *testing.T, o *testharness.Orthanc) string {
+	t.Helper()
+	uid := dicomgen.NewUID()
+	files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+		StudyInstanceUID: uid, PatientID: "LUA", PatientName: "Synthetic^Lua",
+		Series: 1, InstancesPerSeries: 2, Rows: 8, Columns: 8,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := o.StoreSCU(t, files...); len(res.Failed) > 0 {
+		t.Fatalf("storescu: %v", res.Failed)
+	}
+	var found []struct{ ID, Type string }
+	if err := o.Do(t.Context(), http.MethodPost, "/tools/lookup", strings.NewReader(uid), &found); err != nil || len(found) != 1 || found[0].Type != "Study" {
+		t.Fatalf("lookup study %s: %v %v", uid, found, err)
+	}
+	return found[0].ID
+}
+
+// waitPost waits for the ingest's n-th request and returns it.
+func waitPost(t *testing.T, in *ingest, n int) post {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if got := in.received(); len(got) >= n {
+			if len(got) > n {
+				t.Errorf("%d posts, want %d: %v", len(got), n, got)
+			}
+			return got[n-1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d posts after 20 s, want %d", len(in.received()), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitLog waits for a line of Orthanc's log that holds all of parts.
+func waitLog(t *testing.T, o *testharness.Orthanc, parts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		for line := range strings.SplitSeq(o.LogTail(1000), "\n") {
+			all := true
+			for _, p := range parts {
+				all = all && strings.Contains(line, p)
+			}
+			if all {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line of Orthanc's log holds all of %q", parts)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func equalEvent(got, want map[string]any) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for k, v := range want {
+		if got[k] != v {
+			return false
+		}
+	}
+	return true
+}
