@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -37,14 +34,14 @@ func testBufferMode(t *testing.T, rel testharness.Release) {
 			t.Errorf("instance %s: md5 %q at the source before, %q at the destination", uid, sum, got[uid])
 		}
 	}
-	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="deleted"} 4`, 10*time.Second)
+	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="deleted"}`, 4, 10*time.Second)
 
 	// Changed since its event: an event with an older LastUpdate, as when
 	// an instance arrives after the study went stable.
 	second := r.addStudy(t, 3, 32)
 	ev := r.publishAs(t, second, "20000101T000000")
 	r.waitDest(t, 7, 60*time.Second)
-	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="skipped"} 3`, 30*time.Second)
+	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="skipped"}`, 3, 30*time.Second)
 	if n := r.sourceInstances(t); n != 3 {
 		t.Fatalf("source holds %d instances after a skipped delete, want 3", n)
 	}
@@ -97,21 +94,18 @@ func (r *rig) waitSourceInstances(t *testing.T, n int, timeout time.Duration) {
 	}
 }
 
-// waitMetric waits until the forwarder's /metrics has the line.
-func (r *rig) waitMetric(t *testing.T, line string, timeout time.Duration) {
+// waitMetric waits until the forwarder's /metrics has sample (a metric
+// and some of its labels, summed over the rest) at value want.
+func (r *rig) waitMetric(t *testing.T, sample string, want float64, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		resp, err := http.Get("http://" + r.forwarderAddr + "/metrics")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if strings.Contains(string(b), line+"\n") {
-				return
-			}
+		got, ok := testharness.Metric(t, "http://"+r.forwarderAddr+"/metrics", sample)
+		if ok && got == want {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("/metrics has no %q after %s", line, timeout)
+			t.Fatalf("/metrics has %s = %v after %s, want %v", sample, got, timeout, want)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

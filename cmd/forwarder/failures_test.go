@@ -139,9 +139,10 @@ func TestPermanentFailureDeadLetteredAndReplayed(t *testing.T) {
 	}
 	r.assertIdentical(t)
 
-	// Re-forward the window from the main stream: the two events and the
-	// replayed one.
-	if out, err = replay("reforward", "--since", time.Now().Add(-time.Hour).UTC().Format("2006-01-02T15:04Z"), "--dry-run"); err != nil || !strings.Contains(out, "3 events would be queued again") {
+	// Re-forward the window from the main stream: the two events Orthanc
+	// announced (the replay was one of them, queued again for its
+	// destination only).
+	if out, err = replay("reforward", "--since", time.Now().Add(-time.Hour).UTC().Format("2006-01-02T15:04Z"), "--dry-run"); err != nil || !strings.Contains(out, "2 events would be queued again") {
 		t.Fatalf("reforward --dry-run: %v\n%s", err, out)
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -66,32 +65,16 @@ func (r *rig) startLoggedForwarder(t *testing.T, extra map[string]string) *testh
 	return logs
 }
 
-// metric sums the samples of a Prometheus metric whose labels contain
+// metric sums the samples of a Prometheus metric whose labels include
 // labels ("" for any) on the forwarder's /metrics.
 func (r *rig) metric(t *testing.T, name, labels string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + r.forwarderAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	sample := name
+	if labels != "" {
+		sample += "{" + labels + "}"
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var sum float64
-	for _, line := range strings.Split(string(body), "\n") {
-		series, value, ok := strings.Cut(line, " ")
-		if !ok || strings.HasPrefix(line, "#") {
-			continue
-		}
-		metricName, rest, _ := strings.Cut(series, "{")
-		if metricName != name || !strings.Contains(rest, labels) {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err == nil {
-			sum += v
-		}
-	}
-	return sum
+	v, _ := testharness.Metric(t, "http://"+r.forwarderAddr+"/metrics", sample)
+	return v
 }
 
 func (r *rig) noDeadLetters(t *testing.T) {

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"fmt"
-	"net/http"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -243,24 +240,11 @@ func patientNames(t *testing.T, o *testharness.Orthanc) []string {
 
 func checkMetrics(t *testing.T, url, name string, atLeast float64) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
+	v, ok := testharness.Metric(t, url, name)
+	switch {
+	case !ok:
+		t.Errorf("metric %s not found", name)
+	case v < atLeast:
+		t.Errorf("metric %s = %v, want at least %v", name, v, atLeast)
 	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(resp.Body); err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(buf.String(), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			var f float64
-			if _, err := fmt.Sscan(v, &f); err == nil && f >= atLeast {
-				return
-			}
-			t.Errorf("metric %s = %s, want at least %v", name, v, atLeast)
-			return
-		}
-	}
-	t.Errorf("metric %s not found", name)
 }

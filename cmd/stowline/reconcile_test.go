@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -209,27 +207,16 @@ func (s *site) waitSettled(t *testing.T, timeout time.Duration) {
 	}
 }
 
-// metricValue reads one sample (name plus its exact label set, e.g.
-// `stowline_reconcile_lease_held{source="a"}`) from a /metrics endpoint.
+// metricValue sums the samples of a metric whose labels include the
+// given ones (e.g. `stowline_reconcile_lease_held{source="a"}`) on a
+// /metrics endpoint.
 func metricValue(t *testing.T, url, sample string) float64 {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
+	v, ok := testharness.Metric(t, url, sample)
+	if !ok {
+		t.Fatalf("metric %s not found at %s", sample, url)
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
-			var f float64
-			if _, err := fmt.Sscan(v, &f); err != nil {
-				t.Fatalf("metric %s: %v", sample, err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("metric %s not found at %s", sample, url)
-	return 0
+	return v
 }
 
 // The ingest is down while 5 studies become stable, so every Lua post

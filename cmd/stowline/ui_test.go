@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -280,26 +279,11 @@ func getJSON(t *testing.T, url string, v any) {
 // is a metric name, with its labels if it has some.
 func sampleValue(t *testing.T, url, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
+	v, ok := testharness.Metric(t, url, series)
+	if !ok {
+		t.Fatalf("%s has no %s", url, series)
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		name, value, ok := strings.Cut(line, " ")
-		if ok && !strings.HasPrefix(line, "#") && (name == series || (!strings.Contains(series, "{") && strings.HasPrefix(name, series+"{"))) {
-			v, err := strconv.ParseFloat(value, 64)
-			if err != nil {
-				t.Fatalf("%s: %q: %v", url, line, err)
-			}
-			return v
-		}
-	}
-	t.Fatalf("%s has no %s", url, series)
-	return 0
+	return v
 }
 
 func waitMetric(t *testing.T, url, series string, want float64, timeout time.Duration) {
