@@ -196,6 +196,11 @@ type System struct {
 	// uses its built-in storage and index.
 	StorageAreaPlugin     string
 	DatabaseBackendPlugin string
+	// Capabilities are what newer releases announce; 1.10 has none.
+	Capabilities struct {
+		// HasExtendedChanges: /changes takes a type filter (1.12.5 on).
+		HasExtendedChanges bool
+	}
 }
 
 // System returns Orthanc's identity and version.
@@ -229,8 +234,11 @@ type Changes struct {
 }
 
 // Changes returns up to limit changes after sequence number since. limit
-// 0 uses Orthanc's default (100).
-func (c *Client) Changes(ctx context.Context, since int64, limit int) (Changes, error) {
+// 0 uses Orthanc's default (100). types, if any, keeps only changes of
+// those types: only for an Orthanc whose System has HasExtendedChanges
+// (older ones answer with every change). Last is then the last change
+// returned, or the log's end when none is.
+func (c *Client) Changes(ctx context.Context, since int64, limit int, types ...string) (Changes, error) {
 	if since < 0 || limit < 0 {
 		return Changes{}, fmt.Errorf("orthancapi: changes: since (%d) and limit (%d) must not be negative", since, limit)
 	}
@@ -241,6 +249,11 @@ func (c *Client) Changes(ctx context.Context, since int64, limit int) (Changes, 
 		q.Set("limit", strconv.Itoa(limit))
 	}
 	u.RawQuery = q.Encode()
+	if len(types) > 0 {
+		// Orthanc splits the filter at a literal ';' and reads no
+		// percent-encoding there; the type names are plain words.
+		u.RawQuery += "&type=" + strings.Join(types, ";")
+	}
 	var ch Changes
 	if err := c.getJSON(ctx, u, &ch); err != nil {
 		return Changes{}, err

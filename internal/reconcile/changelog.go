@@ -4,10 +4,31 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/stowline/stowline/orthancapi"
 )
+
+// handledChanges are the change types handle acts on: an Orthanc that
+// filters /changes by type (1.12.5 on) sends only these, so a study's
+// thousands of StableSeries and other changes are not read at all.
+var handledChanges = []string{"StableStudy", "NewStudy", "NewSeries", "NewInstance", "Deleted"}
+
+// detectFilter asks Orthanc whether it filters its change log by type;
+// without an answer the log is read whole, as on every release.
+func (s *sourceRunner) detectFilter(ctx context.Context) {
+	s.changeTypes = nil
+	sys, err := s.orthanc.System(ctx)
+	if err != nil {
+		s.log.Warn("could not ask Orthanc whether it filters its change log; reading all of it", "err", err)
+		return
+	}
+	if sys.Capabilities.HasExtendedChanges {
+		s.changeTypes = handledChanges
+		s.log.Info("Orthanc filters its change log by type: the reconciler reads only the changes it acts on", "orthanc_version", sys.Version)
+	}
+}
 
 // loadCursor reads the stored cursor, or starts one at the current end of
 // the change log: a first start does not publish the whole history of the
@@ -15,6 +36,7 @@ import (
 func (s *sourceRunner) loadCursor(ctx context.Context) error {
 	s.recent = map[string]string{}
 	s.dirty = false
+	s.detectFilter(ctx)
 	c, found, err := s.store.load(ctx)
 	if err != nil {
 		return err
@@ -54,7 +76,14 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 	opts := &s.r.opts
 	since := max(s.cur.Seq-1, 0) // one before, to check the change at the cursor
-	page, err := s.orthanc.Changes(ctx, since, opts.PageSize+1)
+	page, err := s.orthanc.Changes(ctx, since, opts.PageSize+1, s.changeTypes...)
+	var oe *orthancapi.Error
+	if len(s.changeTypes) > 0 && errors.As(err, &oe) && oe.StatusCode == http.StatusBadRequest {
+		// It announced the filter but refuses ours: read the log whole.
+		s.log.Warn("Orthanc refused the change log's type filter; reading all of it", "err", err)
+		s.changeTypes = nil
+		page, err = s.orthanc.Changes(ctx, since, opts.PageSize+1)
+	}
 	if err != nil {
 		return false, fmt.Errorf("orthanc: read change log after %d: %w", since, err)
 	}
@@ -97,6 +126,9 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 	}
 	s.r.m.pending.WithLabelValues(s.name).Set(float64(len(s.cur.Pending)))
 	lag := max(page.Last-s.cur.Seq, 0)
+	if page.Done && len(s.changeTypes) > 0 {
+		lag = 0 // what is after the cursor is of types it does not read
+	}
 	if !page.Done {
 		if last, err := s.orthanc.LastChange(ctx); err == nil {
 			lag = max(last-s.cur.Seq, lag)

@@ -34,7 +34,7 @@ import (
 // Orthanc is what the reconciler reads from one source.
 type Orthanc interface {
 	System(ctx context.Context) (orthancapi.System, error)
-	Changes(ctx context.Context, since int64, limit int) (orthancapi.Changes, error)
+	Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error)
 	LastChange(ctx context.Context) (int64, error)
 	Study(ctx context.Context, studyID string) (orthancapi.Study, error)
 	SeriesStudy(ctx context.Context, seriesID string) (orthancapi.Study, error)

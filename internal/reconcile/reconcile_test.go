@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -185,8 +188,24 @@ func TestPublishesTheLuaScriptsEvent(t *testing.T) {
 	testharness.ForEachRelease(t, testPublishesTheLuaScriptsEvent)
 }
 
+// filterSpy records the type filters the reconciler asks of Orthanc.
+type filterSpy struct {
+	*orthancapi.Client
+	mu    sync.Mutex
+	types map[string]bool
+}
+
+func (f *filterSpy) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
+	f.mu.Lock()
+	f.types[strings.Join(types, ";")] = true
+	f.mu.Unlock()
+	return f.Client.Changes(ctx, since, limit, types...)
+}
+
 func testPublishesTheLuaScriptsEvent(t *testing.T, rel testharness.Release) {
 	r := newRig(t, rel, "Recon A") // source name from Orthanc's Name, as the script does
+	spy := &filterSpy{Client: r.client, types: map[string]bool{}}
+	r.client2 = spy
 	_, reg, _ := r.start(t, "")
 	const source = "Recon-A"
 	waitFor(t, "the lease", 10*time.Second, func() bool {
@@ -224,6 +243,17 @@ func testPublishesTheLuaScriptsEvent(t *testing.T, rel testharness.Release) {
 	}
 	if got := metric(t, reg, "stowline_reconcile_lag_changes", map[string]string{"source": source}); got != 0 {
 		t.Errorf("lag = %v, want 0", got)
+	}
+	// 1.12 filters its change log by type (HasExtendedChanges, from
+	// 1.12.5): the reconciler asks it to; 1.10 gets unfiltered requests.
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	want := map[string]bool{"": true}
+	if rel.Name == "1.12" {
+		want = map[string]bool{"StableStudy;NewStudy;NewSeries;NewInstance;Deleted": true}
+	}
+	if !maps.Equal(spy.types, want) {
+		t.Errorf("type filters asked of Orthanc %s: %v, want %v", rel.Name, spy.types, want)
 	}
 }
 

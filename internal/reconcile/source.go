@@ -28,6 +28,8 @@ type sourceRunner struct {
 	cur    cursor
 	dirty  bool              // cur differs from what is stored
 	recent map[string]string // study ID -> LastUpdate published in this term
+	// changeTypes filter the change log when Orthanc can (detectFilter).
+	changeTypes []string
 }
 
 func (s *sourceRunner) check(context.Context) error {
