@@ -31,6 +31,20 @@ type provisioningJS struct {
 	log *slog.Logger
 }
 
+// Stream and Consumer read what provisioning compares with: the same race
+// leaves them unanswered.
+func (p provisioningJS) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	return provision(ctx, p.log, "stream "+name, func(ctx context.Context) (jetstream.Stream, error) {
+		return p.JetStream.Stream(ctx, name)
+	})
+}
+
+func (p provisioningJS) Consumer(ctx context.Context, stream, name string) (jetstream.Consumer, error) {
+	return provision(ctx, p.log, "consumer "+name, func(ctx context.Context) (jetstream.Consumer, error) {
+		return p.JetStream.Consumer(ctx, stream, name)
+	})
+}
+
 func (p provisioningJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	return provision(ctx, p.log, "stream "+cfg.Name, func(ctx context.Context) (jetstream.Stream, error) {
 		return p.JetStream.CreateOrUpdateStream(ctx, cfg)

@@ -226,9 +226,9 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 		cfg := t.ConsumerConfig(d, anyDestination)
 		if existing[cfg.Durable] {
 			// The start cannot change once made: keep the consumer's.
-			c, err := js.Consumer(ctx, EventStream, cfg.Durable)
+			c, err := listedConsumer(ctx, js, cfg.Durable)
 			if err != nil {
-				return nil, fmt.Errorf("consumer %s on stream %s: %w", cfg.Durable, EventStream, err)
+				return nil, err
 			}
 			info := c.CachedInfo()
 			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
@@ -240,6 +240,25 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 		out[d] = c
 	}
 	return out, nil
+}
+
+// listedConsumer reads a consumer the stream lists. On a cluster one that
+// another replica is making may be listed a moment before it answers.
+func listedConsumer(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Consumer, error) {
+	for wait := 100 * time.Millisecond; ; wait *= 2 {
+		c, err := js.Consumer(ctx, EventStream, name)
+		if err == nil {
+			return c, nil
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) || wait > 5*time.Second {
+			return nil, fmt.Errorf("consumer %s on stream %s: %w", name, EventStream, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("consumer %s on stream %s: %w", name, EventStream, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
 }
 
 // EnsureConsumer is EnsureConsumers for one destination.
