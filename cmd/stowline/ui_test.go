@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -135,12 +134,15 @@ func TestStatusPage(t *testing.T) {
 		"deadletter-count":  `stowline_deadletter_studies`,
 		"inflight-count":    `stowline_forwarder_studies_in_flight`,
 		"forwarded-total":   `stowline_forwarder_studies_total{result="forwarded"}`,
+		// The one destination's row.
+		"dest-default-deadletters": `stowline_deadletter_studies{destination="default"}`,
+		"dest-default-inflight":    `stowline_forwarder_studies_in_flight{destination="default"}`,
 	}
 	compare(t, browser, ingestURL, forwarderURL, all)
 	if got := pageNumber(t, browser, "forwarded-total"); got != 2 {
 		t.Errorf("forwarded = %v, want 2 (A and C)", got)
 	}
-	tokens, err := chromedp.Run(browser, chromedp.Text(chromedp.ID("tokens")))
+	tokens, err := chromedp.Run(browser, chromedp.Text(chromedp.ID("destinations")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,30 +278,16 @@ func getJSON(t *testing.T, url string, v any) {
 	}
 }
 
-// sampleValue returns the value of one sample of a /metrics page: series
-// is a metric name, with its labels if it has some.
+// sampleValue returns the sum of the samples of a /metrics page that
+// match series: a metric name, with the labels they must have if some
+// (testharness.Metric; any destination).
 func sampleValue(t *testing.T, url, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
+	v, ok := testharness.Metric(t, url, series)
+	if !ok {
+		t.Fatalf("%s has no %s", url, series)
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		name, value, ok := strings.Cut(line, " ")
-		if ok && !strings.HasPrefix(line, "#") && (name == series || (!strings.Contains(series, "{") && strings.HasPrefix(name, series+"{"))) {
-			v, err := strconv.ParseFloat(value, 64)
-			if err != nil {
-				t.Fatalf("%s: %q: %v", url, line, err)
-			}
-			return v
-		}
-	}
-	t.Fatalf("%s has no %s", url, series)
-	return 0
+	return v
 }
 
 func waitMetric(t *testing.T, url, series string, want float64, timeout time.Duration) {
