@@ -134,12 +134,15 @@ func TestStatusPage(t *testing.T) {
 		"deadletter-count":  `stowline_deadletter_studies`,
 		"inflight-count":    `stowline_forwarder_studies_in_flight`,
 		"forwarded-total":   `stowline_forwarder_studies_total{result="forwarded"}`,
+		// The one destination's row.
+		"dest-default-deadletters": `stowline_deadletter_studies{destination="default"}`,
+		"dest-default-inflight":    `stowline_forwarder_studies_in_flight{destination="default"}`,
 	}
 	compare(t, browser, ingestURL, forwarderURL, all)
 	if got := pageNumber(t, browser, "forwarded-total"); got != 2 {
 		t.Errorf("forwarded = %v, want 2 (A and C)", got)
 	}
-	tokens, err := chromedp.Run(browser, chromedp.Text(chromedp.ID("tokens")))
+	tokens, err := chromedp.Run(browser, chromedp.Text(chromedp.ID("destinations")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,8 +278,9 @@ func getJSON(t *testing.T, url string, v any) {
 	}
 }
 
-// sampleValue returns the value of one sample of a /metrics page: series
-// is a metric name, with its labels if it has some.
+// sampleValue returns the sum of the samples of a /metrics page that
+// match series: a metric name, with the labels they must have if some
+// (testharness.Metric; any destination).
 func sampleValue(t *testing.T, url, series string) float64 {
 	t.Helper()
 	v, ok := testharness.Metric(t, url, series)

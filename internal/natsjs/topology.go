@@ -88,6 +88,17 @@ func ConsumerName(destination string) string {
 	return ForwarderConsumer + "-" + destination
 }
 
+// DestinationOfConsumer is the inverse of ConsumerName: the destination
+// whose durable consumer is named name, or false for any other consumer
+// of the event stream (the ordered consumers of audit and replay).
+func DestinationOfConsumer(name string) (string, bool) {
+	if name == ForwarderConsumer {
+		return DefaultDestination, true
+	}
+	d, ok := strings.CutPrefix(name, ForwarderConsumer+"-")
+	return d, ok && ValidDestination(d)
+}
+
 // LedgerBucketOf is the bucket of a destination's completed forwards.
 func LedgerBucketOf(destination string) string {
 	if destination == DefaultDestination {
@@ -96,9 +107,35 @@ func LedgerBucketOf(destination string) string {
 	return LedgerBucket + "_" + destination
 }
 
+// DestinationOfLedgerBucket is the inverse of LedgerBucketOf, false for
+// any other bucket.
+func DestinationOfLedgerBucket(bucket string) (string, bool) {
+	if bucket == LedgerBucket {
+		return DefaultDestination, true
+	}
+	d, ok := strings.CutPrefix(bucket, LedgerBucket+"_")
+	return d, ok && ValidDestination(d)
+}
+
 // DeadLetterSubject is the subject of a dead letter of one destination.
 func DeadLetterSubject(destination, source string) string {
 	return DeadLetterSubjectPrefix + destination + "." + source
+}
+
+// DestinationOfDeadLetterSubject is the destination of the dead letters
+// stored on subject, false for a subject that is not a dead letter's.
+// Letters from before destinations, on stowline.deadletter.<source>,
+// were the default destination's.
+func DestinationOfDeadLetterSubject(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, DeadLetterSubjectPrefix)
+	if !ok || rest == "" {
+		return "", false
+	}
+	d, source, ok := strings.Cut(rest, ".")
+	if !ok {
+		return DefaultDestination, true
+	}
+	return d, ValidDestination(d) && source != "" && !strings.Contains(source, ".")
 }
 
 // DefaultMaxDeliver bounds the forwarders' deliveries of one event when

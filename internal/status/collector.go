@@ -12,9 +12,10 @@ import (
 // DefaultScrapeTimeout bounds the JetStream queries of one scrape.
 const DefaultScrapeTimeout = 2 * time.Second
 
-// QueueCollector exports the queue depth and the dead-letter count, read
-// from JetStream at every scrape (so every process reports the same,
-// current numbers, whichever replica did the work).
+// QueueCollector exports each destination's queue depth and dead-letter
+// count, read from JetStream at every scrape (so every process reports the
+// same, current numbers, whichever replica did the work), labelled
+// destination.
 type QueueCollector struct {
 	js      jetstream.JetStream
 	timeout time.Duration
@@ -32,18 +33,19 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	dest := []string{"destination"}
 	return &QueueCollector{
 		js: js, timeout: timeout, log: log,
 		pending: prometheus.NewDesc("stowline_queue_pending_events",
-			"Events stored in JetStream and not yet delivered to a forwarder (consumer num_pending).", nil, nil),
+			"Events stored in JetStream and not yet delivered to the destination's forwarders (consumer num_pending).", dest, nil),
 		ackPending: prometheus.NewDesc("stowline_queue_ack_pending_events",
-			"Events delivered to a forwarder and not yet acknowledged: being sent, or waiting for a retry (consumer num_ack_pending).", nil, nil),
+			"Events delivered to the destination's forwarders and not yet acknowledged: being sent, or waiting for a retry (consumer num_ack_pending).", dest, nil),
 		redelivered: prometheus.NewDesc("stowline_queue_redelivered_events",
-			"Unacknowledged events that were delivered more than once (consumer num_redelivered).", nil, nil),
+			"Unacknowledged events that were delivered more than once (consumer num_redelivered).", dest, nil),
 		waiting: prometheus.NewDesc("stowline_queue_waiting_pulls",
-			"Pull requests open on the consumer: forwarder workers idle and waiting for an event (consumer num_waiting).", nil, nil),
+			"Pull requests open on the destination's consumer: forwarder workers idle and waiting for an event (consumer num_waiting).", dest, nil),
 		deadLetters: prometheus.NewDesc("stowline_deadletter_studies",
-			"Studies in the dead-letter stream, waiting for an operator to replay or purge them.", nil, nil),
+			"Studies of the destination in the dead-letter stream, waiting for an operator to replay or purge them.", dest, nil),
 		up: prometheus.NewDesc("stowline_jetstream_info_success",
 			"1 if JetStream answered this scrape's queue queries in time, else 0 (and the queue metrics are absent).", nil, nil),
 	}
@@ -67,16 +69,32 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	gauge(ch, c.up, 1)
-	gauge(ch, c.pending, float64(q.Pending))
-	gauge(ch, c.ackPending, float64(q.AckPending))
-	gauge(ch, c.redelivered, float64(q.Redelivered))
-	gauge(ch, c.waiting, float64(q.Waiting))
-	gauge(ch, c.deadLetters, float64(q.DeadLetters))
+	if !q.ConsumerExists {
+		// No forwarder made its consumer yet, so the destinations are not
+		// known: the stream's events are pending under an empty
+		// destination until one does.
+		gauge(ch, c.pending, float64(q.Pending), "")
+		gauge(ch, c.ackPending, 0, "")
+		gauge(ch, c.redelivered, 0, "")
+		gauge(ch, c.waiting, 0, "")
+		if len(q.Destinations) == 0 {
+			gauge(ch, c.deadLetters, 0, "")
+		}
+	}
+	for _, d := range q.Destinations {
+		if d.ConsumerExists {
+			gauge(ch, c.pending, float64(d.Pending), d.Destination)
+			gauge(ch, c.ackPending, float64(d.AckPending), d.Destination)
+			gauge(ch, c.redelivered, float64(d.Redelivered), d.Destination)
+			gauge(ch, c.waiting, float64(d.Waiting), d.Destination)
+		}
+		gauge(ch, c.deadLetters, float64(d.DeadLetters), d.Destination)
+	}
 }
 
-// gauge sends one label-less gauge sample.
-func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64) {
-	if m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v); err == nil {
+// gauge sends one gauge sample.
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	if m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v, labels...); err == nil {
 		ch <- m
 	}
 }

@@ -1,23 +1,29 @@
-// Package status says what a stowline deployment is doing now: the queue
-// depth and dead letters read from JetStream, what each forwarder process
-// is sending (Tracker, shared through a key-value bucket), the recent
-// forwards and the destination's token status. The /metrics collectors and
-// the status page (internal/web) read it.
+// Package status says what a stowline deployment is doing now: each
+// destination's queue and dead letters read from JetStream, what each
+// forwarder process is sending (Tracker, shared through a key-value
+// bucket), the recent forwards from the destinations' ledgers and each
+// destination's token status. The /metrics collectors and the status page
+// (internal/web) read it.
 package status
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
-// Queue is the state of the event queue, as JetStream reports it.
+// Queue is the state of the event queue, as JetStream reports it: the
+// totals over every destination, and each destination's part.
 type Queue struct {
-	// Pending events are stored but not yet delivered to any forwarder.
+	// Pending events are stored but not yet delivered to the forwarders
+	// of a destination (summed over the destinations: an event waiting
+	// for two destinations counts twice).
 	Pending uint64
 	// AckPending events were delivered and not yet acknowledged: being
 	// sent now, or waiting for their retry delay.
@@ -27,47 +33,126 @@ type Queue struct {
 	// Waiting is the number of pull requests forwarder workers have
 	// open: idle workers waiting for an event.
 	Waiting uint64
-	// ConsumerExists is false before any forwarder created the consumer;
-	// Pending then counts every event in the stream, since a new
-	// consumer starts at the first one.
+	// ConsumerExists is false before any forwarder created a
+	// destination's consumer: which destinations there will be is not
+	// known yet, and Pending counts every event in the stream, since the
+	// consumers of a new deployment start at the first one.
 	ConsumerExists bool
 	// DeadLetters is the number of studies in the dead-letter stream.
 	DeadLetters uint64
+	// Destinations holds each destination that has a consumer or dead
+	// letters, sorted by name.
+	Destinations []DestinationQueue
 }
 
-// ReadQueue asks JetStream for the forwarders' consumer and the
-// dead-letter stream.
+// DestinationQueue is one destination's part of the queue.
+type DestinationQueue struct {
+	Destination string
+	// ConsumerExists is false for a destination known only from its dead
+	// letters (its consumer was removed); its queue numbers are then 0.
+	ConsumerExists                            bool
+	Pending, AckPending, Redelivered, Waiting uint64
+	DeadLetters                               uint64
+}
+
+// Depth is what the destination still has to do: events waiting and
+// events delivered but not acknowledged.
+func (d DestinationQueue) Depth() uint64 { return d.Pending + d.AckPending }
+
+// Destination returns the queue of one destination, and false if it has
+// neither a consumer nor dead letters.
+func (q Queue) Destination(name string) (DestinationQueue, bool) {
+	i := slices.IndexFunc(q.Destinations, func(d DestinationQueue) bool { return d.Destination == name })
+	if i < 0 {
+		return DestinationQueue{}, false
+	}
+	return q.Destinations[i], true
+}
+
+// ReadQueue asks JetStream for every destination's consumer (the event
+// stream's consumers named as natsjs.ConsumerName names them) and counts
+// the dead letters of each destination.
 func ReadQueue(ctx context.Context, js jetstream.JetStream) (Queue, error) {
 	var q Queue
-	cons, err := js.Consumer(ctx, natsjs.EventStream, natsjs.ForwarderConsumer)
-	switch {
-	case err == nil:
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return q, fmt.Errorf("consumer %s: %w", natsjs.ForwarderConsumer, err)
+	byName := map[string]*DestinationQueue{}
+	row := func(name string) *DestinationQueue {
+		if d := byName[name]; d != nil {
+			return d
 		}
-		q.ConsumerExists = true
-		q.Pending = info.NumPending
-		q.AckPending = uint64(max(info.NumAckPending, 0))
-		q.Redelivered = uint64(max(info.NumRedelivered, 0))
-		q.Waiting = uint64(max(info.NumWaiting, 0))
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		s, err := js.Stream(ctx, natsjs.EventStream)
-		if err != nil {
-			return q, fmt.Errorf("stream %s: %w", natsjs.EventStream, err)
-		}
-		q.Pending = s.CachedInfo().State.Msgs
-	default:
-		return q, fmt.Errorf("consumer %s: %w", natsjs.ForwarderConsumer, err)
+		d := &DestinationQueue{Destination: name}
+		byName[name] = d
+		return d
 	}
-	dl, err := js.Stream(ctx, natsjs.DeadLetterStream)
-	switch {
-	case err == nil:
-		q.DeadLetters = dl.CachedInfo().State.Msgs
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-		// No forwarder ran yet: no dead letters.
-	default:
-		return q, fmt.Errorf("stream %s: %w", natsjs.DeadLetterStream, err)
+
+	stream, err := js.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		return q, fmt.Errorf("stream %s: %w", natsjs.EventStream, err)
+	}
+	// One request lists every consumer with its state (paged by 256).
+	list := stream.ListConsumers(ctx)
+	for info := range list.Info() {
+		name, ok := natsjs.DestinationOfConsumer(info.Name)
+		if !ok {
+			continue
+		}
+		d := row(name)
+		d.ConsumerExists = true
+		d.Pending = info.NumPending
+		d.AckPending = uint64(max(info.NumAckPending, 0))
+		d.Redelivered = uint64(max(info.NumRedelivered, 0))
+		d.Waiting = uint64(max(info.NumWaiting, 0))
+	}
+	if err := list.Err(); err != nil {
+		return q, fmt.Errorf("list consumers of stream %s: %w", natsjs.EventStream, err)
+	}
+
+	dead, err := deadLettersByDestination(ctx, js)
+	if err != nil {
+		return q, err
+	}
+	for name, n := range dead {
+		row(name).DeadLetters = n
+	}
+
+	for _, d := range byName {
+		q.ConsumerExists = q.ConsumerExists || d.ConsumerExists
+		q.Pending += d.Pending
+		q.AckPending += d.AckPending
+		q.Redelivered += d.Redelivered
+		q.Waiting += d.Waiting
+		q.DeadLetters += d.DeadLetters
+		q.Destinations = append(q.Destinations, *d)
+	}
+	slices.SortFunc(q.Destinations, func(a, b DestinationQueue) int { return strings.Compare(a.Destination, b.Destination) })
+	if !q.ConsumerExists {
+		q.Pending = stream.CachedInfo().State.Msgs
 	}
 	return q, nil
+}
+
+// deadLettersByDestination counts the dead letters of each destination
+// from the dead-letter stream's per-subject counts
+// (stowline.deadletter.<destination>.<source>), without reading a letter.
+func deadLettersByDestination(ctx context.Context, js jetstream.JetStream) (map[string]uint64, error) {
+	dl, err := js.Stream(ctx, natsjs.DeadLetterStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil // no forwarder ran yet: no dead letters
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", natsjs.DeadLetterStream, err)
+	}
+	if dl.CachedInfo().State.Msgs == 0 {
+		return nil, nil
+	}
+	info, err := dl.Info(ctx, jetstream.WithSubjectFilter(natsjs.DeadLetterSubjectPrefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: subjects: %w", natsjs.DeadLetterStream, err)
+	}
+	out := map[string]uint64{}
+	for subject, n := range info.State.Subjects {
+		if d, ok := natsjs.DestinationOfDeadLetterSubject(subject); ok {
+			out[d] += n
+		}
+	}
+	return out, nil
 }

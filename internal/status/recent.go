@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -20,32 +21,78 @@ import (
 // entries of a stream with gaps (deleted or overwritten messages).
 func maxScan(n int) int { return 20*n + 100 }
 
-// ErrNoLedger is returned by RecentFromLedger when no forwarder records
-// completed forwards in the ledger (bucket missing).
+// ErrNoLedger is returned by ReadLedgers when no forwarder records
+// completed forwards in a ledger (no ledger bucket).
 var ErrNoLedger = errors.New("status: no ledger of completed forwards")
 
-// RecentFromLedger returns the n most recently completed forwards
-// recorded in the ledger bucket (all forwarder replicas, across
-// restarts), newest first. It reads the bucket's stream backwards from its
-// last message, so its cost does not grow with the ledger.
-func RecentFromLedger(ctx context.Context, js jetstream.JetStream, n int) ([]Forward, error) {
-	stream, err := js.Stream(ctx, "KV_"+natsjs.LedgerBucket)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
+// DestinationLedger is what one destination's ledger says of its recent
+// forwards.
+type DestinationLedger struct {
+	Destination string
+	// Recent holds its newest records, newest first; a record of a study
+	// the destination's rules selected nothing of has the result
+	// forward.ResultNotSelected.
+	Recent []Forward
+	// LastForwarded is when the newest record that sent something (not
+	// "not selected") was written; zero if none was within reach.
+	LastForwarded time.Time
+}
+
+// ReadLedgers returns the n newest records of each destination's ledger
+// bucket (natsjs.LedgerBucketOf: every forwarder replica, across
+// restarts), sorted by destination. It reads each bucket's stream
+// backwards from its last message, so its cost does not grow with the
+// ledger. A bucket that cannot be read is left out and named in the
+// error, with the others returned.
+func ReadLedgers(ctx context.Context, js jetstream.JetStream, n int) ([]DestinationLedger, error) {
+	var buckets []string
+	names := js.KeyValueStoreNames(ctx)
+	for name := range names.Name() {
+		if _, ok := natsjs.DestinationOfLedgerBucket(name); ok {
+			buckets = append(buckets, name)
+		}
+	}
+	if err := names.Error(); err != nil {
+		return nil, fmt.Errorf("list key-value buckets: %w", err)
+	}
+	if len(buckets) == 0 {
 		return nil, ErrNoLedger
 	}
+	var out []DestinationLedger
+	var errs []error
+	for _, bucket := range buckets {
+		l, err := readLedger(ctx, js, bucket, n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b DestinationLedger) int { return strings.Compare(a.Destination, b.Destination) })
+	return out, errors.Join(errs...)
+}
+
+// readLedger reads one bucket's n newest records; when they are all "not
+// selected", it reads on (within maxScan) for LastForwarded.
+func readLedger(ctx context.Context, js jetstream.JetStream, bucket string, n int) (DestinationLedger, error) {
+	dest, _ := natsjs.DestinationOfLedgerBucket(bucket)
+	l := DestinationLedger{Destination: dest}
+	stream, err := js.Stream(ctx, "KV_"+bucket)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return l, nil // deleted since it was listed
+	}
 	if err != nil {
-		return nil, fmt.Errorf("ledger bucket %s: %w", natsjs.LedgerBucket, err)
+		return l, fmt.Errorf("ledger bucket %s: %w", bucket, err)
 	}
 	state := stream.CachedInfo().State
-	prefix := "$KV." + natsjs.LedgerBucket + "."
-	var out []Forward
-	for seq, tries := state.LastSeq, 0; seq >= state.FirstSeq && seq > 0 && len(out) < n && tries < maxScan(n); seq, tries = seq-1, tries+1 {
+	prefix := "$KV." + bucket + "."
+	for seq, tries := state.LastSeq, 0; seq >= state.FirstSeq && seq > 0 && (len(l.Recent) < n || l.LastForwarded.IsZero()) && tries < maxScan(n); seq, tries = seq-1, tries+1 {
 		msg, err := stream.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}
 		if err != nil {
-			return out, fmt.Errorf("ledger bucket %s: read %d: %w", natsjs.LedgerBucket, seq, err)
+			return l, fmt.Errorf("ledger bucket %s: read %d: %w", bucket, seq, err)
 		}
 		if op := msg.Header.Get("KV-Operation"); op != "" { // DEL or PURGE
 			continue
@@ -59,10 +106,29 @@ func RecentFromLedger(ctx context.Context, js jetstream.JetStream, n int) ([]For
 		if err := json.Unmarshal(msg.Data, &r); err != nil {
 			continue
 		}
-		out = append(out, Forward{Source: source, OrthancStudyID: study, StudyInstanceUID: r.StudyInstanceUID,
-			LastUpdate: r.LastUpdate, Result: forward.ResultForwarded, FinishedAt: r.ForwardedAt})
+		f := Forward{Destination: dest, Source: source, OrthancStudyID: study, StudyInstanceUID: r.StudyInstanceUID,
+			LastUpdate: r.LastUpdate, Result: forward.ResultForwarded, FinishedAt: r.ForwardedAt}
+		if r.NotSelected {
+			f.Result = forward.ResultNotSelected
+		} else if l.LastForwarded.IsZero() {
+			l.LastForwarded = r.ForwardedAt
+		}
+		if len(l.Recent) < n {
+			l.Recent = append(l.Recent, f)
+		}
 	}
-	return out, nil
+	return l, nil
+}
+
+// NewestForwards merges the ledgers' records: the n newest over every
+// destination, newest first.
+func NewestForwards(ledgers []DestinationLedger, n int) []Forward {
+	var all []Forward
+	for _, l := range ledgers {
+		all = append(all, l.Recent...)
+	}
+	slices.SortStableFunc(all, func(a, b Forward) int { return b.FinishedAt.Compare(a.FinishedAt) })
+	return all[:min(len(all), n)]
 }
 
 // RecentDeadLetters returns up to n dead letters, newest first, and how

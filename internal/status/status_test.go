@@ -2,9 +2,11 @@ package status_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -82,25 +84,118 @@ func addDeadLetters(t *testing.T, js jetstream.JetStream, n int) *deadletter.Sto
 	return store
 }
 
+// twoDestinations publishes 5 events to a deployment with the default
+// destination and "ai": the default's forwarders hold 2 of them
+// unacknowledged, ai's forwarded 1. The default has two dead letters, one
+// from before destinations (no destination in its subject), ai one. An
+// ordered consumer on the event stream (as audit and replay make) is no
+// destination's.
+func twoDestinations(t *testing.T) *testnats.Server {
+	t.Helper()
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	for i := range 5 {
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := natsjs.DefaultTopology().EnsureConsumers(ctx, ns.JS, []string{natsjs.DefaultDestination, "ai"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := cons[natsjs.DefaultDestination].Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := cons["ai"].Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.JS.OrderedConsumer(ctx, natsjs.EventStream, jetstream.OrderedConsumerConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	store := addDeadLetters(t, ns.JS, 1)
+	ev := event(200)
+	if _, err := store.Add(ctx, &forward.DeadLetter{Destination: "ai", Event: *ev, Class: forward.Permanent, Reason: "HTTP 400",
+		Attempts: 1, OriginalSeq: 3, DeadLetteredAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	addOldDeadLetter(t, ns.JS, event(300))
+	return ns
+}
+
+// addOldDeadLetter stores a dead letter as forwarders did before
+// destinations: no destination, subject stowline.deadletter.<source>.
+func addOldDeadLetter(t *testing.T, js jetstream.JetStream, ev *events.StudyStable) {
+	t.Helper()
+	data, err := json.Marshal(map[string]any{"event": ev, "class": forward.Permanent, "reason": "HTTP 415 (old forwarder)",
+		"attempts": 1, "originalSeq": 4, "deadLetteredAt": time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(timeout(t), natsjs.DeadLetterSubjectPrefix+ev.Source, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadQueuePerDestination(t *testing.T) {
+	ns := twoDestinations(t)
+	q, err := status.ReadQueue(timeout(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []status.DestinationQueue{
+		{Destination: "ai", ConsumerExists: true, Pending: 4, DeadLetters: 1},
+		{Destination: "default", ConsumerExists: true, Pending: 3, AckPending: 2, DeadLetters: 2},
+	}
+	if fmt.Sprint(q.Destinations) != fmt.Sprint(want) {
+		t.Errorf("destinations = %+v\nwant           %+v", q.Destinations, want)
+	}
+	if !q.ConsumerExists || q.Pending != 7 || q.AckPending != 2 || q.DeadLetters != 3 {
+		t.Errorf("totals = %+v; want 7 pending, 2 ack pending, 3 dead letters", q)
+	}
+	if d, ok := q.Destination("default"); !ok || d.Depth() != 5 {
+		t.Errorf("default's depth = %d (%v), want 5", d.Depth(), ok)
+	}
+	// The letters say their destination; the old one says none.
+	dls, n, err := status.RecentDeadLetters(timeout(t), ns.JS, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dests []string
+	for _, e := range dls {
+		dests = append(dests, fmt.Sprintf("%q", e.Destination))
+	}
+	if n != 3 || strings.Join(dests, " ") != `"" "ai" ""` {
+		t.Errorf("dead letters (newest first) of %d: destinations %v; want the old one, ai's, the default's", n, dests)
+	}
+}
+
 func TestQueueCollector(t *testing.T) {
-	ns, _, _ := queueFixture(t, 5, 2)
-	addDeadLetters(t, ns.JS, 3)
+	ns := twoDestinations(t)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(status.NewQueueCollector(ns.JS, time.Second, nil))
 	want := `
-# HELP stowline_deadletter_studies Studies in the dead-letter stream, waiting for an operator to replay or purge them.
+# HELP stowline_deadletter_studies Studies of the destination in the dead-letter stream, waiting for an operator to replay or purge them.
 # TYPE stowline_deadletter_studies gauge
-stowline_deadletter_studies 3
+stowline_deadletter_studies{destination="ai"} 1
+stowline_deadletter_studies{destination="default"} 2
 # HELP stowline_jetstream_info_success 1 if JetStream answered this scrape's queue queries in time, else 0 (and the queue metrics are absent).
 # TYPE stowline_jetstream_info_success gauge
 stowline_jetstream_info_success 1
-# HELP stowline_queue_ack_pending_events Events delivered to a forwarder and not yet acknowledged: being sent, or waiting for a retry (consumer num_ack_pending).
+# HELP stowline_queue_ack_pending_events Events delivered to the destination's forwarders and not yet acknowledged: being sent, or waiting for a retry (consumer num_ack_pending).
 # TYPE stowline_queue_ack_pending_events gauge
-stowline_queue_ack_pending_events 2
-# HELP stowline_queue_pending_events Events stored in JetStream and not yet delivered to a forwarder (consumer num_pending).
+stowline_queue_ack_pending_events{destination="ai"} 0
+stowline_queue_ack_pending_events{destination="default"} 2
+# HELP stowline_queue_pending_events Events stored in JetStream and not yet delivered to the destination's forwarders (consumer num_pending).
 # TYPE stowline_queue_pending_events gauge
-stowline_queue_pending_events 3
+stowline_queue_pending_events{destination="ai"} 4
+stowline_queue_pending_events{destination="default"} 3
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "stowline_deadletter_studies", "stowline_jetstream_info_success",
 		"stowline_queue_ack_pending_events", "stowline_queue_pending_events"); err != nil {
@@ -152,8 +247,23 @@ func TestReadQueueBeforeAnyForwarder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if q.ConsumerExists || q.Pending != 4 || q.AckPending != 0 || q.DeadLetters != 0 {
-		t.Errorf("queue = %+v; want 4 pending (a new consumer starts at the first event), no dead letters", q)
+	if q.ConsumerExists || q.Pending != 4 || q.AckPending != 0 || q.DeadLetters != 0 || len(q.Destinations) != 0 {
+		t.Errorf("queue = %+v; want 4 pending (a new consumer starts at the first event), no destination, no dead letters", q)
+	}
+	// The destinations are not known yet: the events are pending under
+	// none.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(status.NewQueueCollector(ns.JS, time.Second, nil))
+	want := `
+# HELP stowline_queue_pending_events Events stored in JetStream and not yet delivered to the destination's forwarders (consumer num_pending).
+# TYPE stowline_queue_pending_events gauge
+stowline_queue_pending_events{destination=""} 4
+# HELP stowline_deadletter_studies Studies of the destination in the dead-letter stream, waiting for an operator to replay or purge them.
+# TYPE stowline_deadletter_studies gauge
+stowline_deadletter_studies{destination=""} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "stowline_queue_pending_events", "stowline_deadletter_studies"); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -208,6 +318,13 @@ func TestTrackerFollowsAStudy(t *testing.T) {
 	}
 	tr.Finished(a2, forward.ResultRetry, forward.Report{})
 	tr.Finished(a2, forward.ResultRetry, forward.Report{}) // a second report of the same end counts once
+	// A third study is for ai, whose rules select nothing of it.
+	a3 := &forward.Attempt{Destination: "ai", Event: event(9), Number: 1, Seq: 3}
+	tr.Started(a3)
+	if f := tr.Snapshot().InFlight; len(f) != 1 || f[0].Destination != "ai" {
+		t.Errorf("in flight = %+v, want the study for ai", f)
+	}
+	tr.Finished(a3, forward.ResultNotSelected, forward.Report{})
 	tw.Observe(nil, 10*time.Millisecond)
 	tw.Observe(errors.New("auth: cannot obtain token from https://login.example.org/token: 401 invalid_client"), time.Millisecond)
 
@@ -215,11 +332,12 @@ func TestTrackerFollowsAStudy(t *testing.T) {
 	if len(snap.InFlight) != 0 {
 		t.Errorf("in flight after ack and NAK: %+v", snap.InFlight)
 	}
-	if snap.Totals.Forwarded != 1 || snap.Totals.Retry != 1 {
-		t.Errorf("totals = %+v, want 1 forwarded and 1 retry", snap.Totals)
+	if snap.Totals.Forwarded != 1 || snap.Totals.Retry != 1 || snap.Totals.NotSelected != 1 {
+		t.Errorf("totals = %+v, want 1 forwarded, 1 retry and 1 not selected (not counted as forwarded)", snap.Totals)
 	}
-	if len(snap.Recent) != 2 || snap.Recent[0].Result != forward.ResultRetry || snap.Recent[1].Result != forward.ResultForwarded ||
-		snap.Recent[1].Instances != 10 || snap.Recent[1].Bytes != 10000 || snap.Recent[1].StudyInstanceUID != ev.StudyInstanceUID {
+	if len(snap.Recent) != 3 || snap.Recent[0].Result != forward.ResultNotSelected || snap.Recent[0].Destination != "ai" ||
+		snap.Recent[1].Result != forward.ResultRetry || snap.Recent[2].Result != forward.ResultForwarded ||
+		snap.Recent[2].Instances != 10 || snap.Recent[2].Bytes != 10000 || snap.Recent[2].StudyInstanceUID != ev.StudyInstanceUID {
 		t.Errorf("recent (newest first) = %+v", snap.Recent)
 	}
 	if len(snap.Tokens) != 1 {
@@ -316,42 +434,119 @@ func TestShareAndReadShared(t *testing.T) {
 	}
 }
 
-func TestRecentFromLedger(t *testing.T) {
+// clock returns a clock that starts at base and advances a minute at
+// each reading, so that records of two ledgers interleave in a known
+// order.
+func clock(base time.Time) func() time.Time {
+	var mu sync.Mutex
+	n := 0
+	return func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		return base.Add(time.Duration(n) * time.Minute)
+	}
+}
+
+func TestReadLedgers(t *testing.T) {
 	ns := testnats.Start(t)
 	ctx := timeout(t)
-	if _, err := status.RecentFromLedger(ctx, ns.JS, 5); !errors.Is(err, status.ErrNoLedger) {
+	if _, err := status.ReadLedgers(ctx, ns.JS, 5); !errors.Is(err, status.ErrNoLedger) {
 		t.Fatalf("without a ledger: err = %v", err)
 	}
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
-	l := ledger.New(ledgerKV)
-	if err != nil {
+	// Buckets that are not ledgers are not read as ones.
+	if _, err := natsjs.DefaultTopology().EnsureStatus(ctx, ns.JS); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := status.ReadLedgers(ctx, ns.JS, 5); !errors.Is(err, status.ErrNoLedger) {
+		t.Fatalf("with only the status bucket: err = %v", err)
+	}
+	base := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	open := func(dest string, base time.Time) *ledger.Ledger {
+		kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, dest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ledger.New(kv, ledger.WithClock(clock(base)))
+	}
+	// The default destination's records at minutes 1..9, ai's at
+	// 1:30..3:30 (two of them not selected) and at 30 minutes.
+	def := open(natsjs.DefaultDestination, base)
+	ai := open("ai", base.Add(30*time.Second))
 	for i := range 8 {
-		if err := l.Record(ctx, event(i)); err != nil {
+		if err := def.Record(ctx, event(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Study 2 forwarded again later: it moves to the top, once.
 	again := event(2)
 	again.LastUpdate = "20261126T120000"
-	if err := l.Record(ctx, again); err != nil {
+	if err := def.Record(ctx, again); err != nil {
 		t.Fatal(err)
 	}
-	got, err := status.RecentFromLedger(ctx, ns.JS, 5)
+	if err := ai.Completed(ctx, event(50), false); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{51, 52} {
+		if err := ai.Completed(ctx, event(i), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	got, err := status.ReadLedgers(ctx, ns.JS, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var order []string
-	for _, f := range got {
-		order = append(order, f.OrthancStudyID[:8]+"@"+f.LastUpdate[9:])
-		if f.Source != "orthanc-a" || f.StudyInstanceUID == "" || f.FinishedAt.IsZero() {
-			t.Errorf("record = %+v", f)
+	if len(got) != 2 || got[0].Destination != "ai" || got[1].Destination != "default" {
+		t.Fatalf("ledgers = %+v, want ai's and default's", got)
+	}
+	order := func(fs []status.Forward) string {
+		var out []string
+		for _, f := range fs {
+			s := f.Destination + ":" + f.OrthancStudyID[:8] + "@" + f.LastUpdate[9:]
+			if f.Result == forward.ResultNotSelected {
+				s += "(not selected)"
+			} else if f.Result != forward.ResultForwarded {
+				s += "(" + string(f.Result) + ")"
+			}
+			out = append(out, s)
+			if f.Source != "orthanc-a" || f.StudyInstanceUID == "" || f.FinishedAt.IsZero() {
+				t.Errorf("record = %+v", f)
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	if got, want := order(got[1].Recent), "default:00000002@120000 default:00000007@101500 default:00000006@101500 default:00000005@101500 default:00000004@101500"; got != want {
+		t.Errorf("default's recent = %s\nwant               %s", got, want)
+	}
+	if got, want := order(got[0].Recent), "ai:00000034@101500(not selected) ai:00000033@101500(not selected) ai:00000032@101500"; got != want {
+		t.Errorf("ai's recent = %s\nwant          %s", got, want)
+	}
+	// Last success: the newest record that sent something.
+	if want := base.Add(9 * time.Minute); !got[1].LastForwarded.Equal(want) {
+		t.Errorf("default's last forward = %s, want %s", got[1].LastForwarded, want)
+	}
+	if want := base.Add(90 * time.Second); !got[0].LastForwarded.Equal(want) {
+		t.Errorf("ai's last forward = %s, want %s (its newer records are not selected)", got[0].LastForwarded, want)
+	}
+	if got, want := order(status.NewestForwards(got, 6)),
+		"default:00000002@120000 default:00000007@101500 default:00000006@101500 default:00000005@101500 default:00000004@101500 ai:00000034@101500(not selected)"; got != want {
+		t.Errorf("newest = %s\nwant     %s", got, want)
+	}
+
+	// ai's newest records all "not selected": its last forward is still
+	// found behind them.
+	for i := 60; i < 70; i++ {
+		if err := ai.Completed(ctx, event(i), true); err != nil {
+			t.Fatal(err)
 		}
 	}
-	want := "00000002@120000 00000007@101500 00000006@101500 00000005@101500 00000004@101500"
-	if strings.Join(order, " ") != want {
-		t.Errorf("recent = %s\nwant     %s", strings.Join(order, " "), want)
+	got, err = status.ReadLedgers(ctx, ns.JS, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got[0].Recent) != 5 || got[0].Recent[0].Result != forward.ResultNotSelected || !got[0].LastForwarded.Equal(base.Add(90*time.Second)) {
+		t.Errorf("ai = %d records, last forward %s; want 5 (not selected), last forward at 1:30", len(got[0].Recent), got[0].LastForwarded)
 	}
 }
 

@@ -46,7 +46,10 @@ type Forward struct {
 
 // Totals count finished attempts since the process started, by result.
 type Totals struct {
-	Forwarded    uint64 `json:"forwarded"`
+	Forwarded uint64 `json:"forwarded"`
+	// NotSelected counts the studies the destination's rules selected
+	// nothing of: done, but nothing sent.
+	NotSelected  uint64 `json:"notSelected"`
 	Retry        uint64 `json:"retry"`
 	DeadLettered uint64 `json:"deadLettered"`
 	Interrupted  uint64 `json:"interrupted"`
@@ -166,8 +169,10 @@ func (t *Tracker) Finished(a *forward.Attempt, result forward.Result, rep forwar
 	delete(t.flights, a)
 	f.Instances, f.Sent, f.Bytes = rep.Listed, rep.Instances, rep.Bytes
 	switch result {
-	case forward.ResultForwarded, forward.ResultNotSelected:
+	case forward.ResultForwarded:
 		t.totals.Forwarded++
+	case forward.ResultNotSelected:
+		t.totals.NotSelected++
 	case forward.ResultRetry:
 		t.totals.Retry++
 	case forward.ResultDeadLettered:

@@ -2,81 +2,137 @@ package testharness
 
 import (
 	"bufio"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 )
 
-// Metric scrapes a Prometheus /metrics endpoint and sums the samples of
-// sample's metric whose labels include sample's labels, as a PromQL
-// selector would: `stowline_forwarder_studies_total{result="forwarded"}`
-// counts every destination's. ok is false when no sample matched.
+// Metric reads a Prometheus text page at url and sums the samples that
+// match sample: a metric name, optionally with labels
+// (`stowline_forwarder_studies_total{result="forwarded"}`) that a sample
+// must carry among its own; its other labels (destination, source) may
+// be anything. ok is false when no sample matched. A page that cannot be
+// read or parsed fails the test.
 func Metric(t testing.TB, url, sample string) (sum float64, ok bool) {
 	t.Helper()
-	name, want := parseSample(sample)
+	name, want, err := parseSample(sample)
+	if err != nil {
+		t.Fatalf("Metric(%q): %v", sample, err)
+	}
 	resp, err := http.Get(url)
 	if err != nil {
-		t.Fatalf("scrape %s: %v", url, err)
+		t.Fatalf("Metric: %v", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("Metric: %s answered %s", url, resp.Status)
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		series, value, found := strings.Cut(line, " ")
-		if !found {
-			continue
-		}
-		n, labels := parseSample(series)
-		if n != name || !containsAll(labels, want) {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
+		got, labels, err := parseSample(line)
 		if err != nil {
-			t.Fatalf("%s: %q: %v", url, line, err)
+			t.Fatalf("Metric: %s: %q: %v", url, line, err)
+		}
+		if got != name || !hasLabels(labels, want) {
+			continue
+		}
+		fields := strings.Fields(line[sampleEnd(line):])
+		if len(fields) == 0 {
+			t.Fatalf("Metric: %s: %q has no value", url, line)
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			t.Fatalf("Metric: %s: %q: %v", url, line, err)
 		}
 		sum, ok = sum+v, true
 	}
 	if err := sc.Err(); err != nil {
-		t.Fatalf("scrape %s: %v", url, err)
+		t.Fatalf("Metric: read %s: %v", url, err)
 	}
 	return sum, ok
 }
 
-// parseSample splits `name{a="x",b="y"}` into the name and its labels.
-func parseSample(s string) (string, []string) {
-	name, rest, found := strings.Cut(s, "{")
-	if !found {
-		return s, nil
-	}
-	rest = strings.TrimSuffix(rest, "}")
-	var labels []string
-	for rest != "" {
-		// Values are quoted and may hold commas: split after a closing quote.
-		i := strings.Index(rest, `",`)
-		if i < 0 {
-			labels = append(labels, rest)
-			break
-		}
-		labels = append(labels, rest[:i+1])
-		rest = rest[i+2:]
-	}
-	return name, labels
-}
-
-func containsAll(have, want []string) bool {
-	for _, w := range want {
-		found := false
-		for _, h := range have {
-			found = found || h == w
-		}
-		if !found {
+func hasLabels(labels, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := labels[k]; !ok || got != v {
 			return false
 		}
 	}
 	return true
+}
+
+// sampleEnd is the index just after a sample line's name and labels.
+func sampleEnd(line string) int {
+	i := strings.IndexAny(line, "{ ")
+	switch {
+	case i < 0:
+		return len(line)
+	case line[i] == ' ':
+		return i
+	}
+	inQuote, escaped := false, false
+	for j := i + 1; j < len(line); j++ {
+		c := line[j]
+		switch {
+		case escaped:
+			escaped = false
+		case c == '\\':
+			escaped = true
+		case c == '"':
+			inQuote = !inQuote
+		case c == '}' && !inQuote:
+			return j + 1
+		}
+	}
+	return len(line)
+}
+
+// parseSample splits `name{k="v",...} value` (the value optional) into
+// the name and the labels.
+func parseSample(s string) (string, map[string]string, error) {
+	end := sampleEnd(s)
+	head := s[:end]
+	name, rest, hasLabels := strings.Cut(head, "{")
+	labels := map[string]string{}
+	if !hasLabels {
+		return strings.TrimSpace(name), labels, nil
+	}
+	rest, ok := strings.CutSuffix(rest, "}")
+	if !ok {
+		return "", nil, fmt.Errorf("unterminated labels")
+	}
+	for rest != "" {
+		key, after, ok := strings.Cut(rest, "=")
+		if !ok || !strings.HasPrefix(after, `"`) {
+			return "", nil, fmt.Errorf("label %q: want key=\"value\"", rest)
+		}
+		var val strings.Builder
+		i := 1
+		for ; i < len(after) && after[i] != '"'; i++ {
+			if after[i] == '\\' && i+1 < len(after) {
+				i++
+				switch after[i] {
+				case 'n':
+					val.WriteByte('\n')
+				default:
+					val.WriteByte(after[i])
+				}
+				continue
+			}
+			val.WriteByte(after[i])
+		}
+		if i >= len(after) {
+			return "", nil, fmt.Errorf("label %s: unterminated value", key)
+		}
+		labels[strings.TrimSpace(key)] = val.String()
+		rest = strings.TrimPrefix(after[i+1:], ",")
+	}
+	return name, labels, nil
 }

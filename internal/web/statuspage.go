@@ -1,8 +1,8 @@
 // The status page (/ui): a small server-rendered page
-// (html/template, no JavaScript) for the IT team running stowline: the
-// queue depth, the studies in flight with their progress, the recent
-// forwards, the dead letters with a replay button, and each destination's
-// token status. It is read from JetStream and the forwarders' shared
+// (html/template, no JavaScript) for the IT team running stowline: a row
+// per destination (queue depth, studies in flight, dead letters, last
+// success, token status), the studies in flight with their progress, the
+// recent forwards, and the dead letters with a replay button. It is read from JetStream and the forwarders' shared
 // state, so any ingest replica shows the whole deployment.
 //
 // It sits behind the admin credentials: HTTP basic auth with ADMIN_TOKEN
@@ -21,6 +21,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 )
 
@@ -136,7 +138,11 @@ func (h *StatusPage) page(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	if seq := q.Get("replayed"); seq != "" {
 		if _, err := strconv.ParseUint(seq, 10, 64); err == nil {
-			p.Flash = "Dead letter " + seq + " replayed: its study is queued again."
+			p.Flash = "Dead letter " + seq + " replayed: its study is queued again"
+			if d := q.Get("destination"); natsjs.ValidDestination(d) {
+				p.Flash += " for destination " + d
+			}
+			p.Flash += "."
 		}
 	}
 	if n, err := strconv.Atoi(q.Get("refresh")); err == nil && n >= 5 && n <= 3600 {
@@ -198,8 +204,10 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 		fail("Dead letter "+strconv.FormatUint(seq, 10)+" is gone (replayed or purged already).", deadletter.ErrNotFound, http.StatusNotFound)
 		return
 	}
+	// Replay queues the letter for its own destination only.
 	e := entries[0]
-	h.log.Info("dead letter replayed from the status page", "dead_letter_seq", seq, "source", e.Event.Source,
+	dest := destinationOr(e.Destination)
+	h.log.Info("dead letter replayed from the status page", "dead_letter_seq", seq, "destination", dest, "source", e.Event.Source,
 		"orthanc_study_id", e.Event.OrthancStudyID, "study_instance_uid", e.Event.StudyInstanceUID, "remote", r.RemoteAddr)
-	http.Redirect(w, r, basePath+"/?replayed="+strconv.FormatUint(seq, 10)+"#deadletters", http.StatusSeeOther)
+	http.Redirect(w, r, basePath+"/?replayed="+strconv.FormatUint(seq, 10)+"&destination="+url.QueryEscape(dest)+"#deadletters", http.StatusSeeOther)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 )
 
@@ -47,7 +48,7 @@ type pageData struct {
 	DeadLetterCount uint64
 	DeadLettersErr  string
 
-	Tokens []status.TokenStatus
+	Destinations []destinationRow
 }
 
 type flightRow struct {
@@ -55,8 +56,50 @@ type flightRow struct {
 	Host string
 }
 
+// destinationRow is one destination's line in the Destinations table,
+// gathered from its consumer, the live forwarders serving it, its ledger
+// and its dead letters.
+type destinationRow struct {
+	Name string
+	// Queue is its consumer's state; Queue.ConsumerExists is false when
+	// it has none (known only from its letters, ledger or forwarders).
+	Queue       status.DestinationQueue
+	InFlight    int
+	LastSuccess time.Time
+	// Recorded says its ledger has records: a zero LastSuccess then
+	// means its newest ones are all "not selected".
+	Recorded bool
+	// Host is its DICOMweb host, as its forwarders report it.
+	Host string
+	// Forwarders counts the live forwarder processes serving it.
+	Forwarders int
+	Token      tokenSummary
+}
+
+// tokenSummary merges the token status each forwarder process reports
+// for one destination.
+type tokenSummary struct {
+	OAuth           bool
+	TokenHost       string
+	Fetches, Errors uint64
+	LastSuccess     time.Time
+	LastError       string
+	LastErrorAt     time.Time
+	// Failing counts the processes whose last fetch failed.
+	Failing int
+}
+
 // InFlightCount is the number of studies the live forwarders are sending.
 func (p *pageData) InFlightCount() int { return len(p.InFlight) }
+
+// destinationOr names the default destination where an older forwarder
+// or dead letter names none.
+func destinationOr(name string) string {
+	if name == "" {
+		return natsjs.DefaultDestination
+	}
+	return name
+}
 
 // load reads everything the page shows, in parallel; a part that fails
 // is shown as an error in its section, the rest still renders.
@@ -71,9 +114,9 @@ func (h *StatusPage) load(ctx context.Context) *pageData {
 		snaps, err := h.opts.Forwarders(ctx)
 		p.Forwarders, p.ForwardersErr = snaps, errText(err)
 	})
-	var ledgerRecent []status.Forward
+	var ledgers []status.DestinationLedger
 	var ledgerErr error
-	wg.Go(func() { ledgerRecent, ledgerErr = status.RecentFromLedger(ctx, h.opts.JS, recentRows) })
+	wg.Go(func() { ledgers, ledgerErr = status.ReadLedgers(ctx, h.opts.JS, recentRows) })
 	wg.Go(func() {
 		dl, n, err := status.RecentDeadLetters(ctx, h.opts.JS, deadLetterRows)
 		p.DeadLetters, p.DeadLetterCount, p.DeadLettersErr = dl, n, errText(err)
@@ -83,39 +126,112 @@ func (h *StatusPage) load(ctx context.Context) *pageData {
 	var ring []status.Forward
 	for _, s := range p.Forwarders {
 		for _, f := range s.InFlight {
+			f.Destination = destinationOr(f.Destination)
 			p.InFlight = append(p.InFlight, flightRow{Flight: f, Host: s.Host})
 		}
-		ring = append(ring, s.Recent...)
+		for _, f := range s.Recent {
+			f.Destination = destinationOr(f.Destination)
+			ring = append(ring, f)
+		}
 		p.Totals.Forwarded += s.Totals.Forwarded
+		p.Totals.NotSelected += s.Totals.NotSelected
 		p.Totals.Retry += s.Totals.Retry
 		p.Totals.DeadLettered += s.Totals.DeadLettered
 		p.Totals.Interrupted += s.Totals.Interrupted
 		p.Totals.AckFailed += s.Totals.AckFailed
-		p.Tokens = append(p.Tokens, s.Tokens...)
 	}
 	slices.SortFunc(p.InFlight, func(a, b flightRow) int { return a.StartedAt.Compare(b.StartedAt) })
 	slices.SortFunc(ring, func(a, b status.Forward) int { return b.FinishedAt.Compare(a.FinishedAt) })
 
 	switch {
-	case ledgerErr == nil:
-		p.Recent, p.RecentSource = enrich(ledgerRecent, ring), "ledger"
+	case ledgerErr == nil || len(ledgers) > 0:
+		if ledgerErr != nil {
+			p.RecentErr = ledgerErr.Error()
+		}
+		p.Recent, p.RecentSource = enrich(status.NewestForwards(ledgers, recentRows), ring), "ledger"
 	case errors.Is(ledgerErr, status.ErrNoLedger):
 		p.Recent, p.RecentSource = ring[:min(len(ring), recentRows)], "forwarders"
 	default:
 		p.RecentErr = ledgerErr.Error()
 		p.Recent, p.RecentSource = ring[:min(len(ring), recentRows)], "forwarders"
 	}
+	p.Destinations = destinations(p, ledgers, ring)
 	return p
+}
+
+// destinations makes a row for every destination any source names: a
+// consumer, dead letters, a live forwarder, a ledger.
+func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status.Forward) []destinationRow {
+	rows := map[string]*destinationRow{}
+	row := func(name string) *destinationRow {
+		name = destinationOr(name)
+		r := rows[name]
+		if r == nil {
+			r = &destinationRow{Name: name, Queue: status.DestinationQueue{Destination: name}}
+			rows[name] = r
+		}
+		return r
+	}
+	for _, q := range p.Queue.Destinations {
+		row(q.Destination).Queue = q
+	}
+	for _, s := range p.Forwarders {
+		for _, tok := range s.Tokens {
+			r := row(tok.Destination)
+			r.Forwarders++
+			if r.Host == "" {
+				r.Host = tok.Host
+			}
+			t := &r.Token
+			t.OAuth = t.OAuth || tok.OAuth
+			if t.TokenHost == "" {
+				t.TokenHost = tok.TokenHost
+			}
+			t.Fetches += tok.Fetches
+			t.Errors += tok.Errors
+			if tok.LastSuccess.After(t.LastSuccess) {
+				t.LastSuccess = tok.LastSuccess
+			}
+			if tok.LastErrorAt.After(t.LastErrorAt) {
+				t.LastError, t.LastErrorAt = tok.LastError, tok.LastErrorAt
+			}
+			if tok.OAuth && !tok.OK() {
+				t.Failing++
+			}
+		}
+	}
+	for _, f := range p.InFlight {
+		row(f.Destination).InFlight++
+	}
+	for _, l := range ledgers {
+		r := row(l.Destination)
+		r.Recorded = r.Recorded || len(l.Recent) > 0
+		if l.LastForwarded.After(r.LastSuccess) {
+			r.LastSuccess = l.LastForwarded
+		}
+	}
+	for _, f := range ring {
+		r := row(f.Destination)
+		if f.Result == forward.ResultForwarded && f.FinishedAt.After(r.LastSuccess) {
+			r.LastSuccess = f.FinishedAt
+		}
+	}
+	out := make([]destinationRow, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, *r)
+	}
+	slices.SortFunc(out, func(a, b destinationRow) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // enrich fills the ledger's records with what a live forwarder remembers
 // of the same forward (instances, bytes, duration, attempt).
 func enrich(recs, ring []status.Forward) []status.Forward {
-	type key struct{ source, study, lastUpdate string }
+	type key struct{ destination, source, study, lastUpdate string }
 	seen := map[key]status.Forward{}
 	for _, f := range ring {
-		if f.Result == forward.ResultForwarded {
-			k := key{f.Source, f.OrthancStudyID, f.LastUpdate}
+		if f.Result == forward.ResultForwarded || f.Result == forward.ResultNotSelected {
+			k := key{f.Destination, f.Source, f.OrthancStudyID, f.LastUpdate}
 			if _, ok := seen[k]; !ok {
 				seen[k] = f
 			}
@@ -123,7 +239,7 @@ func enrich(recs, ring []status.Forward) []status.Forward {
 	}
 	out := make([]status.Forward, len(recs))
 	for i, r := range recs {
-		if f, ok := seen[key{r.Source, r.OrthancStudyID, r.LastUpdate}]; ok {
+		if f, ok := seen[key{r.Destination, r.Source, r.OrthancStudyID, r.LastUpdate}]; ok && f.Result == r.Result {
 			r.Attempt, r.Instances, r.Bytes, r.DurationMS = f.Attempt, f.Instances, f.Bytes, f.DurationMS
 		}
 		out[i] = r
@@ -146,8 +262,12 @@ var funcs = template.FuncMap{
 		return (time.Duration(ms) * time.Millisecond).Round(10 * time.Millisecond).String()
 	},
 	"elapsed": func(since, now time.Time) string { return now.Sub(since).Round(time.Second).String() },
-	"trunc":   func(n int, s string) string { return ellipsis.Truncate(strings.TrimSpace(s), n) },
-	"host":    hostOf,
+	"dest":    destinationOr,
+	// result names an attempt's result in words: not_selected is "not
+	// selected".
+	"result": func(r forward.Result) string { return strings.ReplaceAll(string(r), "_", " ") },
+	"trunc":  func(n int, s string) string { return ellipsis.Truncate(strings.TrimSpace(s), n) },
+	"host":   hostOf,
 }
 
 func ago(t, now time.Time) string {

@@ -2,6 +2,8 @@ package web_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -13,10 +15,12 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/testnats"
@@ -50,10 +54,23 @@ func start(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	tr := status.NewTracker(2)
+	return &fixture{srv: statusPage(t, ns, true, tr), ns: ns, store: store, ev: ev}
+}
+
+// statusPage runs the status page over ns, with the trackers as the live
+// forwarder processes.
+func statusPage(t *testing.T, ns *testnats.Server, singleHost bool, trackers ...*status.Tracker) *httptest.Server {
+	t.Helper()
 	h, err := web.NewStatusPage(web.StatusPageOptions{
-		JS:         ns.JS,
-		Forwarders: func(context.Context) ([]status.Snapshot, error) { return []status.Snapshot{tr.Snapshot()}, nil },
-		SingleHost: true,
+		JS: ns.JS,
+		Forwarders: func(context.Context) ([]status.Snapshot, error) {
+			var out []status.Snapshot
+			for _, tr := range trackers {
+				out = append(out, tr.Snapshot())
+			}
+			return out, nil
+		},
+		SingleHost: singleHost,
 		AdminToken: adminToken,
 	})
 	if err != nil {
@@ -63,7 +80,7 @@ func start(t *testing.T) *fixture {
 	h.Mount(r)
 	srv := httptest.NewServer(r)
 	t.Cleanup(srv.Close)
-	return &fixture{srv: srv, ns: ns, store: store, ev: ev}
+	return srv
 }
 
 // browser is a client with a cookie jar that logs in like a browser.
@@ -196,4 +213,242 @@ func TestReplayIsCSRFSafe(t *testing.T) {
 	if resp := post(c, url.Values{"seq": {"1"}, "csrf": {token}}, nil); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("replaying it again: %d, want 404", resp.StatusCode)
 	}
+}
+
+// row returns the HTML of the table row with the given id.
+func row(t *testing.T, body, id string) string {
+	t.Helper()
+	m := regexp.MustCompile(`(?s)<tr[^>]* id="` + regexp.QuoteMeta(id) + `"[^>]*>(.*?)</tr>`).FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("page has no row %s", id)
+	}
+	return m[1]
+}
+
+// A deployment with the default destination and "ai": a row per
+// destination with its own queue, studies in flight, dead letters (an
+// old letter without destination is the default's), last success and
+// token status; the tables name each study's destination, a study ai's
+// rules did not select shows as such, and a replay goes back to its
+// letter's destination only.
+func TestDestinations(t *testing.T) {
+	f := start(t) // dead letter 1: the default destination's
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js := f.ns.JS
+	for i := range 3 {
+		ev := f.ev
+		ev.OrthancStudyID = fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i)
+		ev.StudyInstanceUID = fmt.Sprintf("1.2.826.0.1.3680043.2.1125.%d", 10+i)
+		if _, err := (natsjs.Publisher{JS: js}).Publish(ctx, &ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := natsjs.DefaultTopology().EnsureConsumers(ctx, js, []string{natsjs.DefaultDestination, "ai"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cons[natsjs.DefaultDestination].Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Dead letter 2: from a forwarder before destinations. 3: ai's.
+	old, err := json.Marshal(map[string]any{"event": f.ev, "class": forward.Permanent, "reason": "HTTP 415 (old forwarder)",
+		"attempts": 1, "originalSeq": 8, "deadLetteredAt": time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, natsjs.DeadLetterSubjectPrefix+f.ev.Source, old); err != nil {
+		t.Fatal(err)
+	}
+	aiLetter := f.ev
+	aiLetter.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.99"
+	if _, err := f.store.Add(ctx, &forward.DeadLetter{Destination: "ai", Event: aiLetter, Class: forward.Permanent,
+		Reason: "HTTP 400", Attempts: 1, OriginalSeq: 9, DeadLetteredAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Ledgers: the default forwarded a study 5 minutes ago; ai forwarded
+	// one 2 hours ago and selected nothing of one a minute ago.
+	now := time.Now().UTC()
+	ledgerOf := func(dest string, at time.Time) *ledger.Ledger {
+		kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, js, dest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ledger.New(kv, ledger.WithClock(func() time.Time { return at }))
+	}
+	defDone, aiDone, aiSkipped := f.ev, f.ev, f.ev
+	defDone.StudyInstanceUID, aiDone.StudyInstanceUID, aiSkipped.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.20", "1.2.826.0.1.3680043.2.1125.21", "1.2.826.0.1.3680043.2.1125.22"
+	aiDone.OrthancStudyID, aiSkipped.OrthancStudyID = "00000021-4f66fb14-03f4081b-f9341db2-53925988", "00000022-4f66fb14-03f4081b-f9341db2-53925988"
+	if err := ledgerOf(natsjs.DefaultDestination, now.Add(-5*time.Minute)).Record(ctx, &defDone); err != nil {
+		t.Fatal(err)
+	}
+	if err := ledgerOf("ai", now.Add(-2*time.Hour)).Completed(ctx, &aiDone, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := ledgerOf("ai", now.Add(-time.Minute)).Completed(ctx, &aiSkipped, true); err != nil {
+		t.Fatal(err)
+	}
+	// "mr" is known only from its ledger, whose one record is not
+	// selected: no consumer, no live forwarder, nothing sent.
+	if err := ledgerOf("mr", now.Add(-3*time.Hour)).Completed(ctx, &aiSkipped, true); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two forwarder processes: one serves the default (OAuth2, a token
+	// fetched), one serves ai (no auth) and is sending a study.
+	defTok, err := status.NewTokenWatch(natsjs.DefaultDestination, "dicom.example.org", "login.example.org", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defTok.Observe(nil, time.Millisecond)
+	aiTok, err := status.NewTokenWatch("ai", "ai.example.com", "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aiTracker := status.NewTracker(2, aiTok)
+	sending := f.ev
+	sending.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.30"
+	aiTracker.Started(&forward.Attempt{Destination: "ai", Event: &sending, Number: 1, Seq: 2})
+	srv := statusPage(t, f.ns, false, status.NewTracker(2, defTok), aiTracker)
+	page := &fixture{srv: srv, ns: f.ns, store: f.store, ev: f.ev}
+
+	c := page.browser(t)
+	resp, body := page.get(t, c, "/ui/", adminToken)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /ui = %d: %s", resp.StatusCode, body)
+	}
+	for _, want := range []string{
+		`id="deadletter-count">3<`, `id="queue-pending">5<`, `id="queue-ack-pending">1<`, `id="inflight-count">1<`,
+		`id="dest-default-queue">3<`, `id="dest-ai-queue">3<`,
+		`id="dest-default-inflight">0<`, `id="dest-ai-inflight">1<`,
+		`id="dest-default-deadletters">2<`, `id="dest-ai-deadletters">1<`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	def, ai := row(t, body, "dest-default"), row(t, body, "dest-ai")
+	for _, want := range []string{"dicom.example.org", "5m ago", "OAuth2 client credentials (login.example.org)", `class="badge forwarded">ok<`} {
+		if !strings.Contains(def, want) {
+			t.Errorf("default's row lacks %q:\n%s", want, def)
+		}
+	}
+	// ai's last success is its last forward, not the study it did not select.
+	for _, want := range []string{"ai.example.com", "2h ago", "none", "n/a"} {
+		if !strings.Contains(ai, want) {
+			t.Errorf("ai's row lacks %q:\n%s", want, ai)
+		}
+	}
+	if strings.Contains(ai, "1m ago") {
+		t.Errorf("ai's last success is the study it did not select:\n%s", ai)
+	}
+	mr := row(t, body, "dest-mr")
+	for _, want := range []string{"no queue", "nothing sent recently", "no live forwarder", `id="dest-mr-deadletters">0<`} {
+		if !strings.Contains(mr, want) {
+			t.Errorf("mr's row lacks %q:\n%s", want, mr)
+		}
+	}
+	recent := section(t, body, "recent")
+	if r := firstRow(t, recent); !strings.Contains(r, aiSkipped.StudyInstanceUID) || !strings.Contains(r, ">not selected<") || !strings.Contains(r, "<td>ai</td>") {
+		t.Errorf("newest recent row is not ai's study shown as not selected:\n%s", r)
+	}
+	if !strings.Contains(recent, defDone.StudyInstanceUID) || !strings.Contains(recent, aiDone.StudyInstanceUID) {
+		t.Errorf("recent forwards lack a destination's record:\n%s", recent)
+	}
+	if r := firstRow(t, section(t, body, "inflight")); !strings.Contains(r, sending.StudyInstanceUID) || !strings.Contains(r, "<td>ai</td>") {
+		t.Errorf("in-flight row does not name ai:\n%s", r)
+	}
+	for seq, dest := range map[int]string{1: "default", 2: "default", 3: "ai"} {
+		if r := row(t, body, fmt.Sprintf("dl-%d", seq)); !strings.Contains(r, "<td>"+dest+"</td>") {
+			t.Errorf("dead letter %d does not name %s:\n%s", seq, dest, r)
+		}
+	}
+
+	// Replaying ai's letter queues it for ai only.
+	token := csrfInput.FindStringSubmatch(body)[1]
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/ui/replay", strings.NewReader(url.Values{"seq": {"3"}, "csrf": {token}}.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", srv.URL)
+	req.SetBasicAuth("operator", adminToken)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/ui/?replayed=3&destination=ai") {
+		t.Fatalf("replay: %d Location %q", resp.StatusCode, loc)
+	}
+	q, err := status.ReadQueue(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := q.Destination("ai"); d.Pending != 4 || d.DeadLetters != 0 {
+		t.Errorf("ai after the replay: %+v; want 4 pending, no dead letter", d)
+	}
+	if d, _ := q.Destination("default"); d.Pending != 2 || d.DeadLetters != 2 {
+		t.Errorf("default after ai's replay: %+v; want it unchanged (2 pending, 2 dead letters)", d)
+	}
+	_, body = page.get(t, c, loc, adminToken)
+	if !strings.Contains(body, "Dead letter 3 replayed: its study is queued again for destination ai.") {
+		t.Error("the page does not confirm the replay to ai")
+	}
+}
+
+// A single-destination deployment before and after its forwarder ran:
+// first a note that the queue is not made yet, then one row, "default".
+func TestDestinationsSingle(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
+		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.826.0.1.3680043.2.1125.1",
+		LastUpdate: "20261126T101500", ReceivedAt: time.Now().UTC()}
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, &ev); err != nil {
+		t.Fatal(err)
+	}
+	page := &fixture{srv: statusPage(t, ns, true), ns: ns}
+	c := page.browser(t)
+	_, body := page.get(t, c, "/ui/", adminToken)
+	if d := section(t, body, "destinations"); !strings.Contains(d, "No forwarder has created its queue yet: 1 events wait in the stream.") {
+		t.Errorf("before any forwarder:\n%s", d)
+	}
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(ctx, ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := status.NewTokenWatch(natsjs.DefaultDestination, "dicom.example.org", "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page.srv = statusPage(t, ns, true, status.NewTracker(2, tok))
+	_, body = page.get(t, c, "/ui/", adminToken)
+	d := section(t, body, "destinations")
+	if n := strings.Count(d, `<tr id="dest-`); n != 1 || !strings.Contains(d, `id="dest-default-queue">1<`) || !strings.Contains(d, "never") {
+		t.Errorf("one destination: %d rows, want the default's with 1 queued, never forwarded:\n%s", n, d)
+	}
+}
+
+// firstRow returns the HTML of the first row of a table's body.
+func firstRow(t *testing.T, html string) string {
+	t.Helper()
+	m := regexp.MustCompile(`(?s)<tbody>\s*<tr[^>]*>(.*?)</tr>`).FindStringSubmatch(html)
+	if m == nil {
+		t.Fatalf("no table row in\n%s", html)
+	}
+	return m[1]
+}
+
+// section returns the HTML of the section with the given id.
+func section(t *testing.T, body, id string) string {
+	t.Helper()
+	m := regexp.MustCompile(`(?s)<section id="` + regexp.QuoteMeta(id) + `">(.*?)</section>`).FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("page has no section %s", id)
+	}
+	return m[1]
 }
