@@ -56,10 +56,10 @@ func testAuditFindsAStudyWithoutEvent(t *testing.T, rel testharness.Release) {
 
 	findings, summary := r.runAudit(t)
 	if len(findings) != 1 || findings[0].OrthancStudyID != id || findings[0].Reason != ledger.ReasonNeverForwarded ||
-		findings[0].Source != "src" || findings[0].Enqueued {
+		findings[0].Source != "src" || findings[0].Destination != "default" || findings[0].Enqueued {
 		t.Fatalf("findings = %+v, want study %s never forwarded (source named after Orthanc)", findings, id)
 	}
-	if !strings.Contains(summary, "1 not forwarded") {
+	if !strings.Contains(summary, "1 missing at a destination") {
 		t.Errorf("summary: %q", summary)
 	}
 
@@ -82,7 +82,7 @@ func testAuditFindsAStudyWithoutEvent(t *testing.T, rel testharness.Release) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if !strings.Contains(summary, "1 studies, 1 forwarded") {
+	if !strings.Contains(summary, "1 studies, 1 forwarded to every destination") {
 		t.Errorf("summary: %q", summary)
 	}
 }

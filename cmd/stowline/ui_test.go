@@ -58,6 +58,10 @@ func TestStatusPage(t *testing.T) {
 		"ADMIN_TOKEN":           adminToken,
 		"FORWARDER_RETRY_DELAY": "1s",
 		"STOW_MAX_INSTANCES":    "4",
+		// One request at a time: study C's progress shows after its first
+		// request and stays visible for several more while the page and
+		// /metrics are compared.
+		"STOW_PARALLEL_REQUESTS": "1",
 		// The test posts the webhook events itself, in its own order.
 		"RECONCILE_ENABLED": "false",
 		"LOG_LEVEL":         "debug",
@@ -87,8 +91,9 @@ func TestStatusPage(t *testing.T) {
 	waitMetric(t, ingestURL+"/metrics", "stowline_deadletter_studies", 1, 30*time.Second)
 	proxy.SetStatus(0, "")
 
-	// C crawls through a slow link: the page shows it in flight.
-	proxy.Throttle(64 << 10)
+	// C crawls through a slow link (about 2 s a request): the page shows
+	// it in flight.
+	proxy.Throttle(16 << 10)
 	postEvent(t, ingestURL, ingestToken, src, studyC)
 
 	testbrowser.BasicAuth(t, browser, "operator", adminToken)
