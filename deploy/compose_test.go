@@ -301,14 +301,15 @@ func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
 // services of each variant against what the code needs of several
 // destinations: every service has every destination's variables (each
 // forwarder reads and checks all of them, served or not), the same
-// FORWARDER_ACK_WAIT and FORWARDER_MAX_DELIVERIES (each forwarder sets
-// every destination's consumer to its own at start), and each destination
+// FORWARDER_ACK_WAIT, FORWARDER_MAX_DELIVERIES and DEADLETTER_RETENTION
+// (each forwarder sets every destination's consumer, and the dead-letter
+// stream, to its own at start), and each destination
 // is served by exactly one service.
 func TestComposeForwarderServicesShareDestinations(t *testing.T) {
 	shared := func(env map[string]string) map[string]string {
 		out := map[string]string{}
 		for k, v := range env {
-			if k == "DESTINATIONS" || strings.HasPrefix(k, "DESTINATION_") || k == "FORWARDER_ACK_WAIT" || k == "FORWARDER_MAX_DELIVERIES" {
+			if k == "DESTINATIONS" || strings.HasPrefix(k, "DESTINATION_") || k == "FORWARDER_ACK_WAIT" || k == "FORWARDER_MAX_DELIVERIES" || k == "DEADLETTER_RETENTION" {
 				out[k] = v
 			}
 		}

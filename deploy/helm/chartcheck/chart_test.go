@@ -567,15 +567,15 @@ func checkDestinationsEnv(t *testing.T, deployment string, env map[string]string
 
 // checkForwarderGroups: every forwarder Deployment has the same
 // destinations' variables (each forwarder checks all of them) and the same
-// FORWARDER_ACK_WAIT and FORWARDER_MAX_DELIVERIES (each sets every
-// destination's consumer to its own), and each destination is served by
-// exactly one Deployment.
+// FORWARDER_ACK_WAIT, FORWARDER_MAX_DELIVERIES and DEADLETTER_RETENTION
+// (each sets every destination's consumer, and the dead-letter stream, to
+// its own), and each destination is served by exactly one Deployment.
 func checkForwarderGroups(t *testing.T, deployments []*appsv1.Deployment) {
 	t.Helper()
 	shared := func(env map[string]string) map[string]string {
 		out := map[string]string{}
 		for k, v := range env {
-			if k == "DESTINATIONS" || strings.HasPrefix(k, "DESTINATION_") || k == "FORWARDER_ACK_WAIT" || k == "FORWARDER_MAX_DELIVERIES" {
+			if k == "DESTINATIONS" || strings.HasPrefix(k, "DESTINATION_") || k == "FORWARDER_ACK_WAIT" || k == "FORWARDER_MAX_DELIVERIES" || k == "DEADLETTER_RETENTION" {
 				out[k] = v
 			}
 		}

@@ -198,6 +198,9 @@ func TestDestinationsRefused(t *testing.T) {
 		{"ack wait per group", set(withDestinations(two()...), func(v map[string]any) {
 			v["forwarders"].([]any)[1].(map[string]any)["env"] = map[string]any{"FORWARDER_ACK_WAIT": "2m"}
 		}), "the same for every group"},
+		{"dead-letter retention per group", set(withDestinations(two()...), func(v map[string]any) {
+			v["forwarders"].([]any)[0].(map[string]any)["env"] = map[string]any{"DEADLETTER_RETENTION": "1440h"}
+		}), "the same for every group"},
 		{"destinations on a group without destinations", set(required(), func(v map[string]any) {
 			v["forwarders"].([]any)[0].(map[string]any)["destinations"] = []any{"ai"}
 		}), "declare the destinations first"},

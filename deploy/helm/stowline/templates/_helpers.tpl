@@ -446,8 +446,8 @@ these. internal/config, Destination; chartcheck checks the list. */}}
 {{- if include "stowline.defaultDestinationVar" $k -}}
 {{- fail (printf "forwarders[%s].env: %s is the one destination's variable: with destinations, set it in destinations[].env" $g.name $k) -}}
 {{- end -}}
-{{- if and (gt $groups 1) (has $k (list "FORWARDER_ACK_WAIT" "FORWARDER_MAX_DELIVERIES")) -}}
-{{- fail (printf "forwarders[%s].env: %s: set it in forwarderDefaults.env, the same for every group: each forwarder sets every destination's consumer to its own value when it starts" $g.name $k) -}}
+{{- if and (gt $groups 1) (has $k (list "FORWARDER_ACK_WAIT" "FORWARDER_MAX_DELIVERIES" "DEADLETTER_RETENTION")) -}}
+{{- fail (printf "forwarders[%s].env: %s: set it in forwarderDefaults.env, the same for every group: each forwarder sets every destination's consumer and the dead-letter stream to its own value when it starts" $g.name $k) -}}
 {{- end -}}
 {{- end -}}
 {{- range (include "stowline.servedDestinations" (dict "root" $root "f" $g) | fromYamlArray) -}}
