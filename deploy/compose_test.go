@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -70,23 +71,90 @@ func readFile(t *testing.T, rel string) []byte {
 	return b
 }
 
-func loadCompose(t *testing.T) composeFile {
+// The commented examples of docker-compose.yml and deploy/env.example
+// sit between a "#=== <variant>, <action> these lines ===" line and
+// "#=== end ===". A user turns a variant on by deleting the lines of its
+// "delete" blocks and uncommenting those of its "uncomment" blocks.
+const (
+	severalDestinations = "for several destinations"
+	splitForwarders     = "to split the forwarders"
+)
+
+// variants are the sets of commented examples a user can turn on, each
+// checked as if they had: none, several destinations, and several
+// destinations with the forwarders split.
+var variants = [][]string{nil, {severalDestinations}, {severalDestinations, splitForwarders}}
+
+var (
+	blockStart = regexp.MustCompile(`^\s*#=== (.+), (delete|uncomment) these lines ===$`)
+	blockEnd   = regexp.MustCompile(`^\s*#=== end ===$`)
+	commented  = regexp.MustCompile(`^(\s*)# ?(.*)$`)
+)
+
+// withVariant returns the file text with the blocks of the variants on
+// applied: "delete" blocks dropped, "uncomment" blocks uncommented (one
+// "# " removed after the indentation). The blocks of other variants stay
+// as they are.
+func withVariant(t *testing.T, name string, text []byte, on []string) []byte {
 	t.Helper()
-	dec := yaml.NewDecoder(bytes.NewReader(readFile(t, "docker-compose.yml")))
+	var out []string
+	variant, action := "", ""
+	for i, line := range strings.Split(string(text), "\n") {
+		if m := blockStart.FindStringSubmatch(line); m != nil {
+			if variant != "" {
+				t.Fatalf("%s:%d: block inside the block %q", name, i+1, variant)
+			}
+			if m[1] != severalDestinations && m[1] != splitForwarders {
+				t.Fatalf("%s:%d: unknown variant %q", name, i+1, m[1])
+			}
+			variant, action = m[1], m[2]
+			out = append(out, line)
+			continue
+		}
+		if blockEnd.MatchString(line) {
+			if variant == "" {
+				t.Fatalf("%s:%d: end of no block", name, i+1)
+			}
+			variant = ""
+			out = append(out, line)
+			continue
+		}
+		switch {
+		case variant == "" || !slices.Contains(on, variant):
+			out = append(out, line)
+		case action == "delete":
+		default:
+			m := commented.FindStringSubmatch(line)
+			if m == nil {
+				t.Fatalf("%s:%d: line %q of a block to uncomment is not a comment", name, i+1, line)
+			}
+			out = append(out, m[1]+m[2])
+		}
+	}
+	if variant != "" {
+		t.Fatalf("%s: block %q not ended", name, variant)
+	}
+	return []byte(strings.Join(out, "\n"))
+}
+
+func loadCompose(t *testing.T, on ...string) composeFile {
+	t.Helper()
+	text := withVariant(t, "docker-compose.yml", readFile(t, "docker-compose.yml"), on)
+	dec := yaml.NewDecoder(bytes.NewReader(text))
 	dec.KnownFields(true) // a misspelt key is an error, not ignored
 	var c composeFile
 	if err := dec.Decode(&c); err != nil {
-		t.Fatalf("docker-compose.yml: %v", err)
+		t.Fatalf("docker-compose.yml (%v uncommented): %v", on, err)
 	}
 	return c
 }
 
 // dotEnv is deploy/env.example with every empty value filled, as a user
-// would fill .env.
-func dotEnv(t *testing.T) map[string]string {
+// would fill .env, with the blocks of the variants on uncommented.
+func dotEnv(t *testing.T, on ...string) map[string]string {
 	t.Helper()
 	vars := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(readFile(t, "deploy/env.example")))
+	sc := bufio.NewScanner(bytes.NewReader(withVariant(t, "deploy/env.example", readFile(t, "deploy/env.example"), on)))
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -131,9 +199,18 @@ func interpolate(s string, vars map[string]string) (string, []string, error) {
 // environment against the variables its command reads: no unknown name (a
 // typo would be silently ignored), no required variable missing, and the
 // whole environment, as a user fills .env from deploy/env.example, loads.
+//
+// It checks the file as it is and with each set of its commented examples
+// turned on (variants).
 func TestComposeServicesMatchTheConfig(t *testing.T) {
-	c := loadCompose(t)
-	env := dotEnv(t)
+	for _, on := range variants {
+		t.Run(strings.Join(append([]string{"as is"}, on...), "+"), func(t *testing.T) {
+			checkComposeServices(t, loadCompose(t, on...), dotEnv(t, on...))
+		})
+	}
+}
+
+func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
 	stages := dockerfileStages(t)
 	found := 0
 	for name, svc := range c.Services {
@@ -174,9 +251,17 @@ func TestComposeServicesMatchTheConfig(t *testing.T) {
 				}
 			}
 			values := map[string]string{}
+			destinations := strings.Split(svc.Environment["DESTINATIONS"], ",")
 			for k, raw := range svc.Environment {
 				_, isKnown := known[k]
-				if !isKnown && !slices.ContainsFunc(patterns, func(p *regexp.Regexp) bool { return p.MatchString(k) }) {
+				switch {
+				case strings.HasPrefix(k, "DESTINATION_"):
+					// The code ignores a DESTINATION_ variable of no
+					// destination it knows: a typo would go unnoticed.
+					if !destinationVarKnown(k, destinations) {
+						t.Errorf("environment sets %s, which is no variable of a destination DESTINATIONS names (typo?)", k)
+					}
+				case !isKnown && !slices.ContainsFunc(patterns, func(p *regexp.Regexp) bool { return p.MatchString(k) }):
 					t.Errorf("environment sets %s, which %s does not read (typo?)", k, svc.Build.Target)
 				}
 				v, used, err := interpolate(raw, env)
@@ -212,6 +297,69 @@ func TestComposeServicesMatchTheConfig(t *testing.T) {
 	}
 }
 
+// TestComposeForwarderServicesShareDestinations checks the forwarder
+// services of each variant against what the code needs of several
+// destinations: every service has every destination's variables (each
+// forwarder reads and checks all of them, served or not), the same
+// FORWARDER_ACK_WAIT, FORWARDER_MAX_DELIVERIES and DEADLETTER_RETENTION
+// (each forwarder sets every destination's consumer, and the dead-letter
+// stream, to its own at start), and each destination
+// is served by exactly one service.
+func TestComposeForwarderServicesShareDestinations(t *testing.T) {
+	shared := func(env map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range env {
+			if k == "DESTINATIONS" || strings.HasPrefix(k, "DESTINATION_") || k == "FORWARDER_ACK_WAIT" || k == "FORWARDER_MAX_DELIVERIES" || k == "DEADLETTER_RETENTION" {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	for _, on := range variants {
+		c := loadCompose(t, on...)
+		var first string
+		served := map[string][]string{}
+		for _, name := range slices.Sorted(maps.Keys(c.Services)) {
+			svc := c.Services[name]
+			if svc.Build == nil || svc.Build.Target != "forwarder" {
+				continue
+			}
+			if first == "" {
+				first = name
+			} else if a, b := shared(c.Services[first].Environment), shared(svc.Environment); !maps.Equal(a, b) {
+				t.Errorf("%v: forwarder services %s and %s differ in their destinations' variables:\n%v\n%v", on, first, name, a, b)
+			}
+			if len(svc.Ports) > 0 {
+				t.Errorf("%v: %s publishes ports %v: replicas would collide", on, name, svc.Ports)
+			}
+			names := []string{"default"}
+			if d := svc.Environment["DESTINATIONS"]; d != "" {
+				names = strings.Split(d, ",")
+			}
+			serves := names
+			if fd := svc.Environment["FORWARDER_DESTINATIONS"]; fd != "" {
+				serves = strings.Split(fd, ",")
+			}
+			for _, d := range serves {
+				served[d] = append(served[d], name)
+			}
+			for _, d := range names {
+				if _, ok := served[d]; !ok {
+					served[d] = nil
+				}
+			}
+		}
+		for d, by := range served {
+			if len(by) != 1 {
+				t.Errorf("%v: destination %s is served by %v, want exactly one forwarder service", on, d, by)
+			}
+		}
+		if slices.Contains(on, splitForwarders) && len(served) < 2 {
+			t.Errorf("%v: the split forwarders serve %v", on, served)
+		}
+	}
+}
+
 // stopMargin is the time a stopping process needs beyond its graces:
 // returning studies to the queue, closing the NATS connection.
 const stopMargin = 5 * time.Second
@@ -221,13 +369,19 @@ const stopMargin = 5 * time.Second
 // before its shutdown grace ends leaves its studies to JetStream's ack
 // wait instead of handing them to another replica at once.
 func TestComposeStopGracePeriods(t *testing.T) {
+	for _, on := range variants {
+		checkStopGracePeriods(t, loadCompose(t, on...))
+	}
+}
+
+func checkStopGracePeriods(t *testing.T, c composeFile) {
 	// What each command waits for at most when it stops, by build target.
 	graces := map[string]time.Duration{
 		"ingest":    app.HTTPShutdownGrace,
 		"forwarder": max(forward.DefaultShutdownGrace, app.HTTPShutdownGrace),
 		"stowline":  max(forward.DefaultShutdownGrace, app.HTTPShutdownGrace),
 	}
-	for name, svc := range loadCompose(t).Services {
+	for name, svc := range c.Services {
 		if svc.Build == nil {
 			continue
 		}

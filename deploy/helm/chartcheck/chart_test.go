@@ -2,6 +2,7 @@ package chartcheck
 
 import (
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -189,7 +190,13 @@ func checkRelease(t *testing.T, objs objects) {
 	}
 	for _, d := range deployments {
 		checkDeployment(t, d, src, vars)
+		role := "forwarder"
+		if component(d.Labels) == "ingest" {
+			role = "ingest"
+		}
+		configLoads(t, role, envOf(d))
 	}
+	checkForwarderGroups(t, deployments)
 	checkSelectors(t, objs)
 	schema := loadCRD(t, "keda.sh_scaledobjects.yaml", "v1alpha1")
 	for _, o := range objs {
@@ -279,6 +286,17 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 			t.Errorf("deployment %s: %s comes from valueFrom: secrets go through files", d.Name, e.Name)
 		}
 		env[e.Name] = e.Value
+	}
+	for _, e := range c.Env {
+		// `forwarder -h` lists DESTINATION_<NAME>_<VARIABLE>: the names
+		// are the destinations DESTINATIONS declares, the variables the
+		// default destination's (the code ignores any other).
+		if role == "forwarder" && strings.HasPrefix(e.Name, "DESTINATION_") {
+			if !destinationVar(e.Name, destinationNames(env), src) {
+				t.Errorf("deployment %s: %s is no variable of a destination DESTINATIONS (%q) declares", d.Name, e.Name, env["DESTINATIONS"])
+			}
+			continue
+		}
 		if !vars[role].reads(e.Name) {
 			t.Errorf("deployment %s: %s is not a variable `%s -h` lists", d.Name, e.Name, role)
 		}
@@ -292,8 +310,8 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 			t.Errorf("deployment %s: %s not set", d.Name, required)
 		}
 	}
-	if role == "forwarder" && env["DICOMWEB_URL"] == "" {
-		t.Errorf("deployment %s: DICOMWEB_URL not set", d.Name)
+	if role == "forwarder" {
+		checkDestinationsEnv(t, d.Name, env, src)
 	}
 	if role == "ingest" && env["INGEST_TOKEN_FILE"] == "" {
 		t.Errorf("deployment %s: INGEST_TOKEN_FILE not set", d.Name)
@@ -404,28 +422,187 @@ func checkSelectors(t *testing.T, objs objects) {
 }
 
 // checkScaledObject: it scales a rendered forwarder Deployment on the
-// stream and consumer the code creates.
+// stream and the consumers the code creates for the destinations that
+// Deployment serves, one trigger each.
 func checkScaledObject(t *testing.T, so *scaledObject, src goFacts, deployments []*appsv1.Deployment) {
 	t.Helper()
-	found := false
+	var target *appsv1.Deployment
 	for _, d := range deployments {
-		if d.Name == so.Spec.ScaleTargetRef.Name && so.Spec.ScaleTargetRef.Kind == "Deployment" {
-			found = component(d.Labels) != "ingest"
+		if d.Name == so.Spec.ScaleTargetRef.Name && so.Spec.ScaleTargetRef.Kind == "Deployment" && component(d.Labels) != "ingest" {
+			target = d
 		}
 	}
-	if !found {
-		t.Errorf("ScaledObject %s: target %+v is no forwarder Deployment of the release", so.Name, so.Spec.ScaleTargetRef)
+	if target == nil {
+		t.Fatalf("ScaledObject %s: target %+v is no forwarder Deployment of the release", so.Name, so.Spec.ScaleTargetRef)
 	}
-	if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Type != "nats-jetstream" {
-		t.Fatalf("ScaledObject %s: triggers %+v, want one nats-jetstream", so.Name, so.Spec.Triggers)
+	want := map[string]bool{}
+	for _, dest := range servedDestinations(envOf(target)) {
+		want[src.consumerName(dest)] = true
 	}
-	m := so.Spec.Triggers[0].Metadata
-	if m["stream"] != src.eventStream || m["consumer"] != src.forwarderConsumer {
-		t.Errorf("ScaledObject %s: stream %q consumer %q, want %q and %q (internal/natsjs/topology.go)", so.Name, m["stream"], m["consumer"], src.eventStream, src.forwarderConsumer)
+	got := map[string]bool{}
+	for _, tr := range so.Spec.Triggers {
+		if tr.Type != "nats-jetstream" {
+			t.Errorf("ScaledObject %s: trigger type %q, want nats-jetstream", so.Name, tr.Type)
+		}
+		m := tr.Metadata
+		if m["stream"] != src.eventStream {
+			t.Errorf("ScaledObject %s: stream %q, want %q (internal/natsjs/topology.go)", so.Name, m["stream"], src.eventStream)
+		}
+		if got[m["consumer"]] {
+			t.Errorf("ScaledObject %s: two triggers on consumer %q", so.Name, m["consumer"])
+		}
+		got[m["consumer"]] = true
+		for _, k := range []string{"natsServerMonitoringEndpoint", "account", "lagThreshold"} {
+			if m[k] == "" {
+				t.Errorf("ScaledObject %s: trigger has no %s", so.Name, k)
+			}
+		}
 	}
-	for _, k := range []string{"natsServerMonitoringEndpoint", "account", "lagThreshold"} {
-		if m[k] == "" {
-			t.Errorf("ScaledObject %s: trigger has no %s", so.Name, k)
+	if !maps.Equal(got, want) {
+		t.Errorf("ScaledObject %s: triggers on consumers %v, want those of the destinations %s serves: %v (natsjs.ConsumerName)", so.Name, slices.Sorted(maps.Keys(got)), target.Name, slices.Sorted(maps.Keys(want)))
+	}
+}
+
+// consumerName is natsjs.ConsumerName: the default destination's consumer
+// is ForwarderConsumer, another's ForwarderConsumer-<name>.
+func (g goFacts) consumerName(destination string) string {
+	if destination == "default" {
+		return g.forwarderConsumer
+	}
+	return g.forwarderConsumer + "-" + destination
+}
+
+// envOf is the environment of a Deployment's container.
+func envOf(d *appsv1.Deployment) map[string]string {
+	env := map[string]string{}
+	for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+		env[e.Name] = e.Value
+	}
+	return env
+}
+
+// destinationNames are the names DESTINATIONS declares; none without it.
+func destinationNames(env map[string]string) []string {
+	if env["DESTINATIONS"] == "" {
+		return nil
+	}
+	return strings.Split(env["DESTINATIONS"], ",")
+}
+
+// servedDestinations are the destinations a forwarder serves:
+// FORWARDER_DESTINATIONS, else every destination (default without
+// DESTINATIONS).
+func servedDestinations(env map[string]string) []string {
+	if s := env["FORWARDER_DESTINATIONS"]; s != "" {
+		return strings.Split(s, ",")
+	}
+	if names := destinationNames(env); names != nil {
+		return names
+	}
+	return []string{"default"}
+}
+
+// destinationPrefix is config.DestinationVarPrefix.
+func destinationPrefix(name string) string {
+	return "DESTINATION_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_"
+}
+
+// destinationVar reports whether name is a variable of one of the
+// destinations: its prefix and URL, MATCH, INSTANCE_MATCH or one of the
+// default destination's variables (a secret also as _FILE).
+func destinationVar(name string, destinations []string, src goFacts) bool {
+	for _, d := range destinations {
+		rest, ok := strings.CutPrefix(name, destinationPrefix(d))
+		if !ok {
+			continue
+		}
+		switch rest {
+		case "URL", "MATCH", "INSTANCE_MATCH":
+			return true
+		case "DICOMWEB_URL": // a destination's is its URL
+			continue
+		}
+		if _, known := src.destinationVars[rest]; known {
+			return true
+		}
+		if base, file := strings.CutSuffix(rest, "_FILE"); file && src.destinationVars[base] {
+			return true
+		}
+	}
+	return false
+}
+
+// checkDestinationsEnv checks a forwarder's destinations as the code
+// will: without DESTINATIONS, DICOMWEB_URL; with it, each destination's
+// URL, none of the default destination's variables (the forwarder refuses
+// them), and FORWARDER_DESTINATIONS among the declared names.
+func checkDestinationsEnv(t *testing.T, deployment string, env map[string]string, src goFacts) {
+	t.Helper()
+	names := destinationNames(env)
+	if names == nil {
+		if env["DICOMWEB_URL"] == "" {
+			t.Errorf("deployment %s: neither DICOMWEB_URL nor DESTINATIONS set", deployment)
+		}
+		if env["FORWARDER_DESTINATIONS"] != "" {
+			t.Errorf("deployment %s: FORWARDER_DESTINATIONS without DESTINATIONS", deployment)
+		}
+		return
+	}
+	for v, secret := range src.destinationVars {
+		if env[v] != "" || (secret && env[v+"_FILE"] != "") {
+			t.Errorf("deployment %s: %s set with DESTINATIONS: the forwarder refuses the one destination's variables", deployment, v)
+		}
+	}
+	for _, n := range names {
+		if env[destinationPrefix(n)+"URL"] == "" {
+			t.Errorf("deployment %s: destination %s has no %sURL", deployment, n, destinationPrefix(n))
+		}
+	}
+	for _, s := range servedDestinations(env) {
+		if !slices.Contains(names, s) {
+			t.Errorf("deployment %s: FORWARDER_DESTINATIONS names %q, which DESTINATIONS does not", deployment, s)
+		}
+	}
+}
+
+// checkForwarderGroups: every forwarder Deployment has the same
+// destinations' variables (each forwarder checks all of them) and the same
+// FORWARDER_ACK_WAIT, FORWARDER_MAX_DELIVERIES and DEADLETTER_RETENTION
+// (each sets every destination's consumer, and the dead-letter stream, to
+// its own), and each destination is served by exactly one Deployment.
+func checkForwarderGroups(t *testing.T, deployments []*appsv1.Deployment) {
+	t.Helper()
+	shared := func(env map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range env {
+			if k == "DESTINATIONS" || strings.HasPrefix(k, "DESTINATION_") || k == "FORWARDER_ACK_WAIT" || k == "FORWARDER_MAX_DELIVERIES" || k == "DEADLETTER_RETENTION" {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	var first *appsv1.Deployment
+	servedBy := map[string][]string{}
+	for _, d := range deployments {
+		if component(d.Labels) == "ingest" {
+			continue
+		}
+		env := envOf(d)
+		if first == nil {
+			first = d
+			for _, n := range destinationNames(env) {
+				servedBy[n] = nil
+			}
+		} else if a, b := shared(envOf(first)), shared(env); !maps.Equal(a, b) {
+			t.Errorf("forwarder deployments %s and %s differ in their destinations' variables:\n%v\n%v", first.Name, d.Name, a, b)
+		}
+		for _, s := range servedDestinations(env) {
+			servedBy[s] = append(servedBy[s], d.Name)
+		}
+	}
+	for dest, by := range servedBy {
+		if len(by) != 1 {
+			t.Errorf("destination %s is served by %v, want exactly one forwarder deployment", dest, by)
 		}
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -37,7 +39,42 @@ var (
 	varsOnce sync.Once
 	vars     map[string]commandVarSet
 	varsErr  error
+
+	binOnce sync.Once
+	binDir  string // removed by TestMain
+	binErr  error
 )
+
+// TestMain removes the commands built for the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// commandBinaries builds the main module's ingest and forwarder once and
+// returns the directory holding them.
+func commandBinaries(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "chartcheck-bin-"); binErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		build := exec.CommandContext(ctx, "go", "build", "-o", binDir+string(filepath.Separator), "./cmd/ingest", "./cmd/forwarder")
+		build.Dir = repoRoot
+		if out, err := build.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("build the commands: %w\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binDir
+}
 
 // commandVars returns, per command (ingest, forwarder), the variables its
 // `-h` lists: the code's own list (internal/config), read by building and
@@ -45,21 +82,51 @@ var (
 // counts too.
 func commandVars(t *testing.T) map[string]commandVarSet {
 	t.Helper()
-	varsOnce.Do(func() { vars, varsErr = buildCommandVars(t.TempDir()) })
+	dir := commandBinaries(t)
+	varsOnce.Do(func() { vars, varsErr = readCommandVars(dir) })
 	if varsErr != nil {
 		t.Fatal(varsErr)
 	}
 	return vars
 }
 
-func buildCommandVars(dir string) (map[string]commandVarSet, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	build := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator), "./cmd/ingest", "./cmd/forwarder")
-	build.Dir = repoRoot
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build the commands: %w\n%s", err, out)
+// configLoads runs a command with env as its whole environment, the files
+// the pods would mount (the paths of the _FILE variables) replaced by
+// temporary ones, and NATS_URL pointing at a closed port: it passes when
+// the command loaded and validated its configuration (internal/config:
+// variables, destinations, routing rules) and then failed to reach NATS
+// (exit status 1, not 2).
+func configLoads(t *testing.T, command string, env map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	var list []string
+	for k, v := range env {
+		if strings.HasPrefix(v, "/") && (strings.HasSuffix(k, "_FILE") || strings.HasSuffix(k, "GOOGLE_APPLICATION_CREDENTIALS")) {
+			f := filepath.Join(dir, strings.NewReplacer("/", "_").Replace(v))
+			if err := os.WriteFile(f, []byte("chartcheck-secret-0123456789abcdef\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			v = f
+		}
+		if k == "NATS_URL" {
+			v = "nats://127.0.0.1:1"
+		}
+		list = append(list, k+"="+v)
 	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(commandBinaries(t), command))
+	cmd.Env = list
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || strings.Contains(string(out), "invalid configuration") {
+		t.Errorf("%s with the rendered environment: %v, want its configuration loaded and NATS unreachable (exit status 1):\n%s", command, err, out)
+	}
+}
+
+func readCommandVars(dir string) (map[string]commandVarSet, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	out := map[string]commandVarSet{}
 	for _, cmd := range []string{"ingest", "forwarder"} {
 		var stderr bytes.Buffer

@@ -3,7 +3,10 @@
 // strictly into the Kubernetes API's Go types (and the Prometheus
 // Operator's), validates the KEDA ScaledObjects against KEDA's published
 // CRD schema (testdata), checks every environment variable against what
-// the commands read (their -h), and lints the chart.
+// the commands read (their -h; a destination's DESTINATION_<NAME>_*
+// against the names DESTINATIONS declares and the destination variables
+// of internal/config), runs each rendered Deployment's command with its
+// environment to see the configuration load, and lints the chart.
 //
 // It is a module of its own so that the main module's go.mod and build
 // stay free of Helm and Kubernetes dependencies: scripts/test.sh runs it

@@ -9,15 +9,15 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 )
 
-// TestOperationsExample renders the site.yaml of docs/operations.md
-// (section Kubernetes, Install) and runs every check on it, so the
-// documented example keeps working.
-func TestOperationsExample(t *testing.T) {
+// operationsExample returns the values of `cat > file <<'YAML'` in
+// docs/operations.md.
+func operationsExample(t *testing.T, file string) map[string]any {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(repoRoot, "docs", "operations.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	const start, end = "cat > site.yaml <<'YAML'\n", "\nYAML\n"
+	start, end := "cat > "+file+" <<'YAML'\n", "\nYAML\n"
 	_, rest, ok := strings.Cut(string(b), start)
 	example, _, ok2 := strings.Cut(rest, end)
 	if !ok || !ok2 {
@@ -27,6 +27,33 @@ func TestOperationsExample(t *testing.T) {
 	if err := sigsyaml.UnmarshalStrict([]byte(example), &values); err != nil {
 		t.Fatalf("the example's YAML: %v", err)
 	}
+	return values
+}
+
+// TestOperationsDestinationsExample renders the site-destinations.yaml of
+// docs/operations.md (section Kubernetes, Several destinations): two
+// groups, each scaled on its destination's consumer, with the ceilings
+// the section gives.
+func TestOperationsDestinationsExample(t *testing.T) {
+	objs := render(t, operationsExample(t, "site-destinations.yaml"))
+	checkRelease(t, objs)
+	src := readGoFacts(t)
+	for group, want := range map[string]int32{"archive": 11, "ai": 23} {
+		so := scaledObjectOf(t, objs, forwarderDeployment(t, objs, group))
+		if so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount != want {
+			t.Errorf("group %s: maxReplicaCount %v, want %d (as the section says)", group, so.Spec.MaxReplicaCount, want)
+		}
+		if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Metadata["consumer"] != src.consumerName(group) {
+			t.Errorf("group %s: triggers %+v", group, so.Spec.Triggers)
+		}
+	}
+}
+
+// TestOperationsExample renders the site.yaml of docs/operations.md
+// (section Kubernetes, Install) and runs every check on it, so the
+// documented example keeps working.
+func TestOperationsExample(t *testing.T) {
+	values := operationsExample(t, "site.yaml")
 	objs := render(t, values)
 	checkRelease(t, objs)
 	so := of[*scaledObject](objs)

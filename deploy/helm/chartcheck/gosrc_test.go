@@ -5,7 +5,10 @@ import (
 	"go/parser"
 	"go/token"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +26,11 @@ type goFacts struct {
 	// eventStream and forwarderConsumer are natsjs.EventStream and
 	// natsjs.ForwarderConsumer: what KEDA watches.
 	eventStream, forwarderConsumer string
+	// destinationVars are the default destination's variables (the env
+	// tags of config.Destination and config.DestinationAuth), true for a
+	// secret (which may be given as _FILE). A destination of DESTINATIONS
+	// reads each as DESTINATION_<NAME>_ + the name (DICOMWEB_URL as URL).
+	destinationVars map[string]bool
 }
 
 var (
@@ -49,11 +57,16 @@ func readGoFacts(t *testing.T) goFacts {
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
 		facts.eventStream = str(get("natsjs.EventStream"))
 		facts.forwarderConsumer = str(get("natsjs.ForwarderConsumer"))
+		if factsErr == nil {
+			facts.destinationVars, factsErr = structEnvVars("internal/config", "Destination", "DestinationAuth")
+		}
 	})
 	if factsErr != nil {
 		t.Fatal(factsErr)
 	}
-	if facts.httpShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" {
+	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
+	if facts.httpShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" ||
+		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}
 	return facts
@@ -132,4 +145,55 @@ func str(e ast.Expr) string {
 		return ""
 	}
 	return s
+}
+
+// structEnvVars returns the env tags of the fields of the named struct
+// types of dir (relative to the repository), true for those tagged
+// secret:"true".
+func structEnvVars(dir string, types ...string) (map[string]bool, error) {
+	files, err := filepath.Glob(filepath.Join(repoRoot, dir, "*.go"))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	fset := token.NewFileSet()
+	found := 0
+	for _, path := range files {
+		if strings.HasSuffix(path, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return nil, err
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			ts, ok := n.(*ast.TypeSpec)
+			if !ok || !slices.Contains(types, ts.Name.Name) {
+				return true
+			}
+			st, ok := ts.Type.(*ast.StructType)
+			if !ok {
+				return true
+			}
+			found++
+			for _, field := range st.Fields.List {
+				if field.Tag == nil {
+					continue
+				}
+				tag, err := strconv.Unquote(field.Tag.Value)
+				if err != nil {
+					continue
+				}
+				name, _, _ := strings.Cut(reflect.StructTag(tag).Get("env"), ",")
+				if name != "" {
+					out[name] = reflect.StructTag(tag).Get("secret") == "true"
+				}
+			}
+			return false
+		})
+	}
+	if found != len(types) {
+		return nil, &missingConst{strings.Join(types, ", ") + " (struct types)"}
+	}
+	return out, nil
 }

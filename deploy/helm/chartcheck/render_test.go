@@ -196,6 +196,7 @@ type scaledObject struct {
 		CooldownPeriod  *int32 `json:"cooldownPeriod"`
 		Triggers        []struct {
 			Type     string            `json:"type"`
+			Name     string            `json:"name"`
 			Metadata map[string]string `json:"metadata"`
 		} `json:"triggers"`
 	} `json:"spec"`

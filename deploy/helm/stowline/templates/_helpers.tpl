@@ -61,8 +61,96 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "stowline.secretVars.ingest" -}}
 INGEST_TOKEN INGEST_HMAC_SECRET ADMIN_TOKEN ORTHANC_PASSWORD NATS_PASSWORD
 {{- end -}}
+{{/*
+The forwarders': the default destination's OAUTH_CLIENT_SECRET without
+destinations, each declared destination's DESTINATION_<NAME>_OAUTH_CLIENT_SECRET
+with them (every forwarder reads every destination's).
+*/}}
 {{- define "stowline.secretVars.forwarder" -}}
-OAUTH_CLIENT_SECRET ADMIN_TOKEN ORTHANC_PASSWORD NATS_PASSWORD
+{{- $out := list "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD" -}}
+{{- if .Values.destinations -}}
+{{- range .Values.destinations }}{{ $out = append $out (printf "%sOAUTH_CLIENT_SECRET" (include "stowline.destinationPrefix" .name)) }}{{ end -}}
+{{- else -}}
+{{- $out = prepend $out "OAUTH_CLIENT_SECRET" -}}
+{{- end -}}
+{{- join " " $out -}}
+{{- end -}}
+
+{{/* The prefix of a destination's variables: "ai-2" is DESTINATION_AI_2_. */}}
+{{- define "stowline.destinationPrefix" -}}
+{{- printf "DESTINATION_%s_" (upper (replace "-" "_" .)) -}}
+{{- end -}}
+
+{{/* Where a destination's own client Secret is mounted. */}}
+{{- define "stowline.destinationSecretDir" -}}
+{{- printf "/run/secrets/stowline-destination-%s" (lower (replace "_" "-" .)) -}}
+{{- end -}}
+
+{{/* The names of the declared destinations, as a list (YAML). */}}
+{{- define "stowline.destinationNames" -}}
+{{- $names := list -}}
+{{- range .Values.destinations }}{{ $names = append $names .name }}{{ end -}}
+{{- toYaml $names -}}
+{{- end -}}
+
+{{/* The destinations a forwarder group serves, as a list (YAML):
+(dict "root" $ "f" $forwarder). */}}
+{{- define "stowline.servedDestinations" -}}
+{{- if .root.Values.destinations -}}
+{{- toYaml (default (include "stowline.destinationNames" .root | fromYamlArray) .f.destinations) -}}
+{{- else -}}
+{{- toYaml (list "default") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A destination's consumer (internal/natsjs/topology.go ConsumerName). */}}
+{{- define "stowline.consumerName" -}}
+{{- if eq . "default" }}stowline-forwarder{{ else }}{{ printf "stowline-forwarder-%s" . }}{{ end -}}
+{{- end -}}
+
+{{/* A destination's STOW_PARALLEL_REQUESTS: (dict "root" $ "d" $destination). */}}
+{{- define "stowline.destinationParallel" -}}
+{{- int (default .root.Values.forwarderDefaults.stowParallelRequests .d.stowParallelRequests) -}}
+{{- end -}}
+
+{{/*
+The connections one study of a destination keeps open to Orthanc at most:
+its STOW_PARALLEL_REQUESTS, or 8 if larger while its rules read instance
+metadata (read 8 at a time; internal/routing). (dict "root" $ "d" $destination).
+*/}}
+{{- define "stowline.destinationConnections" -}}
+{{- $p := int (include "stowline.destinationParallel" .) -}}
+{{- if or (regexMatch "callingAets|sopClasses" (default "" .d.match)) (regexMatch "sopClassUid|transferSyntaxUid|callingAet" (default "" .d.instanceMatch)) -}}
+{{- if lt $p 8 }}{{ $p = 8 }}{{ end -}}
+{{- end -}}
+{{- $p -}}
+{{- end -}}
+
+{{/*
+The destinations' variables a forwarder group gets: DESTINATIONS and every
+destination's DESTINATION_<NAME>_* (each forwarder checks them all), and
+FORWARDER_DESTINATIONS when the group lists its destinations.
+(dict "root" $ "f" $forwarder).
+*/}}
+{{- define "stowline.destinationsEnv" -}}
+{{- $root := .root -}}
+{{- $env := dict -}}
+{{- $names := list -}}
+{{- range $d := $root.Values.destinations -}}
+{{- $names = append $names $d.name -}}
+{{- $p := include "stowline.destinationPrefix" $d.name -}}
+{{- range $k, $v := (default dict $d.env) }}{{ $_ := set $env (printf "%s%s" $p $k) $v }}{{ end -}}
+{{- $_ := set $env (printf "%sURL" $p) $d.url -}}
+{{- $_ := set $env (printf "%sMATCH" $p) (default "" $d.match) -}}
+{{- $_ := set $env (printf "%sINSTANCE_MATCH" $p) (default "" $d.instanceMatch) -}}
+{{- $_ := set $env (printf "%sSTOW_PARALLEL_REQUESTS" $p) (include "stowline.destinationParallel" (dict "root" $root "d" $d)) -}}
+{{- if and $d.clientSecret $d.clientSecret.secretName -}}
+{{- $_ := set $env (printf "%sOAUTH_CLIENT_SECRET_FILE" $p) (printf "%s/OAUTH_CLIENT_SECRET" (include "stowline.destinationSecretDir" $d.name)) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $env "DESTINATIONS" (join "," $names) -}}
+{{- with .f.destinations }}{{ $_ := set $env "FORWARDER_DESTINATIONS" (join "," .) }}{{ end -}}
+{{- toYaml $env -}}
 {{- end -}}
 
 {{/* The keys the Secret holds, as a space-separated list. */}}
@@ -145,6 +233,19 @@ Arguments: (dict "root" $ "role" "ingest").
       - key: nats.creds
         path: nats.creds
 {{- end }}
+{{- if eq .role "forwarder" }}
+{{- range $root.Values.destinations }}
+{{- if and .clientSecret .clientSecret.secretName }}
+- name: {{ printf "destination-%s" (lower (replace "_" "-" .name)) }}
+  secret:
+    secretName: {{ .clientSecret.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ required (printf "destinations[%s].clientSecret.key is required with its secretName" .name) .clientSecret.key }}
+        path: OAUTH_CLIENT_SECRET
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with $root.Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -162,6 +263,15 @@ Arguments: (dict "root" $ "role" "ingest").
   mountPath: {{ include "stowline.natsDir" $root }}
   readOnly: true
 {{- end }}
+{{- if eq .role "forwarder" }}
+{{- range $root.Values.destinations }}
+{{- if and .clientSecret .clientSecret.secretName }}
+- name: {{ printf "destination-%s" (lower (replace "_" "-" .name)) }}
+  mountPath: {{ include "stowline.destinationSecretDir" .name }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with $root.Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -178,9 +288,30 @@ Arguments: (dict "root" $ "entry" .).
 {{- end -}}
 
 {{/*
+The connections one replica of a forwarder group keeps open to Orthanc at
+most: concurrency (FORWARDER_CONCURRENCY, studies at once per destination
+served) x each served destination's connections per study, summed.
+Arguments: (dict "root" $ "f" $forwarder).
+*/}}
+{{- define "stowline.forwarderConnections" -}}
+{{- $root := .root -}}
+{{- $f := .f -}}
+{{- if $root.Values.destinations -}}
+{{- $served := include "stowline.servedDestinations" . | fromYamlArray -}}
+{{- $sum := 0 -}}
+{{- range $root.Values.destinations -}}
+{{- if has .name $served }}{{ $sum = add $sum (mul (int $f.concurrency) (int (include "stowline.destinationConnections" (dict "root" $root "d" .)))) }}{{ end -}}
+{{- end -}}
+{{- $sum -}}
+{{- else -}}
+{{- mul (int $f.concurrency) (int $f.stowParallelRequests) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The most replicas a forwarder group may have: set, or derived from
 Orthanc's HTTP threads (one connection per thread; each replica keeps up
-to concurrency x stowParallelRequests) and from the consumer's 1000
+to stowline.forwarderConnections) and from each consumer's 1000
 ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 */}}
 {{- define "stowline.forwarderMaxReplicas" -}}
@@ -189,13 +320,13 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 {{- if gt (int $f.keda.maxReplicaCount) 0 -}}
 {{- int $f.keda.maxReplicaCount -}}
 {{- else -}}
-{{- $perReplica := mul (int $f.concurrency) (int $f.stowParallelRequests) -}}
+{{- $perReplica := int (include "stowline.forwarderConnections" .) -}}
 {{- $threads := sub (int $o.httpThreadsCount) (int $o.reservedThreads) -}}
 {{- $max := div $threads $perReplica -}}
 {{- $ackLimit := div 1000 (int $f.concurrency) -}}
 {{- if gt $max $ackLimit }}{{ $max = $ackLimit }}{{ end -}}
 {{- if lt $max (int $f.keda.minReplicaCount) -}}
-{{- fail (printf "forwarders[%s]: Orthanc's %d HTTP threads (orthanc.httpThreadsCount %d - orthanc.reservedThreads %d) give at most %d replicas of %d connections (concurrency %d x stowParallelRequests %d), fewer than keda.minReplicaCount %d: raise Orthanc's HttpThreadsCount and orthanc.httpThreadsCount, or lower the concurrency" $f.name $threads (int $o.httpThreadsCount) (int $o.reservedThreads) $max $perReplica (int $f.concurrency) (int $f.stowParallelRequests) (int $f.keda.minReplicaCount)) -}}
+{{- fail (printf "forwarders[%s]: Orthanc's %d HTTP threads (orthanc.httpThreadsCount %d - orthanc.reservedThreads %d) give at most %d replicas of %d connections (concurrency %d x the stowParallelRequests of each destination served), fewer than keda.minReplicaCount %d: raise Orthanc's HttpThreadsCount and orthanc.httpThreadsCount, or lower the concurrency" $f.name $threads (int $o.httpThreadsCount) (int $o.reservedThreads) $max $perReplica (int $f.concurrency) (int $f.keda.minReplicaCount)) -}}
 {{- end -}}
 {{- $max -}}
 {{- end -}}
@@ -206,8 +337,13 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 {{- if not (has "INGEST_TOKEN" (splitList " " (include "stowline.secretKeys" .))) -}}
 {{- fail "secrets: INGEST_TOKEN is required (secrets.values.INGEST_TOKEN, or secrets.existingSecret with INGEST_TOKEN in secrets.existingSecretKeys)" -}}
 {{- end -}}
+{{- if .Values.destinations -}}
+{{- include "stowline.validateDestinations" . -}}
+{{- else -}}
 {{- if ne (len .Values.forwarders) 1 -}}
-{{- fail "forwarders: exactly one entry. stowline has one destination and one JetStream consumer today; two groups would share the consumer and split the studies between their destinations" -}}
+{{- fail "forwarders: exactly one entry without destinations: the one destination has one JetStream consumer, and two groups would split its studies between their DICOMWEB_URLs. Declare destinations to run a group per destination" -}}
+{{- end -}}
+{{- range .Values.forwarders }}{{ if .destinations }}{{ fail (printf "forwarders[%s].destinations: declare the destinations first (top-level destinations)" .name) }}{{ end }}{{ end -}}
 {{- end -}}
 {{- if and (not .Values.orthanc.url) (not .Values.env.ORTHANC_SOURCES) -}}
 {{- fail "orthanc.url is required: Orthanc's REST API as the pods reach it (ORTHANC_URL), or several sources with ORTHANC_SOURCES in env" -}}
@@ -247,4 +383,84 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+
+{{/* The default destination's variables: with destinations, each
+destination sets its own (destinations[].env), and the forwarder refuses
+these. internal/config, Destination; chartcheck checks the list. */}}
+{{- define "stowline.defaultDestinationVar" -}}
+{{- $k := . -}}
+{{- $prefixes := list "OAUTH_" "AZURE_" "STOW_" -}}
+{{- $names := list "DICOMWEB_URL" "GOOGLE_APPLICATION_CREDENTIALS" "GCE_METADATA_HOST" "AWS_REGION" "TLS_CA_FILE" "TLS_CERT_FILE" "TLS_KEY_FILE" "TLS_INSECURE_SKIP_VERIFY" -}}
+{{- $hit := has $k $names -}}
+{{- range $prefixes }}{{ if hasPrefix . $k }}{{ $hit = true }}{{ end }}{{ end -}}
+{{- if $hit }}true{{ end -}}
+{{- end -}}
+
+{{/* Checks of declared destinations and the forwarder groups serving them. */}}
+{{- define "stowline.validateDestinations" -}}
+{{- $root := . -}}
+{{- $held := splitList " " (include "stowline.secretKeys" .) -}}
+{{- if has "OAUTH_CLIENT_SECRET" $held -}}
+{{- fail "secrets: OAUTH_CLIENT_SECRET is the one destination's; with destinations, give each its DESTINATION_<NAME>_OAUTH_CLIENT_SECRET key, or destinations[].clientSecret" -}}
+{{- end -}}
+{{- $prefixes := dict -}}
+{{- range $d := .Values.destinations -}}
+{{- if not (regexMatch "^[A-Za-z0-9_-]{1,32}$" (toString $d.name)) -}}
+{{- fail (printf "destinations: %q is not a destination name (1-32 characters of A-Z a-z 0-9 _ -)" (toString $d.name)) -}}
+{{- end -}}
+{{- $p := include "stowline.destinationPrefix" $d.name -}}
+{{- if hasKey $prefixes $p -}}
+{{- fail (printf "destinations: %q and %q would both be configured by %s* variables: rename one" (get $prefixes $p) $d.name $p) -}}
+{{- end -}}
+{{- $_ := set $prefixes $p $d.name -}}
+{{- if not $d.url -}}
+{{- fail (printf "destinations[%s].url is required: its DICOMweb base URL (%sURL)" $d.name $p) -}}
+{{- end -}}
+{{- range $k, $v := (default dict $d.env) -}}
+{{- if or (hasPrefix "DESTINATION" $k) (has $k (list "URL" "DICOMWEB_URL" "MATCH" "INSTANCE_MATCH" "STOW_PARALLEL_REQUESTS" "OAUTH_CLIENT_SECRET" "OAUTH_CLIENT_SECRET_FILE")) -}}
+{{- fail (printf "destinations[%s].env: %s: give the variable without the prefix, and the URL, rules, STOW_PARALLEL_REQUESTS and client secret with url, match, instanceMatch, stowParallelRequests and clientSecret" $d.name $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $d.clientSecret $d.clientSecret.secretName (has (printf "%sOAUTH_CLIENT_SECRET" $p) $held) -}}
+{{- fail (printf "destinations[%s]: its client secret is both in clientSecret and in secrets (%sOAUTH_CLIENT_SECRET): keep one" $d.name $p) -}}
+{{- end -}}
+{{- end -}}
+{{- range $k, $v := merge (dict) (default dict .Values.env) (default dict .Values.forwarderDefaults.env) -}}
+{{- if include "stowline.defaultDestinationVar" $k -}}
+{{- fail (printf "%s is the one destination's variable: with destinations, set it in destinations[].env for each (env and forwarderDefaults.env)" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- $names := include "stowline.destinationNames" . | fromYamlArray -}}
+{{- $servedBy := dict -}}
+{{- $groups := len .Values.forwarders -}}
+{{- range $g := .Values.forwarders -}}
+{{- if $g.dicomwebURL -}}
+{{- fail (printf "forwarders[%s].dicomwebURL: with destinations, each destination has its url (destinations[].url)" $g.name) -}}
+{{- end -}}
+{{- if and (gt $groups 1) (not $g.destinations) -}}
+{{- fail (printf "forwarders[%s].destinations: with several groups, each lists the destinations it serves (FORWARDER_DESTINATIONS)" $g.name) -}}
+{{- end -}}
+{{- range $k, $v := (default dict $g.env) -}}
+{{- if include "stowline.defaultDestinationVar" $k -}}
+{{- fail (printf "forwarders[%s].env: %s is the one destination's variable: with destinations, set it in destinations[].env" $g.name $k) -}}
+{{- end -}}
+{{- if and (gt $groups 1) (has $k (list "FORWARDER_ACK_WAIT" "FORWARDER_MAX_DELIVERIES" "DEADLETTER_RETENTION")) -}}
+{{- fail (printf "forwarders[%s].env: %s: set it in forwarderDefaults.env, the same for every group: each forwarder sets every destination's consumer and the dead-letter stream to its own value when it starts" $g.name $k) -}}
+{{- end -}}
+{{- end -}}
+{{- range (include "stowline.servedDestinations" (dict "root" $root "f" $g) | fromYamlArray) -}}
+{{- if not (has . $names) -}}
+{{- fail (printf "forwarders[%s].destinations: %q is not a declared destination (%s)" $g.name . (join ", " $names)) -}}
+{{- end -}}
+{{- $_ := set $servedBy . (append (default list (get $servedBy .)) $g.name) -}}
+{{- end -}}
+{{- end -}}
+{{- range $names -}}
+{{- $by := default list (get $servedBy .) -}}
+{{- if ne (len $by) 1 -}}
+{{- fail (printf "destinations[%s]: served by %d forwarder groups %v, want exactly one (FORWARDER_DESTINATIONS): none leaves its queue unsent, two would share its consumer" . (len $by) $by) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
