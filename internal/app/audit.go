@@ -67,6 +67,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	a, err := ledger.NewAuditor(ledger.AuditOptions{
 		Sources:      as,
 		Destinations: dests,
+		Some:         *only != "",
 		Publish: func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
 			if destination == "" {
 				return natsjs.Publisher{JS: js.JS}.Publish(ctx, ev)

@@ -42,7 +42,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	defer cancel()
 	var errs []error
 	found := false
-	for i, d := range cfg.DestinationList() {
+	for i, d := range cfg.Served() {
 		if *only != "" && d.Name != *only {
 			continue
 		}

@@ -162,6 +162,7 @@ func (c *replayCLI) show(ctx context.Context, args []string) error {
 	}
 	w := tabwriter.NewWriter(c.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "seq\t%d\n", e.Seq)
+	fmt.Fprintf(w, "destination\t%s\n", deadletter.DestinationOf(&e.DeadLetter))
 	fmt.Fprintf(w, "source\t%s\n", e.Event.Source)
 	fmt.Fprintf(w, "orthanc study\t%s\n", e.Event.OrthancStudyID)
 	fmt.Fprintf(w, "study UID\t%s\n", e.Event.StudyInstanceUID)
@@ -263,10 +264,10 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 
 func writeTable(out io.Writer, entries []deadletter.Entry) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "SEQ\tDEAD-LETTERED\tCLASS\tATTEMPTS\tSOURCE\tORTHANC STUDY\tSTUDY UID\tREASON")
+	fmt.Fprintln(w, "SEQ\tDEAD-LETTERED\tDESTINATION\tCLASS\tATTEMPTS\tSOURCE\tORTHANC STUDY\tSTUDY UID\tREASON")
 	for _, e := range entries {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
-			e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, e.Event.StudyInstanceUID, ellipsis.Truncate(oneLine(e.Reason), 80))
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
+			deadletter.DestinationOf(&e.DeadLetter), e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, e.Event.StudyInstanceUID, ellipsis.Truncate(oneLine(e.Reason), 80))
 	}
 	w.Flush()
 }

@@ -45,6 +45,11 @@ func newReplayRig(t *testing.T) *replayRig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The default destination's consumer, as its forwarders make it:
+	// replays and reforwards go to destinations that have one.
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(replayCtx(t), ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
 	r := &replayRig{ns: ns, store: deadletter.NewStore(ns.JS, dl), out: &bytes.Buffer{}}
 	r.cli = &replayCLI{Store: r.store, JS: ns.JS, Stdout: r.out}
 	return r

@@ -59,7 +59,9 @@ func DestinationVarPrefix(name string) string {
 }
 
 // DestinationList returns every configured destination: the ones
-// DESTINATIONS names, or the default one.
+// DESTINATIONS names, or the default one. The settings of a destination
+// this process does not serve (FORWARDER_DESTINATIONS) are not read:
+// only its name and rules are set.
 func (f *Forwarder) DestinationList() []NamedDestination {
 	if len(f.Names) > 0 {
 		return f.named
@@ -67,16 +69,17 @@ func (f *Forwarder) DestinationList() []NamedDestination {
 	return []NamedDestination{{Name: natsjs.DefaultDestination, Destination: f.Destination}}
 }
 
+// serves reports whether this process serves the destination named.
+func (f *Forwarder) serves(name string) bool {
+	return len(f.Serve) == 0 || slices.Contains(f.Serve, name)
+}
+
 // Served returns the destinations this process serves
 // (FORWARDER_DESTINATIONS, default all), in configuration order.
 func (f *Forwarder) Served() []NamedDestination {
-	all := f.DestinationList()
-	if len(f.Serve) == 0 {
-		return all
-	}
 	var out []NamedDestination
-	for _, d := range all {
-		if slices.Contains(f.Serve, d.Name) {
+	for _, d := range f.DestinationList() {
+		if f.serves(d.Name) {
 			out = append(out, d)
 		}
 	}
@@ -114,14 +117,19 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 		}
 		prefixes[p] = name
 		d := NamedDestination{Name: name, Var: p, Match: getenv(p + "MATCH"), InstanceMatch: getenv(p + "INSTANCE_MATCH")}
+		f.named = append(f.named, d)
+		if !f.serves(name) {
+			// Another forwarder group sends to it: this one needs only its
+			// name and rules, never its credentials.
+			continue
+		}
 		own := func(key string) string { return getenv(d.VarName(key)) }
-		if err := Load(own, &d.Destination); err != nil {
+		if err := Load(own, &f.named[len(f.named)-1].Destination); err != nil {
 			errs = append(errs, d.rename(err))
 		}
-		if d.DICOMwebURL == "" {
+		if f.named[len(f.named)-1].DICOMwebURL == "" {
 			errs = append(errs, fmt.Errorf("%sURL is required: DESTINATIONS names destination %q", p, name))
 		}
-		f.named = append(f.named, d)
 	}
 	return errors.Join(errs...)
 }
@@ -152,11 +160,10 @@ func (f *Forwarder) destinationsValidate() error {
 	}
 	for _, d := range f.named {
 		names[d.Name] = true
-		if d.DICOMwebURL == "" {
-			continue // reported by readDynamic
-		}
-		if err := d.Destination.validate(); err != nil {
-			errs = append(errs, d.rename(err))
+		if f.serves(d.Name) && d.DICOMwebURL != "" { // a missing URL is reported by readDynamic
+			if err := d.Destination.validate(); err != nil {
+				errs = append(errs, d.rename(err))
+			}
 		}
 		if _, err := routing.CompileStudyRule(d.Match); err != nil {
 			errs = append(errs, fmt.Errorf("%sMATCH: %w", d.Var, err))

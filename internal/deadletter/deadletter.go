@@ -55,7 +55,7 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	if err != nil {
 		return 0, fmt.Errorf("encode dead letter: %w", err)
 	}
-	dest := destinationOf(l)
+	dest := DestinationOf(l)
 	msg := &nats.Msg{Subject: natsjs.DeadLetterSubject(dest, l.Event.Source), Data: data, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, "dl/"+dest+"/"+strconv.FormatUint(l.OriginalSeq, 10)+"/"+l.Event.MsgID())
 	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(natsjs.DeadLetterStream))
@@ -65,9 +65,9 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	return ack.Sequence, nil
 }
 
-// destinationOf is the destination a letter failed at: letters from
+// DestinationOf is the destination a letter failed at: letters from
 // before destinations name none and were the default destination's.
-func destinationOf(l *forward.DeadLetter) string {
+func DestinationOf(l *forward.DeadLetter) string {
 	if l.Destination == "" {
 		return natsjs.DefaultDestination
 	}
@@ -98,7 +98,7 @@ func (f Filter) Empty() bool {
 
 func (f Filter) match(e *Entry) bool {
 	switch {
-	case f.Destination != "" && destinationOf(&e.DeadLetter) != f.Destination,
+	case f.Destination != "" && DestinationOf(&e.DeadLetter) != f.Destination,
 		f.Seq != 0 && e.Seq != f.Seq,
 		f.StudyInstanceUID != "" && e.Event.StudyInstanceUID != f.StudyInstanceUID,
 		f.OrthancStudyID != "" && e.Event.OrthancStudyID != f.OrthancStudyID,
@@ -223,9 +223,23 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 	if err != nil || dryRun {
 		return entries, err
 	}
+	// A destination without a consumer (removed, or renamed) would get
+	// the events and nobody would take them: keep its letters.
+	checked := map[string]bool{}
+	for _, e := range entries {
+		d := DestinationOf(&e.DeadLetter)
+		if checked[d] {
+			continue
+		}
+		checked[d] = true
+		if _, err := s.js.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName(d)); err != nil {
+			return nil, fmt.Errorf("replay: destination %q has no consumer %s on stream %s (is it still in DESTINATIONS?); its letters are kept: %w",
+				d, natsjs.ConsumerName(d), natsjs.EventStream, err)
+		}
+	}
 	for i, e := range entries {
 		ev := e.Event
-		subject := natsjs.DestinationSubject(destinationOf(&e.DeadLetter), ev.Source)
+		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), ev.Source)
 		if _, err := natsjs.PublishTo(ctx, s.js, subject, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
 			return entries[:i], fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 		}

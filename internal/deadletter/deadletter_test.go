@@ -28,7 +28,8 @@ func testCtx(t *testing.T) context.Context {
 }
 
 // newStore starts a real embedded JetStream with the event and dead-letter
-// streams and returns the dead-letter store on it.
+// streams and the default destination's consumer, and returns the
+// dead-letter store on it.
 func newStore(t *testing.T) (*deadletter.Store, *testnats.Server) {
 	t.Helper()
 	ns := testnats.Start(t)
@@ -36,7 +37,31 @@ func newStore(t *testing.T) (*deadletter.Store, *testnats.Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(testCtx(t), ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
 	return deadletter.NewStore(ns.JS, dl), ns
+}
+
+// A letter of a destination without a consumer (removed from
+// DESTINATIONS, or renamed) is not replayed: nobody would take its event,
+// and the letter would be gone. It stays, and the error says why.
+func TestReplayKeepsLettersOfADestinationWithoutConsumer(t *testing.T) {
+	store, ns := newStore(t)
+	l := letter(1, forward.Permanent, "HTTP 415", time.Now().UTC())
+	l.Destination = "gone"
+	add(t, store, l)
+	_, err := store.Replay(testCtx(t), deadletter.Filter{All: true}, false)
+	if err == nil || !strings.Contains(err.Error(), `destination "gone" has no consumer`) {
+		t.Fatalf("Replay err = %v, want it to name the destination without a consumer", err)
+	}
+	left, err := store.List(testCtx(t), deadletter.Filter{All: true})
+	if err != nil || len(left) != 1 {
+		t.Fatalf("letters after the refused replay = %d (%v), want the one kept", len(left), err)
+	}
+	if got := eventStream(t, ns.JS); len(got) != 0 {
+		t.Errorf("%d events published for a destination without a consumer", len(got))
+	}
 }
 
 // event returns a valid event for study i of source src.

@@ -93,6 +93,10 @@ type Destination struct {
 type AuditOptions struct {
 	Sources      []Source
 	Destinations []Destination
+	// Some is true when Destinations are not all the deployment's: a
+	// study they all lack then still gets an event for each of them, never
+	// the event every destination takes.
+	Some bool
 	// Publish queues an event for one destination, or for every
 	// destination when destination is empty; required to enqueue.
 	Publish func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error)
@@ -265,7 +269,7 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
 		}
 		log.Info("study enqueued by the audit", "destination", destination, "duplicate", ack.Duplicate, "stream_seq", ack.Sequence)
 	}
-	if len(fs) == len(a.opts.Destinations) {
+	if !a.opts.Some && len(fs) == len(a.opts.Destinations) {
 		targets := make([]*Finding, len(fs))
 		for i := range fs {
 			targets[i] = &fs[i]

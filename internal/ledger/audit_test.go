@@ -195,3 +195,55 @@ func subjectCount(t *testing.T, ns *testnats.Server, subject string) uint64 {
 	}
 	return info.State.Subjects[subject]
 }
+
+// fakeOrthanc lists fixed stable studies.
+type fakeOrthanc struct{ studies []orthancapi.Study }
+
+func (f fakeOrthanc) System(context.Context) (orthancapi.System, error) {
+	return orthancapi.System{Name: "src"}, nil
+}
+
+func (f fakeOrthanc) Studies(_ context.Context, since, limit int) ([]orthancapi.Study, error) {
+	if since >= len(f.studies) {
+		return nil, nil
+	}
+	return f.studies[since:min(len(f.studies), since+limit)], nil
+}
+
+type noRecords struct{}
+
+func (noRecords) Lookup(context.Context, string, string) (ledger.Record, error) {
+	return ledger.Record{}, ledger.ErrNotRecorded
+}
+
+// Auditing some of the destinations (--destination), a study they all
+// lack is queued for each of them only, never for every destination.
+func TestAuditOfSomeDestinationsEnqueuesForThemOnly(t *testing.T) {
+	study := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500", IsStable: true}
+	var published []string
+	for _, some := range []bool{false, true} {
+		published = nil
+		a, err := ledger.NewAuditor(ledger.AuditOptions{
+			Sources:      []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
+			Destinations: []ledger.Destination{{Name: "ai", Records: noRecords{}}},
+			Some:         some,
+			Publish: func(_ context.Context, destination string, _ *events.StudyStable) (*jetstream.PubAck, error) {
+				published = append(published, destination)
+				return &jetstream.PubAck{}, nil
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Run(context.Background(), true, func(ledger.Finding) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		want := ""
+		if some {
+			want = "ai"
+		}
+		if len(published) != 1 || published[0] != want {
+			t.Errorf("some=%v: published for %q, want [%q]", some, published, want)
+		}
+	}
+}

@@ -4,23 +4,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// DestinationOf is the destination whose consumer is named consumer
-// (the inverse of ConsumerName); ok is false for any other consumer.
-func DestinationOf(consumer string) (destination string, ok bool) {
-	if consumer == ForwarderConsumer {
-		return DefaultDestination, true
-	}
-	d, ok := strings.CutPrefix(consumer, ForwarderConsumer+"-")
-	if !ok || !ValidDestination(d) {
-		return "", false
-	}
-	return d, true
-}
 
 // ListDestinations names the destinations that have a consumer on the
 // event stream, sorted: what the commands that read a deployment without
@@ -33,7 +19,7 @@ func ListDestinations(ctx context.Context, js jetstream.JetStream) ([]string, er
 	var out []string
 	names := stream.ConsumerNames(ctx)
 	for name := range names.Name() {
-		if d, ok := DestinationOf(name); ok {
+		if d, ok := DestinationOfConsumer(name); ok {
 			out = append(out, d)
 		}
 	}

@@ -169,7 +169,11 @@ func (r *InstanceRule) Match(i *Instance) (bool, error) {
 func eval(prg cel.Program, vars map[string]any) (bool, error) {
 	out, _, err := prg.Eval(vars)
 	if err != nil {
-		return false, fmt.Errorf("%w: %w", ErrRule, err)
+		// The error may quote the study's own values (a description used
+		// as a regular expression is quoted back when it does not
+		// parse): keep what kind of failure it was, before its first colon.
+		kind, _, _ := strings.Cut(err.Error(), ":")
+		return false, fmt.Errorf("%w: %s", ErrRule, kind)
 	}
 	b, ok := out.(types.Bool)
 	if !ok {

@@ -95,3 +95,16 @@ func TestInstanceRules(t *testing.T) {
 		t.Error("an empty instance rule must select everything")
 	}
 }
+
+// A rule's failure never quotes the study's values back: they may be
+// patient data.
+func TestRuleFailureQuotesNoValue(t *testing.T) {
+	r, err := CompileStudyRule("source.matches(study.description)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Match("main", &Study{Description: "Doe^Jane (brain"})
+	if !errors.Is(err, ErrRule) || strings.Contains(err.Error(), "Doe") || strings.Contains(err.Error(), "Jane") {
+		t.Fatalf("err = %v, want ErrRule without the description", err)
+	}
+}

@@ -1,0 +1,128 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// destEnv is a single-host environment with the destinations archive and
+// ai, each with its own credentials.
+func destEnv(t *testing.T) map[string]string {
+	t.Helper()
+	secretFile := filepath.Join(t.TempDir(), "ai-secret")
+	if err := os.WriteFile(secretFile, []byte("ai-secret-from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{
+		"INGEST_TOKEN":                              "0123456789abcdef0123",
+		"DESTINATIONS":                              "archive,ai-2",
+		"DESTINATION_ARCHIVE_URL":                   "https://archive.example.org/dicomweb",
+		"DESTINATION_ARCHIVE_OAUTH_TOKEN_URL":       "https://login.example.org/token",
+		"DESTINATION_ARCHIVE_OAUTH_CLIENT_ID":       "archive",
+		"DESTINATION_ARCHIVE_OAUTH_CLIENT_SECRET":   "archive-secret",
+		"DESTINATION_ARCHIVE_STOW_MAX_INSTANCES":    "50",
+		"DESTINATION_AI_2_URL":                      "https://ai.example.com/v1",
+		"DESTINATION_AI_2_OAUTH_TOKEN_URL":          "https://idp.ai.example.com/token",
+		"DESTINATION_AI_2_OAUTH_CLIENT_ID":          "site-7",
+		"DESTINATION_AI_2_OAUTH_CLIENT_SECRET_FILE": secretFile,
+		"DESTINATION_AI_2_MATCH":                    "'MR' in study.modalities",
+		"DESTINATION_AI_2_INSTANCE_MATCH":           "!(instance.modality in ['SR', 'KO', 'PR'])",
+	}
+}
+
+func TestDestinations(t *testing.T) {
+	var c SingleHost
+	if err := Load(mapEnv(destEnv(t)), &c); err != nil {
+		t.Fatal(err)
+	}
+	ds := c.DestinationList()
+	if len(ds) != 2 || ds[0].Name != "archive" || ds[1].Name != "ai-2" {
+		t.Fatalf("destinations = %+v", ds)
+	}
+	archive, ai := ds[0], ds[1]
+	if archive.DICOMwebURL != "https://archive.example.org/dicomweb" || archive.OAuthClientSecret != "archive-secret" ||
+		archive.StowMaxInstances != 50 || archive.Match != "" {
+		t.Errorf("archive = %+v", archive)
+	}
+	// Nothing of one destination reaches the other: each has its own
+	// secret (one from a file), and a setting not given takes its default.
+	if ai.OAuthClientSecret != "ai-secret-from-file" || ai.OAuthClientID != "site-7" || ai.StowMaxInstances != 100 ||
+		ai.Match == "" || ai.InstanceMatch == "" || ai.Var != "DESTINATION_AI_2_" {
+		t.Errorf("ai-2 = %+v", ai)
+	}
+	if got := ai.VarName("DICOMWEB_URL"); got != "DESTINATION_AI_2_URL" {
+		t.Errorf("VarName(DICOMWEB_URL) = %q", got)
+	}
+	if got := len(c.Served()); got != 2 {
+		t.Errorf("served %d destinations without FORWARDER_DESTINATIONS, want all 2", got)
+	}
+}
+
+// A forwarder group serving some destinations needs only the others'
+// names and rules, never their credentials.
+func TestForwarderDestinationsNeedOnlyTheirOwnSettings(t *testing.T) {
+	e := destEnv(t)
+	e["FORWARDER_DESTINATIONS"] = "ai-2"
+	for k := range e {
+		if strings.HasPrefix(k, "DESTINATION_ARCHIVE_") && k != "DESTINATION_ARCHIVE_URL" {
+			delete(e, k)
+		}
+	}
+	e["DESTINATION_ARCHIVE_OAUTH_CLIENT_SECRET_FILE"] = "/nonexistent/secret" // read only by archive's forwarders
+	var c SingleHost
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Served(); len(s) != 1 || s[0].Name != "ai-2" || len(c.DestinationList()) != 2 {
+		t.Errorf("served %+v of %+v", s, c.DestinationList())
+	}
+}
+
+func TestDestinationErrorsNameTheirVariables(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(map[string]string)
+		want []string
+	}{
+		{"default destination variables with DESTINATIONS", func(e map[string]string) { e["DICOMWEB_URL"] = "https://x.example.org" },
+			[]string{"DICOMWEB_URL: set, but DESTINATIONS names the destinations"}},
+		{"missing URL", func(e map[string]string) { delete(e, "DESTINATION_AI_2_URL") },
+			[]string{"DESTINATION_AI_2_URL is required"}},
+		{"bad URL", func(e map[string]string) { e["DESTINATION_AI_2_URL"] = "ftp://ai" },
+			[]string{"DESTINATION_AI_2_URL=\"ftp://ai\""}},
+		{"secret missing", func(e map[string]string) { delete(e, "DESTINATION_AI_2_OAUTH_CLIENT_SECRET_FILE") },
+			[]string{"DESTINATION_AI_2_OAUTH_CLIENT_SECRET is required"}},
+		{"bad size", func(e map[string]string) { e["DESTINATION_ARCHIVE_STOW_MAX_BYTES"] = "lots" },
+			[]string{"DESTINATION_ARCHIVE_STOW_MAX_BYTES"}},
+		{"bad rule", func(e map[string]string) { e["DESTINATION_AI_2_MATCH"] = "'MR' in study.modality" },
+			[]string{"DESTINATION_AI_2_MATCH", "1:14", "undefined field 'modality'"}},
+		{"bad instance rule", func(e map[string]string) { e["DESTINATION_AI_2_INSTANCE_MATCH"] = "instance.modality" },
+			[]string{"DESTINATION_AI_2_INSTANCE_MATCH", "true or false"}},
+		{"bad name", func(e map[string]string) { e["DESTINATIONS"] = "archive,ai.2" }, []string{`"ai.2" is not a destination name`}},
+		{"names that share variables", func(e map[string]string) { e["DESTINATIONS"] = "archive,ai-2,ai_2" },
+			[]string{`"ai-2" and "ai_2" would both be configured by DESTINATION_AI_2_* variables`}},
+		{"unknown served destination", func(e map[string]string) { e["FORWARDER_DESTINATIONS"] = "archive,dr" },
+			[]string{`FORWARDER_DESTINATIONS: "dr" is not a configured destination`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := destEnv(t)
+			tt.edit(e)
+			var c SingleHost
+			err := Load(mapEnv(e), &c)
+			if err == nil {
+				t.Fatal("Load accepted the configuration")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "archive-secret") || strings.Contains(err.Error(), "ai-secret-from-file") {
+				t.Errorf("the error shows a secret: %v", err)
+			}
+		})
+	}
+}
