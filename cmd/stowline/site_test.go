@@ -379,8 +379,14 @@ func (d *siteDest) waitHolds(t *testing.T, uids []string, timeout time.Duration)
 // uids returns the SOP Instance UIDs the destination's Orthanc holds.
 func (d *siteDest) uids(t *testing.T) map[string]bool {
 	t.Helper()
+	return orthancUIDs(t, d.orthanc)
+}
+
+// orthancUIDs returns the SOP Instance UIDs an Orthanc holds.
+func orthancUIDs(t *testing.T, o *testharness.Orthanc) map[string]bool {
+	t.Helper()
 	var instances []struct{ MainDicomTags map[string]string }
-	d.orthanc.GetJSON(t, "/instances?expand", &instances)
+	o.GetJSON(t, "/instances?expand", &instances)
 	out := make(map[string]bool, len(instances))
 	for _, in := range instances {
 		out[in.MainDicomTags["SOPInstanceUID"]] = true
