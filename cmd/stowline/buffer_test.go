@@ -31,6 +31,40 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 	s.env[ai.varName("INSTANCE_MATCH")] = aiInstanceMatch
 	s.start(t)
 	src := s.sources["main"]
+	fwd := "http://" + s.fwdAddr + "/metrics"
+
+	// Both up: a study both select leaves once both have stored it. It
+	// is gone from the source before the test can read
+	// it there, so its data sets are compared with the files sent (storescu
+	// sends the data set; Orthanc writes a file meta group of its own).
+	earlyFiles := generateSeries(t, "", dicomgen.SeriesSpec{Modality: "MR", Description: "clinical t2", Instances: 3})
+	early := sopUIDs(t, earlyFiles...)
+	send(t, src, earlyFiles...)
+	archive.waitHolds(t, early, time.Minute)
+	ai.waitHolds(t, early, time.Minute)
+	waitSourceHolds(t, src)
+	s.waitIdle(t, 30*time.Second, "archive", "ai")
+	archiveMD5s := archive.orthanc.InstanceMD5s(t)
+	earlyDeletes, earlyKept := map[string]float64{}, map[string]float64{}
+	for _, d := range []string{"archive", "ai"} {
+		earlyDeletes[d], _ = testharness.Metric(t, fwd, `stowline_forwarder_source_deletes_total{destination="`+d+`",result="deleted"}`)
+		earlyKept[d], _ = testharness.Metric(t, fwd, `stowline_forwarder_source_deletes_total{destination="`+d+`",result="waiting"}`)
+	}
+	if n := earlyDeletes["archive"] + earlyDeletes["ai"]; n < 3 || earlyKept["archive"]+earlyKept["ai"] != 6-n {
+		t.Errorf("first study: deleted %v, kept waiting %v; want its 3 deleted by the last to store them (by both: 6, none kept)", earlyDeletes, earlyKept)
+	}
+	for _, d := range []*siteDest{archive, ai} {
+		got := d.orthanc.InstanceDatasetMD5s(t)
+		for i, f := range earlyFiles {
+			want, err := testharness.FileDatasetMD5(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got[early[i]] != want {
+				t.Errorf("%s: data set of instance %s differs from the file sent", d.name, early[i])
+			}
+		}
+	}
 
 	mr := generateSeries(t, "",
 		dicomgen.SeriesSpec{Modality: "MR", Description: "clinical t1", Instances: 3},     // both
@@ -54,8 +88,8 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 	refused := ai.proxy.Refused()
 	waitUntil(t, 30*time.Second, "ai is refused twice more", func() bool { return ai.proxy.Refused() >= refused+2 })
 	checkSourceHolds(t, src, both, aiOnly, nobody)
-	if got := ai.uids(t); len(got) != 0 {
-		t.Fatalf("ai holds %d instances during its outage", len(got))
+	if got := ai.uids(t); len(got) != len(early) {
+		t.Fatalf("ai holds %d instances during its outage, want the first study's %d", len(got), len(early))
 	}
 
 	// ai is back: it stores its instances, and they leave the source
@@ -65,19 +99,23 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 	waitSourceHolds(t, src, nobody)
 	s.waitIdle(t, 30*time.Second, "archive", "ai")
 	checkSourceHolds(t, src, nobody)
-	archive.checkHolds(t, subset(md5s, both, archiveOnly))
-	ai.checkHolds(t, subset(md5s, both, aiOnly))
+	maps.Copy(md5s, subset(archiveMD5s, early)) // and ai holds the same bytes
+	archive.checkHolds(t, subset(md5s, early, both, archiveOnly))
+	ai.checkHolds(t, subset(md5s, early, both, aiOnly))
 
-	fwd := "http://" + s.fwdAddr + "/metrics"
 	for _, c := range []struct {
 		sample string
 		want   float64
 	}{
 		// The archive deletes its own 3 and keeps the 3 shared ones for
-		// ai, which deletes them with its own 2.
-		{`stowline_forwarder_source_deletes_total{destination="archive",result="deleted"}`, 3},
-		{`stowline_forwarder_source_deletes_total{destination="archive",result="waiting"}`, 3},
-		{`stowline_forwarder_source_deletes_total{destination="ai",result="deleted"}`, 5},
+		// ai, which deletes them with its own 2. (The first study's 3 are
+		// counted apart: each destination records the study, then reads
+		// the other's record, so the last to record deletes them, and
+		// both do when they record at the same moment.)
+		{`stowline_forwarder_source_deletes_total{destination="archive",result="deleted"}`, 3 + earlyDeletes["archive"]},
+		{`stowline_forwarder_source_deletes_total{destination="archive",result="waiting"}`, 3 + earlyKept["archive"]},
+		{`stowline_forwarder_source_deletes_total{destination="ai",result="deleted"}`, 5 + earlyDeletes["ai"]},
+		{`stowline_forwarder_source_deletes_total{destination="ai",result="waiting"}`, earlyKept["ai"]},
 		{`stowline_forwarder_source_deletes_total{result="failed"}`, 0},
 		{`stowline_forwarder_source_deletes_total{result="skipped"}`, 0},
 	} {
