@@ -83,6 +83,16 @@ func TestDestinationOutageDelaysNoOther(t *testing.T) {
 				}
 			}
 			waitUntil(t, 10*time.Second, "ai's forwarders meet the outage", func() bool { return o.felt(ai) })
+			// The queue metrics tell which destination is behind.
+			ingest := "http://" + s.ingestAddr + "/metrics"
+			queued := func(d string) float64 {
+				p, _ := testharness.Metric(t, ingest, `stowline_queue_pending_events{destination="`+d+`"}`)
+				a, _ := testharness.Metric(t, ingest, `stowline_queue_ack_pending_events{destination="`+d+`"}`)
+				return p + a
+			}
+			waitUntil(t, 10*time.Second, "the queue metrics show ai's studies queued and none of the archive's", func() bool {
+				return queued("ai") == float64(len(during)) && queued("archive") == 0
+			})
 
 			// ai back: it catches up, nothing lost.
 			o.end(ai)

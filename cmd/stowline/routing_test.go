@@ -79,6 +79,17 @@ func testRouting(t *testing.T, rel testharness.Release) {
 		}
 	}
 
+	// Settled: the queue the ingest reports is empty for every
+	// destination.
+	ingest := "http://" + s.ingestAddr + "/metrics"
+	for _, d := range []string{"archive", "ai"} {
+		for _, sample := range []string{`stowline_queue_pending_events`, `stowline_queue_ack_pending_events`} {
+			sample += `{destination="` + d + `"}`
+			if got := metricValue(t, ingest, sample); got != 0 {
+				t.Errorf("%s = %v once every destination has settled, want 0", sample, got)
+			}
+		}
+	}
 	fwd := "http://" + s.fwdAddr + "/metrics"
 	for _, c := range []struct {
 		sample string
