@@ -33,6 +33,14 @@ func TestBadConfigFailsAtStartup(t *testing.T) {
 		{"bad url", map[string]string{"INGEST_TOKEN": "0123456789abcdef", "DICOMWEB_URL": "not a url"}, nil, []string{"DICOMWEB_URL"}},
 		{"stray argument", nil, []string{"serve"}, []string{"unexpected arguments"}},
 		{"unknown flag", nil, []string{"-x"}, []string{"-x"}},
+		// A routing rule that does not compile names its variable and
+		// where the problem is (line:column).
+		{"bad study rule", destinations(map[string]string{"DESTINATION_AI_MATCH": `'MR' in study.modality`}), nil,
+			[]string{"DESTINATION_AI_MATCH", "undefined field 'modality'", "1:14"}},
+		{"bad instance rule", destinations(map[string]string{"DESTINATION_AI_INSTANCE_MATCH": `instance.modality == `}), nil,
+			[]string{"DESTINATION_AI_INSTANCE_MATCH", "1:22"}},
+		{"rule not true or false", destinations(map[string]string{"DESTINATION_AI_MATCH": `study.instances`}), nil,
+			[]string{"DESTINATION_AI_MATCH", "true or false"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,4 +56,19 @@ func TestBadConfigFailsAtStartup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// destinations is a configuration of two destinations, archive and ai,
+// with the extra variables.
+func destinations(extra map[string]string) map[string]string {
+	env := map[string]string{
+		"INGEST_TOKEN":            "0123456789abcdef",
+		"DESTINATIONS":            "archive,ai",
+		"DESTINATION_ARCHIVE_URL": "http://archive.invalid/dicom-web",
+		"DESTINATION_AI_URL":      "http://ai.invalid/dicom-web",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/testharness"
-	"github.com/stowline/stowline/internal/testidp"
 )
 
 // sampleFiles lists the shared sample files, all of them: the broken ones
@@ -30,7 +29,8 @@ func sampleFiles(t *testing.T) []string {
 // Orthanc servers: A receives studies from storescu and runs the project's
 // Lua script; B is the STOW-RS destination (DICOMweb plugin) behind a gate
 // that only lets through bearer tokens from a real OAuth2 server issuing
-// tokens that expire every few seconds. A runs an Orthanc release under
+// tokens that expire every few seconds (and behind the site's fault
+// proxy, which lets everything through here). A runs an Orthanc release under
 // test; B, a stand-in for a cloud archive, the default one.
 //
 // With the reconciler on, it forwards every study within a poll even if
@@ -54,59 +54,20 @@ func TestEndToEnd(t *testing.T) {
 // testEndToEnd is one run of TestEndToEnd, with source Orthanc A of
 // release rel and the change-log reconciler on or off.
 func testEndToEnd(t *testing.T, rel testharness.Release, reconcile bool) {
-	testharness.RequireBinary(t, "Orthanc")
 	testharness.RequireBinary(t, "storescu")
 
-	const (
-		ingestToken  = "e2e-ingest-token-0123456789"
-		adminToken   = "e2e-admin-token-0123456789"
-		clientID     = "stowline-e2e"
-		clientSecret = "e2e-client-secret-abcdef"
-	)
+	const adminToken = "e2e-admin-token-0123456789"
 	const tokenLifetime = 3 * time.Second
-	idp := testidp.Start(t, testidp.WithClient(clientID, clientSecret), testidp.WithTokenLifetime(tokenLifetime))
-	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest-b", DicomWeb: true})
-	gate := idp.Gate(t, dest.URL)
-
-	ingestAddr, forwarderAddr := testharness.FreeAddr(t), testharness.FreeAddr(t)
-	lua, err := filepath.Abs("../../lua/stowline.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := testharness.StartOrthanc(t, testharness.OrthancOptions{
-		Name:       "source-a",
-		Release:    rel,
-		LuaScripts: []string{lua},
-		StableAge:  2,
-		Extra: map[string]any{"Stowline": map[string]any{
-			"IngestUrl":   "http://" + ingestAddr + "/webhooks/orthanc",
-			"IngestToken": "${STOWLINE_TEST_TOKEN}",
-			"Source":      "orthanc-a",
-		}},
-		Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
-	})
-
-	env := map[string]string{
-		"NATS_STORE_DIR":        t.TempDir(),
-		"INGEST_ADDR":           ingestAddr,
-		"INGEST_TOKEN":          ingestToken,
-		"FORWARDER_ADDR":        forwarderAddr,
-		"ORTHANC_URL":           src.URL,
-		"ORTHANC_SOURCE_NAME":   "orthanc-a",
-		"DICOMWEB_URL":          gate.URL + "/dicom-web",
-		"OAUTH_TOKEN_URL":       idp.TokenURL,
-		"OAUTH_CLIENT_ID":       clientID,
-		"OAUTH_CLIENT_SECRET":   clientSecret,
-		"FORWARDER_RETRY_DELAY": "1s",
-		"STOW_MAX_INSTANCES":    "50",
-		"ADMIN_TOKEN":           adminToken,
-		"LOG_LEVEL":             "debug",
-		"RECONCILE_ENABLED":     strconv.FormatBool(reconcile),
-	}
-	prog := testharness.StartProgram(t, "stowline", run, env)
-	logs := prog.Logs
-	testharness.WaitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
-	testharness.WaitHTTP(t, "http://"+forwarderAddr+"/readyz", 30*time.Second)
+	s := newSiteWith(t, siteOptions{release: rel, stableAge: 2, oauth: true, tokenLifetime: tokenLifetime})
+	src, dest, idp, gate := s.sources["main"], s.dest, s.dests[0].idp, s.dests[0].gate
+	s.env["STOW_MAX_INSTANCES"] = "50"
+	s.env["ADMIN_TOKEN"] = adminToken
+	s.env["RECONCILE_ENABLED"] = strconv.FormatBool(reconcile)
+	// The reconciler's defaults: the webhook comes first.
+	delete(s.env, "RECONCILE_POLL_INTERVAL")
+	delete(s.env, "RECONCILE_LEASE_TTL")
+	stop := s.start(t)
+	ingestAddr, forwarderAddr := s.ingestAddr, s.fwdAddr
 
 	// The modality sends the samples (some broken on purpose) and a
 	// generated 300-instance CT study.
@@ -180,14 +141,12 @@ func testEndToEnd(t *testing.T, rel testharness.Release, reconcile bool) {
 		sampleValue(t, "http://"+ingestAddr+"/metrics", `stowline_ingest_events_received_total{result="duplicate"}`))
 
 	// Graceful stop.
-	if err := prog.Stop(); err != nil {
-		t.Errorf("graceful stop: %v", err)
-	}
+	stop()
 
 	// The logs never hold PHI, secrets or tokens (the OAuth2 access
 	// tokens are JWTs: scanLogs looks for their "eyJ" prefix).
-	out := logs.String()
-	scanLogs(t, out, append(patientNames(t, src), ingestToken, adminToken, clientSecret))
+	out := s.logText()
+	scanLogs(t, out, append(patientNames(t, src), siteIngestToken, adminToken, s.dests[0].secret))
 	if !strings.Contains(out, `"msg":"study forwarded"`) {
 		t.Error("no 'study forwarded' log line")
 	}

@@ -1,5 +1,7 @@
-// Package dicomgen writes synthetic, valid DICOM Part 10 files (CT Image
-// Storage, Explicit VR Little Endian) for tests and benchmarks.
+// Package dicomgen writes synthetic DICOM Part 10 files (Explicit VR Little
+// Endian) for tests and benchmarks: valid CT images by default, images of
+// other modalities (MR; the others as Secondary Capture), and stand-ins for non-image objects (SR, KO, PR)
+// that carry the patient, study, series and SOP common modules only.
 //
 // Pixel data is streamed in small chunks, so studies of any size can be
 // written without holding them in memory. Output is deterministic for a
@@ -18,9 +20,37 @@ import (
 
 // Well-known UIDs used by the generated files.
 const (
-	CTImageStorage         = "1.2.840.10008.5.1.4.1.1.2"
-	ExplicitVRLittleEndian = "1.2.840.10008.1.2.1"
+	CTImageStorage                            = "1.2.840.10008.5.1.4.1.1.2"
+	MRImageStorage                            = "1.2.840.10008.5.1.4.1.1.4"
+	SecondaryCaptureImageStorage              = "1.2.840.10008.5.1.4.1.1.7"
+	BasicTextSRStorage                        = "1.2.840.10008.5.1.4.1.1.88.11"
+	KeyObjectSelectionDocumentStorage         = "1.2.840.10008.5.1.4.1.1.88.59"
+	GrayscaleSoftcopyPresentationStateStorage = "1.2.840.10008.5.1.4.1.1.11.1"
+	ExplicitVRLittleEndian                    = "1.2.840.10008.1.2.1"
 )
+
+// DefaultModality is the Modality of a spec that names none.
+const DefaultModality = "CT"
+
+// SOPClass returns the SOP class dicomgen writes for a modality, and
+// whether it is an image (with pixel data). CT and MR have their own
+// image classes; SR, KO and PR are non-image objects; any other modality
+// is a Secondary Capture image.
+func SOPClass(modality string) (uid string, image bool) {
+	switch modality {
+	case "", "CT":
+		return CTImageStorage, true
+	case "MR":
+		return MRImageStorage, true
+	case "SR":
+		return BasicTextSRStorage, false
+	case "KO":
+		return KeyObjectSelectionDocumentStorage, false
+	case "PR":
+		return GrayscaleSoftcopyPresentationStateStorage, false
+	}
+	return SecondaryCaptureImageStorage, true
+}
 
 // Defaults applied to zero fields of a spec.
 const (
@@ -39,18 +69,30 @@ const maxPixelBytes = 0xFFFFFFFE
 // ErrInvalidSpec is returned (wrapped) for a spec that cannot be encoded.
 var ErrInvalidSpec = errors.New("dicomgen: invalid spec")
 
-// StudySpec describes a CT study of Series x InstancesPerSeries images.
-// Zero fields get defaults: a new StudyInstanceUID, DefaultPatientID,
-// DefaultPatientName, one series, one instance, DefaultRows x
-// DefaultColumns.
+// StudySpec describes a CT study of Series x InstancesPerSeries images,
+// or a study of the series SeriesList describes. Zero fields get
+// defaults: a new StudyInstanceUID, DefaultPatientID, DefaultPatientName,
+// one series, one instance, DefaultRows x DefaultColumns.
 type StudySpec struct {
 	StudyInstanceUID string
 	PatientID        string
 	PatientName      string
 	// Series and InstancesPerSeries must not be negative.
 	Series, InstancesPerSeries int
+	// SeriesList describes each series instead; Series and
+	// InstancesPerSeries must then be zero.
+	SeriesList []SeriesSpec
 	// Rows and Columns are 1..65535.
 	Rows, Columns int
+}
+
+// SeriesSpec describes one series of a study: its Modality (default
+// DefaultModality; SOPClass tells the SOP class written), its
+// SeriesDescription (default "dicomgen series N") and its number of
+// instances (at least 1).
+type SeriesSpec struct {
+	Modality, Description string
+	Instances             int
 }
 
 // InstanceSpec describes one CT image. The three UIDs are required; other
@@ -67,6 +109,10 @@ type InstanceSpec struct {
 	StudyID              string
 	AccessionNumber      string
 	SeriesDescription    string
+	// Modality defaults to DefaultModality; it decides the SOP class
+	// (SOPClass). A non-image object has no image modules, pixel data
+	// or frame of reference.
+	Modality string
 
 	SeriesNumber, InstanceNumber int
 	Rows, Columns                int
@@ -84,6 +130,9 @@ func (s *InstanceSpec) applyDefaults() {
 	}
 	if s.StudyTime == "" {
 		s.StudyTime = DefaultStudyTime
+	}
+	if s.Modality == "" {
+		s.Modality = DefaultModality
 	}
 	if s.Rows == 0 {
 		s.Rows = DefaultRows
@@ -125,6 +174,7 @@ func (s *InstanceSpec) validate() error {
 		{"StudyID", s.StudyID, 16},
 		{"AccessionNumber", s.AccessionNumber, 16},
 		{"SeriesDescription", s.SeriesDescription, 64},
+		{"Modality", s.Modality, 16},
 		{"StudyDate", s.StudyDate, 8},
 		{"StudyTime", s.StudyTime, 16},
 	} {
@@ -169,15 +219,14 @@ func isASCII(ss ...string) bool {
 
 // dataset returns every data element but PixelData.
 func (s *InstanceSpec) dataset() []element {
-	sliceLoc := fmt.Sprintf("%d", s.InstanceNumber)
+	sopClass, image := SOPClass(s.Modality)
 	e := []element{
-		strElem(0x00080008, "CS", `ORIGINAL\PRIMARY\AXIAL`),
-		strElem(0x00080016, "UI", CTImageStorage),
+		strElem(0x00080016, "UI", sopClass),
 		strElem(0x00080018, "UI", s.SOPInstanceUID),
 		strElem(0x00080020, "DA", s.StudyDate),
 		strElem(0x00080030, "TM", s.StudyTime),
 		strElem(0x00080050, "SH", s.AccessionNumber),
-		strElem(0x00080060, "CS", "CT"),
+		strElem(0x00080060, "CS", s.Modality),
 		strElem(0x00080070, "LO", "stowline dicomgen"),
 		strElem(0x00080090, "PN", ""),
 		strElem(0x0008103E, "LO", s.SeriesDescription),
@@ -185,14 +234,26 @@ func (s *InstanceSpec) dataset() []element {
 		strElem(0x00100020, "LO", s.PatientID),
 		strElem(0x00100030, "DA", ""),
 		strElem(0x00100040, "CS", ""),
-		strElem(0x00180050, "DS", "1"),
-		strElem(0x00180060, "DS", ""),
 		strElem(0x0020000D, "UI", s.StudyInstanceUID),
 		strElem(0x0020000E, "UI", s.SeriesInstanceUID),
 		strElem(0x00200010, "SH", s.StudyID),
 		isElem(0x00200011, s.SeriesNumber),
-		strElem(0x00200012, "IS", "1"),
 		isElem(0x00200013, s.InstanceNumber),
+	}
+	// Without (0008,0005) the default repertoire (ASCII) applies; UTF-8 is
+	// declared only when it is needed.
+	if !isASCII(s.PatientName, s.PatientID, s.SeriesDescription, s.StudyID, s.AccessionNumber) {
+		e = append(e, strElem(0x00080005, "CS", "ISO_IR 192"))
+	}
+	if !image {
+		return e
+	}
+	sliceLoc := fmt.Sprintf("%d", s.InstanceNumber)
+	e = append(e,
+		strElem(0x00080008, "CS", `ORIGINAL\PRIMARY\AXIAL`),
+		strElem(0x00180050, "DS", "1"),
+		strElem(0x00180060, "DS", ""),
+		strElem(0x00200012, "IS", "1"),
 		strElem(0x00200032, "DS", `0\0\`+sliceLoc),
 		strElem(0x00200037, "DS", `1\0\0\0\1\0`),
 		strElem(0x00201040, "LO", ""),
@@ -210,35 +271,33 @@ func (s *InstanceSpec) dataset() []element {
 		strElem(0x00281051, "DS", "400"),
 		strElem(0x00281052, "DS", "-1024"),
 		strElem(0x00281053, "DS", "1"),
-	}
+	)
 	if s.FrameOfReferenceUID != "" {
 		e = append(e, strElem(0x00200052, "UI", s.FrameOfReferenceUID))
-	}
-	// Without (0008,0005) the default repertoire (ASCII) applies; UTF-8 is
-	// declared only when it is needed.
-	if !isASCII(s.PatientName, s.PatientID, s.SeriesDescription, s.StudyID, s.AccessionNumber) {
-		e = append(e, strElem(0x00080005, "CS", "ISO_IR 192"))
 	}
 	return e
 }
 
-// WriteInstance writes one CT image as a Part 10 file to w. Pixel data is
-// generated and written in chunks of one row, so memory use does not grow
-// with the image size.
+// WriteInstance writes one instance (a CT image unless spec.Modality says
+// otherwise) as a Part 10 file to w. Pixel data is generated and written
+// in chunks of one row, so memory use does not grow with the image size.
 func WriteInstance(w io.Writer, spec InstanceSpec) error {
 	spec.applyDefaults()
 	if err := spec.validate(); err != nil {
 		return err
 	}
+	sopClass, image := SOPClass(spec.Modality)
 	bw := bufio.NewWriterSize(w, 64<<10)
-	if err := writeMeta(bw, CTImageStorage, spec.SOPInstanceUID, ExplicitVRLittleEndian); err != nil {
+	if err := writeMeta(bw, sopClass, spec.SOPInstanceUID, ExplicitVRLittleEndian); err != nil {
 		return fmt.Errorf("dicomgen: write file meta: %w", err)
 	}
 	if err := writeElements(bw, spec.dataset()); err != nil {
 		return fmt.Errorf("dicomgen: write data set: %w", err)
 	}
-	if err := writePixelData(bw, spec.Rows, spec.Columns, spec.InstanceNumber); err != nil {
-		return fmt.Errorf("dicomgen: write pixel data: %w", err)
+	if image {
+		if err := writePixelData(bw, spec.Rows, spec.Columns, spec.InstanceNumber); err != nil {
+			return fmt.Errorf("dicomgen: write pixel data: %w", err)
+		}
 	}
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("dicomgen: %w", err)
@@ -275,11 +334,20 @@ func WriteStudy(dir string, spec StudySpec) ([]string, error) {
 	if spec.Series < 0 || spec.InstancesPerSeries < 0 {
 		return nil, fmt.Errorf("%w: negative Series or InstancesPerSeries", ErrInvalidSpec)
 	}
-	if spec.Series == 0 {
-		spec.Series = 1
+	series := spec.SeriesList
+	if len(series) > 0 && (spec.Series != 0 || spec.InstancesPerSeries != 0) {
+		return nil, fmt.Errorf("%w: SeriesList with Series or InstancesPerSeries", ErrInvalidSpec)
 	}
-	if spec.InstancesPerSeries == 0 {
-		spec.InstancesPerSeries = 1
+	if len(series) == 0 {
+		n := max(spec.InstancesPerSeries, 1)
+		for range max(spec.Series, 1) {
+			series = append(series, SeriesSpec{Instances: n})
+		}
+	}
+	for i, se := range series {
+		if se.Instances < 1 {
+			return nil, fmt.Errorf("%w: series %d has %d instances", ErrInvalidSpec, i+1, se.Instances)
+		}
 	}
 	if spec.StudyInstanceUID == "" {
 		spec.StudyInstanceUID = NewUID()
@@ -288,10 +356,15 @@ func WriteStudy(dir string, spec StudySpec) ([]string, error) {
 		return nil, fmt.Errorf("dicomgen: %w", err)
 	}
 	frameOfRef := NewUID()
-	paths := make([]string, 0, spec.Series*spec.InstancesPerSeries)
-	for s := 1; s <= spec.Series; s++ {
+	var paths []string
+	for k, se := range series {
+		s := k + 1 // series numbers start at 1
 		seriesUID := NewUID()
-		for i := 1; i <= spec.InstancesPerSeries; i++ {
+		desc := se.Description
+		if desc == "" {
+			desc = fmt.Sprintf("dicomgen series %d", s)
+		}
+		for i := 1; i <= se.Instances; i++ {
 			path := filepath.Join(dir, fmt.Sprintf("s%03d-i%05d.dcm", s, i))
 			is := InstanceSpec{
 				StudyInstanceUID:    spec.StudyInstanceUID,
@@ -301,11 +374,15 @@ func WriteStudy(dir string, spec StudySpec) ([]string, error) {
 				PatientID:           spec.PatientID,
 				PatientName:         spec.PatientName,
 				StudyID:             "1",
-				SeriesDescription:   fmt.Sprintf("dicomgen series %d", s),
+				SeriesDescription:   desc,
+				Modality:            se.Modality,
 				SeriesNumber:        s,
 				InstanceNumber:      i,
 				Rows:                spec.Rows,
 				Columns:             spec.Columns,
+			}
+			if _, image := SOPClass(is.Modality); !image {
+				is.FrameOfReferenceUID = ""
 			}
 			if err := writeFile(path, is); err != nil {
 				return nil, err

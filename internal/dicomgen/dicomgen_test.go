@@ -235,6 +235,58 @@ func TestWriteInstance(t *testing.T) {
 	}
 }
 
+// Each modality gets its SOP class in the meta and the data set; images
+// carry pixel data and a frame of reference, non-image objects neither.
+func TestWriteInstanceModality(t *testing.T) {
+	tests := []struct {
+		modality, sopClass string
+		image              bool
+	}{
+		{"", dicomgen.CTImageStorage, true},
+		{"CT", dicomgen.CTImageStorage, true},
+		{"MR", dicomgen.MRImageStorage, true},
+		{"NM", dicomgen.SecondaryCaptureImageStorage, true},
+		{"SR", dicomgen.BasicTextSRStorage, false},
+		{"KO", dicomgen.KeyObjectSelectionDocumentStorage, false},
+		{"PR", dicomgen.GrayscaleSoftcopyPresentationStateStorage, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.modality, func(t *testing.T) {
+			spec := newSpec()
+			spec.Modality = tc.modality
+			spec.FrameOfReferenceUID = "1.2.3"
+			var buf bytes.Buffer
+			if err := dicomgen.WriteInstance(&buf, spec); err != nil {
+				t.Fatal(err)
+			}
+			meta, ds := parsePart10(t, buf.Bytes())
+			wantModality := tc.modality
+			if wantModality == "" {
+				wantModality = dicomgen.DefaultModality
+			}
+			if got := str(t, ds, 0x00080060); got != wantModality {
+				t.Errorf("Modality = %q, want %q", got, wantModality)
+			}
+			if got := str(t, meta, 0x00020002); got != tc.sopClass {
+				t.Errorf("media storage SOP class %q, want %q", got, tc.sopClass)
+			}
+			if got := str(t, ds, 0x00080016); got != tc.sopClass {
+				t.Errorf("SOP class %q, want %q", got, tc.sopClass)
+			}
+			for _, tag := range []uint32{0x7FE00010, 0x00280010, 0x00200052, 0x00080008} {
+				if _, ok := find(ds, tag); ok != tc.image {
+					t.Errorf("element %08X written = %v, want %v", tag, ok, tc.image)
+				}
+			}
+		})
+	}
+	spec := newSpec()
+	spec.Modality = `M\R`
+	if err := dicomgen.WriteInstance(io.Discard, spec); !errors.Is(err, dicomgen.ErrInvalidSpec) {
+		t.Errorf("Modality with a backslash: err = %v, want ErrInvalidSpec", err)
+	}
+}
+
 func TestWriteInstanceDeterministic(t *testing.T) {
 	spec := newSpec()
 	var a, b bytes.Buffer
@@ -400,6 +452,40 @@ func TestWriteStudy(t *testing.T) {
 	}
 }
 
+// SeriesList gives each series its modality, description and size.
+func TestWriteStudySeriesList(t *testing.T) {
+	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+		Rows: 4, Columns: 4,
+		SeriesList: []dicomgen.SeriesSpec{
+			{Modality: "MR", Description: "t1 axial", Instances: 2},
+			{Modality: "SR", Instances: 1},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type seriesInfo struct{ modality, description, sopClass string }
+	var got []seriesInfo
+	series := map[string]bool{}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, ds := parsePart10(t, b)
+		got = append(got, seriesInfo{str(t, ds, 0x00080060), str(t, ds, 0x0008103E), str(t, ds, 0x00080016)})
+		series[str(t, ds, 0x0020000E)] = true
+	}
+	want := []seriesInfo{
+		{"MR", "t1 axial", dicomgen.MRImageStorage},
+		{"MR", "t1 axial", dicomgen.MRImageStorage},
+		{"SR", "dicomgen series 2", dicomgen.BasicTextSRStorage},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(series) != 2 {
+		t.Errorf("instances %v in %d series, want %v in 2", got, len(series), want)
+	}
+}
+
 func TestWriteStudyInvalid(t *testing.T) {
 	dir := t.TempDir()
 	tests := []dicomgen.StudySpec{
@@ -407,6 +493,8 @@ func TestWriteStudyInvalid(t *testing.T) {
 		{InstancesPerSeries: -2},
 		{Rows: 70000},
 		{StudyInstanceUID: "bad uid"},
+		{Series: 2, SeriesList: []dicomgen.SeriesSpec{{Instances: 1}}},
+		{SeriesList: []dicomgen.SeriesSpec{{Modality: "MR"}}},
 	}
 	for i, spec := range tests {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {

@@ -66,4 +66,42 @@ func TestOrthancStoresGeneratedStudy(t *testing.T) {
 			t.Errorf("%s: Orthanc serves md5 %s, file has %s", p, got[info.SOPInstanceUID], want)
 		}
 	}
+	checkModalities(t, o)
+}
+
+// checkModalities stores an MR study with an SR series and checks that
+// Orthanc indexes each series' Modality and each instance's SOP class, as
+// the routing rules read them.
+func checkModalities(t *testing.T, o *testharness.Orthanc) {
+	t.Helper()
+	study := dicomgen.NewUID()
+	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+		StudyInstanceUID: study, PatientID: "GEN-2", Rows: 8, Columns: 8,
+		SeriesList: []dicomgen.SeriesSpec{{Modality: "MR", Instances: 2}, {Modality: "SR", Description: "report", Instances: 1}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, paths...); len(res.Failed) != 0 {
+		t.Fatalf("Orthanc refused generated MR and SR files: %v", res.Failed)
+	}
+	var series []struct {
+		MainDicomTags map[string]string
+		Instances     []string
+	}
+	o.GetJSON(t, "/series?expand", &series)
+	got := map[string]int{}
+	for _, se := range series {
+		got[se.MainDicomTags["Modality"]+" "+se.MainDicomTags["SeriesDescription"]] += len(se.Instances)
+		if se.MainDicomTags["Modality"] == "SR" {
+			var meta map[string]string
+			o.GetJSON(t, "/instances/"+se.Instances[0]+"/metadata?expand", &meta)
+			if meta["SopClassUid"] != dicomgen.BasicTextSRStorage {
+				t.Errorf("SR instance has SOP class %q", meta["SopClassUid"])
+			}
+		}
+	}
+	if got["MR dicomgen series 1"] != 2 || got["SR report"] != 1 {
+		t.Errorf("series by modality and description: %v", got)
+	}
 }

@@ -1,7 +1,7 @@
 // Package faultproxy sits in front of a real STOW-RS destination in tests
 // and produces the faults a real server won't on demand: an outage (any
-// status for every STOW request), a 202 that reports some instances as
-// failed, and a slow link. It counts requests and, from the destination's
+// status for every STOW request), a server that never answers, a 202 that
+// reports some instances as failed, and a slow link. It counts requests and, from the destination's
 // answers, how often each SOP instance was sent.
 package faultproxy
 
@@ -28,7 +28,9 @@ type Proxy struct {
 	body        string // body for status answers
 	failNext    int    // report this many instances as failed on the next passed STOW
 	failReason  int
-	bytesPerSec int // throttle request bodies (0: no limit)
+	bytesPerSec int           // throttle request bodies (0: no limit)
+	hold        chan struct{} // non-nil: STOW requests wait until it is closed
+	held        int
 	stowPosts   int
 	refused     int
 	perUID      map[string]int
@@ -52,6 +54,29 @@ func Start(t testing.TB, upstream string) *Proxy {
 		}
 		p.mu.Lock()
 		p.stowPosts++
+		hold := p.hold
+		if hold != nil {
+			p.held++
+		}
+		p.mu.Unlock()
+		if hold != nil {
+			// Read the request (so that a client giving up is noticed),
+			// never answer it until Release, and then as a gateway that
+			// timed out would.
+			_, _ = io.Copy(io.Discard, r.Body)
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+			}
+			p.mu.Lock()
+			p.held--
+			p.mu.Unlock()
+			if r.Context().Err() == nil {
+				http.Error(w, "faultproxy: held, then released", http.StatusGatewayTimeout)
+			}
+			return
+		}
+		p.mu.Lock()
 		status, body, rate := p.status, p.body, p.bytesPerSec
 		if status != 0 {
 			p.refused++
@@ -72,6 +97,7 @@ func Start(t testing.TB, upstream string) *Proxy {
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(p.Release) // before Close, which waits for held requests
 	p.URL = srv.URL
 	return p
 }
@@ -85,6 +111,36 @@ func (p *Proxy) SetStatus(status int, body string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.status, p.body = status, body
+}
+
+// Hang holds every STOW request from now on: it reads the request and
+// does not answer until Release (then 504), or until the client gives
+// up: a destination that takes uploads and never answers.
+func (p *Proxy) Hang() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hold == nil {
+		p.hold = make(chan struct{})
+	}
+}
+
+// Release ends Hang: the held requests are answered 504 Gateway Timeout,
+// the ones after them pass (to the status set by SetStatus, or to the
+// destination).
+func (p *Proxy) Release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hold != nil {
+		close(p.hold)
+		p.hold = nil
+	}
+}
+
+// Held counts the STOW requests Hang is holding now.
+func (p *Proxy) Held() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held
 }
 
 // FailNext makes the next STOW response that passes report n of its stored

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -54,6 +55,9 @@ type IdP struct {
 	srv      *httptest.Server
 	down     atomic.Bool
 	requests atomic.Int64 // to the token endpoint, refused ones included
+	// serving is held (read) by every token request and (write) by
+	// SetDown, which so waits for the requests in progress.
+	serving sync.RWMutex
 }
 
 // Option configures an IdP.
@@ -174,8 +178,14 @@ func (p *IdP) Close() { p.srv.Close() }
 
 // SetDown makes the token endpoint answer 503 temporarily_unavailable
 // (true) or work again (false); discovery and keys stay up, as behind a
-// failing token service.
-func (p *IdP) SetDown(down bool) { p.down.Store(down) }
+// failing token service. It returns once the token requests in progress
+// are answered, so that RevokeIssued after SetDown(true) revokes every
+// token issued while the endpoint was up.
+func (p *IdP) SetDown(down bool) {
+	p.serving.Lock()
+	defer p.serving.Unlock()
+	p.down.Store(down)
+}
 
 // RevokeIssued revokes every token issued so far: the Gate refuses them
 // from now on ("token revoked"), as a resource server would after a key
@@ -190,6 +200,8 @@ func (p *IdP) TokenRequests() int { return int(p.requests.Load()) }
 // assertion (private_key_jwt) verified with zitadel's JWT profile verifier,
 // then zitadel's token endpoint.
 func (p *IdP) serveToken(w http.ResponseWriter, r *http.Request, provider *op.Provider) {
+	p.serving.RLock()
+	defer p.serving.RUnlock()
 	p.requests.Add(1)
 	if p.down.Load() {
 		writeOAuthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "testidp: the token endpoint is down")

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+// Buffer mode (FORWARDER_DELETE_FROM_SOURCE) with two destinations whose
+// rules overlap: the archive takes every series but research ones, ai the
+// images of MR studies. An instance leaves the source Orthanc only once
+// every destination that selects it has stored it: with ai down, the
+// archive's own instances go, the shared ones and ai's own stay until ai
+// is back; instances neither selects stay for good. On one Orthanc
+// release (TestBufferModeDeletesForwardedInstances in cmd/forwarder
+// covers deleting on both).
+func TestBufferModeWithTwoDestinations(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	s := newSiteWith(t, siteOptions{destinations: []string{"archive", "ai"}, nats: true})
+	archive, ai := s.destination(t, "archive"), s.destination(t, "ai")
+	s.env["FORWARDER_DELETE_FROM_SOURCE"] = "true"
+	s.env["FORWARDER_RETRY_MAX_DELAY"] = "2s"
+	s.env[archive.varName("INSTANCE_MATCH")] = `!instance.seriesDescription.startsWith('research')`
+	s.env[ai.varName("MATCH")] = aiMatch
+	s.env[ai.varName("INSTANCE_MATCH")] = aiInstanceMatch
+	s.start(t)
+	src := s.sources["main"]
+	fwd := "http://" + s.fwdAddr + "/metrics"
+
+	// Both up: a study both select leaves once both have stored it. It
+	// is gone from the source before the test can read
+	// it there, so its data sets are compared with the files sent (storescu
+	// sends the data set; Orthanc writes a file meta group of its own).
+	earlyFiles := generateSeries(t, "", dicomgen.SeriesSpec{Modality: "MR", Description: "clinical t2", Instances: 3})
+	early := sopUIDs(t, earlyFiles...)
+	send(t, src, earlyFiles...)
+	archive.waitHolds(t, early, time.Minute)
+	ai.waitHolds(t, early, time.Minute)
+	waitSourceHolds(t, src)
+	s.waitIdle(t, 30*time.Second, "archive", "ai")
+	archiveMD5s := archive.orthanc.InstanceMD5s(t)
+	earlyDeletes, earlyKept := map[string]float64{}, map[string]float64{}
+	for _, d := range []string{"archive", "ai"} {
+		earlyDeletes[d], _ = testharness.Metric(t, fwd, `stowline_forwarder_source_deletes_total{destination="`+d+`",result="deleted"}`)
+		earlyKept[d], _ = testharness.Metric(t, fwd, `stowline_forwarder_source_deletes_total{destination="`+d+`",result="waiting"}`)
+	}
+	if n := earlyDeletes["archive"] + earlyDeletes["ai"]; n < 3 || earlyKept["archive"]+earlyKept["ai"] != 6-n {
+		t.Errorf("first study: deleted %v, kept waiting %v; want its 3 deleted by the last to store them (by both: 6, none kept)", earlyDeletes, earlyKept)
+	}
+	for _, d := range []*siteDest{archive, ai} {
+		got := d.orthanc.InstanceDatasetMD5s(t)
+		for i, f := range earlyFiles {
+			want, err := testharness.FileDatasetMD5(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got[early[i]] != want {
+				t.Errorf("%s: data set of instance %s differs from the file sent", d.name, early[i])
+			}
+		}
+	}
+
+	mr := generateSeries(t, "",
+		dicomgen.SeriesSpec{Modality: "MR", Description: "clinical t1", Instances: 3},     // both
+		dicomgen.SeriesSpec{Modality: "MR", Description: "research dwi", Instances: 2},    // ai only
+		dicomgen.SeriesSpec{Modality: "SR", Description: "clinical report", Instances: 1}) // archive only
+	ct := generateSeries(t, "", dicomgen.SeriesSpec{Modality: "CT", Description: "clinical ct", Instances: 2})       // archive only
+	research := generateSeries(t, "", dicomgen.SeriesSpec{Modality: "CT", Description: "research ct", Instances: 2}) // nobody
+	both, aiOnly, archiveOnly := sopUIDs(t, mr[:3]...), sopUIDs(t, mr[3:5]...), append(sopUIDs(t, mr[5:]...), sopUIDs(t, ct...)...)
+	nobody := sopUIDs(t, research...)
+
+	// ai is down while the studies arrive.
+	ai.proxy.SetStatus(http.StatusServiceUnavailable, "ai is down")
+	send(t, src, append(append(mr, ct...), research...)...)
+	src.WaitStable(t, 30*time.Second)
+	md5s := src.InstanceMD5s(t) // before anything is deleted
+	archive.waitHolds(t, append(slices.Clone(both), archiveOnly...), time.Minute)
+	// What only the archive selects leaves; what ai selects, and what
+	// nobody does, stays.
+	waitSourceHolds(t, src, both, aiOnly, nobody)
+	// ai tries again and fails twice more; nothing else leaves meanwhile.
+	refused := ai.proxy.Refused()
+	waitUntil(t, 30*time.Second, "ai is refused twice more", func() bool { return ai.proxy.Refused() >= refused+2 })
+	checkSourceHolds(t, src, both, aiOnly, nobody)
+	if got := ai.uids(t); len(got) != len(early) {
+		t.Fatalf("ai holds %d instances during its outage, want the first study's %d", len(got), len(early))
+	}
+
+	// ai is back: it stores its instances, and they leave the source
+	// with the shared ones; the research CT stays.
+	ai.proxy.SetStatus(0, "")
+	ai.waitHolds(t, append(slices.Clone(both), aiOnly...), time.Minute)
+	waitSourceHolds(t, src, nobody)
+	s.waitIdle(t, 30*time.Second, "archive", "ai")
+	checkSourceHolds(t, src, nobody)
+	maps.Copy(md5s, subset(archiveMD5s, early)) // and ai holds the same bytes
+	archive.checkHolds(t, subset(md5s, early, both, archiveOnly))
+	ai.checkHolds(t, subset(md5s, early, both, aiOnly))
+
+	for _, c := range []struct {
+		sample string
+		want   float64
+	}{
+		// The archive deletes its own 3 and keeps the 3 shared ones for
+		// ai, which deletes them with its own 2. (The first study's 3 are
+		// counted apart: each destination records the study, then reads
+		// the other's record, so the last to record deletes them, and
+		// both do when they record at the same moment.)
+		{`stowline_forwarder_source_deletes_total{destination="archive",result="deleted"}`, 3 + earlyDeletes["archive"]},
+		{`stowline_forwarder_source_deletes_total{destination="archive",result="waiting"}`, 3 + earlyKept["archive"]},
+		{`stowline_forwarder_source_deletes_total{destination="ai",result="deleted"}`, 5 + earlyDeletes["ai"]},
+		{`stowline_forwarder_source_deletes_total{destination="ai",result="waiting"}`, earlyKept["ai"]},
+		{`stowline_forwarder_source_deletes_total{result="failed"}`, 0},
+		{`stowline_forwarder_source_deletes_total{result="skipped"}`, 0},
+	} {
+		if got, _ := testharness.Metric(t, fwd, c.sample); got != c.want {
+			t.Errorf("%s = %v, want %v", c.sample, got, c.want)
+		}
+	}
+}
+
+// sourceHolds says how the instances of o differ from want ("" when they
+// are the same).
+func sourceHolds(t *testing.T, o *testharness.Orthanc, want ...[]string) string {
+	t.Helper()
+	w := map[string]bool{}
+	for _, uids := range want {
+		for _, u := range uids {
+			w[u] = true
+		}
+	}
+	got := orthancUIDs(t, o)
+	if maps.Equal(got, w) {
+		return ""
+	}
+	missing, extra := 0, 0
+	for u := range w {
+		if !got[u] {
+			missing++
+		}
+	}
+	for u := range got {
+		if !w[u] {
+			extra++
+		}
+	}
+	return fmt.Sprintf("the source lacks %d of the instances it should hold and holds %d it should not", missing, extra)
+}
+
+func waitSourceHolds(t *testing.T, o *testharness.Orthanc, want ...[]string) {
+	t.Helper()
+	var why string
+	deadline := time.Now().Add(time.Minute)
+	for why = sourceHolds(t, o, want...); why != ""; why = sourceHolds(t, o, want...) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute, %s", why)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func checkSourceHolds(t *testing.T, o *testharness.Orthanc, want ...[]string) {
+	t.Helper()
+	if why := sourceHolds(t, o, want...); why != "" {
+		t.Error(why)
+	}
+}
