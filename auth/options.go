@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
 )
 
@@ -18,6 +20,8 @@ type options struct {
 	retries    int
 	retryBase  time.Duration
 	retryMax   time.Duration
+	tracer     trace.Tracer
+	traceAttrs []attribute.KeyValue
 }
 
 // WithHTTPClient sets the client used to reach the token endpoint (timeouts,
@@ -60,4 +64,21 @@ func WithAuthStyle(s oauth2.AuthStyle) Option {
 // Retry-After no longer than max is honoured.
 func WithRetries(n int, base, max time.Duration) Option {
 	return func(o *options) { o.retries, o.retryBase, o.retryMax = n, base, max }
+}
+
+// WithTracerProvider traces tokens with tp: every request to the token
+// endpoint (with its retries) is a "token fetch" span, a child of the
+// request that needed it or a root when it refreshes in the background;
+// and a caller inside a trace gets a "destination token" span, saying
+// whether the token was cached. attrs (the destination's name, say) are
+// added to both. Spans never carry a token or a secret. nil tp: no
+// tracing, the default.
+func WithTracerProvider(tp trace.TracerProvider, attrs ...attribute.KeyValue) Option {
+	return func(o *options) {
+		if tp == nil {
+			o.tracer, o.traceAttrs = nil, nil
+			return
+		}
+		o.tracer, o.traceAttrs = tp.Tracer("github.com/stowline/stowline/auth"), attrs
+	}
 }

@@ -5,12 +5,17 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
+
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // fetchWithRetries asks the endpoint for a token, retrying failures that
 // may pass with exponential backoff and jitter. The error is a *TokenError.
-func (ts *TokenSource) fetchWithRetries() (*oauth2.Token, error) {
+// Each failed request is an event on span.
+func (ts *TokenSource) fetchWithRetries(span trace.Span) (*oauth2.Token, error) {
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
 		tok, err := ts.ep.Fetch(ts.ctx)
@@ -32,7 +37,14 @@ func (ts *TokenSource) fetchWithRetries() (*oauth2.Token, error) {
 			}
 		}
 		if te == nil {
+			if attempt > 0 {
+				span.SetAttributes(attribute.Int("auth.attempts", attempt+1))
+			}
 			return tok, nil
+		}
+		if span.IsRecording() {
+			span.AddEvent("token request failed", trace.WithAttributes(attribute.Int("auth.attempt", attempt+1),
+				tracing.HTTPStatus.Int(te.StatusCode), attribute.Bool("auth.temporary", te.temporary())))
 		}
 		if attempt >= ts.opts.retries || !te.temporary() || ts.ctx.Err() != nil {
 			return nil, te

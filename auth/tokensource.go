@@ -3,12 +3,19 @@ package auth
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
+
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // TokenSource is a cached, concurrency-safe source of tokens for one
@@ -32,6 +39,10 @@ type fetch struct {
 	done chan struct{} // closed once tok/err are set
 	tok  *oauth2.Token
 	err  error
+	// span is the fetch's "token fetch" span (a no-op one without
+	// tracing); parent is the span of the caller that started it.
+	span   trace.Span
+	parent trace.SpanContext
 }
 
 // NewTokenSource returns the client-credentials token source of one
@@ -118,6 +129,30 @@ func (ts *TokenSource) TokenContext(ctx context.Context) (*oauth2.Token, error) 
 	if ts == nil {
 		return nil, errNoTokenSource
 	}
+	if ts.opts.tracer == nil || !trace.SpanContextFromContext(ctx).IsValid() {
+		// Outside a trace (readiness checks, `forwarder check`) a span
+		// would start a trace of its own for every probe.
+		tok, _, err := ts.token(ctx)
+		return tok, err
+	}
+	ctx, span := ts.opts.tracer.Start(ctx, "destination token", trace.WithAttributes(ts.opts.traceAttrs...))
+	defer span.End()
+	tok, f, err := ts.token(ctx)
+	span.SetAttributes(attribute.Bool("auth.token.cached", f == nil), attribute.String("auth.provider", ts.ep.Provider))
+	if f != nil && !f.parent.Equal(span.SpanContext()) {
+		// It waited for a fetch another caller (or a refresh) started.
+		span.AddLink(trace.Link{SpanContext: f.span.SpanContext()})
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, "no token")
+		span.SetAttributes(tracing.ErrorType.String("token"))
+	}
+	return tok, err
+}
+
+// token returns the cached token, or waits for a fetch: the one in flight
+// or one it starts. f is the fetch it waited for, nil for a cached token.
+func (ts *TokenSource) token(ctx context.Context) (*oauth2.Token, *fetch, error) {
 	now := time.Now()
 	ts.mu.Lock()
 	if ts.validLocked(now) {
@@ -125,22 +160,22 @@ func (ts *TokenSource) TokenContext(ctx context.Context) (*oauth2.Token, error) 
 		if !ts.refreshAt.IsZero() && !now.Before(ts.refreshAt) && ts.inflight == nil {
 			// Due for replacement (the timer may not have fired yet):
 			// fetch in the background, hand out the current one meanwhile.
-			ts.startLocked()
+			ts.startLocked(trace.SpanContext{}, true)
 		}
 		ts.mu.Unlock()
-		return tok, nil
+		return tok, nil, nil
 	}
 	f := ts.inflight
 	if f == nil {
-		f = ts.startLocked()
+		f = ts.startLocked(trace.SpanContextFromContext(ctx), false)
 	}
 	ts.mu.Unlock()
 
 	select {
 	case <-f.done:
-		return f.tok, f.err
+		return f.tok, f, f.err
 	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: gave up waiting: %w", ErrToken, context.Cause(ctx))
+		return nil, f, fmt.Errorf("%w: gave up waiting: %w", ErrToken, context.Cause(ctx))
 	}
 }
 
@@ -165,13 +200,23 @@ func (ts *TokenSource) validLocked(now time.Time) bool {
 }
 
 // startLocked starts a fetch on a goroutine of its own, so that no caller's
-// cancellation can abandon the fetch the others are waiting for.
-func (ts *TokenSource) startLocked() *fetch {
-	f := &fetch{done: make(chan struct{})}
+// cancellation can abandon the fetch the others are waiting for. Its span
+// is a child of parent, the waiting caller's span, or a root when parent
+// is not valid (a caller outside any trace, a refresh in the background).
+func (ts *TokenSource) startLocked(parent trace.SpanContext, background bool) *fetch {
+	f := &fetch{done: make(chan struct{}), span: noSpan, parent: parent}
+	if ts.opts.tracer != nil {
+		_, f.span = ts.opts.tracer.Start(trace.ContextWithSpanContext(ts.ctx, parent), "token fetch",
+			trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(ts.opts.traceAttrs...))
+		f.span.SetAttributes(attribute.String("auth.provider", ts.ep.Provider), attribute.Bool("auth.background", background))
+	}
 	ts.inflight = f
 	go ts.run(f)
 	return f
 }
+
+// noSpan is the span of a fetch without tracing.
+var noSpan = trace.SpanFromContext(context.Background())
 
 // armLocked schedules a background refresh at t.
 func (ts *TokenSource) armLocked(t, now time.Time) {
@@ -189,13 +234,14 @@ func (ts *TokenSource) refreshInBackground() {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if ts.ctx.Err() == nil && ts.inflight == nil {
-		ts.startLocked()
+		ts.startLocked(trace.SpanContext{}, true)
 	}
 }
 
 func (ts *TokenSource) run(f *fetch) {
-	tok, err := ts.fetchWithRetries()
+	tok, err := ts.fetchWithRetries(f.span)
 	now := time.Now()
+	ts.endSpan(f.span, tok, err, now)
 
 	ts.mu.Lock()
 	switch {
@@ -233,4 +279,48 @@ func staleTime(expiry, now time.Time) time.Time {
 		return time.Time{}
 	}
 	return expiry.Add(-max(min(expirySkew, expiry.Sub(now)/10), 0))
+}
+
+// endSpan ends a fetch's span with its outcome: the token's lifetime, or
+// what failed (the endpoint's status and RFC 6749 error code, never its
+// description or the token).
+func (ts *TokenSource) endSpan(span trace.Span, tok *oauth2.Token, err error, now time.Time) {
+	if !span.IsRecording() {
+		return
+	}
+	if u, perr := url.Parse(ts.ep.TokenURL()); perr == nil && u.Host != "" {
+		span.SetAttributes(tracing.ServerAddress.String(u.Host))
+	}
+	var te *TokenError
+	switch {
+	case err == nil:
+		if !tok.Expiry.IsZero() {
+			span.SetAttributes(attribute.Int64("auth.token.lifetime_s", int64(tok.Expiry.Sub(now).Seconds())))
+		}
+	case errors.As(err, &te):
+		span.SetAttributes(attribute.Int("auth.attempts", te.Attempts), tracing.ErrorType.String(tokenErrorType(te)))
+		if te.StatusCode != 0 {
+			span.SetAttributes(tracing.HTTPStatus.Int(te.StatusCode))
+		}
+		if te.Code != "" {
+			span.SetAttributes(attribute.String("oauth2.error", te.Code))
+		}
+		span.SetStatus(codes.Error, "no token")
+	default:
+		span.SetStatus(codes.Error, "no token")
+	}
+	span.End()
+}
+
+// tokenErrorType is a bounded word for what a token request met.
+func tokenErrorType(te *TokenError) string {
+	switch {
+	case te.StatusCode != 0:
+		return "http_" + fmt.Sprint(te.StatusCode)
+	case isTLSRefusal(te.Err):
+		return "tls"
+	case errors.Is(te.Err, ErrInvalidConfig):
+		return "config"
+	}
+	return "network"
 }

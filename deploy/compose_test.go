@@ -41,6 +41,8 @@ type service struct {
 	Environment map[string]string `yaml:"environment"`
 	Volumes     []string          `yaml:"volumes"`
 	Ports       []string          `yaml:"ports"`
+	// Profiles: the service starts only when one is asked for.
+	Profiles []string `yaml:"profiles"`
 	// StopGracePeriod is how long Docker waits after SIGTERM before
 	// SIGKILL (default 10s).
 	StopGracePeriod string `yaml:"stop_grace_period"`
@@ -250,6 +252,11 @@ func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
 					known[v.Name+"_FILE"] = v
 				}
 			}
+			// The OpenTelemetry SDK reads the OTEL_* variables itself;
+			// the ones stowline documents are accepted, no other.
+			for _, v := range app.TracingVars {
+				known[v] = config.Var{Name: v}
+			}
 			values := map[string]string{}
 			destinations := strings.Split(svc.Environment["DESTINATIONS"], ",")
 			for k, raw := range svc.Environment {
@@ -357,6 +364,59 @@ func TestComposeForwarderServicesShareDestinations(t *testing.T) {
 		if slices.Contains(on, splitForwarders) && len(served) < 2 {
 			t.Errorf("%v: the split forwarders serve %v", on, served)
 		}
+	}
+}
+
+// TestComposeTracing checks the optional tracing backend: Jaeger starts
+// only with `--profile tracing`, nothing depends on it, every stowline
+// service passes OTEL_EXPORTER_OTLP_ENDPOINT from .env with an empty
+// default (tracing off: nothing is sent to a collector that is not
+// there), and deploy/env.example leaves it empty and names the value that
+// reaches Jaeger's OTLP/HTTP port on the compose network.
+func TestComposeTracing(t *testing.T) {
+	c := loadCompose(t)
+	jaeger := ""
+	for name, svc := range c.Services {
+		if strings.HasPrefix(svc.Image, "jaegertracing/") {
+			jaeger = name
+			if !slices.Equal(svc.Profiles, []string{"tracing"}) {
+				t.Errorf("%s: profiles %v, want [tracing]: it must not start by default", name, svc.Profiles)
+			}
+		} else if len(svc.Profiles) > 0 {
+			t.Errorf("%s: profiles %v: only the tracing backend is optional", name, svc.Profiles)
+		}
+	}
+	if jaeger == "" {
+		t.Fatal("no Jaeger service (image jaegertracing/...)")
+	}
+	stowline := 0
+	for name, svc := range c.Services {
+		if slices.Contains(svc.DependsOn, jaeger) {
+			t.Errorf("%s depends on %s, which starts only with --profile tracing", name, jaeger)
+		}
+		if svc.Build == nil {
+			continue
+		}
+		stowline++
+		for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"} {
+			if svc.Environment[k] == "" {
+				t.Errorf("%s: %s is not passed through", name, k)
+			}
+		}
+		got, _, err := interpolate(svc.Environment["OTEL_EXPORTER_OTLP_ENDPOINT"], map[string]string{})
+		if err != nil || got != "" {
+			t.Errorf("%s: OTEL_EXPORTER_OTLP_ENDPOINT is %q without .env (err %v), want empty: tracing off", name, got, err)
+		}
+	}
+	if stowline == 0 {
+		t.Fatal("no stowline service")
+	}
+	example := string(readFile(t, "deploy/env.example"))
+	if !regexp.MustCompile(`(?m)^OTEL_EXPORTER_OTLP_ENDPOINT=$`).MatchString(example) {
+		t.Error("deploy/env.example does not leave OTEL_EXPORTER_OTLP_ENDPOINT empty (tracing off without the profile)")
+	}
+	if want := "OTEL_EXPORTER_OTLP_ENDPOINT=http://" + jaeger + ":4318"; !strings.Contains(example, want) {
+		t.Errorf("deploy/env.example does not say %s (Jaeger's OTLP/HTTP port)", want)
 	}
 }
 

@@ -51,6 +51,11 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	tp, stopTracing, err := startTracing(ctx, "stowline-audit", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	js, err := connect(cfg.NATS, log)
 	if err != nil {
 		return err
@@ -69,12 +74,14 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		Destinations: dests,
 		Some:         *only != "",
 		Publish: func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
-			if destination == "" {
-				return natsjs.Publisher{JS: js.JS}.Publish(ctx, ev)
-			}
-			// A dedupe ID of its own: the destination's copy is not the
-			// event every destination took.
-			return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(destination, ev.Source), ev, ev.MsgID()+"/audit/"+destination)
+			return publishTraced(ctx, tp, "audit enqueue", "audit", destination, ev, func(ctx context.Context) (*jetstream.PubAck, error) {
+				if destination == "" {
+					return natsjs.Publisher{JS: js.JS}.Publish(ctx, ev)
+				}
+				// A dedupe ID of its own: the destination's copy is not
+				// the event every destination took.
+				return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(destination, ev.Source), ev, ev.MsgID()+"/audit/"+destination)
+			})
 		},
 		Logger: log.With("component", "audit"),
 	})

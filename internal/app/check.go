@@ -66,7 +66,7 @@ func checkDestination(ctx context.Context, stdout io.Writer, d config.NamedDesti
 	if d.Var != "" { // one of DESTINATIONS: say which
 		title = d.Name + " " + title
 	}
-	dest, err := newDestination(ctx, &d, nil, log.With("destination", d.Name))
+	dest, err := newDestination(ctx, &d, nil, nil, log.With("destination", d.Name))
 	if err != nil {
 		fmt.Fprintf(stdout, "%-12s %s\n%-12s FAIL: %v\n", "destination", title, "verdict", err)
 		return err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
 
 	"github.com/stowline/stowline/auth"
@@ -18,6 +19,7 @@ import (
 	"github.com/stowline/stowline/auth/google"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // tokenFetchTimeout bounds one request to a token endpoint.
@@ -42,8 +44,9 @@ type destination struct {
 // from fc: TLS (custom CA, mutual TLS), then OAuth2 tokens of the
 // configured provider or AWS SigV4. observe (may be nil) sees every token
 // request. ctx must live as long as the process: tokens are fetched and
-// refreshed with it. Secrets are never logged.
-func newDestination(ctx context.Context, fc *config.NamedDestination, observe func(error, time.Duration), log *slog.Logger) (*destination, error) {
+// refreshed with it. tp, if not nil, traces token requests. Secrets are
+// never logged.
+func newDestination(ctx context.Context, fc *config.NamedDestination, observe func(error, time.Duration), tp trace.TracerProvider, log *slog.Logger) (*destination, error) {
 	d := &fc.DestinationAuth
 	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: d.TLSCAFile, CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile, InsecureSkipVerify: d.TLSInsecureSkipVerify})
 	if err != nil {
@@ -106,6 +109,9 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 		opts := []auth.Option{auth.WithHTTPClient(tokenHTTP), auth.WithRefreshMargin(d.RefreshMargin)}
 		if observe != nil {
 			opts = append(opts, auth.WithObserver(observe))
+		}
+		if tp != nil {
+			opts = append(opts, auth.WithTracerProvider(tp, tracing.Destination.String(fc.Name)))
 		}
 		out.Tokens, err = auth.NewSource(ctx, ep, opts...)
 		if err != nil {

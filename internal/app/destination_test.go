@@ -50,7 +50,7 @@ func TestDestinationUsesHTTP2(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	d, err := newDestination(ctx, &c.DestinationList()[0], nil, slog.New(slog.DiscardHandler))
+	d, err := newDestination(ctx, &c.DestinationList()[0], nil, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -151,7 +151,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 	}
 	// The provider, its credentials, TLS: destination.go. ctx outlives
 	// every token refresh.
-	client, err := newDestination(ctx, &d, tw.Observe, log.With("destination", d.Name))
+	client, err := newDestination(ctx, &d, tw.Observe, p.tracer, log.With("destination", d.Name))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -182,6 +182,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		InstanceRetries:    fc.InstanceRetries,
 		Logger:             log,
 		Registerer:         reg,
+		TracerProvider:     p.tracer,
 	}
 	return o, tw, nil
 }

@@ -36,6 +36,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		PublishTimeout: r.cfg.PublishTimeout,
 		Logger:         log,
 		Registerer:     reg,
+		TracerProvider: p.tracer,
 	})
 	if err != nil {
 		return err
@@ -81,6 +82,7 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 		PublishTimeout: r.cfg.PublishTimeout,
 		Logger:         log,
 		Registerer:     reg,
+		TracerProvider: p.tracer,
 	})
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stowline/stowline/internal/config"
@@ -20,7 +21,12 @@ func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) e
 			return err
 		}
 	}
-	p, err := newProcess(ctx, c.NATS, nil, c.ListenTLS, c.Admin, false, log)
+	tp, stopTracing, err := startTracing(ctx, "stowline-ingest", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	p, err := newProcess(ctx, c.NATS, nil, c.ListenTLS, c.Admin, false, tp, log)
 	if err != nil {
 		return err
 	}
@@ -33,7 +39,12 @@ func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Log
 	if err != nil {
 		return err
 	}
-	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, false, log)
+	tp, stopTracing, err := startTracing(ctx, "stowline-forwarder", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, false, tp, log)
 	if err != nil {
 		return err
 	}
@@ -52,7 +63,12 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 	if c.Reconcile.Enabled {
 		in.sources = sources
 	}
-	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, true, log)
+	tp, stopTracing, err := startTracing(ctx, "stowline", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, true, tp, log)
 	if err != nil {
 		return err
 	}
@@ -65,7 +81,9 @@ type process struct {
 	topo      natsjs.Topology
 	serverTLS *tls.Config
 	status    *statusWiring
-	log       *slog.Logger
+	// tracer is the process's TracerProvider; nil when tracing is off.
+	tracer trace.TracerProvider
+	log    *slog.Logger
 }
 
 // role is one service of the process: it starts its goroutines in g and
@@ -75,8 +93,9 @@ type role interface {
 }
 
 // newProcess connects to JetStream and creates the event stream; fc is
-// nil without a forwarder.
-func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt config.ListenTLS, admin config.Admin, singleHost bool, log *slog.Logger) (*process, error) {
+// nil without a forwarder, tp without tracing.
+func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt config.ListenTLS, admin config.Admin, singleHost bool,
+	tp trace.TracerProvider, log *slog.Logger) (*process, error) {
 	serverTLS, err := listenTLS(lt, log)
 	if err != nil {
 		return nil, err
@@ -85,7 +104,7 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 	if err != nil {
 		return nil, err
 	}
-	p := &process{conn: conn, topo: topology(nc, fc), serverTLS: serverTLS, log: log}
+	p := &process{conn: conn, topo: topology(nc, fc), serverTLS: serverTLS, tracer: tp, log: log}
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
 	if _, err := p.topo.EnsureEvents(pctx, conn.JS); err != nil {

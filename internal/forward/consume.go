@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // Run pulls and forwards events until ctx ends. Then it stops pulling,
@@ -65,15 +66,19 @@ func (f *Forwarder) worker(ctx, workCtx context.Context) {
 // progress, and settles the message by the outcome policy.
 func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	a := &Attempt{Destination: f.opts.DestinationName, Number: 1}
-	if meta, err := msg.Metadata(); err == nil {
+	meta, err := msg.Metadata()
+	if err == nil {
 		a.Number, a.Seq = meta.NumDelivered, meta.Sequence.Stream
 	}
+	ctx, span := f.startAttempt(ctx, msg, meta)
+	defer span.End()
 	ev, err := events.Decode(msg.Data())
 	if err != nil {
 		// A message this build can't read would loop forever: stop it,
 		// with the reason, where an operator can see it.
 		f.log.Error("undecodable event terminated", "subject", msg.Subject(), "stream_seq", a.Seq, "err", err)
 		f.m.studies.WithLabelValues(string(ResultUndecodable)).Inc()
+		recordOutcome(span, ResultUndecodable, "", Report{})
 		if err := msg.TermWithReason("undecodable event: " + err.Error()); err != nil {
 			f.log.Warn("terminate undecodable event", "err", err)
 		}
@@ -83,6 +88,10 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	log := f.log.With("source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
 		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
 		"attempt", a.Number, "stream_seq", a.Seq)
+	if span.IsRecording() {
+		span.SetAttributes(tracing.Event(ev)...)
+		log = log.With("trace_id", span.SpanContext().TraceID().String())
+	}
 	f.obs.Started(a)
 
 	if d, poison := f.policy.exhausted(a.Number); poison {

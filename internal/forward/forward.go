@@ -13,6 +13,7 @@
 //	buffer.go    buffer mode: deletes forwarded instances from the source
 //	failure.go   the failure classes every error and Failure Reason maps to
 //	observer.go  what the forwarder reports as it works (the status page)
+//	tracing.go   the spans of a delivery (OpenTelemetry)
 package forward
 
 import (
@@ -25,6 +26,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -128,6 +130,10 @@ type Options struct {
 	Release func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error)
 	// Observer, if set, is told of every attempt as it progresses.
 	Observer Observer
+	// TracerProvider, if set, traces every delivery in the trace its
+	// message's traceparent names (tracing.go); nil: no tracing, at no
+	// cost.
+	TracerProvider trace.TracerProvider
 	// ShutdownGrace is how long in-flight studies may go on after
 	// shutdown starts before they are returned to the queue.
 	ShutdownGrace time.Duration
@@ -145,6 +151,8 @@ type Forwarder struct {
 	opts   Options
 	policy policy
 	obs    Observer
+	// tracer is nil when tracing is off.
+	tracer trace.Tracer
 	log    *slog.Logger
 	m      *metrics
 }
@@ -208,5 +216,9 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
-	return &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m}, nil
+	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m}
+	if opts.TracerProvider != nil {
+		fw.tracer = opts.TracerProvider.Tracer("github.com/stowline/stowline/internal/forward")
+	}
+	return fw, nil
 }

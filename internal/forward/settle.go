@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // settleTimeout bounds the ack, NAK or dead letter of one attempt; they
@@ -46,6 +48,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 		result = f.deadLetter(sctx, msg, a, d, rep, ferr, log)
 	}
 	f.m.studies.WithLabelValues(string(result)).Inc()
+	recordOutcome(trace.SpanFromContext(ctx), result, d.class, rep)
 	f.obs.Finished(a, result, rep)
 	if result == ResultForwarded && f.opts.CleanerFor != nil {
 		f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
@@ -128,6 +131,7 @@ func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attemp
 		log.Error("dead letter not stored; the study stays queued", "class", d.class, "err", err, "retry_in", delay.String())
 		return f.nakWithDelay(msg, delay, log)
 	}
+	trace.SpanFromContext(ctx).SetAttributes(tracing.DeadLetterSeq.Int64(int64(dlSeq)))
 	log.Error("study dead-lettered", "class", d.class, "err", ferr, "dead_letter_seq", dlSeq,
 		"failed_instances", len(letter.Failures), "instances_stored", rep.Instances)
 	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (%s)", dlSeq, d.class)); err != nil {

@@ -8,7 +8,10 @@ import (
 	"net/http"
 	"sync"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/tracing"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -53,7 +56,12 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	if err != nil {
 		return rep, &Error{Class: Permanent, Err: err}
 	}
-	instances, err := src.StudyInstances(ctx, ev.OrthancStudyID)
+	lctx, span := f.startSpan(ctx, "orthanc list instances", trace.SpanKindClient)
+	instances, err := src.StudyInstances(lctx, ev.OrthancStudyID)
+	if span.IsRecording() {
+		span.SetAttributes(tracing.Source.String(ev.Source), tracing.OrthancStudyID.String(ev.OrthancStudyID), tracing.Instances.Int(len(instances)))
+	}
+	endSpan(span, err)
 	if err != nil {
 		if errors.Is(err, orthancapi.ErrNotFound) {
 			return rep, Errorf(SourceMissing, "study %s is no longer in Orthanc source %s: %w", ev.OrthancStudyID, ev.Source, err)
@@ -65,7 +73,13 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	}
 	rep.Listed, rep.listed = len(instances), instances
 	if f.opts.Router != nil {
-		if instances, err = f.opts.Router.Select(ctx, ev.Source, ev.OrthancStudyID, instances); err != nil {
+		rctx, span := f.startSpan(ctx, "route", trace.SpanKindInternal)
+		instances, err = f.opts.Router.Select(rctx, ev.Source, ev.OrthancStudyID, instances)
+		if span.IsRecording() {
+			span.SetAttributes(tracing.Listed.Int(rep.Listed), tracing.Selected.Int(len(instances)))
+		}
+		endSpan(span, err)
+		if err != nil {
 			return rep, fmt.Errorf("routing rules: %w", err)
 		}
 		if len(instances) == 0 {
@@ -212,12 +226,12 @@ type batchOutcome struct {
 // permanent failure (ClassifyStatus).
 func (f *Forwarder) send(ctx context.Context, batch []dicomweb.Part, rep *Report) (batchOutcome, error) {
 	rep.Requests++
-	res, err := f.opts.Destination.Store(ctx, batch)
+	res, err := f.store(ctx, batch)
 	var he *dicomweb.HTTPError
 	if errors.As(err, &he) && he.StatusCode == http.StatusUnauthorized {
 		rep.Requests++
 		f.m.authRetries.Inc()
-		res, err = f.opts.Destination.Store(ctx, batch)
+		res, err = f.store(ctx, batch)
 	}
 	if err != nil {
 		// A STOW response on an error status still says per instance

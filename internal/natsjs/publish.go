@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // Publisher stores events in the event stream (events.Publisher).
@@ -28,7 +29,9 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, ev *events.StudyStab
 }
 
 // PublishTo publishes ev on subject (EventSubject, or DestinationSubject
-// for one destination only) with the given dedupe ID.
+// for one destination only) with the given dedupe ID. When ctx carries a
+// span, the message carries its W3C traceparent, so the forwarders
+// continue the trace; a duplicate JetStream drops keeps the first one's.
 func PublishTo(ctx context.Context, js jetstream.JetStream, subject string, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
 	data, err := json.Marshal(ev)
 	if err != nil {
@@ -36,6 +39,7 @@ func PublishTo(ctx context.Context, js jetstream.JetStream, subject string, ev *
 	}
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	tracing.Inject(ctx, msg.Header)
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(EventStream))
 	if err != nil {
 		return nil, fmt.Errorf("publish event %s: %w", msgID, err)

@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/tracing"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -87,12 +91,23 @@ func (s *sourceRunner) publish(ctx context.Context, studyID string, study orthan
 		log.Error("stable study cannot be announced: its event would be invalid", "err", err)
 		return nil
 	}
+	// A trace of its own, as a webhook event has: the forwarders continue
+	// it when this publish is the one JetStream keeps.
+	ctx, span := s.r.tracer.Start(ctx, "reconcile event", trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindProducer))
+	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(tracing.Event(ev)...)
+		span.SetAttributes(tracing.Origin.String("reconciler"), tracing.MessageID.String(ev.MsgID()))
+		log = log.With("trace_id", span.SpanContext().TraceID().String())
+	}
 	pctx, cancel := context.WithTimeout(ctx, s.r.opts.PublishTimeout)
 	defer cancel()
 	ack, err := s.r.opts.Publisher.Publish(pctx, ev)
 	if err != nil {
+		span.SetStatus(codes.Error, "JetStream did not acknowledge")
 		return fmt.Errorf("publish study %s: %w", studyID, err)
 	}
+	span.SetAttributes(tracing.StreamSeq.Int64(int64(ack.Sequence)), tracing.Duplicate.Bool(ack.Duplicate))
 	if len(s.recent) >= maxRecent {
 		clear(s.recent)
 	}

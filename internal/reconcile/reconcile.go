@@ -26,8 +26,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/tracing"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -74,11 +76,15 @@ type Options struct {
 	Holder     string
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// TracerProvider, if set, starts a trace per event the reconciler
+	// publishes (the forwarders continue it); nil: no tracing.
+	TracerProvider trace.TracerProvider
 }
 
 // Reconciler polls the sources. Create it with New, then Run it.
 type Reconciler struct {
 	opts    Options
+	tracer  trace.Tracer
 	log     *slog.Logger
 	m       *metrics
 	sources []*sourceRunner
@@ -146,7 +152,8 @@ func New(opts Options) (*Reconciler, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Reconciler{opts: opts, log: log, m: m}
+	r := &Reconciler{opts: opts, log: log, m: m,
+		tracer: tracing.Tracer(opts.TracerProvider, "github.com/stowline/stowline/internal/reconcile")}
 	for _, s := range opts.Sources {
 		r.sources = append(r.sources, &sourceRunner{r: r, configured: s.Name, orthanc: s.Orthanc})
 	}

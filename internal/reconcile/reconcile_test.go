@@ -54,14 +54,14 @@ func newRig(t *testing.T, rel testharness.Release, name string) *rig {
 
 // start runs a reconciler until the returned stop is called (or the test
 // ends).
-func (r *rig) start(t *testing.T, name string) (rec *reconcile.Reconciler, reg *prometheus.Registry, stop func()) {
+func (r *rig) start(t *testing.T, name string, with ...func(*reconcile.Options)) (rec *reconcile.Reconciler, reg *prometheus.Registry, stop func()) {
 	t.Helper()
 	reg = prometheus.NewRegistry()
 	var src reconcile.Orthanc = r.client
 	if r.client2 != nil {
 		src = r.client2
 	}
-	rec, err := reconcile.New(reconcile.Options{
+	opts := reconcile.Options{
 		Sources:      []reconcile.Source{{Name: name, Orthanc: src}},
 		KV:           r.kv,
 		Publisher:    publisher{r.nats.JS},
@@ -71,7 +71,11 @@ func (r *rig) start(t *testing.T, name string) (rec *reconcile.Reconciler, reg *
 		PageSize:     4, // a study's changes span several pages
 		Registerer:   reg,
 		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	for _, f := range with {
+		f(&opts)
+	}
+	rec, err := reconcile.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,8 +24,11 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // MaxBodyBytes bounds a webhook body; an event is a few hundred bytes.
@@ -54,6 +57,9 @@ type WebhookOptions struct {
 	PublishTimeout time.Duration
 	Logger         *slog.Logger
 	Registerer     prometheus.Registerer
+	// TracerProvider, if set, starts a trace per accepted event (the
+	// forwarders continue it); nil: no tracing.
+	TracerProvider trace.TracerProvider
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -68,6 +74,7 @@ type Webhook struct {
 	pub     events.Publisher
 	timeout time.Duration
 	log     *slog.Logger
+	tracer  trace.Tracer
 	now     func() time.Time
 	m       *metrics
 }
@@ -84,6 +91,7 @@ func NewWebhook(opts WebhookOptions) (*Webhook, error) {
 		pub:     opts.Publisher,
 		timeout: opts.PublishTimeout,
 		log:     opts.Logger,
+		tracer:  tracing.Tracer(opts.TracerProvider, "github.com/stowline/stowline/internal/web"),
 		now:     opts.Now,
 	}
 	for _, t := range opts.Tokens {
@@ -140,6 +148,7 @@ type accepted struct {
 }
 
 func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
+	arrived := time.Now()
 	if h.limit != nil {
 		if ok, wait := h.limit.allow(clientIP(r, h.proxies)); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
@@ -181,13 +190,25 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.ReceivedAt = h.now().UTC()
 
-	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
+	// A trace starts with each valid event (not with rejected requests,
+	// which anyone can send): a new root, whatever the request carried.
+	ctx, span := h.tracer.Start(r.Context(), "webhook event", trace.WithNewRoot(),
+		trace.WithSpanKind(trace.SpanKindProducer), trace.WithTimestamp(arrived))
+	defer span.End()
+	log := h.log
+	if span.IsRecording() {
+		span.SetAttributes(tracing.Event(ev)...)
+		span.SetAttributes(tracing.Origin.String("webhook"), tracing.MessageID.String(ev.MsgID()))
+		log = log.With("trace_id", span.SpanContext().TraceID().String())
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
 	start := time.Now()
 	ack, err := h.pub.Publish(ctx, ev)
 	h.m.publishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
-		h.log.Error("event not stored: JetStream did not acknowledge",
+		span.SetStatus(codes.Error, "JetStream did not acknowledge")
+		log.Error("event not stored: JetStream did not acknowledge",
 			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "err", err)
 		h.reject(w, r, http.StatusServiceUnavailable, "jetstream_unavailable",
@@ -198,8 +219,11 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	if ack.Duplicate {
 		result = "duplicate"
 	}
+	if span.IsRecording() {
+		span.SetAttributes(tracing.StreamSeq.Int64(int64(ack.Sequence)), tracing.Duplicate.Bool(ack.Duplicate))
+	}
 	h.m.received.WithLabelValues(result).Inc()
-	h.log.Info("event accepted", "source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
+	log.Info("event accepted", "source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
 		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
 		"stream_seq", ack.Sequence, "duplicate", ack.Duplicate)
 	WriteJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})

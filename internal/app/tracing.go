@@ -1,0 +1,139 @@
+package app
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/tracing"
+)
+
+// TracingVars are the OpenTelemetry variables stowline's tracing follows
+// (docs/tracing.md documents each). The OpenTelemetry SDK and its OTLP/HTTP
+// exporter read them from the process environment themselves, so they are
+// not part of internal/config; deploy/compose_test.go accepts exactly
+// these in the compose file.
+var TracingVars = []string{
+	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+	"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+	"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+	"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_COMPRESSION",
+	"OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+	"OTEL_EXPORTER_OTLP_INSECURE",
+	"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+	"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+	"OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+	"OTEL_SDK_DISABLED",
+}
+
+// tracingShutdownTimeout bounds the flush of the spans still buffered when
+// a process stops.
+const tracingShutdownTimeout = 5 * time.Second
+
+// tracingEnabled reports whether OpenTelemetry tracing is on: an OTLP
+// endpoint is set and not empty, and OTEL_SDK_DISABLED is not true. An
+// empty value is off, so a compose file can pass ${VAR:-} through.
+func tracingEnabled(getenv func(string) string) bool {
+	if strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true") {
+		return false
+	}
+	return strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_ENDPOINT")) != "" ||
+		strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) != ""
+}
+
+// startTracing returns the process's TracerProvider, exporting over
+// OTLP/HTTP in batches, and the function that flushes and stops it; a nil
+// provider (every span a no-op, nothing exported) when tracing is off.
+// service is the default service.name, which OTEL_SERVICE_NAME overrides.
+//
+// Everything is read from the process environment, as the SDK does (it
+// cannot be given another), not from the getenv the configuration comes
+// from. The sampler is the SDK's: OTEL_TRACES_SAMPLER, by default
+// parentbased_always_on. No global is set: the provider is passed down.
+func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.TracerProvider, func(), error) {
+	if !tracingEnabled(os.Getenv) {
+		return nil, func() {}, nil
+	}
+	protocol := cmp.Or(os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf")
+	if protocol != "http/protobuf" && protocol != "http/json" {
+		// The exporter would fall back to http/protobuf against what may
+		// be a gRPC port, and every export would fail.
+		return nil, nil, &usageError{fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: stowline exports traces over OTLP/HTTP: want http/protobuf (the default) or http/json, and the collector's OTLP/HTTP port (4318)", protocol)}
+	}
+	exp, err := otlptracehttp.New(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tracing: OTLP exporter: %w", err)
+	}
+	// Later detectors win: OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
+	// override the default name.
+	res, err := resource.New(ctx,
+		resource.WithAttributes(attribute.String("service.name", service)),
+		resource.WithHost(),
+		resource.WithTelemetrySDK(),
+		resource.WithFromEnv(),
+	)
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, nil, fmt.Errorf("tracing: resource (OTEL_RESOURCE_ATTRIBUTES): %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	log.Info("tracing on: spans are exported with OTLP/HTTP", "protocol", protocol,
+		"service_name", serviceName(res, service), "sampler", cmp.Or(os.Getenv("OTEL_TRACES_SAMPLER"), "parentbased_always_on"))
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tracingShutdownTimeout)
+		defer cancel()
+		if err := tp.Shutdown(sctx); err != nil {
+			log.Warn("tracing: spans not flushed at shutdown", "err", err)
+		}
+	}
+	return tp, stop, nil
+}
+
+// serviceName is the resource's service.name, for the startup log.
+func serviceName(res *resource.Resource, fallback string) string {
+	if v, ok := res.Set().Value("service.name"); ok {
+		return v.AsString()
+	}
+	return fallback
+}
+
+// publishTraced runs publish, which stores ev, in a span that starts a
+// trace of its own (the forwarders continue it from the message's
+// traceparent), as the ingest does for a webhook event. destination is ""
+// for an event every destination takes. Without tp it only publishes.
+func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, destination string, ev *events.StudyStable,
+	publish func(context.Context) (*jetstream.PubAck, error)) (*jetstream.PubAck, error) {
+	if tp == nil {
+		return publish(ctx)
+	}
+	ctx, span := tp.Tracer("github.com/stowline/stowline/internal/app").Start(ctx, name,
+		trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindProducer))
+	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(tracing.Event(ev)...)
+		span.SetAttributes(tracing.Origin.String(origin))
+		if destination != "" {
+			span.SetAttributes(tracing.Destination.String(destination))
+		}
+	}
+	ack, err := publish(ctx)
+	if err != nil {
+		span.SetStatus(codes.Error, "JetStream did not acknowledge")
+		return ack, err
+	}
+	span.SetAttributes(tracing.StreamSeq.Int64(int64(ack.Sequence)), tracing.Duplicate.Bool(ack.Duplicate))
+	return ack, nil
+}

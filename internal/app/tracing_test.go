@@ -1,0 +1,83 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestTracingEnabled(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want bool
+	}{
+		{nil, false},
+		// compose passes ${OTEL_EXPORTER_OTLP_ENDPOINT:-}: empty is off.
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": ""}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"}, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318", "OTEL_SDK_DISABLED": "true"}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318", "OTEL_SDK_DISABLED": "false"}, true},
+	} {
+		if got := tracingEnabled(func(k string) string { return tc.env[k] }); got != tc.want {
+			t.Errorf("%v: enabled = %v, want %v", tc.env, got, tc.want)
+		}
+	}
+}
+
+// TestStartTracing: off, the provider is nil (every span a no-op); a
+// protocol other than OTLP/HTTP is refused at startup, naming the
+// variable; on, it flushes at stop.
+func TestStartTracing(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	tp, stop, err := startTracing(context.Background(), "stowline-test", log)
+	if err != nil || tp != nil {
+		t.Fatalf("off: provider %v, err %v; want nil, nil", tp, err)
+	}
+	stop()
+
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+	if _, _, err := startTracing(context.Background(), "stowline-test", log); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "OTEL_EXPORTER_OTLP_PROTOCOL") {
+		t.Errorf("grpc: err %v, want a usage error naming OTEL_EXPORTER_OTLP_PROTOCOL", err)
+	}
+
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
+	tp, stop, err = startTracing(context.Background(), "stowline-test", log)
+	if err != nil || tp == nil {
+		t.Fatalf("on: provider %v, err %v", tp, err)
+	}
+	_, span := tp.Tracer("test").Start(context.Background(), "span")
+	if !span.IsRecording() {
+		t.Error("on: the default sampler did not record a root span")
+	}
+	span.End()
+	stop() // the export fails (nothing listens): stop still returns
+}
+
+// TestTracingVarsAreDocumented: every OTEL_* variable the compose test
+// accepts is in docs/tracing.md, which the README links.
+func TestTracingVarsAreDocumented(t *testing.T) {
+	docs, err := os.ReadFile("../../docs/tracing.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range TracingVars {
+		if !strings.Contains(string(docs), "`"+v+"`") {
+			t.Errorf("docs/tracing.md does not document %s", v)
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "(docs/tracing.md)") {
+		t.Error("README.md does not link docs/tracing.md")
+	}
+}

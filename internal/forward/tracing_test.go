@@ -1,0 +1,125 @@
+package forward
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// sameParts is a destination that checks it is handed the caller's parts
+// themselves: with tracing off, nothing wraps or copies them.
+type sameParts struct {
+	t    *testing.T
+	want []dicomweb.Part
+}
+
+func (d sameParts) Store(_ context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
+	if len(parts) == 0 || &parts[0] != &d.want[0] {
+		d.t.Error("with tracing off, the parts were copied or wrapped before the STOW-RS request")
+	}
+	return &dicomweb.Result{StatusCode: http.StatusOK}, nil
+}
+
+// TestTracingOffCostsNothingPerInstance: without a TracerProvider a
+// request's parts go to the destination untouched (no per-instance
+// wrapper, no span), and no span is started for the attempt.
+func TestTracingOffCostsNothingPerInstance(t *testing.T) {
+	batch := []dicomweb.Part{{SOPInstanceUID: "1.2.3"}, {SOPInstanceUID: "1.2.4"}}
+	f := &Forwarder{opts: Options{Destination: sameParts{t: t, want: batch}}}
+	if _, err := f.store(context.Background(), batch); err != nil {
+		t.Fatal(err)
+	}
+	ctx, span := f.startSpan(context.Background(), "x", 0)
+	if span.IsRecording() || ctx != context.Background() {
+		t.Error("tracing off started a span")
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = f.startSpan(ctx, "x", 0) }); n != 0 {
+		t.Errorf("startSpan with tracing off allocates %v times", n)
+	}
+}
+
+// TestTraceOfAFailedAttempt: a destination answering 503 makes the
+// attempt a retry of class transient, and its STOW request span says 503.
+func TestTraceOfAFailedAttempt(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	ns := testnats.Start(t)
+	var k sink
+	k.status.Store(http.StatusServiceUnavailable)
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	f := newForwarder(t, newMemSource(3), srv.URL, cons, func(o *Options) { o.TracerProvider = tp; o.Concurrency = 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	// The first attempt has ended once its span has.
+	deadline := time.Now().Add(15 * time.Second)
+	for !hasSpan(rec, "forward study") {
+		if time.Now().After(deadline) {
+			t.Fatal("no attempt ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+
+	var study, stow sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		switch s.Name() {
+		case "forward study":
+			study = s
+		case "stow request":
+			stow = s
+		case "queue wait":
+			if s.Parent().IsValid() {
+				t.Errorf("queue wait of an event published outside any trace has parent %v", s.Parent())
+			}
+		}
+	}
+	if study == nil || stow == nil {
+		t.Fatalf("spans %v: want a forward study and a stow request", rec.Ended())
+	}
+	if study.Status().Code != codes.Error || stow.Status().Code != codes.Error {
+		t.Errorf("statuses %v, %v: want errors", study.Status(), stow.Status())
+	}
+	got := map[string]string{}
+	for _, s := range []sdktrace.ReadOnlySpan{study, stow} {
+		for _, kv := range s.Attributes() {
+			got[s.Name()+" "+string(kv.Key)] = kv.Value.String()
+		}
+	}
+	for k, want := range map[string]string{
+		"forward study stowline.result":          "retry",
+		"forward study stowline.failure_class":   "transient",
+		"stow request http.response.status_code": "503",
+		"stow request error.type":                "503",
+		"stow request stowline.failure_class":    "transient",
+	} {
+		if got[k] != want {
+			t.Errorf("%s = %q, want %q", k, got[k], want)
+		}
+	}
+}
+
+func hasSpan(rec *tracetest.SpanRecorder, name string) bool {
+	for _, s := range rec.Ended() {
+		if s.Name() == name {
+			return true
+		}
+	}
+	return false
+}
