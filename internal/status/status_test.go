@@ -557,6 +557,10 @@ func TestRecentDeadLetters(t *testing.T) {
 		t.Fatalf("no stream yet: %v %d %v", got, n, err)
 	}
 	store := addDeadLetters(t, ns.JS, 6)
+	// Replays go to a destination with a consumer, as a forwarder makes.
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(ctx, ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
 	// Replay the newest: a gap at the end of the stream.
 	if _, err := store.Replay(ctx, deadletter.Filter{Seq: 6}, false); err != nil {
 		t.Fatal(err)

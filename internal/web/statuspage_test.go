@@ -145,6 +145,13 @@ func TestAuth(t *testing.T) {
 
 func TestReplayIsCSRFSafe(t *testing.T) {
 	f := start(t)
+	// The letter's destination has its consumer, as its forwarders make:
+	// a replay goes nowhere else.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(ctx, f.ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
 	c := f.browser(t)
 	_, body := f.get(t, c, "/ui", adminToken)
 	m := csrfInput.FindStringSubmatch(body)
@@ -189,8 +196,6 @@ func TestReplayIsCSRFSafe(t *testing.T) {
 			t.Errorf("%s: status %d, want 403", tt.name, resp.StatusCode)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	if got, err := f.store.List(ctx, deadletter.Filter{All: true}); err != nil || len(got) != 1 {
 		t.Fatalf("after refused posts: %d dead letters (err %v), want 1", len(got), err)
 	}
