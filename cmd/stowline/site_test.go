@@ -399,13 +399,24 @@ func orthancUIDs(t *testing.T, o *testharness.Orthanc) map[string]bool {
 // byte, and that none other ever reached it.
 func (d *siteDest) checkHolds(t *testing.T, want map[string]string) {
 	t.Helper()
-	got := d.orthanc.InstanceMD5s(t)
+	d.checkSums(t, d.orthanc.InstanceMD5s(t), want)
+}
+
+// checkDatasets is checkHolds comparing data sets only (the file meta
+// group left out), for files whose source copy is gone.
+func (d *siteDest) checkDatasets(t *testing.T, want map[string]string) {
+	t.Helper()
+	d.checkSums(t, d.orthanc.InstanceDatasetMD5s(t), want)
+}
+
+func (d *siteDest) checkSums(t *testing.T, got, want map[string]string) {
+	t.Helper()
 	for uid, sum := range want {
 		switch g, ok := got[uid]; {
 		case !ok:
 			t.Errorf("destination %s lacks instance %s", d.name, uid)
 		case g != sum:
-			t.Errorf("destination %s: instance %s differs: md5 %s at the source, %s here", d.name, uid, sum, g)
+			t.Errorf("destination %s: instance %s differs: md5 %s wanted, %s here", d.name, uid, sum, g)
 		}
 	}
 	for uid := range got {
@@ -418,6 +429,22 @@ func (d *siteDest) checkHolds(t *testing.T, want map[string]string) {
 			t.Errorf("instance %s was sent to destination %s, which it is not for", uid, d.name)
 		}
 	}
+}
+
+// fileDatasetMD5s maps the SOP Instance UID of each file to the MD5 of
+// its data set.
+func fileDatasetMD5s(t *testing.T, files ...string) map[string]string {
+	t.Helper()
+	uids := sopUIDs(t, files...)
+	out := make(map[string]string, len(files))
+	for i, f := range files {
+		sum, err := testharness.FileDatasetMD5(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[uids[i]] = sum
+	}
+	return out
 }
 
 // subset returns the entries of m whose keys are in keys.
