@@ -75,6 +75,14 @@ func (p *pipeline) snapCPU(client int) (cpuSnap, error) {
 	if s.b, err = cpuTime(p.b.PID()); err != nil {
 		return s, err
 	}
+	if p.c != nil {
+		// B's figure is that of both destinations.
+		c, err := cpuTime(p.c.PID())
+		if err != nil {
+			return s, err
+		}
+		s.b += c
+	}
 	if client != 0 {
 		s.client, err = cpuTime(client)
 	}
@@ -151,21 +159,36 @@ func (p *pipeline) runNative(ctx context.Context, round int) (sample, error) {
 	return s, p.checkAndEmptyB(ctx, round)
 }
 
+// target is where a stowline case sends the study.
+type target int
+
+const (
+	toB target = iota
+	// toSink is the discard STOW-RS sink.
+	toSink
+	// toBAndC is B and C as two destinations of one stowline.
+	toBAndC
+)
+
 // runStowline starts the stowline binary, publishes the study's event to
-// its webhook and measures until B (or, toSink, the discard STOW-RS sink)
-// holds the study.
-func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, toSink bool) (s sample, err error) {
+// its webhook and measures until the target holds the study.
+func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to target) (s sample, err error) {
 	dir, err := os.MkdirTemp(p.tmp, "stowline-")
 	if err != nil {
 		return s, err
 	}
 	defer os.RemoveAll(dir)
-	dest, label := p.b.URL+"/dicom-web", fileName(fs.String())
-	if toSink {
-		dest, label = p.sinkURL, "sink-"+label
+	label := fileName(fs.String())
+	var env map[string]string
+	switch to {
+	case toB:
+		env = p.stowlineEnv(fs, p.gateB.URL+"/dicom-web", "")
+	case toSink:
+		env, label = p.stowlineEnv(fs, p.sinkURL, ""), "sink-"+label
 		p.sink.Reset()
+	case toBAndC:
+		env, label = p.twoDestinationEnv(fs), "two-"+label
 	}
-	env := p.stowlineEnv(fs, dest)
 	if p.set.ProfileDir != "" {
 		base := filepath.Join(p.set.ProfileDir, fmt.Sprintf("%s-round%d", label, round))
 		env["STOWLINE_PROFILE_CPU"] = base + ".cpu.pprof"
@@ -204,10 +227,13 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	defer cancel()
 	start := time.Now()
 	var w <-chan timed
-	if toSink {
+	switch to {
+	case toSink:
 		w = p.watchSink(wctx, start)
-	} else {
+	case toB:
 		w = p.watchB(wctx, start)
+	case toBAndC:
+		w = p.watchHeld(wctx, start, p.b, p.c)
 	}
 	if err := proc.publish(ctx, p.studyID, p.studyUID, p.lastUpdate); err != nil {
 		return s, err
@@ -222,23 +248,30 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	case <-proc.exited:
 		return s, fmt.Errorf("stowline exited: %v", proc.waitErr)
 	}
-	line, err := proc.forwarded(ctx)
-	if err != nil {
-		return s, err
+	// One "study forwarded" line per destination.
+	destinations := 1
+	if to == toBAndC {
+		destinations = 2
 	}
-	s.done, s.requests = line.at.Sub(start), line.Requests
+	for range destinations {
+		line, err := proc.forwarded(ctx)
+		if err != nil {
+			return s, err
+		}
+		s.done, s.requests = line.at.Sub(start), s.requests+line.Requests
+		if line.Instances != p.n() || line.Bytes < p.totalBytes {
+			return s, fmt.Errorf("stowline logged %d instances, %d bytes; the study has %d, %d", line.Instances, line.Bytes, p.n(), p.totalBytes)
+		}
+	}
 	if err := stopPerf(); err != nil {
 		return s, err
-	}
-	if line.Instances != p.n() || line.Bytes < p.totalBytes {
-		return s, fmt.Errorf("stowline logged %d instances, %d bytes; the study has %d, %d", line.Instances, line.Bytes, p.n(), p.totalBytes)
 	}
 	after, err := p.snapCPU(pid)
 	if err != nil {
 		return s, err
 	}
 	s.setCPU(before, after, false)
-	if toSink {
+	if to == toSink {
 		// This process did nothing but serve the sink meanwhile (and read
 		// stowline's log): its CPU is the sink's.
 		s.cpuSink = after.self - before.self
@@ -254,8 +287,11 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	if err := proc.stop(); err != nil {
 		return s, err
 	}
-	if toSink {
+	switch to {
+	case toSink:
 		return s, p.checkAndResetSink()
+	case toBAndC:
+		return s, p.checkAndEmpty(ctx, round, p.b, p.c)
 	}
 	return s, p.checkAndEmptyB(ctx, round)
 }

@@ -14,8 +14,14 @@ import (
 
 // BenchmarkPipeline forwards one generated CT study from Orthanc A to
 // Orthanc B with Orthanc's own STOW-RS client, with the stowline binary
-// under several settings, and with two kinds of reference transfers, all in
-// the same run against the same two servers.
+// under several settings, to B and a third Orthanc C at once (stowline
+// with two destinations), and with two kinds of reference transfers, all
+// in the same run against the same servers. B and C sit behind
+// token-checking proxies of a real OAuth2 server, as a cloud archive
+// does: stowline fetches its tokens (client credentials), Orthanc's own
+// client sends one fixed token. The Orthanc release is the first of
+// STOWLINE_ORTHANC_RELEASES (testharness), so that
+// STOWLINE_ORTHANC_RELEASES=1.12 compares with DICOMweb plugin 1.20.
 //
 // The rounds run here, each case once per round, in alternating order (so
 // drift, such as B's index growing or caches warming, does not favour one
@@ -62,9 +68,28 @@ func BenchmarkPipeline(b *testing.B) {
 	}
 	p.printTable(cases, native, read)
 	for _, c := range cases {
-		b.Run(c.name, func(b *testing.B) { p.report(b, c, native, read) })
+		b.Run(c.name, func(b *testing.B) { p.report(b, c, native, read, oneDestination(cases, c)) })
 	}
 }
+
+// oneDestination is, for a two-destination case, the one-destination case
+// of the same setting (nil if it was not measured, or c is another kind).
+func oneDestination(cases []*benchCase, c *benchCase) *summary {
+	if c.kind != kindTwo {
+		return nil
+	}
+	for _, o := range cases {
+		if o.kind == kindStowline && o.setting == c.setting {
+			return &o.sum
+		}
+	}
+	return nil
+}
+
+// twoVsOne is the throughput of two destinations at once (instances
+// stored per second, over both) against one: 2 when sending to a second
+// destination costs no time at all, 1 when it takes as long as the first.
+func twoVsOne(two, one summary) float64 { return 2 * one.toB.Seconds() / two.toB.Seconds() }
 
 type caseKind int
 
@@ -75,11 +100,15 @@ const (
 	kindBStow
 	// kindSink is stowline forwarding into the discard STOW-RS sink.
 	kindSink
+	// kindTwo is stowline forwarding to B and C, two destinations at once.
+	kindTwo
 )
 
 type benchCase struct {
-	name    string
-	kind    caseKind
+	name string
+	kind caseKind
+	// setting is stowline's, for the stowline kinds.
+	setting fwdSetting
 	run     func(ctx context.Context, round int) (sample, error)
 	samples []sample
 	sum     summary
@@ -91,12 +120,16 @@ func (p *pipeline) cases() []*benchCase {
 		cs = append(cs, &benchCase{name: "native-orthanc-stow", kind: kindNative, run: p.runNative})
 	}
 	for _, fs := range p.set.Stowline {
-		cs = append(cs, &benchCase{name: "stowline/" + fs.String(), kind: kindStowline,
-			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, false) }})
+		cs = append(cs, &benchCase{name: "stowline/" + fs.String(), kind: kindStowline, setting: fs,
+			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, toB) }})
+	}
+	for _, fs := range p.set.TwoDestinations {
+		cs = append(cs, &benchCase{name: "stowline-two-destinations/" + fs.String(), kind: kindTwo, setting: fs,
+			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, toBAndC) }})
 	}
 	for _, fs := range p.set.Sink {
 		cs = append(cs, &benchCase{name: "stowline-to-sink/" + fs.String(), kind: kindSink,
-			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, true) }})
+			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, toSink) }})
 	}
 	for _, w := range p.set.ReadWorkers {
 		cs = append(cs, &benchCase{name: fmt.Sprintf("ref-A-read/workers=%d", w), kind: kindRead,
@@ -198,7 +231,7 @@ func (p *pipeline) summarize(c *benchCase) summary {
 // ns/op is the median time until B (or the sink) held the whole study.
 // x-native compares with Orthanc's own client, x-A-read with the fastest
 // raw read of A (read: nil without a read reference).
-func (p *pipeline) report(b *testing.B, c *benchCase, native, read *summary) {
+func (p *pipeline) report(b *testing.B, c *benchCase, native, read, one *summary) {
 	s := c.sum
 	b.ReportMetric(float64(s.toB.Nanoseconds()), "ns/op")
 	b.ReportMetric(s.instPerS, "inst/s")
@@ -211,7 +244,7 @@ func (p *pipeline) report(b *testing.B, c *benchCase, native, read *summary) {
 	if c.kind != kindNative {
 		b.ReportMetric(s.cpuClient, "client-cpu-s/GB")
 	}
-	if c.kind == kindStowline || c.kind == kindSink {
+	if c.kind == kindStowline || c.kind == kindSink || c.kind == kindTwo {
 		b.ReportMetric(float64(s.peakRSS)/(1<<20), "peak-RSS-MiB")
 		b.ReportMetric(float64(s.requests), "requests")
 	}
@@ -220,8 +253,11 @@ func (p *pipeline) report(b *testing.B, c *benchCase, native, read *summary) {
 		b.ReportMetric(s.firstRequest.Seconds(), "first-request-s")
 		b.ReportMetric(s.streamMBps, "stream-MB/s")
 	}
-	if native != nil && c.kind != kindNative && c.kind != kindSink {
+	if native != nil && (c.kind == kindStowline || c.kind == kindRead || c.kind == kindBStow) {
 		b.ReportMetric(s.instPerS/native.instPerS, "x-native")
+	}
+	if one != nil {
+		b.ReportMetric(twoVsOne(s, *one), "x-one-destination")
 	}
 	if read != nil && c.kind != kindRead {
 		b.ReportMetric(s.instPerS/read.instPerS, "x-A-read")
@@ -250,12 +286,12 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 	}
 	fmt.Printf("\n%d instances, %.1f MB, medians of %d rounds (min-max of the time in brackets); CPU in seconds per GB forwarded\n\n",
 		p.n(), float64(p.totalBytes)/1e6, p.set.Rounds)
-	fmt.Println("| case | time to B or sink, s | instances/s | MB/s | × native | × A-read | sender done, s | client CPU s/GB | A CPU s/GB | B CPU s/GB | sink CPU s/GB | peak RSS MiB | other load, cores |")
+	fmt.Println("| case | time to B or sink, s | instances/s | MB/s | × native | × A-read | sender done, s | client CPU s/GB | A CPU s/GB | B (and C) CPU s/GB | sink CPU s/GB | peak RSS MiB | other load, cores |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, c := range cases {
 		s := c.sum
 		ratio, xread, client, cpuB, cpuSink, rss := "", "", "-", "-", "-", "-"
-		if native != nil && c.kind != kindNative && c.kind != kindSink {
+		if native != nil && (c.kind == kindStowline || c.kind == kindRead || c.kind == kindBStow) {
 			ratio = fmt.Sprintf("%.2f", s.instPerS/native.instPerS)
 		}
 		if read != nil {
@@ -270,12 +306,21 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 		if c.kind == kindSink {
 			cpuSink = fmt.Sprintf("%.2f", s.cpuSink)
 		}
-		if c.kind == kindStowline || c.kind == kindSink {
+		if c.kind == kindStowline || c.kind == kindSink || c.kind == kindTwo {
 			rss = fmt.Sprintf("%.0f", float64(s.peakRSS)/(1<<20))
 		}
 		fmt.Printf("| %s | %.3f (%.3f-%.3f) | %.1f | %.1f | %s | %s | %.3f | %s | %.2f | %s | %s | %s | %.2f |\n",
 			c.name, s.toB.Seconds(), s.toBMin.Seconds(), s.toBMax.Seconds(), s.instPerS, s.mbPerS,
 			ratio, xread, s.done.Seconds(), client, s.cpuA, cpuB, cpuSink, rss, s.otherLoad)
+	}
+	for _, c := range cases {
+		one := oneDestination(cases, c)
+		if one == nil {
+			continue
+		}
+		s := c.sum
+		fmt.Printf("\n%s: B and C both held the study after %.3f s, against %.3f s for B alone: %.1f instances stored per second over both, %.2f × one destination's %.1f (2 would mean the second destination costs no time).\n",
+			c.name, s.toB.Seconds(), one.toB.Seconds(), 2*s.instPerS, twoVsOne(s, *one), one.instPerS)
 	}
 	for _, c := range cases {
 		if c.kind != kindSink {

@@ -23,6 +23,10 @@ type settings struct {
 	// Sink lists the stowline settings measured into the discard STOW-RS
 	// sink (internal/stowsink) served by this process, instead of B.
 	Sink []fwdSetting
+	// TwoDestinations lists the stowline settings measured with B and C
+	// as two destinations at once; the stowline case of the same setting
+	// is their one-destination baseline.
+	TwoDestinations []fwdSetting
 	// SinkLatency and SinkRate shape the sink's answers (0: none): the
 	// wait before each answer and the per-request read rate in bytes/s.
 	SinkLatency time.Duration
@@ -86,6 +90,7 @@ const settingsDoc = `STOWLINE_BENCH_SERIES (3), _PER_SERIES (100), _ROWS (512), 
 _ROUNDS (7), _STOWLINE ("4/100,1/100,4/25,4/50,4/300": concurrency/max instances[/parallel requests]),
 _READ_WORKERS ("1,4"), _BSTOW ("100/1,50/2": max instances/parallel requests; "-" for none),
 _SINK ("4/100/2,4/100/4": stowline settings into the discard sink; "-" for none),
+_TWO_DESTINATIONS ("4/100": stowline settings sending to B and C at once; "-" for none),
 _SINK_LATENCY (0), _SINK_RATE (0: bytes/s per request), _STOWLINE_ENV ("": KEY=VALUE ...),
 _NATIVE (1), _SOURCE (this module), _MAX_OTHER_LOAD (0.25), _PROFILE_DIR (""), _PERF_DIR (""), _TIMEOUT (5m)`
 
@@ -105,6 +110,7 @@ func loadSettings(getenv func(string) string) (settings, error) {
 	s.Timeout = e.duration("TIMEOUT", 5*time.Minute, 1, "a positive duration")
 	s.Stowline = e.fwdSettings("STOWLINE", "4/100,1/100,4/25,4/50,4/300")
 	s.Sink = e.fwdSettings("SINK", "4/100/2,4/100/4")
+	s.TwoDestinations = e.fwdSettings("TWO_DESTINATIONS", "4/100")
 	s.SinkLatency = e.duration("SINK_LATENCY", 0, 0, "a duration of 0 or more")
 	s.SinkRate = e.integer("SINK_RATE", 0, 0, 1<<40)
 	if v := e.get("STOWLINE_ENV"); v != "" {

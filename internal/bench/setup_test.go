@@ -17,6 +17,8 @@ import (
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testidp"
+	"golang.org/x/oauth2/clientcredentials"
 )
 
 // destName is the DicomWeb "Servers" entry of A that points at B.
@@ -26,12 +28,23 @@ const destName = "B"
 // runs; it bounds the timing error of "until B holds the whole study".
 const pollInterval = 20 * time.Millisecond
 
-// pipeline is the shared setup of one benchmark run: two Orthanc servers,
-// the study loaded into A, and the stowline binary.
+// pipeline is the shared setup of one benchmark run: two Orthanc servers
+// (three with two-destination cases), each destination behind a
+// token-checking proxy of a real OAuth2 server, the study loaded into A,
+// and the stowline binary.
 type pipeline struct {
 	set  settings
 	a, b *testharness.Orthanc
-	tmp  string
+	// c is the second destination of the two-destination cases; nil
+	// without them.
+	c   *testharness.Orthanc
+	tmp string
+
+	// idp issues the tokens gateB and gateC check, as a cloud archive's
+	// identity provider and API front end would: every STOW-RS request
+	// of stowline and of Orthanc's own client goes through a gate.
+	idp          *testidp.IdP
+	gateB, gateC *testidp.Gate
 
 	studyID, studyUID, lastUpdate string
 	instances                     []instance
@@ -78,15 +91,30 @@ func setupPipeline(b *testing.B) *pipeline {
 	}}}
 	b.Cleanup(p.http.CloseIdleConnections)
 
+	// Tokens live longer than a run: Orthanc's client is given one fixed
+	// token (it has no OAuth2 client of its own); stowline fetches its own.
+	p.idp = testidp.Start(b, testidp.WithTokenLifetime(6*time.Hour))
 	p.b = testharness.StartOrthanc(b, testharness.OrthancOptions{Name: "bench-dest-b", DicomWeb: true})
+	p.gateB = p.idp.Gate(b, p.b.URL)
+	if len(set.TwoDestinations) > 0 {
+		p.c = testharness.StartOrthanc(b, testharness.OrthancOptions{Name: "bench-dest-c", DicomWeb: true})
+		p.gateC = p.idp.Gate(b, p.c.URL)
+	}
+	token, err := (&clientcredentials.Config{ClientID: p.idp.ClientID, ClientSecret: p.idp.ClientSecret, TokenURL: p.idp.TokenURL}).Token(b.Context())
+	if err != nil {
+		b.Fatalf("token for Orthanc's own STOW-RS client: %v", err)
+	}
 	p.a = testharness.StartOrthanc(b, testharness.OrthancOptions{
 		Name:     "bench-source-a",
 		DicomWeb: true,
 		Extra: map[string]any{"DicomWeb": map[string]any{
-			"Servers": map[string]any{destName: []string{p.b.URL + "/dicom-web/"}},
+			"Servers": map[string]any{destName: map[string]any{
+				"Url":         p.gateB.URL + "/dicom-web/",
+				"HttpHeaders": map[string]string{"Authorization": "Bearer " + token.AccessToken},
+			}},
 		}},
 	})
-	b.Logf("orthanc A %s (pid %d), B %s (pid %d)", p.a.URL, p.a.PID(), p.b.URL, p.b.PID())
+	b.Logf("orthanc A %s (pid %d), B %s (pid %d) behind %s", p.a.URL, p.a.PID(), p.b.URL, p.b.PID(), p.gateB.URL)
 
 	if len(set.Sink) > 0 {
 		p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
@@ -252,33 +280,40 @@ func (p *pipeline) getFile(ctx context.Context, o *testharness.Orthanc, id strin
 	return io.CopyBuffer(w, resp.Body, *buf)
 }
 
-// countB returns how many instances B holds.
-func (p *pipeline) countB(ctx context.Context) (int, error) {
+// count returns how many instances o holds.
+func count(ctx context.Context, o *testharness.Orthanc) (int, error) {
 	var st struct{ CountInstances int }
-	err := p.b.Do(ctx, http.MethodGet, "/statistics", nil, &st)
+	err := o.Do(ctx, http.MethodGet, "/statistics", nil, &st)
 	return st.CountInstances, err
 }
 
 // watchB polls B until it holds the whole study and then sends the time
 // elapsed since start; it sends an error if ctx ends first.
 func (p *pipeline) watchB(ctx context.Context, start time.Time) <-chan timed {
+	return p.watchHeld(ctx, start, p.b)
+}
+
+// watchHeld is watchB for every one of dests.
+func (p *pipeline) watchHeld(ctx context.Context, start time.Time, dests ...*testharness.Orthanc) <-chan timed {
 	ch := make(chan timed, 1)
 	go func() {
 		t := time.NewTicker(pollInterval)
 		defer t.Stop()
-		for {
-			n, err := p.countB(ctx)
-			if err == nil && n >= p.n() {
-				ch <- timed{d: time.Since(start)}
-				return
-			}
-			select {
-			case <-ctx.Done():
-				ch <- timed{err: fmt.Errorf("B holds %d of %d instances when the transfer timed out (last poll error: %v)", n, p.n(), err)}
-				return
-			case <-t.C:
+		for _, o := range dests {
+			for {
+				n, err := count(ctx, o)
+				if err == nil && n >= p.n() {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					ch <- timed{err: fmt.Errorf("%s holds %d of %d instances when the transfer timed out (last poll error: %v)", o.Name, n, p.n(), err)}
+					return
+				case <-t.C:
+				}
 			}
 		}
+		ch <- timed{d: time.Since(start)}
 	}()
 	return ch
 }
@@ -319,29 +354,36 @@ type timed struct {
 // a sample of instances (a different sample each round), then deletes it so
 // the next transfer starts from an empty B.
 func (p *pipeline) checkAndEmptyB(ctx context.Context, round int) error {
-	n, err := p.countB(ctx)
-	if err != nil {
-		return err
-	}
-	if n != p.n() {
-		return fmt.Errorf("B holds %d instances, want %d", n, p.n())
-	}
-	const samples = 10
-	for j := range min(samples, p.n()) {
-		in := p.instances[(j*p.n()/samples+round*7)%p.n()]
-		sum, err := p.fileMD5(ctx, p.b, in.ID)
+	return p.checkAndEmpty(ctx, round, p.b)
+}
+
+// checkAndEmpty is checkAndEmptyB for each of dests.
+func (p *pipeline) checkAndEmpty(ctx context.Context, round int, dests ...*testharness.Orthanc) error {
+	for _, o := range dests {
+		n, err := count(ctx, o)
 		if err != nil {
-			return fmt.Errorf("B: %w", err)
+			return err
 		}
-		if sum != in.MD5 {
-			return fmt.Errorf("B's copy of SOP instance %s differs: md5 %s, A has %s", in.SOPInstanceUID, sum, in.MD5)
+		if n != p.n() {
+			return fmt.Errorf("%s holds %d instances, want %d", o.Name, n, p.n())
 		}
-	}
-	if err := p.b.Do(ctx, http.MethodDelete, "/studies/"+p.studyID, nil, nil); err != nil {
-		return fmt.Errorf("empty B: %w", err)
-	}
-	if n, err := p.countB(ctx); err != nil || n != 0 {
-		return fmt.Errorf("B holds %d instances after the delete (err %v)", n, err)
+		const samples = 10
+		for j := range min(samples, p.n()) {
+			in := p.instances[(j*p.n()/samples+round*7)%p.n()]
+			sum, err := p.fileMD5(ctx, o, in.ID)
+			if err != nil {
+				return fmt.Errorf("%s: %w", o.Name, err)
+			}
+			if sum != in.MD5 {
+				return fmt.Errorf("%s's copy of SOP instance %s differs: md5 %s, A has %s", o.Name, in.SOPInstanceUID, sum, in.MD5)
+			}
+		}
+		if err := o.Do(ctx, http.MethodDelete, "/studies/"+p.studyID, nil, nil); err != nil {
+			return fmt.Errorf("empty %s: %w", o.Name, err)
+		}
+		if n, err := count(ctx, o); err != nil || n != 0 {
+			return fmt.Errorf("%s holds %d instances after the delete (err %v)", o.Name, n, err)
+		}
 	}
 	return nil
 }

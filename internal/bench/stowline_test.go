@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -150,9 +151,38 @@ func (w *lineWatcher) line(b []byte, now time.Time) {
 }
 
 // stowlineEnv is the configuration of one stowline case sending to the
-// DICOMweb base URL dest.
-func (p *pipeline) stowlineEnv(fs fwdSetting, dest string) map[string]string {
-	return forwarderEnv(p.a.URL, dest, fs, p.set.StowlineEnv)
+// DICOMweb base URL dest: with a client of p's IdP unless dest is the sink
+// (which checks no token). prefix is the variables' destination prefix
+// (config.DestinationVarPrefix), empty for the only destination.
+func (p *pipeline) stowlineEnv(fs fwdSetting, dest, prefix string) map[string]string {
+	env := forwarderEnv(p.a.URL, dest, fs, nil)
+	if dest != p.sinkURL {
+		env["OAUTH_TOKEN_URL"] = p.idp.TokenURL
+		env["OAUTH_CLIENT_ID"] = p.idp.ClientID
+		env["OAUTH_CLIENT_SECRET"] = p.idp.ClientSecret
+	}
+	if prefix != "" {
+		for _, k := range slices.Collect(maps.Keys(env)) {
+			if k == "DICOMWEB_URL" {
+				env[prefix+"URL"] = env[k]
+			} else if k != "ORTHANC_URL" && k != "FORWARDER_CONCURRENCY" {
+				env[prefix+k] = env[k]
+			} else {
+				continue
+			}
+			delete(env, k)
+		}
+	}
+	return env
+}
+
+// twoDestinationEnv configures one stowline with B and C as its two
+// destinations (DESTINATIONS=b,c), each with setting fs and every study.
+func (p *pipeline) twoDestinationEnv(fs fwdSetting) map[string]string {
+	env := p.stowlineEnv(fs, p.gateB.URL+"/dicom-web", "DESTINATION_B_")
+	maps.Copy(env, p.stowlineEnv(fs, p.gateC.URL+"/dicom-web", "DESTINATION_C_"))
+	env["DESTINATIONS"] = "b,c"
+	return env
 }
 
 // forwarderEnv is the configuration of a stowline reading from the Orthanc
