@@ -66,7 +66,11 @@ func TestEverything(t *testing.T) {
 		},
 		"nats":         map[string]any{"credsSecret": "stowline-nats"},
 		"orthanc":      map[string]any{"httpThreadsCount": 200, "reservedThreads": 10},
-		"env":          map[string]any{"NATS_CA_FILE": "/etc/stowline/ca/ca.pem"},
+		"env":          map[string]any{"NATS_CA_FILE": "/etc/stowline/ca/ca.pem", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"},
+		"tracing": map[string]any{
+			"otlpEndpoint": "http://otel-collector.observability.svc:4318",
+			"sampler":      "parentbased_traceidratio", "samplerArg": "0.1",
+		},
 		"extraVolumes": []any{map[string]any{"name": "ca", "configMap": map[string]any{"name": "stowline-ca"}}},
 		"extraVolumeMounts": []any{map[string]any{
 			"name": "ca", "mountPath": "/etc/stowline/ca", "readOnly": true,
@@ -93,6 +97,15 @@ func TestEverything(t *testing.T) {
 		}
 		if component(d.Labels) != "ingest" && d.Spec.Replicas != nil {
 			t.Errorf("deployment %s: replicas set while KEDA scales it", d.Name)
+		}
+		env := envOf(d)
+		for k, v := range map[string]string{
+			"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318",
+			"OTEL_TRACES_SAMPLER":         "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1",
+		} {
+			if env[k] != v {
+				t.Errorf("deployment %s: %s = %q, want %q (tracing values)", d.Name, k, env[k], v)
+			}
 		}
 	}
 	sm := of[*monitoringv1.ServiceMonitor](objs)[0]
@@ -297,8 +310,8 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 			}
 			continue
 		}
-		if !vars[role].reads(e.Name) {
-			t.Errorf("deployment %s: %s is not a variable `%s -h` lists", d.Name, e.Name, role)
+		if !vars[role].reads(e.Name) && !src.tracingVars[e.Name] {
+			t.Errorf("deployment %s: %s is not a variable `%s -h` lists, nor one of the OTEL_* variables of docs/tracing.md", d.Name, e.Name, role)
 		}
 	}
 	addr := map[string]string{"ingest": "INGEST_ADDR", "forwarder": "FORWARDER_ADDR"}[role]

@@ -31,6 +31,9 @@ type goFacts struct {
 	// secret (which may be given as _FILE). A destination of DESTINATIONS
 	// reads each as DESTINATION_<NAME>_ + the name (DICOMWEB_URL as URL).
 	destinationVars map[string]bool
+	// tracingVars are app.TracingVars: the OTEL_* variables stowline
+	// follows, read by the OpenTelemetry SDK (so not listed by -h).
+	tracingVars map[string]bool
 }
 
 var (
@@ -43,7 +46,7 @@ func readGoFacts(t *testing.T) goFacts {
 	t.Helper()
 	factsOnce.Do(func() {
 		var consts map[string]ast.Expr
-		if consts, factsErr = constants("internal/app", "internal/forward", "internal/natsjs"); factsErr != nil {
+		if consts, factsErr = declarations("internal/app", "internal/forward", "internal/natsjs"); factsErr != nil {
 			return
 		}
 		get := func(name string) ast.Expr {
@@ -57,6 +60,12 @@ func readGoFacts(t *testing.T) goFacts {
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
 		facts.eventStream = str(get("natsjs.EventStream"))
 		facts.forwarderConsumer = str(get("natsjs.ForwarderConsumer"))
+		facts.tracingVars = map[string]bool{}
+		if list, ok := get("app.TracingVars").(*ast.CompositeLit); ok {
+			for _, e := range list.Elts {
+				facts.tracingVars[str(e)] = true
+			}
+		}
 		if factsErr == nil {
 			facts.destinationVars, factsErr = structEnvVars("internal/config", "Destination", "DestinationAuth")
 		}
@@ -66,7 +75,7 @@ func readGoFacts(t *testing.T) goFacts {
 	}
 	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
 	if facts.httpShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" ||
-		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] {
+		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}
 	return facts
@@ -78,9 +87,10 @@ func (e *missingConst) Error() string {
 	return "constant " + e.name + " not found in the main module's source"
 }
 
-// constants returns the package-level constants of the non-test files of
-// dirs (relative to the repository), keyed "package.Name".
-func constants(dirs ...string) (map[string]ast.Expr, error) {
+// declarations returns the values of the package-level constants and
+// variables of the non-test files of dirs (relative to the repository),
+// keyed "package.Name".
+func declarations(dirs ...string) (map[string]ast.Expr, error) {
 	out := map[string]ast.Expr{}
 	fset := token.NewFileSet()
 	for _, dir := range dirs {
@@ -98,7 +108,7 @@ func constants(dirs ...string) (map[string]ast.Expr, error) {
 			}
 			for _, decl := range f.Decls {
 				g, ok := decl.(*ast.GenDecl)
-				if !ok || g.Tok != token.CONST {
+				if !ok || g.Tok != token.CONST && g.Tok != token.VAR {
 					continue
 				}
 				for _, spec := range g.Specs {

@@ -193,6 +193,13 @@ Arguments: (dict "root" $ "role" "ingest").
 {{- $_ := set $env "ORTHANC_URL" $root.Values.orthanc.url -}}
 {{- $_ := set $env "ORTHANC_USERNAME" $root.Values.orthanc.username -}}
 {{- $_ := set $env "ORTHANC_SOURCE_NAME" $root.Values.orthanc.sourceName -}}
+{{- with $root.Values.tracing -}}
+{{- if .otlpEndpoint -}}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" .otlpEndpoint -}}
+{{- $_ := set $env "OTEL_TRACES_SAMPLER" .sampler -}}
+{{- $_ := set $env "OTEL_TRACES_SAMPLER_ARG" .samplerArg -}}
+{{- end -}}
+{{- end -}}
 {{- range splitList " " (include "stowline.roleSecretKeys" .) -}}
 {{- if . }}{{ $_ := set $env (printf "%s_FILE" .) (printf "%s/%s" (include "stowline.secretDir" $root) .) }}{{ end -}}
 {{- end -}}
