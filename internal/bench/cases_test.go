@@ -168,6 +168,8 @@ const (
 	toSink
 	// toBAndC is B and C as two destinations of one stowline.
 	toBAndC
+	// toTwoSinks is two sinks as two destinations of one stowline.
+	toTwoSinks
 )
 
 // runStowline starts the stowline binary, publishes the study's event to
@@ -187,7 +189,11 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 		env, label = p.stowlineEnv(fs, p.sinkURL, ""), "sink-"+label
 		p.sink.Reset()
 	case toBAndC:
-		env, label = p.twoDestinationEnv(fs), "two-"+label
+		env, label = p.twoDestinationEnv(fs, p.gateB.URL+"/dicom-web", p.gateC.URL+"/dicom-web"), "two-"+label
+	case toTwoSinks:
+		env, label = p.twoDestinationEnv(fs, p.sinkURL, p.sink2URL), "two-sinks-"+label
+		p.sink.Reset()
+		p.sink2.Reset()
 	}
 	if p.set.ProfileDir != "" {
 		base := filepath.Join(p.set.ProfileDir, fmt.Sprintf("%s-round%d", label, round))
@@ -229,7 +235,9 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	var w <-chan timed
 	switch to {
 	case toSink:
-		w = p.watchSink(wctx, start)
+		w = p.watchSink(wctx, start, p.sink)
+	case toTwoSinks:
+		w = p.watchSink(wctx, start, p.sink, p.sink2)
 	case toB:
 		w = p.watchB(wctx, start)
 	case toBAndC:
@@ -250,7 +258,7 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	}
 	// One "study forwarded" line per destination.
 	destinations := 1
-	if to == toBAndC {
+	if to == toBAndC || to == toTwoSinks {
 		destinations = 2
 	}
 	for range destinations {
@@ -271,9 +279,9 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 		return s, err
 	}
 	s.setCPU(before, after, false)
-	if to == toSink {
-		// This process did nothing but serve the sink meanwhile (and read
-		// stowline's log): its CPU is the sink's.
+	if to == toSink || to == toTwoSinks {
+		// This process did nothing but serve the sinks meanwhile (and read
+		// stowline's log): its CPU is the sinks'.
 		s.cpuSink = after.self - before.self
 		st := p.sink.Stats()
 		s.firstRequest, s.stream = st.First.Sub(start), st.Last.Sub(st.First)
@@ -289,7 +297,9 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	}
 	switch to {
 	case toSink:
-		return s, p.checkAndResetSink()
+		return s, p.checkAndResetSink(p.sink)
+	case toTwoSinks:
+		return s, p.checkAndResetSink(p.sink, p.sink2)
 	case toBAndC:
 		return s, p.checkAndEmpty(ctx, round, p.b, p.c)
 	}

@@ -75,11 +75,12 @@ func BenchmarkPipeline(b *testing.B) {
 // oneDestination is, for a two-destination case, the one-destination case
 // of the same setting (nil if it was not measured, or c is another kind).
 func oneDestination(cases []*benchCase, c *benchCase) *summary {
-	if c.kind != kindTwo {
+	one, ok := map[caseKind]caseKind{kindTwo: kindStowline, kindTwoSinks: kindSink}[c.kind]
+	if !ok {
 		return nil
 	}
 	for _, o := range cases {
-		if o.kind == kindStowline && o.setting == c.setting {
+		if o.kind == one && o.setting == c.setting {
 			return &o.sum
 		}
 	}
@@ -102,7 +103,17 @@ const (
 	kindSink
 	// kindTwo is stowline forwarding to B and C, two destinations at once.
 	kindTwo
+	// kindTwoSinks is stowline forwarding to two sinks at once.
+	kindTwoSinks
 )
+
+// toSink says whether the case sends into sinks rather than Orthanc.
+func (k caseKind) toSink() bool { return k == kindSink || k == kindTwoSinks }
+
+// stowline says whether the case runs the stowline binary.
+func (k caseKind) stowline() bool {
+	return k == kindStowline || k == kindSink || k == kindTwo || k == kindTwoSinks
+}
 
 type benchCase struct {
 	name string
@@ -127,8 +138,12 @@ func (p *pipeline) cases() []*benchCase {
 		cs = append(cs, &benchCase{name: "stowline-two-destinations/" + fs.String(), kind: kindTwo, setting: fs,
 			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, toBAndC) }})
 	}
+	for _, fs := range p.set.TwoSinks {
+		cs = append(cs, &benchCase{name: "stowline-to-two-sinks/" + fs.String(), kind: kindTwoSinks, setting: fs,
+			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, toTwoSinks) }})
+	}
 	for _, fs := range p.set.Sink {
-		cs = append(cs, &benchCase{name: "stowline-to-sink/" + fs.String(), kind: kindSink,
+		cs = append(cs, &benchCase{name: "stowline-to-sink/" + fs.String(), kind: kindSink, setting: fs,
 			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, toSink) }})
 	}
 	for _, w := range p.set.ReadWorkers {
@@ -238,17 +253,17 @@ func (p *pipeline) report(b *testing.B, c *benchCase, native, read, one *summary
 	b.ReportMetric(s.mbPerS, "MB/s")
 	b.ReportMetric(s.done.Seconds(), "sender-done-s")
 	b.ReportMetric(s.cpuA, "A-cpu-s/GB")
-	if c.kind != kindRead && c.kind != kindSink {
+	if c.kind != kindRead && !c.kind.toSink() {
 		b.ReportMetric(s.cpuB, "B-cpu-s/GB")
 	}
 	if c.kind != kindNative {
 		b.ReportMetric(s.cpuClient, "client-cpu-s/GB")
 	}
-	if c.kind == kindStowline || c.kind == kindSink || c.kind == kindTwo {
+	if c.kind.stowline() {
 		b.ReportMetric(float64(s.peakRSS)/(1<<20), "peak-RSS-MiB")
 		b.ReportMetric(float64(s.requests), "requests")
 	}
-	if c.kind == kindSink {
+	if c.kind.toSink() {
 		b.ReportMetric(s.cpuSink, "sink-cpu-s/GB")
 		b.ReportMetric(s.firstRequest.Seconds(), "first-request-s")
 		b.ReportMetric(s.streamMBps, "stream-MB/s")
@@ -300,13 +315,13 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 		if c.kind != kindNative {
 			client = fmt.Sprintf("%.2f", s.cpuClient)
 		}
-		if c.kind != kindRead && c.kind != kindSink {
+		if c.kind != kindRead && !c.kind.toSink() {
 			cpuB = fmt.Sprintf("%.2f", s.cpuB)
 		}
-		if c.kind == kindSink {
+		if c.kind.toSink() {
 			cpuSink = fmt.Sprintf("%.2f", s.cpuSink)
 		}
-		if c.kind == kindStowline || c.kind == kindSink || c.kind == kindTwo {
+		if c.kind.stowline() {
 			rss = fmt.Sprintf("%.0f", float64(s.peakRSS)/(1<<20))
 		}
 		fmt.Printf("| %s | %.3f (%.3f-%.3f) | %.1f | %.1f | %s | %s | %.3f | %s | %.2f | %s | %s | %s | %.2f |\n",
@@ -319,7 +334,7 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 			continue
 		}
 		s := c.sum
-		fmt.Printf("\n%s: B and C both held the study after %.3f s, against %.3f s for B alone: %.1f instances stored per second over both, %.2f × one destination's %.1f (2 would mean the second destination costs no time).\n",
+		fmt.Printf("\n%s: both destinations held the study after %.3f s, against %.3f s for one alone: %.1f instances stored per second over both, %.2f × one destination's %.1f (2 would mean the second destination costs no time).\n",
 			c.name, s.toB.Seconds(), one.toB.Seconds(), 2*s.instPerS, twoVsOne(s, *one), one.instPerS)
 	}
 	for _, c := range cases {

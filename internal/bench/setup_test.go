@@ -54,6 +54,9 @@ type pipeline struct {
 	// this process at sinkURL (a DICOMweb base URL); nil without them.
 	sink    *stowsink.Sink
 	sinkURL string
+	// sink2 is the second sink of the two-sink cases; nil without them.
+	sink2    *stowsink.Sink
+	sink2URL string
 
 	// stowline is the binary the stowline cases run; source says what it
 	// was built from.
@@ -118,6 +121,12 @@ func setupPipeline(b *testing.B) *pipeline {
 
 	if len(set.Sink) > 0 {
 		p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
+	}
+	if len(set.TwoSinks) > 0 {
+		if p.sink == nil {
+			p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
+		}
+		p.sink2, p.sink2URL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
 	}
 
 	p.loadStudy(b)
@@ -318,29 +327,37 @@ func (p *pipeline) watchHeld(ctx context.Context, start time.Time, dests ...*tes
 	return ch
 }
 
-// watchSink waits until the sink holds the whole study and then sends the
-// time from start until the sink recorded its last instance; it sends an
-// error if ctx ends first.
-func (p *pipeline) watchSink(ctx context.Context, start time.Time) <-chan timed {
+// watchSink waits until the sinks hold the whole study and then sends the
+// time from start until the last of them recorded its last instance; it
+// sends an error if ctx ends first.
+func (p *pipeline) watchSink(ctx context.Context, start time.Time, sinks ...*stowsink.Sink) <-chan timed {
 	ch := make(chan timed, 1)
 	go func() {
-		if err := p.sink.WaitDistinct(ctx, p.n()); err != nil {
-			ch <- timed{err: err}
-			return
+		var last time.Time
+		for _, sink := range sinks {
+			if err := sink.WaitDistinct(ctx, p.n()); err != nil {
+				ch <- timed{err: err}
+				return
+			}
+			if l := sink.Stats().Last; l.After(last) {
+				last = l
+			}
 		}
-		ch <- timed{d: p.sink.Stats().Last.Sub(start)}
+		ch <- timed{d: last.Sub(start)}
 	}()
 	return ch
 }
 
-// checkAndResetSink verifies that the sink got every instance exactly
+// checkAndResetSink verifies that each sink got every instance exactly
 // once, with the study's bytes, and empties it.
-func (p *pipeline) checkAndResetSink() error {
-	st, distinct := p.sink.Stats(), p.sink.Distinct()
-	p.sink.Reset()
-	if distinct != p.n() || st.Instances != int64(p.n()) || st.Bytes != p.totalBytes {
-		return fmt.Errorf("the sink got %d instances (%d distinct), %d bytes; the study has %d, %d bytes",
-			st.Instances, distinct, st.Bytes, p.n(), p.totalBytes)
+func (p *pipeline) checkAndResetSink(sinks ...*stowsink.Sink) error {
+	for _, sink := range sinks {
+		st, distinct := sink.Stats(), sink.Distinct()
+		sink.Reset()
+		if distinct != p.n() || st.Instances != int64(p.n()) || st.Bytes != p.totalBytes {
+			return fmt.Errorf("a sink got %d instances (%d distinct), %d bytes; the study has %d, %d bytes",
+				st.Instances, distinct, st.Bytes, p.n(), p.totalBytes)
+		}
 	}
 	return nil
 }

@@ -156,7 +156,7 @@ func (w *lineWatcher) line(b []byte, now time.Time) {
 // (config.DestinationVarPrefix), empty for the only destination.
 func (p *pipeline) stowlineEnv(fs fwdSetting, dest, prefix string) map[string]string {
 	env := forwarderEnv(p.a.URL, dest, fs, nil)
-	if dest != p.sinkURL {
+	if dest != p.sinkURL && dest != p.sink2URL {
 		env["OAUTH_TOKEN_URL"] = p.idp.TokenURL
 		env["OAUTH_CLIENT_ID"] = p.idp.ClientID
 		env["OAUTH_CLIENT_SECRET"] = p.idp.ClientSecret
@@ -176,11 +176,12 @@ func (p *pipeline) stowlineEnv(fs fwdSetting, dest, prefix string) map[string]st
 	return env
 }
 
-// twoDestinationEnv configures one stowline with B and C as its two
-// destinations (DESTINATIONS=b,c), each with setting fs and every study.
-func (p *pipeline) twoDestinationEnv(fs fwdSetting) map[string]string {
-	env := p.stowlineEnv(fs, p.gateB.URL+"/dicom-web", "DESTINATION_B_")
-	maps.Copy(env, p.stowlineEnv(fs, p.gateC.URL+"/dicom-web", "DESTINATION_C_"))
+// twoDestinationEnv configures one stowline with the DICOMweb base URLs
+// b and c as its two destinations (DESTINATIONS=b,c), each with setting fs
+// and every study.
+func (p *pipeline) twoDestinationEnv(fs fwdSetting, b, c string) map[string]string {
+	env := p.stowlineEnv(fs, b, "DESTINATION_B_")
+	maps.Copy(env, p.stowlineEnv(fs, c, "DESTINATION_C_"))
 	env["DESTINATIONS"] = "b,c"
 	return env
 }
