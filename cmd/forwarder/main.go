@@ -9,6 +9,8 @@
 // reachability with the live configuration before any study flows.
 // `forwarder backfill --destination NAME --since T` queues older studies
 // for one destination (one added to a running deployment).
+// `forwarder destinations [list|remove NAME --yes]` lists the destinations'
+// consumers and removes one that is no longer served.
 package main
 
 import (
@@ -41,6 +43,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if len(args) > 0 && args[0] == "backfill" {
 		return app.RunBackfill(ctx, args[1:], getenv, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "destinations" {
+		return app.RunDestinations(ctx, args[1:], getenv, stdout, stderr)
 	}
 	return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, stdout, stderr, app.RunForwarder)
 }

@@ -1,0 +1,121 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+// destinationsUsage is `forwarder destinations -h`.
+const destinationsUsage = `Usage: forwarder destinations [list]
+       forwarder destinations remove NAME --yes
+
+Each destination has a durable consumer on the event stream, created by
+its forwarders and never removed by a restart with a shorter DESTINATIONS
+list: a destination left out of the list keeps its place in the stream
+until it is removed here.
+
+  list          every destination with a consumer: the events it has not
+                been given yet (pending), those given and not yet
+                acknowledged (in flight), and the last delivered sequence
+  remove NAME   delete the destination's consumer (requires --yes): it is
+                given no more studies. The stream keeps every event for the
+                other destinations; the destination's dead letters and
+                ledger stay (forwarder replay purge --destination NAME).
+                Take NAME out of DESTINATIONS first: a forwarder that still
+                serves it creates a new consumer, from new events on.
+
+Connects to NATS_URL (see forwarder -h). Exit status: 0 done, 1 failed, 2 bad arguments.
+`
+
+// RunDestinations runs `forwarder destinations ARGS`.
+func RunDestinations(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprint(stdout, destinationsUsage)
+		return nil
+	}
+	var cfg config.ReplayCommand
+	if err := config.Load(getenv, &cfg); err != nil {
+		return &usageError{fmt.Errorf("forwarder destinations: invalid configuration:\n%w", err)}
+	}
+	conn, err := connect(cfg.NATS, NewLogger(stderr, cfg.Log))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return runDestinations(ctx, conn.JS, args, stdout)
+}
+
+// runDestinations executes one command line (without the leading
+// "destinations") against js.
+func runDestinations(ctx context.Context, js jetstream.JetStream, args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] == "list" {
+		if len(args) > 1 {
+			return usagef("forwarder destinations list: unexpected arguments %q", args[1:])
+		}
+		return listDestinations(ctx, js, stdout)
+	}
+	if args[0] != "remove" {
+		return usagef("unknown command %q\n\n%s", args[0], destinationsUsage)
+	}
+	if len(args) < 2 || args[1] == "" || args[1][0] == '-' {
+		return usagef("forwarder destinations remove: the destination's name is required\n\n%s", destinationsUsage)
+	}
+	name := args[1]
+	fs := flag.NewFlagSet("forwarder destinations remove", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	yes := fs.Bool("yes", false, "")
+	if err := fs.Parse(args[2:]); err != nil || fs.NArg() > 0 {
+		return usagef("forwarder destinations remove %s: want only --yes\n\n%s", name, destinationsUsage)
+	}
+	if !natsjs.ValidDestination(name) {
+		return usagef("forwarder destinations remove: %q is not a destination name", name)
+	}
+	if !*yes {
+		return usagef("forwarder destinations remove %s: --yes is required: destination %s will be given no more studies", name, name)
+	}
+	consumer := natsjs.ConsumerName(name)
+	if err := js.DeleteConsumer(ctx, natsjs.EventStream, consumer); err != nil {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("destination %s has no consumer %s on stream %s", name, consumer, natsjs.EventStream)
+		}
+		return fmt.Errorf("delete consumer %s of destination %s: %w", consumer, name, err)
+	}
+	fmt.Fprintf(stdout, "destination %s removed: consumer %s deleted\n", name, consumer)
+	return nil
+}
+
+func listDestinations(ctx context.Context, js jetstream.JetStream, stdout io.Writer) error {
+	stream, err := natsjs.OpenStream(ctx, js, natsjs.EventStream)
+	if err != nil {
+		return err
+	}
+	var infos []*jetstream.ConsumerInfo
+	list := stream.ListConsumers(ctx)
+	for info := range list.Info() {
+		if _, ok := natsjs.DestinationOfConsumer(info.Name); ok {
+			infos = append(infos, info)
+		}
+	}
+	if err := list.Err(); err != nil {
+		return fmt.Errorf("list the consumers of stream %s: %w", natsjs.EventStream, err)
+	}
+	slices.SortFunc(infos, func(a, b *jetstream.ConsumerInfo) int { return strings.Compare(a.Name, b.Name) })
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "DESTINATION\tCONSUMER\tPENDING\tIN FLIGHT\tLAST DELIVERED")
+	for _, info := range infos {
+		d, _ := natsjs.DestinationOfConsumer(info.Name)
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\n", d, info.Name, info.NumPending, info.NumAckPending, info.Delivered.Stream)
+	}
+	return w.Flush()
+}

@@ -1,0 +1,77 @@
+package app
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// TestDestinationsCommand: list shows each destination's consumer; remove
+// needs --yes, deletes only that consumer, and names a missing one.
+func TestDestinationsCommand(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := replayCtx(t)
+	topo := natsjs.DefaultTopology()
+	if _, err := topo.EnsureConsumers(ctx, ns.JS, []string{natsjs.DefaultDestination, "ai"}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, error) {
+		t.Helper()
+		var out bytes.Buffer
+		err := runDestinations(ctx, ns.JS, args, &out)
+		return out.String(), err
+	}
+
+	out, err := run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"DESTINATION", natsjs.ConsumerName("ai"), natsjs.ForwarderConsumer} {
+		if !strings.Contains(out, want) {
+			t.Errorf("list does not show %q:\n%s", want, out)
+		}
+	}
+
+	tests := []struct {
+		name  string
+		args  []string
+		usage bool
+		want  string
+	}{
+		{"no name", []string{"remove"}, true, "name is required"},
+		{"no --yes", []string{"remove", "ai"}, true, "--yes is required"},
+		{"bad name", []string{"remove", "a i", "--yes"}, true, "not a destination name"},
+		{"unknown command", []string{"drop", "ai"}, true, "unknown command"},
+		{"unknown destination", []string{"remove", "research", "--yes"}, false, "has no consumer"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := run(tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) || errors.Is(err, ErrUsage) != tt.usage {
+				t.Errorf("%v: err %v, want one containing %q (usage error: %v)", tt.args, err, tt.want, tt.usage)
+			}
+		})
+	}
+	if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName("ai")); err != nil {
+		t.Fatalf("a refused remove deleted the consumer: %v", err)
+	}
+
+	if out, err := run("remove", "ai", "--yes"); err != nil || !strings.Contains(out, "removed") {
+		t.Fatalf("remove ai: %q, %v", out, err)
+	}
+	if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName("ai")); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Errorf("ai's consumer after remove: %v, want not found", err)
+	}
+	if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, natsjs.ForwarderConsumer); err != nil {
+		t.Errorf("the default destination's consumer went too: %v", err)
+	}
+	if out, _ := run("list"); strings.Contains(out, natsjs.ConsumerName("ai")) {
+		t.Errorf("list still shows ai:\n%s", out)
+	}
+}
