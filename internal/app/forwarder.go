@@ -175,14 +175,19 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		MaxInstances:       d.StowMaxInstances,
 		MaxBytes:           int64(d.StowMaxBytes),
 		RequestConcurrency: d.StowParallel,
-		AckWait:            fc.AckWait,
-		RetryDelay:         fc.RetryDelay,
-		RetryMaxDelay:      fc.RetryMaxDelay,
-		MaxDeliveries:      fc.MaxDeliveries,
-		InstanceRetries:    fc.InstanceRetries,
-		Logger:             log,
-		Registerer:         reg,
-		TracerProvider:     p.tracer,
+		TransferSyntaxes:   d.StowTransferSyntaxes,
+		// The variable as this destination spells it, for dead-letter
+		// reasons that name the fix.
+		TransferSyntaxesVar: d.VarName("STOW_TRANSFER_SYNTAXES"),
+		ExactLength:         d.Provider == config.ProviderAWS,
+		AckWait:             fc.AckWait,
+		RetryDelay:          fc.RetryDelay,
+		RetryMaxDelay:       fc.RetryMaxDelay,
+		MaxDeliveries:       fc.MaxDeliveries,
+		InstanceRetries:     fc.InstanceRetries,
+		Logger:              log,
+		Registerer:          reg,
+		TracerProvider:      p.tracer,
 	}
 	return o, tw, nil
 }
