@@ -276,7 +276,7 @@ func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, st
 	case !known:
 	case p.converted[uid]:
 		return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; remove that syntax from %s or put an accepted one first", base, syntaxName(p.target), f.syntaxVar())
-	case in.syntax == p.target:
+	case in.syntax == p.target, lossySyntax(in.syntax) && slices.Contains(p.accepted, in.syntax):
 	default:
 		if reason := f.cannotConvert(p, in.syntax); reason != "" {
 			return nil, base + ": " + reason
