@@ -182,11 +182,11 @@ func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string
 			return nil, fmt.Errorf("read converted instance %s: %w", in.id, rerr)
 		}
 		f.m.conversions.WithLabelValues(convFailed).Inc()
-		what := "a non-DICOM answer"
+		what := "not DICOM (no DICM prefix)"
 		if n == 0 {
-			what = "an empty answer"
+			what = "empty"
 		}
-		return nil, f.conversionError(uid, in.syntax, p.target, fmt.Errorf("Orthanc gave %s (%d bytes)", what, n))
+		return nil, f.conversionError(uid, in.syntax, p.target, fmt.Errorf("its answer was %s (%d bytes)", what, n))
 	}
 	f.m.conversions.WithLabelValues(convConverted).Inc()
 	return struct {

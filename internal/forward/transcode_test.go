@@ -157,14 +157,14 @@ func TestTransferSyntaxes(t *testing.T) {
 			refused: map[string]string{
 				"1.2.3.4": "lossy JPEG Baseline (Process 1, lossy) (1.2.840.10008.1.2.4.50), which the destination's DESTINATION_AZ_STOW_TRANSFER_SYNTAXES does not list",
 				"1.2.3.5": "without its GDCM plugin",
-				"1.2.3.6": "Orthanc gave an empty answer",
+				"1.2.3.6": "its answer was empty",
 			},
 			conversions: map[string]float64{convConverted: 2, convFailed: 2, convLossy: 1},
 		},
 		{
 			name: "counted first for a signed length", syntaxes: all, list: []string{tsExplicit}, exactLength: true,
 			stored:      []string{"1.2.3.1", "1.2.3.2", "1.2.3.3"},
-			refused:     map[string]string{"1.2.3.4": "lossy", "1.2.3.5": "GDCM", "1.2.3.6": "empty answer"},
+			refused:     map[string]string{"1.2.3.4": "lossy", "1.2.3.5": "GDCM", "1.2.3.6": "answer was empty"},
 			conversions: map[string]float64{convConverted: 4, convFailed: 2, convLossy: 1},
 		},
 		{
