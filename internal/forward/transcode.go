@@ -211,7 +211,7 @@ func (f *Forwarder) conversionError(uid, from, to string, err error) error {
 		hint = "; Orthanc cannot decode JPEG 2000 without its GDCM plugin (Debian: orthanc-gdcm)"
 	}
 	return &Error{Class: Permanent, Err: &conversionError{SOPInstanceUID: uid, Err: fmt.Errorf(
-		"orthanc could not convert the instance from %s to %s: %w%s; or add %s to %s if the destination accepts it",
+		"the source Orthanc could not convert the instance from %s to %s: %w%s; or add %s to %s if the destination accepts it",
 		syntaxName(from), syntaxName(to), err, hint, from, f.syntaxVar())}}
 }
 
