@@ -73,3 +73,14 @@ func syntaxName(ts string) string {
 	}
 	return ts
 }
+
+// uncompressedSyntax reports whether ts encodes pixel data natively: a
+// conversion between two such syntaxes keeps the size within a few
+// bytes an element.
+func uncompressedSyntax(ts string) bool {
+	switch ts {
+	case "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2":
+		return true
+	}
+	return false
+}

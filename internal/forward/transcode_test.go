@@ -44,6 +44,8 @@ func fakeFile(uid, ts string) []byte {
 type syntaxSource struct {
 	instances []orthancapi.Instance
 	syntax    map[string]string // Orthanc ID: transfer syntax
+	// fail are SOP Instance UIDs whose conversion fails with a 500.
+	fail      map[string]bool
 	mu        sync.Mutex
 	converted int
 }
@@ -85,6 +87,10 @@ func (s *syntaxSource) OpenTranscodedInstance(_ context.Context, id, ts string) 
 	s.mu.Lock()
 	s.converted++
 	s.mu.Unlock()
+	switch {
+	case s.fail[s.uid(id)]:
+		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Cannot transcode"}
+	}
 	switch s.syntax[id] {
 	case tsJ2K:
 		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Cannot decode"}
@@ -145,6 +151,7 @@ func TestTransferSyntaxes(t *testing.T) {
 	tests := []struct {
 		name        string
 		syntaxes    []string // the source's instances
+		fail        []string // SOP Instance UIDs whose conversion fails
 		list        []string // STOW_TRANSFER_SYNTAXES
 		exactLength bool
 		stored      []string // SOP Instance UIDs, all in Explicit VR LE
@@ -168,6 +175,13 @@ func TestTransferSyntaxes(t *testing.T) {
 			conversions: map[string]float64{convConverted: 4, convFailed: 2, convLossy: 1},
 		},
 		{
+			name: "a failed conversion amid others: the rest sent again", syntaxes: []string{tsImplicit, tsImplicit, tsImplicit}, fail: []string{"1.2.3.2"},
+			list:        []string{tsExplicit},
+			stored:      []string{"1.2.3.1", "1.2.3.3"},
+			refused:     map[string]string{"1.2.3.2": "could not convert the instance from Implicit VR Little Endian (1.2.840.10008.1.2) to Explicit VR Little Endian (1.2.840.10008.1.2.1)"},
+			conversions: map[string]float64{convConverted: 3, convFailed: 1},
+		},
+		{
 			name: "no list: the reason names the fix", syntaxes: []string{tsImplicit, tsExplicit},
 			stored:  []string{"1.2.3.2"},
 			refused: map[string]string{"1.2.3.1": "referenced Transfer Syntax not supported: set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts"},
@@ -189,6 +203,10 @@ func TestTransferSyntaxes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			src := newSyntaxSource(tt.syntaxes...)
+			src.fail = map[string]bool{}
+			for _, uid := range tt.fail {
+				src.fail[uid] = true
+			}
 			k := &syntaxSink{stored: map[string]string{}, needLength: tt.exactLength}
 			srv := httptest.NewServer(k)
 			t.Cleanup(srv.Close)

@@ -93,25 +93,23 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		return rep, err
 	}
 	for round := 0; ; {
-		var retry, convert []dicomweb.Part
+		var retry, again []dicomweb.Part
 		outs, err := f.sendAll(ctx, a, plan, dicomweb.Batches(pending, f.requestSize(len(pending)), f.opts.MaxBytes), &rep)
 		if err != nil {
 			return rep, err
 		}
 		for _, out := range outs {
 			retry = append(retry, out.retry...)
-			convert = append(convert, out.convert...)
+			again = append(again, out.again...)
 			rejected = append(rejected, out.rejected...)
 		}
-		if f.opts.ExactLength && len(convert) > 0 {
+		if f.opts.ExactLength && len(again) > 0 {
 			var failed []Instance
-			convert, failed = f.measure(ctx, convert)
+			again, failed = f.measure(ctx, again)
 			rejected = append(rejected, failed...)
 		}
-		if len(retry) == 0 && len(convert) > 0 {
-			// Refused for their transfer syntax: sent again converted at
-			// once, which costs no retry round.
-			pending = convert
+		if len(retry) == 0 && len(again) > 0 {
+			pending = again
 			continue
 		}
 		if len(retry) == 0 {
@@ -129,7 +127,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		}
 		rep.Resent += len(retry)
 		f.m.resent.Add(float64(len(retry)))
-		pending = append(retry, convert...)
+		pending = append(retry, again...)
 		round++
 	}
 	if len(rejected) > 0 {
@@ -222,9 +220,10 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 type batchOutcome struct {
 	retry    []dicomweb.Part
 	rejected []Instance
-	// convert are instances refused for their transfer syntax, to send
-	// again converted.
-	convert []dicomweb.Part
+	// again are to send again at once, without a retry round: instances
+	// refused for their transfer syntax (now converted), and the rest of
+	// a request that a failed conversion broke off.
+	again []dicomweb.Part
 }
 
 // send stores one batch and sorts its instances by the response. This is
@@ -295,7 +294,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		}
 		if reason == dicomweb.FailureTransferSyntaxNotSupported {
 			if part, why := f.refusedSyntax(plan, p.SOPInstanceUID); part != nil {
-				out.convert = append(out.convert, *part)
+				out.again = append(out.again, *part)
 			} else {
 				out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, FailureReason: reason, Text: why})
 			}
@@ -319,14 +318,14 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 }
 
 // conversionOutcome: the instance Orthanc could not convert is refused
-// for good, the rest of its request is sent again.
+// for good, the rest of its request is sent again at once.
 func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome {
 	var out batchOutcome
 	for _, p := range batch {
 		if p.SOPInstanceUID == ce.SOPInstanceUID {
 			out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, Text: ce.Error()})
 		} else {
-			out.retry = append(out.retry, p)
+			out.again = append(out.again, p)
 		}
 	}
 	return out
