@@ -18,6 +18,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/orthancapi"
@@ -219,6 +222,7 @@ func TestTransferSyntaxes(t *testing.T) {
 				t.Fatal(err)
 			}
 			reg := prometheus.NewRegistry()
+			rec := tracetest.NewSpanRecorder()
 			var logs bytes.Buffer
 			f, err := New(Options{
 				DestinationName: "az", SourceFor: func(string) (Source, error) { return src, nil }, Destination: client,
@@ -226,6 +230,7 @@ func TestTransferSyntaxes(t *testing.T) {
 				RetryDelay: time.Second, RetryMaxDelay: time.Second, InstanceRetries: 0,
 				TransferSyntaxes: tt.list, TransferSyntaxesVar: "DESTINATION_AZ_STOW_TRANSFER_SYNTAXES", ExactLength: tt.exactLength,
 				Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Registerer: reg,
+				TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)),
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -269,6 +274,19 @@ func TestTransferSyntaxes(t *testing.T) {
 				if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(result)); got != 2*want {
 					t.Errorf("conversions{result=%q} = %v, want %v", result, got, 2*want)
 				}
+			}
+			// One span a conversion asked of Orthanc, failed ones marked.
+			var spans, failedSpans float64
+			for _, sp := range rec.Ended() {
+				if sp.Name() == "orthanc convert instance" {
+					spans++
+					if sp.Status().Code == codes.Error {
+						failedSpans++
+					}
+				}
+			}
+			if want := 2 * (tt.conversions[convConverted] + tt.conversions[convFailed]); spans != want || failedSpans != 2*tt.conversions[convFailed] {
+				t.Errorf("%v conversion spans, %v failed; want %v, %v", spans, failedSpans, want, 2*tt.conversions[convFailed])
 			}
 			if hints := strings.Count(logs.String(), "set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the syntaxes it accepts"); (len(tt.list) == 0) != (hints == 1) {
 				t.Errorf("%d hints logged, want one without a list and none with one:\n%s", hints, logs.String())
