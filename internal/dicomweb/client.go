@@ -39,7 +39,7 @@ type Part struct {
 	// Estimate, when Size is unknown, is an upper bound of the size that
 	// Batches uses instead (0: none). The request is then sent chunked.
 	Estimate int64
-	Open func(ctx context.Context) (io.ReadCloser, error)
+	Open     func(ctx context.Context) (io.ReadCloser, error)
 }
 
 // Client sends STOW-RS requests. It is safe for concurrent use.
