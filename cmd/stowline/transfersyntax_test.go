@@ -13,6 +13,8 @@ import (
 	"net/http/httputil"
 	"net/textproto"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -61,6 +63,11 @@ func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
 			syntax[smp.SOPInstanceUID] = smp.TransferSyntaxUID
 		}
 	}
+	// A JPEG 2000 Lossless Only instance: the lossy-allowed sample
+	// relabelled (same length, so the file stays well-formed) under a
+	// SOP Instance UID of its own. Orthanc cannot decode it without GDCM.
+	j2k, j2kUID := relabelledJ2K(t)
+	files = append(files, j2k)
 	if res := s.sources["main"].Upload(t, files...); len(res.Failed) > 0 {
 		t.Fatalf("upload: %v", res.Failed)
 	}
@@ -72,6 +79,10 @@ func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
 	// decode, are dead-lettered with the reason.
 	held := heldSyntaxes(t, azure)
 	refused := refusedInstances(t, store, "azure")
+	if _, ok := held[j2kUID]; ok || !strings.Contains(refused[j2kUID], "could not convert the instance from JPEG 2000 (Lossless Only)") ||
+		!strings.Contains(refused[j2kUID], "GDCM") {
+		t.Errorf("azure: the JPEG 2000 Lossless instance held %v, refused with %q", ok, refused[j2kUID])
+	}
 	for uid, ts := range syntax {
 		got, ok := held[uid]
 		switch {
@@ -97,6 +108,9 @@ func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
 	if got := metricValue(t, fwd, `stowline_forwarder_conversions_total{destination="azure",result="converted"}`); got != float64(convertible) || convertible < 8 {
 		t.Errorf("azure: %v conversions, want %d (of %d instances)", got, convertible, len(syntax))
 	}
+	if got := metricValue(t, fwd, `stowline_forwarder_conversions_total{destination="azure",result="failed"}`); got != 1 {
+		t.Errorf("azure: %v failed conversions, want 1 (JPEG 2000)", got)
+	}
 	if got := metricValue(t, fwd, `stowline_forwarder_conversions_total{destination="azure",result="lossy"}`); got != 3 {
 		t.Errorf("azure: %v lossy instances refused, want 3", got)
 	}
@@ -121,6 +135,34 @@ func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
 	if strings.Contains(s.logText(), `"variable":"DESTINATION_AZURE_STOW_TRANSFER_SYNTAXES"`) {
 		t.Error("the hint was logged for azure, which has a list")
 	}
+}
+
+// relabelledJ2K writes the JPEG 2000 sample as JPEG 2000 Lossless Only
+// (1.2.840.10008.1.2.4.90 instead of .91) with its SOP Instance UID's
+// last digit changed, and returns the file and that UID.
+func relabelledJ2K(t *testing.T) (string, string) {
+	t.Helper()
+	for _, smp := range testharness.Samples(t) {
+		if smp.TransferSyntaxUID != "1.2.840.10008.1.2.4.91" {
+			continue
+		}
+		b, err := os.ReadFile(smp.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid := smp.SOPInstanceUID
+		last := uid[len(uid)-1]
+		newUID := uid[:len(uid)-1] + string('0'+(last-'0'+1)%10)
+		b = bytes.ReplaceAll(b, []byte("1.2.840.10008.1.2.4.91"), []byte("1.2.840.10008.1.2.4.90"))
+		b = bytes.ReplaceAll(b, []byte(uid), []byte(newUID))
+		path := filepath.Join(t.TempDir(), "j2k-lossless.dcm")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path, newUID
+	}
+	t.Fatal("no JPEG 2000 sample")
+	return "", ""
 }
 
 // heldSyntaxes returns the transfer syntax of every instance the
