@@ -90,6 +90,9 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			return err
 		}
 		o.Consumer = consumers[d.Name]
+		if len(d.StowTransferSyntaxes) > 0 {
+			log.Info("instances in other transfer syntaxes are converted by Orthanc", "destination", d.Name, "transfer_syntaxes", []string(d.StowTransferSyntaxes))
+		}
 		if rt := routes[d.Name]; rt != nil {
 			o.Router = rt
 			log.Info("routing rules", "destination", d.Name, "match", d.Match != "", "instance_match", d.InstanceMatch != "")
