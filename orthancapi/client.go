@@ -189,7 +189,12 @@ func (c *Client) get(ctx context.Context, u *url.URL, accept string, header http
 // response if its status is 200; otherwise it returns an *Error (matching
 // ErrNotFound for a 404) and closes the body.
 func (c *Client) do(ctx context.Context, method string, u *url.URL, accept string, header http.Header) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	return c.doBody(ctx, method, u, accept, header, nil)
+}
+
+// doBody is do with a request body.
+func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("orthancapi: build request: %w", err)
 	}

@@ -90,6 +90,9 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			return err
 		}
 		o.Consumer = consumers[d.Name]
+		if len(d.StowTransferSyntaxes) > 0 {
+			log.Info("instances in other transfer syntaxes are converted by Orthanc", "destination", d.Name, "transfer_syntaxes", []string(d.StowTransferSyntaxes))
+		}
 		if rt := routes[d.Name]; rt != nil {
 			o.Router = rt
 			log.Info("routing rules", "destination", d.Name, "match", d.Match != "", "instance_match", d.InstanceMatch != "")
@@ -175,14 +178,19 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		MaxInstances:       d.StowMaxInstances,
 		MaxBytes:           int64(d.StowMaxBytes),
 		RequestConcurrency: d.StowParallel,
-		AckWait:            fc.AckWait,
-		RetryDelay:         fc.RetryDelay,
-		RetryMaxDelay:      fc.RetryMaxDelay,
-		MaxDeliveries:      fc.MaxDeliveries,
-		InstanceRetries:    fc.InstanceRetries,
-		Logger:             log,
-		Registerer:         reg,
-		TracerProvider:     p.tracer,
+		TransferSyntaxes:   d.StowTransferSyntaxes,
+		// The variable as this destination spells it, for dead-letter
+		// reasons that name the fix.
+		TransferSyntaxesVar: d.VarName("STOW_TRANSFER_SYNTAXES"),
+		ExactLength:         d.Provider == config.ProviderAWS,
+		AckWait:             fc.AckWait,
+		RetryDelay:          fc.RetryDelay,
+		RetryMaxDelay:       fc.RetryMaxDelay,
+		MaxDeliveries:       fc.MaxDeliveries,
+		InstanceRetries:     fc.InstanceRetries,
+		Logger:              log,
+		Registerer:          reg,
+		TracerProvider:      p.tracer,
 	}
 	return o, tw, nil
 }

@@ -164,6 +164,9 @@ type Destination struct {
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
 	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"4" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
+	// StowTransferSyntaxes: transfer syntaxes the destination accepts
+	// (transfersyntax.go).
+	StowTransferSyntaxes List `env:"STOW_TRANSFER_SYNTAXES" desc:"transfer syntax UIDs the destination accepts, comma-separated; an instance in another syntax is converted by Orthanc to the first lossless one of the list (docs/transfer-syntaxes.md). Empty: any. Example: 1.2.840.10008.1.2.1,1.2.840.10008.1.2.4.70"`
 }
 
 // validate checks the destination's settings; the errors name the default
@@ -184,6 +187,9 @@ func (d *Destination) validate() error {
 	}
 	if d.StowMaxBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES=%s: want at least 1MiB", d.StowMaxBytes))
+	}
+	if err := validateTransferSyntaxes(d.StowTransferSyntaxes); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -5,8 +5,9 @@ package dicomweb
 // be one Store request. A limit <= 0 means no limit.
 //
 // An instance larger than maxBytes goes alone in its own batch. So does an
-// instance of unknown size (Size < 0) when maxBytes > 0: it might be larger
-// than the limit, and guessing would risk a request the server refuses.
+// instance of unknown size (Size < 0) when maxBytes > 0, unless its
+// Estimate bounds it: it might be larger than the limit, and guessing
+// would risk a request the server refuses.
 //
 // The batches share parts' backing array (with capacity clipped, so
 // appending to one never overwrites the next). Empty input gives nil.
@@ -16,10 +17,14 @@ func Batches(parts []Part, maxInstances int, maxBytes int64) [][]Part {
 	var bytes int64
 	for i, p := range parts {
 		count := i - start
-		alone := maxBytes > 0 && (p.Size < 0 || p.Size > maxBytes)
+		size := p.Size
+		if size < 0 && p.Estimate > 0 {
+			size = p.Estimate
+		}
+		alone := maxBytes > 0 && (size < 0 || size > maxBytes)
 		full := count > 0 && (alone ||
 			(maxInstances > 0 && count >= maxInstances) ||
-			(maxBytes > 0 && bytes+p.Size > maxBytes))
+			(maxBytes > 0 && bytes+size > maxBytes))
 		if full {
 			out = append(out, parts[start:i:i])
 			start, bytes = i, 0
@@ -29,7 +34,7 @@ func Batches(parts []Part, maxInstances int, maxBytes int64) [][]Part {
 			start, bytes = i+1, 0
 			continue
 		}
-		bytes += max(p.Size, 0)
+		bytes += max(size, 0)
 	}
 	if start < len(parts) {
 		out = append(out, parts[start:len(parts):len(parts)])

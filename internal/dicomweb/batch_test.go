@@ -92,3 +92,12 @@ func TestBatchesAppendDoesNotClobber(t *testing.T) {
 		t.Fatalf("appending to a batch overwrote the next one: %q", parts[2].SOPInstanceUID)
 	}
 }
+
+func TestBatchesUseEstimates(t *testing.T) {
+	parts := sized(10, -1, -1, 10, -1, -1)
+	parts[1].Estimate, parts[2].Estimate, parts[4].Estimate = 30, 30, 200 // parts[5]: none
+	got := fmt.Sprint(shape(Batches(parts, 10, 100)))
+	if want := "[[0 1 2 3] [4] [5]]"; got != want {
+		t.Fatalf("Batches = %s, want %s: estimates within the limit batch, one over it or none goes alone", got, want)
+	}
+}

@@ -36,7 +36,10 @@ type Part struct {
 	SOPInstanceUID string
 	// Size in bytes, -1 if unknown. Used by Batches.
 	Size int64
-	Open func(ctx context.Context) (io.ReadCloser, error)
+	// Estimate, when Size is unknown, is an upper bound of the size that
+	// Batches uses instead (0: none). The request is then sent chunked.
+	Estimate int64
+	Open     func(ctx context.Context) (io.ReadCloser, error)
 }
 
 // Client sends STOW-RS requests. It is safe for concurrent use.

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,6 +89,16 @@ type Options struct {
 	// MaxInstances and MaxBytes bound one STOW-RS request.
 	MaxInstances int
 	MaxBytes     int64
+	// TransferSyntaxes, if set, are the transfer syntax UIDs the
+	// destination accepts: an instance in another syntax is read from the
+	// source converted to the first lossless one (transcode.go), and an
+	// instance the destination refuses with 0xC122 is converted and sent
+	// again. TransferSyntaxesVar names the variable in messages.
+	TransferSyntaxes    []string
+	TransferSyntaxesVar string
+	// ExactLength: the destination needs every request's length up front
+	// (AWS Signature V4), so converted instances are counted first.
+	ExactLength bool
 	// RequestConcurrency is how many STOW-RS requests one study sends at
 	// once (0 or 1: one after the other). A destination that stores each
 	// request on one thread (Orthanc) ingests faster with 2 or more.
@@ -155,6 +166,9 @@ type Forwarder struct {
 	tracer trace.Tracer
 	log    *slog.Logger
 	m      *metrics
+	// syntaxHint logs once that the destination needs a transfer syntax
+	// list.
+	syntaxHint sync.Once
 }
 
 // New validates opts and returns a Forwarder.

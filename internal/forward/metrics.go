@@ -20,6 +20,9 @@ type metrics struct {
 	// sourceDeletes counts instances of forwarded studies by what buffer
 	// mode did with them in the source (deleted, failed, skipped).
 	sourceDeletes *prometheus.CounterVec
+	// conversions counts instances read converted to another transfer
+	// syntax, or refused for it, by result.
+	conversions *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error) {
@@ -79,6 +82,14 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, skipped because the study changed since its event, or kept waiting for another destination that selected them.",
 		ConstLabels: labels,
 	}, []string{"result"})
+	m.conversions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_conversions_total",
+		Help:        "Instances read from Orthanc converted to a transfer syntax of the destination's STOW_TRANSFER_SYNTAXES (converted), that Orthanc could not convert (failed), or not converted because their source syntax is lossy (lossy).",
+		ConstLabels: labels,
+	}, []string{"result"})
+	for _, r := range []string{convConverted, convFailed, convLossy} {
+		m.conversions.WithLabelValues(r)
+	}
 	for _, r := range []string{"deleted", "failed", "skipped", "waiting"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
@@ -88,7 +99,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conversions} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

@@ -29,6 +29,8 @@ import (
 //	  stow request          one STOW-RS request
 //	    destination token   (auth) cached, or waiting for a token fetch
 //	    orthanc read batch  the instance files the request streamed
+//	    orthanc convert instance  an instance converted to the destination's
+//	                        transfer syntax (transcode.go), until its first bytes
 //
 // Attributes follow internal/tracing: IDs, UIDs, counts, sizes, statuses
 // and classes; error texts stay in the logs, which carry the trace_id.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 
@@ -89,27 +88,29 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	}
 	rep.Selected = len(instances)
 	f.obs.Progress(a, rep)
-	pending := make([]dicomweb.Part, len(instances))
-	for i, inst := range instances {
-		pending[i] = dicomweb.Part{
-			SOPInstanceUID: inst.SOPInstanceUID,
-			Size:           inst.FileSize,
-			Open: func(ctx context.Context) (io.ReadCloser, error) {
-				rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
-				return rc, err
-			},
-		}
+	plan, pending, rejected, err := f.planSyntaxes(ctx, src, instances)
+	if err != nil {
+		return rep, err
 	}
-	var rejected []Instance
-	for round := 0; ; round++ {
-		var retry []dicomweb.Part
-		outs, err := f.sendAll(ctx, a, dicomweb.Batches(pending, f.requestSize(len(pending)), f.opts.MaxBytes), &rep)
+	for round := 0; ; {
+		var retry, again []dicomweb.Part
+		outs, err := f.sendAll(ctx, a, plan, dicomweb.Batches(pending, f.requestSize(len(pending)), f.opts.MaxBytes), &rep)
 		if err != nil {
 			return rep, err
 		}
 		for _, out := range outs {
 			retry = append(retry, out.retry...)
+			again = append(again, out.again...)
 			rejected = append(rejected, out.rejected...)
+		}
+		if f.opts.ExactLength && len(again) > 0 {
+			var failed []Instance
+			again, failed = f.measure(ctx, again)
+			rejected = append(rejected, failed...)
+		}
+		if len(retry) == 0 && len(again) > 0 {
+			pending = again
+			continue
 		}
 		if len(retry) == 0 {
 			break
@@ -126,7 +127,8 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		}
 		rep.Resent += len(retry)
 		f.m.resent.Add(float64(len(retry)))
-		pending = retry
+		pending = append(retry, again...)
+		round++
 	}
 	if len(rejected) > 0 {
 		return rep, &Error{
@@ -153,7 +155,7 @@ func (f *Forwarder) requestSize(n int) int {
 // their outcomes in batch order. The first error stops the requests still
 // running (their context is cancelled) and is returned. Each answered
 // request is reported to the observer.
-func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, batches [][]dicomweb.Part, rep *Report) ([]batchOutcome, error) {
+func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
 	sendOne := func(ctx context.Context, batch []dicomweb.Part) (out batchOutcome, err error) {
@@ -165,7 +167,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, batches [][]dicomwe
 			}
 		}()
 		var local Report
-		out, err = f.send(ctx, batch, &local)
+		out, err = f.send(ctx, plan, batch, &local)
 		mu.Lock()
 		rep.add(local)
 		progress := *rep
@@ -218,13 +220,17 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, batches [][]dicomwe
 type batchOutcome struct {
 	retry    []dicomweb.Part
 	rejected []Instance
+	// again are to send again at once, without a retry round: instances
+	// refused for their transfer syntax (now converted), and the rest of
+	// a request that a failed conversion broke off.
+	again []dicomweb.Part
 }
 
 // send stores one batch and sorts its instances by the response. This is
 // the one place a 401 is handled: the auth transport has dropped the
 // refused token, so one retry carries a fresh one; a second 401 is a
 // permanent failure (ClassifyStatus).
-func (f *Forwarder) send(ctx context.Context, batch []dicomweb.Part, rep *Report) (batchOutcome, error) {
+func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report) (batchOutcome, error) {
 	rep.Requests++
 	res, err := f.store(ctx, batch)
 	var he *dicomweb.HTTPError
@@ -232,6 +238,13 @@ func (f *Forwarder) send(ctx context.Context, batch []dicomweb.Part, rep *Report
 		rep.Requests++
 		f.m.authRetries.Inc()
 		res, err = f.store(ctx, batch)
+	}
+	var ce *conversionError
+	if errors.As(err, &ce) {
+		// Nothing of the request was stored (its body broke off): the
+		// instance Orthanc could not convert is refused, the others
+		// are sent again.
+		return conversionOutcome(batch, ce), nil
 	}
 	if err != nil {
 		// A STOW response on an error status still says per instance
@@ -243,7 +256,7 @@ func (f *Forwarder) send(ctx context.Context, batch []dicomweb.Part, rep *Report
 		res = he.Result
 		res.StatusCode = he.StatusCode
 	}
-	out := f.sortAnswer(batch, res, rep)
+	out := f.sortAnswer(plan, batch, res, rep)
 	rep.Bytes += res.BytesSent
 	f.m.bytes.Add(float64(res.BytesSent))
 	return out, nil
@@ -251,7 +264,7 @@ func (f *Forwarder) send(ctx context.Context, batch []dicomweb.Part, rep *Report
 
 // sortAnswer sorts a batch's instances by the destination's answer:
 // confirmed (counted in rep), to send again, or refused for good.
-func (f *Forwarder) sortAnswer(batch []dicomweb.Part, res *dicomweb.Result, rep *Report) batchOutcome {
+func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report) batchOutcome {
 	stored := make(map[string]bool, len(res.Stored))
 	for _, in := range res.Stored {
 		stored[in.SOPInstanceUID] = true
@@ -279,6 +292,14 @@ func (f *Forwarder) sortAnswer(batch []dicomweb.Part, res *dicomweb.Result, rep 
 			}
 			continue
 		}
+		if reason == dicomweb.FailureTransferSyntaxNotSupported {
+			if part, why := f.refusedSyntax(plan, p.SOPInstanceUID); part != nil {
+				out.again = append(out.again, *part)
+			} else {
+				out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, FailureReason: reason, Text: why})
+			}
+			continue
+		}
 		switch ClassifyInstance(reason) {
 		case Stored:
 			confirmed++
@@ -293,5 +314,19 @@ func (f *Forwarder) sortAnswer(batch []dicomweb.Part, res *dicomweb.Result, rep 
 	}
 	rep.Instances += confirmed
 	f.m.instances.Add(float64(confirmed))
+	return out
+}
+
+// conversionOutcome: the instance Orthanc could not convert is refused
+// for good, the rest of its request is sent again at once.
+func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome {
+	var out batchOutcome
+	for _, p := range batch {
+		if p.SOPInstanceUID == ce.SOPInstanceUID {
+			out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, Text: ce.Error()})
+		} else {
+			out.again = append(out.again, p)
+		}
+	}
 	return out
 }

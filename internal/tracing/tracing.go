@@ -69,6 +69,10 @@ const (
 	Failed        = attribute.Key("stowline.instances.failed")
 	Bytes         = attribute.Key("stowline.bytes")
 	Requests      = attribute.Key("stowline.requests")
+	// OrthancInstanceID and TransferSyntax: an instance Orthanc converts,
+	// and the syntax it converts it to.
+	OrthancInstanceID = attribute.Key("orthanc.instance_id")
+	TransferSyntax    = attribute.Key("dicom.transfer_syntax_uid")
 	// WaitMillis is how long a read was blocked on Orthanc.
 	WaitMillis = attribute.Key("stowline.orthanc.wait_ms")
 	// HTTPStatus is an HTTP response's status; ErrorType a bounded word

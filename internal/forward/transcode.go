@@ -1,0 +1,303 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/tracing"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// Transcoder is a source that tells an instance's transfer syntax and
+// converts instances (orthancapi.Client). Sources are asked only when the
+// destination has a transfer syntax list.
+type Transcoder interface {
+	InstanceMetadata(ctx context.Context, instanceID string) (orthancapi.InstanceMetadata, error)
+	OpenTranscodedInstance(ctx context.Context, instanceID, transferSyntax string) (io.ReadCloser, error)
+}
+
+// Conversion results, the label of stowline_forwarder_conversions_total.
+const (
+	convConverted = "converted" // read from Orthanc converted
+	convFailed    = "failed"    // Orthanc could not convert it
+	convLossy     = "lossy"     // not converted: lossy source, lossless list
+)
+
+// metadataReads bounds the metadata requests of one study in flight.
+const metadataReads = 8
+
+// dicmOffset is where a DICOM file's "DICM" prefix sits, after the
+// 128-byte preamble (PS3.10 §7.1).
+const dicmOffset = 128
+
+// syntaxPlan is how one attempt fits a study to the destination's
+// transfer syntaxes: every selected instance's source syntax, and which
+// were converted.
+type syntaxPlan struct {
+	accepted  []string
+	target    string // first lossless syntax of accepted; "" if none
+	src       Transcoder
+	byUID     map[string]planned
+	converted map[string]bool // SOP Instance UID: sent converted
+}
+
+type planned struct {
+	id, syntax string
+	size       int64
+}
+
+// planSyntaxes reads the selected instances' transfer syntaxes and
+// returns the parts to send and the instances refused before sending
+// (lossy sources, nothing lossless to convert to). Without a list it
+// returns a nil plan and every instance as stored in Orthanc.
+func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []orthancapi.Instance) (*syntaxPlan, []dicomweb.Part, []Instance, error) {
+	if len(f.opts.TransferSyntaxes) == 0 {
+		parts := make([]dicomweb.Part, len(instances))
+		for i, inst := range instances {
+			parts[i] = plainPart(src, inst)
+		}
+		return nil, parts, nil, nil
+	}
+	tc, ok := src.(Transcoder)
+	if !ok {
+		return nil, nil, nil, Errorf(Permanent, "%s is set but the source cannot convert instances", f.syntaxVar())
+	}
+	syntaxes := make([]string, len(instances))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(metadataReads)
+	for i, inst := range instances {
+		g.Go(func() error {
+			m, err := tc.InstanceMetadata(gctx, inst.ID)
+			if err != nil {
+				return fmt.Errorf("read the transfer syntax of instance %s: %w", inst.ID, err)
+			}
+			syntaxes[i] = m.TransferSyntaxUID
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, nil, err
+	}
+	p := &syntaxPlan{accepted: f.opts.TransferSyntaxes, src: tc, byUID: make(map[string]planned, len(instances)), converted: map[string]bool{}}
+	if i := slices.IndexFunc(p.accepted, func(ts string) bool { return !lossySyntax(ts) }); i >= 0 {
+		p.target = p.accepted[i]
+	}
+	var parts []dicomweb.Part
+	var refused []Instance
+	for i, inst := range instances {
+		ts := syntaxes[i]
+		p.byUID[inst.SOPInstanceUID] = planned{id: inst.ID, syntax: ts, size: inst.FileSize}
+		// Orthanc records the syntax of every instance it stores; one
+		// without is sent as it is and the destination decides.
+		if ts == "" || slices.Contains(p.accepted, ts) {
+			parts = append(parts, plainPart(src, inst))
+			continue
+		}
+		if reason := f.cannotConvert(p, ts); reason != "" {
+			f.m.conversions.WithLabelValues(convLossy).Inc()
+			refused = append(refused, Instance{SOPInstanceUID: inst.SOPInstanceUID, Text: reason})
+			continue
+		}
+		parts = append(parts, f.convertedPart(p, inst.SOPInstanceUID, inst.FileSize))
+	}
+	if f.opts.ExactLength {
+		var failed []Instance
+		parts, failed = f.measure(ctx, parts)
+		refused = append(refused, failed...)
+	}
+	return p, parts, refused, nil
+}
+
+// cannotConvert says why an instance in syntax ts cannot be converted
+// for the destination, "" if it can.
+func (f *Forwarder) cannotConvert(p *syntaxPlan, ts string) string {
+	switch {
+	case lossySyntax(ts):
+		return fmt.Sprintf("instance is in lossy %s, which the destination's %s does not list; converting it would pass lossy pixel data off as lossless: add %s to %s if the destination accepts it",
+			syntaxName(ts), f.syntaxVar(), ts, f.syntaxVar())
+	case p.target == "":
+		return fmt.Sprintf("instance is in %s and %s lists no lossless transfer syntax to convert it to", syntaxName(ts), f.syntaxVar())
+	}
+	return ""
+}
+
+func plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
+	return dicomweb.Part{
+		SOPInstanceUID: inst.SOPInstanceUID,
+		Size:           inst.FileSize,
+		Open: func(ctx context.Context) (io.ReadCloser, error) {
+			rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
+			return rc, err
+		},
+	}
+}
+
+// convertedPart reads the instance from Orthanc converted to the plan's
+// target. Its size is unknown (-1). Between uncompressed syntaxes it
+// hardly changes (explicit VR adds at most 4 bytes an element), so an
+// estimate lets Batches group such instances; one from a compressed
+// syntax, whose size cannot be guessed, goes in a request of its own.
+func (f *Forwarder) convertedPart(p *syntaxPlan, uid string, size int64) dicomweb.Part {
+	p.converted[uid] = true
+	in := p.byUID[uid]
+	part := dicomweb.Part{
+		SOPInstanceUID: uid,
+		Size:           -1,
+		Open: func(ctx context.Context) (io.ReadCloser, error) {
+			return f.openConverted(ctx, p, uid, in)
+		},
+	}
+	if uncompressedSyntax(in.syntax) && uncompressedSyntax(p.target) && size > 0 {
+		part.Estimate = size + size/8 + 4096
+	}
+	return part
+}
+
+// openConverted asks Orthanc for the converted instance and checks that
+// the answer starts as a DICOM file, so a failed conversion is an error
+// before any of it is sent.
+func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string, in planned) (rc io.ReadCloser, err error) {
+	ctx, span := f.startSpan(ctx, "orthanc convert instance", trace.SpanKindClient)
+	if span.IsRecording() {
+		span.SetAttributes(tracing.OrthancInstanceID.String(in.id), tracing.TransferSyntax.String(p.target))
+	}
+	defer func() { endSpan(span, err) }()
+	body, err := p.src.OpenTranscodedInstance(ctx, in.id, p.target)
+	var oe *orthancapi.Error
+	if errors.As(err, &oe) && (oe.StatusCode == http.StatusInternalServerError || oe.StatusCode == http.StatusBadRequest) {
+		// Orthanc's answer when it cannot decode the source.
+		f.m.conversions.WithLabelValues(convFailed).Inc()
+		return nil, f.conversionError(uid, in.syntax, p.target, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	head := make([]byte, dicmOffset+4)
+	n, rerr := io.ReadFull(body, head)
+	if rerr != nil || !bytes.Equal(head[dicmOffset:], []byte("DICM")) {
+		_ = body.Close()
+		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("read converted instance %s: %w", in.id, rerr)
+		}
+		f.m.conversions.WithLabelValues(convFailed).Inc()
+		what := "not DICOM (no DICM prefix)"
+		if n == 0 {
+			what = "empty"
+		}
+		return nil, f.conversionError(uid, in.syntax, p.target, fmt.Errorf("its answer was %s (%d bytes)", what, n))
+	}
+	f.m.conversions.WithLabelValues(convConverted).Inc()
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(head), body), body}, nil
+}
+
+// conversionError is an instance Orthanc could not convert. It fails
+// that instance for good, not the study's other instances.
+type conversionError struct {
+	SOPInstanceUID string
+	Err            error
+}
+
+func (e *conversionError) Error() string { return e.Err.Error() }
+func (e *conversionError) Unwrap() error { return e.Err }
+
+func (f *Forwarder) conversionError(uid, from, to string, err error) error {
+	hint := ""
+	if gdcmSyntax(from) {
+		hint = "; Orthanc cannot decode JPEG 2000 without its GDCM plugin (Debian: orthanc-gdcm)"
+	}
+	return &Error{Class: Permanent, Err: &conversionError{SOPInstanceUID: uid, Err: fmt.Errorf(
+		"the source Orthanc could not convert the instance from %s to %s: %w%s; or add %s to %s if the destination accepts it",
+		syntaxName(from), syntaxName(to), err, hint, from, f.syntaxVar())}}
+}
+
+// measure converts each part of unknown size once to count its bytes:
+// a destination that signs the request's length (AWS Signature V4)
+// needs every size before the request starts. Conversions that fail
+// refuse their instance. Orthanc converts each such instance twice.
+func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicomweb.Part, []Instance) {
+	failed := make([]*Instance, len(parts))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(f.opts.RequestConcurrency, 1))
+	for i := range parts {
+		if parts[i].Size >= 0 {
+			continue
+		}
+		g.Go(func() error {
+			rc, err := parts[i].Open(gctx)
+			var n int64
+			if err == nil {
+				n, err = io.Copy(io.Discard, rc)
+				_ = rc.Close()
+			}
+			var ce *conversionError
+			switch {
+			case errors.As(err, &ce):
+				failed[i] = &Instance{SOPInstanceUID: ce.SOPInstanceUID, Text: ce.Error()}
+			case err != nil:
+				return err // sent as unknown size: the request reports it
+			default:
+				parts[i].Size = n
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	var out []dicomweb.Part
+	var refused []Instance
+	for i, p := range parts {
+		if failed[i] != nil {
+			refused = append(refused, *failed[i])
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, refused
+}
+
+// refusedSyntax decides what to do with an instance the destination
+// refused with 0xC122 (transfer syntax not supported): a part to send
+// converted, or the reason it is refused for good.
+func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, string) {
+	base := Describe(dicomweb.FailureTransferSyntaxNotSupported)
+	if p == nil {
+		f.syntaxHint.Do(func() {
+			f.log.Warn("the destination refuses a transfer syntax: set "+f.syntaxVar()+" to the syntaxes it accepts, and stowline converts instances to them",
+				"variable", f.syntaxVar())
+		})
+		return nil, base + ": set " + f.syntaxVar() + " to the transfer syntaxes the destination accepts (e.g. 1.2.840.10008.1.2.1, Explicit VR Little Endian) and stowline converts such instances"
+	}
+	in, known := p.byUID[uid]
+	switch {
+	case !known:
+	case p.converted[uid]:
+		return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; remove that syntax from %s or put an accepted one first", base, syntaxName(p.target), f.syntaxVar())
+	case in.syntax == p.target, lossySyntax(in.syntax) && slices.Contains(p.accepted, in.syntax):
+	default:
+		if reason := f.cannotConvert(p, in.syntax); reason != "" {
+			return nil, base + ": " + reason
+		}
+		part := f.convertedPart(p, uid, in.size)
+		return &part, ""
+	}
+	return nil, fmt.Sprintf("%s: the destination refused %s, which %s lists; remove it from the list", base, syntaxName(in.syntax), f.syntaxVar())
+}
+
+// syntaxVar names the destination's STOW_TRANSFER_SYNTAXES variable.
+func (f *Forwarder) syntaxVar() string {
+	if f.opts.TransferSyntaxesVar != "" {
+		return f.opts.TransferSyntaxesVar
+	}
+	return "STOW_TRANSFER_SYNTAXES"
+}

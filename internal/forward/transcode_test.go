@@ -1,0 +1,307 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+const (
+	tsImplicit = "1.2.840.10008.1.2"
+	tsExplicit = "1.2.840.10008.1.2.1"
+	tsBig      = "1.2.840.10008.1.2.2"
+	tsJPEG     = "1.2.840.10008.1.2.4.50"
+	tsJ2K      = "1.2.840.10008.1.2.4.90"
+	tsDeflFr   = "1.2.840.10008.1.2.8.1"
+)
+
+// fakeFile is a stand-in DICOM file: preamble, "DICM", then its SOP
+// Instance UID and transfer syntax as text.
+func fakeFile(uid, ts string) []byte {
+	return append(append(make([]byte, dicmOffset), "DICM"...), uid+"|"+ts...)
+}
+
+// syntaxSource is an Orthanc that converts like Debian's Orthanc 1.10.1:
+// JPEG 2000 fails with a 500, Deflated Image Frame Compression gives an
+// empty answer.
+type syntaxSource struct {
+	instances []orthancapi.Instance
+	syntax    map[string]string // Orthanc ID: transfer syntax
+	// fail are SOP Instance UIDs whose conversion fails with a 500.
+	fail      map[string]bool
+	mu        sync.Mutex
+	converted int
+}
+
+func newSyntaxSource(syntaxes ...string) *syntaxSource {
+	s := &syntaxSource{syntax: map[string]string{}}
+	for i, ts := range syntaxes {
+		id := fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i)
+		uid := fmt.Sprintf("1.2.3.%d", i+1)
+		s.instances = append(s.instances, orthancapi.Instance{ID: id, SOPInstanceUID: uid, FileSize: int64(len(fakeFile(uid, ts)))})
+		s.syntax[id] = ts
+	}
+	return s
+}
+
+func (s *syntaxSource) uid(id string) string {
+	for _, in := range s.instances {
+		if in.ID == id {
+			return in.SOPInstanceUID
+		}
+	}
+	return ""
+}
+
+func (s *syntaxSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	return s.instances, nil
+}
+
+func (s *syntaxSource) OpenInstanceFile(_ context.Context, id string) (io.ReadCloser, int64, error) {
+	b := fakeFile(s.uid(id), s.syntax[id])
+	return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
+}
+
+func (s *syntaxSource) InstanceMetadata(_ context.Context, id string) (orthancapi.InstanceMetadata, error) {
+	return orthancapi.InstanceMetadata{TransferSyntaxUID: s.syntax[id]}, nil
+}
+
+func (s *syntaxSource) OpenTranscodedInstance(_ context.Context, id, ts string) (io.ReadCloser, error) {
+	s.mu.Lock()
+	s.converted++
+	s.mu.Unlock()
+	switch {
+	case s.fail[s.uid(id)]:
+		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Cannot transcode"}
+	}
+	switch s.syntax[id] {
+	case tsJ2K:
+		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Cannot decode"}
+	case tsDeflFr:
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	return io.NopCloser(bytes.NewReader(fakeFile(s.uid(id), ts))), nil
+}
+
+// syntaxSink is a STOW-RS destination that stores only Explicit VR Little
+// Endian and refuses anything else with 0xC122, as a 202 with both
+// sequences.
+type syntaxSink struct {
+	mu       sync.Mutex
+	stored   map[string]string // SOP Instance UID: transfer syntax
+	requests int
+	// needLength: refuse a request without Content-Length (AWS).
+	needLength bool
+}
+
+func (k *syntaxSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	k.mu.Lock()
+	k.requests++
+	k.mu.Unlock()
+	if k.needLength && r.ContentLength <= 0 {
+		http.Error(w, "length required", http.StatusLengthRequired)
+		return
+	}
+	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	mr := multipart.NewReader(r.Body, params["boundary"])
+	var stored, failed []string
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		b, _ := io.ReadAll(p)
+		uid, ts, _ := strings.Cut(string(b[dicmOffset+4:]), "|")
+		item := `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["` + uid + `"]}`
+		if ts != tsExplicit {
+			failed = append(failed, item+`,"00081197":{"vr":"US","Value":[49442]}}`)
+			continue
+		}
+		k.mu.Lock()
+		k.stored[uid] = ts
+		k.mu.Unlock()
+		stored = append(stored, item+"}")
+	}
+	w.Header().Set("Content-Type", "application/dicom+json")
+	if len(failed) > 0 {
+		w.WriteHeader(http.StatusAccepted)
+	}
+	fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]},"00081198":{"vr":"SQ","Value":[%s]}}`, strings.Join(stored, ","), strings.Join(failed, ","))
+}
+
+func TestTransferSyntaxes(t *testing.T) {
+	all := []string{tsImplicit, tsExplicit, tsBig, tsJPEG, tsJ2K, tsDeflFr}
+	tests := []struct {
+		name        string
+		syntaxes    []string // the source's instances
+		fail        []string // SOP Instance UIDs whose conversion fails
+		list        []string // STOW_TRANSFER_SYNTAXES
+		exactLength bool
+		stored      []string // SOP Instance UIDs, all in Explicit VR LE
+		refused     map[string]string
+		conversions map[string]float64
+	}{
+		{
+			name: "converted to the list", syntaxes: all, list: []string{tsExplicit},
+			stored: []string{"1.2.3.1", "1.2.3.2", "1.2.3.3"},
+			refused: map[string]string{
+				"1.2.3.4": "lossy JPEG Baseline (Process 1, lossy) (1.2.840.10008.1.2.4.50), which the destination's DESTINATION_AZ_STOW_TRANSFER_SYNTAXES does not list",
+				"1.2.3.5": "without its GDCM plugin",
+				"1.2.3.6": "its answer was empty",
+			},
+			conversions: map[string]float64{convConverted: 2, convFailed: 2, convLossy: 1},
+		},
+		{
+			name: "counted first for a signed length", syntaxes: all, list: []string{tsExplicit}, exactLength: true,
+			stored:      []string{"1.2.3.1", "1.2.3.2", "1.2.3.3"},
+			refused:     map[string]string{"1.2.3.4": "lossy", "1.2.3.5": "GDCM", "1.2.3.6": "answer was empty"},
+			conversions: map[string]float64{convConverted: 4, convFailed: 2, convLossy: 1},
+		},
+		{
+			name: "a failed conversion amid others: the rest sent again", syntaxes: []string{tsImplicit, tsImplicit, tsImplicit}, fail: []string{"1.2.3.2"},
+			list:        []string{tsExplicit},
+			stored:      []string{"1.2.3.1", "1.2.3.3"},
+			refused:     map[string]string{"1.2.3.2": "could not convert the instance from Implicit VR Little Endian (1.2.840.10008.1.2) to Explicit VR Little Endian (1.2.840.10008.1.2.1)"},
+			conversions: map[string]float64{convConverted: 3, convFailed: 1},
+		},
+		{
+			name: "no list: the reason names the fix", syntaxes: []string{tsImplicit, tsExplicit},
+			stored:  []string{"1.2.3.2"},
+			refused: map[string]string{"1.2.3.1": "referenced Transfer Syntax not supported: set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts"},
+		},
+		{
+			name: "listed but refused: converted and sent again", syntaxes: []string{tsImplicit, tsExplicit}, list: []string{tsExplicit, tsImplicit},
+			stored:      []string{"1.2.3.1", "1.2.3.2"},
+			conversions: map[string]float64{convConverted: 1},
+		},
+		{
+			name: "the target itself refused", syntaxes: []string{tsImplicit}, list: []string{tsImplicit},
+			refused: map[string]string{"1.2.3.1": "the destination refused Implicit VR Little Endian (1.2.840.10008.1.2), which DESTINATION_AZ_STOW_TRANSFER_SYNTAXES lists; remove it"},
+		},
+		{
+			name: "lossy source listed: sent as it is", syntaxes: []string{tsJPEG}, list: []string{tsExplicit, tsJPEG},
+			refused: map[string]string{"1.2.3.1": "the destination refused JPEG Baseline (Process 1, lossy) (1.2.840.10008.1.2.4.50), which DESTINATION_AZ_STOW_TRANSFER_SYNTAXES lists"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := newSyntaxSource(tt.syntaxes...)
+			src.fail = map[string]bool{}
+			for _, uid := range tt.fail {
+				src.fail[uid] = true
+			}
+			k := &syntaxSink{stored: map[string]string{}, needLength: tt.exactLength}
+			srv := httptest.NewServer(k)
+			t.Cleanup(srv.Close)
+			var opts []dicomweb.Option
+			if tt.exactLength {
+				opts = append(opts, dicomweb.WithContentLength())
+			}
+			client, err := dicomweb.New(srv.URL, nil, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg := prometheus.NewRegistry()
+			rec := tracetest.NewSpanRecorder()
+			var logs bytes.Buffer
+			f, err := New(Options{
+				DestinationName: "az", SourceFor: func(string) (Source, error) { return src, nil }, Destination: client,
+				Concurrency: 1, MaxInstances: 4, MaxBytes: 1 << 20, RequestConcurrency: 2, AckWait: 3 * time.Second,
+				RetryDelay: time.Second, RetryMaxDelay: time.Second, InstanceRetries: 0,
+				TransferSyntaxes: tt.list, TransferSyntaxesVar: "DESTINATION_AZ_STOW_TRANSFER_SYNTAXES", ExactLength: tt.exactLength,
+				Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Registerer: reg,
+				TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for range 2 { // twice: the hint is logged once
+				_, err = f.transfer(ctx, &Attempt{Event: testEvent()})
+			}
+			for _, uid := range tt.stored {
+				if ts, ok := k.stored[uid]; !ok || ts != tsExplicit {
+					t.Errorf("%s: stored %v in %q, want stored in Explicit VR LE", uid, ok, ts)
+				}
+			}
+			if len(k.stored) != len(tt.stored) {
+				t.Errorf("stored %v, want %v", k.stored, tt.stored)
+			}
+			var fe *Error
+			if len(tt.refused) == 0 {
+				if err != nil {
+					t.Fatalf("transfer: %v", err)
+				}
+			} else if !errors.As(err, &fe) || fe.Class != Partial {
+				t.Fatalf("transfer: %v, want a partial failure", err)
+			} else {
+				got := map[string]string{}
+				for _, in := range fe.Instances {
+					got[in.SOPInstanceUID] = in.Text
+				}
+				for uid, want := range tt.refused {
+					if !strings.Contains(got[uid], want) {
+						t.Errorf("%s refused with %q, want %q in it", uid, got[uid], want)
+					}
+				}
+				if len(got) != len(tt.refused) {
+					t.Errorf("refused %v, want %d instances", got, len(tt.refused))
+				}
+			}
+			for result, want := range tt.conversions {
+				// Two transfers: each counts.
+				if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(result)); got != 2*want {
+					t.Errorf("conversions{result=%q} = %v, want %v", result, got, 2*want)
+				}
+			}
+			// One span a conversion asked of Orthanc, failed ones marked.
+			var spans, failedSpans float64
+			for _, sp := range rec.Ended() {
+				if sp.Name() == "orthanc convert instance" {
+					spans++
+					if sp.Status().Code == codes.Error {
+						failedSpans++
+					}
+				}
+			}
+			if want := 2 * (tt.conversions[convConverted] + tt.conversions[convFailed]); spans != want || failedSpans != 2*tt.conversions[convFailed] {
+				t.Errorf("%v conversion spans, %v failed; want %v, %v", spans, failedSpans, want, 2*tt.conversions[convFailed])
+			}
+			if hints := strings.Count(logs.String(), "set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the syntaxes it accepts"); (len(tt.list) == 0) != (hints == 1) {
+				t.Errorf("%d hints logged, want one without a list and none with one:\n%s", hints, logs.String())
+			}
+		})
+	}
+}
+
+func TestLossySyntax(t *testing.T) {
+	for ts, want := range map[string]bool{
+		tsImplicit: false, tsExplicit: false, tsJ2K: false, "1.2.840.10008.1.2.4.70": false, "1.2.840.10008.1.2.5": false,
+		tsJPEG: true, "1.2.840.10008.1.2.4.91": true, "1.2.840.10008.1.2.4.102": true, "1.2.840.10008.1.2.4.100.1": true,
+	} {
+		if got := lossySyntax(ts); got != want {
+			t.Errorf("lossySyntax(%s) = %v, want %v", ts, got, want)
+		}
+	}
+}
