@@ -121,7 +121,10 @@ var profiles = map[string]Profile{
 	ProfileOrthanc: {
 		Name:            ProfileOrthanc,
 		ConflictReasons: commonConflicts,
-		ReplaceMethod:   ReplaceDelete,
+		// Its DICOMweb plugin answers DELETE and PUT with 405 (measured on
+		// 1.10.1), and a duplicate with success, keeping the first
+		// version unless the Orthanc sets OverwriteInstances.
+		ReplaceMethod: ReplaceNone,
 		Source:          "https://orthanc.uclouvain.be/book/plugins/dicomweb.html",
 	},
 	ProfileGeneric: {
@@ -209,7 +212,7 @@ func (d *Destination) conflictValidate() []error {
 		errs = append(errs, fmt.Errorf("STOW_ON_CONFLICT=%q: want skip, replace or deadletter", d.StowOnConflict))
 	}
 	if p.MaxStowBytes > 0 && d.StowMaxBytes > p.MaxStowBytes {
-		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES=%s: destination profile %s takes at most %s per request (%s); want at most that", d.StowMaxBytes, p.Name, p.MaxStowBytes, p.Source))
+		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES=%s: destination profile %s takes at most %d bytes per request (docs/destinations.md); want at most that", d.StowMaxBytes, p.Name, int64(p.MaxStowBytes)))
 	}
 	return errs
 }

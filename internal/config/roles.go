@@ -170,7 +170,7 @@ type Destination struct {
 	StowProfile         string        `env:"STOW_PROFILE" desc:"what the destination is: azure, google, aws, orthanc or generic; sets its conflict answers, replace method, size limit and accepted transfer syntaxes (docs/destinations.md). Default: OAUTH_PROVIDER when that is azure, google or aws, else generic"`
 	StowOnConflict      string        `env:"STOW_ON_CONFLICT" envDefault:"skip" desc:"when the destination already holds an instance with other content (a corrected study resent): skip (count it as stored, log and count the conflict), replace (the profile's STOW_REPLACE_METHOD) or deadletter (dead-letter the study at once, class conflict)"`
 	StowConflictReasons ConflictRules `env:"STOW_CONFLICT_REASONS" desc:"Failure Reasons that mean a conflict, comma-separated: 45070, 0xB00E, or with @409 only in a 409 answer (0x0110@409, 0xA7xx@409). Default: the profile's (45070,0x0111,0x0110@409,0xA7xx@409)"`
-	StowReplaceMethod   string        `env:"STOW_REPLACE_METHOD" desc:"how STOW_ON_CONFLICT=replace replaces an instance: put (STOW-RS with PUT, Azure's upsert), delete (DICOMweb DELETE of the instance, then store) or none. Default: the profile's (azure: put; aws: none; others: delete)"`
+	StowReplaceMethod   string        `env:"STOW_REPLACE_METHOD" desc:"how STOW_ON_CONFLICT=replace replaces an instance: put (STOW-RS with PUT, Azure's upsert), delete (DICOMweb DELETE of the instance, then store) or none. Default: the profile's (azure: put; aws and orthanc: none; google and generic: delete)"`
 }
 
 // validate checks the destination's settings; the errors name the default
