@@ -115,7 +115,7 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 	c := f.opts.Conflicts
 	for _, cf := range conflicts {
 		uid := cf.part.SOPInstanceUID
-		text := fmt.Sprintf("destination already holds this SOP Instance with other content (%s)", Describe(cf.reason))
+		text := fmt.Sprintf("destination already holds this SOP Instance with other content (Failure Reason %d, 0x%04X)", cf.reason, cf.reason)
 		switch {
 		case c.Action != ConflictReplace:
 			st.dead = append(st.dead, Instance{SOPInstanceUID: uid, FailureReason: cf.reason, Text: text})
@@ -148,8 +148,8 @@ func (f *Forwarder) conflictError(st *conflictState, rejected []Instance) error 
 	var msgs []string
 	if len(st.dead) > 0 {
 		f.m.conflicts.WithLabelValues("dead_lettered").Add(float64(len(st.dead)))
-		msgs = append(msgs, fmt.Sprintf("destination already holds %d instances with other content (%s=%s): %s",
-			len(st.dead), f.opts.Conflicts.setting(), f.actionName(), uidList(st.dead)))
+		msgs = append(msgs, fmt.Sprintf("destination already holds %d instances with other content (%s=%s): %s (first: %s)",
+			len(st.dead), f.opts.Conflicts.setting(), f.actionName(), uidList(st.dead), st.dead[0].Text))
 	}
 	if len(st.nonPrimary) > 0 {
 		msgs = append(msgs, fmt.Sprintf("AWS HealthImaging stored %d instances in a non-primary image set (metadata conflicting with the primary one; reconcile them in HealthImaging, a replay would add another): %s",
