@@ -42,7 +42,7 @@ func TestDestinationAuthValidation(t *testing.T) {
 		{name: "google with a client secret", set: map[string]string{"OAUTH_PROVIDER": "google", "OAUTH_CLIENT_SECRET": "s"}, want: "OAUTH_CLIENT_SECRET: not used"},
 		{name: "google missing key", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": key + ".gone"}, want: "GOOGLE_APPLICATION_CREDENTIALS"},
 		{name: "aws region from the URL", set: map[string]string{"OAUTH_PROVIDER": "aws", "DICOMWEB_URL": hi, "STOW_MAX_BYTES": "1GB"}},
-		
+		{name: "aws over 1GB per request", set: map[string]string{"OAUTH_PROVIDER": "aws", "DICOMWEB_URL": hi, "STOW_MAX_BYTES": "1GiB"}, want: "STOW_MAX_BYTES=1GiB"},
 		{name: "aws without region", set: map[string]string{"OAUTH_PROVIDER": "aws"}, want: "AWS_REGION is required"},
 		{name: "aws with a client ID", set: map[string]string{"OAUTH_PROVIDER": "aws", "AWS_REGION": "us-east-1", "OAUTH_CLIENT_ID": "c"}, want: "OAUTH_CLIENT_ID: not used"},
 		{name: "TLS certificate without key", set: map[string]string{"TLS_CERT_FILE": key}, want: "TLS_CERT_FILE and TLS_KEY_FILE"},

@@ -125,7 +125,7 @@ var profiles = map[string]Profile{
 		// 1.10.1), and a duplicate with success, keeping the first
 		// version unless the Orthanc sets OverwriteInstances.
 		ReplaceMethod: ReplaceNone,
-		Source:          "https://orthanc.uclouvain.be/book/plugins/dicomweb.html",
+		Source:        "https://orthanc.uclouvain.be/book/plugins/dicomweb.html",
 	},
 	ProfileGeneric: {
 		Name:            ProfileGeneric,

@@ -53,8 +53,8 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 			answers:  map[string]func(http.ResponseWriter){"POST": failed(409, dicomweb.FailureProcessing), "DELETE": func(w http.ResponseWriter) { w.WriteHeader(204) }},
 			wantDead: "still so after replacing it with delete", wantCalls: "POST DELETE POST", wantMetric: "dead_lettered"},
 		{name: "272 without 409 stays transient", policy: ConflictPolicy{Action: ConflictDeadLetter},
-			answers:   map[string]func(http.ResponseWriter){"POST": failed(202, dicomweb.FailureProcessing)},
-			wantDead:  "refused transiently", wantCalls: "POST POST",
+			answers:  map[string]func(http.ResponseWriter){"POST": failed(202, dicomweb.FailureProcessing)},
+			wantDead: "refused transiently", wantCalls: "POST POST",
 		},
 	}
 	for _, tt := range tests {
