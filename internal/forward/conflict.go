@@ -106,6 +106,23 @@ type conflictState struct {
 	// by AWS HealthImaging apart from the primary image set.
 	dead, nonPrimary []Instance
 	replaced         int
+	// skipped: conflicts counted as stored (skip), kept in the source by
+	// buffer mode.
+	skipped map[string]bool
+}
+
+// withoutUIDs returns instances without those in drop.
+func withoutUIDs(instances []orthancapi.Instance, drop map[string]bool) []orthancapi.Instance {
+	if len(drop) == 0 {
+		return instances
+	}
+	out := make([]orthancapi.Instance, 0, len(instances))
+	for _, in := range instances {
+		if !drop[in.SOPInstanceUID] {
+			out = append(out, in)
+		}
+	}
+	return out
 }
 
 // resolve acts on one round's conflicts: it returns the parts to store

@@ -220,6 +220,7 @@ func TestConflictWithRealOrthanc(t *testing.T) {
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
 			dls := &memDeadLetters{}
+			cleaner := &memCleaner{lastUpdate: "20261202T101500"} // buffer mode
 			method := ""
 			if tt.action == ConflictReplace {
 				method = ReplaceDelete
@@ -230,6 +231,7 @@ func TestConflictWithRealOrthanc(t *testing.T) {
 				o.InstanceRetries = 3
 				o.InstanceRetryDelay = 50 * time.Millisecond
 				o.Conflicts = ConflictPolicy{Action: tt.action, Rules: rules, Method: method, Setting: "DESTINATION_ARCHIVE_STOW_ON_CONFLICT"}
+				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 			})
 			ctx, cancel := context.WithCancel(context.Background())
 			t.Cleanup(cancel)
@@ -278,6 +280,11 @@ func TestConflictWithRealOrthanc(t *testing.T) {
 			}
 			if got := o.InstanceDatasetMD5s(t)[sop]; got != wantSum {
 				t.Errorf("destination holds data set MD5 %s, want %s (the corrected version: %v)", got, wantSum, tt.wantAfter)
+			}
+			// Buffer mode deletes the corrected instance from the source
+			// only once the destination holds it.
+			if deleted := len(cleaner.deleted) == 1; deleted != tt.wantAfter {
+				t.Errorf("buffer mode deleted %v from the source; want it deleted: %v", cleaner.deleted, tt.wantAfter)
 			}
 			metric := map[string]string{ConflictSkip: "skipped", ConflictDeadLetter: "dead_lettered", ConflictReplace: "replaced"}[tt.action]
 			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues(metric)); got != 1 {

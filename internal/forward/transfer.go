@@ -110,7 +110,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		byUID[inst.SOPInstanceUID] = inst
 	}
 	var rejected []Instance
-	st := &conflictState{replacing: map[string]bool{}}
+	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}}
 	var upsert []dicomweb.Part
 	for transientRounds := 0; ; {
 		var outs []batchOutcome
@@ -157,6 +157,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 					"study_instance_uid", ev.StudyInstanceUID, "sop_instance_uid", p.SOPInstanceUID, "method", f.opts.Conflicts.Method)
 			}
 		}
+		for _, uid := range skipped {
+			st.skipped[uid] = true
+		}
 		if len(skipped) > 0 {
 			f.log.Warn("destination already holds instances with other content: counted as stored, not replaced", "orthanc_study_id", ev.OrthancStudyID,
 				"study_instance_uid", ev.StudyInstanceUID, "instances", len(skipped), "first_sop_instance_uid", skipped[0], "setting", f.opts.Conflicts.setting()+"="+ConflictSkip)
@@ -196,7 +199,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 			Instances: rejected,
 		}
 	}
-	rep.forwarded = instances
+	// Buffer mode must not delete a correction the destination did not
+	// take: a skipped conflict stays in the source.
+	rep.forwarded, rep.listed = withoutUIDs(instances, st.skipped), withoutUIDs(rep.listed, st.skipped)
 	return rep, nil
 }
 
