@@ -178,7 +178,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		MaxInstances:       d.StowMaxInstances,
 		MaxBytes:           int64(d.StowMaxBytes),
 		RequestConcurrency: d.StowParallel,
-		TransferSyntaxes:   d.StowTransferSyntaxes,
+		TransferSyntaxes:   transferSyntaxes(&d),
 		// The variable as this destination spells it, for dead-letter
 		// reasons that name the fix.
 		TransferSyntaxesVar: d.VarName("STOW_TRANSFER_SYNTAXES"),
@@ -191,8 +191,33 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		Logger:              log,
 		Registerer:          reg,
 		TracerProvider:      p.tracer,
+		Conflicts:           conflictPolicy(&d),
 	}
+	prof := d.Profile()
+	log.Info("destination profile", "destination", d.Name, "profile", prof.Name, "on_conflict", d.StowOnConflict,
+		"conflict_reasons", config.ConflictRules(prof.ConflictReasons).String(), "replace_method", prof.ReplaceMethod, "source", prof.Source)
 	return o, tw, nil
+}
+
+// transferSyntaxes is the destination's STOW_TRANSFER_SYNTAXES, or its
+// profile's accepted syntaxes when that is unset (none for orthanc and
+// generic: any).
+func transferSyntaxes(d *config.NamedDestination) []string {
+	if len(d.StowTransferSyntaxes) > 0 {
+		return d.StowTransferSyntaxes
+	}
+	return d.Profile().TransferSyntaxes()
+}
+
+// conflictPolicy is the destination's STOW_ON_CONFLICT with its profile's
+// conflict answers and replace method.
+func conflictPolicy(d *config.NamedDestination) forward.ConflictPolicy {
+	prof := d.Profile()
+	c := forward.ConflictPolicy{Action: d.StowOnConflict, Rules: prof.ConflictReasons, Setting: d.VarName("STOW_ON_CONFLICT")}
+	if d.StowOnConflict == config.OnConflictReplace {
+		c.Method = prof.ReplaceMethod
+	}
+	return c
 }
 
 // sourceFor returns the Orthanc of the event's source. An unknown source

@@ -40,7 +40,7 @@ Filters:
   --seq N          one dead letter
   --study UID      by StudyInstanceUID
   --orthanc-id ID  by Orthanc study ID
-  --class C        transient, partial, permanent, source-missing or crash
+  --class C        transient, partial, permanent, source-missing, crash or conflict
   --reason TEXT    reason contains TEXT (case-insensitive)
   --since T        dead-lettered at or after T (e.g. 2026-11-01T00:00Z, or 24h ago)
   --all            every dead letter (run and purge need a filter or --all)

@@ -140,9 +140,6 @@ func (f *Destination) authValidate() error {
 				add("AWS_REGION is required: DICOMWEB_URL is not a HealthImaging endpoint (https://dicom-medical-imaging.REGION.amazonaws.com/datastore/ID) to read it from")
 			}
 		}
-		if f.StowMaxBytes > awsMaxStowBytes {
-			add("STOW_MAX_BYTES=%s: AWS HealthImaging takes at most 1GB (1000000000 bytes) of DICOM data per request; want at most 1GB", f.StowMaxBytes)
-		}
 	default:
 		add("OAUTH_PROVIDER=%q: want generic, azure, google or aws", d.Provider)
 	}

@@ -166,7 +166,14 @@ type Destination struct {
 	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"4" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
 	// StowTransferSyntaxes: transfer syntaxes the destination accepts
 	// (transfersyntax.go).
-	StowTransferSyntaxes List `env:"STOW_TRANSFER_SYNTAXES" desc:"transfer syntax UIDs the destination accepts, comma-separated; an instance in another syntax is converted by Orthanc to the first lossless one of the list (docs/transfer-syntaxes.md). Empty: any. Example: 1.2.840.10008.1.2.1,1.2.840.10008.1.2.4.70"`
+	StowTransferSyntaxes List `env:"STOW_TRANSFER_SYNTAXES" desc:"transfer syntax UIDs the destination accepts, comma-separated; an instance in another syntax is converted by Orthanc to the first lossless one of the list (docs/transfer-syntaxes.md). Empty: the STOW_PROFILE's list (azure, aws: docs/destinations.md), else any. Example: 1.2.840.10008.1.2.1,1.2.840.10008.1.2.4.70"`
+
+	// Conflicts: what the destination is (profile.go) and what to do when
+	// it already holds an instance with other content.
+	StowProfile         string        `env:"STOW_PROFILE" desc:"what the destination is: azure, google, aws, orthanc or generic; sets its conflict answers, replace method, size limit and accepted transfer syntaxes (docs/destinations.md). Default: OAUTH_PROVIDER when that is azure, google or aws, else generic"`
+	StowOnConflict      string        `env:"STOW_ON_CONFLICT" envDefault:"skip" desc:"when the destination already holds an instance with other content (a corrected study resent): skip (count it as stored, log and count the conflict), replace (the profile's STOW_REPLACE_METHOD) or deadletter (dead-letter the study at once, class conflict)"`
+	StowConflictReasons ConflictRules `env:"STOW_CONFLICT_REASONS" desc:"Failure Reasons that mean a conflict, comma-separated: 45070, 0xB00E, or with @409 only in a 409 answer (0x0110@409, 0xA7xx@409). Default: the profile's (45070,0x0111,0x0110@409,0xA7xx@409)"`
+	StowReplaceMethod   string        `env:"STOW_REPLACE_METHOD" desc:"how STOW_ON_CONFLICT=replace replaces an instance: put (STOW-RS with PUT, Azure's upsert), delete (DICOMweb DELETE of the instance, then store) or none. Default: the profile's (azure: put; aws and orthanc: none; google and generic: delete)"`
 }
 
 // validate checks the destination's settings; the errors name the default
@@ -191,6 +198,7 @@ func (d *Destination) validate() error {
 	if err := validateTransferSyntaxes(d.StowTransferSyntaxes); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, d.conflictValidate()...)
 	return errors.Join(errs...)
 }
 

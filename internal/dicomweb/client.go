@@ -189,6 +189,18 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 // with a fresh boundary; a second collision returns an error wrapping
 // errBoundaryCollision.
 func (c *Client) Store(ctx context.Context, parts []Part) (*Result, error) {
+	return c.send(ctx, http.MethodPost, parts)
+}
+
+// Upsert is Store with PUT: Azure's DICOM service (API v2) stores the
+// instances and replaces those it already holds ("PUT ../studies: Upsert
+// instances", DICOM Conformance Statement v2). Other servers may refuse
+// the method (405): the answer is an *HTTPError like Store's.
+func (c *Client) Upsert(ctx context.Context, parts []Part) (*Result, error) {
+	return c.send(ctx, http.MethodPut, parts)
+}
+
+func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result, error) {
 	if len(parts) == 0 {
 		return nil, errNoParts
 	}
@@ -197,16 +209,16 @@ func (c *Client) Store(ctx context.Context, parts []Part) (*Result, error) {
 			return nil, fmt.Errorf("%w: part %d (SOP Instance UID %q) has no Open func", errInvalidPart, i+1, p.SOPInstanceUID)
 		}
 	}
-	res, err := c.storeOnce(ctx, parts)
+	res, err := c.storeOnce(ctx, method, parts)
 	if errors.Is(err, errBoundaryCollision) && ctx.Err() == nil {
 		// A fresh random boundary colliding again is practically
 		// impossible, so one retry is enough.
-		res, err = c.storeOnce(ctx, parts)
+		res, err = c.storeOnce(ctx, method, parts)
 	}
 	return res, err
 }
 
-func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
+func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*Result, error) {
 	boundary, err := c.newBoundary()
 	if err != nil {
 		return nil, err
@@ -226,7 +238,7 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 	// Not from bufPool: the transport may still be inside WriteTo after
 	// Do returned, so the buffer cannot go back to the pool here.
 	reqBody := &bigChunks{r: pr, buf: make([]byte, c.bufferSize)}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, reqBody)
+	req, err := http.NewRequestWithContext(ctx, method, c.url, reqBody)
 	if err != nil {
 		return nil, fmt.Errorf("stow: build request: %w", err)
 	}
@@ -257,9 +269,9 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 			// The transport only saw a broken body; the writer knows why.
 			return nil, werr
 		}
-		return nil, fmt.Errorf("stow: POST %s: %w", c.logURL, doErr)
+		return nil, fmt.Errorf("stow: %s %s: %w", method, c.logURL, doErr)
 	}
-	if r := resp.Request; r != nil && r.Method != http.MethodPost {
+	if r := resp.Request; r != nil && r.Method != method {
 		// The http.Client followed a 301/302/303 and re-sent the request
 		// as a GET: the answer is not about our instances (it may even be
 		// a QIDO-RS search result that parses as an empty STOW response).
@@ -267,7 +279,7 @@ func (c *Client) storeOnce(ctx context.Context, parts []Part) (*Result, error) {
 		pr.CloseWithError(errBodyAbandoned)
 		cancel()
 		<-done
-		return nil, fmt.Errorf("%w: POST %s ended as %s %s", ErrRedirected, c.logURL, r.Method, r.URL.Redacted())
+		return nil, fmt.Errorf("%w: %s %s ended as %s %s", ErrRedirected, method, c.logURL, r.Method, r.URL.Redacted())
 	}
 	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
 	resp.Body.Close()

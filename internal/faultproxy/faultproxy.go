@@ -8,6 +8,7 @@ package faultproxy
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -28,6 +29,7 @@ type Proxy struct {
 	body        string // body for status answers
 	failNext    int    // report this many instances as failed on the next passed STOW
 	failReason  int
+	failStatus  int           // status of that answer (0: 202)
 	bytesPerSec int           // throttle request bodies (0: no limit)
 	hold        chan struct{} // non-nil: STOW requests wait until it is closed
 	held        int
@@ -147,9 +149,16 @@ func (p *Proxy) Held() int {
 // instances as failed with reason, with status 202. The destination did
 // store them: a re-send is answered as a duplicate.
 func (p *Proxy) FailNext(n, reason int) {
+	p.FailNextWithStatus(n, reason, http.StatusAccepted)
+}
+
+// FailNextWithStatus is FailNext answering with status: with 409 and
+// reason 272 it is Google's answer to an instance it already holds with
+// other content.
+func (p *Proxy) FailNextWithStatus(n, reason, status int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.failNext, p.failReason = n, reason
+	p.failNext, p.failReason, p.failStatus = n, reason, status
 }
 
 // Throttle limits request bodies to bytesPerSec (0: no limit).
@@ -223,7 +232,7 @@ func (p *Proxy) modify(resp *http.Response) error {
 				}
 			}
 		}
-		n, reason := p.failNext, p.failReason
+		n, reason, status := p.failNext, p.failReason, p.failStatus
 		if n > 0 && len(ref.Value) > 0 {
 			p.failNext = 0
 		}
@@ -240,7 +249,7 @@ func (p *Proxy) modify(resp *http.Response) error {
 			ds[tagRefSeq], _ = json.Marshal(ref)
 			ds[tagFailedSeq], _ = json.Marshal(failed)
 			body, _ = json.Marshal(ds)
-			resp.StatusCode, resp.Status = http.StatusAccepted, "202 Accepted"
+			resp.StatusCode, resp.Status = status, fmt.Sprintf("%d %s", status, http.StatusText(status))
 			resp.Header.Set("Content-Type", "application/dicom+json")
 		}
 	}

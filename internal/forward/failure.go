@@ -28,6 +28,10 @@ import (
 //	source-missing  the study is no longer in Orthanc; dead-letter
 //	crash           forwarding it panicked, or its deliveries kept ending
 //	                without an outcome (the process died); dead-letter now
+//	conflict        the destination already holds instances with other
+//	                content (STOW_ON_CONFLICT=deadletter, a replace that
+//	                did not take) or kept them apart (AWS non-primary
+//	                image set); a human decides; dead-letter now
 type Class string
 
 // The classes.
@@ -37,10 +41,11 @@ const (
 	Permanent     Class = "permanent"
 	SourceMissing Class = "source-missing"
 	Crash         Class = "crash"
+	Conflict      Class = "conflict"
 )
 
 // Classes lists every class, for metrics and validation.
-var Classes = []Class{Transient, Partial, Permanent, SourceMissing, Crash}
+var Classes = []Class{Transient, Partial, Permanent, SourceMissing, Crash, Conflict}
 
 // DeadLetterNow reports whether a failure of class c goes to the
 // dead-letter stream without further retries.
@@ -159,7 +164,7 @@ func (o Outcome) String() string {
 }
 
 // Duplicate SOP Instance (PS3.7 C.4.2.1.4): the destination already has
-// it, so it counts as stored.
+// it, so it counts as stored (when no conflict rule claims it first).
 const failureDuplicateSOPInstance = 0x0111
 
 // ClassifyInstance decides from a FailedSOPSequence item's Failure Reason.

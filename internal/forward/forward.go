@@ -139,6 +139,9 @@ type Options struct {
 	// every destination whose rules select them has stored, given all the
 	// study's instances; it is needed when there are several destinations.
 	Release func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error)
+	// Conflicts says what an "already holds it with other content" answer
+	// is and what to do with it (conflict.go); the zero value skips.
+	Conflicts ConflictPolicy
 	// Observer, if set, is told of every attempt as it progresses.
 	Observer Observer
 	// TracerProvider, if set, traces every delivery in the trace its
@@ -197,6 +200,9 @@ func New(opts Options) (*Forwarder, error) {
 	}
 	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 {
 		errs = append(errs, errors.New("max deliveries and instance retries must not be negative"))
+	}
+	if err := opts.Conflicts.check(opts.Destination); err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("forward: %w", err)

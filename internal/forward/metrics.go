@@ -17,6 +17,12 @@ type metrics struct {
 	resent        prometheus.Counter
 	alreadyStored prometheus.Counter
 	authRetries   prometheus.Counter
+	// conflicts counts instances the destination already held with other
+	// content, by what was done (skipped, replaced, dead_lettered).
+	conflicts *prometheus.CounterVec
+	// nonPrimary counts instances AWS HealthImaging stored in a
+	// non-primary image set.
+	nonPrimary prometheus.Counter
 	// sourceDeletes counts instances of forwarded studies by what buffer
 	// mode did with them in the source (deleted, failed, skipped).
 	sourceDeletes *prometheus.CounterVec
@@ -59,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	}
 	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_failures_total",
-		Help:        "Failed forwarding attempts, by failure class (transient, partial, permanent, source-missing, crash).",
+		Help:        "Failed forwarding attempts, by failure class (transient, partial, permanent, source-missing, crash, conflict).",
 		ConstLabels: labels,
 	}, []string{"class"})
 	m.resent = prometheus.NewCounter(prometheus.CounterOpts{
@@ -75,6 +81,19 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	m.authRetries = prometheus.NewCounter(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_auth_retries_total",
 		Help:        "STOW-RS requests sent again with a fresh token after the destination answered 401.",
+		ConstLabels: labels,
+	})
+	m.conflicts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_conflicts_total",
+		Help:        "Instances the destination already held with other content (STOW_CONFLICT_REASONS), by what STOW_ON_CONFLICT did: skipped (counted as stored), replaced, dead_lettered.",
+		ConstLabels: labels,
+	}, []string{"action"})
+	for _, a := range []string{"skipped", "replaced", "dead_lettered"} {
+		m.conflicts.WithLabelValues(a)
+	}
+	m.nonPrimary = prometheus.NewCounter(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_instances_non_primary_total",
+		Help:        "Instances AWS HealthImaging stored in a non-primary image set (metadata conflicting with the primary one): dead-lettered for a human to reconcile.",
 		ConstLabels: labels,
 	})
 	m.sourceDeletes = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -99,7 +118,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conversions} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

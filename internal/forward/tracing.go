@@ -142,19 +142,24 @@ func errorType(err error) string {
 
 // store sends one STOW-RS request in a "stow request" span, with what it
 // read from Orthanc as the child "orthanc read batch".
-func (f *Forwarder) store(ctx context.Context, batch []dicomweb.Part) (*dicomweb.Result, error) {
+func (f *Forwarder) store(ctx context.Context, batch []dicomweb.Part, put bool) (*dicomweb.Result, error) {
+	do := f.opts.Destination.Store
+	if put {
+		// ConflictPolicy.check made sure of it.
+		do = f.opts.Destination.(Upserter).Upsert
+	}
 	if f.tracer == nil {
-		return f.opts.Destination.Store(ctx, batch)
+		return do(ctx, batch)
 	}
 	ctx, span := f.tracer.Start(ctx, "stow request", trace.WithSpanKind(trace.SpanKindClient))
 	if !span.IsRecording() {
 		// Not sampled: measure nothing.
 		defer span.End()
-		return f.opts.Destination.Store(ctx, batch)
+		return do(ctx, batch)
 	}
 	span.SetAttributes(tracing.Destination.String(f.opts.DestinationName), tracing.Instances.Int(len(batch)))
 	reads := &batchReads{}
-	res, err := f.opts.Destination.Store(ctx, reads.wrap(batch))
+	res, err := do(ctx, reads.wrap(batch))
 	reads.record(ctx, f.tracer)
 	answer := res
 	var he *dicomweb.HTTPError

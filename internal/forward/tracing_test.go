@@ -36,7 +36,7 @@ func (d sameParts) Store(_ context.Context, parts []dicomweb.Part) (*dicomweb.Re
 func TestTracingOffCostsNothingPerInstance(t *testing.T) {
 	batch := []dicomweb.Part{{SOPInstanceUID: "1.2.3"}, {SOPInstanceUID: "1.2.4"}}
 	f := &Forwarder{opts: Options{Destination: sameParts{t: t, want: batch}}}
-	if _, err := f.store(context.Background(), batch); err != nil {
+	if _, err := f.store(context.Background(), batch, false); err != nil {
 		t.Fatal(err)
 	}
 	ctx, span := f.startSpan(context.Background(), "x", 0)

@@ -30,6 +30,10 @@ type Report struct {
 	AlreadyStored int
 	// Resent counts instances sent again after a transient refusal.
 	Resent int
+	// Conflicts counts instances the destination already held with other
+	// content and that were counted as stored (STOW_ON_CONFLICT=skip);
+	// Replaced those replaced (replace).
+	Conflicts, Replaced int
 	// forwarded are the instances sent, set only when the destination
 	// confirmed every one (buffer mode deletes them); listed are all the
 	// study's instances.
@@ -42,6 +46,7 @@ func (r *Report) add(o Report) {
 	r.Requests += o.Requests
 	r.AlreadyStored += o.AlreadyStored
 	r.Resent += o.Resent
+	r.Conflicts += o.Conflicts
 }
 
 // transfer sends every instance of the attempt's study to the destination.
@@ -92,43 +97,100 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	for round := 0; ; {
-		var retry, again []dicomweb.Part
-		outs, err := f.sendAll(ctx, a, plan, dicomweb.Batches(pending, f.requestSize(len(pending)), f.opts.MaxBytes), &rep)
-		if err != nil {
-			return rep, err
+	byUID := make(map[string]orthancapi.Instance, len(instances))
+	for _, inst := range instances {
+		byUID[inst.SOPInstanceUID] = inst
+	}
+	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}}
+	var upsert []dicomweb.Part
+	for transientRounds := 0; ; {
+		var outs []batchOutcome
+		for _, send := range []struct {
+			parts []dicomweb.Part
+			put   bool
+		}{{pending, false}, {upsert, true}} {
+			if len(send.parts) == 0 {
+				continue
+			}
+			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, f.requestSize(len(send.parts)), f.opts.MaxBytes), &rep, send.put)
+			if err != nil {
+				return rep, err
+			}
+			outs = append(outs, o...)
 		}
+		var retry, again []dicomweb.Part
+		var conflicts []conflicted
+		var skipped []string
+		notDone := map[string]bool{}
 		for _, out := range outs {
 			retry = append(retry, out.retry...)
 			again = append(again, out.again...)
 			rejected = append(rejected, out.rejected...)
+			conflicts = append(conflicts, out.conflicts...)
+			skipped = append(skipped, out.skipped...)
+			st.nonPrimary = append(st.nonPrimary, out.nonPrimary...)
+			for _, p := range out.retry {
+				notDone[p.SOPInstanceUID] = true
+			}
+			for _, x := range out.rejected {
+				notDone[x.SOPInstanceUID] = true
+			}
+			for _, c := range out.conflicts {
+				notDone[c.part.SOPInstanceUID] = true
+			}
+			for _, p := range out.again {
+				notDone[p.SOPInstanceUID] = true
+			}
 		}
 		if f.opts.ExactLength && len(again) > 0 {
 			var failed []Instance
 			again, failed = f.measure(ctx, again)
 			rejected = append(rejected, failed...)
 		}
-		if len(retry) == 0 && len(again) > 0 {
-			pending = again
-			continue
+		// A replacement sent this round and not refused again is stored.
+		for _, p := range append(append([]dicomweb.Part(nil), pending...), upsert...) {
+			if st.replacing[p.SOPInstanceUID] && !notDone[p.SOPInstanceUID] {
+				st.replaced++
+				rep.Replaced++
+				f.m.conflicts.WithLabelValues("replaced").Inc()
+				f.log.Info("replaced an instance the destination held with other content", "orthanc_study_id", ev.OrthancStudyID,
+					"study_instance_uid", ev.StudyInstanceUID, "sop_instance_uid", p.SOPInstanceUID, "method", f.opts.Conflicts.Method)
+			}
 		}
-		if len(retry) == 0 {
+		for _, uid := range skipped {
+			st.skipped[uid] = true
+		}
+		if len(skipped) > 0 {
+			f.log.Warn("destination already holds instances with other content: counted as stored, not replaced", "orthanc_study_id", ev.OrthancStudyID,
+				"study_instance_uid", ev.StudyInstanceUID, "instances", len(skipped), "first_sop_instance_uid", skipped[0], "setting", f.opts.Conflicts.setting()+"="+ConflictSkip)
+		}
+		resend, up, err := f.resolve(ctx, a, st, conflicts, byUID)
+		if err != nil {
+			return rep, err
+		}
+		pending, upsert = append(append(retry, resend...), again...), up
+		if len(pending)+len(upsert) == 0 {
 			break
 		}
-		if round >= f.opts.InstanceRetries {
-			return rep, fmt.Errorf("%d instances still refused transiently after %d rounds (first: %s)",
-				len(retry), round+1, retry[0].SOPInstanceUID)
+		if len(retry) == 0 {
+			continue // only replacements: no pause, no transient round
 		}
+		if transientRounds >= f.opts.InstanceRetries {
+			return rep, fmt.Errorf("%d instances still refused transiently after %d rounds (first: %s)",
+				len(retry), transientRounds+1, retry[0].SOPInstanceUID)
+		}
+		transientRounds++
 		f.log.Warn("re-sending instances the destination refused transiently", "orthanc_study_id", ev.OrthancStudyID,
-			"study_instance_uid", ev.StudyInstanceUID, "instances", len(retry), "round", round+1)
-		sleep(ctx, f.opts.InstanceRetryDelay<<round)
+			"study_instance_uid", ev.StudyInstanceUID, "instances", len(retry), "round", transientRounds)
+		sleep(ctx, f.opts.InstanceRetryDelay<<(transientRounds-1))
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
 		rep.Resent += len(retry)
 		f.m.resent.Add(float64(len(retry)))
-		pending = append(retry, again...)
-		round++
+	}
+	if len(st.dead)+len(st.nonPrimary) > 0 {
+		return rep, f.conflictError(st, rejected)
 	}
 	if len(rejected) > 0 {
 		return rep, &Error{
@@ -137,7 +199,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 			Instances: rejected,
 		}
 	}
-	rep.forwarded = instances
+	// Buffer mode must not delete a correction the destination did not
+	// take: a skipped conflict stays in the source.
+	rep.forwarded, rep.listed = withoutUIDs(instances, st.skipped), withoutUIDs(rep.listed, st.skipped)
 	return rep, nil
 }
 
@@ -155,7 +219,7 @@ func (f *Forwarder) requestSize(n int) int {
 // their outcomes in batch order. The first error stops the requests still
 // running (their context is cancelled) and is returned. Each answered
 // request is reported to the observer.
-func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report) ([]batchOutcome, error) {
+func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
 	sendOne := func(ctx context.Context, batch []dicomweb.Part) (out batchOutcome, err error) {
@@ -167,7 +231,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			}
 		}()
 		var local Report
-		out, err = f.send(ctx, plan, batch, &local)
+		out, err = f.send(ctx, plan, batch, &local, put)
 		mu.Lock()
 		rep.add(local)
 		progress := *rep
@@ -224,20 +288,25 @@ type batchOutcome struct {
 	// refused for their transfer syntax (now converted), and the rest of
 	// a request that a failed conversion broke off.
 	again []dicomweb.Part
+	// conflicts are for STOW_ON_CONFLICT to settle; skipped were counted
+	// as stored; nonPrimary were stored apart (AWS HealthImaging).
+	conflicts  []conflicted
+	skipped    []string
+	nonPrimary []Instance
 }
 
 // send stores one batch and sorts its instances by the response. This is
 // the one place a 401 is handled: the auth transport has dropped the
 // refused token, so one retry carries a fresh one; a second 401 is a
 // permanent failure (ClassifyStatus).
-func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report) (batchOutcome, error) {
+func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool) (batchOutcome, error) {
 	rep.Requests++
-	res, err := f.store(ctx, batch)
+	res, err := f.store(ctx, batch, put)
 	var he *dicomweb.HTTPError
 	if errors.As(err, &he) && he.StatusCode == http.StatusUnauthorized {
 		rep.Requests++
 		f.m.authRetries.Inc()
-		res, err = f.store(ctx, batch)
+		res, err = f.store(ctx, batch, put)
 	}
 	var ce *conversionError
 	if errors.As(err, &ce) {
@@ -266,14 +335,19 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 // confirmed (counted in rep), to send again, or refused for good.
 func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report) batchOutcome {
 	stored := make(map[string]bool, len(res.Stored))
+	var out batchOutcome
 	for _, in := range res.Stored {
 		stored[in.SOPInstanceUID] = true
+		if dicomweb.NonPrimary(in) {
+			out.nonPrimary = append(out.nonPrimary, Instance{SOPInstanceUID: in.SOPInstanceUID,
+				Text: "stored in a non-primary image set (AWS HealthImaging): reconcile it with the primary one"})
+			f.m.nonPrimary.Inc()
+		}
 	}
 	failed := make(map[string]int, len(res.Failed))
 	for _, fi := range append(res.Failed, res.OtherFailures...) {
 		failed[fi.SOPInstanceUID] = fi.FailureReason
 	}
-	var out batchOutcome
 	confirmed := 0
 	for _, p := range batch {
 		if stored[p.SOPInstanceUID] {
@@ -290,6 +364,19 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 				out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID,
 					Text: fmt.Sprintf("not listed in the destination's HTTP %d response", res.StatusCode)})
 			}
+			continue
+		}
+		if f.opts.Conflicts.isConflict(reason, res.StatusCode) {
+			if f.opts.Conflicts.Action == "" || f.opts.Conflicts.Action == ConflictSkip {
+				confirmed++
+				rep.AlreadyStored++
+				rep.Conflicts++
+				f.m.alreadyStored.Inc()
+				f.m.conflicts.WithLabelValues("skipped").Inc()
+				out.skipped = append(out.skipped, p.SOPInstanceUID)
+				continue
+			}
+			out.conflicts = append(out.conflicts, conflicted{part: p, reason: reason})
 			continue
 		}
 		if reason == dicomweb.FailureTransferSyntaxNotSupported {

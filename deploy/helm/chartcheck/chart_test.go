@@ -64,9 +64,9 @@ func TestEverything(t *testing.T) {
 			"existingSecret":     "stowline-secrets",
 			"existingSecretKeys": []any{"INGEST_TOKEN", "ADMIN_TOKEN", "OAUTH_CLIENT_SECRET", "INGEST_HMAC_SECRET"},
 		},
-		"nats":         map[string]any{"credsSecret": "stowline-nats"},
-		"orthanc":      map[string]any{"httpThreadsCount": 200, "reservedThreads": 10},
-		"env":          map[string]any{"NATS_CA_FILE": "/etc/stowline/ca/ca.pem", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"},
+		"nats":    map[string]any{"credsSecret": "stowline-nats"},
+		"orthanc": map[string]any{"httpThreadsCount": 200, "reservedThreads": 10},
+		"env":     map[string]any{"NATS_CA_FILE": "/etc/stowline/ca/ca.pem", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"},
 		"tracing": map[string]any{
 			"otlpEndpoint": "http://otel-collector.observability.svc:4318",
 			"sampler":      "parentbased_traceidratio", "samplerArg": "0.1",

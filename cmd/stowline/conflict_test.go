@@ -1,0 +1,58 @@
+package main
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+// A study resent to a destination that answers Google's conflict (409,
+// FailureReason 272: it holds the instance with other content) is
+// dead-lettered at once under DESTINATION_<NAME>_STOW_ON_CONFLICT=deadletter:
+// one STOW request, class conflict, the instance and the setting named.
+// Before STOW_ON_CONFLICT, 272 was retried as transient for hours. The
+// study is resent because an instance was added to it; the proxy gives
+// the answer Orthanc cannot. One Orthanc release: the fault is at the
+// destination.
+func TestGoogleConflictDeadLetteredAtOnce(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	s := newSiteWith(t, siteOptions{destinations: []string{"archive"}, nats: true})
+	s.env["DESTINATION_ARCHIVE_STOW_PROFILE"] = "google"
+	s.env["DESTINATION_ARCHIVE_STOW_ON_CONFLICT"] = "deadletter"
+	s.env["DESTINATION_ARCHIVE_STOW_PARALLEL_REQUESTS"] = "1" // the study in one request
+	archive := s.destination(t, "archive")
+	s.start(t)
+	src := s.sources["main"]
+	store, err := deadletter.Open(t.Context(), s.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	st := newStudies(t, 1, 2)[0]
+	send(t, src, st.files[0])
+	archive.waitHolds(t, st.uids[:1], time.Minute)
+	s.waitIdle(t, 30*time.Second, "archive")
+
+	before := archive.proxy.STOWRequests()
+	archive.proxy.FailNextWithStatus(1, dicomweb.FailureProcessing, http.StatusConflict)
+	send(t, src, st.files[1])
+	waitUntil(t, time.Minute, "the study is dead-lettered", func() bool { return len(letters(t, store, "archive")) == 1 })
+	s.waitIdle(t, 30*time.Second, "archive")
+	l := letters(t, store, "archive")[0]
+	if l.Class != forward.Conflict || !strings.Contains(l.Reason, "DESTINATION_ARCHIVE_STOW_ON_CONFLICT=deadletter") ||
+		len(l.Failures) != 1 || !strings.Contains(l.Reason, l.Failures[0].SOPInstanceUID) {
+		t.Errorf("dead letter: class %q, reason %q, failures %+v", l.Class, l.Reason, l.Failures)
+	}
+	if n := archive.proxy.STOWRequests() - before; n != 1 {
+		t.Errorf("%d STOW requests for the resent study, want 1 (a conflict is not retried)", n)
+	}
+	if !strings.Contains(s.logText(), `"profile":"google"`) {
+		t.Error("the forwarder did not log the destination's profile")
+	}
+}

@@ -1,0 +1,123 @@
+package dicomweb
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// ConflictRule says which Failure Reason in a STOW-RS answer means "the
+// destination already holds this SOP Instance with other content".
+// Codes differ by server, and some (0x0110 processing failure, 0xA7xx)
+// mean a conflict only in a 409 Conflict answer (Google).
+type ConflictRule struct {
+	// Code is the Failure Reason; Mask selects the bits compared (0xFF00
+	// for "0xA7xx"), 0xFFFF for an exact code.
+	Code, Mask int
+	// Only409 limits the rule to answers with HTTP status 409.
+	Only409 bool
+}
+
+// ParseConflictRule reads "45070", "0xB00E", "0x0110@409" or "0xA7xx@409"
+// (x: any hex digit).
+func ParseConflictRule(s string) (ConflictRule, error) {
+	text, on409 := strings.CutSuffix(strings.TrimSpace(s), "@409")
+	r := ConflictRule{Only409: on409, Mask: 0xFFFF}
+	if hex, ok := strings.CutPrefix(strings.ToLower(text), "0x"); ok && len(hex) == 4 {
+		r.Mask = 0
+		for _, c := range hex {
+			r.Code, r.Mask = r.Code<<4, r.Mask<<4
+			if c == 'x' {
+				continue
+			}
+			d, err := strconv.ParseUint(string(c), 16, 8)
+			if err != nil {
+				return ConflictRule{}, fmt.Errorf("%q: want a Failure Reason such as 45070, 0xB00E, 0xA7xx, optionally with @409", s)
+			}
+			r.Code |= int(d)
+			r.Mask |= 0xF
+		}
+		return r, nil
+	}
+	n, err := strconv.ParseUint(text, 10, 16)
+	if err != nil {
+		return ConflictRule{}, fmt.Errorf("%q: want a Failure Reason such as 45070, 0xB00E, 0xA7xx, optionally with @409", s)
+	}
+	r.Code = int(n)
+	return r, nil
+}
+
+// Matches reports whether a Failure Reason in an answer of HTTP status
+// status is a conflict by this rule.
+func (r ConflictRule) Matches(reason, status int) bool {
+	if r.Only409 && status != http.StatusConflict {
+		return false
+	}
+	return reason&r.Mask == r.Code&r.Mask
+}
+
+func (r ConflictRule) String() string {
+	var b strings.Builder
+	if r.Mask == 0xFFFF {
+		fmt.Fprintf(&b, "0x%04X", r.Code)
+	} else {
+		b.WriteString("0x")
+		for shift := 12; shift >= 0; shift -= 4 {
+			if r.Mask>>shift&0xF == 0 {
+				b.WriteByte('x')
+			} else {
+				fmt.Fprintf(&b, "%X", r.Code>>shift&0xF)
+			}
+		}
+	}
+	if r.Only409 {
+		b.WriteString("@409")
+	}
+	return b.String()
+}
+
+// NonPrimary reports whether a stored instance's RetrieveURL points into
+// an AWS HealthImaging non-primary image set. HealthImaging stores data
+// whose metadata conflicts with a primary image set as a non-primary one
+// (devguide, "Understanding image sets"), which DICOMweb reaches only
+// with the imageSetId query parameter ("Getting DICOM instance metadata
+// from HealthImaging"); an instance it lists with such a URL is stored
+// but not where a viewer of the study finds it.
+func NonPrimary(in Instance) bool {
+	u, err := url.Parse(in.RetrieveURL)
+	if err != nil || in.RetrieveURL == "" {
+		return false
+	}
+	return u.Query().Get("imageSetId") != ""
+}
+
+// DeleteInstance deletes one instance with DICOMweb DELETE
+// {base}/studies/{study}/series/{series}/instances/{sop} (Google Cloud
+// Healthcare, dcm4chee, Azure v2). A 404 is no error: the instance is
+// gone either way.
+func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) error {
+	u := c.url + "/" + url.PathEscape(study) + "/series/" + url.PathEscape(series) + "/instances/" + url.PathEscape(sop)
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
+	if err != nil {
+		return fmt.Errorf("stow: build DELETE: %w", err)
+	}
+	for k, vs := range c.header {
+		req.Header[k] = append([]string(nil), vs...)
+	}
+	req.Header.Set("User-Agent", c.userAgent)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("stow: DELETE %s/…/instances/%s: %w", c.logURL, sop, err)
+	}
+	defer resp.Body.Close()
+	body, _, _ := readBody(resp.Body, maxErrorBody)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotFound {
+		return nil
+	}
+	return &HTTPError{StatusCode: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: trimBody(body, maxErrorBody)}
+}

@@ -1,0 +1,201 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// The ConflictPolicy actions (STOW_ON_CONFLICT).
+const (
+	ConflictSkip       = "skip"
+	ConflictReplace    = "replace"
+	ConflictDeadLetter = "deadletter"
+)
+
+// The ConflictPolicy replace methods (STOW_REPLACE_METHOD).
+const (
+	ReplacePut    = "put"
+	ReplaceDelete = "delete"
+)
+
+// ConflictPolicy is what a destination's "already holds this SOP
+// Instance with other content" answer is, and what to do about it. A
+// conflict is never transient: resending the same bytes gets the same
+// answer.
+type ConflictPolicy struct {
+	// Action is skip (count as stored; the zero value), replace or
+	// deadletter.
+	Action string
+	// Rules are the Failure Reasons that mean a conflict.
+	Rules []dicomweb.ConflictRule
+	// Method is how replace replaces: put (the Destination must be an
+	// Upserter) or delete (an InstanceDeleter), then store again.
+	Method string
+	// Setting names the variable that chose Action, for dead letters.
+	Setting string
+}
+
+// Upserter stores with replace semantics (Azure's STOW-RS PUT).
+type Upserter interface {
+	Upsert(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error)
+}
+
+// InstanceDeleter deletes one instance at the destination (DICOMweb
+// DELETE).
+type InstanceDeleter interface {
+	DeleteInstance(ctx context.Context, study, series, sop string) error
+}
+
+func (c ConflictPolicy) check(d Destination) error {
+	switch c.Action {
+	case "", ConflictSkip, ConflictDeadLetter:
+		return nil
+	case ConflictReplace:
+	default:
+		return fmt.Errorf("conflict action %q: want skip, replace or deadletter", c.Action)
+	}
+	switch c.Method {
+	case ReplacePut:
+		if _, ok := d.(Upserter); !ok {
+			return errors.New("conflict replace method put: the destination cannot upsert")
+		}
+	case ReplaceDelete:
+		if _, ok := d.(InstanceDeleter); !ok {
+			return errors.New("conflict replace method delete: the destination cannot delete instances")
+		}
+	default:
+		return fmt.Errorf("conflict replace method %q: want put or delete", c.Method)
+	}
+	return nil
+}
+
+// isConflict reports whether a Failure Reason in an answer of HTTP status
+// status means the destination holds the instance with other content.
+func (c ConflictPolicy) isConflict(reason, status int) bool {
+	for _, r := range c.Rules {
+		if r.Matches(reason, status) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c ConflictPolicy) setting() string {
+	if c.Setting == "" {
+		return "STOW_ON_CONFLICT"
+	}
+	return c.Setting
+}
+
+// conflicted is an instance the destination answered with a conflict.
+type conflicted struct {
+	part   dicomweb.Part
+	reason int
+}
+
+// conflictState is one attempt's conflicts across rounds.
+type conflictState struct {
+	// replacing: instances replaced once; a second conflict is final.
+	replacing map[string]bool
+	// dead: instances to dead-letter (class conflict); nonPrimary: stored
+	// by AWS HealthImaging apart from the primary image set.
+	dead, nonPrimary []Instance
+	replaced         int
+	// skipped: conflicts counted as stored (skip), kept in the source by
+	// buffer mode.
+	skipped map[string]bool
+}
+
+// withoutUIDs returns instances without those in drop.
+func withoutUIDs(instances []orthancapi.Instance, drop map[string]bool) []orthancapi.Instance {
+	if len(drop) == 0 {
+		return instances
+	}
+	out := make([]orthancapi.Instance, 0, len(instances))
+	for _, in := range instances {
+		if !drop[in.SOPInstanceUID] {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+// resolve acts on one round's conflicts: it returns the parts to store
+// again with POST (after a DELETE) or with PUT (upsert). Deleting needs
+// the instance's series, from byUID.
+func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, conflicts []conflicted, byUID map[string]orthancapi.Instance) (resend, upsert []dicomweb.Part, err error) {
+	c := f.opts.Conflicts
+	for _, cf := range conflicts {
+		uid := cf.part.SOPInstanceUID
+		text := fmt.Sprintf("destination already holds this SOP Instance with other content (Failure Reason %d, 0x%04X)", cf.reason, cf.reason)
+		switch {
+		case c.Action != ConflictReplace:
+			st.dead = append(st.dead, Instance{SOPInstanceUID: uid, FailureReason: cf.reason, Text: text})
+			continue
+		case st.replacing[uid]:
+			st.dead = append(st.dead, Instance{SOPInstanceUID: uid, FailureReason: cf.reason, Text: text + "; still so after replacing it with " + c.Method})
+			continue
+		}
+		st.replacing[uid] = true
+		if c.Method == ReplacePut {
+			upsert = append(upsert, cf.part)
+			continue
+		}
+		inst := byUID[uid]
+		if err := f.opts.Destination.(InstanceDeleter).DeleteInstance(ctx, a.Event.StudyInstanceUID, inst.SeriesInstanceUID, uid); err != nil {
+			return nil, nil, fmt.Errorf("replace instance %s: delete it at the destination: %w", uid, err)
+		}
+		resend = append(resend, cf.part)
+	}
+	if n := len(resend) + len(upsert); n > 0 {
+		f.log.Warn("replacing instances the destination held with other content", "orthanc_study_id", a.Event.OrthancStudyID,
+			"study_instance_uid", a.Event.StudyInstanceUID, "instances", n, "method", c.Method, "setting", c.setting())
+	}
+	return resend, upsert, nil
+}
+
+// conflictError is the dead letter of an attempt with conflicts: the
+// instances and the setting, never patient data.
+func (f *Forwarder) conflictError(st *conflictState, rejected []Instance) error {
+	var msgs []string
+	if len(st.dead) > 0 {
+		f.m.conflicts.WithLabelValues("dead_lettered").Add(float64(len(st.dead)))
+		msgs = append(msgs, fmt.Sprintf("destination already holds %d instances with other content (%s=%s): %s (first: %s)",
+			len(st.dead), f.opts.Conflicts.setting(), f.actionName(), uidList(st.dead), st.dead[0].Text))
+	}
+	if len(st.nonPrimary) > 0 {
+		msgs = append(msgs, fmt.Sprintf("AWS HealthImaging stored %d instances in a non-primary image set (metadata conflicting with the primary one; reconcile them in HealthImaging, a replay would add another): %s",
+			len(st.nonPrimary), uidList(st.nonPrimary)))
+	}
+	if len(rejected) > 0 {
+		msgs = append(msgs, fmt.Sprintf("and refused %d for good (first: %s: %s)", len(rejected), rejected[0].SOPInstanceUID, rejected[0].Text))
+	}
+	all := append(append(append([]Instance(nil), st.dead...), st.nonPrimary...), rejected...)
+	return &Error{Class: Conflict, Err: errors.New(strings.Join(msgs, "; ")), Instances: all}
+}
+
+func (f *Forwarder) actionName() string {
+	if f.opts.Conflicts.Action == "" {
+		return ConflictSkip
+	}
+	return f.opts.Conflicts.Action
+}
+
+// uidList names up to five instances.
+func uidList(in []Instance) string {
+	const most = 5
+	uids := make([]string, 0, most)
+	for i, x := range in {
+		if i == most {
+			uids = append(uids, fmt.Sprintf("and %d more", len(in)-most))
+			break
+		}
+		uids = append(uids, x.SOPInstanceUID)
+	}
+	return strings.Join(uids, ", ")
+}

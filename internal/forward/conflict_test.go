@@ -1,0 +1,117 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// The answers no real server in CI gives: Azure's upsert with PUT, AWS
+// HealthImaging's non-primary image set, and a destination that still
+// conflicts after the instance was deleted.
+func TestConflictAnswersOfClouds(t *testing.T) {
+	const sop = "1.2.3.1" // newMemSource(1)
+	failed := func(status, reason int) func(w http.ResponseWriter) {
+		return func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "application/dicom+json")
+			w.WriteHeader(status)
+			fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}]}}`, sop, reason)
+		}
+	}
+	stored := func(retrieve string) func(w http.ResponseWriter) {
+		return func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "application/dicom+json")
+			fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]},"00081190":{"vr":"UR","Value":[%q]}}]}}`, sop, retrieve)
+		}
+	}
+	tests := []struct {
+		name       string
+		policy     ConflictPolicy
+		answers    map[string]func(http.ResponseWriter) // by method
+		wantDead   string                               // substring of the reason; "" acks
+		wantCalls  string
+		wantMetric string
+	}{
+		{name: "azure upsert", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplacePut},
+			answers:   map[string]func(http.ResponseWriter){"POST": failed(409, dicomweb.FailureAzureAlreadyExists), "PUT": stored("")},
+			wantCalls: "POST PUT", wantMetric: "replaced"},
+		{name: "aws non-primary image set", policy: ConflictPolicy{Action: ConflictSkip},
+			answers:  map[string]func(http.ResponseWriter){"POST": stored("https://dicom-medical-imaging.us-east-1.amazonaws.com/datastore/d/studies/1.2.3/series/1/instances/1.2.3.1?imageSetId=abc")},
+			wantDead: "non-primary image set", wantCalls: "POST"},
+		{name: "still a conflict after delete", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete},
+			answers:  map[string]func(http.ResponseWriter){"POST": failed(409, dicomweb.FailureProcessing), "DELETE": func(w http.ResponseWriter) { w.WriteHeader(204) }},
+			wantDead: "still so after replacing it with delete", wantCalls: "POST DELETE POST", wantMetric: "dead_lettered"},
+		{name: "272 without 409 stays transient", policy: ConflictPolicy{Action: ConflictDeadLetter},
+			answers:  map[string]func(http.ResponseWriter){"POST": failed(202, dicomweb.FailureProcessing)},
+			wantDead: "refused transiently", wantCalls: "POST POST",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var calls []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				calls = append(calls, r.Method)
+				mu.Unlock()
+				tt.answers[r.Method](w)
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			tt.policy.Rules = []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF},
+				{Code: dicomweb.FailureProcessing, Mask: 0xFFFF, Only409: true}}
+			f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.MaxDeliveries = 1
+				o.InstanceRetries = 1
+				o.InstanceRetryDelay = 10e6
+				o.Conflicts = tt.policy
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			done := make(chan error, 1)
+			go func() { done <- f.Run(ctx) }()
+			if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+				t.Fatal(err)
+			}
+			waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			letters := dls.all()
+			switch {
+			case tt.wantDead == "" && len(letters) > 0:
+				t.Errorf("dead-lettered: %s", letters[0].Reason)
+			case tt.wantDead != "" && (len(letters) != 1 || !strings.Contains(letters[0].Reason, tt.wantDead) || !strings.Contains(letters[0].Reason, sop)):
+				t.Errorf("dead letters %+v, want one naming %s: %q", letters, sop, tt.wantDead)
+			}
+			if got := strings.Join(calls, " "); got != tt.wantCalls {
+				t.Errorf("requests %q, want %q", got, tt.wantCalls)
+			}
+			if tt.wantMetric != "" {
+				if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues(tt.wantMetric)); got != 1 {
+					t.Errorf("conflicts{action=%q} = %v, want 1", tt.wantMetric, got)
+				}
+			}
+			if strings.Contains(tt.name, "non-primary") {
+				if got := testutil.ToFloat64(f.m.nonPrimary); got != 1 || letters[0].Class != Conflict {
+					t.Errorf("non-primary metric %v, class %q; want 1, conflict", got, letters[0].Class)
+				}
+			}
+		})
+	}
+}
