@@ -164,7 +164,18 @@ type Destination struct {
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
 	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"4" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
+	StowVerify       string   `env:"STOW_VERIFY" envDefault:"off" desc:"off, or qido: after the STOW-RS answers of a study, ask the destination (QIDO-RS, one paged query a study) for the study's instances and ack only when it lists every SOP Instance UID sent; an unlisted instance is sent again. Buffer mode then deletes only listed instances (docs/verification.md)"`
 }
+
+// Values of STOW_VERIFY.
+const (
+	VerifyOff  = "off"
+	VerifyQIDO = "qido"
+)
+
+// Verifies reports whether the destination's instances are checked over
+// QIDO-RS after they were stored (STOW_VERIFY=qido).
+func (d *Destination) Verifies() bool { return d.StowVerify == VerifyQIDO }
 
 // validate checks the destination's settings; the errors name the default
 // destination's variables (namedDestination renames them).
@@ -184,6 +195,9 @@ func (d *Destination) validate() error {
 	}
 	if d.StowMaxBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES=%s: want at least 1MiB", d.StowMaxBytes))
+	}
+	if d.StowVerify != VerifyOff && d.StowVerify != VerifyQIDO {
+		errs = append(errs, fmt.Errorf("STOW_VERIFY=%q: want off or qido", d.StowVerify))
 	}
 	return errors.Join(errs...)
 }
