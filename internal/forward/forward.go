@@ -116,6 +116,12 @@ type Options struct {
 	// InstanceRetryDelay is the pause before the first such round
 	// (doubling each round).
 	InstanceRetryDelay time.Duration
+	// Verifier, if set, is asked after the STOW-RS answers of a study
+	// which instances the destination holds (STOW_VERIFY=qido); an
+	// instance it does not list is sent again within InstanceRetries
+	// rounds, then the study fails transiently. Buffer mode thus deletes
+	// only instances the destination listed.
+	Verifier Verifier
 	// Completed, if set, is called after a study was stored and its event
 	// acked, to record the completed forward (the audit reads it). An
 	// error is logged; the study stays forwarded.

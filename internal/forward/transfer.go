@@ -100,6 +100,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 			},
 		}
 	}
+	all := pending
 	var rejected []Instance
 	for round := 0; ; round++ {
 		var retry []dicomweb.Part
@@ -111,14 +112,29 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 			retry = append(retry, out.retry...)
 			rejected = append(rejected, out.rejected...)
 		}
+		unlisted := false
+		if len(retry) == 0 && len(rejected) == 0 && f.opts.Verifier != nil {
+			// Every instance confirmed: does the archive list them?
+			if retry, err = f.verify(ctx, ev.StudyInstanceUID, all); err != nil {
+				return rep, err
+			}
+			unlisted = len(retry) > 0
+		}
 		if len(retry) == 0 {
 			break
 		}
 		if round >= f.opts.InstanceRetries {
+			if unlisted {
+				return rep, missingError(retry, len(all), round+1)
+			}
 			return rep, fmt.Errorf("%d instances still refused transiently after %d rounds (first: %s)",
 				len(retry), round+1, retry[0].SOPInstanceUID)
 		}
-		f.log.Warn("re-sending instances the destination refused transiently", "orthanc_study_id", ev.OrthancStudyID,
+		what := "re-sending instances the destination refused transiently"
+		if unlisted {
+			what = "re-sending instances the destination confirmed but does not list (STOW_VERIFY=qido)"
+		}
+		f.log.Warn(what, "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "instances", len(retry), "round", round+1)
 		sleep(ctx, f.opts.InstanceRetryDelay<<round)
 		if err := ctx.Err(); err != nil {
