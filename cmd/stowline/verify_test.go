@@ -1,10 +1,15 @@
 package main
 
 import (
+	"encoding/json"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -108,3 +113,60 @@ func TestVerifyCatchesALostInstance(t *testing.T) {
 	}
 }
 
+
+// `forwarder audit --verify` finds an instance the destination lost after
+// the study was forwarded (deleted from the destination Orthanc), names
+// it by its Orthanc ID and UID, and with --enqueue has it forwarded again
+// to that destination; then the audit finds nothing.
+func TestAuditVerifyFindsAndRepairsALostInstance(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	s := newSiteWith(t, siteOptions{nats: true})
+	s.start(t)
+	src := s.sources["main"]
+	files := generate(t, "", 3)
+	uids := sopUIDs(t, files...)
+	send(t, src, files...)
+	s.waitRecorded(t, 1, time.Minute, "default")
+	s.dests[0].waitHolds(t, uids, 10*time.Second)
+
+	lost := uids[1]
+	var lookup []struct{ ID string }
+	if err := s.dest.Do(t.Context(), http.MethodPost, "/tools/lookup", strings.NewReader(lost), &lookup); err != nil || len(lookup) != 1 {
+		t.Fatalf("look up %s in the destination: %v %v", lost, lookup, err)
+	}
+	if err := s.dest.Do(t.Context(), http.MethodDelete, "/instances/"+lookup[0].ID, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var srcLookup []struct{ ID string }
+	if err := src.Do(t.Context(), http.MethodPost, "/tools/lookup", strings.NewReader(lost), &srcLookup); err != nil || len(srcLookup) != 1 {
+		t.Fatalf("look up %s in the source: %v %v", lost, srcLookup, err)
+	}
+
+	findings := func(args ...string) []ledger.VerifyFinding {
+		t.Helper()
+		out := s.command(t, app.RunAudit, append([]string{"--verify", "--destination", "default", "--since", "1h", "--json"}, args...)...)
+		var fs []ledger.VerifyFinding
+		dec := json.NewDecoder(strings.NewReader(out))
+		for dec.More() {
+			var f ledger.VerifyFinding
+			if err := dec.Decode(&f); err != nil {
+				t.Fatalf("audit output %q: %v", out, err)
+			}
+			fs = append(fs, f)
+		}
+		return fs
+	}
+	fs := findings()
+	want := []ledger.MissingInstance{{OrthancInstanceID: srcLookup[0].ID, SOPInstanceUID: lost}}
+	if len(fs) != 1 || !slices.Equal(fs[0].Missing, want) || fs[0].Instances != 3 || fs[0].Enqueued {
+		t.Fatalf("findings %+v, want one study missing %+v, not enqueued", fs, want)
+	}
+	if fs := findings("--enqueue"); len(fs) != 1 || !fs[0].Enqueued {
+		t.Fatalf("findings with --enqueue %+v, want one enqueued", fs)
+	}
+	s.dests[0].waitHolds(t, uids, 30*time.Second)
+	s.waitIdle(t, 30*time.Second, "default")
+	if fs := findings(); len(fs) != 0 {
+		t.Errorf("after the repair, findings %+v, want none", fs)
+	}
+}
