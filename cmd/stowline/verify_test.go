@@ -113,7 +113,6 @@ func TestVerifyCatchesALostInstance(t *testing.T) {
 	}
 }
 
-
 // `forwarder audit --verify` finds an instance the destination lost after
 // the study was forwarded (deleted from the destination Orthanc), names
 // it by its Orthanc ID and UID, and with --enqueue has it forwarded again
