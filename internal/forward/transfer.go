@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -31,6 +32,9 @@ type Report struct {
 	AlreadyStored int
 	// Resent counts instances sent again after a transient refusal.
 	Resent int
+	// Verify is the time spent asking the destination which instances it
+	// holds (STOW_VERIFY=qido), every round.
+	Verify time.Duration
 	// forwarded are the instances sent, set only when the destination
 	// confirmed every one (buffer mode deletes them); listed are all the
 	// study's instances.
@@ -115,7 +119,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		unlisted := false
 		if len(retry) == 0 && len(rejected) == 0 && f.opts.Verifier != nil {
 			// Every instance confirmed: does the archive list them?
-			if retry, err = f.verify(ctx, ev.StudyInstanceUID, all); err != nil {
+			if retry, err = f.verify(ctx, ev.StudyInstanceUID, all, &rep); err != nil {
 				return rep, err
 			}
 			unlisted = len(retry) > 0

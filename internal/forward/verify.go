@@ -31,11 +31,13 @@ const maxMissingNamed = 3
 // verify asks the destination which instances of the study it holds and
 // returns the parts it does not list. A STOW-RS answer says what the
 // server meant to store; the archive's own listing is what it holds.
-func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part) ([]dicomweb.Part, error) {
+func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part, rep *Report) ([]dicomweb.Part, error) {
 	vctx, span := f.startSpan(ctx, "verify study (QIDO-RS)", trace.SpanKindClient)
 	start := time.Now()
 	uids, err := f.opts.Verifier.StudyInstanceUIDs(vctx, studyInstanceUID, 0)
-	f.m.verifyDuration.Observe(time.Since(start).Seconds())
+	took := time.Since(start)
+	rep.Verify += took
+	f.m.verifyDuration.Observe(took.Seconds())
 	if err != nil {
 		f.m.verifications.WithLabelValues(verifyError).Inc()
 		err = fmt.Errorf("verify study %s at the destination (QIDO-RS): %w", studyInstanceUID, err)

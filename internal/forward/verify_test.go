@@ -43,10 +43,17 @@ func (v *fakeVerifier) StudyInstanceUIDs(_ context.Context, study string, _ int)
 	return out, nil
 }
 
+// verifierSpec is what a fakeVerifier of a test case does.
+type verifierSpec struct {
+	lost     []string
+	listFrom int
+	err      error
+}
+
 func TestTransferVerifies(t *testing.T) {
 	tests := []struct {
 		name      string
-		v         fakeVerifier
+		v         verifierSpec
 		wantErr   string
 		wantClass Class
 		wantCalls int
@@ -54,12 +61,12 @@ func TestTransferVerifies(t *testing.T) {
 		wantResult map[string]float64
 	}{
 		{name: "all listed", wantCalls: 1, wantResult: map[string]float64{verifyVerified: 1}},
-		{name: "lost then listed after a re-send", v: fakeVerifier{lost: []string{"1.2.3.2"}, listFrom: 2}, wantCalls: 2,
+		{name: "lost then listed after a re-send", v: verifierSpec{lost: []string{"1.2.3.2"}, listFrom: 2}, wantCalls: 2,
 			wantResult: map[string]float64{verifyMissing: 1, verifyVerified: 1}},
-		{name: "never listed", v: fakeVerifier{lost: []string{"1.2.3.2", "1.2.3.7"}}, wantCalls: 3,
+		{name: "never listed", v: verifierSpec{lost: []string{"1.2.3.2", "1.2.3.7"}}, wantCalls: 3,
 			wantErr: "destination does not list 2 of 10 instances it confirmed, after 3 rounds (STOW_VERIFY=qido; first: 1.2.3.2, 1.2.3.7)", wantClass: Transient,
 			wantResult: map[string]float64{verifyMissing: 3}},
-		{name: "query refused", v: fakeVerifier{err: &dicomweb.HTTPError{StatusCode: http.StatusForbidden}}, wantCalls: 1,
+		{name: "query refused", v: verifierSpec{err: &dicomweb.HTTPError{StatusCode: http.StatusForbidden}}, wantCalls: 1,
 			wantErr: "verify study 1.2.3 at the destination (QIDO-RS)", wantClass: Permanent,
 			wantResult: map[string]float64{verifyError: 1}},
 	}
@@ -69,7 +76,7 @@ func TestTransferVerifies(t *testing.T) {
 			var k sink
 			srv := httptest.NewServer(k.handler(nil))
 			t.Cleanup(srv.Close)
-			v := &tt.v
+			v := &fakeVerifier{lost: tt.v.lost, listFrom: tt.v.listFrom, err: tt.v.err}
 			for _, in := range src.instances {
 				v.all = append(v.all, in.SOPInstanceUID)
 			}
