@@ -123,6 +123,8 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 				return rep, err
 			}
 			unlisted = len(retry) > 0
+			// Not held after all: counted again once confirmed again.
+			rep.Instances -= len(retry)
 		}
 		if len(retry) == 0 {
 			break
