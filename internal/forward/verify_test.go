@@ -96,6 +96,9 @@ func TestTransferVerifies(t *testing.T) {
 			if v.calls != tt.wantCalls {
 				t.Errorf("%d QIDO-RS queries, want %d", v.calls, tt.wantCalls)
 			}
+			if err == nil && rep.Instances != 10 {
+				t.Errorf("report counts %d instances confirmed, want 10", rep.Instances)
+			}
 			if (err == nil) != (len(rep.forwarded) == 10) {
 				t.Errorf("%d instances for buffer mode to delete after err %v", len(rep.forwarded), err)
 			}
