@@ -31,7 +31,6 @@ func TestVerifyCatchesALostInstance(t *testing.T) {
 		instanceRetries string
 		wantLost        bool
 	}{
-		{name: "off loses it", verify: "off", wantLost: true},
 		{name: "off in buffer mode deletes it unstored", verify: "off", buffer: true, wantLost: true},
 		{name: "qido sends it again", verify: "qido", instanceRetries: "3"},
 		{name: "qido in buffer mode deletes only once all are listed", verify: "qido", buffer: true, instanceRetries: "0"},
