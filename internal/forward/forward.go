@@ -10,6 +10,7 @@
 //	             dead-letter; pure, tested without NATS
 //	settle.go    carries the decision out on the message and the stores
 //	transfer.go  reads the study from Orthanc and writes STOW-RS requests
+//	verify.go    STOW_VERIFY=qido: asks the destination what it lists
 //	buffer.go    buffer mode: deletes forwarded instances from the source
 //	failure.go   the failure classes every error and Failure Reason maps to
 //	observer.go  what the forwarder reports as it works (the status page)
