@@ -22,6 +22,7 @@ import (
 
 // auditUsage heads `forwarder audit -h`.
 const auditUsage = `Usage: forwarder audit [--destination NAME] [--enqueue] [--json]
+       forwarder audit --verify --destination NAME [--since 7d] [--enqueue] [--json]
 
 Lists, for each destination (those with a consumer on the event stream, or
 the one named), the stable studies present in each Orthanc source that
@@ -30,6 +31,14 @@ have no record of a completed forward of their current state
 destinations that lack them so the forwarders send them. Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
 stderr.
+
+With --verify it asks the destination itself instead: for each study the
+destination's ledger records as forwarded within --since, it lists the
+study's instances over QIDO-RS and reports those the destination does not
+hold (Orthanc IDs and UIDs only); --enqueue then re-forwards those studies
+to that destination alone. --verify reads the destination's variables
+(DICOMWEB_URL or DESTINATION_<NAME>_URL, OAUTH_*, TLS_*...) as the
+forwarder does (docs/verification.md).
 
 `
 
@@ -41,9 +50,21 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	enqueue := fs.Bool("enqueue", false, "publish the events of the studies found (the same the Lua script sends; for the destinations that lack them), so the forwarders send them")
 	only := fs.String("destination", "", "audit only this destination")
 	asJSON := fs.Bool("json", false, "write one JSON object a line instead of a table")
+	verify := fs.Bool("verify", false, "ask the destination (QIDO-RS) whether it holds every instance of the studies forwarded to it within --since; needs --destination")
+	since := fs.String("since", "7d", "with --verify: how far back forwards are checked, e.g. 7d, 36h")
 	var cfg config.Audit
 	if done, err := parseCommand(fs, auditUsage, args, getenv, stderr, &cfg); done || err != nil {
 		return err
+	}
+	if *verify {
+		window, err := parseSince(*since)
+		if err != nil {
+			return &usageError{fmt.Errorf("%s: --since: %w", program, err)}
+		}
+		if *only == "" {
+			return &usageError{fmt.Errorf("%s: --verify needs --destination", program)}
+		}
+		return runVerifyAudit(ctx, verifyAuditArgs{cfg: cfg, getenv: getenv, destination: *only, since: window, enqueue: *enqueue, asJSON: *asJSON}, stdout, stderr)
 	}
 	// Logs go to stderr: stdout carries the findings.
 	log := NewLogger(stderr, cfg.Log)

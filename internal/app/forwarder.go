@@ -196,6 +196,13 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 	prof := d.Profile()
 	log.Info("destination profile", "destination", d.Name, "profile", prof.Name, "on_conflict", d.StowOnConflict,
 		"conflict_reasons", config.ConflictRules(prof.ConflictReasons).String(), "replace_method", prof.ReplaceMethod, "source", prof.Source)
+	if d.Verifies() {
+		o.Verifier = client.STOW
+		log.Info("forwarded studies are verified at the destination over QIDO-RS", "destination", d.Name, "variable", d.VarName("STOW_VERIFY"))
+	} else if fc.DeleteFromSource {
+		log.Warn("buffer mode without verification: instances are deleted from the source on the strength of the destination's STOW-RS answer alone; set "+
+			d.VarName("STOW_VERIFY")+"=qido to delete only instances the destination lists (docs/verification.md)", "destination", d.Name)
+	}
 	return o, tw, nil
 }
 

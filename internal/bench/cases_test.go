@@ -47,6 +47,9 @@ type sample struct {
 	peakRSS, readyRSS int64
 	// requests is the number of STOW-RS requests stowline logged.
 	requests int
+	// verify is the time stowline logged for its QIDO-RS verification
+	// (STOW_VERIFY=qido): part of done.
+	verify time.Duration
 	// attempts is how many times the transfer was measured (see
 	// pipeline.measure).
 	attempts int
@@ -170,6 +173,8 @@ const (
 	toBAndC
 	// toTwoSinks is two sinks as two destinations of one stowline.
 	toTwoSinks
+	// toBVerified is B with STOW_VERIFY=qido.
+	toBVerified
 )
 
 // runStowline starts the stowline binary, publishes the study's event to
@@ -185,6 +190,9 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	switch to {
 	case toB:
 		env = p.stowlineEnv(fs, p.gateB.URL+"/dicom-web", "")
+	case toBVerified:
+		env, label = p.stowlineEnv(fs, p.gateB.URL+"/dicom-web", ""), "verify-"+label
+		env["STOW_VERIFY"] = "qido"
 	case toSink:
 		env, label = p.stowlineEnv(fs, p.sinkURL, ""), "sink-"+label
 		p.sink.Reset()
@@ -238,7 +246,7 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 		w = p.watchSink(wctx, start, p.sink)
 	case toTwoSinks:
 		w = p.watchSink(wctx, start, p.sink, p.sink2)
-	case toB:
+	case toB, toBVerified:
 		w = p.watchB(wctx, start)
 	case toBAndC:
 		w = p.watchHeld(wctx, start, p.b, p.c)
@@ -267,6 +275,7 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 			return s, err
 		}
 		s.done, s.requests = line.at.Sub(start), s.requests+line.Requests
+		s.verify += time.Duration(line.VerifyMS * float64(time.Millisecond))
 		if line.Instances != p.n() || line.Bytes < p.totalBytes {
 			return s, fmt.Errorf("stowline logged %d instances, %d bytes; the study has %d, %d", line.Instances, line.Bytes, p.n(), p.totalBytes)
 		}

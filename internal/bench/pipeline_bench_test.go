@@ -75,7 +75,7 @@ func BenchmarkPipeline(b *testing.B) {
 // oneDestination is, for a two-destination case, the one-destination case
 // of the same setting (nil if it was not measured, or c is another kind).
 func oneDestination(cases []*benchCase, c *benchCase) *summary {
-	one, ok := map[caseKind]caseKind{kindTwo: kindStowline, kindTwoSinks: kindSink}[c.kind]
+	one, ok := map[caseKind]caseKind{kindTwo: kindStowline, kindTwoSinks: kindSink, kindVerify: kindStowline}[c.kind]
 	if !ok {
 		return nil
 	}
@@ -105,6 +105,8 @@ const (
 	kindTwo
 	// kindTwoSinks is stowline forwarding to two sinks at once.
 	kindTwoSinks
+	// kindVerify is stowline forwarding to B with STOW_VERIFY=qido.
+	kindVerify
 )
 
 // toSink says whether the case sends into sinks rather than Orthanc.
@@ -112,7 +114,7 @@ func (k caseKind) toSink() bool { return k == kindSink || k == kindTwoSinks }
 
 // stowline says whether the case runs the stowline binary.
 func (k caseKind) stowline() bool {
-	return k == kindStowline || k == kindSink || k == kindTwo || k == kindTwoSinks
+	return k == kindStowline || k == kindSink || k == kindTwo || k == kindTwoSinks || k == kindVerify
 }
 
 type benchCase struct {
@@ -133,6 +135,12 @@ func (p *pipeline) cases() []*benchCase {
 	for _, fs := range p.set.Stowline {
 		cs = append(cs, &benchCase{name: "stowline/" + fs.String(), kind: kindStowline, setting: fs,
 			run: func(ctx context.Context, round int) (sample, error) { return p.runStowline(ctx, round, fs, toB) }})
+	}
+	for _, fs := range p.set.Verify {
+		cs = append(cs, &benchCase{name: "stowline-verify/" + fs.String(), kind: kindVerify, setting: fs,
+			run: func(ctx context.Context, round int) (sample, error) {
+				return p.runStowline(ctx, round, fs, toBVerified)
+			}})
 	}
 	for _, fs := range p.set.TwoDestinations {
 		cs = append(cs, &benchCase{name: "stowline-two-destinations/" + fs.String(), kind: kindTwo, setting: fs,
@@ -204,6 +212,8 @@ type summary struct {
 	streamMBps           float64
 	peakRSS, readyRSS    int64
 	requests             int
+	// verify is the median QIDO-RS verification time (kindVerify).
+	verify time.Duration
 	// otherLoad is the CPU the rest of the machine used during the
 	// transfers, in cores (0: the machine was otherwise idle).
 	otherLoad float64
@@ -238,6 +248,7 @@ func (p *pipeline) summarize(c *benchCase) summary {
 	}
 	s.readyRSS = int64(pick(func(x sample) float64 { return float64(x.readyRSS) }))
 	s.requests = int(pick(func(x sample) float64 { return float64(x.requests) }))
+	s.verify = time.Duration(pick(func(x sample) float64 { return float64(x.verify) }))
 	s.otherLoad = pick(sample.otherLoad)
 	return s
 }
@@ -271,7 +282,12 @@ func (p *pipeline) report(b *testing.B, c *benchCase, native, read, one *summary
 	if native != nil && (c.kind == kindStowline || c.kind == kindRead || c.kind == kindBStow) {
 		b.ReportMetric(s.instPerS/native.instPerS, "x-native")
 	}
-	if one != nil {
+	switch {
+	case one != nil && c.kind == kindVerify:
+		b.ReportMetric(float64(s.verify.Microseconds())/1000, "verify-ms")
+		b.ReportMetric(100*s.verify.Seconds()/one.done.Seconds(), "verify-%-of-plain")
+		b.ReportMetric(s.done.Seconds()/one.done.Seconds(), "x-plain-done")
+	case one != nil:
 		b.ReportMetric(twoVsOne(s, *one), "x-one-destination")
 	}
 	if read != nil && c.kind != kindRead {
@@ -306,7 +322,7 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 	for _, c := range cases {
 		s := c.sum
 		ratio, xread, client, cpuB, cpuSink, rss := "", "", "-", "-", "-", "-"
-		if native != nil && (c.kind == kindStowline || c.kind == kindRead || c.kind == kindBStow) {
+		if native != nil && (c.kind == kindStowline || c.kind == kindVerify || c.kind == kindRead || c.kind == kindBStow) {
 			ratio = fmt.Sprintf("%.2f", s.instPerS/native.instPerS)
 		}
 		if read != nil {
@@ -334,6 +350,11 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 			continue
 		}
 		s := c.sum
+		if c.kind == kindVerify {
+			fmt.Printf("\n%s: the QIDO-RS verification took %.1f ms (median), %.2f%% of the plain forward's %.3f s until \"study forwarded\"; with it the study was forwarded after %.3f s (%.3f × plain).\n",
+				c.name, float64(s.verify.Microseconds())/1000, 100*s.verify.Seconds()/one.done.Seconds(), one.done.Seconds(), s.done.Seconds(), s.done.Seconds()/one.done.Seconds())
+			continue
+		}
 		fmt.Printf("\n%s: both destinations held the study after %.3f s, against %.3f s for one alone: %.1f instances stored per second over both, %.2f × one destination's %.1f (2 would mean the second destination costs no time).\n",
 			c.name, s.toB.Seconds(), one.toB.Seconds(), 2*s.instPerS, twoVsOne(s, *one), one.instPerS)
 	}

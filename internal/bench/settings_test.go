@@ -30,6 +30,10 @@ type settings struct {
 	// TwoSinks lists the stowline settings measured with two sinks as two
 	// destinations; the sink case of the same setting is their baseline.
 	TwoSinks []fwdSetting
+	// Verify lists the stowline settings measured into B with
+	// STOW_VERIFY=qido; the stowline case of the same setting is their
+	// baseline.
+	Verify []fwdSetting
 	// SinkLatency and SinkRate shape the sink's answers (0: none): the
 	// wait before each answer and the per-request read rate in bytes/s.
 	SinkLatency time.Duration
@@ -95,6 +99,7 @@ _READ_WORKERS ("1,4"), _BSTOW ("100/1,50/2": max instances/parallel requests; "-
 _SINK ("4/100/2,4/100/4": stowline settings into the discard sink; "-" for none),
 _TWO_DESTINATIONS ("4/100": stowline settings sending to B and C at once; "-" for none),
 _TWO_SINKS ("4/100/4": stowline settings sending to two sinks at once; "-" for none),
+_VERIFY ("-": stowline settings sending to B with STOW_VERIFY=qido; "-" for none),
 _SINK_LATENCY (0), _SINK_RATE (0: bytes/s per request), _STOWLINE_ENV ("": KEY=VALUE ...),
 _NATIVE (1), _SOURCE (this module), _MAX_OTHER_LOAD (0.25), _PROFILE_DIR (""), _PERF_DIR (""), _TIMEOUT (5m)`
 
@@ -116,6 +121,7 @@ func loadSettings(getenv func(string) string) (settings, error) {
 	s.Sink = e.fwdSettings("SINK", "4/100/2,4/100/4")
 	s.TwoDestinations = e.fwdSettings("TWO_DESTINATIONS", "4/100")
 	s.TwoSinks = e.fwdSettings("TWO_SINKS", "4/100/4")
+	s.Verify = e.fwdSettings("VERIFY", "-")
 	s.SinkLatency = e.duration("SINK_LATENCY", 0, 0, "a duration of 0 or more")
 	s.SinkRate = e.integer("SINK_RATE", 0, 0, 1<<40)
 	if v := e.get("STOWLINE_ENV"); v != "" {

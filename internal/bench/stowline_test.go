@@ -114,7 +114,9 @@ type logLine struct {
 	Bytes      int64  `json:"bytes"`
 	Requests   int    `json:"requests"`
 	DurationMS int64  `json:"duration_ms"`
-	at         time.Time
+	// VerifyMS is the QIDO-RS verification's time (STOW_VERIFY=qido).
+	VerifyMS float64 `json:"verify_ms"`
+	at       time.Time
 }
 
 // lineWatcher hands the lines of stowline's stdout the benchmark waits

@@ -51,6 +51,7 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"concurrency out of range", map[string]string{"FORWARDER_CONCURRENCY": "0"}, "", "FORWARDER_CONCURRENCY"},
 		{"bad duration", map[string]string{"FORWARDER_ACK_WAIT": "soon"}, "", "FORWARDER_ACK_WAIT"},
 		{"bad size", map[string]string{"STOW_MAX_BYTES": "lots"}, "", "STOW_MAX_BYTES"},
+		{"bad verify", map[string]string{"STOW_VERIFY": "yes"}, "", `STOW_VERIFY="yes": want off or qido`},
 		{"oauth without client", map[string]string{"OAUTH_TOKEN_URL": "https://idp/token"}, "", "OAUTH_CLIENT_ID"},
 		{"client without oauth url", map[string]string{"OAUTH_CLIENT_ID": "x"}, "", "OAUTH_TOKEN_URL"},
 		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, "", "LOG_LEVEL"},

@@ -96,6 +96,8 @@ func TestDestinationErrorsNameTheirVariables(t *testing.T) {
 			[]string{"DESTINATION_AI_2_OAUTH_CLIENT_SECRET is required"}},
 		{"bad size", func(e map[string]string) { e["DESTINATION_ARCHIVE_STOW_MAX_BYTES"] = "lots" },
 			[]string{"DESTINATION_ARCHIVE_STOW_MAX_BYTES"}},
+		{"bad verify", func(e map[string]string) { e["DESTINATION_AI_2_STOW_VERIFY"] = "storage-commitment" },
+			[]string{`DESTINATION_AI_2_STOW_VERIFY="storage-commitment": want off or qido`}},
 		{"bad rule", func(e map[string]string) { e["DESTINATION_AI_2_MATCH"] = "'MR' in study.modality" },
 			[]string{"DESTINATION_AI_2_MATCH", "1:14", "undefined field 'modality'"}},
 		{"bad instance rule", func(e map[string]string) { e["DESTINATION_AI_2_INSTANCE_MATCH"] = "instance.modality" },

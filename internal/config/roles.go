@@ -174,7 +174,18 @@ type Destination struct {
 	StowOnConflict      string        `env:"STOW_ON_CONFLICT" envDefault:"skip" desc:"when the destination already holds an instance with other content (a corrected study resent): skip (count it as stored, log and count the conflict), replace (the profile's STOW_REPLACE_METHOD) or deadletter (dead-letter the study at once, class conflict)"`
 	StowConflictReasons ConflictRules `env:"STOW_CONFLICT_REASONS" desc:"Failure Reasons that mean a conflict, comma-separated: 45070, 0xB00E, or with @409 only in a 409 answer (0x0110@409, 0xA7xx@409). Default: the profile's (45070,0x0111,0x0110@409,0xA7xx@409)"`
 	StowReplaceMethod   string        `env:"STOW_REPLACE_METHOD" desc:"how STOW_ON_CONFLICT=replace replaces an instance: put (STOW-RS with PUT, Azure's upsert), delete (DICOMweb DELETE of the instance, then store) or none. Default: the profile's (azure: put; aws and orthanc: none; google and generic: delete)"`
+	StowVerify          string        `env:"STOW_VERIFY" envDefault:"off" desc:"off, or qido: after the STOW-RS answers of a study, ask the destination (QIDO-RS, one paged query a study) for the study's instances and ack only when it lists every SOP Instance UID sent; an unlisted instance is sent again. Buffer mode then deletes only listed instances (docs/verification.md)"`
 }
+
+// Values of STOW_VERIFY.
+const (
+	VerifyOff  = "off"
+	VerifyQIDO = "qido"
+)
+
+// Verifies reports whether the destination's instances are checked over
+// QIDO-RS after they were stored (STOW_VERIFY=qido).
+func (d *Destination) Verifies() bool { return d.StowVerify == VerifyQIDO }
 
 // validate checks the destination's settings; the errors name the default
 // destination's variables (namedDestination renames them).
@@ -199,6 +210,9 @@ func (d *Destination) validate() error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, d.conflictValidate()...)
+	if d.StowVerify != VerifyOff && d.StowVerify != VerifyQIDO {
+		errs = append(errs, fmt.Errorf("STOW_VERIFY=%q: want off or qido", d.StowVerify))
+	}
 	return errors.Join(errs...)
 }
 

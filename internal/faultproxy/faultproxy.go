@@ -1,7 +1,8 @@
 // Package faultproxy sits in front of a real STOW-RS destination in tests
 // and produces the faults a real server won't on demand: an outage (any
 // status for every STOW request), a server that never answers, a 202 that
-// reports some instances as failed, and a slow link. It counts requests and, from the destination's
+// reports some instances as failed, a slow link, and a destination that
+// loses an instance yet answers that it stored it. It counts requests and, from the destination's
 // answers, how often each SOP instance was sent.
 package faultproxy
 
@@ -32,6 +33,8 @@ type Proxy struct {
 	failStatus  int           // status of that answer (0: 202)
 	bytesPerSec int           // throttle request bodies (0: no limit)
 	hold        chan struct{} // non-nil: STOW requests wait until it is closed
+	dropNext    bool          // lose the first part of the next STOW of two or more
+	dropped     []string      // SOP Instance UIDs lost so
 	held        int
 	stowPosts   int
 	refused     int
@@ -93,6 +96,16 @@ func Start(t testing.TB, upstream string) *Proxy {
 		}
 		if rate > 0 {
 			r.Body = &throttled{r: r.Body, rate: rate}
+		}
+		p.mu.Lock()
+		drop := p.dropNext
+		p.mu.Unlock()
+		if drop {
+			var err error
+			if r, err = p.dropFirstPart(r); err != nil {
+				http.Error(w, "faultproxy: "+err.Error(), http.StatusBadGateway)
+				return
+			}
 		}
 		// The proxy reads STOW responses: ask for them uncompressed.
 		r.Header.Del("Accept-Encoding")
@@ -231,6 +244,14 @@ func (p *Proxy) modify(resp *http.Response) error {
 					p.perUID[uid]++
 				}
 			}
+		}
+		if uid, _ := resp.Request.Context().Value(droppedKey{}).(string); uid != "" {
+			// The lost instance is reported stored, as the server would
+			// have had it not lost it.
+			ref.VR = "SQ"
+			ref.Value = append(ref.Value, map[string]any{tagSOPInstance: map[string]any{"vr": "UI", "Value": []string{uid}}})
+			ds[tagRefSeq], _ = json.Marshal(ref)
+			body, _ = json.Marshal(ds)
 		}
 		n, reason, status := p.failNext, p.failReason, p.failStatus
 		if n > 0 && len(ref.Value) > 0 {

@@ -10,6 +10,7 @@
 //	             dead-letter; pure, tested without NATS
 //	settle.go    carries the decision out on the message and the stores
 //	transfer.go  reads the study from Orthanc and writes STOW-RS requests
+//	verify.go    STOW_VERIFY=qido: asks the destination what it lists
 //	buffer.go    buffer mode: deletes forwarded instances from the source
 //	failure.go   the failure classes every error and Failure Reason maps to
 //	observer.go  what the forwarder reports as it works (the status page)
@@ -127,6 +128,12 @@ type Options struct {
 	// InstanceRetryDelay is the pause before the first such round
 	// (doubling each round).
 	InstanceRetryDelay time.Duration
+	// Verifier, if set, is asked after the STOW-RS answers of a study
+	// which instances the destination holds (STOW_VERIFY=qido); an
+	// instance it does not list is sent again within InstanceRetries
+	// rounds, then the study fails transiently. Buffer mode thus deletes
+	// only instances the destination listed.
+	Verifier Verifier
 	// Completed, if set, is called after a study was stored and its event
 	// acked, to record the completed forward (the audit reads it). An
 	// error is logged; the study stays forwarded.

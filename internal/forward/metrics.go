@@ -29,6 +29,10 @@ type metrics struct {
 	// conversions counts instances read converted to another transfer
 	// syntax, or refused for it, by result.
 	conversions *prometheus.CounterVec
+	// verifications, verifyMissing and verifyDuration: STOW_VERIFY=qido.
+	verifications  *prometheus.CounterVec
+	verifyMissing  prometheus.Counter
+	verifyDuration prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error) {
@@ -109,6 +113,25 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, r := range []string{convConverted, convFailed, convLossy} {
 		m.conversions.WithLabelValues(r)
 	}
+	m.verifications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_verifications_total",
+		Help:        "QIDO-RS verifications of forwarded studies (STOW_VERIFY=qido), by result: verified (every instance sent is listed), missing (some are not; they are sent again), error (the query failed).",
+		ConstLabels: labels,
+	}, []string{"result"})
+	for _, r := range []string{verifyVerified, verifyMissing, verifyError} {
+		m.verifications.WithLabelValues(r)
+	}
+	m.verifyMissing = prometheus.NewCounter(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_verify_missing_instances_total",
+		Help:        "Instances the destination confirmed over STOW-RS but did not list over QIDO-RS (STOW_VERIFY=qido).",
+		ConstLabels: labels,
+	})
+	m.verifyDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:        "stowline_forwarder_verify_duration_seconds",
+		Help:        "Time of one verification of a study over QIDO-RS, every page (STOW_VERIFY=qido).",
+		ConstLabels: labels,
+		Buckets:     prometheus.ExponentialBuckets(0.005, 2, 14),
+	})
 	for _, r := range []string{"deleted", "failed", "skipped", "waiting"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
@@ -118,7 +141,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

@@ -66,9 +66,13 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		log.Info("study not forwarded: the destination's rules select none of it")
 	} else {
 		f.m.duration.Observe(elapsed.Seconds())
-		log.Info("study forwarded", "instances", rep.Instances, "bytes", rep.Bytes,
+		attrs := []any{"instances", rep.Instances, "bytes", rep.Bytes,
 			"requests", rep.Requests, "already_stored", rep.AlreadyStored, "resent", rep.Resent,
-			"not_selected", rep.Listed-rep.Selected, "duration_ms", elapsed.Milliseconds())
+			"not_selected", rep.Listed - rep.Selected, "duration_ms", elapsed.Milliseconds()}
+		if f.opts.Verifier != nil {
+			attrs = append(attrs, "verify_ms", float64(rep.Verify.Microseconds())/1000)
+		}
+		log.Info("study forwarded", attrs...)
 	}
 	if a.Number > 1 && f.opts.Failures != nil {
 		if err := f.opts.Failures.Forget(ctx, a.Seq); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -34,6 +35,9 @@ type Report struct {
 	// content and that were counted as stored (STOW_ON_CONFLICT=skip);
 	// Replaced those replaced (replace).
 	Conflicts, Replaced int
+	// Verify is the time spent asking the destination which instances it
+	// holds (STOW_VERIFY=qido), every round.
+	Verify time.Duration
 	// forwarded are the instances sent, set only when the destination
 	// confirmed every one (buffer mode deletes them); listed are all the
 	// study's instances.
@@ -97,6 +101,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
+	all := pending
 	byUID := make(map[string]orthancapi.Instance, len(instances))
 	for _, inst := range instances {
 		byUID[inst.SOPInstanceUID] = inst
@@ -169,18 +174,35 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 			return rep, err
 		}
 		pending, upsert = append(append(retry, resend...), again...), up
+		unlisted := false
+		if len(pending)+len(upsert) == 0 && len(rejected)+len(st.dead)+len(st.nonPrimary) == 0 && f.opts.Verifier != nil {
+			// Every instance confirmed: does the archive list them?
+			if retry, err = f.verify(ctx, ev.StudyInstanceUID, all, &rep); err != nil {
+				return rep, err
+			}
+			unlisted, pending = len(retry) > 0, retry
+			// Not held after all: counted again once confirmed again.
+			rep.Instances -= len(retry)
+		}
 		if len(pending)+len(upsert) == 0 {
 			break
 		}
 		if len(retry) == 0 {
-			continue // only replacements: no pause, no transient round
+			continue // only replacements or conversions: no pause, no transient round
 		}
 		if transientRounds >= f.opts.InstanceRetries {
+			if unlisted {
+				return rep, missingError(retry, len(all), transientRounds+1)
+			}
 			return rep, fmt.Errorf("%d instances still refused transiently after %d rounds (first: %s)",
 				len(retry), transientRounds+1, retry[0].SOPInstanceUID)
 		}
 		transientRounds++
-		f.log.Warn("re-sending instances the destination refused transiently", "orthanc_study_id", ev.OrthancStudyID,
+		what := "re-sending instances the destination refused transiently"
+		if unlisted {
+			what = "re-sending instances the destination confirmed but does not list (STOW_VERIFY=qido)"
+		}
+		f.log.Warn(what, "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "instances", len(retry), "round", transientRounds)
 		sleep(ctx, f.opts.InstanceRetryDelay<<(transientRounds-1))
 		if err := ctx.Err(); err != nil {

@@ -1,0 +1,164 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+// verifyAuditArgs are the flags of `forwarder audit --verify`.
+type verifyAuditArgs struct {
+	cfg         config.Audit
+	getenv      func(string) string
+	destination string
+	since       time.Duration
+	enqueue     bool
+	asJSON      bool
+}
+
+// runVerifyAudit checks the studies forwarded to one destination against
+// what it lists over QIDO-RS.
+func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Writer) error {
+	const program = "forwarder audit --verify"
+	// The destination's settings, read as the forwarder reads them.
+	var dc config.CheckCommand
+	if err := config.Load(a.getenv, &dc); err != nil {
+		return &usageError{fmt.Errorf("%s: invalid destination configuration:\n%w", program, err)}
+	}
+	var dest *config.NamedDestination
+	for _, d := range dc.DestinationList() {
+		if d.Name == a.destination {
+			dest = &d
+			break
+		}
+	}
+	if dest == nil || dest.DICOMwebURL == "" {
+		return &usageError{fmt.Errorf("%s: --destination %q is not a configured destination", program, a.destination)}
+	}
+	log := NewLogger(stderr, a.cfg.Log)
+	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return
+	defer cancel()
+	sources, err := NewSources(&a.cfg.Orthanc)
+	if err != nil {
+		return err
+	}
+	tp, stopTracing, err := startTracing(ctx, "stowline-audit", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	client, err := newDestination(ctx, dest, nil, tp, log.With("destination", dest.Name))
+	if err != nil {
+		return err
+	}
+	rt, err := newRoute(*dest, sources)
+	if err != nil {
+		return err
+	}
+	js, err := connect(a.cfg.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer js.Close()
+	l, err := ledger.Open(ctx, js.JS, dest.Name)
+	if errors.Is(err, ledger.ErrNoBucket) {
+		return fmt.Errorf("%s: no completed forward is recorded for destination %s", program, dest.Name)
+	}
+	if err != nil {
+		return err
+	}
+	opts := ledger.VerifyOptions{
+		Destination: dest.Name,
+		Ledger:      l,
+		Since:       time.Now().Add(-a.since),
+		SourceFor: func(source string) (ledger.VerifySource, error) {
+			return sources.Lookup(source)
+		},
+		Listed: func(ctx context.Context, studyInstanceUID string) ([]string, error) {
+			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, 0)
+		},
+		Publish: func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
+			return publishTraced(ctx, tp, "audit enqueue", "audit", dest.Name, ev, func(ctx context.Context) (*jetstream.PubAck, error) {
+				return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(dest.Name, ev.Source), ev, msgID)
+			})
+		},
+		Logger: log.With("component", "audit"),
+	}
+	if rt != nil {
+		opts.Select = rt.Select
+	}
+
+	var report func(ledger.VerifyFinding) error
+	flush := func() error { return nil }
+	if a.asJSON {
+		enc := json.NewEncoder(stdout)
+		report = func(f ledger.VerifyFinding) error { return enc.Encode(f) }
+	} else {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DESTINATION\tSOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tORTHANC INSTANCE ID\tSOP INSTANCE UID\tENQUEUED")
+		report = func(f ledger.VerifyFinding) error {
+			enq := "-"
+			switch {
+			case f.Enqueued:
+				enq = "yes"
+			case f.Problem != "":
+				enq = "failed: " + f.Problem
+			}
+			for _, m := range f.Missing {
+				if _, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Destination, f.Source, f.OrthancStudyID, f.StudyInstanceUID,
+					m.OrthancInstanceID, m.SOPInstanceUID, enq); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		flush = tw.Flush
+	}
+	sum, err := ledger.Verify(ctx, opts, a.enqueue, report)
+	if ferr := flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "audit --verify: %d studies forwarded to %s since %s, %d held in full, %d with %d missing instances, %d no longer in the source, %d changed since",
+		sum.Studies, dest.Name, opts.Since.UTC().Format(time.RFC3339), sum.Verified, sum.Findings, sum.MissingInstances, sum.Gone, sum.Changed)
+	if a.enqueue {
+		fmt.Fprintf(stderr, ", %d enqueued", sum.Enqueued)
+	}
+	fmt.Fprintln(stderr)
+	if sum.NotEnqueued > 0 {
+		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
+	}
+	return nil
+}
+
+// parseSince reads a look-back window: a Go duration (36h) or whole days
+// (7d).
+func parseSince(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 1 {
+			return 0, fmt.Errorf("%q: want e.g. 7d or 36h", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q: want e.g. 7d or 36h", s)
+	}
+	return d, nil
+}

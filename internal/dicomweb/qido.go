@@ -1,0 +1,124 @@
+package dicomweb
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/stowline/stowline/internal/retryafter"
+)
+
+// DefaultQIDOPageSize is the limit of one QIDO-RS page: Azure's DICOM
+// service accepts at most 200.
+const DefaultQIDOPageSize = 200
+
+// maxQIDOPages bounds the pages of one study (a server that ignores
+// offset would otherwise be asked forever).
+const maxQIDOPages = 1000
+
+// tagSOPInstanceUID is (0008,0018) as QIDO-RS names it.
+const tagSOPInstanceUID = "00080018"
+
+// StudyInstanceUIDs asks the destination which instances of the study it
+// holds (QIDO-RS GET {base}/studies/{uid}/instances, paged with limit and
+// offset until a page is short) and returns their SOP Instance UIDs. A
+// study the destination does not know (404, or 204) has none. Any other
+// non-2xx answer is an *HTTPError. pageSize <= 0 means
+// DefaultQIDOPageSize.
+func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, pageSize int) ([]string, error) {
+	if studyInstanceUID == "" {
+		return nil, fmt.Errorf("qido: empty Study Instance UID")
+	}
+	if pageSize <= 0 {
+		pageSize = DefaultQIDOPageSize
+	}
+	seen := map[string]bool{}
+	var out []string
+	for page := 0; page < maxQIDOPages; page++ {
+		uids, err := c.qidoPage(ctx, studyInstanceUID, page*pageSize, pageSize)
+		if err != nil {
+			return nil, err
+		}
+		added := 0
+		for _, u := range uids {
+			if !seen[u] {
+				seen[u] = true
+				out = append(out, u)
+				added++
+			}
+		}
+		// A short page is the last; a page of nothing new means the
+		// server ignores offset and has answered everything already.
+		if len(uids) < pageSize || added == 0 {
+			return out, nil
+		}
+	}
+	return nil, fmt.Errorf("qido: study %s: more than %d pages of %d instances", studyInstanceUID, maxQIDOPages, pageSize)
+}
+
+func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, limit int) ([]string, error) {
+	q := url.Values{
+		"includefield": {tagSOPInstanceUID},
+		"limit":        {strconv.Itoa(limit)},
+		"offset":       {strconv.Itoa(offset)},
+	}
+	target := c.url + "/" + url.PathEscape(studyInstanceUID) + "/instances?" + q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return nil, fmt.Errorf("qido: build request: %w", err)
+	}
+	for k, vs := range c.header {
+		req.Header[k] = append([]string(nil), vs...)
+	}
+	req.Header.Set("Accept", acceptMediaType)
+	req.Header.Set("User-Agent", c.userAgent)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, err)
+	}
+	defer resp.Body.Close()
+	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusNoContent:
+		return nil, nil
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		return nil, &HTTPError{
+			StatusCode:  resp.StatusCode,
+			ContentType: resp.Header.Get("Content-Type"),
+			Body:        trimBody(body, maxErrorBody),
+			RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
+		}
+	case readErr != nil:
+		return nil, fmt.Errorf("qido: read answer: %w", readErr)
+	case tooLarge:
+		return nil, fmt.Errorf("%w: QIDO-RS answer over %d bytes", errResponseTooLarge, c.maxResponseBytes)
+	}
+	return parseQIDOInstances(body)
+}
+
+// parseQIDOInstances reads the SOP Instance UIDs of a QIDO-RS answer: a
+// JSON array of DICOM JSON objects (an empty body is an empty array).
+func parseQIDOInstances(body []byte) ([]string, error) {
+	if len(body) == 0 {
+		return nil, nil
+	}
+	var items []map[string]struct {
+		Value []any `json:"Value"`
+	}
+	if err := json.Unmarshal(body, &items); err != nil {
+		return nil, fmt.Errorf("%w: QIDO-RS answer: %s", errMalformedResponse, snippet([]byte(err.Error()), 200))
+	}
+	out := make([]string, 0, len(items))
+	for _, it := range items {
+		if a, ok := it[tagSOPInstanceUID]; ok && len(a.Value) > 0 {
+			if s, ok := a.Value[0].(string); ok && s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out, nil
+}

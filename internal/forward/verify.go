@@ -1,0 +1,79 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/tracing"
+)
+
+// Verifier lists the instances of a study a destination holds
+// (QIDO-RS, *dicomweb.Client): STOW_VERIFY=qido.
+type Verifier interface {
+	StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, pageSize int) ([]string, error)
+}
+
+// Verification results, the result label of the verifications metric.
+const (
+	verifyVerified = "verified"
+	verifyMissing  = "missing"
+	verifyError    = "error"
+)
+
+// maxMissingNamed bounds the SOP Instance UIDs a failure reason names.
+const maxMissingNamed = 3
+
+// verify asks the destination which instances of the study it holds and
+// returns the parts it does not list. A STOW-RS answer says what the
+// server meant to store; the archive's own listing is what it holds.
+func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part, rep *Report) ([]dicomweb.Part, error) {
+	vctx, span := f.startSpan(ctx, "verify study (QIDO-RS)", trace.SpanKindClient)
+	start := time.Now()
+	uids, err := f.opts.Verifier.StudyInstanceUIDs(vctx, studyInstanceUID, 0)
+	took := time.Since(start)
+	rep.Verify += took
+	f.m.verifyDuration.Observe(took.Seconds())
+	if err != nil {
+		f.m.verifications.WithLabelValues(verifyError).Inc()
+		err = fmt.Errorf("verify study %s at the destination (QIDO-RS): %w", studyInstanceUID, err)
+		endSpan(span, err)
+		return nil, err
+	}
+	listed := make(map[string]bool, len(uids))
+	for _, u := range uids {
+		listed[u] = true
+	}
+	var missing []dicomweb.Part
+	for _, p := range sent {
+		if !listed[p.SOPInstanceUID] {
+			missing = append(missing, p)
+		}
+	}
+	if span.IsRecording() {
+		span.SetAttributes(tracing.Instances.Int(len(sent)), tracing.Listed.Int(len(uids)))
+	}
+	endSpan(span, nil)
+	if len(missing) > 0 {
+		f.m.verifications.WithLabelValues(verifyMissing).Inc()
+		f.m.verifyMissing.Add(float64(len(missing)))
+	} else {
+		f.m.verifications.WithLabelValues(verifyVerified).Inc()
+	}
+	return missing, nil
+}
+
+// missingError is the transient failure of a study whose destination still
+// does not list some instances it confirmed, after the instance rounds.
+func missingError(missing []dicomweb.Part, total, rounds int) error {
+	first := make([]string, 0, maxMissingNamed)
+	for _, p := range missing[:min(len(missing), maxMissingNamed)] {
+		first = append(first, p.SOPInstanceUID)
+	}
+	return &Error{Class: Transient, Err: fmt.Errorf("destination does not list %d of %d instances it confirmed, after %d rounds (STOW_VERIFY=qido; first: %s)",
+		len(missing), total, rounds, strings.Join(first, ", "))}
+}

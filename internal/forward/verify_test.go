@@ -1,0 +1,112 @@
+package forward
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+)
+
+// fakeVerifier lists every instance sent but those in lost, which it
+// lists only from call listFrom on (0: never).
+type fakeVerifier struct {
+	mu       sync.Mutex
+	all      []string
+	lost     []string
+	listFrom int
+	err      error
+	calls    int
+}
+
+func (v *fakeVerifier) StudyInstanceUIDs(_ context.Context, study string, _ int) ([]string, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.calls++
+	if v.err != nil {
+		return nil, v.err
+	}
+	var out []string
+	for _, u := range v.all {
+		if !slices.Contains(v.lost, u) || (v.listFrom > 0 && v.calls >= v.listFrom) {
+			out = append(out, u)
+		}
+	}
+	return out, nil
+}
+
+// verifierSpec is what a fakeVerifier of a test case does.
+type verifierSpec struct {
+	lost     []string
+	listFrom int
+	err      error
+}
+
+func TestTransferVerifies(t *testing.T) {
+	tests := []struct {
+		name      string
+		v         verifierSpec
+		wantErr   string
+		wantClass Class
+		wantCalls int
+		// wantResult counts stowline_forwarder_verifications_total.
+		wantResult map[string]float64
+	}{
+		{name: "all listed", wantCalls: 1, wantResult: map[string]float64{verifyVerified: 1}},
+		{name: "lost then listed after a re-send", v: verifierSpec{lost: []string{"1.2.3.2"}, listFrom: 2}, wantCalls: 2,
+			wantResult: map[string]float64{verifyMissing: 1, verifyVerified: 1}},
+		{name: "never listed", v: verifierSpec{lost: []string{"1.2.3.2", "1.2.3.7"}}, wantCalls: 3,
+			wantErr: "destination does not list 2 of 10 instances it confirmed, after 3 rounds (STOW_VERIFY=qido; first: 1.2.3.2, 1.2.3.7)", wantClass: Transient,
+			wantResult: map[string]float64{verifyMissing: 3}},
+		{name: "query refused", v: verifierSpec{err: &dicomweb.HTTPError{StatusCode: http.StatusForbidden}}, wantCalls: 1,
+			wantErr: "verify study 1.2.3 at the destination (QIDO-RS)", wantClass: Permanent,
+			wantResult: map[string]float64{verifyError: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := newMemSource(10)
+			var k sink
+			srv := httptest.NewServer(k.handler(nil))
+			t.Cleanup(srv.Close)
+			v := &fakeVerifier{lost: tt.v.lost, listFrom: tt.v.listFrom, err: tt.v.err}
+			for _, in := range src.instances {
+				v.all = append(v.all, in.SOPInstanceUID)
+			}
+			reg := prometheus.NewRegistry()
+			f := newForwarder(t, src, srv.URL, nil, func(o *Options) {
+				o.Verifier, o.InstanceRetries, o.InstanceRetryDelay, o.Registerer = v, 2, time.Millisecond, reg
+			})
+			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("transfer: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("transfer: %v, want an error with %q", err, tt.wantErr)
+			case tt.wantErr != "" && Classify(err) != tt.wantClass:
+				t.Errorf("class %s, want %s", Classify(err), tt.wantClass)
+			}
+			if v.calls != tt.wantCalls {
+				t.Errorf("%d QIDO-RS queries, want %d", v.calls, tt.wantCalls)
+			}
+			if err == nil && rep.Instances != 10 {
+				t.Errorf("report counts %d instances confirmed, want 10", rep.Instances)
+			}
+			if (err == nil) != (len(rep.forwarded) == 10) {
+				t.Errorf("%d instances for buffer mode to delete after err %v", len(rep.forwarded), err)
+			}
+			for _, r := range []string{verifyVerified, verifyMissing, verifyError} {
+				if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(r)); got != tt.wantResult[r] {
+					t.Errorf("verifications{result=%q} = %v, want %v", r, got, tt.wantResult[r])
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,233 @@
+// The verifying audit (`forwarder audit --verify`) asks the destination
+// itself, over QIDO-RS, whether it holds every instance of the studies the
+// ledger records as forwarded to it: the ledger says what stowline
+// believes, the archive's listing what it holds.
+
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// Forwarded calls fn for each study the ledger records as forwarded (not
+// merely not selected) at or after since, in key order. An error of fn
+// stops the walk.
+func (l *Ledger) Forwarded(ctx context.Context, since time.Time, fn func(source, orthancStudyID string, r Record) error) error {
+	keys, err := l.kv.ListKeys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("ledger: list keys: %w", err)
+	}
+	defer keys.Stop()
+	for key := range keys.Keys() {
+		source, id, ok := strings.Cut(key, ".")
+		if !ok {
+			continue
+		}
+		r, err := l.Lookup(ctx, source, id)
+		if errors.Is(err, ErrNotRecorded) {
+			continue // purged meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		if r.NotSelected || r.ForwardedAt.Before(since) {
+			continue
+		}
+		if err := fn(source, id, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// VerifySource is what the verifying audit reads from an Orthanc source.
+type VerifySource interface {
+	Study(ctx context.Context, studyID string) (orthancapi.Study, error)
+	StudyInstances(ctx context.Context, studyID string) ([]orthancapi.Instance, error)
+}
+
+// VerifyOptions configures Verify.
+type VerifyOptions struct {
+	Destination string
+	Ledger      *Ledger
+	// Since: only forwards recorded at or after it are checked.
+	Since time.Time
+	// SourceFor returns the Orthanc of a source name.
+	SourceFor func(source string) (VerifySource, error)
+	// Select, if set, applies the destination's routing rules: what of
+	// the study was for it.
+	Select func(ctx context.Context, source, studyID string, instances []orthancapi.Instance) ([]orthancapi.Instance, error)
+	// Listed asks the destination for the SOP Instance UIDs of a study
+	// (QIDO-RS).
+	Listed func(ctx context.Context, studyInstanceUID string) ([]string, error)
+	// Publish queues an event for the destination alone; required to
+	// enqueue.
+	Publish func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error)
+	Logger  *slog.Logger
+}
+
+// MissingInstance is an instance the destination does not list.
+type MissingInstance struct {
+	OrthancInstanceID string `json:"orthancInstanceId"`
+	SOPInstanceUID    string `json:"sopInstanceUid"`
+}
+
+// VerifyFinding is a forwarded study of which the destination lacks
+// instances. It holds IDs and UIDs only, never patient data.
+type VerifyFinding struct {
+	Destination      string            `json:"destination"`
+	Source           string            `json:"source"`
+	OrthancStudyID   string            `json:"orthancStudyId"`
+	StudyInstanceUID string            `json:"studyInstanceUid"`
+	LastUpdate       string            `json:"lastUpdate"`
+	ForwardedAt      time.Time         `json:"forwardedAt"`
+	Instances        int               `json:"instances"`
+	Missing          []MissingInstance `json:"missing"`
+	Enqueued         bool              `json:"enqueued,omitempty"`
+	Problem          string            `json:"problem,omitempty"`
+}
+
+// VerifySummary counts what a verifying audit saw.
+type VerifySummary struct {
+	// Studies forwarded within the window; Verified, those the destination
+	// lists in full.
+	Studies  int `json:"studies"`
+	Verified int `json:"verified"`
+	// Gone: no longer in the source (buffer mode deleted them), so what
+	// was sent is unknown; Changed: changed since the forward (the plain
+	// audit reports those).
+	Gone    int `json:"gone"`
+	Changed int `json:"changed"`
+	// Findings counts studies with missing instances, MissingInstances
+	// the instances.
+	Findings         int `json:"findings"`
+	MissingInstances int `json:"missingInstances"`
+	Enqueued         int `json:"enqueued"`
+	NotEnqueued      int `json:"notEnqueued,omitempty"`
+}
+
+// Verify checks the destination's forwarded studies against its QIDO-RS
+// listing and calls report for each study it lacks instances of; with
+// enqueue it first publishes the study's event for that destination
+// alone, under an ID of its own (the original would be dropped as a
+// duplicate).
+func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(VerifyFinding) error) (VerifySummary, error) {
+	var sum VerifySummary
+	if enqueue && o.Publish == nil {
+		return sum, errors.New("audit: a publisher is required to enqueue")
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	err := o.Ledger.Forwarded(ctx, o.Since, func(source, id string, rec Record) error {
+		sum.Studies++
+		f, err := verifyStudy(ctx, o, source, id, rec, &sum)
+		if err != nil || f == nil {
+			return err
+		}
+		sum.Findings++
+		sum.MissingInstances += len(f.Missing)
+		if enqueue {
+			publishVerifyFinding(ctx, o, f, log)
+			if f.Enqueued {
+				sum.Enqueued++
+			} else {
+				sum.NotEnqueued++
+			}
+		}
+		return report(*f)
+	})
+	return sum, err
+}
+
+func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Record, sum *VerifySummary) (*VerifyFinding, error) {
+	src, err := o.SourceFor(source)
+	if err != nil {
+		return nil, fmt.Errorf("study %s of %s: %w", id, source, err)
+	}
+	st, err := src.Study(ctx, id)
+	if errors.Is(err, orthancapi.ErrNotFound) {
+		sum.Gone++
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("study %s of %s: %w", id, source, err)
+	}
+	if st.LastUpdate != rec.LastUpdate {
+		sum.Changed++
+		return nil, nil
+	}
+	instances, err := src.StudyInstances(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("study %s of %s: list instances: %w", id, source, err)
+	}
+	if o.Select != nil {
+		if instances, err = o.Select(ctx, source, id, instances); err != nil {
+			return nil, fmt.Errorf("study %s of %s: routing rules: %w", id, source, err)
+		}
+	}
+	uids, err := o.Listed(ctx, st.StudyInstanceUID)
+	if err != nil {
+		return nil, fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
+	}
+	listed := make(map[string]bool, len(uids))
+	for _, u := range uids {
+		listed[u] = true
+	}
+	f := &VerifyFinding{Destination: o.Destination, Source: source, OrthancStudyID: id, StudyInstanceUID: st.StudyInstanceUID,
+		LastUpdate: st.LastUpdate, ForwardedAt: rec.ForwardedAt, Instances: len(instances)}
+	for _, in := range instances {
+		if !listed[in.SOPInstanceUID] {
+			f.Missing = append(f.Missing, MissingInstance{OrthancInstanceID: in.ID, SOPInstanceUID: in.SOPInstanceUID})
+		}
+	}
+	if len(f.Missing) == 0 {
+		sum.Verified++
+		return nil, nil
+	}
+	return f, nil
+}
+
+func publishVerifyFinding(ctx context.Context, o VerifyOptions, f *VerifyFinding, log *slog.Logger) {
+	ev := &events.StudyStable{
+		Type:             events.TypeStudyStable,
+		Version:          events.Version,
+		Source:           f.Source,
+		OrthancStudyID:   f.OrthancStudyID,
+		StudyInstanceUID: f.StudyInstanceUID,
+		LastUpdate:       f.LastUpdate,
+		ReceivedAt:       time.Now().UTC(),
+	}
+	log = log.With("destination", f.Destination, "orthanc_study_id", f.OrthancStudyID, "study_instance_uid", f.StudyInstanceUID)
+	if err := ev.Validate(); err != nil {
+		f.Problem = "the event would be invalid: " + err.Error()
+		log.Error("study not enqueued", "err", err)
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	msgID := ev.MsgID() + "/verify/" + f.Destination + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	ack, err := o.Publish(pctx, ev, msgID)
+	if err != nil {
+		f.Problem = err.Error()
+		log.Error("study not enqueued", "err", err)
+		return
+	}
+	f.Enqueued = true
+	log.Info("study enqueued by the verifying audit", "missing", len(f.Missing), "stream_seq", ack.Sequence)
+}

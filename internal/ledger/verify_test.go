@@ -1,0 +1,117 @@
+package ledger_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// memStudies is an Orthanc source of studies of 3 instances each: study
+// k (Orthanc ID sid(k)) has Study Instance UID 1.2.<k>, and instances
+// <i>-<sid(k)> with SOP Instance UIDs 1.2.<k>.<i>.
+type memStudies map[int]string // study -> LastUpdate
+
+func sid(k int) string { return fmt.Sprintf("%08d-00000000-00000000-00000000-00000000", k) }
+
+func studyOf(id string) int {
+	var k int
+	fmt.Sscanf(id, "%08d-", &k)
+	return k
+}
+
+func (m memStudies) Study(_ context.Context, id string) (orthancapi.Study, error) {
+	lu, ok := m[studyOf(id)]
+	if !ok {
+		return orthancapi.Study{}, fmt.Errorf("study %s: %w", id, orthancapi.ErrNotFound)
+	}
+	return orthancapi.Study{ID: id, LastUpdate: lu, StudyInstanceUID: fmt.Sprintf("1.2.%d", studyOf(id))}, nil
+}
+
+func (m memStudies) StudyInstances(_ context.Context, id string) ([]orthancapi.Instance, error) {
+	var out []orthancapi.Instance
+	for i := range 3 {
+		out = append(out, orthancapi.Instance{ID: fmt.Sprintf("%d-%s", i, id), SOPInstanceUID: fmt.Sprintf("1.2.%d.%d", studyOf(id), i)})
+	}
+	return out, nil
+}
+
+// The verifying audit checks the studies forwarded within the window
+// that are still as forwarded, expects only what the routing rules
+// select, names what the destination does not list, and enqueues it for
+// that destination under an ID of its own.
+func TestVerify(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	record := func(k int, lastUpdate string, age time.Duration, notSelected bool) {
+		t.Helper()
+		l := ledger.New(kv, ledger.WithClock(func() time.Time { return now.Add(-age) }))
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: lastUpdate}
+		if err := l.Completed(ctx, ev, notSelected); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := memStudies{1: "20261126T100000", 2: "20261126T100000", 3: "20261126T100000",
+		5: "20261126T120000", 6: "20261126T100000"}
+	record(1, "20261126T100000", time.Hour, false)       // held in full
+	record(2, "20261126T100000", time.Hour, false)       // lacks 1.2.s2.0
+	record(3, "20261126T100000", 10*24*time.Hour, false) // too old to check
+	record(4, "20261126T100000", time.Hour, false)       // gone from the source
+	record(5, "20261126T100000", time.Hour, false)       // changed since
+	record(6, "20261126T100000", time.Hour, true)        // not selected
+	listed := map[string][]string{
+		"1.2.1": {"1.2.1.0", "1.2.1.1"}, // .2 is not for this destination
+		"1.2.2": {"1.2.2.1"},
+		"1.2.5": {},
+	}
+	var published []string
+	opts := ledger.VerifyOptions{
+		Destination: "archive",
+		Ledger:      ledger.New(kv),
+		Since:       now.Add(-7 * 24 * time.Hour),
+		SourceFor:   func(string) (ledger.VerifySource, error) { return src, nil },
+		Select: func(_ context.Context, _, _ string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
+			return slices.DeleteFunc(in, func(i orthancapi.Instance) bool { return strings.HasSuffix(i.SOPInstanceUID, ".2") }), nil
+		},
+		Listed: func(_ context.Context, uid string) ([]string, error) { return listed[uid], nil },
+		Publish: func(_ context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
+			published = append(published, ev.OrthancStudyID+" "+msgID)
+			return &jetstream.PubAck{Sequence: 1}, nil
+		},
+	}
+	var found []ledger.VerifyFinding
+	sum, err := ledger.Verify(ctx, opts, true, func(f ledger.VerifyFinding) error {
+		found = append(found, f)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ledger.VerifySummary{Studies: 4, Verified: 1, Gone: 1, Changed: 1, Findings: 1, MissingInstances: 1, Enqueued: 1}
+	if sum != want {
+		t.Errorf("summary %+v, want %+v", sum, want)
+	}
+	if len(found) != 1 || found[0].OrthancStudyID != sid(2) || found[0].Instances != 2 || !found[0].Enqueued ||
+		!slices.Equal(found[0].Missing, []ledger.MissingInstance{{OrthancInstanceID: "0-" + sid(2), SOPInstanceUID: "1.2.2.0"}}) {
+		t.Errorf("findings %+v, want study 2 missing its instance 0 (1.2.2.0), enqueued", found)
+	}
+	if wantID := sid(2) + " main/" + sid(2) + "/20261126T100000/verify/archive/"; len(published) != 1 || !strings.HasPrefix(published[0], wantID) {
+		t.Errorf("published %q, want study 2 under a verify ID of its own (%s...)", published, wantID)
+	}
+}
