@@ -38,6 +38,23 @@ type StudyStable struct {
 	ReceivedAt       time.Time `json:"receivedAt,omitzero"`
 }
 
+// NewStudyStable returns the event of a stable study of source, received
+// now, as the Lua script would post it; the error names the first field
+// that would make it invalid. Every publisher builds its event here, so
+// that they all write the same event and de-duplicate with each other.
+func NewStudyStable(source, orthancStudyID, studyInstanceUID, lastUpdate string) (*StudyStable, error) {
+	ev := &StudyStable{
+		Type:             TypeStudyStable,
+		Version:          Version,
+		Source:           source,
+		OrthancStudyID:   orthancStudyID,
+		StudyInstanceUID: studyInstanceUID,
+		LastUpdate:       lastUpdate,
+		ReceivedAt:       time.Now().UTC(),
+	}
+	return ev, ev.Validate()
+}
+
 // errInvalid is matched (errors.Is) by every validation error.
 var errInvalid = errors.New("invalid event")
 

@@ -90,3 +90,19 @@ func TestMsgIDChangesWithLastUpdate(t *testing.T) {
 		t.Fatal("the same study ID in two sources must not be de-duplicated")
 	}
 }
+
+// TestNewStudyStable: the constructor fills the type and version every
+// publisher must write, and refuses what Validate refuses.
+func TestNewStudyStable(t *testing.T) {
+	const id, uid, lu = "6f01183f-4b7f1f2e-8bd7a13d-0b0ea7fe-9885c661", "1.2.3.4", "20261202T183454"
+	ev, err := NewStudyStable("main", id, uid, lu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Type != TypeStudyStable || ev.Version != Version || ev.ReceivedAt.IsZero() || ev.MsgID() != "main/"+id+"/"+lu {
+		t.Errorf("event %+v", ev)
+	}
+	if _, err := NewStudyStable("main", id, uid, "yesterday"); err == nil || !strings.Contains(err.Error(), "lastUpdate") {
+		t.Errorf("a bad LastUpdate: err %v, want one naming lastUpdate", err)
+	}
+}

@@ -123,18 +123,17 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 				if !st.IsStable || st.LastUpdate < from || (to != "" && st.LastUpdate >= to) {
 					continue
 				}
-				ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: name,
-					OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID, LastUpdate: st.LastUpdate, ReceivedAt: time.Now().UTC()}
-				if err := ev.Validate(); err != nil {
+				ev, err := events.NewStudyStable(name, st.ID, st.StudyInstanceUID, st.LastUpdate)
+				if err != nil {
 					return out, fmt.Errorf("source %s: study %s: %w", name, st.ID, err)
 				}
 				if !dryRun {
 					subject := natsjs.DestinationSubject(destination, name)
-					if _, err := natsjs.PublishTo(ctx, conn.JS, subject, &ev, ev.MsgID()+"/backfill/"+destination); err != nil {
+					if _, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, ev.MsgID()+"/backfill/"+destination); err != nil {
 						return out, err
 					}
 				}
-				out = append(out, ev)
+				out = append(out, *ev)
 			}
 			if len(studies) < page {
 				break

@@ -235,17 +235,9 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 // de-duplicates with one already queued), else one for each of them.
 func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
 	f := fs[0]
-	ev := &events.StudyStable{
-		Type:             events.TypeStudyStable,
-		Version:          events.Version,
-		Source:           f.Source,
-		OrthancStudyID:   f.OrthancStudyID,
-		StudyInstanceUID: f.StudyInstanceUID,
-		LastUpdate:       f.LastUpdate,
-		ReceivedAt:       time.Now().UTC(),
-	}
+	ev, err := events.NewStudyStable(f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate)
 	log = log.With("orthanc_study_id", f.OrthancStudyID, "study_instance_uid", f.StudyInstanceUID, "last_update", f.LastUpdate)
-	if err := ev.Validate(); err != nil {
+	if err != nil {
 		for i := range fs {
 			fs[i].Problem = "the event would be invalid: " + err.Error()
 		}

@@ -204,17 +204,9 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 }
 
 func publishVerifyFinding(ctx context.Context, o VerifyOptions, f *VerifyFinding, log *slog.Logger) {
-	ev := &events.StudyStable{
-		Type:             events.TypeStudyStable,
-		Version:          events.Version,
-		Source:           f.Source,
-		OrthancStudyID:   f.OrthancStudyID,
-		StudyInstanceUID: f.StudyInstanceUID,
-		LastUpdate:       f.LastUpdate,
-		ReceivedAt:       time.Now().UTC(),
-	}
+	ev, err := events.NewStudyStable(f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate)
 	log = log.With("destination", f.Destination, "orthanc_study_id", f.OrthancStudyID, "study_instance_uid", f.StudyInstanceUID)
-	if err := ev.Validate(); err != nil {
+	if err != nil {
 		f.Problem = "the event would be invalid: " + err.Error()
 		log.Error("study not enqueued", "err", err)
 		return

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -74,18 +73,10 @@ func (s *sourceRunner) publish(ctx context.Context, studyID string, study orthan
 	if lu, ok := s.recent[studyID]; ok && lu == study.LastUpdate {
 		return nil // this state was published in this term already
 	}
-	ev := &events.StudyStable{
-		Type:             events.TypeStudyStable,
-		Version:          events.Version,
-		Source:           s.name,
-		OrthancStudyID:   studyID,
-		StudyInstanceUID: study.StudyInstanceUID,
-		LastUpdate:       study.LastUpdate,
-		ReceivedAt:       time.Now().UTC(),
-	}
+	ev, err := events.NewStudyStable(s.name, studyID, study.StudyInstanceUID, study.LastUpdate)
 	log := s.log.With("orthanc_study_id", studyID, "study_instance_uid", study.StudyInstanceUID,
 		"last_update", study.LastUpdate, "reason", reason)
-	if err := ev.Validate(); err != nil {
+	if err != nil {
 		// The Lua path's event would be refused the same way.
 		s.r.m.skipped.WithLabelValues(s.name, "invalid").Inc()
 		log.Error("stable study cannot be announced: its event would be invalid", "err", err)
