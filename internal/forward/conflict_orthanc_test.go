@@ -2,7 +2,6 @@ package forward
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,13 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/dicomweb"
-	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
@@ -233,20 +230,8 @@ func TestConflictWithRealOrthanc(t *testing.T) {
 				o.Conflicts = ConflictPolicy{Action: tt.action, Rules: rules, Method: method, Setting: "DESTINATION_ARCHIVE_STOW_ON_CONFLICT"}
 				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 			})
-			ctx, cancel := context.WithCancel(context.Background())
-			t.Cleanup(cancel)
-			done := make(chan error, 1)
-			go func() { done <- f.Run(ctx) }()
-			ev := &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b",
-				StudyInstanceUID: study, LastUpdate: "20261202T101500"}
-			if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
-				t.Fatal(err)
-			}
-			waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
-			cancel()
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
+			forwardOne(t, f, ns, cons, &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
+				OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", StudyInstanceUID: study, LastUpdate: "20261202T101500"})
 
 			letters := dls.all()
 			switch {

@@ -1,7 +1,6 @@
 package forward
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -9,11 +8,9 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/internal/dicomweb"
-	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -80,18 +77,7 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 				o.InstanceRetryDelay = 10e6
 				o.Conflicts = tt.policy
 			})
-			ctx, cancel := context.WithCancel(context.Background())
-			t.Cleanup(cancel)
-			done := make(chan error, 1)
-			go func() { done <- f.Run(ctx) }()
-			if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
-				t.Fatal(err)
-			}
-			waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
-			cancel()
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
+			forwardOne(t, f, ns, cons, testEvent())
 			letters := dls.all()
 			switch {
 			case tt.wantDead == "" && len(letters) > 0:

@@ -162,6 +162,24 @@ func waitConsumer(t *testing.T, c jetstream.Consumer, cond func(*jetstream.Consu
 	}
 }
 
+// forwardOne runs f until it has settled ev, the only event of the
+// stream (acked, terminated or dead-lettered), then stops it.
+func forwardOne(t *testing.T, f *Forwarder, ns *testnats.Server, cons jetstream.Consumer, ev *events.StudyStable) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestForwardAcksWhenAllStored(t *testing.T) {
 	ns := testnats.Start(t)
 	src := newMemSource(10)
