@@ -234,14 +234,22 @@ func TestShutdownReturnsInFlightStudy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newForwarder(t, src, srv.URL, cons)
+	rec := &recordingObserver{}
+	f := newForwarder(t, src, srv.URL, cons, func(o *Options) { o.Observer = rec })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.Run(ctx) }()
 	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
 		t.Fatal(err)
 	}
-	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.NumAckPending == 1 })
+	// Stop once a worker holds the study, not merely once JetStream has
+	// handed it out: a message still on its way to a pull that shutdown
+	// cancels waits for the ack wait, as the pull loop's comment says.
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return i.NumAckPending == 1 && rec.started == 1
+	})
 	cancel()
 	select {
 	case <-done:
