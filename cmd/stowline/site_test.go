@@ -93,6 +93,8 @@ type siteOptions struct {
 	// the embedded one, so that the test and the forwarder's commands
 	// (replay, backfill) reach JetStream, and it outlives stowline.
 	nats bool
+	// gdcm loads the GDCM plugin into the sources (JPEG 2000).
+	gdcm bool
 }
 
 // newSite starts the destination and one source Orthanc per name, each
@@ -172,6 +174,7 @@ func newSiteWith(t *testing.T, opts siteOptions) *site {
 		s.sources[name] = testharness.StartOrthanc(t, testharness.OrthancOptions{
 			Name:       "orthanc-" + name,
 			Release:    opts.release,
+			GDCM:       opts.gdcm,
 			LuaScripts: []string{lua},
 			StableAge:  opts.stableAge,
 			Extra: map[string]any{"Stowline": map[string]any{
