@@ -31,6 +31,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	})
 	defer stopGrace()
 
+	defer f.breaker.stop()
+
 	var wg sync.WaitGroup
 	for range f.opts.Concurrency {
 		wg.Go(func() { f.worker(ctx, workCtx) })
@@ -43,6 +45,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 // in a client-side buffer while its ack wait runs out.
 func (f *Forwarder) worker(ctx, workCtx context.Context) {
 	for ctx.Err() == nil {
+		// An open circuit breaker stops the pulls: the destination is
+		// down, and an event pulled now would only wait.
+		if f.breaker.waitClosed(ctx) != nil {
+			continue
+		}
 		// Short pulls: a pull request outlives its cancelled context on
 		// the server until it expires, and a message handed to it then
 		// waits for the ack wait; 5 s bounds that at shutdown.
@@ -102,7 +109,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	f.m.inFlight.Inc()
 	stopProgress := keepAlive(msg, f.opts.AckWait/3, log)
 	start := time.Now()
-	rep, err := f.transferRecovering(ctx, a)
+	rep, err := f.transferGuarded(ctx, a, log)
 	stopProgress()
 	f.m.inFlight.Dec()
 	var ce *crashError
