@@ -84,8 +84,8 @@ type Tracker struct {
 	mu       sync.Mutex
 	breakers []func() forward.BreakerStatus
 	flights  map[*forward.Attempt]*flight
-	recent  []Forward // oldest first
-	totals  Totals
+	recent   []Forward // oldest first
+	totals   Totals
 }
 
 type flight struct {
