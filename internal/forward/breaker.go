@@ -240,6 +240,9 @@ func (b *breaker) hold(ctx context.Context) (trial bool, err error) {
 	for {
 		b.mu.Lock()
 		switch {
+		case b.stopped:
+			b.mu.Unlock()
+			return false, errShutdown
 		case b.state == BreakerClosed:
 			b.mu.Unlock()
 			return false, nil
@@ -321,17 +324,25 @@ func (b *breaker) probe() {
 // probeTimeout bounds one probe request.
 const probeTimeout = 30 * time.Second
 
-// stop ends the probes (the forwarder stopped).
+// errShutdown ends the hold of a study when the forwarder stops: it goes
+// back to the queue at once, for another replica.
+var errShutdown = errors.New("forwarder shutting down")
+
+// stop ends the probes and the holds (the forwarder is stopping).
 func (b *breaker) stop() {
 	if b == nil {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.stopped {
+		return
+	}
 	b.stopped = true
 	if b.timer != nil {
 		b.timer.Stop()
 	}
+	b.broadcast()
 }
 
 // setState changes the state and wakes the waiters. Under mu.
@@ -419,10 +430,11 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 				"err", err, "instances_sent", rep.Instances)
 		}
 		f.m.held.Inc()
-		trial, err = f.breaker.hold(ctx)
+		var herr error
+		trial, herr = f.breaker.hold(ctx)
 		f.m.held.Dec()
-		if err != nil {
-			return rep, fmt.Errorf("held while the destination was down: %w", err)
+		if herr != nil {
+			return rep, fmt.Errorf("held while the destination was down (%v): %w", err, herr)
 		}
 		if trial {
 			log.Info("circuit breaker half-open: sending this held study as the trial")

@@ -236,3 +236,24 @@ func TestBreakerOff(t *testing.T) {
 		}
 	}
 }
+
+// Shutdown ends the holds at once: the studies go back to the queue.
+func TestBreakerStopEndsHolds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Minute, maxInterval: time.Minute}, nil, nil)
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3")
+		done := make(chan error, 1)
+		go func() {
+			_, err := b.hold(t.Context())
+			done <- err
+		}()
+		synctest.Wait()
+		b.stop()
+		if err := <-done; !errors.Is(err, errShutdown) {
+			t.Fatalf("hold after stop = %v, want errShutdown", err)
+		}
+		if _, err := b.hold(t.Context()); !errors.Is(err, errShutdown) {
+			t.Fatalf("hold of a stopped breaker = %v, want errShutdown", err)
+		}
+	})
+}

@@ -31,6 +31,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	})
 	defer stopGrace()
 
+	// Held studies go back to the queue as soon as shutdown starts:
+	// they wait for the destination, not for work to finish.
+	stopBreaker := context.AfterFunc(ctx, f.breaker.stop)
+	defer stopBreaker()
 	defer f.breaker.stop()
 
 	var wg sync.WaitGroup
@@ -117,7 +121,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 		log.Error("forwarding the study panicked; it is dead-lettered instead of crashing the forwarder",
 			"panic", ce.value, "frames", strings.Join(ce.frames, " < "))
 	}
-	d := f.policy.decide(a.Number, err, ctx.Err() != nil)
+	d := f.policy.decide(a.Number, err, ctx.Err() != nil || errors.Is(err, errShutdown))
 	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log)
 }
 
