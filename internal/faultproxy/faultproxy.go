@@ -41,6 +41,7 @@ type Proxy struct {
 	perUID      map[string]int
 	down        bool // drop every request's connection, answerless
 	downDrops   int  // requests dropped so
+	meter       bodyMeter
 }
 
 // Start runs the proxy in front of upstream until the test ends.
@@ -102,6 +103,7 @@ func Start(t testing.TB, upstream string) *Proxy {
 		if rate > 0 {
 			r.Body = &throttled{r: r.Body, rate: rate}
 		}
+		r.Body = &meteredBody{r: r.Body, m: &p.meter}
 		p.mu.Lock()
 		drop := p.dropNext
 		p.mu.Unlock()
