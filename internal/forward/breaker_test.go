@@ -87,8 +87,10 @@ func TestBreakerOutage(t *testing.T) {
 			func(from, to BreakerState) { changes = append(changes, to.String()) })
 		defer b.stop()
 
-		if b.record(down, false, "1.2.3") || b.record(down, false, "1.2.3") {
-			t.Fatal("held before the threshold")
+		for i := range 2 {
+			if b.record(down, false, "1.2.3") {
+				t.Fatalf("failure %d held, before the threshold", i+1)
+			}
 		}
 		if b.record(nil, false, "") {
 			t.Fatal("a success held")
