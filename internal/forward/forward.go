@@ -253,8 +253,11 @@ func New(opts Options) (*Forwarder, error) {
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m}
 	if b := opts.Breaker; b.Failures > 0 {
 		failures := b.Failures
-		if p.canDeadLetter && p.maxDeliveries > 0 {
-			failures = int(min(uint64(failures), p.maxDeliveries))
+		if p.canDeadLetter && p.maxDeliveries > 0 && uint64(failures) > p.maxDeliveries {
+			// Else a study could run out of deliveries in an outage
+			// before the breaker opens.
+			failures = int(p.maxDeliveries)
+			log.Info("the circuit breaker opens after FORWARDER_MAX_DELIVERIES failures, fewer than its setting", "failures", failures, "setting", b.Failures)
 		}
 		fw.breaker = newBreaker(breakerConfig{failures: failures, interval: b.ProbeInterval, maxInterval: max(b.MaxProbeInterval, b.ProbeInterval)},
 			b.Prober, fw.breakerChanged)
