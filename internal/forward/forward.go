@@ -9,6 +9,8 @@
 //	policy.go    what a finished attempt means: ack, retry (backoff) or
 //	             dead-letter; pure, tested without NATS
 //	settle.go    carries the decision out on the message and the stores
+//	breaker.go   the destination's circuit breaker: an outage holds
+//	             studies instead of spending their deliveries
 //	transfer.go  reads the study from Orthanc and writes STOW-RS requests
 //	verify.go    STOW_VERIFY=qido: asks the destination what it lists
 //	buffer.go    buffer mode: deletes forwarded instances from the source
