@@ -152,6 +152,10 @@ func newSiteWith(t *testing.T, opts siteOptions) *site {
 		}
 		d.proxy = faultproxy.Start(t, upstream)
 		s.env[d.varName("DICOMWEB_URL")] = d.proxy.URL + "/dicom-web"
+		// A destination back from an outage is probed within seconds,
+		// as failed studies are retried within seconds.
+		s.env[d.varName("STOW_BREAKER_PROBE_INTERVAL")] = "1s"
+		s.env[d.varName("STOW_BREAKER_MAX_PROBE_INTERVAL")] = "2s"
 		s.dests = append(s.dests, d)
 	}
 	s.dest, s.proxy = s.dests[0].orthanc, s.dests[0].proxy

@@ -17,6 +17,7 @@ import (
 	"github.com/stowline/stowline/auth/awssig"
 	"github.com/stowline/stowline/auth/azure"
 	"github.com/stowline/stowline/auth/google"
+	"github.com/stowline/stowline/internal/bandwidth"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/tracing"
@@ -35,6 +36,9 @@ type destination struct {
 	Tokens *auth.TokenSource
 	// AWSCredentials is the SigV4 credential chain (aws only).
 	AWSCredentials aws.CredentialsProvider
+	// Bandwidth is the destination's STOW_MAX_BYTES_PER_SECOND bucket,
+	// every request of this process draws on (a no-op without a cap).
+	Bandwidth *bandwidth.Limiter
 	// Provider and Credential describe the authentication, for logs:
 	// e.g. "azure", "client certificate"; Credential is "" without auth.
 	Provider, Credential string
@@ -61,10 +65,12 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 		t.TLSClientConfig = tlsCfg
 		return t
 	}
-	base := newTransport()
+	// The bandwidth cap counts what goes to the destination, under the
+	// signing and token layers; token requests are not capped.
+	out := &destination{Provider: d.Provider, Bandwidth: bandwidth.New(int64(fc.StowMaxBytesPerSecond))}
+	base := out.Bandwidth.Transport(newTransport())
 	tokenHTTP := &http.Client{Timeout: tokenFetchTimeout, Transport: newTransport()}
 
-	out := &destination{Provider: d.Provider}
 	var rt http.RoundTripper = base
 	var ep auth.Endpoint
 	var stowOpts []dicomweb.Option

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/internal/bandwidth"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
@@ -29,6 +30,9 @@ import (
 type forwarderRole struct {
 	cfg     *config.Forwarder
 	sources *Sources
+	// limiters are the bandwidth caps of the destinations served that
+	// have one (STOW_MAX_BYTES_PER_SECOND), by name.
+	limiters map[string]*bandwidth.Limiter
 }
 
 func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process) error {
@@ -119,10 +123,18 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		if err != nil {
 			return err
 		}
+		tracker.WatchBreaker(fw.Breaker)
 		forwarders = append(forwarders, fw)
 		if err := watchMaxDeliver(ctx, p, o.DestinationName, reg, log); err != nil {
 			return err
 		}
+	}
+
+	if len(r.limiters) > 0 {
+		g.Go(named("bandwidth share", func() error {
+			shareBandwidth(ctx, p, tracker.ID(), r.limiters, log)
+			return nil
+		}))
 	}
 
 	router := newRouter()
@@ -170,6 +182,14 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 			return nil
 		}
 	}
+	if client.Bandwidth.Limited() {
+		if r.limiters == nil {
+			r.limiters = map[string]*bandwidth.Limiter{}
+		}
+		r.limiters[d.Name] = client.Bandwidth
+		log.Info("bandwidth cap: STOW-RS request bodies share it with every replica serving the destination", "destination", d.Name,
+			"variable", d.VarName("STOW_MAX_BYTES_PER_SECOND"), "bytes_per_second", int64(d.StowMaxBytesPerSecond))
+	}
 	o := &forward.Options{
 		DestinationName:    d.Name,
 		SourceFor:          r.sourceFor,
@@ -192,6 +212,12 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		Registerer:          reg,
 		TracerProvider:      p.tracer,
 		Conflicts:           conflictPolicy(&d),
+		Breaker: forward.BreakerOptions{
+			Failures:         d.StowBreakerFailures,
+			ProbeInterval:    d.StowBreakerProbeInterval,
+			MaxProbeInterval: d.StowBreakerMaxProbeInterval,
+			Prober:           client.STOW,
+		},
 	}
 	prof := d.Profile()
 	log.Info("destination profile", "destination", d.Name, "profile", prof.Name, "on_conflict", d.StowOnConflict,
@@ -293,4 +319,55 @@ func watchMaxDeliver(ctx context.Context, p *process, destination string, reg pr
 	}
 	context.AfterFunc(ctx, stop)
 	return nil
+}
+
+// shareBandwidth gives each destination's bandwidth cap an equal share per
+// live replica serving it, as the status bucket lists them (refreshed every
+// status.ShareInterval; a replica that died drops off within the bucket's
+// TTL), so K replicas together stay within the cap. Until the first count,
+// and when the bucket cannot be read, the last share stays.
+func shareBandwidth(ctx context.Context, p *process, self string, limiters map[string]*bandwidth.Limiter, log *slog.Logger) {
+	tick := time.NewTicker(status.ShareInterval)
+	defer tick.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, status.ShareInterval)
+		snaps, err := status.ReadShared(rctx, p.conn.JS)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			log.Debug("bandwidth share: cannot count the replicas; the last share stays", "err", err)
+		}
+		if err == nil {
+			for name, l := range limiters {
+				n := replicasServing(snaps, name, self)
+				before := l.Rate()
+				l.SetReplicas(n)
+				if l.Rate() != before {
+					log.Info("bandwidth share changed", "destination", name, "replicas", n, "bytes_per_second", l.Rate())
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// replicasServing counts the forwarder processes whose snapshot lists the
+// destination, this one (self) always included.
+func replicasServing(snaps []status.Snapshot, destination, self string) int {
+	n := 1
+	for _, s := range snaps {
+		if s.ID == self {
+			continue
+		}
+		for _, t := range s.Tokens {
+			if t.Destination == destination {
+				n++
+				break
+			}
+		}
+	}
+	return n
 }

@@ -175,6 +175,13 @@ type Destination struct {
 	StowConflictReasons ConflictRules `env:"STOW_CONFLICT_REASONS" desc:"Failure Reasons that mean a conflict, comma-separated: 45070, 0xB00E, or with @409 only in a 409 answer (0x0110@409, 0xA7xx@409). Default: the profile's (45070,0x0111,0x0110@409,0xA7xx@409)"`
 	StowReplaceMethod   string        `env:"STOW_REPLACE_METHOD" desc:"how STOW_ON_CONFLICT=replace replaces an instance: put (STOW-RS with PUT, Azure's upsert), delete (DICOMweb DELETE of the instance, then store) or none. Default: the profile's (azure: put; aws and orthanc: none; google and generic: delete)"`
 	StowVerify          string        `env:"STOW_VERIFY" envDefault:"off" desc:"off, or qido: after the STOW-RS answers of a study, ask the destination (QIDO-RS, one paged query a study) for the study's instances and ack only when it lists every SOP Instance UID sent; an unlisted instance is sent again. Buffer mode then deletes only listed instances (docs/verification.md)"`
+
+	// Flow control (docs/operations.md, "Destination outages" and
+	// "Bandwidth cap").
+	StowBreakerFailures         int           `env:"STOW_BREAKER_FAILURES" envDefault:"5" desc:"consecutive study failures that say the destination is down (no answer: connection refused or reset, time-outs; HTTP 500, 502, 503, 504; the token endpoint failing so) that open its circuit breaker: the forwarder stops pulling its studies and holds those in hand, unsettled, so an outage spends no delivery; at most FORWARDER_MAX_DELIVERIES is used. 0: no breaker"`
+	StowBreakerProbeInterval    time.Duration `env:"STOW_BREAKER_PROBE_INTERVAL" envDefault:"30s" desc:"how long an open circuit breaker waits before it probes the destination (one QIDO-RS query); doubled after each failed probe up to STOW_BREAKER_MAX_PROBE_INTERVAL"`
+	StowBreakerMaxProbeInterval time.Duration `env:"STOW_BREAKER_MAX_PROBE_INTERVAL" envDefault:"5m" desc:"longest wait between probes of a destination that stays down"`
+	StowMaxBytesPerSecond       ByteSize      `env:"STOW_MAX_BYTES_PER_SECOND" envDefault:"0" desc:"bandwidth cap of the STOW-RS request bodies to the destination, over every study of every replica that serves it: each replica takes an equal share of it, by the forwarders live on the status bucket (e.g. 10MB, 50MiB). 0: no cap"`
 }
 
 // Values of STOW_VERIFY.
@@ -212,6 +219,16 @@ func (d *Destination) validate() error {
 	errs = append(errs, d.conflictValidate()...)
 	if d.StowVerify != VerifyOff && d.StowVerify != VerifyQIDO {
 		errs = append(errs, fmt.Errorf("STOW_VERIFY=%q: want off or qido", d.StowVerify))
+	}
+	if d.StowBreakerFailures < 0 || d.StowBreakerFailures > 1000 {
+		errs = append(errs, fmt.Errorf("STOW_BREAKER_FAILURES=%d: want 0 (no breaker) to 1000", d.StowBreakerFailures))
+	}
+	if d.StowBreakerProbeInterval < time.Second || d.StowBreakerMaxProbeInterval < d.StowBreakerProbeInterval {
+		errs = append(errs, fmt.Errorf("STOW_BREAKER_PROBE_INTERVAL=%s, STOW_BREAKER_MAX_PROBE_INTERVAL=%s: want 1s <= interval <= max interval",
+			d.StowBreakerProbeInterval, d.StowBreakerMaxProbeInterval))
+	}
+	if d.StowMaxBytesPerSecond != 0 && d.StowMaxBytesPerSecond < 1<<10 {
+		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES_PER_SECOND=%s: want 0 (no cap) or at least 1KiB", d.StowMaxBytesPerSecond))
 	}
 	return errors.Join(errs...)
 }

@@ -269,7 +269,7 @@ func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*R
 			// The transport only saw a broken body; the writer knows why.
 			return nil, werr
 		}
-		return nil, fmt.Errorf("stow: %s %s: %w", method, c.logURL, doErr)
+		return nil, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, doErr))
 	}
 	if r := resp.Request; r != nil && r.Method != method {
 		// The http.Client followed a 301/302/303 and re-sent the request

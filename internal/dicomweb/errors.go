@@ -53,7 +53,21 @@ var (
 	// the request body could not be sent completely.
 	errIncompleteBody = errors.New("stow: request body was not sent completely")
 
+	// ErrNoAnswer means a request got no HTTP answer: the connection was
+	// refused or reset, a dial, TLS or response time-out, or the
+	// authentication transport could not get a token. The destination (or
+	// the way to it) is down, whatever the request was.
+	ErrNoAnswer = errors.New("no answer from the destination")
+
 	// errSizeMismatch means a part's content was not Part.Size bytes long
 	// while the request announced its length (WithContentLength).
 	errSizeMismatch = errors.New("stow: part content does not match its size")
 )
+
+// noAnswer marks err as ErrNoAnswer and keeps its text.
+func noAnswer(err error) error { return &noAnswerError{err: err} }
+
+type noAnswerError struct{ err error }
+
+func (e *noAnswerError) Error() string   { return e.err.Error() }
+func (e *noAnswerError) Unwrap() []error { return []error{e.err, ErrNoAnswer} }

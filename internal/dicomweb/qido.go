@@ -60,6 +60,15 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 	return nil, fmt.Errorf("qido: study %s: more than %d pages of %d instances", studyInstanceUID, maxQIDOPages, pageSize)
 }
 
+// Probe asks the destination for one instance of a study (one QIDO-RS
+// page of one): a cheap authenticated request that tells whether the
+// destination answers. The error is an *HTTPError for an error status,
+// or wraps ErrNoAnswer when nothing answered.
+func (c *Client) Probe(ctx context.Context, studyInstanceUID string) error {
+	_, err := c.qidoPage(ctx, studyInstanceUID, 0, 1)
+	return err
+}
+
 func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, limit int) ([]string, error) {
 	q := url.Values{
 		"includefield": {tagSOPInstanceUID},
@@ -78,7 +87,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	req.Header.Set("User-Agent", c.userAgent)
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, err)
+		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, err))
 	}
 	defer resp.Body.Close()
 	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)

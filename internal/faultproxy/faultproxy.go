@@ -39,6 +39,9 @@ type Proxy struct {
 	stowPosts   int
 	refused     int
 	perUID      map[string]int
+	down        bool // drop every request's connection, answerless
+	downDrops   int  // requests dropped so
+	meter       bodyMeter
 }
 
 // Start runs the proxy in front of upstream until the test ends.
@@ -53,6 +56,9 @@ func Start(t testing.TB, upstream string) *Proxy {
 	rp.FlushInterval = -1
 	rp.ModifyResponse = p.modify
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p.dropIfDown(w) {
+			return
+		}
 		if !isSTOW(r) {
 			rp.ServeHTTP(w, r)
 			return
@@ -97,6 +103,7 @@ func Start(t testing.TB, upstream string) *Proxy {
 		if rate > 0 {
 			r.Body = &throttled{r: r.Body, rate: rate}
 		}
+		r.Body = &meteredBody{r: r.Body, m: &p.meter}
 		p.mu.Lock()
 		drop := p.dropNext
 		p.mu.Unlock()
@@ -119,6 +126,41 @@ func Start(t testing.TB, upstream string) *Proxy {
 
 func isSTOW(r *http.Request) bool {
 	return r.Method == http.MethodPost && len(r.URL.Path) >= len("/studies") && r.URL.Path[len(r.URL.Path)-len("/studies"):] == "/studies"
+}
+
+// SetDown(true) makes the destination go away: every request, STOW-RS or
+// not, has its connection closed without an answer, as a server that
+// crashed or a network that broke would. SetDown(false) ends it.
+func (p *Proxy) SetDown(down bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = down
+}
+
+// DroppedRequests counts the requests SetDown dropped.
+func (p *Proxy) DroppedRequests() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.downDrops
+}
+
+func (p *Proxy) dropIfDown(w http.ResponseWriter) bool {
+	p.mu.Lock()
+	down := p.down
+	if down {
+		p.downDrops++
+	}
+	p.mu.Unlock()
+	if !down {
+		return false
+	}
+	if hj, ok := w.(http.Hijacker); ok {
+		if conn, _, err := hj.Hijack(); err == nil {
+			_ = conn.Close()
+			return true
+		}
+	}
+	panic(http.ErrAbortHandler) // closes the connection without an answer
 }
 
 // SetStatus makes every STOW request fail with status and body (0: pass).

@@ -31,6 +31,12 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	})
 	defer stopGrace()
 
+	// Held studies go back to the queue as soon as shutdown starts:
+	// they wait for the destination, not for work to finish.
+	stopBreaker := context.AfterFunc(ctx, f.breaker.stop)
+	defer stopBreaker()
+	defer f.breaker.stop()
+
 	var wg sync.WaitGroup
 	for range f.opts.Concurrency {
 		wg.Go(func() { f.worker(ctx, workCtx) })
@@ -43,6 +49,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 // in a client-side buffer while its ack wait runs out.
 func (f *Forwarder) worker(ctx, workCtx context.Context) {
 	for ctx.Err() == nil {
+		// An open circuit breaker stops the pulls: the destination is
+		// down, and an event pulled now would only wait.
+		if f.breaker.waitClosed(ctx) != nil {
+			continue
+		}
 		// Short pulls: a pull request outlives its cancelled context on
 		// the server until it expires, and a message handed to it then
 		// waits for the ack wait; 5 s bounds that at shutdown.
@@ -102,7 +113,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	f.m.inFlight.Inc()
 	stopProgress := keepAlive(msg, f.opts.AckWait/3, log)
 	start := time.Now()
-	rep, err := f.transferRecovering(ctx, a)
+	rep, err := f.transferGuarded(ctx, a, log)
 	stopProgress()
 	f.m.inFlight.Dec()
 	var ce *crashError
@@ -110,7 +121,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 		log.Error("forwarding the study panicked; it is dead-lettered instead of crashing the forwarder",
 			"panic", ce.value, "frames", strings.Join(ce.frames, " < "))
 	}
-	d := f.policy.decide(a.Number, err, ctx.Err() != nil)
+	d := f.policy.decide(a.Number, err, ctx.Err() != nil || errors.Is(err, errShutdown))
 	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log)
 }
 

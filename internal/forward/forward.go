@@ -9,6 +9,8 @@
 //	policy.go    what a finished attempt means: ack, retry (backoff) or
 //	             dead-letter; pure, tested without NATS
 //	settle.go    carries the decision out on the message and the stores
+//	breaker.go   the destination's circuit breaker: an outage holds
+//	             studies instead of spending their deliveries
 //	transfer.go  reads the study from Orthanc and writes STOW-RS requests
 //	verify.go    STOW_VERIFY=qido: asks the destination what it lists
 //	buffer.go    buffer mode: deletes forwarded instances from the source
@@ -149,6 +151,8 @@ type Options struct {
 	// Conflicts says what an "already holds it with other content" answer
 	// is and what to do with it (conflict.go); the zero value skips.
 	Conflicts ConflictPolicy
+	// Breaker configures the destination's circuit breaker (breaker.go).
+	Breaker BreakerOptions
 	// Observer, if set, is told of every attempt as it progresses.
 	Observer Observer
 	// TracerProvider, if set, traces every delivery in the trace its
@@ -179,6 +183,8 @@ type Forwarder struct {
 	// syntaxHint logs once that the destination needs a transfer syntax
 	// list.
 	syntaxHint sync.Once
+	// breaker is nil without one.
+	breaker *breaker
 }
 
 // New validates opts and returns a Forwarder.
@@ -209,6 +215,9 @@ func New(opts Options) (*Forwarder, error) {
 		errs = append(errs, errors.New("max deliveries and instance retries must not be negative"))
 	}
 	if err := opts.Conflicts.check(opts.Destination); err != nil {
+		errs = append(errs, err)
+	}
+	if err := opts.Breaker.check(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -244,6 +253,17 @@ func New(opts Options) (*Forwarder, error) {
 		canDeadLetter: opts.DeadLetters != nil,
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m}
+	if b := opts.Breaker; b.Failures > 0 {
+		failures := b.Failures
+		if p.canDeadLetter && p.maxDeliveries > 0 && uint64(failures) > p.maxDeliveries {
+			// Else a study could run out of deliveries in an outage
+			// before the breaker opens.
+			failures = int(p.maxDeliveries)
+			log.Info("the circuit breaker opens after FORWARDER_MAX_DELIVERIES failures, fewer than its setting", "failures", failures, "setting", b.Failures)
+		}
+		fw.breaker = newBreaker(breakerConfig{failures: failures, interval: b.ProbeInterval, maxInterval: max(b.MaxProbeInterval, b.ProbeInterval)},
+			b.Prober, fw.breakerChanged)
+	}
 	if opts.TracerProvider != nil {
 		fw.tracer = opts.TracerProvider.Tracer("github.com/stowline/stowline/internal/forward")
 	}

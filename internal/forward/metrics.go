@@ -33,6 +33,10 @@ type metrics struct {
 	verifications  *prometheus.CounterVec
 	verifyMissing  prometheus.Counter
 	verifyDuration prometheus.Histogram
+	// breakerState, breakerTransitions and held: the circuit breaker.
+	breakerState       prometheus.Gauge
+	breakerTransitions *prometheus.CounterVec
+	held               prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error) {
@@ -132,6 +136,24 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		ConstLabels: labels,
 		Buckets:     prometheus.ExponentialBuckets(0.005, 2, 14),
 	})
+	m.breakerState = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "stowline_forwarder_breaker_state",
+		Help:        "State of the destination's circuit breaker in this process: 0 closed, 1 half-open (a trial study is out), 2 open (the destination is down; nothing is pulled).",
+		ConstLabels: labels,
+	})
+	m.breakerTransitions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_breaker_transitions_total",
+		Help:        "Changes of the destination's circuit breaker state, by the state entered (open, half-open, closed).",
+		ConstLabels: labels,
+	}, []string{"to"})
+	for _, s := range []BreakerState{BreakerOpen, BreakerHalfOpen, BreakerClosed} {
+		m.breakerTransitions.WithLabelValues(s.String())
+	}
+	m.held = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "stowline_forwarder_studies_held",
+		Help:        "Studies this process holds, unsettled, until the destination's circuit breaker closes.",
+		ConstLabels: labels,
+	})
 	for _, r := range []string{"deleted", "failed", "skipped", "waiting"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
@@ -141,7 +163,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

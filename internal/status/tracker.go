@@ -68,6 +68,8 @@ type Snapshot struct {
 	Totals      Totals    `json:"totals"`
 	// Tokens is the token status of each destination it serves.
 	Tokens []TokenStatus `json:"tokens"`
+	// Breakers is the circuit breaker of each destination it serves.
+	Breakers []forward.BreakerStatus `json:"breakers,omitempty"`
 }
 
 // Tracker is what one forwarder process is doing, as the forwarder tells
@@ -79,10 +81,11 @@ type Tracker struct {
 	concurrency int
 	tokens      []*TokenWatch
 
-	mu      sync.Mutex
-	flights map[*forward.Attempt]*flight
-	recent  []Forward // oldest first
-	totals  Totals
+	mu       sync.Mutex
+	breakers []func() forward.BreakerStatus
+	flights  map[*forward.Attempt]*flight
+	recent   []Forward // oldest first
+	totals   Totals
 }
 
 type flight struct {
@@ -125,6 +128,9 @@ func (t *Tracker) Snapshot() Snapshot {
 	for _, w := range t.tokens {
 		s.Tokens = append(s.Tokens, w.Status())
 	}
+	for _, b := range t.breakers {
+		s.Breakers = append(s.Breakers, b())
+	}
 	for _, f := range t.flights {
 		s.InFlight = append(s.InFlight, f.Flight)
 	}
@@ -133,6 +139,14 @@ func (t *Tracker) Snapshot() Snapshot {
 		s.Recent = append(s.Recent, t.recent[i])
 	}
 	return s
+}
+
+// WatchBreaker adds a destination's circuit breaker (Forwarder.Breaker)
+// to the snapshots.
+func (t *Tracker) WatchBreaker(state func() forward.BreakerStatus) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.breakers = append(t.breakers, state)
 }
 
 // Started records a study the forwarder began to send.

@@ -74,7 +74,16 @@ type destinationRow struct {
 	// Forwarders counts the live forwarder processes serving it.
 	Forwarders int
 	Token      tokenSummary
+	// Breaker is the worst circuit breaker state its forwarders report
+	// (open, half-open, closed, off; "" if none reports one), since when,
+	// and the studies they hold.
+	Breaker      string
+	BreakerSince time.Time
+	Held         int
 }
+
+// breakerRank orders breaker states from best to worst.
+var breakerRank = map[string]int{"": 0, "off": 1, "closed": 2, "half-open": 3, "open": 4}
 
 // tokenSummary merges the token status each forwarder process reports
 // for one destination.
@@ -197,6 +206,15 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 			}
 			if tok.OAuth && !tok.OK() {
 				t.Failing++
+			}
+		}
+	}
+	for _, s := range p.Forwarders {
+		for _, b := range s.Breakers {
+			r := row(b.Destination)
+			r.Held += b.Held
+			if breakerRank[b.State] > breakerRank[r.Breaker] {
+				r.Breaker, r.BreakerSince = b.State, b.Since
 			}
 		}
 	}

@@ -316,7 +316,16 @@ func TestDestinations(t *testing.T) {
 	sending := f.ev
 	sending.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.30"
 	aiTracker.Started(&forward.Attempt{Destination: "ai", Event: &sending, Number: 1, Seq: 2})
-	srv := statusPage(t, f.ns, false, status.NewTracker(2, defTok), aiTracker)
+	// ai's circuit breaker is open, holding one study; the default's is
+	// closed.
+	aiTracker.WatchBreaker(func() forward.BreakerStatus {
+		return forward.BreakerStatus{Destination: "ai", State: "open", Since: time.Now().Add(-20*time.Minute - 30*time.Second), Held: 1, Failures: 5}
+	})
+	defTracker := status.NewTracker(2, defTok)
+	defTracker.WatchBreaker(func() forward.BreakerStatus {
+		return forward.BreakerStatus{Destination: natsjs.DefaultDestination, State: "closed"}
+	})
+	srv := statusPage(t, f.ns, false, defTracker, aiTracker)
 	page := &fixture{srv: srv, ns: f.ns, store: f.store, ev: f.ev}
 
 	c := page.browser(t)
@@ -329,6 +338,8 @@ func TestDestinations(t *testing.T) {
 		`id="dest-default-queue">3<`, `id="dest-ai-queue">3<`,
 		`id="dest-default-inflight">0<`, `id="dest-ai-inflight">1<`,
 		`id="dest-default-deadletters">2<`, `id="dest-ai-deadletters">1<`,
+		`id="dest-default-breaker"><span class="badge forwarded">closed<`,
+		`id="dest-ai-breaker"><span class="badge dead_lettered" title="the destination is down`, `since 20m ago`, `1 held`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)

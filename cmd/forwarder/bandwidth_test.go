@@ -1,0 +1,67 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+// Two forwarder replicas share STOW_MAX_BYTES_PER_SECOND: each counts the
+// replicas on the status bucket and takes half, so together they send
+// within 10% of the cap (1 MB/s), measured at the proxy over the time
+// request bodies were arriving, not twice it.
+func TestBandwidthCapSharedByReplicas(t *testing.T) {
+	const limit = 1_000_000
+	r := newRig(t)
+	var replicas []*testharness.Program
+	for i, addr := range []string{r.forwarderAddr, testharness.FreeAddr(t)} {
+		env := r.env(map[string]string{"STOW_MAX_BYTES_PER_SECOND": "1MB", "FORWARDER_CONCURRENCY": "2", "FORWARDER_ADDR": addr})
+		replicas = append(replicas, testharness.StartProgram(t, "forwarder-"+string(rune('a'+i)), run, env))
+		testharness.WaitHTTP(t, "http://"+addr+"/healthz", 30*time.Second)
+	}
+	// Each has found the other (the status bucket is written and read
+	// every 5 s).
+	deadline := time.Now().Add(30 * time.Second)
+	for _, p := range replicas {
+		for !hasLogLine(p.Logs.String(), `"msg":"bandwidth share changed"`, `"replicas":2`, `"bytes_per_second":500000`) {
+			if time.Now().After(deadline) {
+				t.Fatal("the replicas did not share the cap")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	// Four studies of 4 × 512 KiB: one for each of the four workers.
+	var ids []string
+	for range 4 {
+		ids = append(ids, r.addStudy(t, 4, 512))
+	}
+	for _, id := range ids {
+		r.publish(t, id)
+	}
+	r.waitDest(t, 16, 2*time.Minute)
+	r.assertIdentical(t)
+
+	bytes, busy := r.proxy.BodyRate()
+	rate := float64(bytes) / busy.Seconds()
+	t.Logf("two replicas: %d bytes of STOW-RS bodies in %s: %.0f B/s, cap %d B/s (%.1f%%)", bytes, busy.Round(time.Millisecond), rate, limit, 100*rate/limit)
+	if rate < 0.9*limit || rate > 1.1*limit {
+		t.Errorf("rate %.0f B/s, want within 10%% of %d", rate, limit)
+	}
+}
+
+// hasLogLine reports whether a line of logs holds all of parts.
+func hasLogLine(logs string, parts ...string) bool {
+	for line := range strings.SplitSeq(logs, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,462 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/internal/dicomweb"
+)
+
+// BreakerState is the state of a destination's circuit breaker.
+type BreakerState int
+
+// The states, in the order of stowline_forwarder_breaker_state's values.
+const (
+	// BreakerClosed: studies flow.
+	BreakerClosed BreakerState = iota
+	// BreakerHalfOpen: the destination answered a probe; one held study
+	// is sent as a trial, the others wait.
+	BreakerHalfOpen
+	// BreakerOpen: the destination is down. Nothing is pulled; studies
+	// that failed for it are held, unsettled, until it closes.
+	BreakerOpen
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerHalfOpen:
+		return "half-open"
+	case BreakerOpen:
+		return "open"
+	}
+	return "closed"
+}
+
+// BreakerStatus is a breaker's state for the status page.
+type BreakerStatus struct {
+	Destination string `json:"destination"`
+	State       string `json:"state"`
+	// Since is when the breaker entered the state; zero while it never
+	// left closed.
+	Since time.Time `json:"since,omitzero"`
+	// Held counts the studies waiting in this process for it to close.
+	Held int `json:"held"`
+	// Failures counts the consecutive destination-down failures.
+	Failures int `json:"failures"`
+}
+
+// Prober asks the destination whether it answers at all: one cheap
+// authenticated request (a QIDO-RS query). An error for which
+// DestinationDown is true keeps the breaker open; anything else,
+// an error status included, means it answers.
+type Prober interface {
+	Probe(ctx context.Context, studyInstanceUID string) error
+}
+
+// DestinationDown reports whether err says the destination is down rather
+// than that it refused a study: no answer (connection refused or reset,
+// dial, TLS or request time-out), a 500, 502, 503 or 504 on a whole
+// request, or a token endpoint that fails the same way. A 4xx, a refusal
+// of some instances, a conflict or a source (Orthanc) error are answers
+// about the study, not about the destination.
+func DestinationDown(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var te *auth.TokenError
+	if errors.As(err, &te) {
+		return Classify(te) == Transient
+	}
+	var he *dicomweb.HTTPError
+	if errors.As(err, &he) {
+		switch he.StatusCode {
+		case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
+		return false
+	}
+	return errors.Is(err, dicomweb.ErrNoAnswer)
+}
+
+// breakerConfig is a breaker's settings.
+type breakerConfig struct {
+	// failures is the number of consecutive destination-down failures
+	// that opens the breaker; 0 turns it off.
+	failures int
+	// interval is the first wait before a probe, doubled after each
+	// failed probe up to maxInterval.
+	interval, maxInterval time.Duration
+}
+
+// breaker is the circuit breaker of one destination in one process. Its
+// failures count whole study attempts (not requests): a success resets
+// them, a destination-down failure adds one, anything else leaves them.
+//
+// Open, it stops the workers' pulls and holds studies that failed for it
+// with their message unsettled (still in progress), so an outage spends
+// no delivery. After the probe interval a prober (QIDO-RS) asks the
+// destination whether it answers; when it does, the breaker is half-open
+// and one held study is sent as a trial: it closes the breaker when it is
+// stored, and the held studies go again at once within their delivery.
+type breaker struct {
+	cfg    breakerConfig
+	prober Prober
+	// onChange is called, under mu, on every change of state.
+	onChange func(from, to BreakerState)
+	now      func() time.Time
+
+	mu       sync.Mutex
+	state    BreakerState
+	since    time.Time
+	failures int
+	// wait is the current probe interval.
+	wait time.Duration
+	// trial is true while a trial study is out (half-open).
+	trial bool
+	// probeStudy is a Study Instance UID of a held study, for the probe.
+	probeStudy string
+	held       int
+	// changed is closed and replaced at every change a waiter cares for.
+	changed chan struct{}
+	// timer runs the next probe while open.
+	timer *time.Timer
+	// stopped: the forwarder stopped; no further probes.
+	stopped bool
+}
+
+func newBreaker(cfg breakerConfig, prober Prober, onChange func(from, to BreakerState)) *breaker {
+	if onChange == nil {
+		onChange = func(BreakerState, BreakerState) {}
+	}
+	return &breaker{cfg: cfg, prober: prober, onChange: onChange, now: time.Now,
+		changed: make(chan struct{}), wait: cfg.interval}
+}
+
+func (b *breaker) enabled() bool { return b != nil && b.cfg.failures > 0 }
+
+// status is the breaker's state now.
+func (b *breaker) status() (BreakerState, time.Time, int, int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state, b.since, b.held, b.failures
+}
+
+// waitClosed returns once the breaker is closed, or ctx ends: a worker
+// calls it before it pulls.
+func (b *breaker) waitClosed(ctx context.Context) error {
+	if !b.enabled() {
+		return nil
+	}
+	for {
+		b.mu.Lock()
+		state, changed := b.state, b.changed
+		b.mu.Unlock()
+		if state == BreakerClosed {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// record counts the outcome of a study attempt (err nil: stored) and
+// reports whether the study is to be held: it failed for a destination
+// that is down, and the breaker is open. trial is true for the attempt
+// that a half-open breaker let through. studyUID names the study for a
+// later probe.
+func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
+	if !b.enabled() || errors.Is(err, context.Canceled) {
+		if trial {
+			b.endTrial()
+		}
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if trial {
+		b.trial = false
+	}
+	down := DestinationDown(err)
+	switch {
+	case err == nil:
+		b.failures = 0
+		b.setState(BreakerClosed)
+		return false
+	case !down:
+		// The destination answered (or the failure was the source's):
+		// a trial that ends so frees the others; the count stays.
+		if trial {
+			b.setState(BreakerClosed)
+		}
+		return false
+	}
+	b.failures++
+	if trial {
+		// The destination answered the probe but failed the study: if
+		// a prober vouched for it, the study may be what fails (a
+		// study that makes the server answer 500): it is settled like
+		// any failure, and spends its delivery.
+		b.open(studyUID)
+		return b.prober == nil
+	}
+	if b.state == BreakerClosed && b.failures >= b.cfg.failures {
+		b.open(studyUID)
+	}
+	if b.state != BreakerClosed && b.probeStudy == "" {
+		b.probeStudy = studyUID
+	}
+	return b.state != BreakerClosed
+}
+
+// endTrial frees the trial slot without an outcome (shutdown).
+func (b *breaker) endTrial() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.trial = false
+	b.broadcast()
+}
+
+// hold waits, for a held study, until the breaker closes (trial false)
+// or lets this study through as the trial of a half-open breaker (trial
+// true), or ctx ends.
+func (b *breaker) hold(ctx context.Context) (trial bool, err error) {
+	b.mu.Lock()
+	b.held++
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.held--
+		b.mu.Unlock()
+	}()
+	for {
+		b.mu.Lock()
+		switch {
+		case b.stopped:
+			b.mu.Unlock()
+			return false, errShutdown
+		case b.state == BreakerClosed:
+			b.mu.Unlock()
+			return false, nil
+		case b.state == BreakerHalfOpen && !b.trial:
+			b.trial = true
+			b.mu.Unlock()
+			return true, nil
+		}
+		changed := b.changed
+		b.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+}
+
+// open moves to open (or stays there, after a failed probe or trial,
+// with a longer interval) and schedules the next probe. Under mu.
+func (b *breaker) open(studyUID string) {
+	if b.state == BreakerClosed {
+		b.wait = b.cfg.interval
+	} else {
+		b.wait = min(2*b.wait, b.cfg.maxInterval)
+	}
+	if studyUID != "" {
+		b.probeStudy = studyUID
+	}
+	b.setState(BreakerOpen)
+	b.schedule()
+}
+
+// schedule runs the next probe after the current interval. Under mu.
+func (b *breaker) schedule() {
+	if b.stopped {
+		return
+	}
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.timer = time.AfterFunc(b.wait, b.probe)
+}
+
+// probe asks the destination whether it answers; without a prober, the
+// trial study is the probe.
+func (b *breaker) probe() {
+	b.mu.Lock()
+	if b.state != BreakerOpen || b.stopped {
+		b.mu.Unlock()
+		return
+	}
+	study := b.probeStudy
+	b.mu.Unlock()
+	var err error
+	if b.prober != nil && study != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		err = b.prober.Probe(ctx, study)
+		cancel()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != BreakerOpen || b.stopped {
+		return
+	}
+	if DestinationDown(err) {
+		b.wait = min(2*b.wait, b.cfg.maxInterval)
+		b.schedule()
+		return
+	}
+	b.setState(BreakerHalfOpen)
+	if b.held == 0 {
+		// Nothing is held to try (they all ended otherwise): let the
+		// workers pull; the next failures open it again.
+		b.setState(BreakerClosed)
+	}
+}
+
+// probeTimeout bounds one probe request.
+const probeTimeout = 30 * time.Second
+
+// errShutdown ends the hold of a study when the forwarder stops: it goes
+// back to the queue at once, for another replica.
+var errShutdown = errors.New("forwarder shutting down")
+
+// stop ends the probes and the holds (the forwarder is stopping).
+func (b *breaker) stop() {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped {
+		return
+	}
+	b.stopped = true
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.broadcast()
+}
+
+// setState changes the state and wakes the waiters. Under mu.
+func (b *breaker) setState(to BreakerState) {
+	if to == b.state {
+		return
+	}
+	from := b.state
+	b.state, b.since = to, b.now().UTC()
+	if to == BreakerClosed {
+		b.probeStudy, b.wait = "", b.cfg.interval
+		if b.timer != nil {
+			b.timer.Stop()
+		}
+	}
+	b.onChange(from, to)
+	b.broadcast()
+}
+
+func (b *breaker) broadcast() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// BreakerOptions configure a destination's circuit breaker.
+type BreakerOptions struct {
+	// Failures is the number of consecutive destination-down study
+	// failures that opens the breaker (0: no breaker). With a delivery
+	// limit, at most MaxDeliveries: a study then cannot run out of
+	// deliveries in an outage before the breaker opens.
+	Failures int
+	// ProbeInterval is the first wait, once open, before the destination
+	// is probed; it doubles after each failed probe up to
+	// MaxProbeInterval (0: ProbeInterval).
+	ProbeInterval, MaxProbeInterval time.Duration
+	// Prober, if set, is the probe (a QIDO-RS query). Without it the
+	// trial study is the probe, and a trial that fails for a down
+	// destination stays held.
+	Prober Prober
+}
+
+func (o *BreakerOptions) check() error {
+	switch {
+	case o.Failures < 0:
+		return errors.New("breaker failures must not be negative")
+	case o.Failures == 0:
+		return nil
+	case o.ProbeInterval <= 0:
+		return errors.New("breaker probe interval must be positive")
+	case o.MaxProbeInterval != 0 && o.MaxProbeInterval < o.ProbeInterval:
+		return errors.New("breaker probe intervals must satisfy interval <= max interval")
+	}
+	return nil
+}
+
+// Breaker returns the state of the destination's circuit breaker.
+func (f *Forwarder) Breaker() BreakerStatus {
+	st := BreakerStatus{Destination: f.opts.DestinationName, State: BreakerClosed.String()}
+	if !f.breaker.enabled() {
+		st.State = "off"
+		return st
+	}
+	state, since, held, failures := f.breaker.status()
+	st.State, st.Since, st.Held, st.Failures = state.String(), since, held, failures
+	return st
+}
+
+// transferGuarded is transferRecovering behind the breaker: a study that
+// failed for a down destination while the breaker is open is held, its
+// message kept in progress, and sent again within the same delivery once
+// the breaker closes (or as its trial). On shutdown the last error is
+// returned and the study goes back to the queue (one delivery).
+func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.Logger) (Report, error) {
+	trial := false
+	for held := 0; ; held++ {
+		rep, err := f.transferRecovering(ctx, a)
+		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID) {
+			if held > 0 && err == nil {
+				log.Info("held study forwarded after the destination came back", "holds", held)
+			}
+			return rep, err
+		}
+		if held == 0 {
+			log.Warn("destination down: the study is held until the circuit breaker closes; no delivery is spent",
+				"err", err, "instances_sent", rep.Instances)
+		}
+		f.m.held.Inc()
+		var herr error
+		trial, herr = f.breaker.hold(ctx)
+		f.m.held.Dec()
+		if herr != nil {
+			return rep, fmt.Errorf("held while the destination was down (%v): %w", err, herr)
+		}
+		if trial {
+			log.Info("circuit breaker half-open: sending this held study as the trial")
+		}
+	}
+}
+
+// breakerChanged counts and logs a change of the breaker's state.
+func (f *Forwarder) breakerChanged(from, to BreakerState) {
+	f.m.breakerState.Set(float64(to))
+	f.m.breakerTransitions.WithLabelValues(to.String()).Inc()
+	switch to {
+	case BreakerOpen:
+		if from == BreakerClosed {
+			f.log.Error("circuit breaker open: the destination is down; studies are held and no more are pulled until a probe finds it back",
+				"after_failures", f.breaker.cfg.failures, "probe_in", f.breaker.wait.String())
+		} else {
+			f.log.Warn("circuit breaker trial failed: open again", "probe_in", f.breaker.wait.String())
+		}
+	case BreakerHalfOpen:
+		f.log.Info("circuit breaker half-open: the destination answers a probe; one held study is tried")
+	case BreakerClosed:
+		f.log.Info("circuit breaker closed: the destination is back; held and queued studies go at full speed")
+	}
+}

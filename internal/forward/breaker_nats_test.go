@@ -1,0 +1,112 @@
+package forward
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// With the destination down (503 to everything, its QIDO-RS probe too),
+// the breaker opens at the first failure and holds the study on its first
+// delivery, for more than FORWARDER_MAX_DELIVERIES' worth of retries and
+// the ack wait; when the
+// destination answers again the study is stored within that delivery. A
+// study held at shutdown goes back to the queue at once, without waiting
+// for the shutdown grace.
+func TestBreakerHoldsWithinOneDelivery(t *testing.T) {
+	ns := testnats.Start(t)
+	src := newMemSource(4)
+	var k sink
+	k.status.Store(http.StatusServiceUnavailable)
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	cons, err := topo.EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dls := &memDeadLetters{}
+	rec := &recordingObserver{}
+	prober, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func() (*Forwarder, context.CancelFunc, chan error) {
+		f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+			o.DeadLetters, o.MaxDeliveries = dls, 2
+			o.Concurrency = 1
+			o.ShutdownGrace = time.Minute // a held study must not wait for it
+			o.Observer = rec
+			o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: prober}
+		})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- f.Run(ctx) }()
+		return f, cancel, done
+	}
+	waitHeld := func(f *Forwarder) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for b := f.Breaker(); b.State != "open" || b.Held != 1; b = f.Breaker() {
+			if time.Now().After(deadline) {
+				t.Fatalf("breaker %+v, want open with 1 study held", b)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	f, cancel, done := start()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(context.Background(), testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(f)
+	// Several ack waits and probe intervals: the progress signal keeps the
+	// message, the probes keep failing.
+	time.Sleep(4 * time.Second)
+	waitHeld(f)
+	k.status.Store(0)
+	info := waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+	if info.Delivered.Consumer != 1 || info.NumRedelivered != 0 {
+		t.Errorf("delivered %d times (%d redelivered), want once", info.Delivered.Consumer, info.NumRedelivered)
+	}
+	if n := len(dls.all()); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+	if b := f.Breaker(); b.State != "closed" || b.Held != 0 || b.Failures != 0 {
+		t.Errorf("breaker after the outage: %+v", b)
+	}
+
+	// Down again, and the forwarder stops while it holds a study.
+	k.status.Store(http.StatusServiceUnavailable)
+	ev := testEvent()
+	ev.OrthancStudyID, ev.StudyInstanceUID = "00000002-4f66fb14-03f4081b-f9341db2-53925988", "1.2.4"
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(f)
+	stopped := time.Now()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still holds the study 10 s after shutdown (grace 1 min)")
+	}
+	t.Logf("stopped %s after shutdown began", time.Since(stopped).Round(time.Millisecond))
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.finished[ResultForwarded] != 1 || rec.finished[ResultInterrupted] != 1 || rec.started != 2 {
+		t.Errorf("%d attempts, finished %v; want the first forwarded, the second returned to the queue", rec.started, rec.finished)
+	}
+	if n := len(dls.all()); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+}

@@ -1,0 +1,261 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+func TestDestinationDown(t *testing.T) {
+	refused := &url.Error{Op: "Post", URL: "http://dest/studies", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}
+	noAnswer := fmt.Errorf("STOW-RS request 1: %w", dicomwebNoAnswer(refused))
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"stored", nil, false},
+		{"connection refused", noAnswer, true},
+		{"503", &dicomweb.HTTPError{StatusCode: 503}, true},
+		{"500", fmt.Errorf("batch 2: %w", &dicomweb.HTTPError{StatusCode: 500}), true},
+		{"502", &dicomweb.HTTPError{StatusCode: 502}, true},
+		{"504", &dicomweb.HTTPError{StatusCode: 504}, true},
+		{"501 answers", &dicomweb.HTTPError{StatusCode: 501}, false},
+		{"429 answers", &dicomweb.HTTPError{StatusCode: 429}, false},
+		{"400", &dicomweb.HTTPError{StatusCode: 400}, false},
+		{"401 after refresh", &dicomweb.HTTPError{StatusCode: 401}, false},
+		{"token endpoint 503", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &auth.TokenError{StatusCode: 503, Err: errors.New("unavailable")}}), true},
+		{"token endpoint unreachable", &auth.TokenError{Err: refused}, true},
+		{"token refused (401)", dicomwebNoAnswer(&auth.TokenError{StatusCode: 401, Err: errors.New("invalid_client")}), false},
+		{"partial", &Error{Class: Partial, Err: errors.New("2 refused")}, false},
+		{"conflict", &Error{Class: Conflict, Err: errors.New("other content")}, false},
+		{"source down", fmt.Errorf("list instances: %w", refused), false},
+		{"source 500", &orthancapi.Error{StatusCode: 500}, false},
+		{"shutdown", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: context.Canceled}), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := DestinationDown(tt.err); got != tt.want {
+				t.Errorf("DestinationDown(%v) = %v, want %v", tt.err, got, tt.want)
+			}
+		})
+	}
+}
+
+// dicomwebNoAnswer is err as the dicomweb client returns a request that
+// got no answer.
+func dicomwebNoAnswer(err error) error { return errors.Join(err, dicomweb.ErrNoAnswer) }
+
+type fakeProber struct {
+	mu    sync.Mutex
+	err   error
+	calls int
+}
+
+func (p *fakeProber) Probe(context.Context, string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls++
+	return p.err
+}
+
+func (p *fakeProber) set(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.err = err
+}
+
+// The breaker opens after the consecutive failures, holds, probes after
+// the interval (backing off while the probe fails), lets one trial
+// through when the probe passes and closes when it is stored.
+func TestBreakerOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		down := &dicomweb.HTTPError{StatusCode: 503}
+		prober := &fakeProber{err: down}
+		var changes []string
+		b := newBreaker(breakerConfig{failures: 3, interval: 10 * time.Second, maxInterval: 30 * time.Second}, prober,
+			func(from, to BreakerState) { changes = append(changes, to.String()) })
+		defer b.stop()
+
+		for i := range 2 {
+			if b.record(down, false, "1.2.3") {
+				t.Fatalf("failure %d held, before the threshold", i+1)
+			}
+		}
+		if b.record(nil, false, "") {
+			t.Fatal("a success held")
+		}
+		// A success reset the count: three more are needed.
+		b.record(down, false, "1.2.3")
+		b.record(&dicomweb.HTTPError{StatusCode: 400}, false, "1.2.4") // an answer: counts nothing
+		b.record(down, false, "1.2.3")
+		if !b.record(down, false, "1.2.5") {
+			t.Fatal("the failure that opened the breaker was not held")
+		}
+		if s, _, _, _ := b.status(); s != BreakerOpen {
+			t.Fatalf("state %v, want open", s)
+		}
+
+		// Workers stop pulling; three studies wait.
+		pulled := make(chan struct{})
+		go func() {
+			_ = b.waitClosed(t.Context())
+			close(pulled)
+		}()
+		type outcome struct{ trial bool }
+		results := make(chan outcome, 3)
+		for range 3 {
+			go func() {
+				trial, err := b.hold(t.Context())
+				if err != nil {
+					t.Error(err)
+				}
+				results <- outcome{trial}
+			}()
+		}
+		// Probes at 10 s, then 20 s and 30 s later (capped), all failing.
+		time.Sleep(10*time.Second + 20*time.Second + 30*time.Second - time.Millisecond)
+		synctest.Wait()
+		if prober.calls != 2 {
+			t.Fatalf("%d probes before 60s, want 2", prober.calls)
+		}
+		select {
+		case <-pulled:
+			t.Fatal("pulled while open")
+		case <-results:
+			t.Fatal("a held study went on while open")
+		default:
+		}
+		prober.set(nil) // the destination is back
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if prober.calls != 3 {
+			t.Fatalf("%d probes at 60s, want 3", prober.calls)
+		}
+		r := <-results
+		if !r.trial {
+			t.Fatal("the first study released was not the trial")
+		}
+		synctest.Wait()
+		if len(results) != 0 {
+			t.Fatal("more than one study went on while half-open")
+		}
+		if b.record(nil, true, "1.2.3") {
+			t.Fatal("a stored trial held")
+		}
+		for range 2 {
+			if r := <-results; r.trial {
+				t.Fatal("a second trial after the breaker closed")
+			}
+		}
+		<-pulled
+		want := []string{"open", "half-open", "closed"}
+		if fmt.Sprint(changes) != fmt.Sprint(want) {
+			t.Errorf("changes %v, want %v", changes, want)
+		}
+	})
+}
+
+// A trial that fails for a down destination re-opens the breaker: held
+// again without a prober; settled (a delivery spent) when a prober said
+// the destination answers, since the study itself may be what fails.
+func TestBreakerTrialFails(t *testing.T) {
+	down := &dicomweb.HTTPError{StatusCode: 500}
+	for _, tt := range []struct {
+		name     string
+		prober   Prober
+		wantHold bool
+	}{
+		{"no prober", nil, true},
+		{"prober vouched", &fakeProber{}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, tt.prober, nil)
+				defer b.stop()
+				if !b.record(down, false, "1.2.3") {
+					t.Fatal("not held")
+				}
+				trial, err := b.hold(t.Context())
+				if err != nil || !trial {
+					t.Fatalf("hold = %v, %v; want the trial", trial, err)
+				}
+				if got := b.record(down, true, "1.2.3"); got != tt.wantHold {
+					t.Errorf("failed trial held = %v, want %v", got, tt.wantHold)
+				}
+				if s, _, _, _ := b.status(); s != BreakerOpen {
+					t.Errorf("state %v after a failed trial, want open", s)
+				}
+			})
+		})
+	}
+}
+
+// A trial that ends with an answer that is no outage (a 4xx, a source
+// error) closes the breaker: the others need not wait for it.
+func TestBreakerTrialAnswered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, nil, nil)
+		defer b.stop()
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3")
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if trial, err := b.hold(ctx); !trial || err != nil {
+			t.Fatalf("hold = %v, %v", trial, err)
+		}
+		if b.record(&dicomweb.HTTPError{StatusCode: 400}, true, "1.2.3") {
+			t.Fatal("a 400 held")
+		}
+		if err := b.waitClosed(ctx); err != nil {
+			t.Fatalf("still not closed: %v", err)
+		}
+	})
+}
+
+// Off, the breaker never holds nor stops a pull.
+func TestBreakerOff(t *testing.T) {
+	var b *breaker
+	if b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "x") {
+		t.Fatal("a nil breaker held")
+	}
+	if err := b.waitClosed(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	off := newBreaker(breakerConfig{}, nil, nil)
+	for range 10 {
+		if off.record(&dicomweb.HTTPError{StatusCode: 503}, false, "x") {
+			t.Fatal("a breaker with failures 0 held")
+		}
+	}
+}
+
+// Shutdown ends the holds at once: the studies go back to the queue.
+func TestBreakerStopEndsHolds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Minute, maxInterval: time.Minute}, nil, nil)
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3")
+		done := make(chan error, 1)
+		go func() {
+			_, err := b.hold(t.Context())
+			done <- err
+		}()
+		synctest.Wait()
+		b.stop()
+		if err := <-done; !errors.Is(err, errShutdown) {
+			t.Fatalf("hold after stop = %v, want errShutdown", err)
+		}
+		if _, err := b.hold(t.Context()); !errors.Is(err, errShutdown) {
+			t.Fatalf("hold of a stopped breaker = %v, want errShutdown", err)
+		}
+	})
+}
