@@ -219,8 +219,11 @@ func TestOutageThenRecovery(t *testing.T) {
 		ids[i] = r.addStudy(t, 4, 16)
 	}
 	r.proxy.SetStatus(http.StatusServiceUnavailable, "down for maintenance")
-	// One request per delivery, as the bound below assumes.
-	r.startForwarder(t, map[string]string{"STOW_PARALLEL_REQUESTS": "1"})
+	// One request per delivery, as the bound below assumes; probes every
+	// 2-5 s, so the drain starts within seconds of the end of the outage
+	// (the defaults, 30 s to 5 min, would make the test wait for them).
+	r.startForwarder(t, map[string]string{"STOW_PARALLEL_REQUESTS": "1",
+		"STOW_BREAKER_PROBE_INTERVAL": "2s", "STOW_BREAKER_MAX_PROBE_INTERVAL": "5s"})
 	for _, id := range ids {
 		r.publish(t, id)
 	}
