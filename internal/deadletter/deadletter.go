@@ -316,10 +316,8 @@ func Reforward(ctx context.Context, js jetstream.JetStream, destination string, 
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for i, it := range found {
 		ev := it.ev
-		subject := natsjs.EventSubject(ev.Source)
-		if destination != "" {
-			subject = natsjs.DestinationSubject(destination, ev.Source)
-		}
+		// Re-forwards run in the low lane: they never delay live studies.
+		subject := natsjs.LaneSubject(events.PriorityLow, destination, ev.Source)
 		if _, err := natsjs.PublishTo(ctx, js, subject, &ev, ev.MsgID()+"/reforward/"+destination+"/"+stamp+"/"+strconv.FormatUint(it.seq, 10)); err != nil {
 			return out[:i], fmt.Errorf("reforward event %d: %w", it.seq, err)
 		}
