@@ -318,6 +318,15 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 				cfg.DeliverPolicy = jetstream.DeliverNewPolicy
 			}
 			c, err := js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
+			if err != nil && !existing[cfg.Durable] {
+				// Another replica starting at the same time made it since
+				// the listing, perhaps with another start: keep that one.
+				if made, merr := listedConsumer(ctx, js, cfg.Durable); merr == nil {
+					info := made.CachedInfo()
+					cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
+					c, err = js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
+				}
+			}
 			if err != nil {
 				return nil, fmt.Errorf("create or update consumer %s on stream %s: %w", cfg.Durable, EventStream, err)
 			}
