@@ -9,7 +9,6 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
-	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/reconcile"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -29,7 +28,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	log := p.log.With("component", "ingest")
 	// The webhook's and the reconciler's events go in the lane of their
 	// priority, or PRIORITY_RULE's.
-	pub, err := newPrioritizer(natsjs.Publisher{JS: p.conn.JS}, r.cfg.Priority.Rule, r.sources, reg, log)
+	pub, err := newPrioritizer(p.conn.JS, r.cfg.Priority.Rule, r.sources, reg, log)
 	if err != nil {
 		return err
 	}
@@ -43,7 +42,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		RateLimit:      r.cfg.RateLimit,
 		RateBurst:      r.cfg.RateBurst,
 		TrustedProxies: r.cfg.TrustedProxies,
-		Publisher:      pub,
+		Publisher:      webhookPublisher{p: pub, ctx: ctx},
 		PublishTimeout: r.cfg.PublishTimeout,
 		Logger:         log,
 		Registerer:     reg,

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/routing"
 )
 
@@ -19,12 +20,13 @@ const priorityRuleTimeout = 5 * time.Second
 
 // prioritizer gives the events that name no priority the one
 // PRIORITY_RULE picks: stat for a study the rule is true for, else
-// routine. It sits in front of the publisher of the webhook and of the
-// reconciler, so whichever announces a study first puts it in its lane
-// (the other's copy is dropped as a duplicate: the dedupe ID does not
-// depend on the lane).
+// routine. It sits in front of the publisher of the reconciler, and of
+// the webhook (afterwards: see webhookPublisher), so whichever announces
+// a study first puts it in its lane (the other's copy is dropped as a
+// duplicate: the dedupe ID does not depend on the lane).
 type prioritizer struct {
 	next    events.Publisher
+	js      jetstream.JetStream
 	rule    routing.Route
 	sources *Sources
 	timeout time.Duration
@@ -34,13 +36,13 @@ type prioritizer struct {
 
 // newPrioritizer wraps next; with no rule it only counts the events by
 // priority.
-func newPrioritizer(next events.Publisher, expr string, sources *Sources, reg prometheus.Registerer, log *slog.Logger) (*prioritizer, error) {
+func newPrioritizer(js jetstream.JetStream, expr string, sources *Sources, reg prometheus.Registerer, log *slog.Logger) (*prioritizer, error) {
 	rule, err := routing.CompileStudyRule(expr)
 	if err != nil {
 		return nil, fmt.Errorf("PRIORITY_RULE: %w", err)
 	}
 	p := &prioritizer{
-		next: next, rule: routing.Route{Study: rule}, sources: sources, timeout: priorityRuleTimeout, log: log,
+		next: natsjs.Publisher{JS: js}, js: js, rule: routing.Route{Study: rule}, sources: sources, timeout: priorityRuleTimeout, log: log,
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_ingest_priority_total",
 			Help: "Events published by the webhook and the reconciler, by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine).",
@@ -102,4 +104,48 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 		return false, err
 	}
 	return len(selected) > 0, nil
+}
+
+// webhookPublisher is the prioritizer as the webhook uses it. The
+// webhook's event comes from Orthanc's Lua callback, and Orthanc answers
+// no REST request while a Lua callback runs (it consults its Lua context
+// for every request): reading the study for PRIORITY_RULE before
+// answering would wait for the callback, which waits for the answer. So
+// an event that names no priority is stored on its source's triage
+// subject, which no lane takes, under a dedupe ID of its own; the
+// webhook answers (202 still means stored), and then the rule reads the
+// study and the event is stored again in its lane under its usual dedupe
+// ID. If that fails (or the ingest stops in between), the reconciler's
+// copy of the event, published through the rule, is not a duplicate and
+// takes its place.
+type webhookPublisher struct {
+	p   *prioritizer
+	ctx context.Context // the ingest's: background work ends with it
+}
+
+// Publish stores ev at once, for triage when the rule must read the study.
+func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	p := w.p
+	if ev.Priority != "" || p.rule.Study.All() {
+		return p.Publish(ctx, ev)
+	}
+	ack, err := natsjs.PublishTo(ctx, p.js, natsjs.TriageSubject(ev.Source), ev, ev.MsgID()+"/triage")
+	if err != nil || ack.Duplicate {
+		// A duplicate was triaged when it was first stored.
+		return ack, err
+	}
+	e := *ev
+	go p.triage(context.WithoutCancel(w.ctx), &e)
+	return ack, nil
+}
+
+// triage stores an event waiting on the triage subject in the lane the
+// rule gives it.
+func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
+	ctx, cancel := context.WithTimeout(ctx, 2*p.timeout)
+	defer cancel()
+	if _, err := p.Publish(ctx, ev); err != nil {
+		p.log.Warn("a study waiting for PRIORITY_RULE could not be queued; the reconciler will queue it",
+			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "err", err)
+	}
 }

@@ -286,7 +286,7 @@ func Reforward(ctx context.Context, js jetstream.JetStream, destination string, 
 		return nil, errors.New("reforward: the end time must be after the start time")
 	}
 	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{natsjs.EventSubjectPrefix + ">"},
+		FilterSubjects: natsjs.LaneSubjectFilters(),
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &since,
 	}

@@ -217,9 +217,6 @@ func New(opts Options) (*Forwarder, error) {
 	if opts.RetryDelay <= 0 || opts.RetryMaxDelay < opts.RetryDelay {
 		errs = append(errs, errors.New("retry delays must satisfy 0 < delay <= max delay"))
 	}
-	if opts.Consumer == nil && len(opts.Lanes) == 0 {
-		errs = append(errs, errors.New("a consumer is required"))
-	}
 	if opts.StatWorkers < 0 {
 		errs = append(errs, errors.New("stat workers must not be negative"))
 	}

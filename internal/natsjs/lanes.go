@@ -21,7 +21,9 @@ import (
 //	low      stowline.study.stable.<source>.low   stowline.dest.<d>.<source>
 //
 // Events for one destination (backfills, replays, re-forwards, the
-// audit's repairs) are low unless they ask for more.
+// audit's repairs) are low unless they ask for more. Webhook events that
+// wait for PRIORITY_RULE are on stowline.study.stable.<source>.triage,
+// which no lane takes (TriageSubject).
 const (
 	// StatConsumerPrefix and LowConsumerPrefix name the stat and low
 	// consumers of a destination: stowline-stat-<destination>. They
@@ -45,6 +47,18 @@ func LaneSubject(lane events.Priority, destination, source string) string {
 		return DestinationSubject(destination, source)
 	}
 	return DestinationSubject(destination, source) + "." + string(lane)
+}
+
+// TriageSubject is where the ingest stores a webhook event that waits for
+// PRIORITY_RULE to pick its lane: no lane takes it (internal/app's
+// webhookPublisher stores it again in its lane).
+func TriageSubject(source string) string { return EventSubject(source) + ".triage" }
+
+// LaneSubjectFilters are the subjects of every lane for every
+// destination: the events the forwarders take, without those waiting for
+// triage.
+func LaneSubjectFilters() []string {
+	return []string{EventSubjectPrefix + "*", EventSubjectPrefix + "*.stat", EventSubjectPrefix + "*.low"}
 }
 
 // LaneConsumerName is the durable consumer of a destination's lane; the

@@ -265,7 +265,7 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // routine consumer stops taking the low and stat subjects, and the new
 // lanes take every such event it had not acked yet, so nothing queued is
 // lost. An event it had acked out of order above its floor is delivered
-// once more, and skipped as already forwarded when the ledger has it.
+// once more, and sent again (the destination answers "already stored").
 func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, destinations []string) (map[string]map[events.Priority]jetstream.Consumer, error) {
 	stream, err := js.Stream(ctx, EventStream)
 	if err != nil {
