@@ -59,6 +59,22 @@ type DestinationQueue struct {
 	Lanes map[events.Priority]LaneQueue
 }
 
+// LaneSummary says how many events wait in each lane, highest first
+// ("stat 1 · routine 3 · low 40"), when any waits outside the routine
+// lane; "" otherwise (the status page then shows the total alone).
+func (d DestinationQueue) LaneSummary() string {
+	if d.Lanes[events.PriorityStat].Pending == 0 && d.Lanes[events.PriorityLow].Pending == 0 {
+		return ""
+	}
+	var parts []string
+	for _, lane := range events.Priorities {
+		if n := d.Lanes[lane].Pending; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", lane, n))
+		}
+	}
+	return strings.Join(parts, " · ")
+}
+
 // LaneQueue is one lane's part of a destination's queue.
 type LaneQueue struct {
 	Pending, AckPending uint64
