@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
@@ -135,14 +136,15 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 		return ack, err
 	}
 	e := *ev
-	go p.triage(context.WithoutCancel(w.ctx), &e)
+	// The ingest's lifetime, the request's trace.
+	go p.triage(trace.ContextWithSpan(w.ctx, trace.SpanFromContext(ctx)), &e)
 	return ack, nil
 }
 
 // triage stores an event waiting on the triage subject in the lane the
 // rule gives it.
 func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
-	ctx, cancel := context.WithTimeout(ctx, 2*p.timeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*p.timeout)
 	defer cancel()
 	if _, err := p.Publish(ctx, ev); err != nil {
 		p.log.Warn("a study waiting for PRIORITY_RULE could not be queued; the reconciler will queue it",
