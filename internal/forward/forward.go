@@ -6,6 +6,7 @@
 // One concern a file:
 //
 //	consume.go   the pull loop, progress signals, shutdown, poison studies
+//	lanes.go     priority lanes: which lane a free worker pulls from, when
 //	policy.go    what a finished attempt means: ack, retry (backoff) or
 //	             dead-letter; pure, tested without NATS
 //	settle.go    carries the decision out on the message and the stores
