@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,12 +13,13 @@ import (
 
 // TestStatOvertakesBackfill: a backfill of older studies runs through a
 // slow link (the destination throttled, one STOW request of two instances
-// at a time); a study PRIORITY_RULE makes stat, then a routine one,
-// arrive and reach the destination while the backfill is still running:
-// the stat study in the stat lane's own worker, the routine one in the
-// worker the low lane leaves free (FORWARDER_CONCURRENCY=2: the low lane
-// takes at most one). Then the link is fast again and the backfill
-// completes.
+// at a time) in one of the two shared workers (the low lane takes at most
+// FORWARDER_CONCURRENCY-1); a large routine study arrives and takes the
+// other one, while the backfill goes on. Every shared worker is busy when
+// a study PRIORITY_RULE makes stat arrives: the stat worker sends it at
+// once, and it is stored before the routine study and the backfill are.
+// Then the link is fast again and everything completes, each instance
+// sent once.
 func TestStatOvertakesBackfill(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
 	s := newSiteWith(t, siteOptions{nats: true})
@@ -27,17 +29,24 @@ func TestStatOvertakesBackfill(t *testing.T) {
 	s.env["STOW_PARALLEL_REQUESTS"] = "1"
 	s.env["PRIORITY_RULE"] = "'MR' in study.modalities"
 	src := s.sources["main"]
+	dest := s.dests[0]
 
-	// The backfill's studies are in Orthanc before stowline runs: with
-	// the reconciler off they have no event until the backfill.
-	var backfillUIDs []string
-	for range 5 {
+	// About 33 kB an instance, 66 kB a request: 2 s a request through
+	// the throttled link, 8 s a study.
+	large := func() []string {
 		files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
 			PatientID: "SITE", PatientName: "Synthetic^Site", InstancesPerSeries: 8, Rows: 128, Columns: 128,
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
+		return files
+	}
+	// The backfill's studies are in Orthanc before stowline runs: with
+	// the reconciler off they have no event until the backfill.
+	var backfillUIDs []string
+	for range 5 {
+		files := large()
 		send(t, src, files...)
 		backfillUIDs = append(backfillUIDs, sopUIDs(t, files...)...)
 	}
@@ -45,38 +54,48 @@ func TestStatOvertakesBackfill(t *testing.T) {
 
 	s.start(t)
 	fwdMetrics := "http://" + s.fwdAddr + "/metrics"
-	// About 33 kB an instance, 66 kB a request: 2 s a request, 8 s a
-	// study, 40 s for the backfill in one worker.
+	inFlight := func(lane string) func() bool {
+		return func() bool {
+			v, ok := testharness.Metric(t, fwdMetrics, `stowline_forwarder_lane_in_flight{lane="`+lane+`"}`)
+			return ok && v == 1
+		}
+	}
 	s.proxy.Throttle(32 << 10)
 	out := s.command(t, app.RunBackfill, "--destination", "default", "--since", "1h", "--from", "source")
 	if !strings.Contains(out, "5 studies queued for default") {
 		t.Fatalf("backfill:\n%s", out)
 	}
-	waitUntil(t, 30*time.Second, "the backfill to be sending", func() bool {
-		v, ok := testharness.Metric(t, fwdMetrics, `stowline_forwarder_lane_in_flight{lane="low"}`)
-		return ok && v == 1
-	})
+	waitUntil(t, 30*time.Second, "the backfill to be sending", inFlight("low"))
+
+	routine := large()
+	send(t, src, routine...)
+	routineUIDs := sopUIDs(t, routine...)
+	waitUntil(t, 30*time.Second, "the routine study to be sending beside the backfill", inFlight("routine"))
 
 	stat := generateSeries(t, "", dicomgen.SeriesSpec{Modality: "MR", Instances: 2})
 	send(t, src, stat...)
 	statUIDs := sopUIDs(t, stat...)
-	routine := generate(t, "", 2)
-	send(t, src, routine...)
-	routineUIDs := sopUIDs(t, routine...)
-	took := s.dests[0].waitHolds(t, append(statUIDs, routineUIDs...), 30*time.Second)
-	t.Logf("the stat and routine studies were stored %s after they were sent, amid the backfill", took.Round(100*time.Millisecond))
+	took := dest.waitHolds(t, statUIDs, 30*time.Second)
+	t.Logf("the stat study was stored %s after it was sent", took.Round(100*time.Millisecond))
 
-	have := s.dests[0].uids(t)
-	backfilled := 0
-	for _, uid := range backfillUIDs {
-		if have[uid] {
-			backfilled++
+	have := dest.uids(t)
+	count := func(uids []string) int {
+		n := 0
+		for _, uid := range uids {
+			if have[uid] {
+				n++
+			}
 		}
+		return n
 	}
-	if backfilled == len(backfillUIDs) {
-		t.Fatal("the backfill was complete before the stat study arrived: nothing to overtake (make the link slower)")
+	t.Logf("then the destination held %d of %d backfill instances and %d of %d of the routine study's",
+		count(backfillUIDs), len(backfillUIDs), count(routineUIDs), len(routineUIDs))
+	if count(backfillUIDs) == len(backfillUIDs) {
+		t.Error("the backfill was complete before the stat study arrived: nothing to overtake (make the link slower)")
 	}
-	t.Logf("%d of %d backfill instances were at the destination then", backfilled, len(backfillUIDs))
+	if count(routineUIDs) == len(routineUIDs) {
+		t.Error("the routine study was complete before the stat study arrived: every shared worker was not busy")
+	}
 	for lane, want := range map[string]float64{"stat": 1, "routine": 1} {
 		if got := metricValue(t, fwdMetrics, `stowline_forwarder_lane_pulls_total{lane="`+lane+`"}`); got != want {
 			t.Errorf("%s lane pulls = %v, want %v", lane, got, want)
@@ -90,7 +109,7 @@ func TestStatOvertakesBackfill(t *testing.T) {
 	}
 
 	s.proxy.Throttle(0)
-	s.dests[0].waitHolds(t, backfillUIDs, time.Minute)
+	dest.waitHolds(t, append(slices.Clone(backfillUIDs), routineUIDs...), time.Minute)
 	s.waitIdle(t, 30*time.Second, "default")
 	sends := s.proxy.Sends()
 	for _, uid := range append(append(backfillUIDs, statUIDs...), routineUIDs...) {
