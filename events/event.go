@@ -36,6 +36,44 @@ type StudyStable struct {
 	StudyInstanceUID string    `json:"studyInstanceUid"`
 	LastUpdate       string    `json:"lastUpdate"`
 	ReceivedAt       time.Time `json:"receivedAt,omitzero"`
+	// Priority picks the lane the forwarders take the study in (stat,
+	// routine or low); empty is routine. It is not part of MsgID: the
+	// same study announced twice with two priorities is stored once.
+	Priority Priority `json:"priority,omitempty"`
+}
+
+// Priority is an event's lane: stat studies are pulled before routine
+// ones, routine before low (backfills, replays); see docs/priority-lanes.md.
+type Priority string
+
+// The priorities, highest first. The empty priority is routine.
+const (
+	PriorityStat    Priority = "stat"
+	PriorityRoutine Priority = "routine"
+	PriorityLow     Priority = "low"
+)
+
+// Priorities lists the priorities, highest first.
+var Priorities = []Priority{PriorityStat, PriorityRoutine, PriorityLow}
+
+// ParsePriority reads a priority as an operator or a script writes it;
+// the empty string is routine.
+func ParsePriority(s string) (Priority, error) {
+	switch p := Priority(s); p {
+	case "":
+		return PriorityRoutine, nil
+	case PriorityStat, PriorityRoutine, PriorityLow:
+		return p, nil
+	}
+	return "", fmt.Errorf("priority %q: want stat, routine or low", s)
+}
+
+// Lane is the priority with the empty one read as routine.
+func (p Priority) Lane() Priority {
+	if p == "" {
+		return PriorityRoutine
+	}
+	return p
 }
 
 // NewStudyStable returns the event of a stable study of source, received
@@ -142,6 +180,9 @@ func (e *StudyStable) Validate() error {
 	}
 	if _, err := time.Parse(lastUpdateLayout, e.LastUpdate); err != nil {
 		return &fieldError{"lastUpdate", "must be an Orthanc timestamp such as 20261126T101500"}
+	}
+	if _, err := ParsePriority(string(e.Priority)); err != nil {
+		return &fieldError{"priority", "must be stat, routine or low (or absent: routine)"}
 	}
 	return nil
 }

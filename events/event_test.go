@@ -1,6 +1,7 @@
 package events
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -49,6 +50,11 @@ func TestValidate(t *testing.T) {
 		{"uid trailing space", func(e *StudyStable) { e.StudyInstanceUID = "1.2.3 " }, "studyInstanceUid"},
 		{"missing last update", func(e *StudyStable) { e.LastUpdate = "" }, "lastUpdate"},
 		{"bad last update", func(e *StudyStable) { e.LastUpdate = "2026-11-26 10:15" }, "lastUpdate"},
+		{"stat", func(e *StudyStable) { e.Priority = PriorityStat }, ""},
+		{"routine", func(e *StudyStable) { e.Priority = PriorityRoutine }, ""},
+		{"low", func(e *StudyStable) { e.Priority = PriorityLow }, ""},
+		{"unknown priority", func(e *StudyStable) { e.Priority = "urgent" }, "priority"},
+		{"priority in capitals", func(e *StudyStable) { e.Priority = "STAT" }, "priority"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -104,5 +110,55 @@ func TestNewStudyStable(t *testing.T) {
 	}
 	if _, err := NewStudyStable("main", id, uid, "yesterday"); err == nil || !strings.Contains(err.Error(), "lastUpdate") {
 		t.Errorf("a bad LastUpdate: err %v, want one naming lastUpdate", err)
+	}
+}
+
+// TestPriorityOnTheWire: an event without a priority (every event written
+// before lanes) decodes as routine, and a routine event is written as it
+// was, so old and new builds read each other's events.
+func TestPriorityOnTheWire(t *testing.T) {
+	old := `{"type":"orthanc.study.stable","version":1,"source":"orthanc-a","orthancStudyId":"27f7126f-4f66fb14-03f4081b-f9341db2-53925988","studyInstanceUid":"1.2.3","lastUpdate":"20261126T101500"}`
+	ev, err := Decode([]byte(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Priority != "" || ev.Priority.Lane() != PriorityRoutine {
+		t.Errorf("priority = %q (lane %q), want empty (routine)", ev.Priority, ev.Priority.Lane())
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "priority") {
+		t.Errorf("a routine event is written with a priority: %s", data)
+	}
+	stat, err := Decode([]byte(strings.Replace(old, `"version":1`, `"version":1,"priority":"stat"`, 1)))
+	if err != nil || stat.Priority != PriorityStat {
+		t.Fatalf("Decode(stat) = %+v, %v", stat, err)
+	}
+	if stat.MsgID() != ev.MsgID() {
+		t.Errorf("MsgID depends on the priority: %q vs %q", stat.MsgID(), ev.MsgID())
+	}
+}
+
+func TestParsePriority(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Priority
+		ok   bool
+	}{
+		{"", PriorityRoutine, true},
+		{"stat", PriorityStat, true},
+		{"routine", PriorityRoutine, true},
+		{"low", PriorityLow, true},
+		{"backfill", "", false},
+		{"Stat", "", false},
+		{" stat", "", false},
+	}
+	for _, tt := range tests {
+		got, err := ParsePriority(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParsePriority(%q) = %q, %v; want %q, ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
 	}
 }

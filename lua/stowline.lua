@@ -6,8 +6,21 @@
 --   "Stowline": {
 --     "IngestUrl":   "http://stowline:8080/webhooks/orthanc",
 --     "IngestToken": "${STOWLINE_INGEST_TOKEN}",
---     "Source":      "orthanc-main"   -- optional, defaults to Orthanc's "Name"
+--     "Source":      "orthanc-main",  -- optional, defaults to Orthanc's "Name"
+--     "Priority":    "low"            -- optional: stat, routine or low for
+--                                     -- every study of this Orthanc
 --   }
+--
+-- A site may pick each study's priority lane itself: define, in another
+-- Lua script of the same Orthanc, a function
+--
+--   function StowlinePriority(studyId, tags, metadata)
+--     if string.find(tags['StudyDescription'] or '', 'STAT') then return 'stat' end
+--     return nil   -- nil or '': Stowline.Priority, else PRIORITY_RULE or routine
+--   end
+--
+-- Without either, the event names no priority and the ingest's
+-- PRIORITY_RULE (or routine) decides (docs/priority-lanes.md).
 --
 -- The script stays tiny on purpose: Orthanc's Lua has no retry and forgets
 -- stability on restart, so stowline also reconciles from Orthanc's /changes
@@ -58,7 +71,28 @@ local function settings()
     url = url,
     token = token,
     source = sourceName(section['Source'], config['Name']),
+    priority = section['Priority'],
   }
+end
+
+-- priority is the study's lane: the site's StowlinePriority hook, else
+-- Stowline.Priority, else none (the ingest decides). A failing hook
+-- leaves the choice to the ingest. Unknown values are left to the
+-- ingest, which refuses them (400) and logs why.
+local function priority(s, studyId, tags, metadata)
+  if type(StowlinePriority) == 'function' then
+    local ok, p = pcall(StowlinePriority, studyId, tags, metadata)
+    if ok and p ~= nil and p ~= '' then
+      return tostring(p)
+    end
+    if not ok then
+      print('stowline: StowlinePriority failed for study ' .. studyId .. ': ' .. tostring(p))
+    end
+  end
+  if s.priority ~= nil and s.priority ~= '' then
+    return tostring(s.priority)
+  end
+  return nil
 end
 
 local function postStableStudy(studyId, tags, metadata)
@@ -71,7 +105,12 @@ local function postStableStudy(studyId, tags, metadata)
     ',"source":' .. jsonString(s.source) ..
     ',"orthancStudyId":' .. jsonString(studyId) ..
     ',"studyInstanceUid":' .. jsonString(tags['StudyInstanceUID'] or '') ..
-    ',"lastUpdate":' .. jsonString(metadata['LastUpdate'] or '') .. '}'
+    ',"lastUpdate":' .. jsonString(metadata['LastUpdate'] or '')
+  local p = priority(s, studyId, tags, metadata)
+  if p ~= nil then
+    event = event .. ',"priority":' .. jsonString(p)
+  end
+  event = event .. '}'
   -- SetHttpTimeout is missing from some Orthanc builds (1.10.1 on Debian
   -- bookworm; 1.12.7 on trixie has it).
   if SetHttpTimeout ~= nil then

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -240,4 +241,64 @@ func equalEvent(got, want map[string]any) bool {
 		}
 	}
 	return true
+}
+
+// A site picks the priority lane in Lua: its StowlinePriority hook, in a
+// script of its own, decides for the studies it names; the others get
+// Stowline.Priority. Without either the event names no priority (checked
+// above: the event is exactly the one without the field).
+func TestScriptPriority(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script, err := filepath.Abs("stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	erStudy := dicomgen.NewUID()
+	hook := filepath.Join(t.TempDir(), "site.lua")
+	if err := os.WriteFile(hook, []byte(`
+function StowlinePriority(studyId, tags, metadata)
+  if tags['StudyInstanceUID'] == '`+erStudy+`' then return 'stat' end
+  return nil
+end
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		in := startIngest(t)
+		o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+			Name:       "lua-priority",
+			Release:    rel,
+			LuaScripts: []string{script, hook},
+			StableAge:  1,
+			Extra: map[string]any{"Stowline": map[string]any{
+				"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
+				"IngestToken": "${STOWLINE_TEST_TOKEN}",
+				"Priority":    "low",
+			}},
+			Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+		})
+		addStudyOf(t, o, erStudy)
+		if p := waitPost(t, in, 1); p.Event["priority"] != "stat" {
+			t.Errorf("the hook's study: event %v, want priority stat", p.Event)
+		}
+		addStudyOf(t, o, "")
+		if p := waitPost(t, in, 2); p.Event["priority"] != "low" {
+			t.Errorf("another study: event %v, want Stowline.Priority low", p.Event)
+		}
+	})
+}
+
+// addStudyOf stores a small study of that StudyInstanceUID (a new one
+// when empty).
+func addStudyOf(t *testing.T, o *testharness.Orthanc, uid string) {
+	t.Helper()
+	files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+		StudyInstanceUID: uid, PatientID: "LUA", PatientName: "Synthetic^Lua", Series: 1, InstancesPerSeries: 1, Rows: 8, Columns: 8,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := o.StoreSCU(t, files...); len(res.Failed) > 0 {
+		t.Fatalf("storescu: %v", res.Failed)
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/faultproxy"
@@ -565,19 +566,22 @@ func (s *site) waitIdle(t *testing.T, timeout time.Duration, destinations ...str
 	}
 }
 
-// consumerBusy says what the destination's consumer still has to do, ""
-// when nothing.
+// consumerBusy says what the destination's consumers (one per lane)
+// still have to do, "" when nothing.
 func (s *site) consumerBusy(ctx context.Context, destination string) string {
-	c, err := s.js.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName(destination))
-	if err != nil {
-		return fmt.Sprintf("consumer of %s: %v", destination, err)
-	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return fmt.Sprintf("consumer of %s: %v", destination, err)
-	}
-	if info.NumPending != 0 || info.NumAckPending != 0 {
-		return fmt.Sprintf("consumer of %s: %d pending, %d unacknowledged", destination, info.NumPending, info.NumAckPending)
+	for _, lane := range events.Priorities {
+		name := natsjs.LaneConsumerName(destination, lane)
+		c, err := s.js.Consumer(ctx, natsjs.EventStream, name)
+		if err != nil {
+			return fmt.Sprintf("consumer %s: %v", name, err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return fmt.Sprintf("consumer %s: %v", name, err)
+		}
+		if info.NumPending != 0 || info.NumAckPending != 0 {
+			return fmt.Sprintf("consumer %s: %d pending, %d unacknowledged", name, info.NumPending, info.NumAckPending)
+		}
 	}
 	return ""
 }

@@ -15,7 +15,7 @@ import (
 )
 
 // backfillUsage heads `forwarder backfill -h`.
-const backfillUsage = `Usage: forwarder backfill --destination NAME --since T [--until T] [--from stream|source] [--dry-run]
+const backfillUsage = `Usage: forwarder backfill --destination NAME --since T [--until T] [--from stream|source] [--priority P] [--dry-run]
 
 Queues older studies for one destination only, for example a destination
 added to a running deployment (which starts with the studies that arrive
@@ -23,7 +23,9 @@ after it). --from stream (the default) takes the events the event stream
 received in the window (it keeps EVENTS_RETENTION); --from source takes
 the stable studies of each Orthanc source whose last update is in the
 window, however old. T is 2026-11-01, 2026-11-01T08:00Z or a duration back
-from now (72h). The other destinations get nothing. Logs go to stderr.
+from now (72h). The other destinations get nothing. The studies go in the
+low lane, after live studies (--priority routine or stat to change it;
+docs/priority-lanes.md). Logs go to stderr.
 
 `
 
@@ -38,6 +40,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	since := fs.String("since", "", "start of the window (required)")
 	until := fs.String("until", "", "end of the window (default now)")
 	from := fs.String("from", "stream", "stream (the events received in the window) or source (the studies in Orthanc)")
+	priority := fs.String("priority", string(events.PriorityLow), "the lane: low, routine or stat")
 	dryRun := fs.Bool("dry-run", false, "only list what would be queued")
 	var cfg config.Audit
 	if done, err := parseCommand(fs, backfillUsage, args, getenv, stderr, &cfg); done || err != nil {
@@ -59,6 +62,10 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 			return &usageError{fmt.Errorf("%s: --until must be after --since", program)}
 		}
 	}
+	lane, err := events.ParsePriority(*priority)
+	if err != nil {
+		return &usageError{fmt.Errorf("%s: --priority: %w", program, err)}
+	}
 	if *from != "stream" && *from != "source" {
 		return &usageError{fmt.Errorf("%s: --from %q: want stream or source", program, *from)}
 	}
@@ -73,9 +80,9 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	}
 	var evs []events.StudyStable
 	if *from == "stream" {
-		evs, err = deadletter.Reforward(ctx, conn.JS, *destination, start, end, *dryRun)
+		evs, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane, start, end, *dryRun)
 	} else {
-		evs, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, start, end, *dryRun)
+		evs, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane, start, end, *dryRun)
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE")
@@ -94,7 +101,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 // backfillFromSources queues for destination the stable studies of every
 // source whose LastUpdate falls in [start, end) (end zero: up to now).
 // Orthanc writes LastUpdate in its own clock's zone, read here as UTC.
-func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, start, end time.Time, dryRun bool) ([]events.StudyStable, error) {
+func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool) ([]events.StudyStable, error) {
 	sources, err := NewSources(oc)
 	if err != nil {
 		return nil, err
@@ -128,7 +135,7 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 					return out, fmt.Errorf("source %s: study %s: %w", name, st.ID, err)
 				}
 				if !dryRun {
-					subject := natsjs.DestinationSubject(destination, name)
+					subject := natsjs.LaneSubject(lane, destination, name)
 					if _, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, ev.MsgID()+"/backfill/"+destination); err != nil {
 						return out, err
 					}

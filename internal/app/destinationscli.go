@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/natsjs"
 )
@@ -91,7 +93,17 @@ func runDestinations(ctx context.Context, js jetstream.JetStream, args []string,
 		}
 		return fmt.Errorf("delete consumer %s of destination %s: %w", consumer, name, err)
 	}
-	fmt.Fprintf(stdout, "destination %s removed: consumer %s deleted\n", name, consumer)
+	deleted := []string{consumer}
+	// Its stat and low lanes (none for a destination made before lanes).
+	for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow} {
+		c := natsjs.LaneConsumerName(name, lane)
+		if err := js.DeleteConsumer(ctx, natsjs.EventStream, c); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("delete consumer %s of destination %s: %w", c, name, err)
+		} else if err == nil {
+			deleted = append(deleted, c)
+		}
+	}
+	fmt.Fprintf(stdout, "destination %s removed: consumers %s deleted\n", name, strings.Join(deleted, ", "))
 	return nil
 }
 
@@ -103,19 +115,24 @@ func listDestinations(ctx context.Context, js jetstream.JetStream, stdout io.Wri
 	var infos []*jetstream.ConsumerInfo
 	list := stream.ListConsumers(ctx)
 	for info := range list.Info() {
-		if _, ok := natsjs.DestinationOfConsumer(info.Name); ok {
+		if _, _, ok := natsjs.LaneOfConsumer(info.Name); ok {
 			infos = append(infos, info)
 		}
 	}
 	if err := list.Err(); err != nil {
 		return fmt.Errorf("list the consumers of stream %s: %w", natsjs.EventStream, err)
 	}
-	slices.SortFunc(infos, func(a, b *jetstream.ConsumerInfo) int { return strings.Compare(a.Name, b.Name) })
+	// By destination, then lane from stat to low.
+	key := func(info *jetstream.ConsumerInfo) string {
+		d, lane, _ := natsjs.LaneOfConsumer(info.Name)
+		return d + "\x00" + strconv.Itoa(slices.Index(events.Priorities, lane))
+	}
+	slices.SortFunc(infos, func(a, b *jetstream.ConsumerInfo) int { return strings.Compare(key(a), key(b)) })
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "DESTINATION\tCONSUMER\tPENDING\tIN FLIGHT\tLAST DELIVERED")
+	fmt.Fprintln(w, "DESTINATION\tLANE\tCONSUMER\tPENDING\tIN FLIGHT\tLAST DELIVERED")
 	for _, info := range infos {
-		d, _ := natsjs.DestinationOfConsumer(info.Name)
-		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\n", d, info.Name, info.NumPending, info.NumAckPending, info.Delivered.Stream)
+		d, lane, _ := natsjs.LaneOfConsumer(info.Name)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\n", d, lane, info.Name, info.NumPending, info.NumAckPending, info.Delivered.Stream)
 	}
 	return w.Flush()
 }

@@ -32,7 +32,7 @@ func TestDestinationsCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"DESTINATION", natsjs.ConsumerName("ai"), natsjs.ForwarderConsumer} {
+	for _, want := range []string{"DESTINATION", natsjs.ConsumerName("ai"), natsjs.ForwarderConsumer, "stowline-stat-ai", "stowline-low-default"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("list does not show %q:\n%s", want, out)
 		}
@@ -65,8 +65,10 @@ func TestDestinationsCommand(t *testing.T) {
 	if out, err := run("remove", "ai", "--yes"); err != nil || !strings.Contains(out, "removed") {
 		t.Fatalf("remove ai: %q, %v", out, err)
 	}
-	if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName("ai")); !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		t.Errorf("ai's consumer after remove: %v, want not found", err)
+	for _, c := range []string{natsjs.ConsumerName("ai"), natsjs.StatConsumerPrefix + "ai", natsjs.LowConsumerPrefix + "ai"} {
+		if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, c); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Errorf("ai's consumer %s after remove: %v, want not found", c, err)
+		}
 	}
 	if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, natsjs.ForwarderConsumer); err != nil {
 		t.Errorf("the default destination's consumer went too: %v", err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/bandwidth"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
@@ -50,7 +51,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
-	consumers, err := p.topo.EnsureConsumers(pctx, p.conn.JS, names)
+	lanes, err := p.topo.EnsureLanes(pctx, p.conn.JS, names)
 	if err != nil {
 		return err
 	}
@@ -93,7 +94,13 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		if err != nil {
 			return err
 		}
-		o.Consumer = consumers[d.Name]
+		for _, prio := range events.Priorities {
+			o.Lanes = append(o.Lanes, forward.Lane{Priority: prio, Consumer: lanes[d.Name][prio]})
+		}
+		o.StatWorkers = fc.StatWorkers
+		if len(fc.Windows) > 0 {
+			o.Windows = laneWindows(fc.Windows)
+		}
 		if len(d.StowTransferSyntaxes) > 0 {
 			log.Info("instances in other transfer syntaxes are converted by Orthanc", "destination", d.Name, "transfer_syntaxes", []string(d.StowTransferSyntaxes))
 		}
@@ -113,7 +120,10 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		opts = append(opts, o)
 		tokens = append(tokens, tw)
 	}
-	tracker, err := p.status.track(ctx, g, p.topo, fc.Concurrency*len(served), tokens, log)
+	if len(fc.Windows) > 0 {
+		log.Info("lanes are pulled only in their hours (FORWARD_WINDOWS), in the process's local time", "windows", fc.Windows.String(), "zone", time.Now().Format("MST -07:00"))
+	}
+	tracker, err := p.status.track(ctx, g, p.topo, (fc.Concurrency+fc.StatWorkers)*len(served), tokens, log)
 	if err != nil {
 		return err
 	}
@@ -309,15 +319,17 @@ func watchMaxDeliver(ctx context.Context, p *process, destination string, reg pr
 	if err := reg.Register(reached); err != nil {
 		return err
 	}
-	stop, err := natsjs.WatchMaxDeliver(p.conn.NC, natsjs.ConsumerName(destination), func(a natsjs.MaxDeliverReached) {
-		reached.Inc()
-		log.Error("JetStream stopped delivering an event after the consumer's MaxDeliver, without a dead letter: run `forwarder audit --enqueue` to queue its study again",
-			"destination", destination, "stream_seq", a.StreamSeq, "deliveries", a.Deliveries)
-	})
-	if err != nil {
-		return err
+	for _, lane := range events.Priorities {
+		stop, err := natsjs.WatchMaxDeliver(p.conn.NC, natsjs.LaneConsumerName(destination, lane), func(a natsjs.MaxDeliverReached) {
+			reached.Inc()
+			log.Error("JetStream stopped delivering an event after the consumer's MaxDeliver, without a dead letter: run `forwarder audit --enqueue` to queue its study again",
+				"destination", destination, "lane", lane, "stream_seq", a.StreamSeq, "deliveries", a.Deliveries)
+		})
+		if err != nil {
+			return err
+		}
+		context.AfterFunc(ctx, stop)
 	}
-	context.AfterFunc(ctx, stop)
 	return nil
 }
 
@@ -370,4 +382,11 @@ func replicasServing(snaps []status.Snapshot, destination, self string) int {
 		}
 	}
 	return n
+}
+
+// laneWindows is FORWARD_WINDOWS as the forwarders ask it.
+type laneWindows config.ForwardWindows
+
+func (w laneWindows) Open(lane events.Priority, now time.Time) bool {
+	return config.ForwardWindows(w).Open(string(lane), now)
 }

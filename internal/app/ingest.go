@@ -7,8 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
-	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/reconcile"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -18,13 +18,23 @@ import (
 type ingestRole struct {
 	cfg       *config.Ingest
 	reconcile *config.Reconcile
-	// sources are the Orthancs the reconciler reads; nil when it is off.
+	// sources are the Orthancs the reconciler and PRIORITY_RULE read; nil
+	// when neither is on.
 	sources *Sources
 }
 
 func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) error {
 	reg := newRegistry()
 	log := p.log.With("component", "ingest")
+	// The webhook's and the reconciler's events go in the lane of their
+	// priority, or PRIORITY_RULE's.
+	pub, err := newPrioritizer(p.conn.JS, r.cfg.Priority.Rule, r.sources, reg, log)
+	if err != nil {
+		return err
+	}
+	if r.cfg.Priority.Rule != "" {
+		log.Info("PRIORITY_RULE: studies it is true for go in the stat lane")
+	}
 	h, err := web.NewWebhook(web.WebhookOptions{
 		Tokens:         []string{r.cfg.Token},
 		HMACSecret:     r.cfg.HMACSecret,
@@ -32,7 +42,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		RateLimit:      r.cfg.RateLimit,
 		RateBurst:      r.cfg.RateBurst,
 		TrustedProxies: r.cfg.TrustedProxies,
-		Publisher:      natsjs.Publisher{JS: p.conn.JS},
+		Publisher:      webhookPublisher{p: pub, ctx: ctx},
 		PublishTimeout: r.cfg.PublishTimeout,
 		Logger:         log,
 		Registerer:     reg,
@@ -42,7 +52,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		return err
 	}
 	checks := map[string]web.Check{"jetstream": p.conn.Ready}
-	if err := r.startReconciler(ctx, g, p, reg, checks); err != nil {
+	if err := r.startReconciler(ctx, g, p, pub, reg, checks); err != nil {
 		return err
 	}
 	router := newRouter()
@@ -57,7 +67,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 // startReconciler runs the change-log reconciler of every Orthanc source
 // (unless RECONCILE_ENABLED is false) and adds a readiness check per
 // source to checks.
-func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *process, reg prometheus.Registerer, checks map[string]web.Check) error {
+func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *process, pub events.Publisher, reg prometheus.Registerer, checks map[string]web.Check) error {
 	log := p.log.With("component", "reconciler")
 	if !r.reconcile.Enabled {
 		log.Warn("reconciler disabled (RECONCILE_ENABLED=false): a lost webhook event goes unnoticed until `forwarder audit` runs")
@@ -76,7 +86,7 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 	rec, err := reconcile.New(reconcile.Options{
 		Sources:        rs,
 		KV:             kv,
-		Publisher:      natsjs.Publisher{JS: p.conn.JS},
+		Publisher:      pub,
 		PollInterval:   r.reconcile.PollInterval,
 		LeaseTTL:       r.reconcile.LeaseTTL,
 		PublishTimeout: r.cfg.PublishTimeout,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/natsjs"
@@ -28,10 +29,11 @@ Commands:
   show     SEQ [--json]                show one dead letter
   run      filters|--all [--dry-run]   put dead-lettered studies back in the queue
   purge    filters|--all [--dry-run]   delete dead letters for good
-  reforward --since T [--until T] [--destination NAME] [--dry-run]
+  reforward --since T [--until T] [--destination NAME] [--priority P] [--dry-run]
                                        queue again every event received in a window
                                        (for a destination that lost data), for one
-                                       destination or all
+                                       destination or all, in the low lane (--priority
+                                       routine or stat to go first)
 
 A dead letter goes back to the destination it failed at only.
 
@@ -222,9 +224,14 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 	since := fs.String("since", "", "start of the window")
 	until := fs.String("until", "", "end of the window (default now)")
 	destination := fs.String("destination", "", "the one destination to queue them for (default all)")
+	priority := fs.String("priority", string(events.PriorityLow), "the lane: low, routine or stat")
 	dryRun := fs.Bool("dry-run", false, "only say what would be done")
 	if err := parseReplayFlags(fs, args); err != nil {
 		return err
+	}
+	lane, err := events.ParsePriority(*priority)
+	if err != nil {
+		return usagef("reforward: --priority: %w", err)
 	}
 	if *destination != "" {
 		if err := requireDestination(ctx, c.JS, *destination); err != nil {
@@ -247,7 +254,7 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 			return usagef("reforward: --until must be after --since")
 		}
 	}
-	evs, err := deadletter.Reforward(ctx, c.JS, *destination, from, to, *dryRun)
+	evs, err := deadletter.ReforwardIn(ctx, c.JS, *destination, lane, from, to, *dryRun)
 	verb := "queued again"
 	if *dryRun {
 		verb = "would be queued again"

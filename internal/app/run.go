@@ -15,7 +15,7 @@ import (
 // RunIngest runs the webhook service until ctx ends.
 func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) error {
 	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile}
-	if c.Reconcile.Enabled {
+	if c.Reconcile.Enabled || c.Ingest.Priority.Rule != "" {
 		var err error
 		if in.sources, err = NewSources(&c.Orthanc); err != nil {
 			return err
@@ -60,7 +60,7 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 		return err
 	}
 	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile}
-	if c.Reconcile.Enabled {
+	if c.Reconcile.Enabled || c.Ingest.Priority.Rule != "" {
 		in.sources = sources
 	}
 	tp, stopTracing, err := startTracing(ctx, "stowline", log)

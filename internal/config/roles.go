@@ -76,6 +76,8 @@ type Ingest struct {
 	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503"`
 	// WebhookSecurity: HMAC signatures and rate limit (webhook.go).
 	WebhookSecurity
+	// Priority: PRIORITY_RULE (lanes.go).
+	Priority
 }
 
 // Validate names the variable that is out of range.
@@ -116,6 +118,8 @@ type Forwarder struct {
 	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently"`
 	DeleteFromSource    bool          `env:"FORWARDER_DELETE_FROM_SOURCE" envDefault:"false" desc:"buffer mode: once a study is stored at the destination and acked, delete the instances that were forwarded from the source Orthanc (not when the study changed since its event); needs an Orthanc user allowed to delete"`
 	DeadLetterRetention time.Duration `env:"DEADLETTER_RETENTION" envDefault:"720h" desc:"how long dead-lettered studies are kept for replay"`
+	// Lanes: stat workers and FORWARD_WINDOWS (lanes.go).
+	Lanes
 }
 
 // Validate names the variable that is out of range.
@@ -142,6 +146,9 @@ func (f *Forwarder) Validate() error {
 	}
 	if f.DeadLetterRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("DEADLETTER_RETENTION=%s: want at least 1h", f.DeadLetterRetention))
+	}
+	if err := f.Lanes.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -21,13 +21,17 @@ func (c *IngestService) Validate() error {
 		c.reconcileValidate(), c.Admin.Validate(), c.ListenTLS.Validate())
 }
 
-// reconcileValidate checks the reconciler and, when it runs, the sources
-// it reads.
+// reconcileValidate checks the reconciler and, when it runs or
+// PRIORITY_RULE reads studies, the sources.
 func (c *IngestService) reconcileValidate() error {
-	if !c.Reconcile.Enabled {
-		return nil
+	var errs []error
+	if c.Reconcile.Enabled {
+		errs = append(errs, c.Reconcile.Validate())
 	}
-	return errors.Join(c.Reconcile.Validate(), c.Orthanc.Validate())
+	if c.Reconcile.Enabled || c.Ingest.Priority.Rule != "" {
+		errs = append(errs, c.Orthanc.Validate())
+	}
+	return errors.Join(errs...)
 }
 
 // requireExternalNATS refuses an embedded server for the separate

@@ -277,8 +277,14 @@ func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool) ([]Entry, erro
 // Reforward re-queues every event the main stream received in
 // [since, until) (until zero: up to now), for a destination that lost
 // data, or one added since (a backfill): for the destination named, or
-// for every destination when it is empty. Each gets a fresh dedupe ID.
+// for every destination when it is empty, in the low lane. Each gets a
+// fresh dedupe ID.
 func Reforward(ctx context.Context, js jetstream.JetStream, destination string, since, until time.Time, dryRun bool) ([]events.StudyStable, error) {
+	return ReforwardIn(ctx, js, destination, events.PriorityLow, since, until, dryRun)
+}
+
+// ReforwardIn is Reforward in the given lane (an operator's --priority).
+func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string, lane events.Priority, since, until time.Time, dryRun bool) ([]events.StudyStable, error) {
 	if since.IsZero() {
 		return nil, errors.New("reforward: a start time is required")
 	}
@@ -286,7 +292,7 @@ func Reforward(ctx context.Context, js jetstream.JetStream, destination string, 
 		return nil, errors.New("reforward: the end time must be after the start time")
 	}
 	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{natsjs.EventSubjectPrefix + ">"},
+		FilterSubjects: natsjs.LaneSubjectFilters(),
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &since,
 	}
@@ -316,10 +322,9 @@ func Reforward(ctx context.Context, js jetstream.JetStream, destination string, 
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for i, it := range found {
 		ev := it.ev
-		subject := natsjs.EventSubject(ev.Source)
-		if destination != "" {
-			subject = natsjs.DestinationSubject(destination, ev.Source)
-		}
+		// Re-forwards run in the low lane by default: they never delay
+		// live studies.
+		subject := natsjs.LaneSubject(lane, destination, ev.Source)
 		if _, err := natsjs.PublishTo(ctx, js, subject, &ev, ev.MsgID()+"/reforward/"+destination+"/"+stamp+"/"+strconv.FormatUint(it.seq, 10)); err != nil {
 			return out[:i], fmt.Errorf("reforward event %d: %w", it.seq, err)
 		}

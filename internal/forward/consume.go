@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
@@ -21,7 +20,7 @@ import (
 // lets in-flight studies finish for up to ShutdownGrace, and returns the
 // rest to the queue (NAK) so another replica takes them at once.
 func (f *Forwarder) Run(ctx context.Context) error {
-	if f.opts.Consumer == nil {
+	if f.opts.Consumer == nil && len(f.opts.Lanes) == 0 {
 		return errors.New("forward: no consumer")
 	}
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -39,36 +38,35 @@ func (f *Forwarder) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	for range f.opts.Concurrency {
-		wg.Go(func() { f.worker(ctx, workCtx) })
+		wg.Go(func() { f.worker(ctx, workCtx, false) })
+	}
+	// Stat workers take nothing but stat studies: one is free for a stat
+	// study however long the backfill the others are sending.
+	if f.plan.has(events.PriorityStat) {
+		for range f.opts.StatWorkers {
+			wg.Go(func() { f.worker(ctx, workCtx, true) })
+		}
 	}
 	wg.Wait()
 	return nil
 }
 
 // worker pulls one event at a time, only when it is free, so no event waits
-// in a client-side buffer while its ack wait runs out.
-func (f *Forwarder) worker(ctx, workCtx context.Context) {
+// in a client-side buffer while its ack wait runs out; next decides from
+// which lane.
+func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 	for ctx.Err() == nil {
 		// An open circuit breaker stops the pulls: the destination is
 		// down, and an event pulled now would only wait.
 		if f.breaker.waitClosed(ctx) != nil {
 			continue
 		}
-		// Short pulls: a pull request outlives its cancelled context on
-		// the server until it expires, and a message handed to it then
-		// waits for the ack wait; 5 s bounds that at shutdown.
-		pullCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		msg, err := f.opts.Consumer.Next(jetstream.FetchContext(pullCtx))
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
-				continue
-			}
-			f.log.Warn("pull from JetStream failed; retrying", "err", err)
-			sleep(ctx, time.Second)
+		msg, _, done := f.next(ctx, statOnly)
+		if msg == nil {
 			continue
 		}
 		f.handle(workCtx, msg)
+		done()
 	}
 }
 

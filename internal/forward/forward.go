@@ -6,6 +6,7 @@
 // One concern a file:
 //
 //	consume.go   the pull loop, progress signals, shutdown, poison studies
+//	lanes.go     priority lanes: which lane a free worker pulls from, when
 //	policy.go    what a finished attempt means: ack, retry (backoff) or
 //	             dead-letter; pure, tested without NATS
 //	settle.go    carries the decision out on the message and the stores
@@ -79,8 +80,19 @@ type Options struct {
 	// letters and the failure log.
 	DestinationName string
 	// Consumer is the destination's durable consumer, shared by all
-	// replicas that serve it.
+	// replicas that serve it; Lanes replace it with one per priority.
 	Consumer jetstream.Consumer
+	// Lanes, if set, are the destination's consumers by priority, highest
+	// first (lanes.go): a free worker pulls from the highest that holds
+	// an event, and the low lane takes at most Concurrency-1 workers.
+	Lanes []Lane
+	// StatWorkers are workers, beyond Concurrency, that pull only the
+	// stat lane, so a stat study never waits for a worker.
+	StatWorkers int
+	// Windows, if set, closes lanes outside their hours; Now is its clock
+	// (time.Now when nil).
+	Windows Windows
+	Now     func() time.Time
 	// SourceFor returns the Orthanc that an event's source names.
 	SourceFor   func(source string) (Source, error)
 	Destination Destination
@@ -180,6 +192,7 @@ type Forwarder struct {
 	tracer trace.Tracer
 	log    *slog.Logger
 	m      *metrics
+	plan   *lanePlan
 	// syntaxHint logs once that the destination needs a transfer syntax
 	// list.
 	syntaxHint sync.Once
@@ -210,6 +223,9 @@ func New(opts Options) (*Forwarder, error) {
 	}
 	if opts.RetryDelay <= 0 || opts.RetryMaxDelay < opts.RetryDelay {
 		errs = append(errs, errors.New("retry delays must satisfy 0 < delay <= max delay"))
+	}
+	if opts.StatWorkers < 0 {
+		errs = append(errs, errors.New("stat workers must not be negative"))
 	}
 	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 {
 		errs = append(errs, errors.New("max deliveries and instance retries must not be negative"))
@@ -252,7 +268,7 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
-	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m}
+	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts)}
 	if b := opts.Breaker; b.Failures > 0 {
 		failures := b.Failures
 		if p.canDeadLetter && p.maxDeliveries > 0 && uint64(failures) > p.maxDeliveries {

@@ -37,6 +37,10 @@ type metrics struct {
 	breakerState       prometheus.Gauge
 	breakerTransitions *prometheus.CounterVec
 	held               prometheus.Gauge
+	// lanePulls and laneBusy: events pulled and studies in flight by
+	// priority lane (lanes.go).
+	lanePulls *prometheus.CounterVec
+	laneBusy  *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error) {
@@ -160,10 +164,11 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed} {
 		m.studies.WithLabelValues(string(r))
 	}
+	m.lanePulls, m.laneBusy = laneMetrics(labels)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.lanePulls, m.laneBusy} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -331,8 +332,10 @@ func TestTopologyEnsureIsIdempotent(t *testing.T) {
 		for name := range names.Name() {
 			got = append(got, name)
 		}
-		if len(got) != 1 || got[0] != natsjs.ForwarderConsumer {
-			t.Errorf("consumers = %v, want only %s", got, natsjs.ForwarderConsumer)
+		slices.Sort(got)
+		want := []string{natsjs.ForwarderConsumer, natsjs.LowConsumerPrefix + natsjs.DefaultDestination, natsjs.StatConsumerPrefix + natsjs.DefaultDestination}
+		if !slices.Equal(got, want) {
+			t.Errorf("consumers = %v, want only %v (one per lane)", got, want)
 		}
 	})
 

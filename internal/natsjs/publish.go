@@ -22,10 +22,12 @@ func (p Publisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstr
 	return PublishAs(ctx, p.JS, ev, ev.MsgID())
 }
 
-// PublishAs publishes ev for every destination with the given dedupe ID;
-// replays use it to queue an event again inside the dedupe window.
+// PublishAs publishes ev for every destination, in the lane of its
+// priority, with the given dedupe ID; replays use it to queue an event
+// again inside the dedupe window. The dedupe ID does not depend on the
+// lane: the same study announced in two lanes is stored once.
 func PublishAs(ctx context.Context, js jetstream.JetStream, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
-	return PublishTo(ctx, js, EventSubject(ev.Source), ev, msgID)
+	return PublishTo(ctx, js, LaneSubject(ev.Priority, "", ev.Source), ev, msgID)
 }
 
 // PublishTo publishes ev on subject (EventSubject, or DestinationSubject

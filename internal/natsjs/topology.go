@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
 )
 
 // Names of the streams, subjects and buckets. Operators meet them in the
@@ -208,12 +210,13 @@ func (t Topology) EnsureEvents(ctx context.Context, js jetstream.JetStream) (jet
 	return s, nil
 }
 
-// ConsumerConfig is the durable pull consumer of one destination, shared
-// by every forwarder replica that serves it. It takes every event, and
-// the events meant for this destination only. A consumer made for a
-// destination added to a running deployment starts with the events that
-// arrive from then on (startNew); the consumers of a new deployment take
-// what the stream holds.
+// ConsumerConfig is the durable pull consumer of one destination's
+// routine lane, shared by every forwarder replica that serves it: the
+// routine events of every source, and the routine events meant for this
+// destination only (lanes.go). A consumer made for a destination added
+// to a running deployment starts with the events that arrive from then
+// on (startNew); the consumers of a new deployment take what the stream
+// holds.
 func (t Topology) ConsumerConfig(destination string, startNew bool) jetstream.ConsumerConfig {
 	policy := jetstream.DeliverAllPolicy
 	if startNew {
@@ -222,7 +225,7 @@ func (t Topology) ConsumerConfig(destination string, startNew bool) jetstream.Co
 	return jetstream.ConsumerConfig{
 		Durable:        ConsumerName(destination),
 		Description:    "stowline forwarders of destination " + destination + " (shared by all replicas)",
-		FilterSubjects: []string{EventSubjectPrefix + ">", DestinationSubjectPrefix + destination + ".>"},
+		FilterSubjects: laneFilters(destination, events.PriorityRoutine),
 		DeliverPolicy:  policy,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        t.AckWait,
@@ -232,14 +235,38 @@ func (t Topology) ConsumerConfig(destination string, startNew bool) jetstream.Co
 	}
 }
 
-// EnsureConsumers creates the durable consumer of every destination, or
-// updates it to t, and returns them by destination. Each forwarder makes
-// the consumers of every configured destination, whichever it serves, so
-// that a new deployment's destinations start together. A consumer's start
-// is kept once made; a consumer is never deleted here (a destination
-// dropped from the configuration keeps its queue until an operator
-// removes it).
+// EnsureConsumers is EnsureLanes returning each destination's routine
+// consumer.
 func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, destinations []string) (map[string]jetstream.Consumer, error) {
+	lanes, err := t.EnsureLanes(ctx, js, destinations)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]jetstream.Consumer, len(lanes))
+	for d, l := range lanes {
+		out[d] = l[events.PriorityRoutine]
+	}
+	return out, nil
+}
+
+// EnsureLanes creates the durable consumers of every lane of every
+// destination, or updates them to t, and returns them by destination and
+// lane. Each forwarder makes the consumers of every configured
+// destination, whichever it serves, so that a new deployment's
+// destinations start together. A consumer's start is kept once made; a
+// consumer is never deleted here (a destination dropped from the
+// configuration keeps its queue until an operator removes it).
+//
+// Where does a new consumer start? In a new deployment, at the start of
+// the stream; for a destination added to a running one, with new events.
+// A stat or low consumer made for a destination whose routine consumer
+// exists (an upgrade from a build without lanes, whose one consumer took
+// every subject) starts just after the routine consumer's ack floor: the
+// routine consumer stops taking the low and stat subjects, and the new
+// lanes take every such event it had not acked yet, so nothing queued is
+// lost. An event it had acked out of order above its floor is delivered
+// once more, and sent again (the destination answers "already stored").
+func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, destinations []string) (map[string]map[events.Priority]jetstream.Consumer, error) {
 	stream, err := js.Stream(ctx, EventStream)
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
@@ -254,27 +281,57 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 	}
 	anyDestination := false
 	for name := range existing {
-		if name == ForwarderConsumer || strings.HasPrefix(name, ForwarderConsumer+"-") {
+		if _, _, ok := LaneOfConsumer(name); ok {
 			anyDestination = true
 		}
 	}
-	out := make(map[string]jetstream.Consumer, len(destinations))
+	out := make(map[string]map[events.Priority]jetstream.Consumer, len(destinations))
 	for _, d := range destinations {
-		cfg := t.ConsumerConfig(d, anyDestination)
-		if existing[cfg.Durable] {
-			// The start cannot change once made: keep the consumer's.
-			c, err := listedConsumer(ctx, js, cfg.Durable)
+		out[d] = map[events.Priority]jetstream.Consumer{}
+		var routine *jetstream.ConsumerInfo
+		if existing[ConsumerName(d)] {
+			c, err := listedConsumer(ctx, js, ConsumerName(d))
 			if err != nil {
 				return nil, err
 			}
-			info := c.CachedInfo()
-			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
+			routine = c.CachedInfo()
 		}
-		c, err := js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("create or update consumer %s on stream %s: %w", cfg.Durable, EventStream, err)
+		// The routine lane last: an upgraded routine consumer stops taking
+		// the other lanes' subjects only once they have their consumers.
+		for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow, events.PriorityRoutine} {
+			cfg := t.LaneConsumerConfig(d, lane)
+			switch {
+			case existing[cfg.Durable]:
+				// The start cannot change once made: keep the consumer's.
+				info := routine
+				if lane != events.PriorityRoutine {
+					c, err := listedConsumer(ctx, js, cfg.Durable)
+					if err != nil {
+						return nil, err
+					}
+					info = c.CachedInfo()
+				}
+				cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
+			case routine != nil:
+				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, max(routine.AckFloor.Stream+1, 1)
+			case anyDestination:
+				cfg.DeliverPolicy = jetstream.DeliverNewPolicy
+			}
+			c, err := js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
+			if err != nil && !existing[cfg.Durable] {
+				// Another replica starting at the same time made it since
+				// the listing, perhaps with another start: keep that one.
+				if made, merr := listedConsumer(ctx, js, cfg.Durable); merr == nil {
+					info := made.CachedInfo()
+					cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
+					c, err = js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
+				}
+			}
+			if err != nil {
+				return nil, fmt.Errorf("create or update consumer %s on stream %s: %w", cfg.Durable, EventStream, err)
+			}
+			out[d][lane] = c
 		}
-		out[d] = c
 	}
 	return out, nil
 }

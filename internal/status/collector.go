@@ -22,6 +22,7 @@ type QueueCollector struct {
 	log     *slog.Logger
 
 	pending, ackPending, redelivered, waiting, deadLetters, up *prometheus.Desc
+	lanePending                                                *prometheus.Desc
 }
 
 // NewQueueCollector returns the collector; timeout 0 means
@@ -46,6 +47,8 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 			"Pull requests open on the destination's consumer: forwarder workers idle and waiting for an event (consumer num_waiting).", dest, nil),
 		deadLetters: prometheus.NewDesc("stowline_deadletter_studies",
 			"Studies of the destination in the dead-letter stream, waiting for an operator to replay or purge them.", dest, nil),
+		lanePending: prometheus.NewDesc("stowline_queue_lane_pending_events",
+			"Events not yet delivered to the destination's forwarders, by priority lane (stat, routine, low): the num_pending of each lane's consumer.", []string{"destination", "lane"}, nil),
 		up: prometheus.NewDesc("stowline_jetstream_info_success",
 			"1 if JetStream answered this scrape's queue queries in time, else 0 (and the queue metrics are absent).", nil, nil),
 	}
@@ -53,7 +56,7 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 
 // Describe implements prometheus.Collector.
 func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pending, c.ackPending, c.redelivered, c.waiting, c.deadLetters, c.up} {
+	for _, d := range []*prometheus.Desc{c.pending, c.ackPending, c.redelivered, c.waiting, c.deadLetters, c.up, c.lanePending} {
 		ch <- d
 	}
 }
@@ -87,6 +90,9 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(ch, c.ackPending, float64(d.AckPending), d.Destination)
 			gauge(ch, c.redelivered, float64(d.Redelivered), d.Destination)
 			gauge(ch, c.waiting, float64(d.Waiting), d.Destination)
+			for lane, l := range d.Lanes {
+				gauge(ch, c.lanePending, float64(l.Pending), d.Destination, string(lane))
+			}
 		}
 		gauge(ch, c.deadLetters, float64(d.DeadLetters), d.Destination)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
@@ -53,6 +54,30 @@ type DestinationQueue struct {
 	ConsumerExists                            bool
 	Pending, AckPending, Redelivered, Waiting uint64
 	DeadLetters                               uint64
+	// Lanes holds each priority lane's part of Pending and AckPending
+	// (the fields above sum the destination's lane consumers).
+	Lanes map[events.Priority]LaneQueue
+}
+
+// LaneSummary says how many events wait in each lane, highest first
+// ("stat 1 · routine 3 · low 40"), when any waits outside the routine
+// lane; "" otherwise (the status page then shows the total alone).
+func (d DestinationQueue) LaneSummary() string {
+	if d.Lanes[events.PriorityStat].Pending == 0 && d.Lanes[events.PriorityLow].Pending == 0 {
+		return ""
+	}
+	var parts []string
+	for _, lane := range events.Priorities {
+		if n := d.Lanes[lane].Pending; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", lane, n))
+		}
+	}
+	return strings.Join(parts, " · ")
+}
+
+// LaneQueue is one lane's part of a destination's queue.
+type LaneQueue struct {
+	Pending, AckPending uint64
 }
 
 // Depth is what the destination still has to do: events waiting and
@@ -91,16 +116,21 @@ func ReadQueue(ctx context.Context, js jetstream.JetStream) (Queue, error) {
 	// One request lists every consumer with its state (paged by 256).
 	list := stream.ListConsumers(ctx)
 	for info := range list.Info() {
-		name, ok := natsjs.DestinationOfConsumer(info.Name)
+		name, lane, ok := natsjs.LaneOfConsumer(info.Name)
 		if !ok {
 			continue
 		}
 		d := row(name)
 		d.ConsumerExists = true
-		d.Pending = info.NumPending
-		d.AckPending = uint64(max(info.NumAckPending, 0))
-		d.Redelivered = uint64(max(info.NumRedelivered, 0))
-		d.Waiting = uint64(max(info.NumWaiting, 0))
+		ackPending := uint64(max(info.NumAckPending, 0))
+		d.Pending += info.NumPending
+		d.AckPending += ackPending
+		d.Redelivered += uint64(max(info.NumRedelivered, 0))
+		d.Waiting += uint64(max(info.NumWaiting, 0))
+		if d.Lanes == nil {
+			d.Lanes = map[events.Priority]LaneQueue{}
+		}
+		d.Lanes[lane] = LaneQueue{Pending: info.NumPending, AckPending: ackPending}
 	}
 	if err := list.Err(); err != nil {
 		return q, fmt.Errorf("list consumers of stream %s: %w", natsjs.EventStream, err)

@@ -148,9 +148,13 @@ func TestReadQueuePerDestination(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every event is routine: the stat and low lanes are empty.
+	lanes := func(pending, ackPending uint64) map[events.Priority]status.LaneQueue {
+		return map[events.Priority]status.LaneQueue{events.PriorityStat: {}, events.PriorityRoutine: {Pending: pending, AckPending: ackPending}, events.PriorityLow: {}}
+	}
 	want := []status.DestinationQueue{
-		{Destination: "ai", ConsumerExists: true, Pending: 4, DeadLetters: 1},
-		{Destination: "default", ConsumerExists: true, Pending: 3, AckPending: 2, DeadLetters: 2},
+		{Destination: "ai", ConsumerExists: true, Pending: 4, DeadLetters: 1, Lanes: lanes(4, 0)},
+		{Destination: "default", ConsumerExists: true, Pending: 3, AckPending: 2, DeadLetters: 2, Lanes: lanes(3, 2)},
 	}
 	if fmt.Sprint(q.Destinations) != fmt.Sprint(want) {
 		t.Errorf("destinations = %+v\nwant           %+v", q.Destinations, want)

@@ -1,0 +1,153 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/routing"
+)
+
+// priorityRuleTimeout bounds the reads of one study for PRIORITY_RULE, so
+// that a slow source leaves the publish most of INGEST_PUBLISH_TIMEOUT.
+const priorityRuleTimeout = 5 * time.Second
+
+// prioritizer gives the events that name no priority the one
+// PRIORITY_RULE picks: stat for a study the rule is true for, else
+// routine. It sits in front of the publisher of the reconciler, and of
+// the webhook (afterwards: see webhookPublisher), so whichever announces
+// a study first puts it in its lane (the other's copy is dropped as a
+// duplicate: the dedupe ID does not depend on the lane).
+type prioritizer struct {
+	next    events.Publisher
+	js      jetstream.JetStream
+	rule    routing.Route
+	sources *Sources
+	timeout time.Duration
+	log     *slog.Logger
+	events  *prometheus.CounterVec
+}
+
+// newPrioritizer wraps next; with no rule it only counts the events by
+// priority.
+func newPrioritizer(js jetstream.JetStream, expr string, sources *Sources, reg prometheus.Registerer, log *slog.Logger) (*prioritizer, error) {
+	rule, err := routing.CompileStudyRule(expr)
+	if err != nil {
+		return nil, fmt.Errorf("PRIORITY_RULE: %w", err)
+	}
+	p := &prioritizer{
+		next: natsjs.Publisher{JS: js}, js: js, rule: routing.Route{Study: rule}, sources: sources, timeout: priorityRuleTimeout, log: log,
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_ingest_priority_total",
+			Help: "Events published by the webhook and the reconciler, by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine).",
+		}, []string{"priority", "by"}),
+	}
+	if err := reg.Register(p.events); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Publish stores ev in the lane of its priority, or of the rule's.
+func (p *prioritizer) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	by := "event"
+	if ev.Priority == "" {
+		by = "default"
+		if !p.rule.Study.All() {
+			stat, err := p.matches(ctx, ev)
+			switch {
+			case err != nil:
+				// The study must not be lost over its priority.
+				by = "rule_error"
+				p.log.Warn("PRIORITY_RULE failed on a study; it goes in the routine lane",
+					"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "err", err)
+			case stat:
+				by = "rule"
+				e := *ev
+				e.Priority = events.PriorityStat
+				ev = &e
+			default:
+				by = "rule"
+			}
+		}
+	}
+	ack, err := p.next.Publish(ctx, ev)
+	if err == nil {
+		p.events.WithLabelValues(string(ev.Priority.Lane()), by).Inc()
+	}
+	return ack, err
+}
+
+// matches evaluates the rule on the study, read from its source.
+func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool, error) {
+	if p.sources == nil {
+		return false, fmt.Errorf("no Orthanc source is configured")
+	}
+	o, err := p.sources.Lookup(ev.Source)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	instances, err := o.StudyInstances(ctx, ev.OrthancStudyID)
+	if err != nil {
+		return false, fmt.Errorf("list the study's instances: %w", err)
+	}
+	selected, err := p.rule.Select(ctx, o, ev.Source, ev.OrthancStudyID, instances)
+	if err != nil {
+		return false, err
+	}
+	return len(selected) > 0, nil
+}
+
+// webhookPublisher is the prioritizer as the webhook uses it. The
+// webhook's event comes from Orthanc's Lua callback, and Orthanc answers
+// no REST request while a Lua callback runs (it consults its Lua context
+// for every request): reading the study for PRIORITY_RULE before
+// answering would wait for the callback, which waits for the answer. So
+// an event that names no priority is stored on its source's triage
+// subject, which no lane takes, under a dedupe ID of its own; the
+// webhook answers (202 still means stored), and then the rule reads the
+// study and the event is stored again in its lane under its usual dedupe
+// ID. If that fails (or the ingest stops in between), the reconciler's
+// copy of the event, published through the rule, is not a duplicate and
+// takes its place.
+type webhookPublisher struct {
+	p   *prioritizer
+	ctx context.Context // the ingest's: background work ends with it
+}
+
+// Publish stores ev at once, for triage when the rule must read the study.
+func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	p := w.p
+	if ev.Priority != "" || p.rule.Study.All() {
+		return p.Publish(ctx, ev)
+	}
+	ack, err := natsjs.PublishTo(ctx, p.js, natsjs.TriageSubject(ev.Source), ev, ev.MsgID()+"/triage")
+	if err != nil || ack.Duplicate {
+		// A duplicate was triaged when it was first stored.
+		return ack, err
+	}
+	e := *ev
+	// The ingest's lifetime, the request's trace.
+	go p.triage(trace.ContextWithSpan(w.ctx, trace.SpanFromContext(ctx)), &e)
+	return ack, nil
+}
+
+// triage stores an event waiting on the triage subject in the lane the
+// rule gives it.
+func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*p.timeout)
+	defer cancel()
+	if _, err := p.Publish(ctx, ev); err != nil {
+		p.log.Warn("a study waiting for PRIORITY_RULE could not be queued; the reconciler will queue it",
+			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "err", err)
+	}
+}

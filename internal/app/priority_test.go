@@ -1,0 +1,120 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// closedURL is the URL of a port nothing listens on.
+func closedURL(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return "http://" + addr
+}
+
+// subjectCounts is how many events the stream holds on each subject.
+func subjectCounts(t *testing.T, js jetstream.JetStream) map[string]uint64 {
+	t.Helper()
+	s, err := js.Stream(t.Context(), natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context(), jetstream.WithSubjectFilter(">"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects
+}
+
+// TestPrioritizer: an event that names its priority keeps it; without a
+// rule an event is routine; a rule that cannot read the study leaves it
+// routine, counted; and a webhook event waits on the triage subject, then
+// goes in the rule's lane (here routine, the source being down), under
+// its usual dedupe ID so the reconciler's copy is a duplicate.
+func TestPrioritizer(t *testing.T) {
+	sources, err := NewSources(&config.Orthanc{URL: closedURL(t), SourceName: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := func(id string, p events.Priority) *events.StudyStable {
+		e, err := events.NewStudyStable("main", id, "1.2.3", "20261203T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Priority = p
+		return e
+	}
+	const rule = "'MR' in study.modalities"
+	tests := []struct {
+		name    string
+		rule    string
+		webhook bool
+		event   *events.StudyStable
+		subject string
+		by      string
+	}{
+		{"named priority", rule, false, ev("11111111-11111111-11111111-11111111-11111111", events.PriorityLow), "stowline.study.stable.main.low", "event"},
+		{"named stat", "", false, ev("22222222-22222222-22222222-22222222-22222222", events.PriorityStat), "stowline.study.stable.main.stat", "event"},
+		{"no rule", "", false, ev("33333333-33333333-33333333-33333333-33333333", ""), "stowline.study.stable.main", "default"},
+		{"rule fails", rule, false, ev("44444444-44444444-44444444-44444444-44444444", ""), "stowline.study.stable.main", "rule_error"},
+		{"webhook, rule fails", rule, true, ev("55555555-55555555-55555555-55555555-55555555", ""), "stowline.study.stable.main", "rule_error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			if _, err := natsjs.DefaultTopology().EnsureEvents(t.Context(), ns.JS); err != nil {
+				t.Fatal(err)
+			}
+			p, err := newPrioritizer(ns.JS, tt.rule, sources, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.timeout = time.Second
+			var pub events.Publisher = p
+			if tt.webhook {
+				pub = webhookPublisher{p: p, ctx: t.Context()}
+			}
+			if _, err := pub.Publish(t.Context(), tt.event); err != nil {
+				t.Fatal(err)
+			}
+			lane := tt.event.Priority.Lane()
+			counted := func() float64 { return testutil.ToFloat64(p.events.WithLabelValues(string(lane), tt.by)) }
+			deadline := time.Now().Add(10 * time.Second)
+			for counted() != 1 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if counted() != 1 {
+				t.Fatalf("stowline_ingest_priority_total{priority=%q,by=%q} = %v, want 1", lane, tt.by, counted())
+			}
+			got := subjectCounts(t, ns.JS)
+			if got[tt.subject] != 1 {
+				t.Errorf("subjects %v, want the event on %s", got, tt.subject)
+			}
+			if tt.webhook && got[natsjs.TriageSubject("main")] != 1 {
+				t.Errorf("subjects %v, want the webhook's copy on the triage subject", got)
+			}
+			// The reconciler's copy of the same event is a duplicate.
+			ack, err := natsjs.Publisher{JS: ns.JS}.Publish(context.WithoutCancel(t.Context()), tt.event)
+			if err != nil || !ack.Duplicate {
+				t.Errorf("republish: %+v, %v; want a duplicate", ack, err)
+			}
+		})
+	}
+}

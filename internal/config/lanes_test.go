@@ -1,0 +1,92 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestForwardWindows(t *testing.T) {
+	at := func(hhmm string) time.Time {
+		tm, err := time.Parse("15:04", hhmm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	tests := []struct {
+		value  string
+		lane   string
+		open   []string
+		closed []string
+	}{
+		{"", "low", []string{"00:00", "12:00", "23:59"}, nil},
+		{"low=22:00-07:00", "low", []string{"22:00", "23:59", "00:00", "06:59"}, []string{"07:00", "12:00", "21:59"}},
+		{"low=22:00-07:00", "routine", []string{"12:00", "23:00"}, nil},
+		{"backfill=22:00-07:00", "low", []string{"23:00"}, []string{"12:00"}},
+		{"routine=08:00-18:00", "routine", []string{"08:00", "17:59"}, []string{"07:59", "18:00", "03:00"}},
+		{"low=00:00-06:00, low=12:00-13:00", "low", []string{"00:00", "05:59", "12:30"}, []string{"06:00", "11:59", "13:00"}},
+		{"low=20:00-24:00", "low", []string{"20:00", "23:59"}, []string{"00:00", "19:59"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.value+"/"+tt.lane, func(t *testing.T) {
+			var w ForwardWindows
+			if err := w.UnmarshalText([]byte(tt.value)); err != nil {
+				t.Fatal(err)
+			}
+			for _, h := range tt.open {
+				if !w.Open(tt.lane, at(h)) {
+					t.Errorf("%s closed at %s, want open", tt.lane, h)
+				}
+			}
+			for _, h := range tt.closed {
+				if w.Open(tt.lane, at(h)) {
+					t.Errorf("%s open at %s, want closed", tt.lane, h)
+				}
+			}
+		})
+	}
+}
+
+func TestForwardWindowsErrors(t *testing.T) {
+	for value, want := range map[string]string{
+		"low":                 "want lane=HH:MM-HH:MM",
+		"low=22:00":           "want lane=HH:MM-HH:MM",
+		"urgent=22:00-07:00":  `unknown lane "urgent"`,
+		"low=25:00-07:00":     "HH:MM",
+		"low=22h-07h":         "HH:MM",
+		"low=08:00-08:00":     "empty",
+		"low=22:00-07:00,bad": "want lane=",
+	} {
+		var w ForwardWindows
+		err := w.UnmarshalText([]byte(value))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want one saying %q", value, err, want)
+		}
+	}
+}
+
+// TestForwardWindowsVariable: a bad FORWARD_WINDOWS stops the start with
+// an error naming the variable.
+func TestForwardWindowsVariable(t *testing.T) {
+	env := map[string]string{
+		"NATS_URL": "nats://localhost:4222", "ORTHANC_URL": "http://orthanc:8042", "DICOMWEB_URL": "http://dest/dicomweb",
+		"FORWARD_WINDOWS": "low=22:00-31:00",
+	}
+	var c ForwarderService
+	err := Load(func(k string) string { return env[k] }, &c)
+	if err == nil || !strings.Contains(err.Error(), "FORWARD_WINDOWS") {
+		t.Fatalf("Load = %v, want an error naming FORWARD_WINDOWS", err)
+	}
+	env["FORWARD_WINDOWS"] = "backfill=22:00-07:00"
+	c = ForwarderService{}
+	if err := Load(func(k string) string { return env[k] }, &c); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Forwarder.Windows.String(); got != "low=22:00-07:00" {
+		t.Errorf("windows = %q", got)
+	}
+	if c.Forwarder.StatWorkers != 1 {
+		t.Errorf("FORWARDER_STAT_CONCURRENCY default = %d, want 1", c.Forwarder.StatWorkers)
+	}
+}

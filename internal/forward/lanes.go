@@ -1,0 +1,207 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/events"
+)
+
+// Lane is one of a destination's durable consumers: the events of one
+// priority (docs/priority-lanes.md).
+type Lane struct {
+	Priority events.Priority
+	Consumer jetstream.Consumer
+}
+
+// Windows says when a lane may be pulled (FORWARD_WINDOWS); a lane it
+// does not limit is always open.
+type Windows interface {
+	Open(lane events.Priority, now time.Time) bool
+}
+
+// Pull lengths. A worker with one lane to take waits on it as before
+// lanes; a worker with several checks each without waiting, highest
+// first, then waits idlePull on its home lane before it checks again, so
+// an event that arrives in another lane while every worker is idle waits
+// at most that long.
+const (
+	longPull = 5 * time.Second
+	idlePull = time.Second
+)
+
+// lanePlan is the lanes of a Forwarder and what each worker may pull.
+type lanePlan struct {
+	lanes   []Lane // highest priority first
+	windows Windows
+	now     func() time.Time
+	// maxLow bounds the workers busy with the low lane at once, so that a
+	// long backfill keeps a worker free for routine studies.
+	maxLow  int32
+	lowBusy atomic.Int32
+}
+
+func newLanePlan(opts *Options) *lanePlan {
+	p := &lanePlan{lanes: opts.Lanes, windows: opts.Windows, now: opts.Now}
+	if len(p.lanes) == 0 {
+		p.lanes = []Lane{{Priority: events.PriorityRoutine, Consumer: opts.Consumer}}
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	p.maxLow = int32(max(opts.Concurrency-1, 1))
+	return p
+}
+
+// has reports whether the plan has a lane of priority lane.
+func (p *lanePlan) has(lane events.Priority) bool {
+	for _, l := range p.lanes {
+		if l.Priority == lane {
+			return true
+		}
+	}
+	return false
+}
+
+// open returns the lanes a worker may pull from now, highest first: the
+// stat lane only for a stat worker; every lane whose window is open for
+// the others.
+func (p *lanePlan) open(statOnly bool) []Lane {
+	now := p.now()
+	out := make([]Lane, 0, len(p.lanes))
+	for _, l := range p.lanes {
+		if statOnly && l.Priority != events.PriorityStat {
+			continue
+		}
+		if p.windows != nil && !p.windows.Open(l.Priority, now) {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// take reserves a worker's place in lane: it fails for the low lane when
+// maxLow workers already take it. release gives the place back.
+func (p *lanePlan) take(lane events.Priority) (release func(), ok bool) {
+	if lane != events.PriorityLow {
+		return func() {}, true
+	}
+	for {
+		n := p.lowBusy.Load()
+		if n >= p.maxLow {
+			return nil, false
+		}
+		if p.lowBusy.CompareAndSwap(n, n+1) {
+			return func() { p.lowBusy.Add(-1) }, true
+		}
+	}
+}
+
+// home is the lane an idle worker waits on: routine if it may take it
+// (most events arrive there), else its highest.
+func home(lanes []Lane) Lane {
+	for _, l := range lanes {
+		if l.Priority == events.PriorityRoutine {
+			return l
+		}
+	}
+	return lanes[0]
+}
+
+// next is the one place a free worker decides what to pull, and pulls one
+// event: from the highest open lane that holds one. It returns nil when
+// there was none (or ctx ended); done must be called once the event is
+// settled.
+func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg, lane events.Priority, done func()) {
+	lanes := f.plan.open(statOnly)
+	if len(lanes) == 0 {
+		// Every lane this worker takes is outside its window.
+		sleep(ctx, idlePull)
+		return nil, "", nil
+	}
+	if len(lanes) > 1 {
+		for _, l := range lanes {
+			release, ok := f.plan.take(l.Priority)
+			if !ok {
+				continue
+			}
+			if msg := f.pullNoWait(l); msg != nil {
+				return msg, l.Priority, f.started(l.Priority, release)
+			}
+			release()
+		}
+	}
+	wait := longPull
+	if len(lanes) > 1 {
+		wait = idlePull
+	}
+	l := home(lanes)
+	release, ok := f.plan.take(l.Priority)
+	if !ok {
+		sleep(ctx, idlePull)
+		return nil, "", nil
+	}
+	// A pull request outlives its cancelled context on the server until
+	// it expires, and a message handed to it then waits for the ack wait;
+	// short pulls bound that at shutdown.
+	pullCtx, cancel := context.WithTimeout(ctx, wait)
+	m, err := l.Consumer.Next(jetstream.FetchContext(pullCtx))
+	cancel()
+	if err != nil {
+		release()
+		if ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			f.log.Warn("pull from JetStream failed; retrying", "lane", l.Priority, "err", err)
+			sleep(ctx, time.Second)
+		}
+		return nil, "", nil
+	}
+	return m, l.Priority, f.started(l.Priority, release)
+}
+
+// pullNoWait takes the lane's next event if one is waiting, without
+// leaving a pull request behind.
+func (f *Forwarder) pullNoWait(l Lane) jetstream.Msg {
+	batch, err := l.Consumer.FetchNoWait(1)
+	if err != nil {
+		f.log.Warn("pull from JetStream failed", "lane", l.Priority, "err", err)
+		return nil
+	}
+	var msg jetstream.Msg
+	for m := range batch.Messages() {
+		msg = m
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+		f.log.Warn("pull from JetStream failed", "lane", l.Priority, "err", err)
+	}
+	return msg
+}
+
+// started counts an event pulled from lane and returns what ends it.
+func (f *Forwarder) started(lane events.Priority, release func()) func() {
+	f.m.lanePulls.WithLabelValues(string(lane)).Inc()
+	busy := f.m.laneBusy.WithLabelValues(string(lane))
+	busy.Inc()
+	return func() { busy.Dec(); release() }
+}
+
+// laneMetrics are the lane counters of one destination.
+func laneMetrics(labels prometheus.Labels) (pulls *prometheus.CounterVec, busy *prometheus.GaugeVec) {
+	pulls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_lane_pulls_total",
+		Help:        "Events this process pulled, by lane (stat, routine, low).",
+		ConstLabels: labels,
+	}, []string{"lane"})
+	busy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name:        "stowline_forwarder_lane_in_flight",
+		Help:        "Studies this process is working on, by lane.",
+		ConstLabels: labels,
+	}, []string{"lane"})
+	return pulls, busy
+}

@@ -1,0 +1,82 @@
+package forward
+
+import (
+	"context"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// TestForwardWindowClosesLane: with the low lane outside its window, a
+// routine event is forwarded and the low one is not pulled, though the
+// workers are idle and waiting; once the clock reaches the window, it is.
+func TestForwardWindowClosesLane(t *testing.T) {
+	ns := testnats.Start(t)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cons, err := topo.EnsureLanes(ctx, ns.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lanes := cons[natsjs.DefaultDestination]
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+
+	noon := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	var now atomic.Pointer[time.Time]
+	now.Store(&noon)
+	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+		for _, p := range events.Priorities {
+			o.Lanes = append(o.Lanes, Lane{Priority: p, Consumer: lanes[p]})
+		}
+		o.Windows = hours{events.PriorityLow: {0, 7}}
+		o.Now = func() time.Time { return *now.Load() }
+	})
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+
+	publish := func(lane events.Priority, lastUpdate string) {
+		t.Helper()
+		ev := testEvent()
+		ev.LastUpdate = lastUpdate
+		if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(lane, "", ev.Source), ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(events.PriorityLow, "20261126T101500")
+	publish(events.PriorityRoutine, "20261126T101501")
+
+	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool {
+		// Acked, and a worker waits on the routine lane again: it asked
+		// every open lane before it waited.
+		return i.AckFloor.Stream == 2 && i.NumWaiting > 0
+	})
+	if info, err := lanes[events.PriorityLow].Info(ctx); err != nil || info.NumPending != 1 || info.NumAckPending != 0 {
+		t.Fatalf("low lane outside its window: %+v (%v), want its event not delivered", info, err)
+	}
+	if n := testutil.ToFloat64(f.m.lanePulls.WithLabelValues("low")); n != 0 {
+		t.Errorf("low pulls = %v outside the window", n)
+	}
+
+	night := time.Date(2026, 12, 4, 3, 0, 0, 0, time.UTC)
+	now.Store(&night)
+	waitConsumer(t, lanes[events.PriorityLow], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if r, l := testutil.ToFloat64(f.m.lanePulls.WithLabelValues("routine")), testutil.ToFloat64(f.m.lanePulls.WithLabelValues("low")); r != 1 || l != 1 {
+		t.Errorf("pulls: routine %v, low %v; want 1 each", r, l)
+	}
+}

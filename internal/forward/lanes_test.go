@@ -1,0 +1,96 @@
+package forward
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/events"
+)
+
+// hours opens each lane it names in [from, to) hours.
+type hours map[events.Priority][2]int
+
+func (h hours) Open(lane events.Priority, now time.Time) bool {
+	w, ok := h[lane]
+	return !ok || now.Hour() >= w[0] && now.Hour() < w[1]
+}
+
+func lanesOf(ls []Lane) []events.Priority {
+	var out []events.Priority
+	for _, l := range ls {
+		out = append(out, l.Priority)
+	}
+	return out
+}
+
+// TestLanePlanOpen: a worker considers the lanes highest first, a stat
+// worker the stat lane only, and a lane outside its window not at all;
+// the plan reads the clock it is given at each decision.
+func TestLanePlanOpen(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.Local)
+	all := []Lane{{Priority: events.PriorityStat}, {Priority: events.PriorityRoutine}, {Priority: events.PriorityLow}}
+	tests := []struct {
+		name     string
+		windows  Windows
+		hour     int
+		statOnly bool
+		want     []events.Priority
+	}{
+		{"no windows", nil, 12, false, []events.Priority{"stat", "routine", "low"}},
+		{"stat worker", nil, 12, true, []events.Priority{"stat"}},
+		{"low closed by day", hours{"low": {0, 7}}, 12, false, []events.Priority{"stat", "routine"}},
+		{"low open at night", hours{"low": {0, 7}}, 3, false, []events.Priority{"stat", "routine", "low"}},
+		{"stat worker ignores low windows", hours{"low": {0, 7}}, 12, true, []events.Priority{"stat"}},
+		{"stat closed", hours{"stat": {0, 1}}, 12, true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newLanePlan(&Options{Lanes: all, Windows: tt.windows, Concurrency: 4,
+				Now: func() time.Time { return now.Add(time.Duration(tt.hour-12) * time.Hour) }})
+			if got := lanesOf(p.open(tt.statOnly)); !slices.Equal(got, tt.want) {
+				t.Errorf("open = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestLanePlanTake: the low lane takes at most Concurrency-1 workers (one
+// with a single worker), the others any number; a released place is free
+// again.
+func TestLanePlanTake(t *testing.T) {
+	for _, tt := range []struct{ concurrency, maxLow int }{{1, 1}, {2, 1}, {4, 3}} {
+		p := newLanePlan(&Options{Concurrency: tt.concurrency, Consumer: nil})
+		var releases []func()
+		for range tt.maxLow {
+			release, ok := p.take(events.PriorityLow)
+			if !ok {
+				t.Fatalf("concurrency %d: low refused below its %d workers", tt.concurrency, tt.maxLow)
+			}
+			releases = append(releases, release)
+		}
+		if _, ok := p.take(events.PriorityLow); ok {
+			t.Errorf("concurrency %d: low took a worker beyond %d", tt.concurrency, tt.maxLow)
+		}
+		for range 10 {
+			if _, ok := p.take(events.PriorityRoutine); !ok {
+				t.Errorf("concurrency %d: routine refused", tt.concurrency)
+			}
+		}
+		releases[0]()
+		if _, ok := p.take(events.PriorityLow); !ok {
+			t.Errorf("concurrency %d: low refused after a release", tt.concurrency)
+		}
+	}
+}
+
+// Without lanes (Options.Consumer only) the plan has the one routine lane.
+func TestLanePlanDefault(t *testing.T) {
+	p := newLanePlan(&Options{Concurrency: 2})
+	if got := lanesOf(p.open(false)); !slices.Equal(got, []events.Priority{events.PriorityRoutine}) {
+		t.Errorf("lanes = %v, want routine only", got)
+	}
+	if p.has(events.PriorityStat) {
+		t.Error("a plan without lanes has a stat lane: stat workers would start")
+	}
+}

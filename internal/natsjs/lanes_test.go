@@ -1,0 +1,148 @@
+package natsjs_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+func TestLaneOfConsumer(t *testing.T) {
+	for _, d := range []string{natsjs.DefaultDestination, "archive", "stat", "low", "ai-2"} {
+		for _, lane := range events.Priorities {
+			gotD, gotLane, ok := natsjs.LaneOfConsumer(natsjs.LaneConsumerName(d, lane))
+			if !ok || gotD != d || gotLane != lane {
+				t.Errorf("LaneOfConsumer(LaneConsumerName(%q, %s)) = %q, %s, %v", d, lane, gotD, gotLane, ok)
+			}
+		}
+		// Only the routine consumer names a destination for the commands
+		// that list destinations.
+		if _, ok := natsjs.DestinationOfConsumer(natsjs.LaneConsumerName(d, events.PriorityStat)); ok {
+			t.Errorf("DestinationOfConsumer(stat consumer of %q) = ok", d)
+		}
+	}
+	for _, name := range []string{"", "stowline-stat-", "stowline-low-a.b", "audit-ordered-1"} {
+		if d, lane, ok := natsjs.LaneOfConsumer(name); ok {
+			t.Errorf("LaneOfConsumer(%q) = %q, %s", name, d, lane)
+		}
+	}
+}
+
+// TestLanesTakeTheirSubjects: each event reaches exactly one lane of each
+// destination it is for, the lane its subject names; events for one
+// destination only reach that destination, in the low lane by default.
+func TestLanesTakeTheirSubjects(t *testing.T) {
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
+	_, js := connectJS(t, srv)
+	ctx := testCtx(t)
+	topo := natsjs.DefaultTopology()
+	if _, err := topo.EnsureEvents(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	lanes, err := topo.EnsureLanes(ctx, js, []string{natsjs.DefaultDestination, "ai"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(subject string) {
+		t.Helper()
+		ev := event("20261126T101500")
+		if _, err := natsjs.PublishTo(ctx, js, subject, ev, subject); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, lane := range events.Priorities {
+		publish(natsjs.LaneSubject(lane, "", "orthanc-a"))
+		publish(natsjs.LaneSubject(lane, "ai", "orthanc-a"))
+	}
+	// What a build without lanes publishes: routine, and low for one
+	// destination.
+	publish(natsjs.EventSubject("orthanc-b"))
+	publish(natsjs.DestinationSubject("ai", "orthanc-b"))
+
+	want := map[string]map[events.Priority]uint64{
+		natsjs.DefaultDestination: {events.PriorityStat: 1, events.PriorityRoutine: 2, events.PriorityLow: 1},
+		"ai":                      {events.PriorityStat: 2, events.PriorityRoutine: 3, events.PriorityLow: 3},
+	}
+	for d, byLane := range want {
+		for lane, n := range byLane {
+			info, err := lanes[d][lane].Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.NumPending != n {
+				t.Errorf("%s %s lane: %d pending, want %d (filters %v)", d, lane, info.NumPending, n, info.Config.FilterSubjects)
+			}
+		}
+	}
+}
+
+// TestLanesUpgrade: a deployment from before lanes has one consumer per
+// destination taking every subject. After EnsureLanes it keeps its
+// routine events; the backfill events it had not acked move to the new
+// low lane, and none is lost.
+func TestLanesUpgrade(t *testing.T) {
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
+	_, js := connectJS(t, srv)
+	ctx := testCtx(t)
+	topo := natsjs.DefaultTopology()
+	if _, err := topo.EnsureEvents(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	// The consumer as the build before lanes made it.
+	old := topo.ConsumerConfig(natsjs.DefaultDestination, false)
+	old.FilterSubjects = []string{natsjs.EventSubjectPrefix + ">", natsjs.DestinationSubjectPrefix + natsjs.DefaultDestination + ".>"}
+	oldC, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		ev := event(fmt.Sprintf("20261126T10150%d", i))
+		subject := natsjs.EventSubject("orthanc-a")
+		if i%2 == 1 {
+			subject = natsjs.DestinationSubject(natsjs.DefaultDestination, "orthanc-a")
+		}
+		if _, err := natsjs.PublishTo(ctx, js, subject, ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The old forwarder forwarded the first (routine) event.
+	msg, err := oldC.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	lanes, err := topo.EnsureLanes(ctx, js, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := func(lane events.Priority) uint64 {
+		info, err := lanes[natsjs.DefaultDestination][lane].Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.NumPending + uint64(info.NumAckPending)
+	}
+	if got := pending(events.PriorityRoutine); got != 1 {
+		t.Errorf("routine: %d pending, want 1 (the second routine event)", got)
+	}
+	if got := pending(events.PriorityLow); got != 2 {
+		t.Errorf("low: %d pending, want the 2 backfill events", got)
+	}
+	if got := pending(events.PriorityStat); got != 0 {
+		t.Errorf("stat: %d pending, want 0", got)
+	}
+	// Running it again (every replica at start) changes nothing.
+	if _, err := topo.EnsureLanes(ctx, js, []string{natsjs.DefaultDestination}); err != nil {
+		t.Fatal(err)
+	}
+	if got := pending(events.PriorityLow); got != 2 {
+		t.Errorf("low after a second start: %d pending, want 2", got)
+	}
+}
