@@ -248,8 +248,11 @@ func (l *Limiter) dispatch(now time.Time) {
 }
 
 // Release gives the place back without a signal: the request failed for
-// another reason or was cancelled.
+// another reason or was cancelled. A nil permit does nothing.
 func (p *Permit) Release() {
+	if p == nil {
+		return
+	}
 	p.once.Do(func() {
 		l := p.l
 		l.mu.Lock()
