@@ -52,6 +52,8 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"bad duration", map[string]string{"FORWARDER_ACK_WAIT": "soon"}, "", "FORWARDER_ACK_WAIT"},
 		{"bad size", map[string]string{"STOW_MAX_BYTES": "lots"}, "", "STOW_MAX_BYTES"},
 		{"bad verify", map[string]string{"STOW_VERIFY": "yes"}, "", `STOW_VERIFY="yes": want off or qido`},
+		{"parallel ceiling out of range", map[string]string{"STOW_PARALLEL_REQUESTS": "65"}, "", "STOW_PARALLEL_REQUESTS=65: want 1 to 64"},
+		{"parallel floor above ceiling", map[string]string{"STOW_PARALLEL_REQUESTS": "4", "STOW_PARALLEL_MIN": "8"}, "", "STOW_PARALLEL_MIN=8: want 1 to STOW_PARALLEL_REQUESTS (4)"},
 		{"oauth without client", map[string]string{"OAUTH_TOKEN_URL": "https://idp/token"}, "", "OAUTH_CLIENT_ID"},
 		{"client without oauth url", map[string]string{"OAUTH_CLIENT_ID": "x"}, "", "OAUTH_TOKEN_URL"},
 		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, "", "LOG_LEVEL"},

@@ -17,7 +17,7 @@ type InFlightLimit struct {
 	retryAfter time.Duration
 
 	inFlight, most atomic.Int64
-	refused    atomic.Int64
+	refused        atomic.Int64
 }
 
 // LimitInFlight wraps next. retryAfter is rounded up to whole seconds (0:
