@@ -87,8 +87,9 @@ type Options struct {
 	// Min is the floor (at least 1), Max the ceiling of the limit, for
 	// this process before any replica share.
 	Min, Max int
-	// Start is the first limit; 0 starts at 4 (the old fixed default)
-	// within [Min, Max].
+	// Start is the first limit; 0 starts at half the ceiling, at least
+	// Min: one round of slow start reaches a ceiling the destination
+	// takes, and a throttled destination is met below the ceiling.
 	Start int
 	// OnChange, if set, is called after every change, outside the lock,
 	// in order of the changes only as far as callers do not race.
@@ -142,7 +143,7 @@ func New(o Options) (*Limiter, error) {
 	}
 	start := o.Start
 	if start == 0 {
-		start = 4
+		start = o.Max / 2
 	}
 	start = min(max(start, o.Min), o.Max)
 	l := &Limiter{min: o.Min, max: o.Max, ceiling: o.Max, limit: start, onChange: o.OnChange, slowStart: true}
@@ -402,8 +403,12 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	switch {
 	case perByte > latencyRatio*best:
 		l.slowStart, l.held, l.calm = false, true, 0
-		if l.limit > l.min {
-			return change(l.limit-1, Latency)
+		to := l.limit - 1
+		if l.beforeLimit > 0 && l.beforeLimit < to {
+			to = l.beforeLimit // the last increase made it queue: undo it
+		}
+		if to >= l.min {
+			return change(to, Latency)
 		}
 	case l.held:
 		l.calm++

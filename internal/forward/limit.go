@@ -106,13 +106,13 @@ func overload(ctx context.Context, err error) (flow.Reason, time.Duration, bool)
 	return "", 0, false
 }
 
-// requestsAtOnce is how many requests a study should be split into at
-// least, so that its requests keep the limit full: twice the current
-// limit (room to find out whether more pays), within the ceiling, shared
-// by the studies this process sends now.
+// requestsAtOnce is the number a study's requests are a multiple of:
+// the ceiling (RequestConcurrency, or this replica's share), shared by
+// the studies this process sends now, so that one study alone can fill
+// the limit wherever it settles, and the limiter has requests to measure.
 func (f *Forwarder) requestsAtOnce() int {
 	if f.limit == nil {
 		return max(f.opts.RequestConcurrency, 1)
 	}
-	return max(min(2*f.limit.Limit(), f.limit.Ceiling())/max(int(f.sending.Load()), 1), 1)
+	return max(f.limit.Ceiling()/max(int(f.sending.Load()), 1), 1)
 }
