@@ -150,7 +150,10 @@ func caseNames(cases []flowCase) []string {
 // returns the throughput in MB/s (0 when it failed, with a note).
 func (p *pipeline) runFlowCase(ctx context.Context, s *flowShape, c flowCase, maxInstances, round int) (float64, string) {
 	p.sink, p.sinkURL = s.sink, s.sinkURL
-	p.set.StowlineEnv = map[string]string{"STOW_PARALLEL_MIN": strconv.Itoa(c.parallel)}
+	if p.set.StowlineEnv == nil {
+		p.set.StowlineEnv = map[string]string{}
+	}
+	p.set.StowlineEnv["STOW_PARALLEL_MIN"] = strconv.Itoa(c.parallel)
 	if c.adaptive {
 		p.set.StowlineEnv["STOW_PARALLEL_MIN"] = "1"
 	}

@@ -250,11 +250,17 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
 	sendOne := func(ctx context.Context, permit *flow.Permit, batch []dicomweb.Part) (out batchOutcome, err error) {
+		var sent int64 // bytes of the answered request, given back last
 		defer func() {
 			// A panic in a request goroutine would end the process; as a
 			// crash failure it dead-letters the study instead.
 			if v := recover(); v != nil {
 				err = &Error{Class: Crash, Err: newCrashError(v)}
+			}
+			// The place is given back as the goroutine ends, so the
+			// goroutines of a study stay within the limit.
+			if err == nil {
+				permit.Done(sent)
 			}
 			permit.Release() // if not given back with a signal
 		}()
@@ -262,14 +268,10 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			var local Report
 			out, err = f.send(ctx, plan, batch, &local, put)
 			reason, retryAfter, overloaded := overload(ctx, err)
-			switch {
-			case overloaded:
+			if overloaded {
 				permit.Overloaded(reason, retryAfter)
-			case err != nil:
-				permit.Release()
-			default:
-				permit.Done(local.Bytes)
 			}
+			sent = local.Bytes
 			mu.Lock()
 			rep.add(local)
 			progress := *rep
