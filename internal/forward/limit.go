@@ -15,16 +15,20 @@ import (
 	"github.com/stowline/stowline/internal/flow"
 )
 
-// overloadResends is how many times one request refused for load (429,
-// 503, a time-out) is sent again within a delivery, each after the
-// limiter halved and any Retry-After passed, before the study fails
-// transiently (and is retried later with backoff).
-// A Retry-After longer than resendPause fails the study at once instead:
-// its worker is better spent on other studies, and the retry policy
-// honours the Retry-After too.
+// overloadResends is how many times one request refused with 429 (too
+// many requests: this one, not the service) is sent again within a
+// delivery, after resendDelay doubling, the limiter's halving and any
+// Retry-After, before the study fails transiently (and is retried later
+// with backoff). A Retry-After longer than resendPause fails the study at
+// once instead: its worker is better spent on other studies, and the
+// retry policy honours the Retry-After too. A 503 or a time-out halves
+// the limit and fails the study at once, as an outage should: the
+// backoff, not re-sends, paces the requests of a destination that is
+// down.
 const (
 	overloadResends = 5
 	resendPause     = 5 * time.Second
+	resendDelay     = 250 * time.Millisecond
 )
 
 // newLimiter returns the limiter all studies of the destination share in

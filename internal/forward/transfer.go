@@ -242,7 +242,7 @@ func (f *Forwarder) requestSize(n int) int {
 
 // sendAll sends the batches, each when the destination's limiter (shared
 // by all studies) has room, and returns their outcomes in batch order. A
-// request refused for load is sent again, up to overloadResends times.
+// request refused with 429 is sent again, up to overloadResends times.
 // The first error stops the requests still running (their context is
 // cancelled) and is returned. Each answered request is reported to the
 // observer.
@@ -277,11 +277,12 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			progress := *rep
 			mu.Unlock()
 			f.obs.Progress(a, progress)
-			if !overloaded || resends >= overloadResends || retryAfter > resendPause {
+			if reason != flow.Overload429 || resends >= overloadResends || retryAfter > resendPause {
 				return out, err
 			}
 			f.log.Debug("sending a STOW-RS request again that the destination refused for load", "orthanc_study_id", a.Event.OrthancStudyID,
 				"reason", string(reason), "retry_after", retryAfter.String(), "resend", resends+1)
+			sleep(ctx, resendDelay<<resends)
 			if permit, err = f.limit.Acquire(ctx); err != nil {
 				return out, err
 			}
