@@ -3,17 +3,20 @@
 // window.
 //
 // Every request takes a permit from the destination's Limiter and gives
-// it back with what happened. The limit grows while it pays: after one
-// round (as many answered requests as the limit) in which every slot was
-// busy, throughput grew by at least a twentieth and the time a request
-// takes per byte stayed within twice the best of recent rounds, the limit
-// doubles at first (slow start), then grows by one. It shrinks when it
-// does not: by one when requests take more than twice as long per byte
-// (the destination queues them), by half on an overload (429, 503, a
-// time-out), once per burst, and no request starts before the server's
-// Retry-After. After an overload the limit grows back to one below the
-// level that was refused and probes that level again only after
-// probeRounds calm rounds.
+// it back with what happened. The limit starts at half the ceiling and
+// grows while it pays: after each round (as many answered requests as
+// the limit) in which every place was busy, the throughput (Little's law:
+// limit x bytes a request / its time) is compared with the round before
+// the last increase. While it grew by at least half of what the added
+// places would carry, and the time a request takes per byte stayed within
+// twice the best of recent rounds, the limit doubles at first (slow
+// start), then grows by one. An increase that gained nothing is undone
+// (NoGain), one after which requests queue (Latency) too; the level is
+// then held for probeRounds rounds before one more is tried. An overload
+// (429, 503, a time-out) halves the limit, once per burst, and no request
+// starts before the server's Retry-After; the limit then grows back by
+// one a round up to below the refused level, and probes that level again
+// only after probeRounds calm rounds.
 package flow
 
 import (
@@ -52,9 +55,6 @@ const (
 var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare}
 
 const (
-	// growth is how much a round's throughput must exceed the one before
-	// the last increase for the limit to grow again.
-	growth = 1.05
 	// latencyRatio is how far the time per byte may rise above the best
 	// of recent rounds before the limit shrinks.
 	latencyRatio = 2.0
