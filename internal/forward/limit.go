@@ -111,12 +111,12 @@ func overload(ctx context.Context, err error) (flow.Reason, time.Duration, bool)
 }
 
 // requestsAtOnce is the number a study's requests are a multiple of:
-// the ceiling (RequestConcurrency, or this replica's share), shared by
-// the studies this process sends now, so that one study alone can fill
-// the limit wherever it settles, and the limiter has requests to measure.
+// the current limit, shared by the studies this process sends now, so
+// that the studies together fill it (a study alone fills it), without
+// splitting small studies into tiny requests for a ceiling not reached.
 func (f *Forwarder) requestsAtOnce() int {
 	if f.limit == nil {
 		return max(f.opts.RequestConcurrency, 1)
 	}
-	return max(f.limit.Ceiling()/max(int(f.sending.Load()), 1), 1)
+	return max(f.limit.Limit()/max(int(f.sending.Load()), 1), 1)
 }
