@@ -100,8 +100,9 @@ func TestShortTokensUnderLoad(t *testing.T) {
 	r.startForwarder(t, authEnv(idp, gate.URL+"/dicom-web", tokenSecret, map[string]string{
 		"STOW_MAX_INSTANCES": strconv.Itoa(perRequest),
 		"FORWARDER_ACK_WAIT": "30s",
-		// The timing above assumes 2 requests at once.
+		// The timing above assumes 2 requests at once (fixed).
 		"STOW_PARALLEL_REQUESTS": "2",
+		"STOW_PARALLEL_MIN":      "2",
 	}))
 	start := time.Now()
 	r.publish(t, study)
@@ -158,8 +159,9 @@ func TestUnauthorizedMidStudy(t *testing.T) {
 	study := r.addStudy(t, instances, 16)
 	r.startForwarder(t, authEnv(idp, revoker.URL+"/dicom-web", tokenSecret, map[string]string{
 		"STOW_MAX_INSTANCES": strconv.Itoa(perRequest),
-		// 6 requests, 2 at once: at most 2 carry the revoked token.
+		// 6 requests, 2 at once (fixed): at most 2 carry the revoked token.
 		"STOW_PARALLEL_REQUESTS": "2",
+		"STOW_PARALLEL_MIN":      "2",
 	}))
 	r.publish(t, study)
 	r.waitDest(t, instances, time.Minute)

@@ -157,9 +157,14 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if err := serveHTTP(ctx, g, "forwarder", fc.Addr, router, p.serverTLS, log); err != nil {
 		return err
 	}
+	byName := map[string]*forward.Forwarder{}
 	for i, fw := range forwarders {
+		byName[opts[i].DestinationName] = fw
 		g.Go(named("forwarder "+opts[i].DestinationName, func() error { return fw.Run(ctx) }))
 	}
+	g.Go(named("request limit share", func() error {
+		return shareRequestLimits(ctx, p.status, byName, status.ShareInterval, log)
+	}))
 	return nil
 }
 
@@ -201,14 +206,15 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 			"variable", d.VarName("STOW_MAX_BYTES_PER_SECOND"), "bytes_per_second", int64(d.StowMaxBytesPerSecond))
 	}
 	o := &forward.Options{
-		DestinationName:    d.Name,
-		SourceFor:          r.sourceFor,
-		Destination:        client.STOW,
-		Concurrency:        fc.Concurrency,
-		MaxInstances:       d.StowMaxInstances,
-		MaxBytes:           int64(d.StowMaxBytes),
-		RequestConcurrency: d.StowParallel,
-		TransferSyntaxes:   transferSyntaxes(&d),
+		DestinationName:       d.Name,
+		SourceFor:             r.sourceFor,
+		Destination:           client.STOW,
+		Concurrency:           fc.Concurrency,
+		MaxInstances:          d.StowMaxInstances,
+		MaxBytes:              int64(d.StowMaxBytes),
+		RequestConcurrency:    d.StowParallel,
+		MinRequestConcurrency: d.StowParallelMin,
+		TransferSyntaxes:      transferSyntaxes(&d),
 		// The variable as this destination spells it, for dead-letter
 		// reasons that name the fix.
 		TransferSyntaxesVar: d.VarName("STOW_TRANSFER_SYNTAXES"),

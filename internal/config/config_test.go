@@ -57,6 +57,8 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"probe intervals reversed", map[string]string{"STOW_BREAKER_PROBE_INTERVAL": "10m"}, "", `STOW_BREAKER_MAX_PROBE_INTERVAL=5m0s: want 1s <= interval <= max interval`},
 		{"bandwidth too small", map[string]string{"STOW_MAX_BYTES_PER_SECOND": "100"}, "", `STOW_MAX_BYTES_PER_SECOND=100B: want 0 (no cap) or at least 1KiB`},
 		{"bandwidth not a size", map[string]string{"STOW_MAX_BYTES_PER_SECOND": "fast"}, "", `STOW_MAX_BYTES_PER_SECOND`},
+		{"parallel ceiling out of range", map[string]string{"STOW_PARALLEL_REQUESTS": "65"}, "", "STOW_PARALLEL_REQUESTS=65: want 1 to 64"},
+		{"parallel floor above ceiling", map[string]string{"STOW_PARALLEL_REQUESTS": "4", "STOW_PARALLEL_MIN": "8"}, "", "STOW_PARALLEL_MIN=8: want 1 to STOW_PARALLEL_REQUESTS (4)"},
 		{"oauth without client", map[string]string{"OAUTH_TOKEN_URL": "https://idp/token"}, "", "OAUTH_CLIENT_ID"},
 		{"client without oauth url", map[string]string{"OAUTH_CLIENT_ID": "x"}, "", "OAUTH_TOKEN_URL"},
 		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, "", "LOG_LEVEL"},

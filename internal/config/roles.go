@@ -170,7 +170,8 @@ type Destination struct {
 
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
-	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"4" desc:"STOW-RS requests one study sends at once (a study is split into a multiple of this)"`
+	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"16" desc:"most STOW-RS requests a forwarder process has in flight to the destination, over all its studies; the limit adapts below it (more while throughput grows, halved on 429, 503 or a time-out) and is shared by the replicas serving the destination (each ceil(this / replicas)); equal to STOW_PARALLEL_MIN: fixed (docs/operations.md)"`
+	StowParallelMin  int      `env:"STOW_PARALLEL_MIN" envDefault:"1" desc:"fewest STOW-RS requests in flight the adaptive limit goes down to (1 to STOW_PARALLEL_REQUESTS)"`
 	// StowTransferSyntaxes: transfer syntaxes the destination accepts
 	// (transfersyntax.go).
 	StowTransferSyntaxes List `env:"STOW_TRANSFER_SYNTAXES" desc:"transfer syntax UIDs the destination accepts, comma-separated; an instance in another syntax is converted by Orthanc to the first lossless one of the list (docs/transfer-syntaxes.md). Empty: the STOW_PROFILE's list (azure, aws: docs/destinations.md), else any. Example: 1.2.840.10008.1.2.1,1.2.840.10008.1.2.4.70"`
@@ -211,8 +212,10 @@ func (d *Destination) validate() error {
 	if err := d.authValidate(); err != nil {
 		errs = append(errs, err)
 	}
-	if d.StowParallel < 1 || d.StowParallel > 16 {
-		errs = append(errs, fmt.Errorf("STOW_PARALLEL_REQUESTS=%d: want 1 to 16", d.StowParallel))
+	if d.StowParallel < 1 || d.StowParallel > 64 {
+		errs = append(errs, fmt.Errorf("STOW_PARALLEL_REQUESTS=%d: want 1 to 64", d.StowParallel))
+	} else if d.StowParallelMin < 1 || d.StowParallelMin > d.StowParallel {
+		errs = append(errs, fmt.Errorf("STOW_PARALLEL_MIN=%d: want 1 to STOW_PARALLEL_REQUESTS (%d)", d.StowParallelMin, d.StowParallel))
 	}
 	if d.StowMaxInstances < 1 {
 		errs = append(errs, fmt.Errorf("STOW_MAX_INSTANCES=%d: want at least 1", d.StowMaxInstances))

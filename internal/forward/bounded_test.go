@@ -96,6 +96,7 @@ func TestForwardGoroutinesDoNotGrowWithInstances(t *testing.T) {
 			o.SourceFor = func(string) (Source, error) { return src, nil }
 			o.MaxInstances = 25
 			o.RequestConcurrency = 3
+			o.MinRequestConcurrency = 3 // fixed: both studies keep 3 in flight
 		})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

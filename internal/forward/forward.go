@@ -27,6 +27,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,6 +36,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/flow"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -114,10 +116,12 @@ type Options struct {
 	// ExactLength: the destination needs every request's length up front
 	// (AWS Signature V4), so converted instances are counted first.
 	ExactLength bool
-	// RequestConcurrency is how many STOW-RS requests one study sends at
-	// once (0 or 1: one after the other). A destination that stores each
-	// request on one thread (Orthanc) ingests faster with 2 or more.
-	RequestConcurrency int
+	// RequestConcurrency is the most STOW-RS requests this process has in
+	// flight to the destination, over all its studies (0 or 1: one after
+	// the other); MinRequestConcurrency (0: 1) the fewest it adapts down
+	// to. Between them the limit adapts to the destination (limit.go,
+	// internal/flow); equal, it is fixed.
+	RequestConcurrency, MinRequestConcurrency int
 	// AckWait is the consumer's ack wait; progress is signalled every
 	// third of it while a study uploads.
 	AckWait time.Duration
@@ -198,6 +202,10 @@ type Forwarder struct {
 	syntaxHint sync.Once
 	// breaker is nil without one.
 	breaker *breaker
+	// limit bounds the STOW-RS requests in flight over all studies;
+	// sending counts the studies sending now.
+	limit   *flow.Limiter
+	sending atomic.Int32
 }
 
 // New validates opts and returns a Forwarder.
@@ -226,6 +234,9 @@ func New(opts Options) (*Forwarder, error) {
 	}
 	if opts.StatWorkers < 0 {
 		errs = append(errs, errors.New("stat workers must not be negative"))
+	}
+	if opts.MinRequestConcurrency > max(opts.RequestConcurrency, 1) {
+		errs = append(errs, errors.New("the request concurrency floor must not exceed its ceiling"))
 	}
 	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 {
 		errs = append(errs, errors.New("max deliveries and instance retries must not be negative"))
@@ -258,6 +269,10 @@ func New(opts Options) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
+	limit, err := newLimiter(&opts, reg, log)
+	if err != nil {
+		return nil, err
+	}
 	obs := opts.Observer
 	if obs == nil {
 		obs = noObserver{}
@@ -268,7 +283,7 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
-	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts)}
+	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit}
 	if b := opts.Breaker; b.Failures > 0 {
 		failures := b.Failures
 		if p.canDeadLetter && p.maxDeliveries > 0 && uint64(failures) > p.maxDeliveries {

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/flow"
 	"github.com/stowline/stowline/internal/tracing"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -60,6 +61,8 @@ func (r *Report) add(o Report) {
 func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	ev := a.Event
 	var rep Report
+	f.sending.Add(1)
+	defer f.sending.Add(-1)
 	src, err := f.opts.SourceFor(ev.Source)
 	if err != nil {
 		return rep, &Error{Class: Permanent, Err: err}
@@ -227,67 +230,74 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	return rep, nil
 }
 
-// requestSize spreads n instances over a multiple of RequestConcurrency
+// requestSize spreads n instances over a multiple of requestsAtOnce
 // requests of at most MaxInstances, so parallel requests finish together
 // (300 instances, 100 a request, 2 at once: 4 requests of 75, not 3 of 100).
 func (f *Forwarder) requestSize(n int) int {
-	p := max(f.opts.RequestConcurrency, 1)
+	p := f.requestsAtOnce()
 	reqs := (n + f.opts.MaxInstances - 1) / f.opts.MaxInstances
 	reqs = (reqs + p - 1) / p * p
 	return max((n+reqs-1)/max(reqs, 1), 1)
 }
 
-// sendAll sends the batches, up to RequestConcurrency at once, and returns
-// their outcomes in batch order. The first error stops the requests still
-// running (their context is cancelled) and is returned. Each answered
-// request is reported to the observer.
+// sendAll sends the batches, each when the destination's limiter (shared
+// by all studies) has room, and returns their outcomes in batch order. A
+// request refused with 429 is sent again, up to overloadResends times.
+// The first error stops the requests still running (their context is
+// cancelled) and is returned. Each answered request is reported to the
+// observer.
 func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
-	sendOne := func(ctx context.Context, batch []dicomweb.Part) (out batchOutcome, err error) {
+	sendOne := func(ctx context.Context, permit *flow.Permit, batch []dicomweb.Part) (out batchOutcome, err error) {
+		var sent int64 // bytes of the answered request, given back last
 		defer func() {
 			// A panic in a request goroutine would end the process; as a
 			// crash failure it dead-letters the study instead.
 			if v := recover(); v != nil {
 				err = &Error{Class: Crash, Err: newCrashError(v)}
 			}
-		}()
-		var local Report
-		out, err = f.send(ctx, plan, batch, &local, put)
-		mu.Lock()
-		rep.add(local)
-		progress := *rep
-		mu.Unlock()
-		f.obs.Progress(a, progress)
-		return out, err
-	}
-	if f.opts.RequestConcurrency <= 1 {
-		for i, batch := range batches {
-			out, err := sendOne(ctx, batch)
-			if err != nil {
-				return nil, fmt.Errorf("STOW-RS request %d: %w", rep.Requests, err)
+			// The place is given back as the goroutine ends, so the
+			// goroutines of a study stay within the limit.
+			if err == nil {
+				permit.Done(sent)
 			}
-			outs[i] = out
+			permit.Release() // if not given back with a signal
+		}()
+		for resends := 0; ; resends++ {
+			var local Report
+			out, err = f.send(ctx, plan, batch, &local, put)
+			reason, retryAfter, overloaded := overload(ctx, err)
+			if overloaded {
+				permit.Overloaded(reason, retryAfter)
+			}
+			sent = local.Bytes
+			mu.Lock()
+			rep.add(local)
+			progress := *rep
+			mu.Unlock()
+			f.obs.Progress(a, progress)
+			if reason != flow.Overload429 || resends >= overloadResends || retryAfter > resendPause {
+				return out, err
+			}
+			f.log.Debug("sending a STOW-RS request again that the destination refused for load", "orthanc_study_id", a.Event.OrthancStudyID,
+				"reason", string(reason), "retry_after", retryAfter.String(), "resend", resends+1)
+			sleep(ctx, resendDelay<<resends)
+			if permit, err = f.limit.Acquire(ctx); err != nil {
+				return out, err
+			}
 		}
-		return outs, nil
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var (
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, f.opts.RequestConcurrency)
-	)
+	var wg sync.WaitGroup
 	for i, batch := range batches {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
+		permit, err := f.limit.Acquire(ctx)
+		if err != nil {
+			break // cancelled: the cause is returned below
 		}
 		wg.Go(func() {
-			defer func() { <-sem }()
-			out, err := sendOne(ctx, batch)
+			out, err := sendOne(ctx, permit, batch)
 			if err != nil {
 				cancel(fmt.Errorf("STOW-RS request for batch %d of %d: %w", i+1, len(batches), err))
 				return

@@ -131,9 +131,9 @@ func TestMaxReplicas(t *testing.T) {
 		threads, reserved, conc, parallel, max int
 		want                                   int32
 	}{
-		{"orthanc defaults", 50, 10, 4, 4, 0, 2},
-		{"more threads", 410, 10, 4, 4, 0, 25},
-		{"one request a study", 50, 10, 2, 1, 0, 20},
+		{"orthanc defaults", 50, 10, 4, 16, 0, 2},
+		{"more threads", 410, 10, 4, 16, 0, 25},
+		{"one request at a time", 50, 10, 2, 1, 0, 40},
 		{"ack-pending cap", 100000, 0, 50, 1, 0, 20},
 		{"explicit", 50, 10, 4, 4, 7, 7},
 	}

@@ -38,7 +38,7 @@ func TestOperationsDestinationsExample(t *testing.T) {
 	objs := render(t, operationsExample(t, "site-destinations.yaml"))
 	checkRelease(t, objs)
 	src := readGoFacts(t)
-	for group, want := range map[string]int32{"archive": 11, "ai": 23} {
+	for group, want := range map[string]int32{"archive": 11, "ai": 11} {
 		so := scaledObjectOf(t, objs, forwarderDeployment(t, objs, group))
 		if so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount != want {
 			t.Errorf("group %s: maxReplicaCount %v, want %d (as the section says)", group, so.Spec.MaxReplicaCount, want)

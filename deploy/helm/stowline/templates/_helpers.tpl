@@ -114,14 +114,17 @@ with them (every forwarder reads every destination's).
 {{- end -}}
 
 {{/*
-The connections one study of a destination keeps open to Orthanc at most:
-its STOW_PARALLEL_REQUESTS, or 8 if larger while its rules read instance
-metadata (read 8 at a time; internal/routing). (dict "root" $ "d" $destination).
+The connections a forwarder replica keeps open to Orthanc at most for a
+destination: its STOW_PARALLEL_REQUESTS (requests in flight over all
+studies; the replicas share it), or concurrency x 8 if larger while its
+rules read instance metadata (read 8 at a time a study; internal/routing).
+(dict "root" $ "d" $destination "f" $forwarder).
 */}}
 {{- define "stowline.destinationConnections" -}}
 {{- $p := int (include "stowline.destinationParallel" .) -}}
 {{- if or (regexMatch "callingAets|sopClasses" (default "" .d.match)) (regexMatch "sopClassUid|transferSyntaxUid|callingAet" (default "" .d.instanceMatch)) -}}
-{{- if lt $p 8 }}{{ $p = 8 }}{{ end -}}
+{{- $m := mul 8 (int .f.concurrency) -}}
+{{- if lt $p $m }}{{ $p = $m }}{{ end -}}
 {{- end -}}
 {{- $p -}}
 {{- end -}}
@@ -296,8 +299,8 @@ Arguments: (dict "root" $ "entry" .).
 
 {{/*
 The connections one replica of a forwarder group keeps open to Orthanc at
-most: concurrency (FORWARDER_CONCURRENCY, studies at once per destination
-served) x each served destination's connections per study, summed.
+most: each served destination's connections (stowline.destinationConnections),
+summed; without destinations, its stowParallelRequests.
 Arguments: (dict "root" $ "f" $forwarder).
 */}}
 {{- define "stowline.forwarderConnections" -}}
@@ -307,11 +310,11 @@ Arguments: (dict "root" $ "f" $forwarder).
 {{- $served := include "stowline.servedDestinations" . | fromYamlArray -}}
 {{- $sum := 0 -}}
 {{- range $root.Values.destinations -}}
-{{- if has .name $served }}{{ $sum = add $sum (mul (int $f.concurrency) (int (include "stowline.destinationConnections" (dict "root" $root "d" .)))) }}{{ end -}}
+{{- if has .name $served }}{{ $sum = add $sum (int (include "stowline.destinationConnections" (dict "root" $root "d" . "f" $f))) }}{{ end -}}
 {{- end -}}
 {{- $sum -}}
 {{- else -}}
-{{- mul (int $f.concurrency) (int $f.stowParallelRequests) -}}
+{{- int $f.stowParallelRequests -}}
 {{- end -}}
 {{- end -}}
 
@@ -333,7 +336,7 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 {{- $ackLimit := div 1000 (int $f.concurrency) -}}
 {{- if gt $max $ackLimit }}{{ $max = $ackLimit }}{{ end -}}
 {{- if lt $max (int $f.keda.minReplicaCount) -}}
-{{- fail (printf "forwarders[%s]: Orthanc's %d HTTP threads (orthanc.httpThreadsCount %d - orthanc.reservedThreads %d) give at most %d replicas of %d connections (concurrency %d x the stowParallelRequests of each destination served), fewer than keda.minReplicaCount %d: raise Orthanc's HttpThreadsCount and orthanc.httpThreadsCount, or lower the concurrency" $f.name $threads (int $o.httpThreadsCount) (int $o.reservedThreads) $max $perReplica (int $f.concurrency) (int $f.keda.minReplicaCount)) -}}
+{{- fail (printf "forwarders[%s]: Orthanc's %d HTTP threads (orthanc.httpThreadsCount %d - orthanc.reservedThreads %d) give at most %d replicas of %d connections (the stowParallelRequests of each destination served, or concurrency %d x 8 for one whose rules read instance metadata), fewer than keda.minReplicaCount %d: raise Orthanc's HttpThreadsCount and orthanc.httpThreadsCount, or lower stowParallelRequests" $f.name $threads (int $o.httpThreadsCount) (int $o.reservedThreads) $max $perReplica (int $f.concurrency) (int $f.keda.minReplicaCount)) -}}
 {{- end -}}
 {{- $max -}}
 {{- end -}}

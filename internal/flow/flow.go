@@ -1,0 +1,456 @@
+// Package flow adapts how many STOW-RS requests a process keeps in flight
+// to one destination: an AIMD controller, the idea TCP uses for its
+// window.
+//
+// Every request takes a permit from the destination's Limiter and gives
+// it back with what happened. The limit starts at half the ceiling and
+// grows while it pays: after each round (as many answered requests as
+// the limit) in which every place was busy, the throughput (Little's law:
+// limit x bytes a request / its time) is compared with the round before
+// the last increase. While it grew by at least half of what the added
+// places would carry, and the time a request takes per byte stayed within
+// twice the best of recent rounds, the limit doubles at first (slow
+// start), then grows by one. An increase that gained nothing is undone
+// (NoGain), one after which requests queue (Latency) too; the level is
+// then held for probeRounds rounds before one more is tried. An overload
+// (429, 503, a time-out) halves the limit, once per burst, and no request
+// starts before the server's Retry-After; the limit then grows back by
+// one a round up to below the refused level, and probes that level again
+// only after probeRounds calm rounds.
+package flow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Reason says why the limit changed.
+type Reason string
+
+// The reasons, also the metric's label values.
+const (
+	// Increase: a round's throughput grew with latency holding.
+	Increase Reason = "increase"
+	// NoGain: slow start's last doubling gained nothing; back to the level
+	// before it.
+	NoGain Reason = "no_gain"
+	// Latency: requests took more than twice the best time per byte.
+	Latency Reason = "latency"
+	// Overload429, Overload503 and Timeout: the destination refused or
+	// dropped a request for load.
+	Overload429 Reason = "overload_429"
+	Overload503 Reason = "overload_503"
+	Timeout     Reason = "timeout"
+	// RetryAfter: no change of the limit, a pause before new requests.
+	RetryAfter Reason = "retry_after"
+	// ReplicaShare: the number of replicas serving the destination
+	// changed this replica's share of the ceiling.
+	ReplicaShare Reason = "replica_share"
+)
+
+// Reasons lists every reason, for metrics.
+var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare}
+
+const (
+	// latencyRatio is how far the time per byte may rise above the best
+	// of recent rounds before the limit shrinks.
+	latencyRatio = 2.0
+	// probeRounds: calm rounds before a level that was refused, or one
+	// whose throughput did not grow, is tried again.
+	probeRounds = 16
+	// bestRounds is how many rounds the best time per byte is kept for,
+	// so it follows a destination that became slower for good.
+	bestRounds = 16
+	// minRound is the fewest answered requests in a round, so one
+	// request alone does not decide.
+	minRound = 3
+	// MaxPause bounds a Retry-After pause.
+	MaxPause = 5 * time.Minute
+)
+
+// ErrInvalidOptions is returned by New for a floor or ceiling out of range.
+var ErrInvalidOptions = errors.New("flow: invalid options")
+
+// Change is one change of the limit (or a pause, RetryAfter).
+type Change struct {
+	From, To int
+	Reason   Reason
+	// Pause is the Retry-After pause, if any.
+	Pause time.Duration
+}
+
+// Options configures a Limiter.
+type Options struct {
+	// Min is the floor (at least 1), Max the ceiling of the limit, for
+	// this process before any replica share.
+	Min, Max int
+	// Start is the first limit; 0 starts at half the ceiling, at least
+	// Min: one round of slow start reaches a ceiling the destination
+	// takes, and a throttled destination is met below the ceiling.
+	Start int
+	// OnChange, if set, is called after every change, outside the lock,
+	// in order of the changes only as far as callers do not race.
+	OnChange func(Change)
+}
+
+// Limiter hands out permits for requests to one destination. It is safe
+// for concurrent use; all studies of a destination share one.
+type Limiter struct {
+	min, max int
+	onChange func(Change)
+
+	mu       sync.Mutex
+	limit    int
+	ceiling  int // max, or this replica's share of it
+	inFlight int
+	waiters  []chan struct{} // FIFO: studies are served in turn
+	pause    time.Time       // no request starts before
+	timer    *time.Timer     // wakes the waiters when the pause ends
+
+	// epoch counts limit changes: a round measures only requests
+	// started at the current limit, and an overload reported by a
+	// request started before the last decrease does not halve again.
+	epoch, decreased uint64
+	slowStart        bool
+	round            round
+	// before is the throughput (bytes/s) of the round that last made the
+	// limit grow; refused is one above the highest level known to work
+	// after an overload (0: none), calm counts rounds that held.
+	before      float64
+	beforeLimit int
+	held        bool // grows only after probeRounds calm rounds
+	refused     int
+	calm        int
+	best        []float64 // time per byte of recent rounds
+}
+
+type round struct {
+	n         int
+	bytes     int64
+	took      time.Duration // sum of the requests' durations
+	perByte   float64       // sum over requests with bytes
+	weighed   int
+	saturated bool
+}
+
+// New returns a limiter.
+func New(o Options) (*Limiter, error) {
+	if o.Min < 1 || o.Max < o.Min {
+		return nil, fmt.Errorf("%w: want 1 <= min (%d) <= max (%d)", ErrInvalidOptions, o.Min, o.Max)
+	}
+	start := o.Start
+	if start == 0 {
+		start = o.Max / 2
+	}
+	start = min(max(start, o.Min), o.Max)
+	l := &Limiter{min: o.Min, max: o.Max, ceiling: o.Max, limit: start, onChange: o.OnChange, slowStart: true}
+	return l, nil
+}
+
+// Limit returns the current limit.
+func (l *Limiter) Limit() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.limit
+}
+
+// Ceiling returns the current ceiling: Max, or this replica's share.
+func (l *Limiter) Ceiling() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ceiling
+}
+
+// Permit is one request's place in the limit. Exactly one of Done,
+// Overloaded or Release gives it back; later calls do nothing.
+type Permit struct {
+	l     *Limiter
+	start time.Time
+	epoch uint64
+	once  sync.Once
+}
+
+// Acquire waits for a free place within the limit, after any Retry-After
+// pause, in turn with other callers.
+func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	if len(l.waiters) == 0 && l.free(time.Now()) {
+		p := l.grant()
+		l.mu.Unlock()
+		return p, nil
+	}
+	ch := make(chan struct{})
+	l.waiters = append(l.waiters, ch)
+	l.dispatch(time.Now()) // arms the timer of a pause
+	l.mu.Unlock()
+	select {
+	case <-ch:
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.permit(), nil
+	case <-ctx.Done():
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for i, w := range l.waiters {
+			if w == ch {
+				l.waiters = append(l.waiters[:i], l.waiters[i+1:]...)
+				return nil, ctx.Err()
+			}
+		}
+		// Granted as ctx ended: give the place on.
+		l.inFlight--
+		l.dispatch(time.Now())
+		return nil, ctx.Err()
+	}
+}
+
+func (l *Limiter) free(now time.Time) bool {
+	return l.inFlight < l.limit && !now.Before(l.pause)
+}
+
+// grant takes a place; the caller holds mu.
+func (l *Limiter) grant() *Permit {
+	l.inFlight++
+	return l.permit()
+}
+
+func (l *Limiter) permit() *Permit {
+	if l.inFlight >= l.limit {
+		l.round.saturated = true
+	}
+	return &Permit{l: l, start: time.Now(), epoch: l.epoch}
+}
+
+// dispatch hands free places to waiters in turn; the caller holds mu.
+func (l *Limiter) dispatch(now time.Time) {
+	if now.Before(l.pause) {
+		if l.timer == nil {
+			l.timer = time.AfterFunc(l.pause.Sub(now), func() {
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				l.timer = nil
+				l.dispatch(time.Now())
+			})
+		}
+		return
+	}
+	for len(l.waiters) > 0 && l.inFlight < l.limit {
+		ch := l.waiters[0]
+		l.waiters = l.waiters[1:]
+		l.inFlight++
+		close(ch)
+	}
+}
+
+// Release gives the place back without a signal: the request failed for
+// another reason or was cancelled. A nil permit does nothing.
+func (p *Permit) Release() {
+	if p == nil {
+		return
+	}
+	p.once.Do(func() {
+		l := p.l
+		l.mu.Lock()
+		l.inFlight--
+		l.dispatch(time.Now())
+		l.mu.Unlock()
+	})
+}
+
+// Done gives the place back after an answered request that sent bytes.
+func (p *Permit) Done(bytes int64) {
+	p.once.Do(func() {
+		l := p.l
+		now := time.Now()
+		l.mu.Lock()
+		l.inFlight--
+		c, changed := l.measure(p, bytes, now)
+		l.dispatch(now)
+		l.mu.Unlock()
+		if changed {
+			l.report(c)
+		}
+	})
+}
+
+// Overloaded gives the place back after the destination refused the
+// request for load (reason Overload429, Overload503 or Timeout), with its
+// Retry-After (0 if none).
+func (p *Permit) Overloaded(reason Reason, retryAfter time.Duration) {
+	p.once.Do(func() {
+		l := p.l
+		now := time.Now()
+		var changes []Change
+		l.mu.Lock()
+		l.inFlight--
+		if retryAfter > 0 {
+			until := now.Add(min(retryAfter, MaxPause))
+			if until.After(l.pause) {
+				l.pause = until
+				changes = append(changes, Change{From: l.limit, To: l.limit, Reason: RetryAfter, Pause: until.Sub(now)})
+			}
+		}
+		// One halving a burst: requests started before the last
+		// decrease saw the old limit.
+		if p.epoch >= l.decreased {
+			from := l.limit
+			l.refused = from
+			l.setLimit(max(l.min, from/2))
+			l.decreased = l.epoch
+			// Grow back from here, up to below the refused level.
+			l.slowStart, l.held, l.calm = false, false, 0
+			l.before, l.beforeLimit = 0, 0
+			if l.limit != from {
+				changes = append(changes, Change{From: from, To: l.limit, Reason: reason})
+			}
+		}
+		l.dispatch(now)
+		l.mu.Unlock()
+		for _, c := range changes {
+			l.report(c)
+		}
+	})
+}
+
+// SetReplicas sets how many replicas serve the destination (at least 1):
+// this one's ceiling becomes its share of Max, ceil(Max/n), never below
+// Min.
+func (l *Limiter) SetReplicas(n int) {
+	n = max(n, 1)
+	l.mu.Lock()
+	l.ceiling = max(l.min, (l.max+n-1)/n)
+	from := l.limit
+	changed := false
+	if l.limit > l.ceiling {
+		l.setLimit(l.ceiling)
+		changed = true
+	}
+	l.mu.Unlock()
+	if changed {
+		l.report(Change{From: from, To: l.ceiling, Reason: ReplicaShare})
+	}
+}
+
+func (l *Limiter) report(c Change) {
+	if l.onChange != nil {
+		l.onChange(c)
+	}
+}
+
+// setLimit changes the limit and starts a new round; the caller holds mu.
+func (l *Limiter) setLimit(n int) {
+	l.limit = n
+	l.epoch++
+	l.round = round{}
+}
+
+// measure adds an answered request to the round and, at the round's end,
+// decides; the caller holds mu.
+func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) {
+	if p.epoch != l.epoch {
+		return Change{}, false // started at another limit
+	}
+	r := &l.round
+	if len(l.waiters) > 0 || l.inFlight+1 >= l.limit {
+		r.saturated = true // every place was taken until this answer
+	}
+	r.n++
+	r.bytes += bytes
+	took := now.Sub(p.start)
+	r.took += took
+	if bytes > 0 {
+		r.perByte += took.Seconds() / float64(bytes)
+		r.weighed++
+	}
+	if r.n < max(l.limit, minRound) {
+		return Change{}, false
+	}
+	if !r.saturated || r.weighed == 0 || r.took <= 0 {
+		// The demand did not fill the limit: this round says nothing
+		// about a higher one.
+		l.round = round{}
+		return Change{}, false
+	}
+	// Little's law: with every place busy, the throughput is the limit
+	// times the bytes a request carries over the time it takes. Unlike
+	// bytes over the round's wall time, it does not count the ramp from
+	// the previous limit.
+	tp := float64(l.limit) * float64(r.bytes) / r.took.Seconds()
+	perByte := r.perByte / float64(r.weighed)
+	l.round = round{}
+	best := perByte
+	for _, b := range l.best {
+		best = min(best, b)
+	}
+	l.best = append(l.best, perByte)
+	if len(l.best) > bestRounds {
+		l.best = l.best[1:]
+	}
+	from := l.limit
+	change := func(to int, why Reason) (Change, bool) {
+		l.setLimit(to)
+		return Change{From: from, To: to, Reason: why}, true
+	}
+	// Grown: at least half of what the added places would carry if the
+	// destination were not the bottleneck.
+	grew := l.before == 0 || tp >= l.before*(1+0.5*float64(l.limit-l.beforeLimit)/float64(l.beforeLimit))
+	switch {
+	case perByte > latencyRatio*best:
+		l.slowStart, l.held, l.calm = false, true, 0
+		to := l.limit - 1
+		if l.beforeLimit > 0 && l.beforeLimit < to {
+			to = l.beforeLimit // the last increase made it queue: undo it
+		}
+		if to >= l.min {
+			return change(to, Latency)
+		}
+	case l.held:
+		l.calm++
+		if l.calm >= probeRounds && l.limit < l.ceiling {
+			// Held long enough: does one more pay now?
+			return l.grow(tp, true, change)
+		}
+	case grew:
+		return l.grow(tp, false, change)
+	default:
+		// The last increase gained nothing: back to the level before.
+		l.slowStart, l.held, l.calm = false, true, 0
+		if l.beforeLimit > 0 && l.beforeLimit < l.limit {
+			return change(max(l.min, l.beforeLimit), NoGain)
+		}
+	}
+	return Change{}, false
+}
+
+// grow raises the limit from the level measured at tp: doubling in slow
+// start, else by one, and to a level refused for load only when probing
+// (after probeRounds calm rounds); the caller holds mu.
+func (l *Limiter) grow(tp float64, probe bool, change func(int, Reason) (Change, bool)) (Change, bool) {
+	next := l.limit + 1
+	if l.slowStart {
+		next = 2 * l.limit
+	}
+	next = min(next, l.ceiling)
+	if l.refused > 0 && next >= l.refused {
+		switch {
+		case l.limit < l.refused-1:
+			next = l.refused - 1
+		case probe:
+			next, l.refused = l.refused, 0 // an overload sets it again
+		default:
+			next = l.limit
+		}
+	}
+	if next <= l.limit {
+		l.slowStart, l.held, l.calm = false, true, 0
+		return Change{}, false
+	}
+	l.before, l.beforeLimit, l.held, l.calm = tp, l.limit, false, 0
+	return change(next, Increase)
+}

@@ -1,0 +1,329 @@
+package flow
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+func newLimiter(t *testing.T, o Options) (*Limiter, *[]Change) {
+	t.Helper()
+	var (
+		mu      sync.Mutex
+		changes []Change
+	)
+	o.OnChange = func(c Change) {
+		mu.Lock()
+		defer mu.Unlock()
+		changes = append(changes, c)
+	}
+	l, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, &changes
+}
+
+func TestNewValidates(t *testing.T) {
+	for _, o := range []Options{{Min: 0, Max: 4}, {Min: 5, Max: 4}} {
+		if _, err := New(o); !errors.Is(err, ErrInvalidOptions) {
+			t.Errorf("New(%+v) = %v, want ErrInvalidOptions", o, err)
+		}
+	}
+	for _, c := range []struct {
+		o    Options
+		want int
+	}{
+		{Options{Min: 1, Max: 16}, 8},
+		{Options{Min: 1, Max: 2}, 1},
+		{Options{Min: 6, Max: 10}, 6},
+		{Options{Min: 1, Max: 16, Start: 1}, 1},
+		{Options{Min: 8, Max: 8}, 8},
+	} {
+		l, err := New(c.o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.Limit(); got != c.want {
+			t.Errorf("New(%+v).Limit() = %d, want %d", c.o, got, c.want)
+		}
+	}
+}
+
+// destination simulates one: each request takes the time serve returns
+// for the number in flight (including it), or is refused when serve says
+// so.
+type destination struct {
+	inFlight atomic.Int32
+	refused  atomic.Int32
+	served   atomic.Int32
+	serve    func(inFlight int) (d time.Duration, overloaded bool)
+}
+
+// run sends requests of 1 MB from workers goroutines (each study a
+// worker) for the duration, sampling the limit every 100 ms.
+func (d *destination) run(t *testing.T, l *Limiter, workers int, dur time.Duration) (samples []int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), dur)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				p, err := l.Acquire(ctx)
+				if err != nil {
+					return
+				}
+				n := int(d.inFlight.Add(1))
+				took, over := d.serve(n)
+				time.Sleep(took)
+				d.inFlight.Add(-1)
+				if over {
+					d.refused.Add(1)
+					p.Overloaded(Overload429, 0)
+					continue
+				}
+				d.served.Add(1)
+				p.Done(1 << 20)
+			}
+		})
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			samples = append(samples, l.Limit())
+		case <-ctx.Done():
+			wg.Wait()
+			return samples
+		}
+	}
+}
+
+func mean(xs []int) float64 {
+	s := 0
+	for _, x := range xs {
+		s += x
+	}
+	return float64(s) / float64(len(xs))
+}
+
+func TestGrowsToCeilingWhileThroughputGrows(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// Far away: every request takes as long however many run.
+		d := &destination{serve: func(int) (time.Duration, bool) { return 200 * time.Millisecond, false }}
+		l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+		d.run(t, l, 32, 20*time.Second)
+		if got := l.Limit(); got != 16 {
+			t.Errorf("limit %d after 20 s, want the ceiling 16; changes %+v", got, *changes)
+		}
+		for _, c := range *changes {
+			if c.Reason != Increase {
+				t.Errorf("change %+v, want only increases", c)
+			}
+		}
+	})
+}
+
+func TestHoldsWhenTheDestinationQueues(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// One store thread: requests queue, each takes n times as long
+		// with n in flight, throughput does not grow.
+		d := &destination{serve: func(n int) (time.Duration, bool) { return time.Duration(n) * 100 * time.Millisecond, false }}
+		l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+		samples := d.run(t, l, 32, 60*time.Second)
+		tail := samples[len(samples)/2:]
+		// It starts at 8 (half the ceiling): doubling made requests
+		// queue, one more gains nothing.
+		if m := mean(tail); m > 9 {
+			t.Errorf("mean limit %.1f over the last 30 s, want at most 9 (throughput does not grow); changes %+v", m, *changes)
+		}
+		if got := (*changes)[1]; got.Reason != Latency || got.To != 8 {
+			t.Errorf("second change %+v, want back to 8 for latency", got)
+		}
+	})
+}
+
+func TestSettlesBelowAThrottle(t *testing.T) {
+	const n = 6
+	synctest.Test(t, func(t *testing.T) {
+		// 429 above n in flight.
+		d := &destination{serve: func(in int) (time.Duration, bool) {
+			if in > n {
+				return 10 * time.Millisecond, true
+			}
+			return 200 * time.Millisecond, false
+		}}
+		l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+		samples := d.run(t, l, 32, 120*time.Second)
+		tail := samples[len(samples)/4:]
+		t.Logf("mean limit %.2f, %d refused, %d served", mean(tail), d.refused.Load(), d.served.Load())
+		if m := mean(tail); m < 0.85*n || m > n+1 {
+			t.Errorf("mean limit %.1f, want near %d; changes %+v", m, n, *changes)
+		}
+		if r, s := d.refused.Load(), d.served.Load(); float64(r) > 0.02*float64(s) {
+			t.Errorf("%d requests refused for %d served, want under 2%%", r, s)
+		}
+	})
+}
+
+func TestOverloadHalvesOnceABurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, changes := newLimiter(t, Options{Min: 1, Max: 16, Start: 8})
+		var ps []*Permit
+		for range 8 {
+			p, err := l.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ps = append(ps, p)
+		}
+		for _, p := range ps {
+			p.Overloaded(Overload503, 0)
+		}
+		if got := l.Limit(); got != 4 {
+			t.Fatalf("limit %d after a burst of 8 overloads at 8, want 4 (halved once); changes %+v", got, *changes)
+		}
+		// A request started after the decrease halves again.
+		p, err := l.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Overloaded(Timeout, 0)
+		p.Overloaded(Timeout, 0) // a second give-back does nothing
+		if got := l.Limit(); got != 2 {
+			t.Fatalf("limit %d, want 2", got)
+		}
+		for range 3 {
+			p, err := l.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Overloaded(Overload429, 0)
+		}
+		if got := l.Limit(); got != 1 {
+			t.Fatalf("limit %d, want the floor 1", got)
+		}
+		// At the floor an overload changes nothing to report.
+		want := []Reason{Overload503, Timeout, Overload429}
+		if len(*changes) != len(want) {
+			t.Fatalf("changes %+v, want reasons %v", *changes, want)
+		}
+		for i, c := range *changes {
+			if c.Reason != want[i] {
+				t.Errorf("change %d: %+v, want reason %s", i, c, want[i])
+			}
+		}
+	})
+}
+
+func TestRetryAfterPausesNewRequests(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, changes := newLimiter(t, Options{Min: 2, Max: 8})
+		p, err := l.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		p.Overloaded(Overload429, 3*time.Second)
+		if got := l.Limit(); got != 2 {
+			t.Errorf("limit %d, want 2 (halved from 4)", got)
+		}
+		var got []time.Duration
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for range 2 {
+			wg.Go(func() {
+				p, err := l.Acquire(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				got = append(got, time.Since(start))
+				mu.Unlock()
+				p.Release()
+			})
+		}
+		wg.Wait()
+		for _, d := range got {
+			if d != 3*time.Second {
+				t.Errorf("request started after %s, want 3s (Retry-After)", d)
+			}
+		}
+		if c := (*changes)[0]; c.Reason != RetryAfter || c.Pause != 3*time.Second {
+			t.Errorf("first change %+v, want a 3s retry_after pause", c)
+		}
+		// A cancelled wait gives up its turn.
+		p, _ = l.Acquire(t.Context())
+		p.Overloaded(Overload429, time.Hour)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		if _, err := l.Acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Acquire during a pause = %v, want the context's deadline", err)
+		}
+		start = time.Now()
+		if p, err := l.Acquire(t.Context()); err != nil {
+			t.Error(err)
+		} else {
+			p.Release()
+		}
+		if d := time.Since(start); d != MaxPause-time.Second {
+			t.Errorf("waited %s, want the pause capped at %s", d, MaxPause)
+		}
+	})
+}
+
+func TestLimitBoundsRequestsInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _ := newLimiter(t, Options{Min: 3, Max: 3})
+		var in, most atomic.Int32
+		var wg sync.WaitGroup
+		for range 20 {
+			wg.Go(func() {
+				p, err := l.Acquire(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n := in.Add(1)
+				for {
+					m := most.Load()
+					if n <= m || most.CompareAndSwap(m, n) {
+						break
+					}
+				}
+				time.Sleep(time.Second)
+				in.Add(-1)
+				p.Done(1000)
+			})
+		}
+		wg.Wait()
+		if m := most.Load(); m != 3 {
+			t.Errorf("%d requests in flight at most, want 3 (floor = ceiling)", m)
+		}
+	})
+}
+
+func TestReplicaShare(t *testing.T) {
+	l, changes := newLimiter(t, Options{Min: 2, Max: 16, Start: 16})
+	for _, c := range []struct{ replicas, ceiling, limit int }{
+		{1, 16, 16}, {3, 6, 6}, {10, 2, 2}, {2, 8, 2},
+	} {
+		l.SetReplicas(c.replicas)
+		if got := l.Ceiling(); got != c.ceiling {
+			t.Errorf("%d replicas: ceiling %d, want %d", c.replicas, got, c.ceiling)
+		}
+		if got := l.Limit(); got != c.limit {
+			t.Errorf("%d replicas: limit %d, want %d", c.replicas, got, c.limit)
+		}
+	}
+	if len(*changes) != 2 || (*changes)[0].Reason != ReplicaShare {
+		t.Errorf("changes %+v, want two replica_share", *changes)
+	}
+}

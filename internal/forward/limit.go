@@ -1,0 +1,122 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/flow"
+)
+
+// overloadResends is how many times one request refused with 429 (too
+// many requests: this one, not the service) is sent again within a
+// delivery, after resendDelay doubling, the limiter's halving and any
+// Retry-After, before the study fails transiently (and is retried later
+// with backoff). A Retry-After longer than resendPause fails the study at
+// once instead: its worker is better spent on other studies, and the
+// retry policy honours the Retry-After too. A 503 or a time-out halves
+// the limit and fails the study at once, as an outage should: the
+// backoff, not re-sends, paces the requests of a destination that is
+// down.
+const (
+	overloadResends = 5
+	resendPause     = 5 * time.Second
+	resendDelay     = 250 * time.Millisecond
+)
+
+// newLimiter returns the limiter all studies of the destination share in
+// this process: between MinRequestConcurrency and RequestConcurrency STOW
+// requests in flight, adapted (internal/flow). Changes are counted by
+// reason; a decrease is logged at info, an increase at debug.
+func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*flow.Limiter, error) {
+	labels := prometheus.Labels{"destination": opts.DestinationName}
+	gauge := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "stowline_forwarder_stow_parallel_limit",
+		Help:        "STOW-RS requests this process may have in flight to the destination now, over all its studies (adapted between STOW_PARALLEL_MIN and STOW_PARALLEL_REQUESTS, or this replica's share of it).",
+		ConstLabels: labels,
+	})
+	changes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_stow_parallel_changes_total",
+		Help:        "Changes of stowline_forwarder_stow_parallel_limit, by reason: increase (throughput grew, latency held), no_gain (the last increase did not pay), latency (requests took over twice the best time per byte), overload_429, overload_503, timeout (halved), retry_after (new requests paused, limit unchanged), replica_share (the replicas serving the destination changed).",
+		ConstLabels: labels,
+	}, []string{"reason"})
+	for _, r := range flow.Reasons {
+		changes.WithLabelValues(string(r))
+	}
+	for _, c := range []prometheus.Collector{gauge, changes} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("forward: register metrics: %w", err)
+		}
+	}
+	floor := max(opts.MinRequestConcurrency, 1)
+	l, err := flow.New(flow.Options{Min: floor, Max: max(opts.RequestConcurrency, floor), OnChange: func(c flow.Change) {
+		changes.WithLabelValues(string(c.Reason)).Inc()
+		gauge.Set(float64(c.To))
+		switch {
+		case c.Reason == flow.RetryAfter:
+			log.Info("destination asked to wait: no new STOW-RS request before the pause ends", "pause", c.Pause.String(), "limit", c.To)
+		case c.To < c.From:
+			log.Info("fewer STOW-RS requests in flight to the destination", "from", c.From, "to", c.To, "reason", string(c.Reason))
+		default:
+			log.Debug("more STOW-RS requests in flight to the destination", "from", c.From, "to", c.To, "reason", string(c.Reason))
+		}
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("forward: request concurrency: %w", err)
+	}
+	gauge.Set(float64(l.Limit()))
+	return l, nil
+}
+
+// SetReplicas tells the forwarder how many replicas serve its destination
+// (itself included): its ceiling of STOW-RS requests in flight becomes its
+// share of RequestConcurrency, so that together they stay within it.
+func (f *Forwarder) SetReplicas(n int) { f.limit.SetReplicas(n) }
+
+// RequestLimit returns how many STOW-RS requests the forwarder may have
+// in flight now, over all its studies.
+func (f *Forwarder) RequestLimit() int { return f.limit.Limit() }
+
+// overload reports whether a request's error says the destination is
+// overloaded (429, 503, a time-out), with its Retry-After. A request
+// cancelled by ctx is no overload.
+func overload(ctx context.Context, err error) (flow.Reason, time.Duration, bool) {
+	if err == nil || ctx.Err() != nil {
+		return "", 0, false
+	}
+	var he *dicomweb.HTTPError
+	if errors.As(err, &he) {
+		switch he.StatusCode {
+		case http.StatusTooManyRequests:
+			return flow.Overload429, he.RetryAfter, true
+		case http.StatusServiceUnavailable:
+			return flow.Overload503, he.RetryAfter, true
+		case http.StatusRequestTimeout, http.StatusGatewayTimeout:
+			return flow.Timeout, he.RetryAfter, true
+		}
+		return "", 0, false
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		return flow.Timeout, 0, true
+	}
+	return "", 0, false
+}
+
+// requestsAtOnce is the number a study's requests are a multiple of:
+// the current limit, shared by the studies this process sends now, so
+// that the studies together fill it (a study alone fills it), without
+// splitting small studies into tiny requests for a ceiling not reached.
+func (f *Forwarder) requestsAtOnce() int {
+	if f.limit == nil {
+		return max(f.opts.RequestConcurrency, 1)
+	}
+	return max(f.limit.Limit()/max(int(f.sending.Load()), 1), 1)
+}

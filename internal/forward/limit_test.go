@@ -1,0 +1,151 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/faultproxy"
+	"github.com/stowline/stowline/internal/flow"
+	"github.com/stowline/stowline/internal/stowsink"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// A destination that answers 429 above n requests in flight: the studies
+// of a process, sent together, share one limit that settles near n, and
+// every study is stored, none dead-lettered.
+func TestRequestLimitSettlesBelowAThrottle(t *testing.T) {
+	const n, studies, instances = 4, 6, 120
+	sink := stowsink.New(stowsink.Options{Latency: 20 * time.Millisecond})
+	gate := faultproxy.LimitInFlight(sink, n, 0)
+	srv := httptest.NewServer(gate)
+	t.Cleanup(srv.Close)
+	reg := prometheus.NewRegistry()
+	src := studySlices{newDICOMSource(t, studies*instances), instances}
+	f := newForwarder(t, nil, srv.URL, nil, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.MaxInstances = 2
+		o.RequestConcurrency = 16
+		o.Registerer = reg
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, studies)
+	for i := range studies {
+		wg.Go(func() {
+			ev := testEvent()
+			ev.OrthancStudyID = strconv.Itoa(i)
+			rep, err := f.transfer(ctx, &Attempt{Event: ev})
+			if err == nil && rep.Instances != instances {
+				err = fmt.Errorf("%d of %d instances confirmed", rep.Instances, instances)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("studies not forwarded: %v", err)
+	}
+	if got := sink.Distinct(); got != studies*instances {
+		t.Errorf("%d instances at the sink, want %d", got, studies*instances)
+	}
+	limit := f.RequestLimit()
+	requests := sink.Stats().Requests
+	t.Logf("limit %d at the end; %d requests stored, %d refused with 429, at most %d at once", limit, requests, gate.Refused(), gate.Most())
+	if limit < n/2 || limit > n+1 {
+		t.Errorf("limit %d at the end, want between %d and %d", limit, n/2, n+1)
+	}
+	if r := gate.Refused(); float64(r) > 0.1*float64(requests) {
+		t.Errorf("%d requests refused for %d stored, want at most a tenth", r, requests)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "stowline_forwarder_stow_parallel_limit" {
+			if got := mf.GetMetric()[0].GetGauge().GetValue(); int(got) != limit {
+				t.Errorf("stowline_forwarder_stow_parallel_limit = %v, want %d", got, limit)
+			}
+		}
+	}
+}
+
+// studySlices serves study i (its Orthanc ID is "i") as the i-th slice of
+// per instances of one source.
+type studySlices struct {
+	*dicomSource
+	per int
+}
+
+func (s studySlices) StudyInstances(_ context.Context, id string) ([]orthancapi.Instance, error) {
+	i, err := strconv.Atoi(id)
+	if err != nil {
+		return nil, err
+	}
+	return s.instances[i*s.per : (i+1)*s.per], nil
+}
+
+func TestOverloadClassification(t *testing.T) {
+	cancelled, cancel := context.WithCancel(t.Context())
+	cancel()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want flow.Reason
+		ra   time.Duration
+	}{
+		{"429 with Retry-After", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusTooManyRequests, RetryAfter: 3 * time.Second}, flow.Overload429, 3 * time.Second},
+		{"503", t.Context(), fmt.Errorf("store: %w", &dicomweb.HTTPError{StatusCode: http.StatusServiceUnavailable}), flow.Overload503, 0},
+		{"504", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusGatewayTimeout}, flow.Timeout, 0},
+		{"network time-out", t.Context(), &net.OpError{Op: "read", Err: timeoutErr{}}, flow.Timeout, 0},
+		{"500", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusInternalServerError}, "", 0},
+		{"400", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusBadRequest}, "", 0},
+		{"cancelled", cancelled, &dicomweb.HTTPError{StatusCode: http.StatusTooManyRequests}, "", 0},
+		{"none", t.Context(), nil, "", 0},
+	}
+	for _, tt := range tests {
+		reason, ra, ok := overload(tt.ctx, tt.err)
+		if reason != tt.want || ra != tt.ra || ok != (tt.want != "") {
+			t.Errorf("%s: overload = %q, %s, %v; want %q, %s", tt.name, reason, ra, ok, tt.want, tt.ra)
+		}
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+// A study is split so that its requests fill the current limit (8, half
+// the ceiling, at first), shared by the studies sending now.
+func TestRequestSizeFollowsTheLimit(t *testing.T) {
+	f := newForwarder(t, nil, "http://127.0.0.1:1", nil, func(o *Options) {
+		o.MaxInstances = 100
+		o.RequestConcurrency = 16
+	})
+	for _, tt := range []struct{ sending, n, want int }{
+		{1, 300, 38}, // 8 requests
+		{2, 300, 75}, // 4 each
+		{8, 300, 100},
+		{1, 20, 3},
+	} {
+		f.sending.Store(int32(tt.sending))
+		if got := f.requestSize(tt.n); got != tt.want {
+			t.Errorf("requestSize(%d) with %d studies sending, limit %d = %d, want %d", tt.n, tt.sending, f.RequestLimit(), got, tt.want)
+		}
+	}
+}
