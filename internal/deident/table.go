@@ -8,144 +8,144 @@ package deident
 // and SOP Instance UID, Patient's Name and Patient ID are handled apart
 // (profile.go), as are the Curve and Overlay group ranges.
 var basicProfile = map[Tag]action{
-	0x00080020: actEmpty, // Study Date
-	0x00080023: actEmpty, // Content Date
-	0x00080030: actEmpty, // Study Time
-	0x00080033: actEmpty, // Content Time
-	0x00080050: actEmpty, // Accession Number
-	0x00080090: actEmpty, // Referring Physician's Name
-	0x0008009C: actEmpty, // Consulting Physician's Name
-	0x00080106: actEmpty, // Context Group Version
-	0x00080107: actEmpty, // Context Group Local Version
-	0x00100030: actEmpty, // Patient's Birth Date
-	0x00100040: actEmpty, // Patient's Sex
-	0x00120010: actEmpty, // Clinical Trial Sponsor Name
-	0x00120020: actEmpty, // Clinical Trial Protocol ID
-	0x00120021: actEmpty, // Clinical Trial Protocol Name
-	0x00120030: actEmpty, // Clinical Trial Site ID
-	0x00120031: actEmpty, // Clinical Trial Site Name
-	0x00120040: actEmpty, // Clinical Trial Subject ID
-	0x00120042: actEmpty, // Clinical Trial Subject Reading ID
-	0x00120050: actEmpty, // Clinical Trial Time Point ID
-	0x00120060: actEmpty, // Clinical Trial Coordinating Center Name
-	0x00120081: actEmpty, // Clinical Trial Protocol Ethics Committee Name
-	0x00180010: actEmpty, // Contrast/Bolus Agent
-	0x001811BB: actEmpty, // Acquisition Field Of View Label
-	0x00181203: actEmpty, // Calibration DateTime
-	0x00189074: actEmpty, // Frame Acquisition DateTime
-	0x00189151: actEmpty, // Frame Reference DateTime
-	0x00189367: actEmpty, // X-Ray Source ID
-	0x00189369: actEmpty, // Source Start DateTime
-	0x0018936A: actEmpty, // Source End DateTime
-	0x00189371: actEmpty, // X-Ray Detector ID
-	0x00189623: actEmpty, // Functional Sync Pulse
-	0x00189701: actEmpty, // Decay Correction DateTime
-	0x00189804: actEmpty, // Exclusion Start DateTime
-	0x00189919: actEmpty, // Instruction Performed DateTime
-	0x00200010: actEmpty, // Study ID
-	0x00340001: actEmpty, // Flow Identifier Sequence
-	0x00340002: actEmpty, // Flow Identifier
-	0x00340005: actEmpty, // Source Identifier
-	0x00340007: actEmpty, // Frame Origin Timestamp
-	0x003A0314: actEmpty, // Impedance Measurement DateTime
-	0x00400512: actEmpty, // Container Identifier
-	0x00400513: actEmpty, // Issuer of the Container Identifier Sequence
-	0x00400551: actEmpty, // Specimen Identifier
-	0x00400562: actEmpty, // Issuer of the Specimen Identifier Sequence
-	0x00400610: actEmpty, // Specimen Preparation Sequence
-	0x00401101: actEmpty, // Person Identification Code Sequence
-	0x00402016: actEmpty, // Placer Order Number / Imaging Service Request
-	0x00402017: actEmpty, // Filler Order Number / Imaging Service Request
-	0x0040A027: actEmpty, // Verifying Organization
-	0x0040A030: actEmpty, // Verification DateTime
-	0x0040A073: actEmpty, // Verifying Observer Sequence
-	0x0040A075: actEmpty, // Verifying Observer Name
-	0x0040A082: actEmpty, // Participation DateTime
-	0x0040A088: actEmpty, // Verifying Observer Identification Code Sequence
-	0x0040A120: actEmpty, // DateTime
-	0x0040A121: actEmpty, // Date
-	0x0040A122: actEmpty, // Time
-	0x0040A123: actEmpty, // Person Name
-	0x0040A13A: actEmpty, // Referenced DateTime
-	0x0040A730: actEmpty, // Content Sequence
-	0x00420011: actEmpty, // Encapsulated Document
-	0x00440104: actEmpty, // Assertion DateTime
-	0x00686226: actEmpty, // Effective DateTime
-	0x00686270: actEmpty, // Information Issue DateTime
-	0x006A0003: actEmpty, // Annotation Group UID
-	0x006A0005: actEmpty, // Annotation Group Label
-	0x00700001: actEmpty, // Graphic Annotation Sequence
-	0x00700084: actEmpty, // Content Creator's Name
-	0x0072000A: actEmpty, // Hanging Protocol Creation DateTime
-	0x0072005E: actEmpty, // Selector AE Value
-	0x0072005F: actEmpty, // Selector AS Value
-	0x00720061: actEmpty, // Selector DA Value
-	0x00720063: actEmpty, // Selector DT Value
-	0x00720065: actEmpty, // Selector OB Value
-	0x00720066: actEmpty, // Selector LO Value
-	0x00720068: actEmpty, // Selector LT Value
-	0x0072006A: actEmpty, // Selector PN Value
-	0x0072006B: actEmpty, // Selector TM Value
-	0x0072006C: actEmpty, // Selector SH Value
-	0x0072006D: actEmpty, // Selector UN Value
-	0x0072006E: actEmpty, // Selector ST Value
-	0x00720070: actEmpty, // Selector UT Value
-	0x00720071: actEmpty, // Selector UR Value
-	0x04000105: actEmpty, // Digital Signature DateTime
-	0x04000115: actEmpty, // Certificate of Signer
-	0x04000562: actEmpty, // Attribute Modification DateTime
-	0x04000563: actEmpty, // Modifying System
-	0x04000564: actEmpty, // Source of Previous Values
-	0x04000565: actEmpty, // Reason for the Attribute Modification
-	0x21000140: actEmpty, // Destination AE
-	0x30060002: actEmpty, // Structure Set Label
-	0x30060008: actEmpty, // Structure Set Date
-	0x30060009: actEmpty, // Structure Set Time
-	0x30060026: actEmpty, // ROI Name
-	0x300600A6: actEmpty, // ROI Interpreter
-	0x30080024: actEmpty, // Treatment Control Point Date
-	0x30080025: actEmpty, // Treatment Control Point Time
-	0x30080162: actEmpty, // Safe Position Exit Date
-	0x30080164: actEmpty, // Safe Position Exit Time
-	0x30080166: actEmpty, // Safe Position Return Date
-	0x30080168: actEmpty, // Safe Position Return Time
-	0x300A0002: actEmpty, // RT Plan Label
-	0x300A022C: actEmpty, // Source Strength Reference Date
-	0x300A022E: actEmpty, // Source Strength Reference Time
-	0x300A0608: actEmpty, // Treatment Position Group Label
-	0x300A0611: actEmpty, // RT Accessory Holder Slot ID
-	0x300A0615: actEmpty, // RT Accessory Device Slot ID
-	0x300A0619: actEmpty, // Radiation Dose Identification Label
-	0x300A0623: actEmpty, // Radiation Dose In-Vivo Measurement Label
-	0x300A062A: actEmpty, // RT Tolerance Set Label
-	0x300A067C: actEmpty, // Radiation Generation Mode Label
-	0x300A067D: actEmpty, // Radiation Generation Mode Description
-	0x300A0734: actEmpty, // Treatment Tolerance Violation Description
-	0x300A0736: actEmpty, // Treatment Tolerance Violation DateTime
-	0x300A073A: actEmpty, // Recorded RT Control Point DateTime
-	0x300A0741: actEmpty, // Interlock DateTime
-	0x300A0742: actEmpty, // Interlock Description
-	0x300A0760: actEmpty, // Override DateTime
-	0x300A0783: actEmpty, // Interlock Origin Description
-	0x300C0127: actEmpty, // Beam Hold Transition DateTime
-	0x300E0004: actEmpty, // Review Date
-	0x300E0005: actEmpty, // Review Time
-	0x3010000F: actEmpty, // Conceptual Volume Combination Description
-	0x30100017: actEmpty, // Conceptual Volume Description
-	0x3010001B: actEmpty, // Device Alternate Identifier
-	0x3010002D: actEmpty, // Device Label
-	0x30100033: actEmpty, // User Content Label
-	0x30100034: actEmpty, // User Content Long Label
-	0x30100035: actEmpty, // Entity Label
-	0x30100038: actEmpty, // Entity Long Label
-	0x30100043: actEmpty, // Manufacturer's Device Identifier
-	0x30100054: actEmpty, // RT Prescription Label
-	0x3010005A: actEmpty, // RT Physician Intent Narrative
-	0x3010005C: actEmpty, // Reason for Superseding
-	0x3010007A: actEmpty, // Treatment Technique Notes
-	0x3010007B: actEmpty, // Prescription Notes
-	0x3010007F: actEmpty, // Fractionation Notes
-	0x30100081: actEmpty, // Prescription Notes Sequence
+	0x00080020: actEmpty,  // Study Date
+	0x00080023: actEmpty,  // Content Date
+	0x00080030: actEmpty,  // Study Time
+	0x00080033: actEmpty,  // Content Time
+	0x00080050: actEmpty,  // Accession Number
+	0x00080090: actEmpty,  // Referring Physician's Name
+	0x0008009C: actEmpty,  // Consulting Physician's Name
+	0x00080106: actEmpty,  // Context Group Version
+	0x00080107: actEmpty,  // Context Group Local Version
+	0x00100030: actEmpty,  // Patient's Birth Date
+	0x00100040: actEmpty,  // Patient's Sex
+	0x00120010: actEmpty,  // Clinical Trial Sponsor Name
+	0x00120020: actEmpty,  // Clinical Trial Protocol ID
+	0x00120021: actEmpty,  // Clinical Trial Protocol Name
+	0x00120030: actEmpty,  // Clinical Trial Site ID
+	0x00120031: actEmpty,  // Clinical Trial Site Name
+	0x00120040: actEmpty,  // Clinical Trial Subject ID
+	0x00120042: actEmpty,  // Clinical Trial Subject Reading ID
+	0x00120050: actEmpty,  // Clinical Trial Time Point ID
+	0x00120060: actEmpty,  // Clinical Trial Coordinating Center Name
+	0x00120081: actEmpty,  // Clinical Trial Protocol Ethics Committee Name
+	0x00180010: actEmpty,  // Contrast/Bolus Agent
+	0x001811BB: actEmpty,  // Acquisition Field Of View Label
+	0x00181203: actEmpty,  // Calibration DateTime
+	0x00189074: actEmpty,  // Frame Acquisition DateTime
+	0x00189151: actEmpty,  // Frame Reference DateTime
+	0x00189367: actEmpty,  // X-Ray Source ID
+	0x00189369: actEmpty,  // Source Start DateTime
+	0x0018936A: actEmpty,  // Source End DateTime
+	0x00189371: actEmpty,  // X-Ray Detector ID
+	0x00189623: actEmpty,  // Functional Sync Pulse
+	0x00189701: actEmpty,  // Decay Correction DateTime
+	0x00189804: actEmpty,  // Exclusion Start DateTime
+	0x00189919: actEmpty,  // Instruction Performed DateTime
+	0x00200010: actEmpty,  // Study ID
+	0x00340001: actEmpty,  // Flow Identifier Sequence
+	0x00340002: actEmpty,  // Flow Identifier
+	0x00340005: actEmpty,  // Source Identifier
+	0x00340007: actEmpty,  // Frame Origin Timestamp
+	0x003A0314: actEmpty,  // Impedance Measurement DateTime
+	0x00400512: actEmpty,  // Container Identifier
+	0x00400513: actEmpty,  // Issuer of the Container Identifier Sequence
+	0x00400551: actEmpty,  // Specimen Identifier
+	0x00400562: actEmpty,  // Issuer of the Specimen Identifier Sequence
+	0x00400610: actEmpty,  // Specimen Preparation Sequence
+	0x00401101: actEmpty,  // Person Identification Code Sequence
+	0x00402016: actEmpty,  // Placer Order Number / Imaging Service Request
+	0x00402017: actEmpty,  // Filler Order Number / Imaging Service Request
+	0x0040A027: actEmpty,  // Verifying Organization
+	0x0040A030: actEmpty,  // Verification DateTime
+	0x0040A073: actEmpty,  // Verifying Observer Sequence
+	0x0040A075: actEmpty,  // Verifying Observer Name
+	0x0040A082: actEmpty,  // Participation DateTime
+	0x0040A088: actEmpty,  // Verifying Observer Identification Code Sequence
+	0x0040A120: actEmpty,  // DateTime
+	0x0040A121: actEmpty,  // Date
+	0x0040A122: actEmpty,  // Time
+	0x0040A123: actEmpty,  // Person Name
+	0x0040A13A: actEmpty,  // Referenced DateTime
+	0x0040A730: actEmpty,  // Content Sequence
+	0x00420011: actEmpty,  // Encapsulated Document
+	0x00440104: actEmpty,  // Assertion DateTime
+	0x00686226: actEmpty,  // Effective DateTime
+	0x00686270: actEmpty,  // Information Issue DateTime
+	0x006A0003: actEmpty,  // Annotation Group UID
+	0x006A0005: actEmpty,  // Annotation Group Label
+	0x00700001: actEmpty,  // Graphic Annotation Sequence
+	0x00700084: actEmpty,  // Content Creator's Name
+	0x0072000A: actEmpty,  // Hanging Protocol Creation DateTime
+	0x0072005E: actEmpty,  // Selector AE Value
+	0x0072005F: actEmpty,  // Selector AS Value
+	0x00720061: actEmpty,  // Selector DA Value
+	0x00720063: actEmpty,  // Selector DT Value
+	0x00720065: actEmpty,  // Selector OB Value
+	0x00720066: actEmpty,  // Selector LO Value
+	0x00720068: actEmpty,  // Selector LT Value
+	0x0072006A: actEmpty,  // Selector PN Value
+	0x0072006B: actEmpty,  // Selector TM Value
+	0x0072006C: actEmpty,  // Selector SH Value
+	0x0072006D: actEmpty,  // Selector UN Value
+	0x0072006E: actEmpty,  // Selector ST Value
+	0x00720070: actEmpty,  // Selector UT Value
+	0x00720071: actEmpty,  // Selector UR Value
+	0x04000105: actEmpty,  // Digital Signature DateTime
+	0x04000115: actEmpty,  // Certificate of Signer
+	0x04000562: actEmpty,  // Attribute Modification DateTime
+	0x04000563: actEmpty,  // Modifying System
+	0x04000564: actEmpty,  // Source of Previous Values
+	0x04000565: actEmpty,  // Reason for the Attribute Modification
+	0x21000140: actEmpty,  // Destination AE
+	0x30060002: actEmpty,  // Structure Set Label
+	0x30060008: actEmpty,  // Structure Set Date
+	0x30060009: actEmpty,  // Structure Set Time
+	0x30060026: actEmpty,  // ROI Name
+	0x300600A6: actEmpty,  // ROI Interpreter
+	0x30080024: actEmpty,  // Treatment Control Point Date
+	0x30080025: actEmpty,  // Treatment Control Point Time
+	0x30080162: actEmpty,  // Safe Position Exit Date
+	0x30080164: actEmpty,  // Safe Position Exit Time
+	0x30080166: actEmpty,  // Safe Position Return Date
+	0x30080168: actEmpty,  // Safe Position Return Time
+	0x300A0002: actEmpty,  // RT Plan Label
+	0x300A022C: actEmpty,  // Source Strength Reference Date
+	0x300A022E: actEmpty,  // Source Strength Reference Time
+	0x300A0608: actEmpty,  // Treatment Position Group Label
+	0x300A0611: actEmpty,  // RT Accessory Holder Slot ID
+	0x300A0615: actEmpty,  // RT Accessory Device Slot ID
+	0x300A0619: actEmpty,  // Radiation Dose Identification Label
+	0x300A0623: actEmpty,  // Radiation Dose In-Vivo Measurement Label
+	0x300A062A: actEmpty,  // RT Tolerance Set Label
+	0x300A067C: actEmpty,  // Radiation Generation Mode Label
+	0x300A067D: actEmpty,  // Radiation Generation Mode Description
+	0x300A0734: actEmpty,  // Treatment Tolerance Violation Description
+	0x300A0736: actEmpty,  // Treatment Tolerance Violation DateTime
+	0x300A073A: actEmpty,  // Recorded RT Control Point DateTime
+	0x300A0741: actEmpty,  // Interlock DateTime
+	0x300A0742: actEmpty,  // Interlock Description
+	0x300A0760: actEmpty,  // Override DateTime
+	0x300A0783: actEmpty,  // Interlock Origin Description
+	0x300C0127: actEmpty,  // Beam Hold Transition DateTime
+	0x300E0004: actEmpty,  // Review Date
+	0x300E0005: actEmpty,  // Review Time
+	0x3010000F: actEmpty,  // Conceptual Volume Combination Description
+	0x30100017: actEmpty,  // Conceptual Volume Description
+	0x3010001B: actEmpty,  // Device Alternate Identifier
+	0x3010002D: actEmpty,  // Device Label
+	0x30100033: actEmpty,  // User Content Label
+	0x30100034: actEmpty,  // User Content Long Label
+	0x30100035: actEmpty,  // Entity Label
+	0x30100038: actEmpty,  // Entity Long Label
+	0x30100043: actEmpty,  // Manufacturer's Device Identifier
+	0x30100054: actEmpty,  // RT Prescription Label
+	0x3010005A: actEmpty,  // RT Physician Intent Narrative
+	0x3010005C: actEmpty,  // Reason for Superseding
+	0x3010007A: actEmpty,  // Treatment Technique Notes
+	0x3010007B: actEmpty,  // Prescription Notes
+	0x3010007F: actEmpty,  // Fractionation Notes
+	0x30100081: actEmpty,  // Prescription Notes Sequence
 	0x00001000: actRemove, // Affected SOP Instance UID
 	0x00080012: actRemove, // Instance Creation Date
 	0x00080013: actRemove, // Instance Creation Time
@@ -554,57 +554,57 @@ var basicProfile = map[Tag]action{
 	0x40084000: actRemove, // Results Comments
 	0xFFFAFFFA: actRemove, // Digital Signatures Sequence
 	0xFFFCFFFC: actRemove, // Data Set Trailing Padding
-	0x00001001: actUID, // Requested SOP Instance UID
-	0x00020003: actUID, // Media Storage SOP Instance UID
-	0x00041511: actUID, // Referenced SOP Instance UID in File
-	0x00080014: actUID, // Instance Creator UID
-	0x00080017: actUID, // Acquisition UID
-	0x00080019: actUID, // Pyramid UID
-	0x00080058: actUID, // Failed SOP Instance UID List
-	0x00081155: actUID, // Referenced SOP Instance UID
-	0x00081195: actUID, // Transaction UID
-	0x00083010: actUID, // Irradiation Event UID
-	0x00181002: actUID, // Device UID
-	0x0018100B: actUID, // Manufacturer's Device Class UID
-	0x00182042: actUID, // Target UID
-	0x00200052: actUID, // Frame of Reference UID
-	0x00200200: actUID, // Synchronization Frame of Reference UID
-	0x00209161: actUID, // Concatenation UID
-	0x00209164: actUID, // Dimension Organization UID
-	0x00281199: actUID, // Palette Color Lookup Table UID
-	0x00281214: actUID, // Large Palette Color Lookup Table UID
-	0x003A0310: actUID, // Multiplex Group UID
-	0x00400554: actUID, // Specimen UID
-	0x00404023: actUID, // Referenced General Purpose Scheduled Procedure Step Transaction UID
-	0x0040A124: actUID, // UID
-	0x0040A171: actUID, // Observation UID
-	0x0040A172: actUID, // Referenced Observation UID (Trial)
-	0x0040A402: actUID, // Observation Subject UID (Trial)
-	0x0040DB0C: actUID, // Template Extension Organization UID
-	0x0040DB0D: actUID, // Template Extension Creator UID
-	0x00620021: actUID, // Tracking UID
-	0x00640003: actUID, // Source Frame of Reference UID
-	0x0070031A: actUID, // Fiducial UID
-	0x00701101: actUID, // Presentation Display Collection UID
-	0x00701102: actUID, // Presentation Sequence Collection UID
-	0x00880140: actUID, // Storage Media File-set UID
-	0x04000100: actUID, // Digital Signature UID
-	0x30060024: actUID, // Referenced Frame of Reference UID
-	0x300600C2: actUID, // Related Frame of Reference UID
-	0x300A0013: actUID, // Dose Reference UID
-	0x300A0083: actUID, // Referenced Dose Reference UID
-	0x300A0609: actUID, // Treatment Position Group UID
-	0x300A0650: actUID, // Patient Setup UID
-	0x300A0700: actUID, // Treatment Session UID
-	0x300A0785: actUID, // Referenced Treatment Position Group UID
-	0x30100006: actUID, // Conceptual Volume UID
-	0x3010000B: actUID, // Referenced Conceptual Volume UID
-	0x30100013: actUID, // Constituent Conceptual Volume UID
-	0x30100015: actUID, // Source Conceptual Volume UID
-	0x30100031: actUID, // Referenced Fiducials UID
-	0x3010003B: actUID, // RT Treatment Phase UID
-	0x3010006E: actUID, // Dosimetric Objective UID
-	0x3010006F: actUID, // Referenced Dosimetric Objective UID
+	0x00001001: actUID,    // Requested SOP Instance UID
+	0x00020003: actUID,    // Media Storage SOP Instance UID
+	0x00041511: actUID,    // Referenced SOP Instance UID in File
+	0x00080014: actUID,    // Instance Creator UID
+	0x00080017: actUID,    // Acquisition UID
+	0x00080019: actUID,    // Pyramid UID
+	0x00080058: actUID,    // Failed SOP Instance UID List
+	0x00081155: actUID,    // Referenced SOP Instance UID
+	0x00081195: actUID,    // Transaction UID
+	0x00083010: actUID,    // Irradiation Event UID
+	0x00181002: actUID,    // Device UID
+	0x0018100B: actUID,    // Manufacturer's Device Class UID
+	0x00182042: actUID,    // Target UID
+	0x00200052: actUID,    // Frame of Reference UID
+	0x00200200: actUID,    // Synchronization Frame of Reference UID
+	0x00209161: actUID,    // Concatenation UID
+	0x00209164: actUID,    // Dimension Organization UID
+	0x00281199: actUID,    // Palette Color Lookup Table UID
+	0x00281214: actUID,    // Large Palette Color Lookup Table UID
+	0x003A0310: actUID,    // Multiplex Group UID
+	0x00400554: actUID,    // Specimen UID
+	0x00404023: actUID,    // Referenced General Purpose Scheduled Procedure Step Transaction UID
+	0x0040A124: actUID,    // UID
+	0x0040A171: actUID,    // Observation UID
+	0x0040A172: actUID,    // Referenced Observation UID (Trial)
+	0x0040A402: actUID,    // Observation Subject UID (Trial)
+	0x0040DB0C: actUID,    // Template Extension Organization UID
+	0x0040DB0D: actUID,    // Template Extension Creator UID
+	0x00620021: actUID,    // Tracking UID
+	0x00640003: actUID,    // Source Frame of Reference UID
+	0x0070031A: actUID,    // Fiducial UID
+	0x00701101: actUID,    // Presentation Display Collection UID
+	0x00701102: actUID,    // Presentation Sequence Collection UID
+	0x00880140: actUID,    // Storage Media File-set UID
+	0x04000100: actUID,    // Digital Signature UID
+	0x30060024: actUID,    // Referenced Frame of Reference UID
+	0x300600C2: actUID,    // Related Frame of Reference UID
+	0x300A0013: actUID,    // Dose Reference UID
+	0x300A0083: actUID,    // Referenced Dose Reference UID
+	0x300A0609: actUID,    // Treatment Position Group UID
+	0x300A0650: actUID,    // Patient Setup UID
+	0x300A0700: actUID,    // Treatment Session UID
+	0x300A0785: actUID,    // Referenced Treatment Position Group UID
+	0x30100006: actUID,    // Conceptual Volume UID
+	0x3010000B: actUID,    // Referenced Conceptual Volume UID
+	0x30100013: actUID,    // Constituent Conceptual Volume UID
+	0x30100015: actUID,    // Source Conceptual Volume UID
+	0x30100031: actUID,    // Referenced Fiducials UID
+	0x3010003B: actUID,    // RT Treatment Phase UID
+	0x3010006E: actUID,    // Dosimetric Objective UID
+	0x3010006F: actUID,    // Referenced Dosimetric Objective UID
 }
 
 // temporalVR is the VR of the profile's date and time attributes, for
