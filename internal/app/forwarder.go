@@ -193,6 +193,9 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		TracerProvider:      p.tracer,
 		Conflicts:           conflictPolicy(&d),
 	}
+	if err := deidentify(o, &d, log); err != nil {
+		return nil, nil, err
+	}
 	prof := d.Profile()
 	log.Info("destination profile", "destination", d.Name, "profile", prof.Name, "on_conflict", d.StowOnConflict,
 		"conflict_reasons", config.ConflictRules(prof.ConflictReasons).String(), "replace_method", prof.ReplaceMethod, "source", prof.Source)

@@ -175,6 +175,8 @@ type Destination struct {
 	StowConflictReasons ConflictRules `env:"STOW_CONFLICT_REASONS" desc:"Failure Reasons that mean a conflict, comma-separated: 45070, 0xB00E, or with @409 only in a 409 answer (0x0110@409, 0xA7xx@409). Default: the profile's (45070,0x0111,0x0110@409,0xA7xx@409)"`
 	StowReplaceMethod   string        `env:"STOW_REPLACE_METHOD" desc:"how STOW_ON_CONFLICT=replace replaces an instance: put (STOW-RS with PUT, Azure's upsert), delete (DICOMweb DELETE of the instance, then store) or none. Default: the profile's (azure: put; aws and orthanc: none; google and generic: delete)"`
 	StowVerify          string        `env:"STOW_VERIFY" envDefault:"off" desc:"off, or qido: after the STOW-RS answers of a study, ask the destination (QIDO-RS, one paged query a study) for the study's instances and ack only when it lists every SOP Instance UID sent; an unlisted instance is sent again. Buffer mode then deletes only listed instances (docs/verification.md)"`
+	// Deidentify: de-identified copies for the destination (deidentify.go).
+	Deidentify
 }
 
 // Values of STOW_VERIFY.
@@ -212,6 +214,13 @@ func (d *Destination) validate() error {
 	errs = append(errs, d.conflictValidate()...)
 	if d.StowVerify != VerifyOff && d.StowVerify != VerifyQIDO {
 		errs = append(errs, fmt.Errorf("STOW_VERIFY=%q: want off or qido", d.StowVerify))
+	}
+	errs = append(errs, d.Deidentify.validate()...)
+	if d.Deidentifies() && d.Verifies() {
+		errs = append(errs, errors.New("STOW_VERIFY=qido cannot be used with STOW_DEIDENTIFY=basic yet: the destination lists the pseudonymised UIDs"))
+	}
+	if d.Deidentifies() && d.StowOnConflict == OnConflictReplace {
+		errs = append(errs, errors.New("STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic yet: want skip or deadletter"))
 	}
 	return errors.Join(errs...)
 }

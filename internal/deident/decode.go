@@ -21,6 +21,10 @@ var (
 	// ErrTooLarge: a sequence or header is larger than the rewrite holds
 	// in memory.
 	ErrTooLarge = errors.New("DICOM data set too large to de-identify")
+	// ErrBurnedIn: the instance may show identifying text in its pixels
+	// (Burned In Annotation YES, or a SOP class that commonly does), and
+	// Options.IncludeBurnedIn is off.
+	ErrBurnedIn = errors.New("instance may carry burned-in text")
 )
 
 const (

@@ -127,6 +127,23 @@ type Options struct {
 	// (not the identifying ones handled apart: UIDs, Patient's Name, ID).
 	// Remove are attributes removed, wherever they are.
 	Keep, Remove []Tag
+	// IncludeBurnedIn sends instances that may show identifying text in
+	// their pixels; by default the rewrite refuses them (ErrBurnedIn):
+	// Burned In Annotation (0028,0301) YES, Secondary Capture and
+	// Ultrasound images. Pixel data is never de-identified.
+	IncludeBurnedIn bool
+}
+
+// burnedInClass reports whether instances of a SOP class commonly carry
+// burned-in text: Secondary Capture (all of 1.2.840.10008.5.1.4.1.1.7)
+// and Ultrasound (single and multi-frame, current and retired).
+func burnedInClass(uid string) bool {
+	switch uid {
+	case "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1",
+		"1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3", "1.2.840.10008.5.1.4.1.1.6.2":
+		return true
+	}
+	return strings.HasPrefix(uid, "1.2.840.10008.5.1.4.1.1.7.")
 }
 
 // ErrBadOptions is returned for a keep or remove list the profile cannot honour.

@@ -246,6 +246,9 @@ func (rw *rewrite) start(pending []*element) error {
 	if rw.inst.SOPInstanceUID == "" {
 		return fmt.Errorf("%w: the data set has no SOP Instance UID", ErrMalformed)
 	}
+	if !p.opts.IncludeBurnedIn && burnedInClass(rw.inst.SOPClassUID) {
+		return fmt.Errorf("%w: SOP class %s (Secondary Capture or Ultrasound) commonly does", ErrBurnedIn, rw.inst.SOPClassUID)
+	}
 	longitudinal := "REMOVED"
 	if p.opts.RetainDates {
 		rw.inst.DateShiftDays = rw.d.k.DateShift(rw.patientID)
@@ -325,6 +328,9 @@ func (rw *rewrite) writeAdds(before Tag) error {
 func (rw *rewrite) writeTop(el *element) error {
 	if el.tag == tagBurnedIn {
 		rw.inst.BurnedInAnnotation = trimValue(el.value)
+		if !rw.d.p.opts.IncludeBurnedIn && strings.EqualFold(rw.inst.BurnedInAnnotation, "YES") {
+			return fmt.Errorf("%w: Burned In Annotation (0028,0301) is YES", ErrBurnedIn)
+		}
 	}
 	if err := rw.writeAdds(el.tag); err != nil {
 		return err

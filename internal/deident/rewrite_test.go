@@ -169,7 +169,7 @@ func TestRewriteSamples(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no samples in %s: %v", dir, err)
 	}
-	for _, o := range []Options{{}, {RetainDates: true, RetainPatientCharacteristics: true, RetainDeviceIdentity: true}} {
+	for _, o := range []Options{{IncludeBurnedIn: true}, {RetainDates: true, RetainPatientCharacteristics: true, RetainDeviceIdentity: true, IncludeBurnedIn: true}} {
 		d := newTestDeidentifier(t, o)
 		for _, f := range files {
 			name := filepath.Base(f)
@@ -200,6 +200,28 @@ func TestRewriteSamples(t *testing.T) {
 					t.Errorf("second rewrite differs (err %v)", err)
 				}
 			})
+		}
+	}
+}
+
+func TestRewriteRefusesBurnedIn(t *testing.T) {
+	dir := testharness.SamplesDir(t)
+	d := newTestDeidentifier(t, Options{})
+	for name, want := range map[string]error{
+		"sc-rgb-jpeg-baseline.dcm": ErrBurnedIn, // Secondary Capture
+		"us-palette-rle.dcm":       ErrBurnedIn, // Ultrasound
+		"ct-explicit-le.dcm":       nil,
+	} {
+		in, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if _, err := d.Rewrite(&out, bytes.NewReader(in)); !errors.Is(err, want) && (want != nil || err != nil) {
+			t.Errorf("%s: %v, want %v", name, err, want)
+		}
+		if want != nil && out.Len() > 0 {
+			t.Errorf("%s: %d bytes written before the refusal", name, out.Len())
 		}
 	}
 }
