@@ -1,0 +1,152 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/deident"
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+// TestDeidentifiedDestination sends the shared samples to a destination
+// with STOW_DEIDENTIFY=basic (a real Orthanc) and reads every instance it
+// holds back, sequences included (Orthanc's /tags): no original UID,
+// Patient ID or Patient's Name of any sample remains anywhere; every
+// instance arrives under its keyed SOP Instance UID; the instances that
+// may carry burned-in text (Secondary Capture, Ultrasound) are not sent
+// and are listed in the dead letter with the reason. The rewrite itself
+// (profile, idempotence, dcmdump validity) is tested in internal/deident.
+func TestDeidentifiedDestination(t *testing.T) {
+	testharness.ForEachRelease(t, testDeidentifiedDestination)
+}
+
+func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
+	s := newSiteWith(t, siteOptions{release: rel, destinations: []string{"research"}, nats: true})
+	research := s.destination(t, "research")
+	key := []byte("a-test-site-key-of-at-least-32-bytes-long")
+	keyFile := filepath.Join(t.TempDir(), "deident.key")
+	if err := os.WriteFile(keyFile, append(key, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.env[research.varName("STOW_DEIDENTIFY")] = "basic"
+	s.env[research.varName("DEIDENTIFY_KEY_FILE")] = keyFile
+	s.env[research.varName("STOW_DEIDENTIFY_OPTIONS")] = "retain-dates"
+	s.env["FORWARDER_MAX_DELIVERIES"] = "2"
+	s.start(t)
+	store, err := deadletter.Open(t.Context(), s.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := deident.NewKeyer(key, "ANON-")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var files []string
+	class := map[string]string{} // SOP Instance UID: SOP class
+	for _, smp := range testharness.Samples(t) {
+		if smp.OrthancAccepts {
+			files = append(files, smp.Path)
+			class[smp.SOPInstanceUID] = smp.SOPClassUID
+		}
+	}
+	src := s.sources["main"]
+	if res := src.Upload(t, files...); len(res.Failed) > 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	src.WaitStable(t, time.Minute)
+	s.waitDone(t, 2*time.Minute, "research")
+
+	// What must not arrive: every UID, Patient ID and name of the source.
+	secrets := map[string]string{}
+	var ids []string
+	src.GetJSON(t, "/instances", &ids)
+	for _, id := range ids {
+		var tags map[string]any
+		src.GetJSON(t, "/instances/"+id+"/tags?simplify", &tags)
+		walkTags(tags, "", func(path, name, v string) {
+			switch {
+			case strings.HasSuffix(name, "UID") && !strings.HasPrefix(v, "1.2.840.10008."),
+				name == "PatientID", name == "PatientName", name == "OtherPatientIDs", name == "AccessionNumber",
+				name == "InstitutionName", name == "ReferringPhysicianName":
+				if len(v) > 2 {
+					secrets[secretKey(name, v)] = path
+				}
+			}
+		})
+	}
+	if len(secrets) < 30 {
+		t.Fatalf("only %d identifying values read from the source", len(secrets))
+	}
+
+	var held []string
+	research.orthanc.GetJSON(t, "/instances", &held)
+	got := map[string]bool{}
+	for _, id := range held {
+		var tags map[string]any
+		research.orthanc.GetJSON(t, "/instances/"+id+"/tags?simplify", &tags)
+		walkTags(tags, "", func(path, name, v string) {
+			if p, ok := secrets[secretKey(name, v)]; ok {
+				t.Errorf("destination instance %s: %s holds the original value of the source's %s", id, path, p)
+			}
+			if name == "SOPInstanceUID" && path == "SOPInstanceUID" {
+				got[v] = true
+			}
+			if name == "PatientIdentityRemoved" && v != "YES" {
+				t.Errorf("destination instance %s: PatientIdentityRemoved %q", id, v)
+			}
+		})
+	}
+	refused := refusedInstances(t, store, "research")
+	for uid, sopClass := range class {
+		burnedIn := strings.HasPrefix(sopClass, "1.2.840.10008.5.1.4.1.1.7") || strings.HasPrefix(sopClass, "1.2.840.10008.5.1.4.1.1.6.1")
+		switch {
+		case burnedIn:
+			if got[k.UID(uid)] || !strings.Contains(refused[uid], "burned-in") || !strings.Contains(refused[uid], "DESTINATION_RESEARCH_STOW_DEIDENTIFY") {
+				t.Errorf("%s (%s): held %v, refused with %q; want kept out as burned-in", uid, sopClass, got[k.UID(uid)], refused[uid])
+			}
+		case !got[k.UID(uid)]:
+			t.Errorf("%s (%s): not held under its keyed UID %s; refused with %q", uid, sopClass, k.UID(uid), refused[uid])
+		}
+	}
+	if len(got) < 10 {
+		t.Errorf("destination holds %d instances", len(got))
+	}
+}
+
+// secretKey: a UID must not appear anywhere; another value not in the
+// same attribute (a manufacturer may share an institution's name).
+func secretKey(name, v string) string {
+	if strings.HasSuffix(name, "UID") {
+		return v
+	}
+	return name + "=" + v
+}
+
+// walkTags calls f for every string value of Orthanc's simplified tags,
+// in sequences too, with its path (Seq[0].Name).
+func walkTags(v any, path string, f func(path, name, value string)) {
+	switch x := v.(type) {
+	case map[string]any:
+		for name, c := range x {
+			p := name
+			if path != "" {
+				p = path + "." + name
+			}
+			if s, ok := c.(string); ok {
+				f(p, name, strings.TrimSpace(s))
+				continue
+			}
+			walkTags(c, p, f)
+		}
+	case []any:
+		for i, c := range x {
+			walkTags(c, fmt.Sprintf("%s[%d]", path, i), f)
+		}
+	}
+}
