@@ -194,9 +194,6 @@ func newProfile(o Options) (*profile, error) {
 	return p, nil
 }
 
-// kept reports whether the destination's keep list names t.
-func (p *profile) kept(t Tag) bool { return slices.Contains(p.opts.Keep, t) }
-
 // action says what to do with an attribute whose VR is vr ("" when the
 // data set is implicit and the dictionary does not know it).
 func (p *profile) action(t Tag, vr string) action {
