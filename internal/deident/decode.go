@@ -2,6 +2,7 @@ package deident
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -120,11 +121,21 @@ func (d *decoder) value(tag Tag, n uint32) ([]byte, error) {
 		return nil, fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory (limit %d)", ErrTooLarge, tag, d.pos, n, maxHeld)
 	}
 	d.held += int64(n)
-	b := make([]byte, n)
-	if err := d.full(b); err != nil {
-		return nil, err
+	if n <= 64<<10 {
+		b := make([]byte, n)
+		if err := d.full(b); err != nil {
+			return nil, err
+		}
+		return b, nil
 	}
-	return b, nil
+	// Grown as the bytes arrive: a length that lies costs no memory.
+	var buf bytes.Buffer
+	c, err := io.CopyN(&buf, d.r, int64(n))
+	d.pos += c
+	if err == io.EOF {
+		return nil, fmt.Errorf("%w: file ends %d bytes into a value of %d at byte %d", ErrMalformed, c, n, d.pos)
+	}
+	return buf.Bytes(), err
 }
 
 // startsWithItem reports whether the next bytes are an Item tag: how a
