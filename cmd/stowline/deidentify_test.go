@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/app"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/deident"
+	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -17,7 +19,9 @@ import (
 // with STOW_DEIDENTIFY=basic (a real Orthanc) and reads every instance it
 // holds back, sequences included (Orthanc's /tags): no original UID,
 // Patient ID or Patient's Name of any sample remains anywhere; every
-// instance arrives under its keyed SOP Instance UID; the instances that
+// instance arrives under its keyed SOP Instance UID; two studies of one
+// patient carry one pseudonym; a resend of everything leaves the
+// destination with the same instances (same UIDs); the instances that
 // may carry burned-in text (Secondary Capture, Ultrasound) are not sent
 // and are listed in the dead letter with the reason. The rewrite itself
 // (profile, idempotence, dcmdump validity) is tested in internal/deident.
@@ -55,6 +59,20 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 			class[smp.SOPInstanceUID] = smp.SOPClassUID
 		}
 	}
+	// Two generated studies of one patient: one pseudonym for both.
+	const patientID = "PAT-42"
+	studyUIDs := []string{"1.2.826.0.1.3680043.8.498.4217.1", "1.2.826.0.1.3680043.8.498.4217.2"}
+	for _, uid := range studyUIDs {
+		gen, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{StudyInstanceUID: uid, PatientID: patientID,
+			PatientName: "Roe^Richard", Series: 1, InstancesPerSeries: 2, Rows: 16, Columns: 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, gen...)
+		for _, u := range sopUIDs(t, gen...) {
+			class[u] = "1.2.840.10008.5.1.4.1.1.2"
+		}
+	}
 	src := s.sources["main"]
 	if res := src.Upload(t, files...); len(res.Failed) > 0 {
 		t.Fatalf("upload: %v", res.Failed)
@@ -87,6 +105,7 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 	var held []string
 	research.orthanc.GetJSON(t, "/instances", &held)
 	got := map[string]bool{}
+	patients := map[string]map[string]bool{} // keyed study UID: Patient IDs
 	for _, id := range held {
 		var tags map[string]any
 		research.orthanc.GetJSON(t, "/instances/"+id+"/tags?simplify", &tags)
@@ -97,10 +116,23 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 			if name == "SOPInstanceUID" && path == "SOPInstanceUID" {
 				got[v] = true
 			}
+			if name == "PatientName" && path == "PatientName" && v != "" && v != fmt.Sprint(tags["PatientID"]) {
+				t.Errorf("destination instance %s: Patient's Name %q is not the pseudonym %v", id, v, tags["PatientID"])
+			}
 			if name == "PatientIdentityRemoved" && v != "YES" {
 				t.Errorf("destination instance %s: PatientIdentityRemoved %q", id, v)
 			}
 		})
+		study := fmt.Sprint(tags["StudyInstanceUID"])
+		if patients[study] == nil {
+			patients[study] = map[string]bool{}
+		}
+		patients[study][fmt.Sprint(tags["PatientID"])] = true
+	}
+	for _, uid := range studyUIDs {
+		if p := patients[k.UID(uid)]; len(p) != 1 || !p[k.PatientID(patientID)] {
+			t.Errorf("generated study %s: Patient IDs %v at the destination, want only the pseudonym %s", uid, p, k.PatientID(patientID))
+		}
 	}
 	refused := refusedInstances(t, store, "research")
 	for uid, sopClass := range class {
@@ -116,6 +148,27 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 	}
 	if len(got) < 10 {
 		t.Errorf("destination holds %d instances", len(got))
+	}
+
+	// A resend of every study writes the same copies: the destination
+	// ends with the same instances, none twice.
+	requests := research.proxy.STOWRequests()
+	out := s.command(t, app.RunBackfill, "--destination", "research", "--since", "1h", "--from", "source")
+	if !strings.Contains(out, "studies queued for research") {
+		t.Fatalf("backfill: %s", out)
+	}
+	waitUntil(t, time.Minute, "the resend's STOW-RS requests", func() bool { return research.proxy.STOWRequests() > requests })
+	s.waitIdle(t, time.Minute, "research")
+	var again []string
+	research.orthanc.GetJSON(t, "/instances", &again)
+	if len(again) != len(held) {
+		t.Errorf("after a resend the destination holds %d instances, before %d", len(again), len(held))
+	}
+	have := research.uids(t)
+	for uid := range got {
+		if !have[uid] {
+			t.Errorf("after a resend %s is gone", uid)
+		}
 	}
 }
 
