@@ -32,7 +32,7 @@ const (
 	undefinedLength = 0xFFFFFFFF
 	// streamThreshold: top-level values larger than this are copied
 	// through, never held in memory.
-	streamThreshold = 1 << 20
+	streamThreshold = 64 << 10
 	// maxHeld bounds what one top-level element (with its sequences),
 	// or the elements before Patient ID, may hold in memory.
 	maxHeld = 64 << 20

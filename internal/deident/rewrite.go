@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -63,12 +64,28 @@ type Instance struct {
 // to w, as a Part-10 file in the same transfer syntax. On error, w holds
 // a partial file that must be discarded.
 func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
-	rw := &rewrite{d: d, dec: &decoder{r: bufio.NewReaderSize(r, 64<<10)}, w: bufio.NewWriterSize(w, 64<<10)}
+	br, bw := readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
+	br.Reset(r)
+	bw.Reset(w)
+	defer func() {
+		br.Reset(nil)
+		bw.Reset(nil)
+		readers.Put(br)
+		writers.Put(bw)
+	}()
+	rw := &rewrite{d: d, dec: &decoder{r: br}, w: bw}
 	if err := rw.run(); err != nil {
 		return rw.inst, err
 	}
 	return rw.inst, rw.w.Flush()
 }
+
+// The buffers of a rewrite are reused: a small instance costs less than
+// two fresh 64 KiB buffers.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+)
 
 // Reader returns the de-identified copy of src as it is written: the
 // rewrite runs while the caller reads. Close stops it and closes src.
