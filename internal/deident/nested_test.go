@@ -102,6 +102,7 @@ func nestedDataset(evidenceUN bool, pixel *element) []*element {
 		)),
 		str(0x00090010, "LO", "ACME"),
 		seq(0x00091010, item(str(tagPatientName, "PN", "Doe^John"))),
+		{tag: 0x00091020, vr: "OB", value: bytes.Repeat([]byte("Doe^John"), 20<<10)}, // streamed, before Patient ID
 		str(tagPatientName, "PN", "Doe^John"),
 		str(tagPatientID, "LO", "PID123"),
 		str(0x00101000, "LO", "OTHER1"),

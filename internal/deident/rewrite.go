@@ -152,6 +152,14 @@ func (rw *rewrite) run() error {
 		}
 		stream := (n == undefinedLength && tag == tagPixelData) ||
 			(n != undefinedLength && n > streamThreshold && !rw.dec.isSequence(tag, vr, n))
+		if stream && !flushed && n != undefinedLength && rw.d.p.action(tag, vr) == actRemove {
+			// A large private value before Patient ID (vendors put them in
+			// group 0009): dropped without writing the start early.
+			if err := rw.copy(-int64(n)); err != nil {
+				return err
+			}
+			continue
+		}
 		if !flushed && (tag > tagPatientID || stream) {
 			if err := flush(); err != nil {
 				return err
