@@ -30,16 +30,25 @@ func TestDeidentifiedDestination(t *testing.T) {
 }
 
 func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
-	s := newSiteWith(t, siteOptions{release: rel, destinations: []string{"research"}, nats: true})
-	research := s.destination(t, "research")
-	key := []byte("a-test-site-key-of-at-least-32-bytes-long")
-	keyFile := filepath.Join(t.TempDir(), "deident.key")
-	if err := os.WriteFile(keyFile, append(key, '\n'), 0o600); err != nil {
-		t.Fatal(err)
+	s := newSiteWith(t, siteOptions{release: rel, destinations: []string{"research", "ai"}, nats: true})
+	research, ai := s.destination(t, "research"), s.destination(t, "ai")
+	key, aiKey := []byte("a-test-site-key-of-at-least-32-bytes-long"), []byte("another-key-for-the-ai-vendor-of-32-bytes")
+	for _, d := range []struct {
+		dest *siteDest
+		key  []byte
+	}{{research, key}, {ai, aiKey}} {
+		keyFile := filepath.Join(t.TempDir(), "deident.key")
+		if err := os.WriteFile(keyFile, append(d.key, '\n'), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.env[d.dest.varName("STOW_DEIDENTIFY")] = "basic"
+		s.env[d.dest.varName("DEIDENTIFY_KEY_FILE")] = keyFile
 	}
-	s.env[research.varName("STOW_DEIDENTIFY")] = "basic"
-	s.env[research.varName("DEIDENTIFY_KEY_FILE")] = keyFile
 	s.env[research.varName("STOW_DEIDENTIFY_OPTIONS")] = "retain-dates"
+	// ai takes the instances that may carry burned-in text: the samples
+	// in other character sets, big endian and deflated (converted by
+	// Orthanc first) are then checked at a destination too.
+	s.env[ai.varName("STOW_DEIDENTIFY_BURNED_IN")] = "include"
 	s.env["FORWARDER_MAX_DELIVERIES"] = "2"
 	s.start(t)
 	store, err := deadletter.Open(t.Context(), s.js)
@@ -47,6 +56,10 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 		t.Fatal(err)
 	}
 	k, err := deident.NewKeyer(key, "ANON-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	aiK, err := deident.NewKeyer(aiKey, "ANON-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +91,7 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 		t.Fatalf("upload: %v", res.Failed)
 	}
 	src.WaitStable(t, time.Minute)
-	s.waitDone(t, 2*time.Minute, "research")
+	s.waitDone(t, 2*time.Minute, "research", "ai")
 
 	// What must not arrive: every UID, Patient ID and name of the source.
 	secrets := map[string]string{}
@@ -102,32 +115,21 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 		t.Fatalf("only %d identifying values read from the source", len(secrets))
 	}
 
-	var held []string
-	research.orthanc.GetJSON(t, "/instances", &held)
-	got := map[string]bool{}
-	patients := map[string]map[string]bool{} // keyed study UID: Patient IDs
-	for _, id := range held {
-		var tags map[string]any
-		research.orthanc.GetJSON(t, "/instances/"+id+"/tags?simplify", &tags)
-		walkTags(tags, "", func(path, name, v string) {
-			if p, ok := secrets[secretKey(name, v)]; ok {
-				t.Errorf("destination instance %s: %s holds the original value of the source's %s", id, path, p)
-			}
-			if name == "SOPInstanceUID" && path == "SOPInstanceUID" {
-				got[v] = true
-			}
-			if name == "PatientName" && path == "PatientName" && v != "" && v != fmt.Sprint(tags["PatientID"]) {
-				t.Errorf("destination instance %s: Patient's Name %q is not the pseudonym %v", id, v, tags["PatientID"])
-			}
-			if name == "PatientIdentityRemoved" && v != "YES" {
-				t.Errorf("destination instance %s: PatientIdentityRemoved %q", id, v)
-			}
-		})
-		study := fmt.Sprint(tags["StudyInstanceUID"])
-		if patients[study] == nil {
-			patients[study] = map[string]bool{}
+	held, got, patients := deidentifiedHoldings(t, research, secrets)
+	aiHeld, aiGot, _ := deidentifiedHoldings(t, ai, secrets)
+	if aiRefused := refusedInstances(t, store, "ai"); len(aiRefused) > 0 {
+		t.Errorf("ai (burned-in included) refused %v", aiRefused)
+	}
+	for uid := range class {
+		if !aiGot[aiK.UID(uid)] {
+			t.Errorf("ai: %s (%s) not held under its keyed UID", uid, class[uid])
 		}
-		patients[study][fmt.Sprint(tags["PatientID"])] = true
+		if aiGot[k.UID(uid)] {
+			t.Errorf("ai holds %s under research's pseudonym: two keys must not link", uid)
+		}
+	}
+	if len(aiHeld) != len(class) {
+		t.Errorf("ai holds %d instances, want %d", len(aiHeld), len(class))
 	}
 	for _, uid := range studyUIDs {
 		if p := patients[k.UID(uid)]; len(p) != 1 || !p[k.PatientID(patientID)] {
@@ -170,6 +172,41 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 			t.Errorf("after a resend %s is gone", uid)
 		}
 	}
+}
+
+// deidentifiedHoldings reads every instance a destination holds, checks
+// that no value of secrets is in it (sequences included), that Patient's
+// Name is the Patient ID pseudonym and Patient Identity Removed is YES,
+// and returns the Orthanc IDs, the SOP Instance UIDs and the Patient IDs
+// of each (keyed) study.
+func deidentifiedHoldings(t *testing.T, d *siteDest, secrets map[string]string) (held []string, got map[string]bool, patients map[string]map[string]bool) {
+	t.Helper()
+	got, patients = map[string]bool{}, map[string]map[string]bool{}
+	d.orthanc.GetJSON(t, "/instances", &held)
+	for _, id := range held {
+		var tags map[string]any
+		d.orthanc.GetJSON(t, "/instances/"+id+"/tags?simplify", &tags)
+		walkTags(tags, "", func(path, name, v string) {
+			if p, ok := secrets[secretKey(name, v)]; ok {
+				t.Errorf("%s: instance %s: %s holds the original value of the source's %s", d.name, id, path, p)
+			}
+			if name == "SOPInstanceUID" && path == "SOPInstanceUID" {
+				got[v] = true
+			}
+			if name == "PatientName" && path == "PatientName" && v != "" && v != fmt.Sprint(tags["PatientID"]) {
+				t.Errorf("%s: instance %s: Patient's Name %q is not the pseudonym %v", d.name, id, v, tags["PatientID"])
+			}
+			if name == "PatientIdentityRemoved" && v != "YES" {
+				t.Errorf("%s: instance %s: PatientIdentityRemoved %q", d.name, id, v)
+			}
+		})
+		study := fmt.Sprint(tags["StudyInstanceUID"])
+		if patients[study] == nil {
+			patients[study] = map[string]bool{}
+		}
+		patients[study][fmt.Sprint(tags["PatientID"])] = true
+	}
+	return held, got, patients
 }
 
 // secretKey: a UID must not appear anywhere; another value not in the
