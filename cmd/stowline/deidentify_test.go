@@ -12,6 +12,7 @@ import (
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -135,6 +136,32 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 		if p := patients[k.UID(uid)]; len(p) != 1 || !p[k.PatientID(patientID)] {
 			t.Errorf("generated study %s: Patient IDs %v at the destination, want only the pseudonym %s", uid, p, k.PatientID(patientID))
 		}
+	}
+	// The site's ledger records each study's pseudonym per destination.
+	var studies []struct {
+		ID            string
+		MainDicomTags map[string]string
+	}
+	src.GetJSON(t, "/studies?expand", &studies)
+	found := false
+	for _, st := range studies {
+		if st.MainDicomTags["StudyInstanceUID"] != studyUIDs[0] {
+			continue
+		}
+		found = true
+		for dest, keyer := range map[string]*deident.Keyer{"research": k, "ai": aiK} {
+			l, err := ledger.Open(t.Context(), s.js, dest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, err := l.Lookup(t.Context(), "main", st.ID)
+			if err != nil || rec.StudyInstanceUID != studyUIDs[0] || rec.PseudonymStudyInstanceUID != keyer.UID(studyUIDs[0]) {
+				t.Errorf("%s ledger: %+v, %v; want the study under %s", dest, rec, err, keyer.UID(studyUIDs[0]))
+			}
+		}
+	}
+	if !found {
+		t.Errorf("study %s not in the source", studyUIDs[0])
 	}
 	refused := refusedInstances(t, store, "research")
 	for uid, sopClass := range class {

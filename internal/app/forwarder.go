@@ -99,7 +99,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		}
 		o.DeadLetters = dls
 		o.Failures = deadletter.NewFailureLog(failureKV, d.Name)
-		o.Completed = ledgers[d.Name].Completed
+		o.Completed = ledgers[d.Name].WithPseudonyms(forward.StudyPseudonym(o.Destination)).Completed
 		if fc.DeleteFromSource {
 			o.CleanerFor = r.cleanerFor
 			if len(all) > 1 {

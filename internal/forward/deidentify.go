@@ -22,6 +22,16 @@ func Deidentified(next Destination, d *deident.Deidentifier, settingVar string) 
 	return &deidentified{next: next, d: d, setting: settingVar}
 }
 
+// StudyPseudonym returns how d maps a Study Instance UID when it is a
+// de-identifying destination (Deidentified), nil otherwise: the ledger
+// records what each study was sent as.
+func StudyPseudonym(d Destination) func(uid string) string {
+	if x, ok := d.(*deidentified); ok {
+		return x.d.Keyer().UID
+	}
+	return nil
+}
+
 type deidentified struct {
 	next    Destination
 	d       *deident.Deidentifier
