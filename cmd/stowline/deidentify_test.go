@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -87,6 +89,12 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 			class[u] = "1.2.840.10008.5.1.4.1.1.2"
 		}
 	}
+	// A Key Object Selection document in the first generated study that
+	// references its CT images, as an SR or SEG does: the references must
+	// resolve at the destination.
+	ko, koUID, koRefs := keyObject(t, studyUIDs[0], patientID, files[len(files)-4:len(files)-2])
+	files = append(files, ko)
+	class[koUID] = "1.2.840.10008.5.1.4.1.1.88.59"
 	src := s.sources["main"]
 	if res := src.Upload(t, files...); len(res.Failed) > 0 {
 		t.Fatalf("upload: %v", res.Failed)
@@ -116,8 +124,24 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 		t.Fatalf("only %d identifying values read from the source", len(secrets))
 	}
 
-	held, got, patients := deidentifiedHoldings(t, research, secrets)
-	aiHeld, aiGot, _ := deidentifiedHoldings(t, ai, secrets)
+	held, got, patients, refs := deidentifiedHoldings(t, research, secrets)
+	aiHeld, aiGot, _, aiRefs := deidentifiedHoldings(t, ai, secrets)
+	for _, d := range []struct {
+		name string
+		k    *deident.Keyer
+		got  map[string]bool
+		refs map[string][]string
+	}{{"research", k, got, refs}, {"ai", aiK, aiGot, aiRefs}} {
+		r := d.refs[d.k.UID(koUID)]
+		if len(r) != len(koRefs) {
+			t.Errorf("%s: the key object references %d instances, want %d", d.name, len(r), len(koRefs))
+		}
+		for _, u := range r {
+			if !d.got[u] {
+				t.Errorf("%s: the key object references %s, which the destination does not hold", d.name, u)
+			}
+		}
+	}
 	if aiRefused := refusedInstances(t, store, "ai"); len(aiRefused) > 0 {
 		t.Errorf("ai (burned-in included) refused %v", aiRefused)
 	}
@@ -206,9 +230,9 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 // Name is the Patient ID pseudonym and Patient Identity Removed is YES,
 // and returns the Orthanc IDs, the SOP Instance UIDs and the Patient IDs
 // of each (keyed) study.
-func deidentifiedHoldings(t *testing.T, d *siteDest, secrets map[string]string) (held []string, got map[string]bool, patients map[string]map[string]bool) {
+func deidentifiedHoldings(t *testing.T, d *siteDest, secrets map[string]string) (held []string, got map[string]bool, patients map[string]map[string]bool, refs map[string][]string) {
 	t.Helper()
-	got, patients = map[string]bool{}, map[string]map[string]bool{}
+	got, patients, refs = map[string]bool{}, map[string]map[string]bool{}, map[string][]string{}
 	d.orthanc.GetJSON(t, "/instances", &held)
 	for _, id := range held {
 		var tags map[string]any
@@ -219,6 +243,10 @@ func deidentifiedHoldings(t *testing.T, d *siteDest, secrets map[string]string) 
 			}
 			if name == "SOPInstanceUID" && path == "SOPInstanceUID" {
 				got[v] = true
+			}
+			if name == "ReferencedSOPInstanceUID" {
+				sop := fmt.Sprint(tags["SOPInstanceUID"])
+				refs[sop] = append(refs[sop], v)
 			}
 			if name == "PatientName" && path == "PatientName" && v != "" && v != fmt.Sprint(tags["PatientID"]) {
 				t.Errorf("%s: instance %s: Patient's Name %q is not the pseudonym %v", d.name, id, v, tags["PatientID"])
@@ -233,7 +261,65 @@ func deidentifiedHoldings(t *testing.T, d *siteDest, secrets map[string]string) 
 		}
 		patients[study][fmt.Sprint(tags["PatientID"])] = true
 	}
-	return held, got, patients
+	return held, got, patients, refs
+}
+
+// keyObject writes a Key Object Selection document (dcmtk's dump2dcm) in
+// the study that references the images, with their series; it returns
+// the file, its SOP Instance UID and the referenced SOP Instance UIDs.
+func keyObject(t *testing.T, studyUID, patientID string, images []string) (path, uid string, refs []string) {
+	t.Helper()
+	uid = studyUID + ".99.1"
+	var series strings.Builder
+	for _, f := range images {
+		out, err := exec.Command("dcmdump", "+P", "0020,000e", "+P", "0008,0018", f).Output()
+		if err != nil {
+			t.Fatalf("dcmdump %s: %v", f, err)
+		}
+		vals := map[string]string{}
+		for _, m := range regexp.MustCompile(`\((0008,0018|0020,000e)\) UI \[([0-9.]+)\]`).FindAllStringSubmatch(string(out), -1) {
+			vals[m[1]] = m[2]
+		}
+		sop, ser := vals["0008,0018"], vals["0020,000e"]
+		if sop == "" || ser == "" {
+			t.Fatalf("dcmdump %s: %q", f, out)
+		}
+		refs = append(refs, sop)
+		fmt.Fprintf(&series, `      (fffe,e000) na (Item with undefined length)
+        (0008,1199) SQ (Sequence with undefined length)
+          (fffe,e000) na (Item with undefined length)
+            (0008,1150) UI =CTImageStorage
+            (0008,1155) UI [%s]
+          (fffe,e00d) na (ItemDelimitationItem)
+        (fffe,e0dd) na (SequenceDelimitationItem)
+        (0020,000e) UI [%s]
+      (fffe,e00d) na (ItemDelimitationItem)
+`, sop, ser)
+	}
+	dump := fmt.Sprintf(`(0008,0016) UI =KeyObjectSelectionDocumentStorage
+(0008,0018) UI [%[1]s]
+(0008,0060) CS [KO]
+(0010,0010) PN [Roe^Richard]
+(0010,0020) LO [%[2]s]
+(0020,000d) UI [%[3]s]
+(0020,000e) UI [%[3]s.99]
+(0040,a375) SQ (Sequence with undefined length)
+  (fffe,e000) na (Item with undefined length)
+    (0008,1115) SQ (Sequence with undefined length)
+%[4]s    (fffe,e0dd) na (SequenceDelimitationItem)
+    (0020,000d) UI [%[3]s]
+  (fffe,e00d) na (ItemDelimitationItem)
+(fffe,e0dd) na (SequenceDelimitationItem)
+`, uid, patientID, studyUID, series.String())
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ko.dump"), []byte(dump), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "ko.dcm")
+	if out, err := exec.Command("dump2dcm", "+te", filepath.Join(dir, "ko.dump"), path).CombinedOutput(); err != nil {
+		t.Fatalf("dump2dcm: %v\n%s", err, out)
+	}
+	return path, uid, refs
 }
 
 // secretKey: a UID must not appear anywhere; another value not in the
