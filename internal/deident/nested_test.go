@@ -3,6 +3,7 @@ package deident
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -231,4 +232,65 @@ func FuzzRewrite(f *testing.F) {
 			t.Fatalf("the copy does not read back: %v", err)
 		}
 	})
+}
+
+func TestProfileActions(t *testing.T) {
+	d := newTestDeidentifier(t, Options{Keep: []Tag{0x00081030}, Remove: []Tag{0x00080060}})
+	for _, tt := range []struct {
+		tag  Tag
+		vr   string
+		want action
+	}{
+		{0x00100010, "PN", actPatientName},
+		{0x00100020, "LO", actPatientID},
+		{0x0020000D, "UI", actUID},
+		{0x00081155, "UI", actUID},  // Referenced SOP Instance UID
+		{0x00080016, "UI", actKeep}, // SOP Class UID
+		{0x00081030, "LO", actKeep}, // kept by the destination
+		{0x00080060, "CS", actRemove},
+		{0x00090010, "LO", actRemove}, // private creator
+		{0x00180000, "UL", actRemove}, // group length
+		{0x60003000, "OW", actRemove}, // Overlay Data
+		{0x50000010, "US", actRemove}, // Curve
+		{0x0018FFF0, "PN", actEmpty},  // a name the table does not list
+		{0x00080080, "LO", actRemove}, // Institution Name
+		{0x00080020, "DA", actEmpty},  // Study Date, no retain-dates
+		{0x00280010, "US", actKeep},   // Rows
+		{0x7FE00010, "OW", actKeep},   // Pixel Data
+		{0x00880200, "SQ", actRemove}, // Icon Image Sequence
+		{0x00100030, "DA", actEmpty},  // Patient's Birth Date
+		{0x00101010, "AS", actRemove}, // Patient's Age
+		{0x00081140, "SQ", actKeep},   // Referenced Image Sequence: kept, UIDs inside mapped
+		{0x0040A730, "SQ", actEmpty},  // Content Sequence (D)
+		{0x00181000, "LO", actRemove}, // Device Serial Number
+		{0x00120062, "CS", actKeep},   // Patient Identity Removed (rewritten apart)
+	} {
+		if got := d.p.action(tt.tag, tt.vr); got != tt.want {
+			t.Errorf("%s %s: action %d, want %d", tt.tag, tt.vr, got, tt.want)
+		}
+	}
+	r := newTestDeidentifier(t, Options{RetainDates: true, RetainPatientCharacteristics: true, RetainDeviceIdentity: true})
+	for _, tt := range []struct {
+		tag  Tag
+		vr   string
+		want action
+	}{
+		{0x00080020, "DA", actShift},
+		{0x00080020, "", actShift}, // implicit VR: the table knows it is a date
+		{0x00080030, "TM", actKeep},
+		{0x0008002A, "DT", actShift},
+		{0x00100030, "DA", actEmpty}, // birth date never kept
+		{0x00101010, "AS", actKeep},
+		{0x00181000, "LO", actKeep},
+	} {
+		if got := r.p.action(tt.tag, tt.vr); got != tt.want {
+			t.Errorf("retaining: %s %s: action %d, want %d", tt.tag, tt.vr, got, tt.want)
+		}
+	}
+	k, _ := NewKeyer(testKey, "")
+	for _, o := range []Options{{Keep: []Tag{tagStudyInstanceUID}}, {Keep: []Tag{tagPatientID}}, {Remove: []Tag{tagSOPInstanceUID}}, {Remove: []Tag{tagPixelData}}} {
+		if _, err := New(k, o); !errors.Is(err, ErrBadOptions) {
+			t.Errorf("%+v: %v, want ErrBadOptions", o, err)
+		}
+	}
 }

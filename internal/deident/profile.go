@@ -220,6 +220,10 @@ func (p *profile) action(t Tag, vr string) action {
 		return actRemove
 	case t.Group()&0xFF00 == 0x6000 && (t.Element() == 0x3000 || t.Element() == 0x4000): // Overlay Data, Overlay Comments
 		return actRemove
+	case vr == "PN":
+		// A person's name the table does not list (a newer attribute):
+		// emptied, unless the destination keeps it.
+		return actEmpty
 	}
 	return actKeep
 }
