@@ -17,9 +17,11 @@ import (
 // (accounting, retries, buffer mode, the ledger) keeps using. An
 // instance the rewrite refuses (not DICOM, an encoding it cannot read,
 // burned-in text) fails alone and for good, naming the reason; the
-// study's other instances are sent again.
-func Deidentified(next Destination, d *deident.Deidentifier, settingVar string) Destination {
-	return &deidentified{next: next, d: d, setting: settingVar}
+// study's other instances are sent again. exact: the destination needs
+// every size before the request (ExactLength, AWS Signature V4), so each
+// copy is written once to count it, then again as it is sent.
+func Deidentified(next Destination, d *deident.Deidentifier, settingVar string, exact bool) Destination {
+	return &deidentified{next: next, d: d, setting: settingVar, exact: exact}
 }
 
 // StudyPseudonym returns how d maps a Study Instance UID when it is a
@@ -36,6 +38,7 @@ type deidentified struct {
 	next    Destination
 	d       *deident.Deidentifier
 	setting string
+	exact   bool
 }
 
 // deidentMargin bounds what the rewrite adds to an instance: a new file
@@ -52,6 +55,12 @@ func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicom
 		back[uid] = p.SOPInstanceUID
 		out[i] = dicomweb.Part{SOPInstanceUID: uid, Size: -1, Open: x.open(p)}
 		switch {
+		case x.exact:
+			n, err := x.measure(ctx, out[i])
+			if err != nil {
+				return nil, err
+			}
+			out[i].Size = n
 		case p.Size > 0:
 			out[i].Estimate = p.Size + deidentMargin(p.Size)
 		case p.Estimate > 0:
@@ -75,6 +84,21 @@ func (x *deidentified) open(p dicomweb.Part) func(context.Context) (io.ReadClose
 		}
 		return &refusingReader{ReadCloser: x.d.Reader(rc), uid: p.SOPInstanceUID, setting: x.setting}, nil
 	}
+}
+
+// measure writes the copy once and counts it: the rewrite is
+// deterministic, so the copy sent next has that size.
+func (x *deidentified) measure(ctx context.Context, p dicomweb.Part) (int64, error) {
+	rc, err := p.Open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	n, err := io.Copy(io.Discard, rc)
+	if err != nil {
+		return 0, fmt.Errorf("measure the de-identified copy: %w", err)
+	}
+	return n, nil
 }
 
 // refusingReader turns the rewrite's refusals into the permanent failure

@@ -70,7 +70,7 @@ func TestDeidentifiedDestination(t *testing.T) {
 		parts = append(parts, filePart(uid, b.Bytes()))
 	}
 	inner := &readingDestination{got: map[string][]byte{}, failUID: k.UID("1.2.3.2")}
-	dst := Deidentified(inner, d, "DESTINATION_AI_STOW_DEIDENTIFY")
+	dst := Deidentified(inner, d, "DESTINATION_AI_STOW_DEIDENTIFY", false)
 	res, err := dst.Store(t.Context(), parts)
 	if err != nil {
 		t.Fatal(err)
@@ -88,10 +88,39 @@ func TestDeidentifiedDestination(t *testing.T) {
 		t.Error("StudyPseudonym does not give the keyed Study Instance UID")
 	}
 
+	// A destination that needs every size up front gets the copies' sizes.
+	sized := &sizeCheckingDestination{t: t}
+	if _, err := Deidentified(sized, d, "X", true).Store(t.Context(), parts); err != nil || sized.parts != 2 {
+		t.Errorf("exact sizes: %v, %d parts", err, sized.parts)
+	}
+
 	_, err = dst.Store(t.Context(), []dicomweb.Part{filePart("1.2.3.9", []byte("not DICOM at all"))})
 	var ce *conversionError
 	if !errors.As(err, &ce) || ce.SOPInstanceUID != "1.2.3.9" || Classify(err) != Permanent ||
 		!errors.Is(err, deident.ErrNotDICOM) || !strings.Contains(err.Error(), "DESTINATION_AI_STOW_DEIDENTIFY") {
 		t.Errorf("a refused instance: %v (class %v)", err, Classify(err))
 	}
+}
+
+// sizeCheckingDestination checks that every part's Size is the length of
+// what it opens to.
+type sizeCheckingDestination struct {
+	t     *testing.T
+	parts int
+}
+
+func (d *sizeCheckingDestination) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
+	for _, p := range parts {
+		rc, err := p.Open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b, err := io.ReadAll(rc)
+		_ = rc.Close()
+		if err != nil || p.Size != int64(len(b)) {
+			d.t.Errorf("part %s: Size %d, copy %d bytes (%v)", p.SOPInstanceUID, p.Size, len(b), err)
+		}
+		d.parts++
+	}
+	return &dicomweb.Result{}, nil
 }
