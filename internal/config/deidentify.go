@@ -80,8 +80,8 @@ func (d *Deidentify) validate() []error {
 			}
 		}
 	}
-	if len(d.PatientPrefix) > 44 {
-		errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_PATIENT_PREFIX: %d characters, want at most 44", len(d.PatientPrefix)))
+	if len(d.PatientPrefix) > 44 || strings.ContainsFunc(d.PatientPrefix, func(r rune) bool { return r < 0x20 || r > 0x7E || r == '\\' }) {
+		errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_PATIENT_PREFIX=%q: want at most 44 printable ASCII characters, no backslash (a Patient ID value)", d.PatientPrefix))
 	}
 	return errs
 }
