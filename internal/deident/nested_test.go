@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -291,6 +292,26 @@ func TestProfileActions(t *testing.T) {
 	for _, o := range []Options{{Keep: []Tag{tagStudyInstanceUID}}, {Keep: []Tag{tagPatientID}}, {Remove: []Tag{tagSOPInstanceUID}}, {Remove: []Tag{tagPixelData}}} {
 		if _, err := New(k, o); !errors.Is(err, ErrBadOptions) {
 			t.Errorf("%+v: %v, want ErrBadOptions", o, err)
+		}
+	}
+}
+
+func TestRewriteRefusesBurnedInAnnotation(t *testing.T) {
+	px := &element{tag: tagPixelData, vr: "OW", value: []byte{1, 2, 3, 4}}
+	els := nestedDataset(false, px)
+	i := slices.IndexFunc(els, func(e *element) bool { return e.tag == 0x0040A375 })
+	for _, v := range []string{"YES", "NO"} {
+		with := slices.Insert(slices.Clone(els), i, str(tagBurnedIn, "CS", v))
+		in := testFile(t, syntaxExplicitLE, true, false, true, with)
+		inst, err := newTestDeidentifier(t, Options{}).Rewrite(io.Discard, bytes.NewReader(in))
+		if v == "YES" && !errors.Is(err, ErrBurnedIn) {
+			t.Errorf("Burned In Annotation YES: %v, want ErrBurnedIn", err)
+		}
+		if v == "NO" && (err != nil || inst.BurnedInAnnotation != "NO") {
+			t.Errorf("Burned In Annotation NO: %v, %+v", err, inst)
+		}
+		if _, err := newTestDeidentifier(t, Options{IncludeBurnedIn: true}).Rewrite(io.Discard, bytes.NewReader(in)); err != nil {
+			t.Errorf("%s with IncludeBurnedIn: %v", v, err)
 		}
 	}
 }
