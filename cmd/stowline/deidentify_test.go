@@ -202,6 +202,12 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 	if len(got) < 10 {
 		t.Errorf("destination holds %d instances", len(got))
 	}
+	fwd := "http://" + s.fwdAddr + "/metrics"
+	burnedIn := metricValue(t, fwd, `stowline_forwarder_deidentified_total{destination="research",result="burned_in"}`)
+	written := metricValue(t, fwd, `stowline_forwarder_deidentified_total{destination="ai",result="written"}`)
+	if burnedIn < 1 || written < float64(len(class)) {
+		t.Errorf("deidentified_total: research burned_in %v, ai written %v (want at least %d)", burnedIn, written, len(class))
+	}
 
 	// A resend of every study writes the same copies: the destination
 	// ends with the same instances, none twice.

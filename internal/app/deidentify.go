@@ -68,7 +68,12 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 	if err != nil {
 		return fmt.Errorf("%s, %s: %w", d.VarName("STOW_DEIDENTIFY_KEEP"), d.VarName("STOW_DEIDENTIFY_REMOVE"), err)
 	}
-	o.Destination = forward.Deidentified(o.Destination, di, d.VarName("STOW_DEIDENTIFY"), o.ExactLength)
+	dst, err := forward.Deidentified(o.Destination, di, forward.DeidentifyOptions{Setting: d.VarName("STOW_DEIDENTIFY"),
+		ExactLength: o.ExactLength, DestinationName: d.Name, Registerer: o.Registerer})
+	if err != nil {
+		return err
+	}
+	o.Destination = dst
 	// Orthanc converts the encodings the rewrite cannot read.
 	if len(o.TransferSyntaxes) == 0 {
 		o.TransferSyntaxes = deidentReadable

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomweb"
 )
@@ -17,11 +19,33 @@ import (
 // (accounting, retries, buffer mode, the ledger) keeps using. An
 // instance the rewrite refuses (not DICOM, an encoding it cannot read,
 // burned-in text) fails alone and for good, naming the reason; the
-// study's other instances are sent again. exact: the destination needs
-// every size before the request (ExactLength, AWS Signature V4), so each
-// copy is written once to count it, then again as it is sent.
-func Deidentified(next Destination, d *deident.Deidentifier, settingVar string, exact bool) Destination {
-	return &deidentified{next: next, d: d, setting: settingVar, exact: exact}
+// study's other instances are sent again.
+func Deidentified(next Destination, d *deident.Deidentifier, o DeidentifyOptions) (Destination, error) {
+	x := &deidentified{next: next, d: d, setting: o.Setting, exact: o.ExactLength}
+	x.copies = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_deidentified_total",
+		Help:        "Instances read through the de-identifying rewrite (STOW_DEIDENTIFY=basic), by result: written, burned_in (kept out), refused (unreadable).",
+		ConstLabels: prometheus.Labels{"destination": o.DestinationName},
+	}, []string{"result"})
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(x.copies); err != nil {
+			return nil, fmt.Errorf("forward: register de-identification metrics: %w", err)
+		}
+	}
+	return x, nil
+}
+
+// DeidentifyOptions configures Deidentified.
+type DeidentifyOptions struct {
+	// Setting is the variable refusals name (DESTINATION_AI_STOW_DEIDENTIFY).
+	Setting string
+	// ExactLength: the destination needs every size before the request
+	// (AWS Signature V4), so each copy is written once to count it, then
+	// again as it is sent.
+	ExactLength bool
+	// DestinationName labels the metric; Registerer, if set, registers it.
+	DestinationName string
+	Registerer      prometheus.Registerer
 }
 
 // StudyPseudonym returns how d maps a Study Instance UID when it is a
@@ -39,6 +63,7 @@ type deidentified struct {
 	d       *deident.Deidentifier
 	setting string
 	exact   bool
+	copies  *prometheus.CounterVec
 }
 
 // deidentMargin bounds what the rewrite adds to an instance: a new file
@@ -82,7 +107,7 @@ func (x *deidentified) open(p dicomweb.Part) func(context.Context) (io.ReadClose
 		if err != nil {
 			return nil, err
 		}
-		return &refusingReader{ReadCloser: x.d.Reader(rc), uid: p.SOPInstanceUID, setting: x.setting}, nil
+		return &refusingReader{ReadCloser: x.d.Reader(rc), uid: p.SOPInstanceUID, setting: x.setting, copies: x.copies}, nil
 	}
 }
 
@@ -107,14 +132,24 @@ func (x *deidentified) measure(ctx context.Context, p dicomweb.Part) (int64, err
 type refusingReader struct {
 	io.ReadCloser
 	uid, setting string
+	copies       *prometheus.CounterVec
+	counted      bool
 }
 
 func (r *refusingReader) Read(b []byte) (int, error) {
 	n, err := r.ReadCloser.Read(b)
+	if err == io.EOF && !r.counted {
+		r.counted = true
+		r.copies.WithLabelValues("written").Inc()
+	}
 	if err != nil && err != io.EOF && refusal(err) {
-		what := "could not be de-identified"
+		what, result := "could not be de-identified", "refused"
 		if errors.Is(err, deident.ErrBurnedIn) {
-			what = "was kept out of the de-identified destination"
+			what, result = "was kept out of the de-identified destination", "burned_in"
+		}
+		if !r.counted {
+			r.counted = true
+			r.copies.WithLabelValues(result).Inc()
 		}
 		return n, &Error{Class: Permanent, Err: &conversionError{SOPInstanceUID: r.uid,
 			Err: fmt.Errorf("the instance %s (%s): %w", what, r.setting, err)}}

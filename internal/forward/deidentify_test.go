@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -70,7 +73,11 @@ func TestDeidentifiedDestination(t *testing.T) {
 		parts = append(parts, filePart(uid, b.Bytes()))
 	}
 	inner := &readingDestination{got: map[string][]byte{}, failUID: k.UID("1.2.3.2")}
-	dst := Deidentified(inner, d, "DESTINATION_AI_STOW_DEIDENTIFY", false)
+	reg := prometheus.NewRegistry()
+	dst, err := Deidentified(inner, d, DeidentifyOptions{Setting: "DESTINATION_AI_STOW_DEIDENTIFY", DestinationName: "ai", Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
 	res, err := dst.Store(t.Context(), parts)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +97,11 @@ func TestDeidentifiedDestination(t *testing.T) {
 
 	// A destination that needs every size up front gets the copies' sizes.
 	sized := &sizeCheckingDestination{t: t}
-	if _, err := Deidentified(sized, d, "X", true).Store(t.Context(), parts); err != nil || sized.parts != 2 {
+	exact, err := Deidentified(sized, d, DeidentifyOptions{Setting: "X", ExactLength: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exact.Store(t.Context(), parts); err != nil || sized.parts != 2 {
 		t.Errorf("exact sizes: %v, %d parts", err, sized.parts)
 	}
 
@@ -99,6 +110,11 @@ func TestDeidentifiedDestination(t *testing.T) {
 	if !errors.As(err, &ce) || ce.SOPInstanceUID != "1.2.3.9" || Classify(err) != Permanent ||
 		!errors.Is(err, deident.ErrNotDICOM) || !strings.Contains(err.Error(), "DESTINATION_AI_STOW_DEIDENTIFY") {
 		t.Errorf("a refused instance: %v (class %v)", err, Classify(err))
+	}
+	for result, want := range map[string]float64{"written": 2, "refused": 1} {
+		if got := testutil.ToFloat64(dst.(*deidentified).copies.WithLabelValues(result)); got != want {
+			t.Errorf("stowline_forwarder_deidentified_total{result=%q} = %v, want %v", result, got, want)
+		}
 	}
 }
 
