@@ -297,7 +297,7 @@ func (rw *rewrite) start(pending []*element) error {
 
 func (rw *rewrite) writeFileMeta() error {
 	sopClass := rw.inst.SOPClassUID
-	var version []byte = []byte{0, 1}
+	version := []byte{0, 1}
 	for _, m := range rw.meta {
 		switch m.tag {
 		case 0x00020002:
