@@ -11,6 +11,9 @@
 // for one destination (one added to a running deployment).
 // `forwarder destinations [list|remove NAME --yes]` lists the destinations'
 // consumers and removes one that is no longer served.
+// `forwarder pseudonym [--destination NAME] (--uid|--patient-id|--find)`
+// gives the pseudonym a de-identified destination received for a value,
+// or finds the original of one among candidates.
 package main
 
 import (
@@ -43,6 +46,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if len(args) > 0 && args[0] == "backfill" {
 		return app.RunBackfill(ctx, args[1:], getenv, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "pseudonym" {
+		return app.RunPseudonym(ctx, args[1:], getenv, os.Stdin, stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "destinations" {
 		return app.RunDestinations(ctx, args[1:], getenv, stdout, stderr)

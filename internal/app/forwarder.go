@@ -110,7 +110,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		}
 		o.DeadLetters = dls
 		o.Failures = deadletter.NewFailureLog(failureKV, d.Name)
-		o.Completed = ledgers[d.Name].Completed
+		o.Completed = ledgers[d.Name].WithPseudonyms(forward.StudyPseudonym(o.Destination)).Completed
 		if fc.DeleteFromSource {
 			o.CleanerFor = r.cleanerFor
 			if len(all) > 1 {
@@ -234,6 +234,9 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 			MaxProbeInterval: d.StowBreakerMaxProbeInterval,
 			Prober:           client.STOW,
 		},
+	}
+	if err := deidentify(o, &d, log); err != nil {
+		return nil, nil, err
 	}
 	prof := d.Profile()
 	log.Info("destination profile", "destination", d.Name, "profile", prof.Name, "on_conflict", d.StowOnConflict,

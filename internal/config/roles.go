@@ -190,6 +190,9 @@ type Destination struct {
 	StowBreakerProbeInterval    time.Duration `env:"STOW_BREAKER_PROBE_INTERVAL" envDefault:"30s" desc:"how long an open circuit breaker waits before it probes the destination (one QIDO-RS query); doubled after each failed probe up to STOW_BREAKER_MAX_PROBE_INTERVAL"`
 	StowBreakerMaxProbeInterval time.Duration `env:"STOW_BREAKER_MAX_PROBE_INTERVAL" envDefault:"5m" desc:"longest wait between probes of a destination that stays down"`
 	StowMaxBytesPerSecond       ByteSize      `env:"STOW_MAX_BYTES_PER_SECOND" envDefault:"0" desc:"bandwidth cap of the STOW-RS request bodies to the destination, over every study of every replica that serves it: each replica takes an equal share of it, by the forwarders live on the status bucket (e.g. 10MB, 50MiB). 0: no cap"`
+
+	// Deidentify: de-identified copies for the destination (deidentify.go).
+	Deidentify
 }
 
 // Values of STOW_VERIFY.
@@ -239,6 +242,13 @@ func (d *Destination) validate() error {
 	}
 	if d.StowMaxBytesPerSecond != 0 && d.StowMaxBytesPerSecond < 1<<10 {
 		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES_PER_SECOND=%s: want 0 (no cap) or at least 1KiB", d.StowMaxBytesPerSecond))
+	}
+	errs = append(errs, d.Deidentify.validate()...)
+	if d.Deidentifies() && d.Verifies() {
+		errs = append(errs, errors.New("STOW_VERIFY=qido cannot be used with STOW_DEIDENTIFY=basic yet: the destination lists the pseudonymised UIDs"))
+	}
+	if d.Deidentifies() && d.StowOnConflict == OnConflictReplace {
+		errs = append(errs, errors.New("STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic yet: want skip or deadletter"))
 	}
 	return errors.Join(errs...)
 }

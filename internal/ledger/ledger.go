@@ -39,12 +39,19 @@ type Record struct {
 	// so nothing was sent; the study is done for the destination all the
 	// same.
 	NotSelected bool `json:"notSelected,omitempty"`
+	// PseudonymStudyInstanceUID is the Study Instance UID the destination
+	// holds the study under when it receives de-identified copies
+	// (STOW_DEIDENTIFY=basic); the mapping stays in the site's own store.
+	PseudonymStudyInstanceUID string `json:"pseudonymStudyInstanceUid,omitempty"`
 }
 
 // Ledger reads and writes the bucket.
 type Ledger struct {
 	kv  jetstream.KeyValue
 	now func() time.Time
+	// pseudonym maps a Study Instance UID to the destination's; nil: the
+	// destination receives the originals.
+	pseudonym func(uid string) string
 }
 
 // Option configures a Ledger.
@@ -52,6 +59,18 @@ type Option func(*Ledger)
 
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(l *Ledger) { l.now = now } }
+
+// WithPseudonyms returns the ledger recording, for a destination that
+// receives de-identified copies, the Study Instance UID it holds each
+// study under (f maps the original). nil f: l itself.
+func (l *Ledger) WithPseudonyms(f func(uid string) string) *Ledger {
+	if f == nil {
+		return l
+	}
+	c := *l
+	c.pseudonym = f
+	return &c
+}
 
 // New returns the ledger kept in kv (natsjs.Topology.EnsureLedger).
 func New(kv jetstream.KeyValue, opts ...Option) *Ledger { return newLedger(kv, opts) }
@@ -101,7 +120,11 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, notSelec
 		return fmt.Errorf("ledger: record %s: invalid source or study ID", ev.MsgID())
 	}
 	key := Key(ev.Source, ev.OrthancStudyID)
-	val, err := json.Marshal(Record{LastUpdate: ev.LastUpdate, StudyInstanceUID: ev.StudyInstanceUID, ForwardedAt: l.now().UTC(), NotSelected: notSelected})
+	rec := Record{LastUpdate: ev.LastUpdate, StudyInstanceUID: ev.StudyInstanceUID, ForwardedAt: l.now().UTC(), NotSelected: notSelected}
+	if l.pseudonym != nil && ev.StudyInstanceUID != "" && !notSelected {
+		rec.PseudonymStudyInstanceUID = l.pseudonym(ev.StudyInstanceUID)
+	}
+	val, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("ledger: encode record: %w", err)
 	}

@@ -1,0 +1,92 @@
+package app
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/deident"
+	"github.com/stowline/stowline/internal/forward"
+)
+
+// Transfer syntaxes the de-identifying rewrite cannot read: Orthanc
+// converts instances in them to Explicit VR Little Endian first.
+const (
+	syntaxExplicitBE = "1.2.840.10008.1.2.2"
+	syntaxDeflated   = "1.2.840.10008.1.2.1.99"
+)
+
+// deidentReadable are the syntaxes sent as they are to a de-identifying
+// destination without a transfer syntax list; Explicit VR Little Endian
+// first, the target of conversions.
+var deidentReadable = []string{
+	"1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
+	"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+	"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+	"1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+	"1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5",
+	"1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103",
+	"1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.106",
+}
+
+// deidentify wraps the destination of o in the de-identifying rewrite
+// when the destination's STOW_DEIDENTIFY is basic. The key file is read
+// once, here; its content is never logged.
+func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger) error {
+	if !d.Deidentifies() {
+		return nil
+	}
+	key, err := deident.ReadKeyFile(d.KeyFile)
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.VarName("DEIDENTIFY_KEY_FILE"), err)
+	}
+	k, err := deident.NewKeyer(key, d.PatientPrefix)
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.VarName("DEIDENTIFY_KEY_FILE"), err)
+	}
+	opts := deident.Options{
+		RetainDates:                  d.HasOption(config.DeidentifyRetainDates),
+		RetainPatientCharacteristics: d.HasOption(config.DeidentifyRetainPatientChars),
+		RetainDeviceIdentity:         d.HasOption(config.DeidentifyRetainDeviceIdentity),
+		IncludeBurnedIn:              d.BurnedIn == config.DeidentifyBurnedInInclude,
+	}
+	for _, l := range []struct {
+		name string
+		in   []string
+		out  *[]deident.Tag
+	}{{"STOW_DEIDENTIFY_KEEP", d.Keep, &opts.Keep}, {"STOW_DEIDENTIFY_REMOVE", d.Remove, &opts.Remove}} {
+		for _, s := range l.in {
+			t, err := deident.ParseTag(s)
+			if err != nil {
+				return fmt.Errorf("%s: %w", d.VarName(l.name), err)
+			}
+			*l.out = append(*l.out, t)
+		}
+	}
+	di, err := deident.New(k, opts)
+	if err != nil {
+		return fmt.Errorf("%s, %s: %w", d.VarName("STOW_DEIDENTIFY_KEEP"), d.VarName("STOW_DEIDENTIFY_REMOVE"), err)
+	}
+	dst, err := forward.Deidentified(o.Destination, di, forward.DeidentifyOptions{Setting: d.VarName("STOW_DEIDENTIFY"),
+		ExactLength: o.ExactLength, DestinationName: d.Name, Registerer: o.Registerer})
+	if err != nil {
+		return err
+	}
+	o.Destination = dst
+	// Orthanc converts the encodings the rewrite cannot read.
+	if len(o.TransferSyntaxes) == 0 {
+		o.TransferSyntaxes = deidentReadable
+	} else {
+		o.TransferSyntaxes = slices.DeleteFunc(slices.Clone(o.TransferSyntaxes), func(ts string) bool {
+			return ts == syntaxExplicitBE || ts == syntaxDeflated
+		})
+		if len(o.TransferSyntaxes) == 0 {
+			return fmt.Errorf("%s lists only Explicit VR Big Endian or Deflated, which %s=basic cannot write: add 1.2.840.10008.1.2.1",
+				d.VarName("STOW_TRANSFER_SYNTAXES"), d.VarName("STOW_DEIDENTIFY"))
+		}
+	}
+	log.Info("the destination receives de-identified copies (PS3.15 basic profile, keyed pseudonyms)", "destination", d.Name,
+		"options", []string(d.Options), "burned_in", d.BurnedIn, "keep", len(opts.Keep), "remove", len(opts.Remove))
+	return nil
+}

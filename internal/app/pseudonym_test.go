@@ -1,0 +1,57 @@
+package app
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stowline/stowline/internal/deident"
+)
+
+// TestPseudonymCommand: the command gives the pseudonyms the rewrite
+// writes, for the default destination and a named one, and finds the
+// original of a pseudonym among candidates.
+func TestPseudonymCommand(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef!")
+	file := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(file, append(key, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := deident.NewKeyer(key, "R-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DESTINATION_RESEARCH_DEIDENTIFY_KEY_FILE": file, "DESTINATION_RESEARCH_STOW_DEIDENTIFY_PATIENT_PREFIX": "R-"}
+	run := func(stdin string, args ...string) (string, error) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		err := RunPseudonym(t.Context(), args, func(k string) string { return env[k] }, strings.NewReader(stdin), &out, &errOut)
+		return out.String(), err
+	}
+	for _, tt := range []struct {
+		args  []string
+		stdin string
+		want  string
+	}{
+		{[]string{"--destination", "research", "--uid", "1.2.3"}, "", k.UID("1.2.3")},
+		{[]string{"--destination", "research", "--patient-id", "PAT-42"}, "", k.PatientID("PAT-42")},
+		{[]string{"--destination", "research", "--find", k.PatientID("PAT-42")}, "1.2.3\nPAT-41\nPAT-42\n", "PatientID\tPAT-42"},
+		{[]string{"--destination", "research", "--find", k.UID("1.2.3")}, "PAT-42\n1.2.3\n", "UID\t1.2.3"},
+	} {
+		out, err := run(tt.stdin, tt.args...)
+		if err != nil || !strings.Contains(out, tt.want) {
+			t.Errorf("%q: %q, %v; want %q", tt.args, out, err, tt.want)
+		}
+	}
+	if _, err := run("x\n", "--destination", "research", "--find", "2.25.1"); err == nil || !strings.Contains(err.Error(), "none of the 1 candidates") {
+		t.Errorf("unknown pseudonym: %v", err)
+	}
+	if _, err := run("", "--uid", "1.2.3"); err == nil || !strings.Contains(err.Error(), "DEIDENTIFY_KEY_FILE is not set") {
+		t.Errorf("default destination without a key: %v", err)
+	}
+	if _, err := run("", "--destination", "research"); err == nil {
+		t.Error("no value: no error")
+	}
+}

@@ -1,0 +1,101 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Values of STOW_DEIDENTIFY.
+const (
+	DeidentifyOff   = "off"
+	DeidentifyBasic = "basic"
+)
+
+// Values of STOW_DEIDENTIFY_BURNED_IN.
+const (
+	DeidentifyBurnedInExclude = "exclude"
+	DeidentifyBurnedInInclude = "include"
+)
+
+// Options of STOW_DEIDENTIFY_OPTIONS: the PS3.15 profile options.
+const (
+	DeidentifyRetainDates            = "retain-dates"
+	DeidentifyRetainPatientChars     = "retain-patient-characteristics"
+	DeidentifyRetainDeviceIdentity   = "retain-device-identity"
+	deidentifyCleanDescriptorsOption = "clean-descriptors"
+)
+
+var deidentifyOptions = []string{DeidentifyRetainDates, DeidentifyRetainPatientChars, DeidentifyRetainDeviceIdentity}
+
+// Deidentify is a destination's de-identification (docs/deidentification.md).
+type Deidentify struct {
+	Mode          string `env:"STOW_DEIDENTIFY" envDefault:"off" desc:"off, or basic: the destination receives de-identified copies (DICOM PS3.15 Basic Application Level Confidentiality Profile, 2023b) with keyed pseudonyms: UIDs map to 2.25 UIDs, Patient ID and Name to a pseudonym, private tags are removed (docs/deidentification.md). Needs DEIDENTIFY_KEY_FILE"`
+	KeyFile       string `env:"DEIDENTIFY_KEY_FILE" desc:"file holding the secret key of the pseudonyms (at least 32 bytes, e.g. head -c 32 /dev/urandom | base64); the same key always gives the same pseudonyms, changing it breaks the link between copies sent before and after. Required with STOW_DEIDENTIFY=basic; never logged"`
+	Options       List   `env:"STOW_DEIDENTIFY_OPTIONS" desc:"profile options, comma-separated: retain-dates (dates moved back by a per-patient keyed offset, times kept), retain-patient-characteristics (sex, age, size, weight...), retain-device-identity (station name, serial numbers). Empty: dates, characteristics and device identity are removed"`
+	Keep          List   `env:"STOW_DEIDENTIFY_KEEP" desc:"attributes kept as they are despite the profile, comma-separated tags of 8 hex digits (00081030 for Study Description); UIDs, Patient ID and Name cannot be kept"`
+	Remove        List   `env:"STOW_DEIDENTIFY_REMOVE" desc:"attributes removed besides the profile's, wherever they are, comma-separated tags"`
+	BurnedIn      string `env:"STOW_DEIDENTIFY_BURNED_IN" envDefault:"exclude" desc:"exclude: instances that may show identifying text in their pixels (Burned In Annotation YES, Secondary Capture, Ultrasound) are not sent and are listed in the study's dead letter; include: send them (pixel data is never de-identified)"`
+	PatientPrefix string `env:"STOW_DEIDENTIFY_PATIENT_PREFIX" envDefault:"ANON-" desc:"prefix of the Patient ID pseudonym (prefix + 20 base32 characters); also the Patient's Name"`
+}
+
+// Deidentifies reports whether the destination receives de-identified copies.
+func (d *Deidentify) Deidentifies() bool { return d.Mode == DeidentifyBasic }
+
+// HasOption reports whether STOW_DEIDENTIFY_OPTIONS names o.
+func (d *Deidentify) HasOption(o string) bool { return slices.Contains(d.Options, o) }
+
+func (d *Deidentify) validate() []error {
+	var errs []error
+	switch d.Mode {
+	case DeidentifyOff:
+		return nil
+	case DeidentifyBasic:
+	default:
+		return []error{fmt.Errorf("STOW_DEIDENTIFY=%q: want off or basic", d.Mode)}
+	}
+	if d.BurnedIn != DeidentifyBurnedInExclude && d.BurnedIn != DeidentifyBurnedInInclude {
+		errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_BURNED_IN=%q: want exclude or include", d.BurnedIn))
+	}
+	if d.KeyFile == "" {
+		errs = append(errs, errors.New("DEIDENTIFY_KEY_FILE is required with STOW_DEIDENTIFY=basic: the pseudonyms are keyed with it"))
+	}
+	for _, o := range d.Options {
+		switch {
+		case slices.Contains(deidentifyOptions, o):
+		case o == deidentifyCleanDescriptorsOption:
+			errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_OPTIONS: %s is not supported yet (descriptors are removed)", o))
+		default:
+			errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_OPTIONS: %q: want %s", o, strings.Join(deidentifyOptions, ", ")))
+		}
+	}
+	for _, l := range []struct {
+		name string
+		tags List
+	}{{"STOW_DEIDENTIFY_KEEP", d.Keep}, {"STOW_DEIDENTIFY_REMOVE", d.Remove}} {
+		for _, t := range l.tags {
+			if !validTag(t) {
+				errs = append(errs, fmt.Errorf("%s: %q: want a tag as 8 hex digits (GGGGEEEE)", l.name, t))
+			}
+		}
+	}
+	if len(d.PatientPrefix) > 44 || strings.ContainsFunc(d.PatientPrefix, func(r rune) bool { return r < 0x20 || r > 0x7E || r == '\\' }) {
+		errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_PATIENT_PREFIX=%q: want at most 44 printable ASCII characters, no backslash (a Patient ID value)", d.PatientPrefix))
+	}
+	return errs
+}
+
+// validTag: 8 hex digits, with or without "(", ",", ")".
+func validTag(s string) bool {
+	h := strings.NewReplacer("(", "", ")", "", ",", "").Replace(s)
+	if len(h) != 8 {
+		return false
+	}
+	for _, c := range h {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", c) {
+			return false
+		}
+	}
+	return true
+}

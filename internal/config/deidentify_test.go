@@ -1,0 +1,72 @@
+package config
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestDeidentify(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		err  string // substring of the error; "" means valid
+	}{
+		{name: "off by default", env: nil},
+		{name: "basic with a key", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k"}},
+		{name: "all options and lists", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k",
+			"STOW_DEIDENTIFY_OPTIONS": "retain-dates,retain-patient-characteristics,retain-device-identity",
+			"STOW_DEIDENTIFY_KEEP":    "00081030,0008103E", "STOW_DEIDENTIFY_REMOVE": "00181030", "STOW_DEIDENTIFY_BURNED_IN": "include"}},
+		{name: "unknown mode", env: map[string]string{"STOW_DEIDENTIFY": "full"}, err: `STOW_DEIDENTIFY="full": want off or basic`},
+		{name: "basic without a key", env: map[string]string{"STOW_DEIDENTIFY": "basic"}, err: "DEIDENTIFY_KEY_FILE is required"},
+		{name: "unknown option", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_OPTIONS": "retain-uids"}, err: `STOW_DEIDENTIFY_OPTIONS: "retain-uids"`},
+		{name: "clean descriptors not yet", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_OPTIONS": "clean-descriptors"}, err: "not supported yet"},
+		{name: "bad tag", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_KEEP": "StudyDescription"}, err: `STOW_DEIDENTIFY_KEEP: "StudyDescription"`},
+		{name: "prefix with a backslash", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_PATIENT_PREFIX": `A\B`}, err: "STOW_DEIDENTIFY_PATIENT_PREFIX"},
+		{name: "burned-in value", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_BURNED_IN": "yes"}, err: "STOW_DEIDENTIFY_BURNED_IN"},
+		{name: "not with qido verification", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_VERIFY": "qido"}, err: "STOW_VERIFY=qido cannot be used with STOW_DEIDENTIFY=basic"},
+		{name: "not with replace", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_ON_CONFLICT": "replace", "STOW_PROFILE": "azure"}, err: "STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			for k, v := range tt.env {
+				e[k] = v
+			}
+			var c SingleHost
+			err := Load(mapEnv(e), &c)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Forwarder.Deidentifies(); got != (tt.env["STOW_DEIDENTIFY"] == "basic") {
+				t.Errorf("Deidentifies() = %v", got)
+			}
+		})
+	}
+}
+
+func TestDeidentifyPerDestination(t *testing.T) {
+	e := destEnv(t)
+	e["DESTINATION_AI_2_STOW_DEIDENTIFY"] = "basic"
+	e["DESTINATION_AI_2_DEIDENTIFY_KEY_FILE"] = "/k"
+	e["DESTINATION_AI_2_STOW_DEIDENTIFY_OPTIONS"] = "retain-dates"
+	var c SingleHost
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatal(err)
+	}
+	ds := c.DestinationList()
+	if ds[0].Deidentifies() || !ds[1].Deidentifies() || !slices.Equal(ds[1].Options, []string{"retain-dates"}) || ds[1].PatientPrefix != "ANON-" {
+		t.Errorf("archive %+v, ai-2 %+v", ds[0].Deidentify, ds[1].Deidentify)
+	}
+	delete(e, "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE")
+	err := Load(mapEnv(e), &c)
+	if err == nil || !strings.Contains(err.Error(), "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE is required") {
+		t.Errorf("err = %v, want it to name DESTINATION_AI_2_DEIDENTIFY_KEY_FILE", err)
+	}
+}

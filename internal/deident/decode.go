@@ -1,0 +1,283 @@
+package deident
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Errors of the rewrite; the message says where in the file.
+var (
+	// ErrNotDICOM: the input is not a DICOM file (no DICM prefix and no
+	// data set that starts like one), or it is empty.
+	ErrNotDICOM = errors.New("not a DICOM file")
+	// ErrUnsupportedSyntax: the data set is in an encoding the rewrite
+	// does not read (Explicit VR Big Endian, Deflated): convert it first.
+	ErrUnsupportedSyntax = errors.New("transfer syntax not supported by the de-identifier")
+	// ErrMalformed: the data set breaks the encoding rules or ends early.
+	ErrMalformed = errors.New("malformed DICOM data set")
+	// ErrTooLarge: a sequence or header is larger than the rewrite holds
+	// in memory.
+	ErrTooLarge = errors.New("DICOM data set too large to de-identify")
+	// ErrBurnedIn: the instance may show identifying text in its pixels
+	// (Burned In Annotation YES, or a SOP class that commonly does), and
+	// Options.IncludeBurnedIn is off.
+	ErrBurnedIn = errors.New("instance may carry burned-in text")
+)
+
+const (
+	undefinedLength = 0xFFFFFFFF
+	// streamThreshold: top-level values larger than this are copied
+	// through, never held in memory.
+	streamThreshold = 64 << 10
+	// maxHeld bounds what one top-level element (with its sequences),
+	// or the elements before Patient ID, may hold in memory.
+	maxHeld = 64 << 20
+	// maxDepth bounds sequence nesting.
+	maxDepth = 32
+)
+
+// longVR are the explicit VRs with a 4-byte length (PS3.5 7.1.2).
+var longVR = map[string]bool{"OB": true, "OD": true, "OF": true, "OL": true, "OV": true, "OW": true, "SQ": true,
+	"UC": true, "UN": true, "UR": true, "UT": true, "SV": true, "UV": true}
+
+var shortVR = map[string]bool{"AE": true, "AS": true, "AT": true, "CS": true, "DA": true, "DS": true, "DT": true,
+	"FD": true, "FL": true, "IS": true, "LO": true, "LT": true, "PN": true, "SH": true, "SL": true, "SS": true,
+	"ST": true, "TM": true, "UI": true, "UL": true, "US": true}
+
+func knownVR(vr string) bool { return longVR[vr] || shortVR[vr] }
+
+// decoder reads Little Endian data set elements and counts the bytes
+// it consumed (for defined-length items and sequences).
+type decoder struct {
+	r    *bufio.Reader
+	pos  int64
+	held int64 // bytes held in memory since the last reset
+	buf  [8]byte
+}
+
+func (d *decoder) full(b []byte) error {
+	n, err := io.ReadFull(d.r, b)
+	d.pos += int64(n)
+	if err == io.ErrUnexpectedEOF || (err == io.EOF && len(b) > 0) {
+		return fmt.Errorf("%w: file ends inside an element at byte %d", ErrMalformed, d.pos)
+	}
+	return err
+}
+
+// header reads an element header. Item and delimiter tags (FFFE,xxxx)
+// have no VR in either encoding. io.EOF is returned only at a clean end.
+func (d *decoder) header(explicit bool) (tag Tag, vr string, n uint32, err error) {
+	start := d.pos
+	b := d.buf[:4]
+	m, err := io.ReadFull(d.r, b)
+	d.pos += int64(m)
+	if err == io.EOF {
+		return 0, "", 0, io.EOF
+	}
+	if err != nil {
+		return 0, "", 0, fmt.Errorf("%w: file ends inside an element header at byte %d", ErrMalformed, d.pos)
+	}
+	tag = Tag(uint32(binary.LittleEndian.Uint16(b[0:]))<<16 | uint32(binary.LittleEndian.Uint16(b[2:])))
+	if tag.Group() == 0xFFFE || !explicit {
+		if err := d.full(b); err != nil {
+			return 0, "", 0, err
+		}
+		return tag, "", binary.LittleEndian.Uint32(b), nil
+	}
+	if err := d.full(d.buf[:2]); err != nil {
+		return 0, "", 0, err
+	}
+	vr = string(d.buf[:2])
+	switch {
+	case longVR[vr]:
+		if err := d.full(b); err != nil { // 2 reserved bytes and the first half of the length
+			return 0, "", 0, err
+		}
+		if err := d.full(d.buf[4:6]); err != nil {
+			return 0, "", 0, err
+		}
+		n = uint32(binary.LittleEndian.Uint16(b[2:])) | uint32(binary.LittleEndian.Uint16(d.buf[4:]))<<16
+	case shortVR[vr]:
+		if err := d.full(d.buf[:2]); err != nil {
+			return 0, "", 0, err
+		}
+		n = uint32(binary.LittleEndian.Uint16(d.buf[:2]))
+	default:
+		return 0, "", 0, fmt.Errorf("%w: element %s at byte %d has no valid VR (%q)", ErrMalformed, tag, start, vr)
+	}
+	return tag, vr, n, nil
+}
+
+// value reads n bytes into memory, within the held budget.
+func (d *decoder) value(tag Tag, n uint32) ([]byte, error) {
+	if n == undefinedLength {
+		return nil, fmt.Errorf("%w: element %s at byte %d has undefined length", ErrMalformed, tag, d.pos)
+	}
+	if d.held+int64(n) > maxHeld {
+		return nil, fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory (limit %d)", ErrTooLarge, tag, d.pos, n, maxHeld)
+	}
+	d.held += int64(n)
+	if n <= 64<<10 {
+		b := make([]byte, n)
+		if err := d.full(b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	// Grown as the bytes arrive: a length that lies costs no memory.
+	var buf bytes.Buffer
+	c, err := io.CopyN(&buf, d.r, int64(n))
+	d.pos += c
+	if err == io.EOF {
+		return nil, fmt.Errorf("%w: file ends %d bytes into a value of %d at byte %d", ErrMalformed, c, n, d.pos)
+	}
+	return buf.Bytes(), err
+}
+
+// startsWithItem reports whether the next bytes are an Item tag: how a
+// sequence shows in Implicit VR, or in a value of VR UN.
+func (d *decoder) startsWithItem() bool {
+	b, err := d.r.Peek(4)
+	return err == nil && b[0] == 0xFE && b[1] == 0xFF && b[2] == 0x00 && b[3] == 0xE0
+}
+
+// element is a data set element held in memory.
+type element struct {
+	tag   Tag
+	vr    string // "" when the data set is implicit
+	value []byte
+	// seq: a sequence of items; implicitItems: its items are Implicit VR
+	// (a sequence in a value of VR UN, PS3.5 6.2.2).
+	seq           bool
+	implicitItems bool
+	items         [][]*element
+	// encapsulated: Pixel Data of undefined length, as fragments.
+	encapsulated bool
+	fragments    [][]byte
+}
+
+// isSequence decides, from its header, whether an element is a sequence.
+func (d *decoder) isSequence(tag Tag, vr string, n uint32) bool {
+	switch {
+	case vr == "SQ":
+		return true
+	case tag == tagPixelData:
+		return false
+	case vr == "" || vr == "UN":
+		return n == undefinedLength || (n >= 8 && d.startsWithItem())
+	}
+	return false
+}
+
+// readBody reads the value of an element whose header was read.
+func (d *decoder) readBody(tag Tag, vr string, n uint32, explicit bool, depth int) (*element, error) {
+	el := &element{tag: tag, vr: vr}
+	switch {
+	case d.isSequence(tag, vr, n):
+		el.seq = true
+		itemsExplicit := explicit && vr != "UN"
+		el.implicitItems = !itemsExplicit
+		items, err := d.items(tag, n, itemsExplicit, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		el.items = items
+	case n == undefinedLength && tag == tagPixelData:
+		el.encapsulated = true
+		for {
+			t, _, m, err := d.header(false)
+			if err != nil {
+				return nil, noEOF(err, tag)
+			}
+			if t == tagSeqDelim {
+				break
+			}
+			if t != tagItem {
+				return nil, fmt.Errorf("%w: encapsulated Pixel Data holds %s, not an item, at byte %d", ErrMalformed, t, d.pos)
+			}
+			f, err := d.value(tag, m)
+			if err != nil {
+				return nil, err
+			}
+			el.fragments = append(el.fragments, f)
+		}
+	default:
+		v, err := d.value(tag, n)
+		if err != nil {
+			return nil, err
+		}
+		el.value = v
+	}
+	return el, nil
+}
+
+// items reads a sequence's items, of defined length n or up to the
+// sequence delimiter.
+func (d *decoder) items(tag Tag, n uint32, explicit bool, depth int) ([][]*element, error) {
+	if depth > maxDepth {
+		return nil, fmt.Errorf("%w: sequences nested deeper than %d at %s", ErrMalformed, maxDepth, tag)
+	}
+	end := d.pos + int64(n)
+	var items [][]*element
+	for n == undefinedLength || d.pos < end {
+		t, _, m, err := d.header(false)
+		if err != nil {
+			return nil, noEOF(err, tag)
+		}
+		if t == tagSeqDelim {
+			if n != undefinedLength {
+				return nil, fmt.Errorf("%w: sequence %s of defined length holds a sequence delimiter", ErrMalformed, tag)
+			}
+			return items, nil
+		}
+		if t != tagItem {
+			return nil, fmt.Errorf("%w: sequence %s holds %s, not an item, at byte %d", ErrMalformed, tag, t, d.pos)
+		}
+		item, err := d.item(m, explicit, depth)
+		if err != nil {
+			return nil, err
+		}
+		items = append(items, item)
+	}
+	if d.pos != end {
+		return nil, fmt.Errorf("%w: sequence %s overruns its length", ErrMalformed, tag)
+	}
+	return items, nil
+}
+
+func (d *decoder) item(n uint32, explicit bool, depth int) ([]*element, error) {
+	end := d.pos + int64(n)
+	var els []*element
+	for n == undefinedLength || d.pos < end {
+		t, vr, m, err := d.header(explicit)
+		if err != nil {
+			return nil, noEOF(err, tagItem)
+		}
+		if t == tagItemDelim {
+			return els, nil
+		}
+		if t.Group() == 0xFFFE {
+			return nil, fmt.Errorf("%w: item holds %s at byte %d", ErrMalformed, t, d.pos)
+		}
+		el, err := d.readBody(t, vr, m, explicit, depth)
+		if err != nil {
+			return nil, err
+		}
+		els = append(els, el)
+	}
+	if d.pos != end {
+		return nil, fmt.Errorf("%w: item overruns its length at byte %d", ErrMalformed, d.pos)
+	}
+	return els, nil
+}
+
+func noEOF(err error, in Tag) error {
+	if err == io.EOF {
+		return fmt.Errorf("%w: file ends inside %s", ErrMalformed, in)
+	}
+	return err
+}

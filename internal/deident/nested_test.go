@@ -1,0 +1,317 @@
+package deident
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func str(tag Tag, vr, v string) *element { return &element{tag: tag, vr: vr, value: pad(v, vr)} }
+
+func seq(tag Tag, items ...[]*element) *element {
+	return &element{tag: tag, vr: "SQ", seq: true, items: items}
+}
+
+func item(els ...*element) []*element { return els }
+
+// encodeDefined writes el as writeElement does, but sequences and items
+// with defined lengths, as many writers do.
+func encodeDefined(w io.Writer, el *element, explicit bool) error {
+	if !el.seq {
+		return writeElement(w, el, explicit)
+	}
+	itemsExplicit := explicit && !el.implicitItems
+	var body bytes.Buffer
+	for _, it := range el.items {
+		var ib bytes.Buffer
+		for _, c := range it {
+			if err := encodeDefined(&ib, c, itemsExplicit); err != nil {
+				return err
+			}
+		}
+		_ = writeHeader(&body, tagItem, "", uint32(ib.Len()), false)
+		body.Write(ib.Bytes())
+	}
+	if err := writeHeader(w, el.tag, el.vr, uint32(body.Len()), explicit); err != nil {
+		return err
+	}
+	_, err := w.Write(body.Bytes())
+	return err
+}
+
+// testFile writes a Part-10 file (or a bare data set without meta).
+func testFile(t *testing.T, syntax string, explicit, defined, meta bool, els []*element) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if meta {
+		var mb bytes.Buffer
+		for _, m := range []*element{
+			{tag: 0x00020001, vr: "OB", value: []byte{0, 1}},
+			str(0x00020002, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+			str(0x00020003, "UI", "1.2.3.4.5.6.1"),
+			str(tagTransferSyntax, "UI", syntax),
+			str(0x00020016, "AE", "SENDER_AE"),
+		} {
+			_ = writeElement(&mb, m, true)
+		}
+		b.Write(make([]byte, 128))
+		b.WriteString("DICM")
+		_ = writeElement(&b, &element{tag: 0x00020000, vr: "UL", value: binary.LittleEndian.AppendUint32(nil, uint32(mb.Len()))}, true)
+		b.Write(mb.Bytes())
+	}
+	for _, el := range els {
+		var err error
+		if defined {
+			err = encodeDefined(&b, el, explicit)
+		} else {
+			err = writeElement(&b, el, explicit)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.Bytes()
+}
+
+func nestedDataset(evidenceUN bool, pixel *element) []*element {
+	evidence := seq(0x0040A375, item(
+		seq(0x00081115, item(
+			seq(0x00081199, item(str(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2"), str(0x00081155, "UI", "1.2.3.4.5.6.3"))),
+			str(tagSeriesInstanceUID, "UI", "1.2.3.4.5.6"),
+		)),
+		str(tagPatientName, "PN", "Doe^Jane"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.4.5"),
+	))
+	if evidenceUN {
+		evidence.vr, evidence.implicitItems = "UN", true
+	}
+	return []*element{
+		str(0x00080005, "CS", "ISO_IR 100"),
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.4.5.6.1"),
+		str(0x00080020, "DA", "20200102"),
+		str(0x00080030, "TM", "101500"),
+		str(0x00080080, "LO", "General Hospital"),
+		seq(0x00081140, item(
+			str(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+			str(0x00081155, "UI", "1.2.3.4.5.6.2"),
+			str(0x00090010, "LO", "ACME"),
+			str(0x00091001, "LO", "secret in a private tag"),
+		)),
+		str(0x00090010, "LO", "ACME"),
+		seq(0x00091010, item(str(tagPatientName, "PN", "Doe^John"))),
+		{tag: 0x00091020, vr: "OB", value: bytes.Repeat([]byte("Doe^John"), 20<<10)}, // streamed, before Patient ID
+		str(tagPatientName, "PN", "Doe^John"),
+		str(tagPatientID, "LO", "PID123"),
+		str(0x00101000, "LO", "OTHER1"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.4.5"),
+		str(tagSeriesInstanceUID, "UI", "1.2.3.4.5.6"),
+		str(0x00200052, "UI", "1.2.3.4.5.7"),
+		evidence,
+		pixel,
+	}
+}
+
+func TestRewriteNestedSequences(t *testing.T) {
+	native := &element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{1, 2, 3, 4}, 3<<18)} // 3 MiB: streamed
+	encapsulated := &element{tag: tagPixelData, vr: "OB", encapsulated: true, fragments: [][]byte{{}, bytes.Repeat([]byte{9}, 2<<20)}}
+	for _, tt := range []struct {
+		name                    string
+		syntax                  string
+		explicit, defined, meta bool
+		un                      bool
+		pixel                   *element
+	}{
+		{"explicit undefined lengths", syntaxExplicitLE, true, false, true, false, native},
+		{"explicit defined lengths", syntaxExplicitLE, true, true, true, false, native},
+		{"implicit undefined lengths", syntaxImplicitLE, false, false, true, false, native},
+		{"implicit defined lengths", syntaxImplicitLE, false, true, true, false, native},
+		{"implicit without meta", syntaxImplicitLE, false, true, false, false, native},
+		{"explicit sequence in a UN value", syntaxExplicitLE, true, true, true, true, native},
+		{"encapsulated pixel data", "1.2.840.10008.1.2.4.70", true, false, true, false, encapsulated},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			in := testFile(t, tt.syntax, tt.explicit, tt.defined, tt.meta, nestedDataset(tt.un, tt.pixel))
+			for _, retain := range []bool{false, true} {
+				d := newTestDeidentifier(t, Options{RetainDates: retain})
+				var out bytes.Buffer
+				inst, err := d.Rewrite(&out, bytes.NewReader(in))
+				if err != nil {
+					t.Fatalf("Rewrite: %v", err)
+				}
+				dcmdump(t, out.Bytes())
+				orig, copy := parseFile(t, in), parseFile(t, out.Bytes())
+				checkDeidentified(t, d, orig, copy)
+				k := d.k
+				uids := map[string]bool{}
+				walk(copy.elements, 0, func(el *element, depth int) {
+					switch el.tag {
+					case 0x00081155, tagStudyInstanceUID, tagSeriesInstanceUID, tagSOPInstanceUID, 0x00200052:
+						uids[trimValue(el.value)] = true
+					case tagPatientName:
+						if want := map[bool]string{true: "", false: k.PatientID("PID123")}[depth > 0]; trimValue(el.value) != want {
+							t.Errorf("Patient's Name at depth %d: %q, want %q", depth, trimValue(el.value), want)
+						}
+					}
+					if strings.Contains(string(el.value), "Doe^") || strings.Contains(string(el.value), "Hospital") {
+						t.Errorf("%s keeps %q", el.tag, el.value)
+					}
+				})
+				for _, o := range []string{"1.2.3.4.5", "1.2.3.4.5.6", "1.2.3.4.5.6.1", "1.2.3.4.5.6.2", "1.2.3.4.5.6.3", "1.2.3.4.5.7"} {
+					if !uids[k.UID(o)] {
+						t.Errorf("keyed UID of %s missing from the copy (have %v)", o, uids)
+					}
+				}
+				if ev := find(copy.elements, 0x0040A375); ev == nil || !ev.seq || len(ev.items) != 1 {
+					t.Errorf("evidence sequence %+v", ev)
+				}
+				date := trimValue(find(copy.elements, 0x00080020).value)
+				want := ""
+				if retain {
+					want = "20200102"
+					if sh, _ := shiftDates("20200102", k.DateShift("PID123")); sh != "" {
+						want = sh
+					}
+				}
+				if date != want || (retain && inst.DateShiftDays != k.DateShift("PID123")) {
+					t.Errorf("Study Date %q, want %q (retain %v)", date, want, retain)
+				}
+				if tm := find(copy.elements, 0x00080030); retain && (tm == nil || trimValue(tm.value) != "101500") {
+					t.Errorf("Study Time %v, want kept with retain-dates", tm)
+				}
+				px := find(copy.elements, tagPixelData)
+				if tt.pixel.encapsulated {
+					if px == nil || len(px.fragments) != 2 || !bytes.Equal(px.fragments[1], tt.pixel.fragments[1]) {
+						t.Error("encapsulated pixel data changed")
+					}
+				} else if px == nil || !bytes.Equal(px.value, tt.pixel.value) {
+					t.Error("pixel data changed")
+				}
+				if m := find(copy.meta, 0x00020016); m != nil {
+					t.Errorf("source AE title kept in the meta: %q", m.value)
+				}
+			}
+		})
+	}
+}
+
+func TestKeyer(t *testing.T) {
+	if _, err := NewKeyer([]byte("short"), ""); err == nil {
+		t.Error("a 5-byte key was accepted")
+	}
+	a, _ := NewKeyer(testKey, "P-")
+	b, _ := NewKeyer(append([]byte("x"), testKey...), "P-")
+	uid := a.UID("1.2.3")
+	if len(uid) > 64 || !strings.HasPrefix(uid, "2.25.") || uid != a.UID("1.2.3\x00") || uid == b.UID("1.2.3") || uid == a.UID("1.2.4") {
+		t.Errorf("UID mapping: %s", uid)
+	}
+	if p := a.PatientID("PID"); len(p) != 22 || !strings.HasPrefix(p, "P-") || p == b.PatientID("PID") || p != a.PatientID("PID ") {
+		t.Errorf("Patient ID mapping: %s", p)
+	}
+	if s := a.DateShift("PID"); s < 1 || s > MaxDateShiftDays {
+		t.Errorf("date shift %d", s)
+	}
+}
+
+func FuzzRewrite(f *testing.F) {
+	px := &element{tag: tagPixelData, vr: "OW", value: []byte{1, 2, 3, 4}}
+	f.Add(testFile(&testing.T{}, syntaxExplicitLE, true, true, true, nestedDataset(true, px)))
+	f.Add(testFile(&testing.T{}, syntaxImplicitLE, false, false, false, nestedDataset(false, px)))
+	k, _ := NewKeyer(testKey, "")
+	d, _ := New(k, Options{RetainDates: true, IncludeBurnedIn: true})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var out bytes.Buffer
+		if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+			return
+		}
+		var again bytes.Buffer
+		if _, err := d.Rewrite(&again, bytes.NewReader(out.Bytes())); err != nil {
+			t.Fatalf("the copy does not read back: %v", err)
+		}
+	})
+}
+
+func TestProfileActions(t *testing.T) {
+	d := newTestDeidentifier(t, Options{Keep: []Tag{0x00081030}, Remove: []Tag{0x00080060}})
+	for _, tt := range []struct {
+		tag  Tag
+		vr   string
+		want action
+	}{
+		{0x00100010, "PN", actPatientName},
+		{0x00100020, "LO", actPatientID},
+		{0x0020000D, "UI", actUID},
+		{0x00081155, "UI", actUID},  // Referenced SOP Instance UID
+		{0x00080016, "UI", actKeep}, // SOP Class UID
+		{0x00081030, "LO", actKeep}, // kept by the destination
+		{0x00080060, "CS", actRemove},
+		{0x00090010, "LO", actRemove}, // private creator
+		{0x00180000, "UL", actRemove}, // group length
+		{0x60003000, "OW", actRemove}, // Overlay Data
+		{0x50000010, "US", actRemove}, // Curve
+		{0x0018FFF0, "PN", actEmpty},  // a name the table does not list
+		{0x00080080, "LO", actRemove}, // Institution Name
+		{0x00080020, "DA", actEmpty},  // Study Date, no retain-dates
+		{0x00280010, "US", actKeep},   // Rows
+		{0x7FE00010, "OW", actKeep},   // Pixel Data
+		{0x00880200, "SQ", actRemove}, // Icon Image Sequence
+		{0x00100030, "DA", actEmpty},  // Patient's Birth Date
+		{0x00101010, "AS", actRemove}, // Patient's Age
+		{0x00081140, "SQ", actKeep},   // Referenced Image Sequence: kept, UIDs inside mapped
+		{0x0040A730, "SQ", actEmpty},  // Content Sequence (D)
+		{0x00181000, "LO", actRemove}, // Device Serial Number
+		{0x00120062, "CS", actKeep},   // Patient Identity Removed (rewritten apart)
+	} {
+		if got := d.p.action(tt.tag, tt.vr); got != tt.want {
+			t.Errorf("%s %s: action %d, want %d", tt.tag, tt.vr, got, tt.want)
+		}
+	}
+	r := newTestDeidentifier(t, Options{RetainDates: true, RetainPatientCharacteristics: true, RetainDeviceIdentity: true})
+	for _, tt := range []struct {
+		tag  Tag
+		vr   string
+		want action
+	}{
+		{0x00080020, "DA", actShift},
+		{0x00080020, "", actShift}, // implicit VR: the table knows it is a date
+		{0x00080030, "TM", actKeep},
+		{0x0008002A, "DT", actShift},
+		{0x00100030, "DA", actEmpty}, // birth date never kept
+		{0x00101010, "AS", actKeep},
+		{0x00181000, "LO", actKeep},
+	} {
+		if got := r.p.action(tt.tag, tt.vr); got != tt.want {
+			t.Errorf("retaining: %s %s: action %d, want %d", tt.tag, tt.vr, got, tt.want)
+		}
+	}
+	k, _ := NewKeyer(testKey, "")
+	for _, o := range []Options{{Keep: []Tag{tagStudyInstanceUID}}, {Keep: []Tag{tagPatientID}}, {Remove: []Tag{tagSOPInstanceUID}}, {Remove: []Tag{tagPixelData}}} {
+		if _, err := New(k, o); !errors.Is(err, ErrBadOptions) {
+			t.Errorf("%+v: %v, want ErrBadOptions", o, err)
+		}
+	}
+}
+
+func TestRewriteRefusesBurnedInAnnotation(t *testing.T) {
+	px := &element{tag: tagPixelData, vr: "OW", value: []byte{1, 2, 3, 4}}
+	els := nestedDataset(false, px)
+	i := slices.IndexFunc(els, func(e *element) bool { return e.tag == 0x0040A375 })
+	for _, v := range []string{"YES", "NO"} {
+		with := slices.Insert(slices.Clone(els), i, str(tagBurnedIn, "CS", v))
+		in := testFile(t, syntaxExplicitLE, true, false, true, with)
+		inst, err := newTestDeidentifier(t, Options{}).Rewrite(io.Discard, bytes.NewReader(in))
+		if v == "YES" && !errors.Is(err, ErrBurnedIn) {
+			t.Errorf("Burned In Annotation YES: %v, want ErrBurnedIn", err)
+		}
+		if v == "NO" && (err != nil || inst.BurnedInAnnotation != "NO") {
+			t.Errorf("Burned In Annotation NO: %v, %+v", err, inst)
+		}
+		if _, err := newTestDeidentifier(t, Options{IncludeBurnedIn: true}).Rewrite(io.Discard, bytes.NewReader(in)); err != nil {
+			t.Errorf("%s with IncludeBurnedIn: %v", v, err)
+		}
+	}
+}

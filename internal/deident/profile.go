@@ -1,0 +1,246 @@
+// Package deident writes de-identified copies of DICOM files: the PS3.15
+// Basic Application Level Confidentiality Profile (Table E.1-1, 2023b)
+// with keyed, deterministic pseudonyms, so the same original always maps
+// to the same UID, Patient ID and date offset under one site key.
+//
+// The rewrite streams: a Part-10 file in Explicit or Implicit VR Little
+// Endian (native or encapsulated pixel data) is read once, element by
+// element; sequences are read into memory (bounded), large values such
+// as Pixel Data are copied through. Other encodings (Explicit VR Big
+// Endian, Deflated) are refused with ErrUnsupportedSyntax: the forwarder
+// has Orthanc convert them first.
+package deident
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Tag is a DICOM attribute tag, group in the high 16 bits.
+type Tag uint32
+
+// Group is the tag's group number.
+func (t Tag) Group() uint16 { return uint16(t >> 16) }
+
+// Element is the tag's element number.
+func (t Tag) Element() uint16 { return uint16(t) }
+
+// Private reports whether the tag is in an odd (private) group.
+func (t Tag) Private() bool { return t.Group()&1 == 1 }
+
+func (t Tag) String() string { return fmt.Sprintf("(%04X,%04X)", t.Group(), t.Element()) }
+
+// ParseTag reads "GGGGEEEE", "(GGGG,EEEE)" or "GGGG,EEEE".
+func ParseTag(s string) (Tag, error) {
+	h := strings.NewReplacer("(", "", ")", "", ",", "", " ", "").Replace(s)
+	if len(h) != 8 {
+		return 0, fmt.Errorf("tag %q: want GGGGEEEE or (GGGG,EEEE)", s)
+	}
+	v, err := strconv.ParseUint(h, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("tag %q: want hexadecimal GGGGEEEE", s)
+	}
+	return Tag(v), nil
+}
+
+type action uint8
+
+const (
+	actKeep action = iota
+	actRemove
+	actEmpty
+	actUID
+	actPatientID
+	actPatientName
+	actShift // DA, DT: moved back by the patient's offset; TM kept
+)
+
+// Attributes the profile treats apart from its table.
+const (
+	tagMediaSOPInstanceUID Tag = 0x00020003
+	tagTransferSyntax      Tag = 0x00020010
+	tagSOPClassUID         Tag = 0x00080016
+	tagSOPInstanceUID      Tag = 0x00080018
+	tagPatientName         Tag = 0x00100010
+	tagPatientID           Tag = 0x00100020
+	tagBirthDate           Tag = 0x00100030
+	tagBirthTime           Tag = 0x00100032
+	tagIdentityRemoved     Tag = 0x00120062
+	tagDeidentMethod       Tag = 0x00120063
+	tagStudyInstanceUID    Tag = 0x0020000D
+	tagSeriesInstanceUID   Tag = 0x0020000E
+	tagBurnedIn            Tag = 0x00280301
+	tagLongitudinal        Tag = 0x00280303
+	tagPixelData           Tag = 0x7FE00010
+	tagItem                Tag = 0xFFFEE000
+	tagItemDelim           Tag = 0xFFFEE00D
+	tagSeqDelim            Tag = 0xFFFEE0DD
+)
+
+// patientCharacteristics are kept with Options.RetainPatientCharacteristics
+// (Table E.1-1, Retain Patient Characteristics Option column "K").
+var patientCharacteristics = []Tag{
+	0x00100040, // Patient's Sex
+	0x00101010, // Patient's Age
+	0x00101020, // Patient's Size
+	0x00101030, // Patient's Weight
+	0x00102160, // Ethnic Group
+	0x001021A0, // Smoking Status
+	0x001021C0, // Pregnancy Status
+	0x00102203, // Patient's Sex Neutered
+}
+
+// deviceIdentity are kept with Options.RetainDeviceIdentity (Table
+// E.1-1, Retain Device Identity Option column "K").
+var deviceIdentity = []Tag{
+	0x00081010, // Station Name
+	0x00181000, // Device Serial Number
+	0x00181002, // Device UID
+	0x00181004, // Plate ID
+	0x00181005, // Generator ID
+	0x00181007, // Cassette ID
+	0x00181008, // Gantry ID
+	0x0018700A, // Detector ID
+	0x00189367, // X-Ray Source ID
+	0x00189371, // X-Ray Detector ID
+	0x0018100B, // Manufacturer's Device Class UID
+	0x3010002D, // Device Label
+	0x3010001B, // Device Alternate Identifier
+	0x30100043, // Manufacturer's Device Identifier
+}
+
+// Options selects the profile's options and a destination's own lists.
+type Options struct {
+	// RetainDates: Retain Longitudinal Temporal Information with Modified
+	// Dates. Dates and date-times move back by the patient's keyed offset
+	// (whole days); times are kept. Without it they are removed or emptied.
+	RetainDates bool
+	// RetainPatientCharacteristics keeps sex, age, size, weight, ethnic
+	// group, smoking and pregnancy status.
+	RetainPatientCharacteristics bool
+	// RetainDeviceIdentity keeps station name, serial numbers and device IDs.
+	RetainDeviceIdentity bool
+	// Keep are attributes kept as they are, whatever the profile says
+	// (not the identifying ones handled apart: UIDs, Patient's Name, ID).
+	// Remove are attributes removed, wherever they are.
+	Keep, Remove []Tag
+	// IncludeBurnedIn sends instances that may show identifying text in
+	// their pixels; by default the rewrite refuses them (ErrBurnedIn):
+	// Burned In Annotation (0028,0301) YES, Secondary Capture and
+	// Ultrasound images. Pixel data is never de-identified.
+	IncludeBurnedIn bool
+}
+
+// burnedInClass reports whether instances of a SOP class commonly carry
+// burned-in text: Secondary Capture (all of 1.2.840.10008.5.1.4.1.1.7)
+// and Ultrasound (single and multi-frame, current and retired).
+func burnedInClass(uid string) bool {
+	switch uid {
+	case "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1",
+		"1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3", "1.2.840.10008.5.1.4.1.1.6.2":
+		return true
+	}
+	return strings.HasPrefix(uid, "1.2.840.10008.5.1.4.1.1.7.")
+}
+
+// ErrBadOptions is returned for a keep or remove list the profile cannot honour.
+var ErrBadOptions = errors.New("de-identification options")
+
+// profile is the resolved action of every attribute.
+type profile struct {
+	opts    Options
+	actions map[Tag]action
+}
+
+func newProfile(o Options) (*profile, error) {
+	p := &profile{opts: o, actions: make(map[Tag]action, len(basicProfile)+32)}
+	for t, a := range basicProfile {
+		p.actions[t] = a
+	}
+	for _, t := range []Tag{tagStudyInstanceUID, tagSeriesInstanceUID, tagSOPInstanceUID} {
+		p.actions[t] = actUID
+	}
+	p.actions[tagPatientID] = actPatientID
+	p.actions[tagPatientName] = actPatientName
+	if o.RetainPatientCharacteristics {
+		for _, t := range patientCharacteristics {
+			p.actions[t] = actKeep
+		}
+	}
+	if o.RetainDeviceIdentity {
+		for _, t := range deviceIdentity {
+			p.actions[t] = actKeep
+		}
+	}
+	for _, t := range o.Keep {
+		switch p.actions[t] {
+		case actUID, actPatientID, actPatientName:
+			return nil, fmt.Errorf("%w: %s cannot be kept: it is replaced by a keyed pseudonym", ErrBadOptions, t)
+		}
+		if t.Element() == 0 || t.Group() == 0x0002 || t.Group() == 0xFFFE {
+			return nil, fmt.Errorf("%w: %s is not a data set attribute that can be kept", ErrBadOptions, t)
+		}
+		p.actions[t] = actKeep
+	}
+	for _, t := range o.Remove {
+		if t == tagSOPClassUID || t == tagSOPInstanceUID || t == tagStudyInstanceUID || t == tagSeriesInstanceUID || t.Group() == 0x0002 || t.Group() == 0xFFFE || t == tagPixelData {
+			return nil, fmt.Errorf("%w: %s cannot be removed: the instance would not be storable", ErrBadOptions, t)
+		}
+		p.actions[t] = actRemove
+	}
+	return p, nil
+}
+
+// action says what to do with an attribute whose VR is vr ("" when the
+// data set is implicit and the dictionary does not know it).
+func (p *profile) action(t Tag, vr string) action {
+	if a, ok := p.actions[t]; ok {
+		if p.opts.RetainDates && (a == actRemove || a == actEmpty) && t != tagBirthDate && t != tagBirthTime && !slices.Contains(p.opts.Remove, t) {
+			if vr == "" || vr == "UN" {
+				vr = temporalVR[t]
+			}
+			switch vr {
+			case "DA", "DT":
+				return actShift
+			case "TM":
+				return actKeep
+			}
+		}
+		return a
+	}
+	switch {
+	case t.Element() == 0:
+		return actRemove // group lengths: the rewrite changes lengths
+	case t.Private():
+		return actRemove
+	case t.Group()&0xFF00 == 0x5000: // Curve Data
+		return actRemove
+	case t.Group()&0xFF00 == 0x6000 && (t.Element() == 0x3000 || t.Element() == 0x4000): // Overlay Data, Overlay Comments
+		return actRemove
+	case vr == "PN":
+		// A person's name the table does not list (a newer attribute):
+		// emptied, unless the destination keeps it.
+		return actEmpty
+	}
+	return actKeep
+}
+
+// method is the De-identification Method (0012,0063) written into every
+// copy: the profile, its edition and the options in use.
+func (p *profile) method() string {
+	// LO is at most 64 characters a value: one value an option.
+	m := []string{"stowline PS3.15-2023b Basic Profile"}
+	if p.opts.RetainDates {
+		m = append(m, "Retain Longitudinal With Modified Dates")
+	}
+	if p.opts.RetainPatientCharacteristics {
+		m = append(m, "Retain Patient Characteristics")
+	}
+	if p.opts.RetainDeviceIdentity {
+		m = append(m, "Retain Device Identity")
+	}
+	return strings.Join(m, `\`)
+}

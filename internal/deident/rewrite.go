@@ -1,0 +1,608 @@
+package deident
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Transfer syntaxes the rewrite tells apart.
+const (
+	syntaxImplicitLE = "1.2.840.10008.1.2"
+	syntaxExplicitLE = "1.2.840.10008.1.2.1"
+	syntaxExplicitBE = "1.2.840.10008.1.2.2"
+	syntaxDeflated   = "1.2.840.10008.1.2.1.99"
+)
+
+// implementationUID names stowline's writer in the file meta (a UUID-derived UID).
+const (
+	implementationUID     = "2.25.225689138186435734186106196016427716761"
+	implementationVersion = "STOWLINE"
+)
+
+// Deidentifier rewrites DICOM files under one profile and one key. It
+// is safe for concurrent use.
+type Deidentifier struct {
+	k *Keyer
+	p *profile
+}
+
+// New returns a Deidentifier for the basic profile with opts.
+func New(k *Keyer, opts Options) (*Deidentifier, error) {
+	if k == nil {
+		return nil, errors.New("deident: a key is required")
+	}
+	p, err := newProfile(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Deidentifier{k: k, p: p}, nil
+}
+
+// Keyer returns the key's pseudonym mapping (to map the SOP Instance
+// UIDs of a destination's answer back).
+func (d *Deidentifier) Keyer() *Keyer { return d.k }
+
+// Instance is what a rewrite read and wrote.
+type Instance struct {
+	// SOPClassUID and SOPInstanceUID are the original's;
+	// NewSOPInstanceUID is the copy's.
+	SOPClassUID, SOPInstanceUID, NewSOPInstanceUID string
+	// BurnedInAnnotation is the original's (0028,0301), "" if absent.
+	BurnedInAnnotation string
+	// DateShiftDays is how many days the dates moved back (0: dates not kept).
+	DateShiftDays int
+}
+
+// Rewrite reads one DICOM file from r and writes its de-identified copy
+// to w, as a Part-10 file in the same transfer syntax. On error, w holds
+// a partial file that must be discarded.
+func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
+	br, bw := readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
+	br.Reset(r)
+	bw.Reset(w)
+	defer func() {
+		br.Reset(nil)
+		bw.Reset(nil)
+		readers.Put(br)
+		writers.Put(bw)
+	}()
+	rw := &rewrite{d: d, dec: &decoder{r: br}, w: bw}
+	if err := rw.run(); err != nil {
+		return rw.inst, err
+	}
+	return rw.inst, rw.w.Flush()
+}
+
+// The buffers of a rewrite are reused: a small instance costs less than
+// two fresh 64 KiB buffers.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+)
+
+// Reader returns the de-identified copy of src as it is written: the
+// rewrite runs while the caller reads. Close stops it and closes src.
+func (d *Deidentifier) Reader(src io.ReadCloser) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := d.Rewrite(pw, src)
+		pw.CloseWithError(err)
+	}()
+	return &pipeReader{pr: pr, src: src}
+}
+
+type pipeReader struct {
+	pr  *io.PipeReader
+	src io.Closer
+}
+
+func (p *pipeReader) Read(b []byte) (int, error) { return p.pr.Read(b) }
+
+func (p *pipeReader) Close() error {
+	_ = p.pr.Close() // the writer's next write fails: the rewrite ends
+	return p.src.Close()
+}
+
+type rewrite struct {
+	d        *Deidentifier
+	dec      *decoder
+	w        *bufio.Writer
+	explicit bool
+	syntax   string
+	meta     []*element // the original file meta; nil without one
+	inst     Instance
+	// patientID is the original top-level Patient ID, the key of the
+	// pseudonym and the date offset.
+	patientID string
+	adds      []*element // attributes the copy gains, in tag order
+}
+
+func (rw *rewrite) run() error {
+	if err := rw.readMeta(); err != nil {
+		return err
+	}
+	var pending []*element
+	flushed := false
+	flush := func() error {
+		flushed = true
+		err := rw.start(pending)
+		pending = nil
+		return err
+	}
+	for {
+		tag, vr, n, err := rw.dec.header(rw.explicit)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if tag.Group() == 0xFFFE {
+			return fmt.Errorf("%w: %s outside a sequence at byte %d", ErrMalformed, tag, rw.dec.pos)
+		}
+		if tag.Group() == 0x0002 {
+			return fmt.Errorf("%w: file meta element %s in the data set at byte %d", ErrMalformed, tag, rw.dec.pos)
+		}
+		stream := (n == undefinedLength && tag == tagPixelData) ||
+			(n != undefinedLength && n > streamThreshold && !rw.dec.isSequence(tag, vr, n))
+		if stream && !flushed && n != undefinedLength && rw.d.p.action(tag, vr) == actRemove {
+			// A large private value before Patient ID (vendors put them in
+			// group 0009): dropped without writing the start early.
+			if err := rw.copy(-int64(n)); err != nil {
+				return err
+			}
+			continue
+		}
+		if !flushed && (tag > tagPatientID || stream) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if stream {
+			if err := rw.stream(tag, vr, n); err != nil {
+				return err
+			}
+			continue
+		}
+		if flushed {
+			rw.dec.held = 0
+		}
+		el, err := rw.dec.readBody(tag, vr, n, rw.explicit, 0)
+		if err != nil {
+			return err
+		}
+		if !flushed {
+			pending = append(pending, el)
+			continue
+		}
+		if err := rw.writeTop(el); err != nil {
+			return err
+		}
+	}
+	if !flushed {
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	return rw.writeAdds(0xFFFFFFFF)
+}
+
+// readMeta reads the preamble and file meta, or recognises a bare data
+// set (no preamble, no meta), and sets the encoding.
+func (rw *rewrite) readMeta() error {
+	head, err := rw.dec.r.Peek(132)
+	if len(head) == 0 {
+		return fmt.Errorf("%w: the file is empty", ErrNotDICOM)
+	}
+	if err == nil && string(head[128:132]) == "DICM" {
+		if _, err := rw.dec.r.Discard(132); err != nil {
+			return err
+		}
+		rw.dec.pos = 132
+		return rw.readFileMeta()
+	}
+	// A bare data set: Orthanc stores such files as they came.
+	if len(head) < 8 || binary.LittleEndian.Uint16(head) != 0x0008 {
+		return fmt.Errorf("%w: no DICM prefix at byte 128 and no data set starting in group 0008", ErrNotDICOM)
+	}
+	rw.explicit = knownVR(string(head[4:6]))
+	rw.syntax = syntaxImplicitLE
+	if rw.explicit {
+		rw.syntax = syntaxExplicitLE
+	}
+	return nil
+}
+
+func (rw *rewrite) readFileMeta() error {
+	for {
+		b, err := rw.dec.r.Peek(2)
+		if err != nil || binary.LittleEndian.Uint16(b) != 0x0002 {
+			break
+		}
+		tag, vr, n, err := rw.dec.header(true)
+		if err != nil {
+			return fmt.Errorf("file meta: %w", noEOF(err, 0x00020000))
+		}
+		v, err := rw.dec.value(tag, n)
+		if err != nil {
+			return fmt.Errorf("file meta: %w", err)
+		}
+		rw.meta = append(rw.meta, &element{tag: tag, vr: vr, value: v})
+		if tag == tagTransferSyntax {
+			rw.syntax = trimValue(v)
+		}
+	}
+	switch rw.syntax {
+	case "":
+		return fmt.Errorf("%w: the file meta has no Transfer Syntax UID", ErrMalformed)
+	case syntaxExplicitBE, syntaxDeflated:
+		return fmt.Errorf("%w: %s (convert it to Explicit VR Little Endian first)", ErrUnsupportedSyntax, rw.syntax)
+	case syntaxImplicitLE:
+		rw.explicit = false
+	default:
+		// Explicit VR Little Endian and every encapsulated syntax.
+		rw.explicit = true
+	}
+	return nil
+}
+
+// start writes the preamble, the new file meta and the elements read
+// before Patient ID, once the Patient ID is known.
+func (rw *rewrite) start(pending []*element) error {
+	p := rw.d.p
+	for _, el := range pending {
+		switch el.tag {
+		case tagPatientID:
+			rw.patientID = trimValue(el.value)
+		case tagSOPClassUID:
+			rw.inst.SOPClassUID = trimValue(el.value)
+		case tagSOPInstanceUID:
+			rw.inst.SOPInstanceUID = trimValue(el.value)
+			rw.inst.NewSOPInstanceUID = rw.d.k.UID(rw.inst.SOPInstanceUID)
+		}
+	}
+	if rw.inst.SOPInstanceUID == "" {
+		return fmt.Errorf("%w: the data set has no SOP Instance UID", ErrMalformed)
+	}
+	if !p.opts.IncludeBurnedIn && burnedInClass(rw.inst.SOPClassUID) {
+		return fmt.Errorf("%w: SOP class %s (Secondary Capture or Ultrasound) commonly does", ErrBurnedIn, rw.inst.SOPClassUID)
+	}
+	longitudinal := "REMOVED"
+	if p.opts.RetainDates {
+		rw.inst.DateShiftDays = rw.d.k.DateShift(rw.patientID)
+		longitudinal = "MODIFIED"
+	}
+	rw.adds = []*element{
+		{tag: tagIdentityRemoved, vr: "CS", value: pad("YES", "CS")},
+		{tag: tagDeidentMethod, vr: "LO", value: pad(p.method(), "LO")},
+		{tag: tagLongitudinal, vr: "CS", value: pad(longitudinal, "CS")},
+	}
+	if err := rw.writeFileMeta(); err != nil {
+		return err
+	}
+	for _, el := range pending {
+		if err := rw.writeTop(el); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (rw *rewrite) writeFileMeta() error {
+	sopClass := rw.inst.SOPClassUID
+	version := []byte{0, 1}
+	for _, m := range rw.meta {
+		switch m.tag {
+		case 0x00020002:
+			if sopClass == "" {
+				sopClass = trimValue(m.value)
+			}
+		case 0x00020001:
+			version = m.value
+		}
+	}
+	meta := []*element{
+		{tag: 0x00020001, vr: "OB", value: version},
+		{tag: 0x00020002, vr: "UI", value: pad(sopClass, "UI")},
+		{tag: tagMediaSOPInstanceUID, vr: "UI", value: pad(rw.inst.NewSOPInstanceUID, "UI")},
+		{tag: tagTransferSyntax, vr: "UI", value: pad(rw.syntax, "UI")},
+		{tag: 0x00020012, vr: "UI", value: pad(implementationUID, "UI")},
+		{tag: 0x00020013, vr: "SH", value: pad(implementationVersion, "SH")},
+	}
+	var body bytes.Buffer
+	for _, m := range meta {
+		if err := writeElement(&body, m, true); err != nil {
+			return err
+		}
+	}
+	if _, err := rw.w.Write(make([]byte, 128)); err != nil {
+		return err
+	}
+	if _, err := rw.w.WriteString("DICM"); err != nil {
+		return err
+	}
+	length := binary.LittleEndian.AppendUint32(nil, uint32(body.Len()))
+	if err := writeElement(rw.w, &element{tag: 0x00020000, vr: "UL", value: length}, true); err != nil {
+		return err
+	}
+	_, err := rw.w.Write(body.Bytes())
+	return err
+}
+
+// writeAdds writes the added attributes that sort before tag.
+func (rw *rewrite) writeAdds(before Tag) error {
+	for len(rw.adds) > 0 && rw.adds[0].tag < before {
+		if err := writeElement(rw.w, rw.adds[0], rw.explicit); err != nil {
+			return err
+		}
+		rw.adds = rw.adds[1:]
+	}
+	return nil
+}
+
+// writeTop writes one top-level element de-identified, after the added
+// attributes that sort before it; an added attribute replaces the
+// original of the same tag.
+func (rw *rewrite) writeTop(el *element) error {
+	if el.tag == tagBurnedIn {
+		rw.inst.BurnedInAnnotation = trimValue(el.value)
+		if !rw.d.p.opts.IncludeBurnedIn && strings.EqualFold(rw.inst.BurnedInAnnotation, "YES") {
+			return fmt.Errorf("%w: Burned In Annotation (0028,0301) is YES", ErrBurnedIn)
+		}
+	}
+	if err := rw.writeAdds(el.tag); err != nil {
+		return err
+	}
+	if len(rw.adds) > 0 && rw.adds[0].tag == el.tag {
+		return nil
+	}
+	out := rw.transform(el, 0)
+	if out == nil {
+		return nil
+	}
+	return writeElement(rw.w, out, rw.explicit)
+}
+
+// transform applies the profile to an element and, for a sequence, to
+// every element of its items (depth: nesting, 0 at the top). nil: removed.
+func (rw *rewrite) transform(el *element, depth int) *element {
+	vr := el.vr
+	if vr == "" || vr == "UN" {
+		if v, ok := temporalVR[el.tag]; ok {
+			vr = v
+		}
+	}
+	a := rw.d.p.action(el.tag, vr)
+	switch a {
+	case actRemove:
+		return nil
+	case actEmpty:
+		return &element{tag: el.tag, vr: el.vr, seq: el.seq, implicitItems: el.implicitItems}
+	}
+	if el.seq {
+		if a != actKeep {
+			return nil // a sequence where the profile expects a value
+		}
+		out := &element{tag: el.tag, vr: el.vr, seq: true, implicitItems: el.implicitItems}
+		for _, item := range el.items {
+			var kept []*element
+			for _, c := range item {
+				if t := rw.transform(c, depth+1); t != nil {
+					kept = append(kept, t)
+				}
+			}
+			out.items = append(out.items, kept)
+		}
+		return out
+	}
+	if el.encapsulated {
+		if a != actKeep {
+			return nil
+		}
+		return el
+	}
+	out := &element{tag: el.tag, vr: el.vr}
+	switch a {
+	case actKeep:
+		return el
+	case actUID:
+		vals := strings.Split(trimValue(el.value), `\`)
+		for i, v := range vals {
+			vals[i] = rw.d.k.UID(v)
+		}
+		out.value = pad(strings.Join(vals, `\`), "UI")
+	case actPatientID:
+		// A Patient ID in a sequence (another patient's) maps on its own.
+		out.value = pad(rw.d.k.PatientID(trimValue(el.value)), "LO")
+	case actPatientName:
+		// The name becomes the patient's pseudonym; a name in a sequence,
+		// whose Patient ID may not be at hand, is emptied.
+		if depth == 0 {
+			out.value = pad(rw.d.k.PatientID(rw.patientID), "PN")
+		}
+	case actShift:
+		if v, ok := shiftDates(trimValue(el.value), rw.inst.DateShiftDays); ok {
+			out.value = pad(v, "DA")
+		}
+	}
+	return out
+}
+
+// stream copies a large top-level value through without holding it.
+func (rw *rewrite) stream(tag Tag, vr string, n uint32) error {
+	if tag == tagBurnedIn {
+		return fmt.Errorf("%w: Burned In Annotation of %d bytes", ErrMalformed, n)
+	}
+	if err := rw.writeAdds(tag); err != nil {
+		return err
+	}
+	a := rw.d.p.action(tag, vr)
+	if n != undefinedLength {
+		switch a {
+		case actKeep:
+			if err := writeHeader(rw.w, tag, vr, n, rw.explicit); err != nil {
+				return err
+			}
+			return rw.copy(int64(n))
+		case actRemove:
+			return rw.copy(-int64(n))
+		case actEmpty:
+			if err := rw.copy(-int64(n)); err != nil {
+				return err
+			}
+			return writeHeader(rw.w, tag, vr, 0, rw.explicit)
+		}
+		return fmt.Errorf("%w: %s of %d bytes cannot be mapped", ErrTooLarge, tag, n)
+	}
+	// Encapsulated Pixel Data: items copied as they come.
+	if err := writeHeader(rw.w, tag, "OB", undefinedLength, rw.explicit); err != nil {
+		return err
+	}
+	for {
+		t, _, m, err := rw.dec.header(false)
+		if err != nil {
+			return noEOF(err, tag)
+		}
+		if t == tagSeqDelim {
+			return writeHeader(rw.w, tagSeqDelim, "", 0, false)
+		}
+		if t != tagItem || m == undefinedLength {
+			return fmt.Errorf("%w: encapsulated Pixel Data holds %s, not a fragment, at byte %d", ErrMalformed, t, rw.dec.pos)
+		}
+		if err := writeHeader(rw.w, tagItem, "", m, false); err != nil {
+			return err
+		}
+		if err := rw.copy(int64(m)); err != nil {
+			return err
+		}
+	}
+}
+
+// copy moves n bytes from the input to the output; -n skips them.
+func (rw *rewrite) copy(n int64) error {
+	var dst io.Writer = rw.w
+	if n < 0 {
+		dst, n = io.Discard, -n
+	}
+	c, err := io.CopyN(dst, rw.dec.r, n)
+	rw.dec.pos += c
+	if err == io.EOF {
+		return fmt.Errorf("%w: file ends %d bytes into a value of %d at byte %d", ErrMalformed, c, n, rw.dec.pos)
+	}
+	return err
+}
+
+func writeHeader(w io.Writer, tag Tag, vr string, n uint32, explicit bool) error {
+	b := make([]byte, 0, 12)
+	b = binary.LittleEndian.AppendUint16(b, tag.Group())
+	b = binary.LittleEndian.AppendUint16(b, tag.Element())
+	switch {
+	case tag.Group() == 0xFFFE || !explicit:
+		b = binary.LittleEndian.AppendUint32(b, n)
+	case longVR[vr]:
+		b = append(b, vr...)
+		b = append(b, 0, 0)
+		b = binary.LittleEndian.AppendUint32(b, n)
+	default:
+		if n > 0xFFFF {
+			return fmt.Errorf("%w: %s value of %d bytes does not fit VR %s", ErrMalformed, tag, n, vr)
+		}
+		b = append(b, vr...)
+		b = binary.LittleEndian.AppendUint16(b, uint16(n))
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// writeElement writes an element; sequences and items with undefined
+// length, since the rewrite changes what they hold.
+func writeElement(w io.Writer, el *element, explicit bool) error {
+	switch {
+	case el.seq:
+		vr := el.vr
+		if vr == "" {
+			vr = "SQ"
+		}
+		if err := writeHeader(w, el.tag, vr, undefinedLength, explicit); err != nil {
+			return err
+		}
+		itemsExplicit := explicit && !el.implicitItems
+		for _, item := range el.items {
+			if err := writeHeader(w, tagItem, "", undefinedLength, false); err != nil {
+				return err
+			}
+			for _, c := range item {
+				if err := writeElement(w, c, itemsExplicit); err != nil {
+					return err
+				}
+			}
+			if err := writeHeader(w, tagItemDelim, "", 0, false); err != nil {
+				return err
+			}
+		}
+		return writeHeader(w, tagSeqDelim, "", 0, false)
+	case el.encapsulated:
+		if err := writeHeader(w, el.tag, "OB", undefinedLength, explicit); err != nil {
+			return err
+		}
+		for _, f := range el.fragments {
+			if err := writeHeader(w, tagItem, "", uint32(len(f)), false); err != nil {
+				return err
+			}
+			if _, err := w.Write(f); err != nil {
+				return err
+			}
+		}
+		return writeHeader(w, tagSeqDelim, "", 0, false)
+	}
+	if err := writeHeader(w, el.tag, el.vr, uint32(len(el.value)), explicit); err != nil {
+		return err
+	}
+	_, err := w.Write(el.value)
+	return err
+}
+
+// trimValue is a string value without its padding.
+func trimValue(v []byte) string { return strings.TrimRight(string(v), "\x00 ") }
+
+// pad makes a value even-length: UIDs with NUL, text with a space.
+func pad(s, vr string) []byte {
+	b := []byte(s)
+	if len(b)%2 == 1 {
+		if vr == "UI" {
+			b = append(b, 0)
+		} else {
+			b = append(b, ' ')
+		}
+	}
+	return b
+}
+
+// shiftDates moves every DA or DT value back by days. A value that is
+// not a full date (YYYYMMDD first) cannot be moved and is dropped
+// (ok false): the element is then emptied.
+func shiftDates(v string, days int) (string, bool) {
+	if v == "" {
+		return "", true
+	}
+	vals := strings.Split(v, `\`)
+	for i, s := range vals {
+		s = strings.TrimSpace(s)
+		if len(s) < 8 {
+			return "", false
+		}
+		d, err := time.Parse("20060102", s[:8])
+		if err != nil {
+			return "", false
+		}
+		vals[i] = d.AddDate(0, 0, -days).Format("20060102") + s[8:]
+	}
+	return strings.Join(vals, `\`), true
+}

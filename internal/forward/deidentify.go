@@ -1,0 +1,185 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/deident"
+	"github.com/stowline/stowline/internal/dicomweb"
+)
+
+// Deidentified wraps a destination so that it receives de-identified
+// copies (STOW_DEIDENTIFY=basic): every part is read through the
+// rewrite and sent under its keyed SOP Instance UID, and the answer is
+// mapped back to the originals' UIDs, which the rest of the forwarder
+// (accounting, retries, buffer mode, the ledger) keeps using. An
+// instance the rewrite refuses (not DICOM, an encoding it cannot read,
+// burned-in text) fails alone and for good, naming the reason; the
+// study's other instances are sent again.
+func Deidentified(next Destination, d *deident.Deidentifier, o DeidentifyOptions) (Destination, error) {
+	x := &deidentified{next: next, d: d, setting: o.Setting, exact: o.ExactLength}
+	x.copies = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_deidentified_total",
+		Help:        "Instances read through the de-identifying rewrite (STOW_DEIDENTIFY=basic), by result: written, burned_in (kept out), refused (unreadable).",
+		ConstLabels: prometheus.Labels{"destination": o.DestinationName},
+	}, []string{"result"})
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(x.copies); err != nil {
+			return nil, fmt.Errorf("forward: register de-identification metrics: %w", err)
+		}
+	}
+	return x, nil
+}
+
+// DeidentifyOptions configures Deidentified.
+type DeidentifyOptions struct {
+	// Setting is the variable refusals name (DESTINATION_AI_STOW_DEIDENTIFY).
+	Setting string
+	// ExactLength: the destination needs every size before the request
+	// (AWS Signature V4), so each copy is written once to count it, then
+	// again as it is sent.
+	ExactLength bool
+	// DestinationName labels the metric; Registerer, if set, registers it.
+	DestinationName string
+	Registerer      prometheus.Registerer
+}
+
+// StudyPseudonym returns how d maps a Study Instance UID when it is a
+// de-identifying destination (Deidentified), nil otherwise: the ledger
+// records what each study was sent as.
+func StudyPseudonym(d Destination) func(uid string) string {
+	if x, ok := d.(*deidentified); ok {
+		return x.d.Keyer().UID
+	}
+	return nil
+}
+
+type deidentified struct {
+	next    Destination
+	d       *deident.Deidentifier
+	setting string
+	exact   bool
+	copies  *prometheus.CounterVec
+}
+
+// deidentMargin bounds what the rewrite adds to an instance: a new file
+// meta, three attributes, longer UIDs and the delimiters of sequences
+// rewritten with undefined length (16 bytes a sequence and item).
+func deidentMargin(size int64) int64 { return size/8 + 16<<10 }
+
+func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
+	k := x.d.Keyer()
+	back := make(map[string]string, len(parts))
+	out := make([]dicomweb.Part, len(parts))
+	for i, p := range parts {
+		uid := k.UID(p.SOPInstanceUID)
+		back[uid] = p.SOPInstanceUID
+		out[i] = dicomweb.Part{SOPInstanceUID: uid, Size: -1, Open: x.open(p)}
+		switch {
+		case x.exact:
+			n, err := x.measure(ctx, out[i])
+			if err != nil {
+				return nil, err
+			}
+			out[i].Size = n
+		case p.Size > 0:
+			out[i].Estimate = p.Size + deidentMargin(p.Size)
+		case p.Estimate > 0:
+			out[i].Estimate = p.Estimate + deidentMargin(p.Estimate)
+		}
+	}
+	res, err := x.next.Store(ctx, out)
+	mapBack(res, back)
+	var he *dicomweb.HTTPError
+	if errors.As(err, &he) {
+		mapBack(he.Result, back)
+	}
+	return res, err
+}
+
+func (x *deidentified) open(p dicomweb.Part) func(context.Context) (io.ReadCloser, error) {
+	return func(ctx context.Context) (io.ReadCloser, error) {
+		rc, err := p.Open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &refusingReader{ReadCloser: x.d.Reader(rc), uid: p.SOPInstanceUID, setting: x.setting, copies: x.copies}, nil
+	}
+}
+
+// measure writes the copy once and counts it: the rewrite is
+// deterministic, so the copy sent next has that size.
+func (x *deidentified) measure(ctx context.Context, p dicomweb.Part) (int64, error) {
+	rc, err := p.Open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	n, err := io.Copy(io.Discard, rc)
+	if err != nil {
+		return 0, fmt.Errorf("measure the de-identified copy: %w", err)
+	}
+	return n, nil
+}
+
+// refusingReader turns the rewrite's refusals into the permanent failure
+// of one instance (conversionError: the forwarder refuses it and sends
+// the rest of its request again). Errors of the source stay as they are.
+type refusingReader struct {
+	io.ReadCloser
+	uid, setting string
+	copies       *prometheus.CounterVec
+	counted      bool
+}
+
+func (r *refusingReader) Read(b []byte) (int, error) {
+	n, err := r.ReadCloser.Read(b)
+	if err == io.EOF && !r.counted {
+		r.counted = true
+		r.copies.WithLabelValues("written").Inc()
+	}
+	if err != nil && err != io.EOF && refusal(err) {
+		what, result := "could not be de-identified", "refused"
+		if errors.Is(err, deident.ErrBurnedIn) {
+			what, result = "was kept out of the de-identified destination", "burned_in"
+		}
+		if !r.counted {
+			r.counted = true
+			r.copies.WithLabelValues(result).Inc()
+		}
+		return n, &Error{Class: Permanent, Err: &conversionError{SOPInstanceUID: r.uid,
+			Err: fmt.Errorf("the instance %s (%s): %w", what, r.setting, err)}}
+	}
+	return n, err
+}
+
+func refusal(err error) bool {
+	for _, e := range []error{deident.ErrNotDICOM, deident.ErrMalformed, deident.ErrUnsupportedSyntax, deident.ErrTooLarge, deident.ErrBurnedIn} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func mapBack(res *dicomweb.Result, back map[string]string) {
+	if res == nil {
+		return
+	}
+	for i := range res.Stored {
+		if o, ok := back[res.Stored[i].SOPInstanceUID]; ok {
+			res.Stored[i].SOPInstanceUID = o
+		}
+	}
+	for _, l := range [][]dicomweb.FailedInstance{res.Failed, res.OtherFailures} {
+		for i := range l {
+			if o, ok := back[l[i].SOPInstanceUID]; ok {
+				l[i].SOPInstanceUID = o
+			}
+		}
+	}
+}

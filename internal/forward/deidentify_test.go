@@ -1,0 +1,142 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/internal/deident"
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/dicomweb"
+)
+
+// readingDestination reads every part as a STOW-RS client would and
+// answers each stored, except failUID refused with 0xC000.
+type readingDestination struct {
+	got     map[string][]byte
+	failUID string
+}
+
+func (d *readingDestination) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
+	res := &dicomweb.Result{StatusCode: 200}
+	for _, p := range parts {
+		rc, err := p.Open(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("open part: %w", err)
+		}
+		b, err := io.ReadAll(rc)
+		_ = rc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("stow: part %s: %w", p.SOPInstanceUID, err)
+		}
+		d.got[p.SOPInstanceUID] = b
+		if p.SOPInstanceUID == d.failUID {
+			res.Failed = append(res.Failed, dicomweb.FailedInstance{SOPInstanceUID: p.SOPInstanceUID, FailureReason: 0xC000})
+			continue
+		}
+		res.Stored = append(res.Stored, dicomweb.Instance{SOPInstanceUID: p.SOPInstanceUID})
+	}
+	return res, nil
+}
+
+func filePart(uid string, b []byte) dicomweb.Part {
+	return dicomweb.Part{SOPInstanceUID: uid, Size: int64(len(b)), Open: func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}}
+}
+
+// TestDeidentifiedDestination: parts go out rewritten under their keyed
+// UIDs, the answer comes back in the originals' UIDs, and an instance
+// the rewrite refuses fails alone, for good, with the reason.
+func TestDeidentifiedDestination(t *testing.T) {
+	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := deident.New(k, deident.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parts []dicomweb.Part
+	for _, uid := range []string{"1.2.3.1", "1.2.3.2"} {
+		var b bytes.Buffer
+		if err := dicomgen.WriteInstance(&b, dicomgen.InstanceSpec{StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.0", SOPInstanceUID: uid, Rows: 8, Columns: 8}); err != nil {
+			t.Fatal(err)
+		}
+		parts = append(parts, filePart(uid, b.Bytes()))
+	}
+	inner := &readingDestination{got: map[string][]byte{}, failUID: k.UID("1.2.3.2")}
+	reg := prometheus.NewRegistry()
+	dst, err := Deidentified(inner, d, DeidentifyOptions{Setting: "DESTINATION_AI_STOW_DEIDENTIFY", DestinationName: "ai", Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := dst.Store(t.Context(), parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Stored) != 1 || res.Stored[0].SOPInstanceUID != "1.2.3.1" || len(res.Failed) != 1 || res.Failed[0].SOPInstanceUID != "1.2.3.2" {
+		t.Errorf("answer not in the original UIDs: %+v", res)
+	}
+	for _, uid := range []string{"1.2.3.1", "1.2.3.2"} {
+		b := inner.got[k.UID(uid)]
+		if !bytes.Contains(b, []byte(k.UID(uid))) || bytes.Contains(b, []byte(uid+"\x00")) || bytes.Contains(b, []byte("1.2.3\x00")) {
+			t.Errorf("%s: the destination did not get the rewritten copy", uid)
+		}
+	}
+	if f := StudyPseudonym(dst); f == nil || f("1.2.3") != k.UID("1.2.3") {
+		t.Error("StudyPseudonym does not give the keyed Study Instance UID")
+	}
+
+	// A destination that needs every size up front gets the copies' sizes.
+	sized := &sizeCheckingDestination{t: t}
+	exact, err := Deidentified(sized, d, DeidentifyOptions{Setting: "X", ExactLength: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exact.Store(t.Context(), parts); err != nil || sized.parts != 2 {
+		t.Errorf("exact sizes: %v, %d parts", err, sized.parts)
+	}
+
+	_, err = dst.Store(t.Context(), []dicomweb.Part{filePart("1.2.3.9", []byte("not DICOM at all"))})
+	var ce *conversionError
+	if !errors.As(err, &ce) || ce.SOPInstanceUID != "1.2.3.9" || Classify(err) != Permanent ||
+		!errors.Is(err, deident.ErrNotDICOM) || !strings.Contains(err.Error(), "DESTINATION_AI_STOW_DEIDENTIFY") {
+		t.Errorf("a refused instance: %v (class %v)", err, Classify(err))
+	}
+	for result, want := range map[string]float64{"written": 2, "refused": 1} {
+		if got := testutil.ToFloat64(dst.(*deidentified).copies.WithLabelValues(result)); got != want {
+			t.Errorf("stowline_forwarder_deidentified_total{result=%q} = %v, want %v", result, got, want)
+		}
+	}
+}
+
+// sizeCheckingDestination checks that every part's Size is the length of
+// what it opens to.
+type sizeCheckingDestination struct {
+	t     *testing.T
+	parts int
+}
+
+func (d *sizeCheckingDestination) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
+	for _, p := range parts {
+		rc, err := p.Open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b, err := io.ReadAll(rc)
+		_ = rc.Close()
+		if err != nil || p.Size != int64(len(b)) {
+			d.t.Errorf("part %s: Size %d, copy %d bytes (%v)", p.SOPInstanceUID, p.Size, len(b), err)
+		}
+		d.parts++
+	}
+	return &dicomweb.Result{}, nil
+}
