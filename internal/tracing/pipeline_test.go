@@ -125,7 +125,7 @@ func TestTraceOfOneForwardedStudy(t *testing.T) {
 	fw, err := forward.New(forward.Options{
 		DestinationName: natsjs.DefaultDestination, Consumer: cons,
 		SourceFor:   func(string) (forward.Source, error) { return src, nil },
-		Destination: stow, Concurrency: 1, MaxInstances: 4, MaxBytes: 1 << 20, RequestConcurrency: 2,
+		Destination: stow, Concurrency: 1, MaxInstances: 4, MaxBytes: 1 << 20, RequestConcurrency: 2, MinRequestConcurrency: 2,
 		AckWait: 10 * time.Second, RetryDelay: time.Second, RetryMaxDelay: 2 * time.Second,
 		ShutdownGrace: time.Second, TracerProvider: tp,
 	})
@@ -170,7 +170,8 @@ func TestTraceOfOneForwardedStudy(t *testing.T) {
 	wantAttrs(t, list, tracing.Instances.Int(instances))
 
 	requests := children(spans, "stow request", study)
-	// 10 instances, at most 4 a request, 2 at once: 4 requests.
+	// 10 instances, at most 4 a request, 2 at once (a fixed limit): 4
+	// requests.
 	if len(requests) != 4 {
 		t.Fatalf("%d stow request spans under the study, want 4", len(requests))
 	}

@@ -207,7 +207,16 @@ func TestReplayIsCSRFSafe(t *testing.T) {
 	if got, err := f.store.List(ctx, deadletter.Filter{All: true}); err != nil || len(got) != 0 {
 		t.Errorf("after replay: %d dead letters (err %v), want 0", len(got), err)
 	}
-	q, err := status.ReadQueue(ctx, f.ns.JS)
+	// The lane consumers count the replayed event once JetStream has
+	// updated them: wait for it rather than read once.
+	var q status.Queue
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		q, err = status.ReadQueue(ctx, f.ns.JS)
+		if err == nil && q.Pending == 1 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil || q.Pending != 1 {
 		t.Errorf("after replay: queue %+v (err %v), want the event queued again", q, err)
 	}
