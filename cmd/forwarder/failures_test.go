@@ -31,7 +31,10 @@ func testPartialFailure(t *testing.T, rel testharness.Release) {
 	r := newRigOn(t, rel)
 	study := r.addStudy(t, 20, 16)
 	r.proxy.FailNext(3, 0xA700) // Refused: out of resources
-	r.startForwarder(t, nil)
+	// A fixed limit of 4 requests: 5 instances a request, so the first
+	// answer has 3 to refuse (the adaptive limit's split depends on its
+	// state, and a request of 2 would have only 2).
+	r.startForwarder(t, map[string]string{"STOW_PARALLEL_REQUESTS": "4", "STOW_PARALLEL_MIN": "4"})
 	r.publish(t, study)
 	r.waitDest(t, 20, time.Minute)
 	r.waitQueueEmpty(t, 30*time.Second)
