@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -74,6 +75,11 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 		return err
 	}
 	o.Destination = dst
+	// The breaker's probe names a study too: the pseudonym, never the
+	// original UID, must reach the destination (and its access logs).
+	if o.Breaker.Prober != nil {
+		o.Breaker.Prober = pseudonymProber{next: o.Breaker.Prober, uid: k.UID}
+	}
 	// Orthanc converts the encodings the rewrite cannot read.
 	if len(o.TransferSyntaxes) == 0 {
 		o.TransferSyntaxes = deidentReadable
@@ -89,4 +95,15 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 	log.Info("the destination receives de-identified copies (PS3.15 basic profile, keyed pseudonyms)", "destination", d.Name,
 		"options", []string(d.Options), "burned_in", d.BurnedIn, "keep", len(opts.Keep), "remove", len(opts.Remove))
 	return nil
+}
+
+// pseudonymProber probes a de-identifying destination under the study's
+// pseudonym.
+type pseudonymProber struct {
+	next forward.Prober
+	uid  func(string) string
+}
+
+func (p pseudonymProber) Probe(ctx context.Context, studyInstanceUID string) error {
+	return p.next.Probe(ctx, p.uid(studyInstanceUID))
 }
