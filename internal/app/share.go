@@ -22,7 +22,9 @@ func shareRequestLimits(ctx context.Context, s *statusWiring, fws map[string]*fo
 		rctx, cancel := context.WithTimeout(ctx, interval)
 		snaps, err := s.forwarders(rctx)
 		cancel()
-		if err == nil || len(snaps) > 0 {
+		// The list always holds this process's own snapshot: only a
+		// complete read counts the others.
+		if err == nil {
 			replicas := replicasByDestination(snaps)
 			for name, fw := range fws {
 				fw.SetReplicas(max(replicas[name], 1))

@@ -49,10 +49,13 @@ const (
 	// ReplicaShare: the number of replicas serving the destination
 	// changed this replica's share of the ceiling.
 	ReplicaShare Reason = "replica_share"
+	// Recovered: the destination is back from an outage (its circuit
+	// breaker closed); the limit starts again from the start level.
+	Recovered Reason = "recovered"
 )
 
 // Reasons lists every reason, for metrics.
-var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare}
+var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare, Recovered}
 
 const (
 	// latencyRatio is how far the time per byte may rise above the best
@@ -100,6 +103,7 @@ type Options struct {
 // for concurrent use; all studies of a destination share one.
 type Limiter struct {
 	min, max int
+	start    int // the level it starts from, and Recover goes back to
 	onChange func(Change)
 
 	mu       sync.Mutex
@@ -146,7 +150,7 @@ func New(o Options) (*Limiter, error) {
 		start = o.Max / 2
 	}
 	start = min(max(start, o.Min), o.Max)
-	l := &Limiter{min: o.Min, max: o.Max, ceiling: o.Max, limit: start, onChange: o.OnChange, slowStart: true}
+	l := &Limiter{min: o.Min, max: o.Max, ceiling: o.Max, limit: start, start: start, onChange: o.OnChange, slowStart: true}
 	return l, nil
 }
 
@@ -316,6 +320,27 @@ func (p *Permit) Overloaded(reason Reason, retryAfter time.Duration) {
 			l.report(c)
 		}
 	})
+}
+
+// Recover starts the limit again from its start level, in slow start and
+// with no level remembered as refused: the destination is back from an
+// outage, whose refusals (each failing study halving the limit) said
+// nothing about what it takes once up.
+func (l *Limiter) Recover() {
+	now := time.Now()
+	l.mu.Lock()
+	from := l.limit
+	to := min(l.start, l.ceiling)
+	if to != from {
+		l.setLimit(to)
+	}
+	l.refused, l.slowStart, l.held, l.calm = 0, true, false, 0
+	l.before, l.beforeLimit = 0, 0
+	l.dispatch(now)
+	l.mu.Unlock()
+	if to != from {
+		l.report(Change{From: from, To: to, Reason: Recovered})
+	}
 }
 
 // SetReplicas sets how many replicas serve the destination (at least 1):

@@ -327,3 +327,35 @@ func TestReplicaShare(t *testing.T) {
 		t.Errorf("changes %+v, want two replica_share", *changes)
 	}
 }
+
+// TestRecoverAfterAnOutage: an outage's refusals take the limit down to
+// the floor one failing study after another; once the destination is
+// back, Recover starts it again from the start level and it grows to the
+// ceiling, not stopping below a level refused during the outage.
+func TestRecoverAfterAnOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+		for range 4 {
+			p, err := l.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Overloaded(Overload503, 0)
+		}
+		if got := l.Limit(); got != 1 {
+			t.Fatalf("limit %d after the outage, want the floor 1", got)
+		}
+		l.Recover()
+		if got := l.Limit(); got != 8 {
+			t.Fatalf("limit %d after Recover, want the start level 8", got)
+		}
+		if last := (*changes)[len(*changes)-1]; last.Reason != Recovered || last.From != 1 || last.To != 8 {
+			t.Errorf("last change %+v, want 1 to 8, recovered", last)
+		}
+		d := &destination{serve: func(int) (time.Duration, bool) { return 200 * time.Millisecond, false }}
+		d.run(t, l, 32, 2*time.Second)
+		if got := l.Limit(); got != 16 {
+			t.Errorf("limit %d 2 s after recovering, want the ceiling 16", got)
+		}
+	})
+}

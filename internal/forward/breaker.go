@@ -458,5 +458,10 @@ func (f *Forwarder) breakerChanged(from, to BreakerState) {
 		f.log.Info("circuit breaker half-open: the destination answers a probe; one held study is tried")
 	case BreakerClosed:
 		f.log.Info("circuit breaker closed: the destination is back; held and queued studies go at full speed")
+		if f.limit != nil && from != BreakerClosed {
+			// The outage's refusals halved the limit down to its floor:
+			// start again as at the beginning.
+			f.limit.Recover()
+		}
 	}
 }

@@ -103,8 +103,10 @@ func overload(ctx context.Context, err error) (flow.Reason, time.Duration, bool)
 		}
 		return "", 0, false
 	}
+	// Only the destination's own silence: a time-out reading the source
+	// (a slow conversion in Orthanc) says nothing about the destination.
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, dicomweb.ErrNoAnswer) && (errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)) {
 		return flow.Timeout, 0, true
 	}
 	return "", 0, false
