@@ -98,12 +98,17 @@ func (r *reader) Read(p []byte) (int, error) {
 		p = p[:b]
 	}
 	n, err := r.r.Read(p)
-	if n > 0 {
-		// Wait before the bytes leave: the chunk is sent only once the
-		// bucket holds it.
-		if werr := r.l.lim.WaitN(r.ctx, n); werr != nil {
+	// Wait before the bytes leave: the chunk is sent only once the
+	// bucket holds it. In pieces of the burst as it is now: SetReplicas
+	// may have lowered it while Read waited, and WaitN refuses more.
+	for left := n; left > 0; {
+		r.l.mu.Lock()
+		piece := min(left, r.l.lim.Burst())
+		r.l.mu.Unlock()
+		if werr := r.l.lim.WaitN(r.ctx, piece); werr != nil {
 			return 0, werr
 		}
+		left -= piece
 	}
 	return n, err
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -113,4 +114,26 @@ func TestReaderCancelled(t *testing.T) {
 	if _, err := r.Read(buf); err == nil {
 		t.Fatal("read went on after the context ended")
 	}
+}
+
+// shrinkingReader lowers the limiter's burst (a replica joined) while
+// the read is under way, then fills the whole buffer.
+type shrinkingReader struct{ l *Limiter }
+
+func (s shrinkingReader) Read(p []byte) (int, error) {
+	s.l.SetReplicas(4)
+	return len(p), nil
+}
+
+// A chunk read under the old burst still passes once the burst shrank
+// during the read: the wait is taken in pieces of the new burst.
+func TestReaderBurstShrinksDuringRead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := New(1 << 20)
+		r := l.Reader(t.Context(), shrinkingReader{l})
+		n, err := r.Read(make([]byte, 1<<20))
+		if err != nil || n != burst(1<<20) {
+			t.Fatalf("read %d bytes, err %v; want %d and no error", n, err, burst(1<<20))
+		}
+	})
 }
