@@ -143,11 +143,30 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 
 // triage stores an event waiting on the triage subject in the lane the
 // rule gives it.
+// A failed store is tried again for up to triageBudget (JetStream
+// losing its leader, a full stream freed meanwhile): the webhook has
+// answered, and only the reconciler or the audit would find the study
+// otherwise.
 func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*p.timeout)
-	defer cancel()
-	if _, err := p.Publish(ctx, ev); err != nil {
-		p.log.Warn("a study waiting for PRIORITY_RULE could not be queued; the reconciler will queue it",
-			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "err", err)
+	ctx = context.WithoutCancel(ctx)
+	deadline := time.Now().Add(triageBudget)
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		actx, cancel := context.WithTimeout(ctx, 2*p.timeout)
+		_, err := p.Publish(actx, ev)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().Add(wait).After(deadline) {
+			p.log.Error("a study waiting for PRIORITY_RULE could not be queued; the reconciler queues it, or `forwarder audit --enqueue` when the reconciler is off",
+				"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "err", err)
+			return
+		}
+		p.log.Warn("a study waiting for PRIORITY_RULE could not be queued yet; trying again",
+			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "retry_in", wait.String(), "err", err)
+		time.Sleep(wait)
 	}
 }
+
+// triageBudget bounds how long triage tries to store an event in its lane.
+const triageBudget = 5 * time.Minute
