@@ -217,11 +217,16 @@ func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
 	return b.state != BreakerClosed
 }
 
-// endTrial frees the trial slot without an outcome (shutdown).
+// endTrial frees the trial slot without an outcome (shutdown). Were it
+// cancelled while the forwarder goes on, a half-open breaker would wait
+// for a trial that never comes: it opens again and probes.
 func (b *breaker) endTrial() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.trial = false
+	if b.state == BreakerHalfOpen && !b.stopped {
+		b.open("")
+	}
 	b.broadcast()
 }
 

@@ -35,6 +35,10 @@ const (
 // metadataReads bounds the metadata requests of one study in flight.
 const metadataReads = 8
 
+// measureConversions bounds the conversions one study counts at once
+// (measure): each is a full conversion in the source Orthanc.
+const measureConversions = 4
+
 // dicmOffset is where a DICOM file's "DICM" prefix sits, after the
 // 128-byte preamble (PS3.10 §7.1).
 const dicmOffset = 128
@@ -229,7 +233,7 @@ func (f *Forwarder) conversionError(uid, from, to string, err error) error {
 func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicomweb.Part, []Instance) {
 	failed := make([]*Instance, len(parts))
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(f.opts.RequestConcurrency, 1))
+	g.SetLimit(measureConversions)
 	for i := range parts {
 		if parts[i].Size >= 0 {
 			continue
