@@ -299,6 +299,13 @@ func (o *Orthanc) config() (map[string]any, error) {
 	if o.Username != "" {
 		cfg["RegisteredUsers"] = map[string]any{o.Username: o.Password}
 	}
+	if o.opts.GDCM {
+		// GDCM only for JPEG 2000: left to try what DCMTK could not
+		// decode, GDCM plugin 1.5 crashed Orthanc 1.10 three runs in three
+		// of the conversion test (docs/transfer-syntaxes.md).
+		cfg["Gdcm"] = map[string]any{"RestrictTransferSyntaxes": []string{
+			"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"}}
+	}
 	if o.opts.DicomWeb {
 		cfg["DicomWeb"] = map[string]any{"Enable": true, "Root": "/dicom-web/"}
 	}
