@@ -28,8 +28,8 @@ import (
 // may carry burned-in text (Secondary Capture, Ultrasound) are not sent
 // and are listed in the dead letter with the reason. The rewrite itself
 // (profile, idempotence, dcmdump validity) is tested in internal/deident.
-// ai verifies with STOW_VERIFY=qido: every study it is sent is verified
-// under the study's pseudonym.
+// ai verifies with STOW_VERIFY=qido, and forwarder audit --verify checks
+// it: both under the studies' pseudonyms.
 func TestDeidentifiedDestination(t *testing.T) {
 	testharness.ForEachRelease(t, testDeidentifiedDestination)
 }
@@ -218,6 +218,10 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 		if got := metricValue(t, fwd, `stowline_forwarder_verifications_total{destination="ai",result="`+result+`"}`); got != want || forwarded < 2 {
 			t.Errorf("ai (STOW_VERIFY=qido): verifications_total{result=%q} = %v, want %v (%v studies forwarded)", result, got, want, forwarded)
 		}
+	}
+	// The audit asks under the pseudonyms too: every study is held in full.
+	if out := s.command(t, app.RunAudit, "--verify", "--destination", "ai", "--since", "1h", "--json"); strings.TrimSpace(out) != "" {
+		t.Errorf("audit --verify of ai: findings %s, want none", out)
 	}
 
 	// A resend of every study writes the same copies: the destination
