@@ -28,6 +28,8 @@ import (
 // may carry burned-in text (Secondary Capture, Ultrasound) are not sent
 // and are listed in the dead letter with the reason. The rewrite itself
 // (profile, idempotence, dcmdump validity) is tested in internal/deident.
+// ai verifies with STOW_VERIFY=qido, and forwarder audit --verify checks
+// it: both under the studies' pseudonyms.
 func TestDeidentifiedDestination(t *testing.T) {
 	testharness.ForEachRelease(t, testDeidentifiedDestination)
 }
@@ -52,6 +54,9 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 	// in other character sets, big endian and deflated (converted by
 	// Orthanc first) are then checked at a destination too.
 	s.env[ai.varName("STOW_DEIDENTIFY_BURNED_IN")] = "include"
+	// ai verifies over QIDO-RS: it is asked under the studies' pseudonyms
+	// and lists the keyed SOP Instance UIDs.
+	s.env[ai.varName("STOW_VERIFY")] = "qido"
 	s.env["FORWARDER_MAX_DELIVERIES"] = "2"
 	s.start(t)
 	store, err := deadletter.Open(t.Context(), s.js)
@@ -207,6 +212,16 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 	written := metricValue(t, fwd, `stowline_forwarder_deidentified_total{destination="ai",result="written"}`)
 	if burnedIn < 1 || written < float64(len(class)) {
 		t.Errorf("deidentified_total: research burned_in %v, ai written %v (want at least %d)", burnedIn, written, len(class))
+	}
+	forwarded := metricValue(t, fwd, `stowline_forwarder_studies_total{destination="ai",result="forwarded"}`)
+	for result, want := range map[string]float64{"verified": forwarded, "missing": 0, "error": 0} {
+		if got := metricValue(t, fwd, `stowline_forwarder_verifications_total{destination="ai",result="`+result+`"}`); got != want || forwarded < 2 {
+			t.Errorf("ai (STOW_VERIFY=qido): verifications_total{result=%q} = %v, want %v (%v studies forwarded)", result, got, want, forwarded)
+		}
+	}
+	// The audit asks under the pseudonyms too: every study is held in full.
+	if out := s.command(t, app.RunAudit, "--verify", "--destination", "ai", "--since", "1h", "--json"); strings.TrimSpace(out) != "" {
+		t.Errorf("audit --verify of ai: findings %s, want none", out)
 	}
 
 	// A resend of every study writes the same copies: the destination

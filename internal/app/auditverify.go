@@ -100,6 +100,15 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	if rt != nil {
 		opts.Select = rt.Select
 	}
+	if dest.Deidentifies() {
+		// The destination holds keyed UIDs; the original UIDs must
+		// not reach it (nor its access logs).
+		k, err := keyer(dest)
+		if err != nil {
+			return &usageError{fmt.Errorf("%s: %w", program, err)}
+		}
+		opts.Keyed = k.UID
+	}
 
 	var report func(ledger.VerifyFinding) error
 	flush := func() error { return nil }

@@ -38,13 +38,9 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 	if !d.Deidentifies() {
 		return nil
 	}
-	key, err := deident.ReadKeyFile(d.KeyFile)
+	k, err := keyer(d)
 	if err != nil {
-		return fmt.Errorf("%s: %w", d.VarName("DEIDENTIFY_KEY_FILE"), err)
-	}
-	k, err := deident.NewKeyer(key, d.PatientPrefix)
-	if err != nil {
-		return fmt.Errorf("%s: %w", d.VarName("DEIDENTIFY_KEY_FILE"), err)
+		return err
 	}
 	opts := deident.Options{
 		RetainDates:                  d.HasOption(config.DeidentifyRetainDates),
@@ -95,6 +91,20 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 	log.Info("the destination receives de-identified copies (PS3.15 basic profile, keyed pseudonyms)", "destination", d.Name,
 		"options", []string(d.Options), "burned_in", d.BurnedIn, "keep", len(opts.Keep), "remove", len(opts.Remove))
 	return nil
+}
+
+// keyer reads the key file of a de-identifying destination; its
+// content is never logged.
+func keyer(d *config.NamedDestination) (*deident.Keyer, error) {
+	key, err := deident.ReadKeyFile(d.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", d.VarName("DEIDENTIFY_KEY_FILE"), err)
+	}
+	k, err := deident.NewKeyer(key, d.PatientPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", d.VarName("DEIDENTIFY_KEY_FILE"), err)
+	}
+	return k, nil
 }
 
 // pseudonymProber probes a de-identifying destination under the study's

@@ -65,7 +65,7 @@ func (d *Deidentify) validate() []error {
 		switch {
 		case slices.Contains(deidentifyOptions, o):
 		case o == deidentifyCleanDescriptorsOption:
-			errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_OPTIONS: %s is not supported yet (descriptors are removed)", o))
+			errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_OPTIONS: %s is not supported yet (descriptors are removed; keep reviewed ones with STOW_DEIDENTIFY_KEEP; docs/deidentification.md)", o))
 		default:
 			errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_OPTIONS: %q: want %s", o, strings.Join(deidentifyOptions, ", ")))
 		}

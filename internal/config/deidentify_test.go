@@ -24,7 +24,7 @@ func TestDeidentify(t *testing.T) {
 		{name: "bad tag", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_KEEP": "StudyDescription"}, err: `STOW_DEIDENTIFY_KEEP: "StudyDescription"`},
 		{name: "prefix with a backslash", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_PATIENT_PREFIX": `A\B`}, err: "STOW_DEIDENTIFY_PATIENT_PREFIX"},
 		{name: "burned-in value", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_BURNED_IN": "yes"}, err: "STOW_DEIDENTIFY_BURNED_IN"},
-		{name: "not with qido verification", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_VERIFY": "qido"}, err: "STOW_VERIFY=qido cannot be used with STOW_DEIDENTIFY=basic"},
+		{name: "with qido verification", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_VERIFY": "qido"}},
 		{name: "not with replace", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_ON_CONFLICT": "replace", "STOW_PROFILE": "azure"}, err: "STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic"},
 	}
 	for _, tt := range tests {

@@ -244,9 +244,6 @@ func (d *Destination) validate() error {
 		errs = append(errs, fmt.Errorf("STOW_MAX_BYTES_PER_SECOND=%s: want 0 (no cap) or at least 1KiB", d.StowMaxBytesPerSecond))
 	}
 	errs = append(errs, d.Deidentify.validate()...)
-	if d.Deidentifies() && d.Verifies() {
-		errs = append(errs, errors.New("STOW_VERIFY=qido cannot be used with STOW_DEIDENTIFY=basic yet: the destination lists the pseudonymised UIDs"))
-	}
 	if d.Deidentifies() && d.StowOnConflict == OnConflictReplace {
 		errs = append(errs, errors.New("STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic yet: want skip or deadletter"))
 	}

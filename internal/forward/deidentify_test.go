@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -139,4 +140,79 @@ func (d *sizeCheckingDestination) Store(ctx context.Context, parts []dicomweb.Pa
 		d.parts++
 	}
 	return &dicomweb.Result{}, nil
+}
+
+// keyedListing is a de-identifying destination's QIDO-RS listing: it
+// answers only for the study's pseudonym, with the keyed SOP Instance
+// UIDs it holds.
+type keyedListing struct {
+	study  string
+	listed []string
+	asked  []string
+}
+
+func (v *keyedListing) StudyInstanceUIDs(_ context.Context, study string, _ int) ([]string, error) {
+	v.asked = append(v.asked, study)
+	if study != v.study {
+		return nil, nil
+	}
+	return v.listed, nil
+}
+
+// TestVerifyDeidentified: STOW_VERIFY=qido with STOW_DEIDENTIFY=basic
+// asks for the study's pseudonym, never the original UID, and matches
+// the keyed UIDs listed to the instances sent.
+func TestVerifyDeidentified(t *testing.T) {
+	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := deident.New(k, deident.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := Deidentified(&readingDestination{got: map[string][]byte{}}, d, DeidentifyOptions{Setting: "X"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := []dicomweb.Part{{SOPInstanceUID: "1.2.3.1"}, {SOPInstanceUID: "1.2.3.2"}, {SOPInstanceUID: "1.2.3.3"}}
+	for _, tt := range []struct {
+		name    string
+		listed  []string
+		missing []string
+	}{
+		{name: "all listed", listed: []string{k.UID("1.2.3.3"), k.UID("1.2.3.1"), k.UID("1.2.3.2")}},
+		{name: "one not listed", listed: []string{k.UID("1.2.3.1"), k.UID("1.2.3.3")}, missing: []string{"1.2.3.2"}},
+		{name: "originals listed do not count", listed: []string{"1.2.3.1", "1.2.3.2", "1.2.3.3"}, missing: []string{"1.2.3.1", "1.2.3.2", "1.2.3.3"}},
+		{name: "other keyed UIDs do not count", listed: []string{k.UID("1.2.3.9"), k.UID("1.2.3.1")}, missing: []string{"1.2.3.2", "1.2.3.3"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			v := &keyedListing{study: k.UID("1.2.3"), listed: tt.listed}
+			reg := prometheus.NewRegistry()
+			f := newForwarder(t, &memSource{}, "http://127.0.0.1:1", nil, func(o *Options) {
+				o.Destination, o.Verifier, o.Registerer = dst, v, reg
+			})
+			missing, err := f.verify(t.Context(), "1.2.3", sent, &Report{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range missing {
+				got = append(got, p.SOPInstanceUID)
+			}
+			if !slices.Equal(got, tt.missing) {
+				t.Errorf("missing %v, want %v", got, tt.missing)
+			}
+			if !slices.Equal(v.asked, []string{k.UID("1.2.3")}) {
+				t.Errorf("asked the destination for %v, want only the study's pseudonym", v.asked)
+			}
+			result := "verified"
+			if len(tt.missing) > 0 {
+				result = "missing"
+			}
+			if n := testutil.ToFloat64(f.m.verifications.WithLabelValues(result)); n != 1 {
+				t.Errorf("verifications{result=%q} = %v, want 1", result, n)
+			}
+		})
+	}
 }

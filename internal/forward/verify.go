@@ -31,10 +31,21 @@ const maxMissingNamed = 3
 // verify asks the destination which instances of the study it holds and
 // returns the parts it does not list. A STOW-RS answer says what the
 // server meant to store; the archive's own listing is what it holds.
+// A de-identifying destination (Deidentified) holds the study and its
+// instances under their keyed UIDs: it is asked for the study's
+// pseudonym, and what it lists is mapped back to the UIDs sent.
 func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part, rep *Report) ([]dicomweb.Part, error) {
 	vctx, span := f.startSpan(ctx, "verify study (QIDO-RS)", trace.SpanKindClient)
+	asked, back := studyInstanceUID, map[string]string(nil)
+	if keyed := StudyPseudonym(f.opts.Destination); keyed != nil {
+		asked = keyed(studyInstanceUID)
+		back = make(map[string]string, len(sent))
+		for _, p := range sent {
+			back[keyed(p.SOPInstanceUID)] = p.SOPInstanceUID
+		}
+	}
 	start := time.Now()
-	uids, err := f.opts.Verifier.StudyInstanceUIDs(vctx, studyInstanceUID, 0)
+	uids, err := f.opts.Verifier.StudyInstanceUIDs(vctx, asked, 0)
 	took := time.Since(start)
 	rep.Verify += took
 	f.m.verifyDuration.Observe(took.Seconds())
@@ -46,6 +57,13 @@ func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []
 	}
 	listed := make(map[string]bool, len(uids))
 	for _, u := range uids {
+		if back != nil {
+			orig, ok := back[u]
+			if !ok {
+				continue // not one this forwarder sent for the study
+			}
+			u = orig
+		}
 		listed[u] = true
 	}
 	var missing []dicomweb.Part

@@ -74,6 +74,11 @@ type VerifyOptions struct {
 	// Listed asks the destination for the SOP Instance UIDs of a study
 	// (QIDO-RS).
 	Listed func(ctx context.Context, studyInstanceUID string) ([]string, error)
+	// Keyed, if set, is how the destination names a UID: a
+	// de-identifying destination (STOW_DEIDENTIFY=basic) holds studies
+	// and instances under their keyed UIDs, and is asked and matched
+	// under those.
+	Keyed func(uid string) string
 	// Publish queues an event for the destination alone; required to
 	// enqueue.
 	Publish func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error)
@@ -181,7 +186,11 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 			return nil, fmt.Errorf("study %s of %s: routing rules: %w", id, source, err)
 		}
 	}
-	uids, err := o.Listed(ctx, st.StudyInstanceUID)
+	keyed := o.Keyed
+	if keyed == nil {
+		keyed = func(uid string) string { return uid }
+	}
+	uids, err := o.Listed(ctx, keyed(st.StudyInstanceUID))
 	if err != nil {
 		return nil, fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
 	}
@@ -192,7 +201,7 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 	f := &VerifyFinding{Destination: o.Destination, Source: source, OrthancStudyID: id, StudyInstanceUID: st.StudyInstanceUID,
 		LastUpdate: st.LastUpdate, ForwardedAt: rec.ForwardedAt, Instances: len(instances)}
 	for _, in := range instances {
-		if !listed[in.SOPInstanceUID] {
+		if !listed[keyed(in.SOPInstanceUID)] {
 			f.Missing = append(f.Missing, MissingInstance{OrthancInstanceID: in.ID, SOPInstanceUID: in.SOPInstanceUID})
 		}
 	}

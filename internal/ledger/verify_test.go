@@ -114,4 +114,33 @@ func TestVerify(t *testing.T) {
 	if wantID := sid(2) + " main/" + sid(2) + "/20261126T100000/verify/archive/"; len(published) != 1 || !strings.HasPrefix(published[0], wantID) {
 		t.Errorf("published %q, want study 2 under a verify ID of its own (%s...)", published, wantID)
 	}
+	// A de-identifying destination is asked for the keyed study UID and
+	// lists keyed SOP Instance UIDs; an original UID it lists does not
+	// count, and the finding names the original.
+	keyed := func(uid string) string { return "9." + uid }
+	listedKeyed := map[string][]string{
+		keyed("1.2.1"): {keyed("1.2.1.0"), keyed("1.2.1.1")},
+		keyed("1.2.2"): {keyed("1.2.2.1"), "1.2.2.0"},
+		keyed("1.2.5"): {},
+	}
+	opts.Keyed = keyed
+	opts.Listed = func(_ context.Context, uid string) ([]string, error) {
+		if !strings.HasPrefix(uid, "9.") {
+			t.Errorf("the destination was asked for the original UID %s", uid)
+		}
+		return listedKeyed[uid], nil
+	}
+	found = nil
+	if sum, err = ledger.Verify(ctx, opts, false, func(f ledger.VerifyFinding) error {
+		found = append(found, f)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want.Enqueued = 0; sum != want {
+		t.Errorf("keyed: summary %+v, want %+v", sum, want)
+	}
+	if len(found) != 1 || !slices.Equal(found[0].Missing, []ledger.MissingInstance{{OrthancInstanceID: "0-" + sid(2), SOPInstanceUID: "1.2.2.0"}}) {
+		t.Errorf("keyed: findings %+v, want study 2 missing its instance 0 (1.2.2.0)", found)
+	}
 }
