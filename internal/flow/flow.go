@@ -68,6 +68,12 @@ const (
 	// probeRounds: calm rounds before a level that was refused, or one
 	// whose throughput did not grow, is tried again.
 	probeRounds = 16
+	// likeSize is how far the mean request sizes of two rounds may
+	// differ for one to tell whether the other's increase paid;
+	// likeRounds is how many rounds of other sizes are waited for before
+	// the closest bound decides anyway (a mix may never repeat a size).
+	likeSize   = 1.25
+	likeRounds = 4
 	// bestRounds is how many rounds the best time is kept for, so it
 	// follows a destination that became slower for good.
 	bestRounds = 16
@@ -133,6 +139,7 @@ type Limiter struct {
 	refused     int
 	calm        int
 	best        []sample // recent rounds
+	unlike      int      // rounds since the last change not of like size to before
 }
 
 type round struct {
@@ -158,7 +165,9 @@ type round struct {
 // proportion to its bytes (fixed cost plus a per-byte cost, or anything in
 // between): see bound. At equal sizes this is the plain comparison of
 // times; at other sizes it errs towards "not queueing", which the
-// overload signals and the ceiling still bound.
+// overload signals and the ceiling still bound. Whether an increase paid
+// is judged only against a round of like size (within likeSize), where
+// that bound is tight, so a change of the study mix is no gain either.
 type sample struct {
 	size, took float64
 }
@@ -168,6 +177,12 @@ type sample struct {
 // s's time per byte times size if larger (all per-byte cost).
 func (s sample) bound(size float64) float64 {
 	return s.took * max(1, size/s.size)
+}
+
+// like reports whether requests of size bytes are of like size to s's,
+// within likeSize of each other.
+func (s sample) like(size float64) bool {
+	return size <= likeSize*s.size && s.size <= likeSize*size
 }
 
 // New returns a limiter.
@@ -403,6 +418,7 @@ func (l *Limiter) setLimit(n int) {
 	l.limit = n
 	l.epoch++
 	l.round = round{}
+	l.unlike = 0
 }
 
 // measure adds an answered request to the round and, at the round's end,
@@ -447,12 +463,15 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	// busy, the throughput is the limit over the time a request takes
 	// (unlike a count over the round's wall time, it does not count the
 	// ramp from the previous limit); the round before is taken at the
-	// most its requests could have taken at this round's size.
-	grew := true
+	// most its requests could have taken at this round's size. Only a
+	// round of like size decides: against one of other sizes that bound
+	// is loose and every change of the study mix would read as a gain.
+	grew, comparable := true, true
 	if l.beforeLimit > 0 {
 		tp := float64(l.limit) / cur.took
 		before := float64(l.beforeLimit) / l.before.bound(cur.size)
 		grew = tp >= before*(1+0.5*float64(l.limit-l.beforeLimit)/float64(l.beforeLimit))
+		comparable = l.before.like(cur.size) || l.unlike >= likeRounds
 	}
 	switch {
 	case cur.took > latencyRatio*best:
@@ -470,6 +489,10 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 			// Held long enough: does one more pay now?
 			return l.grow(cur, true, change)
 		}
+	case !comparable:
+		// Wait for a round of like size to tell whether the last
+		// increase paid.
+		l.unlike++
 	case grew:
 		return l.grow(cur, false, change)
 	default:
