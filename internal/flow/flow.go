@@ -6,11 +6,13 @@
 // it back with what happened. The limit starts at half the ceiling and
 // grows while it pays: after each round (as many answered requests as
 // the limit) in which every place was busy, the throughput (Little's law:
-// limit x bytes a request / its time) is compared with the round before
+// limit / the time a request takes) is compared with the round before
 // the last increase. While it grew by at least half of what the added
-// places would carry, and the time a request takes per byte stayed within
-// twice the best of recent rounds, the limit doubles at first (slow
-// start), then grows by one. An increase that gained nothing is undone
+// places would carry, and the time a request takes stayed within twice
+// the best of recent rounds, the limit doubles at first (slow start),
+// then grows by one. Rounds are compared allowing for the size of their
+// requests (see sample): a CT batch of 50 MB and an SR of 10 KB do not
+// take the same time, nor the same time per byte. An increase that gained nothing is undone
 // (NoGain), one after which requests queue (Latency) too; the level is
 // then held for probeRounds rounds before one more is tried. An overload
 // (429, 503, a time-out) halves the limit, once per burst, and no request
@@ -37,7 +39,8 @@ const (
 	// NoGain: slow start's last doubling gained nothing; back to the level
 	// before it.
 	NoGain Reason = "no_gain"
-	// Latency: requests took more than twice the best time per byte.
+	// Latency: requests took more than twice the best time of recent
+	// rounds, allowing for their size.
 	Latency Reason = "latency"
 	// Overload429, Overload503 and Timeout: the destination refused or
 	// dropped a request for load.
@@ -58,14 +61,21 @@ const (
 var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare, Recovered}
 
 const (
-	// latencyRatio is how far the time per byte may rise above the best
-	// of recent rounds before the limit shrinks.
+	// latencyRatio is how far the time a request takes may rise above
+	// the best of recent rounds (allowing for its size) before the limit
+	// shrinks.
 	latencyRatio = 2.0
 	// probeRounds: calm rounds before a level that was refused, or one
 	// whose throughput did not grow, is tried again.
 	probeRounds = 16
-	// bestRounds is how many rounds the best time per byte is kept for,
-	// so it follows a destination that became slower for good.
+	// likeSize is how far the mean request sizes of two rounds may
+	// differ for one to tell whether the other's increase paid;
+	// likeRounds is how many rounds of other sizes are waited for before
+	// the closest bound decides anyway (a mix may never repeat a size).
+	likeSize   = 1.25
+	likeRounds = 4
+	// bestRounds is how many rounds the best time is kept for, so it
+	// follows a destination that became slower for good.
 	bestRounds = 16
 	// minRound is the fewest answered requests in a round, so one
 	// request alone does not decide.
@@ -120,24 +130,59 @@ type Limiter struct {
 	epoch, decreased uint64
 	slowStart        bool
 	round            round
-	// before is the throughput (bytes/s) of the round that last made the
-	// limit grow; refused is one above the highest level known to work
+	// before is the round that last made the limit grow, at beforeLimit
+	// (0: none); refused is one above the highest level known to work
 	// after an overload (0: none), calm counts rounds that held.
-	before      float64
+	before      sample
 	beforeLimit int
 	held        bool // grows only after probeRounds calm rounds
 	refused     int
 	calm        int
-	best        []float64 // time per byte of recent rounds
+	best        []sample // recent rounds
+	unlike      int      // rounds since the last change not of like size to before
 }
 
 type round struct {
 	n         int
 	bytes     int64
 	took      time.Duration // sum of the requests' durations
-	perByte   float64       // sum over requests with bytes
-	weighed   int
 	saturated bool
+}
+
+// sample is a round's mean request: its bytes and the seconds it took.
+//
+// Requests differ in size by thousands (a 100-instance CT batch of 50 MB,
+// a 1-instance SR of 10 KB) and a request has a fixed cost besides its
+// bytes, so neither the time a request takes nor its time per byte can be
+// compared between rounds of different sizes: a round of SRs after rounds
+// of CTs would read as latency risen a hundredfold, and a mixed stream
+// would ratchet the limit to the floor. Fitting a fixed and a per-byte
+// cost needs rounds of varied sizes and is noisy; size classes still
+// differ by their width (up to latencyRatio or more where the fixed cost
+// dominates). Instead a round is compared with another by the most its
+// request could take at that one's conditions when nothing queues, assuming
+// only that a larger request takes no less time, and no more than in
+// proportion to its bytes (fixed cost plus a per-byte cost, or anything in
+// between): see bound. At equal sizes this is the plain comparison of
+// times; at other sizes it errs towards "not queueing", which the
+// overload signals and the ceiling still bound. Whether an increase paid
+// is judged only against a round of like size (within likeSize), where
+// that bound is tight, so a change of the study mix is no gain either.
+type sample struct {
+	size, took float64
+}
+
+// bound is the most a request of size bytes would take at s's conditions
+// if the destination did not queue: s's time if smaller (all fixed cost),
+// s's time per byte times size if larger (all per-byte cost).
+func (s sample) bound(size float64) float64 {
+	return s.took * max(1, size/s.size)
+}
+
+// like reports whether requests of size bytes are of like size to s's,
+// within likeSize of each other.
+func (s sample) like(size float64) bool {
+	return size <= likeSize*s.size && s.size <= likeSize*size
 }
 
 // New returns a limiter.
@@ -309,7 +354,7 @@ func (p *Permit) Overloaded(reason Reason, retryAfter time.Duration) {
 			l.decreased = l.epoch
 			// Grow back from here, up to below the refused level.
 			l.slowStart, l.held, l.calm = false, false, 0
-			l.before, l.beforeLimit = 0, 0
+			l.before, l.beforeLimit = sample{}, 0
 			if l.limit != from {
 				changes = append(changes, Change{From: from, To: l.limit, Reason: reason})
 			}
@@ -335,7 +380,7 @@ func (l *Limiter) Recover() {
 		l.setLimit(to)
 	}
 	l.refused, l.slowStart, l.held, l.calm = 0, true, false, 0
-	l.before, l.beforeLimit = 0, 0
+	l.before, l.beforeLimit = sample{}, 0
 	l.dispatch(now)
 	l.mu.Unlock()
 	if to != from {
@@ -373,6 +418,7 @@ func (l *Limiter) setLimit(n int) {
 	l.limit = n
 	l.epoch++
 	l.round = round{}
+	l.unlike = 0
 }
 
 // measure adds an answered request to the round and, at the round's end,
@@ -387,33 +433,23 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	}
 	r.n++
 	r.bytes += bytes
-	took := now.Sub(p.start)
-	r.took += took
-	if bytes > 0 {
-		r.perByte += took.Seconds() / float64(bytes)
-		r.weighed++
-	}
+	r.took += now.Sub(p.start)
 	if r.n < max(l.limit, minRound) {
 		return Change{}, false
 	}
-	if !r.saturated || r.weighed == 0 || r.took <= 0 {
+	if !r.saturated || r.bytes <= 0 || r.took <= 0 {
 		// The demand did not fill the limit: this round says nothing
 		// about a higher one.
 		l.round = round{}
 		return Change{}, false
 	}
-	// Little's law: with every place busy, the throughput is the limit
-	// times the bytes a request carries over the time it takes. Unlike
-	// bytes over the round's wall time, it does not count the ramp from
-	// the previous limit.
-	tp := float64(l.limit) * float64(r.bytes) / r.took.Seconds()
-	perByte := r.perByte / float64(r.weighed)
+	cur := sample{size: float64(r.bytes) / float64(r.n), took: r.took.Seconds() / float64(r.n)}
 	l.round = round{}
-	best := perByte
+	best := cur.took
 	for _, b := range l.best {
-		best = min(best, b)
+		best = min(best, b.bound(cur.size))
 	}
-	l.best = append(l.best, perByte)
+	l.best = append(l.best, cur)
 	if len(l.best) > bestRounds {
 		l.best = l.best[1:]
 	}
@@ -423,10 +459,22 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 		return Change{From: from, To: to, Reason: why}, true
 	}
 	// Grown: at least half of what the added places would carry if the
-	// destination were not the bottleneck.
-	grew := l.before == 0 || tp >= l.before*(1+0.5*float64(l.limit-l.beforeLimit)/float64(l.beforeLimit))
+	// destination were not the bottleneck. Little's law: with every place
+	// busy, the throughput is the limit over the time a request takes
+	// (unlike a count over the round's wall time, it does not count the
+	// ramp from the previous limit); the round before is taken at the
+	// most its requests could have taken at this round's size. Only a
+	// round of like size decides: against one of other sizes that bound
+	// is loose and every change of the study mix would read as a gain.
+	grew, comparable := true, true
+	if l.beforeLimit > 0 {
+		tp := float64(l.limit) / cur.took
+		before := float64(l.beforeLimit) / l.before.bound(cur.size)
+		grew = tp >= before*(1+0.5*float64(l.limit-l.beforeLimit)/float64(l.beforeLimit))
+		comparable = l.before.like(cur.size) || l.unlike >= likeRounds
+	}
 	switch {
-	case perByte > latencyRatio*best:
+	case cur.took > latencyRatio*best:
 		l.slowStart, l.held, l.calm = false, true, 0
 		to := l.limit - 1
 		if l.beforeLimit > 0 && l.beforeLimit < to {
@@ -439,10 +487,14 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 		l.calm++
 		if l.calm >= probeRounds && l.limit < l.ceiling {
 			// Held long enough: does one more pay now?
-			return l.grow(tp, true, change)
+			return l.grow(cur, true, change)
 		}
+	case !comparable:
+		// Wait for a round of like size to tell whether the last
+		// increase paid.
+		l.unlike++
 	case grew:
-		return l.grow(tp, false, change)
+		return l.grow(cur, false, change)
 	default:
 		// The last increase gained nothing: back to the level before.
 		l.slowStart, l.held, l.calm = false, true, 0
@@ -453,10 +505,10 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	return Change{}, false
 }
 
-// grow raises the limit from the level measured at tp: doubling in slow
+// grow raises the limit from the level measured as cur: doubling in slow
 // start, else by one, and to a level refused for load only when probing
 // (after probeRounds calm rounds); the caller holds mu.
-func (l *Limiter) grow(tp float64, probe bool, change func(int, Reason) (Change, bool)) (Change, bool) {
+func (l *Limiter) grow(cur sample, probe bool, change func(int, Reason) (Change, bool)) (Change, bool) {
 	next := l.limit + 1
 	if l.slowStart {
 		next = 2 * l.limit
@@ -476,6 +528,6 @@ func (l *Limiter) grow(tp float64, probe bool, change func(int, Reason) (Change,
 		l.slowStart, l.held, l.calm = false, true, 0
 		return Change{}, false
 	}
-	l.before, l.beforeLimit, l.held, l.calm = tp, l.limit, false, 0
+	l.before, l.beforeLimit, l.held, l.calm = cur, l.limit, false, 0
 	return change(next, Increase)
 }

@@ -117,8 +117,13 @@ func TestEverything(t *testing.T) {
 	if got := so.Spec.MaxReplicaCount; got == nil || *got != 11 {
 		t.Errorf("maxReplicaCount %v, want (200-10)/(4x4) = 11", got)
 	}
-	if m := so.Spec.Triggers[0].Metadata; m["useHttps"] != "true" || m["account"] != "STOWLINE" {
-		t.Errorf("trigger metadata %v: useHttps and account not from values", m)
+	if len(so.Spec.Triggers) != 2 {
+		t.Errorf("triggers %+v, want two (the routine and the stat lane's consumer)", so.Spec.Triggers)
+	}
+	for _, tr := range so.Spec.Triggers {
+		if m := tr.Metadata; m["useHttps"] != "true" || m["account"] != "STOWLINE" {
+			t.Errorf("trigger %s metadata %v: useHttps and account not from values", tr.Name, m)
+		}
 	}
 }
 
@@ -436,7 +441,9 @@ func checkSelectors(t *testing.T, objs objects) {
 
 // checkScaledObject: it scales a rendered forwarder Deployment on the
 // stream and the consumers the code creates for the destinations that
-// Deployment serves, one trigger each.
+// Deployment serves, one trigger each: a destination's routine consumer
+// (trigger destination-<name>) and its stat lane's
+// (destination-<name>-stat), not its low lane's.
 func checkScaledObject(t *testing.T, so *scaledObject, src goFacts, deployments []*appsv1.Deployment) {
 	t.Helper()
 	var target *appsv1.Deployment
@@ -449,8 +456,13 @@ func checkScaledObject(t *testing.T, so *scaledObject, src goFacts, deployments 
 		t.Fatalf("ScaledObject %s: target %+v is no forwarder Deployment of the release", so.Name, so.Spec.ScaleTargetRef)
 	}
 	want := map[string]bool{}
+	wantNames := map[string]string{} // consumer: trigger name
 	for _, dest := range servedDestinations(envOf(target)) {
+		name := "destination-" + strings.ToLower(strings.ReplaceAll(dest, "_", "-"))
 		want[src.consumerName(dest)] = true
+		wantNames[src.consumerName(dest)] = name
+		want[src.statConsumerName(dest)] = true
+		wantNames[src.statConsumerName(dest)] = name + "-stat"
 	}
 	got := map[string]bool{}
 	for _, tr := range so.Spec.Triggers {
@@ -465,6 +477,9 @@ func checkScaledObject(t *testing.T, so *scaledObject, src goFacts, deployments 
 			t.Errorf("ScaledObject %s: two triggers on consumer %q", so.Name, m["consumer"])
 		}
 		got[m["consumer"]] = true
+		if n, ok := wantNames[m["consumer"]]; ok && tr.Name != n {
+			t.Errorf("ScaledObject %s: trigger on %q named %q, want %q", so.Name, m["consumer"], tr.Name, n)
+		}
 		for _, k := range []string{"natsServerMonitoringEndpoint", "account", "lagThreshold"} {
 			if m[k] == "" {
 				t.Errorf("ScaledObject %s: trigger has no %s", so.Name, k)
@@ -472,7 +487,7 @@ func checkScaledObject(t *testing.T, so *scaledObject, src goFacts, deployments 
 		}
 	}
 	if !maps.Equal(got, want) {
-		t.Errorf("ScaledObject %s: triggers on consumers %v, want those of the destinations %s serves: %v (natsjs.ConsumerName)", so.Name, slices.Sorted(maps.Keys(got)), target.Name, slices.Sorted(maps.Keys(want)))
+		t.Errorf("ScaledObject %s: triggers on consumers %v, want those of the destinations %s serves: %v (natsjs.ConsumerName and the stat lane's natsjs.LaneConsumerName)", so.Name, slices.Sorted(maps.Keys(got)), target.Name, slices.Sorted(maps.Keys(want)))
 	}
 }
 
@@ -483,6 +498,31 @@ func (g goFacts) consumerName(destination string) string {
 		return g.forwarderConsumer
 	}
 	return g.forwarderConsumer + "-" + destination
+}
+
+// statConsumerName is natsjs.LaneConsumerName for the stat lane:
+// StatConsumerPrefix<name>, the default destination's too.
+func (g goFacts) statConsumerName(destination string) string {
+	return g.statConsumerPrefix + destination
+}
+
+// triggeredConsumers are the consumers KEDA must scale a group on for
+// its destinations, sorted: each one's routine and stat-lane consumers.
+func (g goFacts) triggeredConsumers(destinations ...string) []string {
+	var out []string
+	for _, d := range destinations {
+		out = append(out, g.consumerName(d), g.statConsumerName(d))
+	}
+	return slices.Sorted(slices.Values(out))
+}
+
+// consumersOf are the consumers of a ScaledObject's triggers, sorted.
+func consumersOf(so *scaledObject) []string {
+	var out []string
+	for _, tr := range so.Spec.Triggers {
+		out = append(out, tr.Metadata["consumer"])
+	}
+	return slices.Sorted(slices.Values(out))
 }
 
 // envOf is the environment of a Deployment's container.

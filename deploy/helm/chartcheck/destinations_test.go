@@ -71,7 +71,7 @@ func scaledObjectOf(t *testing.T, objs objects, d *appsv1.Deployment) *scaledObj
 // TestDestinations renders two destinations served by two forwarder
 // groups with KEDA: each group gets every destination's variables and
 // secrets, serves its own (FORWARDER_DESTINATIONS), and scales on its
-// destination's consumer, under a ceiling from the connections its
+// destination's routine and stat-lane consumers, under a ceiling from the connections its
 // destination's requests and rules keep open to Orthanc.
 func TestDestinations(t *testing.T) {
 	values := withDestinations(
@@ -89,13 +89,13 @@ func TestDestinations(t *testing.T) {
 	}
 	src := readGoFacts(t)
 	for group, want := range map[string]struct {
-		consumer string
-		max      int32
+		consumers []string
+		max       int32
 	}{
 		// (200-10) / (4 x 4): the archive sends 4 requests a study.
-		"archive": {src.consumerName("archive"), 11},
+		"archive": {src.triggeredConsumers("archive"), 11},
 		// (200-10) / (2 x 8): the AI rules read metadata, 8 at a time.
-		"ai": {src.consumerName("ai"), 11},
+		"ai": {src.triggeredConsumers("ai"), 11},
 	} {
 		d := forwarderDeployment(t, objs, group)
 		env := envOf(d)
@@ -119,8 +119,8 @@ func TestDestinations(t *testing.T) {
 		}
 		configLoads(t, "forwarder", env)
 		so := scaledObjectOf(t, objs, d)
-		if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Metadata["consumer"] != want.consumer {
-			t.Errorf("group %s: triggers %+v, want one on %s", group, so.Spec.Triggers, want.consumer)
+		if got := consumersOf(so); !slices.Equal(got, want.consumers) {
+			t.Errorf("group %s: triggers on %v, want exactly %v", group, got, want.consumers)
 		}
 		if so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount != want.max {
 			t.Errorf("group %s: maxReplicaCount %v, want %d", group, so.Spec.MaxReplicaCount, want.max)
@@ -130,8 +130,8 @@ func TestDestinations(t *testing.T) {
 
 // TestDestinationsOneGroup: one group that lists no destination serves
 // all of them, without FORWARDER_DESTINATIONS, and scales on every
-// destination's consumer; the destination named default keeps the
-// consumer stowline-forwarder.
+// destination's routine and stat-lane consumers; the destination named
+// default keeps the consumer stowline-forwarder.
 func TestDestinationsOneGroup(t *testing.T) {
 	values := withDestinations(map[string]any{"name": "all"})
 	values["destinations"] = append(values["destinations"].([]any), map[string]any{"name": "default", "url": "https://pacs.example.org/dicom-web"})
@@ -148,12 +148,9 @@ func TestDestinationsOneGroup(t *testing.T) {
 	}
 	configLoads(t, "forwarder", env)
 	so := scaledObjectOf(t, objs, d)
-	var consumers []string
-	for _, tr := range so.Spec.Triggers {
-		consumers = append(consumers, tr.Metadata["consumer"])
-	}
 	src := readGoFacts(t)
-	if want := []string{src.forwarderConsumer, src.consumerName("ai"), src.consumerName("archive")}; !slices.Equal(slices.Sorted(slices.Values(consumers)), want) {
+	consumers := consumersOf(so)
+	if want := src.triggeredConsumers("default", "ai", "archive"); !slices.Equal(consumers, want) || !slices.Contains(consumers, src.forwarderConsumer) {
 		t.Errorf("triggers on %v, want %v", consumers, want)
 	}
 	// (200-10) / (4 x (4 + 8 + 4)) = 2.

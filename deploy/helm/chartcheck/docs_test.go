@@ -3,6 +3,7 @@ package chartcheck
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -32,7 +33,8 @@ func operationsExample(t *testing.T, file string) map[string]any {
 
 // TestOperationsDestinationsExample renders the site-destinations.yaml of
 // docs/operations.md (section Kubernetes, Several destinations): two
-// groups, each scaled on its destination's consumer, with the ceilings
+// groups, each scaled on its destination's routine and stat-lane
+// consumers, with the ceilings
 // the section gives.
 func TestOperationsDestinationsExample(t *testing.T) {
 	objs := render(t, operationsExample(t, "site-destinations.yaml"))
@@ -43,8 +45,8 @@ func TestOperationsDestinationsExample(t *testing.T) {
 		if so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount != want {
 			t.Errorf("group %s: maxReplicaCount %v, want %d (as the section says)", group, so.Spec.MaxReplicaCount, want)
 		}
-		if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Metadata["consumer"] != src.consumerName(group) {
-			t.Errorf("group %s: triggers %+v", group, so.Spec.Triggers)
+		if got, want := consumersOf(so), src.triggeredConsumers(group); !slices.Equal(got, want) {
+			t.Errorf("group %s: triggers on %v, want exactly %v", group, got, want)
 		}
 	}
 }

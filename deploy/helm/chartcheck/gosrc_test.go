@@ -26,6 +26,9 @@ type goFacts struct {
 	// eventStream and forwarderConsumer are natsjs.EventStream and
 	// natsjs.ForwarderConsumer: what KEDA watches.
 	eventStream, forwarderConsumer string
+	// statConsumerPrefix is natsjs.StatConsumerPrefix: the stat lane's
+	// consumer of a destination, which KEDA watches too.
+	statConsumerPrefix string
 	// destinationVars are the default destination's variables (the env
 	// tags of config.Destination and config.DestinationAuth), true for a
 	// secret (which may be given as _FILE). A destination of DESTINATIONS
@@ -60,6 +63,7 @@ func readGoFacts(t *testing.T) goFacts {
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
 		facts.eventStream = str(get("natsjs.EventStream"))
 		facts.forwarderConsumer = str(get("natsjs.ForwarderConsumer"))
+		facts.statConsumerPrefix = str(get("natsjs.StatConsumerPrefix"))
 		facts.tracingVars = map[string]bool{}
 		if list, ok := get("app.TracingVars").(*ast.CompositeLit); ok {
 			for _, e := range list.Elts {
@@ -74,7 +78,7 @@ func readGoFacts(t *testing.T) goFacts {
 		t.Fatal(factsErr)
 	}
 	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
-	if facts.httpShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" ||
+	if facts.httpShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
 		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}

@@ -108,6 +108,11 @@ with them (every forwarder reads every destination's).
 {{- if eq . "default" }}stowline-forwarder{{ else }}{{ printf "stowline-forwarder-%s" . }}{{ end -}}
 {{- end -}}
 
+{{/* A destination's stat-lane consumer (internal/natsjs/lanes.go: LaneConsumerName). */}}
+{{- define "stowline.statConsumerName" -}}
+{{- printf "stowline-stat-%s" . -}}
+{{- end -}}
+
 {{/* A destination's STOW_PARALLEL_REQUESTS: (dict "root" $ "d" $destination). */}}
 {{- define "stowline.destinationParallel" -}}
 {{- int (default .root.Values.forwarderDefaults.stowParallelRequests .d.stowParallelRequests) -}}
