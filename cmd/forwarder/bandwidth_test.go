@@ -1,7 +1,6 @@
 package main
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +24,7 @@ func TestBandwidthCapSharedByReplicas(t *testing.T) {
 	// every 5 s).
 	deadline := time.Now().Add(30 * time.Second)
 	for _, p := range replicas {
-		for !hasLogLine(p.Logs.String(), `"msg":"bandwidth share changed"`, `"replicas":2`, `"bytes_per_second":500000`) {
+		for !testharness.HasLogLine(p.Logs.String(), `"msg":"bandwidth share changed"`, `"replicas":2`, `"bytes_per_second":500000`) {
 			if time.Now().After(deadline) {
 				t.Fatal("the replicas did not share the cap")
 			}
@@ -52,16 +51,3 @@ func TestBandwidthCapSharedByReplicas(t *testing.T) {
 	}
 }
 
-// hasLogLine reports whether a line of logs holds all of parts.
-func hasLogLine(logs string, parts ...string) bool {
-	for line := range strings.SplitSeq(logs, "\n") {
-		all := true
-		for _, p := range parts {
-			all = all && strings.Contains(line, p)
-		}
-		if all {
-			return true
-		}
-	}
-	return false
-}

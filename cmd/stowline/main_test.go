@@ -152,10 +152,10 @@ func testEndToEnd(t *testing.T, rel testharness.Release, reconcile bool) {
 	}
 	// The reconciler ran exactly when it was asked to: it logs its cursor
 	// per source when it starts, and says so when it is disabled.
-	if got := hasLine(out, `"msg":"reconciler `, `"cursor"`); got != reconcile {
+	if got := testharness.HasLogLine(out, `"msg":"reconciler `, `"cursor"`); got != reconcile {
 		t.Errorf("reconciler cursor logged = %v, want %v (RECONCILE_ENABLED=%v)", got, reconcile, reconcile)
 	}
-	if got := hasLine(out, `"msg":"reconciler disabled`); got == reconcile {
+	if got := testharness.HasLogLine(out, `"msg":"reconciler disabled`); got == reconcile {
 		t.Errorf("'reconciler disabled' logged = %v with RECONCILE_ENABLED=%v", got, reconcile)
 	}
 }

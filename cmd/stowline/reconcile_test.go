@@ -118,7 +118,7 @@ func testTwoSources(t *testing.T, rel testharness.Release) {
 	logs := s.logs.String()
 	s.mu.Unlock()
 	for _, name := range []string{"main", "cardio"} {
-		if !hasLine(logs, `"msg":"study forwarded"`, `"source":"`+name+`"`) {
+		if !testharness.HasLogLine(logs, `"msg":"study forwarded"`, `"source":"`+name+`"`) {
 			t.Errorf("no study forwarded from source %s", name)
 		}
 	}

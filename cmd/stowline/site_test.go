@@ -294,26 +294,12 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() boo
 func waitLog(t *testing.T, logs *testharness.LogBuffer, parts ...string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for !hasLine(logs.String(), parts...) {
+	for !testharness.HasLogLine(logs.String(), parts...) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no log line with all of %q", parts)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// hasLine reports whether a line of logs holds all of parts.
-func hasLine(logs string, parts ...string) bool {
-	for line := range strings.SplitSeq(logs, "\n") {
-		all := true
-		for _, p := range parts {
-			all = all && strings.Contains(line, p)
-		}
-		if all {
-			return true
-		}
-	}
-	return false
 }
 
 // generate writes a study of n small instances (a new StudyInstanceUID

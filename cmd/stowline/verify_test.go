@@ -105,7 +105,7 @@ func TestVerifyCatchesALostInstance(t *testing.T) {
 			if got := metricValue(t, fwd, `stowline_forwarder_verify_duration_seconds_count`); (got > 0) != (tt.verify == "qido") {
 				t.Errorf("%v QIDO-RS queries timed with STOW_VERIFY=%s", got, tt.verify)
 			}
-			if tt.buffer && tt.verify == "off" && !hasLine(s.logText(), `"msg":"buffer mode without verification`, `STOW_VERIFY=qido`) {
+			if tt.buffer && tt.verify == "off" && !testharness.HasLogLine(s.logText(), `"msg":"buffer mode without verification`, `STOW_VERIFY=qido`) {
 				t.Error("no startup warning about buffer mode without verification")
 			}
 		})

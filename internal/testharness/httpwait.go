@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -57,4 +58,18 @@ func WaitHTTP(t testing.TB, url string, timeout time.Duration) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// HasLogLine reports whether one line of logs holds all of parts.
+func HasLogLine(logs string, parts ...string) bool {
+	for line := range strings.SplitSeq(logs, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
