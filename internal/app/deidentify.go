@@ -1,7 +1,6 @@
 package app
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -71,11 +70,6 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 		return err
 	}
 	o.Destination = dst
-	// The breaker's probe names a study too: the pseudonym, never the
-	// original UID, must reach the destination (and its access logs).
-	if o.Breaker.Prober != nil {
-		o.Breaker.Prober = pseudonymProber{next: o.Breaker.Prober, uid: k.UID}
-	}
 	// Orthanc converts the encodings the rewrite cannot read.
 	if len(o.TransferSyntaxes) == 0 {
 		o.TransferSyntaxes = deidentReadable
@@ -105,15 +99,4 @@ func keyer(d *config.NamedDestination) (*deident.Keyer, error) {
 		return nil, fmt.Errorf("%s: %w", d.VarName("DEIDENTIFY_KEY_FILE"), err)
 	}
 	return k, nil
-}
-
-// pseudonymProber probes a de-identifying destination under the study's
-// pseudonym.
-type pseudonymProber struct {
-	next forward.Prober
-	uid  func(string) string
-}
-
-func (p pseudonymProber) Probe(ctx context.Context, studyInstanceUID string) error {
-	return p.next.Probe(ctx, p.uid(studyInstanceUID))
 }

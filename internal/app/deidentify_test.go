@@ -75,35 +75,3 @@ func TestDeidentifyWiring(t *testing.T) {
 		})
 	}
 }
-
-type recordingProber struct{ got []string }
-
-func (p *recordingProber) Probe(_ context.Context, uid string) error {
-	p.got = append(p.got, uid)
-	return nil
-}
-
-// TestDeidentifyProbesUnderThePseudonym: the circuit breaker's probe of
-// a de-identifying destination names the study's pseudonym, never its
-// original Study Instance UID.
-func TestDeidentifyProbesUnderThePseudonym(t *testing.T) {
-	key := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(key, []byte(strings.Repeat("k", 40)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d := &config.NamedDestination{Name: "ai", Var: "DESTINATION_AI_", Destination: config.Destination{Deidentify: config.Deidentify{
-		Mode: config.DeidentifyBasic, KeyFile: key, PatientPrefix: "ANON-", BurnedIn: config.DeidentifyBurnedInExclude}}}
-	rec := &recordingProber{}
-	o := &forward.Options{Destination: nopDestination{}, Breaker: forward.BreakerOptions{Prober: rec}}
-	if err := deidentify(o, d, slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
-	const original = "1.2.826.0.1.3680043.8.498.1"
-	if err := o.Breaker.Prober.Probe(t.Context(), original); err != nil {
-		t.Fatal(err)
-	}
-	want := forward.StudyPseudonym(o.Destination)(original)
-	if len(rec.got) != 1 || rec.got[0] != want || want == original || !strings.HasPrefix(want, "2.25.") {
-		t.Errorf("probed %v, want the pseudonym %s", rec.got, want)
-	}
-}

@@ -470,3 +470,23 @@ func (f *Forwarder) breakerChanged(from, to BreakerState) {
 		}
 	}
 }
+
+// pseudonymProber makes a de-identifying destination (Deidentified) be
+// probed under the study's pseudonym, as verify asks it: the original
+// Study Instance UID must never reach it, nor its access logs.
+func pseudonymProber(p Prober, d Destination) Prober {
+	keyed := StudyPseudonym(d)
+	if p == nil || keyed == nil {
+		return p
+	}
+	return keyedProber{next: p, keyed: keyed}
+}
+
+type keyedProber struct {
+	next  Prober
+	keyed func(string) string
+}
+
+func (p keyedProber) Probe(ctx context.Context, studyInstanceUID string) error {
+	return p.next.Probe(ctx, p.keyed(studyInstanceUID))
+}

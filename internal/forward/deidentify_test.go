@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -214,5 +215,51 @@ func TestVerifyDeidentified(t *testing.T) {
 				t.Errorf("verifications{result=%q} = %v, want 1", result, n)
 			}
 		})
+	}
+}
+
+type recordingProber struct{ got []string }
+
+func (p *recordingProber) Probe(_ context.Context, uid string) error {
+	p.got = append(p.got, uid)
+	return nil
+}
+
+// TestProbeDeidentified: the circuit breaker's probe of a de-identifying
+// destination names the study's pseudonym, never its original Study
+// Instance UID; another destination is probed as it is.
+func TestProbeDeidentified(t *testing.T) {
+	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := deident.New(k, deident.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := Deidentified(&readingDestination{got: map[string][]byte{}}, d, DeidentifyOptions{Setting: "X"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const original = "1.2.826.0.1.3680043.8.498.1"
+	for _, tt := range []struct {
+		name string
+		dst  Destination
+		want string
+	}{
+		{"de-identifying", dst, k.UID(original)},
+		{"plain", &readingDestination{got: map[string][]byte{}}, original},
+	} {
+		rec := &recordingProber{}
+		f := newForwarder(t, &memSource{}, "http://127.0.0.1:1", nil, func(o *Options) {
+			o.Destination = tt.dst
+			o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Second, MaxProbeInterval: time.Second, Prober: rec}
+		})
+		if err := f.breaker.prober.Probe(t.Context(), original); err != nil {
+			t.Fatal(err)
+		}
+		if len(rec.got) != 1 || rec.got[0] != tt.want {
+			t.Errorf("%s: probed %v, want %s", tt.name, rec.got, tt.want)
+		}
 	}
 }

@@ -293,7 +293,7 @@ func New(opts Options) (*Forwarder, error) {
 			log.Info("the circuit breaker opens after FORWARDER_MAX_DELIVERIES failures, fewer than its setting", "failures", failures, "setting", b.Failures)
 		}
 		fw.breaker = newBreaker(breakerConfig{failures: failures, interval: b.ProbeInterval, maxInterval: max(b.MaxProbeInterval, b.ProbeInterval)},
-			b.Prober, fw.breakerChanged)
+			pseudonymProber(b.Prober, opts.Destination), fw.breakerChanged)
 	}
 	if opts.TracerProvider != nil {
 		fw.tracer = opts.TracerProvider.Tracer("github.com/stowline/stowline/internal/forward")
