@@ -91,9 +91,8 @@ type reader struct {
 }
 
 func (r *reader) Read(p []byte) (int, error) {
-	r.l.mu.Lock()
+	// rate.Limiter is safe for concurrent use: no lock of ours per read.
 	b := r.l.lim.Burst()
-	r.l.mu.Unlock()
 	if len(p) > b {
 		p = p[:b]
 	}
@@ -102,9 +101,7 @@ func (r *reader) Read(p []byte) (int, error) {
 	// bucket holds it. In pieces of the burst as it is now: SetReplicas
 	// may have lowered it while Read waited, and WaitN refuses more.
 	for left := n; left > 0; {
-		r.l.mu.Lock()
 		piece := min(left, r.l.lim.Burst())
-		r.l.mu.Unlock()
 		if werr := r.l.lim.WaitN(r.ctx, piece); werr != nil {
 			return 0, werr
 		}
