@@ -133,7 +133,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		if err != nil {
 			return err
 		}
-		tracker.WatchBreaker(fw.Breaker)
+		tracker.WatchDestination(fw.Status)
 		forwarders = append(forwarders, fw)
 		if err := watchMaxDeliver(ctx, p, o.DestinationName, reg, log); err != nil {
 			return err

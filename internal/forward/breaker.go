@@ -38,10 +38,13 @@ func (s BreakerState) String() string {
 	return "closed"
 }
 
-// BreakerStatus is a breaker's state for the status page.
-type BreakerStatus struct {
+// DestinationStatus is what a forwarder process reports of its
+// destination on the status page: its circuit breaker and its adaptive
+// limit of STOW-RS requests in flight.
+type DestinationStatus struct {
 	Destination string `json:"destination"`
-	State       string `json:"state"`
+	// State is the breaker's state.
+	State string `json:"state"`
 	// Since is when the breaker entered the state; zero while it never
 	// left closed.
 	Since time.Time `json:"since,omitzero"`
@@ -49,6 +52,13 @@ type BreakerStatus struct {
 	Held int `json:"held"`
 	// Failures counts the consecutive destination-down failures.
 	Failures int `json:"failures"`
+	// Requests is the limit of STOW-RS requests in flight now, Ceiling
+	// the most it may grow to (this replica's share); LimitReason and
+	// LimitChanged say why and when it last changed (none yet: empty).
+	Requests     int       `json:"requests"`
+	Ceiling      int       `json:"ceiling"`
+	LimitReason  string    `json:"limitReason,omitempty"`
+	LimitChanged time.Time `json:"limitChanged,omitzero"`
 }
 
 // Prober asks the destination whether it answers at all: one cheap
@@ -403,9 +413,12 @@ func (o *BreakerOptions) check() error {
 	return nil
 }
 
-// Breaker returns the state of the destination's circuit breaker.
-func (f *Forwarder) Breaker() BreakerStatus {
-	st := BreakerStatus{Destination: f.opts.DestinationName, State: BreakerClosed.String()}
+// Status returns the state of the destination's circuit breaker and
+// request limit in this process.
+func (f *Forwarder) Status() DestinationStatus {
+	st := DestinationStatus{Destination: f.opts.DestinationName, State: BreakerClosed.String(),
+		Requests: f.limit.Limit(), Ceiling: f.limit.Ceiling()}
+	st.LimitReason, st.LimitChanged = f.limitChange.last()
 	if !f.breaker.enabled() {
 		st.State = "off"
 		return st

@@ -56,7 +56,7 @@ func TestBreakerHoldsWithinOneDelivery(t *testing.T) {
 	waitHeld := func(f *Forwarder) {
 		t.Helper()
 		deadline := time.Now().Add(15 * time.Second)
-		for b := f.Breaker(); b.State != "open" || b.Held != 1; b = f.Breaker() {
+		for b := f.Status(); b.State != "open" || b.Held != 1; b = f.Status() {
 			if time.Now().After(deadline) {
 				t.Fatalf("breaker %+v, want open with 1 study held", b)
 			}
@@ -81,7 +81,7 @@ func TestBreakerHoldsWithinOneDelivery(t *testing.T) {
 	if n := len(dls.all()); n != 0 {
 		t.Errorf("%d dead letters", n)
 	}
-	if b := f.Breaker(); b.State != "closed" || b.Held != 0 || b.Failures != 0 {
+	if b := f.Status(); b.State != "closed" || b.Held != 0 || b.Failures != 0 {
 		t.Errorf("breaker after the outage: %+v", b)
 	}
 

@@ -204,8 +204,9 @@ type Forwarder struct {
 	breaker *breaker
 	// limit bounds the STOW-RS requests in flight over all studies;
 	// sending counts the studies sending now.
-	limit   *flow.Limiter
-	sending atomic.Int32
+	limit       *flow.Limiter
+	limitChange *limitChange
+	sending     atomic.Int32
 }
 
 // New validates opts and returns a Forwarder.
@@ -269,7 +270,8 @@ func New(opts Options) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
-	limit, err := newLimiter(&opts, reg, log)
+	changed := &limitChange{}
+	limit, err := newLimiter(&opts, reg, log, changed)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +285,7 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
-	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit}
+	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, limitChange: changed}
 	if b := opts.Breaker; b.Failures > 0 {
 		failures := b.Failures
 		if p.canDeadLetter && p.maxDeliveries > 0 && uint64(failures) > p.maxDeliveries {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,8 +35,9 @@ const (
 // newLimiter returns the limiter all studies of the destination share in
 // this process: between MinRequestConcurrency and RequestConcurrency STOW
 // requests in flight, adapted (internal/flow). Changes are counted by
-// reason; a decrease is logged at info, an increase at debug.
-func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*flow.Limiter, error) {
+// reason and the last one kept for the status page; a decrease is logged
+// at info, an increase at debug.
+func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger, last *limitChange) (*flow.Limiter, error) {
 	labels := prometheus.Labels{"destination": opts.DestinationName}
 	gauge := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_stow_parallel_limit",
@@ -59,6 +61,7 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*fl
 	l, err := flow.New(flow.Options{Min: floor, Max: max(opts.RequestConcurrency, floor), OnChange: func(c flow.Change) {
 		changes.WithLabelValues(string(c.Reason)).Inc()
 		gauge.Set(float64(c.To))
+		last.record(c.Reason, time.Now())
 		switch {
 		case c.Reason == flow.RetryAfter:
 			log.Info("destination asked to wait: no new STOW-RS request before the pause ends", "pause", c.Pause.String(), "limit", c.To)
@@ -75,14 +78,29 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*fl
 	return l, nil
 }
 
+// limitChange is the request limit's last change: why and when.
+type limitChange struct {
+	mu     sync.Mutex
+	reason flow.Reason
+	at     time.Time
+}
+
+func (c *limitChange) record(r flow.Reason, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reason, c.at = r, at.UTC()
+}
+
+func (c *limitChange) last() (string, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return string(c.reason), c.at
+}
+
 // SetReplicas tells the forwarder how many replicas serve its destination
 // (itself included): its ceiling of STOW-RS requests in flight becomes its
 // share of RequestConcurrency, so that together they stay within it.
 func (f *Forwarder) SetReplicas(n int) { f.limit.SetReplicas(n) }
-
-// RequestLimit returns how many STOW-RS requests the forwarder may have
-// in flight now, over all its studies.
-func (f *Forwarder) RequestLimit() int { return f.limit.Limit() }
 
 // overload reports whether a request's error says the destination is
 // overloaded (429, 503, a time-out), with its Retry-After. A request

@@ -60,7 +60,8 @@ func TestRequestLimitSettlesBelowAThrottle(t *testing.T) {
 	if got := sink.Distinct(); got != studies*instances {
 		t.Errorf("%d instances at the sink, want %d", got, studies*instances)
 	}
-	limit := f.RequestLimit()
+	st := f.Status()
+	limit := st.Requests
 	requests := sink.Stats().Requests
 	t.Logf("limit %d at the end; %d requests stored, %d refused with 429, at most %d at once", limit, requests, gate.Refused(), gate.Most())
 	if limit < n/2 || limit > n+1 {
@@ -68,6 +69,10 @@ func TestRequestLimitSettlesBelowAThrottle(t *testing.T) {
 	}
 	if r := gate.Refused(); float64(r) > 0.1*float64(requests) {
 		t.Errorf("%d requests refused for %d stored, want at most a tenth", r, requests)
+	}
+	// The status page shows the limit, its ceiling and its last change.
+	if st.Ceiling != 16 || st.LimitReason == "" || st.LimitChanged.IsZero() {
+		t.Errorf("status %+v: want ceiling 16 and the last change of the limit", st)
 	}
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -146,7 +151,7 @@ func TestRequestSizeFollowsTheLimit(t *testing.T) {
 	} {
 		f.sending.Store(int32(tt.sending))
 		if got := f.requestSize(tt.n); got != tt.want {
-			t.Errorf("requestSize(%d) with %d studies sending, limit %d = %d, want %d", tt.n, tt.sending, f.RequestLimit(), got, tt.want)
+			t.Errorf("requestSize(%d) with %d studies sending, limit %d = %d, want %d", tt.n, tt.sending, f.limit.Limit(), got, tt.want)
 		}
 	}
 }

@@ -68,8 +68,9 @@ type Snapshot struct {
 	Totals      Totals    `json:"totals"`
 	// Tokens is the token status of each destination it serves.
 	Tokens []TokenStatus `json:"tokens"`
-	// Breakers is the circuit breaker of each destination it serves.
-	Breakers []forward.BreakerStatus `json:"breakers,omitempty"`
+	// Destinations is the circuit breaker and request limit of each
+	// destination it serves.
+	Destinations []forward.DestinationStatus `json:"destinations,omitempty"`
 }
 
 // Tracker is what one forwarder process is doing, as the forwarder tells
@@ -81,11 +82,11 @@ type Tracker struct {
 	concurrency int
 	tokens      []*TokenWatch
 
-	mu       sync.Mutex
-	breakers []func() forward.BreakerStatus
-	flights  map[*forward.Attempt]*flight
-	recent   []Forward // oldest first
-	totals   Totals
+	mu      sync.Mutex
+	dests   []func() forward.DestinationStatus
+	flights map[*forward.Attempt]*flight
+	recent  []Forward // oldest first
+	totals  Totals
 }
 
 type flight struct {
@@ -128,8 +129,8 @@ func (t *Tracker) Snapshot() Snapshot {
 	for _, w := range t.tokens {
 		s.Tokens = append(s.Tokens, w.Status())
 	}
-	for _, b := range t.breakers {
-		s.Breakers = append(s.Breakers, b())
+	for _, d := range t.dests {
+		s.Destinations = append(s.Destinations, d())
 	}
 	for _, f := range t.flights {
 		s.InFlight = append(s.InFlight, f.Flight)
@@ -141,12 +142,12 @@ func (t *Tracker) Snapshot() Snapshot {
 	return s
 }
 
-// WatchBreaker adds a destination's circuit breaker (Forwarder.Breaker)
-// to the snapshots.
-func (t *Tracker) WatchBreaker(state func() forward.BreakerStatus) {
+// WatchDestination adds a destination's state (Forwarder.Status) to the
+// snapshots.
+func (t *Tracker) WatchDestination(state func() forward.DestinationStatus) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.breakers = append(t.breakers, state)
+	t.dests = append(t.dests, state)
 }
 
 // Started records a study the forwarder began to send.

@@ -80,6 +80,12 @@ type destinationRow struct {
 	Breaker      string
 	BreakerSince time.Time
 	Held         int
+	// Requests is the STOW-RS requests its forwarders may have in flight
+	// now, together, and Ceiling the most they may grow to; LimitReason
+	// and LimitChanged are the latest change of any of their limits.
+	Requests, Ceiling int
+	LimitReason       string
+	LimitChanged      time.Time
 }
 
 // breakerRank orders breaker states from best to worst.
@@ -210,11 +216,16 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 		}
 	}
 	for _, s := range p.Forwarders {
-		for _, b := range s.Breakers {
-			r := row(b.Destination)
-			r.Held += b.Held
-			if breakerRank[b.State] > breakerRank[r.Breaker] {
-				r.Breaker, r.BreakerSince = b.State, b.Since
+		for _, d := range s.Destinations {
+			r := row(d.Destination)
+			r.Held += d.Held
+			if breakerRank[d.State] > breakerRank[r.Breaker] {
+				r.Breaker, r.BreakerSince = d.State, d.Since
+			}
+			r.Requests += d.Requests
+			r.Ceiling += d.Ceiling
+			if d.LimitChanged.After(r.LimitChanged) {
+				r.LimitReason, r.LimitChanged = d.LimitReason, d.LimitChanged
 			}
 		}
 	}

@@ -325,14 +325,16 @@ func TestDestinations(t *testing.T) {
 	sending := f.ev
 	sending.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.30"
 	aiTracker.Started(&forward.Attempt{Destination: "ai", Event: &sending, Number: 1, Seq: 2})
-	// ai's circuit breaker is open, holding one study; the default's is
-	// closed.
-	aiTracker.WatchBreaker(func() forward.BreakerStatus {
-		return forward.BreakerStatus{Destination: "ai", State: "open", Since: time.Now().Add(-20*time.Minute - 30*time.Second), Held: 1, Failures: 5}
+	// ai's circuit breaker is open, holding one study, and its request
+	// limit was halved by a 503; the default's is closed, its limit never
+	// changed.
+	aiTracker.WatchDestination(func() forward.DestinationStatus {
+		return forward.DestinationStatus{Destination: "ai", State: "open", Since: time.Now().Add(-20*time.Minute - 30*time.Second), Held: 1, Failures: 5,
+			Requests: 4, Ceiling: 16, LimitReason: "overload_503", LimitChanged: time.Now().Add(-21 * time.Minute)}
 	})
 	defTracker := status.NewTracker(2, defTok)
-	defTracker.WatchBreaker(func() forward.BreakerStatus {
-		return forward.BreakerStatus{Destination: natsjs.DefaultDestination, State: "closed"}
+	defTracker.WatchDestination(func() forward.DestinationStatus {
+		return forward.DestinationStatus{Destination: natsjs.DefaultDestination, State: "closed", Requests: 8, Ceiling: 16}
 	})
 	srv := statusPage(t, f.ns, false, defTracker, aiTracker)
 	page := &fixture{srv: srv, ns: f.ns, store: f.store, ev: f.ev}
@@ -349,6 +351,8 @@ func TestDestinations(t *testing.T) {
 		`id="dest-default-deadletters">2<`, `id="dest-ai-deadletters">1<`,
 		`id="dest-default-breaker"><span class="badge forwarded">closed<`,
 		`id="dest-ai-breaker"><span class="badge dead_lettered" title="the destination is down`, `since 20m ago`, `1 held`,
+		`id="dest-default-requests" title="STOW-RS requests its forwarders may have in flight now (adapted), of the most they may grow to">8 of 16</td>`,
+		`id="dest-ai-requests" title="STOW-RS requests its forwarders may have in flight now (adapted), of the most they may grow to">4 of 16<br><small class="muted">overload_503 `,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
