@@ -26,7 +26,12 @@ import (
 // patient carry one pseudonym; a resend of everything leaves the
 // destination with the same instances (same UIDs); the instances that
 // may carry burned-in text (Secondary Capture, Ultrasound) are not sent
-// and are listed in the dead letter with the reason. The rewrite itself
+// and are listed in the dead letter with the reason. A generated Key
+// Object Selection and a Segmentation reference CT images of their study:
+// every reference resolves at the destination, and the SEG keeps the
+// images' (keyed) Frame of Reference and series; the patient's name, ID
+// and birth date planted in the SEG's free text, a kept attribute and
+// private tags do not arrive (research also cleans descriptors). The rewrite itself
 // (profile, idempotence, dcmdump validity) is tested in internal/deident.
 // ai verifies with STOW_VERIFY=qido, and forwarder audit --verify checks
 // it: both under the studies' pseudonyms.
