@@ -3,6 +3,7 @@ package deident
 import (
 	"bytes"
 	"slices"
+	"strings"
 )
 
 // The scrub: every text value the copy keeps (at any depth, the Clean
@@ -73,11 +74,13 @@ type identifiers struct {
 	lower   []byte // scratch: the value being searched, folded
 }
 
-// collect adds the identifying values of els, at every depth.
-func (ids *identifiers) collect(els []*element) {
+// collect adds the identifying values of els, at every depth, except
+// those of attributes the copy keeps (an option or STOW_DEIDENTIFY_KEEP:
+// a kept Institution Name is not removed from itself).
+func (ids *identifiers) collect(els []*element, kept func(Tag, string) bool) {
 	for _, el := range els {
 		for _, item := range el.items {
-			ids.collect(item)
+			ids.collect(item, kept)
 		}
 		if el.seq || el.encapsulated || len(el.value) == 0 {
 			continue
@@ -86,7 +89,7 @@ func (ids *identifiers) collect(els []*element) {
 		if kind == 0 && el.vr == "PN" {
 			kind = idName
 		}
-		if kind == 0 || el.tag.Private() {
+		if kind == 0 || el.tag.Private() || kept(el.tag, el.vr) {
 			continue
 		}
 		for v := range bytes.SplitSeq(el.value, []byte(`\`)) {
@@ -215,9 +218,12 @@ func textVR(vr string) bool {
 }
 
 // scrubbable reports whether a kept value is text to scrub. Its VR says
-// so in an explicit data set; a value of unknown VR (Implicit VR, or UN)
+// so in an explicit data set. A value of unknown VR (Implicit VR, or UN)
 // is scrubbed when every byte is text (printable, high-bit, ESC, CR, LF,
-// FF, TAB), outside the groups that hold binary image data.
+// FF, TAB) and one of them is outside what UIDs, numbers, dates, times
+// and code strings are written with: a numeric Patient ID must not be
+// cut out of a UID or a Slice Location. Groups that hold binary image
+// data are left alone.
 func scrubbable(el *element) bool {
 	if el.vr != "" && el.vr != "UN" {
 		return textVR(el.vr)
@@ -226,15 +232,16 @@ func scrubbable(el *element) bool {
 	case g == 0x0028, g == 0x7FE0, g&0xFF00 == 0x6000, g&0xFF00 == 0x5000, g == 0x5400:
 		return false
 	}
-	for _, c := range el.value {
-		if c < 0x20 && c != 0x1B && c != '\r' && c != '\n' && c != '\f' && c != '\t' {
+	free := false
+	for _, c := range bytes.TrimSuffix(el.value, []byte{0}) { // UIDs are padded with NUL, some writers pad text so
+		switch {
+		case c == 0x7F, c < 0x20 && c != 0x1B && c != '\r' && c != '\n' && c != '\f' && c != '\t':
 			return false
-		}
-		if c == 0x7F {
-			return false
+		case !free:
+			free = !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || strings.IndexByte(` _.+-:\`, c) >= 0)
 		}
 	}
-	return true
+	return free
 }
 
 // deidentMethodCodes is the De-identification Method Code Sequence

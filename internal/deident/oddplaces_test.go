@@ -137,10 +137,7 @@ func oddDataset(p oddPatient) []*element {
 func oddSecrets(p oddPatient) []string {
 	s := append([]string{p.name, p.id, p.other, p.birth, p.physician, "ACC-5566", "Saint Elsewhere",
 		p.birth[6:8] + "." + p.birth[4:6] + "." + p.birth[:4]}, p.parts...)
-	for _, c := range strings.Split(p.physician, "^") {
-		s = append(s, c)
-	}
-	return s
+	return append(s, strings.Split(p.physician, "^")...)
 }
 
 // TestRewriteOddPlaces sends files whose patient data sits where the
@@ -228,7 +225,8 @@ func TestScrub(t *testing.T) {
 		str(0x00090010, "LO", "private values are not identifiers"),
 		seq(0x00081120, item(str(0x00101001, "PN", "Other^Olga"))),
 		str(0x00081030, "LO", "descriptions are not identifiers"),
-	})
+		str(0x00081040, "LO", "Kept Department"),
+	}, func(t Tag, _ string) bool { return t == 0x00081040 })
 	for _, tt := range []struct{ in, want string }{
 		{"CT RICHARD ROE", "CT"},
 		{"roe, richard j.", ",  j."},
@@ -239,10 +237,40 @@ func TestScrub(t *testing.T) {
 		{"RoRICHARDe", ""}, // a removal joins the halves of another name
 		{"Jaw J", "Jaw J"}, // one letter is not searched for
 		{"descriptions are kept", "descriptions are kept"},
+		{"Kept Department", "Kept Department"}, // the site keeps it
 	} {
 		got, changed := ids.scrub([]byte(tt.in))
 		if string(got) != tt.want || changed != (tt.in != tt.want) {
 			t.Errorf("scrub(%q) = %q, %v; want %q", tt.in, got, changed, tt.want)
+		}
+	}
+}
+
+// TestScrubbable: a value of unknown VR is scrubbed only when it is free
+// text, so a numeric Patient ID is not cut out of a UID, a number or a
+// date of an Implicit VR data set.
+func TestScrubbable(t *testing.T) {
+	for _, tt := range []struct {
+		el   *element
+		want bool
+	}{
+		{str(0x00081030, "LO", "1.2.840.10008"), true}, // explicit: the VR decides
+		{str(0x00080016, "UI", "Roe^Richard"), false},
+		{&element{tag: 0x00080016, value: []byte("1.2.840.10008.5.1.4.1.1.2\x00")}, false},
+		{&element{tag: 0x00201041, value: []byte("-10008.5E+2 ")}, false},
+		{&element{tag: 0x00080030, value: []byte("101500.123")}, false},
+		{&element{tag: 0x00080008, value: []byte(`ORIGINAL\PRIMARY\AXIAL `)}, false},
+		{&element{tag: 0x00080005, value: []byte(`\ISO 2022 IR 87`)}, false},
+		{&element{tag: 0x00081030, value: []byte("CT of Roe ")}, true},
+		{&element{tag: 0x00081030, value: []byte("ROE^RICHARD ")}, true},
+		{&element{tag: 0x00081030, value: []byte("Roe\x00")}, true}, // padded with NUL
+		{&element{tag: 0x00081030, value: []byte("\x1b$B;3ED\x1b(B")}, true},
+		{&element{tag: 0x001899F0, vr: "UN", value: []byte("PAT-42 born 14.03.1970")}, true},
+		{&element{tag: 0x00181020, value: []byte{'a', 0, 0, 0}}, false}, // binary
+		{&element{tag: 0x00280010, value: []byte("ab")}, false},         // image pixel group
+	} {
+		if got := scrubbable(tt.el); got != tt.want {
+			t.Errorf("scrubbable(%s %q %q) = %v, want %v", tt.el.tag, tt.el.vr, tt.el.value, got, tt.want)
 		}
 	}
 }

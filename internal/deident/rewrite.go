@@ -267,7 +267,7 @@ func (rw *rewrite) readFileMeta() error {
 // identifying values are known.
 func (rw *rewrite) start(pending []*element) error {
 	p := rw.d.p
-	rw.ids.collect(pending)
+	rw.ids.collect(pending, func(t Tag, vr string) bool { return p.action(t, vr) == actKeep })
 	for _, el := range pending {
 		switch el.tag {
 		case tagPatientID:
