@@ -244,7 +244,7 @@ func scrubbable(el *element) bool {
 	return free
 }
 
-// deidentMethodCodes is the De-identification Method Code Sequence
+// methodCodes is the De-identification Method Code Sequence
 // (0012,0064): the profile and each option in use (PS3.16 CID 7050).
 func (p *profile) methodCodes() []*element {
 	type code struct{ value, meaning string }

@@ -130,8 +130,9 @@ type Options struct {
 	// keeps, they lose each occurrence of the instance's own identifying
 	// values (clean.go).
 	CleanDescriptors bool
-	// Keep are attributes kept as they are, whatever the profile says
-	// (not the identifying ones handled apart: UIDs, Patient's Name, ID).
+	// Keep are attributes kept, whatever the profile says (not the
+	// identifying ones handled apart: UIDs, Patient's Name, ID); their
+	// text is scrubbed as every kept text is.
 	// Remove are attributes removed, wherever they are.
 	Keep, Remove []Tag
 	// IncludeBurnedIn sends instances that may show identifying text in
