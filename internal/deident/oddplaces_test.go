@@ -2,9 +2,13 @@ package deident
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 // iso8859_5 encodes Cyrillic letters (U+0410-U+044F) as ISO_IR 144 does
@@ -272,5 +276,63 @@ func TestScrubbable(t *testing.T) {
 		if got := scrubbable(tt.el); got != tt.want {
 			t.Errorf("scrubbable(%s %q %q) = %v, want %v", tt.el.tag, tt.el.vr, tt.el.value, got, tt.want)
 		}
+	}
+}
+
+// TestRewriteSamplesNamesGone rewrites the shared third-party samples
+// (other character sets among them) and looks for each sample's own
+// Patient's Name, its groups and components, and Patient ID in every
+// text value of the copy at any depth, ASCII letters in either case.
+func TestRewriteSamplesNamesGone(t *testing.T) {
+	dir := testharness.SamplesDir(t)
+	files, err := filepath.Glob(filepath.Join(dir, "*.dcm"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no samples in %s: %v", dir, err)
+	}
+	d := newTestDeidentifier(t, Options{IncludeBurnedIn: true, CleanDescriptors: true, RetainDates: true})
+	checked := 0
+	for _, f := range files {
+		in, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+			continue // the refusals are TestRewriteSamples'
+		}
+		var secrets [][]byte
+		for _, tag := range []Tag{tagPatientName, tagPatientID} {
+			el := find(parseFile(t, in).elements, tag)
+			if el == nil {
+				continue
+			}
+			var ids identifiers
+			ids.collect([]*element{el}, func(Tag, string) bool { return false })
+			for _, n := range ids.needles {
+				if len(n) >= 3 { // shorter ones may be in any text by chance
+					secrets = append(secrets, n)
+				}
+			}
+		}
+		if len(secrets) == 0 {
+			continue
+		}
+		checked++
+		walk(parseFile(t, out.Bytes()).elements, 0, func(el *element, depth int) {
+			if el.tag == tagPixelData || !scrubbable(el) {
+				// Not text: in Implicit VR a code string such as
+				// PREDECESSOR is not cut for a name component "Pre".
+				return
+			}
+			v := foldASCII(nil, el.value)
+			for _, s := range secrets {
+				if bytes.Contains(v, s) {
+					t.Errorf("%s: %s at depth %d holds %q: %q", filepath.Base(f), el.tag, depth, s, el.value)
+				}
+			}
+		})
+	}
+	if checked < 20 {
+		t.Errorf("only %d samples with a Patient's Name or ID checked", checked)
 	}
 }
