@@ -191,6 +191,9 @@ func (rw *rewrite) run() error {
 			pending = append(pending, el)
 			continue
 		}
+		// After Pixel Data (rare): its identifying values still count
+		// for the text that follows.
+		rw.ids.collect([]*element{el}, rw.kept)
 		if err := rw.writeTop(el); err != nil {
 			return err
 		}
@@ -267,7 +270,7 @@ func (rw *rewrite) readFileMeta() error {
 // identifying values are known.
 func (rw *rewrite) start(pending []*element) error {
 	p := rw.d.p
-	rw.ids.collect(pending, func(t Tag, vr string) bool { return p.action(t, vr) == actKeep })
+	rw.ids.collect(pending, rw.kept)
 	for _, el := range pending {
 		switch el.tag {
 		case tagPatientID:
@@ -306,6 +309,10 @@ func (rw *rewrite) start(pending []*element) error {
 	}
 	return nil
 }
+
+// kept reports whether the copy keeps an attribute as it is: its values
+// are then not identifying values to scrub.
+func (rw *rewrite) kept(t Tag, vr string) bool { return rw.d.p.action(t, vr) == actKeep }
 
 func (rw *rewrite) writeFileMeta() error {
 	sopClass := rw.inst.SOPClassUID
