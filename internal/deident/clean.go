@@ -71,6 +71,8 @@ const minNeedle = 2
 // lower case, longest first so a whole name goes before its components.
 type identifiers struct {
 	needles [][]byte
+	seen    map[string]bool
+	sorted  bool   // needles are longest first
 	lower   []byte // scratch: the value being searched, folded
 }
 
@@ -140,11 +142,15 @@ func (ids *identifiers) addNeedle(v []byte) {
 
 func (ids *identifiers) insert(v []byte) {
 	n := foldASCII(nil, v)
-	if slices.ContainsFunc(ids.needles, func(x []byte) bool { return bytes.Equal(x, n) }) {
+	if ids.seen[string(n)] {
 		return
 	}
-	i, _ := slices.BinarySearchFunc(ids.needles, n, func(a, b []byte) int { return len(b) - len(a) })
-	ids.needles = slices.Insert(ids.needles, i, n)
+	if ids.seen == nil {
+		ids.seen = map[string]bool{}
+	}
+	ids.seen[string(n)] = true
+	ids.needles = append(ids.needles, n)
+	ids.sorted = false
 }
 
 // scrub returns v without any identifying value (case-insensitive for
@@ -152,6 +158,10 @@ func (ids *identifiers) insert(v []byte) {
 func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
 	if len(ids.needles) == 0 || len(v) < minNeedle {
 		return v, false
+	}
+	if !ids.sorted {
+		slices.SortStableFunc(ids.needles, func(a, b []byte) int { return len(b) - len(a) })
+		ids.sorted = true
 	}
 	ids.lower = foldASCII(ids.lower[:0], v)
 	changed := false
