@@ -26,7 +26,12 @@ import (
 // patient carry one pseudonym; a resend of everything leaves the
 // destination with the same instances (same UIDs); the instances that
 // may carry burned-in text (Secondary Capture, Ultrasound) are not sent
-// and are listed in the dead letter with the reason. The rewrite itself
+// and are listed in the dead letter with the reason. A generated Key
+// Object Selection and a Segmentation reference CT images of their study:
+// every reference resolves at the destination, and the SEG keeps the
+// images' (keyed) Frame of Reference and series; the patient's name, ID
+// and birth date planted in the SEG's free text, a kept attribute and
+// private tags do not arrive (research also cleans descriptors). The rewrite itself
 // (profile, idempotence, dcmdump validity) is tested in internal/deident.
 // ai verifies with STOW_VERIFY=qido, and forwarder audit --verify checks
 // it: both under the studies' pseudonyms.
@@ -49,7 +54,7 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 		s.env[d.dest.varName("STOW_DEIDENTIFY")] = "basic"
 		s.env[d.dest.varName("DEIDENTIFY_KEY_FILE")] = keyFile
 	}
-	s.env[research.varName("STOW_DEIDENTIFY_OPTIONS")] = "retain-dates"
+	s.env[research.varName("STOW_DEIDENTIFY_OPTIONS")] = "retain-dates,clean-descriptors"
 	// ai takes the instances that may carry burned-in text: the samples
 	// in other character sets, big endian and deflated (converted by
 	// Orthanc first) are then checked at a destination too.
@@ -98,8 +103,16 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 	// references its CT images, as an SR or SEG does: the references must
 	// resolve at the destination.
 	ko, koUID, koRefs := keyObject(t, studyUIDs[0], patientID, files[len(files)-4:len(files)-2])
-	files = append(files, ko)
+	// A Segmentation of the same images, which also carries the
+	// patient's identity in free text, a kept attribute and private tags.
+	var images []ctImage
+	for _, f := range files[len(files)-4 : len(files)-2] {
+		images = append(images, readCTImage(t, f))
+	}
+	seg, segUID := segmentation(t, studyUIDs[0], patientID, "Roe^Richard", images)
+	files = append(files, ko, seg)
 	class[koUID] = "1.2.840.10008.5.1.4.1.1.88.59"
+	class[segUID] = segmentationStorage
 	src := s.sources["main"]
 	if res := src.Upload(t, files...); len(res.Failed) > 0 {
 		t.Fatalf("upload: %v", res.Failed)
@@ -129,14 +142,21 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 		t.Fatalf("only %d identifying values read from the source", len(secrets))
 	}
 
-	held, got, patients, refs := deidentifiedHoldings(t, research, secrets)
-	aiHeld, aiGot, _, aiRefs := deidentifiedHoldings(t, ai, secrets)
+	held, got, patients, refs, tagsOf := deidentifiedHoldings(t, research, secrets)
+	aiHeld, aiGot, _, aiRefs, aiTagsOf := deidentifiedHoldings(t, ai, secrets)
 	for _, d := range []struct {
-		name string
-		k    *deident.Keyer
-		got  map[string]bool
-		refs map[string][]string
-	}{{"research", k, got, refs}, {"ai", aiK, aiGot, aiRefs}} {
+		dest   *siteDest
+		name   string
+		k      *deident.Keyer
+		got    map[string]bool
+		refs   map[string][]string
+		tagsOf map[string]heldInstance
+	}{{research, "research", k, got, refs, tagsOf}, {ai, "ai", aiK, aiGot, aiRefs, aiTagsOf}} {
+		checkSegmentation(t, d.dest, d.k, segUID, images, d.tagsOf, []string{"Roe^Richard", "Roe", "Richard", patientID, "19700314", "14.03.1970"})
+		desc := d.tagsOf[d.k.UID(segUID)].tags["StudyDescription"]
+		if want := map[string]any{"research": "CT", "ai": nil}[d.name]; desc != want {
+			t.Errorf("%s: the SEG's Study Description %#v, want %#v (clean-descriptors: research only)", d.name, desc, want)
+		}
 		r := d.refs[d.k.UID(koUID)]
 		if len(r) != len(koRefs) {
 			t.Errorf("%s: the key object references %d instances, want %d", d.name, len(r), len(koRefs))
@@ -251,9 +271,9 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 // Name is the Patient ID pseudonym and Patient Identity Removed is YES,
 // and returns the Orthanc IDs, the SOP Instance UIDs and the Patient IDs
 // of each (keyed) study.
-func deidentifiedHoldings(t *testing.T, d *siteDest, secrets map[string]string) (held []string, got map[string]bool, patients map[string]map[string]bool, refs map[string][]string) {
+func deidentifiedHoldings(t *testing.T, d *siteDest, secrets map[string]string) (held []string, got map[string]bool, patients map[string]map[string]bool, refs map[string][]string, tagsOf map[string]heldInstance) {
 	t.Helper()
-	got, patients, refs = map[string]bool{}, map[string]map[string]bool{}, map[string][]string{}
+	got, patients, refs, tagsOf = map[string]bool{}, map[string]map[string]bool{}, map[string][]string{}, map[string]heldInstance{}
 	d.orthanc.GetJSON(t, "/instances", &held)
 	for _, id := range held {
 		var tags map[string]any
@@ -272,17 +292,21 @@ func deidentifiedHoldings(t *testing.T, d *siteDest, secrets map[string]string) 
 			if name == "PatientName" && path == "PatientName" && v != "" && v != fmt.Sprint(tags["PatientID"]) {
 				t.Errorf("%s: instance %s: Patient's Name %q is not the pseudonym %v", d.name, id, v, tags["PatientID"])
 			}
+			if name == "PatientName" && path != "PatientName" && v != "" {
+				t.Errorf("%s: instance %s: %s is %q, want emptied (a name in a sequence)", d.name, id, path, v)
+			}
 			if name == "PatientIdentityRemoved" && v != "YES" {
 				t.Errorf("%s: instance %s: PatientIdentityRemoved %q", d.name, id, v)
 			}
 		})
+		tagsOf[fmt.Sprint(tags["SOPInstanceUID"])] = heldInstance{id: id, tags: tags}
 		study := fmt.Sprint(tags["StudyInstanceUID"])
 		if patients[study] == nil {
 			patients[study] = map[string]bool{}
 		}
 		patients[study][fmt.Sprint(tags["PatientID"])] = true
 	}
-	return held, got, patients, refs
+	return held, got, patients, refs, tagsOf
 }
 
 // keyObject writes a Key Object Selection document (dcmtk's dump2dcm) in

@@ -45,6 +45,7 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 		RetainDates:                  d.HasOption(config.DeidentifyRetainDates),
 		RetainPatientCharacteristics: d.HasOption(config.DeidentifyRetainPatientChars),
 		RetainDeviceIdentity:         d.HasOption(config.DeidentifyRetainDeviceIdentity),
+		CleanDescriptors:             d.HasOption(config.DeidentifyCleanDescriptors),
 		IncludeBurnedIn:              d.BurnedIn == config.DeidentifyBurnedInInclude,
 	}
 	for _, l := range []struct {

@@ -21,20 +21,20 @@ const (
 
 // Options of STOW_DEIDENTIFY_OPTIONS: the PS3.15 profile options.
 const (
-	DeidentifyRetainDates            = "retain-dates"
-	DeidentifyRetainPatientChars     = "retain-patient-characteristics"
-	DeidentifyRetainDeviceIdentity   = "retain-device-identity"
-	deidentifyCleanDescriptorsOption = "clean-descriptors"
+	DeidentifyRetainDates          = "retain-dates"
+	DeidentifyRetainPatientChars   = "retain-patient-characteristics"
+	DeidentifyRetainDeviceIdentity = "retain-device-identity"
+	DeidentifyCleanDescriptors     = "clean-descriptors"
 )
 
-var deidentifyOptions = []string{DeidentifyRetainDates, DeidentifyRetainPatientChars, DeidentifyRetainDeviceIdentity}
+var deidentifyOptions = []string{DeidentifyRetainDates, DeidentifyRetainPatientChars, DeidentifyRetainDeviceIdentity, DeidentifyCleanDescriptors}
 
 // Deidentify is a destination's de-identification (docs/deidentification.md).
 type Deidentify struct {
-	Mode          string `env:"STOW_DEIDENTIFY" envDefault:"off" desc:"off, or basic: the destination receives de-identified copies (DICOM PS3.15 Basic Application Level Confidentiality Profile, 2023b) with keyed pseudonyms: UIDs map to 2.25 UIDs, Patient ID and Name to a pseudonym, private tags are removed (docs/deidentification.md). Needs DEIDENTIFY_KEY_FILE"`
+	Mode          string `env:"STOW_DEIDENTIFY" envDefault:"off" desc:"off, or basic: the destination receives de-identified copies (DICOM PS3.15 Basic Application Level Confidentiality Profile, 2023b) with keyed pseudonyms: UIDs map to 2.25 UIDs, Patient ID and Name to a pseudonym, private tags are removed, kept text loses the instance's own names, IDs and birth date (docs/deidentification.md). Needs DEIDENTIFY_KEY_FILE"`
 	KeyFile       string `env:"DEIDENTIFY_KEY_FILE" desc:"file holding the secret key of the pseudonyms (at least 32 bytes, e.g. head -c 32 /dev/urandom | base64); the same key always gives the same pseudonyms, changing it breaks the link between copies sent before and after. Required with STOW_DEIDENTIFY=basic; never logged"`
-	Options       List   `env:"STOW_DEIDENTIFY_OPTIONS" desc:"profile options, comma-separated: retain-dates (dates moved back by a per-patient keyed offset, times kept), retain-patient-characteristics (sex, age, size, weight...), retain-device-identity (station name, serial numbers). Empty: dates, characteristics and device identity are removed"`
-	Keep          List   `env:"STOW_DEIDENTIFY_KEEP" desc:"attributes kept as they are despite the profile, comma-separated tags of 8 hex digits (00081030 for Study Description); UIDs, Patient ID and Name cannot be kept"`
+	Options       List   `env:"STOW_DEIDENTIFY_OPTIONS" desc:"profile options, comma-separated: retain-dates (dates moved back by a per-patient keyed offset, times kept), retain-patient-characteristics (sex, age, size, weight...), retain-device-identity (station name, serial numbers), clean-descriptors (Study/Series Description, Protocol Name, comments kept with the instance's own identifying values removed). Empty: dates, characteristics, device identity and descriptors are removed"`
+	Keep          List   `env:"STOW_DEIDENTIFY_KEEP" desc:"attributes kept despite the profile, comma-separated tags of 8 hex digits (00081030 for Study Description); their text still loses the instance's own identifying values (Patient's Name, IDs...), like every kept text; UIDs, Patient ID and Name cannot be kept"`
 	Remove        List   `env:"STOW_DEIDENTIFY_REMOVE" desc:"attributes removed besides the profile's, wherever they are, comma-separated tags"`
 	BurnedIn      string `env:"STOW_DEIDENTIFY_BURNED_IN" envDefault:"exclude" desc:"exclude: instances that may show identifying text in their pixels (Burned In Annotation YES, Secondary Capture, Ultrasound) are not sent and are listed in the study's dead letter; include: send them (pixel data is never de-identified)"`
 	PatientPrefix string `env:"STOW_DEIDENTIFY_PATIENT_PREFIX" envDefault:"ANON-" desc:"prefix of the Patient ID pseudonym (prefix + 20 base32 characters); also the Patient's Name"`
@@ -64,8 +64,6 @@ func (d *Deidentify) validate() []error {
 	for _, o := range d.Options {
 		switch {
 		case slices.Contains(deidentifyOptions, o):
-		case o == deidentifyCleanDescriptorsOption:
-			errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_OPTIONS: %s is not supported yet (descriptors are removed; keep reviewed ones with STOW_DEIDENTIFY_KEEP; docs/deidentification.md)", o))
 		default:
 			errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_OPTIONS: %q: want %s", o, strings.Join(deidentifyOptions, ", ")))
 		}

@@ -34,7 +34,8 @@ const (
 	// through, never held in memory.
 	streamThreshold = 64 << 10
 	// maxHeld bounds what one top-level element (with its sequences),
-	// or the elements before Patient ID, may hold in memory.
+	// or the elements before Pixel Data (held until the identifying
+	// values are known), may hold in memory.
 	maxHeld = 64 << 20
 	// maxDepth bounds sequence nesting.
 	maxDepth = 32

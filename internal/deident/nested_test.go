@@ -288,6 +288,33 @@ func TestProfileActions(t *testing.T) {
 			t.Errorf("retaining: %s %s: action %d, want %d", tt.tag, tt.vr, got, tt.want)
 		}
 	}
+	c := newTestDeidentifier(t, Options{CleanDescriptors: true, Remove: []Tag{0x00204000}})
+	for _, tt := range []struct {
+		tag  Tag
+		vr   string
+		want action
+	}{
+		{0x00081030, "LO", actKeep},   // Study Description: C, cleaned
+		{0x0008103E, "LO", actKeep},   // Series Description
+		{0x00181030, "LO", actKeep},   // Protocol Name (X/D)
+		{0x00400275, "SQ", actKeep},   // Request Attributes Sequence: its text cleaned
+		{0x30060026, "LO", actKeep},   // ROI Name (Z)
+		{0x00204000, "LT", actRemove}, // Image Comments, removed by the destination
+		{0x00080080, "LO", actRemove}, // Institution Name: no C
+		{0x00100010, "PN", actPatientName},
+	} {
+		if got := c.p.action(tt.tag, tt.vr); got != tt.want {
+			t.Errorf("clean descriptors: %s %s: action %d, want %d", tt.tag, tt.vr, got, tt.want)
+		}
+	}
+	if len(cleanDescriptors) != 125 {
+		t.Errorf("%d Clean Descriptors attributes, want the 125 of Table E.1-1", len(cleanDescriptors))
+	}
+	for _, tag := range cleanDescriptors {
+		if _, ok := basicProfile[tag]; !ok {
+			t.Errorf("Clean Descriptors attribute %s is not in the basic profile table", tag)
+		}
+	}
 	k, _ := NewKeyer(testKey, "")
 	for _, o := range []Options{{Keep: []Tag{tagStudyInstanceUID}}, {Keep: []Tag{tagPatientID}}, {Remove: []Tag{tagSOPInstanceUID}}, {Remove: []Tag{tagPixelData}}} {
 		if _, err := New(k, o); !errors.Is(err, ErrBadOptions) {

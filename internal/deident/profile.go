@@ -70,6 +70,7 @@ const (
 	tagBirthTime           Tag = 0x00100032
 	tagIdentityRemoved     Tag = 0x00120062
 	tagDeidentMethod       Tag = 0x00120063
+	tagDeidentMethodCodes  Tag = 0x00120064
 	tagStudyInstanceUID    Tag = 0x0020000D
 	tagSeriesInstanceUID   Tag = 0x0020000E
 	tagBurnedIn            Tag = 0x00280301
@@ -123,8 +124,15 @@ type Options struct {
 	RetainPatientCharacteristics bool
 	// RetainDeviceIdentity keeps station name, serial numbers and device IDs.
 	RetainDeviceIdentity bool
-	// Keep are attributes kept as they are, whatever the profile says
-	// (not the identifying ones handled apart: UIDs, Patient's Name, ID).
+	// CleanDescriptors keeps the descriptors of the Clean Descriptors
+	// Option (Study and Series Description, Protocol Name, comments...)
+	// cleaned instead of removing them: like every text value the copy
+	// keeps, they lose each occurrence of the instance's own identifying
+	// values (clean.go).
+	CleanDescriptors bool
+	// Keep are attributes kept, whatever the profile says (not the
+	// identifying ones handled apart: UIDs, Patient's Name, ID); their
+	// text is scrubbed as every kept text is.
 	// Remove are attributes removed, wherever they are.
 	Keep, Remove []Tag
 	// IncludeBurnedIn sends instances that may show identifying text in
@@ -172,6 +180,12 @@ func newProfile(o Options) (*profile, error) {
 	}
 	if o.RetainDeviceIdentity {
 		for _, t := range deviceIdentity {
+			p.actions[t] = actKeep
+		}
+	}
+	if o.CleanDescriptors {
+		// Kept: the scrub of every kept text value is the cleaning.
+		for _, t := range cleanDescriptors {
 			p.actions[t] = actKeep
 		}
 	}
@@ -233,6 +247,9 @@ func (p *profile) action(t Tag, vr string) action {
 func (p *profile) method() string {
 	// LO is at most 64 characters a value: one value an option.
 	m := []string{"stowline PS3.15-2023b Basic Profile"}
+	if p.opts.CleanDescriptors {
+		m = append(m, "Clean Descriptors")
+	}
 	if p.opts.RetainDates {
 		m = append(m, "Retain Longitudinal With Modified Dates")
 	}

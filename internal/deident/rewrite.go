@@ -122,6 +122,9 @@ type rewrite struct {
 	// pseudonym and the date offset.
 	patientID string
 	adds      []*element // attributes the copy gains, in tag order
+	// ids are the instance's identifying values, removed from every text
+	// value the copy keeps (clean.go).
+	ids identifiers
 }
 
 func (rw *rewrite) run() error {
@@ -150,17 +153,23 @@ func (rw *rewrite) run() error {
 		if tag.Group() == 0x0002 {
 			return fmt.Errorf("%w: file meta element %s in the data set at byte %d", ErrMalformed, tag, rw.dec.pos)
 		}
-		stream := (n == undefinedLength && tag == tagPixelData) ||
-			(n != undefinedLength && n > streamThreshold && !rw.dec.isSequence(tag, vr, n))
-		if stream && !flushed && n != undefinedLength && rw.d.p.action(tag, vr) == actRemove {
-			// A large private value before Patient ID (vendors put them in
-			// group 0009): dropped without writing the start early.
+		large := n != undefinedLength && n > streamThreshold && !rw.dec.isSequence(tag, vr, n)
+		if large && rw.d.p.action(tag, vr) == actRemove {
+			// A large private value (vendors put them in group 0009, before
+			// the Patient ID): dropped without holding it or writing the
+			// start early.
 			if err := rw.copy(-int64(n)); err != nil {
 				return err
 			}
 			continue
 		}
-		if !flushed && (tag > tagPatientID || stream) {
+		// Large values are copied through, except text, which is held to
+		// be scrubbed (within maxHeld).
+		stream := (n == undefinedLength && tag == tagPixelData) || (large && !textVR(vr))
+		// Everything before the first streamed value (Pixel Data) is held:
+		// the identifying values (Patient's Name, in group 0010) must be
+		// known before the descriptors of group 0008 are written.
+		if !flushed && stream {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -182,6 +191,9 @@ func (rw *rewrite) run() error {
 			pending = append(pending, el)
 			continue
 		}
+		// After Pixel Data (rare): its identifying values still count
+		// for the text that follows.
+		rw.ids.collect([]*element{el}, rw.kept)
 		if err := rw.writeTop(el); err != nil {
 			return err
 		}
@@ -254,9 +266,11 @@ func (rw *rewrite) readFileMeta() error {
 }
 
 // start writes the preamble, the new file meta and the elements read
-// before Patient ID, once the Patient ID is known.
+// before the first streamed value, once the Patient ID and the
+// identifying values are known.
 func (rw *rewrite) start(pending []*element) error {
 	p := rw.d.p
+	rw.ids.collect(pending, rw.kept)
 	for _, el := range pending {
 		switch el.tag {
 		case tagPatientID:
@@ -282,8 +296,9 @@ func (rw *rewrite) start(pending []*element) error {
 	rw.adds = []*element{
 		{tag: tagIdentityRemoved, vr: "CS", value: pad("YES", "CS")},
 		{tag: tagDeidentMethod, vr: "LO", value: pad(p.method(), "LO")},
-		{tag: tagLongitudinal, vr: "CS", value: pad(longitudinal, "CS")},
 	}
+	rw.adds = append(rw.adds, p.methodCodes()...)
+	rw.adds = append(rw.adds, &element{tag: tagLongitudinal, vr: "CS", value: pad(longitudinal, "CS")})
 	if err := rw.writeFileMeta(); err != nil {
 		return err
 	}
@@ -294,6 +309,10 @@ func (rw *rewrite) start(pending []*element) error {
 	}
 	return nil
 }
+
+// kept reports whether the copy keeps an attribute as it is: its values
+// are then not identifying values to scrub.
+func (rw *rewrite) kept(t Tag, vr string) bool { return rw.d.p.action(t, vr) == actKeep }
 
 func (rw *rewrite) writeFileMeta() error {
 	sopClass := rw.inst.SOPClassUID
@@ -411,7 +430,14 @@ func (rw *rewrite) transform(el *element, depth int) *element {
 	out := &element{tag: el.tag, vr: el.vr}
 	switch a {
 	case actKeep:
-		return el
+		if !scrubbable(el) {
+			return el
+		}
+		v, changed := rw.ids.scrub(el.value)
+		if !changed {
+			return el
+		}
+		out.value = pad(string(v), "LO")
 	case actUID:
 		vals := strings.Split(trimValue(el.value), `\`)
 		for i, v := range vals {

@@ -169,7 +169,7 @@ func TestRewriteSamples(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no samples in %s: %v", dir, err)
 	}
-	for _, o := range []Options{{IncludeBurnedIn: true}, {RetainDates: true, RetainPatientCharacteristics: true, RetainDeviceIdentity: true, IncludeBurnedIn: true}} {
+	for _, o := range []Options{{IncludeBurnedIn: true}, {RetainDates: true, RetainPatientCharacteristics: true, RetainDeviceIdentity: true, CleanDescriptors: true, IncludeBurnedIn: true}} {
 		d := newTestDeidentifier(t, o)
 		for _, f := range files {
 			name := filepath.Base(f)
