@@ -50,4 +50,3 @@ func TestBandwidthCapSharedByReplicas(t *testing.T) {
 		t.Errorf("rate %.0f B/s, want within 10%% of %d", rate, limit)
 	}
 }
-
