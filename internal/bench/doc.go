@@ -14,8 +14,11 @@
 // benchmark process on a loopback port) that parses the multipart body and
 // answers like a real server: that measures stowline and its source
 // without the destination, and is compared with A's raw parallel read
-// rate (the "x-A-read" ratio). Every case runs several rounds in
-// alternating order; the medians are reported.
+// rate (the "x-A-read" ratio). Optional cases forward with STOW_VERIFY=qido
+// or with STOW_DEIDENTIFY=basic (into B and into the sink, the copies
+// checked by count and keyed UIDs) against the plain cases of the same
+// setting. Every case runs several rounds in alternating order; the
+// medians are reported.
 //
 // BenchmarkLargeStudy generates one large study (by default 192 instances
 // of 2048x2048 pixels and one of 16384x16384, 2 GiB) straight into a real

@@ -75,7 +75,8 @@ func BenchmarkPipeline(b *testing.B) {
 // oneDestination is, for a two-destination case, the one-destination case
 // of the same setting (nil if it was not measured, or c is another kind).
 func oneDestination(cases []*benchCase, c *benchCase) *summary {
-	one, ok := map[caseKind]caseKind{kindTwo: kindStowline, kindTwoSinks: kindSink, kindVerify: kindStowline}[c.kind]
+	one, ok := map[caseKind]caseKind{kindTwo: kindStowline, kindTwoSinks: kindSink, kindVerify: kindStowline,
+		kindDeidentify: kindStowline, kindDeidentifySink: kindSink}[c.kind]
 	if !ok {
 		return nil
 	}
@@ -107,15 +108,23 @@ const (
 	kindTwoSinks
 	// kindVerify is stowline forwarding to B with STOW_VERIFY=qido.
 	kindVerify
+	// kindDeidentify and kindDeidentifySink are stowline forwarding to B
+	// and into the sink with STOW_DEIDENTIFY=basic.
+	kindDeidentify
+	kindDeidentifySink
 )
 
 // toSink says whether the case sends into sinks rather than Orthanc.
-func (k caseKind) toSink() bool { return k == kindSink || k == kindTwoSinks }
+func (k caseKind) toSink() bool { return k == kindSink || k == kindTwoSinks || k == kindDeidentifySink }
 
 // stowline says whether the case runs the stowline binary.
 func (k caseKind) stowline() bool {
-	return k == kindStowline || k == kindSink || k == kindTwo || k == kindTwoSinks || k == kindVerify
+	return k == kindStowline || k == kindSink || k == kindTwo || k == kindTwoSinks || k == kindVerify ||
+		k == kindDeidentify || k == kindDeidentifySink
 }
+
+// deidentify says whether the case sends de-identified copies.
+func (k caseKind) deidentify() bool { return k == kindDeidentify || k == kindDeidentifySink }
 
 type benchCase struct {
 	name string
@@ -141,6 +150,16 @@ func (p *pipeline) cases() []*benchCase {
 			run: func(ctx context.Context, round int) (sample, error) {
 				return p.runStowline(ctx, round, fs, toBVerified)
 			}})
+	}
+	for _, fs := range p.set.Deidentify {
+		cs = append(cs, &benchCase{name: "stowline-deidentify/" + fs.String(), kind: kindDeidentify, setting: fs,
+			run: func(ctx context.Context, round int) (sample, error) {
+				return p.runStowline(ctx, round, fs, toBDeidentified)
+			}},
+			&benchCase{name: "stowline-deidentify-to-sink/" + fs.String(), kind: kindDeidentifySink, setting: fs,
+				run: func(ctx context.Context, round int) (sample, error) {
+					return p.runStowline(ctx, round, fs, toSinkDeidentified)
+				}})
 	}
 	for _, fs := range p.set.TwoDestinations {
 		cs = append(cs, &benchCase{name: "stowline-two-destinations/" + fs.String(), kind: kindTwo, setting: fs,
@@ -279,10 +298,13 @@ func (p *pipeline) report(b *testing.B, c *benchCase, native, read, one *summary
 		b.ReportMetric(s.firstRequest.Seconds(), "first-request-s")
 		b.ReportMetric(s.streamMBps, "stream-MB/s")
 	}
-	if native != nil && (c.kind == kindStowline || c.kind == kindRead || c.kind == kindBStow) {
+	if native != nil && (c.kind == kindStowline || c.kind == kindDeidentify || c.kind == kindRead || c.kind == kindBStow) {
 		b.ReportMetric(s.instPerS/native.instPerS, "x-native")
 	}
 	switch {
+	case one != nil && c.kind.deidentify():
+		b.ReportMetric(s.toB.Seconds()/one.toB.Seconds(), "x-plain-time")
+		b.ReportMetric(s.cpuClient/one.cpuClient, "x-plain-client-cpu")
 	case one != nil && c.kind == kindVerify:
 		b.ReportMetric(float64(s.verify.Microseconds())/1000, "verify-ms")
 		b.ReportMetric(100*s.verify.Seconds()/one.done.Seconds(), "verify-%-of-plain")
@@ -322,7 +344,7 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 	for _, c := range cases {
 		s := c.sum
 		ratio, xread, client, cpuB, cpuSink, rss := "", "", "-", "-", "-", "-"
-		if native != nil && (c.kind == kindStowline || c.kind == kindVerify || c.kind == kindRead || c.kind == kindBStow) {
+		if native != nil && (c.kind == kindStowline || c.kind == kindVerify || c.kind == kindDeidentify || c.kind == kindRead || c.kind == kindBStow) {
 			ratio = fmt.Sprintf("%.2f", s.instPerS/native.instPerS)
 		}
 		if read != nil {
@@ -350,6 +372,12 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 			continue
 		}
 		s := c.sum
+		if c.kind.deidentify() {
+			fmt.Printf("\n%s: de-identified, the study was held after %.3f s against %.3f s plain (%.2f × the time); stowline used %.2f CPU-s/GB against %.2f (%.2f ×), A %.2f against %.2f.\n",
+				c.name, s.toB.Seconds(), one.toB.Seconds(), s.toB.Seconds()/one.toB.Seconds(),
+				s.cpuClient, one.cpuClient, s.cpuClient/one.cpuClient, s.cpuA, one.cpuA)
+			continue
+		}
 		if c.kind == kindVerify {
 			fmt.Printf("\n%s: the QIDO-RS verification took %.1f ms (median), %.2f%% of the plain forward's %.3f s until \"study forwarded\"; with it the study was forwarded after %.3f s (%.3f × plain).\n",
 				c.name, float64(s.verify.Microseconds())/1000, 100*s.verify.Seconds()/one.done.Seconds(), one.done.Seconds(), s.done.Seconds(), s.done.Seconds()/one.done.Seconds())

@@ -34,6 +34,10 @@ type settings struct {
 	// STOW_VERIFY=qido; the stowline case of the same setting is their
 	// baseline.
 	Verify []fwdSetting
+	// Deidentify lists the stowline settings measured with
+	// STOW_DEIDENTIFY=basic, each into B and into the sink; the stowline
+	// and sink cases of the same setting are their baselines.
+	Deidentify []fwdSetting
 	// SinkLatency and SinkRate shape the sink's answers (0: none): the
 	// wait before each answer and the per-request read rate in bytes/s.
 	SinkLatency time.Duration
@@ -100,6 +104,7 @@ _SINK ("4/100/2,4/100/4": stowline settings into the discard sink; "-" for none)
 _TWO_DESTINATIONS ("4/100": stowline settings sending to B and C at once; "-" for none),
 _TWO_SINKS ("4/100/4": stowline settings sending to two sinks at once; "-" for none),
 _VERIFY ("-": stowline settings sending to B with STOW_VERIFY=qido; "-" for none),
+_DEIDENTIFY ("-": stowline settings sending to B and to the sink with STOW_DEIDENTIFY=basic; "-" for none),
 _SINK_LATENCY (0), _SINK_RATE (0: bytes/s per request), _STOWLINE_ENV ("": KEY=VALUE ...),
 _NATIVE (1), _SOURCE (this module), _MAX_OTHER_LOAD (0.25), _PROFILE_DIR (""), _PERF_DIR (""), _TIMEOUT (5m)`
 
@@ -122,6 +127,7 @@ func loadSettings(getenv func(string) string) (settings, error) {
 	s.TwoDestinations = e.fwdSettings("TWO_DESTINATIONS", "4/100")
 	s.TwoSinks = e.fwdSettings("TWO_SINKS", "4/100/4")
 	s.Verify = e.fwdSettings("VERIFY", "-")
+	s.Deidentify = e.fwdSettings("DEIDENTIFY", "-")
 	s.SinkLatency = e.duration("SINK_LATENCY", 0, 0, "a duration of 0 or more")
 	s.SinkRate = e.integer("SINK_RATE", 0, 0, 1<<40)
 	if v := e.get("STOWLINE_ENV"); v != "" {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testharness"
@@ -57,6 +58,12 @@ type pipeline struct {
 	// sink2 is the second sink of the two-sink cases; nil without them.
 	sink2    *stowsink.Sink
 	sink2URL string
+
+	// keyFile holds the de-identification key of the STOW_DEIDENTIFY
+	// cases (DEIDENTIFY_KEY_FILE), keyer its pseudonyms; empty and nil
+	// without them.
+	keyFile string
+	keyer   *deident.Keyer
 
 	// stowline is the binary the stowline cases run; source says what it
 	// was built from.
@@ -122,6 +129,12 @@ func setupPipeline(b *testing.B) *pipeline {
 	if len(set.Sink) > 0 {
 		p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
 	}
+	if len(set.Sink) == 0 && len(set.Deidentify) > 0 {
+		p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
+	}
+	if len(set.Deidentify) > 0 {
+		p.keyFile, p.keyer = writeDeidentifyKey(b, p.tmp)
+	}
 	if len(set.TwoSinks) > 0 {
 		if p.sink == nil {
 			p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
@@ -155,7 +168,7 @@ func (p *pipeline) loadStudy(b *testing.B) {
 	b.Helper()
 	start := time.Now()
 	files, err := dicomgen.WriteStudy(filepath.Join(p.tmp, "study"), dicomgen.StudySpec{
-		PatientID: "BENCH-PIPELINE", PatientName: "Synthetic^Bench",
+		PatientID: benchPatientID, PatientName: benchPatientName,
 		Series: p.set.Series, InstancesPerSeries: p.set.PerSeries, Rows: p.set.Rows, Columns: p.set.Cols,
 	})
 	if err != nil {

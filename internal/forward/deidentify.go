@@ -24,7 +24,7 @@ func Deidentified(next Destination, d *deident.Deidentifier, o DeidentifyOptions
 	x := &deidentified{next: next, d: d, setting: o.Setting, exact: o.ExactLength}
 	x.copies = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_deidentified_total",
-		Help:        "Instances read through the de-identifying rewrite (STOW_DEIDENTIFY=basic), by result: written, burned_in (kept out), refused (unreadable).",
+		Help:        "Instances rewritten for a destination with STOW_DEIDENTIFY=basic, once per copy sent, by result: written, burned_in (kept out), refused (unreadable).",
 		ConstLabels: prometheus.Labels{"destination": o.DestinationName},
 	}, []string{"result"})
 	if o.Registerer != nil {
@@ -78,10 +78,10 @@ func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicom
 	for i, p := range parts {
 		uid := k.UID(p.SOPInstanceUID)
 		back[uid] = p.SOPInstanceUID
-		out[i] = dicomweb.Part{SOPInstanceUID: uid, Size: -1, Open: x.open(p)}
+		out[i] = dicomweb.Part{SOPInstanceUID: uid, Size: -1, Open: x.open(p, false)}
 		switch {
 		case x.exact:
-			n, err := x.measure(ctx, out[i])
+			n, err := x.measure(ctx, x.open(p, true))
 			if err != nil {
 				return nil, err
 			}
@@ -101,20 +101,25 @@ func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicom
 	return res, err
 }
 
-func (x *deidentified) open(p dicomweb.Part) func(context.Context) (io.ReadCloser, error) {
+// open opens p through the rewrite. A measuring copy (ExactLength) is
+// not counted as written: the copy sent after it is, so that each copy
+// sent counts once. A refusal counts either way, since the instance is
+// not sent after it.
+func (x *deidentified) open(p dicomweb.Part, measuring bool) func(context.Context) (io.ReadCloser, error) {
 	return func(ctx context.Context) (io.ReadCloser, error) {
 		rc, err := p.Open(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return &refusingReader{ReadCloser: x.d.Reader(rc), uid: p.SOPInstanceUID, setting: x.setting, copies: x.copies}, nil
+		return &refusingReader{ReadCloser: x.d.Reader(rc), uid: p.SOPInstanceUID, setting: x.setting, copies: x.copies,
+			measuring: measuring}, nil
 	}
 }
 
-// measure writes the copy once and counts it: the rewrite is
+// measure writes the copy once to count its bytes: the rewrite is
 // deterministic, so the copy sent next has that size.
-func (x *deidentified) measure(ctx context.Context, p dicomweb.Part) (int64, error) {
-	rc, err := p.Open(ctx)
+func (x *deidentified) measure(ctx context.Context, open func(context.Context) (io.ReadCloser, error)) (int64, error) {
+	rc, err := open(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -133,14 +138,17 @@ type refusingReader struct {
 	io.ReadCloser
 	uid, setting string
 	copies       *prometheus.CounterVec
-	counted      bool
+	// measuring: the copy only measures the length (see open).
+	measuring, counted bool
 }
 
 func (r *refusingReader) Read(b []byte) (int, error) {
 	n, err := r.ReadCloser.Read(b)
 	if err == io.EOF && !r.counted {
 		r.counted = true
-		r.copies.WithLabelValues("written").Inc()
+		if !r.measuring {
+			r.copies.WithLabelValues("written").Inc()
+		}
 	}
 	if err != nil && err != io.EOF && refusal(err) {
 		what, result := "could not be de-identified", "refused"

@@ -120,6 +120,60 @@ func TestDeidentifiedDestination(t *testing.T) {
 	}
 }
 
+// TestDeidentifiedCountsEachCopyOnce: stowline_forwarder_deidentified_total
+// counts each instance of a delivery once, also for a destination that
+// needs every length before the request (ExactLength), where each copy
+// is written once to measure it and again as it is sent.
+func TestDeidentifiedCountsEachCopyOnce(t *testing.T) {
+	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := deident.New(k, deident.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	instance := func(uid, modality string) dicomweb.Part {
+		var b bytes.Buffer
+		if err := dicomgen.WriteInstance(&b, dicomgen.InstanceSpec{StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.0",
+			SOPInstanceUID: uid, Modality: modality, Rows: 8, Columns: 8}); err != nil {
+			t.Fatal(err)
+		}
+		return filePart(uid, b.Bytes())
+	}
+	good := []dicomweb.Part{instance("1.2.3.1", "CT"), instance("1.2.3.2", "CT"), instance("1.2.3.3", "CT")}
+	for _, tc := range []struct {
+		name  string
+		exact bool
+		parts []dicomweb.Part
+		want  map[string]float64
+	}{
+		{"streamed", false, good, map[string]float64{"written": 3}},
+		{"exact length", true, good, map[string]float64{"written": 3}},
+		// A secondary capture is refused while it is measured: counted
+		// once, and nothing is sent.
+		{"exact length, burned in", true, []dicomweb.Part{instance("1.2.3.7", "OT")}, map[string]float64{"burned_in": 1}},
+		{"exact length, not DICOM", true, []dicomweb.Part{filePart("1.2.3.9", []byte("not DICOM at all"))}, map[string]float64{"refused": 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dst, err := Deidentified(&readingDestination{got: map[string][]byte{}}, d,
+				DeidentifyOptions{Setting: "X", ExactLength: tc.exact, DestinationName: "ai", Registerer: prometheus.NewRegistry()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = dst.Store(t.Context(), tc.parts)
+			if want := tc.want["written"] > 0; (err == nil) != want {
+				t.Fatalf("Store: %v", err)
+			}
+			for _, result := range []string{"written", "burned_in", "refused"} {
+				if got := testutil.ToFloat64(dst.(*deidentified).copies.WithLabelValues(result)); got != tc.want[result] {
+					t.Errorf("stowline_forwarder_deidentified_total{result=%q} = %v, want %v", result, got, tc.want[result])
+				}
+			}
+		})
+	}
+}
+
 // sizeCheckingDestination checks that every part's Size is the length of
 // what it opens to.
 type sizeCheckingDestination struct {

@@ -75,6 +75,13 @@ func (s *Sink) Distinct() int {
 	return len(s.seen)
 }
 
+// Holds reports whether the sink has stored the SOP instance uid.
+func (s *Sink) Holds(uid string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen[uid] > 0
+}
+
 // Reset forgets everything stored (between benchmark rounds).
 func (s *Sink) Reset() {
 	s.mu.Lock()
