@@ -125,7 +125,7 @@ func (ids *identifiers) collect(els []*element, kept func(Tag, string) bool) {
 		if kind == 0 && el.knownVR() == "PN" {
 			kind = idName
 		}
-		if kind == 0 || el.tag.Private() || kept(el.tag, el.vr) {
+		if kind == 0 || el.tag.Private() || kept(el.tag, el.knownVR()) {
 			continue
 		}
 		for v := range bytes.SplitSeq(el.value, []byte(`\`)) {

@@ -208,3 +208,50 @@ func TestRewriteHoldsLargeValues(t *testing.T) {
 		})
 	}
 }
+
+// TestRewriteRemovesURLs: Retrieve URL and its kin carry the original
+// UIDs and are removed, at any depth; another URL the copy keeps is
+// scrubbed as text.
+func TestRewriteRemovesURLs(t *testing.T) {
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(0x00081190, "UR", "https://pacs.example/studies/1.2.3.9"),
+		seq(0x00081115, item(str(0x00081190, "UR", "https://pacs.example/studies/1.2.3.9/series/1.2.3.9.2"),
+			str(0x0020000E, "UI", "1.2.3.9.2"))),
+		str(tagPatientName, "PN", "Roe^Richard"),
+		str(tagPatientID, "LO", "PAT-1"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.9"),
+		str(tagSeriesInstanceUID, "UI", "1.2.3.9.2"),
+		str(0x00301000, "UR", "https://viewer.example/?patient=PAT-1"), // a URL the table does not list, kept
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+	d := newTestDeidentifier(t, Options{})
+	var out bytes.Buffer
+	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatalf("Rewrite: %v", err)
+	}
+	if bytes.Contains(out.Bytes(), []byte("pacs.example")) || bytes.Contains(out.Bytes(), []byte("PAT-1")) {
+		t.Errorf("the copy holds a Retrieve URL or the Patient ID in a URL")
+	}
+	if u := find(parseFile(t, out.Bytes()).elements, 0x00301000); u == nil || trimValue(u.value) != "https://viewer.example/?patient=" {
+		t.Errorf("(0030,1000) UR %v, want kept and scrubbed", u)
+	}
+}
+
+// TestRewriteRefusesBurnedInBeforeWriting: an instance refused for
+// Burned In Annotation YES leaves nothing written.
+func TestRewriteRefusesBurnedInBeforeWriting(t *testing.T) {
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(tagPatientID, "LO", "PAT-1"),
+		str(tagBurnedIn, "CS", "YES"),
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+	var out bytes.Buffer
+	_, err := newTestDeidentifier(t, Options{}).Rewrite(&out, bytes.NewReader(in))
+	if !errors.Is(err, ErrBurnedIn) || out.Len() != 0 {
+		t.Errorf("Rewrite: %v, %d bytes written; want ErrBurnedIn and none", err, out.Len())
+	}
+}
