@@ -240,12 +240,14 @@ func TestRewriteRemovesURLs(t *testing.T) {
 }
 
 // TestRewriteRefusesBurnedInBeforeWriting: an instance refused for
-// Burned In Annotation YES leaves nothing written.
+// Burned In Annotation YES leaves nothing written, even when what comes
+// before it is more than the output buffer holds.
 func TestRewriteRefusesBurnedInBeforeWriting(t *testing.T) {
 	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
 		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
 		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
 		str(tagPatientID, "LO", "PAT-1"),
+		{tag: 0x00189FF0, vr: "OB", value: make([]byte, 100<<10)}, // unknown to the table: kept
 		str(tagBurnedIn, "CS", "YES"),
 		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
 	})
