@@ -5,8 +5,9 @@
 //
 // The rewrite streams: a Part-10 file in Explicit or Implicit VR Little
 // Endian (native or encapsulated pixel data) is read once, element by
-// element; sequences are read into memory (bounded), large values such
-// as Pixel Data are copied through. Other encodings (Explicit VR Big
+// element; everything before Pixel Data is held in memory (bounded) until
+// the instance's identifying values are known, Pixel Data and other bulk
+// binary values are copied through. Other encodings (Explicit VR Big
 // Endian, Deflated) are refused with ErrUnsupportedSyntax: the forwarder
 // has Orthanc convert them first.
 package deident
