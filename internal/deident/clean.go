@@ -348,7 +348,19 @@ func dictionaryVR(tag Tag, vr string) string {
 	if v, ok := dictVR[tag]; ok {
 		return v
 	}
+	if v, ok := newerVR[tag]; ok {
+		return v
+	}
 	return vr
+}
+
+// newerVR are text attributes of the profile's tables newer than the
+// dictionary (PS3.6 after 2022b).
+var newerVR = map[Tag]string{
+	0x003A0329: "ST", // Waveform Filter Description
+	0x003A032B: "ST", // Filter Lookup Table Description
+	0x30020121: "LO", // Position Acquisition Template Name
+	0x30020123: "LT", // Position Acquisition Template Description
 }
 
 // scrubbable reports whether a kept value is text to scrub. Its VR says

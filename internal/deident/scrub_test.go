@@ -257,3 +257,23 @@ func TestRewriteRefusesBurnedInBeforeWriting(t *testing.T) {
 		t.Errorf("Rewrite: %v, %d bytes written; want ErrBurnedIn and none", err, out.Len())
 	}
 }
+
+// TestCleanDescriptorsHaveVR: every attribute the Clean Descriptors
+// option keeps has a VR in an Implicit VR data set (dictionary or
+// newerVR), so its text is scrubbed there too; the sequences among them
+// are found by their items.
+func TestCleanDescriptorsHaveVR(t *testing.T) {
+	sequences := map[Tag]bool{0x00081084: true, 0x00321067: true, 0x00400275: true, 0x0040100A: true, 0x30100081: true}
+	for _, tag := range cleanDescriptors {
+		vr := dictionaryVR(tag, "")
+		switch {
+		case sequences[tag]:
+			if vr != "" {
+				t.Errorf("%s: VR %q, want a sequence", tag, vr)
+			}
+		case tag == 0x04000565 && vr == "CS": // Reason for the Attribute Modification: a defined term
+		case !textVR(vr):
+			t.Errorf("%s: VR %q in Implicit VR, want a text VR", tag, vr)
+		}
+	}
+}
