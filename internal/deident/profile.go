@@ -202,8 +202,13 @@ func newProfile(o Options) (*profile, error) {
 		}
 	}
 	if o.CleanDescriptors {
-		// Kept: the scrub of every kept text value is the cleaning.
+		// Kept: the scrub of every kept text value is the cleaning. Maker
+		// Note and Device Setting Description are OB (EXIF bytes): binary
+		// cannot be cleaned, so they stay removed.
 		for _, t := range cleanDescriptors {
+			if dictionaryVR(t, "") == "OB" {
+				continue
+			}
 			p.actions[t] = actKeep
 		}
 	}

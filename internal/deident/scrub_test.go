@@ -272,8 +272,15 @@ func TestCleanDescriptorsHaveVR(t *testing.T) {
 				t.Errorf("%s: VR %q, want a sequence", tag, vr)
 			}
 		case tag == 0x04000565 && vr == "CS": // Reason for the Attribute Modification: a defined term
+		case vr == "OB": // Maker Note, Device Setting Description: removed, see below
 		case !textVR(vr):
 			t.Errorf("%s: VR %q in Implicit VR, want a text VR", tag, vr)
+		}
+	}
+	d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+	for _, tag := range []Tag{0x0016002B, 0x0016004B} {
+		if a := d.p.action(tag, "OB"); a != actRemove {
+			t.Errorf("%s (OB) with clean-descriptors: action %d, want removed (binary cannot be cleaned)", tag, a)
 		}
 	}
 }
