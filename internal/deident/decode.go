@@ -62,7 +62,9 @@ type decoder struct {
 	r    *bufio.Reader
 	pos  int64
 	held int64 // bytes held in memory since the last reset
-	buf  [8]byte
+	// limit replaces maxHeld when set (tests).
+	limit int64
+	buf   [8]byte
 }
 
 func (d *decoder) full(b []byte) error {
@@ -123,8 +125,12 @@ func (d *decoder) value(tag Tag, n uint32) ([]byte, error) {
 	if n == undefinedLength {
 		return nil, fmt.Errorf("%w: element %s at byte %d has undefined length", ErrMalformed, tag, d.pos)
 	}
-	if d.held+int64(n) > maxHeld {
-		return nil, fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory (limit %d)", ErrTooLarge, tag, d.pos, n, maxHeld)
+	limit := int64(maxHeld)
+	if d.limit > 0 {
+		limit = d.limit
+	}
+	if d.held+int64(n) > limit {
+		return nil, fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory (limit %d)", ErrTooLarge, tag, d.pos, n, limit)
 	}
 	d.held += int64(n)
 	if n <= 64<<10 {

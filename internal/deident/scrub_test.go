@@ -1,6 +1,7 @@
 package deident
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"strings"
@@ -282,5 +283,34 @@ func TestCleanDescriptorsHaveVR(t *testing.T) {
 		if a := d.p.action(tag, "OB"); a != actRemove {
 			t.Errorf("%s (OB) with clean-descriptors: action %d, want removed (binary cannot be cleaned)", tag, a)
 		}
+	}
+}
+
+// TestRewriteHeaderOverHoldFailsClosed: a data set whose part before
+// Pixel Data is larger than the hold is refused (ErrTooLarge), not
+// written before its identifying values are known. The hold is 64 MiB;
+// the test lowers it to 1 MiB.
+func TestRewriteHeaderOverHoldFailsClosed(t *testing.T) {
+	lut := bytes.Repeat([]byte{1, 2}, 256<<10) // 512 KiB
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(0x00081030, "LO", "CT for Welby"),
+		str(tagPatientID, "LO", "PAT-1"),
+		{tag: 0x00281201, vr: "OW", value: lut},
+		{tag: 0x00281202, vr: "OW", value: lut},
+		{tag: 0x00281203, vr: "OW", value: lut},
+		str(0x00321032, "PN", "Welby^Marcus"),
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+	d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+	var out bytes.Buffer
+	rw := &rewrite{d: d, dec: &decoder{r: bufio.NewReader(bytes.NewReader(in)), limit: 1 << 20}, w: bufio.NewWriter(&out)}
+	err := rw.run()
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "before Pixel Data") {
+		t.Fatalf("run: %v, want ErrTooLarge naming the hold before Pixel Data", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("%d bytes written before the refusal", out.Len())
 	}
 }
