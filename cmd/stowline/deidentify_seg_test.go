@@ -55,7 +55,9 @@ func readCTImage(t *testing.T, path string) ctImage {
 // Structurally plausible, not a validated SEG. It also carries the
 // patient's identity where the profile's table does not look: free text,
 // an attribute the profile keeps, a private creator block with a private
-// sequence. It returns the file and its SOP Instance UID.
+// sequence. Its Other Patient IDs (4147) and Birth Name (Sion) are parts
+// of a code value (4147007) and of the Segment Label (lesion), which must
+// arrive as they are. It returns the file and its SOP Instance UID.
 func segmentation(t *testing.T, studyUID, patientID, patientName string, images []ctImage) (path, uid string) {
 	t.Helper()
 	uid = studyUID + ".66.1"
@@ -139,6 +141,8 @@ func segmentation(t *testing.T, studyUID, patientID, patientName string, images 
 (0010,0010) PN [%[8]s]
 (0010,0020) LO [%[4]s]
 (0010,0030) DA [19700314]
+(0010,1000) LO [4147]
+(0010,1005) PN [Sion]
 (0018,1020) LO [v1 %[4]s]
 (0020,000d) UI [%[9]s]
 (0020,000e) UI [%[2]s.1]
@@ -249,6 +253,23 @@ func checkSegmentation(t *testing.T, d *siteDest, k *deident.Keyer, segUID strin
 			}
 		}
 	})
+	// Codes and the Segment Label arrive as they are, although the
+	// patient's Other Patient IDs and Birth Name are parts of them.
+	segment := firstItem(seg["SegmentSequence"])
+	for _, c := range []struct {
+		path  string
+		got   any
+		value string
+	}{
+		{"SegmentLabel", segment["SegmentLabel"], "lesion"},
+		{"SegmentedPropertyCategoryCodeSequence.CodeValue", firstItem(segment["SegmentedPropertyCategoryCodeSequence"])["CodeValue"], "49755003"},
+		{"SegmentedPropertyTypeCodeSequence.CodeValue", firstItem(segment["SegmentedPropertyTypeCodeSequence"])["CodeValue"], "4147007"},
+		{"SegmentedPropertyTypeCodeSequence.CodingSchemeDesignator", firstItem(segment["SegmentedPropertyTypeCodeSequence"])["CodingSchemeDesignator"], "SCT"},
+	} {
+		if s, _ := c.got.(string); strings.TrimSpace(s) != c.value {
+			t.Errorf("%s: the SEG's SegmentSequence.%s = %#v, want %q", d.name, c.path, c.got, c.value)
+		}
+	}
 	// Referenced Instance Sequence and Source Image Sequence: two each a image.
 	if referenced != 2*len(images) {
 		t.Errorf("%s: the SEG holds %d references, want %d", d.name, referenced, 2*len(images))
@@ -259,6 +280,16 @@ func checkSegmentation(t *testing.T, d *siteDest, k *deident.Keyer, segUID strin
 			t.Errorf("%s: the SEG's file holds %q", d.name, p)
 		}
 	}
+}
+
+// firstItem is the first item of a simplified sequence, nil if none.
+func firstItem(v any) map[string]any {
+	items, _ := v.([]any)
+	if len(items) == 0 {
+		return nil
+	}
+	m, _ := items[0].(map[string]any)
+	return m
 }
 
 // orthancFile reads an instance's file from Orthanc.

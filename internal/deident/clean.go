@@ -42,6 +42,15 @@ var identifyingAttrs = map[Tag]idKind{
 	0x00401001: idWhole, // Requested Procedure ID
 	0x00402016: idWhole, // Placer Order Number / Imaging Service Request
 	0x00402017: idWhole, // Filler Order Number / Imaging Service Request
+	0x00200010: idWhole, // Study ID
+	0x00400009: idWhole, // Scheduled Procedure Step ID
+	0x00400253: idWhole, // Performed Procedure Step ID
+	0x00380060: idWhole, // Service Episode ID
+	0x00380300: idWhole, // Current Patient Location
+	0x00102155: idWhole, // Patient's Telecom Information
+	0x00401102: idWhole, // Person's Address
+	0x00401103: idWhole, // Person's Telephone Numbers
+	0x00401104: idWhole, // Person's Telecom Information
 	0x00080090: idName,  // Referring Physician's Name
 	0x0008009C: idName,  // Consulting Physician's Name
 	0x00081048: idName,  // Physician(s) of Record
@@ -66,14 +75,39 @@ var identifyingAttrs = map[Tag]idKind{
 // would strip that letter from every kept text.
 const minNeedle = 2
 
+// maxScrub bounds a text value held to be scrubbed: the scrub copies it
+// (and a folded copy), so memory per rewrite stays bounded. A kept text
+// value larger than this fails the instance (ErrTooLarge).
+const maxScrub = 4 << 20
+
+// codedEntry reports whether t is an attribute of a coded entry that is
+// never scrubbed: codes are matched by machines, and a Patient ID of
+// digits must not be cut out of a SNOMED code. Code Meaning (0008,0104),
+// which people write, is scrubbed.
+func codedEntry(t Tag) bool {
+	switch t {
+	case 0x00080100, // Code Value
+		0x00080102, // Coding Scheme Designator
+		0x00080103, // Coding Scheme Version
+		0x0008010F, // Context Identifier
+		0x00080119, // Long Code Value
+		0x00080120: // URN Code Value
+		return true
+	}
+	return false
+}
+
 // identifiers are the byte strings removed from kept text, as the file
 // encodes them (its Specific Character Set), ASCII letters folded to
 // lower case, longest first so a whole name goes before its components.
 type identifiers struct {
 	needles [][]byte
 	seen    map[string]bool
-	sorted  bool   // needles are longest first
-	lower   []byte // scratch: the value being searched, folded
+	sorted  bool // needles are in order, first is built
+	// The needles are sorted by first byte, then longest first: those
+	// that start with byte c are needles[first[c]:first[c+1]].
+	first [257]int32
+	lower []byte // scratch: the value being searched, folded
 }
 
 // collect adds the identifying values of els, at every depth, except
@@ -88,10 +122,10 @@ func (ids *identifiers) collect(els []*element, kept func(Tag, string) bool) {
 			continue
 		}
 		kind := identifyingAttrs[el.tag]
-		if kind == 0 && el.vr == "PN" {
+		if kind == 0 && el.knownVR() == "PN" {
 			kind = idName
 		}
-		if kind == 0 || el.tag.Private() || kept(el.tag, el.vr) {
+		if kind == 0 || el.tag.Private() || kept(el.tag, el.knownVR()) {
 			continue
 		}
 		for v := range bytes.SplitSeq(el.value, []byte(`\`)) {
@@ -107,8 +141,14 @@ func (ids *identifiers) add(kind idKind, v []byte) {
 		ids.addNeedle(v)
 		for group := range bytes.SplitSeq(v, []byte("=")) {
 			ids.addNeedle(group)
+			i := 0
 			for c := range bytes.SplitSeq(group, []byte("^")) {
-				ids.addNeedle(c)
+				// Family, given and middle names; not the prefix and
+				// suffix (Mr, Dr, Jr, III), common words of any text.
+				if i < 3 {
+					ids.addNeedle(c)
+				}
+				i++
 			}
 		}
 	case idDate:
@@ -155,38 +195,94 @@ func (ids *identifiers) insert(v []byte) {
 
 // scrub returns v without any identifying value (case-insensitive for
 // ASCII letters), and whether it changed. v itself is not modified.
+//
+// A match must stand as a word: where the value starts or ends with an
+// ASCII letter or digit, the byte before (after) the match must not be
+// one, nor a byte of another character set (0x80-0xFF), so a name "Me"
+// does not cut "SIEMENS" and an ID "3037" does not cut "123037004".
+// Values that start or end with a byte of another character set (a CJK
+// or Cyrillic name, an ISO 2022 escape) are matched anywhere there:
+// such text is often written without spaces. One pass, longest needle
+// first at each position, into a new buffer: linear in the value for a
+// given set of needles. Only trailing spaces and NULs (padding) are
+// trimmed from a changed value: leading spaces of ST, LT, UT are text.
 func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
 	if len(ids.needles) == 0 || len(v) < minNeedle {
 		return v, false
 	}
-	if !ids.sorted {
-		slices.SortStableFunc(ids.needles, func(a, b []byte) int { return len(b) - len(a) })
-		ids.sorted = true
-	}
-	ids.lower = foldASCII(ids.lower[:0], v)
-	changed := false
-	for again := true; again; {
-		again = false
-		for _, n := range ids.needles {
-			for {
-				i := bytes.Index(ids.lower, n)
-				if i < 0 {
-					break
-				}
-				if !changed {
-					v, changed = slices.Clone(v), true
-				}
-				v = slices.Delete(v, i, i+len(n))
-				ids.lower = slices.Delete(ids.lower, i, i+len(n))
-				again = true // a removal may join two halves of another match
-			}
+	ids.index()
+	low := foldASCII(ids.lower[:0], v)
+	ids.lower = low
+	var out []byte
+	copied := 0 // v[copied:i] is not yet in out
+	for i := 0; i < len(low); {
+		c := low[i]
+		cands := ids.needles[ids.first[c]:ids.first[int(c)+1]]
+		if len(cands) == 0 || (alnum(c) && i > 0 && wordByte(low[i-1])) {
+			i++
+			continue
 		}
+		m := 0
+		for _, n := range cands {
+			end := i + len(n)
+			if end > len(low) || !bytes.Equal(low[i:end], n) {
+				continue
+			}
+			if end < len(low) && alnum(n[len(n)-1]) && wordByte(low[end]) {
+				continue
+			}
+			m = len(n)
+			break
+		}
+		if m == 0 {
+			i++
+			continue
+		}
+		if out == nil {
+			out = make([]byte, 0, len(v))
+		}
+		out = append(out, v[copied:i]...)
+		i += m
+		copied = i
 	}
-	if changed {
-		v = bytes.Trim(v, "\x00 ")
+	if out == nil {
+		return v, false
 	}
-	return v, changed
+	out = append(out, v[copied:]...)
+	return bytes.TrimRight(out, "\x00 "), true
 }
+
+// index sorts the needles by first byte, longest first, and records
+// where each first byte's needles start.
+func (ids *identifiers) index() {
+	if ids.sorted {
+		return
+	}
+	slices.SortFunc(ids.needles, func(a, b []byte) int {
+		if a[0] != b[0] {
+			return int(a[0]) - int(b[0])
+		}
+		if len(a) != len(b) {
+			return len(b) - len(a)
+		}
+		return bytes.Compare(a, b)
+	})
+	k := 0
+	for c := range 257 {
+		for k < len(ids.needles) && int(ids.needles[k][0]) < c {
+			k++
+		}
+		ids.first[c] = int32(k)
+	}
+	ids.sorted = true
+}
+
+// alnum: an ASCII letter (folded) or digit.
+func alnum(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+// wordByte: a byte that continues a word next to an ASCII needle: an
+// ASCII letter or digit, or a byte of another character set.
+func wordByte(c byte) bool { return alnum(c) || c >= 0x80 }
 
 // foldASCII appends v to dst with A-Z as a-z. Other bytes (other
 // character sets) are compared as they are.
@@ -218,40 +314,92 @@ func stripEscapes(v []byte) []byte {
 	return out
 }
 
-// textVR: the VRs whose values are scrubbed.
+// textVR: the VRs whose values are scrubbed. UR: a URL the copy keeps
+// may hold a name or an ID in its path or query.
 func textVR(vr string) bool {
 	switch vr {
-	case "LO", "SH", "ST", "LT", "UT", "UC", "PN":
+	case "LO", "SH", "ST", "LT", "UT", "UC", "PN", "UR":
 		return true
 	}
 	return false
 }
 
-// scrubbable reports whether a kept value is text to scrub. Its VR says
-// so in an explicit data set. A value of unknown VR (Implicit VR, or UN)
-// is scrubbed when every byte is text (printable, high-bit, ESC, CR, LF,
-// FF, TAB) and one of them is outside what UIDs, numbers, dates, times
-// and code strings are written with: a numeric Patient ID must not be
-// cut out of a UID or a Slice Location. Groups that hold binary image
-// data are left alone.
-func scrubbable(el *element) bool {
+// knownVR is the element's VR: as the file says it, or, in Implicit VR
+// and for values of VR UN, as the data dictionary (dictvr.go, and the
+// profile's date and time attributes) knows it; "" when no one says.
+func (el *element) knownVR() string {
 	if el.vr != "" && el.vr != "UN" {
-		return textVR(el.vr)
+		return el.vr
+	}
+	return dictionaryVR(el.tag, el.vr)
+}
+
+// dictionaryVR is the VR of tag where the file does not say (vr "" or UN).
+func dictionaryVR(tag Tag, vr string) string {
+	if vr != "" && vr != "UN" {
+		return vr
+	}
+	if tag.Private() {
+		return vr
+	}
+	if v, ok := temporalVR[tag]; ok {
+		return v
+	}
+	if v, ok := dictVR[tag]; ok {
+		return v
+	}
+	if v, ok := newerVR[tag]; ok {
+		return v
+	}
+	return vr
+}
+
+// newerVR are text attributes of the profile's tables newer than the
+// dictionary (PS3.6 after 2022b).
+var newerVR = map[Tag]string{
+	0x003A0329: "ST", // Waveform Filter Description
+	0x003A032B: "ST", // Filter Lookup Table Description
+	0x30020121: "LO", // Position Acquisition Template Name
+	0x30020123: "LT", // Position Acquisition Template Description
+}
+
+// scrubbable reports whether a kept value is text to scrub. Its VR says
+// so, as the file or the dictionary gives it. A value whose VR no one
+// knows (a private attribute a destination keeps, an attribute newer
+// than the dictionary, in Implicit VR or VR UN) is scrubbed when every
+// byte is text (printable, high-bit, ESC, CR, LF, FF, TAB) and one of
+// them is outside what UIDs, numbers, dates and times are written with
+// (digits, space, . + - E : \): a numeric Patient ID must not be cut
+// out of a UID or a Slice Location, but an upper-case name must go.
+// Groups that hold binary image data are left alone.
+func scrubbable(el *element) bool {
+	if vr := el.knownVR(); vr != "" && vr != "UN" {
+		return textVR(vr)
 	}
 	switch g := el.tag.Group(); {
 	case g == 0x0028, g == 0x7FE0, g&0xFF00 == 0x6000, g&0xFF00 == 0x5000, g == 0x5400:
 		return false
 	}
-	free := false
-	for _, c := range bytes.TrimSuffix(el.value, []byte{0}) { // UIDs are padded with NUL, some writers pad text so
-		switch {
-		case c == 0x7F, c < 0x20 && c != 0x1B && c != '\r' && c != '\n' && c != '\f' && c != '\t':
-			return false
-		case !free:
-			free = !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || strings.IndexByte(` _.+-:\`, c) >= 0)
+	if !textBytes(bytes.TrimSuffix(el.value, []byte{0})) { // UIDs are padded with NUL, some writers pad text so
+		return false
+	}
+	for _, c := range el.value {
+		if !(c >= '0' && c <= '9' || c == 0 || strings.IndexByte(` .+-Ee:\`, c) >= 0) {
+			return true
 		}
 	}
-	return free
+	return false
+}
+
+// textBytes reports whether every byte of b is text in some character
+// set: printable, high-bit, ESC, CR, LF, FF, TAB.
+func textBytes(b []byte) bool {
+	for _, c := range b {
+		if c == 0x7F || c < 0x20 && c != 0x1B && c != '\r' && c != '\n' && c != '\f' && c != '\t' {
+			return false
+		}
+	}
+	return true
 }
 
 // methodCodes is the De-identification Method Code Sequence

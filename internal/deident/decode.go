@@ -19,8 +19,10 @@ var (
 	ErrUnsupportedSyntax = errors.New("transfer syntax not supported by the de-identifier")
 	// ErrMalformed: the data set breaks the encoding rules or ends early.
 	ErrMalformed = errors.New("malformed DICOM data set")
-	// ErrTooLarge: a sequence or header is larger than the rewrite holds
-	// in memory.
+	// ErrTooLarge: a sequence, a kept text value (over maxScrub) or the
+	// data set before Pixel Data (over maxHeld) is larger than the rewrite
+	// holds in memory. The instance is refused rather than sent with text
+	// that could not be scrubbed.
 	ErrTooLarge = errors.New("DICOM data set too large to de-identify")
 	// ErrBurnedIn: the instance may show identifying text in its pixels
 	// (Burned In Annotation YES, or a SOP class that commonly does), and
@@ -30,12 +32,15 @@ var (
 
 const (
 	undefinedLength = 0xFFFFFFFF
-	// streamThreshold: top-level values larger than this are copied
-	// through, never held in memory.
+	// streamThreshold: top-level values larger than this may be copied
+	// through, never held in memory: binary values in the bulk groups
+	// (5400 and up: Waveform Data, Overlays, Pixel Data) or after Pixel
+	// Data (rewrite.streams); values the profile removes are skipped.
 	streamThreshold = 64 << 10
 	// maxHeld bounds what one top-level element (with its sequences),
 	// or the elements before Pixel Data (held until the identifying
-	// values are known), may hold in memory.
+	// values are known), may hold in memory; beyond it the instance is
+	// refused (ErrTooLarge).
 	maxHeld = 64 << 20
 	// maxDepth bounds sequence nesting.
 	maxDepth = 32
@@ -57,7 +62,9 @@ type decoder struct {
 	r    *bufio.Reader
 	pos  int64
 	held int64 // bytes held in memory since the last reset
-	buf  [8]byte
+	// limit replaces maxHeld when set (tests).
+	limit int64
+	buf   [8]byte
 }
 
 func (d *decoder) full(b []byte) error {
@@ -118,8 +125,12 @@ func (d *decoder) value(tag Tag, n uint32) ([]byte, error) {
 	if n == undefinedLength {
 		return nil, fmt.Errorf("%w: element %s at byte %d has undefined length", ErrMalformed, tag, d.pos)
 	}
-	if d.held+int64(n) > maxHeld {
-		return nil, fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory (limit %d)", ErrTooLarge, tag, d.pos, n, maxHeld)
+	limit := int64(maxHeld)
+	if d.limit > 0 {
+		limit = d.limit
+	}
+	if d.held+int64(n) > limit {
+		return nil, fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory (limit %d)", ErrTooLarge, tag, d.pos, n, limit)
 	}
 	d.held += int64(n)
 	if n <= 64<<10 {

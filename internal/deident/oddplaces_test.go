@@ -44,6 +44,7 @@ func foldUpper(s string) []byte {
 // third-party system copied to odd places, in one character set.
 type oddPatient struct {
 	charset string // Specific Character Set
+	desc    string // Study Description before the name; "CT thorax" if empty
 	name    string // Patient's Name, encoded
 	// parts are the name's components as they may appear elsewhere
 	// (encoded), each of which must not arrive.
@@ -62,6 +63,10 @@ var oddPatients = map[string]oddPatient{
 		name:  "Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B",
 		parts: []string{"Yamada", "Tarou", "\x1b$B;3ED\x1b(B", "\x1b$BB@O:\x1b(B", ";3ED", "B@O:"},
 		id:    "JP-0042", other: "JP-OTHER-9", birth: "19811224", physician: "Suzuki^Ichiro"},
+	// All capitals and digits, as many RIS write: in Implicit VR such a
+	// value looks like a code string unless the dictionary says it is text.
+	"upper-case": {charset: "ISO_IR 100", desc: "CT HEAD", name: "ROE^RICHARD", parts: []string{"ROE", "RICHARD"},
+		id: "12345678", other: "87654321", birth: "19700314", physician: "WELBY^MARCUS"},
 	"cyrillic iso_ir 144": {charset: "ISO_IR 144", name: iso8859_5("Иванов^Петр"),
 		parts: []string{iso8859_5("Иванов"), iso8859_5("Петр")},
 		id:    "RU-31337", other: "RU-OLD-7", birth: "19650101", physician: iso8859_5("Сидоров^Олег")},
@@ -75,6 +80,10 @@ var oddPatients = map[string]oddPatient{
 func oddDataset(p oddPatient) []*element {
 	printed := p.birth[6:8] + "." + p.birth[4:6] + "." + p.birth[:4]
 	family := p.parts[0]
+	desc := p.desc
+	if desc == "" {
+		desc = "CT thorax"
+	}
 	return []*element{
 		str(0x00080005, "CS", p.charset),
 		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
@@ -84,7 +93,7 @@ func oddDataset(p oddPatient) []*element {
 		str(0x00080080, "LO", "Saint Elsewhere Clinic"),
 		str(0x00080090, "PN", p.physician),
 		// Descriptors: removed, or cleaned with the option.
-		str(0x00081030, "LO", "CT thorax "+string(foldUpper(family))+" "+p.id),
+		str(0x00081030, "LO", desc+" "+string(foldUpper(family))+" "+p.id),
 		str(0x0008103E, "LO", "axial "+printed),
 		// Referenced Patient Sequence, with the Other Patient IDs
 		// Sequence at depth 2.
@@ -204,8 +213,12 @@ func TestRewriteOddPlaces(t *testing.T) {
 						}
 						return
 					}
-					if desc == nil || trimValue(desc.value) != "CT thorax" {
-						t.Errorf("Study Description %v, want %q (cleaned)", desc, "CT thorax")
+					want := p.desc
+					if want == "" {
+						want = "CT thorax"
+					}
+					if desc == nil || trimValue(desc.value) != want {
+						t.Errorf("Study Description %v, want %q (cleaned)", desc, want)
 					}
 					if c := find(copy.elements, 0x00204000); c == nil || !strings.HasPrefix(string(c.value), "Patient ") {
 						t.Errorf("Image Comments %v, want kept cleaned", c)
@@ -238,8 +251,8 @@ func TestScrub(t *testing.T) {
 		{"IDs P-22 and P-1", "IDs  and"},
 		{"at Saint Elsewhere", "at"},
 		{"olga", ""},
-		{"RoRICHARDe", ""}, // a removal joins the halves of another name
-		{"Jaw J", "Jaw J"}, // one letter is not searched for
+		{"RoRICHARDe", "RoRICHARDe"}, // not a word of its own
+		{"Jaw J", "Jaw J"},           // one letter is not searched for
 		{"descriptions are kept", "descriptions are kept"},
 		{"Kept Department", "Kept Department"}, // the site keeps it
 	} {
@@ -270,8 +283,17 @@ func TestScrubbable(t *testing.T) {
 		{&element{tag: 0x00081030, value: []byte("Roe\x00")}, true}, // padded with NUL
 		{&element{tag: 0x00081030, value: []byte("\x1b$B;3ED\x1b(B")}, true},
 		{&element{tag: 0x001899F0, vr: "UN", value: []byte("PAT-42 born 14.03.1970")}, true},
-		{&element{tag: 0x00181020, value: []byte{'a', 0, 0, 0}}, false}, // binary
-		{&element{tag: 0x00280010, value: []byte("ab")}, false},         // image pixel group
+		{&element{tag: 0x00301020, value: []byte{'a', 0, 0, 0}}, false}, // binary
+		{&element{tag: 0x00300010, value: []byte("ab")}, true},
+		{&element{tag: 0x00289FF0, value: []byte("ab")}, false}, // image pixel group
+		// Implicit VR: the dictionary gives the VR; where it does not,
+		// upper-case words are text to scrub.
+		{&element{tag: 0x00081030, value: []byte("CT HEAD ROE RICHARD 12345678")}, true},
+		{&element{tag: 0x0040A160, value: []byte("ROE RICHARD")}, true},
+		{&element{tag: 0x00301000, value: []byte("ROE RICHARD")}, true},
+		{&element{tag: 0x00301000, value: []byte("1.2.840.10008 -5E+2\\12:30\x00")}, false},
+		{&element{tag: 0x00180015, value: []byte("HEAD")}, false}, // Body Part Examined, CS
+		{&element{tag: 0x00080070, vr: "UN", value: []byte("SIEMENS")}, true},
 	} {
 		if got := scrubbable(tt.el); got != tt.want {
 			t.Errorf("scrubbable(%s %q %q) = %v, want %v", tt.el.tag, tt.el.vr, tt.el.value, got, tt.want)
@@ -319,6 +341,10 @@ func TestRewriteSamplesNamesGone(t *testing.T) {
 		}
 		checked++
 		walk(parseFile(t, out.Bytes()).elements, 0, func(el *element, depth int) {
+			switch el.tag {
+			case 0x00080100, 0x00080102, 0x00080103, 0x0008010F, 0x00080119, 0x00080120:
+				return // a coded entry is never scrubbed
+			}
 			if el.tag == tagPixelData || !scrubbable(el) {
 				// Not text: in Implicit VR a code string such as
 				// PREDECESSOR is not cut for a name component "Pre".

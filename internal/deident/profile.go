@@ -5,8 +5,9 @@
 //
 // The rewrite streams: a Part-10 file in Explicit or Implicit VR Little
 // Endian (native or encapsulated pixel data) is read once, element by
-// element; sequences are read into memory (bounded), large values such
-// as Pixel Data are copied through. Other encodings (Explicit VR Big
+// element; everything before Pixel Data is held in memory (bounded) until
+// the instance's identifying values are known, Pixel Data and other bulk
+// binary values are copied through. Other encodings (Explicit VR Big
 // Endian, Deflated) are refused with ErrUnsupportedSyntax: the forwarder
 // has Orthanc convert them first.
 package deident
@@ -113,6 +114,20 @@ var deviceIdentity = []Tag{
 	0x30100043, // Manufacturer's Device Identifier
 }
 
+// locationURLs are removed although Table E.1-1 does not list them:
+// they point into the sending site's archive and carry the original
+// Study, Series and SOP Instance UIDs (a WADO-RS path), which the scrub
+// does not look for, so a kept URL would link the copy back to the
+// original. A destination that needs one keeps it (Options.Keep). Other
+// URLs (UR) the copy keeps are scrubbed as text.
+var locationURLs = []Tag{
+	0x00081190, // Retrieve URL
+	0x0040E010, // Retrieve URI
+	0x00404073, // Storage URL
+	0x00287FE0, // Pixel Data Provider URL
+	0x0074100A, // Contact URI
+}
+
 // Options selects the profile's options and a destination's own lists.
 type Options struct {
 	// RetainDates: Retain Longitudinal Temporal Information with Modified
@@ -173,6 +188,9 @@ func newProfile(o Options) (*profile, error) {
 	}
 	p.actions[tagPatientID] = actPatientID
 	p.actions[tagPatientName] = actPatientName
+	for _, t := range locationURLs {
+		p.actions[t] = actRemove
+	}
 	if o.RetainPatientCharacteristics {
 		for _, t := range patientCharacteristics {
 			p.actions[t] = actKeep
@@ -184,8 +202,13 @@ func newProfile(o Options) (*profile, error) {
 		}
 	}
 	if o.CleanDescriptors {
-		// Kept: the scrub of every kept text value is the cleaning.
+		// Kept: the scrub of every kept text value is the cleaning. Maker
+		// Note and Device Setting Description are OB (EXIF bytes): binary
+		// cannot be cleaned, so they stay removed.
 		for _, t := range cleanDescriptors {
+			if dictionaryVR(t, "") == "OB" {
+				continue
+			}
 			p.actions[t] = actKeep
 		}
 	}

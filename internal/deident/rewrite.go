@@ -125,6 +125,8 @@ type rewrite struct {
 	// ids are the instance's identifying values, removed from every text
 	// value the copy keeps (clean.go).
 	ids identifiers
+	// err: a value transform could not write (text over maxScrub).
+	err error
 }
 
 func (rw *rewrite) run() error {
@@ -154,38 +156,52 @@ func (rw *rewrite) run() error {
 			return fmt.Errorf("%w: file meta element %s in the data set at byte %d", ErrMalformed, tag, rw.dec.pos)
 		}
 		large := n != undefinedLength && n > streamThreshold && !rw.dec.isSequence(tag, vr, n)
-		if large && rw.d.p.action(tag, vr) == actRemove {
+		var el *element
+		switch a := rw.d.p.action(tag, dictionaryVR(tag, vr)); {
+		case large && a == actRemove:
 			// A large private value (vendors put them in group 0009, before
-			// the Patient ID): dropped without holding it or writing the
-			// start early.
+			// the Patient ID), an overlay: dropped without holding it.
 			if err := rw.copy(-int64(n)); err != nil {
 				return err
 			}
 			continue
-		}
-		// Large values are copied through, except text, which is held to
-		// be scrubbed (within maxHeld).
-		stream := (n == undefinedLength && tag == tagPixelData) || (large && !textVR(vr))
-		// Everything before the first streamed value (Pixel Data) is held:
-		// the identifying values (Patient's Name, in group 0010) must be
-		// known before the descriptors of group 0008 are written.
-		if !flushed && stream {
-			if err := flush(); err != nil {
+		case large && a == actEmpty:
+			// An Encapsulated Document: emptied without holding it.
+			if err := rw.copy(-int64(n)); err != nil {
 				return err
 			}
+			el = &element{tag: tag, vr: vr}
 		}
-		if stream {
-			if err := rw.stream(tag, vr, n); err != nil {
+		if el == nil {
+			stream, err := rw.streams(tag, vr, n, large, flushed)
+			if err != nil {
 				return err
 			}
-			continue
-		}
-		if flushed {
-			rw.dec.held = 0
-		}
-		el, err := rw.dec.readBody(tag, vr, n, rw.explicit, 0)
-		if err != nil {
-			return err
+			// Everything before the first streamed value (Pixel Data) is
+			// held: the identifying values (Patient's Name, in group 0010,
+			// the Requesting Physician in 0032...) must be known before the
+			// descriptors of group 0008 are written.
+			if !flushed && stream {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			if stream {
+				if err := rw.stream(tag, vr, n); err != nil {
+					return err
+				}
+				continue
+			}
+			if flushed {
+				rw.dec.held = 0
+			}
+			el, err = rw.dec.readBody(tag, vr, n, rw.explicit, 0)
+			if err != nil {
+				if errors.Is(err, ErrTooLarge) && !flushed {
+					return fmt.Errorf("%w; the elements before Pixel Data are held whole until the identifying values are known", err)
+				}
+				return err
+			}
 		}
 		if !flushed {
 			pending = append(pending, el)
@@ -204,6 +220,39 @@ func (rw *rewrite) run() error {
 		}
 	}
 	return rw.writeAdds(0xFFFFFFFF)
+}
+
+// streams decides whether a top-level value is copied through, never
+// held: encapsulated Pixel Data, and large values that are not text
+// (by VR, by the dictionary, or, of unknown VR, by their first bytes)
+// in the bulk groups at the end of a data set (Waveform Data 5400,
+// Overlays 60xx, Pixel Data 7FE0) or after Pixel Data. Every other value
+// before Pixel Data is held (within maxHeld) so that no identifying value
+// after it (Requesting Physician, Admission ID, Content Creator's Name)
+// is unknown when text is written.
+func (rw *rewrite) streams(tag Tag, vr string, n uint32, large, flushed bool) (bool, error) {
+	if n == undefinedLength && tag == tagPixelData {
+		return true, nil
+	}
+	if !large {
+		return false, nil
+	}
+	bulk := flushed || tag.Group() >= 0x5400
+	switch known := dictionaryVR(tag, vr); {
+	case textVR(known):
+		return false, nil // held and scrubbed, up to maxScrub
+	case known != "" && known != "UN":
+		return bulk, nil
+	}
+	// Unknown VR: text if it starts as text, held to be scrubbed.
+	head, err := rw.dec.r.Peek(min(int(n), 256))
+	if err != nil {
+		return false, fmt.Errorf("%w: file ends inside %s at byte %d", ErrMalformed, tag, rw.dec.pos)
+	}
+	if textBytes(bytes.TrimSuffix(head, []byte{0})) {
+		return false, nil
+	}
+	return bulk, nil
 }
 
 // readMeta reads the preamble and file meta, or recognises a bare data
@@ -288,6 +337,12 @@ func (rw *rewrite) start(pending []*element) error {
 	if !p.opts.IncludeBurnedIn && burnedInClass(rw.inst.SOPClassUID) {
 		return fmt.Errorf("%w: SOP class %s (Secondary Capture or Ultrasound) commonly does", ErrBurnedIn, rw.inst.SOPClassUID)
 	}
+	// Refused before anything is written.
+	for _, el := range pending {
+		if err := rw.checkBurnedIn(el); err != nil {
+			return err
+		}
+	}
 	longitudinal := "REMOVED"
 	if p.opts.RetainDates {
 		rw.inst.DateShiftDays = rw.d.k.DateShift(rw.patientID)
@@ -370,11 +425,8 @@ func (rw *rewrite) writeAdds(before Tag) error {
 // attributes that sort before it; an added attribute replaces the
 // original of the same tag.
 func (rw *rewrite) writeTop(el *element) error {
-	if el.tag == tagBurnedIn {
-		rw.inst.BurnedInAnnotation = trimValue(el.value)
-		if !rw.d.p.opts.IncludeBurnedIn && strings.EqualFold(rw.inst.BurnedInAnnotation, "YES") {
-			return fmt.Errorf("%w: Burned In Annotation (0028,0301) is YES", ErrBurnedIn)
-		}
+	if err := rw.checkBurnedIn(el); err != nil {
+		return err
 	}
 	if err := rw.writeAdds(el.tag); err != nil {
 		return err
@@ -383,22 +435,31 @@ func (rw *rewrite) writeTop(el *element) error {
 		return nil
 	}
 	out := rw.transform(el, 0)
+	if rw.err != nil {
+		return rw.err
+	}
 	if out == nil {
 		return nil
 	}
 	return writeElement(rw.w, out, rw.explicit)
 }
 
+// checkBurnedIn records Burned In Annotation and refuses YES.
+func (rw *rewrite) checkBurnedIn(el *element) error {
+	if el.tag != tagBurnedIn {
+		return nil
+	}
+	rw.inst.BurnedInAnnotation = trimValue(el.value)
+	if !rw.d.p.opts.IncludeBurnedIn && strings.EqualFold(rw.inst.BurnedInAnnotation, "YES") {
+		return fmt.Errorf("%w: Burned In Annotation (0028,0301) is YES", ErrBurnedIn)
+	}
+	return nil
+}
+
 // transform applies the profile to an element and, for a sequence, to
 // every element of its items (depth: nesting, 0 at the top). nil: removed.
 func (rw *rewrite) transform(el *element, depth int) *element {
-	vr := el.vr
-	if vr == "" || vr == "UN" {
-		if v, ok := temporalVR[el.tag]; ok {
-			vr = v
-		}
-	}
-	a := rw.d.p.action(el.tag, vr)
+	a := rw.d.p.action(el.tag, el.knownVR())
 	switch a {
 	case actRemove:
 		return nil
@@ -430,8 +491,12 @@ func (rw *rewrite) transform(el *element, depth int) *element {
 	out := &element{tag: el.tag, vr: el.vr}
 	switch a {
 	case actKeep:
-		if !scrubbable(el) {
+		if codedEntry(el.tag) || !scrubbable(el) {
 			return el
+		}
+		if len(el.value) > maxScrub {
+			rw.err = fmt.Errorf("%w: %s holds %d bytes of text, more than the %d the scrub holds", ErrTooLarge, el.tag, len(el.value), maxScrub)
+			return nil
 		}
 		v, changed := rw.ids.scrub(el.value)
 		if !changed {

@@ -68,7 +68,8 @@ type deidentified struct {
 
 // deidentMargin bounds what the rewrite adds to an instance: a new file
 // meta, three attributes, longer UIDs and the delimiters of sequences
-// rewritten with undefined length (16 bytes a sequence and item).
+// rewritten with undefined length (16 bytes a sequence and item). The
+// scrub and the removals only shorten it.
 func deidentMargin(size int64) int64 { return size/8 + 16<<10 }
 
 func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {

@@ -1,0 +1,316 @@
+package deident
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// ngIdentifiers are the identifying values of a patient whose name and
+// ID are short: Ng^Me^^Mr, Patient ID 3037.
+func ngIdentifiers() *identifiers {
+	var ids identifiers
+	ids.collect([]*element{
+		str(tagPatientName, "PN", "Ng^Me^^Mr"),
+		str(tagPatientID, "LO", "3037"),
+	}, func(Tag, string) bool { return false })
+	return &ids
+}
+
+// TestScrubWords: a match stands as a word, so short names and IDs do
+// not cut other words and codes; prefixes and suffixes of names are not
+// searched for; leading spaces stay.
+func TestScrubWords(t *testing.T) {
+	ids := ngIdentifiers()
+	for _, tt := range []struct{ in, want string }{
+		{"SIEMENS", "SIEMENS"},
+		{"MR Imaging T2", "MR Imaging T2"},
+		{"Mr Ng", "Mr"},
+		{"123037004", "123037004"},
+		{"ID 3037, seen by ME", "ID , seen by"},
+		{"ng-3037", "-"},
+		{"Ngozi", "Ngozi"},
+		{"  indented NG\x00", "  indented"},
+		{"3037\\1.2.3037", "\\1.2."},
+	} {
+		got, changed := ids.scrub([]byte(tt.in))
+		if string(got) != tt.want || changed != (tt.in != tt.want) {
+			t.Errorf("scrub(%q) = %q, %v; want %q", tt.in, got, changed, tt.want)
+		}
+	}
+}
+
+// TestRewriteKeepsCodes: coded entries (Code Value, Coding Scheme
+// Designator...) arrive as they are, even when they hold an identifying
+// value; Code Meaning is scrubbed.
+func TestRewriteKeepsCodes(t *testing.T) {
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(0x00080070, "LO", "SIEMENS"),
+		seq(0x00089215, item(str(0x00080100, "SH", "123037004"), str(0x00080102, "SH", "SCT"),
+			str(0x00080104, "LO", "Ng tissue"))),
+		seq(0x00400260, item(str(0x00080100, "SH", "3037"), str(0x00080102, "SH", "NG"),
+			str(0x00080104, "LO", "3037"))),
+		str(tagPatientName, "PN", "Ng^Me^^Mr"),
+		str(tagPatientID, "LO", "3037"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.9"),
+		str(tagSeriesInstanceUID, "UI", "1.2.3.9.2"),
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+	d := newTestDeidentifier(t, Options{})
+	var out bytes.Buffer
+	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatalf("Rewrite: %v", err)
+	}
+	dcmdump(t, out.Bytes())
+	copy := parseFile(t, out.Bytes())
+	if m := find(copy.elements, 0x00080070); m == nil || trimValue(m.value) != "SIEMENS" {
+		t.Errorf("Manufacturer %v, want SIEMENS", m)
+	}
+	for _, tt := range []struct {
+		seq                 Tag
+		value, scheme, mean string
+	}{{0x00089215, "123037004", "SCT", " tissue"}, {0x00400260, "3037", "NG", ""}} {
+		s := find(copy.elements, tt.seq)
+		if s == nil || len(s.items) != 1 {
+			t.Fatalf("%s: %v", tt.seq, s)
+		}
+		it := s.items[0]
+		if v := find(it, 0x00080100); v == nil || trimValue(v.value) != tt.value {
+			t.Errorf("%s Code Value %v, want %q", tt.seq, v, tt.value)
+		}
+		if v := find(it, 0x00080102); v == nil || trimValue(v.value) != tt.scheme {
+			t.Errorf("%s Coding Scheme Designator %v, want %q", tt.seq, v, tt.scheme)
+		}
+		if v := find(it, 0x00080104); v == nil || trimValue(v.value) != tt.mean {
+			t.Errorf("%s Code Meaning %v, want %q (scrubbed)", tt.seq, v, tt.mean)
+		}
+	}
+}
+
+// largeText is n bytes of text in which the 2-letter name "Ng" stands as
+// a word every 8 bytes.
+func largeText(n int) []byte {
+	return bytes.Repeat([]byte("abc Ng. "), n/8)
+}
+
+// TestScrubLargeText scrubs 1 MiB of text with a match every 8 bytes: the
+// scrub is one pass (its speed: BenchmarkScrubLargeText).
+func TestScrubLargeText(t *testing.T) {
+	ids := ngIdentifiers()
+	v := largeText(1 << 20)
+	got, changed := ids.scrub(v)
+	want := len(v) - 2*len(v)/8 - 1 // and the trailing space
+	if !changed || len(got) != want || bytes.Contains(got, []byte("Ng")) {
+		t.Errorf("scrub of 1 MiB: changed %v, %d bytes left of %d, want %d", changed, len(got), len(v), want)
+	}
+	if !bytes.HasPrefix(got, []byte("abc . abc . ")) {
+		t.Errorf("scrub of 1 MiB starts %q", got[:16])
+	}
+}
+
+// BenchmarkScrubLargeText: 1 MiB of text, a 2-byte name every 8 bytes.
+//
+//	go test -run '^$' -bench ScrubLargeText ./internal/deident/
+func BenchmarkScrubLargeText(b *testing.B) {
+	ids := ngIdentifiers()
+	v := largeText(1 << 20)
+	b.SetBytes(int64(len(v)))
+	for b.Loop() {
+		ids.scrub(v)
+	}
+}
+
+// TestRewriteHoldsLargeValues: a large value before Pixel Data (a palette
+// lookup table, a long text of unknown VR) does not cause the text before
+// it to be written before the identifying values after it are known, and
+// large text is scrubbed; text beyond what the scrub holds fails closed.
+func TestRewriteHoldsLargeValues(t *testing.T) {
+	lut := bytes.Repeat([]byte{1, 2, 3, 4}, 32<<10) // 128 KiB
+	long := func(s string, n int) string {
+		return strings.Repeat("x", n) + " dictated for WELBY, admission ADM-991 " + s
+	}
+	head := []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(0x00081030, "LO", "CT for Welby"),
+		str(tagPatientName, "PN", "Roe^Richard"),
+		str(tagPatientID, "LO", "PAT-1"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.9"),
+		str(tagSeriesInstanceUID, "UI", "1.2.3.9.2"),
+		str(0x00204000, "LT", "seen by Welby, admission ADM-991, order ORD-77"),
+	}
+	tail := []*element{
+		str(0x00321032, "PN", "Welby^Marcus"), // Requesting Physician
+		str(0x00380010, "LO", "ADM-991"),      // Admission ID
+		str(0x00402016, "LO", "ORD-77"),       // Placer Order Number
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	}
+	secrets := []string{"welby", "adm-991", "ord-77"}
+	for _, tt := range []struct {
+		name     string
+		explicit bool
+		large    []*element // between head and tail
+		wantErr  error
+	}{
+		{"palette LUT before the Requesting Physician/explicit", true,
+			[]*element{{tag: 0x00281201, vr: "OW", value: lut}}, nil},
+		{"palette LUT before the Requesting Physician/implicit", false,
+			[]*element{{tag: 0x00281201, vr: "OW", value: lut}}, nil},
+		{"large Text Value/implicit", false,
+			[]*element{{tag: 0x00281201, vr: "OW", value: lut}}, nil},
+		{"large text of unknown VR/implicit", false,
+			[]*element{str(0x00320040, "", long("", 70<<10))}, nil},
+		{"large text in VR UN/explicit", true,
+			[]*element{str(0x00320040, "UN", long("", 70<<10))}, nil},
+		{"text over the scrub's limit/explicit", true,
+			[]*element{str(0x00320040, "UT", long("", 5<<20))}, ErrTooLarge},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			els := append(append(append([]*element{}, head...), tt.large...), tail...)
+			if strings.HasPrefix(tt.name, "large Text Value") {
+				// (0040,A160) Text Value, after the identifiers it names.
+				els = append(append(append([]*element{}, head...), tail[:3]...),
+					str(0x0040A160, "", long("Roe^Richard", 70<<10)), tail[3])
+			}
+			syntax := syntaxImplicitLE
+			if tt.explicit {
+				syntax = syntaxExplicitLE
+			}
+			in := testFile(t, syntax, tt.explicit, false, true, els)
+			d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+			var out bytes.Buffer
+			_, err := d.Rewrite(&out, bytes.NewReader(in))
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Rewrite: %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Rewrite: %v", err)
+			}
+			folded := foldASCII(nil, out.Bytes())
+			for _, s := range append(secrets, "roe", "richard") {
+				if bytes.Contains(folded, []byte(s)) {
+					t.Errorf("the copy holds %q", s)
+				}
+			}
+			copy := parseFile(t, out.Bytes())
+			if c := find(copy.elements, 0x00204000); c == nil || !strings.HasPrefix(string(c.value), "seen by , admission , order") {
+				t.Errorf("Image Comments %v, want kept and scrubbed", c)
+			}
+			if l := find(copy.elements, 0x00281201); l != nil && !bytes.Equal(l.value, lut) {
+				t.Errorf("palette LUT changed")
+			}
+		})
+	}
+}
+
+// TestRewriteRemovesURLs: Retrieve URL and its kin carry the original
+// UIDs and are removed, at any depth; another URL the copy keeps is
+// scrubbed as text.
+func TestRewriteRemovesURLs(t *testing.T) {
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(0x00081190, "UR", "https://pacs.example/studies/1.2.3.9"),
+		seq(0x00081115, item(str(0x00081190, "UR", "https://pacs.example/studies/1.2.3.9/series/1.2.3.9.2"),
+			str(0x0020000E, "UI", "1.2.3.9.2"))),
+		str(tagPatientName, "PN", "Roe^Richard"),
+		str(tagPatientID, "LO", "PAT-1"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.9"),
+		str(tagSeriesInstanceUID, "UI", "1.2.3.9.2"),
+		str(0x00301000, "UR", "https://viewer.example/?patient=PAT-1"), // a URL the table does not list, kept
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+	d := newTestDeidentifier(t, Options{})
+	var out bytes.Buffer
+	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatalf("Rewrite: %v", err)
+	}
+	if bytes.Contains(out.Bytes(), []byte("pacs.example")) || bytes.Contains(out.Bytes(), []byte("PAT-1")) {
+		t.Errorf("the copy holds a Retrieve URL or the Patient ID in a URL")
+	}
+	if u := find(parseFile(t, out.Bytes()).elements, 0x00301000); u == nil || trimValue(u.value) != "https://viewer.example/?patient=" {
+		t.Errorf("(0030,1000) UR %v, want kept and scrubbed", u)
+	}
+}
+
+// TestRewriteRefusesBurnedInBeforeWriting: an instance refused for
+// Burned In Annotation YES leaves nothing written, even when what comes
+// before it is more than the output buffer holds.
+func TestRewriteRefusesBurnedInBeforeWriting(t *testing.T) {
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(tagPatientID, "LO", "PAT-1"),
+		{tag: 0x00189FF0, vr: "OB", value: make([]byte, 100<<10)}, // unknown to the table: kept
+		str(tagBurnedIn, "CS", "YES"),
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+	var out bytes.Buffer
+	_, err := newTestDeidentifier(t, Options{}).Rewrite(&out, bytes.NewReader(in))
+	if !errors.Is(err, ErrBurnedIn) || out.Len() != 0 {
+		t.Errorf("Rewrite: %v, %d bytes written; want ErrBurnedIn and none", err, out.Len())
+	}
+}
+
+// TestCleanDescriptorsHaveVR: every attribute the Clean Descriptors
+// option keeps has a VR in an Implicit VR data set (dictionary or
+// newerVR), so its text is scrubbed there too; the sequences among them
+// are found by their items.
+func TestCleanDescriptorsHaveVR(t *testing.T) {
+	sequences := map[Tag]bool{0x00081084: true, 0x00321067: true, 0x00400275: true, 0x0040100A: true, 0x30100081: true}
+	for _, tag := range cleanDescriptors {
+		vr := dictionaryVR(tag, "")
+		switch {
+		case sequences[tag]:
+			if vr != "" {
+				t.Errorf("%s: VR %q, want a sequence", tag, vr)
+			}
+		case tag == 0x04000565 && vr == "CS": // Reason for the Attribute Modification: a defined term
+		case vr == "OB": // Maker Note, Device Setting Description: removed, see below
+		case !textVR(vr):
+			t.Errorf("%s: VR %q in Implicit VR, want a text VR", tag, vr)
+		}
+	}
+	d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+	for _, tag := range []Tag{0x0016002B, 0x0016004B} {
+		if a := d.p.action(tag, "OB"); a != actRemove {
+			t.Errorf("%s (OB) with clean-descriptors: action %d, want removed (binary cannot be cleaned)", tag, a)
+		}
+	}
+}
+
+// TestRewriteHeaderOverHoldFailsClosed: a data set whose part before
+// Pixel Data is larger than the hold is refused (ErrTooLarge), not
+// written before its identifying values are known. The hold is 64 MiB;
+// the test lowers it to 1 MiB.
+func TestRewriteHeaderOverHoldFailsClosed(t *testing.T) {
+	lut := bytes.Repeat([]byte{1, 2}, 256<<10) // 512 KiB
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(0x00081030, "LO", "CT for Welby"),
+		str(tagPatientID, "LO", "PAT-1"),
+		{tag: 0x00281201, vr: "OW", value: lut},
+		{tag: 0x00281202, vr: "OW", value: lut},
+		{tag: 0x00281203, vr: "OW", value: lut},
+		str(0x00321032, "PN", "Welby^Marcus"),
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+	d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+	var out bytes.Buffer
+	rw := &rewrite{d: d, dec: &decoder{r: bufio.NewReader(bytes.NewReader(in)), limit: 1 << 20}, w: bufio.NewWriter(&out)}
+	err := rw.run()
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "before Pixel Data") {
+		t.Fatalf("run: %v, want ErrTooLarge naming the hold before Pixel Data", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("%d bytes written before the refusal", out.Len())
+	}
+}
