@@ -115,21 +115,35 @@ func waitB(ctx context.Context, w <-chan timed) (time.Duration, error) {
 }
 
 // runNative has Orthanc A send the study with its own DICOMweb STOW-RS
-// client, synchronously.
+// client, synchronously, to B.
 func (p *pipeline) runNative(ctx context.Context, round int) (sample, error) {
+	return p.runNativeTo(ctx, round, false)
+}
+
+// runNativeSink is runNative into the (gated) sink.
+func (p *pipeline) runNativeSink(ctx context.Context, round int) (sample, error) {
+	return p.runNativeTo(ctx, round, true)
+}
+
+func (p *pipeline) runNativeTo(ctx context.Context, round int, toSink bool) (sample, error) {
 	var s sample
 	before, err := p.snapCPU(0)
 	if err != nil {
 		return s, err
 	}
 	body := fmt.Sprintf(`{"Resources":[%q],"Synchronous":true}`, p.studyID)
+	server, label := destName, "native"
+	if toSink {
+		server, label = sinkName, "native-sink"
+		p.sink.Reset()
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
-		p.a.URL+"/dicom-web/servers/"+destName+"/stow", strings.NewReader(body))
+		p.a.URL+"/dicom-web/servers/"+server+"/stow", strings.NewReader(body))
 	if err != nil {
 		return s, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	stopPerf, err := p.perf(fmt.Sprintf("native-round%d", round), 0)
+	stopPerf, err := p.perf(fmt.Sprintf("%s-round%d", label, round), 0)
 	if err != nil {
 		return s, err
 	}
@@ -138,6 +152,9 @@ func (p *pipeline) runNative(ctx context.Context, round int) (sample, error) {
 	defer cancel()
 	start := time.Now()
 	w := p.watchB(wctx, start)
+	if toSink {
+		w = p.watchSink(wctx, start, p.sink)
+	}
 	resp, err := p.http.Do(req)
 	if err != nil {
 		return s, fmt.Errorf("native STOW-RS: %w", err)
@@ -159,6 +176,13 @@ func (p *pipeline) runNative(ctx context.Context, round int) (sample, error) {
 		return s, err
 	}
 	s.setCPU(before, after, false)
+	if toSink {
+		// This process served the sink (and its gate) meanwhile.
+		s.cpuSink = after.self - before.self
+		st := p.sink.Stats()
+		s.firstRequest, s.stream = st.First.Sub(start), st.Last.Sub(st.First)
+		return s, p.checkAndResetSink(p.sink)
+	}
 	return s, p.checkAndEmptyB(ctx, round)
 }
 

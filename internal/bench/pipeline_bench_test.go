@@ -56,11 +56,12 @@ func BenchmarkPipeline(b *testing.B) {
 		}
 	}
 
-	var native, read *summary
+	var read *summary
+	native := natives{}
 	for _, c := range cases {
 		c.sum = p.summarize(c)
-		if c.kind == kindNative {
-			native = &c.sum
+		if c.kind == kindNative || c.kind == kindNativeSink {
+			native[c.kind.toSink()] = &c.sum
 		}
 		if c.kind == kindRead && (read == nil || c.sum.instPerS > read.instPerS) {
 			read = &c.sum
@@ -112,10 +113,29 @@ const (
 	// and into the sink with STOW_DEIDENTIFY=basic.
 	kindDeidentify
 	kindDeidentifySink
+	// kindNativeSink is Orthanc's own client sending into the sink.
+	kindNativeSink
 )
 
 // toSink says whether the case sends into sinks rather than Orthanc.
-func (k caseKind) toSink() bool { return k == kindSink || k == kindTwoSinks || k == kindDeidentifySink }
+func (k caseKind) toSink() bool {
+	return k == kindSink || k == kindTwoSinks || k == kindDeidentifySink || k == kindNativeSink
+}
+
+// natives are Orthanc's own client's figures, into the sink (true) and
+// into B (false).
+type natives map[bool]*summary
+
+// ratioTo is the native case c compares with: nil if none.
+func (n natives) ratioTo(k caseKind) *summary {
+	switch k {
+	case kindStowline, kindVerify, kindDeidentify, kindRead, kindBStow:
+		return n[false]
+	case kindSink, kindDeidentifySink:
+		return n[true]
+	}
+	return nil
+}
 
 // stowline says whether the case runs the stowline binary.
 func (k caseKind) stowline() bool {
@@ -140,6 +160,9 @@ func (p *pipeline) cases() []*benchCase {
 	var cs []*benchCase
 	if p.set.Native {
 		cs = append(cs, &benchCase{name: "native-orthanc-stow", kind: kindNative, run: p.runNative})
+		if len(p.set.Sink) > 0 {
+			cs = append(cs, &benchCase{name: "native-orthanc-stow-to-sink", kind: kindNativeSink, run: p.runNativeSink})
+		}
 	}
 	for _, fs := range p.set.Stowline {
 		cs = append(cs, &benchCase{name: "stowline/" + fs.String(), kind: kindStowline, setting: fs,
@@ -276,7 +299,7 @@ func (p *pipeline) summarize(c *benchCase) summary {
 // ns/op is the median time until B (or the sink) held the whole study.
 // x-native compares with Orthanc's own client, x-A-read with the fastest
 // raw read of A (read: nil without a read reference).
-func (p *pipeline) report(b *testing.B, c *benchCase, native, read, one *summary) {
+func (p *pipeline) report(b *testing.B, c *benchCase, native natives, read, one *summary) {
 	s := c.sum
 	b.ReportMetric(float64(s.toB.Nanoseconds()), "ns/op")
 	b.ReportMetric(s.instPerS, "inst/s")
@@ -286,7 +309,7 @@ func (p *pipeline) report(b *testing.B, c *benchCase, native, read, one *summary
 	if c.kind != kindRead && !c.kind.toSink() {
 		b.ReportMetric(s.cpuB, "B-cpu-s/GB")
 	}
-	if c.kind != kindNative {
+	if c.kind != kindNative && c.kind != kindNativeSink {
 		b.ReportMetric(s.cpuClient, "client-cpu-s/GB")
 	}
 	if c.kind.stowline() {
@@ -298,8 +321,8 @@ func (p *pipeline) report(b *testing.B, c *benchCase, native, read, one *summary
 		b.ReportMetric(s.firstRequest.Seconds(), "first-request-s")
 		b.ReportMetric(s.streamMBps, "stream-MB/s")
 	}
-	if native != nil && (c.kind == kindStowline || c.kind == kindDeidentify || c.kind == kindRead || c.kind == kindBStow) {
-		b.ReportMetric(s.instPerS/native.instPerS, "x-native")
+	if n := native.ratioTo(c.kind); n != nil {
+		b.ReportMetric(s.instPerS/n.instPerS, "x-native")
 	}
 	switch {
 	case one != nil && c.kind.deidentify():
@@ -333,7 +356,7 @@ func (p *pipeline) line(s sample) string {
 }
 
 // printTable prints the summary as the Markdown table BENCHMARKS.md holds.
-func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
+func (p *pipeline) printTable(cases []*benchCase, native natives, read *summary) {
 	if p.set.ProfileDir != "" {
 		fmt.Printf("\nPROFILED BUILD (stowline-profiled): stowline figures include profiling overhead; profiles in %s\n", p.set.ProfileDir)
 	}
@@ -344,13 +367,13 @@ func (p *pipeline) printTable(cases []*benchCase, native, read *summary) {
 	for _, c := range cases {
 		s := c.sum
 		ratio, xread, client, cpuB, cpuSink, rss := "", "", "-", "-", "-", "-"
-		if native != nil && (c.kind == kindStowline || c.kind == kindVerify || c.kind == kindDeidentify || c.kind == kindRead || c.kind == kindBStow) {
-			ratio = fmt.Sprintf("%.2f", s.instPerS/native.instPerS)
+		if n := native.ratioTo(c.kind); n != nil {
+			ratio = fmt.Sprintf("%.2f", s.instPerS/n.instPerS)
 		}
 		if read != nil {
 			xread = fmt.Sprintf("%.2f", s.instPerS/read.instPerS)
 		}
-		if c.kind != kindNative {
+		if c.kind != kindNative && c.kind != kindNativeSink {
 			client = fmt.Sprintf("%.2f", s.cpuClient)
 		}
 		if c.kind != kindRead && !c.kind.toSink() {

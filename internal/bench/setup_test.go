@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,8 +23,12 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 )
 
-// destName is the DicomWeb "Servers" entry of A that points at B.
-const destName = "B"
+// destName is the DicomWeb "Servers" entry of A that points at B,
+// sinkName the one that points at the (first) sink.
+const (
+	destName = "B"
+	sinkName = "SINK"
+)
 
 // pollInterval is how often B's instance count is read while a transfer
 // runs; it bounds the timing error of "until B holds the whole study".
@@ -114,37 +119,47 @@ func setupPipeline(b *testing.B) *pipeline {
 	if err != nil {
 		b.Fatalf("token for Orthanc's own STOW-RS client: %v", err)
 	}
+	// The sinks sit behind gates as B does, so that Orthanc's own client
+	// and stowline pay for a token-checking front end into them too.
+	if len(set.Sink) > 0 || len(set.TwoSinks) > 0 || len(set.Deidentify) > 0 {
+		p.sink, p.sinkURL = p.serveGatedSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
+	}
+	if len(set.TwoSinks) > 0 {
+		p.sink2, p.sink2URL = p.serveGatedSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
+	}
+	servers := map[string]any{destName: map[string]any{
+		"Url":         p.gateB.URL + "/dicom-web/",
+		"HttpHeaders": map[string]string{"Authorization": "Bearer " + token.AccessToken},
+	}}
+	if p.sink != nil {
+		servers[sinkName] = map[string]any{
+			"Url":         p.sinkURL + "/",
+			"HttpHeaders": map[string]string{"Authorization": "Bearer " + token.AccessToken},
+		}
+	}
 	p.a = testharness.StartOrthanc(b, testharness.OrthancOptions{
 		Name:     "bench-source-a",
 		DicomWeb: true,
-		Extra: map[string]any{"DicomWeb": map[string]any{
-			"Servers": map[string]any{destName: map[string]any{
-				"Url":         p.gateB.URL + "/dicom-web/",
-				"HttpHeaders": map[string]string{"Authorization": "Bearer " + token.AccessToken},
-			}},
-		}},
+		Extra:    map[string]any{"DicomWeb": map[string]any{"Servers": servers}},
 	})
 	b.Logf("orthanc A %s (pid %d), B %s (pid %d) behind %s", p.a.URL, p.a.PID(), p.b.URL, p.b.PID(), p.gateB.URL)
 
-	if len(set.Sink) > 0 {
-		p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
-	}
-	if len(set.Sink) == 0 && len(set.Deidentify) > 0 {
-		p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
-	}
 	if len(set.Deidentify) > 0 {
 		p.keyFile, p.keyer = writeDeidentifyKey(b, p.tmp)
-	}
-	if len(set.TwoSinks) > 0 {
-		if p.sink == nil {
-			p.sink, p.sinkURL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
-		}
-		p.sink2, p.sink2URL = serveSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
 	}
 
 	p.loadStudy(b)
 	p.stowline, p.source = buildStowline(b, set, p.tmp)
 	return p
+}
+
+// serveGatedSink is serveSink behind a gate of the pipeline's IdP; the
+// URL is the gate's.
+func (p *pipeline) serveGatedSink(b *testing.B, opts stowsink.Options) (*stowsink.Sink, string) {
+	b.Helper()
+	sink, u := serveSink(b, opts)
+	gate := p.idp.Gate(b, strings.TrimSuffix(u, "/dicom-web"))
+	return sink, gate.URL + "/dicom-web"
 }
 
 // serveSink serves a discard STOW-RS sink on a loopback port until the

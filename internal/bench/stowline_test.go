@@ -158,11 +158,10 @@ func (w *lineWatcher) line(b []byte, now time.Time) {
 // (config.DestinationVarPrefix), empty for the only destination.
 func (p *pipeline) stowlineEnv(fs fwdSetting, dest, prefix string) map[string]string {
 	env := forwarderEnv(p.a.URL, dest, fs, nil)
-	if dest != p.sinkURL && dest != p.sink2URL {
-		env["OAUTH_TOKEN_URL"] = p.idp.TokenURL
-		env["OAUTH_CLIENT_ID"] = p.idp.ClientID
-		env["OAUTH_CLIENT_SECRET"] = p.idp.ClientSecret
-	}
+	// B, C and the sinks all sit behind gates of the IdP.
+	env["OAUTH_TOKEN_URL"] = p.idp.TokenURL
+	env["OAUTH_CLIENT_ID"] = p.idp.ClientID
+	env["OAUTH_CLIENT_SECRET"] = p.idp.ClientSecret
 	if prefix != "" {
 		for _, k := range slices.Collect(maps.Keys(env)) {
 			if k == "DICOMWEB_URL" {
