@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Runs stowline's whole test suite: unit tests, and integration tests
-# against real Orthanc servers (Debian packages orthanc, orthanc-dicomweb,
-# orthanc-gdcm: bookworm's 1.10 on the host, trixie's 1.12 in a tree of
-# its own, without GDCM),
+# against real Orthanc servers (Debian packages orthanc, orthanc-dicomweb:
+# bookworm's 1.10 on the host, trixie's 1.12 in a tree of its own),
 # dcmtk's storescu, an embedded nats-server, a real OAuth2 server and, for
 # the status page, headless Chromium (Debian package chromium).
 # On a fresh Debian/Ubuntu machine it installs what is missing first.
@@ -12,7 +11,6 @@ cd "$(dirname "$0")/.."
 need=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
-[ -e /usr/share/orthanc/plugins/libOrthancGdcm.so ] || need+=(orthanc-gdcm)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

@@ -94,8 +94,6 @@ type siteOptions struct {
 	// the embedded one, so that the test and the forwarder's commands
 	// (replay, backfill) reach JetStream, and it outlives stowline.
 	nats bool
-	// gdcm loads the GDCM plugin into the sources (JPEG 2000).
-	gdcm bool
 }
 
 // newSite starts the destination and one source Orthanc per name, each
@@ -179,7 +177,6 @@ func newSiteWith(t *testing.T, opts siteOptions) *site {
 		s.sources[name] = testharness.StartOrthanc(t, testharness.OrthancOptions{
 			Name:       "orthanc-" + name,
 			Release:    opts.release,
-			GDCM:       opts.gdcm,
 			LuaScripts: []string{lua},
 			StableAge:  opts.stableAge,
 			Extra: map[string]any{"Stowline": map[string]any{

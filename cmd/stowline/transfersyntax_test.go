@@ -35,17 +35,18 @@ var lossySyntaxes = map[string]bool{"1.2.840.10008.1.2.4.50": true, "1.2.840.100
 // RLE, a bare data set) to two destinations that store only Explicit VR
 // Little Endian and refuse the rest per instance with 0xC122, as Azure
 // does implicit VR: "azure" has STOW_TRANSFER_SYNTAXES set, "plain" not.
-// On both Orthanc releases: transcoding is Orthanc's. Orthanc 1.10 (the
-// host's Debian packages) runs with its GDCM plugin (orthanc-gdcm), so
-// JPEG 2000 converts too; 1.12 (the trixie tree) without it, so the
-// refusal that names the plugin is seen on a real server.
+// On both Orthanc releases: transcoding is Orthanc's. Neither runs the
+// GDCM plugin, so the JPEG 2000 Lossless instance is refused with the
+// reason that names the plugin: with Debian's GDCM plugin 1.5, Orthanc
+// 1.10 crashed in about one run in five of this test, restricted to JPEG
+// 2000, throttled to one thread and with a truly lossless file alike
+// (docs/transfer-syntaxes.md).
 func TestTransferSyntaxConversion(t *testing.T) {
 	testharness.ForEachRelease(t, testTransferSyntaxConversion)
 }
 
 func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
-	gdcm := rel.Root == ""
-	s := newSiteWith(t, siteOptions{release: rel, destinations: []string{"azure", "plain"}, nats: true, gdcm: gdcm})
+	s := newSiteWith(t, siteOptions{release: rel, destinations: []string{"azure", "plain"}, nats: true})
 	azure, plain := s.destination(t, "azure"), s.destination(t, "plain")
 	for _, d := range []*siteDest{azure, plain} {
 		g := startSyntaxGate(t, d.proxy.URL)
@@ -69,7 +70,8 @@ func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
 	}
 	// A JPEG 2000 Lossless Only instance: the lossy-allowed sample
 	// relabelled (same length, so the file stays well-formed) under a
-	// SOP Instance UID of its own. Orthanc decodes it only with GDCM.
+	// SOP Instance UID of its own. Orthanc decodes it only with GDCM, so
+	// it is refused.
 	j2k, j2kUID := relabelledJ2K(t)
 	files = append(files, j2k)
 	if res := s.sources["main"].Upload(t, files...); len(res.Failed) > 0 {
@@ -83,11 +85,7 @@ func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
 	// decode, are dead-lettered with the reason.
 	held := heldSyntaxes(t, azure)
 	refused := refusedInstances(t, store, "azure")
-	failedConversions := 1.0
-	if gdcm {
-		failedConversions = 0
-		syntax[j2kUID] = "1.2.840.10008.1.2.4.90"
-	} else if _, ok := held[j2kUID]; ok || !strings.Contains(refused[j2kUID], "could not convert the instance from JPEG 2000 (Lossless Only)") ||
+	if _, ok := held[j2kUID]; ok || !strings.Contains(refused[j2kUID], "could not convert the instance from JPEG 2000 (Lossless Only)") ||
 		!strings.Contains(refused[j2kUID], "GDCM") {
 		t.Errorf("azure: the JPEG 2000 Lossless instance held %v, refused with %q", ok, refused[j2kUID])
 	}
@@ -116,8 +114,8 @@ func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
 	if got := metricValue(t, fwd, `stowline_forwarder_conversions_total{destination="azure",result="converted"}`); got != float64(convertible) || convertible < 8 {
 		t.Errorf("azure: %v conversions, want %d (of %d instances)", got, convertible, len(syntax))
 	}
-	if got := metricValue(t, fwd, `stowline_forwarder_conversions_total{destination="azure",result="failed"}`); got != failedConversions {
-		t.Errorf("azure: %v failed conversions, want %v (JPEG 2000 without GDCM)", got, failedConversions)
+	if got := metricValue(t, fwd, `stowline_forwarder_conversions_total{destination="azure",result="failed"}`); got != 1 {
+		t.Errorf("azure: %v failed conversions, want 1 (JPEG 2000 without GDCM)", got)
 	}
 	if got := metricValue(t, fwd, `stowline_forwarder_conversions_total{destination="azure",result="lossy"}`); got != 3 {
 		t.Errorf("azure: %v lossy instances refused, want 3", got)

@@ -24,11 +24,6 @@ import (
 // DICOMweb plugin (under a Release's Root: Release.DicomWebPlugin).
 const DicomWebPlugin = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
-// GDCMPlugin is where Debian's orthanc-gdcm package installs the GDCM
-// plugin, Orthanc's JPEG 2000 decoder (under a Release's Root:
-// Release.GDCMPlugin).
-const GDCMPlugin = "/usr/share/orthanc/plugins/libOrthancGdcm.so"
-
 // Defaults for zero OrthancOptions fields.
 const (
 	DefaultOrthancName  = "stowline-test"
@@ -49,9 +44,6 @@ type OrthancOptions struct {
 	LuaScripts []string
 	// DicomWeb loads the DICOMweb plugin (root /dicom-web/).
 	DicomWeb bool
-	// GDCM loads the GDCM plugin, which decodes and transcodes JPEG 2000
-	// (Debian's orthanc-gdcm; installed on the host only).
-	GDCM bool
 	// StableAge is in seconds; 0 means DefaultStableAge (Orthanc's own
 	// default of 60 s is too slow for tests).
 	StableAge int
@@ -114,9 +106,6 @@ func StartOrthanc(t testing.TB, opts OrthancOptions) *Orthanc {
 	}
 	if opts.DicomWeb {
 		requireFile(t, opts.Release.DicomWebPlugin())
-	}
-	if opts.GDCM {
-		requireFile(t, opts.Release.GDCMPlugin())
 	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout(opts)*3)
@@ -191,11 +180,6 @@ func LaunchOrthanc(ctx context.Context, dir string, opts OrthancOptions) (*Ortha
 	if opts.DicomWeb {
 		if p := opts.Release.DicomWebPlugin(); !fileExists(p) {
 			return nil, fmt.Errorf("testharness: DICOMweb plugin of Orthanc %s %s: %w", opts.Release.Name, p, ErrMissing)
-		}
-	}
-	if opts.GDCM {
-		if p := opts.Release.GDCMPlugin(); !fileExists(p) {
-			return nil, fmt.Errorf("testharness: GDCM plugin of Orthanc %s %s: %w", opts.Release.Name, p, ErrMissing)
 		}
 	}
 	for _, sub := range []string{"storage", "index"} {
@@ -278,9 +262,6 @@ func (o *Orthanc) config() (map[string]any, error) {
 	if o.opts.DicomWeb {
 		plugins = append(plugins, o.Release.DicomWebPlugin())
 	}
-	if o.opts.GDCM {
-		plugins = append(plugins, o.Release.GDCMPlugin())
-	}
 	cfg := map[string]any{
 		"Name":                  o.Name,
 		"StorageDirectory":      filepath.Join(o.Dir, "storage"),
@@ -298,13 +279,6 @@ func (o *Orthanc) config() (map[string]any, error) {
 	}
 	if o.Username != "" {
 		cfg["RegisteredUsers"] = map[string]any{o.Username: o.Password}
-	}
-	if o.opts.GDCM {
-		// GDCM only for JPEG 2000: left to try what DCMTK could not
-		// decode, GDCM plugin 1.5 crashed Orthanc 1.10 three runs in three
-		// of the conversion test (docs/transfer-syntaxes.md).
-		cfg["Gdcm"] = map[string]any{"RestrictTransferSyntaxes": []string{
-			"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"}}
 	}
 	if o.opts.DicomWeb {
 		cfg["DicomWeb"] = map[string]any{"Enable": true, "Root": "/dicom-web/"}

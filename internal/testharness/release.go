@@ -126,11 +126,6 @@ func (r Release) DicomWebPlugin() string {
 	return filepath.Join(r.rootDir(), DicomWebPlugin)
 }
 
-// GDCMPlugin returns the path of the release's GDCM plugin.
-func (r Release) GDCMPlugin() string {
-	return filepath.Join(r.rootDir(), GDCMPlugin)
-}
-
 func (r Release) rootDir() string {
 	if r.Root == "" {
 		return "/"
