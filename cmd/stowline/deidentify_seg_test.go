@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -201,15 +199,7 @@ func segmentation(t *testing.T, studyUID, patientID, patientName string, images 
 (7fe0,0010) OB %[13]s
 `, segmentationStorage, uid, strings.ToUpper(patientName[strings.Index(patientName, "^")+1:]+" "+family), patientID, family,
 		refs.String(), images[0].series, patientName, studyUID, images[0].frameOfRef, len(images), frames.String(), pixels)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "seg.dump"), []byte(dump), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	path = filepath.Join(dir, "seg.dcm")
-	if out, err := exec.Command("dump2dcm", "+te", filepath.Join(dir, "seg.dump"), path).CombinedOutput(); err != nil {
-		t.Fatalf("dump2dcm: %v\n%s", err, out)
-	}
-	return path, uid
+	return dumpToDICOM(t, dump), uid
 }
 
 // checkSegmentation checks a destination's copy of the SEG: every

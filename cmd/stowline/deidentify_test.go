@@ -356,15 +356,7 @@ func keyObject(t *testing.T, studyUID, patientID string, images []string) (path,
   (fffe,e00d) na (ItemDelimitationItem)
 (fffe,e0dd) na (SequenceDelimitationItem)
 `, uid, patientID, studyUID, series.String())
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "ko.dump"), []byte(dump), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	path = filepath.Join(dir, "ko.dcm")
-	if out, err := exec.Command("dump2dcm", "+te", filepath.Join(dir, "ko.dump"), path).CombinedOutput(); err != nil {
-		t.Fatalf("dump2dcm: %v\n%s", err, out)
-	}
-	return path, uid, refs
+	return dumpToDICOM(t, dump), uid, refs
 }
 
 // secretKey: a UID must not appear anywhere; another value not in the
@@ -397,4 +389,19 @@ func walkTags(v any, path string, f func(path, name, value string)) {
 			walkTags(c, fmt.Sprintf("%s[%d]", path, i), f)
 		}
 	}
+}
+
+// dumpToDICOM writes a dcmdump-style text as a DICOM file (dcmtk's
+// dump2dcm, explicit VR little endian) and returns its path.
+func dumpToDICOM(t *testing.T, dump string) string {
+	t.Helper()
+	dir := t.TempDir()
+	src, path := filepath.Join(dir, "instance.dump"), filepath.Join(dir, "instance.dcm")
+	if err := os.WriteFile(src, []byte(dump), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(testharness.RequireBinary(t, "dump2dcm"), "+te", src, path).CombinedOutput(); err != nil {
+		t.Fatalf("dump2dcm: %v\n%s", err, out)
+	}
+	return path
 }

@@ -58,14 +58,7 @@ func filePart(uid string, b []byte) dicomweb.Part {
 // UIDs, the answer comes back in the originals' UIDs, and an instance
 // the rewrite refuses fails alone, for good, with the reason.
 func TestDeidentifiedDestination(t *testing.T) {
-	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := deident.New(k, deident.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, d := testDeidentifier(t)
 	var parts []dicomweb.Part
 	for _, uid := range []string{"1.2.3.1", "1.2.3.2"} {
 		var b bytes.Buffer
@@ -125,14 +118,7 @@ func TestDeidentifiedDestination(t *testing.T) {
 // needs every length before the request (ExactLength), where each copy
 // is written once to measure it and again as it is sent.
 func TestDeidentifiedCountsEachCopyOnce(t *testing.T) {
-	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := deident.New(k, deident.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, d := testDeidentifier(t)
 	instance := func(uid, modality string) dicomweb.Part {
 		var b bytes.Buffer
 		if err := dicomgen.WriteInstance(&b, dicomgen.InstanceSpec{StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.0",
@@ -218,14 +204,7 @@ func (v *keyedListing) StudyInstanceUIDs(_ context.Context, study string, _ int)
 // asks for the study's pseudonym, never the original UID, and matches
 // the keyed UIDs listed to the instances sent.
 func TestVerifyDeidentified(t *testing.T) {
-	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := deident.New(k, deident.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, d := testDeidentifier(t)
 	dst, err := Deidentified(&readingDestination{got: map[string][]byte{}}, d, DeidentifyOptions{Setting: "X"})
 	if err != nil {
 		t.Fatal(err)
@@ -283,14 +262,7 @@ func (p *recordingProber) Probe(_ context.Context, uid string) error {
 // destination names the study's pseudonym, never its original Study
 // Instance UID; another destination is probed as it is.
 func TestProbeDeidentified(t *testing.T) {
-	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := deident.New(k, deident.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, d := testDeidentifier(t)
 	dst, err := Deidentified(&readingDestination{got: map[string][]byte{}}, d, DeidentifyOptions{Setting: "X"})
 	if err != nil {
 		t.Fatal(err)
@@ -316,4 +288,18 @@ func TestProbeDeidentified(t *testing.T) {
 			t.Errorf("%s: probed %v, want %s", tt.name, rec.got, tt.want)
 		}
 	}
+}
+
+// testDeidentifier is the basic profile under a fixed test key.
+func testDeidentifier(t *testing.T) (*deident.Keyer, *deident.Deidentifier) {
+	t.Helper()
+	k, err := deident.NewKeyer([]byte(strings.Repeat("s", 32)), "P-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := deident.New(k, deident.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, d
 }
