@@ -170,7 +170,7 @@ type Destination struct {
 
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
-	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"16" desc:"most STOW-RS requests a forwarder process has in flight to the destination, over all its studies; the limit adapts below it (more while throughput grows, halved on 429, 503 or a time-out) and is shared by the replicas serving the destination (each ceil(this / replicas)); equal to STOW_PARALLEL_MIN: fixed (docs/operations.md)"`
+	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"16" desc:"most STOW-RS requests a forwarder process has in flight to the destination, over all its studies; the limit starts here and adapts below it (half tried once, more while throughput grows, halved on 429, 503 or a time-out) and is shared by the replicas serving the destination (each ceil(this / replicas)); equal to STOW_PARALLEL_MIN: fixed (docs/operations.md)"`
 	StowParallelMin  int      `env:"STOW_PARALLEL_MIN" envDefault:"1" desc:"fewest STOW-RS requests in flight the adaptive limit goes down to (1 to STOW_PARALLEL_REQUESTS)"`
 	// StowTransferSyntaxes: transfer syntaxes the destination accepts
 	// (transfersyntax.go).

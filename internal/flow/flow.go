@@ -3,22 +3,30 @@
 // window.
 //
 // Every request takes a permit from the destination's Limiter and gives
-// it back with what happened. The limit starts at half the ceiling and
-// grows while it pays: after each round (as many answered requests as
-// the limit) in which every place was busy, the throughput (Little's law:
-// limit / the time a request takes) is compared with the round before
-// the last increase. While it grew by at least half of what the added
-// places would carry, and the time a request takes stayed within twice
-// the best of recent rounds, the limit doubles at first (slow start),
-// then grows by one. Rounds are compared allowing for the size of their
-// requests (see sample): a CT batch of 50 MB and an SR of 10 KB do not
-// take the same time, nor the same time per byte. An increase that gained nothing is undone
-// (NoGain), one after which requests queue (Latency) too; the level is
-// then held for probeRounds rounds before one more is tried. An overload
-// (429, 503, a time-out) halves the limit, once per burst, and no request
-// starts before the server's Retry-After; the limit then grows back by
-// one a round up to below the refused level, and probes that level again
-// only after probeRounds calm rounds.
+// it back with what happened. The limit starts at the ceiling, where a
+// fixed setting would run: a study is split into requests for the limit
+// it meets (see forward's requestsAtOnce), so a first study that met a
+// lower start would run below the ceiling to its end however soon the
+// limit grew, and a far destination wants every stream from the first
+// request. After probeRounds calm rounds at that level (as many answered
+// requests as the limit, every place busy), it tries half of it once
+// (ProbeDown): when half carries as much (a destination that queues
+// requests, such as an Orthanc storing each on one thread), it stays
+// there, else it goes back. From a lower level it grows while it pays:
+// the throughput (Little's law: limit / the time a request takes) is
+// compared with the round before the last increase. While it grew by at
+// least half of what the added places would carry, and the time a request
+// takes stayed within twice the best of recent rounds, the limit doubles
+// at first (slow start, after Recover), then grows by one. Rounds are
+// compared allowing for the size of their requests (see sample): a CT
+// batch of 50 MB and an SR of 10 KB do not take the same time, nor the
+// same time per byte. An increase that gained nothing is undone (NoGain),
+// one after which requests queue (Latency) too; the level is then held
+// for probeRounds rounds before one more is tried. An overload (429, 503,
+// a time-out) halves the limit, once per burst, and no request starts
+// before the server's Retry-After; the limit then grows back by one a
+// round up to below the refused level, and probes that level again only
+// after probeRounds calm rounds.
 package flow
 
 import (
@@ -55,10 +63,13 @@ const (
 	// Recovered: the destination is back from an outage (its circuit
 	// breaker closed); the limit starts again from the start level.
 	Recovered Reason = "recovered"
+	// ProbeDown: calm rounds at the start level; half of it is tried
+	// once, and kept if it carries as much.
+	ProbeDown Reason = "probe_down"
 )
 
 // Reasons lists every reason, for metrics.
-var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare, Recovered}
+var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare, Recovered, ProbeDown}
 
 const (
 	// latencyRatio is how far the time a request takes may rise above
@@ -66,7 +77,8 @@ const (
 	// shrinks.
 	latencyRatio = 2.0
 	// probeRounds: calm rounds before a level that was refused, or one
-	// whose throughput did not grow, is tried again.
+	// whose throughput did not grow, is tried again, or before half the
+	// start level is tried.
 	probeRounds = 16
 	// likeSize is how far the mean request sizes of two rounds may
 	// differ for one to tell whether the other's increase paid;
@@ -100,9 +112,8 @@ type Options struct {
 	// Min is the floor (at least 1), Max the ceiling of the limit, for
 	// this process before any replica share.
 	Min, Max int
-	// Start is the first limit; 0 starts at half the ceiling, at least
-	// Min: one round of slow start reaches a ceiling the destination
-	// takes, and a throttled destination is met below the ceiling.
+	// Start is the first limit, also the level Recover goes back to; 0
+	// starts at the ceiling (see the package comment).
 	Start int
 	// OnChange, if set, is called after every change, outside the lock,
 	// in order of the changes only as far as callers do not race.
@@ -140,6 +151,12 @@ type Limiter struct {
 	calm        int
 	best        []sample // recent rounds
 	unlike      int      // rounds since the last change not of like size to before
+	// untested: the level was never compared with a lower one since New
+	// or Recover, so half of it is tried once (ProbeDown); probing: this
+	// round is that try, against top measured at topLimit.
+	untested, probing bool
+	top               sample
+	topLimit          int
 }
 
 type round struct {
@@ -192,10 +209,10 @@ func New(o Options) (*Limiter, error) {
 	}
 	start := o.Start
 	if start == 0 {
-		start = o.Max / 2
+		start = o.Max
 	}
 	start = min(max(start, o.Min), o.Max)
-	l := &Limiter{min: o.Min, max: o.Max, ceiling: o.Max, limit: start, start: start, onChange: o.OnChange, slowStart: true}
+	l := &Limiter{min: o.Min, max: o.Max, ceiling: o.Max, limit: start, start: start, onChange: o.OnChange, slowStart: true, untested: true}
 	return l, nil
 }
 
@@ -354,6 +371,7 @@ func (p *Permit) Overloaded(reason Reason, retryAfter time.Duration) {
 			l.decreased = l.epoch
 			// Grow back from here, up to below the refused level.
 			l.slowStart, l.held, l.calm = false, false, 0
+			l.untested, l.probing = false, false
 			l.before, l.beforeLimit = sample{}, 0
 			if l.limit != from {
 				changes = append(changes, Change{From: from, To: l.limit, Reason: reason})
@@ -381,6 +399,7 @@ func (l *Limiter) Recover() {
 	}
 	l.refused, l.slowStart, l.held, l.calm = 0, true, false, 0
 	l.before, l.beforeLimit = sample{}, 0
+	l.untested, l.probing = true, false
 	l.dispatch(now)
 	l.mu.Unlock()
 	if to != from {
@@ -466,6 +485,9 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	// most its requests could have taken at this round's size. Only a
 	// round of like size decides: against one of other sizes that bound
 	// is loose and every change of the study mix would read as a gain.
+	if l.probing {
+		return l.endProbe(cur, change)
+	}
 	grew, comparable := true, true
 	if l.beforeLimit > 0 {
 		tp := float64(l.limit) / cur.took
@@ -475,7 +497,7 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	}
 	switch {
 	case cur.took > latencyRatio*best:
-		l.slowStart, l.held, l.calm = false, true, 0
+		l.slowStart, l.held, l.calm, l.untested = false, true, 0, false
 		to := l.limit - 1
 		if l.beforeLimit > 0 && l.beforeLimit < to {
 			to = l.beforeLimit // the last increase made it queue: undo it
@@ -485,6 +507,12 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 		}
 	case l.held:
 		l.calm++
+		if l.calm >= probeRounds && l.untested && max(l.min, l.limit/2) < l.limit {
+			// Does half carry as much?
+			l.untested, l.probing = false, true
+			l.top, l.topLimit = cur, l.limit
+			return change(max(l.min, l.limit/2), ProbeDown)
+		}
 		if l.calm >= probeRounds && l.limit < l.ceiling {
 			// Held long enough: does one more pay now?
 			return l.grow(cur, true, change)
@@ -497,10 +525,31 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 		return l.grow(cur, false, change)
 	default:
 		// The last increase gained nothing: back to the level before.
-		l.slowStart, l.held, l.calm = false, true, 0
+		l.slowStart, l.held, l.calm, l.untested = false, true, 0, false
 		if l.beforeLimit > 0 && l.beforeLimit < l.limit {
 			return change(max(l.min, l.beforeLimit), NoGain)
 		}
+	}
+	return Change{}, false
+}
+
+// endProbe ends the round at half the start level (ProbeDown): back to
+// the level above if it paid as an increase would have to (at least half
+// of what its added places carry), or if this round's requests are not of
+// like size to its (the comparison would not hold: the operator's level
+// wins); else the lower level is held, to grow by one after probeRounds
+// calm rounds as from any level. The caller holds mu.
+func (l *Limiter) endProbe(cur sample, change func(int, Reason) (Change, bool)) (Change, bool) {
+	l.probing = false
+	l.slowStart, l.held, l.calm = false, true, 0
+	l.before, l.beforeLimit = sample{}, 0
+	top := min(l.topLimit, l.ceiling)
+	if top <= l.limit {
+		return Change{}, false
+	}
+	half, upper := float64(l.limit)/cur.took, float64(top)/l.top.took
+	if !l.top.like(cur.size) || upper >= half*(1+0.5*float64(top-l.limit)/float64(l.limit)) {
+		return change(top, Increase)
 	}
 	return Change{}, false
 }
@@ -528,6 +577,7 @@ func (l *Limiter) grow(cur sample, probe bool, change func(int, Reason) (Change,
 		l.slowStart, l.held, l.calm = false, true, 0
 		return Change{}, false
 	}
-	l.before, l.beforeLimit, l.held, l.calm = cur, l.limit, false, 0
+	// The new level is measured against this one: no probe down needed.
+	l.before, l.beforeLimit, l.held, l.calm, l.untested = cur, l.limit, false, 0, false
 	return change(next, Increase)
 }

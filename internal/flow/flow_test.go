@@ -39,9 +39,10 @@ func TestNewValidates(t *testing.T) {
 		o    Options
 		want int
 	}{
-		{Options{Min: 1, Max: 16}, 8},
-		{Options{Min: 1, Max: 2}, 1},
-		{Options{Min: 6, Max: 10}, 6},
+		{Options{Min: 1, Max: 16}, 16},
+		{Options{Min: 1, Max: 2}, 2},
+		{Options{Min: 6, Max: 10}, 10},
+		{Options{Min: 1, Max: 16, Start: 8}, 8},
 		{Options{Min: 1, Max: 16, Start: 1}, 1},
 		{Options{Min: 8, Max: 8}, 8},
 	} {
@@ -125,7 +126,7 @@ func TestGrowsToCeilingWhileThroughputGrows(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		// Far away: every request takes as long however many run.
 		d := &destination{serve: func(int, int64) (time.Duration, bool) { return 200 * time.Millisecond, false }}
-		l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+		l, changes := newLimiter(t, Options{Min: 1, Max: 16, Start: 1})
 		d.run(t, l, 32, 20*time.Second)
 		if got := l.Limit(); got != 16 {
 			t.Errorf("limit %d after 20 s, want the ceiling 16; changes %+v", got, *changes)
@@ -136,6 +137,47 @@ func TestGrowsToCeilingWhileThroughputGrows(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestStartsAtTheCeiling: with no start set, the first requests use every
+// place (a far destination's first study is not split for fewer); after
+// probeRounds calm rounds half is tried once, and the limit goes back
+// where half carries less, and stays at half where it carries as much.
+func TestStartsAtTheCeiling(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		serve func(n int, _ int64) (time.Duration, bool)
+		round time.Duration // a round at 16
+		want  int
+	}{
+		// Far away: every request takes as long however many run.
+		{"far", func(int, int64) (time.Duration, bool) { return 200 * time.Millisecond, false }, 200 * time.Millisecond, 16},
+		// One store thread: each request takes n times as long with n in
+		// flight.
+		{"queueing", func(n int, _ int64) (time.Duration, bool) { return time.Duration(n) * 10 * time.Millisecond, false }, 160 * time.Millisecond, 8},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+				if got := l.Limit(); got != 16 {
+					t.Fatalf("first limit %d, want the ceiling 16", got)
+				}
+				d := &destination{serve: c.serve}
+				// Long enough for the probe, not for a later +1 from 8.
+				d.run(t, l, 32, (probeRounds+4)*c.round)
+				if got := l.Limit(); got != c.want {
+					t.Errorf("limit %d, want %d; changes %+v", got, c.want, *changes)
+				}
+				want := []Change{{From: 16, To: 8, Reason: ProbeDown}}
+				if c.want == 16 {
+					want = append(want, Change{From: 8, To: 16, Reason: Increase})
+				}
+				if !slices.Equal(*changes, want) {
+					t.Errorf("changes %+v, want %+v", *changes, want)
+				}
+			})
+		})
+	}
 }
 
 // TestMixedSizesAreNotQueueing: studies of 50 MB requests (a CT) and of
@@ -149,7 +191,8 @@ func TestMixedSizesAreNotQueueing(t *testing.T) {
 		start int
 		turn  time.Duration // 0: every third request is large
 	}{
-		{"from half the ceiling", 0, 2 * time.Second},
+		{"from the ceiling", 0, 2 * time.Second},
+		{"from half the ceiling", 8, 2 * time.Second},
 		{"from the floor", 1, 2 * time.Second},
 		{"mixed within rounds", 1, 0},
 	} {
@@ -178,7 +221,9 @@ func TestMixedSizesAreNotQueueing(t *testing.T) {
 					t.Errorf("limit %d after 30 s, want the ceiling 16; changes %+v", got, *changes)
 				}
 				for _, ch := range *changes {
-					if ch.To < ch.From {
+					// The probe of half the start level is the one fall
+					// allowed: it comes back.
+					if ch.To < ch.From && ch.Reason != ProbeDown {
 						t.Errorf("change %+v: the limit fell with a destination that does not queue", ch)
 					}
 				}
@@ -220,7 +265,8 @@ func TestMixedSizesStillQueue(t *testing.T) {
 						return small
 					},
 				}
-				l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+				// From 8, so that the first increase shows the queueing.
+				l, changes := newLimiter(t, Options{Min: 1, Max: 16, Start: 8})
 				samples := d.run(t, l, 32, 240*time.Second)
 				tail := samples[len(samples)/2:]
 				t.Logf("mean limit %.2f over the last 120 s; changes %+v", mean(tail), *changes)
@@ -243,11 +289,11 @@ func TestHoldsWhenTheDestinationQueues(t *testing.T) {
 		// One store thread: requests queue, each takes n times as long
 		// with n in flight, throughput does not grow.
 		d := &destination{serve: func(n int, _ int64) (time.Duration, bool) { return time.Duration(n) * 100 * time.Millisecond, false }}
-		l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+		l, changes := newLimiter(t, Options{Min: 1, Max: 16, Start: 8})
 		samples := d.run(t, l, 32, 60*time.Second)
 		tail := samples[len(samples)/2:]
-		// It starts at 8 (half the ceiling): doubling made requests
-		// queue, one more gains nothing.
+		// From 8: doubling made requests queue, one more gains nothing.
+		// (From the ceiling: TestStartsAtTheCeiling.)
 		if m := mean(tail); m > 9 {
 			t.Errorf("mean limit %.1f over the last 30 s, want at most 9 (throughput does not grow); changes %+v", m, *changes)
 		}
@@ -332,7 +378,7 @@ func TestOverloadHalvesOnceABurst(t *testing.T) {
 
 func TestRetryAfterPausesNewRequests(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, changes := newLimiter(t, Options{Min: 2, Max: 8})
+		l, changes := newLimiter(t, Options{Min: 2, Max: 8, Start: 4})
 		p, err := l.Acquire(t.Context())
 		if err != nil {
 			t.Fatal(err)
@@ -454,11 +500,11 @@ func TestRecoverAfterAnOutage(t *testing.T) {
 			t.Fatalf("limit %d after the outage, want the floor 1", got)
 		}
 		l.Recover()
-		if got := l.Limit(); got != 8 {
-			t.Fatalf("limit %d after Recover, want the start level 8", got)
+		if got := l.Limit(); got != 16 {
+			t.Fatalf("limit %d after Recover, want the start level 16", got)
 		}
-		if last := (*changes)[len(*changes)-1]; last.Reason != Recovered || last.From != 1 || last.To != 8 {
-			t.Errorf("last change %+v, want 1 to 8, recovered", last)
+		if last := (*changes)[len(*changes)-1]; last.Reason != Recovered || last.From != 1 || last.To != 16 {
+			t.Errorf("last change %+v, want 1 to 16, recovered", last)
 		}
 		d := &destination{serve: func(int, int64) (time.Duration, bool) { return 200 * time.Millisecond, false }}
 		d.run(t, l, 32, 2*time.Second)

@@ -46,7 +46,7 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger, last
 	})
 	changes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_stow_parallel_changes_total",
-		Help:        "Changes of stowline_forwarder_stow_parallel_limit, by reason: increase (throughput grew, latency held), no_gain (the last increase did not pay), latency (requests took over twice the best time of recent rounds, allowing for their size), overload_429, overload_503, timeout (halved), retry_after (new requests paused, limit unchanged), replica_share (the replicas serving the destination changed).",
+		Help:        "Changes of stowline_forwarder_stow_parallel_limit, by reason: increase (throughput grew, latency held), no_gain (the last increase did not pay), latency (requests took over twice the best time of recent rounds, allowing for their size), overload_429, overload_503, timeout (halved), retry_after (new requests paused, limit unchanged), replica_share (the replicas serving the destination changed), recovered (back from an outage: the start level again), probe_down (half the start level tried once).",
 		ConstLabels: labels,
 	}, []string{"reason"})
 	for _, r := range flow.Reasons {

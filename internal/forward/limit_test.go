@@ -136,18 +136,19 @@ func (timeoutErr) Error() string   { return "i/o timeout" }
 func (timeoutErr) Timeout() bool   { return true }
 func (timeoutErr) Temporary() bool { return true }
 
-// A study is split so that its requests fill the current limit (8, half
-// the ceiling, at first), shared by the studies sending now.
+// A study is split so that its requests fill the current limit (16, the
+// ceiling, at first), shared by the studies sending now.
 func TestRequestSizeFollowsTheLimit(t *testing.T) {
 	f := newForwarder(t, nil, "http://127.0.0.1:1", nil, func(o *Options) {
 		o.MaxInstances = 100
 		o.RequestConcurrency = 16
 	})
 	for _, tt := range []struct{ sending, n, want int }{
-		{1, 300, 38}, // 8 requests
-		{2, 300, 75}, // 4 each
-		{8, 300, 100},
-		{1, 20, 3},
+		{1, 300, 19}, // 16 requests
+		{2, 300, 38}, // 8 each
+		{8, 300, 75}, // 2 each
+		{16, 300, 100},
+		{1, 20, 2},
 	} {
 		f.sending.Store(int32(tt.sending))
 		if got := f.requestSize(tt.n); got != tt.want {
