@@ -47,6 +47,9 @@ type sample struct {
 	peakRSS, readyRSS int64
 	// requests is the number of STOW-RS requests stowline logged.
 	requests int
+	// sinkRequests is the number of requests the (first) sink answered,
+	// sinkPeak the most it served at once: sink cases only, native too.
+	sinkRequests, sinkPeak int
 	// verify is the time stowline logged for its QIDO-RS verification
 	// (STOW_VERIFY=qido): part of done.
 	verify time.Duration
@@ -136,6 +139,7 @@ func (p *pipeline) runNativeTo(ctx context.Context, round int, toSink bool) (sam
 	if toSink {
 		server, label = sinkName, "native-sink"
 		p.sink.Reset()
+		p.sinkLoad.takePeak()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
 		p.a.URL+"/dicom-web/servers/"+server+"/stow", strings.NewReader(body))
@@ -181,6 +185,7 @@ func (p *pipeline) runNativeTo(ctx context.Context, round int, toSink bool) (sam
 		s.cpuSink = after.self - before.self
 		st := p.sink.Stats()
 		s.firstRequest, s.stream = st.First.Sub(start), st.Last.Sub(st.First)
+		s.sinkRequests, s.sinkPeak = int(st.Requests), p.sinkLoad.takePeak()
 		return s, p.checkAndResetSink(p.sink)
 	}
 	return s, p.checkAndEmptyB(ctx, round)
@@ -232,6 +237,7 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	case toSink:
 		env, label = p.stowlineEnv(fs, p.sinkURL, ""), "sink-"+label
 		p.sink.Reset()
+		p.sinkLoad.takePeak()
 	case toBAndC:
 		env, label = p.twoDestinationEnv(fs, p.gateB.URL+"/dicom-web", p.gateC.URL+"/dicom-web"), "two-"+label
 	case toTwoSinks:
@@ -336,6 +342,9 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 		s.cpuSink = after.self - before.self
 		st := p.sink.Stats()
 		s.firstRequest, s.stream = st.First.Sub(start), st.Last.Sub(st.First)
+		if to == toSink {
+			s.sinkRequests, s.sinkPeak = int(st.Requests), p.sinkLoad.takePeak()
+		}
 	}
 	mem, err := readMem(pid)
 	if err != nil {

@@ -18,7 +18,12 @@
 // or with STOW_DEIDENTIFY=basic (into B and into the sink, the copies
 // checked by count and keyed UIDs) against the plain cases of the same
 // setting. Every case runs several rounds in alternating order; the
-// medians are reported.
+// medians are reported. STOWLINE_BENCH_SINK_LATENCY and _SINK_RATE make
+// the sinks far (a wait before each answer, each request body read at a
+// capped rate, as a distant cloud endpoint's TCP stream is): Orthanc's
+// own client into the sink (native-orthanc-stow-to-sink) then measures
+// against stowline under a per-stream cap; every sink case reports how
+// many requests the sink answered and the most it served at once.
 //
 // BenchmarkLargeStudy generates one large study (by default 192 instances
 // of 2048x2048 pixels and one of 16384x16384, 2 GiB) straight into a real

@@ -254,6 +254,9 @@ type summary struct {
 	streamMBps           float64
 	peakRSS, readyRSS    int64
 	requests             int
+	// sinkRequests is the median number of requests the sink answered,
+	// sinkPeak the most it served at once in any round (sink cases).
+	sinkRequests, sinkPeak int
 	// verify is the median QIDO-RS verification time (kindVerify).
 	verify time.Duration
 	// otherLoad is the CPU the rest of the machine used during the
@@ -276,6 +279,7 @@ func (p *pipeline) summarize(c *benchCase) summary {
 	for _, x := range c.samples {
 		s.toBMin, s.toBMax = min(s.toBMin, x.toB), max(s.toBMax, x.toB)
 		s.peakRSS = max(s.peakRSS, x.peakRSS)
+		s.sinkPeak = max(s.sinkPeak, x.sinkPeak)
 	}
 	s.instPerS = float64(p.n()) / s.toB.Seconds()
 	s.mbPerS = float64(p.totalBytes) / 1e6 / s.toB.Seconds()
@@ -290,6 +294,7 @@ func (p *pipeline) summarize(c *benchCase) summary {
 	}
 	s.readyRSS = int64(pick(func(x sample) float64 { return float64(x.readyRSS) }))
 	s.requests = int(pick(func(x sample) float64 { return float64(x.requests) }))
+	s.sinkRequests = int(pick(func(x sample) float64 { return float64(x.sinkRequests) }))
 	s.verify = time.Duration(pick(func(x sample) float64 { return float64(x.verify) }))
 	s.otherLoad = pick(sample.otherLoad)
 	return s
@@ -320,6 +325,10 @@ func (p *pipeline) report(b *testing.B, c *benchCase, native natives, read, one 
 		b.ReportMetric(s.cpuSink, "sink-cpu-s/GB")
 		b.ReportMetric(s.firstRequest.Seconds(), "first-request-s")
 		b.ReportMetric(s.streamMBps, "stream-MB/s")
+		if s.sinkRequests > 0 {
+			b.ReportMetric(float64(s.sinkRequests), "sink-requests")
+			b.ReportMetric(float64(s.sinkPeak), "sink-peak-in-flight")
+		}
 	}
 	if n := native.ratioTo(c.kind); n != nil {
 		b.ReportMetric(s.instPerS/n.instPerS, "x-native")
@@ -351,6 +360,9 @@ func (p *pipeline) line(s sample) string {
 	}
 	if s.stream > 0 {
 		out += fmt.Sprintf("  sink: CPU %.2f s, first request %.3fs, stream %.3fs", s.cpuSink.Seconds(), s.firstRequest.Seconds(), s.stream.Seconds())
+		if s.sinkRequests > 0 {
+			out += fmt.Sprintf(", %d requests, at most %d at once", s.sinkRequests, s.sinkPeak)
+		}
 	}
 	return out
 }
@@ -410,16 +422,20 @@ func (p *pipeline) printTable(cases []*benchCase, native natives, read *summary)
 			c.name, s.toB.Seconds(), one.toB.Seconds(), 2*s.instPerS, twoVsOne(s, *one), one.instPerS)
 	}
 	for _, c := range cases {
-		if c.kind != kindSink {
+		if c.kind != kindSink && c.kind != kindNativeSink {
 			continue
 		}
 		s := c.sum
+		if c.kind == kindNativeSink {
+			fmt.Printf("\n%s: %d STOW-RS requests (median), at most %d at once.\n", c.name, s.sinkRequests, s.sinkPeak)
+			continue
+		}
 		fmt.Printf("\n%s: the first STOW-RS request reached the sink %.3f s after the webhook POST (event through JetStream, instances listed); from then the study streamed in %.3f s, %.1f MB/s",
 			c.name, s.firstRequest.Seconds(), s.stream.Seconds(), s.streamMBps)
 		if read != nil {
 			fmt.Printf(" (%.2f × the fastest A read)", s.streamMBps/read.mbPerS)
 		}
-		fmt.Println(".")
+		fmt.Printf("; %d STOW-RS requests (median), at most %d at once.\n", s.sinkRequests, s.sinkPeak)
 	}
 	again, total := 0, 0
 	for _, c := range cases {

@@ -38,8 +38,9 @@ type settings struct {
 	// STOW_DEIDENTIFY=basic, each into B and into the sink; the stowline
 	// and sink cases of the same setting are their baselines.
 	Deidentify []fwdSetting
-	// SinkLatency and SinkRate shape the sink's answers (0: none): the
-	// wait before each answer and the per-request read rate in bytes/s.
+	// SinkLatency and SinkRate shape the sinks' answers (0: none): the
+	// wait before each answer and the per-request read rate in bytes/s,
+	// for a far destination (issue 15: 40ms and 25 MiB/s a stream).
 	SinkLatency time.Duration
 	SinkRate    int
 	// StowlineEnv are extra variables for every stowline process (e.g.
@@ -105,7 +106,8 @@ _TWO_DESTINATIONS ("4/100": stowline settings sending to B and C at once; "-" fo
 _TWO_SINKS ("4/100/4": stowline settings sending to two sinks at once; "-" for none),
 _VERIFY ("-": stowline settings sending to B with STOW_VERIFY=qido; "-" for none),
 _DEIDENTIFY ("-": stowline settings sending to B and to the sink with STOW_DEIDENTIFY=basic; "-" for none),
-_SINK_LATENCY (0), _SINK_RATE (0: bytes/s per request), _STOWLINE_ENV ("": KEY=VALUE ...),
+_SINK_LATENCY (0: the sinks' wait before each answer, e.g. 40ms), _SINK_RATE (0: none; each request body's
+read rate in bytes/s, e.g. 26214400), _STOWLINE_ENV ("": KEY=VALUE ...),
 _NATIVE (1), _SOURCE (this module), _MAX_OTHER_LOAD (0.25), _PROFILE_DIR (""), _PERF_DIR (""), _TIMEOUT (5m)`
 
 func loadSettings(getenv func(string) string) (settings, error) {
