@@ -8,16 +8,17 @@
 // it meets (see forward's requestsAtOnce), so a first study that met a
 // lower start would run below the ceiling to its end however soon the
 // limit grew, and a far destination wants every stream from the first
-// request. After probeRounds calm rounds at that level (as many answered
-// requests as the limit, every place busy), it tries half of it once
-// (ProbeDown): when half carries as much (a destination that queues
-// requests, such as an Orthanc storing each on one thread), it stays
-// there, else it goes back. From a lower level it grows while it pays:
+// request. After probeRounds calm rounds at that level (a round: as many
+// answered requests as the limit, every place busy), it tries half of it
+// (ProbeDown) until a round of half is filled: when half carries at least
+// keepShare as much (a destination that queues requests, such as an
+// Orthanc storing each on one thread), it stays there, else it goes back
+// (ProbeUp). From a lower level it grows while it pays:
 // the throughput (Little's law: limit / the time a request takes) is
 // compared with the round before the last increase. While it grew by at
 // least half of what the added places would carry, and the time a request
 // takes stayed within twice the best of recent rounds, the limit doubles
-// at first (slow start, after Recover), then grows by one. Rounds are
+// while in slow start (a Start set below the ceiling), else grows by one. Rounds are
 // compared allowing for the size of their requests (see sample): a CT
 // batch of 50 MB and an SR of 10 KB do not take the same time, nor the
 // same time per byte. An increase that gained nothing is undone (NoGain),
@@ -64,12 +65,16 @@ const (
 	// breaker closed); the limit starts again from the start level.
 	Recovered Reason = "recovered"
 	// ProbeDown: calm rounds at the start level; half of it is tried
-	// once, and kept if it carries as much.
+	// once, and kept if it carries at least 90 % as much.
 	ProbeDown Reason = "probe_down"
+	// ProbeUp: half the start level carried less, or its round could
+	// not tell (requests of other sizes, demand below it): back to the
+	// start level.
+	ProbeUp Reason = "probe_up"
 )
 
 // Reasons lists every reason, for metrics.
-var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare, Recovered, ProbeDown}
+var Reasons = []Reason{Increase, NoGain, Latency, Overload429, Overload503, Timeout, RetryAfter, ReplicaShare, Recovered, ProbeDown, ProbeUp}
 
 const (
 	// latencyRatio is how far the time a request takes may rise above
@@ -86,6 +91,10 @@ const (
 	// the closest bound decides anyway (a mix may never repeat a size).
 	likeSize   = 1.25
 	likeRounds = 4
+	// keepShare is the least share of the start level's throughput half
+	// of it must carry to be kept after ProbeDown: leaving the
+	// operator's level needs the evidence.
+	keepShare = 0.9
 	// bestRounds is how many rounds the best time is kept for, so it
 	// follows a destination that became slower for good.
 	bestRounds = 16
@@ -220,6 +229,19 @@ func New(o Options) (*Limiter, error) {
 func (l *Limiter) Limit() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.limit
+}
+
+// SplitLimit is the limit a study starting now is split for: the limit,
+// or while half the start level is tried (ProbeDown), the start level,
+// so that the requests of that round are of the start level's size and
+// going back finds the study split for it.
+func (l *Limiter) SplitLimit() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.probing {
+		return max(l.limit, min(l.topLimit, l.ceiling))
+	}
 	return l.limit
 }
 
@@ -364,6 +386,13 @@ func (p *Permit) Overloaded(reason Reason, retryAfter time.Duration) {
 		}
 		// One halving a burst: requests started before the last
 		// decrease saw the old limit.
+		if p.epoch < l.decreased && l.probing {
+			// Refused at the start level while half is tried: half
+			// stays, and the start level counts as refused.
+			l.probing, l.refused = false, l.topLimit
+			l.slowStart, l.held, l.calm = false, false, 0
+			l.before, l.beforeLimit = sample{}, 0
+		}
 		if p.epoch >= l.decreased {
 			from := l.limit
 			l.refused = from
@@ -460,6 +489,12 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 		// The demand did not fill the limit: this round says nothing
 		// about a higher one.
 		l.round = round{}
+		if l.probing {
+			// Nor about half: back to the start level, to try again
+			// after calm rounds there.
+			l.probing, l.untested, l.held, l.calm = false, true, true, 0
+			return l.backFromProbe()
+		}
 		return Change{}, false
 	}
 	cur := sample{size: float64(r.bytes) / float64(r.n), took: r.took.Seconds() / float64(r.n)}
@@ -486,7 +521,7 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	// round of like size decides: against one of other sizes that bound
 	// is loose and every change of the study mix would read as a gain.
 	if l.probing {
-		return l.endProbe(cur, change)
+		return l.endProbe(cur)
 	}
 	grew, comparable := true, true
 	if l.beforeLimit > 0 {
@@ -507,11 +542,15 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 		}
 	case l.held:
 		l.calm++
-		if l.calm >= probeRounds && l.untested && max(l.min, l.limit/2) < l.limit {
+		if l.calm >= probeRounds && l.untested && l.limit == min(l.start, l.ceiling) && max(l.min, l.limit/2) < l.limit {
 			// Does half carry as much?
 			l.untested, l.probing = false, true
 			l.top, l.topLimit = cur, l.limit
-			return change(max(l.min, l.limit/2), ProbeDown)
+			c, ok := change(max(l.min, l.limit/2), ProbeDown)
+			// An overload from a request started at the start level
+			// does not halve again: it ends the probe (see Overloaded).
+			l.decreased = l.epoch
+			return c, ok
 		}
 		if l.calm >= probeRounds && l.limit < l.ceiling {
 			// Held long enough: does one more pay now?
@@ -533,25 +572,34 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	return Change{}, false
 }
 
-// endProbe ends the round at half the start level (ProbeDown): back to
-// the level above if it paid as an increase would have to (at least half
-// of what its added places carry), or if this round's requests are not of
-// like size to its (the comparison would not hold: the operator's level
-// wins); else the lower level is held, to grow by one after probeRounds
-// calm rounds as from any level. The caller holds mu.
-func (l *Limiter) endProbe(cur sample, change func(int, Reason) (Change, bool)) (Change, bool) {
+// endProbe ends the round at half the start level (ProbeDown): half is
+// kept if it carried at least keepShare of the start level's throughput,
+// judged only between requests of like size, the start level's time
+// taken at the least it could be at this round's size (leaning towards
+// the operator's level); else back to the start level (ProbeUp). The
+// lower level held grows by one after probeRounds calm rounds as from any
+// level. The caller holds mu.
+func (l *Limiter) endProbe(cur sample) (Change, bool) {
 	l.probing = false
 	l.slowStart, l.held, l.calm = false, true, 0
 	l.before, l.beforeLimit = sample{}, 0
-	top := min(l.topLimit, l.ceiling)
-	if top <= l.limit {
-		return Change{}, false
-	}
-	half, upper := float64(l.limit)/cur.took, float64(top)/l.top.took
-	if !l.top.like(cur.size) || upper >= half*(1+0.5*float64(top-l.limit)/float64(l.limit)) {
-		return change(top, Increase)
+	topTook := l.top.took * min(1, cur.size/l.top.size)
+	half, upper := float64(l.limit)/cur.took, float64(l.topLimit)/topTook
+	if !l.top.like(cur.size) || half < keepShare*upper {
+		return l.backFromProbe()
 	}
 	return Change{}, false
+}
+
+// backFromProbe goes back to the level half was tried against, within
+// the ceiling; the caller holds mu.
+func (l *Limiter) backFromProbe() (Change, bool) {
+	to, from := min(l.topLimit, l.ceiling), l.limit
+	if to <= from {
+		return Change{}, false
+	}
+	l.setLimit(to)
+	return Change{From: from, To: to, Reason: ProbeUp}, true
 }
 
 // grow raises the limit from the level measured as cur: doubling in slow

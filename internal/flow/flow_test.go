@@ -170,7 +170,7 @@ func TestStartsAtTheCeiling(t *testing.T) {
 				}
 				want := []Change{{From: 16, To: 8, Reason: ProbeDown}}
 				if c.want == 16 {
-					want = append(want, Change{From: 8, To: 16, Reason: Increase})
+					want = append(want, Change{From: 8, To: 16, Reason: ProbeUp})
 				}
 				if !slices.Equal(*changes, want) {
 					t.Errorf("changes %+v, want %+v", *changes, want)
@@ -510,6 +510,99 @@ func TestRecoverAfterAnOutage(t *testing.T) {
 		d.run(t, l, 32, 2*time.Second)
 		if got := l.Limit(); got != 16 {
 			t.Errorf("limit %d 2 s after recovering, want the ceiling 16", got)
+		}
+	})
+}
+
+func (l *Limiter) inFlightNow() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.inFlight
+}
+
+// probeDown runs a calm destination (100 ms a request) at the start
+// level until half of it is tried, and returns the limiter then.
+func probeDown(t *testing.T) (*Limiter, *[]Change) {
+	t.Helper()
+	l, changes := newLimiter(t, Options{Min: 1, Max: 16})
+	for l.Limit() == 16 {
+		var ps []*Permit
+		for range 16 {
+			p, err := l.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ps = append(ps, p)
+		}
+		time.Sleep(100 * time.Millisecond)
+		for _, p := range ps {
+			p.Done(1 << 20)
+		}
+	}
+	if want := []Change{{From: 16, To: 8, Reason: ProbeDown}}; !slices.Equal(*changes, want) {
+		t.Fatalf("changes %+v, want %+v", *changes, want)
+	}
+	return l, changes
+}
+
+// While half is tried, studies are still split for the start level, and
+// a round below half (the demand fell) goes back to it.
+func TestProbeRoundNotFilledGoesBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, changes := probeDown(t)
+		if got := l.SplitLimit(); got != 16 {
+			t.Errorf("SplitLimit %d while half is tried, want the start level 16", got)
+		}
+		for range 8 { // one at a time: never saturated
+			p, err := l.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			p.Done(1 << 20)
+		}
+		if got := l.Limit(); got != 16 {
+			t.Errorf("limit %d after a round below half, want back at 16; changes %+v", got, *changes)
+		}
+		if got := l.SplitLimit(); got != 16 {
+			t.Errorf("SplitLimit %d, want 16", got)
+		}
+	})
+}
+
+// A 429 answered after the probe began, to a request started at the
+// start level, does not halve again: half stays, the start level counts
+// as refused.
+func TestOverloadFromTheStartLevelEndsTheProbe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _ := newLimiter(t, Options{Min: 1, Max: 16})
+		// One request is always kept open into the next round, so one
+		// started at the start level is open when the probe begins.
+		var old *Permit
+		for l.Limit() == 16 {
+			var ps []*Permit
+			for l.inFlightNow() < 16 {
+				p, err := l.Acquire(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				ps = append(ps, p)
+			}
+			time.Sleep(100 * time.Millisecond)
+			if old != nil {
+				old.Done(1 << 20)
+			}
+			for _, p := range ps[:len(ps)-1] {
+				p.Done(1 << 20)
+			}
+			old = ps[len(ps)-1]
+		}
+		old.Overloaded(Overload429, 0)
+		if got := l.Limit(); got != 8 {
+			t.Errorf("limit %d after a 429 from the start level during the probe, want half, 8", got)
+		}
+		if l.probing || l.refused != 16 {
+			t.Errorf("probing %v, refused %d: want the probe ended, 16 refused", l.probing, l.refused)
 		}
 	})
 }

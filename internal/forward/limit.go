@@ -46,7 +46,7 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger, last
 	})
 	changes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_stow_parallel_changes_total",
-		Help:        "Changes of stowline_forwarder_stow_parallel_limit, by reason: increase (throughput grew, latency held), no_gain (the last increase did not pay), latency (requests took over twice the best time of recent rounds, allowing for their size), overload_429, overload_503, timeout (halved), retry_after (new requests paused, limit unchanged), replica_share (the replicas serving the destination changed), recovered (back from an outage: the start level again), probe_down (half the start level tried once).",
+		Help:        "Changes of stowline_forwarder_stow_parallel_limit, by reason: increase (throughput grew, latency held), no_gain (the last increase did not pay), latency (requests took over twice the best time of recent rounds, allowing for their size), overload_429, overload_503, timeout (halved), retry_after (new requests paused, limit unchanged), replica_share (the replicas serving the destination changed), recovered (back from an outage: the start level again), probe_down (half the start level tried once), probe_up (back from that try: half carried less).",
 		ConstLabels: labels,
 	}, []string{"reason"})
 	for _, r := range flow.Reasons {
@@ -131,12 +131,12 @@ func overload(ctx context.Context, err error) (flow.Reason, time.Duration, bool)
 }
 
 // requestsAtOnce is the number a study's requests are a multiple of:
-// the current limit, shared by the studies this process sends now, so
+// the current limit (flow's SplitLimit), shared by the studies this process sends now, so
 // that the studies together fill it (a study alone fills it), without
 // splitting small studies into tiny requests for a ceiling not reached.
 func (f *Forwarder) requestsAtOnce() int {
 	if f.limit == nil {
 		return max(f.opts.RequestConcurrency, 1)
 	}
-	return max(f.limit.Limit()/max(int(f.sending.Load()), 1), 1)
+	return max(f.limit.SplitLimit()/max(int(f.sending.Load()), 1), 1)
 }
