@@ -16,7 +16,9 @@ const (
 	// well under 1 KiB per instance, so this covers studies of thousands
 	// of instances.
 	defaultMaxResponseBytes = 16 << 20
-	// DefaultBufferSize is the copy buffer used per request (pooled).
+	// DefaultBufferSize is the buffer each request's body is written
+	// through (pooled): on HTTP/1.1 without a Content-Length, each HTTP
+	// chunk is one full buffer.
 	DefaultBufferSize = 256 << 10
 	// defaultUserAgent is sent unless withUserAgent says otherwise.
 	defaultUserAgent = "stowline-stow/1"
@@ -223,50 +225,45 @@ func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*R
 	if err != nil {
 		return nil, err
 	}
-	buf := c.bufPool.Get().(*[]byte)
-	// The writer goroutine has exited on every return path below before
-	// this runs, so the buffer is free.
-	defer c.bufPool.Put(buf)
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
-	mw, err := newMultipartWriter(pw, boundary, *buf)
-	if err != nil {
+	if err := validateBoundary(boundary); err != nil {
 		return nil, err
 	}
-	// Not from bufPool: the transport may still be inside WriteTo after
-	// Do returned, so the buffer cannot go back to the pool here.
-	reqBody := &bigChunks{r: pr, buf: make([]byte, c.bufferSize)}
-	req, err := http.NewRequestWithContext(ctx, method, c.url, reqBody)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	buf := c.bufPool.Get().(*[]byte)
+	exact := c.contentLength && allSized(parts)
+	body := newRequestBody(ctx, boundary, parts, exact, *buf)
+	// finish ends the request's body: the server reads no more of it (it
+	// answered, or the request failed), so stop the sources and wait for
+	// the transport to leave Read or WriteTo, which it may still be in
+	// after Do returned. Only then can the buffer go back to the pool.
+	finish := func() (int64, error) {
+		cancel()
+		sent, werr := body.stop()
+		c.bufPool.Put(buf)
+		return sent, werr
+	}
+
+	req, err := http.NewRequestWithContext(ctx, method, c.url, body)
 	if err != nil {
+		finish()
 		return nil, fmt.Errorf("stow: build request: %w", err)
 	}
 	req.ContentLength = -1 // stream: chunked on HTTP/1.1
-	exact := c.contentLength && allSized(parts)
 	if exact {
 		req.ContentLength = multipartLength(boundary, parts)
 	}
 	for k, vs := range c.header {
 		req.Header[k] = append([]string(nil), vs...)
 	}
-	req.Header.Set("Content-Type", mw.ContentType())
+	req.Header.Set("Content-Type", requestContentType(boundary))
 	req.Header.Set("Accept", acceptMediaType)
 	req.Header.Set("User-Agent", c.userAgent)
 
-	done := make(chan error, 1)
-	go func() {
-		err := writeParts(ctx, mw, parts, exact)
-		pw.CloseWithError(err) // nil closes with EOF
-		done <- err
-	}()
-
 	resp, doErr := c.hc.Do(req)
 	if doErr != nil {
-		pr.CloseWithError(errBodyAbandoned)
-		cancel()
-		if werr := <-done; isWriteFailure(werr) {
-			// The transport only saw a broken body; the writer knows why.
+		if _, werr := finish(); isWriteFailure(werr) {
+			// The transport only saw a broken body; the body knows why.
 			return nil, werr
 		}
 		return nil, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, doErr))
@@ -276,19 +273,13 @@ func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*R
 		// as a GET: the answer is not about our instances (it may even be
 		// a QIDO-RS search result that parses as an empty STOW response).
 		resp.Body.Close()
-		pr.CloseWithError(errBodyAbandoned)
-		cancel()
-		<-done
+		finish()
 		return nil, fmt.Errorf("%w: %s %s ended as %s %s", ErrRedirected, method, c.logURL, r.Method, r.URL.Redacted())
 	}
-	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
+	respBody, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
 	resp.Body.Close()
-	// The server has answered, so it reads no more of the body: stop the
-	// writer (it may be blocked on the pipe) and the sources it reads.
-	pr.CloseWithError(errBodyAbandoned)
-	cancel()
-	werr := <-done
-	return c.handleResponse(resp, body, tooLarge, readErr, werr, mw.bytesWritten())
+	sent, werr := finish()
+	return c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent)
 }
 
 // logSafe is a URL fit for errors and logs: without user info, query or
