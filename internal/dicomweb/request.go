@@ -34,6 +34,9 @@ type requestBody struct {
 	exact    bool
 	boundary string
 	buf      []byte // the pooled buffer; only WriteTo uses it
+	// preamble precedes the first part's content, nextPreamble every
+	// other's.
+	preamble, nextPreamble string
 
 	use sync.Mutex
 	// done: the transport closed the body or stop was called; Read and
@@ -52,7 +55,12 @@ type requestBody struct {
 }
 
 func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bool, buf []byte) *requestBody {
-	return &requestBody{ctx: ctx, parts: parts, exact: exact, boundary: boundary, buf: buf, det: newDelimiterDetector(boundary)}
+	return &requestBody{
+		ctx: ctx, parts: parts, exact: exact, boundary: boundary, buf: buf,
+		preamble:     partPreamble(boundary, partHeader, true),
+		nextPreamble: partPreamble(boundary, partHeader, false),
+		det:          newDelimiterDetector(boundary),
+	}
 }
 
 // Read fills p with the next bytes of the body: until p is full, the
@@ -180,7 +188,10 @@ func (b *requestBody) openPart() error {
 		r = &exactReader{r: r, left: p.Size}
 	}
 	b.content = r
-	b.framing = partPreamble(b.boundary, partHeader, b.next == 0)
+	b.framing = b.nextPreamble
+	if b.next == 0 {
+		b.framing = b.preamble
+	}
 	b.det.reset()
 	return nil
 }
