@@ -68,6 +68,11 @@ func TestStoreBodyPaths(t *testing.T) {
 		uids = append(uids, uid)
 		want = append(want, data)
 	}
+	// Content that looks like framing, of another boundary, is content.
+	lookalike := []byte("UID:1.2.99\n\r\n--" + testBoundary + "\r\nContent-Type: text/plain\r\n\r\n--" + testBoundary + "--\r\n")
+	parts = append(parts, memPart("1.2.99", lookalike))
+	uids = append(uids, "1.2.99")
+	want = append(want, lookalike)
 	for _, path := range bodyPaths {
 		t.Run(path.name, func(t *testing.T) {
 			checkNoGoroutineLeak(t)

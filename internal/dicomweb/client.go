@@ -2,7 +2,6 @@ package dicomweb
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,10 +29,10 @@ const (
 
 // Part is one DICOM instance to send. Open is called when the part is
 // written, so instances stream one after another and a study is never held
-// in memory. Open may be called more than once (Store retries once after a
-// boundary collision). The context passed to Open is cancelled as soon as
-// the request ends; Open and the reader it returns should honour it so that
-// Store returns promptly when the server answers early.
+// in memory; each Store calls it at most once. The context passed to Open
+// is cancelled as soon as the request ends; Open and the reader it returns
+// should honour it so that Store returns promptly when the server answers
+// early.
 type Part struct {
 	SOPInstanceUID string
 	// Size in bytes, -1 if unknown. Used by Batches.
@@ -124,7 +123,9 @@ func WithContentLength() Option {
 	}
 }
 
-// withBoundaryFunc replaces newBoundary, for tests.
+// withBoundaryFunc replaces newBoundary, for tests. Store does not search
+// the content for the delimiter (see boundaryRandomBytes): a boundary that
+// is not newBoundary's may be cut short by the content.
 func withBoundaryFunc(f func() (string, error)) Option {
 	return func(c *Client) error {
 		if f == nil {
@@ -186,10 +187,6 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 // 200 and 202 both return a Result: use Result.Missing and Result.Failed to
 // see what was not stored. Any other status returns an *HTTPError (use
 // errors.As), whose Result is set when the body was a STOW response.
-//
-// If a part's content contains the multipart delimiter, Store retries once
-// with a fresh boundary; a second collision returns an error wrapping
-// errBoundaryCollision.
 func (c *Client) Store(ctx context.Context, parts []Part) (*Result, error) {
 	return c.send(ctx, http.MethodPost, parts)
 }
@@ -211,13 +208,7 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 			return nil, fmt.Errorf("%w: part %d (SOP Instance UID %q) has no Open func", errInvalidPart, i+1, p.SOPInstanceUID)
 		}
 	}
-	res, err := c.storeOnce(ctx, method, parts)
-	if errors.Is(err, errBoundaryCollision) && ctx.Err() == nil {
-		// A fresh random boundary colliding again is practically
-		// impossible, so one retry is enough.
-		res, err = c.storeOnce(ctx, method, parts)
-	}
-	return res, err
+	return c.storeOnce(ctx, method, parts)
 }
 
 func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*Result, error) {

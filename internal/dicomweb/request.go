@@ -48,10 +48,9 @@ type requestBody struct {
 	next    int           // index of the current or next part
 	src     io.ReadCloser // the current part's source, nil between parts
 	content io.Reader     // src through ctxReader (and exactReader)
-	det     delimiterDetector
-	sent    int64 // bytes handed to the transport
-	err     error // the encoder's first failure, sticky
-	ended   bool  // the close delimiter is queued in framing
+	sent    int64         // bytes handed to the transport
+	err     error         // the encoder's first failure, sticky
+	ended   bool          // the close delimiter is queued in framing
 }
 
 func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bool, buf []byte) *requestBody {
@@ -59,7 +58,6 @@ func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bo
 		ctx: ctx, parts: parts, exact: exact, boundary: boundary, buf: buf,
 		preamble:     partPreamble(boundary, partHeader, true),
 		nextPreamble: partPreamble(boundary, partHeader, false),
-		det:          newDelimiterDetector(boundary),
 	}
 }
 
@@ -145,12 +143,9 @@ func (b *requestBody) fill(p []byte) (int, error) {
 			b.framing = b.framing[k:]
 			n += k
 		case b.content != nil:
+			// The content is not searched for the delimiter: see
+			// boundaryRandomBytes.
 			k, err := b.content.Read(p[n:])
-			// Scan before the bytes are handed on: the bytes that would
-			// end the part early never reach the wire.
-			if k > 0 && b.det.scan(p[n:n+k]) {
-				return n, b.fail(errBoundaryCollision)
-			}
 			n += k
 			switch {
 			case err == io.EOF:
@@ -192,7 +187,6 @@ func (b *requestBody) openPart() error {
 	if b.next == 0 {
 		b.framing = b.preamble
 	}
-	b.det.reset()
 	return nil
 }
 
@@ -222,8 +216,8 @@ func (b *requestBody) closeSource() {
 	b.src, b.content = nil, nil
 }
 
-// isWriteFailure tells a real body failure (source error, boundary
-// collision) from the writer merely being stopped.
+// isWriteFailure tells a real body failure (source error, size mismatch)
+// from the writer merely being stopped.
 func isWriteFailure(err error) bool {
 	return err != nil &&
 		!errors.Is(err, errBodyAbandoned) &&
