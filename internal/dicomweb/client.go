@@ -2,7 +2,6 @@ package dicomweb
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,7 +15,9 @@ const (
 	// well under 1 KiB per instance, so this covers studies of thousands
 	// of instances.
 	defaultMaxResponseBytes = 16 << 20
-	// DefaultBufferSize is the copy buffer used per request (pooled).
+	// DefaultBufferSize is the buffer each request's body is written
+	// through (pooled): on HTTP/1.1 without a Content-Length, each HTTP
+	// chunk is one full buffer.
 	DefaultBufferSize = 256 << 10
 	// defaultUserAgent is sent unless withUserAgent says otherwise.
 	defaultUserAgent = "stowline-stow/1"
@@ -28,10 +29,10 @@ const (
 
 // Part is one DICOM instance to send. Open is called when the part is
 // written, so instances stream one after another and a study is never held
-// in memory. Open may be called more than once (Store retries once after a
-// boundary collision). The context passed to Open is cancelled as soon as
-// the request ends; Open and the reader it returns should honour it so that
-// Store returns promptly when the server answers early.
+// in memory; each Store calls it at most once. The context passed to Open
+// is cancelled as soon as the request ends; Open and the reader it returns
+// should honour it so that Store returns promptly when the server answers
+// early.
 type Part struct {
 	SOPInstanceUID string
 	// Size in bytes, -1 if unknown. Used by Batches.
@@ -122,7 +123,9 @@ func WithContentLength() Option {
 	}
 }
 
-// withBoundaryFunc replaces newBoundary, for tests.
+// withBoundaryFunc replaces newBoundary, for tests. Store does not search
+// the content for the delimiter (see boundaryRandomBytes): a boundary that
+// is not newBoundary's may be cut short by the content.
 func withBoundaryFunc(f func() (string, error)) Option {
 	return func(c *Client) error {
 		if f == nil {
@@ -184,10 +187,6 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 // 200 and 202 both return a Result: use Result.Missing and Result.Failed to
 // see what was not stored. Any other status returns an *HTTPError (use
 // errors.As), whose Result is set when the body was a STOW response.
-//
-// If a part's content contains the multipart delimiter, Store retries once
-// with a fresh boundary; a second collision returns an error wrapping
-// errBoundaryCollision.
 func (c *Client) Store(ctx context.Context, parts []Part) (*Result, error) {
 	return c.send(ctx, http.MethodPost, parts)
 }
@@ -209,13 +208,7 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 			return nil, fmt.Errorf("%w: part %d (SOP Instance UID %q) has no Open func", errInvalidPart, i+1, p.SOPInstanceUID)
 		}
 	}
-	res, err := c.storeOnce(ctx, method, parts)
-	if errors.Is(err, errBoundaryCollision) && ctx.Err() == nil {
-		// A fresh random boundary colliding again is practically
-		// impossible, so one retry is enough.
-		res, err = c.storeOnce(ctx, method, parts)
-	}
-	return res, err
+	return c.storeOnce(ctx, method, parts)
 }
 
 func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*Result, error) {
@@ -223,50 +216,45 @@ func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*R
 	if err != nil {
 		return nil, err
 	}
-	buf := c.bufPool.Get().(*[]byte)
-	// The writer goroutine has exited on every return path below before
-	// this runs, so the buffer is free.
-	defer c.bufPool.Put(buf)
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
-	mw, err := newMultipartWriter(pw, boundary, *buf)
-	if err != nil {
+	if err := validateBoundary(boundary); err != nil {
 		return nil, err
 	}
-	// Not from bufPool: the transport may still be inside WriteTo after
-	// Do returned, so the buffer cannot go back to the pool here.
-	reqBody := &bigChunks{r: pr, buf: make([]byte, c.bufferSize)}
-	req, err := http.NewRequestWithContext(ctx, method, c.url, reqBody)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	buf := c.bufPool.Get().(*[]byte)
+	exact := c.contentLength && allSized(parts)
+	body := newRequestBody(ctx, boundary, parts, exact, *buf)
+	// finish ends the request's body: the server reads no more of it (it
+	// answered, or the request failed), so stop the sources and wait for
+	// the transport to leave Read or WriteTo, which it may still be in
+	// after Do returned. Only then can the buffer go back to the pool.
+	finish := func() (int64, error) {
+		cancel()
+		sent, werr := body.stop()
+		c.bufPool.Put(buf)
+		return sent, werr
+	}
+
+	req, err := http.NewRequestWithContext(ctx, method, c.url, body)
 	if err != nil {
+		finish()
 		return nil, fmt.Errorf("stow: build request: %w", err)
 	}
 	req.ContentLength = -1 // stream: chunked on HTTP/1.1
-	exact := c.contentLength && allSized(parts)
 	if exact {
 		req.ContentLength = multipartLength(boundary, parts)
 	}
 	for k, vs := range c.header {
 		req.Header[k] = append([]string(nil), vs...)
 	}
-	req.Header.Set("Content-Type", mw.ContentType())
+	req.Header.Set("Content-Type", requestContentType(boundary))
 	req.Header.Set("Accept", acceptMediaType)
 	req.Header.Set("User-Agent", c.userAgent)
 
-	done := make(chan error, 1)
-	go func() {
-		err := writeParts(ctx, mw, parts, exact)
-		pw.CloseWithError(err) // nil closes with EOF
-		done <- err
-	}()
-
 	resp, doErr := c.hc.Do(req)
 	if doErr != nil {
-		pr.CloseWithError(errBodyAbandoned)
-		cancel()
-		if werr := <-done; isWriteFailure(werr) {
-			// The transport only saw a broken body; the writer knows why.
+		if _, werr := finish(); isWriteFailure(werr) {
+			// The transport only saw a broken body; the body knows why.
 			return nil, werr
 		}
 		return nil, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, doErr))
@@ -276,19 +264,13 @@ func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*R
 		// as a GET: the answer is not about our instances (it may even be
 		// a QIDO-RS search result that parses as an empty STOW response).
 		resp.Body.Close()
-		pr.CloseWithError(errBodyAbandoned)
-		cancel()
-		<-done
+		finish()
 		return nil, fmt.Errorf("%w: %s %s ended as %s %s", ErrRedirected, method, c.logURL, r.Method, r.URL.Redacted())
 	}
-	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
+	respBody, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
 	resp.Body.Close()
-	// The server has answered, so it reads no more of the body: stop the
-	// writer (it may be blocked on the pipe) and the sources it reads.
-	pr.CloseWithError(errBodyAbandoned)
-	cancel()
-	werr := <-done
-	return c.handleResponse(resp, body, tooLarge, readErr, werr, mw.bytesWritten())
+	sent, werr := finish()
+	return c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent)
 }
 
 // logSafe is a URL fit for errors and logs: without user info, query or

@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -480,64 +479,6 @@ func TestStoreSourceErrors(t *testing.T) {
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
-
-func TestStoreBoundaryCollision(t *testing.T) {
-	const bad = "collide"
-	content := []byte("DICM\r\n--" + bad + "\r\nmore")
-
-	t.Run("retried once with a fresh boundary", func(t *testing.T) {
-		var log requestLog
-		srv := fakeSTOW(t, &log)
-		var calls atomic.Int32
-		c := newTestClient(t, srv.URL, withBoundaryFunc(func() (string, error) {
-			if calls.Add(1) == 1 {
-				return bad, nil
-			}
-			return newBoundary()
-		}))
-		var opens atomic.Int32
-		part := Part{SOPInstanceUID: "1.2", Size: int64(len(content)), Open: func(context.Context) (io.ReadCloser, error) {
-			opens.Add(1)
-			return io.NopCloser(bytes.NewReader(append([]byte("UID:1.2\n"), content...))), nil
-		}}
-		res, err := c.Store(context.Background(), []Part{part})
-		if err != nil {
-			t.Fatalf("Store: %v", err)
-		}
-		if got := storedUIDs(res); !slices.Equal(got, []string{"1.2"}) {
-			t.Errorf("stored = %q", got)
-		}
-		if calls.Load() != 2 || opens.Load() != 2 {
-			t.Errorf("boundaries %d, opens %d; want 2 and 2", calls.Load(), opens.Load())
-		}
-		// The aborted attempt never reached the server as a complete
-		// request (if it reached it at all): exactly one request parsed.
-		log.mu.Lock()
-		defer log.mu.Unlock()
-		clean := 0
-		for i, err := range log.errs {
-			if err != nil {
-				continue
-			}
-			clean++
-			if p := log.parts[i]; len(p) != 1 || !bytes.HasSuffix(p[0].data, content) {
-				t.Errorf("request %d: server got %d parts", i, len(p))
-			}
-		}
-		if clean != 1 {
-			t.Errorf("server parsed %d complete requests, want 1", clean)
-		}
-	})
-	t.Run("gives up after the retry", func(t *testing.T) {
-		var log requestLog
-		srv := fakeSTOW(t, &log)
-		c := newTestClient(t, srv.URL, withBoundaryFunc(func() (string, error) { return bad, nil }))
-		_, err := c.Store(context.Background(), []Part{memPart("1.2", content)})
-		if !errors.Is(err, errBoundaryCollision) {
-			t.Fatalf("err = %v, want ErrBoundaryCollision", err)
-		}
-	})
-}
 
 func TestStoreRedirects(t *testing.T) {
 	mux := http.NewServeMux()

@@ -4,9 +4,12 @@
 //
 // A Client POSTs DICOM instances to {base}/studies as one
 // multipart/related; type="application/dicom" request. Instances are
-// streamed one after another through an io.Pipe (chunked transfer
-// encoding), so a study is never held in memory: each Part is opened only
-// when it is written and closed right after.
+// streamed one after another (chunked transfer encoding, or a
+// Content-Length with WithContentLength), so a study is never held in
+// memory: each Part is opened only when it is written and closed right
+// after. The body is encoded as the transport sends it, in the
+// transport's goroutine, straight into the buffer that goes to the
+// connection.
 //
 // The server's answer (a Store Instances Response Module, PS3.18 Annex I)
 // is parsed into a Result. 200 OK and 202 Accepted both return a Result;

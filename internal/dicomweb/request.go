@@ -6,81 +6,226 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
+	"sync"
+	"sync/atomic"
 )
 
 // errBodyAbandoned is what the body writer sees once the request is over
 // and the server no longer reads the body.
 var errBodyAbandoned = errors.New("stow: request finished before the body was fully sent")
 
-// bigChunks is the request body: net/http copies a body that implements
-// io.WriterTo through WriteTo, so each HTTP chunk is a full buffer
-// (bufferSize) instead of io.Copy's 32 KiB, and the server reads the body
-// with fewer system calls.
-type bigChunks struct {
-	r   io.Reader
-	buf []byte
+// requestBody is the body of one STOW-RS request: the multipart/related
+// encoding of parts, produced as the transport consumes it, in the
+// transport's goroutine. There is no pipe and no goroutine of its own:
+// sources are read straight into the buffer that goes to the connection.
+//
+// net/http sends a body that implements io.WriterTo through WriteTo
+// (HTTP/1.1 with an unknown length, chunked): WriteTo fills the client's
+// pooled buffer and writes it whole, so each HTTP chunk is a full buffer.
+// Where WriteTo is hidden (a known Content-Length, which net/http reads
+// through io.LimitReader; a RoundTripper that wraps the body, such as the
+// bandwidth cap; HTTP/2), Read fills the caller's buffer the same way.
+//
+// Read and WriteTo hold use for their whole call; stop takes it too, so
+// once stop returns nothing touches the pooled buffer or the sources.
+type requestBody struct {
+	ctx      context.Context
+	parts    []Part
+	exact    bool
+	boundary string
+	buf      []byte // the pooled buffer; only WriteTo uses it
+	// preamble precedes the first part's content, nextPreamble every
+	// other's.
+	preamble, nextPreamble string
+
+	use sync.Mutex
+	// done: the transport closed the body or stop was called; Read and
+	// WriteTo then fail at once.
+	done atomic.Bool
+
+	// The encoder, under use.
+	framing string        // framing bytes not yet produced
+	next    int           // index of the current or next part
+	src     io.ReadCloser // the current part's source, nil between parts
+	content io.Reader     // src through ctxReader (and exactReader)
+	sent    int64         // bytes handed to the transport
+	err     error         // the encoder's first failure, sticky
+	ended   bool          // the close delimiter is queued in framing
 }
 
-func (b *bigChunks) Read(p []byte) (int, error) { return b.r.Read(p) }
+func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bool, buf []byte) *requestBody {
+	return &requestBody{
+		ctx: ctx, parts: parts, exact: exact, boundary: boundary, buf: buf,
+		preamble:     partPreamble(boundary, partHeader, true),
+		nextPreamble: partPreamble(boundary, partHeader, false),
+	}
+}
 
-func (b *bigChunks) WriteTo(w io.Writer) (int64, error) {
+// Read fills p with the next bytes of the body: until p is full, the
+// body ends (io.EOF) or the encoder fails. Filling p, rather than
+// returning after each source read, keeps a part's framing and content in
+// one write of the caller's.
+func (b *requestBody) Read(p []byte) (int, error) {
+	b.use.Lock()
+	defer b.use.Unlock()
+	if b.done.Load() {
+		return 0, errBodyAbandoned
+	}
+	n, err := b.fill(p)
+	b.sent += int64(n)
+	return n, err
+}
+
+// WriteTo writes the body to w in writes of a full buffer (the last one
+// shorter): with net/http's chunked writer, one HTTP chunk each.
+func (b *requestBody) WriteTo(w io.Writer) (int64, error) {
+	b.use.Lock()
+	defer b.use.Unlock()
 	var total int64
 	for {
-		n, rerr := io.ReadFull(b.r, b.buf)
+		if b.done.Load() {
+			return total, errBodyAbandoned
+		}
+		n, err := b.fill(b.buf)
 		if n > 0 {
 			m, werr := w.Write(b.buf[:n])
 			total += int64(m)
+			b.sent += int64(m)
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
 			if werr != nil {
+				// The rest of the body cannot follow a lost write.
+				b.done.Store(true)
 				return total, werr
 			}
 		}
-		switch rerr {
-		case nil:
-		case io.EOF, io.ErrUnexpectedEOF:
+		if err == io.EOF {
 			return total, nil
-		default:
-			return total, rerr
+		}
+		if err != nil {
+			return total, err
 		}
 	}
 }
 
-// isWriteFailure tells a real body failure (source error, boundary
-// collision) from the writer merely being stopped.
+// Close is the transport's: it reads no more of the body. It does not
+// wait for a Read under way (net/http may close the body from another
+// goroutine while one is); stop does.
+func (b *requestBody) Close() error {
+	b.done.Store(true)
+	return nil
+}
+
+// stop ends the body for good once the request is over and ctx is
+// cancelled (so a Read waiting on a source returns): it waits for a Read
+// or WriteTo under way, closes the open source and returns the bytes
+// handed to the transport and the encoder's failure, if any. Afterwards
+// the pooled buffer is free.
+func (b *requestBody) stop() (int64, error) {
+	b.done.Store(true)
+	b.use.Lock()
+	defer b.use.Unlock()
+	b.closeSource()
+	return b.sent, b.err
+}
+
+// fill is the encoder: it puts the next bytes of the body into p, opening
+// the parts in turn.
+func (b *requestBody) fill(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		switch {
+		case b.err != nil:
+			return n, b.err
+		case b.framing != "":
+			k := copy(p[n:], b.framing)
+			b.framing = b.framing[k:]
+			n += k
+		case b.content != nil:
+			// The content is not searched for the delimiter: see
+			// boundaryRandomBytes.
+			k, err := b.content.Read(p[n:])
+			n += k
+			switch {
+			case err == io.EOF:
+				b.closeSource()
+				b.queueNext()
+			case err != nil:
+				return n, b.fail(fmt.Errorf("read part content: %w", err))
+			}
+		case b.ended:
+			return n, io.EOF
+		default:
+			if err := b.openPart(); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// openPart opens the next part and queues its preamble: the first part at
+// the first Read, each later one when the previous one has ended.
+func (b *requestBody) openPart() error {
+	if err := b.ctx.Err(); err != nil {
+		b.err = err
+		return err
+	}
+	p := b.parts[b.next]
+	rc, err := p.Open(b.ctx)
+	if err != nil {
+		return b.fail(fmt.Errorf("open: %w", err))
+	}
+	b.src = rc
+	var r io.Reader = ctxReader{ctx: b.ctx, r: rc}
+	if b.exact {
+		r = &exactReader{r: r, left: p.Size}
+	}
+	b.content = r
+	b.framing = b.nextPreamble
+	if b.next == 0 {
+		b.framing = b.preamble
+	}
+	return nil
+}
+
+// queueNext, after a part's content, moves to the next part or queues the
+// close delimiter.
+func (b *requestBody) queueNext() {
+	b.next++
+	if b.next == len(b.parts) {
+		b.framing = closeDelimiter(b.boundary, len(b.parts))
+		b.ended = true
+	}
+}
+
+// fail records err, about the current part, as the encoder's failure and
+// closes the part's source.
+func (b *requestBody) fail(err error) error {
+	p := b.parts[b.next]
+	b.err = fmt.Errorf("stow: part %d (SOP Instance UID %q): %w", b.next+1, p.SOPInstanceUID, err)
+	b.closeSource()
+	return b.err
+}
+
+func (b *requestBody) closeSource() {
+	if b.src != nil {
+		_ = b.src.Close()
+	}
+	b.src, b.content = nil, nil
+}
+
+// isWriteFailure tells a real body failure (source error, size mismatch)
+// from the writer merely being stopped.
 func isWriteFailure(err error) bool {
 	return err != nil &&
 		!errors.Is(err, errBodyAbandoned) &&
-		!errors.Is(err, io.ErrClosedPipe) &&
 		!errors.Is(err, context.Canceled)
 }
 
 // partHeader is the header of every part.
 var partHeader = textproto.MIMEHeader{"Content-Type": {dicomMediaType}}
-
-func writeParts(ctx context.Context, mw *MultipartWriter, parts []Part, exact bool) error {
-	for i, p := range parts {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := writePart(ctx, mw, partHeader, p, exact); err != nil {
-			return fmt.Errorf("stow: part %d (SOP Instance UID %q): %w", i+1, p.SOPInstanceUID, err)
-		}
-	}
-	return mw.Close()
-}
-
-func writePart(ctx context.Context, mw *MultipartWriter, header textproto.MIMEHeader, p Part, exact bool) error {
-	rc, err := p.Open(ctx)
-	if err != nil {
-		return fmt.Errorf("open: %w", err)
-	}
-	defer rc.Close()
-	var r io.Reader = ctxReader{ctx: ctx, r: rc}
-	if exact {
-		r = &exactReader{r: r, left: p.Size}
-	}
-	_, err = mw.WritePart(header, r)
-	return err
-}
 
 // exactReader yields exactly left bytes of r and fails with
 // errSizeMismatch, instead of returning the excess or an early EOF, when r
