@@ -27,9 +27,13 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
 		return
 	}
+	// Gone (404): another destination that finished the study at the
+	// same moment, or someone else, deleted it first. Not a failure:
+	// what buffer mode wanted is done.
 	st, err := c.Study(ctx, ev.OrthancStudyID)
 	if errors.Is(err, orthancapi.ErrNotFound) {
-		return // deleted by someone else meanwhile
+		f.m.sourceDeletes.WithLabelValues("gone").Add(float64(len(instances)))
+		return
 	}
 	if err != nil {
 		log.Warn("forwarded study not deleted from the source: its state could not be read", "err", err)
@@ -44,6 +48,10 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	}
 	if f.opts.Release != nil {
 		released, err := f.opts.Release(ctx, ev, listed)
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(len(instances)))
+			return
+		}
 		if err != nil {
 			log.Warn("forwarded study not deleted from the source: what the other destinations stored could not be read", "err", err)
 			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
@@ -58,10 +66,15 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			return
 		}
 	}
-	deleted := 0
+	deleted, gone := 0, 0
 	var firstErr error
 	for _, inst := range instances {
-		if err := c.DeleteInstance(ctx, inst.ID); err != nil {
+		err := c.DeleteInstance(ctx, inst.ID)
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			gone++
+			continue
+		}
+		if err != nil {
 			if firstErr == nil {
 				firstErr = err
 			}
@@ -73,7 +86,8 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		deleted++
 	}
 	f.m.sourceDeletes.WithLabelValues("deleted").Add(float64(deleted))
-	if failed := len(instances) - deleted; failed > 0 {
+	f.m.sourceDeletes.WithLabelValues("gone").Add(float64(gone))
+	if failed := len(instances) - deleted - gone; failed > 0 {
 		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(failed))
 		log.Warn("some forwarded instances were not deleted from the source; they stay in Orthanc", "deleted", deleted, "failed", failed, "err", firstErr)
 		return

@@ -329,6 +329,7 @@ type memCleaner struct {
 	lastUpdate string
 	studyErr   error
 	failIDs    map[string]bool
+	goneIDs    map[string]bool
 	deleted    []string
 }
 
@@ -339,6 +340,9 @@ func (c *memCleaner) Study(context.Context, string) (orthancapi.Study, error) {
 func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
 	if c.failIDs[id] {
 		return errors.New("Orthanc refused")
+	}
+	if c.goneIDs[id] {
+		return fmt.Errorf("DELETE: %w", orthancapi.ErrNotFound)
 	}
 	c.deleted = append(c.deleted, id)
 	return nil
@@ -353,14 +357,17 @@ func TestDeleteForwarded(t *testing.T) {
 		name        string
 		cleaner     *memCleaner
 		wantDeleted []string
-		// want counts of the metric by result: deleted, failed, skipped.
-		want [3]float64
+		// want counts of the metric by result: deleted, failed, skipped, gone.
+		want [4]float64
 	}{
-		{"unchanged", &memCleaner{lastUpdate: "20261126T100000"}, ids, [3]float64{3, 0, 0}},
-		{"changed since the event", &memCleaner{lastUpdate: "20261126T100500"}, nil, [3]float64{0, 0, 3}},
-		{"state unreadable", &memCleaner{studyErr: errors.New("timeout")}, nil, [3]float64{0, 3, 0}},
-		{"already gone", &memCleaner{studyErr: fmt.Errorf("GET: %w", orthancapi.ErrNotFound)}, nil, [3]float64{0, 0, 0}},
-		{"one delete fails", &memCleaner{lastUpdate: "20261126T100000", failIDs: map[string]bool{"b": true}}, []string{"a", "c"}, [3]float64{2, 1, 0}},
+		{"unchanged", &memCleaner{lastUpdate: "20261126T100000"}, ids, [4]float64{3, 0, 0, 0}},
+		{"changed since the event", &memCleaner{lastUpdate: "20261126T100500"}, nil, [4]float64{0, 0, 3, 0}},
+		{"state unreadable", &memCleaner{studyErr: errors.New("timeout")}, nil, [4]float64{0, 3, 0, 0}},
+		{"already gone", &memCleaner{studyErr: fmt.Errorf("GET: %w", orthancapi.ErrNotFound)}, nil, [4]float64{0, 0, 0, 3}},
+		{"one delete fails", &memCleaner{lastUpdate: "20261126T100000", failIDs: map[string]bool{"b": true}}, []string{"a", "c"}, [4]float64{2, 1, 0, 0}},
+		// Another destination deleted it between the study read and
+		// this delete.
+		{"one already deleted", &memCleaner{lastUpdate: "20261126T100000", goneIDs: map[string]bool{"b": true}}, []string{"a", "c"}, [4]float64{2, 0, 0, 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -374,7 +381,7 @@ func TestDeleteForwarded(t *testing.T) {
 			if fmt.Sprint(tt.cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
 				t.Errorf("deleted %v, want %v", tt.cleaner.deleted, tt.wantDeleted)
 			}
-			for i, r := range []string{"deleted", "failed", "skipped"} {
+			for i, r := range []string{"deleted", "failed", "skipped", "gone"} {
 				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
 					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
 				}
