@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// BenchmarkRequestBody is the client's encoder alone (framing, delimiter
-// scan, copy into the buffer), written through WriteTo as net/http does
+// BenchmarkRequestBody is the client's encoder alone (framing, copy into
+// the buffer), written through WriteTo as net/http does
 // for a chunked request: 8 MiB of small or large instances.
 func BenchmarkRequestBody(b *testing.B) {
 	for _, size := range []int{34 << 10, 4 << 20} {

@@ -28,6 +28,10 @@ type bodyPath struct {
 	// transport wraps a fresh http.Transport.
 	transport func(http.RoundTripper) http.RoundTripper
 	opts      []Option
+	// h2: the server speaks HTTP/2 over TLS, and so the client: Go's
+	// HTTP/2 client reads the body through Read, and may close it from
+	// another goroutine.
+	h2 bool
 }
 
 // bodyPaths are the three ways a destination's body is sent: chunked
@@ -40,13 +44,41 @@ var bodyPaths = []bodyPath{
 		return bandwidth.New(1 << 40).Transport(rt)
 	}},
 	{name: "Content-Length Read", transport: func(rt http.RoundTripper) http.RoundTripper { return rt }, opts: []Option{WithContentLength()}},
+	{name: "HTTP/2 Read", transport: func(rt http.RoundTripper) http.RoundTripper { return rt }, h2: true},
 }
 
-func (p bodyPath) client(t *testing.T, baseURL string, opts ...Option) *Client {
+// serve starts a server for h speaking the path's protocol.
+func (p bodyPath) serve(t *testing.T, h http.Handler) *httptest.Server {
 	t.Helper()
-	tr := &http.Transport{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if want := map[bool]int{true: 2, false: 1}[p.h2]; r.ProtoMajor != want {
+			t.Errorf("request over %s, want HTTP/%d", r.Proto, want)
+		}
+		h.ServeHTTP(w, r)
+	}))
+	if p.h2 {
+		srv.EnableHTTP2 = true
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func (p bodyPath) client(t *testing.T, srv *httptest.Server, opts ...Option) *Client {
+	t.Helper()
+	var tr *http.Transport
+	if p.h2 {
+		tr = srv.Client().Transport.(*http.Transport).Clone()
+		if tr.TLSClientConfig == nil || !slices.Contains(tr.TLSClientConfig.NextProtos, "h2") {
+			t.Fatal("the test server's client does not offer HTTP/2")
+		}
+	} else {
+		tr = &http.Transport{}
+	}
 	t.Cleanup(tr.CloseIdleConnections)
-	c, err := New(baseURL, &http.Client{Transport: p.transport(tr)}, append(slices.Clip(p.opts), opts...)...)
+	c, err := New(srv.URL, &http.Client{Transport: p.transport(tr)}, append(slices.Clip(p.opts), opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +109,8 @@ func TestStoreBodyPaths(t *testing.T) {
 		t.Run(path.name, func(t *testing.T) {
 			checkNoGoroutineLeak(t)
 			var log requestLog
-			srv := fakeSTOW(t, &log)
-			c := path.client(t, srv.URL, WithBufferSize(bufSize))
+			srv := path.serve(t, fakeSTOWHandler(t, &log))
+			c := path.client(t, srv, WithBufferSize(bufSize))
 			for range 2 { // the second request reuses the pooled buffer
 				res, err := c.Store(t.Context(), parts)
 				if err != nil {
@@ -135,7 +167,12 @@ func TestStoreWritesFullChunks(t *testing.T) {
 
 	want := [][]byte{randomBytes(1, 10000), randomBytes(2, 3), randomBytes(3, 50000)}
 	parts := []Part{memPart("1", want[0]), memPart("2", want[1]), memPart("3", want[2])}
-	c := bodyPaths[0].client(t, "http://"+ln.Addr().String(), WithBufferSize(bufSize))
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	c, err := New("http://"+ln.Addr().String(), &http.Client{Transport: tr}, WithBufferSize(bufSize))
+	if err != nil {
+		t.Fatal(err)
+	}
 	res, err := c.Store(t.Context(), parts)
 	if err != nil {
 		t.Fatalf("Store: %v", err)
@@ -239,15 +276,14 @@ func TestStoreAnswerWhileSending(t *testing.T) {
 	for _, path := range bodyPaths {
 		t.Run(path.name, func(t *testing.T) {
 			checkNoGoroutineLeak(t)
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			srv := path.serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if _, err := io.CopyN(io.Discard, r.Body, 1<<20); err != nil {
 					t.Errorf("server read: %v", err)
 				}
 				w.Header().Set("Retry-After", "30")
 				http.Error(w, "overloaded", http.StatusServiceUnavailable)
 			}))
-			t.Cleanup(srv.Close)
-			c := path.client(t, srv.URL)
+			c := path.client(t, srv)
 			// 4 GiB: far more than the sockets can buffer.
 			src := &trackedSource{size: 1 << 30}
 			parts := []Part{src.part("1"), src.part("2"), src.part("3"), src.part("4")}
@@ -365,3 +401,24 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestRequestBodyClosedBeforeStart: Go's HTTP/2 client closes the body
+// of a request a connection could not take before reading any of it,
+// and sends the same request on another connection: that body still
+// reads whole. Once started, Close ends it.
+func TestRequestBodyClosedBeforeStart(t *testing.T) {
+	src := &trackedSource{size: 100}
+	b := newRequestBody(t.Context(), testBoundary, []Part{src.part("1")}, false, make([]byte, 512))
+	b.Close()
+	body, err := io.ReadAll(b)
+	if err != nil || !bytes.HasSuffix(body, []byte("--"+testBoundary+"--\r\n")) {
+		t.Fatalf("ReadAll after an early Close = %d bytes, %v; want the whole body", len(body), err)
+	}
+	b.Close()
+	if _, err := b.Read(make([]byte, 10)); !errors.Is(err, errBodyAbandoned) {
+		t.Errorf("Read after Close of a started body = %v, want errBodyAbandoned", err)
+	}
+	if _, err := b.stop(); err != nil {
+		t.Errorf("stop = %v", err)
+	}
+}

@@ -65,7 +65,14 @@ func stowJSON(t testing.TB, stored, failed []string, reason int) []byte {
 // and answers from the part contents (see uidPart).
 func fakeSTOW(t *testing.T, log *requestLog) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(fakeSTOWHandler(t, log))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// fakeSTOWHandler is fakeSTOW's handler.
+func fakeSTOWHandler(t *testing.T, log *requestLog) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cb := &countingBody{r: r.Body}
 		r.Body = io.NopCloser(cb)
 		parts, err := readMultipart(t, r)
@@ -94,9 +101,7 @@ func fakeSTOW(t *testing.T, log *requestLog) *httptest.Server {
 		w.Header().Set("Content-Type", "application/dicom+json")
 		w.WriteHeader(status)
 		w.Write(stowJSON(t, stored, failed, FailureProcessing))
-	}))
-	t.Cleanup(srv.Close)
-	return srv
+	})
 }
 
 func newTestClient(t *testing.T, baseURL string, opts ...Option) *Client {

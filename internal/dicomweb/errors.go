@@ -6,8 +6,8 @@ import "errors"
 // wrap them with context.
 var (
 	// errBoundaryCollision means a part's content contains the multipart
-	// delimiter. The request was aborted before the delimiter was sent;
-	// retry with a fresh boundary (Store already retries once).
+	// delimiter (MultipartWriter, whose caller chooses the boundary). The
+	// body was stopped before the delimiter was written.
 	errBoundaryCollision = errors.New("stow: part content contains the multipart boundary")
 
 	// errInvalidBoundary means a boundary breaks the RFC 2046 grammar.

@@ -39,9 +39,10 @@ type requestBody struct {
 	preamble, nextPreamble string
 
 	use sync.Mutex
-	// done: the transport closed the body or stop was called; Read and
-	// WriteTo then fail at once.
-	done atomic.Bool
+	// done: the transport closed the body after it started, or stop was
+	// called; Read and WriteTo then fail at once. started: Read or
+	// WriteTo was called.
+	done, started atomic.Bool
 
 	// The encoder, under use.
 	framing string        // framing bytes not yet produced
@@ -68,6 +69,7 @@ func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bo
 func (b *requestBody) Read(p []byte) (int, error) {
 	b.use.Lock()
 	defer b.use.Unlock()
+	b.started.Store(true)
 	if b.done.Load() {
 		return 0, errBodyAbandoned
 	}
@@ -81,6 +83,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 func (b *requestBody) WriteTo(w io.Writer) (int64, error) {
 	b.use.Lock()
 	defer b.use.Unlock()
+	b.started.Store(true)
 	var total int64
 	for {
 		if b.done.Load() {
@@ -111,9 +114,14 @@ func (b *requestBody) WriteTo(w io.Writer) (int64, error) {
 
 // Close is the transport's: it reads no more of the body. It does not
 // wait for a Read under way (net/http may close the body from another
-// goroutine while one is); stop does.
+// goroutine while one is); stop does. A body not started yet stays
+// usable: Go's HTTP/2 client closes the body of a request a connection
+// could not take (GOAWAY, no free stream) and sends the same request
+// again on another.
 func (b *requestBody) Close() error {
-	b.done.Store(true)
+	if b.started.Load() {
+		b.done.Store(true)
+	}
 	return nil
 }
 
@@ -171,6 +179,11 @@ func (b *requestBody) openPart() error {
 	if err := b.ctx.Err(); err != nil {
 		b.err = err
 		return err
+	}
+	if b.done.Load() {
+		// Closed while a Read fills its buffer: no source is opened
+		// for bytes nobody will send.
+		return errBodyAbandoned
 	}
 	p := b.parts[b.next]
 	rc, err := p.Open(b.ctx)
