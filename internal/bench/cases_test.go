@@ -139,7 +139,6 @@ func (p *pipeline) runNativeTo(ctx context.Context, round int, toSink bool) (sam
 	if toSink {
 		server, label = sinkName, "native-sink"
 		p.sink.Reset()
-		p.sinkLoad.takePeak()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
 		p.a.URL+"/dicom-web/servers/"+server+"/stow", strings.NewReader(body))
@@ -185,7 +184,7 @@ func (p *pipeline) runNativeTo(ctx context.Context, round int, toSink bool) (sam
 		s.cpuSink = after.self - before.self
 		st := p.sink.Stats()
 		s.firstRequest, s.stream = st.First.Sub(start), st.Last.Sub(st.First)
-		s.sinkRequests, s.sinkPeak = int(st.Requests), p.sinkLoad.takePeak()
+		s.sinkRequests, s.sinkPeak = int(st.Requests), int(st.MostAtOnce)
 		return s, p.checkAndResetSink(p.sink)
 	}
 	return s, p.checkAndEmptyB(ctx, round)
@@ -237,7 +236,6 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 	case toSink:
 		env, label = p.stowlineEnv(fs, p.sinkURL, ""), "sink-"+label
 		p.sink.Reset()
-		p.sinkLoad.takePeak()
 	case toBAndC:
 		env, label = p.twoDestinationEnv(fs, p.gateB.URL+"/dicom-web", p.gateC.URL+"/dicom-web"), "two-"+label
 	case toTwoSinks:
@@ -343,7 +341,7 @@ func (p *pipeline) runStowline(ctx context.Context, round int, fs fwdSetting, to
 		st := p.sink.Stats()
 		s.firstRequest, s.stream = st.First.Sub(start), st.Last.Sub(st.First)
 		if to == toSink {
-			s.sinkRequests, s.sinkPeak = int(st.Requests), p.sinkLoad.takePeak()
+			s.sinkRequests, s.sinkPeak = int(st.Requests), int(st.MostAtOnce)
 		}
 	}
 	mem, err := readMem(pid)

@@ -60,9 +60,6 @@ type pipeline struct {
 	// this process at sinkURL (a DICOMweb base URL); nil without them.
 	sink    *stowsink.Sink
 	sinkURL string
-	// sinkLoad counts the requests the (first) sink serves at once, for
-	// the peak each transfer reached.
-	sinkLoad *inFlight
 	// sink2 is the second sink of the two-sink cases; nil without them.
 	sink2    *stowsink.Sink
 	sink2URL string
@@ -125,10 +122,10 @@ func setupPipeline(b *testing.B) *pipeline {
 	// The sinks sit behind gates as B does, so that Orthanc's own client
 	// and stowline pay for a token-checking front end into them too.
 	if len(set.Sink) > 0 || len(set.TwoSinks) > 0 || len(set.Deidentify) > 0 {
-		p.sink, p.sinkLoad, p.sinkURL = p.serveGatedSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
+		p.sink, p.sinkURL = p.serveGatedSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
 	}
 	if len(set.TwoSinks) > 0 {
-		p.sink2, _, p.sink2URL = p.serveGatedSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
+		p.sink2, p.sink2URL = p.serveGatedSink(b, stowsink.Options{Latency: set.SinkLatency, BytesPerSecond: set.SinkRate})
 	}
 	servers := map[string]any{destName: map[string]any{
 		"Url":         p.gateB.URL + "/dicom-web/",
@@ -156,14 +153,13 @@ func setupPipeline(b *testing.B) *pipeline {
 	return p
 }
 
-// serveGatedSink is serveSink behind a gate of the pipeline's IdP, with
-// a count of the requests in flight at the sink; the URL is the gate's.
-func (p *pipeline) serveGatedSink(b *testing.B, opts stowsink.Options) (*stowsink.Sink, *inFlight, string) {
+// serveGatedSink is serveSink behind a gate of the pipeline's IdP; the
+// URL is the gate's.
+func (p *pipeline) serveGatedSink(b *testing.B, opts stowsink.Options) (*stowsink.Sink, string) {
 	b.Helper()
-	load := &inFlight{}
-	sink, u := serveHandler(b, opts, func(h http.Handler) http.Handler { load.next = h; return load })
+	sink, u := serveSink(b, opts)
 	gate := p.idp.Gate(b, strings.TrimSuffix(u, "/dicom-web"))
-	return sink, load, gate.URL + "/dicom-web"
+	return sink, gate.URL + "/dicom-web"
 }
 
 // serveSink serves a discard STOW-RS sink on a loopback port until the
@@ -171,37 +167,6 @@ func (p *pipeline) serveGatedSink(b *testing.B, opts stowsink.Options) (*stowsin
 func serveSink(b *testing.B, opts stowsink.Options) (*stowsink.Sink, string) {
 	b.Helper()
 	return serveHandler(b, opts, nil)
-}
-
-// inFlight passes requests to next and keeps the most it served at once:
-// how many STOW-RS requests a client really had open (a per-request rate
-// cap makes this the figure that decides a far destination's throughput).
-type inFlight struct {
-	next      http.Handler
-	mu        sync.Mutex
-	now, peak int
-}
-
-func (f *inFlight) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	f.now++
-	f.peak = max(f.peak, f.now)
-	f.mu.Unlock()
-	defer func() {
-		f.mu.Lock()
-		f.now--
-		f.mu.Unlock()
-	}()
-	f.next.ServeHTTP(w, r)
-}
-
-// takePeak returns the peak since the last call and starts a new one.
-func (f *inFlight) takePeak() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	peak := f.peak
-	f.peak = f.now
-	return peak
 }
 
 // loadStudy generates the study, uploads it to A (POST /instances keeps

@@ -1,10 +1,7 @@
 package bench
 
 import (
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -47,37 +44,5 @@ func TestSinkShapeSettings(t *testing.T) {
 		if s.SinkLatency != tc.wantLatency || s.SinkRate != tc.wantRate {
 			t.Errorf("latency %q, rate %q: got %v, %d; want %v, %d", tc.latency, tc.rate, s.SinkLatency, s.SinkRate, tc.wantLatency, tc.wantRate)
 		}
-	}
-}
-
-// TestInFlightPeak: the counter in front of the sink keeps the most
-// requests served at once and starts again from those still open.
-func TestInFlightPeak(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{})
-	f := &inFlight{next: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
-		entered <- struct{}{}
-		<-release
-	})}
-	const n = 3
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			f.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/dicom-web/studies", nil))
-		})
-	}
-	for range n {
-		<-entered
-	}
-	if got := f.takePeak(); got != n {
-		t.Errorf("peak with %d open: %d", n, got)
-	}
-	close(release)
-	wg.Wait()
-	if got := f.takePeak(); got != n {
-		t.Errorf("peak after a new start with %d open: %d, want %d", n, got, n)
-	}
-	if got := f.takePeak(); got != 0 {
-		t.Errorf("peak with none open: %d, want 0", got)
 	}
 }

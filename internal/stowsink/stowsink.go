@@ -37,6 +37,10 @@ type Options struct {
 // Stats are totals since the sink started (or was reset).
 type Stats struct {
 	Requests, Instances, Bytes int64
+	// MostAtOnce is the most requests served at once: how many STOW-RS
+	// requests a client really had open (with a per-request rate cap,
+	// what decides a far destination's throughput).
+	MostAtOnce int64
 	// First is when the first request arrived, Last when the last
 	// request's instances were recorded (zero before any).
 	First, Last time.Time
@@ -50,6 +54,7 @@ type Sink struct {
 	bytes     atomic.Int64
 
 	mu          sync.Mutex
+	open, most  int64 // requests being served, the most at once
 	first, last time.Time
 	seen        map[string]int // SOP Instance UID -> times stored
 	notify      chan struct{}  // closed and replaced whenever instances arrive
@@ -63,9 +68,9 @@ func New(opts Options) *Sink {
 // Stats returns the totals so far.
 func (s *Sink) Stats() Stats {
 	s.mu.Lock()
-	first, last := s.first, s.last
+	first, last, most := s.first, s.last, s.most
 	s.mu.Unlock()
-	return Stats{Requests: s.requests.Load(), Instances: s.instances.Load(), Bytes: s.bytes.Load(), First: first, Last: last}
+	return Stats{Requests: s.requests.Load(), Instances: s.instances.Load(), Bytes: s.bytes.Load(), MostAtOnce: most, First: first, Last: last}
 }
 
 // Distinct is how many different SOP instances the sink has stored.
@@ -88,6 +93,7 @@ func (s *Sink) Reset() {
 	defer s.mu.Unlock()
 	s.seen = map[string]int{}
 	s.first, s.last = time.Time{}, time.Time{}
+	s.most = s.open // those still open count for the next round
 	s.requests.Store(0)
 	s.instances.Store(0)
 	s.bytes.Store(0)
@@ -126,7 +132,14 @@ func (s *Sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.first.IsZero() {
 		s.first = time.Now()
 	}
+	s.open++
+	s.most = max(s.most, s.open)
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.open--
+		s.mu.Unlock()
+	}()
 	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/related" || params["boundary"] == "" ||
 		!strings.EqualFold(params["type"], "application/dicom") {

@@ -130,3 +130,51 @@ func TestSinkThrottles(t *testing.T) {
 		t.Errorf("took %s, want at least 300ms (throttle and latency)", d)
 	}
 }
+
+// TestMostAtOnce: the sink keeps the most requests it served at once; a
+// reset starts again from those still open.
+func TestMostAtOnce(t *testing.T) {
+	sink := New(Options{})
+	srv := httptest.NewServer(sink)
+	t.Cleanup(srv.Close)
+	const n = 3
+	var bodies []*io.PipeWriter
+	done := make(chan struct{}, n)
+	for range n {
+		pr, pw := io.Pipe()
+		bodies = append(bodies, pw)
+		req, err := http.NewRequest(http.MethodPost, srv.URL+"/dicom-web/studies", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", `multipart/related; type="application/dicom"; boundary=b`)
+		go func() {
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+			done <- struct{}{}
+		}()
+	}
+	// The requests stay open while their bodies are: all n at once.
+	for deadline := time.Now().Add(10 * time.Second); sink.Stats().MostAtOnce < n; {
+		if time.Now().After(deadline) {
+			st := sink.Stats()
+			t.Fatalf("MostAtOnce %d with %d requests arrived and open, want %d", st.MostAtOnce, st.Requests, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	sink.Reset()
+	for _, pw := range bodies {
+		pw.Close() // an empty body: refused, and the request ends
+	}
+	for range n {
+		<-done
+	}
+	if got := sink.Stats().MostAtOnce; got != n {
+		t.Errorf("MostAtOnce %d after a reset with %d open, want %d", got, n, n)
+	}
+	sink.Reset()
+	if got := sink.Stats().MostAtOnce; got != 0 {
+		t.Errorf("MostAtOnce %d after a reset with none open, want 0", got)
+	}
+}
