@@ -268,39 +268,49 @@ func readChunkedRequest(br *bufio.Reader) rawRequest {
 	}
 }
 
-// TestStoreAnswerWhileSending: a server that answers 503 once it has read
-// the start of a large body (so the body is being written) ends the
-// request promptly on every body path: the sources stop and are closed,
-// no goroutine is left.
+// TestStoreAnswerWhileSending: a server that answers 503 before reading
+// the body, or once it has read the start of a large one (so the body is
+// being written), ends the request promptly on every body path: the
+// sources stop and are closed, no goroutine is left, and the answer's
+// Retry-After reaches the caller.
 func TestStoreAnswerWhileSending(t *testing.T) {
 	for _, path := range bodyPaths {
-		t.Run(path.name, func(t *testing.T) {
-			checkNoGoroutineLeak(t)
-			srv := path.serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if _, err := io.CopyN(io.Discard, r.Body, 1<<20); err != nil {
-					t.Errorf("server read: %v", err)
+		for _, read := range []int64{0, 1 << 20} {
+			t.Run(fmt.Sprintf("%s/after %d bytes", path.name, read), func(t *testing.T) {
+				checkNoGoroutineLeak(t)
+				srv := path.serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if _, err := io.CopyN(io.Discard, r.Body, read); err != nil {
+						t.Errorf("server read: %v", err)
+					}
+					w.Header().Set("Retry-After", "30")
+					http.Error(w, "overloaded", http.StatusServiceUnavailable)
+				}))
+				c := path.client(t, srv)
+				// 4 GiB: far more than the sockets can buffer.
+				src := &trackedSource{size: 1 << 30}
+				parts := []Part{src.part("1"), src.part("2"), src.part("3"), src.part("4")}
+				start := time.Now()
+				_, err := c.Store(t.Context(), parts)
+				elapsed := time.Since(start)
+				t.Logf("Store returned after %v, having read %d bytes", elapsed, src.read.Load())
+				var he *HTTPError
+				if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable {
+					t.Fatalf("err = %v, want HTTPError 503", err)
 				}
-				w.Header().Set("Retry-After", "30")
-				http.Error(w, "overloaded", http.StatusServiceUnavailable)
-			}))
-			c := path.client(t, srv)
-			// 4 GiB: far more than the sockets can buffer.
-			src := &trackedSource{size: 1 << 30}
-			parts := []Part{src.part("1"), src.part("2"), src.part("3"), src.part("4")}
-			start := time.Now()
-			_, err := c.Store(t.Context(), parts)
-			t.Logf("Store returned after %v, having read %d bytes", time.Since(start), src.read.Load())
-			var he *HTTPError
-			if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable {
-				t.Fatalf("err = %v, want HTTPError 503", err)
-			}
-			if read := src.read.Load(); read >= src.size {
-				t.Errorf("read %d bytes of the sources after the server answered", read)
-			}
-			if o, c := src.opened.Load(), src.closed.Load(); o != c || o == 0 || o > 2 {
-				t.Errorf("opened %d sources, closed %d", o, c)
-			}
-		})
+				if he.RetryAfter != 30*time.Second {
+					t.Errorf("RetryAfter = %v", he.RetryAfter)
+				}
+				if elapsed > 5*time.Second {
+					t.Errorf("Store took %v to give up", elapsed)
+				}
+				if read := src.read.Load(); read >= src.size {
+					t.Errorf("read %d bytes of the sources after the server answered", read)
+				}
+				if o, c := src.opened.Load(), src.closed.Load(); o != c || o == 0 || o > 2 {
+					t.Errorf("opened %d sources, closed %d", o, c)
+				}
+			})
+		}
 	}
 }
 

@@ -343,48 +343,6 @@ func TestStoreResponseTooLarge(t *testing.T) {
 	}
 }
 
-// TestStoreServerAnswersEarly: a server that answers 503 without reading
-// the body must not leave Store streaming (or blocked on) a large study.
-func TestStoreServerAnswersEarly(t *testing.T) {
-	checkNoGoroutineLeak(t)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "30")
-		http.Error(w, "overloaded", http.StatusServiceUnavailable)
-	}))
-	defer srv.Close()
-	hc := &http.Client{Transport: &http.Transport{}}
-	defer hc.CloseIdleConnections()
-	c, err := New(srv.URL, hc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// 4 instances of 1 GiB each: far more than the sockets can buffer.
-	src := &trackedSource{size: 1 << 30}
-	parts := []Part{src.part("1"), src.part("2"), src.part("3"), src.part("4")}
-
-	start := time.Now()
-	_, err = c.Store(context.Background(), parts)
-	elapsed := time.Since(start)
-	t.Logf("Store returned after %v", elapsed)
-
-	var he *HTTPError
-	if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("err = %v, want HTTPError 503", err)
-	}
-	if he.RetryAfter != 30*time.Second {
-		t.Errorf("RetryAfter = %v", he.RetryAfter)
-	}
-	if elapsed > 5*time.Second {
-		t.Errorf("Store took %v to give up", elapsed)
-	}
-	if read := src.read.Load(); read >= src.size {
-		t.Errorf("read %d bytes of the source after the server answered", read)
-	}
-	if o, c := src.opened.Load(), src.closed.Load(); o != c || o == 0 || o > 2 {
-		t.Errorf("opened %d sources, closed %d", o, c)
-	}
-}
-
 // TestStoreServerClosesEarly: the connection dies before any answer.
 func TestStoreServerClosesEarly(t *testing.T) {
 	checkNoGoroutineLeak(t)
