@@ -1,7 +1,6 @@
 package dicomweb
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
-	"net/textproto"
 	"testing"
 )
 
@@ -75,27 +73,5 @@ func BenchmarkStore(b *testing.B) {
 				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 			}
 		})
-	}
-}
-
-// BenchmarkMultipartWriter is the encoder alone (framing, delimiter scan,
-// copy), without HTTP.
-func BenchmarkMultipartWriter(b *testing.B) {
-	data := randomBytes(4, 4<<20)
-	header := textproto.MIMEHeader{"Content-Type": {dicomMediaType}}
-	buf := make([]byte, DefaultBufferSize)
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		mw, err := newMultipartWriter(io.Discard, testBoundary, buf)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := mw.WritePart(header, bytes.NewReader(data)); err != nil {
-			b.Fatal(err)
-		}
-		if err := mw.Close(); err != nil {
-			b.Fatal(err)
-		}
 	}
 }

@@ -5,19 +5,8 @@ import "errors"
 // Sentinel errors, matched with errors.Is; errors returned by this package
 // wrap them with context.
 var (
-	// errBoundaryCollision means a part's content contains the multipart
-	// delimiter (MultipartWriter, whose caller chooses the boundary). The
-	// body was stopped before the delimiter was written.
-	errBoundaryCollision = errors.New("stow: part content contains the multipart boundary")
-
 	// errInvalidBoundary means a boundary breaks the RFC 2046 grammar.
 	errInvalidBoundary = errors.New("stow: invalid multipart boundary")
-
-	// errInvalidHeader means a part header field would break the framing.
-	errInvalidHeader = errors.New("stow: invalid part header")
-
-	// errWriterClosed means WritePart was called after Close.
-	errWriterClosed = errors.New("stow: multipart writer closed")
 
 	// ErrInvalidBaseURL means New was given an unusable base URL.
 	ErrInvalidBaseURL = errors.New("stow: invalid base URL")

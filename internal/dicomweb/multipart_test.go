@@ -2,7 +2,9 @@ package dicomweb
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"mime"
@@ -20,36 +22,40 @@ type testPart struct {
 	data   []byte
 }
 
-func dicomHeader() textproto.MIMEHeader {
-	return textproto.MIMEHeader{"Content-Type": {dicomMediaType}}
-}
-
-// encodeParts writes parts with a MultipartWriter using a small buffer, so
-// that content crosses many chunk edges.
-func encodeParts(t *testing.T, boundary string, bufSize int, parts []testPart) []byte {
+// encodeParts encodes contents as Store does, through WriteTo with a
+// buffer of bufSize (so content crosses many buffer edges) and through
+// Read in pieces of bufSize/3+1; both must give the same bytes, and count
+// them.
+func encodeParts(t *testing.T, boundary string, bufSize int, contents ...[]byte) []byte {
 	t.Helper()
+	parts := make([]Part, len(contents))
+	for i, c := range contents {
+		parts[i] = memPart(fmt.Sprint(i+1), c)
+	}
 	var out bytes.Buffer
-	mw, err := newMultipartWriter(&out, boundary, make([]byte, bufSize))
+	b := newRequestBody(t.Context(), boundary, parts, false, make([]byte, bufSize))
+	n, err := b.WriteTo(&out)
 	if err != nil {
-		t.Fatalf("newMultipartWriter: %v", err)
+		t.Fatalf("WriteTo: %v", err)
 	}
-	for i, p := range parts {
-		n, err := mw.WritePart(p.header, bytes.NewReader(p.data))
-		if err != nil {
-			t.Fatalf("WritePart %d: %v", i, err)
-		}
-		if n != int64(len(p.data)) {
-			t.Fatalf("WritePart %d wrote %d content bytes, want %d", i, n, len(p.data))
-		}
+	if sent, err := b.stop(); sent != n || n != int64(out.Len()) || err != nil {
+		t.Fatalf("WriteTo wrote %d, stop = %d, %v; buffer holds %d", n, sent, err, out.Len())
 	}
-	if err := mw.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
+	b = newRequestBody(t.Context(), boundary, parts, false, nil)
+	read, err := io.ReadAll(iotest.HalfReader(onlyReader{b}))
+	if err != nil {
+		t.Fatalf("Read: %v", err)
 	}
-	if mw.bytesWritten() != int64(out.Len()) {
-		t.Fatalf("BytesWritten = %d, buffer holds %d", mw.bytesWritten(), out.Len())
+	if !bytes.Equal(read, out.Bytes()) {
+		t.Fatalf("Read gave %d bytes, WriteTo %d, not the same", len(read), out.Len())
 	}
 	return out.Bytes()
 }
+
+// onlyReader hides WriteTo.
+type onlyReader struct{ r io.Reader }
+
+func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 // decodeParts reads a body back with Go's mime/multipart reader.
 func decodeParts(t *testing.T, boundary string, body []byte) []testPart {
@@ -86,113 +92,62 @@ func TestMultipartRoundTrip(t *testing.T) {
 	tests := []struct {
 		name    string
 		bufSize int
-		parts   []testPart
+		parts   [][]byte
 	}{
-		{"one part", 512, []testPart{{dicomHeader(), []byte("DICM")}}},
-		{"empty part", 512, []testPart{{dicomHeader(), nil}}},
-		{"empty parts around data", 512, []testPart{
-			{dicomHeader(), nil}, {dicomHeader(), []byte("x")}, {dicomHeader(), nil},
-		}},
-		{"binary with CR LF and dashes", 512, []testPart{{dicomHeader(), binary}}},
-		{"content ends with CR and dashes", 512, []testPart{
-			{dicomHeader(), []byte("abc\r")}, {dicomHeader(), []byte("\r\n--")}, {dicomHeader(), []byte("--")},
-		}},
-		{"delimiter-like text split over tiny buffer", 512, []testPart{
-			{dicomHeader(), bytes.Repeat(binary, 50)},
-		}},
-		{"large random parts", 1024, []testPart{
-			{dicomHeader(), randomBytes(1, 300_000)}, {dicomHeader(), randomBytes(2, 70_001)},
-		}},
-		{"per-part headers", 512, []testPart{
-			{textproto.MIMEHeader{
-				"Content-Type":     {dicomMediaType + "; transfer-syntax=1.2.840.10008.1.2.1"},
-				"Content-Location": {"/instances/1"},
-				"X-Multi":          {"a", "b"},
-			}, []byte("one")},
-			{textproto.MIMEHeader{}, []byte("no header at all")},
-		}},
+		{"one part", 512, [][]byte{[]byte("DICM")}},
+		{"empty part", 512, [][]byte{nil}},
+		{"empty parts around data", 512, [][]byte{nil, []byte("x"), nil}},
+		{"binary with CR LF and dashes", 512, [][]byte{binary}},
+		{"content ends with CR and dashes", 512, [][]byte{[]byte("abc\r"), []byte("\r\n--"), []byte("--")}},
+		{"delimiter-like text split over tiny buffer", 512, [][]byte{bytes.Repeat(binary, 50)}},
+		{"large random parts", 1024, [][]byte{randomBytes(1, 300_000), randomBytes(2, 70_001)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			body := encodeParts(t, testBoundary, tt.bufSize, tt.parts)
+			body := encodeParts(t, testBoundary, tt.bufSize, tt.parts...)
 			got := decodeParts(t, testBoundary, body)
 			if len(got) != len(tt.parts) {
 				t.Fatalf("decoded %d parts, want %d", len(got), len(tt.parts))
 			}
 			for i := range got {
-				if !bytes.Equal(got[i].data, tt.parts[i].data) {
-					t.Errorf("part %d: content differs (got %d bytes, want %d)", i, len(got[i].data), len(tt.parts[i].data))
+				if !bytes.Equal(got[i].data, tt.parts[i]) {
+					t.Errorf("part %d: content differs (got %d bytes, want %d)", i, len(got[i].data), len(tt.parts[i]))
 				}
-				for k, want := range tt.parts[i].header {
-					if g := got[i].header[k]; strings.Join(g, "|") != strings.Join(want, "|") {
-						t.Errorf("part %d header %s = %q, want %q", i, k, g, want)
-					}
-				}
-				if len(got[i].header) != len(tt.parts[i].header) {
-					t.Errorf("part %d has %d header fields, want %d", i, len(got[i].header), len(tt.parts[i].header))
+				if ct := got[i].header.Get("Content-Type"); ct != dicomMediaType || len(got[i].header) != 1 {
+					t.Errorf("part %d header %v, want only Content-Type %s", i, got[i].header, dicomMediaType)
 				}
 			}
 		})
 	}
 }
 
-func TestMultipartWriterExactBytes(t *testing.T) {
-	body := encodeParts(t, "b0", 512, []testPart{
-		{dicomHeader(), []byte("A")},
-		{textproto.MIMEHeader{"Z": {"1"}, "Content-Type": {dicomMediaType}}, nil},
-	})
+func TestRequestBodyExactBytes(t *testing.T) {
+	body := encodeParts(t, "b0", 512, []byte("A"), nil)
 	want := "--b0\r\nContent-Type: application/dicom\r\n\r\nA" +
-		"\r\n--b0\r\nContent-Type: application/dicom\r\nZ: 1\r\n\r\n" +
+		"\r\n--b0\r\nContent-Type: application/dicom\r\n\r\n" +
 		"\r\n--b0--\r\n"
 	if string(body) != want {
 		t.Fatalf("body =\n%q\nwant\n%q", body, want)
 	}
 }
 
-func TestMultipartWriterNoParts(t *testing.T) {
-	var out bytes.Buffer
-	mw, err := NewMultipartWriter(&out, "b0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := mw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := mw.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
-	if out.String() != "--b0--\r\n" {
-		t.Fatalf("body = %q", out.String())
-	}
-	if _, err := mw.WritePart(dicomHeader(), strings.NewReader("x")); !errors.Is(err, errWriterClosed) {
-		t.Fatalf("WritePart after Close: %v, want ErrWriterClosed", err)
-	}
-}
-
 func TestContentType(t *testing.T) {
-	mw, err := NewMultipartWriter(io.Discard, testBoundary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mt, params, err := mime.ParseMediaType(mw.ContentType())
+	mt, params, err := mime.ParseMediaType(requestContentType(testBoundary))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if mt != "multipart/related" || params["type"] != dicomMediaType || params["boundary"] != testBoundary {
-		t.Fatalf("ContentType() = %q", mw.ContentType())
-	}
-	if mw.boundary != testBoundary {
-		t.Fatalf("boundary = %q", mw.boundary)
+		t.Fatalf("requestContentType = %q", requestContentType(testBoundary))
 	}
 	// A boundary with tspecials must come out quoted and still parse.
 	odd := "a:b(c)=d?e f"
 	_, params, err = mime.ParseMediaType(requestContentType(odd))
 	if err != nil || params["boundary"] != odd {
-		t.Fatalf("RequestContentType(%q) = %q (err %v)", odd, requestContentType(odd), err)
+		t.Fatalf("requestContentType(%q) = %q (err %v)", odd, requestContentType(odd), err)
 	}
 }
 
-func TestNewMultipartWriterBoundaryValidation(t *testing.T) {
+func TestValidateBoundary(t *testing.T) {
 	tests := []struct {
 		boundary string
 		ok       bool
@@ -210,7 +165,7 @@ func TestNewMultipartWriterBoundaryValidation(t *testing.T) {
 		{"ümlaut", false},
 	}
 	for _, tt := range tests {
-		_, err := NewMultipartWriter(io.Discard, tt.boundary)
+		err := validateBoundary(tt.boundary)
 		if tt.ok && err != nil {
 			t.Errorf("boundary %q: unexpected error %v", tt.boundary, err)
 		}
@@ -220,99 +175,31 @@ func TestNewMultipartWriterBoundaryValidation(t *testing.T) {
 	}
 }
 
-func TestWritePartRejectsBadHeader(t *testing.T) {
-	tests := []struct {
-		name   string
-		header textproto.MIMEHeader
-	}{
-		{"CRLF in value", textproto.MIMEHeader{"Content-Type": {"application/dicom\r\nX-Evil: 1"}}},
-		{"LF in value", textproto.MIMEHeader{"A": {"x\ny"}}},
-		{"NUL in value", textproto.MIMEHeader{"A": {"x\x00"}}},
-		{"colon in name", textproto.MIMEHeader{"A:B": {"x"}}},
-		{"space in name", textproto.MIMEHeader{"A B": {"x"}}},
-		{"empty name", textproto.MIMEHeader{"": {"x"}}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			mw, _ := NewMultipartWriter(&out, "b0")
-			if _, err := mw.WritePart(tt.header, strings.NewReader("x")); !errors.Is(err, errInvalidHeader) {
-				t.Fatalf("err = %v, want ErrInvalidHeader", err)
-			}
-			if out.Len() != 0 {
-				t.Fatalf("wrote %q before rejecting the header", out.String())
-			}
-			// Nothing was written, so the writer is still usable.
-			if _, err := mw.WritePart(dicomHeader(), strings.NewReader("x")); err != nil {
-				t.Fatalf("WritePart after rejected header: %v", err)
-			}
-		})
-	}
-}
-
-func TestWritePartBoundaryCollision(t *testing.T) {
-	delim := "\r\n--" + testBoundary
-	tests := []struct {
-		name    string
-		content string
-	}{
-		{"delimiter in the middle", "DICM" + delim + "\r\nrest"},
-		{"close delimiter", "DICM" + delim + "--"},
-		{"content starts with dash-boundary", "--" + testBoundary + "\r\n"},
-		{"delimiter at the very end", "DICM" + delim},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			mw, err := newMultipartWriter(&out, testBoundary, make([]byte, 512))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := mw.WritePart(dicomHeader(), strings.NewReader("clean first part")); err != nil {
-				t.Fatal(err)
-			}
-			framed := out.Len()
-			_, err = mw.WritePart(dicomHeader(), iotest.OneByteReader(strings.NewReader(tt.content)))
-			if !errors.Is(err, errBoundaryCollision) {
-				t.Fatalf("err = %v, want ErrBoundaryCollision", err)
-			}
-			// The bytes that complete the delimiter were never written.
-			content := out.Bytes()[framed:]
-			_, afterHeader, _ := bytes.Cut(content, []byte("\r\n\r\n"))
-			if bytes.Contains(append([]byte("\r\n"), afterHeader...), []byte(delim)) {
-				t.Fatalf("the delimiter reached the output: %q", afterHeader)
-			}
-			if _, err := mw.WritePart(dicomHeader(), strings.NewReader("x")); !errors.Is(err, errBoundaryCollision) {
-				t.Fatalf("writer not poisoned after collision: %v", err)
-			}
-			if err := mw.Close(); !errors.Is(err, errBoundaryCollision) {
-				t.Fatalf("Close after collision: %v", err)
-			}
-		})
-	}
-}
-
-func TestWritePartErrors(t *testing.T) {
+// A source that fails mid-part fails the body with its error; a writer
+// that fails or writes short ends WriteTo with its error.
+func TestRequestBodyErrors(t *testing.T) {
 	boom := errors.New("boom")
-	t.Run("read error", func(t *testing.T) {
-		mw, _ := NewMultipartWriter(io.Discard, "b0")
-		n, err := mw.WritePart(dicomHeader(), io.MultiReader(strings.NewReader("abc"), iotest.ErrReader(boom)))
-		if !errors.Is(err, boom) || n != 3 {
-			t.Fatalf("WritePart = %d, %v; want 3, boom", n, err)
-		}
-	})
-	t.Run("write error", func(t *testing.T) {
-		mw, _ := NewMultipartWriter(failingWriter{boom}, "b0")
-		if _, err := mw.WritePart(dicomHeader(), strings.NewReader("abc")); !errors.Is(err, boom) {
-			t.Fatalf("err = %v, want boom", err)
-		}
-	})
-	t.Run("short write", func(t *testing.T) {
-		mw, _ := NewMultipartWriter(shortWriter{}, "b0")
-		if _, err := mw.WritePart(dicomHeader(), strings.NewReader("abc")); !errors.Is(err, io.ErrShortWrite) {
-			t.Fatalf("err = %v, want io.ErrShortWrite", err)
-		}
-	})
+	failing := Part{SOPInstanceUID: "1", Size: -1, Open: func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(io.MultiReader(strings.NewReader("abc"), iotest.ErrReader(boom))), nil
+	}}
+	for _, tt := range []struct {
+		name string
+		part Part
+		w    io.Writer
+		want error
+	}{
+		{"read error", failing, io.Discard, boom},
+		{"write error", memPart("1", []byte("abc")), failingWriter{boom}, boom},
+		{"short write", memPart("1", []byte("abc")), shortWriter{}, io.ErrShortWrite},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newRequestBody(t.Context(), "b0", []Part{tt.part}, false, make([]byte, 512))
+			if _, err := b.WriteTo(tt.w); !errors.Is(err, tt.want) {
+				t.Errorf("WriteTo = %v, want %v", err, tt.want)
+			}
+			b.stop()
+		})
+	}
 }
 
 type failingWriter struct{ err error }

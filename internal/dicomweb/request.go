@@ -283,7 +283,7 @@ func allSized(parts []Part) bool {
 	return true
 }
 
-// multipartLength is the exact length of the body MultipartWriter writes
+// multipartLength is the exact length of the body requestBody writes
 // for parts with boundary and partHeader.
 func multipartLength(boundary string, parts []Part) int64 {
 	var header int64
