@@ -166,6 +166,9 @@ type Limiter struct {
 	untested, probing bool
 	top               sample
 	topLimit          int
+	// last and lastAt: the last change reported, for LastChange.
+	last   Reason
+	lastAt time.Time
 }
 
 type round struct {
@@ -243,6 +246,14 @@ func (l *Limiter) SplitLimit() int {
 		return max(l.limit, min(l.topLimit, l.ceiling))
 	}
 	return l.limit
+}
+
+// LastChange returns why and when the limit last changed (or a
+// Retry-After paused it); none yet: "" and the zero time.
+func (l *Limiter) LastChange() (Reason, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last, l.lastAt
 }
 
 // Ceiling returns the current ceiling: Max, or this replica's share.
@@ -456,6 +467,9 @@ func (l *Limiter) SetReplicas(n int) {
 }
 
 func (l *Limiter) report(c Change) {
+	l.mu.Lock()
+	l.last, l.lastAt = c.Reason, time.Now().UTC()
+	l.mu.Unlock()
 	if l.onChange != nil {
 		l.onChange(c)
 	}

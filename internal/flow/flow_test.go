@@ -466,6 +466,9 @@ func TestLimitBoundsRequestsInFlight(t *testing.T) {
 
 func TestReplicaShare(t *testing.T) {
 	l, changes := newLimiter(t, Options{Min: 2, Max: 16, Start: 16})
+	if r, at := l.LastChange(); r != "" || !at.IsZero() {
+		t.Errorf("LastChange before any = %q, %v", r, at)
+	}
 	for _, c := range []struct{ replicas, ceiling, limit int }{
 		{1, 16, 16}, {3, 6, 6}, {10, 2, 2}, {2, 8, 2},
 	} {
@@ -479,6 +482,9 @@ func TestReplicaShare(t *testing.T) {
 	}
 	if len(*changes) != 2 || (*changes)[0].Reason != ReplicaShare {
 		t.Errorf("changes %+v, want two replica_share", *changes)
+	}
+	if r, at := l.LastChange(); r != ReplicaShare || at.IsZero() {
+		t.Errorf("LastChange = %q, %v; want replica_share, its time", r, at)
 	}
 }
 

@@ -418,7 +418,8 @@ func (o *BreakerOptions) check() error {
 func (f *Forwarder) Status() DestinationStatus {
 	st := DestinationStatus{Destination: f.opts.DestinationName, State: BreakerClosed.String(),
 		Requests: f.limit.Limit(), Ceiling: f.limit.Ceiling()}
-	st.LimitReason, st.LimitChanged = f.limitChange.last()
+	reason, at := f.limit.LastChange()
+	st.LimitReason, st.LimitChanged = string(reason), at
 	if !f.breaker.enabled() {
 		st.State = "off"
 		return st

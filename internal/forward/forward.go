@@ -204,9 +204,8 @@ type Forwarder struct {
 	breaker *breaker
 	// limit bounds the STOW-RS requests in flight over all studies;
 	// sending counts the studies sending now.
-	limit       *flow.Limiter
-	limitChange *limitChange
-	sending     atomic.Int32
+	limit   *flow.Limiter
+	sending atomic.Int32
 }
 
 // New validates opts and returns a Forwarder.
@@ -270,8 +269,7 @@ func New(opts Options) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
-	changed := &limitChange{}
-	limit, err := newLimiter(&opts, reg, log, changed)
+	limit, err := newLimiter(&opts, reg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -285,7 +283,7 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
-	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, limitChange: changed}
+	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit}
 	if b := opts.Breaker; b.Failures > 0 {
 		failures := b.Failures
 		if p.canDeadLetter && p.maxDeliveries > 0 && uint64(failures) > p.maxDeliveries {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,9 +34,8 @@ const (
 // newLimiter returns the limiter all studies of the destination share in
 // this process: between MinRequestConcurrency and RequestConcurrency STOW
 // requests in flight, adapted (internal/flow). Changes are counted by
-// reason and the last one kept for the status page; a decrease is logged
-// at info, an increase at debug.
-func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger, last *limitChange) (*flow.Limiter, error) {
+// reason; a decrease is logged at info, an increase at debug.
+func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*flow.Limiter, error) {
 	labels := prometheus.Labels{"destination": opts.DestinationName}
 	gauge := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_stow_parallel_limit",
@@ -61,7 +59,6 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger, last
 	l, err := flow.New(flow.Options{Min: floor, Max: max(opts.RequestConcurrency, floor), OnChange: func(c flow.Change) {
 		changes.WithLabelValues(string(c.Reason)).Inc()
 		gauge.Set(float64(c.To))
-		last.record(c.Reason, time.Now())
 		switch {
 		case c.Reason == flow.RetryAfter:
 			log.Info("destination asked to wait: no new STOW-RS request before the pause ends", "pause", c.Pause.String(), "limit", c.To)
@@ -76,25 +73,6 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger, last
 	}
 	gauge.Set(float64(l.Limit()))
 	return l, nil
-}
-
-// limitChange is the request limit's last change: why and when.
-type limitChange struct {
-	mu     sync.Mutex
-	reason flow.Reason
-	at     time.Time
-}
-
-func (c *limitChange) record(r flow.Reason, at time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.reason, c.at = r, at.UTC()
-}
-
-func (c *limitChange) last() (string, time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return string(c.reason), c.at
 }
 
 // SetReplicas tells the forwarder how many replicas serve its destination
@@ -131,8 +109,8 @@ func overload(ctx context.Context, err error) (flow.Reason, time.Duration, bool)
 }
 
 // requestsAtOnce is the number a study's requests are a multiple of:
-// the current limit (flow's SplitLimit), shared by the studies this process sends now, so
-// that the studies together fill it (a study alone fills it), without
+// the current limit (flow's SplitLimit), shared by the studies this
+// process sends now, so that the studies together fill it (a study alone fills it), without
 // splitting small studies into tiny requests for a ceiling not reached.
 func (f *Forwarder) requestsAtOnce() int {
 	if f.limit == nil {
