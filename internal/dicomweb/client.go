@@ -208,10 +208,6 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 			return nil, fmt.Errorf("%w: part %d (SOP Instance UID %q) has no Open func", errInvalidPart, i+1, p.SOPInstanceUID)
 		}
 	}
-	return c.storeOnce(ctx, method, parts)
-}
-
-func (c *Client) storeOnce(ctx context.Context, method string, parts []Part) (*Result, error) {
 	boundary, err := c.newBoundary()
 	if err != nil {
 		return nil, err
