@@ -197,6 +197,52 @@ func TestStoreAgainstOrthanc(t *testing.T) {
 		}
 	})
 
+	// The body AWS HealthImaging needs (Content-Length, not chunked), here
+	// against a real STOW-RS server: what it stores is what was sent.
+	t.Run("announced length", func(t *testing.T) {
+		var announced []int64
+		var mu sync.Mutex
+		rt := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			mu.Lock()
+			announced = append(announced, req.ContentLength)
+			mu.Unlock()
+			return http.DefaultTransport.RoundTrip(req)
+		})
+		lc, err := New(base, &http.Client{Transport: rt}, WithContentLength(), WithBufferSize(4096))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, se := dicomgen.NewUID(), dicomgen.NewUID()
+		var ps []Part
+		var us []string
+		sent := map[string][]byte{}
+		for i := range 3 {
+			u := dicomgen.NewUID()
+			payload := []byte("tiny")
+			if i == 1 {
+				payload = bytes.Repeat([]byte{0xCD}, 2<<20)
+			}
+			sent[u] = makeDICOM(t, st, se, u, payload)
+			ps = append(ps, memPart(u, sent[u]))
+			us = append(us, u)
+		}
+		res, err := lc.Store(ctx, ps)
+		if err != nil {
+			t.Fatalf("Store: %v", err)
+		}
+		if m := res.Missing(us); m != nil || len(res.Failed) != 0 {
+			t.Fatalf("Result = %+v, missing %q", res, m)
+		}
+		if len(announced) != 1 || announced[0] != res.BytesSent {
+			t.Errorf("Content-Length announced %v, want one request of the %d bytes sent", announced, res.BytesSent)
+		}
+		for _, in := range res.Stored {
+			if got := retrieveInstance(t, in.RetrieveURL); !bytes.Equal(got, sent[in.SOPInstanceUID]) {
+				t.Errorf("instance %s: retrieved %d bytes, sent %d", in.SOPInstanceUID, len(got), len(sent[in.SOPInstanceUID]))
+			}
+		}
+	})
+
 	t.Run("shared sample files in batches", func(t *testing.T) {
 		var parts []Part
 		for _, s := range testharness.Samples(t) {
