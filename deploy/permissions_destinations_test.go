@@ -153,8 +153,8 @@ func TestNamedDestinationPermissions(t *testing.T) {
 			"DESTINATION_AI_STOW_MAX_BYTES":      "8MiB",
 			"DESTINATION_ARCHIVE_STOW_MAX_BYTES": "8MiB",
 		}
-		run := func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-			return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, stdout, stderr, app.RunForwarder)
+		run := func(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) error {
+			return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, environ, stdout, stderr, app.RunForwarder)
 		}
 		testharness.StartProgram(t, "forwarder "+serves, run, env)
 		testharness.WaitHTTP(t, "http://"+addr+"/healthz", 30*time.Second)

@@ -21,7 +21,7 @@ func (r *rig) runAudit(t *testing.T, args ...string) ([]ledger.Finding, string) 
 	var out, errOut bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := run(ctx, append([]string{"audit", "--json"}, args...), func(k string) string { return env[k] }, &out, &errOut); err != nil {
+	if err := run(ctx, append([]string{"audit", "--json"}, args...), func(k string) string { return env[k] }, nil, &out, &errOut); err != nil {
 		t.Fatalf("forwarder audit %v: %v\n%s", args, err, errOut.String())
 	}
 	var findings []ledger.Finding
@@ -89,7 +89,7 @@ func testAuditFindsAStudyWithoutEvent(t *testing.T, rel testharness.Release) {
 
 func TestAuditUsage(t *testing.T) {
 	var out, errOut bytes.Buffer
-	if err := run(context.Background(), []string{"audit", "-h"}, func(string) string { return "" }, &out, &errOut); err != nil {
+	if err := run(context.Background(), []string{"audit", "-h"}, func(string) string { return "" }, nil, &out, &errOut); err != nil {
 		t.Fatalf("audit -h: %v", err)
 	}
 	for _, want := range []string{"--enqueue", "-json", "NATS_URL", "ORTHANC_SOURCES"} {
@@ -97,11 +97,11 @@ func TestAuditUsage(t *testing.T) {
 			t.Errorf("audit -h does not mention %s", want)
 		}
 	}
-	err := run(context.Background(), []string{"audit"}, func(string) string { return "" }, &out, &errOut)
+	err := run(context.Background(), []string{"audit"}, func(string) string { return "" }, nil, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "NATS_URL") {
 		t.Errorf("audit without NATS_URL: %v", err)
 	}
-	err = run(context.Background(), []string{"audit", "extra"}, func(string) string { return "" }, &out, &errOut)
+	err = run(context.Background(), []string{"audit", "extra"}, func(string) string { return "" }, nil, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "unexpected arguments") {
 		t.Errorf("audit with an argument: %v", err)
 	}

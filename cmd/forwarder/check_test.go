@@ -22,7 +22,7 @@ import (
 func runCheck(t *testing.T, env map[string]string) (string, string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	err := run(context.Background(), []string{"check"}, func(k string) string { return env[k] }, &out, &errOut)
+	err := run(context.Background(), []string{"check"}, func(k string) string { return env[k] }, nil, &out, &errOut)
 	t.Logf("forwarder check:\n%s", out.String())
 	return out.String(), errOut.String(), err
 }

@@ -165,8 +165,8 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 }
 
 // clusterIngestRun is what cmd/ingest's run does.
-func clusterIngestRun(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	return app.Main[config.IngestService](ctx, "ingest", args, getenv, stdout, stderr, app.RunIngest)
+func clusterIngestRun(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) error {
+	return app.Main[config.IngestService](ctx, "ingest", args, getenv, environ, stdout, stderr, app.RunIngest)
 }
 
 // clusterLoad is a set of studies in the source and their webhook events.

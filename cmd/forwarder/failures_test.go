@@ -87,7 +87,7 @@ func TestPermanentFailureDeadLetteredAndReplayed(t *testing.T) {
 	replay := func(args ...string) (string, error) {
 		var out, errOut bytes.Buffer
 		env := r.env(nil)
-		err := run(context.Background(), append([]string{"replay"}, args...), func(k string) string { return env[k] }, &out, &errOut)
+		err := run(context.Background(), append([]string{"replay"}, args...), func(k string) string { return env[k] }, nil, &out, &errOut)
 		return out.String(), err
 	}
 	out, err := replay("list")

@@ -136,8 +136,8 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 		"ADMIN_TOKEN":             adminToken,
 		"LOG_LEVEL":               "debug",
 	}
-	runIngest := func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-		return app.Main[config.IngestService](ctx, "ingest", args, getenv, stdout, stderr, app.RunIngest)
+	runIngest := func(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) error {
+		return app.Main[config.IngestService](ctx, "ingest", args, getenv, environ, stdout, stderr, app.RunIngest)
 	}
 	testharness.StartProgram(t, "ingest", runIngest, ingestEnv)
 	testharness.WaitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)

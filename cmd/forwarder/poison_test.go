@@ -32,7 +32,7 @@ const childEnv = "STOWLINE_TEST_AS_FORWARDER"
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		err := run(ctx, nil, os.Getenv, os.Stdout, os.Stderr)
+		err := run(ctx, nil, os.Getenv, nil, os.Stdout, os.Stderr)
 		stop()
 		os.Exit(app.ExitCode("forwarder", err, os.Stderr))
 	}

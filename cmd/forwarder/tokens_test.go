@@ -49,7 +49,7 @@ func (r *rig) startLoggedForwarder(t *testing.T, extra map[string]string) *testh
 	logs := &testharness.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, nil, logs, logs) }()
 	t.Cleanup(func() {
 		cancel()
 		select {

@@ -80,7 +80,7 @@ func (r *rig) startIngest(t *testing.T) *replica {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, rep.logs, rep.logs) }()
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, nil, rep.logs, rep.logs) }()
 	var once sync.Once
 	rep.stop = func() {
 		once.Do(func() {

@@ -12,7 +12,7 @@ import (
 
 func TestHelpListsVariables(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), []string{"-h"}, func(string) string { return "" }, &stdout, &stderr); err != nil {
+	if err := run(context.Background(), []string{"-h"}, func(string) string { return "" }, nil, &stdout, &stderr); err != nil {
 		t.Fatalf("run -h: %v", err)
 	}
 	for _, v := range []string{"INGEST_TOKEN", "DICOMWEB_URL", "NATS_URL", "ORTHANC_URL", "OAUTH_CLIENT_SECRET_FILE"} {
@@ -45,7 +45,7 @@ func TestBadConfigFailsAtStartup(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			err := run(context.Background(), tt.args, func(k string) string { return tt.env[k] }, &stdout, &stderr)
+			err := run(context.Background(), tt.args, func(k string) string { return tt.env[k] }, nil, &stdout, &stderr)
 			if !errors.Is(err, app.ErrUsage) {
 				t.Fatalf("run = %v, want a usage error", err)
 			}

@@ -24,10 +24,12 @@ func (e *usageError) Is(target error) bool { return target == ErrUsage }
 
 // Main parses flags and configuration into cfg and calls start. Bad
 // configuration fails here, before anything starts, naming the variable.
+// environ lists the variables getenv reads (os.Environ()), to warn about
+// misspelt ones (config.Unread); nil skips that check.
 func Main[T any, P interface {
 	*T
 	LogConfig() config.Log
-}](ctx context.Context, program string, args []string, getenv func(string) string, stdout, stderr io.Writer,
+}](ctx context.Context, program string, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer,
 	start func(ctx context.Context, cfg P, log *slog.Logger) error) error {
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -46,6 +48,9 @@ func Main[T any, P interface {
 		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
 	}
 	log := NewLogger(stdout, P(&cfg).LogConfig())
+	for _, name := range config.Unread(environ, P(&cfg)) {
+		log.Warn("variable set but not read: misspelt, or for a destination DESTINATIONS does not name (run "+program+" -h for the list)", "variable", name)
+	}
 	return start(ctx, P(&cfg), log)
 }
 

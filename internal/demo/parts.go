@@ -172,7 +172,7 @@ func startStowline(ctx context.Context, env map[string]string, logPath string, o
 	s := &stowline{done: make(chan error, 1)}
 	finished := make(chan error, 1)
 	go func() {
-		err := app.Main[config.SingleHost](sctx, "stowline", nil, func(k string) string { return env[k] }, w, w, app.RunSingleHost)
+		err := app.Main[config.SingleHost](sctx, "stowline", nil, func(k string) string { return env[k] }, nil, w, w, app.RunSingleHost)
 		finished <- err
 		s.done <- err
 	}()

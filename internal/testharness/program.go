@@ -10,7 +10,7 @@ import (
 
 // RunFunc is a command's run function: main only calls it, so tests start
 // the real program in-process.
-type RunFunc func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error
+type RunFunc func(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) error
 
 // Program is a command running in-process, with everything it logs.
 type Program struct {
@@ -29,7 +29,11 @@ func StartProgram(t testing.TB, name string, run RunFunc, env map[string]string)
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Program{Name: name, Logs: &LogBuffer{}, cancel: cancel, done: make(chan error, 1)}
-	go func() { p.done <- run(ctx, nil, func(k string) string { return env[k] }, p.Logs, p.Logs) }()
+	environ := make([]string, 0, len(env))
+	for k, v := range env {
+		environ = append(environ, k+"="+v)
+	}
+	go func() { p.done <- run(ctx, nil, func(k string) string { return env[k] }, environ, p.Logs, p.Logs) }()
 	t.Cleanup(func() {
 		if err := p.Stop(); err != nil {
 			t.Errorf("%s: %v", name, err)

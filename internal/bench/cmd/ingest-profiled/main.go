@@ -34,7 +34,7 @@ func main() {
 		os.Exit(1)
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = app.Main[config.IngestService](ctx, "ingest", os.Args[1:], os.Getenv, os.Stdout, os.Stderr, app.RunIngest)
+	err = app.Main[config.IngestService](ctx, "ingest", os.Args[1:], os.Getenv, os.Environ(), os.Stdout, os.Stderr, app.RunIngest)
 	cancel()
 	if perr := stop(); perr != nil {
 		fmt.Fprintln(os.Stderr, "ingest-profiled: profiles:", perr)

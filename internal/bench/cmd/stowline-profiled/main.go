@@ -36,7 +36,7 @@ func main() {
 		os.Exit(1)
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = app.Main[config.SingleHost](ctx, "stowline", os.Args[1:], os.Getenv, os.Stdout, os.Stderr, app.RunSingleHost)
+	err = app.Main[config.SingleHost](ctx, "stowline", os.Args[1:], os.Getenv, os.Environ(), os.Stdout, os.Stderr, app.RunSingleHost)
 	cancel()
 	if perr := stop(); perr != nil {
 		fmt.Fprintln(os.Stderr, "stowline-profiled: profiles:", perr)

@@ -1,0 +1,75 @@
+package config
+
+import (
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// checkedFamilies are the prefixes of the variables Unread checks: those
+// of the destinations and the forwarder, where a misspelt name would
+// silently leave a default (STOW_PARALLEL_REQUEST) or a whole destination
+// unconfigured.
+var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "DESTINATION_"}
+
+// serviceLink matches the variables Kubernetes sets for every Service
+// (FOO_SERVICE_HOST, FOO_PORT_8080_TCP_ADDR, ...): never a misspelling.
+var serviceLink = regexp.MustCompile(`_SERVICE_(HOST|PORT)(_|$)|_PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?$`)
+
+// Unread returns, sorted, the variables of environ ("NAME=value"; values
+// are not looked at) that look like settings of cfg, a loaded
+// configuration, but that it does not read: a misspelt name, or a variable
+// of a destination DESTINATIONS does not name. Only the families cfg reads
+// are checked, so a process sharing an env file with another role is not
+// told about the other's variables.
+func Unread(environ []string, cfg any) []string {
+	known := map[string]bool{}
+	add := func(name string, secret bool) {
+		known[name] = true
+		if secret {
+			known[name+fileSuffix] = true
+		}
+	}
+	for _, v := range Vars(cfg) {
+		if !strings.Contains(v.Name, "<") {
+			add(v.Name, v.Secret)
+		}
+	}
+	var families []string
+	for _, f := range checkedFamilies {
+		for name := range known {
+			if strings.HasPrefix(name, f) {
+				families = append(families, f)
+				break
+			}
+		}
+	}
+	if d, ok := cfg.(interface{ DestinationList() []NamedDestination }); ok {
+		families = append(families, "DESTINATION_")
+		for _, nd := range d.DestinationList() {
+			if nd.Var == "" {
+				continue
+			}
+			for _, v := range Vars(&Destination{}) {
+				add(nd.VarName(v.Name), v.Secret)
+			}
+			add(nd.Var+"MATCH", false)
+			add(nd.Var+"INSTANCE_MATCH", false)
+		}
+	}
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if known[name] || serviceLink.MatchString(name) || slices.Contains(out, name) {
+			continue
+		}
+		for _, f := range families {
+			if strings.HasPrefix(name, f) {
+				out = append(out, name)
+				break
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}

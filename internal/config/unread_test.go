@@ -1,0 +1,57 @@
+package config
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestUnread(t *testing.T) {
+	tests := []struct {
+		name  string
+		env   func(t *testing.T) map[string]string
+		cfg   func() any
+		extra map[string]string
+		want  []string
+	}{
+		{name: "every variable read", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &SingleHost{} }, extra: map[string]string{"STOW_PARALLEL_REQUESTS": "8", "OAUTH_TOKEN_URL": "https://login.example.org/token", "OAUTH_CLIENT_ID": "site", "OAUTH_CLIENT_SECRET": "s3cret-value", "PATH": "/bin"}},
+		{name: "misspelt default destination variable", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &SingleHost{} }, extra: map[string]string{"STOW_PARALLEL_REQUEST": "8", "FORWARDER_CONCURENCY": "2"},
+			want: []string{"FORWARDER_CONCURENCY", "STOW_PARALLEL_REQUEST"}},
+		{name: "named destinations: own variables, secrets from files, rules", env: destEnv,
+			cfg: func() any { return &SingleHost{} }},
+		{name: "named destinations: a misspelt one, and one DESTINATIONS does not name", env: destEnv,
+			cfg:   func() any { return &ForwarderService{} },
+			extra: map[string]string{"DESTINATION_AI_2_STOW_PARALLEL_REQUEST": "4", "DESTINATION_RESEARCH_URL": "https://r.example.org"},
+			want:  []string{"DESTINATION_AI_2_STOW_PARALLEL_REQUEST", "DESTINATION_RESEARCH_URL"}},
+		{name: "destination variables without DESTINATIONS", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &SingleHost{} }, extra: map[string]string{"DESTINATION_AI_URL": "https://ai.example.org"},
+			want: []string{"DESTINATION_AI_URL"}},
+		{name: "Kubernetes service links are not settings", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &SingleHost{} },
+			extra: map[string]string{"FORWARDER_SERVICE_HOST": "10.0.0.1", "FORWARDER_SERVICE_PORT_METRICS": "8081",
+				"FORWARDER_PORT": "tcp://10.0.0.1:8081", "FORWARDER_PORT_8081_TCP_ADDR": "10.0.0.1"}},
+		{name: "the ingest is not told about the forwarder's variables", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &IngestService{} }, extra: map[string]string{"STOW_PARALLEL_REQUEST": "8", "DESTINATION_AI_URL": "x"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := tt.env(t)
+			env["NATS_URL"] = "nats://nats.example.org:4222" // the services need it; the single host ignores it
+			for k, v := range tt.extra {
+				env[k] = v
+			}
+			cfg := tt.cfg()
+			if err := Load(mapEnv(env), cfg); err != nil {
+				t.Fatal(err)
+			}
+			var environ []string
+			for k, v := range env {
+				environ = append(environ, k+"="+v)
+			}
+			if got := Unread(environ, cfg); !slices.Equal(got, tt.want) {
+				t.Errorf("Unread = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
