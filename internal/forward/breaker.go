@@ -438,6 +438,15 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 	trial := false
 	for held := 0; ; held++ {
 		rep, err := f.transferRecovering(ctx, a)
+		if err == nil && rep.Requests == 0 && rep.Verify == 0 {
+			// Nothing reached the destination (its rules selected no
+			// instance): the outcome says nothing of it, so it neither
+			// closes the breaker nor resets its count of failures.
+			if trial {
+				f.breaker.endTrial()
+			}
+			return rep, nil
+		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID) {
 			if held > 0 && err == nil {
 				log.Info("held study forwarded after the destination came back", "holds", held)

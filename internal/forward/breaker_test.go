@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"sync"
 	"testing"
@@ -258,4 +261,75 @@ func TestBreakerStopEndsHolds(t *testing.T) {
 			t.Fatalf("hold of a stopped breaker = %v, want errShutdown", err)
 		}
 	})
+}
+
+// selectNothing is a Router for which no study is for the destination.
+type selectNothing struct{}
+
+func (selectNothing) Select(context.Context, string, string, []orthancapi.Instance) ([]orthancapi.Instance, error) {
+	return nil, nil
+}
+
+// A study the destination's rules skip never reaches it: during an
+// outage it neither resets the count of failures nor closes the open
+// breaker (most events are skipped for a destination that takes one
+// modality).
+func TestBreakerIgnoresSkippedStudies(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	src := newDICOMSource(t, 2)
+	var router Router // nil: every study selected
+	f := newForwarder(t, nil, srv.URL, nil, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.Breaker = BreakerOptions{Failures: 2, ProbeInterval: time.Hour}
+		o.Router = routerFunc(func() Router { return router })
+	})
+	log := slog.New(slog.DiscardHandler)
+	attempt := func(selected bool) error {
+		t.Helper()
+		router = nil
+		if !selected {
+			router = selectNothing{}
+		}
+		// A held study waits until its context ends.
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_, err := f.transferGuarded(ctx, &Attempt{Event: testEvent()}, log)
+		return err
+	}
+	if err := attempt(true); err == nil {
+		t.Fatal("a study into a destination answering 503 was stored")
+	}
+	if err := attempt(false); err != nil {
+		t.Fatalf("skipped study: %v", err)
+	}
+	if st := f.Status(); st.Failures != 1 || st.State != BreakerClosed.String() {
+		t.Fatalf("after a failure and a skipped study: %+v, want 1 failure, closed", st)
+	}
+	// The second failure opens the breaker: the study is held (until the
+	// context ends: the probe is an hour away).
+	if err := attempt(true); err == nil {
+		t.Fatal("a study into a destination answering 503 was stored")
+	}
+	if st := f.Status(); st.State != BreakerOpen.String() {
+		t.Fatalf("after two failures: %+v, want open", st)
+	}
+	if err := attempt(false); err != nil {
+		t.Fatalf("skipped study while open: %v", err)
+	}
+	if st := f.Status(); st.State != BreakerOpen.String() {
+		t.Errorf("a skipped study changed the open breaker: %+v", st)
+	}
+}
+
+// routerFunc selects through the Router that get returns now (nil: all).
+type routerFunc func() Router
+
+func (r routerFunc) Select(ctx context.Context, source, studyID string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
+	if rt := r(); rt != nil {
+		return rt.Select(ctx, source, studyID, in)
+	}
+	return in, nil
 }
