@@ -69,15 +69,19 @@ func (p policy) decide(attempt uint64, err error, shuttingDown bool) decision {
 // the limit (decide dead-letters the last one), so the deliveries before
 // this one ended without an outcome: the forwarder that had them crashed,
 // was killed (out of memory) or lost JetStream. Trying again would do the
-// same, so the study is dead-lettered before any work.
+// same, so the study is dead-lettered before any work. Rarely the last
+// delivery ended otherwise: a graceful shutdown gave it back, or its ack
+// was not confirmed; the reason says so, and a replay sends the study
+// again (an instance already stored is confirmed again).
 func (p policy) exhausted(attempt uint64) (decision, bool) {
 	if !p.canDeadLetter || p.maxDeliveries == 0 || attempt <= p.maxDeliveries {
 		return decision{}, false
 	}
 	return decision{action: deadLetter, class: Crash, reason: fmt.Sprintf(
 		"delivered %d times, past FORWARDER_MAX_DELIVERIES (%d), and the last deliveries ended without an outcome: "+
-			"the forwarder handling the study stopped (a crash or an out-of-memory kill) or could not store its dead letter; "+
-			"not tried again", attempt, p.maxDeliveries)}, true
+			"the forwarder handling the study stopped (a crash or an out-of-memory kill; or, for the last one only, a shutdown "+
+			"that returned it to the queue or an ack JetStream did not confirm) or could not store its dead letter; "+
+			"not tried again (replay it once the cause is known)", attempt, p.maxDeliveries)}, true
 }
 
 // backoff is exponential with jitter in [d/2, d]: studies that failed
