@@ -253,7 +253,7 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 			// The transport only saw a broken body; the body knows why.
 			return nil, werr
 		}
-		return nil, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, doErr))
+		return nil, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
 	}
 	if r := resp.Request; r != nil && r.Method != method {
 		// The http.Client followed a 301/302/303 and re-sent the request
@@ -261,12 +261,23 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 		// a QIDO-RS search result that parses as an empty STOW response).
 		resp.Body.Close()
 		finish()
-		return nil, fmt.Errorf("%w: %s %s ended as %s %s", ErrRedirected, method, c.logURL, r.Method, r.URL.Redacted())
+		return nil, fmt.Errorf("%w: %s %s ended as %s %s", ErrRedirected, method, c.logURL, r.Method, logSafe(r.URL))
 	}
 	respBody, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
 	resp.Body.Close()
 	sent, werr := finish()
 	return c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent)
+}
+
+// redact names the destination by its safe URL in an error of the HTTP
+// client: Go's *url.Error names the request's whole URL, query included,
+// where an API key can sit. The error keeps its type and cause (time-outs
+// are still told apart).
+func (c *Client) redact(err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		return &url.Error{Op: ue.Op, URL: c.logURL, Err: ue.Err}
+	}
+	return err
 }
 
 // logSafe is a URL fit for errors and logs: without user info, query or

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -546,5 +547,41 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := New("ftp://h", nil); !errors.Is(err, ErrInvalidBaseURL) {
 		t.Errorf("err = %v, want ErrInvalidBaseURL", err)
+	}
+}
+
+// A destination URL may carry an API key in its query: an error for a
+// request that got no answer names the URL without it, and keeps its
+// cause and time-out.
+func TestNoAnswerErrorsHideTheQuery(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens: connection refused
+	c, err := New("http://"+addr+"/dicom-web?code=SECRET-KEY", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	_, storeErr := c.Store(ctx, []Part{memPart("1.2.3", []byte("x"))})
+	_, qidoErr := c.StudyInstanceUIDs(ctx, "1.2.3", 10)
+	deleteErr := c.DeleteInstance(ctx, "1.2.3", "1.2.3.4", "1.2.3.4.5")
+	for name, err := range map[string]error{"store": storeErr, "qido": qidoErr, "delete": deleteErr} {
+		if err == nil {
+			t.Fatalf("%s: no error from a closed port", name)
+		}
+		if strings.Contains(err.Error(), "SECRET-KEY") {
+			t.Errorf("%s: error shows the query: %v", name, err)
+		}
+		var ue *url.Error
+		var oe *net.OpError
+		if !errors.As(err, &ue) || !errors.As(err, &oe) {
+			t.Errorf("%s: error %v lost its *url.Error or *net.OpError", name, err)
+		}
+	}
+	if !errors.Is(storeErr, ErrNoAnswer) || !errors.Is(qidoErr, ErrNoAnswer) {
+		t.Errorf("store %v, qido %v: want ErrNoAnswer", storeErr, qidoErr)
 	}
 }

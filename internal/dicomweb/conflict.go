@@ -111,7 +111,7 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	req.Header.Set("User-Agent", c.userAgent)
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("stow: DELETE %s/…/instances/%s: %w", c.logURL, sop, err)
+		return fmt.Errorf("stow: DELETE %s/…/instances/%s: %w", c.logURL, sop, c.redact(err))
 	}
 	defer resp.Body.Close()
 	body, _, _ := readBody(resp.Body, maxErrorBody)

@@ -87,7 +87,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	req.Header.Set("User-Agent", c.userAgent)
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, err))
+		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, c.redact(err)))
 	}
 	defer resp.Body.Close()
 	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
