@@ -294,11 +294,15 @@ func (r *forwarderRole) cleanerFor(name string) (forward.SourceCleaner, error) {
 // never answers is noticed.
 func newDestinationTransport() *http.Transport {
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConnsPerHost:   32,
-		IdleConnTimeout:       90 * time.Second,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 32,
+		// Below the common 60 s idle time-out of load balancers (AWS ALB,
+		// nginx's 75 s): a POST on a connection the far end is closing
+		// fails and is not retried by the transport, costing the study an
+		// attempt; closing idle connections first costs a handshake.
+		IdleConnTimeout:       50 * time.Second,
 		TLSHandshakeTimeout:   15 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		// A STOW-RS response comes after the whole body is stored; a
