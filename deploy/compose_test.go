@@ -437,9 +437,9 @@ func TestComposeStopGracePeriods(t *testing.T) {
 func checkStopGracePeriods(t *testing.T, c composeFile) {
 	// What each command waits for at most when it stops, by build target.
 	graces := map[string]time.Duration{
-		"ingest":    app.HTTPShutdownGrace,
+		"ingest":    app.IngestShutdownGrace,
 		"forwarder": max(forward.DefaultShutdownGrace, app.HTTPShutdownGrace),
-		"stowline":  max(forward.DefaultShutdownGrace, app.HTTPShutdownGrace),
+		"stowline":  max(forward.DefaultShutdownGrace, app.IngestShutdownGrace),
 	}
 	for name, svc := range c.Services {
 		if svc.Build == nil {

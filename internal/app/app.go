@@ -29,6 +29,12 @@ import (
 // (deploy/compose_test.go checks docker-compose.yml).
 const HTTPShutdownGrace = 15 * time.Second
 
+// IngestShutdownGrace bounds how long the ingest takes to stop: its HTTP
+// server's grace, then the wait for the webhook events still waiting for
+// PRIORITY_RULE (drainTriage). An orchestrator's stop timeout must exceed
+// it (deploy/compose_test.go, the chart's check).
+const IngestShutdownGrace = 20 * time.Second
+
 // provisionTimeout bounds the creation of the streams and buckets a role
 // needs at startup.
 const provisionTimeout = 30 * time.Second
@@ -95,7 +101,7 @@ func newRouter() *chi.Mux {
 
 // serveHTTP listens now (so a busy port fails startup) and serves in g
 // until ctx ends; over HTTPS when serverTLS is not nil.
-func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler, serverTLS *tls.Config, log *slog.Logger) error {
+func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler, serverTLS *tls.Config, log *slog.Logger, stopped func()) error {
 	ln, err := web.Listen(addr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -105,7 +111,13 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 	if serverTLS != nil {
 		ln = tls.NewListener(ln, serverTLS)
 	}
-	g.Go(named(name, func() error { return web.Serve(ctx, srv, ln, HTTPShutdownGrace) }))
+	g.Go(named(name, func() error {
+		err := web.Serve(ctx, srv, ln, HTTPShutdownGrace)
+		if stopped != nil {
+			stopped()
+		}
+		return err
+	}))
 	return nil
 }
 

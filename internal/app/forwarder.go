@@ -154,7 +154,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	} else {
 		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
 	}
-	if err := serveHTTP(ctx, g, "forwarder", fc.Addr, router, p.serverTLS, log); err != nil {
+	if err := serveHTTP(ctx, g, "forwarder", fc.Addr, router, p.serverTLS, log, nil); err != nil {
 		return err
 	}
 	byName := map[string]*forward.Forwarder{}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -33,6 +35,11 @@ type prioritizer struct {
 	timeout time.Duration
 	log     *slog.Logger
 	events  *prometheus.CounterVec
+	// triaging counts the webhook events still being triaged: the ingest
+	// waits for them at shutdown (drainTriage), the webhook having
+	// answered for them.
+	triaging sync.WaitGroup
+	pending  atomic.Int64
 }
 
 // newPrioritizer wraps next; with no rule it only counts the events by
@@ -137,8 +144,30 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 	}
 	e := *ev
 	// The ingest's lifetime, the request's trace.
-	go p.triage(trace.ContextWithSpan(w.ctx, trace.SpanFromContext(ctx)), &e)
+	tctx := trace.ContextWithSpan(w.ctx, trace.SpanFromContext(ctx))
+	p.pending.Add(1)
+	p.triaging.Go(func() {
+		defer p.pending.Add(-1)
+		p.triage(tctx, &e)
+	})
 	return ack, nil
+}
+
+// drainTriage waits, at most wait, for the events being triaged, once the
+// webhook takes no more: each is stored in its lane before the JetStream
+// connection closes, or logged.
+func (p *prioritizer) drainTriage(wait time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		p.triaging.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		p.log.Error("shutdown: studies waiting for PRIORITY_RULE were not queued in their lane; the reconciler queues them, or `forwarder audit --enqueue` when it is off",
+			"studies", p.pending.Load())
+	}
 }
 
 // triage stores an event waiting on the triage subject in the lane the
@@ -148,6 +177,7 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 // answered, and only the reconciler or the audit would find the study
 // otherwise.
 func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
+	stopping := ctx.Done()
 	ctx = context.WithoutCancel(ctx)
 	deadline := time.Now().Add(triageBudget)
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
@@ -157,6 +187,12 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 		if err == nil {
 			return
 		}
+		select {
+		case <-stopping:
+			// Shutdown: this was the last try (drainTriage waits for it).
+			deadline = time.Time{}
+		default:
+		}
 		if time.Now().Add(wait).After(deadline) {
 			p.log.Error("a study waiting for PRIORITY_RULE could not be queued; the reconciler queues it, or `forwarder audit --enqueue` when the reconciler is off",
 				"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "err", err)
@@ -164,9 +200,19 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 		}
 		p.log.Warn("a study waiting for PRIORITY_RULE could not be queued yet; trying again",
 			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "retry_in", wait.String(), "err", err)
-		time.Sleep(wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-stopping: // one last try at once
+			t.Stop()
+		}
 	}
 }
 
 // triageBudget bounds how long triage tries to store an event in its lane.
 const triageBudget = 5 * time.Minute
+
+// triageShutdownWait bounds the wait for triage at shutdown, after the
+// HTTP server's grace. A last try usually takes milliseconds; one stuck
+// on a slow source is logged and left to the reconciler.
+const triageShutdownWait = IngestShutdownGrace - HTTPShutdownGrace

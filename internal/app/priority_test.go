@@ -4,6 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -116,5 +119,56 @@ func TestPrioritizer(t *testing.T) {
 				t.Errorf("republish: %+v, %v; want a duplicate", ack, err)
 			}
 		})
+	}
+}
+
+// At shutdown the ingest waits for the events the webhook answered for
+// that still wait for PRIORITY_RULE: here the source is slow to answer,
+// and the event is in its lane when drainTriage returns.
+func TestTriageDrainedAtShutdown(t *testing.T) {
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		http.Error(w, "unavailable", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(slow.Close)
+	var once sync.Once
+	answer := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(answer) // before slow.Close, which waits for the handlers
+	sources, err := NewSources(&config.Orthanc{URL: slow.URL, SourceName: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	if _, err := natsjs.DefaultTopology().EnsureEvents(t.Context(), ns.JS); err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPrioritizer(ns.JS, "'MR' in study.modalities", sources, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.NewStudyStable("main", "66666666-66666666-66666666-66666666-66666666", "1.2.3", "20261203T101500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest, stop := context.WithCancel(t.Context())
+	if _, err := (webhookPublisher{p: p, ctx: ingest}).Publish(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+	stop() // the webhook answered; the ingest stops
+	drained := make(chan struct{})
+	go func() {
+		p.drainTriage(time.Minute)
+		close(drained)
+	}()
+	select {
+	case <-drained:
+		t.Fatal("drainTriage returned while the event was still being triaged")
+	case <-time.After(100 * time.Millisecond):
+	}
+	answer() // the source answers (503: the rule fails, the study goes routine)
+	<-drained
+	if got := subjectCounts(t, ns.JS); got["stowline.study.stable.main"] != 1 {
+		t.Errorf("subjects %v after drainTriage, want the event in the routine lane", got)
 	}
 }

@@ -243,7 +243,7 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 	grace := src.forwarderShutdownGrace + src.httpShutdownGrace
 	if component(d.Labels) == "ingest" {
 		role = "ingest"
-		grace = src.httpShutdownGrace
+		grace = src.ingestShutdownGrace
 	}
 	if len(pod.Containers) != 1 {
 		t.Fatalf("deployment %s: %d containers, want 1", d.Name, len(pod.Containers))

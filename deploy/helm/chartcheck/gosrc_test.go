@@ -20,6 +20,9 @@ type goFacts struct {
 	// httpShutdownGrace is app.HTTPShutdownGrace: how long the HTTP
 	// servers give in-flight requests after SIGTERM.
 	httpShutdownGrace time.Duration
+	// ingestShutdownGrace is app.IngestShutdownGrace: how long the
+	// ingest takes to stop.
+	ingestShutdownGrace time.Duration
 	// forwarderShutdownGrace is forward.DefaultShutdownGrace: how long a
 	// forwarder gives in-flight studies.
 	forwarderShutdownGrace time.Duration
@@ -60,6 +63,7 @@ func readGoFacts(t *testing.T) goFacts {
 			return e
 		}
 		facts.httpShutdownGrace = duration(get("app.HTTPShutdownGrace"))
+		facts.ingestShutdownGrace = duration(get("app.IngestShutdownGrace"))
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
 		facts.eventStream = str(get("natsjs.EventStream"))
 		facts.forwarderConsumer = str(get("natsjs.ForwarderConsumer"))
@@ -78,7 +82,7 @@ func readGoFacts(t *testing.T) goFacts {
 		t.Fatal(factsErr)
 	}
 	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
-	if facts.httpShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
+	if facts.httpShutdownGrace <= 0 || facts.ingestShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
 		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}
