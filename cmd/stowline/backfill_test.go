@@ -70,6 +70,12 @@ func TestBackfillNewDestination(t *testing.T) {
 	added.waitHolds(t, st0.uids, time.Minute)
 	s.waitRecorded(t, 3, 30*time.Second, "new")
 	s.waitIdle(t, 30*time.Second, "archive")
+	// The same backfill again, within the dedupe window: nothing is queued
+	// twice, and the output says so instead of claiming three.
+	again := s.command(t, app.RunBackfill, "--destination", "new", "--since", "1h", "--from", "source")
+	if !strings.Contains(again, "0 studies queued for new") || !strings.Contains(again, "3 of them not queued again") {
+		t.Errorf("backfill again: want 0 queued and 3 not queued again in\n%s", again)
+	}
 
 	if n := archive.proxy.STOWRequests(); n != archiveRequests {
 		t.Errorf("the archive got %d STOW requests from the backfills for new", n-archiveRequests)

@@ -79,10 +79,11 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 		return &usageError{fmt.Errorf("%s: %w", program, err)}
 	}
 	var evs []events.StudyStable
+	dups := 0
 	if *from == "stream" {
 		evs, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane, start, end, *dryRun)
 	} else {
-		evs, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane, start, end, *dryRun)
+		evs, dups, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane, start, end, *dryRun)
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE")
@@ -94,37 +95,42 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	if *dryRun {
 		verb = "would be queued for"
 	}
-	fmt.Fprintf(stdout, "%d studies %s %s\n", len(evs), verb, *destination)
+	fmt.Fprintf(stdout, "%d studies %s %s\n", len(evs)-dups, verb, *destination)
+	if dups > 0 {
+		fmt.Fprintf(stdout, "%d of them not queued again: a backfill queued them within EVENTS_DEDUPE_WINDOW (%s); a dead-lettered one is sent again with `forwarder replay`\n",
+			dups, cfg.NATS.DedupeWindow)
+	}
 	return err
 }
 
 // backfillFromSources queues for destination the stable studies of every
 // source whose LastUpdate falls in [start, end) (end zero: up to now).
 // Orthanc writes LastUpdate in its own clock's zone, read here as UTC.
-func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool) ([]events.StudyStable, error) {
+// dups counts the events JetStream dropped as queued by a backfill before,
+// within the dedupe window.
+func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool) (out []events.StudyStable, dups int, err error) {
 	sources, err := NewSources(oc)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	from, to := start.UTC().Format(lastUpdateLayout), ""
 	if !end.IsZero() {
 		to = end.UTC().Format(lastUpdateLayout)
 	}
-	var out []events.StudyStable
 	const page = 500
 	for _, src := range sources.List() {
 		name := src.Name
 		if name == "" {
 			sys, err := src.Client.System(ctx)
 			if err != nil {
-				return out, fmt.Errorf("orthanc: learn the source name: %w", err)
+				return out, dups, fmt.Errorf("orthanc: learn the source name: %w", err)
 			}
 			name = events.DefaultSourceName(sys.Name)
 		}
 		for since := 0; ; since += page {
 			studies, err := src.Client.Studies(ctx, since, page)
 			if err != nil {
-				return out, fmt.Errorf("source %s: list studies from %d: %w", name, since, err)
+				return out, dups, fmt.Errorf("source %s: list studies from %d: %w", name, since, err)
 			}
 			for _, st := range studies {
 				if !st.IsStable || st.LastUpdate < from || (to != "" && st.LastUpdate >= to) {
@@ -132,12 +138,16 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 				}
 				ev, err := events.NewStudyStable(name, st.ID, st.StudyInstanceUID, st.LastUpdate)
 				if err != nil {
-					return out, fmt.Errorf("source %s: study %s: %w", name, st.ID, err)
+					return out, dups, fmt.Errorf("source %s: study %s: %w", name, st.ID, err)
 				}
 				if !dryRun {
 					subject := natsjs.LaneSubject(lane, destination, name)
-					if _, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, ev.MsgID()+"/backfill/"+destination); err != nil {
-						return out, err
+					ack, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, ev.MsgID()+"/backfill/"+destination)
+					if err != nil {
+						return out, dups, err
+					}
+					if ack.Duplicate {
+						dups++
 					}
 				}
 				out = append(out, *ev)
@@ -147,5 +157,5 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 			}
 		}
 	}
-	return out, nil
+	return out, dups, nil
 }
