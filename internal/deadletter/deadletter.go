@@ -180,6 +180,7 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	if err != nil {
 		return fmt.Errorf("read stream %s: %w", stream, err)
 	}
+	empty := 0
 	for {
 		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
@@ -203,13 +204,31 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			return fmt.Errorf("read stream %s: %w", stream, err)
 		}
 		if n == 0 {
-			return nil // nothing (more) from the start time on
+			// Nothing within the wait: the end (nothing from the start
+			// time on), or a server too busy to deliver; only the
+			// consumer's count of messages left tells them apart.
+			ci, err := cons.Info(ctx)
+			if err != nil {
+				return fmt.Errorf("read stream %s: %w", stream, err)
+			}
+			if ci.NumPending == 0 {
+				return nil
+			}
+			if empty++; empty == maxEmptyFetches {
+				return fmt.Errorf("read stream %s: %d messages left, none delivered in %d s", stream, ci.NumPending, maxEmptyFetches)
+			}
+		} else {
+			empty = 0
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 	}
 }
+
+// maxEmptyFetches bounds the empty one-second fetches readAll waits
+// through while the stream still holds messages for it.
+const maxEmptyFetches = 30
 
 // Replay puts the letters f selects back into the event stream for their
 // destination only, with a fresh dedupe ID, and removes each letter only
