@@ -49,7 +49,10 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	}
 	var err error
 	if o.URL == "" {
-		c.embedded, err = StartEmbedded(EmbeddedOptions{StoreDir: o.StoreDir, ServerName: "stowline-embedded"}, log)
+		// One node, nothing replicates it: an event must be on disk before
+		// the webhook answers 202, or a power cut could take back what was
+		// accepted. A study makes a handful of writes, a few fsyncs.
+		c.embedded, err = StartEmbedded(EmbeddedOptions{StoreDir: o.StoreDir, ServerName: "stowline-embedded", SyncAlways: true}, log)
 		if err != nil {
 			return nil, err
 		}

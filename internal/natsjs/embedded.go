@@ -29,6 +29,9 @@ type EmbeddedOptions struct {
 	Cluster *EmbeddedCluster
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	ReadyTimeout time.Duration
+	// SyncAlways writes every stored message to disk before it is
+	// acknowledged (nats-server's default syncs every 2 minutes).
+	SyncAlways bool
 	// Configure, if set, adjusts the server options last (tests: users,
 	// permissions, TLS).
 	Configure func(*server.Options)
@@ -66,6 +69,7 @@ func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, err
 		Port:       opts.Port,
 		DontListen: opts.Port == 0,
 		NoSigs:     true,
+		SyncAlways: opts.SyncAlways,
 		// The JetStream domain is not set: a single-host install needs none.
 	}
 	if sopts.Host == "" {
