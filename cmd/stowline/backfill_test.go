@@ -73,7 +73,7 @@ func TestBackfillNewDestination(t *testing.T) {
 	// The same backfill again, within the dedupe window: nothing is queued
 	// twice, and the output says so instead of claiming three.
 	again := s.command(t, app.RunBackfill, "--destination", "new", "--since", "1h", "--from", "source")
-	if !strings.Contains(again, "0 studies queued for new") || !strings.Contains(again, "3 of them not queued again") {
+	if !strings.Contains(again, "0 studies queued for new") || !strings.Contains(again, "3 studies not queued again") {
 		t.Errorf("backfill again: want 0 queued and 3 not queued again in\n%s", again)
 	}
 

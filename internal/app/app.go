@@ -113,8 +113,8 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 	}
 	g.Go(named(name, func() error {
 		err := web.Serve(ctx, srv, ln, HTTPShutdownGrace)
-		if stopped != nil {
-			stopped()
+		if stopped != nil && ctx.Err() != nil {
+			stopped() // a shutdown, not a server that failed
 		}
 		return err
 	}))

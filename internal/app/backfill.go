@@ -97,7 +97,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	}
 	fmt.Fprintf(stdout, "%d studies %s %s\n", len(evs)-dups, verb, *destination)
 	if dups > 0 {
-		fmt.Fprintf(stdout, "%d of them not queued again: a backfill queued them within EVENTS_DEDUPE_WINDOW (%s); a dead-lettered one is sent again with `forwarder replay`\n",
+		fmt.Fprintf(stdout, "%d studies not queued again: a backfill queued them within EVENTS_DEDUPE_WINDOW (%s); a dead-lettered one is sent again with `forwarder replay`\n",
 			dups, cfg.NATS.DedupeWindow)
 	}
 	return err

@@ -37,7 +37,10 @@ type prioritizer struct {
 	events  *prometheus.CounterVec
 	// triaging counts the webhook events still being triaged: the ingest
 	// waits for them at shutdown (drainTriage), the webhook having
-	// answered for them.
+	// answered for them. Once drained (under mu) no triage starts: a
+	// handler still running then leaves its event to the reconciler.
+	mu       sync.Mutex
+	drained  bool
 	triaging sync.WaitGroup
 	pending  atomic.Int64
 }
@@ -145,6 +148,13 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 	e := *ev
 	// The ingest's lifetime, the request's trace.
 	tctx := trace.ContextWithSpan(w.ctx, trace.SpanFromContext(ctx))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drained {
+		p.log.Error("shutdown: a study waiting for PRIORITY_RULE was stored after the ingest stopped triaging; the reconciler queues it, or `forwarder audit --enqueue` when it is off",
+			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID)
+		return ack, nil
+	}
 	p.pending.Add(1)
 	p.triaging.Go(func() {
 		defer p.pending.Add(-1)
@@ -157,6 +167,9 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 // webhook takes no more: each is stored in its lane before the JetStream
 // connection closes, or logged.
 func (p *prioritizer) drainTriage(wait time.Duration) {
+	p.mu.Lock()
+	p.drained = true
+	p.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		p.triaging.Wait()

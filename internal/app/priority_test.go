@@ -171,4 +171,19 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 	if got := subjectCounts(t, ns.JS); got["stowline.study.stable.main"] != 1 {
 		t.Errorf("subjects %v after drainTriage, want the event in the routine lane", got)
 	}
+	// A webhook request still running after the drain stores its event
+	// for triage and leaves it to the reconciler: no triage starts.
+	late, err := events.NewStudyStable("main", "77777777-77777777-77777777-77777777-77777777", "1.2.4", "20261203T101500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (webhookPublisher{p: p, ctx: ingest}).Publish(t.Context(), late); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.pending.Load(); n != 0 {
+		t.Errorf("%d triages started after the drain", n)
+	}
+	if got := subjectCounts(t, ns.JS); got[natsjs.TriageSubject("main")] != 2 {
+		t.Errorf("subjects %v, want both events on the triage subject", got)
+	}
 }

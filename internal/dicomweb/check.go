@@ -92,8 +92,12 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 		return r, fmt.Errorf("%w: DICOMWEB_URL: %w", errCheckFailed, err)
 	}
 	u = u.JoinPath("studies")
-	u.RawQuery = url.Values{"limit": {"1"}}.Encode()
-	r.RequestURL = u.Redacted()
+	// The base URL's own query (an API key) goes with the check, as with
+	// every request, but never into its report.
+	q := u.Query()
+	q.Set("limit", "1")
+	u.RawQuery = q.Encode()
+	r.RequestURL = logSafe(u) + "?limit=1"
 	rctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
@@ -105,6 +109,7 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	resp, err := o.Client.Do(req)
 	r.RequestTook = time.Since(start)
 	if err != nil {
+		err = redactURLError(err, r.RequestURL)
 		r.RequestErr = err
 		r.Verdict = "FAIL: the destination could not be reached (network, DNS, proxy or TLS: see TLS_CA_FILE, TLS_CERT_FILE)."
 		return r, fmt.Errorf("%w: %w", errCheckFailed, err)

@@ -70,3 +70,29 @@ func TestUnreachable(t *testing.T) {
 		t.Fatalf("err = %v, report %+v", err, rep)
 	}
 }
+
+// A base URL's query (an API key) goes with the check's request, as with
+// every request, but never into its report, reached or not.
+func TestCheckKeepsTheQueryOutOfTheReport(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("code") != "SECRET-KEY" || r.URL.Query().Get("limit") != "1" {
+			t.Errorf("request %s: want the base URL's code and limit=1", r.URL)
+		}
+		_, _ = w.Write([]byte("[]"))
+	}))
+	base := srv.URL + "/v2?code=SECRET-KEY"
+	for _, reachable := range []bool{true, false} {
+		if !reachable {
+			srv.Close()
+		}
+		rep, err := Check(t.Context(), CheckOptions{BaseURL: base, Client: &http.Client{}})
+		if reachable != (err == nil) {
+			t.Fatalf("reachable %v: err = %v", reachable, err)
+		}
+		var out bytes.Buffer
+		rep.WriteText(&out)
+		if strings.Contains(out.String(), "SECRET-KEY") || (err != nil && strings.Contains(err.Error(), "SECRET-KEY")) {
+			t.Errorf("reachable %v: the query reached the report:\n%s\n%v", reachable, out.String(), err)
+		}
+	}
+}

@@ -273,9 +273,12 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 // client: Go's *url.Error names the request's whole URL, query included,
 // where an API key can sit. The error keeps its type and cause (time-outs
 // are still told apart).
-func (c *Client) redact(err error) error {
+func (c *Client) redact(err error) error { return redactURLError(err, c.logURL) }
+
+// redactURLError is err, a *url.Error, naming safe instead of its URL.
+func redactURLError(err error, safe string) error {
 	if ue, ok := err.(*url.Error); ok {
-		return &url.Error{Op: ue.Op, URL: c.logURL, Err: ue.Err}
+		return &url.Error{Op: ue.Op, URL: safe, Err: ue.Err}
 	}
 	return err
 }
