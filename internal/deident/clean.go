@@ -351,7 +351,22 @@ func dictionaryVR(tag Tag, vr string) string {
 	if v, ok := newerVR[tag]; ok {
 		return v
 	}
+	if g := tag.Group(); g&0xFF00 == 0x6000 && g&1 == 0 {
+		if v, ok := overlayTextVR[tag.Element()]; ok {
+			return v
+		}
+	}
 	return vr
+}
+
+// overlayTextVR are the text attributes of the overlay planes, a
+// repeating group (60xx) the dictionary leaves out: in Implicit VR a
+// name typed into an overlay's label must still be scrubbed. Overlay
+// Comments (60xx,4000) are removed.
+var overlayTextVR = map[uint16]string{
+	0x0022: "LO", // Overlay Description
+	0x0045: "LO", // Overlay Subtype
+	0x1500: "LO", // Overlay Label
 }
 
 // newerVR are text attributes of the profile's tables newer than the

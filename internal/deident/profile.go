@@ -236,10 +236,10 @@ func newProfile(o Options) (*profile, error) {
 func (p *profile) action(t Tag, vr string) action {
 	if a, ok := p.actions[t]; ok {
 		if p.opts.RetainDates && (a == actRemove || a == actEmpty) && t != tagBirthDate && t != tagBirthTime && !slices.Contains(p.opts.Remove, t) {
-			if vr == "" || vr == "UN" {
-				vr = temporalVR[t]
-			}
-			switch vr {
+			// The profile's dates and times by the dictionary, never by
+			// the VR the file declares: an address written as TM is not
+			// a time to keep.
+			switch temporalVR[t] {
 			case "DA", "DT":
 				return actShift
 			case "TM":

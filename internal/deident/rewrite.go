@@ -334,8 +334,18 @@ func (rw *rewrite) start(pending []*element) error {
 	if rw.inst.SOPInstanceUID == "" {
 		return fmt.Errorf("%w: the data set has no SOP Instance UID", ErrMalformed)
 	}
-	if !p.opts.IncludeBurnedIn && burnedInClass(rw.inst.SOPClassUID) {
-		return fmt.Errorf("%w: SOP class %s (Secondary Capture or Ultrasound) commonly does", ErrBurnedIn, rw.inst.SOPClassUID)
+	class := rw.inst.SOPClassUID
+	if class == "" {
+		// No SOP Class UID in the data set: the copy takes the file
+		// meta's (writeFileMeta), so that one is checked.
+		for _, m := range rw.meta {
+			if m.tag == 0x00020002 {
+				class = trimValue(m.value)
+			}
+		}
+	}
+	if !p.opts.IncludeBurnedIn && burnedInClass(class) {
+		return fmt.Errorf("%w: SOP class %s (Secondary Capture or Ultrasound) commonly does", ErrBurnedIn, class)
 	}
 	// Refused before anything is written.
 	for _, el := range pending {

@@ -314,3 +314,98 @@ func TestRewriteHeaderOverHoldFailsClosed(t *testing.T) {
 		t.Errorf("%d bytes written before the refusal", out.Len())
 	}
 }
+
+// Overlay text (a repeating group the dictionary leaves out) is scrubbed
+// in Implicit VR as in Explicit VR: a patient's name or ID typed into an
+// overlay's label or description does not reach the destination.
+func TestRewriteScrubsOverlayText(t *testing.T) {
+	for _, explicit := range []bool{true, false} {
+		vr := func(v string) string {
+			if explicit {
+				return v
+			}
+			return ""
+		}
+		els := []*element{
+			str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+			str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+			str(tagPatientName, "PN", "Doe^John"),
+			str(tagPatientID, "LO", "PID123"),
+			str(tagStudyInstanceUID, "UI", "1.2.3.9"),
+			str(tagSeriesInstanceUID, "UI", "1.2.3.9.2"),
+			str(0x60000022, vr("LO"), "overlay of Doe John PID123"),
+			str(0x60000045, vr("LO"), "USER Doe"),
+			str(0x60021500, vr("LO"), "John Doe"),
+			{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+		}
+		syntax := syntaxImplicitLE
+		if explicit {
+			syntax = syntaxExplicitLE
+		}
+		in := testFile(t, syntax, explicit, false, true, els)
+		d := newTestDeidentifier(t, Options{})
+		var out bytes.Buffer
+		if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+			t.Fatalf("explicit %v: Rewrite: %v", explicit, err)
+		}
+		folded := foldASCII(nil, out.Bytes())
+		for _, s := range []string{"doe", "john", "pid123"} {
+			if bytes.Contains(folded, []byte(s)) {
+				t.Errorf("explicit %v: the copy holds %q", explicit, s)
+			}
+		}
+	}
+}
+
+// With RetainDates, what is kept as a date or time is decided by the
+// dictionary, never by the VR the file declares: an address or a
+// procedure description written as TM is still removed.
+func TestRetainDatesTrustsTheDictionaryNotTheFile(t *testing.T) {
+	els := []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(0x00080030, "TM", "101500"), // Study Time: kept with RetainDates
+		str(tagPatientName, "PN", "Doe^John"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.9"),
+		str(tagSeriesInstanceUID, "UI", "1.2.3.9.2"),
+		str(0x00101040, "TM", "12 ELM STREET"),  // Patient's Address, as TM
+		str(0x00321060, "TM", "CT OF DOE HEAD"), // Requested Procedure Description, as TM
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	}
+	in := testFile(t, syntaxExplicitLE, true, false, true, els)
+	d := newTestDeidentifier(t, Options{RetainDates: true})
+	var out bytes.Buffer
+	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatalf("Rewrite: %v", err)
+	}
+	folded := foldASCII(nil, out.Bytes())
+	for _, s := range []string{"elm street", "doe"} {
+		if bytes.Contains(folded, []byte(s)) {
+			t.Errorf("the copy holds %q", s)
+		}
+	}
+	if c := find(parseFile(t, out.Bytes()).elements, 0x00080030); c == nil || trimValue(c.value) != "101500" {
+		t.Errorf("Study Time %v, want kept with RetainDates", c)
+	}
+}
+
+// A data set without its SOP Class UID takes the file meta's in the copy:
+// a Secondary Capture so declared is refused like any other.
+func TestRewriteChecksTheMetaSOPClass(t *testing.T) {
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(tagPatientID, "LO", "PAT-1"),
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+	// The meta's class, CT in testFile, becomes Secondary Capture (as long).
+	ct, sc := []byte("1.2.840.10008.5.1.4.1.1.2\x00"), []byte("1.2.840.10008.5.1.4.1.1.7\x00")
+	if !bytes.Contains(in, ct) {
+		t.Fatal("testFile's meta class not found")
+	}
+	in = bytes.Replace(in, ct, sc, 1)
+	var out bytes.Buffer
+	_, err := newTestDeidentifier(t, Options{}).Rewrite(&out, bytes.NewReader(in))
+	if !errors.Is(err, ErrBurnedIn) || out.Len() != 0 {
+		t.Errorf("Rewrite: %v, %d bytes written; want ErrBurnedIn and none", err, out.Len())
+	}
+}
