@@ -43,6 +43,12 @@ type transport struct {
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := CheckRedirect(req); err != nil {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, err
+	}
 	tok, err := t.token(req.Context())
 	if err != nil {
 		// A RoundTripper must close the body, even on error.
@@ -67,6 +73,28 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return resp, nil
+}
+
+// ErrCrossOriginRedirect is returned for a redirect to another scheme,
+// host or port than the request's first: the credential a transport adds
+// goes only to the destination it was configured for.
+var ErrCrossOriginRedirect = errors.New("auth: redirect to another origin refused")
+
+// CheckRedirect returns ErrCrossOriginRedirect when req follows a
+// redirect (http.Client sets req.Response) to another origin than the
+// request that began the chain. Go's client drops the caller's own
+// credentials on such a redirect, but not a header a transport adds on
+// every hop, as this package's do: without the check the token would go to
+// whatever Location named, over plain HTTP too.
+func CheckRedirect(req *http.Request) error {
+	first := req
+	for first.Response != nil && first.Response.Request != nil {
+		first = first.Response.Request
+	}
+	if first == req || (first.URL.Scheme == req.URL.Scheme && first.URL.Host == req.URL.Host) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s://%s to %s://%s", ErrCrossOriginRedirect, first.URL.Scheme, first.URL.Host, req.URL.Scheme, req.URL.Host)
 }
 
 func (t *transport) token(ctx context.Context) (*oauth2.Token, error) {

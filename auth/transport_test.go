@@ -245,3 +245,44 @@ func TestTransportTokenFailure(t *testing.T) {
 		})
 	}
 }
+
+// The token goes only to the origin a request began with: a redirect to
+// another host (or scheme, or port) is refused before anything is sent
+// there; a redirect within the origin carries the token as before.
+func TestTransportRefusesCrossOriginRedirect(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		if r.Header.Get("Authorization") != "" {
+			t.Errorf("the token reached another origin: %q", r.Header.Get("Authorization"))
+		}
+	}))
+	t.Cleanup(other.Close)
+	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/away":
+			http.Redirect(w, r, other.URL+"/x", http.StatusFound)
+		case "/here":
+			http.Redirect(w, r, "/final", http.StatusFound)
+		case "/final":
+			if r.Header.Get("Authorization") != "Bearer tok-1" {
+				t.Errorf("same-origin redirect: Authorization %q", r.Header.Get("Authorization"))
+			}
+		}
+	}))
+	t.Cleanup(dest.Close)
+	c := &http.Client{Transport: Transport(oauth2.StaticTokenSource(&oauth2.Token{AccessToken: "tok-1", TokenType: "Bearer"}), nil)}
+
+	_, err := c.Get(dest.URL + "/away")
+	if !errors.Is(err, ErrCrossOriginRedirect) {
+		t.Errorf("redirect to another host: err = %v, want ErrCrossOriginRedirect", err)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("the other origin got %d requests", n)
+	}
+	resp, err := c.Get(dest.URL + "/here")
+	if err != nil {
+		t.Fatalf("redirect within the origin: %v", err)
+	}
+	resp.Body.Close()
+}

@@ -26,6 +26,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+
+	"github.com/stowline/stowline/auth"
 )
 
 // Service is HealthImaging's SigV4 signing name.
@@ -98,6 +100,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if req.Body != nil {
 			_ = req.Body.Close()
 		}
+	}
+	if err := auth.CheckRedirect(req); err != nil {
+		closeBody() // a signature goes only to the host it was made for
+		return nil, err
 	}
 	creds, err := t.creds.Retrieve(req.Context())
 	if err != nil {

@@ -17,12 +17,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
+	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/internal/dicomweb"
 )
 
@@ -305,5 +307,25 @@ func TestUnknownLengthAndNoCredentials(t *testing.T) {
 	req, _ = http.NewRequest(http.MethodGet, "http://127.0.0.1:1/studies", nil)
 	if _, err := rt.RoundTrip(req); !errors.Is(err, errCredentials) || !strings.Contains(err.Error(), "IMDS") {
 		t.Errorf("no credentials: %v", err)
+	}
+}
+
+// A signed request redirected to another origin is refused before the
+// signature is sent there.
+func TestCrossOriginRedirectRefused(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { elsewhere.Add(1) }))
+	t.Cleanup(other.Close)
+	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/x", http.StatusFound)
+	}))
+	t.Cleanup(dest.Close)
+	rt, err := Transport(staticCreds(), "us-east-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = (&http.Client{Transport: rt}).Get(dest.URL + "/datastore/abc/studies")
+	if !errors.Is(err, auth.ErrCrossOriginRedirect) || elsewhere.Load() != 0 {
+		t.Errorf("err = %v, %d requests elsewhere; want ErrCrossOriginRedirect and none", err, elsewhere.Load())
 	}
 }
