@@ -252,8 +252,11 @@ func (ts *TokenSource) run(f *fetch) {
 		ts.armLocked(ts.refreshAt, now)
 	case ts.validLocked(now):
 		// A background refresh failed while the current token is still
-		// good: try again halfway to the end of its use.
-		ts.armLocked(now.Add(max(time.Second, ts.staleAt.Sub(now)/2)), now)
+		// good: try again halfway to the end of its use. refreshAt moves
+		// there too, or every call until then would start a fetch (an
+		// identity provider refusing or throttling would get one a request).
+		ts.refreshAt = now.Add(max(time.Second, ts.staleAt.Sub(now)/2))
+		ts.armLocked(ts.refreshAt, now)
 	}
 	ts.inflight = nil
 	f.tok, f.err = tok, err

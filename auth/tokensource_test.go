@@ -458,3 +458,41 @@ func TestTokenSourceRetriesAfterError(t *testing.T) {
 		t.Fatalf("observer saw %d successful fetches, want 1", got)
 	}
 }
+
+// After a background refresh failed, the current token is handed out
+// without a fetch per call until the retry is due: an identity provider
+// that refuses or throttles gets one request, not one per STOW request.
+func TestTokenSourceFailedRefreshDoesNotStampede(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var n atomic.Int64
+		good := issue(60, 0)
+		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
+			if n.Add(1) == 1 {
+				good(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
+		})
+		ts := newSource(t, srv, fastRetries)
+		start := time.Now()
+		first := mustToken(t, ts)
+		// Past the refresh (at most half the lifetime), which failed.
+		time.Sleep(time.Until(start.Add(31 * time.Second)))
+		synctest.Wait()
+		after := srv.Requests()
+		if after < 2 {
+			t.Fatalf("%d token requests by 31 s, want the failed refresh too", after)
+		}
+		for range 100 {
+			if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+				t.Fatalf("got %q, want the first token while it is good", tok.AccessToken)
+			}
+			synctest.Wait()
+		}
+		if got := srv.Requests() - after; got != 0 {
+			t.Errorf("%d token requests for 100 calls after a failed refresh, want none until the retry", got)
+		}
+	})
+}
