@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/internal/retryafter"
 )
 
@@ -44,7 +45,7 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 		StatusCode:  status,
 		ContentType: ct,
 		Location:    resp.Header.Get("Location"),
-		Body:        trimBody(body, maxErrorBody),
+		Body:        errorBody(body),
 		RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
 	}
 	if !tooLarge && readErr == nil && len(bytes.TrimSpace(body)) > 0 {
@@ -92,6 +93,11 @@ func (e *HTTPError) Error() string {
 	}
 	return sb.String()
 }
+
+// errorBody is the start of an error answer as kept in an HTTPError,
+// which goes to logs and dead letters: a gateway that echoes the request
+// could show the bearer token, so anything shaped like a JWT is redacted.
+func errorBody(body []byte) string { return auth.RedactJWTs(trimBody(body, maxErrorBody)) }
 
 // trimBody keeps the start of body, cut on a character boundary, as valid
 // UTF-8.

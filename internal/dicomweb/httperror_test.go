@@ -3,6 +3,10 @@ package dicomweb
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -34,5 +38,30 @@ func TestHTTPErrorMessage(t *testing.T) {
 	var got *HTTPError
 	if !errors.As(err, &got) || got.StatusCode != 504 {
 		t.Fatal("errors.As through wrapping failed")
+	}
+}
+
+// A gateway that echoes the request in its error answer could show the
+// bearer token: the answer kept in the error (logs, dead letters) has it
+// redacted.
+func TestHTTPErrorRedactsTokens(t *testing.T) {
+	const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, "rejected header Authorization: Bearer "+jwt)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Store(t.Context(), []Part{memPart("1.2.3", []byte("x"))})
+	var he *HTTPError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("err = %v, want HTTPError 401", err)
+	}
+	if strings.Contains(he.Body, "eyJzdWIi") || strings.Contains(err.Error(), "eyJzdWIi") || !strings.Contains(he.Body, "[REDACTED JWT]") {
+		t.Errorf("body %q, error %q: want the JWT redacted", he.Body, err)
 	}
 }

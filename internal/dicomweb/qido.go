@@ -98,7 +98,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 		return nil, &HTTPError{
 			StatusCode:  resp.StatusCode,
 			ContentType: resp.Header.Get("Content-Type"),
-			Body:        trimBody(body, maxErrorBody),
+			Body:        errorBody(body),
 			RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
 		}
 	case readErr != nil:
