@@ -24,6 +24,10 @@ import (
 // for 5 to 10 minutes after nbf; a fresh one is signed for every request.
 const assertionLifetime = 5 * time.Minute
 
+// assertionSkew backdates an assertion's nbf, for an identity provider
+// whose clock is a little behind (exp - nbf stays within Entra's 10 min).
+const assertionSkew = 30 * time.Second
+
 // AssertionKey signs RFC 7523 client assertions (private_key_jwt) with a
 // private key from a PEM file. The file is read again for every assertion,
 // so a rotated key (a renewed Kubernetes secret) is picked up without a
@@ -99,12 +103,14 @@ func (k *AssertionKey) sign(clientID, audience string, now time.Time) (string, e
 		return "", fmt.Errorf("%w: client assertion: %w", ErrInvalidConfig, err)
 	}
 	claims := jwt.Claims{
-		Issuer:    clientID,
-		Subject:   clientID,
-		Audience:  jwt.Audience{audience},
-		ID:        rand.Text(),
-		IssuedAt:  jwt.NewNumericDate(now),
-		NotBefore: jwt.NewNumericDate(now),
+		Issuer:   clientID,
+		Subject:  clientID,
+		Audience: jwt.Audience{audience},
+		ID:       rand.Text(),
+		IssuedAt: jwt.NewNumericDate(now),
+		// Valid from a little before now: an identity provider whose
+		// clock is behind ours would refuse it as not yet valid.
+		NotBefore: jwt.NewNumericDate(now.Add(-assertionSkew)),
 		Expiry:    jwt.NewNumericDate(now.Add(assertionLifetime)),
 	}
 	raw, err := jwt.Signed(signer).Claims(claims).Serialize()

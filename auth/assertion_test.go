@@ -81,7 +81,7 @@ func TestAssertionClaimsAndHeader(t *testing.T) {
 		t.Fatalf("signature: %v", err)
 	}
 	if claims.Issuer != "client-1" || claims.Subject != "client-1" || len(claims.Audience) != 1 || claims.Audience[0] != "https://idp.example/token" ||
-		claims.ID == "" || claims.IssuedAt.Time() != now || claims.NotBefore.Time() != now || claims.Expiry.Time() != now.Add(assertionLifetime) {
+		claims.ID == "" || claims.IssuedAt.Time() != now || claims.NotBefore.Time() != now.Add(-assertionSkew) || claims.Expiry.Time() != now.Add(assertionLifetime) {
 		t.Errorf("claims = %+v", claims)
 	}
 	again, _ := key.sign("client-1", "https://idp.example/token", now)

@@ -3,6 +3,7 @@ package auth
 import (
 	"cmp"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -88,8 +89,20 @@ func ClientCredentials(cfg Config) (Endpoint, error) {
 		Provider: cmp.Or(cfg.Provider, providerGeneric),
 		TokenURL: g.url,
 		Fetch:    g.fetch,
-		Secrets:  []string{cfg.ClientSecret},
+		Secrets:  secretForms(cfg.ClientID, cfg.ClientSecret),
 	}, nil
+}
+
+// secretForms are the ways the secret goes on the wire, to scrub from
+// error text: as it is (client_secret_post, scrub adds its escapes) and
+// inside client_secret_basic's Authorization value (RFC 6749 2.3.1:
+// each part form-encoded, then base64).
+func secretForms(clientID, secret string) []string {
+	if secret == "" {
+		return nil
+	}
+	basic := base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(clientID) + ":" + url.QueryEscape(secret)))
+	return []string{secret, basic}
 }
 
 type clientCredentials struct {

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -382,6 +383,17 @@ func TestTokenSourceErrors(t *testing.T) {
 			wantAttempts: 1 + defaultRetries,
 		},
 		{
+			name: "plain server error echoing client_secret_basic's header",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusBadGateway)
+				_, _ = fmt.Fprintf(w, "upstream failed for Authorization: %s", r.Header.Get("Authorization"))
+			},
+			style:        oauth2.AuthStyleInHeader,
+			wantStatus:   http.StatusBadGateway,
+			wantText:     []string{"502", "Authorization: Basic [REDACTED]"},
+			wantAttempts: 1 + defaultRetries,
+		},
+		{
 			name:         "unreachable endpoint",
 			url:          "http://127.0.0.1:1/token",
 			wantText:     []string{"127.0.0.1:1"},
@@ -404,7 +416,8 @@ func TestTokenSourceErrors(t *testing.T) {
 			}
 			text := err.Error()
 			t.Logf("error text: %s", text)
-			for _, secret := range []string{testSecret, url.QueryEscape(testSecret), "s3cr3t"} {
+			basic := base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(testClientID) + ":" + url.QueryEscape(testSecret)))
+			for _, secret := range []string{testSecret, url.QueryEscape(testSecret), "s3cr3t", basic} {
 				if strings.Contains(text, secret) {
 					t.Fatalf("error text leaks the secret: %s", text)
 				}
