@@ -102,8 +102,13 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	t := newTransport()
 	t.TLSClientConfig = o.tls
 	return &Client{
-		base:           base,
-		httpClient:     &http.Client{Transport: t},
+		base: base,
+		// Redirects are not followed: SetBasicAuth's header would follow
+		// one to another port or to plain http on the same host, and a
+		// login page's 200 would read as the instance. A 3xx is an Error.
+		httpClient: &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		}},
 		username:       o.username,
 		password:       o.password,
 		basicAuth:      o.basicAuth,

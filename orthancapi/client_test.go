@@ -585,3 +585,27 @@ func TestDeleteInstance(t *testing.T) {
 		t.Errorf("%d requests for a malformed ID, want none", n)
 	}
 }
+
+// A redirect is not followed: Orthanc's credentials never go where it
+// points (another port, plain http), and the 3xx is an error.
+func TestRedirectNotFollowed(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { elsewhere.Add(1) }))
+	t.Cleanup(other.Close)
+	orthanc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusFound)
+	}))
+	t.Cleanup(orthanc.Close)
+	c, err := orthancapi.New(orthanc.URL, orthancapi.WithBasicAuth("orthanc", "orthanc-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.System(t.Context())
+	var oe *orthancapi.Error
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusFound {
+		t.Errorf("err = %v, want an orthancapi.Error with status 302", err)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("the redirect was followed (%d requests elsewhere)", n)
+	}
+}

@@ -289,7 +289,11 @@ func (h *Webhook) authorized(r *http.Request) bool {
 
 func (h *Webhook) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
 	h.m.rejected.WithLabelValues(reason).Inc()
-	h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", msg)
+	// A refused flood is counted, not logged line by line: the log of the
+	// other refusals is bounded by the rate limit, which comes first.
+	if reason != "rate_limited" {
+		h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", msg)
+	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="stowline"`)
 	}

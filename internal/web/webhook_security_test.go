@@ -1,7 +1,9 @@
 package web_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -205,5 +207,24 @@ func TestWebhookRateLimitBehindProxy(t *testing.T) {
 		if code := send(client); code != http.StatusTooManyRequests {
 			t.Errorf("%s over its burst: %d, want 429", client, code)
 		}
+	}
+}
+
+// A flood the rate limit refuses is counted, not logged request by
+// request; the refusals it lets through are.
+func TestWebhookRateLimitedNotLogged(t *testing.T) {
+	var logs bytes.Buffer
+	clk := &clock{t: time.Unix(1_790_000_000, 0)}
+	srv := serve(t, web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, RateLimit: 1, RateBurst: 1, Now: clk.Now,
+		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	codes := map[int]int{}
+	for range 20 {
+		codes[postHeaders(t, srv.URL, map[string]string{"Authorization": "Bearer wrong-token-0123456789"}, validBody).StatusCode]++
+	}
+	if codes[http.StatusUnauthorized] != 1 || codes[http.StatusTooManyRequests] != 19 {
+		t.Fatalf("statuses %v, want one 401 then 429s", codes)
+	}
+	if n := strings.Count(logs.String(), `"event rejected"`); n != 1 || strings.Contains(logs.String(), "rate_limited") {
+		t.Errorf("%d rejection lines logged, want only the 401's:\n%s", n, logs.String())
 	}
 }
