@@ -146,3 +146,47 @@ func TestLanesUpgrade(t *testing.T) {
 		t.Errorf("low after a second start: %d pending, want 2", got)
 	}
 }
+
+// Two replicas of a new deployment start together: one has made the
+// destination's stat consumer when the other lists the consumers. The
+// other's routine consumer still starts at the beginning of the stream
+// (the destination's own consumers do not make the deployment a running
+// one), so an event queued before the forwarders started is delivered.
+// Another destination's consumer does make it one: a destination added
+// then starts with new events.
+func TestLanesConcurrentStartKeepsQueuedEvents(t *testing.T) {
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
+	_, js := connectJS(t, srv)
+	ctx := testCtx(t)
+	topo := natsjs.DefaultTopology()
+	if _, err := topo.EnsureEvents(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	ev := event("20261203T134500")
+	if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	// The first replica's stat consumer, made before the other listed.
+	if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, topo.LaneConsumerConfig(natsjs.DefaultDestination, events.PriorityStat)); err != nil {
+		t.Fatal(err)
+	}
+	lanes, err := topo.EnsureLanes(ctx, js, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := lanes[natsjs.DefaultDestination][events.PriorityRoutine].Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.DeliverPolicy != jetstream.DeliverAllPolicy || info.NumPending != 1 {
+		t.Errorf("routine consumer: deliver policy %v, %d pending; want all, the queued event", info.Config.DeliverPolicy, info.NumPending)
+	}
+	// A destination added to this (now running) deployment starts new.
+	lanes, err = topo.EnsureLanes(ctx, js, []string{natsjs.DefaultDestination, "ai"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := lanes["ai"][events.PriorityRoutine].Info(ctx); err != nil || info.NumPending != 0 {
+		t.Errorf("added destination: %+v, %v; want no pending event", info, err)
+	}
+}

@@ -258,7 +258,10 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // configuration keeps its queue until an operator removes it).
 //
 // Where does a new consumer start? In a new deployment, at the start of
-// the stream; for a destination added to a running one, with new events.
+// the stream; for a destination added to a running one (another
+// destination has consumers), with new events. A destination's own lane
+// consumers, made by a replica starting at the same time, do not make a
+// deployment a running one.
 // A stat or low consumer made for a destination whose routine consumer
 // exists (an upgrade from a build without lanes, whose one consumer took
 // every subject) starts just after the routine consumer's ack floor: the
@@ -279,15 +282,20 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	if err := names.Err(); err != nil {
 		return nil, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
 	}
-	anyDestination := false
-	for name := range existing {
-		if _, _, ok := LaneOfConsumer(name); ok {
-			anyDestination = true
-		}
-	}
 	out := make(map[string]map[events.Priority]jetstream.Consumer, len(destinations))
 	for _, d := range destinations {
 		out[d] = map[events.Priority]jetstream.Consumer{}
+		// Another destination's consumer means a running deployment, where
+		// a new destination starts with new events. This destination's
+		// own lane consumers do not: a replica starting at the same time
+		// may have made some of them, and its routine consumer must not
+		// then start with new events, skipping what the stream holds.
+		anyOther := false
+		for name := range existing {
+			if other, _, ok := LaneOfConsumer(name); ok && other != d {
+				anyOther = true
+			}
+		}
 		var routine *jetstream.ConsumerInfo
 		if existing[ConsumerName(d)] {
 			c, err := listedConsumer(ctx, js, ConsumerName(d))
@@ -314,7 +322,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 				cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
 			case routine != nil:
 				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, max(routine.AckFloor.Stream+1, 1)
-			case anyDestination:
+			case anyOther:
 				cfg.DeliverPolicy = jetstream.DeliverNewPolicy
 			}
 			c, err := js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
