@@ -271,6 +271,18 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // once more, and sent again (the destination answers "already stored").
 func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, destinations []string) (map[string]map[events.Priority]jetstream.Consumer, error) {
 	stream, err := js.Stream(ctx, EventStream)
+	for wait := 50 * time.Millisecond; errors.Is(err, jetstream.ErrStreamNotFound) && wait <= 3200*time.Millisecond; wait *= 2 {
+		// In a cluster, a stream another replica has just made may not be
+		// known yet to the node that answers: the caller made sure of it.
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("stream %s: %w", EventStream, ctx.Err())
+		case <-t.C:
+		}
+		stream, err = js.Stream(ctx, EventStream)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
 	}
