@@ -1,6 +1,7 @@
 package natsjs_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -36,13 +37,7 @@ func TestLaneOfConsumer(t *testing.T) {
 // destination it is for, the lane its subject names; events for one
 // destination only reach that destination, in the low lane by default.
 func TestLanesTakeTheirSubjects(t *testing.T) {
-	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
-	_, js := connectJS(t, srv)
-	ctx := testCtx(t)
-	topo := natsjs.DefaultTopology()
-	if _, err := topo.EnsureEvents(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	js, ctx, topo := eventStream(t)
 	lanes, err := topo.EnsureLanes(ctx, js, []string{natsjs.DefaultDestination, "ai"})
 	if err != nil {
 		t.Fatal(err)
@@ -85,13 +80,7 @@ func TestLanesTakeTheirSubjects(t *testing.T) {
 // routine events; the backfill events it had not acked move to the new
 // low lane, and none is lost.
 func TestLanesUpgrade(t *testing.T) {
-	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
-	_, js := connectJS(t, srv)
-	ctx := testCtx(t)
-	topo := natsjs.DefaultTopology()
-	if _, err := topo.EnsureEvents(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	js, ctx, topo := eventStream(t)
 	// The consumer as the build before lanes made it.
 	old := topo.ConsumerConfig(natsjs.DefaultDestination, false)
 	old.FilterSubjects = []string{natsjs.EventSubjectPrefix + ">", natsjs.DestinationSubjectPrefix + natsjs.DefaultDestination + ".>"}
@@ -155,13 +144,7 @@ func TestLanesUpgrade(t *testing.T) {
 // Another destination's consumer does make it one: a destination added
 // then starts with new events.
 func TestLanesConcurrentStartKeepsQueuedEvents(t *testing.T) {
-	srv := startEmbedded(t, natsjs.EmbeddedOptions{})
-	_, js := connectJS(t, srv)
-	ctx := testCtx(t)
-	topo := natsjs.DefaultTopology()
-	if _, err := topo.EnsureEvents(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	js, ctx, topo := eventStream(t)
 	ev := event("20261203T134500")
 	if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
 		t.Fatal(err)
@@ -189,4 +172,17 @@ func TestLanesConcurrentStartKeepsQueuedEvents(t *testing.T) {
 	if info, err := lanes["ai"][events.PriorityRoutine].Info(ctx); err != nil || info.NumPending != 0 {
 		t.Errorf("added destination: %+v, %v; want no pending event", info, err)
 	}
+}
+
+// eventStream starts a server with the event stream of the default
+// topology, as every process makes it at start.
+func eventStream(t *testing.T) (jetstream.JetStream, context.Context, natsjs.Topology) {
+	t.Helper()
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	topo := natsjs.DefaultTopology()
+	if _, err := topo.EnsureEvents(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	return js, ctx, topo
 }
