@@ -12,7 +12,9 @@ import (
 
 // The admin API opens only for its token: a request without one, with
 // another, or with an empty one when the API was given none, is refused
-// before any handler runs (no store is needed to show it).
+// before any handler runs (no store is needed to show it). The router is
+// called directly: over HTTP a header's trailing space is trimmed, and
+// "Bearer " would never arrive as such.
 func TestAdminAPIRefusesWithoutItsToken(t *testing.T) {
 	for _, tt := range []struct{ token, header string }{
 		{"admin-token-0123456789", ""},
@@ -22,19 +24,14 @@ func TestAdminAPIRefusesWithoutItsToken(t *testing.T) {
 	} {
 		r := chi.NewRouter()
 		(&web.AdminAPI{Token: tt.token}).Mount(r)
-		srv := httptest.NewServer(r)
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/admin/deadletters", nil)
+		req := httptest.NewRequest(http.MethodGet, "/admin/deadletters", nil)
 		if tt.header != "" {
 			req.Header.Set("Authorization", tt.header)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		srv.Close()
-		if resp.StatusCode != http.StatusUnauthorized {
-			t.Errorf("token %q, Authorization %q: status %d, want 401", tt.token, tt.header, resp.StatusCode)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		if rec.Code != http.StatusUnauthorized {
+			t.Errorf("token %q, Authorization %q: status %d, want 401", tt.token, tt.header, rec.Code)
 		}
 	}
 }
