@@ -7,10 +7,10 @@ import (
 )
 
 // checkedFamilies are the prefixes of the variables Unread checks: those
-// of the destinations and the forwarder, where a misspelt name would
-// silently leave a default (STOW_PARALLEL_REQUEST) or a whole destination
-// unconfigured.
-var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "DESTINATION_"}
+// of the destination and the forwarder, where a misspelt name would
+// silently leave a default (STOW_PARALLEL_REQUEST). DESTINATION_ is
+// checked for a configuration that has destinations (DestinationList).
+var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_"}
 
 // serviceLink matches the variables Kubernetes sets for every Service
 // (FOO_SERVICE_HOST, FOO_PORT_8080_TCP_ADDR, ...): never a misspelling.
