@@ -1,6 +1,7 @@
 package natsjs
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -102,13 +103,30 @@ func laneFilters(destination string, lane events.Priority) []string {
 
 // LaneConsumerConfig is the durable pull consumer of one lane of a
 // destination, taking what the stream holds (EnsureLanes sets the start
-// of a consumer made for a running deployment).
-func (t Topology) LaneConsumerConfig(destination string, lane events.Priority) jetstream.ConsumerConfig {
+// of a consumer made for a running deployment). configured are the
+// destinations of the configuration that makes it, kept in its metadata
+// (configuredKey) so that another replica can tell a destination of the
+// same first start from one added later.
+func (t Topology) LaneConsumerConfig(destination string, lane events.Priority, configured []string) jetstream.ConsumerConfig {
 	cfg := t.ConsumerConfig(destination, false)
 	cfg.Durable = LaneConsumerName(destination, lane)
 	cfg.FilterSubjects = laneFilters(destination, lane)
 	if lane.Lane() != events.PriorityRoutine {
 		cfg.Description = "stowline forwarders of destination " + destination + ", " + string(lane) + " lane (shared by all replicas)"
 	}
+	if len(configured) > 0 {
+		cfg.Metadata = map[string]string{configuredKey: strings.Join(configured, ",")}
+	}
 	return cfg
+}
+
+// configuredKey is the consumer metadata listing the destinations
+// configured when the consumer was made. Destination names hold no comma
+// (ValidDestination).
+const configuredKey = "stowline.destinations"
+
+// madeWith reports whether a consumer was made by a configuration that
+// named destination.
+func madeWith(info *jetstream.ConsumerInfo, destination string) bool {
+	return slices.Contains(strings.Split(info.Config.Metadata[configuredKey], ","), destination)
 }

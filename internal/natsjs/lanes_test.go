@@ -3,6 +3,7 @@ package natsjs_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,7 +151,7 @@ func TestLanesConcurrentStartKeepsQueuedEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The first replica's stat consumer, made before the other listed.
-	if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, topo.LaneConsumerConfig(natsjs.DefaultDestination, events.PriorityStat)); err != nil {
+	if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, topo.LaneConsumerConfig(natsjs.DefaultDestination, events.PriorityStat, []string{natsjs.DefaultDestination})); err != nil {
 		t.Fatal(err)
 	}
 	lanes, err := topo.EnsureLanes(ctx, js, []string{natsjs.DefaultDestination})
@@ -171,6 +172,61 @@ func TestLanesConcurrentStartKeepsQueuedEvents(t *testing.T) {
 	}
 	if info, err := lanes["ai"][events.PriorityRoutine].Info(ctx); err != nil || info.NumPending != 0 {
 		t.Errorf("added destination: %+v, %v; want no pending event", info, err)
+	}
+}
+
+// TestLanesStartOfAnotherDestination: where a destination's first
+// consumer starts when another destination already has one. One made at
+// the same first start (by a replica starting at the same time, or by
+// one that stopped before it made them all) names both destinations, and
+// the destination takes what the stream holds; one made before the
+// destination was configured, or by a build that kept no record, marks a
+// running deployment, where it starts with new events.
+func TestLanesStartOfAnotherDestination(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		configured []string // of the configuration that made a's consumer
+		pending    uint64   // b's routine consumer, after one queued event
+	}{
+		{"same first start", []string{"a", "b"}, 1},
+		{"b added later", []string{"a"}, 0},
+		{"made by a build without the record", nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, ctx, topo := eventStream(t)
+			ev := event("20261203T150000")
+			if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, topo.LaneConsumerConfig("a", events.PriorityStat, tc.configured)); err != nil {
+				t.Fatal(err)
+			}
+			lanes, err := topo.EnsureLanes(ctx, js, []string{"a", "b"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []string{"a", "b"} {
+				info, err := lanes[d][events.PriorityRoutine].Info(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := tc.pending
+				if d == "a" {
+					want = 1 // its own stat consumer never makes a running deployment
+				}
+				if info.NumPending != want {
+					t.Errorf("%s's routine consumer: deliver policy %v, %d pending; want %d", d, info.Config.DeliverPolicy, info.NumPending, want)
+				}
+			}
+			// a's stat consumer keeps the configuration it was made by.
+			info, err := lanes["a"][events.PriorityStat].Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := info.Config.Metadata["stowline.destinations"], strings.Join(tc.configured, ","); got != want {
+				t.Errorf("a's stat consumer was made by %q, now says %q", want, got)
+			}
+		})
 	}
 }
 

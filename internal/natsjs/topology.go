@@ -258,10 +258,15 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // configuration keeps its queue until an operator removes it).
 //
 // Where does a new consumer start? In a new deployment, at the start of
-// the stream; for a destination added to a running one (another
-// destination has consumers), with new events. A destination's own lane
-// consumers, made by a replica starting at the same time, do not make a
-// deployment a running one.
+// the stream; for a destination added to a running one, with new events.
+// A deployment is a running one for a destination when another
+// destination has consumers, unless one of them was made by a
+// configuration that named this destination too (its metadata says so):
+// then they were made at the same first start, by a replica starting at
+// the same time or by one that stopped before it made them all. A
+// destination's own lane consumers never make a deployment a running one.
+// (Consumers made by a build that kept no such metadata count as
+// running.)
 // A stat or low consumer made for a destination whose routine consumer
 // exists (an upgrade from a build without lanes, whose one consumer took
 // every subject) starts just after the routine consumer's ack floor: the
@@ -286,30 +291,33 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
 	}
-	existing := map[string]bool{}
-	names := stream.ConsumerNames(ctx)
-	for name := range names.Name() {
-		existing[name] = true
+	existing := map[string]*jetstream.ConsumerInfo{}
+	list := stream.ListConsumers(ctx)
+	for info := range list.Info() {
+		existing[info.Name] = info
 	}
-	if err := names.Err(); err != nil {
+	if err := list.Err(); err != nil {
 		return nil, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
 	}
 	out := make(map[string]map[events.Priority]jetstream.Consumer, len(destinations))
 	for _, d := range destinations {
 		out[d] = map[events.Priority]jetstream.Consumer{}
 		// Another destination's consumer means a running deployment, where
-		// a new destination starts with new events. This destination's
-		// own lane consumers do not: a replica starting at the same time
-		// may have made some of them, and its routine consumer must not
-		// then start with new events, skipping what the stream holds.
-		anyOther := false
-		for name := range existing {
+		// a new destination starts with new events, unless it was made for
+		// this destination's deployment too. This destination's own lane
+		// consumers do not: a replica starting at the same time may have
+		// made some of them, and its routine consumer must not then start
+		// with new events, skipping what the stream holds.
+		running, sameStart := false, false
+		for name, info := range existing {
 			if other, _, ok := LaneOfConsumer(name); ok && other != d {
-				anyOther = true
+				running = true
+				sameStart = sameStart || madeWith(info, d)
 			}
 		}
+		running = running && !sameStart
 		var routine *jetstream.ConsumerInfo
-		if existing[ConsumerName(d)] {
+		if existing[ConsumerName(d)] != nil {
 			c, err := listedConsumer(ctx, js, ConsumerName(d))
 			if err != nil {
 				return nil, err
@@ -319,10 +327,11 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		// The routine lane last: an upgraded routine consumer stops taking
 		// the other lanes' subjects only once they have their consumers.
 		for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow, events.PriorityRoutine} {
-			cfg := t.LaneConsumerConfig(d, lane)
+			cfg := t.LaneConsumerConfig(d, lane, destinations)
 			switch {
-			case existing[cfg.Durable]:
-				// The start cannot change once made: keep the consumer's.
+			case existing[cfg.Durable] != nil:
+				// The start cannot change once made: keep the consumer's,
+				// and the configuration it was made by.
 				info := routine
 				if lane != events.PriorityRoutine {
 					c, err := listedConsumer(ctx, js, cfg.Durable)
@@ -331,19 +340,18 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 					}
 					info = c.CachedInfo()
 				}
-				cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
+				keepStart(&cfg, info)
 			case routine != nil:
 				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, max(routine.AckFloor.Stream+1, 1)
-			case anyOther:
+			case running:
 				cfg.DeliverPolicy = jetstream.DeliverNewPolicy
 			}
 			c, err := js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
-			if err != nil && !existing[cfg.Durable] {
+			if err != nil && existing[cfg.Durable] == nil {
 				// Another replica starting at the same time made it since
 				// the listing, perhaps with another start: keep that one.
 				if made, merr := listedConsumer(ctx, js, cfg.Durable); merr == nil {
-					info := made.CachedInfo()
-					cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = info.Config.DeliverPolicy, info.Config.OptStartSeq, info.Config.OptStartTime
+					keepStart(&cfg, made.CachedInfo())
 					c, err = js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
 				}
 			}
@@ -354,6 +362,14 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		}
 	}
 	return out, nil
+}
+
+// keepStart makes cfg keep what an existing consumer cannot change, or
+// should not: its start, and the configuration it was made by (metadata;
+// the server adds its own keys, which it sets again).
+func keepStart(cfg *jetstream.ConsumerConfig, made *jetstream.ConsumerInfo) {
+	cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = made.Config.DeliverPolicy, made.Config.OptStartSeq, made.Config.OptStartTime
+	cfg.Metadata = made.Config.Metadata
 }
 
 // listedConsumer reads a consumer the stream lists. On a cluster one that
