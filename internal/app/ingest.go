@@ -57,7 +57,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	}
 	router := newRouter()
 	h.Mount(router)
-	if err := errors.Join(p.status.registerQueue(reg), p.status.mountUI(router)); err != nil {
+	if err := errors.Join(p.status.registerQueue(reg), p.status.mountUI(router, r.cfg.TrustedProxies)); err != nil {
 		return err
 	}
 	web.MountHealth(router, reg, checks)

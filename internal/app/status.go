@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/go-chi/chi/v5"
@@ -39,17 +40,18 @@ func (s *statusWiring) registerQueue(reg prometheus.Registerer) error {
 }
 
 // mountUI adds the status page to the ingest's router, if ADMIN_TOKEN is set.
-func (s *statusWiring) mountUI(r chi.Router) error {
+func (s *statusWiring) mountUI(r chi.Router, trusted []netip.Prefix) error {
 	if s.adminToken == "" {
 		s.log.Info("ADMIN_TOKEN is empty: the status page (/ui) is disabled")
 		return nil
 	}
 	h, err := web.NewStatusPage(web.StatusPageOptions{
-		JS:         s.conn.JS,
-		Forwarders: s.forwarders,
-		SingleHost: s.singleHost,
-		AdminToken: s.adminToken,
-		Logger:     s.log.With("component", "ui"),
+		JS:             s.conn.JS,
+		Forwarders:     s.forwarders,
+		SingleHost:     s.singleHost,
+		AdminToken:     s.adminToken,
+		TrustedProxies: trusted,
+		Logger:         s.log.With("component", "ui"),
 	})
 	if err != nil {
 		return err

@@ -37,20 +37,29 @@ type AdminAPI struct {
 //	POST /admin/deadletters/replay     {"destination":…, "study":…, "all":true, "dryRun":true, …}
 //	POST /admin/deadletters/purge      same body
 //	POST /admin/reforward              {"destination":…, "since":…, "until":…, "dryRun":true}
+//
+// A client address that presented a wrong token ten times is refused with
+// 429 for a while, its token unchecked (guessGuard); each wrong token is
+// logged with the client's address.
 func (a *AdminAPI) Mount(r chi.Router) {
 	want := sha256.Sum256([]byte(a.Token))
+	guard := newGuessGuard("admin API", nil, a.Log, WriteError)
 	r.Route("/admin", func(r chi.Router) {
 		r.Use(func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-				tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
-				got := sha256.Sum256([]byte(tok))
-				// An empty token never opens the API, whatever mounted it.
-				if !ok || tok == "" || a.Token == "" || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+				authorized := func() (bool, bool) {
+					tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+					got := sha256.Sum256([]byte(tok))
+					// An empty token never opens the API, whatever mounted it.
+					return ok && tok != "", ok && tok != "" && a.Token != "" && subtle.ConstantTimeCompare(got[:], want[:]) == 1
+				}
+				unauthorized := func() {
 					w.Header().Set("WWW-Authenticate", `Bearer realm="stowline-admin"`)
 					WriteError(w, http.StatusUnauthorized, "missing or invalid admin bearer token")
-					return
 				}
-				next.ServeHTTP(w, req)
+				if guard.check(w, req, authorized, unauthorized) {
+					next.ServeHTTP(w, req)
+				}
 			})
 		})
 		r.Get("/deadletters", a.list)

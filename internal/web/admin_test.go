@@ -1,9 +1,13 @@
 package web_test
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -34,4 +38,42 @@ func TestAdminAPIRefusesWithoutItsToken(t *testing.T) {
 			t.Errorf("token %q, Authorization %q: status %d, want 401", tt.token, tt.header, rec.Code)
 		}
 	}
+}
+
+// TestAdminAPIThrottlesGuesses: after ten requests without the token from
+// one address, that address is refused with 429 and Retry-After, even
+// with the right token (a guess is not checked), while another address
+// is not; once its failures age out, the right token opens the API again.
+func TestAdminAPIThrottlesGuesses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const token = "admin-token-0123456789"
+		r := chi.NewRouter()
+		(&web.AdminAPI{Token: token}).Mount(r)
+		send := func(from, tok string) *httptest.ResponseRecorder {
+			t.Helper()
+			req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader("{}"))
+			req.RemoteAddr = from + ":40000"
+			req.Header.Set("Authorization", "Bearer "+tok)
+			rec := httptest.NewRecorder()
+			r.ServeHTTP(rec, req)
+			return rec
+		}
+		for i := range 10 {
+			if rec := send("192.0.2.7", fmt.Sprintf("guess-%02d-0123456789", i)); rec.Code != http.StatusUnauthorized {
+				t.Fatalf("guess %d: status %d, want 401", i, rec.Code)
+			}
+		}
+		rec := send("192.0.2.7", token)
+		if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") == "" {
+			t.Fatalf("the right token after ten guesses: status %d, Retry-After %q; want 429 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+		}
+		// 400: past the token check, refused by the handler for its empty body.
+		if rec := send("192.0.2.8", token); rec.Code != http.StatusBadRequest {
+			t.Errorf("another address with the right token: status %d, want 400", rec.Code)
+		}
+		time.Sleep(6 * time.Second)
+		if rec := send("192.0.2.7", token); rec.Code != http.StatusBadRequest {
+			t.Errorf("the right token once a failure aged out: status %d, want 400", rec.Code)
+		}
+	})
 }

@@ -62,6 +62,25 @@ func (l *limiter) allow(client string) (bool, time.Duration) {
 	return false, wait
 }
 
+// empty reports whether client's bucket has no token left, and how long
+// until it has one, without taking any.
+func (l *limiter) empty(client string) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.clients[client]
+	if !ok {
+		return false, 0
+	}
+	tokens := b.tokens
+	if elapsed := l.now().Sub(b.last).Seconds(); elapsed > 0 {
+		tokens = math.Min(l.burst, tokens+elapsed*l.rate)
+	}
+	if tokens >= 1 {
+		return false, 0
+	}
+	return true, time.Duration((1 - tokens) / l.rate * float64(time.Second))
+}
+
 // idleAfter is how long a client's bucket takes to refill completely; an
 // entry idle that long is equal to a new one and can go.
 func (l *limiter) idleAfter() time.Duration {

@@ -21,6 +21,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"time"
@@ -48,6 +49,9 @@ type StatusPageOptions struct {
 	SingleHost bool
 	// AdminToken is the basic-auth password; it must not be empty.
 	AdminToken string
+	// TrustedProxies name the client behind a load balancer, for the
+	// throttle of wrong passwords and the logs (as the webhook's).
+	TrustedProxies []netip.Prefix
 	// Timeout bounds the JetStream reads of one page (default 5 s).
 	Timeout time.Duration
 	Logger  *slog.Logger
@@ -58,9 +62,11 @@ type StatusPage struct {
 	opts StatusPageOptions
 	want [sha256.Size]byte
 	csrf *csrf
-	tmpl *template.Template
-	css  []byte
-	log  *slog.Logger
+	// guesses throttles wrong passwords.
+	guesses *guessGuard
+	tmpl    *template.Template
+	css     []byte
+	log     *slog.Logger
 }
 
 // NewStatusPage parses the templates and returns the handler.
@@ -87,7 +93,7 @@ func NewStatusPage(opts StatusPageOptions) (*StatusPage, error) {
 		return nil, err
 	}
 	return &StatusPage{opts: opts, want: sha256.Sum256([]byte(opts.AdminToken)), csrf: newCSRF(opts.AdminToken),
-		tmpl: tmpl, css: css, log: log}, nil
+		guesses: newGuessGuard("status page", opts.TrustedProxies, log, func(w http.ResponseWriter, status int, msg string) { http.Error(w, msg, status) }), tmpl: tmpl, css: css, log: log}, nil
 }
 
 // Mount adds GET /ui, GET /ui/style.css and POST /ui/replay to r.
@@ -113,16 +119,22 @@ func secureHeaders(next http.Handler) http.Handler {
 }
 
 // authenticate wants HTTP basic auth with the admin token as the password.
+// A client address that presented a wrong password ten times is refused
+// with 429 for a while (guessGuard).
 func (h *StatusPage) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, pass, ok := r.BasicAuth()
-		got := sha256.Sum256([]byte(pass))
-		if !ok || subtle.ConstantTimeCompare(got[:], h.want[:]) != 1 {
+		authorized := func() (bool, bool) {
+			_, pass, ok := r.BasicAuth()
+			got := sha256.Sum256([]byte(pass))
+			return ok, ok && subtle.ConstantTimeCompare(got[:], h.want[:]) == 1
+		}
+		unauthorized := func() {
 			w.Header().Set("WWW-Authenticate", `Basic realm="stowline status", charset="UTF-8"`)
 			http.Error(w, "stowline status page: log in with any user name and the admin token (ADMIN_TOKEN) as the password", http.StatusUnauthorized)
-			return
 		}
-		next.ServeHTTP(w, r)
+		if h.guesses.check(w, r, authorized, unauthorized) {
+			next.ServeHTTP(w, r)
+		}
 	})
 }
 

@@ -141,6 +141,22 @@ func TestAuth(t *testing.T) {
 	if resp, _ := f.get(t, c, "/ui/style.css", adminToken); resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/css") {
 		t.Errorf("style.css: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
+	// Requests without a password are no guesses (a browser sends one
+	// before it asks); ten wrong passwords are (one was sent above), and
+	// the right one is then refused unchecked for a while.
+	for range 20 {
+		if resp, _ := f.get(t, c, "/ui", ""); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("no password: %d, want 401", resp.StatusCode)
+		}
+	}
+	for i := range 9 {
+		if resp, _ := f.get(t, c, "/ui", "wrong-password-0123456789"); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("wrong password %d: %d, want 401", i+2, resp.StatusCode)
+		}
+	}
+	if resp, _ := f.get(t, c, "/ui", adminToken); resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("the right password after ten wrong ones: %d, Retry-After %q; want 429", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
 }
 
 func TestReplayIsCSRFSafe(t *testing.T) {

@@ -1,0 +1,62 @@
+package web
+
+import (
+	"log/slog"
+	"math"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// A client address may present a wrong admin token guessBurst times, then
+// once every guessEvery: the admin API and the status page share one
+// token, which must not be guessed at speed.
+const (
+	guessBurst = 10
+	guessEvery = 6 * time.Second
+)
+
+// guessGuard throttles wrong admin credentials per client address. A
+// request without credentials is no guess (a browser asks once before it
+// sends them) and is not counted.
+type guessGuard struct {
+	wrong   *limiter
+	trusted []netip.Prefix
+	log     *slog.Logger
+	what    string // "admin API" or "status page", for the log
+	// refuse writes an error answer as the guarded handlers do (JSON or
+	// plain text).
+	refuse func(w http.ResponseWriter, status int, msg string)
+}
+
+func newGuessGuard(what string, trusted []netip.Prefix, log *slog.Logger, refuse func(w http.ResponseWriter, status int, msg string)) *guessGuard {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &guessGuard{wrong: newLimiter(1/guessEvery.Seconds(), guessBurst, time.Now), trusted: trusted, log: log, what: what, refuse: refuse}
+}
+
+// check runs the credential check authorized (which reports whether the
+// request presented any, and whether they are right) unless the client
+// used up its wrong guesses, in which case it answers 429 itself, the
+// credentials unchecked. It returns whether the request may go on;
+// unauthorized says how to answer wrong or missing credentials.
+func (g *guessGuard) check(w http.ResponseWriter, r *http.Request, authorized func() (presented, ok bool), unauthorized func()) bool {
+	client := clientIP(r, g.trusted)
+	if blocked, wait := g.wrong.empty(client); blocked {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		g.refuse(w, http.StatusTooManyRequests, "too many requests with a wrong admin token from this address; retry later")
+		return false
+	}
+	presented, ok := authorized()
+	if ok {
+		return true
+	}
+	if presented {
+		g.wrong.allow(client)
+		g.log.Warn(g.what+": refused a wrong admin token", "client", client, "method", r.Method, "path", r.URL.Path)
+	}
+	unauthorized()
+	return false
+}
