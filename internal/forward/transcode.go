@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sync"
 
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
@@ -47,11 +48,26 @@ const dicmOffset = 128
 // transfer syntaxes: every selected instance's source syntax, and which
 // were converted.
 type syntaxPlan struct {
-	accepted  []string
-	target    string // first lossless syntax of accepted; "" if none
-	src       Transcoder
-	byUID     map[string]planned
-	converted map[string]bool // SOP Instance UID: sent converted
+	accepted []string
+	target   string // first lossless syntax of accepted; "" if none
+	src      Transcoder
+	byUID    map[string]planned
+	// converted are the SOP Instance UIDs sent converted. The answers of
+	// a study's requests, running at once, add to it (refusedSyntax).
+	mu        sync.Mutex
+	converted map[string]bool
+}
+
+func (p *syntaxPlan) markConverted(uid string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.converted[uid] = true
+}
+
+func (p *syntaxPlan) wasConverted(uid string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.converted[uid]
 }
 
 type planned struct {
@@ -151,7 +167,7 @@ func plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
 // estimate lets Batches group such instances; one from a compressed
 // syntax, whose size cannot be guessed, goes in a request of its own.
 func (f *Forwarder) convertedPart(p *syntaxPlan, uid string, size int64) dicomweb.Part {
-	p.converted[uid] = true
+	p.markConverted(uid)
 	in := p.byUID[uid]
 	part := dicomweb.Part{
 		SOPInstanceUID: uid,
@@ -285,7 +301,7 @@ func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, st
 	in, known := p.byUID[uid]
 	switch {
 	case !known:
-	case p.converted[uid]:
+	case p.wasConverted(uid):
 		return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; remove that syntax from %s or put an accepted one first", base, syntaxName(p.target), f.syntaxVar())
 	case in.syntax == p.target, lossySyntax(in.syntax) && slices.Contains(p.accepted, in.syntax):
 	default:

@@ -308,3 +308,42 @@ func TestLossySyntax(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedSyntaxFromRequestsAtOnce: a study's requests run at once,
+// and each answer refusing a syntax adds converted parts to the same
+// plan: every instance is stored converted, and -race finds no unguarded
+// access (the plan's map once crashed the process).
+func TestRefusedSyntaxFromRequestsAtOnce(t *testing.T) {
+	syntaxes := make([]string, 200)
+	for i := range syntaxes {
+		syntaxes[i] = tsImplicit
+	}
+	src := newSyntaxSource(syntaxes...)
+	src.fail = map[string]bool{}
+	k := &syntaxSink{stored: map[string]string{}}
+	srv := httptest.NewServer(k)
+	t.Cleanup(srv.Close)
+	client, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Options{
+		DestinationName: "az", SourceFor: func(string) (Source, error) { return src, nil }, Destination: client,
+		Concurrency: 1, MaxInstances: 1, MaxBytes: 1 << 20, RequestConcurrency: 16, AckWait: 3 * time.Second,
+		RetryDelay: time.Second, RetryMaxDelay: time.Second,
+		TransferSyntaxes: []string{tsExplicit, tsImplicit},
+		Logger:           slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := f.transfer(ctx, &Attempt{Event: testEvent()}); err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	srv.Close()
+	if len(k.stored) != len(syntaxes) {
+		t.Errorf("%d instances stored, want %d", len(k.stored), len(syntaxes))
+	}
+}
