@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 
 	"go.opentelemetry.io/otel/trace"
@@ -182,6 +183,26 @@ func (f *Forwarder) convertedPart(p *syntaxPlan, uid string, size int64) dicomwe
 	return part
 }
 
+// cannotTranscode reports whether Orthanc answered that it cannot convert
+// the instance, for good: 400 (it cannot parse the file), 501, or a 500
+// that says so ("Internal error", details "Cannot transcode to transfer
+// syntax: …", as Orthanc 1.10 to 1.12 answer for a source they cannot
+// decode). Any other 500 may pass (a storage or database fault) and is
+// retried as an Orthanc failure.
+func cannotTranscode(err error) bool {
+	var oe *orthancapi.Error
+	if !errors.As(err, &oe) {
+		return false
+	}
+	switch oe.StatusCode {
+	case http.StatusBadRequest, http.StatusNotImplemented:
+		return true
+	case http.StatusInternalServerError:
+		return strings.Contains(strings.ToLower(oe.OrthancDetails+" "+oe.OrthancMessage), "transcode")
+	}
+	return false
+}
+
 // openConverted asks Orthanc for the converted instance and checks that
 // the answer starts as a DICOM file, so a failed conversion is an error
 // before any of it is sent.
@@ -192,9 +213,7 @@ func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string
 	}
 	defer func() { endSpan(span, err) }()
 	body, err := p.src.OpenTranscodedInstance(ctx, in.id, p.target)
-	var oe *orthancapi.Error
-	if errors.As(err, &oe) && (oe.StatusCode == http.StatusInternalServerError || oe.StatusCode == http.StatusBadRequest) {
-		// Orthanc's answer when it cannot decode the source.
+	if cannotTranscode(err) {
 		f.m.conversions.WithLabelValues(convFailed).Inc()
 		return nil, f.conversionError(uid, in.syntax, p.target, err)
 	}

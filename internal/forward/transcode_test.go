@@ -47,8 +47,10 @@ func fakeFile(uid, ts string) []byte {
 type syntaxSource struct {
 	instances []orthancapi.Instance
 	syntax    map[string]string // Orthanc ID: transfer syntax
-	// fail are SOP Instance UIDs whose conversion fails with a 500.
-	fail      map[string]bool
+	// fail are SOP Instance UIDs whose conversion fails with a 500, as
+	// Orthanc answers when it cannot decode the source; fault are those
+	// whose conversion meets a 500 of another kind (a database fault).
+	fail, fault map[string]bool
 	mu        sync.Mutex
 	converted int
 }
@@ -92,15 +94,24 @@ func (s *syntaxSource) OpenTranscodedInstance(_ context.Context, id, ts string) 
 	s.mu.Unlock()
 	switch {
 	case s.fail[s.uid(id)]:
-		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Cannot transcode"}
+		return nil, cannotTranscodeAnswer(id, ts)
+	case s.fault[s.uid(id)]:
+		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Database plugin error", OrthancDetails: "database is locked"}
 	}
 	switch s.syntax[id] {
 	case tsJ2K:
-		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Cannot decode"}
+		return nil, cannotTranscodeAnswer(id, ts)
 	case tsDeflFr:
 		return io.NopCloser(strings.NewReader("")), nil
 	}
 	return io.NopCloser(bytes.NewReader(fakeFile(s.uid(id), ts))), nil
+}
+
+// cannotTranscodeAnswer is Orthanc 1.10's answer to a conversion it
+// cannot make (seen with nm-jpeg2000.dcm of the shared samples).
+func cannotTranscodeAnswer(id, ts string) error {
+	return &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500,
+		OrthancMessage: "Internal error", OrthancDetails: "Cannot transcode to transfer syntax: " + ts}
 }
 
 // syntaxSink is a STOW-RS destination that stores only Explicit VR Little
@@ -345,5 +356,39 @@ func TestRefusedSyntaxFromRequestsAtOnce(t *testing.T) {
 	srv.Close()
 	if len(k.stored) != len(syntaxes) {
 		t.Errorf("%d instances stored, want %d", len(k.stored), len(syntaxes))
+	}
+}
+
+// TestConversionFaultIsRetried: a 500 from Orthanc that is not about the
+// conversion (a database fault) is retried as an Orthanc failure, not
+// taken for an instance that cannot be converted.
+func TestConversionFaultIsRetried(t *testing.T) {
+	src := newSyntaxSource(tsImplicit, tsImplicit)
+	src.fault = map[string]bool{"1.2.3.2": true}
+	k := &syntaxSink{stored: map[string]string{}}
+	srv := httptest.NewServer(k)
+	t.Cleanup(srv.Close)
+	client, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Options{
+		DestinationName: "az", SourceFor: func(string) (Source, error) { return src, nil }, Destination: client,
+		Concurrency: 1, MaxInstances: 4, MaxBytes: 1 << 20, RequestConcurrency: 2, AckWait: 3 * time.Second,
+		RetryDelay: time.Second, RetryMaxDelay: time.Second,
+		TransferSyntaxes: []string{tsExplicit},
+		Logger:           slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = f.transfer(ctx, &Attempt{Event: testEvent()})
+	if err == nil || Classify(err) != Transient {
+		t.Fatalf("transfer: %v (class %v), want a transient failure", err, Classify(err))
+	}
+	if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 0 {
+		t.Errorf("conversions{result=failed} = %v, want 0", got)
 	}
 }
