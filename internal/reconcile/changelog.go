@@ -102,6 +102,17 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 				return true, s.reset(ctx, page)
 			}
 			changes = changes[1:]
+		case len(s.changeTypes) > 0:
+			// The filter hides a change of another type at the cursor's
+			// number, which a recreated database may have there: read
+			// that one change whole before taking it for deleted.
+			at, err := s.orthanc.Changes(ctx, since, 1)
+			if err != nil {
+				return false, fmt.Errorf("orthanc: read change %d: %w", s.cur.Seq, err)
+			}
+			if len(at.Changes) > 0 && at.Changes[0].Seq == s.cur.Seq && !s.cur.Change.matches(at.Changes[0]) {
+				return true, s.reset(ctx, at)
+			}
 		}
 		// Otherwise the change at the cursor was deleted: all the
 		// changes read are after it.

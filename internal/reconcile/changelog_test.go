@@ -1,0 +1,174 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// changeLog is an Orthanc database's change log and stable studies.
+type changeLog struct {
+	changes []orthancapi.Change
+	studies map[string]orthancapi.Study
+}
+
+func orthancID(n int) string { return fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", n) }
+
+func (l *changeLog) add(typ, id string) {
+	seq := int64(len(l.changes) + 1)
+	l.changes = append(l.changes, orthancapi.Change{Seq: seq, ChangeType: typ, ID: id, Date: fmt.Sprintf("20261203T%06d", seq)})
+}
+
+// addStudy logs a stable study with the changes Orthanc logs for it,
+// two of them of types a filtered read leaves out.
+func (l *changeLog) addStudy(n int) {
+	id := orthancID(n)
+	l.add("NewPatient", orthancID(1000+n))
+	l.add("NewStudy", id)
+	l.add("StableSeries", orthancID(2000+n))
+	l.add("StableStudy", id)
+	l.studies[id] = orthancapi.Study{ID: id, StudyInstanceUID: fmt.Sprintf("1.2.3.%d", n), LastUpdate: "20261203T150000", IsStable: true}
+}
+
+// swappableOrthanc answers /changes as Orthanc does, filtered by type
+// when it says it can (1.12.5 on); its database can be swapped.
+type swappableOrthanc struct {
+	mu       sync.Mutex
+	log      *changeLog
+	filtered bool
+}
+
+func (o *swappableOrthanc) System(context.Context) (orthancapi.System, error) {
+	var s orthancapi.System
+	s.Capabilities.HasExtendedChanges = o.filtered
+	return s, nil
+}
+
+func (o *swappableOrthanc) Changes(_ context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	page := orthancapi.Changes{Done: true, Last: int64(len(o.log.changes))}
+	for _, c := range o.log.changes {
+		if c.Seq <= since || len(types) > 0 && !slices.Contains(types, c.ChangeType) {
+			continue
+		}
+		if len(page.Changes) == limit {
+			page.Done = false
+			break
+		}
+		page.Changes = append(page.Changes, c)
+	}
+	if n := len(page.Changes); n > 0 {
+		page.Last = page.Changes[n-1].Seq
+	}
+	return page, nil
+}
+
+func (o *swappableOrthanc) LastChange(context.Context) (int64, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return int64(len(o.log.changes)), nil
+}
+
+func (o *swappableOrthanc) Study(_ context.Context, id string) (orthancapi.Study, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if s, ok := o.log.studies[id]; ok {
+		return s, nil
+	}
+	return orthancapi.Study{}, orthancapi.ErrNotFound
+}
+
+func (o *swappableOrthanc) SeriesStudy(context.Context, string) (orthancapi.Study, error) {
+	return orthancapi.Study{}, orthancapi.ErrNotFound
+}
+
+func (o *swappableOrthanc) InstanceStudy(context.Context, string) (orthancapi.Study, error) {
+	return orthancapi.Study{}, orthancapi.ErrNotFound
+}
+
+// publishedIDs records the Orthanc IDs of the studies published.
+type publishedIDs struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (p *publishedIDs) Publish(_ context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ids = append(p.ids, ev.OrthancStudyID)
+	return &jetstream.PubAck{Sequence: uint64(len(p.ids))}, nil
+}
+
+func (p *publishedIDs) has(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Contains(p.ids, id)
+}
+
+// TestRecreatedDatabaseFound: Orthanc's database is swapped for one whose
+// log is already past the cursor, with a change of another type at the
+// cursor's number. Read filtered by type, that change is not in the page,
+// which must not be taken for a deleted change: the reconciler rescans
+// the new log and publishes its studies.
+func TestRecreatedDatabaseFound(t *testing.T) {
+	for _, filtered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("filtered=%v", filtered), func(t *testing.T) {
+			_, kv := testBucket(t)
+			o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}, filtered: filtered}
+			pub := &publishedIDs{}
+			r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+				PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: 3, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); _ = r.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			cursorAt := func(seq int64) func() bool {
+				return func() bool {
+					c, found, err := store.load(ctx)
+					return err == nil && found && c.Seq == seq
+				}
+			}
+			waitUntil(t, "the first start's cursor", cursorAt(0))
+			o.mu.Lock()
+			for n := 1; n <= 3; n++ {
+				o.log.addStudy(n) // changes 1 to 12, the last a StableStudy
+			}
+			o.mu.Unlock()
+			waitUntil(t, "the first database's studies", func() bool { return pub.has(orthancID(3)) && cursorAt(12)() })
+
+			swapped := &changeLog{studies: map[string]orthancapi.Study{}}
+			swapped.add("StableSeries", orthancID(3000))
+			for n := 10; n <= 14; n++ {
+				swapped.addStudy(n) // change 12 is a StableSeries
+			}
+			o.mu.Lock()
+			o.log = swapped
+			o.mu.Unlock()
+			waitUntil(t, "the new database's first study", func() bool { return pub.has(orthancID(10)) })
+		})
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
