@@ -40,6 +40,13 @@ type Instance struct {
 	SeriesDescription string `cel:"seriesDescription"`
 }
 
+// CostLimit bounds one evaluation of a rule, in CEL's cost units (about
+// one a comparison or list element visited): a rule over a study's
+// facts costs tens to hundreds; one that nests comprehensions could run
+// for minutes, holding a forwarder's worker or the ingest's publish.
+// Past it, the evaluation stops with ErrRule.
+const CostLimit = 100_000
+
 // ErrRule matches (errors.Is) a rule that fails to evaluate for a study:
 // a permanent failure for that study at that destination.
 var ErrRule = errors.New("routing rule failed")
@@ -69,6 +76,7 @@ func CompileStudyRule(expr string) (*StudyRule, error) {
 		ext.NativeTypes(reflect.TypeFor[Study](), ext.ParseStructTags(true)),
 		cel.Variable("source", cel.StringType),
 		cel.Variable("study", cel.ObjectType("routing.Study")),
+		cel.ASTValidators(cel.ValidateRegexLiterals()),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
@@ -77,7 +85,7 @@ func CompileStudyRule(expr string) (*StudyRule, error) {
 	if err != nil {
 		return nil, err
 	}
-	prg, err := env.Program(checked)
+	prg, err := env.Program(checked, cel.CostLimit(CostLimit))
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
 	}
@@ -93,6 +101,7 @@ func CompileInstanceRule(expr string) (*InstanceRule, error) {
 	env, err := cel.NewEnv(
 		ext.NativeTypes(reflect.TypeFor[Instance](), ext.ParseStructTags(true)),
 		cel.Variable("instance", cel.ObjectType("routing.Instance")),
+		cel.ASTValidators(cel.ValidateRegexLiterals()),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
@@ -101,7 +110,7 @@ func CompileInstanceRule(expr string) (*InstanceRule, error) {
 	if err != nil {
 		return nil, err
 	}
-	prg, err := env.Program(checked)
+	prg, err := env.Program(checked, cel.CostLimit(CostLimit))
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
 	}
@@ -173,6 +182,9 @@ func eval(prg cel.Program, vars map[string]any) (bool, error) {
 		// as a regular expression is quoted back when it does not
 		// parse): keep what kind of failure it was, before its first colon.
 		kind, _, _ := strings.Cut(err.Error(), ":")
+		if strings.Contains(err.Error(), "cost limit exceeded") {
+			kind = fmt.Sprintf("stopped at its cost limit (%d steps): simplify the rule", CostLimit)
+		}
 		return false, fmt.Errorf("%w: %s", ErrRule, kind)
 	}
 	b, ok := out.(types.Bool)

@@ -49,6 +49,7 @@ func TestBadRulesFailAtCompile(t *testing.T) {
 		{"study.instances", "must be true or false"},
 		{"source ==", "1:10"},
 		{"sauce == 'x'", "undeclared reference to 'sauce'"},
+		{"study.description.matches('[')", "invalid matches argument"},
 	} {
 		_, err := CompileStudyRule(tt.rule)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -69,6 +70,23 @@ func TestRuleFailingAtRunTime(t *testing.T) {
 	_, err = r.Match("main", &Study{Modalities: []string{"CT"}})
 	if !errors.Is(err, ErrRule) {
 		t.Fatalf("err = %v, want ErrRule", err)
+	}
+}
+
+// A rule that would run for minutes stops at the cost limit, as a
+// failure of that study.
+func TestRuleStopsAtItsCostLimit(t *testing.T) {
+	nested := "true"
+	for _, v := range []string{"a", "b", "c", "d", "e", "f", "g"} {
+		nested = "[0,1,2,3,4,5,6,7,8,9].all(" + v + ", " + nested + ")"
+	}
+	r, err := CompileStudyRule(nested)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Match("main", &Study{})
+	if !errors.Is(err, ErrRule) || !strings.Contains(err.Error(), "cost limit") {
+		t.Fatalf("err = %v, want ErrRule for the cost limit", err)
 	}
 }
 
