@@ -2,8 +2,10 @@ package routing
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
@@ -51,7 +53,7 @@ func (r Route) Select(ctx context.Context, o Orthanc, source, studyID string, in
 	}
 	var meta []orthancapi.InstanceMetadata
 	if r.Study.NeedsInstances() || r.Instance.NeedsMetadata() {
-		if meta, err = readMetadata(ctx, o, instances); err != nil {
+		if instances, meta, err = readMetadata(ctx, o, instances); err != nil {
 			return nil, err
 		}
 	}
@@ -88,11 +90,11 @@ func (r Route) Select(ctx context.Context, o Orthanc, source, studyID string, in
 // study builds what a study rule sees.
 func study(f orthancapi.StudyFacts, instances []orthancapi.Instance, meta []orthancapi.InstanceMetadata) *Study {
 	s := &Study{Description: f.Description, Institution: f.Institution, Instances: len(instances)}
-	s.Modalities = f.ModalitiesInStudy
-	if len(s.Modalities) == 0 {
-		for _, series := range f.Series {
-			s.Modalities = append(s.Modalities, series.Modality)
-		}
+	// Both: Orthanc keeps the study's ModalitiesInStudy as its first
+	// instance had it, which a series added later (an SR, a PR) is not in.
+	s.Modalities = slices.Clone(f.ModalitiesInStudy)
+	for _, series := range f.Series {
+		s.Modalities = append(s.Modalities, series.Modality)
 	}
 	for _, m := range meta {
 		s.CallingAETs = append(s.CallingAETs, m.RemoteAET)
@@ -109,23 +111,50 @@ func distinct(v []string) []string {
 	return slices.Compact(v)
 }
 
-// readMetadata reads every instance's metadata, a few at a time.
-func readMetadata(ctx context.Context, o Orthanc, instances []orthancapi.Instance) ([]orthancapi.InstanceMetadata, error) {
+// readMetadata reads every instance's metadata, a few at a time. An
+// instance deleted meanwhile (404) is left out with its metadata: in
+// buffer mode another destination's forward may release instances this
+// one's rules do not select while it reads them. If every instance is
+// gone, so is the study: the 404 is returned.
+func readMetadata(ctx context.Context, o Orthanc, instances []orthancapi.Instance) ([]orthancapi.Instance, []orthancapi.InstanceMetadata, error) {
 	out := make([]orthancapi.InstanceMetadata, len(instances))
+	gone := make([]bool, len(instances))
+	var lastGone error
+	var mu sync.Mutex
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(metadataReads)
 	for i, in := range instances {
 		g.Go(func() error {
 			m, err := o.InstanceMetadata(ctx, in.ID)
 			if err != nil {
-				return fmt.Errorf("read metadata of instance %s for the routing rules: %w", in.ID, err)
+				err = fmt.Errorf("read metadata of instance %s for the routing rules: %w", in.ID, err)
+				if errors.Is(err, orthancapi.ErrNotFound) {
+					mu.Lock()
+					gone[i], lastGone = true, err
+					mu.Unlock()
+					return nil
+				}
+				return err
 			}
 			out[i] = m
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return out, nil
+	if lastGone == nil {
+		return instances, out, nil
+	}
+	var kept []orthancapi.Instance
+	var keptMeta []orthancapi.InstanceMetadata
+	for i, in := range instances {
+		if !gone[i] {
+			kept, keptMeta = append(kept, in), append(keptMeta, out[i])
+		}
+	}
+	if len(kept) == 0 {
+		return nil, nil, lastGone
+	}
+	return kept, keptMeta, nil
 }
