@@ -19,8 +19,8 @@ import (
 
 // Study is what a study rule sees as `study`.
 type Study struct {
-	// Modalities: ModalitiesInStudy, else the distinct Modality of the
-	// study's series.
+	// Modalities: the distinct Modality of the study's series, and its
+	// ModalitiesInStudy.
 	Modalities  []string `cel:"modalities"`
 	Description string   `cel:"description"`
 	// CallingAETs are the distinct AE titles that sent its instances
