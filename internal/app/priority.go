@@ -15,6 +15,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/routing"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // priorityRuleTimeout bounds the reads of one study for PRIORITY_RULE, so
@@ -30,7 +31,7 @@ const priorityRuleTimeout = 5 * time.Second
 type prioritizer struct {
 	next    events.Publisher
 	js      jetstream.JetStream
-	rule    routing.Route
+	rule    *routing.StudyRule
 	sources *Sources
 	timeout time.Duration
 	log     *slog.Logger
@@ -43,6 +44,8 @@ type prioritizer struct {
 	drained  bool
 	triaging sync.WaitGroup
 	pending  atomic.Int64
+	// turns holds one token per study triage is reading (triageReads).
+	turns chan struct{}
 }
 
 // newPrioritizer wraps next; with no rule it only counts the events by
@@ -53,7 +56,8 @@ func newPrioritizer(js jetstream.JetStream, expr string, sources *Sources, reg p
 		return nil, fmt.Errorf("PRIORITY_RULE: %w", err)
 	}
 	p := &prioritizer{
-		next: natsjs.Publisher{JS: js}, js: js, rule: routing.Route{Study: rule}, sources: sources, timeout: priorityRuleTimeout, log: log,
+		next: natsjs.Publisher{JS: js}, js: js, rule: rule, sources: sources, timeout: priorityRuleTimeout, log: log,
+		turns: make(chan struct{}, triageReads),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_ingest_priority_total",
 			Help: "Events published by the webhook and the reconciler, by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine).",
@@ -70,7 +74,7 @@ func (p *prioritizer) Publish(ctx context.Context, ev *events.StudyStable) (*jet
 	by := "event"
 	if ev.Priority == "" {
 		by = "default"
-		if !p.rule.Study.All() {
+		if !p.rule.All() {
 			stat, err := p.matches(ctx, ev)
 			switch {
 			case err != nil:
@@ -106,15 +110,15 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	instances, err := o.StudyInstances(ctx, ev.OrthancStudyID)
-	if err != nil {
-		return false, fmt.Errorf("list the study's instances: %w", err)
+	// The list of a large study takes a while: read it only for a rule
+	// that looks at the instances.
+	var instances []orthancapi.Instance
+	if p.rule.NeedsInstanceList() {
+		if instances, err = o.StudyInstances(ctx, ev.OrthancStudyID); err != nil {
+			return false, fmt.Errorf("list the study's instances: %w", err)
+		}
 	}
-	selected, err := p.rule.Select(ctx, o, ev.Source, ev.OrthancStudyID, instances)
-	if err != nil {
-		return false, err
-	}
-	return len(selected) > 0, nil
+	return p.rule.Selects(ctx, o, ev.Source, ev.OrthancStudyID, instances)
 }
 
 // webhookPublisher is the prioritizer as the webhook uses it. The
@@ -137,7 +141,7 @@ type webhookPublisher struct {
 // Publish stores ev at once, for triage when the rule must read the study.
 func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
 	p := w.p
-	if ev.Priority != "" || p.rule.Study.All() {
+	if ev.Priority != "" || p.rule.All() {
 		return p.Publish(ctx, ev)
 	}
 	ack, err := natsjs.PublishTo(ctx, p.js, natsjs.TriageSubject(ev.Source), ev, ev.MsgID()+"/triage")
@@ -194,9 +198,21 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 	ctx = context.WithoutCancel(ctx)
 	deadline := time.Now().Add(triageBudget)
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		// A burst of stable studies is read triageReads at a time, so the
+		// source is not flooded; the wait for a turn is not counted in
+		// the read's time-out. At shutdown the last try goes at once.
+		held := false
+		select {
+		case p.turns <- struct{}{}:
+			held = true
+		case <-stopping:
+		}
 		actx, cancel := context.WithTimeout(ctx, 2*p.timeout)
 		_, err := p.Publish(actx, ev)
 		cancel()
+		if held {
+			<-p.turns
+		}
 		if err == nil {
 			return
 		}
@@ -221,6 +237,10 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 		}
 	}
 }
+
+// triageReads bounds the studies triage reads at once (each with up to 8
+// metadata requests when the rule reads callingAets or sopClasses).
+const triageReads = 4
 
 // triageBudget bounds how long triage tries to store an event in its lane.
 const triageBudget = 5 * time.Minute

@@ -51,8 +51,8 @@ type syntaxSource struct {
 	// Orthanc answers when it cannot decode the source; fault are those
 	// whose conversion meets a 500 of another kind (a database fault).
 	fail, fault map[string]bool
-	mu        sync.Mutex
-	converted int
+	mu          sync.Mutex
+	converted   int
 }
 
 func newSyntaxSource(syntaxes ...string) *syntaxSource {

@@ -56,6 +56,7 @@ var ErrRule = errors.New("routing rule failed")
 type StudyRule struct {
 	prg         cel.Program
 	perInstance bool // reads callingAets or sopClasses: instance metadata
+	counts      bool // reads instances
 }
 
 // InstanceRule selects instances of a selected study. The zero rule
@@ -89,7 +90,7 @@ func CompileStudyRule(expr string) (*StudyRule, error) {
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
 	}
-	return &StudyRule{prg: prg, perInstance: selects(checked, "callingAets", "sopClasses")}, nil
+	return &StudyRule{prg: prg, perInstance: selects(checked, "callingAets", "sopClasses"), counts: selects(checked, "instances")}, nil
 }
 
 // CompileInstanceRule compiles an instance rule: a boolean CEL expression
@@ -151,6 +152,11 @@ func (r *StudyRule) All() bool { return r == nil || r.prg == nil }
 // NeedsInstances reports whether the rule reads facts that take one
 // request per instance (calling AE titles, SOP classes).
 func (r *StudyRule) NeedsInstances() bool { return r != nil && r.perInstance }
+
+// NeedsInstanceList reports whether the rule reads anything of the
+// study's instances (their number, or NeedsInstances' facts): a rule that
+// does not can be given no instances.
+func (r *StudyRule) NeedsInstanceList() bool { return r != nil && (r.perInstance || r.counts) }
 
 // Match evaluates the rule for a study of source.
 func (r *StudyRule) Match(source string, s *Study) (bool, error) {

@@ -57,14 +57,8 @@ func (r Route) Select(ctx context.Context, o Orthanc, source, studyID string, in
 			return nil, err
 		}
 	}
-	if !r.Study.All() {
-		ok, err := r.Study.Match(source, study(facts, instances, meta))
-		if err != nil {
-			return nil, &RuleError{Err: err}
-		}
-		if !ok {
-			return nil, nil
-		}
+	if ok, err := r.Study.matchFacts(source, facts, instances, meta); err != nil || !ok {
+		return nil, err
 	}
 	if r.Instance.All() {
 		return instances, nil
@@ -85,6 +79,40 @@ func (r Route) Select(ctx context.Context, o Orthanc, source, studyID string, in
 		}
 	}
 	return out, nil
+}
+
+// Selects reports whether the study rule selects a study, reading what
+// it needs: the study's facts, and its instances' metadata when it reads
+// NeedsInstances' facts. instances may be nil for a rule that does not
+// NeedsInstanceList.
+func (r *StudyRule) Selects(ctx context.Context, o Orthanc, source, studyID string, instances []orthancapi.Instance) (bool, error) {
+	if r.All() {
+		return true, nil
+	}
+	facts, err := o.StudyFacts(ctx, studyID)
+	if err != nil {
+		return false, fmt.Errorf("read study %s for its routing rules: %w", studyID, err)
+	}
+	var meta []orthancapi.InstanceMetadata
+	if r.NeedsInstances() {
+		if instances, meta, err = readMetadata(ctx, o, instances); err != nil {
+			return false, err
+		}
+	}
+	return r.matchFacts(source, facts, instances, meta)
+}
+
+// matchFacts evaluates the rule on what was read; a failure is a
+// RuleError.
+func (r *StudyRule) matchFacts(source string, facts orthancapi.StudyFacts, instances []orthancapi.Instance, meta []orthancapi.InstanceMetadata) (bool, error) {
+	if r.All() {
+		return true, nil
+	}
+	ok, err := r.Match(source, study(facts, instances, meta))
+	if err != nil {
+		return false, &RuleError{Err: err}
+	}
+	return ok, nil
 }
 
 // study builds what a study rule sees.

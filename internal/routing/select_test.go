@@ -97,3 +97,36 @@ func TestSelect(t *testing.T) {
 		})
 	}
 }
+
+// A study rule alone (PRIORITY_RULE) reads the instance list only when it
+// looks at the instances, and their metadata only for AE titles or SOP
+// classes.
+func TestStudyRuleSelects(t *testing.T) {
+	o := studyOrthanc{
+		facts: orthancapi.StudyFacts{Series: map[string]orthancapi.SeriesFacts{"s1": {Modality: "MR"}}},
+		meta:  map[string]orthancapi.InstanceMetadata{"i0": {RemoteAET: "CT1"}, "i1": {RemoteAET: "ER"}, "i2": {RemoteAET: "CT1"}},
+	}
+	for _, tt := range []struct {
+		rule      string
+		list      bool
+		instances []orthancapi.Instance
+		want      bool
+	}{
+		{"'MR' in study.modalities", false, nil, true},
+		{"'CT' in study.modalities", false, nil, false},
+		{"study.instances > 2", true, instancesOf(3), true},
+		{"'ER' in study.callingAets", true, instancesOf(3), true},
+		{"'ER' in study.callingAets", true, instancesOf(1), false},
+	} {
+		r, err := CompileStudyRule(tt.rule)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.NeedsInstanceList() != tt.list {
+			t.Errorf("%s: NeedsInstanceList = %v, want %v", tt.rule, !tt.list, tt.list)
+		}
+		if got, err := r.Selects(context.Background(), o, "main", "st", tt.instances); err != nil || got != tt.want {
+			t.Errorf("%s over %d instances: %v, %v; want %v", tt.rule, len(tt.instances), got, err, tt.want)
+		}
+	}
+}
