@@ -584,4 +584,28 @@ func TestRecentDeadLetters(t *testing.T) {
 	if err != nil || len(got) != 5 || got[0].Seq != 5 || got[4].Seq != 1 {
 		t.Errorf("all: %d entries, err %v", len(got), err)
 	}
+	// A bulk replay at the end, longer than the backwards scan: the
+	// older letters are still found.
+	stream, err := ns.JS.Stream(ctx, natsjs.DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 400 {
+		ack, err := store.Add(ctx, &forward.DeadLetter{Event: *event(i), Class: forward.Transient, Reason: "HTTP 503",
+			Attempts: 1, OriginalSeq: uint64(5000 + i), DeadLetteredAt: time.Now().UTC()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.DeleteMsg(ctx, ack); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, n, err = status.RecentDeadLetters(ctx, ns.JS, 3)
+	seqs = seqs[:0]
+	for _, e := range got {
+		seqs = append(seqs, e.Seq)
+	}
+	if err != nil || n != 5 || fmt.Sprint(seqs) != "[5 4 3]" {
+		t.Errorf("after 400 replayed: %v of %d, %v; want [5 4 3] of 5", seqs, n, err)
+	}
 }
