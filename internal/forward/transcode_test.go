@@ -329,28 +329,8 @@ func TestRefusedSyntaxFromRequestsAtOnce(t *testing.T) {
 	for i := range syntaxes {
 		syntaxes[i] = tsImplicit
 	}
-	src := newSyntaxSource(syntaxes...)
-	src.fail = map[string]bool{}
-	k := &syntaxSink{stored: map[string]string{}}
-	srv := httptest.NewServer(k)
-	t.Cleanup(srv.Close)
-	client, err := dicomweb.New(srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := New(Options{
-		DestinationName: "az", SourceFor: func(string) (Source, error) { return src, nil }, Destination: client,
-		Concurrency: 1, MaxInstances: 1, MaxBytes: 1 << 20, RequestConcurrency: 16, AckWait: 3 * time.Second,
-		RetryDelay: time.Second, RetryMaxDelay: time.Second,
-		TransferSyntaxes: []string{tsExplicit, tsImplicit},
-		Logger:           slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := f.transfer(ctx, &Attempt{Event: testEvent()}); err != nil {
+	f, k, srv := syntaxForwarder(t, newSyntaxSource(syntaxes...), 1, 16, tsExplicit, tsImplicit)
+	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err != nil {
 		t.Fatalf("transfer: %v", err)
 	}
 	srv.Close()
@@ -365,6 +345,20 @@ func TestRefusedSyntaxFromRequestsAtOnce(t *testing.T) {
 func TestConversionFaultIsRetried(t *testing.T) {
 	src := newSyntaxSource(tsImplicit, tsImplicit)
 	src.fault = map[string]bool{"1.2.3.2": true}
+	f, _, _ := syntaxForwarder(t, src, 4, 2, tsExplicit)
+	_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	if err == nil || Classify(err) != Transient {
+		t.Fatalf("transfer: %v (class %v), want a transient failure", err, Classify(err))
+	}
+	if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 0 {
+		t.Errorf("conversions{result=failed} = %v, want 0", got)
+	}
+}
+
+// syntaxForwarder forwards from src to a syntaxSink, maxInstances a
+// request and parallel requests at once, converting to list.
+func syntaxForwarder(t *testing.T, src *syntaxSource, maxInstances, parallel int, list ...string) (*Forwarder, *syntaxSink, *httptest.Server) {
+	t.Helper()
 	k := &syntaxSink{stored: map[string]string{}}
 	srv := httptest.NewServer(k)
 	t.Cleanup(srv.Close)
@@ -374,21 +368,13 @@ func TestConversionFaultIsRetried(t *testing.T) {
 	}
 	f, err := New(Options{
 		DestinationName: "az", SourceFor: func(string) (Source, error) { return src, nil }, Destination: client,
-		Concurrency: 1, MaxInstances: 4, MaxBytes: 1 << 20, RequestConcurrency: 2, AckWait: 3 * time.Second,
+		Concurrency: 1, MaxInstances: maxInstances, MaxBytes: 1 << 20, RequestConcurrency: parallel, AckWait: 3 * time.Second,
 		RetryDelay: time.Second, RetryMaxDelay: time.Second,
-		TransferSyntaxes: []string{tsExplicit},
+		TransferSyntaxes: list,
 		Logger:           slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err = f.transfer(ctx, &Attempt{Event: testEvent()})
-	if err == nil || Classify(err) != Transient {
-		t.Fatalf("transfer: %v (class %v), want a transient failure", err, Classify(err))
-	}
-	if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 0 {
-		t.Errorf("conversions{result=failed} = %v, want 0", got)
-	}
+	return f, k, srv
 }
