@@ -320,14 +320,21 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		ev  events.StudyStable
 	}
 	var found []item
+	// Each study state once: the stream may hold it several times, from
+	// the webhook and the reconciler on different subjects, and from an
+	// earlier reforward for every destination (its copies are on the
+	// subjects read here, with the original's ReceivedAt), which would
+	// otherwise be queued again, doubling at each run.
+	seen := map[string]bool{}
 	err := readAll(ctx, js, natsjs.EventStream, cfg, func(seq uint64, data []byte) error {
 		ev, err := events.Decode(data)
 		if err != nil {
 			return nil // an undecodable event was never forwarded either; skip it
 		}
-		if !until.IsZero() && !ev.ReceivedAt.Before(until) {
+		if !until.IsZero() && !ev.ReceivedAt.Before(until) || seen[ev.MsgID()] {
 			return nil
 		}
+		seen[ev.MsgID()] = true
 		found = append(found, item{seq, *ev})
 		return nil
 	})

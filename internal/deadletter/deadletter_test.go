@@ -436,6 +436,17 @@ func TestReforward(t *testing.T) {
 	if last := stored[3]; *last.ev != inside || !strings.HasPrefix(last.msgID, inside.MsgID()+"/reforward/") {
 		t.Errorf("re-queued %+v with dedupe ID %q, want %+v under a fresh ID", last.ev, last.msgID, inside)
 	}
+	// Run again (after a failure, or over an overlapping window): the
+	// copy is read back with the original, and the study is queued once
+	// more, not once for each.
+	for run, want := range []int{5, 6} {
+		if got, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, received.Add(time.Hour), false); err != nil || len(got) != 1 {
+			t.Fatalf("run %d: Reforward = %v, %v; want the one study", run+2, keys(got), err)
+		}
+		if n := len(eventStream(t, ns.JS)); n != want {
+			t.Fatalf("run %d: the event stream holds %d events, want %d", run+2, n, want)
+		}
+	}
 
 	for _, bad := range []struct {
 		name         string
