@@ -51,6 +51,11 @@ func (l *Ledger) Forwarded(ctx context.Context, since time.Time, fn func(source,
 			return err
 		}
 	}
+	// The key channel also closes when ctx ends: that is no end of the
+	// bucket, and a partial walk must not pass for a whole one.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("ledger: list keys: %w", err)
+	}
 	return nil
 }
 

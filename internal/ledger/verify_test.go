@@ -144,3 +144,31 @@ func TestVerify(t *testing.T) {
 		t.Errorf("keyed: findings %+v, want study 2 missing its instance 0 (1.2.2.0)", found)
 	}
 }
+
+// A walk the caller cancels ends with its error, never as if the bucket
+// had been read to its end.
+func TestForwardedCancelledIsAnError(t *testing.T) {
+	ns := testnats.Start(t)
+	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(kv)
+	for k := range 20 {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261203T150000"}
+		if err := l.Record(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	walked := 0
+	err = l.Forwarded(ctx, time.Time{}, func(string, string, ledger.Record) error {
+		walked++
+		cancel()
+		return nil
+	})
+	if err == nil {
+		t.Fatalf("a walk cancelled after %d of 20 studies returned no error", walked)
+	}
+}
