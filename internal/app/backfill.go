@@ -12,6 +12,7 @@ import (
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // backfillUsage heads `forwarder backfill -h`.
@@ -127,34 +128,29 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 			}
 			name = events.DefaultSourceName(sys.Name)
 		}
-		for since := 0; ; since += page {
-			studies, err := src.Client.Studies(ctx, since, page)
+		err := orthancapi.EachStudy(ctx, src.Client, page, func(st orthancapi.Study) error {
+			if !st.IsStable || st.LastUpdate < from || (to != "" && st.LastUpdate >= to) {
+				return nil
+			}
+			ev, err := events.NewStudyStable(name, st.ID, st.StudyInstanceUID, st.LastUpdate)
 			if err != nil {
-				return out, dups, fmt.Errorf("source %s: list studies from %d: %w", name, since, err)
+				return fmt.Errorf("study %s: %w", st.ID, err)
 			}
-			for _, st := range studies {
-				if !st.IsStable || st.LastUpdate < from || (to != "" && st.LastUpdate >= to) {
-					continue
-				}
-				ev, err := events.NewStudyStable(name, st.ID, st.StudyInstanceUID, st.LastUpdate)
+			if !dryRun {
+				subject := natsjs.LaneSubject(lane, destination, name)
+				ack, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, ev.MsgID()+"/backfill/"+destination)
 				if err != nil {
-					return out, dups, fmt.Errorf("source %s: study %s: %w", name, st.ID, err)
+					return err
 				}
-				if !dryRun {
-					subject := natsjs.LaneSubject(lane, destination, name)
-					ack, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, ev.MsgID()+"/backfill/"+destination)
-					if err != nil {
-						return out, dups, err
-					}
-					if ack.Duplicate {
-						dups++
-					}
+				if ack.Duplicate {
+					dups++
 				}
-				out = append(out, *ev)
 			}
-			if len(studies) < page {
-				break
-			}
+			out = append(out, *ev)
+			return nil
+		})
+		if err != nil {
+			return out, dups, fmt.Errorf("source %s: %w", name, err)
 		}
 	}
 	return out, dups, nil

@@ -100,7 +100,8 @@ type AuditOptions struct {
 	// Publish queues an event for one destination, or for every
 	// destination when destination is empty; required to enqueue.
 	Publish func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error)
-	// PageSize is how many studies one GET /studies reads (default 500).
+	// PageSize is how many studies one GET /studies reads (default 500,
+	// at least 2).
 	PageSize int
 	Logger   *slog.Logger
 }
@@ -129,7 +130,7 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 			return nil, fmt.Errorf("audit: destination %q has no ledger", d.Name)
 		}
 	}
-	if opts.PageSize <= 0 {
+	if opts.PageSize < 2 {
 		opts.PageSize = 500
 	}
 	log := opts.Logger
@@ -166,38 +167,33 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 	}
 	log := a.log.With("source", name)
 	log.Info("auditing source")
-	for since := 0; ; {
-		page, err := src.Orthanc.Studies(ctx, since, a.opts.PageSize)
+	err := orthancapi.EachStudy(ctx, src.Orthanc, a.opts.PageSize, func(st orthancapi.Study) error {
+		findings, err := a.study(ctx, name, st, sum)
 		if err != nil {
-			return fmt.Errorf("source %s: list studies from %d: %w", name, since, err)
+			return err
 		}
-		for _, st := range page {
-			findings, err := a.study(ctx, name, st, sum)
-			if err != nil {
-				return fmt.Errorf("source %s: %w", name, err)
+		if enqueue && len(findings) > 0 {
+			a.enqueue(ctx, findings, log)
+		}
+		for _, f := range findings {
+			switch {
+			case !enqueue:
+			case f.Enqueued:
+				sum.Enqueued++
+			default:
+				sum.NotEnqueued++
 			}
-			if enqueue && len(findings) > 0 {
-				a.enqueue(ctx, findings, log)
-			}
-			for _, f := range findings {
-				switch {
-				case !enqueue:
-				case f.Enqueued:
-					sum.Enqueued++
-				default:
-					sum.NotEnqueued++
-				}
-				sum.Findings++
-				if err := report(f); err != nil {
-					return err
-				}
+			sum.Findings++
+			if err := report(f); err != nil {
+				return err
 			}
 		}
-		if len(page) < a.opts.PageSize {
-			return nil
-		}
-		since += len(page)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("source %s: %w", name, err)
 	}
+	return nil
 }
 
 // study compares one study with every destination's ledger: a finding

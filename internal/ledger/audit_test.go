@@ -97,7 +97,7 @@ func testAudit(t *testing.T, rel testharness.Release) {
 		Sources:      []ledger.Source{{Name: "src", Orthanc: client}},
 		Destinations: dests,
 		Publish:      publish(ns.JS),
-		PageSize:     1, // every study on its own page
+		PageSize:     2, // pages of two studies, overlapping
 	})
 	if err != nil {
 		t.Fatal(err)
