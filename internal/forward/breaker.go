@@ -94,6 +94,18 @@ func DestinationDown(err error) bool {
 	return errors.Is(err, dicomweb.ErrNoAnswer)
 }
 
+// studyMayFail reports whether a destination-down failure may come from
+// the study itself rather than the destination: an HTTP 500.
+func studyMayFail(err error) bool {
+	var he *dicomweb.HTTPError
+	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError
+}
+
+// probesBeforeTrial is how many failed probes in a row let a held study
+// through as a trial anyway: a destination whose queries fail while it
+// stores (no QIDO-RS, a proxy refusing GETs) must not stay open for good.
+const probesBeforeTrial = 4
+
 // breakerConfig is a breaker's settings.
 type breakerConfig struct {
 	// failures is the number of consecutive destination-down failures
@@ -131,6 +143,11 @@ type breaker struct {
 	trial bool
 	// probeStudy is a Study Instance UID of a held study, for the probe.
 	probeStudy string
+	// failedProbes counts the probes that failed in a row.
+	failedProbes int
+	// vouched: the probe that made the breaker half-open passed (not
+	// let through after probesBeforeTrial failures).
+	vouched bool
 	held       int
 	// changed is closed and replaced at every change a waiter cares for.
 	changed chan struct{}
@@ -211,12 +228,15 @@ func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
 	}
 	b.failures++
 	if trial {
-		// The destination answered the probe but failed the study: if
-		// a prober vouched for it, the study may be what fails (a
-		// study that makes the server answer 500): it is settled like
-		// any failure, and spends its delivery.
+		// The destination answered the probe but failed the study. If
+		// a prober vouched for it and the study met a 500, the study
+		// may be what fails (one that makes the server fail): it is
+		// settled like any failure, and spends its delivery. No answer,
+		// or a 502, 503 or 504, says the store itself is down while
+		// queries work (storage full, a write path down): held.
+		spend := b.prober != nil && b.vouched && studyMayFail(err)
 		b.open(studyUID)
-		return b.prober == nil
+		return !spend
 	}
 	if b.state == BreakerClosed && b.failures >= b.cfg.failures {
 		b.open(studyUID)
@@ -324,9 +344,16 @@ func (b *breaker) probe() {
 		return
 	}
 	if DestinationDown(err) {
-		b.wait = min(2*b.wait, b.cfg.maxInterval)
-		b.schedule()
-		return
+		b.failedProbes++
+		if b.failedProbes%probesBeforeTrial != 0 || b.held == 0 {
+			b.wait = min(2*b.wait, b.cfg.maxInterval)
+			b.schedule()
+			return
+		}
+		// Queries keep failing: let a study tell whether it stores.
+		b.vouched = false
+	} else {
+		b.failedProbes, b.vouched = 0, true
 	}
 	b.setState(BreakerHalfOpen)
 	if b.held == 0 {

@@ -169,31 +169,35 @@ func TestBreakerOutage(t *testing.T) {
 	})
 }
 
-// A trial that fails for a down destination re-opens the breaker: held
-// again without a prober; settled (a delivery spent) when a prober said
-// the destination answers, since the study itself may be what fails.
+// A trial that fails for a down destination re-opens the breaker. The
+// study is held again, except after a probe that passed when it met a
+// 500: the study itself may be what fails, so it is settled (a delivery
+// spent). No answer or a 503 after a passed probe says the store is down
+// while queries work: held.
 func TestBreakerTrialFails(t *testing.T) {
-	down := &dicomweb.HTTPError{StatusCode: 500}
 	for _, tt := range []struct {
 		name     string
 		prober   Prober
+		err      error
 		wantHold bool
 	}{
-		{"no prober", nil, true},
-		{"prober vouched", &fakeProber{}, false},
+		{"no prober", nil, &dicomweb.HTTPError{StatusCode: 500}, true},
+		{"prober vouched, 500", &fakeProber{}, &dicomweb.HTTPError{StatusCode: 500}, false},
+		{"prober vouched, 503", &fakeProber{}, &dicomweb.HTTPError{StatusCode: 503}, true},
+		{"prober vouched, no answer", &fakeProber{}, dicomwebNoAnswer(errors.New("connection reset")), true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, tt.prober, nil)
 				defer b.stop()
-				if !b.record(down, false, "1.2.3") {
+				if !b.record(tt.err, false, "1.2.3") {
 					t.Fatal("not held")
 				}
 				trial, err := b.hold(t.Context())
 				if err != nil || !trial {
 					t.Fatalf("hold = %v, %v; want the trial", trial, err)
 				}
-				if got := b.record(down, true, "1.2.3"); got != tt.wantHold {
+				if got := b.record(tt.err, true, "1.2.3"); got != tt.wantHold {
 					t.Errorf("failed trial held = %v, want %v", got, tt.wantHold)
 				}
 				if s, _, _, _ := b.status(); s != BreakerOpen {
@@ -202,6 +206,36 @@ func TestBreakerTrialFails(t *testing.T) {
 			})
 		})
 	}
+}
+
+// A destination whose queries keep failing (no QIDO-RS, a proxy that
+// refuses GETs) while it stores: after probesBeforeTrial failed probes a
+// held study goes as a trial anyway, and closes the breaker when stored.
+// A 500 on such a trial, no probe having vouched, is held.
+func TestBreakerTrialWithoutQueries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		prober := &fakeProber{err: &dicomweb.HTTPError{StatusCode: 502}}
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
+		defer b.stop()
+		serverError := &dicomweb.HTTPError{StatusCode: 500}
+		b.record(serverError, false, "1.2.3")
+		for round := range 2 {
+			trial, err := b.hold(t.Context())
+			if err != nil || !trial {
+				t.Fatalf("round %d: hold = %v, %v; want the trial", round, trial, err)
+			}
+			if prober.calls != probesBeforeTrial*(round+1) {
+				t.Errorf("round %d: a trial after %d probes, want %d", round, prober.calls, probesBeforeTrial*(round+1))
+			}
+			if round == 0 && !b.record(serverError, true, "1.2.3") {
+				t.Fatal("a 500 on a trial no probe vouched for was settled")
+			}
+		}
+		b.record(nil, true, "1.2.3")
+		if s, _, _, _ := b.status(); s != BreakerClosed {
+			t.Errorf("state %v after a stored trial, want closed", s)
+		}
+	})
 }
 
 // A trial that ends with an answer that is no outage (a 4xx, a source
