@@ -630,7 +630,9 @@ func (l *Limiter) grow(cur sample, probe bool, change func(int, Reason) (Change,
 		case l.limit < l.refused-1:
 			next = l.refused - 1
 		case probe:
-			next, l.refused = l.refused, 0 // an overload sets it again
+			// An overload sets it again. At the floor the refused level
+			// is the limit itself: probe the one above.
+			next, l.refused = min(max(l.refused, l.limit+1), l.ceiling), 0
 		default:
 			next = l.limit
 		}

@@ -612,3 +612,32 @@ func TestOverloadFromTheStartLevelEndsTheProbe(t *testing.T) {
 		}
 	})
 }
+
+// An overload at the floor marks the floor refused: the first probe
+// after probeRounds calm rounds grows past it, instead of only clearing
+// the mark and waiting as many rounds again.
+func TestOverloadAtTheFloorProbesAbove(t *testing.T) {
+	l, err := New(Options{Min: 1, Max: 16, Start: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := l.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Overloaded(Overload503, 0)
+	rounds := 0
+	for ; l.Limit() == 1 && rounds < 3*probeRounds; rounds++ {
+		for range minRound {
+			p, err := l.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.start = p.start.Add(-10 * time.Millisecond)
+			p.Done(1000)
+		}
+	}
+	if rounds > probeRounds+1 {
+		t.Errorf("%d calm rounds at the floor before growing, want at most %d", rounds, probeRounds+1)
+	}
+}
