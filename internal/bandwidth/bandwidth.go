@@ -103,6 +103,9 @@ func (r *reader) Read(p []byte) (int, error) {
 	for left := n; left > 0; {
 		piece := min(left, r.l.lim.Burst())
 		if werr := r.l.lim.WaitN(r.ctx, piece); werr != nil {
+			if r.ctx.Err() == nil && piece > r.l.lim.Burst() {
+				continue // lowered between the two calls: a smaller piece
+			}
 			return 0, werr
 		}
 		left -= piece

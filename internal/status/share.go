@@ -95,9 +95,10 @@ func ReadShared(ctx context.Context, js jetstream.JetStream) ([]Snapshot, error)
 			if err := json.Unmarshal(e.Value(), &s); err != nil {
 				continue // written by another version; skip it
 			}
-			if time.Since(s.UpdatedAt) > natsjs.DefaultTopology().StatusTTL {
-				continue
-			}
+			// No age filter of ours: the writer's clock may be behind
+			// this one, and a live replica left out would let the others
+			// take its share of the caps. The bucket's TTL removes a dead
+			// replica's snapshot.
 			out = append(out, s)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("read key-value bucket %s: %w", natsjs.StatusBucket, ctx.Err())

@@ -436,6 +436,19 @@ func TestShareAndReadShared(t *testing.T) {
 	if got, err := status.ReadShared(ctx, ns.JS); err != nil || len(got) != 0 {
 		t.Errorf("after the forwarders stopped: %d snapshots (err %v), want none", len(got), err)
 	}
+
+	// A live replica whose clock is behind: its snapshot counts (left
+	// out, the others would take its share of the caps too).
+	behind, err := json.Marshal(status.Snapshot{ID: "behind", Host: "h", Concurrency: 3, UpdatedAt: time.Now().Add(-2 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "behind", behind); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := status.ReadShared(ctx, ns.JS); err != nil || len(got) != 1 {
+		t.Errorf("a replica whose clock is 2 minutes behind: %d snapshots (err %v), want it", len(got), err)
+	}
 }
 
 // clock returns a clock that starts at base and advances a minute at
