@@ -659,3 +659,31 @@ func checkForwarderGroups(t *testing.T, deployments []*appsv1.Deployment) {
 		}
 	}
 }
+
+// TestSeveralSources: with env.ORTHANC_SOURCES naming several Orthanc
+// sources, each source's password reaches both commands as a file.
+func TestSeveralSources(t *testing.T) {
+	values := merged(required(), map[string]any{
+		"orthanc": map[string]any{"url": "", "username": "", "sourceName": ""},
+		"env": map[string]any{
+			"ORTHANC_SOURCES":  "main,cardio-2",
+			"ORTHANC_MAIN_URL": "http://orthanc.pacs.svc:8042", "ORTHANC_MAIN_USERNAME": "stowline",
+			"ORTHANC_CARDIO_2_URL": "http://orthanc.cardio.svc:8042", "ORTHANC_CARDIO_2_USERNAME": "stowline",
+		},
+		"secrets": map[string]any{"values": map[string]any{
+			"ORTHANC_PASSWORD":          "",
+			"ORTHANC_MAIN_PASSWORD":     "main-password",
+			"ORTHANC_CARDIO_2_PASSWORD": "cardio-password",
+		}},
+	})
+	objs := render(t, values)
+	checkRelease(t, objs)
+	for _, d := range of[*appsv1.Deployment](objs) {
+		env := envOf(d)
+		for _, v := range []string{"ORTHANC_MAIN_PASSWORD_FILE", "ORTHANC_CARDIO_2_PASSWORD_FILE"} {
+			if env[v] == "" {
+				t.Errorf("deployment %s: %s not set", d.Name, v)
+			}
+		}
+	}
+}

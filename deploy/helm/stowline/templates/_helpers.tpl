@@ -59,7 +59,19 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The secret variables each command reads. */}}
 {{- define "stowline.secretVars.ingest" -}}
-INGEST_TOKEN INGEST_HMAC_SECRET ADMIN_TOKEN ORTHANC_PASSWORD NATS_PASSWORD
+{{- $out := list "INGEST_TOKEN" "INGEST_HMAC_SECRET" "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD" -}}
+{{- join " " (concat $out (splitList " " (include "stowline.sourceSecretVars" .))) -}}
+{{- end -}}
+{{/*
+Each source's password when env.ORTHANC_SOURCES names several: "pacs-2"
+reads ORTHANC_PACS_2_PASSWORD (config.SourceVarPrefix).
+*/}}
+{{- define "stowline.sourceSecretVars" -}}
+{{- $out := list -}}
+{{- range splitList "," (toString (default "" .Values.env.ORTHANC_SOURCES)) -}}
+{{- with trim . }}{{ $out = append $out (printf "ORTHANC_%s_PASSWORD" (upper (replace "-" "_" .))) }}{{ end -}}
+{{- end -}}
+{{- join " " $out -}}
 {{- end -}}
 {{/*
 The forwarders': the default destination's OAUTH_CLIENT_SECRET without
@@ -67,7 +79,7 @@ destinations, each declared destination's DESTINATION_<NAME>_OAUTH_CLIENT_SECRET
 with them (every forwarder reads every destination's).
 */}}
 {{- define "stowline.secretVars.forwarder" -}}
-{{- $out := list "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD" -}}
+{{- $out := concat (list "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD") (splitList " " (include "stowline.sourceSecretVars" .)) -}}
 {{- if .Values.destinations -}}
 {{- range .Values.destinations }}{{ $out = append $out (printf "%sOAUTH_CLIENT_SECRET" (include "stowline.destinationPrefix" .name)) }}{{ end -}}
 {{- else -}}
