@@ -76,9 +76,15 @@ func TestEverything(t *testing.T) {
 			"name": "ca", "mountPath": "/etc/stowline/ca", "readOnly": true,
 		}},
 		"ingest": map[string]any{"env": map[string]any{"RECONCILE_POLL_INTERVAL": "5s", "INGEST_TRUSTED_PROXIES": "10.0.0.0/8"}},
-		"networkPolicy": map[string]any{"metricsFrom": []any{map[string]any{
-			"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "monitoring"}},
-		}}},
+		"networkPolicy": map[string]any{
+			"metricsFrom": []any{map[string]any{
+				"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "monitoring"}},
+			}},
+			"egress": map[string]any{"extra": []any{map[string]any{
+				"to":    []any{map[string]any{"ipBlock": map[string]any{"cidr": "169.254.169.254/32"}}},
+				"ports": []any{map[string]any{"port": 80, "protocol": "TCP"}},
+			}}},
+		},
 		"image": map[string]any{"registry": "registry.example.org/imaging/", "tag": "1.2.3"},
 	})
 	objs := render(t, values)
@@ -106,6 +112,20 @@ func TestEverything(t *testing.T) {
 			if env[k] != v {
 				t.Errorf("deployment %s: %s = %q, want %q (tracing values)", d.Name, k, env[k], v)
 			}
+		}
+	}
+	// The tracing collector's port is open to both; so is an extra rule.
+	for _, np := range of[*networkingv1.NetworkPolicy](objs) {
+		open := map[int32]bool{}
+		for _, r := range np.Spec.Egress {
+			for _, p := range r.Ports {
+				if p.Port != nil {
+					open[p.Port.IntVal] = true
+				}
+			}
+		}
+		if !open[4318] || !open[80] {
+			t.Errorf("NetworkPolicy %s: egress ports %v, want the collector's 4318 and the extra rule's 80", np.Name, open)
 		}
 	}
 	sm := of[*monitoringv1.ServiceMonitor](objs)[0]

@@ -410,6 +410,18 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- with .Values.tracing.otlpEndpoint }}
+{{- $u := urlParse . }}
+{{- $hostPort := splitList ":" $u.host }}
+# The OpenTelemetry collector (tracing.otlpEndpoint).
+- ports:
+    - port: {{ if gt (len $hostPort) 1 }}{{ last $hostPort }}{{ else if eq $u.scheme "https" }}443{{ else }}80{{ end }}
+      protocol: TCP
+{{- end }}
+{{- with $e.extra }}
+# networkPolicy.egress.extra.
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 
