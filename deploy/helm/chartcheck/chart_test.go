@@ -206,6 +206,10 @@ func TestRefused(t *testing.T) {
 			"keda":    map[string]any{"enabled": true},
 			"orthanc": map[string]any{"httpThreadsCount": 20, "reservedThreads": 10},
 		}), "raise Orthanc's HttpThreadsCount"},
+		{"no forwarder left by KEDA", merged(required(), map[string]any{
+			"keda":              map[string]any{"enabled": true},
+			"forwarderDefaults": map[string]any{"keda": map[string]any{"minReplicaCount": 0}},
+		}), "nothing would serve the low lane"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
