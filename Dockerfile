@@ -11,6 +11,10 @@ RUN go mod download
 COPY . .
 # Static binaries: the runtime images have no C library.
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/ingest ./cmd/forwarder ./cmd/stowline
+# The single-host image's data directory, owned by distroless's nonroot
+# user (65532): a new volume takes the ownership of the directory it is
+# mounted on, and root's would leave the embedded JetStream unable to write.
+RUN mkdir -p /out/rootfs/data/nats
 
 FROM gcr.io/distroless/static-debian12:nonroot AS ingest
 COPY --from=build /out/ingest /usr/local/bin/ingest
@@ -24,6 +28,7 @@ ENTRYPOINT ["/usr/local/bin/forwarder"]
 
 FROM gcr.io/distroless/static-debian12:nonroot AS stowline
 COPY --from=build /out/stowline /usr/local/bin/stowline
+COPY --from=build --chown=65532:65532 /out/rootfs/ /
 # Embedded JetStream data (single host): mount a volume here.
 ENV NATS_STORE_DIR=/data/nats
 VOLUME ["/data"]

@@ -472,6 +472,7 @@ func dockerfileStages(t *testing.T) map[string]string {
 	stages := map[string]string{}
 	stage := ""
 	builds := ""
+	nonrootData := false
 	for line := range strings.SplitSeq(string(readFile(t, "Dockerfile")), "\n") {
 		f := strings.Fields(line)
 		switch {
@@ -487,12 +488,17 @@ func dockerfileStages(t *testing.T) map[string]string {
 			stages[stage] = argv[0]
 		case len(f) >= 2 && f[0] == "RUN" && strings.Contains(line, "go build"):
 			builds += line
+		case stage == "stowline" && len(f) >= 4 && f[0] == "COPY" && slices.Contains(f, "--chown=65532:65532") && f[len(f)-1] == "/":
+			nonrootData = true
 		}
 	}
 	for cmd := range configFor {
 		if !strings.Contains(builds, "./cmd/"+cmd) {
 			t.Errorf("Dockerfile does not build ./cmd/%s", cmd)
 		}
+	}
+	if !nonrootData {
+		t.Error("Dockerfile: the stowline stage does not give its data directory to the nonroot user (COPY --chown=65532:65532 ... /)")
 	}
 	return stages
 }
