@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 
 	"go.opentelemetry.io/otel/trace"
@@ -131,6 +132,17 @@ func (p *process) run(ctx context.Context, roles ...role) error {
 			return err
 		}
 	}
+	// A connection closed for good (credentials revoked or expired) must
+	// end the process, for its supervisor to restart it: it would
+	// otherwise live on, alive to /healthz, doing nothing.
+	g.Go(func() error {
+		select {
+		case <-p.conn.Closed():
+			return errors.New("the NATS connection was closed for good (see the NATS client's last error above: credentials revoked or expired?)")
+		case <-gctx.Done():
+			return nil
+		}
+	})
 	p.log.Info("stowline started")
 	err := g.Wait()
 	p.log.Info("stowline stopped", "err", err)

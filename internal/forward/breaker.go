@@ -148,7 +148,7 @@ type breaker struct {
 	// vouched: the probe that made the breaker half-open passed (not
 	// let through after probesBeforeTrial failures).
 	vouched bool
-	held       int
+	held    int
 	// changed is closed and replaced at every change a waiter cares for.
 	changed chan struct{}
 	// timer runs the next probe while open.

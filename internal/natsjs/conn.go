@@ -85,6 +85,12 @@ func (c *Conn) Ready(ctx context.Context) error {
 	return nil
 }
 
+// Closed is closed once the connection is closed for good: by Close, or
+// by the client giving up (it does after the same authentication error
+// twice in a row, reconnects notwithstanding: revoked or expired
+// credentials).
+func (c *Conn) Closed() <-chan struct{} { return c.closed }
+
 // Close drains the connection (pending acks and publishes are flushed)
 // and stops the embedded server, if any.
 func (c *Conn) Close() {
