@@ -86,6 +86,58 @@ func (f *Forwarder) Served() []NamedDestination {
 	return out
 }
 
+// destinationKeys are what follows a destination's prefix in the names
+// of its variables: URL, its rules, and each destination variable (and a
+// secret's _FILE form).
+func destinationKeys() []string {
+	keys := []string{"URL", "MATCH", "INSTANCE_MATCH"}
+	for _, v := range Vars(&Destination{}) {
+		if v.Name == "DICOMWEB_URL" {
+			continue
+		}
+		keys = append(keys, v.Name)
+		if v.Secret {
+			keys = append(keys, v.Name+fileSuffix)
+		}
+	}
+	return keys
+}
+
+// sharedVariable finds a variable that the destination of prefix p and
+// one already named (prefixes: prefix -> name) would both read: "ai" and
+// "ai-instance" both read DESTINATION_AI_INSTANCE_MATCH (ai's instance
+// rule, ai-instance's study rule).
+func sharedVariable(p string, prefixes map[string]string) (other, variable string, ok bool) {
+	keys := destinationKeys()
+	for q, name := range prefixes {
+		short, long := p, q
+		if len(short) > len(long) {
+			short, long = long, short
+		}
+		rest, found := strings.CutPrefix(long, short)
+		if !found {
+			continue
+		}
+		// long+k2 == short+k1 when k1 == rest+k2.
+		for _, k1 := range keys {
+			if k2, found := strings.CutPrefix(k1, rest); found && slices.Contains(keys, k2) {
+				return name, short + k1, true
+			}
+		}
+	}
+	return "", "", false
+}
+
+// platformVars are default-destination variables a platform may set on
+// its own (EKS and ECS set AWS_REGION, AKS workload identity the AZURE_
+// ones, some GCP set-ups GOOGLE_APPLICATION_CREDENTIALS): with
+// DESTINATIONS they are ignored rather than refused, each destination
+// reading its DESTINATION_<NAME>_ form.
+var platformVars = map[string]bool{
+	"AWS_REGION": true, "GOOGLE_APPLICATION_CREDENTIALS": true, "GCE_METADATA_HOST": true,
+	"AZURE_TENANT_ID": true, "AZURE_AUTHORITY_HOST": true,
+}
+
 // readDynamic reads the DESTINATION_<NAME>_ variables of every name in
 // DESTINATIONS. Each destination reads only its own variables, so a
 // secret never reaches another destination.
@@ -97,6 +149,9 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 	var errs []error
 	var set []string
 	for _, v := range Vars(&Destination{}) {
+		if platformVars[v.Name] {
+			continue
+		}
 		if getenv(v.Name) != "" || (v.Secret && getenv(v.Name+fileSuffix) != "") {
 			set = append(set, v.Name)
 		}
@@ -113,6 +168,10 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 		p := DestinationVarPrefix(name)
 		if other, dup := prefixes[p]; dup {
 			errs = append(errs, fmt.Errorf("DESTINATIONS: %q and %q would both be configured by %s* variables: rename one", other, name, p))
+			continue
+		}
+		if other, v, ok := sharedVariable(p, prefixes); ok {
+			errs = append(errs, fmt.Errorf("DESTINATIONS: %q and %q would both read %s: rename one", other, name, v))
 			continue
 		}
 		prefixes[p] = name

@@ -60,6 +60,20 @@ func TestDestinations(t *testing.T) {
 	}
 }
 
+// Variables a platform sets on its own (EKS's AWS_REGION, AKS workload
+// identity's AZURE_TENANT_ID) do not stop a forwarder with DESTINATIONS.
+func TestDestinationsIgnorePlatformVariables(t *testing.T) {
+	e := destEnv(t)
+	e["AWS_REGION"] = "eu-west-1"
+	e["AZURE_TENANT_ID"] = "00000000-0000-0000-0000-000000000000"
+	e["AZURE_AUTHORITY_HOST"] = "https://login.microsoftonline.com/"
+	e["GOOGLE_APPLICATION_CREDENTIALS"] = "/var/run/secrets/gcp/key.json"
+	var c SingleHost
+	if err := Load(mapEnv(e), &c); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A forwarder group serving some destinations needs only the others'
 // names and rules, never their credentials.
 func TestForwarderDestinationsNeedOnlyTheirOwnSettings(t *testing.T) {
@@ -109,6 +123,10 @@ func TestDestinationErrorsNameTheirVariables(t *testing.T) {
 		{"bad name", func(e map[string]string) { e["DESTINATIONS"] = "archive,ai.2" }, []string{`"ai.2" is not a destination name`}},
 		{"names that share variables", func(e map[string]string) { e["DESTINATIONS"] = "archive,ai-2,ai_2" },
 			[]string{`"ai-2" and "ai_2" would both be configured by DESTINATION_AI_2_* variables`}},
+		{"names whose variables meet", func(e map[string]string) { e["DESTINATIONS"] = "archive,ai-2,ai-2-instance" },
+			[]string{`"ai-2" and "ai-2-instance" would both read DESTINATION_AI_2_INSTANCE_MATCH`}},
+		{"names whose variables meet, the longer first", func(e map[string]string) { e["DESTINATIONS"] = "archive-oauth-token,archive,ai-2" },
+			[]string{`"archive-oauth-token" and "archive" would both read DESTINATION_ARCHIVE_OAUTH_TOKEN_URL`}},
 		{"unknown served destination", func(e map[string]string) { e["FORWARDER_DESTINATIONS"] = "archive,dr" },
 			[]string{`FORWARDER_DESTINATIONS: "dr" is not a configured destination`}},
 	}
