@@ -260,12 +260,29 @@ func validateAddr(name, addr string) error {
 func validateHTTPURL(name, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%s=%q: want an http:// or https:// URL", name, raw)
+		return fmt.Errorf("%s=%q: want an http:// or https:// URL", name, withoutSecrets(raw))
 	}
 	if u.User != nil {
 		return fmt.Errorf("%s: credentials in the URL are not allowed; use the _USERNAME/_PASSWORD variables", name)
 	}
 	return nil
+}
+
+// withoutSecrets is a URL that did not parse, fit for an error: what may
+// be user info (before the last @ after the scheme) and the query (an API
+// key) are left out.
+func withoutSecrets(raw string) string {
+	if q := strings.IndexByte(raw, '?'); q >= 0 {
+		raw = raw[:q] + "?…"
+	}
+	start := 0
+	if j := strings.Index(raw, "://"); j >= 0 {
+		start = j + 3
+	}
+	if at := strings.LastIndexByte(raw, '@'); at >= start {
+		raw = raw[:start] + "…" + raw[at:]
+	}
+	return raw
 }
 
 // List is a list of words separated by commas or white space.

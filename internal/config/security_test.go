@@ -31,6 +31,10 @@ func TestSecurityVariables(t *testing.T) {
 		{"hmac skew", map[string]string{"INGEST_HMAC_MAX_SKEW": "0s"}, "INGEST_HMAC_MAX_SKEW"},
 		{"negative rate", map[string]string{"INGEST_RATE_LIMIT": "-1"}, "INGEST_RATE_LIMIT"},
 		{"zero burst", map[string]string{"INGEST_RATE_BURST": "0"}, "INGEST_RATE_BURST"},
+		{"rate not a number", map[string]string{"INGEST_RATE_LIMIT": "NaN"}, "INGEST_RATE_LIMIT"},
+		{"rate infinite", map[string]string{"INGEST_RATE_LIMIT": "+Inf"}, "INGEST_RATE_LIMIT"},
+		{"rate too small", map[string]string{"INGEST_RATE_LIMIT": "1e-9"}, "INGEST_RATE_LIMIT"},
+		{"slow rate", map[string]string{"INGEST_RATE_LIMIT": "0.01"}, ""},
 		{"rate off, zero burst", map[string]string{"INGEST_RATE_LIMIT": "0", "INGEST_RATE_BURST": "0"}, ""},
 		{"trusted proxies", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1,fd00::/8"}, ""},
 		{"trusted proxy not an address", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8,lb.example.org"}, `INGEST_TRUSTED_PROXIES: "lb.example.org"`},
@@ -82,5 +86,23 @@ func TestSecurityVariables(t *testing.T) {
 	}, &s)
 	if err == nil || !strings.Contains(err.Error(), "need NATS_URL") {
 		t.Errorf("embedded with NATS_USER: %v", err)
+	}
+}
+
+// A URL refused at startup is shown without what may be a password or an
+// API key.
+func TestURLErrorsHideCredentials(t *testing.T) {
+	for _, raw := range []string{"ftp://orthanc:hunter2@orthanc:8042", "https://user:s3cr%t@orthanc", "ftp://orthanc/?apikey=hunter2"} {
+		env := map[string]string{"NATS_URL": "nats://n:4222", "INGEST_TOKEN": "0123456789abcdef", "ORTHANC_URL": raw}
+		var c IngestService
+		err := Load(func(k string) string { return env[k] }, &c)
+		if err == nil || !strings.Contains(err.Error(), "ORTHANC_URL") {
+			t.Fatalf("%s: error %v, want one naming ORTHANC_URL", raw, err)
+		}
+		for _, secret := range []string{"hunter2", "s3cr"} {
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("the error shows the secret: %v", err)
+			}
+		}
 	}
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 	"time"
@@ -29,8 +30,10 @@ func (w *WebhookSecurity) Validate() error {
 	if w.HMACMaxSkew < time.Second || w.HMACMaxSkew > time.Hour {
 		errs = append(errs, fmt.Errorf("INGEST_HMAC_MAX_SKEW=%s: want 1s to 1h", w.HMACMaxSkew))
 	}
-	if w.RateLimit < 0 {
-		errs = append(errs, fmt.Errorf("INGEST_RATE_LIMIT=%g: want 0 (no limit) or more", w.RateLimit))
+	// NaN would pass a sign test and turn the limit off; a rate below one
+	// request in 1000 s overflows the limiter's durations.
+	if math.IsNaN(w.RateLimit) || math.IsInf(w.RateLimit, 0) || w.RateLimit < 0 || (w.RateLimit > 0 && w.RateLimit < 0.001) {
+		errs = append(errs, fmt.Errorf("INGEST_RATE_LIMIT=%g: want 0 (no limit), or 0.001 to any finite number of requests per second", w.RateLimit))
 	}
 	if w.RateLimit > 0 && w.RateBurst < 1 {
 		errs = append(errs, fmt.Errorf("INGEST_RATE_BURST=%d: want at least 1", w.RateBurst))
