@@ -186,11 +186,15 @@ func TestLanesStartOfAnotherDestination(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		configured []string // of the configuration that made a's consumer
-		pending    uint64   // b's routine consumer, after one queued event
+		start      jetstream.DeliverPolicy
+		pending    uint64 // b's routine consumer, after one queued event
 	}{
-		{"same first start", []string{"a", "b"}, 1},
-		{"b added later", []string{"a"}, 0},
-		{"made by a build without the record", nil, 0},
+		{"same first start", []string{"a", "b"}, jetstream.DeliverAllPolicy, 1},
+		{"b added later", []string{"a"}, jetstream.DeliverAllPolicy, 0},
+		{"made by a build without the record", nil, jetstream.DeliverAllPolicy, 0},
+		// a was itself added to a running deployment, with b: b is
+		// added to a running deployment too.
+		{"added to a running deployment together", []string{"a", "b"}, jetstream.DeliverNewPolicy, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js, ctx, topo := eventStream(t)
@@ -198,7 +202,9 @@ func TestLanesStartOfAnotherDestination(t *testing.T) {
 			if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, topo.LaneConsumerConfig("a", events.PriorityStat, tc.configured)); err != nil {
+			made := topo.LaneConsumerConfig("a", events.PriorityStat, tc.configured)
+			made.DeliverPolicy = tc.start
+			if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, made); err != nil {
 				t.Fatal(err)
 			}
 			lanes, err := topo.EnsureLanes(ctx, js, []string{"a", "b"})

@@ -312,7 +312,11 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		for name, info := range existing {
 			if other, _, ok := LaneOfConsumer(name); ok && other != d {
 				running = true
-				sameStart = sameStart || madeWith(info, d)
+				// Made at a first start (with what the stream held) by a
+				// configuration naming d. One made later, with new events,
+				// may name d too, d being added with it: that is no first
+				// start.
+				sameStart = sameStart || madeWith(info, d) && info.Config.DeliverPolicy == jetstream.DeliverAllPolicy
 			}
 		}
 		running = running && !sameStart
