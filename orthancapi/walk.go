@@ -10,26 +10,33 @@ type StudyLister interface {
 	Studies(ctx context.Context, since, limit int) ([]Study, error)
 }
 
+// seenPages is how many pages of study IDs EachStudy remembers, to give
+// none twice when it reads a stretch again.
+const seenPages = 4
+
 // EachStudy calls fn for every study of Orthanc's list, pageSize at a
 // time, stopping at fn's first error.
 //
 // Orthanc pages by position: a study deleted before the position reached
 // moves an unread one into a page already read, where `since +=
 // len(page)` would skip it (in buffer mode studies are deleted all the
-// time). So each page starts a tenth of a page before the position, and
-// what follows the last study of the previous page that it holds is new.
-// A page holding none of them (more deletions than the overlap) is read
-// again from further back. A study may then be given twice, never
-// skipped, except one created and deleted during the walk.
+// time). So each page starts a tenth of a page before the position and
+// must begin with a study already given; if it does not (more deletions
+// than that), it is read again from twice as far back, and the next
+// pages overlap as much (up to half a page). The studies given are
+// remembered for a few pages, so none is given twice unless the walk
+// goes back further than that; none is skipped, except one created and
+// deleted during the walk.
 func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) error) error {
 	if pageSize < 2 {
 		return fmt.Errorf("orthancapi: each study: page size %d, want at least 2", pageSize)
 	}
 	overlap := max(pageSize/10, 1)
+	seen := map[string]int{} // study ID -> the page that gave it
 	var (
-		pos  int             // the position after the last page read
-		back int             // how far before pos this page starts
-		seen map[string]bool // the previous page's studies
+		pos   int // the position after the last page read
+		back  int // how far before pos this page starts
+		pages int
 	)
 	for {
 		back = min(max(back, overlap), pos)
@@ -38,17 +45,22 @@ func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) 
 		if err != nil {
 			return fmt.Errorf("list studies from %d: %w", start, err)
 		}
-		last := -1
-		for i, st := range page {
-			if seen[st.ID] {
-				last = i
+		if start > 0 && len(page) > 0 {
+			if _, ok := seen[page[0].ID]; !ok {
+				// It starts past studies not given yet: read from further
+				// back, and keep the wider overlap for the next pages
+				// (deletions go on at that pace).
+				back *= 2
+				overlap = min(back, pageSize/2)
+				continue
 			}
 		}
-		if last < 0 && len(seen) > 0 && start > 0 {
-			back += pageSize // none of the previous page: look further back
-			continue
-		}
-		for _, st := range page[last+1:] {
+		pages++
+		for _, st := range page {
+			if _, ok := seen[st.ID]; ok {
+				continue
+			}
+			seen[st.ID] = pages
 			if err := fn(st); err != nil {
 				return err
 			}
@@ -56,9 +68,10 @@ func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) 
 		if len(page) < pageSize {
 			return nil
 		}
-		seen = make(map[string]bool, len(page))
-		for _, st := range page {
-			seen[st.ID] = true
+		for id, p := range seen {
+			if p <= pages-seenPages {
+				delete(seen, id)
+			}
 		}
 		pos, back = start+len(page), 0
 	}
