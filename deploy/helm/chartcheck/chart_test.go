@@ -460,6 +460,15 @@ func checkSelectors(t *testing.T, objs objects) {
 		if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "http" || sm.Spec.Endpoints[0].Path != "/metrics" {
 			t.Errorf("ServiceMonitor %s: endpoints %+v, want port http, /metrics", sm.Name, sm.Spec.Endpoints)
 		}
+		// The job alerts.yml's StowlineDown matches, whatever the release.
+		job := false
+		for _, r := range sm.Spec.Endpoints[0].RelabelConfigs {
+			job = job || r.TargetLabel == "job" && r.Replacement != nil && *r.Replacement == "stowline-$1" &&
+				len(r.SourceLabels) == 1 && r.SourceLabels[0] == "__meta_kubernetes_service_label_app_kubernetes_io_component"
+		}
+		if !job {
+			t.Errorf("ServiceMonitor %s: no relabeling sets job to stowline-<component>", sm.Name)
+		}
 	}
 }
 
