@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -21,6 +22,9 @@ const (
 // request without credentials is no guess (a browser asks once before it
 // sends them) and is not counted.
 type guessGuard struct {
+	// mu makes a check whole: requests at once could otherwise all find
+	// tokens left before any of them took one.
+	mu      sync.Mutex
 	wrong   *limiter
 	trusted []netip.Prefix
 	log     *slog.Logger
@@ -44,6 +48,8 @@ func newGuessGuard(what string, trusted []netip.Prefix, log *slog.Logger, refuse
 // unauthorized says how to answer wrong or missing credentials.
 func (g *guessGuard) check(w http.ResponseWriter, r *http.Request, authorized func() (presented, ok bool), unauthorized func()) bool {
 	client := clientIP(r, g.trusted)
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	if blocked, wait := g.wrong.empty(client); blocked {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		g.refuse(w, http.StatusTooManyRequests, "too many requests with a wrong admin token from this address; retry later")
