@@ -46,7 +46,8 @@ type Part struct {
 // Client sends STOW-RS requests. It is safe for concurrent use.
 type Client struct {
 	url              string
-	logURL           string // url without password, for errors and logs
+	target           *url.URL // url, parsed: {base}/studies, the base's query kept
+	logURL           string   // url without password, for errors and logs
 	hc               *http.Client
 	userAgent        string
 	header           http.Header
@@ -162,6 +163,7 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 	}
 	c := &Client{
 		url:              target.String(),
+		target:           target,
 		logURL:           logSafe(target),
 		hc:               httpClient,
 		userAgent:        defaultUserAgent,
@@ -267,6 +269,21 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 	resp.Body.Close()
 	sent, werr := finish()
 	return c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent)
+}
+
+// resource is the URL of a resource below {base}/studies (elements
+// such as a study's UID and "instances"), with the base URL's query (an
+// API key goes with every request) and q's parameters.
+func (c *Client) resource(q url.Values, elem ...string) string {
+	u := c.target.JoinPath(elem...)
+	if len(q) > 0 {
+		merged := u.Query()
+		for k, vs := range q {
+			merged[k] = vs
+		}
+		u.RawQuery = merged.Encode()
+	}
+	return u.String()
 }
 
 // redact names the destination by its safe URL in an error of the HTTP

@@ -3,7 +3,6 @@ package dicomweb
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -100,7 +99,7 @@ func NonPrimary(in Instance) bool {
 // Healthcare, dcm4chee, Azure v2). A 404 is no error: the instance is
 // gone either way.
 func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) error {
-	u := c.url + "/" + url.PathEscape(study) + "/series/" + url.PathEscape(series) + "/instances/" + url.PathEscape(sop)
+	u := c.resource(nil, study, "series", series, "instances", sop)
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
 	if err != nil {
 		return fmt.Errorf("stow: build DELETE: %w", err)
@@ -115,7 +114,11 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	}
 	defer resp.Body.Close()
 	body, _, _ := readBody(resp.Body, maxErrorBody)
-	_, _ = io.Copy(io.Discard, resp.Body)
+	if r := resp.Request; r != nil && r.Method != http.MethodDelete {
+		// A 303 made the client ask again with GET: its answer says
+		// nothing of the instance.
+		return fmt.Errorf("%w: DELETE %s/…/instances/%s ended as %s %s", ErrRedirected, c.logURL, sop, r.Method, logSafe(r.URL))
+	}
 	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotFound {
 		return nil
 	}

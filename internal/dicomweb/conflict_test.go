@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 func TestConflictRule(t *testing.T) {
@@ -109,5 +110,76 @@ func TestUpsertAndDeleteInstance(t *testing.T) {
 		if got[i] != want[i] {
 			t.Errorf("request %d: %s, want %s", i, got[i], want[i])
 		}
+	}
+}
+
+// A base URL's query (an API key) goes with the QIDO-RS and DELETE
+// requests as with STOW-RS, after their own path and parameters.
+func TestBaseQueryOnEveryRequest(t *testing.T) {
+	type request struct{ method, path, code, includefield string }
+	got := make(chan request, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- request{r.Method, r.URL.Path, r.URL.Query().Get("code"), r.URL.Query().Get("includefield")}
+		if r.Method == http.MethodGet {
+			w.Header().Set("Content-Type", "application/dicom+json")
+			_, _ = w.Write([]byte(`[]`))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(srv.URL+"/v2?code=key-0123", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Probe(t.Context(), "1.2.3"); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r != (request{"GET", "/v2/studies/1.2.3/instances", "key-0123", tagSOPInstanceUID}) {
+		t.Errorf("QIDO-RS request %+v", r)
+	}
+	if err := c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", "1.2.3.4.5"); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r != (request{"DELETE", "/v2/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5", "key-0123", ""}) {
+		t.Errorf("DELETE request %+v", r)
+	}
+}
+
+// A DELETE answered with an endless error body, or redirected with 303
+// (the client then asks with GET), is no deleted instance, and does not
+// hang.
+func TestDeleteInstanceAnswers(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/redirected":
+			w.WriteHeader(http.StatusOK)
+		case r.URL.Query().Get("redirect") != "":
+			http.Redirect(w, r, "/redirected", http.StatusSeeOther)
+		default:
+			w.WriteHeader(http.StatusInternalServerError)
+			for r.Context().Err() == nil {
+				if _, err := w.Write(make([]byte, 64<<10)); err != nil {
+					return
+				}
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	for _, tt := range []struct {
+		base string
+		want func(error) bool
+	}{
+		{srv.URL, func(err error) bool { var he *HTTPError; return errors.As(err, &he) && he.StatusCode == 500 }},
+		{srv.URL + "?redirect=1", func(err error) bool { return errors.Is(err, ErrRedirected) }},
+	} {
+		c, err := New(tt.base, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		err = c.DeleteInstance(ctx, "1.2.3", "1.2.3.4", "1.2.3.4.5")
+		if ctx.Err() != nil || !tt.want(err) {
+			t.Errorf("%s: DeleteInstance = %v (context: %v)", tt.base, err, ctx.Err())
+		}
+		cancel()
 	}
 }

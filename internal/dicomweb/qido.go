@@ -75,7 +75,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 		"limit":        {strconv.Itoa(limit)},
 		"offset":       {strconv.Itoa(offset)},
 	}
-	target := c.url + "/" + url.PathEscape(studyInstanceUID) + "/instances?" + q.Encode()
+	target := c.resource(q, studyInstanceUID, "instances")
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return nil, fmt.Errorf("qido: build request: %w", err)
