@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -43,8 +44,8 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 	}
 	he := &HTTPError{
 		StatusCode:  status,
-		ContentType: ct,
-		Location:    resp.Header.Get("Location"),
+		ContentType: headerValue(ct),
+		Location:    safeLocation(resp.Header.Get("Location")),
 		Body:        errorBody(body),
 		RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
 	}
@@ -92,6 +93,23 @@ func (e *HTTPError) Error() string {
 		sb.WriteString(s)
 	}
 	return sb.String()
+}
+
+// headerValue is a header of an error answer as kept in an HTTPError:
+// the server's to choose, so bounded.
+func headerValue(v string) string { return snippet([]byte(v), 100) }
+
+// safeLocation is a redirect's target fit for logs and dead letters:
+// without user info or query (a signed URL's token), bounded.
+func safeLocation(raw string) string {
+	if raw == "" {
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(not a URL)"
+	}
+	return headerValue(logSafe(u))
 }
 
 // errorBody is the start of an error answer as kept in an HTTPError,

@@ -65,3 +65,27 @@ func TestHTTPErrorRedactsTokens(t *testing.T) {
 		t.Errorf("body %q, error %q: want the JWT redacted", he.Body, err)
 	}
 }
+
+// The headers an error answer brings into logs and dead letters are
+// bounded, and a redirect's target loses its query (a signed URL).
+func TestHTTPErrorHeadersBounded(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/plain; x="+strings.Repeat("a", 100_000))
+		w.Header().Set("Location", "https://elsewhere.example.org/dicomweb?sig=secret-0123")
+		w.WriteHeader(http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Store(t.Context(), []Part{memPart("1.2.3", []byte("x"))})
+	var he *HTTPError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusTemporaryRedirect {
+		t.Fatalf("err = %v, want HTTPError 307", err)
+	}
+	if len(err.Error()) > 1000 || strings.Contains(err.Error(), "secret-0123") || !strings.Contains(he.Location, "elsewhere.example.org/dicomweb") {
+		t.Errorf("error of %d bytes, Location %q: want it bounded, the redirect's host and path, no query", len(err.Error()), he.Location)
+	}
+}

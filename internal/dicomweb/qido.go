@@ -97,7 +97,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		return nil, &HTTPError{
 			StatusCode:  resp.StatusCode,
-			ContentType: resp.Header.Get("Content-Type"),
+			ContentType: headerValue(resp.Header.Get("Content-Type")),
 			Body:        errorBody(body),
 			RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
 		}
