@@ -117,7 +117,12 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	r.Status, r.StatusText = resp.StatusCode, resp.Status
+	redirected := resp.Request != nil && resp.Request.URL.Path != u.Path
 	switch {
+	case redirected:
+		// An authenticating proxy's login page answers 200 too.
+		r.Detail = logSafe(resp.Request.URL)
+		r.Verdict = "FAIL: the destination redirected the request elsewhere (a login page, or another base URL): check DICOMWEB_URL and that the destination takes this credential without a browser."
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNoContent:
 		r.OK = true
 		r.Verdict = "OK: the destination accepted an authenticated DICOMweb request. (This proves authentication and read access; storing needs the write role too: Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:StoreDICOM.)"

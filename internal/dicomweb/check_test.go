@@ -96,3 +96,25 @@ func TestCheckKeepsTheQueryOutOfTheReport(t *testing.T) {
 		}
 	}
 }
+
+// An authenticating proxy that redirects to its login page (which
+// answers 200) is no accepted request.
+func TestCheckRedirectedToALoginPage(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/login" {
+			_, _ = w.Write([]byte("<html><title>Sign in</title></html>"))
+			return
+		}
+		http.Redirect(w, r, "/login?next=x", http.StatusFound)
+	}))
+	t.Cleanup(srv.Close)
+	rep, err := Check(t.Context(), CheckOptions{BaseURL: srv.URL + "/v2", Client: srv.Client(), Credential: okCred})
+	if err == nil || rep.OK {
+		t.Fatalf("err = %v, OK = %v; want a failure", err, rep.OK)
+	}
+	var out bytes.Buffer
+	rep.WriteText(&out)
+	if !strings.Contains(out.String(), "redirected the request elsewhere") || !strings.Contains(out.String(), "/login") {
+		t.Errorf("output:\n%s", out.String())
+	}
+}
