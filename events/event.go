@@ -107,6 +107,16 @@ func (e *fieldError) Error() string { return fmt.Sprintf("field %q: %s", e.Field
 // Is makes errors.Is(err, errInvalid) true for every fieldError.
 func (e *fieldError) Is(target error) bool { return target == errInvalid }
 
+// newerVersionError is the fieldError of a version above this build's.
+type newerVersionError struct{ *fieldError }
+
+func (e newerVersionError) Is(target error) bool { return target == ErrNewerVersion }
+func (e newerVersionError) Unwrap() error        { return e.fieldError }
+
+// ErrNewerVersion matches (errors.Is) an event written by a newer build:
+// in a rolling upgrade an older forwarder leaves it to a newer one.
+var ErrNewerVersion = errors.New("event of a newer version")
+
 // The grammars below are checked byte by byte rather than with regular
 // expressions: the ingest validates every webhook event, so they are on its
 // hot path. The regular expression each function implements is in its
@@ -161,6 +171,8 @@ func (e *StudyStable) Validate() error {
 		return &fieldError{"type", fmt.Sprintf("must be %q", TypeStudyStable)}
 	case e.Version == 0:
 		return &fieldError{"version", "is required"}
+	case e.Version > Version:
+		return newerVersionError{&fieldError{"version", fmt.Sprintf("version %d, newer than this build's %d", e.Version, Version)}}
 	case e.Version != Version:
 		return &fieldError{"version", fmt.Sprintf("unsupported version %d (this build reads %d)", e.Version, Version)}
 	case e.Source == "":

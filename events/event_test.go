@@ -162,3 +162,16 @@ func TestParsePriority(t *testing.T) {
 		}
 	}
 }
+
+// An event of a newer version is told apart from another invalid one.
+func TestNewerVersion(t *testing.T) {
+	e := validEvent()
+	e.Version = Version + 1
+	if err := e.Validate(); !errors.Is(err, ErrNewerVersion) || !errors.Is(err, errInvalid) {
+		t.Errorf("Validate() = %v, want ErrNewerVersion and errInvalid", err)
+	}
+	e.Version = -1
+	if err := e.Validate(); errors.Is(err, ErrNewerVersion) {
+		t.Errorf("version -1: %v is ErrNewerVersion", err)
+	}
+}

@@ -335,7 +335,7 @@ func watchMaxDeliver(ctx context.Context, p *process, destination string, reg pr
 	for _, lane := range events.Priorities {
 		stop, err := natsjs.WatchMaxDeliver(p.conn.NC, natsjs.LaneConsumerName(destination, lane), func(a natsjs.MaxDeliverReached) {
 			reached.Inc()
-			log.Error("JetStream stopped delivering an event after the consumer's MaxDeliver, without a dead letter: run `forwarder audit --enqueue` to queue its study again",
+			log.Error("JetStream stopped delivering an event after the consumer's MaxDeliver, without a dead letter: run `forwarder audit --destination <destination> --enqueue` to queue its study again for this destination (without --destination, the audit's copy would be dropped as a duplicate within EVENTS_DEDUPE_WINDOW)",
 				"destination", destination, "lane", lane, "stream_seq", a.StreamSeq, "deliveries", a.Deliveries)
 		})
 		if err != nil {

@@ -145,10 +145,12 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 		return p.Publish(ctx, ev)
 	}
 	ack, err := natsjs.PublishTo(ctx, p.js, natsjs.TriageSubject(ev.Source), ev, ev.MsgID()+"/triage")
-	if err != nil || ack.Duplicate {
-		// A duplicate was triaged when it was first stored.
+	if err != nil {
 		return ack, err
 	}
+	// A duplicate is triaged again: the first copy's triage may not have
+	// stored it in its lane (the ingest stopped between the two steps),
+	// and the lane's copy is itself deduplicated.
 	e := *ev
 	// The ingest's lifetime, the request's trace.
 	tctx := trace.ContextWithSpan(w.ctx, trace.SpanFromContext(ctx))

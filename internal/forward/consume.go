@@ -73,6 +73,10 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 // handle runs one delivery: it decodes the event, stops a poison study
 // before any work, transfers the study while telling JetStream it is in
 // progress, and settles the message by the outcome policy.
+// newerVersionDelay is how long an event of a newer version waits before
+// it is offered again: a rolling upgrade's length.
+const newerVersionDelay = time.Minute
+
 func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	a := &Attempt{Destination: f.opts.DestinationName, Number: 1}
 	meta, err := msg.Metadata()
@@ -82,6 +86,16 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	ctx, span := f.startAttempt(ctx, msg, meta)
 	defer span.End()
 	ev, err := events.Decode(msg.Data())
+	if errors.Is(err, events.ErrNewerVersion) {
+		// A rolling upgrade: a newer ingest wrote it, a newer forwarder
+		// reads it. Terminated here it would be lost for this
+		// destination: give it back (a delivery spent each time).
+		f.log.Warn("event of a newer version given back for a newer forwarder", "subject", msg.Subject(), "stream_seq", a.Seq, "err", err)
+		if err := msg.NakWithDelay(newerVersionDelay); err != nil {
+			f.log.Warn("give back an event of a newer version", "err", err)
+		}
+		return
+	}
 	if err != nil {
 		// A message this build can't read would loop forever: stop it,
 		// with the reason, where an operator can see it.
