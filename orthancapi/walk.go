@@ -45,22 +45,29 @@ func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) 
 		if err != nil {
 			return fmt.Errorf("list studies from %d: %w", start, err)
 		}
-		if start > 0 && len(page) > 0 {
-			if _, ok := seen[page[0].ID]; !ok {
-				// It starts past studies not given yet: read from further
-				// back, and keep the wider overlap for the next pages
+		if start > 0 {
+			first := ""
+			if len(page) > 0 {
+				first = page[0].ID
+			}
+			if _, ok := seen[first]; !ok {
+				// It starts past studies not given yet (or past the end
+				// of a list that shrank): read from further back, at most
+				// a page further (the studies remembered reach that far),
+				// and keep the wider overlap for the next pages
 				// (deletions go on at that pace).
-				back *= 2
+				back = min(2*back, back+pageSize)
 				overlap = min(back, pageSize/2)
 				continue
 			}
 		}
 		pages++
 		for _, st := range page {
-			if _, ok := seen[st.ID]; ok {
+			_, given := seen[st.ID]
+			seen[st.ID] = pages // read again: remembered as long again
+			if given {
 				continue
 			}
-			seen[st.ID] = pages
 			if err := fn(st); err != nil {
 				return err
 			}

@@ -18,8 +18,11 @@ type shrinkingList struct {
 	deleteBefore int
 	// remake: before the second page, the last study of the first is
 	// deleted and made again (a late instance), so it moves to the end.
-	remake   bool
-	requests int
+	remake bool
+	// burst studies before the position are deleted at once, before the
+	// burstAt-th page.
+	burst, burstAt int
+	requests       int
 }
 
 func (l *shrinkingList) Studies(_ context.Context, since, limit int) ([]orthancapi.Study, error) {
@@ -28,7 +31,11 @@ func (l *shrinkingList) Studies(_ context.Context, since, limit int) ([]orthanca
 		st := l.studies[limit-1]
 		l.studies = append(slices.Delete(l.studies, limit-1, limit), st)
 	}
-	for range l.deleteBefore {
+	deletions := l.deleteBefore
+	if l.requests == l.burstAt {
+		deletions += l.burst
+	}
+	for range deletions {
 		if since > 0 && since <= len(l.studies) {
 			l.studies = slices.Delete(l.studies, since-1, since)
 			since--
@@ -47,21 +54,31 @@ func TestEachStudy(t *testing.T) {
 		studies      int
 		deleteBefore int
 		remake       bool
+		pageSize     int // 10 if 0
+		burst        int // deleted at once before the 10th page
 	}{
-		{"nothing deleted", 95, 0, false},
-		{"a few deleted before each page", 95, 2, false},
-		{"more deleted than the overlap", 95, 7, false},
-		{"a page's worth deleted", 95, 10, false},
-		{"exactly full pages", 40, 1, false},
-		{"a study made again moves to the end", 15, 0, true},
+		{"nothing deleted", 95, 0, false, 0, 0},
+		{"a few deleted before each page", 95, 2, false, 0, 0},
+		{"more deleted than the overlap", 95, 7, false, 0, 0},
+		{"a page's worth deleted", 95, 10, false, 0, 0},
+		{"exactly full pages", 40, 1, false, 0, 0},
+		{"a study made again moves to the end", 15, 0, true, 0, 0},
+		// The list shrinks below the position: the read there is empty.
+		{"more deleted than the rest of the list", 25, 12, false, 0, 0},
+		// Pages of 500: a burst far wider than the pages remembered.
+		{"a burst of deletions", 20000, 0, false, 500, 3300},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			l := &shrinkingList{deleteBefore: tt.deleteBefore, remake: tt.remake}
+			l := &shrinkingList{deleteBefore: tt.deleteBefore, remake: tt.remake, burst: tt.burst, burstAt: 10}
+			pageSize := tt.pageSize
+			if pageSize == 0 {
+				pageSize = 10
+			}
 			for i := range tt.studies {
 				l.studies = append(l.studies, orthancapi.Study{ID: fmt.Sprintf("s%03d", i)})
 			}
 			seen := map[string]int{}
-			err := orthancapi.EachStudy(context.Background(), l, 10, func(st orthancapi.Study) error {
+			err := orthancapi.EachStudy(context.Background(), l, pageSize, func(st orthancapi.Study) error {
 				seen[st.ID]++
 				return nil
 			})
