@@ -273,9 +273,19 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 
 // resource is the URL of a resource below {base}/studies (elements
 // such as a study's UID and "instances"), with the base URL's query (an
-// API key goes with every request) and q's parameters.
-func (c *Client) resource(q url.Values, elem ...string) string {
-	u := c.target.JoinPath(elem...)
+// API key goes with every request) and q's parameters. Each element is
+// one path segment: escaped, and never empty, "." or ".." (a UID comes
+// from the modality's data, and a path cleaned of ".." could name
+// another study).
+func (c *Client) resource(q url.Values, elem ...string) (string, error) {
+	escaped := make([]string, len(elem))
+	for i, e := range elem {
+		if e == "" || e == "." || e == ".." {
+			return "", fmt.Errorf("%w: %q", errPathSegment, e)
+		}
+		escaped[i] = url.PathEscape(e)
+	}
+	u := c.target.JoinPath(escaped...)
 	if len(q) > 0 {
 		merged := u.Query()
 		for k, vs := range q {
@@ -283,7 +293,7 @@ func (c *Client) resource(q url.Values, elem ...string) string {
 		}
 		u.RawQuery = merged.Encode()
 	}
-	return u.String()
+	return u.String(), nil
 }
 
 // redact names the destination by its safe URL in an error of the HTTP

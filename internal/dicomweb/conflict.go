@@ -99,7 +99,10 @@ func NonPrimary(in Instance) bool {
 // Healthcare, dcm4chee, Azure v2). A 404 is no error: the instance is
 // gone either way.
 func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) error {
-	u := c.resource(nil, study, "series", series, "instances", sop)
+	u, err := c.resource(nil, study, "series", series, "instances", sop)
+	if err != nil {
+		return fmt.Errorf("stow: DELETE: %w", err)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
 	if err != nil {
 		return fmt.Errorf("stow: build DELETE: %w", err)

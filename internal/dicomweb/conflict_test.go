@@ -183,3 +183,32 @@ func TestDeleteInstanceAnswers(t *testing.T) {
 		cancel()
 	}
 }
+
+// A UID is one segment of the URL's path, whatever the modality put in
+// it: a slash is escaped, and "." or ".." (which a cleaned path would
+// climb with) is refused before any request.
+func TestDeleteInstanceKeepsUIDsInTheirSegment(t *testing.T) {
+	paths := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths <- r.URL.EscapedPath()
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(srv.URL+"/v2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", "../../../../9.9.9"); err != nil {
+		t.Fatal(err)
+	}
+	if p := <-paths; p != "/v2/studies/1.2.3/series/1.2.3.4/instances/..%2F..%2F..%2F..%2F9.9.9" {
+		t.Errorf("DELETE %s", p)
+	}
+	for _, sop := range []string{"..", ".", ""} {
+		if err := c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", sop); !errors.Is(err, errPathSegment) {
+			t.Errorf("SOP Instance UID %q: %v, want errPathSegment", sop, err)
+		}
+	}
+	if len(paths) != 0 {
+		t.Errorf("a request was sent: %s", <-paths)
+	}
+}

@@ -13,6 +13,8 @@ var (
 
 	// errInvalidPart means a Part cannot be sent (no Open function).
 	errInvalidPart = errors.New("stow: invalid part")
+	// errPathSegment: a UID that cannot be one segment of a URL's path.
+	errPathSegment = errors.New("dicomweb: not a path segment")
 
 	// errNoParts means Store was called with nothing to send.
 	errNoParts = errors.New("stow: no parts to store")

@@ -75,7 +75,10 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 		"limit":        {strconv.Itoa(limit)},
 		"offset":       {strconv.Itoa(offset)},
 	}
-	target := c.resource(q, studyInstanceUID, "instances")
+	target, err := c.resource(q, studyInstanceUID, "instances")
+	if err != nil {
+		return nil, fmt.Errorf("qido: %w", err)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return nil, fmt.Errorf("qido: build request: %w", err)
