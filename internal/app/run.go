@@ -3,7 +3,7 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"errors"
+	"fmt"
 	"log/slog"
 
 	"go.opentelemetry.io/otel/trace"
@@ -138,7 +138,7 @@ func (p *process) run(ctx context.Context, roles ...role) error {
 	g.Go(func() error {
 		select {
 		case <-p.conn.Closed():
-			return errors.New("the NATS connection was closed for good (see the NATS client's last error above: credentials revoked or expired?)")
+			return fmt.Errorf("the NATS connection was closed for good (credentials revoked or expired?): %v", p.conn.NC.LastError())
 		case <-gctx.Done():
 			return nil
 		}

@@ -272,15 +272,16 @@ func validateHTTPURL(name, raw string) error {
 // be user info (before the last @ after the scheme) and the query (an API
 // key) are left out.
 func withoutSecrets(raw string) string {
-	if q := strings.IndexByte(raw, '?'); q >= 0 {
-		raw = raw[:q] + "?…"
-	}
+	// User info first: a password may hold a '?'.
 	start := 0
 	if j := strings.Index(raw, "://"); j >= 0 {
 		start = j + 3
 	}
 	if at := strings.LastIndexByte(raw, '@'); at >= start {
 		raw = raw[:start] + "…" + raw[at:]
+	}
+	if q := strings.IndexByte(raw, '?'); q >= 0 {
+		raw = raw[:q] + "?…"
 	}
 	return raw
 }

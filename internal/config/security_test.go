@@ -35,6 +35,7 @@ func TestSecurityVariables(t *testing.T) {
 		{"rate infinite", map[string]string{"INGEST_RATE_LIMIT": "+Inf"}, "INGEST_RATE_LIMIT"},
 		{"rate too small", map[string]string{"INGEST_RATE_LIMIT": "1e-9"}, "INGEST_RATE_LIMIT"},
 		{"slow rate", map[string]string{"INGEST_RATE_LIMIT": "0.01"}, ""},
+		{"burst that takes centuries", map[string]string{"INGEST_RATE_LIMIT": "0.001", "INGEST_RATE_BURST": "10000000"}, "INGEST_RATE_BURST"},
 		{"rate off, zero burst", map[string]string{"INGEST_RATE_LIMIT": "0", "INGEST_RATE_BURST": "0"}, ""},
 		{"trusted proxies", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1,fd00::/8"}, ""},
 		{"trusted proxy not an address", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8,lb.example.org"}, `INGEST_TRUSTED_PROXIES: "lb.example.org"`},
@@ -92,7 +93,7 @@ func TestSecurityVariables(t *testing.T) {
 // A URL refused at startup is shown without what may be a password or an
 // API key.
 func TestURLErrorsHideCredentials(t *testing.T) {
-	for _, raw := range []string{"ftp://orthanc:hunter2@orthanc:8042", "https://user:s3cr%t@orthanc", "ftp://orthanc/?apikey=hunter2"} {
+	for _, raw := range []string{"ftp://orthanc:hunter2@orthanc:8042", "https://user:s3cr%t@orthanc", "ftp://orthanc/?apikey=hunter2", "https://user:hunter2?x@orthanc%zz"} {
 		env := map[string]string{"NATS_URL": "nats://n:4222", "INGEST_TOKEN": "0123456789abcdef", "ORTHANC_URL": raw}
 		var c IngestService
 		err := Load(func(k string) string { return env[k] }, &c)

@@ -38,6 +38,11 @@ func (w *WebhookSecurity) Validate() error {
 	if w.RateLimit > 0 && w.RateBurst < 1 {
 		errs = append(errs, fmt.Errorf("INGEST_RATE_BURST=%d: want at least 1", w.RateBurst))
 	}
+	// A bucket that takes more than a year to fill overflows the
+	// limiter's durations.
+	if w.RateLimit > 0 && float64(w.RateBurst)/w.RateLimit > 365*24*3600 {
+		errs = append(errs, fmt.Errorf("INGEST_RATE_BURST=%d at INGEST_RATE_LIMIT=%g: the burst would take more than a year to come back; lower it or raise the rate", w.RateBurst, w.RateLimit))
+	}
 	w.TrustedProxies = w.TrustedProxies[:0]
 	for _, v := range w.TrustedProxiesRaw {
 		v = strings.TrimSpace(v)

@@ -74,8 +74,10 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 // before any work, transfers the study while telling JetStream it is in
 // progress, and settles the message by the outcome policy.
 // newerVersionDelay is how long an event of a newer version waits before
-// it is offered again: a rolling upgrade's length.
-const newerVersionDelay = time.Minute
+// it is offered again. Each give-back spends a delivery: with the default
+// FORWARDER_MAX_DELIVERIES (48) an upgrade may take 4 hours before a
+// newer forwarder finds its budget spent.
+const newerVersionDelay = 5 * time.Minute
 
 func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	a := &Attempt{Destination: f.opts.DestinationName, Number: 1}
