@@ -270,19 +270,7 @@ func TestShutdownReturnsInFlightStudy(t *testing.T) {
 
 // An event this build cannot read is terminated, not retried forever.
 func TestUndecodableEventTerminated(t *testing.T) {
-	ns := testnats.Start(t)
-	var k sink
-	srv := httptest.NewServer(k.handler(nil))
-	t.Cleanup(srv.Close)
-	cons := consumer(t, ns)
-	f := newForwarder(t, newMemSource(1), srv.URL, cons)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go func() { _ = f.Run(ctx) }()
-	msg := &nats.Msg{Subject: natsjs.EventSubjectPrefix + "a", Data: []byte(`{"type":"something.else"}`)}
-	if _, err := ns.JS.PublishMsg(ctx, msg); err != nil {
-		t.Fatal(err)
-	}
+	cons, k := deliverRaw(t, []byte(`{"type":"something.else"}`))
 	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
 	if k.requests.Load() != 0 {
 		t.Error("an undecodable event reached the destination")
@@ -292,8 +280,25 @@ func TestUndecodableEventTerminated(t *testing.T) {
 // An event of a newer version (a rolling upgrade: a newer ingest wrote
 // it) is given back for a newer forwarder, not terminated.
 func TestNewerVersionGivenBack(t *testing.T) {
+	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version + 1, Source: "a",
+		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261203T150000"}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, k := deliverRaw(t, data)
+	info := waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.Delivered.Stream == 1 && i.NumAckPending == 1 })
+	if info.AckFloor.Stream != 0 || k.requests.Load() != 0 {
+		t.Errorf("ack floor %d, %d requests: want the event given back, unsent", info.AckFloor.Stream, k.requests.Load())
+	}
+}
+
+// deliverRaw runs a forwarder into a sink and stores data as an event for
+// it to take.
+func deliverRaw(t *testing.T, data []byte) (jetstream.Consumer, *sink) {
+	t.Helper()
 	ns := testnats.Start(t)
-	var k sink
+	k := &sink{}
 	srv := httptest.NewServer(k.handler(nil))
 	t.Cleanup(srv.Close)
 	cons := consumer(t, ns)
@@ -301,19 +306,10 @@ func TestNewerVersionGivenBack(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = f.Run(ctx) }()
-	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version + 1, Source: "a",
-		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261203T150000"}
-	data, err := json.Marshal(ev)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := ns.JS.PublishMsg(ctx, &nats.Msg{Subject: natsjs.EventSubjectPrefix + "a", Data: data}); err != nil {
 		t.Fatal(err)
 	}
-	info := waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.Delivered.Stream == 1 && i.NumAckPending == 1 })
-	if info.AckFloor.Stream != 0 || k.requests.Load() != 0 {
-		t.Errorf("ack floor %d, %d requests: want the event given back, unsent", info.AckFloor.Stream, k.requests.Load())
-	}
+	return cons, k
 }
 
 func TestNewRejectsBadOptions(t *testing.T) {
