@@ -21,23 +21,37 @@ const seenPages = 4
 // moves an unread one into a page already read, where `since +=
 // len(page)` would skip it (in buffer mode studies are deleted all the
 // time). So each page starts a tenth of a page before the position and
-// must begin with a study already given; if it does not (more deletions
-// than that), it is read again from twice as far back, and the next
-// pages overlap as much (up to half a page). The studies given are
-// remembered for a few pages, so none is given twice unless the walk
-// goes back further than that; none is skipped, except one created and
-// deleted during the walk.
+// must begin with two studies already given, in the order given; if it
+// does not (more deletions than that), it is read again from further
+// back, and the next pages overlap as much (up to half a page). Two, not
+// one: a study deleted and made again (a late instance) keeps its ID but
+// moves to the end of the list, and alone it could pass for the place
+// reached. The studies given are remembered for a few pages, so none is
+// given twice unless the walk goes back further than that. None is
+// skipped, except one created and deleted during the walk, or, should
+// two studies be deleted and made again one after the other while it
+// runs, those before them: a walk run again finds them.
 func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) error) error {
-	if pageSize < 2 {
-		return fmt.Errorf("orthancapi: each study: page size %d, want at least 2", pageSize)
+	if pageSize < 4 {
+		return fmt.Errorf("orthancapi: each study: page size %d, want at least 4", pageSize)
 	}
-	overlap := max(pageSize/10, 1)
-	seen := map[string]int{} // study ID -> the page that gave it
+	overlap := max(pageSize/10, 2)
+	type given struct{ page, n int }
+	seen := map[string]given{} // study ID -> the page that read it, the order given
 	var (
 		pos   int // the position after the last page read
 		back  int // how far before pos this page starts
 		pages int
+		n     int // studies given
 	)
+	anchored := func(page []Study) bool {
+		if len(page) < 2 {
+			return false
+		}
+		a, okA := seen[page[0].ID]
+		b, okB := seen[page[1].ID]
+		return okA && okB && a.n < b.n
+	}
 	for {
 		back = min(max(back, overlap), pos)
 		start := pos - back
@@ -45,27 +59,26 @@ func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) 
 		if err != nil {
 			return fmt.Errorf("list studies from %d: %w", start, err)
 		}
-		if start > 0 {
-			first := ""
-			if len(page) > 0 {
-				first = page[0].ID
-			}
-			if _, ok := seen[first]; !ok {
-				// It starts past studies not given yet (or past the end
-				// of a list that shrank): read from further back, at most
-				// a page further (the studies remembered reach that far),
-				// and keep the wider overlap for the next pages
-				// (deletions go on at that pace).
-				back = min(2*back, back+pageSize)
-				overlap = min(back, pageSize/2)
-				continue
-			}
+		if start > 0 && !anchored(page) {
+			// It starts past studies not given yet (or past the end of a
+			// list that shrank): read from further back, at most a page
+			// further (the studies remembered reach that far), and keep
+			// the wider overlap for the next pages (deletions go on at
+			// that pace).
+			back = min(2*back, back+pageSize)
+			overlap = min(back, pageSize/2)
+			continue
 		}
 		pages++
 		for _, st := range page {
-			_, given := seen[st.ID]
-			seen[st.ID] = pages // read again: remembered as long again
-			if given {
+			g, ok := seen[st.ID]
+			if !ok {
+				n++
+				g.n = n
+			}
+			g.page = pages // read again: remembered as long again
+			seen[st.ID] = g
+			if ok {
 				continue
 			}
 			if err := fn(st); err != nil {
@@ -75,8 +88,8 @@ func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) 
 		if len(page) < pageSize {
 			return nil
 		}
-		for id, p := range seen {
-			if p <= pages-seenPages {
+		for id, g := range seen {
+			if g.page <= pages-seenPages {
 				delete(seen, id)
 			}
 		}

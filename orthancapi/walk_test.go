@@ -98,3 +98,51 @@ func TestEachStudy(t *testing.T) {
 		})
 	}
 }
+
+// scriptedList is Orthanc's list of studies, changed before each page as
+// the test says.
+type scriptedList struct {
+	studies  []orthancapi.Study
+	before   func(request int, l *scriptedList)
+	requests int
+}
+
+func (l *scriptedList) Studies(_ context.Context, since, limit int) ([]orthancapi.Study, error) {
+	l.requests++
+	l.before(l.requests, l)
+	end := min(since+limit, len(l.studies))
+	if since >= end {
+		return nil, nil
+	}
+	return slices.Clone(l.studies[since:end]), nil
+}
+
+// A study deleted and made again moves to the end of the list: there it
+// must not pass for the place the walk reached when studies before that
+// place were deleted meanwhile (the walk's next page starts on it).
+func TestEachStudyNotFooledByAStudyMadeAgain(t *testing.T) {
+	l := &scriptedList{before: func(request int, l *scriptedList) {
+		if request != 2 {
+			return
+		}
+		// s09 made again (it moves to the end), s00 to s04 deleted.
+		s09 := l.studies[9]
+		l.studies = append(slices.Delete(l.studies, 9, 10), s09)
+		l.studies = l.studies[5:]
+	}}
+	for i := range 15 {
+		l.studies = append(l.studies, orthancapi.Study{ID: fmt.Sprintf("s%02d", i)})
+	}
+	seen := map[string]bool{}
+	if err := orthancapi.EachStudy(context.Background(), l, 10, func(st orthancapi.Study) error {
+		seen[st.ID] = true
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range l.studies {
+		if !seen[st.ID] {
+			t.Errorf("%s not given", st.ID)
+		}
+	}
+}

@@ -101,7 +101,7 @@ type AuditOptions struct {
 	// destination when destination is empty; required to enqueue.
 	Publish func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error)
 	// PageSize is how many studies one GET /studies reads (default 500,
-	// at least 2).
+	// at least 4).
 	PageSize int
 	Logger   *slog.Logger
 }
@@ -130,7 +130,7 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 			return nil, fmt.Errorf("audit: destination %q has no ledger", d.Name)
 		}
 	}
-	if opts.PageSize < 2 {
+	if opts.PageSize < 4 {
 		opts.PageSize = 500
 	}
 	log := opts.Logger

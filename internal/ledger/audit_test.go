@@ -97,7 +97,7 @@ func testAudit(t *testing.T, rel testharness.Release) {
 		Sources:      []ledger.Source{{Name: "src", Orthanc: client}},
 		Destinations: dests,
 		Publish:      publish(ns.JS),
-		PageSize:     2, // pages of two studies, overlapping
+		PageSize:     4, // pages of four studies, overlapping
 	})
 	if err != nil {
 		t.Fatal(err)
