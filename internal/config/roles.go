@@ -278,6 +278,11 @@ func withoutSecrets(raw string) string {
 		start = j + 3
 	}
 	if at := strings.LastIndexByte(raw, '@'); at >= start {
+		if strings.ContainsAny(raw[start:at], "?#") {
+			// The @ may be the query's (an e-mail address): nothing
+			// after the scheme can be told safe.
+			return raw[:start] + "…"
+		}
 		raw = raw[:start] + "…" + raw[at:]
 	}
 	if q := strings.IndexByte(raw, '?'); q >= 0 {

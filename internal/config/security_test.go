@@ -93,7 +93,7 @@ func TestSecurityVariables(t *testing.T) {
 // A URL refused at startup is shown without what may be a password or an
 // API key.
 func TestURLErrorsHideCredentials(t *testing.T) {
-	for _, raw := range []string{"ftp://orthanc:hunter2@orthanc:8042", "https://user:s3cr%t@orthanc", "ftp://orthanc/?apikey=hunter2", "https://user:hunter2?x@orthanc%zz"} {
+	for _, raw := range []string{"ftp://orthanc:hunter2@orthanc:8042", "https://user:s3cr%t@orthanc", "ftp://orthanc/?apikey=hunter2", "https://user:hunter2?x@orthanc%zz", "ftp://orthanc/?user=me@example.org&apikey=hunter2"} {
 		env := map[string]string{"NATS_URL": "nats://n:4222", "INGEST_TOKEN": "0123456789abcdef", "ORTHANC_URL": raw}
 		var c IngestService
 		err := Load(func(k string) string { return env[k] }, &c)

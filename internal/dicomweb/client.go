@@ -274,13 +274,15 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 // resource is the URL of a resource below {base}/studies (elements
 // such as a study's UID and "instances"), with the base URL's query (an
 // API key goes with every request) and q's parameters. Each element is
-// one path segment: escaped, and never empty, "." or ".." (a UID comes
-// from the modality's data, and a path cleaned of ".." could name
-// another study).
+// one path segment: escaped, and never empty, "." or "..", nor holding a
+// slash, backslash or percent sign (a UID comes from the modality's data,
+// and a path cleaned of ".." could name another study).
 func (c *Client) resource(q url.Values, elem ...string) (string, error) {
 	escaped := make([]string, len(elem))
 	for i, e := range elem {
-		if e == "" || e == "." || e == ".." {
+		// A UID has no '/', '\\' or '%' (a proxy that decodes %2F would
+		// let ".." climb again).
+		if e == "" || e == "." || e == ".." || strings.ContainsAny(e, `/\%`) {
 			return "", fmt.Errorf("%w: %q", errPathSegment, e)
 		}
 		escaped[i] = url.PathEscape(e)

@@ -185,8 +185,9 @@ func TestDeleteInstanceAnswers(t *testing.T) {
 }
 
 // A UID is one segment of the URL's path, whatever the modality put in
-// it: a slash is escaped, and "." or ".." (which a cleaned path would
-// climb with) is refused before any request.
+// it: escaped, and one that could climb ("." or "..", a slash, a
+// backslash, a percent sign a proxy may decode) is refused before any
+// request.
 func TestDeleteInstanceKeepsUIDsInTheirSegment(t *testing.T) {
 	paths := make(chan string, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -197,13 +198,13 @@ func TestDeleteInstanceKeepsUIDsInTheirSegment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", "../../../../9.9.9"); err != nil {
+	if err := c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", "1.2.3.4.5 6"); err != nil {
 		t.Fatal(err)
 	}
-	if p := <-paths; p != "/v2/studies/1.2.3/series/1.2.3.4/instances/..%2F..%2F..%2F..%2F9.9.9" {
+	if p := <-paths; p != "/v2/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5%206" {
 		t.Errorf("DELETE %s", p)
 	}
-	for _, sop := range []string{"..", ".", ""} {
+	for _, sop := range []string{"..", ".", "", "../../../../9.9.9", `..\9`, "..%2F9"} {
 		if err := c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", sop); !errors.Is(err, errPathSegment) {
 			t.Errorf("SOP Instance UID %q: %v, want errPathSegment", sop, err)
 		}
