@@ -280,7 +280,7 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 func (c *Client) resource(q url.Values, elem ...string) (string, error) {
 	escaped := make([]string, len(elem))
 	for i, e := range elem {
-		// A UID has no '/', '\\' or '%' (a proxy that decodes %2F would
+		// A UID has no '/', '\' or '%' (a proxy that decodes %2F would
 		// let ".." climb again).
 		if e == "" || e == "." || e == ".." || strings.ContainsAny(e, `/\%`) {
 			return "", fmt.Errorf("%w: %q", errPathSegment, e)
