@@ -42,7 +42,7 @@ func newMemSource(n int) *memSource {
 	for i := range n {
 		id := fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i)
 		uid := fmt.Sprintf("1.2.3.%d", i+1)
-		s.instances = append(s.instances, orthancapi.Instance{ID: id, SOPInstanceUID: uid, FileSize: 1024})
+		s.instances = append(s.instances, orthancapi.Instance{ID: id, SOPInstanceUID: uid, SeriesInstanceUID: "1.2.3.0", FileSize: 1024})
 		s.data[id] = bytes.Repeat([]byte{byte(i)}, 1024)
 	}
 	return s
