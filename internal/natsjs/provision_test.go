@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
@@ -62,4 +64,41 @@ func TestClusterConcurrentProvisioning(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
+}
+
+// countingJS counts the create-or-update requests for streams.
+type countingJS struct {
+	jetstream.JetStream
+	updates int
+}
+
+func (c *countingJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	c.updates++
+	return c.JetStream.CreateOrUpdateStream(ctx, cfg)
+}
+
+// A start that finds the event stream as it wants it leaves it alone (a
+// stream update races a consumer being made on it in nats-server); a
+// changed setting is applied.
+func TestEnsureEventsLeavesAnUnchangedStream(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	c := &countingJS{JetStream: js}
+	topo := natsjs.DefaultTopology()
+	for range 2 {
+		if _, err := topo.EnsureEvents(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.updates != 1 {
+		t.Errorf("%d create-or-update requests for two starts, want 1", c.updates)
+	}
+	topo.Retention = 48 * time.Hour
+	s, err := topo.EnsureEvents(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.updates != 2 || s.CachedInfo().Config.MaxAge != 48*time.Hour {
+		t.Errorf("after a change: %d requests, MaxAge %s; want 2, 48h", c.updates, s.CachedInfo().Config.MaxAge)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -203,11 +204,34 @@ func (t Topology) EventStreamConfig() jetstream.StreamConfig {
 // EnsureEvents creates the event stream or updates it to t; every replica
 // of every service may call it at startup.
 func (t Topology) EnsureEvents(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
-	s, err := js.CreateOrUpdateStream(ctx, t.EventStreamConfig())
+	s, err := ensureStream(ctx, js, t.EventStreamConfig())
 	if err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", EventStream, err)
 	}
 	return s, nil
+}
+
+// ensureStream creates the stream, or updates it when it differs from cfg
+// in what stowline sets. An unchanged stream is left alone: every replica
+// of every service makes this call at start, and nats-server (2.15)
+// races a stream's update against a consumer being made on it (the race
+// detector saw it when forwarder replicas started together).
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case err == nil && sameStream(s.CachedInfo().Config, cfg):
+		return s, nil
+	case err != nil && !errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, err
+	}
+	return js.CreateOrUpdateStream(ctx, cfg)
+}
+
+// sameStream reports whether have is want in every field stowline sets.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
+		have.Retention == want.Retention && have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates &&
+		have.Storage == want.Storage && have.Replicas == max(want.Replicas, 1) && have.Discard == want.Discard
 }
 
 // ConsumerConfig is the durable pull consumer of one destination's
@@ -407,7 +431,7 @@ func (t Topology) EnsureConsumer(ctx context.Context, js jetstream.JetStream, de
 // EnsureDeadLetters creates or updates the dead-letter stream (letters
 // stay for DeadLetterRetention unless replayed or purged).
 func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	s, err := ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        DeadLetterStream,
 		Description: "stowline: studies that could not be forwarded, with the reason",
 		Subjects:    []string{DeadLetterSubjectPrefix + ">"},
