@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -46,21 +47,7 @@ func TestHTTPErrorMessage(t *testing.T) {
 // redacted.
 func TestHTTPErrorRedactsTokens(t *testing.T) {
 	const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusUnauthorized)
-		_, _ = io.WriteString(w, "rejected header Authorization: Bearer "+jwt)
-	}))
-	t.Cleanup(srv.Close)
-	c, err := New(srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.Store(t.Context(), []Part{memPart("1.2.3", []byte("x"))})
-	var he *HTTPError
-	if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("err = %v, want HTTPError 401", err)
-	}
+	he, err := storeRefused(t, http.StatusUnauthorized, nil, "rejected header Authorization: Bearer "+jwt)
 	if strings.Contains(he.Body, "eyJzdWIi") || strings.Contains(err.Error(), "eyJzdWIi") || !strings.Contains(he.Body, "[REDACTED JWT]") {
 		t.Errorf("body %q, error %q: want the JWT redacted", he.Body, err)
 	}
@@ -69,11 +56,24 @@ func TestHTTPErrorRedactsTokens(t *testing.T) {
 // The headers an error answer brings into logs and dead letters are
 // bounded, and a redirect's target loses its query (a signed URL).
 func TestHTTPErrorHeadersBounded(t *testing.T) {
+	he, err := storeRefused(t, http.StatusTemporaryRedirect, http.Header{
+		"Content-Type": {"text/plain; x=" + strings.Repeat("a", 100_000)},
+		"Location":     {"https://elsewhere.example.org/dicomweb?sig=secret-0123"},
+	}, "")
+	if len(err.Error()) > 1000 || strings.Contains(err.Error(), "secret-0123") || !strings.Contains(he.Location, "elsewhere.example.org/dicomweb") {
+		t.Errorf("error of %d bytes, Location %q: want it bounded, the redirect's host and path, no query", len(err.Error()), he.Location)
+	}
+}
+
+// storeRefused sends one instance to a destination that answers status
+// with header and body, and returns the HTTPError.
+func storeRefused(t *testing.T, status int, header http.Header, body string) (*HTTPError, error) {
+	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "text/plain; x="+strings.Repeat("a", 100_000))
-		w.Header().Set("Location", "https://elsewhere.example.org/dicomweb?sig=secret-0123")
-		w.WriteHeader(http.StatusTemporaryRedirect)
+		maps.Copy(w.Header(), header)
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, body)
 	}))
 	t.Cleanup(srv.Close)
 	c, err := New(srv.URL, nil)
@@ -82,10 +82,8 @@ func TestHTTPErrorHeadersBounded(t *testing.T) {
 	}
 	_, err = c.Store(t.Context(), []Part{memPart("1.2.3", []byte("x"))})
 	var he *HTTPError
-	if !errors.As(err, &he) || he.StatusCode != http.StatusTemporaryRedirect {
-		t.Fatalf("err = %v, want HTTPError 307", err)
+	if !errors.As(err, &he) || he.StatusCode != status {
+		t.Fatalf("err = %v, want HTTPError %d", err, status)
 	}
-	if len(err.Error()) > 1000 || strings.Contains(err.Error(), "secret-0123") || !strings.Contains(he.Location, "elsewhere.example.org/dicomweb") {
-		t.Errorf("error of %d bytes, Location %q: want it bounded, the redirect's host and path, no query", len(err.Error()), he.Location)
-	}
+	return he, err
 }
