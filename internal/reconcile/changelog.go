@@ -102,10 +102,12 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 				return true, s.reset(ctx, page)
 			}
 			changes = changes[1:]
-		case len(s.changeTypes) > 0:
+		case len(s.changeTypes) > 0 && len(changes) > 0:
 			// The filter hides a change of another type at the cursor's
 			// number, which a recreated database may have there: read
-			// that one change whole before taking it for deleted.
+			// that one change whole before taking it for deleted. Only
+			// when there is something to take: an idle poll moves
+			// nothing, and the next one with changes checks.
 			at, err := s.orthanc.Changes(ctx, since, 1)
 			if err != nil {
 				return false, fmt.Errorf("orthanc: read change %d: %w", s.cur.Seq, err)
