@@ -344,14 +344,8 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 			}
 		}
 		running = running && !sameStart
-		var routine *jetstream.ConsumerInfo
-		if existing[ConsumerName(d)] != nil {
-			c, err := listedConsumer(ctx, js, ConsumerName(d))
-			if err != nil {
-				return nil, err
-			}
-			routine = c.CachedInfo()
-		}
+		// The listing holds each consumer's configuration and ack floor.
+		routine := existing[ConsumerName(d)]
 		// The routine lane last: an upgraded routine consumer stops taking
 		// the other lanes' subjects only once they have their consumers.
 		for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow, events.PriorityRoutine} {
@@ -360,15 +354,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 			case existing[cfg.Durable] != nil:
 				// The start cannot change once made: keep the consumer's,
 				// and the configuration it was made by.
-				info := routine
-				if lane != events.PriorityRoutine {
-					c, err := listedConsumer(ctx, js, cfg.Durable)
-					if err != nil {
-						return nil, err
-					}
-					info = c.CachedInfo()
-				}
-				keepStart(&cfg, info)
+				keepStart(&cfg, existing[cfg.Durable])
 			case routine != nil:
 				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, max(routine.AckFloor.Stream+1, 1)
 			case running:
@@ -378,7 +364,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 			if err != nil && existing[cfg.Durable] == nil {
 				// Another replica starting at the same time made it since
 				// the listing, perhaps with another start: keep that one.
-				if made, merr := listedConsumer(ctx, js, cfg.Durable); merr == nil {
+				if made, merr := madeConsumer(ctx, js, cfg.Durable); merr == nil {
 					keepStart(&cfg, made.CachedInfo())
 					c, err = js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
 				}
@@ -400,9 +386,9 @@ func keepStart(cfg *jetstream.ConsumerConfig, made *jetstream.ConsumerInfo) {
 	cfg.Metadata = made.Config.Metadata
 }
 
-// listedConsumer reads a consumer the stream lists. On a cluster one that
-// another replica is making may be listed a moment before it answers.
-func listedConsumer(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Consumer, error) {
+// madeConsumer reads a consumer another replica has just made. On a
+// cluster it may exist a moment before the node asked knows it.
+func madeConsumer(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Consumer, error) {
 	for wait := 100 * time.Millisecond; ; wait *= 2 {
 		c, err := js.Consumer(ctx, EventStream, name)
 		if err == nil {
