@@ -18,6 +18,7 @@ func TestRunEndsWhenNATSCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(conn.Close) // and its embedded server, should run not return
 	p := &process{conn: conn, log: slog.New(slog.DiscardHandler)}
 	done := make(chan error, 1)
 	go func() { done <- p.run(context.Background()) }()

@@ -76,11 +76,7 @@ func storeRefused(t *testing.T, status int, header http.Header, body string) (*H
 		_, _ = io.WriteString(w, body)
 	}))
 	t.Cleanup(srv.Close)
-	c, err := New(srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.Store(t.Context(), []Part{memPart("1.2.3", []byte("x"))})
+	_, err := newTestClient(t, srv.URL).Store(t.Context(), []Part{memPart("1.2.3", []byte("x"))})
 	var he *HTTPError
 	if !errors.As(err, &he) || he.StatusCode != status {
 		t.Fatalf("err = %v, want HTTPError %d", err, status)
