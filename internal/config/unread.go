@@ -50,11 +50,9 @@ func Unread(environ []string, cfg any) []string {
 			if nd.Var == "" {
 				continue
 			}
-			for _, v := range Vars(&Destination{}) {
-				add(nd.VarName(v.Name), v.Secret)
+			for _, k := range destinationKeys() {
+				known[nd.Var+k] = true
 			}
-			add(nd.Var+"MATCH", false)
-			add(nd.Var+"INSTANCE_MATCH", false)
 		}
 	}
 	var out []string
