@@ -143,12 +143,11 @@ type breaker struct {
 	trial bool
 	// probeStudy is a Study Instance UID of a held study, for the probe.
 	probeStudy string
-	// failedProbes counts the probes that failed in a row.
+	// failedProbes counts the probes that failed in a row: 0 when the
+	// breaker is half-open means a probe vouched for the destination
+	// (else the trial was let through after probesBeforeTrial failures).
 	failedProbes int
-	// vouched: the probe that made the breaker half-open passed (not
-	// let through after probesBeforeTrial failures).
-	vouched bool
-	held    int
+	held         int
 	// changed is closed and replaced at every change a waiter cares for.
 	changed chan struct{}
 	// timer runs the next probe while open.
@@ -234,7 +233,7 @@ func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
 		// settled like any failure, and spends its delivery. No answer,
 		// or a 502, 503 or 504, says the store itself is down while
 		// queries work (storage full, a write path down): held.
-		spend := b.prober != nil && b.vouched && studyMayFail(err)
+		spend := b.prober != nil && b.failedProbes == 0 && studyMayFail(err)
 		b.open(studyUID)
 		return !spend
 	}
@@ -351,9 +350,8 @@ func (b *breaker) probe() {
 			return
 		}
 		// Queries keep failing: let a study tell whether it stores.
-		b.vouched = false
 	} else {
-		b.failedProbes, b.vouched = 0, true
+		b.failedProbes = 0
 	}
 	b.setState(BreakerHalfOpen)
 	if b.held == 0 {
@@ -395,7 +393,7 @@ func (b *breaker) setState(to BreakerState) {
 	from := b.state
 	b.state, b.since = to, b.now().UTC()
 	if to == BreakerClosed {
-		b.probeStudy, b.wait = "", b.cfg.interval
+		b.probeStudy, b.wait, b.failedProbes = "", b.cfg.interval, 0
 		if b.timer != nil {
 			b.timer.Stop()
 		}
