@@ -278,18 +278,36 @@ func TestUndecodableEventTerminated(t *testing.T) {
 }
 
 // An event of a newer version (a rolling upgrade: a newer ingest wrote
-// it) is given back for a newer forwarder, not terminated.
+// it) is given back for a newer forwarder, after a delay: not terminated
+// nor acked (the ack floor stays), not offered again at once (a plain Nak
+// would be), and nothing is sent.
 func TestNewerVersionGivenBack(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	f := newForwarder(t, newMemSource(1), srv.URL, cons)
 	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version + 1, Source: "a",
 		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261203T150000"}
 	data, err := json.Marshal(ev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, k := deliverRaw(t, data)
-	info := waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.Delivered.Stream == 1 && i.NumAckPending == 1 })
-	if info.AckFloor.Stream != 0 || k.requests.Load() != 0 {
-		t.Errorf("ack floor %d, %d requests: want the event given back, unsent", info.AckFloor.Stream, k.requests.Load())
+	if _, err := ns.JS.PublishMsg(t.Context(), &nats.Msg{Subject: natsjs.EventSubjectPrefix + "a", Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.handle(t.Context(), msg)
+	if again, err := cons.Next(jetstream.FetchMaxWait(time.Second)); err == nil {
+		t.Errorf("offered again at once: %s", again.Subject())
+	}
+	info := waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.NumAckPending == 1 })
+	if info.AckFloor.Stream != 0 || info.Delivered.Consumer != 1 || k.requests.Load() != 0 {
+		t.Errorf("ack floor %d, %d deliveries, %d requests: want the event given back, unsent", info.AckFloor.Stream, info.Delivered.Consumer, k.requests.Load())
 	}
 }
 
