@@ -47,15 +47,9 @@ func (r Route) Select(ctx context.Context, o Orthanc, source, studyID string, in
 	if r.Study.All() && r.Instance.All() {
 		return instances, nil
 	}
-	facts, err := o.StudyFacts(ctx, studyID)
+	facts, instances, meta, err := readFacts(ctx, o, studyID, instances, r.Study.NeedsInstances() || r.Instance.NeedsMetadata())
 	if err != nil {
-		return nil, fmt.Errorf("read study %s for its routing rules: %w", studyID, err)
-	}
-	var meta []orthancapi.InstanceMetadata
-	if r.Study.NeedsInstances() || r.Instance.NeedsMetadata() {
-		if instances, meta, err = readMetadata(ctx, o, instances); err != nil {
-			return nil, err
-		}
+		return nil, err
 	}
 	if ok, err := r.Study.matchFacts(source, facts, instances, meta); err != nil || !ok {
 		return nil, err
@@ -89,17 +83,26 @@ func (r *StudyRule) Selects(ctx context.Context, o Orthanc, source, studyID stri
 	if r.All() {
 		return true, nil
 	}
-	facts, err := o.StudyFacts(ctx, studyID)
+	facts, instances, meta, err := readFacts(ctx, o, studyID, instances, r.NeedsInstances())
 	if err != nil {
-		return false, fmt.Errorf("read study %s for its routing rules: %w", studyID, err)
-	}
-	var meta []orthancapi.InstanceMetadata
-	if r.NeedsInstances() {
-		if instances, meta, err = readMetadata(ctx, o, instances); err != nil {
-			return false, err
-		}
+		return false, err
 	}
 	return r.matchFacts(source, facts, instances, meta)
+}
+
+// readFacts reads what the rules see of a study: its facts, and with
+// withMeta its instances' metadata (readMetadata: the instances deleted
+// meanwhile are left out of both).
+func readFacts(ctx context.Context, o Orthanc, studyID string, instances []orthancapi.Instance, withMeta bool) (orthancapi.StudyFacts, []orthancapi.Instance, []orthancapi.InstanceMetadata, error) {
+	facts, err := o.StudyFacts(ctx, studyID)
+	if err != nil {
+		return facts, nil, nil, fmt.Errorf("read study %s for its routing rules: %w", studyID, err)
+	}
+	if !withMeta {
+		return facts, instances, nil, nil
+	}
+	instances, meta, err := readMetadata(ctx, o, instances)
+	return facts, instances, meta, err
 }
 
 // matchFacts evaluates the rule on what was read; a failure is a
