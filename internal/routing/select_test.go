@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stowline/stowline/orthancapi"
@@ -15,6 +16,7 @@ import (
 type studyOrthanc struct {
 	facts orthancapi.StudyFacts
 	meta  map[string]orthancapi.InstanceMetadata
+	reads *atomic.Int32 // metadata requests, if not nil
 }
 
 func (o studyOrthanc) StudyFacts(context.Context, string) (orthancapi.StudyFacts, error) {
@@ -22,6 +24,9 @@ func (o studyOrthanc) StudyFacts(context.Context, string) (orthancapi.StudyFacts
 }
 
 func (o studyOrthanc) InstanceMetadata(_ context.Context, id string) (orthancapi.InstanceMetadata, error) {
+	if o.reads != nil {
+		o.reads.Add(1)
+	}
 	m, ok := o.meta[id]
 	if !ok {
 		return m, &orthancapi.Error{Method: "GET", Path: "/instances/" + id + "/metadata", StatusCode: 404}
@@ -107,17 +112,18 @@ func TestStudyRuleSelects(t *testing.T) {
 		meta:  map[string]orthancapi.InstanceMetadata{"i0": {RemoteAET: "CT1"}, "i1": {RemoteAET: "ER"}, "i2": {RemoteAET: "CT1"}},
 	}
 	for _, tt := range []struct {
-		rule      string
-		list      bool
-		instances []orthancapi.Instance
-		want      bool
+		rule       string
+		list, meta bool // the instance list, their metadata read
+		instances  []orthancapi.Instance
+		want       bool
 	}{
-		{"'MR' in study.modalities", false, nil, true},
-		{"'CT' in study.modalities", false, nil, false},
-		{"study.instances > 2", true, instancesOf(3), true},
-		{"'ER' in study.callingAets", true, instancesOf(3), true},
-		{"'ER' in study.callingAets", true, instancesOf(1), false},
+		{"'MR' in study.modalities", false, false, nil, true},
+		{"'CT' in study.modalities", false, false, nil, false},
+		{"study.instances > 2", true, false, instancesOf(3), true},
+		{"'ER' in study.callingAets", true, true, instancesOf(3), true},
+		{"'ER' in study.callingAets", true, true, instancesOf(1), false},
 	} {
+		o.reads = &atomic.Int32{}
 		r, err := CompileStudyRule(tt.rule)
 		if err != nil {
 			t.Fatal(err)
@@ -127,6 +133,9 @@ func TestStudyRuleSelects(t *testing.T) {
 		}
 		if got, err := r.Selects(context.Background(), o, "main", "st", tt.instances); err != nil || got != tt.want {
 			t.Errorf("%s over %d instances: %v, %v; want %v", tt.rule, len(tt.instances), got, err, tt.want)
+		}
+		if read := o.reads.Load() > 0; read != tt.meta {
+			t.Errorf("%s: metadata read %v, want %v", tt.rule, read, tt.meta)
 		}
 	}
 }
