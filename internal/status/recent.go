@@ -155,37 +155,26 @@ func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, n int) ([]de
 		return all, state.Msgs, err
 	}
 	var out []deadletter.Entry
-	seq, tries := state.LastSeq, 0
-	for ; seq >= state.FirstSeq && seq > 0 && len(out) < n && tries < maxScan(n); seq, tries = seq-1, tries+1 {
-		e, err := store.Get(ctx, seq)
-		if errors.Is(err, deadletter.ErrNotFound) {
-			continue
+	var gone map[uint64]bool // read after maxScan(n) tries
+	for seq, tries := state.LastSeq, 0; seq >= state.FirstSeq && seq > 0 && len(out) < n; seq, tries = seq-1, tries+1 {
+		if tries == maxScan(n) {
+			// A long run of replayed or purged letters at the end: ask
+			// which numbers are gone, and read on past them.
+			info, err := stream.Info(ctx, jetstream.WithDeletedDetails(true))
+			if err != nil {
+				return out, state.Msgs, fmt.Errorf("stream %s: %w", natsjs.DeadLetterStream, err)
+			}
+			gone = make(map[uint64]bool, len(info.State.Deleted))
+			for _, d := range info.State.Deleted {
+				gone[d] = true
+			}
 		}
-		if err != nil {
-			return out, state.Msgs, err
-		}
-		out = append(out, *e)
-	}
-	if len(out) == n || seq < state.FirstSeq || seq == 0 {
-		return out, state.Msgs, nil
-	}
-	// A long run of replayed or purged letters at the end: ask which
-	// numbers are gone, and read on past them.
-	info, err := stream.Info(ctx, jetstream.WithDeletedDetails(true))
-	if err != nil {
-		return out, state.Msgs, fmt.Errorf("stream %s: %w", natsjs.DeadLetterStream, err)
-	}
-	gone := make(map[uint64]bool, len(info.State.Deleted))
-	for _, d := range info.State.Deleted {
-		gone[d] = true
-	}
-	for ; seq >= info.State.FirstSeq && seq > 0 && len(out) < n; seq-- {
 		if gone[seq] {
 			continue
 		}
 		e, err := store.Get(ctx, seq)
 		if errors.Is(err, deadletter.ErrNotFound) {
-			continue // replayed since
+			continue
 		}
 		if err != nil {
 			return out, state.Msgs, err
