@@ -125,5 +125,5 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotFound {
 		return nil
 	}
-	return &HTTPError{StatusCode: resp.StatusCode, ContentType: headerValue(resp.Header.Get("Content-Type")), Body: errorBody(body)}
+	return newHTTPError(resp, body)
 }

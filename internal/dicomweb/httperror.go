@@ -42,13 +42,7 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 		res.StatusCode, res.BytesSent = status, sent
 		return res, nil
 	}
-	he := &HTTPError{
-		StatusCode:  status,
-		ContentType: headerValue(ct),
-		Location:    safeLocation(resp.Header.Get("Location")),
-		Body:        errorBody(body),
-		RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
-	}
+	he := newHTTPError(resp, body)
 	if !tooLarge && readErr == nil && len(bytes.TrimSpace(body)) > 0 {
 		if res, err := parseResponse(ct, body); err == nil {
 			res.StatusCode, res.BytesSent = status, sent
@@ -93,6 +87,19 @@ func (e *HTTPError) Error() string {
 		sb.WriteString(s)
 	}
 	return sb.String()
+}
+
+// newHTTPError keeps an error answer as an HTTPError, fit for logs and
+// dead letters: its headers bounded, its body's start with tokens
+// redacted.
+func newHTTPError(resp *http.Response, body []byte) *HTTPError {
+	return &HTTPError{
+		StatusCode:  resp.StatusCode,
+		ContentType: headerValue(resp.Header.Get("Content-Type")),
+		Location:    safeLocation(resp.Header.Get("Location")),
+		Body:        errorBody(body),
+		RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
+	}
 }
 
 // headerValue is a header of an error answer as kept in an HTTPError:

@@ -7,9 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"time"
-
-	"github.com/stowline/stowline/internal/retryafter"
 )
 
 // DefaultQIDOPageSize is the limit of one QIDO-RS page: Azure's DICOM
@@ -98,12 +95,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusNoContent:
 		return nil, nil
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		return nil, &HTTPError{
-			StatusCode:  resp.StatusCode,
-			ContentType: headerValue(resp.Header.Get("Content-Type")),
-			Body:        errorBody(body),
-			RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
-		}
+		return nil, newHTTPError(resp, body)
 	case readErr != nil:
 		return nil, fmt.Errorf("qido: read answer: %w", readErr)
 	case tooLarge:
