@@ -50,16 +50,25 @@ func (l *limiter) allow(client string) (bool, time.Duration) {
 		b = &bucket{tokens: l.burst, last: now}
 		l.clients[client] = b
 	}
-	if elapsed := now.Sub(b.last).Seconds(); elapsed > 0 {
-		b.tokens = math.Min(l.burst, b.tokens+elapsed*l.rate)
-	}
-	b.last = now
+	b.tokens, b.last = l.level(b, now), now
 	if b.tokens >= 1 {
 		b.tokens--
 		return true, 0
 	}
-	wait := time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
-	return false, wait
+	return false, l.waitFor(b.tokens)
+}
+
+// level is b's tokens at now, refilled since b.last.
+func (l *limiter) level(b *bucket, now time.Time) float64 {
+	if elapsed := now.Sub(b.last).Seconds(); elapsed > 0 {
+		return math.Min(l.burst, b.tokens+elapsed*l.rate)
+	}
+	return b.tokens
+}
+
+// waitFor is how long a bucket holding tokens (below one) waits for one.
+func (l *limiter) waitFor(tokens float64) time.Duration {
+	return time.Duration((1 - tokens) / l.rate * float64(time.Second))
 }
 
 // empty reports whether client's bucket has no token left, and how long
@@ -71,14 +80,10 @@ func (l *limiter) empty(client string) (bool, time.Duration) {
 	if !ok {
 		return false, 0
 	}
-	tokens := b.tokens
-	if elapsed := l.now().Sub(b.last).Seconds(); elapsed > 0 {
-		tokens = math.Min(l.burst, tokens+elapsed*l.rate)
+	if tokens := l.level(b, l.now()); tokens < 1 {
+		return true, l.waitFor(tokens)
 	}
-	if tokens >= 1 {
-		return false, 0
-	}
-	return true, time.Duration((1 - tokens) / l.rate * float64(time.Second))
+	return false, 0
 }
 
 // idleAfter is how long a client's bucket takes to refill completely; an
