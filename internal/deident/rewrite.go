@@ -118,6 +118,9 @@ type rewrite struct {
 	syntax   string
 	meta     []*element // the original file meta; nil without one
 	inst     Instance
+	// sopClass is the SOP Class UID the copy's file meta names: the data
+	// set's, else the original file meta's.
+	sopClass string
 	// patientID is the original top-level Patient ID, the key of the
 	// pseudonym and the date offset.
 	patientID string
@@ -334,18 +337,18 @@ func (rw *rewrite) start(pending []*element) error {
 	if rw.inst.SOPInstanceUID == "" {
 		return fmt.Errorf("%w: the data set has no SOP Instance UID", ErrMalformed)
 	}
-	class := rw.inst.SOPClassUID
-	if class == "" {
+	rw.sopClass = rw.inst.SOPClassUID
+	if rw.sopClass == "" {
 		// No SOP Class UID in the data set: the copy takes the file
-		// meta's (writeFileMeta), so that one is checked.
+		// meta's, so that one is checked.
 		for _, m := range rw.meta {
 			if m.tag == 0x00020002 {
-				class = trimValue(m.value)
+				rw.sopClass = trimValue(m.value)
 			}
 		}
 	}
-	if !p.opts.IncludeBurnedIn && burnedInClass(class) {
-		return fmt.Errorf("%w: SOP class %s (Secondary Capture or Ultrasound) commonly does", ErrBurnedIn, class)
+	if !p.opts.IncludeBurnedIn && burnedInClass(rw.sopClass) {
+		return fmt.Errorf("%w: SOP class %s (Secondary Capture or Ultrasound) commonly does", ErrBurnedIn, rw.sopClass)
 	}
 	// Refused before anything is written.
 	for _, el := range pending {
@@ -380,15 +383,10 @@ func (rw *rewrite) start(pending []*element) error {
 func (rw *rewrite) kept(t Tag, vr string) bool { return rw.d.p.action(t, vr) == actKeep }
 
 func (rw *rewrite) writeFileMeta() error {
-	sopClass := rw.inst.SOPClassUID
+	sopClass := rw.sopClass
 	version := []byte{0, 1}
 	for _, m := range rw.meta {
-		switch m.tag {
-		case 0x00020002:
-			if sopClass == "" {
-				sopClass = trimValue(m.value)
-			}
-		case 0x00020001:
+		if m.tag == 0x00020001 {
 			version = m.value
 		}
 	}
