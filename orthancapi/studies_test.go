@@ -3,6 +3,8 @@ package orthancapi_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,5 +104,75 @@ func testStudyListingAgainstOrthanc(t *testing.T, rel testharness.Release) {
 	}
 	if _, err := c.Studies(ctx, -1, 10); err == nil {
 		t.Error("Studies with a negative since must fail")
+	}
+
+	// What EachStudy allows for in Orthanc's list: paged by position; on
+	// 1.10 in the order studies were made, so a study deleted and stored
+	// again (same ID) comes back at its end; on 1.12 sorted by ID. Walked 4
+	// at a time while studies already given are deleted, every study is
+	// given.
+	files := map[string][]string{} // Study Instance UID -> its file
+	for range 10 {
+		uid := dicomgen.NewUID()
+		paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{StudyInstanceUID: uid, Series: 1, InstancesPerSeries: 1, Rows: 8, Columns: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := o.Upload(t, paths...); len(res.Failed) != 0 {
+			t.Fatalf("upload: %v", res.Failed)
+		}
+		files[uid] = paths
+	}
+	remove := func(studyID string) {
+		t.Helper()
+		instances, err := c.StudyInstances(ctx, studyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, in := range instances {
+			if err := c.DeleteInstance(ctx, in.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	before, err := c.Studies(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remade := before[len(before)-5]
+	remove(remade.ID)
+	if res := o.Upload(t, files[remade.StudyInstanceUID]...); len(res.Failed) != 0 {
+		t.Fatalf("upload again: %v", res.Failed)
+	}
+	after, err := c.Studies(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := slices.IsSortedFunc(after, func(a, b orthancapi.Study) int { return strings.Compare(a.ID, b.ID) })
+	switch {
+	case rel.Name == "1.10" && after[len(after)-1].ID != remade.ID:
+		t.Errorf("Orthanc 1.10: a study deleted and stored again is not at the end of the list")
+	case rel.Name != "1.10" && !byID:
+		t.Errorf("Orthanc %s: the list of studies is not sorted by ID", rel.Name)
+	}
+	given := map[string]bool{}
+	err = orthancapi.EachStudy(ctx, c, 4, func(st orthancapi.Study) error {
+		given[st.ID] = true
+		if len(given)%3 == 0 {
+			remove(st.ID) // in buffer mode, forwarded and deleted
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := c.Studies(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range left {
+		if !given[st.ID] {
+			t.Errorf("study %s not given", st.ID)
+		}
 	}
 }
