@@ -17,20 +17,22 @@ const seenPages = 4
 // EachStudy calls fn for every study of Orthanc's list, pageSize at a
 // time, stopping at fn's first error.
 //
-// Orthanc pages by position: a study deleted before the position reached
-// moves an unread one into a page already read, where `since +=
-// len(page)` would skip it (in buffer mode studies are deleted all the
-// time). So each page starts a tenth of a page before the position and
-// must begin with two studies already given, in the order given; if it
-// does not (more deletions than that), it is read again from further
-// back, and the next pages overlap as much (up to half a page). Two, not
-// one: a study deleted and made again (a late instance) keeps its ID but
+// Orthanc pages by position (1.10 in the order studies were made, 1.12
+// sorted by ID): a study deleted before the position reached moves an
+// unread one into a page already read, where `since += len(page)` would
+// skip it (in buffer mode studies are deleted all the time). So each
+// page starts a tenth of a page before the position and must begin with
+// two studies already given, in the order given; if it does not (more
+// deletions than that), it is read again from further back, and the
+// next pages overlap as much (up to half a page). Two, not one: on 1.10
+// a study deleted and made again (a late instance) keeps its ID but
 // moves to the end of the list, and alone it could pass for the place
 // reached. The studies given are remembered for a few pages, so none is
-// given twice unless the walk goes back further than that. None is
-// skipped, except one created and deleted during the walk, or, should
-// two studies be deleted and made again one after the other while it
-// runs, those before them: a walk run again finds them.
+// given twice unless the walk goes back further than that. No study
+// that is there for the whole walk is skipped, except, on 1.10, the ones
+// before two studies deleted and made again one after the other while it
+// runs: a walk run again finds them. (One made during the walk may be
+// missed: on 1.12 it can sort before the place reached.)
 func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) error) error {
 	if pageSize < 4 {
 		return fmt.Errorf("orthancapi: each study: page size %d, want at least 4", pageSize)
