@@ -219,18 +219,19 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	buf := c.bufPool.Get().(*[]byte)
 	exact := c.contentLength && allSized(parts)
-	body := newRequestBody(ctx, boundary, parts, exact, *buf)
-	// finish ends the request's body: the server reads no more of it (it
-	// answered, or the request failed), so stop the sources and wait for
-	// the transport to leave Read or WriteTo, which it may still be in
-	// after Do returned. Only then can the buffer go back to the pool.
+	bodies := &requestBodies{newBody: func() (*requestBody, *[]byte) {
+		buf := c.bufPool.Get().(*[]byte)
+		return newRequestBody(ctx, boundary, parts, exact, *buf), buf
+	}}
+	body := bodies.add()
+	// finish ends the request's bodies: the server reads no more of them
+	// (it answered, or the request failed), so stop the sources and wait
+	// for the transport to leave Read or WriteTo, which it may still be
+	// in after Do returned. Only then can the buffers go back to the pool.
 	finish := func() (int64, error) {
 		cancel()
-		sent, werr := body.stop()
-		c.bufPool.Put(buf)
-		return sent, werr
+		return bodies.stop(func(buf *[]byte) { c.bufPool.Put(buf) })
 	}
 
 	req, err := http.NewRequestWithContext(ctx, method, c.url, body)
@@ -238,6 +239,16 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 		finish()
 		return nil, fmt.Errorf("stow: build request: %w", err)
 	}
+	// The transport sends the request again on another connection when a
+	// reused one broke before any answer (a keep-alive connection the
+	// server or a load balancer closed as the request left, an HTTP/2
+	// GOAWAY): GetBody encodes the parts again from the start, and the
+	// Idempotency-Key marker, which is not sent, lets HTTP/1.1 do so for
+	// a POST. Storing the same instances again is harmless: a study's
+	// next attempt would do just that, after a backoff and with all its
+	// other requests.
+	req.GetBody = bodies.again
+	req.Header["Idempotency-Key"] = nil
 	req.ContentLength = -1 // stream: chunked on HTTP/1.1
 	if exact {
 		req.ContentLength = multipartLength(boundary, parts)

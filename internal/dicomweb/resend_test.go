@@ -1,0 +1,122 @@
+package dicomweb
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+)
+
+type connRequestsKey struct{}
+
+// droppingSTOW is fakeSTOW, except that a request for which drop (given
+// its number on its connection, from 1) says so is read whole and its
+// connection closed without an answer: a keep-alive connection a server
+// or load balancer closes as a request arrives.
+func droppingSTOW(t *testing.T, log *requestLog, drop func(onConn int32) bool) *httptest.Server {
+	t.Helper()
+	stow := fakeSTOWHandler(t, log)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := r.Context().Value(connRequestsKey{}).(*atomic.Int32).Add(1)
+		if !drop(n) {
+			stow.ServeHTTP(w, r)
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		log.add(r, nil, errors.New("dropped"), 0)
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		conn.Close()
+	}))
+	srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, connRequestsKey{}, new(atomic.Int32))
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestStoreSentAgainOnABrokenReusedConnection(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	var log requestLog
+	var dropped atomic.Bool
+	// The second request on a connection is dropped, once.
+	srv := droppingSTOW(t, &log, func(n int32) bool { return n == 2 && dropped.CompareAndSwap(false, true) })
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	c, _ := New(srv.URL, hc)
+	if _, err := c.Store(t.Context(), []Part{uidPart("1.1", nil)}); err != nil {
+		t.Fatalf("first Store: %v", err)
+	}
+
+	src := &trackedSource{size: 300 << 10}
+	parts := []Part{uidPart("1.2", nil), src.part("1.3"), uidPart("1.4", nil)}
+	res, err := c.Store(t.Context(), parts)
+	if err != nil {
+		t.Fatalf("Store on a connection the server broke: %v; want it sent again on a new one", err)
+	}
+	if got := len(res.Stored); got != 2 { // the tracked part carries no UID line
+		t.Errorf("stored %d instances, want 2", got)
+	}
+	if n := log.count(); n != 3 {
+		t.Errorf("server saw %d requests, want 3 (the first, the dropped one, the one sent again)", n)
+	}
+	if o, cl := src.opened.Load(), src.closed.Load(); o != 2 || cl != 2 {
+		t.Errorf("the source was opened %d times and closed %d, want 2 and 2", o, cl)
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	if last := log.parts[len(log.parts)-1]; len(last) != 3 || int64(len(last[1].data)) != src.size {
+		t.Errorf("the request sent again carried %d parts, want 3 whole ones", len(last))
+	}
+}
+
+func TestStoreNotSentAgainOnANewConnection(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	var log requestLog
+	srv := droppingSTOW(t, &log, func(n int32) bool { return n == 1 })
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	c, _ := New(srv.URL, hc)
+	_, err := c.Store(t.Context(), []Part{uidPart("1.1", nil)})
+	if !errors.Is(err, ErrNoAnswer) {
+		t.Fatalf("err = %v, want ErrNoAnswer", err)
+	}
+	// A new connection broken says the server is at fault, not a closed
+	// keep-alive connection: the caller's retry policy decides.
+	if n := log.count(); n != 1 {
+		t.Errorf("server saw %d requests, want 1", n)
+	}
+}
+
+func TestStoreSourceFailureNotReadAgain(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	var log requestLog
+	srv := droppingSTOW(t, &log, func(int32) bool { return false })
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	c, _ := New(srv.URL, hc)
+	if _, err := c.Store(t.Context(), []Part{uidPart("1.1", nil)}); err != nil {
+		t.Fatalf("first Store: %v", err)
+	}
+	boom := errors.New("orthanc: cannot transcode")
+	var opened atomic.Int32
+	failing := Part{SOPInstanceUID: "9.9", Size: -1, Open: func(context.Context) (io.ReadCloser, error) {
+		opened.Add(1)
+		return nil, boom
+	}}
+	_, err := c.Store(t.Context(), []Part{failing, uidPart("1.2", nil)})
+	if !errors.Is(err, boom) {
+		t.Fatalf("err = %v, want the source's failure", err)
+	}
+	if n := opened.Load(); n != 1 {
+		t.Errorf("the failing source was opened %d times, want 1", n)
+	}
+}
