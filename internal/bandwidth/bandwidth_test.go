@@ -137,3 +137,45 @@ func TestReaderBurstShrinksDuringRead(t *testing.T) {
 		}
 	})
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// A body the transport sends again (GetBody: a keep-alive connection
+// broken before any answer) is capped as the first one is.
+func TestBodySentAgainIsCapped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const rate = 1 << 20
+		l := New(rate)
+		payload := bytes.Repeat([]byte{1}, 3*rate)
+		rt := l.Transport(roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			if _, err := io.Copy(io.Discard, r.Body); err != nil {
+				return nil, err
+			}
+			start := time.Now()
+			again, err := r.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			if _, err := io.Copy(io.Discard, again); err != nil {
+				return nil, err
+			}
+			// The bucket starts full only once: the second copy waits for
+			// what the first took.
+			if d := time.Since(start); d < 2*time.Second {
+				t.Errorf("the body sent again took %v, want about 3 s at the cap", d)
+			}
+			return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody}, nil
+		}))
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://destination.invalid/", bytes.NewReader(payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	})
+}
