@@ -66,10 +66,16 @@ func TestClusterConcurrentProvisioning(t *testing.T) {
 	wg.Wait()
 }
 
-// countingJS counts the create-or-update requests for streams.
+// countingJS counts the create-or-update requests for streams and for
+// key-value buckets.
 type countingJS struct {
 	jetstream.JetStream
-	updates int
+	updates, kvUpdates int
+}
+
+func (c *countingJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	c.kvUpdates++
+	return c.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
 }
 
 func (c *countingJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
@@ -100,5 +106,36 @@ func TestEnsureEventsLeavesAnUnchangedStream(t *testing.T) {
 	}
 	if c.updates != 2 || s.CachedInfo().Config.MaxAge != 48*time.Hour {
 		t.Errorf("after a change: %d requests, MaxAge %s; want 2, 48h", c.updates, s.CachedInfo().Config.MaxAge)
+	}
+}
+
+// So does a start that finds its key-value buckets as it wants them.
+func TestEnsureBucketsLeaveUnchangedOnes(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	c := &countingJS{JetStream: js}
+	topo := natsjs.DefaultTopology()
+	for range 2 {
+		if _, err := topo.EnsureLedger(ctx, c, "archive"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := topo.EnsureStatus(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.kvUpdates != 2 {
+		t.Errorf("%d create-or-update requests for two starts with two buckets, want 2", c.kvUpdates)
+	}
+	topo.StatusTTL = 3 * topo.StatusTTL
+	kv, err := topo.EnsureStatus(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.kvUpdates != 3 || st.TTL() != topo.StatusTTL {
+		t.Errorf("after a change: %d requests, TTL %s; want 3, %s", c.kvUpdates, st.TTL(), topo.StatusTTL)
 	}
 }

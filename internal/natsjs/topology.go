@@ -234,6 +234,12 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 		have.Storage == want.Storage && have.Replicas == max(want.Replicas, 1) && have.Discard == want.Discard
 }
 
+// sameBucket reports whether have is want in every field stowline sets.
+func sameBucket(have, want jetstream.KeyValueConfig) bool {
+	return have.Description == want.Description && have.History == max(want.History, 1) && have.TTL == want.TTL &&
+		have.Storage == want.Storage && have.Replicas == max(want.Replicas, 1)
+}
+
 // ConsumerConfig is the durable pull consumer of one destination's
 // routine lane, shared by every forwarder replica that serves it: the
 // routine events of every source, and the routine events meant for this
@@ -481,8 +487,24 @@ func (t Topology) EnsureStatus(ctx context.Context, js jetstream.JetStream) (jet
 	})
 }
 
+// ensureKV creates the bucket, or updates it when it differs from cfg in
+// what stowline sets; an unchanged bucket is left alone, as ensureStream
+// leaves its stream (a bucket is a stream).
 func ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	switch {
+	case err == nil:
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+		}
+		if b, ok := st.(*jetstream.KeyValueBucketStatus); ok && sameBucket(b.Config(), cfg) {
+			return kv, nil
+		}
+	case !errors.Is(err, jetstream.ErrBucketNotFound):
+		return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+	}
+	kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create or update key-value bucket %s: %w", cfg.Bucket, err)
 	}
