@@ -79,24 +79,34 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	if err := requireDestination(ctx, conn.JS, *destination); err != nil {
 		return &usageError{fmt.Errorf("%s: %w", program, err)}
 	}
-	var evs []events.StudyStable
-	dups := 0
-	if *from == "stream" {
-		evs, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane, start, end, *dryRun)
-	} else {
-		evs, dups, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane, start, end, *dryRun)
-	}
+	// Rows are written as the studies are queued, a block at a time (one
+	// Orthanc page), so that a backfill of a whole archive holds no list
+	// in memory and shows its progress.
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE")
-	for _, ev := range evs {
+	n := 0
+	emit := func(ev *events.StudyStable) {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.LastUpdate)
+		if n++; n%sourcePage == 0 {
+			w.Flush()
+		}
+	}
+	dups := 0
+	if *from == "stream" {
+		var evs []events.StudyStable
+		evs, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane, start, end, *dryRun)
+		for i := range evs {
+			emit(&evs[i])
+		}
+	} else {
+		dups, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane, start, end, *dryRun, emit)
 	}
 	w.Flush()
 	verb := "queued for"
 	if *dryRun {
 		verb = "would be queued for"
 	}
-	fmt.Fprintf(stdout, "%d studies %s %s\n", len(evs)-dups, verb, *destination)
+	fmt.Fprintf(stdout, "%d studies %s %s\n", n-dups, verb, *destination)
 	if dups > 0 {
 		fmt.Fprintf(stdout, "%d studies not queued again: a backfill queued them within EVENTS_DEDUPE_WINDOW (%s); a dead-lettered one is sent again with `forwarder replay`\n",
 			dups, cfg.NATS.DedupeWindow)
@@ -104,31 +114,33 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	return err
 }
 
+// sourcePage is how many studies backfill reads from Orthanc at a time.
+const sourcePage = 500
+
 // backfillFromSources queues for destination the stable studies of every
-// source whose LastUpdate falls in [start, end) (end zero: up to now).
-// Orthanc writes LastUpdate in its own clock's zone, read here as UTC.
-// dups counts the events JetStream dropped as queued by a backfill before,
-// within the dedupe window.
-func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool) (out []events.StudyStable, dups int, err error) {
+// source whose LastUpdate falls in [start, end) (end zero: up to now),
+// giving each to emit once queued (or, dry, found). Orthanc writes
+// LastUpdate in UTC. dups counts the events JetStream dropped as queued by
+// a backfill before, within the dedupe window.
+func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool, emit func(*events.StudyStable)) (dups int, err error) {
 	sources, err := NewSources(oc)
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
 	from, to := start.UTC().Format(lastUpdateLayout), ""
 	if !end.IsZero() {
 		to = end.UTC().Format(lastUpdateLayout)
 	}
-	const page = 500
 	for _, src := range sources.List() {
 		name := src.Name
 		if name == "" {
 			sys, err := src.Client.System(ctx)
 			if err != nil {
-				return out, dups, fmt.Errorf("orthanc: learn the source name: %w", err)
+				return dups, fmt.Errorf("orthanc: learn the source name: %w", err)
 			}
 			name = events.DefaultSourceName(sys.Name)
 		}
-		err := orthancapi.EachStudy(ctx, src.Client, page, func(st orthancapi.Study) error {
+		err := orthancapi.EachStudy(ctx, src.Client, sourcePage, func(st orthancapi.Study) error {
 			if !st.IsStable || st.LastUpdate < from || (to != "" && st.LastUpdate >= to) {
 				return nil
 			}
@@ -146,12 +158,12 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 					dups++
 				}
 			}
-			out = append(out, *ev)
+			emit(ev)
 			return nil
 		})
 		if err != nil {
-			return out, dups, fmt.Errorf("source %s: %w", name, err)
+			return dups, fmt.Errorf("source %s: %w", name, err)
 		}
 	}
-	return out, dups, nil
+	return dups, nil
 }
