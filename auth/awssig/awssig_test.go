@@ -133,6 +133,11 @@ func verifySigV4(r *http.Request, payloadHash, secret string) error {
 		case "content-length":
 			v = strconv.FormatInt(r.ContentLength, 10)
 		default:
+			// A signed header the request does not carry is refused: a
+			// service may not read it as empty, as this check would.
+			if len(r.Header.Values(h)) == 0 {
+				return fmt.Errorf("signed header %q is not in the request", h)
+			}
 			v = strings.Join(strings.Fields(strings.Join(r.Header.Values(h), ",")), " ")
 		}
 		canon.WriteString(h + ":" + v + "\n")
