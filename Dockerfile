@@ -29,7 +29,10 @@ ENTRYPOINT ["/usr/local/bin/forwarder"]
 FROM gcr.io/distroless/static-debian12:nonroot AS stowline
 COPY --from=build /out/stowline /usr/local/bin/stowline
 COPY --from=build --chown=65532:65532 /out/rootfs/ /
-# Embedded JetStream data (single host): mount a volume here.
+# Embedded JetStream data (single host): mount a volume here, for one
+# container at a time (a second is refused while the first runs). Stop it
+# with at least 45 s (docker run --stop-timeout 45): it finishes or gives
+# back the studies in flight within 30 s, then closes the store.
 ENV NATS_STORE_DIR=/data/nats
 VOLUME ["/data"]
 EXPOSE 8080 8081

@@ -47,8 +47,13 @@ type EmbeddedCluster struct {
 
 // EmbeddedServer is a running embedded nats-server.
 type EmbeddedServer struct {
-	ns *server.Server
+	ns     *server.Server
+	unlock func()
 }
+
+// ErrStoreInUse means another process runs an embedded server on the
+// same store directory.
+var ErrStoreInUse = errors.New("store directory in use")
 
 // StartEmbedded starts the server and waits until it accepts connections.
 func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, error) {
@@ -58,6 +63,16 @@ func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, err
 	if err := os.MkdirAll(opts.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("embedded NATS: create store directory: %w", err)
 	}
+	unlock, err := lockStore(opts.StoreDir)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			unlock()
+		}
+	}()
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 30 * time.Second
 	}
@@ -99,7 +114,8 @@ func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, err
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded NATS: server not ready after %s", opts.ReadyTimeout)
 	}
-	return &EmbeddedServer{ns: ns}, nil
+	started = true
+	return &EmbeddedServer{ns: ns, unlock: unlock}, nil
 }
 
 func parseRoutes(routes []string) ([]*url.URL, error) {
@@ -138,6 +154,7 @@ func (s *EmbeddedServer) ClientURL() string {
 func (s *EmbeddedServer) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
+	s.unlock()
 }
 
 // NATSServer exposes the underlying server (cluster tests need its details).

@@ -433,3 +433,22 @@ func TestPublisherDedupe(t *testing.T) {
 		t.Errorf("the stream holds %d events, want 3", n)
 	}
 }
+
+// Two embedded servers on one store directory would each number their
+// own events and overwrite the other's: the second is refused until the
+// first has stopped.
+func TestStoreDirectoryTakenOnce(t *testing.T) {
+	dir := t.TempDir()
+	first, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: dir}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: dir}, discard); !errors.Is(err, natsjs.ErrStoreInUse) {
+		if second != nil {
+			second.Shutdown()
+		}
+		t.Fatalf("second server on the same store: %v; want ErrStoreInUse", err)
+	}
+	first.Shutdown()
+	startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir})
+}
