@@ -124,22 +124,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody()
 		return nil, errUnknownLength
 	}
-	// A header without values is a marker for the transport, never sent
-	// (Idempotency-Key: the request may be sent again); signed, it would
-	// be missing from the request the service checks.
-	var markers []string
-	for k, vs := range out.Header {
-		if len(vs) == 0 {
-			markers = append(markers, k)
-			delete(out.Header, k)
-		}
-	}
 	if err := sign(req.Context(), t.signer, creds, out, payload, Service, t.region, time.Now()); err != nil {
 		closeBody()
 		return nil, err
-	}
-	for _, k := range markers {
-		out.Header[k] = nil
 	}
 	return t.base.RoundTrip(out)
 }

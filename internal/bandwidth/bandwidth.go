@@ -134,16 +134,6 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	r := req.Clone(req.Context())
 	r.Body = &body{Reader: t.l.Reader(req.Context(), req.Body), c: req.Body}
-	if req.GetBody != nil {
-		// A body the transport sends again is capped too.
-		r.GetBody = func() (io.ReadCloser, error) {
-			b, err := req.GetBody()
-			if err != nil {
-				return nil, err
-			}
-			return &body{Reader: t.l.Reader(req.Context(), b), c: b}, nil
-		}
-	}
 	return t.rt.RoundTrip(r)
 }
 

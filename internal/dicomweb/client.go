@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 const (
@@ -210,45 +212,55 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 			return nil, fmt.Errorf("%w: part %d (SOP Instance UID %q) has no Open func", errInvalidPart, i+1, p.SOPInstanceUID)
 		}
 	}
+	res, resend, err := c.sendOnce(ctx, method, parts)
+	if resend && ctx.Err() == nil {
+		// The connection was a reused one and broke before any answer:
+		// a keep-alive connection the server or a load balancer closed
+		// as the request left, an HTTP/2 GOAWAY. net/http resends such a
+		// request only with GetBody, which would also make it follow
+		// 307 and 308 redirects and, on HTTP/2, resend up to 6 times, so
+		// the request is sent again here, once, on a new connection,
+		// its parts read again. Storing an instance twice is harmless: a
+		// study's next attempt would do just that, after a backoff and
+		// with all its other requests.
+		res, _, err = c.sendOnce(ctx, method, parts)
+	}
+	return res, err
+}
+
+// sendOnce sends one STOW-RS request; resend reports a request that got
+// no answer on a reused connection.
+func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res *Result, resend bool, err error) {
 	boundary, err := c.newBoundary()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := validateBoundary(boundary); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var reused atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) }})
+	buf := c.bufPool.Get().(*[]byte)
 	exact := c.contentLength && allSized(parts)
-	bodies := &requestBodies{newBody: func() (*requestBody, *[]byte) {
-		buf := c.bufPool.Get().(*[]byte)
-		return newRequestBody(ctx, boundary, parts, exact, *buf), buf
-	}}
-	body := bodies.add()
-	// finish ends the request's bodies: the server reads no more of them
-	// (it answered, or the request failed), so stop the sources and wait
-	// for the transport to leave Read or WriteTo, which it may still be
-	// in after Do returned. Only then can the buffers go back to the pool.
+	body := newRequestBody(ctx, boundary, parts, exact, *buf)
+	// finish ends the request's body: the server reads no more of it (it
+	// answered, or the request failed), so stop the sources and wait for
+	// the transport to leave Read or WriteTo, which it may still be in
+	// after Do returned. Only then can the buffer go back to the pool.
 	finish := func() (int64, error) {
 		cancel()
-		return bodies.stop(func(buf *[]byte) { c.bufPool.Put(buf) })
+		sent, werr := body.stop()
+		c.bufPool.Put(buf)
+		return sent, werr
 	}
 
 	req, err := http.NewRequestWithContext(ctx, method, c.url, body)
 	if err != nil {
 		finish()
-		return nil, fmt.Errorf("stow: build request: %w", err)
+		return nil, false, fmt.Errorf("stow: build request: %w", err)
 	}
-	// The transport sends the request again on another connection when a
-	// reused one broke before any answer (a keep-alive connection the
-	// server or a load balancer closed as the request left, an HTTP/2
-	// GOAWAY): GetBody encodes the parts again from the start, and the
-	// Idempotency-Key marker, which is not sent, lets HTTP/1.1 do so for
-	// a POST. Storing the same instances again is harmless: a study's
-	// next attempt would do just that, after a backoff and with all its
-	// other requests.
-	req.GetBody = bodies.again
-	req.Header["Idempotency-Key"] = nil
 	req.ContentLength = -1 // stream: chunked on HTTP/1.1
 	if exact {
 		req.ContentLength = multipartLength(boundary, parts)
@@ -264,9 +276,9 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 	if doErr != nil {
 		if _, werr := finish(); isWriteFailure(werr) {
 			// The transport only saw a broken body; the body knows why.
-			return nil, werr
+			return nil, false, werr
 		}
-		return nil, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
+		return nil, reused.Load(), noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
 	}
 	if r := resp.Request; r != nil && r.Method != method {
 		// The http.Client followed a 301/302/303 and re-sent the request
@@ -274,12 +286,13 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 		// a QIDO-RS search result that parses as an empty STOW response).
 		resp.Body.Close()
 		finish()
-		return nil, fmt.Errorf("%w: %s %s ended as %s %s", ErrRedirected, method, c.logURL, r.Method, logSafe(r.URL))
+		return nil, false, fmt.Errorf("%w: %s %s ended as %s %s", ErrRedirected, method, c.logURL, r.Method, logSafe(r.URL))
 	}
 	respBody, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
 	resp.Body.Close()
 	sent, werr := finish()
-	return c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent)
+	res, err = c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent)
+	return res, false, err
 }
 
 // resource is the URL of a resource below {base}/studies (elements

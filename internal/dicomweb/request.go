@@ -52,62 +52,6 @@ type requestBody struct {
 	sent    int64         // bytes handed to the transport
 	err     error         // the encoder's first failure, sticky
 	ended   bool          // the close delimiter is queued in framing
-
-	// failed is err once a part failed, for requestBodies.again, which
-	// must not wait for a Read under way.
-	failed atomic.Pointer[error]
-}
-
-// requestBodies are the bodies of one request: the first, and one more
-// each time the transport sends the request again (GetBody).
-type requestBodies struct {
-	newBody func() (*requestBody, *[]byte)
-
-	mu      sync.Mutex
-	all     []*requestBody
-	bufs    []*[]byte
-	stopped bool
-}
-
-// add makes the next body.
-func (r *requestBodies) add() *requestBody {
-	b, buf := r.newBody()
-	r.all, r.bufs = append(r.all, b), append(r.bufs, buf)
-	return b
-}
-
-// again is the request's GetBody: the parts encoded again from the start.
-// After a part failed (a source that could not be read, a conversion
-// Orthanc refused), the request fails with that failure instead of
-// reading the sources again.
-func (r *requestBodies) again() (io.ReadCloser, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.stopped {
-		return nil, errBodyAbandoned
-	}
-	if err := r.all[len(r.all)-1].failed.Load(); err != nil {
-		return nil, *err
-	}
-	return r.add(), nil
-}
-
-// stop stops every body (requestBody.stop) and gives their buffers to
-// release; it returns the bytes the last body handed to the transport and
-// its failure, if any: the last body is the one the answer is about.
-func (r *requestBodies) stop(release func(*[]byte)) (int64, error) {
-	r.mu.Lock()
-	r.stopped = true
-	r.mu.Unlock()
-	var sent int64
-	var err error
-	for _, b := range r.all {
-		sent, err = b.stop()
-	}
-	for _, buf := range r.bufs {
-		release(buf)
-	}
-	return sent, err
 }
 
 func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bool, buf []byte) *requestBody {
@@ -274,8 +218,6 @@ func (b *requestBody) queueNext() {
 func (b *requestBody) fail(err error) error {
 	p := b.parts[b.next]
 	b.err = fmt.Errorf("stow: part %d (SOP Instance UID %q): %w", b.next+1, p.SOPInstanceUID, err)
-	failed := b.err
-	b.failed.Store(&failed)
 	b.closeSource()
 	return b.err
 }
