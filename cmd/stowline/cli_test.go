@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stowline/stowline/internal/app"
 )
@@ -71,4 +76,67 @@ func destinations(extra map[string]string) map[string]string {
 		env[k] = v
 	}
 	return env
+}
+
+// A second single-host process on the same store directory is refused at
+// start (it would overwrite the first one's acknowledged events).
+func TestSecondProcessOnTheStoreRefused(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{
+		"INGEST_TOKEN":        "0123456789abcdef",
+		"DICOMWEB_URL":        "http://archive.invalid/dicom-web",
+		"ORTHANC_URL":         "http://127.0.0.1:1",
+		"NATS_STORE_DIR":      dir,
+		"INGEST_ADDR":         freeAddr(t),
+		"FORWARDER_ADDR":      freeAddr(t),
+		"RECONCILE_ENABLED":   "false",
+		"LOG_LEVEL":           "error",
+		"STATUS_PAGE_ENABLED": "false",
+	}
+	getenv := func(k string) string { return env[k] }
+	ctx, cancel := context.WithCancel(t.Context())
+	first := make(chan error, 1)
+	var out1 bytes.Buffer
+	go func() { first <- run(ctx, nil, getenv, nil, &out1, &out1) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-first; err != nil {
+			t.Errorf("first process: %v", err)
+		}
+	})
+	// Started: its webhook listens once every role has started.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get("http://" + env["INGEST_ADDR"] + "/healthz"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		select {
+		case err := <-first:
+			first <- nil // for the cleanup
+			t.Fatalf("the first process ended: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first process did not start: %s", out1.String())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "stowline.lock")); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	err := run(t.Context(), nil, getenv, nil, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") || !strings.Contains(err.Error(), "NATS_STORE_DIR") {
+		t.Fatalf("second process: %v; want it refused with the store directory in use", err)
+	}
+}
+
+// freeAddr is a loopback address with a port free now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

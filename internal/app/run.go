@@ -73,7 +73,9 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 	if err != nil {
 		return err
 	}
-	return p.run(ctx, in, &forwarderRole{cfg: &c.Forwarder, sources: sources})
+	// The forwarder starts first: the webhook's /readyz then says the
+	// whole process is up, not only its ingest.
+	return p.run(ctx, &forwarderRole{cfg: &c.Forwarder, sources: sources}, in)
 }
 
 // process is what the roles of one process share.
