@@ -13,14 +13,20 @@ import (
 
 // releaseFunc is buffer mode's forward.Options.Release with several
 // destinations. An instance may leave the source once every destination
-// whose rules select it has recorded this state of the study (its
-// LastUpdate) in its ledger: a destination records a state only after
-// storing all it selected of it. Rules that fail on the study keep every
-// instance (its destination dead-letters the study).
+// whose rules select it has stored it, and at least one of them holds it
+// as it is, not de-identified. A destination has stored an instance when
+// it recorded this state of the study (its LastUpdate) in its ledger
+// after selecting what its rules select now (the selection's digest: a
+// rule changed since, or a record of another release's rules, may have
+// left instances out), and did not keep the instance (a conflict it
+// skipped, an instance it changed). A record of "not selected" stored
+// nothing. Rules that fail on the study keep every instance (its
+// destination dead-letters the study).
 func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledgers map[string]*ledger.Ledger) func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
 	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
-		needed := map[string]bool{}  // selected by some destination
-		pending := map[string]bool{} // selected by one that has not stored it
+		needed := map[string]bool{}   // selected by some destination
+		pending := map[string]bool{}  // selected by one that has not stored it
+		original := map[string]bool{} // stored by one that receives originals
 		for _, d := range all {
 			selected := listed
 			if rt := routes[d.Name]; rt != nil {
@@ -36,20 +42,36 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 			if err != nil && !errors.Is(err, ledger.ErrNotRecorded) {
 				return nil, fmt.Errorf("destination %s: %w", d.Name, err)
 			}
-			stored := err == nil && rec.LastUpdate == ev.LastUpdate
+			stored := err == nil && rec.LastUpdate == ev.LastUpdate && !rec.NotSelected &&
+				(rec.Selected == "" || rec.Selected == ledger.SelectionDigest(sopInstanceUIDs(selected)))
+			kept := map[string]bool{}
+			for _, uid := range rec.Kept {
+				kept[uid] = true
+			}
 			for _, in := range selected {
 				needed[in.ID] = true
-				if !stored {
+				switch {
+				case !stored || kept[in.SOPInstanceUID]:
 					pending[in.ID] = true
+				case !d.Deidentifies():
+					original[in.ID] = true
 				}
 			}
 		}
 		var out []orthancapi.Instance
 		for _, in := range listed {
-			if needed[in.ID] && !pending[in.ID] {
+			if needed[in.ID] && !pending[in.ID] && original[in.ID] {
 				out = append(out, in)
 			}
 		}
 		return out, nil
 	}
+}
+
+func sopInstanceUIDs(instances []orthancapi.Instance) []string {
+	out := make([]string, len(instances))
+	for i, in := range instances {
+		out[i] = in.SOPInstanceUID
+	}
+	return out
 }

@@ -110,7 +110,10 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		}
 		o.DeadLetters = dls
 		o.Failures = deadletter.NewFailureLog(failureKV, d.Name)
-		o.Completed = ledgers[d.Name].WithPseudonyms(forward.StudyPseudonym(o.Destination)).Completed
+		l := ledgers[d.Name].WithPseudonyms(forward.StudyPseudonym(o.Destination))
+		o.Completed = func(ctx context.Context, ev *events.StudyStable, c forward.Completion) error {
+			return l.Completed(ctx, ev, ledger.Outcome{NotSelected: c.NotSelected, Selected: c.Selected, Kept: c.Kept})
+		}
 		if fc.DeleteFromSource {
 			o.CleanerFor = r.cleanerFor
 			if len(all) > 1 {

@@ -179,7 +179,10 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 		f.named = append(f.named, d)
 		if !f.serves(name) {
 			// Another forwarder group sends to it: this one needs only its
-			// name and rules, never its credentials.
+			// name and rules, never its credentials, and whether it
+			// receives originals (buffer mode deletes an instance only
+			// once a destination that does holds it).
+			f.named[len(f.named)-1].Deidentify.Mode = getenv(d.VarName("STOW_DEIDENTIFY"))
 			continue
 		}
 		own := func(key string) string { return getenv(d.VarName(key)) }

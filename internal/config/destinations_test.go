@@ -129,6 +129,15 @@ func TestDestinationErrorsNameTheirVariables(t *testing.T) {
 			[]string{`"archive-oauth-token" and "archive" would both read DESTINATION_ARCHIVE_OAUTH_TOKEN_URL`}},
 		{"unknown served destination", func(e map[string]string) { e["FORWARDER_DESTINATIONS"] = "archive,dr" },
 			[]string{`FORWARDER_DESTINATIONS: "dr" is not a configured destination`}},
+		// Buffer mode would delete the only identified copy; archive is
+		// served by other forwarders and still counts.
+		{"buffer mode without originals", func(e map[string]string) {
+			e["FORWARDER_DELETE_FROM_SOURCE"] = "true"
+			e["FORWARDER_DESTINATIONS"] = "ai-2"
+			e["DESTINATION_ARCHIVE_STOW_DEIDENTIFY"] = "basic"
+			e["DESTINATION_AI_2_STOW_DEIDENTIFY"] = "basic"
+			e["DESTINATION_AI_2_DEIDENTIFY_KEY_FILE"] = e["DESTINATION_AI_2_OAUTH_CLIENT_SECRET_FILE"]
+		}, []string{"FORWARDER_DELETE_FROM_SOURCE=true: every destination receives de-identified copies"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

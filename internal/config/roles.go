@@ -150,7 +150,21 @@ func (f *Forwarder) Validate() error {
 	if err := f.Lanes.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if f.DeleteFromSource && f.allDeidentify() {
+		errs = append(errs, errors.New("FORWARDER_DELETE_FROM_SOURCE=true: every destination receives de-identified copies (STOW_DEIDENTIFY=basic), "+
+			"so buffer mode would delete the only identified copy of each instance; add a destination that receives the originals, or turn buffer mode off"))
+	}
 	return errors.Join(errs...)
+}
+
+// allDeidentify reports whether no destination receives the originals.
+func (f *Forwarder) allDeidentify() bool {
+	for _, d := range f.DestinationList() {
+		if !d.Deidentifies() {
+			return false
+		}
+	}
+	return true
 }
 
 // Destination is one DICOMweb destination's settings. The default

@@ -92,6 +92,13 @@ const (
 	FailureAzureBeingCreated          = 0xB00F // 45071
 )
 
+// Warning Reason (0008,1196) values that say the destination stored the
+// instance changed (PS3.18 Table I.2-1).
+const (
+	WarningCoercion          = 0xB000 // 45056: coercion of data elements
+	WarningElementsDiscarded = 0xB006 // 45062
+)
+
 // FailureReasonText describes a Failure Reason code for logs.
 func FailureReasonText(code int) string {
 	switch code {

@@ -153,9 +153,9 @@ type Options struct {
 	// only instances the destination listed.
 	Verifier Verifier
 	// Completed, if set, is called after a study was stored and its event
-	// acked, to record the completed forward (the audit reads it). An
-	// error is logged; the study stays forwarded.
-	Completed func(ctx context.Context, ev *events.StudyStable, notSelected bool) error
+	// acked, to record the completed forward (the audit and buffer mode
+	// read it). An error is logged; the study stays forwarded.
+	Completed func(ctx context.Context, ev *events.StudyStable, c Completion) error
 	// CleanerFor, if set, turns on buffer mode: once a study is stored,
 	// acked and recorded, the instances that were forwarded are deleted
 	// from its source, unless the study changed since its event.

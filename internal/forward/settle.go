@@ -80,7 +80,8 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		}
 	}
 	if f.opts.Completed != nil {
-		if err := f.opts.Completed(ctx, a.Event, rep.NotSelected); err != nil {
+		c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept}
+		if err := f.opts.Completed(ctx, a.Event, c); err != nil {
 			log.Warn("study forwarded but not recorded as completed", "err", err)
 		}
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,8 +43,24 @@ type Report struct {
 	Verify time.Duration
 	// forwarded are the instances sent, set only when the destination
 	// confirmed every one (buffer mode deletes them); listed are all the
-	// study's instances.
+	// study's instances; forwarded leaves out the kept ones.
 	forwarded, listed []orthancapi.Instance
+	// selected are the SOP Instance UIDs the rules selected, kept those
+	// the destination does not hold as sent (Completion.Kept).
+	selected, kept []string
+}
+
+// Completion is what the destination holds of a study state it is done
+// with, for the ledger.
+type Completion struct {
+	// NotSelected: the rules selected nothing of the study.
+	NotSelected bool
+	// Selected are the SOP Instance UIDs the rules selected. Kept are
+	// those of them the destination does not hold as sent: a conflict
+	// skipped (it holds other content), or stored with a warning (it may
+	// have coerced or discarded attributes). Buffer mode never deletes a
+	// kept instance from the source.
+	Selected, Kept []string
 }
 
 func (r *Report) add(o Report) {
@@ -99,6 +117,10 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		}
 	}
 	rep.Selected = len(instances)
+	rep.selected = make([]string, len(instances))
+	for i, in := range instances {
+		rep.selected[i] = in.SOPInstanceUID
+	}
 	f.obs.Progress(a, rep)
 	plan, pending, rejected, err := f.planSyntaxes(ctx, src, instances)
 	if err != nil {
@@ -110,6 +132,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		byUID[inst.SOPInstanceUID] = inst
 	}
 	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}}
+	warned := map[string]dicomweb.Warning{}
 	var upsert []dicomweb.Part
 	for transientRounds := 0; ; {
 		var outs []batchOutcome
@@ -137,6 +160,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 			conflicts = append(conflicts, out.conflicts...)
 			skipped = append(skipped, out.skipped...)
 			st.nonPrimary = append(st.nonPrimary, out.nonPrimary...)
+			for _, w := range out.warned {
+				warned[w.SOPInstanceUID] = w
+			}
 			for _, p := range out.retry {
 				notDone[p.SOPInstanceUID] = true
 			}
@@ -225,8 +251,29 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		}
 	}
 	// Buffer mode must not delete a correction the destination did not
-	// take: a skipped conflict stays in the source.
-	rep.forwarded, rep.listed = withoutUIDs(instances, st.skipped), withoutUIDs(rep.listed, st.skipped)
+	// take, nor an instance it says it changed: a skipped conflict, and
+	// an instance stored with Coercion of Data Elements (B000) or
+	// Elements Discarded (B006), stay in the source. Other warnings
+	// (B007: does not match its SOP class; Azure's validation warnings)
+	// come with the instance stored as sent.
+	kept := maps.Clone(st.skipped)
+	if len(warned) > 0 {
+		changed := 0
+		for uid, w := range warned {
+			if w.WarningReason == dicomweb.WarningCoercion || w.WarningReason == dicomweb.WarningElementsDiscarded {
+				kept[uid] = true
+				changed++
+			}
+		}
+		first := slices.Sorted(maps.Keys(warned))[0]
+		f.log.Warn("the destination stored instances with a warning", "orthanc_study_id", ev.OrthancStudyID,
+			"study_instance_uid", ev.StudyInstanceUID, "instances", len(warned), "changed_by_destination", changed,
+			"first_sop_instance_uid", first, "warning_reason", fmt.Sprintf("0x%04X", warned[first].WarningReason))
+	}
+	rep.kept = slices.Sorted(maps.Keys(kept))
+	// listed stays whole: Release learns what this destination kept from
+	// its ledger record, as it does for the others.
+	rep.forwarded = withoutUIDs(instances, kept)
 	return rep, nil
 }
 
@@ -325,6 +372,8 @@ type batchOutcome struct {
 	conflicts  []conflicted
 	skipped    []string
 	nonPrimary []Instance
+	// warned were stored with a warning.
+	warned []dicomweb.Warning
 }
 
 // send stores one batch and sorts its instances by the response. This is
@@ -374,6 +423,11 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			out.nonPrimary = append(out.nonPrimary, Instance{SOPInstanceUID: in.SOPInstanceUID,
 				Text: "stored in a non-primary image set (AWS HealthImaging): reconcile it with the primary one"})
 			f.m.nonPrimary.Inc()
+		}
+	}
+	for _, w := range res.Warnings {
+		if stored[w.SOPInstanceUID] {
+			out.warned = append(out.warned, w)
 		}
 	}
 	failed := make(map[string]int, len(res.Failed))

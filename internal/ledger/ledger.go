@@ -6,9 +6,12 @@ package ledger
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -43,6 +46,36 @@ type Record struct {
 	// holds the study under when it receives de-identified copies
 	// (STOW_DEIDENTIFY=basic); the mapping stays in the site's own store.
 	PseudonymStudyInstanceUID string `json:"pseudonymStudyInstanceUid,omitempty"`
+	// Selected is the SelectionDigest of the SOP Instance UIDs the
+	// destination's rules selected of this state, and Kept those of them
+	// it does not hold as sent (a conflict skipped: it holds other
+	// content; stored with a warning: it may have changed them). Buffer
+	// mode deletes an instance for another destination only when this
+	// one's rules still select what they selected then, and it is not
+	// kept. Records of releases before 2026-12-03 have neither.
+	Selected string   `json:"selected,omitempty"`
+	Kept     []string `json:"kept,omitempty"`
+}
+
+// Outcome is what a destination holds of a study state it is done with.
+type Outcome struct {
+	// NotSelected: its rules selected nothing of the study.
+	NotSelected bool
+	// Selected are the SOP Instance UIDs its rules selected; Kept those
+	// of them it does not hold as sent (Record.Kept).
+	Selected, Kept []string
+}
+
+// SelectionDigest identifies a set of SOP Instance UIDs, in any order.
+func SelectionDigest(uids []string) string {
+	sorted := slices.Clone(uids)
+	slices.Sort(sorted)
+	h := sha256.New()
+	for _, u := range sorted {
+		h.Write([]byte(u))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Ledger reads and writes the bucket.
@@ -106,21 +139,25 @@ func Key(source, orthancStudyID string) string { return source + "." + orthancSt
 // record the same study at once.
 const maxAttempts = 5
 
-// Record stores that ev's study was forwarded.
+// Record stores that ev's study was forwarded, without saying what of it
+// (tests; a forwarder records with Completed).
 func (l *Ledger) Record(ctx context.Context, ev *events.StudyStable) error {
-	return l.Completed(ctx, ev, false)
+	return l.Completed(ctx, ev, Outcome{})
 }
 
 // Completed stores that ev's study is done for the destination: forwarded,
 // or not selected by its rules. A record is never moved back to an older
-// LastUpdate (events may be forwarded out of order). It has the signature
-// of forward.Options.Completed.
-func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, notSelected bool) error {
+// LastUpdate (events may be forwarded out of order).
+func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcome) error {
+	notSelected := o.NotSelected
 	if !events.ValidSource(ev.Source) || !orthancapi.ValidID(ev.OrthancStudyID) {
 		return fmt.Errorf("ledger: record %s: invalid source or study ID", ev.MsgID())
 	}
 	key := Key(ev.Source, ev.OrthancStudyID)
 	rec := Record{LastUpdate: ev.LastUpdate, StudyInstanceUID: ev.StudyInstanceUID, ForwardedAt: l.now().UTC(), NotSelected: notSelected}
+	if len(o.Selected) > 0 && !notSelected {
+		rec.Selected, rec.Kept = SelectionDigest(o.Selected), o.Kept
+	}
 	if l.pseudonym != nil && ev.StudyInstanceUID != "" && !notSelected {
 		rec.PseudonymStudyInstanceUID = l.pseudonym(ev.StudyInstanceUID)
 	}

@@ -64,7 +64,7 @@ func TestVerify(t *testing.T) {
 		l := ledger.New(kv, ledger.WithClock(func() time.Time { return now.Add(-age) }))
 		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
 			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: lastUpdate}
-		if err := l.Completed(ctx, ev, notSelected); err != nil {
+		if err := l.Completed(ctx, ev, ledger.Outcome{NotSelected: notSelected}); err != nil {
 			t.Fatal(err)
 		}
 	}

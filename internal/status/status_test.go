@@ -501,11 +501,11 @@ func TestReadLedgers(t *testing.T) {
 	if err := def.Record(ctx, again); err != nil {
 		t.Fatal(err)
 	}
-	if err := ai.Completed(ctx, event(50), false); err != nil {
+	if err := ai.Completed(ctx, event(50), ledger.Outcome{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, i := range []int{51, 52} {
-		if err := ai.Completed(ctx, event(i), true); err != nil {
+		if err := ai.Completed(ctx, event(i), ledger.Outcome{NotSelected: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -554,7 +554,7 @@ func TestReadLedgers(t *testing.T) {
 	// ai's newest records all "not selected": its last forward is still
 	// found behind them.
 	for i := 60; i < 70; i++ {
-		if err := ai.Completed(ctx, event(i), true); err != nil {
+		if err := ai.Completed(ctx, event(i), ledger.Outcome{NotSelected: true}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -314,15 +314,15 @@ func TestDestinations(t *testing.T) {
 	if err := ledgerOf(natsjs.DefaultDestination, now.Add(-5*time.Minute)).Record(ctx, &defDone); err != nil {
 		t.Fatal(err)
 	}
-	if err := ledgerOf("ai", now.Add(-2*time.Hour)).Completed(ctx, &aiDone, false); err != nil {
+	if err := ledgerOf("ai", now.Add(-2*time.Hour)).Completed(ctx, &aiDone, ledger.Outcome{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := ledgerOf("ai", now.Add(-time.Minute)).Completed(ctx, &aiSkipped, true); err != nil {
+	if err := ledgerOf("ai", now.Add(-time.Minute)).Completed(ctx, &aiSkipped, ledger.Outcome{NotSelected: true}); err != nil {
 		t.Fatal(err)
 	}
 	// "mr" is known only from its ledger, whose one record is not
 	// selected: no consumer, no live forwarder, nothing sent.
-	if err := ledgerOf("mr", now.Add(-3*time.Hour)).Completed(ctx, &aiSkipped, true); err != nil {
+	if err := ledgerOf("mr", now.Add(-3*time.Hour)).Completed(ctx, &aiSkipped, ledger.Outcome{NotSelected: true}); err != nil {
 		t.Fatal(err)
 	}
 

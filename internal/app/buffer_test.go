@@ -1,0 +1,91 @@
+package app
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// Buffer mode deletes an instance from the source only once every
+// destination that selects it stored it, and one of them holds it as
+// it is.
+func TestReleaseFunc(t *testing.T) {
+	const state = "20261203T100000"
+	x, y := orthancapi.Instance{ID: "x", SOPInstanceUID: "1.2.3"}, orthancapi.Instance{ID: "y", SOPInstanceUID: "1.2.4"}
+	listed := []orthancapi.Instance{x, y}
+	both := ledger.Outcome{Selected: []string{"1.2.4", "1.2.3"}}
+	tests := []struct {
+		name                string
+		archive, ai         *ledger.Outcome // nil: not recorded
+		aiState             string          // ai's recorded LastUpdate if not state
+		aiDeidentifies      bool
+		archiveDeidentifies bool
+		want                []string
+	}{
+		{"both stored", &both, &both, "", false, false, []string{"x", "y"}},
+		{"one not recorded", &both, nil, "", false, false, nil},
+		{"one recorded an older state", &both, &both, "20261203T090000", false, false, nil},
+		{"a conflict the other skipped stays", &both, &ledger.Outcome{Selected: both.Selected, Kept: []string{"1.2.3"}}, "", false, false, []string{"y"}},
+		{"a conflict the deleting one skipped stays", &ledger.Outcome{Selected: both.Selected, Kept: []string{"1.2.4"}}, &both, "", false, false, []string{"x"}},
+		// Its rules selected nothing then, and select the study now.
+		{"a record of not selected stored nothing", &both, &ledger.Outcome{NotSelected: true}, "", false, false, nil},
+		// Its rules selected less then (a rule changed since, or an
+		// older replica's rules).
+		{"a record of another selection", &both, &ledger.Outcome{Selected: []string{"1.2.3"}}, "", false, false, nil},
+		{"a record of a release before selections were recorded", &both, &ledger.Outcome{}, "", false, false, []string{"x", "y"}},
+		{"one of two de-identifies", &both, &both, "", true, false, []string{"x", "y"}},
+		{"both de-identify: no original would be left", &both, &both, "", true, true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			ledgers := map[string]*ledger.Ledger{}
+			for _, name := range []string{"archive", "ai"} {
+				kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ledgers[name] = ledger.New(kv)
+			}
+			ev := &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", LastUpdate: state}
+			record := func(name string, o *ledger.Outcome, lastUpdate string) {
+				if o == nil {
+					return
+				}
+				e := *ev
+				if lastUpdate != "" {
+					e.LastUpdate = lastUpdate
+				}
+				if err := ledgers[name].Completed(t.Context(), &e, *o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			record("archive", tt.archive, "")
+			record("ai", tt.ai, tt.aiState)
+			archive, ai := config.NamedDestination{Name: "archive"}, config.NamedDestination{Name: "ai"}
+			if tt.archiveDeidentifies {
+				archive.Deidentify.Mode = config.DeidentifyBasic
+			}
+			if tt.aiDeidentifies {
+				ai.Deidentify.Mode = config.DeidentifyBasic
+			}
+			got, err := releaseFunc([]config.NamedDestination{archive, ai}, map[string]*route{}, ledgers)(t.Context(), ev, listed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, in := range got {
+				ids = append(ids, in.ID)
+			}
+			if !slices.Equal(ids, tt.want) {
+				t.Errorf("released %v, want %v", ids, tt.want)
+			}
+		})
+	}
+}

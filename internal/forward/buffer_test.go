@@ -1,0 +1,61 @@
+package forward
+
+import (
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// An instance the destination says it changed as it stored it (Coercion,
+// Elements Discarded) is kept in the source and recorded as kept; one
+// stored as sent with another warning (SOP class mismatch) is not.
+func TestWarnedInstancesKept(t *testing.T) {
+	warnings := map[string]int{"1.2.3.2": 0xB006, "1.2.3.3": 0xB000, "1.2.3.4": 0xB007}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		mr := multipart.NewReader(r.Body, params["boundary"])
+		var items []string
+		for {
+			p, err := mr.NextPart()
+			if err != nil {
+				break
+			}
+			b, _ := io.ReadAll(p)
+			uid := fmt.Sprintf("1.2.3.%d", int(b[0])+1)
+			warning := ""
+			if code := warnings[uid]; code != 0 {
+				warning = fmt.Sprintf(`,"00081196":{"vr":"US","Value":[%d]}`, code)
+			}
+			items = append(items, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+uid+`"]}`+warning+`}`)
+		}
+		w.Header().Set("Content-Type", "application/dicom+json")
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+	}))
+	t.Cleanup(srv.Close)
+	src := newMemSource(5)
+	f := newForwarder(t, src, srv.URL, nil)
+	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"1.2.3.2", "1.2.3.3"}; !slices.Equal(rep.kept, want) {
+		t.Errorf("kept %v, want %v", rep.kept, want)
+	}
+	var forwarded []string
+	for _, in := range rep.forwarded {
+		forwarded = append(forwarded, in.SOPInstanceUID)
+	}
+	if want := []string{"1.2.3.1", "1.2.3.4", "1.2.3.5"}; !slices.Equal(forwarded, want) {
+		t.Errorf("buffer mode would delete %v, want %v", forwarded, want)
+	}
+	if len(rep.selected) != 5 || len(rep.listed) != 5 {
+		t.Errorf("selected %d, listed %d; want 5 and 5", len(rep.selected), len(rep.listed))
+	}
+}
