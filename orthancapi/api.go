@@ -3,7 +3,6 @@ package orthancapi
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -262,9 +261,9 @@ func (c *Client) Changes(ctx context.Context, since int64, limit int, types ...s
 }
 
 // DeleteInstance deletes one instance from Orthanc (DELETE
-// /instances/{id}). An instance that is already gone is not an error: the
-// caller wanted it gone. It needs an Orthanc user allowed to delete
-// (docs/orthanc-access.md).
+// /instances/{id}); an instance already gone returns ErrNotFound, which
+// the caller may take for done. It needs an Orthanc user allowed to
+// delete (docs/orthanc-access.md).
 func (c *Client) DeleteInstance(ctx context.Context, instanceID string) error {
 	if err := checkID("instance", instanceID); err != nil {
 		return err
@@ -272,9 +271,6 @@ func (c *Client) DeleteInstance(ctx context.Context, instanceID string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
 	resp, err := c.do(ctx, http.MethodDelete, c.endpoint("instances", instanceID), "application/json", nil)
-	if errors.Is(err, ErrNotFound) {
-		return nil
-	}
 	if err != nil {
 		return err
 	}

@@ -559,7 +559,7 @@ func TestDeleteInstance(t *testing.T) {
 		wantErr string
 	}{
 		{"deleted", http.StatusOK, ""},
-		{"already gone", http.StatusNotFound, ""},
+		{"already gone", http.StatusNotFound, "not found"},
 		{"refused", http.StatusForbidden, "403"},
 		{"server error", http.StatusInternalServerError, "500"},
 	} {
@@ -572,7 +572,10 @@ func TestDeleteInstance(t *testing.T) {
 				w.WriteHeader(tc.status)
 			})
 			err := newClient(t, srv.URL).DeleteInstance(context.Background(), id)
-			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			if tc.status == http.StatusNotFound && !errors.Is(err, orthancapi.ErrNotFound) {
+				t.Errorf("err = %v, want ErrNotFound", err)
+			}
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(strings.ToLower(err.Error()), tc.wantErr)) {
 				t.Errorf("err = %v, want %q", err, tc.wantErr)
 			}
 		})
