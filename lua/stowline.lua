@@ -27,7 +27,11 @@
 -- feed. A failed post only logs a warning; it never raises, so Orthanc's
 -- Lua context keeps working for every later study.
 
-local HTTP_TIMEOUT_SECONDS = 10
+-- The ingest answers in milliseconds; while the post waits, Orthanc's
+-- REST API waits with it (its Lua runs one callback at a time), so a
+-- hung ingest must not hold it long. A post that times out loses
+-- nothing: the reconciler finds the study in the change log.
+local HTTP_TIMEOUT_SECONDS = 3
 
 -- A source name becomes a NATS subject token: keep letters, digits, '_'
 -- and '-' (the ingest rejects anything else).
@@ -75,24 +79,40 @@ local function settings()
   }
 end
 
+local LANES = { stat = true, routine = true, low = true }
+
+-- lane returns p as a lane name (stat, routine or low, in any case), or
+-- nil with a warning naming where the value came from: the ingest would
+-- refuse the whole event for an unknown one.
+local function lane(p, from, studyId)
+  if p == nil or p == '' then
+    return nil
+  end
+  local name = string.lower(tostring(p))
+  if LANES[name] then
+    return name
+  end
+  print('stowline: study ' .. studyId .. ': ' .. from .. ' gave priority "' .. tostring(p) ..
+    '", not stat, routine or low; ignored')
+  return nil
+end
+
 -- priority is the study's lane: the site's StowlinePriority hook, else
--- Stowline.Priority, else none (the ingest decides). A failing hook
--- leaves the choice to the ingest. Unknown values are left to the
--- ingest, which refuses them (400) and logs why.
+-- Stowline.Priority, else none (the ingest decides). A failing hook, or
+-- an unknown value, leaves the choice to the next.
 local function priority(s, studyId, tags, metadata)
   if type(StowlinePriority) == 'function' then
     local ok, p = pcall(StowlinePriority, studyId, tags, metadata)
-    if ok and p ~= nil and p ~= '' then
-      return tostring(p)
-    end
-    if not ok then
+    if ok then
+      local name = lane(p, 'StowlinePriority', studyId)
+      if name ~= nil then
+        return name
+      end
+    else
       print('stowline: StowlinePriority failed for study ' .. studyId .. ': ' .. tostring(p))
     end
   end
-  if s.priority ~= nil and s.priority ~= '' then
-    return tostring(s.priority)
-  end
-  return nil
+  return lane(s.priority, 'Stowline.Priority', studyId)
 end
 
 local function postStableStudy(studyId, tags, metadata)
@@ -112,7 +132,9 @@ local function postStableStudy(studyId, tags, metadata)
   end
   event = event .. '}'
   -- SetHttpTimeout is missing from some Orthanc builds (1.10.1 on Debian
-  -- bookworm; 1.12.7 on trixie has it).
+  -- bookworm, where Orthanc's "HttpTimeout" applies, 60 s by default;
+  -- 1.12.7 on trixie has it). It sets the HTTP client all of Orthanc's
+  -- Lua scripts share.
   if SetHttpTimeout ~= nil then
     SetHttpTimeout(HTTP_TIMEOUT_SECONDS)
   end
@@ -120,16 +142,19 @@ local function postStableStudy(studyId, tags, metadata)
     ['Content-Type'] = 'application/json',
     ['Authorization'] = 'Bearer ' .. s.token,
   })
-  -- Orthanc 1.10.1 and 1.12.7 return nil when they could not connect and
-  -- "" when the server answered with an HTTP error (lua/stowline_test.go
-  -- checks both); should a release raise instead, the pcall below
-  -- catches it. The ingest always answers with a body, so "" is an error.
+  -- Orthanc 1.10.1 and 1.12.7 return nil when they could not connect or
+  -- the time-out passed, and "" when the server answered with an HTTP
+  -- error (lua/stowline_test.go checks both); a Lua error raised instead
+  -- is caught by the pcall below (a C++ exception, as an empty headers
+  -- table raises on 1.10.1, would not be: the table is never empty). The
+  -- ingest always answers with a body, so "" is an error.
   if answer == nil then
     print('stowline: study ' .. studyId .. ' not announced: cannot reach ' .. s.url ..
-      ' (the reconciler will pick it up)')
+      ' or no answer within ' .. HTTP_TIMEOUT_SECONDS .. ' s (the reconciler will pick it up)')
   elseif answer == '' then
     print('stowline: study ' .. studyId .. ' not announced: ' .. s.url ..
-      ' answered with an HTTP error (check IngestToken; the reconciler will pick it up)')
+      ' answered with an HTTP error (a wrong IngestToken, an event refused, the rate limit' ..
+      ' or JetStream unavailable: the ingest logs why; the reconciler will pick it up)')
   end
 end
 

@@ -253,11 +253,12 @@ func TestScriptPriority(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	erStudy := dicomgen.NewUID()
+	erStudy, oddStudy := dicomgen.NewUID(), dicomgen.NewUID()
 	hook := filepath.Join(t.TempDir(), "site.lua")
 	if err := os.WriteFile(hook, []byte(`
 function StowlinePriority(studyId, tags, metadata)
-  if tags['StudyInstanceUID'] == '`+erStudy+`' then return 'stat' end
+  if tags['StudyInstanceUID'] == '`+erStudy+`' then return 'STAT' end
+  if tags['StudyInstanceUID'] == '`+oddStudy+`' then return 'urgent' end
   return nil
 end
 `), 0o644); err != nil {
@@ -273,7 +274,7 @@ end
 			Extra: map[string]any{"Stowline": map[string]any{
 				"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
 				"IngestToken": "${STOWLINE_TEST_TOKEN}",
-				"Priority":    "low",
+				"Priority":    "Low", // any case
 			}},
 			Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
 		})
@@ -285,6 +286,13 @@ end
 		if p := waitPost(t, in, 2); p.Event["priority"] != "low" {
 			t.Errorf("another study: event %v, want Stowline.Priority low", p.Event)
 		}
+		// An unknown value would get the whole event refused: it is
+		// ignored, with a warning, for the next choice.
+		addStudyOf(t, o, oddStudy)
+		if p := waitPost(t, in, 3); p.Event["priority"] != "low" {
+			t.Errorf("the hook's unknown priority: event %v, want Stowline.Priority low", p.Event)
+		}
+		waitLog(t, o, `StowlinePriority gave priority "urgent", not stat, routine or low; ignored`)
 	})
 }
 

@@ -42,7 +42,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		RateLimit:      r.cfg.RateLimit,
 		RateBurst:      r.cfg.RateBurst,
 		TrustedProxies: r.cfg.TrustedProxies,
-		Publisher:      webhookPublisher{p: pub, ctx: ctx},
+		Publisher:      webhookPublisher{p: pub, ctx: ctx, connected: p.conn.NC.IsConnected},
 		PublishTimeout: r.cfg.PublishTimeout,
 		Logger:         log,
 		Registerer:     reg,

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -136,10 +137,21 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 type webhookPublisher struct {
 	p   *prioritizer
 	ctx context.Context // the ingest's: background work ends with it
+	// connected reports the NATS connection up; nil: not checked.
+	connected func() bool
 }
+
+// errNotConnected: the webhook answers 503 at once rather than wait
+// INGEST_PUBLISH_TIMEOUT for an acknowledgement that cannot come while
+// the client reconnects. Orthanc's Lua post waits for the answer, and
+// Orthanc's REST API with it.
+var errNotConnected = errors.New("not connected to NATS (reconnecting)")
 
 // Publish stores ev at once, for triage when the rule must read the study.
 func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	if w.connected != nil && !w.connected() {
+		return nil, errNotConnected
+	}
 	p := w.p
 	if ev.Priority != "" || p.rule.All() {
 		return p.Publish(ctx, ev)

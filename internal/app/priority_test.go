@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -185,5 +186,14 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 	p.triaging.Wait()
 	if got := subjectCounts(t, ns.JS); got[natsjs.TriageSubject("main")] != 2 || got["stowline.study.stable.main"] != 1 {
 		t.Errorf("subjects %v, want both events on the triage subject and only the first in its lane", got)
+	}
+}
+
+// While the NATS client reconnects, the webhook answers at once: Orthanc's
+// Lua post, and Orthanc's REST API with it, waits for that answer.
+func TestWebhookPublisherNotConnected(t *testing.T) {
+	pub := webhookPublisher{ctx: t.Context(), connected: func() bool { return false }}
+	if _, err := pub.Publish(t.Context(), &events.StudyStable{}); !errors.Is(err, errNotConnected) {
+		t.Fatalf("Publish = %v, want errNotConnected", err)
 	}
 }
