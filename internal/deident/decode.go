@@ -86,8 +86,11 @@ func (d *decoder) header(explicit bool) (tag Tag, vr string, n uint32, err error
 	if err == io.EOF {
 		return 0, "", 0, io.EOF
 	}
-	if err != nil {
+	if err == io.ErrUnexpectedEOF {
 		return 0, "", 0, fmt.Errorf("%w: file ends inside an element header at byte %d", ErrMalformed, d.pos)
+	}
+	if err != nil {
+		return 0, "", 0, err // the source failed: not the file's fault
 	}
 	tag = Tag(uint32(binary.LittleEndian.Uint16(b[0:]))<<16 | uint32(binary.LittleEndian.Uint16(b[2:])))
 	if tag.Group() == 0xFFFE || !explicit {

@@ -57,7 +57,30 @@ const (
 	actPatientID
 	actPatientName
 	actShift // DA, DT: moved back by the patient's offset; TM kept
+	// actOtherUID: a UID the table does not list, mapped as actUID
+	// unless the value is one the standard defines (1.2.840.10008.*).
+	actOtherUID
 )
+
+// classUIDs hold class, syntax and scheme UIDs, which name no instance:
+// kept even when private (a vendor's SOP class).
+var classUIDs = map[Tag]bool{
+	0x00041510: true, // Referenced SOP Class UID in File
+	0x00041512: true, // Referenced Transfer Syntax UID in File
+	0x0004151A: true, // Referenced Related General SOP Class UID in File
+	0x00080016: true, // SOP Class UID
+	0x0008001A: true, // Related General SOP Class UID
+	0x0008001B: true, // Original Specialized SOP Class UID
+	0x00080062: true, // SOP Classes in Study
+	0x0008010C: true, // Coding Scheme UID
+	0x0008010D: true, // Context Group Extension Creator UID
+	0x00080117: true, // Context UID
+	0x00080118: true, // Mapping Resource UID
+	0x00081150: true, // Referenced SOP Class UID
+	0x0008115A: true, // SOP Classes Supported
+	0x04000010: true, // MAC Calculation Transfer Syntax UID
+	0x04000510: true, // Encrypted Content Transfer Syntax UID
+}
 
 // Attributes the profile treats apart from its table.
 const (
@@ -261,6 +284,12 @@ func (p *profile) action(t Tag, vr string) action {
 		// A person's name the table does not list (a newer attribute):
 		// emptied, unless the destination keeps it.
 		return actEmpty
+	case vr == "UI" && !classUIDs[t]:
+		// A UID the table does not list (Multi-frame Source SOP Instance
+		// UID, a newer Frame of Reference): mapped like the table's, so
+		// that no original instance UID links the copy to the original
+		// and references still resolve.
+		return actOtherUID
 	}
 	return actKeep
 }

@@ -249,8 +249,11 @@ func (rw *rewrite) streams(tag Tag, vr string, n uint32, large, flushed bool) (b
 	}
 	// Unknown VR: text if it starts as text, held to be scrubbed.
 	head, err := rw.dec.r.Peek(min(int(n), 256))
-	if err != nil {
+	if err == io.EOF {
 		return false, fmt.Errorf("%w: file ends inside %s at byte %d", ErrMalformed, tag, rw.dec.pos)
+	}
+	if err != nil {
+		return false, err
 	}
 	if textBytes(bytes.TrimSuffix(head, []byte{0})) {
 		return false, nil
@@ -262,6 +265,9 @@ func (rw *rewrite) streams(tag Tag, vr string, n uint32, large, flushed bool) (b
 // set (no preamble, no meta), and sets the encoding.
 func (rw *rewrite) readMeta() error {
 	head, err := rw.dec.r.Peek(132)
+	if err != nil && err != io.EOF {
+		return err // the source failed: not the file's fault
+	}
 	if len(head) == 0 {
 		return fmt.Errorf("%w: the file is empty", ErrNotDICOM)
 	}
@@ -458,7 +464,8 @@ func (rw *rewrite) checkBurnedIn(el *element) error {
 		return nil
 	}
 	rw.inst.BurnedInAnnotation = trimValue(el.value)
-	if !rw.d.p.opts.IncludeBurnedIn && strings.EqualFold(rw.inst.BurnedInAnnotation, "YES") {
+	// Leading spaces mean nothing in a CS value either.
+	if !rw.d.p.opts.IncludeBurnedIn && strings.EqualFold(strings.TrimSpace(rw.inst.BurnedInAnnotation), "YES") {
 		return fmt.Errorf("%w: Burned In Annotation (0028,0301) is YES", ErrBurnedIn)
 	}
 	return nil
@@ -511,9 +518,12 @@ func (rw *rewrite) transform(el *element, depth int) *element {
 			return el
 		}
 		out.value = pad(string(v), "LO")
-	case actUID:
+	case actUID, actOtherUID:
 		vals := strings.Split(trimValue(el.value), `\`)
 		for i, v := range vals {
+			if a == actOtherUID && strings.HasPrefix(v, "1.2.840.10008.") {
+				continue // defined by the standard: names no instance
+			}
 			vals[i] = rw.d.k.UID(v)
 		}
 		out.value = pad(strings.Join(vals, `\`), "UI")

@@ -1,0 +1,111 @@
+package deident
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"testing"
+)
+
+// baseElements is a minimal CT instance.
+func baseElements() []*element {
+	return []*element{
+		str(0x00080005, "CS", "ISO_IR 100"),
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.4.5.6.1"),
+		str(tagPatientName, "PN", "Roe^Richard"),
+		str(tagPatientID, "LO", "PAT-42"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.4.5"),
+		str(tagSeriesInstanceUID, "UI", "1.2.3.4.5.6"),
+	}
+}
+
+func sortedElements(els []*element) []*element {
+	slices.SortFunc(els, func(a, b *element) int { return int(int64(a.tag) - int64(b.tag)) })
+	return els
+}
+
+// A UID the profile's table does not list is mapped like the table's:
+// no original instance UID is left, a reference to a mapped UID still
+// resolves, and a UID the standard defines, or a class UID, is kept.
+func TestUIDsOutsideTheTable(t *testing.T) {
+	d := newTestDeidentifier(t, Options{})
+	const privateClass = "1.2.840.113619.4.30" // a vendor's SOP class
+	els := sortedElements(append(baseElements(),
+		str(0x00081167, "UI", "1.2.3.4.5.6.99"),      // Multi-frame Source SOP Instance UID
+		str(0x00200242, "UI", "1.2.3.4.5.6.98"),      // SOP Instance UID of Concatenation Source
+		str(0x00209313, "UI", "1.2.3.4.5.77"),        // Table Frame of Reference UID
+		str(0x00280304, "UI", "1.2.840.10008.1.5.1"), // Referenced Color Palette Instance UID: a standard palette
+		seq(0x00081115, item(str(0x00081150, "UI", privateClass), str(0x00081155, "UI", "1.2.3.4.5.6.2"))),
+		seq(0x00700318, item(str(0x0070031A, "UI", "1.2.3.4.5.55"), str(0x0070031B, "UI", "1.2.3.4.5.55"))),
+	))
+	in := testFile(t, syntaxExplicitLE, true, false, true, els)
+	var out bytes.Buffer
+	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"1.2.3.4.5.6.99", "1.2.3.4.5.6.98", "1.2.3.4.5.77", "1.2.3.4.5.55"} {
+		if bytes.Contains(out.Bytes(), []byte(u)) {
+			t.Errorf("original UID %s is in the copy", u)
+		}
+	}
+	if n := bytes.Count(out.Bytes(), []byte(d.k.UID("1.2.3.4.5.55"))); n != 2 {
+		t.Errorf("the fiducial UID and its reference map to %d copies of one pseudonym, want 2", n)
+	}
+	for _, keep := range []string{"1.2.840.10008.1.5.1", privateClass, "1.2.840.10008.5.1.4.1.1.2"} {
+		if !bytes.Contains(out.Bytes(), []byte(keep)) {
+			t.Errorf("UID %s, which names no instance, was not kept", keep)
+		}
+	}
+}
+
+// failingReader fails with err after n bytes.
+type failingReader struct {
+	r   io.Reader
+	n   int
+	err error
+}
+
+func (f *failingReader) Read(b []byte) (int, error) {
+	if f.n <= 0 {
+		return 0, f.err
+	}
+	if len(b) > f.n {
+		b = b[:f.n]
+	}
+	m, err := f.r.Read(b)
+	f.n -= m
+	return m, err
+}
+
+// A read from Orthanc that fails (a reset, shutdown) is that failure, to
+// be retried, not a malformed file refused for good; a file that ends
+// early is malformed.
+func TestSourceFailureIsNotMalformed(t *testing.T) {
+	d := newTestDeidentifier(t, Options{})
+	in := testFile(t, syntaxExplicitLE, true, false, true, sortedElements(baseElements()))
+	for _, cut := range []int{50, 140, len(in) - 5} {
+		var out bytes.Buffer
+		_, err := d.Rewrite(&out, &failingReader{r: bytes.NewReader(in), n: cut, err: context.Canceled})
+		if !errors.Is(err, context.Canceled) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrNotDICOM) {
+			t.Errorf("read failing after %d bytes: %v; want the read's error, not a malformed file", cut, err)
+		}
+		out.Reset()
+		_, err = d.Rewrite(&out, bytes.NewReader(in[:cut]))
+		if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrNotDICOM) {
+			t.Errorf("file cut after %d bytes: %v; want malformed", cut, err)
+		}
+	}
+}
+
+// Burned In Annotation " YES" is YES: leading spaces mean nothing in CS.
+func TestBurnedInWithLeadingSpace(t *testing.T) {
+	d := newTestDeidentifier(t, Options{})
+	els := sortedElements(append(baseElements(), &element{tag: tagBurnedIn, vr: "CS", value: []byte(" YES")}))
+	in := testFile(t, syntaxExplicitLE, true, false, true, els)
+	if _, err := d.Rewrite(io.Discard, bytes.NewReader(in)); !errors.Is(err, ErrBurnedIn) {
+		t.Errorf("Rewrite = %v, want ErrBurnedIn", err)
+	}
+}
