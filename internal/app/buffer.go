@@ -12,20 +12,23 @@ import (
 )
 
 // releaseFunc is buffer mode's forward.Options.Release with several
-// destinations. An instance may leave the source once every destination
-// whose rules select it has stored it, and at least one of them holds it
-// as it is, not de-identified. A destination has stored an instance when
-// it recorded this state of the study (its LastUpdate) in its ledger
-// after selecting what its rules select now (the selection's digest: a
-// rule changed since, or a record of another release's rules, may have
-// left instances out), and did not keep the instance (a conflict it
-// skipped, an instance it changed). A record of "not selected" stored
-// nothing. Rules that fail on the study keep every instance (its
-// destination dead-letters the study).
+// destinations. Nothing of a study leaves the source until every
+// destination whose rules select some of it has stored this state of the
+// study: recorded its LastUpdate in its ledger after selecting what its
+// rules select now (the selection's digest: a rule changed since, or a
+// record of another release's rules, may have left instances out; a
+// record of "not selected" stored nothing). All of it is released at
+// once then, by the last destination to store it, so that every
+// destination's selection was made over the same listing as the one
+// checked here. An instance stays if a destination that selects it kept
+// it (a conflict it skipped, an instance it changed), or if only
+// destinations that receive de-identified copies select it. Rules that
+// fail on the study keep every instance (its destination dead-letters
+// the study).
 func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledgers map[string]*ledger.Ledger) func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
 	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
 		needed := map[string]bool{}   // selected by some destination
-		pending := map[string]bool{}  // selected by one that has not stored it
+		kept := map[string]bool{}     // kept by one that selects it
 		original := map[string]bool{} // stored by one that receives originals
 		for _, d := range all {
 			selected := listed
@@ -44,15 +47,18 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 			}
 			stored := err == nil && rec.LastUpdate == ev.LastUpdate && !rec.NotSelected &&
 				(rec.Selected == "" || rec.Selected == ledger.SelectionDigest(sopInstanceUIDs(selected)))
-			kept := map[string]bool{}
+			if !stored {
+				return nil, nil
+			}
+			keptHere := map[string]bool{}
 			for _, uid := range rec.Kept {
-				kept[uid] = true
+				keptHere[uid] = true
 			}
 			for _, in := range selected {
 				needed[in.ID] = true
 				switch {
-				case !stored || kept[in.SOPInstanceUID]:
-					pending[in.ID] = true
+				case rec.KeptAll || keptHere[in.SOPInstanceUID]:
+					kept[in.ID] = true
 				case !d.Deidentifies():
 					original[in.ID] = true
 				}
@@ -60,7 +66,7 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 		}
 		var out []orthancapi.Instance
 		for _, in := range listed {
-			if needed[in.ID] && !pending[in.ID] && original[in.ID] {
+			if needed[in.ID] && !kept[in.ID] && original[in.ID] {
 				out = append(out, in)
 			}
 		}

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -40,6 +41,8 @@ func TestReleaseFunc(t *testing.T) {
 		{"a record of another selection", &both, &ledger.Outcome{Selected: []string{"1.2.3"}}, "", false, false, nil},
 		{"a record of a release before selections were recorded", &both, &ledger.Outcome{}, "", false, false, []string{"x", "y"}},
 		{"one of two de-identifies", &both, &both, "", true, false, []string{"x", "y"}},
+		// A list too long for a record stands for every instance.
+		{"more kept than a record lists", &both, &ledger.Outcome{Selected: both.Selected, Kept: manyUIDs(1001)}, "", false, false, nil},
 		{"both de-identify: no original would be left", &both, &both, "", true, true, nil},
 	}
 	for _, tt := range tests {
@@ -88,4 +91,12 @@ func TestReleaseFunc(t *testing.T) {
 			}
 		})
 	}
+}
+
+func manyUIDs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("1.2.9.%d", i)
+	}
+	return out
 }

@@ -78,6 +78,7 @@ var classUIDs = map[Tag]bool{
 	0x00080118: true, // Mapping Resource UID
 	0x00081150: true, // Referenced SOP Class UID
 	0x0008115A: true, // SOP Classes Supported
+	0x00083002: true, // Available Transfer Syntax UID
 	0x04000010: true, // MAC Calculation Transfer Syntax UID
 	0x04000510: true, // Encrypted Content Transfer Syntax UID
 }

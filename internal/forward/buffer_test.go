@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/stowline/stowline/internal/dicomweb"
 )
 
 // An instance the destination says it changed as it stored it (Coercion,
@@ -57,5 +59,23 @@ func TestWarnedInstancesKept(t *testing.T) {
 	}
 	if len(rep.selected) != 5 || len(rep.listed) != 5 {
 		t.Errorf("selected %d, listed %d; want 5 and 5", len(rep.selected), len(rep.listed))
+	}
+}
+
+// A de-identifying destination's answer names the copies' UIDs; every
+// list of it, warnings too, is mapped back to the originals (a warning
+// left unmapped would not keep its instance in buffer mode).
+func TestMapBack(t *testing.T) {
+	back := map[string]string{"2.25.1": "1.2.3.1", "2.25.2": "1.2.3.2", "2.25.3": "1.2.3.3"}
+	res := &dicomweb.Result{
+		Stored:        []dicomweb.Instance{{SOPInstanceUID: "2.25.1", WarningReason: dicomweb.WarningCoercion}},
+		Failed:        []dicomweb.FailedInstance{{SOPInstanceUID: "2.25.2"}},
+		Warnings:      []dicomweb.Warning{{SOPInstanceUID: "2.25.1", WarningReason: dicomweb.WarningCoercion}},
+		OtherFailures: []dicomweb.FailedInstance{{SOPInstanceUID: "2.25.3"}},
+	}
+	mapBack(res, back)
+	if res.Stored[0].SOPInstanceUID != "1.2.3.1" || res.Failed[0].SOPInstanceUID != "1.2.3.2" ||
+		res.Warnings[0].SOPInstanceUID != "1.2.3.1" || res.OtherFailures[0].SOPInstanceUID != "1.2.3.3" {
+		t.Errorf("mapped back: %+v", res)
 	}
 }

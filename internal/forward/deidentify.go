@@ -191,4 +191,9 @@ func mapBack(res *dicomweb.Result, back map[string]string) {
 			}
 		}
 	}
+	for i := range res.Warnings {
+		if o, ok := back[res.Warnings[i].SOPInstanceUID]; ok {
+			res.Warnings[i].SOPInstanceUID = o
+		}
+	}
 }

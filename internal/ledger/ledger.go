@@ -55,7 +55,14 @@ type Record struct {
 	// kept. Records of releases before 2026-12-03 have neither.
 	Selected string   `json:"selected,omitempty"`
 	Kept     []string `json:"kept,omitempty"`
+	// KeptAll stands for a Kept list longer than maxKept (a record must
+	// stay far below JetStream's message size): every instance counts as
+	// kept.
+	KeptAll bool `json:"keptAll,omitempty"`
 }
+
+// maxKept bounds Record.Kept: 1000 UIDs of at most 64 characters.
+const maxKept = 1000
 
 // Outcome is what a destination holds of a study state it is done with.
 type Outcome struct {
@@ -157,6 +164,9 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 	rec := Record{LastUpdate: ev.LastUpdate, StudyInstanceUID: ev.StudyInstanceUID, ForwardedAt: l.now().UTC(), NotSelected: notSelected}
 	if len(o.Selected) > 0 && !notSelected {
 		rec.Selected, rec.Kept = SelectionDigest(o.Selected), o.Kept
+		if len(o.Kept) > maxKept {
+			rec.Kept, rec.KeptAll = nil, true
+		}
 	}
 	if l.pseudonym != nil && ev.StudyInstanceUID != "" && !notSelected {
 		rec.PseudonymStudyInstanceUID = l.pseudonym(ev.StudyInstanceUID)
