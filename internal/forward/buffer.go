@@ -9,6 +9,10 @@ import (
 	"github.com/stowline/stowline/orthancapi"
 )
 
+// recheckEvery is how many deletes go by between two reads of the study's
+// state while buffer mode deletes it.
+const recheckEvery = 32
+
 // deleteForwarded is buffer mode: it deletes from the source instances
 // this forward sent and the destination confirmed, so an instance that
 // arrived since the study was listed is never deleted. With several
@@ -68,7 +72,25 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	}
 	deleted, gone := 0, 0
 	var firstErr error
-	for _, inst := range instances {
+	for i, inst := range instances {
+		if i > 0 && i%recheckEvery == 0 {
+			// A long run of deletes looks at the study again: an
+			// instance sent anew (a modality's retransmission) gets the
+			// ID of the one deleted, and must not go unsent.
+			st, err := c.Study(ctx, ev.OrthancStudyID)
+			if err != nil || st.LastUpdate != ev.LastUpdate {
+				left, result := len(instances)-i, "skipped"
+				if err != nil {
+					result = "failed"
+				}
+				log.Info("forwarded study partly deleted from the source: it changed, or could not be read, midway; the rest stays",
+					"deleted", deleted, "left", left, "err", err)
+				f.m.sourceDeletes.WithLabelValues("deleted").Add(float64(deleted))
+				f.m.sourceDeletes.WithLabelValues("gone").Add(float64(gone))
+				f.m.sourceDeletes.WithLabelValues(result).Add(float64(left))
+				return
+			}
+		}
 		err := c.DeleteInstance(ctx, inst.ID)
 		if errors.Is(err, orthancapi.ErrNotFound) {
 			gone++

@@ -373,9 +373,14 @@ type memCleaner struct {
 	failIDs    map[string]bool
 	goneIDs    map[string]bool
 	deleted    []string
+	// changeAfter: the study changes once that many were deleted.
+	changeAfter int
 }
 
 func (c *memCleaner) Study(context.Context, string) (orthancapi.Study, error) {
+	if c.changeAfter > 0 && len(c.deleted) >= c.changeAfter {
+		return orthancapi.Study{LastUpdate: "20991231T235959"}, nil
+	}
 	return orthancapi.Study{LastUpdate: c.lastUpdate}, c.studyErr
 }
 
@@ -429,5 +434,28 @@ func TestDeleteForwarded(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A study that changes while its deletes run (an instance sent anew takes
+// the ID of the one deleted) stops them at the next look.
+func TestDeleteForwardedStopsWhenTheStudyChanges(t *testing.T) {
+	var instances []orthancapi.Instance
+	for i := range 40 {
+		instances = append(instances, orthancapi.Instance{ID: fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i)})
+	}
+	cleaner := &memCleaner{lastUpdate: "20261126T100000", changeAfter: 5}
+	reg := prometheus.NewRegistry()
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.Registerer = reg
+		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+	})
+	ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+	f.deleteForwarded(context.Background(), ev, instances, instances, f.log)
+	if len(cleaner.deleted) != recheckEvery {
+		t.Errorf("deleted %d, want the %d before the first look", len(cleaner.deleted), recheckEvery)
+	}
+	if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("skipped")); got != float64(40-recheckEvery) {
+		t.Errorf("skipped = %v, want %d", got, 40-recheckEvery)
 	}
 }
