@@ -207,8 +207,18 @@ func (e *StudyStable) MsgID() string {
 	return e.Source + "/" + e.OrthancStudyID + "/" + e.LastUpdate
 }
 
-// Decode parses and validates an event read from the stream.
+// Decode parses and validates an event read from the stream. An event of
+// a newer version is recognised before the rest is parsed: a newer build
+// may have changed a field's shape, and such an event is to be left to it
+// (ErrNewerVersion), not refused as invalid.
 func Decode(data []byte) (*StudyStable, error) {
+	var head struct {
+		Type    string `json:"type"`
+		Version int    `json:"version"`
+	}
+	if json.Unmarshal(data, &head) == nil && head.Type == TypeStudyStable && head.Version > Version {
+		return nil, newerVersionError{&fieldError{"version", fmt.Sprintf("version %d, newer than this build's %d", head.Version, Version)}}
+	}
 	var ev StudyStable
 	if err := json.Unmarshal(data, &ev); err != nil {
 		return nil, fmt.Errorf("%w: %w", errInvalid, err)

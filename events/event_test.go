@@ -3,6 +3,7 @@ package events
 import (
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -173,5 +174,17 @@ func TestNewerVersion(t *testing.T) {
 	e.Version = -1
 	if err := e.Validate(); errors.Is(err, ErrNewerVersion) {
 		t.Errorf("version -1: %v is ErrNewerVersion", err)
+	}
+}
+
+// A newer build may change a field's shape: its event is still one to
+// leave to it, not an invalid one to drop.
+func TestDecodeNewerVersionWithAnotherShape(t *testing.T) {
+	data := []byte(`{"type":"orthanc.study.stable","version":` + strconv.Itoa(Version+1) + `,"source":"main","receivedAt":1764700000,"orthancStudyId":{"id":"x"}}`)
+	if _, err := Decode(data); !errors.Is(err, ErrNewerVersion) {
+		t.Errorf("Decode = %v, want ErrNewerVersion", err)
+	}
+	if _, err := Decode([]byte(`{"type":"orthanc.study.stable","version":1,"receivedAt":1764700000}`)); err == nil || errors.Is(err, ErrNewerVersion) {
+		t.Errorf("a current event of a wrong shape: %v, want invalid", err)
 	}
 }

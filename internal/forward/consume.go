@@ -125,7 +125,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 
 	f.m.inFlight.Inc()
-	stopProgress := keepAlive(msg, f.opts.AckWait/3, log)
+	stopProgress := keepAlive(msg, progressInterval(f.opts.AckWait), log)
 	start := time.Now()
 	rep, err := f.transferGuarded(ctx, a, log)
 	stopProgress()
@@ -197,6 +197,15 @@ func trimPath(p string) string {
 		}
 	}
 	return p
+}
+
+// progressInterval is how often a study in hand is reported in progress:
+// a third of this process's ack wait, and at most every second, since the
+// consumer's own ack wait is whatever the replica that started last set
+// (3 s at the least): a rollout that lowers FORWARDER_ACK_WAIT must not
+// get long uploads redelivered to other workers.
+func progressInterval(ackWait time.Duration) time.Duration {
+	return min(ackWait/3, time.Second)
 }
 
 // keepAlive tells JetStream every interval that msg is still being worked

@@ -459,3 +459,15 @@ func TestDeleteForwardedStopsWhenTheStudyChanges(t *testing.T) {
 		t.Errorf("skipped = %v, want %d", got, 40-recheckEvery)
 	}
 }
+
+func TestProgressInterval(t *testing.T) {
+	for _, tt := range []struct{ ackWait, want time.Duration }{
+		{3 * time.Second, time.Second},
+		{30 * time.Second, time.Second},
+		{1500 * time.Millisecond, 500 * time.Millisecond},
+	} {
+		if got := progressInterval(tt.ackWait); got != tt.want {
+			t.Errorf("progressInterval(%s) = %s, want %s", tt.ackWait, got, tt.want)
+		}
+	}
+}

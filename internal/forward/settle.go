@@ -59,7 +59,7 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is.
 	if err := msg.DoubleAck(ctx); err != nil {
-		log.Error("study stored but the ack was not confirmed; it will be delivered again", "err", err)
+		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
 		return ResultAckFailed
 	}
 	if rep.NotSelected {
