@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 const (
@@ -59,6 +60,31 @@ type Client struct {
 	bufPool          sync.Pool
 	// contentLength: announce the body length (WithContentLength).
 	contentLength bool
+	// stallTimeout and responseTimeout bound a request that stopped
+	// moving (watch): defaultStallTimeout, defaultResponseTimeout.
+	stallTimeout, responseTimeout time.Duration
+}
+
+// A request is given up as unanswered when no byte of its body moved for
+// defaultStallTimeout (the destination stopped reading, or the source
+// Orthanc stopped serving), or no answer came defaultResponseTimeout
+// after the whole body was sent: a destination that never answers must
+// not hold a study, its worker and a request place for good.
+const (
+	defaultStallTimeout    = 5 * time.Minute
+	defaultResponseTimeout = 15 * time.Minute
+)
+
+// errStalled is a request given up by watch; it wraps
+// context.DeadlineExceeded, so callers see a time-out.
+var errStalled = fmt.Errorf("stow: request given up: %w", context.DeadlineExceeded)
+
+// withTimeouts replaces the stall and response time-outs, for tests.
+func withTimeouts(stall, response time.Duration) Option {
+	return func(c *Client) error {
+		c.stallTimeout, c.responseTimeout = stall, response
+		return nil
+	}
 }
 
 // Option configures a Client.
@@ -173,6 +199,8 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 		maxResponseBytes: defaultMaxResponseBytes,
 		bufferSize:       DefaultBufferSize,
 		newBoundary:      newBoundary,
+		stallTimeout:     defaultStallTimeout,
+		responseTimeout:  defaultResponseTimeout,
 	}
 	for _, opt := range opts {
 		if err := opt(c); err != nil {
@@ -238,7 +266,8 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 	if err := validateBoundary(boundary); err != nil {
 		return nil, false, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
 	var reused atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) }})
@@ -249,7 +278,9 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 	// answered, or the request failed), so stop the sources and wait for
 	// the transport to leave Read or WriteTo, which it may still be in
 	// after Do returned. Only then can the buffer go back to the pool.
+	stopWatch := c.watch(body, cancelCause)
 	finish := func() (int64, error) {
+		stopWatch()
 		cancel()
 		sent, werr := body.stop()
 		c.bufPool.Put(buf)
@@ -274,9 +305,14 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 
 	resp, doErr := c.hc.Do(req)
 	if doErr != nil {
-		if _, werr := finish(); isWriteFailure(werr) {
+		stalled := context.Cause(ctx) == errStalled
+		if _, werr := finish(); isWriteFailure(werr) && !stalled {
 			// The transport only saw a broken body; the body knows why.
 			return nil, false, werr
+		}
+		if stalled {
+			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w (no byte moved for %s, or no answer %s after the body)",
+				method, c.logURL, errStalled, c.stallTimeout, c.responseTimeout))
 		}
 		return nil, reused.Load(), noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
 	}
@@ -342,4 +378,38 @@ func logSafe(u *url.URL) string {
 	c := *u
 	c.User, c.RawQuery, c.ForceQuery, c.Fragment, c.RawFragment = nil, "", false, "", ""
 	return c.String()
+}
+
+// watch gives the request up (cancel with errStalled) once its body has
+// not moved for stallTimeout, or its answer has not come responseTimeout
+// after the body was sent. stop ends the watch.
+func (c *Client) watch(body *requestBody, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(min(c.stallTimeout, c.responseTimeout) / 4)
+		defer t.Stop()
+		last, lastMoved := body.moved.Load(), time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				if sent := body.sentAt.Load(); sent != 0 {
+					if now.Sub(time.Unix(0, sent)) > c.responseTimeout {
+						cancel(errStalled)
+						return
+					}
+					continue
+				}
+				if m := body.moved.Load(); m != last {
+					last, lastMoved = m, now
+				} else if now.Sub(lastMoved) > c.stallTimeout {
+					cancel(errStalled)
+					return
+				}
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
 }

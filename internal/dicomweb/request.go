@@ -8,6 +8,7 @@ import (
 	"net/textproto"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // errBodyAbandoned is what the body writer sees once the request is over
@@ -52,6 +53,12 @@ type requestBody struct {
 	sent    int64         // bytes handed to the transport
 	err     error         // the encoder's first failure, sticky
 	ended   bool          // the close delimiter is queued in framing
+
+	// moved counts the bytes handed to the transport, and sentAt is when
+	// the last of them was (Unix nanoseconds; 0: not yet), for
+	// Client.watch, which must not wait for use.
+	moved  atomic.Int64
+	sentAt atomic.Int64
 }
 
 func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bool, buf []byte) *requestBody {
@@ -75,6 +82,10 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.fill(p)
 	b.sent += int64(n)
+	b.moved.Add(int64(n))
+	if err == io.EOF {
+		b.sentAt.Store(time.Now().UnixNano())
+	}
 	return n, err
 }
 
@@ -94,6 +105,7 @@ func (b *requestBody) WriteTo(w io.Writer) (int64, error) {
 			m, werr := w.Write(b.buf[:n])
 			total += int64(m)
 			b.sent += int64(m)
+			b.moved.Add(int64(m))
 			if werr == nil && m != n {
 				werr = io.ErrShortWrite
 			}
@@ -104,6 +116,7 @@ func (b *requestBody) WriteTo(w io.Writer) (int64, error) {
 			}
 		}
 		if err == io.EOF {
+			b.sentAt.Store(time.Now().UnixNano())
 			return total, nil
 		}
 		if err != nil {

@@ -1,0 +1,102 @@
+package dicomweb
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+// blockingSource serves a few bytes, then blocks until its context ends:
+// an Orthanc that stopped serving.
+type blockingSource struct{ ctx context.Context }
+
+func (s blockingSource) Read(p []byte) (int, error) {
+	<-s.ctx.Done()
+	return 0, s.ctx.Err()
+}
+func (blockingSource) Close() error { return nil }
+
+// A request that stopped moving is given up as a time-out with no
+// answer, whichever side stopped: a destination that never answers must
+// not hold a study for good.
+func TestStalledRequestGivenUp(t *testing.T) {
+	var release chan struct{} // each case's: closed before its server
+	silent := func(read bool) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if read {
+				io.Copy(io.Discard, r.Body)
+			}
+			select { // never answers
+			case <-release:
+			case <-r.Context().Done():
+			}
+		})
+	}
+	tests := []struct {
+		name    string
+		handler http.Handler
+		part    Part
+	}{
+		{"no answer after the body", silent(true), uidPart("1.1", nil)},
+		{"the destination stops reading", silent(false), (&trackedSource{size: 256 << 20}).part("1.2")},
+		{"the source stops serving", silent(true), Part{SOPInstanceUID: "1.3", Size: -1, Open: func(ctx context.Context) (io.ReadCloser, error) {
+			return blockingSource{ctx}, nil
+		}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkNoGoroutineLeak(t)
+			release = make(chan struct{})
+			srv := httptest.NewServer(tt.handler)
+			defer srv.Close()
+			// A handler that reads nothing does not see the client go.
+			defer close(release)
+			hc := &http.Client{Transport: &http.Transport{}}
+			defer hc.CloseIdleConnections()
+			c, err := New(srv.URL, hc, withTimeouts(300*time.Millisecond, 300*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			_, err = c.Store(t.Context(), []Part{tt.part})
+			if !errors.Is(err, ErrNoAnswer) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Store = %v, want a time-out with no answer", err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("given up after %s", d)
+			}
+		})
+	}
+}
+
+// slowSource yields 4 KiB every 20 ms, n times.
+type slowSource struct{ n int }
+
+func (s *slowSource) Read(p []byte) (int, error) {
+	if s.n == 0 {
+		return 0, io.EOF
+	}
+	s.n--
+	time.Sleep(20 * time.Millisecond)
+	return copy(p, make([]byte, min(len(p), 4096))), nil
+}
+func (*slowSource) Close() error { return nil }
+
+// A slow request that keeps moving is not given up: its body takes five
+// times the stall time-out.
+func TestSlowRequestNotGivenUp(t *testing.T) {
+	var log requestLog
+	srv := fakeSTOW(t, &log)
+	c, err := New(srv.URL, nil, withTimeouts(200*time.Millisecond, 5*time.Second), WithBufferSize(4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	part := Part{SOPInstanceUID: "1.1", Size: -1, Open: func(context.Context) (io.ReadCloser, error) { return &slowSource{n: 50}, nil }}
+	if _, err := c.Store(t.Context(), []Part{part}); err != nil {
+		t.Fatalf("Store = %v, want it stored", err)
+	}
+}
