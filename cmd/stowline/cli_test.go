@@ -4,8 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
-	"net/http"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 func TestHelpListsVariables(t *testing.T) {
@@ -87,8 +87,8 @@ func TestSecondProcessOnTheStoreRefused(t *testing.T) {
 		"DICOMWEB_URL":        "http://archive.invalid/dicom-web",
 		"ORTHANC_URL":         "http://127.0.0.1:1",
 		"NATS_STORE_DIR":      dir,
-		"INGEST_ADDR":         freeAddr(t),
-		"FORWARDER_ADDR":      freeAddr(t),
+		"INGEST_ADDR":         testharness.FreeAddr(t),
+		"FORWARDER_ADDR":      testharness.FreeAddr(t),
 		"RECONCILE_ENABLED":   "false",
 		"LOG_LEVEL":           "error",
 		"STATUS_PAGE_ENABLED": "false",
@@ -96,8 +96,7 @@ func TestSecondProcessOnTheStoreRefused(t *testing.T) {
 	getenv := func(k string) string { return env[k] }
 	ctx, cancel := context.WithCancel(t.Context())
 	first := make(chan error, 1)
-	var out1 bytes.Buffer
-	go func() { first <- run(ctx, nil, getenv, nil, &out1, &out1) }()
+	go func() { first <- run(ctx, nil, getenv, nil, io.Discard, io.Discard) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-first; err != nil {
@@ -105,21 +104,7 @@ func TestSecondProcessOnTheStoreRefused(t *testing.T) {
 		}
 	})
 	// Started: its webhook listens once every role has started.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get("http://" + env["INGEST_ADDR"] + "/healthz"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		select {
-		case err := <-first:
-			first <- nil // for the cleanup
-			t.Fatalf("the first process ended: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the first process did not start: %s", out1.String())
-		}
-	}
+	testharness.WaitHTTP(t, "http://"+env["INGEST_ADDR"]+"/healthz", 20*time.Second)
 	if _, err := os.Stat(filepath.Join(dir, "stowline.lock")); err != nil {
 		t.Fatal(err)
 	}
@@ -128,15 +113,4 @@ func TestSecondProcessOnTheStoreRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "in use by another process") || !strings.Contains(err.Error(), "NATS_STORE_DIR") {
 		t.Fatalf("second process: %v; want it refused with the store directory in use", err)
 	}
-}
-
-// freeAddr is a loopback address with a port free now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
