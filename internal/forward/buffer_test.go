@@ -1,14 +1,8 @@
 package forward
 
 import (
-	"fmt"
-	"io"
-	"mime"
-	"mime/multipart"
-	"net/http"
 	"net/http/httptest"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -18,28 +12,8 @@ import (
 // Elements Discarded) is kept in the source and recorded as kept; one
 // stored as sent with another warning (SOP class mismatch) is not.
 func TestWarnedInstancesKept(t *testing.T) {
-	warnings := map[string]int{"1.2.3.2": 0xB006, "1.2.3.3": 0xB000, "1.2.3.4": 0xB007}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-		mr := multipart.NewReader(r.Body, params["boundary"])
-		var items []string
-		for {
-			p, err := mr.NextPart()
-			if err != nil {
-				break
-			}
-			b, _ := io.ReadAll(p)
-			uid := fmt.Sprintf("1.2.3.%d", int(b[0])+1)
-			warning := ""
-			if code := warnings[uid]; code != 0 {
-				warning = fmt.Sprintf(`,"00081196":{"vr":"US","Value":[%d]}`, code)
-			}
-			items = append(items, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+uid+`"]}`+warning+`}`)
-		}
-		w.Header().Set("Content-Type", "application/dicom+json")
-		w.WriteHeader(http.StatusAccepted)
-		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
-	}))
+	k := &sink{warnings: map[string]int{"1.2.3.2": 0xB006, "1.2.3.3": 0xB000, "1.2.3.4": 0xB007}}
+	srv := httptest.NewServer(k.handler(nil))
 	t.Cleanup(srv.Close)
 	src := newMemSource(5)
 	f := newForwarder(t, src, srv.URL, nil)

@@ -65,8 +65,10 @@ func (s *memSource) OpenInstanceFile(ctx context.Context, id string) (io.ReadClo
 
 // sink is a STOW-RS server that answers with a status, or 200 and every
 // instance as stored (it reads the SOP Instance UID from a fake part
-// layout: the test source serves 1024 bytes per instance, in order).
+// layout: the test source serves 1024 bytes per instance, in order);
+// an instance in warnings is stored with that Warning Reason, in a 202.
 type sink struct {
+	warnings map[string]int
 	status   atomic.Int32
 	requests atomic.Int32
 	uids     []string
@@ -95,10 +97,16 @@ func (k *sink) handler(uids []string) http.Handler {
 			return
 		}
 		var items []string
+		status := http.StatusOK
 		for _, uid := range seen {
-			items = append(items, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+uid+`"]}}`)
+			warning := ""
+			if code := k.warnings[uid]; code != 0 {
+				warning, status = fmt.Sprintf(`,"00081196":{"vr":"US","Value":[%d]}`, code), http.StatusAccepted
+			}
+			items = append(items, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+uid+`"]}`+warning+`}`)
 		}
 		w.Header().Set("Content-Type", "application/dicom+json")
+		w.WriteHeader(status)
 		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
 	})
 }
