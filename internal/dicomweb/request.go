@@ -50,12 +50,11 @@ type requestBody struct {
 	next    int           // index of the current or next part
 	src     io.ReadCloser // the current part's source, nil between parts
 	content io.Reader     // src through ctxReader (and exactReader)
-	sent    int64         // bytes handed to the transport
 	err     error         // the encoder's first failure, sticky
 	ended   bool          // the close delimiter is queued in framing
 
 	// moved counts the bytes handed to the transport, and sentAt is when
-	// the last of them was (Unix nanoseconds; 0: not yet), for
+	// the last of them was (Unix nanoseconds; 0: not yet): atomic, for
 	// Client.watch, which must not wait for use.
 	moved  atomic.Int64
 	sentAt atomic.Int64
@@ -81,7 +80,6 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		return 0, errBodyAbandoned
 	}
 	n, err := b.fill(p)
-	b.sent += int64(n)
 	b.moved.Add(int64(n))
 	if err == io.EOF {
 		b.sentAt.Store(time.Now().UnixNano())
@@ -104,7 +102,6 @@ func (b *requestBody) WriteTo(w io.Writer) (int64, error) {
 		if n > 0 {
 			m, werr := w.Write(b.buf[:n])
 			total += int64(m)
-			b.sent += int64(m)
 			b.moved.Add(int64(m))
 			if werr == nil && m != n {
 				werr = io.ErrShortWrite
@@ -148,7 +145,7 @@ func (b *requestBody) stop() (int64, error) {
 	b.use.Lock()
 	defer b.use.Unlock()
 	b.closeSource()
-	return b.sent, b.err
+	return b.moved.Load(), b.err
 }
 
 // fill is the encoder: it puts the next bytes of the body into p, opening
