@@ -70,7 +70,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			return
 		}
 	}
-	deleted, gone := 0, 0
+	deleted, gone, skipped := 0, 0, 0
 	var firstErr error
 	for i, inst := range instances {
 		if i > 0 && i%recheckEvery == 0 {
@@ -78,17 +78,14 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			// instance sent anew (a modality's retransmission) gets the
 			// ID of the one deleted, and must not go unsent.
 			st, err := c.Study(ctx, ev.OrthancStudyID)
-			if err != nil || st.LastUpdate != ev.LastUpdate {
-				left, result := len(instances)-i, "skipped"
-				if err != nil {
-					result = "failed"
-				}
-				log.Info("forwarded study partly deleted from the source: it changed, or could not be read, midway; the rest stays",
-					"deleted", deleted, "left", left, "err", err)
-				f.m.sourceDeletes.WithLabelValues("deleted").Add(float64(deleted))
-				f.m.sourceDeletes.WithLabelValues("gone").Add(float64(gone))
-				f.m.sourceDeletes.WithLabelValues(result).Add(float64(left))
-				return
+			if err != nil {
+				firstErr = err // the rest counts as failed
+				break
+			}
+			if st.LastUpdate != ev.LastUpdate {
+				skipped = len(instances) - i
+				log.Info("forwarded study changed while it was deleted from the source; the rest stays for its next event", "deleted", deleted, "left", skipped)
+				break
 			}
 		}
 		err := c.DeleteInstance(ctx, inst.ID)
@@ -109,9 +106,13 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	}
 	f.m.sourceDeletes.WithLabelValues("deleted").Add(float64(deleted))
 	f.m.sourceDeletes.WithLabelValues("gone").Add(float64(gone))
-	if failed := len(instances) - deleted - gone; failed > 0 {
+	f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(skipped))
+	if failed := len(instances) - deleted - gone - skipped; failed > 0 {
 		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(failed))
 		log.Warn("some forwarded instances were not deleted from the source; they stay in Orthanc", "deleted", deleted, "failed", failed, "err", firstErr)
+		return
+	}
+	if skipped > 0 {
 		return
 	}
 	log.Info("forwarded instances deleted from the source", "deleted", deleted)
