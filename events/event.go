@@ -110,6 +110,10 @@ func (e *fieldError) Is(target error) bool { return target == errInvalid }
 // newerVersionError is the fieldError of a version above this build's.
 type newerVersionError struct{ *fieldError }
 
+func newerVersion(v int) error {
+	return newerVersionError{&fieldError{"version", fmt.Sprintf("version %d, newer than this build's %d", v, Version)}}
+}
+
 func (e newerVersionError) Is(target error) bool { return target == ErrNewerVersion }
 func (e newerVersionError) Unwrap() error        { return e.fieldError }
 
@@ -172,7 +176,7 @@ func (e *StudyStable) Validate() error {
 	case e.Version == 0:
 		return &fieldError{"version", "is required"}
 	case e.Version > Version:
-		return newerVersionError{&fieldError{"version", fmt.Sprintf("version %d, newer than this build's %d", e.Version, Version)}}
+		return newerVersion(e.Version)
 	case e.Version != Version:
 		return &fieldError{"version", fmt.Sprintf("unsupported version %d (this build reads %d)", e.Version, Version)}
 	case e.Source == "":
@@ -217,7 +221,7 @@ func Decode(data []byte) (*StudyStable, error) {
 		Version int    `json:"version"`
 	}
 	if json.Unmarshal(data, &head) == nil && head.Type == TypeStudyStable && head.Version > Version {
-		return nil, newerVersionError{&fieldError{"version", fmt.Sprintf("version %d, newer than this build's %d", head.Version, Version)}}
+		return nil, newerVersion(head.Version)
 	}
 	var ev StudyStable
 	if err := json.Unmarshal(data, &ev); err != nil {
