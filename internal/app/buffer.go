@@ -46,7 +46,7 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 				return nil, fmt.Errorf("destination %s: %w", d.Name, err)
 			}
 			stored := err == nil && rec.LastUpdate == ev.LastUpdate && !rec.NotSelected &&
-				(rec.Selected == "" || rec.Selected == ledger.SelectionDigest(sopInstanceUIDs(selected)))
+				(rec.Selected == "" || rec.Selected == ledger.SelectionDigest(selected))
 			if !stored {
 				return nil, nil
 			}
@@ -72,12 +72,4 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 		}
 		return out, nil
 	}
-}
-
-func sopInstanceUIDs(instances []orthancapi.Instance) []string {
-	out := make([]string, len(instances))
-	for i, in := range instances {
-		out[i] = in.SOPInstanceUID
-	}
-	return out
 }

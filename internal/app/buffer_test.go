@@ -20,7 +20,7 @@ func TestReleaseFunc(t *testing.T) {
 	const state = "20261203T100000"
 	x, y := orthancapi.Instance{ID: "x", SOPInstanceUID: "1.2.3"}, orthancapi.Instance{ID: "y", SOPInstanceUID: "1.2.4"}
 	listed := []orthancapi.Instance{x, y}
-	both := ledger.Outcome{Selected: []string{"1.2.4", "1.2.3"}}
+	both := ledger.Outcome{Selected: []orthancapi.Instance{y, x}}
 	tests := []struct {
 		name                string
 		archive, ai         *ledger.Outcome // nil: not recorded
@@ -38,7 +38,7 @@ func TestReleaseFunc(t *testing.T) {
 		{"a record of not selected stored nothing", &both, &ledger.Outcome{NotSelected: true}, "", false, false, nil},
 		// Its rules selected less then (a rule changed since, or an
 		// older replica's rules).
-		{"a record of another selection", &both, &ledger.Outcome{Selected: []string{"1.2.3"}}, "", false, false, nil},
+		{"a record of another selection", &both, &ledger.Outcome{Selected: []orthancapi.Instance{x}}, "", false, false, nil},
 		{"a record of a release before selections were recorded", &both, &ledger.Outcome{}, "", false, false, []string{"x", "y"}},
 		{"one of two de-identifies", &both, &both, "", true, false, []string{"x", "y"}},
 		// A list too long for a record stands for every instance.

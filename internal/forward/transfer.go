@@ -45,9 +45,11 @@ type Report struct {
 	// confirmed every one (buffer mode deletes them); listed are all the
 	// study's instances; forwarded leaves out the kept ones.
 	forwarded, listed []orthancapi.Instance
-	// selected are the SOP Instance UIDs the rules selected, kept those
-	// the destination does not hold as sent (Completion.Kept).
-	selected, kept []string
+	// selected are the instances the rules selected, kept the SOP
+	// Instance UIDs of those the destination does not hold as sent
+	// (Completion.Kept).
+	selected []orthancapi.Instance
+	kept     []string
 }
 
 // Completion is what the destination holds of a study state it is done
@@ -55,12 +57,13 @@ type Report struct {
 type Completion struct {
 	// NotSelected: the rules selected nothing of the study.
 	NotSelected bool
-	// Selected are the SOP Instance UIDs the rules selected. Kept are
-	// those of them the destination does not hold as sent: a conflict
+	// Selected are the instances the rules selected. Kept are the SOP
+	// Instance UIDs of those the destination does not hold as sent: a conflict
 	// skipped (it holds other content), or stored with a warning (it may
 	// have coerced or discarded attributes). Buffer mode never deletes a
 	// kept instance from the source.
-	Selected, Kept []string
+	Selected []orthancapi.Instance
+	Kept     []string
 }
 
 func (r *Report) add(o Report) {
@@ -117,10 +120,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 		}
 	}
 	rep.Selected = len(instances)
-	rep.selected = make([]string, len(instances))
-	for i, in := range instances {
-		rep.selected[i] = in.SOPInstanceUID
-	}
+	rep.selected = instances
 	f.obs.Progress(a, rep)
 	plan, pending, rejected, err := f.planSyntaxes(ctx, src, instances)
 	if err != nil {

@@ -68,14 +68,19 @@ const maxKept = 1000
 type Outcome struct {
 	// NotSelected: its rules selected nothing of the study.
 	NotSelected bool
-	// Selected are the SOP Instance UIDs its rules selected; Kept those
-	// of them it does not hold as sent (Record.Kept).
-	Selected, Kept []string
+	// Selected are the instances its rules selected; Kept the SOP
+	// Instance UIDs of those it does not hold as sent (Record.Kept).
+	Selected []orthancapi.Instance
+	Kept     []string
 }
 
-// SelectionDigest identifies a set of SOP Instance UIDs, in any order.
-func SelectionDigest(uids []string) string {
-	sorted := slices.Clone(uids)
+// SelectionDigest identifies a set of instances by their SOP Instance
+// UIDs, in any order.
+func SelectionDigest(instances []orthancapi.Instance) string {
+	sorted := make([]string, len(instances))
+	for i, in := range instances {
+		sorted[i] = in.SOPInstanceUID
+	}
 	slices.Sort(sorted)
 	h := sha256.New()
 	for _, u := range sorted {
