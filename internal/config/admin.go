@@ -1,7 +1,5 @@
 package config
 
-import "errors"
-
 // Admin holds the operators' credential, shared by every command: the
 // forwarder's admin API (/admin/..., bearer token) and the ingest's status
 // page (/ui, HTTP basic auth with the token as the password).
@@ -11,8 +9,8 @@ type Admin struct {
 
 // Validate names the variable that is out of range.
 func (a *Admin) Validate() error {
-	if a.AdminToken != "" && len(a.AdminToken) < 16 {
-		return errors.New("ADMIN_TOKEN: want at least 16 characters")
+	if a.AdminToken == "" {
+		return nil
 	}
-	return nil
+	return checkCredential("ADMIN_TOKEN", a.AdminToken, 16)
 }

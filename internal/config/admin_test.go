@@ -22,10 +22,14 @@ func TestAdminTokenIsReadByEveryCommand(t *testing.T) {
 			t.Errorf("%s: admin token %q", name, got)
 		}
 	}
-	e["ADMIN_TOKEN"] = "short"
-	for name, c := range cfgs {
-		if err := Load(mapEnv(e), c); err == nil || !strings.Contains(err.Error(), "ADMIN_TOKEN") {
-			t.Errorf("%s with a short ADMIN_TOKEN: err = %v", name, err)
+	for _, bad := range []string{"short", "changeme-admin-token-0123"} {
+		e["ADMIN_TOKEN"] = bad
+		for name, c := range cfgs {
+			if err := Load(mapEnv(e), c); err == nil || !strings.Contains(err.Error(), "ADMIN_TOKEN") {
+				t.Errorf("%s with ADMIN_TOKEN %q: err = %v", name, bad, err)
+			} else if strings.Contains(err.Error(), bad) {
+				t.Errorf("%s: the error shows the token: %v", name, err)
+			}
 		}
 	}
 }

@@ -72,7 +72,7 @@ func (n *NATS) Validate() error {
 // Ingest configures the webhook service.
 type Ingest struct {
 	Addr           string        `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
-	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters)"`
+	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters, at least 8 different ones; a placeholder such as change-me… is refused)"`
 	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503"`
 	// WebhookSecurity: HMAC signatures and rate limit (webhook.go).
 	WebhookSecurity
@@ -86,8 +86,8 @@ func (i *Ingest) Validate() error {
 	if err := validateAddr("INGEST_ADDR", i.Addr); err != nil {
 		errs = append(errs, err)
 	}
-	if len(i.Token) < 16 {
-		errs = append(errs, errors.New("INGEST_TOKEN: want at least 16 characters"))
+	if err := checkCredential("INGEST_TOKEN", i.Token, 16); err != nil {
+		errs = append(errs, err)
 	}
 	if i.PublishTimeout < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("INGEST_PUBLISH_TIMEOUT=%s: want at least 100ms", i.PublishTimeout))

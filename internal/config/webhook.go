@@ -24,8 +24,10 @@ type WebhookSecurity struct {
 // Validate names the variable that is out of range.
 func (w *WebhookSecurity) Validate() error {
 	var errs []error
-	if w.HMACSecret != "" && len(w.HMACSecret) < 32 {
-		errs = append(errs, errors.New("INGEST_HMAC_SECRET: want at least 32 characters"))
+	if w.HMACSecret != "" {
+		if err := checkCredential("INGEST_HMAC_SECRET", w.HMACSecret, 32); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if w.HMACMaxSkew < time.Second || w.HMACMaxSkew > time.Hour {
 		errs = append(errs, fmt.Errorf("INGEST_HMAC_MAX_SKEW=%s: want 1s to 1h", w.HMACMaxSkew))
