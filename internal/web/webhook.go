@@ -258,14 +258,24 @@ func decodeEvent(body io.Reader) (*events.StudyStable, int, string, error) {
 	return &ev, 0, "", nil
 }
 
-// jsonProblem says what is wrong without echoing the body back.
+// jsonProblem says what is wrong without echoing the body back: the
+// answer is also logged, and a value could be patient data.
 func jsonProblem(err error) string {
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
 		return fmt.Sprintf("field %q must be a %s", typeErr.Field, typeErr.Type)
 	}
+	// receivedAt is the event's one time field; time's error quotes the
+	// value.
+	var timeErr *time.ParseError
+	if errors.As(err, &timeErr) {
+		return `field "receivedAt": is set by the ingest, not by the sender`
+	}
 	msg := err.Error()
 	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		if len(f) > maxFieldName {
+			return "unknown field " + f[:maxFieldName] + "…"
+		}
 		return "unknown field " + f
 	}
 	if errors.Is(err, io.EOF) {
@@ -273,6 +283,9 @@ func jsonProblem(err error) string {
 	}
 	return msg
 }
+
+// maxFieldName bounds an unknown field's name in an answer.
+const maxFieldName = 40
 
 func (h *Webhook) authorized(r *http.Request) bool {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

@@ -74,22 +74,25 @@ func TestWebhook(t *testing.T) {
 		body        string
 		status      int
 		errContains string
+		errLacks    string // what the sender wrote, never echoed into the answer or the log
 	}{
-		{"no token", "application/json", "", validBody, 401, "bearer token"},
-		{"wrong token", "application/json", "Bearer nope", validBody, 401, "bearer token"},
-		{"basic auth", "application/json", "Basic dXNlcjpwYXNz", validBody, 401, "bearer token"},
-		{"text body", "text/plain", bearer, validBody, 415, "application/json"},
-		{"no content type", "", bearer, validBody, 415, "application/json"},
-		{"malformed", "application/json", bearer, `{"type":`, 400, "malformed JSON"},
-		{"empty", "application/json", bearer, ``, 400, "empty body"},
-		{"two values", "application/json", bearer, validBody + validBody, 400, "more than one"},
-		{"wrong type of field", "application/json", bearer, strings.Replace(validBody, `"version":1`, `"version":"1"`, 1), 400, `"version"`},
-		{"unknown field", "application/json", bearer, strings.Replace(validBody, `{`, `{"patientName":"x",`, 1), 400, "patientName"},
-		{"missing field", "application/json", bearer, strings.Replace(validBody, `"source":"orthanc-a",`, ``, 1), 400, `"source"`},
-		{"traversal id", "application/json", bearer, strings.Replace(validBody, `27f7126f-4f66fb14-03f4081b-f9341db2-53925988`, `../../tools/reset`, 1), 400, `"orthancStudyId"`},
-		{"receivedAt from sender", "application/json", bearer, strings.Replace(validBody, `{`, `{"receivedAt":"2026-01-01T00:00:00Z",`, 1), 400, "receivedAt"},
-		{"too large", "application/json", bearer, `{"type":"` + strings.Repeat("x", web.MaxBodyBytes) + `"}`, 413, "larger than"},
-		{"accepted", "application/json; charset=utf-8", bearer, validBody, 202, ""},
+		{"no token", "application/json", "", validBody, 401, "bearer token", ""},
+		{"wrong token", "application/json", "Bearer nope", validBody, 401, "bearer token", ""},
+		{"basic auth", "application/json", "Basic dXNlcjpwYXNz", validBody, 401, "bearer token", ""},
+		{"text body", "text/plain", bearer, validBody, 415, "application/json", ""},
+		{"no content type", "", bearer, validBody, 415, "application/json", ""},
+		{"malformed", "application/json", bearer, `{"type":`, 400, "malformed JSON", ""},
+		{"empty", "application/json", bearer, ``, 400, "empty body", ""},
+		{"two values", "application/json", bearer, validBody + validBody, 400, "more than one", ""},
+		{"wrong type of field", "application/json", bearer, strings.Replace(validBody, `"version":1`, `"version":"1"`, 1), 400, `"version"`, ""},
+		{"unknown field", "application/json", bearer, strings.Replace(validBody, `{`, `{"patientName":"x",`, 1), 400, "patientName", ""},
+		{"missing field", "application/json", bearer, strings.Replace(validBody, `"source":"orthanc-a",`, ``, 1), 400, `"source"`, ""},
+		{"traversal id", "application/json", bearer, strings.Replace(validBody, `27f7126f-4f66fb14-03f4081b-f9341db2-53925988`, `../../tools/reset`, 1), 400, `"orthancStudyId"`, ""},
+		{"receivedAt from sender", "application/json", bearer, strings.Replace(validBody, `{`, `{"receivedAt":"2026-01-01T00:00:00Z",`, 1), 400, "receivedAt", ""},
+		{"receivedAt not a time", "application/json", bearer, strings.Replace(validBody, `{`, `{"receivedAt":"DOE^JANE 19700101",`, 1), 400, `field "receivedAt": is set by the ingest`, "DOE"},
+		{"long unknown field", "application/json", bearer, strings.Replace(validBody, `{`, `{"`+strings.Repeat("DOE^JANE", 20)+`":1,`, 1), 400, "unknown field", strings.Repeat("DOE^JANE", 10)},
+		{"too large", "application/json", bearer, `{"type":"` + strings.Repeat("x", web.MaxBodyBytes) + `"}`, 413, "larger than", ""},
+		{"accepted", "application/json; charset=utf-8", bearer, validBody, 202, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -101,6 +104,9 @@ func TestWebhook(t *testing.T) {
 				msg, _ := body["error"].(string)
 				if !strings.Contains(msg, tt.errContains) {
 					t.Errorf("error %q does not contain %q", msg, tt.errContains)
+				}
+				if tt.errLacks != "" && strings.Contains(msg, tt.errLacks) {
+					t.Errorf("error %q echoes what the sender wrote", msg)
 				}
 			}
 		})
