@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
@@ -75,5 +77,31 @@ func TestDestinationsCommand(t *testing.T) {
 	}
 	if out, _ := run("list"); strings.Contains(out, natsjs.ConsumerName("ai")) {
 		t.Errorf("list still shows ai:\n%s", out)
+	}
+}
+
+// TestLanesPresent: the readiness check passes while a destination's
+// lane consumers exist and names the one deleted while the forwarder ran.
+func TestLanesPresent(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := replayCtx(t)
+	cons, err := natsjs.DefaultTopology().EnsureLanes(ctx, ns.JS, []string{"ai"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lanes []forward.Lane
+	for _, p := range events.Priorities {
+		lanes = append(lanes, forward.Lane{Priority: p, Consumer: cons["ai"][p]})
+	}
+	check := lanesPresent("ai", lanes)
+	if err := check(ctx); err != nil {
+		t.Fatalf("every lane present: %v", err)
+	}
+	if err := ns.JS.DeleteConsumer(ctx, natsjs.EventStream, "stowline-low-ai"); err != nil {
+		t.Fatal(err)
+	}
+	err = check(ctx)
+	if err == nil || !strings.Contains(err.Error(), "destination ai: consumer stowline-low-ai deleted") {
+		t.Fatalf("low lane deleted: err = %v", err)
 	}
 }

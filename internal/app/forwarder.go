@@ -2,13 +2,16 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -97,6 +100,11 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		for _, prio := range events.Priorities {
 			o.Lanes = append(o.Lanes, forward.Lane{Priority: prio, Consumer: lanes[d.Name][prio]})
 		}
+		queueCheck := "destination_queue"
+		if d.Var != "" {
+			queueCheck += "_" + d.Name
+		}
+		checks[queueCheck] = lanesPresent(d.Name, o.Lanes)
 		o.StatWorkers = fc.StatWorkers
 		if len(fc.Windows) > 0 {
 			o.Windows = laneWindows(fc.Windows)
@@ -405,4 +413,22 @@ type laneWindows config.ForwardWindows
 
 func (w laneWindows) Open(lane events.Priority, now time.Time) bool {
 	return config.ForwardWindows(w).Open(string(lane), now)
+}
+
+// lanesPresent is a readiness check failing once a lane's consumer was
+// deleted while this forwarder ran: it takes none of that lane's events
+// until restarted. Other failures to read it are the jetstream check's.
+func lanesPresent(destination string, lanes []forward.Lane) web.Check {
+	return func(ctx context.Context) error {
+		var gone []string
+		for _, l := range lanes {
+			if _, err := l.Consumer.Info(ctx); errors.Is(err, jetstream.ErrConsumerNotFound) {
+				gone = append(gone, l.Consumer.CachedInfo().Name)
+			}
+		}
+		if len(gone) > 0 {
+			return fmt.Errorf("destination %s: consumer %s deleted while this forwarder ran; restart it to create it again, or take the destination out of FORWARDER_DESTINATIONS", destination, strings.Join(gone, ", "))
+		}
+		return nil
+	}
 }

@@ -45,7 +45,15 @@ type lanePlan struct {
 	// long backfill keeps a worker free for routine studies.
 	maxLow  int32
 	lowBusy atomic.Int32
+	// goneUntil holds, by lane, until when (Unix nanoseconds) a lane whose
+	// consumer was found deleted is left alone.
+	goneUntil map[events.Priority]*atomic.Int64
 }
+
+// laneGoneFor is how long a lane whose consumer was deleted while the
+// forwarder ran is left alone before it is tried again: it takes nothing
+// until a restart creates it again, and a pull a second would only fail.
+const laneGoneFor = 30 * time.Second
 
 func newLanePlan(opts *Options) *lanePlan {
 	p := &lanePlan{lanes: opts.Lanes, windows: opts.Windows, now: opts.Now}
@@ -56,7 +64,23 @@ func newLanePlan(opts *Options) *lanePlan {
 		p.now = time.Now
 	}
 	p.maxLow = int32(max(opts.Concurrency-1, 1))
+	p.goneUntil = map[events.Priority]*atomic.Int64{}
+	for _, l := range p.lanes {
+		p.goneUntil[l.Priority] = new(atomic.Int64)
+	}
 	return p
+}
+
+// markGone leaves lane alone for laneGoneFor from now; it reports whether
+// this call marked it (the lane was not marked already), so one worker
+// tells of it.
+func (p *lanePlan) markGone(lane events.Priority, now time.Time) bool {
+	until := p.goneUntil[lane]
+	old := until.Load()
+	if old > now.UnixNano() {
+		return false
+	}
+	return until.CompareAndSwap(old, now.Add(laneGoneFor).UnixNano())
 }
 
 // has reports whether the plan has a lane of priority lane.
@@ -80,6 +104,9 @@ func (p *lanePlan) open(statOnly bool) []Lane {
 			continue
 		}
 		if p.windows != nil && !p.windows.Open(l.Priority, now) {
+			continue
+		}
+		if p.goneUntil[l.Priority].Load() > now.UnixNano() {
 			continue
 		}
 		out = append(out, l)
@@ -132,7 +159,7 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 			if !ok {
 				continue
 			}
-			if msg := f.pullNoWait(l); msg != nil {
+			if msg := f.pullNoWait(ctx, l); msg != nil {
 				return msg, l.Priority, f.started(l.Priority, release)
 			}
 			release()
@@ -157,7 +184,7 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 	if err != nil {
 		release()
 		if ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-			f.log.Warn("pull from JetStream failed; retrying", "lane", l.Priority, "err", err)
+			f.pullFailed(ctx, l, err)
 			sleep(ctx, time.Second)
 		}
 		return nil, "", nil
@@ -167,10 +194,10 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 
 // pullNoWait takes the lane's next event if one is waiting, without
 // leaving a pull request behind.
-func (f *Forwarder) pullNoWait(l Lane) jetstream.Msg {
+func (f *Forwarder) pullNoWait(ctx context.Context, l Lane) jetstream.Msg {
 	batch, err := l.Consumer.FetchNoWait(1)
 	if err != nil {
-		f.log.Warn("pull from JetStream failed", "lane", l.Priority, "err", err)
+		f.pullFailed(ctx, l, err)
 		return nil
 	}
 	var msg jetstream.Msg
@@ -178,9 +205,28 @@ func (f *Forwarder) pullNoWait(l Lane) jetstream.Msg {
 		msg = m
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-		f.log.Warn("pull from JetStream failed", "lane", l.Priority, "err", err)
+		f.pullFailed(ctx, l, err)
 	}
 	return msg
+}
+
+// pullFailed reports a failed pull. A lane whose consumer is gone (deleted
+// by hand or by "destinations remove" while this forwarder ran, which
+// answers a pull with "no responders") is left alone for laneGoneFor and
+// reported as an error once each time, instead of a warning from every
+// worker every second; the readiness check says the same.
+func (f *Forwarder) pullFailed(ctx context.Context, l Lane, err error) {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, ierr := l.Consumer.Info(ictx)
+	cancel()
+	if !errors.Is(ierr, jetstream.ErrConsumerNotFound) {
+		f.log.Warn("pull from JetStream failed; retrying", "lane", l.Priority, "err", err)
+		return
+	}
+	if f.plan.markGone(l.Priority, f.plan.now()) {
+		f.log.Error("this lane's consumer was deleted while the forwarder ran: it takes none of the lane's events until the forwarder is restarted, which creates it again; or take the destination out of FORWARDER_DESTINATIONS",
+			"lane", l.Priority, "consumer", l.Consumer.CachedInfo().Name, "retry_in", laneGoneFor.String())
+	}
 }
 
 // started counts an event pulled from lane and returns what ends it.

@@ -2,7 +2,9 @@ package forward
 
 import (
 	"context"
+	"log/slog"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -78,5 +81,62 @@ func TestForwardWindowClosesLane(t *testing.T) {
 	}
 	if r, l := testutil.ToFloat64(f.m.lanePulls.WithLabelValues("routine")), testutil.ToFloat64(f.m.lanePulls.WithLabelValues("low")); r != 1 || l != 1 {
 		t.Errorf("pulls: routine %v, low %v; want 1 each", r, l)
+	}
+}
+
+// TestDeletedLaneLeftAlone: a lane whose consumer is deleted while the
+// forwarder runs is reported once, as an error naming the consumer, and
+// left alone; the other lanes go on (a stat event is forwarded), and no
+// worker warns about it every second.
+func TestDeletedLaneLeftAlone(t *testing.T) {
+	ns := testnats.Start(t)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cons, err := topo.EnsureLanes(ctx, ns.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lanes := cons[natsjs.DefaultDestination]
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	var logs testharness.LogBuffer
+	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+		for _, p := range events.Priorities {
+			o.Lanes = append(o.Lanes, Lane{Priority: p, Consumer: lanes[p]})
+		}
+		o.StatWorkers = 1
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+
+	routine := lanes[events.PriorityRoutine].CachedInfo().Name
+	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool { return i.NumWaiting > 0 })
+	if err := ns.JS.DeleteConsumer(ctx, natsjs.EventStream, routine); err != nil {
+		t.Fatal(err)
+	}
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityStat, "", ev.Source), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, lanes[events.PriorityStat], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	// Long enough for every worker to have pulled a few times.
+	time.Sleep(2500 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if n := strings.Count(out, `"msg":"this lane's consumer was deleted`); n != 1 {
+		t.Errorf("%d reports of the deleted consumer, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, `"consumer":"`+routine+`"`) {
+		t.Errorf("the report does not name consumer %s:\n%s", routine, out)
+	}
+	if n := strings.Count(out, "pull from JetStream failed"); n > 0 {
+		t.Errorf("%d pull warnings, want none:\n%s", n, out)
 	}
 }
