@@ -93,6 +93,8 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 		// reads it. Terminated here it would be lost for this
 		// destination: give it back (a delivery spent each time).
 		f.log.Warn("event of a newer version given back for a newer forwarder", "subject", msg.Subject(), "stream_seq", a.Seq, "err", err)
+		f.m.studies.WithLabelValues(string(ResultNewerVersion)).Inc()
+		recordOutcome(span, ResultNewerVersion, "", Report{})
 		if err := msg.NakWithDelay(newerVersionDelay); err != nil {
 			f.log.Warn("give back an event of a newer version", "err", err)
 		}

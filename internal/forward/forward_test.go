@@ -317,6 +317,9 @@ func TestNewerVersionGivenBack(t *testing.T) {
 	if info.AckFloor.Stream != 0 || info.Delivered.Consumer != 1 || k.requests.Load() != 0 {
 		t.Errorf("ack floor %d, %d deliveries, %d requests: want the event given back, unsent", info.AckFloor.Stream, info.Delivered.Consumer, k.requests.Load())
 	}
+	if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultNewerVersion))); n != 1 {
+		t.Errorf("studies_total{result=newer_version} = %v, want 1", n)
+	}
 }
 
 // deliverRaw runs a forwarder into a sink and stores data as an event for

@@ -161,7 +161,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, r := range []string{"deleted", "failed", "skipped", "waiting"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
-	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed} {
+	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed, ResultNewerVersion} {
 		m.studies.WithLabelValues(string(r))
 	}
 	m.lanePulls, m.laneBusy = laneMetrics(labels)

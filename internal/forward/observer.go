@@ -35,6 +35,9 @@ const (
 	ResultAckFailed Result = "ack_failed"
 	// ResultUndecodable: the event could not be read; it is terminated.
 	ResultUndecodable Result = "undecodable"
+	// ResultNewerVersion: a newer ingest wrote the event; it is given back
+	// for a newer forwarder (a delivery spent each time).
+	ResultNewerVersion Result = "newer_version"
 )
 
 // Observer is told what the forwarder does, as it happens. The status
