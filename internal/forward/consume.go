@@ -84,6 +84,17 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err == nil {
 		a.Number, a.Seq = meta.NumDelivered, meta.Sequence.Stream
+		if !f.take(a.Seq) {
+			// Its in-progress signals lapsed (NATS unreachable for longer
+			// than the ack wait) and JetStream handed it out again. The
+			// first delivery's signals and settlement cover the event
+			// (JetStream keys them by stream sequence): leave this one
+			// unsettled rather than send the study twice at once.
+			f.log.Warn("event delivered again while this process still works on it; left to the first delivery",
+				"subject", msg.Subject(), "stream_seq", a.Seq, "attempt", a.Number)
+			return
+		}
+		defer f.drop(a.Seq)
 	}
 	ctx, span := f.startAttempt(ctx, msg, meta)
 	defer span.End()
@@ -139,6 +150,25 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	d := f.policy.decide(a.Number, err, ctx.Err() != nil || errors.Is(err, errShutdown))
 	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log)
+}
+
+// take records that this process works on the event at stream sequence
+// seq; it reports false if it already does.
+func (f *Forwarder) take(seq uint64) bool {
+	f.inHandMu.Lock()
+	defer f.inHandMu.Unlock()
+	if f.inHand[seq] {
+		return false
+	}
+	f.inHand[seq] = true
+	return true
+}
+
+// drop ends what take started.
+func (f *Forwarder) drop(seq uint64) {
+	f.inHandMu.Lock()
+	defer f.inHandMu.Unlock()
+	delete(f.inHand, seq)
 }
 
 // transferRecovering is transfer with a panic turned into a crash

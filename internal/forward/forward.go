@@ -206,6 +206,10 @@ type Forwarder struct {
 	// sending counts the studies sending now.
 	limit   *flow.Limiter
 	sending atomic.Int32
+	// inHand holds the stream sequences of the events this process works
+	// on, to recognise one delivered again meanwhile.
+	inHandMu sync.Mutex
+	inHand   map[uint64]bool
 }
 
 // New validates opts and returns a Forwarder.
@@ -283,7 +287,7 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
-	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit}
+	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{}}
 	if b := opts.Breaker; b.Failures > 0 {
 		failures := b.Failures
 		if p.canDeadLetter && p.maxDeliveries > 0 && uint64(failures) > p.maxDeliveries {

@@ -482,3 +482,54 @@ func TestProgressInterval(t *testing.T) {
 		}
 	}
 }
+
+// TestRedeliveryWhileInHandLeftToFirst: an event JetStream hands out
+// again while a worker of this process still works on it (its in-progress
+// signals lapsed in a NATS gap) is not sent a second time: the second
+// delivery is left unsettled, and the first one's ack settles the event.
+func TestRedeliveryWhileInHandLeftToFirst(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = time.Second
+	cons, err := topo.EnsureConsumer(t.Context(), ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, newMemSource(1), srv.URL, cons)
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	first, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, err := first.Metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A worker has it in hand, and sends no signal for longer than the
+	// ack wait.
+	if !f.take(meta.Sequence.Stream) {
+		t.Fatal("a new event counted as in hand")
+	}
+	again, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatalf("not delivered again after the ack wait: %v", err)
+	}
+	f.handle(t.Context(), again)
+	if n := k.requests.Load(); n != 0 {
+		t.Fatalf("%d STOW-RS requests for an event in hand, want none", n)
+	}
+	if err := first.DoubleAck(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	f.drop(meta.Sequence.Stream)
+	info := waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.NumAckPending == 0 })
+	if info.AckFloor.Stream != 1 || info.NumPending != 0 {
+		t.Errorf("ack floor %d, %d pending: want the event settled by the first delivery's ack", info.AckFloor.Stream, info.NumPending)
+	}
+}
