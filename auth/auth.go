@@ -71,4 +71,8 @@ type Endpoint struct {
 	// Secrets are scrubbed from error text: a misbehaving server may echo
 	// the request in its error body.
 	Secrets []string
+	// RetryStatuses are this endpoint's answers that mean "try again
+	// later" besides 408, 429 and 5xx (Azure IMDS: 404 and 410 while it
+	// is being updated).
+	RetryStatuses []int
 }

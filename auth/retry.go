@@ -44,9 +44,9 @@ func (ts *TokenSource) fetchWithRetries(span trace.Span) (*oauth2.Token, error) 
 		}
 		if span.IsRecording() {
 			span.AddEvent("token request failed", trace.WithAttributes(attribute.Int("auth.attempt", attempt+1),
-				tracing.HTTPStatus.Int(te.StatusCode), attribute.Bool("auth.temporary", te.temporary())))
+				tracing.HTTPStatus.Int(te.StatusCode), attribute.Bool("auth.temporary", te.Temporary())))
 		}
-		if attempt >= ts.opts.retries || !te.temporary() || ts.ctx.Err() != nil {
+		if attempt >= ts.opts.retries || !te.Temporary() || ts.ctx.Err() != nil {
 			return nil, te
 		}
 		wait := ts.backoff(attempt, te)

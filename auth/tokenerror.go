@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,6 +34,8 @@ type TokenError struct {
 	// Attempts is how many requests were made (retries included).
 	Attempts int
 	msg      string // scrubbed text of Err
+	// retryStatus: StatusCode is one of the endpoint's RetryStatuses.
+	retryStatus bool
 	// Err is the underlying error, e.g. *oauth2.RetrieveError or a network
 	// error. Its own text is not scrubbed: log the TokenError, not Err.
 	Err error
@@ -49,14 +52,16 @@ func (e *TokenError) Error() string {
 // Unwrap lets errors.Is match ErrToken and the underlying error.
 func (e *TokenError) Unwrap() []error { return []error{ErrToken, e.Err} }
 
-// temporary reports whether trying again later may succeed: no answer at
-// all, or 408, 429 or 5xx. A refusal (other 4xx) needs an operator.
-func (e *TokenError) temporary() bool {
+// Temporary reports whether trying again later may succeed: no answer at
+// all, or 408, 429, 5xx or one of the endpoint's RetryStatuses. A refusal
+// (other 4xx), a configuration error or a refused certificate needs an
+// operator.
+func (e *TokenError) Temporary() bool {
 	if errors.Is(e.Err, ErrInvalidConfig) || isTLSRefusal(e.Err) {
 		return false
 	}
 	s := e.StatusCode
-	return s == 0 || s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500
+	return s == 0 || s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500 || e.retryStatus
 }
 
 // isTLSRefusal reports a certificate the client or the server refused:
@@ -92,6 +97,7 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 		}
 		if re.Response != nil {
 			te.StatusCode = re.Response.StatusCode
+			te.retryStatus = slices.Contains(ts.ep.RetryStatuses, te.StatusCode)
 			msg = re.Response.Status
 			te.RetryAfter = retryafter.Parse(re.Response.Header.Get("Retry-After"), time.Now())
 		}

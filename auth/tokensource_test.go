@@ -434,8 +434,8 @@ func TestTokenSourceErrors(t *testing.T) {
 			if te.StatusCode != tt.wantStatus || te.Code != tt.wantCode {
 				t.Errorf("status, code = %d, %q; want %d, %q", te.StatusCode, te.Code, tt.wantStatus, tt.wantCode)
 			}
-			if te.Attempts != tt.wantAttempts || te.temporary() != (tt.wantAttempts > 1) {
-				t.Errorf("attempts %d, temporary %v; want %d", te.Attempts, te.temporary(), tt.wantAttempts)
+			if te.Attempts != tt.wantAttempts || te.Temporary() != (tt.wantAttempts > 1) {
+				t.Errorf("attempts %d, temporary %v; want %d", te.Attempts, te.Temporary(), tt.wantAttempts)
 			}
 			if len(observed) != tt.wantAttempts || !errors.Is(observed[0], ErrToken) {
 				t.Errorf("observer saw %v, want %d ErrToken", observed, tt.wantAttempts)

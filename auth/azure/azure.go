@@ -172,6 +172,10 @@ func managedIdentity(cfg Config) (auth.Endpoint, error) {
 		Provider: provider,
 		TokenURL: func() string { return endpoint },
 		Fetch:    func(ctx context.Context) (*oauth2.Token, error) { return fetchIMDS(ctx, hc, target) },
+		// Microsoft's managed identity documentation: 404 "IMDS is
+		// updating", 410 "IMDS is being updated, available within 70 s";
+		// both to be retried, not taken as a refusal.
+		RetryStatuses: []int{http.StatusNotFound, http.StatusGone},
 	}, nil
 }
 

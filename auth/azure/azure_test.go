@@ -286,3 +286,35 @@ func TestConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestManagedIdentityUpdating: IMDS answers 404 while it is updating and
+// 410 while it is being updated (Microsoft's managed identity
+// documentation says to retry both): the token source tries again, and a
+// study that meets it is retried, not dead-lettered as refused.
+func TestManagedIdentityUpdating(t *testing.T) {
+	for _, status := range []int{http.StatusNotFound, http.StatusGone} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			var requests int
+			failAll := false
+			imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				requests++
+				if requests == 1 || failAll {
+					w.WriteHeader(status)
+					return
+				}
+				_, _ = w.Write([]byte(`{"access_token":"eyJ0eXAi.mi.sig","expires_in":"86399","token_type":"Bearer"}`))
+			}))
+			t.Cleanup(imds.Close)
+			if _, err := source(t, Config{IMDSEndpoint: imds.URL}).Token(); err != nil || requests != 2 {
+				t.Fatalf("after one %d: err %v, %d requests; want a token on the second", status, err, requests)
+			}
+
+			failAll = true
+			_, err := source(t, Config{IMDSEndpoint: imds.URL}).Token()
+			te, ok := errors.AsType[*auth.TokenError](err)
+			if !ok || !te.Temporary() || forward.Classify(err) != forward.Transient {
+				t.Errorf("IMDS %d every time: %v, classified %v; want temporary, transient", status, err, forward.Classify(err))
+			}
+		})
+	}
+}

@@ -86,6 +86,9 @@ func Classify(err error) Class {
 	}
 	var te *auth.TokenError
 	if errors.As(err, &te) {
+		if te.Temporary() {
+			return Transient
+		}
 		// A token endpoint that answers 4xx refuses the credentials:
 		// waiting won't fix that, an operator will (then replays).
 		if te.StatusCode >= 400 && te.StatusCode < 500 && te.StatusCode != http.StatusRequestTimeout && te.StatusCode != http.StatusTooManyRequests {
