@@ -90,6 +90,9 @@ func (f *ForwardWindows) UnmarshalText(b []byte) error {
 		if w.From, err = minuteOfDay(from); err != nil {
 			return fmt.Errorf("%q: %w", item, err)
 		}
+		if w.From == minutesPerDay {
+			return fmt.Errorf("%q: 24:00 ends a window; start it at 00:00", item)
+		}
 		if w.To, err = minuteOfDay(to); err != nil {
 			return fmt.Errorf("%q: %w", item, err)
 		}
@@ -102,6 +105,9 @@ func (f *ForwardWindows) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// minutesPerDay is 24:00, which may end a window.
+const minutesPerDay = 24 * 60
+
 // minuteOfDay parses HH:MM (00:00 to 24:00).
 func minuteOfDay(s string) (int, error) {
 	t, err := time.Parse("15:04", strings.TrimSpace(s))
@@ -109,9 +115,9 @@ func minuteOfDay(s string) (int, error) {
 		return t.Hour()*60 + t.Minute(), nil
 	}
 	if strings.TrimSpace(s) == "24:00" {
-		return 0, nil
+		return minutesPerDay, nil
 	}
-	return 0, errors.New("times are HH:MM, 00:00 to 23:59")
+	return 0, errors.New("times are HH:MM, 00:00 to 24:00")
 }
 
 // String writes the windows back as FORWARD_WINDOWS, lanes in order.

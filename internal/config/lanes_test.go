@@ -27,6 +27,7 @@ func TestForwardWindows(t *testing.T) {
 		{"routine=08:00-18:00", "routine", []string{"08:00", "17:59"}, []string{"07:59", "18:00", "03:00"}},
 		{"low=00:00-06:00, low=12:00-13:00", "low", []string{"00:00", "05:59", "12:30"}, []string{"06:00", "11:59", "13:00"}},
 		{"low=20:00-24:00", "low", []string{"20:00", "23:59"}, []string{"00:00", "19:59"}},
+		{"low=00:00-24:00", "low", []string{"00:00", "12:00", "23:59"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.value+"/"+tt.lane, func(t *testing.T) {
@@ -56,6 +57,7 @@ func TestForwardWindowsErrors(t *testing.T) {
 		"low=25:00-07:00":     "HH:MM",
 		"low=22h-07h":         "HH:MM",
 		"low=08:00-08:00":     "empty",
+		"low=24:00-07:00":     "24:00 ends a window",
 		"low=22:00-07:00,bad": "want lane=",
 	} {
 		var w ForwardWindows

@@ -306,7 +306,9 @@ func TestStoreAnswerWhileSending(t *testing.T) {
 				if read := src.read.Load(); read >= src.size {
 					t.Errorf("read %d bytes of the sources after the server answered", read)
 				}
-				if o, c := src.opened.Load(), src.closed.Load(); o != c || o == 0 || o > 2 {
+				// A server that reads nothing may answer before the transport
+				// opened any part: none opened is then right too.
+				if o, c := src.opened.Load(), src.closed.Load(); o != c || o > 2 || (read > 0 && o == 0) {
 					t.Errorf("opened %d sources, closed %d", o, c)
 				}
 			})
