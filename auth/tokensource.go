@@ -265,12 +265,16 @@ func (ts *TokenSource) run(f *fetch) {
 }
 
 // refreshTime is when a token expiring at expiry, received at now, is
-// replaced: delta before expiry, but no earlier than half its lifetime.
-// A zero expiry (the server sent no expires_in) means never.
+// replaced: delta before expiry, but at least twice as long before it as
+// the token stops being handed out (staleTime: a smaller delta left every
+// caller waiting for the identity provider at each renewal), and no
+// earlier than half its lifetime. A zero expiry (the server sent no
+// expires_in) means never.
 func refreshTime(expiry, now time.Time, delta time.Duration) time.Time {
 	if expiry.IsZero() {
 		return time.Time{}
 	}
+	delta = max(delta, 2*expiry.Sub(staleTime(expiry, now)))
 	delta = max(min(delta, expiry.Sub(now)/2), 0)
 	return expiry.Add(-delta)
 }

@@ -250,10 +250,13 @@ func TestRefreshTime(t *testing.T) {
 		delta    time.Duration
 		want     time.Duration // after now; -1 means never
 	}{
-		{name: "long token uses delta", lifetime: time.Hour, delta: 10 * time.Second, want: time.Hour - 10*time.Second},
+		{name: "long token uses delta", lifetime: time.Hour, delta: time.Minute, want: time.Hour - time.Minute},
+		// Handed out until 10 s before expiry: refreshed 20 s before.
+		{name: "delta below the stale margin", lifetime: time.Hour, delta: 5 * time.Second, want: time.Hour - 20*time.Second},
+		{name: "zero delta on long token", lifetime: time.Hour, delta: 0, want: time.Hour - 20*time.Second},
 		{name: "short token capped at half", lifetime: 3 * time.Second, delta: 10 * time.Second, want: 1500 * time.Millisecond},
-		{name: "small delta on short token", lifetime: 3 * time.Second, delta: 500 * time.Millisecond, want: 2500 * time.Millisecond},
-		{name: "zero delta", lifetime: 3 * time.Second, delta: 0, want: 3 * time.Second},
+		{name: "small delta on short token", lifetime: 3 * time.Second, delta: 200 * time.Millisecond, want: 2400 * time.Millisecond},
+		{name: "zero delta", lifetime: 3 * time.Second, delta: 0, want: 2400 * time.Millisecond},
 		{name: "already expired", lifetime: -time.Second, delta: 10 * time.Second, want: -time.Second},
 		{name: "no expiry", lifetime: 0, delta: 10 * time.Second, want: -1},
 	}
@@ -272,6 +275,9 @@ func TestRefreshTime(t *testing.T) {
 			}
 			if d := got.Sub(now); d != tt.want {
 				t.Fatalf("refresh after %v, want %v", d, tt.want)
+			}
+			if stale := staleTime(expiry, now); tt.lifetime > 0 && !got.Before(stale) {
+				t.Errorf("refreshed at %v, not before the token stops being handed out (%v)", got.Sub(now), stale.Sub(now))
 			}
 		})
 	}

@@ -49,12 +49,13 @@ var (
 )
 
 // LoadCredentials returns the standard credential chain for region, cached
-// and refreshed five minutes (or margin) before temporary credentials
-// expire. The SDK reads AWS_* variables and ~/.aws files itself.
+// and refreshed margin (at most maxExpiryWindow) before temporary
+// credentials expire. The SDK reads AWS_* variables and ~/.aws files
+// itself.
 func LoadCredentials(ctx context.Context, region string, margin time.Duration) (aws.CredentialsProvider, error) {
 	cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(region),
 		awsconfig.WithCredentialsCacheOptions(func(o *aws.CredentialsCacheOptions) {
-			o.ExpiryWindow = margin
+			o.ExpiryWindow = expiryWindow(margin)
 			o.ExpiryWindowJitterFrac = 0.2
 		}))
 	if err != nil {
@@ -64,6 +65,19 @@ func LoadCredentials(ctx context.Context, region string, margin time.Duration) (
 		return nil, fmt.Errorf("%w: the chain found none", errCredentials)
 	}
 	return cfg.Credentials, nil
+}
+
+// maxExpiryWindow bounds the refresh margin of AWS credentials. The SDK's
+// cache takes credentials whose window exceeds their lifetime as expired
+// on arrival and fetches new ones for every request (an STS call each,
+// for a web identity); temporary credentials last at least 15 minutes,
+// so at most half of that.
+const maxExpiryWindow = 7 * time.Minute
+
+// expiryWindow is the credentials cache's refresh margin for
+// OAUTH_REFRESH_MARGIN.
+func expiryWindow(margin time.Duration) time.Duration {
+	return min(margin, maxExpiryWindow)
 }
 
 // Transport returns a RoundTripper that signs every request for region

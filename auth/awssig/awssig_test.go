@@ -334,3 +334,38 @@ func TestCrossOriginRedirectRefused(t *testing.T) {
 		t.Errorf("err = %v, %d requests elsewhere; want ErrCrossOriginRedirect and none", err, elsewhere.Load())
 	}
 }
+
+// countingProvider hands out credentials valid for life and counts its
+// fetches.
+type countingProvider struct {
+	life    time.Duration
+	fetches atomic.Int32
+}
+
+func (p *countingProvider) Retrieve(context.Context) (aws.Credentials, error) {
+	p.fetches.Add(1)
+	return aws.Credentials{AccessKeyID: "AKID", SecretAccessKey: "secret", CanExpire: true, Expires: time.Now().Add(p.life)}, nil
+}
+
+// TestExpiryWindowBelowTheShortestCredentials: OAUTH_REFRESH_MARGIN=30m
+// with 15-minute credentials (the shortest STS session) still reuses them:
+// a window longer than their life had the SDK's cache fetch new ones for
+// every request.
+func TestExpiryWindowBelowTheShortestCredentials(t *testing.T) {
+	p := &countingProvider{life: 15 * time.Minute}
+	cache := aws.NewCredentialsCache(p, func(o *aws.CredentialsCacheOptions) {
+		o.ExpiryWindow = expiryWindow(30 * time.Minute)
+		o.ExpiryWindowJitterFrac = 0.2
+	})
+	for range 100 {
+		if _, err := cache.Retrieve(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := p.fetches.Load(); n != 1 {
+		t.Errorf("%d credential fetches for 100 requests, want 1", n)
+	}
+	if w := expiryWindow(2 * time.Minute); w != 2*time.Minute {
+		t.Errorf("a 2m margin became %v", w)
+	}
+}

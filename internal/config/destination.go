@@ -43,7 +43,7 @@ type DestinationAuth struct {
 	AssertionKeyFile string `env:"OAUTH_CLIENT_ASSERTION_KEY_FILE" desc:"PEM private key (unencrypted; with its certificate for azure) signing client assertions: private_key_jwt (generic) or certificate credentials (azure); re-read for every token"`
 	AssertionKeyID   string `env:"OAUTH_CLIENT_ASSERTION_KEY_ID" desc:"generic: key ID (kid) of OAUTH_CLIENT_ASSERTION_KEY_FILE as registered at the identity provider"`
 
-	RefreshMargin time.Duration `env:"OAUTH_REFRESH_MARGIN" envDefault:"5m" desc:"how long before expiry a token (or temporary AWS credentials) is replaced in the background; capped at half the token's lifetime"`
+	RefreshMargin time.Duration `env:"OAUTH_REFRESH_MARGIN" envDefault:"5m" desc:"how long before expiry a token (or temporary AWS credentials) is replaced in the background; at least 20s, at most half the token's lifetime (AWS: at most 7m)"`
 
 	AzureTenantID      string `env:"AZURE_TENANT_ID" desc:"azure: directory (tenant) ID; with OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET or OAUTH_CLIENT_ASSERTION_KEY_FILE. Without a secret or certificate the managed identity is used"`
 	AzureAuthorityHost string `env:"AZURE_AUTHORITY_HOST" envDefault:"https://login.microsoftonline.com" desc:"azure: Entra ID authority (sovereign clouds: https://login.microsoftonline.us, https://login.partner.microsoftonline.cn)"`
