@@ -46,7 +46,9 @@ func (ts *TokenSource) fetchWithRetries(span trace.Span) (*oauth2.Token, error) 
 			span.AddEvent("token request failed", trace.WithAttributes(attribute.Int("auth.attempt", attempt+1),
 				tracing.HTTPStatus.Int(te.StatusCode), attribute.Bool("auth.temporary", te.Temporary())))
 		}
-		if attempt >= ts.opts.retries || !te.Temporary() || ts.ctx.Err() != nil {
+		// A wait longer than the backoff allows is the token source's to
+		// keep (notBefore), not a retry's.
+		if attempt >= ts.opts.retries || !te.Temporary() || ts.ctx.Err() != nil || te.RetryAfter > ts.opts.retryMax {
 			return nil, te
 		}
 		wait := ts.backoff(attempt, te)
@@ -59,7 +61,8 @@ func (ts *TokenSource) fetchWithRetries(span trace.Span) (*oauth2.Token, error) 
 }
 
 // backoff is the wait before retry attempt+1: a Retry-After the server
-// sent, if reasonable, else exponential with jitter (half fixed, half
+// sent (at most retryMax: fetchWithRetries stops before a longer one),
+// else exponential with jitter (half fixed, half
 // random, so retries neither synchronise nor come back at once).
 func (ts *TokenSource) backoff(attempt int, te *TokenError) time.Duration {
 	if te.RetryAfter > 0 && te.RetryAfter <= ts.opts.retryMax {

@@ -31,7 +31,16 @@ type TokenSource struct {
 	staleAt   time.Time // zero: never; from then on tok is no longer handed out
 	inflight  *fetch
 	timer     *time.Timer // the next background refresh
+	// notBefore is the end of the wait the identity provider asked for
+	// (Retry-After) when it last refused; until then a caller without a
+	// token gets waitErr, that refusal, instead of a new request.
+	notBefore time.Time
+	waitErr   error
 }
+
+// maxTokenRetryAfter bounds the wait a token endpoint's Retry-After can
+// impose: a proxy's mistaken value must not stop forwarding for hours.
+const maxTokenRetryAfter = 5 * time.Minute
 
 // fetch is one request to the token endpoint (with its retries) that any
 // number of callers wait on.
@@ -157,7 +166,7 @@ func (ts *TokenSource) token(ctx context.Context) (*oauth2.Token, *fetch, error)
 	ts.mu.Lock()
 	if ts.validLocked(now) {
 		tok := ts.tok
-		if !ts.refreshAt.IsZero() && !now.Before(ts.refreshAt) && ts.inflight == nil {
+		if !ts.refreshAt.IsZero() && !now.Before(ts.refreshAt) && ts.inflight == nil && !now.Before(ts.notBefore) {
 			// Due for replacement (the timer may not have fired yet):
 			// fetch in the background, hand out the current one meanwhile.
 			ts.startLocked(trace.SpanContext{}, true)
@@ -167,6 +176,11 @@ func (ts *TokenSource) token(ctx context.Context) (*oauth2.Token, *fetch, error)
 	}
 	f := ts.inflight
 	if f == nil {
+		if now.Before(ts.notBefore) {
+			err := ts.waitErr
+			ts.mu.Unlock()
+			return nil, nil, err
+		}
 		f = ts.startLocked(trace.SpanContextFromContext(ctx), false)
 	}
 	ts.mu.Unlock()
@@ -244,6 +258,10 @@ func (ts *TokenSource) run(f *fetch) {
 	ts.endSpan(f.span, tok, err, now)
 
 	ts.mu.Lock()
+	ts.notBefore, ts.waitErr = time.Time{}, nil
+	if te, ok := errors.AsType[*TokenError](err); ok && te.RetryAfter > 0 {
+		ts.notBefore, ts.waitErr = now.Add(min(te.RetryAfter, maxTokenRetryAfter)), err
+	}
 	switch {
 	case err == nil:
 		ts.tok = tok
@@ -256,6 +274,9 @@ func (ts *TokenSource) run(f *fetch) {
 		// there too, or every call until then would start a fetch (an
 		// identity provider refusing or throttling would get one a request).
 		ts.refreshAt = now.Add(max(time.Second, ts.staleAt.Sub(now)/2))
+		if ts.refreshAt.Before(ts.notBefore) {
+			ts.refreshAt = ts.notBefore
+		}
 		ts.armLocked(ts.refreshAt, now)
 	}
 	ts.inflight = nil

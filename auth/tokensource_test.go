@@ -515,3 +515,44 @@ func TestTokenSourceFailedRefreshDoesNotStampede(t *testing.T) {
 		}
 	})
 }
+
+// TestTokenSourceHonoursLongRetryAfter: an identity provider that
+// throttles with a Retry-After longer than the backoff's ceiling gets no
+// request until it passes: the fetch stops at once, and the callers
+// meanwhile get its refusal without asking again.
+func TestTokenSourceHonoursLongRetryAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var throttled atomic.Bool
+		throttled.Store(true)
+		ok := issue(3600, 0)
+		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
+			if throttled.Load() {
+				w.Header().Set("Retry-After", "30")
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusTooManyRequests)
+				_, _ = w.Write([]byte(`{"error":"temporarily_unavailable"}`))
+				return
+			}
+			ok(w, r)
+		})
+		ts := newSource(t, srv, WithAuthStyle(oauth2.AuthStyleInHeader))
+		start := time.Now()
+		for range 5 {
+			_, err := ts.Token()
+			te, isTE := errors.AsType[*TokenError](err)
+			if !isTE || te.StatusCode != http.StatusTooManyRequests || te.RetryAfter != 30*time.Second {
+				t.Fatalf("throttled: err = %v", err)
+			}
+			time.Sleep(5 * time.Second)
+		}
+		if n := srv.Requests(); n != 1 {
+			t.Fatalf("%d token requests within the 30 s asked for, want 1", n)
+		}
+		throttled.Store(false)
+		time.Sleep(time.Until(start.Add(31 * time.Second)))
+		mustToken(t, ts)
+		if n := srv.Requests(); n != 2 {
+			t.Errorf("%d token requests, want 2: one after the wait", n)
+		}
+	})
+}

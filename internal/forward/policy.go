@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/internal/dicomweb"
 )
 
@@ -102,6 +103,10 @@ func (p policy) backoff(attempt uint64, err error) time.Duration {
 	var he *dicomweb.HTTPError
 	if errors.As(err, &he) && he.RetryAfter > d {
 		d = min(he.RetryAfter, time.Hour)
+	}
+	var te *auth.TokenError
+	if errors.As(err, &te) && te.RetryAfter > d {
+		d = min(te.RetryAfter, time.Hour)
 	}
 	return d
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/internal/dicomweb"
 )
 
@@ -121,5 +122,9 @@ func TestBackoff(t *testing.T) {
 	}
 	if d := p.backoff(1, fmt.Errorf("x: %w", &dicomweb.HTTPError{StatusCode: 429, RetryAfter: 5 * time.Hour})); d != time.Hour {
 		t.Errorf("Retry-After 5h: delay %s, want capped at 1h", d)
+	}
+	// The identity provider's too.
+	if d := p.backoff(1, fmt.Errorf("token: %w", &auth.TokenError{StatusCode: 429, RetryAfter: 40 * time.Second})); d != 40*time.Second {
+		t.Errorf("token endpoint's Retry-After 40s: delay %s", d)
 	}
 }
