@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -134,7 +135,15 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if len(fc.Windows) > 0 {
 		log.Info("lanes are pulled only in their hours (FORWARD_WINDOWS), in the process's local time", "windows", fc.Windows.String(), "zone", time.Now().Format("MST -07:00"))
 	}
-	tracker, err := p.status.track(ctx, g, p.topo, (fc.Concurrency+fc.StatWorkers)*len(served), tokens, log)
+	// This process stays counted in the replicas' shares of the request
+	// and bandwidth limits (and on the status page) until its forwarders
+	// have drained: studies go on sending for up to ShutdownGrace after
+	// shutdown starts. start holds running until the forwarders run, or
+	// it failed.
+	var running sync.WaitGroup
+	running.Add(1)
+	defer running.Done()
+	tracker, err := p.status.track(whenDrained(ctx, &running), g, p.topo, (fc.Concurrency+fc.StatWorkers)*len(served), tokens, log)
 	if err != nil {
 		return err
 	}
@@ -171,7 +180,11 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	byName := map[string]*forward.Forwarder{}
 	for i, fw := range forwarders {
 		byName[opts[i].DestinationName] = fw
-		g.Go(named("forwarder "+opts[i].DestinationName, func() error { return fw.Run(ctx) }))
+		running.Add(1)
+		g.Go(named("forwarder "+opts[i].DestinationName, func() error {
+			defer running.Done()
+			return fw.Run(ctx)
+		}))
 	}
 	g.Go(named("request limit share", func() error {
 		return shareRequestLimits(ctx, p.status, byName, status.ShareInterval, log)
@@ -431,4 +444,15 @@ func lanesPresent(destination string, lanes []forward.Lane) web.Check {
 		}
 		return nil
 	}
+}
+
+// whenDrained returns a context that ends once ctx has ended and running
+// is done.
+func whenDrained(ctx context.Context, running *sync.WaitGroup) context.Context {
+	drained, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	context.AfterFunc(ctx, func() {
+		running.Wait()
+		cancel()
+	})
+	return drained
 }
