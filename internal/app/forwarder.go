@@ -90,11 +90,21 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		}
 		ledgers[d.Name] = ledger.New(ledgerKV)
 	}
+	// Studies go on sending for up to ShutdownGrace after shutdown starts:
+	// until the forwarders have drained, their tokens are still renewed,
+	// and this process stays counted in the replicas' shares of the
+	// request and bandwidth limits (and on the status page). start holds
+	// running until the forwarders run, or it failed.
+	var running sync.WaitGroup
+	running.Add(1)
+	defer running.Done()
+	drained := whenDrained(ctx, &running)
+
 	var forwarders []*forward.Forwarder
 	var tokens []*status.TokenWatch
 	var opts []*forward.Options
 	for _, d := range served {
-		o, tw, err := r.destination(ctx, p, d, reg, log, checks)
+		o, tw, err := r.destination(drained, p, d, reg, log, checks)
 		if err != nil {
 			return err
 		}
@@ -135,15 +145,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if len(fc.Windows) > 0 {
 		log.Info("lanes are pulled only in their hours (FORWARD_WINDOWS), in the process's local time", "windows", fc.Windows.String(), "zone", time.Now().Format("MST -07:00"))
 	}
-	// This process stays counted in the replicas' shares of the request
-	// and bandwidth limits (and on the status page) until its forwarders
-	// have drained: studies go on sending for up to ShutdownGrace after
-	// shutdown starts. start holds running until the forwarders run, or
-	// it failed.
-	var running sync.WaitGroup
-	running.Add(1)
-	defer running.Done()
-	tracker, err := p.status.track(whenDrained(ctx, &running), g, p.topo, (fc.Concurrency+fc.StatWorkers)*len(served), tokens, log)
+	tracker, err := p.status.track(drained, g, p.topo, (fc.Concurrency+fc.StatWorkers)*len(served), tokens, log)
 	if err != nil {
 		return err
 	}
