@@ -152,16 +152,25 @@ type breaker struct {
 	changed chan struct{}
 	// timer runs the next probe while open.
 	timer *time.Timer
+	// probing is true while a probe request is out: one at a time.
+	probing bool
+	// generation counts the changes of state, so a probe that outlived
+	// the outage it was for does not decide the next one.
+	generation uint64
 	// stopped: the forwarder stopped; no further probes.
 	stopped bool
+	// probeCtx ends a probe request when the forwarder stops.
+	probeCtx    context.Context
+	cancelProbe context.CancelFunc
 }
 
 func newBreaker(cfg breakerConfig, prober Prober, onChange func(from, to BreakerState)) *breaker {
 	if onChange == nil {
 		onChange = func(BreakerState, BreakerState) {}
 	}
+	probeCtx, cancelProbe := context.WithCancel(context.Background())
 	return &breaker{cfg: cfg, prober: prober, onChange: onChange, now: time.Now,
-		changed: make(chan struct{}), wait: cfg.interval}
+		changed: make(chan struct{}), wait: cfg.interval, probeCtx: probeCtx, cancelProbe: cancelProbe}
 }
 
 func (b *breaker) enabled() bool { return b != nil && b.cfg.failures > 0 }
@@ -325,21 +334,30 @@ func (b *breaker) schedule() {
 // trial study is the probe.
 func (b *breaker) probe() {
 	b.mu.Lock()
-	if b.state != BreakerOpen || b.stopped {
+	if b.state != BreakerOpen || b.stopped || b.probing {
+		// A probe still out schedules the next when it ends.
 		b.mu.Unlock()
 		return
 	}
-	study := b.probeStudy
+	b.probing = true
+	generation, study := b.generation, b.probeStudy
 	b.mu.Unlock()
 	var err error
 	if b.prober != nil && study != "" {
-		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		ctx, cancel := context.WithTimeout(b.probeCtx, probeTimeout)
 		err = b.prober.Probe(ctx, study)
 		cancel()
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.probing = false
 	if b.state != BreakerOpen || b.stopped {
+		return
+	}
+	if b.generation != generation {
+		// The breaker closed and opened again while the probe was out:
+		// its answer was about the outage before. Ask again.
+		b.schedule()
 		return
 	}
 	if DestinationDown(err) {
@@ -382,6 +400,7 @@ func (b *breaker) stop() {
 	if b.timer != nil {
 		b.timer.Stop()
 	}
+	b.cancelProbe()
 	b.broadcast()
 }
 
@@ -392,6 +411,7 @@ func (b *breaker) setState(to BreakerState) {
 	}
 	from := b.state
 	b.state, b.since = to, b.now().UTC()
+	b.generation++
 	if to == BreakerClosed {
 		b.probeStudy, b.wait, b.failedProbes = "", b.cfg.interval, 0
 		if b.timer != nil {

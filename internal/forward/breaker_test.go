@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -366,4 +367,76 @@ func (r routerFunc) Select(ctx context.Context, source, studyID string, in []ort
 		return rt.Select(ctx, source, studyID, in)
 	}
 	return in, nil
+}
+
+// blockingProber answers each probe when release is sent its answer, and
+// counts the probes out at once.
+type blockingProber struct {
+	release       chan error
+	out, mostOut  atomic.Int32
+	started, ends atomic.Int32
+}
+
+func (p *blockingProber) Probe(ctx context.Context, _ string) error {
+	n := p.out.Add(1)
+	defer p.out.Add(-1)
+	for {
+		m := p.mostOut.Load()
+		if n <= m || p.mostOut.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	p.started.Add(1)
+	defer p.ends.Add(1)
+	select {
+	case err := <-p.release:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestBreakerProbeOfAnEarlierOutage: a probe still out when the breaker
+// closed and opened again neither runs beside the next one nor decides the
+// new outage with its late answer.
+func TestBreakerProbeOfAnEarlierOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		down := &dicomweb.HTTPError{StatusCode: 503}
+		prober := &blockingProber{release: make(chan error)}
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
+		defer b.stop()
+
+		b.record(down, false, "1.2.3")
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if prober.started.Load() != 1 {
+			t.Fatalf("%d probes after the interval, want 1", prober.started.Load())
+		}
+		// A study in flight is stored: closed; then a new outage opens it.
+		b.record(nil, false, "")
+		b.record(down, false, "1.2.4")
+		go func() { _, _ = b.hold(t.Context()) }()
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if n := prober.mostOut.Load(); n != 1 {
+			t.Fatalf("%d probes out at once, want 1", n)
+		}
+		// The first probe's answer comes now: it was about the first outage.
+		prober.release <- nil
+		synctest.Wait()
+		if s, _, _, _ := b.status(); s != BreakerOpen {
+			t.Fatalf("state %v after a stale probe's success, want still open", s)
+		}
+		// The next probe asks about this outage.
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if prober.started.Load() != 2 {
+			t.Fatalf("%d probes, want a second one for the new outage", prober.started.Load())
+		}
+		prober.release <- nil
+		synctest.Wait()
+		if s, _, _, _ := b.status(); s != BreakerHalfOpen {
+			t.Fatalf("state %v after the new probe's success, want half-open", s)
+		}
+	})
 }
