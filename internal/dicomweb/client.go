@@ -32,7 +32,9 @@ const (
 
 // Part is one DICOM instance to send. Open is called when the part is
 // written, so instances stream one after another and a study is never held
-// in memory; each Store calls it at most once. The context passed to Open
+// in memory; each Store calls it once, or twice when it sends the request
+// again after a reused connection broke before any answer, so Open must
+// give the instance from its start each time. The context passed to Open
 // is cancelled as soon as the request ends; Open and the reader it returns
 // should honour it so that Store returns promptly when the server answers
 // early.
