@@ -29,7 +29,8 @@ type TokenError struct {
 	StatusCode  int    // HTTP status of the token endpoint; 0 if none was received
 	Code        string // RFC 6749 "error", e.g. "invalid_client"
 	Description string // RFC 6749 "error_description", e.g. Entra's "AADSTS7000215: ..."
-	// RetryAfter is the server's Retry-After (429, 503), 0 if none.
+	// RetryAfter is the server's Retry-After (429, 503), at most
+	// maxTokenRetryAfter; 0 if none.
 	RetryAfter time.Duration
 	// Attempts is how many requests were made (retries included).
 	Attempts int
@@ -99,7 +100,7 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 			te.StatusCode = re.Response.StatusCode
 			te.retryStatus = slices.Contains(ts.ep.RetryStatuses, te.StatusCode)
 			msg = re.Response.Status
-			te.RetryAfter = retryafter.Parse(re.Response.Header.Get("Retry-After"), time.Now())
+			te.RetryAfter = min(retryafter.Parse(re.Response.Header.Get("Retry-After"), time.Now()), maxTokenRetryAfter)
 		}
 		if prefix := strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(err.Error(), re.Error())), ":"); prefix != "" && prefix != err.Error() {
 			// Context added by the endpoint, e.g. "OpenID discovery at ...".

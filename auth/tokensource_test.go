@@ -556,3 +556,17 @@ func TestTokenSourceHonoursLongRetryAfter(t *testing.T) {
 		}
 	})
 }
+
+// TestTokenRetryAfterBounded: a proxy's Retry-After of hours reaches the
+// callers (and so the studies' retries) as at most maxTokenRetryAfter.
+func TestTokenRetryAfterBounded(t *testing.T) {
+	srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "10800")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	_, err := newSource(t, srv, WithAuthStyle(oauth2.AuthStyleInHeader)).Token()
+	te, ok := errors.AsType[*TokenError](err)
+	if !ok || te.RetryAfter != maxTokenRetryAfter {
+		t.Fatalf("err = %v, want a TokenError with RetryAfter %v", err, maxTokenRetryAfter)
+	}
+}

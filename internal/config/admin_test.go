@@ -35,3 +35,14 @@ func TestAdminTokenIsReadByEveryCommand(t *testing.T) {
 }
 
 func (a *Admin) adminToken() string { return a.AdminToken }
+
+// TestRandomCredentialsAccepted: random values the documentation's
+// commands make pass, short ones included (openssl rand -hex 8 may
+// repeat most of its 16 digits).
+func TestRandomCredentialsAccepted(t *testing.T) {
+	for _, v := range []string{"a3f0a3f0c19ca3a1", "0a1b0a1b0a1b0a1c", "q83vR1zAqJk7c0nGm2yTLw9dXp4eHs6B"} {
+		if err := checkCredential("INGEST_TOKEN", v, 16); err != nil {
+			t.Errorf("%s refused: %v", v, err)
+		}
+	}
+}

@@ -11,7 +11,8 @@ import (
 var placeholders = []string{"changeme", "replaceme", "yourtoken", "yoursecret", "placeholder"}
 
 // checkCredential refuses a shared secret shorter than minLen, one made
-// of fewer than 8 different characters (a row of one key, "1234..."
+// of fewer than 8 different characters (a quarter of its length if less:
+// a row of one key, "1234..."
 // repeated), or one that reads as a documentation placeholder. It never
 // shows the value.
 func checkCredential(name, value string, minLen int) error {
@@ -22,8 +23,10 @@ func checkCredential(name, value string, minLen int) error {
 	for _, r := range value {
 		distinct[r] = true
 	}
-	if len(distinct) < 8 {
-		return fmt.Errorf("%s: want a random value (it has fewer than 8 different characters), e.g. head -c 24 /dev/urandom | base64", name)
+	// A quarter of the length, at most 8: a random 16-character hex
+	// token may repeat most of its 16 symbols.
+	if want := min(8, len(value)/4); len(distinct) < want {
+		return fmt.Errorf("%s: want a random value (it has fewer than %d different characters), e.g. head -c 24 /dev/urandom | base64", name, want)
 	}
 	folded := strings.NewReplacer("-", "", "_", "", " ", "", ".", "").Replace(strings.ToLower(value))
 	for _, p := range placeholders {
