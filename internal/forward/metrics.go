@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/events"
 )
 
 type metrics struct {
@@ -165,6 +167,11 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		m.studies.WithLabelValues(string(r))
 	}
 	m.lanePulls, m.laneBusy = laneMetrics(labels)
+	// Every lane from the start: an alert's increase() then counts the
+	// first pull after a restart.
+	for _, p := range events.Priorities {
+		m.lanePulls.WithLabelValues(string(p))
+	}
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}

@@ -23,6 +23,7 @@ type QueueCollector struct {
 
 	pending, ackPending, redelivered, waiting, deadLetters, up *prometheus.Desc
 	lanePending                                                *prometheus.Desc
+	laneAckPending                                             *prometheus.Desc
 }
 
 // NewQueueCollector returns the collector; timeout 0 means
@@ -49,6 +50,8 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 			"Studies of the destination in the dead-letter stream, waiting for an operator to replay or purge them.", dest, nil),
 		lanePending: prometheus.NewDesc("stowline_queue_lane_pending_events",
 			"Events not yet delivered to the destination's forwarders, by priority lane (stat, routine, low): the num_pending of each lane's consumer.", []string{"destination", "lane"}, nil),
+		laneAckPending: prometheus.NewDesc("stowline_queue_lane_ack_pending_events",
+			"Events delivered and not yet acknowledged, by priority lane (stat, routine, low): the num_ack_pending of each lane's consumer.", []string{"destination", "lane"}, nil),
 		up: prometheus.NewDesc("stowline_jetstream_info_success",
 			"1 if JetStream answered this scrape's queue queries in time, else 0 (and the queue metrics are absent).", nil, nil),
 	}
@@ -56,7 +59,7 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 
 // Describe implements prometheus.Collector.
 func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pending, c.ackPending, c.redelivered, c.waiting, c.deadLetters, c.up, c.lanePending} {
+	for _, d := range []*prometheus.Desc{c.pending, c.ackPending, c.redelivered, c.waiting, c.deadLetters, c.up, c.lanePending, c.laneAckPending} {
 		ch <- d
 	}
 }
@@ -92,6 +95,7 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(ch, c.waiting, float64(d.Waiting), d.Destination)
 			for lane, l := range d.Lanes {
 				gauge(ch, c.lanePending, float64(l.Pending), d.Destination, string(lane))
+				gauge(ch, c.laneAckPending, float64(l.AckPending), d.Destination, string(lane))
 			}
 		}
 		gauge(ch, c.deadLetters, float64(d.DeadLetters), d.Destination)

@@ -205,6 +205,29 @@ stowline_queue_pending_events{destination="default"} 3
 		"stowline_queue_ack_pending_events", "stowline_queue_pending_events"); err != nil {
 		t.Error(err)
 	}
+	// The lanes' parts add up to the destination's.
+	for dest, want := range map[string]float64{"default": 2, "ai": 0} {
+		var sum float64
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "stowline_queue_lane_ack_pending_events" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "destination" && l.GetValue() == dest {
+						sum += m.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		if sum != want {
+			t.Errorf("%s: lane ack pending sums to %v, want %v", dest, sum, want)
+		}
+	}
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %+v", err, problems)
 	}
