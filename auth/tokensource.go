@@ -260,7 +260,7 @@ func (ts *TokenSource) run(f *fetch) {
 	ts.mu.Lock()
 	ts.notBefore, ts.waitErr = time.Time{}, nil
 	if te, ok := errors.AsType[*TokenError](err); ok && te.RetryAfter > 0 {
-		ts.notBefore, ts.waitErr = now.Add(min(te.RetryAfter, maxTokenRetryAfter)), err
+		ts.notBefore, ts.waitErr = now.Add(te.RetryAfter), err
 	}
 	switch {
 	case err == nil:

@@ -111,11 +111,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		for _, prio := range events.Priorities {
 			o.Lanes = append(o.Lanes, forward.Lane{Priority: prio, Consumer: lanes[d.Name][prio]})
 		}
-		queueCheck := "destination_queue"
-		if d.Var != "" {
-			queueCheck += "_" + d.Name
-		}
-		checks[queueCheck] = lanesPresent(d.Name, o.Lanes)
+		checks[checkName("destination_queue", d)] = lanesPresent(d.Name, o.Lanes)
 		o.StatWorkers = fc.StatWorkers
 		if len(fc.Windows) > 0 {
 			o.Windows = laneWindows(fc.Windows)
@@ -212,11 +208,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		return nil, nil, err
 	}
 	if client.Tokens != nil {
-		name := "destination_token"
-		if d.Var != "" {
-			name += "_" + d.Name
-		}
-		checks[name] = func(ctx context.Context) error {
+		checks[checkName("destination_token", d)] = func(ctx context.Context) error {
 			if _, err := client.Tokens.TokenContext(ctx); err != nil {
 				return fmt.Errorf("destination %s token: %w", d.Name, err)
 			}
@@ -457,4 +449,13 @@ func whenDrained(ctx context.Context, running *sync.WaitGroup) context.Context {
 		cancel()
 	})
 	return drained
+}
+
+// checkName is the name of a destination's readiness check: base alone
+// for the default destination, base_<name> with DESTINATIONS.
+func checkName(base string, d config.NamedDestination) string {
+	if d.Var == "" {
+		return base
+	}
+	return base + "_" + d.Name
 }

@@ -18,31 +18,45 @@ import (
 	"github.com/stowline/stowline/internal/testnats"
 )
 
+// startLanes starts a JetStream server with the default destination's
+// lane consumers (ack wait 3 s), and a STOW-RS sink to forward into.
+func startLanes(t *testing.T) (*testnats.Server, map[events.Priority]jetstream.Consumer, string) {
+	t.Helper()
+	ns := testnats.Start(t)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	cons, err := topo.EnsureLanes(t.Context(), ns.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	return ns, cons[natsjs.DefaultDestination], srv.URL
+}
+
+// laneList is lanes as Options.Lanes takes them, highest first.
+func laneList(lanes map[events.Priority]jetstream.Consumer) []Lane {
+	var out []Lane
+	for _, p := range events.Priorities {
+		out = append(out, Lane{Priority: p, Consumer: lanes[p]})
+	}
+	return out
+}
+
 // TestForwardWindowClosesLane: with the low lane outside its window, a
 // routine event is forwarded and the low one is not pulled, though the
 // workers are idle and waiting; once the clock reaches the window, it is.
 func TestForwardWindowClosesLane(t *testing.T) {
-	ns := testnats.Start(t)
-	topo := natsjs.DefaultTopology()
-	topo.AckWait = 3 * time.Second
+	ns, lanes, sinkURL := startLanes(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cons, err := topo.EnsureLanes(ctx, ns.JS, []string{natsjs.DefaultDestination})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lanes := cons[natsjs.DefaultDestination]
-	var k sink
-	srv := httptest.NewServer(k.handler(nil))
-	t.Cleanup(srv.Close)
 
 	noon := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
 	var now atomic.Pointer[time.Time]
 	now.Store(&noon)
-	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
-		for _, p := range events.Priorities {
-			o.Lanes = append(o.Lanes, Lane{Priority: p, Consumer: lanes[p]})
-		}
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
 		o.Windows = hours{events.PriorityLow: {0, 7}}
 		o.Now = func() time.Time { return *now.Load() }
 	})
@@ -89,24 +103,12 @@ func TestForwardWindowClosesLane(t *testing.T) {
 // left alone; the other lanes go on (a stat event is forwarded), and no
 // worker warns about it every second.
 func TestDeletedLaneLeftAlone(t *testing.T) {
-	ns := testnats.Start(t)
-	topo := natsjs.DefaultTopology()
-	topo.AckWait = 3 * time.Second
+	ns, lanes, sinkURL := startLanes(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cons, err := topo.EnsureLanes(ctx, ns.JS, []string{natsjs.DefaultDestination})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lanes := cons[natsjs.DefaultDestination]
-	var k sink
-	srv := httptest.NewServer(k.handler(nil))
-	t.Cleanup(srv.Close)
 	var logs testharness.LogBuffer
-	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
-		for _, p := range events.Priorities {
-			o.Lanes = append(o.Lanes, Lane{Priority: p, Consumer: lanes[p]})
-		}
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
 		o.StatWorkers = 1
 		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 	})
