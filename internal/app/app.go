@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/keypair"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -137,9 +138,9 @@ func listenTLS(lt config.ListenTLS, log *slog.Logger) (*tls.Config, error) {
 	if !lt.Enabled() {
 		return nil, nil
 	}
-	cr, err := web.NewCertReloader(lt.CertFile, lt.KeyFile, 0, log.With("component", "listen-tls"))
+	kp, err := keypair.New(lt.CertFile, lt.KeyFile, 0, log.With("component", "listen-tls"))
 	if err != nil {
 		return nil, fmt.Errorf("TLS_LISTEN_CERT_FILE, TLS_LISTEN_KEY_FILE: %w", err)
 	}
-	return cr.TLSConfig(), nil
+	return kp.ServerConfig(), nil
 }

@@ -52,7 +52,7 @@ type destination struct {
 // never logged.
 func newDestination(ctx context.Context, fc *config.NamedDestination, observe func(error, time.Duration), tp trace.TracerProvider, log *slog.Logger) (*destination, error) {
 	d := &fc.DestinationAuth
-	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: d.TLSCAFile, CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile, InsecureSkipVerify: d.TLSInsecureSkipVerify})
+	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: d.TLSCAFile, CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile, InsecureSkipVerify: d.TLSInsecureSkipVerify}, log)
 	if err != nil {
 		return nil, err
 	}

@@ -34,7 +34,7 @@ type Sources struct {
 // NewSources builds an Orthanc client per configured source.
 func NewSources(c *config.Orthanc) (*Sources, error) {
 	s := &Sources{byName: map[string]*orthancapi.Client{}}
-	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: c.CAFile})
+	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: c.CAFile}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("ORTHANC_CA_FILE: %w", err)
 	}

@@ -104,7 +104,7 @@ func (o *Orthanc) Validate() error {
 		errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_NAME=%q: want 1-64 characters of A-Z a-z 0-9 _ -", o.SourceName))
 	}
 	if o.CAFile != "" {
-		if _, err := NewTLSConfig(TLSFiles{CAFile: o.CAFile}); err != nil {
+		if _, err := NewTLSConfig(TLSFiles{CAFile: o.CAFile}, nil); err != nil {
 			errs = append(errs, fmt.Errorf("ORTHANC_CA_FILE: %w", err))
 		}
 	}

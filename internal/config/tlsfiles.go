@@ -10,9 +10,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
-	"sync"
 	"time"
+
+	"github.com/stowline/stowline/internal/keypair"
 )
 
 // ErrInvalidTLS reports unusable TLS files or settings.
@@ -39,7 +41,9 @@ func (f TLSFiles) IsZero() bool { return f == TLSFiles{} }
 // NewTLSConfig returns the TLS configuration f describes, or nil when f is zero
 // (Go's defaults: system roots, no client certificate). Files are read now,
 // so a bad one fails at startup; errors name the file, never its content.
-func NewTLSConfig(f TLSFiles) (*tls.Config, error) {
+// log (nil: none) hears of a client certificate reloaded after a renewal,
+// or of a renewal that cannot be loaded (the previous pair stays in use).
+func NewTLSConfig(f TLSFiles, log *slog.Logger) (*tls.Config, error) {
 	if f.IsZero() {
 		return nil, nil
 	}
@@ -60,57 +64,17 @@ func NewTLSConfig(f TLSFiles) (*tls.Config, error) {
 	}
 	switch {
 	case f.CertFile != "" && f.KeyFile != "":
-		kp := &keyPair{certFile: f.CertFile, keyFile: f.KeyFile, recheck: recheck}
-		if _, err := kp.get(); err != nil {
-			return nil, err
+		kp, err := keypair.New(f.CertFile, f.KeyFile, recheck, log)
+		if err != nil {
+			return nil, fmt.Errorf("%w: client certificate: %w", ErrInvalidTLS, err)
 		}
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.get() }
+		cfg.GetClientCertificate = kp.GetClientCertificate
 	case f.CertFile != "" || f.KeyFile != "":
 		return nil, fmt.Errorf("%w: a client certificate needs both the certificate and the key file", ErrInvalidTLS)
 	}
 	return cfg, nil
 }
 
-// keyPair is a client certificate reloaded when its files change.
-type keyPair struct {
-	certFile, keyFile string
-	recheck           time.Duration
-
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	certMod time.Time
-	keyMod  time.Time
-	checked time.Time
-}
-
-// recheck bounds how often the files are stat'ed (once per handshake at most).
+// recheck bounds how often the client certificate's files are stat'ed
+// (once per handshake at most).
 const recheck = 10 * time.Second
-
-func (k *keyPair) get() (*tls.Certificate, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	now := time.Now()
-	if k.cert != nil && now.Sub(k.checked) < k.recheck {
-		return k.cert, nil
-	}
-	k.checked = now
-	cs, cerr := os.Stat(k.certFile)
-	ks, kerr := os.Stat(k.keyFile)
-	if cerr == nil && kerr == nil && k.cert != nil && cs.ModTime().Equal(k.certMod) && ks.ModTime().Equal(k.keyMod) {
-		return k.cert, nil
-	}
-	cert, err := tls.LoadX509KeyPair(k.certFile, k.keyFile)
-	if err != nil {
-		err = fmt.Errorf("%w: client certificate %s / key %s: %w", ErrInvalidTLS, k.certFile, k.keyFile, err)
-		if k.cert != nil {
-			// A renewal half-written: keep using the previous pair.
-			return k.cert, nil
-		}
-		return nil, err
-	}
-	k.cert = &cert
-	if cerr == nil && kerr == nil {
-		k.certMod, k.keyMod = cs.ModTime(), ks.ModTime()
-	}
-	return k.cert, nil
-}

@@ -35,7 +35,7 @@ func TestMutualTLS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := NewTLSConfig(tt.files)
+			cfg, err := NewTLSConfig(tt.files, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -63,35 +63,6 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
-// TestClientCertificateRenewal: a renewed certificate is used for the next
-// connection without a restart; a half-written renewal keeps the old one.
-func TestClientCertificateRenewal(t *testing.T) {
-	ca := testpki.NewCA(t, "clients")
-	_, certFile, keyFile := ca.Issue(t, "first", false)
-	kp := &keyPair{certFile: certFile, keyFile: keyFile} // no recheck delay
-	first, err := kp.get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, newCert, newKey := ca.Issue(t, "second", false)
-	for src, dst := range map[string]string{newCert: certFile, newKey: keyFile} {
-		data, _ := os.ReadFile(src)
-		if err := os.WriteFile(dst, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	second, err := kp.get()
-	if err != nil || second.Leaf.Subject.CommonName != "second" || first.Leaf.Subject.CommonName != "first" {
-		t.Fatalf("after renewal: %v, %v", err, second.Leaf.Subject.CommonName)
-	}
-	if err := os.WriteFile(keyFile, []byte("half written"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if kept, err := kp.get(); err != nil || kept != second {
-		t.Fatalf("broken renewal: %v", err)
-	}
-}
-
 func TestNewErrors(t *testing.T) {
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "ca.txt")
@@ -110,12 +81,12 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := NewTLSConfig(tt.files); !errors.Is(err, ErrInvalidTLS) || !strings.Contains(err.Error(), tt.want) {
+			if _, err := NewTLSConfig(tt.files, nil); !errors.Is(err, ErrInvalidTLS) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
 	}
-	if cfg, err := NewTLSConfig(TLSFiles{}); cfg != nil || err != nil {
+	if cfg, err := NewTLSConfig(TLSFiles{}, nil); cfg != nil || err != nil {
 		t.Errorf("zero Files: %v, %v", cfg, err)
 	}
 }
