@@ -87,8 +87,8 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 		SourceFor: func(source string) (ledger.VerifySource, error) {
 			return sources.Lookup(source)
 		},
-		Listed: func(ctx context.Context, studyInstanceUID string) ([]string, error) {
-			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, 0)
+		Listed: func(ctx context.Context, studyInstanceUID string, expected int) ([]string, error) {
+			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, expected)
 		},
 		Publish: func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
 			return publishTraced(ctx, tp, "audit enqueue", "audit", dest.Name, ev, func(ctx context.Context) (*jetstream.PubAck, error) {

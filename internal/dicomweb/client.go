@@ -57,6 +57,7 @@ type Client struct {
 	userAgent        string
 	header           http.Header
 	maxResponseBytes int64
+	qidoPageSize     int
 	bufferSize       int
 	newBoundary      func() (string, error)
 	bufPool          sync.Pool
@@ -199,6 +200,7 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 		userAgent:        defaultUserAgent,
 		header:           make(http.Header),
 		maxResponseBytes: defaultMaxResponseBytes,
+		qidoPageSize:     qidoPageSize,
 		bufferSize:       DefaultBufferSize,
 		newBoundary:      newBoundary,
 		stallTimeout:     defaultStallTimeout,

@@ -9,9 +9,9 @@ import (
 	"strconv"
 )
 
-// DefaultQIDOPageSize is the limit of one QIDO-RS page: Azure's DICOM
-// service accepts at most 200.
-const DefaultQIDOPageSize = 200
+// qidoPageSize is the limit of one QIDO-RS page: Azure's DICOM service
+// accepts at most 200.
+const qidoPageSize = 200
 
 // maxQIDOPages bounds the pages of one study (a server that ignores
 // offset would otherwise be asked forever).
@@ -22,21 +22,26 @@ const tagSOPInstanceUID = "00080018"
 
 // StudyInstanceUIDs asks the destination which instances of the study it
 // holds (QIDO-RS GET {base}/studies/{uid}/instances, paged with limit and
-// offset until a page is short) and returns their SOP Instance UIDs. A
-// study the destination does not know (404, or 204) has none. Any other
-// non-2xx answer is an *HTTPError. pageSize <= 0 means
-// DefaultQIDOPageSize.
-func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, pageSize int) ([]string, error) {
+// offset) and returns their SOP Instance UIDs. A study the destination
+// does not know (404, or 204) has none. Any other non-2xx answer is an
+// *HTTPError.
+//
+// expected is how many instances the caller expects to be listed. A
+// page shorter than the limit asked ends the listing once it lists that
+// many; until then only an empty page does (or one of nothing new: a
+// server that ignores offset), since a server may cap a page below the
+// limit asked (Orthanc's LimitFindInstances, an archive's own maximum),
+// and a short page is then not the last. So a complete study costs no
+// request beyond its pages, and one with instances missing one more.
+func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, expected int) ([]string, error) {
 	if studyInstanceUID == "" {
 		return nil, fmt.Errorf("qido: empty Study Instance UID")
 	}
-	if pageSize <= 0 {
-		pageSize = DefaultQIDOPageSize
-	}
 	seen := map[string]bool{}
 	var out []string
-	for page := 0; page < maxQIDOPages; page++ {
-		uids, err := c.qidoPage(ctx, studyInstanceUID, page*pageSize, pageSize)
+	offset := 0
+	for range maxQIDOPages {
+		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize)
 		if err != nil {
 			return nil, err
 		}
@@ -48,13 +53,12 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 				added++
 			}
 		}
-		// A short page is the last; a page of nothing new means the
-		// server ignores offset and has answered everything already.
-		if len(uids) < pageSize || added == 0 {
+		if added == 0 || len(uids) < c.qidoPageSize && len(out) >= expected {
 			return out, nil
 		}
+		offset += len(uids)
 	}
-	return nil, fmt.Errorf("qido: study %s: more than %d pages of %d instances", studyInstanceUID, maxQIDOPages, pageSize)
+	return nil, fmt.Errorf("qido: study %s: more than %d pages of %d instances", studyInstanceUID, maxQIDOPages, c.qidoPageSize)
 }
 
 // Probe asks the destination for one instance of a study (one QIDO-RS

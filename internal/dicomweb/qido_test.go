@@ -8,13 +8,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
 // qidoServer answers QIDO-RS for one study of n instances, honouring limit
-// and offset unless ignoreOffset; status other than 0 answers every request
-// with it.
-func qidoServer(t *testing.T, n int, ignoreOffset bool, status int) *httptest.Server {
+// (capped at maxLimit when not 0) and offset unless ignoreOffset; status
+// other than 0 answers every request with it. *asked counts the requests.
+func qidoServer(t *testing.T, n int, ignoreOffset bool, maxLimit, status int, asked *atomic.Int64) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/dicom-web/studies/1.2.3/instances" || r.Header.Get("Accept") != "application/dicom+json" ||
@@ -22,6 +23,7 @@ func qidoServer(t *testing.T, n int, ignoreOffset bool, status int) *httptest.Se
 			http.Error(w, "unexpected request "+r.URL.String(), http.StatusBadRequest)
 			return
 		}
+		asked.Add(1)
 		if status != 0 {
 			http.Error(w, "status", status)
 			return
@@ -30,6 +32,9 @@ func qidoServer(t *testing.T, n int, ignoreOffset bool, status int) *httptest.Se
 		offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
 		if ignoreOffset {
 			offset, limit = 0, n
+		}
+		if maxLimit > 0 {
+			limit = min(limit, maxLimit)
 		}
 		var items []string
 		for i := offset; i < min(n, offset+limit); i++ {
@@ -44,28 +49,40 @@ func qidoServer(t *testing.T, n int, ignoreOffset bool, status int) *httptest.Se
 
 func TestStudyInstanceUIDs(t *testing.T) {
 	tests := []struct {
-		name         string
-		n, pageSize  int
-		ignoreOffset bool
-		status       int
-		want         int
-		wantStatus   int
+		name                  string
+		n, pageSize, maxLimit int
+		expected              int // the caller's expected count
+		ignoreOffset          bool
+		status                int
+		want, wantRequests    int
+		wantStatus            int
 	}{
-		{name: "one short page", n: 3, pageSize: 10, want: 3},
-		{name: "exact pages", n: 20, pageSize: 10, want: 20},
-		{name: "several pages", n: 25, pageSize: 10, want: 25},
-		{name: "server ignores offset", n: 25, pageSize: 10, ignoreOffset: true, want: 25},
-		{name: "unknown study", n: 0, pageSize: 10, status: http.StatusNotFound, want: 0},
-		{name: "refused", n: 0, pageSize: 10, status: http.StatusForbidden, wantStatus: http.StatusForbidden},
+		{name: "one short page", n: 3, pageSize: 10, expected: 3, want: 3, wantRequests: 1},
+		{name: "exact pages", n: 20, pageSize: 10, expected: 20, want: 20, wantRequests: 3},
+		{name: "several pages", n: 25, pageSize: 10, expected: 25, want: 25, wantRequests: 3},
+		{name: "server ignores offset", n: 25, pageSize: 10, expected: 25, ignoreOffset: true, want: 25, wantRequests: 2},
+		// A server capping pages below the limit asked: its short pages
+		// are not the last while fewer than expected are listed.
+		{name: "server caps pages", n: 25, pageSize: 10, maxLimit: 4, expected: 25, want: 25, wantRequests: 7},
+		{name: "server caps pages, instances missing", n: 25, pageSize: 10, maxLimit: 4, expected: 30, want: 25, wantRequests: 8},
+		{name: "instances missing", n: 3, pageSize: 10, expected: 5, want: 3, wantRequests: 2},
+		{name: "nothing expected", n: 3, pageSize: 10, want: 3, wantRequests: 1},
+		{name: "unknown study", n: 0, pageSize: 10, expected: 3, status: http.StatusNotFound, want: 0, wantRequests: 1},
+		{name: "refused", n: 0, pageSize: 10, status: http.StatusForbidden, wantStatus: http.StatusForbidden, wantRequests: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := qidoServer(t, tt.n, tt.ignoreOffset, tt.status)
+			var asked atomic.Int64
+			srv := qidoServer(t, tt.n, tt.ignoreOffset, tt.maxLimit, tt.status, &asked)
 			c, err := New(srv.URL+"/dicom-web", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", tt.pageSize)
+			c.qidoPageSize = tt.pageSize
+			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", tt.expected)
+			if asked := int(asked.Load()); asked != tt.wantRequests {
+				t.Errorf("%d requests, want %d", asked, tt.wantRequests)
+			}
 			if tt.wantStatus != 0 {
 				var he *HTTPError
 				if !errors.As(err, &he) || he.StatusCode != tt.wantStatus {

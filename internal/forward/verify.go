@@ -15,7 +15,7 @@ import (
 // Verifier lists the instances of a study a destination holds
 // (QIDO-RS, *dicomweb.Client): STOW_VERIFY=qido.
 type Verifier interface {
-	StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, pageSize int) ([]string, error)
+	StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, expected int) ([]string, error)
 }
 
 // Verification results, the result label of the verifications metric.
@@ -45,7 +45,7 @@ func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []
 		}
 	}
 	start := time.Now()
-	uids, err := f.opts.Verifier.StudyInstanceUIDs(vctx, asked, 0)
+	uids, err := f.opts.Verifier.StudyInstanceUIDs(vctx, asked, len(sent))
 	took := time.Since(start)
 	rep.Verify += took
 	f.m.verifyDuration.Observe(took.Seconds())

@@ -77,8 +77,8 @@ type VerifyOptions struct {
 	// the study was for it.
 	Select func(ctx context.Context, source, studyID string, instances []orthancapi.Instance) ([]orthancapi.Instance, error)
 	// Listed asks the destination for the SOP Instance UIDs of a study
-	// (QIDO-RS).
-	Listed func(ctx context.Context, studyInstanceUID string) ([]string, error)
+	// (QIDO-RS), of which it is expected to hold at least expected.
+	Listed func(ctx context.Context, studyInstanceUID string, expected int) ([]string, error)
 	// Keyed, if set, is how the destination names a UID: a
 	// de-identifying destination (STOW_DEIDENTIFY=basic) holds studies
 	// and instances under their keyed UIDs, and is asked and matched
@@ -195,7 +195,7 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 	if keyed == nil {
 		keyed = func(uid string) string { return uid }
 	}
-	uids, err := o.Listed(ctx, keyed(st.StudyInstanceUID))
+	uids, err := o.Listed(ctx, keyed(st.StudyInstanceUID), len(instances))
 	if err != nil {
 		return nil, fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
 	}

@@ -90,7 +90,7 @@ func TestVerify(t *testing.T) {
 		Select: func(_ context.Context, _, _ string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
 			return slices.DeleteFunc(in, func(i orthancapi.Instance) bool { return strings.HasSuffix(i.SOPInstanceUID, ".2") }), nil
 		},
-		Listed: func(_ context.Context, uid string) ([]string, error) { return listed[uid], nil },
+		Listed: func(_ context.Context, uid string, _ int) ([]string, error) { return listed[uid], nil },
 		Publish: func(_ context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
 			published = append(published, ev.OrthancStudyID+" "+msgID)
 			return &jetstream.PubAck{Sequence: 1}, nil
@@ -125,7 +125,7 @@ func TestVerify(t *testing.T) {
 		keyed("1.2.5"): {},
 	}
 	opts.Keyed = keyed
-	opts.Listed = func(_ context.Context, uid string) ([]string, error) {
+	opts.Listed = func(_ context.Context, uid string, _ int) ([]string, error) {
 		if !strings.HasPrefix(uid, "9.") {
 			t.Errorf("the destination was asked for the original UID %s", uid)
 		}
