@@ -30,8 +30,8 @@ const tagSOPInstanceUID = "00080018"
 // page shorter than the limit asked ends the listing once it lists that
 // many; until then only an empty page does (or one of nothing new: a
 // server that ignores offset), since a server may cap a page below the
-// limit asked (Orthanc's LimitFindInstances, an archive's own maximum),
-// and a short page is then not the last. So a complete study costs no
+// limit asked at a maximum of its own, and a short page is then not the
+// last. So a complete study costs no
 // request beyond its pages, and one with instances missing one more.
 func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, expected int) ([]string, error) {
 	if studyInstanceUID == "" {
