@@ -187,14 +187,19 @@ func TestLanesStartOfAnotherDestination(t *testing.T) {
 		name       string
 		configured []string // of the configuration that made a's consumer
 		start      jetstream.DeliverPolicy
-		pending    uint64 // b's routine consumer, after one queued event
+		made       time.Duration // a's consumer was made this long before the first start ended
+		pending    uint64        // b's routine consumer, after one queued event
 	}{
-		{"same first start", []string{"a", "b"}, jetstream.DeliverAllPolicy, 1},
-		{"b added later", []string{"a"}, jetstream.DeliverAllPolicy, 0},
-		{"made by a build without the record", nil, jetstream.DeliverAllPolicy, 0},
+		{"same first start", []string{"a", "b"}, jetstream.DeliverAllPolicy, 0, 1},
+		{"b added later", []string{"a"}, jetstream.DeliverAllPolicy, 0, 0},
+		{"made by a build without the record", nil, jetstream.DeliverAllPolicy, 0, 0},
 		// a was itself added to a running deployment, with b: b is
 		// added to a running deployment too.
-		{"added to a running deployment together", []string{"a", "b"}, jetstream.DeliverNewPolicy, 0},
+		{"added to a running deployment together", []string{"a", "b"}, jetstream.DeliverNewPolicy, 0, 0},
+		// b was there from the first start, its consumers were removed
+		// (destinations remove) and it is configured again: it does not
+		// get every event the stream still holds once more.
+		{"b configured again after its consumers were removed", []string{"a", "b"}, jetstream.DeliverAllPolicy, time.Nanosecond, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js, ctx, topo := eventStream(t)
@@ -206,6 +211,9 @@ func TestLanesStartOfAnotherDestination(t *testing.T) {
 			made.DeliverPolicy = tc.start
 			if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, made); err != nil {
 				t.Fatal(err)
+			}
+			if tc.made > 0 {
+				topo = topo.WithFirstStart(tc.made)
 			}
 			lanes, err := topo.EnsureLanes(ctx, js, []string{"a", "b"})
 			if err != nil {

@@ -170,7 +170,19 @@ type Topology struct {
 	// StatusTTL is how long a forwarder's shared snapshot outlives its
 	// last write.
 	StatusTTL time.Duration
+
+	// firstStart is how long after another destination's consumers were
+	// made a missing consumer may still belong to the same first start
+	// (0: defaultFirstStart). Tests shorten it.
+	firstStart time.Duration
 }
+
+// defaultFirstStart bounds a deployment's first start: replicas starting
+// together, or one restarted (Kubernetes' crash-loop back-off is at most
+// 5 minutes) after it stopped before it made every consumer. A consumer
+// missing later was removed, or its destination is new: it starts with
+// new events, never with all the stream still holds.
+const defaultFirstStart = time.Hour
 
 // DefaultTopology is the topology of the configuration defaults.
 func DefaultTopology() Topology {
@@ -293,7 +305,10 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // destination has consumers, unless one of them was made by a
 // configuration that named this destination too (its metadata says so):
 // then they were made at the same first start, by a replica starting at
-// the same time or by one that stopped before it made them all. A
+// the same time or by one that stopped before it made them all, if they
+// were made within the last hour (defaultFirstStart): a destination
+// whose consumers were removed and that is configured again later starts
+// with new events too, not with every event the stream still holds. A
 // destination's own lane consumers never make a deployment a running one.
 // (Consumers made by a build that kept no such metadata count as
 // running.)
@@ -329,6 +344,10 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	if err := list.Err(); err != nil {
 		return nil, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
 	}
+	firstStart := t.firstStart
+	if firstStart == 0 {
+		firstStart = defaultFirstStart
+	}
 	out := make(map[string]map[events.Priority]jetstream.Consumer, len(destinations))
 	for _, d := range destinations {
 		out[d] = map[events.Priority]jetstream.Consumer{}
@@ -342,11 +361,12 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		for name, info := range existing {
 			if other, _, ok := LaneOfConsumer(name); ok && other != d {
 				running = true
-				// Made at a first start (with what the stream held) by a
-				// configuration naming d. One made later, with new events,
-				// may name d too, d being added with it: that is no first
-				// start.
-				sameStart = sameStart || madeWith(info, d) && info.Config.DeliverPolicy == jetstream.DeliverAllPolicy
+				// Made at a first start (with what the stream held), lately,
+				// by a configuration naming d. One made later, with new
+				// events, may name d too, d being added with it: that is
+				// no first start.
+				sameStart = sameStart || madeWith(info, d) && info.Config.DeliverPolicy == jetstream.DeliverAllPolicy &&
+					time.Since(info.Created) < firstStart
 			}
 		}
 		running = running && !sameStart
