@@ -497,3 +497,51 @@ func TestFailureLog(t *testing.T) {
 		t.Errorf("Forget of an event with no record: %v", err)
 	}
 }
+
+func TestFailureLogStoredInstances(t *testing.T) {
+	ns := testnats.Start(t)
+	kv, err := natsjs.DefaultTopology().EnsureFailureLog(testCtx(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := deadletter.NewFailureLog(kv, "default")
+	const study, version = "1.2.826.0.1.3680043.2.1143.7", "20261203T101500"
+	sent := func(study, version string) func(string) bool {
+		t.Helper()
+		s, err := log.Sent(testCtx(t), study, version)
+		if err != nil {
+			t.Fatalf("Sent: %v", err)
+		}
+		return s
+	}
+	if sent(study, version)("1.2.3.1") {
+		t.Error("an instance is stored before anything was remembered")
+	}
+	// A study of 100,000 instances fits, remembered over two attempts.
+	uids := make([]string, 100_000)
+	for i := range uids {
+		uids[i] = fmt.Sprintf("%s.%d", study, i)
+	}
+	for _, part := range [][]string{uids[:60_000], uids[40_000:]} {
+		if err := log.RememberSent(testCtx(t), study, version, part); err != nil {
+			t.Fatalf("RememberSent: %v", err)
+		}
+	}
+	s := sent(study, version)
+	for _, i := range []int{0, 59_999, 60_000, 99_999} {
+		if !s(uids[i]) {
+			t.Errorf("instance %d not remembered", i)
+		}
+	}
+	if s(study + ".100000") {
+		t.Error("an instance never sent is remembered")
+	}
+	// Another version of the study (changed in Orthanc), another
+	// destination: nothing.
+	if sent(study, "20261203T111500")(uids[0]) {
+		t.Error("a newer version of the study shares the record")
+	}
+	if other, _ := deadletter.NewFailureLog(kv, "ai").Sent(testCtx(t), study, version); other(uids[0]) {
+		t.Error("another destination shares the record")
+	}
+}

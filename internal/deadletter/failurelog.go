@@ -2,9 +2,13 @@ package deadletter
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -14,7 +18,8 @@ import (
 )
 
 // FailureLog records one destination's failure times per event (by
-// stream sequence: each destination's consumer delivers the same events).
+// stream sequence: each destination's consumer delivers the same events),
+// and the instances failed attempts got stored, per study version.
 type FailureLog struct {
 	kv          jetstream.KeyValue
 	destination string
@@ -55,4 +60,68 @@ func (l *FailureLog) Forget(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("forget failures of event %d: %w", seq, err)
 	}
 	return nil
+}
+
+// sentKey is the key of a study version's stored instances: a hash, as a
+// UID may not fit a key's characters and length.
+func (l *FailureLog) sentKey(studyInstanceUID, lastUpdate string) string {
+	h := fnv.New64a()
+	h.Write([]byte(studyInstanceUID))
+	h.Write([]byte{0})
+	h.Write([]byte(lastUpdate))
+	return fmt.Sprintf("%s.stored%016x", l.destination, h.Sum64())
+}
+
+// uidHash is how a SOP Instance UID is kept: 8 bytes, so a study of
+// 100,000 instances fits a JetStream message.
+func uidHash(uid string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(uid))
+	return h.Sum64()
+}
+
+// RememberSent adds instances to those attempts stored of the study
+// version (kept with the events' retention).
+func (l *FailureLog) RememberSent(ctx context.Context, studyInstanceUID, lastUpdate string, sopInstanceUIDs []string) error {
+	key := l.sentKey(studyInstanceUID, lastUpdate)
+	set, err := l.sentSet(ctx, key)
+	if err != nil {
+		return err
+	}
+	for _, uid := range sopInstanceUIDs {
+		set[uidHash(uid)] = true
+	}
+	data := make([]byte, 0, 8*len(set))
+	for _, h := range slices.Sorted(maps.Keys(set)) {
+		data = binary.BigEndian.AppendUint64(data, h)
+	}
+	if _, err := l.kv.Put(ctx, key, data); err != nil {
+		return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), studyInstanceUID, err)
+	}
+	return nil
+}
+
+// Sent reports the instances attempts stored of the study version.
+func (l *FailureLog) Sent(ctx context.Context, studyInstanceUID, lastUpdate string) (func(string) bool, error) {
+	set, err := l.sentSet(ctx, l.sentKey(studyInstanceUID, lastUpdate))
+	if err != nil {
+		return nil, err
+	}
+	return func(uid string) bool { return set[uidHash(uid)] }, nil
+}
+
+func (l *FailureLog) sentSet(ctx context.Context, key string) (map[uint64]bool, error) {
+	set := map[uint64]bool{}
+	e, err := l.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return set, nil
+	case err != nil:
+		return nil, fmt.Errorf("read stored instances: %w", err)
+	}
+	v := e.Value()
+	for i := 0; i+8 <= len(v); i += 8 {
+		set[binary.BigEndian.Uint64(v[i:])] = true
+	}
+	return set, nil
 }

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
+	"time"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -198,4 +202,38 @@ func uidList(in []Instance) string {
 		uids = append(uids, x.SOPInstanceUID)
 	}
 	return strings.Join(uids, ", ")
+}
+
+// rememberTimeout bounds the write of what a failed attempt stored: it
+// runs as the attempt ends, perhaps at shutdown.
+const rememberTimeout = 5 * time.Second
+
+// storedEarlier reports the instances of the event's study version the
+// destination confirmed to earlier attempts (none without a FailureLog,
+// or when it cannot be read: a conflict answer is then a conflict).
+func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable) func(string) bool {
+	none := func(string) bool { return false }
+	if f.opts.Failures == nil {
+		return none
+	}
+	sent, err := f.opts.Failures.Sent(ctx, ev.StudyInstanceUID, ev.LastUpdate)
+	if err != nil {
+		f.log.Warn("read what earlier attempts stored: an already-stored answer counts as a conflict", "orthanc_study_id", ev.OrthancStudyID,
+			"study_instance_uid", ev.StudyInstanceUID, "err", err)
+		return none
+	}
+	return sent
+}
+
+// rememberStored keeps what a failed attempt got stored, for the next.
+func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, stored map[string]bool) {
+	if f.opts.Failures == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rememberTimeout)
+	defer cancel()
+	if err := f.opts.Failures.RememberSent(ctx, ev.StudyInstanceUID, ev.LastUpdate, slices.Collect(maps.Keys(stored))); err != nil {
+		f.log.Warn("remember what a failed attempt stored: the next attempt may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
+			"study_instance_uid", ev.StudyInstanceUID, "instances", len(stored), "err", err)
+	}
 }

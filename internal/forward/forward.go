@@ -62,10 +62,17 @@ type DeadLetterStore interface {
 	Add(ctx context.Context, l *DeadLetter) (uint64, error)
 }
 
-// FailureLog remembers when an event first and last failed.
+// FailureLog remembers when an event first and last failed, and which
+// instances of a study version earlier attempts sent.
 type FailureLog interface {
 	Record(ctx context.Context, seq uint64, now time.Time) (FailureTimes, error)
 	Forget(ctx context.Context, seq uint64) error
+	// RememberSent adds to the instances of the study version (its Study
+	// Instance UID and Orthanc LastUpdate) that attempts sent, and Sent
+	// reports them: a later attempt's "already exists" for one of them is
+	// the destination holding what stowline sent, not other content.
+	RememberSent(ctx context.Context, studyInstanceUID, lastUpdate string, sopInstanceUIDs []string) error
+	Sent(ctx context.Context, studyInstanceUID, lastUpdate string) (func(sopInstanceUID string) bool, error)
 }
 
 // Router picks what of a study goes to the destination (its routing

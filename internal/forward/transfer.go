@@ -79,9 +79,8 @@ func (r *Report) add(o Report) {
 // It returns nil only when the destination confirmed every SOP instance;
 // otherwise an error that Classify understands. Instances the destination
 // refused transiently are re-sent alone, up to InstanceRetries rounds.
-func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
+func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err error) {
 	ev := a.Event
-	var rep Report
 	f.sending.Add(1)
 	defer f.sending.Add(-1)
 	src, err := f.opts.SourceFor(ev.Source)
@@ -126,12 +125,34 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	all := pending
+	// all are the parts as last sent, which verification sends again:
+	// converted (the destination refused the source's syntax), measured.
+	all := slices.Clone(pending)
+	at := make(map[string]int, len(all))
+	for i, p := range all {
+		at[p.SOPInstanceUID] = i
+	}
 	byUID := make(map[string]orthancapi.Instance, len(instances))
 	for _, inst := range instances {
 		byUID[inst.SOPInstanceUID] = inst
 	}
 	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}}
+	// stored are the instances the destination confirmed to this
+	// attempt, in its earlier rounds; earlier those it confirmed to
+	// earlier attempts of this study version (read at the first conflict
+	// answer, kept when this attempt fails). An "already exists" for one
+	// of them is the destination holding stowline's own copy, not other
+	// content: Azure's 45070 and DICOM's 0x0111 name the UID only, so a
+	// study re-sent after a transient failure, or an instance re-sent
+	// because QIDO-RS did not list it yet, would otherwise be a conflict.
+	stored := map[string]bool{}
+	earlier := sync.OnceValue(func() func(string) bool { return f.storedEarlier(ctx, ev) })
+	ours := func(uid string) bool { return stored[uid] || earlier()(uid) }
+	defer func() {
+		if err != nil && len(stored) > 0 {
+			f.rememberStored(ctx, ev, stored)
+		}
+	}()
 	warned := map[string]dicomweb.Warning{}
 	var upsert []dicomweb.Part
 	for transientRounds := 0; ; {
@@ -143,7 +164,14 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 			if len(send.parts) == 0 {
 				continue
 			}
-			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, f.requestSize(len(send.parts)), f.opts.MaxBytes), &rep, send.put)
+			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, f.requestSize(len(send.parts)), f.opts.MaxBytes), &rep, send.put, ours)
+			// What was confirmed counts, whether or not another request
+			// of the round failed.
+			for _, out := range o {
+				for _, uid := range out.confirmed {
+					stored[uid] = true
+				}
+			}
 			if err != nil {
 				return rep, err
 			}
@@ -203,6 +231,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (Report, error) {
 			return rep, err
 		}
 		pending, upsert = append(append(retry, resend...), again...), up
+		for _, p := range again {
+			all[at[p.SOPInstanceUID]] = p
+		}
 		unlisted := false
 		if len(pending)+len(upsert) == 0 && len(rejected)+len(st.dead)+len(st.nonPrimary) == 0 && f.opts.Verifier != nil {
 			// Every instance confirmed: does the archive list them?
@@ -291,9 +322,11 @@ func (f *Forwarder) requestSize(n int) int {
 // by all studies) has room, and returns their outcomes in batch order. A
 // request refused with 429 is sent again, up to overloadResends times.
 // The first error stops the requests still running (their context is
-// cancelled) and is returned. Each answered request is reported to the
-// observer.
-func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool) ([]batchOutcome, error) {
+// cancelled) and is returned, with the outcomes of the requests answered
+// (the others' are zero). Each answered request is reported to the
+// observer. ours tells the instances the destination confirmed before
+// (sortAnswer).
+func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours func(string) bool) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
 	sendOne := func(ctx context.Context, permit *flow.Permit, batch []dicomweb.Part) (out batchOutcome, err error) {
@@ -313,7 +346,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 		}()
 		for resends := 0; ; resends++ {
 			var local Report
-			out, err = f.send(ctx, plan, batch, &local, put)
+			out, err = f.send(ctx, plan, batch, &local, put, ours)
 			reason, retryAfter, overloaded := overload(ctx, err)
 			if overloaded {
 				permit.Overloaded(reason, retryAfter)
@@ -349,12 +382,12 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 				cancel(fmt.Errorf("STOW-RS request for batch %d of %d: %w", i+1, len(batches), err))
 				return
 			}
-			outs[i] = out
+			outs[i] = out // each goroutine its own element; read after wg.Wait
 		})
 	}
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
-		return nil, err
+		return outs, err
 	}
 	return outs, nil
 }
@@ -374,13 +407,16 @@ type batchOutcome struct {
 	nonPrimary []Instance
 	// warned were stored with a warning.
 	warned []dicomweb.Warning
+	// confirmed are the SOP Instance UIDs the destination holds as sent:
+	// stored, or already stored by stowline before.
+	confirmed []string
 }
 
 // send stores one batch and sorts its instances by the response. This is
 // the one place a 401 is handled: the auth transport has dropped the
 // refused token, so one retry carries a fresh one; a second 401 is a
 // permanent failure (ClassifyStatus).
-func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool) (batchOutcome, error) {
+func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, ours func(string) bool) (batchOutcome, error) {
 	rep.Requests++
 	res, err := f.store(ctx, batch, put)
 	var he *dicomweb.HTTPError
@@ -406,15 +442,17 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		res = he.Result
 		res.StatusCode = he.StatusCode
 	}
-	out := f.sortAnswer(plan, batch, res, rep)
+	out := f.sortAnswer(plan, batch, res, rep, ours)
 	rep.Bytes += res.BytesSent
 	f.m.bytes.Add(float64(res.BytesSent))
 	return out, nil
 }
 
 // sortAnswer sorts a batch's instances by the destination's answer:
-// confirmed (counted in rep), to send again, or refused for good.
-func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report) batchOutcome {
+// confirmed (counted in rep), to send again, or refused for good. A
+// conflict answer for an instance ours says the destination confirmed to
+// stowline before is its own copy: already stored.
+func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report, ours func(string) bool) batchOutcome {
 	stored := make(map[string]bool, len(res.Stored))
 	var out batchOutcome
 	for _, in := range res.Stored {
@@ -438,6 +476,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 	for _, p := range batch {
 		if stored[p.SOPInstanceUID] {
 			confirmed++
+			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 			continue
 		}
 		reason, listed := failed[p.SOPInstanceUID]
@@ -450,6 +489,13 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 				out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID,
 					Text: fmt.Sprintf("not listed in the destination's HTTP %d response", res.StatusCode)})
 			}
+			continue
+		}
+		if f.opts.Conflicts.isConflict(reason, res.StatusCode) && ours(p.SOPInstanceUID) {
+			confirmed++
+			rep.AlreadyStored++
+			f.m.alreadyStored.Inc()
+			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 			continue
 		}
 		if f.opts.Conflicts.isConflict(reason, res.StatusCode) {
@@ -478,6 +524,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			confirmed++
 			rep.AlreadyStored++
 			f.m.alreadyStored.Inc()
+			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 		case Retry:
 			out.retry = append(out.retry, p)
 		default:

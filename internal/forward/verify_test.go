@@ -110,3 +110,26 @@ func TestTransferVerifies(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyResendsThePartAsConverted: an instance in a listed syntax that
+// the destination refuses (0xC122) is converted and stored; QIDO-RS lists
+// it only from the second query. The re-send is the converted part (the
+// original was refused again, then for good as "refused converted"), and
+// the destination's "already stored" for it is its own copy.
+func TestVerifyResendsThePartAsConverted(t *testing.T) {
+	src := newSyntaxSource(tsExplicit, tsBig)
+	f, k, _ := syntaxForwarder(t, src, 4, 1, tsExplicit, tsBig)
+	v := &fakeVerifier{all: []string{"1.2.3.1", "1.2.3.2"}, lost: []string{"1.2.3.2"}, listFrom: 2}
+	f.opts.Verifier, f.opts.InstanceRetries, f.opts.InstanceRetryDelay = v, 2, time.Millisecond
+	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err != nil {
+		t.Fatalf("transfer: %v (class %s)", err, Classify(err))
+	}
+	if v.calls != 2 {
+		t.Errorf("%d QIDO-RS queries, want 2", v.calls)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if got := k.stored["1.2.3.2"]; got != tsExplicit {
+		t.Errorf("1.2.3.2 stored in %q, want %s", got, tsExplicit)
+	}
+}

@@ -1,0 +1,174 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// azureLike is a destination that answers 45070 for any SOP Instance it
+// already holds, whatever the content (as Azure's DICOM service does),
+// and refuses the first request for refuseOnce transiently (0xA700).
+type azureLike struct {
+	refuseOnce string
+
+	mu      sync.Mutex
+	held    map[string]bool
+	refused bool
+	answers []string // uid:answer, in order
+}
+
+func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	mr := multipart.NewReader(r.Body, params["boundary"])
+	var uids []string
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		b, _ := io.ReadAll(p)
+		uids = append(uids, fmt.Sprintf("1.2.3.%d", int(b[0])+1)) // memSource's content
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var stored, failed []string
+	for _, uid := range uids {
+		switch {
+		case d.held[uid]:
+			failed = append(failed, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[45070]}}`, uid))
+			d.answers = append(d.answers, uid+":45070")
+		case uid == d.refuseOnce && !d.refused:
+			d.refused = true
+			failed = append(failed, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[42752]}}`, uid))
+			d.answers = append(d.answers, uid+":A700")
+		default:
+			d.held[uid] = true
+			stored = append(stored, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]}}`, uid))
+			d.answers = append(d.answers, uid+":stored")
+		}
+	}
+	var fields []string
+	if len(stored) > 0 {
+		fields = append(fields, `"00081199":{"vr":"SQ","Value":[`+strings.Join(stored, ",")+`]}`)
+	}
+	if len(failed) > 0 {
+		fields = append(fields, `"00081198":{"vr":"SQ","Value":[`+strings.Join(failed, ",")+`]}`)
+	}
+	w.Header().Set("Content-Type", "application/dicom+json")
+	switch {
+	case len(stored) == 0:
+		w.WriteHeader(http.StatusConflict)
+	case len(failed) > 0:
+		w.WriteHeader(http.StatusAccepted)
+	}
+	fmt.Fprint(w, "{"+strings.Join(fields, ",")+"}")
+}
+
+// memFailureLog is a FailureLog in memory.
+type memFailureLog struct {
+	mu     sync.Mutex
+	stored map[string]map[string]bool // study/version -> SOP Instance UIDs
+}
+
+func (m *memFailureLog) Record(_ context.Context, _ uint64, now time.Time) (FailureTimes, error) {
+	return FailureTimes{First: now, Last: now}, nil
+}
+
+func (m *memFailureLog) Forget(context.Context, uint64) error { return nil }
+
+func (m *memFailureLog) RememberSent(_ context.Context, study, version string, uids []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stored == nil {
+		m.stored = map[string]map[string]bool{}
+	}
+	set := m.stored[study+"/"+version]
+	if set == nil {
+		set = map[string]bool{}
+		m.stored[study+"/"+version] = set
+	}
+	for _, u := range uids {
+		set[u] = true
+	}
+	return nil
+}
+
+func (m *memFailureLog) Sent(_ context.Context, study, version string) (func(string) bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	set := map[string]bool{}
+	for u := range m.stored[study+"/"+version] {
+		set[u] = true
+	}
+	return func(u string) bool { return set[u] }, nil
+}
+
+// TestRedeliveryAfterATransientRefusal: a study's next delivery, after an
+// instance was refused transiently, finds the instances the first stored
+// answered "already exists" (45070): they are stowline's own copies, not
+// conflicts, whatever STOW_ON_CONFLICT says (deadletter dead-lettered the
+// study, skip kept them in the source in buffer mode).
+func TestRedeliveryAfterATransientRefusal(t *testing.T) {
+	for _, action := range []string{ConflictDeadLetter, ConflictSkip, ConflictReplace} {
+		t.Run(action, func(t *testing.T) {
+			dest := &azureLike{refuseOnce: "1.2.3.2", held: map[string]bool{}}
+			srv := httptest.NewServer(dest)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			var mu sync.Mutex
+			var comps []Completion
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.Failures = &memFailureLog{}
+				o.MaxDeliveries = 5
+				o.MaxInstances = 1
+				o.InstanceRetries = 0 // the transient refusal fails the delivery
+				o.RetryDelay = 20 * time.Millisecond
+				o.RetryMaxDelay = 40 * time.Millisecond
+				o.Conflicts = ConflictPolicy{Action: action, Method: ReplacePut, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+					mu.Lock()
+					defer mu.Unlock()
+					comps = append(comps, c)
+					return nil
+				}
+			})
+			forwardOne(t, f, ns, cons, testEvent())
+			dest.mu.Lock()
+			answers := strings.Join(dest.answers, " ")
+			dest.mu.Unlock()
+			if !strings.Contains(answers, "45070") {
+				t.Fatalf("the destination never answered 45070 (%s): the test tests nothing", answers)
+			}
+			for _, l := range dls.all() {
+				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(comps) != 1 {
+				t.Fatalf("%d completions, want 1", len(comps))
+			}
+			if len(comps[0].Kept) > 0 {
+				t.Errorf("the completion keeps %v in the source, though the destination holds them as sent", comps[0].Kept)
+			}
+			if strings.Count(answers, ":stored") != 2 {
+				t.Errorf("answers %s: want each instance stored once (replace must not send it again)", answers)
+			}
+		})
+	}
+}
