@@ -382,6 +382,39 @@ func TestTrackerFollowsAStudy(t *testing.T) {
 	}
 }
 
+// The count a study's progress and its recent entry show is what the
+// destination's rules selected, the instances it can be sent, not all
+// Orthanc listed: 40 of 100 selected and all sent reads 40 / 40.
+func TestTrackerCountsSelectedInstances(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		progress, finished     forward.Report
+		wantFlight, wantRecent int
+	}{
+		{"rules selected some", forward.Report{Listed: 100, Selected: 40, Instances: 10},
+			forward.Report{Listed: 100, Selected: 40, Instances: 40}, 40, 40},
+		{"every instance selected", forward.Report{Listed: 100, Selected: 100, Instances: 10},
+			forward.Report{Listed: 100, Selected: 100, Instances: 100}, 100, 100},
+		// Routing failed before it selected: only the listed count is known.
+		{"not yet selected", forward.Report{Listed: 100},
+			forward.Report{Listed: 100}, 100, 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := status.NewTracker(1)
+			a := &forward.Attempt{Destination: "ai", Event: event(1), Number: 1, Seq: 1}
+			tr.Started(a)
+			tr.Progress(a, tc.progress)
+			if f := tr.Snapshot().InFlight[0]; f.Instances != tc.wantFlight || f.Sent != tc.progress.Instances {
+				t.Errorf("in flight = %d / %d, want %d / %d", f.Sent, f.Instances, tc.progress.Instances, tc.wantFlight)
+			}
+			tr.Finished(a, forward.ResultForwarded, tc.finished)
+			if r := tr.Snapshot().Recent[0]; r.Instances != tc.wantRecent {
+				t.Errorf("recent instances = %d, want %d", r.Instances, tc.wantRecent)
+			}
+		})
+	}
+}
+
 func TestTokenMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	tw, err := status.NewTokenWatch("default", "dicom.example.org", "login.example.org", true, reg)

@@ -22,7 +22,9 @@ type Flight struct {
 	StudyInstanceUID string    `json:"studyInstanceUid"`
 	Attempt          uint64    `json:"attempt"`
 	StartedAt        time.Time `json:"startedAt"`
-	// Instances is the study's instance count, 0 until Orthanc listed them.
+	// Instances is how many of the study's instances the destination's
+	// rules selected (all those Orthanc listed while they have not yet
+	// selected), 0 until Orthanc listed them.
 	Instances int `json:"instances"`
 	// Sent counts the instances the destination has answered for.
 	Sent  int   `json:"sent"`
@@ -168,8 +170,18 @@ func (t *Tracker) Progress(a *forward.Attempt, rep forward.Report) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if f := t.flights[a]; f != nil {
-		f.Instances, f.Sent, f.Bytes = rep.Listed, rep.Instances, rep.Bytes
+		f.Instances, f.Sent, f.Bytes = studySize(rep), rep.Instances, rep.Bytes
 	}
+}
+
+// studySize is the instance count to show against Sent: the instances the
+// destination's rules selected, since only those are sent; Listed until
+// they selected (or when the rules selected nothing).
+func studySize(rep forward.Report) int {
+	if rep.Selected > 0 {
+		return rep.Selected
+	}
+	return rep.Listed
 }
 
 // Finished records how the attempt ended.
@@ -182,7 +194,7 @@ func (t *Tracker) Finished(a *forward.Attempt, result forward.Result, rep forwar
 		return
 	}
 	delete(t.flights, a)
-	f.Instances, f.Sent, f.Bytes = rep.Listed, rep.Instances, rep.Bytes
+	f.Instances, f.Sent, f.Bytes = studySize(rep), rep.Instances, rep.Bytes
 	switch result {
 	case forward.ResultForwarded:
 		t.totals.Forwarded++
