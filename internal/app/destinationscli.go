@@ -86,15 +86,10 @@ func runDestinations(ctx context.Context, js jetstream.JetStream, args []string,
 	if !*yes {
 		return usagef("forwarder destinations remove %s: --yes is required: destination %s will be given no more studies", name, name)
 	}
-	consumer := natsjs.ConsumerName(name)
-	if err := js.DeleteConsumer(ctx, natsjs.EventStream, consumer); err != nil {
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return fmt.Errorf("destination %s has no consumer %s on stream %s", name, consumer, natsjs.EventStream)
-		}
-		return fmt.Errorf("delete consumer %s of destination %s: %w", consumer, name, err)
-	}
-	deleted := []string{consumer}
-	// Its stat and low lanes (none for a destination made before lanes).
+	// Its stat and low lanes first (none for a destination made before
+	// lanes), its routine consumer last: should a deletion fail, the
+	// command run again still finds the routine consumer and retries.
+	var deleted []string
 	for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow} {
 		c := natsjs.LaneConsumerName(name, lane)
 		if err := js.DeleteConsumer(ctx, natsjs.EventStream, c); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -102,6 +97,17 @@ func runDestinations(ctx context.Context, js jetstream.JetStream, args []string,
 		} else if err == nil {
 			deleted = append(deleted, c)
 		}
+	}
+	// A routine consumer already gone while lanes were left is no error:
+	// an earlier version deleted it first and stopped when a lane failed.
+	consumer := natsjs.ConsumerName(name)
+	switch err := js.DeleteConsumer(ctx, natsjs.EventStream, consumer); {
+	case err == nil:
+		deleted = append([]string{consumer}, deleted...)
+	case !errors.Is(err, jetstream.ErrConsumerNotFound):
+		return fmt.Errorf("delete consumer %s of destination %s: %w", consumer, name, err)
+	case len(deleted) == 0:
+		return fmt.Errorf("destination %s has no consumer %s on stream %s", name, consumer, natsjs.EventStream)
 	}
 	fmt.Fprintf(stdout, "destination %s removed: consumers %s deleted\n", name, strings.Join(deleted, ", "))
 	return nil

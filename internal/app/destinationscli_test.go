@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -77,6 +78,70 @@ func TestDestinationsCommand(t *testing.T) {
 	}
 	if out, _ := run("list"); strings.Contains(out, natsjs.ConsumerName("ai")) {
 		t.Errorf("list still shows ai:\n%s", out)
+	}
+}
+
+// failingDelete is a JetStream whose deletion of one consumer fails.
+type failingDelete struct {
+	jetstream.JetStream
+	consumer string
+}
+
+func (f failingDelete) DeleteConsumer(ctx context.Context, stream, consumer string) error {
+	if consumer == f.consumer {
+		return errors.New("nats: timeout")
+	}
+	return f.JetStream.DeleteConsumer(ctx, stream, consumer)
+}
+
+// TestDestinationsRemoveRetries: when deleting one of a destination's
+// consumers fails, running remove again deletes the rest, whichever
+// failed; and the lanes an earlier remove left without their routine
+// consumer are deleted too.
+func TestDestinationsRemoveRetries(t *testing.T) {
+	all := []string{natsjs.ConsumerName("ai"), natsjs.StatConsumerPrefix + "ai", natsjs.LowConsumerPrefix + "ai"}
+	tests := []struct {
+		name string
+		// fails is the consumer whose deletion fails the first time;
+		// gone one deleted before the first run.
+		fails, gone string
+	}{
+		{"routine consumer fails", natsjs.ConsumerName("ai"), ""},
+		{"stat lane fails", natsjs.StatConsumerPrefix + "ai", ""},
+		{"low lane fails", natsjs.LowConsumerPrefix + "ai", ""},
+		{"routine consumer already gone", "", natsjs.ConsumerName("ai")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			ctx := replayCtx(t)
+			if _, err := natsjs.DefaultTopology().EnsureConsumers(ctx, ns.JS, []string{"ai"}); err != nil {
+				t.Fatal(err)
+			}
+			if tt.gone != "" {
+				if err := ns.JS.DeleteConsumer(ctx, natsjs.EventStream, tt.gone); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var out bytes.Buffer
+			if tt.fails != "" {
+				err := runDestinations(ctx, failingDelete{ns.JS, tt.fails}, []string{"remove", "ai", "--yes"}, &out)
+				if err == nil || !strings.Contains(err.Error(), tt.fails) {
+					t.Fatalf("first remove: err %v, want one naming %s", err, tt.fails)
+				}
+			}
+			if err := runDestinations(ctx, ns.JS, []string{"remove", "ai", "--yes"}, &out); err != nil {
+				t.Fatalf("remove again: %v", err)
+			}
+			for _, c := range all {
+				if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, c); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+					t.Errorf("consumer %s after remove again: %v, want not found", c, err)
+				}
+			}
+			if err := runDestinations(ctx, ns.JS, []string{"remove", "ai", "--yes"}, &out); err == nil || !strings.Contains(err.Error(), "has no consumer") {
+				t.Errorf("remove once all are gone: err %v, want has no consumer", err)
+			}
+		})
 	}
 }
 
