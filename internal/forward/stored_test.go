@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -20,9 +21,11 @@ import (
 
 // azureLike is a destination that answers 45070 for any SOP Instance it
 // already holds, whatever the content (as Azure's DICOM service does),
-// and refuses the first request for refuseOnce transiently (0xA700).
+// refuses the first request for refuseOnce transiently (0xA700), and
+// every one for a UID of refuse with its reason.
 type azureLike struct {
 	refuseOnce string
+	refuse     map[string]int
 
 	mu      sync.Mutex
 	held    map[string]bool
@@ -46,7 +49,10 @@ func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer d.mu.Unlock()
 	var stored, failed []string
 	for _, uid := range uids {
-		switch {
+		switch reason, refused := d.refuse[uid]; {
+		case refused:
+			failed = append(failed, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}`, uid, reason))
+			d.answers = append(d.answers, fmt.Sprintf("%s:%X", uid, reason))
 		case d.held[uid]:
 			failed = append(failed, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[45070]}}`, uid))
 			d.answers = append(d.answers, uid+":45070")
@@ -170,5 +176,26 @@ func TestRedeliveryAfterATransientRefusal(t *testing.T) {
 				t.Errorf("answers %s: want each instance stored once (replace must not send it again)", answers)
 			}
 		})
+	}
+}
+
+// TestTransientLeftoverKeepsRefusals: a delivery that ends transient (an
+// instance still refused for load) keeps naming the instances refused for
+// good in it, so the dead letter of the last delivery lists them.
+func TestTransientLeftoverKeepsRefusals(t *testing.T) {
+	dest := &azureLike{held: map[string]bool{}, refuse: map[string]int{"1.2.3.1": 0xC000, "1.2.3.2": 0xA700}}
+	srv := httptest.NewServer(dest)
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	f := newForwarder(t, newMemSource(3), srv.URL, consumer(t, ns), func(o *Options) {
+		o.InstanceRetries = 0
+	})
+	_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	var fe *Error
+	if !errors.As(err, &fe) || fe.Class != Transient {
+		t.Fatalf("err = %v, want a transient *Error", err)
+	}
+	if len(fe.Instances) != 1 || fe.Instances[0].SOPInstanceUID != "1.2.3.1" || fe.Instances[0].FailureReason != 0xC000 {
+		t.Errorf("instances named: %+v, want 1.2.3.1 refused with 0xC000", fe.Instances)
 	}
 }

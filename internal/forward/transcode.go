@@ -132,7 +132,10 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 	}
 	if f.opts.ExactLength {
 		var failed []Instance
-		parts, failed = f.measure(ctx, parts)
+		var err error
+		if parts, failed, err = f.measure(ctx, parts); err != nil {
+			return nil, nil, nil, err
+		}
 		refused = append(refused, failed...)
 	}
 	return p, parts, refused, nil
@@ -264,8 +267,11 @@ func (f *Forwarder) conversionError(uid, from, to string, err error) error {
 // measure converts each part of unknown size once to count its bytes:
 // a destination that signs the request's length (AWS Signature V4)
 // needs every size before the request starts. Conversions that fail
-// refuse their instance. Orthanc converts each such instance twice.
-func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicomweb.Part, []Instance) {
+// refuse their instance. Orthanc converts each such instance twice. Any
+// other error (the source failing, the instance gone) is returned: sent
+// at an unknown size, the request would be refused before it left, as if
+// the destination were down.
+func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicomweb.Part, []Instance, error) {
 	failed := make([]*Instance, len(parts))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(measureConversions)
@@ -285,14 +291,16 @@ func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicom
 			case errors.As(err, &ce):
 				failed[i] = &Instance{SOPInstanceUID: ce.SOPInstanceUID, Text: ce.Error()}
 			case err != nil:
-				return err // sent as unknown size: the request reports it
+				return fmt.Errorf("read instance %s from the source to count its converted size: %w", parts[i].SOPInstanceUID, err)
 			default:
 				parts[i].Size = n
 			}
 			return nil
 		})
 	}
-	_ = g.Wait()
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
 	var out []dicomweb.Part
 	var refused []Instance
 	for i, p := range parts {
@@ -302,7 +310,7 @@ func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicom
 		}
 		out = append(out, p)
 	}
-	return out, refused
+	return out, refused, nil
 }
 
 // refusedSyntax decides what to do with an instance the destination

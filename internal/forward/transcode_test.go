@@ -313,6 +313,11 @@ func TestLossySyntax(t *testing.T) {
 	for ts, want := range map[string]bool{
 		tsImplicit: false, tsExplicit: false, tsJ2K: false, "1.2.840.10008.1.2.4.70": false, "1.2.840.10008.1.2.5": false,
 		tsJPEG: true, "1.2.840.10008.1.2.4.91": true, "1.2.840.10008.1.2.4.102": true, "1.2.840.10008.1.2.4.100.1": true,
+		// Retired JPEG: spectral selection and progressive are lossy,
+		// process 14 lossless; JPEG XL by kind.
+		"1.2.840.10008.1.2.4.53": true, "1.2.840.10008.1.2.4.55": true, "1.2.840.10008.1.2.4.64": true,
+		"1.2.840.10008.1.2.4.57": false, "1.2.840.10008.1.2.4.58": false, "1.2.840.10008.1.2.4.66": false,
+		"1.2.840.10008.1.2.4.110": false, "1.2.840.10008.1.2.4.111": true, "1.2.840.10008.1.2.4.112": true,
 	} {
 		if got := lossySyntax(ts); got != want {
 			t.Errorf("lossySyntax(%s) = %v, want %v", ts, got, want)
@@ -377,4 +382,32 @@ func syntaxForwarder(t *testing.T, src *syntaxSource, maxInstances, parallel int
 		t.Fatal(err)
 	}
 	return f, k, srv
+}
+
+// TestMeasureFaultIsTheSources: for a destination that needs every
+// request's length (AWS), an Orthanc fault while counting a conversion's
+// size fails the study as the source's fault, before any request: it was
+// sent at an unknown size, refused before it left, and counted as the
+// destination being down (toward its circuit breaker).
+func TestMeasureFaultIsTheSources(t *testing.T) {
+	src := newSyntaxSource(tsImplicit, tsImplicit)
+	src.fault = map[string]bool{"1.2.3.2": true}
+	f, k, _ := syntaxForwarder(t, src, 4, 1, tsExplicit)
+	f.opts.ExactLength = true
+	_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	switch {
+	case err == nil:
+		t.Fatal("transfer succeeded with a source fault")
+	case DestinationDown(err):
+		t.Errorf("a source fault counts as the destination down: %v", err)
+	case Classify(err) != Transient:
+		t.Errorf("class %s, want transient: %v", Classify(err), err)
+	case !strings.Contains(err.Error(), "1.2.3.2"):
+		t.Errorf("the error does not name the instance: %v", err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.requests != 0 {
+		t.Errorf("%d requests reached the destination, want 0", k.requests)
+	}
 }

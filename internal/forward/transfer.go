@@ -206,7 +206,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		}
 		if f.opts.ExactLength && len(again) > 0 {
 			var failed []Instance
-			again, failed = f.measure(ctx, again)
+			if again, failed, err = f.measure(ctx, again); err != nil {
+				return rep, err
+			}
 			rejected = append(rejected, failed...)
 		}
 		// A replacement sent this round and not refused again is stored.
@@ -254,8 +256,10 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			if unlisted {
 				return rep, missingError(retry, len(all), transientRounds+1)
 			}
-			return rep, fmt.Errorf("%d instances still refused transiently after %d rounds (first: %s)",
-				len(retry), transientRounds+1, retry[0].SOPInstanceUID)
+			// Transient, but the instances refused for good so far stay
+			// named: the dead letter of the last delivery lists them.
+			return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still refused transiently after %d rounds (first: %s)",
+				len(retry), transientRounds+1, retry[0].SOPInstanceUID), Instances: slices.Concat(rejected, st.dead, st.nonPrimary)}
 		}
 		transientRounds++
 		what := "re-sending instances the destination refused transiently"
