@@ -1,7 +1,9 @@
 package chartcheck
 
 import (
+	"cmp"
 	"maps"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -358,6 +360,15 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 	if role == "ingest" && env["INGEST_TOKEN_FILE"] == "" {
 		t.Errorf("deployment %s: INGEST_TOKEN_FILE not set", d.Name)
 	}
+	// HTTPS listeners answer only HTTPS: the kubelet's probes follow them.
+	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe, "startup": c.StartupProbe} {
+		if p == nil || p.HTTPGet == nil {
+			continue
+		}
+		if got, want := cmp.Or(p.HTTPGet.Scheme, corev1.URISchemeHTTP), listenScheme(env); !strings.EqualFold(string(got), want) {
+			t.Errorf("deployment %s: %s probe scheme %s, want %s (TLS_LISTEN_CERT_FILE %q)", d.Name, name, got, want, env["TLS_LISTEN_CERT_FILE"])
+		}
+	}
 
 	// Every _FILE variable names a file a volume provides, and a secret
 	// reaches only the commands that read it.
@@ -455,21 +466,82 @@ func checkSelectors(t *testing.T, objs objects) {
 		for _, s := range of[*corev1.Service](objs) {
 			if !sel.Matches(labels.Set(s.Labels)) {
 				t.Errorf("ServiceMonitor %s does not select service %s", sm.Name, s.Name)
+				continue
+			}
+			// Exactly one endpoint scrapes it, with the scheme of the
+			// pods behind it.
+			var eps []monitoringv1.Endpoint
+			for _, ep := range sm.Spec.Endpoints {
+				if endpointKeeps(t, ep, component(s.Labels)) {
+					eps = append(eps, ep)
+				}
+			}
+			if len(eps) != 1 {
+				t.Errorf("ServiceMonitor %s: %d endpoints scrape service %s, want 1", sm.Name, len(eps), s.Name)
+				continue
+			}
+			for _, d := range deployments {
+				if labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) {
+					if got, want := eps[0].Scheme.String(), listenScheme(envOf(d)); cmp.Or(got, "http") != want {
+						t.Errorf("ServiceMonitor %s: service %s scraped over %q, want %s (its pods' TLS_LISTEN_CERT_FILE)", sm.Name, s.Name, got, want)
+					}
+				}
 			}
 		}
-		if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "http" || sm.Spec.Endpoints[0].Path != "/metrics" {
-			t.Errorf("ServiceMonitor %s: endpoints %+v, want port http, /metrics", sm.Name, sm.Spec.Endpoints)
-		}
-		// The job alerts.yml's StowlineDown matches, whatever the release.
-		job := false
-		for _, r := range sm.Spec.Endpoints[0].RelabelConfigs {
-			job = job || r.TargetLabel == "job" && r.Replacement != nil && *r.Replacement == "stowline-$1" &&
-				len(r.SourceLabels) == 1 && r.SourceLabels[0] == "__meta_kubernetes_service_label_app_kubernetes_io_component"
-		}
-		if !job {
-			t.Errorf("ServiceMonitor %s: no relabeling sets job to stowline-<component>", sm.Name)
+		for _, ep := range sm.Spec.Endpoints {
+			if ep.Port != "http" || ep.Path != "/metrics" {
+				t.Errorf("ServiceMonitor %s: endpoint %+v, want port http, /metrics", sm.Name, ep)
+			}
+			// The job alerts.yml's StowlineDown matches, whatever the release.
+			job := false
+			for _, r := range ep.RelabelConfigs {
+				job = job || r.TargetLabel == "job" && r.Replacement != nil && *r.Replacement == "stowline-$1" &&
+					len(r.SourceLabels) == 1 && r.SourceLabels[0] == componentLabel
+			}
+			if !job {
+				t.Errorf("ServiceMonitor %s: no relabeling sets job to stowline-<component>", sm.Name)
+			}
 		}
 	}
+}
+
+// componentLabel is a Service's component label as Prometheus's
+// Kubernetes discovery names it.
+const componentLabel = "__meta_kubernetes_service_label_app_kubernetes_io_component"
+
+// endpointKeeps reports whether a ServiceMonitor endpoint's keep and
+// drop relabelings on the component label let a Service of that
+// component through (Prometheus anchors the regex).
+func endpointKeeps(t *testing.T, ep monitoringv1.Endpoint, component string) bool {
+	t.Helper()
+	for _, r := range ep.RelabelConfigs {
+		action := strings.ToLower(r.Action)
+		if action != "keep" && action != "drop" {
+			continue
+		}
+		if len(r.SourceLabels) != 1 || r.SourceLabels[0] != componentLabel {
+			t.Errorf("endpoint %s: a %s relabeling on %v, want on the component label only", ep.Port, action, r.SourceLabels)
+			continue
+		}
+		re, err := regexp.Compile("^(?:" + cmp.Or(r.Regex, "(.*)") + ")$")
+		if err != nil {
+			t.Errorf("endpoint %s: regex %q: %v", ep.Port, r.Regex, err)
+			continue
+		}
+		if re.MatchString(component) != (action == "keep") {
+			return false
+		}
+	}
+	return true
+}
+
+// listenScheme is the scheme a container's listeners serve:
+// TLS_LISTEN_CERT_FILE set makes them HTTPS only (config.ListenTLS).
+func listenScheme(env map[string]string) string {
+	if env["TLS_LISTEN_CERT_FILE"] != "" {
+		return "https"
+	}
+	return "http"
 }
 
 // checkScaledObject: it scales a rendered forwarder Deployment on the

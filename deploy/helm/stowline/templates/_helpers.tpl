@@ -226,6 +226,48 @@ Arguments: (dict "root" $ "role" "ingest").
 {{- toYaml $env -}}
 {{- end -}}
 
+{{/*
+The ingest's whole environment, as YAML: the common variables, its
+INGEST_ADDR, then ingest.env over them. Argument: the root context.
+*/}}
+{{- define "stowline.ingestEnv" -}}
+{{- $env := include "stowline.commonEnv" (dict "root" . "role" "ingest") | fromYaml -}}
+{{- $_ := set $env "INGEST_ADDR" (printf ":%v" .Values.ingest.port) -}}
+{{- range $k, $v := .Values.ingest.env }}{{ $_ := set $env $k $v }}{{ end -}}
+{{- toYaml $env -}}
+{{- end -}}
+
+{{/*
+A forwarder group's whole environment, as YAML: the common variables, its
+address and concurrency, its destinations, then the group's env
+(forwarderDefaults.env and its own) over them.
+Arguments: (dict "root" $ "f" $forwarder).
+*/}}
+{{- define "stowline.forwarderEnv" -}}
+{{- $root := .root -}}
+{{- $f := .f -}}
+{{- $env := include "stowline.commonEnv" (dict "root" $root "role" "forwarder") | fromYaml -}}
+{{- $_ := set $env "FORWARDER_ADDR" (printf ":%v" $f.port) -}}
+{{- $_ := set $env "FORWARDER_CONCURRENCY" $f.concurrency -}}
+{{- if $root.Values.destinations -}}
+{{- range $k, $v := (include "stowline.destinationsEnv" . | fromYaml) }}{{ $_ := set $env $k $v }}{{ end -}}
+{{- else -}}
+{{- $_ := set $env "DICOMWEB_URL" (required (printf "forwarders[%s].dicomwebURL is required: the destination's DICOMweb base URL (DICOMWEB_URL), or declare destinations" $f.name) $f.dicomwebURL) -}}
+{{- $_ := set $env "STOW_PARALLEL_REQUESTS" $f.stowParallelRequests -}}
+{{- end -}}
+{{- range $k, $v := $f.env }}{{ $_ := set $env $k $v }}{{ end -}}
+{{- toYaml $env -}}
+{{- end -}}
+
+{{/*
+"true" when an environment (a dict) makes the listeners serve HTTPS only:
+TLS_LISTEN_CERT_FILE set, as config.ListenTLS.Enabled reads it ("" is
+left unset). Probes, the ServiceMonitor and NOTES follow it.
+*/}}
+{{- define "stowline.https" -}}
+{{- if ne (toString (default "" .TLS_LISTEN_CERT_FILE)) "" }}true{{ end -}}
+{{- end -}}
+
 {{/* A container's env list from a dict, sorted, empty values left out. */}}
 {{- define "stowline.envList" -}}
 {{- range $k, $v := . }}

@@ -1,0 +1,105 @@
+package chartcheck
+
+import (
+	"cmp"
+	"maps"
+	"strings"
+	"testing"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// TestHTTPSListeners: TLS_LISTEN_CERT_FILE, wherever the env maps set it
+// for a component, makes its listeners HTTPS only (docs/webhook-security.md),
+// so its probes, its ServiceMonitor endpoint and the ingest's URL in
+// NOTES.txt use https; the components without it keep http.
+func TestHTTPSListeners(t *testing.T) {
+	tlsEnv := map[string]any{"TLS_LISTEN_CERT_FILE": "/tls/tls.crt", "TLS_LISTEN_KEY_FILE": "/tls/tls.key"}
+	off := map[string]any{"TLS_LISTEN_CERT_FILE": "", "TLS_LISTEN_KEY_FILE": ""}
+	twoGroups := withDestinations(
+		map[string]any{"name": "archive", "destinations": []any{"archive"}, "env": tlsEnv},
+		map[string]any{"name": "ai", "destinations": []any{"ai"}},
+	)
+	tests := []struct {
+		name   string
+		values map[string]any
+		want   map[string]string // component: scheme
+	}{
+		{"none", required(), map[string]string{"ingest": "http", "forwarder-default": "http"}},
+		{"every component (env)", merged(required(), map[string]any{"env": tlsEnv}),
+			map[string]string{"ingest": "https", "forwarder-default": "https"}},
+		{"the ingest only (ingest.env)", merged(required(), map[string]any{"ingest": map[string]any{"env": tlsEnv}}),
+			map[string]string{"ingest": "https", "forwarder-default": "http"}},
+		{"the forwarders only (forwarderDefaults.env)", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": tlsEnv}}),
+			map[string]string{"ingest": "http", "forwarder-default": "https"}},
+		{"one group (forwarders[].env)", twoGroups,
+			map[string]string{"ingest": "http", "forwarder-archive": "https", "forwarder-ai": "http"}},
+		{"env, undone by ingest.env", merged(required(), map[string]any{"env": tlsEnv, "ingest": map[string]any{"env": off}}),
+			map[string]string{"ingest": "http", "forwarder-default": "https"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			values := merged(tt.values, map[string]any{"serviceMonitor": map[string]any{
+				"enabled": true, "tlsConfig": map[string]any{"insecureSkipVerify": true},
+			}})
+			objs := render(t, values)
+			checkSelectors(t, objs) // the ServiceMonitor's endpoints against the pods' env
+			got := map[string]string{}
+			for _, d := range of[*appsv1.Deployment](objs) {
+				got[component(d.Labels)] = probesScheme(t, d)
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Errorf("probe schemes %v, want %v", got, tt.want)
+			}
+			sm := of[*monitoringv1.ServiceMonitor](objs)[0]
+			got = map[string]string{}
+			for _, s := range of[*corev1.Service](objs) {
+				for _, ep := range sm.Spec.Endpoints {
+					if endpointKeeps(t, ep, component(s.Labels)) {
+						got[component(s.Labels)] = cmp.Or(ep.Scheme.String(), "http")
+						// tlsConfig only where there is TLS.
+						if tls := ep.TLSConfig != nil && ep.TLSConfig.InsecureSkipVerify != nil && *ep.TLSConfig.InsecureSkipVerify; tls != (got[component(s.Labels)] == "https") {
+							t.Errorf("service %s: scheme %s with serviceMonitor.tlsConfig applied: %v", s.Name, got[component(s.Labels)], tls)
+						}
+					}
+				}
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Errorf("ServiceMonitor schemes %v, want %v", got, tt.want)
+			}
+			files, err := renderFiles(t, values)
+			if err != nil {
+				t.Fatal(err)
+			}
+			notes := files["stowline/templates/NOTES.txt"]
+			for _, u := range []string{`"IngestUrl":   "` + tt.want["ingest"] + "://", "open " + tt.want["ingest"] + "://localhost"} {
+				if !strings.Contains(notes, u) {
+					t.Errorf("NOTES.txt lacks %q:\n%s", u, notes)
+				}
+			}
+		})
+	}
+}
+
+// probesScheme is the scheme of a Deployment's probes, lower case; the
+// test fails when they differ.
+func probesScheme(t *testing.T, d *appsv1.Deployment) string {
+	t.Helper()
+	c := d.Spec.Template.Spec.Containers[0]
+	schemes := map[string]bool{}
+	for _, p := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+		if p == nil || p.HTTPGet == nil {
+			t.Fatalf("deployment %s: a probe without httpGet", d.Name)
+		}
+		schemes[strings.ToLower(string(cmp.Or(p.HTTPGet.Scheme, corev1.URISchemeHTTP)))] = true
+	}
+	if len(schemes) != 1 {
+		t.Errorf("deployment %s: probes with schemes %v, want one", d.Name, schemes)
+	}
+	for s := range schemes {
+		return s
+	}
+	return ""
+}
