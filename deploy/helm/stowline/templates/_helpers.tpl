@@ -417,6 +417,80 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 {{- if and (not .Values.orthanc.url) (not .Values.env.ORTHANC_SOURCES) -}}
 {{- fail "orthanc.url is required: Orthanc's REST API as the pods reach it (ORTHANC_URL), or several sources with ORTHANC_SOURCES in env" -}}
 {{- end -}}
+{{- include "stowline.validateEnvMaps" . -}}
+{{- end -}}
+
+{{/*
+The variables the chart sets itself for a command, as a dict of variable:
+the value to set instead. env is applied before them (they would silently
+win), ingest.env and the forwarders' env after (they would silently win
+over the ports, probes, KEDA ceiling... computed from those values).
+Arguments: (dict "root" $ "role" "ingest"), or "forwarder" with "f" $forwarder.
+*/}}
+{{- define "stowline.managedEnv" -}}
+{{- $root := .root -}}
+{{- $m := dict
+  "NATS_URL" "nats.url"
+  "NATS_REPLICAS" "nats.replicas"
+  "ORTHANC_URL" "orthanc.url"
+  "ORTHANC_USERNAME" "orthanc.username"
+  "ORTHANC_SOURCE_NAME" "orthanc.sourceName"
+-}}
+{{- if $root.Values.nats.credsSecret }}{{ $_ := set $m "NATS_CREDS_FILE" "nats.credsSecret" }}{{ end -}}
+{{- if $root.Values.tracing.otlpEndpoint -}}
+{{- $_ := set $m "OTEL_EXPORTER_OTLP_ENDPOINT" "tracing.otlpEndpoint" -}}
+{{- $_ := set $m "OTEL_TRACES_SAMPLER" "tracing.sampler" -}}
+{{- $_ := set $m "OTEL_TRACES_SAMPLER_ARG" "tracing.samplerArg" -}}
+{{- end -}}
+{{- range splitList " " (include "stowline.roleSecretKeys" .) -}}
+{{- if . }}{{ $_ := set $m (printf "%s_FILE" .) (printf "the Secret's %s key (secrets, mounted as a file)" .) }}{{ end -}}
+{{- end -}}
+{{- if eq .role "ingest" -}}
+{{- $_ := set $m "INGEST_ADDR" "ingest.port" -}}
+{{- else -}}
+{{- $_ := set $m "FORWARDER_ADDR" "forwarderDefaults.port or the group's port" -}}
+{{- $_ := set $m "FORWARDER_CONCURRENCY" "forwarderDefaults.concurrency or the group's concurrency" -}}
+{{- $_ := set $m "DESTINATIONS" "destinations" -}}
+{{- $_ := set $m "FORWARDER_DESTINATIONS" "forwarders[].destinations" -}}
+{{- if not $root.Values.destinations -}}
+{{- $_ := set $m "DICOMWEB_URL" "forwarders[].dicomwebURL" -}}
+{{- $_ := set $m "STOW_PARALLEL_REQUESTS" "forwarderDefaults.stowParallelRequests or the group's stowParallelRequests" -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $m -}}
+{{- end -}}
+
+{{/*
+Refuses, in every env map, a variable the chart sets itself
+(stowline.managedEnv) or a declared destination's DESTINATION_<NAME>_*
+one, naming the value to set instead.
+*/}}
+{{- define "stowline.validateEnvMaps" -}}
+{{- $root := . -}}
+{{- $prefixes := dict -}}
+{{- range .Values.destinations }}{{ $_ := set $prefixes (include "stowline.destinationPrefix" .name) .name }}{{ end -}}
+{{- $checks := list (dict "where" "env" "env" (default dict .Values.env) "role" (dict "root" $root "role" "ingest")) -}}
+{{- $checks = append $checks (dict "where" "ingest.env" "env" (default dict .Values.ingest.env) "role" (dict "root" $root "role" "ingest")) -}}
+{{- range $entry := .Values.forwarders -}}
+{{- $f := include "stowline.forwarder" (dict "root" $root "entry" $entry) | fromYaml -}}
+{{- $role := dict "root" $root "role" "forwarder" "f" $f -}}
+{{- $checks = append $checks (dict "where" "env" "env" (default dict $root.Values.env) "role" $role) -}}
+{{- $checks = append $checks (dict "where" "forwarderDefaults.env" "env" (default dict $root.Values.forwarderDefaults.env) "role" $role) -}}
+{{- $checks = append $checks (dict "where" (printf "forwarders[%s].env" $f.name) "env" (default dict $entry.env) "role" $role) -}}
+{{- end -}}
+{{- range $c := $checks -}}
+{{- $managed := include "stowline.managedEnv" $c.role | fromYaml -}}
+{{- range $k, $v := $c.env -}}
+{{- if hasKey $managed $k -}}
+{{- fail (printf "%s: %s is set by the chart, from %s: set that instead of the variable" $c.where $k (get $managed $k)) -}}
+{{- end -}}
+{{- range $p, $name := $prefixes -}}
+{{- if hasPrefix $p $k -}}
+{{- fail (printf "%s: %s is set by the chart, from destinations[%s]: set its url, match, instanceMatch, stowParallelRequests, clientSecret or env (without the prefix) instead of the variable" $c.where $k $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Egress rules of every stowline pod: DNS, NATS, Orthanc. */}}

@@ -1,0 +1,164 @@
+package chartcheck
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+)
+
+// TestChartSetVarsRefused: a variable the chart sets itself, put in an
+// env map, would silently win over the value it comes from (ingest.env
+// and the forwarders' env are applied last) or be silently ignored (env
+// is applied first); the chart refuses it, naming the value to set.
+func TestChartSetVarsRefused(t *testing.T) {
+	set := func(v map[string]any, f func(v map[string]any)) map[string]any { f(v); return v }
+	groupEnv := func(k, val string) func(v map[string]any) {
+		return func(v map[string]any) { v["forwarders"].([]any)[0].(map[string]any)["env"].(map[string]any)[k] = val }
+	}
+	twoGroups := func() map[string]any {
+		return withDestinations(
+			map[string]any{"name": "archive", "destinations": []any{"archive"}},
+			map[string]any{"name": "ai", "destinations": []any{"ai"}, "env": map[string]any{}},
+		)
+	}
+	tests := []struct {
+		name   string
+		values map[string]any
+		want   string // "": rendered
+	}{
+		{"STOW_PARALLEL_REQUESTS in forwarderDefaults.env", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"STOW_PARALLEL_REQUESTS": "64"}}}),
+			"forwarderDefaults.env: STOW_PARALLEL_REQUESTS is set by the chart, from forwarderDefaults.stowParallelRequests"},
+		{"FORWARDER_CONCURRENCY in forwarderDefaults.env", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"FORWARDER_CONCURRENCY": "8"}}}),
+			"forwarderDefaults.env: FORWARDER_CONCURRENCY is set by the chart, from forwarderDefaults.concurrency"},
+		{"FORWARDER_ADDR in a group's env", set(required(), groupEnv("FORWARDER_ADDR", ":9000")),
+			"forwarders[default].env: FORWARDER_ADDR is set by the chart, from forwarderDefaults.port"},
+		{"DICOMWEB_URL in a group's env", set(required(), groupEnv("DICOMWEB_URL", "https://x.example.org")),
+			"forwarders[default].env: DICOMWEB_URL is set by the chart, from forwarders[].dicomwebURL"},
+		{"INGEST_ADDR in ingest.env", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"INGEST_ADDR": ":9000"}}}),
+			"ingest.env: INGEST_ADDR is set by the chart, from ingest.port"},
+		{"INGEST_ADDR in env", merged(required(), map[string]any{"env": map[string]any{"INGEST_ADDR": ":9000"}}),
+			"env: INGEST_ADDR is set by the chart, from ingest.port"},
+		{"NATS_URL in env", merged(required(), map[string]any{"env": map[string]any{"NATS_URL": "nats://x:4222"}}),
+			"env: NATS_URL is set by the chart, from nats.url"},
+		{"NATS_REPLICAS in forwarderDefaults.env", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"NATS_REPLICAS": "1"}}}),
+			"NATS_REPLICAS is set by the chart, from nats.replicas"},
+		{"ORTHANC_URL in ingest.env", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"ORTHANC_URL": "http://o:8042"}}}),
+			"ingest.env: ORTHANC_URL is set by the chart, from orthanc.url"},
+		{"ORTHANC_SOURCE_NAME in env", merged(required(), map[string]any{"env": map[string]any{"ORTHANC_SOURCE_NAME": "x"}}),
+			"ORTHANC_SOURCE_NAME is set by the chart, from orthanc.sourceName"},
+		{"a secret's _FILE the chart mounts", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"INGEST_TOKEN_FILE": "/x"}}}),
+			"INGEST_TOKEN_FILE is set by the chart, from the Secret's INGEST_TOKEN key"},
+		{"NATS_CREDS_FILE with nats.credsSecret", merged(required(), map[string]any{"nats": map[string]any{"credsSecret": "c"}, "env": map[string]any{"NATS_CREDS_FILE": "/x"}}),
+			"NATS_CREDS_FILE is set by the chart, from nats.credsSecret"},
+		{"OTEL_TRACES_SAMPLER with tracing.otlpEndpoint", merged(required(), map[string]any{"tracing": map[string]any{"otlpEndpoint": "http://c:4318"}, "env": map[string]any{"OTEL_TRACES_SAMPLER": "always_on"}}),
+			"OTEL_TRACES_SAMPLER is set by the chart, from tracing.sampler"},
+		{"DESTINATIONS in forwarderDefaults.env", set(twoGroups(), func(v map[string]any) {
+			v["forwarderDefaults"] = map[string]any{"env": map[string]any{"DESTINATIONS": "archive"}}
+		}), "DESTINATIONS is set by the chart, from destinations"},
+		{"FORWARDER_DESTINATIONS in a group's env", set(twoGroups(), func(v map[string]any) {
+			v["forwarders"].([]any)[1].(map[string]any)["env"] = map[string]any{"FORWARDER_DESTINATIONS": "ai,archive"}
+		}), "forwarders[ai].env: FORWARDER_DESTINATIONS is set by the chart, from forwarders[].destinations"},
+		{"a destination's variable in forwarderDefaults.env", set(twoGroups(), func(v map[string]any) {
+			v["forwarderDefaults"] = map[string]any{"env": map[string]any{"DESTINATION_AI_OAUTH_CLIENT_ID": "x"}}
+		}), "DESTINATION_AI_OAUTH_CLIENT_ID is set by the chart, from destinations[ai]"},
+		// Set by nothing else: these pass.
+		{"NATS_CREDS_FILE without nats.credsSecret", merged(required(), map[string]any{"env": map[string]any{"NATS_CREDS_FILE": "/etc/nats/nats.creds"}}), ""},
+		{"a collector in env without tracing.otlpEndpoint", merged(required(), map[string]any{"env": map[string]any{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}}), ""},
+		{"a secret's _FILE the Secret does not hold", merged(required(), map[string]any{"env": map[string]any{"NATS_PASSWORD_FILE": "/etc/nats/password"}}), ""},
+		{"tuning in forwarderDefaults.env", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"FORWARDER_ACK_WAIT": "2m", "STOW_MAX_BYTES": "100000000"}}}), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := renderFiles(t, tt.values)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("render error %v, want none", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("render error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestEveryChartSetVarRefused: every variable a render sets that no env
+// map gave is the chart's own, and is refused in the env maps of the
+// component it reaches; so a variable the chart comes to set is covered
+// without a list to keep up to date here.
+func TestEveryChartSetVarRefused(t *testing.T) {
+	configs := map[string]map[string]any{
+		"one destination": merged(required(), map[string]any{
+			"nats":    map[string]any{"credsSecret": "stowline-nats"},
+			"tracing": map[string]any{"otlpEndpoint": "http://otel-collector.observability.svc:4318", "samplerArg": "0.5"},
+		}),
+		"destinations": withDestinations(
+			map[string]any{"name": "archive", "destinations": []any{"archive"}},
+			map[string]any{"name": "ai", "destinations": []any{"ai"}},
+		),
+	}
+	for name, values := range configs {
+		t.Run(name, func(t *testing.T) {
+			given := map[string]bool{}
+			for _, env := range append(envMaps(values), envMaps(loadChart(t).Values)...) { // and the chart's defaults
+				for k := range env {
+					given[k] = true
+				}
+			}
+			chartSet := map[string][]string{} // variable: the env maps to try it in
+			for _, d := range of[*appsv1.Deployment](render(t, values)) {
+				where := "forwarderDefaults"
+				if component(d.Labels) == "ingest" {
+					where = "ingest"
+				}
+				for k := range envOf(d) {
+					if !given[k] && !slices.Contains(chartSet[k], where) {
+						chartSet[k] = append(chartSet[k], where)
+					}
+				}
+			}
+			if len(chartSet) < 10 {
+				t.Fatalf("only %d variables set by the chart: %v", len(chartSet), chartSet)
+			}
+			for _, k := range slices.Sorted(maps.Keys(chartSet)) {
+				for _, where := range append(chartSet[k], "") {
+					v := merged(values, nil)
+					if where == "" {
+						v["env"] = map[string]any{k: "x"}
+						where = "env"
+					} else {
+						v[where] = map[string]any{"env": map[string]any{k: "x"}}
+						where += ".env"
+					}
+					if _, err := renderFiles(t, v); err == nil || !strings.Contains(err.Error(), k+" is set by the chart") {
+						t.Errorf("%s in %s: render error %v, want it refused", k, where, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// envMaps are the env maps of values: env, ingest.env, forwarderDefaults.env,
+// each group's and each destination's.
+func envMaps(values map[string]any) []map[string]any {
+	var out []map[string]any
+	add := func(m any) {
+		if mm, ok := m.(map[string]any); ok {
+			if env, ok := mm["env"].(map[string]any); ok {
+				out = append(out, env)
+			}
+		}
+	}
+	add(values)
+	add(values["ingest"])
+	add(values["forwarderDefaults"])
+	for _, key := range []string{"forwarders", "destinations"} {
+		list, _ := values[key].([]any)
+		for _, e := range list {
+			add(e)
+		}
+	}
+	return out
+}
