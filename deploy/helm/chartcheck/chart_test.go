@@ -724,7 +724,9 @@ func checkDestinationsEnv(t *testing.T, deployment string, env map[string]string
 }
 
 // checkForwarderGroups: every forwarder Deployment has the same
-// destinations' variables (each forwarder checks all of them) and the same
+// destinations' settings (client secrets aside: each gets those of the
+// destinations it serves only), no client secret of a destination it does
+// not serve, and the same
 // FORWARDER_ACK_WAIT, FORWARDER_MAX_DELIVERIES and DEADLETTER_RETENTION
 // (each sets every destination's consumer, and the dead-letter stream, to
 // its own), and each destination is served by exactly one Deployment.
@@ -733,6 +735,9 @@ func checkForwarderGroups(t *testing.T, deployments []*appsv1.Deployment) {
 	shared := func(env map[string]string) map[string]string {
 		out := map[string]string{}
 		for k, v := range env {
+			if strings.HasSuffix(k, "_OAUTH_CLIENT_SECRET_FILE") {
+				continue
+			}
 			if k == "DESTINATIONS" || strings.HasPrefix(k, "DESTINATION_") || k == "FORWARDER_ACK_WAIT" || k == "FORWARDER_MAX_DELIVERIES" || k == "DEADLETTER_RETENTION" {
 				out[k] = v
 			}
@@ -756,6 +761,23 @@ func checkForwarderGroups(t *testing.T, deployments []*appsv1.Deployment) {
 		}
 		for _, s := range servedDestinations(env) {
 			servedBy[s] = append(servedBy[s], d.Name)
+		}
+		for _, n := range destinationNames(env) {
+			if slices.Contains(servedDestinations(env), n) {
+				continue
+			}
+			secret := destinationPrefix(n) + "OAUTH_CLIENT_SECRET"
+			if env[secret+"_FILE"] != "" || env[secret] != "" {
+				t.Errorf("forwarder deployment %s: %s(_FILE) set, and it does not serve %s", d.Name, secret, n)
+			}
+			for _, v := range d.Spec.Template.Spec.Volumes {
+				if v.Name == "destination-"+strings.ToLower(strings.ReplaceAll(n, "_", "-")) {
+					t.Errorf("forwarder deployment %s: volume %s mounted, and it does not serve %s", d.Name, v.Name, n)
+				}
+				if v.Secret != nil && slices.ContainsFunc(v.Secret.Items, func(it corev1.KeyToPath) bool { return it.Key == secret }) {
+					t.Errorf("forwarder deployment %s: volume %s holds %s, and it does not serve %s", d.Name, v.Name, secret, n)
+				}
+			}
 		}
 	}
 	for dest, by := range servedBy {

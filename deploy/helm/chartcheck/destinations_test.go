@@ -69,8 +69,9 @@ func scaledObjectOf(t *testing.T, objs objects, d *appsv1.Deployment) *scaledObj
 }
 
 // TestDestinations renders two destinations served by two forwarder
-// groups with KEDA: each group gets every destination's variables and
-// secrets, serves its own (FORWARDER_DESTINATIONS), and scales on its
+// groups with KEDA: each group gets every destination's settings, the
+// client secret of its own only, serves its own (FORWARDER_DESTINATIONS),
+// and scales on its
 // destination's routine and stat-lane consumers, under a ceiling from the connections its
 // destination's requests and rules keep open to Orthanc.
 func TestDestinations(t *testing.T) {
@@ -91,21 +92,29 @@ func TestDestinations(t *testing.T) {
 	for group, want := range map[string]struct {
 		consumers []string
 		max       int32
+		secret    string // the client secret's variable, read from a file
+		notSecret string // the other destination's
+		volume    bool   // the archive's own Secret mounted
 	}{
 		// (200-10) / (4 x 4): the archive sends 4 requests a study.
-		"archive": {src.triggeredConsumers("archive"), 11},
+		"archive": {src.triggeredConsumers("archive"), 11, "DESTINATION_ARCHIVE_OAUTH_CLIENT_SECRET_FILE", "DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE", true},
 		// (200-10) / (2 x 8): the AI rules read metadata, 8 at a time.
-		"ai": {src.triggeredConsumers("ai"), 11},
+		"ai": {src.triggeredConsumers("ai"), 11, "DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE", "DESTINATION_ARCHIVE_OAUTH_CLIENT_SECRET_FILE", false},
 	} {
 		d := forwarderDeployment(t, objs, group)
 		env := envOf(d)
 		if env["FORWARDER_DESTINATIONS"] != group || env["DESTINATIONS"] != "archive,ai" {
 			t.Errorf("group %s: FORWARDER_DESTINATIONS %q DESTINATIONS %q", group, env["FORWARDER_DESTINATIONS"], env["DESTINATIONS"])
 		}
-		for _, k := range []string{"DESTINATION_ARCHIVE_OAUTH_CLIENT_SECRET_FILE", "DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE", "DESTINATION_AI_MATCH", "DESTINATION_ARCHIVE_OAUTH_PROVIDER"} {
+		for _, k := range []string{want.secret, "DESTINATION_AI_MATCH", "DESTINATION_ARCHIVE_URL", "DESTINATION_AI_URL"} {
 			if env[k] == "" {
-				t.Errorf("group %s: %s not set (every forwarder checks every destination)", group, k)
+				t.Errorf("group %s: %s not set", group, k)
 			}
+		}
+		// Least privilege: the forwarder reads only the secrets of the
+		// destinations it serves.
+		if env[want.notSecret] != "" {
+			t.Errorf("group %s: %s set, for a destination it does not serve", group, want.notSecret)
 		}
 		if env["DESTINATION_ARCHIVE_MATCH"] != "" || env["DICOMWEB_URL"] != "" || env["STOW_PARALLEL_REQUESTS"] != "" {
 			t.Errorf("group %s: %v", group, env)
@@ -114,8 +123,19 @@ func TestDestinations(t *testing.T) {
 		for _, v := range d.Spec.Template.Spec.Volumes {
 			volumes[v.Name] = v.Secret
 		}
-		if v := volumes["destination-archive"]; v == nil || v.SecretName != "archive-oauth" || v.Items[0].Key != "client-secret" {
+		if v := volumes["destination-archive"]; want.volume && (v == nil || v.SecretName != "archive-oauth" || v.Items[0].Key != "client-secret") {
 			t.Errorf("group %s: the archive's own Secret is not mounted: %+v", group, v)
+		} else if !want.volume && v != nil {
+			t.Errorf("group %s: the archive's own Secret is mounted, and the group does not serve it", group)
+		}
+		keys := map[string]bool{}
+		if v := volumes["secrets"]; v != nil {
+			for _, it := range v.Items {
+				keys[it.Key] = true
+			}
+		}
+		if inSecrets := keys["DESTINATION_AI_OAUTH_CLIENT_SECRET"]; inSecrets != (group == "ai") {
+			t.Errorf("group %s: the release Secret's DESTINATION_AI_OAUTH_CLIENT_SECRET mounted: %v, want only where ai is served", group, inSecrets)
 		}
 		configLoads(t, "forwarder", env)
 		so := scaledObjectOf(t, objs, d)

@@ -57,10 +57,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" $repo (default .root.Chart.AppVersion .root.Values.image.tag) -}}
 {{- end -}}
 
-{{/* The secret variables each command reads. */}}
+{{/* The secret variables each command reads: (dict "root" $). */}}
 {{- define "stowline.secretVars.ingest" -}}
 {{- $out := list "INGEST_TOKEN" "INGEST_HMAC_SECRET" "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD" -}}
-{{- join " " (concat $out (splitList " " (include "stowline.sourceSecretVars" .))) -}}
+{{- join " " (concat $out (splitList " " (include "stowline.sourceSecretVars" .root))) -}}
 {{- end -}}
 {{/*
 Each source's password when env.ORTHANC_SOURCES names several: "pacs-2"
@@ -74,14 +74,17 @@ reads ORTHANC_PACS_2_PASSWORD (config.SourceVarPrefix).
 {{- join " " $out -}}
 {{- end -}}
 {{/*
-The forwarders': the default destination's OAUTH_CLIENT_SECRET without
-destinations, each declared destination's DESTINATION_<NAME>_OAUTH_CLIENT_SECRET
-with them (every forwarder reads every destination's).
+A forwarder group's: the default destination's OAUTH_CLIENT_SECRET without
+destinations, with them the DESTINATION_<NAME>_OAUTH_CLIENT_SECRET of each
+destination the group serves only (a forwarder reads the settings and
+secrets of those only: internal/config, readDynamic).
+(dict "root" $ "f" $forwarder).
 */}}
 {{- define "stowline.secretVars.forwarder" -}}
-{{- $out := concat (list "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD") (splitList " " (include "stowline.sourceSecretVars" .)) -}}
-{{- if .Values.destinations -}}
-{{- range .Values.destinations }}{{ $out = append $out (printf "%sOAUTH_CLIENT_SECRET" (include "stowline.destinationPrefix" .name)) }}{{ end -}}
+{{- $root := .root -}}
+{{- $out := concat (list "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD") (splitList " " (include "stowline.sourceSecretVars" $root)) -}}
+{{- if $root.Values.destinations -}}
+{{- range (include "stowline.servedDestinations" . | fromYamlArray) }}{{ $out = append $out (printf "%sOAUTH_CLIENT_SECRET" (include "stowline.destinationPrefix" .)) }}{{ end -}}
 {{- else -}}
 {{- $out = prepend $out "OAUTH_CLIENT_SECRET" -}}
 {{- end -}}
@@ -147,13 +150,16 @@ rules read instance metadata (read 8 at a time a study; internal/routing).
 {{- end -}}
 
 {{/*
-The destinations' variables a forwarder group gets: DESTINATIONS and every
-destination's DESTINATION_<NAME>_* (each forwarder checks them all), and
-FORWARDER_DESTINATIONS when the group lists its destinations.
+The destinations' variables a forwarder group gets: DESTINATIONS, every
+destination's DESTINATION_<NAME>_* settings (a forwarder reads the name,
+rules and STOW_DEIDENTIFY of those it does not serve, and ignores their
+other settings), the client secret file of the destinations it serves
+only, and FORWARDER_DESTINATIONS when the group lists its destinations.
 (dict "root" $ "f" $forwarder).
 */}}
 {{- define "stowline.destinationsEnv" -}}
 {{- $root := .root -}}
+{{- $served := include "stowline.servedDestinations" . | fromYamlArray -}}
 {{- $env := dict -}}
 {{- $names := list -}}
 {{- range $d := $root.Values.destinations -}}
@@ -164,7 +170,7 @@ FORWARDER_DESTINATIONS when the group lists its destinations.
 {{- $_ := set $env (printf "%sMATCH" $p) (default "" $d.match) -}}
 {{- $_ := set $env (printf "%sINSTANCE_MATCH" $p) (default "" $d.instanceMatch) -}}
 {{- $_ := set $env (printf "%sSTOW_PARALLEL_REQUESTS" $p) (include "stowline.destinationParallel" (dict "root" $root "d" $d)) -}}
-{{- if and $d.clientSecret $d.clientSecret.secretName -}}
+{{- if and $d.clientSecret $d.clientSecret.secretName (has $d.name $served) -}}
 {{- $_ := set $env (printf "%sOAUTH_CLIENT_SECRET_FILE" $p) (printf "%s/OAUTH_CLIENT_SECRET" (include "stowline.destinationSecretDir" $d.name)) -}}
 {{- end -}}
 {{- end -}}
@@ -184,11 +190,12 @@ FORWARDER_DESTINATIONS when the group lists its destinations.
 {{- end -}}
 {{- end -}}
 
-{{/* Secret keys one command gets: (dict "root" $ "role" "ingest"). */}}
+{{/* Secret keys one command gets: (dict "root" $ "role" "ingest"), or
+"forwarder" with "f" $forwarder. */}}
 {{- define "stowline.roleSecretKeys" -}}
 {{- $held := splitList " " (include "stowline.secretKeys" .root) -}}
 {{- $out := list -}}
-{{- range splitList " " (include (printf "stowline.secretVars.%s" .role) .root) -}}
+{{- range splitList " " (include (printf "stowline.secretVars.%s" .role) .) -}}
 {{- if has . $held }}{{ $out = append $out . }}{{ end -}}
 {{- end -}}
 {{- join " " $out -}}
@@ -201,7 +208,7 @@ FORWARDER_DESTINATIONS when the group lists its destinations.
 {{/*
 The variables both commands get, as a dict (empty values left out later):
 env, then what the chart wires (NATS, Orthanc), then the secrets' _FILE.
-Arguments: (dict "root" $ "role" "ingest").
+Arguments: (dict "root" $ "role" "ingest"), or "forwarder" with "f" $forwarder.
 */}}
 {{- define "stowline.commonEnv" -}}
 {{- $root := .root -}}
@@ -246,7 +253,7 @@ Arguments: (dict "root" $ "f" $forwarder).
 {{- define "stowline.forwarderEnv" -}}
 {{- $root := .root -}}
 {{- $f := .f -}}
-{{- $env := include "stowline.commonEnv" (dict "root" $root "role" "forwarder") | fromYaml -}}
+{{- $env := include "stowline.commonEnv" (dict "root" $root "role" "forwarder" "f" $f) | fromYaml -}}
 {{- $_ := set $env "FORWARDER_ADDR" (printf ":%v" $f.port) -}}
 {{- $_ := set $env "FORWARDER_CONCURRENCY" $f.concurrency -}}
 {{- if $root.Values.destinations -}}
@@ -302,9 +309,10 @@ left unset). Probes, the ServiceMonitor and NOTES follow it.
       - key: nats.creds
         path: nats.creds
 {{- end }}
-{{- if eq .role "forwarder" }}
+{{- if and (eq .role "forwarder") $root.Values.destinations }}
+{{- $served := include "stowline.servedDestinations" . | fromYamlArray }}
 {{- range $root.Values.destinations }}
-{{- if and .clientSecret .clientSecret.secretName }}
+{{- if and .clientSecret .clientSecret.secretName (has .name $served) }}
 - name: {{ printf "destination-%s" (lower (replace "_" "-" .name)) }}
   secret:
     secretName: {{ .clientSecret.secretName }}
@@ -332,9 +340,10 @@ left unset). Probes, the ServiceMonitor and NOTES follow it.
   mountPath: {{ include "stowline.natsDir" $root }}
   readOnly: true
 {{- end }}
-{{- if eq .role "forwarder" }}
+{{- if and (eq .role "forwarder") $root.Values.destinations }}
+{{- $served := include "stowline.servedDestinations" . | fromYamlArray }}
 {{- range $root.Values.destinations }}
-{{- if and .clientSecret .clientSecret.secretName }}
+{{- if and .clientSecret .clientSecret.secretName (has .name $served) }}
 - name: {{ printf "destination-%s" (lower (replace "_" "-" .name)) }}
   mountPath: {{ include "stowline.destinationSecretDir" .name }}
   readOnly: true
