@@ -22,6 +22,11 @@
 -- Without either, the event names no priority and the ingest's
 -- PRIORITY_RULE (or routine) decides (docs/priority-lanes.md).
 --
+-- Orthanc runs every LuaScripts file in one Lua context: a site script
+-- that also defines OnStableStudy replaces this one's (or this one
+-- replaces it, whichever loads last), silently. Merge them instead: call
+-- both bodies from one OnStableStudy.
+--
 -- The script stays tiny on purpose: Orthanc's Lua has no retry and forgets
 -- stability on restart, so stowline also reconciles from Orthanc's /changes
 -- feed. A failed post only logs a warning; it never raises, so Orthanc's
@@ -149,8 +154,12 @@ local function postStableStudy(studyId, tags, metadata)
   -- table raises on 1.10.1, would not be: the table is never empty). The
   -- ingest always answers with a body, so "" is an error.
   if answer == nil then
+    local within = 'Orthanc\'s HttpTimeout'
+    if SetHttpTimeout ~= nil then
+      within = HTTP_TIMEOUT_SECONDS .. ' s'
+    end
     print('stowline: study ' .. studyId .. ' not announced: cannot reach ' .. s.url ..
-      ' or no answer within ' .. HTTP_TIMEOUT_SECONDS .. ' s (the reconciler will pick it up)')
+      ' or no answer within ' .. within .. ' (the reconciler will pick it up)')
   elseif answer == '' then
     print('stowline: study ' .. studyId .. ' not announced: ' .. s.url ..
       ' answered with an HTTP error (a wrong IngestToken, an event refused, the rate limit' ..
