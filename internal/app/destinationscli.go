@@ -35,7 +35,9 @@ until it is removed here.
                 other destinations; the destination's dead letters and
                 ledger stay (forwarder replay purge --destination NAME).
                 Take NAME out of DESTINATIONS first: a forwarder that still
-                serves it creates a new consumer, from new events on.
+                serves it creates a new consumer, from new events on
+                (from what the stream holds if no other destination has
+                a consumer).
 
 Connects to NATS_URL (see forwarder -h). Exit status: 0 done, 1 failed, 2 bad arguments.
 `

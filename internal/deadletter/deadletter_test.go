@@ -505,43 +505,48 @@ func TestFailureLogStoredInstances(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := deadletter.NewFailureLog(kv, "default")
-	const study, version = "1.2.826.0.1.3680043.2.1143.7", "20261203T101500"
-	sent := func(study, version string) func(string) bool {
+	ev := &events.StudyStable{Source: "orthanc-a", StudyInstanceUID: "1.2.826.0.1.3680043.2.1143.7", LastUpdate: "20261203T101500"}
+	sent := func(log *deadletter.FailureLog, ev *events.StudyStable) func(string) bool {
 		t.Helper()
-		s, err := log.Sent(testCtx(t), study, version)
+		s, err := log.Sent(testCtx(t), ev)
 		if err != nil {
 			t.Fatalf("Sent: %v", err)
 		}
 		return s
 	}
-	if sent(study, version)("1.2.3.1") {
+	if sent(log, ev)("1.2.3.1") {
 		t.Error("an instance is stored before anything was remembered")
 	}
 	// A study of 100,000 instances fits, remembered over two attempts.
 	uids := make([]string, 100_000)
 	for i := range uids {
-		uids[i] = fmt.Sprintf("%s.%d", study, i)
+		uids[i] = fmt.Sprintf("%s.%d", ev.StudyInstanceUID, i)
 	}
 	for _, part := range [][]string{uids[:60_000], uids[40_000:]} {
-		if err := log.RememberSent(testCtx(t), study, version, part); err != nil {
+		if err := log.RememberSent(testCtx(t), ev, part); err != nil {
 			t.Fatalf("RememberSent: %v", err)
 		}
 	}
-	s := sent(study, version)
+	s := sent(log, ev)
 	for _, i := range []int{0, 59_999, 60_000, 99_999} {
 		if !s(uids[i]) {
 			t.Errorf("instance %d not remembered", i)
 		}
 	}
-	if s(study + ".100000") {
+	if s(ev.StudyInstanceUID + ".100000") {
 		t.Error("an instance never sent is remembered")
 	}
-	// Another version of the study (changed in Orthanc), another
-	// destination: nothing.
-	if sent(study, "20261203T111500")(uids[0]) {
-		t.Error("a newer version of the study shares the record")
-	}
-	if other, _ := deadletter.NewFailureLog(kv, "ai").Sent(testCtx(t), study, version); other(uids[0]) {
-		t.Error("another destination shares the record")
+	// Another version of the study (changed in Orthanc), the same study
+	// in another source, another destination: nothing shared.
+	newer, elsewhere := *ev, *ev
+	newer.LastUpdate, elsewhere.Source = "20261203T111500", "orthanc-b"
+	for what, s := range map[string]func(string) bool{
+		"a newer version of the study": sent(log, &newer),
+		"the study in another source":  sent(log, &elsewhere),
+		"another destination":          sent(deadletter.NewFailureLog(kv, "ai"), ev),
+	} {
+		if s(uids[0]) {
+			t.Errorf("%s shares the record", what)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/forward"
 )
 
@@ -64,11 +65,12 @@ func (l *FailureLog) Forget(ctx context.Context, seq uint64) error {
 
 // sentKey is the key of a study version's stored instances: a hash, as a
 // UID may not fit a key's characters and length.
-func (l *FailureLog) sentKey(studyInstanceUID, lastUpdate string) string {
+func (l *FailureLog) sentKey(ev *events.StudyStable) string {
 	h := fnv.New64a()
-	h.Write([]byte(studyInstanceUID))
-	h.Write([]byte{0})
-	h.Write([]byte(lastUpdate))
+	for _, s := range []string{ev.Source, ev.StudyInstanceUID, ev.LastUpdate} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
 	return fmt.Sprintf("%s.stored%016x", l.destination, h.Sum64())
 }
 
@@ -82,8 +84,8 @@ func uidHash(uid string) uint64 {
 
 // RememberSent adds instances to those attempts stored of the study
 // version (kept with the events' retention).
-func (l *FailureLog) RememberSent(ctx context.Context, studyInstanceUID, lastUpdate string, sopInstanceUIDs []string) error {
-	key := l.sentKey(studyInstanceUID, lastUpdate)
+func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, sopInstanceUIDs []string) error {
+	key := l.sentKey(ev)
 	set, err := l.sentSet(ctx, key)
 	if err != nil {
 		return err
@@ -96,14 +98,14 @@ func (l *FailureLog) RememberSent(ctx context.Context, studyInstanceUID, lastUpd
 		data = binary.BigEndian.AppendUint64(data, h)
 	}
 	if _, err := l.kv.Put(ctx, key, data); err != nil {
-		return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), studyInstanceUID, err)
+		return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), ev.StudyInstanceUID, err)
 	}
 	return nil
 }
 
 // Sent reports the instances attempts stored of the study version.
-func (l *FailureLog) Sent(ctx context.Context, studyInstanceUID, lastUpdate string) (func(string) bool, error) {
-	set, err := l.sentSet(ctx, l.sentKey(studyInstanceUID, lastUpdate))
+func (l *FailureLog) Sent(ctx context.Context, ev *events.StudyStable) (func(string) bool, error) {
+	set, err := l.sentSet(ctx, l.sentKey(ev))
 	if err != nil {
 		return nil, err
 	}

@@ -216,7 +216,7 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable) f
 	if f.opts.Failures == nil {
 		return none
 	}
-	sent, err := f.opts.Failures.Sent(ctx, ev.StudyInstanceUID, ev.LastUpdate)
+	sent, err := f.opts.Failures.Sent(ctx, ev)
 	if err != nil {
 		f.log.Warn("read what earlier attempts stored: an already-stored answer counts as a conflict", "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "err", err)
@@ -232,7 +232,7 @@ func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, 
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rememberTimeout)
 	defer cancel()
-	if err := f.opts.Failures.RememberSent(ctx, ev.StudyInstanceUID, ev.LastUpdate, slices.Collect(maps.Keys(stored))); err != nil {
+	if err := f.opts.Failures.RememberSent(ctx, ev, slices.Collect(maps.Keys(stored))); err != nil {
 		f.log.Warn("remember what a failed attempt stored: the next attempt may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "instances", len(stored), "err", err)
 	}

@@ -67,12 +67,13 @@ type DeadLetterStore interface {
 type FailureLog interface {
 	Record(ctx context.Context, seq uint64, now time.Time) (FailureTimes, error)
 	Forget(ctx context.Context, seq uint64) error
-	// RememberSent adds to the instances of the study version (its Study
-	// Instance UID and Orthanc LastUpdate) that attempts sent, and Sent
-	// reports them: a later attempt's "already exists" for one of them is
-	// the destination holding what stowline sent, not other content.
-	RememberSent(ctx context.Context, studyInstanceUID, lastUpdate string, sopInstanceUIDs []string) error
-	Sent(ctx context.Context, studyInstanceUID, lastUpdate string) (func(sopInstanceUID string) bool, error)
+	// RememberSent adds to the instances of the event's study version (its
+	// source, Study Instance UID and Orthanc LastUpdate) that attempts got
+	// stored as sent, and Sent reports them: a later attempt's "already
+	// exists" for one of them is the destination holding what stowline
+	// sent, not other content.
+	RememberSent(ctx context.Context, ev *events.StudyStable, sopInstanceUIDs []string) error
+	Sent(ctx context.Context, ev *events.StudyStable) (func(sopInstanceUID string) bool, error)
 }
 
 // Router picks what of a study goes to the destination (its routing

@@ -9,6 +9,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,11 +22,13 @@ import (
 
 // azureLike is a destination that answers 45070 for any SOP Instance it
 // already holds, whatever the content (as Azure's DICOM service does),
-// refuses the first request for refuseOnce transiently (0xA700), and
-// every one for a UID of refuse with its reason.
+// refuses the first request for refuseOnce transiently (0xA700), every
+// one for a UID of refuse with its reason, and stores a UID of warn with
+// that Warning Reason.
 type azureLike struct {
 	refuseOnce string
 	refuse     map[string]int
+	warn       map[string]int
 
 	mu      sync.Mutex
 	held    map[string]bool
@@ -60,6 +63,10 @@ func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			d.refused = true
 			failed = append(failed, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[42752]}}`, uid))
 			d.answers = append(d.answers, uid+":A700")
+		case d.warn[uid] != 0:
+			d.held[uid] = true
+			stored = append(stored, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081196":{"vr":"US","Value":[%d]}}`, uid, d.warn[uid]))
+			d.answers = append(d.answers, uid+":stored with a warning")
 		default:
 			d.held[uid] = true
 			stored = append(stored, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]}}`, uid))
@@ -86,7 +93,7 @@ func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // memFailureLog is a FailureLog in memory.
 type memFailureLog struct {
 	mu     sync.Mutex
-	stored map[string]map[string]bool // study/version -> SOP Instance UIDs
+	stored map[string]map[string]bool // source/study/version -> SOP Instance UIDs
 }
 
 func (m *memFailureLog) Record(_ context.Context, _ uint64, now time.Time) (FailureTimes, error) {
@@ -95,16 +102,17 @@ func (m *memFailureLog) Record(_ context.Context, _ uint64, now time.Time) (Fail
 
 func (m *memFailureLog) Forget(context.Context, uint64) error { return nil }
 
-func (m *memFailureLog) RememberSent(_ context.Context, study, version string, uids []string) error {
+func (m *memFailureLog) RememberSent(_ context.Context, ev *events.StudyStable, uids []string) error {
+	key := ev.Source + "/" + ev.StudyInstanceUID + "/" + ev.LastUpdate
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.stored == nil {
 		m.stored = map[string]map[string]bool{}
 	}
-	set := m.stored[study+"/"+version]
+	set := m.stored[key]
 	if set == nil {
 		set = map[string]bool{}
-		m.stored[study+"/"+version] = set
+		m.stored[key] = set
 	}
 	for _, u := range uids {
 		set[u] = true
@@ -112,11 +120,11 @@ func (m *memFailureLog) RememberSent(_ context.Context, study, version string, u
 	return nil
 }
 
-func (m *memFailureLog) Sent(_ context.Context, study, version string) (func(string) bool, error) {
+func (m *memFailureLog) Sent(_ context.Context, ev *events.StudyStable) (func(string) bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	set := map[string]bool{}
-	for u := range m.stored[study+"/"+version] {
+	for u := range m.stored[ev.Source+"/"+ev.StudyInstanceUID+"/"+ev.LastUpdate] {
 		set[u] = true
 	}
 	return func(u string) bool { return set[u] }, nil
@@ -197,5 +205,32 @@ func TestTransientLeftoverKeepsRefusals(t *testing.T) {
 	}
 	if len(fe.Instances) != 1 || fe.Instances[0].SOPInstanceUID != "1.2.3.1" || fe.Instances[0].FailureReason != 0xC000 {
 		t.Errorf("instances named: %+v, want 1.2.3.1 refused with 0xC000", fe.Instances)
+	}
+}
+
+// TestChangedCopyIsNoOwnCopy: an instance the destination stored changed
+// (Warning B000) by a delivery that then failed is not taken for
+// stowline's own copy by the next: its "already exists" is a conflict,
+// and buffer mode keeps it in the source.
+func TestChangedCopyIsNoOwnCopy(t *testing.T) {
+	dest := &azureLike{refuseOnce: "1.2.3.2", warn: map[string]int{"1.2.3.1": dicomweb.WarningCoercion}, held: map[string]bool{}}
+	srv := httptest.NewServer(dest)
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
+		o.Failures = &memFailureLog{}
+		o.MaxInstances = 1
+		o.InstanceRetries = 0
+		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+	})
+	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err == nil {
+		t.Fatal("the first delivery succeeded; want it refused transiently")
+	}
+	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent(), Number: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rep.kept, "1.2.3.1") {
+		t.Errorf("kept %v: 1.2.3.1, stored changed by the first delivery, would be deleted from the source", rep.kept)
 	}
 }

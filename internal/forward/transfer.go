@@ -148,12 +148,23 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	stored := map[string]bool{}
 	earlier := sync.OnceValue(func() func(string) bool { return f.storedEarlier(ctx, ev) })
 	ours := func(uid string) bool { return stored[uid] || earlier()(uid) }
+	warned := map[string]dicomweb.Warning{}
 	defer func() {
-		if err != nil && len(stored) > 0 {
+		if err == nil {
+			return
+		}
+		// An instance the destination stored changed (B000, B006) is
+		// not held as sent: the next attempt must not take it for its
+		// own copy (buffer mode would delete it from the source).
+		for uid, w := range warned {
+			if changedByDestination(w) {
+				delete(stored, uid)
+			}
+		}
+		if len(stored) > 0 {
 			f.rememberStored(ctx, ev, stored)
 		}
 	}()
-	warned := map[string]dicomweb.Warning{}
 	var upsert []dicomweb.Part
 	for transientRounds := 0; ; {
 		var outs []batchOutcome
@@ -295,7 +306,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	if len(warned) > 0 {
 		changed := 0
 		for uid, w := range warned {
-			if w.WarningReason == dicomweb.WarningCoercion || w.WarningReason == dicomweb.WarningElementsDiscarded {
+			if changedByDestination(w) {
 				kept[uid] = true
 				changed++
 			}
@@ -553,4 +564,11 @@ func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome 
 		}
 	}
 	return out
+}
+
+// changedByDestination reports a warning that the destination stored the
+// instance changed: Coercion of Data Elements (B000), Elements Discarded
+// (B006).
+func changedByDestination(w dicomweb.Warning) bool {
+	return w.WarningReason == dicomweb.WarningCoercion || w.WarningReason == dicomweb.WarningElementsDiscarded
 }

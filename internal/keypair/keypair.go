@@ -34,6 +34,10 @@ type Reloader struct {
 	keyMod      time.Time
 	lastChecked time.Time
 	statFailed  bool // a file could not be stat'ed, already logged
+	// failedCert and failedKey are the files' times when a load last
+	// failed (logged once for them; retried at every interval, since a
+	// file rewritten in place within one clock tick keeps its time).
+	failedCert, failedKey time.Time
 }
 
 // New loads the pair now; an error names both files, never their
@@ -107,18 +111,18 @@ func (r *Reloader) reloadLocked() {
 	if certMod.Equal(r.certMod) && keyMod.Equal(r.keyMod) {
 		return
 	}
-	// Either way these files are done with: a pair that does not load is
-	// tried again once a file changes, not at every interval.
-	r.certMod, r.keyMod = certMod, keyMod
 	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
 	if err != nil {
 		// Possibly half-written (the certificate replaced, the key not
 		// yet), or broken.
-		r.log.Error("TLS certificate not reloaded; the previous one stays in use",
-			"cert_file", r.certFile, "key_file", r.keyFile, "err", err, "previous_not_after", leafNotAfter(r.cert))
+		if !certMod.Equal(r.failedCert) || !keyMod.Equal(r.failedKey) {
+			r.log.Error("TLS certificate not reloaded; the previous one stays in use",
+				"cert_file", r.certFile, "key_file", r.keyFile, "err", err, "previous_not_after", leafNotAfter(r.cert))
+		}
+		r.failedCert, r.failedKey = certMod, keyMod
 		return
 	}
-	r.cert = &cert
+	r.cert, r.certMod, r.keyMod = &cert, certMod, keyMod
 	r.log.Info("TLS certificate reloaded", "cert_file", r.certFile, "not_after", leafNotAfter(&cert))
 }
 

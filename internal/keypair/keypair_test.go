@@ -122,3 +122,42 @@ func TestNewErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryWithinOneTick: a renewal rewritten in place (truncated, then
+// written) can keep one modification time across both writes; a
+// handshake between them must not make the good pair wait for the next
+// change of the files.
+func TestRetryWithinOneTick(t *testing.T) {
+	ca := testpki.NewCA(t, "clients")
+	_, certFile, keyFile := ca.Issue(t, "first", false)
+	r, err := New(certFile, keyFile, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Now()
+	r.now = func() time.Time { return clock }
+	_, newCert, newKey := ca.Issue(t, "second", false)
+	tick := time.Now().Add(time.Hour)
+	write := func(dst string, data []byte) {
+		t.Helper()
+		if err := os.WriteFile(dst, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(dst, tick, tick); err != nil {
+			t.Fatal(err)
+		}
+	}
+	certPEM, _ := os.ReadFile(newCert)
+	keyPEM, _ := os.ReadFile(newKey)
+	write(certFile, certPEM)
+	write(keyFile, nil) // truncated, not written yet
+	clock = clock.Add(time.Second)
+	if c, _ := r.GetClientCertificate(nil); c.Leaf.Subject.CommonName != "first" {
+		t.Fatalf("half-written: %s, want first kept", c.Leaf.Subject.CommonName)
+	}
+	write(keyFile, keyPEM) // the same modification time
+	clock = clock.Add(time.Second)
+	if c, _ := r.GetClientCertificate(nil); c.Leaf.Subject.CommonName != "second" {
+		t.Fatalf("after the write: %s, want second", c.Leaf.Subject.CommonName)
+	}
+}
