@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -74,6 +75,11 @@ func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.
 		// be a gRPC port, and every export would fail.
 		return nil, nil, &usageError{fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: stowline exports traces over OTLP/HTTP: want http/protobuf (the default) or http/json, and the collector's OTLP/HTTP port (4318)", protocol)}
 	}
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"} {
+		if err := checkOTLPHeaders(name, os.Getenv(name)); err != nil {
+			return nil, nil, &usageError{err}
+		}
+	}
 	exp, err := otlptracehttp.New(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tracing: OTLP exporter: %w", err)
@@ -136,4 +142,30 @@ func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, d
 	}
 	span.SetAttributes(tracing.StreamSeq.Int64(int64(ack.Sequence)), tracing.Duplicate.Bool(ack.Duplicate))
 	return ack, nil
+}
+
+// checkOTLPHeaders checks an OTLP headers variable (key=value pairs,
+// comma-separated, values URL-encoded) as the SDK reads it. The SDK
+// prints a malformed value on stderr, credential included, and exports
+// without it; the error here names the pair by its place only, since its
+// key may hold part of the value ("Authorization: Bearer …" for
+// "Authorization=Bearer%20…").
+func checkOTLPHeaders(name, raw string) error {
+	for i, pair := range strings.Split(raw, ",") {
+		if strings.TrimSpace(pair) == "" {
+			continue
+		}
+		key, value, ok := strings.Cut(pair, "=")
+		key = strings.TrimSpace(key)
+		_, unescapeErr := url.PathUnescape(value)
+		switch {
+		case !ok:
+			return fmt.Errorf("%s: pair %d has no '=': want key=value pairs, comma-separated (e.g. Authorization=Bearer%%20<token>)", name, i+1)
+		case key == "" || strings.ContainsAny(key, " \t:\"(),/;<>?@[]{}"):
+			return fmt.Errorf("%s: pair %d: its key is not a header name", name, i+1)
+		case unescapeErr != nil:
+			return fmt.Errorf("%s: pair %d: its value is not URL-encoded (a %% not followed by two hex digits)", name, i+1)
+		}
+	}
+	return nil
 }

@@ -48,6 +48,21 @@ func TestStartTracing(t *testing.T) {
 	}
 
 	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+	// A malformed headers variable: the SDK would print it, credential
+	// included, and export without it.
+	for name, headers := range map[string]string{
+		"OTEL_EXPORTER_OTLP_HEADERS":        "Authorization: Bearer SUPERSECRETTOKEN",
+		"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-tenant=a,Authorization=Bearer SUPERSECRET%zz",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv(name, headers)
+			_, _, err := startTracing(context.Background(), "stowline-test", log)
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), name) || strings.Contains(err.Error(), "SUPERSECRET") {
+				t.Errorf("err %v, want a usage error naming %s and not the value", err, name)
+			}
+		})
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20token,x-tenant=a")
 	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
 	tp, stop, err = startTracing(context.Background(), "stowline-test", log)
 	if err != nil || tp == nil {

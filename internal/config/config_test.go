@@ -70,6 +70,10 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"same addr", map[string]string{"INGEST_ADDR": ":9000", "FORWARDER_ADDR": ":9000"}, "", "FORWARDER_ADDR"},
 		{"replicas embedded", map[string]string{"NATS_REPLICAS": "3"}, "", "NATS_REPLICAS"},
 		{"dedupe over retention", map[string]string{"EVENTS_DEDUPE_WINDOW": "200h"}, "", "EVENTS_DEDUPE_WINDOW"},
+		// url.Parse's own error would quote the password.
+		{"nats url with a bad port", map[string]string{"NATS_URL": "nats://alice:S3CRETPASS@nats:42x22"}, "", `NATS_URL="nats://…@nats:42x22"`},
+		{"nats url of another scheme", map[string]string{"NATS_URL": "nats://a:4222,http://b:4222"}, "", `NATS_URL="http://b:4222": want nats://`},
+		{"nats url without host", map[string]string{"NATS_URL": "nats://:4222"}, "", `NATS_URL="nats://:4222"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

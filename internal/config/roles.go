@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,9 @@ func (n *NATS) Validate() error {
 	var errs []error
 	if n.Embedded() && n.StoreDir == "" {
 		errs = append(errs, errors.New("NATS_STORE_DIR must not be empty when NATS_URL is empty (embedded JetStream)"))
+	}
+	if err := validateNATSURLs(n.URL); err != nil {
+		errs = append(errs, err)
 	}
 	if n.Replicas < 1 || n.Replicas > 5 {
 		errs = append(errs, fmt.Errorf("NATS_REPLICAS=%d: want 1 to 5", n.Replicas))
@@ -278,6 +282,32 @@ func validateHTTPURL(name, raw string) error {
 	}
 	if u.User != nil {
 		return fmt.Errorf("%s: credentials in the URL are not allowed; use the _USERNAME/_PASSWORD variables", name)
+	}
+	return nil
+}
+
+// validateNATSURLs checks NATS_URL as nats.go reads it (comma-separated,
+// nats:// when no scheme is given), so a typo is a configuration error
+// whose message quotes no password (url.Parse's error quotes the URL).
+func validateNATSURLs(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	for entry := range strings.SplitSeq(raw, ",") {
+		entry = strings.TrimSpace(entry)
+		full := entry
+		if !strings.Contains(full, "://") {
+			full = "nats://" + full
+		}
+		u, err := url.Parse(full)
+		if err != nil || u.Host == "" || u.Hostname() == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, u.Scheme) {
+			return fmt.Errorf("NATS_URL=%q: want nats://host:port (or tls://, ws://, wss://), comma-separated", withoutSecrets(entry))
+		}
+		if p := u.Port(); p != "" {
+			if _, err := strconv.ParseUint(p, 10, 16); err != nil {
+				return fmt.Errorf("NATS_URL=%q: port %q is not a port number", withoutSecrets(entry), p)
+			}
+		}
 	}
 	return nil
 }
