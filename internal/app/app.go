@@ -7,6 +7,7 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -116,6 +117,13 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 		err := web.Serve(ctx, srv, ln, HTTPShutdownGrace)
 		if stopped != nil && ctx.Err() != nil {
 			stopped() // a shutdown, not a server that failed
+		}
+		if errors.Is(err, web.ErrShutdownGraceExceeded) {
+			// A slow client at a stop: nothing accepted is lost (an
+			// event is answered only once JetStream has it), and the
+			// stop is no failure of the process.
+			log.Warn("shutdown: requests still running after the grace were cut off", "server", name, "grace", HTTPShutdownGrace.String())
+			return nil
 		}
 		return err
 	}))

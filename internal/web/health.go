@@ -139,8 +139,14 @@ func Listen(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
+// ErrShutdownGraceExceeded reports a graceful shutdown whose requests did
+// not all finish within the grace: they were cut off. A stop, not a
+// failure of the server: callers log it.
+var ErrShutdownGraceExceeded = errors.New("requests still running after the shutdown grace were cut off")
+
 // Serve serves on ln until ctx ends, then shuts down gracefully, giving
-// in-flight requests up to grace to finish.
+// in-flight requests up to grace to finish; those still running then are
+// cut off (ErrShutdownGraceExceeded).
 func Serve(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -152,6 +158,11 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Du
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			srv.Close()
+			<-errc
+			return fmt.Errorf("shut down http server on %s: %w", ln.Addr(), ErrShutdownGraceExceeded)
+		}
 		return fmt.Errorf("shut down http server on %s: %w", ln.Addr(), err)
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,5 +67,42 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	if _, _, raw := get("/metrics"); !strings.Contains(raw, "stowline_test_total") {
 		t.Errorf("/metrics does not expose the registry: %q", raw)
+	}
+}
+
+// TestServeCutsOffAfterGrace: a request still running after the
+// shutdown grace is cut off, and Serve says so with its own error (a
+// stop, which the caller does not take for a failed server).
+func TestServeCutsOffAfterGrace(t *testing.T) {
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, srv, ln, 100*time.Millisecond) }()
+	go func() {
+		if resp, err := http.Get("http://" + ln.Addr().String()); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrShutdownGraceExceeded) {
+			t.Errorf("Serve = %v, want ErrShutdownGraceExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after the grace")
 	}
 }
