@@ -34,39 +34,41 @@ type provisioningJS struct {
 // Stream and Consumer read what provisioning compares with: the same race
 // leaves them unanswered.
 func (p provisioningJS) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
-	return provision(ctx, p.log, "stream "+name, func(ctx context.Context) (jetstream.Stream, error) {
+	return provision(ctx, p.log, "stream "+name, true, func(ctx context.Context) (jetstream.Stream, error) {
 		return p.JetStream.Stream(ctx, name)
 	})
 }
 
 func (p provisioningJS) Consumer(ctx context.Context, stream, name string) (jetstream.Consumer, error) {
-	return provision(ctx, p.log, "consumer "+name, func(ctx context.Context) (jetstream.Consumer, error) {
+	return provision(ctx, p.log, "consumer "+name, true, func(ctx context.Context) (jetstream.Consumer, error) {
 		return p.JetStream.Consumer(ctx, stream, name)
 	})
 }
 
 func (p provisioningJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
-	return provision(ctx, p.log, "stream "+cfg.Name, func(ctx context.Context) (jetstream.Stream, error) {
+	return provision(ctx, p.log, "stream "+cfg.Name, false, func(ctx context.Context) (jetstream.Stream, error) {
 		return p.JetStream.CreateOrUpdateStream(ctx, cfg)
 	})
 }
 
 func (p provisioningJS) CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
-	return provision(ctx, p.log, "consumer "+cfg.Durable, func(ctx context.Context) (jetstream.Consumer, error) {
+	return provision(ctx, p.log, "consumer "+cfg.Durable, false, func(ctx context.Context) (jetstream.Consumer, error) {
 		return p.JetStream.CreateOrUpdateConsumer(ctx, stream, cfg)
 	})
 }
 
 func (p provisioningJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	return provision(ctx, p.log, "key-value bucket "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+	return provision(ctx, p.log, "key-value bucket "+cfg.Bucket, false, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return p.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
 	})
 }
 
 // provision calls fn until it answers or ctx ends; an attempt that times
 // out is retried after a short random pause (replicas that raced start
-// apart), with twice the time.
-func provision[T any](ctx context.Context, log *slog.Logger, what string, fn func(context.Context) (T, error)) (T, error) {
+// apart), with twice the time. A read's retries are logged at debug
+// level: readiness probes and metric scrapes read the stream all the
+// time, and while NATS is down each would warn of a create-or-update.
+func provision[T any](ctx context.Context, log *slog.Logger, what string, read bool, fn func(context.Context) (T, error)) (T, error) {
 	timeout := firstProvisionTimeout
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, timeout)
@@ -76,7 +78,11 @@ func provision[T any](ctx context.Context, log *slog.Logger, what string, fn fun
 		if err == nil || !timedOut || ctx.Err() != nil {
 			return v, err
 		}
-		log.Warn("JetStream did not answer a create-or-update request; retrying", "what", what, "attempt", attempt, "timeout", timeout.String())
+		if read {
+			log.Debug("JetStream did not answer a read; retrying", "what", what, "attempt", attempt, "timeout", timeout.String())
+		} else {
+			log.Warn("JetStream did not answer a create-or-update request; retrying", "what", what, "attempt", attempt, "timeout", timeout.String())
+		}
 		timeout *= 2
 		pause := time.NewTimer(time.Duration(rand.Int64N(int64(250 * time.Millisecond))))
 		select {
