@@ -234,3 +234,50 @@ func TestChangedCopyIsNoOwnCopy(t *testing.T) {
 		t.Errorf("kept %v: 1.2.3.1, stored changed by the first delivery, would be deleted from the source", rep.kept)
 	}
 }
+
+// TestFailedRequestLetsOthersFinish: a request of the study failing does
+// not cut off the others already sent: what they stored is confirmed, and
+// so remembered as stowline's own copies for the next delivery.
+func TestFailedRequestLetsOthersFinish(t *testing.T) {
+	slowStored := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		p, err := multipart.NewReader(r.Body, params["boundary"]).NextPart()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		b, _ := io.ReadAll(p)
+		uid := fmt.Sprintf("1.2.3.%d", int(b[0])+1)
+		if uid == "1.2.3.1" {
+			// Fails only once the other request is on its way.
+			time.Sleep(50 * time.Millisecond)
+			http.Error(w, "overloaded", http.StatusServiceUnavailable)
+			return
+		}
+		time.Sleep(300 * time.Millisecond)
+		close(slowStored)
+		w.Header().Set("Content-Type", "application/dicom+json")
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]}}]}}`, uid)
+	}))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	fl := &memFailureLog{}
+	f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
+		o.Failures = fl
+		o.MaxInstances = 1
+		o.RequestConcurrency, o.MinRequestConcurrency = 2, 2
+	})
+	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err == nil {
+		t.Fatal("transfer succeeded; want the 503 to fail it")
+	}
+	select {
+	case <-slowStored:
+	default:
+		t.Fatal("the other request was cut off before the destination answered it")
+	}
+	ours, _ := fl.Sent(t.Context(), testEvent())
+	if !ours("1.2.3.2") {
+		t.Error("the instance the other request stored is not remembered")
+	}
+}

@@ -336,15 +336,21 @@ func (f *Forwarder) requestSize(n int) int {
 // sendAll sends the batches, each when the destination's limiter (shared
 // by all studies) has room, and returns their outcomes in batch order. A
 // request refused with 429 is sent again, up to overloadResends times.
-// The first error stops the requests still running (their context is
-// cancelled) and is returned, with the outcomes of the requests answered
-// (the others' are zero). Each answered request is reported to the
-// observer. ours tells the instances the destination confirmed before
-// (sortAnswer).
+// The first error stops the batches not started yet and is returned, with
+// the outcomes of the requests answered (the others' are zero). Requests
+// already sent run to their answer: cut off, the instances the
+// destination stored of them would be unknown to stowline, and their
+// "already exists" a conflict on the next delivery. Each answered request
+// is reported to the observer. ours tells the instances the destination
+// confirmed before (sortAnswer).
 func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours func(string) bool) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
-	sendOne := func(ctx context.Context, permit *flow.Permit, batch []dicomweb.Part) (out batchOutcome, err error) {
+	// stopped ends when a batch failed (or ctx ended): no batch starts,
+	// and no 429 is sent again, after that.
+	stopped, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	sendOne := func(permit *flow.Permit, batch []dicomweb.Part) (out batchOutcome, err error) {
 		var sent int64 // bytes of the answered request, given back last
 		defer func() {
 			// A panic in a request goroutine would end the process; as a
@@ -377,31 +383,32 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			}
 			f.log.Debug("sending a STOW-RS request again that the destination refused for load", "orthanc_study_id", a.Event.OrthancStudyID,
 				"reason", string(reason), "retry_after", retryAfter.String(), "resend", resends+1)
-			sleep(ctx, resendDelay<<resends)
-			if permit, err = f.limit.Acquire(ctx); err != nil {
+			sleep(stopped, resendDelay<<resends)
+			if stopped.Err() != nil {
+				return out, err
+			}
+			if permit, err = f.limit.Acquire(stopped); err != nil {
 				return out, err
 			}
 		}
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var wg sync.WaitGroup
 	for i, batch := range batches {
-		permit, err := f.limit.Acquire(ctx)
+		permit, err := f.limit.Acquire(stopped)
 		if err != nil {
-			break // cancelled: the cause is returned below
+			break // stopped: the cause is returned below
 		}
 		wg.Go(func() {
-			out, err := sendOne(ctx, permit, batch)
+			out, err := sendOne(permit, batch)
 			if err != nil {
-				cancel(fmt.Errorf("STOW-RS request for batch %d of %d: %w", i+1, len(batches), err))
+				stop(fmt.Errorf("STOW-RS request for batch %d of %d: %w", i+1, len(batches), err))
 				return
 			}
 			outs[i] = out // each goroutine its own element; read after wg.Wait
 		})
 	}
 	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
+	if err := context.Cause(stopped); err != nil {
 		return outs, err
 	}
 	return outs, nil
