@@ -316,7 +316,10 @@ func TestProfileActions(t *testing.T) {
 		}
 	}
 	k, _ := NewKeyer(testKey, "")
-	for _, o := range []Options{{Keep: []Tag{tagStudyInstanceUID}}, {Keep: []Tag{tagPatientID}}, {Remove: []Tag{tagSOPInstanceUID}}, {Remove: []Tag{tagPixelData}}} {
+	for _, o := range []Options{{Keep: []Tag{tagStudyInstanceUID}}, {Keep: []Tag{tagPatientID}}, {Remove: []Tag{tagSOPInstanceUID}}, {Remove: []Tag{tagPixelData}},
+		// UIDs the table does not list are mapped too, so cannot be
+		// kept either: (0028,0304) and (0008,1167).
+		{Keep: []Tag{0x00280304}}, {Keep: []Tag{0x00081167}}} {
 		if _, err := New(k, o); !errors.Is(err, ErrBadOptions) {
 			t.Errorf("%+v: %v, want ErrBadOptions", o, err)
 		}
@@ -339,6 +342,28 @@ func TestRewriteRefusesBurnedInAnnotation(t *testing.T) {
 		}
 		if _, err := newTestDeidentifier(t, Options{IncludeBurnedIn: true}).Rewrite(io.Discard, bytes.NewReader(in)); err != nil {
 			t.Errorf("%s with IncludeBurnedIn: %v", v, err)
+		}
+	}
+}
+
+// TestShiftDatesKeepsNoText: with retain-dates, what follows a date must
+// be a DT's time and offset; anything else (another date, text) empties
+// the value instead of being kept as it was.
+func TestShiftDatesKeepsNoText(t *testing.T) {
+	for in, want := range map[string]string{
+		"20200110":                   "20200105",
+		"20200110120000.123456+0100": "20200105120000.123456+0100",
+		"20200110\\20200111":         "20200105\\20200106",
+		"20200110 19700314":          "",
+		"20200110120000-19700314":    "",
+		"20200110DOE":                "",
+	} {
+		got, ok := shiftDates(in, 5)
+		if !ok {
+			got = ""
+		}
+		if got != want {
+			t.Errorf("shiftDates(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

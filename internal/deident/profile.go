@@ -241,6 +241,10 @@ func newProfile(o Options) (*profile, error) {
 		case actUID, actPatientID, actPatientName:
 			return nil, fmt.Errorf("%w: %s cannot be kept: it is replaced by a keyed pseudonym", ErrBadOptions, t)
 		}
+		if dictionaryVR(t, "") == "UI" && !classUIDs[t] {
+			// Every instance UID is mapped (actUID, actOtherUID).
+			return nil, fmt.Errorf("%w: %s cannot be kept: it is a UID, replaced by a keyed pseudonym", ErrBadOptions, t)
+		}
 		if t.Element() == 0 || t.Group() == 0x0002 || t.Group() == 0xFFFE {
 			return nil, fmt.Errorf("%w: %s is not a data set attribute that can be kept", ErrBadOptions, t)
 		}

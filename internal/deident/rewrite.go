@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -390,12 +391,9 @@ func (rw *rewrite) kept(t Tag, vr string) bool { return rw.d.p.action(t, vr) == 
 
 func (rw *rewrite) writeFileMeta() error {
 	sopClass := rw.sopClass
+	// File Meta Information Version: always 00 01 (PS3.10 7.1), not
+	// copied (any length) from the input.
 	version := []byte{0, 1}
-	for _, m := range rw.meta {
-		if m.tag == 0x00020001 {
-			version = m.value
-		}
-	}
 	meta := []*element{
 		{tag: 0x00020001, vr: "OB", value: version},
 		{tag: 0x00020002, vr: "UI", value: pad(sopClass, "UI")},
@@ -552,7 +550,9 @@ func (rw *rewrite) stream(tag Tag, vr string, n uint32) error {
 	if err := rw.writeAdds(tag); err != nil {
 		return err
 	}
-	a := rw.d.p.action(tag, vr)
+	// As run and the element path decide: in implicit VR or UN, by the
+	// dictionary's VR (a UID must be mapped, not copied).
+	a := rw.d.p.action(tag, dictionaryVR(tag, vr))
 	if n != undefinedLength {
 		switch a {
 		case actKeep:
@@ -697,6 +697,10 @@ func pad(s, vr string) []byte {
 // shiftDates moves every DA or DT value back by days. A value that is
 // not a full date (YYYYMMDD first) cannot be moved and is dropped
 // (ok false): the element is then emptied.
+// dateTimeRest is what may follow a DA or DT's date: a DT's time of day,
+// its fraction and its UTC offset (PS3.5 Table 6.2-1).
+var dateTimeRest = regexp.MustCompile(`^([0-9]{2}){0,3}(\.[0-9]{1,6})?([+-][0-9]{4})?$`)
+
 func shiftDates(v string, days int) (string, bool) {
 	if v == "" {
 		return "", true
@@ -708,7 +712,9 @@ func shiftDates(v string, days int) (string, bool) {
 			return "", false
 		}
 		d, err := time.Parse("20060102", s[:8])
-		if err != nil {
+		if err != nil || !dateTimeRest.MatchString(s[8:]) {
+			// What follows the date is kept as it is: it must be a DT's
+			// time and offset, not text (another date, a name).
 			return "", false
 		}
 		vals[i] = d.AddDate(0, 0, -days).Format("20060102") + s[8:]
