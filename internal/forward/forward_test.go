@@ -74,21 +74,29 @@ type sink struct {
 	uids     []string
 }
 
+// partUIDs reads a STOW-RS request's parts, as memSource made them: the
+// first byte of instance i is i-1, its SOP Instance UID 1.2.3.i.
+func partUIDs(r *http.Request) []string {
+	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	mr := multipart.NewReader(r.Body, params["boundary"])
+	var uids []string
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			return uids
+		}
+		b, _ := io.ReadAll(p)
+		if len(b) > 0 {
+			uids = append(uids, fmt.Sprintf("1.2.3.%d", int(b[0])+1))
+		}
+	}
+}
+
 func (k *sink) handler(uids []string) http.Handler {
 	k.uids = uids
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		k.requests.Add(1)
-		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-		mr := multipart.NewReader(r.Body, params["boundary"])
-		var seen []string
-		for {
-			p, err := mr.NextPart()
-			if err != nil {
-				break
-			}
-			b, _ := io.ReadAll(p)
-			seen = append(seen, fmt.Sprintf("1.2.3.%d", int(b[0])+1))
-		}
+		seen := partUIDs(r)
 		if st := k.status.Load(); st != 0 {
 			if st == http.StatusServiceUnavailable {
 				w.Header().Set("Retry-After", "7")

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"mime"
-	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -37,17 +34,7 @@ type azureLike struct {
 }
 
 func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	mr := multipart.NewReader(r.Body, params["boundary"])
-	var uids []string
-	for {
-		p, err := mr.NextPart()
-		if err != nil {
-			break
-		}
-		b, _ := io.ReadAll(p)
-		uids = append(uids, fmt.Sprintf("1.2.3.%d", int(b[0])+1)) // memSource's content
-	}
+	uids := partUIDs(r)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var stored, failed []string
@@ -241,14 +228,12 @@ func TestChangedCopyIsNoOwnCopy(t *testing.T) {
 func TestFailedRequestLetsOthersFinish(t *testing.T) {
 	slowStored := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-		p, err := multipart.NewReader(r.Body, params["boundary"]).NextPart()
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+		uids := partUIDs(r)
+		if len(uids) != 1 {
+			http.Error(w, "want one instance a request", http.StatusBadRequest)
 			return
 		}
-		b, _ := io.ReadAll(p)
-		uid := fmt.Sprintf("1.2.3.%d", int(b[0])+1)
+		uid := uids[0]
 		if uid == "1.2.3.1" {
 			// Fails only once the other request is on its way.
 			time.Sleep(50 * time.Millisecond)

@@ -513,14 +513,14 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			}
 			continue
 		}
-		if f.opts.Conflicts.isConflict(reason, res.StatusCode) && ours(p.SOPInstanceUID) {
-			confirmed++
-			rep.AlreadyStored++
-			f.m.alreadyStored.Inc()
-			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
-			continue
-		}
 		if f.opts.Conflicts.isConflict(reason, res.StatusCode) {
+			if ours(p.SOPInstanceUID) {
+				confirmed++
+				rep.AlreadyStored++
+				f.m.alreadyStored.Inc()
+				out.confirmed = append(out.confirmed, p.SOPInstanceUID)
+				continue
+			}
 			if f.opts.Conflicts.Action == "" || f.opts.Conflicts.Action == ConflictSkip {
 				confirmed++
 				rep.AlreadyStored++
