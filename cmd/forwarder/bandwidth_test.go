@@ -50,3 +50,35 @@ func TestBandwidthCapSharedByReplicas(t *testing.T) {
 		t.Errorf("rate %.0f B/s, want within 10%% of %d", rate, limit)
 	}
 }
+
+// A replica shutting down goes on counting the others while it finishes
+// its studies: when a new replica starts during its drain (a rolling
+// update), the draining one lowers its share too, so the two stay within
+// the cap instead of 1.5 times it.
+func TestBandwidthShareCountsReplicasWhileDraining(t *testing.T) {
+	r := newRig(t)
+	// 3 × 512 KiB at 100 KB/s: about 16 s of sending, the old replica's
+	// share halved after about 6 s, within its 30 s shutdown grace.
+	env := r.env(map[string]string{"STOW_MAX_BYTES_PER_SECOND": "100KB"})
+	old := testharness.StartProgram(t, "forwarder-old", run, env)
+	testharness.WaitHTTP(t, "http://"+r.forwarderAddr+"/healthz", 30*time.Second)
+	r.publish(t, r.addStudy(t, 3, 512))
+	testharness.WaitFor(t, "the old replica to send", 30*time.Second, func() bool { return r.proxy.STOWRequests() > 0 })
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- old.Stop() }()
+	testharness.WaitFor(t, "the old replica to start its shutdown", 10*time.Second, func() bool {
+		return testharness.HasLogLine(old.Logs.String(), `"msg":"shutdown: no more studies are pulled`)
+	})
+	addr := testharness.FreeAddr(t)
+	env["FORWARDER_ADDR"] = addr
+	testharness.StartProgram(t, "forwarder-new", run, env)
+	testharness.WaitHTTP(t, "http://"+addr+"/healthz", 30*time.Second)
+
+	testharness.WaitFor(t, "the draining replica to take half the cap", 20*time.Second, func() bool {
+		return testharness.HasLogLine(old.Logs.String(), `"msg":"bandwidth share changed"`, `"replicas":2`, `"bytes_per_second":50000`)
+	})
+	if err := <-stopped; err != nil {
+		t.Fatalf("old replica: %v", err)
+	}
+}

@@ -52,7 +52,7 @@ func TestListenerTLSReload(t *testing.T) {
 		}
 		return resp.TLS.PeerCertificates[0].SerialNumber.String(), true
 	}
-	waitFor(t, "ingest healthy over HTTPS", 30*time.Second, func() bool { _, ok := served(); return ok })
+	testharness.WaitFor(t, "ingest healthy over HTTPS", 30*time.Second, func() bool { _, ok := served(); return ok })
 	if s, _ := served(); s != first.Leaf.SerialNumber.String() {
 		t.Fatalf("serial %s served, want the first certificate's %s", s, first.Leaf.SerialNumber)
 	}
@@ -67,7 +67,7 @@ func TestListenerTLSReload(t *testing.T) {
 	// A broken pair (a key that is not the certificate's) keeps the first.
 	_, _, otherKey := ca.Issue(t, "other", true)
 	replace(t, keyFile, otherKey)
-	waitFor(t, "reload error logged", 15*time.Second, func() bool {
+	testharness.WaitFor(t, "reload error logged", 15*time.Second, func() bool {
 		served()
 		return strings.Contains(logs.String(), "TLS certificate not reloaded")
 	})
@@ -80,7 +80,7 @@ func TestListenerTLSReload(t *testing.T) {
 	replace(t, certFile, newCert)
 	replace(t, keyFile, newKey)
 	want := second.Leaf.SerialNumber.String()
-	waitFor(t, "the renewed certificate served", 15*time.Second, func() bool { s, _ := served(); return s == want })
+	testharness.WaitFor(t, "the renewed certificate served", 15*time.Second, func() bool { s, _ := served(); return s == want })
 }
 
 // replace overwrites dst with src's content (as a renewal would) and

@@ -41,7 +41,7 @@ func TestOutageSpendsNoDelivery(t *testing.T) {
 		all = append(all, st.uids...)
 	}
 	send(t, s.sources["main"], files...)
-	waitUntil(t, 30*time.Second, "the circuit breaker opens", func() bool {
+	testharness.WaitFor(t, "the circuit breaker opens", 30*time.Second, func() bool {
 		return metric(`stowline_forwarder_breaker_state{destination="default"}`) == 2
 	})
 	opened := time.Now()

@@ -73,7 +73,7 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 	waitSourceHolds(t, src, both, aiOnly, report, nobody)
 	// ai tries again and fails twice more; nothing else leaves meanwhile.
 	refused := ai.proxy.Refused()
-	waitUntil(t, 30*time.Second, "ai is refused twice more", func() bool { return ai.proxy.Refused() >= refused+2 })
+	testharness.WaitFor(t, "ai is refused twice more", 30*time.Second, func() bool { return ai.proxy.Refused() >= refused+2 })
 	checkSourceHolds(t, src, both, aiOnly, report, nobody)
 	if got := ai.uids(t); len(got) != len(early) {
 		t.Fatalf("ai holds %d instances during its outage, want the first study's %d", len(got), len(early))

@@ -42,7 +42,7 @@ func TestGoogleConflictDeadLetteredAtOnce(t *testing.T) {
 	before := archive.proxy.STOWRequests()
 	archive.proxy.FailNextWithStatus(1, dicomweb.FailureProcessing, http.StatusConflict)
 	send(t, src, st.files[1])
-	waitUntil(t, time.Minute, "the study is dead-lettered", func() bool { return len(letters(t, store, "archive")) == 1 })
+	testharness.WaitFor(t, "the study is dead-lettered", time.Minute, func() bool { return len(letters(t, store, "archive")) == 1 })
 	s.waitIdle(t, 30*time.Second, "archive")
 	l := letters(t, store, "archive")[0]
 	if l.Class != forward.Conflict || !strings.Contains(l.Reason, "DESTINATION_ARCHIVE_STOW_ON_CONFLICT=deadletter") ||

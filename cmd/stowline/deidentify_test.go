@@ -251,7 +251,7 @@ func testDeidentifiedDestination(t *testing.T, rel testharness.Release) {
 	if !strings.Contains(out, "studies queued for research") {
 		t.Fatalf("backfill: %s", out)
 	}
-	waitUntil(t, time.Minute, "the resend's STOW-RS requests", func() bool { return research.proxy.STOWRequests() > requests })
+	testharness.WaitFor(t, "the resend's STOW-RS requests", time.Minute, func() bool { return research.proxy.STOWRequests() > requests })
 	s.waitIdle(t, time.Minute, "research")
 	var again []string
 	research.orthanc.GetJSON(t, "/instances", &again)

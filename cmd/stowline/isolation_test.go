@@ -88,7 +88,7 @@ func TestDestinationOutageDelaysNoOther(t *testing.T) {
 					}
 				}
 			}
-			waitUntil(t, 10*time.Second, "ai's forwarders meet the outage", func() bool { return o.felt(ai) })
+			testharness.WaitFor(t, "ai's forwarders meet the outage", 10*time.Second, func() bool { return o.felt(ai) })
 			// The queue metrics tell which destination is behind.
 			ingest := "http://" + s.ingestAddr + "/metrics"
 			queued := func(d string) float64 {
@@ -96,7 +96,7 @@ func TestDestinationOutageDelaysNoOther(t *testing.T) {
 				a, _ := testharness.Metric(t, ingest, `stowline_queue_ack_pending_events{destination="`+d+`"}`)
 				return p + a
 			}
-			waitUntil(t, 10*time.Second, "the queue metrics show ai's studies queued and none of the archive's", func() bool {
+			testharness.WaitFor(t, "the queue metrics show ai's studies queued and none of the archive's", 10*time.Second, func() bool {
 				return queued("ai") == float64(len(during)) && queued("archive") == 0
 			})
 

@@ -65,12 +65,12 @@ func TestStatOvertakesBackfill(t *testing.T) {
 	if !strings.Contains(out, "5 studies queued for default") {
 		t.Fatalf("backfill:\n%s", out)
 	}
-	waitUntil(t, 30*time.Second, "the backfill to be sending", inFlight("low"))
+	testharness.WaitFor(t, "the backfill to be sending", 30*time.Second, inFlight("low"))
 
 	routine := large()
 	send(t, src, routine...)
 	routineUIDs := sopUIDs(t, routine...)
-	waitUntil(t, 30*time.Second, "the routine study to be sending beside the backfill", inFlight("routine"))
+	testharness.WaitFor(t, "the routine study to be sending beside the backfill", 30*time.Second, inFlight("routine"))
 
 	stat := generateSeries(t, "", dicomgen.SeriesSpec{Modality: "MR", Instances: 2})
 	send(t, src, stat...)

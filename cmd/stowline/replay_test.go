@@ -38,7 +38,7 @@ func TestReplayGoesToItsDestinationOnly(t *testing.T) {
 		st := newStudies(t, 1, 3)[0]
 		send(t, src, st.files...)
 		good.waitHolds(t, st.uids, time.Minute)
-		waitUntil(t, time.Minute, "the study is dead-lettered at "+bad.name, func() bool {
+		testharness.WaitFor(t, "the study is dead-lettered at "+bad.name, time.Minute, func() bool {
 			return len(letters(t, store, bad.name)) == 1
 		})
 		s.waitIdle(t, 30*time.Second, "archive", "ai")

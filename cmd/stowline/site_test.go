@@ -275,18 +275,6 @@ func (s *site) command(t *testing.T, cmd func(ctx context.Context, args []string
 	return stdout.String()
 }
 
-// waitUntil waits until cond holds; what says what is awaited.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s, still waiting until %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // waitLog waits for a log line that holds all of parts.
 func waitLog(t *testing.T, logs *testharness.LogBuffer, parts ...string) {
 	t.Helper()

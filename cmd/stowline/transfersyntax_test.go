@@ -325,7 +325,7 @@ func gateSTOW(upstream string, r *http.Request) (int, []byte, error) {
 func (s *site) waitDone(t *testing.T, timeout time.Duration, destinations ...string) {
 	t.Helper()
 	fwd := "http://" + s.fwdAddr + "/metrics"
-	waitUntil(t, timeout, "every study forwarded or dead-lettered", func() bool {
+	testharness.WaitFor(t, "every study forwarded or dead-lettered", timeout, func() bool {
 		n := float64(len(s.stableStudies(t)))
 		for _, d := range destinations {
 			done := metricValue(t, fwd, `stowline_forwarder_studies_total{destination="`+d+`",result="forwarded"}`) +

@@ -160,7 +160,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 
 	if len(r.limiters) > 0 {
 		g.Go(named("bandwidth share", func() error {
-			shareBandwidth(ctx, p, tracker.ID(), r.limiters, log)
+			shareBandwidth(drained, p, tracker.ID(), r.limiters, log)
 			return nil
 		}))
 	}
@@ -185,7 +185,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		}))
 	}
 	g.Go(named("request limit share", func() error {
-		return shareRequestLimits(ctx, p.status, byName, status.ShareInterval, log)
+		return shareRequestLimits(drained, p.status, byName, status.ShareInterval, log)
 	}))
 	return nil
 }

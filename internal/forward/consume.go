@@ -26,6 +26,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	stopGrace := context.AfterFunc(ctx, func() {
+		f.log.Info("shutdown: no more studies are pulled; those in progress have the grace to finish, the rest go back to the queue",
+			"grace", f.opts.ShutdownGrace.String())
 		time.AfterFunc(f.opts.ShutdownGrace, cancelWork)
 	})
 	defer stopGrace()

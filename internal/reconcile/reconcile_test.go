@@ -127,17 +127,6 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[stri
 	return -1
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 type stored struct {
 	events.StudyStable
 	MsgID string
@@ -212,13 +201,13 @@ func testPublishesTheLuaScriptsEvent(t *testing.T, rel testharness.Release) {
 	r.client2 = spy
 	_, reg, _ := r.start(t, "")
 	const source = "Recon-A"
-	waitFor(t, "the lease", 10*time.Second, func() bool {
+	testharness.WaitFor(t, "the lease", 10*time.Second, func() bool {
 		return metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": source}) == 1
 	})
 
 	upload(t, r.orthanc, writeStudy(t, 3))
 	upload(t, r.orthanc, []string{testharness.SamplesDir(t) + "/ct-explicit-le.dcm"})
-	waitFor(t, "two events", 20*time.Second, func() bool { return len(streamEvents(t, r.nats.JS)) == 2 })
+	testharness.WaitFor(t, "two events", 20*time.Second, func() bool { return len(streamEvents(t, r.nats.JS)) == 2 })
 
 	var studies []string
 	r.orthanc.GetJSON(t, "/studies", &studies)
@@ -294,7 +283,7 @@ func testDeletedStudyIsSkipped(t *testing.T, rel testharness.Release) {
 	r.client2 = deletingOrthanc{Client: r.client, url: r.orthanc.URL}
 	_, reg, _ := r.start(t, "b")
 	upload(t, r.orthanc, writeStudy(t, 2))
-	waitFor(t, "the study to be deleted", 20*time.Second, func() bool {
+	testharness.WaitFor(t, "the study to be deleted", 20*time.Second, func() bool {
 		return metric(t, reg, "stowline_reconcile_studies_skipped_total", map[string]string{"source": "b", "reason": "deleted"}) == 1
 	})
 	e, err := r.kv.Get(context.Background(), "cursor.b")
@@ -326,17 +315,17 @@ func testUnreachableOrthancIsNotReady(t *testing.T, rel testharness.Release) {
 	if check == nil {
 		t.Fatalf("checks = %v, want reconcile_c", rec.Checks())
 	}
-	waitFor(t, "the lease", 10*time.Second, func() bool {
+	testharness.WaitFor(t, "the lease", 10*time.Second, func() bool {
 		return metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": "c"}) == 1
 	})
-	waitFor(t, "ready", 5*time.Second, func() bool { return check(context.Background()) == nil })
+	testharness.WaitFor(t, "ready", 5*time.Second, func() bool { return check(context.Background()) == nil })
 
 	r.orthanc.Stop(t)
-	waitFor(t, "not ready", 10*time.Second, func() bool { return check(context.Background()) != nil })
+	testharness.WaitFor(t, "not ready", 10*time.Second, func() bool { return check(context.Background()) != nil })
 	t.Logf("check while Orthanc is down: %v", check(context.Background()))
 	r.orthanc.Start(t)
 	upload(t, r.orthanc, writeStudy(t, 1))
-	waitFor(t, "ready again and the study published", 20*time.Second, func() bool {
+	testharness.WaitFor(t, "ready again and the study published", 20*time.Second, func() bool {
 		return check(context.Background()) == nil && len(streamEvents(t, r.nats.JS)) == 1
 	})
 	if got := metric(t, reg, "stowline_reconcile_poll_errors_total", map[string]string{"source": "c"}); got < 1 {

@@ -23,7 +23,7 @@ func TestPublishStartsATrace(t *testing.T) {
 	r := newRig(t, testharness.Release{}, "recon-trace")
 	_, _, stop := r.start(t, "traced", func(o *reconcile.Options) { o.TracerProvider = tp })
 	upload(t, r.orthanc, writeStudy(t, 2))
-	waitFor(t, "the study's event", 30*time.Second, func() bool { return len(streamEvents(t, r.nats.JS)) == 1 })
+	testharness.WaitFor(t, "the study's event", 30*time.Second, func() bool { return len(streamEvents(t, r.nats.JS)) == 1 })
 	stop()
 
 	var span sdktrace.ReadOnlySpan
