@@ -95,13 +95,16 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		Destinations: dests,
 		Some:         *only != "",
 		Publish: func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
-			return publishTraced(ctx, tp, "audit enqueue", "audit", destination, ev, func(ctx context.Context) (*jetstream.PubAck, error) {
-				if destination == "" {
+			if destination == "" {
+				return publishTraced(ctx, tp, "audit enqueue", "audit", "", ev, ev.MsgID(), func(ctx context.Context) (*jetstream.PubAck, error) {
 					return natsjs.Publisher{JS: js.JS}.Publish(ctx, ev)
-				}
-				// A dedupe ID of its own: the destination's copy is not
-				// the event every destination took.
-				return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(destination, ev.Source), ev, ev.MsgID()+"/audit/"+destination)
+				})
+			}
+			// A dedupe ID of its own: the destination's copy is not the
+			// event every destination took.
+			msgID := ev.MsgID() + "/audit/" + destination
+			return publishTraced(ctx, tp, "audit enqueue", "audit", destination, ev, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
+				return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(destination, ev.Source), ev, msgID)
 			})
 		},
 		Logger: log.With("component", "audit"),

@@ -91,7 +91,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, expected)
 		},
 		Publish: func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
-			return publishTraced(ctx, tp, "audit enqueue", "audit", dest.Name, ev, func(ctx context.Context) (*jetstream.PubAck, error) {
+			return publishTraced(ctx, tp, "audit enqueue", "audit", dest.Name, ev, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
 				return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(dest.Name, ev.Source), ev, msgID)
 			})
 		},

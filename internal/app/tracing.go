@@ -119,8 +119,9 @@ func serviceName(res *resource.Resource, fallback string) string {
 // publishTraced runs publish, which stores ev, in a span that starts a
 // trace of its own (the forwarders continue it from the message's
 // traceparent), as the ingest does for a webhook event. destination is ""
-// for an event every destination takes. Without tp it only publishes.
-func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, destination string, ev *events.StudyStable,
+// for an event every destination takes; msgID is the dedupe ID publish
+// gives it. Without tp it only publishes.
+func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, destination string, ev *events.StudyStable, msgID string,
 	publish func(context.Context) (*jetstream.PubAck, error)) (*jetstream.PubAck, error) {
 	if tp == nil {
 		return publish(ctx)
@@ -130,7 +131,7 @@ func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, d
 	defer span.End()
 	if span.IsRecording() {
 		span.SetAttributes(tracing.Event(ev)...)
-		span.SetAttributes(tracing.Origin.String(origin))
+		span.SetAttributes(tracing.Origin.String(origin), tracing.MessageID.String(msgID))
 		if destination != "" {
 			span.SetAttributes(tracing.Destination.String(destination))
 		}

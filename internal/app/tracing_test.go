@@ -7,6 +7,14 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 func TestTracingEnabled(t *testing.T) {
@@ -94,5 +102,34 @@ func TestTracingVarsAreDocumented(t *testing.T) {
 	}
 	if !strings.Contains(string(readme), "(docs/tracing.md)") {
 		t.Error("README.md does not link docs/tracing.md")
+	}
+}
+
+// An audit's publish span names the dedupe ID it published with, as the
+// webhook's and the reconciler's do: the audit's own IDs
+// (…/audit/<destination>) are what tells its copies apart.
+func TestPublishTracedNamesTheMessageID(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "src",
+		OrthancStudyID: "6b9e19d9-62094390-5f9ddb01-4a191ae7-9766b715", StudyInstanceUID: "1.2.3", LastUpdate: "20261204T055500"}
+	msgID := ev.MsgID() + "/audit/ai"
+	if _, err := publishTraced(context.Background(), tp, "audit enqueue", "audit", "ai", ev, msgID, func(context.Context) (*jetstream.PubAck, error) {
+		return &jetstream.PubAck{Stream: "STOWLINE_EVENTS", Sequence: 7}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans ended, want 1", len(spans))
+	}
+	attrs := map[attribute.Key]string{}
+	for _, a := range spans[0].Attributes() {
+		attrs[a.Key] = a.Value.Emit()
+	}
+	for k, want := range map[attribute.Key]string{tracing.MessageID: msgID, tracing.Origin: "audit", tracing.Destination: "ai", tracing.StreamSeq: "7"} {
+		if attrs[k] != want {
+			t.Errorf("%s = %q, want %q", k, attrs[k], want)
+		}
 	}
 }
