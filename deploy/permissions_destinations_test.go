@@ -25,9 +25,10 @@ import (
 	"github.com/stowline/stowline/internal/testharness"
 )
 
-// subjects is the publish and subscribe allow lists of a permissions block.
+// subjects is the publish and subscribe allow (and deny) lists of a
+// permissions block.
 type subjects struct {
-	Publish, Subscribe struct{ Allow []string }
+	Publish, Subscribe struct{ Allow, Deny []string }
 }
 
 // docBlock reads the ```json block after the line "<!-- marker -->" of
@@ -56,16 +57,24 @@ func (s subjects) named(name string) subjects {
 	for _, v := range s.Subscribe.Allow {
 		out.Subscribe.Allow = append(out.Subscribe.Allow, strings.ReplaceAll(v, "<name>", name))
 	}
+	for _, v := range s.Publish.Deny {
+		out.Publish.Deny = append(out.Publish.Deny, strings.ReplaceAll(v, "<name>", name))
+	}
+	for _, v := range s.Subscribe.Deny {
+		out.Subscribe.Deny = append(out.Subscribe.Deny, strings.ReplaceAll(v, "<name>", name))
+	}
 	return out
 }
 
 func (s subjects) plus(o subjects) subjects {
 	s.Publish.Allow = append(slices.Clone(s.Publish.Allow), o.Publish.Allow...)
 	s.Subscribe.Allow = append(slices.Clone(s.Subscribe.Allow), o.Subscribe.Allow...)
+	s.Publish.Deny = append(slices.Clone(s.Publish.Deny), o.Publish.Deny...)
+	s.Subscribe.Deny = append(slices.Clone(s.Subscribe.Deny), o.Subscribe.Deny...)
 	return s
 }
 
-// without drops the subjects drop matches.
+// without drops the allowed subjects drop matches (a deny stays).
 func (s subjects) without(drop *regexp.Regexp) subjects {
 	keep := func(v []string) []string {
 		return slices.DeleteFunc(slices.Clone(v), drop.MatchString)
@@ -76,8 +85,8 @@ func (s subjects) without(drop *regexp.Regexp) subjects {
 
 func (s subjects) permissions() *server.Permissions {
 	return &server.Permissions{
-		Publish:   &server.SubjectPermission{Allow: s.Publish.Allow},
-		Subscribe: &server.SubjectPermission{Allow: s.Subscribe.Allow},
+		Publish:   &server.SubjectPermission{Allow: s.Publish.Allow, Deny: s.Publish.Deny},
+		Subscribe: &server.SubjectPermission{Allow: s.Subscribe.Allow, Deny: s.Subscribe.Deny},
 	}
 }
 

@@ -201,6 +201,9 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	// The admin API's writes under the same permissions: a study refused
 	// for good (415) becomes a dead letter; replaying it after the fix
 	// stores it; a second one is purged.
+	// A request the server refuses a JetStream call for waits out its
+	// context: the client's time limit turns that into a failure.
+	adminClient := &http.Client{Timeout: 20 * time.Second}
 	admin := func(method, path, body string) (int, map[string]any) {
 		t.Helper()
 		req, _ := http.NewRequest(method, "http://"+r.forwarderAddr+"/admin"+path, strings.NewReader(body))
@@ -208,7 +211,7 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 		if body != "" {
 			req.Header.Set("Content-Type", "application/json")
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := adminClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,6 +238,20 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	postStable(r.addStudy(t, 2, 32))
 	waitDeadLetter()
 	r.proxy.SetStatus(0, "")
+	// Reads with an ordered consumer: the ingest's status page shows the
+	// dead letter; a since later than every letter ends on the consumer's
+	// info (nothing delivered); a re-forward (dry run) reads the event
+	// stream, whose ordered consumer has a random name.
+	if code := get("http://"+ingestAddr+"/ui/", func(r *http.Request) { r.SetBasicAuth("op", adminToken) }); code != http.StatusOK {
+		t.Errorf("ingest status page with a dead letter answered %d, want 200", code)
+	}
+	later := url.QueryEscape(time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	if code, out := admin(http.MethodGet, "/deadletters?since="+later, ""); code != http.StatusOK || out["entries"] == nil || len(out["entries"].([]any)) != 0 {
+		t.Fatalf("admin list with a later since under the forwarder's permissions: %d %v, want no entries", code, out)
+	}
+	if code, out := admin(http.MethodPost, "/reforward", `{"since":"1h","dryRun":true}`); code != http.StatusOK || out["count"] == nil || out["count"].(float64) < 2 {
+		t.Fatalf("admin reforward (dry run) under the forwarder's permissions: %d %v, want the 2 studies' events", code, out)
+	}
 	if code, out := admin(http.MethodPost, "/deadletters/replay", `{"all":true}`); code != http.StatusOK || out["count"] != 1.0 {
 		t.Fatalf("admin replay under the forwarder's permissions: %d %v", code, out)
 	}
