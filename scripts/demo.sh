@@ -4,7 +4,9 @@
 # (DICOMweb) behind an OAuth2 token gate, and stowline in single-host mode
 # between them. It sends sample studies, reports each one stable, queued,
 # forwarded and verified on the archive, then keeps everything running
-# until Ctrl-C, which stops it all and removes its data directory.
+# until Ctrl-C (or SIGTERM), which stops it all and removes its data
+# directory. The demo binary is built to ~/.cache/stowline/demo
+# ($XDG_CACHE_HOME/stowline/demo) and kept there for the next run.
 # Flags go to the demo (-h lists them; -exit stops after verification).
 # On a fresh Debian/Ubuntu machine it installs what is missing first.
 set -euo pipefail
@@ -28,4 +30,12 @@ fi
 # go.mod's toolchain line names the Go release stowline is built with;
 # "auto" lets an older local go fetch it (see scripts/test.sh).
 export GOTOOLCHAIN=auto
-exec go run ./cmd/demo "$@"
+# Build, then exec the binary itself, not "go run": go run does not pass
+# SIGTERM on (a timeout, systemd, a CI job cancelled), so the demo would
+# be orphaned with its Orthanc servers and data directory. The binary goes
+# to one fixed path in the user's cache, overwritten at each run: exec
+# replaces this shell, so nothing would remove a temporary one.
+bin="${XDG_CACHE_HOME:-$HOME/.cache}/stowline/demo"
+mkdir -p "$(dirname "$bin")"
+go build -o "$bin" ./cmd/demo
+exec "$bin" "$@"
