@@ -221,6 +221,11 @@ func Run(ctx context.Context, opts Options) (err error) {
 	if err != nil {
 		return err
 	}
+	if len(ids) == 0 {
+		// Nothing to forward: "all 0 studies verified" would pass for a
+		// success.
+		return fmt.Errorf("no study was stored on the hospital Orthanc (%s of %d refused or unreadable)", count(len(res.Failed), "file"), len(plan.files))
+	}
 	out.printf("sent %d files: the hospital holds %d studies; each is forwarded once Orthanc finds it stable", len(res.Stored), len(ids))
 
 	wctx, cancel := context.WithTimeout(ctx, opts.Timeout)

@@ -99,6 +99,35 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// TestDemoNothingStored: when the hospital stores none of the files sent
+// (here none is DICOM), the demo fails instead of reporting "all 0
+// studies forwarded and verified", and still cleans up.
+func TestDemoNothingStored(t *testing.T) {
+	if err := checkInstalled(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%v; CI is set, so this fails instead of skipping", err)
+		}
+		t.Skipf("%v; skipping (set CI=1 to make this a failure)", err)
+	}
+	samples := t.TempDir()
+	for _, f := range []string{"a.dcm", "b.dcm"} {
+		if err := os.WriteFile(filepath.Join(samples, f), []byte("not DICOM"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	err := Run(t.Context(), Options{Samples: samples, Exit: true, Timeout: 30 * time.Second, Out: &out})
+	if err == nil || !strings.Contains(err.Error(), "no study was stored") || !strings.Contains(err.Error(), "2 files of 2") {
+		t.Errorf("err = %v, want no study stored, 2 files of 2 refused\noutput:\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), "verified identical") {
+		t.Errorf("the report claims a verification:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "stopped the Orthanc servers") {
+		t.Errorf("the report does not say the Orthanc servers stopped:\n%s", out.String())
+	}
+}
+
 // lineIndex is the position in report of the first line reporting stage
 // for study uid.
 func lineIndex(report, stage, uid string) int {
