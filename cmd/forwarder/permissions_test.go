@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"regexp"
@@ -252,10 +253,19 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	if code, out := admin(http.MethodPost, "/reforward", `{"since":"1h","dryRun":true}`); code != http.StatusOK || out["count"] == nil || out["count"].(float64) < 2 {
 		t.Fatalf("admin reforward (dry run) under the forwarder's permissions: %d %v, want the 2 studies' events", code, out)
 	}
+	// The ingest's status page replays it (its Replay button).
+	_, listed := admin(http.MethodGet, "/deadletters", "")
+	seq := strconv.FormatFloat(listed["entries"].([]any)[0].(map[string]any)["seq"].(float64), 'f', 0, 64)
+	replayFromPage(t, "http://"+ingestAddr, adminToken, seq)
+	r.waitDest(t, 5, 60*time.Second)
+	r.proxy.SetStatus(http.StatusUnsupportedMediaType, "refused by the test proxy")
+	postStable(r.addStudy(t, 2, 32))
+	waitDeadLetter()
+	r.proxy.SetStatus(0, "")
 	if code, out := admin(http.MethodPost, "/deadletters/replay", `{"all":true}`); code != http.StatusOK || out["count"] != 1.0 {
 		t.Fatalf("admin replay under the forwarder's permissions: %d %v", code, out)
 	}
-	r.waitDest(t, 5, 60*time.Second)
+	r.waitDest(t, 7, 60*time.Second)
 	r.proxy.SetStatus(http.StatusUnsupportedMediaType, "refused by the test proxy")
 	postStable(r.addStudy(t, 2, 32))
 	waitDeadLetter()
@@ -331,4 +341,38 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// replayFromPage presses the status page's Replay button of dead letter
+// seq, as an operator's browser does (cookie, CSRF token, Origin), and wants the
+// page's redirect to the replayed letter.
+func replayFromPage(t *testing.T, base, adminToken, seq string) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest(http.MethodGet, base+"/ui/", nil)
+	req.SetBasicAuth("op", adminToken)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	token := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
+	if token == nil {
+		t.Fatalf("status page (%d) has no replay form", resp.StatusCode)
+	}
+	form := url.Values{"seq": {seq}, "csrf": {string(token[1])}}
+	req, _ = http.NewRequest(http.MethodPost, base+"/ui/replay", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", base)
+	req.SetBasicAuth("op", adminToken)
+	if resp, err = c.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.Contains(loc, "replayed="+seq) {
+		t.Fatalf("status page replay of dead letter %s under the ingest's permissions: %d %q\n%s", seq, resp.StatusCode, loc, body)
+	}
 }
