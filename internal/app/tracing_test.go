@@ -125,7 +125,7 @@ func TestPublishTracedNamesTheMessageID(t *testing.T) {
 	}
 	attrs := map[attribute.Key]string{}
 	for _, a := range spans[0].Attributes() {
-		attrs[a.Key] = a.Value.Emit()
+		attrs[a.Key] = a.Value.String()
 	}
 	for k, want := range map[attribute.Key]string{tracing.MessageID: msgID, tracing.Origin: "audit", tracing.Destination: "ai", tracing.StreamSeq: "7"} {
 		if attrs[k] != want {
