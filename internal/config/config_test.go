@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,6 +71,10 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"same addr", map[string]string{"INGEST_ADDR": ":9000", "FORWARDER_ADDR": ":9000"}, "", "FORWARDER_ADDR"},
 		{"replicas embedded", map[string]string{"NATS_REPLICAS": "3"}, "", "NATS_REPLICAS"},
 		{"dedupe over retention", map[string]string{"EVENTS_DEDUPE_WINDOW": "200h"}, "", "EVENTS_DEDUPE_WINDOW"},
+		// The default retries wait up to 7h before the dead letter.
+		{"retention shorter than the retries", map[string]string{"EVENTS_RETENTION": "6h", "EVENTS_DEDUPE_WINDOW": "1h"}, "", "EVENTS_RETENTION=6h0m0s: shorter than the waits of a failing study"},
+		{"bad priority rule", map[string]string{"PRIORITY_RULE": "study.description =="}, "", "PRIORITY_RULE: "},
+		{"publish timeout past the write timeout", map[string]string{"INGEST_PUBLISH_TIMEOUT": "90s"}, "", "INGEST_PUBLISH_TIMEOUT=1m30s: want 100ms to 50s"},
 		// url.Parse's own error would quote the password.
 		{"nats url with a bad port", map[string]string{"NATS_URL": "nats://alice:S3CRETPASS@nats:42x22"}, "", `NATS_URL="nats://…@nats:42x22"`},
 		{"nats url of another scheme", map[string]string{"NATS_URL": "nats://a:4222,http://b:4222"}, "", `NATS_URL="http://b:4222": want nats://`},
@@ -197,6 +202,30 @@ func TestReadmeDocumentsEveryVariable(t *testing.T) {
 	for _, v := range Vars(&SingleHost{}) {
 		if !strings.Contains(string(readme), "| `"+v.Name+"` |") {
 			t.Errorf("README.md has no table row for %s", v.Name)
+		}
+	}
+}
+
+// The retention check counts the nominal delays: the default 48
+// deliveries wait up to 7h0m30s in all.
+func TestRetentionCoversRetries(t *testing.T) {
+	for _, tc := range []struct {
+		set  map[string]string
+		fail bool
+	}{
+		{map[string]string{"EVENTS_RETENTION": "7h", "EVENTS_DEDUPE_WINDOW": "1h"}, true},
+		{map[string]string{"EVENTS_RETENTION": "7h1m", "EVENTS_DEDUPE_WINDOW": "1h"}, false},
+		{map[string]string{"EVENTS_RETENTION": "1h", "EVENTS_DEDUPE_WINDOW": "1h", "FORWARDER_MAX_DELIVERIES": "0"}, false},
+		{map[string]string{"EVENTS_RETENTION": "1h", "EVENTS_DEDUPE_WINDOW": "1h", "FORWARDER_MAX_DELIVERIES": "10"}, false},
+		{map[string]string{"FORWARDER_RETRY_MAX_DELAY": "24h", "FORWARDER_RETRY_DELAY": "24h"}, true},
+		{map[string]string{"FORWARDER_MAX_DELIVERIES": "2000000000"}, true},
+	} {
+		e := baseEnv()
+		maps.Copy(e, tc.set)
+		var c SingleHost
+		err := Load(mapEnv(e), &c)
+		if got := err != nil && strings.Contains(err.Error(), "shorter than the waits"); got != tc.fail {
+			t.Errorf("%v: Load() = %v, want refused: %v", tc.set, err, tc.fail)
 		}
 	}
 }

@@ -79,6 +79,7 @@ func TestDestinationsIgnorePlatformVariables(t *testing.T) {
 func TestForwarderDestinationsNeedOnlyTheirOwnSettings(t *testing.T) {
 	e := destEnv(t)
 	e["FORWARDER_DESTINATIONS"] = "ai-2"
+	e["NATS_URL"] = "nats://nats:4222" // archive's forwarders reach it too
 	for k := range e {
 		if strings.HasPrefix(k, "DESTINATION_ARCHIVE_") && k != "DESTINATION_ARCHIVE_URL" {
 			delete(e, k)
@@ -91,6 +92,19 @@ func TestForwarderDestinationsNeedOnlyTheirOwnSettings(t *testing.T) {
 	}
 	if s := c.Served(); len(s) != 1 || s[0].Name != "ai-2" || len(c.DestinationList()) != 2 {
 		t.Errorf("served %+v of %+v", s, c.DestinationList())
+	}
+}
+
+// On the embedded JetStream server, which no other process reaches, a
+// single host serving some destinations would queue the others' studies
+// for nobody.
+func TestSingleHostServesEveryDestinationOnEmbeddedNATS(t *testing.T) {
+	e := destEnv(t)
+	e["FORWARDER_DESTINATIONS"] = "ai-2"
+	var c SingleHost
+	err := Load(mapEnv(e), &c)
+	if err == nil || !strings.Contains(err.Error(), "FORWARDER_DESTINATIONS=ai-2 leaves archive unserved") {
+		t.Fatalf("Load() = %v, want FORWARDER_DESTINATIONS refused", err)
 	}
 }
 

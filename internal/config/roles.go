@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/stowline/stowline/internal/routing"
 )
 
 // Log configures the process's logger.
@@ -37,7 +39,7 @@ type NATS struct {
 	CredsFile       string        `env:"NATS_CREDS_FILE" desc:"NATS credentials (.creds) file for an external server"`
 	StoreDir        string        `env:"NATS_STORE_DIR" envDefault:"./data/nats" desc:"embedded JetStream storage directory (single-host mode)"`
 	Replicas        int           `env:"NATS_REPLICAS" envDefault:"1" desc:"stream replicas: 1 on a single server, 3 on a JetStream cluster"`
-	EventsRetention time.Duration `env:"EVENTS_RETENTION" envDefault:"168h" desc:"how long events stay in the stream, forwarded or not (replay window)"`
+	EventsRetention time.Duration `env:"EVENTS_RETENTION" envDefault:"168h" desc:"how long events stay in the stream, forwarded or not (replay window); at least the waits of a failing study's retries (up to 7h with the forwarder defaults), so none expires before its dead letter"`
 	DedupeWindow    time.Duration `env:"EVENTS_DEDUPE_WINDOW" envDefault:"24h" desc:"how long a repeated event for an unchanged study is dropped"`
 	// NATSAuth: NKey, user/password and TLS to an external server (natsauth.go).
 	NATSAuth
@@ -77,7 +79,7 @@ func (n *NATS) Validate() error {
 type Ingest struct {
 	Addr           string        `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
 	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters, at least 8 different ones; a placeholder such as change-me… is refused)"`
-	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503"`
+	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503 (100ms to 50s)"`
 	// WebhookSecurity: HMAC signatures and rate limit (webhook.go).
 	WebhookSecurity
 	// Priority: PRIORITY_RULE (lanes.go).
@@ -93,11 +95,16 @@ func (i *Ingest) Validate() error {
 	if err := checkCredential("INGEST_TOKEN", i.Token, 16); err != nil {
 		errs = append(errs, err)
 	}
-	if i.PublishTimeout < 100*time.Millisecond {
-		errs = append(errs, fmt.Errorf("INGEST_PUBLISH_TIMEOUT=%s: want at least 100ms", i.PublishTimeout))
+	// The webhook answers 503 once the timeout passes: past the HTTP
+	// server's write timeout (60 s) Orthanc would get a closed connection.
+	if i.PublishTimeout < 100*time.Millisecond || i.PublishTimeout > 50*time.Second {
+		errs = append(errs, fmt.Errorf("INGEST_PUBLISH_TIMEOUT=%s: want 100ms to 50s", i.PublishTimeout))
 	}
 	if err := i.WebhookSecurity.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := routing.CompileStudyRule(i.Priority.Rule); err != nil {
+		errs = append(errs, fmt.Errorf("PRIORITY_RULE: %w", err))
 	}
 	return errors.Join(errs...)
 }

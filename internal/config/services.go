@@ -1,6 +1,11 @@
 package config
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
 
 // IngestService is what cmd/ingest reads: the webhook and, unless
 // RECONCILE_ENABLED is false, the change-log reconciler of every Orthanc
@@ -57,7 +62,40 @@ type ForwarderService struct {
 // Validate checks every part; the errors name the variables.
 func (c *ForwarderService) Validate() error {
 	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Forwarder.Validate(), c.Orthanc.Validate(),
-		c.Admin.Validate(), c.ListenTLS.Validate())
+		c.Admin.Validate(), c.ListenTLS.Validate(), retentionCoversRetries(c.NATS, c.Forwarder))
+}
+
+// retentionCoversRetries refuses an event stream that drops a failing
+// study's event while it waits for its next delivery: JetStream removes
+// it by age, with no dead letter and no advisory.
+func retentionCoversRetries(n NATS, f Forwarder) error {
+	if f.MaxDeliveries == 0 || f.RetryDelay <= 0 || f.RetryMaxDelay < f.RetryDelay {
+		return nil
+	}
+	if retryWaits(f, n.EventsRetention) > n.EventsRetention {
+		return fmt.Errorf("EVENTS_RETENTION=%s: shorter than the waits of a failing study before its dead letter "+
+			"(FORWARDER_MAX_DELIVERIES=%d deliveries, FORWARDER_RETRY_DELAY=%s doubling up to FORWARDER_RETRY_MAX_DELAY=%s), "+
+			"so its event would expire unseen; want a longer retention, fewer deliveries or shorter delays",
+			n.EventsRetention, f.MaxDeliveries, f.RetryDelay, f.RetryMaxDelay)
+	}
+	return nil
+}
+
+// retryWaits is the longest a failing study waits, in all, between its
+// deliveries (each delay is drawn at most at its nominal value), counted
+// until it passes limit (so a huge setting neither loops long nor
+// overflows).
+func retryWaits(f Forwarder, limit time.Duration) time.Duration {
+	var waits time.Duration
+	d := f.RetryDelay
+	for range f.MaxDeliveries - 1 {
+		waits += d
+		if waits > limit {
+			break
+		}
+		d = min(2*d, f.RetryMaxDelay)
+	}
+	return waits
 }
 
 // SingleHost is what cmd/stowline reads: ingest, reconciler and forwarder
@@ -83,7 +121,21 @@ func (c *SingleHost) Validate() error {
 	if err == nil && c.Ingest.Addr == c.Forwarder.Addr {
 		err = errors.New("INGEST_ADDR and FORWARDER_ADDR must differ")
 	}
-	return err
+	if err == nil && c.NATS.Embedded() {
+		// No other process reaches the embedded server: a destination
+		// this one does not serve would queue its studies for nobody.
+		var unserved []string
+		for _, d := range c.DestinationList() {
+			if !c.Forwarder.serves(d.Name) {
+				unserved = append(unserved, d.Name)
+			}
+		}
+		if len(unserved) > 0 {
+			err = fmt.Errorf("FORWARDER_DESTINATIONS=%s leaves %s unserved, and with the embedded JetStream server (NATS_URL empty) no other forwarder can serve it: "+
+				"leave FORWARDER_DESTINATIONS empty, or set NATS_URL to a shared NATS server", strings.Join(c.Serve, ","), strings.Join(unserved, ", "))
+		}
+	}
+	return errors.Join(err, retentionCoversRetries(c.NATS, c.Forwarder))
 }
 
 // Audit is what `forwarder audit` reads: it compares the studies in every
