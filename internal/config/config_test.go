@@ -52,6 +52,18 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"token of few characters", map[string]string{"INGEST_TOKEN": "1212121212121212"}, "", "INGEST_TOKEN: want a random value"},
 		{"bad dicomweb url", map[string]string{"DICOMWEB_URL": "ftp://x"}, "", "DICOMWEB_URL"},
 		{"url with credentials", map[string]string{"ORTHANC_URL": "http://u:p@orthanc:8042"}, "", "ORTHANC_URL"},
+		// As orthancapi.parseBaseURL and the DICOMweb client read them.
+		{"orthanc url with a query", map[string]string{"ORTHANC_URL": "http://orthanc:8042?x=1"}, "", `ORTHANC_URL="http://orthanc:8042?…": the URL must not have a query`},
+		{"orthanc url with an empty query", map[string]string{"ORTHANC_URL": "http://orthanc:8042/?"}, "", "ORTHANC_URL"},
+		{"orthanc url with a bad port", map[string]string{"ORTHANC_URL": "http://orthanc:99999"}, "", `ORTHANC_URL="http://orthanc:99999": port "99999"`},
+		{"orthanc url with port 0", map[string]string{"ORTHANC_URL": "http://orthanc:0"}, "", `ORTHANC_URL="http://orthanc:0": port "0"`},
+		{"orthanc url without host", map[string]string{"ORTHANC_URL": "http://:8042"}, "", `ORTHANC_URL="http://:8042": the URL has no host name`},
+		{"orthanc url with a fragment", map[string]string{"ORTHANC_URL": "http://orthanc:8042#x"}, "", "ORTHANC_URL"},
+		{"dicomweb url with a fragment", map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2#x"}, "", `DICOMWEB_URL="https://dicom.example.org/v2#x": the URL must not have a fragment`},
+		{"dicomweb url with an empty fragment", map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2#"}, "", "DICOMWEB_URL"},
+		{"dicomweb url without host", map[string]string{"DICOMWEB_URL": "https://:443/v2"}, "", `DICOMWEB_URL="https://:443/v2": the URL has no host name`},
+		{"dicomweb url with a bad port", map[string]string{"DICOMWEB_URL": "https://dicom.example.org:65536/v2"}, "", `port "65536"`},
+		{"token url without host", map[string]string{"OAUTH_TOKEN_URL": "https://:443/token", "OAUTH_CLIENT_ID": "x", "OAUTH_CLIENT_SECRET": "y"}, "", "OAUTH_TOKEN_URL"},
 		{"bad concurrency", map[string]string{"FORWARDER_CONCURRENCY": "zero"}, "", "FORWARDER_CONCURRENCY"},
 		{"concurrency out of range", map[string]string{"FORWARDER_CONCURRENCY": "0"}, "", "FORWARDER_CONCURRENCY"},
 		{"bad duration", map[string]string{"FORWARDER_ACK_WAIT": "soon"}, "", "FORWARDER_ACK_WAIT"},
@@ -93,6 +105,17 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 				t.Fatalf("Load() = %v, want an error naming %s", err, tt.want)
 			}
 		})
+	}
+}
+
+// A DICOMweb URL may carry an API key in its query (an Azure Function's
+// ?code=...); only the Orthanc URLs refuse one.
+func TestDICOMwebURLWithQueryLoads(t *testing.T) {
+	e := baseEnv()
+	e["DICOMWEB_URL"] = "https://fn.example.org/api/dicomweb?code=0123456789"
+	e["ORTHANC_URL"] = "http://orthanc:8042/"
+	if err := Load(mapEnv(e), &SingleHost{}); err != nil {
+		t.Fatalf("Load: %v", err)
 	}
 }
 

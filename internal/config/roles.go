@@ -282,6 +282,11 @@ func validateAddr(name, addr string) error {
 	return nil
 }
 
+// validateHTTPURL checks a URL stowline sends requests to: http or
+// https, a host name (an empty one, "http://:8042", would dial
+// localhost), a port of 1 to 65535 and no fragment. A query is allowed
+// (a DICOMweb URL may carry an API key, ?code=...); validateOrthancURL
+// refuses one. Errors never quote the query or user info.
 func validateHTTPURL(name, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -289,6 +294,29 @@ func validateHTTPURL(name, raw string) error {
 	}
 	if u.User != nil {
 		return fmt.Errorf("%s: credentials in the URL are not allowed; use the _USERNAME/_PASSWORD variables", name)
+	}
+	if u.Hostname() == "" {
+		return fmt.Errorf("%s=%q: the URL has no host name", name, withoutSecrets(raw))
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return fmt.Errorf("%s=%q: port %q: want 1 to 65535", name, withoutSecrets(raw), p)
+		}
+	}
+	if strings.ContainsRune(raw, '#') {
+		return fmt.Errorf("%s=%q: the URL must not have a fragment (#...)", name, withoutSecrets(raw))
+	}
+	return nil
+}
+
+// validateOrthancURL checks an Orthanc URL as orthancapi reads it: that
+// of validateHTTPURL, without a query.
+func validateOrthancURL(name, raw string) error {
+	if err := validateHTTPURL(name, raw); err != nil {
+		return err
+	}
+	if strings.ContainsRune(raw, '?') {
+		return fmt.Errorf("%s=%q: the URL must not have a query (?...)", name, withoutSecrets(raw))
 	}
 	return nil
 }

@@ -112,7 +112,7 @@ func (o *Orthanc) Validate() error {
 		if s.URL == "" {
 			continue // reported by readDynamic
 		}
-		if err := validateHTTPURL(s.Var+"URL", s.URL); err != nil {
+		if err := validateOrthancURL(s.Var+"URL", s.URL); err != nil {
 			errs = append(errs, err)
 		}
 		if s.Password != "" && s.Username == "" {
