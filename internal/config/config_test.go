@@ -20,6 +20,16 @@ func baseEnv() map[string]string {
 	}
 }
 
+// Port 0 (any free port) and IPv6 hosts are listen addresses.
+func TestListenAddrs(t *testing.T) {
+	e := baseEnv()
+	e["INGEST_ADDR"] = "127.0.0.1:0"
+	e["FORWARDER_ADDR"] = "[::1]:65535"
+	if err := Load(mapEnv(e), &SingleHost{}); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+}
+
 func TestLoadDefaults(t *testing.T) {
 	var c SingleHost
 	if err := Load(mapEnv(baseEnv()), &c); err != nil {
@@ -80,6 +90,9 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"client without oauth url", map[string]string{"OAUTH_CLIENT_ID": "x"}, "", "OAUTH_TOKEN_URL"},
 		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, "", "LOG_LEVEL"},
 		{"bad addr", map[string]string{"INGEST_ADDR": "8080"}, "", "INGEST_ADDR"},
+		{"addr port out of range", map[string]string{"INGEST_ADDR": "127.0.0.1:99999"}, "", `INGEST_ADDR="127.0.0.1:99999": port "99999"`},
+		{"addr port not a number", map[string]string{"FORWARDER_ADDR": "foo:bar"}, "", `FORWARDER_ADDR="foo:bar": port "bar"`},
+		{"addr port negative", map[string]string{"FORWARDER_ADDR": ":-1"}, "", "FORWARDER_ADDR"},
 		{"same addr", map[string]string{"INGEST_ADDR": ":9000", "FORWARDER_ADDR": ":9000"}, "", "FORWARDER_ADDR"},
 		{"replicas embedded", map[string]string{"NATS_REPLICAS": "3"}, "", "NATS_REPLICAS"},
 		{"dedupe over retention", map[string]string{"EVENTS_DEDUPE_WINDOW": "200h"}, "", "EVENTS_DEDUPE_WINDOW"},

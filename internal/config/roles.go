@@ -275,9 +275,16 @@ func (d *Destination) validate() error {
 	return errors.Join(errs...)
 }
 
+// validateAddr checks a listen address: host:port or :port, the port a
+// number of 0 to 65535 (0: the system picks one, as net.Listen does).
+// A service name (":http") is refused: it is a typo more often than not.
 func validateAddr(name, addr string) error {
-	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
 		return fmt.Errorf("%s=%q: want host:port or :port", name, addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%s=%q: port %q: want a number of 0 to 65535", name, addr, port)
 	}
 	return nil
 }
