@@ -60,6 +60,8 @@ func (d *Deidentify) validate() []error {
 	}
 	if d.KeyFile == "" {
 		errs = append(errs, errors.New("DEIDENTIFY_KEY_FILE is required with STOW_DEIDENTIFY=basic: the pseudonyms are keyed with it"))
+	} else if err := fileReadable("DEIDENTIFY_KEY_FILE", d.KeyFile); err != nil {
+		errs = append(errs, err)
 	}
 	for _, o := range d.Options {
 		switch {

@@ -1,31 +1,36 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 )
 
 func TestDeidentify(t *testing.T) {
+	key := keyFile(t)
 	tests := []struct {
 		name string
 		env  map[string]string
 		err  string // substring of the error; "" means valid
 	}{
 		{name: "off by default", env: nil},
-		{name: "basic with a key", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k"}},
-		{name: "all options and lists", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k",
+		{name: "basic with a key", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key}},
+		{name: "all options and lists", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key,
 			"STOW_DEIDENTIFY_OPTIONS": "retain-dates,retain-patient-characteristics,retain-device-identity,clean-descriptors",
 			"STOW_DEIDENTIFY_KEEP":    "00081030,0008103E", "STOW_DEIDENTIFY_REMOVE": "00181030", "STOW_DEIDENTIFY_BURNED_IN": "include"}},
 		{name: "unknown mode", env: map[string]string{"STOW_DEIDENTIFY": "full"}, err: `STOW_DEIDENTIFY="full": want off or basic`},
 		{name: "basic without a key", env: map[string]string{"STOW_DEIDENTIFY": "basic"}, err: "DEIDENTIFY_KEY_FILE is required"},
-		{name: "unknown option", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_OPTIONS": "retain-uids"}, err: `STOW_DEIDENTIFY_OPTIONS: "retain-uids"`},
-		{name: "clean descriptors", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_OPTIONS": "clean-descriptors"}},
-		{name: "bad tag", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_KEEP": "StudyDescription"}, err: `STOW_DEIDENTIFY_KEEP: "StudyDescription"`},
-		{name: "prefix with a backslash", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_PATIENT_PREFIX": `A\B`}, err: "STOW_DEIDENTIFY_PATIENT_PREFIX"},
-		{name: "burned-in value", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY_BURNED_IN": "yes"}, err: "STOW_DEIDENTIFY_BURNED_IN"},
-		{name: "with qido verification", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_VERIFY": "qido"}},
-		{name: "not with replace", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": "/k", "STOW_ON_CONFLICT": "replace", "STOW_PROFILE": "azure"}, err: "STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic"},
+		{name: "key file missing", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key + ".gone"}, err: "DEIDENTIFY_KEY_FILE: open " + key + ".gone"},
+		{name: "key file missing, deidentification off", env: map[string]string{"DEIDENTIFY_KEY_FILE": key + ".gone"}},
+		{name: "unknown option", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "retain-uids"}, err: `STOW_DEIDENTIFY_OPTIONS: "retain-uids"`},
+		{name: "clean descriptors", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "clean-descriptors"}},
+		{name: "bad tag", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_KEEP": "StudyDescription"}, err: `STOW_DEIDENTIFY_KEEP: "StudyDescription"`},
+		{name: "prefix with a backslash", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_PATIENT_PREFIX": `A\B`}, err: "STOW_DEIDENTIFY_PATIENT_PREFIX"},
+		{name: "burned-in value", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_BURNED_IN": "yes"}, err: "STOW_DEIDENTIFY_BURNED_IN"},
+		{name: "with qido verification", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_VERIFY": "qido"}},
+		{name: "not with replace", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_ON_CONFLICT": "replace", "STOW_PROFILE": "azure"}, err: "STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,7 +59,7 @@ func TestDeidentify(t *testing.T) {
 func TestDeidentifyPerDestination(t *testing.T) {
 	e := destEnv(t)
 	e["DESTINATION_AI_2_STOW_DEIDENTIFY"] = "basic"
-	e["DESTINATION_AI_2_DEIDENTIFY_KEY_FILE"] = "/k"
+	e["DESTINATION_AI_2_DEIDENTIFY_KEY_FILE"] = keyFile(t)
 	e["DESTINATION_AI_2_STOW_DEIDENTIFY_OPTIONS"] = "retain-dates"
 	var c SingleHost
 	if err := Load(mapEnv(e), &c); err != nil {
@@ -64,9 +69,24 @@ func TestDeidentifyPerDestination(t *testing.T) {
 	if ds[0].Deidentifies() || !ds[1].Deidentifies() || !slices.Equal(ds[1].Options, []string{"retain-dates"}) || ds[1].PatientPrefix != "ANON-" {
 		t.Errorf("archive %+v, ai-2 %+v", ds[0].Deidentify, ds[1].Deidentify)
 	}
-	delete(e, "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE")
+	e["DESTINATION_AI_2_DEIDENTIFY_KEY_FILE"] = "/nonexistent/key"
 	err := Load(mapEnv(e), &c)
+	if err == nil || !strings.Contains(err.Error(), "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE: open /nonexistent/key") {
+		t.Errorf("err = %v, want it to name DESTINATION_AI_2_DEIDENTIFY_KEY_FILE", err)
+	}
+	delete(e, "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE")
+	err = Load(mapEnv(e), &c)
 	if err == nil || !strings.Contains(err.Error(), "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE is required") {
 		t.Errorf("err = %v, want it to name DESTINATION_AI_2_DEIDENTIFY_KEY_FILE", err)
 	}
+}
+
+// keyFile is a readable de-identification key file.
+func keyFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(path, []byte(strings.Repeat("k", 40)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/url"
@@ -242,6 +243,23 @@ func fileReadable(name, path string) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	_ = f.Close()
+	return nil
+}
+
+// pemFileReadable checks that the PEM file (certificates or a key) a
+// variable names can be read and holds a PEM block; the block itself is
+// parsed where it is used. The error names the path, never the content.
+func pemFileReadable(name, path string) error {
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if block, _ := pem.Decode(b); block == nil {
+		return fmt.Errorf("%s: %s holds no PEM block (-----BEGIN ...-----)", name, path)
+	}
 	return nil
 }
 

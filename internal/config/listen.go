@@ -1,10 +1,6 @@
 package config
 
-import (
-	"errors"
-	"fmt"
-	"os"
-)
+import "errors"
 
 // ListenTLS makes the ingest and forwarder listeners serve HTTPS.
 type ListenTLS struct {
@@ -22,11 +18,8 @@ func (l *ListenTLS) Validate() error {
 	}
 	var errs []error
 	for _, f := range []struct{ name, path string }{{"TLS_LISTEN_CERT_FILE", l.CertFile}, {"TLS_LISTEN_KEY_FILE", l.KeyFile}} {
-		if f.path == "" {
-			continue
-		}
-		if _, err := os.Stat(f.path); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", f.name, err))
+		if err := pemFileReadable(f.name, f.path); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -1,10 +1,6 @@
 package config
 
-import (
-	"errors"
-	"fmt"
-	"os"
-)
+import "errors"
 
 // NATSAuth is how stowline authenticates to an external NATS server and
 // secures the connection. At most one of the credentials file, the NKey
@@ -41,15 +37,21 @@ func (n *NATS) authValidate() error {
 	if set && n.Embedded() {
 		errs = append(errs, errors.New("NATS_CREDS_FILE, NATS_NKEY_FILE, NATS_USER, NATS_PASSWORD, NATS_CA_FILE, NATS_CERT_FILE and NATS_KEY_FILE need NATS_URL (the embedded server needs none)"))
 	}
-	for _, f := range []struct{ name, path string }{
-		{"NATS_CREDS_FILE", n.CredsFile}, {"NATS_NKEY_FILE", a.NKeyFile}, {"NATS_CA_FILE", a.CAFile},
-		{"NATS_CERT_FILE", a.CertFile}, {"NATS_KEY_FILE", a.KeyFile},
+	// The .creds and seed files are not PEM (a .creds file's END line
+	// has six dashes): they are only read.
+	for _, f := range []struct {
+		name, path string
+		pem        bool
+	}{
+		{"NATS_CREDS_FILE", n.CredsFile, false}, {"NATS_NKEY_FILE", a.NKeyFile, false}, {"NATS_CA_FILE", a.CAFile, true},
+		{"NATS_CERT_FILE", a.CertFile, true}, {"NATS_KEY_FILE", a.KeyFile, true},
 	} {
-		if f.path == "" {
-			continue
+		check := fileReadable
+		if f.pem {
+			check = pemFileReadable
 		}
-		if _, err := os.Stat(f.path); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", f.name, err))
+		if err := check(f.name, f.path); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

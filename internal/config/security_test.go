@@ -11,8 +11,13 @@ import (
 // The listener, webhook and NATS security variables: errors name them.
 func TestSecurityVariables(t *testing.T) {
 	dir := t.TempDir()
-	file := filepath.Join(dir, "f.pem")
-	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+	// file holds a PEM block (not a certificate: what the block holds is
+	// checked where it is used); notPEM does not.
+	file, notPEM := filepath.Join(dir, "f.pem"), filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(file, []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(notPEM, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	base := map[string]string{"NATS_URL": "nats://n:4222", "INGEST_TOKEN": "0123456789abcdef", "RECONCILE_ENABLED": "false"}
@@ -26,6 +31,9 @@ func TestSecurityVariables(t *testing.T) {
 		{"listen key without cert", map[string]string{"TLS_LISTEN_KEY_FILE": file}, "TLS_LISTEN_CERT_FILE and TLS_LISTEN_KEY_FILE"},
 		{"listen pair", map[string]string{"TLS_LISTEN_CERT_FILE": file, "TLS_LISTEN_KEY_FILE": file}, ""},
 		{"listen cert missing", map[string]string{"TLS_LISTEN_CERT_FILE": file + ".no", "TLS_LISTEN_KEY_FILE": file}, "TLS_LISTEN_CERT_FILE"},
+		{"listen cert not PEM", map[string]string{"TLS_LISTEN_CERT_FILE": notPEM, "TLS_LISTEN_KEY_FILE": file}, "TLS_LISTEN_CERT_FILE: " + notPEM + " holds no PEM block"},
+		{"listen key not PEM", map[string]string{"TLS_LISTEN_CERT_FILE": file, "TLS_LISTEN_KEY_FILE": notPEM}, "TLS_LISTEN_KEY_FILE"},
+		{"listen key a directory", map[string]string{"TLS_LISTEN_CERT_FILE": file, "TLS_LISTEN_KEY_FILE": dir}, "TLS_LISTEN_KEY_FILE"},
 		{"short hmac secret", map[string]string{"INGEST_HMAC_SECRET": "short"}, "INGEST_HMAC_SECRET"},
 		{"hmac secret", map[string]string{"INGEST_HMAC_SECRET": "a-shared-secret-0123456789abcdefgh"}, ""},
 		{"hmac secret of one character", map[string]string{"INGEST_HMAC_SECRET": strings.Repeat("s", 32)}, "INGEST_HMAC_SECRET: want a random value"},
@@ -47,6 +55,15 @@ func TestSecurityVariables(t *testing.T) {
 		{"nkey missing", map[string]string{"NATS_NKEY_FILE": file + ".no"}, "NATS_NKEY_FILE"},
 		{"client cert without key", map[string]string{"NATS_CERT_FILE": file}, "NATS_CERT_FILE and NATS_KEY_FILE"},
 		{"ca", map[string]string{"NATS_CA_FILE": file}, ""},
+		{"ca not PEM", map[string]string{"NATS_CA_FILE": notPEM}, "NATS_CA_FILE: " + notPEM + " holds no PEM block"},
+		{"ca missing", map[string]string{"NATS_CA_FILE": file + ".no"}, "NATS_CA_FILE"},
+		{"client pair", map[string]string{"NATS_CERT_FILE": file, "NATS_KEY_FILE": file}, ""},
+		{"client cert not PEM", map[string]string{"NATS_CERT_FILE": notPEM, "NATS_KEY_FILE": file}, "NATS_CERT_FILE"},
+		{"client key not PEM", map[string]string{"NATS_CERT_FILE": file, "NATS_KEY_FILE": notPEM}, "NATS_KEY_FILE"},
+		// A .creds file is not PEM (its END line has six dashes).
+		{"creds", map[string]string{"NATS_CREDS_FILE": notPEM}, ""},
+		{"creds missing", map[string]string{"NATS_CREDS_FILE": file + ".no"}, "NATS_CREDS_FILE"},
+		{"nkey", map[string]string{"NATS_NKEY_FILE": notPEM}, ""},
 		{"orthanc CA missing", map[string]string{"RECONCILE_ENABLED": "true", "ORTHANC_CA_FILE": file + ".no"}, "ORTHANC_CA_FILE"},
 		{"orthanc CA not PEM", map[string]string{"RECONCILE_ENABLED": "true", "ORTHANC_CA_FILE": file}, "ORTHANC_CA_FILE"},
 	}
