@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/stowline/stowline/internal/deident"
 )
 
 // Values of STOW_DEIDENTIFY.
@@ -60,8 +62,10 @@ func (d *Deidentify) validate() []error {
 	}
 	if d.KeyFile == "" {
 		errs = append(errs, errors.New("DEIDENTIFY_KEY_FILE is required with STOW_DEIDENTIFY=basic: the pseudonyms are keyed with it"))
-	} else if err := fileReadable("DEIDENTIFY_KEY_FILE", d.KeyFile); err != nil {
-		errs = append(errs, err)
+	} else if _, err := deident.ReadKeyFile(d.KeyFile); err != nil {
+		// Read as the forwarder reads it, so that a short key is a
+		// configuration error (exit 2), not a failure once NATS is set up.
+		errs = append(errs, fmt.Errorf("DEIDENTIFY_KEY_FILE: %w", err))
 	}
 	for _, o := range d.Options {
 		switch {

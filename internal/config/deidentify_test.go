@@ -10,6 +10,10 @@ import (
 
 func TestDeidentify(t *testing.T) {
 	key := keyFile(t)
+	shortKey := filepath.Join(t.TempDir(), "short")
+	if err := os.WriteFile(shortKey, []byte("0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		env  map[string]string
@@ -22,7 +26,8 @@ func TestDeidentify(t *testing.T) {
 			"STOW_DEIDENTIFY_KEEP":    "00081030,0008103E", "STOW_DEIDENTIFY_REMOVE": "00181030", "STOW_DEIDENTIFY_BURNED_IN": "include"}},
 		{name: "unknown mode", env: map[string]string{"STOW_DEIDENTIFY": "full"}, err: `STOW_DEIDENTIFY="full": want off or basic`},
 		{name: "basic without a key", env: map[string]string{"STOW_DEIDENTIFY": "basic"}, err: "DEIDENTIFY_KEY_FILE is required"},
-		{name: "key file missing", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key + ".gone"}, err: "DEIDENTIFY_KEY_FILE: open " + key + ".gone"},
+		{name: "key file missing", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key + ".gone"}, err: "DEIDENTIFY_KEY_FILE: read the de-identification key: open " + key + ".gone"},
+		{name: "key file too short", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": shortKey}, err: "DEIDENTIFY_KEY_FILE: " + shortKey + ": de-identification key is too short"},
 		{name: "key file missing, deidentification off", env: map[string]string{"DEIDENTIFY_KEY_FILE": key + ".gone"}},
 		{name: "unknown option", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "retain-uids"}, err: `STOW_DEIDENTIFY_OPTIONS: "retain-uids"`},
 		{name: "clean descriptors", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "clean-descriptors"}},
@@ -71,7 +76,7 @@ func TestDeidentifyPerDestination(t *testing.T) {
 	}
 	e["DESTINATION_AI_2_DEIDENTIFY_KEY_FILE"] = "/nonexistent/key"
 	err := Load(mapEnv(e), &c)
-	if err == nil || !strings.Contains(err.Error(), "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE: open /nonexistent/key") {
+	if err == nil || !strings.Contains(err.Error(), "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE: read the de-identification key: open /nonexistent/key") {
 		t.Errorf("err = %v, want it to name DESTINATION_AI_2_DEIDENTIFY_KEY_FILE", err)
 	}
 	delete(e, "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE")
