@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -60,20 +61,31 @@ func testTransferSyntaxConversion(t *testing.T, rel testharness.Release) {
 		t.Fatal(err)
 	}
 
-	var files []string
-	syntax := map[string]string{} // SOP Instance UID: source syntax
-	for _, smp := range testharness.Samples(t) {
-		if smp.OrthancAccepts {
-			files = append(files, smp.Path)
-			syntax[smp.SOPInstanceUID] = smp.TransferSyntaxUID
-		}
-	}
 	// A JPEG 2000 Lossless Only instance: the lossy-allowed sample
 	// relabelled (same length, so the file stays well-formed) under a
 	// SOP Instance UID of its own. Orthanc decodes it only with GDCM, so
 	// it is refused.
 	j2k, j2kUID := relabelledJ2K(t)
-	files = append(files, j2k)
+	// Each study's files are sent together, the relabelled one right
+	// after its original: a study whose files were spread over the
+	// upload became stable twice on a loaded machine (more than
+	// StableAge between its first and last file), and its instances were
+	// forwarded, and counted, twice.
+	samples := testharness.Samples(t)
+	slices.SortStableFunc(samples, func(a, b testharness.Sample) int {
+		return strings.Compare(a.StudyInstanceUID, b.StudyInstanceUID)
+	})
+	var files []string
+	syntax := map[string]string{} // SOP Instance UID: source syntax
+	for _, smp := range samples {
+		if smp.OrthancAccepts {
+			files = append(files, smp.Path)
+			syntax[smp.SOPInstanceUID] = smp.TransferSyntaxUID
+			if smp.TransferSyntaxUID == "1.2.840.10008.1.2.4.91" && !slices.Contains(files, j2k) {
+				files = append(files, j2k)
+			}
+		}
+	}
 	if res := s.sources["main"].Upload(t, files...); len(res.Failed) > 0 {
 		t.Fatalf("upload: %v", res.Failed)
 	}
