@@ -239,8 +239,13 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 		return nil, errors.New("replay: no filter given (use All to replay every dead letter)")
 	}
 	entries, err := s.List(ctx, f)
-	if err != nil || dryRun {
-		return entries, err
+	if err != nil {
+		// What was read before the failure was not replayed: returning
+		// it would report it as replayed.
+		return nil, err
+	}
+	if dryRun {
+		return entries, nil
 	}
 	// A destination without a consumer (removed, or renamed) would get
 	// the events and nobody would take them: keep its letters.
@@ -282,8 +287,11 @@ func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool) ([]Entry, erro
 		return nil, errors.New("purge: no filter given (use All to purge every dead letter)")
 	}
 	entries, err := s.List(ctx, f)
-	if err != nil || dryRun {
-		return entries, err
+	if err != nil {
+		return nil, err // nothing purged
+	}
+	if dryRun {
+		return entries, nil
 	}
 	for i, e := range entries {
 		if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {

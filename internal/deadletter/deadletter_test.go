@@ -330,6 +330,37 @@ func TestReplay(t *testing.T) {
 	})
 }
 
+// A listing that fails part-way replays and purges nothing, and says so:
+// the letters read before the failure were reported as replayed (the
+// command printed "N dead letters replayed") although their studies were
+// never queued again, nor their letters purged.
+func TestReplayAndPurgeReportNothingDoneWhenTheListingFails(t *testing.T) {
+	s, ns := newStore(t)
+	seq := add(t, s, letter(1, forward.Permanent, "HTTP 415", time.Now()))[0]
+	// A message the listing cannot decode, after the letter: List fails
+	// once it has read the letter.
+	if _, err := ns.JS.Publish(testCtx(t), natsjs.DeadLetterSubject(natsjs.DefaultDestination, "src"), []byte("not a letter")); err != nil {
+		t.Fatal(err)
+	}
+	for name, op := range map[string]func(context.Context, deadletter.Filter, bool) ([]deadletter.Entry, error){"Replay": s.Replay, "Purge": s.Purge} {
+		for _, dry := range []bool{false, true} {
+			done, err := op(testCtx(t), deadletter.Filter{All: true}, dry)
+			if err == nil {
+				t.Errorf("%s (dry run %v) succeeded over a listing that failed", name, dry)
+			}
+			if len(done) != 0 {
+				t.Errorf("%s (dry run %v) reports %v done although it did nothing", name, dry, seqsOf(done))
+			}
+		}
+	}
+	if _, err := s.Get(testCtx(t), seq); err != nil {
+		t.Errorf("the letter is gone: %v", err)
+	}
+	if n := len(eventStream(t, ns.JS)); n != 0 {
+		t.Errorf("%d events queued", n)
+	}
+}
+
 func TestPurge(t *testing.T) {
 	s, _ := newStore(t)
 	now := time.Now()
