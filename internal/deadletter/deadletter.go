@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -249,16 +250,19 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 	}
 	// A destination without a consumer (removed, or renamed) would get
 	// the events and nobody would take them: keep its letters.
+	// The replay goes to the destination's low lane: its consumer is the
+	// one that must exist (its routine consumer stays when a removal of
+	// the destination stopped part-way, or when only the low one was
+	// deleted).
 	checked := map[string]bool{}
 	for _, e := range entries {
-		d := DestinationOf(&e.DeadLetter)
-		if checked[d] {
+		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
+		if checked[subject] {
 			continue
 		}
-		checked[d] = true
-		if _, err := s.js.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName(d)); err != nil {
-			return nil, fmt.Errorf("replay: destination %q has no consumer %s on stream %s (is it still in DESTINATIONS?); its letters are kept: %w",
-				d, natsjs.ConsumerName(d), natsjs.EventStream, err)
+		checked[subject] = true
+		if err := s.taken(ctx, DestinationOf(&e.DeadLetter), subject); err != nil {
+			return nil, err
 		}
 	}
 	for i, e := range entries {
@@ -272,6 +276,34 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 		}
 	}
 	return entries, nil
+}
+
+// taken checks that a consumer of destination d takes subject: its low
+// lane's, or, with forwarders from before lanes, its one consumer (which
+// took every subject of the destination).
+func (s *Store) taken(ctx context.Context, d, subject string) error {
+	low := natsjs.LaneConsumerName(d, events.PriorityLow)
+	var err error
+	for _, name := range []string{low, natsjs.ConsumerName(d)} {
+		var c jetstream.Consumer
+		if c, err = s.js.Consumer(ctx, natsjs.EventStream, name); err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			break
+		}
+		cfg := c.CachedInfo().Config
+		for _, f := range append([]string{cfg.FilterSubject}, cfg.FilterSubjects...) {
+			if f != "" && server.SubjectMatchesFilter(subject, f) {
+				return nil
+			}
+		}
+	}
+	if err == nil {
+		err = jetstream.ErrConsumerNotFound
+	}
+	return fmt.Errorf("replay: destination %q has no consumer %s on stream %s (is it still in DESTINATIONS?); its letters are kept: %w",
+		d, low, natsjs.EventStream, err)
 }
 
 // ReplayMsgID is the dedupe ID of a replayed event: fresh, so JetStream

@@ -64,6 +64,48 @@ func TestReplayKeepsLettersOfADestinationWithoutConsumer(t *testing.T) {
 	}
 }
 
+// A replay goes to the destination's low lane: without that lane's
+// consumer (a removal of the destination that stopped after deleting its
+// lanes, a low consumer deleted by hand) nobody would take the event and
+// the letter would be gone, even though the routine consumer is there.
+// A consumer from before lanes, which takes every subject of its
+// destination, still takes replays.
+func TestReplayNeedsTheConsumerThatTakesIt(t *testing.T) {
+	store, ns := newStore(t)
+	low := natsjs.LaneConsumerName(natsjs.DefaultDestination, events.PriorityLow)
+	if err := ns.JS.DeleteConsumer(testCtx(t), natsjs.EventStream, low); err != nil {
+		t.Fatal(err)
+	}
+	seq := add(t, store, letter(1, forward.Permanent, "HTTP 415", time.Now().UTC()))[0]
+	_, err := store.Replay(testCtx(t), deadletter.Filter{All: true}, false)
+	if err == nil || !strings.Contains(err.Error(), `destination "default" has no consumer `+low) {
+		t.Fatalf("Replay err = %v, want it to name the missing low-lane consumer", err)
+	}
+	if _, err := store.Get(testCtx(t), seq); err != nil {
+		t.Errorf("the letter is gone: %v", err)
+	}
+	if got := eventStream(t, ns.JS); len(got) != 0 {
+		t.Errorf("%d events published that no consumer takes", len(got))
+	}
+
+	// The one consumer of a deployment from before lanes.
+	for _, lane := range []events.Priority{events.PriorityStat, events.PriorityRoutine} {
+		if err := ns.JS.DeleteConsumer(testCtx(t), natsjs.EventStream, natsjs.LaneConsumerName(natsjs.DefaultDestination, lane)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ns.JS.CreateConsumer(testCtx(t), natsjs.EventStream, jetstream.ConsumerConfig{
+		Durable:        natsjs.ConsumerName(natsjs.DefaultDestination),
+		FilterSubjects: []string{natsjs.EventSubjectPrefix + ">", natsjs.DestinationSubjectPrefix + natsjs.DefaultDestination + ".>"},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := store.Replay(testCtx(t), deadletter.Filter{All: true}, false); err != nil || !slices.Equal(seqsOf(done), []uint64{seq}) {
+		t.Fatalf("Replay with a consumer from before lanes = %v, %v; want %d replayed", seqsOf(done), err, seq)
+	}
+}
+
 // event returns a valid event for study i of source src.
 func event(src string, i int) events.StudyStable {
 	return events.StudyStable{
