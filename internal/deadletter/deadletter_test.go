@@ -623,3 +623,45 @@ func TestFailureLogStoredInstances(t *testing.T) {
 		}
 	}
 }
+
+// Attempts of one study version that fail at the same moment (two
+// deliveries of it at once, or two events of it) each remember what they
+// stored: neither overwrites the other's. An instance forgotten this way
+// is taken, on the next attempt, for a conflict (kept in the source in
+// buffer mode, dead-lettered with STOW_ON_CONFLICT=deadletter).
+func TestFailureLogRemembersConcurrentAttempts(t *testing.T) {
+	ns := testnats.Start(t)
+	kv, err := natsjs.DefaultTopology().EnsureFailureLog(testCtx(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &events.StudyStable{Source: "orthanc-a", StudyInstanceUID: "1.2.826.0.1.3680043.2.1143.8", LastUpdate: "20261203T101500"}
+	const attempts = 8
+	uids := make([]string, attempts)
+	errs := make(chan error, attempts)
+	for i := range uids {
+		uids[i] = fmt.Sprintf("%s.%d", ev.StudyInstanceUID, i)
+		go func() {
+			// A log each, as two forwarder replicas have.
+			errs <- deadletter.NewFailureLog(kv, "default").RememberSent(testCtx(t), ev, uids[i:i+1])
+		}()
+	}
+	for range uids {
+		if err := <-errs; err != nil {
+			t.Errorf("RememberSent: %v", err)
+		}
+	}
+	sent, err := deadletter.NewFailureLog(kv, "default").Sent(testCtx(t), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lost []int
+	for i, uid := range uids {
+		if !sent(uid) {
+			lost = append(lost, i)
+		}
+	}
+	if len(lost) > 0 {
+		t.Errorf("instances %v of %d remembered at once were forgotten", lost, attempts)
+	}
+}

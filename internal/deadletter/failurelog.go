@@ -82,48 +82,67 @@ func uidHash(uid string) uint64 {
 	return h.Sum64()
 }
 
+// rememberAttempts bounds the compare-and-set rounds of RememberSent
+// when attempts of the same study version write at once.
+const rememberAttempts = 10
+
 // RememberSent adds instances to those attempts stored of the study
-// version (kept with the events' retention).
+// version (kept with the events' retention). It adds to the record by
+// compare-and-set: attempts that fail at the same moment (two deliveries
+// of the study at once) each keep what they stored.
 func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, sopInstanceUIDs []string) error {
 	key := l.sentKey(ev)
-	set, err := l.sentSet(ctx, key)
-	if err != nil {
-		return err
+	for range rememberAttempts {
+		set, rev, err := l.sentSet(ctx, key)
+		if err != nil {
+			return err
+		}
+		for _, uid := range sopInstanceUIDs {
+			set[uidHash(uid)] = true
+		}
+		data := make([]byte, 0, 8*len(set))
+		for _, h := range slices.Sorted(maps.Keys(set)) {
+			data = binary.BigEndian.AppendUint64(data, h)
+		}
+		if rev == 0 {
+			_, err = l.kv.Create(ctx, key, data)
+		} else {
+			_, err = l.kv.Update(ctx, key, data, rev)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue // another attempt wrote it since: add to what it wrote
+		}
+		if err != nil {
+			return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), ev.StudyInstanceUID, err)
+		}
+		return nil
 	}
-	for _, uid := range sopInstanceUIDs {
-		set[uidHash(uid)] = true
-	}
-	data := make([]byte, 0, 8*len(set))
-	for _, h := range slices.Sorted(maps.Keys(set)) {
-		data = binary.BigEndian.AppendUint64(data, h)
-	}
-	if _, err := l.kv.Put(ctx, key, data); err != nil {
-		return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), ev.StudyInstanceUID, err)
-	}
-	return nil
+	return fmt.Errorf("remember stored instances of study %s: still conflicting after %d attempts", ev.StudyInstanceUID, rememberAttempts)
 }
 
 // Sent reports the instances attempts stored of the study version.
 func (l *FailureLog) Sent(ctx context.Context, ev *events.StudyStable) (func(string) bool, error) {
-	set, err := l.sentSet(ctx, l.sentKey(ev))
+	set, _, err := l.sentSet(ctx, l.sentKey(ev))
 	if err != nil {
 		return nil, err
 	}
 	return func(uid string) bool { return set[uidHash(uid)] }, nil
 }
 
-func (l *FailureLog) sentSet(ctx context.Context, key string) (map[uint64]bool, error) {
+// sentSet reads a study version's stored instances and the record's
+// revision (0: none yet).
+func (l *FailureLog) sentSet(ctx context.Context, key string) (map[uint64]bool, uint64, error) {
 	set := map[uint64]bool{}
 	e, err := l.kv.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return set, nil
+		return set, 0, nil
 	case err != nil:
-		return nil, fmt.Errorf("read stored instances: %w", err)
+		return nil, 0, fmt.Errorf("read stored instances: %w", err)
 	}
 	v := e.Value()
 	for i := 0; i+8 <= len(v); i += 8 {
 		set[binary.BigEndian.Uint64(v[i:])] = true
 	}
-	return set, nil
+	return set, e.Revision(), nil
 }
