@@ -171,10 +171,7 @@ func (c *Client) OpenInstanceFile(ctx context.Context, instanceID string) (io.Re
 	if err := checkID("instance", instanceID); err != nil {
 		return nil, 0, err
 	}
-	// Orthanc gzips files for clients that accept it: that costs it CPU
-	// on gigabytes and hides the size.
-	h := http.Header{"Accept-Encoding": {"identity"}}
-	resp, err := c.get(ctx, c.endpoint("instances", instanceID, "file"), "application/dicom", h)
+	resp, err := c.get(ctx, c.endpoint("instances", instanceID, "file"), "application/dicom", nil)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -301,6 +301,11 @@ func TestSystem(t *testing.T) {
 	if got != want {
 		t.Errorf("got %+v\nwant %+v", got, want)
 	}
+	// JSON answers are not asked gzipped either (Go's transport asks by
+	// default): Orthanc would spend CPU compressing for the LAN.
+	if ae := f.lastRequest().Header.Get("Accept-Encoding"); ae != "identity" {
+		t.Errorf("Accept-Encoding %q, want identity", ae)
+	}
 }
 
 func TestStudyInstancesOrder(t *testing.T) {
