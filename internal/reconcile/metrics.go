@@ -44,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"source"}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_change_log_resets_total",
-			Help: "Times the source's change log was found reset or purged and rescanned from the start.",
+			Help: "Times the source's change log was found reset (Orthanc's database recreated) and rescanned from the start.",
 		}, []string{"source"}),
 	}
 	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.pollErrors, m.resets} {
