@@ -149,8 +149,12 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsjs.DeadLetterSubjectPrefix + ">"}}
 	if !f.Since.IsZero() {
+		// The stream starts at NATS's storage time, the filter is on the
+		// forwarder's DeadLetteredAt: reading from a margin earlier keeps
+		// a forwarder whose clock runs ahead of NATS's from hiding its
+		// letters; match drops the extra ones.
 		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
-		since := f.Since
+		since := f.Since.Add(-sinceClockMargin)
 		cfg.OptStartTime = &since
 	}
 	out := []Entry{}
@@ -166,6 +170,10 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 	})
 	return out, err
 }
+
+// sinceClockMargin is how far ahead of NATS's clock a forwarder's may
+// run without a Since filter missing its letters.
+const sinceClockMargin = 15 * time.Minute
 
 // readAll reads a stream from the configured start to its current end.
 func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, fn func(seq uint64, data []byte) error) error {

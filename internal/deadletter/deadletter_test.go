@@ -242,6 +242,22 @@ func TestGet(t *testing.T) {
 	}
 }
 
+// TestListSinceToleratesClockSkew: a letter whose forwarder's clock ran
+// ahead of NATS's (DeadLetteredAt after the time NATS stored it) is listed
+// by a Since between the two.
+func TestListSinceToleratesClockSkew(t *testing.T) {
+	s, _ := newStore(t)
+	ahead := time.Now().UTC().Add(2 * time.Minute)
+	seqs := add(t, s, letter(1, forward.Transient, "connection refused", ahead))
+	got, err := s.List(testCtx(t), deadletter.Filter{Since: ahead.Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(seqsOf(got), seqs) {
+		t.Errorf("List since a minute before the letter's time = %v, want %v", seqsOf(got), seqs)
+	}
+}
+
 func TestListFilters(t *testing.T) {
 	s, _ := newStore(t)
 
