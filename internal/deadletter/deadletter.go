@@ -34,6 +34,10 @@ type Entry struct {
 // ErrNotFound is returned for a sequence that holds no dead letter.
 var ErrNotFound = errors.New("dead letter not found")
 
+// ErrNoConsumer is why a replay is refused when no consumer of the
+// letter's destination would take its event: the letters are kept.
+var ErrNoConsumer = errors.New("no consumer takes the destination's replays")
+
 // Store is the dead-letter stream.
 type Store struct {
 	js     jetstream.JetStream
@@ -307,11 +311,11 @@ func (s *Store) taken(ctx context.Context, d, subject string) error {
 			}
 		}
 	}
-	if err == nil {
-		err = jetstream.ErrConsumerNotFound
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("replay: read the consumers of destination %q: %w", d, err)
 	}
 	return fmt.Errorf("replay: destination %q has no consumer %s on stream %s (is it still in DESTINATIONS?); its letters are kept: %w",
-		d, low, natsjs.EventStream, err)
+		d, low, natsjs.EventStream, ErrNoConsumer)
 }
 
 // ReplayMsgID is the dedupe ID of a replayed event: fresh, so JetStream

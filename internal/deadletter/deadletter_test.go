@@ -52,7 +52,7 @@ func TestReplayKeepsLettersOfADestinationWithoutConsumer(t *testing.T) {
 	l.Destination = "gone"
 	add(t, store, l)
 	_, err := store.Replay(testCtx(t), deadletter.Filter{All: true}, false)
-	if err == nil || !strings.Contains(err.Error(), `destination "gone" has no consumer`) {
+	if !errors.Is(err, deadletter.ErrNoConsumer) || !strings.Contains(err.Error(), `destination "gone" has no consumer`) {
 		t.Fatalf("Replay err = %v, want it to name the destination without a consumer", err)
 	}
 	left, err := store.List(testCtx(t), deadletter.Filter{All: true})

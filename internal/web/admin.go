@@ -202,5 +202,9 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (a *AdminAPI) fail(w http.ResponseWriter, what string, err error) {
 	a.Log.Error(what+" failed", "err", err)
-	WriteError(w, http.StatusServiceUnavailable, what+": "+err.Error())
+	code := http.StatusServiceUnavailable
+	if errors.Is(err, deadletter.ErrNoConsumer) {
+		code = http.StatusConflict // retrying cannot help: configure the destination
+	}
+	WriteError(w, code, what+": "+err.Error())
 }

@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -76,4 +77,21 @@ func TestAdminAPIThrottlesGuesses(t *testing.T) {
 			t.Errorf("the right token once a failure aged out: status %d, want 400", rec.Code)
 		}
 	})
+}
+
+// TestAdminReplayWithoutConsumerIsAConflict: a replay of letters whose
+// destination has no consumer is refused with 409, not 503: retrying
+// cannot help until the destination is configured again.
+func TestAdminReplayWithoutConsumerIsAConflict(t *testing.T) {
+	f := start(t) // one letter of the default destination, no consumer yet
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/replay", strings.NewReader(`{"all":true}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	if rec.Code != http.StatusConflict || !strings.Contains(rec.Body.String(), "has no consumer") {
+		t.Errorf("status %d, body %s; want 409 naming the missing consumer", rec.Code, rec.Body)
+	}
 }

@@ -161,13 +161,8 @@ func TestAuth(t *testing.T) {
 
 func TestReplayIsCSRFSafe(t *testing.T) {
 	f := start(t)
-	// The letter's destination has its consumer, as its forwarders make:
-	// a replay goes nowhere else.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := natsjs.DefaultTopology().EnsureConsumer(ctx, f.ns.JS, natsjs.DefaultDestination); err != nil {
-		t.Fatal(err)
-	}
 	c := f.browser(t)
 	_, body := f.get(t, c, "/ui", adminToken)
 	m := csrfInput.FindStringSubmatch(body)
@@ -216,6 +211,19 @@ func TestReplayIsCSRFSafe(t *testing.T) {
 		t.Fatalf("after refused posts: %d dead letters (err %v), want 1", len(got), err)
 	}
 
+	// Before its destination has a consumer, a replay is refused with 409
+	// (retrying cannot help) and the letter stays.
+	if resp := post(c, url.Values{"seq": {"1"}, "csrf": {token}}, map[string]string{"Origin": f.srv.URL, "Sec-Fetch-Site": "same-origin"}); resp.StatusCode != http.StatusConflict {
+		t.Errorf("replay without the destination's consumer: status %d, want 409", resp.StatusCode)
+	}
+	if got, err := f.store.List(ctx, deadletter.Filter{All: true}); err != nil || len(got) != 1 {
+		t.Fatalf("after the refused replay: %d dead letters (err %v), want 1", len(got), err)
+	}
+	// The letter's destination has its consumer, as its forwarders make:
+	// a replay goes nowhere else.
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(ctx, f.ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
 	resp := post(c, url.Values{"seq": {"1"}, "csrf": {token}}, map[string]string{"Origin": f.srv.URL, "Sec-Fetch-Site": "same-origin"})
 	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/ui/?replayed=1") {
 		t.Fatalf("replay: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
