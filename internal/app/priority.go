@@ -109,7 +109,15 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 	if err != nil {
 		return false, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	// The publish that follows needs time too: the reads take at most
+	// half of what is left of the caller's deadline (the reconciler's,
+	// INGEST_PUBLISH_TIMEOUT, may be shorter than p.timeout), so a study
+	// too slow to read still goes routine rather than failing its publish.
+	timeout := p.timeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d)/2)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// The list of a large study takes a while: read it only for a rule
 	// that looks at the instances.

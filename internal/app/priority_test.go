@@ -189,6 +189,52 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 	}
 }
 
+// The reconciler publishes through the rule within INGEST_PUBLISH_TIMEOUT,
+// which may be shorter than the rule's own time-out: a source too slow to
+// read must leave the study routine, not make the publish fail (the
+// reconciler would retry the same study, and stop there, for good).
+func TestRuleLeavesThePublishItsTime(t *testing.T) {
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "unavailable", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) }) // before slow.Close, which waits for the handlers
+	sources, err := NewSources(&config.Orthanc{URL: slow.URL, SourceName: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	if _, err := natsjs.DefaultTopology().EnsureEvents(t.Context(), ns.JS); err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPrioritizer(ns.JS, "'MR' in study.modalities", sources, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.NewStudyStable("main", "88888888-88888888-88888888-88888888-88888888", "1.2.3", "20261203T101500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As the reconciler publishes with INGEST_PUBLISH_TIMEOUT=2s (the
+	// rule's reads have priorityRuleTimeout, 5 s).
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := p.Publish(ctx, ev); err != nil {
+		t.Fatalf("Publish = %v, want the study stored in the routine lane", err)
+	}
+	if got := testutil.ToFloat64(p.events.WithLabelValues("routine", "rule_error")); got != 1 {
+		t.Errorf("stowline_ingest_priority_total{priority=\"routine\",by=\"rule_error\"} = %v, want 1", got)
+	}
+	if got := subjectCounts(t, ns.JS); got["stowline.study.stable.main"] != 1 {
+		t.Errorf("subjects %v, want the event in the routine lane", got)
+	}
+}
+
 // While the NATS client reconnects, the webhook answers at once: Orthanc's
 // Lua post, and Orthanc's REST API with it, waits for that answer.
 func TestWebhookPublisherNotConnected(t *testing.T) {
