@@ -36,6 +36,20 @@ func TestAdminTokenIsReadByEveryCommand(t *testing.T) {
 
 func (a *Admin) adminToken() string { return a.AdminToken }
 
+// An ADMIN_TOKEN equal to INGEST_TOKEN is refused where both are read:
+// Orthanc's configuration holds the ingest token.
+func TestAdminTokenDiffersFromIngestToken(t *testing.T) {
+	e := baseEnv()
+	e["NATS_URL"] = "nats://127.0.0.1:4222"
+	e["ADMIN_TOKEN"] = e["INGEST_TOKEN"]
+	for name, c := range map[string]any{"ingest": &IngestService{}, "single host": &SingleHost{}} {
+		err := Load(mapEnv(e), c)
+		if err == nil || !strings.Contains(err.Error(), "ADMIN_TOKEN must differ from INGEST_TOKEN") || strings.Contains(err.Error(), e["INGEST_TOKEN"]) {
+			t.Errorf("%s: err = %v, want the refusal without the token", name, err)
+		}
+	}
+}
+
 // TestRandomCredentialsAccepted: random values the documentation's
 // commands make pass, short ones included (openssl rand -hex 8 may
 // repeat most of its 16 digits).

@@ -23,7 +23,7 @@ type IngestService struct {
 // Validate checks every part; the errors name the variables.
 func (c *IngestService) Validate() error {
 	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Ingest.Validate(),
-		c.reconcileValidate(), c.Admin.Validate(), c.ListenTLS.Validate())
+		c.reconcileValidate(), c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate())
 }
 
 // reconcileValidate checks the reconciler and, when it runs or
@@ -114,7 +114,7 @@ type SingleHost struct {
 // Validate checks every part; the errors name the variables.
 func (c *SingleHost) Validate() error {
 	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
-		c.Admin.Validate(), c.ListenTLS.Validate())
+		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate())
 	if c.Reconcile.Enabled {
 		err = errors.Join(err, c.Reconcile.Validate())
 	}
