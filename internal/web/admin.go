@@ -48,7 +48,7 @@ func (a *AdminAPI) Mount(r chi.Router) {
 		r.Use(func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 				authorized := func() (bool, bool) {
-					tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+					tok, ok := bearerToken(req)
 					got := sha256.Sum256([]byte(tok))
 					presented := ok && tok != ""
 					// An empty token never opens the API, whatever mounted it.

@@ -287,8 +287,18 @@ func jsonProblem(err error) string {
 // maxFieldName bounds an unknown field's name in an answer.
 const maxFieldName = 40
 
+// bearerToken returns the token of an "Authorization: Bearer <token>"
+// header; the scheme's case does not matter (RFC 9110, 11.1).
+func bearerToken(r *http.Request) (string, bool) {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return token, true
+}
+
 func (h *Webhook) authorized(r *http.Request) bool {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	token, ok := bearerToken(r)
 	if !ok || token == "" {
 		return false
 	}

@@ -93,6 +93,8 @@ func TestWebhook(t *testing.T) {
 		{"long unknown field", "application/json", bearer, strings.Replace(validBody, `{`, `{"`+strings.Repeat("DOE^JANE", 20)+`":1,`, 1), 400, "unknown field", strings.Repeat("DOE^JANE", 10)},
 		{"too large", "application/json", bearer, `{"type":"` + strings.Repeat("x", web.MaxBodyBytes) + `"}`, 413, "larger than", ""},
 		{"accepted", "application/json; charset=utf-8", bearer, validBody, 202, "", ""},
+		{"scheme in lower case (RFC 9110: case-insensitive)", "application/json", "bearer " + token, validBody, 202, "", ""},
+		{"scheme without a space", "application/json", "Bearer" + token, validBody, 401, "bearer token", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
