@@ -140,16 +140,30 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 	}
 	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
 	for i := len(hops) - 1; i >= 0; i-- {
-		hop := strings.TrimSpace(hops[i])
-		a, err := netip.ParseAddr(hop)
-		if err != nil {
+		a, ok := hopAddr(strings.TrimSpace(hops[i]))
+		if !ok {
 			return peer // a garbled chain: fall back to what is certain
 		}
-		if !isTrusted(hop, trusted) {
-			return a.Unmap().String()
+		if !trustedAddr(a, trusted) {
+			return a.String()
 		}
 	}
 	return peer
+}
+
+// hopAddr reads an X-Forwarded-For entry: an address, or an address and
+// port as some proxies write it (Azure Application Gateway: ip:port,
+// [v6]:port); the port and an IPv6 zone are dropped.
+func hopAddr(hop string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(hop)
+	if err != nil {
+		ap, perr := netip.ParseAddrPort(hop)
+		if perr != nil {
+			return netip.Addr{}, false
+		}
+		a = ap.Addr()
+	}
+	return a.Unmap().WithZone(""), true
 }
 
 func isTrusted(addr string, trusted []netip.Prefix) bool {
@@ -157,7 +171,10 @@ func isTrusted(addr string, trusted []netip.Prefix) bool {
 	if err != nil {
 		return false
 	}
-	a = a.Unmap()
+	return trustedAddr(a.Unmap().WithZone(""), trusted)
+}
+
+func trustedAddr(a netip.Addr, trusted []netip.Prefix) bool {
 	for _, p := range trusted {
 		if p.Contains(a) {
 			return true

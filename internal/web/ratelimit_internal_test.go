@@ -49,6 +49,10 @@ func TestClientIP(t *testing.T) {
 		{"only proxies in the chain", "10.0.0.5:5000", []string{"10.0.0.6"}, lb, "10.0.0.5"},
 		{"IPv6 proxy", "[fd00::1]:5000", []string{"2001:db8::7"}, lb, "2001:db8::7"},
 		{"IPv4-mapped client", "10.0.0.5:5000", []string{"::ffff:198.51.100.1"}, lb, "198.51.100.1"},
+		{"client with a port (Azure Application Gateway)", "10.0.0.5:5000", []string{"198.51.100.1:51234"}, lb, "198.51.100.1"},
+		{"IPv6 client with a port", "10.0.0.5:5000", []string{"[2001:db8::7]:51234"}, lb, "2001:db8::7"},
+		{"trusted proxy with a port, then the client", "10.0.0.5:5000", []string{"198.51.100.1, 10.0.0.9:443"}, lb, "198.51.100.1"},
+		{"IPv6 proxy with a zone", "[fd00::1%eth0]:5000", []string{"2001:db8::7"}, lb, "2001:db8::7"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
