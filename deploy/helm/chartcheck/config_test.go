@@ -103,7 +103,15 @@ func configLoads(t *testing.T, command string, env map[string]string) {
 	for k, v := range env {
 		if strings.HasPrefix(v, "/") && (strings.HasSuffix(k, "_FILE") || strings.HasSuffix(k, "GOOGLE_APPLICATION_CREDENTIALS")) {
 			f := filepath.Join(dir, strings.NewReplacer("/", "_").Replace(v))
-			if err := os.WriteFile(f, []byte("chartcheck-secret-0123456789abcdef\n"), 0o600); err != nil {
+			// One secret per variable: ADMIN_TOKEN must differ from
+			// INGEST_TOKEN.
+			content := "chartcheck-" + strings.ToLower(k) + "-0123456789abcdef\n"
+			if strings.HasSuffix(k, "CA_FILE") || strings.HasSuffix(k, "CERT_FILE") || strings.HasSuffix(k, "KEY_FILE") {
+				// Certificates and keys must hold a PEM block to pass the
+				// configuration; the block itself is parsed where it is used.
+				content = "-----BEGIN CERTIFICATE-----\nY2hhcnRjaGVjaw==\n-----END CERTIFICATE-----\n"
+			}
+			if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			v = f
