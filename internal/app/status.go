@@ -2,11 +2,13 @@ package app
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync/atomic"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -88,6 +90,34 @@ func (s *statusWiring) track(ctx context.Context, g *errgroup.Group, topo natsjs
 		return nil, err
 	}
 	s.tracker.Store(t)
-	g.Go(named("status", func() error { return t.Share(ctx, kv, status.ShareInterval, log) }))
+	bucket := statusBucket{KeyValue: kv, ensure: func(ctx context.Context) error {
+		log.Info("status: no answer from the bucket; creating it again if it is gone (kept in memory, it is lost when the NATS server restarts)", "bucket", natsjs.StatusBucket)
+		_, err := topo.EnsureStatus(ctx, s.conn.JS)
+		return err
+	}}
+	g.Go(named("status", func() error { return t.Share(ctx, bucket, status.ShareInterval, log) }))
 	return t, nil
+}
+
+// statusBucket is the status bucket as a forwarder writes its snapshot
+// to it. The bucket is kept in memory: a NATS server that restarts (a
+// single server, or every node holding the bucket) loses it, and nothing
+// else creates it while the forwarders run, so a put that finds no bucket
+// creates it again and puts once more. Without it the replicas each found
+// no other in the bucket, for good, and took the whole of the shared
+// limits (STOW_PARALLEL_REQUESTS, STOW_MAX_BYTES_PER_SECOND).
+type statusBucket struct {
+	jetstream.KeyValue
+	ensure func(context.Context) error
+}
+
+func (b statusBucket) Put(ctx context.Context, key string, value []byte) (uint64, error) {
+	rev, err := b.KeyValue.Put(ctx, key, value)
+	if !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return rev, err
+	}
+	if err := b.ensure(ctx); err != nil {
+		return 0, err
+	}
+	return b.KeyValue.Put(ctx, key, value)
 }
