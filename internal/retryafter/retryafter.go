@@ -3,6 +3,7 @@
 package retryafter
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -22,7 +23,9 @@ func Parse(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+	// Past int64, ParseInt gives the bound and ErrRange: still seconds,
+	// capped like any long pause (not read as no pause at all).
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
 		if secs <= 0 {
 			return 0
 		}

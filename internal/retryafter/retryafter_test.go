@@ -18,6 +18,8 @@ func TestParse(t *testing.T) {
 		{"120", 2 * time.Minute},
 		{" 3 ", 3 * time.Second},
 		{"99999999999", 24 * time.Hour},
+		{"99999999999999999999", 24 * time.Hour},
+		{"-99999999999999999999", 0},
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
 		{"soon", 0},
