@@ -37,11 +37,6 @@ const (
 // reason; a decrease is logged at info, an increase at debug.
 func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*flow.Limiter, error) {
 	labels := prometheus.Labels{"destination": opts.DestinationName}
-	gauge := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "stowline_forwarder_stow_parallel_limit",
-		Help:        "STOW-RS requests this process may have in flight to the destination now, over all its studies (adapted between STOW_PARALLEL_MIN and STOW_PARALLEL_REQUESTS, or this replica's share of it).",
-		ConstLabels: labels,
-	})
 	changes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_stow_parallel_changes_total",
 		Help:        "Changes of stowline_forwarder_stow_parallel_limit, by reason: increase (throughput grew, latency held), no_gain (the last increase did not pay), latency (requests took over twice the best time of recent rounds, allowing for their size), overload_429, overload_503, timeout (halved), retry_after (new requests paused, limit unchanged), replica_share (the replicas serving the destination changed), recovered (back from an outage: the start level again), probe_down (half the start level tried once), probe_up (back from that try: half carried less).",
@@ -50,15 +45,9 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*fl
 	for _, r := range flow.Reasons {
 		changes.WithLabelValues(string(r))
 	}
-	for _, c := range []prometheus.Collector{gauge, changes} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("forward: register metrics: %w", err)
-		}
-	}
 	floor := max(opts.MinRequestConcurrency, 1)
 	l, err := flow.New(flow.Options{Min: floor, Max: max(opts.RequestConcurrency, floor), OnChange: func(c flow.Change) {
 		changes.WithLabelValues(string(c.Reason)).Inc()
-		gauge.Set(float64(c.To))
 		switch {
 		case c.Reason == flow.RetryAfter:
 			log.Info("destination asked to wait: no new STOW-RS request before the pause ends", "pause", c.Pause.String(), "limit", c.To)
@@ -71,7 +60,19 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*fl
 	if err != nil {
 		return nil, fmt.Errorf("forward: request concurrency: %w", err)
 	}
-	gauge.Set(float64(l.Limit()))
+	// Read at each scrape: changes are reported outside the limiter's
+	// lock, so two at once could be reported in the other order and a
+	// gauge set from them left showing the older limit.
+	gauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "stowline_forwarder_stow_parallel_limit",
+		Help:        "STOW-RS requests this process may have in flight to the destination now, over all its studies (adapted between STOW_PARALLEL_MIN and STOW_PARALLEL_REQUESTS, or this replica's share of it).",
+		ConstLabels: labels,
+	}, func() float64 { return float64(l.Limit()) })
+	for _, c := range []prometheus.Collector{gauge, changes} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("forward: register metrics: %w", err)
+		}
+	}
 	return l, nil
 }
 
