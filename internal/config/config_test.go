@@ -251,6 +251,9 @@ func TestRetentionCoversRetries(t *testing.T) {
 	}{
 		{map[string]string{"EVENTS_RETENTION": "7h", "EVENTS_DEDUPE_WINDOW": "1h"}, true},
 		{map[string]string{"EVENTS_RETENTION": "7h1m", "EVENTS_DEDUPE_WINDOW": "1h"}, false},
+		// The figure README.md and the variable's description give.
+		{map[string]string{"EVENTS_RETENTION": "7h0m29s", "EVENTS_DEDUPE_WINDOW": "1h"}, true},
+		{map[string]string{"EVENTS_RETENTION": "7h0m30s", "EVENTS_DEDUPE_WINDOW": "1h"}, false},
 		{map[string]string{"EVENTS_RETENTION": "1h", "EVENTS_DEDUPE_WINDOW": "1h", "FORWARDER_MAX_DELIVERIES": "0"}, false},
 		{map[string]string{"EVENTS_RETENTION": "1h", "EVENTS_DEDUPE_WINDOW": "1h", "FORWARDER_MAX_DELIVERIES": "10"}, false},
 		{map[string]string{"FORWARDER_RETRY_MAX_DELAY": "24h", "FORWARDER_RETRY_DELAY": "24h"}, true},

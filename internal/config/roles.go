@@ -39,7 +39,7 @@ type NATS struct {
 	CredsFile       string        `env:"NATS_CREDS_FILE" desc:"NATS credentials (.creds) file for an external server"`
 	StoreDir        string        `env:"NATS_STORE_DIR" envDefault:"./data/nats" desc:"embedded JetStream storage directory (single-host mode)"`
 	Replicas        int           `env:"NATS_REPLICAS" envDefault:"1" desc:"stream replicas: 1 on a single server, 3 on a JetStream cluster"`
-	EventsRetention time.Duration `env:"EVENTS_RETENTION" envDefault:"168h" desc:"how long events stay in the stream, forwarded or not (replay window); at least the waits of a failing study's retries (up to 7h with the forwarder defaults), so none expires before its dead letter"`
+	EventsRetention time.Duration `env:"EVENTS_RETENTION" envDefault:"168h" desc:"how long events stay in the stream, forwarded or not (replay window); at least the waits of a failing study's retries (7h0m30s with the forwarder defaults), so none expires before its dead letter"`
 	DedupeWindow    time.Duration `env:"EVENTS_DEDUPE_WINDOW" envDefault:"24h" desc:"how long a repeated event for an unchanged study is dropped"`
 	// NATSAuth: NKey, user/password and TLS to an external server (natsauth.go).
 	NATSAuth
