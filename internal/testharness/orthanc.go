@@ -237,14 +237,7 @@ func (o *Orthanc) pickPorts() error {
 
 // freePort asks the kernel for a free port. Orthanc listens on all
 // interfaces, so the probe does too.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", ":0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return pickPort("") }
 
 func (o *Orthanc) config() (map[string]any, error) {
 	lua := make([]string, 0, len(o.opts.LuaScripts))

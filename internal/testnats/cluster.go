@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,8 +69,8 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		c.Nodes = append(c.Nodes, &Node{
 			Name:       "n" + strconv.Itoa(i+1),
 			StoreDir:   t.TempDir(),
-			ClientPort: freePort(t),
-			RoutePort:  freePort(t),
+			ClientPort: testharness.FreePort(t),
+			RoutePort:  testharness.FreePort(t),
 			Logs:       &testharness.LogBuffer{},
 		})
 	}
@@ -83,7 +81,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			if from == to {
 				continue
 			}
-			l := &link{port: freePort(t), target: "127.0.0.1:" + strconv.Itoa(to.RoutePort)}
+			l := &link{port: testharness.FreePort(t), target: "127.0.0.1:" + strconv.Itoa(to.RoutePort)}
 			if err := l.open(); err != nil {
 				t.Fatal(err)
 			}
@@ -488,44 +486,6 @@ func (l *link) close() {
 	}
 	l.conns = nil
 }
-
-// freePort returns a loopback port that was free a moment ago, picked
-// below the kernel's ephemeral range and never twice in this process. A
-// port from that range (what :0 gives) could meanwhile be handed to any
-// outgoing connection or :0 listener, and the node would fail to bind it
-// at its start or, later, at its restart.
-func freePort(t testing.TB) int {
-	t.Helper()
-	lo, hi := 20000, 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		var first, last int
-		if _, err := fmt.Sscan(string(b), &first, &last); err == nil && first > 4096 {
-			lo, hi = max(1024, first-12000), first
-		}
-	}
-	pickedMu.Lock()
-	defer pickedMu.Unlock()
-	for range 1000 {
-		p := lo + rand.IntN(hi-lo)
-		if picked[p] {
-			continue
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		picked[p] = true
-		return p
-	}
-	t.Fatalf("testnats: no free port in %d-%d", lo, hi)
-	return 0
-}
-
-var (
-	pickedMu sync.Mutex
-	picked   = map[int]bool{}
-)
 
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
