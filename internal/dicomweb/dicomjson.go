@@ -58,10 +58,17 @@ func jsonDataset(obj map[string]any) (dataset, error) {
 			return nil, fmt.Errorf("%w: attribute %s is not an object", errMalformedResponse, snippet([]byte(k), 100))
 		}
 		e := &element{}
+		vr, _ := attr["vr"].(string)
 		if vals, ok := attr["Value"].([]any); ok {
 			for _, val := range vals {
 				switch x := val.(type) {
 				case map[string]any:
+					if strings.EqualFold(vr, "PN") {
+						// A Person Name's components ({"Alphabetic":
+						// ...}), as in the Original Attributes Sequence
+						// of a coerced instance: not an item.
+						continue
+					}
 					item, err := jsonDataset(x)
 					if err != nil {
 						return nil, err

@@ -322,3 +322,31 @@ func TestParseResponseLowerCaseTag(t *testing.T) {
 		t.Fatalf("other failures = %q", got)
 	}
 }
+
+// PS3.18 Table I.1-1: a stored instance's item may carry the Original
+// Attributes Sequence (0400,0561) of the values the server coerced, a
+// Person Name among them, whose JSON values are objects, not items.
+func TestParseResponseCoercedPersonName(t *testing.T) {
+	body := `{"00081199":{"vr":"SQ","Value":[{
+		"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.7"]},
+		"00081155":{"vr":"UI","Value":["a"]},
+		"00081196":{"vr":"US","Value":[45056]},
+		"04000561":{"vr":"SQ","Value":[{
+			"04000562":{"vr":"DT","Value":["20261204110000"]},
+			"04000550":{"vr":"SQ","Value":[{
+				"00100010":{"vr":"PN","Value":[{"Alphabetic":"DOE^JOHN"}]},
+				"00100020":{"vr":"LO","Value":["12345"]}
+			}]}
+		}]}
+	}]}}`
+	res, err := parseResponse("application/dicom+json", []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := storedUIDs(res); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("stored = %q, want [a]", got)
+	}
+	if len(res.Warnings) != 1 || res.Warnings[0].WarningReason != WarningCoercion {
+		t.Fatalf("warnings = %+v, want one coercion", res.Warnings)
+	}
+}
