@@ -131,12 +131,28 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 // assertions) that a server might echo back.
 var jwtPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)
 
-// RedactJWTs replaces everything in s that looks like a JWT: a server's
-// answer may echo the token it was sent.
-func RedactJWTs(s string) string { return jwtPattern.ReplaceAllString(s, "[REDACTED JWT]") }
+// Other credentials an answer may echo: an Authorization header's token
+// (opaque tokens of OAuth servers), Google's access tokens (ya29.), and
+// an AWS session token (a SignatureDoesNotMatch answer quotes the
+// canonical request, headers included).
+var (
+	bearerPattern     = regexp.MustCompile(`(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{16,}`)
+	googlePattern     = regexp.MustCompile(`\bya29\.[A-Za-z0-9._-]{8,}`)
+	awsSessionPattern = regexp.MustCompile(`(?i)(x-amz-security-token\s*[:=]\s*)[A-Za-z0-9/+=%_-]{16,}`)
+)
+
+// RedactTokens replaces everything in s that looks like a credential
+// stowline sends (a JWT, a bearer or Google access token, an AWS session
+// token): a server's answer may echo what it was sent.
+func RedactTokens(s string) string {
+	s = jwtPattern.ReplaceAllString(s, "[REDACTED JWT]")
+	s = bearerPattern.ReplaceAllString(s, "Bearer [REDACTED]")
+	s = googlePattern.ReplaceAllString(s, "[REDACTED TOKEN]")
+	return awsSessionPattern.ReplaceAllString(s, "${1}[REDACTED]")
+}
 
 // scrub removes the endpoint's secrets, as sent and as form-encoded, and
-// anything that looks like a JWT from s: a misbehaving server may echo the
+// anything that looks like a token from s: a misbehaving server may echo the
 // request back in its error body.
 func (ts *TokenSource) scrub(s string) string {
 	for _, secret := range ts.ep.Secrets {
@@ -147,5 +163,5 @@ func (ts *TokenSource) scrub(s string) string {
 			s = strings.ReplaceAll(s, v, "[REDACTED]")
 		}
 	}
-	return RedactJWTs(s)
+	return RedactTokens(s)
 }

@@ -215,5 +215,5 @@ func firstNonEmpty(vs ...string) string {
 
 // redactedSnippet is the start of a body, on one line, without tokens.
 func redactedSnippet(b []byte) string {
-	return auth.RedactJWTs(snippet(b, 300))
+	return auth.RedactTokens(snippet(b, 300))
 }

@@ -122,7 +122,7 @@ func safeLocation(raw string) string {
 // errorBody is the start of an error answer as kept in an HTTPError,
 // which goes to logs and dead letters: a gateway that echoes the request
 // could show the bearer token, so anything shaped like a JWT is redacted.
-func errorBody(body []byte) string { return auth.RedactJWTs(trimBody(body, maxErrorBody)) }
+func errorBody(body []byte) string { return auth.RedactTokens(trimBody(body, maxErrorBody)) }
 
 // trimBody keeps the start of body, cut on a character boundary, as valid
 // UTF-8.
