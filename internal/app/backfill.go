@@ -76,7 +76,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 		return err
 	}
 	defer conn.Close()
-	if err := requireDestination(ctx, conn.JS, *destination); err != nil {
+	if err := requireDestination(ctx, conn.JS, *destination, lane); err != nil {
 		return &usageError{fmt.Errorf("%s: %w", program, err)}
 	}
 	// Rows are written as the studies are queued, a block at a time (one

@@ -234,7 +234,7 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 		return usagef("reforward: --priority: %w", err)
 	}
 	if *destination != "" {
-		if err := requireDestination(ctx, c.JS, *destination); err != nil {
+		if err := requireDestination(ctx, c.JS, *destination, lane); err != nil {
 			return usagef("reforward: %w", err)
 		}
 	}
@@ -287,16 +287,14 @@ func writeJSON(w io.Writer, v any) error {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// requireDestination checks that destination has its consumer on the
-// event stream: events queued for a destination without one would reach
-// nobody.
-func requireDestination(ctx context.Context, js jetstream.JetStream, destination string) error {
+// requireDestination checks that a consumer of destination takes what is
+// queued for it in lane: events queued without one would reach nobody
+// (the lane's consumer, not only the routine one: a removal that stopped
+// part-way, or a lane consumer deleted by hand, leaves the others).
+func requireDestination(ctx context.Context, js jetstream.JetStream, destination string, lane events.Priority) error {
 	if !natsjs.ValidDestination(destination) {
 		return fmt.Errorf("destination %q: not a destination name", destination)
 	}
-	if _, err := js.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName(destination)); err != nil {
-		return fmt.Errorf("destination %q has no consumer %s on stream %s (is it in DESTINATIONS, and has its forwarder started?): %w",
-			destination, natsjs.ConsumerName(destination), natsjs.EventStream, err)
-	}
-	return nil
+	// The lanes' filters take every source: any one stands for them.
+	return deadletter.Taken(ctx, js, destination, lane, natsjs.LaneSubject(lane, destination, "any-source"))
 }

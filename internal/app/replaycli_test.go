@@ -343,3 +343,22 @@ func TestRunReplay(t *testing.T) {
 		t.Errorf("replay run without a filter: err = %v, want a usage error", err)
 	}
 }
+
+// A re-forward to one destination needs the consumer of the lane it
+// queues in: with the low lane's gone (a removal that stopped part-way, a
+// consumer deleted by hand) its events would reach nobody, even though
+// the routine consumer is there.
+func TestReforwardNeedsTheLanesConsumer(t *testing.T) {
+	r := newReplayRig(t)
+	low := natsjs.LaneConsumerName(natsjs.DefaultDestination, events.PriorityLow)
+	if err := r.ns.JS.DeleteConsumer(replayCtx(t), natsjs.EventStream, low); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.run(t, "reforward", "--since", "2026-01-01", "--destination", natsjs.DefaultDestination)
+	if !errors.Is(err, deadletter.ErrNoConsumer) || !strings.Contains(err.Error(), low) {
+		t.Errorf("reforward to the low lane without its consumer: err = %v, want it refused naming %s", err, low)
+	}
+	if _, err := r.run(t, "reforward", "--since", "2026-01-01", "--destination", natsjs.DefaultDestination, "--priority", "routine", "--dry-run"); err != nil {
+		t.Errorf("reforward to the routine lane, whose consumer is there: %v", err)
+	}
+}

@@ -34,9 +34,9 @@ type Entry struct {
 // ErrNotFound is returned for a sequence that holds no dead letter.
 var ErrNotFound = errors.New("dead letter not found")
 
-// ErrNoConsumer is why a replay is refused when no consumer of the
-// letter's destination would take its event: the letters are kept.
-var ErrNoConsumer = errors.New("no consumer takes the destination's replays")
+// ErrNoConsumer is why a replay, a re-forward or a backfill is refused
+// when no consumer of the destination would take its events.
+var ErrNoConsumer = errors.New("no consumer takes the destination's events")
 
 // Store is the dead-letter stream.
 type Store struct {
@@ -273,8 +273,8 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 			continue
 		}
 		checked[subject] = true
-		if err := s.taken(ctx, DestinationOf(&e.DeadLetter), subject); err != nil {
-			return nil, err
+		if err := Taken(ctx, s.js, DestinationOf(&e.DeadLetter), events.PriorityLow, subject); err != nil {
+			return nil, fmt.Errorf("replay: %w; its letters are kept", err)
 		}
 	}
 	for i, e := range entries {
@@ -290,15 +290,17 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 	return entries, nil
 }
 
-// taken checks that a consumer of destination d takes subject: its low
-// lane's, or, with forwarders from before lanes, its one consumer (which
-// took every subject of the destination).
-func (s *Store) taken(ctx context.Context, d, subject string) error {
-	low := natsjs.LaneConsumerName(d, events.PriorityLow)
+// Taken checks that a consumer of destination d takes events published
+// to subject in lane: the lane's consumer, or, with forwarders from
+// before lanes, its one consumer (which took every subject of the
+// destination). Without one, the error wraps ErrNoConsumer: events
+// published there would reach nobody.
+func Taken(ctx context.Context, js jetstream.JetStream, d string, lane events.Priority, subject string) error {
+	want := natsjs.LaneConsumerName(d, lane)
 	var err error
-	for _, name := range []string{low, natsjs.ConsumerName(d)} {
+	for _, name := range []string{want, natsjs.ConsumerName(d)} {
 		var c jetstream.Consumer
-		if c, err = s.js.Consumer(ctx, natsjs.EventStream, name); err != nil {
+		if c, err = js.Consumer(ctx, natsjs.EventStream, name); err != nil {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
 				continue
 			}
@@ -312,10 +314,10 @@ func (s *Store) taken(ctx context.Context, d, subject string) error {
 		}
 	}
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fmt.Errorf("replay: read the consumers of destination %q: %w", d, err)
+		return fmt.Errorf("read the consumers of destination %q: %w", d, err)
 	}
-	return fmt.Errorf("replay: destination %q has no consumer %s on stream %s (is it still in DESTINATIONS?); its letters are kept: %w",
-		d, low, natsjs.EventStream, ErrNoConsumer)
+	return fmt.Errorf("destination %q has no consumer %s on stream %s (is it in DESTINATIONS, and has its forwarder started?): %w",
+		d, want, natsjs.EventStream, ErrNoConsumer)
 }
 
 // ReplayMsgID is the dedupe ID of a replayed event: fresh, so JetStream
