@@ -127,27 +127,7 @@ func TestPrioritizer(t *testing.T) {
 // that still wait for PRIORITY_RULE: here the source is slow to answer,
 // and the event is in its lane when drainTriage returns.
 func TestTriageDrainedAtShutdown(t *testing.T) {
-	release := make(chan struct{})
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		<-release
-		http.Error(w, "unavailable", http.StatusServiceUnavailable)
-	}))
-	t.Cleanup(slow.Close)
-	var once sync.Once
-	answer := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(answer) // before slow.Close, which waits for the handlers
-	sources, err := NewSources(&config.Orthanc{URL: slow.URL, SourceName: "main"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := testnats.Start(t)
-	if _, err := natsjs.DefaultTopology().EnsureEvents(t.Context(), ns.JS); err != nil {
-		t.Fatal(err)
-	}
-	p, err := newPrioritizer(ns.JS, "'MR' in study.modalities", sources, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, ns, answer := slowSourcePrioritizer(t)
 	ev, err := events.NewStudyStable("main", "66666666-66666666-66666666-66666666-66666666", "1.2.3", "20261203T101500")
 	if err != nil {
 		t.Fatal(err)
@@ -194,28 +174,7 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 // read must leave the study routine, not make the publish fail (the
 // reconciler would retry the same study, and stop there, for good).
 func TestRuleLeavesThePublishItsTime(t *testing.T) {
-	release := make(chan struct{})
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		http.Error(w, "unavailable", http.StatusServiceUnavailable)
-	}))
-	t.Cleanup(slow.Close)
-	t.Cleanup(func() { close(release) }) // before slow.Close, which waits for the handlers
-	sources, err := NewSources(&config.Orthanc{URL: slow.URL, SourceName: "main"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := testnats.Start(t)
-	if _, err := natsjs.DefaultTopology().EnsureEvents(t.Context(), ns.JS); err != nil {
-		t.Fatal(err)
-	}
-	p, err := newPrioritizer(ns.JS, "'MR' in study.modalities", sources, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, ns, _ := slowSourcePrioritizer(t)
 	ev, err := events.NewStudyStable("main", "88888888-88888888-88888888-88888888-88888888", "1.2.3", "20261203T101500")
 	if err != nil {
 		t.Fatal(err)
@@ -242,4 +201,36 @@ func TestWebhookPublisherNotConnected(t *testing.T) {
 	if _, err := pub.Publish(t.Context(), &events.StudyStable{}); !errors.Is(err, errNotConnected) {
 		t.Fatalf("Publish = %v, want errNotConnected", err)
 	}
+}
+
+// slowSourcePrioritizer is a prioritizer whose rule reads a source that
+// answers (503: the rule fails, the study goes routine) only once answer
+// is called or its request is given up, on a real JetStream.
+func slowSourcePrioritizer(t *testing.T) (p *prioritizer, ns *testnats.Server, answer func()) {
+	t.Helper()
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "unavailable", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(slow.Close)
+	var once sync.Once
+	answer = func() { once.Do(func() { close(release) }) }
+	t.Cleanup(answer) // before slow.Close, which waits for the handlers
+	sources, err := NewSources(&config.Orthanc{URL: slow.URL, SourceName: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns = testnats.Start(t)
+	if _, err := natsjs.DefaultTopology().EnsureEvents(t.Context(), ns.JS); err != nil {
+		t.Fatal(err)
+	}
+	p, err = newPrioritizer(ns.JS, "'MR' in study.modalities", sources, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, ns, answer
 }
