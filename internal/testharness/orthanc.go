@@ -218,15 +218,14 @@ func LaunchOrthanc(ctx context.Context, dir string, opts OrthancOptions) (*Ortha
 	return o, nil
 }
 
+// pickPorts picks the HTTP and DICOM ports. Orthanc listens on all
+// interfaces, so the probe does too; pickPort never gives a port twice.
 func (o *Orthanc) pickPorts() error {
-	h, err := freePort()
+	h, err := pickPort("")
 	if err != nil {
 		return err
 	}
-	d, err := freePort()
-	for err == nil && d == h {
-		d, err = freePort()
-	}
+	d, err := pickPort("")
 	if err != nil {
 		return err
 	}
@@ -234,10 +233,6 @@ func (o *Orthanc) pickPorts() error {
 	o.URL = "http://127.0.0.1:" + strconv.Itoa(h)
 	return nil
 }
-
-// freePort asks the kernel for a free port. Orthanc listens on all
-// interfaces, so the probe does too.
-func freePort() (int, error) { return pickPort("") }
 
 func (o *Orthanc) config() (map[string]any, error) {
 	lua := make([]string, 0, len(o.opts.LuaScripts))
