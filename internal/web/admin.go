@@ -202,9 +202,15 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (a *AdminAPI) fail(w http.ResponseWriter, what string, err error) {
 	a.Log.Error(what+" failed", "err", err)
-	code := http.StatusServiceUnavailable
+	WriteError(w, failureStatus(err), what+": "+err.Error())
+}
+
+// failureStatus is the status of a dead-letter operation that failed: 409
+// when the destination has no consumer (retrying cannot help: configure
+// the destination), 503 otherwise (NATS did not answer: try again).
+func failureStatus(err error) int {
 	if errors.Is(err, deadletter.ErrNoConsumer) {
-		code = http.StatusConflict // retrying cannot help: configure the destination
+		return http.StatusConflict
 	}
-	WriteError(w, code, what+": "+err.Error())
+	return http.StatusServiceUnavailable
 }

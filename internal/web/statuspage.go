@@ -209,11 +209,7 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 	}
 	entries, err := store.Replay(ctx, deadletter.Filter{Seq: seq}, false)
 	if err != nil {
-		code := http.StatusServiceUnavailable
-		if errors.Is(err, deadletter.ErrNoConsumer) {
-			code = http.StatusConflict
-		}
-		fail("Replay of dead letter "+strconv.FormatUint(seq, 10)+" failed: "+err.Error(), err, code)
+		fail("Replay of dead letter "+strconv.FormatUint(seq, 10)+" failed: "+err.Error(), err, failureStatus(err))
 		return
 	}
 	if len(entries) == 0 {
