@@ -297,8 +297,12 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 // published there would reach nobody.
 func Taken(ctx context.Context, js jetstream.JetStream, d string, lane events.Priority, subject string) error {
 	want := natsjs.LaneConsumerName(d, lane)
+	names := []string{want}
+	if one := natsjs.ConsumerName(d); one != want {
+		names = append(names, one) // the routine lane's is that one already
+	}
 	var err error
-	for _, name := range []string{want, natsjs.ConsumerName(d)} {
+	for _, name := range names {
 		var c jetstream.Consumer
 		if c, err = js.Consumer(ctx, natsjs.EventStream, name); err != nil {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
