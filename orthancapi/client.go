@@ -4,7 +4,8 @@
 //
 // Orthanc IDs are validated before they are put into a URL; invalid IDs
 // fail with ErrInvalidID without a request. HTTP errors are *Error values;
-// errors.Is(err, ErrNotFound) is true for a 404.
+// errors.Is(err, ErrNotFound) is true for Orthanc's own 404, confirmed by
+// Orthanc answering GET /system right after it.
 package orthancapi
 
 import (
@@ -19,6 +20,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -50,6 +52,12 @@ type Client struct {
 	password       string
 	basicAuth      bool
 	requestTimeout time.Duration
+
+	// probeMu serializes the /system probes that confirm 404s, so that
+	// the 404s of a whole study share one; probedAt is when the last
+	// probe Orthanc answered was sent.
+	probeMu  sync.Mutex
+	probedAt time.Time
 }
 
 type options struct {
@@ -199,6 +207,27 @@ func (c *Client) do(ctx context.Context, method string, u *url.URL, accept strin
 
 // doBody is do with a request body.
 func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body io.Reader) (*http.Response, error) {
+	resp, err := c.send(ctx, method, u, accept, header, body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		answered := time.Now()
+		e := newError(method, u.EscapedPath(), resp)
+		drainClose(resp.Body)
+		if e.StatusCode == http.StatusNotFound && e.NotFromOrthanc == "" {
+			if err := c.confirmOrthanc(ctx, answered); err != nil {
+				e.NotFromOrthanc = err.Error()
+			}
+		}
+		return nil, e
+	}
+	return resp, nil
+}
+
+// send sends a request with the client's credentials and returns the
+// response, whatever its status.
+func (c *Client) send(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body io.Reader) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("orthancapi: build request: %w", err)
@@ -221,11 +250,37 @@ func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept s
 	if err != nil {
 		return nil, fmt.Errorf("orthancapi: %s %s: %w", method, u.EscapedPath(), err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		defer drainClose(resp.Body)
-		return nil, newError(method, u.EscapedPath(), resp)
-	}
 	return resp, nil
+}
+
+// confirmOrthanc checks that Orthanc itself answers at the client's base
+// URL after answered, the time a 404 arrived: an empty 404 looks the same
+// from Orthanc and from a proxy whose upstream is gone (Envoy without a
+// route), and only Orthanc answers GET /system with its version. The
+// 404s of a study's instances share one probe.
+func (c *Client) confirmOrthanc(ctx context.Context, answered time.Time) error {
+	c.probeMu.Lock()
+	defer c.probeMu.Unlock()
+	if c.probedAt.After(answered) {
+		return nil
+	}
+	sent := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
+	defer cancel()
+	resp, err := c.send(ctx, http.MethodGet, c.endpoint("system"), "application/json", nil, nil)
+	if err != nil {
+		return err
+	}
+	defer drainClose(resp.Body)
+	var sys System
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /system: HTTP %d", resp.StatusCode)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxErrorBytes)).Decode(&sys); err != nil || sys.Version == "" {
+		return errors.New("GET /system: not Orthanc's answer")
+	}
+	c.probedAt = sent
+	return nil
 }
 
 // getJSON decodes the JSON answer of GET u into v, within the request

@@ -41,6 +41,12 @@ func newFake(t *testing.T) (*fakeOrthanc, *httptest.Server) {
 		f.requests = append(f.requests, r)
 		h, ok := f.routes[r.URL.EscapedPath()]
 		f.mu.Unlock()
+		if !ok && r.URL.Path == "/system" {
+			// Confirms the fake's 404s as Orthanc's own.
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"Name":"fake","Version":"1.12.7","ApiVersion":27}`)
+			return
+		}
 		if !ok {
 			// Orthanc answers unknown studies with an empty 404.
 			w.WriteHeader(http.StatusNotFound)
@@ -193,6 +199,7 @@ func TestErrors(t *testing.T) {
 		name         string
 		status       int
 		body         string
+		system       string // GET /system's answer, Orthanc's when empty
 		wantNotFound bool
 		wantMessage  string
 		wantDetails  string
@@ -212,6 +219,33 @@ func TestErrors(t *testing.T) {
 			status:       404,
 			wantNotFound: true,
 			wantText:     "orthancapi: GET /studies/" + studyID + ": HTTP 404 Not Found",
+		},
+		{
+			// Traefik's answer while Orthanc's pod is replaced.
+			name:     "proxy's 404 page",
+			status:   404,
+			body:     "404 page not found\n",
+			wantText: "HTTP 404 Not Found, not taken for Orthanc's answer: its body is not Orthanc's",
+		},
+		{
+			name:        "JSON 404 not Orthanc's",
+			status:      404,
+			body:        `{"message":"no Route matched with those values"}`,
+			wantMessage: "no Route matched with those values",
+			wantText:    "not taken for Orthanc's answer",
+		},
+		{
+			// Envoy without a route: an empty 404 for /system too.
+			name:     "empty 404, /system 404 as well",
+			status:   404,
+			system:   "404",
+			wantText: "HTTP 404 Not Found, not taken for Orthanc's answer: GET /system: HTTP 404",
+		},
+		{
+			name:     "empty 404, /system not Orthanc's",
+			status:   404,
+			system:   `{"status":"ok"}`,
+			wantText: "not taken for Orthanc's answer: GET /system: not Orthanc's answer",
 		},
 		{
 			name:        "400 with details",
@@ -247,6 +281,13 @@ func TestErrors(t *testing.T) {
 				w.WriteHeader(tc.status)
 				io.WriteString(w, tc.body)
 			})
+			switch tc.system {
+			case "":
+			case "404":
+				f.handle("/system", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNotFound) })
+			default:
+				f.json("/system", tc.system)
+			}
 			_, err := newClient(t, srv.URL).Study(context.Background(), studyID)
 			var oe *orthancapi.Error
 			if !errors.As(err, &oe) {
@@ -460,10 +501,10 @@ func TestContextCancelStopsDownload(t *testing.T) {
 // connection serves sequential calls.
 func TestConnectionReuse(t *testing.T) {
 	f, srv := newFake(t)
-	f.json("/system", `{"Name":"x"}   `)
+	f.json("/system", `{"Name":"x","Version":"1.10.1"}   `)
 	f.handle("/studies/"+studyID, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
-		io.WriteString(w, `{"Message":"Unknown resource"}`)
+		io.WriteString(w, `{"HttpStatus":404,"Message":"Unknown resource"}`)
 	})
 	f.handle("/instances/"+instanceID+"/file", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, strings.Repeat("x", 10000))

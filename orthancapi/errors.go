@@ -13,7 +13,8 @@ import (
 
 // Sentinel errors, checked with errors.Is.
 var (
-	// ErrNotFound: Orthanc answered 404 (unknown resource).
+	// ErrNotFound: Orthanc answered 404 (unknown resource). A 404 that
+	// may be a proxy's (see Error.NotFromOrthanc) does not match.
 	ErrNotFound = errors.New("orthancapi: not found")
 	// ErrInvalidID: an Orthanc ID is malformed; no request was sent.
 	ErrInvalidID = errors.New("orthancapi: invalid Orthanc ID")
@@ -28,6 +29,12 @@ type Error struct {
 	// an empty 404 for unknown studies, for example).
 	OrthancMessage string
 	OrthancDetails string
+	// NotFromOrthanc, for a 404, says why the answer is not taken for
+	// Orthanc's own: a reverse proxy in front of Orthanc answers 404 too
+	// (Traefik or an ingress while Orthanc's pod is replaced, a path not
+	// routed), and reading that as "deleted" would skip a study for good.
+	// Empty when Orthanc's answer is confirmed.
+	NotFromOrthanc string
 }
 
 // Error returns a one-line description.
@@ -43,12 +50,15 @@ func (e *Error) Error() string {
 	if e.OrthancDetails != "" {
 		b.WriteString(" (" + e.OrthancDetails + ")")
 	}
+	if e.NotFromOrthanc != "" {
+		b.WriteString(", not taken for Orthanc's answer: " + e.NotFromOrthanc)
+	}
 	return b.String()
 }
 
-// Is makes errors.Is(err, ErrNotFound) true for a 404.
+// Is makes errors.Is(err, ErrNotFound) true for Orthanc's own 404.
 func (e *Error) Is(target error) bool {
-	return target == ErrNotFound && e.StatusCode == http.StatusNotFound
+	return target == ErrNotFound && e.StatusCode == http.StatusNotFound && e.NotFromOrthanc == ""
 }
 
 // orthancErrorBody is Orthanc's JSON error answer (with "HttpDescribeErrors",
@@ -66,12 +76,18 @@ func newError(method, path string, resp *http.Response) *Error {
 	var body orthancErrorBody
 	// Only Orthanc's own JSON is used: other bodies (a proxy's HTML page)
 	// say nothing useful and could be large.
-	if json.Unmarshal(b, &body) == nil {
+	isJSON := json.Unmarshal(b, &body) == nil
+	if isJSON {
 		e.OrthancMessage = oneLine(body.Message)
 		if e.OrthancMessage == "" {
 			e.OrthancMessage = oneLine(body.OrthancError)
 		}
 		e.OrthancDetails = oneLine(body.Details)
+	}
+	// Orthanc's 404 is empty (an unknown study) or its JSON error (an
+	// unknown route or child resource); anything else is someone else's.
+	if e.StatusCode == http.StatusNotFound && len(b) > 0 && (!isJSON || body.HttpStatus != http.StatusNotFound) {
+		e.NotFromOrthanc = "its body is not Orthanc's"
 	}
 	return e
 }

@@ -6,7 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -208,5 +213,90 @@ func testBareDatasetServedAsIs(t *testing.T, rel testharness.Release) {
 	}
 	if string(got[min(128, len(got)):min(132, len(got))]) == "DICM" {
 		t.Error("bare data set came back with a Part 10 header")
+	}
+}
+
+// TestNotFoundOnlyFromOrthanc: through a reverse proxy, a 404 is "not
+// found" only when Orthanc said it. The proxy's own 404s, a page
+// (Traefik while Orthanc's pod is replaced) or an empty answer (Envoy
+// without a route), are errors of another kind: the reconciler would
+// otherwise skip the study for good, and routing drop its instances.
+func TestNotFoundOnlyFromOrthanc(t *testing.T) {
+	t.Parallel()
+	testharness.ForEachRelease(t, testNotFoundOnlyFromOrthanc)
+}
+
+func testNotFoundOnlyFromOrthanc(t *testing.T, rel testharness.Release) {
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "orthancapi-proxy", Release: rel})
+	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{Series: 1, InstancesPerSeries: 1, Rows: 8, Columns: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, paths...); len(res.Failed) != 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	var studies, instances []string
+	o.GetJSON(t, "/studies", &studies)
+	o.GetJSON(t, "/instances", &instances)
+	if len(studies) != 1 || len(instances) != 1 {
+		t.Fatalf("studies %v, instances %v", studies, instances)
+	}
+	target, err := url.Parse(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mode atomic.Value // "pass", "page" or "empty"
+	mode.Store("pass")
+	upstream := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch mode.Load() {
+		case "page":
+			http.NotFound(w, r)
+		case "empty":
+			w.WriteHeader(http.StatusNotFound)
+		default:
+			upstream.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(proxy.Close)
+	c := newClient(t, proxy.URL)
+	ctx := context.Background()
+	const unknown = "00000000-00000000-00000000-00000000-00000000"
+
+	// Orthanc's own 404s, empty (a study) and JSON (an instance's parent).
+	if _, err := c.Study(ctx, unknown); !errors.Is(err, orthancapi.ErrNotFound) {
+		t.Errorf("unknown study through the proxy: %v, want ErrNotFound", err)
+	}
+	if _, err := c.InstanceStudy(ctx, unknown); !errors.Is(err, orthancapi.ErrNotFound) {
+		t.Errorf("unknown instance's study through the proxy: %v, want ErrNotFound", err)
+	}
+	if err := c.DeleteInstance(ctx, unknown); !errors.Is(err, orthancapi.ErrNotFound) {
+		t.Errorf("delete of an unknown instance through the proxy: %v, want ErrNotFound", err)
+	}
+
+	for _, m := range []string{"page", "empty"} {
+		mode.Store(m)
+		for name, call := range map[string]func() error{
+			"study":          func() error { _, err := c.Study(ctx, studies[0]); return err },
+			"instance study": func() error { _, err := c.InstanceStudy(ctx, instances[0]); return err },
+			"metadata":       func() error { _, err := c.InstanceMetadata(ctx, instances[0]); return err },
+			"file": func() error {
+				rc, _, err := c.OpenInstanceFile(ctx, instances[0])
+				if err == nil {
+					rc.Close()
+				}
+				return err
+			},
+		} {
+			err := call()
+			var oe *orthancapi.Error
+			if errors.Is(err, orthancapi.ErrNotFound) || !errors.As(err, &oe) || oe.StatusCode != http.StatusNotFound || oe.NotFromOrthanc == "" {
+				t.Errorf("%s with the proxy's %s 404: %v, want a 404 not taken for Orthanc's", name, m, err)
+			}
+		}
+	}
+	mode.Store("pass")
+	if _, err := c.Study(ctx, studies[0]); err != nil {
+		t.Errorf("study once the proxy passes again: %v", err)
 	}
 }

@@ -104,6 +104,9 @@ func Classify(err error) Class {
 		if errors.Is(err, orthancapi.ErrNotFound) {
 			return SourceMissing
 		}
+		if oe.NotFromOrthanc != "" {
+			return Transient // a proxy's 404: Orthanc may be back soon
+		}
 		return Permanent
 	}
 	switch {

@@ -42,6 +42,7 @@ func TestClassify(t *testing.T) {
 		{"credentials refused", &auth.TokenError{StatusCode: 401, Code: "invalid_client", Err: errors.New("x")}, Permanent},
 		{"orthanc down", &orthancapi.Error{StatusCode: 503}, Transient},
 		{"orthanc 404", &orthancapi.Error{StatusCode: 404}, SourceMissing},
+		{"proxy's 404 before orthanc", &orthancapi.Error{StatusCode: 404, NotFromOrthanc: "GET /system: HTTP 404"}, Transient},
 		{"explicit class", &Error{Class: Partial, Err: errors.New("3 refused")}, Partial},
 		{"explicit wrapped", fmt.Errorf("study: %w", Errorf(SourceMissing, "gone")), SourceMissing},
 		{"unknown", errors.New("something odd"), Transient},

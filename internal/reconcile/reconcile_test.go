@@ -6,8 +6,12 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,6 +303,65 @@ func testDeletedStudyIsSkipped(t *testing.T, rel testharness.Release) {
 	}
 	if evs := streamEvents(t, r.nats.JS); len(evs) != 0 {
 		t.Errorf("events for a deleted study: %+v", evs)
+	}
+}
+
+// proxiedOrthanc reads Orthanc through a reverse proxy that answers 404
+// itself (as Traefik does while Orthanc's pod is replaced) during the
+// first lookups of a study.
+type proxiedOrthanc struct {
+	*orthancapi.Client
+	down    *atomic.Bool
+	lookups *atomic.Int32 // lookups still to fail
+}
+
+func (p proxiedOrthanc) Study(ctx context.Context, id string) (orthancapi.Study, error) {
+	if p.lookups.Add(-1) >= 0 {
+		p.down.Store(true)
+		defer p.down.Store(false)
+	}
+	return p.Client.Study(ctx, id)
+}
+
+// A proxy's 404 is not taken for a deletion: the study is published once
+// Orthanc answers again, not skipped for good.
+func TestProxyNotFoundIsNotADeletion(t *testing.T) {
+	testharness.ForEachRelease(t, testProxyNotFoundIsNotADeletion)
+}
+
+func testProxyNotFoundIsNotADeletion(t *testing.T, rel testharness.Release) {
+	r := newRig(t, rel, "recon-p")
+	target, err := url.Parse(r.orthanc.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := httputil.NewSingleHostReverseProxy(target)
+	down := new(atomic.Bool)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if down.Load() {
+			http.NotFound(w, req)
+			return
+		}
+		upstream.ServeHTTP(w, req)
+	}))
+	t.Cleanup(proxy.Close)
+	c, err := orthancapi.New(proxy.URL, orthancapi.WithRequestTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lookups := new(atomic.Int32)
+	lookups.Store(2)
+	r.client2 = proxiedOrthanc{Client: c, down: down, lookups: lookups}
+	_, reg, _ := r.start(t, "p")
+	upload(t, r.orthanc, writeStudy(t, 2))
+	testharness.WaitFor(t, "the study's event", 20*time.Second, func() bool {
+		return len(streamEvents(t, r.nats.JS)) == 1
+	})
+	if lookups.Load() >= 0 {
+		t.Errorf("the proxy's 404s were not met (%d lookups left)", lookups.Load())
+	}
+	if got := metric(t, reg, "stowline_reconcile_studies_skipped_total", map[string]string{"source": "p", "reason": "deleted"}); got > 0 {
+		t.Errorf("%v studies skipped as deleted", got)
 	}
 }
 
