@@ -122,8 +122,11 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 
 	for _, c := range changes {
 		if err := s.handle(ctx, c); err != nil {
-			return false, errors.Join(err, s.save(ctx))
+			if !s.stuckOn(c, err) {
+				return false, errors.Join(err, s.save(ctx))
+			}
 		}
+		s.stuck = stuckChange{}
 		s.cur.Seq, s.cur.Change = c.Seq, markOf(c)
 		s.dirty = true
 	}
@@ -165,6 +168,48 @@ func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error
 	s.cur.Seq, s.cur.Change = 0, nil
 	s.dirty = true
 	return s.save(ctx)
+}
+
+// stuckAfter is how many polls in a row may fail on one change that
+// Orthanc answers with an error before the reconciler moves past it.
+const stuckAfter = 5
+
+// stuckChange counts the polls in a row that failed on one change.
+type stuckChange struct {
+	seq   int64
+	fails int
+}
+
+// stuckOn reports whether the reconciler moves past change c, whose
+// handling failed with err. Only Orthanc's own error answers count
+// (a 500 on one broken instance): an unreachable Orthanc, a proxy or
+// JetStream failing hold the cursor as before. Held for good, one broken
+// resource would stop the reconciliation of every later study. A stable
+// study moves to Pending, so it is still published once Orthanc reads it;
+// an instance or series whose study cannot be read is skipped, logged and
+// counted: its study's own changes mark it pending.
+func (s *sourceRunner) stuckOn(c orthancapi.Change, err error) bool {
+	var oe *orthancapi.Error
+	if !errors.As(err, &oe) || oe.NotFromOrthanc != "" {
+		return false
+	}
+	if s.stuck.seq != c.Seq {
+		s.stuck = stuckChange{seq: c.Seq}
+	}
+	s.stuck.fails++
+	if s.stuck.fails < stuckAfter {
+		return false
+	}
+	log := s.log.With("change_seq", c.Seq, "change_type", c.ChangeType, "resource_type", c.ResourceType,
+		"orthanc_id", c.ID, "polls", s.stuck.fails, "err", err)
+	if c.ChangeType == "StableStudy" {
+		s.markPending(c.ID, c.Seq)
+		log.Warn("Orthanc keeps failing to read a stable study; the reconciler moves on and retries it with the pending studies")
+		return true
+	}
+	s.r.m.changesSkipped.WithLabelValues(s.name).Inc()
+	log.Error("Orthanc keeps failing to read a resource's study; the reconciler skips this change so that later studies are not held up")
+	return true
 }
 
 // handle acts on one change.

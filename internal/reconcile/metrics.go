@@ -7,13 +7,15 @@ import (
 )
 
 type metrics struct {
-	lag        *prometheus.GaugeVec
-	leaseHeld  *prometheus.GaugeVec
-	pending    *prometheus.GaugeVec
-	published  *prometheus.CounterVec
-	skipped    *prometheus.CounterVec
-	pollErrors *prometheus.CounterVec
-	resets     *prometheus.CounterVec
+	lag       *prometheus.GaugeVec
+	leaseHeld *prometheus.GaugeVec
+	pending   *prometheus.GaugeVec
+	published *prometheus.CounterVec
+	skipped   *prometheus.CounterVec
+	// changesSkipped counts changes moved past while Orthanc kept failing.
+	changesSkipped *prometheus.CounterVec
+	pollErrors     *prometheus.CounterVec
+	resets         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,6 +40,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "stowline_reconcile_studies_skipped_total",
 			Help: "Stable studies not published, by reason (deleted: gone from Orthanc; invalid: the event would be invalid).",
 		}, []string{"source", "reason"}),
+		changesSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_reconcile_changes_skipped_total",
+			Help: "New instances and series whose study Orthanc kept failing to read (an error answer, 5 polls in a row): the reconciler moved past them.",
+		}, []string{"source"}),
 		pollErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_poll_errors_total",
 			Help: "Polls that failed (Orthanc or JetStream unreachable); the reconciler backs off and retries.",
@@ -47,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Times the source's change log was found reset (Orthanc's database recreated) and rescanned from the start.",
 		}, []string{"source"}),
 	}
-	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.pollErrors, m.resets} {
+	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.resets} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("reconcile: register metrics: %w", err)
 		}
@@ -67,6 +73,7 @@ func (m *metrics) init(source string) {
 	for _, r := range []string{"deleted", "invalid"} {
 		m.skipped.WithLabelValues(source, r)
 	}
+	m.changesSkipped.WithLabelValues(source)
 	m.pollErrors.WithLabelValues(source)
 	m.resets.WithLabelValues(source)
 }

@@ -40,11 +40,19 @@ func (s *sourceRunner) stable(ctx context.Context, studyID string, seq int64) er
 // first; this catches studies Orthanc forgot when it restarted before they
 // became stable.
 func (s *sourceRunner) resolvePending(ctx context.Context) error {
+	var failed error
 	for id := range s.cur.Pending {
 		study, err := s.orthanc.Study(ctx, id)
+		var oe *orthancapi.Error
 		switch {
 		case errors.Is(err, orthancapi.ErrNotFound), errors.Is(err, orthancapi.ErrInvalidID):
 			s.skipDeleted(id)
+			continue
+		case errors.As(err, &oe) && oe.NotFromOrthanc == "":
+			// Orthanc fails on this study only: the others go on.
+			if failed == nil {
+				failed = fmt.Errorf("orthanc: study %s: %w", id, err)
+			}
 			continue
 		case err != nil:
 			return fmt.Errorf("orthanc: study %s: %w", id, err)
@@ -56,7 +64,7 @@ func (s *sourceRunner) resolvePending(ctx context.Context) error {
 		}
 		s.dropPending(id)
 	}
-	return nil
+	return failed
 }
 
 func (s *sourceRunner) skipDeleted(studyID string) {

@@ -365,6 +365,47 @@ func testProxyNotFoundIsNotADeletion(t *testing.T, rel testharness.Release) {
 	}
 }
 
+// brokenOrthanc fails, with Orthanc's 500, every instance's study lookup
+// and the first study lookups: a broken resource in Orthanc's index.
+type brokenOrthanc struct {
+	*orthancapi.Client
+	studyFails *atomic.Int32 // study lookups still to fail
+}
+
+func (b brokenOrthanc) InstanceStudy(context.Context, string) (orthancapi.Study, error) {
+	return orthancapi.Study{}, &orthancapi.Error{Method: "GET", Path: "/instances/x/study", StatusCode: http.StatusInternalServerError, OrthancMessage: "Database plugin error"}
+}
+
+func (b brokenOrthanc) Study(ctx context.Context, id string) (orthancapi.Study, error) {
+	if b.studyFails.Add(-1) >= 0 {
+		return orthancapi.Study{}, &orthancapi.Error{Method: "GET", Path: "/studies/" + id, StatusCode: http.StatusInternalServerError, OrthancMessage: "Database plugin error"}
+	}
+	return b.Client.Study(ctx, id)
+}
+
+// A change Orthanc keeps failing to read does not hold the cursor for
+// good: later studies are published, and a stable study that failed is
+// published once Orthanc reads it.
+func TestBrokenChangeDoesNotHoldTheCursor(t *testing.T) {
+	testharness.ForEachRelease(t, testBrokenChangeDoesNotHoldTheCursor)
+}
+
+func testBrokenChangeDoesNotHoldTheCursor(t *testing.T, rel testharness.Release) {
+	r := newRig(t, rel, "recon-s")
+	fails := new(atomic.Int32)
+	fails.Store(8) // more than the polls a change may fail
+	r.client2 = brokenOrthanc{Client: r.client, studyFails: fails}
+	_, reg, _ := r.start(t, "s")
+	upload(t, r.orthanc, writeStudy(t, 2))
+	upload(t, r.orthanc, writeStudy(t, 1))
+	testharness.WaitFor(t, "both studies' events", 30*time.Second, func() bool {
+		return len(streamEvents(t, r.nats.JS)) == 2
+	})
+	if got := metric(t, reg, "stowline_reconcile_changes_skipped_total", map[string]string{"source": "s"}); got < 1 {
+		t.Errorf("changes skipped = %v, want the broken instances' changes counted", got)
+	}
+}
+
 // While Orthanc is unreachable the source's readiness check fails; it
 // recovers on its own.
 func TestUnreachableOrthancIsNotReady(t *testing.T) {

@@ -30,6 +30,7 @@ type sourceRunner struct {
 	recent map[string]string // study ID -> LastUpdate published in this term
 	// changeTypes filter the change log when Orthanc can (detectFilter).
 	changeTypes []string
+	stuck       stuckChange
 }
 
 func (s *sourceRunner) check(context.Context) error {
