@@ -20,7 +20,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -53,10 +52,10 @@ type Client struct {
 	basicAuth      bool
 	requestTimeout time.Duration
 
-	// probeMu serializes the /system probes that confirm 404s, so that
-	// the 404s of a whole study share one; probedAt is when the last
-	// probe Orthanc answered was sent.
-	probeMu  sync.Mutex
+	// probe, a one-slot semaphore, serializes the /system probes that
+	// confirm 404s, so that the 404s of a whole study share one; probedAt
+	// is when the last probe Orthanc answered was sent.
+	probe    chan struct{}
 	probedAt time.Time
 }
 
@@ -121,6 +120,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		password:       o.password,
 		basicAuth:      o.basicAuth,
 		requestTimeout: o.requestTimeout,
+		probe:          make(chan struct{}, 1),
 	}, nil
 }
 
@@ -259,8 +259,12 @@ func (c *Client) send(ctx context.Context, method string, u *url.URL, accept str
 // route), and only Orthanc answers GET /system with its version. The
 // 404s of a study's instances share one probe.
 func (c *Client) confirmOrthanc(ctx context.Context, answered time.Time) error {
-	c.probeMu.Lock()
-	defer c.probeMu.Unlock()
+	select {
+	case c.probe <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("GET /system: %w", context.Cause(ctx))
+	}
+	defer func() { <-c.probe }()
 	if c.probedAt.After(answered) {
 		return nil
 	}
