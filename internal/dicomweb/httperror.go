@@ -121,8 +121,11 @@ func safeLocation(raw string) string {
 
 // errorBody is the start of an error answer as kept in an HTTPError,
 // which goes to logs and dead letters: a gateway that echoes the request
-// could show the bearer token, so anything shaped like a JWT is redacted.
-func errorBody(body []byte) string { return auth.RedactTokens(trimBody(body, maxErrorBody)) }
+// could show the bearer token, so credentials are redacted, and so are
+// the attribute values a DICOM server quotes (patient data).
+func errorBody(body []byte) string {
+	return redactValues(auth.RedactTokens(trimBody(body, maxErrorBody)))
+}
 
 // trimBody keeps the start of body, cut on a character boundary, as valid
 // UTF-8.

@@ -53,6 +53,38 @@ func TestHTTPErrorRedactsTokens(t *testing.T) {
 	}
 }
 
+// Attribute values a DICOM server quotes in an error answer (Azure's
+// "Content \"...\" does not validate VR ...") are patient data: the answer
+// kept in the error (logs, dead letters) has them removed.
+func TestHTTPErrorRedactsQuotedValues(t *testing.T) {
+	body := `{"type":"about:blank","title":"Bad Request","status":400,` +
+		`"detail":"DICOM100: (0010,0010) - Content \"DOE^JANE\" does not validate VR PN: value exceeds the maximum length"}`
+	he, err := storeRefused(t, http.StatusBadRequest, http.Header{"Content-Type": {"application/problem+json"}}, body)
+	if strings.Contains(he.Body, "DOE^JANE") || strings.Contains(err.Error(), "DOE^JANE") ||
+		!strings.Contains(he.Body, `(0010,0010) - Content \"[value removed]\" does not validate VR PN`) {
+		t.Errorf("body %q, error %q: want the patient's name removed, the rest kept", he.Body, err)
+	}
+}
+
+func TestRedactValues(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`DICOM100: (0010,0020) - Content "PID 12345" does not validate VR LO: value contains invalid character`,
+			`DICOM100: (0010,0020) - Content "[value removed]" does not validate VR LO: value contains invalid character`},
+		{`(0010,0010) - Content \"DOE^JANE\" does not validate VR PN`, `(0010,0010) - Content \"[value removed]\" does not validate VR PN`},
+		{`invalid value 'Smith' for tag (0010,0010); value 'Jones' too`, `invalid value '[value removed]' for tag (0010,0010); value '[value removed]' too`},
+		{`Content "1.2.840.10008.1.2.4.50" is not a supported transfer syntax`, `Content "1.2.840.10008.1.2.4.50" is not a supported transfer syntax`},
+		{`Content "" is empty`, `Content "" is empty`},
+		{`Content "DOE^JA`, `Content "[value removed]`},
+		{`no value quoted here: Content is fine`, `no value quoted here: Content is fine`},
+		{`{"error":"Value out of range"}`, `{"error":"Value out of range"}`},
+	}
+	for _, tt := range tests {
+		if got := redactValues(tt.in); got != tt.want {
+			t.Errorf("redactValues(%q)\n got %q\nwant %q", tt.in, got, tt.want)
+		}
+	}
+}
+
 // The headers an error answer brings into logs and dead letters are
 // bounded, and a redirect's target loses its query (a signed URL).
 func TestHTTPErrorHeadersBounded(t *testing.T) {

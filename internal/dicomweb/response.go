@@ -147,7 +147,7 @@ func (d dataset) comments() []string {
 		if e := ds[tagErrorComment]; e != nil {
 			for _, v := range e.values {
 				if v = strings.TrimSpace(v); v != "" {
-					out = append(out, v)
+					out = append(out, redactValues(v))
 				}
 			}
 		}

@@ -1,0 +1,49 @@
+package dicomweb
+
+import (
+	"regexp"
+	"strings"
+)
+
+// quotedValue finds a value a destination quotes after "Content" or
+// "Value" in an error text. Azure's DICOM service writes
+// `DICOM100: (0010,0020) - Content "<the value>" does not validate VR LO`,
+// which for a patient's ID, name or birth date is PHI; the text goes to
+// logs and dead letters. In a JSON body the quotes are escaped.
+var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)\s+(\\"|"|')`)
+
+// valueRemoved stands for a removed value.
+const valueRemoved = "[value removed]"
+
+// redactValues replaces the values a destination quotes in an error text
+// with valueRemoved, except UIDs (digits and dots), which stowline logs
+// on purpose. An unterminated value (a text cut short) is removed to the
+// end.
+func redactValues(s string) string {
+	if !quotedValue.MatchString(s) {
+		return s
+	}
+	var b strings.Builder
+	for {
+		loc := quotedValue.FindStringSubmatchIndex(s)
+		if loc == nil {
+			b.WriteString(s)
+			return b.String()
+		}
+		quote := s[loc[2]:loc[3]]
+		b.WriteString(s[:loc[1]])
+		rest := s[loc[1]:]
+		end := strings.Index(rest, quote)
+		if end < 0 {
+			b.WriteString(valueRemoved)
+			return b.String()
+		}
+		if v := rest[:end]; v != "" && strings.Trim(v, "0123456789.") == "" {
+			b.WriteString(v)
+		} else if v != "" {
+			b.WriteString(valueRemoved)
+		}
+		b.WriteString(quote)
+		s = rest[end+len(quote):]
+	}
+}
