@@ -362,6 +362,24 @@ func (c *Client) resource(q url.Values, elem ...string) (string, error) {
 	return u.String(), nil
 }
 
+// doBodiless sends a request without a body (a QIDO-RS page, a probe, a
+// DELETE) and sends it once more if the destination answers 401: the auth
+// transport has dropped the refused token (a token revoked, or expired
+// before its announced expiry), so the second request carries a fresh one,
+// as Forwarder.send does for STOW-RS. Without it the 401 reached the
+// forwarder, which takes a 401 for a refusal that survived a refresh
+// (permanent). A second 401 is returned.
+func (c *Client) doBodiless(req *http.Request) (*http.Response, error) {
+	resp, err := c.hc.Do(req)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || req.Context().Err() != nil {
+		return resp, err
+	}
+	// Read what is left of the short answer, so the connection is reused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+	resp.Body.Close()
+	return c.hc.Do(req.Clone(req.Context()))
+}
+
 // redact names the destination by its safe URL in an error of the HTTP
 // client: Go's *url.Error names the request's whole URL, query included,
 // where an API key can sit. The error keeps its type and cause (time-outs

@@ -111,7 +111,7 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 		req.Header[k] = append([]string(nil), vs...)
 	}
 	req.Header.Set("User-Agent", c.userAgent)
-	resp, err := c.hc.Do(req)
+	resp, err := c.doBodiless(req)
 	if err != nil {
 		return fmt.Errorf("stow: DELETE %s/…/instances/%s: %w", c.logURL, sop, c.redact(err))
 	}

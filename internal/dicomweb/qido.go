@@ -89,7 +89,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	}
 	req.Header.Set("Accept", acceptMediaType)
 	req.Header.Set("User-Agent", c.userAgent)
-	resp, err := c.hc.Do(req)
+	resp, err := c.doBodiless(req)
 	if err != nil {
 		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, c.redact(err)))
 	}

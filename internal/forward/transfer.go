@@ -435,9 +435,10 @@ type batchOutcome struct {
 }
 
 // send stores one batch and sorts its instances by the response. This is
-// the one place a 401 is handled: the auth transport has dropped the
-// refused token, so one retry carries a fresh one; a second 401 is a
-// permanent failure (ClassifyStatus).
+// where a STOW-RS 401 is handled (the dicomweb client asks body-less
+// requests again itself): the auth transport has dropped the refused
+// token, so one retry carries a fresh one; a second 401 is a permanent
+// failure (ClassifyStatus).
 func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, ours func(string) bool) (batchOutcome, error) {
 	rep.Requests++
 	res, err := f.store(ctx, batch, put)

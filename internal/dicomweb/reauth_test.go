@@ -1,0 +1,74 @@
+package dicomweb
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/internal/testidp"
+)
+
+// TestBodilessRequestsRenewARefusedToken: the destination starts refusing
+// the cached token (revoked at the identity provider, or expired early):
+// a QIDO-RS listing, a probe and a DELETE are asked once more with a
+// fresh token, as a STOW-RS request is, instead of failing with the 401
+// that the forwarder takes for a permanent refusal (a stored study
+// verified with STOW_VERIFY=qido was dead-lettered).
+func TestBodilessRequestsRenewARefusedToken(t *testing.T) {
+	const clientID, secret = "stowline-qido", "qido-secret-0123456789"
+	tests := []struct {
+		name string
+		call func(t *testing.T, c *Client) error
+	}{
+		{"listing", func(t *testing.T, c *Client) error {
+			uids, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3)
+			if err == nil && len(uids) != 3 {
+				t.Errorf("%d UIDs listed, want 3", len(uids))
+			}
+			return err
+		}},
+		{"probe", func(t *testing.T, c *Client) error { return c.Probe(t.Context(), "1.2.3") }},
+		{"delete", func(t *testing.T, c *Client) error {
+			return c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.9", "1.2.3.0")
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			idp := testidp.Start(t, testidp.WithClient(clientID, secret), testidp.WithTokenLifetime(time.Hour))
+			var asked atomic.Int64
+			qido := qidoServer(t, 3, false, 0, 0, &asked)
+			upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodDelete {
+					w.WriteHeader(http.StatusNoContent)
+					return
+				}
+				r.URL.Scheme, r.URL.Host = "", ""
+				qido.Config.Handler.ServeHTTP(w, r)
+			}))
+			t.Cleanup(upstream.Close)
+			gate := idp.Gate(t, upstream.URL)
+
+			ts, err := auth.NewTokenSource(t.Context(), auth.Config{TokenURL: idp.TokenURL, ClientID: clientID, ClientSecret: secret})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := New(gate.URL+"/dicom-web", &http.Client{Transport: auth.Transport(ts, nil)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.call(t, c); err != nil {
+				t.Fatalf("with a valid token: %v", err)
+			}
+			idp.RevokeIssued()
+			if err := tt.call(t, c); err != nil {
+				t.Fatalf("after the token was revoked: %v", err)
+			}
+			if gate.Rejected() != 1 || idp.TokensIssued() != 2 {
+				t.Errorf("gate rejected %d, tokens issued %d: want 1 and 2 (one fresh token after the 401)", gate.Rejected(), idp.TokensIssued())
+			}
+		})
+	}
+}
