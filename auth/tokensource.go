@@ -177,7 +177,7 @@ func (ts *TokenSource) token(ctx context.Context) (*oauth2.Token, *fetch, error)
 	f := ts.inflight
 	if f == nil {
 		if now.Before(ts.notBefore) {
-			err := ts.waitErr
+			err := ts.waitErrLocked(now)
 			ts.mu.Unlock()
 			return nil, nil, err
 		}
@@ -191,6 +191,20 @@ func (ts *TokenSource) token(ctx context.Context) (*oauth2.Token, *fetch, error)
 	case <-ctx.Done():
 		return nil, f, fmt.Errorf("%w: gave up waiting: %w", ErrToken, context.Cause(ctx))
 	}
+}
+
+// waitErrLocked is the refusal handed out until notBefore, saying the wait
+// that is left: a caller schedules its retry by RetryAfter (the
+// forwarder's backoff), and the whole wait, told again to a caller that
+// came late, put it off by up to maxTokenRetryAfter beyond the end.
+func (ts *TokenSource) waitErrLocked(now time.Time) error {
+	te, ok := ts.waitErr.(*TokenError)
+	if !ok {
+		return ts.waitErr
+	}
+	left := *te
+	left.RetryAfter = ts.notBefore.Sub(now)
+	return &left
 }
 
 // Invalidate drops tok from the cache, so the next Token call fetches a new

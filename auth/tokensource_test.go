@@ -519,7 +519,9 @@ func TestTokenSourceFailedRefreshDoesNotStampede(t *testing.T) {
 // TestTokenSourceHonoursLongRetryAfter: an identity provider that
 // throttles with a Retry-After longer than the backoff's ceiling gets no
 // request until it passes: the fetch stops at once, and the callers
-// meanwhile get its refusal without asking again.
+// meanwhile get its refusal without asking again, with the wait that is
+// left (a study refused 25 s into a 30 s wait is retried 5 s later, not
+// 30).
 func TestTokenSourceHonoursLongRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var throttled atomic.Bool
@@ -537,11 +539,14 @@ func TestTokenSourceHonoursLongRetryAfter(t *testing.T) {
 		})
 		ts := newSource(t, srv, WithAuthStyle(oauth2.AuthStyleInHeader))
 		start := time.Now()
-		for range 5 {
+		for i := range 5 {
 			_, err := ts.Token()
 			te, isTE := errors.AsType[*TokenError](err)
-			if !isTE || te.StatusCode != http.StatusTooManyRequests || te.RetryAfter != 30*time.Second {
-				t.Fatalf("throttled: err = %v", err)
+			if !isTE || te.StatusCode != http.StatusTooManyRequests {
+				t.Fatalf("throttled: err = %v, want a 429 TokenError", err)
+			}
+			if want := 30*time.Second - time.Duration(i)*5*time.Second; te.RetryAfter != want {
+				t.Fatalf("throttled, %d s into the wait: retry after %v, want %v", i*5, te.RetryAfter, want)
 			}
 			time.Sleep(5 * time.Second)
 		}
