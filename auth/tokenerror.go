@@ -55,10 +55,10 @@ func (e *TokenError) Unwrap() []error { return []error{ErrToken, e.Err} }
 
 // Temporary reports whether trying again later may succeed: no answer at
 // all, or 408, 429, 5xx or one of the endpoint's RetryStatuses. A refusal
-// (other 4xx), a configuration error or a refused certificate needs an
-// operator.
+// (other 4xx), a configuration error, a refused certificate or a
+// redirect to another origin needs an operator.
 func (e *TokenError) Temporary() bool {
-	if errors.Is(e.Err, ErrInvalidConfig) || isTLSRefusal(e.Err) {
+	if errors.Is(e.Err, ErrInvalidConfig) || isTLSRefusal(e.Err) || errors.Is(e.Err, ErrCrossOriginRedirect) {
 		return false
 	}
 	s := e.StatusCode

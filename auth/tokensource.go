@@ -101,6 +101,15 @@ func NewSource(ctx context.Context, ep Endpoint, opts ...Option) (*TokenSource, 
 	if o.httpClient == nil {
 		o.httpClient = &http.Client{Timeout: defaultFetchTimeout}
 	}
+	if o.httpClient.CheckRedirect == nil {
+		// A token request's body holds the client's credential
+		// (client_secret_post, a client assertion), which Go's client
+		// sends again on a 307 or 308 to whatever host, or scheme, the
+		// answer names: it goes only to the token endpoint's origin.
+		hc := *o.httpClient
+		hc.CheckRedirect = sameOriginRedirect
+		o.httpClient = &hc
+	}
 	ts := &TokenSource{
 		ctx:  context.WithValue(ctx, oauth2.HTTPClient, o.httpClient),
 		ep:   ep,

@@ -97,6 +97,18 @@ func CheckRedirect(req *http.Request) error {
 	return fmt.Errorf("%w: %s://%s to %s://%s", ErrCrossOriginRedirect, first.URL.Scheme, first.URL.Host, req.URL.Scheme, req.URL.Host)
 }
 
+// maxRedirects is http.Client's own limit, kept by sameOriginRedirect.
+const maxRedirects = 10
+
+// sameOriginRedirect is an http.Client's CheckRedirect that follows a
+// redirect only within the origin the request began with.
+func sameOriginRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("auth: stopped after %d redirects", maxRedirects)
+	}
+	return CheckRedirect(req)
+}
+
 func (t *transport) token(ctx context.Context) (*oauth2.Token, error) {
 	if t.src == nil {
 		return nil, errNoTokenSource

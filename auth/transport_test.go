@@ -286,3 +286,72 @@ func TestTransportRefusesCrossOriginRedirect(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestTokenRequestNotRedirectedElsewhere: the token request carries the
+// client's credential in its body (client_secret_post, as Entra is always
+// asked; a client assertion), which Go's client sends again on a 307 or
+// 308, to any host, plain HTTP included, dropping only the Authorization
+// header. A token endpoint's redirect to another origin is refused before
+// anything is sent there, and not retried; one within its origin is
+// followed.
+func TestTokenRequestNotRedirectedElsewhere(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		_ = r.ParseForm()
+		if r.PostForm.Get("client_secret") != "" {
+			t.Errorf("the client secret reached another origin")
+		}
+		http.Error(w, "not here", http.StatusNotFound)
+	}))
+	t.Cleanup(other.Close)
+	ok := issue(3600, 0)
+	idp := newTokenServer(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/token-307":
+			http.Redirect(w, r, other.URL+"/token", http.StatusTemporaryRedirect)
+		case "/token-308":
+			http.Redirect(w, r, other.URL+"/token", http.StatusPermanentRedirect)
+		case "/token-moved":
+			http.Redirect(w, r, "/token", http.StatusTemporaryRedirect)
+		default:
+			ok(w, r)
+		}
+	})
+	base := strings.TrimSuffix(idp.URL, "/token")
+	tests := []struct {
+		name, path string
+		refused    bool
+	}{
+		{"307 to another origin", "/token-307", true},
+		{"308 to another origin", "/token-308", true},
+		{"307 within the origin", "/token-moved", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := idp.Requests()
+			ts, err := NewTokenSource(t.Context(), Config{TokenURL: base + tt.path, ClientID: testClientID, ClientSecret: testSecret},
+				WithAuthStyle(oauth2.AuthStyleInParams), fastRetries)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = ts.Token()
+			if !tt.refused {
+				if err != nil {
+					t.Fatalf("redirect within the origin: %v", err)
+				}
+				return
+			}
+			te, isTE := errors.AsType[*TokenError](err)
+			if !isTE || !errors.Is(err, ErrCrossOriginRedirect) || te.Temporary() {
+				t.Fatalf("err = %v, want a TokenError for ErrCrossOriginRedirect, not temporary", err)
+			}
+			if n := idp.Requests() - before; n != 1 {
+				t.Errorf("%d token requests, want 1 (a refused redirect is not retried)", n)
+			}
+		})
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("the other origin got %d token requests", n)
+	}
+}
