@@ -74,10 +74,18 @@ func LoadCredentials(ctx context.Context, region string, margin time.Duration) (
 // so at most half of that.
 const maxExpiryWindow = 7 * time.Minute
 
+// minExpiryWindow keeps OAUTH_REFRESH_MARGIN's floor, credentials replaced
+// at least 20 s before they expire, through the cache's jitter (which
+// takes up to a fifth off): with a smaller window the cache handed out
+// credentials in their last instants, and a request signed then (its
+// connection is made after signing) reached HealthImaging expired, a 403
+// that dead-letters the study.
+const minExpiryWindow = 25 * time.Second
+
 // expiryWindow is the credentials cache's refresh margin for
 // OAUTH_REFRESH_MARGIN.
 func expiryWindow(margin time.Duration) time.Duration {
-	return min(margin, maxExpiryWindow)
+	return min(max(margin, minExpiryWindow), maxExpiryWindow)
 }
 
 // Transport returns a RoundTripper that signs every request for region

@@ -369,3 +369,31 @@ func TestExpiryWindowBelowTheShortestCredentials(t *testing.T) {
 		t.Errorf("a 2m margin became %v", w)
 	}
 }
+
+// TestExpiryWindowBounds: OAUTH_REFRESH_MARGIN promises a credential
+// replaced at least 20 s before it expires; a margin of 0 (or 10s) left
+// the SDK's cache handing out credentials in their last instants, and a
+// request signed then (the connection made after signing) reached
+// HealthImaging expired: 403, dead-lettered at once. The jitter the cache
+// takes off (up to a fifth) is counted.
+func TestExpiryWindowBounds(t *testing.T) {
+	tests := []struct {
+		margin, want time.Duration
+	}{
+		{0, 25 * time.Second},
+		{10 * time.Second, 25 * time.Second},
+		{25 * time.Second, 25 * time.Second},
+		{2 * time.Minute, 2 * time.Minute},
+		{5 * time.Minute, 5 * time.Minute},
+		{30 * time.Minute, maxExpiryWindow},
+	}
+	for _, tt := range tests {
+		w := expiryWindow(tt.margin)
+		if w != tt.want {
+			t.Errorf("margin %v: window %v, want %v", tt.margin, w, tt.want)
+		}
+		if least := w - w/5; least < 20*time.Second {
+			t.Errorf("margin %v: after jitter, credentials are replaced %v before expiry, want at least 20s", tt.margin, least)
+		}
+	}
+}
