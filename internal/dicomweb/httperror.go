@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -69,6 +70,11 @@ type HTTPError struct {
 	// follow (307 and 308 are not followed: the streamed body cannot be
 	// sent twice). Point the base URL there.
 	Location string
+	// Challenge is why a bearer token was refused, from the answer's
+	// WWW-Authenticate (RFC 6750 3: error, error_description), e.g.
+	// "invalid_token: The access token is from wrong audience or
+	// resource."; "" without one. A 401's body may be empty.
+	Challenge string
 }
 
 func (e *HTTPError) Error() string {
@@ -81,6 +87,10 @@ func (e *HTTPError) Error() string {
 	}
 	if e.Location != "" {
 		fmt.Fprintf(&sb, " redirecting to %s", e.Location)
+	}
+	if e.Challenge != "" {
+		sb.WriteString(": ")
+		sb.WriteString(e.Challenge)
 	}
 	if s := snippet([]byte(e.Body), 200); s != "" && e.Result == nil {
 		sb.WriteString(": ")
@@ -99,7 +109,37 @@ func newHTTPError(resp *http.Response, body []byte) *HTTPError {
 		Location:    safeLocation(resp.Header.Get("Location")),
 		Body:        errorBody(body),
 		RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
+		Challenge:   bearerChallenge(resp.Header.Values("WWW-Authenticate")),
 	}
+}
+
+// challengeParam matches an error or error_description parameter of a
+// WWW-Authenticate challenge, quoted (RFC 6750 3) or a token.
+var challengeParam = regexp.MustCompile(`(?i)(?:^|[\s,])(error|error_description)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))`)
+
+// bearerChallenge is "error: error_description" of the first challenge
+// that names an error, bounded and without tokens (it goes to logs and
+// dead letters); "" if none does.
+func bearerChallenge(challenges []string) string {
+	for _, c := range challenges {
+		var code, desc string
+		for _, m := range challengeParam.FindAllStringSubmatch(c, -1) {
+			v := m[2] + m[3]
+			if strings.EqualFold(m[1], "error") {
+				code = v
+			} else {
+				desc = v
+			}
+		}
+		if code == "" {
+			continue
+		}
+		if desc != "" {
+			code += ": " + desc
+		}
+		return auth.RedactTokens(snippet([]byte(code), 300))
+	}
+	return ""
 }
 
 // headerValue is a header of an error answer as kept in an HTTPError:

@@ -115,3 +115,31 @@ func storeRefused(t *testing.T, status int, header http.Header, body string) (*H
 	}
 	return he, err
 }
+
+// A 401 says why in its WWW-Authenticate challenge (RFC 6750 3: error,
+// error_description), its body often empty: the error kept in
+// logs and dead letters quotes them, so a refused audience or issuer can
+// be told from an expired or revoked token.
+func TestHTTPErrorQuotesTheChallenge(t *testing.T) {
+	const azure = `Bearer authorization_uri="https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/authorize", ` +
+		`resource_id="https://dicom.healthcareapis.azure.com", realm="https://dicom.healthcareapis.azure.com", ` +
+		`error="invalid_token", error_description="The access token is from wrong audience or resource."`
+	tests := []struct {
+		name, challenge, body string
+		want                  string
+	}{
+		{"azure, no body", azure, "", `stow: server answered 401 Unauthorized: invalid_token: The access token is from wrong audience or resource.`},
+		{"google, with a body", `Bearer realm="https://accounts.google.com/", error="invalid_token"`, `{"error":{"code":401,"message":"Request had invalid authentication credentials."}}`,
+			`stow: server answered 401 Unauthorized (text/plain; charset=utf-8): invalid_token: {"error":{"code":401,"message":"Request had invalid authentication credentials."}}`},
+		{"no error parameter", `Bearer realm="stow"`, "", "stow: server answered 401 Unauthorized"},
+		{"insufficient scope", `Bearer error="insufficient_scope", error_description="needs dicom.write", scope="dicom.write"`, "", `stow: server answered 401 Unauthorized: insufficient_scope: needs dicom.write`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := storeRefused(t, http.StatusUnauthorized, http.Header{"Www-Authenticate": {tt.challenge}}, tt.body)
+			if err.Error() != tt.want {
+				t.Errorf("error %q, want %q", err, tt.want)
+			}
+		})
+	}
+}
