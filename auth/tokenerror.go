@@ -25,7 +25,7 @@ import (
 // verbatim, and never contains the client secret or a JWT.
 type TokenError struct {
 	Provider    string // "generic", "azure", "google"
-	TokenURL    string
+	TokenURL    string // without user info or query
 	StatusCode  int    // HTTP status of the token endpoint; 0 if none was received
 	Code        string // RFC 6749 "error", e.g. "invalid_client"
 	Description string // RFC 6749 "error_description", e.g. Entra's "AADSTS7000215: ..."
@@ -82,7 +82,8 @@ func isTLSRefusal(err error) bool {
 const maxBodyInError = 200
 
 func (ts *TokenSource) tokenError(err error) *TokenError {
-	te := &TokenError{Provider: ts.ep.Provider, TokenURL: ts.ep.TokenURL(), Err: err}
+	raw := ts.ep.TokenURL()
+	te := &TokenError{Provider: ts.ep.Provider, TokenURL: safeURL(raw), Err: err}
 	var msg string
 	if re, ok := errors.AsType[*oauth2.RetrieveError](err); ok {
 		te.Code, te.Description = re.ErrorCode, re.ErrorDescription
@@ -123,8 +124,23 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 	} else {
 		msg = err.Error()
 	}
+	if u, perr := url.Parse(raw); perr == nil && u.RawQuery != "" {
+		// Go's *url.Error quotes the request's URL, query included.
+		msg = strings.ReplaceAll(msg, "?"+u.RawQuery, "")
+	}
 	te.msg = ts.scrub(msg)
 	return te
+}
+
+// safeURL is a URL fit for errors: without user info, query or fragment,
+// where a credential could sit (as the startup log shows it).
+func safeURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(invalid URL)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return u.String()
 }
 
 // jwtPattern matches compact JWS/JWT strings (access tokens, client

@@ -575,3 +575,40 @@ func TestTokenRetryAfterBounded(t *testing.T) {
 		t.Fatalf("err = %v, want a TokenError with RetryAfter %v", err, maxTokenRetryAfter)
 	}
 }
+
+// TestTokenErrorHidesTheURLsCredentials: a token URL may carry a
+// credential in its query (an API gateway's key) or its user info; the
+// startup log drops them, and so does the token error, which goes to
+// logs, dead letters, the status page and the unauthenticated /readyz.
+func TestTokenErrorHidesTheURLsCredentials(t *testing.T) {
+	const key = "gw-key-0123456789"
+	srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":"invalid_client"}`, http.StatusUnauthorized)
+	})
+	tests := []struct {
+		name, url string
+	}{
+		{"refused", strings.Replace(srv.URL, "http://", "http://gw:"+key+"@", 1) + "?apikey=" + key},
+		{"unreachable", "http://gw:" + key + "@127.0.0.1:1/token?apikey=" + key},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts, err := NewTokenSource(t.Context(), Config{TokenURL: tt.url, ClientID: testClientID, ClientSecret: testSecret},
+				WithAuthStyle(oauth2.AuthStyleInParams), WithRetries(0, 0, 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = ts.Token()
+			te, ok := errors.AsType[*TokenError](err)
+			if !ok {
+				t.Fatalf("err = %v, want a TokenError", err)
+			}
+			if strings.Contains(err.Error(), key) || strings.Contains(te.TokenURL, key) {
+				t.Errorf("the URL's credential is in the error: %q (TokenURL %q)", err, te.TokenURL)
+			}
+			if !strings.Contains(err.Error(), "/token") {
+				t.Errorf("error %q does not name the endpoint", err)
+			}
+		})
+	}
+}
