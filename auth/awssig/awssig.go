@@ -19,8 +19,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -46,6 +48,19 @@ var (
 	errUnknownLength = errors.New("awssig: request body length unknown (HealthImaging needs x-amz-decoded-content-length)")
 	// errCredentials: no credentials could be had from the chain.
 	errCredentials = errors.New("awssig: no AWS credentials")
+	// errClockSkew: AWS refused a request signed by a clock far from its
+	// own; the next one is signed with AWS's time.
+	errClockSkew = errors.New("awssig: AWS refused the request (403): this host's clock is off")
+)
+
+const (
+	// skewRefused is how far AWS's clock (its answer's Date) must be from
+	// this host's for a 403 to be taken for a refused signature time:
+	// AWS allows 5 minutes.
+	skewRefused = 4 * time.Minute
+	// minSkewCorrection: closer than this, Date (whole seconds) and the
+	// round trip make the difference noise, and no correction is made.
+	minSkewCorrection = 30 * time.Second
 )
 
 // LoadCredentials returns the standard credential chain for region, cached
@@ -115,6 +130,11 @@ type transport struct {
 	region string
 	base   http.RoundTripper
 	signer *v4.Signer
+	// offset is AWS's clock minus this host's, as its last answer's Date
+	// said (0 when they agree within minSkewCorrection): requests are
+	// signed at AWS's time, as the AWS SDKs do, so a host whose clock
+	// drifted minutes is not refused every request until NTP is fixed.
+	offset atomic.Int64
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -146,11 +166,41 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody()
 		return nil, errUnknownLength
 	}
-	if err := sign(req.Context(), t.signer, creds, out, payload, Service, t.region, time.Now()); err != nil {
+	used := time.Duration(t.offset.Load())
+	if err := sign(req.Context(), t.signer, creds, out, payload, Service, t.region, time.Now().Add(used)); err != nil {
 		closeBody()
 		return nil, err
 	}
-	return t.base.RoundTrip(out)
+	resp, err := t.base.RoundTrip(out)
+	if err != nil {
+		return nil, err
+	}
+	off, ok := t.learnOffset(resp)
+	if ok && resp.StatusCode == http.StatusForbidden && (off-used).Abs() >= skewRefused {
+		// Refused for the time it was signed at, most likely: an error
+		// the forwarder retries, not a 403 it would dead-letter. The
+		// retry is signed at AWS's time.
+		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+		_ = resp.Body.Close()
+		return nil, fmt.Errorf("%w: AWS's clock is %s from it (NTP?); the next request is signed at AWS's time", errClockSkew, off.Round(time.Second))
+	}
+	return resp, nil
+}
+
+// learnOffset keeps the offset of AWS's clock from this host's, read from
+// resp's Date; ok is false without a readable Date.
+func (t *transport) learnOffset(resp *http.Response) (off time.Duration, ok bool) {
+	date, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		return 0, false
+	}
+	off = date.Sub(time.Now())
+	if off.Abs() < minSkewCorrection {
+		t.offset.Store(0)
+		return off, true
+	}
+	t.offset.Store(int64(off))
+	return off, true
 }
 
 // sign signs req in place (Authorization, X-Amz-Date and, with temporary

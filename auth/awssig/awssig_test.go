@@ -397,3 +397,61 @@ func TestExpiryWindowBounds(t *testing.T) {
 		}
 	}
 }
+
+// A host whose clock is an hour off has its first request refused, as
+// AWS does (403, "Signature expired"): that refusal is an error to retry,
+// not a 403 to dead-letter, and the next request is signed at AWS's time
+// (its answers' Date) and accepted. A 403 while the clocks agree stays a
+// 403.
+func TestClockSkewCorrected(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ahead time.Duration // AWS's clock from this host's
+	}{
+		{"AWS ahead", time.Hour},
+		{"AWS behind", -20 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var forbid atomic.Bool // refuse every request, whatever its time
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				now := time.Now().Add(tc.ahead)
+				w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
+				signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
+				switch {
+				case err != nil || verifySigV4(r, emptyPayload, "secret/EXAMPLE+key") != nil:
+					http.Error(w, "bad signature", http.StatusBadRequest)
+				case now.Sub(signed).Abs() > 5*time.Minute:
+					w.WriteHeader(http.StatusForbidden)
+					io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
+				case forbid.Load():
+					w.WriteHeader(http.StatusForbidden)
+					io.WriteString(w, `{"__type":"AccessDeniedException"}`)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			rt, err := Transport(staticCreds(), "us-east-1", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			client := &http.Client{Transport: rt}
+			get := func() (int, error) {
+				resp, err := client.Get(srv.URL + "/datastore/abc/studies")
+				if err != nil {
+					return 0, err
+				}
+				resp.Body.Close()
+				return resp.StatusCode, nil
+			}
+			if status, err := get(); !errors.Is(err, errClockSkew) {
+				t.Fatalf("first request: status %d, err %v; want the clock refusal as an error", status, err)
+			}
+			if status, err := get(); err != nil || status != http.StatusOK {
+				t.Fatalf("second request: status %d, err %v; want it signed at AWS's time and accepted", status, err)
+			}
+			forbid.Store(true)
+			if status, err := get(); err != nil || status != http.StatusForbidden {
+				t.Errorf("a 403 with the clocks agreeing: status %d, err %v; want the 403", status, err)
+			}
+		})
+	}
+}
