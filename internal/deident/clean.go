@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // The scrub: every text value the copy keeps (at any depth, the Clean
@@ -197,9 +199,10 @@ func (ids *identifiers) insert(v []byte) {
 // ASCII letters), and whether it changed. v itself is not modified.
 //
 // A match must stand as a word: where the value starts or ends with an
-// ASCII letter or digit, the byte before (after) the match must not be
-// one, nor a byte of another character set (0x80-0xFF), so a name "Me"
-// does not cut "SIEMENS" and an ID "3037" does not cut "123037004".
+// ASCII letter or digit, the character before (after) the match must
+// not be one, nor a letter of another character set (wordBefore), so a
+// name "Me" does not cut "SIEMENS" and an ID "3037" does not cut
+// "123037004"; a no-break space or a typographic quote is a boundary.
 // Values that start or end with a byte of another character set (a CJK
 // or Cyrillic name, an ISO 2022 escape) are matched anywhere there:
 // such text is often written without spaces. One pass, longest needle
@@ -218,7 +221,7 @@ func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
 	for i := 0; i < len(low); {
 		c := low[i]
 		cands := ids.needles[ids.first[c]:ids.first[int(c)+1]]
-		if len(cands) == 0 || (alnum(c) && i > 0 && wordByte(low[i-1])) {
+		if len(cands) == 0 || (alnum(c) && i > 0 && wordBefore(low, i)) {
 			i++
 			continue
 		}
@@ -228,7 +231,7 @@ func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
 			if end > len(low) || !bytes.Equal(low[i:end], n) {
 				continue
 			}
-			if end < len(low) && alnum(n[len(n)-1]) && wordByte(low[end]) {
+			if end < len(low) && alnum(n[len(n)-1]) && wordAt(low, end) {
 				continue
 			}
 			m = len(n)
@@ -280,9 +283,42 @@ func (ids *identifiers) index() {
 // alnum: an ASCII letter (folded) or digit.
 func alnum(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
-// wordByte: a byte that continues a word next to an ASCII needle: an
-// ASCII letter or digit, or a byte of another character set.
-func wordByte(c byte) bool { return alnum(c) || c >= 0x80 }
+// wordBefore and wordAt report whether the character that ends before
+// low[i] (starts at low[i]) continues a word next to an ASCII needle: an
+// ASCII letter or digit, or a letter, digit or mark of another
+// character set. A no-break space, a typographic quote, apostrophe or
+// dash ends a word as a space does: "Roe’s" must lose "Roe". UTF-8
+// is read as such; a byte that is not part of a UTF-8 character is read
+// as ISO 8859-1, the common single-byte set, whose 0x80-0xBF (C1
+// controls, where windows-1252 puts its quotes and dashes, no-break
+// space, punctuation), multiplication and division signs end a word.
+// Where the text is in another set, that can only remove a name joined
+// to a letter of that set: the acceptable error.
+func wordBefore(low []byte, i int) bool {
+	if c := low[i-1]; c < 0x80 {
+		return alnum(c)
+	}
+	if r, n := utf8.DecodeLastRune(low[:i]); n > 1 {
+		return wordRune(r)
+	}
+	return highLetter(low[i-1])
+}
+
+func wordAt(low []byte, i int) bool {
+	if c := low[i]; c < 0x80 {
+		return alnum(c)
+	}
+	if r, n := utf8.DecodeRune(low[i:]); n > 1 {
+		return wordRune(r)
+	}
+	return highLetter(low[i])
+}
+
+func wordRune(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.IsMark(r) }
+
+// highLetter: a byte of a single-byte set that may be a letter (ISO
+// 8859-1 0xC0-0xFF but the multiplication and division signs).
+func highLetter(c byte) bool { return c >= 0xC0 && c != 0xD7 && c != 0xF7 }
 
 // foldASCII appends v to dst with A-Z as a-z. Other bytes (other
 // character sets) are compared as they are.

@@ -42,6 +42,41 @@ func TestScrubWords(t *testing.T) {
 	}
 }
 
+// TestScrubNextToPunctuationOfOtherCharacterSets: a no-break space, a
+// typographic apostrophe, quote or dash (UTF-8, ISO 8859-1, or the
+// windows-1252 bytes sites send as ISO_IR 100) ends a word as an ASCII
+// space or quote does, so the name next to it goes; a letter of another
+// character set still continues the word.
+func TestScrubNextToPunctuationOfOtherCharacterSets(t *testing.T) {
+	var ids identifiers
+	ids.collect([]*element{
+		str(tagPatientName, "PN", "Roe^Richard"),
+		str(tagPatientID, "LO", "PAT-42"),
+		str(0x00081070, "PN", "Jos^Ller"),
+	}, func(Tag, string) bool { return false })
+	for _, tt := range []struct{ name, in, want string }{
+		{"UTF-8 apostrophe", "Roe\u2019s left knee", "\u2019s left knee"},
+		{"UTF-8 no-break space", "Richard\u00a0Roe", "\u00a0"},
+		{"UTF-8 quotes", "\u201cRoe\u201d", "\u201c\u201d"},
+		{"UTF-8 en dash", "PAT-42\u2013CT", "\u2013CT"},
+		{"UTF-8 guillemets", "\u00abRichard\u00bb", "\u00ab\u00bb"},
+		{"Latin-1 no-break space", "Richard\xa0Roe", "\xa0"},
+		{"Latin-1 guillemets", "\xabRoe\xbb", "\xab\xbb"},
+		{"windows-1252 quotes", "\x93Roe\x94 \x96 PAT-42", "\x93\x94 \x96"},
+		{"UTF-8 letter after", "Jos\u00e9", "Jos\u00e9"},
+		{"Latin-1 letter after", "Jos\xe9", "Jos\xe9"},
+		{"UTF-8 letter before", "M\u00fcller", "M\u00fcller"},
+		{"Latin-1 letter before", "M\xfcller", "M\xfcller"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, changed := ids.scrub([]byte(tt.in))
+			if string(got) != tt.want || changed != (tt.in != tt.want) {
+				t.Errorf("scrub(%q) = %q, %v; want %q", tt.in, got, changed, tt.want)
+			}
+		})
+	}
+}
+
 // TestRewriteKeepsCodes: coded entries (Code Value, Coding Scheme
 // Designator...) arrive as they are, even when they hold an identifying
 // value; Code Meaning is scrubbed.
