@@ -66,7 +66,7 @@ type Instance struct {
 // a partial file that must be discarded.
 func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
 	br, bw := readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
-	br.Reset(r)
+	br.Reset(sourceReader{r})
 	bw.Reset(w)
 	defer func() {
 		br.Reset(nil)
@@ -79,6 +79,23 @@ func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
 		return rw.inst, err
 	}
 	return rw.inst, rw.w.Flush()
+}
+
+// errSourceCut is io.ErrUnexpectedEOF from the source itself: net/http
+// reports so an answer cut before its Content-Length (Orthanc restarted,
+// a proxy timed out), a failure to retry. The decoder reads
+// io.ErrUnexpectedEOF as a file that ends inside an element (malformed,
+// refused for good), so the source's own is told apart.
+var errSourceCut = fmt.Errorf("the source ended before its length: %w", io.ErrUnexpectedEOF)
+
+type sourceReader struct{ r io.Reader }
+
+func (s sourceReader) Read(b []byte) (int, error) {
+	n, err := s.r.Read(b)
+	if err == io.ErrUnexpectedEOF {
+		err = errSourceCut
+	}
+	return n, err
 }
 
 // The buffers of a rewrite are reused: a small instance costs less than

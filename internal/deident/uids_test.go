@@ -80,20 +80,23 @@ func (f *failingReader) Read(b []byte) (int, error) {
 	return m, err
 }
 
-// A read from Orthanc that fails (a reset, shutdown) is that failure, to
-// be retried, not a malformed file refused for good; a file that ends
-// early is malformed.
+// A read from Orthanc that fails (a reset, shutdown, or an answer cut
+// before its Content-Length, which net/http reports as
+// io.ErrUnexpectedEOF) is that failure, to be retried, not a malformed
+// file refused for good; a file that ends early is malformed.
 func TestSourceFailureIsNotMalformed(t *testing.T) {
 	d := newTestDeidentifier(t, Options{})
 	in := testFile(t, syntaxExplicitLE, true, false, true, sortedElements(baseElements()))
-	for _, cut := range []int{50, 140, len(in) - 5} {
-		var out bytes.Buffer
-		_, err := d.Rewrite(&out, &failingReader{r: bytes.NewReader(in), n: cut, err: context.Canceled})
-		if !errors.Is(err, context.Canceled) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrNotDICOM) {
-			t.Errorf("read failing after %d bytes: %v; want the read's error, not a malformed file", cut, err)
+	for _, cut := range []int{50, 140, 141, 150, len(in) - 5} {
+		for _, failure := range []error{context.Canceled, io.ErrUnexpectedEOF} {
+			var out bytes.Buffer
+			_, err := d.Rewrite(&out, &failingReader{r: bytes.NewReader(in), n: cut, err: failure})
+			if !errors.Is(err, failure) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrNotDICOM) {
+				t.Errorf("read failing with %v after %d bytes: %v; want the read's error, not a malformed file", failure, cut, err)
+			}
 		}
-		out.Reset()
-		_, err = d.Rewrite(&out, bytes.NewReader(in[:cut]))
+		var out bytes.Buffer
+		_, err := d.Rewrite(&out, bytes.NewReader(in[:cut]))
 		if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrNotDICOM) {
 			t.Errorf("file cut after %d bytes: %v; want malformed", cut, err)
 		}
