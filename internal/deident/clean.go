@@ -149,6 +149,7 @@ func (ids *identifiers) add(kind idKind, v []byte) {
 				// suffix (Mr, Dr, Jr, III), common words of any text.
 				if i < 3 {
 					ids.addNeedle(c)
+					ids.addWords(c)
 				}
 				i++
 			}
@@ -166,6 +167,38 @@ func (ids *identifiers) add(kind idKind, v []byte) {
 	default:
 		ids.addNeedle(v)
 	}
+}
+
+// addWords adds each word of a name component of several ("GARCIA
+// LOPEZ", "van der Berg", "Jan-Pieter", "DOE,JOHN" written without
+// carets): text often names the person by one of them. Not the
+// particles, common words of any text, nor the words of a component
+// with ISO 2022 escapes, whose multi-byte characters may hold the bytes
+// of a space, a hyphen or a comma.
+func (ids *identifiers) addWords(c []byte) {
+	if bytes.IndexByte(c, 0x1B) >= 0 {
+		return
+	}
+	words := bytes.FieldsFunc(c, func(r rune) bool { return r == ' ' || r == '-' || r == ',' })
+	if len(words) < 2 {
+		return
+	}
+	for _, w := range words {
+		if !nameParticles[strings.TrimSuffix(string(foldASCII(nil, w)), ".")] {
+			ids.addNeedle(w)
+		}
+	}
+}
+
+// nameParticles are the particles of family names, and the titles of a
+// name written without carets ("MR JOHN ROE"), not searched for on their
+// own: common words of any text ("MR Brain", "informe de la TC").
+var nameParticles = map[string]bool{
+	"al": true, "bin": true, "da": true, "dal": true, "das": true, "de": true, "dei": true, "del": true,
+	"della": true, "den": true, "der": true, "des": true, "di": true, "do": true, "dos": true, "du": true,
+	"el": true, "la": true, "le": true, "les": true, "lo": true, "st": true, "ten": true, "ter": true,
+	"van": true, "von": true, "zu": true,
+	"dr": true, "jr": true, "miss": true, "mr": true, "mrs": true, "ms": true, "prof": true, "sr": true,
 }
 
 // addNeedle adds v, and v without its ISO 2022 escape sequences when it

@@ -77,6 +77,40 @@ func TestScrubNextToPunctuationOfOtherCharacterSets(t *testing.T) {
 	}
 }
 
+// TestScrubWordsOfCompoundNames: a name component of several words (two
+// surnames, a family name with a particle, a hyphenated given name) also
+// loses each word, as text often names the person by one of them; the
+// particles (de, la, van, der...) are common words of any text and stay.
+func TestScrubWordsOfCompoundNames(t *testing.T) {
+	var ids identifiers
+	ids.collect([]*element{
+		str(tagPatientName, "PN", "GARCIA LOPEZ^MARIA JOSE"),
+		str(0x00081070, "PN", "van der Berg^Jan-Pieter"),
+		str(0x00101001, "PN", "DOE,JOHN"),
+		str(0x00080090, "PN", "MR ALAN SMITHEE"),
+		str(0x00081050, "PN", "Dr. Jane Doe"),
+	}, func(Tag, string) bool { return false })
+	for _, tt := range []struct{ in, want string }{
+		{"Maria Garcia", ""},
+		{"seen by Dr Lopez", "seen by Dr"},
+		{"GARCIA LOPEZ, MARIA JOSE", ","},
+		{"Berg, Jan", ","},
+		{"tech: Pieter van der Berg", "tech:"},
+		{"Jan Pieter", ""},
+		{"informe de la TC", "informe de la TC"},
+		{"Befund der Lunge", "Befund der Lunge"},
+		{"Bergamo", "Bergamo"},
+		{"John Doe", ""},
+		{"MR Brain, ref. Mr Smithee", "MR Brain, ref. Mr"},
+		{"read by Dr. Jane", "read by Dr."},
+	} {
+		got, changed := ids.scrub([]byte(tt.in))
+		if string(got) != tt.want || changed != (tt.in != tt.want) {
+			t.Errorf("scrub(%q) = %q, %v; want %q", tt.in, got, changed, tt.want)
+		}
+	}
+}
+
 // TestRewriteKeepsCodes: coded entries (Code Value, Coding Scheme
 // Designator...) arrive as they are, even when they hold an identifying
 // value; Code Meaning is scrubbed.
