@@ -89,7 +89,7 @@ var patientEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 // PatientID maps a Patient ID to the prefix followed by 20 base32
 // characters (100 bits of its HMAC). An empty Patient ID stays empty.
 func (k *Keyer) PatientID(id string) string {
-	id = strings.TrimRight(id, "\x00 ")
+	id = trimPatientID(id)
 	if id == "" {
 		return ""
 	}
@@ -100,7 +100,13 @@ func (k *Keyer) PatientID(id string) string {
 // MaxDateShiftDays, the same for every instance of the patient, so
 // intervals between studies are kept.
 func (k *Keyer) DateShift(patientID string) int {
-	patientID = strings.TrimRight(patientID, "\x00 ")
+	patientID = trimPatientID(patientID)
 	n := binary.BigEndian.Uint64(k.mac("date", patientID)[:8])
 	return int(n%MaxDateShiftDays) + 1
 }
+
+// trimPatientID drops the padding and the leading and trailing spaces of
+// a Patient ID (LO), which are not significant (PS3.5 6.2): " PAT-42"
+// from one modality and "PAT-42" from another are one patient, with one
+// pseudonym and one date offset.
+func trimPatientID(id string) string { return strings.Trim(id, "\x00 ") }

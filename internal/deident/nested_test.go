@@ -217,6 +217,26 @@ func TestKeyer(t *testing.T) {
 	}
 }
 
+// TestPatientIDSpacesAreNotSignificant: leading and trailing spaces of a
+// Patient ID (VR LO) are not significant (PS3.5 6.2), so " PAT-42" from
+// one modality and "PAT-42" from another are one patient: one pseudonym,
+// one date offset.
+func TestPatientIDSpacesAreNotSignificant(t *testing.T) {
+	k, err := NewKeyer(testKey, "P-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, wantShift := k.PatientID("PAT-42"), k.DateShift("PAT-42")
+	for _, id := range []string{" PAT-42", "  PAT-42 ", "PAT-42\x00", " PAT-42\x00"} {
+		if got := k.PatientID(id); got != want {
+			t.Errorf("PatientID(%q) = %s, want %s as for PAT-42", id, got, want)
+		}
+		if got := k.DateShift(id); got != wantShift {
+			t.Errorf("DateShift(%q) = %d, want %d as for PAT-42", id, got, wantShift)
+		}
+	}
+}
+
 func FuzzRewrite(f *testing.F) {
 	px := &element{tag: tagPixelData, vr: "OW", value: []byte{1, 2, 3, 4}}
 	f.Add(testFile(&testing.T{}, syntaxExplicitLE, true, true, true, nestedDataset(true, px)))
