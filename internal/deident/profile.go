@@ -249,6 +249,11 @@ func newProfile(o Options) (*profile, error) {
 			return nil, fmt.Errorf("%w: %s is not a data set attribute that can be kept", ErrBadOptions, t)
 		}
 		p.actions[t] = actKeep
+		if t.Private() && t.Element() >= 0x1000 {
+			// Its Private Creator (gggg,00xx for gggg,xxee) too: without
+			// it the attribute names nothing (PS3.5 7.8.1).
+			p.actions[Tag(uint32(t.Group())<<16|uint32(t.Element()>>8))] = actKeep
+		}
 	}
 	for _, t := range o.Remove {
 		if t == tagSOPClassUID || t == tagSOPInstanceUID || t == tagStudyInstanceUID || t == tagSeriesInstanceUID || t.Group() == 0x0002 || t.Group() == 0xFFFE || t == tagPixelData {

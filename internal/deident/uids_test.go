@@ -112,3 +112,41 @@ func TestBurnedInWithLeadingSpace(t *testing.T) {
 		t.Errorf("Rewrite = %v, want ErrBurnedIn", err)
 	}
 }
+
+// A private attribute a destination keeps (STOW_DEIDENTIFY_KEEP) keeps
+// its Private Creator: without it the attribute names nothing (PS3.5
+// 7.8.1), and the destination cannot tell whose it is. Other blocks of
+// the group stay removed.
+func TestKeptPrivateAttributeKeepsItsCreator(t *testing.T) {
+	d := newTestDeidentifier(t, Options{Keep: []Tag{0x00431029}})
+	els := sortedElements(append(baseElements(),
+		str(0x00430010, "LO", "GEMS_PARM_01"),
+		&element{tag: 0x00431029, vr: "OB", value: []byte{1, 2, 3, 4}},
+		str(0x00430011, "LO", "OTHER VENDOR"),
+		str(0x00431101, "LO", "Roe private note"),
+		seq(0x00081115, item(str(0x00430010, "LO", "GEMS_PARM_01"), &element{tag: 0x00431029, vr: "OB", value: []byte{5, 6}})),
+	))
+	in := testFile(t, syntaxExplicitLE, true, false, true, els)
+	var out bytes.Buffer
+	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatal(err)
+	}
+	got := parseFile(t, out.Bytes())
+	for _, level := range []struct {
+		name string
+		els  []*element
+	}{{"top level", got.elements}, {"in a sequence", find(got.elements, 0x00081115).items[0]}} {
+		if c := find(level.els, 0x00430010); c == nil || trimValue(c.value) != "GEMS_PARM_01" {
+			t.Errorf("%s: the kept (0043,1029) lost its Private Creator (0043,0010): %v", level.name, c)
+		}
+		if find(level.els, 0x00431029) == nil {
+			t.Errorf("%s: the kept (0043,1029) is gone", level.name)
+		}
+	}
+	for _, tag := range []Tag{0x00430011, 0x00431101} {
+		if find(got.elements, tag) != nil {
+			t.Errorf("%s, of another private block, was kept", tag)
+		}
+	}
+	dcmdump(t, out.Bytes())
+}
