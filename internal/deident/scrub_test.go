@@ -458,6 +458,58 @@ func TestRetainDatesTrustsTheDictionaryNotTheFile(t *testing.T) {
 	}
 }
 
+// TestRetainDatesKnowsEveryDateOfTheTable: with RetainDates every date
+// and time of the profile's table is read by its dictionary VR, so a DT
+// is moved back, never kept as a time (HL7 Document Effective Time, a DT,
+// was kept as it came), and a DA is moved back, not removed (Date of
+// Secondary Capture).
+func TestRetainDatesKnowsEveryDateOfTheTable(t *testing.T) {
+	for tag := range basicProfile {
+		if tag == 0x00160077 {
+			continue // GPS Time Stamp: not in the option's column, removed
+		}
+		switch vr := dictVR[tag]; vr {
+		case "DA", "DT", "TM":
+			if temporalVR[tag] != vr {
+				t.Errorf("%s is %s in PS3.6, %q in temporalVR", tag, vr, temporalVR[tag])
+			}
+		}
+	}
+	for tag, vr := range temporalVR {
+		if d, ok := dictVR[tag]; ok && d != vr {
+			t.Errorf("%s is %s in PS3.6, %s in temporalVR", tag, d, vr)
+		}
+	}
+
+	els := []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(0x00181012, "DA", "20200314"), // Date of Secondary Capture
+		str(tagPatientID, "LO", "PAT-42"),
+		str(tagStudyInstanceUID, "UI", "1.2.3.9"),
+		str(tagSeriesInstanceUID, "UI", "1.2.3.9.2"),
+		seq(0x0040A390, item(str(0x0040E004, "DT", "20200314101500"))), // HL7 Document Effective Time
+	}
+	in := testFile(t, syntaxImplicitLE, false, false, true, els)
+	d := newTestDeidentifier(t, Options{RetainDates: true})
+	var out bytes.Buffer
+	inst, err := d.Rewrite(&out, bytes.NewReader(in))
+	if err != nil {
+		t.Fatalf("Rewrite: %v", err)
+	}
+	if bytes.Contains(out.Bytes(), []byte("20200314")) {
+		t.Error("the copy holds the original date 20200314")
+	}
+	shifted, _ := shiftDates("20200314", inst.DateShiftDays)
+	got := parseFile(t, out.Bytes())
+	if c := find(got.elements, 0x00181012); c == nil || trimValue(c.value) != shifted {
+		t.Errorf("Date of Secondary Capture %v, want %s", c, shifted)
+	}
+	if c := find(find(got.elements, 0x0040A390).items[0], 0x0040E004); c == nil || trimValue(c.value) != shifted+"101500" {
+		t.Errorf("HL7 Document Effective Time %v, want %s101500", c, shifted)
+	}
+}
+
 // A data set without its SOP Class UID takes the file meta's in the copy:
 // a Secondary Capture so declared is refused like any other.
 func TestRewriteChecksTheMetaSOPClass(t *testing.T) {

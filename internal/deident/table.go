@@ -721,7 +721,7 @@ var temporalVR = map[Tag]string{
 	0x00404052: "DT", // Procedure Step Cancellation DateTime
 	0x0040A032: "DT", // Observation DateTime
 	0x0040A033: "DT", // Observation Start DateTime
-	0x0040E004: "TM", // HL7 Document Effective Time
+	0x0040E004: "DT", // HL7 Document Effective Time
 	0x00440004: "DT", // Approval Status DateTime
 	0x0044000B: "DT", // Product Expiration DateTime
 	0x00440010: "DT", // Substance Administration DateTime
@@ -746,4 +746,31 @@ var temporalVR = map[Tag]string{
 	0x40080109: "TM", // Interpretation Transcription Time
 	0x40080112: "DA", // Interpretation Approval Date
 	0x40080113: "TM", // Interpretation Approval Time
+	// Dates and times of the table whose names do not end in Date, Time
+	// or DateTime, which the generation missed (PS3.6 gives their VR; the
+	// Retain Longitudinal Modified Dates column says C for each).
+	0x00080106: "DT", // Context Group Version
+	0x00080107: "DT", // Context Group Local Version
+	0x0016008D: "DT", // GPS Date Stamp
+	0x00181012: "DA", // Date of Secondary Capture
+	0x00181014: "TM", // Time of Secondary Capture
+	0x00181200: "DA", // Date of Last Calibration
+	0x00181201: "TM", // Time of Last Calibration
+	0x00181202: "DT", // DateTime of Last Calibration
+	0x0018700C: "DA", // Date of Last Detector Calibration
+	0x0018700E: "TM", // Time of Last Detector Calibration
+	0x00189623: "DT", // Functional Sync Pulse
+	0x00402004: "DA", // Issue Date of Imaging Service Request
+	0x00402005: "TM", // Issue Time of Imaging Service Request
+	0x0040A023: "DA", // Findings Group Recording Date (Trial)
+	0x0040A024: "TM", // Findings Group Recording Time (Trial)
+	0x0040A110: "DA", // Date of Document or Verbal Transaction (Trial)
+	0x0040A112: "TM", // Time of Document Creation or Verbal Transaction (Trial)
+	0x0040A192: "DA", // Observation Date (Trial)
+	0x0040A193: "TM", // Observation Time (Trial)
+	0x0040DB06: "DT", // Template Version
+	0x0040DB07: "DT", // Template Local Version
+	0x00720061: "DA", // Selector DA Value
+	0x00720063: "DT", // Selector DT Value
+	0x0072006B: "TM", // Selector TM Value
 }
