@@ -60,6 +60,15 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 	// only once JetStream knows it is.
 	if err := msg.DoubleAck(ctx); err != nil {
 		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
+		// The next delivery finds every instance "already" there: they
+		// must read as stowline's own copies, not as conflicts.
+		if len(rep.forwarded) > 0 {
+			stored := make(map[string]bool, len(rep.forwarded))
+			for _, in := range rep.forwarded {
+				stored[in.SOPInstanceUID] = true
+			}
+			f.rememberStored(ctx, a.Event, stored)
+		}
 		return ResultAckFailed
 	}
 	if rep.NotSelected {

@@ -12,8 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -264,5 +268,70 @@ func TestFailedRequestLetsOthersFinish(t *testing.T) {
 	ours, _ := fl.Sent(t.Context(), testEvent())
 	if !ours("1.2.3.2") {
 		t.Error("the instance the other request stored is not remembered")
+	}
+}
+
+// unconfirmedAck is a delivery whose ack JetStream does not confirm (a
+// consumer leader lost at that moment): the event stays pending.
+type unconfirmedAck struct{ jetstream.Msg }
+
+func (unconfirmedAck) DoubleAck(context.Context) error { return nats.ErrTimeout }
+
+// TestRedeliveryAfterAnUnconfirmedAck: a study stored whole whose ack
+// JetStream did not confirm is delivered again, and the destination then
+// answers "already exists" (45070) for every instance: they are stowline's
+// own copies, as docs/nats-cluster.md promises, not conflicts (deadletter
+// dead-lettered the stored study, skip kept it in the source in buffer
+// mode).
+func TestRedeliveryAfterAnUnconfirmedAck(t *testing.T) {
+	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
+		t.Run(action, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			srv := httptest.NewServer(dest)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			var comps []Completion
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.Failures = &memFailureLog{}
+				o.MaxDeliveries = 5
+				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+					comps = append(comps, c)
+					return nil
+				}
+			})
+			ev := testEvent()
+			if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
+				t.Fatal(err)
+			}
+			first, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.handle(t.Context(), unconfirmedAck{first})
+			again, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+			if err != nil {
+				t.Fatalf("not delivered again after an unconfirmed ack: %v", err)
+			}
+			f.handle(t.Context(), again)
+			dest.mu.Lock()
+			answers := strings.Join(dest.answers, " ")
+			dest.mu.Unlock()
+			if strings.Count(answers, ":45070") != 2 {
+				t.Fatalf("answers %s: want both instances answered 45070 the second time", answers)
+			}
+			for _, l := range dls.all() {
+				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+			}
+			if len(comps) != 1 {
+				t.Fatalf("%d completions, want 1", len(comps))
+			}
+			if len(comps[0].Kept) > 0 {
+				t.Errorf("the completion keeps %v in the source, though the destination holds them as sent", comps[0].Kept)
+			}
+		})
 	}
 }
