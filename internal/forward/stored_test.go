@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,11 @@ type azureLike struct {
 	refuseOnce string
 	refuse     map[string]int
 	warn       map[string]int
+	// unavailableOnce: the first request holding it is answered 503,
+	// after a pause, so that the study's other requests are out by then.
+	unavailableOnce string
+
+	unavailable atomic.Bool
 
 	mu      sync.Mutex
 	held    map[string]bool
@@ -39,6 +45,11 @@ type azureLike struct {
 
 func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	uids := partUIDs(r)
+	if slices.Contains(uids, d.unavailableOnce) && d.unavailable.CompareAndSwap(false, true) {
+		time.Sleep(100 * time.Millisecond)
+		http.Error(w, "unavailable", http.StatusServiceUnavailable)
+		return
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var stored, failed []string
@@ -216,6 +227,40 @@ func TestChangedCopyIsNoOwnCopy(t *testing.T) {
 	})
 	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err == nil {
 		t.Fatal("the first delivery succeeded; want it refused transiently")
+	}
+	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent(), Number: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rep.kept, "1.2.3.1") {
+		t.Errorf("kept %v: 1.2.3.1, stored changed by the first delivery, would be deleted from the source", rep.kept)
+	}
+}
+
+// TestChangedCopyIsNoOwnCopyWhenTheRoundFails: an instance stored
+// changed (Warning B000) in a request whose study's other request failed
+// at the same time is not remembered as stowline's own copy either: the
+// next delivery takes its "already exists" for a conflict, and buffer
+// mode keeps it in the source.
+func TestChangedCopyIsNoOwnCopyWhenTheRoundFails(t *testing.T) {
+	dest := &azureLike{unavailableOnce: "1.2.3.2", warn: map[string]int{"1.2.3.1": dicomweb.WarningCoercion}, held: map[string]bool{}}
+	srv := httptest.NewServer(dest)
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
+		o.Failures = &memFailureLog{}
+		o.MaxInstances = 1
+		o.RequestConcurrency, o.MinRequestConcurrency = 2, 2
+		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+	})
+	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err == nil {
+		t.Fatal("the first delivery succeeded; want the 503 to fail it")
+	}
+	dest.mu.Lock()
+	first := strings.Join(dest.answers, " ")
+	dest.mu.Unlock()
+	if !strings.Contains(first, "1.2.3.1:stored with a warning") {
+		t.Fatalf("answers %s: 1.2.3.1 was not stored with a warning in the first delivery: the test tests nothing", first)
 	}
 	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent(), Number: 2})
 	if err != nil {

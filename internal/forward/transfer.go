@@ -177,10 +177,14 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			}
 			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, f.requestSize(len(send.parts)), f.opts.MaxBytes), &rep, send.put, ours)
 			// What was confirmed counts, whether or not another request
-			// of the round failed.
+			// of the round failed; and so do its warnings, for the
+			// deferred remember to leave out copies stored changed.
 			for _, out := range o {
 				for _, uid := range out.confirmed {
 					stored[uid] = true
+				}
+				for _, w := range out.warned {
+					warned[w.SOPInstanceUID] = w
 				}
 			}
 			if err != nil {
@@ -199,9 +203,6 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			conflicts = append(conflicts, out.conflicts...)
 			skipped = append(skipped, out.skipped...)
 			st.nonPrimary = append(st.nonPrimary, out.nonPrimary...)
-			for _, w := range out.warned {
-				warned[w.SOPInstanceUID] = w
-			}
 			for _, p := range out.retry {
 				notDone[p.SOPInstanceUID] = true
 			}
