@@ -204,8 +204,8 @@ func uidList(in []Instance) string {
 	return strings.Join(uids, ", ")
 }
 
-// rememberTimeout bounds the write of what a failed attempt stored: it
-// runs as the attempt ends, perhaps at shutdown.
+// rememberTimeout bounds the write of what an attempt stored: it runs as
+// the attempt ends, perhaps at shutdown.
 const rememberTimeout = 5 * time.Second
 
 // storedEarlier reports the instances of the event's study version the
@@ -225,7 +225,8 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable) f
 	return sent
 }
 
-// rememberStored keeps what a failed attempt got stored, for the next.
+// rememberStored keeps what an attempt got stored, for later deliveries
+// of the study version.
 func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, stored map[string]bool) {
 	if f.opts.Failures == nil {
 		return
@@ -233,7 +234,7 @@ func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, 
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rememberTimeout)
 	defer cancel()
 	if err := f.opts.Failures.RememberSent(ctx, ev, slices.Collect(maps.Keys(stored))); err != nil {
-		f.log.Warn("remember what a failed attempt stored: the next attempt may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
+		f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "instances", len(stored), "err", err)
 	}
 }

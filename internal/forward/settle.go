@@ -56,19 +56,21 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 }
 
 func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) Result {
+	// A later delivery of this study version (its ack not confirmed, a
+	// repeat past the dedupe window, a backfill or re-forward) finds
+	// every instance "already" there: they must read as stowline's own
+	// copies, not as conflicts.
+	if len(rep.forwarded) > 0 {
+		stored := make(map[string]bool, len(rep.forwarded))
+		for _, in := range rep.forwarded {
+			stored[in.SOPInstanceUID] = true
+		}
+		f.rememberStored(ctx, a.Event, stored)
+	}
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is.
 	if err := msg.DoubleAck(ctx); err != nil {
 		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
-		// The next delivery finds every instance "already" there: they
-		// must read as stowline's own copies, not as conflicts.
-		if len(rep.forwarded) > 0 {
-			stored := make(map[string]bool, len(rep.forwarded))
-			for _, in := range rep.forwarded {
-				stored[in.SOPInstanceUID] = true
-			}
-			f.rememberStored(ctx, a.Event, stored)
-		}
 		return ResultAckFailed
 	}
 	if rep.NotSelected {

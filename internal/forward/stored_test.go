@@ -380,3 +380,59 @@ func TestRedeliveryAfterAnUnconfirmedAck(t *testing.T) {
 		})
 	}
 }
+
+// TestRepeatOfAForwardedStudy: a study version forwarded whole and acked
+// that is queued again (a repeat past EVENTS_DEDUPE_WINDOW, a backfill or
+// re-forward of the stream's events) meets "already exists" (45070) for
+// every instance: they are stowline's own copies, as docs/guarantees.md
+// promises ("harmless, only wasteful"), not conflicts (deadletter
+// dead-lettered the study, skip counted false conflicts and kept it).
+func TestRepeatOfAForwardedStudy(t *testing.T) {
+	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
+		t.Run(action, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			srv := httptest.NewServer(dest)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			var comps []Completion
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.Failures = &memFailureLog{}
+				o.MaxDeliveries = 5
+				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+					comps = append(comps, c)
+					return nil
+				}
+			})
+			ev := testEvent()
+			for _, msgID := range []string{ev.MsgID(), ev.MsgID() + "/backfill/default"} {
+				if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
+					t.Fatal(err)
+				}
+				msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.handle(t.Context(), msg)
+			}
+			dest.mu.Lock()
+			answers := strings.Join(dest.answers, " ")
+			dest.mu.Unlock()
+			if strings.Count(answers, ":45070") != 2 {
+				t.Fatalf("answers %s: want both instances answered 45070 the second time", answers)
+			}
+			for _, l := range dls.all() {
+				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+			}
+			if len(comps) != 2 {
+				t.Fatalf("%d completions, want 2", len(comps))
+			}
+			if len(comps[1].Kept) > 0 {
+				t.Errorf("the second completion keeps %v in the source, though the destination holds them as sent", comps[1].Kept)
+			}
+		})
+	}
+}
