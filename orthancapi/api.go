@@ -57,6 +57,10 @@ type Instance struct {
 	SeriesID string
 	// FileSize is the size of the DICOM file Orthanc stores.
 	FileSize int64
+	// FileUUID names that file: Orthanc gives each file it stores a new
+	// one, so it changes when the instance is stored again (a corrected
+	// copy, with OverwriteInstances) and never otherwise.
+	FileUUID string
 }
 
 type seriesJSON struct {
@@ -67,6 +71,7 @@ type seriesJSON struct {
 type instanceJSON struct {
 	ID            string
 	FileSize      int64
+	FileUUID      string `json:"FileUuid"`
 	ParentSeries  string
 	MainDicomTags struct {
 		SOPInstanceUID string
@@ -118,6 +123,7 @@ func (c *Client) StudyInstances(ctx context.Context, studyID string) ([]Instance
 				SOPInstanceUID: in.MainDicomTags.SOPInstanceUID,
 				SeriesID:       in.ParentSeries,
 				FileSize:       in.FileSize,
+				FileUUID:       in.FileUUID,
 			},
 			number:    n,
 			hasNumber: err == nil,

@@ -114,6 +114,9 @@ func testAgainstOrthanc(t *testing.T, rel testharness.Release) {
 		if _, ok := local[in.SOPInstanceUID]; !ok {
 			t.Errorf("unknown SOPInstanceUID %s", in.SOPInstanceUID)
 		}
+		if in.FileUUID == "" {
+			t.Errorf("%s: no FileUUID", in.ID)
+		}
 		rc, size, err := c.OpenInstanceFile(ctx, in.ID)
 		if err != nil {
 			t.Fatal(err)

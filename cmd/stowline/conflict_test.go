@@ -18,8 +18,10 @@ import (
 // one STOW request, class conflict, the instance and the setting named.
 // Before STOW_ON_CONFLICT, 272 was retried as transient for hours. The
 // study is resent because an instance was added to it; the proxy gives
-// the answer Orthanc cannot. One Orthanc release: the fault is at the
-// destination.
+// the answer Orthanc cannot, for both instances: the one forwarded before,
+// from the same Orthanc file, is stowline's own copy and counts as
+// stored; the new one is the conflict. One Orthanc release: the fault is
+// at the destination.
 func TestGoogleConflictDeadLetteredAtOnce(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
 	s := newSiteWith(t, siteOptions{destinations: []string{"archive"}, nats: true})
@@ -40,13 +42,13 @@ func TestGoogleConflictDeadLetteredAtOnce(t *testing.T) {
 	s.waitIdle(t, 30*time.Second, "archive")
 
 	before := archive.proxy.STOWRequests()
-	archive.proxy.FailNextWithStatus(1, dicomweb.FailureProcessing, http.StatusConflict)
+	archive.proxy.FailNextWithStatus(2, dicomweb.FailureProcessing, http.StatusConflict)
 	send(t, src, st.files[1])
 	testharness.WaitFor(t, "the study is dead-lettered", time.Minute, func() bool { return len(letters(t, store, "archive")) == 1 })
 	s.waitIdle(t, 30*time.Second, "archive")
 	l := letters(t, store, "archive")[0]
 	if l.Class != forward.Conflict || !strings.Contains(l.Reason, "DESTINATION_ARCHIVE_STOW_ON_CONFLICT=deadletter") ||
-		len(l.Failures) != 1 || !strings.Contains(l.Reason, l.Failures[0].SOPInstanceUID) {
+		len(l.Failures) != 1 || l.Failures[0].SOPInstanceUID != st.uids[1] || !strings.Contains(l.Reason, st.uids[1]) {
 		t.Errorf("dead letter: class %q, reason %q, failures %+v", l.Class, l.Reason, l.Failures)
 	}
 	if n := archive.proxy.STOWRequests() - before; n != 1 {

@@ -625,18 +625,34 @@ func TestFailureLogStoredInstances(t *testing.T) {
 	if s(ev.StudyInstanceUID + ".100000") {
 		t.Error("an instance never sent is remembered")
 	}
-	// Another version of the study (changed in Orthanc), the same study
-	// in another source, another destination: nothing shared.
+	// Another version of the study (it gained an instance in Orthanc)
+	// shares the record: the IDs forward gives tell the files apart.
 	newer, elsewhere := *ev, *ev
 	newer.LastUpdate, elsewhere.Source = "20261203T111500", "orthanc-b"
+	if !sent(log, &newer)(uids[0]) {
+		t.Error("a newer version of the study does not share the record")
+	}
+	// The same study in another source, another destination: nothing
+	// shared.
 	for what, s := range map[string]func(string) bool{
-		"a newer version of the study": sent(log, &newer),
-		"the study in another source":  sent(log, &elsewhere),
-		"another destination":          sent(deadletter.NewFailureLog(kv, "ai"), ev),
+		"the study in another source": sent(log, &elsewhere),
+		"another destination":         sent(deadletter.NewFailureLog(kv, "ai"), ev),
 	} {
 		if s(uids[0]) {
 			t.Errorf("%s shares the record", what)
 		}
+	}
+	// A version that would outgrow a JetStream message keeps what it
+	// sent, and drops what the earlier versions did.
+	more := make([]string, 30_000)
+	for i := range more {
+		more[i] = fmt.Sprintf("%s.v2.%d", ev.StudyInstanceUID, i)
+	}
+	if err := log.RememberSent(testCtx(t), &newer, more); err != nil {
+		t.Fatalf("RememberSent past the bound: %v", err)
+	}
+	if s := sent(log, &newer); !s(more[0]) || !s(more[len(more)-1]) || s(uids[0]) {
+		t.Error("past the bound, the record does not hold just the last version's instances")
 	}
 }
 

@@ -20,7 +20,7 @@ import (
 
 // FailureLog records one destination's failure times per event (by
 // stream sequence: each destination's consumer delivers the same events),
-// and the instances failed attempts got stored, per study version.
+// and the instances attempts got stored, per study.
 type FailureLog struct {
 	kv          jetstream.KeyValue
 	destination string
@@ -63,18 +63,20 @@ func (l *FailureLog) Forget(ctx context.Context, seq uint64) error {
 	return nil
 }
 
-// sentKey is the key of a study version's stored instances: a hash, as a
-// UID may not fit a key's characters and length.
+// sentKey is the key of a study's stored instances: a hash, as a UID may
+// not fit a key's characters and length. One key for all the study's
+// versions: what names an instance (forward's sentID) tells which
+// version's file it was.
 func (l *FailureLog) sentKey(ev *events.StudyStable) string {
 	h := fnv.New64a()
-	for _, s := range []string{ev.Source, ev.StudyInstanceUID, ev.LastUpdate} {
+	for _, s := range []string{ev.Source, ev.StudyInstanceUID} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
-	return fmt.Sprintf("%s.stored%016x", l.destination, h.Sum64())
+	return fmt.Sprintf("%s.sent%016x", l.destination, h.Sum64())
 }
 
-// uidHash is how a SOP Instance UID is kept: 8 bytes, so a study of
+// uidHash is how an instance's ID is kept: 8 bytes, so a study of
 // 100,000 instances fits a JetStream message.
 func uidHash(uid string) uint64 {
 	h := fnv.New64a()
@@ -82,23 +84,31 @@ func uidHash(uid string) uint64 {
 	return h.Sum64()
 }
 
+// maxSent bounds a study's record (960 KB, within JetStream's 1 MB
+// message): past it, what earlier versions of the study sent is dropped
+// for what this attempt adds (those instances then answer as conflicts).
+const maxSent = 120_000
+
 // rememberAttempts bounds the compare-and-set rounds of RememberSent
 // when attempts of the same study version write at once.
 const rememberAttempts = 10
 
 // RememberSent adds instances to those attempts stored of the study
-// version (kept with the events' retention). It adds to the record by
-// compare-and-set: attempts that fail at the same moment (two deliveries
+// (kept with the events' retention). It adds to the record by
+// compare-and-set: attempts that end at the same moment (two deliveries
 // of the study at once) each keep what they stored.
-func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, sopInstanceUIDs []string) error {
+func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, sentIDs []string) error {
 	key := l.sentKey(ev)
 	for range rememberAttempts {
 		set, rev, err := l.sentSet(ctx, key)
 		if err != nil {
 			return err
 		}
-		for _, uid := range sopInstanceUIDs {
-			set[uidHash(uid)] = true
+		if len(set)+len(sentIDs) > maxSent {
+			clear(set)
+		}
+		for _, id := range sentIDs {
+			set[uidHash(id)] = true
 		}
 		data := make([]byte, 0, 8*len(set))
 		for _, h := range slices.Sorted(maps.Keys(set)) {
@@ -120,7 +130,7 @@ func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, s
 	return fmt.Errorf("remember stored instances of study %s: still conflicting after %d attempts", ev.StudyInstanceUID, rememberAttempts)
 }
 
-// Sent reports the instances attempts stored of the study version.
+// Sent reports the instances attempts stored of the study.
 func (l *FailureLog) Sent(ctx context.Context, ev *events.StudyStable) (func(string) bool, error) {
 	set, _, err := l.sentSet(ctx, l.sentKey(ev))
 	if err != nil {
@@ -129,8 +139,8 @@ func (l *FailureLog) Sent(ctx context.Context, ev *events.StudyStable) (func(str
 	return func(uid string) bool { return set[uidHash(uid)] }, nil
 }
 
-// sentSet reads a study version's stored instances and the record's
-// revision (0: none yet).
+// sentSet reads a study's stored instances and the record's revision
+// (0: none yet).
 func (l *FailureLog) sentSet(ctx context.Context, key string) (map[uint64]bool, uint64, error) {
 	set := map[uint64]bool{}
 	e, err := l.kv.Get(ctx, key)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"strings"
 	"time"
 
@@ -208,8 +206,8 @@ func uidList(in []Instance) string {
 // the attempt ends, perhaps at shutdown.
 const rememberTimeout = 5 * time.Second
 
-// storedEarlier reports the instances of the event's study version the
-// destination confirmed to earlier attempts (none without a FailureLog,
+// storedEarlier reports the instances of the event's study (by sentID)
+// the destination confirmed to earlier attempts (none without a FailureLog,
 // or when it cannot be read: a conflict answer is then a conflict).
 func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable) func(string) bool {
 	none := func(string) bool { return false }
@@ -225,16 +223,29 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable) f
 	return sent
 }
 
-// rememberStored keeps what an attempt got stored, for later deliveries
-// of the study version.
-func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, stored map[string]bool) {
+// rememberStored keeps what an attempt got stored (their sentIDs), for
+// later deliveries of the study.
+func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, ids []string) {
 	if f.opts.Failures == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rememberTimeout)
 	defer cancel()
-	if err := f.opts.Failures.RememberSent(ctx, ev, slices.Collect(maps.Keys(stored))); err != nil {
+	if err := f.opts.Failures.RememberSent(ctx, ev, ids); err != nil {
 		f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
-			"study_instance_uid", ev.StudyInstanceUID, "instances", len(stored), "err", err)
+			"study_instance_uid", ev.StudyInstanceUID, "instances", len(ids), "err", err)
 	}
+}
+
+// sentID names what stowline sent of an instance, for FailureLog: its
+// SOP Instance UID and the Orthanc file it was read from, which Orthanc
+// replaces whenever it stores the instance again (a corrected copy), so
+// that an instance forwarded with an earlier version of its study is
+// known as stowline's own copy while a corrected one is not. A source
+// that names no file ties it to the study version (LastUpdate) instead.
+func sentID(ev *events.StudyStable, in orthancapi.Instance) string {
+	if in.FileUUID != "" {
+		return in.SOPInstanceUID + "/" + in.FileUUID
+	}
+	return in.SOPInstanceUID + "@" + ev.LastUpdate
 }

@@ -63,17 +63,17 @@ type DeadLetterStore interface {
 }
 
 // FailureLog remembers when an event first and last failed, and which
-// instances of a study version earlier attempts sent.
+// instances of a study earlier attempts sent.
 type FailureLog interface {
 	Record(ctx context.Context, seq uint64, now time.Time) (FailureTimes, error)
 	Forget(ctx context.Context, seq uint64) error
-	// RememberSent adds to the instances of the event's study version (its
-	// source, Study Instance UID and Orthanc LastUpdate) that attempts got
-	// stored as sent, and Sent reports them: a later attempt's "already
-	// exists" for one of them is the destination holding what stowline
-	// sent, not other content.
-	RememberSent(ctx context.Context, ev *events.StudyStable, sopInstanceUIDs []string) error
-	Sent(ctx context.Context, ev *events.StudyStable) (func(sopInstanceUID string) bool, error)
+	// RememberSent adds to the instances of the event's study (its source
+	// and Study Instance UID) that attempts got stored as sent, each
+	// named by an ID that changes with what was sent (sentID), and Sent
+	// reports them: a later attempt's "already exists" for one of them
+	// is the destination holding what stowline sent, not other content.
+	RememberSent(ctx context.Context, ev *events.StudyStable, sentIDs []string) error
+	Sent(ctx context.Context, ev *events.StudyStable) (func(sentID string) bool, error)
 }
 
 // Router picks what of a study goes to the destination (its routing

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/tracing"
 )
@@ -56,17 +57,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 }
 
 func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) Result {
-	// A later delivery of this study version (its ack not confirmed, a
-	// repeat past the dedupe window, a backfill or re-forward) finds
-	// every instance "already" there: they must read as stowline's own
-	// copies, not as conflicts.
-	if len(rep.forwarded) > 0 {
-		stored := make(map[string]bool, len(rep.forwarded))
-		for _, in := range rep.forwarded {
-			stored[in.SOPInstanceUID] = true
-		}
-		f.rememberStored(ctx, a.Event, stored)
-	}
+	f.rememberForwarded(ctx, a.Event, rep)
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is.
 	if err := msg.DoubleAck(ctx); err != nil {
@@ -97,6 +88,22 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		}
 	}
 	return ResultForwarded
+}
+
+// rememberForwarded keeps what a stored study sent: a later delivery of
+// the study (its ack not confirmed, a repeat past the dedupe window, a
+// backfill or re-forward, a new version after it gained an instance)
+// finds those instances "already" there, and they must read as
+// stowline's own copies, not as conflicts.
+func (f *Forwarder) rememberForwarded(ctx context.Context, ev *events.StudyStable, rep Report) {
+	if len(rep.forwarded) == 0 {
+		return
+	}
+	ids := make([]string, len(rep.forwarded))
+	for i, in := range rep.forwarded {
+		ids[i] = sentID(ev, in)
+	}
+	f.rememberStored(ctx, ev, ids)
 }
 
 func (f *Forwarder) nakWithDelay(msg jetstream.Msg, delay time.Duration, log *slog.Logger) Result {

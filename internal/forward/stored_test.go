@@ -20,6 +20,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // azureLike is a destination that answers 45070 for any SOP Instance it
@@ -95,7 +96,7 @@ func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // memFailureLog is a FailureLog in memory.
 type memFailureLog struct {
 	mu     sync.Mutex
-	stored map[string]map[string]bool // source/study/version -> SOP Instance UIDs
+	stored map[string]map[string]bool // source/study -> sentIDs
 }
 
 func (m *memFailureLog) Record(_ context.Context, _ uint64, now time.Time) (FailureTimes, error) {
@@ -105,7 +106,7 @@ func (m *memFailureLog) Record(_ context.Context, _ uint64, now time.Time) (Fail
 func (m *memFailureLog) Forget(context.Context, uint64) error { return nil }
 
 func (m *memFailureLog) RememberSent(_ context.Context, ev *events.StudyStable, uids []string) error {
-	key := ev.Source + "/" + ev.StudyInstanceUID + "/" + ev.LastUpdate
+	key := ev.Source + "/" + ev.StudyInstanceUID
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.stored == nil {
@@ -126,7 +127,7 @@ func (m *memFailureLog) Sent(_ context.Context, ev *events.StudyStable) (func(st
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	set := map[string]bool{}
-	for u := range m.stored[ev.Source+"/"+ev.StudyInstanceUID+"/"+ev.LastUpdate] {
+	for u := range m.stored[ev.Source+"/"+ev.StudyInstanceUID] {
 		set[u] = true
 	}
 	return func(u string) bool { return set[u] }, nil
@@ -311,7 +312,7 @@ func TestFailedRequestLetsOthersFinish(t *testing.T) {
 		t.Fatal("the other request was cut off before the destination answered it")
 	}
 	ours, _ := fl.Sent(t.Context(), testEvent())
-	if !ours("1.2.3.2") {
+	if !ours(sentID(testEvent(), orthancapi.Instance{SOPInstanceUID: "1.2.3.2"})) {
 		t.Error("the instance the other request stored is not remembered")
 	}
 }
@@ -432,6 +433,65 @@ func TestRepeatOfAForwardedStudy(t *testing.T) {
 			}
 			if len(comps[1].Kept) > 0 {
 				t.Errorf("the second completion keeps %v in the source, though the destination holds them as sent", comps[1].Kept)
+			}
+		})
+	}
+}
+
+// TestNewStudyVersionKeepsOwnCopies: a study that gained an instance
+// since it was forwarded (a new LastUpdate, forwarded whole) meets
+// "already exists" (45070) for the instances forwarded before: Orthanc
+// still holds the same files (FileUUID), so they are stowline's own
+// copies, not conflicts (deadletter dead-lettered every study that grew,
+// skip counted false conflicts). An instance Orthanc stored again (a
+// corrected copy: a new file) is still a conflict.
+func TestNewStudyVersionKeepsOwnCopies(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		corrected bool // 1.2.3.1 is stored again in Orthanc with the new version
+		wantDead  []string
+	}{
+		{name: "grown"},
+		{name: "corrected", corrected: true, wantDead: []string{"1.2.3.1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			srv := httptest.NewServer(dest)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			src := newMemSource(3)
+			for i := range src.instances {
+				src.instances[i].FileUUID = fmt.Sprintf("file-%d", i)
+			}
+			all := src.instances
+			src.instances = all[:2]
+			f := newForwarder(t, src, srv.URL, consumer(t, ns), func(o *Options) {
+				o.Failures = &memFailureLog{}
+				o.Conflicts = ConflictPolicy{Action: ConflictDeadLetter, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+			})
+			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.rememberForwarded(t.Context(), testEvent(), rep)
+			src.instances = slices.Clone(all)
+			if tt.corrected {
+				src.instances[0].FileUUID = "file-0-corrected"
+			}
+			ev := testEvent()
+			ev.LastUpdate = "20261126T111500"
+			_, err = f.transfer(t.Context(), &Attempt{Event: ev})
+			var dead []string
+			var fe *Error
+			if errors.As(err, &fe) && fe.Class == Conflict {
+				for _, in := range fe.Instances {
+					dead = append(dead, in.SOPInstanceUID)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(dead, tt.wantDead) {
+				t.Errorf("conflicts %v, want %v (err %v)", dead, tt.wantDead, err)
 			}
 		})
 	}

@@ -139,15 +139,17 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}}
 	// stored are the instances the destination confirmed to this
 	// attempt, in its earlier rounds; earlier those it confirmed to
-	// earlier attempts of this study version (read at the first conflict
-	// answer, kept when this attempt fails). An "already exists" for one
-	// of them is the destination holding stowline's own copy, not other
-	// content: Azure's 45070 and DICOM's 0x0111 name the UID only, so a
-	// study re-sent after a transient failure, or an instance re-sent
-	// because QIDO-RS did not list it yet, would otherwise be a conflict.
+	// earlier attempts of this study, read from the same Orthanc file
+	// (sentID; read at the first conflict answer, kept when this attempt
+	// fails or is acked). An "already exists" for one of them is the
+	// destination holding stowline's own copy, not other content: Azure's
+	// 45070 and DICOM's 0x0111 name the UID only, so a study re-sent after
+	// a transient failure or after it gained an instance, or an instance
+	// re-sent because QIDO-RS did not list it yet, would otherwise be a
+	// conflict.
 	stored := map[string]bool{}
 	earlier := sync.OnceValue(func() func(string) bool { return f.storedEarlier(ctx, ev) })
-	ours := func(uid string) bool { return stored[uid] || earlier()(uid) }
+	ours := func(uid string) bool { return stored[uid] || earlier()(sentID(ev, byUID[uid])) }
 	warned := map[string]dicomweb.Warning{}
 	defer func() {
 		if err == nil {
@@ -162,7 +164,11 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			}
 		}
 		if len(stored) > 0 {
-			f.rememberStored(ctx, ev, stored)
+			ids := make([]string, 0, len(stored))
+			for uid := range stored {
+				ids = append(ids, sentID(ev, byUID[uid]))
+			}
+			f.rememberStored(ctx, ev, ids)
 		}
 	}()
 	var upsert []dicomweb.Part
