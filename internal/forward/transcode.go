@@ -224,11 +224,16 @@ func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string
 		return nil, err
 	}
 	head := make([]byte, dicmOffset+4)
-	n, rerr := io.ReadFull(body, head)
+	// io.ReadFull says io.ErrUnexpectedEOF for a short answer, and so
+	// does net/http for one cut before its Content-Length: only the
+	// second is the source's (an Orthanc restart, a proxy's time-out), a
+	// read to retry, not an instance that cannot be converted.
+	src := &readErr{r: body}
+	n, rerr := io.ReadFull(src, head)
 	if rerr != nil || !bytes.Equal(head[dicmOffset:], []byte("DICM")) {
 		_ = body.Close()
-		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
-			return nil, fmt.Errorf("read converted instance %s: %w", in.id, rerr)
+		if src.err != nil {
+			return nil, fmt.Errorf("read converted instance %s: %w", in.id, src.err)
 		}
 		f.m.conversions.WithLabelValues(convFailed).Inc()
 		what := "not DICOM (no DICM prefix)"
@@ -242,6 +247,20 @@ func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string
 		io.Reader
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(head), body), body}, nil
+}
+
+// readErr keeps the error its reader returned other than io.EOF.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErr) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }
 
 // conversionError is an instance Orthanc could not convert. It fails

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,8 +52,12 @@ type syntaxSource struct {
 	// Orthanc answers when it cannot decode the source; fault are those
 	// whose conversion meets a 500 of another kind (a database fault).
 	fail, fault map[string]bool
-	mu          sync.Mutex
-	converted   int
+	// cut are those whose converted answer breaks off after 40 bytes,
+	// as net/http reports a body shorter than its Content-Length (Orthanc
+	// restarted, a proxy's time-out).
+	cut       map[string]bool
+	mu        sync.Mutex
+	converted int
 }
 
 func newSyntaxSource(syntaxes ...string) *syntaxSource {
@@ -97,6 +102,8 @@ func (s *syntaxSource) OpenTranscodedInstance(_ context.Context, id, ts string) 
 		return nil, cannotTranscodeAnswer(id, ts)
 	case s.fault[s.uid(id)]:
 		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Database plugin error", OrthancDetails: "database is locked"}
+	case s.cut[s.uid(id)]:
+		return io.NopCloser(io.MultiReader(bytes.NewReader(fakeFile(s.uid(id), ts)[:40]), iotest.ErrReader(io.ErrUnexpectedEOF))), nil
 	}
 	switch s.syntax[id] {
 	case tsJ2K:
@@ -350,6 +357,22 @@ func TestRefusedSyntaxFromRequestsAtOnce(t *testing.T) {
 func TestConversionFaultIsRetried(t *testing.T) {
 	src := newSyntaxSource(tsImplicit, tsImplicit)
 	src.fault = map[string]bool{"1.2.3.2": true}
+	f, _, _ := syntaxForwarder(t, src, 4, 2, tsExplicit)
+	_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	if err == nil || Classify(err) != Transient {
+		t.Fatalf("transfer: %v (class %v), want a transient failure", err, Classify(err))
+	}
+	if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 0 {
+		t.Errorf("conversions{result=failed} = %v, want 0", got)
+	}
+}
+
+// TestCutConversionIsRetried: a converted answer that breaks off before
+// its first 132 bytes is a read failure to retry, not an instance Orthanc
+// cannot convert (refused for good and dead-lettered).
+func TestCutConversionIsRetried(t *testing.T) {
+	src := newSyntaxSource(tsImplicit, tsImplicit)
+	src.cut = map[string]bool{"1.2.3.2": true}
 	f, _, _ := syntaxForwarder(t, src, 4, 2, tsExplicit)
 	_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
 	if err == nil || Classify(err) != Transient {
