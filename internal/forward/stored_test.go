@@ -323,118 +323,76 @@ type unconfirmedAck struct{ jetstream.Msg }
 
 func (unconfirmedAck) DoubleAck(context.Context) error { return nats.ErrTimeout }
 
-// TestRedeliveryAfterAnUnconfirmedAck: a study stored whole whose ack
-// JetStream did not confirm is delivered again, and the destination then
-// answers "already exists" (45070) for every instance: they are stowline's
-// own copies, as docs/nats-cluster.md promises, not conflicts (deadletter
-// dead-lettered the stored study, skip kept it in the source in buffer
-// mode).
-func TestRedeliveryAfterAnUnconfirmedAck(t *testing.T) {
-	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
-		t.Run(action, func(t *testing.T) {
-			dest := &azureLike{held: map[string]bool{}}
-			srv := httptest.NewServer(dest)
-			t.Cleanup(srv.Close)
-			ns := testnats.Start(t)
-			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			var comps []Completion
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
-				o.DeadLetters = dls
-				o.Failures = &memFailureLog{}
-				o.MaxDeliveries = 5
-				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-					comps = append(comps, c)
-					return nil
+// TestStudyForwardedAgain: a study stored whole that comes again meets
+// "already exists" (45070) for every instance: they are stowline's own
+// copies, not conflicts (deadletter dead-lettered the stored study, skip
+// counted false conflicts and kept it in the source in buffer mode). It
+// comes again when its ack was not confirmed (docs/nats-cluster.md
+// promises repeated work only), or when the study version is queued
+// again (a repeat past EVENTS_DEDUPE_WINDOW, a backfill or re-forward of
+// the stream's events: "harmless, only wasteful", docs/guarantees.md).
+func TestStudyForwardedAgain(t *testing.T) {
+	ev := testEvent()
+	for _, again := range []struct {
+		name        string
+		msgIDs      []string // published
+		unconfirmed bool     // the first ack is not confirmed
+		completions int
+	}{
+		{name: "unconfirmed ack", msgIDs: []string{ev.MsgID()}, unconfirmed: true, completions: 1},
+		{name: "queued again", msgIDs: []string{ev.MsgID(), ev.MsgID() + "/backfill/default"}, completions: 2},
+	} {
+		for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
+			t.Run(again.name+"/"+action, func(t *testing.T) {
+				dest := &azureLike{held: map[string]bool{}}
+				srv := httptest.NewServer(dest)
+				t.Cleanup(srv.Close)
+				ns := testnats.Start(t)
+				cons := consumer(t, ns)
+				dls := &memDeadLetters{}
+				var comps []Completion
+				f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+					o.DeadLetters = dls
+					o.Failures = &memFailureLog{}
+					o.MaxDeliveries = 5
+					o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+					o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+						comps = append(comps, c)
+						return nil
+					}
+				})
+				for _, msgID := range again.msgIDs {
+					if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for i := range 2 {
+					msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+					if err != nil {
+						t.Fatalf("delivery %d: %v", i+1, err)
+					}
+					if i == 0 && again.unconfirmed {
+						msg = unconfirmedAck{msg}
+					}
+					f.handle(t.Context(), msg)
+				}
+				dest.mu.Lock()
+				answers := strings.Join(dest.answers, " ")
+				dest.mu.Unlock()
+				if strings.Count(answers, ":45070") != 2 {
+					t.Fatalf("answers %s: want both instances answered 45070 the second time", answers)
+				}
+				for _, l := range dls.all() {
+					t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+				}
+				if len(comps) != again.completions {
+					t.Fatalf("%d completions, want %d", len(comps), again.completions)
+				}
+				if last := comps[len(comps)-1]; len(last.Kept) > 0 {
+					t.Errorf("the completion keeps %v in the source, though the destination holds them as sent", last.Kept)
 				}
 			})
-			ev := testEvent()
-			if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
-				t.Fatal(err)
-			}
-			first, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
-			if err != nil {
-				t.Fatal(err)
-			}
-			f.handle(t.Context(), unconfirmedAck{first})
-			again, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-			if err != nil {
-				t.Fatalf("not delivered again after an unconfirmed ack: %v", err)
-			}
-			f.handle(t.Context(), again)
-			dest.mu.Lock()
-			answers := strings.Join(dest.answers, " ")
-			dest.mu.Unlock()
-			if strings.Count(answers, ":45070") != 2 {
-				t.Fatalf("answers %s: want both instances answered 45070 the second time", answers)
-			}
-			for _, l := range dls.all() {
-				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-			}
-			if len(comps) != 1 {
-				t.Fatalf("%d completions, want 1", len(comps))
-			}
-			if len(comps[0].Kept) > 0 {
-				t.Errorf("the completion keeps %v in the source, though the destination holds them as sent", comps[0].Kept)
-			}
-		})
-	}
-}
-
-// TestRepeatOfAForwardedStudy: a study version forwarded whole and acked
-// that is queued again (a repeat past EVENTS_DEDUPE_WINDOW, a backfill or
-// re-forward of the stream's events) meets "already exists" (45070) for
-// every instance: they are stowline's own copies, as docs/guarantees.md
-// promises ("harmless, only wasteful"), not conflicts (deadletter
-// dead-lettered the study, skip counted false conflicts and kept it).
-func TestRepeatOfAForwardedStudy(t *testing.T) {
-	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
-		t.Run(action, func(t *testing.T) {
-			dest := &azureLike{held: map[string]bool{}}
-			srv := httptest.NewServer(dest)
-			t.Cleanup(srv.Close)
-			ns := testnats.Start(t)
-			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			var comps []Completion
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
-				o.DeadLetters = dls
-				o.Failures = &memFailureLog{}
-				o.MaxDeliveries = 5
-				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-					comps = append(comps, c)
-					return nil
-				}
-			})
-			ev := testEvent()
-			for _, msgID := range []string{ev.MsgID(), ev.MsgID() + "/backfill/default"} {
-				if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
-					t.Fatal(err)
-				}
-				msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
-				if err != nil {
-					t.Fatal(err)
-				}
-				f.handle(t.Context(), msg)
-			}
-			dest.mu.Lock()
-			answers := strings.Join(dest.answers, " ")
-			dest.mu.Unlock()
-			if strings.Count(answers, ":45070") != 2 {
-				t.Fatalf("answers %s: want both instances answered 45070 the second time", answers)
-			}
-			for _, l := range dls.all() {
-				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-			}
-			if len(comps) != 2 {
-				t.Fatalf("%d completions, want 2", len(comps))
-			}
-			if len(comps[1].Kept) > 0 {
-				t.Errorf("the second completion keeps %v in the source, though the destination holds them as sent", comps[1].Kept)
-			}
-		})
+		}
 	}
 }
 

@@ -351,35 +351,31 @@ func TestRefusedSyntaxFromRequestsAtOnce(t *testing.T) {
 	}
 }
 
-// TestConversionFaultIsRetried: a 500 from Orthanc that is not about the
-// conversion (a database fault) is retried as an Orthanc failure, not
-// taken for an instance that cannot be converted.
+// TestConversionFaultIsRetried: a failure of Orthanc that is not about
+// the conversion is retried as an Orthanc failure, not taken for an
+// instance that cannot be converted (refused for good, dead-lettered):
+// a 500 of another kind (a database fault), or an answer that breaks off
+// inside its first 132 bytes.
 func TestConversionFaultIsRetried(t *testing.T) {
-	src := newSyntaxSource(tsImplicit, tsImplicit)
-	src.fault = map[string]bool{"1.2.3.2": true}
-	f, _, _ := syntaxForwarder(t, src, 4, 2, tsExplicit)
-	_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
-	if err == nil || Classify(err) != Transient {
-		t.Fatalf("transfer: %v (class %v), want a transient failure", err, Classify(err))
-	}
-	if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 0 {
-		t.Errorf("conversions{result=failed} = %v, want 0", got)
-	}
-}
-
-// TestCutConversionIsRetried: a converted answer that breaks off before
-// its first 132 bytes is a read failure to retry, not an instance Orthanc
-// cannot convert (refused for good and dead-lettered).
-func TestCutConversionIsRetried(t *testing.T) {
-	src := newSyntaxSource(tsImplicit, tsImplicit)
-	src.cut = map[string]bool{"1.2.3.2": true}
-	f, _, _ := syntaxForwarder(t, src, 4, 2, tsExplicit)
-	_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
-	if err == nil || Classify(err) != Transient {
-		t.Fatalf("transfer: %v (class %v), want a transient failure", err, Classify(err))
-	}
-	if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 0 {
-		t.Errorf("conversions{result=failed} = %v, want 0", got)
+	for _, tc := range []struct {
+		name  string
+		fault func(*syntaxSource)
+	}{
+		{"database fault", func(s *syntaxSource) { s.fault = map[string]bool{"1.2.3.2": true} }},
+		{"answer cut", func(s *syntaxSource) { s.cut = map[string]bool{"1.2.3.2": true} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := newSyntaxSource(tsImplicit, tsImplicit)
+			tc.fault(src)
+			f, _, _ := syntaxForwarder(t, src, 4, 2, tsExplicit)
+			_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			if err == nil || Classify(err) != Transient {
+				t.Fatalf("transfer: %v (class %v), want a transient failure", err, Classify(err))
+			}
+			if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 0 {
+				t.Errorf("conversions{result=failed} = %v, want 0", got)
+			}
+		})
 	}
 }
 
