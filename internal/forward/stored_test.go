@@ -214,61 +214,55 @@ func TestTransientLeftoverKeepsRefusals(t *testing.T) {
 // TestChangedCopyIsNoOwnCopy: an instance the destination stored changed
 // (Warning B000) by a delivery that then failed is not taken for
 // stowline's own copy by the next: its "already exists" is a conflict,
-// and buffer mode keeps it in the source.
+// and buffer mode keeps it in the source. The delivery fails on the
+// instance after it (refused transiently), or on a request of the same
+// round failing at the same time (a 503).
 func TestChangedCopyIsNoOwnCopy(t *testing.T) {
-	dest := &azureLike{refuseOnce: "1.2.3.2", warn: map[string]int{"1.2.3.1": dicomweb.WarningCoercion}, held: map[string]bool{}}
-	srv := httptest.NewServer(dest)
-	t.Cleanup(srv.Close)
-	ns := testnats.Start(t)
-	f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
-		o.Failures = &memFailureLog{}
-		o.MaxInstances = 1
-		o.InstanceRetries = 0
-		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-	})
-	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err == nil {
-		t.Fatal("the first delivery succeeded; want it refused transiently")
-	}
-	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent(), Number: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(rep.kept, "1.2.3.1") {
-		t.Errorf("kept %v: 1.2.3.1, stored changed by the first delivery, would be deleted from the source", rep.kept)
-	}
-}
-
-// TestChangedCopyIsNoOwnCopyWhenTheRoundFails: an instance stored
-// changed (Warning B000) in a request whose study's other request failed
-// at the same time is not remembered as stowline's own copy either: the
-// next delivery takes its "already exists" for a conflict, and buffer
-// mode keeps it in the source.
-func TestChangedCopyIsNoOwnCopyWhenTheRoundFails(t *testing.T) {
-	dest := &azureLike{unavailableOnce: "1.2.3.2", warn: map[string]int{"1.2.3.1": dicomweb.WarningCoercion}, held: map[string]bool{}}
-	srv := httptest.NewServer(dest)
-	t.Cleanup(srv.Close)
-	ns := testnats.Start(t)
-	f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
-		o.Failures = &memFailureLog{}
-		o.MaxInstances = 1
-		o.RequestConcurrency, o.MinRequestConcurrency = 2, 2
-		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-	})
-	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err == nil {
-		t.Fatal("the first delivery succeeded; want the 503 to fail it")
-	}
-	dest.mu.Lock()
-	first := strings.Join(dest.answers, " ")
-	dest.mu.Unlock()
-	if !strings.Contains(first, "1.2.3.1:stored with a warning") {
-		t.Fatalf("answers %s: 1.2.3.1 was not stored with a warning in the first delivery: the test tests nothing", first)
-	}
-	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent(), Number: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(rep.kept, "1.2.3.1") {
-		t.Errorf("kept %v: 1.2.3.1, stored changed by the first delivery, would be deleted from the source", rep.kept)
+	for _, tc := range []struct {
+		name string
+		dest *azureLike
+		opts func(*Options)
+	}{
+		{
+			name: "refused after it",
+			dest: &azureLike{refuseOnce: "1.2.3.2"},
+			opts: func(o *Options) { o.InstanceRetries = 0 },
+		},
+		{
+			name: "same round failed",
+			dest: &azureLike{unavailableOnce: "1.2.3.2"},
+			opts: func(o *Options) { o.RequestConcurrency, o.MinRequestConcurrency = 2, 2 },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dest := tc.dest
+			dest.warn, dest.held = map[string]int{"1.2.3.1": dicomweb.WarningCoercion}, map[string]bool{}
+			srv := httptest.NewServer(dest)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
+				o.Failures = &memFailureLog{}
+				o.MaxInstances = 1
+				o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				tc.opts(o)
+			})
+			if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err == nil {
+				t.Fatal("the first delivery succeeded; want it to fail")
+			}
+			dest.mu.Lock()
+			first := strings.Join(dest.answers, " ")
+			dest.mu.Unlock()
+			if !strings.Contains(first, "1.2.3.1:stored with a warning") {
+				t.Fatalf("answers %s: 1.2.3.1 was not stored with a warning in the first delivery: the test tests nothing", first)
+			}
+			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent(), Number: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(rep.kept, "1.2.3.1") {
+				t.Errorf("kept %v: 1.2.3.1, stored changed by the first delivery, would be deleted from the source", rep.kept)
+			}
+		})
 	}
 }
 
