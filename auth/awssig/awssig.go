@@ -194,7 +194,7 @@ func (t *transport) learnOffset(resp *http.Response) (off time.Duration, ok bool
 	if err != nil {
 		return 0, false
 	}
-	off = date.Sub(time.Now())
+	off = time.Until(date)
 	if off.Abs() < minSkewCorrection {
 		t.offset.Store(0)
 		return off, true
