@@ -49,9 +49,10 @@ func NewStore(js jetstream.JetStream, stream jetstream.Stream) *Store {
 	return &Store{js: js, stream: stream}
 }
 
-// Add stores a letter. It is idempotent per original event sequence, so a
-// forwarder that dies between Add and terminating the original does not
-// leave two letters.
+// Add stores a letter. It is idempotent per original event sequence
+// within the stream's dedupe window (EVENTS_DEDUPE_WINDOW: natsjs.Topology), so a
+// forwarder that dies between Add and terminating the original, or whose
+// Add was stored but not confirmed, does not leave two letters.
 func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) {
 	if len(l.LastResponse) > MaxResponseBytes {
 		l.LastResponse = l.LastResponse[:MaxResponseBytes] + "…"

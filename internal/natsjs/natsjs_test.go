@@ -452,3 +452,69 @@ func TestStoreDirectoryTakenOnce(t *testing.T) {
 	first.Shutdown()
 	startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir})
 }
+
+// TestDeadLetterDedupeOutlastsRedelivery: a letter stored again for the
+// same delivered event is dropped for as long as that event may take to
+// come back (after the ack wait when its Term was lost, after a retry
+// delay of up to FORWARDER_RETRY_MAX_DELAY when the letter's PubAck was,
+// plus the time to send the study again), on a new deployment and on one
+// whose dead-letter stream was made with the old two-minute window.
+func TestDeadLetterDedupeOutlastsRedelivery(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		retention time.Duration
+		dedupe    time.Duration // EVENTS_DEDUPE_WINDOW; 0: the default, 24h
+		existing  bool          // the stream exists with the two-minute window
+		want      time.Duration
+	}{
+		{"new deployment", 30 * 24 * time.Hour, 0, false, 24 * time.Hour},
+		{"existing stream", 30 * 24 * time.Hour, 0, true, 24 * time.Hour},
+		{"shortest retention", time.Hour, 0, true, time.Hour},
+		{"events' window lowered (an account's cap)", 30 * 24 * time.Hour, 30 * time.Minute, true, 30 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+			ctx := testCtx(t)
+			topo := natsjs.DefaultTopology()
+			topo.DeadLetterRetention = tc.retention
+			if tc.dedupe > 0 {
+				topo.DedupeWindow = tc.dedupe
+			}
+			if tc.existing {
+				if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+					Name:        natsjs.DeadLetterStream,
+					Description: "stowline: studies that could not be forwarded, with the reason",
+					Subjects:    []string{natsjs.DeadLetterSubjectPrefix + ">"},
+					MaxAge:      tc.retention,
+					Duplicates:  2 * time.Minute,
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s, err := topo.EnsureDeadLetters(ctx, js)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := s.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Config.Duplicates != tc.want {
+				t.Errorf("dead-letter dedupe window %v, want %v: a letter stored again when its event comes back later is kept twice, and replayed twice",
+					info.Config.Duplicates, tc.want)
+			}
+			// The same letter twice is stored once.
+			for i, wantDup := range []bool{false, true} {
+				msg := &nats.Msg{Subject: natsjs.DeadLetterSubject("default", "orthanc-a"), Data: []byte("{}"), Header: nats.Header{}}
+				msg.Header.Set(jetstream.MsgIDHeader, "dl/default/7/orthanc-a/x/20261204T120000")
+				ack, err := js.PublishMsg(ctx, msg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ack.Duplicate != wantDup {
+					t.Errorf("letter %d: duplicate %v, want %v", i+1, ack.Duplicate, wantDup)
+				}
+			}
+		})
+	}
+}

@@ -440,6 +440,25 @@ func (t Topology) EnsureConsumer(ctx context.Context, js jetstream.JetStream, de
 	return cs[destination], nil
 }
 
+// deadLetterDedupe is how long the dead-letter stream drops a letter
+// stored again for the same delivered event (deadletter.Store.Add's ID):
+// the event comes back after the ack wait when the letter was stored but
+// the event was not terminated (a crash, a lost Term), or after a retry
+// delay (up to FORWARDER_RETRY_MAX_DELAY) when the letter's PubAck was
+// lost, then is sent again, which may take long for a large study, before
+// it is dead-lettered again. No event is legitimately dead-lettered twice
+// for one destination, so it is the events' window (EVENTS_DEDUPE_WINDOW,
+// a day by default, which an operator lowers where the account caps
+// duplicate windows), at least the 2 minutes it was, within the letters'
+// retention (JetStream wants the window within MaxAge).
+func (t Topology) deadLetterDedupe() time.Duration {
+	d := max(t.DedupeWindow, 2*time.Minute)
+	if t.DeadLetterRetention > 0 {
+		d = min(d, t.DeadLetterRetention)
+	}
+	return d
+}
+
 // EnsureDeadLetters creates or updates the dead-letter stream (letters
 // stay for DeadLetterRetention unless replayed or purged).
 func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
@@ -449,7 +468,7 @@ func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream)
 		Subjects:    []string{DeadLetterSubjectPrefix + ">"},
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      t.DeadLetterRetention,
-		Duplicates:  2 * time.Minute,
+		Duplicates:  t.deadLetterDedupe(),
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 	})
