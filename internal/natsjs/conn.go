@@ -2,8 +2,10 @@ package natsjs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,6 +37,7 @@ type Conn struct {
 // does not answer them (provision.go).
 func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	c := &Conn{closed: make(chan struct{})}
+	refused := refusals{log: log}
 	opts := []nats.Option{
 		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
 		nats.Name("stowline"),
@@ -46,6 +49,12 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted()) }),
+		// The server refuses a publish or subscription the user may not
+		// make only asynchronously (a refused JetStream request then just
+		// times out), and the client's default handler writes it to
+		// stderr as plain text, outside the log: a missing permission
+		// would pass for a slow cluster.
+		nats.ErrorHandler(refused.handle),
 	}
 	var err error
 	if o.URL == "" {
@@ -105,4 +114,36 @@ func (c *Conn) Close() {
 	if c.embedded != nil {
 		c.embedded.Shutdown()
 	}
+}
+
+// refusals logs the client's asynchronous errors. A permission left out
+// on purpose (docs/nats-permissions.md says which may be) is refused at
+// every attempt, every few seconds: one error a minute names it, the
+// repeats are debug lines.
+type refusals struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (r *refusals) handle(_ *nats.Conn, sub *nats.Subscription, err error) {
+	attrs := []any{"err", err}
+	if sub != nil {
+		attrs = append(attrs, "subject", sub.Subject)
+	}
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		r.log.Warn("NATS client error", attrs...)
+		return
+	}
+	r.mu.Lock()
+	repeat := time.Since(r.last) < time.Minute
+	if !repeat {
+		r.last = time.Now()
+	}
+	r.mu.Unlock()
+	if repeat {
+		r.log.Debug("NATS refused this client a subject", attrs...)
+		return
+	}
+	r.log.Error("NATS refused this client a subject (see docs/nats-permissions.md; repeats within a minute are logged at debug level)", attrs...)
 }

@@ -518,3 +518,83 @@ func TestDeadLetterDedupeOutlastsRedelivery(t *testing.T) {
 		})
 	}
 }
+
+// syncBuffer is a log destination the client's callbacks may write to
+// while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestConnectLogsPermissionViolations: NATS refuses a publish or a
+// subscription its user may not make with an asynchronous error, and a
+// refused JetStream request only times out. The log must name the
+// refusal and its subject, or a missing permission passes for a slow
+// cluster ("JetStream did not answer ...; retrying", then "context
+// deadline exceeded") and a refused subscription goes unnoticed.
+func TestConnectLogsPermissionViolations(t *testing.T) {
+	const user, password = "stowline-forwarder", "s3cret-pw"
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT, Configure: func(o *server.Options) {
+		o.Users = []*server.User{{Username: user, Password: password, Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+		}}}
+	}})
+	for _, tc := range []struct {
+		name    string
+		do      func(t *testing.T, c *natsjs.Conn)
+		subject string
+	}{
+		{"a JetStream request", func(t *testing.T, c *natsjs.Conn) {
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+			defer cancel()
+			if _, err := natsjs.DefaultTopology().EnsureEvents(ctx, c.JS); err == nil {
+				t.Error("EnsureEvents without the permission to create the stream succeeded")
+			}
+		}, "$JS.API.STREAM."},
+		{"a subscription", func(t *testing.T, c *natsjs.Conn) {
+			stop, err := natsjs.WatchMaxDeliver(c.NC, natsjs.ForwarderConsumer, func(natsjs.MaxDeliverReached) {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(stop)
+		}, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + natsjs.EventStream + "." + natsjs.ForwarderConsumer},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncBuffer
+			log := slog.New(slog.NewJSONHandler(&logs, nil))
+			c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Close)
+			tc.do(t, c)
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(logs.String(), "ermissions violation") || !strings.Contains(logs.String(), tc.subject) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no permission violation for %s logged; the log:\n%s", tc.subject, logs.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if strings.Contains(logs.String(), password) {
+				t.Errorf("the log holds the password:\n%s", logs.String())
+			}
+			// The request's retries are refused again: one error says it.
+			if n := strings.Count(logs.String(), `"level":"ERROR"`); n != 1 {
+				t.Errorf("%d errors logged, want 1 (repeats within a minute at debug level):\n%s", n, logs.String())
+			}
+		})
+	}
+}
