@@ -7,3 +7,9 @@ func (t Topology) WithFirstStart(d time.Duration) Topology {
 	t.firstStart = d
 	return t
 }
+
+// WithClock returns t reading the time from now.
+func (t Topology) WithClock(now func() time.Time) Topology {
+	t.now = now
+	return t
+}

@@ -256,3 +256,51 @@ func eventStream(t *testing.T) (jetstream.JetStream, context.Context, natsjs.Top
 	}
 	return js, ctx, topo
 }
+
+// TestLanesFirstStartIgnoresLocalClock: whether another destination's
+// consumer was made at this first start is read on the NATS server's
+// clock alone. A forwarder whose clock runs an hour ahead (a VM whose
+// hardware clock keeps local time, without NTP) took a replica's
+// consumer made a moment ago for an old one, and started the second
+// destination with new events, skipping what the stream held; one whose
+// clock runs behind took an old consumer for one of this first start,
+// and a destination configured again got the whole stream once more.
+func TestLanesFirstStartIgnoresLocalClock(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		skew       time.Duration // of the forwarder's clock
+		firstStart time.Duration // 0: the default hour
+		pending    uint64        // b's routine consumer, after one queued event
+	}{
+		{"clock ahead, same first start", 2 * time.Hour, 0, 1},
+		{"clock behind, consumer made before the first start ended", -2 * time.Hour, time.Nanosecond, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, ctx, topo := eventStream(t)
+			ev := event("20261204T130000")
+			if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
+				t.Fatal(err)
+			}
+			// Another replica of the same configuration made a's first
+			// consumer.
+			if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, topo.LaneConsumerConfig("a", events.PriorityStat, []string{"a", "b"})); err != nil {
+				t.Fatal(err)
+			}
+			if tc.firstStart > 0 {
+				topo = topo.WithFirstStart(tc.firstStart)
+			}
+			topo = topo.WithClock(func() time.Time { return time.Now().Add(tc.skew) })
+			lanes, err := topo.EnsureLanes(ctx, js, []string{"a", "b"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := lanes["b"][events.PriorityRoutine].Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.NumPending != tc.pending {
+				t.Errorf("b's routine consumer: deliver policy %v, %d pending; want %d", info.Config.DeliverPolicy, info.NumPending, tc.pending)
+			}
+		})
+	}
+}

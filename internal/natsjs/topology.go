@@ -175,6 +175,8 @@ type Topology struct {
 	// made a missing consumer may still belong to the same first start
 	// (0: defaultFirstStart). Tests shorten it.
 	firstStart time.Duration
+	// now is this process's clock (nil: time.Now). Tests skew it.
+	now func() time.Time
 }
 
 // defaultFirstStart bounds a deployment's first start: replicas starting
@@ -348,6 +350,10 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	if firstStart == 0 {
 		firstStart = defaultFirstStart
 	}
+	now := t.now
+	if now == nil {
+		now = time.Now
+	}
 	out := make(map[string]map[events.Priority]jetstream.Consumer, len(destinations))
 	for _, d := range destinations {
 		out[d] = map[events.Priority]jetstream.Consumer{}
@@ -366,7 +372,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 				// events, may name d too, d being added with it: that is
 				// no first start.
 				sameStart = sameStart || madeWith(info, d) && info.Config.DeliverPolicy == jetstream.DeliverAllPolicy &&
-					time.Since(info.Created) < firstStart
+					age(info, now) < firstStart
 			}
 		}
 		running = running && !sameStart
@@ -402,6 +408,17 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		}
 	}
 	return out, nil
+}
+
+// age is how long ago the consumer was made, on the NATS server's clock
+// when the answer says when it was given (ConsumerInfo.TimeStamp): this
+// process's clock may be off by hours (a VM whose hardware clock keeps
+// local time), and the first start lasts one.
+func age(info *jetstream.ConsumerInfo, now func() time.Time) time.Duration {
+	if !info.TimeStamp.IsZero() {
+		return info.TimeStamp.Sub(info.Created)
+	}
+	return now().Sub(info.Created)
 }
 
 // keepStart makes cfg keep what an existing consumer cannot change, or
