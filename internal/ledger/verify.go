@@ -183,6 +183,12 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 		return nil, nil
 	}
 	instances, err := src.StudyInstances(ctx, id)
+	if errors.Is(err, orthancapi.ErrNotFound) {
+		// Deleted since it was read: buffer mode deletes a study as soon
+		// as it is forwarded, while the audit runs.
+		sum.Gone++
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("study %s of %s: list instances: %w", id, source, err)
 	}

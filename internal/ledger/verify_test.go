@@ -173,3 +173,47 @@ func TestForwardedCancelledIsAnError(t *testing.T) {
 		t.Fatalf("a walk cancelled after %d of 20 studies returned %v, want the cancel", walked, err)
 	}
 }
+
+// vanishing is a source whose study is deleted between the audit's two
+// reads of it, as buffer mode deletes a study the moment it is
+// forwarded.
+type vanishing struct{ memStudies }
+
+func (vanishing) StudyInstances(_ context.Context, id string) ([]orthancapi.Instance, error) {
+	return nil, fmt.Errorf("study %s: %w", id, orthancapi.ErrNotFound)
+}
+
+// TestVerifyStudyGoneBetweenReads: a study deleted from its source after
+// the audit read it counts as no longer in the source, as one deleted
+// before; the run goes on with the other studies instead of failing.
+func TestVerifyStudyGoneBetweenReads(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(kv)
+	for k := range 2 {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
+		if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := memStudies{0: "20261204T100000", 1: "20261204T100000"}
+	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
+		Destination: "archive",
+		Ledger:      l,
+		SourceFor: func(string) (ledger.VerifySource, error) {
+			return vanishing{src}, nil
+		},
+		Listed: func(context.Context, string, int) ([]string, error) { return nil, nil },
+	}, false, func(ledger.VerifyFinding) error { return nil })
+	if err != nil {
+		t.Fatalf("Verify: %v, want the deleted studies counted as gone", err)
+	}
+	if want := (ledger.VerifySummary{Studies: 2, Gone: 2}); sum != want {
+		t.Errorf("summary %+v, want %+v", sum, want)
+	}
+}
