@@ -84,7 +84,18 @@ func ReadShared(ctx context.Context, js jetstream.JetStream) ([]Snapshot, error)
 	var out []Snapshot
 	for {
 		select {
-		case e := <-w.Updates():
+		case e, open := <-w.Updates():
+			if !open {
+				// The watch ended before its initial values were all
+				// read: nats.go closes the channel when ctx ends, which
+				// may be picked here before ctx.Done, or when the
+				// connection closes. What was read is not every live
+				// forwarder, and the replicas count each other from it.
+				if err := ctx.Err(); err != nil {
+					return nil, fmt.Errorf("read key-value bucket %s: %w", natsjs.StatusBucket, err)
+				}
+				return nil, fmt.Errorf("read key-value bucket %s: the watch ended after %d entries, before the last", natsjs.StatusBucket, len(out))
+			}
 			if e == nil { // the initial values are all read
 				slices.SortFunc(out, func(a, b Snapshot) int {
 					return strings.Compare(a.Host+a.ID, b.Host+b.ID)

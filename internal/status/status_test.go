@@ -678,3 +678,85 @@ func TestRecentDeadLetters(t *testing.T) {
 		t.Errorf("after 400 replayed: %v of %d, %v; want [5 4 3] of 5", seqs, n, err)
 	}
 }
+
+// cutJS opens the status bucket with a watch that ends after its first
+// `after` entries: its updates channel closes, as nats.go closes it when
+// the read's context ends (it unsubscribes) or the connection closes.
+type cutJS struct {
+	jetstream.JetStream
+	after int
+}
+
+func (c cutJS) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	kv, err := c.JetStream.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	return cutKV{KeyValue: kv, after: c.after}, nil
+}
+
+type cutKV struct {
+	jetstream.KeyValue
+	after int
+}
+
+func (c cutKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	w, err := c.KeyValue.WatchAll(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan jetstream.KeyValueEntry)
+	go func() {
+		defer close(out)
+		for range c.after {
+			e := <-w.Updates()
+			if e == nil {
+				return
+			}
+			out <- e
+		}
+	}()
+	return cutWatcher{KeyWatcher: w, updates: out}, nil
+}
+
+type cutWatcher struct {
+	jetstream.KeyWatcher
+	updates chan jetstream.KeyValueEntry
+}
+
+func (c cutWatcher) Updates() <-chan jetstream.KeyValueEntry { return c.updates }
+
+// TestReadSharedEndedWatchIsAnError: a watch of the status bucket that
+// ends before its initial values are all read gives an error, never the
+// snapshots read so far as if they were every live forwarder: the
+// replicas count each other from it, and one that counted too few took a
+// larger share of STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND
+// than its own.
+func TestReadSharedEndedWatchIsAnError(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	kv, err := natsjs.DefaultTopology().EnsureStatus(ctx, ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		data, err := json.Marshal(status.Snapshot{ID: id, Host: "h-" + id, Concurrency: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, id, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, after := range []int{0, 1, 2} {
+		t.Run(fmt.Sprintf("ended after %d of 3", after), func(t *testing.T) {
+			got, err := status.ReadShared(ctx, cutJS{JetStream: ns.JS, after: after})
+			if err == nil {
+				t.Errorf("ReadShared = %d snapshots and no error, want an error", len(got))
+			}
+		})
+	}
+	if got, err := status.ReadShared(ctx, ns.JS); err != nil || len(got) != 3 {
+		t.Errorf("whole watch: %d snapshots (err %v), want 3", len(got), err)
+	}
+}
