@@ -74,7 +74,12 @@ func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, err
 		}
 	}()
 	if opts.ReadyTimeout == 0 {
-		opts.ReadyTimeout = 30 * time.Second
+		// JetStream recovers its store before the server accepts
+		// connections: after an unclean stop (a power cut), a large store
+		// (the ledger never expires) on a slow disk can take minutes.
+		// Giving up sooner would restart the process into the same
+		// recovery, over and over.
+		opts.ReadyTimeout = 15 * time.Minute
 	}
 	sopts := &server.Options{
 		ServerName: opts.ServerName,
@@ -110,12 +115,35 @@ func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, err
 		ns.SetLoggerV2(&logAdapter{log: log.With("component", "nats-server")}, false, false, false)
 	}
 	go ns.Start()
-	if !ns.ReadyForConnections(opts.ReadyTimeout) {
+	if !waitReady(ns.ReadyForConnections, opts.ReadyTimeout, readyLogEvery, log) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded NATS: server not ready after %s", opts.ReadyTimeout)
 	}
 	started = true
 	return &EmbeddedServer{ns: ns, unlock: unlock}, nil
+}
+
+// readyLogEvery is how often a slow start of the embedded server is
+// logged.
+const readyLogEvery = 15 * time.Second
+
+// waitReady waits up to timeout for ready (ns.ReadyForConnections), and
+// says every so often why the process is not up yet.
+func waitReady(ready func(time.Duration) bool, timeout, every time.Duration, log *slog.Logger) bool {
+	start := time.Now()
+	for {
+		left := timeout - time.Since(start)
+		if left <= 0 {
+			return false
+		}
+		if ready(min(every, left)) {
+			return true
+		}
+		if log != nil && time.Since(start) < timeout {
+			log.Info("embedded NATS not ready yet: JetStream is recovering its store (minutes after an unclean stop of a large store)",
+				"waited", time.Since(start).Round(time.Second).String(), "timeout", timeout.String())
+		}
+	}
 }
 
 func parseRoutes(routes []string) ([]*url.URL, error) {
