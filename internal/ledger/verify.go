@@ -7,6 +7,7 @@ package ledger
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,28 +22,42 @@ import (
 )
 
 // Forwarded calls fn for each study the ledger records as forwarded (not
-// merely not selected) at or after since, in key order. An error of fn
-// stops the walk.
+// merely not selected) at or after since, in the ledger's order. An error
+// of fn stops the walk. The records come in one watch of the bucket, not
+// one read a key: a ledger of millions of studies is read in one stream.
 func (l *Ledger) Forwarded(ctx context.Context, since time.Time, fn func(source, orthancStudyID string, r Record) error) error {
-	keys, err := l.kv.ListKeys(ctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil
-	}
+	w, err := l.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
-		return fmt.Errorf("ledger: list keys: %w", err)
+		return fmt.Errorf("ledger: read: %w", err)
 	}
-	defer keys.Stop()
-	for key := range keys.Keys() {
-		source, id, ok := strings.Cut(key, ".")
+	defer func() { _ = w.Stop() }()
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("ledger: read: %w", ctx.Err())
+		case got, open := <-w.Updates():
+			if !open {
+				// nats.go closes the channel when ctx ends or the
+				// connection closes: a partial walk must not pass for
+				// a whole one.
+				if err := ctx.Err(); err != nil {
+					return fmt.Errorf("ledger: read: %w", err)
+				}
+				return errors.New("ledger: read: the watch ended before the last record")
+			}
+			if got == nil {
+				return nil // every record read
+			}
+			e = got
+		}
+		source, id, ok := strings.Cut(e.Key(), ".")
 		if !ok {
 			continue
 		}
-		r, err := l.Lookup(ctx, source, id)
-		if errors.Is(err, ErrNotRecorded) {
-			continue // purged meanwhile
-		}
-		if err != nil {
-			return err
+		var r Record
+		if err := json.Unmarshal(e.Value(), &r); err != nil {
+			return fmt.Errorf("ledger: decode %s: %w", e.Key(), err)
 		}
 		if r.NotSelected || r.ForwardedAt.Before(since) {
 			continue
@@ -51,12 +66,6 @@ func (l *Ledger) Forwarded(ctx context.Context, since time.Time, fn func(source,
 			return err
 		}
 	}
-	// The key channel also closes when ctx ends: that is no end of the
-	// bucket, and a partial walk must not pass for a whole one.
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("ledger: list keys: %w", err)
-	}
-	return nil
 }
 
 // VerifySource is what the verifying audit reads from an Orthanc source.

@@ -217,3 +217,66 @@ func TestVerifyStudyGoneBetweenReads(t *testing.T) {
 		t.Errorf("summary %+v, want %+v", sum, want)
 	}
 }
+
+// cutLedgerKV is the ledger's bucket whose watch ends after its first
+// `after` records, as nats.go closes it when the connection closes.
+type cutLedgerKV struct {
+	jetstream.KeyValue
+	after int
+}
+
+func (c cutLedgerKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	w, err := c.KeyValue.WatchAll(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan jetstream.KeyValueEntry)
+	go func() {
+		defer close(out)
+		for range c.after {
+			e := <-w.Updates()
+			if e == nil {
+				return
+			}
+			out <- e
+		}
+	}()
+	return cutLedgerWatcher{KeyWatcher: w, updates: out}, nil
+}
+
+type cutLedgerWatcher struct {
+	jetstream.KeyWatcher
+	updates chan jetstream.KeyValueEntry
+}
+
+func (c cutLedgerWatcher) Updates() <-chan jetstream.KeyValueEntry { return c.updates }
+
+// A walk whose read of the bucket ends early (the connection closed) is
+// an error, never a whole ledger walked: audit --verify would report the
+// studies it did not read as nothing to check.
+func TestForwardedEndedWatchIsAnError(t *testing.T) {
+	ns := testnats.Start(t)
+	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range 5 {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261203T150000"}
+		if err := ledger.New(kv).Record(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	walked := 0
+	err = ledger.New(cutLedgerKV{KeyValue: kv, after: 2}).Forwarded(t.Context(), time.Time{}, func(string, string, ledger.Record) error {
+		walked++
+		return nil
+	})
+	if err == nil {
+		t.Fatalf("a walk whose watch ended after %d of 5 studies returned no error", walked)
+	}
+	all := 0
+	if err := ledger.New(kv).Forwarded(t.Context(), time.Time{}, func(string, string, ledger.Record) error { all++; return nil }); err != nil || all != 5 {
+		t.Errorf("whole walk: %d studies, %v; want 5", all, err)
+	}
+}
