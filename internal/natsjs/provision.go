@@ -45,6 +45,24 @@ func (p provisioningJS) Consumer(ctx context.Context, stream, name string) (jets
 	})
 }
 
+// KeyValue reads a bucket (a stream's info): the same race leaves it
+// unanswered.
+func (p provisioningJS) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	return provision(ctx, p.log, "key-value bucket "+bucket, true, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return p.JetStream.KeyValue(ctx, bucket)
+	})
+}
+
+// readRetried calls fn, a read of what provisioning compares with (a
+// bucket's status), as provisioningJS's own reads are: retried while
+// JetStream does not answer.
+func readRetried[T any](ctx context.Context, js jetstream.JetStream, what string, fn func(context.Context) (T, error)) (T, error) {
+	if p, ok := js.(provisioningJS); ok {
+		return provision(ctx, p.log, what, true, fn)
+	}
+	return fn(ctx)
+}
+
 func (p provisioningJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	return provision(ctx, p.log, "stream "+cfg.Name, false, func(ctx context.Context) (jetstream.Stream, error) {
 		return p.JetStream.CreateOrUpdateStream(ctx, cfg)
