@@ -21,8 +21,8 @@ const fileSuffix = "_FILE"
 
 // Load fills dst, a pointer to a struct with env tags, from getenv.
 // A field tagged secret:"true" may instead be given as VAR_FILE, a path
-// whose content (trailing newline trimmed) is the value. Errors name the
-// variable. If dst has a Validate() error method it runs last.
+// whose content (trailing newline trimmed, not empty) is the value. Errors
+// name the variable. If dst has a Validate() error method it runs last.
 func Load(getenv func(string) string, dst any) error {
 	params, err := env.GetFieldParams(dst)
 	if err != nil {
@@ -68,7 +68,8 @@ func Load(getenv func(string) string, dst any) error {
 
 // readSecret returns the value of the secret variable key, given either
 // directly or as key_FILE, the path of a file holding it (trailing newline
-// trimmed). Errors name the variable, never the content.
+// trimmed; an empty one is an error). Errors name the variable, never the
+// content.
 func readSecret(getenv func(string) string, key string) (string, error) {
 	v := getenv(key)
 	path := getenv(key + fileSuffix)
@@ -83,7 +84,14 @@ func readSecret(getenv func(string) string, key string) (string, error) {
 		// The path is not secret; the content would be.
 		return "", fmt.Errorf("%s%s: %w", key, fileSuffix, err)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	v = strings.TrimRight(string(b), "\r\n")
+	if v == "" {
+		// Read as unset, it would silently turn off what the secret
+		// guards (INGEST_HMAC_SECRET's signatures, ADMIN_TOKEN's page)
+		// or be reported as key missing although key_FILE is set.
+		return "", fmt.Errorf("%s%s: %s is empty", key, fileSuffix, path)
+	}
+	return v, nil
 }
 
 // conditionallyRequired is implemented by configuration with variables

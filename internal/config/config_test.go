@@ -264,3 +264,42 @@ func TestRetentionCoversRetries(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptySecretFileRefused: a VAR_FILE naming an empty file (a Secret
+// key left blank, a secrets operator that has not filled it) is an error
+// naming VAR_FILE. Read as unset, it would silently turn the webhook's
+// HMAC check or the status page off, or report VAR as missing although
+// VAR_FILE is set.
+func TestEmptySecretFileRefused(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		set  map[string]string
+		drop string
+		want string
+	}{
+		{"hmac secret", map[string]string{"INGEST_HMAC_SECRET_FILE": empty}, "", "INGEST_HMAC_SECRET_FILE"},
+		{"admin token", map[string]string{"ADMIN_TOKEN_FILE": empty}, "", "ADMIN_TOKEN_FILE"},
+		{"ingest token", map[string]string{"INGEST_TOKEN_FILE": empty}, "INGEST_TOKEN", "INGEST_TOKEN_FILE"},
+		{"source password", map[string]string{"ORTHANC_SOURCES": "pacs", "ORTHANC_PACS_URL": "http://pacs:8042",
+			"ORTHANC_PACS_USERNAME": "stowline", "ORTHANC_PACS_PASSWORD_FILE": empty}, "", "ORTHANC_PACS_PASSWORD_FILE"},
+		{"destination client secret", map[string]string{"DESTINATIONS": "ai", "DESTINATION_AI_URL": "https://ai.example.org/v1",
+			"DESTINATION_AI_OAUTH_TOKEN_URL": "https://auth.example.org/token", "DESTINATION_AI_OAUTH_CLIENT_ID": "stowline",
+			"DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE": empty}, "DICOMWEB_URL", "DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			delete(e, tt.drop)
+			maps.Copy(e, tt.set)
+			err := Load(mapEnv(e), &SingleHost{})
+			if err == nil || !strings.Contains(err.Error(), tt.want+": "+empty+" is empty") {
+				t.Fatalf("Load() = %v, want an error saying %s names an empty file", err, tt.want)
+			}
+		})
+	}
+}
