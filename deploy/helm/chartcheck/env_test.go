@@ -162,3 +162,45 @@ func envMaps(values map[string]any) []map[string]any {
 	}
 	return out
 }
+
+// TestStreamSettingsOnlyInSharedEnv: EVENTS_RETENTION and
+// EVENTS_DEDUPE_WINDOW set the event stream, which the ingest and every
+// forwarder create or update to their own values when they start. Given
+// to some of them only (ingest.env, forwarderDefaults.env, a group's env),
+// each restart would flip the stream between two values, and the shorter
+// retention removes at once the events older than it, waiting or not.
+// The chart takes them in env only.
+func TestStreamSettingsOnlyInSharedEnv(t *testing.T) {
+	twoGroups := func(groupEnv map[string]any) map[string]any {
+		return withDestinations(
+			map[string]any{"name": "archive", "destinations": []any{"archive"}},
+			map[string]any{"name": "ai", "destinations": []any{"ai"}, "env": groupEnv},
+		)
+	}
+	tests := []struct {
+		name   string
+		values map[string]any
+		want   string // "": rendered
+	}{
+		{"EVENTS_RETENTION in ingest.env", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"EVENTS_RETENTION": "720h"}}}),
+			"ingest.env: EVENTS_RETENTION sets the event stream"},
+		{"EVENTS_RETENTION in forwarderDefaults.env", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"EVENTS_RETENTION": "720h"}}}),
+			"forwarderDefaults.env: EVENTS_RETENTION sets the event stream"},
+		{"EVENTS_DEDUPE_WINDOW in a group's env", twoGroups(map[string]any{"EVENTS_DEDUPE_WINDOW": "1h"}),
+			"forwarders[ai].env: EVENTS_DEDUPE_WINDOW sets the event stream"},
+		{"EVENTS_RETENTION in a group's env", twoGroups(map[string]any{"EVENTS_RETENTION": "720h"}),
+			"forwarders[ai].env: EVENTS_RETENTION sets the event stream"},
+		{"both in env", merged(required(), map[string]any{"env": map[string]any{"EVENTS_RETENTION": "720h", "EVENTS_DEDUPE_WINDOW": "12h"}}), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := renderFiles(t, tt.values)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("render error %v, want none", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("render error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}

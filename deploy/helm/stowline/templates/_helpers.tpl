@@ -493,6 +493,12 @@ one, naming the value to set instead.
 {{- if hasKey $managed $k -}}
 {{- fail (printf "%s: %s is set by the chart, from %s: set that instead of the variable" $c.where $k (get $managed $k)) -}}
 {{- end -}}
+{{- /* The ingest and every forwarder set the event stream to their own
+values when they start: given to some only, each restart would flip it,
+and a shorter retention drops at once the events older than it. */}}
+{{- if and (ne $c.where "env") (has $k (list "EVENTS_RETENTION" "EVENTS_DEDUPE_WINDOW")) -}}
+{{- fail (printf "%s: %s sets the event stream, which the ingest and every forwarder set to their own value when they start: set it in env, the same for all (set apart, each restart would change it, and a shorter retention drops the older events at once, waiting or not)" $c.where $k) -}}
+{{- end -}}
 {{- range $p, $name := $prefixes -}}
 {{- if hasPrefix $p $k -}}
 {{- fail (printf "%s: %s is set by the chart, from destinations[%s]: set its url, match, instanceMatch, stowParallelRequests, clientSecret or env (without the prefix) instead of the variable" $c.where $k $name) -}}
