@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"helm.sh/helm/v4/pkg/chart/common"
 	appsv1 "k8s.io/api/apps/v1"
 )
 
@@ -195,6 +196,39 @@ func TestStreamSettingsOnlyInSharedEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := renderFiles(t, tt.values)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("render error %v, want none", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("render error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestSecretValuesMustBeStrings: Helm reads an unquoted number in
+// values.yaml as a float, so a numeric password (ORTHANC_PASSWORD:
+// 20240612093015123) would reach the Secret as "2.0240612093015124e+16":
+// a credential that is silently not the one configured in Orthanc. The
+// chart refuses a secret value that is not a string.
+func TestSecretValuesMustBeStrings(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       string // "": rendered
+	}{
+		{"a number", "secrets:\n  values:\n    ORTHANC_PASSWORD: 20240612093015123\n",
+			"secrets.values.ORTHANC_PASSWORD: write the value in quotes"},
+		{"a boolean", "secrets:\n  values:\n    NATS_PASSWORD: true\n",
+			"secrets.values.NATS_PASSWORD: write the value in quotes"},
+		{"a quoted number", "secrets:\n  values:\n    ORTHANC_PASSWORD: \"20240612093015123\"\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			over, err := common.ReadValues([]byte(tt.yaml)) // Helm's own parsing of a values file
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = renderFiles(t, merged(required(), over.AsMap()))
 			switch {
 			case tt.want == "" && err != nil:
 				t.Errorf("render error %v, want none", err)

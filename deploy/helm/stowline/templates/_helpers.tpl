@@ -412,6 +412,14 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 
 {{/* Chart-wide checks, included by every template that needs them. */}}
 {{- define "stowline.validate" -}}
+{{- /* Helm reads an unquoted number as a float: 20240612093015123 would
+reach the Secret as 2.0240612093015124e+16, not the credential set in
+Orthanc or NATS. */}}
+{{- range $k, $v := .Values.secrets.values -}}
+{{- if and $v (not (kindIs "string" $v)) -}}
+{{- fail (printf "secrets.values.%s: write the value in quotes: Helm read it as a %s, and the Secret would hold %q, not the value as written" $k (kindOf $v) (toString $v)) -}}
+{{- end -}}
+{{- end -}}
 {{- if not (has "INGEST_TOKEN" (splitList " " (include "stowline.secretKeys" .))) -}}
 {{- fail "secrets: INGEST_TOKEN is required (secrets.values.INGEST_TOKEN, or secrets.existingSecret with INGEST_TOKEN in secrets.existingSecretKeys)" -}}
 {{- end -}}
