@@ -24,8 +24,14 @@ import (
 // Check reports whether one dependency is usable; nil means ready.
 type Check func(ctx context.Context) error
 
+// ReadyTimeout bounds /readyz: its checks run for at most this long. An
+// orchestrator's readiness probe must wait longer (the chart's check), or
+// a slow check it only reports (Advisory) would still take the process
+// out of service.
+const ReadyTimeout = 5 * time.Second
+
 // MountHealth adds /healthz, /readyz and /metrics to r. /readyz runs every check
-// (in parallel, 5 s at most) and answers 503 with a JSON body naming each
+// (in parallel, ReadyTimeout at most) and answers 503 with a JSON body naming each
 // failed check; failed Advisory checks are listed under "degraded" and do
 // not make the process unready.
 func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]Check) {
@@ -33,7 +39,7 @@ func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]C
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", func(w http.ResponseWriter, req *http.Request) {
-		ctx, cancel := context.WithTimeout(req.Context(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(req.Context(), ReadyTimeout)
 		defer cancel()
 		failed, degraded := runChecks(ctx, checks)
 		body := map[string]any{"status": "ready", "checks": sortedNames(checks)}

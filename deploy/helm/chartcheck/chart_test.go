@@ -306,6 +306,16 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 			t.Errorf("deployment %s: %s probe %+v, want GET %s on port http", d.Name, name, p, want)
 		}
 	}
+	// The kubelet waits 1 s by default; /readyz may take web.ReadyTimeout
+	// (a slow Orthanc, token endpoint or JetStream API), and a probe cut
+	// short marks the pod unready: out of the ingest's Service, stalling
+	// a rollout, blocking node drains through the PodDisruptionBudget.
+	if p := c.ReadinessProbe; p != nil && time.Duration(max(p.TimeoutSeconds, 1))*time.Second <= src.readyTimeout {
+		t.Errorf("deployment %s: readiness probe timeoutSeconds %d, want more than /readyz's %v (web.ReadyTimeout)", d.Name, p.TimeoutSeconds, src.readyTimeout)
+	}
+	if src.readyTimeout <= 0 {
+		t.Errorf("web.ReadyTimeout not read from the source")
+	}
 	if len(c.Ports) != 1 || c.Ports[0].Name != "http" {
 		t.Fatalf("deployment %s: ports %v, want one named http", d.Name, c.Ports)
 	}

@@ -26,6 +26,8 @@ type goFacts struct {
 	// forwarderShutdownGrace is forward.DefaultShutdownGrace: how long a
 	// forwarder gives in-flight studies.
 	forwarderShutdownGrace time.Duration
+	// readyTimeout is web.ReadyTimeout: how long /readyz may take.
+	readyTimeout time.Duration
 	// eventStream and forwarderConsumer are natsjs.EventStream and
 	// natsjs.ForwarderConsumer: what KEDA watches.
 	eventStream, forwarderConsumer string
@@ -52,7 +54,7 @@ func readGoFacts(t *testing.T) goFacts {
 	t.Helper()
 	factsOnce.Do(func() {
 		var consts map[string]ast.Expr
-		if consts, factsErr = declarations("internal/app", "internal/forward", "internal/natsjs"); factsErr != nil {
+		if consts, factsErr = declarations("internal/app", "internal/forward", "internal/natsjs", "internal/web"); factsErr != nil {
 			return
 		}
 		get := func(name string) ast.Expr {
@@ -65,6 +67,7 @@ func readGoFacts(t *testing.T) goFacts {
 		facts.httpShutdownGrace = duration(get("app.HTTPShutdownGrace"))
 		facts.ingestShutdownGrace = duration(get("app.IngestShutdownGrace"))
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
+		facts.readyTimeout = duration(get("web.ReadyTimeout"))
 		facts.eventStream = str(get("natsjs.EventStream"))
 		facts.forwarderConsumer = str(get("natsjs.ForwarderConsumer"))
 		facts.statConsumerPrefix = str(get("natsjs.StatConsumerPrefix"))
