@@ -103,3 +103,39 @@ func probesScheme(t *testing.T, d *appsv1.Deployment) string {
 	}
 	return ""
 }
+
+// TestNotesWarnWhenOrthancMayBeShutOut: the ingest's NetworkPolicy lets in
+// only the pods of its own namespace unless networkPolicy.ingestFrom says
+// otherwise. An Orthanc elsewhere then has its posts dropped, and each one
+// holds Orthanc's REST API until the Lua script's time-out; the notes say
+// so whenever no peer outside the namespace is listed.
+func TestNotesWarnWhenOrthancMayBeShutOut(t *testing.T) {
+	const warning = "Orthanc must run in namespace"
+	tests := []struct {
+		name string
+		np   map[string]any
+		warn bool
+	}{
+		{"the default", nil, true},
+		{"pods of this namespace only", map[string]any{"ingestFrom": []any{map[string]any{"podSelector": map[string]any{"matchLabels": map[string]any{"app": "orthanc"}}}}}, true},
+		{"Orthanc's namespace", map[string]any{"ingestFrom": []any{map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "pacs"}}}}}, false},
+		{"an address block", map[string]any{"ingestFrom": []any{map[string]any{"ipBlock": map[string]any{"cidr": "10.20.0.0/16"}}}}, false},
+		{"no NetworkPolicy", map[string]any{"enabled": false}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := required()
+			if tt.np != nil {
+				v = merged(v, map[string]any{"networkPolicy": tt.np})
+			}
+			files, err := renderFiles(t, v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			notes := files["stowline/templates/NOTES.txt"]
+			if got := strings.Contains(notes, warning); got != tt.warn {
+				t.Errorf("notes warn = %v, want %v:\n%s", got, tt.warn, notes)
+			}
+		})
+	}
+}
