@@ -139,3 +139,35 @@ func TestNotesWarnWhenOrthancMayBeShutOut(t *testing.T) {
 		})
 	}
 }
+
+// TestNotesWarnOfHMACWithTheLuaScript: with INGEST_HMAC_SECRET the ingest
+// refuses unsigned posts, and Orthanc's Lua script, which the notes tell
+// to post to it, cannot sign (docs/webhook-security.md); the notes say so.
+func TestNotesWarnOfHMACWithTheLuaScript(t *testing.T) {
+	const warning = "Orthanc's Lua script cannot sign"
+	tests := []struct {
+		name    string
+		secrets map[string]any
+		warn    bool
+	}{
+		{"no HMAC secret", nil, false},
+		{"in the chart's Secret", map[string]any{"values": map[string]any{"INGEST_HMAC_SECRET": "hmac-secret-0123456789abcdef0123456789"}}, true},
+		{"in an existing Secret", map[string]any{"existingSecret": "mine", "existingSecretKeys": []any{"INGEST_TOKEN", "INGEST_HMAC_SECRET"}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := required()
+			if tt.secrets != nil {
+				v = merged(v, map[string]any{"secrets": tt.secrets})
+			}
+			files, err := renderFiles(t, v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			notes := files["stowline/templates/NOTES.txt"]
+			if got := strings.Contains(notes, warning); got != tt.warn {
+				t.Errorf("notes warn = %v, want %v:\n%s", got, tt.warn, notes)
+			}
+		})
+	}
+}
