@@ -367,6 +367,43 @@ func TestComposeForwarderServicesShareDestinations(t *testing.T) {
 	}
 }
 
+// TestComposeStreamSettingsAgree: the ingest and every forwarder set the
+// event stream to their own EVENTS_RETENTION, EVENTS_DEDUPE_WINDOW and
+// NATS_REPLICAS when they start, so each stowline service must have the
+// same values: a retention raised on the forwarders only would go back
+// at every ingest restart, and JetStream would then drop at once every
+// event older than that, queued studies included (the Helm chart refuses
+// them outside its shared env for the same reason).
+func TestComposeStreamSettingsAgree(t *testing.T) {
+	stream := func(env map[string]string) map[string]string {
+		out := map[string]string{}
+		for _, k := range []string{"EVENTS_RETENTION", "EVENTS_DEDUPE_WINDOW", "NATS_REPLICAS"} {
+			if v, ok := env[k]; ok {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	for _, on := range variants {
+		c := loadCompose(t, on...)
+		var first string
+		for _, name := range slices.Sorted(maps.Keys(c.Services)) {
+			svc := c.Services[name]
+			if svc.Build == nil || svc.Build.Target != "forwarder" && svc.Build.Target != "ingest" {
+				continue
+			}
+			if first == "" {
+				first = name
+			} else if a, b := stream(c.Services[first].Environment), stream(svc.Environment); !maps.Equal(a, b) {
+				t.Errorf("%v: services %s and %s set the event stream differently: %v, %v", on, first, name, a, b)
+			}
+		}
+		if first == "" {
+			t.Errorf("%v: no ingest or forwarder service", on)
+		}
+	}
+}
+
 // TestComposeTracing checks the optional tracing backend: Jaeger starts
 // only with `--profile tracing`, nothing depends on it, every stowline
 // service passes OTEL_EXPORTER_OTLP_ENDPOINT from .env with an empty
