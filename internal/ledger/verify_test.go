@@ -146,31 +146,52 @@ func TestVerify(t *testing.T) {
 	}
 }
 
-// A walk the caller cancels ends with its error, never as if the bucket
-// had been read to its end.
-func TestForwardedCancelledIsAnError(t *testing.T) {
+// A walk that ends early ends with an error, never as if the ledger had
+// been read to its end (audit --verify would report the studies it did
+// not read as nothing to check): the caller cancels it, or the read of
+// the bucket ends (the connection closed).
+func TestForwardedCutShortIsAnError(t *testing.T) {
 	ns := testnats.Start(t)
 	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, natsjs.DefaultDestination)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := ledger.New(kv)
-	for k := range 20 {
+	const studies = 20
+	for k := range studies {
 		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
 			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261203T150000"}
-		if err := l.Record(t.Context(), ev); err != nil {
+		if err := ledger.New(kv).Record(t.Context(), ev); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	walked := 0
-	err = l.Forwarded(ctx, time.Time{}, func(string, string, ledger.Record) error {
-		walked++
-		cancel()
-		return nil
-	})
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("a walk cancelled after %d of 20 studies returned %v, want the cancel", walked, err)
+	for _, tc := range []struct {
+		name    string
+		kv      jetstream.KeyValue
+		cancel  bool // the caller cancels at the first study
+		wantErr error
+	}{
+		{name: "cancelled", kv: kv, cancel: true, wantErr: context.Canceled},
+		{name: "watch ended", kv: testnats.CutWatch(kv, 2)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			walked := 0
+			err := ledger.New(tc.kv).Forwarded(ctx, time.Time{}, func(string, string, ledger.Record) error {
+				walked++
+				if tc.cancel {
+					cancel()
+				}
+				return nil
+			})
+			if err == nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("a walk cut short after %d of %d studies returned %v, want an error (%v)", walked, studies, err, tc.wantErr)
+			}
+		})
+	}
+	all := 0
+	if err := ledger.New(kv).Forwarded(t.Context(), time.Time{}, func(string, string, ledger.Record) error { all++; return nil }); err != nil || all != studies {
+		t.Errorf("whole walk: %d studies, %v; want %d", all, err, studies)
 	}
 }
 
@@ -215,68 +236,5 @@ func TestVerifyStudyGoneBetweenReads(t *testing.T) {
 	}
 	if want := (ledger.VerifySummary{Studies: 2, Gone: 2}); sum != want {
 		t.Errorf("summary %+v, want %+v", sum, want)
-	}
-}
-
-// cutLedgerKV is the ledger's bucket whose watch ends after its first
-// `after` records, as nats.go closes it when the connection closes.
-type cutLedgerKV struct {
-	jetstream.KeyValue
-	after int
-}
-
-func (c cutLedgerKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
-	w, err := c.KeyValue.WatchAll(ctx, opts...)
-	if err != nil {
-		return nil, err
-	}
-	out := make(chan jetstream.KeyValueEntry)
-	go func() {
-		defer close(out)
-		for range c.after {
-			e := <-w.Updates()
-			if e == nil {
-				return
-			}
-			out <- e
-		}
-	}()
-	return cutLedgerWatcher{KeyWatcher: w, updates: out}, nil
-}
-
-type cutLedgerWatcher struct {
-	jetstream.KeyWatcher
-	updates chan jetstream.KeyValueEntry
-}
-
-func (c cutLedgerWatcher) Updates() <-chan jetstream.KeyValueEntry { return c.updates }
-
-// A walk whose read of the bucket ends early (the connection closed) is
-// an error, never a whole ledger walked: audit --verify would report the
-// studies it did not read as nothing to check.
-func TestForwardedEndedWatchIsAnError(t *testing.T) {
-	ns := testnats.Start(t)
-	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, natsjs.DefaultDestination)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k := range 5 {
-		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
-			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261203T150000"}
-		if err := ledger.New(kv).Record(t.Context(), ev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	walked := 0
-	err = ledger.New(cutLedgerKV{KeyValue: kv, after: 2}).Forwarded(t.Context(), time.Time{}, func(string, string, ledger.Record) error {
-		walked++
-		return nil
-	})
-	if err == nil {
-		t.Fatalf("a walk whose watch ended after %d of 5 studies returned no error", walked)
-	}
-	all := 0
-	if err := ledger.New(kv).Forwarded(t.Context(), time.Time{}, func(string, string, ledger.Record) error { all++; return nil }); err != nil || all != 5 {
-		t.Errorf("whole walk: %d studies, %v; want 5", all, err)
 	}
 }

@@ -680,8 +680,7 @@ func TestRecentDeadLetters(t *testing.T) {
 }
 
 // cutJS opens the status bucket with a watch that ends after its first
-// `after` entries: its updates channel closes, as nats.go closes it when
-// the read's context ends (it unsubscribes) or the connection closes.
+// `after` entries (testnats.CutWatch).
 type cutJS struct {
 	jetstream.JetStream
 	after int
@@ -692,39 +691,8 @@ func (c cutJS) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue,
 	if err != nil {
 		return nil, err
 	}
-	return cutKV{KeyValue: kv, after: c.after}, nil
+	return testnats.CutWatch(kv, c.after), nil
 }
-
-type cutKV struct {
-	jetstream.KeyValue
-	after int
-}
-
-func (c cutKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
-	w, err := c.KeyValue.WatchAll(ctx, opts...)
-	if err != nil {
-		return nil, err
-	}
-	out := make(chan jetstream.KeyValueEntry)
-	go func() {
-		defer close(out)
-		for range c.after {
-			e := <-w.Updates()
-			if e == nil {
-				return
-			}
-			out <- e
-		}
-	}()
-	return cutWatcher{KeyWatcher: w, updates: out}, nil
-}
-
-type cutWatcher struct {
-	jetstream.KeyWatcher
-	updates chan jetstream.KeyValueEntry
-}
-
-func (c cutWatcher) Updates() <-chan jetstream.KeyValueEntry { return c.updates }
 
 // TestReadSharedEndedWatchIsAnError: a watch of the status bucket that
 // ends before its initial values are all read gives an error, never the
