@@ -104,69 +104,51 @@ func probesScheme(t *testing.T, d *appsv1.Deployment) string {
 	return ""
 }
 
-// TestNotesWarnWhenOrthancMayBeShutOut: the ingest's NetworkPolicy lets in
-// only the pods of its own namespace unless networkPolicy.ingestFrom says
-// otherwise. An Orthanc elsewhere then has its posts dropped, and each one
-// holds Orthanc's REST API until the Lua script's time-out; the notes say
-// so whenever no peer outside the namespace is listed.
+// TestNotesWarnWhenOrthancMayBeShutOut: the install notes warn of two
+// ways the ingest refuses Orthanc's posts.
+//   - The ingest's NetworkPolicy lets in only the pods of its own
+//     namespace unless networkPolicy.ingestFrom says otherwise. An Orthanc
+//     elsewhere then has its posts dropped, and each one holds Orthanc's
+//     REST API until the Lua script's time-out; the notes say so whenever
+//     no peer outside the namespace is listed.
+//   - With INGEST_HMAC_SECRET the ingest refuses unsigned posts, and
+//     Orthanc's Lua script, which the notes tell to post to it, cannot sign
+//     (docs/webhook-security.md).
 func TestNotesWarnWhenOrthancMayBeShutOut(t *testing.T) {
-	const warning = "Orthanc must run in namespace"
-	tests := []struct {
-		name string
-		np   map[string]any
-		warn bool
-	}{
-		{"the default", nil, true},
-		{"pods of this namespace only", map[string]any{"ingestFrom": []any{map[string]any{"podSelector": map[string]any{"matchLabels": map[string]any{"app": "orthanc"}}}}}, true},
-		{"Orthanc's namespace", map[string]any{"ingestFrom": []any{map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "pacs"}}}}}, false},
-		{"an address block", map[string]any{"ingestFrom": []any{map[string]any{"ipBlock": map[string]any{"cidr": "10.20.0.0/16"}}}}, false},
-		{"no NetworkPolicy", map[string]any{"enabled": false}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			v := required()
-			if tt.np != nil {
-				v = merged(v, map[string]any{"networkPolicy": tt.np})
-			}
-			files, err := renderFiles(t, v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			notes := files["stowline/templates/NOTES.txt"]
-			if got := strings.Contains(notes, warning); got != tt.warn {
-				t.Errorf("notes warn = %v, want %v:\n%s", got, tt.warn, notes)
-			}
-		})
-	}
-}
-
-// TestNotesWarnOfHMACWithTheLuaScript: with INGEST_HMAC_SECRET the ingest
-// refuses unsigned posts, and Orthanc's Lua script, which the notes tell
-// to post to it, cannot sign (docs/webhook-security.md); the notes say so.
-func TestNotesWarnOfHMACWithTheLuaScript(t *testing.T) {
-	const warning = "Orthanc's Lua script cannot sign"
+	const (
+		policyWarning = "Orthanc must run in namespace"
+		hmacWarning   = "Orthanc's Lua script cannot sign"
+	)
+	policy := func(np map[string]any) map[string]any { return map[string]any{"networkPolicy": np} }
+	secrets := func(s map[string]any) map[string]any { return map[string]any{"secrets": s} }
 	tests := []struct {
 		name    string
-		secrets map[string]any
+		values  map[string]any // merged over the required values
+		warning string
 		warn    bool
 	}{
-		{"no HMAC secret", nil, false},
-		{"in the chart's Secret", map[string]any{"values": map[string]any{"INGEST_HMAC_SECRET": "hmac-secret-0123456789abcdef0123456789"}}, true},
-		{"in an existing Secret", map[string]any{"existingSecret": "mine", "existingSecretKeys": []any{"INGEST_TOKEN", "INGEST_HMAC_SECRET"}}, true},
+		{"policy: the default", nil, policyWarning, true},
+		{"policy: pods of this namespace only", policy(map[string]any{"ingestFrom": []any{map[string]any{"podSelector": map[string]any{"matchLabels": map[string]any{"app": "orthanc"}}}}}), policyWarning, true},
+		{"policy: Orthanc's namespace", policy(map[string]any{"ingestFrom": []any{map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "pacs"}}}}}), policyWarning, false},
+		{"policy: an address block", policy(map[string]any{"ingestFrom": []any{map[string]any{"ipBlock": map[string]any{"cidr": "10.20.0.0/16"}}}}), policyWarning, false},
+		{"policy: no NetworkPolicy", policy(map[string]any{"enabled": false}), policyWarning, false},
+		{"HMAC: no secret", nil, hmacWarning, false},
+		{"HMAC: in the chart's Secret", secrets(map[string]any{"values": map[string]any{"INGEST_HMAC_SECRET": "hmac-secret-0123456789abcdef0123456789"}}), hmacWarning, true},
+		{"HMAC: in an existing Secret", secrets(map[string]any{"existingSecret": "mine", "existingSecretKeys": []any{"INGEST_TOKEN", "INGEST_HMAC_SECRET"}}), hmacWarning, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := required()
-			if tt.secrets != nil {
-				v = merged(v, map[string]any{"secrets": tt.secrets})
+			if tt.values != nil {
+				v = merged(v, tt.values)
 			}
 			files, err := renderFiles(t, v)
 			if err != nil {
 				t.Fatal(err)
 			}
 			notes := files["stowline/templates/NOTES.txt"]
-			if got := strings.Contains(notes, warning); got != tt.warn {
-				t.Errorf("notes warn = %v, want %v:\n%s", got, tt.warn, notes)
+			if got := strings.Contains(notes, tt.warning); got != tt.warn {
+				t.Errorf("notes warn %q = %v, want %v:\n%s", tt.warning, got, tt.warn, notes)
 			}
 		})
 	}
