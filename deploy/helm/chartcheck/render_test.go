@@ -109,6 +109,19 @@ func renderFiles(t *testing.T, values map[string]any) (map[string]string, error)
 	return engine.Render(ch, vals)
 }
 
+// checkRenderError renders the chart with values and checks its error:
+// none when want is empty, else one containing want.
+func checkRenderError(t *testing.T, values map[string]any, want string) {
+	t.Helper()
+	_, err := renderFiles(t, values)
+	switch {
+	case want == "" && err != nil:
+		t.Errorf("render error %v, want none", err)
+	case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+		t.Errorf("render error %v, want one containing %q", err, want)
+	}
+}
+
 // render renders the chart and decodes every object strictly: a field
 // the Go type does not have, or a key given twice, fails the test.
 func render(t *testing.T, values map[string]any) objects {
