@@ -17,6 +17,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 var discard = slog.New(slog.DiscardHandler)
@@ -519,25 +520,6 @@ func TestDeadLetterDedupeOutlastsRedelivery(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination the client's callbacks may write to
-// while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestConnectLogsPermissionViolations: NATS refuses a publish or a
 // subscription its user may not make with an asynchronous error, and a
 // refused JetStream request only times out. The log must name the
@@ -573,7 +555,7 @@ func TestConnectLogsPermissionViolations(t *testing.T) {
 		}, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + natsjs.EventStream + "." + natsjs.ForwarderConsumer},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs testharness.LogBuffer
 			log := slog.New(slog.NewJSONHandler(&logs, nil))
 			c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, log)
 			if err != nil {
