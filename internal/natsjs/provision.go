@@ -46,21 +46,27 @@ func (p provisioningJS) Consumer(ctx context.Context, stream, name string) (jets
 }
 
 // KeyValue reads a bucket (a stream's info): the same race leaves it
-// unanswered.
+// unanswered. So may the bucket's status, which provisioning compares
+// with: the bucket returned retries it too.
 func (p provisioningJS) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
-	return provision(ctx, p.log, "key-value bucket "+bucket, true, func(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := provision(ctx, p.log, "key-value bucket "+bucket, true, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return p.JetStream.KeyValue(ctx, bucket)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return provisioningKV{KeyValue: kv, log: p.log}, nil
 }
 
-// readRetried calls fn, a read of what provisioning compares with (a
-// bucket's status), as provisioningJS's own reads are: retried while
-// JetStream does not answer.
-func readRetried[T any](ctx context.Context, js jetstream.JetStream, what string, fn func(context.Context) (T, error)) (T, error) {
-	if p, ok := js.(provisioningJS); ok {
-		return provision(ctx, p.log, what, true, fn)
-	}
-	return fn(ctx)
+// provisioningKV retries a bucket's status read, as provisioningJS its
+// stream reads.
+type provisioningKV struct {
+	jetstream.KeyValue
+	log *slog.Logger
+}
+
+func (k provisioningKV) Status(ctx context.Context) (jetstream.KeyValueStatus, error) {
+	return provision(ctx, k.log, "key-value bucket "+k.Bucket(), true, k.KeyValue.Status)
 }
 
 func (p provisioningJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {

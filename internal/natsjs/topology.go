@@ -550,7 +550,7 @@ func ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValu
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
 	switch {
 	case err == nil:
-		st, err := readRetried(ctx, js, "key-value bucket "+cfg.Bucket, kv.Status)
+		st, err := kv.Status(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
 		}
