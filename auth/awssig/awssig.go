@@ -27,6 +27,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 
 	"github.com/stowline/stowline/auth"
@@ -68,7 +69,20 @@ const (
 // credentials expire. The SDK reads AWS_* variables and ~/.aws files
 // itself.
 func LoadCredentials(ctx context.Context, region string, margin time.Duration) (aws.CredentialsProvider, error) {
+	return loadCredentials(ctx, region, margin, credentialFetchTimeout)
+}
+
+// credentialFetchTimeout bounds each HTTP request of a credential fetch
+// (STS, ECS, SSO; IMDS keeps its own shorter ones). The SDK's cache runs
+// one fetch for every caller with their cancellation suppressed, and its
+// default HTTP client has no overall timeout: an endpoint that took the
+// request and never answered held every later request of the destination
+// until a restart.
+const credentialFetchTimeout = 30 * time.Second
+
+func loadCredentials(ctx context.Context, region string, margin, fetchTimeout time.Duration) (aws.CredentialsProvider, error) {
 	cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(region),
+		awsconfig.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(fetchTimeout)),
 		awsconfig.WithCredentialsCacheOptions(func(o *aws.CredentialsCacheOptions) {
 			o.ExpiryWindow = expiryWindow(margin)
 			o.ExpiryWindowJitterFrac = 0.2

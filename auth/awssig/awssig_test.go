@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -453,5 +454,58 @@ func TestClockSkewCorrected(t *testing.T) {
 				t.Errorf("a 403 with the clocks agreeing: status %d, err %v; want the 403", status, err)
 			}
 		})
+	}
+}
+
+// TestHungCredentialFetchEnds: a credential fetch whose endpoint takes the
+// request and never answers (an STS behind a stalled proxy) must end. The
+// SDK's cache runs one fetch for all callers with their cancellation
+// suppressed, and its default HTTP client has no overall timeout: a hung
+// fetch held every later request of the destination until a restart. The
+// first STS request here hangs; the second answers.
+func TestHungCredentialFetchEnds(t *testing.T) {
+	var calls atomic.Int32
+	release := make(chan struct{})
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "text/xml")
+		fmt.Fprintf(w, `<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+<AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>AKIDHUNG</AccessKeyId><SecretAccessKey>secret</SecretAccessKey><SessionToken>token</SessionToken><Expiration>%s</Expiration></Credentials></AssumeRoleWithWebIdentityResult>
+</AssumeRoleWithWebIdentityResponse>`, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	}))
+	t.Cleanup(sts.Close)
+	t.Cleanup(func() { close(release) })
+
+	dir := t.TempDir()
+	tokenFile := dir + "/token"
+	if err := os.WriteFile(tokenFile, []byte("web-identity-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "", "AWS_PROFILE": "",
+		"AWS_CONFIG_FILE": dir + "/none", "AWS_SHARED_CREDENTIALS_FILE": dir + "/none",
+		"AWS_EC2_METADATA_DISABLED": "true", "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/stowline",
+		"AWS_WEB_IDENTITY_TOKEN_FILE": tokenFile, "AWS_ENDPOINT_URL_STS": sts.URL,
+	} {
+		t.Setenv(k, v)
+	}
+	creds, err := loadCredentials(t.Context(), "us-east-1", time.Minute, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	got, err := creds.Retrieve(ctx)
+	if err != nil {
+		t.Fatalf("credentials after a hung STS request: %v (STS requests: %d)", err, calls.Load())
+	}
+	if got.AccessKeyID != "AKIDHUNG" {
+		t.Errorf("access key %q", got.AccessKeyID)
 	}
 }
