@@ -244,25 +244,43 @@ func progressInterval(ackWait time.Duration) time.Duration {
 
 // keepAlive tells JetStream every interval that msg is still being worked
 // on, so a long upload is not redelivered to another replica.
+//
+// While NATS is unreachable every signal fails, every second for every
+// study in hand: the first failure is a warning, then one a minute with
+// the count, and the signals' return is logged once.
 func keepAlive(msg jetstream.Msg, interval time.Duration, log *slog.Logger) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
+		var failed int
+		var warned time.Time
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
-				if err := msg.InProgress(); err != nil {
-					log.Warn("in-progress signal failed", "err", err)
+				err := msg.InProgress()
+				switch {
+				case err != nil:
+					failed++
+					if failed == 1 || time.Since(warned) >= progressWarnEvery {
+						log.Warn("in-progress signal failed", "err", err, "failures", failed)
+						warned = time.Now()
+					}
+				case failed > 0:
+					log.Info("in-progress signals resumed", "failures", failed)
+					failed = 0
 				}
 			}
 		}
 	})
 	return func() { close(done); wg.Wait() }
 }
+
+// progressWarnEvery spaces the warnings of failing in-progress signals.
+const progressWarnEvery = time.Minute
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)

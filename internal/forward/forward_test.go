@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"mime/multipart"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +26,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -540,4 +543,49 @@ func TestRedeliveryWhileInHandLeftToFirst(t *testing.T) {
 	if info.AckFloor.Stream != 1 || info.NumPending != 0 {
 		t.Errorf("ack floor %d, %d pending: want the event settled by the first delivery's ack", info.AckFloor.Stream, info.NumPending)
 	}
+}
+
+// flakyProgress fails its in-progress signals while down is set.
+type flakyProgress struct {
+	jetstream.Msg
+	down  atomic.Bool
+	calls atomic.Int32
+}
+
+func (m *flakyProgress) InProgress() error {
+	m.calls.Add(1)
+	if m.down.Load() {
+		return nats.ErrConnectionClosed
+	}
+	return nil
+}
+
+// TestKeepAliveWarnsOnceAMinute: during a NATS outage every study in hand
+// fails its in-progress signal every second; that was a warning a second
+// a study. Now the first failure warns, then one a minute, and the return
+// is logged once.
+func TestKeepAliveWarnsOnceAMinute(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs testharness.LogBuffer
+		log := slog.New(slog.NewJSONHandler(&logs, nil))
+		msg := &flakyProgress{}
+		msg.down.Store(true)
+		stop := keepAlive(msg, time.Second, log)
+		time.Sleep(150*time.Second + time.Millisecond)
+		synctest.Wait()
+		msg.down.Store(false)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		stop()
+		if n := msg.calls.Load(); n != 151 {
+			t.Errorf("%d in-progress signals, want 151", n)
+		}
+		out := logs.String()
+		if n := strings.Count(out, "in-progress signal failed"); n != 3 {
+			t.Errorf("%d warnings over 150 s of failures, want 3 (at 1 s, 61 s, 121 s):\n%s", n, out)
+		}
+		if n := strings.Count(out, "in-progress signals resumed"); n != 1 {
+			t.Errorf("%d 'resumed' lines, want 1:\n%s", n, out)
+		}
+	})
 }
