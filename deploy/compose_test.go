@@ -241,36 +241,9 @@ func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
 			}
 
 			vars := config.Vars(newCfg())
-			known := map[string]config.Var{}
-			var patterns []*regexp.Regexp
-			for _, v := range vars {
-				if strings.Contains(v.Name, "<NAME>") {
-					patterns = append(patterns, regexp.MustCompile("^"+strings.ReplaceAll(regexp.QuoteMeta(v.Name), "<NAME>", "[A-Z0-9_]+")+"$"))
-				}
-				known[v.Name] = v
-				if v.Secret {
-					known[v.Name+"_FILE"] = v
-				}
-			}
-			// The OpenTelemetry SDK reads the OTEL_* variables itself;
-			// the ones stowline documents are accepted, no other.
-			for _, v := range app.TracingVars {
-				known[v] = config.Var{Name: v}
-			}
 			values := map[string]string{}
-			destinations := strings.Split(svc.Environment["DESTINATIONS"], ",")
+			checkVarsRead(t, svc.Build.Target, vars, svc.Environment)
 			for k, raw := range svc.Environment {
-				_, isKnown := known[k]
-				switch {
-				case strings.HasPrefix(k, "DESTINATION_"):
-					// The code ignores a DESTINATION_ variable of no
-					// destination it knows: a typo would go unnoticed.
-					if !destinationVarKnown(k, destinations) {
-						t.Errorf("environment sets %s, which is no variable of a destination DESTINATIONS names (typo?)", k)
-					}
-				case !isKnown && !slices.ContainsFunc(patterns, func(p *regexp.Regexp) bool { return p.MatchString(k) }):
-					t.Errorf("environment sets %s, which %s does not read (typo?)", k, svc.Build.Target)
-				}
 				v, used, err := interpolate(raw, env)
 				if err != nil {
 					t.Errorf("%s: %v", k, err)
@@ -301,6 +274,40 @@ func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
 	}
 	if len(fw.Ports) > 0 {
 		t.Errorf("forwarder publishes ports %v: replicas would collide", fw.Ports)
+	}
+}
+
+// checkVarsRead fails the test for each variable of environment that the
+// command (whose configuration has vars) does not read: the code ignores
+// an unknown variable, so a typo would go unnoticed.
+func checkVarsRead(t *testing.T, command string, vars []config.Var, environment map[string]string) {
+	t.Helper()
+	known := map[string]bool{}
+	var patterns []*regexp.Regexp
+	for _, v := range vars {
+		if strings.Contains(v.Name, "<NAME>") {
+			patterns = append(patterns, regexp.MustCompile("^"+strings.ReplaceAll(regexp.QuoteMeta(v.Name), "<NAME>", "[A-Z0-9_]+")+"$"))
+		}
+		known[v.Name] = true
+		if v.Secret {
+			known[v.Name+"_FILE"] = true
+		}
+	}
+	// The OpenTelemetry SDK reads the OTEL_* variables itself; the ones
+	// stowline documents are accepted, no other.
+	for _, v := range app.TracingVars {
+		known[v] = true
+	}
+	destinations := strings.Split(environment["DESTINATIONS"], ",")
+	for _, k := range slices.Sorted(maps.Keys(environment)) {
+		switch {
+		case strings.HasPrefix(k, "DESTINATION_"):
+			if !destinationVarKnown(k, destinations) {
+				t.Errorf("environment sets %s, which is no variable of a destination DESTINATIONS names (typo?)", k)
+			}
+		case !known[k] && !slices.ContainsFunc(patterns, func(p *regexp.Regexp) bool { return p.MatchString(k) }):
+			t.Errorf("environment sets %s, which %s does not read (typo?)", k, command)
+		}
 	}
 }
 

@@ -1,0 +1,184 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+const (
+	systemdUnit = "deploy/systemd/stowline.service"
+	systemdEnv  = "deploy/systemd/stowline.env"
+	// systemdEtc is where the unit's EnvironmentFile and its secrets live.
+	systemdEtc = "/etc/stowline/"
+)
+
+// unitFile is a systemd unit: its sections' settings, in order, a key's
+// values as often as it is set.
+type unitFile map[string]map[string][]string
+
+// last is the value that counts for a key set once (the last one set).
+func (u unitFile) last(section, key string) string {
+	v := u[section][key]
+	if len(v) == 0 {
+		return ""
+	}
+	return v[len(v)-1]
+}
+
+func parseUnit(t *testing.T, text []byte) unitFile {
+	t.Helper()
+	u := unitFile{}
+	section := ""
+	sc := bufio.NewScanner(bytes.NewReader(text))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";"):
+		case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+			section = strings.Trim(line, "[]")
+			u[section] = map[string][]string{}
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok || section == "" {
+				t.Fatalf("%s:%d: %q is no setting of a section", systemdUnit, n, line)
+			}
+			u[section][strings.TrimSpace(k)] = append(u[section][strings.TrimSpace(k)], strings.TrimSpace(v))
+		}
+	}
+	return u
+}
+
+// parseEnvFile reads KEY=VALUE lines as systemd's EnvironmentFile does
+// (the example uses no quotes, no continuation lines).
+func parseEnvFile(t *testing.T, text []byte) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	for n, line := range strings.Split(string(text), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.ContainsAny(v, `"'\`) {
+			t.Fatalf("%s:%d: %q: want KEY=VALUE without quotes", systemdEnv, n+1, line)
+		}
+		env[k] = v
+	}
+	return env
+}
+
+// TestSystemdUnit checks the single-host unit against the command it runs:
+// its binary, its stop grace, its exit code for bad configuration, a store
+// inside the only directory it may write, and an environment (the example
+// file and the unit's own) that the configuration reads and loads.
+func TestSystemdUnit(t *testing.T) {
+	u := parseUnit(t, readFile(t, systemdUnit))
+	if got := u.last("Service", "ExecStart"); got != "/usr/local/bin/stowline" {
+		t.Errorf("ExecStart=%s, want /usr/local/bin/stowline (the single-host command, where the Dockerfile and the docs install it)", got)
+	}
+	grace := max(forward.DefaultShutdownGrace, app.IngestShutdownGrace)
+	if stop, err := time.ParseDuration(u.last("Service", "TimeoutStopSec")); err != nil || stop < grace+stopMargin {
+		t.Errorf("TimeoutStopSec=%s (%v), want at least %s: the command's %s shutdown grace and %s to settle, or systemd kills it mid-stop", u.last("Service", "TimeoutStopSec"), err, grace+stopMargin, grace, stopMargin)
+	}
+	configError := strconv.Itoa(app.ExitCode("stowline", app.ErrUsage, io.Discard))
+	if !slices.Contains(strings.Fields(u.last("Service", "RestartPreventExitStatus")), configError) {
+		t.Errorf("RestartPreventExitStatus=%s, want %s in it: a configuration error is not mended by restarting", u.last("Service", "RestartPreventExitStatus"), configError)
+	}
+	if u.last("Service", "Restart") != "on-failure" {
+		t.Errorf("Restart=%s, want on-failure", u.last("Service", "Restart"))
+	}
+	if got := u.last("Service", "EnvironmentFile"); got != systemdEtc+"stowline.env" {
+		t.Errorf("EnvironmentFile=%s, want %sstowline.env (the docs install deploy/systemd/stowline.env there)", got, systemdEtc)
+	}
+
+	// With ProtectSystem=strict the service writes only its
+	// StateDirectory (%S/<name>): the JetStream store must be in it.
+	state := t.TempDir()
+	env := parseEnvFile(t, readFile(t, systemdEnv))
+	for _, kv := range u["Service"]["Environment"] {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, dup := env[k]; dup {
+			t.Errorf("%s is set by the unit and by %s", k, systemdEnv)
+		}
+		env[k] = strings.ReplaceAll(v, "%S", state)
+	}
+	stateDir := filepath.Join(state, u.last("Service", "StateDirectory"))
+	if u.last("Service", "ProtectSystem") != "strict" {
+		t.Errorf("ProtectSystem=%s, want strict", u.last("Service", "ProtectSystem"))
+	}
+	if rel, err := filepath.Rel(stateDir, env["NATS_STORE_DIR"]); err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		t.Errorf("NATS_STORE_DIR=%s is not inside the StateDirectory %s, the only directory the service may write", env["NATS_STORE_DIR"], stateDir)
+	}
+	if env["NATS_URL"] != "" {
+		t.Errorf("NATS_URL=%s: the unit runs the embedded JetStream server", env["NATS_URL"])
+	}
+	checkVarsRead(t, "stowline", config.Vars(&config.SingleHost{}), env)
+
+	// Every secret file the example names is beside it, and with each
+	// holding a random secret the configuration loads.
+	etc := t.TempDir()
+	for k, v := range env {
+		if !strings.HasSuffix(k, "_FILE") {
+			continue
+		}
+		rest, ok := strings.CutPrefix(v, systemdEtc)
+		if !ok {
+			t.Errorf("%s=%s: want a file in %s, beside the settings", k, v, systemdEtc)
+			continue
+		}
+		path := filepath.Join(etc, rest)
+		if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(randomBytes(t, 24))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env[k] = path
+	}
+	if err := config.Load(func(k string) string { return env[k] }, &config.SingleHost{}); err != nil {
+		t.Errorf("the unit's configuration does not load:\n%v", err)
+	}
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestSystemdUnitVerifies runs systemd's own check of the unit: an unknown
+// or misspelt setting is only a warning when systemd loads it, and the
+// setting is then silently not applied (a hardening line, a restart rule).
+func TestSystemdUnitVerifies(t *testing.T) {
+	analyze := testharness.RequireBinary(t, "systemd-analyze")
+	// verify checks that ExecStart exists: point it at this test binary.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(readFile(t, systemdUnit)), "ExecStart=/usr/local/bin/stowline", "ExecStart="+self, 1)
+	path := filepath.Join(t.TempDir(), "stowline.service")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(t.Context(), analyze, "verify", "--man=no", path).CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify %s: %v\n%s", systemdUnit, err, out)
+	}
+}
