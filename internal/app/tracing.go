@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -95,7 +96,7 @@ func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.
 	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
 		return nil, nil, fmt.Errorf("tracing: resource (OTEL_RESOURCE_ATTRIBUTES): %w", err)
 	}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(&loggedExporter{SpanExporter: exp, log: log}), sdktrace.WithResource(res))
 	log.Info("tracing on: spans are exported with OTLP/HTTP", "protocol", protocol,
 		"service_name", serviceName(res, service), "sampler", cmp.Or(os.Getenv("OTEL_TRACES_SAMPLER"), "parentbased_always_on"))
 	stop := func() {
@@ -106,6 +107,45 @@ func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.
 		}
 	}
 	return tp, stop, nil
+}
+
+// loggedExporter reports failed exports in the process's JSON log. The
+// SDK hands an exporter's error to OpenTelemetry's global handler, which
+// prints a plain line on stderr for every batch (every 5 s while the
+// collector is down), outside the JSON a site's log pipeline parses. A
+// failed batch is dropped, as the SDK would: the first failure is a
+// warning, then one a minute with the count, and the return is logged.
+type loggedExporter struct {
+	sdktrace.SpanExporter
+	log *slog.Logger
+
+	mu      sync.Mutex
+	failed  int // batches failed since the last success
+	dropped int // spans in them
+	warned  time.Time
+}
+
+// exportWarnEvery spaces the warnings of a collector that stays down.
+const exportWarnEvery = time.Minute
+
+func (e *loggedExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.SpanExporter.ExportSpans(ctx, spans)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		e.failed++
+		e.dropped += len(spans)
+		if e.failed == 1 || time.Since(e.warned) >= exportWarnEvery {
+			e.log.Warn("tracing: spans not exported, dropped", "err", err, "failed_batches", e.failed, "dropped_spans", e.dropped)
+			e.warned = time.Now()
+		}
+		return nil
+	}
+	if e.failed > 0 {
+		e.log.Info("tracing: exports resumed", "failed_batches", e.failed, "dropped_spans", e.dropped)
+		e.failed, e.dropped = 0, 0
+	}
+	return nil
 }
 
 // serviceName is the resource's service.name, for the startup log.

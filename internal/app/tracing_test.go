@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -14,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/tracing"
 )
 
@@ -132,4 +138,71 @@ func TestPublishTracedNamesTheMessageID(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, attrs[k], want)
 		}
 	}
+}
+
+// failingExporter fails its exports while down is set.
+type failingExporter struct {
+	down atomic.Bool
+}
+
+func (e *failingExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error {
+	if e.down.Load() {
+		return errors.New("failed to send to http://collector:4318/v1/traces: 503 Service Unavailable")
+	}
+	return nil
+}
+
+func (e *failingExporter) Shutdown(context.Context) error { return nil }
+
+// TestFailedExportsLogged: a collector that is down made the SDK print a
+// plain line on stderr for every batch, outside the JSON log. The failures
+// are in the JSON log instead: the first, then one a minute with the
+// count, and the return once.
+func TestFailedExportsLogged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs testharness.LogBuffer
+		inner := &failingExporter{}
+		inner.down.Store(true)
+		e := &loggedExporter{SpanExporter: inner, log: slog.New(slog.NewJSONHandler(&logs, nil))}
+		spans := make([]sdktrace.ReadOnlySpan, 3)
+		for range 30 { // 150 s of batches every 5 s
+			if err := e.ExportSpans(t.Context(), spans); err != nil {
+				t.Fatalf("ExportSpans: %v, want the failure logged, not handed to the global handler", err)
+			}
+			time.Sleep(5 * time.Second)
+		}
+		inner.down.Store(false)
+		if err := e.ExportSpans(t.Context(), spans); err != nil {
+			t.Fatal(err)
+		}
+		out := logs.String()
+		if n := strings.Count(out, "tracing: spans not exported"); n != 3 {
+			t.Errorf("%d warnings over 150 s of failed exports, want 3 (at 0 s, 60 s, 120 s):\n%s", n, out)
+		}
+		if !strings.Contains(out, `"msg":"tracing: exports resumed","failed_batches":30,"dropped_spans":90`) {
+			t.Errorf("no 'resumed' line counting 30 batches and 90 spans:\n%s", out)
+		}
+	})
+}
+
+// TestStartTracingLogsFailedExports: the provider startTracing builds
+// reports a collector's refusal in the JSON log.
+func TestStartTracingLogsFailedExports(t *testing.T) {
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "tenant unknown", http.StatusBadRequest)
+	}))
+	t.Cleanup(collector.Close)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+	var logs testharness.LogBuffer
+	tp, stop, err := startTracing(t.Context(), "stowline-test", slog.New(slog.NewJSONHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	_, span := tp.Tracer("test").Start(t.Context(), "span")
+	span.End()
+	testharness.WaitFor(t, "the failed export in the log", 10*time.Second, func() bool {
+		return strings.Contains(logs.String(), `"msg":"tracing: spans not exported, dropped"`) && strings.Contains(logs.String(), "400 Bad Request")
+	})
 }
