@@ -9,7 +9,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/repeatlog"
 	"github.com/stowline/stowline/internal/tracing"
 )
 
@@ -96,7 +97,8 @@ func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.
 	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
 		return nil, nil, fmt.Errorf("tracing: resource (OTEL_RESOURCE_ATTRIBUTES): %w", err)
 	}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(&loggedExporter{SpanExporter: exp, log: log}), sdktrace.WithResource(res))
+	exporter := &loggedExporter{SpanExporter: exp, log: log, failures: repeatlog.Failures{Every: time.Minute}}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
 	log.Info("tracing on: spans are exported with OTLP/HTTP", "protocol", protocol,
 		"service_name", serviceName(res, service), "sampler", cmp.Or(os.Getenv("OTEL_TRACES_SAMPLER"), "parentbased_always_on"))
 	stop := func() {
@@ -119,31 +121,20 @@ type loggedExporter struct {
 	sdktrace.SpanExporter
 	log *slog.Logger
 
-	mu      sync.Mutex
-	failed  int // batches failed since the last success
-	dropped int // spans in them
-	warned  time.Time
+	failures repeatlog.Failures // batches
+	dropped  atomic.Int64       // spans in the failed batches
 }
 
-// exportWarnEvery spaces the warnings of a collector that stays down.
-const exportWarnEvery = time.Minute
-
 func (e *loggedExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
-	err := e.SpanExporter.ExportSpans(ctx, spans)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err != nil {
-		e.failed++
-		e.dropped += len(spans)
-		if e.failed == 1 || time.Since(e.warned) >= exportWarnEvery {
-			e.log.Warn("tracing: spans not exported, dropped", "err", err, "failed_batches", e.failed, "dropped_spans", e.dropped)
-			e.warned = time.Now()
+	if err := e.SpanExporter.ExportSpans(ctx, spans); err != nil {
+		dropped := e.dropped.Add(int64(len(spans)))
+		if n, ok := e.failures.Failed(); ok {
+			e.log.Warn("tracing: spans not exported, dropped", "err", err, "failed_batches", n, "dropped_spans", dropped)
 		}
 		return nil
 	}
-	if e.failed > 0 {
-		e.log.Info("tracing: exports resumed", "failed_batches", e.failed, "dropped_spans", e.dropped)
-		e.failed, e.dropped = 0, 0
+	if n := e.failures.Succeeded(); n > 0 {
+		e.log.Info("tracing: exports resumed", "failed_batches", n, "dropped_spans", e.dropped.Swap(0))
 	}
 	return nil
 }

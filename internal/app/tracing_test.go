@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/repeatlog"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/tracing"
 )
@@ -163,7 +164,7 @@ func TestFailedExportsLogged(t *testing.T) {
 		var logs testharness.LogBuffer
 		inner := &failingExporter{}
 		inner.down.Store(true)
-		e := &loggedExporter{SpanExporter: inner, log: slog.New(slog.NewJSONHandler(&logs, nil))}
+		e := &loggedExporter{SpanExporter: inner, log: slog.New(slog.NewJSONHandler(&logs, nil)), failures: repeatlog.Failures{Every: time.Minute}}
 		spans := make([]sdktrace.ReadOnlySpan, 3)
 		for range 30 { // 150 s of batches every 5 s
 			if err := e.ExportSpans(t.Context(), spans); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/repeatlog"
 	"github.com/stowline/stowline/internal/tracing"
 )
 
@@ -254,33 +255,24 @@ func keepAlive(msg jetstream.Msg, interval time.Duration, log *slog.Logger) (sto
 	wg.Go(func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
-		var failed int
-		var warned time.Time
+		failures := repeatlog.Failures{Every: time.Minute}
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
-				err := msg.InProgress()
-				switch {
-				case err != nil:
-					failed++
-					if failed == 1 || time.Since(warned) >= progressWarnEvery {
-						log.Warn("in-progress signal failed", "err", err, "failures", failed)
-						warned = time.Now()
+				if err := msg.InProgress(); err != nil {
+					if n, ok := failures.Failed(); ok {
+						log.Warn("in-progress signal failed", "err", err, "failures", n)
 					}
-				case failed > 0:
-					log.Info("in-progress signals resumed", "failures", failed)
-					failed = 0
+				} else if n := failures.Succeeded(); n > 0 {
+					log.Info("in-progress signals resumed", "failures", n)
 				}
 			}
 		}
 	})
 	return func() { close(done); wg.Wait() }
 }
-
-// progressWarnEvery spaces the warnings of failing in-progress signals.
-const progressWarnEvery = time.Minute
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)

@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/repeatlog"
 )
 
 // ConnectOptions says where JetStream is.
@@ -37,7 +38,7 @@ type Conn struct {
 // does not answer them (provision.go).
 func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	c := &Conn{closed: make(chan struct{})}
-	refused := refusals{log: log}
+	refused := &refusals{log: log, repeated: repeatlog.Failures{Every: time.Minute}}
 	opts := []nats.Option{
 		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
 		nats.Name("stowline"),
@@ -121,9 +122,8 @@ func (c *Conn) Close() {
 // every attempt, every few seconds: one error a minute names it, the
 // repeats are debug lines.
 type refusals struct {
-	log  *slog.Logger
-	mu   sync.Mutex
-	last time.Time
+	log      *slog.Logger
+	repeated repeatlog.Failures
 }
 
 func (r *refusals) handle(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -135,13 +135,7 @@ func (r *refusals) handle(_ *nats.Conn, sub *nats.Subscription, err error) {
 		r.log.Warn("NATS client error", attrs...)
 		return
 	}
-	r.mu.Lock()
-	repeat := time.Since(r.last) < time.Minute
-	if !repeat {
-		r.last = time.Now()
-	}
-	r.mu.Unlock()
-	if repeat {
+	if _, ok := r.repeated.Failed(); !ok {
 		r.log.Debug("NATS refused this client a subject", attrs...)
 		return
 	}
