@@ -163,7 +163,7 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 		cfg.OptStartTime = &since
 	}
 	out := []Entry{}
-	err := readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, func(seq uint64, data []byte) error {
+	err := readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, func(seq uint64, _ time.Time, data []byte) error {
 		e, err := decode(seq, data)
 		if err != nil {
 			return err
@@ -180,8 +180,9 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 // run without a Since filter missing its letters.
 const sinceClockMargin = 15 * time.Minute
 
-// readAll reads a stream from the configured start to its current end.
-func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, fn func(seq uint64, data []byte) error) error {
+// readAll reads a stream from the configured start to its current end;
+// fn gets each message's sequence, storage time and data.
+func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, fn func(seq uint64, at time.Time, data []byte) error) error {
 	info, err := js.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
@@ -207,7 +208,7 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			if err != nil {
 				return fmt.Errorf("read stream %s: %w", stream, err)
 			}
-			if err := fn(meta.Sequence.Stream, msg.Data()); err != nil {
+			if err := fn(meta.Sequence.Stream, meta.Timestamp, msg.Data()); err != nil {
 				return err
 			}
 			if meta.Sequence.Stream >= last || meta.NumPending == 0 {
@@ -369,10 +370,19 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	if !until.IsZero() && !until.After(since) {
 		return nil, errors.New("reforward: the end time must be after the start time")
 	}
+	// The window is on the time the ingest received each event (its
+	// ReceivedAt; the storage time for events from before it had one):
+	// a copy an earlier re-forward for every destination stored is read
+	// here with its original's ReceivedAt, and one received before the
+	// window must not be queued again by every later run whose window
+	// covers when the copy was stored. The stream is read from a margin
+	// earlier, so an ingest clock ahead of NATS's does not hide events
+	// received just after the start.
+	start := since.Add(-sinceClockMargin)
 	cfg := jetstream.OrderedConsumerConfig{
 		FilterSubjects: natsjs.LaneSubjectFilters(),
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
-		OptStartTime:   &since,
+		OptStartTime:   &start,
 	}
 	type item struct {
 		seq uint64
@@ -385,12 +395,16 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	// subjects read here, with the original's ReceivedAt), which would
 	// otherwise be queued again, doubling at each run.
 	seen := map[string]bool{}
-	err := readAll(ctx, js, natsjs.EventStream, cfg, func(seq uint64, data []byte) error {
+	err := readAll(ctx, js, natsjs.EventStream, cfg, func(seq uint64, stored time.Time, data []byte) error {
 		ev, err := events.Decode(data)
 		if err != nil {
 			return nil // an undecodable event was never forwarded either; skip it
 		}
-		if !until.IsZero() && !ev.ReceivedAt.Before(until) || seen[ev.MsgID()] {
+		received := ev.ReceivedAt
+		if received.IsZero() {
+			received = stored
+		}
+		if received.Before(since) || !until.IsZero() && !received.Before(until) || seen[ev.MsgID()] {
 			return nil
 		}
 		seen[ev.MsgID()] = true

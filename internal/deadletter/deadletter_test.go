@@ -467,8 +467,8 @@ func TestReforward(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The window's start is a stream timestamp, its end a ReceivedAt: both
-	// are the ingest's clock, so the test's events are received now.
+	// The window is on ReceivedAt, which the ingest sets as it takes an
+	// event: the test's events are received as they are published.
 	received := time.Now().UTC()
 
 	// Stored before the window: never re-queued.
@@ -481,6 +481,7 @@ func TestReforward(t *testing.T) {
 	for !time.Now().After(since) {
 		time.Sleep(time.Millisecond)
 	}
+	received = time.Now().UTC()
 	inside, late := event("src", 2), event("other", 3)
 	inside.ReceivedAt, late.ReceivedAt = received, received.Add(time.Hour)
 	publish(inside)
@@ -695,5 +696,70 @@ func TestFailureLogRemembersConcurrentAttempts(t *testing.T) {
 	}
 	if len(lost) > 0 {
 		t.Errorf("instances %v of %d remembered at once were forgotten", lost, attempts)
+	}
+}
+
+// The window is on the time the ingest received each event. A copy an
+// earlier re-forward for every destination stored (on the lane subjects
+// read here, with the original's ReceivedAt) is stored inside a later
+// window but was received before it: it is not queued again. An event
+// received inside the window but stored a moment before its start (a
+// NATS clock behind the ingest's) is queued.
+func TestReforwardWindowIsWhenReceived(t *testing.T) {
+	_, ns := newStore(t)
+	pub := natsjs.Publisher{JS: ns.JS}
+	publish := func(ev events.StudyStable) time.Time {
+		t.Helper()
+		if _, err := pub.Publish(testCtx(t), &ev); err != nil {
+			t.Fatal(err)
+		}
+		stored := eventStream(t, ns.JS)
+		return stored[len(stored)-1].at
+	}
+	afterClock := func(at time.Time) time.Time {
+		t.Helper()
+		since := at.Add(time.Nanosecond)
+		for !time.Now().After(since) {
+			time.Sleep(time.Millisecond)
+		}
+		return since
+	}
+
+	// Received and stored before the window, then re-forwarded to every
+	// destination inside it: the copy is stored after the window starts.
+	old := event("src", 1)
+	old.ReceivedAt = time.Now().UTC()
+	before := old.ReceivedAt.Add(-time.Minute)
+	window := afterClock(publish(old))
+	if got, err := deadletter.Reforward(testCtx(t), ns.JS, "", before, window, false); err != nil || len(got) != 1 {
+		t.Fatalf("first Reforward = %d events, %v; want the one", len(got), err)
+	}
+
+	// Received inside the window, stored just before its start on the
+	// NATS server's clock.
+	early := event("src", 2)
+	early.ReceivedAt = time.Now().UTC().Add(time.Minute)
+	publish(early)
+	lateStart := early.ReceivedAt.Add(-time.Nanosecond)
+
+	tests := []struct {
+		name  string
+		since time.Time
+		want  []string
+	}{
+		{"a copy of an event received before the window", window, []string{early.MsgID()}},
+		{"an event received inside the window, stored before it", lateStart, []string{early.MsgID()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := deadletter.Reforward(testCtx(t), ns.JS, "", tt.since, time.Time{}, true)
+			var ids []string
+			for _, ev := range got {
+				ids = append(ids, ev.MsgID())
+			}
+			if err != nil || !slices.Equal(ids, tt.want) {
+				t.Errorf("Reforward since %s = %v, %v; want %v", tt.since.Format(time.RFC3339Nano), ids, err, tt.want)
+			}
+		})
 	}
 }
