@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/google/cel-go/cel"
@@ -186,8 +188,12 @@ func eval(prg cel.Program, vars map[string]any) (bool, error) {
 	if err != nil {
 		// The error may quote the study's own values (a description used
 		// as a regular expression is quoted back when it does not
-		// parse): keep what kind of failure it was, before its first colon.
+		// parse): keep what kind of failure it was, before its first
+		// colon. Some quote a value with no colon before it (a string
+		// that is no timestamp, an unknown time zone): those values are
+		// cut out too.
 		kind, _, _ := strings.Cut(err.Error(), ":")
+		kind = redact(kind, vars)
 		if strings.Contains(err.Error(), "cost limit exceeded") {
 			kind = fmt.Sprintf("stopped at its cost limit (%d steps): simplify the rule", CostLimit)
 		}
@@ -198,4 +204,35 @@ func eval(prg cel.Program, vars map[string]any) (bool, error) {
 		return false, fmt.Errorf("%w: the rule gave %v, not true or false", ErrRule, out)
 	}
 	return bool(b), nil
+}
+
+// redact replaces in msg every string value the rule was given, as it is
+// and as %q writes it, longest first (a value may hold a shorter one).
+func redact(msg string, vars map[string]any) string {
+	var values []string
+	for _, v := range vars {
+		switch v := v.(type) {
+		case string:
+			values = append(values, v)
+		case *Study:
+			values = append(values, v.Description, v.Institution)
+			values = append(values, v.Modalities...)
+			values = append(values, v.CallingAETs...)
+			values = append(values, v.SOPClasses...)
+		case *Instance:
+			values = append(values, v.Modality, v.SOPClassUID, v.TransferSyntaxUID, v.CallingAET, v.SeriesDescription)
+		}
+	}
+	for _, v := range slices.Clone(values) {
+		if q := strconv.Quote(v); q[1:len(q)-1] != v {
+			values = append(values, q[1:len(q)-1])
+		}
+	}
+	slices.SortFunc(values, func(a, b string) int { return len(b) - len(a) })
+	for _, v := range values {
+		if v != "" {
+			msg = strings.ReplaceAll(msg, v, "…")
+		}
+	}
+	return msg
 }

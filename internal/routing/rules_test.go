@@ -115,14 +115,28 @@ func TestInstanceRules(t *testing.T) {
 }
 
 // A rule's failure never quotes the study's values back: they may be
-// patient data.
+// patient data. CEL quotes a value after a colon (a regular expression
+// that does not parse), or with none before it (a string that is no
+// timestamp, a time zone it does not know).
 func TestRuleFailureQuotesNoValue(t *testing.T) {
-	r, err := CompileStudyRule("source.matches(study.description)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = r.Match("main", &Study{Description: "Doe^Jane (brain"})
-	if !errors.Is(err, ErrRule) || strings.Contains(err.Error(), "Doe") || strings.Contains(err.Error(), "Jane") {
-		t.Fatalf("err = %v, want ErrRule without the description", err)
+	for _, tt := range []struct {
+		name, rule, description string
+	}{
+		{"regular expression", "source.matches(study.description)", "Doe^Jane (brain"},
+		{"timestamp", "timestamp(study.description) > timestamp('2026-01-01T00:00:00Z')", "Doe^Jane brain"},
+		{"timestamp of a value with quotes", "timestamp(study.description) > timestamp('2026-01-01T00:00:00Z')", `Doe^Jane "brain"`},
+		{"time zone", "timestamp('2026-01-01T00:00:00Z').getHours(study.description) == 1", "Doe^Jane brain"},
+		{"a value built from the study's", "timestamp(study.description + 'Z') > timestamp('2026-01-01T00:00:00Z')", "Doe^Jane brain"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := CompileStudyRule(tt.rule)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = r.Match("main", &Study{Description: tt.description})
+			if !errors.Is(err, ErrRule) || strings.Contains(err.Error(), "Doe") || strings.Contains(err.Error(), "Jane") {
+				t.Fatalf("err = %v, want ErrRule without the description", err)
+			}
+		})
 	}
 }
