@@ -626,6 +626,14 @@ func TestFailureLogStoredInstances(t *testing.T) {
 	if s(ev.StudyInstanceUID + ".100000") {
 		t.Error("an instance never sent is remembered")
 	}
+	// The study sent again (re-forwarded): what it already held counts
+	// once, and nothing is dropped for room.
+	if err := log.RememberSent(testCtx(t), ev, uids[:60_000]); err != nil {
+		t.Fatalf("RememberSent again: %v", err)
+	}
+	if !sent(log, ev)(uids[99_999]) {
+		t.Error("remembering instances already remembered dropped the others for room")
+	}
 	// Another version of the study (it gained an instance in Orthanc)
 	// shares the record: the IDs forward gives tell the files apart.
 	newer, elsewhere := *ev, *ev

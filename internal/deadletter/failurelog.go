@@ -99,16 +99,28 @@ const rememberAttempts = 10
 // of the study at once) each keep what they stored.
 func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, sentIDs []string) error {
 	key := l.sentKey(ev)
+	hashes := make([]uint64, len(sentIDs))
+	for i, id := range sentIDs {
+		hashes[i] = uidHash(id)
+	}
 	for range rememberAttempts {
 		set, rev, err := l.sentSet(ctx, key)
 		if err != nil {
 			return err
 		}
-		if len(set)+len(sentIDs) > maxSent {
+		// Instances already in the record (the study sent again) take no
+		// more room.
+		added := 0
+		for _, h := range hashes {
+			if !set[h] {
+				added++
+			}
+		}
+		if len(set)+added > maxSent {
 			clear(set)
 		}
-		for _, id := range sentIDs {
-			set[uidHash(id)] = true
+		for _, h := range hashes {
+			set[h] = true
 		}
 		data := make([]byte, 0, 8*len(set))
 		for _, h := range slices.Sorted(maps.Keys(set)) {
