@@ -105,8 +105,15 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 		return r, fmt.Errorf("%w: %w", errCheckFailed, err)
 	}
 	req.Header.Set("Accept", "application/dicom+json")
+	// A redirect is not followed but reported: a STOW-RS request cannot
+	// follow one (the POST turns into a GET, or the streamed body cannot
+	// be sent again), so a check that passed through one, even to the
+	// same path under https://, would pass a destination that refuses
+	// every study.
+	hc := *o.Client
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	start := time.Now()
-	resp, err := o.Client.Do(req)
+	resp, err := hc.Do(req)
 	r.RequestTook = time.Since(start)
 	if err != nil {
 		err = redactURLError(err, r.RequestURL)
@@ -117,12 +124,14 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	r.Status, r.StatusText = resp.StatusCode, resp.Status
-	redirected := resp.Request != nil && resp.Request.URL.Path != u.Path
 	switch {
-	case redirected:
-		// An authenticating proxy's login page answers 200 too.
-		r.Detail = logSafe(resp.Request.URL)
-		r.Verdict = "FAIL: the destination redirected the request elsewhere (a login page, or another base URL): check DICOMWEB_URL and that the destination takes this credential without a browser."
+	case resp.StatusCode/100 == 3:
+		// An authenticating proxy's login page would have answered 200.
+		r.Detail = "(no Location)"
+		if loc, err := resp.Location(); err == nil {
+			r.Detail = headerValue(logSafe(loc))
+		}
+		r.Verdict = "FAIL: the destination redirected the request (to the answer's address above: https:// for http://, another base URL, or a login page), and STOW-RS requests do not follow redirects: set DICOMWEB_URL to the base URL the destination serves, and check that it takes this credential without a browser."
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNoContent:
 		r.OK = true
 		r.Verdict = "OK: the destination accepted an authenticated DICOMweb request. (This proves authentication and read access; storing needs the write role too: Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:StoreDICOM.)"

@@ -114,7 +114,35 @@ func TestCheckRedirectedToALoginPage(t *testing.T) {
 	}
 	var out bytes.Buffer
 	rep.WriteText(&out)
-	if !strings.Contains(out.String(), "redirected the request elsewhere") || !strings.Contains(out.String(), "/login") {
+	if !strings.Contains(out.String(), "STOW-RS requests do not follow redirects") || !strings.Contains(out.String(), "/login") {
 		t.Errorf("output:\n%s", out.String())
+	}
+}
+
+// Any redirect fails the check, the way it fails every STOW-RS request
+// (a POST is not sent on to a 301, 302, 303, 307 or 308's Location):
+// the common case is DICOMWEB_URL with http:// where the destination
+// redirects to the same path under https://.
+func TestCheckRedirectedToTheSamePath(t *testing.T) {
+	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("[]"))
+	}))
+	t.Cleanup(tlsSrv.Close)
+	for _, status := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, tlsSrv.URL+r.URL.RequestURI(), status)
+			}))
+			t.Cleanup(plain.Close)
+			rep, err := Check(t.Context(), CheckOptions{BaseURL: plain.URL + "/v2", Client: tlsSrv.Client(), Credential: okCred})
+			if err == nil || rep.OK {
+				t.Fatalf("err = %v, OK = %v; want a failure", err, rep.OK)
+			}
+			var out bytes.Buffer
+			rep.WriteText(&out)
+			if !strings.Contains(out.String(), "STOW-RS requests do not follow redirects") || !strings.Contains(out.String(), tlsSrv.URL+"/v2/studies") {
+				t.Errorf("output:\n%s", out.String())
+			}
+		})
 	}
 }
