@@ -273,8 +273,16 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 	ctx, cancelCause := context.WithCancelCause(ctx)
 	cancel := func() { cancelCause(nil) }
 	defer cancel()
+	// The trace is the request's own: the parts' sources are read with
+	// ctx, without it, since their requests (Orthanc's, on kept-alive
+	// connections) would otherwise make a new connection count as a
+	// reused one. GetConn forgets a connection an earlier request under
+	// the trace got (AWS credentials fetched by the signing transport).
 	var reused atomic.Bool
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) }})
+	reqCtx := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GetConn: func(string) { reused.Store(false) },
+		GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) },
+	})
 	buf := c.bufPool.Get().(*[]byte)
 	exact := c.contentLength && allSized(parts)
 	body := newRequestBody(ctx, boundary, parts, exact, *buf)
@@ -291,7 +299,7 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		return sent, werr
 	}
 
-	req, err := http.NewRequestWithContext(ctx, method, c.url, body)
+	req, err := http.NewRequestWithContext(reqCtx, method, c.url, body)
 	if err != nil {
 		finish()
 		return nil, false, fmt.Errorf("stow: build request: %w", err)

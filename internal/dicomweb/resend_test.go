@@ -96,6 +96,50 @@ func TestStoreNotSentAgainOnANewConnection(t *testing.T) {
 	}
 }
 
+// A part's source read over HTTP on a kept-alive connection (Orthanc,
+// for every instance) makes no new STOW-RS connection a reused one: the
+// request it broke is not sent again.
+func TestStoreNotSentAgainOnANewConnectionAfterASourceRequest(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	source := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("UID:1.1\n"))
+	}))
+	t.Cleanup(source.Close)
+	sourceHC := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(sourceHC.CloseIdleConnections)
+	get := func(ctx context.Context) (io.ReadCloser, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, source.URL, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := sourceHC.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		return resp.Body, nil
+	}
+	// The source's connection is kept alive, as Orthanc's are.
+	rc, err := get(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, rc)
+	rc.Close()
+
+	var log requestLog
+	srv := droppingSTOW(t, &log, func(n int32) bool { return n == 1 })
+	hc := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(hc.CloseIdleConnections)
+	c, _ := New(srv.URL, hc)
+	_, err = c.Store(t.Context(), []Part{{SOPInstanceUID: "1.1", Size: -1, Open: get}})
+	if !errors.Is(err, ErrNoAnswer) {
+		t.Fatalf("err = %v, want ErrNoAnswer", err)
+	}
+	if n := log.count(); n != 1 {
+		t.Errorf("server saw %d requests, want 1: the broken connection was a new one", n)
+	}
+}
+
 func TestStoreSourceFailureNotReadAgain(t *testing.T) {
 	checkNoGoroutineLeak(t)
 	var log requestLog
