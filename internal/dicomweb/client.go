@@ -2,6 +2,7 @@ package dicomweb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/stowline/stowline/auth"
 )
 
 const (
@@ -326,6 +329,9 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w (no byte moved for %s, or no answer %s after the body)",
 				method, c.logURL, errStalled, c.stallTimeout, c.responseTimeout))
 		}
+		if refusedRedirect(doErr) {
+			return nil, false, fmt.Errorf("%w: stow: %s %s: %w", ErrRedirected, method, c.logURL, c.redact(doErr))
+		}
 		return nil, reused.Load(), noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
 	}
 	if r := resp.Request; r != nil && r.Method != method {
@@ -387,6 +393,12 @@ func (c *Client) doBodiless(req *http.Request) (*http.Response, error) {
 	resp.Body.Close()
 	return c.hc.Do(req.Clone(req.Context()))
 }
+
+// refusedRedirect reports a request the destination answered with a
+// redirect to another origin, which the authenticating transport refused
+// to follow (the credential goes only where it was configured for): a
+// base URL to fix, not a destination that did not answer.
+func refusedRedirect(err error) bool { return errors.Is(err, auth.ErrCrossOriginRedirect) }
 
 // redact names the destination by its safe URL in an error of the HTTP
 // client: Go's *url.Error names the request's whole URL, query included,

@@ -113,6 +113,9 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	req.Header.Set("User-Agent", c.userAgent)
 	resp, err := c.doBodiless(req)
 	if err != nil {
+		if refusedRedirect(err) {
+			return fmt.Errorf("%w: stow: DELETE %s/…/instances/%s: %w", ErrRedirected, c.logURL, sop, c.redact(err))
+		}
 		return fmt.Errorf("stow: DELETE %s/…/instances/%s: %w", c.logURL, sop, c.redact(err))
 	}
 	defer resp.Body.Close()

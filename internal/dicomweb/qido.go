@@ -91,6 +91,9 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	req.Header.Set("User-Agent", c.userAgent)
 	resp, err := c.doBodiless(req)
 	if err != nil {
+		if refusedRedirect(err) {
+			return nil, fmt.Errorf("%w: qido: GET %s/%s/instances: %w", ErrRedirected, c.logURL, studyInstanceUID, c.redact(err))
+		}
 		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, c.redact(err)))
 	}
 	defer resp.Body.Close()

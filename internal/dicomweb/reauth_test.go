@@ -1,6 +1,8 @@
 package dicomweb
 
 import (
+	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -70,5 +72,64 @@ func TestBodilessRequestsRenewARefusedToken(t *testing.T) {
 				t.Errorf("gate rejected %d, tokens issued %d: want 1 and 2 (one fresh token after the 401)", gate.Rejected(), idp.TokensIssued())
 			}
 		})
+	}
+}
+
+// TestCrossOriginRedirectIsRedirected: a destination that redirects to
+// another origin (DICOMWEB_URL with http:// where it serves https://)
+// answered; the auth transport refuses to carry the token there. That is
+// ErrRedirected, a base URL to fix, not ErrNoAnswer: the breaker took the
+// destination for down and held every study behind probes that failed
+// the same way, and a STOW-RS request was sent again on a reused
+// connection.
+func TestCrossOriginRedirectIsRedirected(t *testing.T) {
+	const clientID, secret = "stowline-redirect", "redirect-secret-0123456789"
+	idp := testidp.Start(t, testidp.WithClient(clientID, secret), testidp.WithTokenLifetime(time.Hour))
+	var asked atomic.Int64
+	other := qidoServer(t, 3, false, 0, 0, &asked)
+	var posts atomic.Int64
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			posts.Add(1)
+			_, _ = io.Copy(io.Discard, r.Body)
+		}
+		http.Redirect(w, r, other.URL+r.URL.RequestURI(), http.StatusMovedPermanently)
+	}))
+	t.Cleanup(redirecting.Close)
+	ts, err := auth.NewTokenSource(t.Context(), auth.Config{TokenURL: idp.TokenURL, ClientID: clientID, ClientSecret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: auth.Transport(ts, &http.Transport{})}
+	t.Cleanup(hc.CloseIdleConnections)
+	c, err := New(redirecting.URL+"/dicom-web", hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{"store", func() error { _, err := c.Store(t.Context(), []Part{uidPart("1.2.3.1", nil)}); return err }},
+		{"listing", func() error { _, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3); return err }},
+		{"probe", func() error { return c.Probe(t.Context(), "1.2.3") }},
+		{"delete", func() error { return c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.9", "1.2.3.0") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Twice: the second request goes on a reused connection.
+			for range 2 {
+				err := tt.call()
+				if !errors.Is(err, ErrRedirected) || errors.Is(err, ErrNoAnswer) {
+					t.Fatalf("err = %v; want ErrRedirected, not ErrNoAnswer", err)
+				}
+			}
+		})
+	}
+	if n := posts.Load(); n != 2 {
+		t.Errorf("the redirecting server got %d STOW-RS requests, want 2 (none sent again)", n)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("the other origin was asked %d times, want 0", n)
 	}
 }
