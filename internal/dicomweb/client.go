@@ -71,19 +71,26 @@ type Client struct {
 	stallTimeout, responseTimeout time.Duration
 }
 
-// A request is given up as unanswered when no byte of its body moved for
-// defaultStallTimeout (the destination stopped reading, or the source
-// Orthanc stopped serving), or no answer came defaultResponseTimeout
-// after the whole body was sent: a destination that never answers must
-// not hold a study, its worker and a request place for good.
+// A request is given up when no byte of its body moved for
+// defaultStallTimeout, or no answer came defaultResponseTimeout after the
+// whole body was sent: a destination that never answers must not hold a
+// study, its worker and a request place for good. It is unanswered
+// (ErrNoAnswer) unless the body was waiting on a part's source (the
+// source Orthanc stopped serving): then it is that part's failure.
 const (
 	defaultStallTimeout    = 5 * time.Minute
 	defaultResponseTimeout = 15 * time.Minute
 )
 
 // errStalled is a request given up by watch; it wraps
-// context.DeadlineExceeded, so callers see a time-out.
-var errStalled = fmt.Errorf("stow: request given up: %w", context.DeadlineExceeded)
+// context.DeadlineExceeded, so callers see a time-out. errSourceStalled
+// is one given up while it waited on a part's source: the source's
+// failure, not the destination's (no ErrNoAnswer, which the breaker takes
+// for a destination down).
+var (
+	errStalled       = fmt.Errorf("stow: request given up: %w", context.DeadlineExceeded)
+	errSourceStalled = fmt.Errorf("stow: request given up: %w", context.DeadlineExceeded)
+)
 
 // withTimeouts replaces the stall and response time-outs, for tests.
 func withTimeouts(stall, response time.Duration) Option {
@@ -320,8 +327,14 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 
 	resp, doErr := c.hc.Do(req)
 	if doErr != nil {
-		stalled := context.Cause(ctx) == errStalled
-		if _, werr := finish(); isWriteFailure(werr) && !stalled {
+		cause := context.Cause(ctx)
+		stalled := cause == errStalled
+		_, werr := finish()
+		if cause == errSourceStalled {
+			return nil, false, fmt.Errorf("stow: %s %s: %s: %w (its source gave no byte for %s)",
+				method, c.logURL, body.current(), errSourceStalled, c.stallTimeout)
+		}
+		if isWriteFailure(werr) && !stalled {
 			// The transport only saw a broken body; the body knows why.
 			return nil, false, werr
 		}
@@ -447,7 +460,11 @@ func (c *Client) watch(body *requestBody, cancel context.CancelCauseFunc) (stop 
 				if m := body.moved.Load(); m != last {
 					last, lastMoved = m, now
 				} else if now.Sub(lastMoved) > c.stallTimeout {
-					cancel(errStalled)
+					if body.inSource.Load() {
+						cancel(errSourceStalled)
+					} else {
+						cancel(errStalled)
+					}
 					return
 				}
 			}

@@ -58,6 +58,9 @@ type requestBody struct {
 	// Client.watch, which must not wait for use.
 	moved  atomic.Int64
 	sentAt atomic.Int64
+	// inSource: the encoder waits on the current part's source (its
+	// Open or a Read), so a stall is the source's, not the destination's.
+	inSource atomic.Bool
 }
 
 func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bool, buf []byte) *requestBody {
@@ -163,7 +166,9 @@ func (b *requestBody) fill(p []byte) (int, error) {
 		case b.content != nil:
 			// The content is not searched for the delimiter: see
 			// boundaryRandomBytes.
+			b.inSource.Store(true)
 			k, err := b.content.Read(p[n:])
+			b.inSource.Store(false)
 			n += k
 			switch {
 			case err == io.EOF:
@@ -196,7 +201,9 @@ func (b *requestBody) openPart() error {
 		return errBodyAbandoned
 	}
 	p := b.parts[b.next]
+	b.inSource.Store(true)
 	rc, err := p.Open(b.ctx)
+	b.inSource.Store(false)
 	if err != nil {
 		return b.fail(fmt.Errorf("open: %w", err))
 	}
@@ -230,6 +237,14 @@ func (b *requestBody) fail(err error) error {
 	b.err = fmt.Errorf("stow: part %d (SOP Instance UID %q): %w", b.next+1, p.SOPInstanceUID, err)
 	b.closeSource()
 	return b.err
+}
+
+// current names the part being encoded, for an error; call it after stop.
+func (b *requestBody) current() string {
+	b.use.Lock()
+	defer b.use.Unlock()
+	i := min(b.next, len(b.parts)-1)
+	return fmt.Sprintf("part %d (SOP Instance UID %q)", i+1, b.parts[i].SOPInstanceUID)
 }
 
 func (b *requestBody) closeSource() {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -20,9 +21,11 @@ func (s blockingSource) Read(p []byte) (int, error) {
 }
 func (blockingSource) Close() error { return nil }
 
-// A request that stopped moving is given up as a time-out with no
-// answer, whichever side stopped: a destination that never answers must
-// not hold a study for good.
+// A request that stopped moving is given up as a time-out, whichever side
+// stopped: a destination that never answers must not hold a study for
+// good. It is a time-out with no answer when the destination stopped, and
+// the part's when its source did: an Orthanc that stopped serving is no
+// destination down (the breaker would open on it).
 func TestStalledRequestGivenUp(t *testing.T) {
 	var release chan struct{} // each case's: closed before its server
 	silent := func(read bool) http.Handler {
@@ -40,12 +43,18 @@ func TestStalledRequestGivenUp(t *testing.T) {
 		name    string
 		handler http.Handler
 		part    Part
+		// source: the source stalled, not the destination.
+		source bool
 	}{
-		{"no answer after the body", silent(true), uidPart("1.1", nil)},
-		{"the destination stops reading", silent(false), (&trackedSource{size: 256 << 20}).part("1.2")},
+		{"no answer after the body", silent(true), uidPart("1.1", nil), false},
+		{"the destination stops reading", silent(false), (&trackedSource{size: 256 << 20}).part("1.2"), false},
 		{"the source stops serving", silent(true), Part{SOPInstanceUID: "1.3", Size: -1, Open: func(ctx context.Context) (io.ReadCloser, error) {
 			return blockingSource{ctx}, nil
-		}}},
+		}}, true},
+		{"the source does not open", silent(true), Part{SOPInstanceUID: "1.4", Size: -1, Open: func(ctx context.Context) (io.ReadCloser, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,8 +72,11 @@ func TestStalledRequestGivenUp(t *testing.T) {
 			}
 			start := time.Now()
 			_, err = c.Store(t.Context(), []Part{tt.part})
-			if !errors.Is(err, ErrNoAnswer) || !errors.Is(err, context.DeadlineExceeded) {
-				t.Fatalf("Store = %v, want a time-out with no answer", err)
+			if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrNoAnswer) == tt.source {
+				t.Fatalf("Store = %v, want a time-out, with no answer: %v", err, !tt.source)
+			}
+			if tt.source && !strings.Contains(err.Error(), tt.part.SOPInstanceUID) {
+				t.Errorf("Store = %v, want the part's SOP Instance UID named", err)
 			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("given up after %s", d)
