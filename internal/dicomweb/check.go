@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -132,6 +133,13 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 			r.Detail = headerValue(logSafe(loc))
 		}
 		r.Verdict = "FAIL: the destination redirected the request (to the answer's address above: https:// for http://, another base URL, or a login page), and STOW-RS requests do not follow redirects: set DICOMWEB_URL to the base URL the destination serves, and check that it takes this credential without a browser."
+	case resp.StatusCode == http.StatusOK && !searchAnswer(body):
+		ct := headerValue(resp.Header.Get("Content-Type"))
+		if ct == "" {
+			ct = "no Content-Type"
+		}
+		r.Detail = ct + ": " + redactedSnippet(body)
+		r.Verdict = "FAIL: the destination answered 200, but not a DICOMweb search answer (a JSON array): something else answers at DICOMWEB_URL (a web application's page, another API); set it to the DICOMweb base URL, the one {DICOMWEB_URL}/studies is under."
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNoContent:
 		r.OK = true
 		r.Verdict = "OK: the destination accepted an authenticated DICOMweb request. (This proves authentication and read access; storing needs the write role too: Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:StoreDICOM.)"
@@ -153,6 +161,13 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 		r.Verdict = fmt.Sprintf("FAIL: the destination answered %s.", resp.Status)
 	}
 	return r, fmt.Errorf("%w: %s", errCheckFailed, resp.Status)
+}
+
+// searchAnswer reports whether the start of a 200 answer (body is cut
+// at 4 KiB) can be a QIDO-RS answer: a JSON array, or nothing.
+func searchAnswer(body []byte) bool {
+	b := bytes.TrimSpace(body)
+	return len(b) == 0 || b[0] == '['
 }
 
 // WriteText prints the report for an operator. It never holds a token or

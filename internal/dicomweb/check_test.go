@@ -146,3 +146,37 @@ func TestCheckRedirectedToTheSamePath(t *testing.T) {
 		})
 	}
 }
+
+// A 200 that is no QIDO-RS answer fails the check: a web application
+// that answers every path with its page (a viewer's single-page app at
+// DICOMWEB_URL) is no DICOMweb service, and every study would fail.
+func TestCheckNotADICOMwebAnswer(t *testing.T) {
+	tests := []struct {
+		name, contentType, body string
+		ok                      bool
+	}{
+		{"viewer page", "text/html; charset=utf-8", "<!doctype html><html><head><title>OHIF Viewer</title></head><body></body></html>", false},
+		{"JSON object", "application/json", `{"status":"ok"}`, false},
+		{"DICOM JSON", "application/dicom+json", `[{"0020000D":{"vr":"UI","Value":["1.2.3"]}}]`, true},
+		{"DICOM JSON without a content type", "", " [] ", true},
+		{"empty", "application/dicom+json", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header()["Content-Type"] = []string{tt.contentType}
+				_, _ = w.Write([]byte(tt.body))
+			}))
+			t.Cleanup(srv.Close)
+			rep, err := Check(t.Context(), CheckOptions{BaseURL: srv.URL + "/v2", Client: srv.Client(), Credential: okCred})
+			if (err == nil) != tt.ok || rep.OK != tt.ok {
+				t.Fatalf("err = %v, OK = %v; want ok %v", err, rep.OK, tt.ok)
+			}
+			var out bytes.Buffer
+			rep.WriteText(&out)
+			if !tt.ok && !strings.Contains(out.String(), "not a DICOMweb search answer") {
+				t.Errorf("output:\n%s", out.String())
+			}
+		})
+	}
+}

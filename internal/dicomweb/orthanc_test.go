@@ -280,3 +280,25 @@ func TestStoreAgainstOrthanc(t *testing.T) {
 		}
 	})
 }
+
+// A real DICOMweb server passes the check: its QIDO-RS answer, empty
+// store or not, is what the check takes for one.
+func TestCheckAgainstOrthanc(t *testing.T) {
+	base := startOrthanc(t)
+	c := newTestClient(t, base)
+	study := "1.2.826.0.1.3680043.8.498.77"
+	for _, stored := range []bool{false, true} {
+		if stored {
+			data := makeDICOM(t, study, study+".1", study+".1.1", nil)
+			if _, err := c.Store(t.Context(), []Part{memPart(study+".1.1", data)}); err != nil {
+				t.Fatalf("Store: %v", err)
+			}
+		}
+		rep, err := Check(t.Context(), CheckOptions{BaseURL: base, Client: &http.Client{}})
+		if err != nil || !rep.OK {
+			var out bytes.Buffer
+			rep.WriteText(&out)
+			t.Fatalf("stored %v: err = %v\n%s", stored, err, out.String())
+		}
+	}
+}
