@@ -389,6 +389,24 @@ func (c *Client) resource(q url.Values, elem ...string) (string, error) {
 	return u.String(), nil
 }
 
+// bodilessContext bounds a request without a body (a QIDO-RS page, a
+// probe, a DELETE), its answer's body included, by the response time-out
+// watch gives a STOW-RS request once its body is sent: a destination that
+// takes the request and never answers must not hold a study and its
+// worker for good (verification, delete-and-replace).
+func (c *Client) bodilessContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, c.responseTimeout, errStalled)
+}
+
+// gaveUp says why a bodiless request ended, when bodilessContext gave it
+// up ("" otherwise).
+func (c *Client) gaveUp(ctx context.Context) string {
+	if context.Cause(ctx) == errStalled {
+		return fmt.Sprintf(" (no answer in %s)", c.responseTimeout)
+	}
+	return ""
+}
+
 // doBodiless sends a request without a body (a QIDO-RS page, a probe, a
 // DELETE) and sends it once more if the destination answers 401: the auth
 // transport has dropped the refused token (a token revoked, or expired

@@ -103,6 +103,8 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	if err != nil {
 		return fmt.Errorf("stow: DELETE: %w", err)
 	}
+	ctx, cancel := c.bodilessContext(ctx)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
 	if err != nil {
 		return fmt.Errorf("stow: build DELETE: %w", err)
@@ -116,7 +118,7 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 		if refusedRedirect(err) {
 			return fmt.Errorf("%w: stow: DELETE %s/…/instances/%s: %w", ErrRedirected, c.logURL, sop, c.redact(err))
 		}
-		return fmt.Errorf("stow: DELETE %s/…/instances/%s: %w", c.logURL, sop, c.redact(err))
+		return noAnswer(fmt.Errorf("stow: DELETE %s/…/instances/%s: %w%s", c.logURL, sop, c.redact(err), c.gaveUp(ctx)))
 	}
 	defer resp.Body.Close()
 	body, _, _ := readBody(resp.Body, maxErrorBody)

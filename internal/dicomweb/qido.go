@@ -80,6 +80,8 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	if err != nil {
 		return nil, fmt.Errorf("qido: %w", err)
 	}
+	ctx, cancel := c.bodilessContext(ctx)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return nil, fmt.Errorf("qido: build request: %w", err)
@@ -94,7 +96,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 		if refusedRedirect(err) {
 			return nil, fmt.Errorf("%w: qido: GET %s/%s/instances: %w", ErrRedirected, c.logURL, studyInstanceUID, c.redact(err))
 		}
-		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, c.redact(err)))
+		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w%s", c.logURL, studyInstanceUID, c.redact(err), c.gaveUp(ctx)))
 	}
 	defer resp.Body.Close()
 	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)

@@ -112,3 +112,46 @@ func TestSlowRequestNotGivenUp(t *testing.T) {
 		t.Fatalf("Store = %v, want it stored", err)
 	}
 }
+
+// A QIDO-RS listing, a probe or a DELETE that gets no answer is given up
+// after the response time-out as a STOW-RS request is: verification
+// (STOW_VERIFY=qido) and delete-and-replace held the study and its worker
+// for good on a destination that took the request and never answered.
+func TestBodilessRequestGivenUp(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // never answers
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	hc := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(hc.CloseIdleConnections)
+	c, err := New(srv.URL, hc, withTimeouts(time.Minute, 300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		call     func() error
+		noAnswer bool
+	}{
+		{"listing", func() error { _, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3); return err }, true},
+		{"probe", func() error { return c.Probe(t.Context(), "1.2.3") }, true},
+		{"delete", func() error { return c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.9", "1.2.3.0") }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			err := tt.call()
+			if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrNoAnswer) != tt.noAnswer {
+				t.Fatalf("err = %v, want a time-out with no answer", err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("given up after %s", d)
+			}
+		})
+	}
+}
