@@ -129,6 +129,11 @@ func ClassifyStatus(status int) Class {
 	switch {
 	case status >= 200 && status < 300:
 		return Transient // a success that did not confirm the instances
+	case status >= 300 && status < 400:
+		// A redirect the client did not follow (307, 308: the body is
+		// streamed once): the base URL is to fix, as with a 301 or 302
+		// (ErrRedirected); waiting does not change it.
+		return Permanent
 	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests,
 		status == http.StatusInternalServerError, status == http.StatusBadGateway,
 		status == http.StatusServiceUnavailable, status == http.StatusGatewayTimeout:

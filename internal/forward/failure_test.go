@@ -37,6 +37,10 @@ func TestClassify(t *testing.T) {
 		{"415", &dicomweb.HTTPError{StatusCode: 415}, Permanent},
 		{"wrapped 415", fmt.Errorf("request 2: %w", &dicomweb.HTTPError{StatusCode: 415}), Permanent},
 		{"redirected", fmt.Errorf("x: %w", dicomweb.ErrRedirected), Permanent},
+		// 307 and 308 are not followed with a streamed body: the base
+		// URL is to fix, as with a 301 followed as GET.
+		{"307", &dicomweb.HTTPError{StatusCode: 307, Location: "https://dest/dicom-web/studies"}, Permanent},
+		{"308", &dicomweb.HTTPError{StatusCode: 308, Location: "https://dest/dicom-web/studies"}, Permanent},
 		{"token endpoint down", &auth.TokenError{StatusCode: 0, Err: errors.New("dial")}, Transient},
 		{"token endpoint 503", &auth.TokenError{StatusCode: 503, Err: errors.New("x")}, Transient},
 		{"credentials refused", &auth.TokenError{StatusCode: 401, Code: "invalid_client", Err: errors.New("x")}, Permanent},
