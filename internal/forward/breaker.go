@@ -71,8 +71,8 @@ type Prober interface {
 
 // DestinationDown reports whether err says the destination is down rather
 // than that it refused a study: no answer (connection refused or reset,
-// dial, TLS or request time-out), a 500, 502, 503 or 504 on a whole
-// request, or a token endpoint that fails the same way. A 4xx, a refusal
+// dial, TLS or request time-out), a 500, 502, 503, 504 or 424 (Azure:
+// its storage or key vault unreachable) on a whole request, or a token endpoint that fails the same way. A 4xx, a refusal
 // of some instances, a conflict or a source (Orthanc) error are answers
 // about the study, not about the destination.
 func DestinationDown(err error) bool {
@@ -86,7 +86,8 @@ func DestinationDown(err error) bool {
 	var he *dicomweb.HTTPError
 	if errors.As(err, &he) {
 		switch he.StatusCode {
-		case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout,
+			http.StatusFailedDependency: // Azure: its storage or key vault unreachable
 			return true
 		}
 		return false

@@ -34,6 +34,7 @@ func TestDestinationDown(t *testing.T) {
 		{"500", fmt.Errorf("batch 2: %w", &dicomweb.HTTPError{StatusCode: 500}), true},
 		{"502", &dicomweb.HTTPError{StatusCode: 502}, true},
 		{"504", &dicomweb.HTTPError{StatusCode: 504}, true},
+		{"424 (Azure: its storage or key vault unreachable)", &dicomweb.HTTPError{StatusCode: 424}, true},
 		{"501 answers", &dicomweb.HTTPError{StatusCode: 501}, false},
 		{"429 answers", &dicomweb.HTTPError{StatusCode: 429}, false},
 		{"400", &dicomweb.HTTPError{StatusCode: 400}, false},

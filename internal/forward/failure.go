@@ -138,6 +138,11 @@ func ClassifyStatus(status int) Class {
 		status == http.StatusInternalServerError, status == http.StatusBadGateway,
 		status == http.StatusServiceUnavailable, status == http.StatusGatewayTimeout:
 		return Transient
+	case status == http.StatusFailedDependency:
+		// Azure's DICOM service cannot reach what it depends on (its
+		// Data Lake storage, the key vault of customer-managed keys):
+		// its outage, not the study's fault (conformance statement v2).
+		return Transient
 	case status == http.StatusUnauthorized:
 		// The forwarder retries once with a fresh token before it
 		// reports a 401; one that survives a refresh is permanent.

@@ -29,6 +29,7 @@ func TestClassify(t *testing.T) {
 		{"502", &dicomweb.HTTPError{StatusCode: 502}, Transient},
 		{"503", &dicomweb.HTTPError{StatusCode: 503}, Transient},
 		{"504", &dicomweb.HTTPError{StatusCode: 504}, Transient},
+		{"424 (Azure: its storage or key vault unreachable)", &dicomweb.HTTPError{StatusCode: 424}, Transient},
 		{"400", &dicomweb.HTTPError{StatusCode: 400}, Permanent},
 		{"401 after refresh", &dicomweb.HTTPError{StatusCode: 401}, Permanent},
 		{"403", &dicomweb.HTTPError{StatusCode: 403}, Permanent},
