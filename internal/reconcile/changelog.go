@@ -181,16 +181,17 @@ type stuckChange struct {
 }
 
 // stuckOn reports whether the reconciler moves past change c, whose
-// handling failed with err. Only Orthanc's own error answers count
-// (a 500 on one broken instance): an unreachable Orthanc, a proxy or
-// JetStream failing hold the cursor as before. Held for good, one broken
-// resource would stop the reconciliation of every later study. A stable
-// study moves to Pending, so it is still published once Orthanc reads it;
-// an instance or series whose study cannot be read is skipped, logged and
-// counted: its study's own changes mark it pending.
+// handling failed with err. Only Orthanc's own error answers about the
+// resource count (a 500 on one broken instance): an unreachable Orthanc,
+// a proxy, an answer that says "later" (retryLater) or JetStream failing
+// hold the cursor as before. Held for good, one broken resource would
+// stop the reconciliation of every later study. A stable study moves to
+// Pending, so it is still published once Orthanc reads it; an instance or
+// series whose study cannot be read is skipped, logged and counted: its
+// study's own changes mark it pending.
 func (s *sourceRunner) stuckOn(c orthancapi.Change, err error) bool {
 	var oe *orthancapi.Error
-	if !errors.As(err, &oe) || oe.NotFromOrthanc != "" {
+	if !errors.As(err, &oe) || oe.NotFromOrthanc != "" || retryLater(oe.StatusCode) {
 		return false
 	}
 	if s.stuck.seq != c.Seq {
@@ -210,6 +211,19 @@ func (s *sourceRunner) stuckOn(c orthancapi.Change, err error) bool {
 	s.r.m.changesSkipped.WithLabelValues(s.name).Inc()
 	log.Error("Orthanc keeps failing to read a resource's study; the reconciler skips this change so that later studies are not held up")
 	return true
+}
+
+// retryLater reports whether an HTTP status says the server, or a proxy
+// before it, cannot answer now (RFC 9110 15.5.9, 15.6.3-5; RFC 6585 4):
+// Orthanc overloaded or restarting, its proxy without an upstream. It
+// says nothing about the resource asked for.
+func retryLater(status int) bool {
+	switch status {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusBadGateway,
+		http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
 }
 
 // handle acts on one change.

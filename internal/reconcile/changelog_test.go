@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/orthancapi"
@@ -170,5 +174,66 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
+	}
+}
+
+// busyOrthanc fails the first study lookups of new instances with an
+// HTTP status, as Orthanc or a reverse proxy before it answers while
+// overloaded or restarting.
+type busyOrthanc struct {
+	*swappableOrthanc
+	status int
+	fails  atomic.Int32 // lookups still to fail
+}
+
+func (o *busyOrthanc) InstanceStudy(_ context.Context, id string) (orthancapi.Study, error) {
+	if o.fails.Add(-1) >= 0 {
+		return orthancapi.Study{}, &orthancapi.Error{Method: http.MethodGet, Path: "/instances/" + id + "/study", StatusCode: o.status}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.log.studies[orthancID(1)], nil
+}
+
+// TestTransientAnswerDoesNotSkipAChange: a lookup that fails with a
+// status saying "try again later" (a proxy's 502 or 504, 503, 429, 408)
+// is not a broken resource, however many polls it lasts: the change is
+// not skipped, and the study Orthanc forgot to call stable (it restarted
+// before StableAge, so only its NewInstance change tells of it) is
+// published once the lookup succeeds.
+func TestTransientAnswerDoesNotSkipAChange(t *testing.T) {
+	for _, status := range []int{http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout,
+		http.StatusTooManyRequests, http.StatusRequestTimeout} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			_, kv := testBucket(t)
+			o := &busyOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}, status: status}
+			o.fails.Store(3 * stuckAfter)
+			pub := &publishedIDs{}
+			r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second,
+				Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); _ = r.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			waitUntil(t, "the first start's cursor", func() bool {
+				_, found, err := store.load(ctx)
+				return err == nil && found
+			})
+			o.mu.Lock()
+			o.log.add("NewInstance", orthancID(5000))
+			o.log.studies[orthancID(1)] = orthancapi.Study{ID: orthancID(1), StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
+			o.mu.Unlock()
+			skipped := func() float64 { return testutil.ToFloat64(r.m.changesSkipped.WithLabelValues("s")) }
+			waitUntil(t, "the study's event or the change skipped", func() bool { return pub.has(orthancID(1)) || skipped() > 0 })
+			if got := skipped(); got != 0 {
+				t.Errorf("changes skipped = %v, want 0: the study is never published", got)
+			}
+		})
 	}
 }

@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"source", "reason"}),
 		changesSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_changes_skipped_total",
-			Help: "New instances and series whose study Orthanc kept failing to read (an error answer, 5 polls in a row): the reconciler moved past them.",
+			Help: "New instances and series whose study Orthanc kept failing to read (an error answer other than 408, 429, 502, 503 or 504, 5 polls in a row): the reconciler moved past them.",
 		}, []string{"source"}),
 		pollErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_poll_errors_total",
