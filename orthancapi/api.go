@@ -273,7 +273,7 @@ func (c *Client) DeleteInstance(ctx context.Context, instanceID string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
-	resp, err := c.do(ctx, http.MethodDelete, c.endpoint("instances", instanceID), "application/json", nil)
+	resp, err := c.do(ctx, http.MethodDelete, c.endpoint("instances", instanceID), "application/json", idempotent())
 	if err != nil {
 		return err
 	}

@@ -225,6 +225,15 @@ func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept s
 	return resp, nil
 }
 
+// idempotent marks a request that Go's transport may send again on a new
+// connection when a kept-alive one closes as it is reused (nothing sent
+// on the wire: an empty Idempotency-Key). Go does so by itself only for
+// GET and HEAD, and Orthanc closes connections idle for a second (1.10
+// and 1.12), which can meet a request the client sends at that moment.
+func idempotent() http.Header {
+	return http.Header{"Idempotency-Key": nil}
+}
+
 // send sends a request with the client's credentials and returns the
 // response, whatever its status.
 func (c *Client) send(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body io.Reader) (*http.Response, error) {

@@ -1,6 +1,7 @@
 package orthancapi_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -656,5 +657,97 @@ func TestRedirectNotFollowed(t *testing.T) {
 	}
 	if n := elsewhere.Load(); n != 0 {
 		t.Errorf("the redirect was followed (%d requests elsewhere)", n)
+	}
+}
+
+// closingOrthanc answers the first request of each connection with
+// keep-alive, then closes the connection when the next request arrives
+// without answering it: what Orthanc does when it closes a connection
+// idle for a second (its keep-alive time-out, 1.10 and 1.12) just as the
+// client reuses it. It counts the requests it answered.
+func closingOrthanc(t *testing.T) (url string, answered *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	answered = new(atomic.Int32)
+	serve := func(conn net.Conn) {
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, req.Body)
+		if _, ok := req.Header["Idempotency-Key"]; ok {
+			t.Errorf("%s %s sent an Idempotency-Key", req.Method, req.URL.Path)
+		}
+		body := `{"Name":"fake","Version":"1.10.1"}`
+		switch {
+		case strings.HasPrefix(req.URL.Path, "/studies/"):
+			body = `{"ID":"` + studyID + `","IsStable":true,"LastUpdate":"20261204T101010","MainDicomTags":{"StudyInstanceUID":"1.2.3"}}`
+		case strings.HasSuffix(req.URL.Path, "/modify"):
+			body = strings.Repeat("\x00", 128) + "DICM"
+		}
+		fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s", len(body), body)
+		answered.Add(1)
+		if req, err := http.ReadRequest(br); err == nil {
+			_, _ = io.Copy(io.Discard, req.Body)
+		}
+	}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(conn)
+		}
+	}()
+	return "http://" + ln.Addr().String(), answered
+}
+
+// A request on a kept-alive connection that Orthanc closes as it is sent
+// is sent again on a new one, for the calls that may be repeated: reads,
+// DELETE (idempotent, RFC 9110 9.2.2) and the transcoding POST (Orthanc
+// stores nothing). Buffer mode otherwise left the instance in Orthanc
+// for good, and a conversion failed the study's forward.
+func TestClosedKeepAliveConnectionRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		call func(context.Context, *orthancapi.Client) error
+	}{
+		{"GET study", func(ctx context.Context, c *orthancapi.Client) error {
+			_, err := c.Study(ctx, studyID)
+			return err
+		}},
+		{"DELETE instance", func(ctx context.Context, c *orthancapi.Client) error {
+			return c.DeleteInstance(ctx, instanceID)
+		}},
+		{"POST transcode", func(ctx context.Context, c *orthancapi.Client) error {
+			rc, err := c.OpenTranscodedInstance(ctx, instanceID, "1.2.840.10008.1.2.1")
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			_, err = io.Copy(io.Discard, rc)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url, answered := closingOrthanc(t)
+			c := newClient(t, url)
+			if _, err := c.System(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.call(t.Context(), c); err != nil {
+				t.Errorf("on a connection closed as it was reused: %v", err)
+			}
+			if n := answered.Load(); n != 2 {
+				t.Errorf("%d requests answered, want 2", n)
+			}
+		})
 	}
 }

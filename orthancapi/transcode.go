@@ -38,7 +38,8 @@ func (c *Client) OpenTranscodedInstance(ctx context.Context, instanceID, transfe
 	if err != nil {
 		return nil, fmt.Errorf("orthancapi: transcode request: %w", err)
 	}
-	h := http.Header{"Content-Type": {"application/json"}}
+	h := idempotent() // Orthanc stores nothing: the POST may be sent again
+	h.Set("Content-Type", "application/json")
 	resp, err := c.doBody(ctx, http.MethodPost, c.endpoint("instances", instanceID, "modify"), "application/dicom", h, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
