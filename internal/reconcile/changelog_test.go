@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
@@ -236,4 +238,50 @@ func TestTransientAnswerDoesNotSkipAChange(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPendingGaugeLeftWithTheLease: a replica that loses the lease stops
+// reporting the studies it was waiting for, as it stops reporting its
+// lag: the replica that took over reports them, and a sum over replicas
+// counts each once.
+func TestPendingGaugeLeftWithTheLease(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		PollInterval: 10 * time.Millisecond, LeaseTTL: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	gauge := func(g *prometheus.GaugeVec) func() float64 {
+		return func() float64 { return testutil.ToFloat64(g.WithLabelValues("s")) }
+	}
+	held, pending := gauge(r.m.leaseHeld), gauge(r.m.pending)
+	waitUntil(t, "the lease", func() bool { return held() == 1 })
+	o.mu.Lock()
+	o.log.add("NewStudy", orthancID(1)) // a study still receiving instances
+	o.log.studies[orthancID(1)] = orthancapi.Study{ID: orthancID(1), StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000"}
+	o.mu.Unlock()
+	waitUntil(t, "the study pending", func() bool { return pending() == 1 })
+
+	// Another replica takes the lease and keeps renewing it.
+	other, err := json.Marshal(leaseValue{Holder: "other", TTL: "300ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewing := make(chan struct{})
+	go func() {
+		defer close(renewing)
+		for ctx.Err() == nil {
+			_, _ = kv.Put(ctx, leaseKey("s"), other)
+			sleep(ctx, 50*time.Millisecond)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-renewing })
+	waitUntil(t, "the lease lost", func() bool { return held() == 0 })
+	waitUntil(t, "the pending studies no longer reported", func() bool { return held() == 0 && pending() == 0 })
 }

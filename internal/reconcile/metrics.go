@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"source"}),
 		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "stowline_reconcile_pending_studies",
-			Help: "Studies that received instances and are waiting to become stable.",
+			Help: "Studies that received instances and are waiting to become stable; only the replica holding the lease reports them.",
 		}, []string{"source"}),
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_events_published_total",

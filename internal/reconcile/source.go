@@ -103,7 +103,9 @@ func (s *sourceRunner) lead(ctx context.Context) {
 	opts := &s.r.opts
 	s.r.m.leaseHeld.WithLabelValues(s.name).Set(1)
 	defer s.r.m.leaseHeld.WithLabelValues(s.name).Set(0)
+	// Only the holder reports these: a sum over replicas counts once.
 	defer s.r.m.lag.WithLabelValues(s.name).Set(0)
+	defer s.r.m.pending.WithLabelValues(s.name).Set(0)
 	s.log.Info("reconciler lease taken: this replica polls the source's change log", "holder", opts.Holder)
 
 	lctx, cancel := context.WithCancelCause(ctx)
