@@ -102,6 +102,19 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 func (l *lease) renew(ctx context.Context) error {
 	rev, err := l.kv.Update(ctx, l.key, l.value(), l.rev)
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		// An earlier renewal may have been written though its answer was
+		// lost (a time-out): the key then still names this holder, which
+		// no other replica writes.
+		entry, gerr := l.kv.Get(ctx, l.key)
+		switch {
+		case errors.Is(gerr, jetstream.ErrKeyNotFound):
+		case gerr != nil:
+			return fmt.Errorf("renew lease %s: read it after a conflict: %w", l.key, gerr)
+		case l.holds(entry):
+			rev, err = l.kv.Update(ctx, l.key, l.value(), entry.Revision())
+		}
+	}
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		l.rev = 0
 		return errLeaseLost
 	}
@@ -110,6 +123,12 @@ func (l *lease) renew(ctx context.Context) error {
 	}
 	l.rev = rev
 	return nil
+}
+
+// holds reports whether entry names this holder.
+func (l *lease) holds(entry jetstream.KeyValueEntry) bool {
+	var v leaseValue
+	return json.Unmarshal(entry.Value(), &v) == nil && v.Holder == l.holder
 }
 
 // release gives the lease up, so another replica takes it at once instead

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,5 +115,47 @@ func TestLeaseTakenOverWhenHolderStopsRenewing(t *testing.T) {
 	}
 	if err := b.renew(context.Background()); err != nil {
 		t.Fatalf("B lost its lease to A's late release: %v", err)
+	}
+}
+
+// lostAnswers writes its next Update, then reports it failed, as a
+// JetStream whose answer is lost (a time-out during a leader election).
+type lostAnswers struct {
+	jetstream.KeyValue
+	lose atomic.Bool
+}
+
+func (k *lostAnswers) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
+	rev, err := k.KeyValue.Update(ctx, key, value, last)
+	if err == nil && k.lose.CompareAndSwap(true, false) {
+		return 0, context.DeadlineExceeded
+	}
+	return rev, err
+}
+
+// A renewal that was written though its answer was lost does not make
+// the holder believe another replica took the lease (and step down, with
+// a warning naming a takeover that never happened): the key names it
+// still. A lease another holder took is still lost.
+func TestLeaseRenewalWithLostAnswerKeepsTheLease(t *testing.T) {
+	_, kv := testBucket(t)
+	lossy := &lostAnswers{KeyValue: kv}
+	clock := &fakeClock{t: time.Now()}
+	a := newLease(lossy, leaseKey("s"), "a", time.Second, clock.now)
+	mustAcquire(t, a, true)
+	lossy.lose.Store(true)
+	if err := a.renew(context.Background()); err == nil {
+		t.Fatal("the renewal whose answer was lost succeeded")
+	}
+	if err := a.renew(context.Background()); err != nil {
+		t.Fatalf("renew after a renewal whose answer was lost: %v, want the lease kept", err)
+	}
+
+	b := newLease(kv, leaseKey("s"), "b", time.Second, clock.now)
+	mustAcquire(t, b, false)
+	clock.advance(2 * time.Second)
+	mustAcquire(t, b, true)
+	if err := a.renew(context.Background()); !errors.Is(err, errLeaseLost) {
+		t.Fatalf("renew of a lease B took: %v, want errLeaseLost", err)
 	}
 }
