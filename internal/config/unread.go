@@ -7,10 +7,14 @@ import (
 )
 
 // checkedFamilies are the prefixes of the variables Unread checks: those
-// of the destination and the forwarder, where a misspelt name would
-// silently leave a default (STOW_PARALLEL_REQUEST). DESTINATION_ is
+// only stowline reads, where a misspelt name would silently leave a
+// default: STOW_PARALLEL_REQUEST; INGEST_HMAC_SECRETS_FILE (the webhook
+// then takes unsigned requests); EVENTS_RETENTON (this process then
+// sets the shared stream's retention to the default). DESTINATION_ is
 // checked for a configuration that has destinations (DestinationList).
-var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_"}
+// NATS_, TLS_ and the platforms' prefixes are left out: other tools
+// read variables of theirs (the nats CLI's NATS_CREDS).
+var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "INGEST_", "RECONCILE_", "EVENTS_", "DEADLETTER_"}
 
 // serviceLink matches the variables Kubernetes sets for every Service
 // (FOO_SERVICE_HOST, FOO_PORT_8080_TCP_ADDR, ...): never a misspelling.

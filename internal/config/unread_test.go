@@ -33,6 +33,20 @@ func TestUnread(t *testing.T) {
 				"FORWARDER_PORT": "tcp://10.0.0.1:8081", "FORWARDER_PORT_8081_TCP_ADDR": "10.0.0.1"}},
 		{name: "the ingest is not told about the forwarder's variables", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &IngestService{} }, extra: map[string]string{"STOW_PARALLEL_REQUEST": "8", "DESTINATION_AI_URL": "x"}},
+		// A misspelt INGEST_HMAC_SECRET left the webhook taking unsigned
+		// requests; a misspelt EVENTS_RETENTION gave this process's
+		// default to the stream every process shares.
+		{name: "misspelt ingest, reconciler and stream variables", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &IngestService{} },
+			extra: map[string]string{"INGEST_HMAC_SECRETS_FILE": "/run/secrets/hmac", "INGEST_TRUSTED_PROXY": "10.0.0.0/8",
+				"RECONCILE_ENABLE": "false", "EVENTS_RETENTON": "720h", "INGEST_HMAC_MAX_SKEW": "1m"},
+			want: []string{"EVENTS_RETENTON", "INGEST_HMAC_SECRETS_FILE", "INGEST_TRUSTED_PROXY", "RECONCILE_ENABLE"}},
+		{name: "misspelt dead-letter and stream variables of the forwarder", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg:   func() any { return &ForwarderService{} },
+			extra: map[string]string{"DEADLETTER_RETENTON": "1440h", "EVENTS_DEDUP_WINDOW": "1h", "EVENTS_RETENTION": "336h"},
+			want:  []string{"DEADLETTER_RETENTON", "EVENTS_DEDUP_WINDOW"}},
+		{name: "the forwarder is not told about the ingest's variables", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &ForwarderService{} }, extra: map[string]string{"INGEST_HMAC_SECRET": "x", "RECONCILE_POLL_INTERVAL": "5s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
