@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 )
@@ -17,6 +18,8 @@ type Priority struct {
 type Lanes struct {
 	StatWorkers int            `env:"FORWARDER_STAT_CONCURRENCY" envDefault:"1" desc:"workers per destination, beyond FORWARDER_CONCURRENCY, that take only stat studies, so a stat study never waits for a worker busy with a backfill; 0: stat studies only go first in the shared workers"`
 	Windows     ForwardWindows `env:"FORWARD_WINDOWS" desc:"hours a lane is pulled in, comma-separated lane=HH:MM-HH:MM in the process's local time (TZ); a window may cross midnight and a lane may have several; outside its windows a lane is not pulled (studies in flight finish). Lanes: stat, routine, low (alias backfill). Example: low=22:00-07:00"`
+	// Zone is only checked: the Go runtime reads TZ itself.
+	Zone string `env:"TZ" desc:"the process's time zone, that of FORWARD_WINDOWS: an IANA name (case-sensitive, e.g. Europe/Paris) or a zone file's path; unset: the system's (the images': UTC). With FORWARD_WINDOWS, one this process cannot load is refused: Go would read it as UTC"`
 }
 
 // Validate names the variable that is out of range.
@@ -24,7 +27,36 @@ func (l *Lanes) Validate() error {
 	if l.StatWorkers < 0 || l.StatWorkers > 64 {
 		return fmt.Errorf("FORWARDER_STAT_CONCURRENCY=%d: want 0 to 64", l.StatWorkers)
 	}
+	if len(l.Windows) > 0 {
+		if err := checkZone(l.Zone); err != nil {
+			return fmt.Errorf("TZ=%q: %w: Go would read FORWARD_WINDOWS in UTC; want an IANA time zone name (case-sensitive, e.g. Europe/Paris) or the path of a zone file", l.Zone, err)
+		}
+	}
 	return nil
+}
+
+// checkZone reports whether the Go runtime can load tz as the local time
+// zone, as it reads TZ (time.initLocal): a leading ':' is dropped, a path
+// names a zone file, UTC and empty are UTC, anything else is a zone name.
+// The runtime reads one it cannot load as UTC, without a word.
+func checkZone(tz string) error {
+	tz = strings.TrimPrefix(tz, ":")
+	switch {
+	case tz == "" || tz == "UTC":
+		return nil
+	case tz == "Local":
+		// time.LoadLocation's name for the local zone; no zone file.
+		return errors.New("not a time zone name")
+	case strings.HasPrefix(tz, "/"):
+		b, err := os.ReadFile(tz)
+		if err != nil {
+			return err
+		}
+		_, err = time.LoadLocationFromTZData(tz, b)
+		return err
+	}
+	_, err := time.LoadLocation(tz)
+	return err
 }
 
 // ForwardWindows are the hours of the lanes FORWARD_WINDOWS limits, by

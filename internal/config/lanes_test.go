@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +92,66 @@ func TestForwardWindowsVariable(t *testing.T) {
 	}
 	if c.Forwarder.StatWorkers != 1 {
 		t.Errorf("FORWARDER_STAT_CONCURRENCY default = %d, want 1", c.Forwarder.StatWorkers)
+	}
+}
+
+// TestForwardWindowsZone: Go reads a TZ it cannot load (a misspelt or
+// lower-case name, a POSIX rule string) silently as UTC, which would
+// open the windows hours off; with FORWARD_WINDOWS set, such a TZ stops
+// the start with an error naming it.
+func TestForwardWindowsZone(t *testing.T) {
+	if _, err := time.LoadLocation("Europe/Paris"); err != nil {
+		t.Skipf("no time zone database here: %v", err)
+	}
+	zoneFile := filepath.Join(t.TempDir(), "paris")
+	if b, err := os.ReadFile("/usr/share/zoneinfo/Europe/Paris"); err == nil {
+		if err := os.WriteFile(zoneFile, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		zoneFile = ""
+	}
+	notZone := filepath.Join(t.TempDir(), "not-a-zone")
+	if err := os.WriteFile(notZone, []byte("Europe/Paris\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, tz, windows string
+		err               bool
+	}{
+		{name: "a zone name", tz: "Europe/Paris", windows: "low=22:00-07:00"},
+		{name: "a zone name after a colon", tz: ":Europe/Paris", windows: "low=22:00-07:00"},
+		{name: "UTC", tz: "UTC", windows: "low=22:00-07:00"},
+		{name: "TZ unset", windows: "low=22:00-07:00"},
+		{name: "a zone file", tz: zoneFile, windows: "low=22:00-07:00"},
+		{name: "lower case", tz: "europe/paris", windows: "low=22:00-07:00", err: true},
+		{name: "an abbreviation", tz: "CEST", windows: "low=22:00-07:00", err: true},
+		{name: "a POSIX rule", tz: "CET-1CEST,M3.5.0,M10.5.0/3", windows: "low=22:00-07:00", err: true},
+		{name: "Local, which Go reads from no file", tz: "Local", windows: "low=22:00-07:00", err: true},
+		{name: "a file that is no zone", tz: notZone, windows: "low=22:00-07:00", err: true},
+		{name: "a missing file", tz: notZone + ".gone", windows: "low=22:00-07:00", err: true},
+		{name: "no windows: the zone is not used", tz: "CEST"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.name == "a zone file" && tt.tz == "" {
+				t.Skip("no /usr/share/zoneinfo/Europe/Paris")
+			}
+			if _, err := time.LoadLocation(tt.tz); tt.name == "lower case" && err == nil {
+				t.Skip("zone names are not case-sensitive here (a case-insensitive file system): Go loads it too")
+			}
+			env := map[string]string{
+				"NATS_URL": "nats://localhost:4222", "ORTHANC_URL": "http://orthanc:8042", "DICOMWEB_URL": "http://dest/dicomweb",
+				"FORWARD_WINDOWS": tt.windows, "TZ": tt.tz,
+			}
+			var c ForwarderService
+			err := Load(func(k string) string { return env[k] }, &c)
+			switch {
+			case tt.err && (err == nil || !strings.Contains(err.Error(), "TZ=")):
+				t.Fatalf("Load = %v, want an error naming TZ", err)
+			case !tt.err && err != nil:
+				t.Fatalf("Load = %v", err)
+			}
+		})
 	}
 }
