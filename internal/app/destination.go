@@ -95,6 +95,10 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 		}
 	case config.ProviderAWS:
 		region := fc.AWSRegionOrDefault()
+		if d.AWSRegion != "" && d.AWSRegion != region {
+			log.Info(fc.VarName("AWS_REGION")+" differs from the data store's region in "+fc.VarName("DICOMWEB_URL")+", which the endpoint requires: requests are signed for the latter",
+				"aws_region", d.AWSRegion, "region", region)
+		}
 		out.Credential = "Signature V4, " + awssig.Service + ", " + region
 		out.AWSCredentials, err = awssig.LoadCredentials(ctx, region, d.RefreshMargin)
 		if err == nil {

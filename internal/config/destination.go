@@ -53,7 +53,7 @@ type DestinationAuth struct {
 	GoogleCredentialsFile string `env:"GOOGLE_APPLICATION_CREDENTIALS" desc:"google: service account JSON key file; empty uses the metadata server (GCE, GKE workload identity)"`
 	GCEMetadataHost       string `env:"GCE_METADATA_HOST" envDefault:"metadata.google.internal" desc:"google: metadata server host[:port]"`
 
-	AWSRegion string `env:"AWS_REGION" desc:"aws: region of the HealthImaging data store; default: read from DICOMWEB_URL (dicom-medical-imaging.REGION.amazonaws.com). Credentials come from the AWS SDK's standard chain"`
+	AWSRegion string `env:"AWS_REGION" desc:"aws: region of the HealthImaging data store when DICOMWEB_URL does not name it (a VPC endpoint, a proxy); a URL dicom-medical-imaging.REGION.amazonaws.com is signed for its REGION, whatever AWS_REGION says (EKS and ECS set it to the cluster's). Credentials come from the AWS SDK's standard chain"`
 
 	TLSCAFile             string `env:"TLS_CA_FILE" desc:"PEM CA certificates trusted, besides the system's, for the destination and its token endpoint (private PKI)"`
 	TLSCertFile           string `env:"TLS_CERT_FILE" desc:"PEM client certificate for mutual TLS with the destination and its token endpoint; with TLS_KEY_FILE; reloaded when renewed"`
@@ -205,14 +205,16 @@ func (f *Destination) AuthStyle() string {
 	return AuthStyleBasic
 }
 
-// AWSRegionOrDefault is the region of an aws destination: AWS_REGION,
-// else read from DICOMWEB_URL.
+// AWSRegionOrDefault is the region requests to an aws destination are
+// signed for: that of a HealthImaging endpoint's DICOMWEB_URL, which
+// refuses (403) a signature for any other, else AWS_REGION. EKS and ECS
+// set AWS_REGION to the cluster's region, which need not be the data
+// store's.
 func (f *Destination) AWSRegionOrDefault() string {
-	if f.DestinationAuth.AWSRegion != "" {
-		return f.DestinationAuth.AWSRegion
+	if r, ok := awsRegionFromURL(f.DICOMwebURL); ok {
+		return r
 	}
-	r, _ := awsRegionFromURL(f.DICOMwebURL)
-	return r
+	return f.DestinationAuth.AWSRegion
 }
 
 func awsRegionFromURL(raw string) (string, bool) {

@@ -86,3 +86,33 @@ func TestDestinationAuthDefaults(t *testing.T) {
 		t.Errorf("region = %q", r)
 	}
 }
+
+// TestAWSRegionOfTheDataStore: a HealthImaging endpoint takes only
+// signatures for its own region, so that of DICOMWEB_URL is the one used;
+// AWS_REGION, which EKS and ECS set to the cluster's region, fills in only
+// for a URL that names none (a VPC endpoint, a proxy).
+func TestAWSRegionOfTheDataStore(t *testing.T) {
+	const hi = "https://dicom-medical-imaging.eu-west-1.amazonaws.com/datastore/d9a2a515ab294163a2d2f4069eed584c"
+	tests := []struct {
+		name, url, awsRegion, want string
+	}{
+		{name: "from the URL", url: hi, want: "eu-west-1"},
+		{name: "the URL's over the cluster's AWS_REGION", url: hi, awsRegion: "eu-central-1", want: "eu-west-1"},
+		{name: "the same in both", url: hi, awsRegion: "eu-west-1", want: "eu-west-1"},
+		{name: "FIPS endpoint", url: "https://dicom-medical-imaging-fips.us-east-1.amazonaws.com/datastore/x", awsRegion: "us-west-2", want: "us-east-1"},
+		{name: "a URL that names no region", url: "https://vpce-0123.dicom-medical-imaging.example.internal/datastore/x", awsRegion: "ap-southeast-2", want: "ap-southeast-2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			e["OAUTH_PROVIDER"], e["DICOMWEB_URL"], e["AWS_REGION"] = "aws", tt.url, tt.awsRegion
+			var c SingleHost
+			if err := Load(mapEnv(e), &c); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Forwarder.AWSRegionOrDefault(); got != tt.want {
+				t.Errorf("region = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
