@@ -260,8 +260,10 @@ func TestCheckRedactsDestinationURL(t *testing.T) {
 	const secret = "query-secret-0123456789"
 	dest := httptest.NewServer(qido(""))
 	t.Cleanup(dest.Close)
-	notPEM := t.TempDir() + "/ca.pem"
-	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+	// A PEM block that holds no certificate passes the configuration and
+	// fails the destination's set-up.
+	notCert := t.TempDir() + "/ca.pem"
+	if err := os.WriteFile(notCert, []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -272,7 +274,7 @@ func TestCheckRedactsDestinationURL(t *testing.T) {
 	}{
 		{name: "check passes", env: map[string]string{"DICOMWEB_URL": dest.URL + "/v2?code=" + secret},
 			want: "destination  " + dest.URL + "/v2\n"},
-		{name: "destination cannot be set up", env: map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2?code=" + secret, "TLS_CA_FILE": notPEM},
+		{name: "destination cannot be set up", env: map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2?code=" + secret, "TLS_CA_FILE": notCert},
 			wantErr: true, want: "destination  https://dicom.example.org/v2\nverdict      FAIL"},
 	}
 	for _, tt := range tests {

@@ -147,8 +147,11 @@ func (f *Destination) authValidate() error {
 	if (d.TLSCertFile == "") != (d.TLSKeyFile == "") {
 		add("TLS_CERT_FILE and TLS_KEY_FILE: set both for mutual TLS, or neither")
 	}
+	// PEM as the listener's and NATS's files are: a DER file (a Windows
+	// CA's .cer export) would otherwise fail only once NATS is set up,
+	// naming neither the variable nor the destination.
 	for name, path := range map[string]string{"TLS_CA_FILE": d.TLSCAFile, "TLS_CERT_FILE": d.TLSCertFile, "TLS_KEY_FILE": d.TLSKeyFile} {
-		errs = append(errs, fileReadable(name, path))
+		errs = append(errs, pemFileReadable(name, path))
 	}
 	return errors.Join(errs...)
 }

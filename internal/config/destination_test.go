@@ -13,6 +13,14 @@ func TestDestinationAuthValidation(t *testing.T) {
 	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	der, pemFile := filepath.Join(t.TempDir(), "ca.cer"), filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(der, []byte{0x30, 0x82, 0x03, 0x5a, 0x30, 0x82}, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A PEM block; what it holds is checked where it is used.
+	if err := os.WriteFile(pemFile, []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	const hi = "https://dicom-medical-imaging.eu-west-1.amazonaws.com/datastore/d9a2a515ab294163a2d2f4069eed584c"
 	tests := []struct {
 		name string
@@ -47,6 +55,11 @@ func TestDestinationAuthValidation(t *testing.T) {
 		{name: "aws with a client ID", set: map[string]string{"OAUTH_PROVIDER": "aws", "AWS_REGION": "us-east-1", "OAUTH_CLIENT_ID": "c"}, want: "OAUTH_CLIENT_ID: not used"},
 		{name: "TLS certificate without key", set: map[string]string{"TLS_CERT_FILE": key}, want: "TLS_CERT_FILE and TLS_KEY_FILE"},
 		{name: "TLS CA missing", set: map[string]string{"TLS_CA_FILE": key + ".gone"}, want: "TLS_CA_FILE"},
+		// A Windows CA's DER export (.cer) failed only once NATS was set up,
+		// naming neither the variable nor the destination.
+		{name: "TLS CA not PEM", set: map[string]string{"TLS_CA_FILE": der}, want: "TLS_CA_FILE: " + der + " holds no PEM block"},
+		{name: "TLS client pair not PEM", set: map[string]string{"TLS_CERT_FILE": der, "TLS_KEY_FILE": der}, want: "TLS_KEY_FILE: " + der + " holds no PEM block"},
+		{name: "TLS files in PEM", set: map[string]string{"TLS_CA_FILE": pemFile, "TLS_CERT_FILE": pemFile, "TLS_KEY_FILE": pemFile}},
 		{name: "negative margin", set: map[string]string{"OAUTH_REFRESH_MARGIN": "-1s"}, want: "OAUTH_REFRESH_MARGIN"},
 	}
 	for _, tt := range tests {

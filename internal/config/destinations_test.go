@@ -132,6 +132,10 @@ func TestDestinationErrorsNameTheirVariables(t *testing.T) {
 			[]string{`DESTINATION_ARCHIVE_STOW_MAX_BYTES_PER_SECOND=10B`}},
 		{"bad rule", func(e map[string]string) { e["DESTINATION_AI_2_MATCH"] = "'MR' in study.modality" },
 			[]string{"DESTINATION_AI_2_MATCH", "1:14", "undefined field 'modality'"}},
+		{"TLS CA not PEM", func(e map[string]string) {
+			e["DESTINATION_AI_2_TLS_CA_FILE"] = e["DESTINATION_AI_2_OAUTH_CLIENT_SECRET_FILE"]
+		},
+			[]string{"DESTINATION_AI_2_TLS_CA_FILE: ", "holds no PEM block"}},
 		{"bad instance rule", func(e map[string]string) { e["DESTINATION_AI_2_INSTANCE_MATCH"] = "instance.modality" },
 			[]string{"DESTINATION_AI_2_INSTANCE_MATCH", "true or false"}},
 		{"bad name", func(e map[string]string) { e["DESTINATIONS"] = "archive,ai.2" }, []string{`"ai.2" is not a destination name`}},
