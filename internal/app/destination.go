@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -54,7 +55,15 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 	d := &fc.DestinationAuth
 	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: d.TLSCAFile, CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile, InsecureSkipVerify: d.TLSInsecureSkipVerify}, log)
 	if err != nil {
-		return nil, err
+		// Name the destination and its variables: with several, the
+		// files' paths alone do not say which to fix.
+		var set []string
+		for _, v := range []struct{ name, path string }{{"TLS_CA_FILE", d.TLSCAFile}, {"TLS_CERT_FILE", d.TLSCertFile}, {"TLS_KEY_FILE", d.TLSKeyFile}} {
+			if v.path != "" {
+				set = append(set, fc.VarName(v.name))
+			}
+		}
+		return nil, fmt.Errorf("destination %s (%s): %w", fc.Name, strings.Join(set, ", "), err)
 	}
 	if d.TLSInsecureSkipVerify {
 		log.Warn(fc.VarName("TLS_INSECURE_SKIP_VERIFY")+"=true: the certificates of the destination and its token endpoint are NOT verified; anyone on the network path can read and alter what is sent. Unset it outside tests.",

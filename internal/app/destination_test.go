@@ -5,14 +5,17 @@ import (
 	"encoding/pem"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/testpki"
 )
 
 // A destination that offers HTTP/2 gets it, also with a private CA
@@ -73,5 +76,53 @@ func TestDestinationUsesHTTP2(t *testing.T) {
 	defer mu.Unlock()
 	if len(protos) != 1 || !protos["HTTP/2.0"] {
 		t.Errorf("the server saw %v, want only HTTP/2.0 (token endpoint included)", protos)
+	}
+}
+
+// TestDestinationTLSErrorNamesIt: TLS files that pass the configuration
+// but cannot be used (a client certificate and a key of different pairs,
+// a PEM block that is no certificate) fail the start naming the
+// destination and its variables: with several destinations, the bare
+// "private key does not match public key" named none.
+func TestDestinationTLSErrorNamesIt(t *testing.T) {
+	ca := testpki.NewCA(t, "tls-error-ca")
+	_, certFile, _ := ca.Issue(t, "client-a", false)
+	_, _, otherKey := ca.Issue(t, "client-b", false)
+	notCert := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(notCert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not a certificate")}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		set  map[string]string
+		want []string
+	}{
+		{name: "key of another pair", set: map[string]string{"DESTINATION_AI_TLS_CERT_FILE": certFile, "DESTINATION_AI_TLS_KEY_FILE": otherKey},
+			want: []string{"destination ai", "DESTINATION_AI_TLS_CERT_FILE", "DESTINATION_AI_TLS_KEY_FILE"}},
+		{name: "CA block that is no certificate", set: map[string]string{"DESTINATION_AI_TLS_CA_FILE": notCert},
+			want: []string{"destination ai", "DESTINATION_AI_TLS_CA_FILE"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{
+				"NATS_URL": "nats://127.0.0.1:4222", "DESTINATIONS": "archive,ai",
+				"DESTINATION_ARCHIVE_URL": "https://archive.example.org/dicomweb", "DESTINATION_AI_URL": "https://ai.example.org/dicomweb",
+			}
+			maps.Copy(env, tt.set)
+			var c config.ForwarderService
+			if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
+				t.Fatal(err)
+			}
+			ai := c.DestinationList()[1]
+			_, err := newDestination(t.Context(), &ai, nil, nil, slog.New(slog.DiscardHandler))
+			if err == nil {
+				t.Fatal("newDestination accepted the TLS files")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %s", err, w)
+				}
+			}
+		})
 	}
 }
