@@ -292,3 +292,34 @@ func TestCheckRedactsDestinationURL(t *testing.T) {
 		})
 	}
 }
+
+// TestDestinationNotServedHere: in a forwarder group's environment
+// (FORWARDER_DESTINATIONS), check and audit --verify of a destination of
+// another group say that this process does not serve it, and where to
+// run them, rather than that it is not configured: DESTINATIONS names it.
+func TestDestinationNotServedHere(t *testing.T) {
+	env := map[string]string{
+		"NATS_URL": "nats://127.0.0.1:1", "DESTINATIONS": "archive,ai", "FORWARDER_DESTINATIONS": "archive",
+		"DESTINATION_ARCHIVE_URL": "https://archive.example.org/dicomweb", "DESTINATION_AI_URL": "https://ai.example.org/dicomweb",
+	}
+	for _, args := range [][]string{
+		{"check", "--destination", "ai"},
+		{"audit", "--verify", "--destination", "ai"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := run(t.Context(), args, func(k string) string { return env[k] }, nil, &out, &errOut)
+			if !errors.Is(err, app.ErrUsage) {
+				t.Fatalf("err = %v, want a usage error", err)
+			}
+			for _, w := range []string{`"ai"`, "FORWARDER_DESTINATIONS=archive", "not served"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %s", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "not a configured destination") {
+				t.Errorf("error %q calls a destination DESTINATIONS names unconfigured", err)
+			}
+		})
+	}
+}

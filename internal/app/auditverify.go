@@ -46,7 +46,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 		}
 	}
 	if dest == nil || dest.DICOMwebURL == "" {
-		return &usageError{fmt.Errorf("%s: --destination %q is not a configured destination", program, a.destination)}
+		return destinationNotFound(program, &dc.Forwarder, a.destination)
 	}
 	log := NewLogger(stderr, a.cfg.Log)
 	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/stowline/stowline/auth"
@@ -55,9 +56,23 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 		}
 	}
 	if !found {
-		return &usageError{fmt.Errorf("%s: --destination %q is not a configured destination", program, *only)}
+		return destinationNotFound(program, &cfg.Forwarder, *only)
 	}
 	return errors.Join(errs...)
+}
+
+// destinationNotFound is the usage error of a --destination this process
+// cannot use: one DESTINATIONS does not name, or one it names that other
+// forwarders serve (FORWARDER_DESTINATIONS), whose settings this process
+// does not read.
+func destinationNotFound(program string, fc *config.Forwarder, name string) error {
+	for _, d := range fc.DestinationList() {
+		if d.Name == name {
+			return &usageError{fmt.Errorf("%s: --destination %q is not served by this process (FORWARDER_DESTINATIONS=%s), which reads only the settings of the destinations it serves: "+
+				"run it where %q is served, or with FORWARDER_DESTINATIONS unset", program, name, strings.Join(fc.Serve, ","), name)}
+		}
+	}
+	return &usageError{fmt.Errorf("%s: --destination %q is not a configured destination", program, name)}
 }
 
 // checkDestination checks one destination and prints its verdict.
