@@ -80,6 +80,10 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"dicomweb url with an empty fragment", map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2#"}, "", "DICOMWEB_URL"},
 		{"dicomweb url without host", map[string]string{"DICOMWEB_URL": "https://:443/v2"}, "", `DICOMWEB_URL="https://:443/v2": the URL has no host name`},
 		{"dicomweb url with a bad port", map[string]string{"DICOMWEB_URL": "https://dicom.example.org:65536/v2"}, "", `port "65536"`},
+		// Copied from a STOW-RS example: every request would go to
+		// .../studies/studies and every study fail.
+		{"dicomweb url of the STOW-RS endpoint", map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2/studies"}, "", `DICOMWEB_URL="https://dicom.example.org/v2/studies": want the DICOMweb base URL`},
+		{"dicomweb url of the STOW-RS endpoint, with a slash and a key", map[string]string{"DICOMWEB_URL": "https://dicom-medical-imaging.eu-west-1.amazonaws.com/datastore/d9a2/studies/?code=hunter2"}, "", `DICOMWEB_URL="https://dicom-medical-imaging.eu-west-1.amazonaws.com/datastore/d9a2/studies/?…": want the DICOMweb base URL`},
 		{"token url without host", map[string]string{"OAUTH_TOKEN_URL": "https://:443/token", "OAUTH_CLIENT_ID": "x", "OAUTH_CLIENT_SECRET": "y"}, "", "OAUTH_TOKEN_URL"},
 		{"bad concurrency", map[string]string{"FORWARDER_CONCURRENCY": "zero"}, "", "FORWARDER_CONCURRENCY"},
 		{"concurrency out of range", map[string]string{"FORWARDER_CONCURRENCY": "0"}, "", "FORWARDER_CONCURRENCY"},

@@ -120,6 +120,8 @@ func TestDestinationErrorsNameTheirVariables(t *testing.T) {
 			[]string{"DESTINATION_AI_2_URL is required"}},
 		{"bad URL", func(e map[string]string) { e["DESTINATION_AI_2_URL"] = "ftp://ai" },
 			[]string{"DESTINATION_AI_2_URL=\"ftp://ai\""}},
+		{"STOW-RS endpoint for URL", func(e map[string]string) { e["DESTINATION_AI_2_URL"] = "https://ai.example.com/v1/studies" },
+			[]string{"DESTINATION_AI_2_URL=\"https://ai.example.com/v1/studies\": want the DICOMweb base URL"}},
 		{"secret missing", func(e map[string]string) { delete(e, "DESTINATION_AI_2_OAUTH_CLIENT_SECRET_FILE") },
 			[]string{"DESTINATION_AI_2_OAUTH_CLIENT_SECRET is required"}},
 		{"bad size", func(e map[string]string) { e["DESTINATION_ARCHIVE_STOW_MAX_BYTES"] = "lots" },

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -236,6 +237,10 @@ func (d *Destination) validate() error {
 	var errs []error
 	if err := validateHTTPURL("DICOMWEB_URL", d.DICOMwebURL); err != nil {
 		errs = append(errs, err)
+	} else if u, _ := url.Parse(d.DICOMwebURL); path.Base(strings.TrimRight(u.Path, "/")) == "studies" {
+		// The STOW-RS endpoint of a provider's example: every request
+		// would go to .../studies/studies and every study fail.
+		errs = append(errs, fmt.Errorf("DICOMWEB_URL=%q: want the DICOMweb base URL, without /studies: STOW-RS goes to {DICOMWEB_URL}/studies", withoutSecrets(d.DICOMwebURL)))
 	}
 	if err := d.authValidate(); err != nil {
 		errs = append(errs, err)
