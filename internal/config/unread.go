@@ -6,15 +6,19 @@ import (
 	"strings"
 )
 
-// checkedFamilies are the prefixes of the variables Unread checks: those
-// only stowline reads, where a misspelt name would silently leave a
-// default: STOW_PARALLEL_REQUEST; INGEST_HMAC_SECRETS_FILE (the webhook
-// then takes unsigned requests); EVENTS_RETENTON (this process then
-// sets the shared stream's retention to the default). DESTINATION_ is
-// checked for a configuration that has destinations (DestinationList).
-// NATS_, TLS_ and the platforms' prefixes are left out: other tools
-// read variables of theirs (the nats CLI's NATS_CREDS).
-var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "INGEST_", "RECONCILE_", "EVENTS_", "DEADLETTER_"}
+// checkedFamilies are the prefixes of the variables Unread checks, where
+// a misspelt name would silently leave a default: STOW_PARALLEL_REQUEST;
+// INGEST_HMAC_SECRETS_FILE (the webhook then takes unsigned requests);
+// EVENTS_RETENTON or NATS_REPLICA (this process then sets the shared
+// streams' retention, or replicas, to the default at its start).
+// DESTINATION_ is checked for a configuration that has destinations
+// (DestinationList). TLS_ and the platforms' prefixes are left out:
+// other tools read variables of theirs.
+var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "INGEST_", "RECONCILE_", "EVENTS_", "DEADLETTER_", "NATS_"}
+
+// natsCLIVars are the nats CLI's own settings (nats --help): set for it
+// in the same environment, they are no misspelling.
+var natsCLIVars = []string{"NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_CREDS", "NATS_NKEY", "NATS_CERT", "NATS_KEY", "NATS_CA", "NATS_TIMEOUT", "NATS_CONTEXT"}
 
 // serviceLink matches the variables Kubernetes sets for every Service
 // (FOO_SERVICE_HOST, FOO_PORT_8080_TCP_ADDR, ...): never a misspelling.
@@ -62,7 +66,7 @@ func Unread(environ []string, cfg any) []string {
 	var out []string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if known[name] || serviceLink.MatchString(name) || slices.Contains(out, name) {
+		if known[name] || serviceLink.MatchString(name) || slices.Contains(natsCLIVars, name) || slices.Contains(out, name) {
 			continue
 		}
 		for _, f := range families {

@@ -45,6 +45,15 @@ func TestUnread(t *testing.T) {
 			cfg:   func() any { return &ForwarderService{} },
 			extra: map[string]string{"DEADLETTER_RETENTON": "1440h", "EVENTS_DEDUP_WINDOW": "1h", "EVENTS_RETENTION": "336h"},
 			want:  []string{"DEADLETTER_RETENTON", "EVENTS_DEDUP_WINDOW"}},
+		// A misspelt NATS_REPLICAS let this process scale the shared
+		// streams down to one replica at its start; the nats CLI's own
+		// variables are no misspelling.
+		{name: "misspelt NATS variables, and the nats CLI's", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &ForwarderService{} },
+			extra: map[string]string{"NATS_REPLICA": "3", "NATS_CREDS_FIL": "/run/secrets/nats.creds",
+				"NATS_CONTEXT": "prod", "NATS_CREDS": "/run/secrets/nats.creds", "NATS_TIMEOUT": "5s", "NATS_CA": "/ca.pem",
+				"NATS_SERVICE_HOST": "10.0.0.2", "NATS_PORT_4222_TCP": "tcp://10.0.0.2:4222"},
+			want: []string{"NATS_CREDS_FIL", "NATS_REPLICA"}},
 		{name: "the forwarder is not told about the ingest's variables", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &ForwarderService{} }, extra: map[string]string{"INGEST_HMAC_SECRET": "x", "RECONCILE_POLL_INTERVAL": "5s"}},
 	}
