@@ -51,7 +51,14 @@ func Main[T any, P interface {
 	for _, name := range config.Unread(environ, P(&cfg)) {
 		log.Warn("variable set but not read: misspelt, or for a destination DESTINATIONS does not name (run "+program+" -h for the list)", "variable", name)
 	}
-	return start(ctx, P(&cfg), log)
+	err := start(ctx, P(&cfg), log)
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		// Stopped (SIGTERM) before the start was done: a normal stop,
+		// not a failure for systemd or an orchestrator to count.
+		log.Info("stopped while starting", "err", err)
+		return nil
+	}
+	return err
 }
 
 // ExitCode reports err on stderr, if any, and returns the process exit

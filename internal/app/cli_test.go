@@ -3,6 +3,8 @@ package app
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -35,5 +37,39 @@ func TestMainWarnsAboutUnreadVariables(t *testing.T) {
 	}
 	if strings.Contains(logs, "value-not-logged") {
 		t.Errorf("the value was logged: %s", logs)
+	}
+}
+
+// A stop (SIGTERM, Ctrl-C) while the process is still starting (the
+// embedded store recovering, JetStream being provisioned) is a normal
+// stop, exit 0: it returned 'context canceled', exit 1, and systemd or an
+// orchestrator counted a failure. A cancellation without a stop, or
+// another error during one, still fails.
+func TestStopDuringStartIsNoFailure(t *testing.T) {
+	env := map[string]string{"INGEST_TOKEN": "0123456789abcdef", "DICOMWEB_URL": "http://archive.invalid/dicom-web"}
+	provisioning := fmt.Errorf("provision the event stream: %w", context.Canceled)
+	tests := []struct {
+		name    string
+		stopped bool
+		err     error
+		want    int
+	}{
+		{"stopped while provisioning", true, provisioning, 0},
+		{"canceled without a stop", false, provisioning, 1},
+		{"another error during a stop", true, errors.New("embedded JetStream: store corrupt"), 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, stop := context.WithCancel(t.Context())
+			defer stop()
+			if tt.stopped {
+				stop()
+			}
+			err := Main[config.SingleHost](ctx, "stowline", nil, func(k string) string { return env[k] }, nil, io.Discard, io.Discard,
+				func(context.Context, *config.SingleHost, *slog.Logger) error { return tt.err })
+			if got := ExitCode("stowline", err, io.Discard); got != tt.want {
+				t.Errorf("exit %d (%v), want %d", got, err, tt.want)
+			}
+		})
 	}
 }
