@@ -21,6 +21,7 @@ func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) e
 		if in.sources, err = NewSources(&c.Orthanc); err != nil {
 			return err
 		}
+		in.sources.warnProxied(log, environmentProxy)
 	}
 	tp, stopTracing, err := startTracing(ctx, "stowline-ingest", log)
 	if err != nil {
@@ -40,6 +41,7 @@ func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Log
 	if err != nil {
 		return err
 	}
+	sources.warnProxied(log, environmentProxy)
 	tp, stopTracing, err := startTracing(ctx, "stowline-forwarder", log)
 	if err != nil {
 		return err
@@ -60,6 +62,7 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 	if err != nil {
 		return err
 	}
+	sources.warnProxied(log, environmentProxy)
 	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile}
 	if c.Reconcile.Enabled || c.Ingest.Priority.Rule != "" {
 		in.sources = sources

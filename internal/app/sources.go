@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/url"
 	"sort"
 	"strings"
+
+	"golang.org/x/net/http/httpproxy"
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/orthancapi"
@@ -23,6 +27,7 @@ type Source struct {
 	Name    string
 	Client  *orthancapi.Client
 	varName string // ORTHANC_URL or ORTHANC_<NAME>_URL, for messages
+	url     string
 }
 
 // Sources are the configured Orthanc servers.
@@ -50,13 +55,42 @@ func NewSources(c *config.Orthanc) (*Sources, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%sURL: %w", src.Var, err)
 		}
-		s.list = append(s.list, Source{Name: src.Name, Client: client, varName: src.Var + "URL"})
+		s.list = append(s.list, Source{Name: src.Name, Client: client, varName: src.Var + "URL", url: src.URL})
 		s.byName[src.Name] = client
 	}
 	if len(s.list) == 0 {
 		return nil, errors.New("no Orthanc source is configured")
 	}
 	return s, nil
+}
+
+// warnProxied logs a warning for each source whose requests go through a
+// proxy of the environment. Sites set HTTP_PROXY / HTTPS_PROXY for the
+// cloud destinations (Docker's proxy configuration, OpenShift's
+// cluster-wide proxy), and Go's client then sends Orthanc's traffic
+// (DICOM files, and with http:// its Basic-auth password in the clear)
+// through that proxy too unless NO_PROXY names Orthanc's host: a site
+// reaching Orthanc through a proxy on purpose is rare, but possible, so
+// this is a warning, not a refusal.
+func (s *Sources) warnProxied(log *slog.Logger, proxyFor func(*url.URL) (*url.URL, error)) {
+	for _, src := range s.list {
+		u, err := url.Parse(src.url)
+		if err != nil {
+			continue // NewSources refused it already
+		}
+		proxy, err := proxyFor(u)
+		if err != nil || proxy == nil {
+			continue
+		}
+		log.Warn("requests to this Orthanc go through the proxy of the environment (HTTP_PROXY/HTTPS_PROXY); add its host to NO_PROXY unless that is meant",
+			"variable", src.varName, "orthanc_host", u.Host, "proxy_host", proxy.Host)
+	}
+}
+
+// environmentProxy is the proxy Go's default transport picks for a URL,
+// from HTTP_PROXY, HTTPS_PROXY and NO_PROXY.
+func environmentProxy(u *url.URL) (*url.URL, error) {
+	return httpproxy.FromEnvironment().ProxyFunc()(u)
 }
 
 // List returns the sources in configuration order.

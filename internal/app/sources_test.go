@@ -5,12 +5,16 @@ import (
 	"crypto/tls"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"golang.org/x/net/http/httpproxy"
+
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testpki"
 )
 
@@ -51,5 +55,40 @@ func TestOrthancCAFile(t *testing.T) {
 	}
 	if err := system(ca.CAFile); err != nil {
 		t.Errorf("with ORTHANC_CA_FILE: %v", err)
+	}
+}
+
+// A proxy set for the cloud destinations would also carry Orthanc's
+// traffic (its files, and over http:// its password in the clear) unless
+// NO_PROXY names Orthanc: each source that would go through it is named in
+// a warning, with hosts only (a proxy URL may hold credentials).
+func TestProxiedSourceWarned(t *testing.T) {
+	env := map[string]string{
+		"ORTHANC_SOURCES":    "main,local,cardio",
+		"ORTHANC_MAIN_URL":   "http://orthanc:8042",
+		"ORTHANC_LOCAL_URL":  "http://127.0.0.1:8042",
+		"ORTHANC_CARDIO_URL": "https://cardio.hospital.example:8043",
+	}
+	var c config.Orthanc
+	if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSources(&c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httpproxy.Config{
+		HTTPProxy:  "http://user:proxy-secret@proxy.corp:3128",
+		HTTPSProxy: "http://user:proxy-secret@proxy.corp:3128",
+		NoProxy:    ".hospital.example",
+	}
+	var logs testharness.LogBuffer
+	s.warnProxied(slog.New(slog.NewJSONHandler(&logs, nil)), proxy.ProxyFunc())
+	out := logs.String()
+	if n := strings.Count(out, "through the proxy"); n != 1 || !strings.Contains(out, `"variable":"ORTHANC_MAIN_URL","orthanc_host":"orthanc:8042","proxy_host":"proxy.corp:3128"`) {
+		t.Errorf("want one warning, for ORTHANC_MAIN_URL (localhost is never proxied, cardio is in NO_PROXY):\n%s", out)
+	}
+	if strings.Contains(out, "proxy-secret") {
+		t.Errorf("the proxy's credentials were logged:\n%s", out)
 	}
 }
