@@ -35,6 +35,7 @@ func (s *sourceRunner) detectFilter(ctx context.Context) {
 // source (`forwarder audit --enqueue` does that on purpose).
 func (s *sourceRunner) loadCursor(ctx context.Context) error {
 	s.recent = map[string]string{}
+	s.unreadable = map[string]bool{}
 	s.dirty = false
 	s.detectFilter(ctx)
 	c, found, err := s.store.load(ctx)
@@ -278,6 +279,7 @@ func (s *sourceRunner) dropPending(studyID string) {
 		delete(s.cur.Pending, studyID)
 		s.dirty = true
 	}
+	delete(s.unreadable, studyID)
 }
 
 // save stores the cursor if it changed.

@@ -40,7 +40,6 @@ func (s *sourceRunner) stable(ctx context.Context, studyID string, seq int64) er
 // first; this catches studies Orthanc forgot when it restarted before they
 // became stable.
 func (s *sourceRunner) resolvePending(ctx context.Context) error {
-	var failed error
 	for id := range s.cur.Pending {
 		study, err := s.orthanc.Study(ctx, id)
 		var oe *orthancapi.Error
@@ -49,9 +48,14 @@ func (s *sourceRunner) resolvePending(ctx context.Context) error {
 			s.skipDeleted(id)
 			continue
 		case errors.As(err, &oe) && oe.NotFromOrthanc == "":
-			// Orthanc fails on this study only: the others go on.
-			if failed == nil {
-				failed = fmt.Errorf("orthanc: study %s: %w", id, err)
+			// Orthanc fails on this study alone: it stays pending, asked
+			// again at every poll, and the poll goes on. Failing it made
+			// one unreadable study an outage for good: the lease holder
+			// not ready, its poll errors saying Orthanc was unreachable.
+			if !s.unreadable[id] {
+				s.unreadable[id] = true
+				s.log.Warn("Orthanc fails to read a pending study; it stays pending and is asked again at every poll",
+					"orthanc_study_id", id, "err", err)
 			}
 			continue
 		case err != nil:
@@ -64,7 +68,7 @@ func (s *sourceRunner) resolvePending(ctx context.Context) error {
 		}
 		s.dropPending(id)
 	}
-	return failed
+	return nil
 }
 
 func (s *sourceRunner) skipDeleted(studyID string) {

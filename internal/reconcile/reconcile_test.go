@@ -406,6 +406,71 @@ func testBrokenChangeDoesNotHoldTheCursor(t *testing.T, rel testharness.Release)
 	}
 }
 
+// oneBrokenStudy fails, with Orthanc's 500, every lookup of the first
+// study it is asked about, for good: one study Orthanc cannot read.
+type oneBrokenStudy struct {
+	*orthancapi.Client
+	broken *atomic.Value // the study's Orthanc ID
+}
+
+func (b oneBrokenStudy) fails(id string) bool {
+	b.broken.CompareAndSwap(nil, id)
+	return b.broken.Load() == id
+}
+
+func (b oneBrokenStudy) InstanceStudy(ctx context.Context, id string) (orthancapi.Study, error) {
+	st, err := b.Client.InstanceStudy(ctx, id)
+	if err == nil && b.fails(st.ID) {
+		return orthancapi.Study{}, &orthancapi.Error{Method: "GET", Path: "/instances/" + id + "/study", StatusCode: http.StatusInternalServerError, OrthancMessage: "Database plugin error"}
+	}
+	return st, err
+}
+
+func (b oneBrokenStudy) Study(ctx context.Context, id string) (orthancapi.Study, error) {
+	if b.fails(id) {
+		return orthancapi.Study{}, &orthancapi.Error{Method: "GET", Path: "/studies/" + id, StatusCode: http.StatusInternalServerError, OrthancMessage: "Database plugin error"}
+	}
+	return b.Client.Study(ctx, id)
+}
+
+// One study Orthanc cannot read stays pending without failing the polls:
+// they failed at every caught-up poll, for good, so the ingest holding the
+// lease was not ready (out of its Service, its webhooks refused) and
+// stowline_reconcile_poll_errors_total said Orthanc was unreachable.
+func TestBrokenPendingStudyIsNoOutage(t *testing.T) {
+	testharness.ForEachRelease(t, testBrokenPendingStudyIsNoOutage)
+}
+
+func testBrokenPendingStudyIsNoOutage(t *testing.T, rel testharness.Release) {
+	r := newRig(t, rel, "recon-b")
+	r.client2 = oneBrokenStudy{Client: r.client, broken: new(atomic.Value)}
+	rec, reg, _ := r.start(t, "b")
+	check := rec.Checks()["reconcile_b"]
+	pollErrors := func() float64 {
+		return metric(t, reg, "stowline_reconcile_poll_errors_total", map[string]string{"source": "b"})
+	}
+	upload(t, r.orthanc, writeStudy(t, 2))
+	upload(t, r.orthanc, writeStudy(t, 1))
+	testharness.WaitFor(t, "the other study's event", 30*time.Second, func() bool {
+		return len(streamEvents(t, r.nats.JS)) == 1
+	})
+	testharness.WaitFor(t, "ready, with the broken study pending", 15*time.Second, func() bool {
+		return check(context.Background()) == nil &&
+			metric(t, reg, "stowline_reconcile_pending_studies", map[string]string{"source": "b"}) == 1
+	})
+	before := pollErrors()
+	upload(t, r.orthanc, writeStudy(t, 1))
+	testharness.WaitFor(t, "a third study's event", 30*time.Second, func() bool {
+		return len(streamEvents(t, r.nats.JS)) == 2
+	})
+	if err := check(context.Background()); err != nil {
+		t.Errorf("not ready while one study is unreadable: %v", err)
+	}
+	if got := pollErrors(); got != before {
+		t.Errorf("poll errors went from %v to %v while the broken study was pending", before, got)
+	}
+}
+
 // While Orthanc is unreachable the source's readiness check fails; it
 // recovers on its own.
 func TestUnreachableOrthancIsNotReady(t *testing.T) {

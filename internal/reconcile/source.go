@@ -31,6 +31,9 @@ type sourceRunner struct {
 	// changeTypes filter the change log when Orthanc can (detectFilter).
 	changeTypes []string
 	stuck       stuckChange
+	// unreadable are the pending studies Orthanc failed to read, each
+	// warned about once.
+	unreadable map[string]bool
 }
 
 func (s *sourceRunner) check(context.Context) error {
