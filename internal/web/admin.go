@@ -88,7 +88,7 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, "list dead letters", err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"entries": entries})
+	answerLate(w, http.StatusOK, map[string]any{"entries": entries})
 }
 
 func (a *AdminAPI) show(w http.ResponseWriter, r *http.Request) {
@@ -141,7 +141,7 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 		if !req.DryRun {
 			a.Log.Info("dead letters "+what+"ed through the admin API", "count", len(entries), "remote", r.RemoteAddr)
 		}
-		WriteJSON(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": entries})
+		answerLate(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": entries})
 	}
 }
 
@@ -187,7 +187,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, "reforward", err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs})
+	answerLate(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs})
 }
 
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
@@ -202,7 +202,17 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (a *AdminAPI) fail(w http.ResponseWriter, what string, err error) {
 	a.Log.Error(what+" failed", "err", err)
-	WriteError(w, failureStatus(err), what+": "+err.Error())
+	answerLate(w, failureStatus(err), map[string]string{"error": what + ": " + err.Error()})
+}
+
+// answerLate writes the answer of an operation that may have run longer
+// than the server's WriteTimeout, which counts from the request: a
+// replay or re-forward of many events over a NATS cluster. The answer
+// would be cut off, leaving the operator an empty reply for an operation
+// that ran; a re-forward sent again queues every study a second time.
+func answerLate(w http.ResponseWriter, status int, v any) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
+	WriteJSON(w, status, v)
 }
 
 // failureStatus is the status of a dead-letter operation that failed: 409

@@ -1,6 +1,8 @@
 package web_test
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -11,7 +13,12 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/internal/web"
 )
 
@@ -93,5 +100,61 @@ func TestAdminReplayWithoutConsumerIsAConflict(t *testing.T) {
 	r.ServeHTTP(rec, req)
 	if rec.Code != http.StatusConflict || !strings.Contains(rec.Body.String(), "has no consumer") {
 		t.Errorf("status %d, body %s; want 409 naming the missing consumer", rec.Code, rec.Body)
+	}
+}
+
+// slowJS is JetStream over a slow link: every publish waits delay first,
+// as over a NATS cluster whose replicas each acknowledge it.
+type slowJS struct {
+	jetstream.JetStream
+	delay time.Duration
+}
+
+func (s slowJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	time.Sleep(s.delay)
+	return s.JetStream.PublishMsg(ctx, msg, opts...)
+}
+
+// TestAdminAnswersOperationsLongerThanWriteTimeout: a re-forward that
+// takes longer than the server's WriteTimeout (many events over a slow
+// NATS cluster) still gets its answer. Without it the operator got an
+// empty reply for an operation that ran, and sending it again queued
+// every study a second time.
+func TestAdminAnswersOperationsLongerThanWriteTimeout(t *testing.T) {
+	ns := testnats.Start(t)
+	for i := range 3 {
+		ev, err := events.NewStudyStable("orthanc-a", fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i), "1.2.3", "20261126T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, JS: slowJS{ns.JS, 100 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	srv := web.NewServer(r, slog.New(slog.DiscardHandler))
+	srv.WriteTimeout = 150 * time.Millisecond // the three publishes take 300 ms
+	ln, err := web.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	req, err := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/admin/reforward", strings.NewReader(`{"since":"1h"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("re-forward longer than the WriteTimeout: %v, want its answer", err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Count int }
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != http.StatusOK || body.Count != 3 {
+		t.Errorf("status %d, count %d (%v); want 200, 3 events re-forwarded", resp.StatusCode, body.Count, err)
 	}
 }

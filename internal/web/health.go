@@ -122,6 +122,10 @@ func WriteError(w http.ResponseWriter, status int, msg string) {
 	WriteJSON(w, status, map[string]string{"error": msg})
 }
 
+// writeTimeout bounds the writing of an answer (NewServer's
+// WriteTimeout, and answerLate's).
+const writeTimeout = 60 * time.Second
+
 // NewServer returns an http.Server with timeouts, so a slow or idle client
 // can't hold connections forever.
 func NewServer(h http.Handler, log *slog.Logger) *http.Server {
@@ -129,7 +133,7 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
+		WriteTimeout:      writeTimeout,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
