@@ -81,7 +81,33 @@ local function settings()
     token = token,
     source = sourceName(section['Source'], config['Name']),
     priority = section['Priority'],
+    -- Orthanc's own default for its HTTP clients.
+    httpTimeout = tonumber(config['HttpTimeout']) or 60,
   }
+end
+
+-- post sends the event within HTTP_TIMEOUT_SECONDS where Orthanc has
+-- SetHttpTimeout (1.12.7 on Debian trixie has it; 1.10.1 on bookworm does
+-- not, and there Orthanc's "HttpTimeout" applies). SetHttpTimeout sets the
+-- HTTP client every Lua script of this Orthanc shares, so Orthanc's
+-- "HttpTimeout" is put back after the post: another script's call (an
+-- upload elsewhere, a RIS) must not inherit 3 s. Orthanc has no getter: a
+-- site script that sets a time-out of its own sets it before its calls.
+local function post(s, event)
+  local headers = {
+    ['Content-Type'] = 'application/json',
+    ['Authorization'] = 'Bearer ' .. s.token,
+  }
+  if SetHttpTimeout == nil then
+    return HttpPost(s.url, event, headers)
+  end
+  SetHttpTimeout(HTTP_TIMEOUT_SECONDS)
+  local ok, answer = pcall(HttpPost, s.url, event, headers)
+  SetHttpTimeout(s.httpTimeout)
+  if not ok then
+    error(answer, 0)
+  end
+  return answer
 end
 
 local LANES = { stat = true, routine = true, low = true }
@@ -136,17 +162,7 @@ local function postStableStudy(studyId, tags, metadata)
     event = event .. ',"priority":' .. jsonString(p)
   end
   event = event .. '}'
-  -- SetHttpTimeout is missing from some Orthanc builds (1.10.1 on Debian
-  -- bookworm, where Orthanc's "HttpTimeout" applies, 60 s by default;
-  -- 1.12.7 on trixie has it). It sets the HTTP client all of Orthanc's
-  -- Lua scripts share.
-  if SetHttpTimeout ~= nil then
-    SetHttpTimeout(HTTP_TIMEOUT_SECONDS)
-  end
-  local answer = HttpPost(s.url, event, {
-    ['Content-Type'] = 'application/json',
-    ['Authorization'] = 'Bearer ' .. s.token,
-  })
+  local answer = post(s, event)
   -- Orthanc 1.10.1 and 1.12.7 return nil when they could not connect or
   -- the time-out passed, and "" when the server answered with an HTTP
   -- error (lua/stowline_test.go checks both); a Lua error raised instead

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -309,4 +310,65 @@ func addStudyOf(t *testing.T, o *testharness.Orthanc, uid string) {
 	if res := o.StoreSCU(t, files...); len(res.Failed) > 0 {
 		t.Fatalf("storescu: %v", res.Failed)
 	}
+}
+
+// The script's short time-out for its own post must not stay on the HTTP
+// client every Lua script of the Orthanc shares: a site script's call
+// to a slower server (an upload of a study elsewhere, a RIS) made after
+// a study was announced still gets Orthanc's "HttpTimeout". Orthanc 1.10
+// has no SetHttpTimeout, so there the script changes nothing.
+func TestScriptLeavesOtherScriptsTheirHTTPTimeout(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script, err := filepath.Abs("stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const slowAnswer = "slow-server-answered"
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // longer than the script's 3 s, far shorter than Orthanc's default 60 s
+		case <-time.After(4 * time.Second):
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, slowAnswer)
+	}))
+	t.Cleanup(slow.Close)
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		in := startIngest(t)
+		o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+			Name:       "lua-timeout",
+			Release:    rel,
+			LuaScripts: []string{script},
+			StableAge:  1,
+			Extra: map[string]any{
+				"ExecuteLuaEnabled": true,
+				"Stowline": map[string]any{
+					"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
+					"IngestToken": "${STOWLINE_TEST_TOKEN}",
+				},
+			},
+			Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+		})
+		addStudy(t, o)
+		waitPost(t, in, 1) // the script has posted, and set its time-out
+
+		// Another script's call, run in the same Lua context.
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, o.URL+"/tools/execute-script",
+			strings.NewReader(`print(HttpGet('`+slow.URL+`'))`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.Username != "" {
+			req.SetBasicAuth(o.Username, o.Password)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(b), slowAnswer) {
+			t.Errorf("another script's HttpGet of a server answering in 4 s: HTTP %d %q; want its answer (Orthanc's HttpTimeout, not the script's 3 s)", resp.StatusCode, b)
+		}
+	})
 }
