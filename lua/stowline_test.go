@@ -153,6 +153,13 @@ func TestScriptOnEachRelease(t *testing.T) {
 		waitPost(t, in, 2)
 		waitLog(t, o, "stowline: study "+id+" not announced: ", "answered with an HTTP error")
 
+		// A path the ingest does not serve (it logs nothing then): the
+		// warning does not send the reader to the ingest's log alone.
+		in.setStatus(http.StatusNotFound)
+		id = addStudy(t, o)
+		waitPost(t, in, 3)
+		waitLog(t, o, "stowline: study "+id+" not announced: ", "answered with an HTTP error", "check the path of IngestUrl")
+
 		// The ingest is down.
 		in.down()
 		id = addStudy(t, o)
@@ -162,7 +169,7 @@ func TestScriptOnEachRelease(t *testing.T) {
 		in.setStatus(http.StatusAccepted)
 		in.up(t)
 		id = addStudy(t, o)
-		if p := waitPost(t, in, 3); p.Event["orthancStudyId"] != id {
+		if p := waitPost(t, in, 4); p.Event["orthancStudyId"] != id {
 			t.Errorf("after the failures: event %v, want study %s", p.Event, id)
 		}
 		if strings.Contains(o.LogTail(1000), "stowline: study "+id+" not announced") {
