@@ -288,13 +288,14 @@ func jsonProblem(err error) string {
 const maxFieldName = 40
 
 // bearerToken returns the token of an "Authorization: Bearer <token>"
-// header; the scheme's case does not matter (RFC 9110, 11.1).
+// header; the scheme's case does not matter (RFC 9110, 11.1), and one or
+// more spaces may follow it (11.4: 1*SP).
 func bearerToken(r *http.Request) (string, bool) {
 	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return "", false
 	}
-	return token, true
+	return strings.TrimLeft(token, " "), true
 }
 
 func (h *Webhook) authorized(r *http.Request) bool {

@@ -94,6 +94,7 @@ func TestWebhook(t *testing.T) {
 		{"too large", "application/json", bearer, `{"type":"` + strings.Repeat("x", web.MaxBodyBytes) + `"}`, 413, "larger than", ""},
 		{"accepted", "application/json; charset=utf-8", bearer, validBody, 202, "", ""},
 		{"scheme in lower case (RFC 9110: case-insensitive)", "application/json", "bearer " + token, validBody, 202, "", ""},
+		{"two spaces after the scheme (RFC 9110: 1*SP)", "application/json", "Bearer  " + token, validBody, 202, "", ""},
 		{"scheme without a space", "application/json", "Bearer" + token, validBody, 401, "bearer token", ""},
 	}
 	for _, tt := range tests {
