@@ -411,6 +411,11 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		found = append(found, item{seq, *ev})
 		return nil
 	})
+	if err != nil && !dryRun {
+		// What was read before the failure was not queued: returning it
+		// would report it as queued (as Replay does).
+		return nil, err
+	}
 	out := make([]events.StudyStable, 0, len(found))
 	for _, it := range found {
 		out = append(out, it.ev)

@@ -771,3 +771,66 @@ func TestReforwardWindowIsWhenReceived(t *testing.T) {
 		})
 	}
 }
+
+// cutJS is JetStream whose ordered consumers lose the connection after
+// their first fetch.
+type cutJS struct{ jetstream.JetStream }
+
+func (c cutJS) OrderedConsumer(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error) {
+	cons, err := c.JetStream.OrderedConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &cutConsumer{Consumer: cons}, nil
+}
+
+type cutConsumer struct {
+	jetstream.Consumer
+	fetches int
+}
+
+func (c *cutConsumer) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	if c.fetches++; c.fetches > 1 {
+		return nil, errors.New("connection lost")
+	}
+	return c.Consumer.Fetch(n, opts...)
+}
+
+// TestReforwardReadCutShort: a re-forward whose read of the stream fails
+// part-way queues nothing and reports nothing queued. It returned the
+// events read so far, which `replay reforward` printed as "N events queued
+// again": an operator who then moved the window past them never had them
+// queued. A dry run still lists what it read, with the error.
+func TestReforwardReadCutShort(t *testing.T) {
+	_, ns := newStore(t)
+	pub := natsjs.Publisher{JS: ns.JS}
+	const n = 300 // more than one fetch
+	for i := range n {
+		ev := event("src", i+1)
+		if _, err := pub.Publish(testCtx(t), &ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	since := time.Now().Add(-time.Hour)
+	for _, tt := range []struct {
+		name   string
+		dryRun bool
+		listed bool
+	}{
+		{"dry run", true, true},
+		{"run", false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := deadletter.Reforward(testCtx(t), cutJS{ns.JS}, "", since, time.Time{}, tt.dryRun)
+			if err == nil {
+				t.Fatal("Reforward with its read cut short succeeded")
+			}
+			if listed := len(got) > 0; listed != tt.listed {
+				t.Errorf("Reforward returned %d events with %v; want them returned: %v", len(got), err, tt.listed)
+			}
+			if stored := len(eventStream(t, ns.JS)); stored != n {
+				t.Errorf("the event stream holds %d events, want %d: nothing queued again", stored, n)
+			}
+		})
+	}
+}
