@@ -134,14 +134,15 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			op, what = a.Store.Replay, "replay"
 		}
 		entries, err := op(r.Context(), f, req.DryRun)
+		answer := map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": entries}
 		if err != nil {
-			a.fail(w, what+" dead letters", err)
+			a.failPartway(w, what+" dead letters", err, answer)
 			return
 		}
 		if !req.DryRun {
 			a.Log.Info("dead letters "+what+"ed through the admin API", "count", len(entries), "remote", r.RemoteAddr)
 		}
-		answerLate(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": entries})
+		answerLate(w, http.StatusOK, answer)
 	}
 }
 
@@ -183,11 +184,15 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	evs, err := deadletter.Reforward(r.Context(), a.JS, req.Destination, since, until, req.DryRun)
+	answer := map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs}
 	if err != nil {
-		a.fail(w, "reforward", err)
+		a.failPartway(w, "reforward", err, answer)
 		return
 	}
-	answerLate(w, http.StatusOK, map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs})
+	if !req.DryRun {
+		a.Log.Info("events re-forwarded through the admin API", "count", len(evs), "destination", req.Destination, "remote", r.RemoteAddr)
+	}
+	answerLate(w, http.StatusOK, answer)
 }
 
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
@@ -203,6 +208,16 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 func (a *AdminAPI) fail(w http.ResponseWriter, what string, err error) {
 	a.Log.Error(what+" failed", "err", err)
 	answerLate(w, failureStatus(err), map[string]string{"error": what + ": " + err.Error()})
+}
+
+// failPartway answers an operation that failed after doing part of its
+// work: answer holds what it did (count, and the letters or events), so
+// that the operator retries the rest only. A re-forward retried whole
+// queues again every study it had queued.
+func (a *AdminAPI) failPartway(w http.ResponseWriter, what string, err error, answer map[string]any) {
+	a.Log.Error(what+" failed", "err", err, "count", answer["count"], "dry_run", answer["dryRun"])
+	answer["error"] = what + ": " + err.Error()
+	answerLate(w, failureStatus(err), answer)
 }
 
 // answerLate writes the answer of an operation that may have run longer

@@ -3,11 +3,13 @@ package web_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -156,5 +158,58 @@ func TestAdminAnswersOperationsLongerThanWriteTimeout(t *testing.T) {
 	var body struct{ Count int }
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != http.StatusOK || body.Count != 3 {
 		t.Errorf("status %d, count %d (%v); want 200, 3 events re-forwarded", resp.StatusCode, body.Count, err)
+	}
+}
+
+// failingJS is JetStream that stops taking publishes after the first ok.
+type failingJS struct {
+	jetstream.JetStream
+	mu sync.Mutex
+	ok int
+}
+
+func (f *failingJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ok == 0 {
+		return nil, errors.New("nats: timeout")
+	}
+	f.ok--
+	return f.JetStream.PublishMsg(ctx, msg, opts...)
+}
+
+// TestAdminReforwardFailedPartwaySaysWhatItQueued: a re-forward that
+// fails after queuing some events answers 503 with those events, so the
+// operator retries the rest only. The answer said only that it failed,
+// and operations.md says to try a 503 again: the retry queued every study
+// already queued a second time.
+func TestAdminReforwardFailedPartwaySaysWhatItQueued(t *testing.T) {
+	ns := testnats.Start(t)
+	for i := range 3 {
+		ev, err := events.NewStudyStable("orthanc-a", fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i), "1.2.3", "20261126T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, JS: &failingJS{JetStream: ns.JS, ok: 1}, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	var body struct {
+		Error  string
+		Count  int
+		Events []events.StudyStable
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != http.StatusServiceUnavailable || body.Error == "" || body.Count != 1 || len(body.Events) != 1 {
+		t.Errorf("status %d, body %s; want 503 with the error and the one event queued before it", rec.Code, rec.Body)
 	}
 }
