@@ -201,7 +201,10 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		span.SetAttributes(tracing.Origin.String("webhook"), tracing.MessageID.String(ev.MsgID()))
 		log = log.With("trace_id", span.SpanContext().TraceID().String())
 	}
-	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	// The publish is not cut off when the sender stops waiting (Orthanc
+	// 1.12's Lua script gives up after 3 s): JetStream may store the event
+	// yet, and the log and metrics must say whether it did.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.timeout)
 	defer cancel()
 	start := time.Now()
 	ack, err := h.pub.Publish(ctx, ev)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
@@ -164,5 +165,76 @@ func TestWebhookJetStreamDown(t *testing.T) {
 	}
 	if msg, _ := body["error"].(string); !strings.Contains(msg, "JetStream did not acknowledge") {
 		t.Errorf("error = %q", msg)
+	}
+}
+
+// heldPublisher holds each publish (started says it began) until release
+// is closed, then stores it unless its context ended first.
+type heldPublisher struct {
+	started, release chan struct{}
+	result           chan error
+}
+
+func (p *heldPublisher) Publish(ctx context.Context, _ *events.StudyStable) (*jetstream.PubAck, error) {
+	close(p.started)
+	select {
+	case <-ctx.Done():
+		p.result <- ctx.Err()
+		return nil, ctx.Err()
+	case <-p.release:
+	}
+	p.result <- nil
+	return &jetstream.PubAck{Stream: natsjs.EventStream, Sequence: 1}, nil
+}
+
+// TestWebhookPublishOutlivesTheSender: a sender that gives up waiting
+// (Orthanc 1.12's Lua script after 3 s) does not cut off the publish:
+// JetStream still gets the event within INGEST_PUBLISH_TIMEOUT. The
+// publish was cancelled with the request, logged as "event not stored"
+// and counted as jetstream_unavailable whether JetStream stored it or not,
+// and an event still in nats.go's retries was dropped.
+func TestWebhookPublishOutlivesTheSender(t *testing.T) {
+	pub := &heldPublisher{started: make(chan struct{}), release: make(chan struct{}), result: make(chan error, 1)}
+	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token}, Publisher: pub, PublishTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := chi.NewRouter()
+	senderGone := make(chan struct{})
+	r.Use(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			go func() {
+				<-req.Context().Done()
+				close(senderGone)
+			}()
+			next.ServeHTTP(w, req)
+		})
+	})
+	h.Mount(r)
+	srv := httptest.NewServer(r)
+	t.Cleanup(srv.Close)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+web.WebhookPath, strings.NewReader(validBody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	// The sender gives up while the publish waits, and the server sees it.
+	<-pub.started
+	cancel()
+	<-done
+	<-senderGone
+	close(pub.release)
+	if err := <-pub.result; err != nil {
+		t.Errorf("publish after the sender gave up: %v; want the event stored", err)
 	}
 }
