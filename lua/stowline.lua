@@ -83,6 +83,9 @@ local function settings()
     priority = section['Priority'],
     -- Orthanc's own default for its HTTP clients.
     httpTimeout = tonumber(config['HttpTimeout']) or 60,
+    -- Orthanc sends Lua's requests through its HttpProxy too (its URL may
+    -- hold a password: only whether it is set is kept).
+    proxied = type(config['HttpProxy']) == 'string' and config['HttpProxy'] ~= '',
   }
 end
 
@@ -174,7 +177,12 @@ local function postStableStudy(studyId, tags, metadata)
     if SetHttpTimeout ~= nil then
       within = HTTP_TIMEOUT_SECONDS .. ' s'
     end
-    print('stowline: study ' .. studyId .. ' not announced: cannot reach ' .. s.url ..
+    local via = ''
+    if s.proxied then
+      via = ' through Orthanc\'s HttpProxy (if that proxy cannot reach the ingest, add the' ..
+        ' ingest\'s host to NO_PROXY in Orthanc\'s environment)'
+    end
+    print('stowline: study ' .. studyId .. ' not announced: cannot reach ' .. s.url .. via ..
       ' or no answer within ' .. within .. ' (the reconciler will pick it up)')
   elseif answer == '' then
     -- The ingest logs every refusal of its webhook, but not a request to

@@ -379,3 +379,68 @@ func TestScriptLeavesOtherScriptsTheirHTTPTimeout(t *testing.T) {
 		}
 	})
 }
+
+// Orthanc sends every Lua request through its "HttpProxy" (set for its
+// peers or a cloud archive), the post to the ingest included. When that
+// proxy cannot reach the ingest, the warning says so, without the proxy's
+// credentials, and names the remedy, which works: NO_PROXY in Orthanc's
+// environment.
+func TestScriptNamesOrthancsProxy(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script, err := filepath.Abs("stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const proxySecret = "proxy-password-0123"
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		for _, tt := range []struct {
+			name     string
+			env      []string
+			announce bool
+		}{
+			{"through the proxy", nil, false},
+			{"NO_PROXY names the ingest", []string{"NO_PROXY=127.0.0.1"}, true},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				in := startIngest(t)
+				o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+					Name:       "lua-proxy",
+					Release:    rel,
+					LuaScripts: []string{script},
+					StableAge:  1,
+					Extra: map[string]any{
+						"HttpProxy": "http://operator:" + proxySecret + "@" + closedAddr(t),
+						"Stowline": map[string]any{
+							"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
+							"IngestToken": "${STOWLINE_TEST_TOKEN}",
+						},
+					},
+					Env: append([]string{"STOWLINE_TEST_TOKEN=" + ingestToken}, tt.env...),
+				})
+				id := addStudy(t, o)
+				if tt.announce {
+					if p := waitPost(t, in, 1); p.Event["orthancStudyId"] != id {
+						t.Errorf("event %v, want study %s", p.Event, id)
+					}
+					return
+				}
+				waitLog(t, o, "stowline: study "+id+" not announced: cannot reach ", "Orthanc's HttpProxy", "NO_PROXY")
+				if strings.Contains(o.LogTail(1000), proxySecret) {
+					t.Error("Orthanc's log holds the proxy's password")
+				}
+			})
+		}
+	})
+}
+
+// closedAddr is the address of a port nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
