@@ -182,6 +182,11 @@ local function postStableStudy(studyId, tags, metadata)
       via = ' through Orthanc\'s HttpProxy (if that proxy cannot reach the ingest, add the' ..
         ' ingest\'s host to NO_PROXY in Orthanc\'s environment)'
     end
+    -- A certificate Orthanc does not trust fails the same way.
+    if string.lower(string.sub(s.url, 1, 6)) == 'https:' then
+      via = via .. ' (or Orthanc does not trust its certificate: name the CA that signed it' ..
+        ' in Orthanc\'s HttpsCACertificates)'
+    end
     print('stowline: study ' .. studyId .. ' not announced: cannot reach ' .. s.url .. via ..
       ' or no answer within ' .. within .. ' (the reconciler will pick it up)')
   elseif answer == '' then

@@ -2,7 +2,9 @@ package lua
 
 import (
 	"encoding/json"
+	"encoding/pem"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -443,4 +445,71 @@ func closedAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// An https IngestUrl needs Orthanc to trust the ingest's certificate
+// (HttpsCACertificates): when it does not, the warning says so rather
+// than only "cannot reach", and with the CA named the post goes through.
+func TestScriptNamesTheIngestsCertificate(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script, err := filepath.Abs("stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	posts := 0
+	ingest := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		posts++
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"stand-in":true}`)
+	}))
+	t.Cleanup(ingest.Close)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ingest.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		for _, tt := range []struct {
+			name  string
+			extra map[string]any
+		}{
+			{"CA not named", nil},
+			{"CA named", map[string]any{"HttpsCACertificates": ca}},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				extra := map[string]any{"Stowline": map[string]any{
+					"IngestUrl":   ingest.URL + "/webhooks/orthanc",
+					"IngestToken": "${STOWLINE_TEST_TOKEN}",
+				}}
+				maps.Copy(extra, tt.extra)
+				o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+					Name: "lua-tls", Release: rel, LuaScripts: []string{script}, StableAge: 1,
+					Extra: extra, Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+				})
+				mu.Lock()
+				before := posts
+				mu.Unlock()
+				id := addStudy(t, o)
+				if tt.extra == nil {
+					waitLog(t, o, "stowline: study "+id+" not announced: cannot reach ", "HttpsCACertificates")
+					return
+				}
+				deadline := time.Now().Add(20 * time.Second)
+				for {
+					mu.Lock()
+					n := posts
+					mu.Unlock()
+					if n > before {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("no post over https with the CA named; Orthanc's log:\n%s", o.LogTail(20))
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			})
+		}
+	})
 }
