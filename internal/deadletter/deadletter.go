@@ -370,6 +370,14 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	if !until.IsZero() && !until.After(since) {
 		return nil, errors.New("reforward: the end time must be after the start time")
 	}
+	if destination != "" {
+		// Events queued for a destination no consumer takes in this lane
+		// would reach nobody (a lane consumer deleted by hand, a removal
+		// stopped part-way), while the run reported them queued.
+		if err := Taken(ctx, js, destination, lane, natsjs.LaneSubject(lane, destination, "any-source")); err != nil {
+			return nil, fmt.Errorf("reforward: %w", err)
+		}
+	}
 	// The window is on the time the ingest received each event (its
 	// ReceivedAt; the storage time for events from before it had one):
 	// a copy an earlier re-forward for every destination stored is read

@@ -538,6 +538,19 @@ func TestReforward(t *testing.T) {
 		}
 	}
 
+	// For a destination no consumer takes (a lane consumer deleted by
+	// hand, a removal stopped part-way), nothing is queued: the admin
+	// API's re-forward queued events for nobody and reported them queued.
+	for _, dryRun := range []bool{true, false} {
+		got, err := deadletter.Reforward(testCtx(t), ns.JS, "archive", since, time.Time{}, dryRun)
+		if !errors.Is(err, deadletter.ErrNoConsumer) || len(got) > 0 {
+			t.Errorf("dry run %v: Reforward for a destination without a consumer = %v, %v; want ErrNoConsumer", dryRun, keys(got), err)
+		}
+	}
+	if n := len(eventStream(t, ns.JS)); n != 6 {
+		t.Errorf("the event stream holds %d events, want 6: nothing queued for a destination without a consumer", n)
+	}
+
 	for _, bad := range []struct {
 		name         string
 		since, until time.Time
