@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -188,12 +189,11 @@ func eval(prg cel.Program, vars map[string]any) (bool, error) {
 	if err != nil {
 		// The error may quote the study's own values (a description used
 		// as a regular expression is quoted back when it does not
-		// parse): keep what kind of failure it was, before its first
-		// colon. Some quote a value with no colon before it (a string
-		// that is no timestamp, an unknown time zone): those values are
-		// cut out too.
-		kind, _, _ := strings.Cut(err.Error(), ":")
-		kind = redact(kind, vars)
+		// parse, a string that is no timestamp, an unknown time zone),
+		// whole or built into another: they are cut out of the whole
+		// text first (a value may hold a colon), then what kind of
+		// failure it was is kept, before the first colon.
+		kind, _, _ := strings.Cut(redact(err.Error(), vars), ":")
 		if strings.Contains(err.Error(), "cost limit exceeded") {
 			kind = fmt.Sprintf("stopped at its cost limit (%d steps): simplify the rule", CostLimit)
 		}
@@ -230,9 +230,23 @@ func redact(msg string, vars map[string]any) string {
 	}
 	slices.SortFunc(values, func(a, b string) int { return len(b) - len(a) })
 	for _, v := range values {
-		if v != "" {
+		// Shorter values (a modality, "RF") would cut CEL's own words
+		// ("RFC 3339"); they say nothing of a patient.
+		if len(v) >= minRedacted {
 			msg = strings.ReplaceAll(msg, v, "…")
 		}
 	}
-	return msg
+	msg = quotedText.ReplaceAllString(msg, `"…"`)
+	return timeZoneText.ReplaceAllString(msg, "$1 …")
 }
+
+// minRedacted is the shortest value redact looks for.
+const minRedacted = 3
+
+var (
+	// quotedText is a value CEL quotes (Go's %q): whatever it holds,
+	// it came from the rule's input.
+	quotedText = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+	// timeZoneText is the unquoted name after Go's "unknown time zone".
+	timeZoneText = regexp.MustCompile(`(time zone)\s+[^:\n]*`)
+)
