@@ -47,11 +47,13 @@ func (s *sourceRunner) resolvePending(ctx context.Context) error {
 		case errors.Is(err, orthancapi.ErrNotFound), errors.Is(err, orthancapi.ErrInvalidID):
 			s.skipDeleted(id)
 			continue
-		case errors.As(err, &oe) && oe.NotFromOrthanc == "":
+		case errors.As(err, &oe) && oe.NotFromOrthanc == "" && !retryLater(oe.StatusCode):
 			// Orthanc fails on this study alone: it stays pending, asked
 			// again at every poll, and the poll goes on. Failing it made
 			// one unreadable study an outage for good: the lease holder
 			// not ready, its poll errors saying Orthanc was unreachable.
+			// An answer that says "later" (a proxy's 502, an overloaded
+			// Orthanc's 503) is no fault of the study: it fails the poll.
 			if !s.unreadable[id] {
 				s.unreadable[id] = true
 				s.log.Warn("Orthanc fails to read a pending study; it stays pending and is asked again at every poll",

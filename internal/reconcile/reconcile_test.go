@@ -406,11 +406,17 @@ func testBrokenChangeDoesNotHoldTheCursor(t *testing.T, rel testharness.Release)
 	}
 }
 
-// oneBrokenStudy fails, with Orthanc's 500, every lookup of the first
-// study it is asked about, for good: one study Orthanc cannot read.
+// oneBrokenStudy fails, with Orthanc's 500 (or status when set), every
+// lookup of the first study it is asked about, for good: one study Orthanc
+// cannot read.
 type oneBrokenStudy struct {
 	*orthancapi.Client
 	broken *atomic.Value // the study's Orthanc ID
+	status *atomic.Int32
+}
+
+func (b oneBrokenStudy) answer(path string) error {
+	return &orthancapi.Error{Method: "GET", Path: path, StatusCode: int(b.status.Load()), OrthancMessage: "Database plugin error"}
 }
 
 func (b oneBrokenStudy) fails(id string) bool {
@@ -421,14 +427,14 @@ func (b oneBrokenStudy) fails(id string) bool {
 func (b oneBrokenStudy) InstanceStudy(ctx context.Context, id string) (orthancapi.Study, error) {
 	st, err := b.Client.InstanceStudy(ctx, id)
 	if err == nil && b.fails(st.ID) {
-		return orthancapi.Study{}, &orthancapi.Error{Method: "GET", Path: "/instances/" + id + "/study", StatusCode: http.StatusInternalServerError, OrthancMessage: "Database plugin error"}
+		return orthancapi.Study{}, b.answer("/instances/" + id + "/study")
 	}
 	return st, err
 }
 
 func (b oneBrokenStudy) Study(ctx context.Context, id string) (orthancapi.Study, error) {
 	if b.fails(id) {
-		return orthancapi.Study{}, &orthancapi.Error{Method: "GET", Path: "/studies/" + id, StatusCode: http.StatusInternalServerError, OrthancMessage: "Database plugin error"}
+		return orthancapi.Study{}, b.answer("/studies/" + id)
 	}
 	return b.Client.Study(ctx, id)
 }
@@ -436,14 +442,17 @@ func (b oneBrokenStudy) Study(ctx context.Context, id string) (orthancapi.Study,
 // One study Orthanc cannot read stays pending without failing the polls:
 // they failed at every caught-up poll, for good, so the ingest holding the
 // lease was not ready (out of its Service, its webhooks refused) and
-// stowline_reconcile_poll_errors_total said Orthanc was unreachable.
+// stowline_reconcile_poll_errors_total said Orthanc was unreachable. An
+// answer that says "later" still fails them.
 func TestBrokenPendingStudyIsNoOutage(t *testing.T) {
 	testharness.ForEachRelease(t, testBrokenPendingStudyIsNoOutage)
 }
 
 func testBrokenPendingStudyIsNoOutage(t *testing.T, rel testharness.Release) {
 	r := newRig(t, rel, "recon-b")
-	r.client2 = oneBrokenStudy{Client: r.client, broken: new(atomic.Value)}
+	status := new(atomic.Int32)
+	status.Store(http.StatusInternalServerError)
+	r.client2 = oneBrokenStudy{Client: r.client, broken: new(atomic.Value), status: status}
 	rec, reg, _ := r.start(t, "b")
 	check := rec.Checks()["reconcile_b"]
 	pollErrors := func() float64 {
@@ -469,6 +478,12 @@ func testBrokenPendingStudyIsNoOutage(t *testing.T, rel testharness.Release) {
 	if got := pollErrors(); got != before {
 		t.Errorf("poll errors went from %v to %v while the broken study was pending", before, got)
 	}
+	// An answer that says "later" (a proxy's 503, Orthanc overloaded)
+	// is an outage again, not the study's fault: the polls fail.
+	status.Store(http.StatusServiceUnavailable)
+	testharness.WaitFor(t, "not ready while the pending study's lookups answer 503", 15*time.Second, func() bool {
+		return check(context.Background()) != nil
+	})
 }
 
 // While Orthanc is unreachable the source's readiness check fails; it
