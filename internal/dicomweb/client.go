@@ -428,8 +428,13 @@ func (c *Client) doBodiless(req *http.Request) (*http.Response, error) {
 // refusedRedirect reports a request the destination answered with a
 // redirect to another origin, which the authenticating transport refused
 // to follow (the credential goes only where it was configured for): a
-// base URL to fix, not a destination that did not answer.
-func refusedRedirect(err error) bool { return errors.Is(err, auth.ErrCrossOriginRedirect) }
+// base URL to fix, not a destination that did not answer. A token
+// endpoint's redirect (a TokenError naming OAUTH_TOKEN_URL) is not the
+// destination's.
+func refusedRedirect(err error) bool {
+	var te *auth.TokenError
+	return errors.Is(err, auth.ErrCrossOriginRedirect) && !errors.As(err, &te)
+}
 
 // redact names the destination by its safe URL in an error of the HTTP
 // client: Go's *url.Error names the request's whole URL, query included,

@@ -132,4 +132,35 @@ func TestCrossOriginRedirectIsRedirected(t *testing.T) {
 	if n := asked.Load(); n != 0 {
 		t.Errorf("the other origin was asked %d times, want 0", n)
 	}
+
+	// A token endpoint that redirects elsewhere is no redirect of the
+	// destination: the error is the token's, naming its URL, so the
+	// operator fixes OAUTH_TOKEN_URL, not DICOMWEB_URL.
+	movedIdP := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, idp.TokenURL, http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(movedIdP.Close)
+	moved, err := auth.NewTokenSource(t.Context(), auth.Config{TokenURL: movedIdP.URL + "/token", ClientID: clientID, ClientSecret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc2 := &http.Client{Transport: auth.Transport(moved, &http.Transport{})}
+	t.Cleanup(hc2.CloseIdleConnections)
+	c2, err := New(other.URL+"/dicom-web", hc2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		call func() error
+	}{
+		{"store", func() error { _, err := c2.Store(t.Context(), []Part{uidPart("1.2.3.1", nil)}); return err }},
+		{"listing", func() error { _, err := c2.StudyInstanceUIDs(t.Context(), "1.2.3", 3); return err }},
+		{"delete", func() error { return c2.DeleteInstance(t.Context(), "1.2.3", "1.2.3.9", "1.2.3.0") }},
+	} {
+		var te *auth.TokenError
+		if err := tt.call(); errors.Is(err, ErrRedirected) || !errors.As(err, &te) {
+			t.Errorf("%s with a redirecting token endpoint: err = %v; want the TokenError, not ErrRedirected", tt.name, err)
+		}
+	}
 }
