@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -96,12 +97,24 @@ func TestSystemdUnit(t *testing.T) {
 	if stop, err := time.ParseDuration(u.last("Service", "TimeoutStopSec")); err != nil || stop < grace+stopMargin {
 		t.Errorf("TimeoutStopSec=%s (%v), want at least %s: the command's %s shutdown grace and %s to settle, or systemd kills it mid-stop", u.last("Service", "TimeoutStopSec"), err, grace+stopMargin, grace, stopMargin)
 	}
-	configError := strconv.Itoa(app.ExitCode("stowline", app.ErrUsage, io.Discard))
-	if !slices.Contains(strings.Fields(u.last("Service", "RestartPreventExitStatus")), configError) {
-		t.Errorf("RestartPreventExitStatus=%s, want %s in it: a configuration error is not mended by restarting", u.last("Service", "RestartPreventExitStatus"), configError)
-	}
+	// A crash restarts: Go exits 2 on an unrecovered panic, the status
+	// a configuration error has too, so no exit status is kept from
+	// restarting; the start limit ends a loop of failing starts.
 	if u.last("Service", "Restart") != "on-failure" {
 		t.Errorf("Restart=%s, want on-failure", u.last("Service", "Restart"))
+	}
+	if prevented := strings.Fields(u.last("Service", "RestartPreventExitStatus")); slices.Contains(prevented, "2") {
+		t.Errorf("RestartPreventExitStatus=%s: Go exits 2 on a panic, and a crash must restart", strings.Join(prevented, " "))
+	}
+	if got := app.ExitCode("stowline", app.ErrUsage, io.Discard); got != 2 {
+		t.Errorf("a configuration error exits %d; the unit's comments and docs/operations.md say 2", got)
+	}
+	restartEvery, err1 := time.ParseDuration(u.last("Service", "RestartSec"))
+	interval, err2 := time.ParseDuration(u.last("Unit", "StartLimitIntervalSec"))
+	burst, err3 := strconv.Atoi(u.last("Unit", "StartLimitBurst"))
+	if err := errors.Join(err1, err2, err3); err != nil || burst < 2 || interval < time.Duration(burst)*restartEvery {
+		t.Errorf("RestartSec=%s, StartLimitIntervalSec=%s, StartLimitBurst=%s (%v): want a burst of failing starts, RestartSec apart, to fit in the interval, so a configuration error stops restarting",
+			u.last("Service", "RestartSec"), u.last("Unit", "StartLimitIntervalSec"), u.last("Unit", "StartLimitBurst"), err)
 	}
 	if got := u.last("Service", "EnvironmentFile"); got != systemdEtc+"stowline.env" {
 		t.Errorf("EnvironmentFile=%s, want %sstowline.env (the docs install deploy/systemd/stowline.env there)", got, systemdEtc)
