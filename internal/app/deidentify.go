@@ -41,29 +41,15 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 	if err != nil {
 		return err
 	}
-	opts := deident.Options{
-		RetainDates:                  d.HasOption(config.DeidentifyRetainDates),
-		RetainPatientCharacteristics: d.HasOption(config.DeidentifyRetainPatientChars),
-		RetainDeviceIdentity:         d.HasOption(config.DeidentifyRetainDeviceIdentity),
-		CleanDescriptors:             d.HasOption(config.DeidentifyCleanDescriptors),
-		IncludeBurnedIn:              d.BurnedIn == config.DeidentifyBurnedInInclude,
-	}
-	for _, l := range []struct {
-		name string
-		in   []string
-		out  *[]deident.Tag
-	}{{"STOW_DEIDENTIFY_KEEP", d.Keep, &opts.Keep}, {"STOW_DEIDENTIFY_REMOVE", d.Remove, &opts.Remove}} {
-		for _, s := range l.in {
-			t, err := deident.ParseTag(s)
-			if err != nil {
-				return fmt.Errorf("%s: %w", d.VarName(l.name), err)
-			}
-			*l.out = append(*l.out, t)
-		}
+	// Checked with the configuration already (exit 2): an error here
+	// names the destination only.
+	opts, err := d.DeidentOptions()
+	if err != nil {
+		return fmt.Errorf("destination %q: %w", d.Name, err)
 	}
 	di, err := deident.New(k, opts)
 	if err != nil {
-		return fmt.Errorf("%s, %s: %w", d.VarName("STOW_DEIDENTIFY_KEEP"), d.VarName("STOW_DEIDENTIFY_REMOVE"), err)
+		return fmt.Errorf("destination %q: %w", d.Name, err)
 	}
 	dst, err := forward.Deidentified(o.Destination, di, forward.DeidentifyOptions{Setting: d.VarName("STOW_DEIDENTIFY"),
 		ExactLength: o.ExactLength, DestinationName: d.Name, Registerer: o.Registerer})

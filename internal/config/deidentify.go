@@ -84,10 +84,47 @@ func (d *Deidentify) validate() []error {
 			}
 		}
 	}
+	if len(errs) == 0 {
+		// What the profile refuses (a UID or the Patient ID kept, the
+		// SOP Instance UID removed) is a configuration error too: it
+		// failed the forwarder's start after NATS was provisioned, exit 1.
+		if _, err := d.DeidentOptions(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if len(d.PatientPrefix) > 44 || strings.ContainsFunc(d.PatientPrefix, func(r rune) bool { return r < 0x20 || r > 0x7E || r == '\\' }) {
 		errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_PATIENT_PREFIX=%q: want at most 44 printable ASCII characters, no backslash (a Patient ID value)", d.PatientPrefix))
 	}
 	return errs
+}
+
+// DeidentOptions returns the de-identification profile's options these
+// settings ask for, checked as the profile checks them.
+func (d *Deidentify) DeidentOptions() (deident.Options, error) {
+	opts := deident.Options{
+		RetainDates:                  d.HasOption(DeidentifyRetainDates),
+		RetainPatientCharacteristics: d.HasOption(DeidentifyRetainPatientChars),
+		RetainDeviceIdentity:         d.HasOption(DeidentifyRetainDeviceIdentity),
+		CleanDescriptors:             d.HasOption(DeidentifyCleanDescriptors),
+		IncludeBurnedIn:              d.BurnedIn == DeidentifyBurnedInInclude,
+	}
+	for _, l := range []struct {
+		name string
+		in   List
+		out  *[]deident.Tag
+	}{{"STOW_DEIDENTIFY_KEEP", d.Keep, &opts.Keep}, {"STOW_DEIDENTIFY_REMOVE", d.Remove, &opts.Remove}} {
+		for _, s := range l.in {
+			t, err := deident.ParseTag(s)
+			if err != nil {
+				return opts, fmt.Errorf("%s: %w", l.name, err)
+			}
+			*l.out = append(*l.out, t)
+		}
+	}
+	if err := deident.CheckOptions(opts); err != nil {
+		return opts, fmt.Errorf("STOW_DEIDENTIFY_KEEP, STOW_DEIDENTIFY_REMOVE: %w", err)
+	}
+	return opts, nil
 }
 
 // validTag: 8 hex digits, with or without "(", ",", ")".

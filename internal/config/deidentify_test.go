@@ -32,6 +32,11 @@ func TestDeidentify(t *testing.T) {
 		{name: "unknown option", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "retain-uids"}, err: `STOW_DEIDENTIFY_OPTIONS: "retain-uids"`},
 		{name: "clean descriptors", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "clean-descriptors"}},
 		{name: "bad tag", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_KEEP": "StudyDescription"}, err: `STOW_DEIDENTIFY_KEEP: "StudyDescription"`},
+		// What the profile refuses is refused here, at startup (exit 2),
+		// not by the forwarder after NATS is provisioned (exit 1).
+		{name: "Patient ID kept", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_KEEP": "00100020"}, err: "STOW_DEIDENTIFY_KEEP, STOW_DEIDENTIFY_REMOVE: de-identification options: (0010,0020) cannot be kept"},
+		{name: "a UID kept", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_KEEP": "0020000D"}, err: "(0020,000D) cannot be kept"},
+		{name: "SOP Instance UID removed", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_REMOVE": "00080018"}, err: "cannot be removed"},
 		{name: "prefix with a backslash", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_PATIENT_PREFIX": `A\B`}, err: "STOW_DEIDENTIFY_PATIENT_PREFIX"},
 		{name: "burned-in value", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_BURNED_IN": "yes"}, err: "STOW_DEIDENTIFY_BURNED_IN"},
 		{name: "with qido verification", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_VERIFY": "qido"}},

@@ -46,6 +46,13 @@ func New(k *Keyer, opts Options) (*Deidentifier, error) {
 	return &Deidentifier{k: k, p: p}, nil
 }
 
+// CheckOptions reports what New would refuse in opts (an error matching
+// ErrBadOptions), for a configuration check before any key is read.
+func CheckOptions(opts Options) error {
+	_, err := newProfile(opts)
+	return err
+}
+
 // Keyer returns the key's pseudonym mapping (to map the SOP Instance
 // UIDs of a destination's answer back).
 func (d *Deidentifier) Keyer() *Keyer { return d.k }
