@@ -72,6 +72,7 @@ func TestRedactValues(t *testing.T) {
 			`DICOM100: (0010,0020) - Content "[value removed]" does not validate VR LO: value contains invalid character`},
 		{`(0010,0010) - Content \"DOE^JANE\" does not validate VR PN`, `(0010,0010) - Content \"[value removed]\" does not validate VR PN`},
 		{`invalid value 'Smith' for tag (0010,0010); value 'Jones' too`, `invalid value '[value removed]' for tag (0010,0010); value '[value removed]' too`},
+		{`invalid value 'O'Brien^Pat' for tag (0010,0010)`, `invalid value '[value removed]' for tag (0010,0010)`},
 		{`Content "1.2.840.10008.1.2.4.50" is not a supported transfer syntax`, `Content "1.2.840.10008.1.2.4.50" is not a supported transfer syntax`},
 		{`Content "" is empty`, `Content "" is empty`},
 		{`Content "DOE^JA`, `Content "[value removed]`},

@@ -3,6 +3,8 @@ package dicomweb
 import (
 	"regexp"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // quotedValue finds a value a destination quotes after "Content" or
@@ -33,7 +35,7 @@ func redactValues(s string) string {
 		quote := s[loc[2]:loc[3]]
 		b.WriteString(s[:loc[1]])
 		rest := s[loc[1]:]
-		end := strings.Index(rest, quote)
+		end := closingQuote(rest, quote)
 		if end < 0 {
 			b.WriteString(valueRemoved)
 			return b.String()
@@ -46,4 +48,25 @@ func redactValues(s string) string {
 		b.WriteString(quote)
 		s = rest[end+len(quote):]
 	}
+}
+
+// closingQuote is the index in rest of the quote that ends a value, -1
+// if none. A single quote followed by a letter or digit is an apostrophe
+// inside the value (O'Brien), not its end.
+func closingQuote(rest, quote string) int {
+	if quote != "'" {
+		return strings.Index(rest, quote)
+	}
+	for i := 0; i < len(rest); i++ {
+		if rest[i] != '\'' {
+			continue
+		}
+		if i+1 == len(rest) {
+			return i
+		}
+		if r, _ := utf8.DecodeRuneInString(rest[i+1:]); !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+			return i
+		}
+	}
+	return -1
 }
