@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,10 +61,16 @@ type cursorStore struct {
 	kv  jetstream.KeyValue
 	key string
 	rev uint64 // revision last read or written; 0 when the key is absent
+	// unconfirmed is the last write whose answer was an error: JetStream
+	// may have stored it all the same (an answer lost in a leader
+	// election), and the next save must not take it for another
+	// replica's.
+	unconfirmed []byte
 }
 
 // load returns the stored cursor; found is false when there is none.
 func (s *cursorStore) load(ctx context.Context) (c cursor, found bool, err error) {
+	s.unconfirmed = nil
 	entry, err := s.kv.Get(ctx, s.key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		s.rev = 0
@@ -86,21 +93,41 @@ func (s *cursorStore) save(ctx context.Context, c cursor) error {
 	if err != nil {
 		return fmt.Errorf("encode cursor: %w", err)
 	}
-	var rev uint64
-	if s.rev == 0 {
-		rev, err = s.kv.Create(ctx, s.key, b)
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return errCursorConflict
-		}
-	} else {
-		rev, err = s.kv.Update(ctx, s.key, b, s.rev)
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return errCursorConflict
+	rev, err := s.write(ctx, b)
+	if errors.Is(err, errCursorConflict) && s.unconfirmed != nil {
+		// Written by this replica, if the key holds its unconfirmed
+		// write: go on from there.
+		entry, gerr := s.kv.Get(ctx, s.key)
+		if gerr == nil && bytes.Equal(entry.Value(), s.unconfirmed) {
+			s.rev = entry.Revision()
+			rev, err = s.write(ctx, b)
 		}
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, errCursorConflict):
+		s.unconfirmed = nil
+		return err
+	case err != nil:
+		s.unconfirmed = b
 		return fmt.Errorf("write cursor %s: %w", s.key, err)
 	}
-	s.rev = rev
+	s.rev, s.unconfirmed = rev, nil
 	return nil
+}
+
+// write creates or updates the key from revision s.rev; errCursorConflict
+// when it moved.
+func (s *cursorStore) write(ctx context.Context, b []byte) (uint64, error) {
+	if s.rev == 0 {
+		rev, err := s.kv.Create(ctx, s.key, b)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, errCursorConflict
+		}
+		return rev, err
+	}
+	rev, err := s.kv.Update(ctx, s.key, b, s.rev)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return 0, errCursorConflict
+	}
+	return rev, err
 }
