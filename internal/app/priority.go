@@ -61,7 +61,7 @@ func newPrioritizer(js jetstream.JetStream, expr string, sources *Sources, reg p
 		turns: make(chan struct{}, triageReads),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_ingest_priority_total",
-			Help: "Events published by the webhook and the reconciler, by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine).",
+			Help: "Events the webhook and the reconciler stored (not their duplicates), by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine).",
 		}, []string{"priority", "by"}),
 	}
 	if err := reg.Register(p.events); err != nil {
@@ -94,7 +94,9 @@ func (p *prioritizer) Publish(ctx context.Context, ev *events.StudyStable) (*jet
 		}
 	}
 	ack, err := p.next.Publish(ctx, ev)
-	if err == nil {
+	if err == nil && !ack.Duplicate {
+		// Events, not publishes: the webhook's and the reconciler's copies
+		// of a study are one.
 		p.events.WithLabelValues(string(ev.Priority.Lane()), by).Inc()
 	}
 	return ack, err

@@ -119,6 +119,16 @@ func TestPrioritizer(t *testing.T) {
 			if err != nil || !ack.Duplicate {
 				t.Errorf("republish: %+v, %v; want a duplicate", ack, err)
 			}
+			if !tt.webhook {
+				// Through the prioritizer too, and it is not counted
+				// again: the metric counts events, not publishes.
+				if ack, err := p.Publish(t.Context(), tt.event); err != nil || !ack.Duplicate {
+					t.Errorf("republish through the prioritizer: %+v, %v; want a duplicate", ack, err)
+				}
+				if counted() != 1 {
+					t.Errorf("after a duplicate, stowline_ingest_priority_total{priority=%q,by=%q} = %v, want 1", lane, tt.by, counted())
+				}
+			}
 		})
 	}
 }
