@@ -132,15 +132,8 @@ func TestRecreatedDatabaseFound(t *testing.T) {
 			_, kv := testBucket(t)
 			o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}, filtered: filtered}
 			pub := &publishedIDs{}
-			r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
-				PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: 3, Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { defer close(done); _ = r.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
+			_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+				PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: 3})
 
 			store := &cursorStore{kv: kv, key: cursorKey("s")}
 			cursorAt := func(seq int64) func() bool {
@@ -211,16 +204,8 @@ func TestTransientAnswerDoesNotSkipAChange(t *testing.T) {
 			o := &busyOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}, status: status}
 			o.fails.Store(3 * stuckAfter)
 			pub := &publishedIDs{}
-			r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
-				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second,
-				Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { defer close(done); _ = r.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
+			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
 
 			store := &cursorStore{kv: kv, key: cursorKey("s")}
 			waitUntil(t, "the first start's cursor", func() bool {
@@ -247,15 +232,8 @@ func TestTransientAnswerDoesNotSkipAChange(t *testing.T) {
 func TestPendingGaugeLeftWithTheLease(t *testing.T) {
 	_, kv := testBucket(t)
 	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
-	r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
-		PollInterval: 10 * time.Millisecond, LeaseTTL: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		PollInterval: 10 * time.Millisecond, LeaseTTL: 300 * time.Millisecond})
 
 	gauge := func(g *prometheus.GaugeVec) func() float64 {
 		return func() float64 { return testutil.ToFloat64(g.WithLabelValues("s")) }
@@ -274,14 +252,31 @@ func TestPendingGaugeLeftWithTheLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	renewing := make(chan struct{})
+	rctx, stopRenewing := context.WithCancel(ctx)
 	go func() {
 		defer close(renewing)
-		for ctx.Err() == nil {
-			_, _ = kv.Put(ctx, leaseKey("s"), other)
-			sleep(ctx, 50*time.Millisecond)
+		for rctx.Err() == nil {
+			_, _ = kv.Put(rctx, leaseKey("s"), other)
+			sleep(rctx, 50*time.Millisecond)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-renewing })
+	t.Cleanup(func() { stopRenewing(); <-renewing })
 	waitUntil(t, "the lease lost", func() bool { return held() == 0 })
 	waitUntil(t, "the pending studies no longer reported", func() bool { return held() == 0 && pending() == 0 })
+}
+
+// runReconciler runs a reconciler with opts (its log discarded) until the
+// test ends; ctx ends with it.
+func runReconciler(t *testing.T, opts Options) (*Reconciler, context.Context) {
+	t.Helper()
+	opts.Logger = slog.New(slog.DiscardHandler)
+	r, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r, ctx
 }

@@ -105,6 +105,20 @@ func TestAdminReplayWithoutConsumerIsAConflict(t *testing.T) {
 	}
 }
 
+// publishEvents stores n events of distinct studies in the event stream.
+func publishEvents(t *testing.T, js jetstream.JetStream, n int) {
+	t.Helper()
+	for i := range n {
+		ev, err := events.NewStudyStable("orthanc-a", fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i), "1.2.3", "20261126T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (natsjs.Publisher{JS: js}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // slowJS is JetStream over a slow link: every publish waits delay first,
 // as over a NATS cluster whose replicas each acknowledge it.
 type slowJS struct {
@@ -124,15 +138,7 @@ func (s slowJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream
 // every study a second time.
 func TestAdminAnswersOperationsLongerThanWriteTimeout(t *testing.T) {
 	ns := testnats.Start(t)
-	for i := range 3 {
-		ev, err := events.NewStudyStable("orthanc-a", fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i), "1.2.3", "20261126T101500")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publishEvents(t, ns.JS, 3)
 	const token = "admin-token-0123456789"
 	r := chi.NewRouter()
 	(&web.AdminAPI{Token: token, JS: slowJS{ns.JS, 100 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)}).Mount(r)
@@ -185,15 +191,7 @@ func (f *failingJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetst
 // already queued a second time.
 func TestAdminReforwardFailedPartwaySaysWhatItQueued(t *testing.T) {
 	ns := testnats.Start(t)
-	for i := range 3 {
-		ev, err := events.NewStudyStable("orthanc-a", fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i), "1.2.3", "20261126T101500")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publishEvents(t, ns.JS, 3)
 	const token = "admin-token-0123456789"
 	r := chi.NewRouter()
 	(&web.AdminAPI{Token: token, JS: &failingJS{JetStream: ns.JS, ok: 1}, Log: slog.New(slog.DiscardHandler)}).Mount(r)
