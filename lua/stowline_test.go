@@ -411,7 +411,7 @@ func TestScriptNamesOrthancsProxy(t *testing.T) {
 					LuaScripts: []string{script},
 					StableAge:  1,
 					Extra: map[string]any{
-						"HttpProxy": "http://operator:" + proxySecret + "@" + closedAddr(t),
+						"HttpProxy": "http://operator:" + proxySecret + "@" + testharness.FreeAddr(t), // nothing listens there
 						"Stowline": map[string]any{
 							"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
 							"IngestToken": "${STOWLINE_TEST_TOKEN}",
@@ -433,18 +433,6 @@ func TestScriptNamesOrthancsProxy(t *testing.T) {
 			})
 		}
 	})
-}
-
-// closedAddr is the address of a port nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // An https IngestUrl needs Orthanc to trust the ingest's certificate

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -18,20 +17,9 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 )
-
-// closedURL is the URL of a port nothing listens on.
-func closedURL(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return "http://" + addr
-}
 
 // subjectCounts is how many events the stream holds on each subject.
 func subjectCounts(t *testing.T, js jetstream.JetStream) map[string]uint64 {
@@ -53,7 +41,7 @@ func subjectCounts(t *testing.T, js jetstream.JetStream) map[string]uint64 {
 // goes in the rule's lane (here routine, the source being down), under
 // its usual dedupe ID so the reconciler's copy is a duplicate.
 func TestPrioritizer(t *testing.T) {
-	sources, err := NewSources(&config.Orthanc{URL: closedURL(t), SourceName: "main"})
+	sources, err := NewSources(&config.Orthanc{URL: "http://" + testharness.FreeAddr(t), SourceName: "main"}) // nothing listens there
 	if err != nil {
 		t.Fatal(err)
 	}
