@@ -38,16 +38,8 @@ func TestOrthancCAFile(t *testing.T) {
 
 	system := func(caFile string) error {
 		t.Helper()
-		env := map[string]string{"ORTHANC_URL": srv.URL, "ORTHANC_CA_FILE": caFile}
-		var c config.Orthanc
-		if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
-			t.Fatal(err)
-		}
-		s, err := NewSources(&c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = s.List()[0].Client.System(context.Background())
+		s := sourcesFromEnv(t, map[string]string{"ORTHANC_URL": srv.URL, "ORTHANC_CA_FILE": caFile})
+		_, err := s.List()[0].Client.System(context.Background())
 		return err
 	}
 	if err := system(""); err == nil || !strings.Contains(err.Error(), "certificate") {
@@ -63,20 +55,12 @@ func TestOrthancCAFile(t *testing.T) {
 // NO_PROXY names Orthanc: each source that would go through it is named in
 // a warning, with hosts only (a proxy URL may hold credentials).
 func TestProxiedSourceWarned(t *testing.T) {
-	env := map[string]string{
+	s := sourcesFromEnv(t, map[string]string{
 		"ORTHANC_SOURCES":    "main,local,cardio",
 		"ORTHANC_MAIN_URL":   "http://orthanc:8042",
 		"ORTHANC_LOCAL_URL":  "http://127.0.0.1:8042",
 		"ORTHANC_CARDIO_URL": "https://cardio.hospital.example:8043",
-	}
-	var c config.Orthanc
-	if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewSources(&c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	proxy := httpproxy.Config{
 		HTTPProxy:  "http://user:proxy-secret@proxy.corp:3128",
 		HTTPSProxy: "http://user:proxy-secret@proxy.corp:3128",
@@ -91,4 +75,18 @@ func TestProxiedSourceWarned(t *testing.T) {
 	if strings.Contains(out, "proxy-secret") {
 		t.Errorf("the proxy's credentials were logged:\n%s", out)
 	}
+}
+
+// sourcesFromEnv builds the Orthanc sources the variables in env configure.
+func sourcesFromEnv(t *testing.T, env map[string]string) *Sources {
+	t.Helper()
+	var c config.Orthanc
+	if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSources(&c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -372,13 +372,19 @@ type brokenOrthanc struct {
 	studyFails *atomic.Int32 // study lookups still to fail
 }
 
+// orthancFailure is Orthanc's own error answer to a GET of path: a
+// broken resource in its index.
+func orthancFailure(path string, status int) error {
+	return &orthancapi.Error{Method: "GET", Path: path, StatusCode: status, OrthancMessage: "Database plugin error"}
+}
+
 func (b brokenOrthanc) InstanceStudy(context.Context, string) (orthancapi.Study, error) {
-	return orthancapi.Study{}, &orthancapi.Error{Method: "GET", Path: "/instances/x/study", StatusCode: http.StatusInternalServerError, OrthancMessage: "Database plugin error"}
+	return orthancapi.Study{}, orthancFailure("/instances/x/study", http.StatusInternalServerError)
 }
 
 func (b brokenOrthanc) Study(ctx context.Context, id string) (orthancapi.Study, error) {
 	if b.studyFails.Add(-1) >= 0 {
-		return orthancapi.Study{}, &orthancapi.Error{Method: "GET", Path: "/studies/" + id, StatusCode: http.StatusInternalServerError, OrthancMessage: "Database plugin error"}
+		return orthancapi.Study{}, orthancFailure("/studies/"+id, http.StatusInternalServerError)
 	}
 	return b.Client.Study(ctx, id)
 }
@@ -415,10 +421,6 @@ type oneBrokenStudy struct {
 	status *atomic.Int32
 }
 
-func (b oneBrokenStudy) answer(path string) error {
-	return &orthancapi.Error{Method: "GET", Path: path, StatusCode: int(b.status.Load()), OrthancMessage: "Database plugin error"}
-}
-
 func (b oneBrokenStudy) fails(id string) bool {
 	b.broken.CompareAndSwap(nil, id)
 	return b.broken.Load() == id
@@ -427,14 +429,14 @@ func (b oneBrokenStudy) fails(id string) bool {
 func (b oneBrokenStudy) InstanceStudy(ctx context.Context, id string) (orthancapi.Study, error) {
 	st, err := b.Client.InstanceStudy(ctx, id)
 	if err == nil && b.fails(st.ID) {
-		return orthancapi.Study{}, b.answer("/instances/" + id + "/study")
+		return orthancapi.Study{}, orthancFailure("/instances/"+id+"/study", int(b.status.Load()))
 	}
 	return st, err
 }
 
 func (b oneBrokenStudy) Study(ctx context.Context, id string) (orthancapi.Study, error) {
 	if b.fails(id) {
-		return orthancapi.Study{}, b.answer("/studies/" + id)
+		return orthancapi.Study{}, orthancFailure("/studies/"+id, int(b.status.Load()))
 	}
 	return b.Client.Study(ctx, id)
 }
