@@ -362,22 +362,9 @@ func TestScriptLeavesOtherScriptsTheirHTTPTimeout(t *testing.T) {
 		waitPost(t, in, 1) // the script has posted, and set its time-out
 
 		// Another script's call, run in the same Lua context.
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, o.URL+"/tools/execute-script",
-			strings.NewReader(`print(HttpGet('`+slow.URL+`'))`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if o.Username != "" {
-			req.SetBasicAuth(o.Username, o.Password)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if !strings.Contains(string(b), slowAnswer) {
-			t.Errorf("another script's HttpGet of a server answering in 4 s: HTTP %d %q; want its answer (Orthanc's HttpTimeout, not the script's 3 s)", resp.StatusCode, b)
+		b, err := o.Bytes(t.Context(), http.MethodPost, "/tools/execute-script", strings.NewReader(`print(HttpGet('`+slow.URL+`'))`))
+		if err != nil || !strings.Contains(string(b), slowAnswer) {
+			t.Errorf("another script's HttpGet of a server answering in 4 s: %q, %v; want its answer (Orthanc's HttpTimeout, not the script's 3 s)", b, err)
 		}
 	})
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net/http"
 	"os/exec"
 	"regexp"
@@ -285,21 +284,9 @@ func firstItem(v any) map[string]any {
 // orthancFile reads an instance's file from Orthanc.
 func orthancFile(t *testing.T, o *testharness.Orthanc, id string) []byte {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, o.URL+"/instances/"+id+"/file", nil)
+	b, err := o.Bytes(t.Context(), http.MethodGet, "/instances/"+id+"/file", nil)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if o.Username != "" {
-		req.SetBasicAuth(o.Username, o.Password)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /instances/%s/file: %d, %v", id, resp.StatusCode, err)
 	}
 	return b
 }

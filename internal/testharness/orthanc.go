@@ -500,22 +500,11 @@ func (o *Orthanc) LogTail(n int) string {
 // do sends a request to Orthanc's REST API and decodes a JSON answer into
 // out if out is non-nil. path may hold a query string.
 func (o *Orthanc) do(ctx context.Context, method, path string, body io.Reader, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, o.URL+path, body)
-	if err != nil {
-		return err
-	}
-	if o.Username != "" {
-		req.SetBasicAuth(o.Username, o.Password)
-	}
-	resp, err := o.client.Do(req)
+	resp, err := o.send(ctx, method, path, body)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		return &httpError{Method: method, Path: path, Status: resp.StatusCode, Body: string(bytes.TrimSpace(msg))}
-	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil
@@ -524,6 +513,44 @@ func (o *Orthanc) do(ctx context.Context, method, path string, body io.Reader, o
 		return fmt.Errorf("%s %s: decode JSON: %w", method, path, err)
 	}
 	return nil
+}
+
+// send sends a request to Orthanc's REST API with its credentials and
+// returns a 2xx answer; any other is an error naming the method, path,
+// status and the start of the body.
+func (o *Orthanc) send(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, o.URL+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if o.Username != "" {
+		req.SetBasicAuth(o.Username, o.Password)
+	}
+	resp, err := o.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return nil, &httpError{Method: method, Path: path, Status: resp.StatusCode, Body: string(bytes.TrimSpace(msg))}
+	}
+	return resp, nil
+}
+
+// Bytes sends a request as Do does and returns the answer's body as it
+// is: an instance's file, a Lua script's output.
+func (o *Orthanc) Bytes(ctx context.Context, method, path string, body io.Reader) ([]byte, error) {
+	resp, err := o.send(ctx, method, path, body)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: read the answer: %w", method, path, err)
+	}
+	return b, nil
 }
 
 type httpError struct {
