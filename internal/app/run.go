@@ -111,6 +111,7 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 		return nil, err
 	}
 	p := &process{conn: conn, topo: topology(nc, fc), serverTLS: serverTLS, tracer: tp, log: log}
+	p.topo.Log = log
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
 	if _, err := p.topo.EnsureEvents(pctx, conn.JS); err != nil {

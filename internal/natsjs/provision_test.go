@@ -1,9 +1,11 @@
 package natsjs_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -64,6 +66,91 @@ func TestClusterConcurrentProvisioning(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
+}
+
+// provisionAll makes what the ingest and a forwarder of destination
+// default make at startup, and returns the names of the streams,
+// key-value buckets' streams and consumers, with their replica counts.
+func provisionAll(ctx context.Context, t *testing.T, topo natsjs.Topology, js jetstream.JetStream) map[string]int {
+	t.Helper()
+	steps := []func() error{
+		func() error { _, err := topo.EnsureEvents(ctx, js); return err },
+		func() error { _, err := topo.EnsureConsumer(ctx, js, natsjs.DefaultDestination); return err },
+		func() error { _, err := topo.EnsureDeadLetters(ctx, js); return err },
+		func() error { _, err := topo.EnsureFailureLog(ctx, js); return err },
+		func() error { _, err := topo.EnsureLedger(ctx, js, natsjs.DefaultDestination); return err },
+		func() error { _, err := topo.EnsureStatus(ctx, js); return err },
+		func() error { _, err := topo.EnsureReconcile(ctx, js); return err },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("NATS_REPLICAS=%d: %v", topo.Replicas, err)
+		}
+	}
+	replicas := map[string]int{}
+	streams := js.ListStreams(ctx)
+	for info := range streams.Info() {
+		replicas[info.Config.Name] = info.Config.Replicas
+	}
+	if err := streams.Err(); err != nil {
+		t.Fatal(err)
+	}
+	events, err := js.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumers := events.ListConsumers(ctx)
+	for info := range consumers.Info() {
+		replicas["consumer "+info.Name] = info.Config.Replicas
+	}
+	if err := consumers.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(replicas) < 9 {
+		t.Fatalf("provisioned %v, want 2 streams, 4 buckets, 3 consumers", replicas)
+	}
+	return replicas
+}
+
+// NATS_REPLICAS raised on a running cluster scales everything up at the
+// next start; a process started without it (a forwarder group added
+// later, a copied environment) leaves the replicas as they are, and says
+// so, rather than scaling every stream of the cluster down to one copy.
+func TestClusterReplicasRaisedNeverLowered(t *testing.T) {
+	cluster := testnats.StartCluster(t, 3)
+	_, js := cluster.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	topo := natsjs.DefaultTopology()
+	topo.Retention = time.Hour
+	topo.DedupeWindow = time.Minute
+	for name, n := range provisionAll(ctx, t, topo, js) {
+		if n != 1 {
+			t.Errorf("%s: %d replicas, want 1", name, n)
+		}
+	}
+	topo.Replicas = 3
+	for name, n := range provisionAll(ctx, t, topo, js) {
+		if n != 3 {
+			t.Errorf("after raising NATS_REPLICAS to 3, %s: %d replicas, want 3", name, n)
+		}
+	}
+	var logs bytes.Buffer
+	topo.Replicas = 1
+	topo.Log = slog.New(slog.NewJSONHandler(&logs, nil))
+	got := provisionAll(ctx, t, topo, js)
+	for name, n := range got {
+		if n != 3 {
+			t.Errorf("a process with NATS_REPLICAS=1 scaled %s down to %d replicas", name, n)
+		}
+		key := strings.TrimPrefix(strings.TrimPrefix(name, "consumer "), "KV_")
+		if !strings.Contains(logs.String(), `"name":"`+key+`"`) {
+			t.Errorf("no warning names %s:\n%s", key, logs.String())
+		}
+	}
+	if c := strings.Count(logs.String(), `"level":"WARN"`); c != len(got) {
+		t.Errorf("%d warnings for %d kept, want one each:\n%s", c, len(got), logs.String())
+	}
 }
 
 // countingJS counts the create-or-update requests for streams and for

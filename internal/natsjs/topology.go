@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -170,6 +171,8 @@ type Topology struct {
 	// StatusTTL is how long a forwarder's shared snapshot outlives its
 	// last write.
 	StatusTTL time.Duration
+	// Log takes the warnings of provisioning (nil: none).
+	Log *slog.Logger
 
 	// firstStart is how long after another destination's consumers were
 	// made a missing consumer may still belong to the same first start
@@ -218,7 +221,7 @@ func (t Topology) EventStreamConfig() jetstream.StreamConfig {
 // EnsureEvents creates the event stream or updates it to t; every replica
 // of every service may call it at startup.
 func (t Topology) EnsureEvents(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
-	s, err := ensureStream(ctx, js, t.EventStreamConfig())
+	s, err := t.ensureStream(ctx, js, t.EventStreamConfig())
 	if err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", EventStream, err)
 	}
@@ -230,15 +233,66 @@ func (t Topology) EnsureEvents(ctx context.Context, js jetstream.JetStream) (jet
 // of every service makes this call at start, and nats-server (2.15)
 // races a stream's update against a consumer being made on it (the race
 // detector saw it when forwarder replicas started together).
-func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	s, err := js.Stream(ctx, cfg.Name)
+	scaled := false
 	switch {
-	case err == nil && sameStream(s.CachedInfo().Config, cfg):
-		return s, nil
-	case err != nil && !errors.Is(err, jetstream.ErrStreamNotFound):
+	case err == nil:
+		have := s.CachedInfo().Config
+		cfg.Replicas = t.keepReplicas("stream", cfg.Name, have.Replicas, cfg.Replicas)
+		if sameStream(have, cfg) {
+			return s, nil
+		}
+		scaled = have.Replicas != max(cfg.Replicas, 1)
+	case !errors.Is(err, jetstream.ErrStreamNotFound):
 		return nil, err
 	}
-	return js.CreateOrUpdateStream(ctx, cfg)
+	s, err = js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil || !scaled {
+		return s, err
+	}
+	return s, waitScaled(ctx, js, cfg.Name, cfg.Replicas)
+}
+
+// waitScaled waits for a stream whose replica count was just changed to
+// have its new peers and a leader. nats-server answers the update at
+// once and scales the stream after it: a consumer updated to the new
+// count before then is refused ("consumer config replica count exceeds
+// parent stream"), which failed every forwarder's start after
+// NATS_REPLICAS was raised, and a bucket has no leader to write to.
+func waitScaled(ctx context.Context, js jetstream.JetStream, name string, replicas int) error {
+	for {
+		s, err := js.Stream(ctx, name)
+		if err == nil {
+			c := s.CachedInfo().Cluster
+			if c == nil || c.Leader != "" && c.Desired == nil && len(c.Replicas)+1 >= replicas {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stream %s: scaling to %d replicas: %w", name, replicas, context.Cause(ctx))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// keepReplicas returns the replica count to give a stream, bucket or
+// consumer that has have replicas, of which the configuration wants
+// want: never fewer than it has. A process started without the
+// deployment's NATS_REPLICAS (a forwarder group added later, a copied
+// environment) would otherwise scale every stream of a cluster down to
+// one copy at its start, silently, and the next lost node would lose
+// events. Lowering it is an operator's act, with the nats CLI.
+func (t Topology) keepReplicas(kind, name string, have, want int) int {
+	if have <= max(want, 1) {
+		return want
+	}
+	if t.Log != nil {
+		t.Log.Warn("NATS_REPLICAS is below what JetStream holds: kept the higher count (set the same NATS_REPLICAS on every process; lower it with the nats CLI, docs/nats-cluster.md)",
+			"kind", kind, "name", name, "replicas", have, "nats_replicas", want)
+	}
+	return have
 }
 
 // sameStream reports whether have is want in every field stowline sets.
@@ -387,6 +441,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 				// The start cannot change once made: keep the consumer's,
 				// and the configuration it was made by.
 				keepStart(&cfg, existing[cfg.Durable])
+				cfg.Replicas = t.keepReplicas("consumer", cfg.Durable, existing[cfg.Durable].Config.Replicas, cfg.Replicas)
 			case routine != nil:
 				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, max(routine.AckFloor.Stream+1, 1)
 			case running:
@@ -479,7 +534,7 @@ func (t Topology) deadLetterDedupe() time.Duration {
 // EnsureDeadLetters creates or updates the dead-letter stream (letters
 // stay for DeadLetterRetention unless replayed or purged).
 func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
-	s, err := ensureStream(ctx, js, jetstream.StreamConfig{
+	s, err := t.ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        DeadLetterStream,
 		Description: "stowline: studies that could not be forwarded, with the reason",
 		Subjects:    []string{DeadLetterSubjectPrefix + ">"},
@@ -498,7 +553,7 @@ func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream)
 // EnsureFailureLog creates or updates the failure-time bucket. Entries
 // expire with the events (Retention), so a lost delete leaves no litter.
 func (t Topology) EnsureFailureLog(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	return ensureKV(ctx, js, jetstream.KeyValueConfig{
+	return t.ensureKV(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      FailureBucket,
 		Description: "stowline: first and last failure time of queued events",
 		TTL:         t.Retention,
@@ -510,7 +565,7 @@ func (t Topology) EnsureFailureLog(ctx context.Context, js jetstream.JetStream) 
 // EnsureLedger creates or updates a destination's bucket of completed
 // forwards; its records are kept until deleted.
 func (t Topology) EnsureLedger(ctx context.Context, js jetstream.JetStream, destination string) (jetstream.KeyValue, error) {
-	return ensureKV(ctx, js, jetstream.KeyValueConfig{
+	return t.ensureKV(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      LedgerBucketOf(destination),
 		Description: "stowline: completed forwards to destination " + destination + " (source.orthancStudyId -> LastUpdate)",
 		History:     1,
@@ -521,7 +576,7 @@ func (t Topology) EnsureLedger(ctx context.Context, js jetstream.JetStream, dest
 
 // EnsureReconcile creates or updates the reconciler's bucket.
 func (t Topology) EnsureReconcile(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	return ensureKV(ctx, js, jetstream.KeyValueConfig{
+	return t.ensureKV(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      ReconcileBucket,
 		Description: "stowline: change-log cursors and leases of the reconciler, per Orthanc source",
 		History:     1,
@@ -533,7 +588,7 @@ func (t Topology) EnsureReconcile(ctx context.Context, js jetstream.JetStream) (
 // EnsureStatus creates or updates the status bucket, in memory: it only
 // holds live state.
 func (t Topology) EnsureStatus(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	return ensureKV(ctx, js, jetstream.KeyValueConfig{
+	return t.ensureKV(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      StatusBucket,
 		Description: "stowline: what each live forwarder process is sending (status page)",
 		History:     1,
@@ -546,16 +601,22 @@ func (t Topology) EnsureStatus(ctx context.Context, js jetstream.JetStream) (jet
 // ensureKV creates the bucket, or updates it when it differs from cfg in
 // what stowline sets; an unchanged bucket is left alone, as ensureStream
 // leaves its stream (a bucket is a stream).
-func ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	scaled := false
 	switch {
 	case err == nil:
 		st, err := kv.Status(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
 		}
-		if b, ok := st.(*jetstream.KeyValueBucketStatus); ok && sameBucket(b.Config(), cfg) {
-			return kv, nil
+		if b, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+			have := b.Config()
+			cfg.Replicas = t.keepReplicas("key-value bucket", cfg.Bucket, have.Replicas, cfg.Replicas)
+			if sameBucket(have, cfg) {
+				return kv, nil
+			}
+			scaled = have.Replicas != max(cfg.Replicas, 1)
 		}
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
@@ -563,6 +624,12 @@ func ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValu
 	kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create or update key-value bucket %s: %w", cfg.Bucket, err)
+	}
+	if scaled {
+		// A bucket is the stream KV_<bucket>.
+		if err := waitScaled(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas); err != nil {
+			return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+		}
 	}
 	return kv, nil
 }
