@@ -86,6 +86,26 @@ func TestRedactValues(t *testing.T) {
 	}
 }
 
+func TestRedactDICOMValues(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`{"00100010":{"vr":"PN","Value":[{"Alphabetic":"DOE^JANE","Ideographic":"\"quoted\""}]},"00100020":{"vr":"LO","Value":["PID-1", "PID-2"]}}`,
+			`{"00100010":{"vr":"PN","Value":[{"Alphabetic":"[value removed]","Ideographic":"[value removed]"}]},"00100020":{"vr":"LO","Value":["[value removed]", "[value removed]"]}}`},
+		{`{"00081155":{"vr":"UI","Value":["1.2.840.113619.2.1"]},"00101030":{"vr":"DS","Value":[72.5]}}`,
+			`{"00081155":{"vr":"UI","Value":["1.2.840.113619.2.1"]},"00101030":{"vr":"DS","Value":[72.5]}}`},
+		{`{"00100010":{"vr":"PN","Value":[{"Alphabetic":"DOE^JA…`, `{"00100010":{"vr":"PN","Value":[{"Alphabetic":"[value removed]"`},
+		{`{"00100020":{"vr":"LO","Value":["PID-`, `{"00100020":{"vr":"LO","Value":["[value removed]"`},
+		{`<DicomAttribute tag="00100010" vr="PN" keyword="PatientName"><PersonName number="1"><Alphabetic><FamilyName>Doe</FamilyName><GivenName>Jane</GivenName></Alphabetic></PersonName></DicomAttribute>`,
+			`<DicomAttribute tag="00100010" vr="PN" keyword="PatientName"><PersonName number="1"><Alphabetic><FamilyName>[value removed]</FamilyName><GivenName>[value removed]</GivenName></Alphabetic></PersonName></DicomAttribute>`},
+		{`<Value number="1">1.2.3</Value><Value number="2">ACC-9`, `<Value number="1">1.2.3</Value><Value number="2">[value removed]`},
+		{`{"HttpError":"Unsupported Media Type","HttpStatus":415}`, `{"HttpError":"Unsupported Media Type","HttpStatus":415}`},
+	}
+	for _, tt := range tests {
+		if got := redactDICOMValues(tt.in); got != tt.want {
+			t.Errorf("redactDICOMValues(%q)\n got %q\nwant %q", tt.in, got, tt.want)
+		}
+	}
+}
+
 // The headers an error answer brings into logs and dead letters are
 // bounded, and a redirect's target loses its query (a signed URL).
 func TestHTTPErrorHeadersBounded(t *testing.T) {

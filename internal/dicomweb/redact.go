@@ -40,9 +40,9 @@ func redactValues(s string) string {
 			b.WriteString(valueRemoved)
 			return b.String()
 		}
-		if v := rest[:end]; v != "" && strings.Trim(v, "0123456789.") == "" {
+		if v := rest[:end]; isUIDText(v) {
 			b.WriteString(v)
-		} else if v != "" {
+		} else {
 			b.WriteString(valueRemoved)
 		}
 		b.WriteString(quote)
@@ -69,4 +69,53 @@ func closingQuote(rest, quote string) int {
 		}
 	}
 	return -1
+}
+
+// A DICOM data set in a JSON (PS3.18 F) or XML (PS3.19 A) answer holds
+// its values in Value arrays, person names in Alphabetic, Ideographic and
+// Phonetic (JSON) or their name components (XML). A destination may echo
+// a data set in an error answer or a malformed one; those texts go to
+// logs and dead letters.
+var (
+	jsonValueArray = regexp.MustCompile(`"Value"\s*:\s*\[[^\]{]*`)
+	jsonString     = regexp.MustCompile(`"(?:[^"\\]|\\.)*(?:"|\\?$)`)
+	jsonPersonName = regexp.MustCompile(`("(?:Alphabetic|Ideographic|Phonetic)"\s*:\s*)("(?:[^"\\]|\\.)*(?:"|\\?$))`)
+	xmlValue       = regexp.MustCompile(`(<(?:Value|FamilyName|GivenName|MiddleName|NamePrefix|NameSuffix)\b[^>]*>)([^<]*)`)
+)
+
+// redactDICOMValues replaces the values of a DICOM data set in s with
+// valueRemoved, except UIDs (digits and dots), and keeps its structure.
+// A value cut at the end of s is removed too.
+func redactDICOMValues(s string) string {
+	s = jsonValueArray.ReplaceAllStringFunc(s, func(arr string) string {
+		head := strings.Index(arr, "[") + 1
+		return arr[:head] + jsonString.ReplaceAllStringFunc(arr[head:], quotedRemoved)
+	})
+	s = jsonPersonName.ReplaceAllStringFunc(s, func(m string) string {
+		sub := jsonPersonName.FindStringSubmatch(m)
+		return sub[1] + quotedRemoved(sub[2])
+	})
+	return xmlValue.ReplaceAllStringFunc(s, func(m string) string {
+		sub := xmlValue.FindStringSubmatch(m)
+		if isUIDText(sub[2]) {
+			return m
+		}
+		return sub[1] + valueRemoved
+	})
+}
+
+// quotedRemoved is a JSON string literal with its value removed, unless
+// it is a UID.
+func quotedRemoved(lit string) string {
+	v := strings.TrimSuffix(strings.TrimPrefix(lit, `"`), `"`)
+	if isUIDText(v) {
+		return lit
+	}
+	return `"` + valueRemoved + `"`
+}
+
+// isUIDText reports whether v is empty or only digits and dots.
+func isUIDText(v string) bool {
+	v = strings.TrimSpace(v)
+	return v == "" || strings.Trim(v, "0123456789.") == ""
 }

@@ -6,6 +6,8 @@ import (
 	"mime"
 	"strconv"
 	"strings"
+
+	"github.com/stowline/stowline/auth"
 )
 
 type bodyFormat int
@@ -45,13 +47,13 @@ func parseResponse(contentType string, data []byte) (*Result, error) {
 	case formatJSON:
 		ds, err := decodeJSON(trimmed)
 		if err != nil {
-			return nil, fmt.Errorf("%w (content type %q, body %q)", err, snippet([]byte(contentType), 100), snippet(trimmed, 200))
+			return nil, fmt.Errorf("%w (content type %q, body %q)", err, snippet([]byte(contentType), 100), bodySnippet(trimmed))
 		}
 		return buildResult(ds), nil
 	case formatXML:
 		ds, err := decodeXML(trimmed)
 		if err != nil {
-			return nil, fmt.Errorf("%w (content type %q, body %q)", err, snippet([]byte(contentType), 100), snippet(trimmed, 200))
+			return nil, fmt.Errorf("%w (content type %q, body %q)", err, snippet([]byte(contentType), 100), bodySnippet(trimmed))
 		}
 		return buildResult(ds), nil
 	}
@@ -61,7 +63,14 @@ func parseResponse(contentType string, data []byte) (*Result, error) {
 	if got == "" {
 		got = "none"
 	}
-	return nil, fmt.Errorf("%w: got %q, body %q", errUnexpectedContentType, got, snippet(trimmed, 200))
+	return nil, fmt.Errorf("%w: got %q, body %q", errUnexpectedContentType, got, bodySnippet(trimmed))
+}
+
+// bodySnippet is the start of an answer stowline could not read, for an
+// error that goes to logs and dead letters: a malformed answer may be a
+// data set (patient data) or echo the request's credentials.
+func bodySnippet(b []byte) string {
+	return redactValues(redactDICOMValues(auth.RedactTokens(snippet(b, 200))))
 }
 
 func mediaType(ct string) string {

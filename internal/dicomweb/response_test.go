@@ -255,6 +255,15 @@ func TestParseResponseContentHandling(t *testing.T) {
 			err: errUnexpectedContentType, errContains: []string{"text/plain", "upstream connect error or disconnect/reset before headers xxx", "…"},
 		},
 		{name: "truncated JSON", contentType: "application/dicom+json", body: one[:20], err: errMalformedResponse},
+		{
+			name: "truncated data set", contentType: "application/dicom+json", err: errMalformedResponse,
+			body:        `{"00100010":{"vr":"PN","Value":[{"Alphabetic":"DOE^JANE"}]},"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3"]`,
+			errContains: []string{`[value removed]`, `1.2.3`},
+		},
+		{
+			name: "data set as text", contentType: "text/plain", err: errUnexpectedContentType,
+			body: `echo of 00100020 {"vr":"LO","Value":["PID-12345"]}`, errContains: []string{`[value removed]`},
+		},
 		{name: "trailing data", contentType: "application/dicom+json", body: one + "}", err: errMalformedResponse},
 		{name: "two values", contentType: "application/dicom+json", body: one + one, err: errMalformedResponse},
 		{name: "attribute not an object", contentType: "application/dicom+json", body: `{"00081199":[1]}`, err: errMalformedResponse},
@@ -280,6 +289,9 @@ func TestParseResponseContentHandling(t *testing.T) {
 					if !strings.Contains(err.Error(), s) {
 						t.Errorf("error %q does not mention %q", err, s)
 					}
+				}
+				if strings.Contains(err.Error(), "DOE^JANE") || strings.Contains(err.Error(), "PID-12345") {
+					t.Errorf("error %q quotes patient data", err)
 				}
 				if len(err.Error()) > 600 {
 					t.Errorf("error message is %d bytes long, want it trimmed", len(err.Error()))
