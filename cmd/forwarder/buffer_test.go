@@ -52,6 +52,32 @@ func testBufferMode(t *testing.T, rel testharness.Release) {
 	r.waitSourceInstances(t, 0, 60*time.Second)
 	r.waitDest(t, 7, 10*time.Second)
 	r.waitQueueEmpty(t, 30*time.Second)
+
+	// A rollout adds destination ai: its forwarders made its consumer,
+	// this one still runs without it. It forwards the study and keeps it
+	// in the source, which ai may need.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := r.js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, natsjs.DefaultTopology().ConsumerConfig("ai", true)); err != nil {
+		t.Fatal(err)
+	}
+	third := r.addStudy(t, 2, 32)
+	r.publish(t, third)
+	r.waitDest(t, 9, 60*time.Second)
+	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="waiting"}`, 2, 30*time.Second)
+	if n := r.sourceInstances(t); n != 2 {
+		t.Fatalf("source holds %d instances with an unconfigured destination's queue, want 2", n)
+	}
+	// Once it is gone ('forwarder destinations remove ai'), deletes resume.
+	if err := r.js.DeleteConsumer(ctx, natsjs.EventStream, natsjs.ConsumerName("ai")); err != nil {
+		t.Fatal(err)
+	}
+	r.publish(t, r.addStudy(t, 1, 32))
+	r.waitDest(t, 10, 60*time.Second)
+	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="deleted"}`, 4+3+1, 30*time.Second)
+	if n := r.sourceInstances(t); n != 2 {
+		t.Errorf("source holds %d instances, want the 2 kept for ai", n)
+	}
 }
 
 // publishAs queues the study's event with the given LastUpdate.

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -71,5 +75,22 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 			}
 		}
 		return out, nil
+	}
+}
+
+// unconfiguredFunc is buffer mode's forward.Options.Unconfigured: the
+// destinations with a consumer on the event stream that are not among
+// all. Read at each study's deletes, so that a forwarder still running
+// with the old DESTINATIONS sees a destination that a rollout adds as
+// soon as the new forwarders made its consumer.
+func unconfiguredFunc(js jetstream.JetStream, all []config.NamedDestination) func(context.Context) ([]string, error) {
+	return func(ctx context.Context) ([]string, error) {
+		queued, err := natsjs.ListDestinations(ctx, js)
+		if err != nil {
+			return nil, err
+		}
+		return slices.DeleteFunc(queued, func(name string) bool {
+			return slices.ContainsFunc(all, func(d config.NamedDestination) bool { return d.Name == name })
+		}), nil
 	}
 }

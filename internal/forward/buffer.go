@@ -50,6 +50,20 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(len(instances)))
 		return
 	}
+	if f.opts.Unconfigured != nil {
+		others, err := f.opts.Unconfigured(ctx)
+		if err != nil {
+			log.Warn("forwarded study not deleted from the source: the destinations with a queue could not be read", "err", err)
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+			return
+		}
+		if len(others) > 0 {
+			log.Warn("forwarded study not deleted from the source: destinations this forwarder is not configured with have a queue and may need it "+
+				"(finish the rollout that adds them, or remove them with 'forwarder destinations remove NAME --yes')", "destinations", others)
+			f.m.sourceDeletes.WithLabelValues("waiting").Add(float64(len(instances)))
+			return
+		}
+	}
 	if f.opts.Release != nil {
 		released, err := f.opts.Release(ctx, ev, listed)
 		if errors.Is(err, orthancapi.ErrNotFound) {

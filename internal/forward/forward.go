@@ -172,6 +172,13 @@ type Options struct {
 	// every destination whose rules select them has stored, given all the
 	// study's instances; it is needed when there are several destinations.
 	Release func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error)
+	// Unconfigured, if set, names the destinations that have a queue in
+	// JetStream but are not in this process's configuration: a rollout
+	// adding one, whose forwarders already take events while this one
+	// does not know it, or one removed without `forwarder destinations
+	// remove`. Buffer mode deletes nothing while there are any: they may
+	// still need what they were not given yet.
+	Unconfigured func(ctx context.Context) ([]string, error)
 	// Conflicts says what an "already holds it with other content" answer
 	// is and what to do with it (conflict.go); the zero value skips.
 	Conflicts ConflictPolicy

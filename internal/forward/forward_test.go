@@ -422,21 +422,32 @@ func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
 func TestDeleteForwarded(t *testing.T) {
 	ids := []string{"a", "b", "c"}
 	instances := []orthancapi.Instance{{ID: "a"}, {ID: "b"}, {ID: "c"}}
+	unchanged := func() *memCleaner { return &memCleaner{lastUpdate: "20261126T100000"} }
 	tests := []struct {
 		name        string
 		cleaner     *memCleaner
 		wantDeleted []string
-		// want counts of the metric by result: deleted, failed, skipped, gone.
-		want [4]float64
+		// want counts of the metric by result: deleted, failed, skipped,
+		// gone, waiting.
+		want [5]float64
+		// unconfigured: what Options.Unconfigured answers (nil: not set).
+		unconfigured func(context.Context) ([]string, error)
 	}{
-		{"unchanged", &memCleaner{lastUpdate: "20261126T100000"}, ids, [4]float64{3, 0, 0, 0}},
-		{"changed since the event", &memCleaner{lastUpdate: "20261126T100500"}, nil, [4]float64{0, 0, 3, 0}},
-		{"state unreadable", &memCleaner{studyErr: errors.New("timeout")}, nil, [4]float64{0, 3, 0, 0}},
-		{"already gone", &memCleaner{studyErr: fmt.Errorf("GET: %w", orthancapi.ErrNotFound)}, nil, [4]float64{0, 0, 0, 3}},
-		{"one delete fails", &memCleaner{lastUpdate: "20261126T100000", failIDs: map[string]bool{"b": true}}, []string{"a", "c"}, [4]float64{2, 1, 0, 0}},
+		{name: "unchanged", cleaner: unchanged(), wantDeleted: ids, want: [5]float64{3, 0, 0, 0, 0}},
+		{name: "changed since the event", cleaner: &memCleaner{lastUpdate: "20261126T100500"}, want: [5]float64{0, 0, 3, 0, 0}},
+		{name: "state unreadable", cleaner: &memCleaner{studyErr: errors.New("timeout")}, want: [5]float64{0, 3, 0, 0, 0}},
+		{name: "already gone", cleaner: &memCleaner{studyErr: fmt.Errorf("GET: %w", orthancapi.ErrNotFound)}, want: [5]float64{0, 0, 0, 3, 0}},
+		{name: "one delete fails", cleaner: &memCleaner{lastUpdate: "20261126T100000", failIDs: map[string]bool{"b": true}}, wantDeleted: []string{"a", "c"}, want: [5]float64{2, 1, 0, 0, 0}},
 		// Another destination deleted it between the study read and
 		// this delete.
-		{"one already deleted", &memCleaner{lastUpdate: "20261126T100000", goneIDs: map[string]bool{"b": true}}, []string{"a", "c"}, [4]float64{2, 0, 0, 1}},
+		{name: "one already deleted", cleaner: &memCleaner{lastUpdate: "20261126T100000", goneIDs: map[string]bool{"b": true}}, wantDeleted: []string{"a", "c"}, want: [5]float64{2, 0, 0, 1, 0}},
+		{name: "every destination with a queue configured", cleaner: unchanged(), wantDeleted: ids, want: [5]float64{3, 0, 0, 0, 0},
+			unconfigured: func(context.Context) ([]string, error) { return nil, nil }},
+		// A rollout adding destination ai: it may need the study.
+		{name: "a queue of an unconfigured destination", cleaner: unchanged(), want: [5]float64{0, 0, 0, 0, 3},
+			unconfigured: func(context.Context) ([]string, error) { return []string{"ai"}, nil }},
+		{name: "queues unreadable", cleaner: unchanged(), want: [5]float64{0, 3, 0, 0, 0},
+			unconfigured: func(context.Context) ([]string, error) { return nil, errors.New("JetStream not answering") }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -444,13 +455,14 @@ func TestDeleteForwarded(t *testing.T) {
 			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 				o.Registerer = reg
 				o.CleanerFor = func(string) (SourceCleaner, error) { return tt.cleaner, nil }
+				o.Unconfigured = tt.unconfigured
 			})
 			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
 			f.deleteForwarded(context.Background(), ev, instances, instances, f.log)
 			if fmt.Sprint(tt.cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
 				t.Errorf("deleted %v, want %v", tt.cleaner.deleted, tt.wantDeleted)
 			}
-			for i, r := range []string{"deleted", "failed", "skipped", "gone"} {
+			for i, r := range []string{"deleted", "failed", "skipped", "gone", "waiting"} {
 				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
 					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
 				}
