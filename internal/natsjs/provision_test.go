@@ -187,12 +187,17 @@ func TestEnsureEventsLeavesAnUnchangedStream(t *testing.T) {
 		t.Errorf("%d create-or-update requests for two starts, want 1", c.updates)
 	}
 	topo.Retention = 48 * time.Hour
+	var logs bytes.Buffer
+	topo.Log = slog.New(slog.NewJSONHandler(&logs, nil))
 	s, err := topo.EnsureEvents(ctx, c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.updates != 2 || s.CachedInfo().Config.MaxAge != 48*time.Hour {
 		t.Errorf("after a change: %d requests, MaxAge %s; want 2, 48h", c.updates, s.CachedInfo().Config.MaxAge)
+	}
+	if !strings.Contains(logs.String(), `"stream":"STOWLINE_EVENTS","max_age":"168h0m0s -> 48h0m0s"`) {
+		t.Errorf("the change is not logged with what it was:\n%s", logs.String())
 	}
 }
 

@@ -244,6 +244,14 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 			return s, nil
 		}
 		scaled = have.Replicas != max(cfg.Replicas, 1)
+		if t.Log != nil {
+			// Two processes configured differently change the stream
+			// back and forth at each start: each change is on record.
+			t.Log.Info("stream settings changed to this process's configuration (give every process the same)", "stream", cfg.Name,
+				"max_age", have.MaxAge.String()+" -> "+cfg.MaxAge.String(),
+				"duplicate_window", have.Duplicates.String()+" -> "+cfg.Duplicates.String(),
+				"replicas", fmt.Sprintf("%d -> %d", have.Replicas, max(cfg.Replicas, 1)))
+		}
 	case !errors.Is(err, jetstream.ErrStreamNotFound):
 		return nil, err
 	}
