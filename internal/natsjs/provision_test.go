@@ -44,18 +44,7 @@ func TestClusterConcurrentProvisioning(t *testing.T) {
 				return
 			}
 			defer conn.Close()
-			// What the ingest and the forwarder create at startup.
-			js := conn.JS
-			steps := []func() error{
-				func() error { _, err := topo.EnsureEvents(ctx, js); return err },
-				func() error { _, err := topo.EnsureConsumer(ctx, js, natsjs.DefaultDestination); return err },
-				func() error { _, err := topo.EnsureDeadLetters(ctx, js); return err },
-				func() error { _, err := topo.EnsureFailureLog(ctx, js); return err },
-				func() error { _, err := topo.EnsureLedger(ctx, js, natsjs.DefaultDestination); return err },
-				func() error { _, err := topo.EnsureStatus(ctx, js); return err },
-				func() error { _, err := topo.EnsureReconcile(ctx, js); return err },
-			}
-			for _, step := range steps {
+			for _, step := range provisionSteps(ctx, topo, conn.JS) {
 				if err := step(); err != nil {
 					t.Errorf("replica %d: %v", i, err)
 					return
@@ -68,12 +57,10 @@ func TestClusterConcurrentProvisioning(t *testing.T) {
 	wg.Wait()
 }
 
-// provisionAll makes what the ingest and a forwarder of destination
-// default make at startup, and returns the names of the streams,
-// key-value buckets' streams and consumers, with their replica counts.
-func provisionAll(ctx context.Context, t *testing.T, topo natsjs.Topology, js jetstream.JetStream) map[string]int {
-	t.Helper()
-	steps := []func() error{
+// provisionSteps are what the ingest and a forwarder of destination
+// default create at startup.
+func provisionSteps(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) []func() error {
+	return []func() error{
 		func() error { _, err := topo.EnsureEvents(ctx, js); return err },
 		func() error { _, err := topo.EnsureConsumer(ctx, js, natsjs.DefaultDestination); return err },
 		func() error { _, err := topo.EnsureDeadLetters(ctx, js); return err },
@@ -82,7 +69,14 @@ func provisionAll(ctx context.Context, t *testing.T, topo natsjs.Topology, js je
 		func() error { _, err := topo.EnsureStatus(ctx, js); return err },
 		func() error { _, err := topo.EnsureReconcile(ctx, js); return err },
 	}
-	for _, step := range steps {
+}
+
+// provisionAll makes what the ingest and a forwarder of destination
+// default make at startup, and returns the names of the streams,
+// key-value buckets' streams and consumers, with their replica counts.
+func provisionAll(ctx context.Context, t *testing.T, topo natsjs.Topology, js jetstream.JetStream) map[string]int {
+	t.Helper()
+	for _, step := range provisionSteps(ctx, topo, js) {
 		if err := step(); err != nil {
 			t.Fatalf("NATS_REPLICAS=%d: %v", topo.Replicas, err)
 		}
