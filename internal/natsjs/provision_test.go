@@ -142,7 +142,22 @@ func TestClusterReplicasRaisedNeverLowered(t *testing.T) {
 			t.Errorf("no warning names %s:\n%s", key, logs.String())
 		}
 	}
-	if c := strings.Count(logs.String(), `"level":"WARN"`); c != len(got) {
+	// A destination it adds gets consumers with the stream's replicas.
+	ai, err := topo.EnsureLanes(ctx, js, []string{natsjs.DefaultDestination, "ai"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for lane, c := range ai["ai"] {
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Config.Replicas != 3 {
+			t.Errorf("lane %s of a destination added by a process with NATS_REPLICAS=1: %d replicas, want the stream's 3", lane, info.Config.Replicas)
+		}
+		got[info.Name] = 3
+	}
+	if c := strings.Count(logs.String(), `"level":"WARN"`); c != len(got)+len(ai[natsjs.DefaultDestination]) {
 		t.Errorf("%d warnings for %d kept, want one each:\n%s", c, len(got), logs.String())
 	}
 }

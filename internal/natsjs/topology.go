@@ -444,12 +444,18 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		// the other lanes' subjects only once they have their consumers.
 		for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow, events.PriorityRoutine} {
 			cfg := t.LaneConsumerConfig(d, lane, destinations)
+			// As many copies as its stream keeps (a new consumer made by
+			// a process with a lower NATS_REPLICAS too), or as it has.
+			have := stream.CachedInfo().Config.Replicas
+			if made := existing[cfg.Durable]; made != nil {
+				have = max(have, made.Config.Replicas)
+			}
+			cfg.Replicas = t.keepReplicas("consumer", cfg.Durable, have, cfg.Replicas)
 			switch {
 			case existing[cfg.Durable] != nil:
 				// The start cannot change once made: keep the consumer's,
 				// and the configuration it was made by.
 				keepStart(&cfg, existing[cfg.Durable])
-				cfg.Replicas = t.keepReplicas("consumer", cfg.Durable, existing[cfg.Durable].Config.Replicas, cfg.Replicas)
 			case routine != nil:
 				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, max(routine.AckFloor.Stream+1, 1)
 			case running:
