@@ -323,3 +323,67 @@ func TestDestinationNotServedHere(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckNamesTheDestinationsVariables: a failed check's verdict names
+// the variables of the destination checked. With DESTINATIONS it said
+// "check DICOMWEB_URL" (or TLS_CA_FILE) for a destination set by
+// DESTINATION_AI_URL, a variable that must then be unset: the operator
+// was sent to fix a setting the deployment does not have.
+func TestCheckNamesTheDestinationsVariables(t *testing.T) {
+	notFound := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(notFound.Close)
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = io.WriteString(w, "<html>portal</html>")
+	}))
+	t.Cleanup(page.Close)
+	moved := httptest.NewServer(http.RedirectHandler("https://login.example.org/", http.StatusFound))
+	t.Cleanup(moved.Close)
+	gone := httptest.NewServer(qido(""))
+	gone.Close() // nothing listens there any more
+
+	tests := []struct {
+		name      string
+		url       string
+		named     string   // what the verdict names with DESTINATIONS=ai
+		unnamed   string   // and for the one default destination
+		forbidden []string // what it must not name with DESTINATIONS=ai
+	}{
+		{"404", notFound.URL + "/v2", "DESTINATION_AI_URL", "DICOMWEB_URL", []string{"DICOMWEB_URL"}},
+		{"not a DICOMweb answer", page.URL + "/v2", "DESTINATION_AI_URL", "DICOMWEB_URL", []string{"DICOMWEB_URL"}},
+		{"redirect", moved.URL + "/v2", "DESTINATION_AI_URL", "DICOMWEB_URL", []string{"DICOMWEB_URL"}},
+		{"unreachable", gone.URL + "/v2", "DESTINATION_AI_TLS_CA_FILE", "see TLS_CA_FILE", []string{"see TLS_CA_FILE", " TLS_CERT_FILE"}},
+	}
+	verdict := func(t *testing.T, out string) string {
+		t.Helper()
+		_, v, ok := strings.Cut(out, "verdict ")
+		if !ok {
+			t.Fatalf("no verdict in:\n%s", out)
+		}
+		return v
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _, err := runCheck(t, map[string]string{"DESTINATIONS": "ai", "DESTINATION_AI_URL": tt.url})
+			if err == nil || errors.Is(err, app.ErrUsage) {
+				t.Fatalf("err = %v, want a failed check", err)
+			}
+			v := verdict(t, out)
+			if !strings.Contains(v, tt.named) {
+				t.Errorf("verdict %q does not name %s", v, tt.named)
+			}
+			for _, f := range tt.forbidden {
+				if strings.Contains(strings.ReplaceAll(v, tt.named, ""), f) {
+					t.Errorf("verdict %q names %q, which the destination ai does not read", v, f)
+				}
+			}
+			out, _, err = runCheck(t, map[string]string{"DICOMWEB_URL": tt.url})
+			if err == nil || errors.Is(err, app.ErrUsage) {
+				t.Fatalf("default destination: err = %v, want a failed check", err)
+			}
+			if v := verdict(t, out); !strings.Contains(v, tt.unnamed) {
+				t.Errorf("default destination: verdict %q does not name %s", v, tt.unnamed)
+			}
+		})
+	}
+}

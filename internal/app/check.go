@@ -89,6 +89,7 @@ func checkDestination(ctx context.Context, stdout io.Writer, d config.NamedDesti
 	fmt.Fprintf(stdout, "%-12s %s\n%-12s %s\n", "destination", title, "provider", describeAuth(dest))
 	report, err := dicomweb.Check(ctx, dicomweb.CheckOptions{
 		BaseURL:    d.DICOMwebURL,
+		VarName:    d.VarName,
 		Client:     dest.HTTP,
 		Credential: credentialCheck(dest, &d),
 		Timeout:    timeout,

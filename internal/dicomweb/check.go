@@ -41,6 +41,10 @@ type Credential struct {
 type CheckOptions struct {
 	// BaseURL is DICOMWEB_URL.
 	BaseURL string
+	// VarName names the destination's variable whose default
+	// destination's name is given (DICOMWEB_URL, TLS_CA_FILE): verdicts
+	// name what the operator set. Nil: the default destination's names.
+	VarName func(string) string
 	// Client sends authenticated requests to the destination.
 	Client *http.Client
 	// Credential obtains the credential; nil means the destination is
@@ -90,7 +94,7 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 
 	u, err := url.Parse(o.BaseURL)
 	if err != nil {
-		return r, fmt.Errorf("%w: DICOMWEB_URL: %w", errCheckFailed, err)
+		return r, fmt.Errorf("%w: %s: %w", errCheckFailed, o.varName("DICOMWEB_URL"), err)
 	}
 	u = u.JoinPath("studies")
 	// The base URL's own query (an API key) goes with the check, as with
@@ -119,12 +123,13 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	if err != nil {
 		err = redactURLError(err, r.RequestURL)
 		r.RequestErr = err
-		r.Verdict = "FAIL: the destination could not be reached (network, DNS, proxy or TLS: see TLS_CA_FILE, TLS_CERT_FILE)."
+		r.Verdict = "FAIL: the destination could not be reached (network, DNS, proxy or TLS: see " + o.varName("TLS_CA_FILE") + ", " + o.varName("TLS_CERT_FILE") + ")."
 		return r, fmt.Errorf("%w: %w", errCheckFailed, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	r.Status, r.StatusText = resp.StatusCode, resp.Status
+	baseVar := o.varName("DICOMWEB_URL")
 	switch {
 	case resp.StatusCode/100 == 3:
 		// An authenticating proxy's login page would have answered 200.
@@ -132,14 +137,14 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 		if loc, err := resp.Location(); err == nil {
 			r.Detail = headerValue(logSafe(loc))
 		}
-		r.Verdict = "FAIL: the destination redirected the request (to the answer's address above: https:// for http://, another base URL, or a login page), and STOW-RS requests do not follow redirects: set DICOMWEB_URL to the base URL the destination serves, and check that it takes this credential without a browser."
+		r.Verdict = "FAIL: the destination redirected the request (to the answer's address above: https:// for http://, another base URL, or a login page), and STOW-RS requests do not follow redirects: set " + baseVar + " to the base URL the destination serves, and check that it takes this credential without a browser."
 	case resp.StatusCode == http.StatusOK && !searchAnswer(body):
 		ct := headerValue(resp.Header.Get("Content-Type"))
 		if ct == "" {
 			ct = "no Content-Type"
 		}
 		r.Detail = ct + ": " + redactedSnippet(body)
-		r.Verdict = "FAIL: the destination answered 200, but not a DICOMweb search answer (a JSON array): something else answers at DICOMWEB_URL (a web application's page, another API); set it to the DICOMweb base URL, the one {DICOMWEB_URL}/studies is under."
+		r.Verdict = "FAIL: the destination answered 200, but not a DICOMweb search answer (a JSON array): something else answers at " + baseVar + " (a web application's page, another API); set it to the DICOMweb base URL, the one {" + baseVar + "}/studies is under."
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNoContent:
 		r.OK = true
 		r.Verdict = "OK: the destination accepted an authenticated DICOMweb request. (This proves authentication and read access; storing needs the write role too: Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:StoreDICOM.)"
@@ -155,12 +160,20 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 		r.Verdict = "FAIL: authenticated, but not allowed (403): grant the identity its role on the destination (Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:SearchDICOMStudies and StoreDICOM)."
 	case resp.StatusCode == http.StatusNotFound:
 		r.Detail = redactedSnippet(body)
-		r.Verdict = "FAIL: no DICOMweb service at DICOMWEB_URL (404): check the base URL (it must be the one {DICOMWEB_URL}/studies is under)."
+		r.Verdict = "FAIL: no DICOMweb service at " + baseVar + " (404): check the base URL (it must be the one {" + baseVar + "}/studies is under)."
 	default:
 		r.Detail = redactedSnippet(body)
 		r.Verdict = fmt.Sprintf("FAIL: the destination answered %s.", resp.Status)
 	}
 	return r, fmt.Errorf("%w: %s", errCheckFailed, resp.Status)
+}
+
+// varName is the checked destination's own name of a variable (see VarName).
+func (o CheckOptions) varName(name string) string {
+	if o.VarName == nil {
+		return name
+	}
+	return o.VarName(name)
 }
 
 // searchAnswer reports whether the start of a 200 answer (body is cut
