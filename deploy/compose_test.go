@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"maps"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/stowline/stowline/events"
@@ -797,5 +799,33 @@ func TestDashboardsAndAlertsUseDocumentedMetrics(t *testing.T) {
 	}
 	if n == 0 {
 		t.Error("deploy/alerts.yml has no rules")
+	}
+}
+
+// TestComposeNATSSyncsBeforeAcknowledging: the compose NATS server is one
+// server, so an event is on one disk only, and nats-server writes it there
+// on its own schedule (every 2 minutes by default): a power cut lost
+// events the ingest had answered 202 for, and dead letters, as
+// docs/guarantees.md warns ("a single external server should run with
+// sync_interval: always"). The server's options are read as nats-server
+// reads them, its command line and the configuration file it names.
+func TestComposeNATSSyncsBeforeAcknowledging(t *testing.T) {
+	nats := loadCompose(t).Services["nats"]
+	args := slices.Clone(nats.Command)
+	if i := slices.Index(args, "-c"); i >= 0 && i+1 < len(args) {
+		// The file the container reads is the repository's, mounted.
+		for _, v := range nats.Volumes {
+			if parts := strings.Split(v, ":"); len(parts) >= 2 && parts[1] == args[i+1] {
+				args[i+1] = filepath.Join(root, parts[0])
+			}
+		}
+	}
+	opts, err := server.ConfigureOptions(flag.NewFlagSet("nats-server", flag.ContinueOnError), args, func() {}, func() {}, func() {})
+	if err != nil {
+		t.Fatalf("nats: command %v: %v", nats.Command, err)
+	}
+	if !opts.JetStream || !opts.SyncAlways {
+		t.Errorf("nats: command %v: JetStream %v, sync always %v: want JetStream writing every event to disk before it acknowledges it (sync_interval: always)",
+			nats.Command, opts.JetStream, opts.SyncAlways)
 	}
 }
