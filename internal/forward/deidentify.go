@@ -27,6 +27,11 @@ func Deidentified(next Destination, d *deident.Deidentifier, o DeidentifyOptions
 		Help:        "Instances rewritten for a destination with STOW_DEIDENTIFY=basic, once per copy sent, by result: written, burned_in (kept out), refused (unreadable).",
 		ConstLabels: prometheus.Labels{"destination": o.DestinationName},
 	}, []string{"result"})
+	// Every result from the start: an alert's increase() then counts the
+	// first burned-in instance after a restart.
+	for _, r := range []string{"written", "burned_in", "refused"} {
+		x.copies.WithLabelValues(r)
+	}
 	if o.Registerer != nil {
 		if err := o.Registerer.Register(x.copies); err != nil {
 			return nil, fmt.Errorf("forward: register de-identification metrics: %w", err)
