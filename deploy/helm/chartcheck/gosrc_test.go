@@ -35,7 +35,8 @@ type goFacts struct {
 	// consumer of a destination, which KEDA watches too.
 	statConsumerPrefix string
 	// destinationVars are the default destination's variables (the env
-	// tags of config.Destination and config.DestinationAuth), true for a
+	// tags of config.Destination and the structs it embeds,
+	// config.DestinationAuth and config.Deidentify), true for a
 	// secret (which may be given as _FILE). A destination of DESTINATIONS
 	// reads each as DESTINATION_<NAME>_ + the name (DICOMWEB_URL as URL).
 	destinationVars map[string]bool
@@ -78,7 +79,8 @@ func readGoFacts(t *testing.T) goFacts {
 			}
 		}
 		if factsErr == nil {
-			facts.destinationVars, factsErr = structEnvVars("internal/config", "Destination", "DestinationAuth")
+			// Destination's embedded structs too: it reads theirs as its own.
+			facts.destinationVars, factsErr = structEnvVars("internal/config", "Destination", "DestinationAuth", "Deidentify")
 		}
 	})
 	if factsErr != nil {

@@ -570,7 +570,7 @@ these. internal/config, Destination; chartcheck checks the list. */}}
 {{- define "stowline.defaultDestinationVar" -}}
 {{- $k := . -}}
 {{- $prefixes := list "OAUTH_" "AZURE_" "STOW_" -}}
-{{- $names := list "DICOMWEB_URL" "GOOGLE_APPLICATION_CREDENTIALS" "GCE_METADATA_HOST" "AWS_REGION" "TLS_CA_FILE" "TLS_CERT_FILE" "TLS_KEY_FILE" "TLS_INSECURE_SKIP_VERIFY" -}}
+{{- $names := list "DICOMWEB_URL" "GOOGLE_APPLICATION_CREDENTIALS" "GCE_METADATA_HOST" "AWS_REGION" "TLS_CA_FILE" "TLS_CERT_FILE" "TLS_KEY_FILE" "TLS_INSECURE_SKIP_VERIFY" "DEIDENTIFY_KEY_FILE" -}}
 {{- $hit := has $k $names -}}
 {{- range $prefixes }}{{ if hasPrefix . $k }}{{ $hit = true }}{{ end }}{{ end -}}
 {{- if $hit }}true{{ end -}}
