@@ -10,11 +10,13 @@ import (
 // a misspelt name would silently leave a default: STOW_PARALLEL_REQUEST;
 // INGEST_HMAC_SECRETS_FILE (the webhook then takes unsigned requests);
 // EVENTS_RETENTON or NATS_REPLICA (this process then sets the shared
-// streams' retention, or replicas, to the default at its start).
+// streams' retention, or replicas, to the default at its start);
+// FORWARD_WINDOW (backfills then run through the day) or PRIORITY_RULES
+// (stat studies then wait behind routine ones).
 // DESTINATION_ is checked for a configuration that has destinations
 // (DestinationList). TLS_ and the platforms' prefixes are left out:
 // other tools read variables of theirs.
-var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "INGEST_", "RECONCILE_", "EVENTS_", "DEADLETTER_", "NATS_"}
+var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "FORWARD_", "PRIORITY_", "INGEST_", "RECONCILE_", "EVENTS_", "DEADLETTER_", "NATS_"}
 
 // natsCLIVars are the nats CLI's own settings (nats --help): set for it
 // in the same environment, they are no misspelling.

@@ -54,6 +54,17 @@ func TestUnread(t *testing.T) {
 				"NATS_CONTEXT": "prod", "NATS_CREDS": "/run/secrets/nats.creds", "NATS_TIMEOUT": "5s", "NATS_CA": "/ca.pem",
 				"NATS_SERVICE_HOST": "10.0.0.2", "NATS_PORT_4222_TCP": "tcp://10.0.0.2:4222"},
 			want: []string{"NATS_CREDS_FIL", "NATS_REPLICA"}},
+		// A misspelt FORWARD_WINDOWS left backfills running through the
+		// day on the site's uplink, a misspelt PRIORITY_RULE left stat
+		// studies behind routine ones, both without a word.
+		{name: "misspelt forwarding windows and priority rule", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg:   func() any { return &SingleHost{} },
+			extra: map[string]string{"FORWARD_WINDOW": "backfill=22:00-07:00", "PRIORITY_RULES": "'CT' in study.modalities", "FORWARDER_STAT_CONCURRENCY": "2"},
+			want:  []string{"FORWARD_WINDOW", "PRIORITY_RULES"}},
+		{name: "the ingest is not told about the forwarding windows", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &IngestService{} }, extra: map[string]string{"FORWARD_WINDOWS": "backfill=22:00-07:00"}},
+		{name: "the forwarder is not told about the priority rule", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &ForwarderService{} }, extra: map[string]string{"PRIORITY_RULE": "'CT' in study.modalities"}},
 		{name: "the forwarder is not told about the ingest's variables", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &ForwarderService{} }, extra: map[string]string{"INGEST_HMAC_SECRET": "x", "RECONCILE_POLL_INTERVAL": "5s"}},
 	}
