@@ -214,7 +214,10 @@ func (t Topology) EventStreamConfig() jetstream.StreamConfig {
 		Duplicates:  t.DedupeWindow,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
-		Discard:     jetstream.DiscardOld,
+		// stowline sets no size limit; one an operator or the account sets
+		// must refuse new events (the webhook answers 503, the reconciler
+		// tries again), never delete queued ones not forwarded yet.
+		Discard: jetstream.DiscardNew,
 	}
 }
 
@@ -244,6 +247,7 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 			return s, nil
 		}
 		scaled = have.Replicas != max(cfg.Replicas, 1)
+		keepLimits(&cfg, have)
 		if t.Log != nil {
 			// Two processes configured differently change the stream
 			// back and forth at each start: each change is on record.
@@ -301,6 +305,13 @@ func (t Topology) keepReplicas(kind, name string, have, want int) int {
 			"kind", kind, "name", name, "replicas", have, "nats_replicas", want)
 	}
 	return have
+}
+
+// keepLimits keeps the size limits stowline does not set in an update:
+// an operator's cap (or one the account requires) would otherwise be
+// lifted by the next start that changes a setting.
+func keepLimits(cfg *jetstream.StreamConfig, have jetstream.StreamConfig) {
+	cfg.MaxBytes, cfg.MaxMsgs, cfg.MaxMsgsPerSubject, cfg.MaxMsgSize = have.MaxBytes, have.MaxMsgs, have.MaxMsgsPerSubject, have.MaxMsgSize
 }
 
 // sameStream reports whether have is want in every field stowline sets.
@@ -557,6 +568,9 @@ func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream)
 		Duplicates:  t.deadLetterDedupe(),
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
+		// A letter's event is terminated: a full stream must refuse new
+		// letters (the study stays queued), never delete old ones.
+		Discard: jetstream.DiscardNew,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", DeadLetterStream, err)
@@ -631,6 +645,8 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 				return kv, nil
 			}
 			scaled = have.Replicas != max(cfg.Replicas, 1)
+			// As keepLimits: an operator's cap stays.
+			cfg.MaxBytes, cfg.MaxValueSize = have.MaxBytes, have.MaxValueSize
 		}
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)

@@ -1,0 +1,119 @@
+package natsjs_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+// TestStreamLimitKeepsWhatIsQueued: an operator whose NATS disk fills up
+// caps a stream (nats stream edit --max-msgs/--max-bytes; an account
+// that requires max bytes forces one). Reaching the cap must refuse new
+// messages, which the webhook answers 503 for and Orthanc or the
+// reconciler sends again, never delete the oldest: those are events
+// accepted with a 202 and not forwarded yet, or dead letters whose
+// events were terminated. A later start, which updates a stream whose
+// settings changed, keeps the operator's cap.
+func TestStreamLimitKeepsWhatIsQueued(t *testing.T) {
+	const limit = 2
+	for _, tc := range []struct {
+		name    string
+		ensure  func(context.Context, natsjs.Topology, jetstream.JetStream) error
+		subject string
+	}{
+		{natsjs.EventStream, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
+			_, err := topo.EnsureEvents(ctx, js)
+			return err
+		}, natsjs.EventSubject("orthanc-a")},
+		{natsjs.DeadLetterStream, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
+			_, err := topo.EnsureDeadLetters(ctx, js)
+			return err
+		}, natsjs.DeadLetterSubject(natsjs.DefaultDestination, "orthanc-a")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+			ctx := testCtx(t)
+			topo := natsjs.DefaultTopology()
+			if err := tc.ensure(ctx, topo, js); err != nil {
+				t.Fatal(err)
+			}
+			// The operator's cap, as `nats stream edit` sets it.
+			s, err := js.Stream(ctx, tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := s.CachedInfo().Config
+			cfg.MaxMsgs, cfg.MaxBytes = limit, 1<<20
+			if _, err := js.UpdateStream(ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+			// A later start with a changed setting updates the stream.
+			topo.Retention, topo.DeadLetterRetention = 48*time.Hour, 48*time.Hour
+			if err := tc.ensure(ctx, topo, js); err != nil {
+				t.Fatal(err)
+			}
+			var refused error
+			for i := range limit + 1 {
+				msg := &nats.Msg{Subject: tc.subject, Data: []byte(`{}`), Header: nats.Header{}}
+				msg.Header.Set(jetstream.MsgIDHeader, "m"+strconv.Itoa(i))
+				if _, err := js.PublishMsg(ctx, msg); err != nil {
+					refused = err
+				}
+			}
+			info, err := js.Stream(ctx, tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, got := info.CachedInfo().State, info.CachedInfo().Config
+			if got.MaxMsgs != limit || got.MaxBytes != 1<<20 {
+				t.Errorf("after a start: MaxMsgs %d, MaxBytes %d; want the operator's %d and %d", got.MaxMsgs, got.MaxBytes, limit, 1<<20)
+			}
+			if st.FirstSeq != 1 || st.Msgs != limit {
+				t.Errorf("stream holds %d messages, %d to %d; want the first %d kept, none deleted to make room and none past the cap", st.Msgs, st.FirstSeq, st.LastSeq, limit)
+			}
+			if refused == nil {
+				t.Errorf("a message past the cap was stored; want it refused")
+			}
+		})
+	}
+}
+
+// So does a key-value bucket's cap (the ledger grows for ever).
+func TestBucketLimitKept(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	topo := natsjs.DefaultTopology()
+	if _, err := topo.EnsureFailureLog(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, natsjs.FailureBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.(*jetstream.KeyValueBucketStatus).Config()
+	cfg.MaxBytes = 1 << 20
+	if _, err := js.UpdateKeyValue(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	topo.Retention = 48 * time.Hour
+	kv, err = topo.EnsureFailureLog(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err = kv.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.(*jetstream.KeyValueBucketStatus).Config(); got.TTL != topo.Retention || got.MaxBytes != 1<<20 {
+		t.Errorf("after a start: TTL %s, MaxBytes %d; want %s and the operator's %d", got.TTL, got.MaxBytes, topo.Retention, 1<<20)
+	}
+}
