@@ -66,7 +66,7 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	msg.Header.Set(jetstream.MsgIDHeader, "dl/"+dest+"/"+strconv.FormatUint(l.OriginalSeq, 10)+"/"+l.Event.MsgID())
 	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(natsjs.DeadLetterStream))
 	if err != nil {
-		return 0, fmt.Errorf("store dead letter for study %s: %w", l.Event.OrthancStudyID, err)
+		return 0, fmt.Errorf("store dead letter for study %s: %w", l.Event.OrthancStudyID, natsjs.StorageFull(err))
 	}
 	return ack.Sequence, nil
 }

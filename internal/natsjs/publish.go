@@ -44,7 +44,7 @@ func PublishTo(ctx context.Context, js jetstream.JetStream, subject string, ev *
 	tracing.Inject(ctx, msg.Header)
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(EventStream))
 	if err != nil {
-		return nil, fmt.Errorf("publish event %s: %w", msgID, err)
+		return nil, fmt.Errorf("publish event %s: %w", msgID, StorageFull(err))
 	}
 	return ack, nil
 }

@@ -31,6 +31,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"accepted", "duplicate"} {
 		m.received.WithLabelValues(r)
 	}
+	// From 0, so that an alert on their increase fires at the first
+	// refusal, not the second.
+	for _, r := range []string{"jetstream_unavailable", "jetstream_full"} {
+		m.rejected.WithLabelValues(r)
+	}
 	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ingest: register metrics: %w", err)

@@ -1,0 +1,150 @@
+package web_test
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/web"
+)
+
+// TestWebhookStorageFull: a NATS whose storage is full (the server's
+// max_file_store, the account's limit, a stream's cap) answers the
+// publish at once, with a refusal. The webhook answers 503 saying the
+// storage is full, counts it as jetstream_full and logs it so; it said
+// "JetStream did not acknowledge" and counted jetstream_unavailable,
+// which docs/metrics.md reads as "NATS is down", and the IT team looked
+// for an outage of a NATS that was up. Once space is freed, events are
+// stored again.
+func TestWebhookStorageFull(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		conf func(*server.Options)
+		cap  bool // a cap on the event stream (nats stream edit)
+	}{
+		{"server max_file_store", func(o *server.Options) { o.JetStreamMaxStore = 64 << 10 }, false},
+		{"stream cap", nil, true},
+		{"account storage limit", accountLimit(t, "max_file: 64K"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "full", Configure: tc.conf}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(srv.Shutdown)
+			nc, err := srv.Connect()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(nc.Close)
+			js, err := jetstream.New(nc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := t.Context()
+			stream, err := natsjs.DefaultTopology().EnsureEvents(ctx, js)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.cap {
+				cfg := stream.CachedInfo().Config
+				cfg.MaxMsgs = 5
+				if _, err := js.UpdateStream(ctx, cfg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var logs testharness.LogBuffer
+			reg := prometheus.NewRegistry()
+			h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token}, Publisher: natsjs.Publisher{JS: js},
+				Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Registerer: reg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := chi.NewRouter()
+			h.Mount(r)
+			hs := httptest.NewServer(r)
+			t.Cleanup(hs.Close)
+
+			// Fill the store with studies, each a new event.
+			status, body := 0, map[string]any(nil)
+			for i := 0; i < 1000; i++ {
+				id := fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i)
+				status, body = post(t, hs.URL, "application/json", "Bearer "+token, strings.Replace(validBody, "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", id, 1))
+				if status != http.StatusAccepted {
+					break
+				}
+			}
+			if status != http.StatusServiceUnavailable {
+				t.Fatalf("status %d (%v) once the store is full, want 503", status, body)
+			}
+			if msg, _ := body["error"].(string); !strings.Contains(msg, "storage is full") || !strings.Contains(msg, "not stored") {
+				t.Errorf("answer %q; want it to say the storage is full and the event not stored", msg)
+			}
+			if got := rejected(t, reg, "jetstream_full"); got != 1 {
+				t.Errorf("rejected{reason=jetstream_full} = %v, want 1", got)
+			}
+			if strings.Contains(logs.String(), "did not acknowledge") || !strings.Contains(logs.String(), "its storage is full") {
+				t.Errorf("the log does not say the storage is full:\n%s", logs.String())
+			}
+
+			// Space freed: events are stored again.
+			if err := stream.Purge(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if status, body := post(t, hs.URL, "application/json", "Bearer "+token, validBody); status != http.StatusAccepted {
+				t.Errorf("after space was freed: status %d (%v), want 202", status, body)
+			}
+		})
+	}
+}
+
+// accountLimit puts the clients in an account with JetStream limits.
+func accountLimit(t *testing.T, limits string) func(*server.Options) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "account.conf")
+	conf := "accounts { A: { jetstream: { " + limits + " }, users: [{user: u, password: p}] } }\nno_auth_user: u\n"
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(o *server.Options) {
+		o.Accounts, o.Users, o.NoAuthUser = parsed.Accounts, parsed.Users, parsed.NoAuthUser
+	}
+}
+
+// rejected reads the webhook's count of requests refused for reason.
+func rejected(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "stowline_ingest_events_rejected_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
