@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -109,7 +110,7 @@ func (s *cursorStore) save(ctx context.Context, c cursor) error {
 		return err
 	case err != nil:
 		s.unconfirmed = b
-		return fmt.Errorf("write cursor %s: %w", s.key, err)
+		return fmt.Errorf("write cursor %s: %w", s.key, natsjs.StorageFull(err))
 	}
 	s.rev, s.unconfirmed = rev, nil
 	return nil

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // errLeaseLost: another replica holds the lease now.
@@ -66,7 +68,7 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 			return false, nil // another replica was faster
 		}
 		if err != nil {
-			return false, fmt.Errorf("create lease %s: %w", l.key, err)
+			return false, fmt.Errorf("create lease %s: %w", l.key, natsjs.StorageFull(err))
 		}
 		l.rev = rev
 		return true, nil
@@ -92,7 +94,7 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 		return false, nil // renewed, or taken by another contender
 	}
 	if err != nil {
-		return false, fmt.Errorf("take over lease %s: %w", l.key, err)
+		return false, fmt.Errorf("take over lease %s: %w", l.key, natsjs.StorageFull(err))
 	}
 	l.rev = rev
 	return true, nil
@@ -119,7 +121,7 @@ func (l *lease) renew(ctx context.Context) error {
 		return errLeaseLost
 	}
 	if err != nil {
-		return fmt.Errorf("renew lease %s: %w", l.key, err)
+		return fmt.Errorf("renew lease %s: %w", l.key, natsjs.StorageFull(err))
 	}
 	l.rev = rev
 	return nil

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/repeatlog"
 )
 
 // sourceRunner reconciles one source. Its fields below mu are used only by
@@ -58,17 +59,30 @@ func (s *sourceRunner) run(ctx context.Context) {
 	s.lease = newLease(opts.KV, leaseKey(s.name), opts.Holder, opts.LeaseTTL, time.Now)
 	s.store = &cursorStore{kv: opts.KV, key: cursorKey(s.name)}
 	check := opts.LeaseTTL / 3
+	failures := repeatlog.Failures{Every: time.Minute}
 	for ctx.Err() == nil {
 		held, err := s.lease.tryAcquire(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			s.log.Warn("reconciler cannot read its lease; retrying", "err", err)
+			// No replica may be polling the source (JetStream's storage
+			// full refuses every lease write): the check says so.
+			s.setStatus(fmt.Errorf("reconciler lease: %w", err))
+			if n, ok := failures.Failed(); ok {
+				s.log.Warn("reconciler cannot take its lease; retrying", "err", err, "failures", n)
+			}
 		case held:
+			if n := failures.Succeeded(); n > 0 {
+				s.log.Info("reconciler lease can be taken again", "failures", n)
+			}
+			s.setStatus(nil)
 			if s.lease.previous != "" {
 				s.log.Info("took over the reconciler lease: its holder stopped renewing it", "previous_holder", s.lease.previous)
 			}
 			s.lead(ctx)
 			continue
+		default:
+			failures.Succeeded()
+			s.setStatus(nil)
 		}
 		sleep(ctx, check)
 	}
