@@ -87,10 +87,14 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	return c, nil
 }
 
-// Ready reports whether JetStream answers (the readiness check).
+// Ready reports whether JetStream answers (the readiness check), and,
+// on the embedded server, whether it can write its streams.
 func (c *Conn) Ready(ctx context.Context) error {
 	if _, err := c.JS.Stream(ctx, EventStream); err != nil {
 		return fmt.Errorf("JetStream stream %s: %w", EventStream, err)
+	}
+	if c.embedded != nil {
+		return c.embedded.writeErrors()
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -183,6 +184,24 @@ func (s *EmbeddedServer) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
 	s.unlock()
+}
+
+// writeErrors reports the streams and consumers the server failed to
+// write (a full disk): nats-server answers none of their writes, not even
+// once space is freed, until it restarts, so every publish only times out.
+func (s *EmbeddedServer) writeErrors() error {
+	h := s.ns.Healthz(&server.HealthzOptions{Details: true})
+	var errs []string
+	for _, e := range h.Errors {
+		if strings.Contains(e.Error, "write error") {
+			errs = append(errs, e.Error)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("embedded JetStream cannot store: %s; free space on the disk of NATS_STORE_DIR, then restart stowline (nats-server refuses these writes until it restarts)",
+		strings.Join(errs, "; "))
 }
 
 // NATSServer exposes the underlying server (cluster tests need its details).
