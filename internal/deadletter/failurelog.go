@@ -16,6 +16,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // FailureLog records one destination's failure times per event (by
@@ -50,7 +51,7 @@ func (l *FailureLog) Record(ctx context.Context, seq uint64, now time.Time) (for
 	}
 	data, _ := json.Marshal(t)
 	if _, err := l.kv.Put(ctx, l.key(seq), data); err != nil {
-		return t, fmt.Errorf("record failure of event %d: %w", seq, err)
+		return t, fmt.Errorf("record failure of event %d: %w", seq, natsjs.StorageFull(err))
 	}
 	return t, nil
 }
@@ -58,7 +59,7 @@ func (l *FailureLog) Record(ctx context.Context, seq uint64, now time.Time) (for
 // Forget drops the record of the event at seq (forwarded or dead-lettered).
 func (l *FailureLog) Forget(ctx context.Context, seq uint64) error {
 	if err := l.kv.Purge(ctx, l.key(seq)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("forget failures of event %d: %w", seq, err)
+		return fmt.Errorf("forget failures of event %d: %w", seq, natsjs.StorageFull(err))
 	}
 	return nil
 }
@@ -135,7 +136,7 @@ func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, s
 			continue // another attempt wrote it since: add to what it wrote
 		}
 		if err != nil {
-			return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), ev.StudyInstanceUID, err)
+			return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), ev.StudyInstanceUID, natsjs.StorageFull(err))
 		}
 		return nil
 	}

@@ -201,7 +201,7 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("ledger: write %s: %w", key, err)
+			return fmt.Errorf("ledger: write %s: %w", key, natsjs.StorageFull(err))
 		}
 		return nil
 	}
