@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -83,7 +84,11 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	c.JS = provisioningJS{JetStream: js, log: log}
+	pjs := provisioningJS{JetStream: js, log: log}
+	c.JS = pjs
+	if c.embedded != nil {
+		c.JS = writableJS{provisioningJS: pjs, embedded: c.embedded}
+	}
 	return c, nil
 }
 
@@ -94,7 +99,7 @@ func (c *Conn) Ready(ctx context.Context) error {
 		return fmt.Errorf("JetStream stream %s: %w", EventStream, err)
 	}
 	if c.embedded != nil {
-		return c.embedded.writeErrors()
+		return c.embedded.writeErrors("")
 	}
 	return nil
 }
@@ -144,4 +149,32 @@ func (r *refusals) handle(_ *nats.Conn, sub *nats.Subscription, err error) {
 		return
 	}
 	r.log.Error("NATS refused this client a subject (see docs/nats-permissions.md; repeats within a minute are logged at debug level)", attrs...)
+}
+
+// writableJS fails a publish at once, saying why, when the embedded
+// server can no longer write the stream that takes it (a full disk):
+// the publish would only wait for its time-out, which holds the webhook,
+// and Orthanc's Lua callback with it, for INGEST_PUBLISH_TIMEOUT.
+type writableJS struct {
+	provisioningJS
+	embedded *EmbeddedServer
+}
+
+func (w writableJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	for _, s := range []struct {
+		name     string
+		subjects []string
+	}{
+		{EventStream, []string{EventSubjectPrefix + ">", DestinationSubjectPrefix + ">"}},
+		{DeadLetterStream, []string{DeadLetterSubjectPrefix + ">"}},
+	} {
+		for _, f := range s.subjects {
+			if server.SubjectMatchesFilter(msg.Subject, f) {
+				if err := w.embedded.writeErrors(s.name); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return w.provisioningJS.PublishMsg(ctx, msg, opts...)
 }

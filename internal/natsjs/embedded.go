@@ -187,22 +187,39 @@ func (s *EmbeddedServer) Shutdown() {
 }
 
 // writeErrors reports the streams and consumers the server failed to
-// write (a full disk): nats-server answers none of their writes, not even
-// once space is freed, until it restarts, so every publish only times out.
-func (s *EmbeddedServer) writeErrors() error {
+// write (a full disk), of stream only when it is not empty: nats-server
+// answers none of their writes, not even once space is freed, until it
+// restarts, so every publish only times out. The error is ErrStorageFull
+// when the disk is full.
+func (s *EmbeddedServer) writeErrors(stream string) error {
 	h := s.ns.Healthz(&server.HealthzOptions{Details: true})
 	var errs []string
+	full := false
 	for _, e := range h.Errors {
-		if strings.Contains(e.Error, "write error") {
-			errs = append(errs, e.Error)
+		if !strings.Contains(e.Error, "write error") || stream != "" && e.Stream != stream {
+			continue
+		}
+		errs = append(errs, e.Error)
+		for _, f := range []string{"no space left on device", "disk quota exceeded", "file too large"} {
+			full = full || strings.Contains(e.Error, f)
 		}
 	}
 	if len(errs) == 0 {
 		return nil
 	}
-	return fmt.Errorf("embedded JetStream cannot store: %s; free space on the disk of NATS_STORE_DIR, then restart stowline (nats-server refuses these writes until it restarts)",
-		strings.Join(errs, "; "))
+	return &writeError{full: full, msg: "embedded JetStream cannot store: " + strings.Join(errs, "; ") +
+		"; free space on the disk of NATS_STORE_DIR, then restart stowline (nats-server refuses these writes until it restarts)"}
 }
+
+// writeError is the embedded server's write error; it is ErrStorageFull
+// for a full disk, with its own text (a restart is needed too).
+type writeError struct {
+	full bool
+	msg  string
+}
+
+func (e *writeError) Error() string        { return e.msg }
+func (e *writeError) Is(target error) bool { return e.full && target == ErrStorageFull }
 
 // NATSServer exposes the underlying server (cluster tests need its details).
 func (s *EmbeddedServer) NATSServer() *server.Server { return s.ns }

@@ -4,12 +4,15 @@ package natsjs_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
@@ -37,8 +40,63 @@ func TestEmbeddedWriteErrorIsNotReady(t *testing.T) {
 		t.Fatalf("ready before the disk fills: %v", err)
 	}
 
-	// The disk is full: no file of this process may grow past 64 KB
-	// (EFBIG, as ENOSPC for nats-server), then space is freed.
+	// The disk fills up, then space is freed.
+	breakEventStream(t, c)
+
+	err = c.Ready(ctx)
+	if err == nil {
+		t.Fatalf("ready while the embedded server refuses the event stream's writes; its log:\n%s", logs.String())
+	}
+	for _, want := range []string{natsjs.EventStream, "write error", "restart"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("check %q does not say %q", err, want)
+		}
+	}
+}
+
+// TestEmbeddedWriteErrorFailsPublishesAtOnce: a publish to a stream the
+// embedded server can no longer write fails at once, saying why. It
+// waited for its whole time-out (INGEST_PUBLISH_TIMEOUT, 10 s) and said
+// "context deadline exceeded": each webhook held Orthanc's Lua callback
+// (and with it Orthanc's REST API) that long, for an answer that never
+// came, and counted as JetStream unavailable. Other streams are written
+// as before.
+func TestEmbeddedWriteErrorFailsPublishesAtOnce(t *testing.T) {
+	c, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx := testCtx(t)
+	topo := natsjs.DefaultTopology()
+	if _, err := topo.EnsureEvents(ctx, c.JS); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.EnsureDeadLetters(ctx, c.JS); err != nil {
+		t.Fatal(err)
+	}
+	breakEventStream(t, c)
+
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = natsjs.Publisher{JS: c.JS}.Publish(pctx, event("20261204T235959"))
+	if took := time.Since(start); err == nil || took > time.Second {
+		t.Fatalf("publish to the broken stream: %v after %s; want an error at once", err, took.Round(time.Millisecond))
+	}
+	if !errors.Is(err, natsjs.ErrStorageFull) || !strings.Contains(err.Error(), "restart") {
+		t.Errorf("publish error %q; want it to say the storage is full and to restart", err)
+	}
+	if _, err := c.JS.PublishMsg(ctx, &nats.Msg{Subject: natsjs.DeadLetterSubject(natsjs.DefaultDestination, "orthanc-a"), Data: []byte("{}")}); err != nil {
+		t.Errorf("publish to the dead-letter stream, which has no write error: %v", err)
+	}
+}
+
+// breakEventStream makes the embedded server fail a write of the event
+// stream, as a full disk does: no file of this process may grow past
+// 64 KB (EFBIG) until it fails, then the limit is lifted.
+func breakEventStream(t *testing.T, c *natsjs.Conn) {
+	t.Helper()
 	var was syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &was); err != nil {
 		t.Fatal(err)
@@ -50,7 +108,7 @@ func TestEmbeddedWriteErrorIsNotReady(t *testing.T) {
 	}
 	refused := false
 	for i := 0; i < 1000 && !refused; i++ {
-		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		pctx, cancel := context.WithTimeout(testCtx(t), 500*time.Millisecond)
 		_, err := natsjs.Publisher{JS: c.JS}.Publish(pctx, event(fmt.Sprintf("20261204T%06d", i)))
 		cancel()
 		refused = err != nil
@@ -60,15 +118,5 @@ func TestEmbeddedWriteErrorIsNotReady(t *testing.T) {
 	}
 	if !refused {
 		t.Fatal("the store never failed a write")
-	}
-
-	err = c.Ready(ctx)
-	if err == nil {
-		t.Fatalf("ready while the embedded server refuses the event stream's writes; its log:\n%s", logs.String())
-	}
-	for _, want := range []string{natsjs.EventStream, "write error", "restart"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("check %q does not say %q", err, want)
-		}
 	}
 }
