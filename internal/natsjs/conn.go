@@ -170,7 +170,7 @@ func (w writableJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetst
 	} {
 		for _, f := range s.subjects {
 			if server.SubjectMatchesFilter(msg.Subject, f) {
-				if err := w.embedded.writeErrors(s.name); err != nil {
+				if err := w.embedded.publishWriteErrors(s.name); err != nil {
 					return nil, err
 				}
 			}

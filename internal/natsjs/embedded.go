@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -50,6 +51,13 @@ type EmbeddedCluster struct {
 type EmbeddedServer struct {
 	ns     *server.Server
 	unlock func()
+
+	// The write errors publishes look at, read at most every
+	// healthInterval: Healthz walks every stream and consumer (about
+	// 30 µs), too much for each of thousands of events a second.
+	mu        sync.Mutex
+	checkedAt time.Time
+	health    []server.HealthzError
 }
 
 // ErrStoreInUse means another process runs an embedded server on the
@@ -192,10 +200,29 @@ func (s *EmbeddedServer) Shutdown() {
 // restarts, so every publish only times out. The error is ErrStorageFull
 // when the disk is full.
 func (s *EmbeddedServer) writeErrors(stream string) error {
-	h := s.ns.Healthz(&server.HealthzOptions{Details: true})
+	return writeErrorIn(s.ns.Healthz(&server.HealthzOptions{Details: true}).Errors, stream)
+}
+
+// healthInterval bounds how stale publishWriteErrors may be.
+const healthInterval = 100 * time.Millisecond
+
+// publishWriteErrors is writeErrors as of at most healthInterval ago.
+func (s *EmbeddedServer) publishWriteErrors(stream string) error {
+	s.mu.Lock()
+	if time.Since(s.checkedAt) >= healthInterval {
+		s.health, s.checkedAt = s.ns.Healthz(&server.HealthzOptions{Details: true}).Errors, time.Now()
+	}
+	health := s.health
+	s.mu.Unlock()
+	return writeErrorIn(health, stream)
+}
+
+// writeErrorIn is the write error among a server's health errors, of
+// stream only when it is not empty, nil if none.
+func writeErrorIn(health []server.HealthzError, stream string) error {
 	var errs []string
 	full := false
-	for _, e := range h.Errors {
+	for _, e := range health {
 		if !strings.Contains(e.Error, "write error") || stream != "" && e.Stream != stream {
 			continue
 		}
