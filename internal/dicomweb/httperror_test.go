@@ -66,6 +66,19 @@ func TestHTTPErrorRedactsQuotedValues(t *testing.T) {
 	}
 }
 
+// The same answer from a server whose JSON writes quotes as \u escapes
+// (System.Text.Json's default encoder, which Azure's DICOM service
+// keeps): the value is removed all the same.
+func TestHTTPErrorRedactsUnicodeEscapedValues(t *testing.T) {
+	body := `{"type":"about:blank","title":"Bad Request","status":400,` +
+		`"detail":"DICOM100: (0010,0010) - Dicom element \u0027PatientName\u0027 with value \u0027DOE^JANE\u0027 does not validate VR \u0027PN\u0027: Value contains invalid character."}`
+	he, err := storeRefused(t, http.StatusBadRequest, http.Header{"Content-Type": {"application/problem+json"}}, body)
+	if strings.Contains(he.Body, "DOE^JANE") || strings.Contains(err.Error(), "DOE^JANE") ||
+		!strings.Contains(he.Body, `with value \u0027[value removed]\u0027 does not validate VR`) {
+		t.Errorf("body %q, error %q: want the patient's name removed, the rest kept", he.Body, err)
+	}
+}
+
 func TestRedactValues(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{`DICOM100: (0010,0020) - Content "PID 12345" does not validate VR LO: value contains invalid character`,
@@ -78,6 +91,16 @@ func TestRedactValues(t *testing.T) {
 		{`Content "DOE^JA`, `Content "[value removed]`},
 		{`no value quoted here: Content is fine`, `no value quoted here: Content is fine`},
 		{`{"error":"Value out of range"}`, `{"error":"Value out of range"}`},
+		// JSON encoders that write quotes as \u escapes: System.Text.Json's
+		// default (Azure's DICOM service), Google's.
+		{`{"detail":"Dicom element \u0027PatientName\u0027 with value \u0027DOE^JANE\u0027 does not validate VR \u0027PN\u0027"}`,
+			`{"detail":"Dicom element \u0027PatientName\u0027 with value \u0027[value removed]\u0027 does not validate VR \u0027PN\u0027"}`},
+		{`{"detail":"(0010,0010) - Content \u0022DOE^JANE\u0022 does not validate VR PN"}`,
+			`{"detail":"(0010,0010) - Content \u0022[value removed]\u0022 does not validate VR PN"}`},
+		{`with value \u0027O\u0027Brien^Pat\u0027 does not`, `with value \u0027[value removed]\u0027 does not`},
+		{`with value \u0027D\u0027\u00C1vila^Ana\u0027 does not`, `with value \u0027[value removed]\u0027 does not`},
+		{`with value \u00271.2.840.10008.1.2.1\u0027 is fine`, `with value \u00271.2.840.10008.1.2.1\u0027 is fine`},
+		{`Content \u0022DOE^JA`, `Content \u0022[value removed]`},
 	}
 	for _, tt := range tests {
 		if got := redactValues(tt.in); got != tt.want {

@@ -2,6 +2,7 @@ package dicomweb
 
 import (
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -11,8 +12,11 @@ import (
 // "Value" in an error text. Azure's DICOM service writes
 // `DICOM100: (0010,0020) - Content "<the value>" does not validate VR LO`,
 // which for a patient's ID, name or birth date is PHI; the text goes to
-// logs and dead letters. In a JSON body the quotes are escaped.
-var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)\s+(\\"|"|')`)
+// logs and dead letters. In a JSON body the quotes are escaped, as \" or
+// as \u0022 and \u0027 (System.Text.Json's default encoder, which Azure's
+// DICOM service keeps, writes "Dicom element \u0027PatientName\u0027 with
+// value \u0027...\u0027").
+var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)\s+(\\"|"|'|\\u0022|\\u0027)`)
 
 // valueRemoved stands for a removed value.
 const valueRemoved = "[value removed]"
@@ -54,17 +58,14 @@ func redactValues(s string) string {
 // if none. A single quote followed by a letter or digit is an apostrophe
 // inside the value (O'Brien), not its end.
 func closingQuote(rest, quote string) int {
-	if quote != "'" {
+	if quote != "'" && !strings.EqualFold(quote, `\u0027`) {
 		return strings.Index(rest, quote)
 	}
 	for i := 0; i < len(rest); i++ {
-		if rest[i] != '\'' {
+		if !strings.HasPrefix(rest[i:], quote) {
 			continue
 		}
-		if i+1 == len(rest) {
-			return i
-		}
-		if r, _ := utf8.DecodeRuneInString(rest[i+1:]); !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+		if r := nextRune(rest[i+len(quote):]); !unicode.IsLetter(r) && !unicode.IsDigit(r) {
 			return i
 		}
 	}
@@ -118,4 +119,16 @@ func quotedRemoved(lit string) string {
 func isUIDText(v string) bool {
 	v = strings.TrimSpace(v)
 	return v == "" || strings.Trim(v, "0123456789.") == ""
+}
+
+// nextRune is the first character of s, a JSON \u escape read as the
+// character it stands for (D\u0027\u00C1vila); utf8.RuneError if none.
+func nextRune(s string) rune {
+	if len(s) >= 6 && s[0] == '\\' && s[1] == 'u' {
+		if n, err := strconv.ParseUint(s[2:6], 16, 32); err == nil {
+			return rune(n)
+		}
+	}
+	r, _ := utf8.DecodeRuneInString(s)
+	return r
 }
