@@ -307,3 +307,42 @@ func TestEmptySecretFileRefused(t *testing.T) {
 		})
 	}
 }
+
+// A URL with a user and password is refused, and the error says what to
+// set instead: ORTHANC_USERNAME and ORTHANC_PASSWORD for an Orthanc
+// source; for a destination or its token endpoint, which take no basic
+// auth, no _USERNAME/_PASSWORD variable (none exists: one set after such
+// advice would be ignored, and every study sent without credentials).
+func TestURLCredentialsErrorNamesRealVariables(t *testing.T) {
+	tests := []struct {
+		name          string
+		set           map[string]string
+		want, notWant string
+	}{
+		{"orthanc", map[string]string{"ORTHANC_URL": "http://u:p@orthanc:8042"},
+			"ORTHANC_URL: credentials in the URL are not allowed; set ORTHANC_USERNAME and ORTHANC_PASSWORD", ""},
+		{"named orthanc source", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://u:p@orthanc:8042"},
+			"ORTHANC_MAIN_URL: credentials in the URL are not allowed; set ORTHANC_MAIN_USERNAME and ORTHANC_MAIN_PASSWORD", ""},
+		{"destination", map[string]string{"DICOMWEB_URL": "https://u:p@pacs.example.org/dicom-web"},
+			"DICOMWEB_URL: credentials in the URL are not allowed", "_USERNAME"},
+		{"named destination", map[string]string{"DESTINATIONS": "ai", "DICOMWEB_URL": "", "DESTINATION_AI_URL": "https://u:p@ai.example.org/dicom-web"},
+			"DESTINATION_AI_URL: credentials in the URL are not allowed", "_USERNAME"},
+		{"token endpoint", map[string]string{"OAUTH_TOKEN_URL": "https://u:p@idp.example.org/token", "OAUTH_CLIENT_ID": "x", "OAUTH_CLIENT_SECRET": "y"},
+			"OAUTH_TOKEN_URL: credentials in the URL are not allowed; the client authenticates with OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET", "_USERNAME"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			maps.Copy(e, tt.set)
+			err := Load(mapEnv(e), &SingleHost{})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load() = %v, want an error with %q", err, tt.want)
+			}
+			for line := range strings.Lines(err.Error()) {
+				if strings.Contains(line, "credentials in the URL") && tt.notWant != "" && strings.Contains(line, tt.notWant) {
+					t.Errorf("%q names a variable that does not exist (%s)", line, tt.notWant)
+				}
+			}
+		})
+	}
+}

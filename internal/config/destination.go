@@ -61,6 +61,13 @@ type DestinationAuth struct {
 	TLSInsecureSkipVerify bool   `env:"TLS_INSECURE_SKIP_VERIFY" envDefault:"false" desc:"true accepts any server certificate of the destination and its token endpoint (tests only; logged as a warning at every start)"`
 }
 
+// What authenticates to a destination, and to its token endpoint, in
+// place of credentials in their URLs.
+const (
+	destinationCredentials = "a destination is authenticated to by OAUTH_TOKEN_URL or OAUTH_PROVIDER (OAuth2 tokens, AWS signatures: docs/auth.md) or not at all; stowline has no basic auth for it"
+	tokenCredentials       = "the client authenticates with OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET (or OAUTH_CLIENT_ASSERTION_KEY_FILE)"
+)
+
 // authValidate checks the destination's authentication; the errors name
 // the variables. It replaces the checks of OAUTH_TOKEN_URL and friends.
 func (f *Destination) authValidate() error {
@@ -69,7 +76,7 @@ func (f *Destination) authValidate() error {
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for name, v := range map[string]string{"OAUTH_TOKEN_URL": f.OAuthTokenURL, "OAUTH_ISSUER_URL": d.IssuerURL, "AZURE_AUTHORITY_HOST": d.AzureAuthorityHost, "AZURE_IMDS_ENDPOINT": d.AzureIMDSEndpoint} {
 		if v != "" {
-			if err := validateHTTPURL(name, v); err != nil {
+			if err := validateHTTPURL(name, v, tokenCredentials); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -235,7 +235,10 @@ func (d *Destination) Verifies() bool { return d.StowVerify == VerifyQIDO }
 // destination's variables (namedDestination renames them).
 func (d *Destination) validate() error {
 	var errs []error
-	if err := validateHTTPURL("DICOMWEB_URL", d.DICOMwebURL); err != nil {
+	// There is no basic auth to a destination: pointing to variables
+	// that do not exist would have them set, ignored, and every study
+	// sent without credentials.
+	if err := validateHTTPURL("DICOMWEB_URL", d.DICOMwebURL, destinationCredentials); err != nil {
 		errs = append(errs, err)
 	} else if u, _ := url.Parse(d.DICOMwebURL); path.Base(strings.TrimRight(u.Path, "/")) == "studies" {
 		// The STOW-RS endpoint of a provider's example: every request
@@ -298,14 +301,16 @@ func validateAddr(name, addr string) error {
 // https, a host name (an empty one, "http://:8042", would dial
 // localhost), a port of 1 to 65535 and no fragment. A query is allowed
 // (a DICOMweb URL may carry an API key, ?code=...); validateOrthancURL
-// refuses one. Errors never quote the query or user info.
-func validateHTTPURL(name, raw string) error {
+// refuses one. Credentials in it are refused, the error saying what
+// authenticates to that server instead (instead). Errors never quote the
+// query or user info.
+func validateHTTPURL(name, raw, instead string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("%s=%q: want an http:// or https:// URL", name, withoutSecrets(raw))
 	}
 	if u.User != nil {
-		return fmt.Errorf("%s: credentials in the URL are not allowed; use the _USERNAME/_PASSWORD variables", name)
+		return fmt.Errorf("%s: credentials in the URL are not allowed; %s", name, instead)
 	}
 	if u.Hostname() == "" {
 		return fmt.Errorf("%s=%q: the URL has no host name", name, withoutSecrets(raw))
@@ -324,7 +329,8 @@ func validateHTTPURL(name, raw string) error {
 // validateOrthancURL checks an Orthanc URL as orthancapi reads it: that
 // of validateHTTPURL, without a query.
 func validateOrthancURL(name, raw string) error {
-	if err := validateHTTPURL(name, raw); err != nil {
+	prefix := strings.TrimSuffix(name, "URL")
+	if err := validateHTTPURL(name, raw, "set "+prefix+"USERNAME and "+prefix+"PASSWORD"); err != nil {
 		return err
 	}
 	if strings.ContainsRune(raw, '?') {
