@@ -101,6 +101,11 @@ func TestRedactValues(t *testing.T) {
 		{`with value \u0027D\u0027\u00C1vila^Ana\u0027 does not`, `with value \u0027[value removed]\u0027 does not`},
 		{`with value \u00271.2.840.10008.1.2.1\u0027 is fine`, `with value \u00271.2.840.10008.1.2.1\u0027 is fine`},
 		{`Content \u0022DOE^JA`, `Content \u0022[value removed]`},
+		// The same body wrapped in a gateway's JSON string: escaped twice.
+		{`{"message":"{\"detail\":\"(0010,0010) - Content \\\"DOE^JANE\\\" does not validate VR PN\"}"}`,
+			`{"message":"{\"detail\":\"(0010,0010) - Content \\\"[value removed]\\\" does not validate VR PN\"}"}`},
+		{`{"message":"with value \\u0027D\\u0027\\u00C1vila^Ana\\u0027 does not"}`, `{"message":"with value \\u0027[value removed]\\u0027 does not"}`},
+		{`Content \'DOE^JANE\' does not`, `Content \'[value removed]\' does not`},
 	}
 	for _, tt := range tests {
 		if got := redactValues(tt.in); got != tt.want {

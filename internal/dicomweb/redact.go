@@ -15,8 +15,9 @@ import (
 // logs and dead letters. In a JSON body the quotes are escaped, as \" or
 // as \u0022 and \u0027 (System.Text.Json's default encoder, which Azure's
 // DICOM service keeps, writes "Dicom element \u0027PatientName\u0027 with
-// value \u0027...\u0027").
-var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)\s+(\\"|"|'|\\u0022|\\u0027)`)
+// value \u0027...\u0027"), and escaped again when a gateway wraps that
+// body in a JSON string of its own (\\\", \\u0027).
+var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)\s+(\\*"|\\*'|\\+u0022|\\+u0027)`)
 
 // valueRemoved stands for a removed value.
 const valueRemoved = "[value removed]"
@@ -58,7 +59,7 @@ func redactValues(s string) string {
 // if none. A single quote followed by a letter or digit is an apostrophe
 // inside the value (O'Brien), not its end.
 func closingQuote(rest, quote string) int {
-	if quote != "'" && !strings.EqualFold(quote, `\u0027`) {
+	if q := strings.TrimLeft(quote, `\`); q != "'" && !strings.EqualFold(q, "u0027") {
 		return strings.Index(rest, quote)
 	}
 	for i := 0; i < len(rest); i++ {
@@ -121,11 +122,12 @@ func isUIDText(v string) bool {
 	return v == "" || strings.Trim(v, "0123456789.") == ""
 }
 
-// nextRune is the first character of s, a JSON \u escape read as the
-// character it stands for (D\u0027\u00C1vila); utf8.RuneError if none.
+// nextRune is the first character of s, a JSON \u escape (escaped once
+// or more) read as the character it stands for (D\u0027\u00C1vila);
+// utf8.RuneError if none.
 func nextRune(s string) rune {
-	if len(s) >= 6 && s[0] == '\\' && s[1] == 'u' {
-		if n, err := strconv.ParseUint(s[2:6], 16, 32); err == nil {
+	if e := strings.TrimLeft(s, `\`); len(e) < len(s) && len(e) >= 5 && e[0] == 'u' {
+		if n, err := strconv.ParseUint(e[1:5], 16, 32); err == nil {
 			return rune(n)
 		}
 	}
