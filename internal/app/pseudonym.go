@@ -3,6 +3,7 @@ package app
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,7 +18,10 @@ const pseudonymUsage = `Usage: forwarder pseudonym [--destination NAME] (--uid U
 Computes, with the destination's de-identification key, the pseudonym a
 de-identified destination received for one original value: --uid for a
 Study, Series, SOP Instance or any other UID, --patient-id for a Patient ID
-(also the date offset of the patient's dates, with retain-dates). --find
+(also the date offset of the patient's dates, with retain-dates); with
+--uid - or --patient-id - the value is read from standard input, which
+keeps a Patient ID out of the process list, the shell's history and
+kubectl exec's audit log. --find
 re-identifies: it reads candidate originals from standard input, one a
 line (UIDs or Patient IDs, e.g. exported from Orthanc or the RIS), and
 prints the one whose pseudonym is PSEUDONYM. The key is the destination's
@@ -33,8 +37,8 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	destination := fs.String("destination", "", "the destination named in DESTINATIONS whose key to use (default: the single destination's variables)")
-	uid := fs.String("uid", "", "an original UID")
-	patientID := fs.String("patient-id", "", "an original Patient ID")
+	uid := fs.String("uid", "", "an original UID (-: read it from standard input)")
+	patientID := fs.String("patient-id", "", "an original Patient ID (-: read it from standard input)")
 	find := fs.String("find", "", "a pseudonym to re-identify from candidates on standard input")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, pseudonymUsage)
@@ -76,6 +80,13 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 	if err != nil {
 		return fmt.Errorf("%s: %w", program, err)
 	}
+	for _, v := range []*string{uid, patientID} {
+		if *v == "-" {
+			if *v, err = firstLine(stdin); err != nil {
+				return fmt.Errorf("%s: %w", program, err)
+			}
+		}
+	}
 	switch {
 	case *uid != "":
 		fmt.Fprintln(stdout, k.UID(*uid))
@@ -85,6 +96,20 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 		return findPseudonym(k, *find, stdin, stdout, program)
 	}
 	return nil
+}
+
+// firstLine is the first line of r that is not blank, trimmed.
+func firstLine(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if v := strings.TrimSpace(sc.Text()); v != "" {
+			return v, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read standard input: %w", err)
+	}
+	return "", errors.New("standard input holds no value")
 }
 
 func findPseudonym(k *deident.Keyer, pseudonym string, stdin io.Reader, stdout io.Writer, program string) error {

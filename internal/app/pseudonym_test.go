@@ -37,6 +37,9 @@ func TestPseudonymCommand(t *testing.T) {
 	}{
 		{[]string{"--destination", "research", "--uid", "1.2.3"}, "", k.UID("1.2.3")},
 		{[]string{"--destination", "research", "--patient-id", "PAT-42"}, "", k.PatientID("PAT-42")},
+		// From standard input: not in the process list or the history.
+		{[]string{"--destination", "research", "--patient-id", "-"}, "\n PAT-42 \n", k.PatientID("PAT-42")},
+		{[]string{"--destination", "research", "--uid", "-"}, "1.2.3\n", k.UID("1.2.3")},
 		{[]string{"--destination", "research", "--find", k.PatientID("PAT-42")}, "1.2.3\nPAT-41\nPAT-42\n", "PatientID\tPAT-42"},
 		{[]string{"--destination", "research", "--find", k.UID("1.2.3")}, "PAT-42\n1.2.3\n", "UID\t1.2.3"},
 	} {
@@ -50,6 +53,9 @@ func TestPseudonymCommand(t *testing.T) {
 	}
 	if _, err := run("", "--uid", "1.2.3"); err == nil || !strings.Contains(err.Error(), "DEIDENTIFY_KEY_FILE is not set") {
 		t.Errorf("default destination without a key: %v", err)
+	}
+	if _, err := run("\n", "--destination", "research", "--patient-id", "-"); err == nil || !strings.Contains(err.Error(), "standard input holds no value") {
+		t.Errorf("--patient-id - with nothing on standard input: %v", err)
 	}
 	if _, err := run("", "--destination", "research"); err == nil {
 		t.Error("no value: no error")
