@@ -277,6 +277,11 @@ func TestTransferSyntaxes(t *testing.T) {
 			} else if !errors.As(err, &fe) || fe.Class != Partial {
 				t.Fatalf("transfer: %v, want a partial failure", err)
 			} else {
+				// Orthanc's conversion failed, not the destination: the
+				// error must not send the operator to the destination.
+				if msg := fe.Err.Error(); strings.HasPrefix(msg, "destination refused") || !strings.Contains(msg, "instances cannot be stored") {
+					t.Errorf("failure %q: want 'N of M instances cannot be stored', naming no culprit before each instance's reason", msg)
+				}
 				got := map[string]string{}
 				for _, in := range fe.Instances {
 					got[in.SOPInstanceUID] = in.Text

@@ -298,8 +298,11 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	}
 	if len(rejected) > 0 {
 		return rep, &Error{
-			Class:     Partial,
-			Err:       fmt.Errorf("destination refused %d of %d instances for good (first: %s: %s)", len(rejected), len(instances), rejected[0].SOPInstanceUID, rejected[0].Text),
+			Class: Partial,
+			// Not always the destination's refusal: the source may not have
+			// converted an instance, or the de-identifier kept it out; each
+			// instance's text says which.
+			Err:       fmt.Errorf("%d of %d instances cannot be stored (first: %s: %s)", len(rejected), len(instances), rejected[0].SOPInstanceUID, rejected[0].Text),
 			Instances: rejected,
 		}
 	}
