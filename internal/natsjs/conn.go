@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -95,6 +96,10 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 // Ready reports whether JetStream answers (the readiness check), and,
 // on the embedded server, whether it can write its streams.
 func (c *Conn) Ready(ctx context.Context) error {
+	// Disconnected, a request only waits out its time-out: say why.
+	if st := c.NC.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("not connected to NATS (%s; the client reconnects every second)", strings.ToLower(st.String()))
+	}
 	if _, err := c.JS.Stream(ctx, EventStream); err != nil {
 		return fmt.Errorf("JetStream stream %s: %w", EventStream, err)
 	}

@@ -120,3 +120,34 @@ func breakEventStream(t *testing.T, c *natsjs.Conn) {
 		t.Fatal("the store never failed a write")
 	}
 }
+
+// A process whose NATS server is gone is not ready, and /readyz says it
+// is disconnected, at once, not that a request timed out.
+func TestNotReadyWhileDisconnected(t *testing.T) {
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: testharness.FreePort(t)})
+	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx := testCtx(t)
+	if _, err := natsjs.DefaultTopology().EnsureEvents(ctx, c.JS); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ready(ctx); err != nil {
+		t.Fatalf("connected: %v", err)
+	}
+	srv.Shutdown()
+	for deadline := time.Now().Add(10 * time.Second); c.NC.IsConnected(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("still connected 10 s after the server stopped")
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	err = c.Ready(rctx)
+	if err == nil || !strings.Contains(err.Error(), "not connected to NATS") || time.Since(start) > time.Second {
+		t.Errorf("Ready while disconnected: %v after %s; want 'not connected to NATS' at once", err, time.Since(start).Round(time.Millisecond))
+	}
+}
