@@ -471,6 +471,15 @@ func TestDeleteForwarded(t *testing.T) {
 	}
 }
 
+// Every result of the source deletes is exported at 0 from the start,
+// so that an increase() over it sees the first count after a restart.
+func TestSourceDeleteSeriesFromTheStart(t *testing.T) {
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) { o.Registerer = prometheus.NewRegistry() })
+	if n := testutil.CollectAndCount(f.m.sourceDeletes); n != 5 {
+		t.Errorf("%d series of stowline_forwarder_source_deletes_total before any delete, want 5 (deleted, failed, skipped, waiting, gone)", n)
+	}
+}
+
 // A study that changes while its deletes run (an instance sent anew takes
 // the ID of the one deleted) stops them at the next look.
 func TestDeleteForwardedStopsWhenTheStudyChanges(t *testing.T) {

@@ -160,7 +160,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		Help:        "Studies this process holds, unsettled, until the destination's circuit breaker closes.",
 		ConstLabels: labels,
 	})
-	for _, r := range []string{"deleted", "failed", "skipped", "waiting"} {
+	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
 	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed, ResultNewerVersion} {
