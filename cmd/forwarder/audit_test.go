@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/app"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/testharness"
 )
@@ -21,7 +24,8 @@ func (r *rig) runAudit(t *testing.T, args ...string) ([]ledger.Finding, string) 
 	var out, errOut bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := run(ctx, append([]string{"audit", "--json"}, args...), func(k string) string { return env[k] }, nil, &out, &errOut); err != nil {
+	err := run(ctx, append([]string{"audit", "--json"}, args...), func(k string) string { return env[k] }, nil, &out, &errOut)
+	if err != nil && !errors.Is(err, app.ErrMissing) {
 		t.Fatalf("forwarder audit %v: %v\n%s", args, err, errOut.String())
 	}
 	var findings []ledger.Finding
@@ -32,6 +36,11 @@ func (r *rig) runAudit(t *testing.T, args ...string) ([]ledger.Finding, string) 
 			t.Fatalf("audit output: %v", err)
 		}
 		findings = append(findings, f)
+	}
+	// Exit status 3 (ErrMissing) exactly when studies are missing and
+	// not queued: what a scheduled audit alerts on.
+	if missing := len(findings) > 0 && !slices.Contains(args, "--enqueue"); missing != errors.Is(err, app.ErrMissing) {
+		t.Errorf("forwarder audit %v with %d findings: err = %v", args, len(findings), err)
 	}
 	return findings, errOut.String()
 }

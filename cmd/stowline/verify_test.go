@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -142,7 +143,17 @@ func TestAuditVerifyFindsAndRepairsALostInstance(t *testing.T) {
 
 	findings := func(args ...string) []ledger.VerifyFinding {
 		t.Helper()
-		out := s.command(t, app.RunAudit, append([]string{"--verify", "--destination", "default", "--since", "1h", "--json"}, args...)...)
+		args = append([]string{"--verify", "--destination", "default", "--since", "1h", "--json"}, args...)
+		var stdout, stderr strings.Builder
+		err := app.RunAudit(t.Context(), args, func(k string) string { return s.env[k] }, &stdout, &stderr)
+		if err != nil && !errors.Is(err, app.ErrMissing) {
+			t.Fatalf("%q: %v\n%s", args, err, stderr.String())
+		}
+		out := stdout.String()
+		// Exit status 3 exactly when instances are missing, not queued.
+		if missing := strings.TrimSpace(out) != "" && !slices.Contains(args, "--enqueue"); missing != errors.Is(err, app.ErrMissing) {
+			t.Errorf("%q: err = %v with findings %q", args, err, out)
+		}
 		var fs []ledger.VerifyFinding
 		dec := json.NewDecoder(strings.NewReader(out))
 		for dec.More() {

@@ -30,7 +30,8 @@ have no record of a completed forward of their current state
 (LastUpdate), and with --enqueue publishes their events for the
 destinations that lack them so the forwarders send them. Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
-stderr.
+stderr. Exit status: 0 nothing missing (or all of it queued), 3 studies
+missing and not queued, 1 a failure, 2 a usage or configuration error.
 
 With --verify it asks the destination itself instead: for each study the
 destination's ledger records as forwarded within --since, it lists the
@@ -153,6 +154,9 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	fmt.Fprintln(stderr)
 	if sum.NotEnqueued > 0 {
 		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
+	}
+	if sum.Findings > 0 && !*enqueue {
+		return fmt.Errorf("%d studies %w (--enqueue queues them)", sum.Findings, ErrMissing)
 	}
 	return nil
 }

@@ -152,6 +152,9 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	if sum.NotEnqueued > 0 {
 		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
 	}
+	if sum.Findings > 0 && !a.enqueue {
+		return fmt.Errorf("%d studies with %d instances %w (--enqueue re-forwards them)", sum.Findings, sum.MissingInstances, ErrMissing)
+	}
 	return nil
 }
 

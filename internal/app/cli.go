@@ -61,8 +61,14 @@ func Main[T any, P interface {
 	return err
 }
 
+// ErrMissing is the audit's finding of studies or instances a
+// destination lacks, not queued (--enqueue): exit status 3, so that a
+// scheduled audit can alert on it.
+var ErrMissing = errors.New("missing at a destination")
+
 // ExitCode reports err on stderr, if any, and returns the process exit
-// status: 0 done, 2 bad arguments or configuration, 1 any other failure.
+// status: 0 done, 2 bad arguments or configuration, 3 the audit found
+// what a destination lacks, 1 any other failure.
 func ExitCode(program string, err error, stderr io.Writer) int {
 	if err == nil {
 		return 0
@@ -70,6 +76,10 @@ func ExitCode(program string, err error, stderr io.Writer) int {
 	if errors.Is(err, ErrUsage) {
 		fmt.Fprintln(stderr, err)
 		return 2
+	}
+	if errors.Is(err, ErrMissing) {
+		fmt.Fprintf(stderr, "%s: %v\n", program, err)
+		return 3
 	}
 	fmt.Fprintf(stderr, "%s: %v\n", program, err)
 	return 1

@@ -73,3 +73,24 @@ func TestStopDuringStartIsNoFailure(t *testing.T) {
 		})
 	}
 }
+
+// The exit statuses a scheduled job tells apart.
+func TestExitCode(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want int
+	}{
+		{nil, 0},
+		{errors.New("NATS unreachable"), 1},
+		{usagef("bad flag"), 2},
+		{fmt.Errorf("3 studies %w (--enqueue queues them)", ErrMissing), 3},
+	} {
+		var stderr strings.Builder
+		if got := ExitCode("forwarder audit", tt.err, &stderr); got != tt.want {
+			t.Errorf("ExitCode(%v) = %d, want %d", tt.err, got, tt.want)
+		}
+		if tt.err != nil && !strings.Contains(stderr.String(), tt.err.Error()) {
+			t.Errorf("ExitCode(%v) wrote %q", tt.err, stderr.String())
+		}
+	}
+}
