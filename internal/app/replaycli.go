@@ -198,7 +198,7 @@ func (c *replayCLI) mutate(ctx context.Context, name string, args []string) erro
 		return usagef("%s: %w", name, err)
 	}
 	if f.Empty() {
-		return usagef("%s: give a filter (--seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
+		return usagef("%s: give a filter (--destination, --seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
 	}
 	op, verb := c.Store.Replay, "replayed"
 	if name == "purge" {
