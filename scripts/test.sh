@@ -15,6 +15,10 @@ command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # deploy/systemd_test.go checks the unit with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# deploy/alerts_test.go runs the alert rules' unit tests with promtool
+# (Debian package prometheus; on a host with systemd it also starts a
+# Prometheus server on :9090, which the tests do not use).
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # go test -race needs cgo: a C compiler and the C library's headers.
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -e /usr/include/stdlib.h ] || need+=(libc6-dev)

@@ -303,6 +303,9 @@ func New(opts Options) (*Forwarder, error) {
 		canDeadLetter: opts.DeadLetters != nil,
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{}}
+	if err := fw.plan.registerOpen(reg, opts.DestinationName); err != nil {
+		return nil, err
+	}
 	if b := opts.Breaker; b.Failures > 0 {
 		failures := b.Failures
 		if p.canDeadLetter && p.maxDeliveries > 0 && uint64(failures) > p.maxDeliveries {

@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -112,6 +113,28 @@ func (p *lanePlan) open(statOnly bool) []Lane {
 		out = append(out, l)
 	}
 	return out
+}
+
+// registerOpen exports stowline_forwarder_lane_open for each lane: 1
+// while its window (FORWARD_WINDOWS) is open, read at each scrape, so
+// that the queue alerts leave out a lane that waits for its hours.
+func (p *lanePlan) registerOpen(reg prometheus.Registerer, destination string) error {
+	for _, l := range p.lanes {
+		g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "stowline_forwarder_lane_open",
+			Help:        "1 while the lane may be pulled, 0 outside its FORWARD_WINDOWS hours.",
+			ConstLabels: prometheus.Labels{"destination": destination, "lane": string(l.Priority)},
+		}, func() float64 {
+			if p.windows != nil && !p.windows.Open(l.Priority, p.now()) {
+				return 0
+			}
+			return 1
+		})
+		if err := reg.Register(g); err != nil {
+			return fmt.Errorf("forward: register metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 // take reserves a worker's place in lane: it fails for the low lane when

@@ -2,8 +2,12 @@ package forward
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
 )
@@ -52,6 +56,35 @@ func TestLanePlanOpen(t *testing.T) {
 				t.Errorf("open = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestLaneOpenMetric: stowline_forwarder_lane_open follows the windows at
+// each scrape, so the queue alerts can leave out a lane waiting for its
+// hours.
+func TestLaneOpenMetric(t *testing.T) {
+	hour := 12
+	all := []Lane{{Priority: events.PriorityStat}, {Priority: events.PriorityRoutine}, {Priority: events.PriorityLow}}
+	p := newLanePlan(&Options{Lanes: all, Windows: hours{"routine": {19, 24}}, Concurrency: 4,
+		Now: func() time.Time { return time.Date(2026, 12, 3, hour, 0, 0, 0, time.Local) }})
+	reg := prometheus.NewRegistry()
+	if err := p.registerOpen(reg, "archive"); err != nil {
+		t.Fatal(err)
+	}
+	want := func(routine string) string {
+		return `# HELP stowline_forwarder_lane_open 1 while the lane may be pulled, 0 outside its FORWARD_WINDOWS hours.
+# TYPE stowline_forwarder_lane_open gauge
+stowline_forwarder_lane_open{destination="archive",lane="low"} 1
+stowline_forwarder_lane_open{destination="archive",lane="routine"} ` + routine + `
+stowline_forwarder_lane_open{destination="archive",lane="stat"} 1
+`
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want("0"))); err != nil {
+		t.Errorf("at noon: %v", err)
+	}
+	hour = 20
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want("1"))); err != nil {
+		t.Errorf("at 20:00: %v", err)
 	}
 }
 
