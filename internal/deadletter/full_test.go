@@ -15,6 +15,7 @@ import (
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
 )
 
 // TestWritesSayStorageFull: with JetStream's storage full, the writes a
@@ -26,21 +27,7 @@ import (
 // not recorded as completed", which did not tell the IT team NATS was
 // full. Once space is freed, they are stored.
 func TestWritesSayStorageFull(t *testing.T) {
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "full",
-		Configure: func(o *server.Options) { o.JetStreamMaxStore = 64 << 10 }}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testnats.StartWith(t, func(o *server.Options) { o.JetStreamMaxStore = 64 << 10 }).JS
 	ctx := testCtx(t)
 	topo := natsjs.DefaultTopology()
 	dl, err := topo.EnsureDeadLetters(ctx, js)

@@ -27,23 +27,13 @@ import (
 // what to do.
 func TestEmbeddedWriteErrorIsNotReady(t *testing.T) {
 	var logs testharness.LogBuffer
-	c, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, slog.New(slog.NewJSONHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := connectWithEvents(t, natsjs.ConnectOptions{StoreDir: t.TempDir()}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	ctx := testCtx(t)
-	if _, err := natsjs.DefaultTopology().EnsureEvents(ctx, c.JS); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Ready(ctx); err != nil {
-		t.Fatalf("ready before the disk fills: %v", err)
-	}
 
 	// The disk fills up, then space is freed.
 	breakEventStream(t, c)
 
-	err = c.Ready(ctx)
+	err := c.Ready(ctx)
 	if err == nil {
 		t.Fatalf("ready while the embedded server refuses the event stream's writes; its log:\n%s", logs.String())
 	}
@@ -125,18 +115,8 @@ func breakEventStream(t *testing.T, c *natsjs.Conn) {
 // is disconnected, at once, not that a request timed out.
 func TestNotReadyWhileDisconnected(t *testing.T) {
 	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: testharness.FreePort(t)})
-	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := connectWithEvents(t, natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
 	ctx := testCtx(t)
-	if _, err := natsjs.DefaultTopology().EnsureEvents(ctx, c.JS); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Ready(ctx); err != nil {
-		t.Fatalf("connected: %v", err)
-	}
 	srv.Shutdown()
 	for deadline := time.Now().Add(10 * time.Second); c.NC.IsConnected(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -146,8 +126,26 @@ func TestNotReadyWhileDisconnected(t *testing.T) {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	start := time.Now()
-	err = c.Ready(rctx)
+	err := c.Ready(rctx)
 	if err == nil || !strings.Contains(err.Error(), "not connected to NATS") || time.Since(start) > time.Second {
 		t.Errorf("Ready while disconnected: %v after %s; want 'not connected to NATS' at once", err, time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// connectWithEvents connects as a stowline process does, closed at
+// cleanup, creates the event stream and checks the connection is ready.
+func connectWithEvents(t *testing.T, o natsjs.ConnectOptions, log *slog.Logger) *natsjs.Conn {
+	t.Helper()
+	c, err := natsjs.Connect(o, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), c.JS); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ready(testCtx(t)); err != nil {
+		t.Fatalf("not ready once connected: %v", err)
+	}
+	return c
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/reconcile"
+	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -46,21 +47,7 @@ func (quietOrthanc) InstanceStudy(context.Context, string) (orthancapi.Study, er
 // once space is freed the lease is taken and the check clears, with no
 // restart.
 func TestLeaseRefusedForStorageIsReported(t *testing.T) {
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "full",
-		Configure: func(o *server.Options) { o.JetStreamMaxStore = 64 << 10 }}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testnats.StartWith(t, func(o *server.Options) { o.JetStreamMaxStore = 64 << 10 }).JS
 	ctx := t.Context()
 	kv, err := natsjs.DefaultTopology().EnsureReconcile(ctx, js)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -23,7 +24,14 @@ type Server struct {
 // the event stream created; all of it is stopped at cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test"}, nil)
+	return StartWith(t, nil)
+}
+
+// StartWith is Start with the server's options changed by configure (a
+// small JetStream store, an account's limits) when it is not nil.
+func StartWith(t testing.TB, configure func(*server.Options)) *Server {
+	t.Helper()
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Configure: configure}, nil)
 	if err != nil {
 		t.Fatalf("start embedded nats: %v", err)
 	}

@@ -12,11 +12,11 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/internal/web"
 )
 
@@ -39,20 +39,7 @@ func TestWebhookStorageFull(t *testing.T) {
 		{"account storage limit", accountLimit(t, "max_file: 64K"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "full", Configure: tc.conf}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(srv.Shutdown)
-			nc, err := srv.Connect()
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(nc.Close)
-			js, err := jetstream.New(nc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			js := testnats.StartWith(t, tc.conf).JS
 			ctx := t.Context()
 			stream, err := natsjs.DefaultTopology().EnsureEvents(ctx, js)
 			if err != nil {
