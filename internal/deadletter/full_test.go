@@ -3,12 +3,10 @@ package deadletter_test
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
@@ -59,18 +57,7 @@ func TestWritesSayStorageFull(t *testing.T) {
 	}
 
 	// Something else fills the store.
-	fill, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "FILL", Subjects: []string{"fill"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		if _, err := js.Publish(ctx, "fill", []byte(strings.Repeat("x", 1024))); err != nil {
-			break
-		}
-		if i > 1000 {
-			t.Fatal("the store does not fill")
-		}
-	}
+	fill := testnats.FillStore(ctx, t, js)
 	for _, w := range writes {
 		if err := w.write(ctx); !errors.Is(err, natsjs.ErrStorageFull) {
 			t.Errorf("%s with the storage full: %v; want it to say the storage is full", w.name, err)

@@ -5,12 +5,10 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/internal/natsjs"
@@ -54,18 +52,7 @@ func TestLeaseRefusedForStorageIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Something else fills the store.
-	fill, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "FILL", Subjects: []string{"fill"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		if _, err := js.Publish(ctx, "fill", []byte(strings.Repeat("x", 1024))); err != nil {
-			break
-		}
-		if i > 1000 {
-			t.Fatal("the store does not fill")
-		}
-	}
+	fill := testnats.FillStore(ctx, t, js)
 
 	reg := prometheus.NewRegistry()
 	rec, err := reconcile.New(reconcile.Options{

@@ -3,6 +3,7 @@ package testnats
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,4 +52,23 @@ func StartWith(t testing.TB, configure func(*server.Options)) *Server {
 		t.Fatalf("ensure stream: %v", err)
 	}
 	return &Server{EmbeddedServer: srv, NC: nc, JS: js}
+}
+
+// FillStore fills a JetStream store with a stream of its own until the
+// server refuses a message, and returns that stream (purge it to free
+// the space).
+func FillStore(ctx context.Context, t testing.TB, js jetstream.JetStream) jetstream.Stream {
+	t.Helper()
+	fill, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "FILL", Subjects: []string{"fill"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if _, err := js.Publish(ctx, "fill", []byte(strings.Repeat("x", 1024))); err != nil {
+			return fill
+		}
+		if i > 1000 {
+			t.Fatal("the store does not fill")
+		}
+	}
 }
