@@ -448,3 +448,22 @@ func TestNewStudyVersionKeepsOwnCopies(t *testing.T) {
 		})
 	}
 }
+
+// A refusal's error comments that name attributes (Azure's validation
+// failures) put those tags in the instance's text, so the dead letter
+// says which attribute to fix; never the comments' text, which may quote
+// a value.
+func TestRefusalNamesTheAttributes(t *testing.T) {
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil)
+	res := &dicomweb.Result{StatusCode: http.StatusConflict, Failed: []dicomweb.FailedInstance{{
+		SOPInstanceUID: "1.2.3", FailureReason: 0xA900,
+		Comments: []string{`DICOM100: (0010,0030) - Content "[value removed]" does not validate VR DA`, `DICOM100: (0008,002a) - Content "x"; (0010,0030) again`},
+	}}}
+	out := f.sortAnswer(nil, []dicomweb.Part{{SOPInstanceUID: "1.2.3"}}, res, &Report{}, func(string) bool { return false })
+	if len(out.rejected) != 1 {
+		t.Fatalf("rejected %+v, want the one instance", out.rejected)
+	}
+	if text := out.rejected[0].Text; !strings.HasSuffix(text, "(attributes (0010,0030), (0008,002A))") || strings.Contains(text, "value removed") {
+		t.Errorf("text %q: want the attributes' tags, once each, and no comment text", text)
+	}
+}

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -481,6 +483,25 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 	return out, nil
 }
 
+// dicomTag is a DICOM tag as error comments write it, (0010,0030).
+var dicomTag = regexp.MustCompile(`\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)`)
+
+// attributesNamed lists the tags a refusal's error comments name (Azure
+// names the attributes that failed validation), at most 5: only the tags,
+// never the comments' text, which may quote a value.
+func attributesNamed(comments []string) string {
+	var tags []string
+	for _, c := range comments {
+		for _, m := range dicomTag.FindAllStringSubmatch(c, -1) {
+			tag := "(" + strings.ToUpper(m[1]) + "," + strings.ToUpper(m[2]) + ")"
+			if !slices.Contains(tags, tag) && len(tags) < 5 {
+				tags = append(tags, tag)
+			}
+		}
+	}
+	return strings.Join(tags, ", ")
+}
+
 // sortAnswer sorts a batch's instances by the destination's answer:
 // confirmed (counted in rep), to send again, or refused for good. A
 // conflict answer for an instance ours says the destination confirmed to
@@ -502,8 +523,12 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		}
 	}
 	failed := make(map[string]int, len(res.Failed))
+	attrs := map[string]string{}
 	for _, fi := range append(res.Failed, res.OtherFailures...) {
 		failed[fi.SOPInstanceUID] = fi.FailureReason
+		if a := attributesNamed(fi.Comments); a != "" {
+			attrs[fi.SOPInstanceUID] = a
+		}
 	}
 	confirmed := 0
 	for _, p := range batch {
@@ -561,8 +586,11 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		case Retry:
 			out.retry = append(out.retry, p)
 		default:
-			out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID,
-				FailureReason: reason, Text: Describe(reason)})
+			text := Describe(reason)
+			if a := attrs[p.SOPInstanceUID]; a != "" {
+				text += " (attributes " + a + ")"
+			}
+			out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, FailureReason: reason, Text: text})
 		}
 	}
 	rep.Instances += confirmed
