@@ -83,11 +83,32 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 	}
 	if f.opts.Completed != nil {
 		c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept}
-		if err := f.opts.Completed(ctx, a.Event, c); err != nil {
+		if err := f.recordCompleted(ctx, a.Event, c); err != nil {
 			log.Warn("study forwarded but not recorded as completed", "err", err)
 		}
 	}
 	return ResultForwarded
+}
+
+// completedRetry is the first wait before a completed forward's record is
+// written again; the second is twice as long.
+const completedRetry = 500 * time.Millisecond
+
+// recordCompleted records a completed forward, trying twice more when the
+// write fails (a JetStream leader election, a moment without an answer):
+// the event is acked by now, so a record lost reads as a missing study
+// in the audit, and keeps the study in Orthanc in buffer mode with
+// several destinations, until a re-forward.
+func (f *Forwarder) recordCompleted(ctx context.Context, ev *events.StudyStable, c Completion) error {
+	err := f.opts.Completed(ctx, ev, c)
+	for wait := completedRetry; err != nil && wait <= 2*completedRetry; wait *= 2 {
+		sleep(ctx, wait)
+		if ctx.Err() != nil {
+			return err
+		}
+		err = f.opts.Completed(ctx, ev, c)
+	}
+	return err
 }
 
 // rememberForwarded keeps what a stored study sent: a later delivery of

@@ -467,3 +467,31 @@ func TestRefusalNamesTheAttributes(t *testing.T) {
 		t.Errorf("text %q: want the attributes' tags, once each, and no comment text", text)
 	}
 }
+
+// A completed forward whose record cannot be written at once (a JetStream
+// leader election) is written on a later try: lost, it read as a missing
+// study in the audit, and kept buffer mode's instances in Orthanc.
+func TestCompletedRecordRetried(t *testing.T) {
+	dest := &azureLike{held: map[string]bool{}}
+	srv := httptest.NewServer(dest)
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	var calls atomic.Int32
+	recorded := make(chan struct{})
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.Completed = func(context.Context, *events.StudyStable, Completion) error {
+			if calls.Add(1) < 3 {
+				return errors.New("nats: timeout")
+			}
+			close(recorded)
+			return nil
+		}
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	select {
+	case <-recorded:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("not recorded after %d tries", calls.Load())
+	}
+}
