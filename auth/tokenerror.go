@@ -101,7 +101,7 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 			te.StatusCode = re.Response.StatusCode
 			te.retryStatus = slices.Contains(ts.ep.RetryStatuses, te.StatusCode)
 			msg = re.Response.Status
-			te.RetryAfter = min(retryafter.Parse(re.Response.Header.Get("Retry-After"), time.Now()), maxTokenRetryAfter)
+			te.RetryAfter = min(retryafter.FromHeader(re.Response.Header, time.Now()), maxTokenRetryAfter)
 		}
 		if prefix := strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(err.Error(), re.Error())), ":"); prefix != "" && prefix != err.Error() {
 			// Context added by the endpoint, e.g. "OpenID discovery at ...".

@@ -576,6 +576,31 @@ func TestTokenRetryAfterBounded(t *testing.T) {
 	}
 }
 
+// TestTokenRetryAfterDateOnTheServersClock: a Retry-After given as a date
+// is read against the answer's Date, the identity provider's clock: a
+// forwarder whose clock is minutes off waits what was asked, neither
+// nothing (its clock ahead) nor minutes more (behind).
+func TestTokenRetryAfterDateOnTheServersClock(t *testing.T) {
+	for _, off := range []time.Duration{-10 * time.Minute, 10 * time.Minute} {
+		t.Run("server clock "+off.String(), func(t *testing.T) {
+			srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request) {
+				now := time.Now().Add(off)
+				w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
+				w.Header().Set("Retry-After", now.Add(20*time.Second).UTC().Format(http.TimeFormat))
+				w.WriteHeader(http.StatusServiceUnavailable)
+			})
+			_, err := newSource(t, srv, WithAuthStyle(oauth2.AuthStyleInHeader)).Token()
+			te, ok := errors.AsType[*TokenError](err)
+			if !ok {
+				t.Fatalf("err = %v, want a TokenError", err)
+			}
+			if te.RetryAfter < 19*time.Second || te.RetryAfter > 20*time.Second {
+				t.Fatalf("RetryAfter = %v, want 20 s (on the server's own clock)", te.RetryAfter)
+			}
+		})
+	}
+}
+
 // TestTokenErrorHidesTheURLsCredentials: a token URL may carry a
 // credential in its query (an API gateway's key) or its user info; the
 // startup log drops them, and so does the token error, which goes to

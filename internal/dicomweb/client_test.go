@@ -242,6 +242,18 @@ func TestStoreErrorResponses(t *testing.T) {
 			retryAfter: 7 * time.Second, errContains: []string{"503 Service Unavailable", "(text/plain)", "busy"},
 		},
 		{
+			// Read against the answer's Date: the forwarder's clock
+			// is 10 min behind the server's, or 10 min ahead.
+			name: "429 with a Retry-After date, client clock behind", status: 429,
+			header:     map[string]string{"Date": serverTime(10*time.Minute, 0), "Retry-After": serverTime(10*time.Minute, 30*time.Second)},
+			retryAfter: 30 * time.Second, errContains: []string{"429 Too Many Requests"},
+		},
+		{
+			name: "429 with a Retry-After date, client clock ahead", status: 429,
+			header:     map[string]string{"Date": serverTime(-10*time.Minute, 0), "Retry-After": serverTime(-10*time.Minute, 30*time.Second)},
+			retryAfter: 30 * time.Second, errContains: []string{"429 Too Many Requests"},
+		},
+		{
 			name: "502 HTML from a proxy", status: 502, contentType: "text/html",
 			body:        readTestdata(t, "docs/proxy-502.html"),
 			errContains: []string{"502 Bad Gateway (text/html): 502 Bad Gateway"},
@@ -305,6 +317,12 @@ func TestStoreErrorResponses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serverTime is a server's HTTP-date, its clock off from this one's by
+// off, after more.
+func serverTime(off, after time.Duration) string {
+	return time.Now().Add(off).Truncate(time.Second).Add(after).UTC().Format(http.TimeFormat)
 }
 
 func TestStoreUnparseableSuccess(t *testing.T) {

@@ -108,7 +108,7 @@ func newHTTPError(resp *http.Response, body []byte) *HTTPError {
 		ContentType: headerValue(resp.Header.Get("Content-Type")),
 		Location:    safeLocation(resp.Header.Get("Location")),
 		Body:        errorBody(body),
-		RetryAfter:  retryafter.Parse(resp.Header.Get("Retry-After"), time.Now()),
+		RetryAfter:  retryafter.FromHeader(resp.Header, time.Now()),
 		Challenge:   bearerChallenge(resp.Header.Values("WWW-Authenticate")),
 	}
 }

@@ -36,3 +36,16 @@ func Parse(v string, now time.Time) time.Duration {
 	}
 	return 0
 }
+
+// FromHeader reads the Retry-After of an answer with header h, received
+// at now. An HTTP-date is a time on the server's clock: it is measured
+// from the answer's Date, the server's time when it answered (RFC 9110
+// 6.6.1), so that a client clock minutes off neither drops the wait (a
+// clock ahead) nor stretches it (a clock behind); from now only without
+// a readable Date.
+func FromHeader(h http.Header, now time.Time) time.Duration {
+	if date, err := http.ParseTime(h.Get("Date")); err == nil {
+		now = date
+	}
+	return Parse(h.Get("Retry-After"), now)
+}
