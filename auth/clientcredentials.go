@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -84,7 +86,7 @@ func ClientCredentials(cfg Config) (Endpoint, error) {
 	if err := cfg.validate(); err != nil {
 		return Endpoint{}, err
 	}
-	g := &clientCredentials{cfg: cfg}
+	g := &clientCredentials{cfg: cfg, now: time.Now}
 	return Endpoint{
 		Provider: cmp.Or(cfg.Provider, providerGeneric),
 		TokenURL: g.url,
@@ -107,6 +109,11 @@ func secretForms(clientID, secret string) []string {
 
 type clientCredentials struct {
 	cfg Config
+	now func() time.Time // this host's clock
+	// offset is the identity provider's clock minus this host's, as the
+	// Date of a refused assertion told: assertions are signed at the
+	// provider's time.
+	offset atomic.Int64
 
 	mu         sync.Mutex
 	discovered string // token endpoint found through IssuerURL
@@ -138,18 +145,62 @@ func (g *clientCredentials) fetch(ctx context.Context) (*oauth2.Token, error) {
 		Scopes:       g.cfg.Scopes,
 		AuthStyle:    g.cfg.AuthStyle,
 	}
-	if g.cfg.Assertion != nil {
-		// RFC 7523 §3 / OIDC Core §9: the audience is the token endpoint.
-		assertion, err := g.cfg.Assertion.sign(g.cfg.ClientID, tokenURL, time.Now())
-		if err != nil {
-			return nil, err
-		}
-		params.Set("client_assertion_type", clientAssertionType)
-		params.Set("client_assertion", assertion)
-		cc.AuthStyle = oauth2.AuthStyleInParams // client_id in the form, no secret
+	if g.cfg.Assertion == nil {
+		cc.EndpointParams = params
+		return cc.Token(ctx)
 	}
+	params.Set("client_assertion_type", clientAssertionType)
+	cc.AuthStyle = oauth2.AuthStyleInParams // client_id in the form, no secret
 	cc.EndpointParams = params
+	used := time.Duration(g.offset.Load())
+	tok, err := g.asserted(ctx, &cc, used)
+	if off, ok := g.refusedForTime(err, used); ok {
+		// An assertion valid by this host's clock is expired or not yet
+		// valid by the provider's (a host without NTP): sign again at
+		// the provider's time, and the next ones too.
+		g.offset.Store(int64(off))
+		tok, err = g.asserted(ctx, &cc, off)
+	}
+	return tok, err
+}
+
+// asserted asks for a token with a fresh client assertion signed at this
+// host's time plus offset.
+func (g *clientCredentials) asserted(ctx context.Context, cc *clientcredentials.Config, offset time.Duration) (*oauth2.Token, error) {
+	// RFC 7523 §3 / OIDC Core §9: the audience is the token endpoint.
+	assertion, err := g.cfg.Assertion.sign(g.cfg.ClientID, cc.TokenURL, g.now().Add(offset))
+	if err != nil {
+		return nil, err
+	}
+	cc.EndpointParams.Set("client_assertion", assertion)
 	return cc.Token(ctx)
+}
+
+// assertionClockSlack is how far the provider's clock (its answer's Date,
+// whole seconds) may be from the time assertions are signed at before a
+// refusal is taken for one of the assertion's time: the assertion is
+// valid from assertionSkew before it.
+const assertionClockSlack = assertionSkew
+
+// refusedForTime reports whether err is the provider's refusal (400 or
+// 401) of an assertion signed used away from this host's clock while its
+// own clock (the answer's Date) is off by at least assertionClockSlack
+// from that; off is the offset to sign at instead (0 when the clocks
+// agree within the slack).
+func (g *clientCredentials) refusedForTime(err error, used time.Duration) (off time.Duration, ok bool) {
+	re, isRE := errors.AsType[*oauth2.RetrieveError](err)
+	if !isRE || re.Response == nil || (re.Response.StatusCode != http.StatusBadRequest && re.Response.StatusCode != http.StatusUnauthorized) {
+		return 0, false
+	}
+	date, perr := http.ParseTime(re.Response.Header.Get("Date"))
+	if perr != nil {
+		return 0, false
+	}
+	off = date.Sub(g.now())
+	if off.Abs() < assertionClockSlack {
+		off = 0
+	}
+	return off, (off - used).Abs() >= assertionClockSlack
 }
 
 func (g *clientCredentials) tokenEndpoint(ctx context.Context) (string, error) {
