@@ -288,8 +288,18 @@ func (ts *TokenSource) run(f *fetch) {
 	switch {
 	case err == nil:
 		ts.tok = tok
-		ts.refreshAt = refreshTime(tok.Expiry, now, ts.opts.margin)
-		ts.staleAt = staleTime(tok.Expiry, now)
+		expiry := tok.Expiry
+		if !expiry.IsZero() && !expiry.After(now) {
+			// Expired on arrival: the provider's clock and this host's
+			// disagree (an absolute expires_on read on a clock ahead)
+			// or it states no lifetime (expires_in 0 or less). By it,
+			// the token would go to no caller and be replaced at once,
+			// back to back for ever: it is used, as one without a
+			// stated lifetime, until the destination refuses it (401).
+			expiry = time.Time{}
+		}
+		ts.refreshAt = refreshTime(expiry, now, ts.opts.margin)
+		ts.staleAt = staleTime(expiry, now)
 		ts.armLocked(ts.refreshAt, now)
 	case ts.validLocked(now):
 		// A background refresh failed while the current token is still

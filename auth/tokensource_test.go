@@ -637,3 +637,45 @@ func TestTokenErrorHidesTheURLsCredentials(t *testing.T) {
 		})
 	}
 }
+
+// TestTokenExpiredOnArrival: a token whose expiry is already past when it
+// arrives (IMDS's absolute expires_on read on a clock hours ahead, a
+// provider's expires_in of 0 or less) was scheduled for replacement at
+// once, and every replacement too: the token source asked the provider
+// back to back for as long as it ran (a thousand requests in 10 s here),
+// and handed the token to no one, so each caller fetched again. Such a
+// token is used until the destination refuses it, as one without a
+// stated lifetime.
+func TestTokenExpiredOnArrival(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var fetches atomic.Int64
+		ep := Endpoint{Fetch: func(ctx context.Context) (*oauth2.Token, error) {
+			n := fetches.Add(1)
+			select { // the round trip
+			case <-time.After(10 * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return &oauth2.Token{AccessToken: fmt.Sprint("expired-", n), Expiry: time.Now().Add(-time.Hour)}, nil
+		}}
+		ts, err := NewSource(t.Context(), ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := mustToken(t, ts)
+		for range 5 {
+			if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+				t.Fatalf("token %q, want the one fetched, %q", tok.AccessToken, first.AccessToken)
+			}
+		}
+		time.Sleep(10 * time.Second)
+		if n := fetches.Load(); n != 1 {
+			t.Fatalf("%d token requests in 10 s, want 1", n)
+		}
+		// The destination refuses it (401): the next caller gets another.
+		ts.Invalidate(first)
+		if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken || fetches.Load() != 2 {
+			t.Errorf("after a 401: token %q after %d requests, want a new one after 2", tok.AccessToken, fetches.Load())
+		}
+	})
+}
