@@ -473,8 +473,8 @@ func (c *Client) watch(body *requestBody, cancel context.CancelCauseFunc) (stop 
 			case <-done:
 				return
 			case now := <-t.C:
-				if sent := body.sentAt.Load(); sent != 0 {
-					if now.Sub(time.Unix(0, sent)) > c.responseTimeout {
+				if since, sent := body.sinceSent(now); sent {
+					if since > c.responseTimeout {
 						cancel(errStalled)
 						return
 					}

@@ -54,10 +54,13 @@ type requestBody struct {
 	ended   bool          // the close delimiter is queued in framing
 
 	// moved counts the bytes handed to the transport, and sentAt is when
-	// the last of them was (Unix nanoseconds; 0: not yet): atomic, for
-	// Client.watch, which must not wait for use.
+	// the last of them was, as time since made plus one (0: not yet):
+	// atomic, for Client.watch, which must not wait for use. Measured on
+	// the monotonic clock: a wall-clock step (NTP, a VM resumed) must not
+	// read as 15 minutes without an answer.
 	moved  atomic.Int64
 	sentAt atomic.Int64
+	made   time.Time
 	// inSource: the encoder waits on the current part's source (its
 	// Open or a Read), so a stall is the source's, not the destination's.
 	inSource atomic.Bool
@@ -65,10 +68,23 @@ type requestBody struct {
 
 func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bool, buf []byte) *requestBody {
 	return &requestBody{
-		ctx: ctx, parts: parts, exact: exact, boundary: boundary, buf: buf,
+		ctx: ctx, parts: parts, exact: exact, boundary: boundary, buf: buf, made: time.Now(),
 		preamble:     partPreamble(boundary, partHeader, true),
 		nextPreamble: partPreamble(boundary, partHeader, false),
 	}
+}
+
+// markSent notes that the last byte was handed to the transport.
+func (b *requestBody) markSent() { b.sentAt.Store(int64(time.Since(b.made)) + 1) }
+
+// sinceSent is how long ago, at now, the last byte was handed to the
+// transport; ok is false while it was not.
+func (b *requestBody) sinceSent(now time.Time) (d time.Duration, ok bool) {
+	sent := b.sentAt.Load()
+	if sent == 0 {
+		return 0, false
+	}
+	return now.Sub(b.made) - time.Duration(sent-1), true
 }
 
 // Read fills p with the next bytes of the body: until p is full, the
@@ -85,7 +101,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	n, err := b.fill(p)
 	b.moved.Add(int64(n))
 	if err == io.EOF {
-		b.sentAt.Store(time.Now().UnixNano())
+		b.markSent()
 	}
 	return n, err
 }
@@ -116,7 +132,7 @@ func (b *requestBody) WriteTo(w io.Writer) (int64, error) {
 			}
 		}
 		if err == io.EOF {
-			b.sentAt.Store(time.Now().UnixNano())
+			b.markSent()
 			return total, nil
 		}
 		if err != nil {
