@@ -22,8 +22,8 @@ const TypeStudyStable = "orthanc.study.stable"
 // Version is the event schema version this build writes and reads.
 const Version = 1
 
-// lastUpdateLayout is the layout of Orthanc's LastUpdate metadata
-// (a local timestamp without zone, as Orthanc writes it).
+// lastUpdateLayout is the layout of Orthanc's LastUpdate metadata: UTC,
+// written without a zone (Orthanc 1.10 and 1.12 alike, whatever TZ).
 const lastUpdateLayout = "20060102T150405"
 
 // StudyStable says that a study in an Orthanc source became stable and must
