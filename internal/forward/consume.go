@@ -64,11 +64,15 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 		if f.breaker.waitClosed(ctx) != nil {
 			continue
 		}
-		msg, _, done := f.next(ctx, statOnly)
+		msg, lane, done := f.next(ctx, statOnly)
 		if msg == nil {
 			continue
 		}
-		f.handle(workCtx, msg)
+		if f.plan.elsewhere(lane, msg.Subject()) {
+			f.settleElsewhere(workCtx, msg, lane)
+		} else {
+			f.handle(workCtx, msg)
+		}
 		done()
 	}
 }

@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // Lane is one of a destination's durable consumers: the events of one
@@ -49,6 +52,9 @@ type lanePlan struct {
 	// goneUntil holds, by lane, until when (Unix nanoseconds) a lane whose
 	// consumer was found deleted is left alone.
 	goneUntil map[events.Priority]*atomic.Int64
+	// filters are, by lane, the subjects its consumer takes as this
+	// process made it (none known: every subject).
+	filters map[events.Priority][]string
 }
 
 // laneGoneFor is how long a lane whose consumer was deleted while the
@@ -66,10 +72,63 @@ func newLanePlan(opts *Options) *lanePlan {
 	}
 	p.maxLow = int32(max(opts.Concurrency-1, 1))
 	p.goneUntil = map[events.Priority]*atomic.Int64{}
+	p.filters = map[events.Priority][]string{}
 	for _, l := range p.lanes {
 		p.goneUntil[l.Priority] = new(atomic.Int64)
+		if len(opts.Lanes) == 0 || l.Consumer == nil {
+			continue
+		}
+		if info := l.Consumer.CachedInfo(); info != nil {
+			fs := slices.Clone(info.Config.FilterSubjects)
+			if info.Config.FilterSubject != "" {
+				fs = append(fs, info.Config.FilterSubject)
+			}
+			p.filters[l.Priority] = fs
+		}
 	}
 	return p
+}
+
+// elsewhere reports whether an event lane's consumer delivered belongs
+// to another lane: its subject is not one the consumer takes as this
+// process made it, but one another lane's consumer takes, or a triage
+// subject, which no lane takes (the ingest stores the event again in its
+// lane). Such a delivery comes from the wider filter of a build without
+// lanes: an event in hand when that build stopped, which JetStream
+// redelivers after the upgrade narrowed the filter, or one an older
+// forwarder that widened the filter again took. The other lane has the
+// event too (its consumer starts at or before the old one's ack floor).
+// A subject no lane of this process knows (a newer build's) is this
+// lane's.
+func (p *lanePlan) elsewhere(lane events.Priority, subject string) bool {
+	matches := func(filters []string) bool {
+		return slices.ContainsFunc(filters, func(f string) bool { return server.SubjectMatchesFilter(subject, f) })
+	}
+	if len(p.filters[lane]) == 0 || matches(p.filters[lane]) {
+		return false
+	}
+	for other, filters := range p.filters {
+		if other != lane && matches(filters) {
+			return true
+		}
+	}
+	return server.SubjectMatchesFilter(subject, natsjs.TriageSubject("*"))
+}
+
+// settleElsewhere settles an event of another lane (lanePlan.elsewhere):
+// acknowledged on this consumer, it is sent once, by its own lane's.
+func (f *Forwarder) settleElsewhere(ctx context.Context, msg jetstream.Msg, lane events.Priority) {
+	var seq uint64
+	if meta, err := msg.Metadata(); err == nil {
+		seq = meta.Sequence.Stream
+	}
+	f.log.Info("event delivered by this lane's consumer under an older build's filter: acknowledged here, its own lane's consumer delivers it",
+		"lane", lane, "subject", msg.Subject(), "stream_seq", seq)
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := msg.DoubleAck(actx); err != nil {
+		f.log.Warn("acknowledge an event of another lane; JetStream delivers it again", "lane", lane, "stream_seq", seq, "err", err)
+	}
 }
 
 // markGone leaves lane alone for laneGoneFor from now; it reports whether

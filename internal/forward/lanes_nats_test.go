@@ -142,3 +142,70 @@ func TestDeletedLaneLeftAlone(t *testing.T) {
 		t.Errorf("%d pull warnings, want none:\n%s", n, out)
 	}
 }
+
+// TestUpgradeInFlightEventSentOnce: a forwarder of a build without lanes
+// stopped (or was killed) with a backfill event in hand, which its one
+// consumer took through its old filter. The upgrade narrows that
+// consumer to the routine subjects and starts the low lane just after
+// its ack floor, so the low lane delivers the event, and JetStream
+// redelivers it on the routine consumer too once its ack wait runs out:
+// it must be sent once, by the low lane.
+func TestUpgradeInFlightEventSentOnce(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = time.Second
+	// The one consumer as a build without lanes made it.
+	old := topo.ConsumerConfig(natsjs.DefaultDestination, false)
+	old.FilterSubjects = []string{natsjs.EventSubjectPrefix + ">", natsjs.DestinationSubjectPrefix + natsjs.DefaultDestination + ".>"}
+	oldC, err := ns.JS.CreateOrUpdateConsumer(ctx, natsjs.EventStream, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := testEvent()
+	// A backfill of that build: for the default destination only.
+	if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.DestinationSubject(natsjs.DefaultDestination, ev.Source), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	// The old forwarder takes it, and stops before it acks.
+	if _, err := oldC.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+
+	all, err := topo.EnsureLanes(ctx, ns.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lanes := all[natsjs.DefaultDestination]
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	var logs testharness.LogBuffer
+	fctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.AckWait = time.Second
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	done := make(chan error, 1)
+	go func() { done <- f.Run(fctx) }()
+
+	settled := func(i *jetstream.ConsumerInfo) bool {
+		return i.AckFloor.Stream == 1 && i.NumAckPending == 0 && i.NumPending == 0
+	}
+	waitConsumer(t, lanes[events.PriorityLow], settled)
+	// The routine consumer's redelivery comes an ack wait after the old
+	// delivery; it is settled once it came and was handled.
+	waitConsumer(t, lanes[events.PriorityRoutine], settled)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := k.requests.Load(); n != 1 {
+		t.Errorf("the study was sent %d times, want once:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), `"subject":"`+natsjs.DestinationSubject(natsjs.DefaultDestination, ev.Source)+`"`) {
+		t.Errorf("the routine consumer's old delivery is not logged with its subject:\n%s", logs.String())
+	}
+}

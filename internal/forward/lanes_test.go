@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // hours opens each lane it names in [from, to) hours.
@@ -125,5 +126,38 @@ func TestLanePlanDefault(t *testing.T) {
 	}
 	if p.has(events.PriorityStat) {
 		t.Error("a plan without lanes has a stat lane: stat workers would start")
+	}
+}
+
+// TestElsewhere: a lane's delivery belongs to another lane when its
+// subject is another lane's or a triage subject; one no lane knows (a
+// newer build's) stays with the lane that delivered it.
+func TestElsewhere(t *testing.T) {
+	topo := natsjs.DefaultTopology()
+	p := &lanePlan{filters: map[events.Priority][]string{}}
+	for _, lane := range events.Priorities {
+		p.filters[lane] = topo.LaneConsumerConfig("default", lane, nil).FilterSubjects
+	}
+	for _, tc := range []struct {
+		lane    events.Priority
+		subject string
+		want    bool
+	}{
+		{events.PriorityRoutine, "stowline.study.stable.a", false},
+		{events.PriorityRoutine, "stowline.dest.default.a.routine", false},
+		{events.PriorityRoutine, "stowline.dest.default.a", true},
+		{events.PriorityRoutine, "stowline.study.stable.a.low", true},
+		{events.PriorityRoutine, "stowline.study.stable.a.stat", true},
+		{events.PriorityRoutine, "stowline.study.stable.a.triage", true},
+		{events.PriorityRoutine, "stowline.study.stable.a.urgent", false},
+		{events.PriorityLow, "stowline.dest.default.a", false},
+		{events.PriorityStat, "stowline.dest.default.a.stat", false},
+	} {
+		if got := p.elsewhere(tc.lane, tc.subject); got != tc.want {
+			t.Errorf("%s lane, subject %s: elsewhere = %v, want %v", tc.lane, tc.subject, got, tc.want)
+		}
+	}
+	if (&lanePlan{}).elsewhere(events.PriorityRoutine, "stowline.dest.default.a") {
+		t.Error("a plan without filters (one consumer, no lanes) sent an event elsewhere")
 	}
 }
