@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -114,32 +113,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 
-	var report func(ledger.Finding) error
-	var flush func() error
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		report, flush = func(f ledger.Finding) error { return enc.Encode(f) }, func() error { return nil }
-	} else {
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DESTINATION\tSOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tLAST UPDATE\tFORWARDED\tREASON\tENQUEUED")
-		report = func(f ledger.Finding) error {
-			fwd, enq := f.ForwardedLastUpdate, "-"
-			if fwd == "" {
-				fwd = "-"
-			}
-			switch {
-			case f.Duplicate:
-				enq = "already queued"
-			case f.Enqueued:
-				enq = "yes"
-			case f.Problem != "":
-				enq = "failed: " + f.Problem
-			}
-			_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Destination, f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate, fwd, f.Reason, enq)
-			return err
-		}
-		flush = tw.Flush
-	}
+	report, flush := auditReporter(stdout, *asJSON)
 	sum, err := a.Run(ctx, *enqueue, report)
 	if ferr := flush(); err == nil {
 		err = ferr
@@ -159,6 +133,32 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return fmt.Errorf("%d studies %w (--enqueue queues them)", sum.Findings, ErrMissing)
 	}
 	return nil
+}
+
+// auditReporter writes the audit's findings to stdout: one JSON object a
+// line, or a table written a block at a time. flush writes what is left.
+func auditReporter(stdout io.Writer, asJSON bool) (report func(ledger.Finding) error, flush func() error) {
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		return func(f ledger.Finding) error { return enc.Encode(f) }, func() error { return nil }
+	}
+	t := newBlockTable(stdout, "DESTINATION\tSOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tLAST UPDATE\tFORWARDED\tREASON\tENQUEUED")
+	report = func(f ledger.Finding) error {
+		fwd, enq := f.ForwardedLastUpdate, "-"
+		if fwd == "" {
+			fwd = "-"
+		}
+		switch {
+		case f.Duplicate:
+			enq = "already queued"
+		case f.Enqueued:
+			enq = "yes"
+		case f.Problem != "":
+			enq = "failed: " + f.Problem
+		}
+		return t.row("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", f.Destination, f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate, fwd, f.Reason, enq)
+	}
+	return report, t.flush
 }
 
 // auditDestinations are the destinations the audit compares Orthanc with:

@@ -8,7 +8,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -110,32 +109,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 		opts.Keyed = k.UID
 	}
 
-	var report func(ledger.VerifyFinding) error
-	flush := func() error { return nil }
-	if a.asJSON {
-		enc := json.NewEncoder(stdout)
-		report = func(f ledger.VerifyFinding) error { return enc.Encode(f) }
-	} else {
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DESTINATION\tSOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tORTHANC INSTANCE ID\tSOP INSTANCE UID\tENQUEUED")
-		report = func(f ledger.VerifyFinding) error {
-			enq := "-"
-			switch {
-			case f.Enqueued:
-				enq = "yes"
-			case f.Problem != "":
-				enq = "failed: " + f.Problem
-			}
-			for _, m := range f.Missing {
-				if _, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Destination, f.Source, f.OrthancStudyID, f.StudyInstanceUID,
-					m.OrthancInstanceID, m.SOPInstanceUID, enq); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		flush = tw.Flush
-	}
+	report, flush := verifyReporter(stdout, a.asJSON)
 	sum, err := ledger.Verify(ctx, opts, a.enqueue, report)
 	if ferr := flush(); err == nil {
 		err = ferr
@@ -173,4 +147,32 @@ func parseSince(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q: want e.g. 7d or 36h", s)
 	}
 	return d, nil
+}
+
+// verifyReporter writes the verifying audit's findings to stdout: one
+// JSON object a line, or a table of the missing instances (a row each)
+// written a block at a time. flush writes what is left.
+func verifyReporter(stdout io.Writer, asJSON bool) (report func(ledger.VerifyFinding) error, flush func() error) {
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		return func(f ledger.VerifyFinding) error { return enc.Encode(f) }, func() error { return nil }
+	}
+	t := newBlockTable(stdout, "DESTINATION\tSOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tORTHANC INSTANCE ID\tSOP INSTANCE UID\tENQUEUED")
+	report = func(f ledger.VerifyFinding) error {
+		enq := "-"
+		switch {
+		case f.Enqueued:
+			enq = "yes"
+		case f.Problem != "":
+			enq = "failed: " + f.Problem
+		}
+		for _, m := range f.Missing {
+			if err := t.row("%s\t%s\t%s\t%s\t%s\t%s\t%s", f.Destination, f.Source, f.OrthancStudyID, f.StudyInstanceUID,
+				m.OrthancInstanceID, m.SOPInstanceUID, enq); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return report, t.flush
 }
