@@ -243,6 +243,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		RetryMaxDelay:       fc.RetryMaxDelay,
 		MaxDeliveries:       fc.MaxDeliveries,
 		InstanceRetries:     fc.InstanceRetries,
+		EventsRetention:     p.topo.Retention,
 		Logger:              log,
 		Registerer:          reg,
 		TracerProvider:      p.tracer,

@@ -103,6 +103,10 @@ type Options struct {
 	// (time.Now when nil).
 	Windows Windows
 	Now     func() time.Time
+	// EventsRetention is how long JetStream keeps an event, forwarded or
+	// not (EVENTS_RETENTION): one pulled past three quarters of it is
+	// warned about (lanes.go, queueAge). 0: not known.
+	EventsRetention time.Duration
 	// SourceFor returns the Orthanc that an event's source names.
 	SourceFor   func(source string) (Source, error)
 	Destination Destination
@@ -288,6 +292,7 @@ func New(opts Options) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.retention.Set(opts.EventsRetention.Seconds())
 	limit, err := newLimiter(&opts, reg, log)
 	if err != nil {
 		return nil, err

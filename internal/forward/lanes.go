@@ -15,6 +15,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/repeatlog"
 )
 
 // Lane is one of a destination's durable consumers: the events of one
@@ -55,6 +56,9 @@ type lanePlan struct {
 	// filters are, by lane, the subjects its consumer takes as this
 	// process made it (none known: every subject).
 	filters map[events.Priority][]string
+	// late spaces the warnings of events pulled late in their retention,
+	// by lane (queueAge).
+	late map[events.Priority]*repeatlog.Failures
 }
 
 // laneGoneFor is how long a lane whose consumer was deleted while the
@@ -73,8 +77,10 @@ func newLanePlan(opts *Options) *lanePlan {
 	p.maxLow = int32(max(opts.Concurrency-1, 1))
 	p.goneUntil = map[events.Priority]*atomic.Int64{}
 	p.filters = map[events.Priority][]string{}
+	p.late = map[events.Priority]*repeatlog.Failures{}
 	for _, l := range p.lanes {
 		p.goneUntil[l.Priority] = new(atomic.Int64)
+		p.late[l.Priority] = &repeatlog.Failures{Every: time.Hour}
 		if len(opts.Lanes) == 0 || l.Consumer == nil {
 			continue
 		}
@@ -242,6 +248,7 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 				continue
 			}
 			if msg := f.pullNoWait(ctx, l); msg != nil {
+				f.queueAge(l.Priority, msg)
 				return msg, l.Priority, f.started(l.Priority, release)
 			}
 			release()
@@ -265,13 +272,48 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 	cancel()
 	if err != nil {
 		release()
-		if ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case ctx.Err() != nil:
+		case errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded):
+			f.m.laneAge.WithLabelValues(string(l.Priority)).Set(0) // nothing waits
+		default:
 			f.pullFailed(ctx, l, err)
 			sleep(ctx, time.Second)
 		}
 		return nil, "", nil
 	}
+	f.queueAge(l.Priority, m)
 	return m, l.Priority, f.started(l.Priority, release)
+}
+
+// queueAge records how long msg waited in the stream before this pull.
+// JetStream deletes an event EVENTS_RETENTION after it was stored,
+// forwarded or not, with no dead letter and no trace: a backlog the
+// destination's uplink takes longer than that to send (a backfill of a
+// whole archive, a lane closed for days) loses its tail without a word.
+// Events are pulled oldest first, so the age of those pulled now tells
+// how close the backlog is to that; past three quarters of the retention
+// it is warned about (an hour apart per lane) and alerted on
+// (deploy/alerts.yml, StowlineEventsNearRetention).
+func (f *Forwarder) queueAge(lane events.Priority, msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	age := max(f.plan.now().Sub(meta.Timestamp), 0)
+	f.m.laneAge.WithLabelValues(string(lane)).Set(age.Seconds())
+	r := f.opts.EventsRetention
+	if r <= 0 {
+		return
+	}
+	if age <= r/4*3 {
+		f.plan.late[lane].Succeeded() // the next late pull is told at once
+		return
+	}
+	if n, log := f.plan.late[lane].Failed(); log {
+		f.log.Warn("events are pulled late in their retention: JetStream deletes one not forwarded EVENTS_RETENTION after it arrived, with no dead letter; add forwarders or widen the lane's FORWARD_WINDOWS, or run `forwarder audit --destination` once the backlog is sent to queue what was lost",
+			"lane", lane, "age", age.Round(time.Minute).String(), "events_retention", r.String(), "stream_seq", meta.Sequence.Stream, "late_pulls", n)
+	}
 }
 
 // pullNoWait takes the lane's next event if one is waiting, without
@@ -288,6 +330,8 @@ func (f *Forwarder) pullNoWait(ctx context.Context, l Lane) jetstream.Msg {
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
 		f.pullFailed(ctx, l, err)
+	} else if msg == nil {
+		f.m.laneAge.WithLabelValues(string(l.Priority)).Set(0) // nothing waits
 	}
 	return msg
 }

@@ -209,3 +209,71 @@ func TestUpgradeInFlightEventSentOnce(t *testing.T) {
 		t.Errorf("the routine consumer's old delivery is not logged with its subject:\n%s", logs.String())
 	}
 }
+
+// TestEventsPulledLateInRetention: JetStream deletes an event
+// EVENTS_RETENTION after it arrived, forwarded or not, without a dead
+// letter. A backlog pulled late in that time (a backfill of a whole
+// archive at the uplink's pace) is shown in
+// stowline_forwarder_lane_event_age_seconds and warned about past three
+// quarters of it; a fresh one is not, and the age goes back to 0 once
+// the lane is found empty, so the alert ends with the backlog.
+func TestEventsPulledLateInRetention(t *testing.T) {
+	const retention = 7 * 24 * time.Hour
+	for _, tt := range []struct {
+		name string
+		// waited is how long the event waited in the stream when pulled
+		// (the forwarder's clock is moved on by that much).
+		waited time.Duration
+		warned bool
+	}{
+		{"fresh", 0, false},
+		{"half the retention", retention / 2, false},
+		{"six days of seven", 6 * 24 * time.Hour, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ns, lanes, sinkURL := startLanes(t)
+			ctx := t.Context()
+			var logs testharness.LogBuffer
+			f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+				o.Lanes = laneList(lanes)
+				o.EventsRetention = retention
+				o.Now = func() time.Time { return time.Now().Add(tt.waited) }
+				o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+			})
+			if got := testutil.ToFloat64(f.m.retention); got != retention.Seconds() {
+				t.Errorf("retention gauge %v, want %v", got, retention.Seconds())
+			}
+			ev := testEvent()
+			if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityLow, "", ev.Source), ev, ev.MsgID()); err != nil {
+				t.Fatal(err)
+			}
+			age := f.m.laneAge.WithLabelValues("low")
+			// A worker's pull, as Run's workers do it.
+			msg, lane, done := f.next(ctx, false)
+			if msg == nil || lane != events.PriorityLow {
+				t.Fatalf("pulled %v from %q, want the low lane's event", msg, lane)
+			}
+			if got, want := testutil.ToFloat64(age), tt.waited.Seconds(); got < want || got > want+60 {
+				t.Errorf("low lane's age %v s, want about %v s", got, want)
+			}
+			out := logs.String()
+			if warned := strings.Contains(out, "events are pulled late in their retention"); warned != tt.warned {
+				t.Errorf("warned %v, want %v:\n%s", warned, tt.warned, out)
+			}
+			if tt.warned && !strings.Contains(out, `"lane":"low"`) {
+				t.Errorf("the warning does not name the lane:\n%s", out)
+			}
+			if err := msg.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
+			}
+			done()
+			// The next pull finds every lane empty: the age goes back to 0.
+			if msg, _, _ := f.next(ctx, false); msg != nil {
+				t.Fatalf("pulled %v from empty lanes", msg)
+			}
+			if got := testutil.ToFloat64(age); got != 0 {
+				t.Errorf("low lane's age %v s with the lane empty, want 0", got)
+			}
+		})
+	}
+}

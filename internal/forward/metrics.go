@@ -43,6 +43,10 @@ type metrics struct {
 	// priority lane (lanes.go).
 	lanePulls *prometheus.CounterVec
 	laneBusy  *prometheus.GaugeVec
+	// laneAge is how long the event last pulled from each lane waited in
+	// the stream, and retention EVENTS_RETENTION (lanes.go, queueAge).
+	laneAge   *prometheus.GaugeVec
+	retention prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error) {
@@ -167,6 +171,16 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		m.studies.WithLabelValues(string(r))
 	}
 	m.lanePulls, m.laneBusy = laneMetrics(labels)
+	m.laneAge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name:        "stowline_forwarder_lane_event_age_seconds",
+		Help:        "How long the event this process last pulled from the lane had waited in JetStream since it was stored; 0 once the lane is found empty.",
+		ConstLabels: labels,
+	}, []string{"lane"})
+	m.retention = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "stowline_forwarder_events_retention_seconds",
+		Help:        "EVENTS_RETENTION: how long JetStream keeps an event, forwarded or not; one not forwarded by then is deleted without a dead letter.",
+		ConstLabels: labels,
+	})
 	// Every lane from the start: an alert's increase() then counts the
 	// first pull after a restart.
 	for _, p := range events.Priorities {
@@ -175,7 +189,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.lanePulls, m.laneBusy} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.lanePulls, m.laneBusy, m.laneAge, m.retention} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}
