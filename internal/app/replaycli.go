@@ -178,6 +178,9 @@ func (c *replayCLI) show(ctx context.Context, args []string) error {
 	for _, fi := range e.Failures {
 		fmt.Fprintf(w, "failed instance\t%s (0x%04X %s)\n", fi.SOPInstanceUID, fi.FailureReason, fi.Text)
 	}
+	if e.MoreFailures > 0 {
+		fmt.Fprintf(w, "failed instance\tand %d more, not named in the letter\n", e.MoreFailures)
+	}
 	if e.LastResponse != "" {
 		fmt.Fprintf(w, "last response\t%s\n", oneLine(e.LastResponse))
 	}

@@ -9,21 +9,35 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // MaxResponseBytes bounds the destination response kept with a letter.
 const MaxResponseBytes = 2048
+
+// MaxLetterFailures bounds the failed instances a letter names, and
+// MaxFailureText the characters of each one's text, so that a letter
+// fits a JetStream message (1 MB by default) however many instances
+// failed: the rest are counted (MoreFailures). A replay sends the whole
+// study again all the same.
+const (
+	MaxLetterFailures = 1000
+	MaxFailureText    = 300
+	maxLetterBytes    = 512 << 10
+)
 
 // Entry is a letter with its position in the dead-letter stream.
 type Entry struct {
@@ -57,7 +71,21 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	if len(l.LastResponse) > MaxResponseBytes {
 		l.LastResponse = l.LastResponse[:MaxResponseBytes] + "…"
 	}
+	if n := len(l.Failures); n > MaxLetterFailures || slices.ContainsFunc(l.Failures, longFailureText) {
+		kept := slices.Clone(l.Failures[:min(n, MaxLetterFailures)])
+		for i := range kept {
+			kept[i].Text = ellipsis.Truncate(kept[i].Text, MaxFailureText)
+		}
+		l.Failures, l.MoreFailures = kept, l.MoreFailures+n-len(kept)
+	}
 	data, err := json.Marshal(l)
+	// Texts that JSON escapes at 6 bytes a character could still make
+	// it too large: name fewer.
+	for err == nil && len(data) > maxLetterBytes && len(l.Failures) > 0 {
+		half := len(l.Failures) / 2
+		l.Failures, l.MoreFailures = l.Failures[:half], l.MoreFailures+len(l.Failures)-half
+		data, err = json.Marshal(l)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("encode dead letter: %w", err)
 	}
@@ -69,6 +97,10 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 		return 0, fmt.Errorf("store dead letter for study %s: %w", l.Event.OrthancStudyID, natsjs.StorageFull(err))
 	}
 	return ack.Sequence, nil
+}
+
+func longFailureText(fi forward.Instance) bool {
+	return utf8.RuneCountInString(fi.Text) > MaxFailureText
 }
 
 // DestinationOf is the destination a letter failed at: letters from

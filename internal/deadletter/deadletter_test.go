@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -219,6 +220,55 @@ func TestAddTruncatesTheLastResponse(t *testing.T) {
 	}
 	if want := strings.Repeat("x", deadletter.MaxResponseBytes) + "…"; got.LastResponse != want {
 		t.Errorf("kept a response of %d bytes, want the first %d and an ellipsis", len(got.LastResponse), deadletter.MaxResponseBytes)
+	}
+}
+
+// TestAddBoundsTheFailedInstances: a letter names at most
+// MaxLetterFailures failed instances, each text cut to MaxFailureText,
+// and counts the rest. A study whose thousands of instances all failed (a
+// CT in lossy JPEG for a destination that takes lossless syntaxes only:
+// 3,000 refusals of 230 characters each) made a letter over JetStream's
+// 1 MB message: it was never stored, the study was sent again at every
+// delivery for FORWARDER_MAX_DELIVERIES, then dead-lettered as a crash.
+func TestAddBoundsTheFailedInstances(t *testing.T) {
+	s, _ := newStore(t)
+	text := "instance is in lossy JPEG Baseline (Process 1), which the destination's DESTINATION_ARCHIVE_STOW_TRANSFER_SYNTAXES does not list; converting it would pass lossy pixel data off as lossless: add 1.2.840.10008.1.2.4.50 to DESTINATION_ARCHIVE_STOW_TRANSFER_SYNTAXES if the destination accepts it"
+	for _, tt := range []struct {
+		name      string
+		instances int
+		text      string
+	}{
+		{"a few", 3, "out of resources"},
+		{"a lossy CT of 3,000 instances", 3000, text},
+		{"every instance of a 20,000-instance study, long texts", 20000, strings.Repeat("x", 2000)},
+		// JSON writes each at 6 bytes (\u003c).
+		{"texts of characters JSON escapes", 1000, strings.Repeat("<", 2000)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := letter(tt.instances, forward.Partial, fmt.Sprintf("%d of %d instances cannot be stored", tt.instances, tt.instances), time.Now())
+			for i := range tt.instances {
+				l.Failures = append(l.Failures, forward.Instance{SOPInstanceUID: fmt.Sprintf("1.2.826.0.1.3680043.8.498.%d", i), Text: tt.text})
+			}
+			given := slices.Clone(l.Failures)
+			seq, err := s.Add(testCtx(t), l)
+			if err != nil {
+				t.Fatalf("letter of %d failed instances not stored: %v", tt.instances, err)
+			}
+			got, err := s.Get(testCtx(t), seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(got.Failures) + got.MoreFailures; n != tt.instances || len(got.Failures) == 0 || len(got.Failures) > deadletter.MaxLetterFailures ||
+				len(got.Failures) < min(tt.instances, deadletter.MaxLetterFailures) && !strings.HasPrefix(tt.text, "<") {
+				t.Fatalf("letter names %d failed instances and %d more, want %d in all, at most %d named", len(got.Failures), got.MoreFailures, tt.instances, deadletter.MaxLetterFailures)
+			}
+			for i, fi := range got.Failures {
+				if fi.SOPInstanceUID != given[i].SOPInstanceUID || !strings.HasPrefix(given[i].Text, strings.TrimSuffix(fi.Text, "…")) ||
+					utf8.RuneCountInString(fi.Text) > deadletter.MaxFailureText {
+					t.Fatalf("failed instance %d kept as %+v, want %s with its text cut to %d characters", i, fi, given[i].SOPInstanceUID, deadletter.MaxFailureText)
+				}
+			}
+		})
 	}
 }
 

@@ -10,17 +10,20 @@ import (
 type DeadLetter struct {
 	// Destination is the destination the study failed at; empty in
 	// letters from before destinations, which were the default one's.
-	Destination    string             `json:"destination,omitempty"`
-	Event          events.StudyStable `json:"event"`
-	Class          Class              `json:"class"`
-	Reason         string             `json:"reason"`
-	Attempts       uint64             `json:"attempts"`
-	Failures       []Instance         `json:"failures,omitempty"`
-	FirstFailure   time.Time          `json:"firstFailure"`
-	LastFailure    time.Time          `json:"lastFailure"`
-	LastResponse   string             `json:"lastResponse,omitempty"`
-	OriginalSeq    uint64             `json:"originalSeq"`
-	DeadLetteredAt time.Time          `json:"deadLetteredAt"`
+	Destination string             `json:"destination,omitempty"`
+	Event       events.StudyStable `json:"event"`
+	Class       Class              `json:"class"`
+	Reason      string             `json:"reason"`
+	Attempts    uint64             `json:"attempts"`
+	Failures    []Instance         `json:"failures,omitempty"`
+	// MoreFailures counts the failed instances beyond those Failures
+	// names (deadletter.MaxLetterFailures).
+	MoreFailures   int       `json:"moreFailures,omitempty"`
+	FirstFailure   time.Time `json:"firstFailure"`
+	LastFailure    time.Time `json:"lastFailure"`
+	LastResponse   string    `json:"lastResponse,omitempty"`
+	OriginalSeq    uint64    `json:"originalSeq"`
+	DeadLetteredAt time.Time `json:"deadLetteredAt"`
 }
 
 // FailureTimes are the first and last failure of one event.

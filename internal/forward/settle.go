@@ -177,7 +177,7 @@ func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attemp
 	}
 	trace.SpanFromContext(ctx).SetAttributes(tracing.DeadLetterSeq.Int64(int64(dlSeq)))
 	log.Error("study dead-lettered", "class", d.class, "err", ferr, "dead_letter_seq", dlSeq,
-		"failed_instances", len(letter.Failures), "instances_stored", rep.Instances)
+		"failed_instances", len(letter.Failures)+letter.MoreFailures, "instances_stored", rep.Instances)
 	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (%s)", dlSeq, d.class)); err != nil {
 		log.Warn("terminate dead-lettered event", "err", err)
 	}
