@@ -8,6 +8,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
@@ -107,6 +109,9 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 		verb = "would be queued for"
 	}
 	fmt.Fprintf(stdout, "%d studies %s %s\n", n-dups, verb, *destination)
+	if *from == "stream" {
+		streamWindowNote(ctx, conn.JS, start, stdout)
+	}
 	if dups > 0 {
 		fmt.Fprintf(stdout, "%d studies not queued again: a backfill queued them within EVENTS_DEDUPE_WINDOW (%s); a dead-lettered one is sent again with `forwarder replay`\n",
 			dups, cfg.NATS.DedupeWindow)
@@ -166,4 +171,11 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 		}
 	}
 	return dups, nil
+}
+
+// streamWindowNote writes deadletter.WindowNote's note, if any.
+func streamWindowNote(ctx context.Context, js jetstream.JetStream, since time.Time, w io.Writer) {
+	if note := deadletter.WindowNote(ctx, js, since); note != "" {
+		fmt.Fprintln(w, note)
+	}
 }

@@ -269,6 +269,7 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 	}
 	w.Flush()
 	fmt.Fprintf(c.Stdout, "%d events %s\n", len(evs), verb)
+	streamWindowNote(ctx, c.JS, from, c.Stdout)
 	return err
 }
 

@@ -394,6 +394,39 @@ func Reforward(ctx context.Context, js jetstream.JetStream, destination string, 
 	return ReforwardIn(ctx, js, destination, events.PriorityLow, since, until, dryRun)
 }
 
+// StreamStart is when the event stream's oldest event was stored, zero
+// when it holds none: a re-forward or a backfill from the stream reaches
+// back no further (EVENTS_RETENTION).
+func StreamStart(ctx context.Context, js jetstream.JetStream) (time.Time, error) {
+	s, err := js.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("stream %s: %w", natsjs.EventStream, err)
+	}
+	if st := s.CachedInfo().State; st.Msgs > 0 {
+		return st.FirstTime, nil
+	}
+	return time.Time{}, nil
+}
+
+// WindowNote says so when a window read from the event stream starts
+// before the stream's oldest event: what was received before has expired
+// (EVENTS_RETENTION) and was not queued, which a count of what was does
+// not tell (a destination backfilled "since 2025-01-01" with the default
+// --from stream got the last week). "" when the stream reaches back.
+func WindowNote(ctx context.Context, js jetstream.JetStream, since time.Time) string {
+	first, err := StreamStart(ctx, js)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("could not read when the event stream's oldest event was received: %v", err)
+	case first.IsZero():
+		return "the event stream holds no event (it keeps them EVENTS_RETENTION): `forwarder backfill --from source` reads Orthanc's studies instead"
+	case first.After(since):
+		return fmt.Sprintf("the event stream holds the events received since %s (it keeps them EVENTS_RETENTION): any received before %s were not queued; `forwarder backfill --from source` reads Orthanc's studies instead",
+			first.UTC().Format(time.RFC3339), since.UTC().Format(time.RFC3339))
+	}
+	return ""
+}
+
 // ReforwardIn is Reforward in the given lane (an operator's --priority).
 func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string, lane events.Priority, since, until time.Time, dryRun bool) ([]events.StudyStable, error) {
 	if since.IsZero() {

@@ -185,6 +185,9 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 	}
 	evs, err := deadletter.Reforward(r.Context(), a.JS, req.Destination, since, until, req.DryRun)
 	answer := map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs}
+	if note := deadletter.WindowNote(r.Context(), a.JS, since); note != "" {
+		answer["note"] = note
+	}
 	if err != nil {
 		a.failPartway(w, "reforward", err, answer)
 		return

@@ -211,3 +211,34 @@ func TestAdminReforwardFailedPartwaySaysWhatItQueued(t *testing.T) {
 		t.Errorf("status %d, body %s; want 503 with the error and the one event queued before it", rec.Code, rec.Body)
 	}
 }
+
+// TestAdminReforwardSaysWhenTheWindowPrecedesTheStream: a re-forward
+// whose window starts before the event stream's oldest event answers a
+// note saying so (the stream keeps EVENTS_RETENTION: what came before
+// was not queued); one within the stream answers none.
+func TestAdminReforwardSaysWhenTheWindowPrecedesTheStream(t *testing.T) {
+	ns := testnats.Start(t)
+	publishEvents(t, ns.JS, 1)
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, JS: ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, tt := range []struct {
+		since string
+		noted bool
+	}{
+		{"8760h", true},
+		{time.Now().Add(time.Minute).UTC().Format(time.RFC3339), false},
+	} {
+		req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"`+tt.since+`","dryRun":true}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		var body struct{ Note string }
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != http.StatusOK {
+			t.Fatalf("since %s: status %d, body %s (%v)", tt.since, rec.Code, rec.Body, err)
+		}
+		if noted := strings.Contains(body.Note, "the event stream holds the events received since"); noted != tt.noted {
+			t.Errorf("since %s: note %q, want one: %v", tt.since, body.Note, tt.noted)
+		}
+	}
+}

@@ -1,0 +1,113 @@
+package app
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+// TestStreamWindowBeforeTheStreamIsSaid: a backfill or re-forward from the
+// event stream reaches back only to the stream's oldest event
+// (EVENTS_RETENTION). Asked for more (a destination added with
+// `backfill --since 2025-01-01`, --from stream being the default), it
+// said "N studies queued" as if the window were covered; it now says
+// from when the stream holds events and what reads Orthanc instead. A
+// window within the stream gets no such note.
+func TestStreamWindowBeforeTheStreamIsSaid(t *testing.T) {
+	// Over TCP: the commands connect to NATS_URL.
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "backfill", Host: "127.0.0.1", Port: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, err := natsjs.DefaultTopology().EnsureEvents(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := natsjs.DefaultTopology().EnsureLanes(ctx, js, []string{"new"}); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(lastUpdate string) {
+		t.Helper()
+		ev, err := events.NewStudyStable("main", "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", "1.2.3", lastUpdate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (natsjs.Publisher{JS: js}).Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The stream's oldest event, then a window that starts after it and
+	// holds the second one.
+	publish("20261126T101500")
+	time.Sleep(50 * time.Millisecond)
+	mid := time.Now()
+	time.Sleep(50 * time.Millisecond)
+	publish("20261126T111500")
+	within := func() string { return time.Since(mid).String() }
+	yearBack := func() string { return "8760h" }
+	env := map[string]string{"NATS_URL": srv.ClientURL()}
+	const note = "the event stream holds the events received since"
+	for _, tt := range []struct {
+		name  string
+		run   func(since string) (string, error)
+		since func() string
+		want  string // the count of events in the window
+		noted bool
+	}{
+		{"backfill, a year back", backfill(env), yearBack, "2 studies would be queued", true},
+		{"backfill, within the stream", backfill(env), within, "1 studies would be queued", false},
+		{"replay reforward, a year back", reforward(js), yearBack, "2 events would be queued", true},
+		{"replay reforward, within the stream", reforward(js), within, "1 events would be queued", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := tt.run(tt.since())
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			if !strings.Contains(out, tt.want) {
+				t.Fatalf("want %q in:\n%s", tt.want, out)
+			}
+			if noted := strings.Contains(out, note); noted != tt.noted {
+				t.Errorf("said %q: %v, want %v:\n%s", note, noted, tt.noted, out)
+			}
+			if tt.noted && !strings.Contains(out, "--from source") {
+				t.Errorf("the note does not say what reads Orthanc instead:\n%s", out)
+			}
+		})
+	}
+}
+
+func backfill(env map[string]string) func(since string) (string, error) {
+	return func(since string) (string, error) {
+		var out strings.Builder
+		err := RunBackfill(context.Background(), []string{"--destination", "new", "--since", since, "--dry-run"},
+			func(k string) string { return env[k] }, &out, io.Discard)
+		return out.String(), err
+	}
+}
+
+func reforward(js jetstream.JetStream) func(since string) (string, error) {
+	return func(since string) (string, error) {
+		var out strings.Builder
+		c := &replayCLI{JS: js, Stdout: &out}
+		err := c.Run(context.Background(), []string{"reforward", "--destination", "new", "--since", since, "--dry-run"})
+		return out.String(), err
+	}
+}
