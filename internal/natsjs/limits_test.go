@@ -105,7 +105,7 @@ func TestBucketLimitKept(t *testing.T) {
 	if _, err := js.UpdateKeyValue(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	topo.Retention = 48 * time.Hour
+	topo.Retention, topo.DeadLetterRetention = 48*time.Hour, 24*time.Hour
 	kv, err = topo.EnsureFailureLog(ctx, js)
 	if err != nil {
 		t.Fatal(err)
@@ -115,5 +115,41 @@ func TestBucketLimitKept(t *testing.T) {
 	}
 	if got := st.(*jetstream.KeyValueBucketStatus).Config(); got.TTL != topo.Retention || got.MaxBytes != 1<<20 {
 		t.Errorf("after a start: TTL %s, MaxBytes %d; want %s and the operator's %d", got.TTL, got.MaxBytes, topo.Retention, 1<<20)
+	}
+}
+
+// TestFailureLogKeptForReplays: what a study's deliveries stored (the
+// failure bucket) is kept as long as the dead letters, when they are
+// kept longer than the events: a letter replayed after EVENTS_RETENTION
+// (a destination fixed after a week, letters kept 30 days) found the
+// instances its first deliveries stored forgotten, and the destination's
+// "already exists" for them read as conflicts: warned and counted as
+// skipped corrections, kept in the source in buffer mode, or the study
+// dead-lettered again as a conflict with STOW_ON_CONFLICT=deadletter.
+func TestFailureLogKeptForReplays(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	for _, tt := range []struct {
+		name                  string
+		events, letters, want time.Duration
+	}{
+		{"letters kept longer (the defaults)", 7 * 24 * time.Hour, 30 * 24 * time.Hour, 30 * 24 * time.Hour},
+		{"events kept longer", 7 * 24 * time.Hour, 24 * time.Hour, 7 * 24 * time.Hour},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			topo := natsjs.DefaultTopology()
+			topo.Retention, topo.DeadLetterRetention = tt.events, tt.letters
+			kv, err := topo.EnsureFailureLog(ctx, js)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := kv.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.TTL(); got != tt.want {
+				t.Errorf("failure bucket kept %s with EVENTS_RETENTION %s and DEADLETTER_RETENTION %s, want %s", got, tt.events, tt.letters, tt.want)
+			}
+		})
 	}
 }

@@ -579,12 +579,15 @@ func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream)
 }
 
 // EnsureFailureLog creates or updates the failure-time bucket. Entries
-// expire with the events (Retention), so a lost delete leaves no litter.
+// expire with the events (Retention), so a lost delete leaves no litter,
+// or with the dead letters when they are kept longer: the bucket also
+// holds what a study's deliveries stored, which a replay of its letter
+// needs to take the destination's "already exists" for its own copies.
 func (t Topology) EnsureFailureLog(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
 	return t.ensureKV(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      FailureBucket,
 		Description: "stowline: first and last failure time of queued events",
-		TTL:         t.Retention,
+		TTL:         max(t.Retention, t.DeadLetterRetention),
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 	})
