@@ -73,6 +73,17 @@ func connect(c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
 	return natsjs.Connect(o, log)
 }
 
+// connectTool is connect for the operator's commands. With NATS_URL
+// empty they open a single host's store, which only one process may
+// hold: stowline, while it runs.
+func connectTool(c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
+	conn, err := connect(c, log)
+	if errors.Is(err, natsjs.ErrStoreInUse) {
+		return nil, fmt.Errorf("%w: stop stowline first (systemctl stop stowline) and start it again after the command, or use its admin API (replay, purge, reforward)", err)
+	}
+	return conn, err
+}
+
 // topology derives the streams' and buckets' settings from configuration;
 // fc is nil for the ingest, which keeps the defaults of what only the
 // forwarder provisions.

@@ -77,7 +77,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer stopTracing()
-	js, err := connect(cfg.NATS, log)
+	js, err := connectTool(cfg.NATS, log)
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 		return &usageError{fmt.Errorf("%s: --from %q: want stream or source", program, *from)}
 	}
 	log := NewLogger(stderr, cfg.Log)
-	conn, err := connect(cfg.NATS, log)
+	conn, err := connectTool(cfg.NATS, log)
 	if err != nil {
 		return err
 	}

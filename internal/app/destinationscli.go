@@ -39,7 +39,8 @@ until it is removed here.
                 (from what the stream holds if no other destination has
                 a consumer).
 
-Connects to NATS_URL (see forwarder -h). Exit status: 0 done, 1 failed, 2 bad arguments.
+Connects to NATS_URL (see forwarder -h); on a single host, with NATS_URL
+empty and stowline stopped, opens its store, NATS_STORE_DIR. Exit status: 0 done, 1 failed, 2 bad arguments.
 `
 
 // RunDestinations runs `forwarder destinations ARGS`.
@@ -52,7 +53,7 @@ func RunDestinations(ctx context.Context, args []string, getenv func(string) str
 	if err := config.Load(getenv, &cfg); err != nil {
 		return &usageError{fmt.Errorf("forwarder destinations: invalid configuration:\n%w", err)}
 	}
-	conn, err := connect(cfg.NATS, NewLogger(stderr, cfg.Log))
+	conn, err := connectTool(cfg.NATS, NewLogger(stderr, cfg.Log))
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	// Logs go to stderr: stdout carries the command's output (tables, JSON).
 	log := NewLogger(stderr, cfg.Log)
-	js, err := connect(cfg.NATS, log)
+	js, err := connectTool(cfg.NATS, log)
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,8 @@ Filters:
   --since T        dead-lettered at or after T (e.g. 2026-11-01T00:00Z, or 24h ago)
   --all            every dead letter (run and purge need a filter or --all)
 
-Connects to NATS_URL (see forwarder -h). Exit status: 0 done, 1 failed, 2 bad arguments.
+Connects to NATS_URL (see forwarder -h); on a single host, with NATS_URL
+empty and stowline stopped, opens its store, NATS_STORE_DIR. Exit status: 0 done, 1 failed, 2 bad arguments.
 `
 
 // replayCLI runs the replay commands against JetStream.

@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -47,6 +49,23 @@ func requireExternalNATS(n NATS) error {
 		return errors.New("NATS_URL is required (a separate ingest or forwarder needs a shared NATS server; for a single host run cmd/stowline, which embeds one)")
 	}
 	return nil
+}
+
+// requireNATSOrStore is for the operator's commands (replay,
+// destinations, audit, backfill): the deployment's NATS server, or, with
+// NATS_URL empty, the store of a single host's embedded server, which
+// listens on no port (the command opens it while stowline is stopped).
+// A directory holding no store is refused rather than made into an
+// empty one, where a forgotten NATS_URL would find no dead letters and
+// no consumers.
+func requireNATSOrStore(n NATS) error {
+	if !n.Embedded() || n.StoreDir == "" {
+		return nil
+	}
+	if fi, err := os.Stat(filepath.Join(n.StoreDir, "jetstream")); err == nil && fi.IsDir() {
+		return nil
+	}
+	return fmt.Errorf("NATS_URL is required (the deployment's NATS server), or, on a single host, NATS_STORE_DIR naming the store of stowline's embedded server, stopped first (no JetStream store in %s)", n.StoreDir)
 }
 
 // ForwarderService is what cmd/forwarder reads.
@@ -148,7 +167,7 @@ type Audit struct {
 
 // Validate checks every part; the errors name the variables.
 func (c *Audit) Validate() error {
-	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Orthanc.Validate())
+	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireNATSOrStore(c.NATS), c.Orthanc.Validate())
 }
 
 // LogConfig returns the logging part (commands build the logger from it).
@@ -172,7 +191,7 @@ type ReplayCommand struct {
 
 // Validate checks every part; the errors name the variables.
 func (c *ReplayCommand) Validate() error {
-	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS))
+	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireNATSOrStore(c.NATS))
 }
 
 // LogConfig returns the logging part.
