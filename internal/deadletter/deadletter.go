@@ -29,10 +29,11 @@ import (
 const MaxResponseBytes = 2048
 
 // MaxLetterFailures bounds the failed instances a letter names, and
-// MaxFailureText the characters of each one's text, so that a letter
-// fits a JetStream message (1 MB by default) however many instances
-// failed: the rest are counted (MoreFailures). A replay sends the whole
-// study again all the same.
+// MaxFailureText the characters of each one's text when the letter would
+// pass maxLetterBytes (whole texts otherwise: their end often says what
+// to do), so that a letter fits a JetStream message (1 MB by default)
+// however many instances failed: the rest are counted (MoreFailures). A
+// replay sends the whole study again all the same.
 const (
 	MaxLetterFailures = 1000
 	MaxFailureText    = 300
@@ -71,14 +72,18 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	if len(l.LastResponse) > MaxResponseBytes {
 		l.LastResponse = l.LastResponse[:MaxResponseBytes] + "…"
 	}
-	if n := len(l.Failures); n > MaxLetterFailures || slices.ContainsFunc(l.Failures, longFailureText) {
-		kept := slices.Clone(l.Failures[:min(n, MaxLetterFailures)])
+	if n := len(l.Failures); n > MaxLetterFailures {
+		l.Failures, l.MoreFailures = l.Failures[:MaxLetterFailures], l.MoreFailures+n-MaxLetterFailures
+	}
+	data, err := json.Marshal(l)
+	if err == nil && len(data) > maxLetterBytes && slices.ContainsFunc(l.Failures, longFailureText) {
+		kept := slices.Clone(l.Failures)
 		for i := range kept {
 			kept[i].Text = ellipsis.Truncate(kept[i].Text, MaxFailureText)
 		}
-		l.Failures, l.MoreFailures = kept, l.MoreFailures+n-len(kept)
+		l.Failures = kept
+		data, err = json.Marshal(l)
 	}
-	data, err := json.Marshal(l)
 	// Texts that JSON escapes at 6 bytes a character could still make
 	// it too large: name fewer.
 	for err == nil && len(data) > maxLetterBytes && len(l.Failures) > 0 {
