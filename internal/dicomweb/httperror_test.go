@@ -87,6 +87,7 @@ func TestRedactValues(t *testing.T) {
 		{`invalid value 'Smith' for tag (0010,0010); value 'Jones' too`, `invalid value '[value removed]' for tag (0010,0010); value '[value removed]' too`},
 		{`invalid value 'O'Brien^Pat' for tag (0010,0010)`, `invalid value '[value removed]' for tag (0010,0010)`},
 		{`Content "1.2.840.10008.1.2.4.50" is not a supported transfer syntax`, `Content "1.2.840.10008.1.2.4.50" is not a supported transfer syntax`},
+		{`(0010,0020) - Content "12345678" does not validate VR LO`, `(0010,0020) - Content "[value removed]" does not validate VR LO`},
 		{`Content "" is empty`, `Content "" is empty`},
 		{`Content "DOE^JA`, `Content "[value removed]`},
 		{`no value quoted here: Content is fine`, `no value quoted here: Content is fine`},
@@ -126,6 +127,15 @@ func TestRedactDICOMValues(t *testing.T) {
 			`<DicomAttribute tag="00100010" vr="PN" keyword="PatientName"><PersonName number="1"><Alphabetic><FamilyName>[value removed]</FamilyName><GivenName>[value removed]</GivenName></Alphabetic></PersonName></DicomAttribute>`},
 		{`<Value number="1">1.2.3</Value><Value number="2">ACC-9`, `<Value number="1">1.2.3</Value><Value number="2">[value removed]`},
 		{`{"HttpError":"Unsupported Media Type","HttpStatus":415}`, `{"HttpError":"Unsupported Media Type","HttpStatus":415}`},
+		// Digits alone are no UID: a Patient ID, a birth date.
+		{`{"00100020":{"vr":"LO","Value":["12345678"]},"00100030":{"vr":"DA","Value":["19800101"]}}`,
+			`{"00100020":{"vr":"LO","Value":["[value removed]"]},"00100030":{"vr":"DA","Value":["[value removed]"]}}`},
+		{`<Value number="1">19800101</Value>`, `<Value number="1">[value removed]</Value>`},
+		// A data set inside a gateway's JSON string.
+		{`{"message":"{\"00100010\":{\"vr\":\"PN\",\"Value\":[{\"Alphabetic\":\"DOE^JANE\"}]},\"00100020\":{\"vr\":\"LO\",\"Value\":[\"PID \\\"7\\\"\"]}}"}`,
+			`{"message":"{\"00100010\":{\"vr\":\"PN\",\"Value\":[{\"Alphabetic\":\"[value removed]\"}]},\"00100020\":{\"vr\":\"LO\",\"Value\":[\"[value removed]\"]}}"}`},
+		// A bracket inside a value does not end the array.
+		{`{"00081030":{"vr":"LO","Value":["A]B", "C"]}}`, `{"00081030":{"vr":"LO","Value":["[value removed]", "[value removed]"]}}`},
 	}
 	for _, tt := range tests {
 		if got := redactDICOMValues(tt.in); got != tt.want {

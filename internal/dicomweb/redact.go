@@ -76,28 +76,48 @@ func closingQuote(rest, quote string) int {
 // A DICOM data set in a JSON (PS3.18 F) or XML (PS3.19 A) answer holds
 // its values in Value arrays, person names in Alphabetic, Ideographic and
 // Phonetic (JSON) or their name components (XML). A destination may echo
-// a data set in an error answer or a malformed one; those texts go to
-// logs and dead letters.
+// a data set in an error answer or a malformed one, possibly inside a
+// gateway's own JSON string (its quotes then escaped, once or more);
+// those texts go to logs and dead letters.
 var (
-	jsonValueArray = regexp.MustCompile(`"Value"\s*:\s*\[[^\]{]*`)
-	jsonString     = regexp.MustCompile(`"(?:[^"\\]|\\.)*(?:"|\\?$)`)
-	jsonPersonName = regexp.MustCompile(`("(?:Alphabetic|Ideographic|Phonetic)"\s*:\s*)("(?:[^"\\]|\\.)*(?:"|\\?$))`)
-	xmlValue       = regexp.MustCompile(`(<(?:Value|FamilyName|GivenName|MiddleName|NamePrefix|NameSuffix)\b[^>]*>)([^<]*)`)
+	jsonValueKey = regexp.MustCompile(`\\*"(?:Value|Alphabetic|Ideographic|Phonetic)\\*"\s*:\s*`)
+	xmlValue     = regexp.MustCompile(`(<(?:Value|FamilyName|GivenName|MiddleName|NamePrefix|NameSuffix)\b[^>]*>)([^<]*)`)
+	uidSyntax    = regexp.MustCompile(`^[0-2](?:\.(?:0|[1-9][0-9]*))+$`)
 )
 
 // redactDICOMValues replaces the values of a DICOM data set in s with
-// valueRemoved, except UIDs (digits and dots), and keeps its structure.
-// A value cut at the end of s is removed too.
+// valueRemoved, except UIDs, and keeps its structure. A value cut at the
+// end of s is removed too.
 func redactDICOMValues(s string) string {
-	s = jsonValueArray.ReplaceAllStringFunc(s, func(arr string) string {
-		head := strings.Index(arr, "[") + 1
-		return arr[:head] + jsonString.ReplaceAllStringFunc(arr[head:], quotedRemoved)
-	})
-	s = jsonPersonName.ReplaceAllStringFunc(s, func(m string) string {
-		sub := jsonPersonName.FindStringSubmatch(m)
-		return sub[1] + quotedRemoved(sub[2])
-	})
-	return xmlValue.ReplaceAllStringFunc(s, func(m string) string {
+	var b strings.Builder
+	for {
+		loc := jsonValueKey.FindStringIndex(s)
+		if loc == nil {
+			b.WriteString(s)
+			break
+		}
+		b.WriteString(s[:loc[1]])
+		s = s[loc[1]:]
+		if strings.HasPrefix(s, "[") {
+			// A Value array: its strings, until its end or an item (a
+			// person name's or a sequence's object, redacted by key).
+			b.WriteByte('[')
+			s = s[1:]
+			for len(s) > 0 && s[0] != ']' && s[0] != '{' {
+				if q := quoteAt(s); q > 0 {
+					s = writeRedactedString(&b, s, q)
+					continue
+				}
+				b.WriteByte(s[0])
+				s = s[1:]
+			}
+			continue
+		}
+		if q := quoteAt(s); q > 0 {
+			s = writeRedactedString(&b, s, q)
+		}
+	}
+	return xmlValue.ReplaceAllStringFunc(b.String(), func(m string) string {
 		sub := xmlValue.FindStringSubmatch(m)
 		if isUIDText(sub[2]) {
 			return m
@@ -106,20 +126,58 @@ func redactDICOMValues(s string) string {
 	})
 }
 
-// quotedRemoved is a JSON string literal with its value removed, unless
-// it is a UID.
-func quotedRemoved(lit string) string {
-	v := strings.TrimSuffix(strings.TrimPrefix(lit, `"`), `"`)
-	if isUIDText(v) {
-		return lit
+// quoteAt is the length of the quote that opens a string at the start
+// of s, its escaping backslashes included (", \", \\\"...), 0 if none.
+func quoteAt(s string) int {
+	n := len(s) - len(strings.TrimLeft(s, `\`))
+	if n < len(s) && s[n] == '"' {
+		return n + 1
 	}
-	return `"` + valueRemoved + `"`
+	return 0
 }
 
-// isUIDText reports whether v is empty or only digits and dots.
+// writeRedactedString writes the string that opens s with a quote of
+// length q, its value removed unless it is a UID, and returns what
+// follows it. It ends at a quote escaped as its opening one (exactly
+// q-1 backslashes before it), or at the end of s.
+func writeRedactedString(b *strings.Builder, s string, q int) string {
+	quote := s[:q]
+	rest := s[q:]
+	end := -1
+	for i := 0; i < len(rest); i++ {
+		if rest[i] != '"' {
+			continue
+		}
+		j := i
+		for j > 0 && rest[j-1] == '\\' {
+			j--
+		}
+		if i-j == q-1 {
+			end = j
+			break
+		}
+	}
+	b.WriteString(quote)
+	if end < 0 {
+		b.WriteString(valueRemoved + quote)
+		return ""
+	}
+	if v := rest[:end]; isUIDText(v) {
+		b.WriteString(v)
+	} else {
+		b.WriteString(valueRemoved)
+	}
+	b.WriteString(quote)
+	return rest[end+q:]
+}
+
+// isUIDText reports whether v is empty or a UID (PS3.5 9.1: digits in
+// dot-separated components, no leading zeros, the first 0, 1 or 2),
+// which stowline logs on purpose: a Patient ID, accession number or date
+// of digits only is no UID.
 func isUIDText(v string) bool {
 	v = strings.TrimSpace(v)
-	return v == "" || strings.Trim(v, "0123456789.") == ""
+	return v == "" || uidSyntax.MatchString(v)
 }
 
 // nextRune is the first character of s, a JSON \u escape (escaped once
