@@ -53,8 +53,10 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	if f.opts.Unconfigured != nil {
 		others, err := f.opts.Unconfigured(ctx)
 		if err != nil {
-			log.Warn("forwarded study not deleted from the source: the destinations with a queue could not be read", "err", err)
-			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+			// JetStream's, not Orthanc's: not "failed", whose alert sends
+			// the operator to Orthanc and the delete right.
+			log.Warn("forwarded study not deleted from the source: the destinations with a queue could not be read from JetStream; it stays in Orthanc", "err", err)
+			f.m.sourceDeletes.WithLabelValues("waiting").Add(float64(len(instances)))
 			return
 		}
 		if len(others) > 0 {

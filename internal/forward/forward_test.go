@@ -446,7 +446,7 @@ func TestDeleteForwarded(t *testing.T) {
 		// A rollout adding destination ai: it may need the study.
 		{name: "a queue of an unconfigured destination", cleaner: unchanged(), want: [5]float64{0, 0, 0, 0, 3},
 			unconfigured: func(context.Context) ([]string, error) { return []string{"ai"}, nil }},
-		{name: "queues unreadable", cleaner: unchanged(), want: [5]float64{0, 3, 0, 0, 0},
+		{name: "queues unreadable", cleaner: unchanged(), want: [5]float64{0, 0, 0, 0, 3},
 			unconfigured: func(context.Context) ([]string, error) { return nil, errors.New("JetStream not answering") }},
 	}
 	for _, tt := range tests {
