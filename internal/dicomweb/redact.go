@@ -6,6 +6,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/stowline/stowline/internal/dicomgen"
 )
 
 // quotedValue finds a value a destination quotes after "Content" or
@@ -82,7 +84,6 @@ func closingQuote(rest, quote string) int {
 var (
 	jsonValueKey = regexp.MustCompile(`\\*"(?:Value|Alphabetic|Ideographic|Phonetic)\\*"\s*:\s*`)
 	xmlValue     = regexp.MustCompile(`(<(?:Value|FamilyName|GivenName|MiddleName|NamePrefix|NameSuffix)\b[^>]*>)([^<]*)`)
-	uidSyntax    = regexp.MustCompile(`^[0-2](?:\.(?:0|[1-9][0-9]*))+$`)
 )
 
 // redactDICOMValues replaces the values of a DICOM data set in s with
@@ -171,13 +172,12 @@ func writeRedactedString(b *strings.Builder, s string, q int) string {
 	return rest[end+q:]
 }
 
-// isUIDText reports whether v is empty or a UID (PS3.5 9.1: digits in
-// dot-separated components, no leading zeros, the first 0, 1 or 2),
-// which stowline logs on purpose: a Patient ID, accession number or date
-// of digits only is no UID.
+// isUIDText reports whether v is empty or a UID of two components or
+// more (PS3.5 9.1), which stowline logs on purpose: a Patient ID,
+// accession number or date of digits only is no UID.
 func isUIDText(v string) bool {
 	v = strings.TrimSpace(v)
-	return v == "" || uidSyntax.MatchString(v)
+	return v == "" || strings.Contains(v, ".") && dicomgen.ValidUID(v)
 }
 
 // nextRune is the first character of s, a JSON \u escape (escaped once
