@@ -210,25 +210,19 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ack, err := h.pub.Publish(ctx, ev)
 	h.m.publishSeconds.Observe(time.Since(start).Seconds())
-	if errors.Is(err, natsjs.ErrStorageFull) {
-		// JetStream answered, and refused: nothing is stored until space
-		// is freed. Not "unavailable", which sends the reader after a
-		// NATS that is up.
-		span.SetStatus(codes.Error, "JetStream's storage is full")
-		log.Error("event not stored: JetStream refused it, its storage is full",
-			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
-			"study_instance_uid", ev.StudyInstanceUID, "err", err)
-		h.reject(w, r, http.StatusServiceUnavailable, "jetstream_full",
-			"the event was not stored, retry later: "+err.Error())
-		return
-	}
 	if err != nil {
-		span.SetStatus(codes.Error, "JetStream did not acknowledge")
-		log.Error("event not stored: JetStream did not acknowledge",
+		why, reason, answer := "JetStream did not acknowledge", "jetstream_unavailable", "JetStream did not acknowledge the event, retry later: "
+		if errors.Is(err, natsjs.ErrStorageFull) {
+			// JetStream answered, and refused: nothing is stored until
+			// space is freed. Not "unavailable", which sends the reader
+			// after a NATS that is up.
+			why, reason, answer = "JetStream refused it, its storage is full", "jetstream_full", "the event was not stored, retry later: "
+		}
+		span.SetStatus(codes.Error, why)
+		log.Error("event not stored: "+why,
 			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "err", err)
-		h.reject(w, r, http.StatusServiceUnavailable, "jetstream_unavailable",
-			"JetStream did not acknowledge the event, retry later: "+err.Error())
+		h.reject(w, r, http.StatusServiceUnavailable, reason, answer+err.Error())
 		return
 	}
 	result := "accepted"
