@@ -7,10 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
 )
 
 // TestStreamWindowBeforeTheStreamIsSaid: a backfill or re-forward from the
@@ -22,24 +24,9 @@ import (
 // window within the stream gets no such note.
 func TestStreamWindowBeforeTheStreamIsSaid(t *testing.T) {
 	// Over TCP: the commands connect to NATS_URL.
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "backfill", Host: "127.0.0.1", Port: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	js := srv.JS
 	ctx := t.Context()
-	if _, err := natsjs.DefaultTopology().EnsureEvents(ctx, js); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := natsjs.DefaultTopology().EnsureLanes(ctx, js, []string{"new"}); err != nil {
 		t.Fatal(err)
 	}
