@@ -176,15 +176,10 @@ func (g *clientCredentials) asserted(ctx context.Context, cc *clientcredentials.
 	return cc.Token(ctx)
 }
 
-// assertionClockSlack is how far the provider's clock (its answer's Date,
-// whole seconds) may be from the time assertions are signed at before a
-// refusal is taken for one of the assertion's time: the assertion is
-// valid from assertionSkew before it.
-const assertionClockSlack = assertionSkew
-
 // refusedForTime reports whether err is the provider's refusal (400 or
 // 401) of an assertion signed used away from this host's clock while its
-// own clock (the answer's Date) is off by at least assertionClockSlack
+// own clock (the answer's Date, whole seconds) is off by at least
+// assertionSkew, the slack an assertion has before its issue time,
 // from that; off is the offset to sign at instead (0 when the clocks
 // agree within the slack).
 func (g *clientCredentials) refusedForTime(err error, used time.Duration) (off time.Duration, ok bool) {
@@ -197,10 +192,10 @@ func (g *clientCredentials) refusedForTime(err error, used time.Duration) (off t
 		return 0, false
 	}
 	off = date.Sub(g.now())
-	if off.Abs() < assertionClockSlack {
+	if off.Abs() < assertionSkew {
 		off = 0
 	}
-	return off, (off - used).Abs() >= assertionClockSlack
+	return off, (off - used).Abs() >= assertionSkew
 }
 
 func (g *clientCredentials) tokenEndpoint(ctx context.Context) (string, error) {
