@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -166,20 +165,22 @@ type writableJS struct {
 }
 
 func (w writableJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	for _, s := range []struct {
-		name     string
-		subjects []string
-	}{
-		{EventStream, []string{EventSubjectPrefix + ">", DestinationSubjectPrefix + ">"}},
-		{DeadLetterStream, []string{DeadLetterSubjectPrefix + ">"}},
-	} {
-		for _, f := range s.subjects {
-			if server.SubjectMatchesFilter(msg.Subject, f) {
-				if err := w.embedded.publishWriteErrors(s.name); err != nil {
-					return nil, err
-				}
-			}
+	if stream := streamOf(msg.Subject); stream != "" {
+		if err := w.embedded.publishWriteErrors(stream); err != nil {
+			return nil, err
 		}
 	}
 	return w.provisioningJS.PublishMsg(ctx, msg, opts...)
+}
+
+// streamOf names the stream that takes a subject stowline publishes
+// events or dead letters on, "" for any other.
+func streamOf(subject string) string {
+	switch {
+	case strings.HasPrefix(subject, EventSubjectPrefix), strings.HasPrefix(subject, DestinationSubjectPrefix):
+		return EventStream
+	case strings.HasPrefix(subject, DeadLetterSubjectPrefix):
+		return DeadLetterStream
+	}
+	return ""
 }
