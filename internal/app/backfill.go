@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -81,17 +80,12 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	if err := requireDestination(ctx, conn.JS, *destination, lane); err != nil {
 		return &usageError{fmt.Errorf("%s: %w", program, err)}
 	}
-	// Rows are written as the studies are queued, a block at a time (one
-	// Orthanc page), so that a backfill of a whole archive holds no list
-	// in memory and shows its progress.
-	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE")
-	n := 0
+	// Rows are written as the studies are queued, a block at a time, so
+	// that a backfill of a whole archive holds no list in memory and
+	// shows its progress.
+	w := newBlockTable(stdout, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE")
 	emit := func(ev *events.StudyStable) {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.LastUpdate)
-		if n++; n%sourcePage == 0 {
-			w.Flush()
-		}
+		_ = w.row("%s\t%s\t%s\t%s", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.LastUpdate)
 	}
 	dups := 0
 	if *from == "stream" {
@@ -103,12 +97,12 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	} else {
 		dups, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane, start, end, *dryRun, emit)
 	}
-	w.Flush()
+	_ = w.flush()
 	verb := "queued for"
 	if *dryRun {
 		verb = "would be queued for"
 	}
-	fmt.Fprintf(stdout, "%d studies %s %s\n", n-dups, verb, *destination)
+	fmt.Fprintf(stdout, "%d studies %s %s\n", w.rows-dups, verb, *destination)
 	if *from == "stream" {
 		streamWindowNote(ctx, conn.JS, start, stdout)
 	}
