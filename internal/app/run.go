@@ -102,6 +102,7 @@ type role interface {
 // nil without a forwarder, tp without tracing.
 func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt config.ListenTLS, admin config.Admin, singleHost bool,
 	tp trace.TracerProvider, log *slog.Logger) (*process, error) {
+	limitMemoryToCgroup(log)
 	serverTLS, err := listenTLS(lt, log)
 	if err != nil {
 		return nil, err
