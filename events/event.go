@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -161,6 +162,28 @@ func PlausibleUID(uid string) bool {
 	for i := 0; i < len(uid); i++ {
 		if c := uid[i]; !(alnum(c) || c == '.' || c == '_' || c == '-') {
 			return false
+		}
+	}
+	return true
+}
+
+// ValidUID reports whether s is a DICOM UID as PS3.5 §9.1 defines it: 1
+// to 64 characters, dot-separated numeric components, none empty and none
+// with a leading zero. Stricter than PlausibleUID: for values stowline
+// writes or must recognise as UIDs (transfer syntaxes, what redaction
+// keeps), not for UIDs Orthanc already stored.
+func ValidUID(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for c := range strings.SplitSeq(s, ".") {
+		if c == "" || (len(c) > 1 && c[0] == '0') {
+			return false
+		}
+		for i := 0; i < len(c); i++ {
+			if c[i] < '0' || c[i] > '9' {
+				return false
+			}
 		}
 	}
 	return true

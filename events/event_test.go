@@ -188,3 +188,25 @@ func TestDecodeNewerVersionWithAnotherShape(t *testing.T) {
 		t.Errorf("a current event of a wrong shape: %v, want invalid", err)
 	}
 }
+
+func TestValidUID(t *testing.T) {
+	tests := []struct {
+		uid  string
+		want bool
+	}{
+		{"1.2.840.10008.1.2.1", true},
+		{"2.25.0", true},
+		{"", false},
+		{"1..2", false},
+		{"1.2.", false},
+		{"1.2.03", false},
+		{"1.2.a", false},
+		{"1." + strings.Repeat("9", 62), true},
+		{"1." + strings.Repeat("9", 63), false},
+	}
+	for _, tc := range tests {
+		if got := ValidUID(tc.uid); got != tc.want {
+			t.Errorf("ValidUID(%q) = %v, want %v", tc.uid, got, tc.want)
+		}
+	}
+}

@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/stowline/stowline/events"
 )
 
 // Well-known UIDs used by the generated files.
@@ -148,13 +150,13 @@ func (s *InstanceSpec) validate() error {
 		{"SeriesInstanceUID", s.SeriesInstanceUID},
 		{"SOPInstanceUID", s.SOPInstanceUID},
 	} {
-		if err := validateUID(u.v); err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrInvalidSpec, u.name, err)
+		if !events.ValidUID(u.v) {
+			return fmt.Errorf("%w: %s %q is not a DICOM UID (1 to 64 characters, dot-separated numbers without leading zeros)", ErrInvalidSpec, u.name, u.v)
 		}
 	}
 	if s.FrameOfReferenceUID != "" {
-		if err := validateUID(s.FrameOfReferenceUID); err != nil {
-			return fmt.Errorf("%w: FrameOfReferenceUID: %w", ErrInvalidSpec, err)
+		if !events.ValidUID(s.FrameOfReferenceUID) {
+			return fmt.Errorf("%w: FrameOfReferenceUID %q is not a DICOM UID", ErrInvalidSpec, s.FrameOfReferenceUID)
 		}
 	}
 	if s.Rows < 1 || s.Rows > 0xFFFF || s.Columns < 1 || s.Columns > 0xFFFF {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/testharness"
 )
@@ -385,35 +386,13 @@ func TestNewUID(t *testing.T) {
 	seen := map[string]bool{}
 	for i := 0; i < 1000; i++ {
 		u := dicomgen.NewUID()
-		if !re.MatchString(u) || len(u) > 64 || !dicomgen.ValidUID(u) {
+		if !re.MatchString(u) || len(u) > 64 || !events.ValidUID(u) {
 			t.Fatalf("bad UID %q", u)
 		}
 		if seen[u] {
 			t.Fatalf("duplicate UID %q", u)
 		}
 		seen[u] = true
-	}
-}
-
-func TestValidUID(t *testing.T) {
-	tests := []struct {
-		uid  string
-		want bool
-	}{
-		{"1.2.840.10008.1.2.1", true},
-		{"2.25.0", true},
-		{"", false},
-		{"1..2", false},
-		{"1.2.", false},
-		{"1.2.03", false},
-		{"1.2.a", false},
-		{"1." + strings.Repeat("9", 62), true},
-		{"1." + strings.Repeat("9", 63), false},
-	}
-	for _, tc := range tests {
-		if got := dicomgen.ValidUID(tc.uid); got != tc.want {
-			t.Errorf("ValidUID(%q) = %v, want %v", tc.uid, got, tc.want)
-		}
 	}
 }
 

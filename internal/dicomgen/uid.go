@@ -2,9 +2,7 @@ package dicomgen
 
 import (
 	"crypto/rand"
-	"fmt"
 	"math/big"
-	"strings"
 )
 
 // implementationClassUID identifies files written by this package in the
@@ -24,33 +22,4 @@ func NewUID() string {
 	b[6] = b[6]&0x0f | 0x40 // version 4
 	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
 	return "2.25." + new(big.Int).SetBytes(b[:]).String()
-}
-
-// ValidUID reports whether s is a syntactically valid DICOM UID: 1 to 64
-// characters, dot-separated numeric components without leading zeros.
-func ValidUID(s string) bool {
-	return validateUID(s) == nil
-}
-
-func validateUID(s string) error {
-	if s == "" {
-		return fmt.Errorf("empty UID")
-	}
-	if len(s) > 64 {
-		return fmt.Errorf("uid is %d characters, more than 64", len(s))
-	}
-	for _, c := range strings.Split(s, ".") {
-		if c == "" {
-			return fmt.Errorf("uid %q has an empty component", s)
-		}
-		if len(c) > 1 && c[0] == '0' {
-			return fmt.Errorf("uid %q has a component with a leading zero", s)
-		}
-		for i := 0; i < len(c); i++ {
-			if c[i] < '0' || c[i] > '9' {
-				return fmt.Errorf("uid %q has a non-digit character", s)
-			}
-		}
-	}
-	return nil
 }

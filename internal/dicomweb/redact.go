@@ -7,7 +7,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/events"
 )
 
 // quotedValue finds a value a destination quotes after "Content" or
@@ -177,7 +177,7 @@ func writeRedactedString(b *strings.Builder, s string, q int) string {
 // accession number or date of digits only is no UID.
 func isUIDText(v string) bool {
 	v = strings.TrimSpace(v)
-	return v == "" || strings.Contains(v, ".") && dicomgen.ValidUID(v)
+	return v == "" || strings.Contains(v, ".") && events.ValidUID(v)
 }
 
 // nextRune is the first character of s, a JSON \u escape (escaped once
