@@ -176,21 +176,42 @@ func decode(seq uint64, data []byte) (*Entry, error) {
 // List returns the letters f selects (every letter if f.All), oldest
 // first; never nil, so that JSON shows none as [].
 func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
+	entries, _, err := s.Page(ctx, f, 0, 0)
+	return entries, err
+}
+
+// errPageFull ends a Page's read once it found a letter past its limit.
+var errPageFull = errors.New("page full")
+
+// Page lists, oldest first, the letters f selects whose sequence is above
+// after, at most limit of them (0: no limit); more reports that another
+// letter f selects follows the last one returned: the next page starts
+// after its Seq. Pages keep an admin API's answer bounded: a letter may
+// hold up to maxLetterBytes.
+func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit int) (entries []Entry, more bool, err error) {
 	if f.Seq != 0 {
+		if f.Seq <= after {
+			return []Entry{}, false, nil
+		}
 		e, err := s.Get(ctx, f.Seq)
 		if errors.Is(err, ErrNotFound) {
-			return []Entry{}, nil
+			return []Entry{}, false, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if !f.match(e) {
-			return []Entry{}, nil
+			return []Entry{}, false, nil
 		}
-		return []Entry{*e}, nil
+		return []Entry{*e}, false, nil
 	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsjs.DeadLetterSubjectPrefix + ">"}}
-	if !f.Since.IsZero() {
+	switch {
+	case after > 0:
+		// match applies Since to the letters read from there.
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = after + 1
+	case !f.Since.IsZero():
 		// The stream starts at NATS's storage time, the filter is on the
 		// forwarder's DeadLetteredAt: reading from a margin earlier keeps
 		// a forwarder whose clock runs ahead of NATS's from hiding its
@@ -200,17 +221,25 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 		cfg.OptStartTime = &since
 	}
 	out := []Entry{}
-	err := readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, func(seq uint64, _ time.Time, data []byte) error {
+	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, func(seq uint64, _ time.Time, data []byte) error {
 		e, err := decode(seq, data)
 		if err != nil {
 			return err
 		}
-		if f.match(e) {
-			out = append(out, *e)
+		if !f.match(e) {
+			return nil
 		}
+		if limit > 0 && len(out) == limit {
+			more = true
+			return errPageFull
+		}
+		out = append(out, *e)
 		return nil
 	})
-	return out, err
+	if errors.Is(err, errPageFull) {
+		err = nil
+	}
+	return out, more, err
 }
 
 // sinceClockMargin is how far ahead of NATS's clock a forwarder's may

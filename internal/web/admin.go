@@ -32,7 +32,7 @@ type AdminAPI struct {
 
 // Mount adds the /admin routes to r.
 //
-//	GET  /admin/deadletters            ?destination ?seq ?study ?orthancStudyId ?class ?reason ?since
+//	GET  /admin/deadletters            ?destination ?seq ?study ?orthancStudyId ?class ?reason ?since ?limit ?after
 //	GET  /admin/deadletters/{seq}
 //	POST /admin/deadletters/replay     {"destination":…, "study":…, "all":true, "dryRun":true, …}
 //	POST /admin/deadletters/purge      same body
@@ -83,13 +83,38 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	if f.Empty() {
 		f.All = true
 	}
-	entries, err := a.Store.List(r.Context(), f)
+	limit, after := defaultPage, uint64(0)
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxPage {
+			WriteError(w, http.StatusBadRequest, "limit: want 1 to "+strconv.Itoa(maxPage))
+			return
+		}
+	}
+	if v := q.Get("after"); v != "" {
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			WriteError(w, http.StatusBadRequest, "after: want a dead-letter sequence number (the previous answer's next)")
+			return
+		}
+	}
+	entries, more, err := a.Store.Page(r.Context(), f, after, limit)
 	if err != nil {
 		a.fail(w, "list dead letters", err)
 		return
 	}
-	answerLate(w, http.StatusOK, map[string]any{"entries": entries})
+	answer := map[string]any{"entries": entries}
+	if more {
+		answer["next"] = entries[len(entries)-1].Seq
+	}
+	answerLate(w, http.StatusOK, answer)
 }
+
+// defaultPage and maxPage bound a dead-letter listing: a letter holds up
+// to 1000 failed instances (half a megabyte), and an outage's thousands
+// of letters in one answer would hold gigabytes in the forwarder.
+const (
+	defaultPage = 100
+	maxPage     = 1000
+)
 
 func (a *AdminAPI) show(w http.ResponseWriter, r *http.Request) {
 	seq, err := strconv.ParseUint(chi.URLParam(r, "seq"), 10, 64)

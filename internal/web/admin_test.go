@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/internal/web"
@@ -239,6 +240,76 @@ func TestAdminReforwardSaysWhenTheWindowPrecedesTheStream(t *testing.T) {
 		}
 		if noted := strings.Contains(body.Note, "the event stream holds the events received since"); noted != tt.noted {
 			t.Errorf("since %s: note %q, want one: %v", tt.since, body.Note, tt.noted)
+		}
+	}
+}
+
+// TestAdminListsDeadLettersInPages: a listing answers at most limit
+// letters and the sequence to continue after; the pages together hold
+// every letter the filter selects, once. Without pages an outage's
+// thousands of letters (each up to half a megabyte) made one answer.
+func TestAdminListsDeadLettersInPages(t *testing.T) {
+	f := start(t) // letter 1: the default destination
+	for i := range 6 {
+		ev := f.ev
+		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392599%d", i)
+		l := &forward.DeadLetter{Event: ev, Class: forward.Permanent, Reason: fmt.Sprintf("letter %d", i+2),
+			Attempts: 1, DeadLetteredAt: time.Now().UTC()}
+		if i%2 == 0 {
+			l.Destination = "ai" // letters 2, 4, 6
+		}
+		if _, err := f.store.Add(t.Context(), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	list := func(query string) (status int, seqs []uint64, next uint64) {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodGet, "/admin/deadletters?"+query, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		var answer struct {
+			Entries []struct {
+				Seq uint64 `json:"seq"`
+			} `json:"entries"`
+			Next uint64 `json:"next"`
+		}
+		if rec.Code == http.StatusOK {
+			if err := json.Unmarshal(rec.Body.Bytes(), &answer); err != nil {
+				t.Fatalf("%s: %v", query, err)
+			}
+		}
+		for _, e := range answer.Entries {
+			seqs = append(seqs, e.Seq)
+		}
+		return rec.Code, seqs, answer.Next
+	}
+	for _, tt := range []struct {
+		query string
+		seqs  []uint64
+		next  uint64
+	}{
+		{"", []uint64{1, 2, 3, 4, 5, 6, 7}, 0},
+		{"limit=3", []uint64{1, 2, 3}, 3},
+		{"limit=3&after=3", []uint64{4, 5, 6}, 6},
+		{"limit=3&after=6", []uint64{7}, 0},
+		{"limit=2&destination=ai", []uint64{2, 4}, 4},
+		{"limit=2&destination=ai&after=4", []uint64{6}, 0},
+		{"limit=1&seq=4&after=3", []uint64{4}, 0},
+		{"seq=4&after=4", nil, 0},
+		{"after=99", nil, 0},
+	} {
+		status, seqs, next := list(tt.query)
+		if status != http.StatusOK || fmt.Sprint(seqs) != fmt.Sprint(tt.seqs) || next != tt.next {
+			t.Errorf("%q: status %d, letters %v, next %d; want 200, %v, %d", tt.query, status, seqs, next, tt.seqs, tt.next)
+		}
+	}
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "after=-1"} {
+		if status, _, _ := list(q); status != http.StatusBadRequest {
+			t.Errorf("%q: status %d, want 400", q, status)
 		}
 	}
 }
