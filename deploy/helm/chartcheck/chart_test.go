@@ -62,6 +62,7 @@ func TestEverything(t *testing.T) {
 	values := merged(required(), map[string]any{
 		"keda":           map[string]any{"enabled": true, "useHttps": true, "account": "STOWLINE"},
 		"serviceMonitor": map[string]any{"enabled": true, "labels": map[string]any{"release": "prometheus"}},
+		"prometheusRule": map[string]any{"enabled": true, "labels": map[string]any{"release": "prometheus"}},
 		"secrets": map[string]any{
 			"existingSecret":     "stowline-secrets",
 			"existingSecretKeys": []any{"INGEST_TOKEN", "ADMIN_TOKEN", "OAUTH_CLIENT_SECRET", "INGEST_HMAC_SECRET"},
@@ -92,7 +93,7 @@ func TestEverything(t *testing.T) {
 	objs := render(t, values)
 	want := map[string]int{
 		"Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "NetworkPolicy": 2,
-		"ServiceAccount": 1, "ScaledObject": 1, "ServiceMonitor": 1,
+		"ServiceAccount": 1, "ScaledObject": 1, "ServiceMonitor": 1, "PrometheusRule": 1,
 	}
 	if got := objs.kinds(); !maps.Equal(got, want) {
 		t.Errorf("objects %v, want %v (an existing Secret: none created)", got, want)
@@ -133,6 +134,9 @@ func TestEverything(t *testing.T) {
 	sm := of[*monitoringv1.ServiceMonitor](objs)[0]
 	if sm.Labels["release"] != "prometheus" {
 		t.Errorf("ServiceMonitor labels %v lack serviceMonitor.labels", sm.Labels)
+	}
+	if pr := of[*monitoringv1.PrometheusRule](objs)[0]; pr.Labels["release"] != "prometheus" {
+		t.Errorf("PrometheusRule labels %v lack prometheusRule.labels", pr.Labels)
 	}
 	// Orthanc's 200 threads less 10 reserved, 16 connections a replica.
 	so := of[*scaledObject](objs)[0]

@@ -232,6 +232,8 @@ func newObject(tm metav1.TypeMeta) (any, bool) {
 		return &networkingv1.NetworkPolicy{}, true
 	case "monitoring.coreos.com/v1 ServiceMonitor":
 		return &monitoringv1.ServiceMonitor{}, true
+	case "monitoring.coreos.com/v1 PrometheusRule":
+		return &monitoringv1.PrometheusRule{}, true
 	case "keda.sh/v1alpha1 ScaledObject":
 		return &scaledObject{}, true
 	}
