@@ -239,6 +239,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		TransferSyntaxesVar: d.VarName("STOW_TRANSFER_SYNTAXES"),
 		ExactLength:         d.Provider == config.ProviderAWS,
 		AckWait:             fc.AckWait,
+		Connected:           p.conn.NC.IsConnected,
 		RetryDelay:          fc.RetryDelay,
 		RetryMaxDelay:       fc.RetryMaxDelay,
 		MaxDeliveries:       fc.MaxDeliveries,

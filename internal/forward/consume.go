@@ -145,7 +145,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 
 	f.m.inFlight.Inc()
-	stopProgress := keepAlive(msg, progressInterval(f.opts.AckWait), log)
+	stopProgress := keepAlive(msg, progressInterval(f.opts.AckWait), f.opts.Connected, log)
 	start := time.Now()
 	rep, err := f.transferGuarded(ctx, a, log)
 	stopProgress()
@@ -252,8 +252,10 @@ func progressInterval(ackWait time.Duration) time.Duration {
 //
 // While NATS is unreachable every signal fails, every second for every
 // study in hand: the first failure is a warning, then one a minute with
-// the count, and the signals' return is logged once.
-func keepAlive(msg jetstream.Msg, interval time.Duration, log *slog.Logger) (stop func()) {
+// the count, and the signals' return is logged once. A signal the client
+// only buffers while it reconnects (connected false; nil: not checked)
+// counts as failed: JetStream does not get it, and the ack wait runs.
+func keepAlive(msg jetstream.Msg, interval time.Duration, connected func() bool, log *slog.Logger) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -265,7 +267,11 @@ func keepAlive(msg jetstream.Msg, interval time.Duration, log *slog.Logger) (sto
 			case <-done:
 				return
 			case <-t.C:
-				if err := msg.InProgress(); err != nil {
+				err := msg.InProgress()
+				if err == nil && connected != nil && !connected() {
+					err = errNATSUnreachable
+				}
+				if err != nil {
 					if n, ok := failures.Failed(); ok {
 						log.Warn("in-progress signal failed", "err", err, "failures", n)
 					}
@@ -277,6 +283,10 @@ func keepAlive(msg jetstream.Msg, interval time.Duration, log *slog.Logger) (sto
 	})
 	return func() { close(done); wg.Wait() }
 }
+
+// errNATSUnreachable: a signal or NAK went to the client's reconnect
+// buffer, not to JetStream.
+var errNATSUnreachable = errors.New("NATS unreachable: the client holds the signal until it reconnects")
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)

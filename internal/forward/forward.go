@@ -137,6 +137,10 @@ type Options struct {
 	// AckWait is the consumer's ack wait; progress is signalled every
 	// third of it while a study uploads.
 	AckWait time.Duration
+	// Connected reports the NATS connection up (nil: not checked). While
+	// it reconnects the client buffers in-progress signals and NAKs and
+	// reports them sent; the logs must not say a study was handed back.
+	Connected func() bool
 	// RetryDelay is the first retry delay, doubled each attempt up to
 	// RetryMaxDelay, jittered within [d/2, d].
 	RetryDelay, RetryMaxDelay time.Duration

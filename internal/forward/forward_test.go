@@ -571,6 +571,12 @@ type flakyProgress struct {
 	jetstream.Msg
 	down  atomic.Bool
 	calls atomic.Int32
+	naks  atomic.Int32
+}
+
+func (m *flakyProgress) Nak() error {
+	m.naks.Add(1)
+	return nil
 }
 
 func (m *flakyProgress) InProgress() error {
@@ -591,7 +597,7 @@ func TestKeepAliveWarnsOnceAMinute(t *testing.T) {
 		log := slog.New(slog.NewJSONHandler(&logs, nil))
 		msg := &flakyProgress{}
 		msg.down.Store(true)
-		stop := keepAlive(msg, time.Second, log)
+		stop := keepAlive(msg, time.Second, nil, log)
 		time.Sleep(150*time.Second + time.Millisecond)
 		synctest.Wait()
 		msg.down.Store(false)
@@ -610,3 +616,52 @@ func TestKeepAliveWarnsOnceAMinute(t *testing.T) {
 		}
 	})
 }
+
+// TestKeepAliveWarnsWhileSignalsAreOnlyBuffered: while the client
+// reconnects, nats.go buffers an in-progress signal and reports it sent;
+// the outage was silent in the log while the ack wait ran out. Now a
+// signal sent while disconnected counts as failed.
+func TestKeepAliveWarnsWhileSignalsAreOnlyBuffered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs testharness.LogBuffer
+		log := slog.New(slog.NewJSONHandler(&logs, nil))
+		msg := &flakyProgress{} // every signal "succeeds"
+		var up atomic.Bool
+		stop := keepAlive(msg, time.Second, up.Load, log)
+		time.Sleep(90*time.Second + time.Millisecond)
+		synctest.Wait()
+		up.Store(true)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		stop()
+		out := logs.String()
+		if n := strings.Count(out, "NATS unreachable"); n != 2 {
+			t.Errorf("%d warnings naming NATS unreachable over 90 s disconnected, want 2 (at 1 s, 61 s):\n%s", n, out)
+		}
+		if n := strings.Count(out, "in-progress signals resumed"); n != 1 {
+			t.Errorf("%d 'resumed' lines, want 1:\n%s", n, out)
+		}
+	})
+}
+
+// TestHandBackSaysWhenNATSIsUnreachable: a study handed back at shutdown
+// while NATS is unreachable is not returned to the queue (the NAK stays
+// in the client's buffer): the log says it comes back after the ack wait.
+func TestHandBackSaysWhenNATSIsUnreachable(t *testing.T) {
+	for _, tt := range []struct {
+		connected func() bool
+		want      string
+	}{
+		{nil, "shutdown: study returned to the queue"},
+		{func() bool { return true }, "shutdown: study returned to the queue"},
+		{func() bool { return false }, "NATS unreachable, the study cannot be handed back"},
+	} {
+		var logs testharness.LogBuffer
+		msg := &flakyProgress{}
+		handBack(msg, tt.connected, Report{}, slog.New(slog.NewJSONHandler(&logs, nil)))
+		if !strings.Contains(logs.String(), tt.want) || msg.naks.Load() != 1 {
+			t.Errorf("log %s, %d NAKs; want %q and one NAK", logs.String(), msg.naks.Load(), tt.want)
+		}
+	}
+}
+

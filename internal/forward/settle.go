@@ -33,10 +33,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 			result = ResultNotSelected
 		}
 	case giveBack:
-		log.Warn("shutdown: study returned to the queue", "instances_sent", rep.Instances)
-		if err := msg.Nak(); err != nil {
-			log.Warn("nak on shutdown", "err", err)
-		}
+		handBack(msg, f.opts.Connected, rep, log)
 		result = ResultInterrupted
 	case retry:
 		f.m.failures.WithLabelValues(string(d.class)).Inc()
@@ -196,4 +193,21 @@ func lastResponse(err error) string {
 		return fmt.Sprintf("HTTP %d %s: %s", he.StatusCode, he.ContentType, he.Body)
 	}
 	return ""
+}
+
+// handBack NAKs a study at shutdown so another replica takes it at once.
+// With NATS unreachable the NAK only reaches the client's reconnect
+// buffer, dropped when the connection closes: JetStream sends the study
+// again once its ack wait has passed, and the log says so.
+func handBack(msg jetstream.Msg, connected func() bool, rep Report, log *slog.Logger) {
+	if connected != nil && !connected() {
+		log.Warn("shutdown: NATS unreachable, the study cannot be handed back: JetStream sends it again FORWARDER_ACK_WAIT after its last in-progress signal",
+			"instances_sent", rep.Instances)
+		_ = msg.Nak() // delivered if the client reconnects before it closes
+		return
+	}
+	log.Warn("shutdown: study returned to the queue", "instances_sent", rep.Instances)
+	if err := msg.Nak(); err != nil {
+		log.Warn("nak on shutdown", "err", err)
+	}
 }
