@@ -99,7 +99,7 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 		g.Go(func() error {
 			m, err := tc.InstanceMetadata(gctx, inst.ID)
 			if err != nil {
-				return fmt.Errorf("read the transfer syntax of instance %s: %w", inst.ID, err)
+				return fmt.Errorf("read the transfer syntax of instance %s: %w", inst.ID, instanceGone(err, inst.ID))
 			}
 			syntaxes[i] = m.TransferSyntaxUID
 			return nil
@@ -160,9 +160,23 @@ func plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
 		Size:           inst.FileSize,
 		Open: func(ctx context.Context) (io.ReadCloser, error) {
 			rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
-			return rc, err
+			return rc, instanceGone(err, inst.ID)
 		},
 	}
+}
+
+// instanceGone makes Orthanc's 404 for one instance of a listed study a
+// transient failure of the attempt: the instance was deleted after the
+// listing (a technician removing a wrongly sent image), not the study.
+// The next attempt lists the study again and sends what it holds; taken
+// for the study gone (source-missing), it was dead-lettered at once with
+// the rest of it unsent.
+func instanceGone(err error, instanceID string) error {
+	if !errors.Is(err, orthancapi.ErrNotFound) {
+		return err
+	}
+	return &Error{Class: Transient, Err: fmt.Errorf(
+		"instance %s left the source Orthanc while its study was forwarded; the next attempt lists the study again: %w", instanceID, err)}
 }
 
 // convertedPart reads the instance from Orthanc converted to the plan's
@@ -216,6 +230,7 @@ func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string
 	}
 	defer func() { endSpan(span, err) }()
 	body, err := p.src.OpenTranscodedInstance(ctx, in.id, p.target)
+	err = instanceGone(err, in.id)
 	if cannotTranscode(err) {
 		f.m.conversions.WithLabelValues(convFailed).Inc()
 		return nil, f.conversionError(uid, in.syntax, p.target, err)
