@@ -127,7 +127,7 @@ type Forwarder struct {
 	RetryMaxDelay time.Duration `env:"FORWARDER_RETRY_MAX_DELAY" envDefault:"10m" desc:"longest delay between retries of a failed study"`
 
 	MaxDeliveries       int           `env:"FORWARDER_MAX_DELIVERIES" envDefault:"48" desc:"deliveries of a study before it is dead-lettered; with the default delays the 47 waits between them add up to 3h30m to 7h (plus the attempts themselves). 0: transient failures are never dead-lettered, and JetStream stops delivering the event after 1000 deliveries"`
-	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently"`
+	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently, or read again the ones the source Orthanc failed to read"`
 	DeleteFromSource    bool          `env:"FORWARDER_DELETE_FROM_SOURCE" envDefault:"false" desc:"buffer mode: once a study is stored at the destination and acked, delete the instances that were forwarded from the source Orthanc (not when the study changed since its event); needs an Orthanc user allowed to delete"`
 	DeadLetterRetention time.Duration `env:"DEADLETTER_RETENTION" envDefault:"720h" desc:"how long dead-lettered studies are kept for replay"`
 	// Lanes: stat workers and FORWARD_WINDOWS (lanes.go).

@@ -157,7 +157,8 @@ type Options struct {
 	MaxDeliveries int
 	// InstanceRetries is how many extra rounds, within one delivery,
 	// re-send only the instances a destination refused transiently
-	// (FailedSOPSequence with e.g. A7xx or 0110).
+	// (FailedSOPSequence with e.g. A7xx or 0110), or read again alone
+	// those the source answered with its own 500 (unreadError).
 	InstanceRetries int
 	// InstanceRetryDelay is the pause before the first such round
 	// (doubling each round).

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -121,5 +122,108 @@ func testInstanceDeletedWhileForwarded(t *testing.T, rel testharness.Release) {
 	defer rec.mu.Unlock()
 	if rec.started != 2 || rec.finished[ResultForwarded] != 1 {
 		t.Errorf("%d attempts, finished %v; want a failed attempt, then the study forwarded", rec.started, rec.finished)
+	}
+}
+
+// An instance whose file the source Orthanc cannot read (its storage
+// lost the file: Orthanc answers 500) fails alone: the study's other
+// instances are sent at the first attempt, and the dead letter of the
+// last delivery names the unreadable one. Before, its request's error
+// stopped the study's requests not started yet, at every delivery, so
+// the instances after it never reached the destination.
+func TestUnreadableInstanceDoesNotHoldTheStudy(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") == "" {
+		t.Skip("starts real Orthanc servers; skipped in -short mode")
+	}
+	testharness.ForEachRelease(t, testUnreadableInstanceDoesNotHoldTheStudy)
+}
+
+func testUnreadableInstanceDoesNotHoldTheStudy(t *testing.T, rel testharness.Release) {
+	srcOrthanc := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "unreadable-src", Release: rel})
+	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "unreadable-dest", DicomWeb: true})
+	paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcOrthanc.Upload(t, paths...)
+	var studies []string
+	srcOrthanc.GetJSON(t, "/studies", &studies)
+	var study struct {
+		MainDicomTags struct{ StudyInstanceUID string }
+		LastUpdate    string
+	}
+	srcOrthanc.GetJSON(t, "/studies/"+studies[0], &study)
+	client, err := orthancapi.New(srcOrthanc.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := client.StudyInstances(context.Background(), studies[0])
+	if err != nil || len(list) != 5 {
+		t.Fatalf("listing: %d instances, %v", len(list), err)
+	}
+	// The second instance, in the order the forwarder sends them, loses
+	// its file; a restart empties Orthanc's cache of it.
+	broken := list[1]
+	if err := os.Remove(filepath.Join(srcOrthanc.Dir, "storage", broken.FileUUID[:2], broken.FileUUID[2:4], broken.FileUUID)); err != nil {
+		t.Fatal(err)
+	}
+	srcOrthanc.Stop(t)
+	srcOrthanc.Start(t)
+
+	stow, err := dicomweb.New(dest.URL+"/dicom-web", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name                    string
+		perRequest, roundsAfter int
+	}{
+		{"a request per instance", 1, 1},
+		{"one request", 5, 1},            // the others share the broken one's request
+		{"one request, no rounds", 5, 0}, // FORWARDER_INSTANCE_RETRIES=0
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dest.DeleteAll(t)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			f, err := New(Options{
+				DestinationName:    "default",
+				Consumer:           cons,
+				SourceFor:          func(string) (Source, error) { return client, nil },
+				Destination:        stow,
+				Concurrency:        1,
+				MaxInstances:       tt.perRequest,
+				MaxBytes:           1 << 20,
+				AckWait:            3 * time.Second,
+				RetryDelay:         100 * time.Millisecond,
+				RetryMaxDelay:      200 * time.Millisecond,
+				ShutdownGrace:      200 * time.Millisecond,
+				DeadLetters:        dls,
+				MaxDeliveries:      2,
+				InstanceRetries:    tt.roundsAfter,
+				InstanceRetryDelay: 50 * time.Millisecond,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			forwardOne(t, f, ns, cons, &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
+				OrthancStudyID: studies[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate})
+			held := dest.InstanceMD5s(t)
+			for i, in := range list {
+				if _, ok := held[in.SOPInstanceUID]; ok != (i != 1) {
+					t.Errorf("instance %d of 5 (%s) at the destination: %v; want every instance but the unreadable one", i+1, in.SOPInstanceUID, ok)
+				}
+			}
+			letters := dls.all()
+			if len(letters) != 1 {
+				t.Fatalf("%d dead letters, want 1", len(letters))
+			}
+			l := letters[0]
+			if l.Class != Transient || l.Attempts != 2 || len(l.Failures) != 1 || l.Failures[0].SOPInstanceUID != broken.SOPInstanceUID ||
+				!strings.Contains(l.Reason, "source Orthanc") || !strings.Contains(l.Failures[0].Text, "HTTP 500") {
+				t.Errorf("dead letter: class %q, attempts %d, reason %q, failures %+v", l.Class, l.Attempts, l.Reason, l.Failures)
+			}
+		})
 	}
 }

@@ -160,9 +160,35 @@ func plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
 		Size:           inst.FileSize,
 		Open: func(ctx context.Context) (io.ReadCloser, error) {
 			rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
-			return rc, instanceGone(err, inst.ID)
+			return rc, instanceUnread(instanceGone(err, inst.ID), inst.SOPInstanceUID)
 		},
 	}
+}
+
+// unreadError is an instance whose file the source Orthanc answered with
+// an error of its own (a 500 with its JSON error: the file missing from
+// its storage, "does not point to a regular file"). It fails that
+// instance, not the study's others: they are sent without it, and it is
+// read again in the instance retry rounds. Failing the request, it
+// stopped the study's requests not started yet, at every delivery, so
+// the instances after it never reached the destination.
+type unreadError struct {
+	SOPInstanceUID string
+	Err            error
+}
+
+func (e *unreadError) Error() string { return e.Err.Error() }
+func (e *unreadError) Unwrap() error { return e.Err }
+
+// instanceUnread makes Orthanc's own 500 for one instance an unreadError.
+// Other failures (Orthanc down or overloaded, a proxy's answer, refused
+// credentials) are about every instance and fail the attempt as before.
+func instanceUnread(err error, uid string) error {
+	var oe *orthancapi.Error
+	if errors.As(err, &oe) && oe.StatusCode == http.StatusInternalServerError && oe.OrthancMessage != "" {
+		return &unreadError{SOPInstanceUID: uid, Err: err}
+	}
+	return err
 }
 
 // instanceGone makes Orthanc's 404 for one instance of a listed study a
@@ -236,7 +262,7 @@ func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string
 		return nil, f.conversionError(uid, in.syntax, p.target, err)
 	}
 	if err != nil {
-		return nil, err
+		return nil, instanceUnread(err, uid)
 	}
 	head := make([]byte, dicmOffset+4)
 	// io.ReadFull says io.ErrUnexpectedEOF for a short answer, and so

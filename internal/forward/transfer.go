@@ -80,7 +80,8 @@ func (r *Report) add(o Report) {
 // transfer sends every instance of the attempt's study to the destination.
 // It returns nil only when the destination confirmed every SOP instance;
 // otherwise an error that Classify understands. Instances the destination
-// refused transiently are re-sent alone, up to InstanceRetries rounds.
+// refused transiently are re-sent alone, up to InstanceRetries rounds;
+// so are those the source failed to read, each in a request of its own.
 func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err error) {
 	ev := a.Event
 	f.sending.Add(1)
@@ -173,17 +174,24 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			f.rememberStored(ctx, ev, ids)
 		}
 	}()
-	var upsert []dicomweb.Part
+	// alone are instances the source failed to read, read again each in a
+	// request of its own: failing again, they break off no other.
+	var upsert, alone []dicomweb.Part
 	for transientRounds := 0; ; {
 		var outs []batchOutcome
 		for _, send := range []struct {
 			parts []dicomweb.Part
 			put   bool
-		}{{pending, false}, {upsert, true}} {
+			size  int
+		}{{pending, false, 0}, {upsert, true, 0}, {alone, false, 1}} {
 			if len(send.parts) == 0 {
 				continue
 			}
-			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, f.requestSize(len(send.parts)), f.opts.MaxBytes), &rep, send.put, ours)
+			size := send.size
+			if size == 0 {
+				size = f.requestSize(len(send.parts))
+			}
+			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, size, f.opts.MaxBytes), &rep, send.put, ours)
 			// What was confirmed counts, whether or not another request
 			// of the round failed; and so do its warnings, for the
 			// deferred remember to leave out copies stored changed.
@@ -203,9 +211,11 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		var retry, again []dicomweb.Part
 		var conflicts []conflicted
 		var skipped []string
+		var unread []Instance
 		notDone := map[string]bool{}
 		for _, out := range outs {
 			retry = append(retry, out.retry...)
+			unread = append(unread, out.unread...)
 			again = append(again, out.again...)
 			rejected = append(rejected, out.rejected...)
 			conflicts = append(conflicts, out.conflicts...)
@@ -252,12 +262,13 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		if err != nil {
 			return rep, err
 		}
-		pending, upsert = append(append(retry, resend...), again...), up
+		others, unreadAgain := splitUnread(retry, unread)
+		pending, upsert, alone = append(append(others, resend...), again...), up, unreadAgain
 		for _, p := range again {
 			all[at[p.SOPInstanceUID]] = p
 		}
 		unlisted := false
-		if len(pending)+len(upsert) == 0 && len(rejected)+len(st.dead)+len(st.nonPrimary) == 0 && f.opts.Verifier != nil {
+		if len(pending)+len(upsert)+len(alone) == 0 && len(rejected)+len(st.dead)+len(st.nonPrimary) == 0 && f.opts.Verifier != nil {
 			// Every instance confirmed: does the archive list them?
 			if retry, err = f.verify(ctx, ev.StudyInstanceUID, all, &rep); err != nil {
 				return rep, err
@@ -266,15 +277,24 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			// Not held after all: counted again once confirmed again.
 			rep.Instances -= len(retry)
 		}
-		if len(pending)+len(upsert) == 0 {
+		if len(pending)+len(upsert)+len(alone) == 0 {
 			break
 		}
-		if len(retry) == 0 {
-			continue // only replacements or conversions: no pause, no transient round
+		if len(retry) == 0 || len(again) > 0 && len(unread) > 0 {
+			// Only replacements or conversions, or the rest of requests
+			// an instance the source failed to read broke off (sent now
+			// without it): no pause, no transient round.
+			continue
 		}
 		if transientRounds >= f.opts.InstanceRetries {
 			if unlisted {
 				return rep, missingError(retry, len(all), transientRounds+1)
+			}
+			if len(unread) > 0 {
+				// Named in the dead letter of the last delivery, with
+				// the source's answer.
+				return rep, &Error{Class: Transient, Err: fmt.Errorf("the source Orthanc failed to read %d instances in %d rounds (first: %s: %s)",
+					len(unread), transientRounds+1, unread[0].SOPInstanceUID, unread[0].Text), Instances: slices.Concat(rejected, st.dead, st.nonPrimary, unread)}
 			}
 			// Transient, but the instances refused for good so far stay
 			// named: the dead letter of the last delivery lists them.
@@ -283,6 +303,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		}
 		transientRounds++
 		what := "re-sending instances the destination refused transiently"
+		if len(unread) > 0 {
+			what = "reading instances again that the source Orthanc failed to read"
+		}
 		if unlisted {
 			what = "re-sending instances the destination confirmed but does not list (STOW_VERIFY=qido)"
 		}
@@ -441,6 +464,9 @@ type batchOutcome struct {
 	nonPrimary []Instance
 	// warned were stored with a warning.
 	warned []dicomweb.Warning
+	// unread are the instances of retry the source failed to read, with
+	// its error.
+	unread []Instance
 	// confirmed are the SOP Instance UIDs the destination holds as sent:
 	// stored, or already stored by stowline before.
 	confirmed []string
@@ -466,6 +492,12 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		// instance Orthanc could not convert is refused, the others
 		// are sent again.
 		return conversionOutcome(batch, ce), nil
+	}
+	var ue *unreadError
+	if errors.As(err, &ue) && slices.ContainsFunc(batch, func(p dicomweb.Part) bool { return p.SOPInstanceUID == ue.SOPInstanceUID }) {
+		// Likewise for an instance the source failed to read: it is
+		// read again in the next round, the others are sent again now.
+		return unreadOutcome(batch, ue), nil
 	}
 	if err != nil {
 		// A STOW response on an error status still says per instance
@@ -605,6 +637,37 @@ func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome 
 	for _, p := range batch {
 		if p.SOPInstanceUID == ce.SOPInstanceUID {
 			out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, Text: ce.Error()})
+		} else {
+			out.again = append(out.again, p)
+		}
+	}
+	return out
+}
+
+// splitUnread splits retry into the instances the source failed to read
+// (unread) and the others.
+func splitUnread(retry []dicomweb.Part, unread []Instance) (others, failed []dicomweb.Part) {
+	if len(unread) == 0 {
+		return retry, nil
+	}
+	for _, p := range retry {
+		if slices.ContainsFunc(unread, func(u Instance) bool { return u.SOPInstanceUID == p.SOPInstanceUID }) {
+			failed = append(failed, p)
+		} else {
+			others = append(others, p)
+		}
+	}
+	return others, failed
+}
+
+// unreadOutcome: the instance the source failed to read is tried again
+// after a pause, the rest of its request is sent again at once.
+func unreadOutcome(batch []dicomweb.Part, ue *unreadError) batchOutcome {
+	var out batchOutcome
+	for _, p := range batch {
+		if p.SOPInstanceUID == ue.SOPInstanceUID {
+			out.retry = append(out.retry, p)
+			out.unread = append(out.unread, Instance{SOPInstanceUID: p.SOPInstanceUID, Text: ue.Error()})
 		} else {
 			out.again = append(out.again, p)
 		}
