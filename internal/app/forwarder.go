@@ -227,6 +227,8 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 	o := &forward.Options{
 		DestinationName:       d.Name,
 		SourceFor:             r.sourceFor,
+		SourceProbe:           r.probeSource,
+		SourceHolds:           r.sourceHolds(fc.Concurrency),
 		Destination:           client.STOW,
 		Concurrency:           fc.Concurrency,
 		MaxInstances:          d.StowMaxInstances,
@@ -303,6 +305,28 @@ func (r *forwarderRole) sourceFor(name string) (forward.Source, error) {
 		return nil, &forward.Error{Class: forward.Permanent, Err: err}
 	}
 	return c, nil
+}
+
+// probeSource asks the named source Orthanc for /system: whether it
+// answers at all. An unknown source answers nothing to wait for.
+func (r *forwarderRole) probeSource(ctx context.Context, name string) error {
+	c, err := r.sources.Lookup(name)
+	if err != nil {
+		return nil
+	}
+	_, err = c.System(ctx)
+	return err
+}
+
+// sourceHolds is how many studies may wait at once for their source to
+// answer again: every worker with one source (nothing else could be
+// sent meanwhile); with several, all but one worker (when there are two
+// or more), which stays for the other sources' studies.
+func (r *forwarderRole) sourceHolds(concurrency int) int {
+	if len(r.sources.List()) > 1 {
+		return max(1, concurrency-1)
+	}
+	return concurrency
 }
 
 // cleanerFor returns the Orthanc of the event's source for buffer mode.

@@ -494,6 +494,16 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			return rep, nil
 		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID) {
+			if err != nil && f.opts.SourceProbe != nil && Classify(err) == Transient && ctx.Err() == nil {
+				sourceHeld, herr := f.holdForSource(ctx, a, err, log)
+				if herr != nil {
+					return rep, herr
+				}
+				if sourceHeld {
+					trial = false // record ended a trial
+					continue
+				}
+			}
 			if held > 0 && err == nil {
 				log.Info("held study forwarded after the destination came back", "holds", held)
 			}

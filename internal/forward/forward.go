@@ -108,7 +108,13 @@ type Options struct {
 	// warned about (lanes.go, queueAge). 0: not known.
 	EventsRetention time.Duration
 	// SourceFor returns the Orthanc that an event's source names.
-	SourceFor   func(source string) (Source, error)
+	SourceFor func(source string) (Source, error)
+	// SourceProbe asks the source an event names whether it answers (a
+	// cheap request: Orthanc's /system); nil: studies are not held for
+	// their source. SourceHolds is the most studies held at once while
+	// their source is unreachable (holdForSource; 0: Concurrency).
+	SourceProbe func(ctx context.Context, source string) error
+	SourceHolds int
 	Destination Destination
 	// Router, if set, selects what of each study goes to the destination;
 	// without it every instance of every study does.
@@ -234,6 +240,8 @@ type Forwarder struct {
 	// on, to recognise one delivered again meanwhile.
 	inHandMu sync.Mutex
 	inHand   map[uint64]bool
+	// sourceHolds has a slot per study that may be held for its source.
+	sourceHolds chan struct{}
 }
 
 // New validates opts and returns a Forwarder.
@@ -312,7 +320,12 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
-	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{}}
+	holds := opts.SourceHolds
+	if holds <= 0 {
+		holds = opts.Concurrency
+	}
+	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
+		sourceHolds: make(chan struct{}, holds)}
 	if err := fw.plan.registerOpen(reg, opts.DestinationName); err != nil {
 		return nil, err
 	}

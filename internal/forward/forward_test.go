@@ -664,4 +664,3 @@ func TestHandBackSaysWhenNATSIsUnreachable(t *testing.T) {
 		}
 	}
 }
-

@@ -39,6 +39,8 @@ type metrics struct {
 	breakerState       prometheus.Gauge
 	breakerTransitions *prometheus.CounterVec
 	held               prometheus.Gauge
+	// sourceHeld: studies held while their source is unreachable.
+	sourceHeld *prometheus.GaugeVec
 	// lanePulls and laneBusy: events pulled and studies in flight by
 	// priority lane (lanes.go).
 	lanePulls *prometheus.CounterVec
@@ -164,6 +166,11 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		Help:        "Studies this process holds, unsettled, until the destination's circuit breaker closes.",
 		ConstLabels: labels,
 	})
+	m.sourceHeld = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name:        "stowline_forwarder_studies_held_for_source",
+		Help:        "Studies this process holds, unsettled and without spending a delivery, until their source Orthanc (source) answers again.",
+		ConstLabels: labels,
+	}, []string{"source"})
 	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
@@ -189,7 +196,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.lanePulls, m.laneBusy, m.laneAge, m.retention} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.sourceHeld, m.lanePulls, m.laneBusy, m.laneAge, m.retention} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

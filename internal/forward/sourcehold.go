@@ -1,0 +1,75 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+const (
+	// sourceHoldWait is the first wait before a held study's source is
+	// probed again, doubled up to sourceHoldMaxWait.
+	sourceHoldWait    = 5 * time.Second
+	sourceHoldMaxWait = time.Minute
+	// sourceProbeTimeout bounds one probe of a source.
+	sourceProbeTimeout = 10 * time.Second
+)
+
+// sourceDown reports whether a probe's error says the source Orthanc is
+// unreachable or failing as a whole (no answer, a 5xx, a proxy's answer)
+// rather than answering: refused credentials or a 404 are answers.
+func sourceDown(probeErr error) bool {
+	return probeErr != nil && Classify(probeErr) == Transient
+}
+
+// holdForSource is called after an attempt failed transiently for a
+// reason other than the destination. When the study's source does not
+// answer a probe either, the study is held, its message kept in progress,
+// until the source answers again, and the attempt runs again within its
+// delivery: a source outage of any length spends no delivery and
+// dead-letters nothing (each failed attempt did, so an Orthanc down for
+// a weekend dead-lettered every study queued meanwhile). held is false
+// when the source answers (the failure is the study's: the usual retry
+// follows) or when SourceHolds studies are held already: with several
+// sources, a worker stays for the others'. err is set when ctx ended
+// while held.
+func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, log *slog.Logger) (held bool, err error) {
+	probe := func() error {
+		pctx, cancel := context.WithTimeout(ctx, sourceProbeTimeout)
+		defer cancel()
+		return f.opts.SourceProbe(pctx, a.Event.Source)
+	}
+	perr := probe()
+	if !sourceDown(perr) {
+		return false, nil
+	}
+	select {
+	case f.sourceHolds <- struct{}{}:
+	default:
+		log.Warn("source Orthanc unreachable, and enough studies already wait for a source: this one is retried as usual, spending a delivery",
+			"source", a.Event.Source, "err", cause, "probe_err", perr, "held", cap(f.sourceHolds))
+		return false, nil
+	}
+	defer func() { <-f.sourceHolds }()
+	g := f.m.sourceHeld.WithLabelValues(a.Event.Source)
+	g.Inc()
+	defer g.Dec()
+	log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",
+		"source", a.Event.Source, "err", cause, "probe_err", perr)
+	start := time.Now()
+	for wait := sourceHoldWait; ; wait = min(2*wait, sourceHoldMaxWait) {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return true, fmt.Errorf("held while the source Orthanc %q was unreachable (%v): %w", a.Event.Source, cause, ctx.Err())
+		case <-t.C:
+		}
+		if perr = probe(); !sourceDown(perr) {
+			log.Info("source Orthanc answers again: the held study is sent", "source", a.Event.Source,
+				"held_s", int(time.Since(start).Seconds()))
+			return true, nil
+		}
+	}
+}

@@ -1,0 +1,148 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// A source Orthanc that stops answering while its study is queued holds
+// the study, its delivery unspent, until it answers again: with
+// FORWARDER_MAX_DELIVERIES=1 the first failed attempt used to
+// dead-letter it ("gave up after 1 deliveries"), as a long Orthanc outage
+// did to every study queued meanwhile after 48. Real Orthanc, stopped and
+// started again.
+func TestSourceOutageHoldsTheStudy(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") == "" {
+		t.Skip("starts real Orthanc servers; skipped in -short mode")
+	}
+	srcOrthanc := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "outage-src"})
+	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "outage-dest", DicomWeb: true})
+	paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcOrthanc.Upload(t, paths...)
+	var studies []string
+	srcOrthanc.GetJSON(t, "/studies", &studies)
+	var study struct {
+		MainDicomTags struct{ StudyInstanceUID string }
+		LastUpdate    string
+	}
+	srcOrthanc.GetJSON(t, "/studies/"+studies[0], &study)
+	client, err := orthancapi.New(srcOrthanc.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stow, err := dicomweb.New(dest.URL+"/dicom-web", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcOrthanc.Stop(t)
+
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	var logs testharness.LogBuffer
+	f, err := New(Options{
+		DestinationName: "default",
+		Consumer:        cons,
+		SourceFor:       func(string) (Source, error) { return client, nil },
+		SourceProbe: func(ctx context.Context, _ string) error {
+			_, err := client.System(ctx)
+			return err
+		},
+		Destination:   stow,
+		Concurrency:   1,
+		MaxInstances:  10,
+		MaxBytes:      1 << 20,
+		AckWait:       3 * time.Second,
+		RetryDelay:    100 * time.Millisecond,
+		RetryMaxDelay: 200 * time.Millisecond,
+		ShutdownGrace: 200 * time.Millisecond,
+		DeadLetters:   dls,
+		MaxDeliveries: 1,
+		Logger:        slog.New(slog.NewJSONHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		// Once the study is held, Orthanc comes back (after more than an
+		// ack wait: the in-progress signals keep the delivery).
+		testharness.WaitFor(t, "the study held for its source", 30*time.Second, func() bool {
+			return strings.Contains(logs.String(), "source Orthanc unreachable: the study is held")
+		})
+		time.Sleep(4 * time.Second)
+		srcOrthanc.Start(t)
+	}()
+	forwardOne(t, f, ns, cons, &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
+		OrthancStudyID: studies[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate})
+	if letters := dls.all(); len(letters) != 0 {
+		t.Fatalf("dead-lettered as %q: %s; want the study held until the source came back", letters[0].Class, letters[0].Reason)
+	}
+	if n := len(dest.InstanceMD5s(t)); n != 3 {
+		t.Errorf("the destination holds %d instances, want 3", n)
+	}
+	if !strings.Contains(logs.String(), "source Orthanc answers again") {
+		t.Errorf("no log of the source's return:\n%s", logs.String())
+	}
+}
+
+// holdForSource holds only while the source does not answer, and only as
+// many studies as it has slots for; a stop while held ends the hold with
+// the context's error.
+func TestHoldForSource(t *testing.T) {
+	down := &orthancapi.Error{StatusCode: 503, NotFromOrthanc: "proxy"}
+	refused := &orthancapi.Error{StatusCode: 401, OrthancMessage: "Unauthorized"}
+	for _, tt := range []struct {
+		name     string
+		probe    error
+		slotFree bool
+		held     bool
+	}{
+		{"the source answers: the study's own failure", nil, true, false},
+		{"the source refuses credentials: an answer", refused, true, false},
+		{"the source is down", down, true, true},
+		{"the source is down, no slot free", down, false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m, merr := newMetrics(prometheus.NewRegistry(), "default")
+			if merr != nil {
+				t.Fatal(merr)
+			}
+			f := &Forwarder{opts: Options{SourceProbe: func(context.Context, string) error { return tt.probe }},
+				m: m, sourceHolds: make(chan struct{}, 1)}
+			if !tt.slotFree {
+				f.sourceHolds <- struct{}{}
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			if tt.held {
+				cancel() // ends the hold at once: held, with the context's error
+			}
+			defer cancel()
+			a := &Attempt{Event: &events.StudyStable{Source: "a"}}
+			held, err := f.holdForSource(ctx, a, errors.New("GET /studies/x/instances: connection refused"), slog.New(slog.DiscardHandler))
+			if held != tt.held || (err != nil) != tt.held {
+				t.Errorf("held %v, err %v; want held %v", held, err, tt.held)
+			}
+			if tt.held && !errors.Is(err, context.Canceled) {
+				t.Errorf("err %v, want the context's", err)
+			}
+		})
+	}
+}
