@@ -14,7 +14,7 @@ func (a *Admin) Validate() error {
 	if a.AdminToken == "" {
 		return nil
 	}
-	return checkCredential("ADMIN_TOKEN", a.AdminToken, 16)
+	return errors.Join(checkCredential("ADMIN_TOKEN", a.AdminToken, 16), checkHeaderToken("ADMIN_TOKEN", a.AdminToken))
 }
 
 // apartFrom refuses an ADMIN_TOKEN equal to INGEST_TOKEN: the ingest

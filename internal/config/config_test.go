@@ -308,6 +308,52 @@ func TestEmptySecretFileRefused(t *testing.T) {
 	}
 }
 
+// A bearer token HTTP cannot carry as written is refused at startup: a
+// space at either end is dropped from the Authorization header on the
+// way (the ingest then refused every post, its right token included), a
+// second line cannot be sent at all. A space inside is sent as is.
+func TestHeaderTokenHTTPCannotCarryRefused(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name string
+		set  map[string]string
+		want string // "" loads
+	}{
+		{"ingest token file ending in a space", map[string]string{"INGEST_TOKEN_FILE": file("ingest", "0123456789abcdef0123 \n")}, "INGEST_TOKEN: begins or ends with a space or tab"},
+		{"admin token file starting with a tab", map[string]string{"ADMIN_TOKEN_FILE": file("admin", "\tadmin-token-0123456789\n")}, "ADMIN_TOKEN: begins or ends with a space or tab"},
+		{"ingest token of two lines", map[string]string{"INGEST_TOKEN_FILE": file("two", "0123456789abcdef0123\nfedcba9876543210fedc\n")}, "INGEST_TOKEN: holds a line break"},
+		{"admin token with a control character", map[string]string{"ADMIN_TOKEN": "admin-token\x7f0123456789"}, "ADMIN_TOKEN: holds a line break"},
+		{"token with a space inside", map[string]string{"ADMIN_TOKEN": "admin token 0123456789"}, ""},
+		{"token file with CRLF", map[string]string{"INGEST_TOKEN_FILE": file("crlf", "0123456789abcdef0123\r\n")}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			if tt.set["INGEST_TOKEN_FILE"] != "" {
+				delete(e, "INGEST_TOKEN")
+			}
+			maps.Copy(e, tt.set)
+			err := Load(mapEnv(e), &SingleHost{})
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Load() = %v, want it to load", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "0123456789") {
+				t.Fatalf("Load() = %v, want %q without the value", err, tt.want)
+			}
+		})
+	}
+}
+
 // A URL with a user and password is refused, and the error says what to
 // set instead: ORTHANC_USERNAME and ORTHANC_PASSWORD for an Orthanc
 // source; for a destination or its token endpoint, which take no basic

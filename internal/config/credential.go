@@ -36,3 +36,21 @@ func checkCredential(name, value string, minLen int) error {
 	}
 	return nil
 }
+
+// checkHeaderToken refuses a bearer token that an Authorization header
+// cannot carry as configured: HTTP drops spaces and tabs at the ends of a
+// header value, so with one there (a secret file saved as "token \n")
+// every request is refused, the right token included, and a control
+// character (a second line in the file) no client can send at all. It
+// never shows the value.
+func checkHeaderToken(name, value string) error {
+	if strings.Trim(value, " \t") != value {
+		return fmt.Errorf("%s: begins or ends with a space or tab, which HTTP drops from the Authorization header, so no request would match it: remove it (a secret file's final newline is removed already)", name)
+	}
+	for i := 0; i < len(value); i++ {
+		if c := value[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return fmt.Errorf("%s: holds a line break or another control character, which an Authorization header cannot carry (a secret file is read as one line, its final newline removed)", name)
+		}
+	}
+	return nil
+}

@@ -79,7 +79,7 @@ func (n *NATS) Validate() error {
 // Ingest configures the webhook service.
 type Ingest struct {
 	Addr           string        `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
-	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters, at least 8 different ones; a placeholder such as change-me… is refused)"`
+	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters, at least 8 different ones; a placeholder such as change-me… is refused, and so is a space or tab at either end or a second line, which HTTP cannot carry)"`
 	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503 (100ms to 50s)"`
 	// WebhookSecurity: HMAC signatures and rate limit (webhook.go).
 	WebhookSecurity
@@ -94,6 +94,9 @@ func (i *Ingest) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := checkCredential("INGEST_TOKEN", i.Token, 16); err != nil {
+		errs = append(errs, err)
+	}
+	if err := checkHeaderToken("INGEST_TOKEN", i.Token); err != nil {
 		errs = append(errs, err)
 	}
 	// The webhook answers 503 once the timeout passes: past the HTTP
