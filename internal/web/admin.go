@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -228,6 +229,12 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		return false
+	}
+	// Only the first value would be acted on: {"all":true} {"dryRun":true}
+	// would purge for good.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		WriteError(w, http.StatusBadRequest, "malformed JSON body: more than one value (send one JSON object)")
 		return false
 	}
 	return true

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
@@ -103,6 +104,33 @@ func TestAdminReplayWithoutConsumerIsAConflict(t *testing.T) {
 	r.ServeHTTP(rec, req)
 	if rec.Code != http.StatusConflict || !strings.Contains(rec.Body.String(), "has no consumer") {
 		t.Errorf("status %d, body %s; want 409 naming the missing consumer", rec.Code, rec.Body)
+	}
+}
+
+// TestAdminRefusesABodyOfSeveralValues: a purge (or replay, or
+// re-forward) whose body holds more than one JSON value is refused with
+// 400 and does nothing. Only the first value was read: a purge sent as
+// {"all":true} {"dryRun":true} deleted every dead letter for good.
+func TestAdminRefusesABodyOfSeveralValues(t *testing.T) {
+	f := start(t) // one dead letter
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, body := range []string{`{"all":true} {"dryRun":true}`, `{"all":true}x`} {
+		req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "more than one value") {
+			t.Errorf("purge with body %s: status %d, body %s; want 400 naming the extra value", body, rec.Code, rec.Body)
+		}
+	}
+	left, err := f.store.List(t.Context(), deadletter.Filter{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 {
+		t.Errorf("%d dead letters left, want the one there was", len(left))
 	}
 }
 
