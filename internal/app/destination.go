@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -69,6 +70,7 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 		log.Warn(fc.VarName("TLS_INSECURE_SKIP_VERIFY")+"=true: the certificates of the destination and its token endpoint are NOT verified; anyone on the network path can read and alter what is sent. Unset it outside tests.",
 			"dicomweb_url", redactURL(fc.DICOMwebURL))
 	}
+	warnPlainHTTP(fc, log)
 	newTransport := func() *http.Transport {
 		t := newDestinationTransport()
 		t.TLSClientConfig = tlsCfg
@@ -146,6 +148,37 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 		return nil, fmt.Errorf("%s: %w", fc.VarName("DICOMWEB_URL"), err)
 	}
 	return out, nil
+}
+
+// warnPlainHTTP warns of a destination or token endpoint reached over
+// http://, once per variable at start: the studies (patient data) and
+// the client secret or token would cross the network unencrypted, which
+// nothing else says (a typed "http" for "https" works with a server
+// that takes both). A loopback address stays on the host: a local TLS
+// proxy, a test.
+func warnPlainHTTP(fc *config.NamedDestination, log *slog.Logger) {
+	for _, v := range []struct{ name, raw, what string }{
+		{"DICOMWEB_URL", fc.DICOMwebURL, "the studies (patient data) and their credentials"},
+		{"OAUTH_TOKEN_URL", fc.OAuthTokenURL, "the client secret and the tokens"},
+		{"OAUTH_ISSUER_URL", fc.IssuerURL, "the client secret and the tokens"},
+	} {
+		u, err := url.Parse(v.raw)
+		if err != nil || !strings.EqualFold(u.Scheme, "http") || loopbackHost(u.Hostname()) {
+			continue
+		}
+		log.Warn(fc.VarName(v.name)+" is plain http://: "+v.what+" cross the network unencrypted; use https:// unless the path is protected otherwise (a VPN, a service mesh)",
+			"url", redactURL(v.raw))
+	}
+}
+
+// loopbackHost reports whether host names this machine: localhost or a
+// loopback address.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
 
 // genericEndpoint is the RFC 6749 client-credentials grant of

@@ -126,3 +126,57 @@ func TestDestinationTLSErrorNamesIt(t *testing.T) {
 		})
 	}
 }
+
+// A destination or token endpoint reached over plain http:// is warned
+// about at start, naming the variable: the studies (patient data) and the
+// client secret or token would cross the network unencrypted. A loopback
+// address (a TLS proxy on the host) and https:// are not.
+func TestPlainHTTPDestinationIsWarned(t *testing.T) {
+	tests := []struct {
+		name string
+		set  map[string]string
+		want []string // variables warned about; none: no warning
+	}{
+		{"https", map[string]string{"DESTINATION_AI_URL": "https://ai.example.org/dicomweb", "DESTINATION_AI_OAUTH_TOKEN_URL": "https://idp.example.org/token"}, nil},
+		{"plain http", map[string]string{"DESTINATION_AI_URL": "http://ai.example.org/dicomweb", "DESTINATION_AI_OAUTH_TOKEN_URL": "http://idp.example.org/token"},
+			[]string{"DESTINATION_AI_URL", "DESTINATION_AI_OAUTH_TOKEN_URL"}},
+		{"plain http issuer", map[string]string{"DESTINATION_AI_URL": "https://ai.example.org/dicomweb", "DESTINATION_AI_OAUTH_ISSUER_URL": "http://idp.example.org"},
+			[]string{"DESTINATION_AI_OAUTH_ISSUER_URL"}},
+		{"loopback", map[string]string{"DESTINATION_AI_URL": "http://127.0.0.1:8043/dicomweb", "DESTINATION_AI_OAUTH_TOKEN_URL": "http://localhost:9000/token"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{
+				"NATS_URL": "nats://127.0.0.1:4222", "DESTINATIONS": "ai",
+				"DESTINATION_AI_OAUTH_CLIENT_ID": "stowline", "DESTINATION_AI_OAUTH_CLIENT_SECRET": "plain-http-secret-0123456789",
+			}
+			maps.Copy(env, tt.set)
+			var c config.ForwarderService
+			if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
+				t.Fatal(err)
+			}
+			var logs strings.Builder
+			ai := c.DestinationList()[0]
+			if _, err := newDestination(t.Context(), &ai, nil, nil, slog.New(slog.NewJSONHandler(&logs, nil))); err != nil {
+				t.Fatal(err)
+			}
+			var warned []string
+			for line := range strings.Lines(logs.String()) {
+				if strings.Contains(line, `"level":"WARN"`) && strings.Contains(line, "unencrypted") {
+					warned = append(warned, line)
+				}
+			}
+			if len(warned) != len(tt.want) {
+				t.Fatalf("%d warnings of unencrypted traffic, want %d:\n%s", len(warned), len(tt.want), logs.String())
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(warned[i], `"msg":"`+w+" ") {
+					t.Errorf("warning %d does not name %s: %s", i, w, warned[i])
+				}
+			}
+			if strings.Contains(logs.String(), "plain-http-secret") {
+				t.Error("the client secret was logged")
+			}
+		})
+	}
+}
