@@ -828,3 +828,54 @@ func TestSeveralSources(t *testing.T) {
 		}
 	}
 }
+
+// TestNetworkPolicyOpensTheURLsPorts: the egress rules open the ports the
+// configured URLs name (NATS servers, each Orthanc source, a forwarder
+// group's destination), besides the listed defaults. A policy listing
+// 4222, 8042 and 443 only dropped the connections of an Orthanc on
+// https:// (443 is the destination's rule, forwarders only) or on 8080,
+// NATS on 4223, or an archive on 8443, with no error anywhere: the pods
+// timed out.
+func TestNetworkPolicyOpensTheURLsPorts(t *testing.T) {
+	values := merged(required(), map[string]any{
+		"nats":    map[string]any{"url": "nats://nats-a.nats.svc:4223, nats://nats-b.nats.svc:4223"},
+		"orthanc": map[string]any{"url": "", "username": "", "sourceName": ""},
+		"env": map[string]any{
+			"ORTHANC_SOURCES":  "main,cardio-2",
+			"ORTHANC_MAIN_URL": "https://orthanc.pacs.svc", "ORTHANC_MAIN_USERNAME": "stowline",
+			"ORTHANC_CARDIO_2_URL": "http://orthanc.cardio.svc:8080", "ORTHANC_CARDIO_2_USERNAME": "stowline",
+		},
+		"secrets": map[string]any{"values": map[string]any{
+			"ORTHANC_PASSWORD":          "",
+			"ORTHANC_MAIN_PASSWORD":     "main-password",
+			"ORTHANC_CARDIO_2_PASSWORD": "cardio-password",
+		}},
+	})
+	values["forwarders"] = []any{map[string]any{"name": "default", "dicomwebURL": "https://archive.example.org:8443/dicom-web"}}
+	want := map[string][]int32{
+		"ingest":            {4223, 443, 8080, 4222, 8042},
+		"forwarder-default": {4223, 443, 8080, 8443},
+	}
+	for _, np := range of[*networkingv1.NetworkPolicy](render(t, values)) {
+		open := map[int32]bool{}
+		for _, r := range np.Spec.Egress {
+			seen := map[string]bool{}
+			for _, p := range r.Ports {
+				key := string(*p.Protocol) + "/" + p.Port.String()
+				if seen[key] {
+					t.Errorf("NetworkPolicy %s: %s twice in one rule", np.Name, key)
+				}
+				seen[key], open[p.Port.IntVal] = true, true
+			}
+		}
+		c := component(np.Labels)
+		for _, p := range want[c] {
+			if !open[p] {
+				t.Errorf("NetworkPolicy %s: egress port %d not open (open: %v)", np.Name, p, slices.Sorted(maps.Keys(open)))
+			}
+		}
+		if c == "ingest" && open[8443] {
+			t.Errorf("NetworkPolicy %s: the destination's port 8443 is open to the ingest", np.Name)
+		}
+	}
+}

@@ -516,6 +516,44 @@ and a shorter retention drops at once the events older than it. */}}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The TCP port a URL names, or its scheme's (http 80, https 443, nats and
+tls 4222); a NATS URL may leave the scheme out.
+*/}}
+{{- define "stowline.urlPort" -}}
+{{- $raw := trim . -}}
+{{- if not (contains "://" $raw) }}{{ $raw = printf "nats://%s" $raw }}{{ end -}}
+{{- $u := urlParse $raw -}}
+{{- $port := trimPrefix ":" (regexFind ":[0-9]+$" $u.host) -}}
+{{- if $port }}{{ $port }}{{ else if eq $u.scheme "https" }}443{{ else if eq $u.scheme "http" }}80{{ else }}4222{{ end -}}
+{{- end -}}
+
+{{/*
+Ports of an egress rule: those listed in values and those of the URLs
+(comma-separated lists of URLs each), without repeats. A URL's port
+missing from the list would be dropped by the policy without an error
+anywhere, leaving the pods to time out: (dict "ports" $list "urls" $urls).
+*/}}
+{{- define "stowline.egressPorts" -}}
+{{- $ports := list -}}
+{{- range .ports }}{{ $ports = append $ports (toString .) }}{{ end -}}
+{{- range .urls }}{{ range splitList "," (toString .) }}{{ if trim . }}{{ $ports = append $ports (include "stowline.urlPort" .) }}{{ end }}{{ end }}{{ end -}}
+{{- range uniq $ports }}
+- port: {{ . }}
+  protocol: TCP
+{{- end -}}
+{{- end -}}
+
+{{/* The Orthanc URLs: orthanc.url and each of env.ORTHANC_SOURCES's ORTHANC_<NAME>_URL. */}}
+{{- define "stowline.orthancURLs" -}}
+{{- $urls := list -}}
+{{- with .Values.orthanc.url }}{{ $urls = append $urls . }}{{ end -}}
+{{- range splitList "," (toString (default "" .Values.env.ORTHANC_SOURCES)) -}}
+{{- with trim . }}{{ with get $.Values.env (printf "ORTHANC_%s_URL" (upper (replace "-" "_" .))) }}{{ $urls = append $urls . }}{{ end }}{{ end -}}
+{{- end -}}
+{{- toYaml $urls -}}
+{{- end -}}
+
 {{/* Egress rules of every stowline pod: DNS, NATS, Orthanc. */}}
 {{- define "stowline.egressRules" -}}
 {{- $e := .Values.networkPolicy.egress -}}
@@ -529,22 +567,16 @@ and a shorter retention drops at once the events older than it. */}}
     - port: {{ . }}
       protocol: TCP
     {{- end }}
-# NATS.
+# NATS (and nats.url's ports).
 - ports:
-    {{- range $e.nats.ports }}
-    - port: {{ . }}
-      protocol: TCP
-    {{- end }}
+    {{- include "stowline.egressPorts" (dict "ports" $e.nats.ports "urls" (list (default "" .Values.nats.url))) | trim | nindent 4 }}
   {{- with $e.nats.to }}
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-# Orthanc's REST API.
+# Orthanc's REST API (and the Orthanc URLs' ports).
 - ports:
-    {{- range $e.orthanc.ports }}
-    - port: {{ . }}
-      protocol: TCP
-    {{- end }}
+    {{- include "stowline.egressPorts" (dict "ports" $e.orthanc.ports "urls" (include "stowline.orthancURLs" . | fromYamlArray)) | trim | nindent 4 }}
   {{- with $e.orthanc.to }}
   to:
     {{- toYaml . | nindent 4 }}
