@@ -831,7 +831,8 @@ func TestSeveralSources(t *testing.T) {
 
 // TestNetworkPolicyOpensTheURLsPorts: the egress rules open the ports the
 // configured URLs name (NATS servers, each Orthanc source, a forwarder
-// group's destination), besides the listed defaults. A policy listing
+// group's destination and its token endpoint), besides the listed
+// defaults. A policy listing
 // 4222, 8042 and 443 only dropped the connections of an Orthanc on
 // https:// (443 is the destination's rule, forwarders only) or on 8080,
 // NATS on 4223, or an archive on 8443, with no error anywhere: the pods
@@ -851,10 +852,11 @@ func TestNetworkPolicyOpensTheURLsPorts(t *testing.T) {
 			"ORTHANC_CARDIO_2_PASSWORD": "cardio-password",
 		}},
 	})
-	values["forwarders"] = []any{map[string]any{"name": "default", "dicomwebURL": "https://archive.example.org:8443/dicom-web"}}
+	values["forwarders"] = []any{map[string]any{"name": "default", "dicomwebURL": "https://archive.example.org:8443/dicom-web",
+		"env": map[string]any{"OAUTH_TOKEN_URL": "https://keycloak.example.org:8444/realms/imaging/protocol/openid-connect/token", "OAUTH_CLIENT_ID": "stowline"}}}
 	want := map[string][]int32{
 		"ingest":            {4223, 443, 8080, 4222, 8042},
-		"forwarder-default": {4223, 443, 8080, 8443},
+		"forwarder-default": {4223, 443, 8080, 8443, 8444},
 	}
 	for _, np := range of[*networkingv1.NetworkPolicy](render(t, values)) {
 		open := map[int32]bool{}
@@ -874,8 +876,8 @@ func TestNetworkPolicyOpensTheURLsPorts(t *testing.T) {
 				t.Errorf("NetworkPolicy %s: egress port %d not open (open: %v)", np.Name, p, slices.Sorted(maps.Keys(open)))
 			}
 		}
-		if c == "ingest" && open[8443] {
-			t.Errorf("NetworkPolicy %s: the destination's port 8443 is open to the ingest", np.Name)
+		if c == "ingest" && (open[8443] || open[8444]) {
+			t.Errorf("NetworkPolicy %s: the destination's or its token endpoint's port is open to the ingest", np.Name)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // withDestinations are the required values with two destinations, the
@@ -250,5 +251,27 @@ func TestDefaultDestinationVarsRefusedWithDestinations(t *testing.T) {
 	values["forwarderDefaults"] = map[string]any{"env": map[string]any{"TLS_LISTEN_CERT_FILE": "/tls/tls.crt", "TLS_LISTEN_KEY_FILE": "/tls/tls.key", "FORWARDER_MAX_DELIVERIES": "24"}}
 	if _, err := renderFiles(t, values); err != nil {
 		t.Errorf("variables of no destination refused: %v", err)
+	}
+}
+
+// TestDestinationsNetworkPolicyPorts: each group's policy opens the ports
+// of the destinations it serves, their URLs and token endpoints, and not
+// those of another group's.
+func TestDestinationsNetworkPolicyPorts(t *testing.T) {
+	v := withDestinations(map[string]any{"name": "archive", "destinations": []any{"archive"}}, map[string]any{"name": "ai", "destinations": []any{"ai"}})
+	ai := v["destinations"].([]any)[1].(map[string]any)
+	ai["url"] = "https://dicomweb.ai-vendor.example.com:8443/v1"
+	ai["env"].(map[string]any)["OAUTH_TOKEN_URL"] = "https://auth.ai-vendor.example.com:8444/oauth2/token"
+	for _, np := range of[*networkingv1.NetworkPolicy](render(t, v)) {
+		open := map[int32]bool{}
+		for _, r := range np.Spec.Egress {
+			for _, p := range r.Ports {
+				open[p.Port.IntVal] = true
+			}
+		}
+		serves := component(np.Labels) == "forwarder-ai"
+		if open[8443] != serves || open[8444] != serves {
+			t.Errorf("NetworkPolicy %s: 8443 open %v, 8444 open %v; want %v (the ai destination's ports)", np.Name, open[8443], open[8444], serves)
+		}
 	}
 }
