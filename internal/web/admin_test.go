@@ -90,6 +90,41 @@ func TestAdminAPIThrottlesGuesses(t *testing.T) {
 	})
 }
 
+// TestAdminAPIThrottlesGuessesPerIPv6Network: an IPv6 client picks any
+// of its network's 2^64 addresses (privacy addresses change by
+// themselves), so the wrong tokens of one /64 count together: ten
+// guesses, each from a new address, and the network is refused (429),
+// the right token unchecked; another /64 is not. Counted per address,
+// the guesses were never throttled.
+func TestAdminAPIThrottlesGuessesPerIPv6Network(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const token = "admin-token-0123456789"
+		r := chi.NewRouter()
+		(&web.AdminAPI{Token: token}).Mount(r)
+		send := func(from, tok string) int {
+			t.Helper()
+			req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader("{}"))
+			req.RemoteAddr = "[" + from + "]:40000"
+			req.Header.Set("Authorization", "Bearer "+tok)
+			rec := httptest.NewRecorder()
+			r.ServeHTTP(rec, req)
+			return rec.Code
+		}
+		for i := range 10 {
+			if code := send(fmt.Sprintf("2001:db8:0:7::%x", i+1), fmt.Sprintf("guess-%02d-0123456789", i)); code != http.StatusUnauthorized {
+				t.Fatalf("guess %d: status %d, want 401", i, code)
+			}
+		}
+		if code := send("2001:db8:0:7:ffff::1", token); code != http.StatusTooManyRequests {
+			t.Errorf("the right token from the guessing /64: status %d, want 429", code)
+		}
+		// 400: past the token check, refused by the handler for its empty body.
+		if code := send("2001:db8:0:8::1", token); code != http.StatusBadRequest {
+			t.Errorf("the right token from another /64: status %d, want 400", code)
+		}
+	})
+}
+
 // TestAdminReplayWithoutConsumerIsAConflict: a replay of letters whose
 // destination has no consumer is refused with 409, not 503: retrying
 // cannot help until the destination is configured again.

@@ -48,9 +48,10 @@ func newGuessGuard(what string, trusted []netip.Prefix, log *slog.Logger, refuse
 // unauthorized says how to answer wrong or missing credentials.
 func (g *guessGuard) check(w http.ResponseWriter, r *http.Request, authorized func() (presented, ok bool), unauthorized func()) bool {
 	client := clientIP(r, g.trusted)
+	key := limitKey(client)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if blocked, wait := g.wrong.empty(client); blocked {
+	if blocked, wait := g.wrong.empty(key); blocked {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		g.refuse(w, http.StatusTooManyRequests, "too many requests with a wrong admin token from this address; retry later")
 		return false
@@ -60,7 +61,7 @@ func (g *guessGuard) check(w http.ResponseWriter, r *http.Request, authorized fu
 		return true
 	}
 	if presented {
-		g.wrong.allow(client)
+		g.wrong.allow(key)
 		g.log.Warn(g.what+": refused a wrong admin token", "client", client, "method", r.Method, "path", r.URL.Path)
 	}
 	unauthorized()

@@ -151,6 +151,21 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 	return peer
 }
 
+// limitKey is the key of a client's bucket: its address, or for IPv6
+// its /64 network, whose 2^64 addresses one host may use at will (privacy
+// addresses change by themselves): counted per address, a client would
+// never run out of requests or guesses.
+func limitKey(client string) string {
+	a, err := netip.ParseAddr(client)
+	if err != nil {
+		return client
+	}
+	if a = a.Unmap().WithZone(""); a.Is4() {
+		return a.String()
+	}
+	return netip.PrefixFrom(a, 64).Masked().String()
+}
+
 // hopAddr reads an X-Forwarded-For entry: an address, or an address and
 // port as some proxies write it (Azure Application Gateway: ip:port,
 // [v6]:port); the port and an IPv6 zone are dropped.

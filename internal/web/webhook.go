@@ -151,7 +151,7 @@ type accepted struct {
 func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	arrived := time.Now()
 	if h.limit != nil {
-		if ok, wait := h.limit.allow(clientIP(r, h.proxies)); !ok {
+		if ok, wait := h.limit.allow(limitKey(clientIP(r, h.proxies))); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 			h.reject(w, r, http.StatusTooManyRequests, "rate_limited", "too many requests from this address, retry later")
 			return

@@ -189,7 +189,8 @@ type step struct {
 }
 
 // Behind a trusted load balancer every client has its own bucket; the
-// balancer's address does not share one among all of them.
+// balancer's address does not share one among all of them. An IPv6
+// client's is its /64.
 func TestWebhookRateLimitBehindProxy(t *testing.T) {
 	clk := &clock{t: time.Unix(1_790_000_000, 0)}
 	srv := serve(t, web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, RateLimit: 1, RateBurst: 2, Now: clk.Now,
@@ -206,6 +207,17 @@ func TestWebhookRateLimitBehindProxy(t *testing.T) {
 		}
 		if code := send(client); code != http.StatusTooManyRequests {
 			t.Errorf("%s over its burst: %d, want 429", client, code)
+		}
+	}
+	// An IPv6 client's /64 is one client: a new address for each request
+	// does not get a new bucket.
+	for i, client := range []string{"2001:db8:0:5::1", "2001:db8:0:5::2", "2001:db8:0:5:abcd::3"} {
+		want := http.StatusAccepted
+		if i == 2 {
+			want = http.StatusTooManyRequests
+		}
+		if code := send(client); code != want {
+			t.Errorf("%s, request %d of its /64: %d, want %d", client, i+1, code, want)
 		}
 	}
 }
