@@ -9,16 +9,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/stowline/stowline/internal/repeatlog"
 )
 
 // Check reports whether one dependency is usable; nil means ready.
@@ -135,8 +139,36 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          stdlog.New(&serverErrorLog{log: log, handshakes: repeatlog.Failures{Every: time.Minute}}, "", 0),
 	}
+}
+
+// serverErrorLog writes the http.Server's own lines as warnings, except
+// its failed TLS handshakes, which any peer causes at will: a connection
+// closed before its handshake (a load balancer's TCP health check, a
+// port scan) is debug, and the other failures (plain HTTP, a client
+// refusing the certificate) are logged once, then once a minute with
+// their count, so that neither a health check every few seconds nor a
+// flood fills the log.
+type serverErrorLog struct {
+	log        *slog.Logger
+	handshakes repeatlog.Failures
+}
+
+func (l *serverErrorLog) Write(p []byte) (int, error) {
+	msg := strings.TrimSuffix(string(p), "\n")
+	detail, handshake := strings.CutPrefix(msg, "http: TLS handshake error from ")
+	switch {
+	case !handshake:
+		l.log.Warn(msg)
+	case strings.HasSuffix(detail, ": EOF"):
+		l.log.Debug(msg)
+	default:
+		if n, ok := l.handshakes.Failed(); ok {
+			l.log.Warn(msg, "failed_handshakes", n)
+		}
+	}
+	return len(p), nil
 }
 
 // Listen binds addr now, so a busy port fails startup with a clear error

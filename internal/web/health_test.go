@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -105,4 +108,65 @@ func TestServeCutsOffAfterGrace(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after the grace")
 	}
+}
+
+// TestFailedHandshakesDoNotFloodTheLog: on an HTTPS listener, peers that
+// connect and close (a load balancer's or orchestrator's TCP health
+// check, a port scan) are logged at debug, and other failed handshakes
+// (plain HTTP, a client refusing the certificate) once, then once a
+// minute with their count: anyone who can connect wrote a warning per
+// connection, every few seconds for ever from a TCP health check, or as
+// fast as they liked. Other server errors stay warnings.
+func TestFailedHandshakesDoNotFloodTheLog(t *testing.T) {
+	var logs syncBuffer
+	ts := httptest.NewUnstartedServer(nil)
+	ts.Config = NewServer(http.NotFoundHandler(), slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	ts.StartTLS()
+	addr := ts.Listener.Addr().String()
+	for range 20 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.Close()
+	}
+	for range 5 {
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+	}
+	ts.Config.ErrorLog.Print("http: superfluous response.WriteHeader call")
+	ts.Close() // waits for every connection, so for their log lines
+	var debug, warn int
+	for line := range strings.Lines(logs.String()) {
+		switch {
+		case strings.Contains(line, `"level":"DEBUG"`) && strings.Contains(line, "EOF"):
+			debug++
+		case strings.Contains(line, `"level":"WARN"`):
+			warn++
+		}
+	}
+	if debug != 20 || warn != 2 || !strings.Contains(logs.String(), "superfluous") || !strings.Contains(logs.String(), "HTTP request to an HTTPS server") {
+		t.Errorf("%d debug lines of closed connections (want 20), %d warnings (want 2: the first failed handshake, the other error):\n%s", debug, warn, logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer the server's connections write to at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
