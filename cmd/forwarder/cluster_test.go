@@ -443,3 +443,61 @@ func clusterCurrent(what string, c *jetstream.ClusterInfo, replicas int) error {
 	}
 	return nil
 }
+
+// TestForwarderNotReadyWhileItsQueueHasNoLeader: the node leading the
+// forwarders' consumer crashes while the event stream's leader, and the
+// node the forwarder is connected to, stay up. Until the other two elect
+// a new consumer leader the forwarder can pull nothing, and its /readyz
+// says so (destination_queue); it is ready again by itself once they
+// have. Its readiness read only the stream, and ignored every failure to
+// read a consumer but "not found": it stayed ready throughout.
+func TestForwarderNotReadyWhileItsQueueHasNoLeader(t *testing.T) {
+	testharness.RequireBinary(t, "Orthanc")
+	cluster := testnats.StartCluster(t, 3)
+	nc, js := cluster.Connect(t)
+	r := &rig{js: js}
+	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
+	r.proxy = faultproxy.Start(t, r.dest.URL)
+	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	home, lost := cluster.Nodes[0], cluster.Nodes[1]
+	addr := testharness.FreeAddr(t)
+	testharness.StartProgram(t, "forwarder", run, r.env(map[string]string{
+		"NATS_URL": home.ClientURL(), "NATS_REPLICAS": "3", "FORWARDER_ADDR": addr,
+	}))
+	readyz := "http://" + addr + "/readyz"
+	testharness.WaitHTTP(t, readyz, 60*time.Second)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", home.Name)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, natsjs.ForwarderConsumer, lost.Name)
+
+	lost.Kill()
+	killed := time.Now()
+	body := waitReadyz(t, readyz, http.StatusServiceUnavailable, 20*time.Second)
+	if !strings.Contains(body, `"destination_queue"`) || !strings.Contains(body, natsjs.ForwarderConsumer) {
+		t.Errorf("/readyz while the consumer has no leader: %s; want destination_queue naming %s", body, natsjs.ForwarderConsumer)
+	}
+	t.Logf("not ready %s after the kill: %s", time.Since(killed).Round(time.Millisecond), strings.TrimSpace(body))
+	waitReadyz(t, readyz, http.StatusOK, 30*time.Second)
+	t.Logf("ready again %s after the kill", time.Since(killed).Round(time.Millisecond))
+}
+
+// waitReadyz waits until /readyz answers status and returns its body.
+func waitReadyz(t *testing.T, url string, status int, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == status {
+				return string(body)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/readyz answered %d %s for %s, want %d", resp.StatusCode, body, timeout, status)
+			}
+		} else if time.Now().After(deadline) {
+			t.Fatalf("/readyz: %v for %s, want %d", err, timeout, status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -450,18 +450,35 @@ func (w laneWindows) Open(lane events.Priority, now time.Time) bool {
 }
 
 // lanesPresent is a readiness check failing once a lane's consumer was
-// deleted while this forwarder ran: it takes none of that lane's events
-// until restarted. Other failures to read it are the jetstream check's.
+// deleted while this forwarder ran (it takes none of that lane's events
+// until restarted), or while a consumer does not answer: on a cluster, its
+// leader's server was lost and no other has taken over yet, and nothing
+// can be pulled from it. The jetstream check reads only the event stream,
+// whose leader may be another server. The lanes are read at once, so one
+// that does not answer leaves the others their time.
 func lanesPresent(destination string, lanes []forward.Lane) web.Check {
 	return func(ctx context.Context) error {
-		var gone []string
-		for _, l := range lanes {
-			if _, err := l.Consumer.Info(ctx); errors.Is(err, jetstream.ErrConsumerNotFound) {
-				gone = append(gone, l.Consumer.CachedInfo().Name)
+		errs := make([]error, len(lanes))
+		var wg sync.WaitGroup
+		for i, l := range lanes {
+			wg.Go(func() { _, errs[i] = l.Consumer.Info(ctx) })
+		}
+		wg.Wait()
+		var gone, silent []string
+		for i, err := range errs {
+			name := lanes[i].Consumer.CachedInfo().Name
+			switch {
+			case errors.Is(err, jetstream.ErrConsumerNotFound):
+				gone = append(gone, name)
+			case err != nil:
+				silent = append(silent, "consumer "+name+": "+err.Error())
 			}
 		}
 		if len(gone) > 0 {
 			return fmt.Errorf("destination %s: consumer %s deleted while this forwarder ran; restart it to create it again, or take the destination out of FORWARDER_DESTINATIONS", destination, strings.Join(gone, ", "))
+		}
+		if len(silent) > 0 {
+			return fmt.Errorf("destination %s: its queue does not answer, nothing can be pulled (on a cluster: a consumer's leader was lost and no other server has taken over yet): %s", destination, strings.Join(silent, "; "))
 		}
 		return nil
 	}
