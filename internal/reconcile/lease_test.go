@@ -3,10 +3,12 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/natsjs"
@@ -158,4 +160,74 @@ func TestLeaseRenewalWithLostAnswerKeepsTheLease(t *testing.T) {
 	if err := a.renew(context.Background()); !errors.Is(err, errLeaseLost) {
 		t.Fatalf("renew of a lease B took: %v, want errLeaseLost", err)
 	}
+}
+
+// cutOffKV passes a holder's writes through until cut, then refuses them
+// at once, as a holder cut off from the JetStream cluster meets them
+// ("no responders") while the other replicas still write. It notes when
+// the last write that went through was sent.
+type cutOffKV struct {
+	jetstream.KeyValue
+	cut      atomic.Bool
+	written  atomic.Int32
+	lastSent atomic.Int64 // Unix nanoseconds
+}
+
+func (k *cutOffKV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
+	if k.cut.Load() {
+		return 0, nats.ErrNoResponders
+	}
+	sent := time.Now()
+	rev, err := k.KeyValue.Update(ctx, key, value, last)
+	if err == nil {
+		k.lastSent.Store(sent.UnixNano())
+		k.written.Add(1)
+	}
+	return rev, err
+}
+
+// A holder that can no longer renew its lease stops polling before a
+// contender may take the source over: a contender takes it one TTL after
+// it last saw the lease written, which is after the holder sent its last
+// renewal. The holder steps down two thirds of the TTL after that; it
+// did a whole TTL after it (less the time the renewal took to answer),
+// checking only after each failed renewal, every third of the TTL, so
+// that both could poll at once.
+func TestLeaseHolderStepsDownBeforeATakeover(t *testing.T) {
+	_, kv := testBucket(t)
+	cut := &cutOffKV{KeyValue: kv}
+	const ttl = 3 * time.Second
+	s := &sourceRunner{
+		r:     &Reconciler{opts: Options{LeaseTTL: ttl}},
+		log:   slog.New(slog.DiscardHandler),
+		lease: newLease(cut, leaseKey("s"), "a", ttl, time.Now),
+	}
+	mustAcquire(t, s.lease, true)
+	ctx, stop := context.WithCancelCause(t.Context())
+	defer stop(nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.keepLease(ctx, stop)
+	}()
+	for deadline := time.Now().Add(10 * time.Second); cut.written.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the lease was not renewed")
+		}
+	}
+	cut.cut.Store(true)
+	select {
+	case <-done:
+	case <-time.After(3 * ttl):
+		t.Fatal("the holder never stepped down")
+	}
+	took := time.Since(time.Unix(0, cut.lastSent.Load()))
+	if !errors.Is(context.Cause(ctx), errLeaseLost) {
+		t.Errorf("keepLease ended with %v, want errLeaseLost", context.Cause(ctx))
+	}
+	// Two thirds of the TTL, and a sixth of it for a slow machine.
+	if took >= ttl*5/6 {
+		t.Errorf("stepped down %s after its last renewal was sent; a contender may take over %s after it", took.Round(time.Millisecond), ttl)
+	}
+	t.Logf("stepped down %s after the last renewal was sent (TTL %s)", took.Round(time.Millisecond), ttl)
 }

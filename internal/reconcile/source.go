@@ -148,36 +148,48 @@ func (s *sourceRunner) lead(ctx context.Context) {
 	s.log.Info("reconciler lease released")
 }
 
-// keepLease renews the lease every third of its TTL. When it is taken or
-// cannot be renewed for two thirds of the TTL, it cancels the leader, well
-// before a contender may take over.
+// keepLease renews the lease every third of its TTL. A contender may take
+// over one TTL after the last renewal was written (after it was sent), so
+// the leader is cancelled when the lease is taken, or two thirds of the
+// TTL after the last successful renewal was sent if none went through
+// since: a timer, not a check after each failed renewal, whose attempts
+// and ticks put the step-down up to a whole TTL after the last renewal,
+// when a contender may already poll.
 func (s *sourceRunner) keepLease(ctx context.Context, stop context.CancelCauseFunc) {
 	ttl := s.r.opts.LeaseTTL
-	last := time.Now()
+	// The lease was written just before the leader started.
+	deadline := time.Now().Add(2 * ttl / 3)
+	stepDown := time.NewTimer(time.Until(deadline))
+	defer stepDown.Stop()
 	t := time.NewTicker(ttl / 3)
 	defer t.Stop()
+	var failed error
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-stepDown.C:
+			s.log.Warn("reconciler lease could not be renewed; stepping down", "err", failed)
+			stop(errLeaseLost)
+			return
 		case <-t.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, ttl/3)
+		sent := time.Now()
+		// A renewal that would end past the deadline counts for nothing.
+		rctx, cancel := context.WithTimeout(ctx, min(ttl/3, time.Until(deadline)))
 		err := s.lease.renew(rctx)
 		cancel()
 		switch {
 		case err == nil:
-			last = time.Now()
+			deadline = sent.Add(2 * ttl / 3)
+			stepDown.Reset(time.Until(deadline))
 		case errors.Is(err, errLeaseLost):
 			stop(errLeaseLost)
 			return
 		case ctx.Err() != nil:
 			return
-		case time.Since(last) >= 2*ttl/3:
-			s.log.Warn("reconciler lease could not be renewed; stepping down", "err", err)
-			stop(errLeaseLost)
-			return
 		default:
+			failed = err
 			s.log.Warn("reconciler lease renewal failed; retrying", "err", err)
 		}
 	}
