@@ -19,6 +19,7 @@ import (
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/faultproxy"
+	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
@@ -497,6 +498,66 @@ func waitReadyz(t *testing.T, url string, status int, timeout time.Duration) str
 			}
 		} else if time.Now().After(deadline) {
 			t.Fatalf("/readyz: %v for %s, want %d", err, timeout, status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestCompletedForwardRecordedThroughLedgerElection: the node leading the
+// ledger's bucket crashes while a study is at the destination (the event
+// stream and the consumer are led elsewhere, so the ack goes through).
+// The forwarder records the completed forward once the other two have
+// elected a new leader. Its three tries 1.5 s apart all fell within the
+// election (4 to 9 s), and the study stayed missing for the audit (and,
+// in buffer mode with several destinations, in the source).
+func TestCompletedForwardRecordedThroughLedgerElection(t *testing.T) {
+	testharness.RequireBinary(t, "Orthanc")
+	testharness.RequireBinary(t, "storescu")
+	cluster := testnats.StartCluster(t, 3)
+	nc, js := cluster.Connect(t)
+	r := &rig{js: js}
+	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
+	r.proxy = faultproxy.Start(t, r.dest.URL)
+	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	home, lost := cluster.Nodes[0], cluster.Nodes[1]
+	addr := testharness.FreeAddr(t)
+	p := testharness.StartProgram(t, "forwarder", run, r.env(map[string]string{
+		"NATS_URL": home.ClientURL(), "NATS_REPLICAS": "3", "FORWARDER_ADDR": addr,
+	}))
+	testharness.WaitHTTP(t, "http://"+addr+"/readyz", 60*time.Second)
+	ledgerStream := "KV_" + natsjs.LedgerBucket
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", home.Name)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, natsjs.ForwarderConsumer, home.Name)
+	cluster.MoveLeader(t, js, nc, ledgerStream, "", lost.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, natsjs.LedgerBucket) // read while it has a leader
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(kv)
+
+	study := r.addStudy(t, 1, 64)
+	r.proxy.Hang()
+	ev := r.publish(t, study)
+	for deadline := time.Now().Add(30 * time.Second); r.proxy.Held() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the study never reached the destination")
+		}
+	}
+	lost.Kill()
+	r.proxy.Release()
+	r.waitDest(t, 1, 30*time.Second)
+	for {
+		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
+		if err == nil && rec.LastUpdate == ev.LastUpdate {
+			break
+		}
+		if strings.Contains(p.Logs.String(), "study forwarded but not recorded as completed") {
+			t.Fatalf("the completed forward was given up during the ledger's election: %v", err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no completed forward in the ledger: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

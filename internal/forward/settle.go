@@ -12,6 +12,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/tracing"
 )
 
@@ -88,17 +89,23 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 }
 
 // completedRetry is the first wait before a completed forward's record is
-// written again; the second is twice as long.
-const completedRetry = 500 * time.Millisecond
+// written again; the waits double up to completedRetryMax.
+const (
+	completedRetry    = 500 * time.Millisecond
+	completedRetryMax = 4 * time.Second
+)
 
-// recordCompleted records a completed forward, trying twice more when the
-// write fails (a JetStream leader election, a moment without an answer):
-// the event is acked by now, so a record lost reads as a missing study
-// in the audit, and keeps the study in Orthanc in buffer mode with
-// several destinations, until a re-forward.
+// recordCompleted records a completed forward, trying again while the
+// write fails, until ctx ends (settleTimeout): the event is acked by now,
+// so a record lost reads as a missing study in the audit, and keeps the
+// study in Orthanc in buffer mode with several destinations, until a
+// re-forward. On a cluster that lost the server leading the ledger's
+// bucket, writes fail at once ("no response from stream") until the others
+// elect a leader, 4 to 9 s: three tries 1.5 s apart all fell within it.
+// A full store is not tried again: it is not freed within seconds.
 func (f *Forwarder) recordCompleted(ctx context.Context, ev *events.StudyStable, c Completion) error {
 	err := f.opts.Completed(ctx, ev, c)
-	for wait := completedRetry; err != nil && wait <= 2*completedRetry; wait *= 2 {
+	for wait := completedRetry; err != nil && !errors.Is(err, natsjs.ErrStorageFull); wait = min(2*wait, completedRetryMax) {
 		sleep(ctx, wait)
 		if ctx.Err() != nil {
 			return err
