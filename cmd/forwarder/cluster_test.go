@@ -17,6 +17,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/app"
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/ledger"
@@ -558,6 +559,74 @@ func TestCompletedForwardRecordedThroughLedgerElection(t *testing.T) {
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("no completed forward in the ledger: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestStoredInstancesRememberedThroughElection: the node leading the
+// failure log's bucket crashes while a study is at the destination (the
+// event stream and the consumer are led elsewhere). The forwarder still
+// records what the delivery stored once the others have elected a new
+// leader: a later delivery of the study (its ack lost, or the study grown
+// by an instance) takes the destination's "already exists" for those
+// instances as its own copies. One try, lost to the election, left them
+// to be counted as conflicts (skip) or the study dead-lettered
+// (STOW_ON_CONFLICT=deadletter).
+func TestStoredInstancesRememberedThroughElection(t *testing.T) {
+	testharness.RequireBinary(t, "Orthanc")
+	testharness.RequireBinary(t, "storescu")
+	cluster := testnats.StartCluster(t, 3)
+	nc, js := cluster.Connect(t)
+	r := &rig{js: js}
+	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
+	r.proxy = faultproxy.Start(t, r.dest.URL)
+	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	home, lost := cluster.Nodes[0], cluster.Nodes[1]
+	addr := testharness.FreeAddr(t)
+	p := testharness.StartProgram(t, "forwarder", run, r.env(map[string]string{
+		"NATS_URL": home.ClientURL(), "NATS_REPLICAS": "3", "FORWARDER_ADDR": addr,
+	}))
+	testharness.WaitHTTP(t, "http://"+addr+"/readyz", 60*time.Second)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", home.Name)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, natsjs.ForwarderConsumer, home.Name)
+	cluster.MoveLeader(t, js, nc, "KV_"+natsjs.FailureBucket, "", lost.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, natsjs.FailureBucket) // read while it has a leader
+	if err != nil {
+		t.Fatal(err)
+	}
+	failures := deadletter.NewFailureLog(kv, natsjs.DefaultDestination)
+
+	study := r.addStudy(t, 2, 64)
+	var instances []struct {
+		FileUuid      string
+		MainDicomTags struct{ SOPInstanceUID string }
+	}
+	r.src.GetJSON(t, "/studies/"+study+"/instances", &instances)
+	r.proxy.Hang()
+	ev := r.publish(t, study)
+	for deadline := time.Now().Add(30 * time.Second); r.proxy.Held() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the study never reached the destination")
+		}
+	}
+	lost.Kill()
+	r.proxy.Release()
+	r.waitDest(t, 2, 30*time.Second)
+	for {
+		sent, err := failures.Sent(ctx, ev)
+		if err == nil && len(instances) == 2 &&
+			sent(instances[0].MainDicomTags.SOPInstanceUID+"/"+instances[0].FileUuid) &&
+			sent(instances[1].MainDicomTags.SOPInstanceUID+"/"+instances[1].FileUuid) {
+			break
+		}
+		if strings.Contains(p.Logs.String(), "remember what the attempt stored") {
+			t.Fatalf("what the delivery stored was given up during the bucket's election: %v", err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("what the delivery stored is not in the failure log: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

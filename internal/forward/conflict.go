@@ -9,6 +9,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -203,8 +204,9 @@ func uidList(in []Instance) string {
 }
 
 // rememberTimeout bounds the write of what an attempt stored: it runs as
-// the attempt ends, perhaps at shutdown.
-const rememberTimeout = 5 * time.Second
+// the attempt ends, perhaps at shutdown. It outlasts a NATS cluster's
+// leader election (4 to 9 s), through which it is tried again.
+const rememberTimeout = 15 * time.Second
 
 // storedEarlier reports the instances of the event's study (by sentID)
 // the destination confirmed to earlier attempts (none without a FailureLog,
@@ -231,7 +233,19 @@ func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, 
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rememberTimeout)
 	defer cancel()
-	if err := f.opts.Failures.RememberSent(ctx, ev, ids); err != nil {
+	// On a cluster that lost the server leading the bucket, writes fail at
+	// once until the others elect a leader: one try was lost to it, and a
+	// later delivery (the ack lost with the same server, the study grown by
+	// an instance) took the destination's "already exists" for conflicts.
+	err := f.opts.Failures.RememberSent(ctx, ev, ids)
+	for wait := completedRetry; err != nil && !errors.Is(err, natsjs.ErrStorageFull); wait = min(2*wait, completedRetryMax) {
+		sleep(ctx, wait)
+		if ctx.Err() != nil {
+			break
+		}
+		err = f.opts.Failures.RememberSent(ctx, ev, ids)
+	}
+	if err != nil {
 		f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "instances", len(ids), "err", err)
 	}
