@@ -99,8 +99,15 @@ func (c *Conn) Ready(ctx context.Context) error {
 	if st := c.NC.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("not connected to NATS (%s; the client reconnects every second)", strings.ToLower(st.String()))
 	}
-	if _, err := c.JS.Stream(ctx, EventStream); err != nil {
+	s, err := c.JS.Stream(ctx, EventStream)
+	if err != nil {
 		return fmt.Errorf("JetStream stream %s: %w", EventStream, err)
+	}
+	// A cluster server whose stream has lost its leader answers the read
+	// itself, with no leader, while every write fails: a cluster without
+	// quorum would pass for ready.
+	if cl := s.CachedInfo().Cluster; cl != nil && cl.Leader == "" {
+		return fmt.Errorf("JetStream stream %s has no leader: nothing can be stored or pulled until the NATS cluster elects one (servers lost; with two of three lost, until one is back)", EventStream)
 	}
 	if c.embedded != nil {
 		return c.embedded.writeErrors("")

@@ -240,3 +240,54 @@ func TestEnsureBucketsLeaveUnchangedOnes(t *testing.T) {
 		t.Errorf("after a change: %d requests, TTL %s; want 3, %s", c.kvUpdates, st.TTL(), topo.StatusTTL)
 	}
 }
+
+// A process on a cluster that lost two of its three servers is not
+// ready, and /readyz says the event stream has no leader: the surviving
+// server answers the stream's info itself, without a leader, while every
+// write fails, and the check passed. Ready again by itself once a second
+// server is back.
+func TestNotReadyWithoutQuorum(t *testing.T) {
+	cluster := testnats.StartCluster(t, 3)
+	topo := natsjs.DefaultTopology()
+	topo.Replicas = 3
+	home := cluster.Nodes[0]
+	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: home.ClientURL()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := topo.EnsureEvents(testCtx(t), c.JS); err != nil {
+		t.Fatal(err)
+	}
+	cluster.Nodes[1].Kill()
+	cluster.Nodes[2].Kill()
+	// Wait until the survivor answers the stream's info with no leader.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if leader, err := testnats.Leader(c.JS, natsjs.EventStream, ""); err == nil && leader == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stream's info never answered without a leader")
+		}
+	}
+	if _, err := c.JS.Publish(testCtx(t), natsjs.EventSubjectPrefix+"a", []byte("x")); err == nil {
+		t.Fatal("a publish without quorum was stored")
+	}
+	rctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
+	defer cancel()
+	if err := c.Ready(rctx); err == nil || !strings.Contains(err.Error(), "has no leader") {
+		t.Errorf("Ready without quorum: %v; want the stream has no leader", err)
+	}
+	cluster.Nodes[1].Restart(t)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		rctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
+		err := c.Ready(rctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready 60 s after a second server came back: %v", err)
+		}
+	}
+}
