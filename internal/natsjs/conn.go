@@ -100,6 +100,10 @@ func (c *Conn) Ready(ctx context.Context) error {
 		return fmt.Errorf("not connected to NATS (%s; the client reconnects every second)", strings.ToLower(st.String()))
 	}
 	s, err := c.JS.Stream(ctx, EventStream)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Alone, "context deadline exceeded" tells an operator nothing.
+		return fmt.Errorf("JetStream stream %s did not answer in time (on a NATS cluster: the server leading it was lost and the others have not elected a new leader yet): %w", EventStream, err)
+	}
 	if err != nil {
 		return fmt.Errorf("JetStream stream %s: %w", EventStream, err)
 	}

@@ -291,3 +291,42 @@ func TestNotReadyWithoutQuorum(t *testing.T) {
 		}
 	}
 }
+
+// A process whose event stream's leader crashed is not ready until the
+// others elect a new one, and /readyz says why the read timed out rather
+// than only "context deadline exceeded".
+func TestNotReadyWhileStreamLeaderIsElected(t *testing.T) {
+	cluster := testnats.StartCluster(t, 3)
+	nc, js := cluster.Connect(t)
+	topo := natsjs.DefaultTopology()
+	topo.Replicas = 3
+	home, lost := cluster.Nodes[0], cluster.Nodes[1]
+	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: home.ClientURL()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := topo.EnsureEvents(testCtx(t), c.JS); err != nil {
+		t.Fatal(err)
+	}
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", lost.Name)
+	lost.Kill()
+	// The others notice a crashed leader after their election time-out
+	// (at least 4 s): until then, reads of the stream go unanswered.
+	rctx, cancel := context.WithTimeout(testCtx(t), 2*time.Second)
+	defer cancel()
+	if err := c.Ready(rctx); err == nil || !strings.Contains(err.Error(), "did not answer in time") {
+		t.Errorf("Ready just after the stream leader crashed: %v; want it did not answer in time", err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		rctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
+		err := c.Ready(rctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready 60 s after the stream leader crashed: %v", err)
+		}
+	}
+}
