@@ -35,8 +35,13 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	if r.cfg.Priority.Rule != "" {
 		log.Info("PRIORITY_RULE: studies it is true for go in the stat lane")
 	}
+	tokens := []string{r.cfg.Token}
+	if r.cfg.PreviousToken != "" {
+		tokens = append(tokens, r.cfg.PreviousToken)
+		log.Warn("INGEST_TOKEN_PREVIOUS is accepted too: unset it once every Orthanc sends INGEST_TOKEN (stowline_ingest_previous_token_total stops growing)")
+	}
 	h, err := web.NewWebhook(web.WebhookOptions{
-		Tokens:         []string{r.cfg.Token},
+		Tokens:         tokens,
 		HMACSecret:     r.cfg.HMACSecret,
 		HMACMaxSkew:    r.cfg.HMACMaxSkew,
 		RateLimit:      r.cfg.RateLimit,

@@ -24,5 +24,8 @@ func (a *Admin) apartFrom(i *Ingest) error {
 	if a.AdminToken != "" && a.AdminToken == i.Token {
 		return errors.New("ADMIN_TOKEN must differ from INGEST_TOKEN: the ingest token is in Orthanc's configuration, and would open the status page and the admin API")
 	}
+	if a.AdminToken != "" && a.AdminToken == i.PreviousToken {
+		return errors.New("ADMIN_TOKEN must differ from INGEST_TOKEN_PREVIOUS: the ingest token is in Orthanc's configuration, and would open the status page and the admin API")
+	}
 	return nil
 }

@@ -48,6 +48,13 @@ func TestAdminTokenDiffersFromIngestToken(t *testing.T) {
 			t.Errorf("%s: err = %v, want the refusal without the token", name, err)
 		}
 	}
+	// Nor the token being rotated out, still in some Orthanc's.
+	e["INGEST_TOKEN_PREVIOUS"] = e["INGEST_TOKEN"]
+	e["INGEST_TOKEN"] = "fedcba9876543210fedc"
+	err := Load(mapEnv(e), &IngestService{})
+	if err == nil || !strings.Contains(err.Error(), "ADMIN_TOKEN must differ from INGEST_TOKEN_PREVIOUS") || strings.Contains(err.Error(), e["ADMIN_TOKEN"]) {
+		t.Errorf("err = %v, want the refusal without the token", err)
+	}
 }
 
 // TestRandomCredentialsAccepted: random values the documentation's

@@ -67,6 +67,9 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"placeholder token", map[string]string{"INGEST_TOKEN": "change-me-to-a-long-random-string"}, "", `INGEST_TOKEN: the value is a placeholder from an example ("changeme")`},
 		{"placeholder token in capitals", map[string]string{"INGEST_TOKEN": "REPLACE_ME_WITH_A_REAL_TOKEN"}, "", `("replaceme")`},
 		{"token of few characters", map[string]string{"INGEST_TOKEN": "1212121212121212"}, "", "INGEST_TOKEN: want a random value"},
+		{"short previous token", map[string]string{"INGEST_TOKEN_PREVIOUS": "short"}, "", "INGEST_TOKEN_PREVIOUS"},
+		{"previous token equal to the token", map[string]string{"INGEST_TOKEN_PREVIOUS": "0123456789abcdef0123"}, "", "INGEST_TOKEN_PREVIOUS equals INGEST_TOKEN"},
+		{"previous token with a space", map[string]string{"INGEST_TOKEN_PREVIOUS": "fedcba9876543210fedc "}, "", "INGEST_TOKEN_PREVIOUS"},
 		{"bad dicomweb url", map[string]string{"DICOMWEB_URL": "ftp://x"}, "", "DICOMWEB_URL"},
 		{"url with credentials", map[string]string{"ORTHANC_URL": "http://u:p@orthanc:8042"}, "", "ORTHANC_URL"},
 		// As orthancapi.parseBaseURL and the DICOMweb client read them.

@@ -78,8 +78,10 @@ func (n *NATS) Validate() error {
 
 // Ingest configures the webhook service.
 type Ingest struct {
-	Addr           string        `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
-	Token          string        `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters, at least 8 different ones; a placeholder such as change-me… is refused, and so is a space or tab at either end or a second line, which HTTP cannot carry)"`
+	Addr  string `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
+	Token string `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters, at least 8 different ones; a placeholder such as change-me… is refused, and so is a space or tab at either end or a second line, which HTTP cannot carry)"`
+	// PreviousToken is accepted too while Orthanc servers move to Token.
+	PreviousToken  string        `env:"INGEST_TOKEN_PREVIOUS" secret:"true" desc:"during a rotation of INGEST_TOKEN, the token it replaces, accepted too until every Orthanc sends the new one (stowline_ingest_previous_token_total stops growing); then remove it. Empty: none"`
 	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503 (100ms to 50s)"`
 	// WebhookSecurity: HMAC signatures and rate limit (webhook.go).
 	WebhookSecurity
@@ -98,6 +100,12 @@ func (i *Ingest) Validate() error {
 	}
 	if err := checkHeaderToken("INGEST_TOKEN", i.Token); err != nil {
 		errs = append(errs, err)
+	}
+	if i.PreviousToken != "" {
+		errs = append(errs, checkCredential("INGEST_TOKEN_PREVIOUS", i.PreviousToken, 16), checkHeaderToken("INGEST_TOKEN_PREVIOUS", i.PreviousToken))
+		if i.PreviousToken == i.Token {
+			errs = append(errs, errors.New("INGEST_TOKEN_PREVIOUS equals INGEST_TOKEN: give the new token as INGEST_TOKEN and the one it replaces as INGEST_TOKEN_PREVIOUS, or unset INGEST_TOKEN_PREVIOUS"))
+		}
 	}
 	// The webhook answers 503 once the timeout passes: past the HTTP
 	// server's write timeout (60 s) Orthanc would get a closed connection.

@@ -40,7 +40,8 @@ const WebhookPath = "/webhooks/orthanc"
 
 // WebhookOptions configures the handler.
 type WebhookOptions struct {
-	// Tokens are the accepted bearer tokens (several, for rotation).
+	// Tokens are the accepted bearer tokens: the current one first, then
+	// those it replaces during a rotation (counted when used).
 	Tokens []string
 	// HMACSecret, when not empty, also requires a signature of the body
 	// (X-Stowline-Timestamp, X-Stowline-Signature) within HMACMaxSkew
@@ -157,9 +158,13 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if !h.authorized(r) {
+	ok, previous := h.authorized(r)
+	if !ok {
 		h.reject(w, r, http.StatusUnauthorized, "unauthorized", "missing or invalid bearer token")
 		return
+	}
+	if previous {
+		h.m.previousToken.Inc()
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
 		h.reject(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type",
@@ -308,17 +313,24 @@ func bearerToken(r *http.Request) (string, bool) {
 	return strings.TrimLeft(token, " "), true
 }
 
-func (h *Webhook) authorized(r *http.Request) bool {
+// authorized reports a request carrying one of the tokens; previous, one
+// other than the current (first) token.
+func (h *Webhook) authorized(r *http.Request) (ok, previous bool) {
 	token, ok := bearerToken(r)
 	if !ok || token == "" {
-		return false
+		return false, false
 	}
 	sum := sha256.Sum256([]byte(token))
-	match := 0
-	for _, t := range h.tokens {
-		match |= subtle.ConstantTimeCompare(sum[:], t[:])
+	current, other := 0, 0
+	for i, t := range h.tokens {
+		m := subtle.ConstantTimeCompare(sum[:], t[:])
+		if i == 0 {
+			current = m
+		} else {
+			other |= m
+		}
 	}
-	return match == 1
+	return current|other == 1, current == 0 && other == 1
 }
 
 func (h *Webhook) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {

@@ -10,6 +10,9 @@ type metrics struct {
 	received       *prometheus.CounterVec
 	rejected       *prometheus.CounterVec
 	publishSeconds prometheus.Histogram
+	// previousToken counts requests authenticated by a token other than
+	// the first (INGEST_TOKEN_PREVIOUS): at 0 the rotation is done.
+	previousToken prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -27,6 +30,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from publish to JetStream acknowledgement.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		previousToken: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stowline_ingest_previous_token_total",
+			Help: "Webhook requests authenticated with INGEST_TOKEN_PREVIOUS rather than INGEST_TOKEN: an Orthanc not yet given the new token.",
+		}),
 	}
 	for _, r := range []string{"accepted", "duplicate"} {
 		m.received.WithLabelValues(r)
@@ -36,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"jetstream_unavailable", "jetstream_full"} {
 		m.rejected.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds} {
+	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds, m.previousToken} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ingest: register metrics: %w", err)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
@@ -27,7 +28,7 @@ const validBody = `{"type":"orthanc.study.stable","version":1,"source":"orthanc-
 
 func newServer(t *testing.T, pub events.Publisher) *httptest.Server {
 	t.Helper()
-	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{"old-token-rotating-out", token}, Publisher: pub, PublishTimeout: 2 * time.Second})
+	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token, "old-token-rotating-out"}, Publisher: pub, PublishTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,4 +238,54 @@ func TestWebhookPublishOutlivesTheSender(t *testing.T) {
 	if err := <-pub.result; err != nil {
 		t.Errorf("publish after the sender gave up: %v; want the event stored", err)
 	}
+}
+
+// TestWebhookCountsThePreviousToken: during a rotation the token being
+// replaced is still accepted, and each request carrying it is counted,
+// so the operator sees when no Orthanc sends it any more.
+func TestWebhookCountsThePreviousToken(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token, "old-token-rotating-out"}, Publisher: &fakePublisher{},
+		PublishTimeout: 2 * time.Second, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := chi.NewRouter()
+	h.Mount(r)
+	srv := httptest.NewServer(r)
+	t.Cleanup(srv.Close)
+	for _, tt := range []struct {
+		bearer   string
+		status   int
+		previous float64
+	}{
+		{token, http.StatusAccepted, 0},
+		{"old-token-rotating-out", http.StatusAccepted, 1},
+		{"not-a-token-0123456789", http.StatusUnauthorized, 1},
+		{"old-token-rotating-out", http.StatusAccepted, 2},
+	} {
+		if status, _ := post(t, srv.URL, "application/json", "Bearer "+tt.bearer, validBody); status != tt.status {
+			t.Errorf("token %q: status %d, want %d", tt.bearer, status, tt.status)
+		}
+		if got := gathered(t, reg, "stowline_ingest_previous_token_total"); got != tt.previous {
+			t.Errorf("after token %q: stowline_ingest_previous_token_total %v, want %v", tt.bearer, got, tt.previous)
+		}
+	}
+}
+
+// gathered is the value of the counter or gauge name in reg.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

@@ -59,7 +59,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The secret variables each command reads: (dict "root" $). */}}
 {{- define "stowline.secretVars.ingest" -}}
-{{- $out := list "INGEST_TOKEN" "INGEST_HMAC_SECRET" "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD" -}}
+{{- $out := list "INGEST_TOKEN" "INGEST_TOKEN_PREVIOUS" "INGEST_HMAC_SECRET" "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD" -}}
 {{- join " " (concat $out (splitList " " (include "stowline.sourceSecretVars" .root))) -}}
 {{- end -}}
 {{/*
