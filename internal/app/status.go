@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/repeatlog"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -90,8 +92,15 @@ func (s *statusWiring) track(ctx context.Context, g *errgroup.Group, topo natsjs
 		return nil, err
 	}
 	s.tracker.Store(t)
+	// A cluster electing the bucket's leader answers no put for a few
+	// seconds, each 5 s put of every forwarder asking again: one line a
+	// minute says it.
+	unanswered := &repeatlog.Failures{Every: time.Minute}
 	bucket := statusBucket{KeyValue: kv, ensure: func(ctx context.Context) error {
-		log.Info("status: no answer from the bucket; creating it again if it is gone (kept in memory, it is lost when the NATS server restarts)", "bucket", natsjs.StatusBucket)
+		if n, ok := unanswered.Failed(); ok {
+			log.Info("status: no answer from the bucket (a NATS cluster electing its leader, or a restarted server that lost it: it is kept in memory); creating it again if it is gone",
+				"bucket", natsjs.StatusBucket, "unanswered_since_start", n)
+		}
 		_, err := topo.EnsureStatus(ctx, s.conn.JS)
 		return err
 	}}
