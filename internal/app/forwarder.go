@@ -228,7 +228,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		DestinationName:       d.Name,
 		SourceFor:             r.sourceFor,
 		SourceProbe:           r.probeSource,
-		SourceHolds:           r.sourceHolds(fc.Concurrency),
+		SourceHolds:           r.sourceHolds(fc.Concurrency, fc.StatWorkers),
 		Destination:           client.STOW,
 		Concurrency:           fc.Concurrency,
 		MaxInstances:          d.StowMaxInstances,
@@ -319,14 +319,15 @@ func (r *forwarderRole) probeSource(ctx context.Context, name string) error {
 }
 
 // sourceHolds is how many studies may wait at once for their source to
-// answer again: every worker with one source (nothing else could be
-// sent meanwhile); with several, all but one worker (when there are two
-// or more), which stays for the other sources' studies.
-func (r *forwarderRole) sourceHolds(concurrency int) int {
+// answer again: every worker, stat workers included, with one source
+// (nothing else could be sent meanwhile); with several, all but one
+// general worker (when there are two or more), which stays for the other
+// sources' studies.
+func (r *forwarderRole) sourceHolds(concurrency, statWorkers int) int {
 	if len(r.sources.List()) > 1 {
-		return max(1, concurrency-1)
+		return max(1, concurrency-1) + statWorkers
 	}
-	return concurrency
+	return concurrency + statWorkers
 }
 
 // cleanerFor returns the Orthanc of the event's source for buffer mode.

@@ -112,7 +112,7 @@ type Options struct {
 	// SourceProbe asks the source an event names whether it answers (a
 	// cheap request: Orthanc's /system); nil: studies are not held for
 	// their source. SourceHolds is the most studies held at once while
-	// their source is unreachable (holdForSource; 0: Concurrency).
+	// their source is unreachable (holdForSource; 0: every worker).
 	SourceProbe func(ctx context.Context, source string) error
 	SourceHolds int
 	Destination Destination
@@ -322,7 +322,7 @@ func New(opts Options) (*Forwarder, error) {
 	}
 	holds := opts.SourceHolds
 	if holds <= 0 {
-		holds = opts.Concurrency
+		holds = opts.Concurrency + opts.StatWorkers
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
 		sourceHolds: make(chan struct{}, holds)}
