@@ -12,7 +12,8 @@ import (
 )
 
 // TestPrometheusRuleIsTheAlertsFile: the chart's PrometheusRule holds
-// deploy/alerts.yml's groups unchanged (the file promtool tests), with
+// deploy/alerts.yml's groups unchanged (the file promtool tests; the
+// chart's files/alerts.yml is a copy of it, to update with it), with
 // Prometheus's {{ $labels... }} templates left for Prometheus: rendered
 // by Helm, they would fail the release or come out empty.
 func TestPrometheusRuleIsTheAlertsFile(t *testing.T) {
