@@ -227,8 +227,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 	o := &forward.Options{
 		DestinationName:       d.Name,
 		SourceFor:             r.sourceFor,
-		SourceProbe:           r.probeSource,
-		SourceHolds:           r.sourceHolds(fc.Concurrency, fc.StatWorkers),
+		SourceProbe:           r.sourceProbe(),
 		Destination:           client.STOW,
 		Concurrency:           fc.Concurrency,
 		MaxInstances:          d.StowMaxInstances,
@@ -307,27 +306,21 @@ func (r *forwarderRole) sourceFor(name string) (forward.Source, error) {
 	return c, nil
 }
 
-// probeSource asks the named source Orthanc for /system: whether it
-// answers at all. An unknown source answers nothing to wait for.
-func (r *forwarderRole) probeSource(ctx context.Context, name string) error {
-	c, err := r.sources.Lookup(name)
-	if err != nil {
+// sourceProbe asks the source Orthanc for /system: whether it answers
+// at all. Only with one source: its studies are then held while it does
+// not answer, every worker if need be; with several, workers held for
+// one would keep the others' studies waiting, and failed attempts are
+// retried as any.
+func (r *forwarderRole) sourceProbe() func(context.Context, string) error {
+	list := r.sources.List()
+	if len(list) != 1 {
 		return nil
 	}
-	_, err = c.System(ctx)
-	return err
-}
-
-// sourceHolds is how many studies may wait at once for their source to
-// answer again: every worker, stat workers included, with one source
-// (nothing else could be sent meanwhile); with several, all but one
-// general worker (when there are two or more), which stays for the other
-// sources' studies.
-func (r *forwarderRole) sourceHolds(concurrency, statWorkers int) int {
-	if len(r.sources.List()) > 1 {
-		return max(1, concurrency-1) + statWorkers
+	c := list[0].Client
+	return func(ctx context.Context, _ string) error {
+		_, err := c.System(ctx)
+		return err
 	}
-	return concurrency + statWorkers
 }
 
 // cleanerFor returns the Orthanc of the event's source for buffer mode.

@@ -91,21 +91,14 @@ func sourcesFromEnv(t *testing.T, env map[string]string) *Sources {
 	return s
 }
 
-// With one source every worker may wait for it; with several, one
-// general worker stays for the others' studies.
-func TestSourceHolds(t *testing.T) {
-	for _, tt := range []struct {
-		sources, concurrency, statWorkers, want int
-	}{
-		{1, 4, 0, 4},
-		{1, 4, 2, 6},
-		{2, 4, 0, 3},
-		{2, 4, 2, 5},
-		{3, 1, 0, 1},
-	} {
-		r := &forwarderRole{sources: &Sources{list: make([]Source, tt.sources)}}
-		if got := r.sourceHolds(tt.concurrency, tt.statWorkers); got != tt.want {
-			t.Errorf("%d sources, %d workers and %d stat workers: %d holds, want %d", tt.sources, tt.concurrency, tt.statWorkers, got, tt.want)
+// Studies are held for their source only where one source feeds the
+// forwarder: with several, workers held for one would keep the others'
+// studies waiting.
+func TestSourceProbeOnlyWithOneSource(t *testing.T) {
+	for n, want := range map[int]bool{1: true, 2: false} {
+		r := &forwarderRole{sources: &Sources{list: make([]Source, n)}}
+		if got := r.sourceProbe() != nil; got != want {
+			t.Errorf("%d sources: a probe %v, want %v", n, got, want)
 		}
 	}
 }

@@ -482,7 +482,10 @@ func (f *Forwarder) Status() DestinationStatus {
 // returned and the study goes back to the queue (one delivery).
 func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.Logger) (Report, error) {
 	trial := false
-	for held := 0; ; held++ {
+	// held counts the holds for the destination, sourceHeld those for the
+	// source, for the log.
+	held, sourceHeld := 0, 0
+	for {
 		rep, err := f.transferRecovering(ctx, a)
 		if err == nil && rep.Requests == 0 && rep.Verify == 0 {
 			// Nothing reached the destination (its rules selected no
@@ -495,17 +498,21 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID) {
 			if err != nil && f.opts.SourceProbe != nil && Classify(err) == Transient && ctx.Err() == nil {
-				sourceHeld, herr := f.holdForSource(ctx, a, err, log)
+				wasHeld, herr := f.holdForSource(ctx, a, err, log)
 				if herr != nil {
 					return rep, herr
 				}
-				if sourceHeld {
+				if wasHeld {
+					sourceHeld++
 					trial = false // record ended a trial
 					continue
 				}
 			}
-			if held > 0 && err == nil {
+			if err == nil && held > 0 {
 				log.Info("held study forwarded after the destination came back", "holds", held)
+			}
+			if err == nil && sourceHeld > 0 {
+				log.Info("held study forwarded after its source Orthanc came back", "holds", sourceHeld)
 			}
 			return rep, err
 		}
@@ -513,6 +520,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			log.Warn("destination down: the study is held until the circuit breaker closes; no delivery is spent",
 				"err", err, "instances_sent", rep.Instances)
 		}
+		held++
 		f.m.held.Inc()
 		var herr error
 		trial, herr = f.breaker.hold(ctx)

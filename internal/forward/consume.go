@@ -38,6 +38,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	stopBreaker := context.AfterFunc(ctx, f.breaker.stop)
 	defer stopBreaker()
 	defer f.breaker.stop()
+	stopHolds := context.AfterFunc(ctx, func() { f.stoppingOnce.Do(func() { close(f.stopping) }) })
+	defer stopHolds()
 
 	var wg sync.WaitGroup
 	for range f.opts.Concurrency {

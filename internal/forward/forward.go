@@ -110,11 +110,10 @@ type Options struct {
 	// SourceFor returns the Orthanc that an event's source names.
 	SourceFor func(source string) (Source, error)
 	// SourceProbe asks the source an event names whether it answers (a
-	// cheap request: Orthanc's /system); nil: studies are not held for
-	// their source. SourceHolds is the most studies held at once while
-	// their source is unreachable (holdForSource; 0: every worker).
+	// cheap request: Orthanc's /system); nil: studies are not held while
+	// their source is unreachable (holdForSource). Set it only where one
+	// source feeds the forwarder.
 	SourceProbe func(ctx context.Context, source string) error
-	SourceHolds int
 	Destination Destination
 	// Router, if set, selects what of each study goes to the destination;
 	// without it every instance of every study does.
@@ -240,8 +239,10 @@ type Forwarder struct {
 	// on, to recognise one delivered again meanwhile.
 	inHandMu sync.Mutex
 	inHand   map[uint64]bool
-	// sourceHolds has a slot per study that may be held for its source.
-	sourceHolds chan struct{}
+	// stopping is closed when shutdown starts: studies held for their
+	// source go back to the queue at once.
+	stopping     chan struct{}
+	stoppingOnce sync.Once
 }
 
 // New validates opts and returns a Forwarder.
@@ -320,12 +321,8 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
-	holds := opts.SourceHolds
-	if holds <= 0 {
-		holds = opts.Concurrency + opts.StatWorkers
-	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
-		sourceHolds: make(chan struct{}, holds)}
+		stopping: make(chan struct{})}
 	if err := fw.plan.registerOpen(reg, opts.DestinationName); err != nil {
 		return nil, err
 	}

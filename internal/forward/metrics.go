@@ -40,7 +40,7 @@ type metrics struct {
 	breakerTransitions *prometheus.CounterVec
 	held               prometheus.Gauge
 	// sourceHeld: studies held while their source is unreachable.
-	sourceHeld *prometheus.GaugeVec
+	sourceHeld prometheus.Gauge
 	// lanePulls and laneBusy: events pulled and studies in flight by
 	// priority lane (lanes.go).
 	lanePulls *prometheus.CounterVec
@@ -166,11 +166,11 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		Help:        "Studies this process holds, unsettled, until the destination's circuit breaker closes.",
 		ConstLabels: labels,
 	})
-	m.sourceHeld = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	m.sourceHeld = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_studies_held_for_source",
-		Help:        "Studies this process holds, unsettled and without spending a delivery, until their source Orthanc (source) answers again.",
+		Help:        "Studies this process holds, unsettled and without spending a delivery, until the source Orthanc answers again (one source only).",
 		ConstLabels: labels,
-	}, []string{"source"})
+	})
 	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}

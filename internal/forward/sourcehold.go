@@ -24,16 +24,19 @@ func sourceDown(probeErr error) bool {
 }
 
 // holdForSource is called after an attempt failed transiently for a
-// reason other than the destination. When the study's source does not
-// answer a probe either, the study is held, its message kept in progress,
-// until the source answers again, and the attempt runs again within its
-// delivery: a source outage of any length spends no delivery and
-// dead-letters nothing (each failed attempt did, so an Orthanc down for
-// a weekend dead-lettered every study queued meanwhile). held is false
-// when the source answers (the failure is the study's: the usual retry
-// follows) or when SourceHolds studies are held already: with several
-// sources, a worker stays for the others'. err is set when ctx ended
-// while held.
+// reason other than the destination. When the source does not answer a
+// probe either, the study is held, its message kept in progress, until
+// the source answers again, and the attempt runs again within its
+// delivery: an outage of the source of any length spends no delivery
+// and dead-letters nothing (each failed attempt did, so an Orthanc down
+// for a weekend dead-lettered every study queued meanwhile). With every
+// worker holding, nothing more is pulled. SourceProbe is set only where
+// one source feeds the forwarder: with several, workers held for one
+// would leave the others' studies waiting.
+//
+// held is false when the source answers (the failure is the study's: the
+// usual retry follows). err is set, with held, when the forwarder stops
+// or ctx ends while held: the study goes back to the queue.
 func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, log *slog.Logger) (held bool, err error) {
 	probe := func() error {
 		pctx, cancel := context.WithTimeout(ctx, sourceProbeTimeout)
@@ -44,17 +47,8 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	if !sourceDown(perr) {
 		return false, nil
 	}
-	select {
-	case f.sourceHolds <- struct{}{}:
-	default:
-		log.Warn("source Orthanc unreachable, and enough studies already wait for a source: this one is retried as usual, spending a delivery",
-			"source", a.Event.Source, "err", cause, "probe_err", perr, "held", cap(f.sourceHolds))
-		return false, nil
-	}
-	defer func() { <-f.sourceHolds }()
-	g := f.m.sourceHeld.WithLabelValues(a.Event.Source)
-	g.Inc()
-	defer g.Dec()
+	f.m.sourceHeld.Inc()
+	defer f.m.sourceHeld.Dec()
 	log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",
 		"source", a.Event.Source, "err", cause, "probe_err", perr)
 	start := time.Now()
@@ -64,6 +58,11 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 		case <-ctx.Done():
 			t.Stop()
 			return true, fmt.Errorf("held while the source Orthanc %q was unreachable (%v): %w", a.Event.Source, cause, ctx.Err())
+		case <-f.stopping:
+			// As the breaker's holds: the study waits for its source,
+			// not for work to finish; another replica takes it.
+			t.Stop()
+			return true, fmt.Errorf("held while the source Orthanc %q was unreachable (%v): %w", a.Event.Source, cause, errShutdown)
 		case <-t.C:
 		}
 		if perr = probe(); !sourceDown(perr) {

@@ -103,22 +103,23 @@ func TestSourceOutageHoldsTheStudy(t *testing.T) {
 	}
 }
 
-// holdForSource holds only while the source does not answer, and only as
-// many studies as it has slots for; a stop while held ends the hold with
-// the context's error.
+// holdForSource holds only while the source does not answer; a stop
+// while held, of the forwarder or of the work, ends the hold with an
+// error that gives the study back.
 func TestHoldForSource(t *testing.T) {
 	down := &orthancapi.Error{StatusCode: 503, NotFromOrthanc: "proxy"}
 	refused := &orthancapi.Error{StatusCode: 401, OrthancMessage: "Unauthorized"}
 	for _, tt := range []struct {
-		name     string
-		probe    error
-		slotFree bool
-		held     bool
+		name  string
+		probe error
+		end   string // how a hold ends: "work" cancels ctx, "stop" starts shutdown
+		held  bool
+		want  error
 	}{
-		{"the source answers: the study's own failure", nil, true, false},
-		{"the source refuses credentials: an answer", refused, true, false},
-		{"the source is down", down, true, true},
-		{"the source is down, no slot free", down, false, false},
+		{"the source answers: the study's own failure", nil, "", false, nil},
+		{"the source refuses credentials: an answer", refused, "", false, nil},
+		{"the source is down, the work is cancelled", down, "work", true, context.Canceled},
+		{"the source is down, shutdown starts", down, "stop", true, errShutdown},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			m, merr := newMetrics(prometheus.NewRegistry(), "default")
@@ -126,22 +127,19 @@ func TestHoldForSource(t *testing.T) {
 				t.Fatal(merr)
 			}
 			f := &Forwarder{opts: Options{SourceProbe: func(context.Context, string) error { return tt.probe }},
-				m: m, sourceHolds: make(chan struct{}, 1)}
-			if !tt.slotFree {
-				f.sourceHolds <- struct{}{}
-			}
+				m: m, stopping: make(chan struct{})}
 			ctx, cancel := context.WithCancel(t.Context())
-			if tt.held {
-				cancel() // ends the hold at once: held, with the context's error
-			}
 			defer cancel()
+			switch tt.end {
+			case "work":
+				cancel()
+			case "stop":
+				close(f.stopping)
+			}
 			a := &Attempt{Event: &events.StudyStable{Source: "a"}}
 			held, err := f.holdForSource(ctx, a, errors.New("GET /studies/x/instances: connection refused"), slog.New(slog.DiscardHandler))
-			if held != tt.held || (err != nil) != tt.held {
-				t.Errorf("held %v, err %v; want held %v", held, err, tt.held)
-			}
-			if tt.held && !errors.Is(err, context.Canceled) {
-				t.Errorf("err %v, want the context's", err)
+			if held != tt.held || !errors.Is(err, tt.want) || (err == nil) != (tt.want == nil) {
+				t.Errorf("held %v, err %v; want held %v, err %v", held, err, tt.held, tt.want)
 			}
 		})
 	}
