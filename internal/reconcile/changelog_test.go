@@ -233,7 +233,9 @@ func TestPendingGaugeLeftWithTheLease(t *testing.T) {
 	_, kv := testBucket(t)
 	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
 	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
-		PollInterval: 10 * time.Millisecond, LeaseTTL: 300 * time.Millisecond})
+		// A TTL of a second: with 300 ms the holder stepped down when a
+		// renewal came 200 ms after the last on a loaded CI host.
+		PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second})
 
 	gauge := func(g *prometheus.GaugeVec) func() float64 {
 		return func() float64 { return testutil.ToFloat64(g.WithLabelValues("s")) }
