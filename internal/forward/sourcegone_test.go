@@ -2,7 +2,10 @@ package forward
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,5 +228,37 @@ func testUnreadableInstanceDoesNotHoldTheStudy(t *testing.T, rel testharness.Rel
 				t.Errorf("dead letter: class %q, attempts %d, reason %q, failures %+v", l.Class, l.Attempts, l.Reason, l.Failures)
 			}
 		})
+	}
+}
+
+// unreadableSource answers every file with Orthanc's own 500, as when
+// its storage is gone while /system still answers.
+type unreadableSource struct{ *memSource }
+
+func (s unreadableSource) OpenInstanceFile(context.Context, string) (io.ReadCloser, int64, error) {
+	return nil, 0, &orthancapi.Error{StatusCode: http.StatusInternalServerError, OrthancMessage: "The path does not point to a regular file"}
+}
+
+// A source that reads no file fails the attempt after a bounded number
+// of requests: each request broke at its first part and the rest was
+// sent again at once, the unreadable ones each alone every round, which
+// made thousands of aborted requests for one study, back to back.
+func TestUnreadableSourceBoundsTheRequests(t *testing.T) {
+	k := &sink{}
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	src := newMemSource(400)
+	f := newForwarder(t, src, srv.URL, nil, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return unreadableSource{src}, nil }
+		o.MaxInstances = 20
+		o.InstanceRetries = 1
+		o.InstanceRetryDelay = time.Millisecond
+	})
+	_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	if Classify(err) != Transient || !strings.Contains(fmt.Sprint(err), "the source Orthanc failed to read") {
+		t.Errorf("err %v, want a transient failure to read from the source", err)
+	}
+	if n := k.requests.Load(); n > 700 {
+		t.Errorf("%d STOW-RS requests for 400 instances none of which can be read, want at most 700", n)
 	}
 }

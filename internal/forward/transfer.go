@@ -175,15 +175,27 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		}
 	}()
 	// alone are instances the source failed to read, read again each in a
-	// request of its own: failing again, they break off no other.
+	// request of its own: failing again, they break off no other. Quick
+	// rounds, run at once for the rest of requests such an instance broke
+	// off, leave them for the next paused round, and are at most
+	// maxQuickRounds: a source failing every file (its storage gone while
+	// /system answers) broke each request at its first part, and reading
+	// the growing alone list again each quick round made it thousands of
+	// aborted requests, back to back.
 	var upsert, alone []dicomweb.Part
+	quick, quickRounds := false, 0
 	for transientRounds := 0; ; {
 		var outs []batchOutcome
+		var carried []dicomweb.Part
+		sendAlone := alone
+		if quick {
+			carried, sendAlone = alone, nil
+		}
 		for _, send := range []struct {
 			parts []dicomweb.Part
 			put   bool
 			size  int
-		}{{pending, false, 0}, {upsert, true, 0}, {alone, false, 1}} {
+		}{{pending, false, 0}, {upsert, true, 0}, {sendAlone, false, 1}} {
 			if len(send.parts) == 0 {
 				continue
 			}
@@ -263,7 +275,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			return rep, err
 		}
 		others, unreadAgain := splitUnread(retry, unread)
-		pending, upsert, alone = append(append(others, resend...), again...), up, unreadAgain
+		pending, upsert, alone = append(append(others, resend...), again...), up, append(carried, unreadAgain...)
 		for _, p := range again {
 			all[at[p.SOPInstanceUID]] = p
 		}
@@ -280,10 +292,16 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		if len(pending)+len(upsert)+len(alone) == 0 {
 			break
 		}
-		if len(retry) == 0 || len(again) > 0 && len(unread) > 0 {
-			// Only replacements or conversions, or the rest of requests
-			// an instance the source failed to read broke off (sent now
-			// without it): no pause, no transient round.
+		quick = len(again) > 0 && len(unread) > 0 && quickRounds < maxQuickRounds
+		if quick {
+			// The rest of requests an instance the source failed to read
+			// broke off, sent now without it: no pause, no transient round.
+			quickRounds++
+			continue
+		}
+		if len(retry) == 0 {
+			// Only replacements or conversions (or unreadable instances
+			// left from quick rounds): no pause, no transient round.
 			continue
 		}
 		if transientRounds >= f.opts.InstanceRetries {
@@ -643,6 +661,10 @@ func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome 
 	}
 	return out
 }
+
+// maxQuickRounds bounds the rounds of one attempt run at once, without
+// a pause, for the rest of requests an unreadable instance broke off.
+const maxQuickRounds = 10
 
 // splitUnread splits retry into the instances the source failed to read
 // (unread) and the others.
