@@ -9,7 +9,6 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
-	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -237,15 +236,7 @@ func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, 
 	// once until the others elect a leader: one try was lost to it, and a
 	// later delivery (the ack lost with the same server, the study grown by
 	// an instance) took the destination's "already exists" for conflicts.
-	err := f.opts.Failures.RememberSent(ctx, ev, ids)
-	for wait := completedRetry; err != nil && !errors.Is(err, natsjs.ErrStorageFull); wait = min(2*wait, completedRetryMax) {
-		sleep(ctx, wait)
-		if ctx.Err() != nil {
-			break
-		}
-		err = f.opts.Failures.RememberSent(ctx, ev, ids)
-	}
-	if err != nil {
+	if err := whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) }); err != nil {
 		f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "instances", len(ids), "err", err)
 	}

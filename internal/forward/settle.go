@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
@@ -55,10 +56,13 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 }
 
 func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) Result {
-	f.rememberForwarded(ctx, a.Event, rep)
 	// DoubleAck waits for the server's confirmation: the event is done
-	// only once JetStream knows it is.
-	if err := msg.DoubleAck(ctx); err != nil {
+	// only once JetStream knows it is. It goes first: no in-progress
+	// signal is sent any more, and remembering what was sent may wait
+	// through a bucket's leader election, past a short ack wait.
+	err := msg.DoubleAck(ctx)
+	f.rememberForwarded(ctx, a.Event, rep)
+	if err != nil {
 		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
 		return ResultAckFailed
 	}
@@ -104,15 +108,40 @@ const (
 // elect a leader, 4 to 9 s: three tries 1.5 s apart all fell within it.
 // A full store is not tried again: it is not freed within seconds.
 func (f *Forwarder) recordCompleted(ctx context.Context, ev *events.StudyStable, c Completion) error {
-	err := f.opts.Completed(ctx, ev, c)
-	for wait := completedRetry; err != nil && !errors.Is(err, natsjs.ErrStorageFull); wait = min(2*wait, completedRetryMax) {
+	return whileUnanswered(ctx, func() error { return f.opts.Completed(ctx, ev, c) })
+}
+
+// whileUnanswered runs write, and again, with waits doubling from
+// completedRetry to completedRetryMax until ctx ends, while JetStream
+// does not answer it: a cluster electing the leader of a bucket fails
+// writes at once ("no response from stream") or times them out for 4 to
+// 9 s. Any other error (a full store, a permissions violation, a refused
+// value) is returned at once: waiting does not change it, and the worker
+// would be held for nothing.
+func whileUnanswered(ctx context.Context, write func() error) error {
+	err := write()
+	for wait := completedRetry; unanswered(err); wait = min(2*wait, completedRetryMax) {
 		sleep(ctx, wait)
 		if ctx.Err() != nil {
 			return err
 		}
-		err = f.opts.Completed(ctx, ev, c)
+		err = write()
 	}
 	return err
+}
+
+// unanswered reports a JetStream write that got no answer, as during a
+// leader election, rather than a refusal.
+func unanswered(err error) bool {
+	if err == nil || errors.Is(err, natsjs.ErrStorageFull) {
+		return false
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.Code == 503 // JetStream system temporarily unavailable
+	}
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // rememberForwarded keeps what a stored study sent: a later delivery of

@@ -482,7 +482,7 @@ func TestCompletedRecordRetried(t *testing.T) {
 	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
 		o.Completed = func(context.Context, *events.StudyStable, Completion) error {
 			if calls.Add(1) < 3 {
-				return errors.New("nats: timeout")
+				return fmt.Errorf("ledger: %w", nats.ErrTimeout)
 			}
 			close(recorded)
 			return nil
@@ -493,5 +493,29 @@ func TestCompletedRecordRetried(t *testing.T) {
 	case <-recorded:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("not recorded after %d tries", calls.Load())
+	}
+}
+
+// Only a write JetStream did not answer is tried again: a refusal (full
+// store, permissions, a refused value) would hold the worker for nothing.
+func TestUnanswered(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{fmt.Errorf("ledger: %w", jetstream.ErrNoStreamResponse), true},
+		{fmt.Errorf("ledger: %w", nats.ErrTimeout), true},
+		{fmt.Errorf("ledger: %w", nats.ErrNoResponders), true},
+		{fmt.Errorf("ledger: %w", context.DeadlineExceeded), true},
+		{&jetstream.APIError{Code: 503, Description: "JetStream system temporarily unavailable"}, true},
+		{fmt.Errorf("ledger: %w", natsjs.ErrStorageFull), false},
+		{fmt.Errorf("ledger: %w", nats.ErrPermissionViolation), false},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}, false},
+		{errors.New("ledger: invalid source or study ID"), false},
+	} {
+		if got := unanswered(tt.err); got != tt.want {
+			t.Errorf("unanswered(%v) = %v, want %v", tt.err, got, tt.want)
+		}
 	}
 }
