@@ -176,7 +176,7 @@ func decode(seq uint64, data []byte) (*Entry, error) {
 // List returns the letters f selects (every letter if f.All), oldest
 // first; never nil, so that JSON shows none as [].
 func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
-	entries, _, err := s.Page(ctx, f, 0, 0)
+	entries, _, err := s.Page(ctx, f, 0, 0, 0)
 	return entries, err
 }
 
@@ -184,11 +184,12 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Entry, error) {
 var errPageFull = errors.New("page full")
 
 // Page lists, oldest first, the letters f selects whose sequence is above
-// after, at most limit of them (0: no limit); more reports that another
-// letter f selects follows the last one returned: the next page starts
-// after its Seq. Pages keep an admin API's answer bounded: a letter may
-// hold up to maxLetterBytes.
-func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit int) (entries []Entry, more bool, err error) {
+// after, at most limit of them and, past the first, at most maxBytes of
+// stored letters (0: no limit); more reports that another letter f
+// selects follows the last one returned: the next page starts after its
+// Seq. Pages keep an admin API's answer bounded: a letter may hold up to
+// maxLetterBytes.
+func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxBytes int) (entries []Entry, more bool, err error) {
 	if f.Seq != 0 {
 		if f.Seq <= after {
 			return []Entry{}, false, nil
@@ -221,7 +222,11 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit int) (en
 		cfg.OptStartTime = &since
 	}
 	out := []Entry{}
-	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, func(seq uint64, _ time.Time, data []byte) error {
+	batch, size := 0, 0
+	if limit > 0 {
+		batch = limit + 1 // what the page can take, not a whole fetch of letters
+	}
+	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, batch, func(seq uint64, _ time.Time, data []byte) error {
 		e, err := decode(seq, data)
 		if err != nil {
 			return err
@@ -229,10 +234,11 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit int) (en
 		if !f.match(e) {
 			return nil
 		}
-		if limit > 0 && len(out) == limit {
+		if limit > 0 && len(out) == limit || maxBytes > 0 && len(out) > 0 && size+len(data) > maxBytes {
 			more = true
 			return errPageFull
 		}
+		size += len(data)
 		out = append(out, *e)
 		return nil
 	})
@@ -246,9 +252,14 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit int) (en
 // run without a Since filter missing its letters.
 const sinceClockMargin = 15 * time.Minute
 
-// readAll reads a stream from the configured start to its current end;
-// fn gets each message's sequence, storage time and data.
-func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, fn func(seq uint64, at time.Time, data []byte) error) error {
+// readAll reads a stream from the configured start to its current end,
+// batch messages a fetch (0: 256); fn gets each message's sequence,
+// storage time and data.
+func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, batch int,
+	fn func(seq uint64, at time.Time, data []byte) error) error {
+	if batch <= 0 || batch > 256 {
+		batch = 256
+	}
 	info, err := js.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
@@ -263,12 +274,12 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	}
 	empty := 0
 	for {
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		msgs, err := cons.Fetch(batch, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			return fmt.Errorf("read stream %s: %w", stream, err)
 		}
 		n := 0
-		for msg := range batch.Messages() {
+		for msg := range msgs.Messages() {
 			n++
 			meta, err := msg.Metadata()
 			if err != nil {
@@ -281,7 +292,7 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 				return nil
 			}
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+		if err := msgs.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("read stream %s: %w", stream, err)
 		}
 		if n == 0 {
@@ -502,7 +513,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	// subjects read here, with the original's ReceivedAt), which would
 	// otherwise be queued again, doubling at each run.
 	seen := map[string]bool{}
-	err := readAll(ctx, js, natsjs.EventStream, cfg, func(seq uint64, stored time.Time, data []byte) error {
+	err := readAll(ctx, js, natsjs.EventStream, cfg, 0, func(seq uint64, stored time.Time, data []byte) error {
 		ev, err := events.Decode(data)
 		if err != nil {
 			return nil // an undecodable event was never forwarded either; skip it

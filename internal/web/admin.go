@@ -97,7 +97,7 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	entries, more, err := a.Store.Page(r.Context(), f, after, limit)
+	entries, more, err := a.Store.Page(r.Context(), f, after, limit, maxPageBytes)
 	if err != nil {
 		a.fail(w, "list dead letters", err)
 		return
@@ -109,13 +109,40 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	answerLate(w, http.StatusOK, answer)
 }
 
-// defaultPage and maxPage bound a dead-letter listing: a letter holds up
-// to 1000 failed instances (half a megabyte), and an outage's thousands
-// of letters in one answer would hold gigabytes in the forwarder.
+// defaultPage, maxPage and maxPageBytes bound a dead-letter listing: a
+// letter holds up to 1000 failed instances (half a megabyte), and an
+// outage's thousands of letters in one answer would hold gigabytes in
+// the forwarder. A page ends early (with next) past 32 MB of letters.
 const (
-	defaultPage = 100
-	maxPage     = 1000
+	defaultPage  = 100
+	maxPage      = 1000
+	maxPageBytes = 32 << 20
 )
+
+// letterSummary is what a replay or purge answer says of each letter:
+// which it was, not its failed instances (a thousand, for each of
+// thousands of letters after an outage); GET /admin/deadletters/{seq}
+// shows a letter whole.
+type letterSummary struct {
+	Seq              uint64    `json:"seq"`
+	Destination      string    `json:"destination,omitempty"`
+	Source           string    `json:"source"`
+	OrthancStudyID   string    `json:"orthancStudyId"`
+	StudyInstanceUID string    `json:"studyInstanceUid"`
+	Class            string    `json:"class"`
+	Reason           string    `json:"reason"`
+	DeadLetteredAt   time.Time `json:"deadLetteredAt"`
+}
+
+func summaries(entries []deadletter.Entry) []letterSummary {
+	out := make([]letterSummary, len(entries))
+	for i, e := range entries {
+		out[i] = letterSummary{Seq: e.Seq, Destination: deadletter.DestinationOf(&e.DeadLetter), Source: e.Event.Source,
+			OrthancStudyID: e.Event.OrthancStudyID, StudyInstanceUID: e.Event.StudyInstanceUID, Class: string(e.Class),
+			Reason: e.Reason, DeadLetteredAt: e.DeadLetteredAt}
+	}
+	return out
+}
 
 func (a *AdminAPI) show(w http.ResponseWriter, r *http.Request) {
 	seq, err := strconv.ParseUint(chi.URLParam(r, "seq"), 10, 64)
@@ -160,7 +187,7 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			op, what = a.Store.Replay, "replay"
 		}
 		entries, err := op(r.Context(), f, req.DryRun)
-		answer := map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": entries}
+		answer := map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": summaries(entries)}
 		if err != nil {
 			a.failPartway(w, what+" dead letters", err, answer)
 			return

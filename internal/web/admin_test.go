@@ -375,4 +375,24 @@ func TestAdminListsDeadLettersInPages(t *testing.T) {
 			t.Errorf("%q: status %d, want 400", q, status)
 		}
 	}
+	// A page ends early past its bytes, at least one letter in it.
+	if entries, more, err := f.store.Page(t.Context(), deadletter.Filter{All: true}, 0, 0, 1); err != nil || len(entries) != 1 || !more {
+		t.Errorf("a page of at most 1 byte: %d letters, more %v, err %v; want 1, true", len(entries), more, err)
+	}
+	// A replay or purge answer names the letters, without their failed
+	// instances (a thousand each, for thousands of letters).
+	req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(`{"all":true,"dryRun":true}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	var answer struct {
+		Count   int              `json:"count"`
+		Entries []map[string]any `json:"entries"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &answer); err != nil || rec.Code != http.StatusOK || answer.Count != 7 || len(answer.Entries) != 7 {
+		t.Fatalf("purge dry run: status %d, %s (%v)", rec.Code, rec.Body, err)
+	}
+	if e := answer.Entries[1]; e["seq"] != 2.0 || e["destination"] != "ai" || e["studyInstanceUid"] == "" || e["failures"] != nil || e["event"] != nil {
+		t.Errorf("purge dry run entry %v: want the letter's summary", e)
+	}
 }
