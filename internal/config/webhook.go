@@ -14,8 +14,8 @@ import (
 type WebhookSecurity struct {
 	HMACSecret  string        `env:"INGEST_HMAC_SECRET" secret:"true" desc:"when set, webhook requests must also carry X-Stowline-Timestamp and X-Stowline-Signature (HMAC-SHA256 of timestamp.body with this secret; at least 32 characters)"`
 	HMACMaxSkew time.Duration `env:"INGEST_HMAC_MAX_SKEW" envDefault:"5m" desc:"how far X-Stowline-Timestamp may be from the ingest's clock (replay protection)"`
-	RateLimit   float64       `env:"INGEST_RATE_LIMIT" envDefault:"50" desc:"webhook requests per second per client IP address (0: no limit); over it the answer is 429 with Retry-After"`
-	RateBurst   int           `env:"INGEST_RATE_BURST" envDefault:"100" desc:"webhook requests a client IP address may send at once above INGEST_RATE_LIMIT"`
+	RateLimit   float64       `env:"INGEST_RATE_LIMIT" envDefault:"50" desc:"webhook requests per second per client IPv4 address or IPv6 /64 network, shared by the Orthanc servers in one /64 (0: no limit); over it the answer is 429 with Retry-After"`
+	RateBurst   int           `env:"INGEST_RATE_BURST" envDefault:"100" desc:"webhook requests a client (IPv4 address, IPv6 /64) may send at once above INGEST_RATE_LIMIT"`
 	// TrustedProxiesRaw is parsed into TrustedProxies by Validate.
 	TrustedProxiesRaw []string `env:"INGEST_TRUSTED_PROXIES" envSeparator:"," desc:"load balancers or reverse proxies (IP addresses or CIDR prefixes, comma-separated) whose X-Forwarded-For names the client for the rate limit and the logs; empty: the peer address is the client"`
 	TrustedProxies    []netip.Prefix
