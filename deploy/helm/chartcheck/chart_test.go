@@ -854,9 +854,11 @@ func TestNetworkPolicyOpensTheURLsPorts(t *testing.T) {
 	})
 	values["forwarders"] = []any{map[string]any{"name": "default", "dicomwebURL": "https://archive.example.org:8443/dicom-web",
 		"env": map[string]any{"OAUTH_TOKEN_URL": "https://keycloak.example.org:8444/realms/imaging/protocol/openid-connect/token", "OAUTH_CLIENT_ID": "stowline"}}}
+	// A source's URL set in a component's env map, not the shared one.
+	values["ingest"] = map[string]any{"env": map[string]any{"ORTHANC_CARDIO_2_URL": "http://orthanc.cardio.svc:8081"}}
 	want := map[string][]int32{
-		"ingest":            {4223, 443, 8080, 4222, 8042},
-		"forwarder-default": {4223, 443, 8080, 8443, 8444},
+		"ingest":            {4223, 443, 8080, 8081, 4222, 8042},
+		"forwarder-default": {4223, 443, 8080, 8081, 8443, 8444},
 	}
 	for _, np := range of[*networkingv1.NetworkPolicy](render(t, values)) {
 		open := map[int32]bool{}
@@ -878,6 +880,23 @@ func TestNetworkPolicyOpensTheURLsPorts(t *testing.T) {
 		}
 		if c == "ingest" && (open[8443] || open[8444]) {
 			t.Errorf("NetworkPolicy %s: the destination's or its token endpoint's port is open to the ingest", np.Name)
+		}
+	}
+}
+
+// A NATS URL over WebSocket without a port opens its scheme's port (80,
+// 443), not 4222.
+func TestNetworkPolicyWebSocketNATSPort(t *testing.T) {
+	values := merged(required(), map[string]any{"nats": map[string]any{"url": "wss://nats.example.org, ws://nats-b.example.org"}})
+	for _, np := range of[*networkingv1.NetworkPolicy](render(t, values)) {
+		open := map[int32]bool{}
+		for _, r := range np.Spec.Egress {
+			for _, p := range r.Ports {
+				open[p.Port.IntVal] = true
+			}
+		}
+		if !open[443] || !open[80] {
+			t.Errorf("NetworkPolicy %s: egress ports %v, want 443 and 80 for wss:// and ws://", np.Name, slices.Sorted(maps.Keys(open)))
 		}
 	}
 }

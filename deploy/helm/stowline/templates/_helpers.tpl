@@ -517,15 +517,15 @@ and a shorter retention drops at once the events older than it. */}}
 {{- end -}}
 
 {{/*
-The TCP port a URL names, or its scheme's (http 80, https 443, nats and
-tls 4222); a NATS URL may leave the scheme out.
+The TCP port a URL names, or its scheme's (http and ws 80, https and wss
+443, nats and tls 4222); a NATS URL may leave the scheme out.
 */}}
 {{- define "stowline.urlPort" -}}
 {{- $raw := trim . -}}
 {{- if not (contains "://" $raw) }}{{ $raw = printf "nats://%s" $raw }}{{ end -}}
 {{- $u := urlParse $raw -}}
 {{- $port := trimPrefix ":" (regexFind ":[0-9]+$" $u.host) -}}
-{{- if $port }}{{ $port }}{{ else if eq $u.scheme "https" }}443{{ else if eq $u.scheme "http" }}80{{ else }}4222{{ end -}}
+{{- if $port }}{{ $port }}{{ else if has $u.scheme (list "https" "wss") }}443{{ else if has $u.scheme (list "http" "ws") }}80{{ else }}4222{{ end -}}
 {{- end -}}
 
 {{/*
@@ -544,14 +544,24 @@ anywhere, leaving the pods to time out: (dict "ports" $list "urls" $urls).
 {{- end -}}
 {{- end -}}
 
-{{/* The Orthanc URLs: orthanc.url and each of env.ORTHANC_SOURCES's ORTHANC_<NAME>_URL. */}}
+{{/*
+The Orthanc URLs: orthanc.url, and ORTHANC_URL and each ORTHANC_SOURCES
+name's ORTHANC_<NAME>_URL in any env map (env, ingest.env,
+forwarderDefaults.env, forwarders[].env: each may set them), every pod's
+policy opening all their ports.
+*/}}
 {{- define "stowline.orthancURLs" -}}
 {{- $urls := list -}}
 {{- with .Values.orthanc.url }}{{ $urls = append $urls . }}{{ end -}}
-{{- range splitList "," (toString (default "" .Values.env.ORTHANC_SOURCES)) -}}
-{{- with trim . }}{{ with get $.Values.env (printf "ORTHANC_%s_URL" (upper (replace "-" "_" .))) }}{{ $urls = append $urls . }}{{ end }}{{ end -}}
+{{- $maps := list (default dict .Values.env) (default dict .Values.ingest.env) (default dict .Values.forwarderDefaults.env) -}}
+{{- range .Values.forwarders }}{{ $maps = append $maps (default dict .env) }}{{ end -}}
+{{- $names := list -}}
+{{- range $maps }}{{ range splitList "," (toString (default "" .ORTHANC_SOURCES)) }}{{ with trim . }}{{ $names = append $names . }}{{ end }}{{ end }}{{ end -}}
+{{- range $m := $maps -}}
+{{- with $m.ORTHANC_URL }}{{ $urls = append $urls . }}{{ end -}}
+{{- range $names }}{{ with get $m (printf "ORTHANC_%s_URL" (upper (replace "-" "_" .))) }}{{ $urls = append $urls . }}{{ end }}{{ end -}}
 {{- end -}}
-{{- toYaml $urls -}}
+{{- toYaml (uniq $urls) -}}
 {{- end -}}
 
 {{/* Egress rules of every stowline pod: DNS, NATS, Orthanc. */}}
