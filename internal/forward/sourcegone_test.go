@@ -61,23 +61,7 @@ func TestInstanceDeletedWhileForwarded(t *testing.T) {
 func testInstanceDeletedWhileForwarded(t *testing.T, rel testharness.Release) {
 	srcOrthanc := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "gone-src", Release: rel})
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "gone-dest", DicomWeb: true})
-	paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcOrthanc.Upload(t, paths...)
-	var studies []string
-	srcOrthanc.GetJSON(t, "/studies", &studies)
-	var study struct {
-		MainDicomTags struct{ StudyInstanceUID string }
-		LastUpdate    string
-	}
-	srcOrthanc.GetJSON(t, "/studies/"+studies[0], &study)
-
-	client, err := orthancapi.New(srcOrthanc.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ev, client := uploadStudy(t, srcOrthanc, 3)
 	src := &deletingSource{Client: client, o: srcOrthanc}
 	stow, err := dicomweb.New(dest.URL+"/dicom-web", nil)
 	if err != nil {
@@ -106,8 +90,7 @@ func testInstanceDeletedWhileForwarded(t *testing.T, rel testharness.Release) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	forwardOne(t, f, ns, cons, &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
-		OrthancStudyID: studies[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate})
+	forwardOne(t, f, ns, cons, ev)
 	if src.err != nil {
 		t.Fatalf("delete an instance from the source: %v", src.err)
 	}
@@ -144,23 +127,8 @@ func TestUnreadableInstanceDoesNotHoldTheStudy(t *testing.T) {
 func testUnreadableInstanceDoesNotHoldTheStudy(t *testing.T, rel testharness.Release) {
 	srcOrthanc := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "unreadable-src", Release: rel})
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "unreadable-dest", DicomWeb: true})
-	paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcOrthanc.Upload(t, paths...)
-	var studies []string
-	srcOrthanc.GetJSON(t, "/studies", &studies)
-	var study struct {
-		MainDicomTags struct{ StudyInstanceUID string }
-		LastUpdate    string
-	}
-	srcOrthanc.GetJSON(t, "/studies/"+studies[0], &study)
-	client, err := orthancapi.New(srcOrthanc.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	list, err := client.StudyInstances(context.Background(), studies[0])
+	ev, client := uploadStudy(t, srcOrthanc, 5)
+	list, err := client.StudyInstances(context.Background(), ev.OrthancStudyID)
 	if err != nil || len(list) != 5 {
 		t.Fatalf("listing: %d instances, %v", len(list), err)
 	}
@@ -210,8 +178,7 @@ func testUnreadableInstanceDoesNotHoldTheStudy(t *testing.T, rel testharness.Rel
 			if err != nil {
 				t.Fatal(err)
 			}
-			forwardOne(t, f, ns, cons, &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
-				OrthancStudyID: studies[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate})
+			forwardOne(t, f, ns, cons, ev)
 			held := dest.InstanceMD5s(t)
 			for i, in := range list {
 				if _, ok := held[in.SOPInstanceUID]; ok != (i != 1) {
@@ -261,4 +228,28 @@ func TestUnreadableSourceBoundsTheRequests(t *testing.T) {
 	if n := k.requests.Load(); n > 700 {
 		t.Errorf("%d STOW-RS requests for 400 instances none of which can be read, want at most 700", n)
 	}
+}
+
+// uploadStudy stores a generated study of n instances in o and returns
+// its stable event (source "a") and a client of o.
+func uploadStudy(t *testing.T, o *testharness.Orthanc, n int) (*events.StudyStable, *orthancapi.Client) {
+	t.Helper()
+	paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Upload(t, paths...)
+	var studies []string
+	o.GetJSON(t, "/studies", &studies)
+	var study struct {
+		MainDicomTags struct{ StudyInstanceUID string }
+		LastUpdate    string
+	}
+	o.GetJSON(t, "/studies/"+studies[0], &study)
+	client, err := orthancapi.New(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
+		OrthancStudyID: studies[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate}, client
 }

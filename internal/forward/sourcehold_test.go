@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
@@ -32,22 +30,7 @@ func TestSourceOutageHoldsTheStudy(t *testing.T) {
 	}
 	srcOrthanc := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "outage-src"})
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "outage-dest", DicomWeb: true})
-	paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcOrthanc.Upload(t, paths...)
-	var studies []string
-	srcOrthanc.GetJSON(t, "/studies", &studies)
-	var study struct {
-		MainDicomTags struct{ StudyInstanceUID string }
-		LastUpdate    string
-	}
-	srcOrthanc.GetJSON(t, "/studies/"+studies[0], &study)
-	client, err := orthancapi.New(srcOrthanc.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ev, client := uploadStudy(t, srcOrthanc, 3)
 	stow, err := dicomweb.New(dest.URL+"/dicom-web", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -90,8 +73,7 @@ func TestSourceOutageHoldsTheStudy(t *testing.T) {
 		time.Sleep(4 * time.Second)
 		srcOrthanc.Start(t)
 	}()
-	forwardOne(t, f, ns, cons, &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
-		OrthancStudyID: studies[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate})
+	forwardOne(t, f, ns, cons, ev)
 	if letters := dls.all(); len(letters) != 0 {
 		t.Fatalf("dead-lettered as %q: %s; want the study held until the source came back", letters[0].Class, letters[0].Reason)
 	}
