@@ -26,9 +26,13 @@ const validBody = `{"type":"orthanc.study.stable","version":1,"source":"orthanc-
 	`"orthancStudyId":"27f7126f-4f66fb14-03f4081b-f9341db2-53925988",` +
 	`"studyInstanceUid":"1.2.840.113619.2.1.2411.1031152382.365.1.736169244","lastUpdate":"20261126T101500"}`
 
-func newServer(t *testing.T, pub events.Publisher) *httptest.Server {
+func newServer(t *testing.T, pub events.Publisher, reg ...prometheus.Registerer) *httptest.Server {
 	t.Helper()
-	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token, "old-token-rotating-out"}, Publisher: pub, PublishTimeout: 2 * time.Second})
+	opts := web.WebhookOptions{Tokens: []string{token, "old-token-rotating-out"}, Publisher: pub, PublishTimeout: 2 * time.Second}
+	if len(reg) > 0 {
+		opts.Registerer = reg[0]
+	}
+	h, err := web.NewWebhook(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,15 +249,7 @@ func TestWebhookPublishOutlivesTheSender(t *testing.T) {
 // so the operator sees when no Orthanc sends it any more.
 func TestWebhookCountsThePreviousToken(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token, "old-token-rotating-out"}, Publisher: &fakePublisher{},
-		PublishTimeout: 2 * time.Second, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := chi.NewRouter()
-	h.Mount(r)
-	srv := httptest.NewServer(r)
-	t.Cleanup(srv.Close)
+	srv := newServer(t, &fakePublisher{}, reg)
 	for _, tt := range []struct {
 		bearer   string
 		status   int
