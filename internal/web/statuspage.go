@@ -149,7 +149,7 @@ func (h *StatusPage) page(w http.ResponseWriter, r *http.Request) {
 	p := h.load(ctx)
 	q := r.URL.Query()
 	if seq := q.Get("replayed"); seq != "" {
-		if _, err := strconv.ParseUint(seq, 10, 64); err == nil {
+		if n, err := strconv.ParseUint(seq, 10, 64); err == nil && h.letterGone(ctx, n) {
 			p.Flash = "Dead letter " + seq + " replayed: its study is queued again"
 			if d := q.Get("destination"); natsjs.ValidDestination(d) {
 				p.Flash += " for destination " + d
@@ -161,6 +161,18 @@ func (h *StatusPage) page(w http.ResponseWriter, r *http.Request) {
 		p.Refresh = n
 	}
 	h.render(w, r, http.StatusOK, p)
+}
+
+// letterGone reports the dead letter seq no longer stored, as after its
+// replay: a link naming one still there (made up, or bookmarked before)
+// must not say it was replayed.
+func (h *StatusPage) letterGone(ctx context.Context, seq uint64) bool {
+	store, err := deadletter.Open(ctx, h.opts.JS)
+	if err != nil {
+		return false
+	}
+	_, err = store.Get(ctx, seq)
+	return errors.Is(err, deadletter.ErrNotFound)
 }
 
 func (h *StatusPage) render(w http.ResponseWriter, r *http.Request, code int, p *pageData) {

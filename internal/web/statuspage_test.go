@@ -210,6 +210,10 @@ func TestReplayIsCSRFSafe(t *testing.T) {
 	if got, err := f.store.List(ctx, deadletter.Filter{All: true}); err != nil || len(got) != 1 {
 		t.Fatalf("after refused posts: %d dead letters (err %v), want 1", len(got), err)
 	}
+	// A link naming a letter still stored says nothing of a replay.
+	if _, body := f.get(t, c, "/ui/?replayed=1&destination=default", adminToken); strings.Contains(body, "replayed: its study is queued again") {
+		t.Error("a made-up link shows a replay of a letter still stored")
+	}
 
 	// Before its destination has a consumer, a replay is refused with 409
 	// (retrying cannot help) and the letter stays.
