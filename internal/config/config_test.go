@@ -110,6 +110,9 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"same addr", map[string]string{"INGEST_ADDR": ":9000", "FORWARDER_ADDR": ":9000"}, "", "FORWARDER_ADDR"},
 		{"replicas embedded", map[string]string{"NATS_REPLICAS": "3"}, "", "NATS_REPLICAS"},
 		{"dedupe over retention", map[string]string{"EVENTS_DEDUPE_WINDOW": "200h"}, "", "EVENTS_DEDUPE_WINDOW"},
+		// A signed request replayed after the dedupe window queued its study again.
+		{"dedupe shorter than the signature skew", map[string]string{"INGEST_HMAC_SECRET": "9f3c1a7e5b2d4c6a8e0f1b3d5a7c9e2f4b6d8a0c", "EVENTS_DEDUPE_WINDOW": "2m"}, "",
+			"EVENTS_DEDUPE_WINDOW=2m0s is shorter than INGEST_HMAC_MAX_SKEW=5m0s"},
 		// The default retries wait up to 7h before the dead letter.
 		{"retention shorter than the retries", map[string]string{"EVENTS_RETENTION": "6h", "EVENTS_DEDUPE_WINDOW": "1h"}, "", "EVENTS_RETENTION=6h0m0s: shorter than the waits of a failing study"},
 		{"bad priority rule", map[string]string{"PRIORITY_RULE": "study.description =="}, "", "PRIORITY_RULE: "},

@@ -25,7 +25,7 @@ type IngestService struct {
 // Validate checks every part; the errors name the variables.
 func (c *IngestService) Validate() error {
 	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Ingest.Validate(),
-		c.reconcileValidate(), c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate())
+		c.reconcileValidate(), c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
 }
 
 // reconcileValidate checks the reconciler and, when it runs or
@@ -133,7 +133,7 @@ type SingleHost struct {
 // Validate checks every part; the errors name the variables.
 func (c *SingleHost) Validate() error {
 	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
-		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate())
+		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
 	if c.Reconcile.Enabled {
 		err = errors.Join(err, c.Reconcile.Validate())
 	}
@@ -207,4 +207,15 @@ func (c *ForwarderService) readDynamic(getenv func(string) string) error {
 // DESTINATIONS.
 func (c *SingleHost) readDynamic(getenv func(string) string) error {
 	return errors.Join(c.Orthanc.readDynamic(getenv), c.Forwarder.readDynamic(getenv))
+}
+
+// replayWindow refuses, with INGEST_HMAC_SECRET, an EVENTS_DEDUPE_WINDOW
+// shorter than INGEST_HMAC_MAX_SKEW: a signed request copied off the wire
+// is accepted for the skew, and past the dedupe window its event is no
+// longer dropped as a duplicate, so replaying it queued the study again.
+func replayWindow(n *NATS, i *Ingest) error {
+	if i.HMACSecret == "" || n.DedupeWindow >= i.HMACMaxSkew {
+		return nil
+	}
+	return fmt.Errorf("EVENTS_DEDUPE_WINDOW=%s is shorter than INGEST_HMAC_MAX_SKEW=%s: a signed request replayed after the window would queue its study again; raise EVENTS_DEDUPE_WINDOW or lower INGEST_HMAC_MAX_SKEW", n.DedupeWindow, i.HMACMaxSkew)
 }
