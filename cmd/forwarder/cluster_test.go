@@ -512,42 +512,11 @@ func waitReadyz(t *testing.T, url string, status int, timeout time.Duration) str
 // election (4 to 9 s), and the study stayed missing for the audit (and,
 // in buffer mode with several destinations, in the source).
 func TestCompletedForwardRecordedThroughLedgerElection(t *testing.T) {
-	testharness.RequireBinary(t, "Orthanc")
-	testharness.RequireBinary(t, "storescu")
-	cluster := testnats.StartCluster(t, 3)
-	nc, js := cluster.Connect(t)
-	r := &rig{js: js}
-	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
-	r.proxy = faultproxy.Start(t, r.dest.URL)
-	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
-	home, lost := cluster.Nodes[0], cluster.Nodes[1]
-	addr := testharness.FreeAddr(t)
-	p := testharness.StartProgram(t, "forwarder", run, r.env(map[string]string{
-		"NATS_URL": home.ClientURL(), "NATS_REPLICAS": "3", "FORWARDER_ADDR": addr,
-	}))
-	testharness.WaitHTTP(t, "http://"+addr+"/readyz", 60*time.Second)
-	ledgerStream := "KV_" + natsjs.LedgerBucket
-	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", home.Name)
-	cluster.MoveLeader(t, js, nc, natsjs.EventStream, natsjs.ForwarderConsumer, home.Name)
-	cluster.MoveLeader(t, js, nc, ledgerStream, "", lost.Name)
+	r, lost, p, kv := bucketElection(t, natsjs.LedgerBucket)
+	l := ledger.New(kv)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, natsjs.LedgerBucket) // read while it has a leader
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := ledger.New(kv)
-
-	study := r.addStudy(t, 1, 64)
-	r.proxy.Hang()
-	ev := r.publish(t, study)
-	for deadline := time.Now().Add(30 * time.Second); r.proxy.Held() == 0; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the study never reached the destination")
-		}
-	}
-	lost.Kill()
-	r.proxy.Release()
+	ev := r.sendWhileLeaderDies(t, r.addStudy(t, 1, 64), lost)
 	r.waitDest(t, 1, 30*time.Second)
 	for {
 		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
@@ -574,46 +543,17 @@ func TestCompletedForwardRecordedThroughLedgerElection(t *testing.T) {
 // to be counted as conflicts (skip) or the study dead-lettered
 // (STOW_ON_CONFLICT=deadletter).
 func TestStoredInstancesRememberedThroughElection(t *testing.T) {
-	testharness.RequireBinary(t, "Orthanc")
-	testharness.RequireBinary(t, "storescu")
-	cluster := testnats.StartCluster(t, 3)
-	nc, js := cluster.Connect(t)
-	r := &rig{js: js}
-	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
-	r.proxy = faultproxy.Start(t, r.dest.URL)
-	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
-	home, lost := cluster.Nodes[0], cluster.Nodes[1]
-	addr := testharness.FreeAddr(t)
-	p := testharness.StartProgram(t, "forwarder", run, r.env(map[string]string{
-		"NATS_URL": home.ClientURL(), "NATS_REPLICAS": "3", "FORWARDER_ADDR": addr,
-	}))
-	testharness.WaitHTTP(t, "http://"+addr+"/readyz", 60*time.Second)
-	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", home.Name)
-	cluster.MoveLeader(t, js, nc, natsjs.EventStream, natsjs.ForwarderConsumer, home.Name)
-	cluster.MoveLeader(t, js, nc, "KV_"+natsjs.FailureBucket, "", lost.Name)
+	r, lost, p, kv := bucketElection(t, natsjs.FailureBucket)
+	failures := deadletter.NewFailureLog(kv, natsjs.DefaultDestination)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, natsjs.FailureBucket) // read while it has a leader
-	if err != nil {
-		t.Fatal(err)
-	}
-	failures := deadletter.NewFailureLog(kv, natsjs.DefaultDestination)
-
 	study := r.addStudy(t, 2, 64)
 	var instances []struct {
 		FileUuid      string
 		MainDicomTags struct{ SOPInstanceUID string }
 	}
 	r.src.GetJSON(t, "/studies/"+study+"/instances", &instances)
-	r.proxy.Hang()
-	ev := r.publish(t, study)
-	for deadline := time.Now().Add(30 * time.Second); r.proxy.Held() == 0; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the study never reached the destination")
-		}
-	}
-	lost.Kill()
-	r.proxy.Release()
+	ev := r.sendWhileLeaderDies(t, study, lost)
 	r.waitDest(t, 2, 30*time.Second)
 	for {
 		sent, err := failures.Sent(ctx, ev)
@@ -630,4 +570,52 @@ func TestStoredInstancesRememberedThroughElection(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// bucketElection runs a forwarder on a 3-node cluster, connected to the
+// node leading the event stream and its consumer (so acks go through),
+// with bucket's stream led by another node, lost, for the test to kill.
+// kv is the bucket, opened while it has a leader.
+func bucketElection(t *testing.T, bucket string) (r *rig, lost *testnats.Node, p *testharness.Program, kv jetstream.KeyValue) {
+	t.Helper()
+	testharness.RequireBinary(t, "Orthanc")
+	testharness.RequireBinary(t, "storescu")
+	cluster := testnats.StartCluster(t, 3)
+	nc, js := cluster.Connect(t)
+	r = &rig{js: js}
+	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
+	r.proxy = faultproxy.Start(t, r.dest.URL)
+	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	home, lost := cluster.Nodes[0], cluster.Nodes[1]
+	addr := testharness.FreeAddr(t)
+	p = testharness.StartProgram(t, "forwarder", run, r.env(map[string]string{
+		"NATS_URL": home.ClientURL(), "NATS_REPLICAS": "3", "FORWARDER_ADDR": addr,
+	}))
+	testharness.WaitHTTP(t, "http://"+addr+"/readyz", 60*time.Second)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", home.Name)
+	cluster.MoveLeader(t, js, nc, natsjs.EventStream, natsjs.ForwarderConsumer, home.Name)
+	cluster.MoveLeader(t, js, nc, "KV_"+bucket, "", lost.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, lost, p, kv
+}
+
+// sendWhileLeaderDies queues study and kills lost while the destination
+// holds its upload, then lets the upload finish.
+func (r *rig) sendWhileLeaderDies(t *testing.T, study string, lost *testnats.Node) *events.StudyStable {
+	t.Helper()
+	r.proxy.Hang()
+	ev := r.publish(t, study)
+	for deadline := time.Now().Add(30 * time.Second); r.proxy.Held() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the study never reached the destination")
+		}
+	}
+	lost.Kill()
+	r.proxy.Release()
+	return ev
 }
