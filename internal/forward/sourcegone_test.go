@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -63,33 +65,9 @@ func testInstanceDeletedWhileForwarded(t *testing.T, rel testharness.Release) {
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "gone-dest", DicomWeb: true})
 	ev, client := uploadStudy(t, srcOrthanc, 3)
 	src := &deletingSource{Client: client, o: srcOrthanc}
-	stow, err := dicomweb.New(dest.URL+"/dicom-web", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := testnats.Start(t)
-	cons := consumer(t, ns)
-	dls := &memDeadLetters{}
 	rec := &recordingObserver{}
-	f, err := New(Options{
-		DestinationName: "default",
-		Consumer:        cons,
-		SourceFor:       func(string) (Source, error) { return src, nil },
-		Destination:     stow,
-		Concurrency:     1,
-		MaxInstances:    1, // a request per instance: the deleted one's fails alone
-		MaxBytes:        1 << 20,
-		AckWait:         3 * time.Second,
-		RetryDelay:      100 * time.Millisecond,
-		RetryMaxDelay:   200 * time.Millisecond,
-		ShutdownGrace:   200 * time.Millisecond,
-		DeadLetters:     dls,
-		MaxDeliveries:   5,
-		Observer:        rec,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A request per instance: the deleted one's fails alone.
+	f, ns, cons, dls := orthancForwarder(t, src, dest, func(o *Options) { o.Observer = rec })
 	forwardOne(t, f, ns, cons, ev)
 	if src.err != nil {
 		t.Fatalf("delete an instance from the source: %v", src.err)
@@ -141,10 +119,6 @@ func testUnreadableInstanceDoesNotHoldTheStudy(t *testing.T, rel testharness.Rel
 	srcOrthanc.Stop(t)
 	srcOrthanc.Start(t)
 
-	stow, err := dicomweb.New(dest.URL+"/dicom-web", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, tt := range []struct {
 		name                    string
 		perRequest, roundsAfter int
@@ -155,29 +129,10 @@ func testUnreadableInstanceDoesNotHoldTheStudy(t *testing.T, rel testharness.Rel
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dest.DeleteAll(t)
-			ns := testnats.Start(t)
-			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			f, err := New(Options{
-				DestinationName:    "default",
-				Consumer:           cons,
-				SourceFor:          func(string) (Source, error) { return client, nil },
-				Destination:        stow,
-				Concurrency:        1,
-				MaxInstances:       tt.perRequest,
-				MaxBytes:           1 << 20,
-				AckWait:            3 * time.Second,
-				RetryDelay:         100 * time.Millisecond,
-				RetryMaxDelay:      200 * time.Millisecond,
-				ShutdownGrace:      200 * time.Millisecond,
-				DeadLetters:        dls,
-				MaxDeliveries:      2,
-				InstanceRetries:    tt.roundsAfter,
-				InstanceRetryDelay: 50 * time.Millisecond,
+			f, ns, cons, dls := orthancForwarder(t, client, dest, func(o *Options) {
+				o.MaxInstances, o.MaxDeliveries = tt.perRequest, 2
+				o.InstanceRetries, o.InstanceRetryDelay = tt.roundsAfter, 50*time.Millisecond
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
 			forwardOne(t, f, ns, cons, ev)
 			held := dest.InstanceMD5s(t)
 			for i, in := range list {
@@ -228,6 +183,44 @@ func TestUnreadableSourceBoundsTheRequests(t *testing.T) {
 	if n := k.requests.Load(); n > 700 {
 		t.Errorf("%d STOW-RS requests for 400 instances none of which can be read, want at most 700", n)
 	}
+}
+
+// orthancForwarder is a forwarder with one worker from src to dest's
+// DICOMweb plugin, over a JetStream of its own: a request per instance,
+// quick retries, at most 5 deliveries, unless opts say otherwise. The
+// dead letters are kept in memory.
+func orthancForwarder(t *testing.T, src Source, dest *testharness.Orthanc, opts ...func(*Options)) (*Forwarder, *testnats.Server, jetstream.Consumer, *memDeadLetters) {
+	t.Helper()
+	stow, err := dicomweb.New(dest.URL+"/dicom-web", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	o := Options{
+		DestinationName: "default",
+		Consumer:        cons,
+		SourceFor:       func(string) (Source, error) { return src, nil },
+		Destination:     stow,
+		Concurrency:     1,
+		MaxInstances:    1,
+		MaxBytes:        1 << 20,
+		AckWait:         3 * time.Second,
+		RetryDelay:      100 * time.Millisecond,
+		RetryMaxDelay:   200 * time.Millisecond,
+		ShutdownGrace:   200 * time.Millisecond,
+		DeadLetters:     dls,
+		MaxDeliveries:   5,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	f, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, ns, cons, dls
 }
 
 // uploadStudy stores a generated study of n instances in o and returns

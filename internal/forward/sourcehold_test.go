@@ -12,9 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/testharness"
-	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -31,48 +29,35 @@ func TestSourceOutageHoldsTheStudy(t *testing.T) {
 	srcOrthanc := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "outage-src"})
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "outage-dest", DicomWeb: true})
 	ev, client := uploadStudy(t, srcOrthanc, 3)
-	stow, err := dicomweb.New(dest.URL+"/dicom-web", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	srcOrthanc.Stop(t)
 
-	ns := testnats.Start(t)
-	cons := consumer(t, ns)
-	dls := &memDeadLetters{}
 	var logs testharness.LogBuffer
-	f, err := New(Options{
-		DestinationName: "default",
-		Consumer:        cons,
-		SourceFor:       func(string) (Source, error) { return client, nil },
-		SourceProbe: func(ctx context.Context, _ string) error {
+	f, ns, cons, dls := orthancForwarder(t, client, dest, func(o *Options) {
+		o.SourceProbe = func(ctx context.Context, _ string) error {
 			_, err := client.System(ctx)
 			return err
-		},
-		Destination:   stow,
-		Concurrency:   1,
-		MaxInstances:  10,
-		MaxBytes:      1 << 20,
-		AckWait:       3 * time.Second,
-		RetryDelay:    100 * time.Millisecond,
-		RetryMaxDelay: 200 * time.Millisecond,
-		ShutdownGrace: 200 * time.Millisecond,
-		DeadLetters:   dls,
-		MaxDeliveries: 1,
-		Logger:        slog.New(slog.NewJSONHandler(&logs, nil)),
+		}
+		o.MaxInstances, o.MaxDeliveries = 10, 1
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Once the study is held, Orthanc comes back, after more than an ack
+	// wait (3 s): the in-progress signals keep the delivery. From another
+	// goroutine, so failures are reported with t.Error, not t.Fatal.
+	restarted := make(chan struct{})
 	go func() {
-		// Once the study is held, Orthanc comes back (after more than an
-		// ack wait: the in-progress signals keep the delivery).
-		testharness.WaitFor(t, "the study held for its source", 30*time.Second, func() bool {
-			return strings.Contains(logs.String(), "source Orthanc unreachable: the study is held")
-		})
+		defer close(restarted)
+		for deadline := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "source Orthanc unreachable: the study is held"); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Error("the study was not held for its source within 30 s")
+				return
+			}
+		}
 		time.Sleep(4 * time.Second)
-		srcOrthanc.Start(t)
+		if err := srcOrthanc.Restart(context.Background()); err != nil {
+			t.Errorf("restart the source Orthanc: %v", err)
+		}
 	}()
+	t.Cleanup(func() { <-restarted })
 	forwardOne(t, f, ns, cons, ev)
 	if letters := dls.all(); len(letters) != 0 {
 		t.Fatalf("dead-lettered as %q: %s; want the study held until the source came back", letters[0].Class, letters[0].Reason)
