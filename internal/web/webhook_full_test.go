@@ -117,17 +117,27 @@ func accountLimit(t *testing.T, limits string) func(*server.Options) {
 // rejected reads the webhook's count of requests refused for reason.
 func rejected(t *testing.T, reg *prometheus.Registry, reason string) float64 {
 	t.Helper()
+	return counter(t, reg, "stowline_ingest_events_rejected_total", "reason", reason)
+}
+
+// counter reads the counter name in reg, the series whose label has
+// value (label empty: the one series); 0 if there is none.
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "stowline_ingest_events_rejected_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" {
+				return m.GetCounter().GetValue()
+			}
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
+				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()
 				}
 			}

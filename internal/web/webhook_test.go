@@ -263,25 +263,8 @@ func TestWebhookCountsThePreviousToken(t *testing.T) {
 		if status, _ := post(t, srv.URL, "application/json", "Bearer "+tt.bearer, validBody); status != tt.status {
 			t.Errorf("token %q: status %d, want %d", tt.bearer, status, tt.status)
 		}
-		if got := gathered(t, reg, "stowline_ingest_previous_token_total"); got != tt.previous {
+		if got := counter(t, reg, "stowline_ingest_previous_token_total", "", ""); got != tt.previous {
 			t.Errorf("after token %q: stowline_ingest_previous_token_total %v, want %v", tt.bearer, got, tt.previous)
 		}
 	}
-}
-
-// gathered is the value of the counter or gauge name in reg.
-func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			m := mf.GetMetric()[0]
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
 }
