@@ -691,8 +691,10 @@ func closingOrthanc(t *testing.T) (url string, answered *atomic.Int32) {
 		case strings.HasSuffix(req.URL.Path, "/modify"):
 			body = strings.Repeat("\x00", 128) + "DICM"
 		}
-		fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s", len(body), body)
+		// Counted before the answer is written: the client may read it
+		// and the test check the count before this goroutine runs on.
 		answered.Add(1)
+		fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s", len(body), body)
 		if req, err := http.ReadRequest(br); err == nil {
 			_, _ = io.Copy(io.Discard, req.Body)
 		}
