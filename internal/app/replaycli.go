@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -125,15 +126,12 @@ func (c *replayCLI) list(ctx context.Context, args []string) error {
 	if f.Empty() {
 		f.All = true
 	}
-	entries, err := c.Store.List(ctx, f)
-	if err != nil {
-		return err
+	out := newLetterPrinter(c.Stdout, *asJSON, "")
+	err = c.Store.Each(ctx, f, func(e *deadletter.Entry) error { out.print(e); return nil })
+	if perr := out.close(); err == nil {
+		err = perr
 	}
-	if *asJSON {
-		return writeJSON(c.Stdout, entries)
-	}
-	writeTable(c.Stdout, entries)
-	return nil
+	return err
 }
 
 func (c *replayCLI) show(ctx context.Context, args []string) error {
@@ -208,17 +206,23 @@ func (c *replayCLI) mutate(ctx context.Context, name string, args []string) erro
 	if name == "purge" {
 		op, verb = c.Store.Purge, "purged"
 	}
-	entries, err := op(ctx, f, *dryRun)
 	if *dryRun {
 		verb = "would be " + verb
 	}
 	if *asJSON {
-		if jerr := writeJSON(c.Stdout, map[string]any{"dryRun": *dryRun, "entries": entries}); jerr != nil {
-			return jerr
-		}
+		fmt.Fprintf(c.Stdout, "{\n  \"dryRun\": %t,\n  \"entries\": ", *dryRun)
+	}
+	// Printed as the store reads them, a page at a time: thousands of
+	// letters of up to 512 KB each are never all in memory.
+	out := newLetterPrinter(c.Stdout, *asJSON, "  ")
+	n, err := op(ctx, f, *dryRun, out.print)
+	if perr := out.close(); perr != nil {
+		return errors.Join(err, perr)
+	}
+	if *asJSON {
+		fmt.Fprintln(c.Stdout, "\n}")
 	} else {
-		writeTable(c.Stdout, entries)
-		fmt.Fprintf(c.Stdout, "%d dead letters %s\n", len(entries), verb)
+		fmt.Fprintf(c.Stdout, "%d dead letters %s\n", n, verb)
 	}
 	return err
 }
@@ -274,14 +278,63 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 	return err
 }
 
-func writeTable(out io.Writer, entries []deadletter.Entry) {
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "SEQ\tDEAD-LETTERED\tDESTINATION\tCLASS\tATTEMPTS\tSOURCE\tORTHANC STUDY\tSTUDY UID\tREASON")
-	for _, e := range entries {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
-			deadletter.DestinationOf(&e.DeadLetter), e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, e.Event.StudyInstanceUID, ellipsis.Truncate(oneLine(e.Reason), 80))
+// letterPrinter prints dead letters one at a time, as a table (whose
+// columns are aligned when it is closed) or as an indented JSON array.
+type letterPrinter struct {
+	out    io.Writer
+	table  *tabwriter.Writer // nil: JSON
+	indent string            // of the JSON array's brackets
+	n      int
+	err    error
+}
+
+func newLetterPrinter(out io.Writer, asJSON bool, indent string) *letterPrinter {
+	p := &letterPrinter{out: out, indent: indent}
+	if !asJSON {
+		p.table = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(p.table, "SEQ\tDEAD-LETTERED\tDESTINATION\tCLASS\tATTEMPTS\tSOURCE\tORTHANC STUDY\tSTUDY UID\tREASON")
 	}
-	w.Flush()
+	return p
+}
+
+func (p *letterPrinter) print(e *deadletter.Entry) {
+	if p.err != nil {
+		return
+	}
+	p.n++
+	if p.table != nil {
+		_, p.err = fmt.Fprintf(p.table, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
+			deadletter.DestinationOf(&e.DeadLetter), e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, e.Event.StudyInstanceUID, ellipsis.Truncate(oneLine(e.Reason), 80))
+		return
+	}
+	b, err := json.MarshalIndent(e, p.indent+"  ", "  ")
+	if err != nil {
+		p.err = err
+		return
+	}
+	sep := ",\n"
+	if p.n == 1 {
+		sep = "[\n"
+	}
+	_, p.err = fmt.Fprintf(p.out, "%s%s  %s", sep, p.indent, b)
+}
+
+// close ends the output; the error is the first one printing met.
+func (p *letterPrinter) close() error {
+	switch {
+	case p.table != nil:
+		if err := p.table.Flush(); p.err == nil {
+			p.err = err
+		}
+	case p.n == 0:
+		_, _ = io.WriteString(p.out, "[]")
+	default:
+		_, _ = fmt.Fprintf(p.out, "\n%s]", p.indent)
+	}
+	if p.table == nil && p.indent == "" {
+		_, _ = io.WriteString(p.out, "\n")
+	}
+	return p.err
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -324,20 +324,22 @@ const maxEmptyFetches = 30
 
 // Replay puts the letters f selects back into the event stream for their
 // destination only, with a fresh dedupe ID, and removes each letter only
-// once its event is stored. With dryRun it only returns what it would
-// replay.
-func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, error) {
+// once its event is stored. It calls done with each letter once replayed
+// (with dryRun, with each letter it would replay, and does nothing else),
+// oldest first, and returns how many it replayed.
+//
+// Letters are read a page at a time, never all at once (each may hold up
+// to maxLetterBytes), and a first pass reads them all before anything is
+// replayed: a listing that fails part-way, or a destination without a
+// consumer, replays nothing. Letters added meanwhile (a replayed study
+// that fails again) are left for another replay.
+func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*Entry)) (int, error) {
 	if f.Empty() {
-		return nil, errors.New("replay: no filter given (use All to replay every dead letter)")
+		return 0, errors.New("replay: no filter given (use All to replay every dead letter)")
 	}
-	entries, err := s.List(ctx, f)
+	last, err := s.lastSeq(ctx)
 	if err != nil {
-		// What was read before the failure was not replayed: returning
-		// it would report it as replayed.
-		return nil, err
-	}
-	if dryRun {
-		return entries, nil
+		return 0, err
 	}
 	// A destination without a consumer (removed, or renamed) would get
 	// the events and nobody would take them: keep its letters.
@@ -346,27 +348,93 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool) ([]Entry, err
 	// the destination stopped part-way, or when only the low one was
 	// deleted).
 	checked := map[string]bool{}
-	for _, e := range entries {
+	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
-		if checked[subject] {
-			continue
+		if dryRun || checked[subject] {
+			return nil
 		}
 		checked[subject] = true
 		if err := Taken(ctx, s.js, DestinationOf(&e.DeadLetter), events.PriorityLow, subject); err != nil {
-			return nil, fmt.Errorf("replay: %w; its letters are kept", err)
+			return fmt.Errorf("replay: %w; its letters are kept", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
+		if !dryRun {
+			ev := e.Event
+			subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), ev.Source)
+			if _, err := natsjs.PublishTo(ctx, s.js, subject, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
+				return fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
+			}
+			if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				// Queued all the same: reported, so that the operator
+				// knows its study is on its way although its letter stayed.
+				n++
+				done(e)
+				return fmt.Errorf("replayed dead letter %d but could not remove it: %w", e.Seq, err)
+			}
+		}
+		n++
+		done(e)
+		return nil
+	})
+	return n, err
+}
+
+// Replay and Purge read pages of at most this many letters and bytes
+// (past the first letter).
+const (
+	workPageLetters = 256
+	workPageBytes   = 32 << 20
+)
+
+// lastSeq is the dead-letter stream's last sequence now: Replay and Purge
+// stop there.
+func (s *Store) lastSeq(ctx context.Context) (uint64, error) {
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s: %w", natsjs.DeadLetterStream, err)
+	}
+	return info.State.LastSeq, nil
+}
+
+// Each calls fn with each letter f selects (every letter if f.All),
+// oldest first, up to the last one stored now, reading them a page at a
+// time; it stops at fn's first error and returns it.
+func (s *Store) Each(ctx context.Context, f Filter, fn func(*Entry) error) error {
+	last, err := s.lastSeq(ctx)
+	if err != nil {
+		return err
+	}
+	return s.eachLetter(ctx, f, last, fn)
+}
+
+// eachLetter calls fn with each letter f selects, oldest first, up to the
+// sequence last, reading them a page at a time; it stops at fn's first
+// error and returns it.
+func (s *Store) eachLetter(ctx context.Context, f Filter, last uint64, fn func(*Entry) error) error {
+	for after := uint64(0); ; {
+		page, more, err := s.Page(ctx, f, after, workPageLetters, workPageBytes)
+		if err != nil {
+			return err
+		}
+		for i := range page {
+			if page[i].Seq > last {
+				return nil
+			}
+			if err := fn(&page[i]); err != nil {
+				return err
+			}
+			after = page[i].Seq
+		}
+		if !more {
+			return nil
 		}
 	}
-	for i, e := range entries {
-		ev := e.Event
-		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), ev.Source)
-		if _, err := natsjs.PublishTo(ctx, s.js, subject, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
-			return entries[:i], fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
-		}
-		if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return entries[:i+1], fmt.Errorf("replayed dead letter %d but could not remove it: %w", e.Seq, err)
-		}
-	}
-	return entries, nil
 }
 
 // Taken checks that a consumer of destination d takes events published
@@ -410,24 +478,33 @@ func ReplayMsgID(ev *events.StudyStable, dlSeq uint64) string {
 	return ev.MsgID() + "/replay/" + strconv.FormatUint(dlSeq, 10)
 }
 
-// Purge deletes the letters f selects for good.
-func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool) ([]Entry, error) {
+// Purge deletes the letters f selects for good, calling done with each
+// once deleted (with dryRun, with each it would delete, and deletes
+// nothing), oldest first, and returns how many. As Replay, it reads the
+// letters a page at a time, all of them before it deletes one.
+func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool, done func(*Entry)) (int, error) {
 	if f.Empty() {
-		return nil, errors.New("purge: no filter given (use All to purge every dead letter)")
+		return 0, errors.New("purge: no filter given (use All to purge every dead letter)")
 	}
-	entries, err := s.List(ctx, f)
+	last, err := s.lastSeq(ctx)
 	if err != nil {
-		return nil, err // nothing purged
+		return 0, err
 	}
-	if dryRun {
-		return entries, nil
+	if err := s.eachLetter(ctx, f, last, func(*Entry) error { return nil }); err != nil {
+		return 0, err // nothing purged
 	}
-	for i, e := range entries {
-		if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return entries[:i], fmt.Errorf("purge dead letter %d: %w", e.Seq, err)
+	n := 0
+	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
+		if !dryRun {
+			if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return fmt.Errorf("purge dead letter %d: %w", e.Seq, err)
+			}
 		}
-	}
-	return entries, nil
+		n++
+		done(e)
+		return nil
+	})
+	return n, err
 }
 
 // Reforward re-queues every event the main stream received in

@@ -52,7 +52,7 @@ func TestReplayKeepsLettersOfADestinationWithoutConsumer(t *testing.T) {
 	l := letter(1, forward.Permanent, "HTTP 415", time.Now().UTC())
 	l.Destination = "gone"
 	add(t, store, l)
-	_, err := store.Replay(testCtx(t), deadletter.Filter{All: true}, false)
+	_, err := replay(testCtx(t), store, deadletter.Filter{All: true}, false)
 	if !errors.Is(err, deadletter.ErrNoConsumer) || !strings.Contains(err.Error(), `destination "gone" has no consumer`) {
 		t.Fatalf("Replay err = %v, want it to name the destination without a consumer", err)
 	}
@@ -78,7 +78,7 @@ func TestReplayNeedsTheConsumerThatTakesIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	seq := add(t, store, letter(1, forward.Permanent, "HTTP 415", time.Now().UTC()))[0]
-	_, err := store.Replay(testCtx(t), deadletter.Filter{All: true}, false)
+	_, err := replay(testCtx(t), store, deadletter.Filter{All: true}, false)
 	if err == nil || !strings.Contains(err.Error(), `destination "default" has no consumer `+low) {
 		t.Fatalf("Replay err = %v, want it to name the missing low-lane consumer", err)
 	}
@@ -102,7 +102,7 @@ func TestReplayNeedsTheConsumerThatTakesIt(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if done, err := store.Replay(testCtx(t), deadletter.Filter{All: true}, false); err != nil || !slices.Equal(seqsOf(done), []uint64{seq}) {
+	if done, err := replay(testCtx(t), store, deadletter.Filter{All: true}, false); err != nil || !slices.Equal(seqsOf(done), []uint64{seq}) {
 		t.Fatalf("Replay with a consumer from before lanes = %v, %v; want %d replayed", seqsOf(done), err, seq)
 	}
 }
@@ -382,7 +382,7 @@ func TestReplay(t *testing.T) {
 		}
 		seqs := add(t, s, letter(1, forward.Permanent, "HTTP 415", time.Now()), letter(2, forward.Permanent, "HTTP 415", time.Now()))
 
-		dry, err := s.Replay(testCtx(t), deadletter.Filter{Seq: seqs[0]}, true)
+		dry, err := replay(testCtx(t), s, deadletter.Filter{Seq: seqs[0]}, true)
 		if err != nil || !slices.Equal(seqsOf(dry), seqs[:1]) {
 			t.Fatalf("dry run = %v, %v; want %v", seqsOf(dry), err, seqs[:1])
 		}
@@ -390,7 +390,7 @@ func TestReplay(t *testing.T) {
 			t.Errorf("a dry run queued events: the stream holds %d, want 1", n)
 		}
 
-		done, err := s.Replay(testCtx(t), deadletter.Filter{Seq: seqs[0]}, false)
+		done, err := replay(testCtx(t), s, deadletter.Filter{Seq: seqs[0]}, false)
 		if err != nil || !slices.Equal(seqsOf(done), seqs[:1]) {
 			t.Fatalf("Replay = %v, %v; want %v", seqsOf(done), err, seqs[:1])
 		}
@@ -419,7 +419,7 @@ func TestReplay(t *testing.T) {
 		if err := ns.JS.DeleteStream(testCtx(t), natsjs.EventStream); err != nil {
 			t.Fatal(err)
 		}
-		done, err := s.Replay(testCtx(t), deadletter.Filter{All: true}, false)
+		done, err := replay(testCtx(t), s, deadletter.Filter{All: true}, false)
 		if err == nil {
 			t.Fatal("Replay with no event stream succeeded")
 		}
@@ -434,7 +434,7 @@ func TestReplay(t *testing.T) {
 	t.Run("needs a filter", func(t *testing.T) {
 		s, ns := newStore(t)
 		add(t, s, letter(1, forward.Permanent, "HTTP 415", time.Now()))
-		if _, err := s.Replay(testCtx(t), deadletter.Filter{}, false); err == nil {
+		if _, err := replay(testCtx(t), s, deadletter.Filter{}, false); err == nil {
 			t.Error("Replay with an empty filter succeeded; want an error asking for All")
 		}
 		if n := len(eventStream(t, ns.JS)); n != 0 {
@@ -455,9 +455,9 @@ func TestReplayAndPurgeReportNothingDoneWhenTheListingFails(t *testing.T) {
 	if _, err := ns.JS.Publish(testCtx(t), natsjs.DeadLetterSubject(natsjs.DefaultDestination, "src"), []byte("not a letter")); err != nil {
 		t.Fatal(err)
 	}
-	for name, op := range map[string]func(context.Context, deadletter.Filter, bool) ([]deadletter.Entry, error){"Replay": s.Replay, "Purge": s.Purge} {
+	for name, op := range map[string]func(context.Context, *deadletter.Store, deadletter.Filter, bool) ([]deadletter.Entry, error){"Replay": replay, "Purge": purge} {
 		for _, dry := range []bool{false, true} {
-			done, err := op(testCtx(t), deadletter.Filter{All: true}, dry)
+			done, err := op(testCtx(t), s, deadletter.Filter{All: true}, dry)
 			if err == nil {
 				t.Errorf("%s (dry run %v) succeeded over a listing that failed", name, dry)
 			}
@@ -491,25 +491,69 @@ func TestPurge(t *testing.T) {
 		return seqsOf(all)
 	}
 
-	if _, err := s.Purge(testCtx(t), deadletter.Filter{}, false); err == nil {
+	if _, err := purge(testCtx(t), s, deadletter.Filter{}, false); err == nil {
 		t.Error("Purge with an empty filter succeeded; want an error asking for All")
 	}
-	dry, err := s.Purge(testCtx(t), deadletter.Filter{Class: forward.Permanent}, true)
+	dry, err := purge(testCtx(t), s, deadletter.Filter{Class: forward.Permanent}, true)
 	if err != nil || !slices.Equal(seqsOf(dry), []uint64{seqs[0], seqs[2]}) {
 		t.Fatalf("dry run = %v, %v", seqsOf(dry), err)
 	}
 	if got := list(); !slices.Equal(got, seqs) {
 		t.Errorf("after a dry run the stream holds %v, want %v", got, seqs)
 	}
-	done, err := s.Purge(testCtx(t), deadletter.Filter{Class: forward.Permanent}, false)
+	done, err := purge(testCtx(t), s, deadletter.Filter{Class: forward.Permanent}, false)
 	if err != nil || !slices.Equal(seqsOf(done), []uint64{seqs[0], seqs[2]}) {
 		t.Fatalf("Purge = %v, %v", seqsOf(done), err)
 	}
 	if got := list(); !slices.Equal(got, seqs[1:2]) {
 		t.Errorf("after the purge the stream holds %v, want %v", got, seqs[1:2])
 	}
-	if again, err := s.Purge(testCtx(t), deadletter.Filter{Class: forward.Permanent}, false); err != nil || len(again) != 0 {
+	if again, err := purge(testCtx(t), s, deadletter.Filter{Class: forward.Permanent}, false); err != nil || len(again) != 0 {
 		t.Errorf("purging again = %v, %v; want nothing and no error", seqsOf(again), err)
+	}
+}
+
+// Replay and Purge read the letters a page at a time (a letter may hold
+// half a megabyte; thousands after an outage would not fit in memory at
+// once): every selected letter is done however many pages they fill, and
+// a letter stored meanwhile, as by a replayed study failing again at
+// once, waits for the next replay instead of being taken by this one
+// (with "all", over and over while the destination refuses the study).
+func TestReplayAndPurgeWorkPageByPage(t *testing.T) {
+	const n = 300 // more than one page
+	for _, op := range []string{"replay", "purge"} {
+		t.Run(op, func(t *testing.T) {
+			s, ns := newStore(t)
+			letters := make([]*forward.DeadLetter, n)
+			for i := range letters {
+				letters[i] = letter(i+1, forward.Permanent, "HTTP 415", time.Now())
+			}
+			seqs := add(t, s, letters...)
+			var late uint64
+			done := 0
+			each := func(e *deadletter.Entry) {
+				if done++; done == 1 {
+					late = add(t, s, letter(n+1, forward.Permanent, "HTTP 415", time.Now()))[0]
+				}
+			}
+			run := s.Replay
+			if op == "purge" {
+				run = s.Purge
+			}
+			count, err := run(testCtx(t), deadletter.Filter{All: true}, false, each)
+			if err != nil || count != n || done != n {
+				t.Fatalf("%s = %d (%d reported), %v; want the %d letters there at the start", op, count, done, err, n)
+			}
+			left, err := s.List(testCtx(t), deadletter.Filter{All: true})
+			if err != nil || !slices.Equal(seqsOf(left), []uint64{late}) {
+				t.Errorf("left after the %s: %v (%v); want only the letter stored meanwhile, %d (first was %d)", op, seqsOf(left), err, late, seqs[0])
+			}
+			if op == "replay" {
+				if got := len(eventStream(t, ns.JS)); got != n {
+					t.Errorf("%d events queued, want %d", got, n)
+				}
+			}
+		})
 	}
 }
 
@@ -901,4 +945,24 @@ func TestReforwardReadCutShort(t *testing.T) {
 			}
 		})
 	}
+}
+
+// replay and purge run Store.Replay and Store.Purge and return the
+// letters they reported done.
+func replay(ctx context.Context, s *deadletter.Store, f deadletter.Filter, dryRun bool) ([]deadletter.Entry, error) {
+	return collect(s.Replay, ctx, f, dryRun)
+}
+
+func purge(ctx context.Context, s *deadletter.Store, f deadletter.Filter, dryRun bool) ([]deadletter.Entry, error) {
+	return collect(s.Purge, ctx, f, dryRun)
+}
+
+func collect(op func(context.Context, deadletter.Filter, bool, func(*deadletter.Entry)) (int, error),
+	ctx context.Context, f deadletter.Filter, dryRun bool) ([]deadletter.Entry, error) {
+	done := []deadletter.Entry{}
+	n, err := op(ctx, f, dryRun, func(e *deadletter.Entry) { done = append(done, *e) })
+	if n != len(done) {
+		return done, fmt.Errorf("reported %d letters done, counted %d", len(done), n)
+	}
+	return done, err
 }

@@ -635,7 +635,7 @@ func TestRecentDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Replay the newest: a gap at the end of the stream.
-	if _, err := store.Replay(ctx, deadletter.Filter{Seq: 6}, false); err != nil {
+	if _, err := store.Replay(ctx, deadletter.Filter{Seq: 6}, false, func(*deadletter.Entry) {}); err != nil {
 		t.Fatal(err)
 	}
 	got, n, err := status.RecentDeadLetters(ctx, ns.JS, 3)

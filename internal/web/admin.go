@@ -134,14 +134,10 @@ type letterSummary struct {
 	DeadLetteredAt   time.Time `json:"deadLetteredAt"`
 }
 
-func summaries(entries []deadletter.Entry) []letterSummary {
-	out := make([]letterSummary, len(entries))
-	for i, e := range entries {
-		out[i] = letterSummary{Seq: e.Seq, Destination: deadletter.DestinationOf(&e.DeadLetter), Source: e.Event.Source,
-			OrthancStudyID: e.Event.OrthancStudyID, StudyInstanceUID: e.Event.StudyInstanceUID, Class: string(e.Class),
-			Reason: e.Reason, DeadLetteredAt: e.DeadLetteredAt}
-	}
-	return out
+func summary(e *deadletter.Entry) letterSummary {
+	return letterSummary{Seq: e.Seq, Destination: deadletter.DestinationOf(&e.DeadLetter), Source: e.Event.Source,
+		OrthancStudyID: e.Event.OrthancStudyID, StudyInstanceUID: e.Event.StudyInstanceUID, Class: string(e.Class),
+		Reason: e.Reason, DeadLetteredAt: e.DeadLetteredAt}
 }
 
 func (a *AdminAPI) show(w http.ResponseWriter, r *http.Request) {
@@ -186,14 +182,17 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 		if replay {
 			op, what = a.Store.Replay, "replay"
 		}
-		entries, err := op(r.Context(), f, req.DryRun)
-		answer := map[string]any{"dryRun": req.DryRun, "count": len(entries), "entries": summaries(entries)}
+		// Summaries only: the letters themselves may hold up to 512 KB
+		// each, and the store reads them a page at a time.
+		done := []letterSummary{}
+		n, err := op(r.Context(), f, req.DryRun, func(e *deadletter.Entry) { done = append(done, summary(e)) })
+		answer := map[string]any{"dryRun": req.DryRun, "count": n, "entries": done}
 		if err != nil {
 			a.failPartway(w, what+" dead letters", err, answer)
 			return
 		}
 		if !req.DryRun {
-			a.Log.Info("dead letters "+what+"ed through the admin API", "count", len(entries), "remote", r.RemoteAddr)
+			a.Log.Info("dead letters "+what+"ed through the admin API", "count", n, "remote", r.RemoteAddr)
 		}
 		answerLate(w, http.StatusOK, answer)
 	}

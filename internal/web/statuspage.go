@@ -219,17 +219,17 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 		fail("Replay failed: "+err.Error(), err, http.StatusServiceUnavailable)
 		return
 	}
-	entries, err := store.Replay(ctx, deadletter.Filter{Seq: seq}, false)
+	var e deadletter.Entry
+	n, err := store.Replay(ctx, deadletter.Filter{Seq: seq}, false, func(done *deadletter.Entry) { e = *done })
 	if err != nil {
 		fail("Replay of dead letter "+strconv.FormatUint(seq, 10)+" failed: "+err.Error(), err, failureStatus(err))
 		return
 	}
-	if len(entries) == 0 {
+	if n == 0 {
 		fail("Dead letter "+strconv.FormatUint(seq, 10)+" is gone (replayed or purged already).", deadletter.ErrNotFound, http.StatusNotFound)
 		return
 	}
 	// Replay queues the letter for its own destination only.
-	e := entries[0]
 	dest := destinationOr(e.Destination)
 	h.log.Info("dead letter replayed from the status page", "dead_letter_seq", seq, "destination", dest, "source", e.Event.Source,
 		"orthanc_study_id", e.Event.OrthancStudyID, "study_instance_uid", e.Event.StudyInstanceUID, "remote", r.RemoteAddr)
