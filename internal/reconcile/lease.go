@@ -38,6 +38,9 @@ type lease struct {
 	now    func() time.Time
 
 	rev uint64 // revision written by this holder, 0 when not held
+	// acquireSent is when the write that took the lease was sent: the
+	// lease runs from then, however long the answer took.
+	acquireSent time.Time
 
 	// The revision of another holder's lease last seen, and when it was
 	// first seen (monotonic).
@@ -63,6 +66,7 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 	l.previous = ""
 	entry, err := l.kv.Get(ctx, l.key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		sent := time.Now()
 		rev, err := l.kv.Create(ctx, l.key, l.value())
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			return false, nil // another replica was faster
@@ -70,7 +74,7 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("create lease %s: %w", l.key, natsjs.StorageFull(err))
 		}
-		l.rev = rev
+		l.rev, l.acquireSent = rev, sent
 		return true, nil
 	}
 	if err != nil {
@@ -88,6 +92,7 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 		}
 		l.previous = v.Holder
 	}
+	sent := time.Now()
 	rev, err := l.kv.Update(ctx, l.key, l.value(), entry.Revision())
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		l.previous = ""
@@ -96,7 +101,7 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("take over lease %s: %w", l.key, natsjs.StorageFull(err))
 	}
-	l.rev = rev
+	l.rev, l.acquireSent = rev, sent
 	return true, nil
 }
 

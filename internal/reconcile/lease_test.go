@@ -231,3 +231,54 @@ func TestLeaseHolderStepsDownBeforeATakeover(t *testing.T) {
 	}
 	t.Logf("stepped down %s after the last renewal was sent (TTL %s)", took.Round(time.Millisecond), ttl)
 }
+
+// slowCreateKV writes a Create at once and answers it late, as JetStream
+// can during a leader election.
+type slowCreateKV struct {
+	*cutOffKV
+	delay time.Duration
+}
+
+func (k *slowCreateKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	rev, err := k.cutOffKV.Create(ctx, key, value, opts...)
+	time.Sleep(k.delay)
+	return rev, err
+}
+
+// The step-down deadline of a lease that could never be renewed counts
+// from when the write that took it was sent: counted from when its late
+// answer came, a leader stepped down after a contender could take over.
+func TestLeaseTakenSlowlyStepsDownBeforeATakeover(t *testing.T) {
+	_, kv := testBucket(t)
+	cut := &cutOffKV{KeyValue: kv}
+	slow := &slowCreateKV{cutOffKV: cut, delay: time.Second}
+	const ttl = 3 * time.Second
+	s := &sourceRunner{
+		r:     &Reconciler{opts: Options{LeaseTTL: ttl}},
+		log:   slog.New(slog.DiscardHandler),
+		lease: newLease(slow, leaseKey("s"), "a", ttl, time.Now),
+	}
+	sent := time.Now()
+	mustAcquire(t, s.lease, true)
+	cut.cut.Store(true) // no renewal goes through
+	ctx, stop := context.WithCancelCause(t.Context())
+	defer stop(nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.keepLease(ctx, stop)
+	}()
+	select {
+	case <-done:
+	case <-time.After(3 * ttl):
+		t.Fatal("the holder never stepped down")
+	}
+	took := time.Since(sent)
+	if !errors.Is(context.Cause(ctx), errLeaseLost) {
+		t.Errorf("keepLease ended with %v, want errLeaseLost", context.Cause(ctx))
+	}
+	// Two thirds of the TTL, and a sixth of it for a slow machine.
+	if took >= ttl*5/6 {
+		t.Errorf("stepped down %s after the lease's write was sent; a contender may take over %s after it", took.Round(time.Millisecond), ttl)
+	}
+}

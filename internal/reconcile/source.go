@@ -157,8 +157,9 @@ func (s *sourceRunner) lead(ctx context.Context) {
 // when a contender may already poll.
 func (s *sourceRunner) keepLease(ctx context.Context, stop context.CancelCauseFunc) {
 	ttl := s.r.opts.LeaseTTL
-	// The lease was written just before the leader started.
-	deadline := time.Now().Add(2 * ttl / 3)
+	// The lease counts from when its write was sent, not from when
+	// JetStream answered: in an election that can take seconds.
+	deadline := s.lease.acquireSent.Add(2 * ttl / 3)
 	stepDown := time.NewTimer(time.Until(deadline))
 	defer stepDown.Stop()
 	t := time.NewTicker(ttl / 3)
