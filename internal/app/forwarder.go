@@ -169,7 +169,8 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	router := newRouter()
 	web.MountHealth(router, reg, checks)
 	if p.status.adminToken != "" {
-		(&web.AdminAPI{Store: dls, JS: p.conn.JS, Token: p.status.adminToken, Destinations: names, Log: p.log.With("component", "admin")}).Mount(router)
+		(&web.AdminAPI{Store: dls, JS: p.conn.JS, Token: p.status.adminToken, Destinations: names,
+			TrustedProxies: r.cfg.TrustedProxies, Log: p.log.With("component", "admin")}).Mount(router)
 	} else {
 		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
 	}

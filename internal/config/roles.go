@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"path"
 	"slices"
@@ -124,6 +125,9 @@ func (i *Ingest) Validate() error {
 // Forwarder configures the workers that move studies to the destinations.
 type Forwarder struct {
 	Addr string `env:"FORWARDER_ADDR" envDefault:":8081" desc:"listen address of the forwarder's health and metrics"`
+	// TrustedProxiesRaw is parsed into TrustedProxies by Validate.
+	TrustedProxiesRaw []string `env:"FORWARDER_TRUSTED_PROXIES" envSeparator:"," desc:"reverse proxies in front of FORWARDER_ADDR (IP addresses or CIDR prefixes, comma-separated) whose X-Forwarded-For names the client for the admin API's wrong-token throttle and its logs; empty: the peer address is the client"`
+	TrustedProxies    []netip.Prefix
 
 	// Destination is the one destination of a deployment that names none
 	// (DESTINATIONS unset): the destination called "default".
@@ -149,6 +153,10 @@ type Forwarder struct {
 func (f *Forwarder) Validate() error {
 	var errs []error
 	if err := validateAddr("FORWARDER_ADDR", f.Addr); err != nil {
+		errs = append(errs, err)
+	}
+	var err error
+	if f.TrustedProxies, err = parseTrustedProxies("FORWARDER_TRUSTED_PROXIES", f.TrustedProxiesRaw); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, f.destinationsValidate())

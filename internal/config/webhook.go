@@ -45,20 +45,33 @@ func (w *WebhookSecurity) Validate() error {
 	if w.RateLimit > 0 && float64(w.RateBurst)/w.RateLimit > 365*24*3600 {
 		errs = append(errs, fmt.Errorf("INGEST_RATE_BURST=%d at INGEST_RATE_LIMIT=%g: the burst would take more than a year to come back; lower it or raise the rate", w.RateBurst, w.RateLimit))
 	}
-	w.TrustedProxies = w.TrustedProxies[:0]
-	for _, v := range w.TrustedProxiesRaw {
+	var err error
+	if w.TrustedProxies, err = parseTrustedProxies("INGEST_TRUSTED_PROXIES", w.TrustedProxiesRaw); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// parseTrustedProxies reads the addresses and CIDR prefixes of variable
+// name; errors name the entries that are neither.
+func parseTrustedProxies(name string, raw []string) ([]netip.Prefix, error) {
+	var (
+		out  []netip.Prefix
+		errs []error
+	)
+	for _, v := range raw {
 		v = strings.TrimSpace(v)
 		if v == "" {
 			continue
 		}
 		p, err := parsePrefix(v)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("INGEST_TRUSTED_PROXIES: %q is not an IP address or CIDR prefix", v))
+			errs = append(errs, fmt.Errorf("%s: %q is not an IP address or CIDR prefix", name, v))
 			continue
 		}
-		w.TrustedProxies = append(w.TrustedProxies, p)
+		out = append(out, p)
 	}
-	return errors.Join(errs...)
+	return out, errors.Join(errs...)
 }
 
 // parsePrefix reads a CIDR prefix, or a bare address as a one-address

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,7 +29,10 @@ type AdminAPI struct {
 	// Destinations are the configured destinations: a reforward names one
 	// of them, or none for all.
 	Destinations []string
-	Log          *slog.Logger
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client for the wrong-token throttle and the logs.
+	TrustedProxies []netip.Prefix
+	Log            *slog.Logger
 }
 
 // Mount adds the /admin routes to r.
@@ -44,7 +48,7 @@ type AdminAPI struct {
 // logged with the client's address.
 func (a *AdminAPI) Mount(r chi.Router) {
 	want := sha256.Sum256([]byte(a.Token))
-	guard := newGuessGuard("admin API", nil, a.Log, WriteError)
+	guard := newGuessGuard("admin API", a.TrustedProxies, a.Log, WriteError)
 	r.Route("/admin", func(r chi.Router) {
 		r.Use(func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -192,7 +196,7 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			return
 		}
 		if !req.DryRun {
-			a.Log.Info("dead letters "+what+"ed through the admin API", "count", n, "remote", r.RemoteAddr)
+			a.Log.Info("dead letters "+what+"ed through the admin API", "count", n, "client", clientIP(r, a.TrustedProxies))
 		}
 		answerLate(w, http.StatusOK, answer)
 	}
@@ -245,7 +249,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !req.DryRun {
-		a.Log.Info("events re-forwarded through the admin API", "count", len(evs), "destination", req.Destination, "remote", r.RemoteAddr)
+		a.Log.Info("events re-forwarded through the admin API", "count", len(evs), "destination", req.Destination, "client", clientIP(r, a.TrustedProxies))
 	}
 	answerLate(w, http.StatusOK, answer)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -121,6 +122,42 @@ func TestAdminAPIThrottlesGuessesPerIPv6Network(t *testing.T) {
 		// 400: past the token check, refused by the handler for its empty body.
 		if code := send("2001:db8:0:8::1", token); code != http.StatusBadRequest {
 			t.Errorf("the right token from another /64: status %d, want 400", code)
+		}
+	})
+}
+
+// TestAdminAPIThrottlesGuessesBehindAProxy: behind a reverse proxy listed
+// in TrustedProxies, the wrong tokens count per client the proxy names in
+// X-Forwarded-For: one client guessing does not lock out the operators
+// who reach the API through the same proxy, and a client cannot escape
+// its count by naming another address in front of the proxy's.
+func TestAdminAPIThrottlesGuessesBehindAProxy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const token = "admin-token-0123456789"
+		r := chi.NewRouter()
+		(&web.AdminAPI{Token: token, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}).Mount(r)
+		send := func(forwardedFor, tok string) int {
+			t.Helper()
+			req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader("{}"))
+			req.RemoteAddr = "10.1.2.3:40000" // the ingress controller
+			req.Header.Set("X-Forwarded-For", forwardedFor)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			rec := httptest.NewRecorder()
+			r.ServeHTTP(rec, req)
+			return rec.Code
+		}
+		for i := range 10 {
+			// A made-up first hop: the proxy appends the real peer.
+			if code := send(fmt.Sprintf("198.51.100.%d, 192.0.2.7", i), fmt.Sprintf("guess-%02d-0123456789", i)); code != http.StatusUnauthorized {
+				t.Fatalf("guess %d: status %d, want 401", i, code)
+			}
+		}
+		if code := send("192.0.2.7", token); code != http.StatusTooManyRequests {
+			t.Errorf("the right token from the guessing client: status %d, want 429", code)
+		}
+		// 400: past the token check, refused by the handler for its empty body.
+		if code := send("192.0.2.8", token); code != http.StatusBadRequest {
+			t.Errorf("another client through the same proxy: status %d, want 400", code)
 		}
 	})
 }
