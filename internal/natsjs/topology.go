@@ -246,6 +246,12 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 		if sameStream(have, cfg) {
 			return s, nil
 		}
+		if cfg.Name == EventStream {
+			t.keepQueuedEvents(ctx, s, &cfg, have)
+			if sameStream(have, cfg) {
+				return s, nil
+			}
+		}
 		scaled = have.Replicas != max(cfg.Replicas, 1)
 		keepLimits(&cfg, have)
 		if t.Log != nil {
@@ -264,6 +270,99 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 		return s, err
 	}
 	return s, waitScaled(ctx, js, cfg.Name, cfg.Replicas)
+}
+
+// keepQueuedEvents keeps the event stream's retention when lowering it
+// to cfg.MaxAge would delete an event that a destination's consumer has
+// not acknowledged yet: JetStream deletes every event past the new age at
+// once, forwarded or not, with no dead letter, and an EVENTS_RETENTION
+// lowered while a destination was down or a lane closed lost its queue.
+// The lower retention applies at the first start after the queue has
+// moved past those events. When the queues cannot be read, the retention
+// is kept too.
+func (t Topology) keepQueuedEvents(ctx context.Context, s jetstream.Stream, cfg *jetstream.StreamConfig, have jetstream.StreamConfig) {
+	if cfg.MaxAge <= 0 || have.MaxAge > 0 && cfg.MaxAge >= have.MaxAge {
+		return // not lowered
+	}
+	info := s.CachedInfo()
+	now := info.TimeStamp // the server's clock, which ages the events
+	if now.IsZero() {
+		now = time.Now()
+		if t.now != nil {
+			now = t.now()
+		}
+	}
+	cut := now.Add(-cfg.MaxAge)
+	if info.State.Msgs == 0 || !info.State.FirstTime.Before(cut) {
+		return // nothing is that old
+	}
+	// Bounded: a NATS user without the reads (permission blocks from
+	// before them) gets no answer, and this start must not wait for the
+	// whole provisioning time.
+	qctx, cancel := context.WithTimeout(ctx, queuedCheckTimeout)
+	defer cancel()
+	consumer, oldest, err := oldestQueued(qctx, s)
+	switch {
+	case err != nil:
+		if t.Log != nil {
+			t.Log.Error("EVENTS_RETENTION not lowered: cannot tell whether it would delete events not forwarded yet; kept the stream's (restart to try again; "+
+				"a NATS user needs $JS.API.CONSUMER.LIST.STOWLINE_EVENTS and $JS.API.STREAM.MSG.GET.STOWLINE_EVENTS, docs/nats-permissions.md)",
+				"stream", cfg.Name, "max_age", have.MaxAge.String(), "events_retention", cfg.MaxAge.String(), "err", err)
+		}
+	case consumer != "" && oldest.Before(cut):
+		if t.Log != nil {
+			t.Log.Error("EVENTS_RETENTION not lowered: JetStream would delete at once events a destination's queue has not forwarded yet, with no dead letter; "+
+				"kept the stream's until a start after that queue has moved past them (remove the queue of a destination no forwarder serves: forwarder destinations remove NAME --yes)",
+				"stream", cfg.Name, "max_age", have.MaxAge.String(), "events_retention", cfg.MaxAge.String(),
+				"consumer", consumer, "oldest_queued", oldest.UTC().Format(time.RFC3339))
+		}
+	default:
+		return
+	}
+	cfg.MaxAge = have.MaxAge
+}
+
+// queuedCheckTimeout bounds keepQueuedEvents' reads of the queues.
+const queuedCheckTimeout = 5 * time.Second
+
+// oldestQueued finds the oldest event of the stream that a destination's
+// lane consumer has not acknowledged yet (acknowledged out of order above
+// its ack floor counts too), and that consumer's name; "" when every
+// consumer has acknowledged everything.
+func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, error) {
+	var (
+		name   string
+		oldest time.Time
+	)
+	list := s.ListConsumers(ctx)
+	for info := range list.Info() {
+		if _, _, ok := LaneOfConsumer(info.Name); !ok || info.NumPending == 0 && info.NumAckPending == 0 {
+			continue
+		}
+		filters := info.Config.FilterSubjects
+		if info.Config.FilterSubject != "" {
+			filters = append(filters, info.Config.FilterSubject)
+		}
+		if len(filters) == 0 {
+			filters = []string{">"}
+		}
+		for _, f := range filters {
+			m, err := s.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue
+			}
+			if err != nil {
+				return "", time.Time{}, fmt.Errorf("oldest event of consumer %s: %w", info.Name, err)
+			}
+			if name == "" || m.Time.Before(oldest) {
+				name, oldest = info.Name, m.Time
+			}
+		}
+	}
+	if err := list.Err(); err != nil {
+		return "", time.Time{}, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
+	}
+	return name, oldest, nil
 }
 
 // waitScaled waits for a stream whose replica count was just changed to
