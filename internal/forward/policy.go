@@ -73,7 +73,10 @@ func (p policy) decide(attempt uint64, err error, shuttingDown bool) decision {
 // same, so the study is dead-lettered before any work. Rarely the last
 // delivery ended otherwise: a graceful shutdown gave it back, or its ack
 // was not confirmed; the reason says so, and a replay sends the study
-// again (an instance already stored is confirmed again).
+// again (an instance already stored is confirmed again). Or the limit
+// was lowered while the study was being retried (natsjs keeps the
+// consumer's higher MaxDeliver for it): then it has failed as often as
+// the new limit allows.
 func (p policy) exhausted(attempt uint64) (decision, bool) {
 	if !p.canDeadLetter || p.maxDeliveries == 0 || attempt <= p.maxDeliveries {
 		return decision{}, false
@@ -82,6 +85,7 @@ func (p policy) exhausted(attempt uint64) (decision, bool) {
 		"delivered %d times, past FORWARDER_MAX_DELIVERIES (%d), and the last deliveries ended without an outcome: "+
 			"the forwarder handling the study stopped (a crash or an out-of-memory kill; or, for the last one only, a shutdown "+
 			"that returned it to the queue or an ack JetStream did not confirm) or could not store its dead letter; "+
+			"or FORWARDER_MAX_DELIVERIES was lowered while the study was being retried; "+
 			"not tried again (replay it once the cause is known)", attempt, p.maxDeliveries)}, true
 }
 

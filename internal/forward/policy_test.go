@@ -80,7 +80,8 @@ func TestPolicyExhausted(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("max %d, store %v, attempt %d: exhausted = %v, want %v", tt.p.maxDeliveries, tt.p.canDeadLetter, tt.attempt, got, tt.want)
 		}
-		if got && (d.action != deadLetter || d.class != Crash || !strings.Contains(d.reason, fmt.Sprintf("delivered %d times", tt.attempt))) {
+		if got && (d.action != deadLetter || d.class != Crash || !strings.Contains(d.reason, fmt.Sprintf("delivered %d times", tt.attempt)) ||
+			!strings.Contains(d.reason, "FORWARDER_MAX_DELIVERIES was lowered")) {
 			t.Errorf("attempt %d: decision %+v", tt.attempt, d)
 		}
 	}

@@ -74,3 +74,63 @@ func TestLoweredRetentionKeepsQueuedEvents(t *testing.T) {
 		t.Errorf("after a start with the queue forwarded: MaxAge %v, want %v", got, lowered.Retention)
 	}
 }
+
+// TestLoweredMaxDeliverKeepsRetriedEvents: an operator lowers
+// FORWARDER_MAX_DELIVERIES (the consumer's MaxDeliver is twice it) and
+// restarts while an event is being retried and was delivered more times
+// than the new MaxDeliver allows. JetStream would drop it from the queue
+// with no dead letter: the start keeps the higher MaxDeliver so that the
+// forwarders get it once more and dead-letter it, and a start once it is
+// settled lowers it.
+func TestLoweredMaxDeliverKeepsRetriedEvents(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	topo := natsjs.DefaultTopology()
+	topo.MaxDeliver = 10
+	if _, err := topo.EnsureEvents(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	dest := []string{natsjs.DefaultDestination}
+	lanes, err := topo.EnsureConsumers(ctx, js, dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, natsjs.EventSubject("orthanc-a"), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	for range 6 {
+		msg, err := lanes[natsjs.DefaultDestination].Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := msg.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	lowered := topo
+	lowered.MaxDeliver = 4
+	if lanes, err = lowered.EnsureConsumers(ctx, js, dest); err != nil {
+		t.Fatal(err)
+	}
+	c := lanes[natsjs.DefaultDestination]
+	if got := c.CachedInfo().Config.MaxDeliver; got != topo.MaxDeliver {
+		t.Errorf("MaxDeliver %d after a start that lowers it with an event delivered 6 times, want %d kept", got, topo.MaxDeliver)
+	}
+	msg, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatalf("the event delivered 6 times is not delivered again for the forwarders to dead-letter: %v", err)
+	}
+	if meta, err := msg.Metadata(); err != nil || meta.NumDelivered != 7 {
+		t.Fatalf("delivery %v (%v), want the 7th", meta, err)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if lanes, err = lowered.EnsureConsumers(ctx, js, dest); err != nil {
+		t.Fatal(err)
+	}
+	if got := lanes[natsjs.DefaultDestination].CachedInfo().Config.MaxDeliver; got != lowered.MaxDeliver {
+		t.Errorf("MaxDeliver %d after a start with nothing being retried, want %d", got, lowered.MaxDeliver)
+	}
+}

@@ -566,6 +566,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 				// The start cannot change once made: keep the consumer's,
 				// and the configuration it was made by.
 				keepStart(&cfg, existing[cfg.Durable])
+				cfg.MaxDeliver = t.keepMaxDeliver(existing[cfg.Durable], cfg.MaxDeliver)
 			case routine != nil:
 				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, max(routine.AckFloor.Stream+1, 1)
 			case running:
@@ -587,6 +588,25 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		}
 	}
 	return out, nil
+}
+
+// keepMaxDeliver returns the MaxDeliver to give an existing consumer:
+// want, unless that lowers it while the consumer holds events delivered
+// more than once. JetStream drops from the queue, with no dead letter, an
+// event already delivered as many times as a lowered MaxDeliver allows
+// (FORWARDER_MAX_DELIVERIES lowered during an outage); with the higher
+// bound kept, the forwarders get it once more and dead-letter it past
+// their limit. A start once those events are settled lowers it.
+func (t Topology) keepMaxDeliver(made *jetstream.ConsumerInfo, want int) int {
+	have := made.Config.MaxDeliver
+	if want <= 0 || have > 0 && want >= have || made.NumRedelivered == 0 {
+		return want
+	}
+	if t.Log != nil {
+		t.Log.Info("consumer MaxDeliver not lowered yet: it holds events being retried, which JetStream would drop without a dead letter; the forwarders dead-letter those past FORWARDER_MAX_DELIVERIES, and a later start lowers it",
+			"consumer", made.Name, "max_deliver", have, "want", want, "redelivered", made.NumRedelivered)
+	}
+	return have
 }
 
 // age is how long ago the consumer was made, on the NATS server's clock
