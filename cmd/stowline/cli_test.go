@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -112,5 +113,52 @@ func TestSecondProcessOnTheStoreRefused(t *testing.T) {
 	err := run(t.Context(), nil, getenv, nil, &stdout, &stderr)
 	if err == nil || !strings.Contains(err.Error(), "in use by another process") || !strings.Contains(err.Error(), "NATS_STORE_DIR") {
 		t.Fatalf("second process: %v; want it refused with the store directory in use", err)
+	}
+}
+
+// A single host moved to a NATS server (NATS_URL set, the systemd unit's
+// NATS_STORE_DIR still set) warns at start that its old store holds what
+// nothing moves to the NATS server.
+func TestNATSServerWarnsOfTheSingleHostStore(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{
+		"INGEST_TOKEN":        "0123456789abcdef",
+		"DICOMWEB_URL":        "http://archive.invalid/dicom-web",
+		"ORTHANC_URL":         "http://127.0.0.1:1",
+		"NATS_STORE_DIR":      dir,
+		"INGEST_ADDR":         testharness.FreeAddr(t),
+		"FORWARDER_ADDR":      testharness.FreeAddr(t),
+		"RECONCILE_ENABLED":   "false",
+		"LOG_LEVEL":           "warn",
+		"STATUS_PAGE_ENABLED": "false",
+	}
+	getenv := func(k string) string { return env[k] }
+	runUntilHealthy := func(t *testing.T) string {
+		t.Helper()
+		var logs testharness.LogBuffer
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, nil, getenv, nil, &logs, &logs) }()
+		testharness.WaitHTTP(t, "http://"+env["INGEST_ADDR"]+"/healthz", 20*time.Second)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("stowline: %v\n%s", err, logs.String())
+		}
+		return logs.String()
+	}
+	// The single host, with its embedded server's store in dir.
+	if logs := runUntilHealthy(t); strings.Contains(logs, "single host's embedded JetStream server") {
+		t.Errorf("single-host mode warns of its own store:\n%s", logs)
+	}
+
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "external", Port: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	env["NATS_URL"] = srv.ClientURL()
+	logs := runUntilHealthy(t)
+	if !strings.Contains(logs, "NATS_STORE_DIR holds the store of a single host's embedded JetStream server") || !strings.Contains(logs, dir) {
+		t.Errorf("with NATS_URL set and the old store in NATS_STORE_DIR, no warning naming it:\n%s", logs)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
@@ -111,6 +113,7 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 	if err != nil {
 		return nil, err
 	}
+	warnSingleHostStore(nc, log)
 	p := &process{conn: conn, topo: topology(nc, fc), serverTLS: serverTLS, tracer: tp, log: log}
 	p.topo.Log = log
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
@@ -154,4 +157,22 @@ func (p *process) run(ctx context.Context, roles ...role) error {
 	err := g.Wait()
 	p.log.Info("stowline stopped", "err", err)
 	return err
+}
+
+// warnSingleHostStore warns when a process using a NATS server finds the
+// store of a single host's embedded server in NATS_STORE_DIR: a single
+// host moved to a NATS server (systemd's unit keeps NATS_STORE_DIR set)
+// left in it what it had not forwarded yet, its dead letters and its
+// ledgers, which nothing moves to the NATS server.
+func warnSingleHostStore(nc config.NATS, log *slog.Logger) {
+	if nc.Embedded() || nc.StoreDir == "" {
+		return
+	}
+	if fi, err := os.Stat(filepath.Join(nc.StoreDir, "jetstream")); err != nil || !fi.IsDir() {
+		return
+	}
+	log.Warn("NATS_URL is set, and NATS_STORE_DIR holds the store of a single host's embedded JetStream server: the events it still queues, "+
+		"its dead letters and its ledgers of forwarded studies are not on the NATS server and are not sent from there; "+
+		"check it with the forwarder commands (NATS_URL empty), then move it away (docs/nats-cluster.md#from-a-single-host-and-back)",
+		"store_dir", nc.StoreDir)
 }
