@@ -87,6 +87,22 @@ func (c ConflictPolicy) isConflict(reason, status int) bool {
 	return false
 }
 
+// onlyIn409 reports a conflict that only the answer's 409 makes one: a
+// rule with @409 matched it, no other did. Its code (0x0110 processing
+// failure, 0xA7xx out of resources) is Google's answer for an instance
+// it holds with other content, but a 409 is also any server's answer
+// for a request none of whose instances it stored, "for a mixture of
+// reasons" (PS3.18 10.5.3): dcm4chee gives 0xA700 when its storage
+// fails and 0x0110 when its database does.
+func (c ConflictPolicy) onlyIn409(reason, status int) bool {
+	for _, r := range c.Rules {
+		if !r.Only409 && r.Matches(reason, status) {
+			return false
+		}
+	}
+	return true
+}
+
 func (c ConflictPolicy) setting() string {
 	if c.Setting == "" {
 		return "STOW_ON_CONFLICT"
@@ -159,6 +175,59 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 			"study_instance_uid", a.Event.StudyInstanceUID, "instances", n, "method", c.Method, "setting", c.setting())
 	}
 	return resend, upsert, nil
+}
+
+// settleUnsure decides the conflicts to skip that only a 409 made
+// conflicts (onlyIn409): those the destination lists (QIDO-RS) are
+// counted as stored, as skip counts a conflict; the others (failed) it
+// does not hold, so their code was a failure, which skip must not count
+// as stored. Unlisted, or the destination not asked (no QIDO-RS
+// client, or it failed), they are failed. expected is the study's
+// instance count, for the listing's pages.
+func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted, expected int, rep *Report) (held []string, failed []conflicted) {
+	lister := f.opts.Verifier
+	if lister == nil {
+		d := f.opts.Destination
+		if x, ok := d.(*deidentified); ok {
+			d = x.next
+		}
+		lister, _ = d.(Verifier)
+	}
+	var listed map[string]bool
+	var err error
+	if lister == nil {
+		err = errors.New("the destination cannot be asked what it holds (QIDO-RS)")
+	} else {
+		parts := make([]dicomweb.Part, len(unsure))
+		for i, c := range unsure {
+			parts[i] = c.part
+		}
+		listed, _, err = f.listed(ctx, lister, ev.StudyInstanceUID, parts, expected)
+	}
+	for _, c := range unsure {
+		if !listed[c.part.SOPInstanceUID] {
+			failed = append(failed, c)
+			continue
+		}
+		held = append(held, c.part.SOPInstanceUID)
+		rep.Instances++
+		rep.AlreadyStored++
+		rep.Conflicts++
+		f.m.instances.Inc()
+		f.m.alreadyStored.Inc()
+		f.m.conflicts.WithLabelValues("skipped").Inc()
+	}
+	if len(failed) > 0 {
+		first := failed[0]
+		args := []any{"orthanc_study_id", ev.OrthancStudyID, "study_instance_uid", ev.StudyInstanceUID, "instances", len(failed),
+			"first_sop_instance_uid", first.part.SOPInstanceUID, "failure_reason", fmt.Sprintf("0x%04X", first.reason)}
+		if err != nil {
+			args = append(args, "err", err)
+		}
+		f.log.Warn("destination answered 409 with a Failure Reason that is a conflict only for an instance it holds, and does not list the instances: "+
+			"not counted as stored, retried as the failure the code names", args...)
+	}
+	return held, failed
 }
 
 // conflictError is the dead letter of an attempt with conflicts: the

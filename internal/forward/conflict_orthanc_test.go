@@ -40,6 +40,11 @@ type conflictFilter struct {
 	proxy  *httputil.ReverseProxy
 	posts  atomic.Int32
 	delete atomic.Int32
+	// failPosts POSTs from now are refused whole, with failReason for
+	// each instance in a 409, as dcm4chee answers a request none of whose
+	// instances it stored (a storage or database failure).
+	failPosts  atomic.Int32
+	failReason int
 }
 
 func newConflictFilter(t *testing.T, o *testharness.Orthanc, shape string) (*conflictFilter, string) {
@@ -61,6 +66,10 @@ func (f *conflictFilter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if f.failPosts.Add(-1) >= 0 {
+			f.answerFailed(w, sopUIDsIn(body))
 			return
 		}
 		for _, sop := range sopUIDsIn(body) {
@@ -102,6 +111,18 @@ func (f *conflictFilter) answerConflict(w http.ResponseWriter, sop string) {
 	w.Header().Set("Content-Type", "application/dicom+json")
 	w.WriteHeader(http.StatusConflict)
 	fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}]}}`, sop, reason)
+}
+
+// answerFailed writes a 409 whose FailedSOPSequence lists every sop with
+// failReason.
+func (f *conflictFilter) answerFailed(w http.ResponseWriter, sops []string) {
+	items := make([]string, len(sops))
+	for i, sop := range sops {
+		items[i] = fmt.Sprintf(`{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}`, sop, f.failReason)
+	}
+	w.Header().Set("Content-Type", "application/dicom+json")
+	w.WriteHeader(http.StatusConflict)
+	fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
 }
 
 // lookup returns the Orthanc ID of the instance with SOP Instance UID sop,
@@ -274,6 +295,60 @@ func TestConflictWithRealOrthanc(t *testing.T) {
 			metric := map[string]string{ConflictSkip: "skipped", ConflictDeadLetter: "dead_lettered", ConflictReplace: "replaced"}[tt.action]
 			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues(metric)); got != 1 {
 				t.Errorf("stowline_forwarder_conflicts_total{action=%q} = %v, want 1", metric, got)
+			}
+		})
+	}
+}
+
+// A 409 whose instances all failed with 0xA700 (out of resources) or
+// 0x0110 (processing failure), dcm4chee's answer when its storage or
+// its database fails, matches the @409 conflict rules every profile
+// has (Google's 409 with 272 for an instance it holds with other
+// content). Under skip it was counted as stored and the study acked,
+// though the destination held nothing. Now it counts as stored only if
+// the destination lists the instance: here it does not, so the
+// instance is sent again and stored.
+func TestFailureIn409IsNoConflictUnlessHeld(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") == "" {
+		t.Skip("starts a real Orthanc; skipped in -short mode")
+	}
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "failing-dest", DicomWeb: true})
+	rules := []dicomweb.ConflictRule{
+		{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}, {Code: 0x0111, Mask: 0xFFFF},
+		{Code: dicomweb.FailureProcessing, Mask: 0xFFFF, Only409: true}, {Code: 0xA700, Mask: 0xFF00, Only409: true},
+	}
+	for _, reason := range []int{0xA700, dicomweb.FailureProcessing} {
+		t.Run(fmt.Sprintf("0x%04X", reason), func(t *testing.T) {
+			filter, dest := newConflictFilter(t, o, "google")
+			filter.failReason = reason
+			filter.failPosts.Store(1)
+			study, series, sop, data, _ := correctedInstance(t)
+			src := &memSource{data: map[string][]byte{"inst": data},
+				instances: []orthancapi.Instance{{ID: "inst", SOPInstanceUID: sop, SeriesInstanceUID: series, FileSize: int64(len(data))}}}
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			f := newForwarder(t, src, dest, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.MaxDeliveries = 5
+				o.InstanceRetries = 3
+				o.InstanceRetryDelay = 50 * time.Millisecond
+				o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: rules, Setting: "STOW_ON_CONFLICT"}
+			})
+			ev := testEvent()
+			ev.StudyInstanceUID = study
+			forwardOne(t, f, ns, cons, ev)
+			if letters := dls.all(); len(letters) != 0 {
+				t.Fatalf("dead-lettered: %s", letters[0].Reason)
+			}
+			if _, ok := o.InstanceDatasetMD5s(t)[sop]; !ok {
+				t.Errorf("the study was acked but the destination does not hold %s", sop)
+			}
+			if got := filter.posts.Load(); got != 2 {
+				t.Errorf("%d STOW requests, want 2 (the refused one sent again)", got)
+			}
+			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
+				t.Errorf("conflicts{action=skipped} = %v, want 0", got)
 			}
 		})
 	}

@@ -221,7 +221,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			outs = append(outs, o...)
 		}
 		var retry, again []dicomweb.Part
-		var conflicts []conflicted
+		var conflicts, unsure []conflicted
 		var skipped []string
 		var unread []Instance
 		notDone := map[string]bool{}
@@ -244,6 +244,19 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			}
 			for _, p := range out.again {
 				notDone[p.SOPInstanceUID] = true
+			}
+			unsure = append(unsure, out.unsure...)
+		}
+		if len(unsure) > 0 {
+			held, failed := f.settleUnsure(ctx, ev, unsure, len(instances), &rep)
+			skipped = append(skipped, held...)
+			for _, c := range failed {
+				notDone[c.part.SOPInstanceUID] = true
+				if ClassifyInstance(c.reason) == Reject {
+					rejected = append(rejected, Instance{SOPInstanceUID: c.part.SOPInstanceUID, FailureReason: c.reason, Text: Describe(c.reason)})
+					continue
+				}
+				retry = append(retry, c.part)
 			}
 		}
 		if f.opts.ExactLength && len(again) > 0 {
@@ -480,6 +493,10 @@ type batchOutcome struct {
 	conflicts  []conflicted
 	skipped    []string
 	nonPrimary []Instance
+	// unsure are conflicts to skip that only the 409 made conflicts
+	// (ConflictPolicy.onlyIn409): skipped once the destination lists
+	// them, else failures of their code.
+	unsure []conflicted
 	// warned were stored with a warning.
 	warned []dicomweb.Warning
 	// unread are the instances of retry the source failed to read, with
@@ -608,6 +625,12 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 				continue
 			}
 			if f.opts.Conflicts.Action == "" || f.opts.Conflicts.Action == ConflictSkip {
+				if f.opts.Conflicts.onlyIn409(reason, res.StatusCode) {
+					// Counted as stored only if the destination lists
+					// it (transfer): the code may be a failure.
+					out.unsure = append(out.unsure, conflicted{part: p, reason: reason})
+					continue
+				}
 				confirmed++
 				rep.AlreadyStored++
 				rep.Conflicts++

@@ -36,16 +36,8 @@ const maxMissingNamed = 3
 // pseudonym, and what it lists is mapped back to the UIDs sent.
 func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part, rep *Report) ([]dicomweb.Part, error) {
 	vctx, span := f.startSpan(ctx, "verify study (QIDO-RS)", trace.SpanKindClient)
-	asked, back := studyInstanceUID, map[string]string(nil)
-	if keyed := StudyPseudonym(f.opts.Destination); keyed != nil {
-		asked = keyed(studyInstanceUID)
-		back = make(map[string]string, len(sent))
-		for _, p := range sent {
-			back[keyed(p.SOPInstanceUID)] = p.SOPInstanceUID
-		}
-	}
 	start := time.Now()
-	uids, err := f.opts.Verifier.StudyInstanceUIDs(vctx, asked, len(sent))
+	listed, n, err := f.listed(vctx, f.opts.Verifier, studyInstanceUID, sent, len(sent))
 	took := time.Since(start)
 	rep.Verify += took
 	f.m.verifyDuration.Observe(took.Seconds())
@@ -54,6 +46,42 @@ func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []
 		err = fmt.Errorf("verify study %s at the destination (QIDO-RS): %w", studyInstanceUID, err)
 		endSpan(span, err)
 		return nil, err
+	}
+	var missing []dicomweb.Part
+	for _, p := range sent {
+		if !listed[p.SOPInstanceUID] {
+			missing = append(missing, p)
+		}
+	}
+	if span.IsRecording() {
+		span.SetAttributes(tracing.Instances.Int(len(sent)), tracing.Listed.Int(n))
+	}
+	endSpan(span, nil)
+	if len(missing) > 0 {
+		f.m.verifications.WithLabelValues(verifyMissing).Inc()
+		f.m.verifyMissing.Add(float64(len(missing)))
+	} else {
+		f.m.verifications.WithLabelValues(verifyVerified).Inc()
+	}
+	return missing, nil
+}
+
+// listed asks v which of sent the destination lists in the study (by
+// their original UIDs: a de-identifying destination is asked for the
+// study's pseudonym, and what it lists mapped back), and how many
+// instances it listed in all.
+func (f *Forwarder) listed(ctx context.Context, v Verifier, studyInstanceUID string, sent []dicomweb.Part, expected int) (map[string]bool, int, error) {
+	asked, back := studyInstanceUID, map[string]string(nil)
+	if keyed := StudyPseudonym(f.opts.Destination); keyed != nil {
+		asked = keyed(studyInstanceUID)
+		back = make(map[string]string, len(sent))
+		for _, p := range sent {
+			back[keyed(p.SOPInstanceUID)] = p.SOPInstanceUID
+		}
+	}
+	uids, err := v.StudyInstanceUIDs(ctx, asked, expected)
+	if err != nil {
+		return nil, 0, err
 	}
 	listed := make(map[string]bool, len(uids))
 	for _, u := range uids {
@@ -66,23 +94,7 @@ func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []
 		}
 		listed[u] = true
 	}
-	var missing []dicomweb.Part
-	for _, p := range sent {
-		if !listed[p.SOPInstanceUID] {
-			missing = append(missing, p)
-		}
-	}
-	if span.IsRecording() {
-		span.SetAttributes(tracing.Instances.Int(len(sent)), tracing.Listed.Int(len(uids)))
-	}
-	endSpan(span, nil)
-	if len(missing) > 0 {
-		f.m.verifications.WithLabelValues(verifyMissing).Inc()
-		f.m.verifyMissing.Add(float64(len(missing)))
-	} else {
-		f.m.verifications.WithLabelValues(verifyVerified).Inc()
-	}
-	return missing, nil
+	return listed, len(uids), nil
 }
 
 // missingError is the transient failure of a study whose destination still
