@@ -101,3 +101,41 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 		})
 	}
 }
+
+// Azure's DICOM service lists a file it could not read in the
+// FailedSOPSequence without its UIDs, with the Failure Reason only
+// (conformance statement v2: the UIDs are there "if the DICOM file
+// attempting to be stored could be read"); a 409 with 43264 and no UID
+// is what it answers then. The dead letter said only "not listed in the
+// destination's HTTP 409 response", hiding why; it now gives the
+// destination's reason.
+func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
+	for _, seq := range []string{"00081198", "0008119A"} { // FailedSOPSequence, OtherFailuresSequence
+		t.Run(seq, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/dicom+json")
+				w.WriteHeader(http.StatusConflict)
+				fmt.Fprintf(w, `{%q:{"vr":"SQ","Value":[{"00081197":{"vr":"US","Value":[43264]}}]}}`, seq)
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.MaxDeliveries = 1
+			})
+			forwardOne(t, f, ns, cons, testEvent())
+			letters := dls.all()
+			if len(letters) != 1 || len(letters[0].Failures) != 1 {
+				t.Fatalf("dead letters %+v, want one naming the instance", letters)
+			}
+			l := letters[0]
+			for _, want := range []string{"43264", "0xA900", "failed validation"} {
+				if !strings.Contains(l.Failures[0].Text, want) || !strings.Contains(l.Reason, want) {
+					t.Errorf("reason %q, instance text %q: want %q in both", l.Reason, l.Failures[0].Text, want)
+				}
+			}
+		})
+	}
+}

@@ -538,7 +538,7 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		// A STOW response on an error status still says per instance
 		// what happened (Orthanc answers 400 when one part is broken and
 		// stores the rest; 409 lists conflicts).
-		if !errors.As(err, &he) || he.Result == nil || len(he.Result.Stored)+len(he.Result.Failed) == 0 {
+		if !errors.As(err, &he) || he.Result == nil || len(he.Result.Stored)+len(he.Result.Failed)+len(he.Result.OtherFailures) == 0 {
 			return batchOutcome{}, err
 		}
 		res = he.Result
@@ -591,7 +591,15 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 	}
 	failed := make(map[string]int, len(res.Failed))
 	attrs := map[string]string{}
+	// unnamed are failures the answer gives without a SOP Instance UID
+	// (Azure's, for a file it could not read): they say why the
+	// instances it does not list failed.
+	var unnamed []dicomweb.FailedInstance
 	for _, fi := range append(res.Failed, res.OtherFailures...) {
+		if fi.SOPInstanceUID == "" {
+			unnamed = append(unnamed, fi)
+			continue
+		}
 		failed[fi.SOPInstanceUID] = fi.FailureReason
 		if a := attributesNamed(fi.Comments); a != "" {
 			attrs[fi.SOPInstanceUID] = a
@@ -612,7 +620,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 				out.retry = append(out.retry, p)
 			} else {
 				out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID,
-					Text: fmt.Sprintf("not listed in the destination's HTTP %d response", res.StatusCode)})
+					Text: fmt.Sprintf("not listed in the destination's HTTP %d response", res.StatusCode) + unnamedText(unnamed)})
 			}
 			continue
 		}
@@ -669,6 +677,22 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 	rep.Instances += confirmed
 	f.m.instances.Add(float64(confirmed))
 	return out
+}
+
+// unnamedText describes the failures an answer gives without a SOP
+// Instance UID, for the instances it does not list: their Failure
+// Reasons and the attributes their comments name, never the comments'
+// text (it may quote a value).
+func unnamedText(unnamed []dicomweb.FailedInstance) string {
+	if len(unnamed) == 0 {
+		return ""
+	}
+	first := unnamed[0]
+	text := fmt.Sprintf("; it gives %d failures without a SOP Instance UID (first: %s, Failure Reason %d, 0x%04X", len(unnamed), Describe(first.FailureReason), first.FailureReason, first.FailureReason)
+	if a := attributesNamed(first.Comments); a != "" {
+		text += ", attributes " + a
+	}
+	return text + ")"
 }
 
 // conversionOutcome: the instance Orthanc could not convert is refused
