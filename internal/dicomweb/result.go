@@ -85,6 +85,7 @@ func (r *Result) Missing(sent []string) []string {
 const (
 	FailureProcessing                 = 0x0110 // 272
 	FailureSOPClassNotSupported       = 0x0122 // 290
+	FailureNotAuthorized              = 0x0124 // 292: Refused: Not Authorized (PS3.7 C.5; dcm4chee's "Storage denied")
 	FailureTransferSyntaxNotSupported = 0xC122 // 49442
 	failureAzureValidation            = 0xA900 // 43264
 	failureAzureStudyMismatch         = 0xA901 // 43265
@@ -108,6 +109,8 @@ func FailureReasonText(code int) string {
 		return "referenced SOP Class not supported"
 	case FailureTransferSyntaxNotSupported:
 		return "referenced Transfer Syntax not supported"
+	case FailureNotAuthorized:
+		return "refused: not authorized (the destination's permissions deny storing it)"
 	case failureAzureValidation:
 		return "data set does not match SOP Class (Azure: instance failed validation)"
 	case failureAzureStudyMismatch:

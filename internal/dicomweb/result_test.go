@@ -40,6 +40,7 @@ func TestReasonText(t *testing.T) {
 		{FailureReasonText(0xA9FF), "data set does not match SOP Class"},
 		{FailureReasonText(0xC001), "cannot understand"},
 		{FailureReasonText(0xC122), "referenced Transfer Syntax not supported"},
+		{FailureReasonText(0x0124), "refused: not authorized (the destination's permissions deny storing it)"},
 		{FailureReasonText(7), "failure reason 7 (0x0007)"},
 	}
 	for _, tt := range tests {

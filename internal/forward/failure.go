@@ -190,7 +190,7 @@ func ClassifyInstance(reason int) Outcome {
 		return Stored
 	case dicomweb.FailureProcessing, dicomweb.FailureAzureBeingCreated:
 		return Retry
-	case dicomweb.FailureSOPClassNotSupported, dicomweb.FailureTransferSyntaxNotSupported:
+	case dicomweb.FailureSOPClassNotSupported, dicomweb.FailureTransferSyntaxNotSupported, dicomweb.FailureNotAuthorized:
 		return Reject
 	}
 	switch {

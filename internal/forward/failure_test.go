@@ -68,7 +68,7 @@ func TestClassifyInstance(t *testing.T) {
 	}{
 		{0xA700, Retry}, {0xA7FF, Retry}, {0x0110, Retry}, {0xB00F, Retry}, {0, Retry},
 		{0xB00E, Stored}, {0x0111, Stored},
-		{0xA900, Reject}, {0xA901, Reject}, {0xC000, Reject}, {0xC122, Reject}, {0x0122, Reject},
+		{0xA900, Reject}, {0xA901, Reject}, {0xC000, Reject}, {0xC122, Reject}, {0x0122, Reject}, {0x0124, Reject},
 	}
 	for _, tt := range tests {
 		if got := ClassifyInstance(tt.reason); got != tt.want {
