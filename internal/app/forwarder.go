@@ -239,6 +239,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		// The variable as this destination spells it, for dead-letter
 		// reasons that name the fix.
 		TransferSyntaxesVar: d.VarName("STOW_TRANSFER_SYNTAXES"),
+		MaxBytesVar:         d.VarName("STOW_MAX_BYTES"),
 		ExactLength:         d.Provider == config.ProviderAWS,
 		AckWait:             fc.AckWait,
 		Connected:           p.conn.NC.IsConnected,

@@ -139,3 +139,46 @@ func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
 		})
 	}
 }
+
+// A request the destination, or a proxy in front of it, refuses as too
+// large (413; nginx takes 1 MB by default) is permanent: the dead letter
+// says how large it was and what to change, lower the destination's
+// STOW_MAX_BYTES or raise the limit, which alone helps one instance. It
+// said only "server answered 413 Request Entity Too Large" and the
+// proxy's page.
+func TestTooLargeNamesWhatToChange(t *testing.T) {
+	for _, tt := range []struct {
+		instances int
+		want      []string
+	}{
+		{3, []string{"3 instances", "about 3072 bytes", "lower DESTINATION_ARCHIVE_STOW_MAX_BYTES, now 1048576 bytes"}},
+		{1, []string{"one instance, 1.2.3.1, about 1024 bytes", "raise that limit"}},
+	} {
+		t.Run(fmt.Sprint(tt.instances), func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/html")
+				w.WriteHeader(http.StatusRequestEntityTooLarge)
+				fmt.Fprint(w, "<html><head><title>413 Request Entity Too Large</title></head><body><center><h1>413 Request Entity Too Large</h1></center><hr><center>nginx</center></body></html>")
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			f := newForwarder(t, newMemSource(tt.instances), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.MaxDeliveries = 5
+				o.MaxBytesVar = "DESTINATION_ARCHIVE_STOW_MAX_BYTES"
+			})
+			forwardOne(t, f, ns, cons, testEvent())
+			letters := dls.all()
+			if len(letters) != 1 || letters[0].Class != Permanent || letters[0].Attempts != 1 {
+				t.Fatalf("dead letters %+v, want one, permanent, at the first delivery", letters)
+			}
+			for _, want := range append(tt.want, "413") {
+				if !strings.Contains(letters[0].Reason, want) {
+					t.Errorf("reason %q, want %q in it", letters[0].Reason, want)
+				}
+			}
+		})
+	}
+}

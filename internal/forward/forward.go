@@ -120,9 +120,11 @@ type Options struct {
 	Router Router
 	// Concurrency is the number of studies this process sends at once.
 	Concurrency int
-	// MaxInstances and MaxBytes bound one STOW-RS request.
+	// MaxInstances and MaxBytes bound one STOW-RS request; MaxBytesVar
+	// names MaxBytes's variable in messages (STOW_MAX_BYTES if empty).
 	MaxInstances int
 	MaxBytes     int64
+	MaxBytesVar  string
 	// TransferSyntaxes, if set, are the transfer syntax UIDs the
 	// destination accepts: an instance in another syntax is read from the
 	// source converted to the first lossless one (transcode.go), and an

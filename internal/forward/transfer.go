@@ -521,6 +521,9 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		f.m.authRetries.Inc()
 		res, err = f.store(ctx, batch, put)
 	}
+	if errors.As(err, &he) && he.StatusCode == http.StatusRequestEntityTooLarge {
+		err = f.tooLarge(batch, err)
+	}
 	var ce *conversionError
 	if errors.As(err, &ce) {
 		// Nothing of the request was stored (its body broke off): the
@@ -548,6 +551,27 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 	rep.Bytes += res.BytesSent
 	f.m.bytes.Add(float64(res.BytesSent))
 	return out, nil
+}
+
+// tooLarge says what to change when the destination refused a request
+// as too large (413, permanent): its size, and the variable that bounds
+// it, or, for one instance, that only the destination's limit (or its
+// proxy's: nginx takes 1 MB by default) can.
+func (f *Forwarder) tooLarge(batch []dicomweb.Part, err error) error {
+	var size int64
+	for _, p := range batch {
+		size += max(p.Size, p.Estimate, 0)
+	}
+	v := f.opts.MaxBytesVar
+	if v == "" {
+		v = "STOW_MAX_BYTES"
+	}
+	if len(batch) == 1 {
+		return fmt.Errorf("%w (one instance, %s, about %d bytes: the destination, or a proxy in front of it, takes less in a request; raise that limit)",
+			err, batch[0].SOPInstanceUID, size)
+	}
+	return fmt.Errorf("%w (a request of %d instances, about %d bytes: the destination, or a proxy in front of it, takes less; lower %s, now %d bytes, or raise that limit)",
+		err, len(batch), size, v, f.opts.MaxBytes)
 }
 
 // dicomTag is a DICOM tag as error comments write it, (0010,0030).
