@@ -20,7 +20,7 @@ import (
 // study is resent because an instance was added to it; the proxy gives
 // the answer Orthanc cannot, for both instances: the one forwarded before,
 // from the same Orthanc file, is stowline's own copy and counts as
-// stored; the new one is the conflict. One Orthanc release: the fault is
+// stored; the new one, which the archive already holds, is the conflict. One Orthanc release: the fault is
 // at the destination.
 func TestGoogleConflictDeadLetteredAtOnce(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
@@ -41,6 +41,10 @@ func TestGoogleConflictDeadLetteredAtOnce(t *testing.T) {
 	archive.waitHolds(t, st.uids[:1], time.Minute)
 	s.waitIdle(t, 30*time.Second, "archive")
 
+	// The archive holds a version of the new instance (the proxy's answer
+	// says it differs): 272 in a 409 is a conflict only for an instance
+	// the destination lists.
+	archive.orthanc.Upload(t, st.files[1])
 	before := archive.proxy.STOWRequests()
 	archive.proxy.FailNextWithStatus(2, dicomweb.FailureProcessing, http.StatusConflict)
 	send(t, src, st.files[1])

@@ -177,14 +177,14 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 	return resend, upsert, nil
 }
 
-// settleUnsure decides the conflicts to skip that only a 409 made
-// conflicts (onlyIn409): those the destination lists (QIDO-RS) are
-// counted as stored, as skip counts a conflict; the others (failed) it
-// does not hold, so their code was a failure, which skip must not count
-// as stored. Unlisted, or the destination not asked (no QIDO-RS
-// client, or it failed), they are failed. expected is the study's
-// instance count, for the listing's pages.
-func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted, expected int, rep *Report) (held []string, failed []conflicted) {
+// settleUnsure decides the conflicts that only a 409 made conflicts
+// (onlyIn409): those the destination lists (QIDO-RS) are conflicts, for
+// STOW_ON_CONFLICT; the others (failed) it does not hold, so their code
+// was a failure, which skip must not count as stored nor deadletter
+// take for a conflict. Unlisted, or the destination not asked (no
+// QIDO-RS client, or it failed), they are failed. expected is the
+// study's instance count, for the listing's pages.
+func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted, expected int) (held, failed []conflicted) {
 	lister := f.opts.Verifier
 	if lister == nil {
 		d := f.opts.Destination
@@ -209,13 +209,7 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 			failed = append(failed, c)
 			continue
 		}
-		held = append(held, c.part.SOPInstanceUID)
-		rep.Instances++
-		rep.AlreadyStored++
-		rep.Conflicts++
-		f.m.instances.Inc()
-		f.m.alreadyStored.Inc()
-		f.m.conflicts.WithLabelValues("skipped").Inc()
+		held = append(held, c)
 	}
 	if len(failed) > 0 {
 		first := failed[0]
@@ -225,7 +219,7 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 			args = append(args, "err", err)
 		}
 		f.log.Warn("destination answered 409 with a Failure Reason that is a conflict only for an instance it holds, and does not list the instances: "+
-			"not counted as stored, retried as the failure the code names", args...)
+			"no conflict, retried as the failure the code names", args...)
 	}
 	return held, failed
 }

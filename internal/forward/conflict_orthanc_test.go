@@ -305,7 +305,8 @@ func TestConflictWithRealOrthanc(t *testing.T) {
 // its database fails, matches the @409 conflict rules every profile
 // has (Google's 409 with 272 for an instance it holds with other
 // content). Under skip it was counted as stored and the study acked,
-// though the destination held nothing. Now it counts as stored only if
+// though the destination held nothing; under deadletter the study was
+// dead-lettered as holding other content. Now it is a conflict only if
 // the destination lists the instance: here it does not, so the
 // instance is sent again and stored.
 func TestFailureIn409IsNoConflictUnlessHeld(t *testing.T) {
@@ -317,8 +318,12 @@ func TestFailureIn409IsNoConflictUnlessHeld(t *testing.T) {
 		{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}, {Code: 0x0111, Mask: 0xFFFF},
 		{Code: dicomweb.FailureProcessing, Mask: 0xFFFF, Only409: true}, {Code: 0xA700, Mask: 0xFF00, Only409: true},
 	}
-	for _, reason := range []int{0xA700, dicomweb.FailureProcessing} {
-		t.Run(fmt.Sprintf("0x%04X", reason), func(t *testing.T) {
+	for _, tt := range []struct {
+		reason int
+		action string
+	}{{0xA700, ConflictSkip}, {dicomweb.FailureProcessing, ConflictSkip}, {0xA700, ConflictDeadLetter}} {
+		reason := tt.reason
+		t.Run(fmt.Sprintf("0x%04X/%s", reason, tt.action), func(t *testing.T) {
 			filter, dest := newConflictFilter(t, o, "google")
 			filter.failReason = reason
 			filter.failPosts.Store(1)
@@ -333,7 +338,7 @@ func TestFailureIn409IsNoConflictUnlessHeld(t *testing.T) {
 				o.MaxDeliveries = 5
 				o.InstanceRetries = 3
 				o.InstanceRetryDelay = 50 * time.Millisecond
-				o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: rules, Setting: "STOW_ON_CONFLICT"}
+				o.Conflicts = ConflictPolicy{Action: tt.action, Rules: rules, Setting: "STOW_ON_CONFLICT"}
 			})
 			ev := testEvent()
 			ev.StudyInstanceUID = study
@@ -347,8 +352,10 @@ func TestFailureIn409IsNoConflictUnlessHeld(t *testing.T) {
 			if got := filter.posts.Load(); got != 2 {
 				t.Errorf("%d STOW requests, want 2 (the refused one sent again)", got)
 			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
-				t.Errorf("conflicts{action=skipped} = %v, want 0", got)
+			for _, action := range []string{"skipped", "dead_lettered"} {
+				if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues(action)); got != 0 {
+					t.Errorf("conflicts{action=%q} = %v, want 0", action, got)
+				}
 			}
 		})
 	}

@@ -47,8 +47,14 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 			answers:  map[string]func(http.ResponseWriter){"POST": stored("https://dicom-medical-imaging.us-east-1.amazonaws.com/datastore/d/studies/1.2.3/series/1/instances/1.2.3.1?imageSetId=abc")},
 			wantDead: "non-primary image set", wantCalls: "POST"},
 		{name: "still a conflict after delete", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete},
-			answers:  map[string]func(http.ResponseWriter){"POST": failed(409, dicomweb.FailureProcessing), "DELETE": func(w http.ResponseWriter) { w.WriteHeader(204) }},
-			wantDead: "still so after replacing it with delete", wantCalls: "POST DELETE POST", wantMetric: "dead_lettered"},
+			// 272 in a 409 is a conflict when the destination lists the
+			// instance (QIDO-RS GET): this one still does after the DELETE.
+			answers: map[string]func(http.ResponseWriter){"POST": failed(409, dicomweb.FailureProcessing), "DELETE": func(w http.ResponseWriter) { w.WriteHeader(204) },
+				"GET": func(w http.ResponseWriter) {
+					w.Header().Set("Content-Type", "application/dicom+json")
+					fmt.Fprintf(w, `[{"00080018":{"vr":"UI","Value":[%q]}}]`, sop)
+				}},
+			wantDead: "still so after replacing it with delete", wantCalls: "POST GET DELETE POST GET", wantMetric: "dead_lettered"},
 		{name: "272 without 409 stays transient", policy: ConflictPolicy{Action: ConflictDeadLetter},
 			answers:  map[string]func(http.ResponseWriter){"POST": failed(202, dicomweb.FailureProcessing)},
 			wantDead: "refused transiently", wantCalls: "POST POST",

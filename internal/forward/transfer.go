@@ -248,8 +248,20 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			unsure = append(unsure, out.unsure...)
 		}
 		if len(unsure) > 0 {
-			held, failed := f.settleUnsure(ctx, ev, unsure, len(instances), &rep)
-			skipped = append(skipped, held...)
+			held, failed := f.settleUnsure(ctx, ev, unsure, len(instances))
+			for _, c := range held {
+				if f.opts.Conflicts.Action != "" && f.opts.Conflicts.Action != ConflictSkip {
+					conflicts = append(conflicts, c)
+					continue
+				}
+				skipped = append(skipped, c.part.SOPInstanceUID)
+				rep.Instances++
+				rep.AlreadyStored++
+				rep.Conflicts++
+				f.m.instances.Inc()
+				f.m.alreadyStored.Inc()
+				f.m.conflicts.WithLabelValues("skipped").Inc()
+			}
 			for _, c := range failed {
 				notDone[c.part.SOPInstanceUID] = true
 				if ClassifyInstance(c.reason) == Reject {
@@ -493,8 +505,8 @@ type batchOutcome struct {
 	conflicts  []conflicted
 	skipped    []string
 	nonPrimary []Instance
-	// unsure are conflicts to skip that only the 409 made conflicts
-	// (ConflictPolicy.onlyIn409): skipped once the destination lists
+	// unsure are conflicts that only the 409 made conflicts
+	// (ConflictPolicy.onlyIn409): conflicts once the destination lists
 	// them, else failures of their code.
 	unsure []conflicted
 	// warned were stored with a warning.
@@ -656,13 +668,13 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 				out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 				continue
 			}
+			if f.opts.Conflicts.onlyIn409(reason, res.StatusCode) {
+				// A conflict only if the destination lists it
+				// (transfer): the code may be a failure.
+				out.unsure = append(out.unsure, conflicted{part: p, reason: reason})
+				continue
+			}
 			if f.opts.Conflicts.Action == "" || f.opts.Conflicts.Action == ConflictSkip {
-				if f.opts.Conflicts.onlyIn409(reason, res.StatusCode) {
-					// Counted as stored only if the destination lists
-					// it (transfer): the code may be a failure.
-					out.unsure = append(out.unsure, conflicted{part: p, reason: reason})
-					continue
-				}
 				confirmed++
 				rep.AlreadyStored++
 				rep.Conflicts++
