@@ -1,5 +1,7 @@
 package dicomweb
 
+import "strings"
+
 // Batches splits parts, in order, into consecutive batches of at most
 // maxInstances parts and maxBytes bytes (Part.Size), so that each batch can
 // be one Store request. A limit <= 0 means no limit.
@@ -40,4 +42,12 @@ func Batches(parts []Part, maxInstances int, maxBytes int64) [][]Part {
 		out = append(out, parts[start:len(parts):len(parts)])
 	}
 	return out
+}
+
+// MaxFraming is the most bytes the multipart framing adds to the content
+// of a Store request of n parts (delimiters of the longest boundary RFC
+// 2046 allows, each part's header): batches of at most maxBytes less it
+// make requests of at most maxBytes, as a destination's limit counts them.
+func MaxFraming(n int) int64 {
+	return multipartLength(strings.Repeat("b", maxBoundaryLen), make([]Part, n))
 }

@@ -3,6 +3,7 @@ package dicomweb
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -99,5 +100,26 @@ func TestBatchesUseEstimates(t *testing.T) {
 	got := fmt.Sprint(shape(Batches(parts, 10, 100)))
 	if want := "[[0 1 2 3] [4] [5]]"; got != want {
 		t.Fatalf("Batches = %s, want %s: estimates within the limit batch, one over it or none goes alone", got, want)
+	}
+}
+
+// A request made of a batch for maxBytes less MaxFraming is no longer
+// than maxBytes, framing and all, whatever the boundary: batched on the
+// content alone, a request filled to STOW_MAX_BYTES set at a provider's
+// limit went over it by its framing and was refused (413).
+func TestMaxFramingKeepsRequestsWithinTheLimit(t *testing.T) {
+	const maxBytes, n = 1 << 20, 100
+	parts := make([]Part, 3*n)
+	for i := range parts {
+		parts[i] = Part{SOPInstanceUID: fmt.Sprint(i), Size: maxBytes / n}
+	}
+	longest := strings.Repeat("b", maxBoundaryLen)
+	for _, b := range Batches(parts, n, maxBytes-MaxFraming(n)) {
+		if got := multipartLength(longest, b); got > maxBytes {
+			t.Errorf("a request of %d parts is %d bytes, over the limit of %d", len(b), got, maxBytes)
+		}
+	}
+	if got := multipartLength(longest, Batches(parts, n, maxBytes)[0]); got <= maxBytes {
+		t.Errorf("batched on content alone, the first request is %d bytes: the test does not fill a request", got)
 	}
 }

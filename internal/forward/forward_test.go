@@ -664,3 +664,44 @@ func TestHandBackSaysWhenNATSIsUnreachable(t *testing.T) {
 		}
 	}
 }
+
+// STOW_MAX_BYTES bounds a request as a destination (or the proxy in front
+// of it) counts it, multipart framing included: a destination refusing
+// anything longer (413) gets only requests within it. Batched on the
+// instances' content alone, four 1024-byte instances under a 4096-byte
+// limit made one request of 4096 bytes plus framing, and the study was
+// dead-lettered.
+func TestMaxBytesCountsTheFraming(t *testing.T) {
+	const limit = 4096
+	ns := testnats.Start(t)
+	var k sink
+	stow := k.handler(nil)
+	var largest atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if n := int64(len(body)); n > largest.Load() {
+			largest.Store(n)
+		}
+		if len(body) > limit {
+			http.Error(w, "413 Request Entity Too Large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		stow.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) {
+		o.MaxBytes = limit
+		o.DeadLetters = dls
+		o.MaxDeliveries = 2
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	if letters := dls.all(); len(letters) != 0 {
+		t.Fatalf("dead-lettered: %s", letters[0].Reason)
+	}
+	if got := largest.Load(); got > limit {
+		t.Errorf("largest request %d bytes, over the %d-byte limit", got, limit)
+	}
+}

@@ -203,7 +203,13 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			if size == 0 {
 				size = f.requestSize(len(send.parts))
 			}
-			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, size, f.opts.MaxBytes), &rep, send.put, ours)
+			// STOW_MAX_BYTES bounds the request as the destination (or
+			// its proxy) counts it: framing included.
+			budget := f.opts.MaxBytes
+			if budget > 0 {
+				budget = max(budget-dicomweb.MaxFraming(size), 1)
+			}
+			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, size, budget), &rep, send.put, ours)
 			// What was confirmed counts, whether or not another request
 			// of the round failed; and so do its warnings, for the
 			// deferred remember to leave out copies stored changed.
