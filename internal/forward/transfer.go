@@ -347,7 +347,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			}
 			// Transient, but the instances refused for good so far stay
 			// named: the dead letter of the last delivery lists them.
-			return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still refused transiently after %d rounds (first: %s)",
+			return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still not stored after %d rounds: the destination refused them transiently, or left them out of its answers (first: %s)",
 				len(retry), transientRounds+1, retry[0].SOPInstanceUID), Instances: slices.Concat(rejected, st.dead, st.nonPrimary)}
 		}
 		transientRounds++
