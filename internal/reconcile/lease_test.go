@@ -197,34 +197,17 @@ func TestLeaseHolderStepsDownBeforeATakeover(t *testing.T) {
 	_, kv := testBucket(t)
 	cut := &cutOffKV{KeyValue: kv}
 	const ttl = 3 * time.Second
-	s := &sourceRunner{
-		r:     &Reconciler{opts: Options{LeaseTTL: ttl}},
-		log:   slog.New(slog.DiscardHandler),
-		lease: newLease(cut, leaseKey("s"), "a", ttl, time.Now),
-	}
+	s := leaseHolder(cut, ttl)
 	mustAcquire(t, s.lease, true)
-	ctx, stop := context.WithCancelCause(t.Context())
-	defer stop(nil)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.keepLease(ctx, stop)
-	}()
+	stepDown := keepLeaseInBackground(t, s, ttl)
 	for deadline := time.Now().Add(10 * time.Second); cut.written.Load() == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the lease was not renewed")
 		}
 	}
 	cut.cut.Store(true)
-	select {
-	case <-done:
-	case <-time.After(3 * ttl):
-		t.Fatal("the holder never stepped down")
-	}
+	stepDown()
 	took := time.Since(time.Unix(0, cut.lastSent.Load()))
-	if !errors.Is(context.Cause(ctx), errLeaseLost) {
-		t.Errorf("keepLease ended with %v, want errLeaseLost", context.Cause(ctx))
-	}
 	// Two thirds of the TTL, and a sixth of it for a slow machine.
 	if took >= ttl*5/6 {
 		t.Errorf("stepped down %s after its last renewal was sent; a contender may take over %s after it", took.Round(time.Millisecond), ttl)
@@ -253,32 +236,48 @@ func TestLeaseTakenSlowlyStepsDownBeforeATakeover(t *testing.T) {
 	cut := &cutOffKV{KeyValue: kv}
 	slow := &slowCreateKV{cutOffKV: cut, delay: time.Second}
 	const ttl = 3 * time.Second
-	s := &sourceRunner{
-		r:     &Reconciler{opts: Options{LeaseTTL: ttl}},
-		log:   slog.New(slog.DiscardHandler),
-		lease: newLease(slow, leaseKey("s"), "a", ttl, time.Now),
-	}
+	s := leaseHolder(slow, ttl)
 	sent := time.Now()
 	mustAcquire(t, s.lease, true)
 	cut.cut.Store(true) // no renewal goes through
+	keepLeaseInBackground(t, s, ttl)()
+	took := time.Since(sent)
+	// Two thirds of the TTL, and a sixth of it for a slow machine.
+	if took >= ttl*5/6 {
+		t.Errorf("stepped down %s after the lease's write was sent; a contender may take over %s after it", took.Round(time.Millisecond), ttl)
+	}
+}
+
+// leaseHolder is a source runner whose lease of kv, held by "a", lasts ttl.
+func leaseHolder(kv jetstream.KeyValue, ttl time.Duration) *sourceRunner {
+	return &sourceRunner{
+		r:     &Reconciler{opts: Options{LeaseTTL: ttl}},
+		log:   slog.New(slog.DiscardHandler),
+		lease: newLease(kv, leaseKey("s"), "a", ttl, time.Now),
+	}
+}
+
+// keepLeaseInBackground runs s.keepLease; the function it returns waits
+// (up to three TTLs) for keepLease to step down because the lease was
+// lost, and fails the test otherwise.
+func keepLeaseInBackground(t *testing.T, s *sourceRunner, ttl time.Duration) func() {
+	t.Helper()
 	ctx, stop := context.WithCancelCause(t.Context())
-	defer stop(nil)
+	t.Cleanup(func() { stop(nil) })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		s.keepLease(ctx, stop)
 	}()
-	select {
-	case <-done:
-	case <-time.After(3 * ttl):
-		t.Fatal("the holder never stepped down")
-	}
-	took := time.Since(sent)
-	if !errors.Is(context.Cause(ctx), errLeaseLost) {
-		t.Errorf("keepLease ended with %v, want errLeaseLost", context.Cause(ctx))
-	}
-	// Two thirds of the TTL, and a sixth of it for a slow machine.
-	if took >= ttl*5/6 {
-		t.Errorf("stepped down %s after the lease's write was sent; a contender may take over %s after it", took.Round(time.Millisecond), ttl)
+	return func() {
+		t.Helper()
+		select {
+		case <-done:
+		case <-time.After(3 * ttl):
+			t.Fatal("the holder never stepped down")
+		}
+		if !errors.Is(context.Cause(ctx), errLeaseLost) {
+			t.Errorf("keepLease ended with %v, want errLeaseLost", context.Cause(ctx))
+		}
 	}
 }
