@@ -83,17 +83,7 @@ func destinations(extra map[string]string) map[string]string {
 // start (it would overwrite the first one's acknowledged events).
 func TestSecondProcessOnTheStoreRefused(t *testing.T) {
 	dir := t.TempDir()
-	env := map[string]string{
-		"INGEST_TOKEN":        "0123456789abcdef",
-		"DICOMWEB_URL":        "http://archive.invalid/dicom-web",
-		"ORTHANC_URL":         "http://127.0.0.1:1",
-		"NATS_STORE_DIR":      dir,
-		"INGEST_ADDR":         testharness.FreeAddr(t),
-		"FORWARDER_ADDR":      testharness.FreeAddr(t),
-		"RECONCILE_ENABLED":   "false",
-		"LOG_LEVEL":           "error",
-		"STATUS_PAGE_ENABLED": "false",
-	}
+	env := storeEnv(t, dir, "error")
 	getenv := func(k string) string { return env[k] }
 	ctx, cancel := context.WithCancel(t.Context())
 	first := make(chan error, 1)
@@ -121,17 +111,7 @@ func TestSecondProcessOnTheStoreRefused(t *testing.T) {
 // nothing moves to the NATS server.
 func TestNATSServerWarnsOfTheSingleHostStore(t *testing.T) {
 	dir := t.TempDir()
-	env := map[string]string{
-		"INGEST_TOKEN":        "0123456789abcdef",
-		"DICOMWEB_URL":        "http://archive.invalid/dicom-web",
-		"ORTHANC_URL":         "http://127.0.0.1:1",
-		"NATS_STORE_DIR":      dir,
-		"INGEST_ADDR":         testharness.FreeAddr(t),
-		"FORWARDER_ADDR":      testharness.FreeAddr(t),
-		"RECONCILE_ENABLED":   "false",
-		"LOG_LEVEL":           "warn",
-		"STATUS_PAGE_ENABLED": "false",
-	}
+	env := storeEnv(t, dir, "warn")
 	getenv := func(k string) string { return env[k] }
 	runUntilHealthy := func(t *testing.T) string {
 		t.Helper()
@@ -160,5 +140,21 @@ func TestNATSServerWarnsOfTheSingleHostStore(t *testing.T) {
 	logs := runUntilHealthy(t)
 	if !strings.Contains(logs, "NATS_STORE_DIR holds the store of a single host's embedded JetStream server") || !strings.Contains(logs, dir) {
 		t.Errorf("with NATS_URL set and the old store in NATS_STORE_DIR, no warning naming it:\n%s", logs)
+	}
+}
+
+// storeEnv runs a single host on the store in dir, with no Orthanc to
+// reach and nothing but its listeners, logging at level.
+func storeEnv(t *testing.T, dir, level string) map[string]string {
+	return map[string]string{
+		"INGEST_TOKEN":        "0123456789abcdef",
+		"DICOMWEB_URL":        "http://archive.invalid/dicom-web",
+		"ORTHANC_URL":         "http://127.0.0.1:1",
+		"NATS_STORE_DIR":      dir,
+		"INGEST_ADDR":         testharness.FreeAddr(t),
+		"FORWARDER_ADDR":      testharness.FreeAddr(t),
+		"RECONCILE_ENABLED":   "false",
+		"LOG_LEVEL":           level,
+		"STATUS_PAGE_ENABLED": "false",
 	}
 }
