@@ -101,9 +101,13 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", worst.Name)
 	cluster.MoveLeader(t, js, nc, natsjs.EventStream, natsjs.ForwarderConsumer, worst.Name)
 
-	// A slow link keeps studies in flight when the node goes: about 0.4 s
-	// a study, four at a time.
-	r.proxy.Throttle(64 << 10)
+	// A slow link keeps studies in flight when the node goes: each request
+	// is throttled on its own and a study's instances go in parallel, so
+	// only a very slow one makes the rest of the load outlast a loaded
+	// host's delay before the kill. At 64 KB/s the nine studies after the
+	// first three took about 1.5 s (a 1.5 s pause before the kill found all
+	// twelve forwarded), at 8 KB/s under 4 s; at 2 KB/s a 4 s pause found 5.
+	r.proxy.Throttle(2 << 10)
 	load.post(t, 0, clusterBeforeKill)
 	load.waitComplete(t, 3, 30*time.Second)
 
@@ -118,6 +122,9 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 	victim.Kill()
 	killedAt := time.Now()
 	doneAtKill := load.completed()
+	// The studies in flight keep the slow link; the ones after them
+	// need not wait that long.
+	r.proxy.Throttle(64 << 10)
 	t.Logf("killed %s (event stream leader; consumer leader %s; %d of 3 services connected to it) with %d of %d studies forwarded",
 		victim.Name, consumerLeader, clients, doneAtKill, clusterBeforeKill)
 	if doneAtKill >= clusterBeforeKill {
