@@ -41,11 +41,15 @@ func TestStreamWindowBeforeTheStreamIsSaid(t *testing.T) {
 		}
 	}
 	// The stream's oldest event, then a window that starts after it and
-	// holds the second one.
+	// holds the second one. The commands turn the duration back into a
+	// start by their own clock, later than the test's: the start lands
+	// after mid by that delay, so the second event comes a second after
+	// mid: a loaded host can take longer than 50 ms between since() and
+	// the command's parse.
 	publish("20261126T101500")
 	time.Sleep(50 * time.Millisecond)
 	mid := time.Now()
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(time.Second)
 	publish("20261126T111500")
 	within := func() string { return time.Since(mid).String() }
 	yearBack := func() string { return "8760h" }
