@@ -42,6 +42,16 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 	ai.waitHolds(t, early, time.Minute)
 	waitSourceHolds(t, src)
 	s.waitIdle(t, 30*time.Second, "archive", "ai")
+	// Each destination counts the 3 after its ack and its deletes: the
+	// source can be empty, and the consumers idle, before the last count.
+	testharness.WaitFor(t, "each destination to count what became of the first study's instances", 30*time.Second, func() bool {
+		for _, d := range []string{"archive", "ai"} {
+			if n, _ := testharness.Metric(t, fwd, `stowline_forwarder_source_deletes_total{destination="`+d+`"}`); n < float64(len(early)) {
+				return false
+			}
+		}
+		return true
+	})
 	earlyDeletes, earlyKept, earlyGone := map[string]float64{}, map[string]float64{}, map[string]float64{}
 	for _, d := range []string{"archive", "ai"} {
 		earlyDeletes[d], _ = testharness.Metric(t, fwd, `stowline_forwarder_source_deletes_total{destination="`+d+`",result="deleted"}`)
@@ -93,7 +103,7 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 	archive.checkDatasets(t, subset(sent, early, both, archiveOnly))
 	ai.checkDatasets(t, subset(sent, early, both, aiOnly))
 
-	for _, c := range []struct {
+	counts := []struct {
 		sample string
 		want   float64
 	}{
@@ -108,7 +118,19 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 		{`stowline_forwarder_source_deletes_total{destination="ai",result="waiting"}`, earlyKept["ai"]},
 		{`stowline_forwarder_source_deletes_total{result="failed"}`, 0},
 		{`stowline_forwarder_source_deletes_total{result="skipped"}`, 0},
-	} {
+	}
+	// A destination counts its deletes after its ack and the deletes
+	// themselves: the source and the consumers can show them done first.
+	counted := func() bool {
+		for _, c := range counts {
+			if got, _ := testharness.Metric(t, fwd, c.sample); got != c.want {
+				return false
+			}
+		}
+		return true
+	}
+	waitUntil(30*time.Second, counted)
+	for _, c := range counts {
 		if got, _ := testharness.Metric(t, fwd, c.sample); got != c.want {
 			t.Errorf("%s = %v, want %v", c.sample, got, c.want)
 		}

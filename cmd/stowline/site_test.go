@@ -622,6 +622,16 @@ func (s *site) waitSettled(t *testing.T, timeout time.Duration) {
 	}
 }
 
+// waitUntil gives ok up to timeout to hold, and reports nothing: the
+// caller then checks, with its own messages, what ok waited for. For
+// counters the forwarder bumps after its ack (buffer mode's deletes, a
+// study's result): the consumers can be idle before they are.
+func waitUntil(timeout time.Duration, ok func() bool) {
+	for deadline := time.Now().Add(timeout); !ok() && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // metricValue sums the samples of a metric whose labels include the
 // given ones (e.g. `stowline_reconcile_lease_held{source="a"}`) on a
 // /metrics endpoint.

@@ -98,6 +98,14 @@ func TestVerifyCatchesALostInstance(t *testing.T) {
 			if tt.buffer {
 				checks[`stowline_forwarder_source_deletes_total{result="deleted"}`] = 4
 			}
+			waitUntil(30*time.Second, func() bool {
+				for sample, v := range checks {
+					if metricValue(t, fwd, sample) != v {
+						return false
+					}
+				}
+				return true
+			})
 			for sample, v := range checks {
 				if got := metricValue(t, fwd, sample); got != v {
 					t.Errorf("%s = %v, want %v", sample, got, v)
