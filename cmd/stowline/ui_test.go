@@ -127,6 +127,10 @@ func TestStatusPage(t *testing.T) {
 	proxy.Throttle(0)
 	waitInstances(t, dest, 6+24, 2*time.Minute)
 	waitMetric(t, ingestURL+"/metrics", "stowline_queue_ack_pending_events", 0, 30*time.Second)
+	// The forwarder counts a study, and takes it off the page's in-flight
+	// list, after its ack has reached JetStream (and its ledger record):
+	// the queue can be empty a moment before.
+	waitMetric(t, forwarderURL+"/metrics", `stowline_forwarder_studies_total{result="forwarded"}`, 2, 30*time.Second)
 
 	// Quiet: every number on the page is the one on /metrics.
 	if err := chromedp.Do(browser, chromedp.Navigate(page)); err != nil {
@@ -178,6 +182,7 @@ func TestStatusPage(t *testing.T) {
 	}
 	waitInstances(t, dest, 6+24+3, time.Minute)
 	waitMetric(t, ingestURL+"/metrics", "stowline_queue_ack_pending_events", 0, 30*time.Second)
+	waitMetric(t, forwarderURL+"/metrics", `stowline_forwarder_studies_total{result="forwarded"}`, 3, 30*time.Second)
 	if err := chromedp.Do(browser, chromedp.Navigate(page)); err != nil {
 		t.Fatal(err)
 	}
