@@ -206,8 +206,7 @@ func TestLeaseHolderStepsDownBeforeATakeover(t *testing.T) {
 		}
 	}
 	cut.cut.Store(true)
-	stepDown()
-	took := time.Since(time.Unix(0, cut.lastSent.Load()))
+	took := stepDown().Sub(time.Unix(0, cut.lastSent.Load()))
 	// Two thirds of the TTL, and a sixth of it for a slow machine.
 	if took >= ttl*5/6 {
 		t.Errorf("stepped down %s after its last renewal was sent; a contender may take over %s after it", took.Round(time.Millisecond), ttl)
@@ -240,8 +239,7 @@ func TestLeaseTakenSlowlyStepsDownBeforeATakeover(t *testing.T) {
 	sent := time.Now()
 	mustAcquire(t, s.lease, true)
 	cut.cut.Store(true) // no renewal goes through
-	keepLeaseInBackground(t, s, ttl)()
-	took := time.Since(sent)
+	took := keepLeaseInBackground(t, s, ttl)().Sub(sent)
 	// Two thirds of the TTL, and a sixth of it for a slow machine.
 	if took >= ttl*5/6 {
 		t.Errorf("stepped down %s after the lease's write was sent; a contender may take over %s after it", took.Round(time.Millisecond), ttl)
@@ -259,25 +257,28 @@ func leaseHolder(kv jetstream.KeyValue, ttl time.Duration) *sourceRunner {
 
 // keepLeaseInBackground runs s.keepLease; the function it returns waits
 // (up to three TTLs) for keepLease to step down because the lease was
-// lost, and fails the test otherwise.
-func keepLeaseInBackground(t *testing.T, s *sourceRunner, ttl time.Duration) func() {
+// lost, fails the test otherwise, and returns when keepLease returned
+// (not when the test woke up: a loaded host may take a while).
+func keepLeaseInBackground(t *testing.T, s *sourceRunner, ttl time.Duration) func() time.Time {
 	t.Helper()
 	ctx, stop := context.WithCancelCause(t.Context())
 	t.Cleanup(func() { stop(nil) })
-	done := make(chan struct{})
+	done := make(chan time.Time, 1)
 	go func() {
-		defer close(done)
 		s.keepLease(ctx, stop)
+		done <- time.Now()
 	}()
-	return func() {
+	return func() time.Time {
 		t.Helper()
+		var returned time.Time
 		select {
-		case <-done:
+		case returned = <-done:
 		case <-time.After(3 * ttl):
 			t.Fatal("the holder never stepped down")
 		}
 		if !errors.Is(context.Cause(ctx), errLeaseLost) {
 			t.Errorf("keepLease ended with %v, want errLeaseLost", context.Cause(ctx))
 		}
+		return returned
 	}
 }
