@@ -466,6 +466,13 @@ func checkSelectors(t *testing.T, objs objects) {
 	}
 	for _, p := range of[*policyv1.PodDisruptionBudget](objs) {
 		selects("PodDisruptionBudget", p.Name, p.Spec.Selector.MatchLabels)
+		// Pods are unready while JetStream, Orthanc or a destination's
+		// token endpoint is down, all of them at once; with the default
+		// policy (IfHealthyBudget) none may then be evicted, and every
+		// node drain waits for the outage to end.
+		if pol := p.Spec.UnhealthyPodEvictionPolicy; pol == nil || *pol != policyv1.AlwaysAllow {
+			t.Errorf("PodDisruptionBudget %s: unhealthyPodEvictionPolicy %v, want AlwaysAllow: an outage that makes every pod unready would block node drains", p.Name, pol)
+		}
 	}
 	for _, np := range of[*networkingv1.NetworkPolicy](objs) {
 		selects("NetworkPolicy", np.Name, np.Spec.PodSelector.MatchLabels)
