@@ -220,3 +220,41 @@ func TestSecretValuesMustBeStrings(t *testing.T) {
 		})
 	}
 }
+
+// TestEnvNumbersAsWritten: Helm reads an unquoted number in a values file
+// as a float, which printed as it is turns 104857600 into "1.048576e+08"
+// (the forwarder refuses it as no size, naming a value nobody wrote) and
+// a 21-digit OAuth client ID into another number. Whole numbers reach the
+// container as written; one too long for a float to hold exactly is
+// refused, naming the variable.
+func TestEnvNumbersAsWritten(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		variable   string // rendered into the forwarder's env
+		want       string // its value; or the render error with variable ""
+	}{
+		{"a size in bytes", "forwarderDefaults:\n  env:\n    STOW_MAX_BYTES: 104857600\n", "STOW_MAX_BYTES", "104857600"},
+		{"a million", "forwarderDefaults:\n  env:\n    STOW_MAX_BYTES_PER_SECOND: 1000000\n", "STOW_MAX_BYTES_PER_SECOND", "1000000"},
+		{"a fraction", "tracing:\n  otlpEndpoint: http://otel.observability.svc:4318\n  samplerArg: 0.1\n", "OTEL_TRACES_SAMPLER_ARG", "0.1"},
+		{"a quoted number", "forwarderDefaults:\n  env:\n    STOW_MAX_BYTES: \"104857600\"\n", "STOW_MAX_BYTES", "104857600"},
+		{"a long client ID", "forwarders:\n  - name: default\n    dicomwebURL: https://dicom.example.org/v1\n    env:\n      OAUTH_TOKEN_URL: https://login.example.org/token\n      OAUTH_CLIENT_ID: 123456789012345678901\n",
+			"", "OAUTH_CLIENT_ID: write the value in quotes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			over, err := common.ReadValues([]byte(tt.yaml)) // Helm's own parsing of a values file
+			if err != nil {
+				t.Fatal(err)
+			}
+			values := merged(required(), over.AsMap())
+			if tt.variable == "" {
+				checkRenderError(t, values, tt.want)
+				return
+			}
+			d := forwarderDeployment(t, render(t, values), "default")
+			if got := envOf(d)[tt.variable]; got != tt.want {
+				t.Errorf("%s = %q, want %q", tt.variable, got, tt.want)
+			}
+		})
+	}
+}
