@@ -300,6 +300,19 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 		t.Errorf("deployment %s: mounts a service account token stowline never uses", d.Name)
 	}
 
+	// Its replicas are spread over the nodes: the scheduler's own
+	// default lets three share one, and that node's loss or drain would
+	// take the ingest (webhook and reconciler) or a group whole.
+	spread := false
+	for _, c := range pod.TopologySpreadConstraints {
+		spread = spread || c.TopologyKey == "kubernetes.io/hostname" && c.MaxSkew == 1 && c.LabelSelector != nil &&
+			labels.SelectorFromSet(c.LabelSelector.MatchLabels).Matches(labels.Set(d.Spec.Template.Labels)) &&
+			len(c.LabelSelector.MatchLabels) == len(d.Spec.Selector.MatchLabels)
+	}
+	if !spread {
+		t.Errorf("deployment %s: topologySpreadConstraints %+v, want its pods spread over kubernetes.io/hostname", d.Name, pod.TopologySpreadConstraints)
+	}
+
 	// Probes on the container's port: /healthz alive, /readyz ready.
 	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
 		want := "/healthz"

@@ -38,6 +38,23 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/*
+The default topologySpreadConstraints of a component's pods: over the
+nodes where the scheduler can, so that one node lost or drained takes
+one replica, not the ingest (webhook and reconciler) as a whole; the
+kube-scheduler's own default lets three share a node.
+(dict "root" $ "component" "ingest").
+*/}}
+{{- define "stowline.spreadOverNodes" -}}
+- maxSkew: 1
+  topologyKey: kubernetes.io/hostname
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "stowline.selector" . | nindent 6 }}
+  matchLabelKeys: [pod-template-hash]
+{{- end -}}
+
 {{- define "stowline.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "stowline.fullname" .) .Values.serviceAccount.name -}}
