@@ -219,6 +219,15 @@ func TestDestinationsRefused(t *testing.T) {
 		{"dead-letter retention per group", set(withDestinations(two()...), func(v map[string]any) {
 			v["forwarders"].([]any)[0].(map[string]any)["env"] = map[string]any{"DEADLETTER_RETENTION": "1440h"}
 		}), "the same for every group"},
+		// Two objects of one name: the one applied last replaces the
+		// other, whose destinations then go unserved without a word.
+		{"two groups of one name", withDestinations(map[string]any{"name": "archive", "destinations": []any{"archive"}},
+			map[string]any{"name": "archive", "destinations": []any{"ai"}}), `forwarders: "archive" and "archive" would both be site-stowline-forwarder-archive`},
+		{"two group names cut to one", withDestinations(
+			map[string]any{"name": "archive-" + strings.Repeat("a", 40) + "-1", "destinations": []any{"archive"}},
+			map[string]any{"name": "archive-" + strings.Repeat("a", 40) + "-2", "destinations": []any{"ai"}}), "would both be site-stowline-forwarder-archive-aaa"},
+		{"a group name Kubernetes refuses", withDestinations(map[string]any{"name": "Archive_1"}), `forwarders[0].name "Archive_1"`},
+		{"a group without a name", withDestinations(map[string]any{"destinations": []any{"archive", "ai"}}), `forwarders[0].name ""`},
 		{"destinations on a group without destinations", set(required(), func(v map[string]any) {
 			v["forwarders"].([]any)[0].(map[string]any)["destinations"] = []any{"ai"}
 		}), "declare the destinations first"},

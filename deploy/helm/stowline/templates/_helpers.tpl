@@ -453,6 +453,22 @@ Orthanc or NATS. */}}
 {{- if not (has "INGEST_TOKEN" (splitList " " (include "stowline.secretKeys" .))) -}}
 {{- fail "secrets: INGEST_TOKEN is required (secrets.values.INGEST_TOKEN, or secrets.existingSecret with INGEST_TOKEN in secrets.existingSecretKeys)" -}}
 {{- end -}}
+{{- /* A group's name is in its objects' names and component label: two
+groups of one name (or of one name once cut to 63 characters) would
+render two Deployments of one name, the one applied last replacing the
+other, whose destinations would go unserved without a word. */}}
+{{- $groupObjects := dict -}}
+{{- range $i, $g := .Values.forwarders -}}
+{{- $n := toString (default "" $g.name) -}}
+{{- if or (gt (len $n) 53) (not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $n)) -}}
+{{- fail (printf "forwarders[%d].name %q: want 1-53 lower-case letters, digits and -, starting and ending with a letter or digit (it names the group's Kubernetes objects)" $i $n) -}}
+{{- end -}}
+{{- $obj := printf "%s-forwarder-%s" (include "stowline.fullname" $) $n | trunc 63 | trimSuffix "-" -}}
+{{- if hasKey $groupObjects $obj -}}
+{{- fail (printf "forwarders: %q and %q would both be %s (object names are cut at 63 characters), one group's Deployment replacing the other's: rename one" (get $groupObjects $obj) $n $obj) -}}
+{{- end -}}
+{{- $_ := set $groupObjects $obj $n -}}
+{{- end -}}
 {{- if .Values.destinations -}}
 {{- include "stowline.validateDestinations" . -}}
 {{- else -}}
