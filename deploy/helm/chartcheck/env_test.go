@@ -258,3 +258,18 @@ func TestEnvNumbersAsWritten(t *testing.T) {
 		})
 	}
 }
+
+// TestIngestGraceCoversPreStop: the kubelet counts the preStop sleep in
+// terminationGracePeriodSeconds; a longer sleep (a load balancer's
+// deregistration delay) without a longer grace had the ingest killed in
+// the middle of its own shutdown grace, app.IngestShutdownGrace.
+func TestIngestGraceCoversPreStop(t *testing.T) {
+	grace := int(readGoFacts(t).ingestShutdownGrace.Seconds())
+	ingest := func(sleep, termination int) map[string]any {
+		return merged(required(), map[string]any{"ingest": map[string]any{"preStopSleepSeconds": sleep, "terminationGracePeriodSeconds": termination}})
+	}
+	checkRenderError(t, ingest(15, 15+grace), "ingest.terminationGracePeriodSeconds 35: want more than preStopSleepSeconds 15")
+	checkRenderError(t, ingest(0, grace), "want more than preStopSleepSeconds 0")
+	checkRenderError(t, ingest(15, 15+grace+1), "")
+	checkRenderError(t, ingest(0, grace+1), "")
+}

@@ -453,6 +453,13 @@ Orthanc or NATS. */}}
 {{- if not (has "INGEST_TOKEN" (splitList " " (include "stowline.secretKeys" .))) -}}
 {{- fail "secrets: INGEST_TOKEN is required (secrets.values.INGEST_TOKEN, or secrets.existingSecret with INGEST_TOKEN in secrets.existingSecretKeys)" -}}
 {{- end -}}
+{{- /* The kubelet kills the ingest terminationGracePeriodSeconds after
+telling it to stop, its preStop sleep included; it needs 20 s after the
+sleep (app.IngestShutdownGrace; chartcheck checks the figure). */}}
+{{- $ig := .Values.ingest -}}
+{{- if le (int $ig.terminationGracePeriodSeconds) (add (int $ig.preStopSleepSeconds) 20) -}}
+{{- fail (printf "ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's 20 s shutdown grace (15 s for webhook requests in flight, 5 s for answered events that wait for PRIORITY_RULE): killed sooner, it cuts those requests off and leaves those events to the reconciler" (int $ig.terminationGracePeriodSeconds) (int $ig.preStopSleepSeconds)) -}}
+{{- end -}}
 {{- /* A group's name is in its objects' names and component label: two
 groups of one name (or of one name once cut to 63 characters) would
 render two Deployments of one name, the one applied last replacing the
