@@ -153,3 +153,36 @@ func TestNotesWarnWhenOrthancMayBeShutOut(t *testing.T) {
 		})
 	}
 }
+
+// TestNotesWarnWhenPrometheusMayBeShutOut: with the ServiceMonitor and the
+// NetworkPolicies on and networkPolicy.metricsFrom empty (the default),
+// only pods of the release's namespace may scrape /metrics; a Prometheus
+// elsewhere (kube-prometheus-stack's own namespace, as a rule) finds every
+// target down with nothing saying why. The notes say so.
+func TestNotesWarnWhenPrometheusMayBeShutOut(t *testing.T) {
+	const warning = "Prometheus must run in namespace"
+	monitoring := []any{map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "monitoring"}}}}
+	tests := []struct {
+		name   string
+		values map[string]any // merged over the required values
+		warn   bool
+	}{
+		{"no ServiceMonitor", nil, false},
+		{"ServiceMonitor, metricsFrom empty", map[string]any{"serviceMonitor": map[string]any{"enabled": true}}, true},
+		{"ServiceMonitor, metricsFrom set", map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "networkPolicy": map[string]any{"metricsFrom": monitoring}}, false},
+		{"ServiceMonitor, both peers outside", map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "networkPolicy": map[string]any{"ingestFrom": monitoring, "forwarderFrom": monitoring}}, false},
+		{"ServiceMonitor, no NetworkPolicy", map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "networkPolicy": map[string]any{"enabled": false}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			files, err := renderFiles(t, merged(required(), tt.values))
+			if err != nil {
+				t.Fatal(err)
+			}
+			notes := files["stowline/templates/NOTES.txt"]
+			if got := strings.Contains(notes, warning); got != tt.warn {
+				t.Errorf("notes warn %q = %v, want %v:\n%s", warning, got, tt.warn, notes)
+			}
+		})
+	}
+}
