@@ -920,3 +920,48 @@ func TestNetworkPolicyWebSocketNATSPort(t *testing.T) {
 		}
 	}
 }
+
+// TestNetworkPolicyDestinationInTheCluster: the destination rule's
+// default, 0.0.0.0/0, is meant as anywhere, but network plugins such as
+// Cilium match no pod with an ipBlock: an archive or a token endpoint
+// (Keycloak) running in the cluster was cut off, the forwarders timing
+// out. With 0.0.0.0/0 the rule lets in every namespace's pods too; with
+// narrower blocks, only those.
+func TestNetworkPolicyDestinationInTheCluster(t *testing.T) {
+	tests := []struct {
+		name  string
+		cidrs []any // nil: the default
+		pods  bool
+	}{
+		{"the default, anywhere", nil, true},
+		{"IPv6 anywhere", []any{"::/0"}, true},
+		{"an address block", []any{"203.0.113.0/24"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			values := required()
+			if tt.cidrs != nil {
+				values = merged(values, map[string]any{"networkPolicy": map[string]any{"egress": map[string]any{"destination": map[string]any{"cidrs": tt.cidrs}}}})
+			}
+			for _, np := range of[*networkingv1.NetworkPolicy](render(t, values)) {
+				if component(np.Labels) != "forwarder-default" {
+					continue
+				}
+				pods := false
+				for _, r := range np.Spec.Egress {
+					ipBlock := false
+					for _, p := range r.To {
+						ipBlock = ipBlock || p.IPBlock != nil
+					}
+					for _, p := range r.To {
+						pods = pods || ipBlock && p.NamespaceSelector != nil && len(p.NamespaceSelector.MatchLabels) == 0 &&
+							len(p.NamespaceSelector.MatchExpressions) == 0 && p.PodSelector == nil
+					}
+				}
+				if pods != tt.pods {
+					t.Errorf("NetworkPolicy %s: destination rule lets in every pod: %v, want %v", np.Name, pods, tt.pods)
+				}
+			}
+		})
+	}
+}
