@@ -473,6 +473,13 @@ func checkSelectors(t *testing.T, objs objects) {
 	}
 	for _, s := range of[*corev1.Service](objs) {
 		selects("service", s.Name, s.Spec.Selector)
+		// A forwarder is unready while Orthanc or a token endpoint is
+		// down, but its Service carries only the admin API (dead
+		// letters, replay), which needs JetStream alone: it must stay
+		// reachable then. The ingest's Service routes to ready pods only.
+		if want := component(s.Labels) != "ingest"; s.Spec.PublishNotReadyAddresses != want {
+			t.Errorf("service %s: publishNotReadyAddresses %v, want %v", s.Name, s.Spec.PublishNotReadyAddresses, want)
+		}
 		if len(s.Spec.Ports) != 1 || s.Spec.Ports[0].TargetPort.String() != "http" {
 			t.Errorf("service %s: ports %v, want one to the pods' port http", s.Name, s.Spec.Ports)
 		}
