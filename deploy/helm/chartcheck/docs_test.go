@@ -62,4 +62,12 @@ func TestOperationsExample(t *testing.T) {
 	if len(so) != 1 || so[0].Spec.MaxReplicaCount == nil || *so[0].Spec.MaxReplicaCount != 11 {
 		t.Errorf("the example's ScaledObjects %+v, want one with maxReplicaCount 11 (as the section says)", so)
 	}
+	// kube-prometheus-stack's Prometheus ignores them without its label.
+	for _, o := range objs {
+		if k := o.meta.Kind; k == "ServiceMonitor" || k == "PrometheusRule" {
+			if _, ok := o.obj.(interface{ GetLabels() map[string]string }).GetLabels()["release"]; !ok {
+				t.Errorf("the example's %s %s has no release label: kube-prometheus-stack's Prometheus would ignore it", k, o.name)
+			}
+		}
+	}
 }

@@ -186,3 +186,36 @@ func TestNotesWarnWhenPrometheusMayBeShutOut(t *testing.T) {
 		})
 	}
 }
+
+// TestNotesWarnWhenMonitoringUnlabelled: kube-prometheus-stack's
+// Prometheus selects ServiceMonitors and PrometheusRules by its release
+// label; without labels, enabling them (as operations.md's example did)
+// gave no metrics and, worse, no alerts, with nothing saying so. The
+// notes say so.
+func TestNotesWarnWhenMonitoringUnlabelled(t *testing.T) {
+	const warning = ".labels is empty"
+	labels := map[string]any{"release": "kube-prometheus-stack"}
+	tests := []struct {
+		name   string
+		values map[string]any // merged over the required values
+		want   string         // "": no warning
+	}{
+		{"neither enabled", nil, ""},
+		{"ServiceMonitor without labels", map[string]any{"serviceMonitor": map[string]any{"enabled": true}}, "serviceMonitor.labels is empty"},
+		{"both without labels", map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "prometheusRule": map[string]any{"enabled": true}}, "serviceMonitor.labels and prometheusRule.labels are empty"},
+		{"rule without labels", map[string]any{"serviceMonitor": map[string]any{"enabled": true, "labels": labels}, "prometheusRule": map[string]any{"enabled": true}}, "prometheusRule.labels is empty"},
+		{"both labelled", map[string]any{"serviceMonitor": map[string]any{"enabled": true, "labels": labels}, "prometheusRule": map[string]any{"enabled": true, "labels": labels}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			files, err := renderFiles(t, merged(required(), tt.values))
+			if err != nil {
+				t.Fatal(err)
+			}
+			notes := files["stowline/templates/NOTES.txt"]
+			if tt.want == "" && strings.Contains(notes, warning) || tt.want != "" && !strings.Contains(notes, tt.want) {
+				t.Errorf("notes, want a warning %q:\n%s", tt.want, notes)
+			}
+		})
+	}
+}
