@@ -273,3 +273,40 @@ func TestIngestGraceCoversPreStop(t *testing.T) {
 	checkRenderError(t, ingest(15, 15+grace+1), "")
 	checkRenderError(t, ingest(0, grace+1), "")
 }
+
+// TestUnreadSecretKeysRefused: a Secret key no container reads, a
+// misspelt ORTHANC_PASWORD or the client secret of a destination not
+// declared, was silently mounted nowhere: Orthanc then answered 401, or
+// the token endpoint refused the client, far from the cause. The chart
+// refuses it, listing what the containers read.
+func TestUnreadSecretKeysRefused(t *testing.T) {
+	existing := func(keys ...any) map[string]any {
+		return map[string]any{"secrets": map[string]any{"existingSecret": "mine", "existingSecretKeys": keys}}
+	}
+	values := func(k, v string) map[string]any {
+		return map[string]any{"secrets": map[string]any{"values": map[string]any{k: v}}}
+	}
+	set := func(v map[string]any, f func(v map[string]any)) map[string]any { f(v); return v }
+	tests := []struct {
+		name   string
+		values map[string]any
+		want   string // "": rendered
+	}{
+		{"a misspelt key in values", merged(required(), values("ORTHANC_PASWORD", "x")), "secrets: ORTHANC_PASWORD is no secret a stowline container reads"},
+		{"a misspelt key in an existing Secret", merged(required(), existing("INGEST_TOKEN", "OAUTH_CLIENT_SECRTE")), "secrets: OAUTH_CLIENT_SECRTE is no secret"},
+		{"an undeclared destination's", set(withDestinations(map[string]any{"name": "all"}), func(v map[string]any) {
+			v["secrets"].(map[string]any)["values"].(map[string]any)["DESTINATION_PACS_OAUTH_CLIENT_SECRET"] = "x"
+		}), "secrets: DESTINATION_PACS_OAUTH_CLIENT_SECRET is no secret"},
+		{"a source's password", merged(required(), map[string]any{
+			"env":     map[string]any{"ORTHANC_SOURCES": "pacs-2", "ORTHANC_PACS_2_URL": "http://orthanc-2.pacs.svc:8042"},
+			"secrets": map[string]any{"values": map[string]any{"ORTHANC_PACS_2_PASSWORD": "x"}},
+		}), ""},
+		{"every key the commands read", merged(required(), existing("INGEST_TOKEN", "INGEST_TOKEN_PREVIOUS", "INGEST_HMAC_SECRET", "ADMIN_TOKEN", "ORTHANC_PASSWORD", "NATS_PASSWORD", "OAUTH_CLIENT_SECRET")), ""},
+		{"a destination's", withDestinations(map[string]any{"name": "all"}), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkRenderError(t, tt.values, tt.want)
+		})
+	}
+}

@@ -488,6 +488,21 @@ other, whose destinations would go unserved without a word. */}}
 {{- fail "orthanc.url is required: Orthanc's REST API as the pods reach it (ORTHANC_URL), or several sources with ORTHANC_SOURCES in env" -}}
 {{- end -}}
 {{- include "stowline.validateEnvMaps" . -}}
+{{- /* A key of the Secret no container reads (misspelt, or a destination's
+not declared) is mounted nowhere: the command then runs without it, and
+fails, if at all, far from the cause. */}}
+{{- $root := . -}}
+{{- $read := splitList " " (include "stowline.secretVars.ingest" (dict "root" $root)) -}}
+{{- range $entry := .Values.forwarders -}}
+{{- $f := include "stowline.forwarder" (dict "root" $root "entry" $entry) | fromYaml -}}
+{{- $read = concat $read (splitList " " (include "stowline.secretVars.forwarder" (dict "root" $root "f" $f))) -}}
+{{- end -}}
+{{- $read = without (uniq $read) "" -}}
+{{- range splitList " " (include "stowline.secretKeys" .) -}}
+{{- if and . (not (has . $read)) -}}
+{{- fail (printf "secrets: %s is no secret a stowline container reads, and would be mounted in none: they read %s (ORTHANC_<NAME>_PASSWORD for each name of env.ORTHANC_SOURCES, DESTINATION_<NAME>_OAUTH_CLIENT_SECRET for each declared destination)" . (join ", " $read)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
