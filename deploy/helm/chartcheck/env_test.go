@@ -310,3 +310,30 @@ func TestUnreadSecretKeysRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestQuotedFlagsRefused: a switch written "false" (quoted, or set with
+// helm's --set-string) is a non-empty string, which a template's if takes
+// as true: networkPolicy.enabled: "false" kept the
+// policies, keda.enabled: "false" rendered a ScaledObject. The chart
+// refuses a switch that is not a boolean.
+func TestQuotedFlagsRefused(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       string // "": rendered
+	}{
+		{"networkPolicy.enabled quoted", "networkPolicy:\n  enabled: \"false\"\n", `networkPolicy.enabled: write true or false without quotes: Helm read the string "false", which the chart would take as true`},
+		{"keda.enabled quoted", "keda:\n  enabled: \"false\"\n", "keda.enabled: write true or false without quotes"},
+		{"egress quoted", "networkPolicy:\n  egress:\n    enabled: \"no\"\n", "networkPolicy.egress.enabled: write true or false"},
+		{"serviceAccount.create quoted", "serviceAccount:\n  create: \"true\"\n", "serviceAccount.create: write true or false"},
+		{"booleans", "networkPolicy:\n  enabled: false\nkeda:\n  enabled: false\nserviceMonitor:\n  enabled: true\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			over, err := common.ReadValues([]byte(tt.yaml)) // Helm's own parsing of a values file
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRenderError(t, merged(required(), over.AsMap()), tt.want)
+		})
+	}
+}

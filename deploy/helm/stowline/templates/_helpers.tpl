@@ -453,6 +453,17 @@ Orthanc or NATS. */}}
 {{- if not (has "INGEST_TOKEN" (splitList " " (include "stowline.secretKeys" .))) -}}
 {{- fail "secrets: INGEST_TOKEN is required (secrets.values.INGEST_TOKEN, or secrets.existingSecret with INGEST_TOKEN in secrets.existingSecretKeys)" -}}
 {{- end -}}
+{{- /* A quoted "false" is a non-empty string, which `if` takes as true:
+the NetworkPolicies, a ScaledObject or a ServiceMonitor would be
+rendered when turned off. */}}
+{{- $flags := dict "serviceAccount.create" .Values.serviceAccount.create "networkPolicy.enabled" .Values.networkPolicy.enabled
+  "networkPolicy.egress.enabled" .Values.networkPolicy.egress.enabled "keda.enabled" .Values.keda.enabled
+  "serviceMonitor.enabled" .Values.serviceMonitor.enabled "prometheusRule.enabled" .Values.prometheusRule.enabled -}}
+{{- range $name, $v := $flags -}}
+{{- if not (or (kindIs "bool" $v) (kindIs "invalid" $v)) -}}
+{{- fail (printf "%s: write true or false without quotes: Helm read the %s %q, which the chart would take as %t" $name (kindOf $v) (toString $v) (not (empty $v))) -}}
+{{- end -}}
+{{- end -}}
 {{- /* The kubelet kills the ingest terminationGracePeriodSeconds after
 telling it to stop, its preStop sleep included; it needs 20 s after the
 sleep (app.IngestShutdownGrace; chartcheck checks the figure). */}}
