@@ -972,3 +972,26 @@ func TestNetworkPolicyDestinationInTheCluster(t *testing.T) {
 		})
 	}
 }
+
+// TestImagePullSecretsBothForms: values.yaml took imagePullSecrets as
+// names, and Kubernetes' own form, [{name: regcred}], which most charts
+// take, rendered the name "map[name:regcred]": the API server accepted it
+// and every pull failed as unauthorized. Both forms name the Secret.
+func TestImagePullSecretsBothForms(t *testing.T) {
+	for name, secrets := range map[string][]any{
+		"names":           {"regcred", "mirror"},
+		"Kubernetes' own": {map[string]any{"name": "regcred"}, map[string]any{"name": "mirror"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			for _, d := range of[*appsv1.Deployment](render(t, merged(required(), map[string]any{"imagePullSecrets": secrets}))) {
+				var got []string
+				for _, s := range d.Spec.Template.Spec.ImagePullSecrets {
+					got = append(got, s.Name)
+				}
+				if want := []string{"regcred", "mirror"}; !slices.Equal(got, want) {
+					t.Errorf("deployment %s: imagePullSecrets %q, want %q", d.Name, got, want)
+				}
+			}
+		})
+	}
+}
