@@ -99,6 +99,12 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 					t.Errorf("conflicts{action=%q} = %v, want 1", tt.wantMetric, got)
 				}
 			}
+			if strings.HasPrefix(tt.name, "still a conflict") {
+				// Refused again: not replaced, whatever replaced it sent.
+				if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("replaced")); got != 0 {
+					t.Errorf("conflicts{action=replaced} = %v for an instance still refused, want 0", got)
+				}
+			}
 			if strings.Contains(tt.name, "non-primary") {
 				if got := testutil.ToFloat64(f.m.nonPrimary); got != 1 || letters[0].Class != Conflict {
 					t.Errorf("non-primary metric %v, class %q; want 1, conflict", got, letters[0].Class)

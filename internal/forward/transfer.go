@@ -258,6 +258,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			for _, c := range held {
 				if f.opts.Conflicts.Action != "" && f.opts.Conflicts.Action != ConflictSkip {
 					conflicts = append(conflicts, c)
+					notDone[c.part.SOPInstanceUID] = true // not replaced, if it was a replacement
 					continue
 				}
 				skipped = append(skipped, c.part.SOPInstanceUID)
@@ -347,7 +348,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			}
 			// Transient, but the instances refused for good so far stay
 			// named: the dead letter of the last delivery lists them.
-			return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still not stored after %d rounds: the destination refused them transiently, or left them out of its answers (first: %s)",
+			return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still not stored after %d rounds: refused transiently, or left out of the destination's answers (first: %s)",
 				len(retry), transientRounds+1, retry[0].SOPInstanceUID), Instances: slices.Concat(rejected, st.dead, st.nonPrimary)}
 		}
 		transientRounds++
