@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -149,6 +150,39 @@ func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A status that says the destination is down (500, 502, 503, 504, 424),
+// whose STOW body names no instance (failures without a SOP Instance
+// UID only), fails the whole request as the outage it is, for the
+// circuit breaker to count: read per instance, each was retried in the
+// instance rounds, the breaker never saw the error and every study spent
+// its deliveries.
+func TestOutageWithUnnamedFailuresIsTheWholeRequests(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Content-Type", "application/dicom+json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"0008119A":{"vr":"SQ","Value":[{"00081197":{"vr":"US","Value":[42752]}}]}}`)
+	}))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.DeadLetters = dls
+		o.MaxDeliveries = 1
+		o.InstanceRetries = 2
+		o.InstanceRetryDelay = 10e6
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	if got := requests.Load(); got != 1 {
+		t.Errorf("%d STOW requests, want 1: the 503 fails the request, not its instances one by one", got)
+	}
+	if letters := dls.all(); len(letters) != 1 || !strings.Contains(letters[0].Reason, "503") || letters[0].Class != Transient {
+		t.Errorf("dead letters %+v, want one, transient, giving the 503", letters)
 	}
 }
 

@@ -560,7 +560,11 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		// A STOW response on an error status still says per instance
 		// what happened (Orthanc answers 400 when one part is broken and
 		// stores the rest; 409 lists conflicts).
-		if !errors.As(err, &he) || he.Result == nil || len(he.Result.Stored)+len(he.Result.Failed)+len(he.Result.OtherFailures) == 0 {
+		// Failures without a SOP Instance UID alone name no instance:
+		// on a status that says the destination is down they are the
+		// outage's, and the whole error goes to the circuit breaker.
+		if !errors.As(err, &he) || he.Result == nil || len(he.Result.Stored)+len(he.Result.Failed)+len(he.Result.OtherFailures) == 0 ||
+			len(he.Result.Stored)+len(he.Result.Failed) == 0 && DestinationDown(err) {
 			return batchOutcome{}, err
 		}
 		res = he.Result
