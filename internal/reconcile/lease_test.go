@@ -282,3 +282,27 @@ func keepLeaseInBackground(t *testing.T, s *sourceRunner, ttl time.Duration) fun
 		return returned
 	}
 }
+
+// A lease whose taking was answered late, after a third of its TTL, is
+// renewed at once and kept: the first renewal counted from the answer
+// came after the step-down deadline (counted from the write), and the
+// leader stepped down unprompted, every time, with no renewal tried.
+func TestLeaseTakenSlowlyIsRenewed(t *testing.T) {
+	_, kv := testBucket(t)
+	const ttl = 3 * time.Second
+	s := leaseHolder(&slowCreateKV{cutOffKV: &cutOffKV{KeyValue: kv}, delay: 1200 * time.Millisecond}, ttl)
+	mustAcquire(t, s.lease, true)
+	ctx, stop := context.WithCancelCause(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.keepLease(ctx, stop)
+	}()
+	select {
+	case <-done:
+		t.Fatalf("keepLease ended with %v within two TTLs of a lease it could renew", context.Cause(ctx))
+	case <-time.After(2 * ttl):
+	}
+	stop(nil)
+	<-done
+}

@@ -162,8 +162,10 @@ func (s *sourceRunner) keepLease(ctx context.Context, stop context.CancelCauseFu
 	deadline := s.lease.acquireSent.Add(2 * ttl / 3)
 	stepDown := time.NewTimer(time.Until(deadline))
 	defer stepDown.Stop()
-	t := time.NewTicker(ttl / 3)
-	defer t.Stop()
+	// The first renewal is due a third of the TTL after that write too
+	// (at once when the answer took longer), then every third.
+	renew := time.NewTimer(time.Until(s.lease.acquireSent.Add(ttl / 3)))
+	defer renew.Stop()
 	var failed error
 	for {
 		select {
@@ -173,8 +175,9 @@ func (s *sourceRunner) keepLease(ctx context.Context, stop context.CancelCauseFu
 			s.log.Warn("reconciler lease could not be renewed; stepping down", "err", failed)
 			stop(errLeaseLost)
 			return
-		case <-t.C:
+		case <-renew.C:
 		}
+		renew.Reset(ttl / 3)
 		sent := time.Now()
 		// A renewal that would end past the deadline counts for nothing.
 		rctx, cancel := context.WithTimeout(ctx, min(ttl/3, time.Until(deadline)))
