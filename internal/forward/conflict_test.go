@@ -197,7 +197,7 @@ func TestTooLargeNamesWhatToChange(t *testing.T) {
 		instances int
 		want      []string
 	}{
-		{3, []string{"3 instances", "about 3072 bytes", "lower DESTINATION_ARCHIVE_STOW_MAX_BYTES, now 1048576 bytes"}},
+		{3, []string{"3 instances", "about 3072 bytes", "lower DESTINATION_ARCHIVE_STOW_MAX_BYTES (at least 1 MiB), now 1048576 bytes"}},
 		{1, []string{"one instance, 1.2.3.1, about 1024 bytes", "raise that limit"}},
 	} {
 		t.Run(fmt.Sprint(tt.instances), func(t *testing.T) {

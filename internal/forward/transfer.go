@@ -582,19 +582,27 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 // proxy's: nginx takes 1 MB by default) can.
 func (f *Forwarder) tooLarge(batch []dicomweb.Part, err error) error {
 	var size int64
+	unknown := false
 	for _, p := range batch {
+		if p.Size < 0 && p.Estimate <= 0 {
+			unknown = true // converted by Orthanc: its size is known only once sent
+		}
 		size += max(p.Size, p.Estimate, 0)
 	}
 	v := f.opts.MaxBytesVar
 	if v == "" {
 		v = "STOW_MAX_BYTES"
 	}
-	if len(batch) == 1 {
-		return fmt.Errorf("%w (one instance, %s, about %d bytes: the destination, or a proxy in front of it, takes less in a request; raise that limit)",
-			err, batch[0].SOPInstanceUID, size)
+	about := fmt.Sprintf("about %d bytes", size)
+	if unknown {
+		about = "size unknown (converted by Orthanc)"
 	}
-	return fmt.Errorf("%w (a request of %d instances, about %d bytes: the destination, or a proxy in front of it, takes less; lower %s, now %d bytes, or raise that limit)",
-		err, len(batch), size, v, f.opts.MaxBytes)
+	if len(batch) == 1 {
+		return fmt.Errorf("%w (one instance, %s, %s: the destination, or a proxy in front of it, takes less in a request; raise that limit)",
+			err, batch[0].SOPInstanceUID, about)
+	}
+	return fmt.Errorf("%w (a request of %d instances, %s: the destination, or a proxy in front of it, takes less; lower %s (at least 1 MiB), now %d bytes, or raise that limit)",
+		err, len(batch), about, v, f.opts.MaxBytes)
 }
 
 // dicomTag is a DICOM tag as error comments write it, (0010,0030).

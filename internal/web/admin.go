@@ -196,7 +196,7 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			return
 		}
 		if !req.DryRun {
-			a.Log.Info("dead letters "+what+"ed through the admin API", "count", n, "client", clientIP(r, a.TrustedProxies))
+			a.Log.Info("dead letters "+what+"ed through the admin API", "count", n, "remote", r.RemoteAddr, "client", clientIP(r, a.TrustedProxies))
 		}
 		answerLate(w, http.StatusOK, answer)
 	}
@@ -249,7 +249,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !req.DryRun {
-		a.Log.Info("events re-forwarded through the admin API", "count", len(evs), "destination", req.Destination, "client", clientIP(r, a.TrustedProxies))
+		a.Log.Info("events re-forwarded through the admin API", "count", len(evs), "destination", req.Destination, "remote", r.RemoteAddr, "client", clientIP(r, a.TrustedProxies))
 	}
 	answerLate(w, http.StatusOK, answer)
 }
