@@ -212,11 +212,7 @@ func TestSecretValuesMustBeStrings(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			over, err := common.ReadValues([]byte(tt.yaml)) // Helm's own parsing of a values file
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkRenderError(t, merged(required(), over.AsMap()), tt.want)
+			checkRenderError(t, valuesFile(t, tt.yaml), tt.want)
 		})
 	}
 }
@@ -242,11 +238,7 @@ func TestEnvNumbersAsWritten(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			over, err := common.ReadValues([]byte(tt.yaml)) // Helm's own parsing of a values file
-			if err != nil {
-				t.Fatal(err)
-			}
-			values := merged(required(), over.AsMap())
+			values := valuesFile(t, tt.yaml)
 			if tt.variable == "" {
 				checkRenderError(t, values, tt.want)
 				return
@@ -329,11 +321,18 @@ func TestQuotedFlagsRefused(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			over, err := common.ReadValues([]byte(tt.yaml)) // Helm's own parsing of a values file
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkRenderError(t, merged(required(), over.AsMap()), tt.want)
+			checkRenderError(t, valuesFile(t, tt.yaml), tt.want)
 		})
 	}
+}
+
+// valuesFile reads yaml as Helm reads a values file, over the required
+// values.
+func valuesFile(t *testing.T, yaml string) map[string]any {
+	t.Helper()
+	over, err := common.ReadValues([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return merged(required(), over.AsMap())
 }

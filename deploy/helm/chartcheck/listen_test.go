@@ -69,11 +69,7 @@ func TestHTTPSListeners(t *testing.T) {
 			if !maps.Equal(got, tt.want) {
 				t.Errorf("ServiceMonitor schemes %v, want %v", got, tt.want)
 			}
-			files, err := renderFiles(t, values)
-			if err != nil {
-				t.Fatal(err)
-			}
-			notes := files["stowline/templates/NOTES.txt"]
+			notes := renderNotes(t, values)
 			for _, u := range []string{`"IngestUrl":   "` + tt.want["ingest"] + "://", "open " + tt.want["ingest"] + "://localhost"} {
 				if !strings.Contains(notes, u) {
 					t.Errorf("NOTES.txt lacks %q:\n%s", u, notes)
@@ -142,11 +138,7 @@ func TestNotesWarnWhenOrthancMayBeShutOut(t *testing.T) {
 			if tt.values != nil {
 				v = merged(v, tt.values)
 			}
-			files, err := renderFiles(t, v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			notes := files["stowline/templates/NOTES.txt"]
+			notes := renderNotes(t, v)
 			if got := strings.Contains(notes, tt.warning); got != tt.warn {
 				t.Errorf("notes warn %q = %v, want %v:\n%s", tt.warning, got, tt.warn, notes)
 			}
@@ -175,11 +167,7 @@ func TestNotesWarnWhenPrometheusMayBeShutOut(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			files, err := renderFiles(t, merged(required(), tt.values))
-			if err != nil {
-				t.Fatal(err)
-			}
-			notes := files["stowline/templates/NOTES.txt"]
+			notes := renderNotes(t, merged(required(), tt.values))
 			if got := strings.Contains(notes, warning); got != tt.warn {
 				t.Errorf("notes warn %q = %v, want %v:\n%s", warning, got, tt.warn, notes)
 			}
@@ -208,14 +196,20 @@ func TestNotesWarnWhenMonitoringUnlabelled(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			files, err := renderFiles(t, merged(required(), tt.values))
-			if err != nil {
-				t.Fatal(err)
-			}
-			notes := files["stowline/templates/NOTES.txt"]
+			notes := renderNotes(t, merged(required(), tt.values))
 			if tt.want == "" && strings.Contains(notes, warning) || tt.want != "" && !strings.Contains(notes, tt.want) {
 				t.Errorf("notes, want a warning %q:\n%s", tt.want, notes)
 			}
 		})
 	}
+}
+
+// renderNotes renders the chart with values and returns its NOTES.txt.
+func renderNotes(t *testing.T, values map[string]any) string {
+	t.Helper()
+	files, err := renderFiles(t, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files["stowline/templates/NOTES.txt"]
 }
