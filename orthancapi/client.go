@@ -64,6 +64,7 @@ type options struct {
 	password       string
 	basicAuth      bool
 	requestTimeout time.Duration
+	headerTimeout  time.Duration
 	tls            *tls.Config
 }
 
@@ -89,6 +90,14 @@ func WithRequestTimeout(d time.Duration) Option {
 	return func(o *options) { o.requestTimeout = d }
 }
 
+// WithResponseHeaderTimeout bounds how long Orthanc may take to start
+// answering a request (default 2 min): reading a file from its storage,
+// or converting it to another transfer syntax, which for a large
+// multi-frame instance can take minutes.
+func WithResponseHeaderTimeout(d time.Duration) Option {
+	return func(o *options) { o.headerTimeout = d }
+}
+
 // New returns a client for the Orthanc at baseURL, for example
 // "http://orthanc:8042" or "https://host/orthanc/" behind a proxy.
 func New(baseURL string, opts ...Option) (*Client, error) {
@@ -96,18 +105,22 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := options{requestTimeout: defaultRequestTimeout}
+	o := options{requestTimeout: defaultRequestTimeout, headerTimeout: defaultResponseHeaderTimeout}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.requestTimeout <= 0 {
 		return nil, fmt.Errorf("orthancapi: request timeout must be positive, got %v", o.requestTimeout)
 	}
+	if o.headerTimeout <= 0 {
+		return nil, fmt.Errorf("orthancapi: response header timeout must be positive, got %v", o.headerTimeout)
+	}
 	if o.basicAuth && o.username == "" {
 		return nil, errors.New("orthancapi: WithBasicAuth with an empty username")
 	}
 	t := newTransport()
 	t.TLSClientConfig = o.tls
+	t.ResponseHeaderTimeout = o.headerTimeout
 	return &Client{
 		base: base,
 		// Redirects are not followed: SetBasicAuth's header would follow
@@ -178,7 +191,6 @@ func newTransport() *http.Transport {
 		IdleConnTimeout:       30 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: defaultResponseHeaderTimeout,
 	}
 }
 

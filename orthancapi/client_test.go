@@ -474,6 +474,39 @@ func TestRequestTimeoutSparesDownloads(t *testing.T) {
 	}
 }
 
+// TestResponseHeaderTimeout: Orthanc answers a file it converts only once
+// the whole instance is converted; WithResponseHeaderTimeout bounds that
+// wait (ORTHANC_RESPONSE_TIMEOUT), and a longer one lets a slow answer
+// through.
+func TestResponseHeaderTimeout(t *testing.T) {
+	f, srv := newFake(t)
+	const late = 300 * time.Millisecond
+	f.handle("/instances/"+instanceID+"/file", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(late):
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "DICM")
+	})
+	for _, tt := range []struct {
+		timeout time.Duration
+		ok      bool
+	}{{late / 3, false}, {10 * late, true}} {
+		c := newClient(t, srv.URL, orthancapi.WithResponseHeaderTimeout(tt.timeout))
+		rc, _, err := c.OpenInstanceFile(context.Background(), instanceID)
+		if rc != nil {
+			rc.Close()
+		}
+		if (err == nil) != tt.ok {
+			t.Errorf("answer after %s, timeout %s: err = %v, want ok %v", late, tt.timeout, err, tt.ok)
+		}
+	}
+	if _, err := orthancapi.New(srv.URL, orthancapi.WithResponseHeaderTimeout(0)); err == nil {
+		t.Error("a zero response header timeout was accepted")
+	}
+}
+
 func TestContextCancelStopsDownload(t *testing.T) {
 	f, srv := newFake(t)
 	f.handle("/instances/"+instanceID+"/file", func(w http.ResponseWriter, r *http.Request) {

@@ -45,6 +45,9 @@ func NewSources(c *config.Orthanc) (*Sources, error) {
 	}
 	for _, src := range c.SourceList() {
 		var opts []orthancapi.Option
+		if c.ResponseTimeout > 0 { // zero: not loaded from the environment, the client's default
+			opts = append(opts, orthancapi.WithResponseHeaderTimeout(c.ResponseTimeout))
+		}
 		if tlsCfg != nil {
 			opts = append(opts, orthancapi.WithTLSConfig(tlsCfg.Clone()))
 		}

@@ -13,12 +13,13 @@ import (
 // "sources". One Orthanc is set with ORTHANC_URL; several are named in
 // ORTHANC_SOURCES and each is set with its own ORTHANC_<NAME>_ variables.
 type Orthanc struct {
-	URL        string `env:"ORTHANC_URL" envDefault:"http://localhost:8042" desc:"Orthanc REST API base URL (one source; see ORTHANC_SOURCES for several)"`
-	Username   string `env:"ORTHANC_USERNAME" desc:"Orthanc HTTP basic-auth user (empty: no auth)"`
-	Password   string `env:"ORTHANC_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password"`
-	SourceName string `env:"ORTHANC_SOURCE_NAME" desc:"source name of that Orthanc's events (the Lua script's Stowline.Source); empty: the forwarder takes events of any source, the reconciler and audit use Orthanc's Name as the script does"`
-	CAFile     string `env:"ORTHANC_CA_FILE" desc:"PEM CA certificates trusted, besides the system's, for HTTPS to every Orthanc source (an Orthanc behind a private PKI)"`
-	Sources    List   `env:"ORTHANC_SOURCES" desc:"names of several Orthanc sources, comma-separated; each is set with the ORTHANC_<NAME>_ variables below, and ORTHANC_URL, _USERNAME, _PASSWORD and _SOURCE_NAME must then be unset"`
+	URL             string        `env:"ORTHANC_URL" envDefault:"http://localhost:8042" desc:"Orthanc REST API base URL (one source; see ORTHANC_SOURCES for several)"`
+	Username        string        `env:"ORTHANC_USERNAME" desc:"Orthanc HTTP basic-auth user (empty: no auth)"`
+	Password        string        `env:"ORTHANC_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password"`
+	SourceName      string        `env:"ORTHANC_SOURCE_NAME" desc:"source name of that Orthanc's events (the Lua script's Stowline.Source); empty: the forwarder takes events of any source, the reconciler and audit use Orthanc's Name as the script does"`
+	ResponseTimeout time.Duration `env:"ORTHANC_RESPONSE_TIMEOUT" envDefault:"2m" desc:"how long an Orthanc source may take to start answering a request: to read a file from its storage, or to convert one to a transfer syntax the destination accepts (STOW_TRANSFER_SYNTAXES), which for a large multi-frame instance can take minutes (1s to 1h)"`
+	CAFile          string        `env:"ORTHANC_CA_FILE" desc:"PEM CA certificates trusted, besides the system's, for HTTPS to every Orthanc source (an Orthanc behind a private PKI)"`
+	Sources         List          `env:"ORTHANC_SOURCES" desc:"names of several Orthanc sources, comma-separated; each is set with the ORTHANC_<NAME>_ variables below, and ORTHANC_URL, _USERNAME, _PASSWORD and _SOURCE_NAME must then be unset"`
 
 	// The per-source variables are read by readDynamic, not by the env
 	// library (which skips blank fields); these fields declare them for -h
@@ -102,6 +103,9 @@ func (o *Orthanc) Validate() error {
 	var errs []error
 	if o.SourceName != "" && !events.ValidSource(o.SourceName) {
 		errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_NAME=%q: want 1-64 characters of A-Z a-z 0-9 _ -", o.SourceName))
+	}
+	if o.ResponseTimeout < time.Second || o.ResponseTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("ORTHANC_RESPONSE_TIMEOUT=%s: want 1s to 1h", o.ResponseTimeout))
 	}
 	if o.CAFile != "" {
 		if _, err := NewTLSConfig(TLSFiles{CAFile: o.CAFile}, nil); err != nil {
