@@ -521,23 +521,12 @@ func waitReadyz(t *testing.T, url string, status int, timeout time.Duration) str
 func TestCompletedForwardRecordedThroughLedgerElection(t *testing.T) {
 	r, lost, p, kv := bucketElection(t, natsjs.LedgerBucket)
 	l := ledger.New(kv)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
 	ev := r.sendWhileLeaderDies(t, r.addStudy(t, 1, 64), lost)
 	r.waitDest(t, 1, 30*time.Second)
-	for {
+	waitWritten(t, p, "study forwarded but not recorded as completed", "the completed forward", func(ctx context.Context) (bool, error) {
 		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
-		if err == nil && rec.LastUpdate == ev.LastUpdate {
-			break
-		}
-		if strings.Contains(p.Logs.String(), "study forwarded but not recorded as completed") {
-			t.Fatalf("the completed forward was given up during the ledger's election: %v", err)
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("no completed forward in the ledger: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err == nil && rec.LastUpdate == ev.LastUpdate, err
+	})
 }
 
 // TestStoredInstancesRememberedThroughElection: the node leading the
@@ -552,8 +541,6 @@ func TestCompletedForwardRecordedThroughLedgerElection(t *testing.T) {
 func TestStoredInstancesRememberedThroughElection(t *testing.T) {
 	r, lost, p, kv := bucketElection(t, natsjs.FailureBucket)
 	failures := deadletter.NewFailureLog(kv, natsjs.DefaultDestination)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
 	study := r.addStudy(t, 2, 64)
 	var instances []struct {
 		FileUuid      string
@@ -562,18 +549,31 @@ func TestStoredInstancesRememberedThroughElection(t *testing.T) {
 	r.src.GetJSON(t, "/studies/"+study+"/instances", &instances)
 	ev := r.sendWhileLeaderDies(t, study, lost)
 	r.waitDest(t, 2, 30*time.Second)
-	for {
+	waitWritten(t, p, "remember what the attempt stored", "what the delivery stored", func(ctx context.Context) (bool, error) {
 		sent, err := failures.Sent(ctx, ev)
-		if err == nil && len(instances) == 2 &&
+		return err == nil && len(instances) == 2 &&
 			sent(instances[0].MainDicomTags.SOPInstanceUID+"/"+instances[0].FileUuid) &&
-			sent(instances[1].MainDicomTags.SOPInstanceUID+"/"+instances[1].FileUuid) {
-			break
+			sent(instances[1].MainDicomTags.SOPInstanceUID+"/"+instances[1].FileUuid), err
+	})
+}
+
+// waitWritten polls written (up to 90 s) until the record a forwarder
+// writes through a bucket's election is there; it fails the test if the
+// forwarder logs gaveUp, having given the write up.
+func waitWritten(t *testing.T, p *testharness.Program, gaveUp, what string, written func(context.Context) (bool, error)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	for {
+		ok, err := written(ctx)
+		if ok {
+			return
 		}
-		if strings.Contains(p.Logs.String(), "remember what the attempt stored") {
-			t.Fatalf("what the delivery stored was given up during the bucket's election: %v", err)
+		if strings.Contains(p.Logs.String(), gaveUp) {
+			t.Fatalf("%s was given up during the bucket's election: %v", what, err)
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("what the delivery stored is not in the failure log: %v", err)
+			t.Fatalf("%s is not in the bucket: %v", what, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -47,13 +47,10 @@ func TestDestinationUsesHTTP2(t *testing.T) {
 		"DICOMWEB_URL": srv.URL + "/dicomweb", "TLS_CA_FILE": caFile,
 		"OAUTH_TOKEN_URL": srv.URL + "/token", "OAUTH_CLIENT_ID": "stowline", "OAUTH_CLIENT_SECRET": "secret-0123456789",
 	}
-	var c config.ForwarderService
-	if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
-		t.Fatal(err)
-	}
+	dest := loadedDestination(t, env, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	d, err := newDestination(ctx, &c.DestinationList()[0], nil, nil, slog.New(slog.DiscardHandler))
+	d, err := newDestination(ctx, &dest, nil, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,11 +106,7 @@ func TestDestinationTLSErrorNamesIt(t *testing.T) {
 				"DESTINATION_ARCHIVE_URL": "https://archive.example.org/dicomweb", "DESTINATION_AI_URL": "https://ai.example.org/dicomweb",
 			}
 			maps.Copy(env, tt.set)
-			var c config.ForwarderService
-			if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
-				t.Fatal(err)
-			}
-			ai := c.DestinationList()[1]
+			ai := loadedDestination(t, env, 1)
 			_, err := newDestination(t.Context(), &ai, nil, nil, slog.New(slog.DiscardHandler))
 			if err == nil {
 				t.Fatal("newDestination accepted the TLS files")
@@ -151,12 +144,8 @@ func TestPlainHTTPDestinationIsWarned(t *testing.T) {
 				"DESTINATION_AI_OAUTH_CLIENT_ID": "stowline", "DESTINATION_AI_OAUTH_CLIENT_SECRET": "plain-http-secret-0123456789",
 			}
 			maps.Copy(env, tt.set)
-			var c config.ForwarderService
-			if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
-				t.Fatal(err)
-			}
 			var logs strings.Builder
-			ai := c.DestinationList()[0]
+			ai := loadedDestination(t, env, 0)
 			if _, err := newDestination(t.Context(), &ai, nil, nil, slog.New(slog.NewJSONHandler(&logs, nil))); err != nil {
 				t.Fatal(err)
 			}
@@ -179,4 +168,14 @@ func TestPlainHTTPDestinationIsWarned(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadedDestination is destination i of the forwarder configured by env.
+func loadedDestination(t *testing.T, env map[string]string, i int) config.NamedDestination {
+	t.Helper()
+	var c config.ForwarderService
+	if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c.DestinationList()[i]
 }

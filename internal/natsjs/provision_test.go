@@ -279,17 +279,7 @@ func TestNotReadyWithoutQuorum(t *testing.T) {
 		t.Errorf("Ready without quorum: %v; want the stream has no leader", err)
 	}
 	cluster.Nodes[1].Restart(t)
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		rctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
-		err := c.Ready(rctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready 60 s after a second server came back: %v", err)
-		}
-	}
+	waitReady(t, c, "a second server came back")
 }
 
 // A process whose event stream's leader crashed is not ready until the
@@ -318,15 +308,21 @@ func TestNotReadyWhileStreamLeaderIsElected(t *testing.T) {
 	if err := c.Ready(rctx); err == nil || !strings.Contains(err.Error(), "did not answer in time") {
 		t.Errorf("Ready just after the stream leader crashed: %v; want it did not answer in time", err)
 	}
+	waitReady(t, c, "the stream leader crashed")
+}
+
+// waitReady waits up to 60 s for c to be ready after what happened.
+func waitReady(t *testing.T, c *natsjs.Conn, after string) {
+	t.Helper()
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		rctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
 		err := c.Ready(rctx)
 		cancel()
 		if err == nil {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not ready 60 s after the stream leader crashed: %v", err)
+			t.Fatalf("not ready 60 s after %s: %v", after, err)
 		}
 	}
 }

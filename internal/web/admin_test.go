@@ -98,32 +98,8 @@ func TestAdminAPIThrottlesGuesses(t *testing.T) {
 // the right token unchecked; another /64 is not. Counted per address,
 // the guesses were never throttled.
 func TestAdminAPIThrottlesGuessesPerIPv6Network(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		const token = "admin-token-0123456789"
-		r := chi.NewRouter()
-		(&web.AdminAPI{Token: token}).Mount(r)
-		send := func(from, tok string) int {
-			t.Helper()
-			req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader("{}"))
-			req.RemoteAddr = "[" + from + "]:40000"
-			req.Header.Set("Authorization", "Bearer "+tok)
-			rec := httptest.NewRecorder()
-			r.ServeHTTP(rec, req)
-			return rec.Code
-		}
-		for i := range 10 {
-			if code := send(fmt.Sprintf("2001:db8:0:7::%x", i+1), fmt.Sprintf("guess-%02d-0123456789", i)); code != http.StatusUnauthorized {
-				t.Fatalf("guess %d: status %d, want 401", i, code)
-			}
-		}
-		if code := send("2001:db8:0:7:ffff::1", token); code != http.StatusTooManyRequests {
-			t.Errorf("the right token from the guessing /64: status %d, want 429", code)
-		}
-		// 400: past the token check, refused by the handler for its empty body.
-		if code := send("2001:db8:0:8::1", token); code != http.StatusBadRequest {
-			t.Errorf("the right token from another /64: status %d, want 400", code)
-		}
-	})
+	checkGuessesCounted(t, nil, func(req *http.Request, from string) { req.RemoteAddr = "[" + from + "]:40000" },
+		func(i int) string { return fmt.Sprintf("2001:db8:0:7::%x", i+1) }, "2001:db8:0:7:ffff::1", "2001:db8:0:8::1")
 }
 
 // TestAdminAPIThrottlesGuessesBehindAProxy: behind a reverse proxy listed
@@ -132,32 +108,44 @@ func TestAdminAPIThrottlesGuessesPerIPv6Network(t *testing.T) {
 // who reach the API through the same proxy, and a client cannot escape
 // its count by naming another address in front of the proxy's.
 func TestAdminAPIThrottlesGuessesBehindAProxy(t *testing.T) {
+	checkGuessesCounted(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+		func(req *http.Request, forwardedFor string) {
+			req.RemoteAddr = "10.1.2.3:40000" // the ingress controller
+			req.Header.Set("X-Forwarded-For", forwardedFor)
+		},
+		// A made-up first hop: the proxy appends the real peer.
+		func(i int) string { return fmt.Sprintf("198.51.100.%d, 192.0.2.7", i) }, "192.0.2.7", "192.0.2.8")
+}
+
+// checkGuessesCounted sends the admin API (behind trusted) ten wrong
+// tokens, the i-th from guess(i) (from sets a request's client), then
+// the right token from guesser, which must be refused (429, the token
+// unchecked), and from other, which must pass the token check (400: the
+// handler refuses its empty body).
+func checkGuessesCounted(t *testing.T, trusted []netip.Prefix, from func(req *http.Request, client string), guess func(i int) string, guesser, other string) {
+	t.Helper()
 	synctest.Test(t, func(t *testing.T) {
 		const token = "admin-token-0123456789"
 		r := chi.NewRouter()
-		(&web.AdminAPI{Token: token, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}).Mount(r)
-		send := func(forwardedFor, tok string) int {
-			t.Helper()
+		(&web.AdminAPI{Token: token, TrustedProxies: trusted}).Mount(r)
+		send := func(client, tok string) int {
 			req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader("{}"))
-			req.RemoteAddr = "10.1.2.3:40000" // the ingress controller
-			req.Header.Set("X-Forwarded-For", forwardedFor)
+			from(req, client)
 			req.Header.Set("Authorization", "Bearer "+tok)
 			rec := httptest.NewRecorder()
 			r.ServeHTTP(rec, req)
 			return rec.Code
 		}
 		for i := range 10 {
-			// A made-up first hop: the proxy appends the real peer.
-			if code := send(fmt.Sprintf("198.51.100.%d, 192.0.2.7", i), fmt.Sprintf("guess-%02d-0123456789", i)); code != http.StatusUnauthorized {
+			if code := send(guess(i), fmt.Sprintf("guess-%02d-0123456789", i)); code != http.StatusUnauthorized {
 				t.Fatalf("guess %d: status %d, want 401", i, code)
 			}
 		}
-		if code := send("192.0.2.7", token); code != http.StatusTooManyRequests {
-			t.Errorf("the right token from the guessing client: status %d, want 429", code)
+		if code := send(guesser, token); code != http.StatusTooManyRequests {
+			t.Errorf("the right token from the guessing client %s: status %d, want 429", guesser, code)
 		}
-		// 400: past the token check, refused by the handler for its empty body.
-		if code := send("192.0.2.8", token); code != http.StatusBadRequest {
-			t.Errorf("another client through the same proxy: status %d, want 400", code)
+		if code := send(other, token); code != http.StatusBadRequest {
+			t.Errorf("the right token from another client %s: status %d, want 400", other, code)
 		}
 	})
 }

@@ -831,19 +831,7 @@ func checkForwarderGroups(t *testing.T, deployments []*appsv1.Deployment) {
 // TestSeveralSources: with env.ORTHANC_SOURCES naming several Orthanc
 // sources, each source's password reaches both commands as a file.
 func TestSeveralSources(t *testing.T) {
-	values := merged(required(), map[string]any{
-		"orthanc": map[string]any{"url": "", "username": "", "sourceName": ""},
-		"env": map[string]any{
-			"ORTHANC_SOURCES":  "main,cardio-2",
-			"ORTHANC_MAIN_URL": "http://orthanc.pacs.svc:8042", "ORTHANC_MAIN_USERNAME": "stowline",
-			"ORTHANC_CARDIO_2_URL": "http://orthanc.cardio.svc:8042", "ORTHANC_CARDIO_2_USERNAME": "stowline",
-		},
-		"secrets": map[string]any{"values": map[string]any{
-			"ORTHANC_PASSWORD":          "",
-			"ORTHANC_MAIN_PASSWORD":     "main-password",
-			"ORTHANC_CARDIO_2_PASSWORD": "cardio-password",
-		}},
-	})
+	values := merged(required(), twoSources("http://orthanc.pacs.svc:8042", "http://orthanc.cardio.svc:8042"))
 	objs := render(t, values)
 	checkRelease(t, objs)
 	for _, d := range of[*appsv1.Deployment](objs) {
@@ -865,20 +853,8 @@ func TestSeveralSources(t *testing.T) {
 // NATS on 4223, or an archive on 8443, with no error anywhere: the pods
 // timed out.
 func TestNetworkPolicyOpensTheURLsPorts(t *testing.T) {
-	values := merged(required(), map[string]any{
-		"nats":    map[string]any{"url": "nats://nats-a.nats.svc:4223, nats://nats-b.nats.svc:4223"},
-		"orthanc": map[string]any{"url": "", "username": "", "sourceName": ""},
-		"env": map[string]any{
-			"ORTHANC_SOURCES":  "main,cardio-2",
-			"ORTHANC_MAIN_URL": "https://orthanc.pacs.svc", "ORTHANC_MAIN_USERNAME": "stowline",
-			"ORTHANC_CARDIO_2_URL": "http://orthanc.cardio.svc:8080", "ORTHANC_CARDIO_2_USERNAME": "stowline",
-		},
-		"secrets": map[string]any{"values": map[string]any{
-			"ORTHANC_PASSWORD":          "",
-			"ORTHANC_MAIN_PASSWORD":     "main-password",
-			"ORTHANC_CARDIO_2_PASSWORD": "cardio-password",
-		}},
-	})
+	values := merged(merged(required(), twoSources("https://orthanc.pacs.svc", "http://orthanc.cardio.svc:8080")),
+		map[string]any{"nats": map[string]any{"url": "nats://nats-a.nats.svc:4223, nats://nats-b.nats.svc:4223"}})
 	values["forwarders"] = []any{map[string]any{"name": "default", "dicomwebURL": "https://archive.example.org:8443/dicom-web",
 		"env": map[string]any{"OAUTH_TOKEN_URL": "https://keycloak.example.org:8444/realms/imaging/protocol/openid-connect/token", "OAUTH_CLIENT_ID": "stowline"}}}
 	// A source's URL set in a component's env map, not the shared one.
@@ -993,5 +969,23 @@ func TestImagePullSecretsBothForms(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// twoSources configures two Orthanc sources, main and cardio-2, at the
+// URLs given, with their passwords in the chart's Secret.
+func twoSources(mainURL, cardioURL string) map[string]any {
+	return map[string]any{
+		"orthanc": map[string]any{"url": "", "username": "", "sourceName": ""},
+		"env": map[string]any{
+			"ORTHANC_SOURCES":  "main,cardio-2",
+			"ORTHANC_MAIN_URL": mainURL, "ORTHANC_MAIN_USERNAME": "stowline",
+			"ORTHANC_CARDIO_2_URL": cardioURL, "ORTHANC_CARDIO_2_USERNAME": "stowline",
+		},
+		"secrets": map[string]any{"values": map[string]any{
+			"ORTHANC_PASSWORD":          "",
+			"ORTHANC_MAIN_PASSWORD":     "main-password",
+			"ORTHANC_CARDIO_2_PASSWORD": "cardio-password",
+		}},
 	}
 }
