@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
@@ -47,12 +48,7 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 	start := time.Now()
 	testharness.RequireBinary(t, "Orthanc")
 	testharness.RequireBinary(t, "storescu")
-	cluster := testnats.StartCluster(t, 3)
-	nc, js := cluster.Connect(t)
-	r := &rig{js: js}
-	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
-	r.proxy = faultproxy.Start(t, r.dest.URL)
-	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	cluster, nc, js, r := clusterRig(t)
 	load := newClusterLoad(t, r, clusterBeforeKill+clusterDuringOutage+clusterAfterRejoin)
 	t.Logf("setup (cluster, Orthancs, %d studies) took %s", len(load.studies), time.Since(start).Round(time.Millisecond))
 
@@ -462,12 +458,7 @@ func clusterCurrent(what string, c *jetstream.ClusterInfo, replicas int) error {
 // read a consumer but "not found": it stayed ready throughout.
 func TestForwarderNotReadyWhileItsQueueHasNoLeader(t *testing.T) {
 	testharness.RequireBinary(t, "Orthanc")
-	cluster := testnats.StartCluster(t, 3)
-	nc, js := cluster.Connect(t)
-	r := &rig{js: js}
-	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
-	r.proxy = faultproxy.Start(t, r.dest.URL)
-	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	cluster, nc, js, r := clusterRig(t)
 	home, lost := cluster.Nodes[0], cluster.Nodes[1]
 	addr := testharness.FreeAddr(t)
 	testharness.StartProgram(t, "forwarder", run, r.env(map[string]string{
@@ -587,12 +578,7 @@ func bucketElection(t *testing.T, bucket string) (r *rig, lost *testnats.Node, p
 	t.Helper()
 	testharness.RequireBinary(t, "Orthanc")
 	testharness.RequireBinary(t, "storescu")
-	cluster := testnats.StartCluster(t, 3)
-	nc, js := cluster.Connect(t)
-	r = &rig{js: js}
-	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
-	r.proxy = faultproxy.Start(t, r.dest.URL)
-	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	cluster, nc, js, r := clusterRig(t)
 	home, lost := cluster.Nodes[0], cluster.Nodes[1]
 	addr := testharness.FreeAddr(t)
 	p = testharness.StartProgram(t, "forwarder", run, r.env(map[string]string{
@@ -625,4 +611,17 @@ func (r *rig) sendWhileLeaderDies(t *testing.T, study string, lost *testnats.Nod
 	lost.Kill()
 	r.proxy.Release()
 	return ev
+}
+
+// clusterRig starts a 3-node NATS cluster, connected to, and a rig of a
+// source Orthanc and a destination Orthanc behind the fault proxy.
+func clusterRig(t *testing.T) (*testnats.Cluster, *nats.Conn, jetstream.JetStream, *rig) {
+	t.Helper()
+	cluster := testnats.StartCluster(t, 3)
+	nc, js := cluster.Connect(t)
+	r := &rig{js: js}
+	r.dest = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
+	r.proxy = faultproxy.Start(t, r.dest.URL)
+	r.src = testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "src"})
+	return cluster, nc, js, r
 }

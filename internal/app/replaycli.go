@@ -131,6 +131,9 @@ func (c *replayCLI) list(ctx context.Context, args []string) error {
 	if perr := out.close(); err == nil {
 		err = perr
 	}
+	if *asJSON {
+		fmt.Fprintln(c.Stdout)
+	}
 	return err
 }
 
@@ -330,9 +333,6 @@ func (p *letterPrinter) close() error {
 		_, _ = io.WriteString(p.out, "[]")
 	default:
 		_, _ = fmt.Fprintf(p.out, "\n%s]", p.indent)
-	}
-	if p.table == nil && p.indent == "" {
-		_, _ = io.WriteString(p.out, "\n")
 	}
 	return p.err
 }

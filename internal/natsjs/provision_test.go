@@ -248,17 +248,7 @@ func TestEnsureBucketsLeaveUnchangedOnes(t *testing.T) {
 // server is back.
 func TestNotReadyWithoutQuorum(t *testing.T) {
 	cluster := testnats.StartCluster(t, 3)
-	topo := natsjs.DefaultTopology()
-	topo.Replicas = 3
-	home := cluster.Nodes[0]
-	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: home.ClientURL()}, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	if _, err := topo.EnsureEvents(testCtx(t), c.JS); err != nil {
-		t.Fatal(err)
-	}
+	c := replicatedEvents(t, cluster.Nodes[0])
 	cluster.Nodes[1].Kill()
 	cluster.Nodes[2].Kill()
 	// Wait until the survivor answers the stream's info with no leader.
@@ -288,17 +278,8 @@ func TestNotReadyWithoutQuorum(t *testing.T) {
 func TestNotReadyWhileStreamLeaderIsElected(t *testing.T) {
 	cluster := testnats.StartCluster(t, 3)
 	nc, js := cluster.Connect(t)
-	topo := natsjs.DefaultTopology()
-	topo.Replicas = 3
-	home, lost := cluster.Nodes[0], cluster.Nodes[1]
-	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: home.ClientURL()}, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	if _, err := topo.EnsureEvents(testCtx(t), c.JS); err != nil {
-		t.Fatal(err)
-	}
+	lost := cluster.Nodes[1]
+	c := replicatedEvents(t, cluster.Nodes[0])
 	cluster.MoveLeader(t, js, nc, natsjs.EventStream, "", lost.Name)
 	lost.Kill()
 	// The others notice a crashed leader after their election time-out
@@ -325,4 +306,21 @@ func waitReady(t *testing.T, c *natsjs.Conn, after string) {
 			t.Fatalf("not ready 60 s after %s: %v", after, err)
 		}
 	}
+}
+
+// replicatedEvents connects to home and makes the event stream with three
+// replicas.
+func replicatedEvents(t *testing.T, home *testnats.Node) *natsjs.Conn {
+	t.Helper()
+	topo := natsjs.DefaultTopology()
+	topo.Replicas = 3
+	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: home.ClientURL()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := topo.EnsureEvents(testCtx(t), c.JS); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
