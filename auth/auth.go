@@ -68,9 +68,9 @@ type Endpoint struct {
 	// status and the server's error and error_description reach the
 	// TokenError.
 	Fetch func(ctx context.Context) (*oauth2.Token, error)
-	// Secrets are scrubbed from error text: a misbehaving server may echo
-	// the request in its error body.
-	Secrets []string
+	// Secrets returns what is scrubbed from error text: a misbehaving
+	// server may echo the request in its error body. nil: nothing.
+	Secrets func() []string
 	// RetryStatuses are this endpoint's answers that mean "try again
 	// later" besides 408, 429 and 5xx (Azure IMDS: 404 and 410 while it
 	// is being updated).

@@ -11,6 +11,8 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,8 +38,14 @@ type Config struct {
 	IssuerURL string
 	ClientID  string
 	// ClientSecret authenticates the client (client_secret_basic or
-	// client_secret_post). Give it or Assertion.
+	// client_secret_post). Give it, ClientSecretFile or Assertion.
 	ClientSecret string
+	// ClientSecretFile is a file holding the client secret (a mounted
+	// Kubernetes or Docker secret; a trailing newline is not part of it).
+	// It is read again for every token request, so that a rotated secret
+	// is used without a restart; while it cannot be read or is empty, the
+	// secret read last goes on being used.
+	ClientSecretFile string
 	// Assertion authenticates the client with private_key_jwt (RFC 7523
 	// §2.2, OpenID Connect Core §9): a fresh JWT signed with this key is
 	// sent as client_assertion with every request.
@@ -61,10 +69,11 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: set TokenURL or IssuerURL, not both", ErrInvalidConfig)
 	case c.ClientID == "":
 		return fmt.Errorf("%w: ClientID is required", ErrInvalidConfig)
-	case c.ClientSecret == "" && c.Assertion == nil:
-		return fmt.Errorf("%w: ClientSecret (or an Assertion key) is required", ErrInvalidConfig)
-	case c.ClientSecret != "" && c.Assertion != nil:
-		return fmt.Errorf("%w: set ClientSecret or Assertion, not both", ErrInvalidConfig)
+	case c.ClientSecret == "" && c.ClientSecretFile == "" && c.Assertion == nil:
+		return fmt.Errorf("%w: ClientSecret (or ClientSecretFile, or an Assertion key) is required", ErrInvalidConfig)
+	case (c.ClientSecret != "") && (c.ClientSecretFile != "" || c.Assertion != nil),
+		c.ClientSecretFile != "" && c.Assertion != nil:
+		return fmt.Errorf("%w: set one of ClientSecret, ClientSecretFile and Assertion", ErrInvalidConfig)
 	}
 	if c.TokenURL != "" && !isHTTPURL(c.TokenURL) {
 		return fmt.Errorf("%w: TokenURL must be an absolute http(s) URL", ErrInvalidConfig)
@@ -87,11 +96,22 @@ func ClientCredentials(cfg Config) (Endpoint, error) {
 		return Endpoint{}, err
 	}
 	g := &clientCredentials{cfg: cfg, now: time.Now}
+	if cfg.ClientSecret != "" {
+		g.keepSecret(cfg.ClientSecret)
+	}
+	if cfg.ClientSecretFile != "" {
+		// Read now, so that a missing or empty file fails at startup.
+		secret, err := readSecretFile(cfg.ClientSecretFile)
+		if err != nil {
+			return Endpoint{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		g.keepSecret(secret)
+	}
 	return Endpoint{
 		Provider: cmp.Or(cfg.Provider, providerGeneric),
 		TokenURL: g.url,
 		Fetch:    g.fetch,
-		Secrets:  secretForms(cfg.ClientID, cfg.ClientSecret),
+		Secrets:  g.secretsSent,
 	}, nil
 }
 
@@ -100,11 +120,22 @@ func ClientCredentials(cfg Config) (Endpoint, error) {
 // inside client_secret_basic's Authorization value (RFC 6749 2.3.1:
 // each part form-encoded, then base64).
 func secretForms(clientID, secret string) []string {
-	if secret == "" {
-		return nil
-	}
 	basic := base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(clientID) + ":" + url.QueryEscape(secret)))
 	return []string{secret, basic}
+}
+
+// readSecretFile returns the content of a secret file without its
+// trailing newline. Errors name the file, never its content.
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("client secret file: %w", err)
+	}
+	secret := strings.TrimRight(string(b), "\r\n")
+	if secret == "" {
+		return "", fmt.Errorf("client secret file %s is empty", path)
+	}
+	return secret, nil
 }
 
 type clientCredentials struct {
@@ -116,7 +147,48 @@ type clientCredentials struct {
 	offset atomic.Int64
 
 	mu         sync.Mutex
-	discovered string // token endpoint found through IssuerURL
+	discovered string   // token endpoint found through IssuerURL
+	secret     string   // the client secret read last
+	sent       []string // secretForms of every secret read, newest last
+}
+
+// maxSecretsScrubbed bounds how many secrets, the current one and those
+// it replaced, are scrubbed from error text: an answer to a request that
+// carried a secret comes before the next rotation but one.
+const maxSecretsScrubbed = 3
+
+// keepSecret makes secret the one sent from now on.
+func (g *clientCredentials) keepSecret(secret string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if secret == g.secret {
+		return
+	}
+	g.secret = secret
+	g.sent = append(g.sent, secretForms(g.cfg.ClientID, secret)...)
+	if over := len(g.sent) - 2*maxSecretsScrubbed; over > 0 {
+		g.sent = slices.Delete(g.sent, 0, over)
+	}
+}
+
+// clientSecret is the secret to send: ClientSecretFile's content when the
+// file reads, else the secret read last.
+func (g *clientCredentials) clientSecret() string {
+	if g.cfg.ClientSecretFile != "" {
+		if secret, err := readSecretFile(g.cfg.ClientSecretFile); err == nil {
+			g.keepSecret(secret)
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.secret
+}
+
+// secretsSent are the forms of the secrets sent lately, for scrubbing.
+func (g *clientCredentials) secretsSent() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.sent)
 }
 
 // url is the token endpoint, or the issuer until discovery succeeded.
@@ -140,7 +212,7 @@ func (g *clientCredentials) fetch(ctx context.Context) (*oauth2.Token, error) {
 	}
 	cc := clientcredentials.Config{
 		ClientID:     g.cfg.ClientID,
-		ClientSecret: g.cfg.ClientSecret,
+		ClientSecret: g.clientSecret(),
 		TokenURL:     tokenURL,
 		Scopes:       g.cfg.Scopes,
 		AuthStyle:    g.cfg.AuthStyle,

@@ -171,7 +171,11 @@ func RedactTokens(s string) string {
 // anything that looks like a token from s: a misbehaving server may echo the
 // request back in its error body.
 func (ts *TokenSource) scrub(s string) string {
-	for _, secret := range ts.ep.Secrets {
+	var secrets []string
+	if ts.ep.Secrets != nil {
+		secrets = ts.ep.Secrets()
+	}
+	for _, secret := range secrets {
 		if secret == "" {
 			continue
 		}

@@ -62,6 +62,10 @@ type Config struct {
 	// system-assigned one).
 	ClientID     string
 	ClientSecret string
+	// ClientSecretFile holds the client secret instead of ClientSecret,
+	// read again for every token request (auth.Config.ClientSecretFile),
+	// so that a rotated secret needs no restart.
+	ClientSecretFile string
 	// CertificateKeyFile is a PEM file with the certificate registered on
 	// the app and its private key (RSA).
 	CertificateKeyFile string
@@ -84,7 +88,7 @@ type Config struct {
 // certificate" or "managed identity".
 func (c Config) Kind() string {
 	switch {
-	case c.ClientSecret != "":
+	case c.ClientSecret != "" || c.ClientSecretFile != "":
 		return kindSecret
 	case c.CertificateKeyFile != "":
 		return kindCertificate
@@ -113,7 +117,7 @@ func Endpoint(cfg Config) (auth.Endpoint, error) {
 	if len(cfg.Scopes) == 0 {
 		cfg.Scopes = []string{defaultScope}
 	}
-	if cfg.ClientSecret != "" && cfg.CertificateKeyFile != "" {
+	if cfg.Kind() == kindSecret && cfg.CertificateKeyFile != "" {
 		return auth.Endpoint{}, fmt.Errorf("%w: a client secret or a certificate, not both", errConfig)
 	}
 	if cfg.Kind() == kindManagedIdentity {
@@ -126,11 +130,12 @@ func Endpoint(cfg Config) (auth.Endpoint, error) {
 		return auth.Endpoint{}, fmt.Errorf("%w: a client ID is required with a %s", errConfig, cfg.Kind())
 	}
 	ac := auth.Config{
-		Provider:     provider,
-		TokenURL:     cfg.TokenURL(),
-		ClientID:     cfg.ClientID,
-		ClientSecret: cfg.ClientSecret,
-		Scopes:       cfg.Scopes,
+		Provider:         provider,
+		TokenURL:         cfg.TokenURL(),
+		ClientID:         cfg.ClientID,
+		ClientSecret:     cfg.ClientSecret,
+		ClientSecretFile: cfg.ClientSecretFile,
+		Scopes:           cfg.Scopes,
 		// Entra's documented requests carry client_id and client_secret
 		// in the form.
 		AuthStyle: oauth2.AuthStyleInParams,

@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -146,17 +148,7 @@ func TestUnauthorizedMidStudy(t *testing.T) {
 	r := newRig(t)
 	gate := idp.Gate(t, r.proxy.URL)
 	// Revoke every token issued so far just before the third STOW request.
-	var posts atomic.Int64
-	target, _ := url.Parse(gate.URL)
-	front := httputil.NewSingleHostReverseProxy(target)
-	front.FlushInterval = -1
-	revoker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Method == http.MethodPost && posts.Add(1) == 3 {
-			idp.RevokeIssued()
-		}
-		front.ServeHTTP(w, req)
-	}))
-	t.Cleanup(revoker.Close)
+	revoker, posts := beforeThirdPost(t, gate.URL, idp.RevokeIssued)
 
 	const instances, perRequest = 30, 5
 	study := r.addStudy(t, instances, 16)
@@ -182,6 +174,83 @@ func TestUnauthorizedMidStudy(t *testing.T) {
 	}
 	if got := r.metric(t, "stowline_forwarder_studies_total", `result="retry"`); got != 0 {
 		t.Errorf("the study was retried %v times: the 401 should be handled within the delivery", got)
+	}
+	r.noDeadLetters(t)
+	r.assertIdentical(t)
+}
+
+// beforeThirdPost is a reverse proxy to target that calls fn just before
+// it passes on the third POST; posts counts the POSTs.
+func beforeThirdPost(t *testing.T, target string, fn func()) (front *httptest.Server, posts *atomic.Int64) {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(u)
+	proxy.FlushInterval = -1
+	posts = new(atomic.Int64)
+	front = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method == http.MethodPost && posts.Add(1) == 3 {
+			fn()
+		}
+		proxy.ServeHTTP(w, req)
+	}))
+	t.Cleanup(front.Close)
+	return front, posts
+}
+
+// TestRotatedClientSecret: the client secret is rotated in the middle of
+// a study (OAUTH_CLIENT_SECRET_FILE rewritten, the old secret and its
+// tokens revoked at the IdP): the forwarder's next token request reads
+// the new secret, and the study completes in the same delivery, without
+// a restart.
+func TestRotatedClientSecret(t *testing.T) {
+	t.Parallel()
+	const rotated = "rotated-secret-9876543210"
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithTokenLifetime(time.Minute))
+	r := newRig(t)
+	gate := idp.Gate(t, r.proxy.URL)
+	secretFile := filepath.Join(t.TempDir(), "client-secret")
+	if err := os.WriteFile(secretFile, []byte(tokenSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	front, posts := beforeThirdPost(t, gate.URL, func() {
+		// As a Kubernetes Secret volume does: the new file replaces the
+		// old one at once.
+		next := secretFile + ".new"
+		if err := os.WriteFile(next, []byte(rotated+"\n"), 0o600); err != nil {
+			t.Error(err)
+		}
+		if err := os.Rename(next, secretFile); err != nil {
+			t.Error(err)
+		}
+		if err := idp.SetClientSecrets(tokenClientID, rotated); err != nil {
+			t.Error(err)
+		}
+		idp.RevokeIssued()
+	})
+
+	const instances, perRequest = 30, 5
+	study := r.addStudy(t, instances, 16)
+	env := authEnv(idp, front.URL+"/dicom-web", "", map[string]string{
+		"OAUTH_CLIENT_SECRET_FILE": secretFile,
+		"STOW_MAX_INSTANCES":       strconv.Itoa(perRequest),
+		"STOW_PARALLEL_REQUESTS":   "2",
+		"STOW_PARALLEL_MIN":        "2",
+	})
+	delete(env, "OAUTH_CLIENT_SECRET")
+	r.startForwarder(t, env)
+	r.publish(t, study)
+	r.waitDest(t, instances, time.Minute)
+	r.waitQueueEmpty(t, 30*time.Second)
+
+	t.Logf("STOW posts %d, tokens issued %d, gate rejected %d", posts.Load(), idp.TokensIssued(), gate.Rejected())
+	if idp.TokensIssued() != 2 {
+		t.Errorf("tokens issued %d, want 2: the first, and one with the rotated secret after the 401", idp.TokensIssued())
+	}
+	if got := r.metric(t, "stowline_forwarder_studies_total", `result="retry"`); got != 0 {
+		t.Errorf("the study was retried %v times: the rotation should be handled within the delivery", got)
 	}
 	r.noDeadLetters(t)
 	r.assertIdentical(t)

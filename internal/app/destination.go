@@ -186,12 +186,12 @@ func loopbackHost(host string) bool {
 func genericEndpoint(fc *config.NamedDestination) (auth.Endpoint, string, error) {
 	d := &fc.DestinationAuth
 	cfg := auth.Config{
-		TokenURL:     fc.OAuthTokenURL,
-		IssuerURL:    d.IssuerURL,
-		ClientID:     fc.OAuthClientID,
-		ClientSecret: fc.OAuthClientSecret,
-		Scopes:       fc.OAuthScopes,
+		TokenURL:  fc.OAuthTokenURL,
+		IssuerURL: d.IssuerURL,
+		ClientID:  fc.OAuthClientID,
+		Scopes:    fc.OAuthScopes,
 	}
+	cfg.ClientSecret, cfg.ClientSecretFile = clientSecret(fc)
 	params := url.Values{}
 	if d.Audience != "" {
 		params.Set("audience", d.Audience)
@@ -213,7 +213,7 @@ func genericEndpoint(fc *config.NamedDestination) (auth.Endpoint, string, error)
 		if err != nil {
 			return auth.Endpoint{}, "", err
 		}
-		cfg.ClientSecret, cfg.Assertion = "", key
+		cfg.ClientSecret, cfg.ClientSecretFile, cfg.Assertion = "", "", key
 	default:
 		return auth.Endpoint{}, "", errors.New(fc.VarName("OAUTH_AUTH_STYLE") + ": want client_secret_basic, client_secret_post or private_key_jwt")
 	}
@@ -223,15 +223,26 @@ func genericEndpoint(fc *config.NamedDestination) (auth.Endpoint, string, error)
 
 func azureConfig(fc *config.NamedDestination) azure.Config {
 	d := &fc.DestinationAuth
-	return azure.Config{
+	cfg := azure.Config{
 		TenantID:           d.AzureTenantID,
 		ClientID:           fc.OAuthClientID,
-		ClientSecret:       fc.OAuthClientSecret,
 		CertificateKeyFile: d.AssertionKeyFile,
 		Scopes:             fc.OAuthScopes,
 		AuthorityHost:      d.AzureAuthorityHost,
 		IMDSEndpoint:       d.AzureIMDSEndpoint,
 	}
+	cfg.ClientSecret, cfg.ClientSecretFile = clientSecret(fc)
+	return cfg
+}
+
+// clientSecret is the destination's client secret: its file when it was
+// given as one (read again for every token, so a rotated secret needs no
+// restart), else its value.
+func clientSecret(fc *config.NamedDestination) (value, file string) {
+	if fc.OAuthClientSecretFile != "" {
+		return "", fc.OAuthClientSecretFile
+	}
+	return fc.OAuthClientSecret, ""
 }
 
 // tokenEndpointHost is the host tokens come from, and whether there are

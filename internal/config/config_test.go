@@ -156,6 +156,20 @@ func TestSecretFromFile(t *testing.T) {
 	if c.Token != "from-a-file-0123456789" {
 		t.Errorf("Token = %q, want the file content without newline", c.Token)
 	}
+	// The destination's client secret file is kept, for the token source
+	// to read again after a rotation, by every command that forwards.
+	withSecret := maps.Clone(e)
+	maps.Copy(withSecret, map[string]string{"OAUTH_TOKEN_URL": "https://idp.example.org/token", "OAUTH_CLIENT_ID": "site-1", "OAUTH_CLIENT_SECRET_FILE": path})
+	var fwd ForwarderService
+	withSecret["NATS_URL"], withSecret["ORTHANC_URL"] = "nats://nats:4222", "http://orthanc:8042"
+	for _, dst := range []interface{ DestinationList() []NamedDestination }{&c, &fwd} {
+		if err := Load(mapEnv(withSecret), dst); err != nil {
+			t.Fatalf("Load with OAUTH_CLIENT_SECRET_FILE: %v", err)
+		}
+		if d := dst.DestinationList()[0]; d.OAuthClientSecretFile != path || d.OAuthClientSecret != "from-a-file-0123456789" {
+			t.Errorf("%T: secret file %q, secret %q; want %s and its content", dst, d.OAuthClientSecretFile, d.OAuthClientSecret, path)
+		}
+	}
 
 	e["INGEST_TOKEN"] = "also-set-directly-0123"
 	if err := Load(mapEnv(e), &SingleHost{}); err == nil || !strings.Contains(err.Error(), "both set") {

@@ -143,6 +143,9 @@ var platformVars = map[string]bool{
 // secret never reaches another destination.
 func (f *Forwarder) readDynamic(getenv func(string) string) error {
 	f.named = nil
+	if err := f.Destination.readDynamic(getenv); err != nil {
+		return err
+	}
 	if len(f.Names) == 0 {
 		return nil
 	}
@@ -194,6 +197,14 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// readDynamic keeps the path of OAUTH_CLIENT_SECRET_FILE: the token
+// source reads the secret from it for every token, so that a rotated
+// secret needs no restart.
+func (d *Destination) readDynamic(getenv func(string) string) error {
+	d.OAuthClientSecretFile = getenv("OAUTH_CLIENT_SECRET" + fileSuffix)
+	return nil
 }
 
 // missingRequired reports DICOMWEB_URL missing in a deployment without

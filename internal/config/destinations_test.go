@@ -52,6 +52,10 @@ func TestDestinations(t *testing.T) {
 		ai.Match == "" || ai.InstanceMatch == "" || ai.Var != "DESTINATION_AI_2_" {
 		t.Errorf("ai-2 = %+v", ai)
 	}
+	// The file is kept, for the token source to read again (rotation).
+	if ai.OAuthClientSecretFile == "" || archive.OAuthClientSecretFile != "" {
+		t.Errorf("secret files: ai-2 %q, archive %q; want ai-2's file only", ai.OAuthClientSecretFile, archive.OAuthClientSecretFile)
+	}
 	if got := ai.VarName("DICOMWEB_URL"); got != "DESTINATION_AI_2_URL" {
 		t.Errorf("VarName(DICOMWEB_URL) = %q", got)
 	}

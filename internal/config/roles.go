@@ -207,8 +207,13 @@ type Destination struct {
 
 	OAuthTokenURL     string `env:"OAUTH_TOKEN_URL" desc:"generic: OAuth2 token endpoint (client credentials); empty (and no OAUTH_ISSUER_URL) sends requests without auth"`
 	OAuthClientID     string `env:"OAUTH_CLIENT_ID" desc:"OAuth2 client ID (azure: the application ID, or a user-assigned managed identity's client ID)"`
-	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET" secret:"true" desc:"OAuth2 client secret"`
+	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET" secret:"true" desc:"OAuth2 client secret; given as OAUTH_CLIENT_SECRET_FILE, the file is read again for every token, so a rotated secret needs no restart"`
 	OAuthScopes       List   `env:"OAUTH_SCOPES" desc:"OAuth2 scopes, separated by spaces or commas (azure default: https://dicom.healthcareapis.azure.com/.default; google default: https://www.googleapis.com/auth/cloud-healthcare)"`
+
+	// OAuthClientSecretFile is OAUTH_CLIENT_SECRET_FILE, kept by
+	// readDynamic for the token source to read again (OAuthClientSecret
+	// holds what it held at startup).
+	OAuthClientSecretFile string
 	// DestinationAuth: the identity provider, its grant, token lifecycle
 	// and TLS (destination.go).
 	DestinationAuth

@@ -187,6 +187,14 @@ func (p *IdP) SetDown(down bool) {
 	p.down.Store(down)
 }
 
+// SetClientSecrets makes secrets the only ones client id authenticates
+// with, as an identity provider's secret rotation does: both old and new
+// while clients move over, then the new one alone. Tokens already issued
+// stay valid.
+func (p *IdP) SetClientSecrets(id string, secrets ...string) error {
+	return p.storage.setSecrets(id, secrets)
+}
+
 // RevokeIssued revokes every token issued so far: the Gate refuses them
 // from now on ("token revoked"), as a resource server would after a key
 // rotation or a revocation.

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,7 +43,8 @@ var errUnsupported = errors.New("testidp: only the client_credentials grant is s
 var errBadClient = errors.New("testidp: unknown client or wrong secret")
 
 // storage's clients, lifetime and key are immutable after newStorage; the
-// counter is atomic and the token IDs are under mu.
+// counter is atomic; the token IDs and the secrets replaced by
+// setSecrets are under mu.
 type storage struct {
 	clients  map[string]*serviceClient
 	lifetime time.Duration
@@ -52,6 +54,7 @@ type storage struct {
 	mu      sync.Mutex
 	ids     []string            // IDs (jti) of the tokens issued and not revoked
 	revoked map[string]struct{} // IDs of revoked tokens
+	secrets map[string][]string // client ID -> secrets accepted instead of its own
 }
 
 func newStorage(creds []credential, lifetime time.Duration, key signingKey) *storage {
@@ -64,10 +67,35 @@ func newStorage(creds []credential, lifetime time.Duration, key signingKey) *sto
 
 func (s *storage) authenticate(clientID, secret string) (*serviceClient, error) {
 	c, ok := s.clients[clientID]
-	if !ok || c.pub != nil || subtle.ConstantTimeCompare([]byte(c.secret), []byte(secret)) != 1 {
+	if !ok || c.pub != nil {
 		return nil, errBadClient
 	}
-	return c, nil
+	s.mu.Lock()
+	accepted, replaced := s.secrets[clientID]
+	s.mu.Unlock()
+	if !replaced {
+		accepted = []string{c.secret}
+	}
+	for _, a := range accepted {
+		if subtle.ConstantTimeCompare([]byte(a), []byte(secret)) == 1 {
+			return c, nil
+		}
+	}
+	return nil, errBadClient
+}
+
+// setSecrets makes secrets the ones clientID may authenticate with.
+func (s *storage) setSecrets(clientID string, secrets []string) error {
+	if c, ok := s.clients[clientID]; !ok || c.pub != nil {
+		return fmt.Errorf("testidp: no client %q with a secret", clientID)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.secrets == nil {
+		s.secrets = map[string][]string{}
+	}
+	s.secrets[clientID] = secrets
+	return nil
 }
 
 // assertedClientKey marks a request context whose client assertion was
