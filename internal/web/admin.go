@@ -123,6 +123,10 @@ const (
 	maxPageBytes = 32 << 20
 )
 
+// maxSummaries bounds the letters a replay or purge answer names (a
+// few hundred bytes each); count says how many there were.
+const maxSummaries = 1000
+
 // letterSummary is what a replay or purge answer says of each letter:
 // which it was, not its failed instances (a thousand, for each of
 // thousands of letters after an outage); GET /admin/deadletters/{seq}
@@ -186,11 +190,19 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 		if replay {
 			op, what = a.Store.Replay, "replay"
 		}
-		// Summaries only: the letters themselves may hold up to 512 KB
-		// each, and the store reads them a page at a time.
+		// Summaries only, of the first maxSummaries letters: the letters
+		// themselves may hold up to 512 KB each, and the store reads them
+		// a page at a time.
 		done := []letterSummary{}
-		n, err := op(r.Context(), f, req.DryRun, func(e *deadletter.Entry) { done = append(done, summary(e)) })
+		n, err := op(r.Context(), f, req.DryRun, func(e *deadletter.Entry) {
+			if len(done) < maxSummaries {
+				done = append(done, summary(e))
+			}
+		})
 		answer := map[string]any{"dryRun": req.DryRun, "count": n, "entries": done}
+		if n > len(done) {
+			answer["entriesOmitted"] = n - len(done)
+		}
 		if err != nil {
 			a.failPartway(w, what+" dead letters", err, answer)
 			return

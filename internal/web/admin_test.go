@@ -421,3 +421,43 @@ func TestAdminListsDeadLettersInPages(t *testing.T) {
 		t.Errorf("purge dry run entry %v: want the letter's summary", e)
 	}
 }
+
+// TestAdminReplayAnswerIsBounded: a purge of more letters than an answer
+// names (thousands after an outage) names the first 1,000 and counts the
+// others; count is all of them.
+func TestAdminReplayAnswerIsBounded(t *testing.T) {
+	f := start(t) // letter 1
+	const letters = 1003
+	for i := 2; i <= letters; i++ {
+		ev := f.ev // one letter a study
+		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-539%05d", i)
+		l := &forward.DeadLetter{Event: ev, Class: forward.Permanent, Reason: "refused", Attempts: 1, DeadLetteredAt: time.Now().UTC()}
+		if _, err := f.store.Add(t.Context(), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(`{"all":true}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	var answer struct {
+		Count   int `json:"count"`
+		Omitted int `json:"entriesOmitted"`
+		Entries []struct {
+			Seq uint64 `json:"seq"`
+		} `json:"entries"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &answer); err != nil || rec.Code != http.StatusOK {
+		t.Fatalf("purge: status %d, %v", rec.Code, err)
+	}
+	if answer.Count != letters || len(answer.Entries) != 1000 || answer.Omitted != letters-1000 || answer.Entries[999].Seq != 1000 {
+		t.Errorf("purge of %d letters: count %d, %d entries (last seq %d), %d omitted; want %d, 1000 (1000), %d",
+			letters, answer.Count, len(answer.Entries), answer.Entries[len(answer.Entries)-1].Seq, answer.Omitted, letters, letters-1000)
+	}
+	if left, _, err := f.store.Page(t.Context(), deadletter.Filter{All: true}, 0, 10, 1<<20); err != nil || len(left) != 0 {
+		t.Errorf("after the purge: %d letters left (%v), want none", len(left), err)
+	}
+}
