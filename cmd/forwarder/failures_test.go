@@ -332,8 +332,11 @@ func testForwarderKilledMidStudy(t *testing.T, rel testharness.Release) {
 func TestNATSRestartWhileForwarding(t *testing.T) {
 	r := newRig(t)
 	ids := []string{r.addStudy(t, 40, 32), r.addStudy(t, 40, 32), r.addStudy(t, 40, 32)}
-	r.proxy.Throttle(256 << 10)
-	r.startForwarder(t, map[string]string{"STOW_MAX_INSTANCES": "10", "FORWARDER_CONCURRENCY": "2"})
+	// One request of 10 instances at a time, about half a second each:
+	// NATS stops with most of the 120 instances unsent.
+	r.proxy.Throttle(64 << 10)
+	r.startForwarder(t, map[string]string{"STOW_MAX_INSTANCES": "10", "FORWARDER_CONCURRENCY": "2",
+		"STOW_PARALLEL_REQUESTS": "1", "STOW_PARALLEL_MIN": "1"})
 	for _, id := range ids {
 		r.publish(t, id)
 	}
@@ -345,6 +348,11 @@ func TestNATSRestartWhileForwarding(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	r.stopNATS()
+	if sent := len(r.proxy.Sends()); sent >= 120 {
+		t.Fatalf("%d of 120 instances sent when NATS stopped: nothing was left in flight", sent)
+	} else {
+		t.Logf("NATS stopped with %d of 120 instances sent", sent)
+	}
 	// Restart only once the forwarder has lost its connection (it then
 	// waits a second before each reconnect attempt, so it sees an outage
 	// of at least that long).
