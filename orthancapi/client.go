@@ -18,8 +18,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -48,7 +50,8 @@ type Client struct {
 	base           *url.URL
 	httpClient     *http.Client
 	username       string
-	password       string
+	password       atomic.Pointer[string]
+	passwordFile   string // read again when Orthanc answers 401
 	basicAuth      bool
 	requestTimeout time.Duration
 
@@ -62,6 +65,7 @@ type Client struct {
 type options struct {
 	username       string
 	password       string
+	passwordFile   string
 	basicAuth      bool
 	requestTimeout time.Duration
 	headerTimeout  time.Duration
@@ -75,6 +79,17 @@ type Option func(*options)
 func WithBasicAuth(username, password string) Option {
 	return func(o *options) {
 		o.username, o.password, o.basicAuth = username, password, true
+	}
+}
+
+// WithBasicAuthFile is WithBasicAuth with the password in a file (a
+// mounted Kubernetes or Docker secret; a trailing newline is not part of
+// it). The file is read by New, and again when Orthanc answers 401: if it
+// then holds another password, the request is sent again with it, so a
+// password changed in the file before Orthanc's needs no restart.
+func WithBasicAuthFile(username, path string) Option {
+	return func(o *options) {
+		o.username, o.password, o.passwordFile, o.basicAuth = username, "", path, true
 	}
 }
 
@@ -118,10 +133,17 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if o.basicAuth && o.username == "" {
 		return nil, errors.New("orthancapi: WithBasicAuth with an empty username")
 	}
+	if o.passwordFile != "" {
+		pw, err := readPasswordFile(o.passwordFile)
+		if err != nil {
+			return nil, err
+		}
+		o.password = pw
+	}
 	t := newTransport()
 	t.TLSClientConfig = o.tls
 	t.ResponseHeaderTimeout = o.headerTimeout
-	return &Client{
+	c := &Client{
 		base: base,
 		// Redirects are not followed: SetBasicAuth's header would follow
 		// one to another port or to plain http on the same host, and a
@@ -130,11 +152,56 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 			return http.ErrUseLastResponse
 		}},
 		username:       o.username,
-		password:       o.password,
+		passwordFile:   o.passwordFile,
 		basicAuth:      o.basicAuth,
 		requestTimeout: o.requestTimeout,
 		probe:          make(chan struct{}, 1),
-	}, nil
+	}
+	c.password.Store(&o.password)
+	return c, nil
+}
+
+// readPasswordFile returns the content of a password file without its
+// trailing newline. Errors name the file, never its content.
+func readPasswordFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("orthancapi: password file: %w", err)
+	}
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", fmt.Errorf("orthancapi: password file %s is empty", path)
+	}
+	return pw, nil
+}
+
+// passwordChanged is called after Orthanc refused the password used: it
+// reads the password file again and reports whether the password to send
+// is now another one.
+func (c *Client) passwordChanged(used *string) bool {
+	if c.passwordFile == "" {
+		return false
+	}
+	if pw, err := readPasswordFile(c.passwordFile); err == nil {
+		if cur := c.password.Load(); *cur != pw {
+			c.password.CompareAndSwap(cur, &pw)
+		}
+	}
+	return *c.password.Load() != *used
+}
+
+// rewind makes body readable from its start again, for a request sent a
+// second time; false if it cannot be.
+func rewind(body io.Reader) bool {
+	if body == nil {
+		return true
+	}
+	s, ok := body.(io.Seeker)
+	if !ok {
+		return false
+	}
+	_, err := s.Seek(0, io.SeekStart)
+	return err == nil
 }
 
 func parseBaseURL(raw string) (*url.URL, error) {
@@ -219,7 +286,12 @@ func (c *Client) do(ctx context.Context, method string, u *url.URL, accept strin
 
 // doBody is do with a request body.
 func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body io.Reader) (*http.Response, error) {
-	resp, err := c.send(ctx, method, u, accept, header, body)
+	pw := c.password.Load()
+	resp, err := c.sendAs(ctx, pw, method, u, accept, header, body)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized && c.passwordChanged(pw) && rewind(body) {
+		drainClose(resp.Body)
+		resp, err = c.send(ctx, method, u, accept, header, body)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -249,6 +321,11 @@ func idempotent() http.Header {
 // send sends a request with the client's credentials and returns the
 // response, whatever its status.
 func (c *Client) send(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body io.Reader) (*http.Response, error) {
+	return c.sendAs(ctx, c.password.Load(), method, u, accept, header, body)
+}
+
+// sendAs is send with the password pw.
+func (c *Client) sendAs(ctx context.Context, pw *string, method string, u *url.URL, accept string, header http.Header, body io.Reader) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("orthancapi: build request: %w", err)
@@ -265,7 +342,7 @@ func (c *Client) send(ctx context.Context, method string, u *url.URL, accept str
 		req.Header[k] = v
 	}
 	if c.basicAuth {
-		req.SetBasicAuth(c.username, c.password)
+		req.SetBasicAuth(c.username, *pw)
 	}
 	resp, err := c.httpClient.Do(req)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -301,5 +304,78 @@ func testNotFoundOnlyFromOrthanc(t *testing.T, rel testharness.Release) {
 	mode.Store("pass")
 	if _, err := c.Study(ctx, studies[0]); err != nil {
 		t.Errorf("study once the proxy passes again: %v", err)
+	}
+}
+
+// TestPasswordFileReadAgainWhenRefused: with the password in a file, a
+// password changed in the file before Orthanc's is used as soon as
+// Orthanc refuses the old one, without a restart; one changed at Orthanc
+// first is refused until the file holds it. A request with a body (a
+// conversion) is sent again whole.
+func TestPasswordFileReadAgainWhenRefused(t *testing.T) {
+	t.Parallel()
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+		Name: "pwfile", AET: "PWFILE", Username: "forwarder", Password: "pw-first-0123",
+	})
+	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{PatientID: "PW-1", Series: 1, InstancesPerSeries: 1, Rows: 8, Columns: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, paths...); len(res.Failed) != 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	var ids []string
+	if b, err := o.Bytes(t.Context(), http.MethodGet, "/instances", nil); err != nil || json.Unmarshal(b, &ids) != nil || len(ids) != 1 {
+		t.Fatalf("instances: %s (%v)", b, err)
+	}
+	file := filepath.Join(t.TempDir(), "password")
+	write := func(pw string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(pw+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("pw-first-0123")
+	c := newClient(t, o.URL, orthancapi.WithBasicAuthFile("forwarder", file))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.System(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	write("pw-second-4567")
+	if _, err := c.System(ctx); err != nil {
+		t.Fatalf("file changed, Orthanc not yet: %v", err)
+	}
+	o.ChangePassword(t, "pw-second-4567")
+	if _, err := c.System(ctx); err != nil {
+		t.Fatalf("Orthanc changed after the file: %v", err)
+	}
+
+	o.ChangePassword(t, "pw-third-89ab")
+	var oe *orthancapi.Error
+	if _, err := c.System(ctx); !errors.As(err, &oe) || oe.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("Orthanc changed, the file not yet: err = %v, want HTTP 401", err)
+	}
+	write("pw-third-89ab")
+	rc, err := c.OpenTranscodedInstance(ctx, ids[0], "1.2.840.10008.1.2")
+	if err != nil {
+		t.Fatalf("conversion after the file changed: %v", err)
+	}
+	defer rc.Close()
+	if b, err := io.ReadAll(rc); err != nil || len(b) < 132 || string(b[128:132]) != "DICM" {
+		t.Errorf("converted instance: %d bytes, err %v; want a DICOM file", len(b), err)
+	}
+}
+
+func TestPasswordFileChecked(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{empty, filepath.Join(t.TempDir(), "missing")} {
+		if _, err := orthancapi.New("http://orthanc:8042", orthancapi.WithBasicAuthFile("forwarder", path)); err == nil || !strings.Contains(err.Error(), "password file") {
+			t.Errorf("%s: err = %v, want a password file error", path, err)
+		}
 	}
 }

@@ -51,7 +51,12 @@ func NewSources(c *config.Orthanc) (*Sources, error) {
 		if tlsCfg != nil {
 			opts = append(opts, orthancapi.WithTLSConfig(tlsCfg.Clone()))
 		}
-		if src.Username != "" {
+		switch {
+		case src.Username != "" && src.PasswordFile != "":
+			// Read again when Orthanc refuses it: a password changed in
+			// the file first needs no restart.
+			opts = append(opts, orthancapi.WithBasicAuthFile(src.Username, src.PasswordFile))
+		case src.Username != "":
 			opts = append(opts, orthancapi.WithBasicAuth(src.Username, src.Password))
 		}
 		client, err := orthancapi.New(src.URL, opts...)

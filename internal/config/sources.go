@@ -29,7 +29,8 @@ type Orthanc struct {
 	_ struct{} `env:"ORTHANC_<NAME>_USERNAME" desc:"Orthanc HTTP basic-auth user of source <NAME> (empty: no auth)"`
 	_ struct{} `env:"ORTHANC_<NAME>_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password of source <NAME>"`
 
-	named []OrthancSource // filled by readDynamic from ORTHANC_SOURCES
+	named        []OrthancSource // filled by readDynamic from ORTHANC_SOURCES
+	passwordFile string          // ORTHANC_PASSWORD_FILE, kept by readDynamic
 }
 
 // OrthancSource is one configured Orthanc.
@@ -39,6 +40,9 @@ type OrthancSource struct {
 	Name               string
 	URL                string
 	Username, Password string
+	// PasswordFile is the file Password was read from, if it was: the
+	// client reads it again when Orthanc refuses the password.
+	PasswordFile string
 	// Var is the prefix of the source's variables ("ORTHANC_" or
 	// "ORTHANC_CARDIO_"), for error messages.
 	Var string
@@ -56,14 +60,16 @@ func (o *Orthanc) SourceList() []OrthancSource {
 	if len(o.Sources) > 0 {
 		return o.named
 	}
-	return []OrthancSource{{Name: o.SourceName, URL: o.URL, Username: o.Username, Password: o.Password, Var: "ORTHANC_"}}
+	return []OrthancSource{{Name: o.SourceName, URL: o.URL, Username: o.Username, Password: o.Password, PasswordFile: o.passwordFile, Var: "ORTHANC_"}}
 }
 
 // readDynamic reads the ORTHANC_<NAME>_ variables of every name in
-// ORTHANC_SOURCES.
+// ORTHANC_SOURCES, and keeps the path of each password file.
 func (o *Orthanc) readDynamic(getenv func(string) string) error {
 	o.named = nil
+	o.passwordFile = ""
 	if len(o.Sources) == 0 {
+		o.passwordFile = getenv("ORTHANC_PASSWORD" + fileSuffix)
 		return nil
 	}
 	var errs []error
@@ -89,7 +95,7 @@ func (o *Orthanc) readDynamic(getenv func(string) string) error {
 		if err != nil {
 			errs = append(errs, err)
 		}
-		src.Password = pw
+		src.Password, src.PasswordFile = pw, getenv(p+"PASSWORD"+fileSuffix)
 		if src.URL == "" {
 			errs = append(errs, fmt.Errorf("%sURL is required: ORTHANC_SOURCES names source %q", p, name))
 		}

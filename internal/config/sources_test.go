@@ -53,10 +53,23 @@ func TestNamedSources(t *testing.T) {
 	}
 	want := []OrthancSource{
 		{Name: "main", URL: "http://orthanc-main:8042", Var: "ORTHANC_MAIN_"},
-		{Name: "cardio-2", URL: "https://cardio.example.org/orthanc", Username: "stowline", Password: "cardio-secret", Var: "ORTHANC_CARDIO_2_"},
+		{Name: "cardio-2", URL: "https://cardio.example.org/orthanc", Username: "stowline", Password: "cardio-secret", PasswordFile: pwFile, Var: "ORTHANC_CARDIO_2_"},
 	}
 	if got := c.SourceList(); !reflect.DeepEqual(got, want) {
 		t.Errorf("SourceList() = %+v, want %+v", got, want)
+	}
+
+	// One source: its password file is kept too, for every command
+	// that reads Orthanc.
+	one := baseEnv()
+	one["ORTHANC_USERNAME"], one["ORTHANC_PASSWORD_FILE"], one["NATS_URL"] = "stowline", pwFile, "nats://nats:4222"
+	for _, dst := range []interface{ SourceList() []OrthancSource }{&SingleHost{}, &IngestService{}, &Audit{}} {
+		if err := Load(mapEnv(one), dst); err != nil {
+			t.Fatalf("%T: %v", dst, err)
+		}
+		if got := dst.SourceList()[0]; got.Password != "cardio-secret" || got.PasswordFile != pwFile {
+			t.Errorf("%T: password %q from %q, want cardio-secret from %s", dst, got.Password, got.PasswordFile, pwFile)
+		}
 	}
 }
 

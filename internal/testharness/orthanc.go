@@ -423,6 +423,21 @@ func (o *Orthanc) Restart(ctx context.Context) error {
 	return err
 }
 
+// ChangePassword restarts Orthanc with password as its user's, as an
+// administrator rotating it does.
+func (o *Orthanc) ChangePassword(t testing.TB, password string) {
+	t.Helper()
+	if o.Username == "" {
+		t.Fatal("ChangePassword: this Orthanc has no user")
+	}
+	o.Stop(t)
+	o.Password = password
+	if err := o.writeConfig(); err != nil {
+		t.Fatal(err)
+	}
+	o.Start(t)
+}
+
 // Stop stops Orthanc (SIGTERM, then SIGKILL after 15 s) and keeps its
 // storage for Start.
 func (o *Orthanc) Stop(t testing.TB) {
