@@ -11,7 +11,6 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +19,8 @@ import (
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/stowline/stowline/internal/secretfile"
 )
 
 // clientAssertionType is the RFC 7523 §2.2 client_assertion_type.
@@ -101,7 +102,7 @@ func ClientCredentials(cfg Config) (Endpoint, error) {
 	}
 	if cfg.ClientSecretFile != "" {
 		// Read now, so that a missing or empty file fails at startup.
-		secret, err := readSecretFile(cfg.ClientSecretFile)
+		secret, err := readClientSecret(cfg.ClientSecretFile)
 		if err != nil {
 			return Endpoint{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
@@ -122,20 +123,6 @@ func ClientCredentials(cfg Config) (Endpoint, error) {
 func secretForms(clientID, secret string) []string {
 	basic := base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(clientID) + ":" + url.QueryEscape(secret)))
 	return []string{secret, basic}
-}
-
-// readSecretFile returns the content of a secret file without its
-// trailing newline. Errors name the file, never its content.
-func readSecretFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("client secret file: %w", err)
-	}
-	secret := strings.TrimRight(string(b), "\r\n")
-	if secret == "" {
-		return "", fmt.Errorf("client secret file %s is empty", path)
-	}
-	return secret, nil
 }
 
 type clientCredentials struct {
@@ -175,13 +162,22 @@ func (g *clientCredentials) keepSecret(secret string) {
 // file reads, else the secret read last.
 func (g *clientCredentials) clientSecret() string {
 	if g.cfg.ClientSecretFile != "" {
-		if secret, err := readSecretFile(g.cfg.ClientSecretFile); err == nil {
+		if secret, err := readClientSecret(g.cfg.ClientSecretFile); err == nil {
 			g.keepSecret(secret)
 		}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.secret
+}
+
+// readClientSecret reads a client secret file.
+func readClientSecret(path string) (string, error) {
+	s, err := secretfile.Read(path)
+	if err != nil {
+		return "", fmt.Errorf("client secret file: %w", err)
+	}
+	return s, nil
 }
 
 // secretsSent are the forms of the secrets sent lately, for scrubbing.

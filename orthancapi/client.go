@@ -18,11 +18,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/stowline/stowline/internal/secretfile"
 )
 
 // Defaults.
@@ -161,16 +162,11 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// readPasswordFile returns the content of a password file without its
-// trailing newline. Errors name the file, never its content.
+// readPasswordFile reads a password file.
 func readPasswordFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	pw, err := secretfile.Read(path)
 	if err != nil {
 		return "", fmt.Errorf("orthancapi: password file: %w", err)
-	}
-	pw := strings.TrimRight(string(b), "\r\n")
-	if pw == "" {
-		return "", fmt.Errorf("orthancapi: password file %s is empty", path)
 	}
 	return pw, nil
 }

@@ -7,12 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/stowline/stowline/internal/secretfile"
 )
 
 // fileSuffix names the variant of a secret variable that holds a file path
@@ -79,17 +80,13 @@ func readSecret(getenv func(string) string, key string) (string, error) {
 	if v != "" {
 		return "", fmt.Errorf("%s and %s%s are both set: set only one", key, key, fileSuffix)
 	}
-	b, err := os.ReadFile(path)
+	// An empty file is refused: read as unset, it would silently turn off
+	// what the secret guards (INGEST_HMAC_SECRET's signatures,
+	// ADMIN_TOKEN's page) or be reported as key missing although
+	// key_FILE is set.
+	v, err := secretfile.Read(path)
 	if err != nil {
-		// The path is not secret; the content would be.
 		return "", fmt.Errorf("%s%s: %w", key, fileSuffix, err)
-	}
-	v = strings.TrimRight(string(b), "\r\n")
-	if v == "" {
-		// Read as unset, it would silently turn off what the secret
-		// guards (INGEST_HMAC_SECRET's signatures, ADMIN_TOKEN's page)
-		// or be reported as key missing although key_FILE is set.
-		return "", fmt.Errorf("%s%s: %s is empty", key, fileSuffix, path)
 	}
 	return v, nil
 }
