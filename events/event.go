@@ -149,23 +149,34 @@ func alnum(c byte) bool {
 }
 
 // PlausibleUID reports whether uid is safe to carry as a StudyInstanceUID:
-// 1 to 64 characters of digits, letters, '.', '_' or '-'. It is looser
-// than a DICOM UID (PS3.5 §9.1: numeric components without leading zeros)
-// on purpose: Orthanc stores studies whose UIDs break PS3.5 (one
-// shared sample has 64 hex digits), and refusing their events would lose
-// the study. The UID is informational: stowline never builds a URL, a
-// subject or a key from it (see docs/uids.md). (^[0-9A-Za-z._-]{1,64}$)
+// 1 to maxUIDLength printable ASCII characters other than '/', '\', '%',
+// '*' and '>'. It is much looser than a DICOM UID (PS3.5 §9.1: at most
+// 64 characters, numeric components without leading zeros) on purpose:
+// Orthanc stores studies whose UIDs break PS3.5 (one shared sample has 64
+// hex digits; Orthanc 1.10 and 1.12 take 74 characters, or a '+'), and
+// refusing their events would lose the study: the destination decides
+// whether it takes them. What it refuses could steer something: a path
+// ('/', '\', '%'; internal/dicomweb escapes the rest of a UID it puts
+// in a URL), a NATS wildcard, whitespace or a control character in a
+// log line, or an unbounded value. Neither a subject nor a key is built
+// from it (see docs/uids.md).
+// (^[!-$&-)+-.0-=?-\[\]-~]{1,256}$: 0x21-0x7e without % * / > \)
 func PlausibleUID(uid string) bool {
-	if uid == "" || len(uid) > 64 {
+	if uid == "" || len(uid) > maxUIDLength {
 		return false
 	}
 	for i := 0; i < len(uid); i++ {
-		if c := uid[i]; !(alnum(c) || c == '.' || c == '_' || c == '-') {
+		if c := uid[i]; c < '!' || c > '~' || c == '/' || c == '\\' || c == '%' || c == '*' || c == '>' {
 			return false
 		}
 	}
 	return true
 }
+
+// maxUIDLength bounds PlausibleUID: four times PS3.5's 64, for UIDs
+// that overrun it (a root and a timestamp appended), while a value past
+// it is no UID of any device.
+const maxUIDLength = 256
 
 // ValidUID reports whether s is a DICOM UID as PS3.5 §9.1 defines it: 1
 // to 64 characters, dot-separated numeric components, none empty and none
@@ -213,7 +224,7 @@ func (e *StudyStable) Validate() error {
 	case e.StudyInstanceUID == "":
 		return &fieldError{"studyInstanceUid", "is required"}
 	case !PlausibleUID(e.StudyInstanceUID):
-		return &fieldError{"studyInstanceUid", "must be a UID of at most 64 characters from 0-9 A-Z a-z . _ -"}
+		return &fieldError{"studyInstanceUid", fmt.Sprintf("must be a UID of at most %d printable ASCII characters, without whitespace or any of / \\ %% * >", maxUIDLength)}
 	case e.LastUpdate == "":
 		return &fieldError{"lastUpdate", "is required"}
 	}

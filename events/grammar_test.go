@@ -15,7 +15,7 @@ var grammars = []struct {
 	check func(string) bool
 }{
 	{"ValidSource", regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`), ValidSource},
-	{"PlausibleUID", regexp.MustCompile(`^[0-9A-Za-z._-]{1,64}$`), PlausibleUID},
+	{"PlausibleUID", regexp.MustCompile(`^[!-$&-)+-.0-=?-\[\]-~]{1,256}$`), PlausibleUID},
 }
 
 func checkGrammars(t *testing.T, s string) {
@@ -35,13 +35,16 @@ func TestValidatorsMatchTheirGrammar(t *testing.T) {
 		"27f7126f-4f66fb14-03f4081b-f9341db2-5392598\u00e9",
 		"a", "A-z_0", "a.b", "a b", ">", "*", "a\x00", strings.Repeat("a", 64), strings.Repeat("a", 65),
 		strings.Repeat("1", 64), "1.2.840.10008", "1.2." + strings.Repeat("9", 61), "é", "1.2/3", "1.2:3",
+		strings.Repeat("1", 256), strings.Repeat("1", 257), "1.2+3", "1.2%2F3", `1.2\3`, "1.2\x7f", "1.2~3", "!", "$&)",
 	} {
 		checkGrammars(t, s)
 	}
 	// Random strings over an alphabet of the interesting bytes: every
 	// class boundary ('/' ':' '@' '[' '`' '{' around the digits and
-	// letters), the separators, and bytes of multi-byte UTF-8.
-	const alphabet = "0123456789abcdefgzABCDEFGZ-_./:@[`{ \n\x00\xc3\xa9"
+	// letters), the separators, bytes of multi-byte UTF-8, and what
+	// PlausibleUID refuses of printable ASCII ('%' '*' '>' '\') and
+	// around it ('!' '~' DEL).
+	const alphabet = "0123456789abcdefgzABCDEFGZ-_./:@[`{ \n\x00\xc3\xa9%*>\\!~\x7f"
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 200000 {
 		var b []byte

@@ -518,3 +518,44 @@ func testUnreachableOrthancIsNotReady(t *testing.T, rel testharness.Release) {
 		t.Errorf("poll errors = %v", got)
 	}
 }
+
+// A study whose StudyInstanceUID breaks PS3.5 in ways Orthanc accepts
+// (longer than 64 characters, a character other than digits and dots) is
+// announced like any other: refusing its event lost the study, Orthanc's
+// Lua script being refused the same way.
+func TestNonConformantUIDIsPublished(t *testing.T) {
+	testharness.ForEachRelease(t, testNonConformantUIDIsPublished)
+}
+
+func testNonConformantUIDIsPublished(t *testing.T, rel testharness.Release) {
+	r := newRig(t, rel, "recon-u")
+	_, reg, _ := r.start(t, "u")
+	upload(t, r.orthanc, writeStudy(t, 1))
+	var studies []string
+	r.orthanc.GetJSON(t, "/studies", &studies)
+	uids := []string{"1.2.826.0.1.3680043.8.498." + strings.Repeat("1234567890", 5), "1.2.826.0.1.3680043.8.498.12+34"}
+	for _, uid := range uids {
+		// As a modality writing such a UID would have stored the study.
+		body := `{"Replace":{"StudyInstanceUID":"` + uid + `"},"Force":true}`
+		if err := r.orthanc.Do(t.Context(), http.MethodPost, "/studies/"+studies[0]+"/modify", strings.NewReader(body), nil); err != nil {
+			t.Fatalf("store a study of UID %s: %v", uid, err)
+		}
+	}
+	announced := func(uid string) bool {
+		for _, ev := range streamEvents(t, r.nats.JS) {
+			if ev.StudyInstanceUID == uid {
+				return true
+			}
+		}
+		return false
+	}
+	testharness.WaitFor(t, "both studies announced or refused", 30*time.Second, func() bool {
+		return announced(uids[0]) && announced(uids[1]) ||
+			metric(t, reg, "stowline_reconcile_studies_skipped_total", map[string]string{"source": "u", "reason": "invalid"}) > 0
+	})
+	for _, uid := range uids {
+		if !announced(uid) {
+			t.Errorf("the study of StudyInstanceUID %s was not announced", uid)
+		}
+	}
+}
