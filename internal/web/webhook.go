@@ -18,6 +18,7 @@ import (
 	"mime"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -278,7 +279,18 @@ func decodeEvent(body io.Reader) (*events.StudyStable, int, string, error) {
 func jsonProblem(err error) string {
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
-		return fmt.Sprintf("field %q must be a %s", typeErr.Field, typeErr.Type)
+		if typeErr.Field == "" {
+			return "the body must be one JSON object, the event"
+		}
+		// In JSON's words, not Go's: a sender knows no "events.Priority".
+		kind := "string"
+		switch typeErr.Type.Kind() {
+		case reflect.Int, reflect.Int64:
+			kind = "whole number"
+		case reflect.Struct:
+			kind = "JSON object"
+		}
+		return fmt.Sprintf("field %q must be a %s", typeErr.Field, kind)
 	}
 	// receivedAt is the event's one time field; time's error quotes the
 	// value.
