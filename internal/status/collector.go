@@ -7,6 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/repeatlog"
 )
 
 // DefaultScrapeTimeout bounds the JetStream queries of one scrape.
@@ -20,6 +22,9 @@ type QueueCollector struct {
 	js      jetstream.JetStream
 	timeout time.Duration
 	log     *slog.Logger
+	// unanswered spaces the outage's warnings: every scrape of every
+	// Prometheus asks, and fails the same way, while NATS is down.
+	unanswered repeatlog.Failures
 
 	pending, ackPending, redelivered, waiting, deadLetters, up *prometheus.Desc
 	lanePending                                                *prometheus.Desc
@@ -38,6 +43,7 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 	dest := []string{"destination"}
 	return &QueueCollector{
 		js: js, timeout: timeout, log: log,
+		unanswered: repeatlog.Failures{Every: time.Minute},
 		pending: prometheus.NewDesc("stowline_queue_pending_events",
 			"Events stored in JetStream and not yet delivered to the destination's forwarders (consumer num_pending).", dest, nil),
 		ackPending: prometheus.NewDesc("stowline_queue_ack_pending_events",
@@ -70,9 +76,14 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	q, err := ReadQueue(ctx, c.js)
 	if err != nil {
-		c.log.Warn("queue metrics: JetStream did not answer", "err", err)
+		if n, ok := c.unanswered.Failed(); ok {
+			c.log.Warn("queue metrics: JetStream did not answer (stowline_jetstream_info_success 0; logged again once a minute while it lasts)", "err", err, "failures", n)
+		}
 		gauge(ch, c.up, 0)
 		return
+	}
+	if n := c.unanswered.Succeeded(); n > 0 {
+		c.log.Info("queue metrics: JetStream answers again", "failures", n)
 	}
 	gauge(ch, c.up, 1)
 	if !q.ConsumerExists {

@@ -1,0 +1,99 @@
+package status_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// cutJetStream is a JetStream that asks through a closed connection while
+// cut is set, as one whose NATS server is gone.
+type cutJetStream struct {
+	jetstream.JetStream
+	closed jetstream.JetStream
+	cut    atomic.Bool
+}
+
+func (c *cutJetStream) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	if c.cut.Load() {
+		return c.closed.Stream(ctx, name)
+	}
+	return c.JetStream.Stream(ctx, name)
+}
+
+// lockedBuffer is a log destination safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Every scrape of every Prometheus reads the queue: while NATS is down,
+// each one failed and each was logged at warn, several lines a minute per
+// process for the whole outage. The first is logged, with the count, and
+// the end of the outage is.
+func TestQueueCollectorLogsAnOutageOnce(t *testing.T) {
+	ns := testnats.Start(t)
+	gone := testnats.Start(t)
+	gone.NC.Close()
+	js := &cutJetStream{JetStream: ns.JS, closed: gone.JS}
+	var logs lockedBuffer
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(status.NewQueueCollector(js, time.Second, slog.New(slog.NewJSONHandler(&logs, nil))))
+
+	js.cut.Store(true)
+	for range 5 {
+		if got := gatheredValue(t, reg, "stowline_jetstream_info_success"); got != 0 {
+			t.Fatalf("stowline_jetstream_info_success = %v with JetStream unreachable", got)
+		}
+	}
+	if n := strings.Count(logs.String(), "JetStream did not answer"); n != 1 {
+		t.Errorf("5 scrapes in an outage logged %d warnings, want 1:\n%s", n, logs.String())
+	}
+
+	js.cut.Store(false)
+	if got := gatheredValue(t, reg, "stowline_jetstream_info_success"); got != 1 {
+		t.Fatalf("stowline_jetstream_info_success = %v with JetStream back", got)
+	}
+	if !strings.Contains(logs.String(), `"msg":"queue metrics: JetStream answers again","failures":5`) {
+		t.Errorf("the outage's end is not logged with its count:\n%s", logs.String())
+	}
+}
+
+// gatheredValue gathers reg and returns the value of the gauge named name.
+func gatheredValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("%s not gathered", name)
+	return 0
+}
