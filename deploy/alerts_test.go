@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -19,6 +21,61 @@ func TestAlertRules(t *testing.T) {
 	} {
 		if out, err := exec.CommandContext(t.Context(), promtool, args...).CombinedOutput(); err != nil {
 			t.Errorf("promtool %v: %v\n%s", args, err, out)
+		}
+	}
+}
+
+// alertNames returns the names of deploy/alerts.yml's alerts.
+func alertNames(t *testing.T) []string {
+	t.Helper()
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(readFile(t, "deploy/alerts.yml"), &rules); err != nil {
+		t.Fatalf("deploy/alerts.yml: %v", err)
+	}
+	var names []string
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			names = append(names, r.Alert)
+		}
+	}
+	if len(names) == 0 {
+		t.Fatal("deploy/alerts.yml has no alerts")
+	}
+	return names
+}
+
+// TestEveryAlertIsTested: each alert of deploy/alerts.yml has a case in
+// deploy/alerts_test.yml where it fires, so that an expression which
+// can never fire (a misspelt metric or label) fails promtool's tests.
+func TestEveryAlertIsTested(t *testing.T) {
+	var cases struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				AlertName string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(readFile(t, "deploy/alerts_test.yml"), &cases); err != nil {
+		t.Fatalf("deploy/alerts_test.yml: %v", err)
+	}
+	fires := map[string]bool{}
+	for _, c := range cases.Tests {
+		for _, a := range c.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.AlertName] = true
+			}
+		}
+	}
+	for _, name := range alertNames(t) {
+		if !fires[name] {
+			t.Errorf("alert %s has no case in deploy/alerts_test.yml where it fires", name)
 		}
 	}
 }
