@@ -3,6 +3,7 @@ package deploy
 import (
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -76,6 +77,27 @@ func TestEveryAlertIsTested(t *testing.T) {
 	for _, name := range alertNames(t) {
 		if !fires[name] {
 			t.Errorf("alert %s has no case in deploy/alerts_test.yml where it fires", name)
+		}
+	}
+}
+
+// TestEveryAlertHasARunbook: each alert of deploy/alerts.yml is named in
+// docs/operations.md's "What to watch and alert on", which says what to
+// do about it: the on-call who receives StowlineEventLeftQueue at night
+// finds it by its name.
+func TestEveryAlertHasARunbook(t *testing.T) {
+	ops := string(readFile(t, "docs/operations.md"))
+	start := strings.Index(ops, "\n## What to watch and alert on\n")
+	if start < 0 {
+		t.Fatal(`docs/operations.md has no "What to watch and alert on" section`)
+	}
+	section := ops[start+1:]
+	if end := strings.Index(section[2:], "\n## "); end >= 0 {
+		section = section[:end+2]
+	}
+	for _, name := range alertNames(t) {
+		if !strings.Contains(section, "`"+name+"`") {
+			t.Errorf("alert %s is not named in docs/operations.md's \"What to watch and alert on\"", name)
 		}
 	}
 }
