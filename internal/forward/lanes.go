@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,10 @@ type lanePlan struct {
 	// late spaces the warnings of events pulled late in their retention,
 	// by lane (queueAge).
 	late map[events.Priority]*repeatlog.Failures
+	// pullFails spaces the warnings of failed pulls, by lane (pullFailed):
+	// a NATS cluster without quorum fails every worker's pull of every
+	// lane, each second, for as long as it lasts.
+	pullFails map[events.Priority]*repeatlog.Failures
 }
 
 // laneGoneFor is how long a lane whose consumer was deleted while the
@@ -78,9 +83,11 @@ func newLanePlan(opts *Options) *lanePlan {
 	p.goneUntil = map[events.Priority]*atomic.Int64{}
 	p.filters = map[events.Priority][]string{}
 	p.late = map[events.Priority]*repeatlog.Failures{}
+	p.pullFails = map[events.Priority]*repeatlog.Failures{}
 	for _, l := range p.lanes {
 		p.goneUntil[l.Priority] = new(atomic.Int64)
 		p.late[l.Priority] = &repeatlog.Failures{Every: time.Hour}
+		p.pullFails[l.Priority] = &repeatlog.Failures{Every: time.Minute}
 		if len(opts.Lanes) == 0 || l.Consumer == nil {
 			continue
 		}
@@ -282,6 +289,7 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 		}
 		return nil, "", nil
 	}
+	f.pullAnswered(l)
 	f.queueAge(l.Priority, m)
 	return m, l.Priority, f.started(l.Priority, release)
 }
@@ -328,9 +336,15 @@ func (f *Forwarder) pullNoWait(ctx context.Context, l Lane) jetstream.Msg {
 	for m := range batch.Messages() {
 		msg = m
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+	err = batch.Error()
+	if err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
 		f.pullFailed(ctx, l, err)
-	} else if msg == nil {
+		return msg
+	}
+	if msg != nil || err == nil || errors.Is(err, jetstream.ErrNoMessages) {
+		f.pullAnswered(l)
+	}
+	if msg == nil {
 		f.m.laneAge.WithLabelValues(string(l.Priority)).Set(0) // nothing waits
 	}
 	return msg
@@ -346,12 +360,26 @@ func (f *Forwarder) pullFailed(ctx context.Context, l Lane, err error) {
 	_, ierr := l.Consumer.Info(ictx)
 	cancel()
 	if !errors.Is(ierr, jetstream.ErrConsumerNotFound) {
-		f.log.Warn("pull from JetStream failed; retrying", "lane", l.Priority, "err", err)
+		// The first failure of a run is a warning, then one a minute;
+		// the others are at debug level.
+		level := slog.LevelDebug
+		n, warn := f.plan.pullFails[l.Priority].Failed()
+		if warn {
+			level = slog.LevelWarn
+		}
+		f.log.Log(ctx, level, "pull from JetStream failed; retrying", "lane", l.Priority, "err", err, "failures", n)
 		return
 	}
 	if f.plan.markGone(l.Priority, f.plan.now()) {
 		f.log.Error("this lane's consumer was deleted while the forwarder ran: it takes none of the lane's events until the forwarder is restarted, which creates it again; or take the destination out of FORWARDER_DESTINATIONS",
 			"lane", l.Priority, "consumer", l.Consumer.CachedInfo().Name, "retry_in", laneGoneFor.String())
+	}
+}
+
+// pullAnswered ends a run of failed pulls of lane: JetStream answered.
+func (f *Forwarder) pullAnswered(l Lane) {
+	if n := f.plan.pullFails[l.Priority].Succeeded(); n > 0 {
+		f.log.Info("pulls from JetStream answered again", "lane", l.Priority, "failures", n)
 	}
 }
 
