@@ -3,6 +3,7 @@ package deploy
 import (
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -98,6 +99,55 @@ func TestEveryAlertHasARunbook(t *testing.T) {
 	for _, name := range alertNames(t) {
 		if !strings.Contains(section, "`"+name+"`") {
 			t.Errorf("alert %s is not named in docs/operations.md's \"What to watch and alert on\"", name)
+		}
+	}
+}
+
+// TestSingleHostScrapeJobsAlert: the scrape jobs docs/operations.md gives
+// a single host are ones StowlineDown watches; under other names (one
+// job "stowline") a stopped stowline raised no alert.
+func TestSingleHostScrapeJobsAlert(t *testing.T) {
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(readFile(t, "deploy/alerts.yml"), &rules); err != nil {
+		t.Fatalf("deploy/alerts.yml: %v", err)
+	}
+	var down *regexp.Regexp
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Alert != "StowlineDown" {
+				continue
+			}
+			_, re, ok := strings.Cut(r.Expr, `job=~"`)
+			re, _, ok2 := strings.Cut(re, `"`)
+			if !ok || !ok2 {
+				t.Fatalf("StowlineDown selects no job by a regular expression: %s", r.Expr)
+			}
+			down = regexp.MustCompile("^(?:" + re + ")$")
+		}
+	}
+	if down == nil {
+		t.Fatal("deploy/alerts.yml has no StowlineDown")
+	}
+	ops := string(readFile(t, "docs/operations.md"))
+	_, section, ok := strings.Cut(ops, "\n## Single host with systemd\n")
+	if !ok {
+		t.Fatal(`docs/operations.md has no "Single host with systemd" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	jobs := regexp.MustCompile(`job_name: *(\S+)`).FindAllStringSubmatch(section, -1)
+	if len(jobs) < 2 {
+		t.Fatalf("the single-host section names %d scrape jobs, want the ingest's and the forwarder's", len(jobs))
+	}
+	for _, j := range jobs {
+		if !down.MatchString(j[1]) {
+			t.Errorf("scrape job %q of the single-host section is not one StowlineDown watches (%s)", j[1], down)
 		}
 	}
 }
