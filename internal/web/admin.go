@@ -186,29 +186,38 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			WriteError(w, http.StatusBadRequest, "give a filter (destination, seq, study, orthancStudyId, class, reason, since) or \"all\": true")
 			return
 		}
-		op, what := a.Store.Purge, "purge"
+		op, what, done := a.Store.Purge, "purge", "purged"
 		if replay {
-			op, what = a.Store.Replay, "replay"
+			op, what, done = a.Store.Replay, "replay", "replayed"
 		}
 		// Summaries only, of the first maxSummaries letters: the letters
 		// themselves may hold up to 512 KB each, and the store reads them
 		// a page at a time.
-		done := []letterSummary{}
+		entries := []letterSummary{}
+		client := clientIP(r, a.TrustedProxies)
 		n, err := op(r.Context(), f, req.DryRun, func(e *deadletter.Entry) {
-			if len(done) < maxSummaries {
-				done = append(done, summary(e))
+			s := summary(e)
+			if len(entries) < maxSummaries {
+				entries = append(entries, s)
+			}
+			// Each study by name, as the status page's replay: a purge
+			// is for good, and the log is what says which studies it took.
+			if !req.DryRun {
+				a.Log.Info("dead letter "+done+" through the admin API", "dead_letter_seq", s.Seq, "destination", s.Destination,
+					"source", s.Source, "orthanc_study_id", s.OrthancStudyID, "study_instance_uid", s.StudyInstanceUID,
+					"class", s.Class, "remote", r.RemoteAddr, "client", client)
 			}
 		})
-		answer := map[string]any{"dryRun": req.DryRun, "count": n, "entries": done}
-		if n > len(done) {
-			answer["entriesOmitted"] = n - len(done)
+		answer := map[string]any{"dryRun": req.DryRun, "count": n, "entries": entries}
+		if n > len(entries) {
+			answer["entriesOmitted"] = n - len(entries)
 		}
 		if err != nil {
 			a.failPartway(w, what+" dead letters", err, answer)
 			return
 		}
 		if !req.DryRun {
-			a.Log.Info("dead letters "+what+"ed through the admin API", "count", n, "remote", r.RemoteAddr, "client", clientIP(r, a.TrustedProxies))
+			a.Log.Info("dead letters "+done+" through the admin API", "count", n, "remote", r.RemoteAddr, "client", client)
 		}
 		answerLate(w, http.StatusOK, answer)
 	}

@@ -194,6 +194,46 @@ func TestAdminRefusesABodyOfSeveralValues(t *testing.T) {
 	}
 }
 
+// TestAdminPurgeLogsEachStudy: a purge through the admin API deletes
+// dead letters for good, and its log line said only how many ("dead
+// letters purgeed", count 1): which studies a night's purge took was
+// nowhere. Each letter purged is logged by its study and destination, as
+// the status page's replay logs it.
+func TestAdminPurgeLogsEachStudy(t *testing.T) {
+	f := start(t) // one dead letter
+	const token = "admin-token-0123456789"
+	var logs strings.Builder
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.NewJSONHandler(&logs, nil))}).Mount(r)
+	req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(`{"all":true}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("purge: status %d, body %s", rec.Code, rec.Body)
+	}
+	var entry map[string]any
+	for line := range strings.SplitSeq(logs.String(), "\n") {
+		if strings.Contains(line, `"msg":"dead letter purged through the admin API"`) {
+			if err := json.Unmarshal([]byte(line), &entry); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if entry == nil {
+		t.Fatalf("no log line names the purged study:\n%s", logs.String())
+	}
+	for k, want := range map[string]any{"orthanc_study_id": f.ev.OrthancStudyID, "study_instance_uid": f.ev.StudyInstanceUID,
+		"destination": natsjs.DefaultDestination, "source": f.ev.Source, "dead_letter_seq": 1.0} {
+		if entry[k] != want {
+			t.Errorf("the purge's log line has %s %v, want %v", k, entry[k], want)
+		}
+	}
+	if !strings.Contains(logs.String(), `"msg":"dead letters purged through the admin API","count":1`) {
+		t.Errorf("no summary line of the purge:\n%s", logs.String())
+	}
+}
+
 // publishEvents stores n events of distinct studies in the event stream.
 func publishEvents(t *testing.T, js jetstream.JetStream, n int) {
 	t.Helper()
