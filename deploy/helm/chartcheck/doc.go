@@ -1,5 +1,8 @@
 // Package chartcheck checks the Helm chart deploy/helm/stowline without a
-// cluster: it renders the chart with Helm's Go module, decodes every object
+// cluster: it renders the chart with Helm's Go module (each values set
+// validated against the chart's values.schema.json first, as helm install
+// does; schema_test.go checks the schema refuses misspelt and ill-typed
+// values and matches values.yaml), decodes every object
 // strictly into the Kubernetes API's Go types (and the Prometheus
 // Operator's), validates the KEDA ScaledObjects against KEDA's published
 // CRD schema (testdata), checks every environment variable against what

@@ -198,7 +198,9 @@ func TestStreamSettingsOnlyInSharedEnv(t *testing.T) {
 // values.yaml as a float, so a numeric password (ORTHANC_PASSWORD:
 // 20240612093015123) would reach the Secret as "2.0240612093015124e+16":
 // a credential that is silently not the one configured in Orthanc. The
-// chart refuses a secret value that is not a string.
+// chart refuses a secret value that is not a string: values.schema.json
+// first (TestSchemaRefuses), and the templates too, without it (helm
+// install --skip-schema-validation), which this checks.
 func TestSecretValuesMustBeStrings(t *testing.T) {
 	tests := []struct {
 		name, yaml string
@@ -212,7 +214,7 @@ func TestSecretValuesMustBeStrings(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkRenderError(t, valuesFile(t, tt.yaml), tt.want)
+			checkRenderErrorWithoutSchema(t, valuesFile(t, tt.yaml), tt.want)
 		})
 	}
 }
@@ -307,7 +309,9 @@ func TestUnreadSecretKeysRefused(t *testing.T) {
 // helm's --set-string) is a non-empty string, which a template's if takes
 // as true: networkPolicy.enabled: "false" kept the
 // policies, keda.enabled: "false" rendered a ScaledObject. The chart
-// refuses a switch that is not a boolean.
+// refuses a switch that is not a boolean: values.schema.json first
+// (TestSchemaRefuses), and the templates too, without it (helm install
+// --skip-schema-validation), which this checks.
 func TestQuotedFlagsRefused(t *testing.T) {
 	tests := []struct {
 		name, yaml string
@@ -321,7 +325,7 @@ func TestQuotedFlagsRefused(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkRenderError(t, valuesFile(t, tt.yaml), tt.want)
+			checkRenderErrorWithoutSchema(t, valuesFile(t, tt.yaml), tt.want)
 		})
 	}
 }

@@ -98,11 +98,16 @@ func loadChart(t *testing.T) *chart.Chart {
 }
 
 // renderFiles renders the chart with values over its defaults, as
-// `helm template` does.
+// `helm template` does: the values are first validated against the
+// chart's values.schema.json, so every values set a test renders is one
+// the schema accepts.
 func renderFiles(t *testing.T, values map[string]any) (map[string]string, error) {
 	t.Helper()
-	ch := loadChart(t)
-	vals, err := chartutil.ToRenderValues(ch, values, release, common.DefaultCapabilities)
+	return renderChart(loadChart(t), values)
+}
+
+func renderChart(ch *chart.Chart, values map[string]any) (map[string]string, error) {
+	vals, err := chartutil.ToRenderValuesWithSchemaValidation(ch, values, release, common.DefaultCapabilities, false)
 	if err != nil {
 		return nil, fmt.Errorf("values: %w", err)
 	}
@@ -114,6 +119,22 @@ func renderFiles(t *testing.T, values map[string]any) (map[string]string, error)
 func checkRenderError(t *testing.T, values map[string]any, want string) {
 	t.Helper()
 	_, err := renderFiles(t, values)
+	checkError(t, err, want)
+}
+
+// checkRenderErrorWithoutSchema is checkRenderError without the schema,
+// as `helm install --skip-schema-validation` renders: the templates' own
+// checks.
+func checkRenderErrorWithoutSchema(t *testing.T, values map[string]any, want string) {
+	t.Helper()
+	ch := loadChart(t)
+	ch.Schema = nil
+	_, err := renderChart(ch, values)
+	checkError(t, err, want)
+}
+
+func checkError(t *testing.T, err error, want string) {
+	t.Helper()
 	switch {
 	case want == "" && err != nil:
 		t.Errorf("render error %v, want none", err)
