@@ -253,6 +253,28 @@ func TestEnvNumbersAsWritten(t *testing.T) {
 	}
 }
 
+// TestEnvEmptyLeftUnset: a variable written without a value (`KEY:`,
+// YAML's null) in an env map reached the container as the text "<nil>":
+// OTEL_SERVICE_NAME named the service "<nil>", and a duration or a size
+// was refused as "<nil>", which nobody wrote. Left empty, as set to "",
+// it is left unset and the command's default applies.
+func TestEnvEmptyLeftUnset(t *testing.T) {
+	inMaps := valuesFile(t, "env:\n  OTEL_SERVICE_NAME:\ningest:\n  env:\n    RECONCILE_POLL_INTERVAL:\nforwarderDefaults:\n  env:\n    FORWARDER_MAX_DELIVERIES:\n")
+	destinations := withDestinations(map[string]any{"name": "all", "env": map[string]any{"FORWARDER_ACK_WAIT": nil}})
+	destinations["destinations"].([]any)[1].(map[string]any)["env"].(map[string]any)["STOW_MAX_BYTES"] = nil
+	for name, values := range map[string]map[string]any{"env maps": inMaps, "a group's and a destination's env": destinations} {
+		t.Run(name, func(t *testing.T) {
+			for _, d := range of[*appsv1.Deployment](render(t, values)) {
+				for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+					if e.Value == "<nil>" || e.Value == "" {
+						t.Errorf("deployment %s: %s = %q, want it left unset", d.Name, e.Name, e.Value)
+					}
+				}
+			}
+		})
+	}
+}
+
 // TestIngestGraceCoversPreStop: the kubelet counts the preStop sleep in
 // terminationGracePeriodSeconds; a longer sleep (a load balancer's
 // deregistration delay) without a longer grace had the ingest killed in

@@ -293,15 +293,16 @@ left unset). Probes, the ServiceMonitor and NOTES follow it.
 {{- end -}}
 
 {{/*
-A container's env list from a dict, sorted, empty values left out. Helm
-reads an unquoted number as a float, which toString writes 104857600 as
-"1.048576e+08": a whole number is written as it was, and one past 2^53,
-which a float holds only approximately (a long numeric client ID), is
-refused.
+A container's env list from a dict, sorted, empty values left out: "",
+and a variable written without a value (null), which toString would
+write "<nil>". Helm reads an unquoted number as a float, which toString
+writes 104857600 as "1.048576e+08": a whole number is written as it
+was, and one past 2^53, which a float holds only approximately (a long
+numeric client ID), is refused.
 */}}
 {{- define "stowline.envList" -}}
 {{- range $k, $v := . }}
-{{- $s := toString $v }}
+{{- $s := ternary "" (toString $v) (kindIs "invalid" $v) }}
 {{- if and (kindIs "float64" $v) (eq $v (floor $v)) }}
 {{- if or (ge $v 9007199254740992.0) (le $v -9007199254740992.0) }}
 {{- fail (printf "%s: write the value in quotes: Helm read it as a number, %s, too long to keep exactly" $k $s) }}
