@@ -33,6 +33,8 @@ func TestSchemaRefuses(t *testing.T) {
 			"at '/forwarders/0': additional properties 'dicomWebURL' not allowed"},
 		{"forwarderDefaults.keda.maxReplicas", "forwarderDefaults:\n  keda:\n    maxReplicas: 4\n",
 			"at '/forwarderDefaults/keda': additional properties 'maxReplicas' not allowed"},
+		{"a group's KEDA setting in the top-level keda", "keda:\n  enabled: true\n  minReplicaCount: 2\n",
+			"at '/keda': additional properties 'minReplicaCount' not allowed"},
 		{"destinations[].clientSecret.name", "destinations:\n  - name: archive\n    clientSecret: {name: archive-oauth, key: client-secret}\n",
 			"at '/destinations/0/clientSecret': additional properties 'name' not allowed"},
 		{"a NetworkPolicy peer misspelt", "networkPolicy:\n  ingestFrom:\n    - namespaceSelecter: {matchLabels: {kubernetes.io/metadata.name: pacs}}\n",
