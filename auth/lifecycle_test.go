@@ -177,3 +177,46 @@ func TestNewSourceValidates(t *testing.T) {
 		t.Errorf("empty token: %v", err)
 	}
 }
+
+// TestFailedFetchRetriedInBackground: a fetch that leaves no token (the
+// client refused) is tried again in the background with no caller
+// asking, after 30 s, then 60 s, ..., so that the failure shows steadily
+// on a quiet host and a repaired one has a token before the next caller,
+// who then sends no request. It runs on synctest's fake clock.
+func TestFailedFetchRetriedInBackground(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var refuse atomic.Bool
+		refuse.Store(true)
+		ok := issue(3600, 0)
+		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
+			if refuse.Load() {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusUnauthorized)
+				_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
+				return
+			}
+			ok(w, r)
+		})
+		// One request a fetch (auto-detection would try both styles).
+		ts := newSource(t, srv, WithAuthStyle(oauth2.AuthStyleInHeader))
+		if _, err := ts.Token(); !errors.Is(err, ErrToken) {
+			t.Fatalf("refused: err = %v, want ErrToken", err)
+		}
+		requestsAfter := func(d time.Duration, want int) {
+			t.Helper()
+			time.Sleep(d)
+			synctest.Wait()
+			if got := srv.Requests(); got != want {
+				t.Fatalf("%d token requests, want %d", got, want)
+			}
+		}
+		requestsAfter(0, 1) // a refusal is not retried at once
+		requestsAfter(31*time.Second, 2)
+		requestsAfter(60*time.Second, 3)
+		refuse.Store(false)
+		requestsAfter(120*time.Second, 4)
+		mustToken(t, ts)
+		// The token is cached; its refresh is due about 55 minutes on.
+		requestsAfter(30*time.Minute, 4)
+	})
+}

@@ -36,7 +36,17 @@ type TokenSource struct {
 	// token gets waitErr, that refusal, instead of a new request.
 	notBefore time.Time
 	waitErr   error
+	// failed counts the fetches failed in a row with no token to fall
+	// back on, for the background retry's backoff.
+	failed int
 }
+
+const (
+	// failedRetryBase and failedRetryMax bound the wait before a fetch
+	// that left no token is tried again in the background.
+	failedRetryBase = 30 * time.Second
+	failedRetryMax  = 5 * time.Minute
+)
 
 // maxTokenRetryAfter bounds the wait a token endpoint's Retry-After can
 // impose: a proxy's mistaken value must not stop forwarding for hours.
@@ -287,6 +297,7 @@ func (ts *TokenSource) run(f *fetch) {
 	}
 	switch {
 	case err == nil:
+		ts.failed = 0
 		ts.tok = tok
 		expiry := tok.Expiry
 		if !expiry.IsZero() && !expiry.After(now) {
@@ -311,6 +322,18 @@ func (ts *TokenSource) run(f *fetch) {
 			ts.refreshAt = ts.notBefore
 		}
 		ts.armLocked(ts.refreshAt, now)
+	default:
+		// No token to fall back on: try again in the background, so that
+		// refused credentials or an endpoint down show steadily (the token
+		// metrics and their alert, readiness, the status page) even on a
+		// quiet host where no study asks for a token, and once repaired
+		// (a rotated secret file) a token is at hand before the next study.
+		ts.failed++
+		at := now.Add(min(failedRetryBase<<min(ts.failed-1, 4), failedRetryMax))
+		if at.Before(ts.notBefore) {
+			at = ts.notBefore
+		}
+		ts.armLocked(at, now)
 	}
 	ts.inflight = nil
 	f.tok, f.err = tok, err
