@@ -335,3 +335,17 @@ func TestWrongSecret(t *testing.T) {
 		t.Error("the secret is in the dead letter or the log")
 	}
 }
+
+// TestWrongSecretSaidAtStart: refused credentials are logged when the
+// forwarder starts, before any study needs a token, without the secret.
+func TestWrongSecretSaidAtStart(t *testing.T) {
+	t.Parallel()
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret))
+	r := newRig(t)
+	const wrong = "not-the-secret-9876543210"
+	logs := r.startLoggedForwarder(t, authEnv(idp, r.proxy.URL+"/dicom-web", wrong, nil))
+	waitLogLine(t, logs, `"msg":"no OAuth2 token for the destination at start`, 30*time.Second)
+	if !strings.Contains(logs.String(), "invalid_client") || strings.Contains(logs.String(), wrong) {
+		t.Errorf("the start's warning should name invalid_client and not hold the secret:\n%s", logs.String())
+	}
+}

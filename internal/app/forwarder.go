@@ -216,6 +216,15 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 			}
 			return nil
 		}
+		// Refused credentials are said at start, not at the first study,
+		// which on a quiet host may come hours later; the token source
+		// then keeps trying in the background.
+		go func() {
+			if _, err := client.Tokens.TokenContext(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("no OAuth2 token for the destination at start: its studies fail until one comes; tried again in the background",
+					"destination", d.Name, "err", err)
+			}
+		}()
 	}
 	if client.Bandwidth.Limited() {
 		if r.limiters == nil {
