@@ -303,9 +303,14 @@ func (rw *rewrite) readMeta() error {
 		rw.dec.pos = 132
 		return rw.readFileMeta()
 	}
+	// File meta without the preamble: DCMTK reads such files, and
+	// Orthanc stores them as they came.
+	if len(head) >= 8 && binary.LittleEndian.Uint16(head) == 0x0002 {
+		return rw.readFileMeta()
+	}
 	// A bare data set: Orthanc stores such files as they came.
 	if len(head) < 8 || binary.LittleEndian.Uint16(head) != 0x0008 {
-		return fmt.Errorf("%w: no DICM prefix at byte 128 and no data set starting in group 0008", ErrNotDICOM)
+		return fmt.Errorf("%w: no DICM prefix at byte 128, and neither file meta nor a data set in group 0008 at byte 0", ErrNotDICOM)
 	}
 	rw.explicit = knownVR(string(head[4:6]))
 	rw.syntax = syntaxImplicitLE

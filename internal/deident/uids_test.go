@@ -5,8 +5,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 // baseElements is a minimal CT instance.
@@ -149,4 +154,43 @@ func TestKeptPrivateAttributeKeepsItsCreator(t *testing.T) {
 		}
 	}
 	dcmdump(t, out.Bytes())
+}
+
+// TestFileMetaWithoutPreamble: Orthanc accepts a file whose file meta
+// starts at byte 0 (no 128-byte preamble, no "DICM") and serves it back
+// as it came; its copy is the copy of the same file with a preamble,
+// not a refusal as "not a DICOM file".
+func TestFileMetaWithoutPreamble(t *testing.T) {
+	full, err := os.ReadFile(filepath.Join(testharness.SamplesDir(t), "ct-explicit-le.dcm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "no-preamble"})
+	path := filepath.Join(t.TempDir(), "no-preamble.dcm")
+	if err := os.WriteFile(path, full[132:], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, path); len(res.Failed) > 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	var ids []string
+	o.GetJSON(t, "/instances", &ids)
+	if len(ids) != 1 {
+		t.Fatalf("Orthanc holds %d instances, want 1", len(ids))
+	}
+	stored, err := o.Bytes(t.Context(), http.MethodGet, "/instances/"+ids[0]+"/file", nil)
+	if err != nil || !bytes.Equal(stored, full[132:]) {
+		t.Fatalf("Orthanc serves %d bytes (%v), want the file as uploaded", len(stored), err)
+	}
+	d := newTestDeidentifier(t, Options{})
+	var want, got bytes.Buffer
+	if _, err := d.Rewrite(&want, bytes.NewReader(full)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Rewrite(&got, bytes.NewReader(stored)); err != nil {
+		t.Fatalf("Rewrite of the file without preamble: %v", err)
+	}
+	if !bytes.Equal(got.Bytes(), want.Bytes()) {
+		t.Error("the copy of the file without preamble differs from the copy of the file with one")
+	}
 }
