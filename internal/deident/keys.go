@@ -70,9 +70,11 @@ func (k *Keyer) mac(purpose, value string) []byte {
 
 // UID maps a UID to "2.25." followed by the decimal of the first 128
 // bits of its HMAC (PS3.5 B.2: a UUID-derived UID, at most 44 characters).
-// Trailing padding (NUL or space) is not part of the UID.
+// Padding (NUL or space) is not part of the UID, nor is a leading
+// space: Orthanc drops it, and the forwarder maps the UIDs Orthanc
+// reports, so the copy must carry the same pseudonym.
 func (k *Keyer) UID(uid string) string {
-	uid = strings.TrimRight(uid, "\x00 ")
+	uid = strings.Trim(uid, "\x00 ")
 	if uid == "" {
 		return ""
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stowline/stowline/internal/testharness"
@@ -192,5 +193,62 @@ func TestFileMetaWithoutPreamble(t *testing.T) {
 	}
 	if !bytes.Equal(got.Bytes(), want.Bytes()) {
 		t.Error("the copy of the file without preamble differs from the copy of the file with one")
+	}
+}
+
+// TestUIDLeadingSpace: Orthanc drops a UID's leading space, and the
+// forwarder maps the UIDs Orthanc reports (the parts it sends, the
+// answer mapped back, the ledger's and QIDO's study pseudonym): the
+// copy must carry the pseudonyms of those, not of the UID with its
+// space, or the stored instance is never recognised as sent.
+func TestUIDLeadingSpace(t *testing.T) {
+	els := baseElements()
+	for i, el := range els {
+		switch el.tag {
+		case tagSOPInstanceUID, tagStudyInstanceUID, tagSeriesInstanceUID:
+			els[i] = str(el.tag, "UI", " "+trimValue(el.value))
+		}
+	}
+	in := testFile(t, syntaxExplicitLE, true, true, true, els)
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "uid-space"})
+	path := filepath.Join(t.TempDir(), "uid-space.dcm")
+	if err := os.WriteFile(path, in, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, path); len(res.Failed) > 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	var instances []struct{ ID string }
+	o.GetJSON(t, "/instances?expand", &instances)
+	if len(instances) != 1 {
+		t.Fatalf("Orthanc holds %d instances, want 1", len(instances))
+	}
+	var tags map[string]string
+	o.GetJSON(t, "/instances/"+instances[0].ID+"/simplified-tags", &tags)
+	stored, err := o.Bytes(t.Context(), http.MethodGet, "/instances/"+instances[0].ID+"/file", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newTestDeidentifier(t, Options{})
+	var out bytes.Buffer
+	inst, err := d.Rewrite(&out, bytes.NewReader(stored))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied := parseFile(t, out.Bytes())
+	for _, c := range []struct {
+		tag  Tag
+		name string
+	}{{tagSOPInstanceUID, "SOPInstanceUID"}, {tagStudyInstanceUID, "StudyInstanceUID"}, {tagSeriesInstanceUID, "SeriesInstanceUID"}} {
+		reported := tags[c.name]
+		if reported == "" || strings.HasPrefix(reported, " ") {
+			t.Fatalf("Orthanc reports %s %q, want the UID without its space", c.name, reported)
+		}
+		if got, want := trimValue(find(copied.elements, c.tag).value), d.Keyer().UID(reported); got != want {
+			t.Errorf("%s: the copy holds %s, want %s, the pseudonym of %q as Orthanc reports it", c.name, got, want, reported)
+		}
+	}
+	if want := d.Keyer().UID(tags["SOPInstanceUID"]); inst.NewSOPInstanceUID != want {
+		t.Errorf("NewSOPInstanceUID %s, want %s", inst.NewSOPInstanceUID, want)
 	}
 }
