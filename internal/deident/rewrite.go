@@ -364,9 +364,11 @@ func (rw *rewrite) start(pending []*element) error {
 		case tagPatientID:
 			rw.patientID = trimValue(el.value)
 		case tagSOPClassUID:
-			rw.inst.SOPClassUID = trimValue(el.value)
+			// A leading space too is no part of a UID (Orthanc drops it):
+			// " 1.2.840.10008.5.1.4.1.1.7" is Secondary Capture.
+			rw.inst.SOPClassUID = strings.TrimSpace(trimValue(el.value))
 		case tagSOPInstanceUID:
-			rw.inst.SOPInstanceUID = trimValue(el.value)
+			rw.inst.SOPInstanceUID = strings.TrimSpace(trimValue(el.value))
 			rw.inst.NewSOPInstanceUID = rw.d.k.UID(rw.inst.SOPInstanceUID)
 		}
 	}
@@ -379,7 +381,7 @@ func (rw *rewrite) start(pending []*element) error {
 		// meta's, so that one is checked.
 		for _, m := range rw.meta {
 			if m.tag == 0x00020002 {
-				rw.sopClass = trimValue(m.value)
+				rw.sopClass = strings.TrimSpace(trimValue(m.value))
 			}
 		}
 	}

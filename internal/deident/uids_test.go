@@ -119,6 +119,28 @@ func TestBurnedInWithLeadingSpace(t *testing.T) {
 	}
 }
 
+// A SOP Class UID " 1.2.840.10008.5.1.4.1.1.7" (Orthanc drops the
+// space) is Secondary Capture: refused like one, in the data set or,
+// without one there, in the file meta.
+func TestBurnedInClassWithLeadingSpace(t *testing.T) {
+	d := newTestDeidentifier(t, Options{})
+	els := baseElements()
+	els[1] = str(tagSOPClassUID, "UI", " 1.2.840.10008.5.1.4.1.1.7")
+	in := testFile(t, syntaxExplicitLE, true, false, true, els)
+	if _, err := d.Rewrite(io.Discard, bytes.NewReader(in)); !errors.Is(err, ErrBurnedIn) {
+		t.Errorf("data set's class: Rewrite = %v, want ErrBurnedIn", err)
+	}
+	in = testFile(t, syntaxExplicitLE, true, false, true, slices.Delete(baseElements(), 1, 2))
+	ct, sc := []byte("1.2.840.10008.5.1.4.1.1.2\x00"), []byte(" 1.2.840.10008.5.1.4.1.1.7")
+	if !bytes.Contains(in, ct) {
+		t.Fatal("testFile's meta class not found")
+	}
+	in = bytes.Replace(in, ct, sc, 1)
+	if _, err := d.Rewrite(io.Discard, bytes.NewReader(in)); !errors.Is(err, ErrBurnedIn) {
+		t.Errorf("file meta's class: Rewrite = %v, want ErrBurnedIn", err)
+	}
+}
+
 // A private attribute a destination keeps (STOW_DEIDENTIFY_KEEP) keeps
 // its Private Creator: without it the attribute names nothing (PS3.5
 // 7.8.1), and the destination cannot tell whose it is. Other blocks of
