@@ -18,16 +18,31 @@ const (
 )
 
 // deidentReadable are the syntaxes sent as they are to a de-identifying
-// destination without a transfer syntax list; Explicit VR Little Endian
-// first, the target of conversions.
+// destination without a transfer syntax list: every standard syntax
+// whose data set is Little Endian and not deflated, which the rewrite
+// reads (JPIP, whose pixel data is a link, left out); Explicit VR
+// Little Endian first, the target of conversions. An instance in a
+// syntax missing here is not sent: a lossy one is refused at once (with
+// advice to list the syntax, which the operator never set), a lossless
+// one goes to an Orthanc conversion that fails for what it cannot
+// decode (JPEG XL).
 var deidentReadable = []string{
-	"1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
+	"1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.98",
 	"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
 	"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
 	"1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-	"1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5",
+	"1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1",
+	"1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112",
 	"1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103",
 	"1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.106",
+	"1.2.840.10008.1.2.4.100.1", "1.2.840.10008.1.2.4.101.1", "1.2.840.10008.1.2.4.102.1", "1.2.840.10008.1.2.4.103.1",
+	"1.2.840.10008.1.2.4.104.1", "1.2.840.10008.1.2.4.105.1", "1.2.840.10008.1.2.4.106.1",
+	"1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108",
+	// Retired JPEG processes, still in old archives.
+	"1.2.840.10008.1.2.4.52", "1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.54", "1.2.840.10008.1.2.4.55",
+	"1.2.840.10008.1.2.4.56", "1.2.840.10008.1.2.4.58", "1.2.840.10008.1.2.4.59", "1.2.840.10008.1.2.4.60",
+	"1.2.840.10008.1.2.4.61", "1.2.840.10008.1.2.4.62", "1.2.840.10008.1.2.4.63", "1.2.840.10008.1.2.4.64",
+	"1.2.840.10008.1.2.4.65", "1.2.840.10008.1.2.4.66",
 }
 
 // deidentify wraps the destination of o in the de-identifying rewrite
