@@ -301,6 +301,12 @@ func (rw *rewrite) readMeta() error {
 			return err
 		}
 		rw.dec.pos = 132
+		// The prefix but no file meta: Orthanc stores such files as
+		// they came too.
+		if b, err := rw.dec.r.Peek(8); err == nil && binary.LittleEndian.Uint16(b) == 0x0008 {
+			rw.bareDataSet(b)
+			return nil
+		}
 		return rw.readFileMeta()
 	}
 	// File meta without the preamble: DCMTK reads such files, and
@@ -312,12 +318,19 @@ func (rw *rewrite) readMeta() error {
 	if len(head) < 8 || binary.LittleEndian.Uint16(head) != 0x0008 {
 		return fmt.Errorf("%w: no DICM prefix at byte 128, and neither file meta nor a data set in group 0008 at byte 0", ErrNotDICOM)
 	}
+	rw.bareDataSet(head)
+	return nil
+}
+
+// bareDataSet sets the encoding of a data set without file meta, whose
+// first bytes are head: Little Endian, Explicit VR when a VR follows
+// the first tag.
+func (rw *rewrite) bareDataSet(head []byte) {
 	rw.explicit = knownVR(string(head[4:6]))
 	rw.syntax = syntaxImplicitLE
 	if rw.explicit {
 		rw.syntax = syntaxExplicitLE
 	}
-	return nil
 }
 
 func (rw *rewrite) readFileMeta() error {

@@ -3,6 +3,7 @@ package deident
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net/http"
@@ -188,9 +189,28 @@ func TestFileMetaWithoutPreamble(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "no-preamble"})
-	path := filepath.Join(t.TempDir(), "no-preamble.dcm")
-	if err := os.WriteFile(path, full[132:], 0o600); err != nil {
+	checkCopyAsComplete(t, full, full[132:])
+}
+
+// TestPreambleWithoutFileMeta: likewise for a file with the preamble and
+// "DICM" but no file meta, which was refused as malformed ("the file
+// meta has no Transfer Syntax UID").
+func TestPreambleWithoutFileMeta(t *testing.T) {
+	full, err := os.ReadFile(filepath.Join(testharness.SamplesDir(t), "ct-explicit-le.dcm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metaEnd := 144 + int(binary.LittleEndian.Uint32(full[140:144]))
+	checkCopyAsComplete(t, full, append(slices.Clip(full[:132]), full[metaEnd:]...))
+}
+
+// checkCopyAsComplete stores part, full with a part missing, in a real
+// Orthanc, reads it back as it came, and wants its copy to be full's.
+func checkCopyAsComplete(t *testing.T, full, part []byte) {
+	t.Helper()
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "incomplete"})
+	path := filepath.Join(t.TempDir(), "incomplete.dcm")
+	if err := os.WriteFile(path, part, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if res := o.Upload(t, path); len(res.Failed) > 0 {
@@ -202,7 +222,7 @@ func TestFileMetaWithoutPreamble(t *testing.T) {
 		t.Fatalf("Orthanc holds %d instances, want 1", len(ids))
 	}
 	stored, err := o.Bytes(t.Context(), http.MethodGet, "/instances/"+ids[0]+"/file", nil)
-	if err != nil || !bytes.Equal(stored, full[132:]) {
+	if err != nil || !bytes.Equal(stored, part) {
 		t.Fatalf("Orthanc serves %d bytes (%v), want the file as uploaded", len(stored), err)
 	}
 	d := newTestDeidentifier(t, Options{})
@@ -211,10 +231,10 @@ func TestFileMetaWithoutPreamble(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := d.Rewrite(&got, bytes.NewReader(stored)); err != nil {
-		t.Fatalf("Rewrite of the file without preamble: %v", err)
+		t.Fatalf("Rewrite of the incomplete file: %v", err)
 	}
 	if !bytes.Equal(got.Bytes(), want.Bytes()) {
-		t.Error("the copy of the file without preamble differs from the copy of the file with one")
+		t.Error("the copy of the incomplete file differs from the copy of the complete one")
 	}
 }
 
