@@ -354,6 +354,12 @@ func (rw *rewrite) readFileMeta() error {
 	}
 	switch rw.syntax {
 	case "":
+		// Orthanc accepts such a file, its parser guessing the encoding:
+		// read as a bare data set's, a Little Endian one in group 0008.
+		if b, err := rw.dec.r.Peek(8); err == nil && binary.LittleEndian.Uint16(b) == 0x0008 {
+			rw.bareDataSet(b)
+			return nil
+		}
 		return fmt.Errorf("%w: the file meta has no Transfer Syntax UID", ErrMalformed)
 	case syntaxExplicitBE, syntaxDeflated:
 		return fmt.Errorf("%w: %s (convert it to Explicit VR Little Endian first)", ErrUnsupportedSyntax, rw.syntax)

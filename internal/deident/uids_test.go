@@ -204,6 +204,36 @@ func TestPreambleWithoutFileMeta(t *testing.T) {
 	checkCopyAsComplete(t, full, append(slices.Clip(full[:132]), full[metaEnd:]...))
 }
 
+// TestFileMetaWithoutTransferSyntax: likewise for file meta without a
+// Transfer Syntax UID, Explicit or Implicit VR after it: Orthanc accepts
+// both; they were refused as malformed.
+func TestFileMetaWithoutTransferSyntax(t *testing.T) {
+	for _, explicit := range []bool{true, false} {
+		syntax := syntaxImplicitLE
+		if explicit {
+			syntax = syntaxExplicitLE
+		}
+		full := testFile(t, syntax, explicit, true, true, baseElements())
+		ts := writeTestElement(t, str(tagTransferSyntax, "UI", syntax))
+		i := bytes.Index(full, ts)
+		if i < 0 {
+			t.Fatal("testFile's Transfer Syntax UID not found")
+		}
+		part := slices.Concat(full[:i], full[i+len(ts):])
+		binary.LittleEndian.PutUint32(part[140:], binary.LittleEndian.Uint32(full[140:])-uint32(len(ts)))
+		checkCopyAsComplete(t, full, part)
+	}
+}
+
+func writeTestElement(t *testing.T, el *element) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := writeElement(&b, el, true); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
 // checkCopyAsComplete stores part, full with a part missing, in a real
 // Orthanc, reads it back as it came, and wants its copy to be full's.
 func checkCopyAsComplete(t *testing.T, full, part []byte) {
