@@ -112,11 +112,17 @@ func (d *decoder) header(explicit bool) (tag Tag, vr string, n uint32, err error
 			return 0, "", 0, err
 		}
 		n = uint32(binary.LittleEndian.Uint16(b[2:])) | uint32(binary.LittleEndian.Uint16(d.buf[4:]))<<16
-	case shortVR[vr]:
+	case shortVR[vr], vr == "  ":
 		if err := d.full(d.buf[:2]); err != nil {
 			return 0, "", 0, err
 		}
 		n = uint32(binary.LittleEndian.Uint16(d.buf[:2]))
+		if vr == "  " {
+			// Two spaces: some writers' VR when they know none. DCMTK,
+			// so Orthanc, reads it with a 2-byte length; held as UN,
+			// whose VR the dictionary gives, and written back as UN.
+			vr = "UN"
+		}
 	default:
 		return 0, "", 0, fmt.Errorf("%w: element %s at byte %d has no valid VR (%q)", ErrMalformed, tag, start, vr)
 	}

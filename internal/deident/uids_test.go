@@ -234,6 +234,42 @@ func writeTestElement(t *testing.T, el *element) []byte {
 	return b.Bytes()
 }
 
+// TestBlankVR: an element whose VR is two spaces (some writers' VR when
+// they know none) is read by Orthanc with a 2-byte length; the rewrite
+// refused the whole instance as malformed. It now reads it as UN (its VR
+// from the dictionary): a private one is removed, a kept text scrubbed,
+// and the copy parses.
+func TestBlankVR(t *testing.T) {
+	els := sortedElements(append(baseElements(),
+		str(0x00080070, "  ", "Roe Medical"), // Manufacturer, kept (LO)
+		str(0x00190010, "LO", "ACME"),
+		str(0x00191010, "  ", "Richard Roe"),
+	))
+	in := testFile(t, syntaxExplicitLE, true, true, true, els)
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "blank-vr"})
+	path := filepath.Join(t.TempDir(), "blank-vr.dcm")
+	if err := os.WriteFile(path, in, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, path); len(res.Failed) > 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	var out bytes.Buffer
+	if _, err := newTestDeidentifier(t, Options{}).Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatalf("Rewrite: %v", err)
+	}
+	copied := parseFile(t, out.Bytes())
+	if m := find(copied.elements, 0x00080070); m == nil || strings.TrimSpace(trimValue(m.value)) != "Medical" {
+		t.Errorf("Manufacturer %v, want it kept without the patient's name", m)
+	}
+	walk(copied.elements, 0, func(el *element, _ int) {
+		if el.tag.Private() {
+			t.Errorf("private element %s remains", el.tag)
+		}
+	})
+	dcmdump(t, out.Bytes())
+}
+
 // checkCopyAsComplete stores part, full with a part missing, in a real
 // Orthanc, reads it back as it came, and wants its copy to be full's.
 func checkCopyAsComplete(t *testing.T, full, part []byte) {
