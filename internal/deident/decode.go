@@ -250,8 +250,10 @@ func (d *decoder) items(tag Tag, n uint32, explicit bool, depth int) ([][]*eleme
 			return nil, noEOF(err, tag)
 		}
 		if t == tagSeqDelim {
-			if n != undefinedLength {
-				return nil, fmt.Errorf("%w: sequence %s of defined length holds a sequence delimiter", ErrMalformed, tag)
+			// One that ends a sequence of defined length too, as some
+			// writers add it (DCMTK, so Orthanc, reads such files).
+			if n != undefinedLength && d.pos != end {
+				return nil, fmt.Errorf("%w: sequence %s of defined length holds a sequence delimiter before its end", ErrMalformed, tag)
 			}
 			return items, nil
 		}

@@ -270,6 +270,51 @@ func TestBlankVR(t *testing.T) {
 	dcmdump(t, out.Bytes())
 }
 
+// TestSequenceDelimiterEndsDefinedLength: a sequence of defined length
+// whose last 8 bytes are a sequence delimiter (some writers add one) is
+// read by Orthanc; the rewrite refused the instance as malformed. It now
+// takes the delimiter as the sequence's end, in either VR encoding.
+func TestSequenceDelimiterEndsDefinedLength(t *testing.T) {
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "sequence-delimiter"})
+	d := newTestDeidentifier(t, Options{})
+	const referenced = "1.2.3.4.5.6.9"
+	for _, explicit := range []bool{true, false} {
+		syntax := syntaxImplicitLE
+		if explicit {
+			syntax = syntaxExplicitLE
+		}
+		var item, body, sq bytes.Buffer
+		for _, el := range []*element{str(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2"), str(0x00081155, "UI", referenced)} {
+			if err := writeElement(&item, el, explicit); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = writeHeader(&body, tagItem, "", uint32(item.Len()), false)
+		body.Write(item.Bytes())
+		_ = writeHeader(&body, tagSeqDelim, "", 0, false)
+		_ = writeHeader(&sq, 0x00081140, "SQ", uint32(body.Len()), explicit) // Referenced Image Sequence
+		sq.Write(body.Bytes())
+		els := baseElements() // sorted: the sequence goes after the SOP Instance UID
+		in := slices.Concat(testFile(t, syntax, explicit, true, true, els[:3]), sq.Bytes(), testFile(t, syntax, explicit, true, false, els[3:]))
+		path := filepath.Join(t.TempDir(), "sequence-delimiter.dcm")
+		if err := os.WriteFile(path, in, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if res := o.Upload(t, path); len(res.Failed) > 0 {
+			t.Fatalf("upload: %v", res.Failed)
+		}
+		o.DeleteAll(t)
+		var out bytes.Buffer
+		if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+			t.Fatalf("explicit %v: Rewrite: %v", explicit, err)
+		}
+		seq := find(parseFile(t, out.Bytes()).elements, 0x00081140)
+		if seq == nil || len(seq.items) != 1 || trimValue(find(seq.items[0], 0x00081155).value) != d.Keyer().UID(referenced) {
+			t.Errorf("explicit %v: Referenced Image Sequence %v, want its one item with the keyed UID", explicit, seq)
+		}
+	}
+}
+
 // checkCopyAsComplete stores part, full with a part missing, in a real
 // Orthanc, reads it back as it came, and wants its copy to be full's.
 func checkCopyAsComplete(t *testing.T, full, part []byte) {
