@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -81,6 +82,9 @@ func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.
 		if err := checkOTLPHeaders(name, os.Getenv(name)); err != nil {
 			return nil, nil, &usageError{err}
 		}
+	}
+	if err := checkSampler(os.Getenv("OTEL_TRACES_SAMPLER"), os.Getenv("OTEL_TRACES_SAMPLER_ARG")); err != nil {
+		return nil, nil, &usageError{err}
 	}
 	exp, err := otlptracehttp.New(ctx)
 	if err != nil {
@@ -174,6 +178,25 @@ func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, d
 	}
 	span.SetAttributes(tracing.StreamSeq.Int64(int64(ack.Sequence)), tracing.Duplicate.Bool(ack.Duplicate))
 	return ack, nil
+}
+
+// checkSampler refuses a sampler the SDK does not know, or a ratio it
+// cannot use: it would print a line outside the log and fall back to
+// tracing every study, while the start's log named the sampler asked for.
+func checkSampler(sampler, arg string) error {
+	switch sampler {
+	case "", "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
+		return nil
+	case "traceidratio", "parentbased_traceidratio":
+		if arg == "" {
+			return nil // the SDK's default ratio, 1
+		}
+		if r, err := strconv.ParseFloat(arg, 64); err != nil || r < 0 || r > 1 {
+			return fmt.Errorf("OTEL_TRACES_SAMPLER_ARG=%q: want a ratio from 0 to 1 (0.1: one study in ten)", arg)
+		}
+		return nil
+	}
+	return fmt.Errorf("OTEL_TRACES_SAMPLER=%q: want always_on, always_off, traceidratio, parentbased_always_on (the default), parentbased_always_off or parentbased_traceidratio", sampler)
 }
 
 // checkOTLPHeaders checks an OTLP headers variable (key=value pairs,

@@ -77,6 +77,22 @@ func TestStartTracing(t *testing.T) {
 			}
 		})
 	}
+	// A sampler the SDK does not know, or a ratio it cannot use: it would
+	// trace every study while the log names the sampler asked for.
+	for _, tc := range []struct{ sampler, arg, name string }{
+		{"parentbased_traceidration", "", "OTEL_TRACES_SAMPLER"},
+		{"xray", "", "OTEL_TRACES_SAMPLER"},
+		{"traceidratio", "10%", "OTEL_TRACES_SAMPLER_ARG"},
+		{"parentbased_traceidratio", "1.5", "OTEL_TRACES_SAMPLER_ARG"},
+	} {
+		t.Setenv("OTEL_TRACES_SAMPLER", tc.sampler)
+		t.Setenv("OTEL_TRACES_SAMPLER_ARG", tc.arg)
+		if _, _, err := startTracing(context.Background(), "stowline-test", log); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tc.name) {
+			t.Errorf("sampler %q, arg %q: err %v, want a usage error naming %s", tc.sampler, tc.arg, err, tc.name)
+		}
+	}
+	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "1")
 	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20token,x-tenant=a")
 	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
 	tp, stop, err = startTracing(context.Background(), "stowline-test", log)
