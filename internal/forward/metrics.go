@@ -58,7 +58,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	m := &metrics{
 		studies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "stowline_forwarder_studies_total",
-			Help:        "Studies handled, by result (forwarded, not_selected, retry, dead_lettered, interrupted, undecodable, ack_failed).",
+			Help:        "Studies handled, by result (forwarded, not_selected, retry, dead_lettered, interrupted, undecodable, ack_failed, newer_version).",
 			ConstLabels: labels,
 		}, []string{"result"}),
 		instances: prometheus.NewCounter(prometheus.CounterOpts{
