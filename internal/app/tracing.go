@@ -184,6 +184,8 @@ func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, d
 // cannot use: it would print a line outside the log and fall back to
 // tracing every study, while the start's log named the sampler asked for.
 func checkSampler(sampler, arg string) error {
+	// As the SDK reads them (sdk/trace/sampler_env.go).
+	sampler, arg = strings.ToLower(strings.TrimSpace(sampler)), strings.TrimSpace(arg)
 	switch sampler {
 	case "", "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
 		return nil

@@ -91,8 +91,9 @@ func TestStartTracing(t *testing.T) {
 			t.Errorf("sampler %q, arg %q: err %v, want a usage error naming %s", tc.sampler, tc.arg, err, tc.name)
 		}
 	}
-	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "1")
+	// The SDK takes either case and spaces around the values.
+	t.Setenv("OTEL_TRACES_SAMPLER", " ParentBased_TraceIdRatio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "1 ")
 	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20token,x-tenant=a")
 	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
 	tp, stop, err = startTracing(context.Background(), "stowline-test", log)
