@@ -159,16 +159,17 @@ func (g *clientCredentials) keepSecret(secret string) {
 }
 
 // clientSecret is the secret to send: ClientSecretFile's content when the
-// file reads, else the secret read last.
-func (g *clientCredentials) clientSecret() string {
+// file reads, else the secret read last, with fileErr saying why the file
+// did not read.
+func (g *clientCredentials) clientSecret() (secret string, fileErr error) {
 	if g.cfg.ClientSecretFile != "" {
-		if secret, err := readClientSecret(g.cfg.ClientSecretFile); err == nil {
+		if secret, fileErr = readClientSecret(g.cfg.ClientSecretFile); fileErr == nil {
 			g.keepSecret(secret)
 		}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.secret
+	return g.secret, fileErr
 }
 
 // readClientSecret reads a client secret file.
@@ -206,16 +207,23 @@ func (g *clientCredentials) fetch(ctx context.Context) (*oauth2.Token, error) {
 	if params == nil {
 		params = url.Values{}
 	}
+	secret, fileErr := g.clientSecret()
 	cc := clientcredentials.Config{
 		ClientID:     g.cfg.ClientID,
-		ClientSecret: g.clientSecret(),
+		ClientSecret: secret,
 		TokenURL:     tokenURL,
 		Scopes:       g.cfg.Scopes,
 		AuthStyle:    g.cfg.AuthStyle,
 	}
 	if g.cfg.Assertion == nil {
 		cc.EndpointParams = params
-		return cc.Token(ctx)
+		tok, err := cc.Token(ctx)
+		if err != nil && fileErr != nil {
+			// A refusal would otherwise blame a secret the file may hold
+			// right, when the file was not read.
+			err = fmt.Errorf("%v; the secret read before was sent: %w", fileErr, err)
+		}
+		return tok, err
 	}
 	params.Set("client_assertion_type", clientAssertionType)
 	cc.AuthStyle = oauth2.AuthStyleInParams // client_id in the form, no secret

@@ -180,7 +180,7 @@ func TestNewSourceValidates(t *testing.T) {
 
 // TestFailedFetchRetriedInBackground: a fetch that leaves no token (the
 // client refused) is tried again in the background with no caller
-// asking, after 30 s, then 60 s, ..., so that the failure shows steadily
+// asking, after 30 s, then 60 s, ..., at most 5 minutes apart, so that the failure shows steadily
 // on a quiet host and a repaired one has a token before the next caller,
 // who then sends no request. It runs on synctest's fake clock.
 func TestFailedFetchRetriedInBackground(t *testing.T) {
@@ -213,10 +213,13 @@ func TestFailedFetchRetriedInBackground(t *testing.T) {
 		requestsAfter(0, 1) // a refusal is not retried at once
 		requestsAfter(31*time.Second, 2)
 		requestsAfter(60*time.Second, 3)
-		refuse.Store(false)
 		requestsAfter(120*time.Second, 4)
+		requestsAfter(240*time.Second, 5)
+		requestsAfter(298*time.Second, 5) // at most every 5 minutes: the next at 750 s
+		refuse.Store(false)
+		requestsAfter(time.Second, 6)
 		mustToken(t, ts)
 		// The token is cached; its refresh is due about 55 minutes on.
-		requestsAfter(30*time.Minute, 4)
+		requestsAfter(30*time.Minute, 6)
 	})
 }

@@ -2,10 +2,16 @@ package auth
 
 import (
 	"errors"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/oauth2"
 
 	"github.com/stowline/stowline/internal/testidp"
 )
@@ -52,6 +58,18 @@ func TestClientSecretFileIsReadForEveryToken(t *testing.T) {
 	write("")
 	fetch("file emptied: the secret read last")
 
+	// Refused while the file is unreadable: the error says so.
+	if err := idp.SetClientSecrets("site-1", "yet-another-secret-42"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ep.Fetch(t.Context()); err == nil || !strings.Contains(err.Error(), "client secret file") ||
+		!strings.Contains(err.Error(), "the secret read before was sent") {
+		t.Errorf("refused with the file unreadable: err = %v, want it to say the file was not read", err)
+	}
+
 	scrubbed := ep.Secrets()
 	for _, s := range []string{old, rotated} {
 		if !slices.Contains(scrubbed, s) {
@@ -83,5 +101,38 @@ func TestClientSecretFileChecked(t *testing.T) {
 				t.Errorf("err = %v, want ErrInvalidConfig", err)
 			}
 		})
+	}
+}
+
+// TestSecretHoldingAnotherScrubbedWhole: a secret file read half-written
+// ("part") and then whole ("part-and-rest...") leaves both to scrub; the
+// longer is replaced first, so no tail of the real secret stays in an
+// error that echoes the request.
+func TestSecretHoldingAnotherScrubbedWhole(t *testing.T) {
+	const whole = "part-and-rest-0123456789"
+	srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = w.Write([]byte("upstream failed for " + r.PostForm.Encode()))
+	})
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, []byte("part"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// client_secret_post: the secret is in the form the server echoes.
+	ep, err := ClientCredentials(Config{TokenURL: srv.URL, ClientID: "site-1", ClientSecretFile: file, AuthStyle: oauth2.AuthStyleInParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte(whole), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := NewSource(t.Context(), ep, WithRetries(0, time.Millisecond, time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ts.Token()
+	if err == nil || strings.Contains(err.Error(), "rest-0123") || strings.Contains(err.Error(), url.QueryEscape(whole)) {
+		t.Errorf("err = %v: a part of the secret is in it", err)
 	}
 }

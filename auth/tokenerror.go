@@ -175,6 +175,9 @@ func (ts *TokenSource) scrub(s string) string {
 	if ts.ep.Secrets != nil {
 		secrets = ts.ep.Secrets()
 	}
+	// Longest first: a secret that holds another (a half-written file's
+	// part of the real one) is replaced whole, not in pieces.
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
 	for _, secret := range secrets {
 		if secret == "" {
 			continue

@@ -9,6 +9,7 @@
 package orthancapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -173,31 +174,18 @@ func readPasswordFile(path string) (string, error) {
 
 // passwordChanged is called after Orthanc refused the password used: it
 // reads the password file again and reports whether the password to send
-// is now another one.
-func (c *Client) passwordChanged(used *string) bool {
+// is now another one; fileErr says why the file did not read.
+func (c *Client) passwordChanged(used *string) (changed bool, fileErr error) {
 	if c.passwordFile == "" {
-		return false
+		return false, nil
 	}
-	if pw, err := readPasswordFile(c.passwordFile); err == nil {
+	pw, fileErr := readPasswordFile(c.passwordFile)
+	if fileErr == nil {
 		if cur := c.password.Load(); *cur != pw {
 			c.password.CompareAndSwap(cur, &pw)
 		}
 	}
-	return *c.password.Load() != *used
-}
-
-// rewind makes body readable from its start again, for a request sent a
-// second time; false if it cannot be.
-func rewind(body io.Reader) bool {
-	if body == nil {
-		return true
-	}
-	s, ok := body.(io.Seeker)
-	if !ok {
-		return false
-	}
-	_, err := s.Seek(0, io.SeekStart)
-	return err == nil
+	return *c.password.Load() != *used, fileErr
 }
 
 func parseBaseURL(raw string) (*url.URL, error) {
@@ -280,13 +268,25 @@ func (c *Client) do(ctx context.Context, method string, u *url.URL, accept strin
 	return c.doBody(ctx, method, u, accept, header, nil)
 }
 
-// doBody is do with a request body.
-func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body io.Reader) (*http.Response, error) {
+// doBody is do with a request body (nil: none). The body is a byte
+// slice so that a request sent again gets a reader of its own: the
+// transport may still read the first one's after its answer came.
+func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body []byte) (*http.Response, error) {
+	reader := func() io.Reader {
+		if body == nil {
+			return nil
+		}
+		return bytes.NewReader(body)
+	}
 	pw := c.password.Load()
-	resp, err := c.sendAs(ctx, pw, method, u, accept, header, body)
-	if err == nil && resp.StatusCode == http.StatusUnauthorized && c.passwordChanged(pw) && rewind(body) {
-		drainClose(resp.Body)
-		resp, err = c.send(ctx, method, u, accept, header, body)
+	resp, err := c.sendAs(ctx, pw, method, u, accept, header, reader())
+	var fileErr error
+	if err == nil && resp.StatusCode == http.StatusUnauthorized {
+		var changed bool
+		if changed, fileErr = c.passwordChanged(pw); changed {
+			drainClose(resp.Body)
+			resp, err = c.send(ctx, method, u, accept, header, reader())
+		}
 	}
 	if err != nil {
 		return nil, err
@@ -299,6 +299,11 @@ func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept s
 			if err := c.confirmOrthanc(ctx, answered); err != nil {
 				e.NotFromOrthanc = err.Error()
 			}
+		}
+		if fileErr != nil {
+			// Refused while the file was not read: the 401 alone would
+			// blame a password the file may hold right.
+			return nil, fmt.Errorf("%w (%v; the password read before was sent)", e, fileErr)
 		}
 		return nil, e
 	}

@@ -366,6 +366,18 @@ func TestPasswordFileReadAgainWhenRefused(t *testing.T) {
 	if b, err := io.ReadAll(rc); err != nil || len(b) < 132 || string(b[128:132]) != "DICM" {
 		t.Errorf("converted instance: %d bytes, err %v; want a DICOM file", len(b), err)
 	}
+
+	// Refused while the file cannot be read: the error says so, and is
+	// still Orthanc's 401.
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	o.ChangePassword(t, "pw-fourth-cdef")
+	_, err = c.System(ctx)
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusUnauthorized || !strings.Contains(err.Error(), "password file") ||
+		!strings.Contains(err.Error(), "the password read before was sent") {
+		t.Errorf("file unreadable: err = %v, want HTTP 401 saying the file was not read", err)
+	}
 }
 
 func TestPasswordFileChecked(t *testing.T) {

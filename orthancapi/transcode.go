@@ -1,7 +1,6 @@
 package orthancapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -40,7 +39,7 @@ func (c *Client) OpenTranscodedInstance(ctx context.Context, instanceID, transfe
 	}
 	h := idempotent() // Orthanc stores nothing: the POST may be sent again
 	h.Set("Content-Type", "application/json")
-	resp, err := c.doBody(ctx, http.MethodPost, c.endpoint("instances", instanceID, "modify"), "application/dicom", h, bytes.NewReader(body))
+	resp, err := c.doBody(ctx, http.MethodPost, c.endpoint("instances", instanceID, "modify"), "application/dicom", h, body)
 	if err != nil {
 		return nil, err
 	}
