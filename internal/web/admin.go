@@ -148,6 +148,13 @@ func summary(e *deadletter.Entry) letterSummary {
 		Reason: e.Reason, DeadLetteredAt: e.DeadLetteredAt}
 }
 
+// letterAttrs name a dead letter's study in the log lines of a replay or
+// a purge, the same from the admin API and the status page.
+func letterAttrs(e *deadletter.Entry) []any {
+	return []any{"dead_letter_seq", e.Seq, "destination", deadletter.DestinationOf(&e.DeadLetter), "source", e.Event.Source,
+		"orthanc_study_id", e.Event.OrthancStudyID, "study_instance_uid", e.Event.StudyInstanceUID}
+}
+
 func (a *AdminAPI) show(w http.ResponseWriter, r *http.Request) {
 	seq, err := strconv.ParseUint(chi.URLParam(r, "seq"), 10, 64)
 	if err != nil || seq == 0 {
@@ -203,9 +210,8 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			// Each study by name, as the status page's replay: a purge
 			// is for good, and the log is what says which studies it took.
 			if !req.DryRun {
-				a.Log.Info("dead letter "+done+" through the admin API", "dead_letter_seq", s.Seq, "destination", s.Destination,
-					"source", s.Source, "orthanc_study_id", s.OrthancStudyID, "study_instance_uid", s.StudyInstanceUID,
-					"class", s.Class, "remote", r.RemoteAddr, "client", client)
+				a.Log.Info("dead letter "+done+" through the admin API",
+					append(letterAttrs(e), "class", s.Class, "remote", r.RemoteAddr, "client", client)...)
 			}
 		})
 		answer := map[string]any{"dryRun": req.DryRun, "count": n, "entries": entries}

@@ -231,7 +231,7 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 	}
 	// Replay queues the letter for its own destination only.
 	dest := destinationOr(e.Destination)
-	h.log.Info("dead letter replayed from the status page", "dead_letter_seq", seq, "destination", dest, "source", e.Event.Source,
-		"orthanc_study_id", e.Event.OrthancStudyID, "study_instance_uid", e.Event.StudyInstanceUID, "remote", r.RemoteAddr, "client", clientIP(r, h.opts.TrustedProxies))
+	h.log.Info("dead letter replayed from the status page",
+		append(letterAttrs(&e), "remote", r.RemoteAddr, "client", clientIP(r, h.opts.TrustedProxies))...)
 	http.Redirect(w, r, basePath+"/?replayed="+strconv.FormatUint(seq, 10)+"&destination="+url.QueryEscape(dest)+"#deadletters", http.StatusSeeOther)
 }
