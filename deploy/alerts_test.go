@@ -30,26 +30,38 @@ func TestAlertRules(t *testing.T) {
 // alertNames returns the names of deploy/alerts.yml's alerts.
 func alertNames(t *testing.T) []string {
 	t.Helper()
-	var rules struct {
-		Groups []struct {
-			Rules []struct {
-				Alert string `yaml:"alert"`
-			} `yaml:"rules"`
-		} `yaml:"groups"`
-	}
-	if err := yaml.Unmarshal(readFile(t, "deploy/alerts.yml"), &rules); err != nil {
-		t.Fatalf("deploy/alerts.yml: %v", err)
-	}
 	var names []string
-	for _, g := range rules.Groups {
-		for _, r := range g.Rules {
-			names = append(names, r.Alert)
-		}
+	for _, r := range alertRules(t) {
+		names = append(names, r.Alert)
 	}
 	if len(names) == 0 {
 		t.Fatal("deploy/alerts.yml has no alerts")
 	}
 	return names
+}
+
+// alertRule is a rule of deploy/alerts.yml.
+type alertRule struct {
+	Alert string `yaml:"alert"`
+	Expr  string `yaml:"expr"`
+}
+
+// alertRules reads the rules of every group of deploy/alerts.yml.
+func alertRules(t *testing.T) []alertRule {
+	t.Helper()
+	var file struct {
+		Groups []struct {
+			Rules []alertRule `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(readFile(t, "deploy/alerts.yml"), &file); err != nil {
+		t.Fatalf("deploy/alerts.yml: %v", err)
+	}
+	var rules []alertRule
+	for _, g := range file.Groups {
+		rules = append(rules, g.Rules...)
+	}
+	return rules
 }
 
 // TestEveryAlertIsTested: each alert of deploy/alerts.yml has a case in
@@ -107,30 +119,17 @@ func TestEveryAlertHasARunbook(t *testing.T) {
 // a single host are ones StowlineDown watches; under other names (one
 // job "stowline") a stopped stowline raised no alert.
 func TestSingleHostScrapeJobsAlert(t *testing.T) {
-	var rules struct {
-		Groups []struct {
-			Rules []struct {
-				Alert string `yaml:"alert"`
-				Expr  string `yaml:"expr"`
-			} `yaml:"rules"`
-		} `yaml:"groups"`
-	}
-	if err := yaml.Unmarshal(readFile(t, "deploy/alerts.yml"), &rules); err != nil {
-		t.Fatalf("deploy/alerts.yml: %v", err)
-	}
 	var down *regexp.Regexp
-	for _, g := range rules.Groups {
-		for _, r := range g.Rules {
-			if r.Alert != "StowlineDown" {
-				continue
-			}
-			_, re, ok := strings.Cut(r.Expr, `job=~"`)
-			re, _, ok2 := strings.Cut(re, `"`)
-			if !ok || !ok2 {
-				t.Fatalf("StowlineDown selects no job by a regular expression: %s", r.Expr)
-			}
-			down = regexp.MustCompile("^(?:" + re + ")$")
+	for _, r := range alertRules(t) {
+		if r.Alert != "StowlineDown" {
+			continue
 		}
+		_, re, ok := strings.Cut(r.Expr, `job=~"`)
+		re, _, ok2 := strings.Cut(re, `"`)
+		if !ok || !ok2 {
+			t.Fatalf("StowlineDown selects no job by a regular expression: %s", r.Expr)
+		}
+		down = regexp.MustCompile("^(?:" + re + ")$")
 	}
 	if down == nil {
 		t.Fatal("deploy/alerts.yml has no StowlineDown")

@@ -776,28 +776,14 @@ func TestDashboardsAndAlertsUseDocumentedMetrics(t *testing.T) {
 			}
 		}
 	}
-	var rules struct {
-		Groups []struct {
-			Rules []struct {
-				Alert string `yaml:"alert"`
-				Expr  string `yaml:"expr"`
-			} `yaml:"rules"`
-		} `yaml:"groups"`
-	}
-	if err := yaml.Unmarshal(readFile(t, "deploy/alerts.yml"), &rules); err != nil {
-		t.Fatalf("deploy/alerts.yml: %v", err)
-	}
-	n := 0
-	for _, g := range rules.Groups {
-		for _, r := range g.Rules {
-			n++
-			if r.Alert == "" || r.Expr == "" {
-				t.Errorf("alert rule without name or expression: %+v", r)
-			}
-			check("alert "+r.Alert, r.Expr)
+	rules := alertRules(t)
+	for _, r := range rules {
+		if r.Alert == "" || r.Expr == "" {
+			t.Errorf("alert rule without name or expression: %+v", r)
 		}
+		check("alert "+r.Alert, r.Expr)
 	}
-	if n == 0 {
+	if len(rules) == 0 {
 		t.Error("deploy/alerts.yml has no rules")
 	}
 }

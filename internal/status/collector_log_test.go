@@ -1,11 +1,9 @@
 package status_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -32,24 +31,6 @@ func (c *cutJetStream) Stream(ctx context.Context, name string) (jetstream.Strea
 	return c.JetStream.Stream(ctx, name)
 }
 
-// lockedBuffer is a log destination safe for concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Every scrape of every Prometheus reads the queue: while NATS is down,
 // each one failed and each was logged at warn, several lines a minute per
 // process for the whole outage. The first is logged, with the count, and
@@ -59,7 +40,7 @@ func TestQueueCollectorLogsAnOutageOnce(t *testing.T) {
 	gone := testnats.Start(t)
 	gone.NC.Close()
 	js := &cutJetStream{JetStream: ns.JS, closed: gone.JS}
-	var logs lockedBuffer
+	var logs testharness.LogBuffer
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(status.NewQueueCollector(js, time.Second, slog.New(slog.NewJSONHandler(&logs, nil))))
 
