@@ -247,13 +247,7 @@ func TestBlankVR(t *testing.T) {
 	))
 	in := testFile(t, syntaxExplicitLE, true, true, true, els)
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "blank-vr"})
-	path := filepath.Join(t.TempDir(), "blank-vr.dcm")
-	if err := os.WriteFile(path, in, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if res := o.Upload(t, path); len(res.Failed) > 0 {
-		t.Fatalf("upload: %v", res.Failed)
-	}
+	storeInOrthanc(t, o, in)
 	var out bytes.Buffer
 	if _, err := newTestDeidentifier(t, Options{}).Rewrite(&out, bytes.NewReader(in)); err != nil {
 		t.Fatalf("Rewrite: %v", err)
@@ -296,13 +290,7 @@ func TestSequenceDelimiterEndsDefinedLength(t *testing.T) {
 		sq.Write(body.Bytes())
 		els := baseElements() // sorted: the sequence goes after the SOP Instance UID
 		in := slices.Concat(testFile(t, syntax, explicit, true, true, els[:3]), sq.Bytes(), testFile(t, syntax, explicit, true, false, els[3:]))
-		path := filepath.Join(t.TempDir(), "sequence-delimiter.dcm")
-		if err := os.WriteFile(path, in, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if res := o.Upload(t, path); len(res.Failed) > 0 {
-			t.Fatalf("upload: %v", res.Failed)
-		}
+		storeInOrthanc(t, o, in)
 		o.DeleteAll(t)
 		var out bytes.Buffer
 		if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
@@ -315,18 +303,25 @@ func TestSequenceDelimiterEndsDefinedLength(t *testing.T) {
 	}
 }
 
-// checkCopyAsComplete stores part, full with a part missing, in a real
-// Orthanc, reads it back as it came, and wants its copy to be full's.
-func checkCopyAsComplete(t *testing.T, full, part []byte) {
+// storeInOrthanc stores data in o as a DICOM file; the test fails if
+// Orthanc refuses it.
+func storeInOrthanc(t *testing.T, o *testharness.Orthanc, data []byte) {
 	t.Helper()
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "incomplete"})
-	path := filepath.Join(t.TempDir(), "incomplete.dcm")
-	if err := os.WriteFile(path, part, 0o600); err != nil {
+	path := filepath.Join(t.TempDir(), "instance.dcm")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if res := o.Upload(t, path); len(res.Failed) > 0 {
 		t.Fatalf("upload: %v", res.Failed)
 	}
+}
+
+// checkCopyAsComplete stores part, full with a part missing, in a real
+// Orthanc, reads it back as it came, and wants its copy to be full's.
+func checkCopyAsComplete(t *testing.T, full, part []byte) {
+	t.Helper()
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "incomplete"})
+	storeInOrthanc(t, o, part)
 	var ids []string
 	o.GetJSON(t, "/instances", &ids)
 	if len(ids) != 1 {
@@ -364,13 +359,7 @@ func TestUIDLeadingSpace(t *testing.T) {
 	}
 	in := testFile(t, syntaxExplicitLE, true, true, true, els)
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "uid-space"})
-	path := filepath.Join(t.TempDir(), "uid-space.dcm")
-	if err := os.WriteFile(path, in, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if res := o.Upload(t, path); len(res.Failed) > 0 {
-		t.Fatalf("upload: %v", res.Failed)
-	}
+	storeInOrthanc(t, o, in)
 	var instances []struct{ ID string }
 	o.GetJSON(t, "/instances?expand", &instances)
 	if len(instances) != 1 {
