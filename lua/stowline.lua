@@ -76,6 +76,11 @@ local function settings()
   if token == nil or token == '' then
     return nil, '"Stowline.IngestToken" is not set'
   end
+  if string.find(url, '^%a[%w+.-]*://[^/]*@') then
+    -- Orthanc logs the URL of a failed post whole.
+    return nil, '"Stowline.IngestUrl" holds a user or password: remove it (the ingest' ..
+      ' authenticates the script by IngestToken, and Orthanc would log it with any failed post)'
+  end
   return {
     url = url,
     token = token,

@@ -422,6 +422,33 @@ func TestScriptNamesOrthancsProxy(t *testing.T) {
 	})
 }
 
+// A user and password written in IngestUrl are refused: Orthanc logs the
+// URL of a failed post whole, password included.
+func TestIngestURLCredentialsNotLogged(t *testing.T) {
+	t.Parallel()
+	script, err := filepath.Abs("stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const secret = "url-password-0123"
+	addr := testharness.FreeAddr(t) // nothing listens there
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+		Name:       "lua-url-credentials",
+		LuaScripts: []string{script},
+		StableAge:  1,
+		Extra: map[string]any{"Stowline": map[string]any{
+			"IngestUrl":   "http://operator:" + secret + "@" + addr + "/webhooks/orthanc",
+			"IngestToken": "${STOWLINE_TEST_TOKEN}",
+		}},
+		Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+	})
+	id := addStudy(t, o)
+	waitLog(t, o, "stowline: study "+id+" not announced: ", `"Stowline.IngestUrl" holds a user or password`)
+	if strings.Contains(o.LogTail(1000), secret) {
+		t.Errorf("Orthanc's log holds the password of IngestUrl:\n%s", o.LogTail(1000))
+	}
+}
+
 // An https IngestUrl needs Orthanc to trust the ingest's certificate
 // (HttpsCACertificates): when it does not, the warning says so rather
 // than only "cannot reach", and with the CA named the post goes through.
