@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -156,5 +157,38 @@ func storeEnv(t *testing.T, dir, level string) map[string]string {
 		"RECONCILE_ENABLED":   "false",
 		"LOG_LEVEL":           level,
 		"STATUS_PAGE_ENABLED": "false",
+	}
+}
+
+// Without ADMIN_TOKEN (the README's first command sets none) the status
+// page and the admin API are off; asked for, they say so and name the
+// variable that turns them on, not a bare "404 page not found".
+func TestDisabledStatusPageSaysWhy(t *testing.T) {
+	env := storeEnv(t, t.TempDir(), "error")
+	getenv := func(k string) string { return env[k] }
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, getenv, nil, io.Discard, io.Discard) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("stowline: %v", err)
+		}
+	})
+	testharness.WaitHTTP(t, "http://"+env["INGEST_ADDR"]+"/healthz", 20*time.Second)
+	for _, u := range []string{
+		"http://" + env["INGEST_ADDR"] + "/ui",
+		"http://" + env["INGEST_ADDR"] + "/ui/style.css",
+		"http://" + env["FORWARDER_ADDR"] + "/admin/deadletters",
+	} {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "ADMIN_TOKEN") || !strings.Contains(string(body), "disabled") {
+			t.Errorf("GET %s = %d %q; want 404 saying it is disabled until ADMIN_TOKEN is set", u, resp.StatusCode, body)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,7 @@ func (s *statusWiring) registerQueue(reg prometheus.Registerer) error {
 func (s *statusWiring) mountUI(r chi.Router, trusted []netip.Prefix) error {
 	if s.adminToken == "" {
 		s.log.Info("ADMIN_TOKEN is empty: the status page (/ui) is disabled")
+		mountDisabled(r, "/ui", "the status page is disabled: ADMIN_TOKEN is not set on this ingest; set ADMIN_TOKEN (or ADMIN_TOKEN_FILE), its password, and restart")
 		return nil
 	}
 	h, err := web.NewStatusPage(web.StatusPageOptions{
@@ -62,6 +64,16 @@ func (s *statusWiring) mountUI(r chi.Router, trusted []netip.Prefix) error {
 	}
 	h.Mount(r)
 	return nil
+}
+
+// mountDisabled answers every request under path with 404 and msg, so a
+// page turned off says why and how to turn it on: a newcomer who opens
+// it otherwise gets a bare "404 page not found" and a wrong address is
+// the first thing suspected.
+func mountDisabled(r chi.Router, path, msg string) {
+	h := func(w http.ResponseWriter, _ *http.Request) { web.WriteError(w, http.StatusNotFound, msg) }
+	r.HandleFunc(path, h)
+	r.HandleFunc(path+"/*", h)
 }
 
 // forwarders returns this process's forwarder (exact and current) and the
