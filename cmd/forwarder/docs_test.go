@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/stowline/stowline/internal/app"
 )
 
 // documentedCommand finds `forwarder SUBCOMMAND ...` in the operators'
@@ -82,5 +85,25 @@ func TestDocumentedCommandsExist(t *testing.T) {
 	}
 	if found < 20 {
 		t.Fatalf("found %d documented commands, want the docs' many", found)
+	}
+}
+
+// TestHelpListsCommands: `forwarder -h`, where a newcomer looks first,
+// names every subcommand the documents send operators to, and a
+// misspelt one is told the commands there are, not that all
+// configuration comes from the environment.
+func TestHelpListsCommands(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(t.Context(), []string{"-h"}, func(string) string { return "" }, nil, &out, &errOut); err != nil {
+		t.Fatalf("forwarder -h: %v", err)
+	}
+	for _, c := range []string{"replay", "audit", "check", "backfill", "destinations", "pseudonym"} {
+		if !regexp.MustCompile(`(?m)^\s+` + c + `\s`).MatchString(errOut.String()) {
+			t.Errorf("forwarder -h does not list the command %s:\n%s", c, errOut.String())
+		}
+	}
+	err := run(t.Context(), []string{"chek"}, func(string) string { return "" }, nil, &out, &errOut)
+	if !errors.Is(err, app.ErrUsage) || !strings.Contains(err.Error(), `"chek"`) || !strings.Contains(err.Error(), "check") {
+		t.Errorf("forwarder chek = %v; want a usage error naming it and the commands", err)
 	}
 }

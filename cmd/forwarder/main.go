@@ -18,9 +18,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/stowline/stowline/internal/app"
@@ -53,5 +56,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, environ
 	if len(args) > 0 && args[0] == "destinations" {
 		return app.RunDestinations(ctx, args[1:], getenv, stdout, stderr)
 	}
-	return app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, environ, stdout, stderr, app.RunForwarder)
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return fmt.Errorf("forwarder: unknown command %q (%w): the commands are check, audit, backfill, destinations, replay and pseudonym, and without one it runs the workers; forwarder -h lists them", args[0], app.ErrUsage)
+	}
+	err := app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, environ, stdout, stderr, app.RunForwarder)
+	if err == nil && len(args) > 0 && slices.Contains([]string{"-h", "-help", "--help", "--h"}, args[0]) {
+		fmt.Fprint(stderr, commandsUsage)
+	}
+	return err
 }
+
+// commandsUsage ends `forwarder -h`: the variables' table alone named
+// none of the commands the README and the docs send operators to.
+const commandsUsage = `
+Commands (forwarder COMMAND -h for each); without one, forwarder runs the workers:
+  check          verify each destination's credential and reachability with this configuration
+  audit          list the stable studies in Orthanc a destination lacks (--enqueue queues them)
+  backfill       queue older studies for one destination
+  destinations   list the destinations' consumers, or remove one no longer served
+  replay         list, show, replay or purge dead letters; re-forward studies
+  pseudonym      the pseudonym a de-identified destination received for a value
+`

@@ -157,7 +157,7 @@ func readCommandVars(dir string) (map[string]commandVarSet, error) {
 var fileVariant = regexp.MustCompile(`\(or ([A-Z0-9_<>]+_FILE): a file holding it\)`)
 
 // parseUsage reads config.Usage's table: a header line starting with
-// VARIABLE, then one variable a line.
+// VARIABLE, then one variable a line, up to a blank line.
 func parseUsage(s string) (commandVarSet, error) {
 	set := commandVarSet{names: map[string]bool{}}
 	add := func(name string) {
@@ -175,7 +175,11 @@ func parseUsage(s string) (commandVarSet, error) {
 		switch {
 		case len(f) > 0 && f[0] == "VARIABLE":
 			inTable = true
-		case inTable && len(f) > 0:
+		case inTable && len(f) == 0:
+			// The table ends at a blank line (forwarder -h lists its
+			// commands after it).
+			inTable = false
+		case inTable:
 			add(f[0])
 			for _, m := range fileVariant.FindAllStringSubmatch(line, -1) {
 				add(m[1])
