@@ -295,6 +295,12 @@ func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept s
 		answered := time.Now()
 		e := newError(method, u.EscapedPath(), resp)
 		drainClose(resp.Body)
+		if e.StatusCode == http.StatusUnauthorized {
+			e.refused = "Orthanc refused the user name and password sent"
+			if !c.basicAuth {
+				e.refused = "Orthanc wants a user name and password, and none is set"
+			}
+		}
 		if e.StatusCode == http.StatusNotFound && e.NotFromOrthanc == "" {
 			if err := c.confirmOrthanc(ctx, answered); err != nil {
 				e.NotFromOrthanc = err.Error()

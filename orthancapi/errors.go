@@ -35,6 +35,8 @@ type Error struct {
 	// routed), and reading that as "deleted" would skip a study for good.
 	// Empty when Orthanc's answer is confirmed.
 	NotFromOrthanc string
+	// refused, for a 401, says what it means: Orthanc's own has no body.
+	refused string
 }
 
 // Error returns a one-line description.
@@ -52,6 +54,9 @@ func (e *Error) Error() string {
 	}
 	if e.NotFromOrthanc != "" {
 		b.WriteString(", not taken for Orthanc's answer: " + e.NotFromOrthanc)
+	}
+	if e.refused != "" {
+		b.WriteString(" (" + e.refused + ")")
 	}
 	return b.String()
 }

@@ -391,3 +391,30 @@ func TestPasswordFileChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedCredentialsSaySo: Orthanc's 401 has no body, so the error
+// says what it means: the user name and password sent were refused, or
+// Orthanc wants some and none were set (a newcomer's first two
+// mistakes), rather than a bare "HTTP 401 Unauthorized".
+func TestRefusedCredentialsSaySo(t *testing.T) {
+	t.Parallel()
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "orthancapi-401", Username: "forwarder", Password: "pw-right-0123"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for name, tt := range map[string]struct {
+		opts []orthancapi.Option
+		want string
+	}{
+		"wrong password": {[]orthancapi.Option{orthancapi.WithBasicAuth("forwarder", "pw-wrong-4567")}, "Orthanc refused the user name and password sent"},
+		"no credentials": {nil, "Orthanc wants a user name and password, and none is set"},
+	} {
+		_, err := newClient(t, o.URL, tt.opts...).System(ctx)
+		var oe *orthancapi.Error
+		if !errors.As(err, &oe) || oe.StatusCode != http.StatusUnauthorized || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err = %v; want HTTP 401 saying %q", name, err, tt.want)
+		}
+		if strings.Contains(err.Error(), "pw-") {
+			t.Errorf("%s: the error quotes a password: %v", name, err)
+		}
+	}
+}

@@ -109,7 +109,7 @@ func (s *sourceRunner) resolveName(ctx context.Context) bool {
 			return false
 		}
 		s.setStatus(fmt.Errorf("orthanc: %w", err))
-		s.r.log.Warn("reconciler cannot reach Orthanc to learn the source name; retrying", "err", err, "retry_in", delay.String())
+		s.r.log.Warn("reconciler cannot read Orthanc's /system to learn the source name; retrying", "err", err, "retry_in", delay.String())
 		sleep(ctx, delay)
 		delay = min(2*delay, s.r.opts.MaxBackoff)
 	}
