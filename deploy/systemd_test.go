@@ -161,6 +161,15 @@ func TestSystemdUnit(t *testing.T) {
 		}
 		env[k] = path
 	}
+	// Left as they are, the example's Entra IDs are refused at start
+	// (not every study dead-lettered by a token endpoint refusing them);
+	// set, as the reader's `editor stowline.env` does, the file loads.
+	if err := config.Load(func(k string) string { return env[k] }, &config.SingleHost{}); err == nil ||
+		!strings.Contains(err.Error(), "AZURE_TENANT_ID") || !strings.Contains(err.Error(), "placeholder") {
+		t.Errorf("the unit's configuration with the example's Entra IDs: %v; want them refused as placeholders", err)
+	}
+	env["AZURE_TENANT_ID"] = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+	env["OAUTH_CLIENT_ID"] = "00001111-aaaa-2222-bbbb-3333cccc4444"
 	if err := config.Load(func(k string) string { return env[k] }, &config.SingleHost{}); err != nil {
 		t.Errorf("the unit's configuration does not load:\n%v", err)
 	}

@@ -68,6 +68,9 @@ const (
 	tokenCredentials       = "the client authenticates with OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET (or OAUTH_CLIENT_ASSERTION_KEY_FILE)"
 )
 
+// nilGUID is the all-zero GUID examples put where an Entra ID goes.
+const nilGUID = "00000000-0000-0000-0000-000000000000"
+
 // authValidate checks the destination's authentication; the errors name
 // the variables. It replaces the checks of OAUTH_TOKEN_URL and friends.
 func (f *Destination) authValidate() error {
@@ -126,6 +129,14 @@ func (f *Destination) authValidate() error {
 		}
 		if strings.ContainsAny(d.AzureTenantID, "/?#") {
 			add("AZURE_TENANT_ID=%q: want a tenant GUID or domain", d.AzureTenantID)
+		}
+		// The nil GUID is no Entra tenant or application, only the
+		// example's (deploy/systemd/stowline.env): left as it is, every
+		// token request is refused and every study dead-lettered.
+		for name, v := range map[string]string{"AZURE_TENANT_ID": d.AzureTenantID, "OAUTH_CLIENT_ID": f.OAuthClientID} {
+			if v == nilGUID {
+				add("%s=%q: the example's placeholder: set your own (Entra ID shows both on the app registration's Overview page)", name, v)
+			}
 		}
 		errs = append(errs, fileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
 	case ProviderGoogle:

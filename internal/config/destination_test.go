@@ -43,6 +43,9 @@ func TestDestinationAuthValidation(t *testing.T) {
 		{name: "azure certificate", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key}},
 		{name: "azure managed identity", set: map[string]string{"OAUTH_PROVIDER": "azure"}},
 		{name: "azure tenant without credential", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c"}, want: "neither OAUTH_CLIENT_SECRET"},
+		// deploy/systemd/stowline.env's example IDs, left as they are.
+		{name: "azure example tenant", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "00000000-0000-0000-0000-000000000000", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}, want: "AZURE_TENANT_ID=\"00000000-0000-0000-0000-000000000000\": the example's"},
+		{name: "azure example client", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "00000000-0000-0000-0000-000000000000", "OAUTH_CLIENT_SECRET": "s"}, want: "OAUTH_CLIENT_ID=\"00000000-0000-0000-0000-000000000000\": the example's"},
 		{name: "azure secret without tenant", set: map[string]string{"OAUTH_PROVIDER": "azure", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}, want: "AZURE_TENANT_ID"},
 		{name: "azure with a token URL", set: map[string]string{"OAUTH_PROVIDER": "azure", "OAUTH_TOKEN_URL": "https://idp/token"}, want: "OAUTH_TOKEN_URL: not used with OAUTH_PROVIDER=azure"},
 		{name: "google key", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": key}},
