@@ -115,7 +115,7 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 			}
 		case len(re.Body) > 0:
 			// Scrub before truncating, so no partial secret survives the cut.
-			body := []rune(ts.scrub(strings.TrimSpace(string(re.Body))))
+			body := []rune(oneLine(ts.scrub(string(re.Body))))
 			if len(body) > maxBodyInError {
 				body = append(body[:maxBodyInError], []rune("...")...)
 			}
@@ -128,9 +128,15 @@ func (ts *TokenSource) tokenError(err error) *TokenError {
 		// Go's *url.Error quotes the request's URL, query included.
 		msg = strings.ReplaceAll(msg, "?"+u.RawQuery, "")
 	}
-	te.msg = ts.scrub(msg)
+	// One line: an HTML error page or Entra's description (CR LF before
+	// its trace IDs) would break a text log line and forwarder check's
+	// table. Scrubbed again: joining lines must not rebuild a secret.
+	te.msg = ts.scrub(oneLine(ts.scrub(msg)))
 	return te
 }
+
+// oneLine joins s's lines, and runs of spaces, into single spaces.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // safeURL is a URL fit for errors: without user info, query or fragment,
 // where a credential could sit (as the startup log shows it).

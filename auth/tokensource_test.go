@@ -400,6 +400,27 @@ func TestTokenSourceErrors(t *testing.T) {
 			wantAttempts: 1 + defaultRetries,
 		},
 		{
+			// Entra ID's descriptions hold CR LF before their trace IDs.
+			name:         "oauth2 error description over several lines",
+			handler:      echo(http.StatusBadRequest, "application/json", `{"error":"invalid_request","error_description":"AADSTS90002: Tenant not found.\r\nTrace ID: 0f1e%.0s\r\nCorrelation ID: 2d3c%.0s"}`),
+			style:        oauth2.AuthStyleInHeader,
+			wantStatus:   http.StatusBadRequest,
+			wantCode:     "invalid_request",
+			wantText:     []string{"400", "AADSTS90002: Tenant not found. Trace ID: 0f1e Correlation ID: 2d3c"},
+			wantAttempts: 1,
+		},
+		{
+			// A wrong OAUTH_TOKEN_URL path behind nginx: its HTML page,
+			// over several lines, on one line in the error (logs in text
+			// format, forwarder check's table).
+			name:         "html page over several lines",
+			handler:      echo(http.StatusNotFound, "text/html", "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>%.0s%.0s"),
+			style:        oauth2.AuthStyleInHeader,
+			wantStatus:   http.StatusNotFound,
+			wantText:     []string{"404", "<head><title>404 Not Found</title></head> <body>"},
+			wantAttempts: 1,
+		},
+		{
 			name:         "unreachable endpoint",
 			url:          "http://127.0.0.1:1/token",
 			wantText:     []string{"127.0.0.1:1"},
@@ -432,6 +453,9 @@ func TestTokenSourceErrors(t *testing.T) {
 				if !strings.Contains(text, want) {
 					t.Errorf("error text %q lacks %q", text, want)
 				}
+			}
+			if strings.ContainsAny(text, "\r\n") {
+				t.Errorf("error text %q is not one line", text)
 			}
 			te, ok := errors.AsType[*TokenError](err)
 			if !ok {
