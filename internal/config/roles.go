@@ -37,7 +37,7 @@ func (l *Log) Validate() error {
 
 // NATS says where JetStream is and how the event stream is kept.
 type NATS struct {
-	URL             string        `env:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty runs an embedded JetStream server (single-host mode)"`
+	URL             string        `env:"NATS_URL" desc:"NATS server URL(s), comma-separated (required by ingest and forwarder); empty: stowline runs an embedded JetStream server (single-host mode), whose store the forwarder's commands open while it is stopped"`
 	CredsFile       string        `env:"NATS_CREDS_FILE" desc:"NATS credentials (.creds) file for an external server"`
 	StoreDir        string        `env:"NATS_STORE_DIR" envDefault:"./data/nats" desc:"embedded JetStream storage directory (single-host mode)"`
 	Replicas        int           `env:"NATS_REPLICAS" envDefault:"1" desc:"stream replicas: 1 on a single server, 3 on a JetStream cluster"`
