@@ -74,7 +74,10 @@ local function settings()
     return nil, '"Stowline.IngestUrl" is not set'
   end
   if token == nil or token == '' then
-    return nil, '"Stowline.IngestToken" is not set'
+    -- Orthanc makes a ${VAR} of its configuration empty when VAR is not
+    -- in its environment: the configuration then looks set.
+    return nil, '"Stowline.IngestToken" is not set or empty (if the configuration has it as' ..
+      ' "${STOWLINE_INGEST_TOKEN}", that variable is not set in Orthanc\'s environment)'
   end
   if string.find(url, '^%a[%w+.-]*://[^/]*@') then
     -- Orthanc logs the URL of a failed post whole.

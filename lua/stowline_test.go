@@ -515,3 +515,33 @@ func TestScriptNamesTheIngestsCertificate(t *testing.T) {
 		}
 	})
 }
+
+// The README's IngestToken is "${STOWLINE_INGEST_TOKEN}": an Orthanc
+// started without that variable in its environment reads it as empty,
+// and the warning sends the reader to that environment, not only to a
+// configuration that looks set.
+func TestScriptNamesAnUnsetTokenVariable(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script, err := filepath.Abs("stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		in := startIngest(t)
+		o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+			Name:       "lua-unset-token",
+			Release:    rel,
+			LuaScripts: []string{script},
+			StableAge:  1,
+			Extra: map[string]any{"Stowline": map[string]any{
+				"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
+				"IngestToken": "${STOWLINE_TEST_TOKEN_NEVER_SET}",
+			}},
+		})
+		id := addStudy(t, o)
+		waitLog(t, o, "stowline: study "+id+" not announced: ", "IngestToken", "Orthanc's environment")
+		if got := in.received(); len(got) != 0 {
+			t.Errorf("posted without a token: %v", got)
+		}
+	})
+}
