@@ -70,6 +70,11 @@ func TestCheckGeneric(t *testing.T) {
 			want: []string{"generic token endpoint " + idp.TokenURL, "401 Unauthorized: invalid_client", "verdict      FAIL"}},
 		{name: "client the destination refuses", env: base(map[string]string{"OAUTH_CLIENT_ID": "other-client", "OAUTH_CLIENT_SECRET": "other-secret-0123"}), wantErr: true,
 			want: []string{"401 Unauthorized", "client not allowed", "refused the credential"}},
+		// The README's first command sets DICOMWEB_URL alone: a
+		// destination that wants a token is told none is configured,
+		// not that a credential was refused.
+		{name: "no authentication configured", env: map[string]string{"DICOMWEB_URL": gate.URL + "/dicom-web"}, wantErr: true,
+			want: []string{"credential   none", "401 Unauthorized", "verdict      FAIL: the destination wants authentication (401) and none is configured", "OAUTH_TOKEN_URL"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

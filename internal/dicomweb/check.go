@@ -155,6 +155,12 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	case resp.StatusCode == http.StatusUnauthorized:
 		r.Detail = firstNonEmpty(redactedSnippet([]byte(resp.Header.Get("WWW-Authenticate"))), redactedSnippet(body))
 		r.Verdict = "FAIL: the destination refused the credential (401): check the scope or audience the token is for, and that the destination trusts this identity provider."
+		if o.Credential == nil {
+			// No credential was sent: "refused" would send the reader
+			// to scopes and audiences of a token that does not exist.
+			r.Verdict = "FAIL: the destination wants authentication (401) and none is configured: set " + o.varName("OAUTH_PROVIDER") + " (azure, google, aws), or " +
+				o.varName("OAUTH_TOKEN_URL") + " (or " + o.varName("OAUTH_ISSUER_URL") + ") with " + o.varName("OAUTH_CLIENT_ID") + " and " + o.varName("OAUTH_CLIENT_SECRET") + " (docs/auth.md)."
+		}
 	case resp.StatusCode == http.StatusForbidden:
 		r.Detail = redactedSnippet(body)
 		r.Verdict = "FAIL: authenticated, but not allowed (403): grant the identity its role on the destination (Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:SearchDICOMStudies and StoreDICOM)."
