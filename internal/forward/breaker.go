@@ -497,7 +497,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			return rep, nil
 		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID) {
-			if err != nil && f.opts.SourceProbe != nil && Classify(err) == Transient && ctx.Err() == nil {
+			if err != nil && f.opts.SourceProbe != nil && (Classify(err) == Transient || sourceRefusesUs(err)) && ctx.Err() == nil {
 				wasHeld, herr := f.holdForSource(ctx, a, err, log)
 				if herr != nil {
 					return rep, herr

@@ -2,9 +2,13 @@ package forward
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
+
+	"github.com/stowline/stowline/orthancapi"
 )
 
 const (
@@ -18,14 +22,30 @@ const (
 
 // sourceDown reports whether a probe's error says the source Orthanc is
 // unreachable or failing as a whole (no answer, a 5xx, a proxy's answer)
-// rather than answering: refused credentials or a 404 are answers.
+// rather than answering: a 404 is an answer.
 func sourceDown(probeErr error) bool {
 	return probeErr != nil && Classify(probeErr) == Transient
 }
 
-// holdForSource is called after an attempt failed transiently for a
-// reason other than the destination. When the source does not answer a
-// probe either, the study is held, its message kept in progress, until
+// sourceRefusesUs reports whether err is the source Orthanc refusing the
+// forwarder's credentials (401, or 403 from an authorization plugin):
+// every study fails so until an operator mends them, none by its own
+// fault.
+func sourceRefusesUs(err error) bool {
+	oe, ok := errors.AsType[*orthancapi.Error](err)
+	return ok && oe.NotFromOrthanc == "" && (oe.StatusCode == http.StatusUnauthorized || oe.StatusCode == http.StatusForbidden)
+}
+
+// sourceUnavailable reports whether a probe's error holds studies: the
+// source is down or refuses the forwarder.
+func sourceUnavailable(probeErr error) bool {
+	return sourceDown(probeErr) || sourceRefusesUs(probeErr)
+}
+
+// holdForSource is called after an attempt failed transiently, or for
+// the source's refusal of its credentials, for a reason other than the
+// destination. When the source does not answer a probe either (or
+// refuses it too), the study is held, its message kept in progress, until
 // the source answers again, and the attempt runs again within its
 // delivery: an outage of the source of any length spends no delivery
 // and dead-letters nothing (each failed attempt did, so an Orthanc down
@@ -44,13 +64,18 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 		return f.opts.SourceProbe(pctx, a.Event.Source)
 	}
 	perr := probe()
-	if !sourceDown(perr) {
+	if !sourceUnavailable(perr) {
 		return false, nil
 	}
 	f.m.sourceHeld.Inc()
 	defer f.m.sourceHeld.Dec()
-	log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",
-		"source", a.Event.Source, "err", cause, "probe_err", perr)
+	if sourceRefusesUs(perr) {
+		log.Warn("source Orthanc refuses the forwarder's credentials: the study is held until it accepts them; no delivery is spent",
+			"source", a.Event.Source, "err", cause, "probe_err", perr)
+	} else {
+		log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",
+			"source", a.Event.Source, "err", cause, "probe_err", perr)
+	}
 	start := time.Now()
 	for wait := sourceHoldWait; ; wait = min(2*wait, sourceHoldMaxWait) {
 		t := time.NewTimer(wait)
@@ -65,7 +90,7 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 			return true, fmt.Errorf("held while the source Orthanc %q was unreachable (%v): %w", a.Event.Source, cause, errShutdown)
 		case <-t.C:
 		}
-		if perr = probe(); !sourceDown(perr) {
+		if perr = probe(); !sourceUnavailable(perr) {
 			log.Info("source Orthanc answers again: the held study is sent", "source", a.Event.Source,
 				"held_s", int(time.Since(start).Seconds()))
 			return true, nil

@@ -70,6 +70,57 @@ func TestSourceOutageHoldsTheStudy(t *testing.T) {
 	}
 }
 
+// A source Orthanc that refuses the forwarder's credentials (a password
+// changed in Orthanc and not yet in the forwarder's file) holds the
+// study until it accepts them, instead of dead-lettering it and every
+// study after it for an operator to replay. Real Orthanc, its password
+// changed back.
+func TestSourceRefusingCredentialsHoldsTheStudy(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") == "" {
+		t.Skip("starts real Orthanc servers; skipped in -short mode")
+	}
+	srcOrthanc := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "refusing-src", Username: "forwarder", Password: "pw-new-0123"})
+	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "refusing-dest", DicomWeb: true})
+	ev, _ := uploadStudy(t, srcOrthanc, 3)
+	client, err := orthancapi.New(srcOrthanc.URL, orthancapi.WithBasicAuth("forwarder", "pw-old-4567"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testharness.LogBuffer
+	f, ns, cons, dls := orthancForwarder(t, client, dest, func(o *Options) {
+		o.SourceProbe = func(ctx context.Context, _ string) error {
+			_, err := client.System(ctx)
+			return err
+		}
+		o.MaxInstances, o.MaxDeliveries = 10, 1
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	// Once the study is held, Orthanc takes the forwarder's password
+	// again (an operator mends it). From another goroutine, so failures
+	// are reported with t.Error, not t.Fatal.
+	mended := make(chan struct{})
+	go func() {
+		defer close(mended)
+		for deadline := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "source Orthanc refuses the forwarder's credentials: the study is held"); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Error("the study was not held for its source within 30 s")
+				return
+			}
+		}
+		if err := srcOrthanc.RestartWithPassword(context.Background(), "pw-old-4567"); err != nil {
+			t.Errorf("restart the source Orthanc: %v", err)
+		}
+	}()
+	t.Cleanup(func() { <-mended })
+	forwardOne(t, f, ns, cons, ev)
+	if letters := dls.all(); len(letters) != 0 {
+		t.Fatalf("dead-lettered as %q: %s; want the study held until the source accepted the credentials", letters[0].Class, letters[0].Reason)
+	}
+	if n := len(dest.InstanceMD5s(t)); n != 3 {
+		t.Errorf("the destination holds %d instances, want 3", n)
+	}
+}
+
 // holdForSource holds only while the source does not answer; a stop
 // while held, of the forwarder or of the work, ends the hold with an
 // error that gives the study back.
@@ -84,7 +135,7 @@ func TestHoldForSource(t *testing.T) {
 		want  error
 	}{
 		{"the source answers: the study's own failure", nil, "", false, nil},
-		{"the source refuses credentials: an answer", refused, "", false, nil},
+		{"the source refuses credentials, the work is cancelled", refused, "work", true, context.Canceled},
 		{"the source is down, the work is cancelled", down, "work", true, context.Canceled},
 		{"the source is down, shutdown starts", down, "stop", true, errShutdown},
 	} {

@@ -427,15 +427,27 @@ func (o *Orthanc) Restart(ctx context.Context) error {
 // administrator rotating it does.
 func (o *Orthanc) ChangePassword(t testing.TB, password string) {
 	t.Helper()
-	if o.Username == "" {
-		t.Fatal("ChangePassword: this Orthanc has no user")
-	}
-	o.Stop(t)
-	o.Password = password
-	if err := o.writeConfig(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*startTimeout(o.opts))
+	defer cancel()
+	if err := o.RestartWithPassword(ctx, password); err != nil {
 		t.Fatal(err)
 	}
-	o.Start(t)
+}
+
+// RestartWithPassword is ChangePassword for goroutines other than the
+// test's.
+func (o *Orthanc) RestartWithPassword(ctx context.Context, password string) error {
+	if o.Username == "" {
+		return errors.New("change password: this Orthanc has no user")
+	}
+	if err := o.Close(); err != nil {
+		return err
+	}
+	o.Password = password
+	if err := o.writeConfig(); err != nil {
+		return err
+	}
+	return o.Restart(ctx)
 }
 
 // Stop stops Orthanc (SIGTERM, then SIGKILL after 15 s) and keeps its
