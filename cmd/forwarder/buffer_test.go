@@ -83,8 +83,8 @@ func testBufferMode(t *testing.T, rel testharness.Release) {
 	}
 	// Nothing announces the kept study again: docs/operations.md has the
 	// operator backfill a remaining destination from the source over the
-	// rollout's window (a re-forward would also queue the studies already
-	// deleted, each then dead-lettered as source-missing); its forward
+	// rollout's window (a re-forward would also queue every study already
+	// deleted, each then acked as forwarded before); its forward
 	// (already stored) deletes the study.
 	testharness.WaitFor(t, "the kept study stable in the source", 30*time.Second, func() bool {
 		var st struct{ IsStable bool }
@@ -157,5 +157,36 @@ func (r *rig) waitMetric(t *testing.T, sample string, want float64, timeout time
 			t.Fatalf("/metrics has %s = %v after %s, want %v", sample, got, timeout, want)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// An event of a study's earlier state that comes after buffer mode
+// deleted the study (both waited while the destination was down, and the
+// newer came first, or the two ran at once) finds the study gone. The
+// destination's ledger holds a newer state of it: every instance of the
+// older one was delivered, so the event is done, not a source-missing
+// dead letter (which alerts, and whose replay fails the same way).
+func TestBufferModeOlderEventOfDeletedStudy(t *testing.T) {
+	r := newRig(t)
+	r.startForwarder(t, map[string]string{"FORWARDER_DELETE_FROM_SOURCE": "true"})
+	study := r.addStudy(t, 2, 32)
+	ev := r.publish(t, study)
+	r.waitDest(t, 2, 60*time.Second)
+	r.waitSourceInstances(t, 0, 30*time.Second)
+
+	older := *ev
+	older.LastUpdate, older.ReceivedAt = "20000101T000000", time.Now().UTC()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := (natsjs.Publisher{JS: r.js}).Publish(ctx, &older); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	r.waitMetric(t, `stowline_forwarder_studies_total`, 2, 30*time.Second)
+	if n := r.metric(t, "stowline_forwarder_studies_total", `result="dead_lettered"`); n != 0 {
+		t.Errorf("%v studies dead-lettered, want none", n)
+	}
+	r.noDeadLetters(t)
+	if !strings.Contains(r.fwdLogs.String(), "the destination's ledger holds this state of it or a newer one") {
+		t.Errorf("no log line says why the older event is done")
 	}
 }

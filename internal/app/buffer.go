@@ -94,3 +94,21 @@ func unconfiguredFunc(js jetstream.JetStream, all []config.NamedDestination) fun
 		}), nil
 	}
 }
+
+// forwardedFunc is buffer mode's forward.Options.Forwarded: whether the
+// destination's ledger records the event's state of the study, or a newer
+// one, as forwarded.
+func forwardedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) (bool, error) {
+	return func(ctx context.Context, ev *events.StudyStable) (bool, error) {
+		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
+		if errors.Is(err, ledger.ErrNotRecorded) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		// LastUpdate is Orthanc's YYYYMMDDTHHMMSS: ordered as text, as
+		// the ledger orders it.
+		return !rec.NotSelected && rec.LastUpdate >= ev.LastUpdate, nil
+	}
+}

@@ -132,6 +132,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		if fc.DeleteFromSource {
 			o.CleanerFor = r.cleanerFor
 			o.Unconfigured = unconfiguredFunc(p.conn.JS, all)
+			o.Forwarded = forwardedFunc(ledgers[d.Name])
 			if len(all) > 1 {
 				o.Release = releaseFunc(all, routes, ledgers)
 			}

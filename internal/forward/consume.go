@@ -150,6 +150,9 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	stopProgress := keepAlive(msg, progressInterval(f.opts.AckWait), f.opts.Connected, log)
 	start := time.Now()
 	rep, err := f.transferGuarded(ctx, a, log)
+	if err != nil && Classify(err) == SourceMissing && f.forwardedBefore(ctx, a.Event, log) {
+		rep, err = Report{forwardedBefore: true}, nil
+	}
 	stopProgress()
 	f.m.inFlight.Dec()
 	var ce *crashError
@@ -159,6 +162,22 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	d := f.policy.decide(a.Number, err, ctx.Err() != nil || errors.Is(err, errShutdown))
 	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log)
+}
+
+// forwardedBefore reports whether a study no longer in the source was
+// forwarded to the destination in ev's state or a newer one, and deleted
+// since by buffer mode (Options.Forwarded). A ledger that cannot be read
+// answers false: the study is dead-lettered as source-missing, as before.
+func (f *Forwarder) forwardedBefore(ctx context.Context, ev *events.StudyStable, log *slog.Logger) bool {
+	if f.opts.Forwarded == nil {
+		return false
+	}
+	done, err := f.opts.Forwarded(ctx, ev)
+	if err != nil {
+		log.Warn("study no longer in the source, and the destination's ledger could not be read to tell whether it was forwarded before", "err", err)
+		return false
+	}
+	return done
 }
 
 // take records that this process works on the event at stream sequence

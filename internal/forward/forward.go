@@ -195,6 +195,12 @@ type Options struct {
 	// remove`. Buffer mode deletes nothing while there are any: they may
 	// still need what they were not given yet.
 	Unconfigured func(ctx context.Context) ([]string, error)
+	// Forwarded, if set (buffer mode), reports whether the destination's
+	// ledger records ev's state of the study, or a newer one, as forwarded.
+	// A study no longer in the source is then one that buffer mode
+	// deleted once stored (an older event of it came last, as after an
+	// outage): its event is done, not a source-missing dead letter.
+	Forwarded func(ctx context.Context, ev *events.StudyStable) (bool, error)
 	// Conflicts says what an "already holds it with other content" answer
 	// is and what to do with it (conflict.go); the zero value skips.
 	Conflicts ConflictPolicy

@@ -66,9 +66,13 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
 		return ResultAckFailed
 	}
-	if rep.NotSelected {
+	switch {
+	case rep.forwardedBefore:
+		log.Info("study no longer in the source: the destination's ledger holds this state of it or a newer one, " +
+			"forwarded before buffer mode deleted it; the event is done")
+	case rep.NotSelected:
 		log.Info("study not forwarded: the destination's rules select none of it")
-	} else {
+	default:
 		f.m.duration.Observe(elapsed.Seconds())
 		attrs := []any{"instances", rep.Instances, "bytes", rep.Bytes,
 			"requests", rep.Requests, "already_stored", rep.AlreadyStored, "resent", rep.Resent,
@@ -83,7 +87,7 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 			log.Warn("forget failure record", "err", err)
 		}
 	}
-	if f.opts.Completed != nil {
+	if f.opts.Completed != nil && !rep.forwardedBefore {
 		c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept}
 		if err := f.recordCompleted(ctx, a.Event, c); err != nil {
 			log.Warn("study forwarded but not recorded as completed", "err", err)

@@ -52,6 +52,10 @@ type Report struct {
 	// (Completion.Kept).
 	selected []orthancapi.Instance
 	kept     []string
+	// forwardedBefore: the study is no longer in the source, and the
+	// destination's ledger holds this state of it or a newer one
+	// (Options.Forwarded): acked, the ledger left as it is.
+	forwardedBefore bool
 }
 
 // Completion is what the destination holds of a study state it is done
