@@ -190,3 +190,36 @@ func TestBufferModeOlderEventOfDeletedStudy(t *testing.T) {
 		t.Errorf("no log line says why the older event is done")
 	}
 }
+
+// Buffer mode with two destinations, ai selecting MR studies only: the
+// archive forwards a CT study and deletes it (ai selects none of it)
+// while ai's forwarders are down, so its event waits in ai's queue. When
+// they are back, ai finds the study gone: the archive's forwarder
+// recorded it as not selected in ai's ledger before deleting it, so the
+// event is done for ai (not_selected), not a source-missing dead letter,
+// one for every study ai does not select during its outage.
+func TestBufferModeStudyDeletedBeforeUnselectingDestination(t *testing.T) {
+	r := newRig(t)
+	env := map[string]string{
+		"FORWARDER_DELETE_FROM_SOURCE": "true",
+		"DICOMWEB_URL":                 "",
+		"DESTINATIONS":                 "archive,ai",
+		"DESTINATION_ARCHIVE_URL":      r.proxy.URL + "/dicom-web",
+		"DESTINATION_AI_URL":           r.proxy.URL + "/dicom-web",
+		"DESTINATION_AI_MATCH":         "'MR' in study.modalities",
+		"FORWARDER_DESTINATIONS":       "archive",
+	}
+	stop := r.startForwarder(t, env)
+	r.publish(t, r.addStudy(t, 2, 32)) // CT
+	r.waitDest(t, 2, 60*time.Second)
+	r.waitSourceInstances(t, 0, 30*time.Second)
+	stop()
+
+	env["FORWARDER_DESTINATIONS"] = "ai"
+	r.startForwarder(t, env)
+	r.waitMetric(t, `stowline_forwarder_studies_total{destination="ai"}`, 1, 30*time.Second)
+	if n := r.metric(t, "stowline_forwarder_studies_total", `destination="ai",result="not_selected"`); n != 1 {
+		t.Errorf("ai: %v studies not selected, want the CT study", n)
+	}
+	r.noDeadLetters(t)
+}

@@ -28,12 +28,15 @@ import (
 // it (a conflict it skipped, an instance it changed), or if only
 // destinations that receive de-identified copies select it. Rules that
 // fail on the study keep every instance (its destination dead-letters
-// the study).
+// the study). Before anything is deleted, each destination whose rules
+// select none of the study gets it recorded as not selected, so that its
+// own event, if still queued, finds the study gone and done.
 func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledgers map[string]*ledger.Ledger) func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
 	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
 		needed := map[string]bool{}   // selected by some destination
 		kept := map[string]bool{}     // kept by one that selects it
 		original := map[string]bool{} // stored by one that receives originals
+		var unselected []string       // destinations whose rules select none of it
 		for _, d := range all {
 			selected := listed
 			if rt := routes[d.Name]; rt != nil {
@@ -43,6 +46,7 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 				}
 			}
 			if len(selected) == 0 {
+				unselected = append(unselected, d.Name)
 				continue
 			}
 			rec, err := ledgers[d.Name].Lookup(ctx, ev.Source, ev.OrthancStudyID)
@@ -74,8 +78,32 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 				out = append(out, in)
 			}
 		}
+		if len(out) > 0 {
+			// Said before the deletes: the event of such a destination
+			// that waited (its forwarders down or behind) finds the study
+			// gone, and its ledger tells it was not for it.
+			for _, name := range unselected {
+				if err := recordNotSelected(ctx, ledgers[name], ev); err != nil {
+					return nil, fmt.Errorf("destination %s: %w", name, err)
+				}
+			}
+		}
 		return out, nil
 	}
+}
+
+// recordNotSelected records ev's state of the study as not selected in l,
+// unless l holds that state or a newer one already.
+func recordNotSelected(ctx context.Context, l *ledger.Ledger, ev *events.StudyStable) error {
+	rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
+	switch {
+	case errors.Is(err, ledger.ErrNotRecorded):
+	case err != nil:
+		return err
+	case rec.LastUpdate >= ev.LastUpdate:
+		return nil
+	}
+	return l.Completed(ctx, ev, ledger.Outcome{NotSelected: true})
 }
 
 // unconfiguredFunc is buffer mode's forward.Options.Unconfigured: the
@@ -110,5 +138,23 @@ func forwardedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) 
 		// LastUpdate is Orthanc's YYYYMMDDTHHMMSS: ordered as text, as
 		// the ledger orders it.
 		return !rec.NotSelected && rec.LastUpdate >= ev.LastUpdate, nil
+	}
+}
+
+// recordedNotSelectedFunc is buffer mode's
+// forward.Options.RecordedNotSelected: whether the destination's ledger
+// records the event's state of the study, or a newer one, as not selected
+// by its rules (releaseFunc writes that for each destination whose rules
+// select none of a study it deletes).
+func recordedNotSelectedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) (bool, error) {
+	return func(ctx context.Context, ev *events.StudyStable) (bool, error) {
+		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
+		if errors.Is(err, ledger.ErrNotRecorded) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		return rec.NotSelected && rec.LastUpdate >= ev.LastUpdate, nil
 	}
 }

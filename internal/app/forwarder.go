@@ -135,6 +135,9 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			o.Forwarded = forwardedFunc(ledgers[d.Name])
 			if len(all) > 1 {
 				o.Release = releaseFunc(all, routes, ledgers)
+				if routes[d.Name] != nil {
+					o.RecordedNotSelected = recordedNotSelectedFunc(ledgers[d.Name])
+				}
 			}
 		}
 		opts = append(opts, o)

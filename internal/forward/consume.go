@@ -150,8 +150,10 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	stopProgress := keepAlive(msg, progressInterval(f.opts.AckWait), f.opts.Connected, log)
 	start := time.Now()
 	rep, err := f.transferGuarded(ctx, a, log)
-	if err != nil && Classify(err) == SourceMissing && f.forwardedBefore(ctx, a.Event, log) {
-		rep, err = Report{forwardedBefore: true}, nil
+	if err != nil && Classify(err) == SourceMissing {
+		if gone, ok := f.deletedByBufferMode(ctx, a.Event, log); ok {
+			rep, err = gone, nil
+		}
 	}
 	stopProgress()
 	f.m.inFlight.Dec()
@@ -164,20 +166,33 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log)
 }
 
-// forwardedBefore reports whether a study no longer in the source was
-// forwarded to the destination in ev's state or a newer one, and deleted
-// since by buffer mode (Options.Forwarded). A ledger that cannot be read
-// answers false: the study is dead-lettered as source-missing, as before.
-func (f *Forwarder) forwardedBefore(ctx context.Context, ev *events.StudyStable, log *slog.Logger) bool {
-	if f.opts.Forwarded == nil {
-		return false
+// deletedByBufferMode tells whether a study no longer in the source was
+// deleted by buffer mode once done for this destination: its ledger
+// records ev's state or a newer one as forwarded (Options.Forwarded) or as
+// not selected by its rules (Options.RecordedNotSelected). ok is false
+// otherwise, and when the ledger cannot be read: the study is
+// dead-lettered as source-missing.
+func (f *Forwarder) deletedByBufferMode(ctx context.Context, ev *events.StudyStable, log *slog.Logger) (rep Report, ok bool) {
+	for _, c := range []struct {
+		done func(context.Context, *events.StudyStable) (bool, error)
+		rep  Report
+	}{
+		{f.opts.Forwarded, Report{forwardedBefore: true}},
+		{f.opts.RecordedNotSelected, Report{NotSelected: true, deletedNotSelected: true}},
+	} {
+		if c.done == nil {
+			continue
+		}
+		done, err := c.done(ctx, ev)
+		if err != nil {
+			log.Warn("study no longer in the source, and the destination's ledger could not be read to tell whether buffer mode deleted it", "err", err)
+			return Report{}, false
+		}
+		if done {
+			return c.rep, true
+		}
 	}
-	done, err := f.opts.Forwarded(ctx, ev)
-	if err != nil {
-		log.Warn("study no longer in the source, and the destination's ledger could not be read to tell whether it was forwarded before", "err", err)
-		return false
-	}
-	return done
+	return Report{}, false
 }
 
 // take records that this process works on the event at stream sequence

@@ -201,6 +201,14 @@ type Options struct {
 	// deleted once stored (an older event of it came last, as after an
 	// outage): its event is done, not a source-missing dead letter.
 	Forwarded func(ctx context.Context, ev *events.StudyStable) (bool, error)
+	// RecordedNotSelected, if set (buffer mode, several destinations),
+	// reports whether the destination's ledger records ev's state of the
+	// study, or a newer one, as not selected by its rules: Release
+	// records that for such a destination before it deletes the study.
+	// A study no longer in the source is then done for this destination
+	// (its event waited while its forwarders were down or behind), not a
+	// source-missing dead letter.
+	RecordedNotSelected func(ctx context.Context, ev *events.StudyStable) (bool, error)
 	// Conflicts says what an "already holds it with other content" answer
 	// is and what to do with it (conflict.go); the zero value skips.
 	Conflicts ConflictPolicy

@@ -70,6 +70,9 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 	case rep.forwardedBefore:
 		log.Info("study no longer in the source: the destination's ledger holds this state of it or a newer one, " +
 			"forwarded before buffer mode deleted it; the event is done")
+	case rep.deletedNotSelected:
+		log.Info("study not forwarded: no longer in the source, deleted by buffer mode once the destinations whose rules select it stored it; " +
+			"the destination's ledger records that its rules selected none of it")
 	case rep.NotSelected:
 		log.Info("study not forwarded: the destination's rules select none of it")
 	default:
@@ -87,7 +90,7 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 			log.Warn("forget failure record", "err", err)
 		}
 	}
-	if f.opts.Completed != nil && !rep.forwardedBefore {
+	if f.opts.Completed != nil && !rep.forwardedBefore && !rep.deletedNotSelected {
 		c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept}
 		if err := f.recordCompleted(ctx, a.Event, c); err != nil {
 			log.Warn("study forwarded but not recorded as completed", "err", err)

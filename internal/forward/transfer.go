@@ -56,6 +56,11 @@ type Report struct {
 	// destination's ledger holds this state of it or a newer one
 	// (Options.Forwarded): acked, the ledger left as it is.
 	forwardedBefore bool
+	// deletedNotSelected: the study is no longer in the source, and the
+	// destination's ledger records this state of it or a newer one as not
+	// selected (Options.RecordedNotSelected): acked as not selected, the
+	// ledger left as it is.
+	deletedNotSelected bool
 }
 
 // Completion is what the destination holds of a study state it is done
