@@ -79,7 +79,7 @@ local function settings()
     return nil, '"Stowline.IngestToken" is not set or empty (if the configuration has it as' ..
       ' "${STOWLINE_INGEST_TOKEN}", that variable is not set in Orthanc\'s environment)'
   end
-  if string.find(url, '^%a[%w+.-]*://[^/]*@') then
+  if string.find(url, '^%s*%a[%w+.-]*://[^/?#]*@') then
     -- Orthanc logs the URL of a failed post whole.
     return nil, '"Stowline.IngestUrl" holds a user or password: remove it (the ingest' ..
       ' authenticates the script by IngestToken, and Orthanc would log it with any failed post)'

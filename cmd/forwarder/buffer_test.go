@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 )
@@ -199,27 +200,51 @@ func TestBufferModeOlderEventOfDeletedStudy(t *testing.T) {
 // event is done for ai (not_selected), not a source-missing dead letter,
 // one for every study ai does not select during its outage.
 func TestBufferModeStudyDeletedBeforeUnselectingDestination(t *testing.T) {
-	r := newRig(t)
-	env := map[string]string{
-		"FORWARDER_DELETE_FROM_SOURCE": "true",
-		"DICOMWEB_URL":                 "",
-		"DESTINATIONS":                 "archive,ai",
-		"DESTINATION_ARCHIVE_URL":      r.proxy.URL + "/dicom-web",
-		"DESTINATION_AI_URL":           r.proxy.URL + "/dicom-web",
-		"DESTINATION_AI_MATCH":         "'MR' in study.modalities",
-		"FORWARDER_DESTINATIONS":       "archive",
-	}
-	stop := r.startForwarder(t, env)
-	r.publish(t, r.addStudy(t, 2, 32)) // CT
-	r.waitDest(t, 2, 60*time.Second)
-	r.waitSourceInstances(t, 0, 30*time.Second)
-	stop()
+	for _, tt := range []struct {
+		name string
+		// aiMatch is ai's rule in ai's own group; the archive group,
+		// which deletes the study, holds 'MR' in study.modalities.
+		aiMatch    string
+		deadLetter bool
+	}{
+		{"the same rules", "'MR' in study.modalities", false},
+		// Groups configured apart (a rule changed in one group only, a
+		// rollout): the record proves nothing, and the study, which ai's
+		// own rule selects, is a source-missing dead letter, which alerts.
+		{"ai's rules changed in its group only", "'MR' in study.modalities || 'CT' in study.modalities", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t)
+			env := map[string]string{
+				"FORWARDER_DELETE_FROM_SOURCE": "true",
+				"DICOMWEB_URL":                 "",
+				"DESTINATIONS":                 "archive,ai",
+				"DESTINATION_ARCHIVE_URL":      r.proxy.URL + "/dicom-web",
+				"DESTINATION_AI_URL":           r.proxy.URL + "/dicom-web",
+				"DESTINATION_AI_MATCH":         "'MR' in study.modalities",
+				"FORWARDER_DESTINATIONS":       "archive",
+			}
+			stop := r.startForwarder(t, env)
+			r.publish(t, r.addStudy(t, 2, 32)) // CT
+			r.waitDest(t, 2, 60*time.Second)
+			r.waitSourceInstances(t, 0, 30*time.Second)
+			stop()
 
-	env["FORWARDER_DESTINATIONS"] = "ai"
-	r.startForwarder(t, env)
-	r.waitMetric(t, `stowline_forwarder_studies_total{destination="ai"}`, 1, 30*time.Second)
-	if n := r.metric(t, "stowline_forwarder_studies_total", `destination="ai",result="not_selected"`); n != 1 {
-		t.Errorf("ai: %v studies not selected, want the CT study", n)
+			env["FORWARDER_DESTINATIONS"], env["DESTINATION_AI_MATCH"] = "ai", tt.aiMatch
+			r.startForwarder(t, env)
+			r.waitMetric(t, `stowline_forwarder_studies_total{destination="ai"}`, 1, 30*time.Second)
+			notSelected := r.metric(t, "stowline_forwarder_studies_total", `destination="ai",result="not_selected"`)
+			if !tt.deadLetter {
+				if notSelected != 1 {
+					t.Errorf("ai: %v studies not selected, want the CT study", notSelected)
+				}
+				r.noDeadLetters(t)
+				return
+			}
+			letters := waitDeadLetters(t, r.deadLetters(t), 1, 30*time.Second)
+			if notSelected != 0 || letters[0].Class != forward.SourceMissing {
+				t.Errorf("ai: %v not selected, dead letter %q; want none and a source-missing dead letter", notSelected, letters[0].Class)
+			}
+		})
 	}
-	r.noDeadLetters(t)
 }

@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -33,10 +35,10 @@ import (
 // own event, if still queued, finds the study gone and done.
 func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledgers map[string]*ledger.Ledger) func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
 	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
-		needed := map[string]bool{}   // selected by some destination
-		kept := map[string]bool{}     // kept by one that selects it
-		original := map[string]bool{} // stored by one that receives originals
-		var unselected []string       // destinations whose rules select none of it
+		needed := map[string]bool{}              // selected by some destination
+		kept := map[string]bool{}                // kept by one that selects it
+		original := map[string]bool{}            // stored by one that receives originals
+		var unselected []config.NamedDestination // destinations whose rules select none of it
 		for _, d := range all {
 			selected := listed
 			if rt := routes[d.Name]; rt != nil {
@@ -46,7 +48,7 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 				}
 			}
 			if len(selected) == 0 {
-				unselected = append(unselected, d.Name)
+				unselected = append(unselected, d)
 				continue
 			}
 			rec, err := ledgers[d.Name].Lookup(ctx, ev.Source, ev.OrthancStudyID)
@@ -82,9 +84,9 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 			// Said before the deletes: the event of such a destination
 			// that waited (its forwarders down or behind) finds the study
 			// gone, and its ledger tells it was not for it.
-			for _, name := range unselected {
-				if err := recordNotSelected(ctx, ledgers[name], ev); err != nil {
-					return nil, fmt.Errorf("destination %s: %w", name, err)
+			for _, d := range unselected {
+				if err := recordNotSelected(ctx, ledgers[d.Name], ev, rulesDigest(d)); err != nil {
+					return nil, fmt.Errorf("destination %s: %w", d.Name, err)
 				}
 			}
 		}
@@ -92,9 +94,19 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 	}
 }
 
-// recordNotSelected records ev's state of the study as not selected in l,
-// unless l holds that state or a newer one already.
-func recordNotSelected(ctx context.Context, l *ledger.Ledger, ev *events.StudyStable) error {
+// rulesDigest identifies a destination's routing rules, for the not
+// selected records another destination's forwarder writes: forwarder
+// groups configured apart may hold different rules for it (a rollout, a
+// rule changed in one group only).
+func rulesDigest(d config.NamedDestination) string {
+	sum := sha256.Sum256([]byte(d.Match + "\x00" + d.InstanceMatch))
+	return hex.EncodeToString(sum[:8])
+}
+
+// recordNotSelected records ev's state of the study as not selected by
+// the rules rules identifies in l, unless l holds that state or a newer
+// one already.
+func recordNotSelected(ctx context.Context, l *ledger.Ledger, ev *events.StudyStable, rules string) error {
 	rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
 	switch {
 	case errors.Is(err, ledger.ErrNotRecorded):
@@ -103,7 +115,7 @@ func recordNotSelected(ctx context.Context, l *ledger.Ledger, ev *events.StudySt
 	case rec.LastUpdate >= ev.LastUpdate:
 		return nil
 	}
-	return l.Completed(ctx, ev, ledger.Outcome{NotSelected: true})
+	return l.Completed(ctx, ev, ledger.Outcome{NotSelected: true, Rules: rules})
 }
 
 // unconfiguredFunc is buffer mode's forward.Options.Unconfigured: the
@@ -146,7 +158,7 @@ func forwardedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) 
 // records the event's state of the study, or a newer one, as not selected
 // by its rules (releaseFunc writes that for each destination whose rules
 // select none of a study it deletes).
-func recordedNotSelectedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) (bool, error) {
+func recordedNotSelectedFunc(l *ledger.Ledger, rules string) func(context.Context, *events.StudyStable) (bool, error) {
 	return func(ctx context.Context, ev *events.StudyStable) (bool, error) {
 		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
 		if errors.Is(err, ledger.ErrNotRecorded) {
@@ -155,6 +167,9 @@ func recordedNotSelectedFunc(l *ledger.Ledger) func(context.Context, *events.Stu
 		if err != nil {
 			return false, err
 		}
-		return rec.NotSelected && rec.LastUpdate >= ev.LastUpdate, nil
+		// A record another group wrote with other rules for this
+		// destination than its own proves nothing: the study may be one
+		// they select (left a source-missing dead letter, which alerts).
+		return rec.NotSelected && rec.LastUpdate >= ev.LastUpdate && (rec.Rules == "" || rec.Rules == rules), nil
 	}
 }

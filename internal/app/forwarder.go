@@ -136,7 +136,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			if len(all) > 1 {
 				o.Release = releaseFunc(all, routes, ledgers)
 				if routes[d.Name] != nil {
-					o.RecordedNotSelected = recordedNotSelectedFunc(ledgers[d.Name])
+					o.RecordedNotSelected = recordedNotSelectedFunc(ledgers[d.Name], rulesDigest(d))
 				}
 			}
 		}

@@ -67,13 +67,18 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		}
 	}
 	if f.opts.Release != nil {
-		released, err := f.opts.Release(ctx, ev, listed)
+		// Through a JetStream leader election, as the ledger's writes.
+		var released []orthancapi.Instance
+		err := whileUnanswered(ctx, func() (err error) {
+			released, err = f.opts.Release(ctx, ev, listed)
+			return err
+		})
 		if errors.Is(err, orthancapi.ErrNotFound) {
 			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(len(instances)))
 			return
 		}
 		if err != nil {
-			log.Warn("forwarded study not deleted from the source: what the other destinations stored could not be read", "err", err)
+			log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so", "err", err)
 			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
 			return
 		}

@@ -183,9 +183,16 @@ func (f *Forwarder) deletedByBufferMode(ctx context.Context, ev *events.StudySta
 		if c.done == nil {
 			continue
 		}
-		done, err := c.done(ctx, ev)
+		// Through a JetStream leader election, as the ledger's writes.
+		var done bool
+		err := whileUnanswered(ctx, func() (err error) {
+			done, err = c.done(ctx, ev)
+			return err
+		})
 		if err != nil {
-			log.Warn("study no longer in the source, and the destination's ledger could not be read to tell whether buffer mode deleted it", "err", err)
+			if ctx.Err() == nil {
+				log.Warn("study no longer in the source, and the destination's ledger could not be read to tell whether buffer mode deleted it", "err", err)
+			}
 			return Report{}, false
 		}
 		if done {

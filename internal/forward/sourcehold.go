@@ -69,11 +69,20 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	}
 	f.m.sourceHeld.Inc()
 	defer f.m.sourceHeld.Dec()
-	if sourceRefusesUs(perr) {
+	state := "unreachable" // what the log and the error say of the source
+	switch oe, _ := errors.AsType[*orthancapi.Error](perr); {
+	case !sourceRefusesUs(perr):
+		log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",
+			"source", a.Event.Source, "err", cause, "probe_err", perr)
+	case oe.StatusCode == http.StatusUnauthorized:
+		state = "refusing the forwarder's credentials"
 		log.Warn("source Orthanc refuses the forwarder's credentials: the study is held until it accepts them; no delivery is spent",
 			"source", a.Event.Source, "err", cause, "probe_err", perr)
-	} else {
-		log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",
+	default:
+		// 403: Orthanc's RemoteAccessAllowed, an authorization plugin or
+		// a proxy in front of it, as well as the credentials.
+		state = "refusing the forwarder (403)"
+		log.Warn("source Orthanc refuses the forwarder (403: its user's rights, an authorization plugin, RemoteAccessAllowed or a proxy): the study is held until it accepts it; no delivery is spent",
 			"source", a.Event.Source, "err", cause, "probe_err", perr)
 	}
 	start := time.Now()
@@ -82,16 +91,16 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return true, fmt.Errorf("held while the source Orthanc %q was unreachable (%v): %w", a.Event.Source, cause, ctx.Err())
+			return true, fmt.Errorf("held while the source Orthanc %q was %s (%v): %w", a.Event.Source, state, cause, ctx.Err())
 		case <-f.stopping:
 			// As the breaker's holds: the study waits for its source,
 			// not for work to finish; another replica takes it.
 			t.Stop()
-			return true, fmt.Errorf("held while the source Orthanc %q was unreachable (%v): %w", a.Event.Source, cause, errShutdown)
+			return true, fmt.Errorf("held while the source Orthanc %q was %s (%v): %w", a.Event.Source, state, cause, errShutdown)
 		case <-t.C:
 		}
 		if perr = probe(); !sourceUnavailable(perr) {
-			log.Info("source Orthanc answers again: the held study is sent", "source", a.Event.Source,
+			log.Info("source Orthanc answers again: the held study is sent", "source", a.Event.Source, "was", state,
 				"held_s", int(time.Since(start).Seconds()))
 			return true, nil
 		}

@@ -59,6 +59,11 @@ type Record struct {
 	// stay far below JetStream's message size): every instance counts as
 	// kept.
 	KeptAll bool `json:"keptAll,omitempty"`
+	// Rules, on a NotSelected record another destination's forwarder
+	// wrote before buffer mode deleted the study, identifies the rules of
+	// this destination it applied: this destination trusts the record
+	// only while its own rules are those.
+	Rules string `json:"rules,omitempty"`
 }
 
 // maxKept bounds Record.Kept: 1000 UIDs of at most 64 characters.
@@ -66,8 +71,11 @@ const maxKept = 1000
 
 // Outcome is what a destination holds of a study state it is done with.
 type Outcome struct {
-	// NotSelected: its rules selected nothing of the study.
+	// NotSelected: its rules selected nothing of the study; Rules, when
+	// another destination's forwarder found so, identifies the rules it
+	// applied (Record.Rules).
 	NotSelected bool
+	Rules       string
 	// Selected are the instances its rules selected; Kept the SOP
 	// Instance UIDs of those it does not hold as sent (Record.Kept).
 	Selected []orthancapi.Instance
@@ -167,6 +175,9 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 	}
 	key := Key(ev.Source, ev.OrthancStudyID)
 	rec := Record{LastUpdate: ev.LastUpdate, StudyInstanceUID: ev.StudyInstanceUID, ForwardedAt: l.now().UTC(), NotSelected: notSelected}
+	if notSelected {
+		rec.Rules = o.Rules
+	}
 	if len(o.Selected) > 0 && !notSelected {
 		rec.Selected, rec.Kept = SelectionDigest(o.Selected), o.Kept
 		if len(o.Kept) > maxKept {
