@@ -30,41 +30,12 @@ func TestSourceOutageHoldsTheStudy(t *testing.T) {
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "outage-dest", DicomWeb: true})
 	ev, client := uploadStudy(t, srcOrthanc, 3)
 	srcOrthanc.Stop(t)
-
-	var logs testharness.LogBuffer
-	f, ns, cons, dls := orthancForwarder(t, client, dest, func(o *Options) {
-		o.SourceProbe = func(ctx context.Context, _ string) error {
-			_, err := client.System(ctx)
-			return err
-		}
-		o.MaxInstances, o.MaxDeliveries = 10, 1
-		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
-	})
-	// Once the study is held, Orthanc comes back, after more than an ack
-	// wait (3 s): the in-progress signals keep the delivery. From another
-	// goroutine, so failures are reported with t.Error, not t.Fatal.
-	restarted := make(chan struct{})
-	go func() {
-		defer close(restarted)
-		for deadline := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "source Orthanc unreachable: the study is held"); time.Sleep(50 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Error("the study was not held for its source within 30 s")
-				return
-			}
-		}
+	// Orthanc comes back after more than an ack wait (3 s): the
+	// in-progress signals keep the delivery.
+	logs := forwardHeld(t, client, dest, ev, "source Orthanc unreachable: the study is held", func() error {
 		time.Sleep(4 * time.Second)
-		if err := srcOrthanc.Restart(context.Background()); err != nil {
-			t.Errorf("restart the source Orthanc: %v", err)
-		}
-	}()
-	t.Cleanup(func() { <-restarted })
-	forwardOne(t, f, ns, cons, ev)
-	if letters := dls.all(); len(letters) != 0 {
-		t.Fatalf("dead-lettered as %q: %s; want the study held until the source came back", letters[0].Class, letters[0].Reason)
-	}
-	if n := len(dest.InstanceMD5s(t)); n != 3 {
-		t.Errorf("the destination holds %d instances, want 3", n)
-	}
+		return srcOrthanc.Restart(context.Background())
+	})
 	if !strings.Contains(logs.String(), "source Orthanc answers again") {
 		t.Errorf("no log of the source's return:\n%s", logs.String())
 	}
@@ -86,6 +57,19 @@ func TestSourceRefusingCredentialsHoldsTheStudy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An operator mends the password.
+	forwardHeld(t, client, dest, ev, "source Orthanc refuses the forwarder's credentials: the study is held", func() error {
+		return srcOrthanc.RestartWithPassword(context.Background(), "pw-old-4567")
+	})
+}
+
+// forwardHeld forwards ev from client's Orthanc to dest, with the source
+// probed through client and one delivery a study, and runs mend once the
+// log says held (the study is held for its source). The study must then
+// arrive whole (the 3 instances of uploadStudy(t, o, 3)), with no dead
+// letter. It returns the forwarder's log.
+func forwardHeld(t *testing.T, client *orthancapi.Client, dest *testharness.Orthanc, ev *events.StudyStable, held string, mend func() error) *testharness.LogBuffer {
+	t.Helper()
 	var logs testharness.LogBuffer
 	f, ns, cons, dls := orthancForwarder(t, client, dest, func(o *Options) {
 		o.SourceProbe = func(ctx context.Context, _ string) error {
@@ -95,30 +79,30 @@ func TestSourceRefusingCredentialsHoldsTheStudy(t *testing.T) {
 		o.MaxInstances, o.MaxDeliveries = 10, 1
 		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 	})
-	// Once the study is held, Orthanc takes the forwarder's password
-	// again (an operator mends it). From another goroutine, so failures
-	// are reported with t.Error, not t.Fatal.
+	// From another goroutine, so failures are reported with t.Error, not
+	// t.Fatal.
 	mended := make(chan struct{})
 	go func() {
 		defer close(mended)
-		for deadline := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "source Orthanc refuses the forwarder's credentials: the study is held"); time.Sleep(50 * time.Millisecond) {
+		for deadline := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), held); time.Sleep(50 * time.Millisecond) {
 			if time.Now().After(deadline) {
-				t.Error("the study was not held for its source within 30 s")
+				t.Errorf("no %q in the log within 30 s", held)
 				return
 			}
 		}
-		if err := srcOrthanc.RestartWithPassword(context.Background(), "pw-old-4567"); err != nil {
-			t.Errorf("restart the source Orthanc: %v", err)
+		if err := mend(); err != nil {
+			t.Errorf("mend the source Orthanc: %v", err)
 		}
 	}()
 	t.Cleanup(func() { <-mended })
 	forwardOne(t, f, ns, cons, ev)
 	if letters := dls.all(); len(letters) != 0 {
-		t.Fatalf("dead-lettered as %q: %s; want the study held until the source accepted the credentials", letters[0].Class, letters[0].Reason)
+		t.Fatalf("dead-lettered as %q: %s; want the study held until the source was mended", letters[0].Class, letters[0].Reason)
 	}
 	if n := len(dest.InstanceMD5s(t)); n != 3 {
 		t.Errorf("the destination holds %d instances, want 3", n)
 	}
+	return &logs
 }
 
 // holdForSource holds only while the source does not answer; a stop
