@@ -112,10 +112,7 @@ func (in *ingest) received() []post {
 // study and keeps working for the next study.
 func TestScriptOnEachRelease(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
-	script, err := filepath.Abs("stowline.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := scriptPath(t)
 	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
 		in := startIngest(t)
 		o := testharness.StartOrthanc(t, testharness.OrthancOptions{
@@ -259,10 +256,7 @@ func equalEvent(got, want map[string]any) bool {
 // above: the event is exactly the one without the field).
 func TestScriptPriority(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
-	script, err := filepath.Abs("stowline.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := scriptPath(t)
 	erStudy, oddStudy := dicomgen.NewUID(), dicomgen.NewUID()
 	hook := filepath.Join(t.TempDir(), "site.lua")
 	if err := os.WriteFile(hook, []byte(`
@@ -328,10 +322,7 @@ func addStudyOf(t *testing.T, o *testharness.Orthanc, uid string) {
 // has no SetHttpTimeout, so there the script changes nothing.
 func TestScriptLeavesOtherScriptsTheirHTTPTimeout(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
-	script, err := filepath.Abs("stowline.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := scriptPath(t)
 	const slowAnswer = "slow-server-answered"
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select { // longer than the script's 3 s, far shorter than Orthanc's default 60 s
@@ -376,10 +367,7 @@ func TestScriptLeavesOtherScriptsTheirHTTPTimeout(t *testing.T) {
 // environment.
 func TestScriptNamesOrthancsProxy(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
-	script, err := filepath.Abs("stowline.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := scriptPath(t)
 	const proxySecret = "proxy-password-0123"
 	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
 		for _, tt := range []struct {
@@ -426,10 +414,7 @@ func TestScriptNamesOrthancsProxy(t *testing.T) {
 // URL of a failed post whole, password included.
 func TestIngestURLCredentialsNotLogged(t *testing.T) {
 	t.Parallel()
-	script, err := filepath.Abs("stowline.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := scriptPath(t)
 	const secret = "url-password-0123"
 	addr := testharness.FreeAddr(t) // nothing listens there
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{
@@ -454,10 +439,7 @@ func TestIngestURLCredentialsNotLogged(t *testing.T) {
 // than only "cannot reach", and with the CA named the post goes through.
 func TestScriptNamesTheIngestsCertificate(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
-	script, err := filepath.Abs("stowline.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := scriptPath(t)
 	var mu sync.Mutex
 	posts := 0
 	ingest := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -522,10 +504,7 @@ func TestScriptNamesTheIngestsCertificate(t *testing.T) {
 // configuration that looks set.
 func TestScriptNamesAnUnsetTokenVariable(t *testing.T) {
 	testharness.RequireBinary(t, "storescu")
-	script, err := filepath.Abs("stowline.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := scriptPath(t)
 	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
 		in := startIngest(t)
 		o := testharness.StartOrthanc(t, testharness.OrthancOptions{
@@ -544,4 +523,15 @@ func TestScriptNamesAnUnsetTokenVariable(t *testing.T) {
 			t.Errorf("posted without a token: %v", got)
 		}
 	})
+}
+
+// scriptPath is the absolute path of the script under test, for
+// Orthanc's LuaScripts.
+func scriptPath(t *testing.T) string {
+	t.Helper()
+	script, err := filepath.Abs("stowline.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return script
 }
