@@ -272,20 +272,14 @@ func (c *Client) do(ctx context.Context, method string, u *url.URL, accept strin
 // slice so that a request sent again gets a reader of its own: the
 // transport may still read the first one's after its answer came.
 func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept string, header http.Header, body []byte) (*http.Response, error) {
-	reader := func() io.Reader {
-		if body == nil {
-			return nil
-		}
-		return bytes.NewReader(body)
-	}
 	pw := c.password.Load()
-	resp, err := c.sendAs(ctx, pw, method, u, accept, header, reader())
+	resp, err := c.sendAs(ctx, pw, method, u, accept, header, bodyReader(body))
 	var fileErr error
 	if err == nil && resp.StatusCode == http.StatusUnauthorized {
 		var changed bool
 		if changed, fileErr = c.passwordChanged(pw); changed {
 			drainClose(resp.Body)
-			resp, err = c.send(ctx, method, u, accept, header, reader())
+			resp, err = c.send(ctx, method, u, accept, header, bodyReader(body))
 		}
 	}
 	if err != nil {
@@ -314,6 +308,15 @@ func (c *Client) doBody(ctx context.Context, method string, u *url.URL, accept s
 		return nil, e
 	}
 	return resp, nil
+}
+
+// bodyReader reads body from its start; nil for no body (a nil
+// *bytes.Reader in an io.Reader would not be nil).
+func bodyReader(body []byte) io.Reader {
+	if body == nil {
+		return nil
+	}
+	return bytes.NewReader(body)
 }
 
 // idempotent marks a request that Go's transport may send again on a new

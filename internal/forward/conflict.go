@@ -251,6 +251,16 @@ func (f *Forwarder) actionName() string {
 	return f.opts.Conflicts.Action
 }
 
+// countSkipped counts an instance the destination holds with other
+// content, skipped (STOW_ON_CONFLICT=skip): as already stored, and as a
+// conflict.
+func (f *Forwarder) countSkipped(rep *Report) {
+	rep.AlreadyStored++
+	rep.Conflicts++
+	f.m.alreadyStored.Inc()
+	f.m.conflicts.WithLabelValues("skipped").Inc()
+}
+
 // uidList names up to five instances.
 func uidList(in []Instance) string {
 	const most = 5

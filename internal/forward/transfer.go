@@ -265,18 +265,15 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		if len(unsure) > 0 {
 			held, failed := f.settleUnsure(ctx, ev, unsure, len(instances))
 			for _, c := range held {
-				if f.opts.Conflicts.Action != "" && f.opts.Conflicts.Action != ConflictSkip {
+				if f.actionName() != ConflictSkip {
 					conflicts = append(conflicts, c)
 					notDone[c.part.SOPInstanceUID] = true // not replaced, if it was a replacement
 					continue
 				}
 				skipped = append(skipped, c.part.SOPInstanceUID)
 				rep.Instances++
-				rep.AlreadyStored++
-				rep.Conflicts++
 				f.m.instances.Inc()
-				f.m.alreadyStored.Inc()
-				f.m.conflicts.WithLabelValues("skipped").Inc()
+				f.countSkipped(&rep)
 			}
 			for _, c := range failed {
 				notDone[c.part.SOPInstanceUID] = true
@@ -702,12 +699,9 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 				out.unsure = append(out.unsure, conflicted{part: p, reason: reason})
 				continue
 			}
-			if f.opts.Conflicts.Action == "" || f.opts.Conflicts.Action == ConflictSkip {
+			if f.actionName() == ConflictSkip {
 				confirmed++
-				rep.AlreadyStored++
-				rep.Conflicts++
-				f.m.alreadyStored.Inc()
-				f.m.conflicts.WithLabelValues("skipped").Inc()
+				f.countSkipped(rep)
 				out.skipped = append(out.skipped, p.SOPInstanceUID)
 				continue
 			}
