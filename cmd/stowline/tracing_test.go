@@ -228,7 +228,10 @@ func TestTracesOfAForwardedStudy(t *testing.T) {
 	atStart := 0
 	for _, s := range spans {
 		if s.Name == "token fetch" && len(s.ParentSpanId) == 0 {
-			atStart++
+			// 5 s tokens: a background refresh may come too.
+			if attrOf(s.Attributes, "auth.background") != "true" {
+				atStart++
+			}
 			continue
 		}
 		if hex.EncodeToString(s.TraceId) != hex.EncodeToString(ingest.TraceId) {
@@ -236,7 +239,7 @@ func TestTracesOfAForwardedStudy(t *testing.T) {
 		}
 	}
 	if atStart != 1 {
-		t.Errorf("%d token fetches as roots, want the one at start", atStart)
+		t.Errorf("%d token fetches as roots outside background refreshes, want the one at start", atStart)
 	}
 
 	// No patient data, no credential, anywhere in what was exported (the
