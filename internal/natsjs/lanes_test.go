@@ -63,16 +63,32 @@ func TestLanesTakeTheirSubjects(t *testing.T) {
 		natsjs.DefaultDestination: {events.PriorityStat: 1, events.PriorityRoutine: 2, events.PriorityLow: 1},
 		"ai":                      {events.PriorityStat: 2, events.PriorityRoutine: 3, events.PriorityLow: 3},
 	}
+	// The server counts a consumer's pending events when the stream
+	// signals it, after the publish is acknowledged: wait for the count.
 	for d, byLane := range want {
 		for lane, n := range byLane {
-			info, err := lanes[d][lane].Info(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			info := waitPending(t, ctx, lanes[d][lane], n)
 			if info.NumPending != n {
 				t.Errorf("%s %s lane: %d pending, want %d (filters %v)", d, lane, info.NumPending, n, info.Config.FilterSubjects)
 			}
 		}
+	}
+}
+
+// waitPending waits up to 5 s for c to count n pending events, and
+// returns its last info.
+func waitPending(t *testing.T, ctx context.Context, c jetstream.Consumer, n uint64) *jetstream.ConsumerInfo {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumPending == n || time.Now().After(deadline) {
+			return info
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
