@@ -242,7 +242,8 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 	o := &forward.Options{
 		DestinationName:       d.Name,
 		SourceFor:             r.sourceFor,
-		SourceProbe:           r.sourceProbe(),
+		SourceProbe:           r.sourceProbe,
+		MaxParked:             r.maxParked(p.topo.MaxAckPending),
 		Destination:           client.STOW,
 		Concurrency:           fc.Concurrency,
 		MaxInstances:          d.StowMaxInstances,
@@ -322,21 +323,27 @@ func (r *forwarderRole) sourceFor(name string) (forward.Source, error) {
 	return c, nil
 }
 
-// sourceProbe asks the source Orthanc for /system: whether it answers
-// at all. Only with one source: its studies are then held while it does
-// not answer, every worker if need be; with several, workers held for
-// one would keep the others' studies waiting, and failed attempts are
-// retried as any.
-func (r *forwarderRole) sourceProbe() func(context.Context, string) error {
-	list := r.sources.List()
-	if len(list) != 1 {
-		return nil
-	}
-	c := list[0].Client
-	return func(ctx context.Context, _ string) error {
-		_, err := c.System(ctx)
+// sourceProbe asks the source Orthanc an event names for /system:
+// whether it answers at all. Its studies are held (one source) or parked
+// (several) while it does not.
+func (r *forwarderRole) sourceProbe(ctx context.Context, source string) error {
+	c, err := r.sources.Lookup(source)
+	if err != nil {
 		return err
 	}
+	_, err = c.System(ctx)
+	return err
+}
+
+// maxParked is forward.Options.MaxParked: with several sources, a
+// quarter of the consumer's MaxAckPending (shared by every replica) may
+// be parked in each process while a source is unavailable; with one, its
+// studies hold their workers: nothing else is to be done meanwhile.
+func (r *forwarderRole) maxParked(maxAckPending int) int {
+	if len(r.sources.List()) < 2 {
+		return 0
+	}
+	return max(1, maxAckPending/4)
 }
 
 // cleanerFor returns the Orthanc of the event's source for buffer mode.

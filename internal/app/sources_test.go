@@ -91,14 +91,14 @@ func sourcesFromEnv(t *testing.T, env map[string]string) *Sources {
 	return s
 }
 
-// Studies are held for their source only where one source feeds the
-// forwarder: with several, workers held for one would keep the others'
-// studies waiting.
-func TestSourceProbeOnlyWithOneSource(t *testing.T) {
-	for n, want := range map[int]bool{1: true, 2: false} {
+// Studies of an unavailable source hold their workers where one source
+// feeds the forwarder; with several they are parked, a quarter of the
+// consumer's MaxAckPending at most.
+func TestMaxParkedOnlyWithSeveralSources(t *testing.T) {
+	for n, want := range map[int]int{1: 0, 2: 250, 3: 250} {
 		r := &forwarderRole{sources: &Sources{list: make([]Source, n)}}
-		if got := r.sourceProbe() != nil; got != want {
-			t.Errorf("%d sources: a probe %v, want %v", n, got, want)
+		if got := r.maxParked(1000); got != want {
+			t.Errorf("%d sources: MaxParked %d, want %d", n, got, want)
 		}
 	}
 }

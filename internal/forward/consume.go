@@ -53,6 +53,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	if f.parking != nil {
+		// Shutdown gave the parked studies back.
+		f.parking.watchers.Wait()
+	}
 	return nil
 }
 
@@ -90,6 +94,7 @@ const newerVersionDelay = 5 * time.Minute
 
 func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	a := &Attempt{Destination: f.opts.DestinationName, Number: 1}
+	parked := false // the message is in the parking's hands (sourcepark.go)
 	meta, err := msg.Metadata()
 	if err == nil {
 		a.Number, a.Seq = meta.NumDelivered, meta.Sequence.Stream
@@ -103,7 +108,11 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 				"subject", msg.Subject(), "stream_seq", a.Seq, "attempt", a.Number)
 			return
 		}
-		defer f.drop(a.Seq)
+		defer func() {
+			if !parked {
+				f.drop(a.Seq)
+			}
+		}()
 	}
 	ctx, span := f.startAttempt(ctx, msg, meta)
 	defer span.End()
@@ -149,10 +158,30 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	f.m.inFlight.Inc()
 	stopProgress := keepAlive(msg, progressInterval(f.opts.AckWait), f.opts.Connected, log)
 	start := time.Now()
+	parkHere := func(rep Report, state string) bool {
+		parked = f.park(&parkedStudy{msg: msg, a: a, rep: rep, stopProgress: stopProgress, log: log}, state)
+		if parked {
+			f.m.inFlight.Dec()
+		}
+		return parked
+	}
+	// While its source's studies are parked, a study is parked before any
+	// attempt.
+	if f.parkedSourceDown(ev.Source) && f.reservePark(a.Number) && parkHere(Report{}, "unavailable (its other studies are parked)") {
+		return
+	}
 	rep, err := f.transferGuarded(ctx, a, log)
 	if err != nil && Classify(err) == SourceMissing {
 		if gone, ok := f.deletedByBufferMode(ctx, a.Event, log); ok {
 			rep, err = gone, nil
+		}
+	}
+	if pe, ok := errors.AsType[*parkError](err); ok {
+		if parkHere(rep, pe.state) {
+			return
+		}
+		if f.isStopping() {
+			err = fmt.Errorf("%w: %w", pe, errShutdown)
 		}
 	}
 	stopProgress()

@@ -111,9 +111,13 @@ type Options struct {
 	SourceFor func(source string) (Source, error)
 	// SourceProbe asks the source an event names whether it answers (a
 	// cheap request: Orthanc's /system); nil: studies are not held while
-	// their source is unreachable (holdForSource). Set it only where one
-	// source feeds the forwarder.
+	// their source is unreachable (holdForSource).
 	SourceProbe func(ctx context.Context, source string) error
+	// MaxParked, where several sources feed the forwarder, is the most
+	// studies this process parks while their source is unavailable
+	// (sourcepark.go), freeing their workers for the other sources; 0:
+	// such a study holds its worker (one source).
+	MaxParked   int
 	Destination Destination
 	// Router, if set, selects what of each study goes to the destination;
 	// without it every instance of every study does.
@@ -259,6 +263,8 @@ type Forwarder struct {
 	// source go back to the queue at once.
 	stopping     chan struct{}
 	stoppingOnce sync.Once
+	// parking is nil unless MaxParked is set.
+	parking *sourceParking
 }
 
 // New validates opts and returns a Forwarder.
@@ -291,8 +297,8 @@ func New(opts Options) (*Forwarder, error) {
 	if opts.MinRequestConcurrency > max(opts.RequestConcurrency, 1) {
 		errs = append(errs, errors.New("the request concurrency floor must not exceed its ceiling"))
 	}
-	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 {
-		errs = append(errs, errors.New("max deliveries and instance retries must not be negative"))
+	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 || opts.MaxParked < 0 {
+		errs = append(errs, errors.New("max deliveries, instance retries and max parked must not be negative"))
 	}
 	if err := opts.Conflicts.check(opts.Destination); err != nil {
 		errs = append(errs, err)
@@ -339,6 +345,9 @@ func New(opts Options) (*Forwarder, error) {
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
 		stopping: make(chan struct{})}
+	if opts.MaxParked > 0 && opts.SourceProbe != nil {
+		fw.parking = &sourceParking{limit: opts.MaxParked, sources: map[string][]*parkedStudy{}}
+	}
 	if err := fw.plan.registerOpen(reg, opts.DestinationName); err != nil {
 		return nil, err
 	}

@@ -168,7 +168,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	})
 	m.sourceHeld = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_studies_held_for_source",
-		Help:        "Studies this process holds, unsettled and without spending a delivery, until the source Orthanc answers again (one source only).",
+		Help:        "Studies this process holds, unsettled, until the source Orthanc answers again: holding their workers without spending a delivery (one source), or parked, their workers free (several sources).",
 		ConstLabels: labels,
 	})
 	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone"} {

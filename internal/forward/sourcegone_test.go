@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -224,25 +225,31 @@ func orthancForwarder(t *testing.T, src Source, dest *testharness.Orthanc, opts 
 }
 
 // uploadStudy stores a generated study of n instances in o and returns
-// its stable event (source "a") and a client of o.
+// its stable event (source "a") and a client of o. o may hold other
+// studies.
 func uploadStudy(t *testing.T, o *testharness.Orthanc, n int) (*events.StudyStable, *orthancapi.Client) {
 	t.Helper()
 	paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: n})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var before, after []string
+	o.GetJSON(t, "/studies", &before)
 	o.Upload(t, paths...)
-	var studies []string
-	o.GetJSON(t, "/studies", &studies)
+	o.GetJSON(t, "/studies", &after)
+	after = slices.DeleteFunc(after, func(id string) bool { return slices.Contains(before, id) })
+	if len(after) != 1 {
+		t.Fatalf("the upload made %d studies, want 1", len(after))
+	}
 	var study struct {
 		MainDicomTags struct{ StudyInstanceUID string }
 		LastUpdate    string
 	}
-	o.GetJSON(t, "/studies/"+studies[0], &study)
+	o.GetJSON(t, "/studies/"+after[0], &study)
 	client, err := orthancapi.New(o.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
-		OrthancStudyID: studies[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate}, client
+		OrthancStudyID: after[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate}, client
 }

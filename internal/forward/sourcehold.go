@@ -42,6 +42,21 @@ func sourceUnavailable(probeErr error) bool {
 	return sourceDown(probeErr) || sourceRefusesUs(probeErr)
 }
 
+// sourceState says what an unavailable source does, for logs and errors.
+func sourceState(probeErr error) string {
+	oe, _ := errors.AsType[*orthancapi.Error](probeErr)
+	switch {
+	case !sourceRefusesUs(probeErr):
+		return "unreachable"
+	case oe.StatusCode == http.StatusUnauthorized:
+		return "refusing the forwarder's credentials"
+	default:
+		// 403: Orthanc's RemoteAccessAllowed, an authorization plugin or
+		// a proxy in front of it, as well as the credentials.
+		return "refusing the forwarder (403)"
+	}
+}
+
 // holdForSource is called after an attempt failed transiently, or for
 // the source's refusal of its credentials, for a reason other than the
 // destination. When the source does not answer a probe either (or
@@ -50,9 +65,9 @@ func sourceUnavailable(probeErr error) bool {
 // delivery: an outage of the source of any length spends no delivery
 // and dead-letters nothing (each failed attempt did, so an Orthanc down
 // for a weekend dead-lettered every study queued meanwhile). With every
-// worker holding, nothing more is pulled. SourceProbe is set only where
-// one source feeds the forwarder: with several, workers held for one
-// would leave the others' studies waiting.
+// worker holding, nothing more is pulled. Where several sources feed
+// the forwarder the study is parked instead, if it can be (canPark): err
+// is then a *parkError, and the worker is free for other sources.
 //
 // held is false when the source answers (the failure is the study's: the
 // usual retry follows). err is set, with held, when the forwarder stops
@@ -67,21 +82,20 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	if !sourceUnavailable(perr) {
 		return false, nil
 	}
+	state := sourceState(perr)
+	if f.reservePark(a.Number) {
+		return false, &parkError{source: a.Event.Source, state: state, cause: cause}
+	}
 	f.m.sourceHeld.Inc()
 	defer f.m.sourceHeld.Dec()
-	state := "unreachable" // what the log and the error say of the source
 	switch oe, _ := errors.AsType[*orthancapi.Error](perr); {
 	case !sourceRefusesUs(perr):
 		log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",
 			"source", a.Event.Source, "err", cause, "probe_err", perr)
 	case oe.StatusCode == http.StatusUnauthorized:
-		state = "refusing the forwarder's credentials"
 		log.Warn("source Orthanc refuses the forwarder's credentials: the study is held until it accepts them; no delivery is spent",
 			"source", a.Event.Source, "err", cause, "probe_err", perr)
 	default:
-		// 403: Orthanc's RemoteAccessAllowed, an authorization plugin or
-		// a proxy in front of it, as well as the credentials.
-		state = "refusing the forwarder (403)"
 		log.Warn("source Orthanc refuses the forwarder (403: its user's rights, an authorization plugin, RemoteAccessAllowed or a proxy): the study is held until it accepts it; no delivery is spent",
 			"source", a.Event.Source, "err", cause, "probe_err", perr)
 	}

@@ -3,16 +3,22 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -61,6 +67,83 @@ func TestSourceRefusingCredentialsHoldsTheStudy(t *testing.T) {
 	forwardHeld(t, client, dest, ev, "source Orthanc refuses the forwarder's credentials: the study is held", func() error {
 		return srcOrthanc.RestartWithPassword(context.Background(), "pw-old-4567")
 	})
+}
+
+// Where several sources feed the forwarder, a study whose source stops
+// answering is parked, and its worker forwards the other sources'
+// studies meanwhile: before, the study was retried as any transient
+// failure and dead-lettered once its deliveries ran out (a weekend
+// outage of one Orthanc dead-lettered every study queued from it). A
+// second study of the parked source is parked before any attempt. Once
+// the source answers, both go back to the queue and arrive, the outage
+// having spent one delivery each. Real Orthancs, one stopped and
+// started again; one worker.
+func TestSourceOutageParksWithSeveralSources(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") == "" {
+		t.Skip("starts real Orthanc servers; skipped in -short mode")
+	}
+	a := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "park-a"})
+	b := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "park-b"})
+	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "park-dest", DicomWeb: true})
+	evA1, clientA := uploadStudy(t, a, 3)
+	evA2, _ := uploadStudy(t, a, 2)
+	evB, clientB := uploadStudy(t, b, 1)
+	evB.Source = "b"
+	a.Stop(t)
+	clients := map[string]*orthancapi.Client{"a": clientA, "b": clientB}
+	var logs testharness.LogBuffer
+	f, ns, cons, dls := orthancForwarder(t, nil, dest, func(o *Options) {
+		o.SourceFor = func(source string) (Source, error) { return clients[source], nil }
+		o.SourceProbe = func(ctx context.Context, source string) error {
+			_, err := clients[source].System(ctx)
+			return err
+		}
+		// One delivery left after the one the study is parked in.
+		o.MaxParked, o.MaxInstances, o.MaxDeliveries = 10, 10, 2
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	for _, ev := range []*events.StudyStable{evA1, evA2, evB} {
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b's study arrives while a is down, a's two are parked.
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool {
+		return i.AckFloor.Consumer == 0 && i.NumAckPending == 2 && i.NumPending == 0
+	})
+	for deadline := time.Now().Add(15 * time.Second); len(dest.InstanceMD5s(t)) != 1; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("b's study not forwarded while a's are parked:\n%s", logs.String())
+		}
+	}
+	if n := strings.Count(logs.String(), "the study is parked until it answers"); n != 2 {
+		t.Errorf("%d studies parked, want 2:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "unavailable (its other studies are parked)") {
+		t.Errorf("a's second study was not parked before its attempt:\n%s", logs.String())
+	}
+	if err := a.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 3 && i.NumAckPending == 0 })
+	if letters := dls.all(); len(letters) != 0 {
+		t.Fatalf("dead-lettered as %q: %s; want a's studies parked until it answered", letters[0].Class, letters[0].Reason)
+	}
+	if n := len(dest.InstanceMD5s(t)); n != 6 {
+		t.Errorf("the destination holds %d instances, want 6", n)
+	}
+	if !strings.Contains(logs.String(), "its parked studies go back to the queue") {
+		t.Errorf("no log of the source's return:\n%s", logs.String())
+	}
 }
 
 // forwardHeld forwards ev from client's Orthanc to dest, with the source
@@ -144,5 +227,64 @@ func TestHoldForSource(t *testing.T) {
 				t.Errorf("held %v, err %v; want held %v, err %v", held, err, tt.held, tt.want)
 			}
 		})
+	}
+}
+
+// downSource answers as an Orthanc behind a proxy that lost it.
+type downSource struct{ *memSource }
+
+func (downSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	return nil, &orthancapi.Error{StatusCode: http.StatusServiceUnavailable, NotFromOrthanc: "proxy"}
+}
+
+// Past MaxParked a study of an unavailable source holds its worker, as
+// with one source, rather than spend its deliveries; at shutdown parked
+// and held studies go back to the queue, none retried or dead-lettered,
+// and Run returns once the parked ones are given back.
+func TestParkingFullHoldsAndShutdownGivesBack(t *testing.T) {
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	src := downSource{newMemSource(2)}
+	f := newForwarder(t, src.memSource, "http://127.0.0.1:1", cons, func(o *Options) {
+		o.Concurrency = 2
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.SourceProbe = func(context.Context, string) error {
+			return &orthancapi.Error{StatusCode: http.StatusBadGateway, NotFromOrthanc: "proxy"}
+		}
+		o.MaxParked, o.MaxDeliveries, o.DeadLetters = 1, 5, dls
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	for i := range 2 {
+		ev := testEvent()
+		ev.LastUpdate = fmt.Sprintf("20261205T05000%d", i)
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(15 * time.Second); testutil.ToFloat64(f.m.sourceHeld) != 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v studies held or parked, want 2", testutil.ToFloat64(f.m.sourceHeld))
+		}
+	}
+	f.parking.mu.Lock()
+	parked := f.parking.n
+	f.parking.mu.Unlock()
+	if parked != 1 {
+		t.Errorf("%d studies parked, want 1 (MaxParked), the other holding its worker", parked)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for result, want := range map[Result]float64{ResultInterrupted: 2, ResultRetry: 0, ResultDeadLettered: 0} {
+		if got := testutil.ToFloat64(f.m.studies.WithLabelValues(string(result))); got != want {
+			t.Errorf("%s: %v studies, want %v", result, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(f.m.sourceHeld); got != 0 {
+		t.Errorf("%v studies still held after shutdown", got)
 	}
 }
