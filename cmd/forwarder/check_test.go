@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -14,15 +15,19 @@ import (
 	"testing"
 
 	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testidp"
 	"github.com/stowline/stowline/internal/testpki"
 )
 
-// runCheck runs `forwarder check` with env and returns stdout, stderr.
+// runCheck runs `forwarder check` of the destination of env (the first
+// of DESTINATIONS, else the one) and returns stdout, stderr. Without
+// --destination it would check the source Orthanc too (TestCheckSources).
 func runCheck(t *testing.T, env map[string]string) (string, string, error) {
 	t.Helper()
+	destination, _, _ := strings.Cut(env["DESTINATIONS"], ",")
 	var out, errOut bytes.Buffer
-	err := run(context.Background(), []string{"check"}, func(k string) string { return env[k] }, nil, &out, &errOut)
+	err := run(context.Background(), []string{"check", "--destination", cmp.Or(destination, "default")}, func(k string) string { return env[k] }, nil, &out, &errOut)
 	t.Logf("forwarder check:\n%s", out.String())
 	return out.String(), errOut.String(), err
 }
@@ -390,5 +395,68 @@ func TestCheckNamesTheDestinationsVariables(t *testing.T) {
 				t.Errorf("default destination: verdict %q does not name %s", v, tt.unnamed)
 			}
 		})
+	}
+}
+
+// TestCheckSources: `forwarder check` asks each source Orthanc for
+// /system with the forwarder's credentials before any study flows, and
+// names the variables to fix when one does not answer or refuses them.
+// Before, it checked the destinations only, and a wrong Orthanc password
+// showed first as held studies. Real Orthanc with authentication.
+func TestCheckSources(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") == "" {
+		t.Skip("starts a real Orthanc; skipped in -short mode")
+	}
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "check-src", Username: "forwarder", Password: "pw-check-0123"})
+	dest := httptest.NewServer(qido(""))
+	t.Cleanup(dest.Close)
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close() // nothing listens there any more
+	one := func(password string) map[string]string {
+		return map[string]string{"DICOMWEB_URL": dest.URL, "ORTHANC_URL": o.URL, "ORTHANC_USERNAME": "forwarder", "ORTHANC_PASSWORD": password}
+	}
+	two := map[string]string{"DICOMWEB_URL": dest.URL, "ORTHANC_SOURCES": "main,cardio",
+		"ORTHANC_MAIN_URL": o.URL, "ORTHANC_MAIN_USERNAME": "forwarder", "ORTHANC_MAIN_PASSWORD": "pw-check-0123",
+		"ORTHANC_CARDIO_URL": gone.URL}
+	tests := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		wantErr bool
+		want    []string
+		unwant  []string
+	}{
+		{"one source and the destination", one("pw-check-0123"), nil, false,
+			[]string{"source       " + o.URL + " (ORTHANC_URL)", "GET /system -> Orthanc 1.", "destination  " + dest.URL, "-> 200 OK"}, []string{"FAIL"}},
+		{"wrong password", one("pw-wrong-0123"), nil, true,
+			[]string{"401", "verdict      FAIL: the forwarder cannot read this Orthanc: check ORTHANC_URL, and ORTHANC_USERNAME with ORTHANC_PASSWORD or ORTHANC_PASSWORD_FILE"}, nil},
+		{"one of two sources down", two, nil, true,
+			[]string{"source       main " + o.URL + " (ORTHANC_MAIN_URL)", "source       cardio " + gone.URL + " (ORTHANC_CARDIO_URL)", "check ORTHANC_CARDIO_URL, and ORTHANC_CARDIO_USERNAME", "-> 200 OK"}, nil},
+		{"--source names one", two, []string{"--source", "main"}, false,
+			[]string{"source       main"}, []string{"cardio", "destination"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := run(t.Context(), append([]string{"check"}, tt.args...), func(k string) string { return tt.env[k] }, nil, &out, &errOut)
+			t.Logf("forwarder check:\n%s", out.String())
+			if (err != nil) != tt.wantErr || errors.Is(err, app.ErrUsage) {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q", w)
+				}
+			}
+			for _, w := range append(tt.unwant, "pw-check-0123", "pw-wrong-0123") {
+				if strings.Contains(out.String()+errOut.String(), w) {
+					t.Errorf("output holds %q", w)
+				}
+			}
+		})
+	}
+	var out, errOut bytes.Buffer
+	if err := run(t.Context(), []string{"check", "--source", "radiology"}, func(k string) string { return two[k] }, nil, &out, &errOut); !errors.Is(err, app.ErrUsage) || !strings.Contains(err.Error(), `"radiology"`) {
+		t.Errorf("--source of no configured source: err = %v, want a usage error naming it", err)
 	}
 }

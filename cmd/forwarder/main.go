@@ -5,8 +5,9 @@
 // `forwarder replay ...` lists, replays and purges dead-lettered studies.
 // `forwarder audit [--enqueue] [--json]` lists (and enqueues) the studies
 // in Orthanc whose current state has no completed forward.
-// `forwarder check` verifies the destination's credentials and
-// reachability with the live configuration before any study flows.
+// `forwarder check` verifies the source Orthancs and the destinations'
+// credentials and reachability with the live configuration before any
+// study flows.
 // `forwarder backfill --destination NAME --since T` queues older studies
 // for one destination (one added to a running deployment).
 // `forwarder destinations [list|remove NAME --yes]` lists the destinations'
@@ -70,7 +71,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, environ
 // none of the commands the README and the docs send operators to.
 const commandsUsage = `
 Commands (forwarder COMMAND -h for each); without one, forwarder runs the workers:
-  check          verify each destination's credential and reachability with this configuration
+  check          verify each source Orthanc and each destination's credential and reachability with this configuration
   audit          list the stable studies in Orthanc a destination lacks (--enqueue queues them)
   backfill       queue older studies for one destination
   destinations   list the destinations' consumers, or remove one no longer served

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -16,15 +17,17 @@ import (
 )
 
 // checkUsage heads `forwarder check -h`.
-const checkUsage = `Usage: forwarder check [--destination NAME] [--timeout 30s]
+const checkUsage = `Usage: forwarder check [--source NAME] [--destination NAME] [--timeout 30s]
 
-Verifies each destination (or the one named) with the live configuration,
-before any study flows: obtains a credential the way the forwarder does
-(an OAuth2 token of OAUTH_PROVIDER, or AWS credentials for Signature V4),
-reports its lifetime and scopes (never the token), and sends one
-authenticated request to the destination: GET {DICOMWEB_URL}/studies?limit=1.
-It prints a verdict per destination and exits non-zero when a check fails.
-Logs go to stderr.
+Verifies each source Orthanc and each destination with the live
+configuration, before any study flows (with --source or --destination,
+only the ones named). A source gets one request with the forwarder's
+credentials: GET {ORTHANC_URL}/system. A destination: a credential is
+obtained the way the forwarder does (an OAuth2 token of OAUTH_PROVIDER,
+or AWS credentials for Signature V4), its lifetime and scopes reported
+(never the token), and one authenticated request sent:
+GET {DICOMWEB_URL}/studies?limit=1. It prints a verdict for each and
+exits non-zero when a check fails. Logs go to stderr.
 
 `
 
@@ -33,7 +36,8 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	const program = "forwarder check"
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on each step (credential, request)")
-	only := fs.String("destination", "", "check only this destination")
+	only := fs.String("destination", "", "check only this destination (and no source unless --source is set)")
+	onlySource := fs.String("source", "", "check only this source Orthanc (and no destination unless --destination is set)")
 	var cfg config.CheckCommand
 	if done, err := parseCommand(fs, checkUsage, args, getenv, stderr, &cfg); done || err != nil {
 		return err
@@ -42,23 +46,75 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return
 	defer cancel()
 	var errs []error
-	found := false
-	for i, d := range cfg.Served() {
-		if *only != "" && d.Name != *only {
-			continue
+	checked := 0 // verdicts printed, for the blank line between them
+	if *onlySource != "" || *only == "" {
+		sources, err := NewSources(&cfg.Orthanc)
+		if err != nil {
+			return err
 		}
-		found = true
-		if i > 0 && *only == "" {
-			fmt.Fprintln(stdout)
+		found := false
+		for _, src := range sources.List() {
+			if *onlySource != "" && src.Name != *onlySource {
+				continue
+			}
+			found = true
+			if checked++; checked > 1 {
+				fmt.Fprintln(stdout)
+			}
+			if err := checkSource(ctx, stdout, src, *timeout); err != nil {
+				errs = append(errs, fmt.Errorf("source %s: %w", cmp.Or(src.Name, src.varName), err))
+			}
 		}
-		if err := checkDestination(ctx, stdout, d, *timeout, log); err != nil {
-			errs = append(errs, fmt.Errorf("destination %s: %w", d.Name, err))
+		if !found {
+			return &usageError{fmt.Errorf("%s: --source %q is not a configured source (ORTHANC_SOURCES)", program, *onlySource)}
 		}
 	}
-	if !found {
-		return destinationNotFound(program, &cfg.Forwarder, *only)
+	if *only != "" || *onlySource == "" {
+		found := false
+		for _, d := range cfg.Served() {
+			if *only != "" && d.Name != *only {
+				continue
+			}
+			found = true
+			if checked++; checked > 1 {
+				fmt.Fprintln(stdout)
+			}
+			if err := checkDestination(ctx, stdout, d, *timeout, log); err != nil {
+				errs = append(errs, fmt.Errorf("destination %s: %w", d.Name, err))
+			}
+		}
+		if !found {
+			return destinationNotFound(program, &cfg.Forwarder, *only)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkSource asks one source Orthanc for /system with the forwarder's
+// credentials and prints its verdict.
+func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time.Duration) error {
+	line := func(k, format string, args ...any) {
+		fmt.Fprintf(stdout, "%-12s %s\n", k, fmt.Sprintf(format, args...))
+	}
+	title := redactURL(src.url) + " (" + src.varName + ")"
+	if src.Name != "" {
+		title = src.Name + " " + title
+	}
+	line("source", "%s", title)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	sys, err := src.Client.System(ctx)
+	if err != nil {
+		prefix := strings.TrimSuffix(src.varName, "URL")
+		line("request", "GET /system: %v", err)
+		hint := fmt.Sprintf("the forwarder cannot read this Orthanc: check %s, and %sUSERNAME with %sPASSWORD or %sPASSWORD_FILE", src.varName, prefix, prefix, prefix)
+		line("verdict", "FAIL: %s", hint)
+		return fmt.Errorf("%s: %w", hint, err)
+	}
+	line("request", "GET /system -> Orthanc %s, Name %q, in %s", sys.Version, sys.Name, time.Since(start).Round(time.Millisecond))
+	line("verdict", "OK")
+	return nil
 }
 
 // destinationNotFound is the usage error of a --destination this process

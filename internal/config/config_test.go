@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -412,5 +413,22 @@ func TestURLCredentialsErrorNamesRealVariables(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A command's configuration that embeds two parts with variables read by
+// readDynamic (ORTHANC_SOURCES, DESTINATIONS) has no promoted
+// readDynamic: Go drops the ambiguous method, and neither part's runs
+// unless the command declares its own. `forwarder check` lost
+// DESTINATIONS' variables so when it gained the Orthanc sources.
+func TestCommandsReadTheirDynamicVariables(t *testing.T) {
+	dynamic := reflect.TypeFor[dynamicVars]()
+	for _, cmd := range []any{&CheckCommand{}, &IngestService{}, &ForwarderService{}, &SingleHost{}, &Audit{}, &ReplayCommand{}} {
+		typ := reflect.TypeOf(cmd)
+		for field := range typ.Elem().Fields() {
+			if field.Anonymous && reflect.PointerTo(field.Type).Implements(dynamic) && !typ.Implements(dynamic) {
+				t.Errorf("%s embeds %s, whose variables readDynamic reads, and has no readDynamic of its own", typ.Elem().Name(), field.Name)
+			}
+		}
 	}
 }

@@ -287,15 +287,23 @@ func pemFileReadable(name, path string) error {
 }
 
 // CheckCommand is what `forwarder check` reads: the forwarder's
-// destination settings (the other forwarder variables are read, not used).
+// destination settings (the other forwarder variables are read, not used)
+// and its Orthanc sources.
 type CheckCommand struct {
 	Log
 	Forwarder
+	Orthanc
+}
+
+// readDynamic reads the variables named by ORTHANC_SOURCES and
+// DESTINATIONS.
+func (c *CheckCommand) readDynamic(getenv func(string) string) error {
+	return errors.Join(c.Orthanc.readDynamic(getenv), c.Forwarder.readDynamic(getenv))
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *CheckCommand) Validate() error {
-	return errors.Join(c.Log.Validate(), c.Forwarder.Validate())
+	return errors.Join(c.Log.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate())
 }
 
 // LogConfig returns the logging part.
