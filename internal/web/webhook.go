@@ -248,21 +248,31 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 // decodeEvent reads one JSON event and validates it; on error it returns the
 // HTTP status and the metric reason.
 func decodeEvent(body io.Reader) (*events.StudyStable, int, string, error) {
-	dec := json.NewDecoder(body)
+	data, err := io.ReadAll(body)
+	if err != nil {
+		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
+			return nil, http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
+		}
+		return nil, http.StatusBadRequest, "malformed", fmt.Errorf("reading the body: %w", err)
+	}
+	// An event of a newer version (a Lua script upgraded before the
+	// ingest) is said to be one before its fields are read: a field
+	// added by that version would otherwise be refused as unknown.
+	var head struct {
+		Type    string `json:"type"`
+		Version int    `json:"version"`
+	}
+	if json.Unmarshal(data, &head) == nil && head.Type == events.TypeStudyStable && head.Version > events.Version {
+		err := (&events.StudyStable{Type: head.Type, Version: head.Version}).Validate()
+		return nil, http.StatusBadRequest, "invalid", fmt.Errorf("%w: the sender is newer than this ingest, upgrade the ingest first", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var ev events.StudyStable
 	if err := dec.Decode(&ev); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return nil, http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
-		}
 		return nil, http.StatusBadRequest, "malformed", fmt.Errorf("malformed JSON: %s", jsonProblem(err))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return nil, http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
-		}
 		return nil, http.StatusBadRequest, "malformed", errors.New("malformed JSON: more than one value in the body")
 	}
 	if !ev.ReceivedAt.IsZero() {
