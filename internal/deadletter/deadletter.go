@@ -370,7 +370,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			if _, err := natsjs.PublishTo(ctx, s.js, subject, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
 				return fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 			}
-			if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			if _, err := s.deleteLetter(ctx, e.Seq); err != nil {
 				// Queued all the same: reported, so that the operator
 				// knows its study is on its way although its letter stayed.
 				n++
@@ -496,8 +496,14 @@ func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool, done func(*Ent
 	n := 0
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		if !dryRun {
-			if err := s.stream.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			gone, err := s.deleteLetter(ctx, e.Seq)
+			if err != nil {
 				return fmt.Errorf("purge dead letter %d: %w", e.Seq, err)
+			}
+			if gone {
+				// A replay or purge running at the same time took it
+				// since it was read: not this purge's to count or log.
+				return nil
 			}
 		}
 		n++
@@ -505,6 +511,22 @@ func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool, done func(*Ent
 		return nil
 	})
 	return n, err
+}
+
+// deleteLetter deletes the letter at seq; gone reports that it was
+// deleted already, by a replay or purge running at the same time. The
+// server answers the delete of a missing message with a generic failure
+// ("message deletion unsuccessful: no message found", not
+// ErrMsgNotFound), so a failure is checked by reading the letter.
+func (s *Store) deleteLetter(ctx context.Context, seq uint64) (gone bool, err error) {
+	err = s.stream.DeleteMsg(ctx, seq)
+	if err == nil {
+		return false, nil
+	}
+	if _, gerr := s.stream.GetMsg(ctx, seq); errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(gerr, jetstream.ErrMsgNotFound) {
+		return true, nil
+	}
+	return false, err
 }
 
 // Reforward re-queues every event the main stream received in
