@@ -336,8 +336,8 @@ func (r *forwarderRole) sourceProbe(ctx context.Context, source string) error {
 }
 
 // maxParked is forward.Options.MaxParked: with several sources, a
-// quarter of the consumer's MaxAckPending (shared by every replica) may
-// be parked in each process while a source is unavailable; with one, its
+// quarter of the consumer's MaxAckPending may be parked over the replicas
+// serving the destination while a source is unavailable; with one, its
 // studies hold their workers: nothing else is to be done meanwhile.
 func (r *forwarderRole) maxParked(maxAckPending int) int {
 	if len(r.sources.List()) < 2 {

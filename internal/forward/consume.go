@@ -158,26 +158,41 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 	f.m.inFlight.Inc()
 	stopProgress := keepAlive(msg, progressInterval(f.opts.AckWait), f.opts.Connected, log)
 	start := time.Now()
-	parkHere := func(rep Report, state string) bool {
-		parked = f.park(&parkedStudy{msg: msg, a: a, rep: rep, stopProgress: stopProgress, log: log}, state)
+	// parkHere hands the message to the parking (sourcepark.go), whose
+	// watcher then keeps it in progress.
+	parkHere := func(rep Report, state string, whileParked bool) bool {
+		parked = f.park(&parkedStudy{msg: msg, a: a, rep: rep, log: log}, state, whileParked)
 		if parked {
+			stopProgress()
 			f.m.inFlight.Dec()
 		}
 		return parked
 	}
+	var rep Report
 	// While its source's studies are parked, a study is parked before any
 	// attempt.
-	if f.parkedSourceDown(ev.Source) && f.reservePark(a.Number) && parkHere(Report{}, "unavailable (its other studies are parked)") {
-		return
+	if f.parkedSourceDown(ev.Source) && f.reservePark(a.Number) {
+		if parkHere(Report{}, "unavailable (its other studies are parked)", true) {
+			return
+		}
+		if f.isStopping() {
+			err = errShutdown
+		}
 	}
-	rep, err := f.transferGuarded(ctx, a, log)
+	if !errors.Is(err, errShutdown) {
+		rep, err = f.transferGuarded(ctx, a, log)
+	}
 	if err != nil && Classify(err) == SourceMissing {
 		if gone, ok := f.deletedByBufferMode(ctx, a.Event, log); ok {
 			rep, err = gone, nil
 		}
 	}
 	if pe, ok := errors.AsType[*parkError](err); ok {
-		if parkHere(rep, pe.state) {
+		if parkHere(rep, pe.state, false) {
+			// The attempt failed: counted, and its time kept for a
+			// dead letter later, as a retry's are.
+			f.m.failures.WithLabelValues(string(Classify(err))).Inc()
+			f.recordFailure(ctx, a, log)
 			return
 		}
 		if f.isStopping() {

@@ -114,9 +114,10 @@ type Options struct {
 	// their source is unreachable (holdForSource).
 	SourceProbe func(ctx context.Context, source string) error
 	// MaxParked, where several sources feed the forwarder, is the most
-	// studies this process parks while their source is unavailable
-	// (sourcepark.go), freeing their workers for the other sources; 0:
-	// such a study holds its worker (one source).
+	// studies parked while their source is unavailable (sourcepark.go),
+	// freeing their workers for the other sources, over the replicas
+	// serving the destination (SetReplicas shares it); 0: such a study
+	// holds its worker (one source).
 	MaxParked   int
 	Destination Destination
 	// Router, if set, selects what of each study goes to the destination;
@@ -346,7 +347,7 @@ func New(opts Options) (*Forwarder, error) {
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
 		stopping: make(chan struct{})}
 	if opts.MaxParked > 0 && opts.SourceProbe != nil {
-		fw.parking = &sourceParking{limit: opts.MaxParked, sources: map[string][]*parkedStudy{}}
+		fw.parking = &sourceParking{limit: opts.MaxParked, replicas: 1, sources: map[string][]*parkedStudy{}}
 	}
 	if err := fw.plan.registerOpen(reg, opts.DestinationName); err != nil {
 		return nil, err

@@ -78,8 +78,16 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*fl
 
 // SetReplicas tells the forwarder how many replicas serve its destination
 // (itself included): its ceiling of STOW-RS requests in flight becomes its
-// share of RequestConcurrency, so that together they stay within it.
-func (f *Forwarder) SetReplicas(n int) { f.limit.SetReplicas(n) }
+// share of RequestConcurrency, and the studies it may park its share of
+// MaxParked, so that together they stay within them.
+func (f *Forwarder) SetReplicas(n int) {
+	f.limit.SetReplicas(n)
+	if f.parking != nil {
+		f.parking.mu.Lock()
+		f.parking.replicas = n
+		f.parking.mu.Unlock()
+	}
+}
 
 // overload reports whether a request's error says the destination is
 // overloaded (429, 503, a time-out), with its Retry-After. A request

@@ -66,7 +66,7 @@ func sourceState(probeErr error) string {
 // and dead-letters nothing (each failed attempt did, so an Orthanc down
 // for a weekend dead-lettered every study queued meanwhile). With every
 // worker holding, nothing more is pulled. Where several sources feed
-// the forwarder the study is parked instead, if it can be (canPark): err
+// the forwarder the study is parked instead, if it can be (reservePark): err
 // is then a *parkError, and the worker is free for other sources.
 //
 // held is false when the source answers (the failure is the study's: the

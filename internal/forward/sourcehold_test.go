@@ -8,7 +8,10 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -134,7 +137,17 @@ func TestSourceOutageParksWithSeveralSources(t *testing.T) {
 	if err := a.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 3 && i.NumAckPending == 0 })
+	// The watcher probes a at waits doubling to a minute, and gives its
+	// studies back after two good probes in a row.
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		info, err := cons.Info(ctx)
+		if err == nil && info.AckFloor.Stream == 3 && info.NumAckPending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a's studies not forwarded within 2 minutes of its restart: %+v (%v)\n%s", info, err, logs.String())
+		}
+	}
 	if letters := dls.all(); len(letters) != 0 {
 		t.Fatalf("dead-lettered as %q: %s; want a's studies parked until it answered", letters[0].Class, letters[0].Reason)
 	}
@@ -286,5 +299,139 @@ func TestParkingFullHoldsAndShutdownGivesBack(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(f.m.sourceHeld); got != 0 {
 		t.Errorf("%v studies still held after shutdown", got)
+	}
+}
+
+// parkedMsg is a parked event's message: it counts the give-backs and the
+// in-progress signals, and fails the signals while failSignals is set.
+type parkedMsg struct {
+	jetstream.Msg
+	mu              sync.Mutex
+	naks, signals   int
+	failSignals     bool
+	takenAtGiveBack bool // the event was out of hand when given back
+	f               *Forwarder
+	seq             uint64
+}
+
+func (m *parkedMsg) Nak() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.naks++
+	// JetStream may deliver it again at once, to a worker here.
+	m.takenAtGiveBack = m.f.take(m.seq)
+	return nil
+}
+
+func (m *parkedMsg) InProgress() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failSignals {
+		return errors.New("nats: connection closed")
+	}
+	m.signals++
+	return nil
+}
+
+func (m *parkedMsg) counts() (naks, signals int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.naks, m.signals
+}
+
+// parkOne parks a study of source "a" in a forwarder whose probe of it
+// answers with probe's results in turn (the last one again once they run
+// out), the event in hand as a worker's.
+func parkOne(t *testing.T, probe []error, opts ...func(*Options)) (*Forwarder, *parkedMsg, *atomic.Int32) {
+	t.Helper()
+	var probes atomic.Int32
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, append([]func(*Options){func(o *Options) {
+		o.SourceProbe = func(context.Context, string) error {
+			n := int(probes.Add(1))
+			return probe[min(n, len(probe))-1]
+		}
+		o.MaxParked = 10
+	}}, opts...)...)
+	const seq = 7
+	msg := &parkedMsg{f: f, seq: seq}
+	if !f.take(seq) || !f.reservePark(1) {
+		t.Fatal("take or reserve")
+	}
+	a := &Attempt{Seq: seq, Number: 1, Event: &events.StudyStable{Source: "a"}}
+	if !f.park(&parkedStudy{msg: msg, a: a, log: slog.New(slog.DiscardHandler)}, "unreachable", false) {
+		t.Fatal("not parked")
+	}
+	t.Cleanup(func() {
+		f.stoppingOnce.Do(func() { close(f.stopping) })
+		f.parking.watchers.Wait()
+	})
+	return f, msg, &probes
+}
+
+var errSourceDown = &orthancapi.Error{StatusCode: http.StatusBadGateway, NotFromOrthanc: "proxy"}
+
+// A flapping source gives its parked studies back only once it answers
+// two probes in a row: each give-back spends a delivery, and one good
+// probe between failures spent one a flap. The study is then out of hand
+// before its Nak, for a worker here that JetStream gives it to at once
+// (it used to leave it unsettled, "delivered again while this process
+// still works on it", for the ack wait).
+func TestParkedStudiesGoBackAfterTwoGoodProbes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, msg, probes := parkOne(t, []error{nil, errSourceDown, nil, nil})
+		time.Sleep(sourceHoldWait)
+		synctest.Wait()
+		if naks, _ := msg.counts(); probes.Load() != 1 || naks != 0 {
+			t.Fatalf("after one good probe: %d probes, %d give-backs; want 1, none", probes.Load(), naks)
+		}
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		naks, signals := msg.counts()
+		if probes.Load() != 4 || naks != 1 || !msg.takenAtGiveBack {
+			t.Errorf("%d probes, %d give-backs, out of hand %v; want 4, one, true", probes.Load(), naks, msg.takenAtGiveBack)
+		}
+		if signals == 0 {
+			t.Error("no in-progress signal while parked")
+		}
+	})
+}
+
+// A parked study whose in-progress signals lapsed for longer than the
+// ack wait (NATS unreachable) is JetStream's again, sent to another
+// worker meanwhile: it is not given back a second time, which would have
+// had it sent twice at once.
+func TestLapsedParkedStudyIsNotGivenBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f, msg, _ := parkOne(t, []error{nil})
+		msg.mu.Lock()
+		msg.failSignals = true
+		msg.mu.Unlock()
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		if naks, _ := msg.counts(); naks != 0 {
+			t.Errorf("%d give-backs of a study whose signals lapsed for %s, want none", naks, 2*sourceHoldWait)
+		}
+		if got := testutil.ToFloat64(f.m.sourceHeld); got != 0 {
+			t.Errorf("%v studies still parked", got)
+		}
+	})
+}
+
+// MaxParked bounds the parked studies over the replicas serving the
+// destination: each parks its share, so that K replicas do not take K
+// times the consumer's room for unacknowledged events (MaxAckPending),
+// which would stop JetStream delivering to any of them.
+func TestParkingIsSharedByTheReplicas(t *testing.T) {
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.SourceProbe = func(context.Context, string) error { return errSourceDown }
+		o.MaxParked = 8
+	})
+	f.SetReplicas(4)
+	n := 0
+	for f.reservePark(1) {
+		n++
+	}
+	if n != 2 {
+		t.Errorf("%d places with 4 replicas sharing 8, want 2", n)
 	}
 }

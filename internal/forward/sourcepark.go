@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/repeatlog"
 )
 
 // Where several sources feed the forwarder (ORTHANC_SOURCES), a worker
@@ -21,32 +24,48 @@ import (
 // Every other study of that source pulled meanwhile is parked before any
 // work.
 //
+// The source must answer two probes in a row before its studies go back,
+// so that a flapping Orthanc does not spend a delivery at each flap.
+// Every give-back spends one all the same (a flap that passes both, a
+// shutdown), and a message whose in-progress signals lapsed for longer
+// than the ack wait (NATS unreachable) is left to JetStream, which has
+// sent it again, rather than given back a second time.
+//
 // Parked messages count against the consumer's MaxAckPending, shared with
-// every replica: Options.MaxParked bounds them in each process. Past it,
-// and on an event's last delivery (its give-back would dead-letter it as
-// a crash), the study holds its worker as with one source.
+// every replica: Options.MaxParked bounds them over the replicas serving
+// the destination (SetReplicas shares it). Past it, and on an event's
+// last delivery (its give-back would dead-letter it as a crash), the
+// study holds its worker as with one source.
 
 // sourceParking holds the parked studies by source.
 type sourceParking struct {
-	limit int // MaxParked
+	limit int // MaxParked, over every replica
 	mu    sync.Mutex
+	// replicas serving the destination, this one included (SetReplicas).
+	replicas int
 	// n counts the parked studies and the places reserved for studies
 	// about to be (reservePark).
 	n       int
 	sources map[string][]*parkedStudy
-	// watchers are the goroutines probing a source, one per source with
-	// parked studies.
+	// watchers are the goroutines probing a source and keeping its
+	// studies in progress, one per source with parked studies.
 	watchers sync.WaitGroup
+}
+
+// share is this process's part of the limit.
+func (p *sourceParking) share() int {
+	return max(1, p.limit/max(p.replicas, 1))
 }
 
 // parkedStudy is a study whose message is kept in progress while its
 // source is unavailable.
 type parkedStudy struct {
-	msg          jetstream.Msg
-	a            *Attempt
-	rep          Report
-	stopProgress func()
-	log          *slog.Logger
+	msg jetstream.Msg
+	a   *Attempt
+	rep Report
+	log *slog.Logger
+	// signalled is when JetStream last took an in-progress signal for it.
+	signalled time.Time
 }
 
 // parkError is holdForSource's answer where the study is to be parked
@@ -65,15 +84,16 @@ func (e *parkError) Unwrap() error { return e.cause }
 
 // reservePark reserves a place to park a study on its delivery number
 // n, rather than hold its worker: it reports false when the process
-// parks MaxParked already (or the study is on its last delivery). A
-// reservation is used by park, which cancels it if it parks nothing.
+// parks its share of MaxParked already (or the study is on its last
+// delivery). A reservation is used by park, which cancels it if it parks
+// nothing.
 func (f *Forwarder) reservePark(n uint64) bool {
 	if f.parking == nil || (f.policy.maxDeliveries > 0 && n >= f.policy.maxDeliveries) {
 		return false
 	}
 	f.parking.mu.Lock()
 	defer f.parking.mu.Unlock()
-	if f.parking.n >= f.parking.limit {
+	if f.parking.n >= f.parking.share() {
 		return false
 	}
 	f.parking.n++
@@ -105,16 +125,18 @@ func (f *Forwarder) parkedSourceDown(source string) bool {
 // park keeps p's message in progress until its source answers, and takes
 // over its settlement, in the place reservePark reserved. It reports
 // false, having cancelled the reservation and done nothing else, when
-// shutdown has started.
-func (f *Forwarder) park(p *parkedStudy, state string) bool {
+// shutdown has started, or, with whileParked, when the source's studies
+// are no longer parked (it answered since parkedSourceDown).
+func (f *Forwarder) park(p *parkedStudy, state string, whileParked bool) bool {
 	source := p.a.Event.Source
 	f.parking.mu.Lock()
-	if f.isStopping() {
+	list, watched := f.parking.sources[source]
+	if f.isStopping() || (whileParked && !watched) {
 		f.parking.n--
 		f.parking.mu.Unlock()
 		return false
 	}
-	list, watched := f.parking.sources[source]
+	p.signalled = time.Now()
 	f.parking.sources[source] = append(list, p)
 	if !watched {
 		f.parking.watchers.Add(1)
@@ -127,43 +149,99 @@ func (f *Forwarder) park(p *parkedStudy, state string) bool {
 	return true
 }
 
-// watchParkedSource probes source, at waits doubling from sourceHoldWait
-// to sourceHoldMaxWait, until it answers or shutdown starts, and then
-// gives its parked studies back to the queue.
+// watchParkedSource keeps source's parked studies in progress and probes
+// source, at waits doubling from sourceHoldWait to sourceHoldMaxWait,
+// until it answers two probes in a row or shutdown starts, and then gives
+// its parked studies back to the queue.
 func (f *Forwarder) watchParkedSource(source, state string) {
 	defer f.parking.watchers.Done()
 	start := time.Now()
-	for wait := sourceHoldWait; ; wait = min(2*wait, sourceHoldMaxWait) {
-		t := time.NewTimer(wait)
+	signals := time.NewTicker(progressInterval(f.opts.AckWait))
+	defer signals.Stop()
+	failures := repeatlog.Failures{Every: time.Minute}
+	answered := false // the last probe found the source back
+	wait := sourceHoldWait
+	probeAt := time.NewTimer(wait)
+	defer probeAt.Stop()
+	for {
 		select {
 		case <-f.stopping:
-			t.Stop()
 			f.unpark(source, true)
 			return
-		case <-t.C:
+		case <-signals.C:
+			f.signalParked(source, &failures)
+			continue
+		case <-probeAt.C:
 		}
-		// The probe ends with shutdown too.
-		ctx, cancel := context.WithTimeout(context.Background(), sourceProbeTimeout)
-		go func() {
-			select {
-			case <-f.stopping:
-				cancel()
-			case <-ctx.Done():
+		if !sourceUnavailable(f.probeUntilStopping(source)) {
+			if answered {
+				f.log.Info("source Orthanc answers again: its parked studies go back to the queue", "source", source, "was", state,
+					"held_s", int(time.Since(start).Seconds()))
+				f.unpark(source, false)
+				return
 			}
-		}()
-		perr := f.opts.SourceProbe(ctx, source)
-		cancel()
-		if !sourceUnavailable(perr) {
-			f.log.Info("source Orthanc answers again: its parked studies go back to the queue", "source", source, "was", state,
-				"held_s", int(time.Since(start).Seconds()))
-			f.unpark(source, false)
-			return
+			answered = true
+			probeAt.Reset(sourceHoldWait)
+			continue
+		}
+		answered = false
+		wait = min(2*wait, sourceHoldMaxWait)
+		probeAt.Reset(wait)
+	}
+}
+
+// probeUntilStopping probes source, for at most sourceProbeTimeout and
+// not past the start of shutdown.
+func (f *Forwarder) probeUntilStopping(source string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), sourceProbeTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-f.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return f.opts.SourceProbe(ctx, source)
+}
+
+// signalParked tells JetStream that source's parked studies are still in
+// progress, one failure logged for all of them at a time.
+func (f *Forwarder) signalParked(source string, failures *repeatlog.Failures) {
+	f.parking.mu.Lock()
+	list := slices.Clone(f.parking.sources[source])
+	f.parking.mu.Unlock()
+	var failed error
+	for _, p := range list {
+		err := p.msg.InProgress()
+		if err == nil && f.opts.Connected != nil && !f.opts.Connected() {
+			err = errNATSUnreachable
+		}
+		if err != nil {
+			failed = err
+			continue
+		}
+		f.parking.mu.Lock()
+		p.signalled = time.Now()
+		f.parking.mu.Unlock()
+	}
+	switch {
+	case failed != nil:
+		if n, ok := failures.Failed(); ok {
+			f.log.Warn("in-progress signals of parked studies failed", "source", source, "studies", len(list), "err", failed, "failures", n)
+		}
+	case len(list) > 0:
+		if n := failures.Succeeded(); n > 0 {
+			f.log.Info("in-progress signals of parked studies resumed", "source", source, "failures", n)
 		}
 	}
 }
 
 // unpark gives source's parked studies back to the queue: at once, for
 // a worker here or at another replica; at shutdown, as handBack does.
+// One whose signals lapsed for longer than the ack wait is JetStream's
+// again (sent to a worker meanwhile, perhaps at another replica): giving
+// it back too would have it sent twice at once.
 func (f *Forwarder) unpark(source string, shutdown bool) {
 	f.parking.mu.Lock()
 	list := f.parking.sources[source]
@@ -171,19 +249,26 @@ func (f *Forwarder) unpark(source string, shutdown bool) {
 	f.parking.n -= len(list)
 	f.parking.mu.Unlock()
 	for _, p := range list {
-		p.stopProgress()
+		// Dropped first: a worker here may get it at once, and would
+		// leave it to this delivery if it were still in hand.
+		f.drop(p.a.Seq)
 		result := ResultRetry
-		if shutdown {
+		switch {
+		case time.Since(p.signalled) > f.opts.AckWait:
+			p.log.Warn("parked study's in-progress signals lapsed for longer than the ack wait: JetStream sends it again, it is not given back",
+				"lapsed_s", int(time.Since(p.signalled).Seconds()))
+		case shutdown:
 			handBack(p.msg, f.opts.Connected, p.rep, p.log)
 			result = ResultInterrupted
-		} else if err := p.msg.Nak(); err != nil {
-			p.log.Warn("parked study not given back; JetStream sends it again after the ack wait", "err", err)
-		} else {
-			p.log.Info("parked study given back to the queue: its source Orthanc answers again")
+		default:
+			if err := p.msg.Nak(); err != nil {
+				p.log.Warn("parked study not given back; JetStream sends it again after the ack wait", "err", err)
+			} else {
+				p.log.Info("parked study given back to the queue: its source Orthanc answers again")
+			}
 		}
 		f.m.sourceHeld.Dec()
 		f.m.studies.WithLabelValues(string(result)).Inc()
 		f.obs.Finished(p.a, result, p.rep)
-		f.drop(p.a.Seq)
 	}
 }
