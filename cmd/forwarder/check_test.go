@@ -429,9 +429,9 @@ func TestCheckSources(t *testing.T) {
 		{"one source and the destination", one("pw-check-0123"), nil, false,
 			[]string{"source       " + o.URL + " (ORTHANC_URL)", "GET /system -> Orthanc 1.", "destination  " + dest.URL, "-> 200 OK"}, []string{"FAIL"}},
 		{"wrong password", one("pw-wrong-0123"), nil, true,
-			[]string{"401", "verdict      FAIL: the forwarder cannot read this Orthanc: check ORTHANC_URL, and ORTHANC_USERNAME with ORTHANC_PASSWORD or ORTHANC_PASSWORD_FILE"}, nil},
+			[]string{"401", "verdict      FAIL: Orthanc refuses the forwarder: check ORTHANC_USERNAME with ORTHANC_PASSWORD or ORTHANC_PASSWORD_FILE, and that user's rights"}, nil},
 		{"one of two sources down", two, nil, true,
-			[]string{"source       main " + o.URL + " (ORTHANC_MAIN_URL)", "source       cardio " + gone.URL + " (ORTHANC_CARDIO_URL)", "check ORTHANC_CARDIO_URL, and ORTHANC_CARDIO_USERNAME", "-> 200 OK"}, nil},
+			[]string{"source       main " + o.URL + " (ORTHANC_MAIN_URL)", "source       cardio " + gone.URL + " (ORTHANC_CARDIO_URL)", "verdict      FAIL: Orthanc does not answer: check ORTHANC_CARDIO_URL and that this host reaches it", "-> 200 OK"}, nil},
 		{"--source names one", two, []string{"--source", "main"}, false,
 			[]string{"source       main"}, []string{"cardio", "destination"}},
 	}
@@ -456,7 +456,7 @@ func TestCheckSources(t *testing.T) {
 		})
 	}
 	var out, errOut bytes.Buffer
-	if err := run(t.Context(), []string{"check", "--source", "radiology"}, func(k string) string { return two[k] }, nil, &out, &errOut); !errors.Is(err, app.ErrUsage) || !strings.Contains(err.Error(), `"radiology"`) {
-		t.Errorf("--source of no configured source: err = %v, want a usage error naming it", err)
+	if err := run(t.Context(), []string{"check", "--source", "radiology"}, func(k string) string { return two[k] }, nil, &out, &errOut); !errors.Is(err, app.ErrUsage) || !strings.Contains(err.Error(), `"radiology"`) || !strings.Contains(err.Error(), "main, cardio") {
+		t.Errorf("--source of no configured source: err = %v, want a usage error naming it and the sources", err)
 	}
 }

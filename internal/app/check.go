@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"time"
 
 	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // checkUsage heads `forwarder check -h`.
@@ -50,7 +52,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	if *onlySource != "" || *only == "" {
 		sources, err := NewSources(&cfg.Orthanc)
 		if err != nil {
-			return err
+			return &usageError{fmt.Errorf("%s: invalid configuration: %w", program, err)}
 		}
 		found := false
 		for _, src := range sources.List() {
@@ -66,7 +68,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 			}
 		}
 		if !found {
-			return &usageError{fmt.Errorf("%s: --source %q is not a configured source (ORTHANC_SOURCES)", program, *onlySource)}
+			return &usageError{fmt.Errorf("%s: --source %q is not a configured source: %s", program, *onlySource, sourceNames(sources))}
 		}
 	}
 	if *only != "" || *onlySource == "" {
@@ -90,6 +92,20 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	return errors.Join(errs...)
 }
 
+// sourceNames lists the configured sources' names for a usage error.
+func sourceNames(s *Sources) string {
+	var names []string
+	for _, src := range s.List() {
+		if src.Name != "" {
+			names = append(names, src.Name)
+		}
+	}
+	if len(names) == 0 {
+		return "this configuration names no source (ORTHANC_URL without ORTHANC_SOURCE_NAME): run it without --source"
+	}
+	return "the sources are " + strings.Join(names, ", ")
+}
+
 // checkSource asks one source Orthanc for /system with the forwarder's
 // credentials and prints its verdict.
 func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time.Duration) error {
@@ -108,7 +124,10 @@ func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time
 	if err != nil {
 		prefix := strings.TrimSuffix(src.varName, "URL")
 		line("request", "GET /system: %v", err)
-		hint := fmt.Sprintf("the forwarder cannot read this Orthanc: check %s, and %sUSERNAME with %sPASSWORD or %sPASSWORD_FILE", src.varName, prefix, prefix, prefix)
+		hint := fmt.Sprintf("Orthanc does not answer: check %s and that this host reaches it", src.varName)
+		if oe, ok := errors.AsType[*orthancapi.Error](err); ok && oe.NotFromOrthanc == "" && (oe.StatusCode == http.StatusUnauthorized || oe.StatusCode == http.StatusForbidden) {
+			hint = fmt.Sprintf("Orthanc refuses the forwarder: check %sUSERNAME with %sPASSWORD or %sPASSWORD_FILE, and that user's rights", prefix, prefix, prefix)
+		}
 		line("verdict", "FAIL: %s", hint)
 		return fmt.Errorf("%s: %w", hint, err)
 	}

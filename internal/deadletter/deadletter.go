@@ -517,14 +517,20 @@ func (s *Store) Purge(ctx context.Context, f Filter, dryRun bool, done func(*Ent
 // deleted already, by a replay or purge running at the same time. The
 // server answers the delete of a missing message with a generic failure
 // ("message deletion unsuccessful: no message found", not
-// ErrMsgNotFound), so a failure is checked by reading the letter.
+// ErrMsgNotFound), so such an answer is checked by reading the letter.
+// Any other failure (a time-out, after which the delete may have been
+// done) is returned.
 func (s *Store) deleteLetter(ctx context.Context, seq uint64) (gone bool, err error) {
 	err = s.stream.DeleteMsg(ctx, seq)
-	if err == nil {
+	switch {
+	case err == nil:
 		return false, nil
-	}
-	if _, gerr := s.stream.GetMsg(ctx, seq); errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(gerr, jetstream.ErrMsgNotFound) {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return true, nil
+	case errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful):
+		if _, gerr := s.stream.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			return true, nil
+		}
 	}
 	return false, err
 }

@@ -172,23 +172,20 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("Content-Type must be application/json, got %q", r.Header.Get("Content-Type")))
 		return
 	}
-	var body io.Reader = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-	if h.hmacKey != nil {
-		b, err := io.ReadAll(body)
-		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				h.reject(w, r, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
-			} else {
-				h.reject(w, r, http.StatusBadRequest, "malformed", "reading the body: "+err.Error())
-			}
-			return
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
+			h.reject(w, r, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
+		} else {
+			h.reject(w, r, http.StatusBadRequest, "malformed", "reading the body: "+err.Error())
 		}
-		if err := verifySignature(h.hmacKey, h.maxSkew, h.now(), r.Header, b); err != nil {
+		return
+	}
+	if h.hmacKey != nil {
+		if err := verifySignature(h.hmacKey, h.maxSkew, h.now(), r.Header, body); err != nil {
 			h.reject(w, r, http.StatusUnauthorized, "bad_signature", err.Error())
 			return
 		}
-		body = bytes.NewReader(b)
 	}
 	ev, status, reason, err := decodeEvent(body)
 	if err != nil {
@@ -247,14 +244,7 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 
 // decodeEvent reads one JSON event and validates it; on error it returns the
 // HTTP status and the metric reason.
-func decodeEvent(body io.Reader) (*events.StudyStable, int, string, error) {
-	data, err := io.ReadAll(body)
-	if err != nil {
-		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
-			return nil, http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
-		}
-		return nil, http.StatusBadRequest, "malformed", fmt.Errorf("reading the body: %w", err)
-	}
+func decodeEvent(data []byte) (*events.StudyStable, int, string, error) {
 	// An event of a newer version (a Lua script upgraded before the
 	// ingest) is said to be one before its fields are read: a field
 	// added by that version would otherwise be refused as unknown.

@@ -16,7 +16,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add([]byte(``))
 	f.Add(bytes.Repeat([]byte(`[`), 10000))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		ev, status, reason, err := decodeEvent(bytes.NewReader(body))
+		ev, status, reason, err := decodeEvent(body)
 		if err == nil {
 			if ev == nil || ev.Validate() != nil {
 				t.Fatalf("accepted an invalid event: %+v", ev)
