@@ -142,19 +142,43 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 
 // Run audits every source and calls report for each finding, in Orthanc's
 // order. With enqueue it first publishes the finding's event, the same the
-// Lua script would send. A report error stops the audit.
+// Lua script would send. A report error stops the audit. A source that
+// cannot be read does not: the others are audited all the same (one
+// Orthanc down must not hide the others' missing studies), and the error
+// names each source left unaudited.
 func (a *Auditor) Run(ctx context.Context, enqueue bool, report func(Finding) error) (Summary, error) {
 	if enqueue && a.opts.Publish == nil {
 		return Summary{}, errors.New("audit: a publisher is required to enqueue")
 	}
 	var sum Summary
+	var errs []error
+	reported := func(f Finding) error {
+		if err := report(f); err != nil {
+			return &reportError{err}
+		}
+		return nil
+	}
 	for _, src := range a.opts.Sources {
-		if err := a.source(ctx, src, enqueue, report, &sum); err != nil {
+		err := a.source(ctx, src, enqueue, reported, &sum)
+		if _, ok := errors.AsType[*reportError](err); ok {
 			return sum, err
 		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return sum, err
+			}
+			a.log.Error("source not audited (or not to its end); the other sources are audited", "err", err)
+			errs = append(errs, err)
+		}
 	}
-	return sum, nil
+	return sum, errors.Join(errs...)
 }
+
+// reportError is Run's report failing: it stops the audit.
+type reportError struct{ err error }
+
+func (e *reportError) Error() string { return e.err.Error() }
+func (e *reportError) Unwrap() error { return e.err }
 
 func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report func(Finding) error, sum *Summary) error {
 	name := src.Name

@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -245,5 +246,53 @@ func TestAuditOfSomeDestinationsEnqueuesForThemOnly(t *testing.T) {
 		if len(published) != 1 || published[0] != want {
 			t.Errorf("some=%v: published for %q, want [%q]", some, published, want)
 		}
+	}
+}
+
+// One source Orthanc down does not leave the others unaudited: the audit
+// stopped at the first source it could not read ("main", down for the
+// weekend), and reported nothing of "cardio" behind it. Now cardio's
+// missing study is reported and enqueued, and the error names main.
+// Real Orthancs, main stopped.
+func TestAuditGoesOnPastAnUnreachableSource(t *testing.T) {
+	mainOrthanc := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-main"})
+	cardio := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-cardio", StableAge: 2})
+	mainClient, err := orthancapi.New(mainOrthanc.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cardioClient, err := orthancapi.New(cardio.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := upload(t, cardio, "", 1)
+	cardio.WaitStable(t, 20*time.Second)
+	mainOrthanc.Stop(t)
+	ns := testnats.Start(t)
+	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ledger.NewAuditor(ledger.AuditOptions{
+		Sources:      []ledger.Source{{Name: "main", Orthanc: mainClient}, {Name: "cardio", Orthanc: cardioClient}},
+		Destinations: []ledger.Destination{{Name: natsjs.DefaultDestination, Records: ledger.New(kv)}},
+		Publish:      publish(ns.JS),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []ledger.Finding
+	sum, err := a.Run(t.Context(), true, func(f ledger.Finding) error {
+		found = append(found, f)
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "source main") {
+		t.Errorf("err = %v, want one naming source main", err)
+	}
+	if len(found) != 1 || found[0].Source != "cardio" || found[0].StudyInstanceUID != uid || !found[0].Enqueued {
+		t.Fatalf("findings = %+v, want cardio's study %s enqueued", found, uid)
+	}
+	if sum.Studies != 1 || sum.Enqueued != 1 {
+		t.Errorf("summary = %+v", sum)
 	}
 }
