@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -120,7 +121,9 @@ const sourcePage = 500
 // source whose LastUpdate falls in [start, end) (end zero: up to now),
 // giving each to emit once queued (or, dry, found). Orthanc writes
 // LastUpdate in UTC. dups counts the events JetStream dropped as queued by
-// a backfill before, within the dedupe window.
+// a backfill before, within the dedupe window. A source that cannot be
+// read does not keep the others' studies from being queued: the error
+// names each source not read to its end.
 func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool, emit func(*events.StudyStable)) (dups int, err error) {
 	sources, err := NewSources(oc)
 	if err != nil {
@@ -130,12 +133,14 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 	if !end.IsZero() {
 		to = end.UTC().Format(lastUpdateLayout)
 	}
+	var errs []error
 	for _, src := range sources.List() {
 		name := src.Name
 		if name == "" {
 			sys, err := src.Client.System(ctx)
 			if err != nil {
-				return dups, fmt.Errorf("orthanc: learn the source name: %w", err)
+				errs = append(errs, fmt.Errorf("orthanc: learn the source name: %w", err))
+				continue
 			}
 			name = events.DefaultSourceName(sys.Name)
 		}
@@ -161,10 +166,13 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 			return nil
 		})
 		if err != nil {
-			return dups, fmt.Errorf("source %s: %w", name, err)
+			if ctx.Err() != nil {
+				return dups, fmt.Errorf("source %s: %w", name, err)
+			}
+			errs = append(errs, fmt.Errorf("source %s: %w", name, err))
 		}
 	}
-	return dups, nil
+	return dups, errors.Join(errs...)
 }
 
 // streamWindowNote writes deadletter.WindowNote's note, if any.

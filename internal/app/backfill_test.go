@@ -11,7 +11,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -100,5 +102,37 @@ func reforward(js jetstream.JetStream) func(since string) (string, error) {
 		c := &replayCLI{JS: js, Stdout: &out}
 		err := c.Run(context.Background(), []string{"reforward", "--destination", "new", "--since", since, "--dry-run"})
 		return out.String(), err
+	}
+}
+
+// A backfill from the sources goes on past one it cannot read: with
+// main down it stopped there, and queued nothing of cardio behind it.
+// Now cardio's study is queued (here, listed: --dry-run) and the error
+// names main. Real Orthanc for cardio; nothing listens at main's URL.
+func TestBackfillFromSourcesGoesOnPastAnUnreachableOne(t *testing.T) {
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	if _, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), srv.JS, []string{"new"}); err != nil {
+		t.Fatal(err)
+	}
+	cardio := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "backfill-cardio", StableAge: 2})
+	uid := dicomgen.NewUID()
+	files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{StudyInstanceUID: uid, Series: 1, InstancesPerSeries: 1, Rows: 16, Columns: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := cardio.Upload(t, files...); len(res.Failed) > 0 {
+		t.Fatal(res.Failed)
+	}
+	cardio.WaitStable(t, 20*time.Second)
+	env := map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_SOURCES": "main,cardio",
+		"ORTHANC_MAIN_URL": "http://" + testharness.FreeAddr(t), "ORTHANC_CARDIO_URL": cardio.URL}
+	var out strings.Builder
+	err = RunBackfill(t.Context(), []string{"--destination", "new", "--since", "24h", "--from", "source", "--dry-run"},
+		func(k string) string { return env[k] }, &out, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "source main") {
+		t.Errorf("err = %v, want one naming source main", err)
+	}
+	if !strings.Contains(out.String(), uid) || !strings.Contains(out.String(), "1 studies would be queued") {
+		t.Errorf("cardio's study %s not listed:\n%s", uid, out.String())
 	}
 }
