@@ -153,9 +153,25 @@ func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(Veri
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// A source that cannot be read (down, refusing the audit, or taken
+	// out of ORTHANC_SOURCES since its forwards) is not asked again; its
+	// other studies are counted as not verified, and the others' are
+	// verified all the same.
+	unread := map[string]*unreadSource{}
+	var unreadOrder []string
 	err := o.Ledger.Forwarded(ctx, o.Since, func(source, id string, rec Record) error {
 		sum.Studies++
+		if u, ok := unread[source]; ok {
+			u.skipped++
+			return nil
+		}
 		f, err := verifyStudy(ctx, o, source, id, rec, &sum)
+		if se, ok := errors.AsType[*sourceError](err); ok && ctx.Err() == nil {
+			log.Error("source not verified (its studies are skipped); the other sources' studies are verified", "source", source, "err", se.err)
+			unread[source] = &unreadSource{err: se.err, skipped: 1}
+			unreadOrder = append(unreadOrder, source)
+			return nil
+		}
 		if err != nil || f == nil {
 			return err
 		}
@@ -171,13 +187,32 @@ func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(Veri
 		}
 		return report(*f)
 	})
-	return sum, err
+	errs := []error{err}
+	for _, source := range unreadOrder {
+		u := unread[source]
+		errs = append(errs, fmt.Errorf("source %s: %d forwarded studies not verified: %w", source, u.skipped, u.err))
+	}
+	return sum, errors.Join(errs...)
 }
+
+// unreadSource is a source Verify could not read: the first error, and
+// the studies it skipped.
+type unreadSource struct {
+	err     error
+	skipped int
+}
+
+// sourceError is verifyStudy failing to read the study's source, not the
+// destination.
+type sourceError struct{ err error }
+
+func (e *sourceError) Error() string { return e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
 
 func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Record, sum *VerifySummary) (*VerifyFinding, error) {
 	src, err := o.SourceFor(source)
 	if err != nil {
-		return nil, fmt.Errorf("study %s of %s: %w", id, source, err)
+		return nil, &sourceError{fmt.Errorf("study %s of %s: %w", id, source, err)}
 	}
 	st, err := src.Study(ctx, id)
 	if errors.Is(err, orthancapi.ErrNotFound) {
@@ -185,7 +220,7 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("study %s of %s: %w", id, source, err)
+		return nil, &sourceError{fmt.Errorf("study %s of %s: %w", id, source, err)}
 	}
 	if st.LastUpdate != rec.LastUpdate {
 		sum.Changed++
@@ -199,7 +234,7 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("study %s of %s: list instances: %w", id, source, err)
+		return nil, &sourceError{fmt.Errorf("study %s of %s: list instances: %w", id, source, err)}
 	}
 	if o.Select != nil {
 		if instances, err = o.Select(ctx, source, id, instances); err != nil {

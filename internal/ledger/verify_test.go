@@ -238,3 +238,56 @@ func TestVerifyStudyGoneBetweenReads(t *testing.T) {
 		t.Errorf("summary %+v, want %+v", sum, want)
 	}
 }
+
+// A source the verifying audit cannot read (here taken out of
+// ORTHANC_SOURCES since its forwards; or down) does not stop it: its
+// first study failed the whole run, so no other source's studies were
+// verified for as long as the window held one of its forwards. Now its
+// studies are skipped and counted in the error, which names it, and the
+// other source's missing instance is found.
+func TestVerifyGoesOnPastAnUnreadableSource(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(kv)
+	for k, source := range []string{"cardio", "cardio", "main", "main"} {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: source,
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
+		if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	main := memStudies{2: "20261204T100000", 3: "20261204T100000"}
+	var found []ledger.VerifyFinding
+	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
+		Destination: "archive",
+		Ledger:      l,
+		SourceFor: func(source string) (ledger.VerifySource, error) {
+			if source != "main" {
+				return nil, fmt.Errorf("unknown source %q", source)
+			}
+			return main, nil
+		},
+		Listed: func(_ context.Context, uid string, _ int) ([]string, error) {
+			if uid == "1.2.2" {
+				return []string{"1.2.2.0", "1.2.2.1"}, nil // 1.2.2.2 missing
+			}
+			return []string{uid + ".0", uid + ".1", uid + ".2"}, nil
+		},
+	}, false, func(f ledger.VerifyFinding) error {
+		found = append(found, f)
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "source cardio: 2 forwarded studies not verified") {
+		t.Errorf("err = %v, want one naming cardio's 2 studies", err)
+	}
+	if len(found) != 1 || found[0].Source != "main" || len(found[0].Missing) != 1 || found[0].Missing[0].SOPInstanceUID != "1.2.2.2" {
+		t.Fatalf("findings = %+v, want main's study 1.2.2 missing 1.2.2.2", found)
+	}
+	if want := (ledger.VerifySummary{Studies: 4, Verified: 1, Findings: 1, MissingInstances: 1}); sum != want {
+		t.Errorf("summary %+v, want %+v", sum, want)
+	}
+}
