@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 
 	"golang.org/x/net/http/httpproxy"
 
@@ -123,17 +124,23 @@ func (s *Sources) Lookup(name string) (*orthancapi.Client, error) {
 }
 
 // Ready reports whether every source answers; the error names the ones
-// that do not.
+// that do not. The sources are asked at once: asked in turn, one that
+// hangs used up the check's deadline, and those after it were named as
+// failing too ("context deadline exceeded") while they answered.
 func (s *Sources) Ready(ctx context.Context) error {
-	var errs []error
-	for _, src := range s.list {
-		if _, err := src.Client.System(ctx); err != nil {
-			label := src.Name
-			if label == "" {
-				label = src.varName
+	errs := make([]error, len(s.list))
+	var wg sync.WaitGroup
+	for i, src := range s.list {
+		wg.Go(func() {
+			if _, err := src.Client.System(ctx); err != nil {
+				label := src.Name
+				if label == "" {
+					label = src.varName
+				}
+				errs[i] = fmt.Errorf("orthanc %s: %w", label, err)
 			}
-			errs = append(errs, fmt.Errorf("orthanc %s: %w", label, err))
-		}
+		})
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }

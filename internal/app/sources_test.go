@@ -6,16 +6,19 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http/httpproxy"
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testpki"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // An Orthanc behind a private PKI is reached over HTTPS with
@@ -100,5 +103,55 @@ func TestMaxParkedOnlyWithSeveralSources(t *testing.T) {
 		if got := r.maxParked(1000); got != want {
 			t.Errorf("%d sources: MaxParked %d, want %d", n, got, want)
 		}
+	}
+}
+
+// A source that hangs does not get the others named as failing in
+// /readyz: the sources were asked in turn, so one that accepted the
+// connection and never answered used up the check's deadline, and the
+// next, answering, was reported "context deadline exceeded" as well,
+// sending the operator after an Orthanc that was fine. cardio is a real
+// Orthanc; main a listener that accepts and never answers (a hung
+// Orthanc, which a real one cannot be made into on demand).
+func TestReadyNamesOnlyTheSourceThatHangs(t *testing.T) {
+	cardio := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "ready-cardio"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for c := range accepted {
+			c.Close()
+		}
+	})
+	var list []Source
+	// main first: asked in turn, it used up the deadline.
+	for _, src := range []struct{ name, url string }{{"main", "http://" + ln.Addr().String()}, {"cardio", cardio.URL}} {
+		c, err := orthancapi.New(src.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		list = append(list, Source{Name: src.name, Client: c})
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	err = (&Sources{list: list}).Ready(ctx)
+	if err == nil || !strings.Contains(err.Error(), "orthanc main") {
+		t.Fatalf("Ready = %v, want main named", err)
+	}
+	if strings.Contains(err.Error(), "orthanc cardio") {
+		t.Errorf("Ready = %v: cardio answers, it must not be named", err)
 	}
 }
