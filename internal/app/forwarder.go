@@ -76,6 +76,14 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		"jetstream": p.conn.Ready,
 		"orthanc":   r.sources.Ready,
 	}
+	if len(r.sources.List()) > 1 {
+		// Studies of a source that does not answer are parked, and the
+		// others' go on: one Orthanc down is reported, and does not take
+		// the forwarder out of service (a rollout waiting for ready
+		// pods would stall for the outage); none answering does.
+		checks["orthanc"] = r.sources.AnyReady
+		checks["orthanc_sources"] = web.Advisory(r.sources.Ready)
+	}
 	// Every destination's rules and ledger, served here or not: buffer
 	// mode deletes an instance only once all that select it stored it.
 	routes := map[string]*route{}

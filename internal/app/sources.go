@@ -128,6 +128,23 @@ func (s *Sources) Lookup(name string) (*orthancapi.Client, error) {
 // hangs used up the check's deadline, and those after it were named as
 // failing too ("context deadline exceeded") while they answered.
 func (s *Sources) Ready(ctx context.Context) error {
+	return errors.Join(s.ready(ctx)...)
+}
+
+// AnyReady reports whether one source at least answers; the error, when
+// none does, names each.
+func (s *Sources) AnyReady(ctx context.Context) error {
+	errs := s.ready(ctx)
+	for _, err := range errs {
+		if err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("no Orthanc source answers: %w", errors.Join(errs...))
+}
+
+// ready asks every source at once; errs[i] is the i-th source's error.
+func (s *Sources) ready(ctx context.Context) []error {
 	errs := make([]error, len(s.list))
 	var wg sync.WaitGroup
 	for i, src := range s.list {
@@ -142,5 +159,5 @@ func (s *Sources) Ready(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	return errs
 }

@@ -113,7 +113,11 @@ func TestMaxParkedOnlyWithSeveralSources(t *testing.T) {
 // sending the operator after an Orthanc that was fine. cardio is a real
 // Orthanc; main a listener that accepts and never answers (a hung
 // Orthanc, which a real one cannot be made into on demand).
-func TestReadyNamesOnlyTheSourceThatHangs(t *testing.T) {
+//
+// A forwarder fed by several sources stays ready while one answers
+// (AnyReady): the studies of the others are parked, and it was taken out
+// of service for one Orthanc's outage. It is unready once none answers.
+func TestReadinessOfSeveralSources(t *testing.T) {
 	cardio := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "ready-cardio"})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -153,5 +157,18 @@ func TestReadyNamesOnlyTheSourceThatHangs(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "orthanc cardio") {
 		t.Errorf("Ready = %v: cardio answers, it must not be named", err)
+	}
+	sources := &Sources{list: list}
+	anyReady := func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		return sources.AnyReady(ctx)
+	}
+	if err := anyReady(); err != nil {
+		t.Errorf("AnyReady with cardio answering = %v, want ready", err)
+	}
+	cardio.Stop(t)
+	if err := anyReady(); err == nil || !strings.Contains(err.Error(), "no Orthanc source answers") || !strings.Contains(err.Error(), "orthanc cardio") {
+		t.Errorf("AnyReady with none answering = %v, want an error naming them", err)
 	}
 }
