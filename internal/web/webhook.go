@@ -245,21 +245,13 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 // decodeEvent reads one JSON event and validates it; on error it returns the
 // HTTP status and the metric reason.
 func decodeEvent(data []byte) (*events.StudyStable, int, string, error) {
-	// An event of a newer version (a Lua script upgraded before the
-	// ingest) is said to be one before its fields are read: a field
-	// added by that version would otherwise be refused as unknown.
-	var head struct {
-		Type    string `json:"type"`
-		Version int    `json:"version"`
-	}
-	if json.Unmarshal(data, &head) == nil && head.Type == events.TypeStudyStable && head.Version > events.Version {
-		err := (&events.StudyStable{Type: head.Type, Version: head.Version}).Validate()
-		return nil, http.StatusBadRequest, "invalid", fmt.Errorf("%w: the sender is newer than this ingest, upgrade the ingest first", err)
-	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var ev events.StudyStable
 	if err := dec.Decode(&ev); err != nil {
+		if err := newerVersion(data); err != nil {
+			return nil, http.StatusBadRequest, "invalid", err
+		}
 		return nil, http.StatusBadRequest, "malformed", fmt.Errorf("malformed JSON: %s", jsonProblem(err))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
@@ -269,9 +261,32 @@ func decodeEvent(data []byte) (*events.StudyStable, int, string, error) {
 		return nil, http.StatusBadRequest, "invalid", errors.New(`field "receivedAt": is set by the ingest, not by the sender`)
 	}
 	if err := ev.Validate(); err != nil {
+		if errors.Is(err, events.ErrNewerVersion) {
+			err = fmt.Errorf("%w: %s", err, newerSender)
+		}
 		return nil, http.StatusBadRequest, "invalid", err
 	}
 	return &ev, 0, "", nil
+}
+
+// newerSender is the advice for an event of a newer version.
+const newerSender = "the sender is newer than this ingest, upgrade the ingest first"
+
+// newerVersion is the answer to a body this build could not read when it
+// is an event of a newer version (a Lua script upgraded before the
+// ingest): a field that version added is refused as unknown, and the
+// sender is to hear of the version, not of the field. nil otherwise. It
+// runs only for a body that failed, so an accepted event is parsed once.
+func newerVersion(data []byte) error {
+	var head struct {
+		Type    string `json:"type"`
+		Version int    `json:"version"`
+	}
+	if json.Unmarshal(data, &head) != nil || head.Type != events.TypeStudyStable || head.Version <= events.Version {
+		return nil
+	}
+	err := (&events.StudyStable{Type: head.Type, Version: head.Version}).Validate()
+	return fmt.Errorf("%w: %s", err, newerSender)
 }
 
 // jsonProblem says what is wrong without echoing the body back: the

@@ -96,6 +96,7 @@ func TestWebhook(t *testing.T) {
 		// A newer Lua script's event, with a field this build does not
 		// know: said to be newer, not refused for the field.
 		{"newer version with a new field", "application/json", bearer, strings.Replace(validBody, `"version":1`, `"version":2,"modalityHint":"CT"`, 1), 400, "version 2, newer than this build's 1: the sender is newer than this ingest, upgrade the ingest first", ""},
+		{"newer version", "application/json", bearer, strings.Replace(validBody, `"version":1`, `"version":2`, 1), 400, "version 2, newer than this build's 1: the sender is newer than this ingest, upgrade the ingest first", ""},
 		{"unknown field", "application/json", bearer, strings.Replace(validBody, `{`, `{"patientName":"x",`, 1), 400, "patientName", ""},
 		{"missing field", "application/json", bearer, strings.Replace(validBody, `"source":"orthanc-a",`, ``, 1), 400, `"source"`, ""},
 		{"traversal id", "application/json", bearer, strings.Replace(validBody, `27f7126f-4f66fb14-03f4081b-f9341db2-53925988`, `../../tools/reset`, 1), 400, `"orthancStudyId"`, ""},
