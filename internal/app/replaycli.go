@@ -40,6 +40,7 @@ A dead letter goes back to the destination it failed at only.
 
 Filters:
   --destination D  the letters of one destination
+  --source S       the letters of one source Orthanc's studies (ORTHANC_SOURCES)
   --seq N          one dead letter
   --study UID      by StudyInstanceUID
   --orthanc-id ID  by Orthanc study ID
@@ -92,6 +93,7 @@ func replayFlags(name string) *flag.FlagSet {
 
 func filterFlags(fs *flag.FlagSet, a *deadletter.FilterArgs) {
 	fs.StringVar(&a.Destination, "destination", "", "destination")
+	fs.StringVar(&a.Source, "source", "", "source Orthanc")
 	fs.StringVar(&a.Seq, "seq", "", "dead-letter sequence number")
 	fs.StringVar(&a.Study, "study", "", "StudyInstanceUID")
 	fs.StringVar(&a.OrthancStudyID, "orthanc-id", "", "Orthanc study ID")
@@ -203,7 +205,7 @@ func (c *replayCLI) mutate(ctx context.Context, name string, args []string) erro
 		return usagef("%s: %w", name, err)
 	}
 	if f.Empty() {
-		return usagef("%s: give a filter (--destination, --seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
+		return usagef("%s: give a filter (--destination, --source, --seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
 	}
 	op, verb := c.Store.Replay, "replayed"
 	if name == "purge" {

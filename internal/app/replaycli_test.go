@@ -214,6 +214,12 @@ func TestReplayCommands(t *testing.T) {
 		if got := listJSON("--class", "permanent"); len(got) != 1 || got[0].Seq != seq1 || got[0].Event.StudyInstanceUID != ev1.StudyInstanceUID {
 			t.Errorf("list --class permanent = %+v, want letter %d", got, seq1)
 		}
+		if got := listJSON("--source", ev2.Source); len(got) != 2 {
+			t.Errorf("list --source %s = %d letters, want both", ev2.Source, len(got))
+		}
+		if out := r.mustRun(t, "list", "--json", "--source", "cardio"); strings.TrimSpace(out) != "[]" {
+			t.Errorf("list --source of another source printed %q, want []", out)
+		}
 		if out := r.mustRun(t, "list", "--json", "--class", "crash"); strings.TrimSpace(out) != "[]" {
 			t.Errorf("list --json with no match printed %q, want []", out)
 		}

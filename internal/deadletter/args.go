@@ -44,6 +44,7 @@ func ParseTime(s string) (time.Time, error) {
 // FilterArgs is a filter as text, from flags or JSON.
 type FilterArgs struct {
 	Destination    string `json:"destination,omitempty"`
+	Source         string `json:"source,omitempty"`
 	Seq            string `json:"seq,omitempty"`
 	Study          string `json:"study,omitempty"`
 	OrthancStudyID string `json:"orthancStudyId,omitempty"`
@@ -62,6 +63,12 @@ func (a FilterArgs) Filter() (Filter, error) {
 			errs = append(errs, fmt.Errorf("destination: %q is not a destination name", a.Destination))
 		}
 		f.Destination = a.Destination
+	}
+	if a.Source != "" {
+		if !events.ValidSource(a.Source) {
+			errs = append(errs, fmt.Errorf("source: %q is not a source name", a.Source))
+		}
+		f.Source = a.Source
 	}
 	if a.Seq != "" {
 		n, err := strconv.ParseUint(a.Seq, 10, 64)

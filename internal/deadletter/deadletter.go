@@ -122,7 +122,10 @@ func DestinationOf(l *forward.DeadLetter) string {
 // "purge everything" is always explicit; List lists every letter for it.
 type Filter struct {
 	// Destination selects the letters of one destination.
-	Destination      string
+	Destination string
+	// Source selects the letters of one source Orthanc's studies: with
+	// ORTHANC_SOURCES two sources may hold the same StudyInstanceUID.
+	Source           string
 	Seq              uint64
 	StudyInstanceUID string
 	OrthancStudyID   string
@@ -135,13 +138,14 @@ type Filter struct {
 
 // Empty reports whether f selects nothing.
 func (f Filter) Empty() bool {
-	return !f.All && f.Destination == "" && f.Seq == 0 && f.StudyInstanceUID == "" && f.OrthancStudyID == "" &&
+	return !f.All && f.Destination == "" && f.Source == "" && f.Seq == 0 && f.StudyInstanceUID == "" && f.OrthancStudyID == "" &&
 		f.Class == "" && f.ReasonContains == "" && f.Since.IsZero()
 }
 
 func (f Filter) match(e *Entry) bool {
 	switch {
 	case f.Destination != "" && DestinationOf(&e.DeadLetter) != f.Destination,
+		f.Source != "" && e.Event.Source != f.Source,
 		f.Seq != 0 && e.Seq != f.Seq,
 		f.StudyInstanceUID != "" && e.Event.StudyInstanceUID != f.StudyInstanceUID,
 		f.OrthancStudyID != "" && e.Event.OrthancStudyID != f.OrthancStudyID,

@@ -330,22 +330,28 @@ func TestListFilters(t *testing.T) {
 		letter(3, forward.Partial, "2 of 5 instances failed (0xA700)", t0.Add(2*time.Hour)),
 	)
 	one, two, three := seqs[0], seqs[1], seqs[2]
+	// The same study at another source Orthanc (ORTHANC_SOURCES).
+	cardio := letter(3, forward.Permanent, "HTTP 415 Unsupported Media Type", t0.Add(2*time.Hour))
+	cardio.Event.Source = "cardio"
+	four := add(t, s, cardio)[0]
 
 	tests := []struct {
 		name   string
 		filter deadletter.Filter
 		want   []uint64
 	}{
-		{"all", deadletter.Filter{All: true}, []uint64{one, two, three}},
+		{"all", deadletter.Filter{All: true}, []uint64{one, two, three, four}},
 		{"seq", deadletter.Filter{Seq: two}, []uint64{two}},
 		{"seq without a letter", deadletter.Filter{Seq: three + 10}, []uint64{}},
 		{"seq and another class", deadletter.Filter{Seq: two, Class: forward.Permanent}, []uint64{}},
-		{"study UID", deadletter.Filter{StudyInstanceUID: event("src", 3).StudyInstanceUID}, []uint64{three}},
+		{"study UID", deadletter.Filter{StudyInstanceUID: event("src", 3).StudyInstanceUID}, []uint64{three, four}},
+		{"source", deadletter.Filter{Source: "cardio"}, []uint64{four}},
+		{"study UID at one source", deadletter.Filter{StudyInstanceUID: event("src", 3).StudyInstanceUID, Source: "src"}, []uint64{three}},
 		{"Orthanc ID", deadletter.Filter{OrthancStudyID: event("src", 1).OrthancStudyID}, []uint64{one}},
 		{"class", deadletter.Filter{Class: forward.Transient}, []uint64{two}},
-		{"reason, case-insensitive", deadletter.Filter{ReasonContains: "UNSUPPORTED media"}, []uint64{one}},
+		{"reason, case-insensitive", deadletter.Filter{ReasonContains: "UNSUPPORTED media"}, []uint64{one, four}},
 		{"reason matches none", deadletter.Filter{ReasonContains: "certificate"}, []uint64{}},
-		{"dead-lettered since", deadletter.Filter{Since: t0.Add(30 * time.Minute)}, []uint64{two, three}},
+		{"dead-lettered since", deadletter.Filter{Since: t0.Add(30 * time.Minute)}, []uint64{two, three, four}},
 		{"since and class", deadletter.Filter{Since: t0.Add(30 * time.Minute), Class: forward.Partial}, []uint64{three}},
 		{"since after every letter was stored", deadletter.Filter{Since: time.Now().Add(time.Hour)}, []uint64{}},
 	}

@@ -37,7 +37,7 @@ type AdminAPI struct {
 
 // Mount adds the /admin routes to r.
 //
-//	GET  /admin/deadletters            ?destination ?seq ?study ?orthancStudyId ?class ?reason ?since ?limit ?after
+//	GET  /admin/deadletters            ?destination ?source ?seq ?study ?orthancStudyId ?class ?reason ?since ?limit ?after
 //	GET  /admin/deadletters/{seq}
 //	POST /admin/deadletters/replay     {"destination":…, "study":…, "all":true, "dryRun":true, …}
 //	POST /admin/deadletters/purge      same body
@@ -78,7 +78,7 @@ func (a *AdminAPI) Mount(r chi.Router) {
 
 func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	args := deadletter.FilterArgs{Destination: q.Get("destination"), Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
+	args := deadletter.FilterArgs{Destination: q.Get("destination"), Source: q.Get("source"), Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
 		Class: q.Get("class"), Reason: q.Get("reason"), Since: q.Get("since")}
 	f, err := args.Filter()
 	if err != nil {
@@ -190,7 +190,7 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			return
 		}
 		if f.Empty() {
-			WriteError(w, http.StatusBadRequest, "give a filter (destination, seq, study, orthancStudyId, class, reason, since) or \"all\": true")
+			WriteError(w, http.StatusBadRequest, "give a filter (destination, source, seq, study, orthancStudyId, class, reason, since) or \"all\": true")
 			return
 		}
 		op, what, done := a.Store.Purge, "purge", "purged"
