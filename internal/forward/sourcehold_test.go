@@ -292,9 +292,14 @@ func TestParkingFullHoldsAndShutdownGivesBack(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	for result, want := range map[Result]float64{ResultInterrupted: 2, ResultRetry: 0, ResultDeadLettered: 0} {
-		if got := testutil.ToFloat64(f.m.studies.WithLabelValues(string(result))); got != want {
-			t.Errorf("%s: %v studies, want %v", result, got, want)
+	// A study given back may reach a worker again before it sees the
+	// shutdown: it is handed back once more.
+	if got := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultInterrupted))); got < 2 {
+		t.Errorf("%v studies handed back, want both", got)
+	}
+	for _, result := range []Result{ResultRetry, ResultDeadLettered} {
+		if got := testutil.ToFloat64(f.m.studies.WithLabelValues(string(result))); got != 0 {
+			t.Errorf("%s: %v studies, want none", result, got)
 		}
 	}
 	if got := testutil.ToFloat64(f.m.sourceHeld); got != 0 {
