@@ -169,7 +169,19 @@ func consumer(t *testing.T, ns *testnats.Server) jetstream.Consumer {
 
 func waitConsumer(t *testing.T, c jetstream.Consumer, cond func(*jetstream.ConsumerInfo) bool) *jetstream.ConsumerInfo {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	return waitConsumerWithin(t, c, 15*time.Second, cond)
+}
+
+// heldWait bounds the wait for a study held or parked for its source:
+// the source is probed 5, 15 and 35 s into the hold (sourceHoldWait
+// doubled), so a source back a moment after a probe is seen up to 20 s
+// later.
+const heldWait = time.Minute
+
+// waitConsumerWithin is waitConsumer giving up after within.
+func waitConsumerWithin(t *testing.T, c jetstream.Consumer, within time.Duration, cond func(*jetstream.ConsumerInfo) bool) *jetstream.ConsumerInfo {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for {
 		info, err := c.Info(context.Background())
 		if err == nil && cond(info) {
@@ -186,6 +198,12 @@ func waitConsumer(t *testing.T, c jetstream.Consumer, cond func(*jetstream.Consu
 // stream (acked, terminated or dead-lettered), then stops it.
 func forwardOne(t *testing.T, f *Forwarder, ns *testnats.Server, cons jetstream.Consumer, ev *events.StudyStable) {
 	t.Helper()
+	forwardOneWithin(t, f, ns, cons, ev, 15*time.Second)
+}
+
+// forwardOneWithin is forwardOne giving up after within.
+func forwardOneWithin(t *testing.T, f *Forwarder, ns *testnats.Server, cons jetstream.Consumer, ev *events.StudyStable, within time.Duration) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	done := make(chan error, 1)
@@ -193,7 +211,7 @@ func forwardOne(t *testing.T, f *Forwarder, ns *testnats.Server, cons jetstream.
 	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+	waitConsumerWithin(t, cons, within, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
