@@ -441,9 +441,17 @@ func TestDestinations(t *testing.T) {
 	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/ui/?replayed=3&destination=ai") {
 		t.Fatalf("replay: %d Location %q", resp.StatusCode, loc)
 	}
-	q, err := status.ReadQueue(ctx, js)
-	if err != nil {
-		t.Fatal(err)
+	// ai's consumers were there before the replayed event: JetStream
+	// counts it once it has signalled them, after the publish's ack, so
+	// wait for the count rather than read once.
+	var q status.Queue
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if q, err = status.ReadQueue(ctx, js); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := q.Destination("ai"); d.Pending == 4 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if d, _ := q.Destination("ai"); d.Pending != 4 || d.DeadLetters != 0 {
 		t.Errorf("ai after the replay: %+v; want 4 pending, no dead letter", d)
