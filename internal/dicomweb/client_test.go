@@ -226,6 +226,9 @@ func TestStoreConflict409CarriesResult(t *testing.T) {
 
 func TestStoreErrorResponses(t *testing.T) {
 	orthanc400 := readTestdata(t, "orthanc/orthanc-partial-broken.json")
+	// One instant for each answer's Date and Retry-After: read twice, the
+	// clock could pass a second between them, and the wait be 31 s.
+	now := time.Now()
 	tests := []struct {
 		name        string
 		status      int
@@ -245,12 +248,12 @@ func TestStoreErrorResponses(t *testing.T) {
 			// Read against the answer's Date: the forwarder's clock
 			// is 10 min behind the server's, or 10 min ahead.
 			name: "429 with a Retry-After date, client clock behind", status: 429,
-			header:     map[string]string{"Date": serverTime(10*time.Minute, 0), "Retry-After": serverTime(10*time.Minute, 30*time.Second)},
+			header:     map[string]string{"Date": serverTime(now, 10*time.Minute, 0), "Retry-After": serverTime(now, 10*time.Minute, 30*time.Second)},
 			retryAfter: 30 * time.Second, errContains: []string{"429 Too Many Requests"},
 		},
 		{
 			name: "429 with a Retry-After date, client clock ahead", status: 429,
-			header:     map[string]string{"Date": serverTime(-10*time.Minute, 0), "Retry-After": serverTime(-10*time.Minute, 30*time.Second)},
+			header:     map[string]string{"Date": serverTime(now, -10*time.Minute, 0), "Retry-After": serverTime(now, -10*time.Minute, 30*time.Second)},
 			retryAfter: 30 * time.Second, errContains: []string{"429 Too Many Requests"},
 		},
 		{
@@ -319,10 +322,10 @@ func TestStoreErrorResponses(t *testing.T) {
 	}
 }
 
-// serverTime is a server's HTTP-date, its clock off from this one's by
-// off, after more.
-func serverTime(off, after time.Duration) string {
-	return time.Now().Add(off).Truncate(time.Second).Add(after).UTC().Format(http.TimeFormat)
+// serverTime is a server's HTTP-date at now, its clock off from this
+// one's by off, after more.
+func serverTime(now time.Time, off, after time.Duration) string {
+	return now.Add(off).Truncate(time.Second).Add(after).UTC().Format(http.TimeFormat)
 }
 
 func TestStoreUnparseableSuccess(t *testing.T) {
