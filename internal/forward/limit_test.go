@@ -26,7 +26,11 @@ import (
 // every study is stored, none dead-lettered.
 func TestRequestLimitSettlesBelowAThrottle(t *testing.T) {
 	const n, studies, instances = 4, 6, 120
-	sink := stowsink.New(stowsink.Options{Latency: 20 * time.Millisecond})
+	// 100 ms a request, well above what a loaded host adds to one (tens
+	// of milliseconds under -race): at 20 ms that noise alone doubled a
+	// round's time, the limiter shrank it for latency, and a decrease
+	// right after a 429's halving ended the run at 1.
+	sink := stowsink.New(stowsink.Options{Latency: 100 * time.Millisecond})
 	gate := faultproxy.LimitInFlight(sink, n, 0)
 	srv := httptest.NewServer(gate)
 	t.Cleanup(srv.Close)
