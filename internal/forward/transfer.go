@@ -152,8 +152,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// stored are the instances the destination confirmed to this
 	// attempt, in its earlier rounds; earlier those it confirmed to
 	// earlier attempts of this study, read from the same Orthanc file
-	// (sentID; read at the first conflict answer, kept when this attempt
-	// fails or is acked). An "already exists" for one of them is the
+	// (sentID; read at the first conflict answer, kept as each request is
+	// answered, so a forwarder killed mid-study or before its ack loses
+	// none of them). An "already exists" for one of them is the
 	// destination holding stowline's own copy, not other content: Azure's
 	// 45070 and DICOM's 0x0111 name the UID only, so a study re-sent after
 	// a transient failure or after it gained an instance, or an instance
@@ -163,26 +164,41 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	earlier := sync.OnceValue(func() func(string) bool { return f.storedEarlier(ctx, ev) })
 	ours := func(uid string) bool { return stored[uid] || earlier()(sentID(ev, byUID[uid])) }
 	warned := map[string]dicomweb.Warning{}
+	// Each request's confirmed instances are written as it is answered,
+	// before its place goes to the next request; while NATS is
+	// unreachable (each write would wait out rememberTimeout), as the
+	// attempt ends.
+	var rememberMu sync.Mutex
+	var unwritten []string
 	defer func() {
-		if err == nil {
-			return
-		}
-		// An instance the destination stored changed (B000, B006) is
-		// not held as sent: the next attempt must not take it for its
-		// own copy (buffer mode would delete it from the source).
-		for uid, w := range warned {
-			if changedByDestination(w) {
-				delete(stored, uid)
-			}
-		}
-		if len(stored) > 0 {
-			ids := make([]string, 0, len(stored))
-			for uid := range stored {
-				ids = append(ids, sentID(ev, byUID[uid]))
-			}
-			f.rememberStored(ctx, ev, ids)
+		if len(unwritten) > 0 {
+			f.rememberStored(ctx, ev, unwritten)
 		}
 	}()
+	remember := func(out batchOutcome) {
+		changed := map[string]bool{}
+		for _, w := range out.warned {
+			if changedByDestination(w) {
+				changed[w.SOPInstanceUID] = true
+			}
+		}
+		ids := make([]string, 0, len(out.confirmed))
+		for _, uid := range out.confirmed {
+			if !changed[uid] {
+				ids = append(ids, sentID(ev, byUID[uid]))
+			}
+		}
+		if len(ids) == 0 {
+			return
+		}
+		rememberMu.Lock() // one write at a time: no compare-and-set rounds between this attempt's requests
+		defer rememberMu.Unlock()
+		if f.opts.Connected != nil && !f.opts.Connected() {
+			unwritten = append(unwritten, ids...)
+			return
+		}
+		f.rememberStored(ctx, ev, ids)
+	}
 	// alone are instances the source failed to read, read again each in a
 	// request of its own: failing again, they break off no other. Quick
 	// rounds, run at once for the rest of requests such an instance broke
@@ -218,10 +234,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			if budget > 0 {
 				budget = max(budget-dicomweb.MaxFraming(size), 1)
 			}
-			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, size, budget), &rep, send.put, ours)
+			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, size, budget), &rep, send.put, ours, remember)
 			// What was confirmed counts, whether or not another request
-			// of the round failed; and so do its warnings, for the
-			// deferred remember to leave out copies stored changed.
+			// of the round failed; and so do its warnings.
 			for _, out := range o {
 				for _, uid := range out.confirmed {
 					stored[uid] = true
@@ -433,8 +448,10 @@ func (f *Forwarder) requestSize(n int) int {
 // destination stored of them would be unknown to stowline, and their
 // "already exists" a conflict on the next delivery. Each answered request
 // is reported to the observer. ours tells the instances the destination
-// confirmed before (sortAnswer).
-func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours func(string) bool) ([]batchOutcome, error) {
+// confirmed before (sortAnswer); confirmed is told each request's
+// outcome once answered with instances stored, before its place in the
+// limit is given back.
+func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours func(string) bool, confirmed func(batchOutcome)) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
 	// stopped ends when a batch failed (or ctx ended): no batch starts,
@@ -459,6 +476,11 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 		for resends := 0; ; resends++ {
 			var local Report
 			out, err = f.send(ctx, plan, batch, &local, put, ours)
+			if len(out.confirmed) > 0 {
+				// Now, before the place goes to the next request, not as
+				// the attempt ends: a killed process runs no deferred write.
+				confirmed(out)
+			}
 			reason, retryAfter, overloaded := overload(ctx, err)
 			if overloaded {
 				permit.Overloaded(reason, retryAfter)
