@@ -279,13 +279,13 @@ func testForwarderKilledMidStudy(t *testing.T, rel testharness.Release) {
 	// between two polls.
 	r.proxy.Throttle(512 << 10)
 	env := r.env(map[string]string{"STOW_MAX_INSTANCES": "25", "STOW_PARALLEL_REQUESTS": "1"})
-	start := func() *exec.Cmd {
+	start := func() (*exec.Cmd, *testharness.LogBuffer) {
 		cmd := exec.Command(bin)
 		for k, v := range env {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
-		var logs testharness.LogBuffer
-		cmd.Stdout, cmd.Stderr = &logs, &logs
+		logs := &testharness.LogBuffer{}
+		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -296,9 +296,9 @@ func testForwarderKilledMidStudy(t *testing.T, rel testharness.Release) {
 				t.Logf("forwarder process log:\n%s", logs.String())
 			}
 		})
-		return cmd
+		return cmd, logs
 	}
-	first := start()
+	first, _ := start()
 	r.publish(t, study)
 	deadline := time.Now().Add(time.Minute)
 	for len(r.proxy.Sends()) < 50 {
@@ -321,10 +321,30 @@ func testForwarderKilledMidStudy(t *testing.T, rel testharness.Release) {
 	}
 	r.proxy.Throttle(0)
 	waitHTTPDown(t, "http://"+r.forwarderAddr+"/healthz")
-	start()
+	_, logs := start()
 	r.waitDest(t, 300, 2*time.Minute)
 	r.waitQueueEmpty(t, 30*time.Second)
 	r.assertIdentical(t)
+	// The destination (Orthanc) stores an instance sent again without a
+	// word: the restarted forwarder knows from the killed one's records
+	// that it had the first requests' instances already (at least the
+	// first, answered before the second was sent), and says so.
+	waitLogLine(t, logs, `"msg":"study forwarded"`, 10*time.Second)
+	var line struct {
+		Instances     int `json:"instances"`
+		AlreadyStored int `json:"already_stored"`
+	}
+	for l := range strings.SplitSeq(logs.String(), "\n") {
+		if strings.Contains(l, `"msg":"study forwarded"`) {
+			if err := json.Unmarshal([]byte(l), &line); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if line.Instances != 300 || line.AlreadyStored < 25 || line.AlreadyStored > n {
+		t.Errorf("the restarted forwarder logged %d instances, %d already stored; want 300, and between 25 and the %d sent before the kill",
+			line.Instances, line.AlreadyStored, n)
+	}
 }
 
 // The NATS server stops and restarts on the same store while studies are

@@ -163,6 +163,11 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	stored := map[string]bool{}
 	earlier := sync.OnceValue(func() func(string) bool { return f.storedEarlier(ctx, ev) })
 	ours := func(uid string) bool { return stored[uid] || earlier()(sentID(ev, byUID[uid])) }
+	// storedBefore: an earlier delivery got it stored (one killed before
+	// its ack, or that failed); a destination that stores it again
+	// without a word (Orthanc) then had it already. Not read on a first
+	// delivery.
+	storedBefore := func(uid string) bool { return a.Number > 1 && !stored[uid] && earlier()(sentID(ev, byUID[uid])) }
 	warned := map[string]dicomweb.Warning{}
 	// Each request's confirmed instances are written as it is answered,
 	// before its place goes to the next request; while NATS is
@@ -234,7 +239,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			if budget > 0 {
 				budget = max(budget-dicomweb.MaxFraming(size), 1)
 			}
-			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, size, budget), &rep, send.put, ours, remember)
+			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, size, budget), &rep, send.put, ours, storedBefore, remember)
 			// What was confirmed counts, whether or not another request
 			// of the round failed; and so do its warnings.
 			for _, out := range o {
@@ -451,7 +456,7 @@ func (f *Forwarder) requestSize(n int) int {
 // confirmed before (sortAnswer); confirmed is told each request's
 // outcome once answered with instances stored, before its place in the
 // limit is given back.
-func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours func(string) bool, confirmed func(batchOutcome)) ([]batchOutcome, error) {
+func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours, storedBefore func(string) bool, confirmed func(batchOutcome)) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
 	// stopped ends when a batch failed (or ctx ended): no batch starts,
@@ -475,7 +480,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 		}()
 		for resends := 0; ; resends++ {
 			var local Report
-			out, err = f.send(ctx, plan, batch, &local, put, ours)
+			out, err = f.send(ctx, plan, batch, &local, put, ours, storedBefore)
 			if len(out.confirmed) > 0 {
 				// Now, before the place goes to the next request, not as
 				// the attempt ends: a killed process runs no deferred write.
@@ -559,7 +564,7 @@ type batchOutcome struct {
 // requests again itself): the auth transport has dropped the refused
 // token, so one retry carries a fresh one; a second 401 is a permanent
 // failure (ClassifyStatus).
-func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, ours func(string) bool) (batchOutcome, error) {
+func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, ours, storedBefore func(string) bool) (batchOutcome, error) {
 	rep.Requests++
 	res, err := f.store(ctx, batch, put)
 	var he *dicomweb.HTTPError
@@ -598,7 +603,7 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		res = he.Result
 		res.StatusCode = he.StatusCode
 	}
-	out := f.sortAnswer(plan, batch, res, rep, ours)
+	out := f.sortAnswer(plan, batch, res, rep, ours, storedBefore)
 	rep.Bytes += res.BytesSent
 	f.m.bytes.Add(float64(res.BytesSent))
 	return out, nil
@@ -656,7 +661,7 @@ func attributesNamed(comments []string) string {
 // confirmed (counted in rep), to send again, or refused for good. A
 // conflict answer for an instance ours says the destination confirmed to
 // stowline before is its own copy: already stored.
-func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report, ours func(string) bool) batchOutcome {
+func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report, ours, storedBefore func(string) bool) batchOutcome {
 	stored := make(map[string]bool, len(res.Stored))
 	var out batchOutcome
 	for _, in := range res.Stored {
@@ -693,6 +698,10 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		if stored[p.SOPInstanceUID] {
 			confirmed++
 			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
+			if storedBefore(p.SOPInstanceUID) {
+				rep.AlreadyStored++
+				f.m.alreadyStored.Inc()
+			}
 			continue
 		}
 		reason, listed := failed[p.SOPInstanceUID]
