@@ -73,7 +73,31 @@ func (a *AdminAPI) Mount(r chi.Router) {
 		r.Post("/deadletters/replay", a.mutate(true))
 		r.Post("/deadletters/purge", a.mutate(false))
 		r.Post("/reforward", a.reforward)
+		// A GET of replay or purge would reach /deadletters/{seq}, and be
+		// told its seq is not a number.
+		r.Get("/deadletters/replay", adminMethodNotAllowed)
+		r.Get("/deadletters/purge", adminMethodNotAllowed)
+		r.MethodNotAllowed(adminMethodNotAllowed)
+		r.NotFound(func(w http.ResponseWriter, req *http.Request) {
+			WriteError(w, http.StatusNotFound, "no admin endpoint "+req.Method+" "+req.URL.Path+"; the endpoints: "+adminEndpoints)
+		})
 	})
+}
+
+// adminEndpoints names the admin API's endpoints, for the answer to a
+// wrong path or method.
+const adminEndpoints = "GET /admin/deadletters, GET /admin/deadletters/{seq}, POST /admin/deadletters/replay, POST /admin/deadletters/purge, POST /admin/reforward"
+
+// adminMethodNotAllowed answers, in JSON as every error of the API, a
+// request with the wrong method for its path.
+func adminMethodNotAllowed(w http.ResponseWriter, req *http.Request) {
+	allow := http.MethodGet
+	switch strings.TrimSuffix(req.URL.Path, "/") {
+	case "/admin/deadletters/replay", "/admin/deadletters/purge", "/admin/reforward":
+		allow = http.MethodPost
+	}
+	w.Header().Set("Allow", allow)
+	WriteError(w, http.StatusMethodNotAllowed, req.Method+" "+req.URL.Path+": use "+allow)
 }
 
 func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {

@@ -501,3 +501,43 @@ func TestAdminReplayAnswerIsBounded(t *testing.T) {
 		t.Errorf("after the purge: %d letters left (%v), want none", len(left), err)
 	}
 }
+
+// TestAdminAnswersAWrongRequestInJSON: a wrong path or method under
+// /admin is answered in JSON naming what is wrong, as every other error
+// of the API: an operator's GET of .../replay was told "seq: not a
+// dead-letter sequence number", a POST to the listing got an empty 405
+// and a mistyped path chi's plain-text 404. Nothing is read or changed,
+// so no store is needed.
+func TestAdminAnswersAWrongRequestInJSON(t *testing.T) {
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, tt := range []struct {
+		method, path string
+		status       int
+		says         string
+	}{
+		{http.MethodGet, "/admin/deadletters/replay", http.StatusMethodNotAllowed, "POST"},
+		{http.MethodGet, "/admin/deadletters/purge", http.StatusMethodNotAllowed, "POST"},
+		{http.MethodPost, "/admin/deadletters", http.StatusMethodNotAllowed, "GET"},
+		{http.MethodGet, "/admin/reforward", http.StatusMethodNotAllowed, "POST"},
+		{http.MethodPost, "/admin/replay", http.StatusNotFound, "/admin/deadletters/replay"},
+	} {
+		req := httptest.NewRequest(tt.method, tt.path, strings.NewReader(`{"all":true}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		var answer struct{ Error string }
+		err := json.Unmarshal(rec.Body.Bytes(), &answer)
+		if rec.Code != tt.status || err != nil || !strings.Contains(answer.Error, tt.says) {
+			t.Errorf("%s %s: status %d, body %q; want %d and a JSON error naming %s", tt.method, tt.path, rec.Code, rec.Body, tt.status, tt.says)
+		}
+	}
+	// Still behind the token.
+	req := httptest.NewRequest(http.MethodGet, "/admin/nothing", nil)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	if rec.Code != http.StatusUnauthorized {
+		t.Errorf("GET /admin/nothing without the token: status %d, want 401", rec.Code)
+	}
+}
