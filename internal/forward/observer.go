@@ -52,6 +52,15 @@ type Observer interface {
 	Finished(a *Attempt, result Result, rep Report)
 }
 
+// ParkObserver is an Observer also told of a study parked until its
+// source answers (sourcepark.go): it stays in flight, without a worker,
+// until Finished. The status page implements it, so that a parked study
+// is not shown as one being sent.
+type ParkObserver interface {
+	// Parked says why, in words.
+	Parked(a *Attempt, why string)
+}
+
 type noObserver struct{}
 
 func (noObserver) Started(*Attempt)                  {}

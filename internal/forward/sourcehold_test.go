@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,7 +96,9 @@ func TestSourceOutageParksWithSeveralSources(t *testing.T) {
 	a.Stop(t)
 	clients := map[string]*orthancapi.Client{"a": clientA, "b": clientB}
 	var logs testharness.LogBuffer
+	parked := &parkRecorder{}
 	f, ns, cons, dls := orthancForwarder(t, nil, dest, func(o *Options) {
+		o.Observer = parked
 		o.SourceFor = func(source string) (Source, error) { return clients[source], nil }
 		o.SourceProbe = func(ctx context.Context, source string) error {
 			_, err := clients[source].System(ctx)
@@ -133,6 +136,11 @@ func TestSourceOutageParksWithSeveralSources(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "unavailable (its other studies are parked)") {
 		t.Errorf("a's second study was not parked before its attempt:\n%s", logs.String())
+	}
+	// The status page is told, so as not to show them as being sent.
+	if got := parked.reasons(); len(got) != 2 || got[0] != "a: parked: source Orthanc unreachable" ||
+		!strings.HasPrefix(got[1], "a: parked: source Orthanc unavailable") {
+		t.Errorf("the observer was told of parked studies %q, want a's two", got)
 	}
 	if err := a.Restart(ctx); err != nil {
 		t.Fatal(err)
@@ -433,4 +441,24 @@ func TestParkingIsSharedByTheReplicas(t *testing.T) {
 	if n != 2 {
 		t.Errorf("%d places with 4 replicas sharing 8, want 2", n)
 	}
+}
+
+// parkRecorder is an Observer (a ParkObserver) that records each parked
+// study's source and why it was parked.
+type parkRecorder struct {
+	noObserver
+	mu     sync.Mutex
+	parked []string
+}
+
+func (r *parkRecorder) Parked(a *Attempt, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.parked = append(r.parked, a.Event.Source+": "+why)
+}
+
+func (r *parkRecorder) reasons() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.parked)
 }

@@ -143,6 +143,9 @@ func (f *Forwarder) park(p *parkedStudy, state string, whileParked bool) bool {
 		go f.watchParkedSource(source, state)
 	}
 	f.parking.mu.Unlock()
+	if o, ok := f.obs.(ParkObserver); ok {
+		o.Parked(p.a, "parked: source Orthanc "+state)
+	}
 	f.m.sourceHeld.Inc()
 	p.log.Warn("source Orthanc "+state+": the study is parked until it answers, and its worker takes other studies; the outage spends this one delivery",
 		"instances_sent", p.rep.Instances)

@@ -29,6 +29,9 @@ type Flight struct {
 	// Sent counts the instances the destination has answered for.
 	Sent  int   `json:"sent"`
 	Bytes int64 `json:"bytes"`
+	// Parked says why the study is parked until its source answers: it
+	// waits without a worker, and is not being sent. Empty otherwise.
+	Parked string `json:"parked,omitempty"`
 }
 
 // Forward is one finished attempt to forward a study.
@@ -182,6 +185,15 @@ func studySize(rep forward.Report) int {
 		return rep.Selected
 	}
 	return rep.Listed
+}
+
+// Parked records that the study waits, parked, for its source.
+func (t *Tracker) Parked(a *forward.Attempt, why string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f := t.flights[a]; f != nil {
+		f.Parked = why
+	}
 }
 
 // Finished records how the attempt ended.

@@ -104,8 +104,21 @@ type tokenSummary struct {
 	Failing int
 }
 
-// InFlightCount is the number of studies the live forwarders are sending.
-func (p *pageData) InFlightCount() int { return len(p.InFlight) }
+// InFlightCount is the number of studies the live forwarders are sending:
+// not those parked until their source answers, as
+// stowline_forwarder_studies_in_flight.
+func (p *pageData) InFlightCount() int { return len(p.InFlight) - p.ParkedCount() }
+
+// ParkedCount is the number of studies parked until their source answers.
+func (p *pageData) ParkedCount() int {
+	n := 0
+	for _, f := range p.InFlight {
+		if f.Parked != "" {
+			n++
+		}
+	}
+	return n
+}
 
 // destinationOr names the default destination where an older forwarder
 // or dead letter names none.
@@ -230,7 +243,9 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 		}
 	}
 	for _, f := range p.InFlight {
-		row(f.Destination).InFlight++
+		if f.Parked == "" {
+			row(f.Destination).InFlight++
+		}
 	}
 	for _, l := range ledgers {
 		r := row(l.Destination)

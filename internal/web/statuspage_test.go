@@ -517,3 +517,48 @@ func section(t *testing.T, body, id string) string {
 	}
 	return m[1]
 }
+
+// TestParkedStudyIsNotShownAsBeingSent: a study parked until its source
+// answers (several sources) waits without a worker. The page counted it
+// among the studies being sent, unlike stowline_forwarder_studies_in_flight,
+// and showed its row as one stuck listing its instances: during a source
+// outage, hundreds of studies "being sent" by four workers. It is now
+// counted apart and its row says it is parked, and why.
+func TestParkedStudyIsNotShownAsBeingSent(t *testing.T) {
+	f := start(t)
+	tr := status.NewTracker(2)
+	sending, parked := f.ev, f.ev
+	sending.Source, sending.StudyInstanceUID = "orthanc-b", "1.2.826.0.1.3680043.2.1125.40"
+	parked.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.41"
+	tr.Started(&forward.Attempt{Destination: natsjs.DefaultDestination, Event: &sending, Number: 1, Seq: 2})
+	a := &forward.Attempt{Destination: natsjs.DefaultDestination, Event: &parked, Number: 1, Seq: 3}
+	tr.Started(a)
+	var o forward.Observer = tr
+	o.(forward.ParkObserver).Parked(a, "parked: source Orthanc unreachable")
+	page := &fixture{srv: statusPage(t, f.ns, false, tr), ns: f.ns, store: f.store, ev: f.ev}
+	resp, body := page.get(t, page.browser(t), "/ui/", adminToken)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /ui = %d: %s", resp.StatusCode, body)
+	}
+	for _, want := range []string{
+		`id="inflight-count">1<`, `id="parked-count">1 more parked until their source answers<`,
+		`id="dest-default-inflight">1<`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	rowOf := func(uid string) string {
+		i := strings.Index(body, `<td class="uid" title="Orthanc `+parked.OrthancStudyID+`">`+uid+`<`)
+		if i < 0 {
+			t.Fatalf("no in-flight row for %s", uid)
+		}
+		return body[i : i+strings.Index(body[i:], "</tr>")]
+	}
+	if r := rowOf(parked.StudyInstanceUID); !strings.Contains(r, ">parked: source Orthanc unreachable<") || strings.Contains(r, "listing instances") {
+		t.Errorf("the parked study's row does not say it is parked:\n%s", r)
+	}
+	if r := rowOf(sending.StudyInstanceUID); strings.Contains(r, "parked") || !strings.Contains(r, "listing instances") {
+		t.Errorf("the study being sent is not shown so:\n%s", r)
+	}
+}
