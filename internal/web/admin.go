@@ -199,7 +199,20 @@ func (a *AdminAPI) show(w http.ResponseWriter, r *http.Request) {
 
 type mutateRequest struct {
 	deadletter.FilterArgs
-	DryRun bool `json:"dryRun"`
+	// Seq stands for FilterArgs.Seq: the letter's number as the listings
+	// answer it, a JSON number, or a string.
+	Seq    json.RawMessage `json:"seq,omitempty"`
+	DryRun bool            `json:"dryRun"`
+}
+
+// seqArg is the text of a seq given as a JSON number or string (null:
+// none), for FilterArgs.Filter to check.
+func seqArg(raw json.RawMessage) string {
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return string(raw)
+	}
+	return s
 }
 
 func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
@@ -208,6 +221,7 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 		if !decodeBody(w, r, &req) {
 			return
 		}
+		req.FilterArgs.Seq = seqArg(req.Seq)
 		f, err := req.Filter()
 		if err != nil {
 			WriteError(w, http.StatusBadRequest, err.Error())

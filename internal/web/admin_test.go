@@ -541,3 +541,36 @@ func TestAdminAnswersAWrongRequestInJSON(t *testing.T) {
 		t.Errorf("GET /admin/nothing without the token: status %d, want 401", rec.Code)
 	}
 }
+
+// TestAdminTakesSeqAsANumber: a replay or purge body names a letter by
+// its seq as the listings answer it, a JSON number ({"seq": 1}), or as a
+// string, as before. A number was refused with Go's "cannot unmarshal
+// number into Go struct field ... of type string".
+func TestAdminTakesSeqAsANumber(t *testing.T) {
+	f := start(t) // dead letter 1
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, body := range []string{`{"seq":1,"dryRun":true}`, `{"seq":"1","dryRun":true}`} {
+		req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		var answer struct{ Count int }
+		if err := json.Unmarshal(rec.Body.Bytes(), &answer); rec.Code != http.StatusOK || err != nil || answer.Count != 1 {
+			t.Errorf("%s: status %d, body %s; want 200 and count 1", body, rec.Code, rec.Body)
+		}
+	}
+	for _, body := range []string{`{"seq":-1}`, `{"seq":1.5}`, `{"seq":"x"}`, `{"seq":true}`} {
+		req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "seq") {
+			t.Errorf("%s: status %d, body %s; want 400 naming seq", body, rec.Code, rec.Body)
+		}
+	}
+	if _, err := f.store.Get(t.Context(), 1); err != nil {
+		t.Errorf("dead letter 1 after dry runs and refusals: %v", err)
+	}
+}
