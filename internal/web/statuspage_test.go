@@ -562,3 +562,36 @@ func TestParkedStudyIsNotShownAsBeingSent(t *testing.T) {
 		t.Errorf("the study being sent is not shown so:\n%s", r)
 	}
 }
+
+// TestMoreDeadLettersPointsToWhatListsThemAll: past the newest 50, the
+// page says what lists every letter. In single-host mode that is the
+// admin API: the embedded JetStream server listens on no port, and
+// `forwarder replay list`, which the page named, refuses to open the
+// store while stowline runs. With a NATS server it stays the command.
+func TestMoreDeadLettersPointsToWhatListsThemAll(t *testing.T) {
+	f := start(t) // dead letter 1
+	ctx := t.Context()
+	for i := range 50 {
+		if _, err := f.store.Add(ctx, &forward.DeadLetter{Event: f.ev, Class: forward.Permanent, Reason: fmt.Sprintf("HTTP 415 (%d)", i),
+			Attempts: 1, OriginalSeq: uint64(10 + i), DeadLetteredAt: time.Now().UTC()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		singleHost bool
+		want, not  string
+	}{
+		{true, "<code>GET /admin/deadletters</code>", "<code>forwarder replay list</code>"},
+		{false, "<code>forwarder replay list</code> shows all 51", "/admin/deadletters"},
+	} {
+		page := &fixture{srv: statusPage(t, f.ns, tt.singleHost), ns: f.ns, store: f.store, ev: f.ev}
+		resp, body := page.get(t, page.browser(t), "/ui/", adminToken)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /ui = %d: %s", resp.StatusCode, body)
+		}
+		m := regexp.MustCompile(`<p class="note" id="deadletters-more">(.*?)</p>`).FindStringSubmatch(body)
+		if m == nil || !strings.Contains(m[1], "Showing the newest 50") || !strings.Contains(m[1], tt.want) || strings.Contains(m[1], tt.not) {
+			t.Errorf("single host %v: the note on more dead letters is %q, want it to name %s", tt.singleHost, m, tt.want)
+		}
+	}
+}
