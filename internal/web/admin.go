@@ -323,6 +323,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) { // Go's answer would be "EOF"
+			WriteError(w, http.StatusBadRequest, `empty body: send one JSON object, as {"seq":42,"dryRun":true} or {"since":"2026-11-01T00:00Z"}`)
+			return false
+		}
 		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
 		return false
 	}

@@ -574,3 +574,23 @@ func TestAdminTakesSeqAsANumber(t *testing.T) {
 		t.Errorf("dead letter 1 after dry runs and refusals: %v", err)
 	}
 }
+
+// TestAdminSaysABodyIsEmpty: a replay, purge or re-forward without a
+// body (curl -X POST without -d) is told so, with an example, not
+// "malformed JSON body: EOF".
+func TestAdminSaysABodyIsEmpty(t *testing.T) {
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, path := range []string{"/admin/deadletters/replay", "/admin/deadletters/purge", "/admin/reforward"} {
+		req := httptest.NewRequest(http.MethodPost, path, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		var answer struct{ Error string }
+		err := json.Unmarshal(rec.Body.Bytes(), &answer)
+		if rec.Code != http.StatusBadRequest || err != nil || !strings.HasPrefix(answer.Error, "empty body: send one JSON object") {
+			t.Errorf("POST %s without a body: status %d, body %s; want 400 saying the body is empty", path, rec.Code, rec.Body)
+		}
+	}
+}
