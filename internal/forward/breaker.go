@@ -522,8 +522,10 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		}
 		held++
 		f.m.held.Inc()
+		f.held(a, "held: destination down (circuit breaker open)")
 		var herr error
 		trial, herr = f.breaker.hold(ctx)
+		f.held(a, "")
 		f.m.held.Dec()
 		if herr != nil {
 			return rep, fmt.Errorf("held while the destination was down (%v): %w", err, herr)

@@ -106,6 +106,10 @@ func TestBreakerHoldsWithinOneDelivery(t *testing.T) {
 	if rec.finished[ResultForwarded] != 1 || rec.finished[ResultInterrupted] != 1 || rec.started != 2 {
 		t.Errorf("%d attempts, finished %v; want the first forwarded, the second returned to the queue", rec.started, rec.finished)
 	}
+	// The status page is told of each hold, and of its end.
+	if h := rec.holds; len(h) < 4 || h[0] != "held: destination down (circuit breaker open)" || h[len(h)-1] != "" {
+		t.Errorf("the observer was told of holds %q, want each hold and its end", h)
+	}
 	if n := len(dls.all()); n != 0 {
 		t.Errorf("%d dead letters", n)
 	}

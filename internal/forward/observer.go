@@ -61,6 +61,21 @@ type ParkObserver interface {
 	Parked(a *Attempt, why string)
 }
 
+// HoldObserver is an Observer also told when a study's worker holds it,
+// unsent, until its destination or its source answers (why, in words),
+// and when it is sent again (why empty). The status page implements it,
+// so that a held study does not look like one being sent.
+type HoldObserver interface {
+	Held(a *Attempt, why string)
+}
+
+// held tells f's observer, if it is a HoldObserver, that a is held.
+func (f *Forwarder) held(a *Attempt, why string) {
+	if o, ok := f.obs.(HoldObserver); ok {
+		o.Held(a, why)
+	}
+}
+
 type noObserver struct{}
 
 func (noObserver) Started(*Attempt)                  {}

@@ -163,6 +163,13 @@ type recordingObserver struct {
 	last     map[*Attempt]Report
 	finished map[Result]int
 	reports  []Report
+	holds    []string // what Held was told
+}
+
+func (r *recordingObserver) Held(_ *Attempt, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.holds = append(r.holds, why)
 }
 
 func (r *recordingObserver) Started(*Attempt) {

@@ -88,6 +88,8 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	}
 	f.m.sourceHeld.Inc()
 	defer f.m.sourceHeld.Dec()
+	f.held(a, "held: source Orthanc "+state)
+	defer f.held(a, "")
 	switch oe, _ := errors.AsType[*orthancapi.Error](perr); {
 	case !sourceRefusesUs(perr):
 		log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",

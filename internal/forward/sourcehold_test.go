@@ -167,7 +167,9 @@ func TestSourceOutageParksWithSeveralSources(t *testing.T) {
 func forwardHeld(t *testing.T, client *orthancapi.Client, dest *testharness.Orthanc, ev *events.StudyStable, held string, mend func() error) *testharness.LogBuffer {
 	t.Helper()
 	var logs testharness.LogBuffer
+	holds := &holdRecorder{}
 	f, ns, cons, dls := orthancForwarder(t, client, dest, func(o *Options) {
+		o.Observer = holds
 		o.SourceProbe = func(ctx context.Context, _ string) error {
 			_, err := client.System(ctx)
 			return err
@@ -199,6 +201,10 @@ func forwardHeld(t *testing.T, client *orthancapi.Client, dest *testharness.Orth
 	}
 	if n := len(dest.InstanceMD5s(t)); n != 3 {
 		t.Errorf("the destination holds %d instances, want 3", n)
+	}
+	// The status page is told the study is held, and then that it goes on.
+	if got := holds.notes(); len(got) != 2 || !strings.HasPrefix(got[0], "held: source Orthanc ") || got[1] != "" {
+		t.Errorf("the observer was told %q, want the hold and its end", got)
 	}
 	return &logs
 }
@@ -461,4 +467,24 @@ func (r *parkRecorder) reasons() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.parked)
+}
+
+// holdRecorder is an Observer (a HoldObserver) that records what it is
+// told of holds.
+type holdRecorder struct {
+	noObserver
+	mu    sync.Mutex
+	holds []string
+}
+
+func (r *holdRecorder) Held(_ *Attempt, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.holds = append(r.holds, why)
+}
+
+func (r *holdRecorder) notes() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.holds)
 }

@@ -32,6 +32,9 @@ type Flight struct {
 	// Parked says why the study is parked until its source answers: it
 	// waits without a worker, and is not being sent. Empty otherwise.
 	Parked string `json:"parked,omitempty"`
+	// Held says why its worker holds it, unsent, until its destination
+	// or its source answers. Empty otherwise.
+	Held string `json:"held,omitempty"`
 }
 
 // Forward is one finished attempt to forward a study.
@@ -193,6 +196,16 @@ func (t *Tracker) Parked(a *forward.Attempt, why string) {
 	defer t.mu.Unlock()
 	if f := t.flights[a]; f != nil {
 		f.Parked = why
+	}
+}
+
+// Held records that the study's worker holds it, and why; "" once it is
+// sent again.
+func (t *Tracker) Held(a *forward.Attempt, why string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f := t.flights[a]; f != nil {
+		f.Held = why
 	}
 }
 

@@ -595,3 +595,46 @@ func TestMoreDeadLettersPointsToWhatListsThemAll(t *testing.T) {
 		}
 	}
 }
+
+// TestHeldStudySaysWhy: a study whose worker holds it until its
+// destination or its source answers is still counted in flight (as
+// stowline_forwarder_studies_in_flight), but its row says it is held and
+// why. It said "listing instances…", or showed progress frozen, as if
+// it were being sent; with one source nothing on the page said the
+// source Orthanc was down.
+func TestHeldStudySaysWhy(t *testing.T) {
+	f := start(t)
+	tr := status.NewTracker(2)
+	var o forward.Observer = tr
+	held, goesOn := f.ev, f.ev
+	held.StudyInstanceUID, goesOn.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.50", "1.2.826.0.1.3680043.2.1125.51"
+	a := &forward.Attempt{Destination: natsjs.DefaultDestination, Event: &held, Number: 1, Seq: 2}
+	b := &forward.Attempt{Destination: natsjs.DefaultDestination, Event: &goesOn, Number: 1, Seq: 3}
+	tr.Started(a)
+	tr.Started(b)
+	tr.Progress(b, forward.Report{Listed: 3, Selected: 3, Instances: 1, Bytes: 2048})
+	o.(forward.HoldObserver).Held(a, "held: source Orthanc unreachable")
+	o.(forward.HoldObserver).Held(b, "held: destination down (circuit breaker open)")
+	o.(forward.HoldObserver).Held(b, "") // the trial: sent again
+	page := &fixture{srv: statusPage(t, f.ns, true, tr), ns: f.ns, store: f.store, ev: f.ev}
+	resp, body := page.get(t, page.browser(t), "/ui/", adminToken)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /ui = %d: %s", resp.StatusCode, body)
+	}
+	if !strings.Contains(body, `id="inflight-count">2<`) {
+		t.Errorf("page lacks %q", `id="inflight-count">2<`)
+	}
+	rowOf := func(uid string) string {
+		i := strings.Index(body, `">`+uid+`</td>`)
+		if i < 0 {
+			t.Fatalf("no in-flight row for %s", uid)
+		}
+		return body[i : i+strings.Index(body[i:], "</tr>")]
+	}
+	if r := rowOf(held.StudyInstanceUID); !strings.Contains(r, ">held: source Orthanc unreachable<") || strings.Contains(r, "listing instances") {
+		t.Errorf("the held study's row does not say it is held:\n%s", r)
+	}
+	if r := rowOf(goesOn.StudyInstanceUID); strings.Contains(r, "held") || !strings.Contains(r, "1 / 3") {
+		t.Errorf("the study sent again after its hold is not shown as being sent:\n%s", r)
+	}
+}
