@@ -299,9 +299,9 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable) f
 
 // rememberStored keeps what an attempt got stored (their sentIDs), for
 // later deliveries of the study.
-func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, ids []string) {
+func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, ids []string) error {
 	if f.opts.Failures == nil {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rememberTimeout)
 	defer cancel()
@@ -309,10 +309,12 @@ func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, 
 	// once until the others elect a leader: one try was lost to it, and a
 	// later delivery (the ack lost with the same server, the study grown by
 	// an instance) took the destination's "already exists" for conflicts.
-	if err := whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) }); err != nil {
+	err := whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) })
+	if err != nil {
 		f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "instances", len(ids), "err", err)
 	}
+	return err
 }
 
 // sentID names what stowline sent of an instance, for FailureLog: its

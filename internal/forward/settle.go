@@ -164,7 +164,7 @@ func (f *Forwarder) rememberForwarded(ctx context.Context, ev *events.StudyStabl
 	for i, in := range rep.forwarded {
 		ids[i] = sentID(ev, in)
 	}
-	f.rememberStored(ctx, ev, ids)
+	_ = f.rememberStored(ctx, ev, ids) // logged there
 }
 
 func (f *Forwarder) nakWithDelay(msg jetstream.Msg, delay time.Duration, log *slog.Logger) Result {

@@ -169,17 +169,11 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// delivery.
 	storedBefore := func(uid string) bool { return a.Number > 1 && !stored[uid] && earlier()(sentID(ev, byUID[uid])) }
 	warned := map[string]dicomweb.Warning{}
-	// Each request's confirmed instances are written as it is answered,
-	// before its place goes to the next request; while NATS is
-	// unreachable (each write would wait out rememberTimeout), as the
-	// attempt ends.
-	var rememberMu sync.Mutex
-	var unwritten []string
-	defer func() {
-		if len(unwritten) > 0 {
-			f.rememberStored(ctx, ev, unwritten)
-		}
-	}()
+	// Each request's confirmed instances go to a writer as it is answered
+	// (sentwriter.go), which records them while the attempt goes on: a
+	// process killed mid-study or before its ack loses none of them.
+	sent := f.newSentWriter(ctx, ev)
+	defer sent.close()
 	remember := func(out batchOutcome) {
 		changed := map[string]bool{}
 		for _, w := range out.warned {
@@ -193,16 +187,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				ids = append(ids, sentID(ev, byUID[uid]))
 			}
 		}
-		if len(ids) == 0 {
-			return
-		}
-		rememberMu.Lock() // one write at a time: no compare-and-set rounds between this attempt's requests
-		defer rememberMu.Unlock()
-		if f.opts.Connected != nil && !f.opts.Connected() {
-			unwritten = append(unwritten, ids...)
-			return
-		}
-		f.rememberStored(ctx, ev, ids)
+		sent.add(ids)
 	}
 	// alone are instances the source failed to read, read again each in a
 	// request of its own: failing again, they break off no other. Quick
@@ -454,8 +439,7 @@ func (f *Forwarder) requestSize(n int) int {
 // "already exists" a conflict on the next delivery. Each answered request
 // is reported to the observer. ours tells the instances the destination
 // confirmed before (sortAnswer); confirmed is told each request's
-// outcome once answered with instances stored, before its place in the
-// limit is given back.
+// outcome once answered with instances stored.
 func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours, storedBefore func(string) bool, confirmed func(batchOutcome)) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	var mu sync.Mutex // guards rep
@@ -482,8 +466,8 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			var local Report
 			out, err = f.send(ctx, plan, batch, &local, put, ours, storedBefore)
 			if len(out.confirmed) > 0 {
-				// Now, before the place goes to the next request, not as
-				// the attempt ends: a killed process runs no deferred write.
+				// Now, not as the attempt ends: a killed process runs no
+				// deferred write. The writer does not hold the place.
 				confirmed(out)
 			}
 			reason, retryAfter, overloaded := overload(ctx, err)

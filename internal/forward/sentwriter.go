@@ -1,0 +1,77 @@
+package forward
+
+import (
+	"context"
+	"sync"
+
+	"github.com/stowline/stowline/events"
+)
+
+// sentWriter records, for one attempt, the instances the destination
+// confirmed (FailureLog.RememberSent) while the attempt goes on: requests
+// hand it their confirmed instances and go on, their place in the
+// request limit not held for the write (the limiter would take the write
+// for the destination's latency), and it writes what came in since its
+// last write, one write at a time. Once a write fails, or while NATS is
+// unreachable (a write would wait out rememberTimeout), the rest waits
+// for close, which writes what is left once.
+type sentWriter struct {
+	f    *Forwarder
+	ctx  context.Context
+	ev   *events.StudyStable
+	kick chan struct{} // buffered: a write is due
+	done chan struct{} // closed when run ends
+
+	mu      sync.Mutex
+	pending []string
+	failed  bool // a write failed: the rest waits for close
+}
+
+func (f *Forwarder) newSentWriter(ctx context.Context, ev *events.StudyStable) *sentWriter {
+	w := &sentWriter{f: f, ctx: ctx, ev: ev, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	go w.run()
+	return w
+}
+
+// add queues ids for the next write. It must not be called after close.
+func (w *sentWriter) add(ids []string) {
+	if len(ids) == 0 || w.f.opts.Failures == nil {
+		return
+	}
+	w.mu.Lock()
+	w.pending = append(w.pending, ids...)
+	w.mu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default: // a write is due already: it takes these too
+	}
+}
+
+func (w *sentWriter) run() {
+	defer close(w.done)
+	for range w.kick {
+		w.mu.Lock()
+		ids := w.pending
+		if w.failed || len(ids) == 0 || (w.f.opts.Connected != nil && !w.f.opts.Connected()) {
+			w.mu.Unlock()
+			continue
+		}
+		w.pending = nil
+		w.mu.Unlock()
+		if err := w.f.rememberStored(w.ctx, w.ev, ids); err != nil {
+			w.mu.Lock()
+			w.failed = true
+			w.pending = append(ids, w.pending...)
+			w.mu.Unlock()
+		}
+	}
+}
+
+// close waits for the write under way and writes what is left, once.
+func (w *sentWriter) close() {
+	close(w.kick)
+	<-w.done
+	if len(w.pending) > 0 {
+		_ = w.f.rememberStored(w.ctx, w.ev, w.pending) // logged there
+	}
+}
