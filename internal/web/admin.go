@@ -324,7 +324,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if errors.Is(err, io.EOF) { // Go's answer would be "EOF"
-			WriteError(w, http.StatusBadRequest, `empty body: send one JSON object, as {"seq":42,"dryRun":true} or {"since":"2026-11-01T00:00Z"}`)
+			WriteError(w, http.StatusBadRequest, `empty body: send one JSON object: to replay or purge, as {"seq":42,"dryRun":true}; to re-forward, as {"since":"2026-11-01T00:00Z"}`)
 			return false
 		}
 		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
