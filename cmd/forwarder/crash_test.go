@@ -118,25 +118,7 @@ func TestForwarderKilledMidStudyKnowsItsOwnCopies(t *testing.T) {
 	study := r.addStudy(t, 30, 16)
 	env := r.env(map[string]string{"DICOMWEB_URL": srv.URL, "STOW_MAX_INSTANCES": "10", "STOW_PARALLEL_REQUESTS": "1",
 		"STOW_ON_CONFLICT": "deadletter"})
-	start := func() (*exec.Cmd, *testharness.LogBuffer) {
-		cmd := exec.Command(bin)
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		logs := &testharness.LogBuffer{}
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			_, _ = cmd.Process.Wait()
-			if t.Failed() {
-				t.Logf("forwarder process log:\n%s", logs.String())
-			}
-		})
-		return cmd, logs
-	}
+	start := func() (*exec.Cmd, *testharness.LogBuffer) { return runForwarderBinary(t, bin, env) }
 	first, _ := start()
 	r.publish(t, study)
 	select {

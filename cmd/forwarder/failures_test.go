@@ -279,25 +279,7 @@ func testForwarderKilledMidStudy(t *testing.T, rel testharness.Release) {
 	// between two polls.
 	r.proxy.Throttle(512 << 10)
 	env := r.env(map[string]string{"STOW_MAX_INSTANCES": "25", "STOW_PARALLEL_REQUESTS": "1"})
-	start := func() (*exec.Cmd, *testharness.LogBuffer) {
-		cmd := exec.Command(bin)
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		logs := &testharness.LogBuffer{}
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			_, _ = cmd.Process.Wait()
-			if t.Failed() {
-				t.Logf("forwarder process log:\n%s", logs.String())
-			}
-		})
-		return cmd, logs
-	}
+	start := func() (*exec.Cmd, *testharness.LogBuffer) { return runForwarderBinary(t, bin, env) }
 	first, _ := start()
 	r.publish(t, study)
 	deadline := time.Now().Add(time.Minute)
@@ -441,3 +423,27 @@ func waitHTTPDown(t *testing.T, url string) {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// runForwarderBinary starts the forwarder binary bin with env alone, for
+// the test to kill (SIGKILL); unlike startForwarderProcess, it is not
+// started again. Its log is kept, and shown if the test fails.
+func runForwarderBinary(t *testing.T, bin string, env map[string]string) (*exec.Cmd, *testharness.LogBuffer) {
+	t.Helper()
+	cmd := exec.Command(bin)
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	logs := &testharness.LogBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+		if t.Failed() {
+			t.Logf("forwarder process log:\n%s", logs.String())
+		}
+	})
+	return cmd, logs
+}
