@@ -139,6 +139,24 @@ func unconfiguredFunc(js jetstream.JetStream, all []config.NamedDestination) fun
 // destination's ledger records the event's state of the study, or a newer
 // one, as forwarded.
 func forwardedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) (bool, error) {
+	return recordFor(l, func(rec ledger.Record) bool { return !rec.NotSelected })
+}
+
+// recordedNotSelectedFunc is buffer mode's
+// forward.Options.RecordedNotSelected: whether the destination's ledger
+// records the event's state of the study, or a newer one, as not selected
+// by its rules (releaseFunc writes that for each destination whose rules
+// select none of a study it deletes).
+func recordedNotSelectedFunc(l *ledger.Ledger, rules string) func(context.Context, *events.StudyStable) (bool, error) {
+	// A record another group wrote with other rules for this destination
+	// than its own proves nothing: the study may be one they select (left
+	// a source-missing dead letter, which alerts).
+	return recordFor(l, func(rec ledger.Record) bool { return rec.NotSelected && (rec.Rules == "" || rec.Rules == rules) })
+}
+
+// recordFor reports whether l records the event's state of the study, or
+// a newer one, in a record that is.
+func recordFor(l *ledger.Ledger, is func(ledger.Record) bool) func(context.Context, *events.StudyStable) (bool, error) {
 	return func(ctx context.Context, ev *events.StudyStable) (bool, error) {
 		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
 		if errors.Is(err, ledger.ErrNotRecorded) {
@@ -149,27 +167,6 @@ func forwardedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) 
 		}
 		// LastUpdate is Orthanc's YYYYMMDDTHHMMSS: ordered as text, as
 		// the ledger orders it.
-		return !rec.NotSelected && rec.LastUpdate >= ev.LastUpdate, nil
-	}
-}
-
-// recordedNotSelectedFunc is buffer mode's
-// forward.Options.RecordedNotSelected: whether the destination's ledger
-// records the event's state of the study, or a newer one, as not selected
-// by its rules (releaseFunc writes that for each destination whose rules
-// select none of a study it deletes).
-func recordedNotSelectedFunc(l *ledger.Ledger, rules string) func(context.Context, *events.StudyStable) (bool, error) {
-	return func(ctx context.Context, ev *events.StudyStable) (bool, error) {
-		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
-		if errors.Is(err, ledger.ErrNotRecorded) {
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
-		// A record another group wrote with other rules for this
-		// destination than its own proves nothing: the study may be one
-		// they select (left a source-missing dead letter, which alerts).
-		return rec.NotSelected && rec.LastUpdate >= ev.LastUpdate && (rec.Rules == "" || rec.Rules == rules), nil
+		return rec.LastUpdate >= ev.LastUpdate && is(rec), nil
 	}
 }
