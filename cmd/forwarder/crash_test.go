@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -83,21 +84,7 @@ func (a *azureArchive) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.held[p.uid] = p.sum
 		stored = append(stored, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]}}`, p.uid))
 	}
-	var fields []string
-	if len(stored) > 0 {
-		fields = append(fields, `"00081199":{"vr":"SQ","Value":[`+strings.Join(stored, ",")+`]}`)
-	}
-	if len(failed) > 0 {
-		fields = append(fields, `"00081198":{"vr":"SQ","Value":[`+strings.Join(failed, ",")+`]}`)
-	}
-	w.Header().Set("Content-Type", "application/dicom+json")
-	switch {
-	case len(stored) == 0:
-		w.WriteHeader(http.StatusConflict)
-	case len(failed) > 0:
-		w.WriteHeader(http.StatusAccepted)
-	}
-	fmt.Fprint(w, "{"+strings.Join(fields, ",")+"}")
+	stowsink.WriteAnswer(w, stored, failed)
 }
 
 // A real forwarder process is SIGKILLed while a study's third request is

@@ -19,6 +19,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -76,21 +77,7 @@ func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			d.answers = append(d.answers, uid+":stored")
 		}
 	}
-	var fields []string
-	if len(stored) > 0 {
-		fields = append(fields, `"00081199":{"vr":"SQ","Value":[`+strings.Join(stored, ",")+`]}`)
-	}
-	if len(failed) > 0 {
-		fields = append(fields, `"00081198":{"vr":"SQ","Value":[`+strings.Join(failed, ",")+`]}`)
-	}
-	w.Header().Set("Content-Type", "application/dicom+json")
-	switch {
-	case len(stored) == 0:
-		w.WriteHeader(http.StatusConflict)
-	case len(failed) > 0:
-		w.WriteHeader(http.StatusAccepted)
-	}
-	fmt.Fprint(w, "{"+strings.Join(fields, ",")+"}")
+	stowsink.WriteAnswer(w, stored, failed)
 }
 
 // memFailureLog is a FailureLog in memory.

@@ -209,6 +209,28 @@ func (s *Sink) record(stored []storedInstance) {
 	s.notify = make(chan struct{})
 }
 
+// WriteAnswer writes a STOW-RS answer of DICOM JSON items (objects as
+// text): stored in the ReferencedSOPSequence, failed in the
+// FailedSOPSequence; 409 when none is stored, 202 when some failed, else
+// 200. For test destinations that answer per instance.
+func WriteAnswer(w http.ResponseWriter, stored, failed []string) {
+	var fields []string
+	if len(stored) > 0 {
+		fields = append(fields, `"00081199":{"vr":"SQ","Value":[`+strings.Join(stored, ",")+`]}`)
+	}
+	if len(failed) > 0 {
+		fields = append(fields, `"00081198":{"vr":"SQ","Value":[`+strings.Join(failed, ",")+`]}`)
+	}
+	w.Header().Set("Content-Type", "application/dicom+json")
+	switch {
+	case len(stored) == 0:
+		w.WriteHeader(http.StatusConflict)
+	case len(failed) > 0:
+		w.WriteHeader(http.StatusAccepted)
+	}
+	_, _ = io.WriteString(w, "{"+strings.Join(fields, ",")+"}")
+}
+
 // response is the DICOM JSON a STOW-RS server answers: the
 // ReferencedSOPSequence (0008,1199) with each instance's class and UID.
 func response(stored []storedInstance) map[string]any {
