@@ -64,6 +64,10 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 	f.rememberForwarded(ctx, a.Event, rep)
 	if err != nil {
 		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
+		// The destination holds the study whether or not the ack arrived,
+		// and an ack that did arrive brings no delivery to record it: the
+		// audit would report the study missing, buffer mode would keep it.
+		f.recordCompletion(ctx, a.Event, rep, log)
 		return ResultAckFailed
 	}
 	switch {
@@ -90,13 +94,21 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 			log.Warn("forget failure record", "err", err)
 		}
 	}
-	if f.opts.Completed != nil && !rep.forwardedBefore && !rep.deletedNotSelected {
-		c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept}
-		if err := f.recordCompleted(ctx, a.Event, c); err != nil {
-			log.Warn("study forwarded but not recorded as completed", "err", err)
-		}
-	}
+	f.recordCompletion(ctx, a.Event, rep, log)
 	return ResultForwarded
+}
+
+// recordCompletion records the destination's completed forward of ev
+// (Options.Completed), unless the ledger told it: a study buffer mode
+// deleted once done.
+func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) {
+	if f.opts.Completed == nil || rep.forwardedBefore || rep.deletedNotSelected {
+		return
+	}
+	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept}
+	if err := f.recordCompleted(ctx, ev, c); err != nil {
+		log.Warn("study forwarded but not recorded as completed", "err", err)
+	}
 }
 
 // completedRetry is the first wait before a completed forward's record is

@@ -304,6 +304,48 @@ type unconfirmedAck struct{ jetstream.Msg }
 
 func (unconfirmedAck) DoubleAck(context.Context) error { return nats.ErrTimeout }
 
+// arrivedAck is a delivery whose ack JetStream takes but whose
+// confirmation is lost: the event is not delivered again.
+type arrivedAck struct{ jetstream.Msg }
+
+func (m arrivedAck) DoubleAck(ctx context.Context) error {
+	if err := m.Msg.DoubleAck(ctx); err != nil {
+		return err
+	}
+	return nats.ErrTimeout
+}
+
+// TestUnconfirmedAckIsRecorded: a study stored whole whose ack's
+// confirmation is lost is recorded as completed all the same. The ack
+// may have arrived, and then no delivery comes to record it: the audit
+// reported a forwarded study missing, and buffer mode kept it.
+func TestUnconfirmedAckIsRecorded(t *testing.T) {
+	dest := &azureLike{held: map[string]bool{}}
+	srv := httptest.NewServer(dest)
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	var comps []Completion
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+			comps = append(comps, c)
+			return nil
+		}
+	})
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.handle(t.Context(), arrivedAck{msg})
+	if len(comps) != 1 || len(comps[0].Kept) > 0 {
+		t.Fatalf("completions %+v, want one keeping nothing", comps)
+	}
+}
+
 // TestStudyForwardedAgain: a study stored whole that comes again meets
 // "already exists" (45070) for every instance: they are stowline's own
 // copies, not conflicts (deadletter dead-lettered the stored study, skip
@@ -320,7 +362,7 @@ func TestStudyForwardedAgain(t *testing.T) {
 		unconfirmed bool     // the first ack is not confirmed
 		completions int
 	}{
-		{name: "unconfirmed ack", msgIDs: []string{ev.MsgID()}, unconfirmed: true, completions: 1},
+		{name: "unconfirmed ack", msgIDs: []string{ev.MsgID()}, unconfirmed: true, completions: 2},
 		{name: "queued again", msgIDs: []string{ev.MsgID(), ev.MsgID() + "/backfill/default"}, completions: 2},
 	} {
 		for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
