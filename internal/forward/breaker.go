@@ -505,6 +505,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 				if wasHeld {
 					sourceHeld++
 					trial = false // record ended a trial
+					a.again = true
 					continue
 				}
 			}
@@ -525,6 +526,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		f.held(a, "held: destination down (circuit breaker open)")
 		var herr error
 		trial, herr = f.breaker.hold(ctx)
+		a.again = true
 		f.held(a, "")
 		f.m.held.Dec()
 		if herr != nil {

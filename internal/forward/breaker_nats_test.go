@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,5 +113,66 @@ func TestBreakerHoldsWithinOneDelivery(t *testing.T) {
 	}
 	if n := len(dls.all()); n != 0 {
 		t.Errorf("%d dead letters", n)
+	}
+}
+
+// A study held for its destination after some of it was stored is sent
+// again whole within the same delivery: what the first run stored counts
+// as already stored, as on a later delivery, where the destination stores
+// repeats without a word (the sink, as Orthanc). Before, only a delivery
+// after the first read the record, and the log and metrics showed 0.
+func TestHeldStudyCountsWhatItStoredBefore(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	stores := k.handler(nil)
+	var posts atomic.Int32
+	var down atomic.Bool
+	down.Store(true)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The first request is stored; then the destination is down.
+		if (r.Method == http.MethodPost && posts.Add(1) == 1) || !down.Load() {
+			stores.ServeHTTP(w, r)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	prober, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingObserver{}
+	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) {
+		o.Concurrency = 1
+		o.Failures = &memFailureLog{}
+		o.Observer = rec
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: prober}
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for b := f.Status(); b.Held != 1; b = f.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker %+v, want 1 study held", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	down.Store(false)
+	for rec.results()[ResultForwarded] != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("finished %v, want the study forwarded", rec.results())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rep := rec.reports[len(rec.reports)-1]; rep.Instances != 8 || rep.AlreadyStored != 4 {
+		t.Errorf("%d instances, %d already stored; want 8, the 4 of the first run already stored", rep.Instances, rep.AlreadyStored)
 	}
 }

@@ -11,6 +11,9 @@ type Attempt struct {
 	Number uint64
 	// Seq is the event's position in the event stream.
 	Seq uint64
+	// again: an earlier run of this delivery (held for the destination
+	// or the source, then sent again) may have stored some of the study.
+	again bool
 }
 
 // Result is how an attempt ended: the label of

@@ -164,10 +164,12 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	earlier := sync.OnceValue(func() func(string) bool { return f.storedEarlier(ctx, ev) })
 	ours := func(uid string) bool { return stored[uid] || earlier()(sentID(ev, byUID[uid])) }
 	// storedBefore: an earlier delivery got it stored (one killed before
-	// its ack, or that failed); a destination that stores it again
-	// without a word (Orthanc) then had it already. Not read on a first
-	// delivery.
-	storedBefore := func(uid string) bool { return a.Number > 1 && !stored[uid] && earlier()(sentID(ev, byUID[uid])) }
+	// its ack, or that failed), or an earlier run of this one (held,
+	// then sent again); a destination that stores it again without a
+	// word (Orthanc) then had it already. Not read on a first run.
+	storedBefore := func(uid string) bool {
+		return (a.Number > 1 || a.again) && !stored[uid] && earlier()(sentID(ev, byUID[uid]))
+	}
 	warned := map[string]dicomweb.Warning{}
 	// Each request's confirmed instances go to a writer as it is answered
 	// (sentwriter.go), which records them while the attempt goes on: a
