@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -741,6 +742,58 @@ func TestFailureLog(t *testing.T) {
 	check("Forget leaves other events", record(6, t0.Add(time.Hour)), t0.Add(2*time.Minute), t0.Add(time.Hour))
 	if err := log.Forget(testCtx(t), 999); err != nil {
 		t.Errorf("Forget of an event with no record: %v", err)
+	}
+}
+
+// countingKV counts the reads of a bucket.
+type countingKV struct {
+	jetstream.KeyValue
+	gets atomic.Int32
+}
+
+func (c *countingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	c.gets.Add(1)
+	return c.KeyValue.Get(ctx, key)
+}
+
+// An attempt adds to its study's record as each request is answered: a
+// write after this process's own last one does not read the record back
+// (one JetStream round trip of two). A record another process wrote
+// since is read, and what both stored is kept.
+func TestFailureLogWritesWithoutReadingBack(t *testing.T) {
+	ns := testnats.Start(t)
+	bucket, err := natsjs.DefaultTopology().EnsureFailureLog(testCtx(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := &countingKV{KeyValue: bucket}
+	log, other := deadletter.NewFailureLog(kv, "default"), deadletter.NewFailureLog(bucket, "default")
+	ev := &events.StudyStable{Source: "orthanc-a", StudyInstanceUID: "1.2.826.0.1.3680043.2.1143.8", LastUpdate: "20261205T071500"}
+	remember := func(log *deadletter.FailureLog, ids ...string) {
+		t.Helper()
+		if err := log.RememberSent(testCtx(t), ev, ids); err != nil {
+			t.Fatalf("RememberSent: %v", err)
+		}
+	}
+	for i := range 5 {
+		remember(log, fmt.Sprint("1.2.3.", i))
+	}
+	if n := kv.gets.Load(); n != 1 {
+		t.Errorf("%d reads for 5 writes, want the first only", n)
+	}
+	remember(other, "1.2.3.100") // another replica's attempt
+	remember(log, "1.2.3.5")
+	if n := kv.gets.Load(); n != 2 {
+		t.Errorf("%d reads, want one more after another process wrote", n)
+	}
+	sent, err := other.Sent(testCtx(t), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"1.2.3.0", "1.2.3.4", "1.2.3.5", "1.2.3.100"} {
+		if !sent(id) {
+			t.Errorf("%s is not remembered", id)
+		}
 	}
 }
 

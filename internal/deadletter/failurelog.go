@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,12 +26,34 @@ import (
 type FailureLog struct {
 	kv          jetstream.KeyValue
 	destination string
+
+	// written holds the records of stored instances this process wrote
+	// last, with their revisions: an attempt adds to its study's record
+	// as each request is answered, and the next write then skips reading
+	// the record back (a JetStream round trip). An entry another writer
+	// made stale only fails the compare-and-set, and the record is read.
+	mu      sync.Mutex
+	written map[string]sentRecord
 }
+
+// sentRecord is a record of stored instances as written, at revision rev.
+type sentRecord struct {
+	data []byte
+	rev  uint64
+}
+
+// maxWritten and maxWrittenBytes bound FailureLog.written: the studies
+// being forwarded at once, each up to 8,192 instances (larger records
+// are read back).
+const (
+	maxWritten      = 64
+	maxWrittenBytes = 64 << 10
+)
 
 // NewFailureLog returns the destination's log kept in kv
 // (natsjs.Topology.EnsureFailureLog).
 func NewFailureLog(kv jetstream.KeyValue, destination string) *FailureLog {
-	return &FailureLog{kv: kv, destination: destination}
+	return &FailureLog{kv: kv, destination: destination, written: map[string]sentRecord{}}
 }
 
 func (l *FailureLog) key(seq uint64) string {
@@ -104,10 +127,18 @@ func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, s
 	for i, id := range sentIDs {
 		hashes[i] = uidHash(id)
 	}
+	last, known := l.lastWritten(key)
 	for range rememberAttempts {
-		set, rev, err := l.sentSet(ctx, key)
-		if err != nil {
-			return err
+		var set map[uint64]bool
+		var rev uint64
+		if known {
+			set, rev = decodeSent(last.data), last.rev
+			known = false // a failed compare-and-set reads the record
+		} else {
+			var err error
+			if set, rev, err = l.sentSet(ctx, key); err != nil {
+				return err
+			}
 		}
 		// Instances already in the record (the study sent again) take no
 		// more room.
@@ -127,20 +158,53 @@ func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, s
 		for _, h := range slices.Sorted(maps.Keys(set)) {
 			data = binary.BigEndian.AppendUint64(data, h)
 		}
+		var err error
 		if rev == 0 {
-			_, err = l.kv.Create(ctx, key, data)
+			rev, err = l.kv.Create(ctx, key, data)
 		} else {
-			_, err = l.kv.Update(ctx, key, data, rev)
+			rev, err = l.kv.Update(ctx, key, data, rev)
 		}
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			continue // another attempt wrote it since: add to what it wrote
 		}
 		if err != nil {
+			l.forgetWritten(key)
 			return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), ev.StudyInstanceUID, natsjs.StorageFull(err))
 		}
+		l.keepWritten(key, sentRecord{data: data, rev: rev})
 		return nil
 	}
+	l.forgetWritten(key)
 	return fmt.Errorf("remember stored instances of study %s: still conflicting after %d attempts", ev.StudyInstanceUID, rememberAttempts)
+}
+
+func (l *FailureLog) lastWritten(key string) (sentRecord, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.written[key]
+	return r, ok
+}
+
+func (l *FailureLog) keepWritten(key string, r sentRecord) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(r.data) > maxWrittenBytes {
+		delete(l.written, key)
+		return
+	}
+	if _, ok := l.written[key]; !ok && len(l.written) >= maxWritten {
+		for k := range l.written { // any one: most belong to finished attempts
+			delete(l.written, k)
+			break
+		}
+	}
+	l.written[key] = r
+}
+
+func (l *FailureLog) forgetWritten(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.written, key)
 }
 
 // Sent reports the instances attempts stored of the study.
@@ -163,9 +227,14 @@ func (l *FailureLog) sentSet(ctx context.Context, key string) (map[uint64]bool, 
 	case err != nil:
 		return nil, 0, fmt.Errorf("read stored instances: %w", err)
 	}
-	v := e.Value()
+	return decodeSent(e.Value()), e.Revision(), nil
+}
+
+// decodeSent reads a record of stored instances: 8 bytes an instance.
+func decodeSent(v []byte) map[uint64]bool {
+	set := make(map[uint64]bool, len(v)/8)
 	for i := 0; i+8 <= len(v); i += 8 {
 		set[binary.BigEndian.Uint64(v[i:])] = true
 	}
-	return set, e.Revision(), nil
+	return set
 }
