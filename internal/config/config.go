@@ -24,6 +24,8 @@ const fileSuffix = "_FILE"
 // A field tagged secret:"true" may instead be given as VAR_FILE, a path
 // whose content (trailing newline trimmed, not empty) is the value. Errors
 // name the variable. If dst has a Validate() error method it runs last.
+// A secret that cannot be read does not hide the other errors: they are
+// all returned together.
 func Load(getenv func(string) string, dst any) error {
 	params, err := env.GetFieldParams(dst)
 	if err != nil {
@@ -31,22 +33,27 @@ func Load(getenv func(string) string, dst any) error {
 	}
 	secrets := secretKeys(reflect.TypeOf(dst))
 	values := make(map[string]string, len(params))
-	var errs []error
+	var secretErrs []error
 	for _, p := range params {
 		v := getenv(p.Key)
 		if secrets[p.Key] {
 			if v, err = readSecret(getenv, p.Key); err != nil {
-				errs = append(errs, err)
-				continue
+				// Parse and check the rest with a stand-in, so one run
+				// lists everything to fix, not only the unreadable file.
+				secretErrs = append(secretErrs, err)
+				v = standInSecret(p.Key)
 			}
 		}
 		if v != "" {
 			values[p.Key] = v
 		}
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
+	return errors.Join(errors.Join(secretErrs...), load(getenv, dst, values))
+}
+
+// load parses values into dst, reads its dynamic variables and validates
+// it.
+func load(getenv func(string) string, dst any, values map[string]string) error {
 	if err := env.ParseWithOptions(dst, env.Options{Environment: values}); err != nil {
 		err = cleanEnvError(err, reflect.TypeOf(dst))
 		if c, ok := dst.(conditionallyRequired); ok {
@@ -56,15 +63,49 @@ func Load(getenv func(string) string, dst any) error {
 		}
 		return err
 	}
+	var dynErr error
 	if d, ok := dst.(dynamicVars); ok {
-		if err := d.readDynamic(getenv); err != nil {
-			return err
+		// An unreadable secret file of a source or destination has a
+		// stand-in too: only other errors stop before Validate.
+		if dynErr = d.readDynamic(getenv); dynErr != nil && !onlySecretVarErrors(dynErr) {
+			return dynErr
 		}
 	}
 	if v, ok := dst.(interface{ Validate() error }); ok {
-		return v.Validate()
+		return errors.Join(dynErr, v.Validate())
 	}
-	return nil
+	return dynErr
+}
+
+// secretVarError is a secret variable that could not be read: set both
+// directly and as _FILE, or its file unreadable or empty.
+type secretVarError struct{ err error }
+
+func (e secretVarError) Error() string { return e.err.Error() }
+func (e secretVarError) Unwrap() error { return e.err }
+
+// standInSecret is the value a secret that could not be read takes
+// while the other variables are checked: long and varied enough for the
+// credential checks, and different for each variable so that no
+// "must differ" check fires. Load returns an error with it, so it is
+// never used.
+func standInSecret(key string) string {
+	return "unread-" + key + "-Qx7Wv2Kz9Jm4Rt8N"
+}
+
+// onlySecretVarErrors reports whether every error joined in err is a
+// secretVarError.
+func onlySecretVarErrors(err error) bool {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			if !onlySecretVarErrors(e) {
+				return false
+			}
+		}
+		return true
+	}
+	_, ok := err.(secretVarError)
+	return ok
 }
 
 // readSecret returns the value of the secret variable key, given either
@@ -78,7 +119,7 @@ func readSecret(getenv func(string) string, key string) (string, error) {
 		return v, nil
 	}
 	if v != "" {
-		return "", fmt.Errorf("%s and %s%s are both set: set only one", key, key, fileSuffix)
+		return "", secretVarError{fmt.Errorf("%s and %s%s are both set: set only one", key, key, fileSuffix)}
 	}
 	// An empty file is refused: read as unset, it would silently turn off
 	// what the secret guards (INGEST_HMAC_SECRET's signatures,
@@ -86,7 +127,7 @@ func readSecret(getenv func(string) string, key string) (string, error) {
 	// key_FILE is set.
 	v, err := secretfile.Read(path)
 	if err != nil {
-		return "", fmt.Errorf("%s%s: %w", key, fileSuffix, err)
+		return "", secretVarError{fmt.Errorf("%s%s: %w", key, fileSuffix, err)}
 	}
 	return v, nil
 }

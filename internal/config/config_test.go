@@ -331,6 +331,64 @@ func TestEmptySecretFileRefused(t *testing.T) {
 	}
 }
 
+// TestUnreadableSecretFileHidesNoOtherError: an unreadable or empty
+// secret file is reported together with every other bad variable, so
+// the operator fixes them all in one round, and the secret's absence
+// adds no error of its own (a missing or too short token).
+func TestUnreadableSecretFileHidesNoOtherError(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		set  map[string]string
+		want []string
+	}{
+		{"a parse error", map[string]string{"INGEST_TOKEN_FILE": missing, "FORWARDER_CONCURRENCY": "four"},
+			[]string{"INGEST_TOKEN_FILE: open " + missing, "FORWARDER_CONCURRENCY"}},
+		{"checks of other variables", map[string]string{"INGEST_TOKEN_FILE": missing, "ADMIN_TOKEN_FILE": empty, "ORTHANC_RESPONSE_TIMEOUT": "10ms", "DICOMWEB_URL": "ftp://x"},
+			[]string{"INGEST_TOKEN_FILE: open " + missing, "ADMIN_TOKEN_FILE: " + empty + " is empty", "ORTHANC_RESPONSE_TIMEOUT=10ms", "DICOMWEB_URL"}},
+		// Set, the HMAC secret makes the dedupe window matter.
+		{"a check the secret turns on", map[string]string{"INGEST_HMAC_SECRET_FILE": missing, "EVENTS_DEDUPE_WINDOW": "2m"},
+			[]string{"INGEST_HMAC_SECRET_FILE: open " + missing, "EVENTS_DEDUPE_WINDOW=2m0s is shorter than INGEST_HMAC_MAX_SKEW"}},
+		{"a source's password", map[string]string{"ORTHANC_SOURCES": "pacs", "ORTHANC_PACS_URL": "http://pacs:8042", "ORTHANC_PACS_USERNAME": "stowline",
+			"ORTHANC_PACS_PASSWORD_FILE": missing, "INGEST_ADDR": "8080"},
+			[]string{"ORTHANC_PACS_PASSWORD_FILE: open " + missing, "INGEST_ADDR"}},
+		{"a destination's client secret", map[string]string{"DESTINATIONS": "ai", "DICOMWEB_URL": "", "DESTINATION_AI_URL": "https://ai.example.org/v1",
+			"DESTINATION_AI_OAUTH_TOKEN_URL": "https://auth.example.org/token", "DESTINATION_AI_OAUTH_CLIENT_ID": "stowline",
+			"DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE": missing, "DESTINATION_AI_STOW_VERIFY": "yes", "FORWARDER_CONCURRENCY": "0"},
+			[]string{"DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE: open " + missing, `DESTINATION_AI_STOW_VERIFY="yes"`, "FORWARDER_CONCURRENCY=0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			delete(e, "INGEST_TOKEN")
+			if tt.set["INGEST_TOKEN_FILE"] == "" {
+				e["INGEST_TOKEN"] = "0123456789abcdef0123"
+			}
+			maps.Copy(e, tt.set)
+			err := Load(mapEnv(e), &SingleHost{})
+			if err == nil {
+				t.Fatal("Load() = nil, want errors")
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("Load() = %v\nwant it to name %s too", err, want)
+				}
+			}
+			if n := strings.Count(err.Error(), "\n") + 1; n != len(tt.want) {
+				t.Errorf("Load() = %v\nwant %d errors, got %d lines", err, len(tt.want), n)
+			}
+			if strings.Contains(err.Error(), "unread-") {
+				t.Errorf("Load() = %v\nshows the stand-in", err)
+			}
+		})
+	}
+}
+
 // A bearer token HTTP cannot carry as written is refused at startup: a
 // space at either end is dropped from the Authorization header on the
 // way (the ingest then refused every post, its right token included), a

@@ -283,6 +283,14 @@ func (d NamedDestination) rename(err error) error {
 	if err == nil || d.Var == "" {
 		return err
 	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		// One by one, to keep the secretVarErrors Load tells apart.
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, d.rename(e))
+		}
+		return errors.Join(out...)
+	}
 	msg := destinationVarPattern.ReplaceAllStringFunc(err.Error(), func(m string) string {
 		base, file := strings.CutSuffix(m, fileSuffix)
 		if file && !destinationVars[base] {
@@ -294,5 +302,8 @@ func (d NamedDestination) rename(err error) error {
 		}
 		return out
 	})
+	if _, ok := err.(secretVarError); ok {
+		return secretVarError{errors.New(msg)}
+	}
 	return errors.New(msg)
 }

@@ -94,6 +94,7 @@ func (o *Orthanc) readDynamic(getenv func(string) string) error {
 		pw, err := readSecret(getenv, p+"PASSWORD")
 		if err != nil {
 			errs = append(errs, err)
+			pw = standInSecret(p + "PASSWORD") // so Validate still checks the rest
 		}
 		src.Password, src.PasswordFile = pw, getenv(p+"PASSWORD"+fileSuffix)
 		if src.URL == "" {
