@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -180,46 +181,96 @@ func TestNewSourceValidates(t *testing.T) {
 
 // TestFailedFetchRetriedInBackground: a fetch that leaves no token (the
 // client refused) is tried again in the background with no caller
-// asking, after 30 s, then 60 s, ..., at most 5 minutes apart, so that the failure shows steadily
-// on a quiet host and a repaired one has a token before the next caller,
-// who then sends no request. It runs on synctest's fake clock.
+// asking, after 30 s, then 60 s, ..., at most 5 minutes apart, each wait
+// drawn in [d/2, d] so that replicas restarted together do not ask in
+// lockstep; the failure shows steadily on a quiet host and a repaired one
+// has a token before the next caller, who then sends no request. It runs
+// on synctest's fake clock.
 func TestFailedFetchRetriedInBackground(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
+		const replicas = 4
 		var refuse atomic.Bool
 		refuse.Store(true)
-		ok := issue(3600, 0)
-		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
-			if refuse.Load() {
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(http.StatusUnauthorized)
-				_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
-				return
-			}
-			ok(w, r)
-		})
-		// One request a fetch (auto-detection would try both styles).
-		ts := newSource(t, srv, WithAuthStyle(oauth2.AuthStyleInHeader))
-		if _, err := ts.Token(); !errors.Is(err, ErrToken) {
-			t.Fatalf("refused: err = %v, want ErrToken", err)
+		start := time.Now()
+		type replica struct {
+			ts  *TokenSource
+			srv *tokenServer
+			mu  sync.Mutex
+			at  []time.Duration // when each token request came, from start
 		}
-		requestsAfter := func(d time.Duration, want int) {
-			t.Helper()
-			time.Sleep(d)
-			synctest.Wait()
-			if got := srv.Requests(); got != want {
-				t.Fatalf("%d token requests, want %d", got, want)
+		rs := make([]*replica, replicas)
+		for i := range rs {
+			r := &replica{}
+			ok := issue(3600, 0)
+			r.srv = newInMemoryTokenServer(func(w http.ResponseWriter, req *http.Request) {
+				r.mu.Lock()
+				r.at = append(r.at, time.Since(start))
+				r.mu.Unlock()
+				if refuse.Load() {
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusUnauthorized)
+					_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
+					return
+				}
+				ok(w, req)
+			})
+			// One request a fetch (auto-detection would try both styles).
+			r.ts = newSource(t, r.srv, WithAuthStyle(oauth2.AuthStyleInHeader))
+			rs[i] = r
+		}
+		for _, r := range rs {
+			if _, err := r.ts.Token(); !errors.Is(err, ErrToken) {
+				t.Fatalf("refused: err = %v, want ErrToken", err)
 			}
 		}
-		requestsAfter(0, 1) // a refusal is not retried at once
-		requestsAfter(31*time.Second, 2)
-		requestsAfter(60*time.Second, 3)
-		requestsAfter(120*time.Second, 4)
-		requestsAfter(240*time.Second, 5)
-		requestsAfter(298*time.Second, 5) // at most every 5 minutes: the next at 750 s
+		synctest.Wait()
+		for i, r := range rs {
+			if got := r.srv.Requests(); got != 1 {
+				t.Fatalf("replica %d: %d token requests, want 1 (a refusal is not retried at once)", i, got)
+			}
+		}
+		// The longest waits, 30+60+120+240+300+300 s, end at 1050 s.
+		time.Sleep(1051 * time.Second)
+		synctest.Wait()
+		firstRetry := map[time.Duration]bool{}
+		for i, r := range rs {
+			r.mu.Lock()
+			at := r.at
+			r.mu.Unlock()
+			if len(at) < 7 {
+				t.Fatalf("replica %d: token requests at %v, want at least 7 by 1051 s", i, at)
+			}
+			for n := 1; n < len(at); n++ {
+				d := min(30*time.Second<<min(n-1, 4), 5*time.Minute)
+				if gap := at[n] - at[n-1]; gap < d/2 || gap > d {
+					t.Errorf("replica %d: retry %d came %s after the one before, want %s to %s", i, n, gap, d/2, d)
+				}
+			}
+			firstRetry[at[1]] = true
+		}
+		if len(firstRetry) == 1 {
+			t.Errorf("all %d replicas retried at the same moment: no jitter", replicas)
+		}
 		refuse.Store(false)
-		requestsAfter(time.Second, 6)
-		mustToken(t, ts)
-		// The token is cached; its refresh is due about 55 minutes on.
-		requestsAfter(30*time.Minute, 6)
+		before := make([]int, replicas)
+		for i, r := range rs {
+			before[i] = r.srv.Requests()
+		}
+		time.Sleep(5*time.Minute + time.Second)
+		synctest.Wait()
+		for i, r := range rs {
+			if got := r.srv.Requests(); got != before[i]+1 {
+				t.Fatalf("replica %d: %d token requests after the repair, want %d (one background fetch)", i, got, before[i]+1)
+			}
+			mustToken(t, r.ts)
+		}
+		// The tokens are cached; their refresh is due about 55 minutes on.
+		time.Sleep(30 * time.Minute)
+		synctest.Wait()
+		for i, r := range rs {
+			if got := r.srv.Requests(); got != before[i]+1 {
+				t.Errorf("replica %d: %d token requests, want %d: the token is cached", i, got, before[i]+1)
+			}
+		}
 	})
 }

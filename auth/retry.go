@@ -68,7 +68,13 @@ func (ts *TokenSource) backoff(attempt int, te *TokenError) time.Duration {
 	if te.RetryAfter > 0 && te.RetryAfter <= ts.opts.retryMax {
 		return te.RetryAfter
 	}
-	d := min(ts.opts.retryBase<<min(attempt, 20), ts.opts.retryMax)
+	return jitter(min(ts.opts.retryBase<<min(attempt, 20), ts.opts.retryMax))
+}
+
+// jitter returns a wait drawn at random in [d/2, d]: replicas that failed
+// together (restarted together, or an endpoint back from an outage) then
+// do not ask again together.
+func jitter(d time.Duration) time.Duration {
 	if d <= 0 {
 		return 0
 	}

@@ -43,7 +43,8 @@ type TokenSource struct {
 
 const (
 	// failedRetryBase and failedRetryMax bound the wait before a fetch
-	// that left no token is tried again in the background.
+	// that left no token is tried again in the background (each wait
+	// drawn in [d/2, d]).
 	failedRetryBase = 30 * time.Second
 	failedRetryMax  = 5 * time.Minute
 )
@@ -329,7 +330,7 @@ func (ts *TokenSource) run(f *fetch) {
 		// quiet host where no study asks for a token, and once repaired
 		// (a rotated secret file) a token is at hand before the next study.
 		ts.failed++
-		at := now.Add(min(failedRetryBase<<min(ts.failed-1, 4), failedRetryMax))
+		at := now.Add(jitter(min(failedRetryBase<<min(ts.failed-1, 4), failedRetryMax)))
 		if at.Before(ts.notBefore) {
 			at = ts.notBefore
 		}
