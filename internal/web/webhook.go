@@ -222,10 +222,12 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			why, reason, answer = "JetStream refused it, its storage is full", "jetstream_full", "the event was not stored, retry later: "
 		}
 		span.SetStatus(codes.Error, why)
+		// This line is the refusal's log: reject would log it again.
 		log.Error("event not stored: "+why,
 			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
-			"study_instance_uid", ev.StudyInstanceUID, "err", err)
-		h.reject(w, r, http.StatusServiceUnavailable, reason, answer+err.Error())
+			"study_instance_uid", ev.StudyInstanceUID, "status", http.StatusServiceUnavailable, "reason", reason,
+			"remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", err)
+		h.answerRefusal(w, http.StatusServiceUnavailable, reason, answer+err.Error())
 		return
 	}
 	result := "accepted"
@@ -361,12 +363,17 @@ func (h *Webhook) authorized(r *http.Request) (ok, previous bool) {
 }
 
 func (h *Webhook) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
-	h.m.rejected.WithLabelValues(reason).Inc()
 	// A refused flood is counted, not logged line by line: the log of the
 	// other refusals is bounded by the rate limit, which comes first.
 	if reason != "rate_limited" {
 		h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", msg)
 	}
+	h.answerRefusal(w, status, reason, msg)
+}
+
+// answerRefusal counts a refusal and answers it, without logging it.
+func (h *Webhook) answerRefusal(w http.ResponseWriter, status int, reason, msg string) {
+	h.m.rejected.WithLabelValues(reason).Inc()
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="stowline"`)
 	}

@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats-server/v2/server"
@@ -94,6 +96,46 @@ func TestWebhookStorageFull(t *testing.T) {
 				t.Errorf("after space was freed: status %d (%v), want 202", status, body)
 			}
 		})
+	}
+}
+
+// TestWebhookJetStreamDownLoggedOnce: an event JetStream did not store
+// is one log line, the error naming the study and the client; it was
+// logged twice, "event not stored" and again "event rejected" with the
+// same error, so an outage doubled the error lines an IT team counts.
+func TestWebhookJetStreamDownLoggedOnce(t *testing.T) {
+	ns := testnats.Start(t)
+	var logs testharness.LogBuffer
+	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token}, Publisher: natsjs.Publisher{JS: ns.JS},
+		PublishTimeout: 500 * time.Millisecond, Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := chi.NewRouter()
+	h.Mount(r)
+	hs := httptest.NewServer(r)
+	t.Cleanup(hs.Close)
+	ns.Shutdown() // a real outage: the server is gone
+	if status, body := post(t, hs.URL, "application/json", "Bearer "+token, validBody); status != http.StatusServiceUnavailable {
+		t.Fatalf("status %d (%v), want 503", status, body)
+	}
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		if m["level"] == "WARN" || m["level"] == "ERROR" {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d warning or error lines, want 1:\n%s", len(lines), logs.String())
+	}
+	for _, k := range []string{"orthanc_study_id", "source", "client", "err"} {
+		if lines[0][k] == nil {
+			t.Errorf("the line lacks %s: %v", k, lines[0])
+		}
 	}
 }
 
