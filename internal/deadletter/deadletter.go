@@ -330,7 +330,9 @@ const maxEmptyFetches = 30
 // destination only, with a fresh dedupe ID, and removes each letter only
 // once its event is stored. It calls done with each letter once replayed
 // (with dryRun, with each letter it would replay, and does nothing else),
-// oldest first, and returns how many it replayed.
+// oldest first, and returns how many it replayed. A dry run fails where
+// the replay would: a listing that fails, a destination without a
+// consumer.
 //
 // Letters are read a page at a time, never all at once (each may hold up
 // to maxLetterBytes), and a first pass reads them all before anything is
@@ -354,7 +356,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	checked := map[string]bool{}
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
-		if dryRun || checked[subject] {
+		if checked[subject] {
 			return nil
 		}
 		checked[subject] = true

@@ -53,9 +53,12 @@ func TestReplayKeepsLettersOfADestinationWithoutConsumer(t *testing.T) {
 	l := letter(1, forward.Permanent, "HTTP 415", time.Now().UTC())
 	l.Destination = "gone"
 	add(t, store, l)
-	_, err := replay(testCtx(t), store, deadletter.Filter{All: true}, false)
-	if !errors.Is(err, deadletter.ErrNoConsumer) || !strings.Contains(err.Error(), `destination "gone" has no consumer`) {
-		t.Fatalf("Replay err = %v, want it to name the destination without a consumer", err)
+	// The dry run says so too: it said the letter would be replayed.
+	for _, dry := range []bool{true, false} {
+		done, err := replay(testCtx(t), store, deadletter.Filter{All: true}, dry)
+		if !errors.Is(err, deadletter.ErrNoConsumer) || !strings.Contains(err.Error(), `destination "gone" has no consumer`) || len(done) != 0 {
+			t.Fatalf("Replay (dry run %v) = %v, %v; want nothing done and an error naming the destination without a consumer", dry, seqsOf(done), err)
+		}
 	}
 	left, err := store.List(testCtx(t), deadletter.Filter{All: true})
 	if err != nil || len(left) != 1 {
