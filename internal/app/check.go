@@ -3,6 +3,8 @@ package app
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,7 +26,11 @@ const checkUsage = `Usage: forwarder check [--source NAME] [--destination NAME] 
 Verifies each source Orthanc and each destination with the live
 configuration, before any study flows (with --source or --destination,
 only the ones named). A source gets one request with the forwarder's
-credentials: GET {ORTHANC_URL}/system. A destination: a credential is
+credentials: GET {ORTHANC_URL}/system, and in buffer mode
+(FORWARDER_DELETE_FROM_SOURCE=true) DELETE {ORTHANC_URL}/instances/{id}
+of a random ID that names no instance, so nothing is deleted: Orthanc
+answers 404 when the user may delete, 401 or 403 when it may not. A
+destination: a credential is
 obtained the way the forwarder does (an OAuth2 token of OAUTH_PROVIDER,
 or AWS credentials for Signature V4), its lifetime and scopes reported
 (never the token), and one authenticated request sent:
@@ -63,7 +69,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 			if checked++; checked > 1 {
 				fmt.Fprintln(stdout)
 			}
-			if err := checkSource(ctx, stdout, src, *timeout); err != nil {
+			if err := checkSource(ctx, stdout, src, *timeout, cfg.DeleteFromSource); err != nil {
 				errs = append(errs, fmt.Errorf("source %s: %w", cmp.Or(src.Name, src.varName), err))
 			}
 		}
@@ -107,8 +113,9 @@ func sourceNames(s *Sources) string {
 }
 
 // checkSource asks one source Orthanc for /system with the forwarder's
-// credentials and prints its verdict.
-func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time.Duration) error {
+// credentials, and with deletes (buffer mode) whether it may delete,
+// and prints its verdict.
+func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time.Duration, deletes bool) error {
 	line := func(k, format string, args ...any) {
 		fmt.Fprintf(stdout, "%-12s %s\n", k, fmt.Sprintf(format, args...))
 	}
@@ -132,8 +139,53 @@ func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time
 		return fmt.Errorf("%s: %w", hint, err)
 	}
 	line("request", "GET /system -> Orthanc %s, Name %q, in %s", sys.Version, sys.Name, time.Since(start).Round(time.Millisecond))
+	if deletes {
+		if err := checkDeleteAllowed(ctx, src, line); err != nil {
+			return err
+		}
+	}
 	line("verdict", "OK")
 	return nil
+}
+
+// checkDeleteAllowed asks the source to delete an instance that does not
+// exist: Orthanc answers 404 when the forwarder's user may delete (a Lua
+// IncomingHttpRequestFilter or an authorization plugin decides before
+// the instance is looked up), 401 or 403 when it may not, and deletes
+// nothing either way. Without that right buffer mode would forward every
+// study and fill Orthanc's disk all the same.
+func checkDeleteAllowed(ctx context.Context, src Source, line func(k, format string, args ...any)) error {
+	id, err := randomOrthancID()
+	if err != nil {
+		return err
+	}
+	prefix := strings.TrimSuffix(src.varName, "URL")
+	err = src.Client.DeleteInstance(ctx, id)
+	if err == nil || errors.Is(err, orthancapi.ErrNotFound) {
+		// nil: the random ID named an instance after all (a chance of
+		// one in 2^160); the user may delete all the same.
+		line("request", "DELETE /instances/%s (no such instance) -> not found: the forwarder may delete (FORWARDER_DELETE_FROM_SOURCE=true)", id)
+		return nil
+	}
+	line("request", "DELETE /instances/%s (no such instance): %v", id, err)
+	hint := "Orthanc did not answer the delete check: buffer mode (FORWARDER_DELETE_FROM_SOURCE=true) deletes forwarded instances with DELETE /instances/{id}"
+	if oe, ok := errors.AsType[*orthancapi.Error](err); ok && oe.NotFromOrthanc == "" && (oe.StatusCode == http.StatusUnauthorized || oe.StatusCode == http.StatusForbidden) {
+		hint = fmt.Sprintf("Orthanc refuses DELETE to %sUSERNAME, and buffer mode (FORWARDER_DELETE_FROM_SOURCE=true) deletes forwarded instances with DELETE /instances/{id}: "+
+			"allow it for that user (its Lua IncomingHttpRequestFilter, its authorization plugin or proxy), or turn buffer mode off", prefix)
+	}
+	line("verdict", "FAIL: %s", hint)
+	return fmt.Errorf("%s: %w", hint, err)
+}
+
+// randomOrthancID returns an ID in Orthanc's form (five groups of eight
+// hex digits, a SHA-1) that names no resource.
+func randomOrthancID() (string, error) {
+	var b [20]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("random instance ID: %w", err)
+	}
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:16] + "-" + h[16:24] + "-" + h[24:32] + "-" + h[32:40], nil
 }
 
 // destinationNotFound is the usage error of a --destination this process
