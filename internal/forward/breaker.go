@@ -71,8 +71,9 @@ type Prober interface {
 
 // DestinationDown reports whether err says the destination is down rather
 // than that it refused a study: no answer (connection refused or reset,
-// dial, TLS or request time-out), a 500, 502, 503, 504 or 424 (Azure:
-// its storage or key vault unreachable) on a whole request, or a token endpoint that fails the same way. A 4xx, a refusal
+// dial, TLS or request time-out), a 500, 502, 503, 504, 507 (its storage
+// full) or 424 (Azure: its storage or key vault unreachable) on a whole
+// request, or a token endpoint that fails the same way. A 4xx, a refusal
 // of some instances, a conflict or a source (Orthanc) error are answers
 // about the study, not about the destination.
 func DestinationDown(err error) bool {
@@ -87,7 +88,12 @@ func DestinationDown(err error) bool {
 	if errors.As(err, &he) {
 		switch he.StatusCode {
 		case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout,
-			http.StatusFailedDependency: // Azure: its storage or key vault unreachable
+			http.StatusFailedDependency, // Azure: its storage or key vault unreachable
+			// Its storage is full: every study gets the same answer
+			// until an administrator frees space, hours perhaps; retried
+			// study by study, each spent its deliveries and was
+			// dead-lettered.
+			http.StatusInsufficientStorage:
 			return true
 		}
 		return false
@@ -241,7 +247,7 @@ func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
 		// a prober vouched for it and the study met a 500, the study
 		// may be what fails (one that makes the server fail): it is
 		// settled like any failure, and spends its delivery. No answer,
-		// or a 502, 503 or 504, says the store itself is down while
+		// or a 502, 503, 504 or 507, says the store itself is down while
 		// queries work (storage full, a write path down): held.
 		spend := b.prober != nil && b.failedProbes == 0 && studyMayFail(err)
 		b.open(studyUID)

@@ -35,6 +35,7 @@ func TestDestinationDown(t *testing.T) {
 		{"502", &dicomweb.HTTPError{StatusCode: 502}, true},
 		{"504", &dicomweb.HTTPError{StatusCode: 504}, true},
 		{"424 (Azure: its storage or key vault unreachable)", &dicomweb.HTTPError{StatusCode: 424}, true},
+		{"507 (its storage full)", &dicomweb.HTTPError{StatusCode: 507}, true},
 		{"501 answers", &dicomweb.HTTPError{StatusCode: 501}, false},
 		{"429 answers", &dicomweb.HTTPError{StatusCode: 429}, false},
 		{"400", &dicomweb.HTTPError{StatusCode: 400}, false},
