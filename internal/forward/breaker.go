@@ -73,7 +73,9 @@ type Prober interface {
 // than that it refused a study: no answer (connection refused or reset,
 // dial, TLS or request time-out), a 500, 502, 503, 504, 507 (its storage
 // full) or 424 (Azure: its storage or key vault unreachable) on a whole
-// request, or a token endpoint that fails the same way. A 4xx, a refusal
+// request, or instances still refused with 0xA7xx (out of resources)
+// after the attempt's rounds, or a token endpoint that fails the same
+// way. A 4xx, a refusal
 // of some instances, a conflict or a source (Orthanc) error are answers
 // about the study, not about the destination.
 func DestinationDown(err error) bool {
@@ -98,14 +100,19 @@ func DestinationDown(err error) bool {
 		}
 		return false
 	}
-	return errors.Is(err, dicomweb.ErrNoAnswer)
+	// Instances refused, round after round, for the destination's
+	// resources (0xA7xx): its storage full or failing answers every
+	// study so, and each spent its deliveries.
+	return errors.Is(err, dicomweb.ErrNoAnswer) || errors.Is(err, errOutOfResources)
 }
 
 // studyMayFail reports whether a destination-down failure may come from
-// the study itself rather than the destination: an HTTP 500.
+// the study itself rather than the destination: an HTTP 500, or
+// instances refused for resources (a server may refuse one too large
+// for what it has left, while it stores others).
 func studyMayFail(err error) bool {
 	var he *dicomweb.HTTPError
-	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError
+	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError || errors.Is(err, errOutOfResources)
 }
 
 // probesBeforeTrial is how many failed probes in a row let a held study

@@ -548,3 +548,47 @@ func TestUnanswered(t *testing.T) {
 		}
 	}
 }
+
+// TestOutOfResourcesIsTheBreakers: instances the destination keeps
+// refusing with 0xA7xx (out of resources: dcm4chee's storage full or
+// failing), in a 409 or beside instances it stored, say the destination
+// is down, for the circuit breaker to count: retried study by study,
+// every study spent its deliveries and was dead-lettered. A study whose
+// instances are also refused for another transient reason is not; and a
+// trial that meets it after a passed probe spends its delivery, since
+// one instance may be too large for what the server has left.
+func TestOutOfResourcesIsTheBreakers(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		refuse map[string]int
+		rules  []dicomweb.ConflictRule
+		down   bool
+	}{
+		{"409, all refused", map[string]int{"1.2.3.1": 0xA700, "1.2.3.2": 0xA701}, nil, true},
+		{"409, the profiles' 0xA7xx@409 rule", map[string]int{"1.2.3.1": 0xA700, "1.2.3.2": 0xA700},
+			[]dicomweb.ConflictRule{{Code: 0xA700, Mask: 0xFF00, Only409: true}}, true},
+		{"202, one refused", map[string]int{"1.2.3.2": 0xA700}, nil, true},
+		{"another transient reason too", map[string]int{"1.2.3.1": 0xA700, "1.2.3.2": 0x0110}, nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(&azureLike{held: map[string]bool{}, refuse: tt.refuse})
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
+				o.InstanceRetries = 1
+				o.InstanceRetryDelay = time.Millisecond
+				o.Conflicts = ConflictPolicy{Rules: tt.rules}
+			})
+			_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			if Classify(err) != Transient {
+				t.Fatalf("err = %v (class %s), want transient", err, Classify(err))
+			}
+			if got := DestinationDown(err); got != tt.down {
+				t.Errorf("DestinationDown(%v) = %v, want %v", err, got, tt.down)
+			}
+			if tt.down && !studyMayFail(err) {
+				t.Errorf("studyMayFail(%v) = false: a trial meeting it after a passed probe would be held for good", err)
+			}
+		})
+	}
+}

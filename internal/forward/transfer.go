@@ -247,7 +247,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		var skipped []string
 		var unread []Instance
 		notDone := map[string]bool{}
+		full := 0 // instances of retry refused for the destination's resources
 		for _, out := range outs {
+			full += out.outOfResources
 			retry = append(retry, out.retry...)
 			unread = append(unread, out.unread...)
 			again = append(again, out.again...)
@@ -289,6 +291,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 					continue
 				}
 				retry = append(retry, c.part)
+				if outOfResources(c.reason) {
+					full++
+				}
 			}
 		}
 		if f.opts.ExactLength && len(again) > 0 {
@@ -358,6 +363,13 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				// the source's answer.
 				return rep, &Error{Class: Transient, Err: fmt.Errorf("the source Orthanc failed to read %d instances in %d rounds (first: %s: %s)",
 					len(unread), transientRounds+1, unread[0].SOPInstanceUID, unread[0].Text), Instances: slices.Concat(rejected, st.dead, st.nonPrimary, unread)}
+			}
+			if full == len(retry) {
+				// Every one refused for the destination's resources (its
+				// storage full or failing): every study would be, so it
+				// is the circuit breaker's to count (DestinationDown).
+				return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still not stored after %d rounds: %w (first: %s)",
+					len(retry), transientRounds+1, errOutOfResources, retry[0].SOPInstanceUID), Instances: slices.Concat(rejected, st.dead, st.nonPrimary)}
 			}
 			// Transient, but the instances refused for good so far stay
 			// named: the dead letter of the last delivery lists them.
@@ -543,6 +555,9 @@ type batchOutcome struct {
 	// confirmed are the SOP Instance UIDs the destination holds as sent:
 	// stored, or already stored by stowline before.
 	confirmed []string
+	// outOfResources counts the instances of retry refused with 0xA7xx
+	// (out of resources).
+	outOfResources int
 }
 
 // send stores one batch and sorts its instances by the response. This is
@@ -741,6 +756,9 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 		case Retry:
 			out.retry = append(out.retry, p)
+			if outOfResources(reason) {
+				out.outOfResources++
+			}
 		default:
 			text := Describe(reason)
 			if a := attrs[p.SOPInstanceUID]; a != "" {
@@ -818,6 +836,14 @@ func unreadOutcome(batch []dicomweb.Part, ue *unreadError) batchOutcome {
 	}
 	return out
 }
+
+// errOutOfResources is an attempt whose instances the destination kept
+// refusing with Failure Reason 0xA7xx, Refused: Out of Resources (PS3.4
+// B.2.3; dcm4chee gives 0xA700 when its storage fails or is full).
+var errOutOfResources = errors.New("the destination refused them for lack of resources (Failure Reason 0xA7xx: its storage full or failing)")
+
+// outOfResources reports a Failure Reason of the 0xA7xx class.
+func outOfResources(reason int) bool { return reason&0xFF00 == 0xA700 }
 
 // changedByDestination reports a warning that the destination stored the
 // instance changed: Coercion of Data Elements (B000), Elements Discarded
