@@ -100,6 +100,13 @@ const (
 	WarningElementsDiscarded = 0xB006 // 45062
 )
 
+// ArchiveRefusal reports dcm4chee-arc's own Failure Reasons 0xA770 to
+// 0xA77F (StoreService: duplicate rejection note, subsequent occurrence
+// of a rejected object, Patient ID missing or conflicting, conflicting
+// patient attributes, retention): refusals of the instance as sent,
+// though in the "out of resources" range of PS3.4.
+func ArchiveRefusal(code int) bool { return code&0xFFF0 == 0xA770 }
+
 // FailureReasonText describes a Failure Reason code for logs.
 func FailureReasonText(code int) string {
 	switch code {
@@ -119,8 +126,25 @@ func FailureReasonText(code int) string {
 		return "instance already exists"
 	case FailureAzureBeingCreated:
 		return "instance is being created by another request"
+	// PS3.7 C.4, C.5.
+	case 0x0106:
+		return "invalid attribute value"
+	case 0x0117:
+		return "invalid object instance"
+	case 0x0119:
+		return "class-instance conflict"
+	case 0x0120:
+		return "missing attribute"
+	case 0x0121:
+		return "missing attribute value"
+	case 0x0210:
+		return "duplicate invocation (busy)"
+	case 0x0213:
+		return "resource limitation"
 	}
 	switch {
+	case ArchiveRefusal(code):
+		return fmt.Sprintf("refused by the archive (dcm4chee 0x%04X: a Patient ID conflicting with the study's or missing, or a rejected instance sent again; see its log)", code)
 	case code&0xFF00 == 0xA700:
 		return "refused: out of resources"
 	case code&0xFF00 == 0xA900:

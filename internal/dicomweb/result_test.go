@@ -41,6 +41,8 @@ func TestReasonText(t *testing.T) {
 		{FailureReasonText(0xC001), "cannot understand"},
 		{FailureReasonText(0xC122), "referenced Transfer Syntax not supported"},
 		{FailureReasonText(0x0124), "refused: not authorized (the destination's permissions deny storing it)"},
+		{FailureReasonText(0x0120), "missing attribute"},
+		{FailureReasonText(0xA778), "refused by the archive (dcm4chee 0xA778: a Patient ID conflicting with the study's or missing, or a rejected instance sent again; see its log)"},
 		{FailureReasonText(7), "failure reason 7 (0x0007)"},
 	}
 	for _, tt := range tests {

@@ -183,17 +183,35 @@ func (o Outcome) String() string {
 // it, so it counts as stored (when no conflict rule claims it first).
 const failureDuplicateSOPInstance = 0x0111
 
+// PS3.7 C.5 failures that say the destination is busy, not that the
+// instance is at fault.
+const (
+	failureDuplicateInvocation = 0x0210
+	failureResourceLimitation  = 0x0213
+)
+
 // ClassifyInstance decides from a FailedSOPSequence item's Failure Reason.
+// A code not named here is judged by its class (PS3.7 C.1, PS3.4 B.2.3):
+// 0xA7xx out of resources is retried; 0xA9xx, 0xCxxx, and the general
+// failures 0x01xx and 0x02xx (an invalid instance, a missing or invalid
+// attribute, a class-instance conflict: PS3.7 C.4, C.5) refuse the
+// instance as sent, so retrying cannot help; any other, a vendor's
+// code, is retried, bounded by the delivery limit.
 func ClassifyInstance(reason int) Outcome {
 	switch reason {
 	case dicomweb.FailureAzureAlreadyExists, failureDuplicateSOPInstance:
 		return Stored
-	case dicomweb.FailureProcessing, dicomweb.FailureAzureBeingCreated:
+	case dicomweb.FailureProcessing, dicomweb.FailureAzureBeingCreated, failureDuplicateInvocation, failureResourceLimitation:
 		return Retry
 	case dicomweb.FailureSOPClassNotSupported, dicomweb.FailureTransferSyntaxNotSupported, dicomweb.FailureNotAuthorized:
 		return Reject
 	}
 	switch {
+	case dicomweb.ArchiveRefusal(reason):
+		// dcm4chee's refusals of the instance (a conflicting Patient
+		// ID, one missing, a rejected instance sent again), in the
+		// out-of-resources range: the same answer each time.
+		return Reject
 	case reason&0xFF00 == 0xA700: // Refused: out of resources
 		return Retry
 	case reason&0xFF00 == 0xA900, reason&0xF000 == 0xC000: // data set / cannot understand
@@ -201,6 +219,8 @@ func ClassifyInstance(reason int) Outcome {
 	case reason == 0:
 		// Listed as failed without a reason: worth another try.
 		return Retry
+	case reason&0xFF00 == 0x0100, reason&0xFF00 == 0x0200:
+		return Reject
 	}
 	// Unknown codes: retry; the delivery limit bounds it.
 	return Retry

@@ -66,9 +66,24 @@ func TestClassifyInstance(t *testing.T) {
 		reason int
 		want   Outcome
 	}{
-		{0xA700, Retry}, {0xA7FF, Retry}, {0x0110, Retry}, {0xB00F, Retry}, {0, Retry},
+		// Out of resources, processing failure, busy (PS3.7 C.5), Azure's
+		// "being created", none given.
+		{0xA700, Retry}, {0xA7FF, Retry}, {0xA76F, Retry}, {0xA780, Retry}, {0x0110, Retry}, {0xB00F, Retry}, {0, Retry},
+		{0x0210, Retry}, {0x0213, Retry},
 		{0xB00E, Stored}, {0x0111, Stored},
-		{0xA900, Reject}, {0xA901, Reject}, {0xC000, Reject}, {0xC122, Reject}, {0x0122, Reject}, {0x0124, Reject},
+		{0xA900, Reject}, {0xA901, Reject}, {0xA9FF, Reject}, {0xC000, Reject}, {0xC122, Reject}, {0xCFFF, Reject},
+		{0x0122, Reject}, {0x0124, Reject},
+		// PS3.7 C.4/C.5 failures of the instance as sent: invalid
+		// object instance, no such SOP class, class-instance conflict,
+		// missing attribute and value, invalid attribute value, no such
+		// attribute, mistyped argument, and unlisted codes of the class.
+		{0x0117, Reject}, {0x0118, Reject}, {0x0119, Reject}, {0x0120, Reject}, {0x0121, Reject},
+		{0x0106, Reject}, {0x0105, Reject}, {0x0212, Reject}, {0x0211, Reject}, {0x01FF, Reject}, {0x02FF, Reject},
+		// dcm4chee's refusals in the out-of-resources range: conflicting
+		// Patient ID, Patient ID missing, a rejected object again.
+		{0xA778, Reject}, {0xA777, Reject}, {0xA771, Reject}, {0xA779, Reject},
+		// Vendor codes of no known class: retried, bounded by deliveries.
+		{0xB123, Retry}, {0xA800, Retry}, {0xFE00, Retry},
 	}
 	for _, tt := range tests {
 		if got := ClassifyInstance(tt.reason); got != tt.want {
