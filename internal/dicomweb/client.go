@@ -21,6 +21,12 @@ const (
 	// well under 1 KiB per instance, so this covers studies of thousands
 	// of instances.
 	defaultMaxResponseBytes = 16 << 20
+	// answerBytesPerInstance raises that bound for a STOW-RS request of
+	// many instances (STOW_MAX_INSTANCES has no upper limit): an item of
+	// the answer with a long RetrieveURL and a few warnings' comments
+	// stays under it. The bound is on what a broken server may make the
+	// client hold; a sound answer takes what it takes.
+	answerBytesPerInstance = 8 << 10
 	// DefaultBufferSize is the buffer each request's body is written
 	// through (pooled): on HTTP/1.1 without a Content-Length, each HTTP
 	// chunk is one full buffer.
@@ -60,6 +66,7 @@ type Client struct {
 	userAgent        string
 	header           http.Header
 	maxResponseBytes int64
+	perInstance      int64 // raises it for a STOW-RS request of many instances (0 with withMaxResponseBytes)
 	qidoPageSize     int
 	bufferSize       int
 	newBoundary      func() (string, error)
@@ -114,15 +121,16 @@ func withUserAgent(ua string) Option {
 	}
 }
 
-// withMaxResponseBytes bounds the response body the client reads
-// (default defaultMaxResponseBytes). A larger success response fails with
-// errResponseTooLarge; a larger error response is cut.
+// withMaxResponseBytes bounds the response body the client reads to n
+// (default defaultMaxResponseBytes, raised by answerBytesPerInstance for
+// a STOW-RS request of many instances). A larger success response fails
+// with errResponseTooLarge; a larger error response is cut.
 func withMaxResponseBytes(n int64) Option {
 	return func(c *Client) error {
 		if n <= 0 {
 			return fmt.Errorf("stow: max response bytes must be positive, got %d", n)
 		}
-		c.maxResponseBytes = n
+		c.maxResponseBytes, c.perInstance = n, 0
 		return nil
 	}
 }
@@ -210,6 +218,7 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 		userAgent:        defaultUserAgent,
 		header:           make(http.Header),
 		maxResponseBytes: defaultMaxResponseBytes,
+		perInstance:      answerBytesPerInstance,
 		qidoPageSize:     qidoPageSize,
 		bufferSize:       DefaultBufferSize,
 		newBoundary:      newBoundary,
@@ -355,10 +364,15 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		finish()
 		return nil, false, fmt.Errorf("%w: %s %s ended as %s %s", ErrRedirected, method, c.logURL, r.Method, logSafe(r.URL))
 	}
-	respBody, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
+	// A request of 5,000 instances has an answer of 5,000 items: it must
+	// not fail for its size alone, with every instance stored and none
+	// known to stowline (the next delivery would find them "already
+	// there": conflicts).
+	limit := max(c.maxResponseBytes, int64(len(parts))*c.perInstance)
+	respBody, tooLarge, readErr := readBody(resp.Body, limit)
 	resp.Body.Close()
 	sent, werr := finish()
-	res, err = c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent)
+	res, err = c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent, len(parts), limit)
 	return res, false, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -362,6 +363,51 @@ func TestStoreResponseTooLarge(t *testing.T) {
 	c := newTestClient(t, srv.URL, withMaxResponseBytes(64))
 	if _, err := c.Store(context.Background(), []Part{uidPart("a", nil)}); !errors.Is(err, errResponseTooLarge) {
 		t.Fatalf("err = %v, want ErrResponseTooLarge", err)
+	}
+}
+
+// TestStoreAnswerOfAThousandsInstanceRequest: a request of 5,000
+// instances (STOW_MAX_INSTANCES=5000, a large CT) is answered with 5,000
+// items, each with a long RetrieveURL (4 KiB): over
+// 16 MiB. That bound failed the request with every instance stored and
+// none known to stowline. An answer past the request's bound still fails,
+// naming its instances and that they may be stored.
+func TestStoreAnswerOfAThousandsInstanceRequest(t *testing.T) {
+	const n = 5000
+	parts := make([]Part, n)
+	for i := range parts {
+		parts[i] = uidPart(fmt.Sprintf("1.2.3.%d", i), nil)
+	}
+	pad := strings.Repeat("x", 4<<10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/dicom+json")
+		if r.URL.Query().Has("endless") {
+			fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[{"00081190":{"vr":"UR","Value":["%s"]}}]}}`, strings.Repeat(pad, (17<<20)/len(pad)))
+			return
+		}
+		io.WriteString(w, `{"00081199":{"vr":"SQ","Value":[`)
+		for i := range n {
+			if i > 0 {
+				io.WriteString(w, ",")
+			}
+			fmt.Fprintf(w, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["1.2.3.%d"]},`+
+				`"00081190":{"vr":"UR","Value":["https://archive.example/studies/1.2.3/instances/1.2.3.%d?%s"]}}`, i, i, pad)
+		}
+		io.WriteString(w, `]}}`)
+	}))
+	defer srv.Close()
+	res, err := newTestClient(t, srv.URL).Store(t.Context(), parts)
+	if err != nil {
+		t.Fatalf("Store of %d instances: %v", n, err)
+	}
+	if len(res.Stored) != n {
+		t.Errorf("%d instances stored, want %d", len(res.Stored), n)
+	}
+	_, err = newTestClient(t, srv.URL+"/?endless=1").Store(t.Context(), parts[:1])
+	if !errors.Is(err, errResponseTooLarge) || !strings.Contains(err.Error(), "a request of 1 instances over 16777216 bytes") ||
+		!strings.Contains(err.Error(), "may hold them") {
+		t.Errorf("an answer past the bound: err = %v, want errResponseTooLarge naming the request and that they may be stored", err)
 	}
 }
 

@@ -23,7 +23,7 @@ func readBody(r io.Reader, limit int64) (body []byte, tooLarge bool, err error) 
 	return body, false, err
 }
 
-func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool, readErr, writeErr error, sent int64) (*Result, error) {
+func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool, readErr, writeErr error, sent int64, parts int, limit int64) (*Result, error) {
 	status := resp.StatusCode
 	ct := resp.Header.Get("Content-Type")
 	if status >= 200 && status <= 299 {
@@ -34,7 +34,10 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 			return nil, fmt.Errorf("stow: read %d response: %w", status, readErr)
 		}
 		if tooLarge {
-			return nil, fmt.Errorf("%w: %d response over %d bytes", errResponseTooLarge, status, c.maxResponseBytes)
+			// Not read, so not known stored: the next delivery may
+			// find them "already there".
+			return nil, fmt.Errorf("%w: %d answer to a request of %d instances over %d bytes: not read, so none of them is known stored (the destination may hold them)",
+				errResponseTooLarge, status, parts, limit)
 		}
 		res, err := parseResponse(ct, body)
 		if err != nil {
