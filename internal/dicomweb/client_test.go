@@ -411,6 +411,47 @@ func TestStoreAnswerOfAThousandsInstanceRequest(t *testing.T) {
 	}
 }
 
+// TestStoreSuccessNamingNoInstance: a 2xx answer that names none of the
+// instances (an empty body, {}, a search answer, 204) is no Store
+// Instances Response: something else answers at the URL. It is an error
+// that says so, with the content type, not an answer that left every
+// instance out (re-sent each instance round, then "refused
+// transiently").
+func TestStoreSuccessNamingNoInstance(t *testing.T) {
+	for _, tt := range []struct {
+		name, contentType, body string
+		status                  int
+	}{
+		{"200 empty", "", "", 200},
+		{"200 empty object", "application/dicom+json", "{}", 200},
+		{"200 search answer", "application/dicom+json", `[{"0020000D":{"vr":"UI","Value":["1.2.3"]}}]`, 200},
+		{"202 empty", "text/plain", "", 202},
+		{"204", "", "", 204},
+		// Orthanc 1.10's answer to a multipart body it could not read
+		// (a proxy that rewrote the boundary): empty sequences.
+		{"Orthanc, body not read", "application/dicom+json", string(readTestdata(t, "orthanc/orthanc-wrong-boundary.json")), 200},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				if tt.contentType != "" {
+					w.Header().Set("Content-Type", tt.contentType)
+				}
+				w.WriteHeader(tt.status)
+				io.WriteString(w, tt.body)
+			}))
+			defer srv.Close()
+			res, err := newTestClient(t, srv.URL).Store(t.Context(), []Part{uidPart("a", nil), uidPart("b", nil)})
+			if !errors.Is(err, errNoInstanceAnswered) {
+				t.Fatalf("Store = %+v, %v; want errNoInstanceAnswered", res, err)
+			}
+			if want := fmt.Sprintf("%d answer", tt.status); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "none of the 2 instances") {
+				t.Errorf("err = %v: want the status and the instances", err)
+			}
+		})
+	}
+}
+
 // TestStoreServerClosesEarly: the connection dies before any answer.
 func TestStoreServerClosesEarly(t *testing.T) {
 	checkNoGoroutineLeak(t)

@@ -27,6 +27,10 @@ var (
 	// nor DICOM XML (for example an HTML error page from a proxy).
 	errUnexpectedContentType = errors.New("stow: unexpected response content type")
 
+	// errNoInstanceAnswered means a success answer names no instance at
+	// all: not a Store Instances Response.
+	errNoInstanceAnswered = errors.New("not a STOW-RS answer")
+
 	// errMalformedResponse means the body claims to be DICOM JSON or XML
 	// but cannot be decoded.
 	errMalformedResponse = errors.New("stow: malformed STOW-RS response")

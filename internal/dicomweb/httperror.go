@@ -43,6 +43,23 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 		if err != nil {
 			return nil, fmt.Errorf("stow: %d response: %w", status, err)
 		}
+		if len(res.Stored)+len(res.Failed)+len(res.OtherFailures) == 0 {
+			// An empty body, {} or a search answer is not a Store
+			// Instances Response (PS3.18 requires the
+			// ReferencedSOPSequence): something else answers at the URL,
+			// or the destination could not read the request (Orthanc
+			// answers 200 with empty sequences to a multipart body it
+			// cannot split). Read as an answer that left every instance
+			// out, it sent the whole request again each instance round,
+			// then failed as "refused transiently".
+			got := headerValue(ct)
+			if got == "" {
+				got = "none"
+			}
+			return nil, fmt.Errorf("stow: %w: %d answer (content type %q, %d bytes) names none of the %d instances sent, so none is known stored "+
+				"(another service or a proxy answers at the URL, or the destination could not read the request)",
+				errNoInstanceAnswered, status, got, len(body), parts)
+		}
 		res.StatusCode, res.BytesSent = status, sent
 		return res, nil
 	}

@@ -107,7 +107,10 @@ func TestSlowRequestNotGivenUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	part := Part{SOPInstanceUID: "1.1", Size: -1, Open: func(context.Context) (io.ReadCloser, error) { return &slowSource{n: 50}, nil }}
+	// It starts with the UID line fakeSTOW answers for.
+	part := Part{SOPInstanceUID: "1.1", Size: -1, Open: func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(io.MultiReader(strings.NewReader("UID:1.1\n"), &slowSource{n: 50})), nil
+	}}
 	if _, err := c.Store(t.Context(), []Part{part}); err != nil {
 		t.Fatalf("Store = %v, want it stored", err)
 	}
