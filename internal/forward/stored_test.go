@@ -592,3 +592,38 @@ func TestOutOfResourcesIsTheBreakers(t *testing.T) {
 		})
 	}
 }
+
+// TestTransientLeftoverNamesItsReason: an attempt that ends with
+// instances still refused transiently says, for the first, the Failure
+// Reason the destination gave, so the dead letter of the last delivery
+// tells a processing failure from a code only a 409 made a conflict (a
+// rule such as 0x0111@409, for an instance the destination does not
+// list): it said "refused transiently, or left out of the destination's
+// answers" whatever the answer.
+func TestTransientLeftoverNamesItsReason(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		refuse map[string]int
+		rules  []dicomweb.ConflictRule
+		want   string
+	}{
+		{"processing failure", map[string]int{"1.2.3.2": 0x0110}, nil, "1.2.3.2: Failure Reason 272 (0x0110): processing failure"},
+		{"duplicate in a 409, not listed", map[string]int{"1.2.3.1": 0x0111, "1.2.3.2": 0x0111},
+			[]dicomweb.ConflictRule{{Code: 0x0111, Mask: 0xFFFF, Only409: true}}, "1.2.3.1: Failure Reason 273 (0x0111): duplicate SOP instance"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(&azureLike{held: map[string]bool{}, refuse: tt.refuse})
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
+				o.InstanceRetries = 1
+				o.InstanceRetryDelay = time.Millisecond
+				o.Conflicts = ConflictPolicy{Rules: tt.rules}
+			})
+			_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			if Classify(err) != Transient || err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v (class %s), want transient naming %q", err, Classify(err), tt.want)
+			}
+		})
+	}
+}

@@ -248,8 +248,10 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		var unread []Instance
 		notDone := map[string]bool{}
 		full := 0 // instances of retry refused for the destination's resources
+		reasons := map[string]int{}
 		for _, out := range outs {
 			full += out.outOfResources
+			maps.Copy(reasons, out.reasons)
 			retry = append(retry, out.retry...)
 			unread = append(unread, out.unread...)
 			again = append(again, out.again...)
@@ -291,6 +293,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 					continue
 				}
 				retry = append(retry, c.part)
+				reasons[c.part.SOPInstanceUID] = c.reason
 				if outOfResources(c.reason) {
 					full++
 				}
@@ -373,8 +376,13 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			}
 			// Transient, but the instances refused for good so far stay
 			// named: the dead letter of the last delivery lists them.
-			return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still not stored after %d rounds: refused transiently, or left out of the destination's answers (first: %s)",
-				len(retry), transientRounds+1, retry[0].SOPInstanceUID), Instances: slices.Concat(rejected, st.dead, st.nonPrimary)}
+			// The first one's answer, so the dead letter says which.
+			first := "not listed in the destination's answer"
+			if r, ok := reasons[retry[0].SOPInstanceUID]; ok {
+				first = fmt.Sprintf("Failure Reason %d (0x%04X): %s", r, r, Describe(r))
+			}
+			return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still not stored after %d rounds: refused transiently, or left out of the destination's answers (first: %s: %s)",
+				len(retry), transientRounds+1, retry[0].SOPInstanceUID, first), Instances: slices.Concat(rejected, st.dead, st.nonPrimary)}
 		}
 		transientRounds++
 		what := "re-sending instances the destination refused transiently"
@@ -558,6 +566,10 @@ type batchOutcome struct {
 	// outOfResources counts the instances of retry refused with 0xA7xx
 	// (out of resources).
 	outOfResources int
+	// reasons are the Failure Reasons of the instances of retry the
+	// answer listed as failed (by SOP Instance UID), for the error of
+	// the attempt's last round.
+	reasons map[string]int
 }
 
 // send stores one batch and sorts its instances by the response. This is
@@ -756,6 +768,10 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 		case Retry:
 			out.retry = append(out.retry, p)
+			if out.reasons == nil {
+				out.reasons = map[string]int{}
+			}
+			out.reasons[p.SOPInstanceUID] = reason
 			if outOfResources(reason) {
 				out.outOfResources++
 			}
