@@ -298,7 +298,10 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable) f
 }
 
 // rememberStored keeps what an attempt got stored (their sentIDs), for
-// later deliveries of the study.
+// later deliveries of the study (its ack not confirmed, a repeat past the
+// dedupe window, a backfill or re-forward, a new version after it gained
+// an instance): they find those instances "already" there, and must read
+// them as stowline's own copies, not as conflicts.
 func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, ids []string) error {
 	if f.opts.Failures == nil {
 		return nil
@@ -309,12 +312,7 @@ func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, 
 	// once until the others elect a leader: one try was lost to it, and a
 	// later delivery (the ack lost with the same server, the study grown by
 	// an instance) took the destination's "already exists" for conflicts.
-	err := whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) })
-	if err != nil {
-		f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", ev.OrthancStudyID,
-			"study_instance_uid", ev.StudyInstanceUID, "instances", len(ids), "err", err)
-	}
-	return err
+	return whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) })
 }
 
 // sentID names what stowline sent of an instance, for FailureLog: its

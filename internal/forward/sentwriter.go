@@ -67,11 +67,16 @@ func (w *sentWriter) run() {
 	}
 }
 
-// close waits for the write under way and writes what is left, once.
+// close waits for the write under way and writes what is left, once:
+// the attempt's last write, logged if it fails.
 func (w *sentWriter) close() {
 	close(w.kick)
 	<-w.done
-	if len(w.pending) > 0 {
-		_ = w.f.rememberStored(w.ctx, w.ev, w.pending) // logged there
+	if len(w.pending) == 0 {
+		return
+	}
+	if err := w.f.rememberStored(w.ctx, w.ev, w.pending); err != nil {
+		w.f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", w.ev.OrthancStudyID,
+			"study_instance_uid", w.ev.StudyInstanceUID, "instances", len(w.pending), "err", err)
 	}
 }

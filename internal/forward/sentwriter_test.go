@@ -3,12 +3,19 @@ package forward
 import (
 	"context"
 	"errors"
+	"net/http/httptest"
 	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // blockingFailureLog is a memFailureLog whose RememberSent waits for
@@ -65,4 +72,53 @@ func TestSentWriter(t *testing.T) {
 			}
 		}
 	})
+}
+
+// countingFailureLog is a memFailureLog that counts the IDs written.
+type countingFailureLog struct {
+	memFailureLog
+	mu      sync.Mutex
+	written int
+}
+
+func (c *countingFailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, ids []string) error {
+	c.mu.Lock()
+	c.written += len(ids)
+	c.mu.Unlock()
+	return c.memFailureLog.RememberSent(ctx, ev, ids)
+}
+
+// What the requests' answers recorded is not written again at the ack:
+// each stored instance is written once (a second KV write a study, and a
+// second warning when the bucket does not answer).
+func TestStoredInstancesWrittenOnce(t *testing.T) {
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	fl := &countingFailureLog{}
+	rec := &recordingObserver{}
+	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures, o.Observer = fl, rec })
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.handle(t.Context(), msg)
+	if got := rec.results(); got[ResultForwarded] != 1 {
+		t.Fatalf("results %v, want the study forwarded", got)
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.written != 8 {
+		t.Errorf("%d instance IDs written for 8 stored, want each once", fl.written)
+	}
+	sent, _ := fl.Sent(t.Context(), ev)
+	if !sent(sentID(ev, orthancapi.Instance{SOPInstanceUID: "1.2.3.8"})) {
+		t.Error("the last instance is not recorded")
+	}
 }

@@ -57,11 +57,9 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 
 func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) Result {
 	// DoubleAck waits for the server's confirmation: the event is done
-	// only once JetStream knows it is. It goes first: no in-progress
-	// signal is sent any more, and remembering what was sent may wait
-	// through a bucket's leader election, past a short ack wait.
+	// only once JetStream knows it is. What was sent is recorded by now
+	// (sentwriter.go), in the attempt.
 	err := msg.DoubleAck(ctx)
-	f.rememberForwarded(ctx, a.Event, rep)
 	if err != nil {
 		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
 		// The destination holds the study whether or not the ack arrived,
@@ -161,22 +159,6 @@ func unanswered(err error) bool {
 	}
 	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
 		errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
-}
-
-// rememberForwarded keeps what a stored study sent: a later delivery of
-// the study (its ack not confirmed, a repeat past the dedupe window, a
-// backfill or re-forward, a new version after it gained an instance)
-// finds those instances "already" there, and they must read as
-// stowline's own copies, not as conflicts.
-func (f *Forwarder) rememberForwarded(ctx context.Context, ev *events.StudyStable, rep Report) {
-	if len(rep.forwarded) == 0 {
-		return
-	}
-	ids := make([]string, len(rep.forwarded))
-	for i, in := range rep.forwarded {
-		ids[i] = sentID(ev, in)
-	}
-	_ = f.rememberStored(ctx, ev, ids) // logged there
 }
 
 func (f *Forwarder) nakWithDelay(msg jetstream.Msg, delay time.Duration, log *slog.Logger) Result {
