@@ -345,9 +345,15 @@ func TestStoreUnparseableSuccess(t *testing.T) {
 				io.WriteString(w, tt.body)
 			}))
 			defer srv.Close()
-			_, err := newTestClient(t, srv.URL).Store(context.Background(), []Part{uidPart("a", nil)})
-			if !errors.Is(err, tt.err) {
-				t.Fatalf("err = %v, want %v", err, tt.err)
+			c := newTestClient(t, srv.URL)
+			_, err := c.Store(context.Background(), []Part{uidPart("a", nil)})
+			if !errors.Is(err, tt.err) || !errors.Is(err, ErrNotDICOMweb) {
+				t.Fatalf("err = %v, want %v and ErrNotDICOMweb", err, tt.err)
+			}
+			// The breaker's probe gets the same page: not an answer of
+			// the destination's either.
+			if err := c.Probe(context.Background(), "1.2.3"); !errors.Is(err, ErrNotDICOMweb) {
+				t.Errorf("probe: err = %v, want ErrNotDICOMweb", err)
 			}
 		})
 	}
@@ -442,8 +448,8 @@ func TestStoreSuccessNamingNoInstance(t *testing.T) {
 			}))
 			defer srv.Close()
 			res, err := newTestClient(t, srv.URL).Store(t.Context(), []Part{uidPart("a", nil), uidPart("b", nil)})
-			if !errors.Is(err, errNoInstanceAnswered) {
-				t.Fatalf("Store = %+v, %v; want errNoInstanceAnswered", res, err)
+			if !errors.Is(err, errNoInstanceAnswered) || !errors.Is(err, ErrNotDICOMweb) {
+				t.Fatalf("Store = %+v, %v; want errNoInstanceAnswered and ErrNotDICOMweb", res, err)
 			}
 			if want := fmt.Sprintf("%d answer", tt.status); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "none of the 2 instances") {
 				t.Errorf("err = %v: want the status and the instances", err)

@@ -54,6 +54,12 @@ var (
 	// the way to it) is down, whatever the request was.
 	ErrNoAnswer = errors.New("no answer from the destination")
 
+	// ErrNotDICOMweb means a success answer was not the DICOMweb
+	// service's: an HTML page, an empty body, another API's JSON. Something
+	// else answers at the URL (a proxy or firewall's page, a wrong base
+	// URL), most likely for every request, whatever the study.
+	ErrNotDICOMweb = errors.New("not a DICOMweb answer")
+
 	// errSizeMismatch means a part's content was not Part.Size bytes long
 	// while the request announced its length (WithContentLength).
 	errSizeMismatch = errors.New("stow: part content does not match its size")
@@ -66,3 +72,11 @@ type noAnswerError struct{ err error }
 
 func (e *noAnswerError) Error() string   { return e.err.Error() }
 func (e *noAnswerError) Unwrap() []error { return []error{e.err, ErrNoAnswer} }
+
+// notDICOMweb marks err as ErrNotDICOMweb and keeps its text.
+func notDICOMweb(err error) error { return &notDICOMwebError{err: err} }
+
+type notDICOMwebError struct{ err error }
+
+func (e *notDICOMwebError) Error() string   { return e.err.Error() }
+func (e *notDICOMwebError) Unwrap() []error { return []error{e.err, ErrNotDICOMweb} }

@@ -41,7 +41,7 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 		}
 		res, err := parseResponse(ct, body)
 		if err != nil {
-			return nil, fmt.Errorf("stow: %d response: %w", status, err)
+			return nil, notDICOMweb(fmt.Errorf("stow: %d response: %w", status, err))
 		}
 		if len(res.Stored)+len(res.Failed)+len(res.OtherFailures) == 0 {
 			// An empty body, {} or a search answer is not a Store
@@ -56,9 +56,9 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 			if got == "" {
 				got = "none"
 			}
-			return nil, fmt.Errorf("stow: %w: %d answer (content type %q, %d bytes) names none of the %d instances sent, so none is known stored "+
+			return nil, notDICOMweb(fmt.Errorf("stow: %w: %d answer (content type %q, %d bytes) names none of the %d instances sent, so none is known stored "+
 				"(another service or a proxy answers at the URL, or the destination could not read the request)",
-				errNoInstanceAnswered, status, got, len(body), parts)
+				errNoInstanceAnswered, status, got, len(body), parts))
 		}
 		res.StatusCode, res.BytesSent = status, sent
 		return res, nil

@@ -123,7 +123,7 @@ func parseQIDOInstances(body []byte) ([]string, error) {
 		Value []any `json:"Value"`
 	}
 	if err := json.Unmarshal(body, &items); err != nil {
-		return nil, fmt.Errorf("%w: QIDO-RS answer: %s", errMalformedResponse, snippet([]byte(err.Error()), 200))
+		return nil, notDICOMweb(fmt.Errorf("%w: QIDO-RS answer: %s", errMalformedResponse, snippet([]byte(err.Error()), 200)))
 	}
 	out := make([]string, 0, len(items))
 	for _, it := range items {

@@ -73,9 +73,9 @@ type Prober interface {
 // than that it refused a study: no answer (connection refused or reset,
 // dial, TLS or request time-out), a 500, 502, 503, 504, 507 (its storage
 // full) or 424 (Azure: its storage or key vault unreachable) on a whole
-// request, or instances still refused with 0xA7xx (out of resources)
-// after the attempt's rounds, or a token endpoint that fails the same
-// way. A 4xx, a refusal
+// request, a success answer that is not DICOMweb, or instances still
+// refused with 0xA7xx (out of resources) after the attempt's rounds, or
+// a token endpoint that fails the same way. A 4xx, a refusal
 // of some instances, a conflict or a source (Orthanc) error are answers
 // about the study, not about the destination.
 func DestinationDown(err error) bool {
@@ -102,17 +102,21 @@ func DestinationDown(err error) bool {
 	}
 	// Instances refused, round after round, for the destination's
 	// resources (0xA7xx): its storage full or failing answers every
-	// study so, and each spent its deliveries.
-	return errors.Is(err, dicomweb.ErrNoAnswer) || errors.Is(err, errOutOfResources)
+	// study so, and each spent its deliveries. So did a success answer
+	// that is not the DICOMweb service's (a proxy or firewall's page, a
+	// wrong URL), and a probe that gets one must not close the breaker.
+	return errors.Is(err, dicomweb.ErrNoAnswer) || errors.Is(err, errOutOfResources) || errors.Is(err, dicomweb.ErrNotDICOMweb)
 }
 
 // studyMayFail reports whether a destination-down failure may come from
-// the study itself rather than the destination: an HTTP 500, or
-// instances refused for resources (a server may refuse one too large
-// for what it has left, while it stores others).
+// the study itself rather than the destination: an HTTP 500, instances
+// refused for resources (a server may refuse one too large for what it
+// has left, while it stores others), or an answer that is not DICOMweb
+// (a firewall's page for one study's content).
 func studyMayFail(err error) bool {
 	var he *dicomweb.HTTPError
-	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError || errors.Is(err, errOutOfResources)
+	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError || errors.Is(err, errOutOfResources) ||
+		errors.Is(err, dicomweb.ErrNotDICOMweb)
 }
 
 // probesBeforeTrial is how many failed probes in a row let a held study

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,6 +45,7 @@ func TestDestinationDown(t *testing.T) {
 		{"token endpoint 503", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &auth.TokenError{StatusCode: 503, Err: errors.New("unavailable")}}), true},
 		{"token endpoint unreachable", &auth.TokenError{Err: refused}, true},
 		{"token refused (401)", dicomwebNoAnswer(&auth.TokenError{StatusCode: 401, Err: errors.New("invalid_client")}), false},
+		{"200 that is not DICOMweb (a proxy's page)", fmt.Errorf("STOW-RS request 1: %w", notDICOMwebAnswer(t)), true},
 		{"partial", &Error{Class: Partial, Err: errors.New("2 refused")}, false},
 		{"conflict", &Error{Class: Conflict, Err: errors.New("other content")}, false},
 		{"source down", fmt.Errorf("list instances: %w", refused), false},
@@ -56,6 +59,26 @@ func TestDestinationDown(t *testing.T) {
 			}
 		})
 	}
+}
+
+// notDICOMwebAnswer is the dicomweb client's error for a login page
+// answered 200 to a STOW-RS request.
+func notDICOMwebAnswer(t *testing.T) error {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, "<html><title>Login</title></html>")
+	}))
+	defer srv.Close()
+	c, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Store(t.Context(), []dicomweb.Part{{SOPInstanceUID: "1.2.3", Size: 1, Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("x")), nil }}})
+	if err == nil {
+		t.Fatal("a login page stored the instance")
+	}
+	return err
 }
 
 // dicomwebNoAnswer is err as the dicomweb client returns a request that
