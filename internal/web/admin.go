@@ -147,8 +147,9 @@ const (
 	maxPageBytes = 32 << 20
 )
 
-// maxSummaries bounds the letters a replay or purge answer names (a
-// few hundred bytes each); count says how many there were.
+// maxSummaries bounds the letters a replay or purge answer names, and
+// the events a re-forward answer names (a few hundred bytes each); count
+// says how many there were.
 const maxSummaries = 1000
 
 // letterSummary is what a replay or purge answer says of each letter:
@@ -305,7 +306,12 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	evs, err := deadletter.Reforward(r.Context(), a.JS, req.Destination, since, until, req.DryRun)
-	answer := map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs}
+	// The first maxSummaries events only, as a replay's letters: a window
+	// of a busy week holds tens of thousands.
+	answer := map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs[:min(len(evs), maxSummaries)]}
+	if len(evs) > maxSummaries {
+		answer["eventsOmitted"] = len(evs) - maxSummaries
+	}
 	if note := deadletter.WindowNote(r.Context(), a.JS, since); note != "" {
 		answer["note"] = note
 	}

@@ -594,3 +594,39 @@ func TestAdminSaysABodyIsEmpty(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminReforwardAnswerIsBounded: a re-forward of more events than an
+// answer names (a busy week's window) names the first 1,000 and counts
+// the others, as a replay's answer; count is all of them. The answer
+// named every event, tens of thousands of them.
+func TestAdminReforwardAnswerIsBounded(t *testing.T) {
+	ns := testnats.Start(t)
+	const n = 1003
+	for i := range n {
+		ev, err := events.NewStudyStable("orthanc-a", fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-539%05d", i), "1.2.3", "20261126T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, JS: ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h","dryRun":true}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	var answer struct {
+		Count   int                  `json:"count"`
+		Omitted int                  `json:"eventsOmitted"`
+		Events  []events.StudyStable `json:"events"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &answer); err != nil || rec.Code != http.StatusOK {
+		t.Fatalf("re-forward: status %d, %v", rec.Code, err)
+	}
+	if answer.Count != n || len(answer.Events) != 1000 || answer.Omitted != n-1000 {
+		t.Errorf("re-forward of %d events: count %d, %d events, %d omitted; want %d, 1000, %d", n, answer.Count, len(answer.Events), answer.Omitted, n, n-1000)
+	}
+}
