@@ -157,10 +157,17 @@ func (h *StatusPage) page(w http.ResponseWriter, r *http.Request) {
 			p.Flash += "."
 		}
 	}
-	if n, err := strconv.Atoi(q.Get("refresh")); err == nil && n >= 5 && n <= 3600 {
-		p.Refresh = n
-	}
+	p.Refresh = refreshOf(q.Get("refresh"))
 	h.render(w, r, http.StatusOK, p)
+}
+
+// refreshOf is the auto-refresh period a request asks for, in seconds
+// (5 to 3600); 0 for none.
+func refreshOf(v string) int {
+	if n, err := strconv.Atoi(v); err == nil && n >= 5 && n <= 3600 {
+		return n
+	}
+	return 0
 }
 
 // letterGone reports the dead letter seq no longer stored, as after its
@@ -206,12 +213,16 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "seq: not a dead-letter sequence number", http.StatusBadRequest)
 		return
 	}
+	// The page posts its auto-refresh period: the page the replay leads
+	// to refreshes as the one it was pressed on.
+	refresh := refreshOf(r.PostFormValue("refresh"))
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	fail := func(msg string, err error, code int) {
 		h.log.Error("status page: replay failed", "dead_letter_seq", seq, "err", err)
 		p := h.load(ctx)
 		p.FlashErr = msg
+		p.Refresh = refresh
 		h.render(w, r, code, p)
 	}
 	store, err := deadletter.Open(ctx, h.opts.JS)
@@ -233,5 +244,9 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 	dest := destinationOr(e.Destination)
 	h.log.Info("dead letter replayed from the status page",
 		append(letterAttrs(&e), "remote", r.RemoteAddr, "client", clientIP(r, h.opts.TrustedProxies))...)
-	http.Redirect(w, r, basePath+"/?replayed="+strconv.FormatUint(seq, 10)+"&destination="+url.QueryEscape(dest)+"#deadletters", http.StatusSeeOther)
+	to := basePath + "/?replayed=" + strconv.FormatUint(seq, 10) + "&destination=" + url.QueryEscape(dest)
+	if refresh > 0 {
+		to += "&refresh=" + strconv.Itoa(refresh)
+	}
+	http.Redirect(w, r, to+"#deadletters", http.StatusSeeOther)
 }

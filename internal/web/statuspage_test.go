@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/testbrowser"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -636,5 +638,43 @@ func TestHeldStudySaysWhy(t *testing.T) {
 	}
 	if r := rowOf(goesOn.StudyInstanceUID); strings.Contains(r, "held") || !strings.Contains(r, "1 / 3") {
 		t.Errorf("the study sent again after its hold is not shown as being sent:\n%s", r)
+	}
+}
+
+// TestReplayKeepsAutoRefresh clicks a dead letter's Replay button in a
+// real Chromium on an auto-refreshing page: the page the replay leads to
+// refreshes too, and its refresh leaves the replay's address (a reload
+// would show the flash again and again). The replay's redirect dropped
+// the period: auto-refresh was off until the operator turned it on again.
+func TestReplayKeepsAutoRefresh(t *testing.T) {
+	f := start(t)
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(t.Context(), f.ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
+	browser := testbrowser.Start(t)
+	testbrowser.BasicAuth(t, browser, "operator", adminToken)
+	if err := chromedp.Do(browser, chromedp.Navigate(f.srv.URL+"/ui/?refresh=30")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.RunResponse(browser, chromedp.Click(chromedp.ID("replay-1"))); err != nil {
+		t.Fatalf("click replay: %v", err)
+	}
+	flash, err := chromedp.Run(browser, chromedp.Text(chromedp.ID("flash")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refresh, err := chromedp.Run(browser, chromedp.Evaluate[string](`(document.querySelector('meta[http-equiv="refresh"]') || {}).content || ""`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := chromedp.Run(browser, chromedp.Text("header .right a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(flash, "Dead letter 1 replayed") {
+		t.Fatalf("after the replay click: flash %q", flash)
+	}
+	if refresh != "30; url=/ui/?refresh=30" || link != "stop auto-refresh" {
+		t.Errorf("after the replay: meta refresh %q, link %q; want %q, %q", refresh, link, "30; url=/ui/?refresh=30", "stop auto-refresh")
 	}
 }
