@@ -59,6 +59,9 @@ type DestinationStatus struct {
 	Ceiling      int       `json:"ceiling"`
 	LimitReason  string    `json:"limitReason,omitempty"`
 	LimitChanged time.Time `json:"limitChanged,omitzero"`
+	// ClosedLanes are its lanes outside their FORWARD_WINDOWS hours now,
+	// highest first: their events wait, and the page says until when.
+	ClosedLanes []ClosedLane `json:"closedLanes,omitempty"`
 }
 
 // Prober asks the destination whether it answers at all: one cheap
@@ -483,6 +486,7 @@ func (f *Forwarder) Status() DestinationStatus {
 		Requests: f.limit.Limit(), Ceiling: f.limit.Ceiling()}
 	reason, at := f.limit.LastChange()
 	st.LimitReason, st.LimitChanged = string(reason), at
+	st.ClosedLanes = f.plan.closed()
 	if !f.breaker.enabled() {
 		st.State = "off"
 		return st

@@ -187,6 +187,43 @@ func (p *lanePlan) open(statOnly bool) []Lane {
 	return out
 }
 
+// ClosedLane is a lane outside its FORWARD_WINDOWS hours, and when it
+// opens next, in the forwarder's time zone (zero if none of its windows
+// opens within two days, which windows of the day cannot be).
+type ClosedLane struct {
+	Lane  events.Priority `json:"lane"`
+	Opens time.Time       `json:"opens,omitzero"`
+}
+
+// closed returns the lanes outside their window now, highest first.
+func (p *lanePlan) closed() []ClosedLane {
+	if p.windows == nil {
+		return nil
+	}
+	now := p.now()
+	var out []ClosedLane
+	for _, l := range p.lanes {
+		if !p.windows.Open(l.Priority, now) {
+			out = append(out, ClosedLane{Lane: l.Priority, Opens: p.opens(l.Priority, now)})
+		}
+	}
+	return out
+}
+
+// opens finds the first minute after now its window opens lane in, a
+// minute at a time in absolute time, so that a daylight saving change
+// in between counts as the windows read it (the local clock).
+func (p *lanePlan) opens(lane events.Priority, now time.Time) time.Time {
+	t := now.Truncate(time.Minute)
+	for range 2 * 24 * 60 {
+		t = t.Add(time.Minute)
+		if p.windows.Open(lane, t) {
+			return t
+		}
+	}
+	return time.Time{}
+}
+
 // registerOpen exports stowline_forwarder_lane_open for each lane: 1
 // while its window (FORWARD_WINDOWS) is open, read at each scrape, so
 // that the queue alerts leave out a lane that waits for its hours.

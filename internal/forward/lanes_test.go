@@ -89,6 +89,26 @@ stowline_forwarder_lane_open{destination="archive",lane="stat"} 1
 	}
 }
 
+// TestLanePlanClosed: the status names each lane outside its window now,
+// with the first minute its window opens: later today, or tomorrow.
+func TestLanePlanClosed(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 30, 15, 0, time.Local)
+	all := []Lane{{Priority: events.PriorityStat}, {Priority: events.PriorityRoutine}, {Priority: events.PriorityLow}}
+	p := newLanePlan(&Options{Lanes: all, Windows: hours{"routine": {22, 24}, "low": {0, 7}, "stat": {12, 13}}, Concurrency: 4,
+		Now: func() time.Time { return now }})
+	want := []ClosedLane{
+		{Lane: events.PriorityRoutine, Opens: time.Date(2026, 12, 3, 22, 0, 0, 0, time.Local)},
+		{Lane: events.PriorityLow, Opens: time.Date(2026, 12, 4, 0, 0, 0, 0, time.Local)},
+	}
+	got := p.closed()
+	if !slices.EqualFunc(got, want, func(a, b ClosedLane) bool { return a.Lane == b.Lane && a.Opens.Equal(b.Opens) }) {
+		t.Errorf("closed = %v, want %v", got, want)
+	}
+	if got := newLanePlan(&Options{Lanes: all, Concurrency: 4}).closed(); got != nil {
+		t.Errorf("closed without windows = %v, want none", got)
+	}
+}
+
 // TestLanePlanTake: the low lane takes at most Concurrency-1 workers (one
 // with a single worker), the others any number; a released place is free
 // again.

@@ -86,6 +86,17 @@ type destinationRow struct {
 	Requests, Ceiling int
 	LimitReason       string
 	LimitChanged      time.Time
+	// ClosedLanes are its lanes outside their FORWARD_WINDOWS hours now,
+	// highest first: their events wait, by configuration.
+	ClosedLanes []closedLane
+}
+
+// closedLane is a lane its forwarders report outside its hours: Closed of
+// them do (the others pull it), and the earliest of them opens it at Opens.
+type closedLane struct {
+	Lane   string
+	Opens  time.Time
+	Closed int
 }
 
 // breakerRank orders breaker states from best to worst.
@@ -240,6 +251,18 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 			if d.LimitChanged.After(r.LimitChanged) {
 				r.LimitReason, r.LimitChanged = d.LimitReason, d.LimitChanged
 			}
+			for _, cl := range d.ClosedLanes {
+				i := slices.IndexFunc(r.ClosedLanes, func(c closedLane) bool { return c.Lane == string(cl.Lane) })
+				if i < 0 {
+					r.ClosedLanes = append(r.ClosedLanes, closedLane{Lane: string(cl.Lane), Opens: cl.Opens})
+					i = len(r.ClosedLanes) - 1
+				}
+				c := &r.ClosedLanes[i]
+				c.Closed++
+				if !cl.Opens.IsZero() && (c.Opens.IsZero() || cl.Opens.Before(c.Opens)) {
+					c.Opens = cl.Opens
+				}
+			}
 		}
 	}
 	for _, f := range p.InFlight {
@@ -312,6 +335,25 @@ var funcs = template.FuncMap{
 	"result": func(r forward.Result) string { return strings.ReplaceAll(string(r), "_", " ") },
 	"trunc":  func(n int, s string) string { return ellipsis.Truncate(strings.TrimSpace(s), n) },
 	"host":   hostOf,
+	"opens":  opensAt,
+}
+
+// opensAt says when a closed lane opens: the forwarder's clock time, with
+// its offset from UTC (FORWARD_WINDOWS are in its time zone), and how
+// long from now.
+func opensAt(t, now time.Time) string {
+	if t.IsZero() {
+		return "not within two days"
+	}
+	d := t.Sub(now).Round(time.Minute)
+	in := "in under a minute"
+	switch {
+	case d >= time.Hour:
+		in = fmt.Sprintf("in %dh %02dm", int(d.Hours()), int(d.Minutes())%60)
+	case d >= time.Minute:
+		in = fmt.Sprintf("in %dm", int(d.Minutes()))
+	}
+	return t.Format("15:04 (UTC-07:00)") + ", " + in
 }
 
 func ago(t, now time.Time) string {

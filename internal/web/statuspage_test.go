@@ -678,3 +678,50 @@ func TestReplayKeepsAutoRefresh(t *testing.T) {
 		t.Errorf("after the replay: meta refresh %q, link %q; want %q, %q", refresh, link, "30; url=/ui/?refresh=30", "stop auto-refresh")
 	}
 }
+
+// TestClosedLaneSaysWhenItOpens: a lane outside its FORWARD_WINDOWS hours
+// is named in its destination's row, in a real Chromium, with when it
+// opens (the forwarder's clock and its offset, and how long from now),
+// and on how many of the forwarders serving it when not all. The page
+// said nothing: a backfill waiting for its night looked stuck.
+func TestClosedLaneSaysWhenItOpens(t *testing.T) {
+	f := start(t)
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(t.Context(), f.ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
+	paris := time.FixedZone("", 3600) // as a forwarder's status reads back from the shared bucket
+	opens := time.Now().Add(5*time.Hour + 12*time.Minute + 20*time.Second).In(paris)
+	var trackers []*status.Tracker
+	for _, closed := range [][]forward.ClosedLane{
+		{{Lane: events.PriorityRoutine, Opens: opens.Add(time.Hour)}, {Lane: events.PriorityLow, Opens: opens}},
+		{{Lane: events.PriorityLow, Opens: opens}},
+	} {
+		tok, err := status.NewTokenWatch(natsjs.DefaultDestination, "dicom.example.org", "", false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := status.NewTracker(2, tok)
+		tr.WatchDestination(func() forward.DestinationStatus {
+			return forward.DestinationStatus{Destination: natsjs.DefaultDestination, State: "closed", Requests: 4, Ceiling: 4, ClosedLanes: closed}
+		})
+		trackers = append(trackers, tr)
+	}
+	srv := statusPage(t, f.ns, false, trackers...)
+	browser := testbrowser.Start(t)
+	testbrowser.BasicAuth(t, browser, "operator", adminToken)
+	if err := chromedp.Do(browser, chromedp.Navigate(srv.URL+"/ui/")); err != nil {
+		t.Fatal(err)
+	}
+	queue, err := chromedp.Run(browser, chromedp.Evaluate[string](`document.getElementById("dest-default-queue").parentElement.innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"routine lane closed on 1 of 2 forwarders; opens " + opens.Add(time.Hour).Format("15:04") + " (UTC+01:00), in 6h 12m",
+		"low lane closed; opens " + opens.Format("15:04") + " (UTC+01:00), in 5h 12m",
+	} {
+		if !strings.Contains(queue, want) {
+			t.Errorf("the destination's queue cell lacks %q:\n%s", want, queue)
+		}
+	}
+}
