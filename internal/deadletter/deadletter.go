@@ -94,8 +94,13 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	if err != nil {
 		return 0, fmt.Errorf("encode dead letter: %w", err)
 	}
+	sum, err := summaryHeader(l)
+	if err != nil {
+		return 0, fmt.Errorf("encode dead letter summary: %w", err)
+	}
 	dest := DestinationOf(l)
 	msg := &nats.Msg{Subject: natsjs.DeadLetterSubject(dest, l.Event.Source), Data: data, Header: nats.Header{}}
+	msg.Header.Set(summaryHeaderName, sum)
 	msg.Header.Set(jetstream.MsgIDHeader, "dl/"+dest+"/"+strconv.FormatUint(l.OriginalSeq, 10)+"/"+l.Event.MsgID())
 	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(natsjs.DeadLetterStream))
 	if err != nil {
@@ -230,7 +235,7 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxByte
 	if limit > 0 {
 		batch = limit + 1 // what the page can take, not a whole fetch of letters
 	}
-	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, batch, func(seq uint64, _ time.Time, data []byte) error {
+	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, batch, func(seq uint64, _ time.Time, _ nats.Header, data []byte) error {
 		e, err := decode(seq, data)
 		if err != nil {
 			return err
@@ -258,9 +263,9 @@ const sinceClockMargin = 15 * time.Minute
 
 // readAll reads a stream from the configured start to its current end,
 // batch messages a fetch (0: 256); fn gets each message's sequence,
-// storage time and data.
+// storage time, headers and data.
 func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, batch int,
-	fn func(seq uint64, at time.Time, data []byte) error) error {
+	fn func(seq uint64, at time.Time, hdr nats.Header, data []byte) error) error {
 	if batch <= 0 || batch > 256 {
 		batch = 256
 	}
@@ -289,7 +294,7 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			if err != nil {
 				return fmt.Errorf("read stream %s: %w", stream, err)
 			}
-			if err := fn(meta.Sequence.Stream, meta.Timestamp, msg.Data()); err != nil {
+			if err := fn(meta.Sequence.Stream, meta.Timestamp, msg.Headers(), msg.Data()); err != nil {
 				return err
 			}
 			if meta.Sequence.Stream >= last || meta.NumPending == 0 {
@@ -624,7 +629,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	// subjects read here, with the original's ReceivedAt), which would
 	// otherwise be queued again, doubling at each run.
 	seen := map[string]bool{}
-	err := readAll(ctx, js, natsjs.EventStream, cfg, 0, func(seq uint64, stored time.Time, data []byte) error {
+	err := readAll(ctx, js, natsjs.EventStream, cfg, 0, func(seq uint64, stored time.Time, _ nats.Header, data []byte) error {
 		ev, err := events.Decode(data)
 		if err != nil {
 			return nil // an undecodable event was never forwarded either; skip it

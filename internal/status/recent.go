@@ -131,9 +131,11 @@ func NewestForwards(ledgers []DestinationLedger, n int) []Forward {
 	return all[:min(len(all), n)]
 }
 
-// RecentDeadLetters returns up to n dead letters, newest first, and how
-// many the stream holds in all.
-func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, n int) ([]deadletter.Entry, uint64, error) {
+// RecentDeadLetters returns the summaries of up to n dead letters,
+// newest first, read from their headers (deadletter.Store.Newest: not
+// their failed instances, up to half a megabyte a letter), and how many
+// the stream holds in all.
+func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, n int) ([]deadletter.Summary, uint64, error) {
 	stream, err := js.Stream(ctx, natsjs.DeadLetterStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, 0, nil
@@ -149,37 +151,6 @@ func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, n int) ([]de
 	if err != nil {
 		return nil, state.Msgs, err
 	}
-	if state.Msgs <= uint64(n) {
-		all, err := store.List(ctx, deadletter.Filter{All: true})
-		slices.Reverse(all)
-		return all, state.Msgs, err
-	}
-	var out []deadletter.Entry
-	var gone map[uint64]bool // read after maxScan(n) tries
-	for seq, tries := state.LastSeq, 0; seq >= state.FirstSeq && seq > 0 && len(out) < n; seq, tries = seq-1, tries+1 {
-		if tries == maxScan(n) {
-			// A long run of replayed or purged letters at the end: ask
-			// which numbers are gone, and read on past them.
-			info, err := stream.Info(ctx, jetstream.WithDeletedDetails(true))
-			if err != nil {
-				return out, state.Msgs, fmt.Errorf("stream %s: %w", natsjs.DeadLetterStream, err)
-			}
-			gone = make(map[uint64]bool, len(info.State.Deleted))
-			for _, d := range info.State.Deleted {
-				gone[d] = true
-			}
-		}
-		if gone[seq] {
-			continue
-		}
-		e, err := store.Get(ctx, seq)
-		if errors.Is(err, deadletter.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return out, state.Msgs, err
-		}
-		out = append(out, *e)
-	}
-	return out, state.Msgs, nil
+	out, err := store.Newest(ctx, n)
+	return out, state.Msgs, err
 }

@@ -44,7 +44,7 @@ type pageData struct {
 	RecentSource string // "ledger", "forwarders" or ""
 	RecentErr    string
 
-	DeadLetters     []deadletter.Entry
+	DeadLetters     []deadletter.Summary
 	DeadLetterCount uint64
 	DeadLettersErr  string
 

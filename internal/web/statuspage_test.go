@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -723,5 +724,48 @@ func TestClosedLaneSaysWhenItOpens(t *testing.T) {
 		if !strings.Contains(queue, want) {
 			t.Errorf("the destination's queue cell lacks %q:\n%s", want, queue)
 		}
+	}
+}
+
+// TestPageReadsDeadLetterSummariesOnly: a page load reads what it shows
+// of each dead letter (its summary, in the letter's headers), not the
+// failed instances the letter holds: 20 letters of 1,000 failed instances
+// each (some 8 MB) cost the page less than 1 MB. It read the letters
+// whole, up to 25 MB each load, every 10 s with auto-refresh.
+func TestPageReadsDeadLetterSummariesOnly(t *testing.T) {
+	f := start(t) // letter 1
+	failures := make([]forward.Instance, deadletter.MaxLetterFailures)
+	for i := range failures {
+		failures[i] = forward.Instance{SOPInstanceUID: fmt.Sprintf("1.2.826.0.1.3680043.2.1125.1.%d", i), FailureReason: 0xA700,
+			Text: strings.Repeat("out of resources ", 20)}
+	}
+	const letters = 20
+	for i := range letters {
+		ev := f.ev
+		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-539%05d", i)
+		ev.StudyInstanceUID = fmt.Sprintf("1.2.826.0.1.3680043.2.1125.9%d", i)
+		if _, err := f.store.Add(t.Context(), &forward.DeadLetter{Event: ev, Class: forward.Partial, Reason: "1000 instances refused (0xA700)",
+			Attempts: 3, Failures: failures, DeadLetteredAt: time.Now().UTC()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := f.browser(t)
+	before := f.ns.NC.Stats().InBytes
+	resp, body := f.get(t, c, "/ui/", adminToken)
+	read := f.ns.NC.Stats().InBytes - before
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /ui = %d", resp.StatusCode)
+	}
+	if read > 1<<20 {
+		t.Errorf("a page load read %d bytes from NATS, want under 1 MB: the letters' summaries only", read)
+	}
+	last := row(t, body, fmt.Sprintf("dl-%d", letters+1))
+	for _, want := range []string{"1.2.826.0.1.3680043.2.1125.9" + strconv.Itoa(letters-1), "partial", "1000 instances refused (0xA700)", ">3<", "orthanc-a"} {
+		if !strings.Contains(last, want) {
+			t.Errorf("the newest letter's row lacks %q:\n%s", want, last)
+		}
+	}
+	if first := row(t, body, "dl-1"); !strings.Contains(first, f.ev.StudyInstanceUID) {
+		t.Errorf("the first letter's row lacks its study:\n%s", first)
 	}
 }
