@@ -36,6 +36,12 @@ type DestinationLedger struct {
 	// LastForwarded is when the newest record that sent something (not
 	// "not selected") was written; zero if none was within reach.
 	LastForwarded time.Time
+	// Read counts the records read, and OlderUnread says the read
+	// stopped at its bound (maxScan) with older records left: a zero
+	// LastForwarded then means only that the newest Read records are all
+	// "not selected", not that the ledger has no forward.
+	Read        int
+	OlderUnread bool
 }
 
 // ReadLedgers returns the n newest records of each destination's ledger
@@ -86,7 +92,8 @@ func readLedger(ctx context.Context, js jetstream.JetStream, bucket string, n in
 	}
 	state := stream.CachedInfo().State
 	prefix := "$KV." + bucket + "."
-	for seq, tries := state.LastSeq, 0; seq >= state.FirstSeq && seq > 0 && (len(l.Recent) < n || l.LastForwarded.IsZero()) && tries < maxScan(n); seq, tries = seq-1, tries+1 {
+	seq, tries := state.LastSeq, 0
+	for ; seq >= state.FirstSeq && seq > 0 && (len(l.Recent) < n || l.LastForwarded.IsZero()) && tries < maxScan(n); seq, tries = seq-1, tries+1 {
 		msg, err := stream.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -108,6 +115,7 @@ func readLedger(ctx context.Context, js jetstream.JetStream, bucket string, n in
 		}
 		f := Forward{Destination: dest, Source: source, OrthancStudyID: study, StudyInstanceUID: r.StudyInstanceUID,
 			LastUpdate: r.LastUpdate, Result: forward.ResultForwarded, FinishedAt: r.ForwardedAt}
+		l.Read++
 		if r.NotSelected {
 			f.Result = forward.ResultNotSelected
 		} else if l.LastForwarded.IsZero() {
@@ -117,6 +125,7 @@ func readLedger(ctx context.Context, js jetstream.JetStream, bucket string, n in
 			l.Recent = append(l.Recent, f)
 		}
 	}
+	l.OlderUnread = l.LastForwarded.IsZero() && tries == maxScan(n) && seq >= state.FirstSeq && seq > 0
 	return l, nil
 }
 

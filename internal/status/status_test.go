@@ -621,6 +621,38 @@ func TestReadLedgers(t *testing.T) {
 	if len(got[0].Recent) != 5 || got[0].Recent[0].Result != forward.ResultNotSelected || !got[0].LastForwarded.Equal(base.Add(90*time.Second)) {
 		t.Errorf("ai = %d records, last forward %s; want 5 (not selected), last forward at 1:30", len(got[0].Recent), got[0].LastForwarded)
 	}
+	if got[0].OlderUnread {
+		t.Error("ai's ledger was read to its last forward, yet older records are said unread")
+	}
+
+	// More "not selected" records than the read's bound (200 for 5):
+	// no last forward within reach, and the ledger says older records
+	// were left unread. All of a ledger read, none of them sent: none
+	// left unread.
+	for i := 100; i < 300; i++ {
+		if err := ai.Completed(ctx, event(i), ledger.Outcome{NotSelected: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mr := open("mr", base)
+	for i := range 3 {
+		if err := mr.Completed(ctx, event(i), ledger.Outcome{NotSelected: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err = status.ReadLedgers(ctx, ns.JS, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].Destination != "ai" || got[2].Destination != "mr" {
+		t.Fatalf("ledgers = %+v, want ai's, default's and mr's", got)
+	}
+	if a := got[0]; !a.LastForwarded.IsZero() || !a.OlderUnread || a.Read != 200 || len(a.Recent) != 5 {
+		t.Errorf("ai past the bound: last forward %s, older unread %v, %d read, %d recent; want none, true, 200, 5", a.LastForwarded, a.OlderUnread, a.Read, len(a.Recent))
+	}
+	if m := got[2]; !m.LastForwarded.IsZero() || m.OlderUnread || m.Read != 3 {
+		t.Errorf("mr, read whole: last forward %s, older unread %v, %d read; want none, false, 3", m.LastForwarded, m.OlderUnread, m.Read)
+	}
 }
 
 func TestRecentDeadLetters(t *testing.T) {

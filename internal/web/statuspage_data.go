@@ -67,8 +67,11 @@ type destinationRow struct {
 	InFlight    int
 	LastSuccess time.Time
 	// Recorded says its ledger has records: a zero LastSuccess then
-	// means its newest ones are all "not selected".
-	Recorded bool
+	// means its newest ones are all "not selected": every one of them,
+	// or, with OlderUnread, the newest Read, older ones left unread.
+	Recorded    bool
+	Read        int
+	OlderUnread bool
 	// Host is its DICOMweb host, as its forwarders report it.
 	Host string
 	// Forwarders counts the live forwarder processes serving it.
@@ -273,6 +276,7 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 	for _, l := range ledgers {
 		r := row(l.Destination)
 		r.Recorded = r.Recorded || len(l.Recent) > 0
+		r.Read, r.OlderUnread = l.Read, l.OlderUnread
 		if l.LastForwarded.After(r.LastSuccess) {
 			r.LastSuccess = l.LastForwarded
 		}

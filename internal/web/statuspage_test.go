@@ -769,3 +769,43 @@ func TestPageReadsDeadLetterSummariesOnly(t *testing.T) {
 		t.Errorf("the first letter's row lacks its study:\n%s", first)
 	}
 }
+
+// TestLastSuccessPastTheLedgerReadSaysOlderRecordsExist: a destination
+// whose newest ledger records, more than the page reads (500), are all
+// "not selected" says so in a real Chromium, and that older records
+// exist: its last forward is older than what was read, not missing. The
+// page said "nothing sent recently", as for a ledger read to its start.
+func TestLastSuccessPastTheLedgerReadSaysOlderRecordsExist(t *testing.T) {
+	f := start(t)
+	ctx := t.Context()
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(ctx, f.ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, f.ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(kv)
+	if err := l.Record(ctx, &f.ev); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 510 {
+		ev := f.ev
+		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-539%05d", i)
+		if err := l.Completed(ctx, &ev, ledger.Outcome{NotSelected: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	browser := testbrowser.Start(t)
+	testbrowser.BasicAuth(t, browser, "operator", adminToken)
+	if err := chromedp.Do(browser, chromedp.Navigate(f.srv.URL+"/ui/")); err != nil {
+		t.Fatal(err)
+	}
+	row, err := chromedp.Run(browser, chromedp.Evaluate[string](`document.getElementById("dest-default").innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "none in its newest 500 records\nall not selected; it holds older ones, not read here"; !strings.Contains(row, want) {
+		t.Errorf("the destination's row lacks %q:\n%s", want, row)
+	}
+}
