@@ -281,6 +281,15 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	if err != nil {
 		return fmt.Errorf("read stream %s: %w", stream, err)
 	}
+	// Done with, the consumer would stay on the server, idle, for its
+	// five minutes of inactivity: one for each load of the status page.
+	defer func() {
+		if ci := cons.CachedInfo(); ci != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_ = js.DeleteConsumer(dctx, stream, ci.Name) // else it expires
+		}
+	}()
 	empty := 0
 	for {
 		msgs, err := cons.Fetch(batch, jetstream.FetchMaxWait(time.Second))

@@ -809,3 +809,24 @@ func TestLastSuccessPastTheLedgerReadSaysOlderRecordsExist(t *testing.T) {
 		t.Errorf("the destination's row lacks %q:\n%s", want, row)
 	}
 }
+
+// TestPageLeavesNoConsumerBehind: a page load reads the dead letters
+// with an ordered consumer and deletes it once read. Each load left one
+// on the dead-letter stream for its five idle minutes: thirty at a time
+// for one auto-refreshing page.
+func TestPageLeavesNoConsumerBehind(t *testing.T) {
+	f := start(t)
+	c := f.browser(t)
+	for range 3 {
+		if resp, body := f.get(t, c, "/ui/", adminToken); resp.StatusCode != http.StatusOK || !strings.Contains(body, `id="dl-1"`) {
+			t.Fatalf("GET /ui = %d, dead letter shown: %v", resp.StatusCode, strings.Contains(body, `id="dl-1"`))
+		}
+	}
+	s, err := f.ns.JS.Stream(t.Context(), natsjs.DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Consumers; n != 0 {
+		t.Errorf("after three page loads the dead-letter stream has %d consumers, want none", n)
+	}
+}
