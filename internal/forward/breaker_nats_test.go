@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
@@ -175,4 +176,78 @@ func TestHeldStudyCountsWhatItStoredBefore(t *testing.T) {
 	if rep := rec.reports[len(rec.reports)-1]; rep.Instances != 8 || rep.AlreadyStored != 4 {
 		t.Errorf("%d instances, %d already stored; want 8, the 4 of the first run already stored", rep.Instances, rep.AlreadyStored)
 	}
+}
+
+// TestQueueAgesWhileTheBreakerIsOpen: JetStream deletes an event
+// EVENTS_RETENTION after it arrived, forwarded or not. While the
+// breaker is open nothing is pulled, so an age taken at each pull stood
+// still at the last one's (a few seconds) however long the outage, and
+// StowlineEventsNearRetention could not fire before a destination down
+// for a week lost its queue. The lane's age keeps counting from the
+// oldest event in hand.
+func TestQueueAgesWhileTheBreakerIsOpen(t *testing.T) {
+	const retention = 7 * 24 * time.Hour
+	ns := testnats.Start(t)
+	var k sink
+	k.status.Store(http.StatusServiceUnavailable)
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	reg := prometheus.NewRegistry()
+	var skew atomic.Int64 // how far the forwarder's clock is moved on
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.Concurrency = 1
+		o.EventsRetention = retention
+		o.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+		o.Registerer = reg
+		o.ShutdownGrace = time.Minute // a held study must not wait for it
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Hour}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for b := f.Status(); b.State != "open" || b.Held != 1; b = f.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker %+v, want open with the study held", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Six days into the outage, nothing pulled since.
+	skew.Store(int64(6 * 24 * time.Hour))
+	if got, want := laneAge(t, reg, "routine"), 6*24*time.Hour; got < want || got > want+time.Minute {
+		t.Errorf("routine lane's age %v six days into the outage, want about %v (StowlineEventsNearRetention fires above %v)", got, want, retention/4*3)
+	}
+}
+
+// laneAge scrapes stowline_forwarder_lane_event_age_seconds of lane.
+func laneAge(t *testing.T, reg *prometheus.Registry, lane string) time.Duration {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "stowline_forwarder_lane_event_age_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "lane" && l.GetValue() == lane {
+					return time.Duration(m.GetGauge().GetValue() * float64(time.Second))
+				}
+			}
+		}
+	}
+	t.Fatalf("no lane age of %s", lane)
+	return 0
 }

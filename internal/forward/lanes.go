@@ -319,7 +319,7 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 		switch {
 		case ctx.Err() != nil:
 		case errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded):
-			f.m.laneAge.WithLabelValues(string(l.Priority)).Set(0) // nothing waits
+			f.m.laneAge.set(l.Priority, time.Time{}) // nothing waits
 		default:
 			f.pullFailed(ctx, l, err)
 			sleep(ctx, time.Second)
@@ -346,7 +346,7 @@ func (f *Forwarder) queueAge(lane events.Priority, msg jetstream.Msg) {
 		return
 	}
 	age := max(f.plan.now().Sub(meta.Timestamp), 0)
-	f.m.laneAge.WithLabelValues(string(lane)).Set(age.Seconds())
+	f.m.laneAge.set(lane, meta.Timestamp)
 	r := f.opts.EventsRetention
 	if r <= 0 {
 		return
@@ -382,7 +382,7 @@ func (f *Forwarder) pullNoWait(ctx context.Context, l Lane) jetstream.Msg {
 		f.pullAnswered(l)
 	}
 	if msg == nil {
-		f.m.laneAge.WithLabelValues(string(l.Priority)).Set(0) // nothing waits
+		f.m.laneAge.set(l.Priority, time.Time{}) // nothing waits
 	}
 	return msg
 }

@@ -2,6 +2,8 @@ package forward
 
 import (
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -45,9 +47,9 @@ type metrics struct {
 	// priority lane (lanes.go).
 	lanePulls *prometheus.CounterVec
 	laneBusy  *prometheus.GaugeVec
-	// laneAge is how long the event last pulled from each lane waited in
-	// the stream, and retention EVENTS_RETENTION (lanes.go, queueAge).
-	laneAge   *prometheus.GaugeVec
+	// laneAge is how long ago the event last pulled from each lane was
+	// stored, and retention EVENTS_RETENTION (lanes.go, queueAge).
+	laneAge   *laneAgeGauge
 	retention prometheus.Gauge
 }
 
@@ -178,11 +180,11 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		m.studies.WithLabelValues(string(r))
 	}
 	m.lanePulls, m.laneBusy = laneMetrics(labels)
-	m.laneAge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	m.laneAge = &laneAgeGauge{GaugeVec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_lane_event_age_seconds",
-		Help:        "How long the event this process last pulled from the lane had waited in JetStream since it was stored; 0 once the lane is found empty.",
+		Help:        "How long ago the event this process last pulled from the lane was stored in JetStream, counted on while nothing more is pulled (circuit breaker open, every worker holding a study); 0 once the lane is found empty.",
 		ConstLabels: labels,
-	}, []string{"lane"})
+	}, []string{"lane"}), now: time.Now, heads: map[events.Priority]time.Time{}}
 	m.retention = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_events_retention_seconds",
 		Help:        "EVENTS_RETENTION: how long JetStream keeps an event, forwarded or not; one not forwarded by then is deleted without a dead letter.",
@@ -202,4 +204,46 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		}
 	}
 	return m, nil
+}
+
+// laneAgeGauge is stowline_forwarder_lane_event_age_seconds: by lane, the
+// age of the event last pulled (its head), taken again at each scrape.
+// Nothing is pulled while the circuit breaker is open or every worker
+// holds a study for its source, and JetStream's retention runs on: an age
+// taken only at a pull stood still at the last one's, and
+// StowlineEventsNearRetention could not fire before an outage of a week
+// lost the queue.
+type laneAgeGauge struct {
+	*prometheus.GaugeVec
+	now func() time.Time
+
+	mu    sync.Mutex
+	heads map[events.Priority]time.Time // zero: the lane was found empty
+}
+
+// set records the stream time of the event pulled last from lane (zero:
+// the lane was found empty).
+func (g *laneAgeGauge) set(lane events.Priority, head time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.heads[lane] = head
+	g.setLocked(lane, head)
+}
+
+func (g *laneAgeGauge) setLocked(lane events.Priority, head time.Time) {
+	age := time.Duration(0)
+	if !head.IsZero() {
+		age = max(g.now().Sub(head), 0)
+	}
+	g.WithLabelValues(string(lane)).Set(age.Seconds())
+}
+
+// Collect ages every lane's head to now, then collects.
+func (g *laneAgeGauge) Collect(ch chan<- prometheus.Metric) {
+	g.mu.Lock()
+	for lane, head := range g.heads {
+		g.setLocked(lane, head)
+	}
+	g.mu.Unlock()
+	g.GaugeVec.Collect(ch)
 }
