@@ -483,9 +483,10 @@ func TestComposeStopGracePeriods(t *testing.T) {
 func checkStopGracePeriods(t *testing.T, c composeFile) {
 	// What each command waits for at most when it stops, by build target.
 	graces := map[string]time.Duration{
-		"ingest":    app.IngestShutdownGrace,
+		// The ingest's grows with INGEST_PUBLISH_TIMEOUT, which .env may set.
+		"ingest":    app.IngestMaxShutdownGrace,
 		"forwarder": max(forward.DefaultShutdownGrace, app.HTTPShutdownGrace),
-		"stowline":  max(forward.DefaultShutdownGrace, app.IngestShutdownGrace),
+		"stowline":  max(forward.DefaultShutdownGrace, app.IngestMaxShutdownGrace),
 	}
 	for name, svc := range c.Services {
 		if svc.Build == nil {

@@ -93,7 +93,9 @@ func TestSystemdUnit(t *testing.T) {
 	if got := u.last("Service", "ExecStart"); got != "/usr/local/bin/stowline" {
 		t.Errorf("ExecStart=%s, want /usr/local/bin/stowline (the single-host command, where the Dockerfile and the docs install it)", got)
 	}
-	grace := max(forward.DefaultShutdownGrace, app.IngestShutdownGrace)
+	// The ingest's grows with INGEST_PUBLISH_TIMEOUT, which the
+	// environment file may set.
+	grace := max(forward.DefaultShutdownGrace, app.IngestMaxShutdownGrace)
 	if stop, err := time.ParseDuration(u.last("Service", "TimeoutStopSec")); err != nil || stop < grace+stopMargin {
 		t.Errorf("TimeoutStopSec=%s (%v), want at least %s: the command's %s shutdown grace and %s to settle, or systemd kills it mid-stop", u.last("Service", "TimeoutStopSec"), err, grace+stopMargin, grace, stopMargin)
 	}

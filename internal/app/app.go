@@ -27,15 +27,34 @@ import (
 )
 
 // HTTPShutdownGrace bounds how long HTTP servers wait for in-flight
-// requests at shutdown. An orchestrator's stop timeout must exceed it
-// (deploy/compose_test.go checks docker-compose.yml).
+// requests at shutdown (the ingest's: see ingestHTTPGrace). An
+// orchestrator's stop timeout must exceed it (deploy/compose_test.go
+// checks docker-compose.yml).
 const HTTPShutdownGrace = 15 * time.Second
 
-// IngestShutdownGrace bounds how long the ingest takes to stop: its HTTP
+// IngestShutdownGrace bounds how long the ingest takes to stop with an
+// INGEST_PUBLISH_TIMEOUT of at most 13 s (the default is 10 s): its HTTP
 // server's grace, then the wait for the webhook events still waiting for
 // PRIORITY_RULE (drainTriage). An orchestrator's stop timeout must exceed
 // it (deploy/compose_test.go, the chart's check).
 const IngestShutdownGrace = 20 * time.Second
+
+// IngestMaxShutdownGrace is IngestShutdownGrace with the longest
+// INGEST_PUBLISH_TIMEOUT (config.MaxIngestPublishTimeout): the stop
+// timeout of an ingest whose publish timeout the deployment does not fix.
+const IngestMaxShutdownGrace = 60 * time.Second
+
+// publishAnswerMargin is the time a webhook request takes to be answered
+// once its publish timed out (a log line, a 503).
+const publishAnswerMargin = 2 * time.Second
+
+// ingestHTTPGrace is the ingest's HTTP shutdown grace: long enough for a
+// webhook request waiting for JetStream to be answered (202 or 503).
+// Cut sooner, Orthanc logs its study as not announced while JetStream
+// may store it yet.
+func ingestHTTPGrace(publishTimeout time.Duration) time.Duration {
+	return max(HTTPShutdownGrace, publishTimeout+publishAnswerMargin)
+}
 
 // provisionTimeout bounds the creation of the streams and buckets a role
 // needs at startup.
@@ -113,8 +132,9 @@ func newRouter() *chi.Mux {
 }
 
 // serveHTTP listens now (so a busy port fails startup) and serves in g
-// until ctx ends; over HTTPS when serverTLS is not nil.
-func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler, serverTLS *tls.Config, log *slog.Logger, stopped func()) error {
+// until ctx ends, then gives in-flight requests grace; over HTTPS when
+// serverTLS is not nil.
+func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler, serverTLS *tls.Config, grace time.Duration, log *slog.Logger, stopped func()) error {
 	ln, err := web.Listen(addr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -125,7 +145,7 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 		ln = tls.NewListener(ln, serverTLS)
 	}
 	g.Go(named(name, func() error {
-		err := web.Serve(ctx, srv, ln, HTTPShutdownGrace)
+		err := web.Serve(ctx, srv, ln, grace)
 		if stopped != nil && ctx.Err() != nil {
 			stopped() // a shutdown, not a server that failed
 		}
@@ -133,7 +153,7 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 			// A slow client at a stop: nothing accepted is lost (an
 			// event is answered only once JetStream has it), and the
 			// stop is no failure of the process.
-			log.Warn("shutdown: requests still running after the grace were cut off", "server", name, "grace", HTTPShutdownGrace.String())
+			log.Warn("shutdown: requests still running after the grace were cut off", "server", name, "grace", grace.String())
 			return nil
 		}
 		return err

@@ -272,4 +272,4 @@ const triageBudget = 5 * time.Minute
 // triageShutdownWait bounds the wait for triage at shutdown, after the
 // HTTP server's grace. A last try usually takes milliseconds; one stuck
 // on a slow source is logged and left to the reconciler.
-const triageShutdownWait = IngestShutdownGrace - HTTPShutdownGrace
+const triageShutdownWait = 5 * time.Second

@@ -232,3 +232,20 @@ func slowSourcePrioritizer(t *testing.T) (p *prioritizer, ns *testnats.Server, a
 	}
 	return p, ns, answer
 }
+
+// The ingest's stop bounds the orchestrators are given cover its HTTP
+// grace, which lets a webhook waiting INGEST_PUBLISH_TIMEOUT for
+// JetStream be answered, and then the triage's wait.
+func TestIngestShutdownGraceCoversPublishTimeout(t *testing.T) {
+	if got := ingestHTTPGrace(13*time.Second) + triageShutdownWait; got > IngestShutdownGrace {
+		t.Errorf("with a 13 s publish timeout the ingest takes up to %s to stop, IngestShutdownGrace says %s", got, IngestShutdownGrace)
+	}
+	if got := ingestHTTPGrace(config.MaxIngestPublishTimeout) + triageShutdownWait; got > IngestMaxShutdownGrace {
+		t.Errorf("with the longest publish timeout the ingest takes up to %s to stop, IngestMaxShutdownGrace says %s", got, IngestMaxShutdownGrace)
+	}
+	for _, timeout := range []time.Duration{100 * time.Millisecond, 10 * time.Second, 20 * time.Second, config.MaxIngestPublishTimeout} {
+		if g := ingestHTTPGrace(timeout); g < HTTPShutdownGrace || g <= timeout {
+			t.Errorf("ingestHTTPGrace(%s) = %s: want at least %s and more than the timeout", timeout, g, HTTPShutdownGrace)
+		}
+	}
+}

@@ -77,6 +77,10 @@ func (n *NATS) Validate() error {
 	return errors.Join(errs...)
 }
 
+// MaxIngestPublishTimeout is the longest INGEST_PUBLISH_TIMEOUT: the
+// webhook must answer within the HTTP server's write timeout (60 s).
+const MaxIngestPublishTimeout = 50 * time.Second
+
 // Ingest configures the webhook service.
 type Ingest struct {
 	Addr  string `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
@@ -110,7 +114,7 @@ func (i *Ingest) Validate() error {
 	}
 	// The webhook answers 503 once the timeout passes: past the HTTP
 	// server's write timeout (60 s) Orthanc would get a closed connection.
-	if i.PublishTimeout < 100*time.Millisecond || i.PublishTimeout > 50*time.Second {
+	if i.PublishTimeout < 100*time.Millisecond || i.PublishTimeout > MaxIngestPublishTimeout {
 		errs = append(errs, fmt.Errorf("INGEST_PUBLISH_TIMEOUT=%s: want 100ms to 50s", i.PublishTimeout))
 	}
 	if err := i.WebhookSecurity.Validate(); err != nil {

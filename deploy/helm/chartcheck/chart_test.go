@@ -274,6 +274,12 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 	if component(d.Labels) == "ingest" {
 		role = "ingest"
 		grace = src.ingestShutdownGrace
+		for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+			if e.Name == "INGEST_PUBLISH_TIMEOUT" {
+				// In-flight webhooks may wait that long for JetStream.
+				grace = src.ingestMaxShutdownGrace
+			}
+		}
 	}
 	if len(pod.Containers) != 1 {
 		t.Fatalf("deployment %s: %d containers, want 1", d.Name, len(pod.Containers))

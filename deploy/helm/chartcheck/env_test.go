@@ -3,6 +3,7 @@ package chartcheck
 import (
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -288,6 +289,30 @@ func TestIngestGraceCoversPreStop(t *testing.T) {
 	checkRenderError(t, ingest(0, grace), "want more than preStopSleepSeconds 0")
 	checkRenderError(t, ingest(15, 15+grace+1), "")
 	checkRenderError(t, ingest(0, grace+1), "")
+}
+
+// TestIngestGraceCoversPublishTimeout: a webhook request in flight at a
+// stop waits up to INGEST_PUBLISH_TIMEOUT for JetStream before it is
+// answered; the ingest's stop grace grows with it, so the chart wants a
+// terminationGracePeriodSeconds that covers the longest one once the
+// variable is set, in ingest.env or env.
+func TestIngestGraceCoversPublishTimeout(t *testing.T) {
+	facts := readGoFacts(t)
+	grace, most := int(facts.ingestShutdownGrace.Seconds()), int(facts.ingestMaxShutdownGrace.Seconds())
+	ingest := func(where string, termination int) map[string]any {
+		values := merged(required(), map[string]any{"ingest": map[string]any{"preStopSleepSeconds": 5, "terminationGracePeriodSeconds": termination}})
+		if where == "ingest.env" {
+			values["ingest"].(map[string]any)["env"] = map[string]any{"INGEST_PUBLISH_TIMEOUT": "40s"}
+		} else if where == "env" {
+			values["env"] = map[string]any{"INGEST_PUBLISH_TIMEOUT": "40s"}
+		}
+		return values
+	}
+	checkRenderError(t, ingest("", 5+grace+1), "")
+	for _, where := range []string{"ingest.env", "env"} {
+		checkRenderError(t, ingest(where, 5+grace+1), "want more than preStopSleepSeconds 5 + the ingest's "+strconv.Itoa(most)+" s shutdown grace (with INGEST_PUBLISH_TIMEOUT set")
+		checkRenderError(t, ingest(where, 5+most+1), "")
+	}
 }
 
 // TestUnreadSecretKeysRefused: a Secret key no container reads, a

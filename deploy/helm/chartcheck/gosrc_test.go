@@ -23,6 +23,9 @@ type goFacts struct {
 	// ingestShutdownGrace is app.IngestShutdownGrace: how long the
 	// ingest takes to stop.
 	ingestShutdownGrace time.Duration
+	// ingestMaxShutdownGrace is app.IngestMaxShutdownGrace: how long
+	// it takes with the longest INGEST_PUBLISH_TIMEOUT.
+	ingestMaxShutdownGrace time.Duration
 	// forwarderShutdownGrace is forward.DefaultShutdownGrace: how long a
 	// forwarder gives in-flight studies.
 	forwarderShutdownGrace time.Duration
@@ -67,6 +70,7 @@ func readGoFacts(t *testing.T) goFacts {
 		}
 		facts.httpShutdownGrace = duration(get("app.HTTPShutdownGrace"))
 		facts.ingestShutdownGrace = duration(get("app.IngestShutdownGrace"))
+		facts.ingestMaxShutdownGrace = duration(get("app.IngestMaxShutdownGrace"))
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
 		facts.readyTimeout = duration(get("web.ReadyTimeout"))
 		facts.eventStream = str(get("natsjs.EventStream"))
@@ -87,7 +91,7 @@ func readGoFacts(t *testing.T) goFacts {
 		t.Fatal(factsErr)
 	}
 	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
-	if facts.httpShutdownGrace <= 0 || facts.ingestShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
+	if facts.httpShutdownGrace <= 0 || facts.ingestShutdownGrace <= 0 || facts.ingestMaxShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
 		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}

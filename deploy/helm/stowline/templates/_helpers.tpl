@@ -467,10 +467,19 @@ rendered when turned off. */}}
 {{- end -}}
 {{- /* The kubelet kills the ingest terminationGracePeriodSeconds after
 telling it to stop, its preStop sleep included; it needs 20 s after the
-sleep (app.IngestShutdownGrace; chartcheck checks the figure). */}}
+sleep (app.IngestShutdownGrace), or up to 60 s when env or ingest.env sets
+INGEST_PUBLISH_TIMEOUT (app.IngestMaxShutdownGrace: a webhook request
+waits that long for JetStream before it is answered); chartcheck checks
+the figures. */}}
 {{- $ig := .Values.ingest -}}
-{{- if le (int $ig.terminationGracePeriodSeconds) (add (int $ig.preStopSleepSeconds) 20) -}}
-{{- fail (printf "ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's 20 s shutdown grace (15 s for webhook requests in flight, 5 s for answered events that wait for PRIORITY_RULE): killed sooner, it cuts those requests off and leaves those events to the reconciler" (int $ig.terminationGracePeriodSeconds) (int $ig.preStopSleepSeconds)) -}}
+{{- $shutdown := 20 -}}
+{{- $why := "15 s for webhook requests in flight, 5 s for answered events that wait for PRIORITY_RULE" -}}
+{{- if hasKey (include "stowline.ingestEnv" . | fromYaml) "INGEST_PUBLISH_TIMEOUT" -}}
+{{- $shutdown = 60 -}}
+{{- $why = "with INGEST_PUBLISH_TIMEOUT set: up to 52 s for webhook requests in flight, which wait that long for JetStream, 5 s for answered events that wait for PRIORITY_RULE" -}}
+{{- end -}}
+{{- if le (int $ig.terminationGracePeriodSeconds) (add (int $ig.preStopSleepSeconds) $shutdown) -}}
+{{- fail (printf "ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's %d s shutdown grace (%s): killed sooner, it cuts those requests off and leaves those events to the reconciler" (int $ig.terminationGracePeriodSeconds) (int $ig.preStopSleepSeconds) $shutdown $why) -}}
 {{- end -}}
 {{- /* A group's name is in its objects' names and component label: two
 groups of one name (or of one name once cut to 63 characters) would
