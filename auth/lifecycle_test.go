@@ -274,3 +274,97 @@ func TestFailedFetchRetriedInBackground(t *testing.T) {
 		}
 	})
 }
+
+// TestRefreshesSpreadWithinBounds: replicas given tokens at the same
+// moment renew them each at a moment drawn in the last tenth of the wait
+// to the scheduled refresh (earlier, never later), not together; and a
+// refresh that fails while the token is still good is tried again between
+// a quarter and three quarters of the way to the token's staleness, not
+// together, and always before it. It runs on synctest's fake clock.
+func TestRefreshesSpreadWithinBounds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const replicas = 8
+		var down atomic.Bool
+		start := time.Now()
+		type replica struct {
+			ts  *TokenSource
+			srv *tokenServer
+			mu  sync.Mutex
+			at  []time.Time // when each token request came
+		}
+		rs := make([]*replica, replicas)
+		for i := range rs {
+			r := &replica{}
+			ok := issue(3600, 0)
+			r.srv = newInMemoryTokenServer(func(w http.ResponseWriter, req *http.Request) {
+				r.mu.Lock()
+				r.at = append(r.at, time.Now())
+				r.mu.Unlock()
+				if down.Load() {
+					http.Error(w, "maintenance", http.StatusServiceUnavailable)
+					return
+				}
+				ok(w, req)
+			})
+			// One request a fetch: no in-fetch retries, one auth style.
+			r.ts = newSource(t, r.srv, WithRetries(0, 0, 0), WithAuthStyle(oauth2.AuthStyleInHeader))
+			rs[i] = r
+		}
+		for _, r := range rs {
+			mustToken(t, r.ts)
+		}
+		expiry := start.Add(3600 * time.Second)
+		scheduled, stale := refreshTime(expiry, start, defaultRefreshMargin), staleTime(expiry, start)
+		wait := scheduled.Sub(start)
+		down.Store(true)
+		requests := func(r *replica) []time.Time {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return append([]time.Time(nil), r.at...)
+		}
+
+		time.Sleep(time.Until(scheduled.Add(time.Second)))
+		synctest.Wait()
+		refreshes := map[time.Time]bool{}
+		for i, r := range rs {
+			at := requests(r)
+			if len(at) < 2 {
+				t.Fatalf("replica %d: %d token requests by the scheduled refresh, want the first token and its refresh", i, len(at))
+			}
+			if d := at[1].Sub(start); d < wait-wait/10 || d > wait {
+				t.Errorf("replica %d: refresh %s after the token came, want %s to %s", i, d, wait-wait/10, wait)
+			}
+			refreshes[at[1]] = true
+		}
+		if len(refreshes) == 1 {
+			t.Errorf("all %d replicas refreshed at the same moment: no jitter", replicas)
+		}
+
+		// The refresh failed; the token stays good until stale.
+		time.Sleep(time.Until(stale.Add(-time.Millisecond)))
+		synctest.Wait()
+		retries := map[time.Time]bool{}
+		for i, r := range rs {
+			at := requests(r)
+			if len(at) < 3 {
+				t.Fatalf("replica %d: token requests at %v, want a retry before the token went stale", i, at)
+			}
+			remaining := stale.Sub(at[1])
+			if gap := at[2].Sub(at[1]); gap < remaining/4 || gap > remaining/4+remaining/2 {
+				t.Errorf("replica %d: retry %s after the failed refresh, want %s to %s (a quarter to three quarters of the %s left)", i, gap, remaining/4, remaining/4+remaining/2, remaining)
+			}
+			for _, a := range at {
+				if !a.Before(stale) {
+					t.Errorf("replica %d: a token request at %s, not before the token went stale at %s", i, a.Sub(start), stale.Sub(start))
+				}
+			}
+			retries[at[2]] = true
+			if tok := mustToken(t, r.ts); tok == nil {
+				t.Errorf("replica %d: no token while the current one is good", i)
+			}
+		}
+		if len(retries) == 1 {
+			t.Errorf("all %d replicas retried at the same moment: no jitter", replicas)
+		}
+	})
+}

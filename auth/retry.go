@@ -80,3 +80,26 @@ func jitter(d time.Duration) time.Duration {
 	}
 	return d/2 + rand.N(d/2+1)
 }
+
+// jitterEarlier returns a wait drawn at random in [d - d/10, d]: a token's
+// scheduled refresh, which may come earlier (the token is still good)
+// but not later, spread so that replicas given tokens together do not
+// ask for the next ones together.
+func jitterEarlier(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return d - rand.N(d/10+1)
+}
+
+// retryWhileValid returns the wait before a failed refresh is tried
+// again while the token is good for remaining: drawn at random between a
+// quarter and three quarters of remaining (halfway on average), so the
+// retry comes before the token goes stale and replicas do not retry
+// together; at least 1 s.
+func retryWhileValid(remaining time.Duration) time.Duration {
+	if remaining <= 0 {
+		return time.Second
+	}
+	return max(time.Second, remaining/4+rand.N(remaining/2+1))
+}

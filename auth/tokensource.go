@@ -311,14 +311,20 @@ func (ts *TokenSource) run(f *fetch) {
 			expiry = time.Time{}
 		}
 		ts.refreshAt = refreshTime(expiry, now, ts.opts.margin)
+		if !ts.refreshAt.IsZero() {
+			// Replicas given tokens together do not renew them together.
+			ts.refreshAt = now.Add(jitterEarlier(ts.refreshAt.Sub(now)))
+		}
 		ts.staleAt = staleTime(expiry, now)
 		ts.armLocked(ts.refreshAt, now)
 	case ts.validLocked(now):
 		// A background refresh failed while the current token is still
-		// good: try again halfway to the end of its use. refreshAt moves
-		// there too, or every call until then would start a fetch (an
-		// identity provider refusing or throttling would get one a request).
-		ts.refreshAt = now.Add(max(time.Second, ts.staleAt.Sub(now)/2))
+		// good: try again about halfway to the end of its use (at random
+		// between a quarter and three quarters of the way, so replicas
+		// do not retry together). refreshAt moves there too, or every call
+		// until then would start a fetch (an identity provider refusing or
+		// throttling would get one a request).
+		ts.refreshAt = now.Add(retryWhileValid(ts.staleAt.Sub(now)))
 		if ts.refreshAt.Before(ts.notBefore) {
 			ts.refreshAt = ts.notBefore
 		}
