@@ -68,15 +68,18 @@ func (w *sentWriter) run() {
 }
 
 // close waits for the write under way and writes what is left, once:
-// the attempt's last write, logged if it fails.
-func (w *sentWriter) close() {
+// the attempt's last write, logged if it fails. It returns what was not
+// written, for the ack to try again.
+func (w *sentWriter) close() (unwritten []string) {
 	close(w.kick)
 	<-w.done
 	if len(w.pending) == 0 {
-		return
+		return nil
 	}
 	if err := w.f.rememberStored(w.ctx, w.ev, w.pending); err != nil {
 		w.f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", w.ev.OrthancStudyID,
 			"study_instance_uid", w.ev.StudyInstanceUID, "instances", len(w.pending), "err", err)
+		return w.pending
 	}
+	return nil
 }

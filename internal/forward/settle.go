@@ -58,16 +58,28 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) Result {
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is. What was sent is recorded by now
-	// (sentwriter.go), in the attempt.
+	// (sentwriter.go), in the attempt, unless NATS did not answer its
+	// last write: that is tried again after the ack, as are the ledger's
+	// writes, in time of their own (an ack whose confirmation is lost
+	// waits out ctx).
 	err := msg.DoubleAck(ctx)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	if len(rep.unrecorded) > 0 {
+		if err := f.rememberStored(wctx, a.Event, rep.unrecorded); err != nil {
+			log.Warn("remember what the attempt stored, again after the ack: a later delivery of the study may take those instances for conflicts",
+				"instances", len(rep.unrecorded), "err", err)
+		}
+	}
 	if err != nil {
 		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
 		// The destination holds the study whether or not the ack arrived,
 		// and an ack that did arrive brings no delivery to record it: the
 		// audit would report the study missing, buffer mode would keep it.
-		f.recordCompletion(ctx, a.Event, rep, log)
+		f.recordCompletion(wctx, a.Event, rep, log)
 		return ResultAckFailed
 	}
+	ctx = wctx
 	switch {
 	case rep.forwardedBefore:
 		log.Info("study no longer in the source: the destination's ledger holds this state of it or a newer one, " +

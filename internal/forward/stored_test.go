@@ -346,6 +346,92 @@ func TestUnconfirmedAckIsRecorded(t *testing.T) {
 	}
 }
 
+// lostConfirmation is a delivery whose ack's confirmation never comes:
+// DoubleAck waits out its context, as nats.go does.
+type lostConfirmation struct{ jetstream.Msg }
+
+func (lostConfirmation) DoubleAck(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// An ack whose confirmation is lost waits out the settle's time: the
+// completion is written in time of its own, not on the expired context
+// (it failed at once, and the audit reported the study missing).
+func TestCompletionRecordedAfterTheAckTimedOut(t *testing.T) {
+	var live []bool
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.Completed = func(ctx context.Context, _ *events.StudyStable, _ Completion) error {
+			live = append(live, ctx.Err() == nil)
+			return ctx.Err()
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	a := &Attempt{Event: testEvent(), Number: 1, Seq: 1}
+	if got := f.ack(ctx, lostConfirmation{}, a, Report{}, 0, f.log); got != ResultAckFailed {
+		t.Fatalf("result %s, want %s", got, ResultAckFailed)
+	}
+	if !slices.Equal(live, []bool{true}) {
+		t.Errorf("completion writes with a live context: %v, want one", live)
+	}
+}
+
+// failingFailureLog is a memFailureLog whose writes fail while failing is
+// set (a refusal, returned at once).
+type failingFailureLog struct {
+	memFailureLog
+	failing atomic.Bool
+}
+
+func (l *failingFailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, ids []string) error {
+	if l.failing.Load() {
+		return errors.New("nats: insufficient resources")
+	}
+	return l.memFailureLog.RememberSent(ctx, ev, ids)
+}
+
+// ackRecovers is a delivery at whose ack the failure log answers again.
+type ackRecovers struct {
+	jetstream.Msg
+	log *failingFailureLog
+}
+
+func (m ackRecovers) DoubleAck(ctx context.Context) error {
+	m.log.failing.Store(false)
+	return m.Msg.DoubleAck(ctx)
+}
+
+// What the attempt's writes to the failure log could not record is
+// written again after the ack: the ack's rewrite was the only second
+// chance, and a later version of the study took its own copies for
+// conflicts.
+func TestUnrecordedInstancesWrittenAfterTheAck(t *testing.T) {
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	fl := &failingFailureLog{}
+	fl.failing.Store(true)
+	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures = fl })
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.handle(t.Context(), ackRecovers{Msg: msg, log: fl})
+	sent, _ := fl.Sent(t.Context(), ev)
+	for i := 1; i <= 8; i++ {
+		if !sent(sentID(ev, orthancapi.Instance{SOPInstanceUID: fmt.Sprint("1.2.3.", i)})) {
+			t.Errorf("instance %d not recorded", i)
+		}
+	}
+}
+
 // TestStudyForwardedAgain: a study stored whole that comes again meets
 // "already exists" (45070) for every instance: they are stowline's own
 // copies, not conflicts (deadletter dead-lettered the stored study, skip

@@ -61,6 +61,10 @@ type Report struct {
 	// selected (Options.RecordedNotSelected): acked as not selected, the
 	// ledger left as it is.
 	deletedNotSelected bool
+	// unrecorded: sentIDs of stored instances the attempt's last write
+	// to the failure log did not take (NATS unreachable); the ack writes
+	// them again.
+	unrecorded []string
 }
 
 // Completion is what the destination holds of a study state it is done
@@ -175,7 +179,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// (sentwriter.go), which records them while the attempt goes on: a
 	// process killed mid-study or before its ack loses none of them.
 	sent := f.newSentWriter(ctx, ev)
-	defer sent.close()
+	defer func() { rep.unrecorded = sent.close() }()
 	remember := func(out batchOutcome) {
 		changed := map[string]bool{}
 		for _, w := range out.warned {
