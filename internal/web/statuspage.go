@@ -213,8 +213,9 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "seq: not a dead-letter sequence number", http.StatusBadRequest)
 		return
 	}
-	// The page posts its auto-refresh period: the page the replay leads
-	// to refreshes as the one it was pressed on.
+	// The page posts its auto-refresh period: the page a replay leads to
+	// refreshes as the one it was pressed on; not a failure's, whose
+	// error must not go by while the operator looks away.
 	refresh := refreshOf(r.PostFormValue("refresh"))
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
@@ -222,7 +223,6 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 		h.log.Error("status page: replay failed", "dead_letter_seq", seq, "err", err)
 		p := h.load(ctx)
 		p.FlashErr = msg
-		p.Refresh = refresh
 		h.render(w, r, code, p)
 	}
 	store, err := deadletter.Open(ctx, h.opts.JS)

@@ -654,6 +654,32 @@ func TestReplayKeepsAutoRefresh(t *testing.T) {
 	}
 	browser := testbrowser.Start(t)
 	testbrowser.BasicAuth(t, browser, "operator", adminToken)
+	metaRefresh := func() string {
+		t.Helper()
+		refresh, err := chromedp.Run(browser, chromedp.Evaluate[string](`(document.querySelector('meta[http-equiv="refresh"]') || {}).content || ""`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return refresh
+	}
+	// A replay that fails keeps its page, unrefreshed: its error must not
+	// go by while the operator looks away.
+	if err := chromedp.Do(browser, chromedp.Navigate(f.srv.URL+"/ui/?refresh=30")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(browser, chromedp.Evaluate[string](`document.getElementById("replay-1").form.seq.value = "999"`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.RunResponse(browser, chromedp.Click(chromedp.ID("replay-1"))); err != nil {
+		t.Fatalf("click replay: %v", err)
+	}
+	if flash, err := chromedp.Run(browser, chromedp.Text(chromedp.ID("flash"))); err != nil || !strings.Contains(flash, "Dead letter 999 is gone") {
+		t.Fatalf("after a failed replay: flash %q (%v)", flash, err)
+	}
+	if r := metaRefresh(); r != "" {
+		t.Errorf("the failed replay's page refreshes (%q): its error goes by", r)
+	}
+
 	if err := chromedp.Do(browser, chromedp.Navigate(f.srv.URL+"/ui/?refresh=30")); err != nil {
 		t.Fatal(err)
 	}
@@ -664,10 +690,7 @@ func TestReplayKeepsAutoRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	refresh, err := chromedp.Run(browser, chromedp.Evaluate[string](`(document.querySelector('meta[http-equiv="refresh"]') || {}).content || ""`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	refresh := metaRefresh()
 	link, err := chromedp.Run(browser, chromedp.Text("header .right a"))
 	if err != nil {
 		t.Fatal(err)
