@@ -54,6 +54,13 @@ func Start(t testing.TB, upstream string) *Proxy {
 	p := &Proxy{perUID: map[string]int{}}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.FlushInterval = -1
+	// Idle connections close before an Orthanc upstream closes them (500
+	// ms in 1.10, 1 s from 1.11.3): a POST on one it was closing fails,
+	// not retried, as a 502 the upstream never gave.
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.IdleConnTimeout = 300 * time.Millisecond
+	rp.Transport = transport
+	t.Cleanup(transport.CloseIdleConnections)
 	rp.ModifyResponse = p.modify
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p.dropIfDown(w) {

@@ -98,7 +98,13 @@ func (p *IdP) NewGate(ctx context.Context, upstream string, opts ...GateOption) 
 	}
 
 	// A transport of its own, so the Gate's idle connections end with it.
+	// Idle ones close before Orthanc closes them (500 ms in 1.10's
+	// CivetWeb, KeepAliveTimeout 1 s from 1.11.3): a POST sent on one the
+	// server was closing failed with "use of closed network connection",
+	// not retried, and the forwarder's attempt met a 502 the destination
+	// never gave.
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.IdleConnTimeout = 300 * time.Millisecond
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
