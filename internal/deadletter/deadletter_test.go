@@ -798,6 +798,23 @@ func TestFailureLogWritesWithoutReadingBack(t *testing.T) {
 			t.Errorf("%s is not remembered", id)
 		}
 	}
+	// The record gone since (expired, purged): the write starts it again.
+	keys, err := bucket.ListKeys(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range keys.Keys() {
+		if err := bucket.Purge(testCtx(t), k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	remember(log, "1.2.3.6")
+	if sent, err = other.Sent(testCtx(t), ev); err != nil {
+		t.Fatal(err)
+	}
+	if !sent("1.2.3.6") || sent("1.2.3.0") {
+		t.Errorf("after the record was purged: 1.2.3.6 remembered %v, 1.2.3.0 %v; want the new one only", sent("1.2.3.6"), sent("1.2.3.0"))
+	}
 }
 
 func TestFailureLogStoredInstances(t *testing.T) {
