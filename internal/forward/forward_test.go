@@ -201,6 +201,20 @@ func forwardOne(t *testing.T, f *Forwarder, ns *testnats.Server, cons jetstream.
 	forwardOneWithin(t, f, ns, cons, ev, 15*time.Second)
 }
 
+// deliverOne publishes ev and pulls its first delivery from cons, for a
+// test that hands it to Forwarder.handle itself.
+func deliverOne(t *testing.T, ns *testnats.Server, cons jetstream.Consumer, ev *events.StudyStable) jetstream.Msg {
+	t.Helper()
+	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg
+}
+
 // forwardOneWithin is forwardOne giving up after within.
 func forwardOneWithin(t *testing.T, f *Forwarder, ns *testnats.Server, cons jetstream.Consumer, ev *events.StudyStable, within time.Duration) {
 	t.Helper()
@@ -549,14 +563,7 @@ func TestRedeliveryWhileInHandLeftToFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newForwarder(t, newMemSource(1), srv.URL, cons)
-	ev := testEvent()
-	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
-		t.Fatal(err)
-	}
-	first, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := deliverOne(t, ns, cons, testEvent())
 	meta, err := first.Metadata()
 	if err != nil {
 		t.Fatal(err)

@@ -8,12 +8,8 @@ import (
 	"sync"
 	"testing"
 	"testing/synctest"
-	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -101,13 +97,7 @@ func TestStoredInstancesWrittenOnce(t *testing.T) {
 	rec := &recordingObserver{}
 	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures, o.Observer = fl, rec })
 	ev := testEvent()
-	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
-		t.Fatal(err)
-	}
-	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	msg := deliverOne(t, ns, cons, ev)
 	f.handle(t.Context(), msg)
 	if got := rec.results(); got[ResultForwarded] != 1 {
 		t.Fatalf("results %v, want the study forwarded", got)

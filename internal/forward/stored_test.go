@@ -333,13 +333,7 @@ func TestUnconfirmedAckIsRecorded(t *testing.T) {
 		}
 	})
 	ev := testEvent()
-	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
-		t.Fatal(err)
-	}
-	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	msg := deliverOne(t, ns, cons, ev)
 	f.handle(t.Context(), arrivedAck{msg})
 	if len(comps) != 1 || len(comps[0].Kept) > 0 {
 		t.Fatalf("completions %+v, want one keeping nothing", comps)
@@ -416,13 +410,7 @@ func TestUnrecordedInstancesWrittenAfterTheAck(t *testing.T) {
 	fl.failing.Store(true)
 	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures = fl })
 	ev := testEvent()
-	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, ev.MsgID()); err != nil {
-		t.Fatal(err)
-	}
-	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	msg := deliverOne(t, ns, cons, ev)
 	f.handle(t.Context(), ackRecovers{Msg: msg, log: fl})
 	sent, _ := fl.Sent(t.Context(), ev)
 	for i := 1; i <= 8; i++ {
