@@ -168,13 +168,7 @@ type breaker struct {
 	// breaker is half-open means a probe vouched for the destination
 	// (else the trial was let through after probesBeforeTrial failures).
 	failedProbes int
-	// trialFailed is the first study whose trial, vouched for by a
-	// probe, failed so that the study may be what fails (studyMayFail)
-	// since the last stored study; twoFailed that another's did too: the
-	// destination, then, not a study. Both end with a stored study.
-	trialFailed string
-	twoFailed   bool
-	held        int
+	held         int
 	// changed is closed and replaced at every change a waiter cares for.
 	changed chan struct{}
 	// timer runs the next probe while open.
@@ -250,7 +244,7 @@ func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
 	down := DestinationDown(err)
 	switch {
 	case err == nil:
-		b.failures, b.trialFailed, b.twoFailed = 0, "", false
+		b.failures = 0
 		b.setState(BreakerClosed)
 		return false
 	case !down:
@@ -264,23 +258,12 @@ func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
 	b.failures++
 	if trial {
 		// The destination answered the probe but failed the study. If
-		// a prober vouched for it and the study met a 500 (or 0xA7xx,
-		// or a page that is not DICOMweb), the study may be what fails
-		// (one that makes the server fail): it is settled like any
-		// failure, and spends its delivery. Once a second study's trial
-		// fails so, it is the destination (its store full while queries
-		// work): held, as after no answer, or a 502, 503, 504 or 507.
+		// a prober vouched for it and the study met a 500, the study
+		// may be what fails (one that makes the server fail): it is
+		// settled like any failure, and spends its delivery. No answer,
+		// or a 502, 503, 504 or 507, says the store itself is down while
+		// queries work (storage full, a write path down): held.
 		spend := b.prober != nil && b.failedProbes == 0 && studyMayFail(err)
-		if spend {
-			switch b.trialFailed {
-			case "":
-				b.trialFailed = studyUID
-			case studyUID:
-			default:
-				b.twoFailed = true
-			}
-			spend = !b.twoFailed
-		}
 		b.open(studyUID)
 		return !spend
 	}

@@ -234,52 +234,6 @@ func TestBreakerTrialFails(t *testing.T) {
 	}
 }
 
-// A destination that answers queries while its store refuses every study
-// (dcm4chee full: 0xA7xx; a firewall passing GETs and refusing POSTs
-// with a page): the first trial that fails so spends its delivery (the
-// study may be what fails), and so does that study each time; once a
-// second study's trial fails so, trials are held until one is stored.
-// Every trial spent a delivery: a weekend's outage dead-lettered studies
-// in waves.
-func TestBreakerTrialsOfTwoStudiesFail(t *testing.T) {
-	full := fmt.Errorf("3 instances still not stored after 3 rounds: %w", errOutOfResources)
-	synctest.Test(t, func(t *testing.T) {
-		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, &fakeProber{}, nil)
-		defer b.stop()
-		trial := func(study string) (held bool) {
-			t.Helper()
-			if tr, err := b.hold(t.Context()); err != nil || !tr {
-				t.Fatalf("hold = %v, %v; want the trial", tr, err)
-			}
-			return b.record(full, true, study)
-		}
-		b.record(full, false, "1.2.3")
-		if trial("1.2.3") {
-			t.Error("the first study's failed trial was held: it may be what fails")
-		}
-		if trial("1.2.3") {
-			t.Error("the same study's failed trial again was held")
-		}
-		for i := range 3 {
-			if !trial("1.2.5") {
-				t.Errorf("trial %d of a second study spent its delivery: the destination fails, not the study", i+1)
-			}
-		}
-		if !trial("1.2.3") {
-			t.Error("the first study's failed trial, after a second study's, spent its delivery")
-		}
-		b.record(nil, true, "1.2.3") // stored at last: the destination is back
-		if s, _, _, _ := b.status(); s != BreakerClosed {
-			t.Errorf("state %v after a stored trial, want closed", s)
-		}
-		// A later outage starts afresh: its first failed trial spends.
-		b.record(full, false, "1.2.7")
-		if trial("1.2.7") {
-			t.Error("after a stored study, the first failed trial was held")
-		}
-	})
-}
-
 // A destination whose queries keep failing (no QIDO-RS, a proxy that
 // refuses GETs) while it stores: after probesBeforeTrial failed probes a
 // held study goes as a trial anyway, and closes the breaker when stored.
