@@ -506,8 +506,13 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 	// held counts the holds for the destination, sourceHeld those for the
 	// source, for the log.
 	held, sourceHeld := 0, 0
+	// unrecorded: what earlier runs stored and could not record (NATS
+	// unreachable), for the settle to write with this run's.
+	var unrecorded []string
 	for {
 		rep, err := f.transferRecovering(ctx, a)
+		rep.unrecorded = append(unrecorded, rep.unrecorded...)
+		unrecorded = rep.unrecorded
 		if err == nil && rep.Requests == 0 && rep.Verify == 0 {
 			// Nothing reached the destination (its rules selected no
 			// instance): the outcome says nothing of it, so it neither

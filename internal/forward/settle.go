@@ -18,8 +18,13 @@ import (
 )
 
 // settleTimeout bounds the ack, NAK or dead letter of one attempt; they
-// go out even during shutdown.
-const settleTimeout = 30 * time.Second
+// go out even during shutdown. ackConfirmTimeout bounds the ack's
+// confirmation within it: a lost one leaves the writes after it (the
+// ledger's, the failure log's) the rest.
+const (
+	settleTimeout     = 30 * time.Second
+	ackConfirmTimeout = 15 * time.Second
+)
 
 // settle carries d out on msg and the stores, counts it and tells the
 // observer. ctx is the work context: shutdown stops buffer-mode deletes,
@@ -47,6 +52,17 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 		f.m.failures.WithLabelValues(string(d.class)).Inc()
 		result = f.deadLetter(sctx, msg, a, d, rep, ferr, log)
 	}
+	// What the attempt stored and its last write to the failure log did
+	// not take (NATS unreachable) is written again, whatever the outcome:
+	// a later delivery would take those copies for conflicts. After an
+	// ack, as its other writes: they may wait through a bucket's leader
+	// election.
+	if len(rep.unrecorded) > 0 {
+		if err := f.rememberStored(sctx, a.Event, rep.unrecorded); err != nil {
+			log.Warn("remember what the attempt stored, again as it is settled: a later delivery of the study may take those instances for conflicts",
+				"instances", len(rep.unrecorded), "err", err)
+		}
+	}
 	f.m.studies.WithLabelValues(string(result)).Inc()
 	recordOutcome(trace.SpanFromContext(ctx), result, d.class, rep)
 	f.obs.Finished(a, result, rep)
@@ -58,28 +74,19 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) Result {
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is. What was sent is recorded by now
-	// (sentwriter.go), in the attempt, unless NATS did not answer its
-	// last write: that is tried again after the ack, as are the ledger's
-	// writes, in time of their own (an ack whose confirmation is lost
-	// waits out ctx).
-	err := msg.DoubleAck(ctx)
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-	defer cancel()
-	if len(rep.unrecorded) > 0 {
-		if err := f.rememberStored(wctx, a.Event, rep.unrecorded); err != nil {
-			log.Warn("remember what the attempt stored, again after the ack: a later delivery of the study may take those instances for conflicts",
-				"instances", len(rep.unrecorded), "err", err)
-		}
-	}
+	// (sentwriter.go), in the attempt. A lost confirmation waits out its
+	// own deadline, not ctx's: the writes after it need time too.
+	actx, cancel := context.WithTimeout(ctx, ackConfirmTimeout)
+	err := msg.DoubleAck(actx)
+	cancel()
 	if err != nil {
 		log.Error("study stored but the ack was not confirmed; it is delivered again unless the ack arrived", "err", err)
 		// The destination holds the study whether or not the ack arrived,
 		// and an ack that did arrive brings no delivery to record it: the
 		// audit would report the study missing, buffer mode would keep it.
-		f.recordCompletion(wctx, a.Event, rep, log)
+		f.recordCompletion(ctx, a.Event, rep, log)
 		return ResultAckFailed
 	}
-	ctx = wctx
 	switch {
 	case rep.forwardedBefore:
 		log.Info("study no longer in the source: the destination's ledger holds this state of it or a newer one, " +

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -349,9 +351,10 @@ func (lostConfirmation) DoubleAck(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// An ack whose confirmation is lost waits out the settle's time: the
-// completion is written in time of its own, not on the expired context
-// (it failed at once, and the audit reported the study missing).
+// An ack whose confirmation is lost waits out its own deadline, not the
+// settle's: the completion is then written in the time left, not on an
+// expired context (it failed at once, and the audit reported the study
+// missing).
 func TestCompletionRecordedAfterTheAckTimedOut(t *testing.T) {
 	var live []bool
 	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
@@ -360,12 +363,14 @@ func TestCompletionRecordedAfterTheAckTimedOut(t *testing.T) {
 			return ctx.Err()
 		}
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
-	defer cancel()
-	a := &Attempt{Event: testEvent(), Number: 1, Seq: 1}
-	if got := f.ack(ctx, lostConfirmation{}, a, Report{}, 0, f.log); got != ResultAckFailed {
-		t.Fatalf("result %s, want %s", got, ResultAckFailed)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), settleTimeout) // as settle's
+		defer cancel()
+		a := &Attempt{Event: testEvent(), Number: 1, Seq: 1}
+		if got := f.ack(ctx, lostConfirmation{}, a, Report{}, 0, f.log); got != ResultAckFailed {
+			t.Fatalf("result %s, want %s", got, ResultAckFailed)
+		}
+	})
 	if !slices.Equal(live, []bool{true}) {
 		t.Errorf("completion writes with a live context: %v, want one", live)
 	}
@@ -385,15 +390,21 @@ func (l *failingFailureLog) RememberSent(ctx context.Context, ev *events.StudySt
 	return l.memFailureLog.RememberSent(ctx, ev, ids)
 }
 
-// ackRecovers is a delivery at whose ack the failure log answers again.
-type ackRecovers struct {
+// recoversAtSettle is a delivery at whose ack or NAK the failure log
+// answers again.
+type recoversAtSettle struct {
 	jetstream.Msg
 	log *failingFailureLog
 }
 
-func (m ackRecovers) DoubleAck(ctx context.Context) error {
+func (m recoversAtSettle) DoubleAck(ctx context.Context) error {
 	m.log.failing.Store(false)
 	return m.Msg.DoubleAck(ctx)
+}
+
+func (m recoversAtSettle) NakWithDelay(delay time.Duration) error {
+	m.log.failing.Store(false)
+	return m.Msg.NakWithDelay(delay)
 }
 
 // What the attempt's writes to the failure log could not record is
@@ -411,12 +422,49 @@ func TestUnrecordedInstancesWrittenAfterTheAck(t *testing.T) {
 	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures = fl })
 	ev := testEvent()
 	msg := deliverOne(t, ns, cons, ev)
-	f.handle(t.Context(), ackRecovers{Msg: msg, log: fl})
+	f.handle(t.Context(), recoversAtSettle{Msg: msg, log: fl})
 	sent, _ := fl.Sent(t.Context(), ev)
 	for i := 1; i <= 8; i++ {
 		if !sent(sentID(ev, orthancapi.Instance{SOPInstanceUID: fmt.Sprint("1.2.3.", i)})) {
 			t.Errorf("instance %d not recorded", i)
 		}
+	}
+}
+
+// The same when the attempt fails after part of the study was stored:
+// what it could not record is written as the study goes back to the
+// queue (only the ack wrote it again), or the next delivery takes those
+// copies for conflicts.
+func TestUnrecordedInstancesWrittenOnARetry(t *testing.T) {
+	var k sink
+	stores := k.handler(nil)
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if posts.Add(1) == 1 { // the first request is stored, then the destination fails
+			stores.ServeHTTP(w, r)
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	fl := &failingFailureLog{}
+	fl.failing.Store(true)
+	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures = fl })
+	ev := testEvent()
+	msg := deliverOne(t, ns, cons, ev)
+	f.handle(t.Context(), recoversAtSettle{Msg: msg, log: fl})
+	sent, _ := fl.Sent(t.Context(), ev)
+	recorded := 0
+	for i := 1; i <= 8; i++ {
+		if sent(sentID(ev, orthancapi.Instance{SOPInstanceUID: fmt.Sprint("1.2.3.", i)})) {
+			recorded++
+		}
+	}
+	if recorded != 4 {
+		t.Errorf("%d instances recorded, want the 4 the first request stored", recorded)
 	}
 }
 
