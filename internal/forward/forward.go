@@ -346,7 +346,7 @@ func New(opts Options) (*Forwarder, error) {
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
 		stopping: make(chan struct{})}
-	m.laneAge.now = fw.plan.now
+	m.laneAge.setClock(fw.plan.now)
 	if opts.MaxParked > 0 && opts.SourceProbe != nil {
 		fw.parking = &sourceParking{limit: opts.MaxParked, replicas: 1, sources: map[string][]*parkedStudy{}}
 	}

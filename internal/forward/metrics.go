@@ -221,6 +221,13 @@ type laneAgeGauge struct {
 	heads map[events.Priority]time.Time // zero: the lane was found empty
 }
 
+// setClock sets the clock ages are taken by: a scrape may run already.
+func (g *laneAgeGauge) setClock(now func() time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.now = now
+}
+
 // set records the stream time of the event pulled last from lane (zero:
 // the lane was found empty).
 func (g *laneAgeGauge) set(lane events.Priority, head time.Time) {
