@@ -407,64 +407,51 @@ func (m recoversAtSettle) NakWithDelay(delay time.Duration) error {
 	return m.Msg.NakWithDelay(delay)
 }
 
-// What the attempt's writes to the failure log could not record is
-// written again after the ack: the ack's rewrite was the only second
-// chance, and a later version of the study took its own copies for
-// conflicts.
-func TestUnrecordedInstancesWrittenAfterTheAck(t *testing.T) {
-	var k sink
-	srv := httptest.NewServer(k.handler(nil))
-	t.Cleanup(srv.Close)
-	ns := testnats.Start(t)
-	cons := consumer(t, ns)
-	fl := &failingFailureLog{}
-	fl.failing.Store(true)
-	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures = fl })
-	ev := testEvent()
-	msg := deliverOne(t, ns, cons, ev)
-	f.handle(t.Context(), recoversAtSettle{Msg: msg, log: fl})
-	sent, _ := fl.Sent(t.Context(), ev)
-	for i := 1; i <= 8; i++ {
-		if !sent(sentID(ev, orthancapi.Instance{SOPInstanceUID: fmt.Sprint("1.2.3.", i)})) {
-			t.Errorf("instance %d not recorded", i)
-		}
-	}
-}
-
-// The same when the attempt fails after part of the study was stored:
-// what it could not record is written as the study goes back to the
-// queue (only the ack wrote it again), or the next delivery takes those
-// copies for conflicts.
-func TestUnrecordedInstancesWrittenOnARetry(t *testing.T) {
-	var k sink
-	stores := k.handler(nil)
-	var posts atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if posts.Add(1) == 1 { // the first request is stored, then the destination fails
-			stores.ServeHTTP(w, r)
-			return
-		}
-		io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}))
-	t.Cleanup(srv.Close)
-	ns := testnats.Start(t)
-	cons := consumer(t, ns)
-	fl := &failingFailureLog{}
-	fl.failing.Store(true)
-	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures = fl })
-	ev := testEvent()
-	msg := deliverOne(t, ns, cons, ev)
-	f.handle(t.Context(), recoversAtSettle{Msg: msg, log: fl})
-	sent, _ := fl.Sent(t.Context(), ev)
-	recorded := 0
-	for i := 1; i <= 8; i++ {
-		if sent(sentID(ev, orthancapi.Instance{SOPInstanceUID: fmt.Sprint("1.2.3.", i)})) {
-			recorded++
-		}
-	}
-	if recorded != 4 {
-		t.Errorf("%d instances recorded, want the 4 the first request stored", recorded)
+// What the attempt's writes to the failure log could not record (NATS
+// unreachable) is written again as the study is settled, acked or sent
+// back to the queue after part of it was stored: only the ack wrote it
+// again, with a first mend, and before that nothing did; the next
+// delivery took those copies for conflicts.
+func TestUnrecordedInstancesWrittenAtSettle(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		failAt int32 // the destination answers 503 from this request on; 0: never
+		want   int
+	}{
+		{"acked", 0, 8},
+		{"retried", 2, 4}, // the 4 the first request stored
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var k sink
+			stores := k.handler(nil)
+			var posts atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if n := posts.Add(1); tt.failAt == 0 || n < tt.failAt {
+					stores.ServeHTTP(w, r)
+					return
+				}
+				io.Copy(io.Discard, r.Body)
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			fl := &failingFailureLog{}
+			fl.failing.Store(true)
+			f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures = fl })
+			ev := testEvent()
+			f.handle(t.Context(), recoversAtSettle{Msg: deliverOne(t, ns, cons, ev), log: fl})
+			sent, _ := fl.Sent(t.Context(), ev)
+			recorded := 0
+			for i := 1; i <= 8; i++ {
+				if sent(sentID(ev, orthancapi.Instance{SOPInstanceUID: fmt.Sprint("1.2.3.", i)})) {
+					recorded++
+				}
+			}
+			if recorded != tt.want {
+				t.Errorf("%d instances recorded, want %d", recorded, tt.want)
+			}
+		})
 	}
 }
 
