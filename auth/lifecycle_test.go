@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -192,32 +193,15 @@ func TestFailedFetchRetriedInBackground(t *testing.T) {
 		var refuse atomic.Bool
 		refuse.Store(true)
 		start := time.Now()
-		type replica struct {
-			ts  *TokenSource
-			srv *tokenServer
-			mu  sync.Mutex
-			at  []time.Duration // when each token request came, from start
-		}
-		rs := make([]*replica, replicas)
-		for i := range rs {
-			r := &replica{}
-			ok := issue(3600, 0)
-			r.srv = newInMemoryTokenServer(func(w http.ResponseWriter, req *http.Request) {
-				r.mu.Lock()
-				r.at = append(r.at, time.Since(start))
-				r.mu.Unlock()
-				if refuse.Load() {
-					w.Header().Set("Content-Type", "application/json")
-					w.WriteHeader(http.StatusUnauthorized)
-					_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
-					return
-				}
-				ok(w, req)
-			})
-			// One request a fetch (auto-detection would try both styles).
-			r.ts = newSource(t, r.srv, WithAuthStyle(oauth2.AuthStyleInHeader))
-			rs[i] = r
-		}
+		rs := startReplicas(t, replicas, func(w http.ResponseWriter) bool {
+			if !refuse.Load() {
+				return false
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
+			return true
+		})
 		for _, r := range rs {
 			if _, err := r.ts.Token(); !errors.Is(err, ErrToken) {
 				t.Fatalf("refused: err = %v, want ErrToken", err)
@@ -234,9 +218,10 @@ func TestFailedFetchRetriedInBackground(t *testing.T) {
 		synctest.Wait()
 		firstRetry := map[time.Duration]bool{}
 		for i, r := range rs {
-			r.mu.Lock()
-			at := r.at
-			r.mu.Unlock()
+			var at []time.Duration // when each token request came, from start
+			for _, when := range r.requests() {
+				at = append(at, when.Sub(start))
+			}
 			if len(at) < 7 {
 				t.Fatalf("replica %d: token requests at %v, want at least 7 by 1051 s", i, at)
 			}
@@ -286,30 +271,14 @@ func TestRefreshesSpreadWithinBounds(t *testing.T) {
 		const replicas = 8
 		var down atomic.Bool
 		start := time.Now()
-		type replica struct {
-			ts  *TokenSource
-			srv *tokenServer
-			mu  sync.Mutex
-			at  []time.Time // when each token request came
-		}
-		rs := make([]*replica, replicas)
-		for i := range rs {
-			r := &replica{}
-			ok := issue(3600, 0)
-			r.srv = newInMemoryTokenServer(func(w http.ResponseWriter, req *http.Request) {
-				r.mu.Lock()
-				r.at = append(r.at, time.Now())
-				r.mu.Unlock()
-				if down.Load() {
-					http.Error(w, "maintenance", http.StatusServiceUnavailable)
-					return
-				}
-				ok(w, req)
-			})
-			// One request a fetch: no in-fetch retries, one auth style.
-			r.ts = newSource(t, r.srv, WithRetries(0, 0, 0), WithAuthStyle(oauth2.AuthStyleInHeader))
-			rs[i] = r
-		}
+		// One request a fetch: no in-fetch retries.
+		rs := startReplicas(t, replicas, func(w http.ResponseWriter) bool {
+			if !down.Load() {
+				return false
+			}
+			http.Error(w, "maintenance", http.StatusServiceUnavailable)
+			return true
+		}, WithRetries(0, 0, 0))
 		for _, r := range rs {
 			mustToken(t, r.ts)
 		}
@@ -317,17 +286,12 @@ func TestRefreshesSpreadWithinBounds(t *testing.T) {
 		scheduled, stale := refreshTime(expiry, start, defaultRefreshMargin), staleTime(expiry, start)
 		wait := scheduled.Sub(start)
 		down.Store(true)
-		requests := func(r *replica) []time.Time {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			return append([]time.Time(nil), r.at...)
-		}
 
 		time.Sleep(time.Until(scheduled.Add(time.Second)))
 		synctest.Wait()
 		refreshes := map[time.Time]bool{}
 		for i, r := range rs {
-			at := requests(r)
+			at := r.requests()
 			if len(at) < 2 {
 				t.Fatalf("replica %d: %d token requests by the scheduled refresh, want the first token and its refresh", i, len(at))
 			}
@@ -345,7 +309,7 @@ func TestRefreshesSpreadWithinBounds(t *testing.T) {
 		synctest.Wait()
 		retries := map[time.Time]bool{}
 		for i, r := range rs {
-			at := requests(r)
+			at := r.requests()
 			if len(at) < 3 {
 				t.Fatalf("replica %d: token requests at %v, want a retry before the token went stale", i, at)
 			}
@@ -367,4 +331,44 @@ func TestRefreshesSpreadWithinBounds(t *testing.T) {
 			t.Errorf("all %d replicas retried at the same moment: no jitter", replicas)
 		}
 	})
+}
+
+// tokenReplica is one of several token sources started together, each
+// with a token server of its own that records when each request came.
+type tokenReplica struct {
+	ts  *TokenSource
+	srv *tokenServer
+	mu  sync.Mutex
+	at  []time.Time
+}
+
+// requests returns when the replica's token requests came.
+func (r *tokenReplica) requests() []time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.at)
+}
+
+// startReplicas starts n replicas whose token servers issue hour-long
+// tokens, or answer as fail writes when it reports true. A fetch is one
+// request (one auth style, not auto-detected).
+func startReplicas(t *testing.T, n int, fail func(http.ResponseWriter) bool, opts ...Option) []*tokenReplica {
+	t.Helper()
+	rs := make([]*tokenReplica, n)
+	for i := range rs {
+		r := &tokenReplica{}
+		ok := issue(3600, 0)
+		r.srv = newInMemoryTokenServer(func(w http.ResponseWriter, req *http.Request) {
+			r.mu.Lock()
+			r.at = append(r.at, time.Now())
+			r.mu.Unlock()
+			if fail(w) {
+				return
+			}
+			ok(w, req)
+		})
+		r.ts = newSource(t, r.srv, append([]Option{WithAuthStyle(oauth2.AuthStyleInHeader)}, opts...)...)
+		rs[i] = r
+	}
+	return rs
 }
