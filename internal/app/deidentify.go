@@ -10,13 +10,6 @@ import (
 	"github.com/stowline/stowline/internal/forward"
 )
 
-// Transfer syntaxes the de-identifying rewrite cannot read: Orthanc
-// converts instances in them to Explicit VR Little Endian first.
-const (
-	syntaxExplicitBE = "1.2.840.10008.1.2.2"
-	syntaxDeflated   = "1.2.840.10008.1.2.1.99"
-)
-
 // deidentReadable are the syntaxes sent as they are to a de-identifying
 // destination without a transfer syntax list: every standard syntax
 // whose data set is Little Endian and not deflated, which the rewrite
@@ -77,10 +70,10 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 		o.TransferSyntaxes = deidentReadable
 	} else {
 		o.TransferSyntaxes = slices.DeleteFunc(slices.Clone(o.TransferSyntaxes), func(ts string) bool {
-			return ts == syntaxExplicitBE || ts == syntaxDeflated
+			return !deident.ReadsSyntax(ts)
 		})
 		if len(o.TransferSyntaxes) == 0 {
-			return fmt.Errorf("%s lists only Explicit VR Big Endian or Deflated, which %s=basic cannot write: add 1.2.840.10008.1.2.1",
+			return fmt.Errorf("%s lists only Explicit VR Big Endian or deflated syntaxes, which %s=basic cannot write: add 1.2.840.10008.1.2.1",
 				d.VarName("STOW_TRANSFER_SYNTAXES"), d.VarName("STOW_DEIDENTIFY"))
 		}
 	}

@@ -15,7 +15,8 @@ var (
 	// data set that starts like one), or it is empty.
 	ErrNotDICOM = errors.New("not a DICOM file")
 	// ErrUnsupportedSyntax: the data set is in an encoding the rewrite
-	// does not read (Explicit VR Big Endian, Deflated): convert it first.
+	// does not read (Explicit VR Big Endian, deflated: ReadsSyntax):
+	// convert it first.
 	ErrUnsupportedSyntax = errors.New("transfer syntax not supported by the de-identifier")
 	// ErrMalformed: the data set breaks the encoding rules or ends early.
 	ErrMalformed = errors.New("malformed DICOM data set")

@@ -8,7 +8,7 @@
 // element; everything before Pixel Data is held in memory (bounded) until
 // the instance's identifying values are known, Pixel Data and other bulk
 // binary values are copied through. Other encodings (Explicit VR Big
-// Endian, Deflated) are refused with ErrUnsupportedSyntax: the forwarder
+// Endian, the deflated ones) are refused with ErrUnsupportedSyntax: the forwarder
 // has Orthanc convert them first.
 package deident
 

@@ -19,7 +19,20 @@ const (
 	syntaxExplicitLE = "1.2.840.10008.1.2.1"
 	syntaxExplicitBE = "1.2.840.10008.1.2.2"
 	syntaxDeflated   = "1.2.840.10008.1.2.1.99"
+	// JPIP Referenced Deflate: a deflated data set whose pixel data is a link.
+	syntaxJPIPDeflate = "1.2.840.10008.1.2.4.95"
 )
+
+// ReadsSyntax reports whether the rewrite reads data sets in transfer
+// syntax ts: every one but Explicit VR Big Endian and the deflated ones,
+// which Orthanc converts to Explicit VR Little Endian first.
+func ReadsSyntax(ts string) bool {
+	switch ts {
+	case syntaxExplicitBE, syntaxDeflated, syntaxJPIPDeflate:
+		return false
+	}
+	return true
+}
 
 // implementationUID names stowline's writer in the file meta (a UUID-derived UID).
 const (
@@ -352,6 +365,9 @@ func (rw *rewrite) readFileMeta() error {
 			rw.syntax = trimValue(v)
 		}
 	}
+	if !ReadsSyntax(rw.syntax) {
+		return fmt.Errorf("%w: %s (convert it to Explicit VR Little Endian first)", ErrUnsupportedSyntax, rw.syntax)
+	}
 	switch rw.syntax {
 	case "":
 		// Orthanc accepts such a file, its parser guessing the encoding:
@@ -361,8 +377,6 @@ func (rw *rewrite) readFileMeta() error {
 			return nil
 		}
 		return fmt.Errorf("%w: the file meta has no Transfer Syntax UID", ErrMalformed)
-	case syntaxExplicitBE, syntaxDeflated:
-		return fmt.Errorf("%w: %s (convert it to Explicit VR Little Endian first)", ErrUnsupportedSyntax, rw.syntax)
 	case syntaxImplicitLE:
 		rw.explicit = false
 	default:

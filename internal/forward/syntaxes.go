@@ -17,6 +17,8 @@ var syntaxNames = map[string]string{
 	"1.2.840.10008.1.2.4.202":   "HTJ2K with RPCL Options (Lossless Only)",
 	"1.2.840.10008.1.2.5":       "RLE Lossless",
 	"1.2.840.10008.1.2.8.1":     "Deflated Image Frame Compression",
+	"1.2.840.10008.1.2.4.94":    "JPIP Referenced",
+	"1.2.840.10008.1.2.4.95":    "JPIP Referenced Deflate",
 	"1.2.840.10008.1.2.4.50":    "JPEG Baseline (Process 1, lossy)",
 	"1.2.840.10008.1.2.4.51":    "JPEG Extended (Process 2 & 4, lossy)",
 	"1.2.840.10008.1.2.4.81":    "JPEG-LS Near-Lossless (lossy)",

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/tracing"
 	"github.com/stowline/stowline/orthancapi"
@@ -319,9 +320,14 @@ func (f *Forwarder) conversionError(uid, from, to string, err error) error {
 	if gdcmSyntax(from) {
 		hint = "; Orthanc cannot decode JPEG 2000 without its GDCM plugin (Debian: orthanc-gdcm)"
 	}
+	list := fmt.Sprintf("; or add %s to %s if the destination accepts it", from, f.syntaxVar())
+	if _, deid := f.opts.Destination.(*deidentified); deid && !deident.ReadsSyntax(from) {
+		// Listed, it is still converted: the rewrite does not read it.
+		list = fmt.Sprintf("; a de-identifying destination is sent %s only converted, listed or not", syntaxName(from))
+	}
 	return &Error{Class: Permanent, Err: &conversionError{SOPInstanceUID: uid, Err: fmt.Errorf(
-		"the source Orthanc could not convert the instance from %s to %s: %w%s; or add %s to %s if the destination accepts it",
-		syntaxName(from), syntaxName(to), err, hint, from, f.syntaxVar())}}
+		"the source Orthanc could not convert the instance from %s to %s: %w%s%s",
+		syntaxName(from), syntaxName(to), err, hint, list)}}
 }
 
 // measure converts each part of unknown size once to count its bytes:

@@ -337,6 +337,32 @@ func TestLossySyntax(t *testing.T) {
 	}
 }
 
+// TestConversionErrorAdvice: a failed conversion advises listing the
+// instance's syntax, except at a de-identifying destination for the
+// syntaxes its rewrite does not read: listed, they are converted still.
+func TestConversionErrorAdvice(t *testing.T) {
+	const bigEndian, jpegXL = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.110"
+	for _, tt := range []struct {
+		name     string
+		dest     Destination
+		from     string
+		wantList bool
+	}{
+		{"plain, big endian", nil, bigEndian, true},
+		{"de-identifying, big endian", &deidentified{}, bigEndian, false},
+		{"de-identifying, JPIP deflated", &deidentified{}, "1.2.840.10008.1.2.4.95", false},
+		{"de-identifying, JPEG XL", &deidentified{}, jpegXL, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &Forwarder{opts: Options{Destination: tt.dest}}
+			msg := f.conversionError("1.2.3", tt.from, tsExplicit, errors.New("400")).Error()
+			if got := strings.Contains(msg, "or add "+tt.from+" to STOW_TRANSFER_SYNTAXES"); got != tt.wantList {
+				t.Errorf("advises listing the syntax: %v, want %v: %s", got, tt.wantList, msg)
+			}
+		})
+	}
+}
+
 // TestRefusedSyntaxFromRequestsAtOnce: a study's requests run at once,
 // and each answer refusing a syntax adds converted parts to the same
 // plan: every instance is stored converted, and -race finds no unguarded
