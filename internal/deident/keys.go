@@ -102,8 +102,22 @@ func (k *Keyer) PatientID(id string) string {
 // MaxDateShiftDays, the same for every instance of the patient, so
 // intervals between studies are kept.
 func (k *Keyer) DateShift(patientID string) int {
-	patientID = trimPatientID(patientID)
-	n := binary.BigEndian.Uint64(k.mac("date", patientID)[:8])
+	return k.dateShift("date", trimPatientID(patientID))
+}
+
+// instanceDateShift is DateShift for an instance of patientID in study:
+// an instance without a Patient ID names no patient, so its dates move
+// by its study's offset. One offset for every such instance would let
+// one known date reveal the dates of all of them, whoever the patients.
+func (k *Keyer) instanceDateShift(patientID, study string) int {
+	if trimPatientID(patientID) == "" && study != "" {
+		return k.dateShift("date-study", study)
+	}
+	return k.DateShift(patientID)
+}
+
+func (k *Keyer) dateShift(purpose, v string) int {
+	n := binary.BigEndian.Uint64(k.mac(purpose, v)[:8])
 	return int(n%MaxDateShiftDays) + 1
 }
 

@@ -237,6 +237,43 @@ func TestPatientIDSpacesAreNotSignificant(t *testing.T) {
 	}
 }
 
+// TestDateOffsetWithoutPatientID: instances without a Patient ID move
+// their dates by their study's offset, one study alike; they shared one
+// offset, so one known date gave away every such patient's dates.
+func TestDateOffsetWithoutPatientID(t *testing.T) {
+	d := newTestDeidentifier(t, Options{RetainDates: true})
+	shift := func(patientID, study, sop string) int {
+		t.Helper()
+		var els []*element
+		for _, el := range baseElements() {
+			switch el.tag {
+			case tagPatientID:
+				el = str(tagPatientID, "LO", patientID)
+			case tagStudyInstanceUID:
+				el = str(tagStudyInstanceUID, "UI", study)
+			case tagSOPInstanceUID:
+				el = str(tagSOPInstanceUID, "UI", sop)
+			}
+			els = append(els, el)
+		}
+		inst, err := d.Rewrite(io.Discard, bytes.NewReader(testFile(t, syntaxExplicitLE, true, false, true, els)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inst.DateShiftDays
+	}
+	a1, a2, b := shift("", "1.2.3.100", "1.2.3.100.1"), shift("", "1.2.3.100", "1.2.3.100.2"), shift("", "1.2.3.200", "1.2.3.200.1")
+	if a1 != a2 {
+		t.Errorf("two instances of one study without Patient ID: offsets %d and %d", a1, a2)
+	}
+	if a1 == b {
+		t.Errorf("two studies without Patient ID share the offset %d", a1)
+	}
+	if p1, p2 := shift("PAT-42", "1.2.3.100", "1.2.3.100.3"), shift("PAT-42", "1.2.3.200", "1.2.3.200.2"); p1 != p2 || p1 != d.k.DateShift("PAT-42") {
+		t.Errorf("one patient's studies: offsets %d and %d, want %d", p1, p2, d.k.DateShift("PAT-42"))
+	}
+}
+
 func FuzzRewrite(f *testing.F) {
 	px := &element{tag: tagPixelData, vr: "OW", value: []byte{1, 2, 3, 4}}
 	f.Add(testFile(&testing.T{}, syntaxExplicitLE, true, true, true, nestedDataset(true, px)))

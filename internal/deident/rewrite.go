@@ -392,10 +392,13 @@ func (rw *rewrite) readFileMeta() error {
 func (rw *rewrite) start(pending []*element) error {
 	p := rw.d.p
 	rw.ids.collect(pending, rw.kept)
+	var study string
 	for _, el := range pending {
 		switch el.tag {
 		case tagPatientID:
 			rw.patientID = trimValue(el.value)
+		case tagStudyInstanceUID:
+			study = strings.TrimSpace(trimValue(el.value))
 		case tagSOPClassUID:
 			// A leading space too is no part of a UID (Orthanc drops it):
 			// " 1.2.840.10008.5.1.4.1.1.7" is Secondary Capture.
@@ -429,7 +432,7 @@ func (rw *rewrite) start(pending []*element) error {
 	}
 	longitudinal := "REMOVED"
 	if p.opts.RetainDates {
-		rw.inst.DateShiftDays = rw.d.k.DateShift(rw.patientID)
+		rw.inst.DateShiftDays = rw.d.k.instanceDateShift(rw.patientID, study)
 		longitudinal = "MODIFIED"
 	}
 	rw.adds = []*element{
