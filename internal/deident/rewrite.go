@@ -586,7 +586,7 @@ func (rw *rewrite) transform(el *element, depth int) *element {
 	case actUID, actOtherUID:
 		vals := strings.Split(trimValue(el.value), `\`)
 		for i, v := range vals {
-			if a == actOtherUID && strings.HasPrefix(v, "1.2.840.10008.") {
+			if u := strings.TrimSpace(v); (a == actOtherUID && strings.HasPrefix(u, "1.2.840.10008.")) || wellKnownInstance(u) {
 				continue // defined by the standard: names no instance
 			}
 			vals[i] = rw.d.k.UID(v)
@@ -787,4 +787,20 @@ func shiftDates(v string, days int) (string, bool) {
 		vals[i] = d.AddDate(0, 0, -days).Format("20060102") + s[8:]
 	}
 	return strings.Join(vals, `\`), true
+}
+
+// wellKnownInstance reports whether uid is one the standard defines for
+// the table's own attributes (PS3.6 Annex A): a well-known frame of
+// reference (an atlas, 1.2.840.10008.1.4.*), color palette
+// (1.2.840.10008.1.5.*) or synchronization frame of reference (UTC,
+// 1.2.840.10008.15.1.*). Mapped, the copy would lose what it refers to.
+// Other values under the standard's root in the table's attributes are
+// mapped, in case a device misuses that root for its own instances.
+func wellKnownInstance(uid string) bool {
+	for _, root := range []string{"1.2.840.10008.1.4.", "1.2.840.10008.1.5.", "1.2.840.10008.15.1."} {
+		if strings.HasPrefix(uid, root) {
+			return true
+		}
+	}
+	return false
 }

@@ -68,6 +68,33 @@ func TestUIDsOutsideTheTable(t *testing.T) {
 	}
 }
 
+// TestWellKnownUIDsInTheTable: the table's own UID attributes keep the
+// frames of reference and palettes the standard defines (UTC
+// synchronization, an atlas) and map any other value under its root.
+func TestWellKnownUIDsInTheTable(t *testing.T) {
+	d := newTestDeidentifier(t, Options{})
+	const misused = "1.2.840.10008.99.7.1" // a device's own UID under the standard's root
+	els := sortedElements(append(baseElements(),
+		str(0x00200052, "UI", "1.2.840.10008.1.4.1.1"), // Frame of Reference UID: Talairach atlas
+		str(0x00200200, "UI", "1.2.840.10008.15.1.1"),  // Synchronization Frame of Reference UID: UTC
+		seq(0x00081140, item(str(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2"), str(0x00081155, "UI", misused))),
+	))
+	in := testFile(t, syntaxExplicitLE, true, false, true, els)
+	var out bytes.Buffer
+	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatal(err)
+	}
+	copied := parseFile(t, out.Bytes())
+	for tag, keep := range map[Tag]string{0x00200052: "1.2.840.10008.1.4.1.1", 0x00200200: "1.2.840.10008.15.1.1"} {
+		if el := find(copied.elements, tag); el == nil || trimValue(el.value) != keep {
+			t.Errorf("%s: the well-known UID %s was not kept", tag, keep)
+		}
+	}
+	if bytes.Contains(out.Bytes(), []byte(misused)) {
+		t.Errorf("UID %s of a referenced instance was kept", misused)
+	}
+}
+
 // failingReader fails with err after n bytes.
 type failingReader struct {
 	r   io.Reader
