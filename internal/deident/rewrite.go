@@ -540,6 +540,11 @@ func (rw *rewrite) checkBurnedIn(el *element) error {
 // every element of its items (depth: nesting, 0 at the top). nil: removed.
 func (rw *rewrite) transform(el *element, depth int) *element {
 	a := rw.d.p.action(el.tag, el.knownVR())
+	if a == actKeep && !el.seq && !el.encapsulated && unknownVR(el) && uidValues(el.value) {
+		// An attribute newer than the dictionary, in Implicit VR or as UN:
+		// a UID by its value, mapped as one the table does not list.
+		a = actOtherUID
+	}
 	switch a {
 	case actRemove:
 		return nil
@@ -803,4 +808,34 @@ func wellKnownInstance(uid string) bool {
 		}
 	}
 	return false
+}
+
+// unknownVR reports whether neither the file nor the dictionaries give
+// el's VR: a public attribute newer than them, in Implicit VR or as UN.
+func unknownVR(el *element) bool {
+	vr := el.knownVR()
+	return (vr == "" || vr == "UN") && !el.tag.Private() && !codedEntry(el.tag)
+}
+
+// uidValues reports whether v holds only UIDs (PS3.5 9.1): components of
+// digits without leading zeros, the first 0, 1 or 2, at least three of
+// them and 12 characters, so a decimal, a time or a version ("1.10.1")
+// is not taken for one.
+func uidValues(v []byte) bool {
+	t := strings.Trim(string(v), "\x00 ")
+	if t == "" {
+		return false
+	}
+	for u := range strings.SplitSeq(t, `\`) {
+		parts := strings.Split(u, ".")
+		if len(u) < 12 || len(u) > 64 || len(parts) < 3 || len(parts[0]) != 1 || parts[0][0] > '2' {
+			return false
+		}
+		for _, p := range parts {
+			if p == "" || (len(p) > 1 && p[0] == '0') || strings.Trim(p, "0123456789") != "" {
+				return false
+			}
+		}
+	}
+	return true
 }

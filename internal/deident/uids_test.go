@@ -95,6 +95,42 @@ func TestWellKnownUIDsInTheTable(t *testing.T) {
 	}
 }
 
+// TestUIDsOfAttributesNewerThanTheDictionary: a public attribute the
+// dictionaries do not know, in Implicit VR or written as UN, holding
+// UIDs, is mapped as a UID; other values of such attributes are kept.
+func TestUIDsOfAttributesNewerThanTheDictionary(t *testing.T) {
+	const newer, number, version = Tag(0x0020FFF0), Tag(0x0020FFF2), Tag(0x0020FFF4)
+	for _, tt := range []struct {
+		name     string
+		syntax   string
+		explicit bool
+		vr       string
+	}{
+		{"implicit VR", syntaxImplicitLE, false, ""},
+		{"explicit VR, UN", syntaxExplicitLE, true, "UN"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newTestDeidentifier(t, Options{})
+			els := sortedElements(append(baseElements(),
+				&element{tag: newer, vr: tt.vr, value: pad(`1.2.3.4.5.6.77\2.25.1234567890`, "UI")},
+				&element{tag: number, vr: tt.vr, value: pad(`1.5\2.5`, "DS")},
+				&element{tag: version, vr: tt.vr, value: pad("1.10.1", "LO")},
+			))
+			var out bytes.Buffer
+			if _, err := d.Rewrite(&out, bytes.NewReader(testFile(t, tt.syntax, tt.explicit, false, true, els))); err != nil {
+				t.Fatal(err)
+			}
+			copied := parseFile(t, out.Bytes())
+			want := map[Tag]string{newer: d.k.UID("1.2.3.4.5.6.77") + `\` + d.k.UID("2.25.1234567890"), number: `1.5\2.5`, version: "1.10.1"}
+			for tag, v := range want {
+				if el := find(copied.elements, tag); el == nil || strings.TrimRight(string(el.value), "\x00 ") != v {
+					t.Errorf("%s: got %v, want %q", tag, el, v)
+				}
+			}
+		})
+	}
+}
+
 // failingReader fails with err after n bytes.
 type failingReader struct {
 	r   io.Reader
