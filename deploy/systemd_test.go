@@ -206,3 +206,45 @@ func TestSystemdUnitVerifies(t *testing.T) {
 		t.Errorf("systemd-analyze verify %s: %v\n%s", systemdUnit, err, out)
 	}
 }
+
+// TestSystemdUnitExposure keeps the unit's hardening from eroding:
+// systemd's own offline assessment (252) rates it 3.2 ("OK"); without
+// the empty CapabilityBoundingSet it is 5.0, without RestrictNamespaces
+// 3.9, past the 3.5 this test allows. (It checks the unit's settings,
+// not that the program runs under them: no systemd runs here.)
+func TestSystemdUnitExposure(t *testing.T) {
+	analyze := testharness.RequireBinary(t, "systemd-analyze")
+	for _, tt := range []struct {
+		name string
+		drop string // a line removed from the unit
+		ok   bool
+	}{
+		{name: "as shipped", ok: true},
+		{name: "without CapabilityBoundingSet", drop: "CapabilityBoundingSet="},
+		{name: "without RestrictNamespaces", drop: "RestrictNamespaces=yes"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			text := string(readFile(t, systemdUnit))
+			if tt.drop != "" {
+				if !strings.Contains(text, tt.drop+"\n") {
+					t.Fatalf("the unit has no line %q", tt.drop)
+				}
+				text = strings.Replace(text, tt.drop+"\n", "", 1)
+			}
+			path := filepath.Join(t.TempDir(), "stowline.service")
+			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			// The threshold is in tenths: 35 is an exposure of 3.5.
+			out, err := exec.CommandContext(t.Context(), analyze, "security", "--offline=yes", "--threshold=35", "--no-pager", path).CombinedOutput()
+			if ok := err == nil; ok != tt.ok {
+				t.Errorf("exposure within 3.5: %v, want %v (%v)\n%s", ok, tt.ok, err, lastLine(out))
+			}
+		})
+	}
+}
+
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}
