@@ -591,7 +591,7 @@ func (rw *rewrite) transform(el *element, depth int) *element {
 	case actUID, actOtherUID:
 		vals := strings.Split(trimValue(el.value), `\`)
 		for i, v := range vals {
-			if u := strings.TrimSpace(v); (a == actOtherUID && strings.HasPrefix(u, "1.2.840.10008.")) || wellKnownInstance(u) {
+			if u := strings.TrimSpace(v); (a == actOtherUID && strings.HasPrefix(u, "1.2.840.10008.")) || (wellKnownInstance(u) && !instanceIdentity(el.tag)) {
 				continue // defined by the standard: names no instance
 			}
 			vals[i] = rw.d.k.UID(v)
@@ -808,6 +808,13 @@ func wellKnownInstance(uid string) bool {
 		}
 	}
 	return false
+}
+
+// instanceIdentity reports whether t names an instance, its series or its
+// study: always mapped, whatever the value (the forwarder maps the SOP
+// Instance UID the same way, to read the destination's answer).
+func instanceIdentity(t Tag) bool {
+	return t == tagSOPInstanceUID || t == tagSeriesInstanceUID || t == tagStudyInstanceUID
 }
 
 // unknownVR reports whether neither the file nor the dictionaries give

@@ -79,6 +79,12 @@ func TestWellKnownUIDsInTheTable(t *testing.T) {
 		str(0x00200200, "UI", "1.2.840.10008.15.1.1"),  // Synchronization Frame of Reference UID: UTC
 		seq(0x00081140, item(str(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2"), str(0x00081155, "UI", misused))),
 	))
+	// A device whose own series UID is under a well-known root.
+	for _, el := range els {
+		if el.tag == tagSeriesInstanceUID {
+			*el = *str(tagSeriesInstanceUID, "UI", "1.2.840.10008.1.4.77.1")
+		}
+	}
 	in := testFile(t, syntaxExplicitLE, true, false, true, els)
 	var out bytes.Buffer
 	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
@@ -90,8 +96,10 @@ func TestWellKnownUIDsInTheTable(t *testing.T) {
 			t.Errorf("%s: the well-known UID %s was not kept", tag, keep)
 		}
 	}
-	if bytes.Contains(out.Bytes(), []byte(misused)) {
-		t.Errorf("UID %s of a referenced instance was kept", misused)
+	for _, u := range []string{misused, "1.2.840.10008.1.4.77.1"} {
+		if bytes.Contains(out.Bytes(), []byte(u)) {
+			t.Errorf("UID %s of an instance was kept", u)
+		}
 	}
 }
 
