@@ -277,7 +277,11 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 		for _, e := range d.Spec.Template.Spec.Containers[0].Env {
 			if e.Name == "INGEST_PUBLISH_TIMEOUT" {
 				// In-flight webhooks may wait that long for JetStream.
-				grace = src.ingestMaxShutdownGrace
+				timeout, err := time.ParseDuration(e.Value)
+				if err != nil {
+					t.Errorf("deployment %s: INGEST_PUBLISH_TIMEOUT %q: %v", d.Name, e.Value, err)
+				}
+				grace = src.ingestGrace(timeout)
 			}
 		}
 	}

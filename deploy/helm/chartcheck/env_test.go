@@ -1,11 +1,12 @@
 package chartcheck
 
 import (
+	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"helm.sh/helm/v4/pkg/chart/common"
 	appsv1 "k8s.io/api/apps/v1"
@@ -294,24 +295,59 @@ func TestIngestGraceCoversPreStop(t *testing.T) {
 // TestIngestGraceCoversPublishTimeout: a webhook request in flight at a
 // stop waits up to INGEST_PUBLISH_TIMEOUT for JetStream before it is
 // answered; the ingest's stop grace grows with it, so the chart wants a
-// terminationGracePeriodSeconds that covers the longest one once the
-// variable is set, in ingest.env or env.
+// terminationGracePeriodSeconds that covers the value set, in ingest.env
+// or env. It refused 65 s or less whatever the value, even 5s.
 func TestIngestGraceCoversPublishTimeout(t *testing.T) {
 	facts := readGoFacts(t)
-	grace, most := int(facts.ingestShutdownGrace.Seconds()), int(facts.ingestMaxShutdownGrace.Seconds())
-	ingest := func(where string, termination int) map[string]any {
-		values := merged(required(), map[string]any{"ingest": map[string]any{"preStopSleepSeconds": 5, "terminationGracePeriodSeconds": termination}})
+	if g := facts.ingestGrace(facts.maxIngestPublishTimeout); g > facts.ingestMaxShutdownGrace {
+		t.Errorf("with the longest publish timeout the ingest takes %v to stop, more than app.IngestMaxShutdownGrace %v", g, facts.ingestMaxShutdownGrace)
+	}
+	const sleep = 5
+	ingest := func(where, timeout string, termination int) map[string]any {
+		values := merged(required(), map[string]any{"ingest": map[string]any{"preStopSleepSeconds": sleep, "terminationGracePeriodSeconds": termination}})
 		if where == "ingest.env" {
-			values["ingest"].(map[string]any)["env"] = map[string]any{"INGEST_PUBLISH_TIMEOUT": "40s"}
+			values["ingest"].(map[string]any)["env"] = map[string]any{"INGEST_PUBLISH_TIMEOUT": timeout}
 		} else if where == "env" {
-			values["env"] = map[string]any{"INGEST_PUBLISH_TIMEOUT": "40s"}
+			values["env"] = map[string]any{"INGEST_PUBLISH_TIMEOUT": timeout}
 		}
 		return values
 	}
-	checkRenderError(t, ingest("", 5+grace+1), "")
+	checkRenderError(t, ingest("", "", sleep+int(facts.ingestShutdownGrace.Seconds())+1), "")
 	for _, where := range []string{"ingest.env", "env"} {
-		checkRenderError(t, ingest(where, 5+grace+1), "want more than preStopSleepSeconds 5 + the ingest's "+strconv.Itoa(most)+" s shutdown grace (with INGEST_PUBLISH_TIMEOUT set")
-		checkRenderError(t, ingest(where, 5+most+1), "")
+		// Written without a value, or empty: left unset, the default.
+		for _, unset := range []any{nil, ""} {
+			values := ingest(where, "", sleep+int(facts.ingestShutdownGrace.Seconds())+1)
+			if where == "env" {
+				values["env"].(map[string]any)["INGEST_PUBLISH_TIMEOUT"] = unset
+			} else {
+				values["ingest"].(map[string]any)["env"].(map[string]any)["INGEST_PUBLISH_TIMEOUT"] = unset
+			}
+			checkRenderError(t, values, "")
+		}
+		for _, timeout := range []string{"5s", "500ms", "13s", "13500ms", "14s", "20s", "40s", "0.5m", "50s", "49s999ms", "1.5s"} {
+			d, err := time.ParseDuration(timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			grace := facts.ingestGrace(d)
+			// The shortest whole number of seconds longer than the
+			// preStop sleep and the grace, and the one below it.
+			least := int((sleep*time.Second+grace)/time.Second) + 1
+			checkRenderError(t, ingest(where, timeout, least), "")
+			checkRenderError(t, ingest(where, timeout, least-1),
+				fmt.Sprintf("ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's %v s shutdown grace", least-1, sleep, grace.Seconds()))
+		}
+		// Values the command would refuse are refused here, before a
+		// rollout whose pods would not start.
+		for timeout, want := range map[string]string{
+			"5":     `INGEST_PUBLISH_TIMEOUT "5": want a Go duration`,
+			"fast":  `INGEST_PUBLISH_TIMEOUT "fast": want a Go duration`,
+			"5 s":   `INGEST_PUBLISH_TIMEOUT "5 s": want a Go duration`,
+			"1m30s": `INGEST_PUBLISH_TIMEOUT "1m30s": want 100ms to 50s`,
+			"50ms":  `INGEST_PUBLISH_TIMEOUT "50ms": want 100ms to 50s`,
+		} {
+			checkRenderError(t, ingest(where, timeout, 600), want)
+		}
 	}
 }
 

@@ -26,6 +26,13 @@ type goFacts struct {
 	// ingestMaxShutdownGrace is app.IngestMaxShutdownGrace: how long
 	// it takes with the longest INGEST_PUBLISH_TIMEOUT.
 	ingestMaxShutdownGrace time.Duration
+	// publishAnswerMargin and triageShutdownWait are app's: the ingest's
+	// HTTP grace is the longer of httpShutdownGrace and
+	// INGEST_PUBLISH_TIMEOUT + publishAnswerMargin, then it waits up to
+	// triageShutdownWait (app.ingestHTTPGrace).
+	publishAnswerMargin, triageShutdownWait time.Duration
+	// maxIngestPublishTimeout is config.MaxIngestPublishTimeout.
+	maxIngestPublishTimeout time.Duration
 	// forwarderShutdownGrace is forward.DefaultShutdownGrace: how long a
 	// forwarder gives in-flight studies.
 	forwarderShutdownGrace time.Duration
@@ -58,7 +65,7 @@ func readGoFacts(t *testing.T) goFacts {
 	t.Helper()
 	factsOnce.Do(func() {
 		var consts map[string]ast.Expr
-		if consts, factsErr = declarations("internal/app", "internal/forward", "internal/natsjs", "internal/web"); factsErr != nil {
+		if consts, factsErr = declarations("internal/app", "internal/config", "internal/forward", "internal/natsjs", "internal/web"); factsErr != nil {
 			return
 		}
 		get := func(name string) ast.Expr {
@@ -71,6 +78,9 @@ func readGoFacts(t *testing.T) goFacts {
 		facts.httpShutdownGrace = duration(get("app.HTTPShutdownGrace"))
 		facts.ingestShutdownGrace = duration(get("app.IngestShutdownGrace"))
 		facts.ingestMaxShutdownGrace = duration(get("app.IngestMaxShutdownGrace"))
+		facts.publishAnswerMargin = duration(get("app.publishAnswerMargin"))
+		facts.triageShutdownWait = duration(get("app.triageShutdownWait"))
+		facts.maxIngestPublishTimeout = duration(get("config.MaxIngestPublishTimeout"))
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
 		facts.readyTimeout = duration(get("web.ReadyTimeout"))
 		facts.eventStream = str(get("natsjs.EventStream"))
@@ -91,11 +101,18 @@ func readGoFacts(t *testing.T) goFacts {
 		t.Fatal(factsErr)
 	}
 	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
-	if facts.httpShutdownGrace <= 0 || facts.ingestShutdownGrace <= 0 || facts.ingestMaxShutdownGrace <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
+	if facts.httpShutdownGrace <= 0 || facts.ingestShutdownGrace <= 0 || facts.ingestMaxShutdownGrace <= 0 ||
+		facts.publishAnswerMargin <= 0 || facts.triageShutdownWait <= 0 || facts.maxIngestPublishTimeout <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
 		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}
 	return facts
+}
+
+// ingestGrace is how long the ingest takes to stop with publishTimeout
+// as INGEST_PUBLISH_TIMEOUT: app.ingestHTTPGrace, then the triage's wait.
+func (f goFacts) ingestGrace(publishTimeout time.Duration) time.Duration {
+	return max(f.httpShutdownGrace, publishTimeout+f.publishAnswerMargin) + f.triageShutdownWait
 }
 
 type missingConst struct{ name string }

@@ -441,6 +441,26 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 {{- end -}}
 {{- end -}}
 
+{{/*
+A Go duration (time.ParseDuration: 10s, 500ms, 1m30s, 1.5s) in whole
+milliseconds, rounded up; empty when the text is not one. Sprig has no
+duration parser, and the chart checks grace periods against
+INGEST_PUBLISH_TIMEOUT.
+*/}}
+{{- define "stowline.durationMillis" -}}
+{{- $s := toString . -}}
+{{- $part := `([0-9]+\.?[0-9]*|\.[0-9]+)(h|ms|m|s|us|µs|μs|ns)` -}}
+{{- if regexMatch (printf "^(%s)+$" $part) $s -}}
+{{- $perUnit := dict "h" 3600000.0 "m" 60000.0 "s" 1000.0 "ms" 1.0 "us" 0.001 "µs" 0.001 "μs" 0.001 "ns" 0.000001 -}}
+{{- $ms := 0.0 -}}
+{{- range regexFindAll $part $s -1 -}}
+{{- $n := regexFind `^[0-9.]+` . -}}
+{{- $ms = addf $ms (mulf (float64 $n) (get $perUnit (trimPrefix $n .))) -}}
+{{- end -}}
+{{- ceil $ms | int -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Chart-wide checks, included by every template that needs them. */}}
 {{- define "stowline.validate" -}}
 {{- /* Helm reads an unquoted number as a float: 20240612093015123 would
@@ -466,20 +486,37 @@ rendered when turned off. */}}
 {{- end -}}
 {{- end -}}
 {{- /* The kubelet kills the ingest terminationGracePeriodSeconds after
-telling it to stop, its preStop sleep included; it needs 20 s after the
-sleep (app.IngestShutdownGrace), or up to 60 s when env or ingest.env sets
-INGEST_PUBLISH_TIMEOUT (app.IngestMaxShutdownGrace: a webhook request
-waits that long for JetStream before it is answered); chartcheck checks
-the figures. */}}
+telling it to stop, its preStop sleep included; after the sleep the ingest
+gives webhook requests in flight 15 s, or INGEST_PUBLISH_TIMEOUT + 2 s when
+that is longer (they wait that long for JetStream before they are
+answered: app.ingestHTTPGrace), then 5 s to answered events that wait for
+PRIORITY_RULE. Worked out in milliseconds from the value set (the
+command's default, 10s, when none is); chartcheck checks the figures. */}}
 {{- $ig := .Values.ingest -}}
-{{- $shutdown := 20 -}}
-{{- $why := "15 s for webhook requests in flight, 5 s for answered events that wait for PRIORITY_RULE" -}}
-{{- if hasKey (include "stowline.ingestEnv" . | fromYaml) "INGEST_PUBLISH_TIMEOUT" -}}
-{{- $shutdown = 60 -}}
-{{- $why = "with INGEST_PUBLISH_TIMEOUT set: up to 52 s for webhook requests in flight, which wait that long for JetStream, 5 s for answered events that wait for PRIORITY_RULE" -}}
+{{- $ingestEnv := include "stowline.ingestEnv" . | fromYaml -}}
+{{- $publishMs := 10000 -}}
+{{- $publish := "" -}}
+{{- $set := get $ingestEnv "INGEST_PUBLISH_TIMEOUT" -}}
+{{- if not (or (kindIs "invalid" $set) (eq (toString $set) "")) -}}
+{{- /* null and "" are left unset (stowline.envList): the default. */ -}}
+{{- $publish = toString $set -}}
+{{- $ms := include "stowline.durationMillis" $publish -}}
+{{- if not $ms -}}
+{{- fail (printf "INGEST_PUBLISH_TIMEOUT %q: want a Go duration such as 10s, 500ms or 1m30s (units h, m, s, ms, us, ns; no space), in quotes" $publish) -}}
 {{- end -}}
-{{- if le (int $ig.terminationGracePeriodSeconds) (add (int $ig.preStopSleepSeconds) $shutdown) -}}
-{{- fail (printf "ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's %d s shutdown grace (%s): killed sooner, it cuts those requests off and leaves those events to the reconciler" (int $ig.terminationGracePeriodSeconds) (int $ig.preStopSleepSeconds) $shutdown $why) -}}
+{{- $publishMs = int $ms -}}
+{{- if or (lt $publishMs 100) (gt $publishMs 50000) -}}
+{{- fail (printf "INGEST_PUBLISH_TIMEOUT %q: want 100ms to 50s (the ingest refuses to start with another)" $publish) -}}
+{{- end -}}
+{{- end -}}
+{{- $requestsMs := max 15000 (add $publishMs 2000) -}}
+{{- $shutdownMs := add $requestsMs 5000 -}}
+{{- if le (mul (int $ig.terminationGracePeriodSeconds) 1000) (add (mul (int $ig.preStopSleepSeconds) 1000) $shutdownMs) -}}
+{{- $why := printf "%v s for webhook requests in flight, 5 s for answered events that wait for PRIORITY_RULE" (divf $requestsMs 1000) -}}
+{{- if $publish -}}
+{{- $why = printf "with INGEST_PUBLISH_TIMEOUT %s: %v s for webhook requests in flight, which wait that long for JetStream, 5 s for answered events that wait for PRIORITY_RULE" $publish (divf $requestsMs 1000) -}}
+{{- end -}}
+{{- fail (printf "ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's %v s shutdown grace (%s): killed sooner, it cuts those requests off and leaves those events to the reconciler" (int $ig.terminationGracePeriodSeconds) (int $ig.preStopSleepSeconds) (divf $shutdownMs 1000) $why) -}}
 {{- end -}}
 {{- /* A group's name is in its objects' names and component label: two
 groups of one name (or of one name once cut to 63 characters) would
