@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -487,4 +489,92 @@ func (r *holdRecorder) notes() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.holds)
+}
+
+// halfDownSource is a memSource whose instances from the fifth on cannot
+// be read while down is set: its Orthanc stopped answering once the
+// study's first request was read.
+type halfDownSource struct {
+	*memSource
+	down atomic.Bool
+}
+
+func (s *halfDownSource) OpenInstanceFile(ctx context.Context, id string) (io.ReadCloser, int64, error) {
+	if s.down.Load() && !slices.ContainsFunc(s.instances[:4], func(in orthancapi.Instance) bool { return in.ID == id }) {
+		return nil, 0, errSourceDown
+	}
+	return s.memSource.OpenInstanceFile(ctx, id)
+}
+
+// recordedAtGiveBack is a delivery that notes, as it is given back, which
+// of the study's first 4 instances the failure log records as stored.
+type recordedAtGiveBack struct {
+	jetstream.Msg
+	log      *failingFailureLog
+	ev       *events.StudyStable
+	recorded chan int
+}
+
+func (m recordedAtGiveBack) Nak() error {
+	sent, _ := m.log.Sent(context.Background(), m.ev)
+	n := 0
+	for i := 1; i <= 4; i++ {
+		if sent(sentID(m.ev, orthancapi.Instance{SOPInstanceUID: fmt.Sprint("1.2.3.", i)})) {
+			n++
+		}
+	}
+	m.recorded <- n
+	return m.Msg.Nak()
+}
+
+// A study parked for its source after part of it was stored, while the
+// failure log's writes failed (NATS unreachable), writes what it stored
+// before it goes back to the queue, as a settled attempt does: the park
+// dropped that list, and the next delivery took those copies for
+// conflicts.
+func TestParkedStudyWritesWhatItCouldNotRecord(t *testing.T) {
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	src := &halfDownSource{memSource: newMemSource(8)}
+	src.down.Store(true)
+	fl := &failingFailureLog{}
+	fl.failing.Store(true)
+	f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+		o.Failures = fl
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.SourceProbe = func(context.Context, string) error {
+			if src.down.Load() {
+				return errSourceDown
+			}
+			return nil
+		}
+		o.MaxParked, o.MaxDeliveries = 10, 5
+	})
+	t.Cleanup(func() {
+		f.stoppingOnce.Do(func() { close(f.stopping) })
+		f.parking.watchers.Wait()
+	})
+	ev := testEvent()
+	msg := recordedAtGiveBack{Msg: deliverOne(t, ns, cons, ev), log: fl, ev: ev, recorded: make(chan int, 1)}
+	f.handle(t.Context(), msg)
+	if got := testutil.ToFloat64(f.m.sourceHeld); got != 1 {
+		t.Fatalf("%v studies parked, want 1", got)
+	}
+	if k.requests.Load() == 0 {
+		t.Fatal("no request reached the destination, want the first 4 instances stored")
+	}
+	// NATS answers again, and so does the source: the study goes back.
+	fl.failing.Store(false)
+	src.down.Store(false)
+	select {
+	case n := <-msg.recorded:
+		if n != 4 {
+			t.Errorf("%d of the 4 stored instances recorded as the parked study went back, want 4", n)
+		}
+	case <-time.After(heldWait):
+		t.Fatal("the parked study did not go back to the queue")
+	}
 }

@@ -251,6 +251,23 @@ func (f *Forwarder) unpark(source string, shutdown bool) {
 	delete(f.parking.sources, source)
 	f.parking.n -= len(list)
 	f.parking.mu.Unlock()
+	// What a parked study's attempt stored and could not record (NATS
+	// unreachable) is written before it goes back, as settle does for
+	// the others: its next delivery would take those copies for
+	// conflicts. All at once: each may wait out rememberTimeout.
+	var writes sync.WaitGroup
+	for _, p := range list {
+		if len(p.rep.unrecorded) == 0 {
+			continue
+		}
+		writes.Go(func() {
+			if err := f.rememberStored(context.Background(), p.a.Event, p.rep.unrecorded); err != nil {
+				p.log.Warn("remember what the parked study's attempt stored, before it goes back: a later delivery of the study may take those instances for conflicts",
+					"instances", len(p.rep.unrecorded), "err", err)
+			}
+		})
+	}
+	writes.Wait()
 	for _, p := range list {
 		// Dropped first: a worker here may get it at once, and would
 		// leave it to this delivery if it were still in hand.
