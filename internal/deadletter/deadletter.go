@@ -627,11 +627,13 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &start,
 	}
-	type item struct {
-		seq uint64
-		ev  events.StudyStable
-	}
-	var found []item
+	// The events to queue, each held once (they were copied into a second
+	// list, the window's twice over), and their stream sequences, for
+	// their copies' dedupe IDs.
+	var (
+		found []events.StudyStable
+		seqs  []uint64
+	)
 	// Each study state once: the stream may hold it several times, from
 	// the webhook and the reconciler on different subjects, and from an
 	// earlier reforward for every destination (its copies are on the
@@ -651,7 +653,8 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 			return nil
 		}
 		seen[ev.MsgID()] = true
-		found = append(found, item{seq, *ev})
+		found = append(found, *ev)
+		seqs = append(seqs, seq)
 		return nil
 	})
 	if err != nil && !dryRun {
@@ -659,24 +662,20 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		// would report it as queued (as Replay does).
 		return nil, err
 	}
-	out := make([]events.StudyStable, 0, len(found))
-	for _, it := range found {
-		out = append(out, it.ev)
-	}
 	if err != nil || dryRun {
-		return out, err
+		return found, err
 	}
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
-	for i, it := range found {
-		ev := it.ev
+	for i := range found {
+		ev := &found[i]
 		// Re-forwards run in the low lane by default: they never delay
 		// live studies.
 		subject := natsjs.LaneSubject(lane, destination, ev.Source)
-		if _, err := natsjs.PublishTo(ctx, js, subject, &ev, ev.MsgID()+"/reforward/"+destination+"/"+stamp+"/"+strconv.FormatUint(it.seq, 10)); err != nil {
-			return out[:i], fmt.Errorf("reforward event %d: %w", it.seq, err)
+		if _, err := natsjs.PublishTo(ctx, js, subject, ev, ev.MsgID()+"/reforward/"+destination+"/"+stamp+"/"+strconv.FormatUint(seqs[i], 10)); err != nil {
+			return found[:i], fmt.Errorf("reforward event %d: %w", seqs[i], err)
 		}
 	}
-	return out, nil
+	return found, nil
 }
 
 // Open returns the existing dead-letter stream without changing its

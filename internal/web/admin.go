@@ -306,11 +306,14 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	evs, err := deadletter.Reforward(r.Context(), a.JS, req.Destination, since, until, req.DryRun)
+	count := len(evs)
 	// The first maxSummaries events only, as a replay's letters: a window
-	// of a busy week holds tens of thousands.
-	answer := map[string]any{"dryRun": req.DryRun, "count": len(evs), "events": evs[:min(len(evs), maxSummaries)]}
-	if len(evs) > maxSummaries {
-		answer["eventsOmitted"] = len(evs) - maxSummaries
+	// of a busy week holds tens of thousands. A copy of them, so that the
+	// window's are not held while the answer is built and written.
+	answer := map[string]any{"dryRun": req.DryRun, "count": count, "events": slices.Clone(evs[:min(count, maxSummaries)])}
+	evs = nil
+	if count > maxSummaries {
+		answer["eventsOmitted"] = count - maxSummaries
 	}
 	if note := deadletter.WindowNote(r.Context(), a.JS, since); note != "" {
 		answer["note"] = note
@@ -320,7 +323,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !req.DryRun {
-		a.Log.Info("events re-forwarded through the admin API", "count", len(evs), "destination", req.Destination, "remote", r.RemoteAddr, "client", clientIP(r, a.TrustedProxies))
+		a.Log.Info("events re-forwarded through the admin API", "count", count, "destination", req.Destination, "remote", r.RemoteAddr, "client", clientIP(r, a.TrustedProxies))
 	}
 	answerLate(w, http.StatusOK, answer)
 }

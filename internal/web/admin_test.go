@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -628,5 +629,66 @@ func TestAdminReforwardAnswerIsBounded(t *testing.T) {
 	}
 	if answer.Count != n || len(answer.Events) != 1000 || answer.Omitted != n-1000 {
 		t.Errorf("re-forward of %d events: count %d, %d events, %d omitted; want %d, 1000, %d", n, answer.Count, len(answer.Events), answer.Omitted, n, n-1000)
+	}
+}
+
+// heapAtStream is a JetStream that notes the live heap, after a
+// collection, at each stream look-up: as the re-forward starts to read
+// the event stream, then at WindowNote's, as the answer is built.
+type heapAtStream struct {
+	jetstream.JetStream
+	mu   sync.Mutex
+	live []uint64
+}
+
+func (h *heapAtStream) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	h.mu.Lock()
+	h.live = append(h.live, m.HeapAlloc)
+	h.mu.Unlock()
+	return h.JetStream.Stream(ctx, name)
+}
+
+// TestAdminReforwardHoldsTheAnswersEventsOnly: once the window is read, a
+// re-forward's answer keeps the events it names (maxSummaries), not the
+// window's: it kept a slice of them that held every event read (tens of
+// thousands over a busy week) while the answer was built and written.
+func TestAdminReforwardHoldsTheAnswersEventsOnly(t *testing.T) {
+	ns := testnats.Start(t)
+	const n = 10000
+	for i := range n {
+		ev, err := events.NewStudyStable("orthanc-a", fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-%08x", i), fmt.Sprint("1.2.826.0.1.3680043.2.1143.", i), "20261126T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const token = "admin-token-0123456789"
+	js := &heapAtStream{JetStream: ns.JS}
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, JS: js, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h","dryRun":true}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	// A first run, for the server's caches of the stream (in this
+	// process) to fill.
+	r.ServeHTTP(httptest.NewRecorder(), req.Clone(t.Context()))
+	js.live = nil
+	req = httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h","dryRun":true}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK || len(js.live) != 2 {
+		t.Fatalf("re-forward: status %d, %d stream look-ups, want 2: %s", rec.Code, len(js.live), rec.Body)
+	}
+	// An event decoded is some 300 bytes (its struct, 144, and its
+	// strings): the window's would be 3 MB, the answer's 0.3 MB.
+	held := int64(js.live[1]) - int64(js.live[0])
+	t.Logf("%d KB held once the window was read (%d events)", held>>10, n)
+	if held > 1<<20 {
+		t.Errorf("%d KB held once the window of %d events was read, want at most 1 MB (the answer's %d events)", held>>10, n, 1000)
 	}
 }
