@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/deadletter"
@@ -79,7 +81,11 @@ func ReadLedgers(ctx context.Context, js jetstream.JetStream, n int) ([]Destinat
 }
 
 // readLedger reads one bucket's n newest records; when they are all "not
-// selected", it reads on (within maxScan) for LastForwarded.
+// selected", it reads on (within maxScan sequences) for LastForwarded. It
+// reads batches of records, a request each (batchGet): the newest 2n
+// sequences, then the rest of the bound if it needs more. It read one
+// record a request, up to maxScan of them for a destination whose rules
+// select few studies, and a page load waited for all of them.
 func readLedger(ctx context.Context, js jetstream.JetStream, bucket string, n int) (DestinationLedger, error) {
 	dest, _ := natsjs.DestinationOfLedgerBucket(bucket)
 	l := DestinationLedger{Destination: dest}
@@ -90,28 +96,23 @@ func readLedger(ctx context.Context, js jetstream.JetStream, bucket string, n in
 	if err != nil {
 		return l, fmt.Errorf("ledger bucket %s: %w", bucket, err)
 	}
-	state := stream.CachedInfo().State
+	info := stream.CachedInfo()
+	state := info.State
+	if state.Msgs == 0 || state.LastSeq == 0 {
+		return l, nil
+	}
 	prefix := "$KV." + bucket + "."
-	seq, tries := state.LastSeq, 0
-	for ; seq >= state.FirstSeq && seq > 0 && (len(l.Recent) < n || l.LastForwarded.IsZero()) && tries < maxScan(n); seq, tries = seq-1, tries+1 {
-		msg, err := stream.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return l, fmt.Errorf("ledger bucket %s: read %d: %w", bucket, seq, err)
-		}
-		if op := msg.Header.Get("KV-Operation"); op != "" { // DEL or PURGE
-			continue
-		}
+	// add takes the next older message, and reports whether the read is
+	// done: n records, and the last forward among them or behind.
+	add := func(msg *jetstream.RawStreamMsg) bool {
 		key, ok := strings.CutPrefix(msg.Subject, prefix)
-		if !ok {
-			continue
+		if op := msg.Header.Get("KV-Operation"); !ok || op != "" { // DEL or PURGE
+			return false
 		}
 		source, study, _ := strings.Cut(key, ".")
 		var r ledger.Record
 		if err := json.Unmarshal(msg.Data, &r); err != nil {
-			continue
+			return false
 		}
 		f := Forward{Destination: dest, Source: source, OrthancStudyID: study, StudyInstanceUID: r.StudyInstanceUID,
 			LastUpdate: r.LastUpdate, Result: forward.ResultForwarded, FinishedAt: r.ForwardedAt}
@@ -124,9 +125,111 @@ func readLedger(ctx context.Context, js jetstream.JetStream, bucket string, n in
 		if len(l.Recent) < n {
 			l.Recent = append(l.Recent, f)
 		}
+		return len(l.Recent) >= n && !l.LastForwarded.IsZero()
 	}
-	l.OlderUnread = l.LastForwarded.IsZero() && tries == maxScan(n) && seq >= state.FirstSeq && seq > 0
+	// The bound is on sequences: a record written again left a gap.
+	bound := uint64(maxScan(n))
+	lowest := state.FirstSeq
+	if state.LastSeq-state.FirstSeq >= bound {
+		lowest = state.LastSeq - bound + 1
+	}
+	done := false
+	for to, span := state.LastSeq, uint64(2*max(n, 1)); !done && to >= lowest; span = bound {
+		from := lowest
+		if to-lowest >= span {
+			from = to - span + 1
+		}
+		var msgs []*jetstream.RawStreamMsg
+		batched := false
+		if info.Config.AllowDirect {
+			if msgs, batched, err = batchGet(ctx, js.Conn(), info.Config.Name, from, int(to-from+1)); err != nil {
+				return l, fmt.Errorf("ledger bucket %s: read %d to %d: %w", bucket, from, to, err)
+			}
+		}
+		if !batched {
+			// A server without batch gets (before NATS 2.11): a request
+			// a record, as far as needed.
+			for seq := to; seq >= lowest && !done; seq-- {
+				msg, err := stream.GetMsg(ctx, seq)
+				if errors.Is(err, jetstream.ErrMsgNotFound) {
+					continue
+				}
+				if err != nil {
+					return l, fmt.Errorf("ledger bucket %s: read %d: %w", bucket, seq, err)
+				}
+				done = add(msg)
+			}
+			break
+		}
+		// Newest first; a batch may run past to where from..to has gaps.
+		for i := len(msgs) - 1; i >= 0 && !done; i-- {
+			if msgs[i].Sequence <= to {
+				done = add(msgs[i])
+			}
+		}
+		to = from - 1
+	}
+	l.OlderUnread = l.LastForwarded.IsZero() && lowest > state.FirstSeq
 	return l, nil
+}
+
+// batchGetTimeout bounds one batch read.
+const batchGetTimeout = 5 * time.Second
+
+// batchGet returns up to batch messages of stream from sequence from on,
+// oldest first, read with one batch direct get (NATS 2.11 and later;
+// $JS.API.DIRECT.GET.<stream>, the permission a single direct get
+// needs). ok is false where the server answered as to a single get (an
+// older server, or a replica of one in a cluster being upgraded): the
+// caller then reads one message at a time.
+func batchGet(ctx context.Context, nc *nats.Conn, stream string, from uint64, batch int) (msgs []*jetstream.RawStreamMsg, ok bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, batchGetTimeout)
+	defer cancel()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, false, fmt.Errorf("batch get: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req, err := json.Marshal(struct {
+		Seq   uint64 `json:"seq"`
+		Batch int    `json:"batch"`
+	}{from, batch})
+	if err != nil {
+		return nil, false, err
+	}
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		return nil, false, fmt.Errorf("batch get: %w", err)
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, false, fmt.Errorf("batch get: %w", err)
+		}
+		switch status := m.Header.Get("Status"); status {
+		case "":
+		case "204": // the batch's end
+			return msgs, true, nil
+		case "404", "503":
+			// No message from `from` on, which a newer server answers only
+			// past the stream's last message, never asked for here: an older
+			// server's answer for a deleted one. No responders: no direct
+			// gets.
+			return nil, false, nil
+		default:
+			return nil, false, fmt.Errorf("batch get: %s %s", status, m.Header.Get("Description"))
+		}
+		if m.Header.Get("Nats-Num-Pending") == "" {
+			return nil, false, nil // an older server's single get
+		}
+		seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+		if err != nil {
+			return nil, false, fmt.Errorf("batch get: sequence %q: %w", m.Header.Get(jetstream.SequenceHeader), err)
+		}
+		at, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+		msgs = append(msgs, &jetstream.RawStreamMsg{Subject: m.Header.Get(jetstream.SubjectHeader), Sequence: seq,
+			Header: m.Header, Data: m.Data, Time: at})
+	}
 }
 
 // NewestForwards merges the ledgers' records: the n newest over every

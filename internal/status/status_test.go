@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -758,5 +759,72 @@ func TestReadSharedEndedWatchIsAnError(t *testing.T) {
 	}
 	if got, err := status.ReadShared(ctx, ns.JS); err != nil || len(got) != 3 {
 		t.Errorf("whole watch: %d snapshots (err %v), want 3", len(got), err)
+	}
+}
+
+// TestReadLedgersRoundTrips: a page load reads each ledger's newest
+// records in a few batch reads, not one request a record: a destination
+// whose rules select few studies has "not selected" records on top, and
+// the read went through maxScan (500 for the page's 20) of them, a
+// request each, to find its last success. Real nats-server; requests
+// counted as the messages the client sends.
+func TestReadLedgersRoundTrips(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "ai")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(kv, ledger.WithClock(clock(time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC))))
+	if err := l.Completed(ctx, event(1), ledger.Outcome{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i < 700; i++ {
+		if err := l.Completed(ctx, event(i), ledger.Outcome{NotSelected: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Records written again (a study forwarded again): gaps in the stream.
+	for i := 600; i < 650; i++ {
+		if err := l.Completed(ctx, event(i), ledger.Outcome{NotSelected: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 20
+	sent := ns.JS.Conn().Stats().OutMsgs
+	start := time.Now()
+	got, err := status.ReadLedgers(ctx, ns.JS, n)
+	took := time.Since(start)
+	requests := ns.JS.Conn().Stats().OutMsgs - sent
+	if err != nil || len(got) != 1 {
+		t.Fatalf("ReadLedgers = %+v, %v", got, err)
+	}
+	t.Logf("%d requests, %s", requests, took)
+	// The bound is on sequences, the rewritten records' old places
+	// among them: 500 of them hold 450 records.
+	if a := got[0]; len(a.Recent) != n || !a.LastForwarded.IsZero() || !a.OlderUnread || a.Read != 450 {
+		t.Errorf("last forward %s, older unread %v, %d read, %d recent; want none, true, 450, %d", a.LastForwarded, a.OlderUnread, a.Read, len(a.Recent), n)
+	}
+	if requests > 10 {
+		t.Errorf("%d requests to read one ledger, want at most 10", requests)
+	}
+
+	// A stream without direct gets (as a server without batch gets) is
+	// read a record at a time, to the same records.
+	stream, err := ns.JS.Stream(ctx, "KV_"+natsjs.LedgerBucketOf("ai"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	cfg.AllowDirect = false
+	if _, err := ns.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	again, err := status.ReadLedgers(ctx, ns.JS, n)
+	if err != nil || len(again) != 1 {
+		t.Fatalf("ReadLedgers without direct gets = %+v, %v", again, err)
+	}
+	if a, b := got[0], again[0]; !slices.Equal(a.Recent, b.Recent) || a.Read != b.Read || a.OlderUnread != b.OlderUnread || !a.LastForwarded.Equal(b.LastForwarded) {
+		t.Errorf("read a record at a time: %d read, older unread %v, recent %v\nwant (batches)   %d read, older unread %v, recent %v", b.Read, b.OlderUnread, b.Recent, a.Read, a.OlderUnread, a.Recent)
 	}
 }
