@@ -295,13 +295,9 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 	// The trace is the request's own: the parts' sources are read with
 	// ctx, without it, since their requests (Orthanc's, on kept-alive
 	// connections) would otherwise make a new connection count as a
-	// reused one. GetConn forgets a connection an earlier request under
-	// the trace got (AWS credentials fetched by the signing transport).
+	// reused one.
 	var reused atomic.Bool
-	reqCtx := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GetConn: func(string) { reused.Store(false) },
-		GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) },
-	})
+	reqCtx := withReuseTrace(ctx, &reused)
 	buf := c.bufPool.Get().(*[]byte)
 	exact := c.contentLength && allSized(parts)
 	body := newRequestBody(ctx, boundary, parts, exact, *buf)
@@ -374,6 +370,17 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 	sent, werr := finish()
 	res, err = c.handleResponse(resp, respBody, tooLarge, readErr, werr, sent, len(parts), limit)
 	return res, false, err
+}
+
+// withReuseTrace is ctx with a trace that sets reused to whether the
+// request's connection was a kept-alive one. GetConn forgets a
+// connection an earlier request under the trace got (AWS credentials
+// fetched by the signing transport).
+func withReuseTrace(ctx context.Context, reused *atomic.Bool) context.Context {
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GetConn: func(string) { reused.Store(false) },
+		GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) },
+	})
 }
 
 // resource is the URL of a resource below {base}/studies (elements

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // ConflictRule says which Failure Reason in a STOW-RS answer means "the
@@ -105,6 +106,8 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	}
 	ctx, cancel := c.bodilessContext(ctx)
 	defer cancel()
+	var reused atomic.Bool
+	ctx = withReuseTrace(ctx, &reused)
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
 	if err != nil {
 		return fmt.Errorf("stow: build DELETE: %w", err)
@@ -114,6 +117,14 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	}
 	req.Header.Set("User-Agent", c.userAgent)
 	resp, err := c.doBodiless(req)
+	if err != nil && reused.Load() && ctx.Err() == nil && !refusedRedirect(err) {
+		// A kept-alive connection the server closed as the DELETE left:
+		// net/http sends only a GET again by itself (or a request with an
+		// Idempotency-Key header, which AWS Signature V4 would sign and
+		// net/http not send), so the DELETE, idempotent, is sent again
+		// here, once, as Store does.
+		resp, err = c.doBodiless(req.Clone(ctx))
+	}
 	if err != nil {
 		if refusedRedirect(err) {
 			return fmt.Errorf("%w: stow: DELETE %s/…/instances/%s: %w", ErrRedirected, c.logURL, sop, c.redact(err))

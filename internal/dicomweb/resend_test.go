@@ -13,16 +13,23 @@ import (
 
 type connRequestsKey struct{}
 
-// droppingSTOW is fakeSTOW, except that a request for which drop (given
-// its number on its connection, from 1) says so is read whole and its
-// connection closed without an answer: a keep-alive connection a server
-// or load balancer closes as a request arrives.
+// droppingSTOW is fakeSTOW, answering a DELETE with 204, except that a
+// request for which drop (given its number on its connection, from 1)
+// says so is read whole and its connection closed without an answer: a
+// keep-alive connection a server or load balancer closes as a request
+// arrives.
 func droppingSTOW(t *testing.T, log *requestLog, drop func(onConn int32) bool) *httptest.Server {
 	t.Helper()
 	stow := fakeSTOWHandler(t, log)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := r.Context().Value(connRequestsKey{}).(*atomic.Int32).Add(1)
-		if !drop(n) {
+		switch {
+		case drop(n):
+		case r.Method == http.MethodDelete:
+			log.add(r, nil, nil, 0)
+			w.WriteHeader(http.StatusNoContent)
+			return
+		default:
 			stow.ServeHTTP(w, r)
 			return
 		}
@@ -75,6 +82,29 @@ func TestStoreSentAgainOnABrokenReusedConnection(t *testing.T) {
 	defer log.mu.Unlock()
 	if last := log.parts[len(log.parts)-1]; len(last) != 3 || int64(len(last[1].data)) != src.size {
 		t.Errorf("the request sent again carried %d parts, want 3 whole ones", len(last))
+	}
+}
+
+// A DELETE (STOW_ON_CONFLICT=replace, method delete) is idempotent but
+// not a GET: net/http does not send it again after a kept-alive
+// connection broke as it was reused, and the replace failed as "no
+// answer", counted by the circuit breaker.
+func TestDeleteSentAgainOnABrokenReusedConnection(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	var log requestLog
+	var dropped atomic.Bool
+	srv := droppingSTOW(t, &log, func(n int32) bool { return n == 2 && dropped.CompareAndSwap(false, true) })
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	c, _ := New(srv.URL, hc)
+	if _, err := c.Store(t.Context(), []Part{uidPart("1.1", nil)}); err != nil {
+		t.Fatalf("Store: %v", err)
+	}
+	if err := c.DeleteInstance(t.Context(), "1.2", "1.2.1", "1.1"); err != nil {
+		t.Fatalf("DELETE on a connection the server broke: %v; want it sent again on a new one", err)
+	}
+	if n := log.count(); n != 3 {
+		t.Errorf("server saw %d requests, want 3 (the STOW-RS one, the dropped DELETE, the one sent again)", n)
 	}
 }
 
