@@ -38,6 +38,7 @@ type conflictFilter struct {
 	o      *testharness.Orthanc
 	shape  string // "google" or "azure"
 	proxy  *httputil.ReverseProxy
+	hc     *http.Client // for Orthanc's REST API
 	posts  atomic.Int32
 	delete atomic.Int32
 	// failPosts POSTs from now are refused whole, with failReason for
@@ -53,7 +54,13 @@ func newConflictFilter(t *testing.T, o *testharness.Orthanc, shape string) (*con
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &conflictFilter{o: o, shape: shape, proxy: httputil.NewSingleHostReverseProxy(target)}
+	// Idle connections close before Orthanc closes them (1 s): a POST or
+	// DELETE sent on one as it does fails, not sent again by net/http.
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.IdleConnTimeout = 300 * time.Millisecond
+	t.Cleanup(transport.CloseIdleConnections)
+	f := &conflictFilter{o: o, shape: shape, proxy: httputil.NewSingleHostReverseProxy(target), hc: &http.Client{Transport: transport}}
+	f.proxy.Transport = transport
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	return f, srv.URL + "/dicom-web"
@@ -148,7 +155,7 @@ func (f *conflictFilter) rest(method, path string, body io.Reader, out any) int 
 	if f.o.Username != "" {
 		req.SetBasicAuth(f.o.Username, f.o.Password)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := f.hc.Do(req)
 	if err != nil {
 		return 0
 	}

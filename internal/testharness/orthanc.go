@@ -197,7 +197,7 @@ func LaunchOrthanc(ctx context.Context, dir string, opts OrthancOptions) (*Ortha
 		ConfigPath: filepath.Join(dir, "orthanc.json"),
 		LogPath:    filepath.Join(dir, "orthanc.log"),
 		opts:       opts,
-		client:     &http.Client{Timeout: 2 * time.Minute},
+		client:     &http.Client{Timeout: 2 * time.Minute, Transport: closingBeforeOrthanc()},
 	}
 	// A free port can be taken between probing and Orthanc's bind (other
 	// tests run in parallel): try again with new ports.
@@ -526,6 +526,16 @@ func (o *Orthanc) LogTail(n int) string {
 
 // do sends a request to Orthanc's REST API and decodes a JSON answer into
 // out if out is non-nil. path may hold a query string.
+// closingBeforeOrthanc is a transport whose idle connections close
+// before Orthanc closes them (CivetWeb: 1 s idle, "Keep-Alive:
+// timeout=1"): a POST or DELETE sent on one as Orthanc closes it fails
+// with EOF, and net/http sends only a GET again by itself.
+func closingBeforeOrthanc() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.IdleConnTimeout = 300 * time.Millisecond
+	return t
+}
+
 func (o *Orthanc) do(ctx context.Context, method, path string, body io.Reader, out any) error {
 	resp, err := o.send(ctx, method, path, body)
 	if err != nil {
