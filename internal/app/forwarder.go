@@ -369,9 +369,11 @@ func newDestinationTransport() *http.Transport {
 		ForceAttemptHTTP2:   true,
 		MaxIdleConnsPerHost: 32,
 		// Below the common 60 s idle time-out of load balancers (AWS ALB,
-		// nginx's 75 s): a POST on a connection the far end is closing
-		// fails and is not retried by the transport, costing the study an
-		// attempt; closing idle connections first costs a handshake.
+		// nginx's 75 s), not below Orthanc's 1 s: closing idle
+		// connections first costs cloud archives a TLS handshake. A POST
+		// on a connection the far end is closing fails before any answer
+		// and net/http does not send it again; the STOW client does, once,
+		// on a new connection, within the attempt (dicomweb's send).
 		IdleConnTimeout:       50 * time.Second,
 		TLSHandshakeTimeout:   15 * time.Second,
 		ExpectContinueTimeout: time.Second,
