@@ -54,8 +54,8 @@ func Start(t testing.TB, upstream string) *Proxy {
 	p := &Proxy{perUID: map[string]int{}}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.FlushInterval = -1
-	// Idle connections close before an Orthanc upstream closes them (500
-	// ms in 1.10, 1 s from 1.11.3): a POST on one it was closing fails,
+	// Idle connections close before an Orthanc upstream closes them (1 s,
+	// measured on 1.10.1): a POST on one it was closing fails,
 	// not retried, as a 502 the upstream never gave.
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.IdleConnTimeout = 300 * time.Millisecond

@@ -98,8 +98,8 @@ func (p *IdP) NewGate(ctx context.Context, upstream string, opts ...GateOption) 
 	}
 
 	// A transport of its own, so the Gate's idle connections end with it.
-	// Idle ones close before Orthanc closes them (500 ms in 1.10's
-	// CivetWeb, KeepAliveTimeout 1 s from 1.11.3): a POST sent on one the
+	// Idle ones close before Orthanc closes them (1 s, measured on 1.10.1,
+	// which says Keep-Alive: timeout=1): a POST sent on one the
 	// server was closing failed with "use of closed network connection",
 	// not retried, and the forwarder's attempt met a 502 the destination
 	// never gave.
