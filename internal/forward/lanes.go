@@ -293,7 +293,7 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 			}
 			if msg := f.pullNoWait(ctx, l); msg != nil {
 				f.queueAge(l.Priority, msg)
-				return msg, l.Priority, f.started(l.Priority, release)
+				return msg, l.Priority, f.started(l.Priority, msg, release)
 			}
 			release()
 		}
@@ -328,7 +328,7 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 	}
 	f.pullAnswered(l)
 	f.queueAge(l.Priority, m)
-	return m, l.Priority, f.started(l.Priority, release)
+	return m, l.Priority, f.started(l.Priority, m, release)
 }
 
 // queueAge records how long msg waited in the stream before this pull.
@@ -420,12 +420,18 @@ func (f *Forwarder) pullAnswered(l Lane) {
 	}
 }
 
-// started counts an event pulled from lane and returns what ends it.
-func (f *Forwarder) started(lane events.Priority, release func()) func() {
+// started counts an event pulled from lane, and in hand for the lane's
+// age until settled, and returns what ends it. A study parked meanwhile
+// stays in hand for the age (park retains it) after its worker is done.
+func (f *Forwarder) started(lane events.Priority, msg jetstream.Msg, release func()) func() {
 	f.m.lanePulls.WithLabelValues(string(lane)).Inc()
 	busy := f.m.laneBusy.WithLabelValues(string(lane))
 	busy.Inc()
-	return func() { busy.Dec(); release() }
+	unhold := func() {}
+	if meta, err := msg.Metadata(); err == nil {
+		unhold = f.m.laneAge.hold(lane, meta.Sequence.Stream, meta.Timestamp)
+	}
+	return func() { busy.Dec(); release(); unhold() }
 }
 
 // laneMetrics are the lane counters of one destination.

@@ -290,3 +290,47 @@ func TestEventsPulledLateInRetention(t *testing.T) {
 		})
 	}
 }
+
+// TestLaneAgeCountsEventsInHand: JetStream's retention deletes an event
+// even while a worker holds it (circuit breaker, source outage), so a
+// free worker finding the lane empty must not take the lane's age to 0
+// while an old event of it is in hand: it used to, and
+// StowlineEventsNearRetention could not fire for it. Once that event is
+// settled, the age goes back to 0.
+func TestLaneAgeCountsEventsInHand(t *testing.T) {
+	const waited = 6 * 24 * time.Hour
+	ns, lanes, sinkURL := startLanes(t)
+	ctx := t.Context()
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.Now = func() time.Time { return time.Now().Add(waited) }
+	})
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	age := f.m.laneAge.WithLabelValues("routine")
+	var msg jetstream.Msg
+	var done func()
+	for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
+		msg, _, done = f.next(ctx, false)
+	}
+	if msg == nil {
+		t.Fatal("the routine event was not pulled")
+	}
+	// Another worker, free, finds the lane empty while the first holds
+	// its event.
+	if other, _, _ := f.next(ctx, false); other != nil {
+		t.Fatalf("pulled %v from an empty lane", other)
+	}
+	if got := testutil.ToFloat64(age); got < waited.Seconds() || got > waited.Seconds()+60 {
+		t.Errorf("routine lane's age %v s with its event in hand, want about %v s", got, waited.Seconds())
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if got := testutil.ToFloat64(age); got != 0 {
+		t.Errorf("routine lane's age %v s once its event is settled and the lane empty, want 0", got)
+	}
+}

@@ -47,8 +47,9 @@ type metrics struct {
 	// priority lane (lanes.go).
 	lanePulls *prometheus.CounterVec
 	laneBusy  *prometheus.GaugeVec
-	// laneAge is how long ago the event last pulled from each lane was
-	// stored, and retention EVENTS_RETENTION (lanes.go, queueAge).
+	// laneAge is how long ago the oldest of the events in hand and the
+	// event last pulled from each lane was stored, and retention
+	// EVENTS_RETENTION (lanes.go, queueAge).
 	laneAge   *laneAgeGauge
 	retention prometheus.Gauge
 }
@@ -182,9 +183,9 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	m.lanePulls, m.laneBusy = laneMetrics(labels)
 	m.laneAge = &laneAgeGauge{GaugeVec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_lane_event_age_seconds",
-		Help:        "How long ago the event this process last pulled from the lane was stored in JetStream, counted on while nothing more is pulled (circuit breaker open, every worker holding a study); 0 once the lane is found empty.",
+		Help:        "How long ago the oldest of the lane's events this process holds unsettled (in progress, held or parked) and the event it last pulled was stored in JetStream, counted on while nothing more is pulled (circuit breaker open, every worker holding a study); 0 once the lane is found empty and none of its events is in hand.",
 		ConstLabels: labels,
-	}, []string{"lane"}), now: time.Now, heads: map[events.Priority]time.Time{}}
+	}, []string{"lane"}), now: time.Now, heads: map[events.Priority]time.Time{}, held: map[heldKey]*heldEvent{}}
 	m.retention = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_events_retention_seconds",
 		Help:        "EVENTS_RETENTION: how long JetStream keeps an event, forwarded or not; one not forwarded by then is deleted without a dead letter.",
@@ -207,18 +208,35 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 }
 
 // laneAgeGauge is stowline_forwarder_lane_event_age_seconds: by lane, the
-// age of the event last pulled (its head), taken again at each scrape.
-// Nothing is pulled while the circuit breaker is open or every worker
-// holds a study for its source, and JetStream's retention runs on: an age
-// taken only at a pull stood still at the last one's, and
-// StowlineEventsNearRetention could not fire before an outage of a week
-// lost the queue.
+// age of the oldest of the event last pulled (its head) and the events
+// this process holds unsettled, taken again at each scrape. Nothing is
+// pulled while the circuit breaker is open or every worker holds a study
+// for its source, and JetStream's retention runs on: an age taken only at
+// a pull stood still at the last one's, and StowlineEventsNearRetention
+// could not fire before an outage of a week lost the queue. Retention
+// deletes an event in hand too (held, parked): a free worker finding the
+// lane empty must not hide one.
 type laneAgeGauge struct {
 	*prometheus.GaugeVec
 	now func() time.Time
 
 	mu    sync.Mutex
 	heads map[events.Priority]time.Time // zero: the lane was found empty
+	// held are the events this process holds, pulled and not yet settled,
+	// by lane and stream sequence.
+	held map[heldKey]*heldEvent
+}
+
+type heldKey struct {
+	lane events.Priority
+	seq  uint64
+}
+
+// heldEvent is an event in hand: when it was stored, and how many owners
+// (a worker, the parking) hold it.
+type heldEvent struct {
+	stored time.Time
+	refs   int
 }
 
 // setClock sets the clock ages are taken by: a scrape may run already.
@@ -234,22 +252,80 @@ func (g *laneAgeGauge) set(lane events.Priority, head time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.heads[lane] = head
-	g.setLocked(lane, head)
+	g.setLocked(lane)
 }
 
-func (g *laneAgeGauge) setLocked(lane events.Priority, head time.Time) {
+// hold counts the event at stream sequence seq of lane, stored at stored,
+// as in hand until release is called (once; later calls do nothing).
+func (g *laneAgeGauge) hold(lane events.Priority, seq uint64, stored time.Time) (release func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := heldKey{lane, seq}
+	h := g.held[k]
+	if h == nil {
+		h = &heldEvent{stored: stored}
+		g.held[k] = h
+	}
+	h.refs++
+	if _, ok := g.heads[lane]; !ok {
+		g.heads[lane] = time.Time{}
+	}
+	g.setLocked(lane)
+	return g.releaser(k)
+}
+
+// retain holds again, for another owner (the parking), the event at
+// stream sequence seq that this process holds; release ends that hold.
+// An event not held (no metadata) is not counted.
+func (g *laneAgeGauge) retain(seq uint64) (release func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k, h := range g.held {
+		if k.seq == seq {
+			h.refs++
+			return g.releaser(k)
+		}
+	}
+	return func() {}
+}
+
+func (g *laneAgeGauge) releaser(k heldKey) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if h := g.held[k]; h != nil {
+				if h.refs--; h.refs <= 0 {
+					delete(g.held, k)
+				}
+			}
+			g.setLocked(k.lane)
+		})
+	}
+}
+
+// setLocked sets lane's age: that of the oldest of its head and its
+// events in hand.
+func (g *laneAgeGauge) setLocked(lane events.Priority) {
+	oldest := g.heads[lane]
+	for k, h := range g.held {
+		if k.lane == lane && (oldest.IsZero() || h.stored.Before(oldest)) {
+			oldest = h.stored
+		}
+	}
 	age := time.Duration(0)
-	if !head.IsZero() {
-		age = max(g.now().Sub(head), 0)
+	if !oldest.IsZero() {
+		age = max(g.now().Sub(oldest), 0)
 	}
 	g.WithLabelValues(string(lane)).Set(age.Seconds())
 }
 
-// Collect ages every lane's head to now, then collects.
+// Collect ages every lane to now, then collects.
 func (g *laneAgeGauge) Collect(ch chan<- prometheus.Metric) {
 	g.mu.Lock()
-	for lane, head := range g.heads {
-		g.setLocked(lane, head)
+	for lane := range g.heads {
+		g.setLocked(lane)
 	}
 	g.mu.Unlock()
 	g.GaugeVec.Collect(ch)

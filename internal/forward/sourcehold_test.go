@@ -578,3 +578,44 @@ func TestParkedStudyWritesWhatItCouldNotRecord(t *testing.T) {
 		t.Fatal("the parked study did not go back to the queue")
 	}
 }
+
+// A parked study is in hand after its worker is done with it, and
+// JetStream's retention runs on: its lane's age counts it until it is
+// given back, then no longer (a hold left behind would read as an age
+// growing for ever: a false StowlineEventsNearRetention).
+func TestParkedStudyCountsInLaneAge(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const waited = 6 * 24 * time.Hour
+		f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+			o.SourceProbe = func(context.Context, string) error { return nil }
+			o.MaxParked = 10
+		})
+		const seq = 7
+		msg := &parkedMsg{f: f, seq: seq}
+		// As a worker's pull of it (started).
+		workerDone := f.m.laneAge.hold(events.PriorityRoutine, seq, time.Now().Add(-waited))
+		if !f.take(seq) || !f.reservePark(1) {
+			t.Fatal("take or reserve")
+		}
+		a := &Attempt{Seq: seq, Number: 1, Event: &events.StudyStable{Source: "a"}}
+		if !f.park(&parkedStudy{msg: msg, a: a, log: slog.New(slog.DiscardHandler)}, "unreachable", false) {
+			t.Fatal("not parked")
+		}
+		workerDone()
+		age := f.m.laneAge.WithLabelValues("routine")
+		if got := testutil.ToFloat64(age); got != waited.Seconds() {
+			t.Errorf("routine lane's age %v s with its study parked, want %v s", got, waited.Seconds())
+		}
+		// Two good probes give it back.
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		if naks, _ := msg.counts(); naks != 1 {
+			t.Fatalf("%d give-backs, want 1", naks)
+		}
+		if got := testutil.ToFloat64(age); got != 0 {
+			t.Errorf("routine lane's age %v s once its parked study was given back, want 0", got)
+		}
+		f.stoppingOnce.Do(func() { close(f.stopping) })
+		f.parking.watchers.Wait()
+	})
+}

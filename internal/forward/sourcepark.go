@@ -66,6 +66,9 @@ type parkedStudy struct {
 	log *slog.Logger
 	// signalled is when JetStream last took an in-progress signal for it.
 	signalled time.Time
+	// unhold ends its hold on the lane's age (laneAgeGauge.retain): its
+	// worker is done with it, but it is in hand until unparked.
+	unhold func()
 }
 
 // parkError is holdForSource's answer where the study is to be parked
@@ -137,6 +140,7 @@ func (f *Forwarder) park(p *parkedStudy, state string, whileParked bool) bool {
 		return false
 	}
 	p.signalled = time.Now()
+	p.unhold = f.m.laneAge.retain(p.a.Seq)
 	f.parking.sources[source] = append(list, p)
 	if !watched {
 		f.parking.watchers.Add(1)
@@ -287,6 +291,7 @@ func (f *Forwarder) unpark(source string, shutdown bool) {
 				p.log.Info("parked study given back to the queue: its source Orthanc answers again")
 			}
 		}
+		p.unhold()
 		f.m.sourceHeld.Dec()
 		f.m.studies.WithLabelValues(string(result)).Inc()
 		f.obs.Finished(p.a, result, p.rep)
