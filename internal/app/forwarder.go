@@ -59,6 +59,14 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if err != nil {
 		return err
 	}
+	// A closed lane's event age is read from the event stream
+	// (forward.Options.Stream).
+	var eventStream jetstream.Stream
+	if len(fc.Windows) > 0 {
+		if eventStream, err = natsjs.OpenStream(pctx, p.conn.JS, natsjs.EventStream); err != nil {
+			return err
+		}
+	}
 	dlStream, err := p.topo.EnsureDeadLetters(pctx, p.conn.JS)
 	if err != nil {
 		return err
@@ -122,7 +130,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		checks[checkName("destination_queue", d)] = lanesPresent(d.Name, o.Lanes)
 		o.StatWorkers = fc.StatWorkers
 		if len(fc.Windows) > 0 {
-			o.Windows = laneWindows(fc.Windows)
+			o.Windows, o.Stream = laneWindows(fc.Windows), eventStream
 		}
 		if len(d.StowTransferSyntaxes) > 0 {
 			log.Info("instances in other transfer syntaxes are converted by Orthanc", "destination", d.Name, "transfer_syntaxes", []string(d.StowTransferSyntaxes))

@@ -47,6 +47,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 	// Stat workers take nothing but stat studies: one is free for a stat
 	// study however long the backfill the others are sending.
+	if f.plan.windows != nil {
+		wg.Go(func() { f.watchClosedLanes(ctx) })
+	}
 	if f.plan.has(events.PriorityStat) {
 		for range f.opts.StatWorkers {
 			wg.Go(func() { f.worker(ctx, workCtx, true) })

@@ -334,3 +334,89 @@ func TestLaneAgeCountsEventsInHand(t *testing.T) {
 		t.Errorf("routine lane's age %v s once its event is settled and the lane empty, want 0", got)
 	}
 }
+
+// lowGate closes the low lane while closed is set.
+type lowGate struct{ closed atomic.Bool }
+
+func (g *lowGate) Open(lane events.Priority, _ time.Time) bool {
+	return lane != events.PriorityLow || !g.closed.Load()
+}
+
+// TestClosedLaneAgeTellsWhatItHolds: no worker pulls a lane outside its
+// FORWARD_WINDOWS, so its age used to stay what it was when it closed:
+// the head of a backfill whose last event was acked just then counted on
+// for an empty lane (a false StowlineEventsNearRetention), and a lane
+// found empty before it closed read 0 for the events arriving while it
+// was closed (no alert however long it stays closed). While closed, the
+// lane's consumer is asked what it holds: 0 once empty, and the age of
+// its oldest event once one waits.
+func TestClosedLaneAgeTellsWhatItHolds(t *testing.T) {
+	const waited = 6 * 24 * time.Hour
+	ns, lanes, sinkURL := startLanes(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gate lowGate
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.Windows = &gate
+		o.Stream = stream
+		o.Now = func() time.Time { return time.Now().Add(waited) }
+	})
+	f.plan.closedProbeEvery = 20 * time.Millisecond
+	age := f.m.laneAge.WithLabelValues("low")
+	waitAge := func(ok func(float64) bool, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !ok(testutil.ToFloat64(age)); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("low lane's age %v s, want %s", testutil.ToFloat64(age), what)
+			}
+		}
+	}
+	publishLow := func(lastUpdate string) {
+		t.Helper()
+		ev := testEvent()
+		ev.LastUpdate = lastUpdate
+		if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityLow, "", ev.Source), ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The backfill's last event is pulled and acknowledged; the lane
+	// closes before any worker finds it empty.
+	publishLow("20261126T101500")
+	var msg jetstream.Msg
+	var lane events.Priority
+	var done func()
+	for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
+		msg, lane, done = f.next(ctx, false)
+	}
+	if msg == nil || lane != events.PriorityLow {
+		t.Fatalf("pulled %v from %q, want the low lane's event", msg, lane)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	gate.closed.Store(true)
+	if got := testutil.ToFloat64(age); got < waited.Seconds() {
+		t.Fatalf("low lane's age %v s after its pull, want at least %v s", got, waited.Seconds())
+	}
+	run := make(chan error, 1)
+	go func() { run <- f.Run(ctx) }()
+	waitAge(func(a float64) bool { return a == 0 }, "0 for a closed lane found empty")
+
+	// Events arrive while it is closed: its age is theirs.
+	publishLow("20261126T101501")
+	waitAge(func(a float64) bool { return a >= waited.Seconds() && a < waited.Seconds()+60 }, "that of the event waiting in it")
+	if n := testutil.ToFloat64(f.m.lanePulls.WithLabelValues("low")); n != 1 {
+		t.Errorf("low pulls = %v, want the one before it closed", n)
+	}
+	cancel()
+	if err := <-run; err != nil {
+		t.Fatal(err)
+	}
+}
