@@ -59,13 +59,11 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if err != nil {
 		return err
 	}
-	// A closed lane's event age is read from the event stream
-	// (forward.Options.Stream).
-	var eventStream jetstream.Stream
-	if len(fc.Windows) > 0 {
-		if eventStream, err = natsjs.OpenStream(pctx, p.conn.JS, natsjs.EventStream); err != nil {
-			return err
-		}
+	// A lane's oldest event not acknowledged is read from the event
+	// stream, for its age (forward.Options.Stream).
+	eventStream, err := natsjs.OpenStream(pctx, p.conn.JS, natsjs.EventStream)
+	if err != nil {
+		return err
 	}
 	dlStream, err := p.topo.EnsureDeadLetters(pctx, p.conn.JS)
 	if err != nil {
@@ -130,8 +128,9 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		checks[checkName("destination_queue", d)] = lanesPresent(d.Name, o.Lanes)
 		o.StatWorkers = fc.StatWorkers
 		if len(fc.Windows) > 0 {
-			o.Windows, o.Stream = laneWindows(fc.Windows), eventStream
+			o.Windows = laneWindows(fc.Windows)
 		}
+		o.Stream = eventStream
 		if len(d.StowTransferSyntaxes) > 0 {
 			log.Info("instances in other transfer syntaxes are converted by Orthanc", "destination", d.Name, "transfer_syntaxes", []string(d.StowTransferSyntaxes))
 		}

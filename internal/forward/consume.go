@@ -45,11 +45,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	for range f.opts.Concurrency {
 		wg.Go(func() { f.worker(ctx, workCtx, false) })
 	}
+	wg.Go(func() { f.watchLanes(ctx) })
 	// Stat workers take nothing but stat studies: one is free for a stat
 	// study however long the backfill the others are sending.
-	if f.plan.windows != nil {
-		wg.Go(func() { f.watchClosedLanes(ctx) })
-	}
 	if f.plan.has(events.PriorityStat) {
 		for range f.opts.StatWorkers {
 			wg.Go(func() { f.worker(ctx, workCtx, true) })

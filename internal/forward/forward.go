@@ -104,9 +104,8 @@ type Options struct {
 	Windows Windows
 	Now     func() time.Time
 	// Stream, if set, is the event stream the lanes' consumers read: how
-	// old the oldest event of a closed lane is is read from it
-	// (lanes.go, probeClosedLane); nil: a closed lane's age only goes
-	// to 0 once it is found empty.
+	// old the oldest event a lane has not acknowledged is, is read from
+	// it (lanes.go, probeLane); nil: only whether it holds any.
 	Stream jetstream.Stream
 	// EventsRetention is how long JetStream keeps an event, forwarded or
 	// not (EVENTS_RETENTION): one pulled past three quarters of it is

@@ -64,16 +64,16 @@ type lanePlan struct {
 	// a NATS cluster without quorum fails every worker's pull of every
 	// lane, each second, for as long as it lasts.
 	pullFails map[events.Priority]*repeatlog.Failures
-	// closedProbeEvery is how often the closed lanes are asked what they
-	// hold (watchClosedLanes); tests shorten it.
-	closedProbeEvery time.Duration
+	// probeEvery is how often the lanes are asked what they hold
+	// (watchLanes); tests shorten it.
+	probeEvery time.Duration
 }
 
-// closedLaneProbe is how often a lane outside its window is asked
-// whether it holds events, and how old the oldest is: one consumer
-// Info (and a message read by lane filter while it holds some) a
-// minute per closed lane and process, whatever the scrapes.
-const closedLaneProbe = time.Minute
+// laneProbe is how often a lane is asked whether it holds events not
+// acknowledged, and how old the oldest is: one consumer Info (and a
+// message read by lane filter while it holds some) a minute per lane
+// and process, whatever the scrapes.
+const laneProbe = time.Minute
 
 // laneGoneFor is how long a lane whose consumer was deleted while the
 // forwarder ran is left alone before it is tried again: it takes nothing
@@ -89,7 +89,7 @@ func newLanePlan(opts *Options) *lanePlan {
 		p.now = time.Now
 	}
 	p.maxLow = int32(max(opts.Concurrency-1, 1))
-	p.closedProbeEvery = closedLaneProbe
+	p.probeEvery = laneProbe
 	p.goneUntil = map[events.Priority]*atomic.Int64{}
 	p.filters = map[events.Priority][]string{}
 	p.late = map[events.Priority]*repeatlog.Failures{}
@@ -234,21 +234,23 @@ func (p *lanePlan) opens(lane events.Priority, now time.Time) time.Time {
 	return time.Time{}
 }
 
-// watchClosedLanes keeps the age of the lanes outside their window
-// true until ctx ends. No worker pulls a closed lane, so its age would
-// be whatever it was when the lane closed: the head of a backfill whose
-// last event was acked just then counted on for a lane now empty (a
-// false StowlineEventsNearRetention), and a lane found empty before it
-// closed read 0 for the events that arrived since (an alert missed if
-// it stays closed longer than the retention).
-func (f *Forwarder) watchClosedLanes(ctx context.Context) {
-	t := time.NewTicker(f.plan.closedProbeEvery)
+// watchLanes asks each lane's consumer what it holds until ctx ends,
+// for the lane's age. The workers see only what they pull: an event
+// waiting for its retry delay is in no one's hands and not deliverable,
+// and a free worker finds the lane empty. And no worker pulls a closed
+// lane, so its age would be whatever it was when the lane closed: the
+// head of a backfill whose last event was acked just then counted on
+// for a lane now empty (a false StowlineEventsNearRetention), and a
+// lane found empty before it closed read 0 for the events that arrived
+// since (an alert missed if it stays closed longer than the retention).
+func (f *Forwarder) watchLanes(ctx context.Context) {
+	t := time.NewTicker(f.plan.probeEvery)
 	defer t.Stop()
 	for {
 		now := f.plan.now()
 		for _, l := range f.plan.lanes {
-			if l.Consumer != nil && !f.plan.windows.Open(l.Priority, now) {
-				f.probeClosedLane(ctx, l)
+			if l.Consumer != nil {
+				f.probeLane(ctx, l, f.plan.windows != nil && !f.plan.windows.Open(l.Priority, now))
 			}
 		}
 		select {
@@ -259,22 +261,22 @@ func (f *Forwarder) watchClosedLanes(ctx context.Context) {
 	}
 }
 
-// probeClosedLane sets the age of lane l, closed, from its consumer:
-// 0 when it holds no event, else that of its oldest event not
-// acknowledged (the first of its subjects after the ack floor), which
-// JetStream's retention deletes first. An answer missing keeps the age.
-func (f *Forwarder) probeClosedLane(ctx context.Context, l Lane) {
+// probeLane records the oldest event not acknowledged of lane l (the
+// first of its subjects after the ack floor), which JetStream's
+// retention deletes first, or none; closed, the lane's last pull says
+// nothing more. An answer missing keeps what it had.
+func (f *Forwarder) probeLane(ctx context.Context, l Lane, closed bool) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	info, err := l.Consumer.Info(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			f.log.Debug("read a closed lane's consumer for its event age", "lane", l.Priority, "err", err)
+			f.log.Debug("read a lane's consumer for its event age", "lane", l.Priority, "err", err)
 		}
 		return
 	}
 	if info.NumPending == 0 && info.NumAckPending == 0 {
-		f.m.laneAge.set(l.Priority, time.Time{})
+		f.m.laneAge.setQueued(l.Priority, time.Time{}, closed)
 		return
 	}
 	if f.opts.Stream == nil {
@@ -295,7 +297,7 @@ func (f *Forwarder) probeClosedLane(ctx context.Context, l Lane) {
 		}
 		if err != nil {
 			if ctx.Err() == nil {
-				f.log.Debug("read a closed lane's oldest event for its age", "lane", l.Priority, "err", err)
+				f.log.Debug("read a lane's oldest event for its age", "lane", l.Priority, "err", err)
 			}
 			return
 		}
@@ -303,7 +305,7 @@ func (f *Forwarder) probeClosedLane(ctx context.Context, l Lane) {
 			oldest = m.Time
 		}
 	}
-	f.m.laneAge.set(l.Priority, oldest)
+	f.m.laneAge.setQueued(l.Priority, oldest, closed)
 }
 
 // registerOpen exports stowline_forwarder_lane_open for each lane: 1

@@ -366,7 +366,7 @@ func TestClosedLaneAgeTellsWhatItHolds(t *testing.T) {
 		o.Stream = stream
 		o.Now = func() time.Time { return time.Now().Add(waited) }
 	})
-	f.plan.closedProbeEvery = 20 * time.Millisecond
+	f.plan.probeEvery = 20 * time.Millisecond
 	age := f.m.laneAge.WithLabelValues("low")
 	waitAge := func(ok func(float64) bool, what string) {
 		t.Helper()
@@ -414,6 +414,64 @@ func TestClosedLaneAgeTellsWhatItHolds(t *testing.T) {
 	waitAge(func(a float64) bool { return a >= waited.Seconds() && a < waited.Seconds()+60 }, "that of the event waiting in it")
 	if n := testutil.ToFloat64(f.m.lanePulls.WithLabelValues("low")); n != 1 {
 		t.Errorf("low pulls = %v, want the one before it closed", n)
+	}
+	cancel()
+	if err := <-run; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLaneAgeCountsRetryWaits: a study that failed waits in its lane
+// for its retry delay (up to FORWARDER_RETRY_MAX_DELAY, deliveries after
+// deliveries), given back, in no worker's hands, and not deliverable:
+// the free workers found the lane empty and its age read 0, though
+// JetStream's retention deletes that event as any other. The lane's
+// consumer is asked once a minute for its oldest event not acknowledged.
+func TestLaneAgeCountsRetryWaits(t *testing.T) {
+	const waited = 6 * 24 * time.Hour
+	ns, lanes, sinkURL := startLanes(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.Stream = stream
+		o.Now = func() time.Time { return time.Now().Add(waited) }
+	})
+	f.plan.probeEvery = 20 * time.Millisecond
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	var msg jetstream.Msg
+	var done func()
+	for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
+		msg, _, done = f.next(ctx, false)
+	}
+	if msg == nil {
+		t.Fatal("the routine event was not pulled")
+	}
+	// It failed: retried in an hour.
+	if err := msg.NakWithDelay(time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	run := make(chan error, 1)
+	go func() { run <- f.Run(ctx) }()
+	age := f.m.laneAge.WithLabelValues("routine")
+	// The workers find the lane empty (the event waits for its delay):
+	// its age is still the event's.
+	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool { return i.NumWaiting > 0 })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if got := testutil.ToFloat64(age); got >= waited.Seconds() && got < waited.Seconds()+60 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("routine lane's age %v s with its event waiting for a retry, want about %v s", testutil.ToFloat64(age), waited.Seconds())
+		}
 	}
 	cancel()
 	if err := <-run; err != nil {

@@ -183,9 +183,9 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	m.lanePulls, m.laneBusy = laneMetrics(labels)
 	m.laneAge = &laneAgeGauge{GaugeVec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_lane_event_age_seconds",
-		Help:        "How long ago the oldest of the lane's events this process holds unsettled (in progress, held or parked) and the event it last pulled was stored in JetStream, counted on while nothing more is pulled (circuit breaker open, every worker holding a study); 0 once the lane is found empty and none of its events is in hand.",
+		Help:        "How long ago the oldest of the lane's events this process holds unsettled (in progress, held or parked), the event it last pulled, and the oldest the lane's consumer has not acknowledged (asked once a minute) was stored in JetStream, counted on while nothing more is pulled (circuit breaker open, every worker holding a study); 0 once the lane is found empty and holds nothing unacknowledged or in hand.",
 		ConstLabels: labels,
-	}, []string{"lane"}), now: time.Now, heads: map[events.Priority]time.Time{}, held: map[heldKey]*heldEvent{}}
+	}, []string{"lane"}), now: time.Now, heads: map[events.Priority]time.Time{}, queued: map[events.Priority]time.Time{}, held: map[heldKey]*heldEvent{}}
 	m.retention = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_events_retention_seconds",
 		Help:        "EVENTS_RETENTION: how long JetStream keeps an event, forwarded or not; one not forwarded by then is deleted without a dead letter.",
@@ -222,6 +222,10 @@ type laneAgeGauge struct {
 
 	mu    sync.Mutex
 	heads map[events.Priority]time.Time // zero: the lane was found empty
+	// queued is, by lane, the oldest event its consumer had not
+	// acknowledged at the last probe (zero: none; lanes.go, probeLane):
+	// one waiting for its retry delay too, which no worker holds or sees.
+	queued map[events.Priority]time.Time
 	// held are the events this process holds, pulled and not yet settled,
 	// by lane and stream sequence.
 	held map[heldKey]*heldEvent
@@ -252,6 +256,19 @@ func (g *laneAgeGauge) set(lane events.Priority, head time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.heads[lane] = head
+	g.setLocked(lane)
+}
+
+// setQueued records the oldest event lane's consumer has not
+// acknowledged (zero: none); closed, the lane's head is dropped too: no
+// worker pulls it, and the head of when it closed tells nothing now.
+func (g *laneAgeGauge) setQueued(lane events.Priority, oldest time.Time, closed bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.queued[lane] = oldest
+	if _, ok := g.heads[lane]; !ok || closed {
+		g.heads[lane] = time.Time{}
+	}
 	g.setLocked(lane)
 }
 
@@ -305,10 +322,13 @@ func (g *laneAgeGauge) releaser(k heldKey) func() {
 	}
 }
 
-// setLocked sets lane's age: that of the oldest of its head and its
-// events in hand.
+// setLocked sets lane's age: that of the oldest of its head, its
+// events in hand and the oldest its consumer had not acknowledged.
 func (g *laneAgeGauge) setLocked(lane events.Priority) {
 	oldest := g.heads[lane]
+	if q := g.queued[lane]; !q.IsZero() && (oldest.IsZero() || q.Before(oldest)) {
+		oldest = q
+	}
 	for k, h := range g.held {
 		if k.lane == lane && (oldest.IsZero() || h.stored.Before(oldest)) {
 			oldest = h.stored
