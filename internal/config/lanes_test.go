@@ -155,3 +155,62 @@ func TestForwardWindowsZone(t *testing.T) {
 		})
 	}
 }
+
+// TestForwardWindowsAcrossDaylightSaving: windows follow the local wall
+// clock (TZ) through the nights clocks change, as priority-lanes.md says:
+// a window spanning the change is an hour shorter (spring) or longer
+// (autumn), one inside the skipped hour does not open that night, and one
+// inside the repeated hour opens twice. Europe/Paris: 2026-03-29 01:00Z
+// (02:00 CET becomes 03:00 CEST) and 2026-10-25 01:00Z (03:00 CEST
+// becomes 02:00 CET).
+func TestForwardWindowsAcrossDaylightSaving(t *testing.T) {
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		t.Skipf("no time zone database here: %v", err)
+	}
+	utc := func(s string) time.Time {
+		tm, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm.In(paris)
+	}
+	tests := []struct {
+		name, value  string
+		open, closed []string // instants, UTC
+	}{
+		{"a night window in spring: 8 h", "low=22:00-07:00",
+			[]string{"2026-03-28T21:00:00Z", "2026-03-29T01:00:00Z", "2026-03-29T04:59:00Z"},
+			[]string{"2026-03-28T20:59:00Z", "2026-03-29T05:00:00Z"}},
+		{"a night window in autumn: 10 h", "low=22:00-07:00",
+			[]string{"2026-10-24T20:00:00Z", "2026-10-25T01:30:00Z", "2026-10-25T05:59:00Z"},
+			[]string{"2026-10-24T19:59:00Z", "2026-10-25T06:00:00Z"}},
+		{"inside the skipped hour: not that night", "low=02:00-02:30",
+			nil,
+			[]string{"2026-03-29T00:59:00Z", "2026-03-29T01:00:00Z", "2026-03-29T01:29:00Z"}},
+		{"inside the repeated hour: twice", "low=02:00-02:30",
+			[]string{"2026-10-25T00:00:00Z", "2026-10-25T00:29:00Z", "2026-10-25T01:00:00Z", "2026-10-25T01:29:00Z"},
+			[]string{"2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z"}},
+		{"all day", "low=00:00-24:00",
+			[]string{"2026-03-29T00:59:00Z", "2026-03-29T01:00:00Z", "2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z"},
+			nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var w ForwardWindows
+			if err := w.UnmarshalText([]byte(tt.value)); err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range tt.open {
+				if at := utc(s); !w.Open("low", at) {
+					t.Errorf("%s closed at %s (%s), want open", tt.value, s, at.Format("15:04 MST"))
+				}
+			}
+			for _, s := range tt.closed {
+				if at := utc(s); w.Open("low", at) {
+					t.Errorf("%s open at %s (%s), want closed", tt.value, s, at.Format("15:04 MST"))
+				}
+			}
+		})
+	}
+}
