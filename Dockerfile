@@ -9,8 +9,15 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
+# What the binaries say they are (-version, the start log line,
+# stowline_build_info): the build context has no .git for Go to read, so
+#   docker build --build-arg STOWLINE_VERSION=1.4.0 --build-arg STOWLINE_REVISION=$(git rev-parse HEAD) ...
+ARG STOWLINE_VERSION=""
+ARG STOWLINE_REVISION=""
 # Static binaries: the runtime images have no C library.
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/ingest ./cmd/forwarder ./cmd/stowline
+RUN CGO_ENABLED=0 go build -trimpath \
+    -ldflags="-s -w -X github.com/stowline/stowline/internal/app.version=${STOWLINE_VERSION} -X github.com/stowline/stowline/internal/app.revision=${STOWLINE_REVISION}" \
+    -o /out/ ./cmd/ingest ./cmd/forwarder ./cmd/stowline
 # The single-host image's data directory, owned by distroless's nonroot
 # user (65532): a new volume takes the ownership of the directory it is
 # mounted on, and root's would leave the embedded JetStream unable to write.

@@ -71,11 +71,11 @@ func NewLogger(w io.Writer, c config.Log) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// newRegistry returns a Prometheus registry with the Go and process
-// collectors; one per listener, no global state.
+// newRegistry returns a Prometheus registry with the Go, process and
+// build collectors; one per listener, no global state.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), ReadBuild().collector())
 	return reg
 }
 

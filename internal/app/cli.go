@@ -35,11 +35,17 @@ func Main[T any, P interface {
 	fs.SetOutput(stderr)
 	var cfg T
 	fs.Usage = func() { config.Usage(stderr, program, P(&cfg)) }
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return &usageError{err}
+	}
+	build := ReadBuild()
+	if *showVersion {
+		fmt.Fprintf(stdout, "%s %s\n", program, build)
+		return nil
 	}
 	if fs.NArg() > 0 {
 		return &usageError{fmt.Errorf("unexpected arguments %q (all configuration comes from the environment; see -h)", fs.Args())}
@@ -48,6 +54,7 @@ func Main[T any, P interface {
 		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
 	}
 	log := NewLogger(stdout, P(&cfg).LogConfig())
+	log.Info("starting "+program, build.logAttrs()...)
 	for _, name := range config.Unread(environ, P(&cfg)) {
 		log.Warn("variable set but not read: misspelt, or for a destination DESTINATIONS does not name (run "+program+" -h for the list)", "variable", name)
 	}
