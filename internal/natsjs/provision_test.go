@@ -324,3 +324,60 @@ func replicatedEvents(t *testing.T, home *testnats.Node) *natsjs.Conn {
 	}
 	return c
 }
+
+// TestStorageMadeOtherwiseIsNamed: a stream or bucket made by hand with
+// what JetStream cannot change in place (memory storage, a work-queue
+// retention) stops the start with an error that names it and says how to
+// get out; nats-server's own ("stream configuration update can not change
+// storage type") named neither. The stream is left as it is.
+func TestStorageMadeOtherwiseIsNamed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		make   func(context.Context, jetstream.JetStream) error
+		ensure func(context.Context, natsjs.Topology, jetstream.JetStream) error
+		want   []string
+	}{
+		{"event stream in memory", func(ctx context.Context, js jetstream.JetStream) error {
+			cfg := natsjs.DefaultTopology().EventStreamConfig()
+			cfg.Storage = jetstream.MemoryStorage
+			_, err := js.CreateStream(ctx, cfg)
+			return err
+		}, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
+			_, err := topo.EnsureEvents(ctx, js)
+			return err
+		}, []string{"STOWLINE_EVENTS", "Memory storage", "let every queue empty", "nats stream rm STOWLINE_EVENTS"}},
+		{"event stream as a work queue", func(ctx context.Context, js jetstream.JetStream) error {
+			cfg := natsjs.DefaultTopology().EventStreamConfig()
+			cfg.Retention = jetstream.WorkQueuePolicy
+			_, err := js.CreateStream(ctx, cfg)
+			return err
+		}, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
+			_, err := topo.EnsureEvents(ctx, js)
+			return err
+		}, []string{"STOWLINE_EVENTS", "WorkQueue retention policy", "nats stream rm STOWLINE_EVENTS"}},
+		{"ledger in memory", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: natsjs.LedgerBucket, Storage: jetstream.MemoryStorage})
+			return err
+		}, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
+			_, err := topo.EnsureLedger(ctx, js, natsjs.DefaultDestination)
+			return err
+		}, []string{"key-value bucket " + natsjs.LedgerBucket, "Memory storage", "nats kv del " + natsjs.LedgerBucket}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+			ctx := testCtx(t)
+			if err := tc.make(ctx, js); err != nil {
+				t.Fatal(err)
+			}
+			err := tc.ensure(ctx, natsjs.DefaultTopology(), js)
+			if err == nil {
+				t.Fatal("ensured without an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}

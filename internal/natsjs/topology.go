@@ -242,6 +242,9 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 	switch {
 	case err == nil:
 		have := s.CachedInfo().Config
+		if err := fixedInPlace("stream", cfg.Name, "nats stream rm "+cfg.Name, have.Storage, cfg.Storage, have.Retention, cfg.Retention); err != nil {
+			return nil, err
+		}
 		cfg.Replicas = t.keepReplicas("stream", cfg.Name, have.Replicas, cfg.Replicas)
 		if sameStream(have, cfg) {
 			return s, nil
@@ -404,6 +407,31 @@ func (t Topology) keepReplicas(kind, name string, have, want int) int {
 			"kind", kind, "name", name, "replicas", have, "nats_replicas", want)
 	}
 	return have
+}
+
+// fixedInPlace refuses a stream or bucket that differs from what stowline
+// makes it in what JetStream cannot change in place: its storage, or a
+// retention policy to or from work queue. One made otherwise (by hand, with
+// the nats CLI) got only nats-server's "stream configuration update can
+// not change storage type" at every start, which names neither the stream
+// nor a way out.
+func fixedInPlace(kind, name, remove string, haveStorage, wantStorage jetstream.StorageType, haveRetention, wantRetention jetstream.RetentionPolicy) error {
+	var what string
+	switch {
+	case haveStorage != wantStorage:
+		what = fmt.Sprintf("is kept in %s storage, stowline keeps it in %s", haveStorage, wantStorage)
+	case haveRetention != wantRetention && (haveRetention == jetstream.WorkQueuePolicy || wantRetention == jetstream.WorkQueuePolicy):
+		what = fmt.Sprintf("has the %s retention policy, stowline gives it %s", haveRetention, wantRetention)
+	default:
+		return nil
+	}
+	first := ""
+	if name == EventStream {
+		first = "let every queue empty (forwarder destinations), then "
+	}
+	return fmt.Errorf("%s %s %s, which JetStream cannot change in place (was it made by hand?): "+
+		"%sdelete it (%s; what it holds goes with it) and start again: stowline makes it as it needs it",
+		kind, name, what, first, remove)
 }
 
 // keepLimits keeps the size limits stowline does not set in an update:
@@ -762,6 +790,9 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 		}
 		if b, ok := st.(*jetstream.KeyValueBucketStatus); ok {
 			have := b.Config()
+			if err := fixedInPlace("key-value bucket", cfg.Bucket, "nats kv del "+cfg.Bucket, have.Storage, cfg.Storage, 0, 0); err != nil {
+				return nil, err
+			}
 			cfg.Replicas = t.keepReplicas("key-value bucket", cfg.Bucket, have.Replicas, cfg.Replicas)
 			if sameBucket(have, cfg) {
 				return kv, nil
