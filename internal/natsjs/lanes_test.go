@@ -153,6 +153,64 @@ func TestLanesUpgrade(t *testing.T) {
 	}
 }
 
+// TestLanesRollbackAndUpgradeAgain: a rollback to a build without lanes
+// makes the routine consumer take every subject again, from where it is:
+// the stat and low events queued before wait in their lanes, which that
+// build does not read. The next upgrade sends them; nothing is lost
+// (docs/operations.md, Upgrades and rollbacks).
+func TestLanesRollbackAndUpgradeAgain(t *testing.T) {
+	js, ctx, topo := eventStream(t)
+	d := natsjs.DefaultDestination
+	lanes, err := topo.EnsureLanes(ctx, js, []string{d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(lane events.Priority, destination, lastUpdate string) {
+		t.Helper()
+		ev := event(lastUpdate)
+		if _, err := natsjs.PublishTo(ctx, js, natsjs.LaneSubject(lane, destination, "orthanc-a"), ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(events.PriorityStat, "", "20261126T101501")
+	publish(events.PriorityLow, d, "20261126T101502")
+	publish(events.PriorityRoutine, "", "20261126T101503")
+	// This build forwards the routine event, then is rolled back.
+	msg, err := lanes[d][events.PriorityRoutine].Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := topo.ConsumerConfig(d, false)
+	old.FilterSubjects = []string{natsjs.EventSubjectPrefix + ">", natsjs.DestinationSubjectPrefix + d + ".>"}
+	oldC, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := waitPending(t, ctx, oldC, 0); info.NumPending != 0 {
+		t.Fatalf("rolled back: the routine consumer has %d pending, want 0 (the stat and low events stay in their lanes)", info.NumPending)
+	}
+	// A stat study queued during the rollback goes to the older build.
+	publish(events.PriorityStat, "", "20261126T101504")
+	if info := waitPending(t, ctx, oldC, 1); info.NumPending != 1 {
+		t.Fatalf("rolled back: a new stat event is not pending on the routine consumer (%d)", info.NumPending)
+	}
+
+	lanes, err = topo.EnsureLanes(ctx, js, []string{d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both stat events (the second one also went to the older build,
+	// and is sent again) and the low one.
+	for lane, n := range map[events.Priority]uint64{events.PriorityStat: 2, events.PriorityLow: 1} {
+		if info := waitPending(t, ctx, lanes[d][lane], n); info.NumPending != n {
+			t.Errorf("upgraded again: %s lane has %d pending, want %d", lane, info.NumPending, n)
+		}
+	}
+}
+
 // Two replicas of a new deployment start together: one has made the
 // destination's stat consumer when the other lists the consumers. The
 // other's routine consumer still starts at the beginning of the stream
