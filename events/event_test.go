@@ -195,6 +195,27 @@ func TestDecodeNewerVersionWithAnotherShape(t *testing.T) {
 	}
 }
 
+// Events queued by other builds of version 1 are read: the first build's
+// (no priority), and a later one's with a field this build does not know
+// (a rollback). Refused, the forwarder would terminate them unread.
+func TestDecodeEventsOfOtherBuilds(t *testing.T) {
+	for name, data := range map[string]string{
+		"first build": `{"type":"orthanc.study.stable","version":1,"source":"orthanc","orthancStudyId":"5b2a8e4c-1f6d3a90-0c7e2b41-9d8f6a53-e4b1c2d7",` +
+			`"studyInstanceUid":"1.2.826.0.1.3680043.2.1143.7","lastUpdate":"20261126T101500","receivedAt":"2026-11-26T10:15:02Z"}`,
+		"a later build": `{"type":"orthanc.study.stable","version":1,"source":"orthanc","orthancStudyId":"5b2a8e4c-1f6d3a90-0c7e2b41-9d8f6a53-e4b1c2d7",` +
+			`"studyInstanceUid":"1.2.826.0.1.3680043.2.1143.7","lastUpdate":"20261126T101500","priority":"stat","origin":{"aet":"CT1"}}`,
+	} {
+		ev, err := Decode([]byte(data))
+		if err != nil {
+			t.Errorf("%s: Decode = %v", name, err)
+			continue
+		}
+		if ev.OrthancStudyID != "5b2a8e4c-1f6d3a90-0c7e2b41-9d8f6a53-e4b1c2d7" || ev.LastUpdate != "20261126T101500" {
+			t.Errorf("%s: decoded %+v", name, ev)
+		}
+	}
+}
+
 func TestValidUID(t *testing.T) {
 	tests := []struct {
 		uid  string
