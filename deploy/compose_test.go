@@ -520,7 +520,9 @@ func dockerfileStages(t *testing.T) map[string]string {
 	stage := ""
 	builds := ""
 	nonrootData := false
-	for line := range strings.SplitSeq(string(readFile(t, "Dockerfile")), "\n") {
+	// An instruction continued on the next line (a backslash at its end) is one.
+	text := strings.ReplaceAll(string(readFile(t, "Dockerfile")), "\\\n", " ")
+	for line := range strings.SplitSeq(text, "\n") {
 		f := strings.Fields(line)
 		switch {
 		case len(f) >= 4 && f[0] == "FROM" && strings.EqualFold(f[2], "AS"):
