@@ -64,6 +64,9 @@ type lanePlan struct {
 	// a NATS cluster without quorum fails every worker's pull of every
 	// lane, each second, for as long as it lasts.
 	pullFails map[events.Priority]*repeatlog.Failures
+	// probeFails: a lane's failed probes (watchLanes), warned about a
+	// minute apart.
+	probeFails map[events.Priority]*repeatlog.Failures
 	// probeEvery is how often the lanes are asked what they hold
 	// (watchLanes); tests shorten it.
 	probeEvery time.Duration
@@ -94,10 +97,12 @@ func newLanePlan(opts *Options) *lanePlan {
 	p.filters = map[events.Priority][]string{}
 	p.late = map[events.Priority]*repeatlog.Failures{}
 	p.pullFails = map[events.Priority]*repeatlog.Failures{}
+	p.probeFails = map[events.Priority]*repeatlog.Failures{}
 	for _, l := range p.lanes {
 		p.goneUntil[l.Priority] = new(atomic.Int64)
 		p.late[l.Priority] = &repeatlog.Failures{Every: time.Hour}
 		p.pullFails[l.Priority] = &repeatlog.Failures{Every: time.Minute}
+		p.probeFails[l.Priority] = &repeatlog.Failures{Every: time.Minute}
 		if len(opts.Lanes) == 0 || l.Consumer == nil {
 			continue
 		}
@@ -247,10 +252,9 @@ func (f *Forwarder) watchLanes(ctx context.Context) {
 	t := time.NewTicker(f.plan.probeEvery)
 	defer t.Stop()
 	for {
-		now := f.plan.now()
 		for _, l := range f.plan.lanes {
 			if l.Consumer != nil {
-				f.probeLane(ctx, l, f.plan.windows != nil && !f.plan.windows.Open(l.Priority, now))
+				f.probeLane(ctx, l)
 			}
 		}
 		select {
@@ -261,51 +265,37 @@ func (f *Forwarder) watchLanes(ctx context.Context) {
 	}
 }
 
-// probeLane records the oldest event not acknowledged of lane l (the
-// first of its subjects after the ack floor), which JetStream's
-// retention deletes first, or none; closed, the lane's last pull says
-// nothing more. An answer missing keeps what it had.
-func (f *Forwarder) probeLane(ctx context.Context, l Lane, closed bool) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// probeLane records the oldest event of lane l its consumer has not
+// acknowledged, which JetStream's retention deletes first, or none. A
+// consumer gone holds nothing; a probe that fails otherwise keeps the
+// last reading and is warned about (a minute apart): a reading that
+// stands still hides the retention alert, or raises it for nothing.
+func (f *Forwarder) probeLane(ctx context.Context, l Lane) {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	info, err := l.Consumer.Info(ctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			f.log.Debug("read a lane's consumer for its event age", "lane", l.Priority, "err", err)
-		}
-		return
-	}
-	if info.NumPending == 0 && info.NumAckPending == 0 {
-		f.m.laneAge.setQueued(l.Priority, time.Time{}, closed)
-		return
-	}
-	if f.opts.Stream == nil {
-		return
-	}
-	filters := slices.Clone(info.Config.FilterSubjects)
-	if info.Config.FilterSubject != "" {
-		filters = append(filters, info.Config.FilterSubject)
-	}
-	if len(filters) == 0 {
-		filters = []string{">"}
-	}
+	info, err := l.Consumer.Info(pctx)
 	var oldest time.Time
-	for _, subject := range filters {
-		m, err := f.opts.Stream.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
+	if err == nil && (info.NumPending > 0 || info.NumAckPending > 0) {
+		if f.opts.Stream == nil {
+			return // tests without the stream: whether it holds any only
 		}
-		if err != nil {
-			if ctx.Err() == nil {
-				f.log.Debug("read a lane's oldest event for its age", "lane", l.Priority, "err", err)
-			}
+		oldest, err = natsjs.OldestUnacked(pctx, f.opts.Stream, info)
+	}
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		f.m.laneAge.setQueued(l.Priority, time.Time{})
+	case err != nil:
+		if ctx.Err() != nil {
 			return
 		}
-		if oldest.IsZero() || m.Time.Before(oldest) {
-			oldest = m.Time
+		if n, log := f.plan.probeFails[l.Priority].Failed(); log {
+			f.log.Warn("could not read what the lane holds: its event age (stowline_forwarder_lane_event_age_seconds, the retention alert) keeps its last reading; the forwarder needs $JS.API.CONSUMER.INFO and $JS.API.STREAM.MSG.GET on the event stream (docs/nats-permissions.md)",
+				"lane", l.Priority, "err", err, "failures", n)
 		}
+	default:
+		f.plan.probeFails[l.Priority].Succeeded()
+		f.m.laneAge.setQueued(l.Priority, oldest)
 	}
-	f.m.laneAge.setQueued(l.Priority, oldest, closed)
 }
 
 // registerOpen exports stowline_forwarder_lane_open for each lane: 1

@@ -478,3 +478,46 @@ func TestLaneAgeCountsRetryWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLaneProbeDropsAStaleHead: once its consumer says what it holds, a
+// lane's age no longer counts the event last pulled: after it is acked
+// nothing else pulls while a breaker is open or every worker holds a
+// study for its source, and an open lane kept the head's age (a false
+// StowlineEventsNearRetention for an empty lane). A consumer gone holds
+// nothing: its last reading must not count on either.
+func TestLaneProbeDropsAStaleHead(t *testing.T) {
+	const waited = 6 * 24 * time.Hour
+	ns, lanes, sinkURL := startLanes(t)
+	ctx := t.Context()
+	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.Stream = stream
+	})
+	age := f.m.laneAge.WithLabelValues("routine")
+	var routine Lane
+	for _, l := range f.plan.lanes {
+		if l.Priority == events.PriorityRoutine {
+			routine = l
+		}
+	}
+	// A worker pulled an old event, which was then stored and acked.
+	f.m.laneAge.set(events.PriorityRoutine, time.Now().Add(-waited))
+	f.probeLane(ctx, routine)
+	if got := testutil.ToFloat64(age); got != 0 {
+		t.Errorf("routine lane's age %v s, its consumer holding nothing, want 0", got)
+	}
+
+	// A reading of an old event, then the consumer is deleted.
+	f.m.laneAge.setQueued(events.PriorityRoutine, time.Now().Add(-waited))
+	if err := ns.JS.DeleteConsumer(ctx, natsjs.EventStream, lanes[events.PriorityRoutine].CachedInfo().Name); err != nil {
+		t.Fatal(err)
+	}
+	f.probeLane(ctx, routine)
+	if got := testutil.ToFloat64(age); got != 0 {
+		t.Errorf("routine lane's age %v s, its consumer gone, want 0", got)
+	}
+}

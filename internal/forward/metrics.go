@@ -260,15 +260,15 @@ func (g *laneAgeGauge) set(lane events.Priority, head time.Time) {
 }
 
 // setQueued records the oldest event lane's consumer has not
-// acknowledged (zero: none); closed, the lane's head is dropped too: no
-// worker pulls it, and the head of when it closed tells nothing now.
-func (g *laneAgeGauge) setQueued(lane events.Priority, oldest time.Time, closed bool) {
+// acknowledged (zero: none), and drops the lane's head: the consumer's
+// answer covers the event last pulled, acknowledged or not, while the
+// head stands still once no worker pulls (a closed lane, a breaker
+// open, every worker holding a study for its source).
+func (g *laneAgeGauge) setQueued(lane events.Priority, oldest time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.queued[lane] = oldest
-	if _, ok := g.heads[lane]; !ok || closed {
-		g.heads[lane] = time.Time{}
-	}
+	g.heads[lane] = time.Time{}
 	g.setLocked(lane)
 }
 

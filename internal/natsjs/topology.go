@@ -342,30 +342,46 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 		if _, _, ok := LaneOfConsumer(info.Name); !ok || info.NumPending == 0 && info.NumAckPending == 0 {
 			continue
 		}
-		filters := info.Config.FilterSubjects
-		if info.Config.FilterSubject != "" {
-			filters = append(filters, info.Config.FilterSubject)
+		t, err := OldestUnacked(ctx, s, info)
+		if err != nil {
+			return "", time.Time{}, err
 		}
-		if len(filters) == 0 {
-			filters = []string{">"}
-		}
-		for _, f := range filters {
-			m, err := s.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				continue
-			}
-			if err != nil {
-				return "", time.Time{}, fmt.Errorf("oldest event of consumer %s: %w", info.Name, err)
-			}
-			if name == "" || m.Time.Before(oldest) {
-				name, oldest = info.Name, m.Time
-			}
+		if !t.IsZero() && (name == "" || t.Before(oldest)) {
+			name, oldest = info.Name, t
 		}
 	}
 	if err := list.Err(); err != nil {
 		return "", time.Time{}, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
 	}
 	return name, oldest, nil
+}
+
+// OldestUnacked is the stream time of the oldest event of stream s that
+// the consumer of info has not acknowledged (acknowledged out of order
+// above its ack floor counts too): the first of its filter subjects after
+// its ack floor; zero when there is none.
+func OldestUnacked(ctx context.Context, s jetstream.Stream, info *jetstream.ConsumerInfo) (time.Time, error) {
+	filters := slices.Clone(info.Config.FilterSubjects)
+	if info.Config.FilterSubject != "" {
+		filters = append(filters, info.Config.FilterSubject)
+	}
+	if len(filters) == 0 {
+		filters = []string{">"}
+	}
+	var oldest time.Time
+	for _, f := range filters {
+		m, err := s.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return time.Time{}, fmt.Errorf("oldest event of consumer %s: %w", info.Name, err)
+		}
+		if oldest.IsZero() || m.Time.Before(oldest) {
+			oldest = m.Time
+		}
+	}
+	return oldest, nil
 }
 
 // waitScaled waits for a stream whose replica count was just changed to
