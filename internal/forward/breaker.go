@@ -9,7 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 )
 
@@ -20,8 +23,9 @@ type BreakerState int
 const (
 	// BreakerClosed: studies flow.
 	BreakerClosed BreakerState = iota
-	// BreakerHalfOpen: the destination answered a probe; one held study
-	// is sent as a trial, the others wait.
+	// BreakerHalfOpen: the destination answered a probe; one study
+	// (held, or pulled from the queue: chooseTrial) is sent as a trial,
+	// the others wait.
 	BreakerHalfOpen
 	// BreakerOpen: the destination is down. Nothing is pulled; studies
 	// that failed for it are held, unsettled, until it closes.
@@ -122,6 +126,12 @@ func studyMayFail(err error) bool {
 		errors.Is(err, dicomweb.ErrNotDICOMweb)
 }
 
+// maxPulledTrials bounds the studies a process pulls as trials while the
+// breaker is open, each then held with its message in progress: past it
+// so many different studies failed a trial that the destination is what
+// fails, and the held ones are tried again.
+const maxPulledTrials = 16
+
 // probesBeforeTrial is how many failed probes in a row let a held study
 // through as a trial anyway: a destination whose queries fail while it
 // stores (no QIDO-RS, a proxy refusing GETs) must not stay open for good.
@@ -145,8 +155,9 @@ type breakerConfig struct {
 // with their message unsettled (still in progress), so an outage spends
 // no delivery. After the probe interval a prober (QIDO-RS) asks the
 // destination whether it answers; when it does, the breaker is half-open
-// and one held study is sent as a trial: it closes the breaker when it is
-// stored, and the held studies go again at once within their delivery.
+// and one study is sent as a trial (chooseTrial): it closes the breaker
+// when it is stored, and the held studies go again at once within their
+// delivery.
 type breaker struct {
 	cfg    breakerConfig
 	prober Prober
@@ -169,6 +180,29 @@ type breaker struct {
 	// (else the trial was let through after probesBeforeTrial failures).
 	failedProbes int
 	held         int
+	// heldSeqs counts the held studies by the stream sequence of their
+	// event, so that a half-open breaker tries a fresh one first.
+	heldSeqs map[uint64]int
+	// failedTrials holds the stream sequences of the studies whose trial,
+	// vouched for by a probe, failed so that the study may be what fails
+	// (studyMayFail), since the last stored study. Only the first such
+	// trial spends a delivery: after it, such a failure of another study
+	// says the destination, and is held. So that held studies that each
+	// fail for themselves cannot keep the destination shut, a trial is a
+	// study not in it whenever one is held or waits in the queue.
+	failedTrials map[uint64]bool
+	// trialSeq is the held study that is the next trial of the half-open
+	// breaker (chooseTrial); triedAt the number of the trial each held
+	// study last was (trials counts them), so that the one tried least
+	// recently goes when every held study failed one.
+	trialSeq uint64
+	triedAt  map[uint64]uint64
+	trials   uint64
+	// pullTrial, if set, pulls one event from the queue and handles it
+	// as the trial, in a goroutine of its own; pulledTrials counts those
+	// in hand (held ones too), at most maxPulledTrials.
+	pullTrial    func()
+	pulledTrials int
 	// changed is closed and replaced at every change a waiter cares for.
 	changed chan struct{}
 	// timer runs the next probe while open.
@@ -191,7 +225,8 @@ func newBreaker(cfg breakerConfig, prober Prober, onChange func(from, to Breaker
 	}
 	probeCtx, cancelProbe := context.WithCancel(context.Background())
 	return &breaker{cfg: cfg, prober: prober, onChange: onChange, now: time.Now,
-		changed: make(chan struct{}), wait: cfg.interval, probeCtx: probeCtx, cancelProbe: cancelProbe}
+		changed: make(chan struct{}), wait: cfg.interval, probeCtx: probeCtx, cancelProbe: cancelProbe,
+		heldSeqs: map[uint64]int{}, failedTrials: map[uint64]bool{}, triedAt: map[uint64]uint64{}}
 }
 
 func (b *breaker) enabled() bool { return b != nil && b.cfg.failures > 0 }
@@ -228,8 +263,8 @@ func (b *breaker) waitClosed(ctx context.Context) error {
 // reports whether the study is to be held: it failed for a destination
 // that is down, and the breaker is open. trial is true for the attempt
 // that a half-open breaker let through. studyUID names the study for a
-// later probe.
-func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
+// later probe, seq its event's stream sequence.
+func (b *breaker) record(err error, trial bool, studyUID string, seq uint64) (hold bool) {
 	if !b.enabled() || errors.Is(err, context.Canceled) {
 		if trial {
 			b.endTrial()
@@ -245,6 +280,8 @@ func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
 	switch {
 	case err == nil:
 		b.failures = 0
+		clear(b.failedTrials)
+		clear(b.triedAt)
 		b.setState(BreakerClosed)
 		return false
 	case !down:
@@ -258,12 +295,19 @@ func (b *breaker) record(err error, trial bool, studyUID string) (hold bool) {
 	b.failures++
 	if trial {
 		// The destination answered the probe but failed the study. If
-		// a prober vouched for it and the study met a 500, the study
-		// may be what fails (one that makes the server fail): it is
-		// settled like any failure, and spends its delivery. No answer,
-		// or a 502, 503, 504 or 507, says the store itself is down while
-		// queries work (storage full, a write path down): held.
-		spend := b.prober != nil && b.failedProbes == 0 && studyMayFail(err)
+		// a prober vouched for it and the study met a 500 (or 0xA7xx,
+		// or a page that is not DICOMweb), the study may be what fails
+		// (one that makes the server fail): the first such trial since
+		// a study was stored is settled like any failure, and spends its
+		// delivery. Another's says the destination (its store full while
+		// queries answer): held, as after no answer, or a 502, 503, 504
+		// or 507. Trials go to studies whose trial has not failed (see
+		// failedTrials), so held poison studies do not keep it shut.
+		spend := false
+		if b.prober != nil && b.failedProbes == 0 && studyMayFail(err) {
+			spend = len(b.failedTrials) == 0
+			b.failedTrials[seq] = true
+		}
 		b.open(studyUID)
 		return !spend
 	}
@@ -289,17 +333,26 @@ func (b *breaker) endTrial() {
 	b.broadcast()
 }
 
-// hold waits, for a held study, until the breaker closes (trial false)
-// or lets this study through as the trial of a half-open breaker (trial
-// true), or ctx ends.
-func (b *breaker) hold(ctx context.Context) (trial bool, err error) {
+// hold waits, for a held study (its event at stream sequence seq), until
+// the breaker closes (trial false) or lets this study through as the
+// trial of a half-open breaker (trial true), or ctx ends.
+func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) {
 	b.mu.Lock()
 	b.held++
+	b.heldSeqs[seq]++
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
+		defer b.mu.Unlock()
 		b.held--
-		b.mu.Unlock()
+		if b.heldSeqs[seq]--; b.heldSeqs[seq] <= 0 {
+			delete(b.heldSeqs, seq)
+		}
+		if b.state == BreakerHalfOpen && !b.trial && !b.stopped && b.heldSeqs[b.trialSeq] == 0 {
+			// The study chosen as the trial is gone (its context
+			// ended): choose again, else none would come.
+			b.chooseTrial()
+		}
 	}()
 	for {
 		b.mu.Lock()
@@ -310,8 +363,10 @@ func (b *breaker) hold(ctx context.Context) (trial bool, err error) {
 		case b.state == BreakerClosed:
 			b.mu.Unlock()
 			return false, nil
-		case b.state == BreakerHalfOpen && !b.trial:
+		case b.state == BreakerHalfOpen && !b.trial && seq == b.trialSeq:
 			b.trial = true
+			b.trials++
+			b.triedAt[seq] = b.trials
 			b.mu.Unlock()
 			return true, nil
 		}
@@ -393,11 +448,73 @@ func (b *breaker) probe() {
 		b.failedProbes = 0
 	}
 	b.setState(BreakerHalfOpen)
-	if b.held == 0 {
-		// Nothing is held to try (they all ended otherwise): let the
-		// workers pull; the next failures open it again.
+	b.chooseTrial()
+}
+
+// chooseTrial says who is the trial of the half-open breaker: the oldest
+// held study whose trial has not failed if there is one, else one pulled
+// from the queue, else (nothing waits, or maxPulledTrials are in hand)
+// the held study tried least recently. Nothing held: the breaker closes,
+// to let the workers pull; the next failures open it again. Under mu.
+func (b *breaker) chooseTrial() {
+	seq, fresh, ok := b.pickHeld()
+	switch {
+	case !ok:
 		b.setState(BreakerClosed)
+	case fresh || b.pullTrial == nil || b.pulledTrials >= maxPulledTrials || b.stopped:
+		b.trialSeq = seq
+		b.broadcast()
+	default:
+		b.trial = true
+		b.pulledTrials++
+		b.pullTrial()
 	}
+}
+
+// pickHeld returns the held study to try: the oldest (lowest stream
+// sequence) whose trial has not failed (fresh), else the one tried least
+// recently. ok is false when none is held. Under mu.
+func (b *breaker) pickHeld() (seq uint64, fresh, ok bool) {
+	for s := range b.heldSeqs {
+		f := !b.failedTrials[s]
+		switch {
+		case !ok, f && !fresh,
+			f == fresh && (b.triedAt[s] < b.triedAt[seq] || b.triedAt[s] == b.triedAt[seq] && s < seq):
+			seq, fresh, ok = s, f, true
+		}
+	}
+	return seq, fresh, ok
+}
+
+// pulledTrialEnded is told that an event pulled as the trial was settled,
+// or that the pull found none; used is false when no attempt of it was
+// recorded as the trial (none found, another lane's, settled before any
+// attempt): the trial slot is freed, for a held study when the queue had
+// nothing.
+func (b *breaker) pulledTrialEnded(found, used bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.pulledTrials--
+	if used {
+		return
+	}
+	b.trial = false
+	switch {
+	case b.state != BreakerHalfOpen || b.stopped:
+	case found:
+		// Settled otherwise (skipped, a poison study at its last
+		// delivery): ask again later.
+		b.open("")
+	default:
+		// Nothing waits in the queue: a held study is the trial.
+		seq, _, ok := b.pickHeld()
+		if !ok {
+			b.setState(BreakerClosed)
+			break
+		}
+		b.trialSeq = seq
+	}
+	b.broadcast()
 }
 
 // probeTimeout bounds one probe request.
@@ -503,6 +620,12 @@ func (f *Forwarder) Status() DestinationStatus {
 // returned and the study goes back to the queue (one delivery).
 func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.Logger) (Report, error) {
 	trial := false
+	if t, ok := ctx.Value(pulledTrialKey{}).(*pulledTrial); ok && !t.used {
+		// Pulled as the trial of the half-open breaker: this first
+		// attempt is it.
+		t.used, trial = true, true
+		log.Info("circuit breaker half-open: sending this study, pulled from the queue, as the trial")
+	}
 	// held counts the holds for the destination, sourceHeld those for the
 	// source, for the log.
 	held, sourceHeld := 0, 0
@@ -522,7 +645,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			}
 			return rep, nil
 		}
-		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID) {
+		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID, a.Seq) {
 			if err != nil && f.opts.SourceProbe != nil && (Classify(err) == Transient || sourceRefusesUs(err)) && ctx.Err() == nil {
 				wasHeld, herr := f.holdForSource(ctx, a, err, log)
 				if herr != nil {
@@ -551,7 +674,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		f.m.held.Inc()
 		f.held(a, "held: destination down (circuit breaker open)")
 		var herr error
-		trial, herr = f.breaker.hold(ctx)
+		trial, herr = f.breaker.hold(ctx, a.Seq)
 		a.again = true
 		f.held(a, "")
 		f.m.held.Dec()
@@ -561,6 +684,71 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		if trial {
 			log.Info("circuit breaker half-open: sending this held study as the trial")
 		}
+	}
+}
+
+// pulledTrialKey is the context key of the pulledTrial of the event a
+// trial pull handles.
+type pulledTrialKey struct{}
+
+// pulledTrial marks the event pulled as the trial; used once an attempt
+// of it was recorded as the trial.
+type pulledTrial struct{ used bool }
+
+// runPulledTrial pulls one event and handles it as the trial of the
+// half-open breaker (chooseTrial), beside the workers, which all hold
+// studies whose trial failed: a failure is held, with its message in
+// progress, as theirs. ctx stops the pull, workCtx the work, as a
+// worker's.
+func (f *Forwarder) runPulledTrial(ctx, workCtx context.Context) {
+	msg, lane, done := f.nextTrial(ctx)
+	if msg == nil {
+		f.breaker.pulledTrialEnded(false, false)
+		return
+	}
+	t := &pulledTrial{}
+	if f.plan.elsewhere(lane, msg.Subject()) {
+		f.settleElsewhere(workCtx, msg, lane)
+	} else {
+		f.handle(context.WithValue(workCtx, pulledTrialKey{}, t), msg)
+	}
+	done()
+	f.breaker.pulledTrialEnded(true, t.used)
+}
+
+// nextTrial is next for a trial: it takes an event from the highest open
+// lane holding one, and does not wait for one to come: when none waits,
+// a held study is the trial at once.
+func (f *Forwarder) nextTrial(ctx context.Context) (msg jetstream.Msg, lane events.Priority, done func()) {
+	for _, l := range f.plan.open(false) {
+		release, ok := f.plan.take(l.Priority)
+		if !ok {
+			continue
+		}
+		if msg := f.pullNoWait(ctx, l); msg != nil {
+			f.queueAge(l.Priority, msg)
+			return msg, l.Priority, f.started(l.Priority, release)
+		}
+		release()
+	}
+	return nil, "", nil
+}
+
+// startTrialPulls lets the breaker pull trials (runPulledTrial) until it
+// stops; wait waits for those still in hand.
+func (f *Forwarder) startTrialPulls(ctx, workCtx context.Context) (wait func()) {
+	var wg sync.WaitGroup
+	if !f.breaker.enabled() {
+		return wg.Wait
+	}
+	f.breaker.mu.Lock()
+	// Called under the breaker's lock, never once it stopped: no Go after
+	// the Wait.
+	f.breaker.pullTrial = func() { wg.Go(func() { f.runPulledTrial(ctx, workCtx) }) }
+	f.breaker.mu.Unlock()
+	return func() {
+		f.breaker.stop()
+		wg.Wait()
 	}
 }
 

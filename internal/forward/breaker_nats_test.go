@@ -2,8 +2,12 @@ package forward
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -250,4 +254,119 @@ func laneAge(t *testing.T, reg *prometheus.Registry, lane string) time.Duration 
 	}
 	t.Fatalf("no lane age of %s", lane)
 	return 0
+}
+
+// deliveryObserver records each event's delivery number, as JetStream
+// counts it (NumDelivered), by stream sequence.
+type deliveryObserver struct {
+	recordingObserver
+	mu        sync.Mutex
+	delivered map[uint64]uint64
+}
+
+func (o *deliveryObserver) Started(a *Attempt) {
+	o.recordingObserver.Started(a)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.delivered[a.Seq] = max(o.delivered[a.Seq], a.Number)
+}
+
+// A destination whose QIDO-RS answers while every STOW-RS gets a 500 (a
+// write path down, a store full behind a proxy: a fault a real Orthanc
+// cannot be made to show), with FORWARDER_MAX_DELIVERIES 3 and a probe
+// every 100 ms: before, each probe passed, a held study went as the
+// trial, failed and spent a delivery, and the four studies were
+// dead-lettered within a second or two. Now the first failed trial
+// spends one delivery, the others are held (the later trials pulled from
+// the queue when every held study failed one), and once the store
+// answers every study is stored.
+func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	stores := k.handler(nil)
+	var storeDown atomic.Bool
+	storeDown.Store(true)
+	var probes atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet:
+			probes.Add(1)
+			w.Header().Set("Content-Type", "application/dicom+json")
+			io.WriteString(w, "[]")
+		case storeDown.Load():
+			http.Error(w, "store failing", http.StatusInternalServerError)
+		default:
+			stores.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	prober, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dls := &memDeadLetters{}
+	obs := &deliveryObserver{delivered: map[uint64]uint64{}}
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.DeadLetters, o.MaxDeliveries = dls, 3
+		o.Concurrency = 1
+		o.Observer = obs
+		o.ShutdownGrace = time.Minute // held studies go back at once
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 50 * time.Millisecond, MaxProbeInterval: 100 * time.Millisecond, Prober: prober}
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	const studies = 4
+	for i := range studies {
+		ev := testEvent()
+		ev.OrthancStudyID = fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i)
+		ev.StudyInstanceUID = fmt.Sprintf("1.2.4.%d", i)
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Sixty probes passed, each followed by a trial (or every study was
+	// dead-lettered, as before).
+	deadline := time.Now().Add(30 * time.Second)
+	for probes.Load() < 60 && len(dls.all()) < studies {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d probes in 30 s", probes.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	obs.mu.Lock()
+	delivered := maps.Clone(obs.delivered)
+	obs.mu.Unlock()
+	var total uint64
+	for seq, n := range delivered {
+		total += n
+		if n > 2 {
+			t.Errorf("event %d delivered %d times over %d probes, want at most twice", seq, n, probes.Load())
+		}
+	}
+	if len(delivered) != studies || total > studies+1 {
+		t.Errorf("deliveries %v over %d probes: want each of the %d events delivered, one of them twice at most", delivered, probes.Load(), studies)
+	}
+	if n := len(dls.all()); n != 0 {
+		t.Fatalf("%d dead letters while the store was down", n)
+	}
+	if b := f.Status(); b.State == "closed" || b.Held != studies {
+		t.Errorf("breaker %+v while the store is down, want %d held", b, studies)
+	}
+
+	storeDown.Store(false)
+	info := waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool {
+		return i.AckFloor.Stream == studies && i.NumAckPending == 0
+	})
+	if info.Delivered.Consumer > studies+1 {
+		t.Errorf("%d deliveries of %d events", info.Delivered.Consumer, studies)
+	}
+	if n := len(dls.all()); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+	if r := obs.results(); r[ResultForwarded] != studies {
+		t.Errorf("finished %v, want %d forwarded", r, studies)
+	}
 }

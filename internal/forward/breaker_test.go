@@ -117,18 +117,18 @@ func TestBreakerOutage(t *testing.T) {
 		defer b.stop()
 
 		for i := range 2 {
-			if b.record(down, false, "1.2.3") {
+			if b.record(down, false, "1.2.3", 0) {
 				t.Fatalf("failure %d held, before the threshold", i+1)
 			}
 		}
-		if b.record(nil, false, "") {
+		if b.record(nil, false, "", 0) {
 			t.Fatal("a success held")
 		}
 		// A success reset the count: three more are needed.
-		b.record(down, false, "1.2.3")
-		b.record(&dicomweb.HTTPError{StatusCode: 400}, false, "1.2.4") // an answer: counts nothing
-		b.record(down, false, "1.2.3")
-		if !b.record(down, false, "1.2.5") {
+		b.record(down, false, "1.2.3", 0)
+		b.record(&dicomweb.HTTPError{StatusCode: 400}, false, "1.2.4", 0) // an answer: counts nothing
+		b.record(down, false, "1.2.3", 0)
+		if !b.record(down, false, "1.2.5", 0) {
 			t.Fatal("the failure that opened the breaker was not held")
 		}
 		if s, _, _, _ := b.status(); s != BreakerOpen {
@@ -145,7 +145,7 @@ func TestBreakerOutage(t *testing.T) {
 		results := make(chan outcome, 3)
 		for range 3 {
 			go func() {
-				trial, err := b.hold(t.Context())
+				trial, err := b.hold(t.Context(), 0)
 				if err != nil {
 					t.Error(err)
 				}
@@ -179,7 +179,7 @@ func TestBreakerOutage(t *testing.T) {
 		if len(results) != 0 {
 			t.Fatal("more than one study went on while half-open")
 		}
-		if b.record(nil, true, "1.2.3") {
+		if b.record(nil, true, "1.2.3", 0) {
 			t.Fatal("a stored trial held")
 		}
 		for range 2 {
@@ -216,14 +216,14 @@ func TestBreakerTrialFails(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, tt.prober, nil)
 				defer b.stop()
-				if !b.record(tt.err, false, "1.2.3") {
+				if !b.record(tt.err, false, "1.2.3", 0) {
 					t.Fatal("not held")
 				}
-				trial, err := b.hold(t.Context())
+				trial, err := b.hold(t.Context(), 0)
 				if err != nil || !trial {
 					t.Fatalf("hold = %v, %v; want the trial", trial, err)
 				}
-				if got := b.record(tt.err, true, "1.2.3"); got != tt.wantHold {
+				if got := b.record(tt.err, true, "1.2.3", 0); got != tt.wantHold {
 					t.Errorf("failed trial held = %v, want %v", got, tt.wantHold)
 				}
 				if s, _, _, _ := b.status(); s != BreakerOpen {
@@ -244,20 +244,20 @@ func TestBreakerTrialWithoutQueries(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
 		defer b.stop()
 		serverError := &dicomweb.HTTPError{StatusCode: 500}
-		b.record(serverError, false, "1.2.3")
+		b.record(serverError, false, "1.2.3", 0)
 		for round := range 2 {
-			trial, err := b.hold(t.Context())
+			trial, err := b.hold(t.Context(), 0)
 			if err != nil || !trial {
 				t.Fatalf("round %d: hold = %v, %v; want the trial", round, trial, err)
 			}
 			if prober.calls != probesBeforeTrial*(round+1) {
 				t.Errorf("round %d: a trial after %d probes, want %d", round, prober.calls, probesBeforeTrial*(round+1))
 			}
-			if round == 0 && !b.record(serverError, true, "1.2.3") {
+			if round == 0 && !b.record(serverError, true, "1.2.3", 0) {
 				t.Fatal("a 500 on a trial no probe vouched for was settled")
 			}
 		}
-		b.record(nil, true, "1.2.3")
+		b.record(nil, true, "1.2.3", 0)
 		if s, _, _, _ := b.status(); s != BreakerClosed {
 			t.Errorf("state %v after a stored trial, want closed", s)
 		}
@@ -270,13 +270,13 @@ func TestBreakerTrialAnswered(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, nil, nil)
 		defer b.stop()
-		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3")
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3", 0)
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
-		if trial, err := b.hold(ctx); !trial || err != nil {
+		if trial, err := b.hold(ctx, 0); !trial || err != nil {
 			t.Fatalf("hold = %v, %v", trial, err)
 		}
-		if b.record(&dicomweb.HTTPError{StatusCode: 400}, true, "1.2.3") {
+		if b.record(&dicomweb.HTTPError{StatusCode: 400}, true, "1.2.3", 0) {
 			t.Fatal("a 400 held")
 		}
 		if err := b.waitClosed(ctx); err != nil {
@@ -288,7 +288,7 @@ func TestBreakerTrialAnswered(t *testing.T) {
 // Off, the breaker never holds nor stops a pull.
 func TestBreakerOff(t *testing.T) {
 	var b *breaker
-	if b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "x") {
+	if b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "x", 0) {
 		t.Fatal("a nil breaker held")
 	}
 	if err := b.waitClosed(t.Context()); err != nil {
@@ -296,7 +296,7 @@ func TestBreakerOff(t *testing.T) {
 	}
 	off := newBreaker(breakerConfig{}, nil, nil)
 	for range 10 {
-		if off.record(&dicomweb.HTTPError{StatusCode: 503}, false, "x") {
+		if off.record(&dicomweb.HTTPError{StatusCode: 503}, false, "x", 0) {
 			t.Fatal("a breaker with failures 0 held")
 		}
 	}
@@ -306,10 +306,10 @@ func TestBreakerOff(t *testing.T) {
 func TestBreakerStopEndsHolds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Minute, maxInterval: time.Minute}, nil, nil)
-		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3")
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3", 0)
 		done := make(chan error, 1)
 		go func() {
-			_, err := b.hold(t.Context())
+			_, err := b.hold(t.Context(), 0)
 			done <- err
 		}()
 		synctest.Wait()
@@ -317,7 +317,7 @@ func TestBreakerStopEndsHolds(t *testing.T) {
 		if err := <-done; !errors.Is(err, errShutdown) {
 			t.Fatalf("hold after stop = %v, want errShutdown", err)
 		}
-		if _, err := b.hold(t.Context()); !errors.Is(err, errShutdown) {
+		if _, err := b.hold(t.Context(), 0); !errors.Is(err, errShutdown) {
 			t.Fatalf("hold of a stopped breaker = %v, want errShutdown", err)
 		}
 	})
@@ -431,16 +431,16 @@ func TestBreakerProbeOfAnEarlierOutage(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
 		defer b.stop()
 
-		b.record(down, false, "1.2.3")
+		b.record(down, false, "1.2.3", 0)
 		time.Sleep(time.Second)
 		synctest.Wait()
 		if prober.started.Load() != 1 {
 			t.Fatalf("%d probes after the interval, want 1", prober.started.Load())
 		}
 		// A study in flight is stored: closed; then a new outage opens it.
-		b.record(nil, false, "")
-		b.record(down, false, "1.2.4")
-		go func() { _, _ = b.hold(t.Context()) }()
+		b.record(nil, false, "", 0)
+		b.record(down, false, "1.2.4", 0)
+		go func() { _, _ = b.hold(t.Context(), 0) }()
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
 		if n := prober.mostOut.Load(); n != 1 {
@@ -462,6 +462,275 @@ func TestBreakerProbeOfAnEarlierOutage(t *testing.T) {
 		synctest.Wait()
 		if s, _, _, _ := b.status(); s != BreakerHalfOpen {
 			t.Fatalf("state %v after the new probe's success, want half-open", s)
+		}
+	})
+}
+
+// trialBench runs studies against a breaker as the workers and
+// transferGuarded do: a worker pulls a study when the breaker is closed;
+// an attempt is recorded; held, it is sent again when closed or as the
+// trial; a failure settled goes back to the queue, spending a delivery,
+// or is dead-lettered at its last. The destination's answer to study seq
+// is what answer says now.
+type trialBench struct {
+	t *testing.T
+	// ctx ends the workers and holds (end).
+	ctx           context.Context
+	cancel        context.CancelFunc
+	b             *breaker
+	answer        func(seq uint64) error
+	maxDeliveries int
+	mu            sync.Mutex
+	delivered     map[uint64]int
+	stored        map[uint64]bool
+	deadLetters   map[uint64]bool
+	// queue is what a pull takes, oldest first.
+	queue []uint64
+	pulls int // trial pulls that found a study
+}
+
+func newTrialBench(t *testing.T, b *breaker, maxDeliveries int, answer func(uint64) error) *trialBench {
+	ctx, cancel := context.WithCancel(t.Context())
+	tb := &trialBench{t: t, ctx: ctx, cancel: cancel, b: b, answer: answer, maxDeliveries: maxDeliveries,
+		delivered: map[uint64]int{}, stored: map[uint64]bool{}, deadLetters: map[uint64]bool{}}
+	b.mu.Lock()
+	b.pullTrial = func() { go tb.pulledTrial() }
+	b.mu.Unlock()
+	return tb
+}
+
+// end stops the workers and the holds.
+func (tb *trialBench) end() {
+	tb.b.stop()
+	tb.cancel()
+}
+
+func (tb *trialBench) add(seqs ...uint64) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	tb.queue = append(tb.queue, seqs...)
+}
+
+func (tb *trialBench) pull() (uint64, bool) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	if len(tb.queue) == 0 {
+		return 0, false
+	}
+	seq := tb.queue[0]
+	tb.queue = tb.queue[1:]
+	tb.delivered[seq]++
+	return seq, true
+}
+
+// worker pulls while the breaker is closed, until the test ends.
+func (tb *trialBench) worker() {
+	ctx := tb.ctx
+	for ctx.Err() == nil && tb.b.waitClosed(ctx) == nil {
+		if seq, ok := tb.pull(); ok {
+			tb.run(seq, false)
+			continue
+		}
+		sleep(ctx, time.Second)
+	}
+}
+
+// run is one delivery of study seq; it returns once it is settled.
+func (tb *trialBench) run(seq uint64, trial bool) {
+	for {
+		err := tb.answer(seq)
+		if !tb.b.record(err, trial, fmt.Sprintf("1.2.%d", seq), seq) {
+			tb.mu.Lock()
+			defer tb.mu.Unlock()
+			switch {
+			case err == nil:
+				tb.stored[seq] = true
+			case tb.delivered[seq] >= tb.maxDeliveries:
+				tb.deadLetters[seq] = true
+			default:
+				tb.queue = append(tb.queue, seq)
+			}
+			return
+		}
+		var herr error
+		if trial, herr = tb.b.hold(tb.ctx, seq); herr != nil {
+			return
+		}
+	}
+}
+
+// pulledTrial is runPulledTrial against the bench's queue.
+func (tb *trialBench) pulledTrial() {
+	seq, ok := tb.pull()
+	if !ok {
+		tb.b.pulledTrialEnded(false, false)
+		return
+	}
+	tb.mu.Lock()
+	tb.pulls++
+	tb.mu.Unlock()
+	tb.run(seq, true)
+	tb.b.pulledTrialEnded(true, true)
+}
+
+// spent is the deliveries spent by failures: those past each study's
+// first.
+func (tb *trialBench) spent() (total, most int) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	for seq, n := range tb.delivered {
+		if !tb.stored[seq] && !tb.deadLetters[seq] {
+			n-- // its current delivery
+		}
+		if tb.stored[seq] {
+			n--
+		}
+		total += max(n, 0)
+		most = max(most, n)
+	}
+	return total, most
+}
+
+// A destination whose queries answer while its store refuses every study
+// (storage full: 0xA7xx, a 500, a firewall's page to POSTs) for 12 hours:
+// every probe passes and a trial follows, a few hundred. Before, each
+// failed trial spent its study's delivery, and studies were dead-lettered
+// in waves. Now only the first does; the later trials go to studies that
+// have not failed one (held first, then pulled from the queue, up to
+// maxPulledTrials), and are held. When the store is back, the next trial
+// closes the breaker and the held studies and the queue are stored.
+func TestBreakerStoreDownWhileQueriesAnswer(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		down error
+	}{
+		{"500", &dicomweb.HTTPError{StatusCode: 500}},
+		{"0xA7xx", fmt.Errorf("STOW-RS request 1: %w", errOutOfResources)},
+		{"not DICOMweb", fmt.Errorf("STOW-RS request 1: %w", dicomweb.ErrNotDICOMweb)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var storeDown atomic.Bool
+				storeDown.Store(true)
+				prober := &fakeProber{} // QIDO-RS answers throughout
+				b := newBreaker(breakerConfig{failures: 2, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, prober, nil)
+				defer b.stop()
+				tb := newTrialBench(t, b, 10, func(uint64) error {
+					if storeDown.Load() {
+						return tt.down
+					}
+					return nil
+				})
+				for seq := uint64(1); seq <= 100; seq++ {
+					tb.add(seq)
+				}
+				defer tb.end()
+				for range 4 {
+					go tb.worker()
+				}
+				time.Sleep(12 * time.Hour)
+				synctest.Wait()
+				total, most := tb.spent()
+				// The failures before the breaker opens spend, as every
+				// failure before; then the first failed trial.
+				if total > 3 || most > 1 || len(tb.deadLetters) != 0 {
+					t.Errorf("%d deliveries spent over 12 h (%d probes), at most %d by a study, %d dead letters; want at most 3, 1 by a study, none",
+						total, prober.calls, most, len(tb.deadLetters))
+				}
+				if s, _, _, _ := b.status(); s == BreakerClosed {
+					t.Errorf("breaker %v while the store is down", s)
+				}
+
+				storeDown.Store(false)
+				time.Sleep(30 * time.Minute)
+				synctest.Wait()
+				tb.mu.Lock()
+				stored := len(tb.stored)
+				tb.mu.Unlock()
+				if s, _, held, _ := b.status(); s != BreakerClosed || held != 0 || stored != 100 {
+					t.Errorf("breaker %v holding %d, %d studies stored once the store was back; want closed, none, 100", s, held, stored)
+				}
+			})
+		})
+	}
+}
+
+// Poison studies (the destination answers them 500 and stores the
+// others) open the breaker on a quiet night. The first one's failed
+// trial spends its delivery; the other's trial fails too and is held;
+// then, every held study having failed a trial, one pulled from the
+// queue is the trial: stored, it closes the breaker. So each poison
+// study reaches its dead letter within its deliveries while the studies
+// arriving every 10 minutes are stored.
+func TestBreakerPoisonStudiesAmongHealthy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const maxDeliveries = 5
+		poison := func(seq uint64) bool { return seq <= 2 }
+		b := newBreaker(breakerConfig{failures: 2, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
+		defer b.stop()
+		tb := newTrialBench(t, b, maxDeliveries, func(seq uint64) error {
+			if poison(seq) {
+				return &dicomweb.HTTPError{StatusCode: 500}
+			}
+			return nil
+		})
+		defer tb.end()
+		tb.add(1, 2)
+		for range 2 {
+			go tb.worker()
+		}
+		for seq := uint64(10); seq < 10+12*6; seq++ {
+			time.Sleep(10 * time.Minute)
+			tb.add(seq)
+		}
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		tb.mu.Lock()
+		defer tb.mu.Unlock()
+		if !tb.deadLetters[1] || !tb.deadLetters[2] || tb.delivered[1] != maxDeliveries || tb.delivered[2] != maxDeliveries {
+			t.Errorf("poison studies delivered %d and %d times, dead-lettered %v; want both dead-lettered after %d", tb.delivered[1], tb.delivered[2], tb.deadLetters, maxDeliveries)
+		}
+		if len(tb.stored) != 12*6 || tb.pulls == 0 {
+			t.Errorf("%d of %d healthy studies stored, %d pulled as trials; want all, some", len(tb.stored), 12*6, tb.pulls)
+		}
+		if s, _, held, _ := b.status(); s != BreakerClosed || held != 0 {
+			t.Errorf("breaker %v holding %d, want closed, none held", s, held)
+		}
+	})
+}
+
+// When every held study has failed a trial and none waits in the queue,
+// the held study tried least recently is the trial: a poison study among
+// them does not take every trial, so the store's return is seen.
+func TestBreakerStaleTrialsTakeTurns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var storeDown atomic.Bool
+		storeDown.Store(true)
+		b := newBreaker(breakerConfig{failures: 1, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
+		defer b.stop()
+		tb := newTrialBench(t, b, 10, func(seq uint64) error {
+			if seq == 1 || storeDown.Load() { // study 1 is poison
+				return &dicomweb.HTTPError{StatusCode: 500}
+			}
+			return nil
+		})
+		defer tb.end()
+		tb.add(1, 2)
+		for range 2 {
+			go tb.worker()
+		}
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if s, _, held, _ := b.status(); s == BreakerClosed || held != 2 {
+			t.Fatalf("breaker %v holding %d while the store is down, want both held", s, held)
+		}
+		storeDown.Store(false)
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		tb.mu.Lock()
+		defer tb.mu.Unlock()
+		if !tb.stored[2] {
+			t.Errorf("study 2 not stored 10 min after the store came back: the poison study took every trial")
 		}
 	})
 }

@@ -41,6 +41,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	stopHolds := context.AfterFunc(ctx, func() { f.stoppingOnce.Do(func() { close(f.stopping) }) })
 	defer stopHolds()
 
+	waitTrials := f.startTrialPulls(ctx, workCtx)
 	var wg sync.WaitGroup
 	for range f.opts.Concurrency {
 		wg.Go(func() { f.worker(ctx, workCtx, false) })
@@ -54,6 +55,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	waitTrials()
 	if f.parking != nil {
 		// Shutdown gave the parked studies back.
 		f.parking.watchers.Wait()
