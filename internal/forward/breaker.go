@@ -727,7 +727,7 @@ func (f *Forwarder) nextTrial(ctx context.Context) (msg jetstream.Msg, lane even
 		}
 		if msg := f.pullNoWait(ctx, l); msg != nil {
 			f.queueAge(l.Priority, msg)
-			return msg, l.Priority, f.started(l.Priority, release)
+			return msg, l.Priority, f.started(l.Priority, msg, release)
 		}
 		release()
 	}
