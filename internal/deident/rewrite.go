@@ -591,7 +591,7 @@ func (rw *rewrite) transform(el *element, depth int) *element {
 	case actUID, actOtherUID:
 		vals := strings.Split(trimValue(el.value), `\`)
 		for i, v := range vals {
-			if u := strings.TrimSpace(v); (a == actOtherUID && strings.HasPrefix(u, "1.2.840.10008.")) || (wellKnownInstance(u) && !instanceIdentity(el.tag)) {
+			if u := strings.TrimSpace(v); (a == actOtherUID && strings.HasPrefix(u, "1.2.840.10008.")) || wellKnownFrame(el.tag, u) {
 				continue // defined by the standard: names no instance
 			}
 			vals[i] = rw.d.k.UID(v)
@@ -794,27 +794,23 @@ func shiftDates(v string, days int) (string, bool) {
 	return strings.Join(vals, `\`), true
 }
 
-// wellKnownInstance reports whether uid is one the standard defines for
-// the table's own attributes (PS3.6 Annex A): a well-known frame of
-// reference (an atlas, 1.2.840.10008.1.4.*), color palette
-// (1.2.840.10008.1.5.*) or synchronization frame of reference (UTC,
-// 1.2.840.10008.15.1.*). Mapped, the copy would lose what it refers to.
-// Other values under the standard's root in the table's attributes are
-// mapped, in case a device misuses that root for its own instances.
-func wellKnownInstance(uid string) bool {
-	for _, root := range []string{"1.2.840.10008.1.4.", "1.2.840.10008.1.5.", "1.2.840.10008.15.1."} {
-		if strings.HasPrefix(uid, root) {
-			return true
-		}
+// wellKnownFrame reports whether uid, in attribute t, is a frame of
+// reference the standard defines (PS3.6 Annex A): an atlas
+// (1.2.840.10008.1.4.*) or UTC synchronization (1.2.840.10008.15.1.*),
+// in one of the table's frame of reference attributes. Mapped, the copy
+// would lose what it refers to. Any other attribute's value under the
+// standard's root is mapped, in case a device misuses that root for its
+// own instances: a reference to such an instance must map as it does.
+func wellKnownFrame(t Tag, uid string) bool {
+	switch t {
+	case 0x00200052, // Frame of Reference UID
+		0x00200200, // Synchronization Frame of Reference UID
+		0x00640003, // Source Frame of Reference UID
+		0x30060024, // Referenced Frame of Reference UID
+		0x300600C2: // Related Frame of Reference UID
+		return strings.HasPrefix(uid, "1.2.840.10008.1.4.") || strings.HasPrefix(uid, "1.2.840.10008.15.1.")
 	}
 	return false
-}
-
-// instanceIdentity reports whether t names an instance, its series or its
-// study: always mapped, whatever the value (the forwarder maps the SOP
-// Instance UID the same way, to read the destination's answer).
-func instanceIdentity(t Tag) bool {
-	return t == tagSOPInstanceUID || t == tagSeriesInstanceUID || t == tagStudyInstanceUID
 }
 
 // unknownVR reports whether neither the file nor the dictionaries give

@@ -68,12 +68,13 @@ func TestUIDsOutsideTheTable(t *testing.T) {
 	}
 }
 
-// TestWellKnownUIDsInTheTable: the table's own UID attributes keep the
-// frames of reference and palettes the standard defines (UTC
-// synchronization, an atlas) and map any other value under its root.
+// TestWellKnownUIDsInTheTable: the table's frame of reference attributes
+// keep the frames the standard defines (UTC synchronization, an atlas);
+// any other attribute maps a value under a well-known root (a device's
+// own series, a reference to one of its instances).
 func TestWellKnownUIDsInTheTable(t *testing.T) {
 	d := newTestDeidentifier(t, Options{})
-	const misused = "1.2.840.10008.99.7.1" // a device's own UID under the standard's root
+	const misused = "1.2.840.10008.1.4.77.2" // a device's own UID under a well-known root
 	els := sortedElements(append(baseElements(),
 		str(0x00200052, "UI", "1.2.840.10008.1.4.1.1"), // Frame of Reference UID: Talairach atlas
 		str(0x00200200, "UI", "1.2.840.10008.15.1.1"),  // Synchronization Frame of Reference UID: UTC
