@@ -324,7 +324,7 @@ func TestIngestGraceCoversPublishTimeout(t *testing.T) {
 			}
 			checkRenderError(t, values, "")
 		}
-		for _, timeout := range []string{"5s", "500ms", "13s", "13500ms", "14s", "20s", "40s", "0.5m", "50s", "49s999ms", "1.5s"} {
+		for _, timeout := range []string{"5s", "500ms", "13s", "13500ms", "14s", "20s", "40s", "0.5m", "50s", "49s999ms", "1.5s", "+20s"} {
 			d, err := time.ParseDuration(timeout)
 			if err != nil {
 				t.Fatal(err)
@@ -345,6 +345,9 @@ func TestIngestGraceCoversPublishTimeout(t *testing.T) {
 			"5 s":   `INGEST_PUBLISH_TIMEOUT "5 s": want a Go duration`,
 			"1m30s": `INGEST_PUBLISH_TIMEOUT "1m30s": want 100ms to 50s`,
 			"50ms":  `INGEST_PUBLISH_TIMEOUT "50ms": want 100ms to 50s`,
+			"0":     `INGEST_PUBLISH_TIMEOUT "0": want 100ms to 50s`,
+			// Below 100ms however it rounds.
+			"99.5ms": `INGEST_PUBLISH_TIMEOUT "99.5ms": want 100ms to 50s`,
 		} {
 			checkRenderError(t, ingest(where, timeout, 600), want)
 		}

@@ -442,22 +442,24 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 {{- end -}}
 
 {{/*
-A Go duration (time.ParseDuration: 10s, 500ms, 1m30s, 1.5s) in whole
-milliseconds, rounded up; empty when the text is not one. Sprig has no
+A Go duration (time.ParseDuration: 10s, 500ms, 1m30s, 1.5s, +10s, 0)
+in milliseconds; empty when the text is not one. Sprig has no
 duration parser, and the chart checks grace periods against
 INGEST_PUBLISH_TIMEOUT.
 */}}
 {{- define "stowline.durationMillis" -}}
-{{- $s := toString . -}}
+{{- $s := trimPrefix "+" (toString .) -}}
 {{- $part := `([0-9]+\.?[0-9]*|\.[0-9]+)(h|ms|m|s|us|µs|μs|ns)` -}}
-{{- if regexMatch (printf "^(%s)+$" $part) $s -}}
+{{- if eq $s "0" -}}
+0
+{{- else if regexMatch (printf "^(%s)+$" $part) $s -}}
 {{- $perUnit := dict "h" 3600000.0 "m" 60000.0 "s" 1000.0 "ms" 1.0 "us" 0.001 "µs" 0.001 "μs" 0.001 "ns" 0.000001 -}}
 {{- $ms := 0.0 -}}
 {{- range regexFindAll $part $s -1 -}}
 {{- $n := regexFind `^[0-9.]+` . -}}
 {{- $ms = addf $ms (mulf (float64 $n) (get $perUnit (trimPrefix $n .))) -}}
 {{- end -}}
-{{- ceil $ms | int -}}
+{{- $ms -}}
 {{- end -}}
 {{- end -}}
 
@@ -504,8 +506,8 @@ command's default, 10s, when none is); chartcheck checks the figures. */}}
 {{- if not $ms -}}
 {{- fail (printf "INGEST_PUBLISH_TIMEOUT %q: want a Go duration such as 10s, 500ms or 1m30s (units h, m, s, ms, us, ns; no space), in quotes" $publish) -}}
 {{- end -}}
-{{- $publishMs = int $ms -}}
-{{- if or (lt $publishMs 100) (gt $publishMs 50000) -}}
+{{- $publishMs = ceil (float64 $ms) | int -}}
+{{- if or (lt (float64 $ms) 100.0) (gt (float64 $ms) 50000.0) -}}
 {{- fail (printf "INGEST_PUBLISH_TIMEOUT %q: want 100ms to 50s (the ingest refuses to start with another)" $publish) -}}
 {{- end -}}
 {{- end -}}
