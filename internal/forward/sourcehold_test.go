@@ -619,3 +619,47 @@ func TestParkedStudyCountsInLaneAge(t *testing.T) {
 		f.parking.watchers.Wait()
 	})
 }
+
+// slowFailureLog takes its time to record what was stored: a cluster
+// electing the bucket's leader.
+type slowFailureLog struct {
+	memFailureLog
+	wait time.Duration
+}
+
+func (l *slowFailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, ids []string) error {
+	time.Sleep(l.wait)
+	return l.memFailureLog.RememberSent(ctx, ev, ids)
+}
+
+// A parked study whose record of what it stored is written as it goes
+// back keeps its in-progress signals while the write waits: they lapsed
+// past a short ack wait, and the study went back to JetStream's hands
+// (sent again after the ack wait, counted lapsed) instead of the queue.
+func TestParkedStudyKeptInProgressWhileItsRecordIsWritten(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+			o.SourceProbe = func(context.Context, string) error { return nil }
+			o.MaxParked = 10
+			o.AckWait = 3 * time.Second
+			o.Failures = &slowFailureLog{wait: 10 * time.Second}
+		})
+		const seq = 7
+		msg := &parkedMsg{f: f, seq: seq}
+		if !f.take(seq) || !f.reservePark(1) {
+			t.Fatal("take or reserve")
+		}
+		a := &Attempt{Seq: seq, Number: 1, Event: &events.StudyStable{Source: "a"}}
+		p := &parkedStudy{msg: msg, a: a, log: slog.New(slog.DiscardHandler), rep: Report{unrecorded: []string{"1.2.3.1/file"}}}
+		if !f.park(p, "unreachable", false) {
+			t.Fatal("not parked")
+		}
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		if naks, _ := msg.counts(); naks != 1 {
+			t.Errorf("%d give-backs once the source answered, want 1 (the signals lapsed while the record was written)", naks)
+		}
+		f.stoppingOnce.Do(func() { close(f.stopping) })
+		f.parking.watchers.Wait()
+	})
+}

@@ -258,7 +258,9 @@ func (f *Forwarder) unpark(source string, shutdown bool) {
 	// What a parked study's attempt stored and could not record (NATS
 	// unreachable) is written before it goes back, as settle does for
 	// the others: its next delivery would take those copies for
-	// conflicts. All at once: each may wait out rememberTimeout.
+	// conflicts. All at once: each may wait out rememberTimeout, longer
+	// than a short ack wait, so the studies are kept in progress
+	// meanwhile (those whose signals lapsed already are JetStream's).
 	var writes sync.WaitGroup
 	for _, p := range list {
 		if len(p.rep.unrecorded) == 0 {
@@ -271,7 +273,22 @@ func (f *Forwarder) unpark(source string, shutdown bool) {
 			}
 		})
 	}
-	writes.Wait()
+	written := make(chan struct{})
+	go func() { writes.Wait(); close(written) }()
+	signals := time.NewTicker(progressInterval(f.opts.AckWait))
+	for waiting := true; waiting; {
+		select {
+		case <-written:
+			waiting = false
+		case <-signals.C:
+			for _, p := range list {
+				if time.Since(p.signalled) <= f.opts.AckWait && p.msg.InProgress() == nil {
+					p.signalled = time.Now()
+				}
+			}
+		}
+	}
+	signals.Stop()
 	for _, p := range list {
 		// Dropped first: a worker here may get it at once, and would
 		// leave it to this delivery if it were still in hand.
