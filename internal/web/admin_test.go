@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -676,17 +677,23 @@ func TestAdminReforwardHoldsTheAnswersEventsOnly(t *testing.T) {
 	// A first run, for the server's caches of the stream (in this
 	// process) to fill.
 	r.ServeHTTP(httptest.NewRecorder(), req.Clone(t.Context()))
-	js.live = nil
-	req = httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h","dryRun":true}`))
-	req.Header.Set("Authorization", "Bearer "+token)
-	rec := httptest.NewRecorder()
-	r.ServeHTTP(rec, req)
-	if rec.Code != http.StatusOK || len(js.live) != 2 {
-		t.Fatalf("re-forward: status %d, %d stream look-ups, want 2: %s", rec.Code, len(js.live), rec.Body)
+	// The heap is the whole process's, the in-process server's caches
+	// too, which may expire and fill again within a run on a busy
+	// machine: the least of three runs is the handler's.
+	held := int64(math.MaxInt64)
+	for range 3 {
+		js.live = nil
+		req = httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h","dryRun":true}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK || len(js.live) != 2 {
+			t.Fatalf("re-forward: status %d, %d stream look-ups, want 2: %s", rec.Code, len(js.live), rec.Body)
+		}
+		// An event decoded is some 300 bytes (its struct, 144, and its
+		// strings): the window's would be 3 MB, the answer's 0.3 MB.
+		held = min(held, int64(js.live[1])-int64(js.live[0]))
 	}
-	// An event decoded is some 300 bytes (its struct, 144, and its
-	// strings): the window's would be 3 MB, the answer's 0.3 MB.
-	held := int64(js.live[1]) - int64(js.live[0])
 	t.Logf("%d KB held once the window was read (%d events)", held>>10, n)
 	if held > 1<<20 {
 		t.Errorf("%d KB held once the window of %d events was read, want at most 1 MB (the answer's %d events)", held>>10, n, 1000)
