@@ -299,17 +299,14 @@ func (b *breaker) record(err error, trial bool, studyUID string, seq uint64) (ho
 		// or a page that is not DICOMweb), the study may be what fails
 		// (one that makes the server fail): the first such trial since
 		// a study was stored is settled like any failure, and spends its
-		// delivery, as its later trials while no other study's trial
-		// failed. Another's says the destination (its store full while
+		// delivery. Another's says the destination (its store full while
 		// queries answer): held, as after no answer, or a 502, 503, 504
 		// or 507. Trials go to studies whose trial has not failed (see
 		// failedTrials), so held poison studies do not keep it shut.
 		spend := false
 		if b.prober != nil && b.failedProbes == 0 && studyMayFail(err) {
-			// Spent while no other study's trial failed since: a poison
-			// study alone in the queue still reaches its dead letter.
+			spend = len(b.failedTrials) == 0
 			b.failedTrials[seq] = true
-			spend = len(b.failedTrials) == 1
 		}
 		b.open(studyUID)
 		return !spend

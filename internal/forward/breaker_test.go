@@ -699,34 +699,6 @@ func TestBreakerPoisonStudiesAmongHealthy(t *testing.T) {
 	})
 }
 
-// A poison study alone in the queue (the destination answers 500 for it,
-// nothing else is sent there) opens the breaker, and its trials keep
-// failing: no other study's did, so they spend its deliveries, and it
-// reaches its dead letter instead of being held as if the store were down.
-func TestBreakerLonePoisonStudyIsDeadLettered(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		const maxDeliveries = 5
-		b := newBreaker(breakerConfig{failures: 2, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
-		defer b.stop()
-		tb := newTrialBench(t, b, maxDeliveries, func(uint64) error { return &dicomweb.HTTPError{StatusCode: 500} })
-		defer tb.end()
-		tb.add(1)
-		for range 2 {
-			go tb.worker()
-		}
-		time.Sleep(12 * time.Hour)
-		synctest.Wait()
-		tb.mu.Lock()
-		defer tb.mu.Unlock()
-		if !tb.deadLetters[1] || tb.delivered[1] != maxDeliveries {
-			t.Errorf("the lone poison study delivered %d times, dead-lettered %v; want dead-lettered after %d", tb.delivered[1], tb.deadLetters[1], maxDeliveries)
-		}
-		if s, _, held, _ := b.status(); held != 0 {
-			t.Errorf("breaker %v holding %d, want none held", s, held)
-		}
-	})
-}
-
 // When every held study has failed a trial and none waits in the queue,
 // the held study tried least recently is the trial: a poison study among
 // them does not take every trial, so the store's return is seen.
