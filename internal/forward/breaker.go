@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -129,7 +130,9 @@ func studyMayFail(err error) bool {
 // maxPulledTrials bounds the studies a process pulls as trials while the
 // breaker is open, each then held with its message in progress: past it
 // so many different studies failed a trial that the destination is what
-// fails, and the held ones are tried again.
+// fails, and the held ones are tried again. A forwarder with fewer
+// workers pulls at most as many as it has (startTrialPulls): when the
+// breaker closes, the held ones go again at once beside the workers.
 const maxPulledTrials = 16
 
 // probesBeforeTrial is how many failed probes in a row let a held study
@@ -203,6 +206,8 @@ type breaker struct {
 	// in hand (held ones too), at most maxPulledTrials.
 	pullTrial    func()
 	pulledTrials int
+	// maxPulled bounds pulledTrials (0: maxPulledTrials).
+	maxPulled int
 	// changed is closed and replaced at every change a waiter cares for.
 	changed chan struct{}
 	// timer runs the next probe while open.
@@ -461,7 +466,7 @@ func (b *breaker) chooseTrial() {
 	switch {
 	case !ok:
 		b.setState(BreakerClosed)
-	case fresh || b.pullTrial == nil || b.pulledTrials >= maxPulledTrials || b.stopped:
+	case fresh || b.pullTrial == nil || b.pulledTrials >= cmp.Or(b.maxPulled, maxPulledTrials) || b.stopped:
 		b.trialSeq = seq
 		b.broadcast()
 	default:
@@ -720,6 +725,9 @@ func (f *Forwarder) runPulledTrial(ctx, workCtx context.Context) {
 // lane holding one, and does not wait for one to come: when none waits,
 // a held study is the trial at once.
 func (f *Forwarder) nextTrial(ctx context.Context) (msg jetstream.Msg, lane events.Priority, done func()) {
+	if ctx.Err() != nil {
+		return nil, "", nil // stopping: take nothing new
+	}
 	for _, l := range f.plan.open(false) {
 		release, ok := f.plan.take(l.Priority)
 		if !ok {
@@ -745,6 +753,7 @@ func (f *Forwarder) startTrialPulls(ctx, workCtx context.Context) (wait func()) 
 	// Called under the breaker's lock, never once it stopped: no Go after
 	// the Wait.
 	f.breaker.pullTrial = func() { wg.Go(func() { f.runPulledTrial(ctx, workCtx) }) }
+	f.breaker.maxPulled = min(maxPulledTrials, max(f.opts.Concurrency, 1))
 	f.breaker.mu.Unlock()
 	return func() {
 		f.breaker.stop()
@@ -765,7 +774,7 @@ func (f *Forwarder) breakerChanged(from, to BreakerState) {
 			f.log.Warn("circuit breaker trial failed: open again", "probe_in", f.breaker.wait.String())
 		}
 	case BreakerHalfOpen:
-		f.log.Info("circuit breaker half-open: the destination answers a probe; one held study is tried")
+		f.log.Info("circuit breaker half-open: the destination answers a probe; one study is tried")
 	case BreakerClosed:
 		f.log.Info("circuit breaker closed: the destination is back; held and queued studies go at full speed")
 		if f.limit != nil && from != BreakerClosed {

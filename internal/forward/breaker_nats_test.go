@@ -309,7 +309,9 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	obs := &deliveryObserver{delivered: map[uint64]uint64{}}
 	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
 		o.DeadLetters, o.MaxDeliveries = dls, 3
-		o.Concurrency = 1
+		// Two workers, and so two trials pulled beside them at most: the
+		// four studies are held in the end.
+		o.Concurrency = 2
 		o.Observer = obs
 		o.ShutdownGrace = time.Minute // held studies go back at once
 		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 50 * time.Millisecond, MaxProbeInterval: 100 * time.Millisecond, Prober: prober}
@@ -352,8 +354,10 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	if n := len(dls.all()); n != 0 {
 		t.Fatalf("%d dead letters while the store was down", n)
 	}
-	if b := f.Status(); b.State == "closed" || b.Held != studies {
-		t.Errorf("breaker %+v while the store is down, want %d held", b, studies)
+	// All held but, perhaps, the study whose failed trial spent its
+	// delivery, while it waits out its retry delay.
+	if b := f.Status(); b.State == "closed" || b.Held < studies-1 {
+		t.Errorf("breaker %+v while the store is down, want %d held, or %d", b, studies, studies-1)
 	}
 
 	storeDown.Store(false)

@@ -699,6 +699,42 @@ func TestBreakerPoisonStudiesAmongHealthy(t *testing.T) {
 	})
 }
 
+// A study alone in the queue while the destination's store refuses
+// every study and its queries answer cannot be told from a poison study:
+// its first failed trial spends a delivery, the later ones are held, so
+// a 12-hour outage does not dead-letter it, and it is stored once the
+// store is back.
+func TestBreakerLoneStudyKeptThroughAStoreOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const maxDeliveries = 5
+		var storeDown atomic.Bool
+		storeDown.Store(true)
+		b := newBreaker(breakerConfig{failures: 2, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
+		defer b.stop()
+		tb := newTrialBench(t, b, maxDeliveries, func(uint64) error {
+			if storeDown.Load() {
+				return &dicomweb.HTTPError{StatusCode: 500}
+			}
+			return nil
+		})
+		defer tb.end()
+		tb.add(1)
+		for range 2 {
+			go tb.worker()
+		}
+		time.Sleep(12 * time.Hour)
+		synctest.Wait()
+		storeDown.Store(false)
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		tb.mu.Lock()
+		defer tb.mu.Unlock()
+		if tb.deadLetters[1] || !tb.stored[1] || tb.delivered[1] > 3 {
+			t.Errorf("the lone study delivered %d times, dead-lettered %v, stored %v; want at most 3 deliveries, stored once the store is back", tb.delivered[1], tb.deadLetters[1], tb.stored[1])
+		}
+	})
+}
+
 // When every held study has failed a trial and none waits in the queue,
 // the held study tried least recently is the trial: a poison study among
 // them does not take every trial, so the store's return is seen.
