@@ -728,18 +728,7 @@ func (f *Forwarder) nextTrial(ctx context.Context) (msg jetstream.Msg, lane even
 	if ctx.Err() != nil {
 		return nil, "", nil // stopping: take nothing new
 	}
-	for _, l := range f.plan.open(false) {
-		release, ok := f.plan.take(l.Priority)
-		if !ok {
-			continue
-		}
-		if msg := f.pullNoWait(ctx, l); msg != nil {
-			f.queueAge(l.Priority, msg)
-			return msg, l.Priority, f.started(l.Priority, msg, release)
-		}
-		release()
-	}
-	return nil, "", nil
+	return f.takeWaiting(ctx, f.plan.open(false))
 }
 
 // startTrialPulls lets the breaker pull trials (runPulledTrial) until it

@@ -360,16 +360,8 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 		return nil, "", nil
 	}
 	if len(lanes) > 1 {
-		for _, l := range lanes {
-			release, ok := f.plan.take(l.Priority)
-			if !ok {
-				continue
-			}
-			if msg := f.pullNoWait(ctx, l); msg != nil {
-				f.queueAge(l.Priority, msg)
-				return msg, l.Priority, f.started(l.Priority, msg, release)
-			}
-			release()
+		if msg, lane, done := f.takeWaiting(ctx, lanes); msg != nil {
+			return msg, lane, done
 		}
 	}
 	wait := longPull
@@ -403,6 +395,23 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 	f.pullAnswered(l)
 	f.queueAge(l.Priority, m)
 	return m, l.Priority, f.started(l.Priority, m, release)
+}
+
+// takeWaiting takes the event waiting first in lanes, in their order,
+// without waiting for one to come; nil when none waits.
+func (f *Forwarder) takeWaiting(ctx context.Context, lanes []Lane) (msg jetstream.Msg, lane events.Priority, done func()) {
+	for _, l := range lanes {
+		release, ok := f.plan.take(l.Priority)
+		if !ok {
+			continue
+		}
+		if msg := f.pullNoWait(ctx, l); msg != nil {
+			f.queueAge(l.Priority, msg)
+			return msg, l.Priority, f.started(l.Priority, msg, release)
+		}
+		release()
+	}
+	return nil, "", nil
 }
 
 // queueAge records how long msg waited in the stream before this pull.
