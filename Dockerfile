@@ -11,12 +11,14 @@ RUN go mod download
 COPY . .
 # What the binaries say they are (-version, the start log line,
 # stowline_build_info): the build context has no .git for Go to read, so
-#   docker build --build-arg STOWLINE_VERSION=1.4.0 --build-arg STOWLINE_REVISION=$(git rev-parse HEAD) ...
+#   docker build --build-arg STOWLINE_VERSION=1.4.0 --build-arg STOWLINE_REVISION=$(git rev-parse HEAD) \
+#     --build-arg STOWLINE_COMMIT_TIME=$(git log -1 --format=%cI) ...
 ARG STOWLINE_VERSION=""
 ARG STOWLINE_REVISION=""
+ARG STOWLINE_COMMIT_TIME=""
 # Static binaries: the runtime images have no C library.
 RUN CGO_ENABLED=0 go build -trimpath \
-    -ldflags="-s -w -X github.com/stowline/stowline/internal/app.version=${STOWLINE_VERSION} -X github.com/stowline/stowline/internal/app.revision=${STOWLINE_REVISION}" \
+    -ldflags="-s -w -X github.com/stowline/stowline/internal/app.version=${STOWLINE_VERSION} -X github.com/stowline/stowline/internal/app.revision=${STOWLINE_REVISION} -X github.com/stowline/stowline/internal/app.commitTime=${STOWLINE_COMMIT_TIME}" \
     -o /out/ ./cmd/ingest ./cmd/forwarder ./cmd/stowline
 # The single-host image's data directory, owned by distroless's nonroot
 # user (65532): a new volume takes the ownership of the directory it is

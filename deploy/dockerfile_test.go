@@ -22,14 +22,17 @@ func TestImageBuildStampsTheVersion(t *testing.T) {
 	if m == nil {
 		t.Fatal("Dockerfile: no go build -ldflags")
 	}
-	for _, arg := range []string{"ARG STOWLINE_VERSION", "ARG STOWLINE_REVISION"} {
+	for _, arg := range []string{"ARG STOWLINE_VERSION", "ARG STOWLINE_REVISION", "ARG STOWLINE_COMMIT_TIME"} {
 		if !strings.Contains(text, arg) {
 			t.Errorf("Dockerfile has no %s", arg)
 		}
 	}
-	flags := strings.NewReplacer("${STOWLINE_VERSION}", "9.8.7", "${STOWLINE_REVISION}", "fedcba98").Replace(m[1])
+	flags := strings.NewReplacer("${STOWLINE_VERSION}", "9.8.7", "${STOWLINE_REVISION}", "fedcba98",
+		"${STOWLINE_COMMIT_TIME}", "2026-12-01T08:00:00Z").Replace(m[1])
 	bin := filepath.Join(t.TempDir(), "ingest")
-	build := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-ldflags="+flags, "-o", bin, "./cmd/ingest")
+	// Built in this checkout, as Go stamps it by default: the linked
+	// commit, not the checkout's, is the one named.
+	build := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-buildvcs=auto", "-ldflags="+flags, "-o", bin, "./cmd/ingest")
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -39,7 +42,7 @@ func TestImageBuildStampsTheVersion(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ingest -version: %v", err)
 	}
-	if !strings.HasPrefix(string(out), "ingest 9.8.7, commit fedcba98 (go") {
+	if !strings.HasPrefix(string(out), "ingest 9.8.7, commit fedcba98 of 2026-12-01T08:00:00Z (go") {
 		t.Errorf("ingest -version printed %q, want the build arguments' version and commit", out)
 	}
 }

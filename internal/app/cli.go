@@ -34,7 +34,10 @@ func Main[T any, P interface {
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg T
-	fs.Usage = func() { config.Usage(stderr, program, P(&cfg)) }
+	fs.Usage = func() {
+		config.Usage(stderr, program, P(&cfg))
+		fmt.Fprintf(stderr, "\n%s -version prints the version (release, git commit and its time) and exits.\n", program)
+	}
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -7,12 +7,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// version and revision are set at link time by builds without the git
-// checkout (the image: Dockerfile's STOWLINE_VERSION and
-// STOWLINE_REVISION build arguments). Empty, they are read from what Go
-// records of a build in a git checkout: its commit and that commit's
-// time.
-var version, revision string
+// version, revision and commitTime are set at link time by builds
+// without the git checkout (the image: Dockerfile's STOWLINE_VERSION,
+// STOWLINE_REVISION and STOWLINE_COMMIT_TIME build arguments). Empty,
+// they are read from what Go records of a build in a git checkout: its
+// commit, that commit's time, and whether it had uncommitted changes.
+var version, revision, commitTime string
 
 // Build is what a binary says it is: at start in its log, with -version,
 // and as stowline_build_info.
@@ -26,7 +26,7 @@ type Build struct {
 
 // ReadBuild reads the running binary's Build.
 func ReadBuild() Build {
-	b := Build{Version: version, Revision: revision}
+	b := Build{Version: version, Revision: revision, Time: commitTime}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return b
@@ -35,12 +35,14 @@ func ReadBuild() Build {
 	if b.Version == "" {
 		b.Version = info.Main.Version
 	}
+	if b.Revision != "" {
+		// Linked: the checkout Go may have found is not that commit.
+		return b
+	}
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
-			if b.Revision == "" {
-				b.Revision = s.Value
-			}
+			b.Revision = s.Value
 		case "vcs.time":
 			b.Time = s.Value
 		case "vcs.modified":

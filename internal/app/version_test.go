@@ -33,6 +33,11 @@ func TestBuildIsReported(t *testing.T) {
 		t.Errorf("-version printed %q, want %q", got, want)
 	}
 
+	var help bytes.Buffer
+	if err := Main[config.SingleHost](t.Context(), "stowline", []string{"-h"}, none, nil, io.Discard, &help, start); err != nil || !strings.Contains(help.String(), "stowline -version prints the version") {
+		t.Errorf("-h does not name -version (%v)", err)
+	}
+
 	out.Reset()
 	env := map[string]string{"INGEST_TOKEN": "0123456789abcdef", "DICOMWEB_URL": "http://archive.invalid/dicom-web"}
 	if err := Main[config.SingleHost](t.Context(), "stowline", nil, func(k string) string { return env[k] }, nil, &out, io.Discard, start); err != nil {
