@@ -636,30 +636,50 @@ func (l *slowFailureLog) RememberSent(ctx context.Context, ev *events.StudyStabl
 // back keeps its in-progress signals while the write waits: they lapsed
 // past a short ack wait, and the study went back to JetStream's hands
 // (sent again after the ack wait, counted lapsed) instead of the queue.
+// While NATS is unreachable a signal is only buffered: the study's
+// signals lapse then, and it is not given back.
 func TestParkedStudyKeptInProgressWhileItsRecordIsWritten(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
-			o.SourceProbe = func(context.Context, string) error { return nil }
-			o.MaxParked = 10
-			o.AckWait = 3 * time.Second
-			o.Failures = &slowFailureLog{wait: 10 * time.Second}
+	for _, tt := range []struct {
+		name      string
+		connected bool
+		naks      int
+	}{
+		{"NATS answers", true, 1},
+		{"NATS unreachable", false, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var connected atomic.Bool
+				connected.Store(true)
+				f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+					o.SourceProbe = func(context.Context, string) error { return nil }
+					o.MaxParked = 10
+					o.AckWait = 3 * time.Second
+					o.Failures = &slowFailureLog{wait: 10 * time.Second}
+					o.Connected = connected.Load
+				})
+				const seq = 7
+				msg := &parkedMsg{f: f, seq: seq}
+				if !f.take(seq) || !f.reservePark(1) {
+					t.Fatal("take or reserve")
+				}
+				a := &Attempt{Seq: seq, Number: 1, Event: &events.StudyStable{Source: "a"}}
+				p := &parkedStudy{msg: msg, a: a, log: slog.New(slog.DiscardHandler), rep: Report{unrecorded: []string{"1.2.3.1/file"}}}
+				if !f.park(p, "unreachable", false) {
+					t.Fatal("not parked")
+				}
+				// The source answers its two probes (sourceHoldWait apart);
+				// NATS goes as the study goes back.
+				time.Sleep(2*sourceHoldWait - time.Second)
+				connected.Store(tt.connected)
+				time.Sleep(10 * time.Minute)
+				synctest.Wait()
+				if naks, _ := msg.counts(); naks != tt.naks {
+					t.Errorf("%d give-backs once the source answered, want %d", naks, tt.naks)
+				}
+				f.stoppingOnce.Do(func() { close(f.stopping) })
+				f.parking.watchers.Wait()
+			})
 		})
-		const seq = 7
-		msg := &parkedMsg{f: f, seq: seq}
-		if !f.take(seq) || !f.reservePark(1) {
-			t.Fatal("take or reserve")
-		}
-		a := &Attempt{Seq: seq, Number: 1, Event: &events.StudyStable{Source: "a"}}
-		p := &parkedStudy{msg: msg, a: a, log: slog.New(slog.DiscardHandler), rep: Report{unrecorded: []string{"1.2.3.1/file"}}}
-		if !f.park(p, "unreachable", false) {
-			t.Fatal("not parked")
-		}
-		time.Sleep(10 * time.Minute)
-		synctest.Wait()
-		if naks, _ := msg.counts(); naks != 1 {
-			t.Errorf("%d give-backs once the source answered, want 1 (the signals lapsed while the record was written)", naks)
-		}
-		f.stoppingOnce.Do(func() { close(f.stopping) })
-		f.parking.watchers.Wait()
-	})
+	}
 }

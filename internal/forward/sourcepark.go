@@ -282,7 +282,10 @@ func (f *Forwarder) unpark(source string, shutdown bool) {
 			waiting = false
 		case <-signals.C:
 			for _, p := range list {
-				if time.Since(p.signalled) <= f.opts.AckWait && p.msg.InProgress() == nil {
+				// As signalParked: a signal while NATS is unreachable is
+				// only buffered, and counts for nothing.
+				if time.Since(p.signalled) <= f.opts.AckWait && p.msg.InProgress() == nil &&
+					(f.opts.Connected == nil || f.opts.Connected()) {
 					p.signalled = time.Now()
 				}
 			}
