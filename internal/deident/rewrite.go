@@ -797,7 +797,8 @@ func shiftDates(v string, days int) (string, bool) {
 // wellKnownFrame reports whether uid, in attribute t, is a frame of
 // reference the standard defines (PS3.6 Annex A): an atlas
 // (1.2.840.10008.1.4.*) or UTC synchronization (1.2.840.10008.15.1.*),
-// in one of the table's frame of reference attributes. Mapped, the copy
+// in one of the table's frame of reference attributes; or a standard
+// color palette (1.2.840.10008.1.5.*) in its palette UID attributes. Mapped, the copy
 // would lose what it refers to. Any other attribute's value under the
 // standard's root is mapped, in case a device misuses that root for its
 // own instances: a reference to such an instance must map as it does.
@@ -809,6 +810,10 @@ func wellKnownFrame(t Tag, uid string) bool {
 		0x30060024, // Referenced Frame of Reference UID
 		0x300600C2: // Related Frame of Reference UID
 		return strings.HasPrefix(uid, "1.2.840.10008.1.4.") || strings.HasPrefix(uid, "1.2.840.10008.15.1.")
+	case 0x00281199, // Palette Color Lookup Table UID
+		0x00281214: // Large Palette Color Lookup Table UID
+		// A standard palette (Hot Iron, PET...): viewers know it by UID.
+		return strings.HasPrefix(uid, "1.2.840.10008.1.5.")
 	}
 	return false
 }

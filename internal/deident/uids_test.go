@@ -78,6 +78,7 @@ func TestWellKnownUIDsInTheTable(t *testing.T) {
 	els := sortedElements(append(baseElements(),
 		str(0x00200052, "UI", "1.2.840.10008.1.4.1.1"), // Frame of Reference UID: Talairach atlas
 		str(0x00200200, "UI", "1.2.840.10008.15.1.1"),  // Synchronization Frame of Reference UID: UTC
+		str(0x00281199, "UI", "1.2.840.10008.1.5.1"),   // Palette Color Lookup Table UID: Hot Iron
 		seq(0x00081140, item(str(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2"), str(0x00081155, "UI", misused))),
 	))
 	// A device whose own series UID is under a well-known root.
@@ -92,7 +93,7 @@ func TestWellKnownUIDsInTheTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	copied := parseFile(t, out.Bytes())
-	for tag, keep := range map[Tag]string{0x00200052: "1.2.840.10008.1.4.1.1", 0x00200200: "1.2.840.10008.15.1.1"} {
+	for tag, keep := range map[Tag]string{0x00200052: "1.2.840.10008.1.4.1.1", 0x00200200: "1.2.840.10008.15.1.1", 0x00281199: "1.2.840.10008.1.5.1"} {
 		if el := find(copied.elements, tag); el == nil || trimValue(el.value) != keep {
 			t.Errorf("%s: the well-known UID %s was not kept", tag, keep)
 		}
