@@ -361,7 +361,14 @@ func TestStorageMadeOtherwiseIsNamed(t *testing.T) {
 		}, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
 			_, err := topo.EnsureLedger(ctx, js, natsjs.DefaultDestination)
 			return err
-		}, []string{"key-value bucket " + natsjs.LedgerBucket, "Memory storage", "nats kv del " + natsjs.LedgerBucket}},
+		}, []string{"key-value bucket " + natsjs.LedgerBucket, "Memory storage", "it records what was forwarded", "nats kv del " + natsjs.LedgerBucket}},
+		{"dead letters in memory", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: natsjs.DeadLetterStream, Subjects: []string{natsjs.DeadLetterSubjectPrefix + ">"}, Storage: jetstream.MemoryStorage})
+			return err
+		}, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
+			_, err := topo.EnsureDeadLetters(ctx, js)
+			return err
+		}, []string{"stream " + natsjs.DeadLetterStream, "Memory storage", "replay or purge its dead letters", "nats stream rm " + natsjs.DeadLetterStream}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))

@@ -441,9 +441,17 @@ func fixedInPlace(kind, name, remove string, haveStorage, wantStorage jetstream.
 	default:
 		return nil
 	}
-	first := ""
-	if name == EventStream {
+	var first string
+	_, ledger := DestinationOfLedgerBucket(name)
+	switch {
+	case name == EventStream:
 		first = "let every queue empty (forwarder destinations), then "
+	case name == DeadLetterStream:
+		first = "replay or purge its dead letters (forwarder replay list): they are the only record of those studies; then "
+	case name == FailureBucket:
+		first = "let the studies being retried finish (it records what their attempts stored: without it, their next delivery takes those copies for conflicts), then "
+	case ledger:
+		first = "know that it records what was forwarded (without it the audit finds every earlier study missing, and buffer mode keeps them in Orthanc); then "
 	}
 	return fmt.Errorf("%s %s %s, which JetStream cannot change in place (was it made by hand?): "+
 		"%sdelete it (%s; what it holds goes with it) and start again: stowline makes it as it needs it",
