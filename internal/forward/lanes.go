@@ -289,7 +289,7 @@ func (f *Forwarder) probeLane(ctx context.Context, l Lane) {
 			return
 		}
 		if n, log := f.plan.probeFails[l.Priority].Failed(); log {
-			f.log.Warn("could not read what the lane holds: its event age (stowline_forwarder_lane_event_age_seconds, the retention alert) keeps its last reading; the forwarder needs $JS.API.CONSUMER.INFO and $JS.API.STREAM.MSG.GET on the event stream (docs/nats-permissions.md)",
+			f.log.Warn("could not read what the lane holds (NATS unreachable or without quorum, or, if NATS is well, the forwarder's permissions: $JS.API.CONSUMER.INFO and $JS.API.STREAM.MSG.GET on the event stream, docs/nats-permissions.md): its event age (stowline_forwarder_lane_event_age_seconds, the retention alert) keeps its last reading",
 				"lane", l.Priority, "err", err, "failures", n)
 		}
 	default:
