@@ -127,6 +127,14 @@ func studyMayFail(err error) bool {
 		errors.Is(err, dicomweb.ErrNotDICOMweb)
 }
 
+// maxQuietPulls bounds the events one half-open breaker pulls in turn as
+// its trial when each is settled without a request to the destination
+// (its rules select none of it, its source deleted it, another lane's):
+// the next is pulled at once, not a probe interval later, so that a queue
+// headed by such studies does not delay seeing the store back by an
+// interval each.
+const maxQuietPulls = 16
+
 // maxPulledTrials bounds the studies a process pulls as trials while the
 // breaker is open, each then held with its message in progress: past it
 // so many different studies failed a trial that the destination is what
@@ -208,6 +216,9 @@ type breaker struct {
 	pulledTrials int
 	// maxPulled bounds pulledTrials (0: maxPulledTrials).
 	maxPulled int
+	// quietPulls counts the events this half-open pulled in turn that
+	// were settled without a request to the destination (maxQuietPulls).
+	quietPulls int
 	// changed is closed and replaced at every change a waiter cares for.
 	changed chan struct{}
 	// timer runs the next probe while open.
@@ -453,6 +464,7 @@ func (b *breaker) probe() {
 		b.failedProbes = 0
 	}
 	b.setState(BreakerHalfOpen)
+	b.quietPulls = 0
 	b.chooseTrial()
 }
 
@@ -506,9 +518,17 @@ func (b *breaker) pulledTrialEnded(found, used bool) {
 	b.trial = false
 	switch {
 	case b.state != BreakerHalfOpen || b.stopped:
+	case found && b.quietPulls < maxQuietPulls && b.pullTrial != nil:
+		// Settled without a request (not selected, gone from its
+		// source): the next event is the trial, at once.
+		b.quietPulls++
+		b.trial = true
+		b.pulledTrials++
+		b.pullTrial()
+		return
 	case found:
-		// Settled otherwise (skipped, a poison study at its last
-		// delivery): ask again later.
+		// Settled otherwise, time after time (skipped, poison studies
+		// at their last delivery): ask again later.
 		b.open("")
 	default:
 		// Nothing waits in the queue: a held study is the trial.

@@ -770,3 +770,30 @@ func TestBreakerStaleTrialsTakeTurns(t *testing.T) {
 		}
 	})
 }
+
+// A half-open breaker's pulled trial settled without a request to the
+// destination (its rules select none of the study, its source deleted
+// it) does not cost a probe interval: the next event is pulled at once,
+// up to maxQuietPulls in a row; then the breaker opens and asks later.
+func TestBreakerQuietPulledTrialPullsAgain(t *testing.T) {
+	b := newBreaker(breakerConfig{failures: 1, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
+	defer b.stop()
+	pulls := 0
+	b.mu.Lock()
+	b.pullTrial = func() { pulls++ }
+	// One study held, whose trial failed: the next trial is pulled.
+	b.heldSeqs[5], b.failedTrials[5] = 1, true
+	b.setState(BreakerHalfOpen)
+	b.chooseTrial()
+	b.mu.Unlock()
+	for i := range maxQuietPulls {
+		b.pulledTrialEnded(true, false)
+		if s, _, _, _ := b.status(); s != BreakerHalfOpen || pulls != i+2 {
+			t.Fatalf("after %d quiet trials: breaker %v, %d pulls; want half-open, %d", i+1, s, pulls, i+2)
+		}
+	}
+	b.pulledTrialEnded(true, false)
+	if s, _, _, _ := b.status(); s != BreakerOpen || pulls != maxQuietPulls+1 {
+		t.Errorf("after %d quiet trials: breaker %v, %d pulls; want open, %d", maxQuietPulls+1, s, pulls, maxQuietPulls+1)
+	}
+}
