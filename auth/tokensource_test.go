@@ -293,7 +293,10 @@ func TestTokenSourceRefreshMargin(t *testing.T) {
 		refreshBy time.Duration // and replaced by then
 	}{
 		{name: "default delta capped at half lifetime", reusedAt: time.Second, refreshBy: 1800 * time.Millisecond},
-		{name: "500ms delta", opts: []Option{WithRefreshMargin(500 * time.Millisecond)}, reusedAt: 2200 * time.Millisecond, refreshBy: 2800 * time.Millisecond},
+		// Refreshed 0.6 s before its 3 s expiry (twice its 0.3 s stale
+		// margin), made up to a tenth earlier at random (jitterEarlier):
+		// from 2.16 s on.
+		{name: "500ms delta", opts: []Option{WithRefreshMargin(500 * time.Millisecond)}, reusedAt: 2100 * time.Millisecond, refreshBy: 2800 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
