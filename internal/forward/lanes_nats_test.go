@@ -44,6 +44,22 @@ func laneList(lanes map[events.Priority]jetstream.Consumer) []Lane {
 	return out
 }
 
+// probedLanes is a forwarder of lanes, its consumers probed every 20 ms
+// (watchLanes) in the event stream of ns; opts set the rest.
+func probedLanes(t *testing.T, ns *testnats.Server, lanes map[events.Priority]jetstream.Consumer, sinkURL string, opts ...func(*Options)) *Forwarder {
+	t.Helper()
+	stream, err := ns.JS.Stream(t.Context(), natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, append([]func(*Options){func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.Stream = stream
+	}}, opts...)...)
+	f.plan.probeEvery = 20 * time.Millisecond
+	return f
+}
+
 // TestForwardWindowClosesLane: with the low lane outside its window, a
 // routine event is forwarded and the low one is not pulled, though the
 // workers are idle and waiting; once the clock reaches the window, it is.
@@ -355,18 +371,11 @@ func TestClosedLaneAgeTellsWhatItHolds(t *testing.T) {
 	ns, lanes, sinkURL := startLanes(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
-	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var gate lowGate
-	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
-		o.Lanes = laneList(lanes)
+	f := probedLanes(t, ns, lanes, sinkURL, func(o *Options) {
 		o.Windows = &gate
-		o.Stream = stream
 		o.Now = func() time.Time { return time.Now().Add(waited) }
 	})
-	f.plan.probeEvery = 20 * time.Millisecond
 	age := f.m.laneAge.WithLabelValues("low")
 	waitAge := func(ok func(float64) bool, what string) {
 		t.Helper()
@@ -432,16 +441,7 @@ func TestLaneAgeCountsRetryWaits(t *testing.T) {
 	ns, lanes, sinkURL := startLanes(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
-	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
-		o.Lanes = laneList(lanes)
-		o.Stream = stream
-		o.Now = func() time.Time { return time.Now().Add(waited) }
-	})
-	f.plan.probeEvery = 20 * time.Millisecond
+	f := probedLanes(t, ns, lanes, sinkURL, func(o *Options) { o.Now = func() time.Time { return time.Now().Add(waited) } })
 	ev := testEvent()
 	if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
 		t.Fatal(err)
@@ -489,14 +489,7 @@ func TestLaneProbeDropsAStaleHead(t *testing.T) {
 	const waited = 6 * 24 * time.Hour
 	ns, lanes, sinkURL := startLanes(t)
 	ctx := t.Context()
-	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
-		o.Lanes = laneList(lanes)
-		o.Stream = stream
-	})
+	f := probedLanes(t, ns, lanes, sinkURL)
 	age := f.m.laneAge.WithLabelValues("routine")
 	var routine Lane
 	for _, l := range f.plan.lanes {
