@@ -5,17 +5,15 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/testidp"
 )
-
-type connRequestsKey struct{}
 
 // The destination as the forwarder builds it (newDestinationTransport,
 // the bandwidth cap, OAuth2 tokens) keeps what the STOW client needs to
@@ -33,26 +31,13 @@ func TestDestinationSendsAgainOnABrokenReusedConnection(t *testing.T) {
 	t.Cleanup(stow.Close)
 	// The token gate answers the requests the front does not drop.
 	gate := idp.Gate(t, stow.URL)
-	var dropped, answered atomic.Int32
-	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The second request on a connection, once: closed unread.
-		if r.Context().Value(connRequestsKey{}).(*atomic.Int32).Add(1) != 2 || !dropped.CompareAndSwap(0, 1) {
-			answered.Add(1)
-			gate.ServeHTTP(w, r)
-			return
-		}
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Errorf("hijack: %v", err)
-			return
-		}
-		conn.Close()
-	}))
-	front.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
-		return context.WithValue(ctx, connRequestsKey{}, new(atomic.Int32))
-	}
-	front.Start()
-	t.Cleanup(front.Close)
+	var answered atomic.Int32
+	// The second request on a connection, once: closed unread.
+	drop := &faultproxy.OnceOnConn{N: 2}
+	front := faultproxy.StartConnDropper(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		answered.Add(1)
+		gate.ServeHTTP(w, r)
+	}), drop.Drop)
 	env := map[string]string{
 		"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123",
 		"DICOMWEB_URL": front.URL + "/dicom-web", "STOW_MAX_BYTES_PER_SECOND": "100MiB",
@@ -74,7 +59,7 @@ func TestDestinationSendsAgainOnABrokenReusedConnection(t *testing.T) {
 			t.Fatalf("Store %d: %v", i+1, err)
 		}
 	}
-	if dropped.Load() != 1 || answered.Load() != 2 || gate.Accepted() != 2 {
-		t.Errorf("%d requests dropped, %d answered, %d accepted by the token gate; want 1, 2 and 2", dropped.Load(), answered.Load(), gate.Accepted())
+	if drop.Dropped() != 1 || answered.Load() != 2 || gate.Accepted() != 2 {
+		t.Errorf("%d requests dropped, %d answered, %d accepted by the token gate; want 1, 2 and 2", drop.Dropped(), answered.Load(), gate.Accepted())
 	}
 }

@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
-)
 
-type connRequestsKey struct{}
+	"github.com/stowline/stowline/internal/faultproxy"
+)
 
 // droppingSTOW is fakeSTOW, answering a DELETE with 204, except that a
 // request for which drop (given its number on its connection, from 1)
@@ -21,33 +20,22 @@ type connRequestsKey struct{}
 func droppingSTOW(t *testing.T, log *requestLog, drop func(onConn int32) bool) *httptest.Server {
 	t.Helper()
 	stow := fakeSTOWHandler(t, log)
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := r.Context().Value(connRequestsKey{}).(*atomic.Int32).Add(1)
-		switch {
-		case drop(n):
-		case r.Method == http.MethodDelete:
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete {
 			log.add(r, nil, nil, 0)
 			w.WriteHeader(http.StatusNoContent)
 			return
-		default:
-			stow.ServeHTTP(w, r)
-			return
 		}
-		io.Copy(io.Discard, r.Body)
+		stow.ServeHTTP(w, r)
+	})
+	return faultproxy.StartConnDropper(t, next, func(r *http.Request, n int32) bool {
+		if !drop(n) {
+			return false
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
 		log.add(r, nil, errors.New("dropped"), 0)
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Errorf("hijack: %v", err)
-			return
-		}
-		conn.Close()
-	}))
-	srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
-		return context.WithValue(ctx, connRequestsKey{}, new(atomic.Int32))
-	}
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return srv
+		return true
+	})
 }
 
 func TestStoreSentAgainOnABrokenReusedConnection(t *testing.T) {

@@ -3,7 +3,8 @@
 // status for every STOW request), a server that never answers, a 202 that
 // reports some instances as failed, a slow link, and a destination that
 // loses an instance yet answers that it stored it. It counts requests and, from the destination's
-// answers, how often each SOP instance was sent.
+// answers, how often each SOP instance was sent. StartConnDropper is a
+// server that closes a kept-alive connection just as a request reuses it.
 package faultproxy
 
 import (

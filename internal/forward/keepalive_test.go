@@ -2,20 +2,15 @@ package forward
 
 import (
 	"context"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"sync/atomic"
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
-
-type connRequestsKey struct{}
 
 // A destination that closes a kept-alive connection just as the next
 // study's STOW-RS request is sent on it (Orthanc's CivetWeb after 1 s
@@ -28,26 +23,9 @@ func TestKeepAliveClosedAsReusedCostsNothing(t *testing.T) {
 	ns := testnats.Start(t)
 	src := newMemSource(2)
 	var k sink
-	stow := k.handler(nil)
-	var dropped atomic.Int32
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The second request on a connection, once: closed unread.
-		if r.Context().Value(connRequestsKey{}).(*atomic.Int32).Add(1) != 2 || !dropped.CompareAndSwap(0, 1) {
-			stow.ServeHTTP(w, r)
-			return
-		}
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Errorf("hijack: %v", err)
-			return
-		}
-		conn.Close()
-	}))
-	srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
-		return context.WithValue(ctx, connRequestsKey{}, new(atomic.Int32))
-	}
-	srv.Start()
-	t.Cleanup(srv.Close)
+	// The second request on a connection, once: closed unread.
+	drop := &faultproxy.OnceOnConn{N: 2}
+	srv := faultproxy.StartConnDropper(t, k.handler(nil), drop.Drop)
 	cons := consumer(t, ns)
 	rec := &recordingObserver{}
 	f := newForwarder(t, src, srv.URL, cons, func(o *Options) { o.Observer = rec })
@@ -68,7 +46,7 @@ func TestKeepAliveClosedAsReusedCostsNothing(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if dropped.Load() != 1 {
+	if drop.Dropped() != 1 {
 		t.Fatal("no request met a closed kept-alive connection: the test proves nothing")
 	}
 	info, err := cons.Info(context.Background())
