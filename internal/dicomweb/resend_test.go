@@ -38,18 +38,25 @@ func droppingSTOW(t *testing.T, log *requestLog, drop func(onConn int32) bool) *
 	})
 }
 
-func TestStoreSentAgainOnABrokenReusedConnection(t *testing.T) {
-	checkNoGoroutineLeak(t)
-	var log requestLog
-	var dropped atomic.Bool
-	// The second request on a connection is dropped, once.
-	srv := droppingSTOW(t, &log, func(n int32) bool { return n == 2 && dropped.CompareAndSwap(false, true) })
+// reusedThenBroken is a client that stored one instance at a droppingSTOW
+// that drops the next request on that kept-alive connection, once.
+func reusedThenBroken(t *testing.T, log *requestLog) *Client {
+	t.Helper()
+	drop := &faultproxy.OnceOnConn{N: 2}
+	srv := droppingSTOW(t, log, func(n int32) bool { return drop.Drop(nil, n) })
 	hc := &http.Client{Transport: &http.Transport{}}
-	defer hc.CloseIdleConnections()
+	t.Cleanup(hc.CloseIdleConnections)
 	c, _ := New(srv.URL, hc)
 	if _, err := c.Store(t.Context(), []Part{uidPart("1.1", nil)}); err != nil {
 		t.Fatalf("first Store: %v", err)
 	}
+	return c
+}
+
+func TestStoreSentAgainOnABrokenReusedConnection(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	var log requestLog
+	c := reusedThenBroken(t, &log)
 
 	src := &trackedSource{size: 300 << 10}
 	parts := []Part{uidPart("1.2", nil), src.part("1.3"), uidPart("1.4", nil)}
@@ -80,14 +87,7 @@ func TestStoreSentAgainOnABrokenReusedConnection(t *testing.T) {
 func TestDeleteSentAgainOnABrokenReusedConnection(t *testing.T) {
 	checkNoGoroutineLeak(t)
 	var log requestLog
-	var dropped atomic.Bool
-	srv := droppingSTOW(t, &log, func(n int32) bool { return n == 2 && dropped.CompareAndSwap(false, true) })
-	hc := &http.Client{Transport: &http.Transport{}}
-	defer hc.CloseIdleConnections()
-	c, _ := New(srv.URL, hc)
-	if _, err := c.Store(t.Context(), []Part{uidPart("1.1", nil)}); err != nil {
-		t.Fatalf("Store: %v", err)
-	}
+	c := reusedThenBroken(t, &log)
 	if err := c.DeleteInstance(t.Context(), "1.2", "1.2.1", "1.1"); err != nil {
 		t.Fatalf("DELETE on a connection the server broke: %v; want it sent again on a new one", err)
 	}
