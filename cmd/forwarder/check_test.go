@@ -69,7 +69,7 @@ func TestCheckGeneric(t *testing.T) {
 		wantErr bool
 		want    []string
 	}{
-		{name: "client_secret_basic", env: base(nil), want: []string{"generic (client_secret_basic)", "lifetime", "scopes       dicomweb", "client       " + tokenClientID, "-> 200 OK", "verdict      OK"}},
+		{name: "client_secret_basic", env: base(nil), want: []string{"forwarder    ", "generic (client_secret_basic)", "lifetime", "scopes       dicomweb", "client       " + tokenClientID, "-> 200 OK", "verdict      OK"}},
 		{name: "discovery, client_secret_post", env: base(map[string]string{"OAUTH_TOKEN_URL": "", "OAUTH_ISSUER_URL": idp.Issuer, "OAUTH_AUTH_STYLE": "client_secret_post"}),
 			want: []string{"generic (client_secret_post)", "from " + idp.TokenURL, "verdict      OK"}},
 		{name: "wrong secret", env: base(map[string]string{"OAUTH_CLIENT_SECRET": "wrong-secret-0123"}), wantErr: true,

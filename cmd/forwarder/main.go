@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, environ
 // commandsUsage ends `forwarder -h`: the variables' table alone named
 // none of the commands the README and the docs send operators to.
 const commandsUsage = `
-Commands (forwarder COMMAND -h for each); without one, forwarder runs the workers:
+Commands (forwarder COMMAND -h for each, -version for the build); without one, forwarder runs the workers:
   check          verify each source Orthanc and each destination's credential and reachability with this configuration
   audit          list the stable studies in Orthanc a destination lacks (--enqueue queues them)
   backfill       queue older studies for one destination

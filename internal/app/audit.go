@@ -53,7 +53,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	verify := fs.Bool("verify", false, "ask the destination (QIDO-RS) whether it holds every instance of the studies forwarded to it within --since; needs --destination")
 	since := fs.String("since", "7d", "with --verify: how far back forwards are checked, e.g. 7d, 36h")
 	var cfg config.Audit
-	if done, err := parseCommand(fs, auditUsage, args, getenv, stderr, &cfg); done || err != nil {
+	if done, err := parseCommand(fs, auditUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
 		return err
 	}
 	if *verify {

@@ -46,7 +46,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	priority := fs.String("priority", string(events.PriorityLow), "the lane: low, routine or stat")
 	dryRun := fs.Bool("dry-run", false, "only list what would be queued")
 	var cfg config.Audit
-	if done, err := parseCommand(fs, backfillUsage, args, getenv, stderr, &cfg); done || err != nil {
+	if done, err := parseCommand(fs, backfillUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
 		return err
 	}
 	if *destination == "" || *since == "" {

@@ -47,10 +47,13 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	only := fs.String("destination", "", "check only this destination (and no source unless --source is set)")
 	onlySource := fs.String("source", "", "check only this source Orthanc (and no destination unless --destination is set)")
 	var cfg config.CheckCommand
-	if done, err := parseCommand(fs, checkUsage, args, getenv, stderr, &cfg); done || err != nil {
+	if done, err := parseCommand(fs, checkUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
 		return err
 	}
 	log := NewLogger(stderr, cfg.Log)
+	// The build heads the report: a check pasted into a ticket says which
+	// forwarder ran it.
+	fmt.Fprintf(stdout, "%-12s %s\n\n", "forwarder", ReadBuild())
 	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return
 	defer cancel()
 	var errs []error

@@ -45,9 +45,8 @@ func Main[T any, P interface {
 		}
 		return &usageError{err}
 	}
-	build := ReadBuild()
 	if *showVersion {
-		fmt.Fprintf(stdout, "%s %s\n", program, build)
+		printVersion(stdout, program)
 		return nil
 	}
 	if fs.NArg() > 0 {
@@ -57,7 +56,7 @@ func Main[T any, P interface {
 		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
 	}
 	log := NewLogger(stdout, P(&cfg).LogConfig())
-	log.Info("starting "+program, build.logAttrs()...)
+	log.Info("starting "+program, ReadBuild().logAttrs()...)
 	for _, name := range config.Unread(environ, P(&cfg)) {
 		log.Warn("variable set but not read: misspelt, or for a destination DESTINATIONS does not name (run "+program+" -h for the list)", "variable", name)
 	}
@@ -69,6 +68,17 @@ func Main[T any, P interface {
 		return nil
 	}
 	return err
+}
+
+// printVersion is -version's answer, for the services and the commands.
+func printVersion(stdout io.Writer, program string) {
+	fmt.Fprintf(stdout, "%s %s\n", program, ReadBuild())
+}
+
+// versionAsked reports whether a command that reads its own arguments
+// (replay, destinations) was asked for its version alone.
+func versionAsked(args []string) bool {
+	return len(args) == 1 && (args[0] == "-version" || args[0] == "--version")
 }
 
 // ErrMissing is the audit's finding of studies or instances a
@@ -96,11 +106,13 @@ func ExitCode(program string, err error, stderr io.Writer) int {
 }
 
 // parseCommand parses a subcommand's flags (defined on fs, named after the
-// command) and its configuration into cfg. With -h it prints usage and
-// returns done. Bad flags or configuration are usage errors.
-func parseCommand(fs *flag.FlagSet, usage string, args []string, getenv func(string) string, stderr io.Writer, cfg any) (done bool, err error) {
+// command) and its configuration into cfg. With -h it prints usage, with
+// -version the build, and returns done. Bad flags or configuration are
+// usage errors.
+func parseCommand(fs *flag.FlagSet, usage string, args []string, getenv func(string) string, stdout, stderr io.Writer, cfg any) (done bool, err error) {
 	program := fs.Name()
 	fs.SetOutput(stderr)
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -112,6 +124,10 @@ func parseCommand(fs *flag.FlagSet, usage string, args []string, getenv func(str
 			return true, nil
 		}
 		return false, &usageError{err}
+	}
+	if *showVersion {
+		printVersion(stdout, program)
+		return true, nil
 	}
 	if fs.NArg() > 0 {
 		return false, &usageError{fmt.Errorf("%s: unexpected arguments %q", program, fs.Args())}

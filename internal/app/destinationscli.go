@@ -49,6 +49,10 @@ func RunDestinations(ctx context.Context, args []string, getenv func(string) str
 		fmt.Fprint(stdout, destinationsUsage)
 		return nil
 	}
+	if versionAsked(args) {
+		printVersion(stdout, "forwarder destinations")
+		return nil
+	}
 	var cfg config.ReplayCommand
 	if err := config.Load(getenv, &cfg); err != nil {
 		return &usageError{fmt.Errorf("forwarder destinations: invalid configuration:\n%w", err)}

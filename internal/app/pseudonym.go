@@ -40,6 +40,7 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 	uid := fs.String("uid", "", "an original UID (-: read it from standard input)")
 	patientID := fs.String("patient-id", "", "an original Patient ID (-: read it from standard input)")
 	find := fs.String("find", "", "a pseudonym to re-identify from candidates on standard input")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, pseudonymUsage)
 		fs.PrintDefaults()
@@ -49,6 +50,10 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 			return nil
 		}
 		return &usageError{err}
+	}
+	if *showVersion {
+		printVersion(stdout, program)
+		return nil
 	}
 	set := 0
 	for _, v := range []string{*uid, *patientID, *find} {

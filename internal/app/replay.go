@@ -16,6 +16,10 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 		fmt.Fprint(stdout, replayUsage)
 		return nil
 	}
+	if versionAsked(args) {
+		printVersion(stdout, "forwarder replay")
+		return nil
+	}
 	var cfg config.ReplayCommand
 	if err := config.Load(getenv, &cfg); err != nil {
 		return &usageError{fmt.Errorf("forwarder replay: invalid configuration:\n%w", err)}

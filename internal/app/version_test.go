@@ -60,3 +60,37 @@ stowline_build_info{commit_time="",go_version="GO",modified="false",revision="01
 		t.Error(err)
 	}
 }
+
+// Each forwarder command answers -version too, before reading any
+// configuration: an operator asked which build ran a scheduled audit or a
+// replay need not know it shares the forwarder's binary.
+func TestCommandsReportTheBuild(t *testing.T) {
+	version, revision = "1.4.0", "0123abcd"
+	t.Cleanup(func() { version, revision = "", "" })
+	none := func(string) string { return "" }
+	commands := []struct {
+		name string
+		run  func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error
+	}{
+		{"audit", RunAudit},
+		{"backfill", RunBackfill},
+		{"check", RunCheck},
+		{"destinations", RunDestinations},
+		{"replay", RunReplay},
+		{"pseudonym", func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+			return RunPseudonym(ctx, args, getenv, strings.NewReader(""), stdout, stderr)
+		}},
+	}
+	for _, c := range commands {
+		t.Run(c.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			if err := c.run(t.Context(), []string{"-version"}, none, &out, &errOut); err != nil {
+				t.Fatalf("forwarder %s -version: %v (stderr %q)", c.name, err, errOut.String())
+			}
+			want := "forwarder " + c.name + " 1.4.0, commit 0123abcd (" + runtime.Version() + ")\n"
+			if out.String() != want {
+				t.Errorf("printed %q, want %q", out.String(), want)
+			}
+		})
+	}
+}
