@@ -54,8 +54,9 @@ type service struct {
 }
 
 type build struct {
-	Context string `yaml:"context"`
-	Target  string `yaml:"target"`
+	Context string            `yaml:"context"`
+	Target  string            `yaml:"target"`
+	Args    map[string]string `yaml:"args"`
 }
 
 // configFor is the configuration each stowline command reads, by its
@@ -235,6 +236,13 @@ func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
 			}
 			if svc.Build.Context != "." {
 				t.Errorf("build context %q, want . (the repository root)", svc.Build.Context)
+			}
+			// The version arguments pass through from the shell, so
+			// that the images can say which commit they are.
+			for _, arg := range []string{"STOWLINE_VERSION", "STOWLINE_REVISION", "STOWLINE_COMMIT_TIME"} {
+				if got, want := svc.Build.Args[arg], "${"+arg+":-}"; got != want {
+					t.Errorf("build argument %s = %q, want %q (the Dockerfile's version argument, from the shell)", arg, got, want)
+				}
 			}
 			if entry, ok := stages[svc.Build.Target]; !ok {
 				t.Errorf("Dockerfile has no stage %q", svc.Build.Target)
