@@ -254,17 +254,18 @@ func (b *breaker) status() (BreakerState, time.Time, int, int) {
 	return b.state, b.since, b.held, b.failures
 }
 
-// waitClosed returns once the breaker is closed, or ctx ends: a worker
-// calls it before it pulls.
+// waitClosed returns once the breaker is closed and the studies it held
+// have gone again, or ctx ends: a worker calls it before it pulls, so
+// that the events it pulls, newer, do not overtake the held ones.
 func (b *breaker) waitClosed(ctx context.Context) error {
 	if !b.enabled() {
 		return nil
 	}
 	for {
 		b.mu.Lock()
-		state, changed := b.state, b.changed
+		state, held, changed := b.state, b.held, b.changed
 		b.mu.Unlock()
-		if state == BreakerClosed {
+		if state == BreakerClosed && held == 0 {
 			return nil
 		}
 		select {
@@ -351,7 +352,11 @@ func (b *breaker) endTrial() {
 
 // hold waits, for a held study (its event at stream sequence seq), until
 // the breaker closes (trial false) or lets this study through as the
-// trial of a half-open breaker (trial true), or ctx ends.
+// trial of a half-open breaker (trial true), or ctx ends. Once closed,
+// the held studies go oldest first: each when none with a lower stream
+// sequence is still held (the order JetStream delivers in, and deletes
+// in at EVENTS_RETENTION). They leave at once, one after the other, and
+// then run side by side.
 func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) {
 	b.mu.Lock()
 	b.held++
@@ -363,6 +368,10 @@ func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) 
 		b.held--
 		if b.heldSeqs[seq]--; b.heldSeqs[seq] <= 0 {
 			delete(b.heldSeqs, seq)
+		}
+		if b.state == BreakerClosed {
+			// The next oldest goes, or, none left, the workers pull.
+			b.broadcast()
 		}
 		if b.state == BreakerHalfOpen && !b.trial && !b.stopped && b.heldSeqs[b.trialSeq] == 0 {
 			// The study chosen as the trial is gone (its context
@@ -376,7 +385,7 @@ func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) 
 		case b.stopped:
 			b.mu.Unlock()
 			return false, errShutdown
-		case b.state == BreakerClosed:
+		case b.state == BreakerClosed && !b.olderHeld(seq):
 			b.mu.Unlock()
 			return false, nil
 		case b.state == BreakerHalfOpen && !b.trial && seq == b.trialSeq:
@@ -394,6 +403,17 @@ func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) 
 			return false, ctx.Err()
 		}
 	}
+}
+
+// olderHeld reports whether a study older than seq (a lower stream
+// sequence) is held. Under mu.
+func (b *breaker) olderHeld(seq uint64) bool {
+	for s := range b.heldSeqs {
+		if s < seq {
+			return true
+		}
+	}
+	return false
 }
 
 // open moves to open (or stays there, after a failed probe or trial,

@@ -797,3 +797,69 @@ func TestBreakerQuietPulledTrialPullsAgain(t *testing.T) {
 		t.Errorf("after %d quiet trials: breaker %v, %d pulls; want open, %d", maxQuietPulls+1, s, pulls, maxQuietPulls+1)
 	}
 }
+
+// TestBreakerReleasesHeldStudiesOldestFirst: when the breaker closes,
+// the studies it holds go again oldest first, by their event's stream
+// sequence, and a free worker pulls a newer event from the queue only
+// once they all went. Twenty studies are held in the reverse of their
+// order; before, the close woke them all at once, in whatever order the
+// scheduler ran them, and the free workers' pulls raced them.
+func TestBreakerReleasesHeldStudiesOldestFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const studies = 20
+		down := &dicomweb.HTTPError{StatusCode: 503}
+		prober := &fakeProber{err: down}
+		b := newBreaker(breakerConfig{failures: 1, interval: 10 * time.Second, maxInterval: 10 * time.Second}, prober, nil)
+		defer b.stop()
+		b.record(down, false, "1.2.1", 1)
+
+		var mu sync.Mutex
+		var order []uint64
+		overtaken := 0 // releases while an older study was still held
+		var wg sync.WaitGroup
+		for seq := uint64(studies); seq >= 1; seq-- {
+			wg.Go(func() {
+				trial, err := b.hold(t.Context(), seq)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				b.mu.Lock()
+				for s := range b.heldSeqs {
+					if s < seq {
+						overtaken++
+					}
+				}
+				b.mu.Unlock()
+				mu.Lock()
+				order = append(order, seq)
+				mu.Unlock()
+				if trial {
+					b.record(nil, true, fmt.Sprintf("1.2.%d", seq), seq)
+				}
+			})
+			synctest.Wait() // each waits before the next, younger first
+		}
+		// Two free workers wait to pull; each checks, as it would pull,
+		// whether a held study has not gone yet.
+		pulledEarly := 0
+		for range 2 {
+			wg.Go(func() {
+				if err := b.waitClosed(t.Context()); err != nil {
+					t.Error(err)
+					return
+				}
+				b.mu.Lock()
+				pulledEarly += b.held
+				b.mu.Unlock()
+			})
+		}
+		prober.set(nil) // the destination is back
+		time.Sleep(10 * time.Second)
+		wg.Wait()
+		if overtaken != 0 || pulledEarly != 0 {
+			t.Errorf("held studies went in the order %v: %d went while an older one was held, the free workers pulled while %d were held; want oldest first, then the pulls",
+				order, overtaken, pulledEarly)
+		}
+	})
+}
