@@ -498,7 +498,10 @@ func (b *breaker) chooseTrial() {
 	switch {
 	case !ok:
 		b.setState(BreakerClosed)
-	case fresh || b.pullTrial == nil || b.pulledTrials >= cmp.Or(b.maxPulled, maxPulledTrials) || b.stopped:
+	case fresh || b.trial || b.pullTrial == nil || b.pulledTrials >= cmp.Or(b.maxPulled, maxPulledTrials) || b.stopped:
+		// b.trial: a trial of an earlier half-open is still out (a
+		// pull whose event has not come): it is this one's, and no
+		// second is pulled beside it.
 		b.trialSeq = seq
 		b.broadcast()
 	default:
@@ -521,6 +524,24 @@ func (b *breaker) pickHeld() (seq uint64, fresh, ok bool) {
 		}
 	}
 	return seq, fresh, ok
+}
+
+// pulledTrialArrived decides what an event pulled as the trial is when
+// its first attempt starts: the trial while the breaker is half-open (its
+// pull holds the trial slot). The breaker may have closed since the pull
+// began (a study in flight was stored), and opened again: then the slot
+// is freed and the event is an ordinary study, sent if the breaker is
+// closed, held (hold true) without an attempt if it is open, so that no
+// study goes to a destination no probe vouched for, and no failure of
+// it is taken for a vouched trial's.
+func (b *breaker) pulledTrialArrived() (trial, hold bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == BreakerHalfOpen {
+		return true, false
+	}
+	b.trial = false
+	return false, b.state == BreakerOpen && !b.stopped
 }
 
 // pulledTrialEnded is told that an event pulled as the trial was settled,
@@ -664,16 +685,37 @@ func (f *Forwarder) Status() DestinationStatus {
 // the breaker closes (or as its trial). On shutdown the last error is
 // returned and the study goes back to the queue (one delivery).
 func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.Logger) (Report, error) {
-	trial := false
+	trial, holdFirst := false, false
 	if t, ok := ctx.Value(pulledTrialKey{}).(*pulledTrial); ok && !t.used {
 		// Pulled as the trial of the half-open breaker: this first
-		// attempt is it.
-		t.used, trial = true, true
-		log.Info("circuit breaker half-open: sending this study, pulled from the queue, as the trial")
+		// attempt is it, if the breaker is half-open still.
+		t.used = true
+		trial, holdFirst = f.breaker.pulledTrialArrived()
+		if trial {
+			log.Info("circuit breaker half-open: sending this study, pulled from the queue, as the trial")
+		}
 	}
 	// held counts the holds for the destination, sourceHeld those for the
 	// source, for the log.
 	held, sourceHeld := 0, 0
+	if holdFirst {
+		// Pulled as a trial, it came once the breaker had closed and
+		// opened again: held, as the studies that failed for the outage.
+		log.Warn("destination down: the study, pulled as a trial of an earlier probe, is held until the circuit breaker closes; no delivery is spent")
+		held++
+		f.m.held.Inc()
+		f.held(a, "held: destination down (circuit breaker open)")
+		var herr error
+		trial, herr = f.breaker.hold(ctx, a.Seq)
+		f.held(a, "")
+		f.m.held.Dec()
+		if herr != nil {
+			return Report{}, fmt.Errorf("held while the destination was down: %w", herr)
+		}
+		if trial {
+			log.Info("circuit breaker half-open: sending this held study as the trial")
+		}
+	}
 	// unrecorded: what earlier runs stored and could not record (NATS
 	// unreachable), for the settle to write with this run's.
 	var unrecorded []string
@@ -736,8 +778,9 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 // trial pull handles.
 type pulledTrialKey struct{}
 
-// pulledTrial marks the event pulled as the trial; used once an attempt
-// of it was recorded as the trial.
+// pulledTrial marks the event pulled as the trial; used once its first
+// attempt began, as the trial (pulledTrialArrived) or, the breaker no
+// longer half-open, as an ordinary study (its trial slot then freed).
 type pulledTrial struct{ used bool }
 
 // runPulledTrial pulls one event and handles it as the trial of the

@@ -863,3 +863,106 @@ func TestBreakerReleasesHeldStudiesOldestFirst(t *testing.T) {
 		}
 	})
 }
+
+// TestBreakerLatePulledTrial: the event a half-open breaker pulls as its
+// trial may come after the breaker closed (a study in flight was
+// stored), or closed and opened again. It is the trial only if the
+// breaker is half-open then. Before, it was sent as the trial whatever
+// the state: while open, to a destination no probe had vouched for, its
+// 500 spent its delivery as the first vouched trial's would (and put the
+// next probe off); while closed, its one failure opened the breaker,
+// below STOW_BREAKER_FAILURES.
+func TestBreakerLatePulledTrial(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		reopen bool
+	}{
+		{"closed", false},
+		{"closed and open again", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var posts atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet { // QIDO-RS: the probe passes
+					w.Header().Set("Content-Type", "application/dicom+json")
+					io.WriteString(w, "[]")
+					return
+				}
+				posts.Add(1)
+				http.Error(w, "store failing", http.StatusInternalServerError)
+			}))
+			t.Cleanup(srv.Close)
+			prober, err := dicomweb.New(srv.URL, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+				o.Breaker = BreakerOptions{Failures: 2, ProbeInterval: time.Hour, Prober: prober}
+			})
+			b := f.breaker
+			serverError := &dicomweb.HTTPError{StatusCode: 500}
+			pulls := 0
+			b.mu.Lock()
+			b.pullTrial = func() { pulls++ }
+			b.mu.Unlock()
+			// Open, its one held study's trial failed: the half-open
+			// breaker pulls its trial from the queue.
+			b.record(serverError, false, "1.2.8", 8)
+			b.record(serverError, false, "1.2.8", 8)
+			b.mu.Lock()
+			b.heldSeqs[8], b.failedTrials[8] = 1, true
+			b.mu.Unlock()
+			b.probe()
+			if s, _, _, _ := b.status(); s != BreakerHalfOpen || pulls != 1 {
+				t.Fatalf("breaker %v, %d trials pulled; want half-open, 1", s, pulls)
+			}
+			// A study in flight is stored while the pull is out; the held
+			// one goes again.
+			b.record(nil, false, "1.2.7", 7)
+			b.mu.Lock()
+			delete(b.heldSeqs, 8)
+			b.mu.Unlock()
+			if tt.reopen {
+				b.record(serverError, false, "1.2.9", 9)
+				b.record(serverError, false, "1.2.9", 9)
+			}
+			// The pulled event comes now.
+			ctx, cancel := context.WithCancel(context.WithValue(t.Context(), pulledTrialKey{}, &pulledTrial{}))
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, err := f.transferGuarded(ctx, &Attempt{Event: testEvent(), Seq: 10}, slog.New(slog.DiscardHandler))
+				done <- err
+			}()
+			if tt.reopen {
+				deadline := time.Now().Add(10 * time.Second)
+				for st := f.Status(); st.Held != 1; st = f.Status() {
+					select {
+					case err := <-done:
+						t.Fatalf("the late pulled event was not held while the breaker is open: %v after %d STOW-RS requests", err, posts.Load())
+					default:
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("breaker %+v, want the late pulled event held", st)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				if n := posts.Load(); n != 0 {
+					t.Errorf("%d STOW-RS requests while the breaker is open, want none", n)
+				}
+				cancel()
+				<-done
+				return
+			}
+			if err := <-done; err == nil {
+				t.Fatal("stored by a store answering 500")
+			}
+			b.mu.Lock()
+			trialOut := b.trial
+			b.mu.Unlock()
+			if st := f.Status(); st.State != BreakerClosed.String() || st.Failures != 1 || trialOut {
+				t.Errorf("after the late pulled event failed in a closed breaker: %+v, a trial out %v; want closed, 1 failure of 2, none out", st, trialOut)
+			}
+		})
+	}
+}
