@@ -474,12 +474,14 @@ func (b *breaker) probe() {
 	}
 	if DestinationDown(err) {
 		b.failedProbes++
-		if b.failedProbes%probesBeforeTrial != 0 || b.held == 0 {
+		if b.failedProbes%probesBeforeTrial != 0 || b.held == 0 && !b.canPullTrial() {
 			b.wait = min(2*b.wait, b.cfg.maxInterval)
 			b.schedule()
 			return
 		}
-		// Queries keep failing: let a study tell whether it stores.
+		// Queries keep failing: let a study tell whether it stores (a
+		// held one, else one pulled from the queue: a destination whose
+		// queries fail while it stores would otherwise stay shut).
 	} else {
 		b.failedProbes = 0
 	}
@@ -492,13 +494,20 @@ func (b *breaker) probe() {
 // held study whose trial has not failed if there is one, else one pulled
 // from the queue, else (nothing waits, or maxPulledTrials are in hand)
 // the held study tried least recently. Nothing held: the breaker closes,
-// to let the workers pull; the next failures open it again. Under mu.
+// to let the workers pull, and the next failures open it again; but when
+// queries fail, a study pulled from the queue is the trial. Under mu.
 func (b *breaker) chooseTrial() {
 	seq, fresh, ok := b.pickHeld()
 	switch {
+	case !ok && b.failedProbes > 0 && b.canPullTrial():
+		// Queries fail and nothing is held: a study of the queue is
+		// the trial (held, not spent, if it fails).
+		b.trial = true
+		b.pulledTrials++
+		b.pullTrial()
 	case !ok:
 		b.setState(BreakerClosed)
-	case fresh || b.trial || b.pullTrial == nil || b.pulledTrials >= cmp.Or(b.maxPulled, maxPulledTrials) || b.stopped:
+	case fresh || !b.canPullTrial():
 		// b.trial: a trial of an earlier half-open is still out (a
 		// pull whose event has not come): it is this one's, and no
 		// second is pulled beside it.
@@ -574,13 +583,23 @@ func (b *breaker) pulledTrialEnded(found, used bool) {
 	default:
 		// Nothing waits in the queue: a held study is the trial.
 		seq, _, ok := b.pickHeld()
-		if !ok {
+		switch {
+		case ok:
+			b.trialSeq = seq
+		case b.failedProbes > 0:
+			// Nothing to try, and queries fail: probe again later.
+			b.open("")
+		default:
 			b.setState(BreakerClosed)
-			break
 		}
-		b.trialSeq = seq
 	}
 	b.broadcast()
+}
+
+// canPullTrial reports whether a trial may be pulled from the queue now.
+// Under mu.
+func (b *breaker) canPullTrial() bool {
+	return b.pullTrial != nil && !b.trial && !b.stopped && b.pulledTrials < cmp.Or(b.maxPulled, maxPulledTrials)
 }
 
 // probeTimeout bounds one probe request.

@@ -264,6 +264,54 @@ func TestBreakerTrialWithoutQueries(t *testing.T) {
 	})
 }
 
+// Queries that keep failing while nothing is held: the trial is pulled
+// from the queue, so that a destination whose queries fail while it
+// stores does not stay shut until a restart. Before, the breaker probed
+// on for good without a trial (the workers do not pull while it is open).
+// The queue empty, it stays open; a pulled trial that fails is held, not
+// spent; one stored closes it.
+func TestBreakerTrialWithoutQueriesNothingHeld(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		prober := &fakeProber{err: &dicomweb.HTTPError{StatusCode: 502}}
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
+		defer b.stop()
+		pulls := 0
+		b.mu.Lock()
+		b.pullTrial = func() { pulls++ }
+		b.mu.Unlock()
+		serverError := &dicomweb.HTTPError{StatusCode: 500}
+		b.record(serverError, false, "1.2.3", 0) // opens; the study is retried, nothing held
+
+		pulled := func(want int) {
+			t.Helper()
+			time.Sleep(probesBeforeTrial*time.Second + time.Second/2)
+			synctest.Wait()
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if pulls != want || b.state != BreakerHalfOpen {
+				t.Fatalf("after %d failed probes: %d trials pulled, breaker %v; want %d, half-open", prober.calls, pulls, b.state, want)
+			}
+		}
+		pulled(1)
+		b.pulledTrialEnded(false, false) // the queue is empty
+		if s, _, _, _ := b.status(); s != BreakerOpen {
+			t.Fatalf("nothing to try while queries fail: breaker %v, want open", s)
+		}
+		pulled(2)
+		if trial, hold := b.pulledTrialArrived(); !trial || hold {
+			t.Fatalf("pulled trial arrived: trial %v, hold %v; want the trial", trial, hold)
+		}
+		if !b.record(serverError, true, "1.2.4", 7) {
+			t.Fatal("a 500 on a pulled trial no probe vouched for was settled (spent)")
+		}
+		b.pulledTrialEnded(true, true)
+		b.record(nil, true, "1.2.4", 7)
+		if s, _, _, _ := b.status(); s != BreakerClosed {
+			t.Errorf("state %v after a stored trial, want closed", s)
+		}
+	})
+}
+
 // A trial that ends with an answer that is no outage (a 4xx, a source
 // error) closes the breaker: the others need not wait for it.
 func TestBreakerTrialAnswered(t *testing.T) {
