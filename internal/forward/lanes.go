@@ -384,8 +384,11 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 		release()
 		switch {
 		case ctx.Err() != nil:
-		case errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded):
-			f.m.laneAge.set(l.Priority, time.Time{}) // nothing waits
+		case errors.Is(err, nats.ErrTimeout):
+			// JetStream answered the pull at its expiry: nothing waits.
+			f.m.laneAge.set(l.Priority, time.Time{})
+		case errors.Is(err, context.DeadlineExceeded):
+			f.unansweredPull(ctx, l)
 		default:
 			f.pullFailed(ctx, l, err)
 			sleep(ctx, time.Second)
@@ -465,9 +468,29 @@ func (f *Forwarder) pullNoWait(ctx context.Context, l Lane) jetstream.Msg {
 		f.pullAnswered(l)
 	}
 	if msg == nil {
-		f.m.laneAge.set(l.Priority, time.Time{}) // nothing waits
+		// Its answer, "none", is not told from no answer at all.
+		f.unansweredPull(ctx, l)
 	}
 	return msg
+}
+
+// unansweredPull drops lane l's head after a pull that brought no event
+// and may have got no answer (NATS unreachable while its client
+// reconnects, a consumer between leaders) only once the consumer says
+// none waits: dropped at once, the lane's age read 0 for the events
+// still queued as long as the outage lasted (the probe, failing too,
+// keeps its last reading), and StowlineEventsNearRetention could not
+// fire. A lane already without a head is not asked.
+func (f *Forwarder) unansweredPull(ctx context.Context, l Lane) {
+	if !f.m.laneAge.hasHead(l.Priority) {
+		return
+	}
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	info, err := l.Consumer.Info(ictx)
+	cancel()
+	if err == nil && info.NumPending == 0 {
+		f.m.laneAge.set(l.Priority, time.Time{})
+	}
 }
 
 // pullFailed reports a failed pull. A lane whose consumer is gone (deleted

@@ -514,3 +514,64 @@ func TestLaneProbeDropsAStaleHead(t *testing.T) {
 		t.Errorf("routine lane's age %v s, its consumer gone, want 0", got)
 	}
 }
+
+// TestLaneAgeKeptThroughUnansweredPulls: a pull JetStream does not
+// answer (NATS unreachable, its client reconnecting; a cluster that lost
+// its consumer's leader) ends as one that found the lane empty, and the
+// lane's head was dropped: its age read 0 for the events still queued,
+// for as long as the outage lasted (the probe failing too keeps its last
+// reading: none, if the lane was found empty before), and
+// StowlineEventsNearRetention could not fire. A pull that finds the lane
+// empty still takes it to 0 (TestEventsPulledLateInRetention).
+func TestLaneAgeKeptThroughUnansweredPulls(t *testing.T) {
+	const waited = 6 * 24 * time.Hour
+	for _, tt := range []struct {
+		name  string
+		lanes func(map[events.Priority]jetstream.Consumer) []Lane
+	}{
+		// A worker of several lanes looks into each without waiting
+		// (FetchNoWait), then waits on its home lane (Next).
+		{"every lane", laneList},
+		{"routine only", func(c map[events.Priority]jetstream.Consumer) []Lane {
+			return []Lane{{Priority: events.PriorityRoutine, Consumer: c[events.PriorityRoutine]}}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ns, lanes, sinkURL := startLanes(t)
+			ctx := t.Context()
+			f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+				o.Lanes = tt.lanes(lanes)
+				o.Now = func() time.Time { return time.Now().Add(waited) }
+			})
+			for _, lastUpdate := range []string{"20261126T101500", "20261126T101501"} {
+				ev := testEvent()
+				ev.LastUpdate = lastUpdate
+				if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			age := f.m.laneAge.WithLabelValues("routine")
+			// The first is pulled and forwarded; the second still waits.
+			var msg jetstream.Msg
+			var done func()
+			for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
+				msg, _, done = f.next(ctx, false)
+			}
+			if msg == nil {
+				t.Fatal("the routine event was not pulled")
+			}
+			if err := msg.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
+			}
+			done()
+			// NATS goes away: the forwarder's pulls are not answered.
+			ns.Shutdown()
+			if msg, _, _ := f.next(ctx, false); msg != nil {
+				t.Fatalf("pulled %v with NATS down", msg)
+			}
+			if got := testutil.ToFloat64(age); got < waited.Seconds() || got > waited.Seconds()+60 {
+				t.Errorf("routine lane's age %v s after pulls not answered, an event still queued, want about %v s", got, waited.Seconds())
+			}
+		})
+	}
+}

@@ -259,6 +259,14 @@ func (g *laneAgeGauge) set(lane events.Priority, head time.Time) {
 	g.setLocked(lane)
 }
 
+// hasHead is whether lane has a head: an event pulled last, not yet
+// found gone.
+func (g *laneAgeGauge) hasHead(lane events.Priority) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.heads[lane].IsZero()
+}
+
 // setQueued records the oldest event lane's consumer has not
 // acknowledged (zero: none), and drops the lane's head: the consumer's
 // answer covers the event last pulled, acknowledged or not, while the
