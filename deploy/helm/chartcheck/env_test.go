@@ -15,7 +15,9 @@ import (
 // TestChartSetVarsRefused: a variable the chart sets itself, put in an
 // env map, would silently win over the value it comes from (ingest.env
 // and the forwarders' env are applied last) or be silently ignored (env
-// is applied first); the chart refuses it, naming the value to set.
+// is applied first); the chart refuses it, naming the value to set. Empty
+// too, naming the value to leave empty to leave it unset, or saying the
+// chart needs it.
 func TestChartSetVarsRefused(t *testing.T) {
 	set := func(v map[string]any, f func(v map[string]any)) map[string]any { f(v); return v }
 	groupEnv := func(k, val string) func(v map[string]any) {
@@ -67,6 +69,19 @@ func TestChartSetVarsRefused(t *testing.T) {
 		{"a destination's variable in forwarderDefaults.env", set(twoGroups(), func(v map[string]any) {
 			v["forwarderDefaults"] = map[string]any{"env": map[string]any{"DESTINATION_AI_OAUTH_CLIENT_ID": "x"}}
 		}), "DESTINATION_AI_OAUTH_CLIENT_ID is set by the chart, from destinations[ai]"},
+		// Empty, as one leaves any other variable unset: it would not be
+		// (env is applied before the chart's value; the others after would
+		// drop one the chart needs). The message says what to empty
+		// instead, or that the chart needs it; it said "set that instead".
+		{"ORTHANC_USERNAME empty in env", merged(required(), map[string]any{"env": map[string]any{"ORTHANC_USERNAME": ""}}),
+			"env: ORTHANC_USERNAME is set by the chart, from orthanc.username: an empty value here does not leave it unset; leave orthanc.username empty instead"},
+		{"ORTHANC_SOURCE_NAME without a value in ingest.env", valuesFile(t, "ingest:\n  env:\n    ORTHANC_SOURCE_NAME:\n"),
+			"ingest.env: ORTHANC_SOURCE_NAME is set by the chart, from orthanc.sourceName: an empty value here does not leave it unset; leave orthanc.sourceName empty instead"},
+		{"NATS_URL empty in forwarderDefaults.env", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"NATS_URL": ""}}}),
+			"forwarderDefaults.env: NATS_URL is set by the chart, from nats.url, which it needs: it cannot be left unset; take it out of forwarderDefaults.env"},
+		{"the ingest's port empty in ingest.env", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"INGEST_ADDR": ""}}}),
+			"ingest.env: INGEST_ADDR is set by the chart, from ingest.port, which it needs: it cannot be left unset"},
+		{"orthanc.username empty, as that message says", merged(required(), map[string]any{"orthanc": map[string]any{"username": ""}}), ""},
 		// Set by nothing else: these pass.
 		{"NATS_CREDS_FILE without nats.credsSecret", merged(required(), map[string]any{"env": map[string]any{"NATS_CREDS_FILE": "/etc/nats/nats.creds"}}), ""},
 		{"a collector in env without tracing.otlpEndpoint", merged(required(), map[string]any{"env": map[string]any{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}}), ""},

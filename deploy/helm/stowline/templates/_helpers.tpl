@@ -627,6 +627,16 @@ one, naming the value to set instead.
 {{- $managed := include "stowline.managedEnv" $c.role | fromYaml -}}
 {{- range $k, $v := $c.env -}}
 {{- if hasKey $managed $k -}}
+{{- /* Empty ("" or KEY:) asks to leave it unset, which other env
+variables get: here it would not (env is applied before the chart's
+value, the others after would drop a value the ports, probes and KEDA
+ceiling are computed from), so say how, or that the chart needs it. */ -}}
+{{- if eq (ternary "" (toString $v) (kindIs "invalid" $v)) "" -}}
+{{- if has $k (list "ORTHANC_URL" "ORTHANC_USERNAME" "ORTHANC_SOURCE_NAME" "OTEL_EXPORTER_OTLP_ENDPOINT" "OTEL_TRACES_SAMPLER" "OTEL_TRACES_SAMPLER_ARG") -}}
+{{- fail (printf "%s: %s is set by the chart, from %s: an empty value here does not leave it unset; leave %s empty instead" $c.where $k (get $managed $k) (get $managed $k)) -}}
+{{- end -}}
+{{- fail (printf "%s: %s is set by the chart, from %s, which it needs: it cannot be left unset; take it out of %s" $c.where $k (get $managed $k) $c.where) -}}
+{{- end -}}
 {{- fail (printf "%s: %s is set by the chart, from %s: set that instead of the variable" $c.where $k (get $managed $k)) -}}
 {{- end -}}
 {{- /* The ingest and every forwarder set the event stream to their own
