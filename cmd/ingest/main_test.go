@@ -335,3 +335,57 @@ func testOrthancDatabaseRecreated(t *testing.T, rel testharness.Release) {
 		t.Error("the reset is not logged")
 	}
 }
+
+// Orthanc's database is restored from a backup: its change log goes back
+// below the cursor, holding only changes the reconciler handled before
+// the backup's copy was replaced. Those are not published again (each
+// event older than EVENTS_DEDUPE_WINDOW would forward its study again:
+// after a restore, the whole archive); the studies stored since the
+// restore are.
+func TestOrthancDatabaseRestoredFromBackup(t *testing.T) {
+	testharness.ForEachRelease(t, testOrthancDatabaseRestoredFromBackup)
+}
+
+func testOrthancDatabaseRestoredFromBackup(t *testing.T, rel testharness.Release) {
+	r := newRigOn(t, rel)
+	ing := r.startIngest(t)
+	r.addStudies(t, 2, 1)
+	r.waitAllPublished(t, 20*time.Second)
+
+	r.orthanc.Stop(t)
+	index := filepath.Join(r.orthanc.Dir, "index")
+	backup := filepath.Join(t.TempDir(), "index")
+	if err := os.CopyFS(backup, os.DirFS(index)); err != nil {
+		t.Fatal(err)
+	}
+	r.orthanc.Start(t)
+	r.addStudies(t, 2, 1)
+	r.waitAllPublished(t, 20*time.Second)
+	// A new term: the replica does not remember what it published.
+	ing.stop()
+
+	r.orthanc.Stop(t)
+	if err := os.RemoveAll(index); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.CopyFS(index, os.DirFS(backup)); err != nil {
+		t.Fatal(err)
+	}
+	r.orthanc.Start(t)
+	r.addStudies(t, 1, 1)
+	r.orthanc.WaitStable(t, 20*time.Second)
+
+	ing = r.startIngest(t)
+	r.waitAllPublished(t, 30*time.Second)
+	// The new study's changes come after the backup's: once it is
+	// published, the rescan is past them.
+	testharness.WaitFor(t, "the study stored since the restore published", 30*time.Second, func() bool {
+		return ing.metric(t, `stowline_reconcile_events_published_total{result="stored",source="src"}`) == 1
+	})
+	if got := ing.metric(t, `stowline_reconcile_change_log_resets_total{source="src"}`); got != 1 {
+		t.Errorf("resets = %v, want 1", got)
+	}
+	if got := ing.metric(t, `stowline_reconcile_events_published_total{result="duplicate",source="src"}`); got != 0 {
+		t.Errorf("the backup's %v studies were published again, want none", got)
+	}
+}

@@ -122,6 +122,11 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 	}
 
 	for _, c := range changes {
+		if s.rescanned(c) {
+			s.cur.Seq, s.cur.Change = c.Seq, markOf(c)
+			s.dirty = true
+			continue
+		}
 		if err := s.handle(ctx, c); err != nil {
 			if !s.stuckOn(c, err) {
 				return false, errors.Join(err, s.save(ctx))
@@ -156,19 +161,62 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 }
 
 // reset restarts from the beginning of a change log whose database was
-// recreated. Pending studies are kept: they are looked up by ID and
-// dropped if gone.
+// recreated, restored from a backup or replaced. The changes dated before
+// the last one handled are skipped (cursor.SkipBefore), unless that date
+// is ahead of this clock (Orthanc's clock was set back since). Pending
+// studies are kept: they are looked up by ID and dropped if gone.
 func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error {
 	first := int64(0)
 	if len(page.Changes) > 0 {
 		first = page.Changes[0].Seq
 	}
-	s.log.Warn("Orthanc's change log was reset (its database was recreated): rescanning it from the start",
-		"cursor", s.cur.Seq, "orthanc_last", page.Last, "orthanc_first_change", first)
+	log := s.log.With("cursor", s.cur.Seq, "orthanc_last", page.Last, "orthanc_first_change", first)
+	s.cur.SkipBefore = ""
+	if s.cur.Change != nil {
+		if at, ok := changeTime(s.cur.Change.Date); ok && !at.After(time.Now()) {
+			s.cur.SkipBefore = s.cur.Change.Date
+		}
+	}
+	if s.cur.SkipBefore != "" {
+		log.Warn("Orthanc's change log was reset (its database was recreated, restored from a backup or replaced): rescanning it from the start,"+
+			" skipping the changes dated before the last one handled (a restored backup's were handled then; `forwarder audit` finds any other study not forwarded)",
+			"skip_before", s.cur.SkipBefore)
+	} else {
+		log.Warn("Orthanc's change log was reset (its database was recreated, restored from a backup or replaced): rescanning it from the start")
+	}
 	s.r.m.resets.WithLabelValues(s.name).Inc()
 	s.cur.Seq, s.cur.Change = 0, nil
 	s.dirty = true
 	return s.save(ctx)
+}
+
+// rescanned reports whether change c is skipped by the rescan of a reset
+// change log: dated before cursor.SkipBefore. The first change dated
+// from then on ends the skipping (Orthanc dates its changes in order);
+// a change without a readable date is handled.
+func (s *sourceRunner) rescanned(c orthancapi.Change) bool {
+	if s.cur.SkipBefore == "" {
+		return false
+	}
+	at, ok := changeTime(c.Date)
+	if !ok {
+		return false
+	}
+	if until, ok := changeTime(s.cur.SkipBefore); ok && at.Before(until) {
+		return true
+	}
+	s.log.Info("the rescan of the reset change log reached the changes after the last one handled before the reset",
+		"change_seq", c.Seq, "skip_before", s.cur.SkipBefore)
+	s.cur.SkipBefore = ""
+	s.dirty = true
+	return false
+}
+
+// changeTime reads the Date of a change, in UTC as Orthanc writes it
+// (YYYYMMDDTHHMMSS, as a study's LastUpdate).
+func changeTime(date string) (time.Time, bool) {
+	t, err := time.Parse("20060102T150405", date)
+	return t, err == nil
 }
 
 // stuckAfter is how many polls in a row may fail on one change that

@@ -25,13 +25,17 @@ import (
 type changeLog struct {
 	changes []orthancapi.Change
 	studies map[string]orthancapi.Study
+	// datedFrom is how many seconds after the first database's first
+	// change this one's is dated: a database made later logs later.
+	datedFrom int
 }
 
 func orthancID(n int) string { return fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", n) }
 
 func (l *changeLog) add(typ, id string) {
 	seq := int64(len(l.changes) + 1)
-	l.changes = append(l.changes, orthancapi.Change{Seq: seq, ChangeType: typ, ID: id, Date: fmt.Sprintf("20261203T%06d", seq)})
+	date := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC).Add(time.Duration(l.datedFrom+int(seq)) * time.Second)
+	l.changes = append(l.changes, orthancapi.Change{Seq: seq, ChangeType: typ, ID: id, Date: date.Format("20060102T150405")})
 }
 
 // addStudy logs a stable study with the changes Orthanc logs for it,
@@ -150,7 +154,7 @@ func TestRecreatedDatabaseFound(t *testing.T) {
 			o.mu.Unlock()
 			waitUntil(t, "the first database's studies", func() bool { return pub.has(orthancID(3)) && cursorAt(12)() })
 
-			swapped := &changeLog{studies: map[string]orthancapi.Study{}}
+			swapped := &changeLog{studies: map[string]orthancapi.Study{}, datedFrom: 100}
 			swapped.add("StableSeries", orthancID(3000))
 			for n := 10; n <= 14; n++ {
 				swapped.addStudy(n) // change 12 is a StableSeries
@@ -161,6 +165,33 @@ func TestRecreatedDatabaseFound(t *testing.T) {
 			waitUntil(t, "the new database's first study", func() bool { return pub.has(orthancID(10)) })
 		})
 	}
+}
+
+// TestResetAfterClockSetBackSkipsNothing: the last change handled is
+// dated ahead of the clock (Orthanc's clock was ahead, and set back since
+// its database was recreated): the rescan cannot tell old changes from
+// new ones by their date, and skips none of them.
+func TestResetAfterClockSetBackSkipsNothing(t *testing.T) {
+	_, kv := testBucket(t)
+	ahead := int(time.Since(time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)).Seconds()) + 24*3600 // a day ahead
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}, datedFrom: ahead}}
+	pub := &publishedIDs{}
+	_, _ = runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second})
+	waitUntil(t, "the first start's cursor", func() bool {
+		_, found, err := (&cursorStore{kv: kv, key: cursorKey("s")}).load(context.Background())
+		return err == nil && found
+	})
+	o.mu.Lock()
+	o.log.addStudy(1)
+	o.mu.Unlock()
+	waitUntil(t, "the first database's study", func() bool { return pub.has(orthancID(1)) })
+
+	o.mu.Lock()
+	o.log = &changeLog{studies: map[string]orthancapi.Study{}}
+	o.log.addStudy(2) // shorter than the cursor, dated a day before its change
+	o.mu.Unlock()
+	waitUntil(t, "the new database's study", func() bool { return pub.has(orthancID(2)) })
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {

@@ -37,8 +37,15 @@ type cursor struct {
 	// unstable studies when it restarts and then never logs StableStudy
 	// for them, so the reconciler publishes them once Orthanc says they are
 	// stable.
-	Pending   map[string]int64 `json:"pending,omitempty"`
-	UpdatedAt time.Time        `json:"updatedAt"`
+	Pending map[string]int64 `json:"pending,omitempty"`
+	// SkipBefore, set while a reset change log is rescanned, is the Date
+	// of the last change handled before the reset: a change dated before
+	// it was handled then (the log of a database restored from a backup)
+	// or is the history of another database, which a first start does
+	// not publish either. Published again, each study older than the
+	// dedupe window would be forwarded again: the whole archive.
+	SkipBefore string    `json:"skipBefore,omitempty"`
+	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
 type changeMark struct {

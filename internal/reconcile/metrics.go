@@ -50,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"source"}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_change_log_resets_total",
-			Help: "Times the source's change log was found reset (Orthanc's database recreated) and rescanned from the start.",
+			Help: "Times the source's change log was found reset (Orthanc's database recreated, restored from a backup or replaced) and rescanned from the start.",
 		}, []string{"source"}),
 	}
 	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.resets} {
