@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"source"}),
 		pollErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_poll_errors_total",
-			Help: "Polls that failed (Orthanc unreachable, JetStream unreachable or its storage full); the reconciler backs off and retries.",
+			Help: "Polls that failed (Orthanc unreachable, JetStream unreachable or its storage full); the reconciler backs off and retries. Source \"(unnamed)\": the Orthanc without a configured source name could not be asked its name.",
 		}, []string{"source"}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_change_log_resets_total",

@@ -568,3 +568,27 @@ func testNonConformantUIDIsPublished(t *testing.T, rel testharness.Release) {
 		}
 	}
 }
+
+// An Orthanc without a configured source name that refuses the
+// reconciler's user (or cannot be reached) from the start is never
+// reconciled: its name, and with it every series of the source, stays
+// unknown. Its failures are counted all the same, so that
+// StowlineReconcilerFailing fires.
+func TestUnnamedSourceRefusedIsCounted(t *testing.T) {
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "recon-r", StableAge: 1, Username: "stowline", Password: "right-password"})
+	c, err := orthancapi.New(o.URL, orthancapi.WithBasicAuth("stowline", "wrong-password"), orthancapi.WithRequestTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{orthanc: o, client: c, nats: testnats.Start(t)}
+	if r.kv, err = natsjs.DefaultTopology().EnsureReconcile(context.Background(), r.nats.JS); err != nil {
+		t.Fatal(err)
+	}
+	rec, reg, _ := r.start(t, "")
+	testharness.WaitFor(t, "the failures counted", 10*time.Second, func() bool {
+		return metric(t, reg, "stowline_reconcile_poll_errors_total", map[string]string{"source": "(unnamed)"}) >= 2
+	})
+	if err := rec.Checks()["reconcile"](context.Background()); err == nil {
+		t.Error("the source's check passes while Orthanc refuses the reconciler")
+	}
+}

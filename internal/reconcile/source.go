@@ -88,6 +88,10 @@ func (s *sourceRunner) run(ctx context.Context) {
 	}
 }
 
+// unnamedSource labels the poll errors of a source without a configured
+// name while Orthanc cannot be asked its name; no source is named so.
+const unnamedSource = "(unnamed)"
+
 // resolveName finds the source name of an unnamed source, retrying until
 // Orthanc answers or ctx ends.
 func (s *sourceRunner) resolveName(ctx context.Context) bool {
@@ -109,6 +113,10 @@ func (s *sourceRunner) resolveName(ctx context.Context) bool {
 			return false
 		}
 		s.setStatus(fmt.Errorf("orthanc: %w", err))
+		// Counted, so that StowlineReconcilerFailing fires: until the name
+		// is known no other series of the source exists, and an ingest
+		// whose Orthanc user is refused would never reconcile, unalerted.
+		s.r.m.pollErrors.WithLabelValues(unnamedSource).Inc()
 		s.r.log.Warn("reconciler cannot read Orthanc's /system to learn the source name; retrying", "err", err, "retry_in", delay.String())
 		sleep(ctx, delay)
 		delay = min(2*delay, s.r.opts.MaxBackoff)
