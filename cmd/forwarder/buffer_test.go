@@ -186,6 +186,13 @@ func TestBufferModeOlderEventOfDeletedStudy(t *testing.T) {
 	if n := r.metric(t, "stowline_forwarder_studies_total", `result="dead_lettered"`); n != 0 {
 		t.Errorf("%v studies dead-lettered, want none", n)
 	}
+	// Counted once as forwarded: the older event's ack is not a forward.
+	if n := r.metric(t, "stowline_forwarder_studies_total", `result="forwarded"`); n != 1 {
+		t.Errorf("%v studies counted forwarded, want 1", n)
+	}
+	if n := r.metric(t, "stowline_forwarder_studies_total", `result="already_forwarded"`); n != 1 {
+		t.Errorf("%v studies counted already_forwarded, want 1", n)
+	}
 	r.noDeadLetters(t)
 	if !strings.Contains(r.fwdLogs.String(), "the destination's ledger holds this state of it or a newer one") {
 		t.Errorf("no log line says why the older event is done")

@@ -41,6 +41,11 @@ const (
 	// ResultNewerVersion: a newer ingest wrote the event; it is given back
 	// for a newer forwarder (a delivery spent each time).
 	ResultNewerVersion Result = "newer_version"
+	// ResultAlreadyForwarded: the study is no longer in the source and
+	// the destination's ledger holds this state of it or a newer one,
+	// forwarded before buffer mode deleted it; the event is acked. The
+	// forward itself was counted once already, as forwarded.
+	ResultAlreadyForwarded Result = "already_forwarded"
 )
 
 // Observer is told what the forwarder does, as it happens. The status

@@ -36,8 +36,13 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	switch d.action {
 	case ack:
 		result = f.ack(sctx, msg, a, rep, elapsed, log)
-		if result == ResultForwarded && rep.NotSelected {
+		switch {
+		case result == ResultForwarded && rep.NotSelected:
 			result = ResultNotSelected
+		case result == ResultForwarded && rep.forwardedBefore:
+			// The event that carried the study was counted forwarded:
+			// counted again, dashboards would show the study twice.
+			result = ResultAlreadyForwarded
 		}
 	case giveBack:
 		handBack(msg, f.opts.Connected, rep, log)

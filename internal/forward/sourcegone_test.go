@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
@@ -252,4 +253,33 @@ func uploadStudy(t *testing.T, o *testharness.Orthanc, n int) (*events.StudyStab
 	}
 	return &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
 		OrthancStudyID: after[0], StudyInstanceUID: study.MainDicomTags.StudyInstanceUID, LastUpdate: study.LastUpdate}, client
+}
+
+// An older event of a study buffer mode deleted once a newer one carried
+// it finds the study gone and the destination's ledger holding a newer
+// state of it: the event is acked, and counted as already_forwarded. It
+// was counted forwarded, the study twice on every dashboard.
+func TestOlderEventOfDeletedStudyNotCountedForwarded(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") == "" {
+		t.Skip("starts a real Orthanc server; skipped in -short mode")
+	}
+	// The source holds no study: buffer mode deleted it. Nothing is sent,
+	// so the same Orthanc serves as the destination.
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "older-deleted", DicomWeb: true})
+	client, err := orthancapi.New(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, ns, cons, dls := orthancForwarder(t, client, o, func(opts *Options) {
+		opts.Forwarded = func(context.Context, *events.StudyStable) (bool, error) { return true, nil }
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	if letters := dls.all(); len(letters) != 0 {
+		t.Fatalf("dead-lettered as %q: %s; want the event acked", letters[0].Class, letters[0].Reason)
+	}
+	for result, want := range map[Result]float64{ResultForwarded: 0, ResultAlreadyForwarded: 1} {
+		if got := testutil.ToFloat64(f.m.studies.WithLabelValues(string(result))); got != want {
+			t.Errorf("studies_total{result=%q} = %v, want %v", result, got, want)
+		}
+	}
 }

@@ -53,7 +53,8 @@ const (
 	Attempt = attribute.Key("stowline.attempt")
 	Pending = attribute.Key("stowline.pending")
 	// Result is how an attempt ended (forwarded, not_selected, retry,
-	// dead_lettered, interrupted, ack_failed, undecodable) and
+	// dead_lettered, interrupted, ack_failed, undecodable, newer_version,
+	// already_forwarded) and
 	// FailureClass the class of its failure (transient, partial,
 	// permanent, source-missing, crash).
 	Result       = attribute.Key("stowline.result")
