@@ -28,6 +28,12 @@ import (
 // MaxResponseBytes bounds the destination response kept with a letter.
 const MaxResponseBytes = 2048
 
+// MaxRawBytes bounds the bytes kept of an event the forwarder could not
+// read (forward.RawEvent): stowline's events are well under a kilobyte,
+// and a letter must fit a JetStream message. A letter that keeps only
+// the start of its event cannot be replayed.
+const MaxRawBytes = 64 << 10
+
 // MaxLetterFailures bounds the failed instances a letter names, and
 // MaxFailureText the characters of each one's text when the letter would
 // pass maxLetterBytes (whole texts otherwise: their end often says what
@@ -71,6 +77,11 @@ func NewStore(js jetstream.JetStream, stream jetstream.Stream) *Store {
 func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) {
 	if len(l.LastResponse) > MaxResponseBytes {
 		l.LastResponse = l.LastResponse[:MaxResponseBytes] + "…"
+	}
+	if l.Raw != nil && len(l.Raw.Data) > MaxRawBytes {
+		raw := *l.Raw
+		raw.Data, raw.Size = raw.Data[:MaxRawBytes], len(raw.Data)
+		l.Raw = &raw
 	}
 	if n := len(l.Failures); n > MaxLetterFailures {
 		l.Failures, l.MoreFailures = l.Failures[:MaxLetterFailures], l.MoreFailures+n-MaxLetterFailures
@@ -370,6 +381,10 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	checked := map[string]bool{}
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
+		if e.Raw != nil && e.Raw.Size > len(e.Raw.Data) {
+			return fmt.Errorf("replay: dead letter %d keeps only the first %d of the %d bytes of a message the forwarder could not read (not an event of stowline's): it cannot be replayed; purge it",
+				e.Seq, len(e.Raw.Data), e.Raw.Size)
+		}
 		if checked[subject] {
 			return nil
 		}
@@ -385,9 +400,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	n := 0
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		if !dryRun {
-			ev := e.Event
-			subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), ev.Source)
-			if _, err := natsjs.PublishTo(ctx, s.js, subject, &ev, ReplayMsgID(&ev, e.Seq)); err != nil {
+			if err := s.requeue(ctx, e); err != nil {
 				return fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 			}
 			if _, err := s.deleteLetter(ctx, e.Seq); err != nil {
@@ -403,6 +416,31 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 		return nil
 	})
 	return n, err
+}
+
+// requeue stores e's event again in the event stream, in its
+// destination's low lane: for a letter of an event the forwarder could
+// not read, the event as it was stored, its bytes and its headers but
+// JetStream's own (Nats-*); else the letter's event.
+func (s *Store) requeue(ctx context.Context, e *Entry) error {
+	ev := e.Event
+	subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), ev.Source)
+	msgID := ReplayMsgID(&ev, e.Seq)
+	if e.Raw == nil {
+		_, err := natsjs.PublishTo(ctx, s.js, subject, &ev, msgID)
+		return err
+	}
+	msg := &nats.Msg{Subject: subject, Data: e.Raw.Data, Header: nats.Header{}}
+	for k, v := range e.Raw.Header {
+		if !strings.HasPrefix(k, "Nats-") {
+			msg.Header[k] = slices.Clone(v)
+		}
+	}
+	msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(natsjs.EventStream)); err != nil {
+		return fmt.Errorf("publish event %s: %w", msgID, natsjs.StorageFull(err))
+	}
+	return nil
 }
 
 // Replay and Purge read pages of at most this many letters and bytes

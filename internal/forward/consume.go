@@ -133,14 +133,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if err != nil {
-		// A message this build can't read would loop forever: stop it,
-		// with the reason, where an operator can see it.
-		f.log.Error("undecodable event terminated", "subject", msg.Subject(), "stream_seq", a.Seq, "err", err)
-		f.m.studies.WithLabelValues(string(ResultUndecodable)).Inc()
-		recordOutcome(span, ResultUndecodable, "", Report{})
-		if err := msg.TermWithReason("undecodable event: " + err.Error()); err != nil {
-			f.log.Warn("terminate undecodable event", "err", err)
-		}
+		f.undecodable(ctx, msg, a, err)
 		return
 	}
 	a.Event = ev

@@ -24,6 +24,22 @@ type DeadLetter struct {
 	LastResponse   string    `json:"lastResponse,omitempty"`
 	OriginalSeq    uint64    `json:"originalSeq"`
 	DeadLetteredAt time.Time `json:"deadLetteredAt"`
+	// Raw is the event as JetStream stored it, for a letter of an event
+	// the forwarder could not read (Reason "undecodable: ..."): a replay
+	// stores it again unchanged, for a build that reads it. Event then
+	// holds only what could be read of it, its source from its subject.
+	Raw *RawEvent `json:"raw,omitempty"`
+}
+
+// RawEvent is a message of the event stream, as stored.
+type RawEvent struct {
+	Subject string              `json:"subject"`
+	Header  map[string][]string `json:"header,omitempty"`
+	Data    []byte              `json:"data"`
+	// Size is the message's length when Data keeps only its start
+	// (deadletter.MaxRawBytes: not an event of stowline's); 0 when Data
+	// is whole.
+	Size int `json:"size,omitempty"`
 }
 
 // FailureTimes are the first and last failure of one event.

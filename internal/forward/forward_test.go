@@ -319,12 +319,44 @@ func TestShutdownReturnsInFlightStudy(t *testing.T) {
 	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
 }
 
-// An event this build cannot read is terminated, not retried forever.
-func TestUndecodableEventTerminated(t *testing.T) {
-	cons, k := deliverRaw(t, []byte(`{"type":"something.else"}`))
+// An event this build cannot read is dead-lettered with its bytes, then
+// terminated: not retried forever, and not lost (it was terminated with
+// no dead letter).
+func TestUndecodableEventDeadLettered(t *testing.T) {
+	data := []byte(`{"type":"something.else"}`)
+	dls := &memDeadLetters{}
+	cons, k, f := deliverRaw(t, data, func(o *Options) { o.DeadLetters = dls })
 	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
 	if k.requests.Load() != 0 {
 		t.Error("an undecodable event reached the destination")
+	}
+	letters := dls.all()
+	if len(letters) != 1 || letters[0].Raw == nil || !bytes.Equal(letters[0].Raw.Data, data) || !strings.HasPrefix(letters[0].Reason, "undecodable: ") {
+		t.Fatalf("dead letters %+v; want one keeping the event's bytes", letters)
+	}
+	if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultUndecodable))); n != 1 {
+		t.Errorf("studies_total{result=undecodable} = %v, want 1", n)
+	}
+}
+
+// Without a dead-letter store to keep it, an event this build cannot
+// read is given back, as any failure then is retried: terminated, it
+// would be lost.
+func TestUndecodableEventGivenBackWithoutDeadLetterStore(t *testing.T) {
+	cons, k, f := deliverRaw(t, []byte(`{"type":"something.else"}`))
+	deadline := time.Now().Add(15 * time.Second)
+	for testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultRetry))) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the undecodable event was not given back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	info, err := cons.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.AckFloor.Stream != 0 || info.NumAckPending != 1 || k.requests.Load() != 0 {
+		t.Errorf("ack floor %d, %d pending, %d requests: want the event given back, unsent", info.AckFloor.Stream, info.NumAckPending, k.requests.Load())
 	}
 }
 
@@ -367,21 +399,21 @@ func TestNewerVersionGivenBack(t *testing.T) {
 
 // deliverRaw runs a forwarder into a sink and stores data as an event for
 // it to take.
-func deliverRaw(t *testing.T, data []byte) (jetstream.Consumer, *sink) {
+func deliverRaw(t *testing.T, data []byte, opts ...func(*Options)) (jetstream.Consumer, *sink, *Forwarder) {
 	t.Helper()
 	ns := testnats.Start(t)
 	k := &sink{}
 	srv := httptest.NewServer(k.handler(nil))
 	t.Cleanup(srv.Close)
 	cons := consumer(t, ns)
-	f := newForwarder(t, newMemSource(1), srv.URL, cons)
+	f := newForwarder(t, newMemSource(1), srv.URL, cons, opts...)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = f.Run(ctx) }()
 	if _, err := ns.JS.PublishMsg(ctx, &nats.Msg{Subject: natsjs.EventSubjectPrefix + "a", Data: data}); err != nil {
 		t.Fatal(err)
 	}
-	return cons, k
+	return cons, k, f
 }
 
 func TestNewRejectsBadOptions(t *testing.T) {

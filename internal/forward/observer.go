@@ -36,7 +36,8 @@ const (
 	// ResultAckFailed: stored, but JetStream did not confirm the ack; it
 	// will be delivered again (and found already stored).
 	ResultAckFailed Result = "ack_failed"
-	// ResultUndecodable: the event could not be read; it is terminated.
+	// ResultUndecodable: the event could not be read; it is dead-lettered
+	// as stored (DeadLetter.Raw), then terminated.
 	ResultUndecodable Result = "undecodable"
 	// ResultNewerVersion: a newer ingest wrote the event; it is given back
 	// for a newer forwarder (a delivery spent each time).

@@ -2,9 +2,11 @@ package forward
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -246,6 +248,80 @@ func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attemp
 	}
 	return ResultDeadLettered
 }
+
+// undecodable dead-letters an event this build cannot read (a rollback
+// to forwarders older than the ingest, a message not from stowline),
+// keeping its bytes and headers as stored, so that a replay once the
+// forwarders read it queues it again unchanged. Terminated alone, it was
+// lost. As any study's, the event is never dropped: without its dead
+// letter it stays queued.
+func (f *Forwarder) undecodable(ctx context.Context, msg jetstream.Msg, a *Attempt, derr error) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	span := trace.SpanFromContext(ctx)
+	log := f.log.With("subject", msg.Subject(), "stream_seq", a.Seq, "attempt", a.Number)
+	if f.opts.DeadLetters == nil {
+		log.Error("undecodable event given back: no dead-letter store to keep it", "err", derr, "retry_in", newerVersionDelay.String())
+		f.m.studies.WithLabelValues(string(f.nakWithDelay(msg, newerVersionDelay, log))).Inc()
+		return
+	}
+	now := time.Now().UTC()
+	letter := &DeadLetter{
+		Destination:    a.Destination,
+		Event:          readable(msg.Subject(), msg.Data()),
+		Class:          Permanent,
+		Reason:         "undecodable: " + derr.Error(),
+		Attempts:       a.Number,
+		FirstFailure:   now,
+		LastFailure:    now,
+		OriginalSeq:    a.Seq,
+		DeadLetteredAt: now,
+		Raw:            &RawEvent{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()},
+	}
+	dlSeq, err := f.opts.DeadLetters.Add(sctx, letter)
+	if err != nil {
+		delay := f.policy.backoff(a.Number, nil)
+		log.Error("undecodable event: dead letter not stored; the event stays queued", "undecodable", derr, "err", err, "retry_in", delay.String())
+		result := f.nakWithDelay(msg, delay, log)
+		f.m.studies.WithLabelValues(string(result)).Inc()
+		recordOutcome(span, result, Permanent, Report{})
+		return
+	}
+	span.SetAttributes(tracing.DeadLetterSeq.Int64(int64(dlSeq)))
+	log.Error("undecodable event dead-lettered", "err", derr, "dead_letter_seq", dlSeq,
+		"source", letter.Event.Source, "study_instance_uid", letter.Event.StudyInstanceUID)
+	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (undecodable)", dlSeq)); err != nil {
+		log.Warn("terminate dead-lettered event", "err", err)
+	}
+	f.m.studies.WithLabelValues(string(ResultUndecodable)).Inc()
+	recordOutcome(span, ResultUndecodable, Permanent, Report{})
+}
+
+// readable is what a dead letter can tell of an event that does not
+// decode: its source from its subject, and the fields that still read,
+// when they are short printable text (a foreign message's may be
+// anything; they go in a header).
+func readable(subject string, data []byte) events.StudyStable {
+	var ev, out events.StudyStable
+	_ = json.Unmarshal(data, &ev) // what does not read stays empty
+	out.Source = "unknown"
+	if src, ok := natsjs.SourceOfEventSubject(subject); ok {
+		out.Source = src
+	}
+	keep := func(s string) string {
+		if len(s) > maxReadableField || strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0 {
+			return ""
+		}
+		return s
+	}
+	out.Type, out.Version = keep(ev.Type), ev.Version
+	out.OrthancStudyID, out.StudyInstanceUID, out.LastUpdate = keep(ev.OrthancStudyID), keep(ev.StudyInstanceUID), keep(ev.LastUpdate)
+	out.ReceivedAt = ev.ReceivedAt
+	return out
+}
+
+// maxReadableField bounds a field readable keeps.
+const maxReadableField = 256
 
 // lastResponse is the destination's answer kept with a dead letter.
 func lastResponse(err error) string {

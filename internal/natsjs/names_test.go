@@ -3,6 +3,7 @@ package natsjs_test
 import (
 	"testing"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
@@ -38,6 +39,26 @@ func TestDestinationOfNames(t *testing.T) {
 	for _, s := range []string{"", "stowline.deadletter.", "stowline.study.stable.a", "stowline.deadletter.ai.", "stowline.deadletter.ai.a.b"} {
 		if got, ok := natsjs.DestinationOfDeadLetterSubject(s); ok {
 			t.Errorf("DestinationOfDeadLetterSubject(%q) = %q, want none", s, got)
+		}
+	}
+}
+
+// A dead letter of an event that does not decode takes its source from
+// the subject it was stored on, in any lane, for every destination or one.
+func TestSourceOfEventSubject(t *testing.T) {
+	for _, lane := range events.Priorities {
+		for _, d := range []string{"", "ai"} {
+			if got, ok := natsjs.SourceOfEventSubject(natsjs.LaneSubject(lane, d, "orthanc-a")); !ok || got != "orthanc-a" {
+				t.Errorf("SourceOfEventSubject(LaneSubject(%s, %q, orthanc-a)) = %q, %v", lane, d, got, ok)
+			}
+		}
+	}
+	if got, ok := natsjs.SourceOfEventSubject(natsjs.TriageSubject("orthanc-a")); !ok || got != "orthanc-a" {
+		t.Errorf("SourceOfEventSubject(TriageSubject(orthanc-a)) = %q, %v", got, ok)
+	}
+	for _, s := range []string{"", "stowline.study.stable.", "stowline.dest.ai", "stowline.dest.ai.", "stowline.deadletter.ai.a", "other.a"} {
+		if got, ok := natsjs.SourceOfEventSubject(s); ok {
+			t.Errorf("SourceOfEventSubject(%q) = %q, want none", s, got)
 		}
 	}
 }

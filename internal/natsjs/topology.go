@@ -82,6 +82,23 @@ func DestinationSubject(destination, source string) string {
 	return DestinationSubjectPrefix + destination + "." + source
 }
 
+// SourceOfEventSubject is the source of an event stored on subject, an
+// EventSubject, a DestinationSubject or one of their lanes (LaneSubject,
+// TriageSubject); false for any other subject.
+func SourceOfEventSubject(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, EventSubjectPrefix)
+	if !ok {
+		if rest, ok = strings.CutPrefix(subject, DestinationSubjectPrefix); !ok {
+			return "", false
+		}
+		if _, rest, ok = strings.Cut(rest, "."); !ok {
+			return "", false
+		}
+	}
+	source, _, _ := strings.Cut(rest, ".")
+	return source, events.ValidSource(source)
+}
+
 // ConsumerName is the durable consumer of a destination. The default
 // destination keeps the name of the one consumer deployments had before
 // destinations, so an upgrade keeps its queue.
