@@ -35,9 +35,10 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	var result Result
+	recorded := false // the ledger holds this forward (ack)
 	switch d.action {
 	case ack:
-		result = f.ack(sctx, msg, a, rep, elapsed, log)
+		result, recorded = f.ack(sctx, msg, a, rep, elapsed, log)
 		switch {
 		case result == ResultForwarded && rep.NotSelected:
 			result = ResultNotSelected
@@ -73,12 +74,18 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	f.m.studies.WithLabelValues(string(result)).Inc()
 	recordOutcome(trace.SpanFromContext(ctx), result, d.class, rep)
 	f.obs.Finished(a, result, rep)
-	if result == ResultForwarded && f.opts.CleanerFor != nil {
+	// A study whose ack was not confirmed is deleted too once the ledger
+	// holds its forward: if the ack did arrive, no delivery comes to
+	// delete it, and it stayed in Orthanc for good; if it did not, the
+	// next delivery finds it gone and the ledger says it is done.
+	if (result == ResultForwarded || result == ResultAckFailed && recorded) && f.opts.CleanerFor != nil {
 		f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
 	}
 }
 
-func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) Result {
+// ack acks the event of a study done and records the forward in the
+// destination's ledger; recorded reports that the ledger holds it.
+func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) (result Result, recorded bool) {
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is. What was sent is recorded by now
 	// (sentwriter.go), in the attempt. A lost confirmation waits out its
@@ -91,8 +98,7 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		// The destination holds the study whether or not the ack arrived,
 		// and an ack that did arrive brings no delivery to record it: the
 		// audit would report the study missing, buffer mode would keep it.
-		f.recordCompletion(ctx, a.Event, rep, log)
-		return ResultAckFailed
+		return ResultAckFailed, f.recordCompletion(ctx, a.Event, rep, log)
 	}
 	switch {
 	case rep.forwardedBefore:
@@ -118,21 +124,25 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 			log.Warn("forget failure record", "err", err)
 		}
 	}
-	f.recordCompletion(ctx, a.Event, rep, log)
-	return ResultForwarded
+	return ResultForwarded, f.recordCompletion(ctx, a.Event, rep, log)
 }
 
 // recordCompletion records the destination's completed forward of ev
 // (Options.Completed), unless the ledger told it: a study buffer mode
-// deleted once done.
-func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) {
-	if f.opts.Completed == nil || rep.forwardedBefore || rep.deletedNotSelected {
-		return
+// deleted once done. It reports whether the ledger holds it.
+func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) bool {
+	if rep.forwardedBefore || rep.deletedNotSelected {
+		return true
+	}
+	if f.opts.Completed == nil {
+		return false
 	}
 	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept}
 	if err := f.recordCompleted(ctx, ev, c); err != nil {
 		log.Warn("study forwarded but not recorded as completed", "err", err)
+		return false
 	}
+	return true
 }
 
 // completedRetry is the first wait before a completed forward's record is

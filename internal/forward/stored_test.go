@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -342,6 +343,43 @@ func TestUnconfirmedAckIsRecorded(t *testing.T) {
 	}
 }
 
+// In buffer mode, a study whose ack JetStream took but did not confirm
+// is deleted from the source once the ledger holds its forward: no
+// delivery comes to delete it, and it stayed in Orthanc for good. Not
+// recorded, it stays: a delivery that came would find it gone, with no
+// record to say it was forwarded, and dead-letter it as source-missing.
+func TestUnconfirmedAckDeletesInBufferMode(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		record  error
+		deleted int
+	}{
+		{"recorded", nil, 2},
+		{"not recorded", errors.New("nats: permissions violation"), 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			srv := httptest.NewServer(dest)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			ev := testEvent()
+			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return tt.record }
+				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+			})
+			f.handle(t.Context(), arrivedAck{deliverOne(t, ns, cons, ev)})
+			if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultAckFailed))); n != 1 {
+				t.Fatalf("studies_total{result=ack_failed} = %v, want 1", n)
+			}
+			if len(cleaner.deleted) != tt.deleted {
+				t.Errorf("deleted %v from the source, want %d instances", cleaner.deleted, tt.deleted)
+			}
+		})
+	}
+}
+
 // lostConfirmation is a delivery whose ack's confirmation never comes:
 // DoubleAck waits out its context, as nats.go does.
 type lostConfirmation struct{ jetstream.Msg }
@@ -367,7 +405,7 @@ func TestCompletionRecordedAfterTheAckTimedOut(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), settleTimeout) // as settle's
 		defer cancel()
 		a := &Attempt{Event: testEvent(), Number: 1, Seq: 1}
-		if got := f.ack(ctx, lostConfirmation{}, a, Report{}, 0, f.log); got != ResultAckFailed {
+		if got, _ := f.ack(ctx, lostConfirmation{}, a, Report{}, 0, f.log); got != ResultAckFailed {
 			t.Fatalf("result %s, want %s", got, ResultAckFailed)
 		}
 	})
