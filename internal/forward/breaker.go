@@ -194,14 +194,16 @@ type breaker struct {
 	// heldSeqs counts the held studies by the stream sequence of their
 	// event, so that a half-open breaker tries a fresh one first.
 	heldSeqs map[uint64]int
-	// failedTrials holds the stream sequences of the studies whose trial,
-	// vouched for by a probe, failed so that the study may be what fails
-	// (studyMayFail), since the last stored study. Only the first such
-	// trial spends a delivery: after it, such a failure of another study
-	// says the destination, and is held. So that held studies that each
-	// fail for themselves cannot keep the destination shut, a trial is a
-	// study not in it whenever one is held or waits in the queue.
+	// failedTrials holds the stream sequences of the studies whose trial
+	// failed so that the study may be what fails (studyMayFail), since
+	// the last stored study. Only the first such trial a probe vouched
+	// for spends a delivery (spentTrial): after it, such a failure of
+	// another study says the destination, and is held. So that held
+	// studies that each fail for themselves cannot keep the destination
+	// shut, a trial is a study not in it whenever one is held or waits in
+	// the queue.
 	failedTrials map[uint64]bool
+	spentTrial   bool
 	// trialSeq is the held study that is the next trial of the half-open
 	// breaker (chooseTrial); triedAt the number of the trial each held
 	// study last was (trials counts them), so that the one tried least
@@ -297,6 +299,7 @@ func (b *breaker) record(err error, trial bool, studyUID string, seq uint64) (ho
 	switch {
 	case err == nil:
 		b.failures = 0
+		b.spentTrial = false
 		clear(b.failedTrials)
 		clear(b.triedAt)
 		b.setState(BreakerClosed)
@@ -320,9 +323,16 @@ func (b *breaker) record(err error, trial bool, studyUID string, seq uint64) (ho
 		// queries answer): held, as after no answer, or a 502, 503, 504
 		// or 507. Trials go to studies whose trial has not failed (see
 		// failedTrials), so held poison studies do not keep it shut.
+		// A trial no probe vouched for (queries fail too) spends
+		// nothing, but is marked all the same: else, held, it would be
+		// the trial again and again, and a study that makes the server
+		// fail would keep the destination shut.
 		spend := false
-		if b.prober != nil && b.failedProbes == 0 && studyMayFail(err) {
-			spend = len(b.failedTrials) == 0
+		if b.prober != nil && studyMayFail(err) {
+			if b.failedProbes == 0 {
+				spend = !b.spentTrial
+				b.spentTrial = true
+			}
 			b.failedTrials[seq] = true
 		}
 		b.open(studyUID)
@@ -550,7 +560,9 @@ func (b *breaker) pulledTrialArrived() (trial, hold bool) {
 		return true, false
 	}
 	b.trial = false
-	return false, b.state == BreakerOpen && !b.stopped
+	// Stopping, the hold ends at once (errShutdown), with no request to
+	// a destination that is down.
+	return false, b.state == BreakerOpen
 }
 
 // pulledTrialEnded is told that an event pulled as the trial was settled,
@@ -750,6 +762,15 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 				f.breaker.endTrial()
 			}
 			return rep, nil
+		}
+		if trial && err != nil && rep.Requests == 0 && rep.Verify == 0 && !DestinationDown(err) && !errors.As(err, new(*auth.TokenError)) {
+			// The trial failed before any request reached the
+			// destination (its source Orthanc, a conversion): it says
+			// nothing of the destination, which closed on it would
+			// take the held studies, each a failure, while its queries
+			// may fail too. The breaker probes again.
+			f.breaker.endTrial()
+			trial = false
 		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID, a.Seq) {
 			if err != nil && f.opts.SourceProbe != nil && (Classify(err) == Transient || sourceRefusesUs(err)) && ctx.Err() == nil {

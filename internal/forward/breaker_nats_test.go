@@ -18,6 +18,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // With the destination down (503 to everything, its QIDO-RS probe too),
@@ -372,5 +373,75 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	}
 	if r := obs.results(); r[ResultForwarded] != studies {
 		t.Errorf("finished %v, want %d forwarded", r, studies)
+	}
+}
+
+// failingSource is a memSource whose study reads fail, as an Orthanc that
+// stops answering, while fail is set.
+type failingSource struct {
+	*memSource
+	fail  atomic.Bool
+	calls atomic.Int32 // failed reads
+}
+
+func (s *failingSource) StudyInstances(ctx context.Context, id string) ([]orthancapi.Instance, error) {
+	if s.fail.Load() {
+		s.calls.Add(1)
+		return nil, &orthancapi.Error{Method: http.MethodGet, Path: "/studies/" + id + "/instances", StatusCode: http.StatusServiceUnavailable}
+	}
+	return s.memSource.StudyInstances(ctx, id)
+}
+
+// A held study let through as the trial after queries kept failing, whose
+// source then fails before any request reaches the destination, says
+// nothing of the destination: the breaker stays open and probes on.
+// Before, the source's error closed it, and the held studies went, each
+// a failure spending a delivery, to a destination still down.
+func TestBreakerTrialFailingAtItsSource(t *testing.T) {
+	ns := testnats.Start(t)
+	src := &failingSource{memSource: newMemSource(2)}
+	var k sink
+	k.status.Store(http.StatusServiceUnavailable) // its QIDO-RS too
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons, err := natsjs.DefaultTopology().EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prober, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, src.memSource, srv.URL, cons, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.DeadLetters, o.MaxDeliveries = &memDeadLetters{}, 10
+		o.Concurrency = 1
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 50 * time.Millisecond, MaxProbeInterval: 50 * time.Millisecond, Prober: prober}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(context.Background(), testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for b := f.Status(); b.State != "open" || b.Held != 1; b = f.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker %+v, want open with 1 study held", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	src.fail.Store(true)
+	// Two trials (4 failed probes each), or, before, the trial and the
+	// study's retry with the breaker closed.
+	for src.calls.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d failed reads, want 2", src.calls.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b := f.Status(); b.State == "closed" {
+		t.Errorf("breaker %+v after trials failing at their source, with the destination and its queries down: want still open", b)
 	}
 }

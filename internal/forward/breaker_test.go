@@ -312,6 +312,67 @@ func TestBreakerTrialWithoutQueriesNothingHeld(t *testing.T) {
 	})
 }
 
+// A trial no probe vouched for (queries fail) that meets a 500 is held
+// without spending, and marked: the next trial is another study (pulled,
+// none else held). Before, held and unmarked, it was the trial again
+// every 4 probes, for good: a study that makes the server fail kept a
+// destination that stores shut, its queue unmoved.
+func TestBreakerUnvouchedTrialFailureMarked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		prober := &fakeProber{err: &dicomweb.HTTPError{StatusCode: 502}}
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
+		defer b.stop()
+		pulls := 0
+		b.mu.Lock()
+		b.pullTrial = func() { pulls++ }
+		b.mu.Unlock()
+		serverError := &dicomweb.HTTPError{StatusCode: 500}
+		b.record(serverError, false, "1.2.3", 0)
+		time.Sleep(probesBeforeTrial*time.Second + time.Second/2)
+		synctest.Wait()
+		if trial, hold := b.pulledTrialArrived(); !trial || hold {
+			t.Fatalf("pulled trial arrived: trial %v, hold %v; want the trial", trial, hold)
+		}
+		if !b.record(serverError, true, "1.2.7", 7) {
+			t.Fatal("a 500 on a trial no probe vouched for was settled (spent)")
+		}
+		held := make(chan bool, 1)
+		go func() {
+			trial, _ := b.hold(t.Context(), 7)
+			held <- trial
+		}()
+		synctest.Wait()
+		b.pulledTrialEnded(true, true)
+		time.Sleep(probesBeforeTrial*time.Second + time.Second/2)
+		synctest.Wait()
+		select {
+		case <-held:
+			t.Fatal("the study whose trial failed is the trial again")
+		default:
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if pulls != 2 {
+			t.Errorf("%d trials pulled, want 2: the next trial is another study", pulls)
+		}
+	})
+}
+
+// A pulled trial that comes once the breaker opened again is held, not
+// sent, also while the forwarder stops: its hold ends at once, with no
+// request to a destination that is down.
+func TestBreakerLatePulledTrialWhileStopping(t *testing.T) {
+	b := newBreaker(breakerConfig{failures: 1, interval: time.Minute, maxInterval: time.Minute}, &fakeProber{}, nil)
+	b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3", 0)
+	b.stop()
+	if trial, hold := b.pulledTrialArrived(); trial || !hold {
+		t.Errorf("pulled trial arrived while stopping: trial %v, hold %v; want held", trial, hold)
+	}
+	if _, err := b.hold(t.Context(), 9); !errors.Is(err, errShutdown) {
+		t.Errorf("hold while stopping: %v, want errShutdown", err)
+	}
+}
+
 // A trial that ends with an answer that is no outage (a 4xx, a source
 // error) closes the breaker: the others need not wait for it.
 func TestBreakerTrialAnswered(t *testing.T) {
