@@ -480,9 +480,10 @@ func (f *Forwarder) pullNoWait(ctx context.Context, l Lane) jetstream.Msg {
 // none waits: dropped at once, the lane's age read 0 for the events
 // still queued as long as the outage lasted (the probe, failing too,
 // keeps its last reading), and StowlineEventsNearRetention could not
-// fire. A lane already without a head is not asked.
+// fire. A lane already without a head is not asked, nor one asked a
+// moment ago (headCheckInterval).
 func (f *Forwarder) unansweredPull(ctx context.Context, l Lane) {
-	if !f.m.laneAge.hasHead(l.Priority) {
+	if !f.m.laneAge.headCheckDue(l.Priority) {
 		return
 	}
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)

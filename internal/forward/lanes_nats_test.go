@@ -575,3 +575,29 @@ func TestLaneAgeKeptThroughUnansweredPulls(t *testing.T) {
 		})
 	}
 }
+
+// After pulls that brought nothing, a lane's consumer is asked whether
+// its head is gone at most every headCheckInterval, by a process: at
+// MaxAckPending the server leaves every pull unanswered while events
+// wait, and each worker asked after each pull (tens of consumer info
+// requests a second to the consumer's leader over a saturated backlog).
+func TestLaneHeadCheckSpaced(t *testing.T) {
+	now := time.Date(2026, 12, 5, 13, 0, 0, 0, time.UTC)
+	g := &laneAgeGauge{now: func() time.Time { return now }, heads: map[events.Priority]time.Time{}}
+	if g.headCheckDue(events.PriorityRoutine) {
+		t.Error("a lane without a head is asked")
+	}
+	g.heads[events.PriorityRoutine] = now.Add(-time.Hour)
+	for _, step := range []struct {
+		after time.Duration
+		want  bool
+	}{{0, true}, {time.Second, false}, {headCheckInterval - time.Second - time.Nanosecond, false}, {time.Nanosecond, true}, {0, false}} {
+		now = now.Add(step.after)
+		if got := g.headCheckDue(events.PriorityRoutine); got != step.want {
+			t.Errorf("%s: asked %v, want %v", now.Format(time.TimeOnly), got, step.want)
+		}
+	}
+	if g.headCheckDue(events.PriorityStat) {
+		t.Error("the stat lane, without a head, is asked")
+	}
+}

@@ -229,6 +229,9 @@ type laneAgeGauge struct {
 	// held are the events this process holds, pulled and not yet settled,
 	// by lane and stream sequence.
 	held map[heldKey]*heldEvent
+	// asked is when a lane's consumer was last asked whether its head is
+	// gone (headCheckDue).
+	asked map[events.Priority]time.Time
 }
 
 type heldKey struct {
@@ -259,12 +262,27 @@ func (g *laneAgeGauge) set(lane events.Priority, head time.Time) {
 	g.setLocked(lane)
 }
 
-// hasHead is whether lane has a head: an event pulled last, not yet
-// found gone.
-func (g *laneAgeGauge) hasHead(lane events.Priority) bool {
+// headCheckInterval spaces a process's questions to a lane's consumer
+// after pulls that brought nothing (unansweredPull): at MaxAckPending the
+// server leaves every pull unanswered while events wait, and each worker
+// would ask after each pull.
+const headCheckInterval = 5 * time.Second
+
+// headCheckDue reports whether lane has a head (an event pulled last, not
+// yet found gone) and its consumer was not asked about it within
+// headCheckInterval; it then counts this as the question.
+func (g *laneAgeGauge) headCheckDue(lane events.Priority) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return !g.heads[lane].IsZero()
+	now := g.now()
+	if g.heads[lane].IsZero() || now.Sub(g.asked[lane]) < headCheckInterval {
+		return false
+	}
+	if g.asked == nil {
+		g.asked = map[events.Priority]time.Time{}
+	}
+	g.asked[lane] = now
+	return true
 }
 
 // setQueued records the oldest event lane's consumer has not
