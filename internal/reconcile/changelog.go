@@ -171,11 +171,17 @@ func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error
 		first = page.Changes[0].Seq
 	}
 	log := s.log.With("cursor", s.cur.Seq, "orthanc_last", page.Last, "orthanc_first_change", first)
+	// A reset found during the rescan of an earlier one keeps the later
+	// date: the change it handled last was one skipped, dated before.
+	prev, _ := changeTime(s.cur.SkipBefore)
 	s.cur.SkipBefore = ""
 	if s.cur.Change != nil {
-		if at, ok := changeTime(s.cur.Change.Date); ok && !at.After(time.Now()) {
+		if at, ok := changeTime(s.cur.Change.Date); ok && !at.After(time.Now()) && at.After(prev) {
 			s.cur.SkipBefore = s.cur.Change.Date
 		}
+	}
+	if s.cur.SkipBefore == "" && !prev.IsZero() && !prev.After(time.Now()) {
+		s.cur.SkipBefore = prev.Format(changeDateLayout)
 	}
 	if s.cur.SkipBefore != "" {
 		log.Warn("Orthanc's change log was reset (its database was recreated, restored from a backup or replaced): rescanning it from the start,"+
@@ -215,9 +221,12 @@ func (s *sourceRunner) rescanned(c orthancapi.Change) bool {
 // changeTime reads the Date of a change, in UTC as Orthanc writes it
 // (YYYYMMDDTHHMMSS, as a study's LastUpdate).
 func changeTime(date string) (time.Time, bool) {
-	t, err := time.Parse("20060102T150405", date)
+	t, err := time.Parse(changeDateLayout, date)
 	return t, err == nil
 }
+
+// changeDateLayout is how Orthanc writes a change's Date.
+const changeDateLayout = "20060102T150405"
 
 // stuckAfter is how many polls in a row may fail on one change that
 // Orthanc answers with an error before the reconciler moves past it.

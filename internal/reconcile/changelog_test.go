@@ -194,6 +194,37 @@ func TestResetAfterClockSetBackSkipsNothing(t *testing.T) {
 	waitUntil(t, "the new database's study", func() bool { return pub.has(orthancID(2)) })
 }
 
+// A second reset found while the first one's rescan skips keeps the
+// date the first kept: the last change handled then is one the rescan
+// skipped, dated before it. Before, the skip moved back to that date, and
+// the changes between were published again (each study past the dedupe
+// window forwarded again).
+func TestSecondResetKeepsTheLaterSkip(t *testing.T) {
+	_, kv := testBucket(t)
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sourceRunner{r: &Reconciler{m: m}, name: "s", log: slog.New(slog.DiscardHandler),
+		store: &cursorStore{kv: kv, key: cursorKey("s")}}
+	// The rescan of a first reset skips, up to a change of 20261201T080000.
+	s.cur = cursor{Seq: 40, Change: &changeMark{Date: "20261130T090000"}, SkipBefore: "20261201T080000"}
+	if err := s.reset(t.Context(), orthancapi.Changes{Last: 12}); err != nil {
+		t.Fatal(err)
+	}
+	if s.cur.SkipBefore != "20261201T080000" {
+		t.Errorf("after a second reset the rescan skips what is dated before %q, want 20261201T080000", s.cur.SkipBefore)
+	}
+	// Nothing handled since the first reset (no change mark): kept too.
+	s.cur = cursor{Seq: 0, SkipBefore: "20261201T080000"}
+	if err := s.reset(t.Context(), orthancapi.Changes{}); err != nil {
+		t.Fatal(err)
+	}
+	if s.cur.SkipBefore != "20261201T080000" {
+		t.Errorf("after a reset with no change handled the rescan skips what is dated before %q, want 20261201T080000", s.cur.SkipBefore)
+	}
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
