@@ -81,6 +81,10 @@ func TestChartSetVarsRefused(t *testing.T) {
 			"forwarderDefaults.env: NATS_URL is set by the chart, from nats.url, which it needs: it cannot be left unset; take it out of forwarderDefaults.env"},
 		{"the ingest's port empty in ingest.env", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"INGEST_ADDR": ""}}}),
 			"ingest.env: INGEST_ADDR is set by the chart, from ingest.port, which it needs: it cannot be left unset"},
+		{"NATS_CREDS_FILE empty with nats.credsSecret", merged(required(), map[string]any{"nats": map[string]any{"credsSecret": "c"}, "env": map[string]any{"NATS_CREDS_FILE": ""}}),
+			"env: NATS_CREDS_FILE is set by the chart, from nats.credsSecret: an empty value here does not leave it unset; leave nats.credsSecret empty instead"},
+		{"a secret's _FILE empty in ingest.env", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"INGEST_TOKEN_FILE": ""}}}),
+			"ingest.env: INGEST_TOKEN_FILE is set by the chart, from the Secret's INGEST_TOKEN key (secrets, mounted as a file): an empty value here does not leave it unset; take the INGEST_TOKEN key out of the Secret instead"},
 		{"orthanc.username empty, as that message says", merged(required(), map[string]any{"orthanc": map[string]any{"username": ""}}), ""},
 		// Set by nothing else: these pass.
 		{"NATS_CREDS_FILE without nats.credsSecret", merged(required(), map[string]any{"env": map[string]any{"NATS_CREDS_FILE": "/etc/nats/nats.creds"}}), ""},

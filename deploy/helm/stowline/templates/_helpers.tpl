@@ -632,8 +632,11 @@ variables get: here it would not (env is applied before the chart's
 value, the others after would drop a value the ports, probes and KEDA
 ceiling are computed from), so say how, or that the chart needs it. */ -}}
 {{- if eq (ternary "" (toString $v) (kindIs "invalid" $v)) "" -}}
-{{- if has $k (list "ORTHANC_URL" "ORTHANC_USERNAME" "ORTHANC_SOURCE_NAME" "OTEL_EXPORTER_OTLP_ENDPOINT" "OTEL_TRACES_SAMPLER" "OTEL_TRACES_SAMPLER_ARG") -}}
+{{- if has $k (list "ORTHANC_URL" "ORTHANC_USERNAME" "ORTHANC_SOURCE_NAME" "OTEL_EXPORTER_OTLP_ENDPOINT" "OTEL_TRACES_SAMPLER" "OTEL_TRACES_SAMPLER_ARG" "NATS_CREDS_FILE") -}}
 {{- fail (printf "%s: %s is set by the chart, from %s: an empty value here does not leave it unset; leave %s empty instead" $c.where $k (get $managed $k) (get $managed $k)) -}}
+{{- end -}}
+{{- if hasSuffix "_FILE" $k -}}
+{{- fail (printf "%s: %s is set by the chart, from %s: an empty value here does not leave it unset; take the %s key out of the Secret instead (secrets.existingSecretKeys, or secrets.values)" $c.where $k (get $managed $k) (trimSuffix "_FILE" $k)) -}}
 {{- end -}}
 {{- fail (printf "%s: %s is set by the chart, from %s, which it needs: it cannot be left unset; take it out of %s" $c.where $k (get $managed $k) $c.where) -}}
 {{- end -}}
