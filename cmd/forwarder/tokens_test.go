@@ -144,7 +144,9 @@ func TestShortTokensUnderLoad(t *testing.T) {
 // completes in the same delivery.
 func TestUnauthorizedMidStudy(t *testing.T) {
 	t.Parallel()
-	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithTokenLifetime(time.Minute))
+	// Tokens outlive the test: a scheduled refresh (half the lifetime,
+	// jittered) would be a token the count below does not expect.
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithTokenLifetime(10*time.Minute))
 	r := newRig(t)
 	gate := idp.Gate(t, r.proxy.URL)
 	// Revoke every token issued so far just before the third STOW request.
@@ -208,7 +210,9 @@ func beforeThirdPost(t *testing.T, target string, fn func()) (front *httptest.Se
 func TestRotatedClientSecret(t *testing.T) {
 	t.Parallel()
 	const rotated = "rotated-secret-9876543210"
-	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithTokenLifetime(time.Minute))
+	// Tokens outlive the test: a scheduled refresh (half the lifetime,
+	// jittered) would be a token the count below does not expect.
+	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret), testidp.WithTokenLifetime(10*time.Minute))
 	r := newRig(t)
 	gate := idp.Gate(t, r.proxy.URL)
 	secretFile := filepath.Join(t.TempDir(), "client-secret")
