@@ -102,7 +102,7 @@ func recordOutcome(span trace.Span, result Result, class Class, rep Report) {
 		tracing.Instances.Int(rep.Instances), tracing.Bytes.Int64(rep.Bytes), tracing.Requests.Int(rep.Requests),
 		tracing.AlreadyStored.Int(rep.AlreadyStored), tracing.Resent.Int(rep.Resent))
 	switch result {
-	case ResultForwarded, ResultNotSelected, ResultInterrupted:
+	case ResultForwarded, ResultNotSelected, ResultInterrupted, ResultAlreadyForwarded:
 	default:
 		if class != "" {
 			span.SetAttributes(tracing.FailureClass.String(string(class)))

@@ -123,3 +123,23 @@ func hasSpan(rec *tracetest.SpanRecorder, name string) bool {
 	}
 	return false
 }
+
+// An attempt's span has status error only for results that are failures:
+// an older event acked because the study was forwarded already is none.
+func TestSpanStatusByResult(t *testing.T) {
+	for _, tt := range []struct {
+		result Result
+		failed bool
+	}{
+		{ResultForwarded, false}, {ResultNotSelected, false}, {ResultInterrupted, false}, {ResultAlreadyForwarded, false},
+		{ResultRetry, true}, {ResultDeadLettered, true},
+	} {
+		rec := tracetest.NewSpanRecorder()
+		_, span := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)).Tracer("t").Start(context.Background(), "forward study")
+		recordOutcome(span, tt.result, "", Report{})
+		span.End()
+		if failed := rec.Ended()[0].Status().Code == codes.Error; failed != tt.failed {
+			t.Errorf("%s: span status error %v, want %v", tt.result, failed, tt.failed)
+		}
+	}
+}
