@@ -347,6 +347,25 @@ func (b *breaker) record(err error, trial bool, studyUID string, seq uint64) (ho
 	return b.state != BreakerClosed
 }
 
+// trialSaidNothing ends a trial that failed before any request reached
+// the destination: the next trial goes at once, as after a pulled trial
+// settled without a request, up to maxQuietPulls in a half-open; then
+// the breaker opens again and probes.
+func (b *breaker) trialSaidNothing() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.trial = false
+	defer b.broadcast()
+	switch {
+	case b.state != BreakerHalfOpen || b.stopped:
+	case b.quietPulls < maxQuietPulls:
+		b.quietPulls++
+		b.chooseTrial()
+	default:
+		b.open("")
+	}
+}
+
 // endTrial frees the trial slot without an outcome (shutdown). Were it
 // cancelled while the forwarder goes on, a half-open breaker would wait
 // for a trial that never comes: it opens again and probes.
@@ -505,7 +524,8 @@ func (b *breaker) probe() {
 // from the queue, else (nothing waits, or maxPulledTrials are in hand)
 // the held study tried least recently. Nothing held: the breaker closes,
 // to let the workers pull, and the next failures open it again; but when
-// queries fail, a study pulled from the queue is the trial. Under mu.
+// queries fail, a study pulled from the queue is the trial, or, none can
+// be pulled, it opens again. Under mu.
 func (b *breaker) chooseTrial() {
 	seq, fresh, ok := b.pickHeld()
 	switch {
@@ -515,6 +535,10 @@ func (b *breaker) chooseTrial() {
 		b.trial = true
 		b.pulledTrials++
 		b.pullTrial()
+	case !ok && b.failedProbes > 0:
+		// Nothing to try (the trials pulled all out), and queries
+		// fail: probe again later.
+		b.open("")
 	case !ok:
 		b.setState(BreakerClosed)
 	case fresh || !b.canPullTrial():
@@ -768,8 +792,8 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			// destination (its source Orthanc, a conversion): it says
 			// nothing of the destination, which closed on it would
 			// take the held studies, each a failure, while its queries
-			// may fail too. The breaker probes again.
-			f.breaker.endTrial()
+			// may fail too. Another study is the trial.
+			f.breaker.trialSaidNothing()
 			trial = false
 		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID, a.Seq) {

@@ -358,6 +358,47 @@ func TestBreakerUnvouchedTrialFailureMarked(t *testing.T) {
 	})
 }
 
+// A trial that failed before any request reached the destination (its
+// source) says nothing of it: the next held study is the trial at once,
+// the breaker still half-open and its probe interval not doubled. Before,
+// the breaker opened again, doubled its wait and logged a failed trial.
+func TestBreakerTrialThatSaidNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Minute}, &fakeProber{}, nil)
+		defer b.stop()
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.1", 1)
+		trials := make(chan uint64, 2)
+		for _, seq := range []uint64{1, 2} {
+			go func() {
+				if trial, err := b.hold(t.Context(), seq); err == nil && trial {
+					trials <- seq
+				}
+			}()
+			synctest.Wait()
+		}
+		time.Sleep(time.Second) // the probe passes: the oldest is the trial
+		synctest.Wait()
+		if seq := <-trials; seq != 1 {
+			t.Fatalf("trial %d, want 1", seq)
+		}
+		b.trialSaidNothing() // its source failed
+		synctest.Wait()
+		select {
+		case seq := <-trials:
+			if seq != 2 {
+				t.Fatalf("next trial %d, want 2", seq)
+			}
+		default:
+			t.Fatal("no next trial after one that said nothing")
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.state != BreakerHalfOpen || b.wait != time.Second {
+			t.Errorf("breaker %v, probe interval %v; want half-open, 1s", b.state, b.wait)
+		}
+	})
+}
+
 // A pulled trial that comes once the breaker opened again is held, not
 // sent, also while the forwarder stops: its hold ends at once, with no
 // request to a destination that is down.
