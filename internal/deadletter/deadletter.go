@@ -34,6 +34,38 @@ const MaxResponseBytes = 2048
 // the start of its event cannot be replayed.
 const MaxRawBytes = 64 << 10
 
+// A message that is no event of stowline's (its type is not, or its
+// headers pass maxRawHeaderBytes) keeps only its first maxForeignBytes,
+// no headers, and cannot be replayed: a publisher writing anything on the
+// event subjects would otherwise fill JetStream with letters of it, 64
+// KiB each and per destination, for DEADLETTER_RETENTION.
+const (
+	maxForeignBytes   = 1 << 10
+	maxRawHeaderBytes = 4 << 10
+)
+
+// keptRaw is what a letter keeps of a message the forwarder could not
+// read.
+func keptRaw(raw forward.RawEvent) *forward.RawEvent {
+	headers := 0
+	for k, vs := range raw.Header {
+		for _, v := range vs {
+			headers += len(k) + len(v)
+		}
+	}
+	var head struct {
+		Type string `json:"type"`
+	}
+	limit := MaxRawBytes
+	if json.Unmarshal(raw.Data, &head) != nil || head.Type != events.TypeStudyStable || headers > maxRawHeaderBytes {
+		limit, raw.Header, raw.Partial = maxForeignBytes, nil, true
+	}
+	if len(raw.Data) > limit {
+		raw.Data, raw.Size, raw.Partial = raw.Data[:limit], len(raw.Data), true
+	}
+	return &raw
+}
+
 // MaxLetterFailures bounds the failed instances a letter names, and
 // MaxFailureText the characters of each one's text when the letter would
 // pass maxLetterBytes (whole texts otherwise: their end often says what
@@ -78,10 +110,8 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	if len(l.LastResponse) > MaxResponseBytes {
 		l.LastResponse = l.LastResponse[:MaxResponseBytes] + "…"
 	}
-	if l.Raw != nil && len(l.Raw.Data) > MaxRawBytes {
-		raw := *l.Raw
-		raw.Data, raw.Size = raw.Data[:MaxRawBytes], len(raw.Data)
-		l.Raw = &raw
+	if l.Raw != nil {
+		l.Raw = keptRaw(*l.Raw)
 	}
 	if n := len(l.Failures); n > MaxLetterFailures {
 		l.Failures, l.MoreFailures = l.Failures[:MaxLetterFailures], l.MoreFailures+n-MaxLetterFailures
@@ -378,12 +408,15 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	// one that must exist (its routine consumer stays when a removal of
 	// the destination stopped part-way, or when only the low one was
 	// deleted).
+	// A letter of a message kept in part (no event of stowline's) is
+	// passed over, and named in the error once the others are replayed.
 	checked := map[string]bool{}
+	var partial []string
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
-		if e.Raw != nil && e.Raw.Size > len(e.Raw.Data) {
-			return fmt.Errorf("replay: dead letter %d keeps only the first %d of the %d bytes of a message the forwarder could not read (not an event of stowline's): it cannot be replayed; purge it",
-				e.Seq, len(e.Raw.Data), e.Raw.Size)
+		if e.Raw != nil && (e.Raw.Partial || e.Raw.Size > len(e.Raw.Data)) {
+			partial = append(partial, strconv.FormatUint(e.Seq, 10))
+			return nil
 		}
 		if checked[subject] {
 			return nil
@@ -399,6 +432,9 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	}
 	n := 0
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
+		if e.Raw != nil && (e.Raw.Partial || e.Raw.Size > len(e.Raw.Data)) {
+			return nil
+		}
 		if !dryRun {
 			if err := s.requeue(ctx, e); err != nil {
 				return fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
@@ -415,6 +451,9 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 		done(e)
 		return nil
 	})
+	if err == nil && len(partial) > 0 {
+		err = fmt.Errorf("replay: dead letters %s keep only part of a message the forwarder could not read (not an event of stowline's): not replayed; purge them", strings.Join(partial, ", "))
+	}
 	return n, err
 }
 

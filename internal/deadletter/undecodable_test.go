@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -19,11 +20,12 @@ import (
 )
 
 // An event the forwarder cannot read (a rollback to forwarders older
-// than the ingest that wrote it, or a message not from stowline) is
-// dead-lettered with its bytes and headers as stored, and a replay
-// stores them again unchanged, for forwarders that read them. It was
-// terminated, with no dead letter: the study was lost for the
-// destination.
+// than the ingest that wrote it) is dead-lettered with its bytes and
+// headers as stored, and a replay stores them again unchanged, for
+// forwarders that read them. It was terminated, with no dead letter: the
+// study was lost for the destination. A message not from stowline keeps
+// its first kilobyte only, for the operator to see what it is, and is not
+// replayed: the replay names its letter and goes on with the others.
 func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 	store, ns := newStore(t)
 	ctx := testCtx(t)
@@ -36,7 +38,7 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 		{Subject: natsjs.EventSubject("orthanc-a"), Data: []byte("not an event\x00\xff"), Header: nats.Header{"X-Origin": {"by hand"}}},
 		// A newer ingest's event with a value this build refuses: a
 		// priority it does not know.
-		{Subject: natsjs.EventSubject("orthanc-a"), Data: []byte(`{"type":"study.stable","version":1,"source":"orthanc-a",` +
+		{Subject: natsjs.EventSubject("orthanc-a"), Data: []byte(`{"type":"` + events.TypeStudyStable + `","version":1,"source":"orthanc-a",` +
 			`"orthancStudyId":"27f7126f-4f66fb14-03f4081b-f9341db2-53925988","studyInstanceUid":"` + uid + `",` +
 			`"lastUpdate":"20261205T013000","priority":"urgent"}`),
 			Header: nats.Header{"Traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}},
@@ -107,21 +109,24 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 	if got := letters[1].Event.StudyInstanceUID; got != uid {
 		t.Errorf("the letter of the newer event names study %q, want %q", got, uid)
 	}
-	if got := letters[0].Raw.Header["X-Origin"]; len(got) != 1 || got[0] != "by hand" {
-		t.Errorf("the letter kept header X-Origin %q, want the message's", got)
+	if r := letters[0].Raw; !r.Partial || r.Header != nil {
+		t.Errorf("the letter of a message not from stowline: partial %v, headers %q; want partial, none", r.Partial, r.Header)
+	}
+	if r := letters[1].Raw; r.Partial || len(r.Header["Traceparent"]) != 1 {
+		t.Errorf("the letter of stowline's event: partial %v, headers %q; want whole", r.Partial, r.Header)
 	}
 
-	// Once the forwarders read it, the replay stores each event again,
-	// unchanged, for the destination.
+	// Once the forwarders read it, the replay stores the event again,
+	// unchanged, for the destination; the foreign message's letter stays.
 	replayed, err := replay(ctx, store, deadletter.Filter{ReasonContains: "undecodable"}, false)
-	if err != nil || len(replayed) != len(sent) {
-		t.Fatalf("Replay = %d letters, %v; want %d", len(replayed), err, len(sent))
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("dead letters %d keep only part", letters[0].Seq)) || len(replayed) != 1 {
+		t.Fatalf("Replay = %d letters, %v; want 1, and the foreign message's letter named", len(replayed), err)
 	}
 	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, m := range sent {
+	for i, m := range sent[1:] {
 		got, err := stream.GetMsg(ctx, uint64(len(sent)+i+1))
 		if err != nil {
 			t.Fatalf("replayed event %d: %v", i, err)
@@ -144,10 +149,10 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info := low.CachedInfo(); info.NumPending != uint64(len(sent)) {
-		t.Errorf("the low lane holds %d events, want the %d replayed", info.NumPending, len(sent))
+	if info := low.CachedInfo(); info.NumPending != 1 {
+		t.Errorf("the low lane holds %d events, want the one replayed", info.NumPending)
 	}
-	if left, err := store.List(ctx, deadletter.Filter{All: true}); err != nil || len(left) != 0 {
-		t.Errorf("%d letters left after the replay (err %v)", len(left), err)
+	if left, err := store.List(ctx, deadletter.Filter{All: true}); err != nil || len(left) != 1 || left[0].Seq != letters[0].Seq {
+		t.Errorf("letters left after the replay: %d (err %v), want the foreign message's", len(left), err)
 	}
 }

@@ -40,6 +40,9 @@ type RawEvent struct {
 	// (deadletter.MaxRawBytes: not an event of stowline's); 0 when Data
 	// is whole.
 	Size int `json:"size,omitempty"`
+	// Partial: the message was not kept whole (not an event of
+	// stowline's): it cannot be replayed.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // FailureTimes are the first and last failure of one event.
