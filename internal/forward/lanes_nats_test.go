@@ -576,6 +576,38 @@ func TestLaneAgeKeptThroughUnansweredPulls(t *testing.T) {
 	}
 }
 
+// infoCounter counts a consumer's Info requests.
+type infoCounter struct {
+	jetstream.Consumer
+	calls atomic.Int32
+}
+
+func (c *infoCounter) Info(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	c.calls.Add(1)
+	return c.Consumer.Info(ctx)
+}
+
+// Pulls that bring nothing, one after the other on a lane with a head
+// and events waiting (a consumer at its MaxAckPending), ask its consumer
+// once, not once each.
+func TestUnansweredPullsAskOnce(t *testing.T) {
+	ns, lanes, sinkURL := startLanes(t)
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	cons := &infoCounter{Consumer: lanes[events.PriorityRoutine]}
+	lane := Lane{Priority: events.PriorityRoutine, Consumer: cons}
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) { o.Lanes = []Lane{lane} })
+	f.m.laneAge.set(events.PriorityRoutine, time.Now().Add(-time.Hour))
+	for range 5 {
+		f.unansweredPull(t.Context(), lane)
+	}
+	if n := cons.calls.Load(); n != 1 {
+		t.Errorf("5 pulls with no answer asked the consumer %d times, want once", n)
+	}
+}
+
 // After pulls that brought nothing, a lane's consumer is asked whether
 // its head is gone at most every headCheckInterval, by a process: at
 // MaxAckPending the server leaves every pull unanswered while events
