@@ -264,6 +264,21 @@ func TestBreakerTrialWithoutQueries(t *testing.T) {
 	})
 }
 
+// queriesDownBreaker is a breaker opened by a 500, whose probes fail
+// (502), counting the trials it pulls from the queue. In a synctest
+// bubble.
+func queriesDownBreaker(t *testing.T) (*breaker, *int) {
+	b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second},
+		&fakeProber{err: &dicomweb.HTTPError{StatusCode: 502}}, nil)
+	t.Cleanup(b.stop)
+	pulls := new(int)
+	b.mu.Lock()
+	b.pullTrial = func() { *pulls++ }
+	b.mu.Unlock()
+	b.record(&dicomweb.HTTPError{StatusCode: 500}, false, "1.2.3", 0)
+	return b, pulls
+}
+
 // Queries that keep failing while nothing is held: the trial is pulled
 // from the queue, so that a destination whose queries fail while it
 // stores does not stay shut until a restart. Before, the breaker probed
@@ -272,15 +287,8 @@ func TestBreakerTrialWithoutQueries(t *testing.T) {
 // spent; one stored closes it.
 func TestBreakerTrialWithoutQueriesNothingHeld(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		prober := &fakeProber{err: &dicomweb.HTTPError{StatusCode: 502}}
-		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
-		defer b.stop()
-		pulls := 0
-		b.mu.Lock()
-		b.pullTrial = func() { pulls++ }
-		b.mu.Unlock()
+		b, pulls := queriesDownBreaker(t) // the study is retried, nothing held
 		serverError := &dicomweb.HTTPError{StatusCode: 500}
-		b.record(serverError, false, "1.2.3", 0) // opens; the study is retried, nothing held
 
 		pulled := func(want int) {
 			t.Helper()
@@ -288,8 +296,8 @@ func TestBreakerTrialWithoutQueriesNothingHeld(t *testing.T) {
 			synctest.Wait()
 			b.mu.Lock()
 			defer b.mu.Unlock()
-			if pulls != want || b.state != BreakerHalfOpen {
-				t.Fatalf("after %d failed probes: %d trials pulled, breaker %v; want %d, half-open", prober.calls, pulls, b.state, want)
+			if *pulls != want || b.state != BreakerHalfOpen {
+				t.Fatalf("%d trials pulled, breaker %v; want %d, half-open", *pulls, b.state, want)
 			}
 		}
 		pulled(1)
@@ -319,15 +327,8 @@ func TestBreakerTrialWithoutQueriesNothingHeld(t *testing.T) {
 // destination that stores shut, its queue unmoved.
 func TestBreakerUnvouchedTrialFailureMarked(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		prober := &fakeProber{err: &dicomweb.HTTPError{StatusCode: 502}}
-		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
-		defer b.stop()
-		pulls := 0
-		b.mu.Lock()
-		b.pullTrial = func() { pulls++ }
-		b.mu.Unlock()
+		b, pulls := queriesDownBreaker(t)
 		serverError := &dicomweb.HTTPError{StatusCode: 500}
-		b.record(serverError, false, "1.2.3", 0)
 		time.Sleep(probesBeforeTrial*time.Second + time.Second/2)
 		synctest.Wait()
 		if trial, hold := b.pulledTrialArrived(); !trial || hold {
@@ -352,8 +353,8 @@ func TestBreakerUnvouchedTrialFailureMarked(t *testing.T) {
 		}
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		if pulls != 2 {
-			t.Errorf("%d trials pulled, want 2: the next trial is another study", pulls)
+		if *pulls != 2 {
+			t.Errorf("%d trials pulled, want 2: the next trial is another study", *pulls)
 		}
 	})
 }

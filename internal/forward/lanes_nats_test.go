@@ -273,15 +273,7 @@ func TestEventsPulledLateInRetention(t *testing.T) {
 			// A worker's pull, as Run's workers do it; again while it
 			// finds nothing (on a loaded host the event may reach the
 			// lane's consumer after the first pull's wait).
-			var msg jetstream.Msg
-			var lane events.Priority
-			var done func()
-			for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
-				msg, lane, done = f.next(ctx, false)
-			}
-			if msg == nil || lane != events.PriorityLow {
-				t.Fatalf("pulled %v from %q, want the low lane's event", msg, lane)
-			}
+			msg, done := pullFrom(t, f, events.PriorityLow)
 			if got, want := testutil.ToFloat64(age), tt.waited.Seconds(); got < want || got > want+60 {
 				t.Errorf("low lane's age %v s, want about %v s", got, want)
 			}
@@ -326,14 +318,7 @@ func TestLaneAgeCountsEventsInHand(t *testing.T) {
 		t.Fatal(err)
 	}
 	age := f.m.laneAge.WithLabelValues("routine")
-	var msg jetstream.Msg
-	var done func()
-	for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
-		msg, _, done = f.next(ctx, false)
-	}
-	if msg == nil {
-		t.Fatal("the routine event was not pulled")
-	}
+	msg, done := pullFrom(t, f, events.PriorityRoutine)
 	// Another worker, free, finds the lane empty while the first holds
 	// its event.
 	if other, _, _ := f.next(ctx, false); other != nil {
@@ -397,15 +382,7 @@ func TestClosedLaneAgeTellsWhatItHolds(t *testing.T) {
 	// The backfill's last event is pulled and acknowledged; the lane
 	// closes before any worker finds it empty.
 	publishLow("20261126T101500")
-	var msg jetstream.Msg
-	var lane events.Priority
-	var done func()
-	for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
-		msg, lane, done = f.next(ctx, false)
-	}
-	if msg == nil || lane != events.PriorityLow {
-		t.Fatalf("pulled %v from %q, want the low lane's event", msg, lane)
-	}
+	msg, done := pullFrom(t, f, events.PriorityLow)
 	if err := msg.DoubleAck(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -446,14 +423,7 @@ func TestLaneAgeCountsRetryWaits(t *testing.T) {
 	if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
 		t.Fatal(err)
 	}
-	var msg jetstream.Msg
-	var done func()
-	for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
-		msg, _, done = f.next(ctx, false)
-	}
-	if msg == nil {
-		t.Fatal("the routine event was not pulled")
-	}
+	msg, done := pullFrom(t, f, events.PriorityRoutine)
 	// It failed: retried in an hour.
 	if err := msg.NakWithDelay(time.Hour); err != nil {
 		t.Fatal(err)
@@ -552,14 +522,7 @@ func TestLaneAgeKeptThroughUnansweredPulls(t *testing.T) {
 			}
 			age := f.m.laneAge.WithLabelValues("routine")
 			// The first is pulled and forwarded; the second still waits.
-			var msg jetstream.Msg
-			var done func()
-			for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
-				msg, _, done = f.next(ctx, false)
-			}
-			if msg == nil {
-				t.Fatal("the routine event was not pulled")
-			}
+			msg, done := pullFrom(t, f, events.PriorityRoutine)
 			if err := msg.DoubleAck(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -574,6 +537,23 @@ func TestLaneAgeKeptThroughUnansweredPulls(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pullFrom pulls one event as a worker does, again while it finds none
+// (on a loaded host the event may reach the lane's consumer after the
+// first pull's wait), and fails the test unless it came from lane.
+func pullFrom(t *testing.T, f *Forwarder, lane events.Priority) (jetstream.Msg, func()) {
+	t.Helper()
+	var msg jetstream.Msg
+	var got events.Priority
+	var done func()
+	for deadline := time.Now().Add(10 * time.Second); msg == nil && time.Now().Before(deadline); {
+		msg, got, done = f.next(t.Context(), false)
+	}
+	if msg == nil || got != lane {
+		t.Fatalf("pulled %v from %q, want the %s lane's event", msg, got, lane)
+	}
+	return msg, done
 }
 
 // infoCounter counts a consumer's Info requests.
