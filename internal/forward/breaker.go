@@ -781,9 +781,10 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		if err == nil && rep.Requests == 0 && rep.Verify == 0 {
 			// Nothing reached the destination (its rules selected no
 			// instance): the outcome says nothing of it, so it neither
-			// closes the breaker nor resets its count of failures.
+			// closes the breaker nor resets its count of failures; a
+			// trial hands over to the next at once.
 			if trial {
-				f.breaker.endTrial()
+				f.breaker.trialSaidNothing()
 			}
 			return rep, nil
 		}

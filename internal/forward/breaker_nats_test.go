@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
@@ -386,11 +387,12 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 type failingSource struct {
 	*memSource
 	fail  atomic.Bool
+	only  string       // if set, only this study's reads fail
 	calls atomic.Int32 // failed reads
 }
 
 func (s *failingSource) StudyInstances(ctx context.Context, id string) ([]orthancapi.Instance, error) {
-	if s.fail.Load() {
+	if s.fail.Load() && (s.only == "" || s.only == id) {
 		s.calls.Add(1)
 		return nil, &orthancapi.Error{Method: http.MethodGet, Path: "/studies/" + id + "/instances", StatusCode: http.StatusServiceUnavailable}
 	}
@@ -448,5 +450,79 @@ func TestBreakerTrialFailingAtItsSource(t *testing.T) {
 	}
 	if b := f.Status(); b.State == "closed" {
 		t.Errorf("breaker %+v after trials failing at their source, with the destination and its queries down: want still open", b)
+	}
+}
+
+// The destination is back, its probe passes, and the oldest held study,
+// the trial, fails at its source before any request: the next held study
+// is the trial at once, and is stored after that one probe. Before, the
+// breaker opened again on it, doubled its wait, and a second probe came
+// first.
+func TestBreakerTrialHandsOverAfterItsSourceFails(t *testing.T) {
+	ns := testnats.Start(t)
+	first := testEvent()
+	src := &failingSource{memSource: newMemSource(2), only: first.OrthancStudyID}
+	var k sink
+	stores := k.handler(nil)
+	var storeDown atomic.Bool
+	storeDown.Store(true)
+	var probes, probesAtStore atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet:
+			probes.Add(1)
+			w.Header().Set("Content-Type", "application/dicom+json")
+			io.WriteString(w, "[]")
+		case storeDown.Load():
+			http.Error(w, "down", http.StatusServiceUnavailable)
+		default:
+			probesAtStore.CompareAndSwap(0, probes.Load())
+			stores.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	prober, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, src.memSource, srv.URL, cons, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.DeadLetters, o.MaxDeliveries = &memDeadLetters{}, 10
+		o.Concurrency = 2
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 2 * time.Second, MaxProbeInterval: time.Minute, Prober: prober}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	second := testEvent()
+	second.OrthancStudyID, second.StudyInstanceUID = "00000002-4f66fb14-03f4081b-f9341db2-53925988", "1.2.4"
+	for _, ev := range []*events.StudyStable{first, second} {
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for b := f.Status(); b.State != "open" || b.Held != 2; b = f.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker %+v, want open with both studies held", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	probes.Store(0)
+	src.fail.Store(true)
+	storeDown.Store(false)
+	for probesAtStore.Load() == 0 {
+		if time.Now().After(deadline.Add(15 * time.Second)) {
+			t.Fatalf("nothing stored after %d probes", probes.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if src.calls.Load() == 0 {
+		t.Fatal("the first study's source did not fail: it was not the trial")
+	}
+	if n := probesAtStore.Load(); n != 1 {
+		t.Errorf("the second study stored after %d probes, want after the first", n)
 	}
 }
