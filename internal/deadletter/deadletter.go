@@ -91,6 +91,11 @@ var ErrNotFound = errors.New("dead letter not found")
 // when no consumer of the destination would take its events.
 var ErrNoConsumer = errors.New("no consumer takes the destination's events")
 
+// ErrPartialLetters is why a replay passed letters over: they keep only
+// part of a message the forwarder could not read (no event of
+// stowline's). The others were replayed; trying again cannot help.
+var ErrPartialLetters = errors.New("dead letters keep only part of a message the forwarder could not read (not an event of stowline's): not replayed; purge them")
+
 // Store is the dead-letter stream.
 type Store struct {
 	js     jetstream.JetStream
@@ -452,7 +457,11 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 		return nil
 	})
 	if err == nil && len(partial) > 0 {
-		err = fmt.Errorf("replay: dead letters %s keep only part of a message the forwarder could not read (not an event of stowline's): not replayed; purge them", strings.Join(partial, ", "))
+		named := strings.Join(partial[:min(len(partial), 20)], ", ")
+		if len(partial) > 20 {
+			named += fmt.Sprintf(" and %d more", len(partial)-20)
+		}
+		err = fmt.Errorf("replay: %s: %w", named, ErrPartialLetters)
 	}
 	return n, err
 }

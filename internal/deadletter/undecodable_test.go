@@ -119,7 +119,7 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 	// Once the forwarders read it, the replay stores the event again,
 	// unchanged, for the destination; the foreign message's letter stays.
 	replayed, err := replay(ctx, store, deadletter.Filter{ReasonContains: "undecodable"}, false)
-	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("dead letters %d keep only part", letters[0].Seq)) || len(replayed) != 1 {
+	if !errors.Is(err, deadletter.ErrPartialLetters) || !strings.Contains(err.Error(), fmt.Sprintf("replay: %d: ", letters[0].Seq)) || len(replayed) != 1 {
 		t.Fatalf("Replay = %d letters, %v; want 1, and the foreign message's letter named", len(replayed), err)
 	}
 	stream, err := ns.JS.Stream(ctx, natsjs.EventStream)

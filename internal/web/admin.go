@@ -375,9 +375,10 @@ func answerLate(w http.ResponseWriter, status int, v any) {
 
 // failureStatus is the status of a dead-letter operation that failed: 409
 // when the destination has no consumer (retrying cannot help: configure
-// the destination), 503 otherwise (NATS did not answer: try again).
+// the destination) or letters cannot be replayed (purge them), 503
+// otherwise (NATS did not answer: try again).
 func failureStatus(err error) int {
-	if errors.Is(err, deadletter.ErrNoConsumer) {
+	if errors.Is(err, deadletter.ErrNoConsumer) || errors.Is(err, deadletter.ErrPartialLetters) {
 		return http.StatusConflict
 	}
 	return http.StatusServiceUnavailable

@@ -1,0 +1,29 @@
+package web
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/stowline/stowline/internal/deadletter"
+)
+
+// A dead-letter operation that retrying cannot help answers 409: letters
+// of a message kept in part, which a replay passes over (it answered 503,
+// "try again", for good), and a destination without a consumer; NATS not
+// answering is 503.
+func TestFailureStatus(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want int
+	}{
+		{fmt.Errorf("replay: 12, 14: %w", deadletter.ErrPartialLetters), http.StatusConflict},
+		{fmt.Errorf("replay: %w", deadletter.ErrNoConsumer), http.StatusConflict},
+		{errors.New("nats: timeout"), http.StatusServiceUnavailable},
+	} {
+		if got := failureStatus(tt.err); got != tt.want {
+			t.Errorf("%v: status %d, want %d", tt.err, got, tt.want)
+		}
+	}
+}
