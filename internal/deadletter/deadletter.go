@@ -34,11 +34,13 @@ const MaxResponseBytes = 2048
 // the start of its event cannot be replayed.
 const MaxRawBytes = 64 << 10
 
-// A message that is no event of stowline's (its type is not, or its
-// headers pass maxRawHeaderBytes) keeps only its first maxForeignBytes,
-// no headers, and cannot be replayed: a publisher writing anything on the
-// event subjects would otherwise fill JetStream with letters of it, 64
-// KiB each and per destination, for DEADLETTER_RETENTION.
+// A message that is no event of stowline's (no JSON object with a type
+// of Orthanc's, "orthanc.", and a version) keeps only its first
+// maxForeignBytes, no headers, and cannot be replayed: a publisher
+// writing anything on the event subjects would otherwise fill JetStream
+// with letters of it, 64 KiB each and per destination, for
+// DEADLETTER_RETENTION. An event's headers past maxRawHeaderBytes are
+// dropped: it is replayed without them (trace context only).
 const (
 	maxForeignBytes   = 1 << 10
 	maxRawHeaderBytes = 4 << 10
@@ -53,11 +55,17 @@ func keptRaw(raw forward.RawEvent) *forward.RawEvent {
 			headers += len(k) + len(v)
 		}
 	}
+	if headers > maxRawHeaderBytes {
+		raw.Header = nil
+	}
+	// The envelope, not this build's event type: a newer ingest's other
+	// types are events too, for a replay once the forwarders read them.
 	var head struct {
-		Type string `json:"type"`
+		Type    string `json:"type"`
+		Version *int   `json:"version"`
 	}
 	limit := MaxRawBytes
-	if json.Unmarshal(raw.Data, &head) != nil || head.Type != events.TypeStudyStable || headers > maxRawHeaderBytes {
+	if json.Unmarshal(raw.Data, &head) != nil || !strings.HasPrefix(head.Type, "orthanc.") || head.Version == nil {
 		limit, raw.Header, raw.Partial = maxForeignBytes, nil, true
 	}
 	if len(raw.Data) > limit {
