@@ -230,8 +230,10 @@ func TestOutageThenRecovery(t *testing.T) {
 	for _, id := range ids {
 		r.publish(t, id)
 	}
-	// Long enough for the retry delays to reach their 8 s cap and the
-	// breaker to open and try several times; the test's one fixed wait.
+	// Long enough for the breaker to open and try several times (after
+	// 5 failures; held studies do not retry); the bound below, from the
+	// retry delays alone, would hold without it. The test's one fixed
+	// wait.
 	const outage = 20 * time.Second
 	time.Sleep(outage)
 	during := r.proxy.STOWRequests()
