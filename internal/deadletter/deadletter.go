@@ -101,8 +101,9 @@ var ErrNoConsumer = errors.New("no consumer takes the destination's events")
 
 // ErrPartialLetters is why a replay passed letters over: they keep only
 // part of a message the forwarder could not read (no event of
-// stowline's). The others were replayed; trying again cannot help.
-var ErrPartialLetters = errors.New("dead letters keep only part of a message the forwarder could not read (not an event of stowline's): not replayed; purge them")
+// stowline's, or one past MaxRawBytes). The others were replayed; trying
+// again cannot help.
+var ErrPartialLetters = errors.New("dead letters keep only part of a message the forwarder could not read (not an event of stowline's, or past 64 KiB): not replayed; purge them")
 
 // Store is the dead-letter stream.
 type Store struct {

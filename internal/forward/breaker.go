@@ -350,11 +350,15 @@ func (b *breaker) record(err error, trial bool, studyUID string, seq uint64) (ho
 // trialSaidNothing ends a trial that failed before any request reached
 // the destination: the next trial goes at once, as after a pulled trial
 // settled without a request, up to maxQuietPulls in a half-open; then
-// the breaker opens again and probes.
-func (b *breaker) trialSaidNothing() {
+// the breaker opens again and probes. pulled: the trial was pulled, and
+// its place among the pulled trials is freed first.
+func (b *breaker) trialSaidNothing(pulled bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.trial = false
+	if pulled {
+		b.pulledTrials--
+	}
 	defer b.broadcast()
 	switch {
 	case b.state != BreakerHalfOpen || b.stopped:
@@ -784,7 +788,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			// closes the breaker nor resets its count of failures; a
 			// trial hands over to the next at once.
 			if trial {
-				f.breaker.trialSaidNothing()
+				f.breaker.trialSaidNothing(releasePulled(ctx))
 			}
 			return rep, nil
 		}
@@ -794,7 +798,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			// nothing of the destination, which closed on it would
 			// take the held studies, each a failure, while its queries
 			// may fail too. Another study is the trial.
-			f.breaker.trialSaidNothing()
+			f.breaker.trialSaidNothing(releasePulled(ctx))
 			trial = false
 		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID, a.Seq) {
@@ -846,7 +850,21 @@ type pulledTrialKey struct{}
 // pulledTrial marks the event pulled as the trial; used once its first
 // attempt began, as the trial (pulledTrialArrived) or, the breaker no
 // longer half-open, as an ordinary study (its trial slot then freed).
-type pulledTrial struct{ used bool }
+type pulledTrial struct{ used, released bool }
+
+// releasePulled reports whether ctx's event was pulled as a trial and
+// still counts among the pulled trials in hand, and says it no longer
+// does: a trial that said nothing frees its place before the next is
+// chosen, so that the next may be pulled (at FORWARDER_CONCURRENCY 1,
+// the only place).
+func releasePulled(ctx context.Context) bool {
+	t, ok := ctx.Value(pulledTrialKey{}).(*pulledTrial)
+	if !ok || t.released {
+		return false
+	}
+	t.released = true
+	return true
+}
 
 // runPulledTrial pulls one event and handles it as the trial of the
 // half-open breaker (chooseTrial), beside the workers, which all hold
@@ -866,7 +884,9 @@ func (f *Forwarder) runPulledTrial(ctx, workCtx context.Context) {
 		f.handle(context.WithValue(workCtx, pulledTrialKey{}, t), msg)
 	}
 	done()
-	f.breaker.pulledTrialEnded(true, t.used)
+	if !t.released {
+		f.breaker.pulledTrialEnded(true, t.used)
+	}
 }
 
 // nextTrial is next for a trial: it takes an event from the highest open

@@ -454,19 +454,27 @@ func TestBreakerTrialFailingAtItsSource(t *testing.T) {
 }
 
 // The destination is back, its probe passes, and the oldest held study,
-// the trial, fails at its source before any request: the next held study
-// is the trial at once, and is stored after that one probe. Before, the
-// breaker opened again on it, doubled its wait, and a second probe came
-// first.
-func TestBreakerTrialHandsOverAfterItsSourceFails(t *testing.T) {
+// the trial, reaches no destination (its source fails; its rules, changed
+// meanwhile, select none of it): the next held study is the trial at
+// once, and is stored after that one probe. Before, the breaker opened
+// again on it, doubled its wait, and a second probe came first.
+func TestBreakerTrialHandsOverWhenItSaysNothing(t *testing.T) {
+	for _, tt := range []string{"source fails", "rules select none"} {
+		t.Run(tt, func(t *testing.T) { testBreakerTrialHandsOver(t, tt == "source fails") })
+	}
+}
+
+func testBreakerTrialHandsOver(t *testing.T, sourceFails bool) {
 	ns := testnats.Start(t)
 	first := testEvent()
 	src := &failingSource{memSource: newMemSource(2), only: first.OrthancStudyID}
+	var skipFirst atomic.Bool
 	var k sink
 	stores := k.handler(nil)
 	var storeDown atomic.Bool
 	storeDown.Store(true)
-	var probes, probesAtStore atomic.Int32
+	var posts, probes, probesAtStore atomic.Int32
+	bothSent := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodGet:
@@ -474,6 +482,14 @@ func TestBreakerTrialHandsOverAfterItsSourceFails(t *testing.T) {
 			w.Header().Set("Content-Type", "application/dicom+json")
 			io.WriteString(w, "[]")
 		case storeDown.Load():
+			// Both studies in flight before either fails: both held.
+			if posts.Add(1) == 2 {
+				close(bothSent)
+			}
+			select {
+			case <-bothSent:
+			case <-time.After(10 * time.Second):
+			}
 			http.Error(w, "down", http.StatusServiceUnavailable)
 		default:
 			probesAtStore.CompareAndSwap(0, probes.Load())
@@ -488,9 +504,15 @@ func TestBreakerTrialHandsOverAfterItsSourceFails(t *testing.T) {
 	}
 	f := newForwarder(t, src.memSource, srv.URL, cons, func(o *Options) {
 		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.Router = routerFunc(func() Router {
+			if skipFirst.Load() {
+				return skipStudy(first.OrthancStudyID)
+			}
+			return nil
+		})
 		o.DeadLetters, o.MaxDeliveries = &memDeadLetters{}, 10
-		o.Concurrency = 2
-		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 2 * time.Second, MaxProbeInterval: time.Minute, Prober: prober}
+		o.Concurrency, o.RequestConcurrency, o.MinRequestConcurrency = 2, 2, 2
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 3 * time.Second, MaxProbeInterval: time.Minute, Prober: prober}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -503,26 +525,40 @@ func TestBreakerTrialHandsOverAfterItsSourceFails(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for b := f.Status(); b.State != "open" || b.Held != 2; b = f.Status() {
 		if time.Now().After(deadline) {
 			t.Fatalf("breaker %+v, want open with both studies held", b)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	probes.Store(0)
-	src.fail.Store(true)
+	if sourceFails {
+		src.fail.Store(true)
+	} else {
+		skipFirst.Store(true)
+	}
 	storeDown.Store(false)
+	probes.Store(0)
 	for probesAtStore.Load() == 0 {
 		if time.Now().After(deadline.Add(15 * time.Second)) {
 			t.Fatalf("nothing stored after %d probes", probes.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if src.calls.Load() == 0 {
+	if sourceFails && src.calls.Load() == 0 {
 		t.Fatal("the first study's source did not fail: it was not the trial")
 	}
 	if n := probesAtStore.Load(); n != 1 {
 		t.Errorf("the second study stored after %d probes, want after the first", n)
 	}
+}
+
+// skipStudy is a Router that selects none of one study.
+type skipStudy string
+
+func (s skipStudy) Select(_ context.Context, _, studyID string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
+	if studyID == string(s) {
+		return nil, nil
+	}
+	return in, nil
 }

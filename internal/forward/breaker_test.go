@@ -382,7 +382,7 @@ func TestBreakerTrialThatSaidNothing(t *testing.T) {
 		if seq := <-trials; seq != 1 {
 			t.Fatalf("trial %d, want 1", seq)
 		}
-		b.trialSaidNothing() // its source failed
+		b.trialSaidNothing(false) // its source failed
 		synctest.Wait()
 		select {
 		case seq := <-trials:
@@ -396,6 +396,32 @@ func TestBreakerTrialThatSaidNothing(t *testing.T) {
 		defer b.mu.Unlock()
 		if b.state != BreakerHalfOpen || b.wait != time.Second {
 			t.Errorf("breaker %v, probe interval %v; want half-open, 1s", b.state, b.wait)
+		}
+	})
+}
+
+// A pulled trial that says nothing (its rules select none of it, its
+// source fails) frees its place among the pulled trials before the next
+// is chosen: at FORWARDER_CONCURRENCY 1 (one place), with queries failing
+// and nothing held, the next is pulled at once. Before, the place was
+// still taken: the breaker opened again, its wait doubled, and the next
+// trial waited 4 failed probes.
+func TestBreakerPulledTrialThatSaidNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b, pulls := queriesDownBreaker(t)
+		b.mu.Lock()
+		b.maxPulled = 1
+		b.mu.Unlock()
+		time.Sleep(probesBeforeTrial*time.Second + time.Second/2)
+		synctest.Wait()
+		if trial, hold := b.pulledTrialArrived(); !trial || hold {
+			t.Fatalf("pulled trial arrived: trial %v, hold %v; want the trial", trial, hold)
+		}
+		b.trialSaidNothing(true)
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if *pulls != 2 || b.state != BreakerHalfOpen {
+			t.Errorf("%d trials pulled, breaker %v; want the next pulled at once, half-open", *pulls, b.state)
 		}
 	})
 }

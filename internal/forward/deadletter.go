@@ -36,12 +36,13 @@ type RawEvent struct {
 	Subject string              `json:"subject"`
 	Header  map[string][]string `json:"header,omitempty"`
 	Data    []byte              `json:"data"`
-	// Size is the message's length when Data keeps only its start
-	// (deadletter.MaxRawBytes: not an event of stowline's); 0 when Data
-	// is whole.
+	// Size is the message's length when Data keeps only its start; 0
+	// when Data is whole.
 	Size int `json:"size,omitempty"`
-	// Partial: the message was not kept whole (not an event of
-	// stowline's): it cannot be replayed.
+	// Partial: the message was not kept whole (no event of stowline's,
+	// or one past deadletter.MaxRawBytes): it cannot be replayed. An
+	// event's headers past 4 KiB are dropped without it (trace context
+	// only).
 	Partial bool `json:"partial,omitempty"`
 }
 
