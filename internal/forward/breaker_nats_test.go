@@ -156,10 +156,7 @@ func TestHeldStudyCountsWhatItStoredBefore(t *testing.T) {
 		o.Observer = rec
 		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: prober}
 	})
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runForwarder(t, f)
 	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), testEvent()); err != nil {
 		t.Fatal(err)
 	}
@@ -318,10 +315,7 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 		o.ShutdownGrace = time.Minute // held studies go back at once
 		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 50 * time.Millisecond, MaxProbeInterval: 100 * time.Millisecond, Prober: prober}
 	})
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runForwarder(t, f)
 	const studies = 4
 	for i := range studies {
 		ev := testEvent()
@@ -382,6 +376,28 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	}
 }
 
+// runForwarder runs f until the test ends.
+func runForwarder(t *testing.T, f *Forwarder) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// waitOpenHolding waits, up to 15 s, for f's breaker open with held
+// studies held.
+func waitOpenHolding(t *testing.T, f *Forwarder, held int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for b := f.Status(); b.State != "open" || b.Held != held; b = f.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker %+v, want open with %d held", b, held)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // failingSource is a memSource whose study reads fail, as an Orthanc that
 // stops answering, while fail is set.
 type failingSource struct {
@@ -425,20 +441,12 @@ func TestBreakerTrialFailingAtItsSource(t *testing.T) {
 		o.Concurrency = 1
 		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 50 * time.Millisecond, MaxProbeInterval: 50 * time.Millisecond, Prober: prober}
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runForwarder(t, f)
 	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(context.Background(), testEvent()); err != nil {
 		t.Fatal(err)
 	}
+	waitOpenHolding(t, f, 1)
 	deadline := time.Now().Add(15 * time.Second)
-	for b := f.Status(); b.State != "open" || b.Held != 1; b = f.Status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("breaker %+v, want open with 1 study held", b)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 	src.fail.Store(true)
 	// Two trials (4 failed probes each), or, before, the trial and the
 	// study's retry with the breaker closed.
@@ -514,10 +522,7 @@ func testBreakerTrialHandsOver(t *testing.T, sourceFails bool) {
 		o.Concurrency, o.RequestConcurrency, o.MinRequestConcurrency = 2, 2, 2
 		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 3 * time.Second, MaxProbeInterval: time.Minute, Prober: prober}
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runForwarder(t, f)
 	second := testEvent()
 	second.OrthancStudyID, second.StudyInstanceUID = "00000002-4f66fb14-03f4081b-f9341db2-53925988", "1.2.4"
 	for _, ev := range []*events.StudyStable{first, second} {
@@ -525,13 +530,8 @@ func testBreakerTrialHandsOver(t *testing.T, sourceFails bool) {
 			t.Fatal(err)
 		}
 	}
+	waitOpenHolding(t, f, 2)
 	deadline := time.Now().Add(20 * time.Second)
-	for b := f.Status(); b.State != "open" || b.Held != 2; b = f.Status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("breaker %+v, want open with both studies held", b)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 	if sourceFails {
 		src.fail.Store(true)
 	} else {
@@ -540,7 +540,7 @@ func testBreakerTrialHandsOver(t *testing.T, sourceFails bool) {
 	storeDown.Store(false)
 	probes.Store(0)
 	for probesAtStore.Load() == 0 {
-		if time.Now().After(deadline.Add(15 * time.Second)) {
+		if time.Now().After(deadline) {
 			t.Fatalf("nothing stored after %d probes", probes.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
