@@ -44,10 +44,7 @@ func TestBreakerHoldsWithinOneDelivery(t *testing.T) {
 	}
 	dls := &memDeadLetters{}
 	rec := &recordingObserver{}
-	prober, err := dicomweb.New(srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prober := newProber(t, srv.URL)
 	start := func() (*Forwarder, context.CancelFunc, chan error) {
 		f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
 			o.DeadLetters, o.MaxDeliveries = dls, 2
@@ -145,10 +142,7 @@ func TestHeldStudyCountsWhatItStoredBefore(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	cons := consumer(t, ns)
-	prober, err := dicomweb.New(srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prober := newProber(t, srv.URL)
 	rec := &recordingObserver{}
 	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) {
 		o.Concurrency = 1
@@ -289,9 +283,7 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodGet:
-			probes.Add(1)
-			w.Header().Set("Content-Type", "application/dicom+json")
-			io.WriteString(w, "[]")
+			answerProbe(w, &probes)
 		case storeDown.Load():
 			http.Error(w, "store failing", http.StatusInternalServerError)
 		default:
@@ -300,10 +292,7 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	cons := consumer(t, ns)
-	prober, err := dicomweb.New(srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prober := newProber(t, srv.URL)
 	dls := &memDeadLetters{}
 	obs := &deliveryObserver{delivered: map[uint64]uint64{}}
 	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
@@ -376,6 +365,23 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	}
 }
 
+// newProber is a breaker prober of the destination at url (QIDO-RS).
+func newProber(t *testing.T, url string) *dicomweb.Client {
+	t.Helper()
+	c, err := dicomweb.New(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// answerProbe answers a QIDO-RS probe with an empty list, counting it.
+func answerProbe(w http.ResponseWriter, probes *atomic.Int32) {
+	probes.Add(1)
+	w.Header().Set("Content-Type", "application/dicom+json")
+	io.WriteString(w, "[]")
+}
+
 // runForwarder runs f until the test ends.
 func runForwarder(t *testing.T, f *Forwarder) {
 	t.Helper()
@@ -431,10 +437,7 @@ func TestBreakerTrialFailingAtItsSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prober, err := dicomweb.New(srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prober := newProber(t, srv.URL)
 	f := newForwarder(t, src.memSource, srv.URL, cons, func(o *Options) {
 		o.SourceFor = func(string) (Source, error) { return src, nil }
 		o.DeadLetters, o.MaxDeliveries = &memDeadLetters{}, 10
@@ -486,9 +489,7 @@ func testBreakerTrialHandsOver(t *testing.T, sourceFails bool) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodGet:
-			probes.Add(1)
-			w.Header().Set("Content-Type", "application/dicom+json")
-			io.WriteString(w, "[]")
+			answerProbe(w, &probes)
 		case storeDown.Load():
 			// Both studies in flight before either fails: both held.
 			if posts.Add(1) == 2 {
@@ -506,10 +507,7 @@ func testBreakerTrialHandsOver(t *testing.T, sourceFails bool) {
 	}))
 	t.Cleanup(srv.Close)
 	cons := consumer(t, ns)
-	prober, err := dicomweb.New(srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prober := newProber(t, srv.URL)
 	f := newForwarder(t, src.memSource, srv.URL, cons, func(o *Options) {
 		o.SourceFor = func(string) (Source, error) { return src, nil }
 		o.Router = routerFunc(func() Router {

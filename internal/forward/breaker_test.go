@@ -1069,10 +1069,7 @@ func TestBreakerLatePulledTrial(t *testing.T) {
 				http.Error(w, "store failing", http.StatusInternalServerError)
 			}))
 			t.Cleanup(srv.Close)
-			prober, err := dicomweb.New(srv.URL, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			prober := newProber(t, srv.URL)
 			f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
 				o.Breaker = BreakerOptions{Failures: 2, ProbeInterval: time.Hour, Prober: prober}
 			})
