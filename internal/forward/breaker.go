@@ -536,9 +536,7 @@ func (b *breaker) chooseTrial() {
 	case !ok && b.failedProbes > 0 && b.canPullTrial():
 		// Queries fail and nothing is held: a study of the queue is
 		// the trial (held, not spent, if it fails).
-		b.trial = true
-		b.pulledTrials++
-		b.pullTrial()
+		b.startPulledTrial()
 	case !ok && b.failedProbes > 0:
 		// Nothing to try (the trials pulled all out), and queries
 		// fail: probe again later.
@@ -552,9 +550,7 @@ func (b *breaker) chooseTrial() {
 		b.trialSeq = seq
 		b.broadcast()
 	default:
-		b.trial = true
-		b.pulledTrials++
-		b.pullTrial()
+		b.startPulledTrial()
 	}
 }
 
@@ -612,9 +608,7 @@ func (b *breaker) pulledTrialEnded(found, used bool) {
 		// Settled without a request (not selected, gone from its
 		// source): the next event is the trial, at once.
 		b.quietPulls++
-		b.trial = true
-		b.pulledTrials++
-		b.pullTrial()
+		b.startPulledTrial()
 		return
 	case found:
 		// Settled otherwise, time after time (skipped, poison studies
@@ -634,6 +628,13 @@ func (b *breaker) pulledTrialEnded(found, used bool) {
 		}
 	}
 	b.broadcast()
+}
+
+// startPulledTrial pulls the trial from the queue. Under mu.
+func (b *breaker) startPulledTrial() {
+	b.trial = true
+	b.pulledTrials++
+	b.pullTrial()
 }
 
 // canPullTrial reports whether a trial may be pulled from the queue now.
@@ -762,17 +763,9 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		// opened again: held, as the studies that failed for the outage.
 		log.Warn("destination down: the study, pulled as a trial of an earlier probe, is held until the circuit breaker closes; no delivery is spent")
 		held++
-		f.m.held.Inc()
-		f.held(a, "held: destination down (circuit breaker open)")
 		var herr error
-		trial, herr = f.breaker.hold(ctx, a.Seq)
-		f.held(a, "")
-		f.m.held.Dec()
-		if herr != nil {
+		if trial, herr = f.holdForDestination(ctx, a, log); herr != nil {
 			return Report{}, fmt.Errorf("held while the destination was down: %w", herr)
-		}
-		if trial {
-			log.Info("circuit breaker half-open: sending this held study as the trial")
 		}
 	}
 	// unrecorded: what earlier runs stored and could not record (NATS
@@ -827,20 +820,28 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 				"err", err, "instances_sent", rep.Instances)
 		}
 		held++
-		f.m.held.Inc()
-		f.held(a, "held: destination down (circuit breaker open)")
 		var herr error
-		trial, herr = f.breaker.hold(ctx, a.Seq)
+		trial, herr = f.holdForDestination(ctx, a, log)
 		a.again = true
-		f.held(a, "")
-		f.m.held.Dec()
 		if herr != nil {
 			return rep, fmt.Errorf("held while the destination was down (%v): %w", err, herr)
 		}
-		if trial {
-			log.Info("circuit breaker half-open: sending this held study as the trial")
-		}
 	}
+}
+
+// holdForDestination holds study a while the breaker is open, counted
+// and shown on the status page, until it closes or lets a through as its
+// trial (trial true).
+func (f *Forwarder) holdForDestination(ctx context.Context, a *Attempt, log *slog.Logger) (trial bool, err error) {
+	f.m.held.Inc()
+	f.held(a, "held: destination down (circuit breaker open)")
+	trial, err = f.breaker.hold(ctx, a.Seq)
+	f.held(a, "")
+	f.m.held.Dec()
+	if err == nil && trial {
+		log.Info("circuit breaker half-open: sending this held study as the trial")
+	}
+	return trial, err
 }
 
 // pulledTrialKey is the context key of the pulledTrial of the event a
