@@ -428,7 +428,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	var partial []string
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
-		if e.Raw != nil && (e.Raw.Partial || e.Raw.Size > len(e.Raw.Data)) {
+		if !replayable(e) {
 			partial = append(partial, strconv.FormatUint(e.Seq, 10))
 			return nil
 		}
@@ -446,7 +446,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	}
 	n := 0
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
-		if e.Raw != nil && (e.Raw.Partial || e.Raw.Size > len(e.Raw.Data)) {
+		if !replayable(e) {
 			return nil
 		}
 		if !dryRun {
@@ -475,6 +475,13 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	return n, err
 }
 
+// replayable reports whether e keeps its event whole, if it kept one as
+// stored. Letters of the first builds that kept them mark a partial one
+// by its Size alone.
+func replayable(e *Entry) bool {
+	return e.Raw == nil || !e.Raw.Partial && e.Raw.Size <= len(e.Raw.Data)
+}
+
 // requeue stores e's event again in the event stream, in its
 // destination's low lane: for a letter of an event the forwarder could
 // not read, the event as it was stored, its bytes and its headers but
@@ -493,11 +500,8 @@ func (s *Store) requeue(ctx context.Context, e *Entry) error {
 			msg.Header[k] = slices.Clone(v)
 		}
 	}
-	msg.Header.Set(jetstream.MsgIDHeader, msgID)
-	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(natsjs.EventStream)); err != nil {
-		return fmt.Errorf("publish event %s: %w", msgID, natsjs.StorageFull(err))
-	}
-	return nil
+	_, err := natsjs.PublishMsgTo(ctx, s.js, msg, msgID)
+	return err
 }
 
 // Replay and Purge read pages of at most this many letters and bytes

@@ -40,8 +40,17 @@ func PublishTo(ctx context.Context, js jetstream.JetStream, subject string, ev *
 		return nil, fmt.Errorf("encode event: %w", err)
 	}
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	tracing.Inject(ctx, msg.Header)
+	return PublishMsgTo(ctx, js, msg, msgID)
+}
+
+// PublishMsgTo stores msg, an event as it is, in the event stream under
+// the dedupe ID msgID.
+func PublishMsgTo(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, msgID string) (*jetstream.PubAck, error) {
+	if msg.Header == nil {
+		msg.Header = nats.Header{}
+	}
+	msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(EventStream))
 	if err != nil {
 		return nil, fmt.Errorf("publish event %s: %w", msgID, StorageFull(err))
