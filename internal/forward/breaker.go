@@ -190,7 +190,6 @@ type breaker struct {
 	// breaker is half-open means a probe vouched for the destination
 	// (else the trial was let through after probesBeforeTrial failures).
 	failedProbes int
-	held         int
 	// heldSeqs counts the held studies by the stream sequence of their
 	// event, so that a half-open breaker tries a fresh one first.
 	heldSeqs map[uint64]int
@@ -253,7 +252,11 @@ func (b *breaker) enabled() bool { return b != nil && b.cfg.failures > 0 }
 func (b *breaker) status() (BreakerState, time.Time, int, int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.state, b.since, b.held, b.failures
+	held := 0
+	for _, n := range b.heldSeqs {
+		held += n
+	}
+	return b.state, b.since, held, b.failures
 }
 
 // waitClosed returns once the breaker is closed and the studies it held
@@ -265,7 +268,7 @@ func (b *breaker) waitClosed(ctx context.Context) error {
 	}
 	for {
 		b.mu.Lock()
-		state, held, changed := b.state, b.held, b.changed
+		state, held, changed := b.state, len(b.heldSeqs), b.changed
 		b.mu.Unlock()
 		if state == BreakerClosed && held == 0 {
 			return nil
@@ -392,13 +395,11 @@ func (b *breaker) endTrial() {
 // then run side by side.
 func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) {
 	b.mu.Lock()
-	b.held++
 	b.heldSeqs[seq]++
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		b.held--
 		if b.heldSeqs[seq]--; b.heldSeqs[seq] <= 0 {
 			delete(b.heldSeqs, seq)
 		}
@@ -507,7 +508,7 @@ func (b *breaker) probe() {
 	}
 	if DestinationDown(err) {
 		b.failedProbes++
-		if b.failedProbes%probesBeforeTrial != 0 || b.held == 0 && !b.canPullTrial() {
+		if b.failedProbes%probesBeforeTrial != 0 || len(b.heldSeqs) == 0 && !b.canPullTrial() {
 			b.wait = min(2*b.wait, b.cfg.maxInterval)
 			b.schedule()
 			return

@@ -1027,7 +1027,7 @@ func TestBreakerReleasesHeldStudiesOldestFirst(t *testing.T) {
 					return
 				}
 				b.mu.Lock()
-				pulledEarly += b.held
+				pulledEarly += len(b.heldSeqs)
 				b.mu.Unlock()
 			})
 		}
