@@ -75,11 +75,11 @@ func TestLanesTakeTheirSubjects(t *testing.T) {
 	}
 }
 
-// waitPending waits up to 5 s for c to count n pending events, and
-// returns its last info.
+// waitPending waits up to 30 s (a loaded machine) for c to count n
+// pending events, and returns its last info.
 func waitPending(t *testing.T, ctx context.Context, c jetstream.Consumer, n uint64) *jetstream.ConsumerInfo {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		info, err := c.Info(ctx)
 		if err != nil {
