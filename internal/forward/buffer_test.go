@@ -1,8 +1,11 @@
 package forward
 
 import (
+	"bytes"
+	"errors"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -33,6 +36,36 @@ func TestWarnedInstancesKept(t *testing.T) {
 	}
 	if len(rep.selected) != 5 || len(rep.listed) != 5 {
 		t.Errorf("selected %d, listed %d; want 5 and 5", len(rep.selected), len(rep.listed))
+	}
+}
+
+// Two Orthanc instances of a study can share a SOP Instance UID in two
+// series. The destination's answer names the UID, not the file: the
+// answer for one confirmed both, and buffer mode deleted the copy the
+// destination never took. The first copy is sent, the other refused: the
+// study is partial and nothing is deleted.
+func TestRepeatedSOPInstanceUIDRefused(t *testing.T) {
+	k := &sink{}
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	src := newMemSource(4)
+	again := &src.instances[3]
+	again.SOPInstanceUID, again.SeriesInstanceUID = "1.2.3.2", "1.2.3.9"
+	src.data[again.ID] = bytes.Repeat([]byte{1}, 1024) // the sink reads it as 1.2.3.2
+	f := newForwarder(t, src, srv.URL, nil)
+	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	var fe *Error
+	if !errors.As(err, &fe) || fe.Class != Partial {
+		t.Fatalf("err %v, want a partial study (buffer mode would delete %d instances)", err, len(rep.forwarded))
+	}
+	if len(fe.Instances) != 1 || fe.Instances[0].SOPInstanceUID != "1.2.3.2" || !strings.Contains(fe.Instances[0].Text, again.ID) {
+		t.Errorf("refused %+v, want the second copy of 1.2.3.2, naming Orthanc instance %s", fe.Instances, again.ID)
+	}
+	if len(rep.forwarded) != 0 {
+		t.Errorf("buffer mode would delete %v", rep.forwarded)
+	}
+	if rep.Selected != 4 || len(rep.selected) != 4 {
+		t.Errorf("selected %d (%d), want 4: another destination's buffer mode must not take the copy as unwanted here", rep.Selected, len(rep.selected))
 	}
 }
 

@@ -137,10 +137,12 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	rep.Selected = len(instances)
 	rep.selected = instances
 	f.obs.Progress(a, rep)
+	instances, repeated := firstOfEachUID(instances)
 	plan, pending, rejected, err := f.planSyntaxes(ctx, src, instances)
 	if err != nil {
 		return rep, err
 	}
+	rejected = append(rejected, repeated...)
 	// all are the parts as last sent, which verification sends again:
 	// converted (the destination refused the source's syntax), measured.
 	all := slices.Clone(pending)
@@ -414,7 +416,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			// Not always the destination's refusal: the source may not have
 			// converted an instance, or the de-identifier kept it out; each
 			// instance's text says which.
-			Err:       fmt.Errorf("%d of %d instances cannot be stored (first: %s: %s)", len(rejected), len(instances), rejected[0].SOPInstanceUID, rejected[0].Text),
+			Err:       fmt.Errorf("%d of %d instances cannot be stored (first: %s: %s)", len(rejected), rep.Selected, rejected[0].SOPInstanceUID, rejected[0].Text),
 			Instances: rejected,
 		}
 	}
@@ -443,6 +445,33 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// its ledger record, as it does for the others.
 	rep.forwarded = withoutUIDs(instances, kept)
 	return rep, nil
+}
+
+// firstOfEachUID keeps the first instance of each SOP Instance UID and
+// refuses the others. Orthanc tells instances apart by patient, study,
+// series and SOP UID, so a study can hold two files with one SOP UID in
+// two series (a faulty modality, a series modified with its UIDs kept).
+// A destination keeps one instance a UID: its "already exists" for the
+// second would confirm both, every answer being matched by UID, and
+// buffer mode would delete a file the destination never took. The
+// refused copies leave the study partial, dead-lettered for a human to
+// decide, with the first copy stored.
+func firstOfEachUID(instances []orthancapi.Instance) (first []orthancapi.Instance, repeated []Instance) {
+	seen := make(map[string]orthancapi.Instance, len(instances))
+	for _, inst := range instances {
+		if was, ok := seen[inst.SOPInstanceUID]; ok {
+			repeated = append(repeated, Instance{SOPInstanceUID: inst.SOPInstanceUID, Text: fmt.Sprintf(
+				"Orthanc instance %s (series %s) repeats the SOP Instance UID of instance %s (series %s), sent in its place; a destination keeps one instance a UID",
+				inst.ID, inst.SeriesInstanceUID, was.ID, was.SeriesInstanceUID)})
+			continue
+		}
+		seen[inst.SOPInstanceUID] = inst
+		first = append(first, inst)
+	}
+	if repeated == nil {
+		return instances, nil
+	}
+	return first, repeated
 }
 
 // requestSize spreads n instances over a multiple of requestsAtOnce
