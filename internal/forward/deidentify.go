@@ -71,11 +71,12 @@ type deidentified struct {
 	copies  *prometheus.CounterVec
 }
 
-// deidentMargin bounds what the rewrite adds to an instance: a new file
-// meta, three attributes, longer UIDs and the delimiters of sequences
-// rewritten with undefined length (16 bytes a sequence and item). The
-// scrub and the removals only shorten it.
-func deidentMargin(size int64) int64 { return size/8 + 16<<10 }
+// grown bounds a copy of an instance of size bytes: the rewrite adds a
+// new file meta, three attributes, longer UIDs and the delimiters of
+// sequences rewritten with undefined length (16 bytes a sequence and
+// item); the scrub and the removals only shorten it. The forwarder cuts
+// requests by it (growingDestination).
+func (x *deidentified) grown(size int64) int64 { return size + size/8 + 16<<10 }
 
 func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
 	k := x.d.Keyer()
@@ -84,18 +85,15 @@ func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicom
 	for i, p := range parts {
 		uid := k.UID(p.SOPInstanceUID)
 		back[uid] = p.SOPInstanceUID
+		// The request is already cut (by grown): a size is needed only
+		// where the destination signs the body (ExactLength).
 		out[i] = dicomweb.Part{SOPInstanceUID: uid, Size: -1, Open: x.open(p, false)}
-		switch {
-		case x.exact:
+		if x.exact {
 			n, err := x.measure(ctx, x.open(p, true))
 			if err != nil {
 				return nil, err
 			}
 			out[i].Size = n
-		case p.Size > 0:
-			out[i].Estimate = p.Size + deidentMargin(p.Size)
-		case p.Estimate > 0:
-			out[i].Estimate = p.Estimate + deidentMargin(p.Estimate)
 		}
 	}
 	res, err := x.next.Store(ctx, out)

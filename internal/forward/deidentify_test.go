@@ -17,6 +17,7 @@ import (
 	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // readingDestination reads every part as a STOW-RS client would and
@@ -157,6 +158,68 @@ func TestDeidentifiedCountsEachCopyOnce(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// requestBytes answers every part stored and keeps the bytes each
+// request's parts read to.
+type requestBytes struct{ requests []int64 }
+
+func (d *requestBytes) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
+	res := &dicomweb.Result{StatusCode: 200}
+	var n int64
+	for _, p := range parts {
+		rc, err := p.Open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		m, err := io.Copy(io.Discard, rc)
+		_ = rc.Close()
+		if err != nil {
+			return nil, err
+		}
+		n += m
+		res.Stored = append(res.Stored, dicomweb.Instance{SOPInstanceUID: p.SOPInstanceUID})
+	}
+	d.requests = append(d.requests, n)
+	return res, nil
+}
+
+// TestDeidentifiedRequestsWithinMaxBytes: the copies a de-identifying
+// destination sends are larger than the files read, and requests were
+// cut by the files: with STOW_MAX_BYTES at the destination's limit they
+// passed it (a 413, the study dead-lettered at once).
+func TestDeidentifiedRequestsWithinMaxBytes(t *testing.T) {
+	_, d := testDeidentifier(t)
+	src := &memSource{data: map[string][]byte{}}
+	var size int64
+	for i := range 8 {
+		uid := fmt.Sprintf("1.2.3.%d", i+1)
+		var b bytes.Buffer
+		if err := dicomgen.WriteInstance(&b, dicomgen.InstanceSpec{StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.0", SOPInstanceUID: uid, Rows: 64, Columns: 64}); err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i)
+		src.instances = append(src.instances, orthancapi.Instance{ID: id, SOPInstanceUID: uid, SeriesInstanceUID: "1.2.3.0", FileSize: int64(b.Len())})
+		src.data[id] = b.Bytes()
+		size = max(size, int64(b.Len()))
+	}
+	rec := &requestBytes{}
+	dst, err := Deidentified(rec, d, DeidentifyOptions{Setting: "X"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, src, "http://127.0.0.1:1", nil, func(o *Options) { o.Destination = dst; o.MaxInstances = 8 })
+	// Two files fit a request, framing aside.
+	budget := 2 * size
+	f.opts.MaxBytes = budget + dicomweb.MaxFraming(f.requestSize(len(src.instances)))
+	if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range rec.requests {
+		if n > budget {
+			t.Errorf("request %d: %d bytes of copies, over the %d STOW_MAX_BYTES leaves them", i, n, budget)
+		}
 	}
 }
 

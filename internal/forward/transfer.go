@@ -232,7 +232,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			if budget > 0 {
 				budget = max(budget-dicomweb.MaxFraming(size), 1)
 			}
-			o, err := f.sendAll(ctx, a, plan, dicomweb.Batches(send.parts, size, budget), &rep, send.put, ours, storedBefore, remember)
+			o, err := f.sendAll(ctx, a, plan, f.batches(send.parts, size, budget), &rep, send.put, ours, storedBefore, remember)
 			// What was confirmed counts, whether or not another request
 			// of the round failed; and so do its warnings.
 			for _, out := range o {
@@ -472,6 +472,43 @@ func firstOfEachUID(instances []orthancapi.Instance) (first []orthancapi.Instanc
 		return instances, nil
 	}
 	return first, repeated
+}
+
+// growingDestination is a destination that sends more bytes than it is
+// given (the de-identifying rewrite): grown bounds what a part of size
+// bytes becomes.
+type growingDestination interface {
+	grown(size int64) int64
+}
+
+// batches splits parts into requests of at most size instances and
+// budget bytes as the destination sends them: a de-identifying
+// destination's copies are larger than the files read, and a request
+// counted by the originals could pass a limit set at the destination's
+// (413, dead-lettered at once).
+func (f *Forwarder) batches(parts []dicomweb.Part, size int, budget int64) [][]dicomweb.Part {
+	g, ok := f.opts.Destination.(growingDestination)
+	if !ok || budget <= 0 {
+		return dicomweb.Batches(parts, size, budget)
+	}
+	sized := slices.Clone(parts)
+	for i, p := range sized {
+		switch {
+		case p.Size > 0:
+			sized[i].Size = g.grown(p.Size)
+		case p.Estimate > 0:
+			sized[i].Estimate = g.grown(p.Estimate)
+		}
+	}
+	// Batches keeps the parts' order and cuts them into consecutive
+	// runs: the originals are cut where their grown sizes were.
+	var out [][]dicomweb.Part
+	at := 0
+	for _, b := range dicomweb.Batches(sized, size, budget) {
+		out = append(out, parts[at:at+len(b):at+len(b)])
+		at += len(b)
+	}
+	return out
 }
 
 // requestSize spreads n instances over a multiple of requestsAtOnce
