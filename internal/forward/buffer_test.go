@@ -3,6 +3,8 @@ package forward
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -66,6 +68,43 @@ func TestRepeatedSOPInstanceUIDRefused(t *testing.T) {
 	}
 	if rep.Selected != 4 || len(rep.selected) != 4 {
 		t.Errorf("selected %d (%d), want 4: another destination's buffer mode must not take the copy as unwanted here", rep.Selected, len(rep.selected))
+	}
+}
+
+// An "already exists" code that a custom STOW_CONFLICT_REASONS left out
+// counts as stored, as the operator chose; but unless stowline sent that
+// instance before, the destination's copy may hold other content (a
+// corrected instance), and buffer mode deleted the correction.
+func TestAlreadyExistsOutsideConflictRulesKept(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var stored []string
+		for _, uid := range partUIDs(r) {
+			if uid != "1.2.3.2" {
+				stored = append(stored, `{"00081155":{"vr":"UI","Value":["`+uid+`"]}}`)
+			}
+		}
+		w.Header().Set("Content-Type", "application/dicom+json")
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]},"00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3.2"]},"00081197":{"vr":"US","Value":[%d]}}]}}`,
+			strings.Join(stored, ","), dicomweb.FailureAzureAlreadyExists)
+	}))
+	t.Cleanup(srv.Close)
+	f := newForwarder(t, newMemSource(3), srv.URL, nil, func(o *Options) {
+		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: 0xA770, Mask: 0xFFFF}}}
+	})
+	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var forwarded []string
+	for _, in := range rep.forwarded {
+		forwarded = append(forwarded, in.SOPInstanceUID)
+	}
+	if want := []string{"1.2.3.1", "1.2.3.3"}; !slices.Equal(forwarded, want) {
+		t.Errorf("buffer mode would delete %v, want %v", forwarded, want)
+	}
+	if rep.Instances != 3 || rep.AlreadyStored != 1 || rep.Conflicts != 0 {
+		t.Errorf("%d stored, %d already, %d conflicts; want 3, 1, 0", rep.Instances, rep.AlreadyStored, rep.Conflicts)
 	}
 }
 

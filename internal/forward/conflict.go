@@ -124,8 +124,9 @@ type conflictState struct {
 	// by AWS HealthImaging apart from the primary image set.
 	dead, nonPrimary []Instance
 	replaced         int
-	// skipped: conflicts counted as stored (skip), kept in the source by
-	// buffer mode.
+	// skipped: conflicts counted as stored (skip), and "already exists"
+	// answers stowline cannot tell its own (batchOutcome.unproven), kept
+	// in the source by buffer mode.
 	skipped map[string]bool
 }
 

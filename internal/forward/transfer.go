@@ -264,6 +264,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			rejected = append(rejected, out.rejected...)
 			conflicts = append(conflicts, out.conflicts...)
 			skipped = append(skipped, out.skipped...)
+			for _, uid := range out.unproven {
+				st.skipped[uid] = true // kept in the source, not logged as a conflict
+			}
 			st.nonPrimary = append(st.nonPrimary, out.nonPrimary...)
 			for _, p := range out.retry {
 				notDone[p.SOPInstanceUID] = true
@@ -621,6 +624,11 @@ type batchOutcome struct {
 	conflicts  []conflicted
 	skipped    []string
 	nonPrimary []Instance
+	// unproven were answered "already exists" with a code outside
+	// STOW_CONFLICT_REASONS, and stowline has no record of sending them:
+	// stored as the destination says, but its copy may hold other
+	// content, so buffer mode keeps them in the source.
+	unproven []string
 	// unsure are conflicts that only the 409 made conflicts
 	// (ConflictPolicy.onlyIn409): conflicts once the destination lists
 	// them, else failures of their code.
@@ -835,6 +843,10 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			confirmed++
 			rep.AlreadyStored++
 			f.m.alreadyStored.Inc()
+			if !ours(p.SOPInstanceUID) {
+				out.unproven = append(out.unproven, p.SOPInstanceUID)
+				continue
+			}
 			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 		case Retry:
 			out.retry = append(out.retry, p)
