@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -158,5 +160,51 @@ func TestRequestSizeFollowsTheLimit(t *testing.T) {
 		if got := f.requestSize(tt.n); got != tt.want {
 			t.Errorf("requestSize(%d) with %d studies sending, limit %d = %d, want %d", tt.n, tt.sending, f.limit.Limit(), got, tt.want)
 		}
+	}
+}
+
+// A 429 whose STOW-RS answer names its instances (one stored, one
+// failed for processing) is sorted per instance, and still tells the limiter: the
+// answer's Retry-After was dropped, and the limit counted it a success.
+func TestOverloadAnswerNamingInstancesTellsTheLimiter(t *testing.T) {
+	var requests atomic.Int32
+	var first, second time.Time // written before the answers that order them
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requests.Load() == 0 {
+			first = time.Now()
+		} else {
+			second = time.Now()
+		}
+		uids := partUIDs(r)
+		var stored []string
+		failed := ""
+		for _, uid := range uids {
+			if uid == "1.2.3.2" && requests.Load() == 0 {
+				failed = fmt.Sprintf(`,"00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}]}`, uid, dicomweb.FailureProcessing)
+				continue
+			}
+			stored = append(stored, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]}}`, uid))
+		}
+		w.Header().Set("Content-Type", "application/dicom+json")
+		if requests.Add(1) == 1 {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}%s}`, strings.Join(stored, ","), failed)
+	}))
+	t.Cleanup(srv.Close)
+	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+		o.RequestConcurrency = 1
+		o.InstanceRetries, o.InstanceRetryDelay = 1, 10*time.Millisecond
+	})
+	rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	if err != nil || rep.Instances != 2 {
+		t.Fatalf("%d instances confirmed, err %v; want 2, nil", rep.Instances, err)
+	}
+	if reason, _ := f.limit.LastChange(); reason != flow.Overload429 && reason != flow.RetryAfter {
+		t.Errorf("the limiter's last change %q, want the 429 or its Retry-After", reason)
+	}
+	if d := second.Sub(first); d < 900*time.Millisecond {
+		t.Errorf("the failed instance sent again %v after the 429, before its Retry-After of 1 s", d)
 	}
 }

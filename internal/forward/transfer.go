@@ -566,6 +566,11 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 				confirmed(out)
 			}
 			reason, retryAfter, overloaded := overload(ctx, err)
+			if err == nil && out.status != nil {
+				// An overload answer that named instances: sorted per
+				// instance, and still the destination asking for less.
+				reason, retryAfter, overloaded = overload(ctx, out.status)
+			}
 			if overloaded {
 				permit.Overloaded(reason, retryAfter)
 			}
@@ -575,7 +580,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			progress := *rep
 			mu.Unlock()
 			f.obs.Progress(a, progress)
-			if reason != flow.Overload429 || resends >= overloadResends || retryAfter > resendPause {
+			if err == nil || reason != flow.Overload429 || resends >= overloadResends || retryAfter > resendPause {
 				return out, err
 			}
 			f.log.Debug("sending a STOW-RS request again that the destination refused for load", "orthanc_study_id", a.Event.OrthancStudyID,
@@ -648,6 +653,9 @@ type batchOutcome struct {
 	// answer listed as failed (by SOP Instance UID), for the error of
 	// the attempt's last round.
 	reasons map[string]int
+	// status is the error status whose answer was sorted per instance
+	// (a 429 or 503 listing instances tells the limiter all the same).
+	status *dicomweb.HTTPError
 }
 
 // send stores one batch and sorts its instances by the response. This is
@@ -695,6 +703,9 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		res.StatusCode = he.StatusCode
 	}
 	out := f.sortAnswer(plan, batch, res, rep, ours, storedBefore)
+	if err != nil {
+		out.status = he
+	}
 	rep.Bytes += res.BytesSent
 	f.m.bytes.Add(float64(res.BytesSent))
 	return out, nil
