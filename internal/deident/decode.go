@@ -29,6 +29,10 @@ var (
 	// (Burned In Annotation YES, or a SOP class that commonly does), and
 	// Options.IncludeBurnedIn is off.
 	ErrBurnedIn = errors.New("instance may carry burned-in text")
+	// ErrPanicked: the rewrite panicked (a bug); the message gives the
+	// panic's value and where. Reader returns it instead of ending the
+	// process, with every other study in flight.
+	ErrPanicked = errors.New("the de-identifier panicked")
 )
 
 const (

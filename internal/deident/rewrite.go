@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -130,10 +132,34 @@ var (
 func (d *Deidentifier) Reader(src io.ReadCloser) io.ReadCloser {
 	pr, pw := io.Pipe()
 	go func() {
-		_, err := d.Rewrite(pw, src)
-		pw.CloseWithError(err)
+		var err error
+		defer func() {
+			// A panic in this goroutine, not the caller's, would end
+			// the process: the caller's recover cannot catch it.
+			if v := recover(); v != nil {
+				err = fmt.Errorf("%w: %v at %s", ErrPanicked, v, panicSite())
+			}
+			pw.CloseWithError(err)
+		}()
+		_, err = d.Rewrite(pw, src)
 	}()
 	return &pipeReader{pr: pr, src: src}
+}
+
+// panicSite names the function and line that panicked, from a deferred
+// recover: the first frame outside the runtime.
+func panicSite() string {
+	pcs := make([]uintptr, 16)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)])
+	for {
+		fr, more := frames.Next()
+		if !strings.HasPrefix(fr.Function, "runtime.") {
+			return fmt.Sprintf("%s (%s:%d)", fr.Function, filepath.Base(fr.File), fr.Line)
+		}
+		if !more {
+			return "an unknown place"
+		}
+	}
 }
 
 type pipeReader struct {

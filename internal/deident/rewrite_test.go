@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stowline/stowline/internal/testharness"
@@ -223,5 +224,23 @@ func TestRewriteRefusesBurnedIn(t *testing.T) {
 		if want != nil && out.Len() > 0 {
 			t.Errorf("%s: %d bytes written before the refusal", name, out.Len())
 		}
+	}
+}
+
+// panickingFile panics as the rewrite reads it, as a parser bug would.
+type panickingFile struct{}
+
+func (panickingFile) Read([]byte) (int, error) { panic("a parser bug") }
+func (panickingFile) Close() error             { return nil }
+
+// A panic in Reader's rewrite runs in its own goroutine, where no
+// caller's recover reaches: it ended the process, and every study in
+// flight with it. It is the reader's error instead.
+func TestReaderPanicIsAnError(t *testing.T) {
+	rc := newTestDeidentifier(t, Options{}).Reader(panickingFile{})
+	defer rc.Close()
+	_, err := io.ReadAll(rc)
+	if !errors.Is(err, ErrPanicked) || !strings.Contains(err.Error(), "a parser bug") || !strings.Contains(err.Error(), "panickingFile.Read") {
+		t.Fatalf("err %v, want ErrPanicked with the value and where", err)
 	}
 }

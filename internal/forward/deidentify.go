@@ -154,6 +154,11 @@ func (r *refusingReader) Read(b []byte) (int, error) {
 			r.copies.WithLabelValues("written").Inc()
 		}
 	}
+	if errors.Is(err, deident.ErrPanicked) {
+		// A bug, not this instance's fault: the study is dead-lettered
+		// as a crash, with the panic, for a fixed version to replay.
+		return n, &Error{Class: Crash, Err: fmt.Errorf("de-identifying instance %s: %w", r.uid, err)}
+	}
 	if err != nil && err != io.EOF && refusal(err) {
 		what, result := "could not be de-identified", "refused"
 		if errors.Is(err, deident.ErrBurnedIn) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -220,6 +221,45 @@ func TestDeidentifiedRequestsWithinMaxBytes(t *testing.T) {
 		if n > budget {
 			t.Errorf("request %d: %d bytes of copies, over the %d STOW_MAX_BYTES leaves them", i, n, budget)
 		}
+	}
+}
+
+// panickingReads is a source whose files panic as they are read: the
+// de-identifier's rewrite reads them in a goroutine of its own.
+type panickingReads struct{ *memSource }
+
+func (panickingReads) OpenInstanceFile(context.Context, string) (io.ReadCloser, int64, error) {
+	return io.NopCloser(panickingReader{}), 1024, nil
+}
+
+type panickingReader struct{}
+
+func (panickingReader) Read([]byte) (int, error) { panic("a parser bug") }
+
+// A panic while de-identifying ended the process, with every study in
+// flight; it is the study's crash failure instead (dead-lettered at once,
+// with the panic).
+func TestDeidentifiedPanicIsACrash(t *testing.T) {
+	_, d := testDeidentifier(t)
+	k := &sink{}
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	client, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := Deidentified(client, d, DeidentifyOptions{Setting: "X"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := panickingReads{newMemSource(2)}
+	f := newForwarder(t, nil, srv.URL, nil, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.Destination = dst
+	})
+	_, err = f.transfer(t.Context(), &Attempt{Event: testEvent()})
+	if Classify(err) != Crash || !strings.Contains(err.Error(), "a parser bug") {
+		t.Fatalf("err %v (class %s), want a crash naming the panic", err, Classify(err))
 	}
 }
 
