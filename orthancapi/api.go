@@ -3,6 +3,7 @@ package orthancapi
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -136,6 +137,13 @@ func (c *Client) StudyInstances(ctx context.Context, studyID string) ([]Instance
 	for _, id := range unknownSeries {
 		var s seriesJSON
 		if err := c.getJSON(ctx, c.endpoint("series", id), &s); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				// The series came and went while the study was listed:
+				// the study is still there. Not ErrNotFound, which
+				// callers read as the study gone; listed again, the
+				// study is whole.
+				return nil, fmt.Errorf("series %s of study %s left Orthanc while the study was listed: %v", id, studyID, err)
+			}
 			return nil, err
 		}
 		seriesUID[id] = s.MainDicomTags.SeriesInstanceUID

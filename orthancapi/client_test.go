@@ -387,6 +387,19 @@ func TestStudyInstancesOrder(t *testing.T) {
 	}
 }
 
+// A series that arrived after the series list and left before its own
+// lookup (404) is no sign the study is gone: ErrNotFound would have the
+// forwarder dead-letter a study Orthanc still holds.
+func TestStudyInstancesSeriesGoneMeanwhile(t *testing.T) {
+	f, srv := newFake(t)
+	f.json("/studies/"+studyID+"/series", `[{"ID":"`+seriesA+`","MainDicomTags":{"SeriesInstanceUID":"1.2.9"}}]`)
+	f.json("/studies/"+studyID+"/instances", `[{"ID":"00000001-00000000-00000000-00000000-00000000","FileSize":1,"ParentSeries":"`+seriesB+`","MainDicomTags":{"SOPInstanceUID":"1.8.1"}}]`)
+	_, err := newClient(t, srv.URL).StudyInstances(context.Background(), studyID)
+	if err == nil || errors.Is(err, orthancapi.ErrNotFound) || !strings.Contains(err.Error(), seriesB) {
+		t.Fatalf("err %v, want an error naming series %s that is not ErrNotFound", err, seriesB)
+	}
+}
+
 func TestOpenInstanceFile(t *testing.T) {
 	const content = "DICM-ish content"
 	tests := []struct {
