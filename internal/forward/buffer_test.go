@@ -108,6 +108,25 @@ func TestAlreadyExistsOutsideConflictRulesKept(t *testing.T) {
 	}
 }
 
+// An answer naming, besides the request's instances, one of another
+// request stored in a non-primary image set: that one is not this
+// study's conflict to dead-letter.
+func TestNonPrimaryOfAnotherRequestIgnored(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		items := []string{`{"00081155":{"vr":"UI","Value":["9.9.9"]},"00081190":{"vr":"UR","Value":["https://dicom-medical-imaging.us-east-1.amazonaws.com/datastore/d/studies/9/series/9/instances/9.9.9?imageSetId=abc"]}}`}
+		for _, uid := range partUIDs(r) {
+			items = append(items, `{"00081155":{"vr":"UI","Value":["`+uid+`"]}}`)
+		}
+		w.Header().Set("Content-Type", "application/dicom+json")
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+	}))
+	t.Cleanup(srv.Close)
+	f := newForwarder(t, newMemSource(2), srv.URL, nil)
+	if rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err != nil || rep.Instances != 2 {
+		t.Fatalf("%d instances confirmed, err %v; want 2, nil", rep.Instances, err)
+	}
+}
+
 // A de-identifying destination's answer names the copies' UIDs; every
 // list of it, warnings too, is mapped back to the originals (a warning
 // left unmapped would not keep its instance in buffer mode).

@@ -765,10 +765,16 @@ func attributesNamed(comments []string) string {
 // stowline before is its own copy: already stored.
 func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report, ours, storedBefore func(string) bool) batchOutcome {
 	stored := make(map[string]bool, len(res.Stored))
+	sent := make(map[string]bool, len(batch))
+	for _, p := range batch {
+		sent[p.SOPInstanceUID] = true
+	}
 	var out batchOutcome
 	for _, in := range res.Stored {
 		stored[in.SOPInstanceUID] = true
-		if dicomweb.NonPrimary(in) {
+		// An instance of another request (a server answering for more
+		// than it was sent) is not this batch's to dead-letter.
+		if dicomweb.NonPrimary(in) && sent[in.SOPInstanceUID] {
 			out.nonPrimary = append(out.nonPrimary, Instance{SOPInstanceUID: in.SOPInstanceUID,
 				Text: "stored in a non-primary image set (AWS HealthImaging): reconcile it with the primary one"})
 			f.m.nonPrimary.Inc()
