@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -239,24 +240,17 @@ func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attemp
 	if errors.As(ferr, &fe) {
 		letter.Failures = fe.Instances
 	}
-	dlSeq, err := f.opts.DeadLetters.Add(ctx, letter)
-	if err != nil {
-		delay := f.policy.backoff(a.Number, nil)
-		log.Error("dead letter not stored; the study stays queued", "class", d.class, "err", err, "retry_in", delay.String())
-		return f.nakWithDelay(msg, delay, log)
-	}
-	trace.SpanFromContext(ctx).SetAttributes(tracing.DeadLetterSeq.Int64(int64(dlSeq)))
-	log.Error("study dead-lettered", "class", d.class, "err", ferr, "dead_letter_seq", dlSeq,
-		"failed_instances", len(letter.Failures)+letter.MoreFailures, "instances_stored", rep.Instances)
-	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (%s)", dlSeq, d.class)); err != nil {
-		log.Warn("terminate dead-lettered event", "err", err)
-	}
-	if f.opts.Failures != nil {
+	result := f.storeDeadLetter(ctx, msg, a, letter, lettering{
+		what: "study", tag: string(d.class), result: ResultDeadLettered,
+		why:  []any{"class", d.class},
+		more: []any{"err", ferr, "failed_instances", len(letter.Failures) + letter.MoreFailures, "instances_stored", rep.Instances},
+	}, log)
+	if result == ResultDeadLettered && f.opts.Failures != nil {
 		if err := f.opts.Failures.Forget(ctx, a.Seq); err != nil {
 			log.Warn("forget failure record", "err", err)
 		}
 	}
-	return ResultDeadLettered
+	return result
 }
 
 // undecodable dead-letters an event this build cannot read (a rollback
@@ -288,23 +282,40 @@ func (f *Forwarder) undecodable(ctx context.Context, msg jetstream.Msg, a *Attem
 		DeadLetteredAt: now,
 		Raw:            &RawEvent{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()},
 	}
-	dlSeq, err := f.opts.DeadLetters.Add(sctx, letter)
+	result := f.storeDeadLetter(sctx, msg, a, letter, lettering{
+		what: "undecodable event", tag: "undecodable", result: ResultUndecodable,
+		why:  []any{"undecodable", derr},
+		more: []any{"source", letter.Event.Source, "study_instance_uid", letter.Event.StudyInstanceUID},
+	}, log)
+	f.m.studies.WithLabelValues(string(result)).Inc()
+	recordOutcome(span, result, Permanent, Report{})
+}
+
+// lettering is what storeDeadLetter says of a letter: the subject of its
+// log lines, the tag of the event's termination reason, the result once
+// the letter is stored, the log attributes of every line (why) and those
+// of the line that says it is stored (more).
+type lettering struct {
+	what, tag string
+	result    Result
+	why, more []any
+}
+
+// storeDeadLetter stores letter and terminates msg's event; without its
+// letter stored, the event is NAKed and stays queued (ResultRetry).
+func (f *Forwarder) storeDeadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt, letter *DeadLetter, l lettering, log *slog.Logger) Result {
+	dlSeq, err := f.opts.DeadLetters.Add(ctx, letter)
 	if err != nil {
 		delay := f.policy.backoff(a.Number, nil)
-		log.Error("undecodable event: dead letter not stored; the event stays queued", "undecodable", derr, "err", err, "retry_in", delay.String())
-		result := f.nakWithDelay(msg, delay, log)
-		f.m.studies.WithLabelValues(string(result)).Inc()
-		recordOutcome(span, result, Permanent, Report{})
-		return
+		log.Error("dead letter not stored; the "+l.what+" stays queued", slices.Concat(l.why, []any{"err", err, "retry_in", delay.String()})...)
+		return f.nakWithDelay(msg, delay, log)
 	}
-	span.SetAttributes(tracing.DeadLetterSeq.Int64(int64(dlSeq)))
-	log.Error("undecodable event dead-lettered", "err", derr, "dead_letter_seq", dlSeq,
-		"source", letter.Event.Source, "study_instance_uid", letter.Event.StudyInstanceUID)
-	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (undecodable)", dlSeq)); err != nil {
+	trace.SpanFromContext(ctx).SetAttributes(tracing.DeadLetterSeq.Int64(int64(dlSeq)))
+	log.Error(l.what+" dead-lettered", slices.Concat(l.why, []any{"dead_letter_seq", dlSeq}, l.more)...)
+	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (%s)", dlSeq, l.tag)); err != nil {
 		log.Warn("terminate dead-lettered event", "err", err)
 	}
-	f.m.studies.WithLabelValues(string(ResultUndecodable)).Inc()
-	recordOutcome(span, ResultUndecodable, Permanent, Report{})
+	return l.result
 }
 
 // readable is what a dead letter can tell of an event that does not
