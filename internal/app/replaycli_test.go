@@ -98,7 +98,7 @@ func (r *replayRig) deadLetter(t *testing.T, i int, class forward.Class, reason 
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()
-	seq, err := r.store.Add(replayCtx(t), &forward.DeadLetter{
+	seq, _, err := r.store.Add(replayCtx(t), &forward.DeadLetter{
 		Event: ev, Class: class, Reason: reason, Attempts: 2,
 		Failures:     []forward.Instance{{SOPInstanceUID: "1.2.826.0.1.3680043.2.1143.99", FailureReason: 0xC000, Text: "cannot understand"}},
 		FirstFailure: now.Add(-time.Minute), LastFailure: now, DeadLetteredAt: now,

@@ -119,8 +119,10 @@ func NewStore(js jetstream.JetStream, stream jetstream.Stream) *Store {
 // Add stores a letter. It is idempotent per original event sequence
 // within the stream's dedupe window (EVENTS_DEDUPE_WINDOW: natsjs.Topology), so a
 // forwarder that dies between Add and terminating the original, or whose
-// Add was stored but not confirmed, does not leave two letters.
-func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) {
+// Add was stored but not confirmed, does not leave two letters: duplicate
+// reports a letter an earlier Add stored (JetStream's publish ack says
+// so), and seq is that letter's.
+func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (seq uint64, duplicate bool, err error) {
 	if len(l.LastResponse) > MaxResponseBytes {
 		l.LastResponse = l.LastResponse[:MaxResponseBytes] + "…"
 	}
@@ -147,11 +149,11 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 		data, err = json.Marshal(l)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("encode dead letter: %w", err)
+		return 0, false, fmt.Errorf("encode dead letter: %w", err)
 	}
 	sum, err := summaryHeader(l)
 	if err != nil {
-		return 0, fmt.Errorf("encode dead letter summary: %w", err)
+		return 0, false, fmt.Errorf("encode dead letter summary: %w", err)
 	}
 	dest := DestinationOf(l)
 	msg := &nats.Msg{Subject: natsjs.DeadLetterSubject(dest, l.Event.Source), Data: data, Header: nats.Header{}}
@@ -159,9 +161,9 @@ func (s *Store) Add(ctx context.Context, l *forward.DeadLetter) (uint64, error) 
 	msg.Header.Set(jetstream.MsgIDHeader, "dl/"+dest+"/"+strconv.FormatUint(l.OriginalSeq, 10)+"/"+l.Event.MsgID())
 	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(natsjs.DeadLetterStream))
 	if err != nil {
-		return 0, fmt.Errorf("store dead letter for study %s: %w", l.Event.OrthancStudyID, natsjs.StorageFull(err))
+		return 0, false, fmt.Errorf("store dead letter for study %s: %w", l.Event.OrthancStudyID, natsjs.StorageFull(err))
 	}
-	return ack.Sequence, nil
+	return ack.Sequence, ack.Duplicate, nil
 }
 
 func longFailureText(fi forward.Instance) bool {

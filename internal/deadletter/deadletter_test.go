@@ -134,7 +134,7 @@ func add(t *testing.T, s *deadletter.Store, letters ...*forward.DeadLetter) []ui
 	t.Helper()
 	seqs := make([]uint64, 0, len(letters))
 	for _, l := range letters {
-		seq, err := s.Add(testCtx(t), l)
+		seq, _, err := s.Add(testCtx(t), l)
 		if err != nil {
 			t.Fatalf("Add: %v", err)
 		}
@@ -256,7 +256,7 @@ func TestAddBoundsTheFailedInstances(t *testing.T) {
 				l.Failures = append(l.Failures, forward.Instance{SOPInstanceUID: fmt.Sprintf("1.2.826.0.1.3680043.8.498.%d", i), Text: tt.text})
 			}
 			given := slices.Clone(l.Failures)
-			seq, err := s.Add(testCtx(t), l)
+			seq, _, err := s.Add(testCtx(t), l)
 			if err != nil {
 				t.Fatalf("letter of %d failed instances not stored: %v", tt.instances, err)
 			}

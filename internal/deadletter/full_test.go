@@ -48,7 +48,7 @@ func TestWritesSayStorageFull(t *testing.T) {
 		write func(context.Context) error
 	}{
 		{"dead letter", func(ctx context.Context) error {
-			_, err := store.Add(ctx, &forward.DeadLetter{Event: *ev, Class: forward.Permanent, Reason: "HTTP 400", OriginalSeq: 1})
+			_, _, err := store.Add(ctx, &forward.DeadLetter{Event: *ev, Class: forward.Permanent, Reason: "HTTP 400", OriginalSeq: 1})
 			return err
 		}},
 		{"failure time", func(ctx context.Context) error { _, err := failures.Record(ctx, 1, time.Now()); return err }},

@@ -57,9 +57,11 @@ type SourceCleaner interface {
 	DeleteInstance(ctx context.Context, instanceID string) error
 }
 
-// DeadLetterStore keeps studies that could not be forwarded.
+// DeadLetterStore keeps studies that could not be forwarded. Add is
+// idempotent per event: duplicate reports a letter an earlier delivery
+// stored (its event's termination lost), seq being that letter's.
 type DeadLetterStore interface {
-	Add(ctx context.Context, l *DeadLetter) (uint64, error)
+	Add(ctx context.Context, l *DeadLetter) (seq uint64, duplicate bool, err error)
 }
 
 // FailureLog remembers when an event first and last failed, and which

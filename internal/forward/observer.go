@@ -47,6 +47,12 @@ const (
 	// forwarded before buffer mode deleted it; the event is acked. The
 	// forward itself was counted once already, as forwarded.
 	ResultAlreadyForwarded Result = "already_forwarded"
+	// ResultAlreadyDeadLettered: the event's dead letter was stored by
+	// an earlier delivery whose termination JetStream did not get (NATS
+	// lost at that moment); the event is terminated now. That delivery
+	// counted it (dead_lettered or undecodable; retry when it did not
+	// learn that its letter was stored).
+	ResultAlreadyDeadLettered Result = "already_dead_lettered"
 )
 
 // Observer is told what the forwarder does, as it happens. The status

@@ -23,11 +23,11 @@ type memDeadLetters struct {
 	letters []DeadLetter
 }
 
-func (m *memDeadLetters) Add(_ context.Context, l *DeadLetter) (uint64, error) {
+func (m *memDeadLetters) Add(_ context.Context, l *DeadLetter) (uint64, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.letters = append(m.letters, *l)
-	return uint64(len(m.letters)), nil
+	return uint64(len(m.letters)), false, nil
 }
 
 func (m *memDeadLetters) all() []DeadLetter {

@@ -245,7 +245,7 @@ func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attemp
 		why:  []any{"class", d.class},
 		more: []any{"err", ferr, "failed_instances", len(letter.Failures) + letter.MoreFailures, "instances_stored", rep.Instances},
 	}, log)
-	if result == ResultDeadLettered && f.opts.Failures != nil {
+	if result != ResultRetry && f.opts.Failures != nil {
 		if err := f.opts.Failures.Forget(ctx, a.Seq); err != nil {
 			log.Warn("forget failure record", "err", err)
 		}
@@ -302,20 +302,31 @@ type lettering struct {
 }
 
 // storeDeadLetter stores letter and terminates msg's event; without its
-// letter stored, the event is NAKed and stays queued (ResultRetry).
+// letter stored, the event is NAKed and stays queued (ResultRetry). A
+// letter an earlier delivery stored (its termination lost with NATS) is
+// ResultAlreadyDeadLettered: that delivery counted it already.
 func (f *Forwarder) storeDeadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt, letter *DeadLetter, l lettering, log *slog.Logger) Result {
-	dlSeq, err := f.opts.DeadLetters.Add(ctx, letter)
+	dlSeq, duplicate, err := f.opts.DeadLetters.Add(ctx, letter)
 	if err != nil {
 		delay := f.policy.backoff(a.Number, nil)
 		log.Error("dead letter not stored; the "+l.what+" stays queued", slices.Concat(l.why, []any{"err", err, "retry_in", delay.String()})...)
 		return f.nakWithDelay(msg, delay, log)
 	}
 	trace.SpanFromContext(ctx).SetAttributes(tracing.DeadLetterSeq.Int64(int64(dlSeq)))
-	log.Error(l.what+" dead-lettered", slices.Concat(l.why, []any{"dead_letter_seq", dlSeq}, l.more)...)
+	result := l.result
+	if duplicate {
+		result = ResultAlreadyDeadLettered
+		// Not why: this delivery's (past the deliveries, a "crash") is
+		// not the letter's.
+		log.Warn(l.what+" dead-lettered by an earlier delivery, whose termination JetStream did not get; the event is terminated now",
+			"dead_letter_seq", dlSeq)
+	} else {
+		log.Error(l.what+" dead-lettered", slices.Concat(l.why, []any{"dead_letter_seq", dlSeq}, l.more)...)
+	}
 	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (%s)", dlSeq, l.tag)); err != nil {
 		log.Warn("terminate dead-lettered event", "err", err)
 	}
-	return l.result
+	return result
 }
 
 // readable is what a dead letter can tell of an event that does not

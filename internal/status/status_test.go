@@ -77,7 +77,7 @@ func addDeadLetters(t *testing.T, js jetstream.JetStream, n int) *deadletter.Sto
 	}
 	for i := range n {
 		ev := event(100 + i)
-		if _, err := store.Add(ctx, &forward.DeadLetter{Event: *ev, Class: forward.Permanent, Reason: "HTTP 415",
+		if _, _, err := store.Add(ctx, &forward.DeadLetter{Event: *ev, Class: forward.Permanent, Reason: "HTTP 415",
 			Attempts: 1, OriginalSeq: uint64(1000 + i), DeadLetteredAt: time.Now().UTC()}); err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +121,7 @@ func twoDestinations(t *testing.T) *testnats.Server {
 	}
 	store := addDeadLetters(t, ns.JS, 1)
 	ev := event(200)
-	if _, err := store.Add(ctx, &forward.DeadLetter{Destination: "ai", Event: *ev, Class: forward.Permanent, Reason: "HTTP 400",
+	if _, _, err := store.Add(ctx, &forward.DeadLetter{Destination: "ai", Event: *ev, Class: forward.Permanent, Reason: "HTTP 400",
 		Attempts: 1, OriginalSeq: 3, DeadLetteredAt: time.Now().UTC()}); err != nil {
 		t.Fatal(err)
 	}
@@ -693,7 +693,7 @@ func TestRecentDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 400 {
-		ack, err := store.Add(ctx, &forward.DeadLetter{Event: *event(i), Class: forward.Transient, Reason: "HTTP 503",
+		ack, _, err := store.Add(ctx, &forward.DeadLetter{Event: *event(i), Class: forward.Transient, Reason: "HTTP 503",
 			Attempts: 1, OriginalSeq: uint64(5000 + i), DeadLetteredAt: time.Now().UTC()})
 		if err != nil {
 			t.Fatal(err)

@@ -388,7 +388,7 @@ func TestAdminListsDeadLettersInPages(t *testing.T) {
 		if i%2 == 0 {
 			l.Destination = "ai" // letters 2, 4, 6
 		}
-		if _, err := f.store.Add(t.Context(), l); err != nil {
+		if _, _, err := f.store.Add(t.Context(), l); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -474,7 +474,7 @@ func TestAdminReplayAnswerIsBounded(t *testing.T) {
 		ev := f.ev // one letter a study
 		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-539%05d", i)
 		l := &forward.DeadLetter{Event: ev, Class: forward.Permanent, Reason: "refused", Attempts: 1, DeadLetteredAt: time.Now().UTC()}
-		if _, err := f.store.Add(t.Context(), l); err != nil {
+		if _, _, err := f.store.Add(t.Context(), l); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -52,7 +52,7 @@ func start(t *testing.T) *fixture {
 	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
 		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.826.0.1.3680043.2.1125.1",
 		LastUpdate: "20261126T101500", ReceivedAt: time.Now().UTC()}
-	if _, err := store.Add(ctx, &forward.DeadLetter{Event: ev, Class: forward.Permanent, Reason: "STOW-RS request 1: HTTP 415 <script>alert(1)</script>",
+	if _, _, err := store.Add(ctx, &forward.DeadLetter{Event: ev, Class: forward.Permanent, Reason: "STOW-RS request 1: HTTP 415 <script>alert(1)</script>",
 		Attempts: 1, OriginalSeq: 7, DeadLetteredAt: time.Now().UTC()}); err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +308,7 @@ func TestDestinations(t *testing.T) {
 	}
 	aiLetter := f.ev
 	aiLetter.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.99"
-	if _, err := f.store.Add(ctx, &forward.DeadLetter{Destination: "ai", Event: aiLetter, Class: forward.Permanent,
+	if _, _, err := f.store.Add(ctx, &forward.DeadLetter{Destination: "ai", Event: aiLetter, Class: forward.Permanent,
 		Reason: "HTTP 400", Attempts: 1, OriginalSeq: 9, DeadLetteredAt: time.Now().UTC()}); err != nil {
 		t.Fatal(err)
 	}
@@ -575,7 +575,7 @@ func TestMoreDeadLettersPointsToWhatListsThemAll(t *testing.T) {
 	f := start(t) // dead letter 1
 	ctx := t.Context()
 	for i := range 50 {
-		if _, err := f.store.Add(ctx, &forward.DeadLetter{Event: f.ev, Class: forward.Permanent, Reason: fmt.Sprintf("HTTP 415 (%d)", i),
+		if _, _, err := f.store.Add(ctx, &forward.DeadLetter{Event: f.ev, Class: forward.Permanent, Reason: fmt.Sprintf("HTTP 415 (%d)", i),
 			Attempts: 1, OriginalSeq: uint64(10 + i), DeadLetteredAt: time.Now().UTC()}); err != nil {
 			t.Fatal(err)
 		}
@@ -767,7 +767,7 @@ func TestPageReadsDeadLetterSummariesOnly(t *testing.T) {
 		ev := f.ev
 		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-539%05d", i)
 		ev.StudyInstanceUID = fmt.Sprintf("1.2.826.0.1.3680043.2.1125.9%d", i)
-		if _, err := f.store.Add(t.Context(), &forward.DeadLetter{Event: ev, Class: forward.Partial, Reason: "1000 instances refused (0xA700)",
+		if _, _, err := f.store.Add(t.Context(), &forward.DeadLetter{Event: ev, Class: forward.Partial, Reason: "1000 instances refused (0xA700)",
 			Attempts: 3, Failures: failures, DeadLetteredAt: time.Now().UTC()}); err != nil {
 			t.Fatal(err)
 		}

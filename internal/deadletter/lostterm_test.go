@@ -1,0 +1,164 @@
+package deadletter_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+// An event whose dead letter was stored but whose termination JetStream
+// did not get (NATS lost at that moment) comes back; its letter is not
+// stored twice (the store's dedupe), and the study is not counted twice
+// either: the redelivery counts already_dead_lettered, not a second
+// undecodable or dead_lettered.
+func TestLetterOfALostTerminationCountedOnce(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		publish func(ctx context.Context, js jetstream.JetStream) error
+		first   string // the result of the delivery that stored the letter
+	}{
+		{"undecodable event", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.PublishMsg(ctx, &nats.Msg{Subject: natsjs.EventSubject("orthanc-a"), Data: []byte("not an event")})
+			return err
+		}, "undecodable"},
+		// FORWARDER_MAX_DELIVERIES 1: its first failure dead-letters it,
+		// its redelivery is past the limit.
+		{"study", func(ctx context.Context, js jetstream.JetStream) error {
+			ev := event("orthanc-a", 1)
+			_, err := (natsjs.Publisher{JS: js}).Publish(ctx, &ev)
+			return err
+		}, "dead_lettered"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			store, ns := newStore(t)
+			ctx := testCtx(t)
+			topo := natsjs.DefaultTopology()
+			topo.AckWait = 3 * time.Second // the lost termination's redelivery
+			cons, err := topo.EnsureConsumer(ctx, ns.JS, natsjs.DefaultDestination)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lossy := &lostTermConsumer{Consumer: cons}
+			lossy.lose.Store(true)
+			stow, err := dicomweb.New("http://127.0.0.1:9/dicom-web", nil) // never reached: no source answers
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg := prometheus.NewRegistry()
+			f, err := forward.New(forward.Options{
+				DestinationName: natsjs.DefaultDestination,
+				Consumer:        lossy,
+				SourceFor:       func(string) (forward.Source, error) { return nil, errors.New("no such source") },
+				Destination:     stow,
+				Concurrency:     1,
+				MaxInstances:    1,
+				MaxBytes:        1 << 20,
+				AckWait:         topo.AckWait,
+				RetryDelay:      time.Second,
+				RetryMaxDelay:   time.Second,
+				ShutdownGrace:   200 * time.Millisecond,
+				DeadLetters:     store,
+				MaxDeliveries:   1,
+				Registerer:      reg,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.publish(ctx, ns.JS); err != nil {
+				t.Fatal(err)
+			}
+			runCtx, stop := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- f.Run(runCtx) }()
+			// Settled by the second delivery: its termination arrives.
+			for {
+				info, err := cons.Info(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if info.AckFloor.Stream == 1 && info.NumAckPending == 0 && info.NumPending == 0 {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatalf("the event was not settled: %+v", info)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			stop()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if lossy.lose.Load() {
+				t.Fatal("no termination was lost")
+			}
+
+			letters, err := store.List(ctx, deadletter.Filter{All: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(letters) != 1 {
+				t.Errorf("%d dead letters, want 1", len(letters))
+			}
+			got := studies(t, reg)
+			want := map[string]float64{tt.first: 1, "already_dead_lettered": 1}
+			for _, r := range []string{"undecodable", "dead_lettered", "already_dead_lettered", "retry"} {
+				if got[r] != want[r] {
+					t.Errorf("studies_total{result=%q} = %v, want %v (all: %v)", r, got[r], want[r], got)
+				}
+			}
+		})
+	}
+}
+
+// lostTermConsumer hands out deliveries whose termination is lost, as
+// with NATS lost at that moment, while lose is set: the first only.
+type lostTermConsumer struct {
+	jetstream.Consumer
+	lose atomic.Bool
+}
+
+func (c *lostTermConsumer) Next(opts ...jetstream.FetchOpt) (jetstream.Msg, error) {
+	m, err := c.Consumer.Next(opts...)
+	if err == nil && c.lose.CompareAndSwap(true, false) {
+		return lostTerm{m}, nil
+	}
+	return m, err
+}
+
+type lostTerm struct{ jetstream.Msg }
+
+func (lostTerm) TermWithReason(string) error { return nats.ErrConnectionClosed }
+
+// studies reads stowline_forwarder_studies_total by result from reg.
+func studies(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range families {
+		if mf.GetName() != "stowline_forwarder_studies_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" {
+					out[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
