@@ -40,14 +40,6 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	switch d.action {
 	case ack:
 		result, recorded = f.ack(sctx, msg, a, rep, elapsed, log)
-		switch {
-		case result == ResultForwarded && rep.NotSelected:
-			result = ResultNotSelected
-		case result == ResultForwarded && rep.forwardedBefore:
-			// The event that carried the study was counted forwarded:
-			// counted again, dashboards would show the study twice.
-			result = ResultAlreadyForwarded
-		}
 	case giveBack:
 		handBack(msg, f.opts.Connected, rep, log)
 		result = ResultInterrupted
@@ -85,7 +77,9 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 }
 
 // ack acks the event of a study done and records the forward in the
-// destination's ledger; recorded reports that the ledger holds it.
+// destination's ledger; recorded reports that the ledger holds it. The
+// result is the attempt's: forwarded, not_selected or already_forwarded,
+// and ack_failed for any of them whose ack was not confirmed.
 func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) (result Result, recorded bool) {
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is. What was sent is recorded by now
@@ -101,14 +95,20 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		// audit would report the study missing, buffer mode would keep it.
 		return ResultAckFailed, f.recordCompletion(ctx, a.Event, rep, log)
 	}
+	result = ResultForwarded
 	switch {
 	case rep.forwardedBefore:
+		// The event that carried the study was counted forwarded:
+		// counted again, dashboards would show the study twice.
+		result = ResultAlreadyForwarded
 		log.Info("study no longer in the source: the destination's ledger holds this state of it or a newer one, " +
 			"forwarded before buffer mode deleted it; the event is done")
 	case rep.deletedNotSelected:
+		result = ResultNotSelected
 		log.Info("study not forwarded: no longer in the source, deleted by buffer mode once the destinations whose rules select it stored it; " +
 			"the destination's ledger records that its rules selected none of it")
 	case rep.NotSelected:
+		result = ResultNotSelected
 		log.Info("study not forwarded: the destination's rules select none of it")
 	default:
 		f.m.duration.Observe(elapsed.Seconds())
@@ -125,7 +125,7 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 			log.Warn("forget failure record", "err", err)
 		}
 	}
-	return ResultForwarded, f.recordCompletion(ctx, a.Event, rep, log)
+	return result, f.recordCompletion(ctx, a.Event, rep, log)
 }
 
 // recordCompletion records the destination's completed forward of ev
