@@ -396,8 +396,7 @@ func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg,
 		return nil, "", nil
 	}
 	f.pullAnswered(l)
-	f.queueAge(l.Priority, m)
-	return m, l.Priority, f.started(l.Priority, m, release)
+	return m, l.Priority, f.pulled(l.Priority, m, release)
 }
 
 // takeWaiting takes the event waiting first in lanes, in their order,
@@ -409,15 +408,26 @@ func (f *Forwarder) takeWaiting(ctx context.Context, lanes []Lane) (msg jetstrea
 			continue
 		}
 		if msg := f.pullNoWait(ctx, l); msg != nil {
-			f.queueAge(l.Priority, msg)
-			return msg, l.Priority, f.started(l.Priority, msg, release)
+			return msg, l.Priority, f.pulled(l.Priority, msg, release)
 		}
 		release()
 	}
 	return nil, "", nil
 }
 
-// queueAge records how long msg waited in the stream before this pull.
+// pulled counts msg, pulled from lane, and its age (queueAge, started,
+// from its metadata read once), and returns what ends it.
+func (f *Forwarder) pulled(lane events.Priority, msg jetstream.Msg, release func()) func() {
+	meta, err := msg.Metadata()
+	if err != nil {
+		meta = nil // a reply subject that is not JetStream's: no age
+	}
+	f.queueAge(lane, meta)
+	return f.started(lane, meta, release)
+}
+
+// queueAge records how long the event of meta (nil: unknown) waited in
+// the stream before this pull.
 // JetStream deletes an event EVENTS_RETENTION after it was stored,
 // forwarded or not, with no dead letter and no trace: a backlog the
 // destination's uplink takes longer than that to send (a backfill of a
@@ -426,9 +436,8 @@ func (f *Forwarder) takeWaiting(ctx context.Context, lanes []Lane) (msg jetstrea
 // how close the backlog is to that; past three quarters of the retention
 // it is warned about (an hour apart per lane) and alerted on
 // (deploy/alerts.yml, StowlineEventsNearRetention).
-func (f *Forwarder) queueAge(lane events.Priority, msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
+func (f *Forwarder) queueAge(lane events.Priority, meta *jetstream.MsgMetadata) {
+	if meta == nil {
 		return
 	}
 	age := max(f.plan.now().Sub(meta.Timestamp), 0)
@@ -528,14 +537,15 @@ func (f *Forwarder) pullAnswered(l Lane) {
 }
 
 // started counts an event pulled from lane, and in hand for the lane's
-// age until settled, and returns what ends it. A study parked meanwhile
-// stays in hand for the age (park retains it) after its worker is done.
-func (f *Forwarder) started(lane events.Priority, msg jetstream.Msg, release func()) func() {
+// age until settled (meta nil: not), and returns what ends it. A study
+// parked meanwhile stays in hand for the age (park retains it) after its
+// worker is done.
+func (f *Forwarder) started(lane events.Priority, meta *jetstream.MsgMetadata, release func()) func() {
 	f.m.lanePulls.WithLabelValues(string(lane)).Inc()
 	busy := f.m.laneBusy.WithLabelValues(string(lane))
 	busy.Inc()
 	unhold := func() {}
-	if meta, err := msg.Metadata(); err == nil {
+	if meta != nil {
 		unhold = f.m.laneAge.hold(lane, meta.Sequence.Stream, meta.Timestamp)
 	}
 	return func() { busy.Dec(); release(); unhold() }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -179,5 +180,28 @@ func TestElsewhere(t *testing.T) {
 	}
 	if (&lanePlan{}).elsewhere(events.PriorityRoutine, "stowline.dest.default.a") {
 		t.Error("a plan without filters (one consumer, no lanes) sent an event elsewhere")
+	}
+}
+
+// countedMetadata is a delivery that counts the reads of its metadata.
+type countedMetadata struct {
+	jetstream.Msg
+	meta  *jetstream.MsgMetadata
+	reads int
+}
+
+func (m *countedMetadata) Metadata() (*jetstream.MsgMetadata, error) {
+	m.reads++
+	return m.meta, nil
+}
+
+// A pulled event's metadata is parsed once, for its age in the stream
+// and its hold on the lane's age both.
+func TestPulledReadsMetadataOnce(t *testing.T) {
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil)
+	m := &countedMetadata{meta: &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: 7}, Timestamp: time.Now()}}
+	f.pulled(events.PriorityRoutine, m, func() {})()
+	if m.reads != 1 {
+		t.Errorf("metadata read %d times, want once", m.reads)
 	}
 }
