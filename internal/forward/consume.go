@@ -350,11 +350,7 @@ func keepAlive(msg jetstream.Msg, interval time.Duration, connected func() bool,
 			case <-done:
 				return
 			case <-t.C:
-				err := msg.InProgress()
-				if err == nil && connected != nil && !connected() {
-					err = errNATSUnreachable
-				}
-				if err != nil {
+				if err := signalInProgress(msg, connected); err != nil {
 					if n, ok := failures.Failed(); ok {
 						log.Warn("in-progress signal failed", "err", err, "failures", n)
 					}
@@ -365,6 +361,18 @@ func keepAlive(msg jetstream.Msg, interval time.Duration, connected func() bool,
 		}
 	})
 	return func() { close(done); wg.Wait() }
+}
+
+// signalInProgress tells JetStream that msg is still being worked on;
+// one only buffered while the client reconnects fails (keepAlive).
+func signalInProgress(msg jetstream.Msg, connected func() bool) error {
+	if err := msg.InProgress(); err != nil {
+		return err
+	}
+	if connected != nil && !connected() {
+		return errNATSUnreachable
+	}
+	return nil
 }
 
 // errNATSUnreachable: a signal or NAK went to the client's reconnect

@@ -220,11 +220,7 @@ func (f *Forwarder) signalParked(source string, failures *repeatlog.Failures) {
 	f.parking.mu.Unlock()
 	var failed error
 	for _, p := range list {
-		err := p.msg.InProgress()
-		if err == nil && f.opts.Connected != nil && !f.opts.Connected() {
-			err = errNATSUnreachable
-		}
-		if err != nil {
+		if err := signalInProgress(p.msg, f.opts.Connected); err != nil {
 			failed = err
 			continue
 		}
@@ -282,10 +278,7 @@ func (f *Forwarder) unpark(source string, shutdown bool) {
 			waiting = false
 		case <-signals.C:
 			for _, p := range list {
-				// As signalParked: a signal while NATS is unreachable is
-				// only buffered, and counts for nothing.
-				if time.Since(p.signalled) <= f.opts.AckWait && p.msg.InProgress() == nil &&
-					(f.opts.Connected == nil || f.opts.Connected()) {
+				if time.Since(p.signalled) <= f.opts.AckWait && signalInProgress(p.msg, f.opts.Connected) == nil {
 					p.signalled = time.Now()
 				}
 			}
