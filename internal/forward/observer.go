@@ -33,8 +33,10 @@ const (
 	ResultDeadLettered Result = "dead_lettered"
 	// ResultInterrupted: shutdown returned it to the queue.
 	ResultInterrupted Result = "interrupted"
-	// ResultAckFailed: stored, but JetStream did not confirm the ack; it
-	// will be delivered again (and found already stored).
+	// ResultAckFailed: done (stored, not selected or already forwarded),
+	// but JetStream did not confirm the ack. If the ack was lost, the
+	// event comes again: forwarded (found stored) or, once buffer mode
+	// deleted the study, already_forwarded.
 	ResultAckFailed Result = "ack_failed"
 	// ResultUndecodable: the event could not be read; it is dead-lettered
 	// as stored (DeadLetter.Raw), then terminated.
@@ -45,7 +47,8 @@ const (
 	// ResultAlreadyForwarded: the study is no longer in the source and
 	// the destination's ledger holds this state of it or a newer one,
 	// forwarded before buffer mode deleted it; the event is acked. The
-	// forward itself was counted once already, as forwarded.
+	// forward itself was counted once already, as forwarded (ack_failed
+	// when that event's ack was not confirmed).
 	ResultAlreadyForwarded Result = "already_forwarded"
 	// ResultAlreadyDeadLettered: the event's dead letter was stored by
 	// an earlier delivery whose termination JetStream did not get (NATS

@@ -2,9 +2,18 @@ package forward
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // confirmedAck is a delivery whose ack JetStream confirms.
@@ -33,6 +42,75 @@ func TestAckResult(t *testing.T) {
 			}
 			if got, _ := f.ack(t.Context(), unconfirmedAck{}, a, tt.rep, 0, f.log); got != ResultAckFailed {
 				t.Errorf("unconfirmed ack: result %s, want %s", got, ResultAckFailed)
+			}
+		})
+	}
+}
+
+// deletedSource is a source whose study is gone (404) once buffer mode
+// deleted any of it.
+type deletedSource struct {
+	*memSource
+	cleaner *memCleaner
+}
+
+func (s deletedSource) StudyInstances(ctx context.Context, id string) ([]orthancapi.Instance, error) {
+	if len(s.cleaner.deleted) > 0 {
+		return nil, &orthancapi.Error{Method: http.MethodGet, Path: "/studies/" + id + "/instances", StatusCode: http.StatusNotFound}
+	}
+	return s.memSource.StudyInstances(ctx, id)
+}
+
+// What studies_total shows for a study stored whose ack JetStream did not
+// confirm (docs/metrics.md, ack_failed): ack_failed, and then nothing
+// more if the ack arrived; forwarded if it did not and the study is
+// still in the source (sent again, found stored); already_forwarded if
+// buffer mode deleted it. Never forwarded once buffer mode deleted it.
+func TestUnconfirmedAckCounts(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		arrived bool // the ack arrived, its confirmation lost
+		buffer  bool // buffer mode
+		want    map[Result]float64
+	}{
+		{"ack arrived", true, true, map[Result]float64{ResultAckFailed: 1}},
+		{"ack lost, study kept", false, false, map[Result]float64{ResultAckFailed: 1, ResultForwarded: 1}},
+		{"ack lost, study deleted by buffer mode", false, true, map[Result]float64{ResultAckFailed: 1, ResultAlreadyForwarded: 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			srv := httptest.NewServer(dest)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns) // a lost ack comes back after its 3 s ack wait
+			ev := testEvent()
+			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
+			src := deletedSource{memSource: newMemSource(2), cleaner: cleaner}
+			var recorded atomic.Bool // the destination's ledger
+			f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+				o.SourceFor = func(string) (Source, error) { return src, nil }
+				o.Completed = func(context.Context, *events.StudyStable, Completion) error { recorded.Store(true); return nil }
+				o.Forwarded = func(context.Context, *events.StudyStable) (bool, error) { return recorded.Load(), nil }
+				if tt.buffer {
+					o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+				}
+			})
+			msg := deliverOne(t, ns, cons, ev)
+			if tt.arrived {
+				f.handle(t.Context(), arrivedAck{msg})
+			} else {
+				f.handle(t.Context(), unconfirmedAck{msg})
+				again, err := cons.Next(jetstream.FetchMaxWait(15 * time.Second))
+				if err != nil {
+					t.Fatalf("the event whose ack was lost was not delivered again: %v", err)
+				}
+				f.handle(t.Context(), again)
+			}
+			waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+			for _, r := range []Result{ResultForwarded, ResultAckFailed, ResultAlreadyForwarded, ResultRetry} {
+				if got := testutil.ToFloat64(f.m.studies.WithLabelValues(string(r))); got != tt.want[r] {
+					t.Errorf("studies_total{result=%q} = %v, want %v", r, got, tt.want[r])
+				}
 			}
 		})
 	}
