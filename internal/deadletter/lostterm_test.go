@@ -24,21 +24,22 @@ import (
 // undecodable or dead_lettered.
 func TestLetterOfALostTerminationCountedOnce(t *testing.T) {
 	for _, tt := range []struct {
-		name    string
-		publish func(ctx context.Context, js jetstream.JetStream) error
-		first   string // the result of the delivery that stored the letter
+		name     string
+		publish  func(ctx context.Context, js jetstream.JetStream) error
+		first    string  // the result of the delivery that stored the letter
+		failures float64 // failures_total: the undecodable event's is none
 	}{
 		{"undecodable event", func(ctx context.Context, js jetstream.JetStream) error {
 			_, err := js.PublishMsg(ctx, &nats.Msg{Subject: natsjs.EventSubject("orthanc-a"), Data: []byte("not an event")})
 			return err
-		}, "undecodable"},
+		}, "undecodable", 0},
 		// FORWARDER_MAX_DELIVERIES 1: its first failure dead-letters it,
 		// its redelivery is past the limit.
 		{"study", func(ctx context.Context, js jetstream.JetStream) error {
 			ev := event("orthanc-a", 1)
 			_, err := (natsjs.Publisher{JS: js}).Publish(ctx, &ev)
 			return err
-		}, "dead_lettered"},
+		}, "dead_lettered", 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			store, ns := newStore(t)
@@ -110,12 +111,25 @@ func TestLetterOfALostTerminationCountedOnce(t *testing.T) {
 			if len(letters) != 1 {
 				t.Errorf("%d dead letters, want 1", len(letters))
 			}
-			got := studies(t, reg)
+			got := counts(t, reg, "stowline_forwarder_studies_total", "result")
 			want := map[string]float64{tt.first: 1, "already_dead_lettered": 1}
 			for _, r := range []string{"undecodable", "dead_lettered", "already_dead_lettered", "retry"} {
 				if got[r] != want[r] {
 					t.Errorf("studies_total{result=%q} = %v, want %v (all: %v)", r, got[r], want[r], got)
 				}
+			}
+			// The redelivery past FORWARDER_MAX_DELIVERIES is no crash:
+			// the study's one failure is counted once.
+			failures := counts(t, reg, "stowline_forwarder_failures_total", "class")
+			if n := failures[string(forward.Crash)]; n != 0 {
+				t.Errorf("failures_total{class=crash} = %v, want 0 (all: %v)", n, failures)
+			}
+			sum := 0.0
+			for _, n := range failures {
+				sum += n
+			}
+			if sum != tt.failures {
+				t.Errorf("failures_total = %v, want %v (all: %v)", sum, tt.failures, failures)
 			}
 		})
 	}
@@ -140,8 +154,8 @@ type lostTerm struct{ jetstream.Msg }
 
 func (lostTerm) TermWithReason(string) error { return nats.ErrConnectionClosed }
 
-// studies reads stowline_forwarder_studies_total by result from reg.
-func studies(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+// counts reads the counter name from reg by its label label.
+func counts(t *testing.T, reg *prometheus.Registry, name, label string) map[string]float64 {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
@@ -149,12 +163,12 @@ func studies(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for _, mf := range families {
-		if mf.GetName() != "stowline_forwarder_studies_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" {
+				if l.GetName() == label {
 					out[l.GetValue()] = m.GetCounter().GetValue()
 				}
 			}

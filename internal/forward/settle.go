@@ -50,8 +50,13 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 			"instances_sent", rep.Instances, "duration_ms", elapsed.Milliseconds())
 		result = f.nakWithDelay(msg, d.delay, log)
 	case deadLetter:
-		f.m.failures.WithLabelValues(string(d.class)).Inc()
 		result = f.deadLetter(sctx, msg, a, d, rep, ferr, log)
+		// A letter stored already: the delivery that stored it counted
+		// the failure. This one only came as its termination was lost
+		// (past the deliveries, it would read as a crash).
+		if result != ResultAlreadyDeadLettered {
+			f.m.failures.WithLabelValues(string(d.class)).Inc()
+		}
 	}
 	// What the attempt stored and its last write to the failure log did
 	// not take (NATS unreachable) is written again, whatever the outcome:
