@@ -1,11 +1,8 @@
 package forward
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"time"
 
@@ -109,17 +106,11 @@ func Classify(err error) Class {
 		}
 		return Permanent
 	}
-	switch {
-	case errors.Is(err, dicomweb.ErrRedirected), errors.Is(err, dicomweb.ErrInvalidBaseURL),
-		errors.Is(err, orthancapi.ErrInvalidID), errors.Is(err, auth.ErrInvalidConfig):
+	if errors.Is(err, dicomweb.ErrRedirected) || errors.Is(err, dicomweb.ErrInvalidBaseURL) ||
+		errors.Is(err, orthancapi.ErrInvalidID) || errors.Is(err, auth.ErrInvalidConfig) {
 		return Permanent
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.ErrUnexpectedEOF):
-		return Transient
 	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return Transient
-	}
+	// The rest, network errors, timeouts and a cut body among them.
 	return Transient
 }
 
