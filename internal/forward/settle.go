@@ -271,7 +271,9 @@ func (f *Forwarder) undecodable(ctx context.Context, msg jetstream.Msg, a *Attem
 	log := f.log.With("subject", msg.Subject(), "stream_seq", a.Seq, "attempt", a.Number)
 	if f.opts.DeadLetters == nil {
 		log.Error("undecodable event given back: no dead-letter store to keep it", "err", derr, "retry_in", newerVersionDelay.String())
-		f.m.studies.WithLabelValues(string(f.nakWithDelay(msg, newerVersionDelay, log))).Inc()
+		result := f.nakWithDelay(msg, newerVersionDelay, log)
+		f.m.studies.WithLabelValues(string(result)).Inc()
+		recordOutcome(span, result, Permanent, Report{})
 		return
 	}
 	now := time.Now().UTC()

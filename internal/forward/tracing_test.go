@@ -14,6 +14,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // sameParts is a destination that checks it is handed the caller's parts
@@ -141,5 +142,48 @@ func TestSpanStatusByResult(t *testing.T) {
 		if failed := rec.Ended()[0].Status().Code == codes.Error; failed != tt.failed {
 			t.Errorf("%s: span status error %v, want %v", tt.result, failed, tt.failed)
 		}
+	}
+}
+
+// The span of an undecodable event says how it ended, whether a
+// dead-letter store kept it or it was given back without one.
+func TestTraceOfAnUndecodableEvent(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		store DeadLetterStore
+		want  Result
+	}{
+		{"dead-lettered", &memDeadLetters{}, ResultUndecodable},
+		{"given back without a dead-letter store", nil, ResultRetry},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := tracetest.NewSpanRecorder()
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+			deliverRaw(t, []byte(`{"type":"something.else"}`), func(o *Options) {
+				o.TracerProvider = tp
+				o.DeadLetters = tt.store
+			})
+			deadline := time.Now().Add(15 * time.Second)
+			for !hasSpan(rec, "forward study") {
+				if time.Now().After(deadline) {
+					t.Fatal("no attempt ended")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			for _, s := range rec.Ended() {
+				if s.Name() != "forward study" {
+					continue
+				}
+				var got string
+				for _, a := range s.Attributes() {
+					if a.Key == tracing.Result {
+						got = a.Value.AsString()
+					}
+				}
+				if got != string(tt.want) || s.Status().Code != codes.Error {
+					t.Errorf("span result %q, status %v; want %q, error", got, s.Status().Code, tt.want)
+				}
+			}
+		})
 	}
 }
