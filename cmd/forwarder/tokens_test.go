@@ -308,35 +308,57 @@ func TestIdentityProviderDown(t *testing.T) {
 	r.assertIdentical(t)
 }
 
-// TestWrongSecret: a refused client secret is a permanent failure: the
-// study is dead-lettered at once with a reason naming the provider and
-// quoting the IdP, and the secret is in neither the reason nor the log.
+// TestWrongSecret: a client secret the token endpoint refuses (one that
+// expired) refuses every study alike. It dead-lettered each at once, the
+// whole queue to replay; now the destination counts as down: its breaker
+// opens and holds the study, no delivery spent, and once the secret file
+// holds the new secret the next probe gets a token and the study is
+// stored. The secret is in no log.
 func TestWrongSecret(t *testing.T) {
 	t.Parallel()
 	idp := testidp.Start(t, testidp.WithClient(tokenClientID, tokenSecret))
 	r := newRig(t)
 	gate := idp.Gate(t, r.proxy.URL)
-	study := r.addStudy(t, 3, 16)
+	const instances = 3
+	study := r.addStudy(t, instances, 16)
 	const wrong = "not-the-secret-9876543210"
-	logs := r.startLoggedForwarder(t, authEnv(idp, gate.URL+"/dicom-web", wrong, nil))
+	secretFile := filepath.Join(t.TempDir(), "client-secret")
+	if err := os.WriteFile(secretFile, []byte(wrong+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := authEnv(idp, gate.URL+"/dicom-web", "", map[string]string{
+		"OAUTH_CLIENT_SECRET_FILE":    secretFile,
+		"STOW_BREAKER_FAILURES":       "1",
+		"STOW_BREAKER_PROBE_INTERVAL": "1s",
+		// Probes every second or two: the fixed secret is found soon.
+		"STOW_BREAKER_MAX_PROBE_INTERVAL": "2s",
+	})
+	delete(env, "OAUTH_CLIENT_SECRET")
+	logs := r.startLoggedForwarder(t, env)
 	r.publish(t, study)
 
-	entries := waitDeadLetters(t, r.deadLetters(t), 1, 30*time.Second)
-	e := entries[0]
-	t.Logf("dead letter: class %s, attempts %d, reason %q", e.Class, e.Attempts, e.Reason)
-	if e.Class != forward.Permanent || e.Attempts != 1 {
-		t.Errorf("class %s after %d attempts, want permanent after 1", e.Class, e.Attempts)
-	}
-	for _, want := range []string{"generic token endpoint", idp.TokenURL, "401", "invalid_client"} {
-		if !strings.Contains(e.Reason, want) {
-			t.Errorf("reason lacks %q", want)
-		}
-	}
+	testharness.WaitFor(t, "the breaker to open on the refused secret", 30*time.Second, func() bool {
+		return r.metric(t, "stowline_forwarder_breaker_state", `destination="default"`) == 2
+	})
 	if r.proxy.STOWRequests() != 0 || gate.Accepted()+gate.Rejected() != 0 {
 		t.Error("a request went to the destination without a token")
 	}
-	if strings.Contains(e.Reason, wrong) || strings.Contains(logs.String(), wrong) {
-		t.Error("the secret is in the dead letter or the log")
+	r.noDeadLetters(t)
+
+	// As a Kubernetes Secret volume does: the new file replaces the old.
+	next := secretFile + ".new"
+	if err := os.WriteFile(next, []byte(tokenSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, secretFile); err != nil {
+		t.Fatal(err)
+	}
+	r.waitDest(t, instances, time.Minute)
+	r.waitQueueEmpty(t, 30*time.Second)
+	r.noDeadLetters(t)
+	r.assertIdentical(t)
+	if !strings.Contains(logs.String(), "invalid_client") || strings.Contains(logs.String(), wrong) {
+		t.Error("the log should name invalid_client and not hold the secret")
 	}
 }
 

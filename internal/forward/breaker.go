@@ -92,7 +92,7 @@ func DestinationDown(err error) bool {
 	}
 	var te *auth.TokenError
 	if errors.As(err, &te) {
-		return Classify(te) == Transient
+		return true // unreachable, failing or refusing the credentials
 	}
 	var he *dicomweb.HTTPError
 	if errors.As(err, &he) {

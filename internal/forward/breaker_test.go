@@ -44,7 +44,7 @@ func TestDestinationDown(t *testing.T) {
 		{"401 after refresh", &dicomweb.HTTPError{StatusCode: 401}, false},
 		{"token endpoint 503", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &auth.TokenError{StatusCode: 503, Err: errors.New("unavailable")}}), true},
 		{"token endpoint unreachable", &auth.TokenError{Err: refused}, true},
-		{"token refused (401)", dicomwebNoAnswer(&auth.TokenError{StatusCode: 401, Err: errors.New("invalid_client")}), false},
+		{"token refused (401: a secret expired)", dicomwebNoAnswer(&auth.TokenError{StatusCode: 401, Err: errors.New("invalid_client")}), true},
 		{"200 that is not DICOMweb (a proxy's page)", fmt.Errorf("STOW-RS request 1: %w", notDICOMwebAnswer(t)), true},
 		{"partial", &Error{Class: Partial, Err: errors.New("2 refused")}, false},
 		{"conflict", &Error{Class: Conflict, Err: errors.New("other content")}, false},

@@ -83,14 +83,14 @@ func Classify(err error) Class {
 	}
 	var te *auth.TokenError
 	if errors.As(err, &te) {
-		if te.Temporary() {
-			return Transient
-		}
-		// A token endpoint that answers 4xx refuses the credentials:
-		// waiting won't fix that, an operator will (then replays).
-		if te.StatusCode >= 400 && te.StatusCode < 500 && te.StatusCode != http.StatusRequestTimeout && te.StatusCode != http.StatusTooManyRequests {
-			return Permanent
-		}
+		// No token says nothing of the study, down or refusing alike:
+		// a client secret that expired (every few months in Entra ID)
+		// refuses every study the same, and as a permanent failure
+		// dead-lettered the whole queue at once, for an operator to
+		// replay. Transient, and the destination down
+		// (DestinationDown): its breaker opens and holds the studies
+		// until a probe gets a token again, once the credentials are
+		// fixed.
 		return Transient
 	}
 	var oe *orthancapi.Error
