@@ -39,6 +39,15 @@ const MaxBodyBytes = 64 << 10
 // WebhookPath is where Orthanc posts events.
 const WebhookPath = "/webhooks/orthanc"
 
+// The Retry-After of the webhook's 503 answers: JetStream unavailable
+// (the NATS client reconnects every second, a cluster elects a leader in
+// seconds), or its storage full, which lasts until an operator frees
+// space.
+const (
+	retryAfterUnavailable = 5 * time.Second
+	retryAfterStorageFull = 60 * time.Second
+)
+
 // WebhookOptions configures the handler.
 type WebhookOptions struct {
 	// Tokens are the accepted bearer tokens: the current one first, then
@@ -215,11 +224,13 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	h.m.publishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		why, reason, answer := "JetStream did not acknowledge", "jetstream_unavailable", "JetStream did not acknowledge the event, retry later: "
+		retry := retryAfterUnavailable
 		if errors.Is(err, natsjs.ErrStorageFull) {
 			// JetStream answered, and refused: nothing is stored until
 			// space is freed. Not "unavailable", which sends the reader
 			// after a NATS that is up.
 			why, reason, answer = "JetStream refused it, its storage is full", "jetstream_full", "the event was not stored, retry later: "
+			retry = retryAfterStorageFull
 		}
 		span.SetStatus(codes.Error, why)
 		// This line is the refusal's log: reject would log it again.
@@ -227,6 +238,9 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "status", http.StatusServiceUnavailable, "reason", reason,
 			"remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", err)
+		// A client that retries is told when: not at once, while NATS
+		// reconnects or an operator frees space.
+		w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())))
 		h.answerRefusal(w, http.StatusServiceUnavailable, reason, answer+err.Error())
 		return
 	}

@@ -3,6 +3,7 @@ package web_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -186,4 +187,55 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 		}
 	}
 	return 0
+}
+
+// TestWebhookUnavailableSaysWhenToRetry: every 503 of the webhook carries
+// Retry-After, so a client that retries waits for NATS to reconnect, or
+// longer for an operator to free JetStream's storage, instead of
+// hammering an ingest that cannot store anything; the 503s had none.
+func TestWebhookUnavailableSaysWhenToRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		conf func(*server.Options)
+		// unavailable makes the next publish fail.
+		unavailable func(t *testing.T, ns *testnats.Server)
+		want        string
+	}{
+		{"NATS down", nil, func(t *testing.T, ns *testnats.Server) { ns.Shutdown() }, "5"},
+		{"storage full", func(o *server.Options) { o.JetStreamMaxStore = 64 << 10 },
+			func(t *testing.T, ns *testnats.Server) { testnats.FillStore(t.Context(), t, ns.JS) }, "60"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testnats.StartWith(t, tc.conf)
+			h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token}, Publisher: natsjs.Publisher{JS: ns.JS},
+				PublishTimeout: 500 * time.Millisecond, Registerer: prometheus.NewRegistry()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := chi.NewRouter()
+			h.Mount(r)
+			hs := httptest.NewServer(r)
+			t.Cleanup(hs.Close)
+			tc.unavailable(t, ns)
+
+			req, err := http.NewRequest(http.MethodPost, hs.URL+web.WebhookPath, strings.NewReader(validBody))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("status %d (%s), want 503", resp.StatusCode, b)
+			}
+			if got := resp.Header.Get("Retry-After"); got != tc.want {
+				t.Errorf("Retry-After = %q, want %q (%s)", got, tc.want, b)
+			}
+		})
+	}
 }
