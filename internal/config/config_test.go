@@ -124,6 +124,14 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"nats url with a bad port", map[string]string{"NATS_URL": "nats://alice:S3CRETPASS@nats:42x22"}, "", `NATS_URL="nats://…@nats:42x22"`},
 		{"nats url of another scheme", map[string]string{"NATS_URL": "nats://a:4222,http://b:4222"}, "", `NATS_URL="http://b:4222": want nats://`},
 		{"nats url without host", map[string]string{"NATS_URL": "nats://:4222"}, "", `NATS_URL="nats://:4222"`},
+		// nats.go dials port 0 and fails, naming no variable.
+		{"nats url with port 0", map[string]string{"NATS_URL": "nats://nats:0"}, "", `NATS_URL="nats://nats:0": port "0": want 1 to 65535`},
+		// url.Parse keeps a space in a path or query: every STOW-RS
+		// request went to .../v1%20/studies.
+		{"dicomweb url with a trailing space", map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v1 "}, "", `DICOMWEB_URL="https://dicom.example.org/v1 ": the URL holds white space`},
+		{"dicomweb url with a space in its key", map[string]string{"DICOMWEB_URL": "https://fn.example.org/api?code=abc def"}, "", `DICOMWEB_URL="https://fn.example.org/api?…": the URL holds white space`},
+		{"orthanc url with a space", map[string]string{"ORTHANC_URL": "http://orthanc:8042/ "}, "", `ORTHANC_URL="http://orthanc:8042/ ": the URL holds white space`},
+		{"named destination url with a trailing space", map[string]string{"DICOMWEB_URL": "", "DESTINATIONS": "ai", "DESTINATION_AI_URL": "https://ai.example.org/v1 "}, "", `DESTINATION_AI_URL="https://ai.example.org/v1 ": the URL holds white space`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

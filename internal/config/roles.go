@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/stowline/stowline/internal/routing"
 )
@@ -333,6 +334,11 @@ func validateAddr(name, addr string) error {
 // authenticates to that server instead (instead). Errors never quote the
 // query or user info.
 func validateHTTPURL(name, raw, instead string) error {
+	// url.Parse keeps a space in the path or query: a stray one at the
+	// end sent every request to .../v1%20/studies, or a wrong API key.
+	if strings.ContainsFunc(raw, unicode.IsSpace) {
+		return fmt.Errorf("%s=%q: the URL holds white space (a stray space at its end?); write one that belongs in it as %%20", name, withoutSecrets(raw))
+	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("%s=%q: want an http:// or https:// URL", name, withoutSecrets(raw))
@@ -385,8 +391,8 @@ func validateNATSURLs(raw string) error {
 			return fmt.Errorf("NATS_URL=%q: want nats://host:port (or tls://, ws://, wss://), comma-separated", withoutSecrets(entry))
 		}
 		if p := u.Port(); p != "" {
-			if _, err := strconv.ParseUint(p, 10, 16); err != nil {
-				return fmt.Errorf("NATS_URL=%q: port %q is not a port number", withoutSecrets(entry), p)
+			if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+				return fmt.Errorf("NATS_URL=%q: port %q: want 1 to 65535", withoutSecrets(entry), p)
 			}
 		}
 	}
