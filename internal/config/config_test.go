@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -261,14 +262,88 @@ func TestSeparateCommandsNeedNATSURL(t *testing.T) {
 	}
 }
 
+// docVarRow is a row of a variables table: `NAME` and its default column.
+var docVarRow = regexp.MustCompile("(?m)^\\| `([A-Z][A-Z0-9_<>]*)` \\|[ ]*([^|]*?)[ ]*\\|")
+
+// derivedDefaults are the README's defaults of variables whose code default
+// is empty because another setting decides it.
+var derivedDefaults = map[string]string{
+	"INGEST_TOKEN":           "**required**",
+	"DICOMWEB_URL":           "**required** without `DESTINATIONS`",
+	"OAUTH_AUTH_STYLE":       "`client_secret_basic`",
+	"STOW_PROFILE":           "from `OAUTH_PROVIDER`",
+	"STOW_TRANSFER_SYNTAXES": "the profile's",
+	"STOW_CONFLICT_REASONS":  "the profile's",
+	"STOW_REPLACE_METHOD":    "the profile's",
+}
+
+// TestReadmeDocumentsEveryVariable: README's configuration table has a
+// row for every variable a command reads, with the default the code
+// applies, and no row for a variable no command reads; a default that
+// another document's table gives is the code's too. It checked only that
+// a row existed, for cmd/stowline's variables.
 func TestReadmeDocumentsEveryVariable(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range Vars(&SingleHost{}) {
-		if !strings.Contains(string(readme), "| `"+v.Name+"` |") {
-			t.Errorf("README.md has no table row for %s", v.Name)
+	section, _, _ := strings.Cut(string(readme[bytes.Index(readme, []byte("\n## Configuration\n")):]), "\n## Destination authentication\n")
+	documented := map[string]string{}
+	for _, m := range docVarRow.FindAllStringSubmatch(section, -1) {
+		documented[m[1]] = m[2]
+	}
+	read := map[string]Var{}
+	for _, v := range Vars(&SingleHost{}, &IngestService{}, &ForwarderService{}, &Audit{}, &ReplayCommand{}, &CheckCommand{}) {
+		read[v.Name] = v
+	}
+	if len(read) < 90 || len(documented) < 90 {
+		t.Fatalf("%d variables read, %d documented: the parsing is broken", len(read), len(documented))
+	}
+	for name, v := range read {
+		def, ok := documented[name]
+		if !ok {
+			t.Errorf("README.md has no table row for %s", name)
+			continue
+		}
+		want := ""
+		switch {
+		case derivedDefaults[name] != "":
+			want = derivedDefaults[name]
+			if v.Default != "" {
+				t.Errorf("%s: the code's default is %q, README's derived %q", name, v.Default, want)
+			}
+		case v.Default != "":
+			want = "`" + v.Default + "`"
+		}
+		if def != want {
+			t.Errorf("README.md: %s's default is %q, want %q (the code's)", name, def, want)
+		}
+	}
+	for name := range documented {
+		if _, ok := read[name]; !ok {
+			t.Errorf("README.md documents %s, which no command reads", name)
+		}
+	}
+
+	docs, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range docs {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range docVarRow.FindAllStringSubmatch(string(b), -1) {
+			v, ok := read[m[1]]
+			// Only a default written as one value: other tables say
+			// what the variable does there.
+			if !ok || v.Default == "" || !regexp.MustCompile("^`[^`]*`$").MatchString(m[2]) {
+				continue
+			}
+			if m[2] != "`"+v.Default+"`" {
+				t.Errorf("%s: %s's default is %s, want `%s` (the code's)", filepath.Base(file), m[1], m[2], v.Default)
+			}
 		}
 	}
 }
