@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -190,5 +191,27 @@ func TestDisabledStatusPageSaysWhy(t *testing.T) {
 		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "ADMIN_TOKEN") || !strings.Contains(string(body), "disabled") {
 			t.Errorf("GET %s = %d %q; want 404 saying it is disabled until ADMIN_TOKEN is set", u, resp.StatusCode, body)
 		}
+	}
+}
+
+// TestBusyListenAddressNamesTheVariable: a listen address another process
+// holds stops the start with an error naming the variable to change; it
+// said "ingest: listen on ADDR: listen tcp ADDR: ... address already in
+// use", naming neither INGEST_ADDR nor FORWARDER_ADDR.
+func TestBusyListenAddressNamesTheVariable(t *testing.T) {
+	for _, variable := range []string{"INGEST_ADDR", "FORWARDER_ADDR"} {
+		t.Run(variable, func(t *testing.T) {
+			busy, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { busy.Close() })
+			env := storeEnv(t, t.TempDir(), "error")
+			env[variable] = busy.Addr().String()
+			err = run(t.Context(), nil, func(k string) string { return env[k] }, nil, io.Discard, io.Discard)
+			if want := variable + "=" + busy.Addr().String() + ": listen tcp"; err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("run = %v; want an error with %q", err, want)
+			}
+		})
 	}
 }

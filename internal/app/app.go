@@ -131,13 +131,13 @@ func newRouter() *chi.Mux {
 	return r
 }
 
-// serveHTTP listens now (so a busy port fails startup) and serves in g
-// until ctx ends, then gives in-flight requests grace; over HTTPS when
-// serverTLS is not nil.
-func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler, serverTLS *tls.Config, grace time.Duration, log *slog.Logger, stopped func()) error {
+// serveHTTP listens now on addr, the value of variable addrVar (so a busy
+// port fails startup, naming it), and serves in g until ctx ends, then
+// gives in-flight requests grace; over HTTPS when serverTLS is not nil.
+func serveHTTP(ctx context.Context, g *errgroup.Group, name, addrVar, addr string, h http.Handler, serverTLS *tls.Config, grace time.Duration, log *slog.Logger, stopped func()) error {
 	ln, err := web.Listen(addr)
 	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%s: %s=%s: %w", name, addrVar, addr, err)
 	}
 	log.Info("listening", "server", name, "addr", ln.Addr().String(), "tls", serverTLS != nil)
 	srv := web.NewServer(h, log)

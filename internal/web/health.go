@@ -172,13 +172,9 @@ func (l *serverErrorLog) Write(p []byte) (int, error) {
 }
 
 // Listen binds addr now, so a busy port fails startup with a clear error
-// rather than later in a goroutine.
+// rather than later in a goroutine; net's error names addr already.
 func Listen(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
-	}
-	return ln, nil
+	return net.Listen("tcp", addr)
 }
 
 // ErrShutdownGraceExceeded reports a graceful shutdown whose requests did
