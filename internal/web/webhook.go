@@ -148,7 +148,17 @@ func NewWebhook(opts WebhookOptions) (*Webhook, error) {
 
 // Mount adds the webhook route to r.
 func (h *Webhook) Mount(r chi.Router) {
+	// Every method first, POST then over it: the router's own 405 has no
+	// body, and whoever tries the URL with curl should read what to do.
+	r.HandleFunc(WebhookPath, wrongMethod)
 	r.Post(WebhookPath, h.serveWebhook)
+}
+
+// wrongMethod answers a request to the webhook other than a POST. Not
+// counted or logged: it carries no event, and anyone can send it.
+func wrongMethod(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Allow", http.MethodPost)
+	WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed: POST an event as JSON, with Authorization: Bearer and the ingest token", r.Method))
 }
 
 // accepted is the 202 body.

@@ -274,3 +274,40 @@ func TestWebhookCountsThePreviousToken(t *testing.T) {
 		}
 	}
 }
+
+// TestWebhookWrongMethodSaysWhy: a request to the webhook other than a
+// POST (an operator trying the URL with curl) gets 405 with Allow: POST
+// and a message saying what to send; the router's 405 had an empty body.
+// A POST is still the webhook's.
+func TestWebhookWrongMethodSaysWhy(t *testing.T) {
+	pub := &fakePublisher{}
+	srv := newServer(t, pub)
+	for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodOptions} {
+		t.Run(method, func(t *testing.T) {
+			req, err := http.NewRequest(method, srv.URL+web.WebhookPath, strings.NewReader(validBody))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body map[string]string
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatalf("status %d, body not JSON: %v", resp.StatusCode, err)
+			}
+			if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != http.MethodPost {
+				t.Errorf("status %d, Allow %q; want 405, POST", resp.StatusCode, resp.Header.Get("Allow"))
+			}
+			if !strings.Contains(body["error"], "method "+method+" not allowed: POST") {
+				t.Errorf("error %q does not say to POST", body["error"])
+			}
+		})
+	}
+	if status, body := post(t, srv.URL, "application/json", "Bearer "+token, validBody); status != http.StatusAccepted {
+		t.Errorf("POST: status %d (%v), want 202", status, body)
+	}
+}
