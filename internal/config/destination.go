@@ -138,7 +138,7 @@ func (f *Destination) authValidate() error {
 				add("%s=%q: the example's placeholder: set your own (Entra ID shows both on the app registration's Overview page)", name, v)
 			}
 		}
-		errs = append(errs, fileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
+		errs = append(errs, pemFileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
 	case ProviderGoogle:
 		generic["OAUTH_CLIENT_ID"] = f.OAuthClientID != ""
 		generic["OAUTH_CLIENT_SECRET"] = f.OAuthClientSecret != ""
@@ -211,7 +211,9 @@ func (f *Destination) genericValidate() []error {
 	default:
 		add("OAUTH_AUTH_STYLE=%q: want client_secret_basic, client_secret_post or private_key_jwt", d.AuthStyle)
 	}
-	errs = append(errs, fileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
+	// PEM as the TLS files are: a DER key or a .pfx failed only once NATS
+	// was set up, naming the path but not the variable.
+	errs = append(errs, pemFileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
 	return errs
 }
 

@@ -10,7 +10,7 @@ import (
 
 func TestDestinationAuthValidation(t *testing.T) {
 	key := filepath.Join(t.TempDir(), "key.pem")
-	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\n"), 0o600); err != nil {
+	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	der, pemFile := filepath.Join(t.TempDir(), "ca.cer"), filepath.Join(t.TempDir(), "ca.pem")
@@ -37,6 +37,10 @@ func TestDestinationAuthValidation(t *testing.T) {
 		{name: "private_key_jwt without key", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_AUTH_STYLE": "private_key_jwt"}, want: "OAUTH_CLIENT_ASSERTION_KEY_FILE is required"},
 		{name: "key and secret", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key}, want: "private_key_jwt sends no secret"},
 		{name: "missing key file", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key + ".gone"}, want: "OAUTH_CLIENT_ASSERTION_KEY_FILE"},
+		// A DER key (or a .pfx) failed only once NATS was set up, naming
+		// the path but not the variable.
+		{name: "key file not PEM", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": der}, want: "OAUTH_CLIENT_ASSERTION_KEY_FILE: " + der + " holds no PEM block"},
+		{name: "azure certificate not PEM", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": der}, want: "OAUTH_CLIENT_ASSERTION_KEY_FILE: " + der + " holds no PEM block"},
 		{name: "bad auth style", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s", "OAUTH_AUTH_STYLE": "basic"}, want: "OAUTH_AUTH_STYLE"},
 		{name: "unknown provider", set: map[string]string{"OAUTH_PROVIDER": "okta"}, want: "OAUTH_PROVIDER"},
 		{name: "azure secret", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}},
