@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math"
 	"mime"
+	"net"
 	"net/http"
 	"net/netip"
 	"reflect"
@@ -195,6 +196,10 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
 			h.reject(w, r, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
+		} else if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			// The server's ReadTimeout cut a body that trickled in: the
+			// sender's network, not a malformed event.
+			h.reject(w, r, http.StatusRequestTimeout, "timeout", "the body did not arrive within the server's read timeout")
 		} else {
 			h.reject(w, r, http.StatusBadRequest, "malformed", "reading the body: "+err.Error())
 		}

@@ -1,9 +1,12 @@
 package web_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -309,5 +312,47 @@ func TestWebhookWrongMethodSaysWhy(t *testing.T) {
 	}
 	if status, body := post(t, srv.URL, "application/json", "Bearer "+token, validBody); status != http.StatusAccepted {
 		t.Errorf("POST: status %d (%v), want 202", status, body)
+	}
+}
+
+// TestWebhookSlowBodyTimesOut: a body that trickles in past the server's
+// read timeout (web.NewServer's is 30 s; shorter here) is answered 408
+// and counted as a timeout, not 400 "malformed" with the socket's error,
+// which sent the reader after a bad event rather than a slow network.
+func TestWebhookSlowBodyTimesOut(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := chi.NewRouter()
+	h.Mount(r)
+	srv := httptest.NewUnstartedServer(r)
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	// Headers and half the body; the rest never comes.
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s",
+		web.WebhookPath, token, len(validBody), validBody[:len(validBody)/2])
+	if err := conn.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(b), "read timeout") {
+		t.Errorf("answer %d %s; want 408 saying the body did not arrive in time", resp.StatusCode, b)
+	}
+	if got := rejected(t, reg, "timeout"); got != 1 {
+		t.Errorf("rejected{reason=timeout} = %v, want 1", got)
 	}
 }
