@@ -53,6 +53,12 @@ func RunDestinations(ctx context.Context, args []string, getenv func(string) str
 		printVersion(stdout, "forwarder destinations")
 		return nil
 	}
+	// The command line first: a typo is told without NATS, and on a
+	// single host without stopping stowline for its store.
+	remove, err := parseDestinations(args)
+	if err != nil {
+		return err
+	}
 	var cfg config.ReplayCommand
 	if err := config.Load(getenv, &cfg); err != nil {
 		return &usageError{fmt.Errorf("forwarder destinations: invalid configuration:\n%w", err)}
@@ -62,37 +68,58 @@ func RunDestinations(ctx context.Context, args []string, getenv func(string) str
 		return err
 	}
 	defer conn.Close()
-	return runDestinations(ctx, conn.JS, args, stdout)
+	if remove == "" {
+		return listDestinations(ctx, conn.JS, stdout)
+	}
+	return removeDestination(ctx, conn.JS, remove, stdout)
 }
 
 // runDestinations executes one command line (without the leading
 // "destinations") against js.
 func runDestinations(ctx context.Context, js jetstream.JetStream, args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] == "list" {
-		if len(args) > 1 {
-			return usagef("forwarder destinations list: unexpected arguments %q", args[1:])
-		}
+	remove, err := parseDestinations(args)
+	if err != nil {
+		return err
+	}
+	if remove == "" {
 		return listDestinations(ctx, js, stdout)
 	}
+	return removeDestination(ctx, js, remove, stdout)
+}
+
+// parseDestinations reads one command line (without the leading
+// "destinations"): list (remove empty), or remove the destination named.
+func parseDestinations(args []string) (remove string, err error) {
+	if len(args) == 0 || args[0] == "list" {
+		if len(args) > 1 {
+			return "", usagef("forwarder destinations list: unexpected arguments %q", args[1:])
+		}
+		return "", nil
+	}
 	if args[0] != "remove" {
-		return usagef("unknown command %q\n\n%s", args[0], destinationsUsage)
+		return "", usagef("unknown command %q\n\n%s", args[0], destinationsUsage)
 	}
 	if len(args) < 2 || args[1] == "" || args[1][0] == '-' {
-		return usagef("forwarder destinations remove: the destination's name is required\n\n%s", destinationsUsage)
+		return "", usagef("forwarder destinations remove: the destination's name is required\n\n%s", destinationsUsage)
 	}
 	name := args[1]
 	fs := flag.NewFlagSet("forwarder destinations remove", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	yes := fs.Bool("yes", false, "")
 	if err := fs.Parse(args[2:]); err != nil || fs.NArg() > 0 {
-		return usagef("forwarder destinations remove %s: want only --yes\n\n%s", name, destinationsUsage)
+		return "", usagef("forwarder destinations remove %s: want only --yes\n\n%s", name, destinationsUsage)
 	}
 	if !natsjs.ValidDestination(name) {
-		return usagef("forwarder destinations remove: %q is not a destination name", name)
+		return "", usagef("forwarder destinations remove: %q is not a destination name", name)
 	}
 	if !*yes {
-		return usagef("forwarder destinations remove %s: --yes is required: destination %s will be given no more studies", name, name)
+		return "", usagef("forwarder destinations remove %s: --yes is required: destination %s will be given no more studies", name, name)
 	}
+	return name, nil
+}
+
+// removeDestination deletes the consumers of destination name.
+func removeDestination(ctx context.Context, js jetstream.JetStream, name string, stdout io.Writer) error {
 	// Its stat and low lanes first (none for a destination made before
 	// lanes), its routine consumer last: should a deletion fail, the
 	// command run again still finds the routine consumer and retries.

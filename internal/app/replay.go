@@ -20,6 +20,12 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 		printVersion(stdout, "forwarder replay")
 		return nil
 	}
+	// The command line first: a typo is told without NATS, and on a
+	// single host without stopping stowline for its store.
+	cmd, err := parseReplay(args)
+	if err != nil {
+		return err
+	}
 	var cfg config.ReplayCommand
 	if err := config.Load(getenv, &cfg); err != nil {
 		return &usageError{fmt.Errorf("forwarder replay: invalid configuration:\n%w", err)}
@@ -35,9 +41,5 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	cli := &replayCLI{Store: store, JS: js.JS, Stdout: stdout}
-	if err := cli.Run(ctx, args); err != nil {
-		return err
-	}
-	return nil
+	return cmd(ctx, &replayCLI{Store: store, JS: js.JS, Stdout: stdout})
 }

@@ -63,26 +63,40 @@ type replayCLI struct {
 
 // Run executes one command line (without the leading "replay").
 func (c *replayCLI) Run(ctx context.Context, args []string) error {
+	cmd, err := parseReplay(args)
+	if err != nil {
+		return err
+	}
+	return cmd(ctx, c)
+}
+
+// replayCommand is a parsed command line, run once connected.
+type replayCommand func(ctx context.Context, c *replayCLI) error
+
+// parseReplay reads one command line (without the leading "replay"), so
+// that a mistake in it is told before the command connects to NATS or,
+// on a single host, opens a store only a stopped stowline lets it open.
+func parseReplay(args []string) (replayCommand, error) {
 	if len(args) == 0 {
-		return usagef("a command is required\n\n%s", replayUsage)
+		return nil, usagef("a command is required\n\n%s", replayUsage)
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "list":
-		return c.list(ctx, rest)
+		return parseList(rest)
 	case "show":
-		return c.show(ctx, rest)
-	case "run":
-		return c.mutate(ctx, "run", rest)
-	case "purge":
-		return c.mutate(ctx, "purge", rest)
+		return parseShow(rest)
+	case "run", "purge":
+		return parseMutate(cmd, rest)
 	case "reforward":
-		return c.reforward(ctx, rest)
+		return parseReforward(rest)
 	case "help", "-h", "--help":
-		fmt.Fprint(c.Stdout, replayUsage)
-		return nil
+		return func(_ context.Context, c *replayCLI) error {
+			fmt.Fprint(c.Stdout, replayUsage)
+			return nil
+		}, nil
 	}
-	return usagef("unknown command %q\n\n%s", cmd, replayUsage)
+	return nil, usagef("unknown command %q\n\n%s", cmd, replayUsage)
 }
 
 func replayFlags(name string) *flag.FlagSet {
@@ -113,33 +127,35 @@ func parseReplayFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func (c *replayCLI) list(ctx context.Context, args []string) error {
+func parseList(args []string) (replayCommand, error) {
 	fs := replayFlags("list")
 	var a deadletter.FilterArgs
 	filterFlags(fs, &a)
 	asJSON := fs.Bool("json", false, "JSON output")
 	if err := parseReplayFlags(fs, args); err != nil {
-		return err
+		return nil, err
 	}
 	f, err := a.Filter()
 	if err != nil {
-		return usagef("list: %w", err)
+		return nil, usagef("list: %w", err)
 	}
 	if f.Empty() {
 		f.All = true
 	}
-	out := newLetterPrinter(c.Stdout, *asJSON, "")
-	err = c.Store.Each(ctx, f, func(e *deadletter.Entry) error { out.print(e); return nil })
-	if perr := out.close(); err == nil {
-		err = perr
-	}
-	if *asJSON {
-		fmt.Fprintln(c.Stdout)
-	}
-	return err
+	return func(ctx context.Context, c *replayCLI) error {
+		out := newLetterPrinter(c.Stdout, *asJSON, "")
+		err := c.Store.Each(ctx, f, func(e *deadletter.Entry) error { out.print(e); return nil })
+		if perr := out.close(); err == nil {
+			err = perr
+		}
+		if *asJSON {
+			fmt.Fprintln(c.Stdout)
+		}
+		return err
+	}, nil
 }
 
-func (c *replayCLI) show(ctx context.Context, args []string) error {
+func parseShow(args []string) (replayCommand, error) {
 	fs := replayFlags("show")
 	asJSON := fs.Bool("json", false, "JSON output")
 	// Accept the sequence before or after the flags.
@@ -148,22 +164,27 @@ func (c *replayCLI) show(ctx context.Context, args []string) error {
 		seqArg, args = args[0], args[1:]
 	}
 	if err := fs.Parse(args); err != nil {
-		return usagef("show: %v", err)
+		return nil, usagef("show: %v", err)
 	}
 	if seqArg == "" && fs.NArg() > 0 {
 		seqArg = fs.Arg(0)
 	} else if fs.NArg() > 0 {
-		return usagef("show: unexpected argument %q", fs.Arg(0))
+		return nil, usagef("show: unexpected argument %q", fs.Arg(0))
 	}
 	seq, err := strconv.ParseUint(seqArg, 10, 64)
 	if err != nil || seq == 0 {
-		return usagef("show: want a dead-letter sequence number, got %q", seqArg)
+		return nil, usagef("show: want a dead-letter sequence number, got %q", seqArg)
 	}
+	return func(ctx context.Context, c *replayCLI) error { return c.show(ctx, seq, *asJSON) }, nil
+}
+
+// show prints dead letter seq.
+func (c *replayCLI) show(ctx context.Context, seq uint64, asJSON bool) error {
 	e, err := c.Store.Get(ctx, seq)
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	if asJSON {
 		return writeJSON(c.Stdout, e)
 	}
 	w := tabwriter.NewWriter(c.Stdout, 0, 4, 2, ' ', 0)
@@ -191,40 +212,45 @@ func (c *replayCLI) show(ctx context.Context, args []string) error {
 	return w.Flush()
 }
 
-func (c *replayCLI) mutate(ctx context.Context, name string, args []string) error {
+func parseMutate(name string, args []string) (replayCommand, error) {
 	fs := replayFlags(name)
 	var a deadletter.FilterArgs
 	filterFlags(fs, &a)
 	dryRun := fs.Bool("dry-run", false, "only say what would be done")
 	asJSON := fs.Bool("json", false, "JSON output")
 	if err := parseReplayFlags(fs, args); err != nil {
-		return err
+		return nil, err
 	}
 	f, err := a.Filter()
 	if err != nil {
-		return usagef("%s: %w", name, err)
+		return nil, usagef("%s: %w", name, err)
 	}
 	if f.Empty() {
-		return usagef("%s: give a filter (--destination, --source, --seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
+		return nil, usagef("%s: give a filter (--destination, --source, --seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
 	}
+	return func(ctx context.Context, c *replayCLI) error { return c.mutate(ctx, name, f, *dryRun, *asJSON) }, nil
+}
+
+// mutate replays (name run) or purges the dead letters f selects.
+func (c *replayCLI) mutate(ctx context.Context, name string, f deadletter.Filter, dryRun, asJSON bool) error {
 	op, verb := c.Store.Replay, "replayed"
 	if name == "purge" {
 		op, verb = c.Store.Purge, "purged"
 	}
-	if *dryRun {
+	if dryRun {
 		verb = "would be " + verb
 	}
-	if *asJSON {
-		fmt.Fprintf(c.Stdout, "{\n  \"dryRun\": %t,\n  \"entries\": ", *dryRun)
+	if asJSON {
+		fmt.Fprintf(c.Stdout, "{\n  \"dryRun\": %t,\n  \"entries\": ", dryRun)
 	}
 	// Printed as the store reads them, a page at a time: thousands of
 	// letters of up to 512 KB each are never all in memory.
-	out := newLetterPrinter(c.Stdout, *asJSON, "  ")
-	n, err := op(ctx, f, *dryRun, out.print)
+	out := newLetterPrinter(c.Stdout, asJSON, "  ")
+	n, err := op(ctx, f, dryRun, out.print)
 	if perr := out.close(); perr != nil {
 		return errors.Join(err, perr)
 	}
-	if *asJSON {
+	if asJSON {
 		fmt.Fprintln(c.Stdout, "\n}")
 	} else {
 		fmt.Fprintf(c.Stdout, "%d dead letters %s\n", n, verb)
@@ -232,7 +258,7 @@ func (c *replayCLI) mutate(ctx context.Context, name string, args []string) erro
 	return err
 }
 
-func (c *replayCLI) reforward(ctx context.Context, args []string) error {
+func parseReforward(args []string) (replayCommand, error) {
 	fs := replayFlags("reforward")
 	since := fs.String("since", "", "start of the window")
 	until := fs.String("until", "", "end of the window (default now)")
@@ -240,36 +266,44 @@ func (c *replayCLI) reforward(ctx context.Context, args []string) error {
 	priority := fs.String("priority", string(events.PriorityLow), "the lane: low, routine or stat")
 	dryRun := fs.Bool("dry-run", false, "only say what would be done")
 	if err := parseReplayFlags(fs, args); err != nil {
-		return err
+		return nil, err
 	}
 	lane, err := events.ParsePriority(*priority)
 	if err != nil {
-		return usagef("reforward: --priority: %w", err)
-	}
-	if *destination != "" {
-		if err := requireDestination(ctx, c.JS, *destination, lane); err != nil {
-			return usagef("reforward: %w", err)
-		}
+		return nil, usagef("reforward: --priority: %w", err)
 	}
 	if *since == "" {
-		return usagef("reforward: --since is required")
+		return nil, usagef("reforward: --since is required")
 	}
 	from, err := deadletter.ParseTime(*since)
 	if err != nil {
-		return usagef("reforward: since: %w", err)
+		return nil, usagef("reforward: since: %w", err)
 	}
 	var to time.Time
 	if *until != "" {
 		if to, err = deadletter.ParseTime(*until); err != nil {
-			return usagef("reforward: until: %w", err)
+			return nil, usagef("reforward: until: %w", err)
 		}
 		if !to.After(from) {
-			return usagef("reforward: --until must be after --since")
+			return nil, usagef("reforward: --until must be after --since")
 		}
 	}
-	evs, err := deadletter.ReforwardIn(ctx, c.JS, *destination, lane, from, to, *dryRun)
+	return func(ctx context.Context, c *replayCLI) error {
+		return c.reforward(ctx, *destination, lane, from, to, *dryRun)
+	}, nil
+}
+
+// reforward queues again the events received from from to to (zero: now),
+// for destination (empty: all) in lane.
+func (c *replayCLI) reforward(ctx context.Context, destination string, lane events.Priority, from, to time.Time, dryRun bool) error {
+	if destination != "" {
+		if err := requireDestination(ctx, c.JS, destination, lane); err != nil {
+			return usagef("reforward: %w", err)
+		}
+	}
+	evs, err := deadletter.ReforwardIn(ctx, c.JS, destination, lane, from, to, dryRun)
 	verb := "queued again"
-	if *dryRun {
+	if dryRun {
 		verb = "would be queued again"
 	}
 	w := tabwriter.NewWriter(c.Stdout, 0, 4, 2, ' ', 0)

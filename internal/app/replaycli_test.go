@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -366,5 +367,46 @@ func TestReforwardNeedsTheLanesConsumer(t *testing.T) {
 	}
 	if _, err := r.run(t, "reforward", "--since", "2026-01-01", "--destination", natsjs.DefaultDestination, "--priority", "routine", "--dry-run"); err != nil {
 		t.Errorf("reforward to the routine lane, whose consumer is there: %v", err)
+	}
+}
+
+// TestToolCommandLineCheckedFirst: `forwarder replay` and `forwarder
+// destinations` read their command line before they open JetStream. On a
+// single host, whose store only a stopped stowline lets them open, a typo
+// was answered "store directory in use: stop stowline first"; once
+// stowline was stopped for it, "unknown command". (With NATS down, it was
+// a connection error.)
+func TestToolCommandLineCheckedFirst(t *testing.T) {
+	// The store of a running single host: its embedded server holds it.
+	dir := t.TempDir()
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: dir, ServerName: "running"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	getenv := func(k string) string { return map[string]string{"NATS_STORE_DIR": dir, "LOG_LEVEL": "error"}[k] }
+	for _, tc := range []struct {
+		run  func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error
+		args []string
+		want string
+	}{
+		{RunReplay, []string{"shwo", "5"}, `unknown command "shwo"`},
+		{RunReplay, []string{"show", "abc"}, `want a dead-letter sequence number, got "abc"`},
+		{RunReplay, []string{"purge"}, "give a filter"},
+		{RunReplay, []string{"list", "--since", "yesterday"}, `"yesterday" is not a time`},
+		{RunReplay, []string{"reforward", "--destination", "ai"}, "--since is required"},
+		{RunDestinations, []string{"remove", "ai"}, "--yes is required"},
+		{RunDestinations, []string{"rm", "ai"}, `unknown command "rm"`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			err := tc.run(replayCtx(t), tc.args, getenv, io.Discard, io.Discard)
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v; want a usage error with %q", err, tc.want)
+			}
+		})
+	}
+	// A good command line still opens the store, and is told it is held.
+	if err := RunReplay(replayCtx(t), []string{"list"}, getenv, io.Discard, io.Discard); !errors.Is(err, natsjs.ErrStoreInUse) {
+		t.Errorf("replay list = %v, want the store in use", err)
 	}
 }
