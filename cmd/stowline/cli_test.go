@@ -215,3 +215,30 @@ func TestBusyListenAddressNamesTheVariable(t *testing.T) {
 		})
 	}
 }
+
+// TestUnusableStoreDirNamesTheVariable: a NATS_STORE_DIR the embedded
+// server cannot create or lock stops the start with an error naming the
+// variable, as a store in use does; it named only the path.
+func TestUnusableStoreDirNamesTheVariable(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lockIsDir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(lockIsDir, "stowline.lock"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, dir := range map[string]string{
+		"a file":                 file,
+		"under a file":           filepath.Join(file, "nats"),
+		"lock file not lockable": lockIsDir,
+	} {
+		t.Run(name, func(t *testing.T) {
+			env := storeEnv(t, dir, "error")
+			err := run(t.Context(), nil, func(k string) string { return env[k] }, nil, io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), "(NATS_STORE_DIR)") {
+				t.Fatalf("run = %v; want an error naming NATS_STORE_DIR", err)
+			}
+		})
+	}
+}

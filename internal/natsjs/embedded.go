@@ -70,7 +70,7 @@ func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, err
 		return nil, errors.New("embedded NATS: store directory is required")
 	}
 	if err := os.MkdirAll(opts.StoreDir, 0o750); err != nil {
-		return nil, fmt.Errorf("embedded NATS: create store directory: %w", err)
+		return nil, fmt.Errorf("embedded NATS: create store directory (NATS_STORE_DIR): %w", err)
 	}
 	unlock, err := lockStore(opts.StoreDir)
 	if err != nil {

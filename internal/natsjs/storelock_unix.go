@@ -17,14 +17,14 @@ import (
 func lockStore(dir string) (release func(), err error) {
 	f, err := os.OpenFile(filepath.Join(dir, "stowline.lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("embedded NATS: lock store directory: %w", err)
+		return nil, fmt.Errorf("embedded NATS: lock store directory (NATS_STORE_DIR): %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("embedded NATS: store directory %s is in use by another process (NATS_STORE_DIR): %w", dir, ErrStoreInUse)
 		}
-		return nil, fmt.Errorf("embedded NATS: lock store directory: %w", err)
+		return nil, fmt.Errorf("embedded NATS: lock store directory (NATS_STORE_DIR): %w", err)
 	}
 	return func() { f.Close() }, nil
 }
