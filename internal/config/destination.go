@@ -71,6 +71,10 @@ const (
 // nilGUID is the all-zero GUID examples put where an Entra ID goes.
 const nilGUID = "00000000-0000-0000-0000-000000000000"
 
+// tenantPlaceholder is what deploy/env.example's OAUTH_TOKEN_URL holds
+// where the Entra tenant goes.
+const tenantPlaceholder = "YOUR-TENANT-ID"
+
 // authValidate checks the destination's authentication; the errors name
 // the variables. It replaces the checks of OAUTH_TOKEN_URL and friends.
 func (f *Destination) authValidate() error {
@@ -81,6 +85,10 @@ func (f *Destination) authValidate() error {
 		if v != "" {
 			if err := validateHTTPURL(name, v, tokenCredentials); err != nil {
 				errs = append(errs, err)
+			} else if strings.Contains(strings.ToUpper(v), tenantPlaceholder) {
+				// Left as it is, every token request is refused and
+				// every study dead-lettered, as with nilGUID.
+				add("%s=%q: the example's placeholder %s: put your Entra tenant's ID in its place", name, withoutSecrets(v), tenantPlaceholder)
 			}
 		}
 	}

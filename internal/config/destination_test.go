@@ -47,6 +47,9 @@ func TestDestinationAuthValidation(t *testing.T) {
 		{name: "azure certificate", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key}},
 		{name: "azure managed identity", set: map[string]string{"OAUTH_PROVIDER": "azure"}},
 		{name: "azure tenant without credential", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c"}, want: "neither OAUTH_CLIENT_SECRET"},
+		// deploy/env.example's token URL, left as it is.
+		{name: "token URL of the example", set: map[string]string{"OAUTH_TOKEN_URL": "https://login.microsoftonline.com/YOUR-TENANT-ID/oauth2/v2.0/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"},
+			want: `OAUTH_TOKEN_URL="https://login.microsoftonline.com/YOUR-TENANT-ID/oauth2/v2.0/token": the example's placeholder YOUR-TENANT-ID`},
 		// deploy/systemd/stowline.env's example IDs, left as they are.
 		{name: "azure example tenant", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "00000000-0000-0000-0000-000000000000", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}, want: "AZURE_TENANT_ID=\"00000000-0000-0000-0000-000000000000\": the example's"},
 		{name: "azure example client", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "00000000-0000-0000-0000-000000000000", "OAUTH_CLIENT_SECRET": "s"}, want: "OAUTH_CLIENT_ID=\"00000000-0000-0000-0000-000000000000\": the example's"},
