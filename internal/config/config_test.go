@@ -74,6 +74,10 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"previous token with a space", map[string]string{"INGEST_TOKEN_PREVIOUS": "fedcba9876543210fedc "}, "", "INGEST_TOKEN_PREVIOUS"},
 		{"bad dicomweb url", map[string]string{"DICOMWEB_URL": "ftp://x"}, "", "DICOMWEB_URL"},
 		{"url with credentials", map[string]string{"ORTHANC_URL": "http://u:p@orthanc:8042"}, "", "ORTHANC_URL"},
+		// What that error sends the operator to, written as the URL's
+		// user info: Orthanc refused every request.
+		{"user name with the password", map[string]string{"ORTHANC_USERNAME": "stowline:S3cretPass"}, "", "ORTHANC_USERNAME holds a colon"},
+		{"named source's user name with the password", map[string]string{"ORTHANC_SOURCES": "cardio", "ORTHANC_URL": "", "ORTHANC_CARDIO_URL": "http://cardio:8042", "ORTHANC_CARDIO_USERNAME": "stowline:S3cretPass"}, "", "ORTHANC_CARDIO_USERNAME holds a colon"},
 		// As orthancapi.parseBaseURL and the DICOMweb client read them.
 		{"orthanc url with a query", map[string]string{"ORTHANC_URL": "http://orthanc:8042?x=1"}, "", `ORTHANC_URL="http://orthanc:8042?…": the URL must not have a query`},
 		{"orthanc url with an empty query", map[string]string{"ORTHANC_URL": "http://orthanc:8042/?"}, "", "ORTHANC_URL"},

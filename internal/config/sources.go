@@ -129,6 +129,12 @@ func (o *Orthanc) Validate() error {
 		if s.Password != "" && s.Username == "" {
 			errs = append(errs, fmt.Errorf("%sPASSWORD is set but %sUSERNAME is empty", s.Var, s.Var))
 		}
+		// Basic auth joins them with a colon: one in the user name (a
+		// "user:password" put there) splits elsewhere, and Orthanc
+		// refuses every request. Not quoted: it may hold the password.
+		if strings.ContainsRune(s.Username, ':') {
+			errs = append(errs, fmt.Errorf("%sUSERNAME holds a colon, which HTTP basic auth cannot carry in a user name: give the user name alone, and the password as %sPASSWORD", s.Var, s.Var))
+		}
 	}
 	return errors.Join(errs...)
 }
