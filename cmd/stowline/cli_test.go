@@ -149,15 +149,14 @@ func TestNATSServerWarnsOfTheSingleHostStore(t *testing.T) {
 // reach and nothing but its listeners, logging at level.
 func storeEnv(t *testing.T, dir, level string) map[string]string {
 	return map[string]string{
-		"INGEST_TOKEN":        "0123456789abcdef",
-		"DICOMWEB_URL":        "http://archive.invalid/dicom-web",
-		"ORTHANC_URL":         "http://127.0.0.1:1",
-		"NATS_STORE_DIR":      dir,
-		"INGEST_ADDR":         testharness.FreeAddr(t),
-		"FORWARDER_ADDR":      testharness.FreeAddr(t),
-		"RECONCILE_ENABLED":   "false",
-		"LOG_LEVEL":           level,
-		"STATUS_PAGE_ENABLED": "false",
+		"INGEST_TOKEN":      "0123456789abcdef",
+		"DICOMWEB_URL":      "http://archive.invalid/dicom-web",
+		"ORTHANC_URL":       "http://127.0.0.1:1",
+		"NATS_STORE_DIR":    dir,
+		"INGEST_ADDR":       testharness.FreeAddr(t),
+		"FORWARDER_ADDR":    testharness.FreeAddr(t),
+		"RECONCILE_ENABLED": "false",
+		"LOG_LEVEL":         level,
 	}
 }
 
