@@ -52,7 +52,7 @@ func (d *Deidentify) validate() []error {
 	var errs []error
 	switch d.Mode {
 	case DeidentifyOff:
-		return nil
+		return d.unusedOptions()
 	case DeidentifyBasic:
 	default:
 		return []error{fmt.Errorf("STOW_DEIDENTIFY=%q: want off or basic", d.Mode)}
@@ -97,6 +97,35 @@ func (d *Deidentify) validate() []error {
 	}
 	return errs
 }
+
+// unusedOptions refuses de-identification options given without
+// STOW_DEIDENTIFY=basic: they say de-identified copies were meant, and a
+// forgotten (or misspelt, or another destination's) STOW_DEIDENTIFY
+// sent the originals, identified. DEIDENTIFY_KEY_FILE alone is no sign:
+// a site may give every destination the same key.
+func (d *Deidentify) unusedOptions() []error {
+	var set []string
+	for name, isSet := range map[string]bool{
+		"STOW_DEIDENTIFY_OPTIONS":        len(d.Options) > 0,
+		"STOW_DEIDENTIFY_KEEP":           len(d.Keep) > 0,
+		"STOW_DEIDENTIFY_REMOVE":         len(d.Remove) > 0,
+		"STOW_DEIDENTIFY_BURNED_IN":      d.BurnedIn != DeidentifyBurnedInExclude,
+		"STOW_DEIDENTIFY_PATIENT_PREFIX": d.PatientPrefix != defaultPatientPrefix,
+	} {
+		if isSet {
+			set = append(set, name)
+		}
+	}
+	if len(set) == 0 {
+		return nil
+	}
+	slices.Sort(set)
+	return []error{fmt.Errorf("%s: set, but STOW_DEIDENTIFY=off, so the destination receives the originals, identified: "+
+		"set STOW_DEIDENTIFY=basic (with DEIDENTIFY_KEY_FILE), or unset them", strings.Join(set, ", "))}
+}
+
+// defaultPatientPrefix is STOW_DEIDENTIFY_PATIENT_PREFIX's default.
+const defaultPatientPrefix = "ANON-"
 
 // DeidentOptions returns the de-identification profile's options these
 // settings ask for, checked as the profile checks them.

@@ -29,6 +29,14 @@ func TestDeidentify(t *testing.T) {
 		{name: "key file missing", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key + ".gone"}, err: "DEIDENTIFY_KEY_FILE: read the de-identification key: open " + key + ".gone"},
 		{name: "key file too short", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": shortKey}, err: "DEIDENTIFY_KEY_FILE: " + shortKey + ": de-identification key is too short"},
 		{name: "key file missing, deidentification off", env: map[string]string{"DEIDENTIFY_KEY_FILE": key + ".gone"}},
+		// Options say de-identified copies were meant: with
+		// STOW_DEIDENTIFY forgotten, the originals went out.
+		{name: "options without basic", env: map[string]string{"DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "retain-dates", "STOW_DEIDENTIFY_KEEP": "00081030"},
+			err: "STOW_DEIDENTIFY_KEEP, STOW_DEIDENTIFY_OPTIONS: set, but STOW_DEIDENTIFY=off, so the destination receives the originals"},
+		{name: "burned-in and prefix without basic", env: map[string]string{"STOW_DEIDENTIFY": "off", "STOW_DEIDENTIFY_BURNED_IN": "include", "STOW_DEIDENTIFY_PATIENT_PREFIX": "STUDY-"},
+			err: "STOW_DEIDENTIFY_BURNED_IN, STOW_DEIDENTIFY_PATIENT_PREFIX: set, but STOW_DEIDENTIFY=off"},
+		{name: "remove without basic", env: map[string]string{"STOW_DEIDENTIFY_REMOVE": "00181030"}, err: "STOW_DEIDENTIFY_REMOVE: set, but STOW_DEIDENTIFY=off"},
+		{name: "the defaults, written out, without basic", env: map[string]string{"STOW_DEIDENTIFY": "off", "STOW_DEIDENTIFY_BURNED_IN": "exclude", "STOW_DEIDENTIFY_PATIENT_PREFIX": "ANON-"}},
 		{name: "unknown option", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "retain-uids"}, err: `STOW_DEIDENTIFY_OPTIONS: "retain-uids"`},
 		{name: "clean descriptors", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "clean-descriptors"}},
 		{name: "bad tag", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_KEEP": "StudyDescription"}, err: `STOW_DEIDENTIFY_KEEP: "StudyDescription"`},
@@ -88,6 +96,12 @@ func TestDeidentifyPerDestination(t *testing.T) {
 	err = Load(mapEnv(e), &c)
 	if err == nil || !strings.Contains(err.Error(), "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE is required") {
 		t.Errorf("err = %v, want it to name DESTINATION_AI_2_DEIDENTIFY_KEY_FILE", err)
+	}
+	// The options of ai-2 given, its STOW_DEIDENTIFY forgotten.
+	delete(e, "DESTINATION_AI_2_STOW_DEIDENTIFY")
+	err = Load(mapEnv(e), &c)
+	if want := "DESTINATION_AI_2_STOW_DEIDENTIFY_OPTIONS: set, but DESTINATION_AI_2_STOW_DEIDENTIFY=off"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("err = %v, want %q", err, want)
 	}
 }
 
