@@ -57,7 +57,12 @@ func TestRoutingRecipes(t *testing.T) {
 			for k, v := range env {
 				if strings.HasPrefix(v, "/run/secrets/") {
 					f := filepath.Join(dir, filepath.Base(v))
-					if err := os.WriteFile(f, []byte("recipe-"+k+"-0123456789\n"), 0o600); err != nil {
+					content := "recipe-" + k + "-0123456789\n"
+					if strings.HasSuffix(k, "GOOGLE_APPLICATION_CREDENTIALS") {
+						// Read as a service account key at startup.
+						content = `{"type":"service_account","client_email":"recipe@example.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n","token_uri":"https://oauth2.googleapis.com/token"}`
+					}
+					if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
 						t.Fatal(err)
 					}
 					v = f

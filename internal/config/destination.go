@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/stowline/stowline/auth/google"
 )
 
 // The identity providers OAUTH_PROVIDER selects.
@@ -152,7 +154,14 @@ func (f *Destination) authValidate() error {
 		generic["OAUTH_CLIENT_SECRET"] = f.OAuthClientSecret != ""
 		generic["OAUTH_CLIENT_ASSERTION_KEY_FILE"] = d.AssertionKeyFile != ""
 		notFor(generic)
-		errs = append(errs, fileReadable("GOOGLE_APPLICATION_CREDENTIALS", d.GoogleCredentialsFile))
+		if d.GoogleCredentialsFile != "" {
+			// Read as the forwarder reads it: a user's credentials
+			// (gcloud auth application-default login) or a .p12 key failed
+			// only once NATS was set up, naming the path, not the variable.
+			if _, err := google.ServiceAccount(d.GoogleCredentialsFile); err != nil {
+				add("GOOGLE_APPLICATION_CREDENTIALS: %w", err)
+			}
+		}
 		if strings.ContainsAny(d.GCEMetadataHost, "/?#@") || d.GCEMetadataHost == "" {
 			add("GCE_METADATA_HOST=%q: want host or host:port", d.GCEMetadataHost)
 		}

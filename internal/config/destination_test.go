@@ -21,6 +21,16 @@ func TestDestinationAuthValidation(t *testing.T) {
 	if err := os.WriteFile(pemFile, []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A service account key as Google issues it (the key is parsed at
+	// the first token), and the credentials of a user, which stowline
+	// cannot use (gcloud auth application-default login writes them).
+	saKey, userCreds := filepath.Join(t.TempDir(), "sa.json"), filepath.Join(t.TempDir(), "adc.json")
+	if err := os.WriteFile(saKey, []byte(`{"type":"service_account","client_email":"stowline@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n","token_uri":"https://oauth2.googleapis.com/token"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(userCreds, []byte(`{"type":"authorized_user","client_id":"c","client_secret":"s","refresh_token":"r"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	const hi = "https://dicom-medical-imaging.eu-west-1.amazonaws.com/datastore/d9a2a515ab294163a2d2f4069eed584c"
 	tests := []struct {
 		name string
@@ -55,7 +65,11 @@ func TestDestinationAuthValidation(t *testing.T) {
 		{name: "azure example client", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "00000000-0000-0000-0000-000000000000", "OAUTH_CLIENT_SECRET": "s"}, want: "OAUTH_CLIENT_ID=\"00000000-0000-0000-0000-000000000000\": the example's"},
 		{name: "azure secret without tenant", set: map[string]string{"OAUTH_PROVIDER": "azure", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}, want: "AZURE_TENANT_ID"},
 		{name: "azure with a token URL", set: map[string]string{"OAUTH_PROVIDER": "azure", "OAUTH_TOKEN_URL": "https://idp/token"}, want: "OAUTH_TOKEN_URL: not used with OAUTH_PROVIDER=azure"},
-		{name: "google key", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": key}},
+		{name: "google key", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": saKey}},
+		// Both failed only once NATS was set up, naming the path but not
+		// the variable.
+		{name: "google user credentials", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": userCreds}, want: "GOOGLE_APPLICATION_CREDENTIALS: auth: invalid config: google: service account key " + userCreds},
+		{name: "google key not JSON", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": key}, want: "GOOGLE_APPLICATION_CREDENTIALS: auth: invalid config: google: service account key " + key},
 		{name: "google metadata server", set: map[string]string{"OAUTH_PROVIDER": "google", "GCE_METADATA_HOST": "127.0.0.1:8080"}},
 		{name: "google with a client secret", set: map[string]string{"OAUTH_PROVIDER": "google", "OAUTH_CLIENT_SECRET": "s"}, want: "OAUTH_CLIENT_SECRET: not used"},
 		{name: "google missing key", set: map[string]string{"OAUTH_PROVIDER": "google", "GOOGLE_APPLICATION_CREDENTIALS": key + ".gone"}, want: "GOOGLE_APPLICATION_CREDENTIALS"},
@@ -115,6 +129,16 @@ func TestDestinationAuthDefaults(t *testing.T) {
 // AWS_REGION, which EKS and ECS set to the cluster's region, fills in only
 // for a URL that names none (a VPC endpoint, a proxy).
 func TestAWSRegionOfTheDataStore(t *testing.T) {
+	// A service account key as Google issues it (the key is parsed at
+	// the first token), and the credentials of a user, which stowline
+	// cannot use (gcloud auth application-default login writes them).
+	saKey, userCreds := filepath.Join(t.TempDir(), "sa.json"), filepath.Join(t.TempDir(), "adc.json")
+	if err := os.WriteFile(saKey, []byte(`{"type":"service_account","client_email":"stowline@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n","token_uri":"https://oauth2.googleapis.com/token"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(userCreds, []byte(`{"type":"authorized_user","client_id":"c","client_secret":"s","refresh_token":"r"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	const hi = "https://dicom-medical-imaging.eu-west-1.amazonaws.com/datastore/d9a2a515ab294163a2d2f4069eed584c"
 	tests := []struct {
 		name, url, awsRegion, want string
