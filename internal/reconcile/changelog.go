@@ -16,18 +16,24 @@ import (
 var handledChanges = []string{"StableStudy", "NewStudy", "NewSeries", "NewInstance", "Deleted"}
 
 // detectFilter asks Orthanc whether it filters its change log by type;
-// without an answer the log is read whole, as on every release.
-func (s *sourceRunner) detectFilter(ctx context.Context) {
+// without an answer the log is read whole, as on every release. For a
+// source without a configured name it also checks that Orthanc still
+// bears the name it is served under: errRenamed if not.
+func (s *sourceRunner) detectFilter(ctx context.Context) error {
 	s.changeTypes = nil
 	sys, err := s.orthanc.System(ctx)
 	if err != nil {
 		s.log.Warn("could not ask Orthanc whether it filters its change log; reading all of it", "err", err)
-		return
+		return nil
+	}
+	if err := s.sameName(sys); err != nil {
+		return err
 	}
 	if sys.Capabilities.HasExtendedChanges {
 		s.changeTypes = handledChanges
 		s.log.Info("Orthanc filters its change log by type: the reconciler reads only the changes it acts on", "orthanc_version", sys.Version)
 	}
+	return nil
 }
 
 // loadCursor reads the stored cursor, or starts one at the current end of
@@ -37,7 +43,9 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 	s.recent = map[string]string{}
 	s.unreadable = map[string]bool{}
 	s.dirty = false
-	s.detectFilter(ctx)
+	if err := s.detectFilter(ctx); err != nil {
+		return err
+	}
 	c, found, err := s.store.load(ctx)
 	if err != nil {
 		return err
@@ -47,6 +55,12 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 		s.log.Info("reconciler resumes", "cursor", c.Seq, "pending_studies", len(c.Pending))
 		s.r.m.pending.WithLabelValues(s.name).Set(float64(len(c.Pending)))
 		return nil
+	}
+	if s.configured == "" {
+		adopted, err := s.adoptRenamed(ctx)
+		if err != nil || adopted {
+			return err
+		}
 	}
 	last, err := s.orthanc.LastChange(ctx)
 	if err != nil {
@@ -76,6 +90,9 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 // stores the cursor. more is true when the page did not reach the end.
 func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 	opts := &s.r.opts
+	if err := s.checkName(ctx); err != nil {
+		return false, err
+	}
 	since := max(s.cur.Seq-1, 0) // one before, to check the change at the cursor
 	page, err := s.orthanc.Changes(ctx, since, opts.PageSize+1, s.changeTypes...)
 	var oe *orthancapi.Error

@@ -77,3 +77,11 @@ func (m *metrics) init(source string) {
 	m.pollErrors.WithLabelValues(source)
 	m.resets.WithLabelValues(source)
 }
+
+// drop deletes the series of a source, renamed since.
+func (m *metrics) drop(source string) {
+	for _, v := range []*prometheus.MetricVec{m.lag.MetricVec, m.leaseHeld.MetricVec, m.pending.MetricVec,
+		m.published.MetricVec, m.skipped.MetricVec, m.changesSkipped.MetricVec, m.pollErrors.MetricVec, m.resets.MetricVec} {
+		v.DeletePartialMatch(prometheus.Labels{"source": source})
+	}
+}

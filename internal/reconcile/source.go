@@ -35,6 +35,9 @@ type sourceRunner struct {
 	// unreadable are the pending studies Orthanc failed to read, each
 	// warned about once.
 	unreadable map[string]bool
+	// nameChecked is when Orthanc's Name was last read, for a source
+	// without a configured name (checkName).
+	nameChecked time.Time
 }
 
 func (s *sourceRunner) check(context.Context) error {
@@ -50,9 +53,15 @@ func (s *sourceRunner) setStatus(err error) {
 }
 
 func (s *sourceRunner) run(ctx context.Context) {
-	if !s.resolveName(ctx) {
-		return
+	for s.resolveName(ctx) && s.serve(ctx) {
+		// Orthanc was renamed: serve the source under its new name.
 	}
+}
+
+// serve takes the source's lease and polls while it holds it, until ctx
+// ends (false) or Orthanc, unnamed in the configuration, was renamed
+// (true).
+func (s *sourceRunner) serve(ctx context.Context) bool {
 	opts := &s.r.opts
 	s.r.m.init(s.name)
 	s.log = s.r.log.With("source", s.name)
@@ -78,7 +87,12 @@ func (s *sourceRunner) run(ctx context.Context) {
 			if s.lease.previous != "" {
 				s.log.Info("took over the reconciler lease: its holder stopped renewing it", "previous_holder", s.lease.previous)
 			}
-			s.lead(ctx)
+			if s.lead(ctx) {
+				// The old name's series would stay at 0 for good, and
+				// StowlineReconcilerNotRunning fire for it.
+				s.r.m.drop(s.name)
+				return true
+			}
 			continue
 		default:
 			failures.Succeeded()
@@ -86,6 +100,7 @@ func (s *sourceRunner) run(ctx context.Context) {
 		}
 		sleep(ctx, check)
 	}
+	return false
 }
 
 // unnamedSource labels the poll errors of a source without a configured
@@ -104,6 +119,7 @@ func (s *sourceRunner) resolveName(ctx context.Context) bool {
 		sys, err := s.orthanc.System(ctx)
 		if err == nil {
 			s.name = events.DefaultSourceName(sys.Name)
+			s.nameChecked = time.Now()
 			s.setStatus(nil)
 			s.r.log.Info("reconciling the Orthanc source named after Orthanc's Name, as the Lua script does by default; set ORTHANC_SOURCE_NAME if its Stowline.Source differs",
 				"source", s.name)
@@ -123,8 +139,9 @@ func (s *sourceRunner) resolveName(ctx context.Context) bool {
 	}
 }
 
-// lead polls while this replica holds the lease.
-func (s *sourceRunner) lead(ctx context.Context) {
+// lead polls while this replica holds the lease. It reports whether it
+// stopped because Orthanc, unnamed in the configuration, was renamed.
+func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 	opts := &s.r.opts
 	s.r.m.leaseHeld.WithLabelValues(s.name).Set(1)
 	defer s.r.m.leaseHeld.WithLabelValues(s.name).Set(0)
@@ -145,15 +162,17 @@ func (s *sourceRunner) lead(ctx context.Context) {
 
 	if errors.Is(context.Cause(lctx), errLeaseLost) {
 		s.log.Warn("reconciler lease lost: another replica polls the source now")
-		return
+		return false
 	}
+	renamed = errors.Is(context.Cause(lctx), errRenamed)
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer rcancel()
 	if err := s.lease.release(rctx); err != nil {
 		s.log.Warn("reconciler lease not released; another replica takes over once it expires", "err", err)
-		return
+		return renamed
 	}
 	s.log.Info("reconciler lease released")
+	return renamed
 }
 
 // keepLease renews the lease every third of its TTL. A contender may take
@@ -229,6 +248,10 @@ func (s *sourceRunner) pollLoop(ctx context.Context, stop context.CancelCauseFun
 		if errors.Is(err, errCursorConflict) {
 			s.log.Warn("another replica wrote the reconciler cursor; stepping down")
 			stop(errLeaseLost)
+			return
+		}
+		if errors.Is(err, errRenamed) {
+			stop(errRenamed)
 			return
 		}
 		if err != nil {

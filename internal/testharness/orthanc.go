@@ -450,6 +450,24 @@ func (o *Orthanc) RestartWithPassword(ctx context.Context, password string) erro
 	return o.Restart(ctx)
 }
 
+// Rename restarts Orthanc with name as its "Name", as an administrator
+// renaming it does (Orthanc reads its configuration only at start).
+func (o *Orthanc) Rename(t testing.TB, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*startTimeout(o.opts))
+	defer cancel()
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	o.Name = name
+	if err := o.writeConfig(); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Restart(ctx); err != nil {
+		t.Fatalf("restart orthanc renamed %s: %v", name, err)
+	}
+}
+
 // Stop stops Orthanc (SIGTERM, then SIGKILL after 15 s) and keeps its
 // storage for Start.
 func (o *Orthanc) Stop(t testing.TB) {

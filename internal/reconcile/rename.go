@@ -1,0 +1,117 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// errRenamed: Orthanc, whose name the source takes (no name configured),
+// was renamed. The Lua script names its events after the new name at
+// once; the reconciler's events must too, or every study is stored twice
+// under two dedupe IDs and forwarded twice.
+var errRenamed = errors.New("reconcile: Orthanc's Name changed")
+
+// checkName reads Orthanc's Name, once a poll interval, for a source
+// without a configured name; errRenamed when it changed. A failed read is
+// left to the change log's read, which fails too.
+func (s *sourceRunner) checkName(ctx context.Context) error {
+	if s.configured != "" || time.Since(s.nameChecked) < s.r.opts.PollInterval {
+		return nil
+	}
+	sys, err := s.orthanc.System(ctx)
+	if err != nil {
+		return nil
+	}
+	return s.sameName(sys)
+}
+
+// sameName is checkName's comparison, for an answer of GET /system.
+func (s *sourceRunner) sameName(sys orthancapi.System) error {
+	if s.configured != "" {
+		return nil
+	}
+	s.nameChecked = time.Now()
+	if name := events.DefaultSourceName(sys.Name); name != s.name {
+		s.log.Warn("Orthanc's Name changed: the reconciler names this source's events after the new one, as the Lua script does, and carries its cursor over",
+			"new_source", name)
+		return errRenamed
+	}
+	return nil
+}
+
+// adoptRenamed continues, for a source without a configured name and
+// without a cursor under its name, the cursor it kept under an earlier
+// name of Orthanc. Starting at the end of the change log instead missed
+// every study whose webhook was lost between the last poll under the old
+// name and the first under the new one, and the pending studies (Orthanc
+// is restarted to be renamed, and forgets its unstable studies then). A
+// cursor is this Orthanc's when the change it points at is in its change
+// log: numbers, types, resources and dates together are one database's.
+// The cursor is moved to the new name's key; adopted is false when none
+// matched.
+func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err error) {
+	kv := s.r.opts.KV
+	lister, err := kv.ListKeysFiltered(ctx, cursorKey("*"))
+	if err != nil {
+		return false, fmt.Errorf("list the reconciler's cursors: %w", err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		if k != s.store.key {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	var (
+		from  string
+		found cursor
+		rev   uint64
+	)
+	for _, k := range keys {
+		entry, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("read cursor %s: %w", k, err)
+		}
+		var c cursor
+		if json.Unmarshal(entry.Value(), &c) != nil || c.Change == nil || c.Seq <= 0 || c.Seq <= found.Seq {
+			continue
+		}
+		page, err := s.orthanc.Changes(ctx, c.Seq-1, 1)
+		if err != nil {
+			return false, fmt.Errorf("orthanc: read change %d: %w", c.Seq, err)
+		}
+		if len(page.Changes) > 0 && page.Changes[0].Seq == c.Seq && c.Change.matches(page.Changes[0]) {
+			from, found, rev = k, c, entry.Revision()
+		}
+	}
+	if from == "" {
+		return false, nil
+	}
+	if err := s.store.save(ctx, found); err != nil {
+		return false, err
+	}
+	s.cur = found
+	s.r.m.pending.WithLabelValues(s.name).Set(float64(len(found.Pending)))
+	s.log.Warn("reconciler resumes from the cursor it kept under Orthanc's earlier Name",
+		"previous_cursor_key", from, "cursor", found.Seq, "pending_studies", len(found.Pending))
+	// Left there, it would be resumed, stale, should Orthanc be named so
+	// again. Deleted only as it was read: a replica still polling under
+	// the old name (one of an older build) steps down at its next save.
+	if err := kv.Delete(ctx, from, jetstream.LastRevision(rev)); err != nil {
+		s.log.Warn("could not delete the cursor kept under Orthanc's earlier Name; delete it by hand (nats kv del)",
+			"previous_cursor_key", from, "err", err)
+	}
+	return true, nil
+}

@@ -1,0 +1,84 @@
+package reconcile_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/internal/testharness"
+)
+
+// An Orthanc without a configured source name is renamed (its "Name"
+// changed, Orthanc restarted), and the Lua script names its events after
+// the new name at once. The reconciler's events must too: under the old
+// name each study was stored twice, under two dedupe IDs, and forwarded
+// twice. And it must go on from where its cursor was under the old name:
+// an ingest restarted after the rename began afresh at the end of the
+// change log, and a study stored while it was down, whose webhook was
+// lost with it, was never announced.
+func TestUnnamedSourceRenamed(t *testing.T) {
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		for _, tc := range []struct {
+			name string
+			// stopped: the ingest is down while Orthanc is renamed and
+			// the second study arrives; else it runs all along.
+			stopped bool
+		}{
+			{"ingest down meanwhile", true},
+			{"ingest running", false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := newRig(t, rel, "recon-old")
+				_, reg, stop := r.start(t, "")
+				upload(t, r.orthanc, writeStudy(t, 1))
+				testharness.WaitFor(t, "the first study's event", 20*time.Second, func() bool {
+					return len(streamEvents(t, r.nats.JS)) == 1
+				})
+				if tc.stopped {
+					stop()
+				}
+				r.orthanc.Rename(t, "recon new")
+				upload(t, r.orthanc, writeStudy(t, 1)) // its webhook is lost
+				waitStable(t, r)
+				if tc.stopped {
+					_, reg, _ = r.start(t, "")
+				}
+				testharness.WaitFor(t, "the second study's event, or the cursor past its StableStudy change", 30*time.Second, func() bool {
+					return len(streamEvents(t, r.nats.JS)) >= 2 ||
+						metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": "recon-new"}) == 1 &&
+							cursorPastStable(t, r, "recon-new")
+				})
+				evs := streamEvents(t, r.nats.JS)
+				if len(evs) != 2 {
+					t.Fatalf("%d events, want the second study's: %+v", len(evs), evs)
+				}
+				if evs[1].Source != "recon-new" {
+					t.Errorf("the second study's event names source %q, want recon-new, as the Lua script's", evs[1].Source)
+				}
+				if _, err := r.kv.Get(t.Context(), "cursor.recon-old"); err == nil {
+					t.Error("the old name's cursor is still stored: should Orthanc be named so again, the reconciler would resume from it")
+				}
+				if got := metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": "recon-old"}); got != -1 {
+					t.Errorf("the old name's lease series is still exported (%v): StowlineReconcilerNotRunning would fire for it", got)
+				}
+			})
+		}
+	})
+}
+
+// waitStable waits until Orthanc calls every study stable, and so has
+// logged their StableStudy changes.
+func waitStable(t *testing.T, r *rig) {
+	t.Helper()
+	testharness.WaitFor(t, "every study stable", 20*time.Second, func() bool {
+		var studies []string
+		r.orthanc.GetJSON(t, "/studies", &studies)
+		for _, id := range studies {
+			var st struct{ IsStable bool }
+			r.orthanc.GetJSON(t, "/studies/"+id, &st)
+			if !st.IsStable {
+				return false
+			}
+		}
+		return true
+	})
+}
