@@ -344,3 +344,66 @@ func runReconciler(t *testing.T, opts Options) (*Reconciler, context.Context) {
 	t.Cleanup(func() { cancel(); <-done })
 	return r, ctx
 }
+
+// TestClockSetBackSkipsNoNewStudy: Orthanc's clock is set back, so its
+// new changes are dated before the last one the reconciler handled. The
+// rescan's skip (cursor.SkipBefore) exists only while a reset change log
+// is rescanned, up to its first change dated from then on: outside it,
+// changes are read by number and their dates do not matter. A study
+// logged after the clock went back is published, with no reset, and
+// after a reset whose rescan has ended.
+func TestClockSetBackSkipsNoNewStudy(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reset bool
+	}{
+		{"no reset", false},
+		{"after a reset's rescan", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			first := &changeLog{studies: map[string]orthancapi.Study{}}
+			o := &swappableOrthanc{log: first}
+			pub := &publishedIDs{}
+			_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+				PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: 3})
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			waitUntil(t, "the first start's cursor", func() bool {
+				_, found, err := store.load(ctx)
+				return err == nil && found
+			})
+			o.mu.Lock()
+			for n := 1; n <= 3; n++ {
+				o.log.addStudy(n) // changes 1 to 12
+			}
+			o.mu.Unlock()
+			waitUntil(t, "the first studies", func() bool { return pub.has(orthancID(3)) })
+
+			if tc.reset {
+				// A backup of the database with the first two studies is
+				// restored: its log ends below the cursor.
+				restored := &changeLog{studies: map[string]orthancapi.Study{}}
+				restored.addStudy(1)
+				restored.addStudy(2)
+				restored.datedFrom = 3600 // a study an hour later ends the rescan's skip
+				restored.addStudy(4)
+				o.mu.Lock()
+				o.log = restored
+				o.mu.Unlock()
+				waitUntil(t, "the study after the restore", func() bool { return pub.has(orthancID(4)) })
+			}
+			o.mu.Lock()
+			o.log.datedFrom = -24 * 3600 // the clock is set back a day
+			o.log.addStudy(5)
+			o.mu.Unlock()
+			waitUntil(t, "the study logged after the clock was set back", func() bool { return pub.has(orthancID(5)) })
+			pub.mu.Lock()
+			defer pub.mu.Unlock()
+			for _, n := range []int{1, 2} {
+				if c := slices.Index(pub.ids, orthancID(n)); slices.Index(pub.ids[c+1:], orthancID(n)) >= 0 {
+					t.Errorf("study %d published again: %v", n, pub.ids)
+				}
+			}
+		})
+	}
+}
