@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -72,9 +73,9 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	}
 	slices.Sort(keys)
 	var (
-		from  string
-		found cursor
-		rev   uint64
+		from, held string
+		found      cursor
+		rev        uint64
 	)
 	for _, k := range keys {
 		entry, err := kv.Get(ctx, k)
@@ -92,9 +93,26 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		if err != nil {
 			return false, fmt.Errorf("orthanc: read change %d: %w", c.Seq, err)
 		}
-		if len(page.Changes) > 0 && page.Changes[0].Seq == c.Seq && c.Change.matches(page.Changes[0]) {
-			from, found, rev = k, c, entry.Revision()
+		if len(page.Changes) == 0 || page.Changes[0].Seq != c.Seq || !c.Change.matches(page.Changes[0]) {
+			continue
 		}
+		live, err := s.leaseLive(ctx, strings.TrimPrefix(k, cursorKey("")))
+		if err != nil {
+			return false, err
+		}
+		if live {
+			held = k
+			continue
+		}
+		from, found, rev = k, c, entry.Revision()
+	}
+	if from == "" && held != "" {
+		// A replica still serves the old name (one of an older build
+		// during an upgrade, or a holder that could not release its
+		// lease): its cursor is taken once it stops. If it never does,
+		// two deployments name this Orthanc differently, and each
+		// study is queued under both names.
+		return false, fmt.Errorf("this Orthanc's change log is reconciled under another source name too (%s, its lease is held): waiting for it to stop; if it does not, two deployments name this Orthanc differently: give them the same ORTHANC_SOURCE_NAME", held)
 	}
 	if from == "" {
 		return false, nil
@@ -107,11 +125,32 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	s.log.Warn("reconciler resumes from the cursor it kept under Orthanc's earlier Name",
 		"previous_cursor_key", from, "cursor", found.Seq, "pending_studies", len(found.Pending))
 	// Left there, it would be resumed, stale, should Orthanc be named so
-	// again. Deleted only as it was read: a replica still polling under
-	// the old name (one of an older build) steps down at its next save.
+	// again. Deleted only at the revision read.
 	if err := kv.Delete(ctx, from, jetstream.LastRevision(rev)); err != nil {
 		s.log.Warn("could not delete the cursor kept under Orthanc's earlier Name; delete it by hand (nats kv del)",
 			"previous_cursor_key", from, "err", err)
 	}
 	return true, nil
+}
+
+// leaseLive reports whether source's lease was renewed within two of its
+// TTLs, on the writer's wall clock: a replica still serves that name. A
+// clean stop deletes the lease; a crashed holder's counts until then.
+func (s *sourceRunner) leaseLive(ctx context.Context, source string) (bool, error) {
+	entry, err := s.r.opts.KV.Get(ctx, leaseKey(source))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read lease %s: %w", leaseKey(source), err)
+	}
+	var v leaseValue
+	if json.Unmarshal(entry.Value(), &v) != nil {
+		return false, nil
+	}
+	ttl, err := time.ParseDuration(v.TTL)
+	if err != nil || ttl <= 0 {
+		ttl = s.r.opts.LeaseTTL
+	}
+	return time.Since(v.RenewedAt) < 2*ttl, nil
 }

@@ -1,0 +1,79 @@
+package reconcile
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// A source without a configured name takes over the cursor its Orthanc's
+// change log has under another name (Orthanc renamed) only once no
+// replica serves that name: while one does (an older build during an
+// upgrade, or another deployment naming this Orthanc differently), taking
+// it made the two take it from each other in turn. Its check says why it
+// waits.
+func TestRenamedCursorTakenOnceItsLeaseIsFree(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		held bool
+	}{
+		{"old name's lease released", false},
+		{"old name's lease held", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			ctx := t.Context()
+			o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+			o.log.addStudy(1) // changes 1 to 4
+			// A study the old name's cursor waits for, not stable yet.
+			o.log.studies[orthancID(9)] = orthancapi.Study{ID: orthancID(9), StudyInstanceUID: "1.2.3.9", LastUpdate: "20261203T150000"}
+			old := cursor{Seq: 4, Change: markOf(o.log.changes[3]), Pending: map[string]int64{orthancID(9): 2}}
+			b, err := json.Marshal(old)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Put(ctx, cursorKey("old"), b); err != nil {
+				t.Fatal(err)
+			}
+			if tc.held {
+				lv, err := json.Marshal(leaseValue{Holder: "other", RenewedAt: time.Now().UTC(), TTL: "1h"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := kv.Put(ctx, leaseKey("old"), lv); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Orthanc's Name is empty: the source is "orthanc".
+			r, _ := runReconciler(t, Options{Sources: []Source{{Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+			adopted := func() bool {
+				c, found, err := (&cursorStore{kv: kv, key: cursorKey("orthanc")}).load(ctx)
+				return err == nil && found && c.Seq == 4 && c.Pending[orthancID(9)] == 2
+			}
+			if tc.held {
+				check := r.Checks()["reconcile"]
+				waitUntil(t, "the check to say why the reconciler waits", func() bool {
+					err := check(ctx)
+					return err != nil && strings.Contains(err.Error(), "reconciled under another source name too")
+				})
+				if _, err := kv.Get(ctx, cursorKey("orthanc")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+					t.Fatalf("a cursor was stored under the new name while the old name's lease is held: %v", err)
+				}
+				if err := kv.Delete(ctx, leaseKey("old")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitUntil(t, "the old name's cursor, pending studies included, under the new name", adopted)
+			if _, err := kv.Get(ctx, cursorKey("old")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+				t.Errorf("the old name's cursor is still stored: %v", err)
+			}
+		})
+	}
+}
