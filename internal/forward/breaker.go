@@ -182,8 +182,16 @@ type breaker struct {
 	failures int
 	// wait is the current probe interval.
 	wait time.Duration
-	// trial is true while a trial study is out (half-open).
-	trial bool
+	// trial is the token of the half-open's trial while it is out, 0 when
+	// none is. setState clears it: a trial still out when the state
+	// changes is an ordinary study from then on, and its outcome counts
+	// as one (record), so that it neither decides nor frees the trial of
+	// a later half-open.
+	trial trialToken
+	// pulling is true while a trial pull's event has not come: it is the
+	// trial of the half-open it comes in (pulledTrialArrived), and no
+	// other starts meanwhile.
+	pulling bool
 	// probeStudy is a Study Instance UID of a held study, for the probe.
 	probeStudy string
 	// failedProbes counts the probes that failed in a row: 0 when the
@@ -227,7 +235,8 @@ type breaker struct {
 	// probing is true while a probe request is out: one at a time.
 	probing bool
 	// generation counts the changes of state, so a probe that outlived
-	// the outage it was for does not decide the next one.
+	// the outage it was for does not decide the next one; a trial's
+	// token is the generation of its half-open.
 	generation uint64
 	// stopped: the forwarder stopped; no further probes.
 	stopped bool
@@ -235,6 +244,10 @@ type breaker struct {
 	probeCtx    context.Context
 	cancelProbe context.CancelFunc
 }
+
+// trialToken names the trial of one half-open: the breaker's generation
+// then. 0 is no trial.
+type trialToken uint64
 
 func newBreaker(cfg breakerConfig, prober Prober, onChange func(from, to BreakerState)) *breaker {
 	if onChange == nil {
@@ -283,21 +296,20 @@ func (b *breaker) waitClosed(ctx context.Context) error {
 
 // record counts the outcome of a study attempt (err nil: stored) and
 // reports whether the study is to be held: it failed for a destination
-// that is down, and the breaker is open. trial is true for the attempt
-// that a half-open breaker let through. studyUID names the study for a
-// later probe, seq its event's stream sequence.
-func (b *breaker) record(err error, trial bool, studyUID string, seq uint64) (hold bool) {
+// that is down, and the breaker is open. token is the trial token of the
+// attempt that a half-open breaker let through (0: none); one of an
+// earlier half-open counts as an ordinary study's. studyUID names the
+// study for a later probe, seq its event's stream sequence.
+func (b *breaker) record(err error, token trialToken, studyUID string, seq uint64) (hold bool) {
 	if !b.enabled() || errors.Is(err, context.Canceled) {
-		if trial {
-			b.endTrial()
+		if token != 0 {
+			b.endTrial(token)
 		}
 		return false
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if trial {
-		b.trial = false
-	}
+	trial := b.takeTrial(token)
 	down := DestinationDown(err)
 	switch {
 	case err == nil:
@@ -350,20 +362,31 @@ func (b *breaker) record(err error, trial bool, studyUID string, seq uint64) (ho
 	return b.state != BreakerClosed
 }
 
+// takeTrial reports whether token is the trial of the half-open now, and
+// ends that trial. Under mu.
+func (b *breaker) takeTrial(token trialToken) bool {
+	if token == 0 || token != b.trial {
+		return false
+	}
+	b.trial = 0
+	return true
+}
+
 // trialSaidNothing ends a trial that failed before any request reached
 // the destination: the next trial goes at once, as after a pulled trial
 // settled without a request, up to maxQuietPulls in a half-open; then
 // the breaker opens again and probes. pulled: the trial was pulled, and
-// its place among the pulled trials is freed first.
-func (b *breaker) trialSaidNothing(pulled bool) {
+// its place among the pulled trials is freed first. A trial of an earlier
+// half-open only frees its place.
+func (b *breaker) trialSaidNothing(token trialToken, pulled bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.trial = false
 	if pulled {
 		b.pulledTrials--
 	}
 	defer b.broadcast()
 	switch {
+	case !b.takeTrial(token):
 	case b.state != BreakerHalfOpen || b.stopped:
 	case b.quietPulls < maxQuietPulls:
 		b.quietPulls++
@@ -376,24 +399,23 @@ func (b *breaker) trialSaidNothing(pulled bool) {
 // endTrial frees the trial slot without an outcome (shutdown). Were it
 // cancelled while the forwarder goes on, a half-open breaker would wait
 // for a trial that never comes: it opens again and probes.
-func (b *breaker) endTrial() {
+func (b *breaker) endTrial(token trialToken) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.trial = false
-	if b.state == BreakerHalfOpen && !b.stopped {
+	if b.takeTrial(token) && b.state == BreakerHalfOpen && !b.stopped {
 		b.open("")
 	}
 	b.broadcast()
 }
 
 // hold waits, for a held study (its event at stream sequence seq), until
-// the breaker closes (trial false) or lets this study through as the
-// trial of a half-open breaker (trial true), or ctx ends. Once closed,
+// the breaker closes (trial 0) or lets this study through as the trial of
+// a half-open breaker (its token), or ctx ends. Once closed,
 // the held studies go oldest first: each when none with a lower stream
 // sequence is still held (the order JetStream delivers in, and deletes
 // in at EVENTS_RETENTION). They leave at once, one after the other, and
 // then run side by side.
-func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) {
+func (b *breaker) hold(ctx context.Context, seq uint64) (trial trialToken, err error) {
 	b.mu.Lock()
 	b.heldSeqs[seq]++
 	b.mu.Unlock()
@@ -407,7 +429,7 @@ func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) 
 			// The next oldest goes, or, none left, the workers pull.
 			b.broadcast()
 		}
-		if b.state == BreakerHalfOpen && !b.trial && !b.stopped && b.heldSeqs[b.trialSeq] == 0 {
+		if b.state == BreakerHalfOpen && b.trialFree() && !b.stopped && b.heldSeqs[b.trialSeq] == 0 {
 			// The study chosen as the trial is gone (its context
 			// ended): choose again, else none would come.
 			b.chooseTrial()
@@ -418,23 +440,23 @@ func (b *breaker) hold(ctx context.Context, seq uint64) (trial bool, err error) 
 		switch {
 		case b.stopped:
 			b.mu.Unlock()
-			return false, errShutdown
+			return 0, errShutdown
 		case b.state == BreakerClosed && !b.olderHeld(seq):
 			b.mu.Unlock()
-			return false, nil
-		case b.state == BreakerHalfOpen && !b.trial && seq == b.trialSeq:
-			b.trial = true
+			return 0, nil
+		case b.state == BreakerHalfOpen && b.trialFree() && seq == b.trialSeq:
+			b.trial = trialToken(b.generation)
 			b.trials++
 			b.triedAt[seq] = b.trials
 			b.mu.Unlock()
-			return true, nil
+			return b.trial, nil
 		}
 		changed := b.changed
 		b.mu.Unlock()
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 }
@@ -545,9 +567,9 @@ func (b *breaker) chooseTrial() {
 	case !ok:
 		b.setState(BreakerClosed)
 	case fresh || !b.canPullTrial():
-		// b.trial: a trial of an earlier half-open is still out (a
-		// pull whose event has not come): it is this one's, and no
-		// second is pulled beside it.
+		// b.pulling: a pull of an earlier half-open whose event has
+		// not come is this one's trial, and no second is pulled
+		// beside it.
 		b.trialSeq = seq
 		b.broadcast()
 	default:
@@ -571,23 +593,25 @@ func (b *breaker) pickHeld() (seq uint64, fresh, ok bool) {
 }
 
 // pulledTrialArrived decides what an event pulled as the trial is when
-// its first attempt starts: the trial while the breaker is half-open (its
-// pull holds the trial slot). The breaker may have closed since the pull
-// began (a study in flight was stored), and opened again: then the slot
-// is freed and the event is an ordinary study, sent if the breaker is
-// closed, held (hold true) without an attempt if it is open, so that no
-// study goes to a destination no probe vouched for, and no failure of
-// it is taken for a vouched trial's.
-func (b *breaker) pulledTrialArrived() (trial, hold bool) {
+// its first attempt starts: the trial (its token) while the breaker is
+// half-open (its pull held the trial slot). The breaker may have closed
+// since the pull began (a study in flight was stored), and opened again:
+// then the event is an ordinary study, sent if the breaker is closed,
+// held (hold true) without an attempt if it is open (or, which its pull
+// rules out, half-open with another trial out), so that no study
+// goes to a destination no probe vouched for, and no failure of it is
+// taken for a vouched trial's.
+func (b *breaker) pulledTrialArrived() (trial trialToken, hold bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state == BreakerHalfOpen {
-		return true, false
+	b.pulling = false
+	if b.state == BreakerHalfOpen && b.trial == 0 {
+		b.trial = trialToken(b.generation)
+		return b.trial, false
 	}
-	b.trial = false
 	// Stopping, the hold ends at once (errShutdown), with no request to
 	// a destination that is down.
-	return false, b.state == BreakerOpen
+	return 0, b.state != BreakerClosed
 }
 
 // pulledTrialEnded is told that an event pulled as the trial was settled,
@@ -602,7 +626,7 @@ func (b *breaker) pulledTrialEnded(found, used bool) {
 	if used {
 		return
 	}
-	b.trial = false
+	b.pulling = false
 	switch {
 	case b.state != BreakerHalfOpen || b.stopped:
 	case found && b.quietPulls < maxQuietPulls && b.pullTrial != nil:
@@ -633,15 +657,19 @@ func (b *breaker) pulledTrialEnded(found, used bool) {
 
 // startPulledTrial pulls the trial from the queue. Under mu.
 func (b *breaker) startPulledTrial() {
-	b.trial = true
+	b.pulling = true
 	b.pulledTrials++
 	b.pullTrial()
 }
 
+// trialFree reports whether no trial is out for the state now, nor a
+// pull on its way to be one. Under mu.
+func (b *breaker) trialFree() bool { return b.trial == 0 && !b.pulling }
+
 // canPullTrial reports whether a trial may be pulled from the queue now.
 // Under mu.
 func (b *breaker) canPullTrial() bool {
-	return b.pullTrial != nil && !b.trial && !b.stopped && b.pulledTrials < cmp.Or(b.maxPulled, maxPulledTrials)
+	return b.pullTrial != nil && b.trialFree() && !b.stopped && b.pulledTrials < cmp.Or(b.maxPulled, maxPulledTrials)
 }
 
 // probeTimeout bounds one probe request.
@@ -677,6 +705,7 @@ func (b *breaker) setState(to BreakerState) {
 	from := b.state
 	b.state, b.since = to, b.now().UTC()
 	b.generation++
+	b.trial = 0
 	if to == BreakerClosed {
 		b.probeStudy, b.wait, b.failedProbes = "", b.cfg.interval, 0
 		if b.timer != nil {
@@ -746,13 +775,13 @@ func (f *Forwarder) Status() DestinationStatus {
 // the breaker closes (or as its trial). On shutdown the last error is
 // returned and the study goes back to the queue (one delivery).
 func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.Logger) (Report, error) {
-	trial, holdFirst := false, false
+	trial, holdFirst := trialToken(0), false
 	if t, ok := ctx.Value(pulledTrialKey{}).(*pulledTrial); ok && !t.used {
 		// Pulled as the trial of the half-open breaker: this first
 		// attempt is it, if the breaker is half-open still.
 		t.used = true
 		trial, holdFirst = f.breaker.pulledTrialArrived()
-		if trial {
+		if trial != 0 {
 			log.Info("circuit breaker half-open: sending this study, pulled from the queue, as the trial")
 		}
 	}
@@ -781,19 +810,19 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			// instance): the outcome says nothing of it, so it neither
 			// closes the breaker nor resets its count of failures; a
 			// trial hands over to the next at once.
-			if trial {
-				f.breaker.trialSaidNothing(releasePulled(ctx))
+			if trial != 0 {
+				f.breaker.trialSaidNothing(trial, releasePulled(ctx))
 			}
 			return rep, nil
 		}
-		if trial && err != nil && rep.Requests == 0 && rep.Verify == 0 && !DestinationDown(err) && !errors.As(err, new(*auth.TokenError)) {
+		if trial != 0 && err != nil && rep.Requests == 0 && rep.Verify == 0 && !DestinationDown(err) && !errors.As(err, new(*auth.TokenError)) {
 			// The trial failed before any request reached the
 			// destination (its source Orthanc, a conversion): it says
 			// nothing of the destination, which closed on it would
 			// take the held studies, each a failure, while its queries
 			// may fail too. Another study is the trial.
-			f.breaker.trialSaidNothing(releasePulled(ctx))
-			trial = false
+			f.breaker.trialSaidNothing(trial, releasePulled(ctx))
+			trial = 0
 		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID, a.Seq) {
 			if err != nil && f.opts.SourceProbe != nil && (Classify(err) == Transient || sourceRefusesUs(err)) && ctx.Err() == nil {
@@ -803,7 +832,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 				}
 				if wasHeld {
 					sourceHeld++
-					trial = false // record ended a trial
+					trial = 0 // record ended a trial
 					a.again = true
 					continue
 				}
@@ -832,14 +861,14 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 
 // holdForDestination holds study a while the breaker is open, counted
 // and shown on the status page, until it closes or lets a through as its
-// trial (trial true).
-func (f *Forwarder) holdForDestination(ctx context.Context, a *Attempt, log *slog.Logger) (trial bool, err error) {
+// trial (its token).
+func (f *Forwarder) holdForDestination(ctx context.Context, a *Attempt, log *slog.Logger) (trial trialToken, err error) {
 	f.m.held.Inc()
 	f.held(a, "held: destination down (circuit breaker open)")
 	trial, err = f.breaker.hold(ctx, a.Seq)
 	f.held(a, "")
 	f.m.held.Dec()
-	if err == nil && trial {
+	if err == nil && trial != 0 {
 		log.Info("circuit breaker half-open: sending this held study as the trial")
 	}
 	return trial, err

@@ -117,18 +117,18 @@ func TestBreakerOutage(t *testing.T) {
 		defer b.stop()
 
 		for i := range 2 {
-			if b.record(down, false, "1.2.3", 0) {
+			if b.record(down, 0, "1.2.3", 0) {
 				t.Fatalf("failure %d held, before the threshold", i+1)
 			}
 		}
-		if b.record(nil, false, "", 0) {
+		if b.record(nil, 0, "", 0) {
 			t.Fatal("a success held")
 		}
 		// A success reset the count: three more are needed.
-		b.record(down, false, "1.2.3", 0)
-		b.record(&dicomweb.HTTPError{StatusCode: 400}, false, "1.2.4", 0) // an answer: counts nothing
-		b.record(down, false, "1.2.3", 0)
-		if !b.record(down, false, "1.2.5", 0) {
+		b.record(down, 0, "1.2.3", 0)
+		b.record(&dicomweb.HTTPError{StatusCode: 400}, 0, "1.2.4", 0) // an answer: counts nothing
+		b.record(down, 0, "1.2.3", 0)
+		if !b.record(down, 0, "1.2.5", 0) {
 			t.Fatal("the failure that opened the breaker was not held")
 		}
 		if s, _, _, _ := b.status(); s != BreakerOpen {
@@ -141,7 +141,7 @@ func TestBreakerOutage(t *testing.T) {
 			_ = b.waitClosed(t.Context())
 			close(pulled)
 		}()
-		type outcome struct{ trial bool }
+		type outcome struct{ trial trialToken }
 		results := make(chan outcome, 3)
 		for range 3 {
 			go func() {
@@ -172,18 +172,18 @@ func TestBreakerOutage(t *testing.T) {
 			t.Fatalf("%d probes at 60s, want 3", prober.calls)
 		}
 		r := <-results
-		if !r.trial {
+		if r.trial == 0 {
 			t.Fatal("the first study released was not the trial")
 		}
 		synctest.Wait()
 		if len(results) != 0 {
 			t.Fatal("more than one study went on while half-open")
 		}
-		if b.record(nil, true, "1.2.3", 0) {
+		if b.record(nil, r.trial, "1.2.3", 0) {
 			t.Fatal("a stored trial held")
 		}
 		for range 2 {
-			if r := <-results; r.trial {
+			if r := <-results; r.trial != 0 {
 				t.Fatal("a second trial after the breaker closed")
 			}
 		}
@@ -216,14 +216,14 @@ func TestBreakerTrialFails(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, tt.prober, nil)
 				defer b.stop()
-				if !b.record(tt.err, false, "1.2.3", 0) {
+				if !b.record(tt.err, 0, "1.2.3", 0) {
 					t.Fatal("not held")
 				}
 				trial, err := b.hold(t.Context(), 0)
-				if err != nil || !trial {
+				if err != nil || trial == 0 {
 					t.Fatalf("hold = %v, %v; want the trial", trial, err)
 				}
-				if got := b.record(tt.err, true, "1.2.3", 0); got != tt.wantHold {
+				if got := b.record(tt.err, trial, "1.2.3", 0); got != tt.wantHold {
 					t.Errorf("failed trial held = %v, want %v", got, tt.wantHold)
 				}
 				if s, _, _, _ := b.status(); s != BreakerOpen {
@@ -244,20 +244,22 @@ func TestBreakerTrialWithoutQueries(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
 		defer b.stop()
 		serverError := &dicomweb.HTTPError{StatusCode: 500}
-		b.record(serverError, false, "1.2.3", 0)
+		b.record(serverError, 0, "1.2.3", 0)
+		var trial trialToken
 		for round := range 2 {
-			trial, err := b.hold(t.Context(), 0)
-			if err != nil || !trial {
+			var err error
+			trial, err = b.hold(t.Context(), 0)
+			if err != nil || trial == 0 {
 				t.Fatalf("round %d: hold = %v, %v; want the trial", round, trial, err)
 			}
 			if prober.calls != probesBeforeTrial*(round+1) {
 				t.Errorf("round %d: a trial after %d probes, want %d", round, prober.calls, probesBeforeTrial*(round+1))
 			}
-			if round == 0 && !b.record(serverError, true, "1.2.3", 0) {
+			if round == 0 && !b.record(serverError, trial, "1.2.3", 0) {
 				t.Fatal("a 500 on a trial no probe vouched for was settled")
 			}
 		}
-		b.record(nil, true, "1.2.3", 0)
+		b.record(nil, trial, "1.2.3", 0)
 		if s, _, _, _ := b.status(); s != BreakerClosed {
 			t.Errorf("state %v after a stored trial, want closed", s)
 		}
@@ -275,7 +277,7 @@ func queriesDownBreaker(t *testing.T) (*breaker, *int) {
 	b.mu.Lock()
 	b.pullTrial = func() { *pulls++ }
 	b.mu.Unlock()
-	b.record(&dicomweb.HTTPError{StatusCode: 500}, false, "1.2.3", 0)
+	b.record(&dicomweb.HTTPError{StatusCode: 500}, 0, "1.2.3", 0)
 	return b, pulls
 }
 
@@ -306,14 +308,15 @@ func TestBreakerTrialWithoutQueriesNothingHeld(t *testing.T) {
 			t.Fatalf("nothing to try while queries fail: breaker %v, want open", s)
 		}
 		pulled(2)
-		if trial, hold := b.pulledTrialArrived(); !trial || hold {
+		trial, hold := b.pulledTrialArrived()
+		if trial == 0 || hold {
 			t.Fatalf("pulled trial arrived: trial %v, hold %v; want the trial", trial, hold)
 		}
-		if !b.record(serverError, true, "1.2.4", 7) {
+		if !b.record(serverError, trial, "1.2.4", 7) {
 			t.Fatal("a 500 on a pulled trial no probe vouched for was settled (spent)")
 		}
 		b.pulledTrialEnded(true, true)
-		b.record(nil, true, "1.2.4", 7)
+		b.record(nil, 0, "1.2.4", 7)
 		if s, _, _, _ := b.status(); s != BreakerClosed {
 			t.Errorf("state %v after a stored trial, want closed", s)
 		}
@@ -331,13 +334,14 @@ func TestBreakerUnvouchedTrialFailureMarked(t *testing.T) {
 		serverError := &dicomweb.HTTPError{StatusCode: 500}
 		time.Sleep(probesBeforeTrial*time.Second + time.Second/2)
 		synctest.Wait()
-		if trial, hold := b.pulledTrialArrived(); !trial || hold {
+		trial, hold := b.pulledTrialArrived()
+		if trial == 0 || hold {
 			t.Fatalf("pulled trial arrived: trial %v, hold %v; want the trial", trial, hold)
 		}
-		if !b.record(serverError, true, "1.2.7", 7) {
+		if !b.record(serverError, trial, "1.2.7", 7) {
 			t.Fatal("a 500 on a trial no probe vouched for was settled (spent)")
 		}
-		held := make(chan bool, 1)
+		held := make(chan trialToken, 1)
 		go func() {
 			trial, _ := b.hold(t.Context(), 7)
 			held <- trial
@@ -367,27 +371,32 @@ func TestBreakerTrialThatSaidNothing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Minute}, &fakeProber{}, nil)
 		defer b.stop()
-		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.1", 1)
-		trials := make(chan uint64, 2)
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
+		type heldTrial struct {
+			seq   uint64
+			trial trialToken
+		}
+		trials := make(chan heldTrial, 2)
 		for _, seq := range []uint64{1, 2} {
 			go func() {
-				if trial, err := b.hold(t.Context(), seq); err == nil && trial {
-					trials <- seq
+				if trial, err := b.hold(t.Context(), seq); err == nil && trial != 0 {
+					trials <- heldTrial{seq, trial}
 				}
 			}()
 			synctest.Wait()
 		}
 		time.Sleep(time.Second) // the probe passes: the oldest is the trial
 		synctest.Wait()
-		if seq := <-trials; seq != 1 {
-			t.Fatalf("trial %d, want 1", seq)
+		first := <-trials
+		if first.seq != 1 {
+			t.Fatalf("trial %d, want 1", first.seq)
 		}
-		b.trialSaidNothing(false) // its source failed
+		b.trialSaidNothing(first.trial, false) // its source failed
 		synctest.Wait()
 		select {
-		case seq := <-trials:
-			if seq != 2 {
-				t.Fatalf("next trial %d, want 2", seq)
+		case next := <-trials:
+			if next.seq != 2 {
+				t.Fatalf("next trial %d, want 2", next.seq)
 			}
 		default:
 			t.Fatal("no next trial after one that said nothing")
@@ -414,10 +423,11 @@ func TestBreakerPulledTrialThatSaidNothing(t *testing.T) {
 		b.mu.Unlock()
 		time.Sleep(probesBeforeTrial*time.Second + time.Second/2)
 		synctest.Wait()
-		if trial, hold := b.pulledTrialArrived(); !trial || hold {
+		trial, hold := b.pulledTrialArrived()
+		if trial == 0 || hold {
 			t.Fatalf("pulled trial arrived: trial %v, hold %v; want the trial", trial, hold)
 		}
-		b.trialSaidNothing(true)
+		b.trialSaidNothing(trial, true)
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		if *pulls != 2 || b.state != BreakerHalfOpen {
@@ -431,9 +441,9 @@ func TestBreakerPulledTrialThatSaidNothing(t *testing.T) {
 // request to a destination that is down.
 func TestBreakerLatePulledTrialWhileStopping(t *testing.T) {
 	b := newBreaker(breakerConfig{failures: 1, interval: time.Minute, maxInterval: time.Minute}, &fakeProber{}, nil)
-	b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3", 0)
+	b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.3", 0)
 	b.stop()
-	if trial, hold := b.pulledTrialArrived(); trial || !hold {
+	if trial, hold := b.pulledTrialArrived(); trial != 0 || !hold {
 		t.Errorf("pulled trial arrived while stopping: trial %v, hold %v; want held", trial, hold)
 	}
 	if _, err := b.hold(t.Context(), 9); !errors.Is(err, errShutdown) {
@@ -447,13 +457,14 @@ func TestBreakerTrialAnswered(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, nil, nil)
 		defer b.stop()
-		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3", 0)
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.3", 0)
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
-		if trial, err := b.hold(ctx, 0); !trial || err != nil {
+		trial, err := b.hold(ctx, 0)
+		if trial == 0 || err != nil {
 			t.Fatalf("hold = %v, %v", trial, err)
 		}
-		if b.record(&dicomweb.HTTPError{StatusCode: 400}, true, "1.2.3", 0) {
+		if b.record(&dicomweb.HTTPError{StatusCode: 400}, trial, "1.2.3", 0) {
 			t.Fatal("a 400 held")
 		}
 		if err := b.waitClosed(ctx); err != nil {
@@ -465,7 +476,7 @@ func TestBreakerTrialAnswered(t *testing.T) {
 // Off, the breaker never holds nor stops a pull.
 func TestBreakerOff(t *testing.T) {
 	var b *breaker
-	if b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "x", 0) {
+	if b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "x", 0) {
 		t.Fatal("a nil breaker held")
 	}
 	if err := b.waitClosed(t.Context()); err != nil {
@@ -473,7 +484,7 @@ func TestBreakerOff(t *testing.T) {
 	}
 	off := newBreaker(breakerConfig{}, nil, nil)
 	for range 10 {
-		if off.record(&dicomweb.HTTPError{StatusCode: 503}, false, "x", 0) {
+		if off.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "x", 0) {
 			t.Fatal("a breaker with failures 0 held")
 		}
 	}
@@ -483,7 +494,7 @@ func TestBreakerOff(t *testing.T) {
 func TestBreakerStopEndsHolds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Minute, maxInterval: time.Minute}, nil, nil)
-		b.record(&dicomweb.HTTPError{StatusCode: 503}, false, "1.2.3", 0)
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.3", 0)
 		done := make(chan error, 1)
 		go func() {
 			_, err := b.hold(t.Context(), 0)
@@ -608,15 +619,15 @@ func TestBreakerProbeOfAnEarlierOutage(t *testing.T) {
 		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
 		defer b.stop()
 
-		b.record(down, false, "1.2.3", 0)
+		b.record(down, 0, "1.2.3", 0)
 		time.Sleep(time.Second)
 		synctest.Wait()
 		if prober.started.Load() != 1 {
 			t.Fatalf("%d probes after the interval, want 1", prober.started.Load())
 		}
 		// A study in flight is stored: closed; then a new outage opens it.
-		b.record(nil, false, "", 0)
-		b.record(down, false, "1.2.4", 0)
+		b.record(nil, 0, "", 0)
+		b.record(down, 0, "1.2.4", 0)
 		go func() { _, _ = b.hold(t.Context(), 0) }()
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
@@ -641,6 +652,103 @@ func TestBreakerProbeOfAnEarlierOutage(t *testing.T) {
 			t.Fatalf("state %v after the new probe's success, want half-open", s)
 		}
 	})
+}
+
+// A trial still out when its half-open ended (a study in flight was
+// stored: closed; then open and half-open again) counts, when it ends,
+// as an ordinary study: it neither decides the state nor frees the trial
+// of the later half-open, which went out on its own. Before, the later
+// half-open's trial waited for it, and its end counted as that trial's:
+// its failure opened a closed breaker below STOW_BREAKER_FAILURES or the
+// later half-open, its 4xx closed that, and its saying nothing let a
+// second trial out.
+func TestBreakerTrialOfAnEarlierHalfOpen(t *testing.T) {
+	down := &dicomweb.HTTPError{StatusCode: 503}
+	for _, tt := range []struct {
+		name string
+		// then is the state when the earlier trial ends: closed, or
+		// half-open again.
+		then BreakerState
+		// err is its outcome; saysNothing: it reached no destination.
+		err         error
+		saysNothing bool
+		wantHold    bool
+	}{
+		{"fails once closed", BreakerClosed, down, false, false},
+		{"fails in the next half-open", BreakerHalfOpen, down, false, true},
+		{"answered in the next half-open", BreakerHalfOpen, &dicomweb.HTTPError{StatusCode: 400}, false, false},
+		{"says nothing in the next half-open", BreakerHalfOpen, nil, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := newBreaker(breakerConfig{failures: 2, interval: time.Second, maxInterval: time.Minute}, &fakeProber{}, nil)
+				defer b.stop()
+				type heldTrial struct {
+					seq   uint64
+					trial trialToken
+				}
+				trials := make(chan heldTrial, 3)
+				holdStudy := func(seq uint64) {
+					go func() {
+						if trial, err := b.hold(t.Context(), seq); err == nil && trial != 0 {
+							trials <- heldTrial{seq, trial}
+						}
+					}()
+					synctest.Wait()
+				}
+				openHolding := func(seqs ...uint64) {
+					t.Helper()
+					b.record(down, 0, fmt.Sprintf("1.2.%d", seqs[0]), seqs[0])
+					if !b.record(down, 0, fmt.Sprintf("1.2.%d", seqs[0]), seqs[0]) {
+						t.Fatal("not held after 2 failures")
+					}
+					for _, seq := range seqs {
+						holdStudy(seq)
+					}
+					time.Sleep(time.Second) // the probe passes
+					synctest.Wait()
+				}
+				openHolding(1)
+				var earlier heldTrial
+				select {
+				case earlier = <-trials:
+				default:
+					t.Fatal("no trial after the probe passed")
+				}
+				// A study in flight is stored while the trial is out.
+				b.record(nil, 0, "1.2.9", 9)
+				var current heldTrial
+				if tt.then == BreakerHalfOpen {
+					openHolding(2, 3)
+					select {
+					case current = <-trials:
+					default:
+						t.Error("the next half-open's trial waits for the earlier one's end")
+					}
+				}
+
+				hold := false
+				if tt.saysNothing {
+					b.trialSaidNothing(earlier.trial, false)
+				} else {
+					hold = b.record(tt.err, earlier.trial, "1.2.1", 1)
+				}
+				synctest.Wait()
+				if hold != tt.wantHold {
+					t.Errorf("the earlier trial held %v, want %v", hold, tt.wantHold)
+				}
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				if b.state != tt.then || b.trial != current.trial || len(trials) != 0 {
+					t.Errorf("after the earlier trial ended: breaker %v, trial out %v, %d more let out; want %v, %v (study %d's), none",
+						b.state, b.trial, len(trials), tt.then, current.trial, current.seq)
+				}
+				if tt.then == BreakerClosed && b.failures != 1 {
+					t.Errorf("%d failures counted, want 1 (of 2)", b.failures)
+				}
+			})
+		})
+	}
 }
 
 // trialBench runs studies against a breaker as the workers and
@@ -705,7 +813,7 @@ func (tb *trialBench) worker() {
 	ctx := tb.ctx
 	for ctx.Err() == nil && tb.b.waitClosed(ctx) == nil {
 		if seq, ok := tb.pull(); ok {
-			tb.run(seq, false)
+			tb.run(seq, 0)
 			continue
 		}
 		sleep(ctx, time.Second)
@@ -713,7 +821,7 @@ func (tb *trialBench) worker() {
 }
 
 // run is one delivery of study seq; it returns once it is settled.
-func (tb *trialBench) run(seq uint64, trial bool) {
+func (tb *trialBench) run(seq uint64, trial trialToken) {
 	for {
 		err := tb.answer(seq)
 		if !tb.b.record(err, trial, fmt.Sprintf("1.2.%d", seq), seq) {
@@ -746,7 +854,15 @@ func (tb *trialBench) pulledTrial() {
 	tb.mu.Lock()
 	tb.pulls++
 	tb.mu.Unlock()
-	tb.run(seq, true)
+	trial, holdFirst := tb.b.pulledTrialArrived()
+	if holdFirst {
+		var err error
+		if trial, err = tb.b.hold(tb.ctx, seq); err != nil {
+			tb.b.pulledTrialEnded(true, true)
+			return
+		}
+	}
+	tb.run(seq, trial)
 	tb.b.pulledTrialEnded(true, true)
 }
 
@@ -988,7 +1104,7 @@ func TestBreakerReleasesHeldStudiesOldestFirst(t *testing.T) {
 		prober := &fakeProber{err: down}
 		b := newBreaker(breakerConfig{failures: 1, interval: 10 * time.Second, maxInterval: 10 * time.Second}, prober, nil)
 		defer b.stop()
-		b.record(down, false, "1.2.1", 1)
+		b.record(down, 0, "1.2.1", 1)
 
 		var mu sync.Mutex
 		var order []uint64
@@ -1011,8 +1127,8 @@ func TestBreakerReleasesHeldStudiesOldestFirst(t *testing.T) {
 				mu.Lock()
 				order = append(order, seq)
 				mu.Unlock()
-				if trial {
-					b.record(nil, true, fmt.Sprintf("1.2.%d", seq), seq)
+				if trial != 0 {
+					b.record(nil, trial, fmt.Sprintf("1.2.%d", seq), seq)
 				}
 			})
 			synctest.Wait() // each waits before the next, younger first
@@ -1081,8 +1197,8 @@ func TestBreakerLatePulledTrial(t *testing.T) {
 			b.mu.Unlock()
 			// Open, its one held study's trial failed: the half-open
 			// breaker pulls its trial from the queue.
-			b.record(serverError, false, "1.2.8", 8)
-			b.record(serverError, false, "1.2.8", 8)
+			b.record(serverError, 0, "1.2.8", 8)
+			b.record(serverError, 0, "1.2.8", 8)
 			b.mu.Lock()
 			b.heldSeqs[8], b.failedTrials[8] = 1, true
 			b.mu.Unlock()
@@ -1092,13 +1208,13 @@ func TestBreakerLatePulledTrial(t *testing.T) {
 			}
 			// A study in flight is stored while the pull is out; the held
 			// one goes again.
-			b.record(nil, false, "1.2.7", 7)
+			b.record(nil, 0, "1.2.7", 7)
 			b.mu.Lock()
 			delete(b.heldSeqs, 8)
 			b.mu.Unlock()
 			if tt.reopen {
-				b.record(serverError, false, "1.2.9", 9)
-				b.record(serverError, false, "1.2.9", 9)
+				b.record(serverError, 0, "1.2.9", 9)
+				b.record(serverError, 0, "1.2.9", 9)
 			}
 			// The pulled event comes now.
 			ctx, cancel := context.WithCancel(context.WithValue(t.Context(), pulledTrialKey{}, &pulledTrial{}))
@@ -1132,7 +1248,7 @@ func TestBreakerLatePulledTrial(t *testing.T) {
 				t.Fatal("stored by a store answering 500")
 			}
 			b.mu.Lock()
-			trialOut := b.trial
+			trialOut := b.trial != 0 || b.pulling
 			b.mu.Unlock()
 			if st := f.Status(); st.State != BreakerClosed.String() || st.Failures != 1 || trialOut {
 				t.Errorf("after the late pulled event failed in a closed breaker: %+v, a trial out %v; want closed, 1 failure of 2, none out", st, trialOut)
