@@ -815,18 +815,30 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			}
 			return rep, nil
 		}
+		// quiet is a trial that failed before any request reached the
+		// destination (its source Orthanc, a conversion): it says
+		// nothing of the destination, which closed on it would take the
+		// held studies, each a failure, while its queries may fail too.
+		// Another study is the trial (handOver), once it is known
+		// whether this one stays in hand, held for its source: a
+		// pulled one then keeps its place among the pulled trials, so
+		// that no other is pulled into it; else it frees its place
+		// first, so that the next may be pulled (at
+		// FORWARDER_CONCURRENCY 1, the only place).
+		quiet := trialToken(0)
 		if trial != 0 && err != nil && rep.Requests == 0 && rep.Verify == 0 && !DestinationDown(err) && !errors.As(err, new(*auth.TokenError)) {
-			// The trial failed before any request reached the
-			// destination (its source Orthanc, a conversion): it says
-			// nothing of the destination, which closed on it would
-			// take the held studies, each a failure, while its queries
-			// may fail too. Another study is the trial.
-			f.breaker.trialSaidNothing(trial, releasePulled(ctx))
-			trial = 0
+			quiet, trial = trial, 0
+		}
+		handOver := func(leaves bool) {
+			if quiet != 0 {
+				f.breaker.trialSaidNothing(quiet, leaves && releasePulled(ctx))
+				quiet = 0
+			}
 		}
 		if !f.breaker.record(err, trial, a.Event.StudyInstanceUID, a.Seq) {
 			if err != nil && f.opts.SourceProbe != nil && (Classify(err) == Transient || sourceRefusesUs(err)) && ctx.Err() == nil {
-				wasHeld, herr := f.holdForSource(ctx, a, err, log)
+				wasHeld, herr := f.holdForSource(ctx, a, err, log, func() { handOver(false) })
+				handOver(true)
 				if herr != nil {
 					return rep, herr
 				}
@@ -837,6 +849,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 					continue
 				}
 			}
+			handOver(true)
 			if err == nil && held > 0 {
 				log.Info("held study forwarded after the destination came back", "holds", held)
 			}
@@ -845,6 +858,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			}
 			return rep, err
 		}
+		handOver(false) // a quiet trial is not held here (not the destination's failure); were it, it stays in hand
 		if held == 0 {
 			log.Warn("destination down: the study is held until the circuit breaker closes; no delivery is spent",
 				"err", err, "instances_sent", rep.Instances)
@@ -885,9 +899,9 @@ type pulledTrial struct{ used, released bool }
 
 // releasePulled reports whether ctx's event was pulled as a trial and
 // still counts among the pulled trials in hand, and says it no longer
-// does: a trial that said nothing frees its place before the next is
-// chosen, so that the next may be pulled (at FORWARDER_CONCURRENCY 1,
-// the only place).
+// does: a trial that said nothing and leaves (not held for its source)
+// frees its place before the next is chosen, so that the next may be
+// pulled (at FORWARDER_CONCURRENCY 1, the only place).
 func releasePulled(ctx context.Context) bool {
 	t, ok := ctx.Value(pulledTrialKey{}).(*pulledTrial)
 	if !ok || t.released {

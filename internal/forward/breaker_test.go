@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -434,6 +435,90 @@ func TestBreakerPulledTrialThatSaidNothing(t *testing.T) {
 			t.Errorf("%d trials pulled, breaker %v; want the next pulled at once, half-open", *pulls, b.state)
 		}
 	})
+}
+
+// A pulled trial that fails at its source hands the trial over, but
+// while it is held for its source it is still in hand and keeps its
+// place among the pulled trials: at FORWARDER_CONCURRENCY 1 no second
+// trial is pulled beside it, and its place is freed once it leaves.
+// Before, the hand-over freed its place, the next trial was pulled into
+// it, and with the first held two pulled trials were in hand, one past
+// the bound.
+func TestBreakerPulledTrialHeldForItsSource(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "down", http.StatusBadGateway) // its queries too
+	}))
+	t.Cleanup(srv.Close)
+	src := &failingSource{memSource: newMemSource(2)}
+	src.fail.Store(true)
+	obs := &recordingObserver{}
+	f := newForwarder(t, src.memSource, srv.URL, nil, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.SourceProbe = func(context.Context, string) error {
+			return &orthancapi.Error{Method: http.MethodGet, Path: "/system", StatusCode: http.StatusServiceUnavailable}
+		}
+		o.Observer = obs
+		o.Concurrency = 1
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Hour, Prober: newProber(t, srv.URL)}
+	})
+	b := f.breaker
+	pulls := 0
+	b.mu.Lock()
+	b.pullTrial = func() { pulls++ }
+	b.maxPulled = 1 // FORWARDER_CONCURRENCY 1 (startTrialPulls)
+	b.mu.Unlock()
+	inHand := func() (pulled, counted int, trialOut bool) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return pulls, b.pulledTrials, b.trial != 0 || b.pulling
+	}
+	// Open, nothing held, its queries failing: after probesBeforeTrial
+	// probes the trial is pulled from the queue.
+	b.record(&dicomweb.HTTPError{StatusCode: 502}, 0, "1.2.8", 8)
+	for range probesBeforeTrial {
+		b.probe()
+	}
+	if pulled, counted, _ := inHand(); pulled != 1 || counted != 1 {
+		t.Fatalf("%d trials pulled, %d counted in hand; want 1, 1", pulled, counted)
+	}
+	pt := &pulledTrial{}
+	ctx, cancel := context.WithCancel(context.WithValue(t.Context(), pulledTrialKey{}, pt))
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.transferGuarded(ctx, &Attempt{Event: testEvent(), Seq: 10}, slog.New(slog.DiscardHandler))
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		obs.mu.Lock()
+		held := slices.Contains(obs.holds, "held: source Orthanc unreachable")
+		obs.mu.Unlock()
+		if held {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the pulled trial was not held for its source: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pulled trial not held for its source after 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pulled, counted, trialOut := inHand(); pulled != 1 || counted != 1 || trialOut {
+		t.Errorf("held for its source: %d trials pulled, %d counted in hand, a trial out %v; want 1, 1 (at most FORWARDER_CONCURRENCY), handed over",
+			pulled, counted, trialOut)
+	}
+	cancel()
+	<-done
+	if !pt.released { // as runPulledTrial, once the event is settled
+		b.pulledTrialEnded(true, pt.used)
+	}
+	if _, counted, _ := inHand(); counted != 0 {
+		t.Errorf("%d pulled trials counted in hand once it left, want 0", counted)
+	}
 }
 
 // A pulled trial that comes once the breaker opened again is held, not

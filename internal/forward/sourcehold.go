@@ -71,8 +71,9 @@ func sourceState(probeErr error) string {
 //
 // held is false when the source answers (the failure is the study's: the
 // usual retry follows). err is set, with held, when the forwarder stops
-// or ctx ends while held: the study goes back to the queue.
-func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, log *slog.Logger) (held bool, err error) {
+// or ctx ends while held: the study goes back to the queue. holding, if
+// set, is called once the study is held, before the wait.
+func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, log *slog.Logger, holding func()) (held bool, err error) {
 	probe := func() error {
 		pctx, cancel := context.WithTimeout(ctx, sourceProbeTimeout)
 		defer cancel()
@@ -85,6 +86,9 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	state := sourceState(perr)
 	if f.reservePark(a.Number) {
 		return false, &parkError{source: a.Event.Source, state: state, cause: cause}
+	}
+	if holding != nil {
+		holding()
 	}
 	f.m.sourceHeld.Inc()
 	defer f.m.sourceHeld.Dec()

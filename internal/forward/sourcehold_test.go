@@ -245,7 +245,7 @@ func TestHoldForSource(t *testing.T) {
 				close(f.stopping)
 			}
 			a := &Attempt{Event: &events.StudyStable{Source: "a"}}
-			held, err := f.holdForSource(ctx, a, errors.New("GET /studies/x/instances: connection refused"), slog.New(slog.DiscardHandler))
+			held, err := f.holdForSource(ctx, a, errors.New("GET /studies/x/instances: connection refused"), slog.New(slog.DiscardHandler), nil)
 			if held != tt.held || !errors.Is(err, tt.want) || (err == nil) != (tt.want == nil) {
 				t.Errorf("held %v, err %v; want held %v, err %v", held, err, tt.held, tt.want)
 			}
