@@ -180,6 +180,11 @@ type breaker struct {
 	state    BreakerState
 	since    time.Time
 	failures int
+	// settling is true from a close until a study is stored: the first
+	// destination-down failure then opens the breaker again, so that a
+	// destination that flaps does not cost failures-1 spent deliveries
+	// after each close (record).
+	settling bool
 	// wait is the current probe interval.
 	wait time.Duration
 	// trial is the token of the half-open's trial while it is out, 0 when
@@ -313,6 +318,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	down := DestinationDown(err)
 	switch {
 	case err == nil:
+		b.settling = false // a close below makes it true again
 		b.failures = 0
 		b.spentTrial = false
 		clear(b.failedTrials)
@@ -353,8 +359,17 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		b.open(studyUID)
 		return !spend
 	}
-	if b.state == BreakerClosed && b.failures >= b.cfg.failures {
+	if b.state == BreakerClosed && (b.failures >= b.cfg.failures || b.settling) {
+		// Settling, nothing was stored since the close: the destination
+		// is down again. A failure that may be the study's own is
+		// settled as before the close, spending its delivery: held,
+		// a study that makes the server fail would go first at every
+		// close and open the breaker again, without end.
+		spend := b.failures < b.cfg.failures && studyMayFail(err)
 		b.open(studyUID)
+		if spend {
+			return false
+		}
 	}
 	if b.state != BreakerClosed && b.probeStudy == "" {
 		b.probeStudy = studyUID
@@ -706,6 +721,7 @@ func (b *breaker) setState(to BreakerState) {
 	b.state, b.since = to, b.now().UTC()
 	b.generation++
 	b.trial = 0
+	b.settling = to == BreakerClosed
 	if to == BreakerClosed {
 		b.probeStudy, b.wait, b.failedProbes = "", b.cfg.interval, 0
 		if b.timer != nil {
@@ -724,7 +740,8 @@ func (b *breaker) broadcast() {
 // BreakerOptions configure a destination's circuit breaker.
 type BreakerOptions struct {
 	// Failures is the number of consecutive destination-down study
-	// failures that opens the breaker (0: no breaker). With a delivery
+	// failures that opens the breaker (0: no breaker; after a close,
+	// until a study is stored, one does). With a delivery
 	// limit, at most MaxDeliveries: a study then cannot run out of
 	// deliveries in an outage before the breaker opens.
 	Failures int
@@ -971,7 +988,7 @@ func (f *Forwarder) breakerChanged(from, to BreakerState) {
 	case BreakerOpen:
 		if from == BreakerClosed {
 			f.log.Error("circuit breaker open: the destination is down; studies are held and no more are pulled until a probe finds it back",
-				"after_failures", f.breaker.cfg.failures, "probe_in", f.breaker.wait.String())
+				"after_failures", f.breaker.failures, "probe_in", f.breaker.wait.String())
 		} else {
 			f.log.Warn("circuit breaker trial failed: open again", "probe_in", f.breaker.wait.String())
 		}

@@ -800,8 +800,10 @@ func TestBreakerTrialOfAnEarlierHalfOpen(t *testing.T) {
 				default:
 					t.Fatal("no trial after the probe passed")
 				}
-				// A study in flight is stored while the trial is out.
+				// Studies in flight are stored while the trial is out:
+				// closed, and settled (else the first failure opens it).
 				b.record(nil, 0, "1.2.9", 9)
+				b.record(nil, 0, "1.2.10", 10)
 				var current heldTrial
 				if tt.then == BreakerHalfOpen {
 					openHolding(2, 3)
@@ -857,6 +859,9 @@ type trialBench struct {
 	// queue is what a pull takes, oldest first.
 	queue []uint64
 	pulls int // trial pulls that found a study
+	// retries counts the failures settled for a retry: each spent a
+	// delivery, whether or not the study was delivered again since.
+	retries int
 }
 
 func newTrialBench(t *testing.T, b *breaker, maxDeliveries int, answer func(uint64) error) *trialBench {
@@ -918,6 +923,7 @@ func (tb *trialBench) run(seq uint64, trial trialToken) {
 			case tb.delivered[seq] >= tb.maxDeliveries:
 				tb.deadLetters[seq] = true
 			default:
+				tb.retries++
 				tb.queue = append(tb.queue, seq)
 			}
 			return
@@ -1027,6 +1033,105 @@ func TestBreakerStoreDownWhileQueriesAnswer(t *testing.T) {
 				tb.mu.Unlock()
 				if s, _, held, _ := b.status(); s != BreakerClosed || held != 0 || stored != 100 {
 					t.Errorf("breaker %v holding %d, %d studies stored once the store was back; want closed, none, 100", s, held, stored)
+				}
+			})
+		})
+	}
+}
+
+// After a close, until a study is stored, the first down failure opens
+// the breaker again: its study is held, unless its failure may be its
+// own (a 500), which spends its delivery as before, so that a study that
+// makes the server fail, first to go at every close, cannot hold itself
+// and the destination shut. A study stored after the close ends it.
+func TestBreakerReopensOnTheFirstFailureAfterAClose(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		storedAfter bool // a study was stored after the close
+		err         error
+		wantHold    bool
+		wantState   BreakerState
+	}{
+		{"503", false, &dicomweb.HTTPError{StatusCode: 503}, true, BreakerOpen},
+		{"500", false, &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen},
+		{"503 after a study stored", true, &dicomweb.HTTPError{StatusCode: 503}, false, BreakerClosed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newBreaker(breakerConfig{failures: 3, interval: time.Hour, maxInterval: time.Hour}, nil, nil)
+			defer b.stop()
+			for range 3 {
+				b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
+			}
+			b.record(nil, 0, "1.2.2", 2) // a study in flight is stored: closed
+			if tt.storedAfter {
+				b.record(nil, 0, "1.2.3", 3)
+			}
+			if hold := b.record(tt.err, 0, "1.2.4", 4); hold != tt.wantHold {
+				t.Errorf("held %v, want %v", hold, tt.wantHold)
+			}
+			if s, _, _, failures := b.status(); s != tt.wantState || failures != 1 {
+				t.Errorf("breaker %v, %d failures; want %v, 1", s, failures, tt.wantState)
+			}
+		})
+	}
+}
+
+// A destination that flaps, storing one study in ten and failing the
+// others (a 503; a 500, which may be the study's own failure), for six
+// hours: after each close, until a study is stored, the first failure
+// opens the breaker again. Before, each close needed
+// STOW_BREAKER_FAILURES failures again, those before the last spending
+// their study's delivery: up to 4 a close. Now a 503 then spends nothing;
+// a 500 spends one, and, as before, so does the first failed trial after
+// a store.
+func TestBreakerFlappingDestination(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		down error
+		// perClose is what a close may cost in deliveries.
+		perClose int
+	}{
+		{"503", &dicomweb.HTTPError{StatusCode: 503}, 0},
+		{"500", &dicomweb.HTTPError{StatusCode: 500}, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const failures = 5
+				closes := 0 // under b.mu (onChange)
+				b := newBreaker(breakerConfig{failures: failures, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{},
+					func(_, to BreakerState) {
+						if to == BreakerClosed {
+							closes++
+						}
+					})
+				defer b.stop()
+				var attempts atomic.Int64
+				tb := newTrialBench(t, b, 1000, func(uint64) error {
+					if attempts.Add(1)%10 == 0 {
+						return nil
+					}
+					return tt.down
+				})
+				for seq := uint64(1); seq <= 200; seq++ {
+					tb.add(seq)
+				}
+				defer tb.end()
+				for range 4 {
+					go tb.worker()
+				}
+				time.Sleep(6 * time.Hour)
+				synctest.Wait()
+				tb.mu.Lock()
+				spent := tb.retries
+				tb.mu.Unlock()
+				b.mu.Lock()
+				n := closes
+				b.mu.Unlock()
+				// The failures that first open the breaker spend, as
+				// every failure before.
+				if n < 10 || spent > failures-1+tt.perClose*n {
+					t.Errorf("%d deliveries spent over %d closes (%d attempts); want at most %d + %d a close, 10 closes or more",
+						spent, n, attempts.Load(), failures-1, tt.perClose)
 				}
 			})
 		})
@@ -1292,8 +1397,10 @@ func TestBreakerLatePulledTrial(t *testing.T) {
 				t.Fatalf("breaker %v, %d trials pulled; want half-open, 1", s, pulls)
 			}
 			// A study in flight is stored while the pull is out; the held
-			// one goes again.
+			// one goes again, and is stored too: the close has settled
+			// (else the first failure opens the breaker again).
 			b.record(nil, 0, "1.2.7", 7)
+			b.record(nil, 0, "1.2.8", 8)
 			b.mu.Lock()
 			delete(b.heldSeqs, 8)
 			b.mu.Unlock()
