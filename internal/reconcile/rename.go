@@ -41,12 +41,22 @@ func (s *sourceRunner) sameName(sys orthancapi.System) error {
 		return nil
 	}
 	s.nameChecked = time.Now()
-	if name := events.DefaultSourceName(sys.Name); name != s.name {
-		s.log.Warn("Orthanc's Name changed: the reconciler names this source's events after the new one, as the Lua script does, and carries its cursor over",
-			"new_source", name)
-		return errRenamed
+	name := events.DefaultSourceName(sys.Name)
+	if name == s.name {
+		s.renamedTo = ""
+		return nil
 	}
-	return nil
+	// Followed at the second answer in a row: Orthancs of other Names
+	// behind one URL (one database) would otherwise rename the source at
+	// every poll, each study queued under both names.
+	if s.renamedTo != name {
+		s.renamedTo = name
+		s.log.Info("Orthanc answers another Name; the source follows it if the next check says so too", "new_source", name)
+		return nil
+	}
+	s.log.Warn("Orthanc's Name changed: the reconciler names this source's events after the new one, as the Lua script does, and carries its cursor over",
+		"new_source", name)
+	return errRenamed
 }
 
 // adoptRenamed continues, for a source without a configured name and
@@ -86,7 +96,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 			return false, fmt.Errorf("read cursor %s: %w", k, err)
 		}
 		var c cursor
-		if json.Unmarshal(entry.Value(), &c) != nil || c.Change == nil || c.Seq <= 0 || c.Seq <= found.Seq {
+		if json.Unmarshal(entry.Value(), &c) != nil || c.Change == nil || c.Seq <= 0 {
 			continue
 		}
 		page, err := s.orthanc.Changes(ctx, c.Seq-1, 1)
@@ -96,6 +106,9 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		if len(page.Changes) == 0 || page.Changes[0].Seq != c.Seq || !c.Change.matches(page.Changes[0]) {
 			continue
 		}
+		// Every matching cursor is asked, not only the furthest: a free
+		// stale one (left by an older build's rename) must not be taken
+		// while a replica still serves this Orthanc under another name.
 		live, err := s.leaseLive(ctx, strings.TrimPrefix(k, cursorKey("")))
 		if err != nil {
 			return false, err
@@ -104,9 +117,11 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 			held = k
 			continue
 		}
-		from, found, rev = k, c, entry.Revision()
+		if c.Seq > found.Seq {
+			from, found, rev = k, c, entry.Revision()
+		}
 	}
-	if from == "" && held != "" {
+	if held != "" {
 		// A replica still serves the old name (one of an older build
 		// during an upgrade, or a holder that could not release its
 		// lease): its cursor is taken once it stops. If it never does,

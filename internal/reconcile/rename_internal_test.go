@@ -20,11 +20,13 @@ import (
 // waits.
 func TestRenamedCursorTakenOnceItsLeaseIsFree(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		held bool
+		name  string
+		held  bool
+		stale bool // a free cursor of an earlier rename, behind the held one
 	}{
-		{"old name's lease released", false},
-		{"old name's lease held", true},
+		{"old name's lease released", false, false},
+		{"old name's lease held", true, false},
+		{"old name's lease held, an earlier name's cursor free", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, kv := testBucket(t)
@@ -40,6 +42,15 @@ func TestRenamedCursorTakenOnceItsLeaseIsFree(t *testing.T) {
 			}
 			if _, err := kv.Put(ctx, cursorKey("old"), b); err != nil {
 				t.Fatal(err)
+			}
+			if tc.stale {
+				b, err := json.Marshal(cursor{Seq: 2, Change: markOf(o.log.changes[1])})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := kv.Put(ctx, cursorKey("older"), b); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if tc.held {
 				lv, err := json.Marshal(leaseValue{Holder: "other", RenewedAt: time.Now().UTC(), TTL: "1h"})

@@ -38,6 +38,9 @@ type sourceRunner struct {
 	// nameChecked is when Orthanc's Name was last read, for a source
 	// without a configured name (checkName).
 	nameChecked time.Time
+	// renamedTo is the other Name Orthanc answered at the last check,
+	// followed if the next answers it too (sameName).
+	renamedTo string
 }
 
 func (s *sourceRunner) check(context.Context) error {
@@ -119,7 +122,7 @@ func (s *sourceRunner) resolveName(ctx context.Context) bool {
 		sys, err := s.orthanc.System(ctx)
 		if err == nil {
 			s.name = events.DefaultSourceName(sys.Name)
-			s.nameChecked = time.Now()
+			s.nameChecked, s.renamedTo = time.Now(), ""
 			s.setStatus(nil)
 			s.r.log.Info("reconciling the Orthanc source named after Orthanc's Name, as the Lua script does by default; set ORTHANC_SOURCE_NAME if its Stowline.Source differs",
 				"source", s.name)
