@@ -2,6 +2,8 @@ package forward
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -10,9 +12,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -205,4 +209,44 @@ func (r *recordingObserver) results() map[Result]int {
 		out[k] = v
 	}
 	return out
+}
+
+// refusingDeadLetters cannot store a letter (the dead-letter stream
+// full, NATS lost).
+type refusingDeadLetters struct{}
+
+func (refusingDeadLetters) Add(context.Context, *DeadLetter) (uint64, bool, error) {
+	return 0, false, errors.New("dead-letter stream full")
+}
+
+// A study refused for good whose dead letter cannot be stored stays
+// queued (NAKed): its failure is counted once its letter is stored, not
+// at each delivery that could not store it.
+func TestFailureCountedWhenItsLetterIsStored(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	k.status.Store(http.StatusBadRequest)
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	rec := &recordingObserver{}
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.DeadLetters = refusingDeadLetters{}
+		o.Observer = rec
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	testharness.WaitFor(t, "the study's letter refused", 30*time.Second, func() bool { return rec.results()[ResultRetry] > 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(f.m.failures.WithLabelValues(string(Permanent))); n != 0 {
+		t.Errorf("failures_total{class=permanent} = %v with no letter stored, want 0", n)
+	}
 }

@@ -51,10 +51,11 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 		result = f.nakWithDelay(msg, d.delay, log)
 	case deadLetter:
 		result = f.deadLetter(sctx, msg, a, d, rep, ferr, log)
-		// A letter stored already: the delivery that stored it counted
-		// the failure. This one only came as its termination was lost
-		// (past the deliveries, it would read as a crash).
-		if result != ResultAlreadyDeadLettered {
+		// Counted once, as its letter is stored: a letter stored
+		// already (this delivery came as the termination was lost), or
+		// one not stored (the event stays queued, and its next delivery,
+		// past the limit, would read as a crash) counts no failure.
+		if result == ResultDeadLettered {
 			f.m.failures.WithLabelValues(string(d.class)).Inc()
 		}
 	}
