@@ -137,7 +137,12 @@ func (d *Deidentifier) Reader(src io.ReadCloser) io.ReadCloser {
 			// A panic in this goroutine, not the caller's, would end
 			// the process: the caller's recover cannot catch it.
 			if v := recover(); v != nil {
-				err = fmt.Errorf("%w: %v at %s", ErrPanicked, v, panicSite())
+				// Bounded, as a dead letter keeps it.
+				text := fmt.Sprint(v)
+				if len(text) > 300 {
+					text = strings.ToValidUTF8(text[:300], "") + "…"
+				}
+				err = fmt.Errorf("%w: %s at %s", ErrPanicked, text, panicSite())
 			}
 			pw.CloseWithError(err)
 		}()
