@@ -336,6 +336,9 @@ func TestStoreUnparseableSuccess(t *testing.T) {
 	}{
 		{"HTML with 200", "text/html", "<html><title>Login</title></html>", errUnexpectedContentType},
 		{"broken JSON with 200", "application/dicom+json", `{"00081199":`, errMalformedResponse},
+		// 5.6 million empty items, within the read bound: over 3 GB to
+		// decode. Refused, it counts no instance stored.
+		{"16 MiB of empty items with 200", "application/dicom+json", string(hostileAnswer(defaultMaxResponseBytes, `{"00081199":{"vr":"SQ","Value":[`, `{}`, `,`, `]}}`)), errMalformedResponse},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,8 +10,12 @@ import (
 )
 
 // decodeJSON decodes a DICOM JSON data set, or an array of them (merged),
-// as some servers answer.
-func decodeJSON(b []byte) (dataset, error) {
+// as some servers answer. An answer of more than maxNodes values is
+// refused before it is decoded (see answerNodes).
+func decodeJSON(b []byte, maxNodes int) (dataset, error) {
+	if jsonNodesOver(b, maxNodes) {
+		return nil, fmt.Errorf("%w: over %d JSON values, more than an answer to the request holds", errMalformedResponse, maxNodes)
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber() // keep number literals exact
 	var top any
@@ -92,4 +96,50 @@ func jsonDataset(obj map[string]any) (dataset, error) {
 		return nil, fmt.Errorf("%w: JSON object has no DICOM tag keys (%s)", errNotSTOWResponse, snippet([]byte(strings.Join(keys, ", ")), 120))
 	}
 	return ds, nil
+}
+
+// jsonNodesOver reports whether JSON text b holds more than limit values.
+// It counts '{', '[' and ',' outside strings: each array element and
+// object member follows one of them, so the count bounds the values
+// (and so the maps, slices and strings decoding b builds) without
+// allocating. Text that is not JSON is counted all the same; decoding
+// refuses it.
+func jsonNodesOver(b []byte, limit int) bool {
+	n := 0
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			end := stringEnd(b, i)
+			if end < 0 {
+				return false // unterminated: decoding refuses it
+			}
+			i = end
+		case '{', '[', ',':
+			if n++; n > limit {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// stringEnd is the index of the quote that closes the JSON string opened
+// at b[open], or -1. It skips to each quote (most of an answer's bytes
+// are in strings: UIDs, URLs) and tells an escaped one by the odd run of
+// backslashes before it.
+func stringEnd(b []byte, open int) int {
+	for j := open + 1; ; j++ {
+		k := bytes.IndexByte(b[j:], '"')
+		if k < 0 {
+			return -1
+		}
+		j += k
+		escapes := 0
+		for p := j - 1; p > open && b[p] == '\\'; p-- {
+			escapes++
+		}
+		if escapes%2 == 0 {
+			return j
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"bytes"
 	"encoding/xml"
 	"fmt"
 )
@@ -38,7 +39,14 @@ type xmlItem struct {
 	Attrs []xmlAttr `xml:"DicomAttribute"`
 }
 
-func decodeXML(b []byte) (dataset, error) {
+// decodeXML decodes a Native DICOM Model document. One of more than
+// maxNodes tags is refused before it is decoded (see answerNodes): each
+// element takes one or two tags, and a tag starts with '<', which XML
+// allows nowhere else but in comments, CDATA and processing instructions.
+func decodeXML(b []byte, maxNodes int) (dataset, error) {
+	if bytes.Count(b, []byte("<")) > maxNodes {
+		return nil, fmt.Errorf("%w: over %d XML tags, more than an answer to the request holds", errMalformedResponse, maxNodes)
+	}
 	var m xmlModel
 	if err := xml.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: %s", errMalformedResponse, snippet([]byte(err.Error()), 200))

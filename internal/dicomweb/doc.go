@@ -16,7 +16,10 @@
 // the caller decides what to retry with Result.Stored and Result.Failed.
 // Every other status is returned as an *HTTPError, which still carries the
 // parsed Result when the body was a STOW response (Orthanc answers 400 and
-// 409 with a STOW body that lists instances it did store).
+// 409 with a STOW body that lists instances it did store). An answer is
+// read up to a bound in bytes, and refused unread when it holds more JSON
+// values or XML tags than an answer about the request's instances
+// could (answerNodes): decoded, a few bytes a value take hundreds.
 //
 // Batches splits a study's parts into requests of bounded size.
 //

@@ -33,7 +33,7 @@ func FuzzParseResponse(f *testing.F) {
 	f.Add("text/plain", []byte("\x00\xff"))
 
 	f.Fuzz(func(t *testing.T, contentType string, body []byte) {
-		res, err := parseResponse(contentType, body)
+		res, err := parseResponse(contentType, body, 1)
 		if err != nil {
 			if res != nil {
 				t.Fatalf("result %+v returned with error %v", res, err)

@@ -39,7 +39,7 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 			return nil, fmt.Errorf("%w: %d answer to a request of %d instances over %d bytes: not read, so none of them is known stored (the destination may hold them)",
 				errResponseTooLarge, status, parts, limit)
 		}
-		res, err := parseResponse(ct, body)
+		res, err := parseResponse(ct, body, parts)
 		if err != nil {
 			return nil, notDICOMweb(fmt.Errorf("stow: %d response: %w", status, err))
 		}
@@ -65,7 +65,7 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 	}
 	he := newHTTPError(resp, body)
 	if !tooLarge && readErr == nil && len(bytes.TrimSpace(body)) > 0 {
-		if res, err := parseResponse(ct, body); err == nil {
+		if res, err := parseResponse(ct, body, parts); err == nil {
 			res.StatusCode, res.BytesSent = status, sent
 			he.Result = res
 		}

@@ -10,6 +10,29 @@ import (
 	"github.com/stowline/stowline/auth"
 )
 
+// A decoded answer takes memory by its values, not its bytes: 16 MiB of
+// {"00081199":{"vr":"SQ","Value":[{},{},...]}} are 5.6 million items,
+// over 3 GB allocated to build them. So an answer is refused beyond
+// answerNodes values (JSON) or tags (XML), counted before decoding.
+// A sound answer names each instance in an item of a few attributes
+// (ReferencedSOPSequence, FailedSOPSequence), some 10 to 40 values, a
+// few hundred with an Original Attributes Sequence of coerced values;
+// the bounds are generous on that.
+const (
+	// answerNodesBase is for what an answer holds besides its items,
+	// and an answer of a request of few instances.
+	answerNodesBase = 8 << 10
+	// answerNodesPerInstance is for each instance's item: one value per
+	// 16 bytes of the answerBytesPerInstance an item may take.
+	answerNodesPerInstance = answerBytesPerInstance / 16
+)
+
+// answerNodes is the most values (JSON) or tags (XML) an answer about
+// that many instances may hold.
+func answerNodes(instances int) int {
+	return answerNodesBase + max(instances, 0)*answerNodesPerInstance
+}
+
 type bodyFormat int
 
 const (
@@ -25,10 +48,14 @@ const (
 // Annex A). An empty or application/octet-stream Content-Type is sniffed,
 // because Orthanc sends its 400 and 409 STOW bodies without one.
 //
+// instances is how many instances the request sent: an answer that could
+// not be about them (more than answerNodes(instances) JSON values or XML
+// tags) is refused as malformed before it is decoded.
+//
 // An empty body gives an empty Result. Anything else (an HTML page from a
 // proxy, plain text) gives an error wrapping errUnexpectedContentType that
 // quotes the content type and the start of the body.
-func parseResponse(contentType string, data []byte) (*Result, error) {
+func parseResponse(contentType string, data []byte, instances int) (*Result, error) {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 {
 		return &Result{}, nil
@@ -45,13 +72,13 @@ func parseResponse(contentType string, data []byte) (*Result, error) {
 	}
 	switch format {
 	case formatJSON:
-		ds, err := decodeJSON(trimmed)
+		ds, err := decodeJSON(trimmed, answerNodes(instances))
 		if err != nil {
 			return nil, fmt.Errorf("%w (content type %q, body %q)", err, snippet([]byte(contentType), 100), bodySnippet(trimmed))
 		}
 		return buildResult(ds), nil
 	case formatXML:
-		ds, err := decodeXML(trimmed)
+		ds, err := decodeXML(trimmed, answerNodes(instances))
 		if err != nil {
 			return nil, fmt.Errorf("%w (content type %q, body %q)", err, snippet([]byte(contentType), 100), bodySnippet(trimmed))
 		}

@@ -108,7 +108,7 @@ func TestParseResponseOrthancRecordings(t *testing.T) {
 				t.Fatalf("no recording %s in index.json", name)
 			}
 			body := readTestdata(t, "orthanc/"+rec.File)
-			res, err := parseResponse(rec.contentType(), body)
+			res, err := parseResponse(rec.contentType(), body, 1)
 			if w.err != nil {
 				if !errors.Is(err, w.err) {
 					t.Fatalf("err = %v, want %v", err, w.err)
@@ -194,7 +194,7 @@ func TestParseResponseVendorShapes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
-			res, err := parseResponse(tt.contentType, readTestdata(t, tt.file))
+			res, err := parseResponse(tt.contentType, readTestdata(t, tt.file), 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -280,7 +280,7 @@ func TestParseResponseContentHandling(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res, err := parseResponse(tt.contentType, []byte(tt.body))
+			res, err := parseResponse(tt.contentType, []byte(tt.body), 1)
 			if tt.err != nil {
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("err = %v, want %v", err, tt.err)
@@ -315,7 +315,7 @@ func TestParseResponseLenientNumbers(t *testing.T) {
 		{"00081155":{"vr":"UI","Value":["c"]},"00081197":{"vr":"US","Value":[null]}},
 		{"00081155":{"vr":"UI","Value":["d\u0000"]}}
 	]}}`
-	res, err := parseResponse("application/dicom+json", []byte(body))
+	res, err := parseResponse("application/dicom+json", []byte(body), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func TestParseResponseLenientNumbers(t *testing.T) {
 
 func TestParseResponseLowerCaseTag(t *testing.T) {
 	body := `{"0008119a":{"vr":"SQ","Value":[{"00081197":{"vr":"US","Value":[272]}}]}}`
-	res, err := parseResponse("application/dicom+json", []byte(body))
+	res, err := parseResponse("application/dicom+json", []byte(body), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +353,7 @@ func TestParseResponseCoercedPersonName(t *testing.T) {
 			}]}
 		}]}
 	}]}}`
-	res, err := parseResponse("application/dicom+json", []byte(body))
+	res, err := parseResponse("application/dicom+json", []byte(body), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
