@@ -44,7 +44,7 @@ type xmlItem struct {
 // element takes one or two tags, and a tag starts with '<', which XML
 // allows nowhere else but in comments, CDATA and processing instructions.
 func decodeXML(b []byte, maxNodes int) (dataset, error) {
-	if bytes.Count(b, []byte("<")) > maxNodes {
+	if len(b) > maxNodes && bytes.Count(b, []byte("<")) > maxNodes {
 		return nil, fmt.Errorf("%w: over %d XML tags, more than an answer to the request holds", errMalformedResponse, maxNodes)
 	}
 	var m xmlModel
