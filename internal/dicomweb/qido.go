@@ -1,9 +1,11 @@
 package dicomweb
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -115,15 +117,40 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 
 // parseQIDOInstances reads the SOP Instance UIDs of a QIDO-RS answer: a
 // JSON array of DICOM JSON objects (an empty body is an empty array).
+//
+// An answer of up to qidoDecodeNodes values (a sound page of the default
+// size) is decoded whole, which is fastest. A larger one is walked, one
+// attribute at a time: decoded whole, a broken or hostile answer of the
+// read bound made of cheap values ([{},{},...]) builds millions of maps.
+// It cannot be refused for its size instead, as STOW-RS answers are: a
+// server that ignores limit lists a whole study in a probe's page of one.
+// Both ways accept and refuse the same answers.
 func parseQIDOInstances(body []byte) ([]string, error) {
 	if len(body) == 0 {
 		return nil, nil
 	}
+	read := unmarshalQIDO
+	if jsonNodesOver(body, qidoDecodeNodes) {
+		read = walkQIDO
+	}
+	out, err := read(body)
+	if err != nil {
+		return nil, notDICOMweb(fmt.Errorf("%w: QIDO-RS answer: %s", errMalformedResponse, snippet([]byte(err.Error()), 200)))
+	}
+	return out, nil
+}
+
+// qidoDecodeNodes is the most JSON values of a QIDO-RS answer decoded
+// whole (some 10 to 20 MB decoded): what answerNodes allows a page.
+const qidoDecodeNodes = answerNodesBase + qidoPageSize*answerNodesPerInstance
+
+// unmarshalQIDO decodes a QIDO-RS answer whole.
+func unmarshalQIDO(body []byte) ([]string, error) {
 	var items []map[string]struct {
 		Value []any `json:"Value"`
 	}
 	if err := json.Unmarshal(body, &items); err != nil {
-		return nil, notDICOMweb(fmt.Errorf("%w: QIDO-RS answer: %s", errMalformedResponse, snippet([]byte(err.Error()), 200)))
+		return nil, err
 	}
 	out := make([]string, 0, len(items))
 	for _, it := range items {
@@ -134,4 +161,121 @@ func parseQIDOInstances(body []byte) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// walkQIDO reads a QIDO-RS answer, an array of instances (or null), and
+// the UID of each, holding one attribute at a time.
+func walkQIDO(body []byte) ([]string, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	out := []string{}
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, fmt.Errorf("read the answer: %w", err)
+	}
+	switch tok {
+	case nil:
+	case json.Delim('['):
+		for dec.More() {
+			uid, err := qidoInstance(dec)
+			if err != nil {
+				return nil, err
+			}
+			if uid != "" {
+				out = append(out, uid)
+			}
+		}
+		if _, err := dec.Token(); err != nil { // ']'
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("the answer is not an array (%s)", jsonKind(tok))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("data after the JSON value")
+	}
+	return out, nil
+}
+
+// qidoInstance reads one instance of the array (an object, or null) and
+// returns its SOP Instance UID: the first value of its last (0008,0018)
+// attribute, if a non-empty string.
+func qidoInstance(dec *json.Decoder) (string, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return "", err
+	}
+	switch tok {
+	case nil:
+		return "", nil
+	case json.Delim('{'):
+	default:
+		return "", fmt.Errorf("an instance is not an object (%s)", jsonKind(tok))
+	}
+	uid := ""
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return "", err
+		}
+		// Each attribute: an object (or null) whose Value is only
+		// looked at, not built.
+		var attr struct {
+			Value firstString `json:"Value"`
+		}
+		if err := dec.Decode(&attr); err != nil {
+			return "", err
+		}
+		if key == tagSOPInstanceUID {
+			uid = string(attr.Value)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // '}'
+		return "", err
+	}
+	return uid, nil
+}
+
+// firstString is the first value of a DICOM JSON Value array when it is
+// a string ("" otherwise), read without decoding the rest of the array.
+type firstString string
+
+func (f *firstString) UnmarshalJSON(b []byte) error {
+	*f = ""
+	switch {
+	case string(b) == "null":
+		return nil
+	case len(b) == 0 || b[0] != '[':
+		return fmt.Errorf("a Value is not an array")
+	}
+	// b is valid JSON (the decoder checked it): after '[' and blanks, a
+	// string starts with its quote.
+	rest := bytes.TrimLeft(b[1:], " \t\r\n")
+	if len(rest) == 0 || rest[0] != '"' {
+		return nil
+	}
+	end := stringEnd(rest, 0)
+	if end < 0 {
+		return fmt.Errorf("a Value's string does not end")
+	}
+	var s string
+	if err := json.Unmarshal(rest[:end+1], &s); err != nil {
+		return err
+	}
+	*f = firstString(s)
+	return nil
+}
+
+// jsonKind names what a JSON token opens or is, for an error.
+func jsonKind(tok json.Token) string {
+	switch tok.(type) {
+	case json.Delim:
+		return fmt.Sprintf("%v", tok)
+	case string:
+		return "a string"
+	case float64, json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
+	}
+	return "null"
 }
