@@ -277,6 +277,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		RetryMaxDelay:       fc.RetryMaxDelay,
 		MaxDeliveries:       fc.MaxDeliveries,
 		InstanceRetries:     fc.InstanceRetries,
+		ShutdownGrace:       fc.ShutdownGrace,
 		EventsRetention:     p.topo.Retention,
 		Logger:              log,
 		Registerer:          reg,

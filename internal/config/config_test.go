@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 func mapEnv(m map[string]string) func(string) string {
@@ -52,6 +53,9 @@ func TestLoadDefaults(t *testing.T) {
 	}
 	if c.StowMaxBytes != 256<<20 || c.Concurrency != 4 {
 		t.Errorf("StowMaxBytes=%d Concurrency=%d", c.StowMaxBytes, c.Concurrency)
+	}
+	if c.ShutdownGrace != 30*time.Second {
+		t.Errorf("FORWARDER_SHUTDOWN_GRACE default = %s, want 30s", c.ShutdownGrace)
 	}
 }
 
@@ -97,6 +101,8 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"bad concurrency", map[string]string{"FORWARDER_CONCURRENCY": "zero"}, "", "FORWARDER_CONCURRENCY"},
 		{"concurrency out of range", map[string]string{"FORWARDER_CONCURRENCY": "0"}, "", "FORWARDER_CONCURRENCY"},
 		{"bad duration", map[string]string{"FORWARDER_ACK_WAIT": "soon"}, "", "FORWARDER_ACK_WAIT"},
+		{"shutdown grace zero", map[string]string{"FORWARDER_SHUTDOWN_GRACE": "0s"}, "", "FORWARDER_SHUTDOWN_GRACE=0s: want 1s to 1h0m0s"},
+		{"shutdown grace past an hour", map[string]string{"FORWARDER_SHUTDOWN_GRACE": "2h"}, "", "FORWARDER_SHUTDOWN_GRACE=2h0m0s: want 1s to 1h0m0s"},
 		{"bad size", map[string]string{"STOW_MAX_BYTES": "lots"}, "", "STOW_MAX_BYTES"},
 		{"bad verify", map[string]string{"STOW_VERIFY": "yes"}, "", `STOW_VERIFY="yes": want off or qido`},
 		{"breaker failures negative", map[string]string{"STOW_BREAKER_FAILURES": "-1"}, "", `STOW_BREAKER_FAILURES=-1: want 0 (no breaker) to 1000`},

@@ -127,6 +127,10 @@ func (i *Ingest) Validate() error {
 	return errors.Join(errs...)
 }
 
+// MaxForwarderShutdownGrace is the longest FORWARDER_SHUTDOWN_GRACE: a
+// stop held longer would rather hand the studies to another replica.
+const MaxForwarderShutdownGrace = time.Hour
+
 // Forwarder configures the workers that move studies to the destinations.
 type Forwarder struct {
 	Addr string `env:"FORWARDER_ADDR" envDefault:":8081" desc:"listen address of the forwarder's health and metrics"`
@@ -150,6 +154,7 @@ type Forwarder struct {
 	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently, or read again the ones the source Orthanc failed to read"`
 	DeleteFromSource    bool          `env:"FORWARDER_DELETE_FROM_SOURCE" envDefault:"false" desc:"buffer mode: once a study is stored at the destination and acked, delete the instances that were forwarded from the source Orthanc (not when the study changed since its event); needs an Orthanc user allowed to delete"`
 	DeadLetterRetention time.Duration `env:"DEADLETTER_RETENTION" envDefault:"720h" desc:"how long dead-lettered studies are kept for replay"`
+	ShutdownGrace       time.Duration `env:"FORWARDER_SHUTDOWN_GRACE" envDefault:"30s" desc:"at a stop (SIGTERM), how long the studies in flight may go on before they go back to the queue, for another replica to send again whole (1s to 1h); the stop timeout of the process supervisor must exceed it by 15s or more (Kubernetes terminationGracePeriodSeconds, docker stop_grace_period, systemd TimeoutStopSec)"`
 	// Lanes: stat workers and FORWARD_WINDOWS (lanes.go).
 	Lanes
 }
@@ -179,6 +184,9 @@ func (f *Forwarder) Validate() error {
 	}
 	if f.InstanceRetries < 0 || f.InstanceRetries > 10 {
 		errs = append(errs, fmt.Errorf("FORWARDER_INSTANCE_RETRIES=%d: want 0 to 10", f.InstanceRetries))
+	}
+	if f.ShutdownGrace < time.Second || f.ShutdownGrace > MaxForwarderShutdownGrace {
+		errs = append(errs, fmt.Errorf("FORWARDER_SHUTDOWN_GRACE=%s: want 1s to %s", f.ShutdownGrace, MaxForwarderShutdownGrace))
 	}
 	if f.DeadLetterRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("DEADLETTER_RETENTION=%s: want at least 1h", f.DeadLetterRetention))
