@@ -129,7 +129,7 @@ func (i *Ingest) Validate() error {
 
 // MaxForwarderShutdownGrace is the longest FORWARDER_SHUTDOWN_GRACE: a
 // stop held longer would rather hand the studies to another replica.
-const MaxForwarderShutdownGrace = time.Hour
+const MaxForwarderShutdownGrace = 60 * time.Minute
 
 // Forwarder configures the workers that move studies to the destinations.
 type Forwarder struct {

@@ -284,6 +284,16 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 				grace = src.ingestGrace(timeout)
 			}
 		}
+	} else {
+		for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+			if e.Name == "FORWARDER_SHUTDOWN_GRACE" {
+				g, err := time.ParseDuration(e.Value)
+				if err != nil {
+					t.Errorf("deployment %s: FORWARDER_SHUTDOWN_GRACE %q: %v", d.Name, e.Value, err)
+				}
+				grace = g + src.httpShutdownGrace
+			}
+		}
 	}
 	if len(pod.Containers) != 1 {
 		t.Fatalf("deployment %s: %d containers, want 1", d.Name, len(pod.Containers))

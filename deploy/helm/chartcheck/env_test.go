@@ -445,3 +445,62 @@ func valuesFile(t *testing.T, yaml string) map[string]any {
 	}
 	return merged(required(), over.AsMap())
 }
+
+// TestForwarderGraceCoversShutdownGrace: at a stop a forwarder gives the
+// studies in flight FORWARDER_SHUTDOWN_GRACE, its HTTP server
+// app.HTTPShutdownGrace alongside. The chart wants each group's
+// terminationGracePeriodSeconds above both, from wherever the group's env
+// takes the variable, and refuses a value the forwarder would refuse.
+// It checked nothing: a longer grace was cut at 50 s.
+func TestForwarderGraceCoversShutdownGrace(t *testing.T) {
+	facts := readGoFacts(t)
+	group := func(where, grace string, termination int) map[string]any {
+		values := required()
+		fwd := maps.Clone(values["forwarders"].([]any)[0].(map[string]any))
+		fwd["env"] = maps.Clone(fwd["env"].(map[string]any))
+		fwd["terminationGracePeriodSeconds"] = termination
+		switch where {
+		case "forwarderDefaults.env":
+			values["forwarderDefaults"] = map[string]any{"env": map[string]any{"FORWARDER_SHUTDOWN_GRACE": grace}}
+		case "forwarders[].env":
+			fwd["env"].(map[string]any)["FORWARDER_SHUTDOWN_GRACE"] = grace
+		}
+		values["forwarders"] = []any{fwd}
+		return values
+	}
+	least := func(grace time.Duration) int {
+		return int((grace+facts.httpShutdownGrace)/time.Second) + 1
+	}
+	checkRenderError(t, group("", "", least(facts.forwarderShutdownGrace)), "")
+	checkRenderError(t, group("", "", least(facts.forwarderShutdownGrace)-1),
+		fmt.Sprintf("forwarders[default].terminationGracePeriodSeconds %d: want more than the forwarder's %v s shutdown grace", least(facts.forwarderShutdownGrace)-1, (facts.forwarderShutdownGrace+facts.httpShutdownGrace).Seconds()))
+	for _, where := range []string{"forwarderDefaults.env", "forwarders[].env"} {
+		t.Run(where, func(t *testing.T) {
+			for _, grace := range []string{"1s", "30s", "2m", "90s", "1m30s", "10m", "1h", "2.5s"} {
+				d, err := time.ParseDuration(grace)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n := least(d)
+				// Rendered, every Deployment is checked against the grace set.
+				checkRelease(t, render(t, group(where, grace, n)))
+				checkRenderError(t, group(where, grace, n-1),
+					fmt.Sprintf("forwarders[default].terminationGracePeriodSeconds %d: want more than the forwarder's %v s shutdown grace (FORWARDER_SHUTDOWN_GRACE %s", n-1, (d+facts.httpShutdownGrace).Seconds(), grace))
+			}
+			// Empty: left unset, the default.
+			checkRenderError(t, group(where, "", least(facts.forwarderShutdownGrace)), "")
+			for grace, want := range map[string]string{
+				"30":    `FORWARDER_SHUTDOWN_GRACE "30": want a Go duration`,
+				"soon":  `FORWARDER_SHUTDOWN_GRACE "soon": want a Go duration`,
+				"0":     `FORWARDER_SHUTDOWN_GRACE "0": want 1s to 1h`,
+				"500ms": `FORWARDER_SHUTDOWN_GRACE "500ms": want 1s to 1h`,
+				"61m":   `FORWARDER_SHUTDOWN_GRACE "61m": want 1s to 1h`,
+			} {
+				checkRenderError(t, group(where, grace, 4000), want)
+			}
+		})
+	}
+	if facts.maxForwarderShutdownGrace != time.Hour {
+		t.Errorf("config.MaxForwarderShutdownGrace is %v; the chart refuses FORWARDER_SHUTDOWN_GRACE above 1h", facts.maxForwarderShutdownGrace)
+	}
+}

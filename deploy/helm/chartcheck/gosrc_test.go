@@ -36,6 +36,9 @@ type goFacts struct {
 	// forwarderShutdownGrace is forward.DefaultShutdownGrace: how long a
 	// forwarder gives in-flight studies.
 	forwarderShutdownGrace time.Duration
+	// maxForwarderShutdownGrace is config.MaxForwarderShutdownGrace: the
+	// longest FORWARDER_SHUTDOWN_GRACE.
+	maxForwarderShutdownGrace time.Duration
 	// readyTimeout is web.ReadyTimeout: how long /readyz may take.
 	readyTimeout time.Duration
 	// eventStream and forwarderConsumer are natsjs.EventStream and
@@ -82,6 +85,7 @@ func readGoFacts(t *testing.T) goFacts {
 		facts.triageShutdownWait = duration(get("app.triageShutdownWait"))
 		facts.maxIngestPublishTimeout = duration(get("config.MaxIngestPublishTimeout"))
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
+		facts.maxForwarderShutdownGrace = duration(get("config.MaxForwarderShutdownGrace"))
 		facts.readyTimeout = duration(get("web.ReadyTimeout"))
 		facts.eventStream = str(get("natsjs.EventStream"))
 		facts.forwarderConsumer = str(get("natsjs.ForwarderConsumer"))
@@ -102,7 +106,7 @@ func readGoFacts(t *testing.T) goFacts {
 	}
 	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
 	if facts.httpShutdownGrace <= 0 || facts.ingestShutdownGrace <= 0 || facts.ingestMaxShutdownGrace <= 0 ||
-		facts.publishAnswerMargin <= 0 || facts.triageShutdownWait <= 0 || facts.maxIngestPublishTimeout <= 0 || facts.forwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
+		facts.publishAnswerMargin <= 0 || facts.triageShutdownWait <= 0 || facts.maxIngestPublishTimeout <= 0 || facts.forwarderShutdownGrace <= 0 || facts.maxForwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
 		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}

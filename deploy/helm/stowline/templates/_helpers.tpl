@@ -520,6 +520,34 @@ command's default, 10s, when none is); chartcheck checks the figures. */}}
 {{- end -}}
 {{- fail (printf "ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's %v s shutdown grace (%s): killed sooner, it cuts those requests off and leaves those events to the reconciler" (int $ig.terminationGracePeriodSeconds) (int $ig.preStopSleepSeconds) (divf $shutdownMs 1000) $why) -}}
 {{- end -}}
+{{- /* A forwarder gives the studies in flight FORWARDER_SHUTDOWN_GRACE
+(30s when unset) at a stop, its HTTP server 15 s (app.HTTPShutdownGrace)
+alongside, then returns the rest to the queue: killed sooner, those
+studies wait FORWARDER_ACK_WAIT, and a longer grace would be cut short
+all the same. Each group's, from its env (env, forwarderDefaults.env, its
+own); chartcheck checks the figures. */}}
+{{- range $entry := .Values.forwarders -}}
+{{- $f := include "stowline.forwarder" (dict "root" $ "entry" $entry) | fromYaml -}}
+{{- $fenv := include "stowline.forwarderEnv" (dict "root" $ "f" $f) | fromYaml -}}
+{{- $graceMs := 30000 -}}
+{{- $grace := "" -}}
+{{- $set := get $fenv "FORWARDER_SHUTDOWN_GRACE" -}}
+{{- if not (or (kindIs "invalid" $set) (eq (toString $set) "")) -}}
+{{- $grace = toString $set -}}
+{{- $ms := include "stowline.durationMillis" $grace -}}
+{{- if not $ms -}}
+{{- fail (printf "forwarders[%s]: FORWARDER_SHUTDOWN_GRACE %q: want a Go duration such as 30s, 2m or 1m30s (units h, m, s, ms, us, ns; no space), in quotes" $f.name $grace) -}}
+{{- end -}}
+{{- if or (lt (float64 $ms) 1000.0) (gt (float64 $ms) 3600000.0) -}}
+{{- fail (printf "forwarders[%s]: FORWARDER_SHUTDOWN_GRACE %q: want 1s to 1h (the forwarder refuses to start with another)" $f.name $grace) -}}
+{{- end -}}
+{{- $graceMs = ceil (float64 $ms) | int -}}
+{{- end -}}
+{{- $stopMs := add $graceMs 15000 -}}
+{{- if le (mul (int $f.terminationGracePeriodSeconds) 1000) $stopMs -}}
+{{- fail (printf "forwarders[%s].terminationGracePeriodSeconds %d: want more than the forwarder's %v s shutdown grace (FORWARDER_SHUTDOWN_GRACE %s for the studies in flight, then 15 s): killed sooner, it cuts those studies off and leaves them to FORWARDER_ACK_WAIT; set terminationGracePeriodSeconds in forwarderDefaults or the group" $f.name (int $f.terminationGracePeriodSeconds) (divf $stopMs 1000) (default "30s" $grace)) -}}
+{{- end -}}
+{{- end -}}
 {{- /* A group's name is in its objects' names and component label: two
 groups of one name (or of one name once cut to 63 characters) would
 render two Deployments of one name, the one applied last replacing the
