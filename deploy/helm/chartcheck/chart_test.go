@@ -796,7 +796,9 @@ func checkForwarderGroups(t *testing.T, deployments []*appsv1.Deployment) {
 	shared := func(env map[string]string) map[string]string {
 		out := map[string]string{}
 		for k, v := range env {
-			if strings.HasSuffix(k, "_OAUTH_CLIENT_SECRET_FILE") {
+			// Secrets and key files (destinations[].secretFiles) go to
+			// the group serving their destination only.
+			if strings.HasSuffix(k, "_OAUTH_CLIENT_SECRET_FILE") || strings.HasPrefix(v, "/run/secrets/stowline-dest-file-") {
 				continue
 			}
 			if k == "DESTINATIONS" || strings.HasPrefix(k, "DESTINATION_") || k == "FORWARDER_ACK_WAIT" || k == "FORWARDER_MAX_DELIVERIES" || k == "DEADLETTER_RETENTION" {

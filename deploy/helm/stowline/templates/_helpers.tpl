@@ -118,6 +118,36 @@ secrets of those only: internal/config, readDynamic).
 {{- printf "/run/secrets/stowline-destination-%s" (lower (replace "_" "-" .)) -}}
 {{- end -}}
 
+{{/*
+The key files a forwarder group's pods get, as a list (YAML) of {volume,
+secretName, key, dir, var, where}: the group's secretFiles (the variable
+as written) and the secretFiles of each destination it serves
+(DESTINATION_<NAME>_ + the variable), each a Secret's key mounted in its
+own directory, the variable naming the file. Only this group's pods mount
+them: not the ingest's (webhook-facing), nor the other groups'.
+(dict "root" $ "f" $forwarder).
+*/}}
+{{- define "stowline.secretFiles" -}}
+{{- $root := .root -}}
+{{- $f := .f -}}
+{{- $out := list -}}
+{{- range $i, $sf := (default list $f.secretFiles) -}}
+{{- $out = append $out (dict "volume" (printf "group-file-%d" $i) "secretName" $sf.secretName "key" $sf.key "dir" (printf "/run/secrets/stowline-group-file-%d" $i) "var" $sf.env "where" (printf "forwarders[%s].secretFiles[%d]" $f.name $i)) -}}
+{{- end -}}
+{{- if $root.Values.destinations -}}
+{{- $served := include "stowline.servedDestinations" . | fromYamlArray -}}
+{{- range $d := $root.Values.destinations -}}
+{{- if has $d.name $served -}}
+{{- $n := lower (replace "_" "-" $d.name) -}}
+{{- range $i, $sf := (default list $d.secretFiles) -}}
+{{- $out = append $out (dict "volume" (printf "dest-file-%s-%d" $n $i) "secretName" $sf.secretName "key" $sf.key "dir" (printf "/run/secrets/stowline-dest-file-%s-%d" $n $i) "var" (printf "%s%s" (include "stowline.destinationPrefix" $d.name) $sf.env) "where" (printf "destinations[%s].secretFiles[%d]" $d.name $i)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
 {{/* The names of the declared destinations, as a list (YAML). */}}
 {{- define "stowline.destinationNames" -}}
 {{- $names := list -}}
@@ -280,6 +310,7 @@ Arguments: (dict "root" $ "f" $forwarder).
 {{- $_ := set $env "STOW_PARALLEL_REQUESTS" $f.stowParallelRequests -}}
 {{- end -}}
 {{- range $k, $v := $f.env }}{{ $_ := set $env $k $v }}{{ end -}}
+{{- range (include "stowline.secretFiles" . | fromYamlArray) }}{{ $_ := set $env .var (printf "%s/%s" .dir .key) }}{{ end -}}
 {{- toYaml $env -}}
 {{- end -}}
 
@@ -354,6 +385,17 @@ numeric client ID), is refused.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if eq .role "forwarder" }}
+{{- range (include "stowline.secretFiles" . | fromYamlArray) }}
+- name: {{ .volume }}
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end }}
+{{- end }}
 {{- with $root.Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -379,6 +421,13 @@ numeric client ID), is refused.
   mountPath: {{ include "stowline.destinationSecretDir" .name }}
   readOnly: true
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if eq .role "forwarder" }}
+{{- range (include "stowline.secretFiles" . | fromYamlArray) }}
+- name: {{ .volume }}
+  mountPath: {{ .dir }}
+  readOnly: true
 {{- end }}
 {{- end }}
 {{- with $root.Values.extraVolumeMounts }}
@@ -576,6 +625,7 @@ other, whose destinations would go unserved without a word. */}}
 {{- fail "orthanc.url is required: Orthanc's REST API as the pods reach it (ORTHANC_URL), or several sources with ORTHANC_SOURCES in env" -}}
 {{- end -}}
 {{- include "stowline.validateEnvMaps" . -}}
+{{- include "stowline.validateSecretFiles" . -}}
 {{- /* A key of the Secret no container reads (misspelt, or a destination's
 not declared) is mounted nowhere: the command then runs without it, and
 fails, if at all, far from the cause. */}}
@@ -678,7 +728,7 @@ and a shorter retention drops at once the events older than it. */}}
 {{- end -}}
 {{- range $p, $name := $prefixes -}}
 {{- if hasPrefix $p $k -}}
-{{- fail (printf "%s: %s is set by the chart, from destinations[%s]: set its url, match, instanceMatch, stowParallelRequests, clientSecret or env (without the prefix) instead of the variable" $c.where $k $name) -}}
+{{- fail (printf "%s: %s is set by the chart, from destinations[%s]: set its url, match, instanceMatch, stowParallelRequests, clientSecret, secretFiles or env (without the prefix) instead of the variable" $c.where $k $name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -850,6 +900,58 @@ these. internal/config, Destination; chartcheck checks the list. */}}
 {{- $by := default list (get $servedBy .) -}}
 {{- if ne (len $by) 1 -}}
 {{- fail (printf "destinations[%s]: served by %d forwarder groups %v, want exactly one (FORWARDER_DESTINATIONS): none leaves its queue unsent, two would share its consumer" . (len $by) $by) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+
+{{/*
+Checks of the key files (stowline.secretFiles): each names a Secret, a key
+and a variable the chart does not set otherwise, once.
+*/}}
+{{- define "stowline.validateSecretFiles" -}}
+{{- $root := . -}}
+{{- range $d := .Values.destinations -}}
+{{- $seen := dict -}}
+{{- range $i, $sf := (default list $d.secretFiles) -}}
+{{- $where := printf "destinations[%s].secretFiles[%d]" $d.name $i -}}
+{{- if not (and $sf.secretName $sf.key $sf.env) -}}
+{{- fail (printf "%s: secretName, key and env are required (the Secret, its key, the variable naming the file)" $where) -}}
+{{- end -}}
+{{- if or (hasPrefix "DESTINATION" $sf.env) (has $sf.env (list "URL" "DICOMWEB_URL" "MATCH" "INSTANCE_MATCH" "STOW_PARALLEL_REQUESTS" "OAUTH_CLIENT_SECRET" "OAUTH_CLIENT_SECRET_FILE")) -}}
+{{- fail (printf "%s: env %s: give the variable without the prefix, and the client secret with clientSecret" $where $sf.env) -}}
+{{- end -}}
+{{- if hasKey (default dict $d.env) $sf.env -}}
+{{- fail (printf "%s: %s is set in destinations[%s].env too: keep one" $where $sf.env $d.name) -}}
+{{- end -}}
+{{- if hasKey $seen $sf.env -}}
+{{- fail (printf "%s: %s is set by destinations[%s].secretFiles[%d] too: keep one" $where $sf.env $d.name (get $seen $sf.env)) -}}
+{{- end -}}
+{{- $_ := set $seen $sf.env $i -}}
+{{- end -}}
+{{- end -}}
+{{- range $entry := .Values.forwarders -}}
+{{- $f := include "stowline.forwarder" (dict "root" $root "entry" $entry) | fromYaml -}}
+{{- $managed := include "stowline.managedEnv" (dict "root" $root "role" "forwarder" "f" $f) | fromYaml -}}
+{{- $seen := dict -}}
+{{- range $i, $sf := (default list $f.secretFiles) -}}
+{{- $where := printf "forwarders[%s].secretFiles[%d]" $f.name $i -}}
+{{- if not (and $sf.secretName $sf.key $sf.env) -}}
+{{- fail (printf "%s: secretName, key and env are required (the Secret, its key, the variable naming the file)" $where) -}}
+{{- end -}}
+{{- if hasKey $managed $sf.env -}}
+{{- fail (printf "%s: %s is set by the chart, from %s" $where $sf.env (get $managed $sf.env)) -}}
+{{- end -}}
+{{- if and $root.Values.destinations (or (hasPrefix "DESTINATION" $sf.env) (include "stowline.defaultDestinationVar" $sf.env)) -}}
+{{- fail (printf "%s: %s is a destination's variable: with destinations, give it in destinations[].secretFiles (without the prefix)" $where $sf.env) -}}
+{{- end -}}
+{{- if or (hasKey (default dict $root.Values.env) $sf.env) (hasKey (default dict $f.env) $sf.env) -}}
+{{- fail (printf "%s: %s is set in env, forwarderDefaults.env or forwarders[%s].env too: keep one" $where $sf.env $f.name) -}}
+{{- end -}}
+{{- if hasKey $seen $sf.env -}}
+{{- fail (printf "%s: %s is set by forwarders[%s].secretFiles[%d] too: keep one" $where $sf.env $f.name (get $seen $sf.env)) -}}
+{{- end -}}
+{{- $_ := set $seen $sf.env $i -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
