@@ -504,3 +504,76 @@ func TestForwarderGraceCoversShutdownGrace(t *testing.T) {
 		t.Errorf("config.MaxForwarderShutdownGrace is %v; the chart refuses FORWARDER_SHUTDOWN_GRACE above 1h", facts.maxForwarderShutdownGrace)
 	}
 }
+
+// TestEnvValueFromSecret: the env maps took literal values only, so a
+// tracing vendor's key in OTEL_EXPORTER_OTLP_HEADERS was written in clear
+// in the Deployments and the release. A {valueFrom: {secretKeyRef}} entry
+// renders as Kubernetes' own reference; the variables the chart reads
+// itself cannot come from a Secret, and any other form is refused.
+func TestEnvValueFromSecret(t *testing.T) {
+	ref := func(name, key string) map[string]any {
+		return map[string]any{"valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": name, "key": key}}}
+	}
+	values := merged(required(), map[string]any{
+		"env":    map[string]any{"OTEL_EXPORTER_OTLP_HEADERS": ref("otel-vendor", "headers")},
+		"ingest": map[string]any{"env": map[string]any{"OTEL_EXPORTER_OTLP_TRACES_HEADERS": ref("otel-vendor", "traces-headers")}},
+	})
+	objs := render(t, values)
+	checkRelease(t, objs)
+	for _, d := range of[*appsv1.Deployment](objs) {
+		want := map[string]string{"OTEL_EXPORTER_OTLP_HEADERS": "otel-vendor/headers"}
+		if component(d.Labels) == "ingest" {
+			want["OTEL_EXPORTER_OTLP_TRACES_HEADERS"] = "otel-vendor/traces-headers"
+		}
+		got := map[string]string{}
+		for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				got[e.Name] = e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("deployment %s: variables from Secrets %v, want %v", d.Name, got, want)
+		}
+	}
+
+	tests := []struct {
+		name   string
+		values map[string]any
+		want   string
+	}{
+		{"publish timeout", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"INGEST_PUBLISH_TIMEOUT": ref("s", "k")}}}),
+			"ingest.env: INGEST_PUBLISH_TIMEOUT: the chart reads this variable"},
+		{"shutdown grace", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"FORWARDER_SHUTDOWN_GRACE": ref("s", "k")}}}),
+			"forwarderDefaults.env: FORWARDER_SHUTDOWN_GRACE: the chart reads this variable"},
+		{"a source's URL", merged(required(), map[string]any{"env": map[string]any{"ORTHANC_PACS_URL": ref("s", "k")}}),
+			"env: ORTHANC_PACS_URL: the chart reads this variable"},
+		{"listener certificate", merged(required(), map[string]any{"env": map[string]any{"TLS_LISTEN_CERT_FILE": ref("s", "k")}}),
+			"env: TLS_LISTEN_CERT_FILE: the chart reads this variable"},
+		{"set by the chart", merged(required(), map[string]any{"env": map[string]any{"NATS_URL": ref("s", "k")}}),
+			"NATS_URL is set by the chart"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkRenderError(t, tt.values, tt.want)
+		})
+	}
+	// Other forms: the schema refuses them, and without it the templates.
+	for name, v := range map[string]any{
+		"configMapKeyRef":   map[string]any{"valueFrom": map[string]any{"configMapKeyRef": map[string]any{"name": "c", "key": "k"}}},
+		"without valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "s", "key": "k"}},
+		"without a key":     map[string]any{"valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "s"}}},
+		"destination's env": nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if v == nil {
+				values := withDestinations(map[string]any{"name": "all"})
+				values["destinations"].([]any)[1].(map[string]any)["env"].(map[string]any)["OAUTH_SCOPES"] = ref("s", "k")
+				checkRenderError(t, values, "/destinations/1/env/OAUTH_SCOPES")
+				return
+			}
+			values := merged(required(), map[string]any{"env": map[string]any{"OTEL_EXPORTER_OTLP_HEADERS": v}})
+			checkRenderError(t, values, "/env/OTEL_EXPORTER_OTLP_HEADERS")
+			checkRenderErrorWithoutSchema(t, values, "env: OTEL_EXPORTER_OTLP_HEADERS: a variable from a Secret is {valueFrom: {secretKeyRef: {name: SECRET, key: KEY}}}")
+		})
+	}
+}

@@ -333,6 +333,15 @@ numeric client ID), is refused.
 */}}
 {{- define "stowline.envList" -}}
 {{- range $k, $v := . }}
+{{- if kindIs "map" $v }}
+{{- /* {valueFrom: {secretKeyRef: ...}} (stowline.validateEnvMaps): the
+value stays in the Secret, out of the Deployment and the release. */}}
+- name: {{ $k }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.valueFrom.secretKeyRef.name | quote }}
+      key: {{ $v.valueFrom.secretKeyRef.key | quote }}
+{{- else }}
 {{- $s := ternary "" (toString $v) (kindIs "invalid" $v) }}
 {{- if and (kindIs "float64" $v) (eq $v (floor $v)) }}
 {{- if or (ge $v 9007199254740992.0) (le $v -9007199254740992.0) }}
@@ -343,6 +352,7 @@ numeric client ID), is refused.
 {{- if not (eq $s "") }}
 - name: {{ $k }}
   value: {{ $s | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}
@@ -528,6 +538,7 @@ Orthanc or NATS. */}}
 {{- /* A quoted "false" is a non-empty string, which `if` takes as true:
 the NetworkPolicies, a ScaledObject or a ServiceMonitor would be
 rendered when turned off. */}}
+{{- include "stowline.validateEnvRefs" . -}}
 {{- $flags := dict "serviceAccount.create" .Values.serviceAccount.create "networkPolicy.enabled" .Values.networkPolicy.enabled
   "networkPolicy.egress.enabled" .Values.networkPolicy.egress.enabled "keda.enabled" .Values.keda.enabled
   "serviceMonitor.enabled" .Values.serviceMonitor.enabled "prometheusRule.enabled" .Values.prometheusRule.enabled -}}
@@ -952,6 +963,32 @@ and a variable the chart does not set otherwise, once.
 {{- fail (printf "%s: %s is set by forwarders[%s].secretFiles[%d] too: keep one" $where $sf.env $f.name (get $seen $sf.env)) -}}
 {{- end -}}
 {{- $_ := set $seen $sf.env $i -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Values from a Secret in the env maps, {valueFrom: {secretKeyRef: {name,
+key}}} (a tracing vendor's key in OTEL_EXPORTER_OTLP_HEADERS): the value
+stays in the Secret, out of the Deployment and the release. Not for the
+variables the chart reads itself (grace periods, probes, network
+policies), whose values it needs. Checked first: those checks would
+misread a reference.
+*/}}
+{{- define "stowline.validateEnvRefs" -}}
+{{- $maps := dict "env" (default dict .Values.env) "ingest.env" (default dict .Values.ingest.env) "forwarderDefaults.env" (default dict .Values.forwarderDefaults.env) -}}
+{{- range .Values.forwarders }}{{ $_ := set $maps (printf "forwarders[%s].env" .name) (default dict .env) }}{{ end -}}
+{{- range $where, $env := $maps -}}
+{{- range $k, $v := $env -}}
+{{- if kindIs "map" $v -}}
+{{- $ref := dig "valueFrom" "secretKeyRef" dict $v -}}
+{{- if not (and (kindIs "map" $ref) $ref.name $ref.key) -}}
+{{- fail (printf "%s: %s: a variable from a Secret is {valueFrom: {secretKeyRef: {name: SECRET, key: KEY}}}" $where $k) -}}
+{{- end -}}
+{{- if or (has $k (list "INGEST_PUBLISH_TIMEOUT" "FORWARDER_SHUTDOWN_GRACE" "TLS_LISTEN_CERT_FILE" "ORTHANC_SOURCES" "ORTHANC_URL")) (regexMatch "^ORTHANC_.+_URL$" $k) -}}
+{{- fail (printf "%s: %s: the chart reads this variable (grace periods, probes, network policies), so it cannot come from a Secret: write its value" $where $k) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
