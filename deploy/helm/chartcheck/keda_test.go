@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
+
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -163,3 +166,57 @@ spec:
 		})
 	}
 }
+
+// TestScaleDownBehavior: with minReplicaCount at least 1, KEDA's
+// cooldownPeriod never applies; the HPA it creates scales down, by
+// default 300 s after demand fell and any number of replicas at once,
+// each stopping forwarder sending its studies back. keda.behavior is its
+// advanced.horizontalPodAutoscalerConfig.behavior: one replica a minute
+// after five minutes by default, as set, or Kubernetes' own with null.
+func TestScaleDownBehavior(t *testing.T) {
+	tests := []struct {
+		name     string
+		behavior any // keda.behavior; nil: the chart's default, "null": null
+		want     *autoscalingv2.HPAScalingRules
+	}{
+		{"default", nil, &autoscalingv2.HPAScalingRules{
+			StabilizationWindowSeconds: ptr(int32(300)),
+			Policies:                   []autoscalingv2.HPAScalingPolicy{{Type: autoscalingv2.PodsScalingPolicy, Value: 1, PeriodSeconds: 60}},
+		}},
+		{"set", map[string]any{"scaleDown": map[string]any{
+			"stabilizationWindowSeconds": 600,
+			"policies":                   []any{map[string]any{"type": "Percent", "value": 10, "periodSeconds": 120}},
+		}}, &autoscalingv2.HPAScalingRules{
+			StabilizationWindowSeconds: ptr(int32(600)),
+			Policies:                   []autoscalingv2.HPAScalingPolicy{{Type: autoscalingv2.PercentScalingPolicy, Value: 10, PeriodSeconds: 120}},
+		}},
+		{"Kubernetes' defaults", "null", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			keda := map[string]any{"enabled": true}
+			switch tt.behavior {
+			case nil:
+			case "null":
+				// Helm merges maps: {} would keep the default; null drops it.
+				keda["behavior"] = nil
+			default:
+				keda["behavior"] = tt.behavior
+			}
+			values := merged(required(), map[string]any{"keda": keda})
+			objs := render(t, values)
+			// KEDA's CRD schema checks the block too.
+			checkRelease(t, objs)
+			so := of[*scaledObject](objs)[0]
+			var got *autoscalingv2.HPAScalingRules
+			if a := so.Spec.Advanced; a != nil && a.HorizontalPodAutoscalerConfig != nil && a.HorizontalPodAutoscalerConfig.Behavior != nil {
+				got = a.HorizontalPodAutoscalerConfig.Behavior.ScaleDown
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("scaleDown %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

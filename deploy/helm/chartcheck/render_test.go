@@ -18,6 +18,7 @@ import (
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	"helm.sh/helm/v4/pkg/engine"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -228,7 +229,12 @@ type scaledObject struct {
 		MaxReplicaCount *int32 `json:"maxReplicaCount"`
 		PollingInterval *int32 `json:"pollingInterval"`
 		CooldownPeriod  *int32 `json:"cooldownPeriod"`
-		Triggers        []struct {
+		Advanced        *struct {
+			HorizontalPodAutoscalerConfig *struct {
+				Behavior *autoscalingv2.HorizontalPodAutoscalerBehavior `json:"behavior"`
+			} `json:"horizontalPodAutoscalerConfig"`
+		} `json:"advanced"`
+		Triggers []struct {
 			Type     string            `json:"type"`
 			Name     string            `json:"name"`
 			Metadata map[string]string `json:"metadata"`

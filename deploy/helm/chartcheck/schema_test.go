@@ -41,6 +41,8 @@ func TestSchemaRefuses(t *testing.T) {
 			"at '/networkPolicy/ingestFrom/0': additional properties 'namespaceSelecter' not allowed"},
 		{"an egress rule's protocol", "networkPolicy:\n  egress:\n    extra:\n      - ports: [{port: 53, protocol: udp}]\n",
 			"at '/networkPolicy/egress/extra/0/ports/0/protocol'"},
+		{"keda.behavior.scaleDown misspelt", "keda:\n  behavior:\n    scaledown: {stabilizationWindowSeconds: 600}\n",
+			"invalid propertyName 'scaledown'"},
 		{"a quoted switch", "keda:\n  enabled: \"false\"\n",
 			"at '/keda/enabled': got string, want boolean"},
 		{"a secret written as a number", "secrets:\n  values:\n    ORTHANC_PASSWORD: 20240612093015123\n",
