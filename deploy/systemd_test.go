@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -247,4 +248,25 @@ func TestSystemdUnitExposure(t *testing.T) {
 func lastLine(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestSingleHostStopTimeoutDocumented: the Dockerfile and README tell
+// how long `docker run --stop-timeout` must be for the single-host
+// image; the Dockerfile said 45 s while its ingest alone may take
+// app.IngestMaxShutdownGrace to stop, and the systemd unit allows 65 s.
+// Every --stop-timeout they name is the unit's bound or more.
+func TestSingleHostStopTimeoutDocumented(t *testing.T) {
+	least := max(forward.DefaultShutdownGrace, app.IngestMaxShutdownGrace) + stopMargin
+	for _, file := range []string{"Dockerfile", "README.md"} {
+		found := regexp.MustCompile(`--stop-timeout (\d+)`).FindAllStringSubmatch(string(readFile(t, file)), -1)
+		if len(found) == 0 {
+			t.Errorf("%s names no docker run --stop-timeout", file)
+		}
+		for _, m := range found {
+			if n, _ := strconv.Atoi(m[1]); time.Duration(n)*time.Second < least {
+				t.Errorf("%s: --stop-timeout %s, want at least %d: the single-host command takes up to %s to stop (its ingest with the longest INGEST_PUBLISH_TIMEOUT) and %s to settle",
+					file, m[1], int(least.Seconds()), least-stopMargin, stopMargin)
+			}
+		}
+	}
 }
