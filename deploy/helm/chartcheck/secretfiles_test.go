@@ -154,4 +154,10 @@ func TestSecretFilesRefused(t *testing.T) {
 			checkRenderError(t, tt.values, tt.want)
 		})
 	}
+	// Without the schema (helm --skip-schema-validation), the templates
+	// name the entry missing a part.
+	checkRenderErrorWithoutSchema(t, destination(map[string]any{"secretName": "ai-keys", "key": "k"}),
+		"destinations[ai].secretFiles[0]: secretName, key and env are required")
+	checkRenderErrorWithoutSchema(t, group(map[string]any{"secretName": "keys", "env": "TLS_KEY_FILE"}),
+		"forwarders[default].secretFiles[0]: secretName, key and env are required")
 }
