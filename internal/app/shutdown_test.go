@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -21,7 +22,9 @@ func TestShutdownGraceReachesTheForwarder(t *testing.T) {
 		set  string
 		want time.Duration
 	}{
-		{"default", "", 30 * time.Second},
+		// The chart, compose and systemd checks take this constant as
+		// the variable's default.
+		{"default", "", forward.DefaultShutdownGrace},
 		{"longer", "2m", 2 * time.Minute},
 		{"shorter", "5s", 5 * time.Second},
 	}
