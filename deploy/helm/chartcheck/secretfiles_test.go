@@ -54,6 +54,8 @@ func TestSecretFilesReachTheirGroupOnly(t *testing.T) {
 		map[string]any{"secretName": "ai-mtls", "key": "tls.key", "env": "TLS_KEY_FILE"},
 		map[string]any{"secretName": "ai-mtls", "key": "tls.crt", "env": "TLS_CERT_FILE"},
 		map[string]any{"secretName": "ai-gcp", "key": "sa.json", "env": "GOOGLE_APPLICATION_CREDENTIALS"},
+		// A key YAML would read as a number, the Secret's name too.
+		map[string]any{"secretName": "0", "key": "2024", "env": "TLS_CA_FILE"},
 	}
 	oneDestination := merged(required(), map[string]any{"forwarderDefaults": map[string]any{"secretFiles": []any{
 		map[string]any{"secretName": "site-deid", "key": "key", "env": "DEIDENTIFY_KEY_FILE"},
@@ -70,6 +72,7 @@ func TestSecretFilesReachTheirGroupOnly(t *testing.T) {
 			"DESTINATION_AI_TLS_KEY_FILE":                   "ai-mtls/tls.key",
 			"DESTINATION_AI_TLS_CERT_FILE":                  "ai-mtls/tls.crt",
 			"DESTINATION_AI_GOOGLE_APPLICATION_CREDENTIALS": "ai-gcp/sa.json",
+			"DESTINATION_AI_TLS_CA_FILE":                    "0/2024",
 		}, []string{"archive"}},
 		{"group", oneDestination, "default", map[string]string{"DEIDENTIFY_KEY_FILE": "site-deid/key"}, nil},
 	}

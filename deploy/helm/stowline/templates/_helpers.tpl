@@ -399,11 +399,11 @@ value stays in the Secret, out of the Deployment and the release. */}}
 {{- range (include "stowline.secretFiles" . | fromYamlArray) }}
 - name: {{ .volume }}
   secret:
-    secretName: {{ .secretName }}
+    secretName: {{ .secretName | quote }}
     defaultMode: 0440
     items:
-      - key: {{ .key }}
-        path: {{ .key }}
+      - key: {{ .key | quote }}
+        path: {{ .key | quote }}
 {{- end }}
 {{- end }}
 {{- with $root.Values.extraVolumes }}
