@@ -164,3 +164,21 @@ func TestSecretFilesRefused(t *testing.T) {
 	checkRenderErrorWithoutSchema(t, group(map[string]any{"secretName": "keys", "env": "TLS_KEY_FILE"}),
 		"forwarders[default].secretFiles[0]: secretName, key and env are required")
 }
+
+// TestSecretNamesLikeNumbers: a Secret's name or key that YAML reads as a
+// number (a clientSecret key "1", a Secret "2024") was written unquoted,
+// and the Deployment did not decode: KeyToPath.key and secretName are
+// strings.
+func TestSecretNamesLikeNumbers(t *testing.T) {
+	values := withDestinations(map[string]any{"name": "all"})
+	values["destinations"].([]any)[0].(map[string]any)["clientSecret"] = map[string]any{"secretName": "2024", "key": "1"}
+	values["nats"] = map[string]any{"url": "nats://nats.nats.svc.cluster.local:4222", "credsSecret": "42"}
+	objs := render(t, values)
+	checkRelease(t, objs)
+	mounted := mountedSecrets(forwarderDeployment(t, objs, "all"))
+	for _, want := range []string{"2024/1", "42/nats.creds"} {
+		if _, ok := mounted[want]; !ok {
+			t.Errorf("%s not mounted: %v", want, mounted)
+		}
+	}
+}

@@ -364,7 +364,7 @@ value stays in the Secret, out of the Deployment and the release. */}}
 {{- if $keys }}
 - name: secrets
   secret:
-    secretName: {{ include "stowline.secretName" $root }}
+    secretName: {{ include "stowline.secretName" $root | quote }}
     defaultMode: 0440
     items:
     {{- range splitList " " $keys }}
@@ -375,7 +375,7 @@ value stays in the Secret, out of the Deployment and the release. */}}
 {{- with $root.Values.nats.credsSecret }}
 - name: nats-creds
   secret:
-    secretName: {{ . }}
+    secretName: {{ . | quote }}
     defaultMode: 0440
     items:
       - key: nats.creds
@@ -387,10 +387,10 @@ value stays in the Secret, out of the Deployment and the release. */}}
 {{- if and .clientSecret .clientSecret.secretName (has .name $served) }}
 - name: {{ printf "destination-%s" (lower (replace "_" "-" .name)) }}
   secret:
-    secretName: {{ .clientSecret.secretName }}
+    secretName: {{ .clientSecret.secretName | quote }}
     defaultMode: 0440
     items:
-      - key: {{ required (printf "destinations[%s].clientSecret.key is required with its secretName" .name) .clientSecret.key }}
+      - key: {{ required (printf "destinations[%s].clientSecret.key is required with its secretName" .name) .clientSecret.key | quote }}
         path: OAUTH_CLIENT_SECRET
 {{- end }}
 {{- end }}
