@@ -559,10 +559,11 @@ func TestEnvValueFromSecret(t *testing.T) {
 	}
 	// Other forms: the schema refuses them, and without it the templates.
 	for name, v := range map[string]any{
-		"configMapKeyRef":   map[string]any{"valueFrom": map[string]any{"configMapKeyRef": map[string]any{"name": "c", "key": "k"}}},
-		"without valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "s", "key": "k"}},
-		"without a key":     map[string]any{"valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "s"}}},
-		"destination's env": nil,
+		"configMapKeyRef":    map[string]any{"valueFrom": map[string]any{"configMapKeyRef": map[string]any{"name": "c", "key": "k"}}},
+		"without valueFrom":  map[string]any{"secretKeyRef": map[string]any{"name": "s", "key": "k"}},
+		"without a key":      map[string]any{"valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "s"}}},
+		"valueFrom a string": map[string]any{"valueFrom": "s"},
+		"destination's env":  nil,
 	} {
 		t.Run(name, func(t *testing.T) {
 			if v == nil {

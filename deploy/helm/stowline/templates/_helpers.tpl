@@ -334,7 +334,7 @@ numeric client ID), is refused.
 {{- define "stowline.envList" -}}
 {{- range $k, $v := . }}
 {{- if kindIs "map" $v }}
-{{- /* {valueFrom: {secretKeyRef: ...}} (stowline.validateEnvMaps): the
+{{- /* {valueFrom: {secretKeyRef: ...}} (stowline.validateEnvRefs): the
 value stays in the Secret, out of the Deployment and the release. */}}
 - name: {{ $k }}
   valueFrom:
@@ -535,10 +535,10 @@ Orthanc or NATS. */}}
 {{- if not (has "INGEST_TOKEN" (splitList " " (include "stowline.secretKeys" .))) -}}
 {{- fail "secrets: INGEST_TOKEN is required (secrets.values.INGEST_TOKEN, or secrets.existingSecret with INGEST_TOKEN in secrets.existingSecretKeys)" -}}
 {{- end -}}
+{{- include "stowline.validateEnvRefs" . -}}
 {{- /* A quoted "false" is a non-empty string, which `if` takes as true:
 the NetworkPolicies, a ScaledObject or a ServiceMonitor would be
 rendered when turned off. */}}
-{{- include "stowline.validateEnvRefs" . -}}
 {{- $flags := dict "serviceAccount.create" .Values.serviceAccount.create "networkPolicy.enabled" .Values.networkPolicy.enabled
   "networkPolicy.egress.enabled" .Values.networkPolicy.egress.enabled "keda.enabled" .Values.keda.enabled
   "serviceMonitor.enabled" .Values.serviceMonitor.enabled "prometheusRule.enabled" .Values.prometheusRule.enabled -}}
@@ -915,7 +915,6 @@ these. internal/config, Destination; chartcheck checks the list. */}}
 {{- end -}}
 {{- end -}}
 
-
 {{/*
 Checks of the key files (stowline.secretFiles): each names a Secret, a key
 and a variable the chart does not set otherwise, once.
@@ -981,7 +980,9 @@ misread a reference.
 {{- range $where, $env := $maps -}}
 {{- range $k, $v := $env -}}
 {{- if kindIs "map" $v -}}
-{{- $ref := dig "valueFrom" "secretKeyRef" dict $v -}}
+{{- $ref := dict -}}
+{{- $from := get $v "valueFrom" -}}
+{{- if kindIs "map" $from }}{{ $ref = get $from "secretKeyRef" }}{{ end -}}
 {{- if not (and (kindIs "map" $ref) $ref.name $ref.key) -}}
 {{- fail (printf "%s: %s: a variable from a Secret is {valueFrom: {secretKeyRef: {name: SECRET, key: KEY}}}" $where $k) -}}
 {{- end -}}
