@@ -26,7 +26,7 @@ func (s *sourceRunner) detectFilter(ctx context.Context) error {
 		s.log.Warn("could not ask Orthanc whether it filters its change log; reading all of it", "err", err)
 		return nil
 	}
-	if err := s.sameName(sys); err != nil {
+	if err := s.sameName(sys, false); err != nil {
 		return err
 	}
 	if sys.Capabilities.HasExtendedChanges {

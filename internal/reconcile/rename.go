@@ -32,11 +32,16 @@ func (s *sourceRunner) checkName(ctx context.Context) error {
 	if err != nil {
 		return nil
 	}
-	return s.sameName(sys)
+	return s.sameName(sys, true)
 }
 
-// sameName is checkName's comparison, for an answer of GET /system.
-func (s *sourceRunner) sameName(sys orthancapi.System) error {
+// sameName is checkName's comparison, for an answer of GET /system. While
+// leading (twice), another Name is followed at the second answer in a
+// row; as a lease is taken, at the first: a replica that waited for the
+// lease took the name at its own start, and polling on under it would
+// queue the studies under the old name while the Lua script names them
+// after the new.
+func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 	if s.configured != "" {
 		return nil
 	}
@@ -49,7 +54,7 @@ func (s *sourceRunner) sameName(sys orthancapi.System) error {
 	// Followed at the second answer in a row: Orthancs of other Names
 	// behind one URL (one database) would otherwise rename the source at
 	// every poll, each study queued under both names.
-	if s.renamedTo != name {
+	if twice && s.renamedTo != name {
 		s.renamedTo = name
 		s.log.Info("Orthanc answers another Name; the source follows it if the next check says so too", "new_source", name)
 		return nil

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,33 @@ func TestRenamedCursorTakenOnceItsLeaseIsFree(t *testing.T) {
 			waitUntil(t, "the old name's cursor, pending studies included, under the new name", adopted)
 			if _, err := kv.Get(ctx, cursorKey("old")); !errors.Is(err, jetstream.ErrKeyNotFound) {
 				t.Errorf("the old name's cursor is still stored: %v", err)
+			}
+		})
+	}
+}
+
+// While leading, another Name is followed at the second answer in a row
+// (Orthancs of other Names behind one URL would rename the source at
+// every poll); as a lease is taken, at the first: a standby replica that
+// took the lease its renamed leader released would otherwise poll a whole
+// interval under the old name, queuing studies the Lua script queues
+// under the new one.
+func TestRenameFollowedAtOnceAsTheLeaseIsTaken(t *testing.T) {
+	renamed := orthancapi.System{Name: "new"}
+	for _, tc := range []struct {
+		name  string
+		twice bool
+		want  []error // for two answers in a row
+	}{
+		{"leading", true, []error{nil, errRenamed}},
+		{"taking the lease", false, []error{errRenamed, errRenamed}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &sourceRunner{name: "old", log: slog.New(slog.DiscardHandler)}
+			for i, want := range tc.want {
+				if err := s.sameName(renamed, tc.twice); !errors.Is(err, want) && err != want {
+					t.Errorf("answer %d: %v, want %v", i+1, err, want)
+				}
 			}
 		})
 	}
