@@ -843,7 +843,7 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		// first, so that the next may be pulled (at
 		// FORWARDER_CONCURRENCY 1, the only place).
 		quiet := trialToken(0)
-		if trial != 0 && err != nil && rep.Requests == 0 && rep.Verify == 0 && !DestinationDown(err) && !errors.As(err, new(*auth.TokenError)) {
+		if trial != 0 && err != nil && rep.Requests == 0 && rep.Verify == 0 && !DestinationDown(err) {
 			quiet, trial = trial, 0
 		}
 		handOver := func(leaves bool) {
