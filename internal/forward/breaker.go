@@ -55,7 +55,8 @@ type DestinationStatus struct {
 	Since time.Time `json:"since,omitzero"`
 	// Held counts the studies waiting in this process for it to close.
 	Held int `json:"held"`
-	// Failures counts the consecutive destination-down failures.
+	// Failures counts the consecutive destination-down failures since
+	// a study was stored or the breaker closed.
 	Failures int `json:"failures"`
 	// Requests is the limit of STOW-RS requests in flight now, Ceiling
 	// the most it may grow to (this replica's share); LimitReason and
@@ -159,8 +160,9 @@ type breakerConfig struct {
 }
 
 // breaker is the circuit breaker of one destination in one process. Its
-// failures count whole study attempts (not requests): a success resets
-// them, a destination-down failure adds one, anything else leaves them.
+// failures count whole study attempts (not requests): a success or a
+// close resets them, a destination-down failure adds one, anything else
+// leaves them.
 //
 // Open, it stops the workers' pulls and holds studies that failed for it
 // with their message unsettled (still in progress), so an outage spends
@@ -208,14 +210,14 @@ type breaker struct {
 	heldSeqs map[uint64]int
 	// failedTrials holds the stream sequences of the studies whose trial
 	// failed so that the study may be what fails (studyMayFail), since
-	// the last stored study. Only the first such trial a probe vouched
-	// for spends a delivery (spentTrial): after it, such a failure of
-	// another study says the destination, and is held. So that held
-	// studies that each fail for themselves cannot keep the destination
-	// shut, a trial is a study not in it whenever one is held or waits in
-	// the queue.
+	// the last stored study. Only the first such failure since then, of
+	// a trial a probe vouched for or while settling, spends a delivery
+	// (spent): after it, such a failure of another study says the
+	// destination, and is held. So that held studies that each fail for
+	// themselves cannot keep the destination shut, a trial is a study not
+	// in it whenever one is held or waits in the queue.
 	failedTrials map[uint64]bool
-	spentTrial   bool
+	spent        bool
 	// trialSeq is the held study that is the next trial of the half-open
 	// breaker (chooseTrial); triedAt the number of the trial each held
 	// study last was (trials counts them), so that the one tried least
@@ -320,7 +322,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	case err == nil:
 		b.settling = false // a close below makes it true again
 		b.failures = 0
-		b.spentTrial = false
+		b.spent = false
 		clear(b.failedTrials)
 		clear(b.triedAt)
 		b.setState(BreakerClosed)
@@ -351,8 +353,8 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		spend := false
 		if b.prober != nil && studyMayFail(err) {
 			if b.failedProbes == 0 {
-				spend = !b.spentTrial
-				b.spentTrial = true
+				spend = !b.spent
+				b.spent = true
 			}
 			b.failedTrials[seq] = true
 		}
@@ -364,8 +366,15 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// is down again. A failure that may be the study's own is
 		// settled as before the close, spending its delivery: held,
 		// a study that makes the server fail would go first at every
-		// close and open the breaker again, without end.
-		spend := b.failures < b.cfg.failures && studyMayFail(err)
+		// close and open the breaker again, without end. Once per
+		// stored study, shared with a vouched trial's (spent): a close
+		// without a store (a probe with nothing held, a trial answered
+		// 4xx) gives none, or a study alone in the queue of a store
+		// that is down would spend one at each such close.
+		spend := b.settling && studyMayFail(err) && !b.spent
+		if spend {
+			b.spent = true
+		}
 		b.open(studyUID)
 		if spend {
 			return false
@@ -723,6 +732,10 @@ func (b *breaker) setState(to BreakerState) {
 	b.trial = 0
 	b.settling = to == BreakerClosed
 	if to == BreakerClosed {
+		// The count starts again at a close, stored or not: the outage's
+		// failures (held studies' too) say nothing of the next, and the
+		// "circuit breaker open" log's after_failures counts since.
+		b.failures = 0
 		b.probeStudy, b.wait, b.failedProbes = "", b.cfg.interval, 0
 		if b.timer != nil {
 			b.timer.Stop()

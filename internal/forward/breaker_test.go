@@ -1043,37 +1043,132 @@ func TestBreakerStoreDownWhileQueriesAnswer(t *testing.T) {
 // the breaker again: its study is held, unless its failure may be its
 // own (a 500), which spends its delivery as before, so that a study that
 // makes the server fail, first to go at every close, cannot hold itself
-// and the destination shut. A study stored after the close ends it.
+// and the destination shut. A study stored after the close ends it. So
+// for every close, stored or not (a probe that passes with nothing held,
+// a trial answered 4xx): before, those left the outage's failures
+// counted, so a 500 after them was held, and the log's after_failures
+// said the outage's count, not 1.
 func TestBreakerReopensOnTheFirstFailureAfterAClose(t *testing.T) {
-	for _, tt := range []struct {
-		name        string
-		storedAfter bool // a study was stored after the close
-		err         error
-		wantHold    bool
-		wantState   BreakerState
+	closes := []struct {
+		name  string
+		close func(t *testing.T, b *breaker)
 	}{
-		{"503", false, &dicomweb.HTTPError{StatusCode: 503}, true, BreakerOpen},
-		{"500", false, &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen},
-		{"503 after a study stored", true, &dicomweb.HTTPError{StatusCode: 503}, false, BreakerClosed},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			b := newBreaker(breakerConfig{failures: 3, interval: time.Hour, maxInterval: time.Hour}, nil, nil)
-			defer b.stop()
-			for range 3 {
-				b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
-			}
-			b.record(nil, 0, "1.2.2", 2) // a study in flight is stored: closed
-			if tt.storedAfter {
-				b.record(nil, 0, "1.2.3", 3)
-			}
-			if hold := b.record(tt.err, 0, "1.2.4", 4); hold != tt.wantHold {
-				t.Errorf("held %v, want %v", hold, tt.wantHold)
-			}
-			if s, _, _, failures := b.status(); s != tt.wantState || failures != 1 {
-				t.Errorf("breaker %v, %d failures; want %v, 1", s, failures, tt.wantState)
-			}
-		})
+		{"stored study", func(t *testing.T, b *breaker) {
+			b.record(nil, 0, "1.2.2", 2) // a study in flight
+		}},
+		{"probe with nothing held", func(t *testing.T, b *breaker) {
+			time.Sleep(time.Minute)
+			synctest.Wait()
+		}},
+		{"trial answered 4xx", func(t *testing.T, b *breaker) {
+			trials := make(chan trialToken, 1)
+			go func() {
+				trial, _ := b.hold(t.Context(), 1)
+				trials <- trial
+			}()
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			b.record(&dicomweb.HTTPError{StatusCode: 400}, <-trials, "1.2.1", 1)
+		}},
 	}
+	for _, c := range closes {
+		for _, tt := range []struct {
+			name        string
+			threshold   int  // STOW_BREAKER_FAILURES
+			storedAfter bool // a study was stored after the close
+			err         error
+			wantHold    bool
+			wantState   BreakerState
+		}{
+			{"503", 3, false, &dicomweb.HTTPError{StatusCode: 503}, true, BreakerOpen},
+			{"500", 3, false, &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen},
+			// The 500 would open the breaker without the settling too:
+			// it is spent all the same, or held it would go first at
+			// every close.
+			{"500 with a threshold of 1", 1, false, &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen},
+			{"503 after a study stored", 3, true, &dicomweb.HTTPError{StatusCode: 503}, false, BreakerClosed},
+		} {
+			t.Run(c.name+"/"+tt.name, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					var b *breaker
+					var openedAfter []int // after_failures of each opening from closed
+					b = newBreaker(breakerConfig{failures: tt.threshold, interval: time.Second, maxInterval: time.Second}, &fakeProber{},
+						func(from, to BreakerState) {
+							if from == BreakerClosed && to == BreakerOpen {
+								openedAfter = append(openedAfter, b.failures) // under b.mu
+							}
+						})
+					defer b.stop()
+					for range tt.threshold {
+						b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
+					}
+					c.close(t, b)
+					if s, _, _, _ := b.status(); s != BreakerClosed {
+						t.Fatalf("breaker %v, want closed", s)
+					}
+					if tt.storedAfter {
+						b.record(nil, 0, "1.2.3", 3)
+					}
+					if hold := b.record(tt.err, 0, "1.2.4", 4); hold != tt.wantHold {
+						t.Errorf("held %v, want %v", hold, tt.wantHold)
+					}
+					if s, _, _, failures := b.status(); s != tt.wantState || failures != 1 {
+						t.Errorf("breaker %v, %d failures; want %v, 1", s, failures, tt.wantState)
+					}
+					b.mu.Lock()
+					defer b.mu.Unlock()
+					want := []int{tt.threshold}
+					if tt.wantState == BreakerOpen {
+						want = append(want, 1)
+					}
+					if !slices.Equal(openedAfter, want) {
+						t.Errorf("opened after %v failures, want %v", openedAfter, want)
+					}
+				})
+			})
+		}
+	}
+}
+
+// While settling, a failure that may be its study's own spends its
+// delivery once per stored study, as a vouched trial's: a close without
+// a store does not give another. A study alone in the queue of a
+// destination whose store is down (a 500) while its probes pass would
+// else spend one delivery at each such close (a probe finding nothing
+// held), and reach its dead letter within hours.
+func TestBreakerSettlingSpendsOncePerStore(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBreaker(breakerConfig{failures: 3, interval: time.Second, maxInterval: time.Second}, &fakeProber{}, nil)
+		defer b.stop()
+		for range 3 {
+			b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
+		}
+		serverError := &dicomweb.HTTPError{StatusCode: 500}
+		for i, want := range []struct {
+			closedByStore bool // a study in flight stored closes it, else a probe with nothing held
+			hold          bool
+		}{
+			{false, false}, // the first since the last store: spent
+			{false, true},  // another close, no store: held
+			{true, false},  // a close by a store: spent again
+		} {
+			if want.closedByStore {
+				b.record(nil, 0, "1.2.5", 5)
+			} else {
+				time.Sleep(time.Minute)
+				synctest.Wait()
+			}
+			if s, _, _, _ := b.status(); s != BreakerClosed {
+				t.Fatalf("close %d: breaker %v, want closed", i+1, s)
+			}
+			if hold := b.record(serverError, 0, "1.2.4", 4); hold != want.hold {
+				t.Errorf("close %d: the 500 held %v, want %v", i+1, hold, want.hold)
+			}
+			if s, _, _, _ := b.status(); s != BreakerOpen {
+				t.Errorf("close %d: breaker %v after the 500, want open", i+1, s)
+			}
+		}
+	})
 }
 
 // A destination that flaps, storing one study in ten and failing the
