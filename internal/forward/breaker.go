@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -118,14 +119,29 @@ func DestinationDown(err error) bool {
 }
 
 // studyMayFail reports whether a destination-down failure may come from
-// the study itself rather than the destination: an HTTP 500, instances
-// refused for resources (a server may refuse one too large for what it
-// has left, while it stores others), or an answer that is not DICOMweb
-// (a firewall's page for one study's content).
+// the study itself rather than the destination: an HTTP 500, a 502 or
+// 504 (a proxy in front of a server that failed on the study or took too
+// long over it: a large one), no answer on a connection that was made (a
+// reset, a stall), a 507 or instances refused for resources (a server
+// may refuse one too large for what it has left, while it stores
+// others), or an answer that is not DICOMweb (a firewall's page for one
+// study's content). Not a 503 or 424, a connection that could not be
+// made, or no token: those say the destination whatever the study.
 func studyMayFail(err error) bool {
-	var he *dicomweb.HTTPError
-	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError || errors.Is(err, errOutOfResources) ||
-		errors.Is(err, dicomweb.ErrNotDICOMweb)
+	var (
+		he *dicomweb.HTTPError
+		oe *net.OpError
+	)
+	if errors.As(err, new(*auth.TokenError)) || errors.As(err, &oe) && oe.Op == "dial" {
+		return false
+	}
+	if errors.As(err, &he) {
+		switch he.StatusCode {
+		case http.StatusInternalServerError, http.StatusBadGateway, http.StatusGatewayTimeout, http.StatusInsufficientStorage:
+			return true
+		}
+	}
+	return errors.Is(err, dicomweb.ErrNoAnswer) || errors.Is(err, errOutOfResources) || errors.Is(err, dicomweb.ErrNotDICOMweb)
 }
 
 // maxQuietPulls bounds the events one half-open breaker pulls in turn as
@@ -209,8 +225,9 @@ type breaker struct {
 	// event, so that a half-open breaker tries a fresh one first.
 	heldSeqs map[uint64]int
 	// failedTrials holds the stream sequences of the studies whose trial
-	// failed so that the study may be what fails (studyMayFail), since
-	// the last stored study. Only the first such failure since then, of
+	// failed after a probe vouched for the destination, or so that the
+	// study may be what fails (studyMayFail), since the last stored
+	// study. Only the first failure that may be the study's since then, of
 	// a trial a probe vouched for or while settling, spends a delivery
 	// (spent): after it, such a failure of another study says the
 	// destination, and is held. So that held studies that each fail for
@@ -338,25 +355,29 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	b.failures++
 	if trial {
 		// The destination answered the probe but failed the study. If
-		// a prober vouched for it and the study met a 500 (or 0xA7xx,
-		// or a page that is not DICOMweb), the study may be what fails
-		// (one that makes the server fail): the first such trial since
-		// a study was stored is settled like any failure, and spends its
-		// delivery. Another's says the destination (its store full while
-		// queries answer): held, as after no answer, or a 502, 503, 504
-		// or 507. Trials go to studies whose trial has not failed (see
-		// failedTrials), so held poison studies do not keep it shut.
-		// A trial no probe vouched for (queries fail too) spends
-		// nothing, but is marked all the same: else, held, it would be
-		// the trial again and again, and a study that makes the server
-		// fail would keep the destination shut.
+		// a prober vouched for it and the failure may be the study's
+		// own (studyMayFail: a 500, 502, 504 or 507, a reset or a
+		// stall, 0xA7xx, a page that is not DICOMweb), the first such failure
+		// since a study was stored is settled like any failure, and
+		// spends its delivery. Another's says the destination (its
+		// store full while queries answer): held, as after a 503.
+		// Every failed trial a probe vouched for is marked, and
+		// trials go to studies whose trial has not failed (see
+		// failedTrials), so held poison studies do not keep it shut:
+		// one answered 504 whatever is sent was the trial after every
+		// probe, and the queue waited. A trial no probe vouched for
+		// (queries fail too) spends nothing, but one whose failure may
+		// be its own is marked all the same, for the same reason.
 		spend := false
-		if b.prober != nil && studyMayFail(err) {
-			if b.failedProbes == 0 {
+		if b.prober != nil {
+			vouched, own := b.failedProbes == 0, studyMayFail(err)
+			if vouched && own {
 				spend = !b.spent
 				b.spent = true
 			}
-			b.failedTrials[seq] = true
+			if vouched || own {
+				b.failedTrials[seq] = true
+			}
 		}
 		b.open(studyUID)
 		return !spend

@@ -62,6 +62,39 @@ func TestDestinationDown(t *testing.T) {
 	}
 }
 
+// studyMayFail tells the down failures a study may cause (a proxy
+// timing out on a large study, a server failing on one) from those that
+// say the destination whatever is sent.
+func TestStudyMayFail(t *testing.T) {
+	refused := &url.Error{Op: "Post", URL: "http://dest/studies", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}
+	reset := &url.Error{Op: "Post", URL: "http://dest/studies", Err: &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}}
+	for _, tt := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"500", fmt.Errorf("batch 2: %w", &dicomweb.HTTPError{StatusCode: 500}), true},
+		{"502", &dicomweb.HTTPError{StatusCode: 502}, true},
+		{"504", &dicomweb.HTTPError{StatusCode: 504}, true},
+		{"507 (too large for what its storage has left)", &dicomweb.HTTPError{StatusCode: 507}, true},
+		{"connection reset", dicomwebNoAnswer(reset), true},
+		{"stalled", dicomwebNoAnswer(fmt.Errorf("stow: request given up: %w", context.DeadlineExceeded)), true},
+		{"0xA7xx", fmt.Errorf("STOW-RS request 1: %w", errOutOfResources), true},
+		{"not DICOMweb", fmt.Errorf("STOW-RS request 1: %w", notDICOMwebAnswer(t)), true},
+		{"503", &dicomweb.HTTPError{StatusCode: 503}, false},
+		{"424", &dicomweb.HTTPError{StatusCode: 424}, false},
+		{"connection refused", dicomwebNoAnswer(refused), false},
+		{"no token", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &auth.TokenError{StatusCode: 503, Err: errors.New("unavailable")}}), false},
+		{"token endpoint unreachable", dicomwebNoAnswer(&auth.TokenError{Err: refused}), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := studyMayFail(tt.err); got != tt.want {
+				t.Errorf("studyMayFail(%v) = %v, want %v", tt.err, got, tt.want)
+			}
+		})
+	}
+}
+
 // notDICOMwebAnswer is the dicomweb client's error for a login page
 // answered 200 to a STOW-RS request.
 func notDICOMwebAnswer(t *testing.T) error {
@@ -198,10 +231,12 @@ func TestBreakerOutage(t *testing.T) {
 
 // A trial that fails for a down destination re-opens the breaker. The
 // study is held again, except after a probe that passed when it met a
-// 500: the study itself may be what fails, so it is settled (a delivery
-// spent). No answer or a 503 after a passed probe says the store is down
-// while queries work: held.
+// 500, a 502 or 504, or a connection reset: the study itself may be what
+// fails (a proxy timing out on a large study), so it is settled (a
+// delivery spent). A 503, a connection refused or no token after a
+// passed probe says the destination is down while queries work: held.
 func TestBreakerTrialFails(t *testing.T) {
+	refused := &url.Error{Op: "Post", URL: "http://dest/studies", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}
 	for _, tt := range []struct {
 		name     string
 		prober   Prober
@@ -210,8 +245,11 @@ func TestBreakerTrialFails(t *testing.T) {
 	}{
 		{"no prober", nil, &dicomweb.HTTPError{StatusCode: 500}, true},
 		{"prober vouched, 500", &fakeProber{}, &dicomweb.HTTPError{StatusCode: 500}, false},
+		{"prober vouched, 504", &fakeProber{}, &dicomweb.HTTPError{StatusCode: 504}, false},
+		{"prober vouched, connection reset", &fakeProber{}, dicomwebNoAnswer(errors.New("connection reset")), false},
 		{"prober vouched, 503", &fakeProber{}, &dicomweb.HTTPError{StatusCode: 503}, true},
-		{"prober vouched, no answer", &fakeProber{}, dicomwebNoAnswer(errors.New("connection reset")), true},
+		{"prober vouched, connection refused", &fakeProber{}, dicomwebNoAnswer(refused), true},
+		{"prober vouched, no token", &fakeProber{}, dicomwebNoAnswer(&auth.TokenError{StatusCode: 503, Err: errors.New("unavailable")}), true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -360,6 +398,54 @@ func TestBreakerUnvouchedTrialFailureMarked(t *testing.T) {
 		defer b.mu.Unlock()
 		if *pulls != 2 {
 			t.Errorf("%d trials pulled, want 2: the next trial is another study", *pulls)
+		}
+	})
+}
+
+// A trial a probe vouched for that fails whatever the class (here a
+// 503) is marked: the next trial is another study, pulled from the
+// queue, none other held. Before, only a failure that may be the study's
+// own was marked: held again, the same study was the trial after every
+// probe, and a study answered so whatever is sent kept the queue waiting.
+func TestBreakerVouchedTrialFailureMarked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, &fakeProber{}, nil)
+		defer b.stop()
+		pulls := 0
+		b.mu.Lock()
+		b.pullTrial = func() { pulls++ }
+		b.mu.Unlock()
+		unavailable := &dicomweb.HTTPError{StatusCode: 503}
+		trials := make(chan trialToken, 2)
+		hold := func() {
+			go func() {
+				trial, _ := b.hold(t.Context(), 7)
+				trials <- trial
+			}()
+		}
+		b.record(unavailable, 0, "1.2.7", 7)
+		hold()
+		time.Sleep(time.Second + time.Second/2) // the probe passes: it is the trial
+		synctest.Wait()
+		trial := <-trials
+		if trial == 0 {
+			t.Fatal("the held study was not the trial")
+		}
+		if !b.record(unavailable, trial, "1.2.7", 7) {
+			t.Fatal("a trial failing with 503 was settled (spent)")
+		}
+		hold()
+		time.Sleep(time.Second + time.Second/2) // the next probe passes
+		synctest.Wait()
+		select {
+		case <-trials:
+			t.Fatal("the study whose trial failed is the trial again")
+		default:
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if pulls != 1 {
+			t.Errorf("%d trials pulled, want 1: the next trial is another study", pulls)
 		}
 	})
 }
@@ -990,7 +1076,10 @@ func TestBreakerStoreDownWhileQueriesAnswer(t *testing.T) {
 	}{
 		{"500", &dicomweb.HTTPError{StatusCode: 500}},
 		{"0xA7xx", fmt.Errorf("STOW-RS request 1: %w", errOutOfResources)},
+		{"507", &dicomweb.HTTPError{StatusCode: 507}},
 		{"not DICOMweb", fmt.Errorf("STOW-RS request 1: %w", dicomweb.ErrNotDICOMweb)},
+		{"504 (a proxy timing out)", &dicomweb.HTTPError{StatusCode: 504}},
+		{"connection reset", dicomwebNoAnswer(errors.New("read: connection reset by peer"))},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -1234,47 +1323,63 @@ func TestBreakerFlappingDestination(t *testing.T) {
 }
 
 // Poison studies (the destination answers them 500 and stores the
-// others) open the breaker on a quiet night. The first one's failed
-// trial spends its delivery; the other's trial fails too and is held;
-// then, every held study having failed a trial, one pulled from the
-// queue is the trial: stored, it closes the breaker. So each poison
-// study reaches its dead letter within its deliveries while the studies
-// arriving every 10 minutes are stored.
+// others; or a proxy answers them 502 or 504, or resets their
+// connection: large studies) open the breaker on a quiet night. The
+// first one's failed trial spends its delivery; the other's trial fails
+// too and is held; then, every held study having failed a trial, one
+// pulled from the queue is the trial: stored, it closes the breaker. So
+// each poison study reaches its dead letter within its deliveries while
+// the studies arriving every 10 minutes are stored. Before, a 502, 504
+// or reset trial was not marked as failed: the oldest poison study was
+// the trial after every probe, none was pulled from the queue, and the
+// queue waited for good.
 func TestBreakerPoisonStudiesAmongHealthy(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		const maxDeliveries = 5
-		poison := func(seq uint64) bool { return seq <= 2 }
-		b := newBreaker(breakerConfig{failures: 2, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
-		defer b.stop()
-		tb := newTrialBench(t, b, maxDeliveries, func(seq uint64) error {
-			if poison(seq) {
-				return &dicomweb.HTTPError{StatusCode: 500}
-			}
-			return nil
+	for _, tt := range []struct {
+		name string
+		err  error
+	}{
+		{"500", &dicomweb.HTTPError{StatusCode: 500}},
+		{"502", &dicomweb.HTTPError{StatusCode: 502}},
+		{"504", &dicomweb.HTTPError{StatusCode: 504}},
+		{"connection reset", dicomwebNoAnswer(errors.New("read: connection reset by peer"))},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const maxDeliveries = 5
+				poison := func(seq uint64) bool { return seq <= 2 }
+				b := newBreaker(breakerConfig{failures: 2, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
+				defer b.stop()
+				tb := newTrialBench(t, b, maxDeliveries, func(seq uint64) error {
+					if poison(seq) {
+						return tt.err
+					}
+					return nil
+				})
+				defer tb.end()
+				tb.add(1, 2)
+				for range 2 {
+					go tb.worker()
+				}
+				for seq := uint64(10); seq < 10+12*6; seq++ {
+					time.Sleep(10 * time.Minute)
+					tb.add(seq)
+				}
+				time.Sleep(10 * time.Minute)
+				synctest.Wait()
+				tb.mu.Lock()
+				defer tb.mu.Unlock()
+				if !tb.deadLetters[1] || !tb.deadLetters[2] || tb.delivered[1] != maxDeliveries || tb.delivered[2] != maxDeliveries {
+					t.Errorf("poison studies delivered %d and %d times, dead-lettered %v; want both dead-lettered after %d", tb.delivered[1], tb.delivered[2], tb.deadLetters, maxDeliveries)
+				}
+				if len(tb.stored) != 12*6 || tb.pulls == 0 {
+					t.Errorf("%d of %d healthy studies stored, %d pulled as trials; want all, some", len(tb.stored), 12*6, tb.pulls)
+				}
+				if s, _, held, _ := b.status(); s != BreakerClosed || held != 0 {
+					t.Errorf("breaker %v holding %d, want closed, none held", s, held)
+				}
+			})
 		})
-		defer tb.end()
-		tb.add(1, 2)
-		for range 2 {
-			go tb.worker()
-		}
-		for seq := uint64(10); seq < 10+12*6; seq++ {
-			time.Sleep(10 * time.Minute)
-			tb.add(seq)
-		}
-		time.Sleep(10 * time.Minute)
-		synctest.Wait()
-		tb.mu.Lock()
-		defer tb.mu.Unlock()
-		if !tb.deadLetters[1] || !tb.deadLetters[2] || tb.delivered[1] != maxDeliveries || tb.delivered[2] != maxDeliveries {
-			t.Errorf("poison studies delivered %d and %d times, dead-lettered %v; want both dead-lettered after %d", tb.delivered[1], tb.delivered[2], tb.deadLetters, maxDeliveries)
-		}
-		if len(tb.stored) != 12*6 || tb.pulls == 0 {
-			t.Errorf("%d of %d healthy studies stored, %d pulled as trials; want all, some", len(tb.stored), 12*6, tb.pulls)
-		}
-		if s, _, held, _ := b.status(); s != BreakerClosed || held != 0 {
-			t.Errorf("breaker %v holding %d, want closed, none held", s, held)
-		}
-	})
+	}
 }
 
 // A study alone in the queue while the destination's store refuses
@@ -1315,38 +1420,51 @@ func TestBreakerLoneStudyKeptThroughAStoreOutage(t *testing.T) {
 
 // When every held study has failed a trial and none waits in the queue,
 // the held study tried least recently is the trial: a poison study among
-// them does not take every trial, so the store's return is seen.
+// them does not take every trial, so the store's return is seen. So too
+// when the failures are 502s or resets, whose trials were not marked as
+// failed before: the oldest study was the trial every time.
 func TestBreakerStaleTrialsTakeTurns(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var storeDown atomic.Bool
-		storeDown.Store(true)
-		b := newBreaker(breakerConfig{failures: 1, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
-		defer b.stop()
-		tb := newTrialBench(t, b, 10, func(seq uint64) error {
-			if seq == 1 || storeDown.Load() { // study 1 is poison
-				return &dicomweb.HTTPError{StatusCode: 500}
-			}
-			return nil
+	for _, tt := range []struct {
+		name string
+		err  error
+	}{
+		{"500", &dicomweb.HTTPError{StatusCode: 500}},
+		{"502", &dicomweb.HTTPError{StatusCode: 502}},
+		{"connection reset", dicomwebNoAnswer(errors.New("read: connection reset by peer"))},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var storeDown atomic.Bool
+				storeDown.Store(true)
+				b := newBreaker(breakerConfig{failures: 1, interval: 30 * time.Second, maxInterval: 5 * time.Minute}, &fakeProber{}, nil)
+				defer b.stop()
+				tb := newTrialBench(t, b, 10, func(seq uint64) error {
+					if seq == 1 || storeDown.Load() { // study 1 is poison
+						return tt.err
+					}
+					return nil
+				})
+				defer tb.end()
+				tb.add(1, 2)
+				for range 2 {
+					go tb.worker()
+				}
+				time.Sleep(time.Hour)
+				synctest.Wait()
+				if s, _, held, _ := b.status(); s == BreakerClosed || held != 2 {
+					t.Fatalf("breaker %v holding %d while the store is down, want both held", s, held)
+				}
+				storeDown.Store(false)
+				time.Sleep(10 * time.Minute)
+				synctest.Wait()
+				tb.mu.Lock()
+				defer tb.mu.Unlock()
+				if !tb.stored[2] {
+					t.Errorf("study 2 not stored 10 min after the store came back: the poison study took every trial")
+				}
+			})
 		})
-		defer tb.end()
-		tb.add(1, 2)
-		for range 2 {
-			go tb.worker()
-		}
-		time.Sleep(time.Hour)
-		synctest.Wait()
-		if s, _, held, _ := b.status(); s == BreakerClosed || held != 2 {
-			t.Fatalf("breaker %v holding %d while the store is down, want both held", s, held)
-		}
-		storeDown.Store(false)
-		time.Sleep(10 * time.Minute)
-		synctest.Wait()
-		tb.mu.Lock()
-		defer tb.mu.Unlock()
-		if !tb.stored[2] {
-			t.Errorf("study 2 not stored 10 min after the store came back: the poison study took every trial")
-		}
-	})
+	}
 }
 
 // A half-open breaker's pulled trial settled without a request to the
