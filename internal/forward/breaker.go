@@ -707,6 +707,18 @@ func (b *breaker) startPulledTrial() {
 	b.pullTrial()
 }
 
+// shut reports whether a study that is no trial must not go to the
+// destination now: the breaker is open, or half-open (its trial is
+// another's, or is chosen among the held studies).
+func (b *breaker) shut() bool {
+	if !b.enabled() {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state != BreakerClosed
+}
+
 // trialFree reports whether no trial is out for the state now, nor a
 // pull on its way to be one. Under mu.
 func (b *breaker) trialFree() bool { return b.trial == 0 && !b.pulling }
@@ -897,6 +909,18 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 					sourceHeld++
 					trial = 0 // record ended a trial
 					a.again = true
+					if f.breaker.shut() {
+						// The destination went down while the study
+						// waited for its source: held for it first, as a
+						// late pulled trial, so that no study goes to a
+						// destination no probe vouched for.
+						log.Warn("destination down: the study, back from its source's hold, is held until the circuit breaker closes; no delivery is spent")
+						held++
+						var herr error
+						if trial, herr = f.holdForDestination(ctx, a, log); herr != nil {
+							return rep, fmt.Errorf("held while the destination was down: %w", herr)
+						}
+					}
 					continue
 				}
 			}

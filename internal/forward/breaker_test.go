@@ -607,6 +607,95 @@ func TestBreakerPulledTrialHeldForItsSource(t *testing.T) {
 	}
 }
 
+// A study held for its source Orthanc while the destination's breaker
+// opened is held for the destination when its source answers again: no
+// request reaches the destination until the breaker closes, then it is
+// stored. Before, it went to the destination at once, past the open
+// breaker, and was held only after that request failed.
+func TestBreakerStudyBackFromItsSourceWaitsForTheDestination(t *testing.T) {
+	var storeDown, sourceDown atomic.Bool
+	storeDown.Store(true)
+	sourceDown.Store(true)
+	var posts atomic.Int32
+	var k sink
+	stores := k.handler(nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet:
+			http.Error(w, "down", http.StatusBadGateway) // its queries
+		case storeDown.Load():
+			posts.Add(1)
+			http.Error(w, "down", http.StatusServiceUnavailable)
+		default:
+			posts.Add(1)
+			stores.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	src := &failingSource{memSource: newMemSource(2)}
+	src.fail.Store(true)
+	obs := &recordingObserver{}
+	f := newForwarder(t, src.memSource, srv.URL, nil, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.SourceProbe = func(context.Context, string) error {
+			if sourceDown.Load() {
+				return &orthancapi.Error{Method: http.MethodGet, Path: "/system", StatusCode: http.StatusServiceUnavailable}
+			}
+			return nil
+		}
+		o.Observer = obs
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Hour, Prober: newProber(t, srv.URL)}
+	})
+	b := f.breaker
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.transferGuarded(t.Context(), &Attempt{Event: testEvent(), Seq: 10}, slog.New(slog.DiscardHandler))
+		done <- err
+	}()
+	waitHeld := func(why string) {
+		t.Helper()
+		deadline := time.Now().Add(heldWait)
+		for {
+			obs.mu.Lock()
+			held := slices.Contains(obs.holds, why)
+			obs.mu.Unlock()
+			if held {
+				return
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("the study ended (%v) before %q", err, why)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not %q after %v", why, heldWait)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitHeld("held: source Orthanc unreachable")
+	// Another study's failure opens the breaker; then the source answers.
+	b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.8", 8)
+	src.fail.Store(false)
+	sourceDown.Store(false)
+	waitHeld("held: destination down (circuit breaker open)")
+	if n := posts.Load(); n != 0 {
+		t.Errorf("%d STOW-RS requests while the breaker was open, want none", n)
+	}
+	// The destination is back: a study in flight is stored, and the held
+	// one goes.
+	storeDown.Store(false)
+	b.record(nil, 0, "1.2.9", 9)
+	select {
+	case err := <-done:
+		if err != nil || posts.Load() == 0 {
+			t.Errorf("once closed: %v after %d requests, want stored", err, posts.Load())
+		}
+	case <-time.After(heldWait):
+		t.Fatal("the held study did not go once the breaker closed")
+	}
+}
+
 // A pulled trial that comes once the breaker opened again is held, not
 // sent, also while the forwarder stops: its hold ends at once, with no
 // request to a destination that is down.
