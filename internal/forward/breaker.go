@@ -160,6 +160,15 @@ const maxQuietPulls = 16
 // breaker closes, the held ones go again at once beside the workers.
 const maxPulledTrials = 16
 
+// settleWindow bounds the settling after a close (breaker.settling): a
+// first failure later than this, with no study stored since (a quiet
+// destination), is no sign that the close was early, and counts as any.
+// It is longer than a request takes to fail once the destination stops
+// answering (the dicomweb client's 5 min stall and 15 min response
+// time-outs), so that the studies released at the close, large ones
+// too, are still judged by the settling rule.
+const settleWindow = 30 * time.Minute
+
 // probesBeforeTrial is how many failed probes in a row let a held study
 // through as a trial anyway: a destination whose queries fail while it
 // stores (no QIDO-RS, a proxy refusing GETs) must not stay open for good.
@@ -198,11 +207,12 @@ type breaker struct {
 	state    BreakerState
 	since    time.Time
 	failures int
-	// settling is true from a close until a study is stored: the first
-	// destination-down failure then opens the breaker again, so that a
-	// destination that flaps does not cost failures-1 spent deliveries
-	// after each close (record).
-	settling bool
+	// settling is true from a close until a study is stored, or until
+	// settleUntil: the first destination-down failure then opens the
+	// breaker again, so that a destination that flaps does not cost
+	// failures-1 spent deliveries after each close (record).
+	settling    bool
+	settleUntil time.Time
 	// wait is the current probe interval.
 	wait time.Duration
 	// trial is the token of the half-open's trial while it is out, 0 when
@@ -334,6 +344,9 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	trial := b.takeTrial(token)
+	if b.settling && !b.now().Before(b.settleUntil) {
+		b.settling = false // no failure came within settleWindow of the close
+	}
 	down := DestinationDown(err)
 	switch {
 	case err == nil:
@@ -769,6 +782,7 @@ func (b *breaker) setState(to BreakerState) {
 		// failures (held studies' too) say nothing of the next, and the
 		// "circuit breaker open" log's after_failures counts since.
 		b.failures = 0
+		b.settleUntil = b.now().Add(settleWindow)
 		b.probeStudy, b.wait, b.failedProbes = "", b.cfg.interval, 0
 		if b.timer != nil {
 			b.timer.Stop()
@@ -787,7 +801,7 @@ func (b *breaker) broadcast() {
 type BreakerOptions struct {
 	// Failures is the number of consecutive destination-down study
 	// failures that opens the breaker (0: no breaker; after a close,
-	// until a study is stored, one does). With a delivery
+	// until a study is stored, for settleWindow at most, one does). With a delivery
 	// limit, at most MaxDeliveries: a study then cannot run out of
 	// deliveries in an outage before the breaker opens.
 	Failures int

@@ -1221,8 +1221,9 @@ func TestBreakerStoreDownWhileQueriesAnswer(t *testing.T) {
 // the breaker again: its study is held, unless its failure may be its
 // own (a 500), which spends its delivery as before, so that a study that
 // makes the server fail, first to go at every close, cannot hold itself
-// and the destination shut. A study stored after the close ends it. So
-// for every close, stored or not (a probe that passes with nothing held,
+// and the destination shut. A study stored after the close ends it, and
+// so does settleWindow without a failure (a quiet destination). So for
+// every close, stored or not (a probe that passes with nothing held,
 // a trial answered 4xx): before, those left the outage's failures
 // counted, so a 500 after them was held, and the log's after_failures
 // said the outage's count, not 1.
@@ -1252,19 +1253,24 @@ func TestBreakerReopensOnTheFirstFailureAfterAClose(t *testing.T) {
 	for _, c := range closes {
 		for _, tt := range []struct {
 			name        string
-			threshold   int  // STOW_BREAKER_FAILURES
-			storedAfter bool // a study was stored after the close
+			threshold   int           // STOW_BREAKER_FAILURES
+			storedAfter bool          // a study was stored after the close
+			later       time.Duration // from the close to the failure
 			err         error
 			wantHold    bool
 			wantState   BreakerState
 		}{
-			{"503", 3, false, &dicomweb.HTTPError{StatusCode: 503}, true, BreakerOpen},
-			{"500", 3, false, &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen},
+			{"503", 3, false, 0, &dicomweb.HTTPError{StatusCode: 503}, true, BreakerOpen},
+			{"500", 3, false, 0, &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen},
 			// The 500 would open the breaker without the settling too:
 			// it is spent all the same, or held it would go first at
 			// every close.
-			{"500 with a threshold of 1", 1, false, &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen},
-			{"503 after a study stored", 3, true, &dicomweb.HTTPError{StatusCode: 503}, false, BreakerClosed},
+			{"500 with a threshold of 1", 1, false, 0, &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen},
+			{"503 after a study stored", 3, true, 0, &dicomweb.HTTPError{StatusCode: 503}, false, BreakerClosed},
+			// A quiet destination: a blip long after the close, nothing
+			// stored meanwhile, no longer reopens it for every study.
+			{"503 within the settling window", 3, false, settleWindow - time.Minute, &dicomweb.HTTPError{StatusCode: 503}, true, BreakerOpen},
+			{"503 past the settling window", 3, false, settleWindow, &dicomweb.HTTPError{StatusCode: 503}, false, BreakerClosed},
 		} {
 			t.Run(c.name+"/"+tt.name, func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
@@ -1287,6 +1293,7 @@ func TestBreakerReopensOnTheFirstFailureAfterAClose(t *testing.T) {
 					if tt.storedAfter {
 						b.record(nil, 0, "1.2.3", 3)
 					}
+					time.Sleep(tt.later)
 					if hold := b.record(tt.err, 0, "1.2.4", 4); hold != tt.wantHold {
 						t.Errorf("held %v, want %v", hold, tt.wantHold)
 					}
