@@ -789,10 +789,12 @@ func TestBreakerIgnoresSkippedStudies(t *testing.T) {
 	t.Cleanup(srv.Close)
 	src := newDICOMSource(t, 2)
 	var router Router // nil: every study selected
+	obs := &cancelOnHold{}
 	f := newForwarder(t, nil, srv.URL, nil, func(o *Options) {
 		o.SourceFor = func(string) (Source, error) { return src, nil }
 		o.Breaker = BreakerOptions{Failures: 2, ProbeInterval: time.Hour}
 		o.Router = routerFunc(func() Router { return router })
+		o.Observer = obs
 	})
 	log := slog.New(slog.DiscardHandler)
 	attempt := func(selected bool) error {
@@ -801,9 +803,13 @@ func TestBreakerIgnoresSkippedStudies(t *testing.T) {
 		if !selected {
 			router = selectNothing{}
 		}
-		// A held study waits until its context ends.
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		// A held study waits until its context ends: once held (a
+		// time-out instead could end a slow attempt before its answer).
+		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
+		obs.mu.Lock()
+		obs.cancel = cancel
+		obs.mu.Unlock()
 		_, err := f.transferGuarded(ctx, &Attempt{Event: testEvent()}, log)
 		return err
 	}
@@ -829,6 +835,22 @@ func TestBreakerIgnoresSkippedStudies(t *testing.T) {
 	}
 	if st := f.Status(); st.State != BreakerOpen.String() {
 		t.Errorf("a skipped study changed the open breaker: %+v", st)
+	}
+}
+
+// cancelOnHold ends the context of the attempt it is given once the
+// study is held.
+type cancelOnHold struct {
+	noObserver
+	mu     sync.Mutex
+	cancel context.CancelFunc
+}
+
+func (o *cancelOnHold) Held(_ *Attempt, why string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if why != "" && o.cancel != nil {
+		o.cancel()
 	}
 }
 
