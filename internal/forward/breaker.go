@@ -237,10 +237,10 @@ type breaker struct {
 	// failedTrials holds the stream sequences of the studies whose trial
 	// failed after a probe vouched for the destination, or so that the
 	// study may be what fails (studyMayFail), since the last stored
-	// study. Only the first failure that may be the study's since then, of
-	// a trial a probe vouched for or while settling, spends a delivery
-	// (spent): after it, such a failure of another study says the
-	// destination, and is held. So that held studies that each fail for
+	// study. Only the first failure that may be the study's since then,
+	// of a trial a probe vouched for or while settling, spends a
+	// delivery (spent): after it, such a failure of another study says
+	// the destination, and is held. So that held studies that each fail for
 	// themselves cannot keep the destination shut, a trial is a study not
 	// in it whenever one is held or waits in the queue.
 	failedTrials map[uint64]bool
@@ -370,9 +370,9 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// The destination answered the probe but failed the study. If
 		// a prober vouched for it and the failure may be the study's
 		// own (studyMayFail: a 500, 502, 504 or 507, a reset or a
-		// stall, 0xA7xx, a page that is not DICOMweb), the first such failure
-		// since a study was stored is settled like any failure, and
-		// spends its delivery. Another's says the destination (its
+		// stall, 0xA7xx, a page that is not DICOMweb), the first such
+		// failure since a study was stored is settled like any
+		// failure, and spends its delivery. Another's says the destination (its
 		// store full while queries answer): held, as after a 503.
 		// Every failed trial a probe vouched for is marked, and
 		// trials go to studies whose trial has not failed (see
@@ -801,9 +801,9 @@ func (b *breaker) broadcast() {
 type BreakerOptions struct {
 	// Failures is the number of consecutive destination-down study
 	// failures that opens the breaker (0: no breaker; after a close,
-	// until a study is stored, for settleWindow at most, one does). With a delivery
-	// limit, at most MaxDeliveries: a study then cannot run out of
-	// deliveries in an outage before the breaker opens.
+	// until a study is stored, for settleWindow at most, one does).
+	// With a delivery limit, at most MaxDeliveries: a study then cannot
+	// run out of deliveries in an outage before the breaker opens.
 	Failures int
 	// ProbeInterval is the first wait, once open, before the destination
 	// is probed; it doubles after each failed probe up to
