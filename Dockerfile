@@ -44,7 +44,7 @@ COPY --from=build --chown=65532:65532 /out/rootfs/ /
 # does: it finishes or gives back the studies in flight within
 # FORWARDER_SHUTDOWN_GRACE (30 s), answers the webhooks in flight (up to
 # 60 s with the longest INGEST_PUBLISH_TIMEOUT), then closes the store.
-# With a longer FORWARDER_SHUTDOWN_GRACE: it plus 5 s.
+# With a FORWARDER_SHUTDOWN_GRACE above 50 s: it plus 15 s.
 ENV NATS_STORE_DIR=/data/nats
 VOLUME ["/data"]
 EXPOSE 8080 8081

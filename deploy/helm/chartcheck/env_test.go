@@ -3,6 +3,7 @@ package chartcheck
 import (
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -468,12 +469,14 @@ func TestForwarderGraceCoversShutdownGrace(t *testing.T) {
 		values["forwarders"] = []any{fwd}
 		return values
 	}
+	// The grace and its 15 s, in whole seconds: 45 fits the default (as
+	// the docs once said to set).
 	least := func(grace time.Duration) int {
-		return int((grace+facts.httpShutdownGrace)/time.Second) + 1
+		return int(math.Ceil((grace + facts.httpShutdownGrace).Seconds()))
 	}
 	checkRenderError(t, group("", "", least(facts.forwarderShutdownGrace)), "")
 	checkRenderError(t, group("", "", least(facts.forwarderShutdownGrace)-1),
-		fmt.Sprintf("forwarders[default].terminationGracePeriodSeconds %d: want more than the forwarder's %v s shutdown grace", least(facts.forwarderShutdownGrace)-1, (facts.forwarderShutdownGrace+facts.httpShutdownGrace).Seconds()))
+		fmt.Sprintf("forwarders[default].terminationGracePeriodSeconds %d: want at least the forwarder's %v s shutdown grace", least(facts.forwarderShutdownGrace)-1, (facts.forwarderShutdownGrace+facts.httpShutdownGrace).Seconds()))
 	for _, where := range []string{"forwarderDefaults.env", "forwarders[].env"} {
 		t.Run(where, func(t *testing.T) {
 			for _, grace := range []string{"1s", "30s", "2m", "90s", "1m30s", "10m", "1h", "2.5s"} {
@@ -485,7 +488,7 @@ func TestForwarderGraceCoversShutdownGrace(t *testing.T) {
 				// Rendered, every Deployment is checked against the grace set.
 				checkRelease(t, render(t, group(where, grace, n)))
 				checkRenderError(t, group(where, grace, n-1),
-					fmt.Sprintf("forwarders[default].terminationGracePeriodSeconds %d: want more than the forwarder's %v s shutdown grace (FORWARDER_SHUTDOWN_GRACE %s", n-1, (d+facts.httpShutdownGrace).Seconds(), grace))
+					fmt.Sprintf("forwarders[default].terminationGracePeriodSeconds %d: want at least the forwarder's %v s shutdown grace (FORWARDER_SHUTDOWN_GRACE %s", n-1, (d+facts.httpShutdownGrace).Seconds(), grace))
 			}
 			// Empty: left unset, the default.
 			checkRenderError(t, group(where, "", least(facts.forwarderShutdownGrace)), "")
@@ -549,6 +552,12 @@ func TestEnvValueFromSecret(t *testing.T) {
 			"env: ORTHANC_PACS_URL: the chart reads this variable"},
 		{"listener certificate", merged(required(), map[string]any{"env": map[string]any{"TLS_LISTEN_CERT_FILE": ref("s", "k")}}),
 			"env: TLS_LISTEN_CERT_FILE: the chart reads this variable"},
+		// The network policy opens the token endpoint's port: it read
+		// the reference as a URL and failed to render, naming nothing.
+		{"token endpoint", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"OAUTH_TOKEN_URL": ref("s", "k")}}}),
+			"forwarderDefaults.env: OAUTH_TOKEN_URL: the chart reads this variable"},
+		{"issuer", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"OAUTH_ISSUER_URL": ref("s", "k")}}}),
+			"forwarderDefaults.env: OAUTH_ISSUER_URL: the chart reads this variable"},
 		{"set by the chart", merged(required(), map[string]any{"env": map[string]any{"NATS_URL": ref("s", "k")}}),
 			"NATS_URL is set by the chart"},
 	}

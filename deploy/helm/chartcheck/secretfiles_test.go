@@ -60,6 +60,16 @@ func TestSecretFilesReachTheirGroupOnly(t *testing.T) {
 	oneDestination := merged(required(), map[string]any{"forwarderDefaults": map[string]any{"secretFiles": []any{
 		map[string]any{"secretName": "site-deid", "key": "key", "env": "DEIDENTIFY_KEY_FILE"},
 	}}})
+	// A group's secretFiles, even empty, replaces forwarderDefaults'
+	// (a review feared mergeOverwrite kept the defaults' for an empty
+	// list: it does not, and this keeps it so).
+	optedOut := withDestinations(
+		map[string]any{"name": "archive", "destinations": []any{"archive"}, "secretFiles": []any{}},
+		map[string]any{"name": "ai", "destinations": []any{"ai"}},
+	)
+	optedOut["forwarderDefaults"] = map[string]any{"secretFiles": []any{
+		map[string]any{"secretName": "site-ca", "key": "ca.pem", "env": "OTEL_EXPORTER_OTLP_CERTIFICATE"},
+	}}
 	tests := []struct {
 		name   string
 		values map[string]any
@@ -75,6 +85,7 @@ func TestSecretFilesReachTheirGroupOnly(t *testing.T) {
 			"DESTINATION_AI_TLS_CA_FILE":                    "0/2024",
 		}, []string{"archive"}},
 		{"group", oneDestination, "default", map[string]string{"DEIDENTIFY_KEY_FILE": "site-deid/key"}, nil},
+		{"group opted out of the defaults", optedOut, "ai", map[string]string{"OTEL_EXPORTER_OTLP_CERTIFICATE": "site-ca/ca.pem"}, []string{"archive"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -604,8 +604,8 @@ own); chartcheck checks the figures. */}}
 {{- $graceMs = ceil (float64 $ms) | int -}}
 {{- end -}}
 {{- $stopMs := add $graceMs 15000 -}}
-{{- if le (mul (int $f.terminationGracePeriodSeconds) 1000) $stopMs -}}
-{{- fail (printf "forwarders[%s].terminationGracePeriodSeconds %d: want more than the forwarder's %v s shutdown grace (FORWARDER_SHUTDOWN_GRACE %s for the studies in flight, then 15 s): killed sooner, it cuts those studies off and leaves them to FORWARDER_ACK_WAIT; set terminationGracePeriodSeconds in forwarderDefaults or the group" $f.name (int $f.terminationGracePeriodSeconds) (divf $stopMs 1000) (default "30s" $grace)) -}}
+{{- if lt (mul (int $f.terminationGracePeriodSeconds) 1000) $stopMs -}}
+{{- fail (printf "forwarders[%s].terminationGracePeriodSeconds %d: want at least the forwarder's %v s shutdown grace (FORWARDER_SHUTDOWN_GRACE %s for the studies in flight, then 15 s): killed sooner, it cuts those studies off and leaves them to FORWARDER_ACK_WAIT; set terminationGracePeriodSeconds in forwarderDefaults or the group" $f.name (int $f.terminationGracePeriodSeconds) (divf $stopMs 1000) (default "30s" $grace)) -}}
 {{- end -}}
 {{- end -}}
 {{- /* A group's name is in its objects' names and component label: two
@@ -986,7 +986,7 @@ misread a reference.
 {{- if not (and (kindIs "map" $ref) $ref.name $ref.key) -}}
 {{- fail (printf "%s: %s: a variable from a Secret is {valueFrom: {secretKeyRef: {name: SECRET, key: KEY}}}" $where $k) -}}
 {{- end -}}
-{{- if or (has $k (list "INGEST_PUBLISH_TIMEOUT" "FORWARDER_SHUTDOWN_GRACE" "TLS_LISTEN_CERT_FILE" "ORTHANC_SOURCES" "ORTHANC_URL")) (regexMatch "^ORTHANC_.+_URL$" $k) -}}
+{{- if or (has $k (list "INGEST_PUBLISH_TIMEOUT" "FORWARDER_SHUTDOWN_GRACE" "TLS_LISTEN_CERT_FILE" "ORTHANC_SOURCES" "ORTHANC_URL" "OAUTH_TOKEN_URL" "OAUTH_ISSUER_URL")) (regexMatch "^ORTHANC_.+_URL$" $k) -}}
 {{- fail (printf "%s: %s: the chart reads this variable (grace periods, probes, network policies), so it cannot come from a Secret: write its value" $where $k) -}}
 {{- end -}}
 {{- end -}}
