@@ -83,19 +83,7 @@ func TestLetterOfALostTerminationCountedOnce(t *testing.T) {
 			done := make(chan error, 1)
 			go func() { done <- f.Run(runCtx) }()
 			// Settled by the second delivery: its termination arrives.
-			for {
-				info, err := cons.Info(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if info.AckFloor.Stream == 1 && info.NumAckPending == 0 && info.NumPending == 0 {
-					break
-				}
-				if ctx.Err() != nil {
-					t.Fatalf("the event was not settled: %+v", info)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			waitSettled(t, ctx, cons, 1)
 			stop()
 			if err := <-done; err != nil {
 				t.Fatal(err)

@@ -75,19 +75,7 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- f.Run(runCtx) }()
 	// Both settled: terminated once their letters are stored.
-	for {
-		info, err := cons.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.AckFloor.Stream == 2 && info.NumAckPending == 0 && info.NumPending == 0 {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("the events were not settled: %+v", info)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitSettled(t, ctx, cons, 2)
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -154,5 +142,24 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 	}
 	if left, err := store.List(ctx, deadletter.Filter{All: true}); err != nil || len(left) != 1 || left[0].Seq != letters[0].Seq {
 		t.Errorf("letters left after the replay: %d (err %v), want the foreign message's", len(left), err)
+	}
+}
+
+// waitSettled waits until the consumer's events up to stream sequence
+// floor are settled and none is pending.
+func waitSettled(t *testing.T, ctx context.Context, cons jetstream.Consumer, floor uint64) {
+	t.Helper()
+	for {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.AckFloor.Stream == floor && info.NumAckPending == 0 && info.NumPending == 0 {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the events were not settled: %+v", info)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

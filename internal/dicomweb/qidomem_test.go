@@ -1,7 +1,6 @@
 package dicomweb
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -127,26 +126,13 @@ func samplePeakHeap(peak *uint64) (stop func()) {
 }
 
 // qidoUnmarshalled is how parseQIDOInstances read an answer before it
-// walked it: decoded whole. It is the reference the walk must agree with.
+// walked it: decoded whole (unmarshalQIDO, still its path for answers
+// of a page's size). It is the reference the walk must agree with.
 func qidoUnmarshalled(body []byte) ([]string, error) {
 	if len(body) == 0 {
 		return nil, nil
 	}
-	var items []map[string]struct {
-		Value []any `json:"Value"`
-	}
-	if err := json.Unmarshal(body, &items); err != nil {
-		return nil, err
-	}
-	out := make([]string, 0, len(items))
-	for _, it := range items {
-		if a, ok := it[tagSOPInstanceUID]; ok && len(a.Value) > 0 {
-			if s, ok := a.Value[0].(string); ok && s != "" {
-				out = append(out, s)
-			}
-		}
-	}
-	return out, nil
+	return unmarshalQIDO(body)
 }
 
 // qidoCases are answers, odd ones among them, on which the walk and the
