@@ -199,8 +199,8 @@ func TestEntraErrorVerbatim(t *testing.T) {
 	if !strings.Contains(text, "azure token endpoint") || !strings.Contains(text, "invalid_client: "+description) || strings.Contains(text, "not~the~secret") {
 		t.Errorf("error text %q", text)
 	}
-	if got := forward.Classify(err); got != forward.Permanent || len(e.requests) != 1 {
-		t.Errorf("class %s after %d requests; want permanent after 1", got, len(e.requests))
+	if got := forward.Classify(err); got != forward.Transient || !forward.DestinationDown(err) || len(e.requests) != 1 {
+		t.Errorf("class %s (destination down %v) after %d requests; want transient, down, after 1", got, forward.DestinationDown(err), len(e.requests))
 	}
 }
 

@@ -128,7 +128,7 @@ func TestGoogleErrorReported(t *testing.T) {
 	_, err := source(t, Config{CredentialsFile: path}).Token()
 	te, ok := errors.AsType[*auth.TokenError](err)
 	if !ok || te.Code != "invalid_grant" || te.Description != "Invalid JWT Signature." ||
-		!strings.Contains(err.Error(), "google token endpoint") || forward.Classify(err) != forward.Permanent {
+		!strings.Contains(err.Error(), "google token endpoint") || forward.Classify(err) != forward.Transient || !forward.DestinationDown(err) {
 		t.Fatalf("err = %v", err)
 	}
 	if strings.Contains(err.Error(), "PRIVATE KEY") || strings.Contains(err.Error(), "eyJ") {
