@@ -144,6 +144,15 @@ func studyMayFail(err error) bool {
 	return errors.Is(err, dicomweb.ErrNoAnswer) || errors.Is(err, errOutOfResources) || errors.Is(err, dicomweb.ErrNotDICOMweb)
 }
 
+// answeredOwn reports a failure the destination's server answered
+// itself that may be the study's own: an HTTP 500, instances refused for
+// resources, or an answer that is not DICOMweb.
+func answeredOwn(err error) bool {
+	var he *dicomweb.HTTPError
+	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError || errors.Is(err, errOutOfResources) ||
+		errors.Is(err, dicomweb.ErrNotDICOMweb)
+}
+
 // maxQuietPulls bounds the events one half-open breaker pulls in turn as
 // its trial when each is settled without a request to the destination
 // (its rules select none of it, its source deleted it, another lane's):
@@ -379,8 +388,13 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// failedTrials), so held poison studies do not keep it shut:
 		// one answered 504 whatever is sent was the trial after every
 		// probe, and the queue waited. A trial no probe vouched for
-		// (queries fail too) spends nothing, but one whose failure may
-		// be its own is marked all the same, for the same reason.
+		// (queries fail too) spends nothing, but one the server itself
+		// answered so (answeredOwn: a 500, instances refused for
+		// resources, a page) is marked all the same, for the same
+		// reason; not one that got no answer or a gateway's 502 or
+		// 504, which say the destination while its queries fail: marked,
+		// each such trial took another study from the queue into the
+		// hold, through a plain outage.
 		spend := false
 		if b.prober != nil {
 			vouched, own := b.failedProbes == 0, studyMayFail(err)
@@ -388,7 +402,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 				spend = !b.spent
 				b.spent = true
 			}
-			if vouched || own {
+			if vouched || answeredOwn(err) {
 				b.failedTrials[seq] = true
 			}
 		}
