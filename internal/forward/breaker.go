@@ -169,9 +169,11 @@ const maxQuietPulls = 16
 // breaker closes, the held ones go again at once beside the workers.
 const maxPulledTrials = 16
 
-// settleWindow bounds the settling after a close (breaker.settling): a
-// first failure later than this, with no study stored since (a quiet
-// destination), is no sign that the close was early, and counts as any.
+// settleWindow bounds the settling after a close on a stored study
+// (breaker.settling): a first failure later than this, with no study
+// stored since (a quiet destination), is no sign that the close was
+// early, and counts as any. A close without a store is no sign that the
+// destination stores: it settles until a store.
 // It is longer than a request takes to fail once the destination stops
 // answering (the dicomweb client's 5 min stall and 15 min response
 // time-outs), so that the studies released at the close, large ones
@@ -216,10 +218,13 @@ type breaker struct {
 	state    BreakerState
 	since    time.Time
 	failures int
-	// settling is true from a close until a study is stored, or until
-	// settleUntil: the first destination-down failure then opens the
-	// breaker again, so that a destination that flaps does not cost
-	// failures-1 spent deliveries after each close (record).
+	// settling is true from a close until a study is stored, or, after
+	// a close on a store, until settleUntil: the first destination-down
+	// failure then opens the breaker again, so that a destination that
+	// flaps does not cost failures-1 spent deliveries after each close
+	// (record). A close without a store (zero settleUntil) settles until
+	// a store, or a store outage could cost them again after a quiet
+	// spell.
 	settling    bool
 	settleUntil time.Time
 	// wait is the current probe interval.
@@ -353,18 +358,22 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	trial := b.takeTrial(token)
-	if b.settling && !b.now().Before(b.settleUntil) {
-		b.settling = false // no failure came within settleWindow of the close
+	if b.settling && !b.settleUntil.IsZero() && !b.now().Before(b.settleUntil) {
+		b.settling = false // no failure came within settleWindow of a stored close
 	}
 	down := DestinationDown(err)
 	switch {
 	case err == nil:
+		closing := b.state != BreakerClosed
 		b.settling = false // a close below makes it true again
 		b.failures = 0
 		b.spent = false
 		clear(b.failedTrials)
 		clear(b.triedAt)
 		b.setState(BreakerClosed)
+		if closing {
+			b.settleUntil = b.now().Add(settleWindow)
+		}
 		return false
 	case !down:
 		// The destination answered (or the failure was the source's):
@@ -796,7 +805,7 @@ func (b *breaker) setState(to BreakerState) {
 		// failures (held studies' too) say nothing of the next, and the
 		// "circuit breaker open" log's after_failures counts since.
 		b.failures = 0
-		b.settleUntil = b.now().Add(settleWindow)
+		b.settleUntil = time.Time{} // record sets it after a close on a store
 		b.probeStudy, b.wait, b.failedProbes = "", b.cfg.interval, 0
 		if b.timer != nil {
 			b.timer.Stop()
