@@ -884,14 +884,20 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		if trial != 0 {
 			log.Info("circuit breaker half-open: sending this study, pulled from the queue, as the trial")
 		}
+	} else if f.breaker.shut() {
+		// A worker that passed waitClosed may wait in Next while the
+		// breaker opens: its event must not go to a destination no
+		// probe vouched for, nor beside a half-open's trial.
+		holdFirst = true
 	}
 	// held counts the holds for the destination, sourceHeld those for the
 	// source, for the log.
 	held, sourceHeld := 0, 0
 	if holdFirst {
-		// Pulled as a trial, it came once the breaker had closed and
-		// opened again: held, as the studies that failed for the outage.
-		log.Warn("destination down: the study, pulled as a trial of an earlier probe, is held until the circuit breaker closes; no delivery is spent")
+		// It came once the breaker was shut (pulled as a trial, once it
+		// had closed and opened again): held, as the studies that
+		// failed for the outage.
+		log.Warn("destination down: the study, pulled while the circuit breaker was shut, is held until it closes; no delivery is spent")
 		held++
 		var herr error
 		if trial, herr = f.holdForDestination(ctx, a, log); herr != nil {

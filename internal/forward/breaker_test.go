@@ -696,6 +696,81 @@ func TestBreakerStudyBackFromItsSourceWaitsForTheDestination(t *testing.T) {
 	}
 }
 
+// A study whose worker passed waitClosed before the breaker opened (it
+// then waited in Next for an event) is held before any request while the
+// breaker is open, and goes once it closes; closed, it goes at once.
+// Before, it went straight to the destination, beside the trial in
+// half-open.
+func TestBreakerStudyPulledWhileShutIsHeldFirst(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		open     bool // another study's failure opened the breaker first
+		wantHeld bool
+	}{
+		{"breaker open", true, true},
+		{"breaker closed", false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var posts atomic.Int32
+			var k sink
+			stores := k.handler(nil)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost {
+					posts.Add(1)
+				}
+				stores.ServeHTTP(w, r)
+			}))
+			t.Cleanup(srv.Close)
+			obs := &recordingObserver{}
+			f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+				o.Observer = obs
+				o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Hour, Prober: newProber(t, srv.URL)}
+			})
+			b := f.breaker
+			if tt.open {
+				b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.8", 8)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := f.transferGuarded(t.Context(), &Attempt{Event: testEvent(), Seq: 10}, slog.New(slog.DiscardHandler))
+				done <- err
+			}()
+			if tt.wantHeld {
+				deadline := time.Now().Add(heldWait)
+				for {
+					obs.mu.Lock()
+					held := slices.Contains(obs.holds, "held: destination down (circuit breaker open)")
+					obs.mu.Unlock()
+					if held {
+						break
+					}
+					select {
+					case err := <-done:
+						t.Fatalf("the study ended (%v, %d requests) before it was held", err, posts.Load())
+					default:
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("not held after %v", heldWait)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				if n := posts.Load(); n != 0 {
+					t.Errorf("%d STOW-RS requests while the breaker was open, want none", n)
+				}
+				b.record(nil, 0, "1.2.9", 9) // a study in flight stored: closed
+			}
+			select {
+			case err := <-done:
+				if err != nil || posts.Load() == 0 {
+					t.Errorf("%v after %d requests, want stored", err, posts.Load())
+				}
+			case <-time.After(heldWait):
+				t.Fatal("the study did not go once the breaker was closed")
+			}
+		})
+	}
+}
+
 // A pulled trial that comes once the breaker opened again is held, not
 // sent, also while the forwarder stops: its hold ends at once, with no
 // request to a destination that is down.
@@ -781,7 +856,8 @@ func (selectNothing) Select(context.Context, string, string, []orthancapi.Instan
 // A study the destination's rules skip never reaches it: during an
 // outage it neither resets the count of failures nor closes the open
 // breaker (most events are skipped for a destination that takes one
-// modality).
+// modality); one that comes while the breaker is open is held first, as
+// any study.
 func TestBreakerIgnoresSkippedStudies(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "down", http.StatusServiceUnavailable)
@@ -830,8 +906,11 @@ func TestBreakerIgnoresSkippedStudies(t *testing.T) {
 	if st := f.Status(); st.State != BreakerOpen.String() {
 		t.Fatalf("after two failures: %+v, want open", st)
 	}
-	if err := attempt(false); err != nil {
-		t.Fatalf("skipped study while open: %v", err)
+	// One that comes while it is open is held before any request (its
+	// worker passed waitClosed before the breaker opened), skipped or
+	// not: what its rules select is known only once it is read.
+	if err := attempt(false); !errors.Is(err, context.Canceled) {
+		t.Fatalf("skipped study while open: %v, want held until its context ended", err)
 	}
 	if st := f.Status(); st.State != BreakerOpen.String() {
 		t.Errorf("a skipped study changed the open breaker: %+v", st)
