@@ -3,6 +3,8 @@ package forward
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -126,13 +128,11 @@ func DestinationDown(err error) bool {
 // may refuse one too large for what it has left, while it stores
 // others), or an answer that is not DICOMweb (a firewall's page for one
 // study's content). Not a 503 or 424, a connection that could not be
-// made, or no token: those say the destination whatever the study.
+// made (couldNotConnect), or no token: those say the destination
+// whatever the study.
 func studyMayFail(err error) bool {
-	var (
-		he *dicomweb.HTTPError
-		oe *net.OpError
-	)
-	if errors.As(err, new(*auth.TokenError)) || errors.As(err, &oe) && oe.Op == "dial" {
+	var he *dicomweb.HTTPError
+	if errors.As(err, new(*auth.TokenError)) || couldNotConnect(err) {
 		return false
 	}
 	if errors.As(err, &he) {
@@ -151,6 +151,53 @@ func answeredOwn(err error) bool {
 	var he *dicomweb.HTTPError
 	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError || errors.Is(err, errOutOfResources) ||
 		errors.Is(err, dicomweb.ErrNotDICOMweb)
+}
+
+// tlsHandshakeTimeout is the text of net/http's (unexported) error for a
+// TLS handshake that did not end within TLSHandshakeTimeout.
+const tlsHandshakeTimeout = "net/http: TLS handshake timeout"
+
+// couldNotConnect reports whether err says no connection to the
+// destination was made, before any of a study was sent: a dial or a
+// proxy's CONNECT that failed, a TLS handshake that timed out, or a
+// certificate or a peer that is not TLS refused in it.
+func couldNotConnect(err error) bool {
+	var (
+		oe  *net.OpError
+		cve *tls.CertificateVerificationError
+		rhe tls.RecordHeaderError
+		uae x509.UnknownAuthorityError
+		hne x509.HostnameError
+		cie x509.CertificateInvalidError
+	)
+	if errors.As(err, &oe) && (oe.Op == "dial" || oe.Op == "proxyconnect") ||
+		errors.As(err, &cve) || errors.As(err, &rhe) || errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) {
+		return true
+	}
+	// The time-out's type is unexported: its own text, not a text
+	// within another's (an answer's body may quote it).
+	return anyError(err, func(e error) bool { return e.Error() == tlsHandshakeTimeout })
+}
+
+// anyError reports whether f is true of err or of any error it wraps.
+func anyError(err error, f func(error) bool) bool {
+	if err == nil {
+		return false
+	}
+	if f(err) {
+		return true
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		return anyError(u.Unwrap(), f)
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if anyError(e, f) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // maxQuietPulls bounds the events one half-open breaker pulls in turn as

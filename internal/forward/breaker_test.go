@@ -2,6 +2,8 @@ package forward
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -84,6 +86,13 @@ func TestStudyMayFail(t *testing.T) {
 		{"503", &dicomweb.HTTPError{StatusCode: 503}, false},
 		{"424", &dicomweb.HTTPError{StatusCode: 424}, false},
 		{"connection refused", dicomwebNoAnswer(refused), false},
+		{"proxy CONNECT failed", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &net.OpError{Op: "proxyconnect", Err: errors.New("connection refused")}}), false},
+		{"TLS handshake timeout", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: tlsHandshakeTimeoutErr(t)}), false},
+		{"certificate unknown authority", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}), false},
+		{"certificate for another host", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: x509.HostnameError{Host: "dest"}}), false},
+		{"not TLS", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}}), false},
+		// A 502 whose body quotes the time-out is still a 502.
+		{"502 quoting a TLS handshake timeout", fmt.Errorf("%w: upstream: net/http: TLS handshake timeout", &dicomweb.HTTPError{StatusCode: 502}), true},
 		{"no token", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &auth.TokenError{StatusCode: 503, Err: errors.New("unavailable")}}), false},
 		{"token endpoint unreachable", dicomwebNoAnswer(&auth.TokenError{Err: refused}), false},
 	} {
@@ -93,6 +102,42 @@ func TestStudyMayFail(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tlsHandshakeTimeoutErr is net/http's own error for a TLS handshake
+// that timed out: a server that accepts the connection and never answers
+// the handshake.
+func tlsHandshakeTimeoutErr(t *testing.T) error {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conns := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			conns <- c // held open, silent, until the test ends
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case c := <-conns:
+			c.Close()
+		default:
+		}
+	})
+	c := &http.Client{Transport: &http.Transport{TLSHandshakeTimeout: 50 * time.Millisecond}}
+	_, err = c.Get("https://" + ln.Addr().String())
+	if err == nil {
+		t.Fatal("a silent server answered")
+	}
+	var ue *url.Error
+	if !errors.As(err, &ue) || ue.Err.Error() != tlsHandshakeTimeout {
+		t.Fatalf("got %v, want %q", err, tlsHandshakeTimeout)
+	}
+	return ue.Err
 }
 
 // notDICOMwebAnswer is the dicomweb client's error for a login page
