@@ -216,6 +216,10 @@ const maxQuietPulls = 16
 // breaker closes, the held ones go again at once beside the workers.
 const maxPulledTrials = 16
 
+// maxVouchedFailed bounds breaker.vouchedFailed: far more than the
+// studies one process holds (its workers and maxPulledTrials).
+const maxVouchedFailed = 1024
+
 // settleWindow bounds the settling after a close on a stored study
 // (breaker.settling): a first failure later than this, with no study
 // stored since (a quiet destination), is no sign that the close was
@@ -306,6 +310,14 @@ type breaker struct {
 	// in it whenever one is held or waits in the queue.
 	failedTrials map[uint64]bool
 	spent        bool
+	// vouchedFailed holds the stream sequences of the studies whose
+	// trial failed after a probe vouched for the destination, kept past
+	// a store (unlike failedTrials), at most maxVouchedFailed: while
+	// settling, a failure of one spends its delivery whatever its class
+	// (still once per store), or a poison study answered 503 or 424 (a
+	// proxy's "upstream connect error" when the server crashes on it)
+	// would go held from trial to close to trial for ever.
+	vouchedFailed map[uint64]bool
 	// trialSeq is the held study that is the next trial of the half-open
 	// breaker (chooseTrial); triedAt the number of the trial each held
 	// study last was (trials counts them), so that the one tried least
@@ -351,7 +363,7 @@ func newBreaker(cfg breakerConfig, prober Prober, onChange func(from, to Breaker
 	probeCtx, cancelProbe := context.WithCancel(context.Background())
 	return &breaker{cfg: cfg, prober: prober, onChange: onChange, now: time.Now,
 		changed: make(chan struct{}), wait: cfg.interval, probeCtx: probeCtx, cancelProbe: cancelProbe,
-		heldSeqs: map[uint64]int{}, failedTrials: map[uint64]bool{}, triedAt: map[uint64]uint64{}}
+		heldSeqs: map[uint64]int{}, failedTrials: map[uint64]bool{}, vouchedFailed: map[uint64]bool{}, triedAt: map[uint64]uint64{}}
 }
 
 func (b *breaker) enabled() bool { return b != nil && b.cfg.failures > 0 }
@@ -411,6 +423,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	down := DestinationDown(err)
 	switch {
 	case err == nil:
+		delete(b.vouchedFailed, seq)
 		closing := b.state != BreakerClosed
 		b.settling = false // a close below makes it true again
 		b.failures = 0
@@ -461,6 +474,9 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 			if vouched || answeredOwn(err) {
 				b.failedTrials[seq] = true
 			}
+			if vouched {
+				b.markVouchedFailed(seq)
+			}
 		}
 		b.open(studyUID)
 		return !spend
@@ -475,7 +491,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// without a store (a probe with nothing held, a trial answered
 		// 4xx) gives none, or a study alone in the queue of a store
 		// that is down would spend one at each such close.
-		spend := b.settling && studyMayFail(err) && !b.spent
+		spend := b.settling && (studyMayFail(err) || b.vouchedFailed[seq]) && !b.spent
 		if spend {
 			b.spent = true
 		}
@@ -488,6 +504,21 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		b.probeStudy = studyUID
 	}
 	return b.state != BreakerClosed
+}
+
+// markVouchedFailed adds seq to vouchedFailed, dropping the oldest (the
+// lowest sequence, the likeliest gone) past maxVouchedFailed. Under mu.
+func (b *breaker) markVouchedFailed(seq uint64) {
+	if !b.vouchedFailed[seq] && len(b.vouchedFailed) >= maxVouchedFailed {
+		oldest, first := uint64(0), true
+		for s := range b.vouchedFailed {
+			if first || s < oldest {
+				oldest, first = s, false
+			}
+		}
+		delete(b.vouchedFailed, oldest)
+	}
+	b.vouchedFailed[seq] = true
 }
 
 // takeTrial reports whether token is the trial of the half-open now, and

@@ -1508,14 +1508,72 @@ func TestBreakerSettlingSpendsOncePerStore(t *testing.T) {
 	})
 }
 
+// A poison study answered 503 or 424 (a proxy's "upstream connect
+// error" when the server crashes on it) fails its vouched trial, held;
+// another study stored closes the breaker (clearing failedTrials); while
+// settling, its next failure spends its delivery, whatever its class,
+// once per store. Before, a 503 while settling was held and spent
+// nothing: it went from trial to close to trial for ever. Another
+// study's 503 is held, as before.
+func TestBreakerPoisonTrialSpendsWhileSettling(t *testing.T) {
+	const poison = 10
+	for _, tt := range []struct {
+		name     string
+		err      error
+		seq      uint64
+		wantHold bool
+	}{
+		{"503 of the study whose vouched trial failed", &dicomweb.HTTPError{StatusCode: 503}, poison, false},
+		{"424 of the study whose vouched trial failed", &dicomweb.HTTPError{StatusCode: 424}, poison, false},
+		{"503 of another study", &dicomweb.HTTPError{StatusCode: 503}, 11, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := newBreaker(breakerConfig{failures: 3, interval: time.Minute, maxInterval: time.Minute}, &fakeProber{}, nil)
+				defer b.stop()
+				for range 3 {
+					b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
+				}
+				trials := make(chan trialToken, 1)
+				go func() {
+					trial, _ := b.hold(t.Context(), poison)
+					trials <- trial
+				}()
+				time.Sleep(time.Minute) // the probe passes: the held study is the trial
+				synctest.Wait()
+				if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, <-trials, "1.2.10", poison); !hold {
+					t.Fatal("the vouched trial's 503 was not held")
+				}
+				b.record(nil, 0, "1.2.5", 5) // another study stored: closed, settling
+				if s, _, _, _ := b.status(); s != BreakerClosed {
+					t.Fatalf("breaker %v after a store, want closed", s)
+				}
+				if hold := b.record(tt.err, 0, "1.2.x", tt.seq); hold != tt.wantHold {
+					t.Errorf("held %v, want %v", hold, tt.wantHold)
+				}
+				if s, _, _, _ := b.status(); s != BreakerOpen {
+					t.Errorf("breaker %v after the failure, want open", s)
+				}
+				// Once per store: a second close without one spends nothing.
+				time.Sleep(time.Minute)
+				synctest.Wait()
+				if hold := b.record(tt.err, 0, "1.2.x", tt.seq); !hold {
+					t.Error("a second failure, no store since, was not held")
+				}
+			})
+		})
+	}
+}
+
 // A destination that flaps, storing one study in ten and failing the
 // others (a 503; a 500, which may be the study's own failure), for six
 // hours: after each close, until a study is stored, the first failure
 // opens the breaker again. Before, each close needed
 // STOW_BREAKER_FAILURES failures again, those before the last spending
-// their study's delivery: up to 4 a close. Now a 503 then spends nothing;
-// a 500 spends one, and, as before, so does the first failed trial after
-// a store.
+// their study's delivery: up to 4 a close. Now a 500 spends one, and, as
+// before, so does the first failed trial after a store; a 503 spends one
+// only for a study whose vouched trial failed (vouchedFailed: a poison
+// study answered 503), once per store.
 func TestBreakerFlappingDestination(t *testing.T) {
 	for _, tt := range []struct {
 		name string
@@ -1523,7 +1581,7 @@ func TestBreakerFlappingDestination(t *testing.T) {
 		// perClose is what a close may cost in deliveries.
 		perClose int
 	}{
-		{"503", &dicomweb.HTTPError{StatusCode: 503}, 0},
+		{"503", &dicomweb.HTTPError{StatusCode: 503}, 1},
 		{"500", &dicomweb.HTTPError{StatusCode: 500}, 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1559,6 +1617,7 @@ func TestBreakerFlappingDestination(t *testing.T) {
 				b.mu.Lock()
 				n := closes
 				b.mu.Unlock()
+
 				// The failures that first open the breaker spend, as
 				// every failure before.
 				if n < 10 || spent > failures-1+tt.perClose*n {
