@@ -1183,12 +1183,14 @@ type trialBench struct {
 	// retries counts the failures settled for a retry: each spent a
 	// delivery, whether or not the study was delivered again since.
 	retries int
+	// spentBy counts them by study.
+	spentBy map[uint64]int
 }
 
 func newTrialBench(t *testing.T, b *breaker, maxDeliveries int, answer func(uint64) error) *trialBench {
 	ctx, cancel := context.WithCancel(t.Context())
 	tb := &trialBench{t: t, ctx: ctx, cancel: cancel, b: b, answer: answer, maxDeliveries: maxDeliveries,
-		delivered: map[uint64]int{}, stored: map[uint64]bool{}, deadLetters: map[uint64]bool{}}
+		delivered: map[uint64]int{}, stored: map[uint64]bool{}, deadLetters: map[uint64]bool{}, spentBy: map[uint64]int{}}
 	b.mu.Lock()
 	b.pullTrial = func() { go tb.pulledTrial() }
 	b.mu.Unlock()
@@ -1245,6 +1247,7 @@ func (tb *trialBench) run(seq uint64, trial trialToken) {
 				tb.deadLetters[seq] = true
 			default:
 				tb.retries++
+				tb.spentBy[seq]++
 				tb.queue = append(tb.queue, seq)
 			}
 			return
@@ -1570,10 +1573,13 @@ func TestBreakerPoisonTrialSpendsWhileSettling(t *testing.T) {
 // hours: after each close, until a study is stored, the first failure
 // opens the breaker again. Before, each close needed
 // STOW_BREAKER_FAILURES failures again, those before the last spending
-// their study's delivery: up to 4 a close. Now a 500 spends one, and, as
-// before, so does the first failed trial after a store; a 503 spends one
-// only for a study whose vouched trial failed (vouchedFailed: a poison
-// study answered 503), once per store.
+// their study's delivery: up to 4 a close. Now a 500 or 502 (may be the
+// study's own) spends one, and, as before, so does the first failed trial
+// after a store; a 503 spends one only for a study whose vouched trial
+// failed (vouchedFailed: a poison study answered 503), once per store.
+// The most any one study spent is reported: the spends after the opening
+// are once per store (spent is reset only there), so a study spends at
+// most the opening's share and the stores'.
 func TestBreakerFlappingDestination(t *testing.T) {
 	for _, tt := range []struct {
 		name string
@@ -1583,6 +1589,7 @@ func TestBreakerFlappingDestination(t *testing.T) {
 	}{
 		{"503", &dicomweb.HTTPError{StatusCode: 503}, 1},
 		{"500", &dicomweb.HTTPError{StatusCode: 500}, 2},
+		{"502", &dicomweb.HTTPError{StatusCode: 502}, 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -1612,12 +1619,18 @@ func TestBreakerFlappingDestination(t *testing.T) {
 				time.Sleep(6 * time.Hour)
 				synctest.Wait()
 				tb.mu.Lock()
-				spent := tb.retries
+				spent, stores, most := tb.retries, len(tb.stored), 0
+				for _, n := range tb.spentBy {
+					most = max(most, n)
+				}
 				tb.mu.Unlock()
 				b.mu.Lock()
 				n := closes
 				b.mu.Unlock()
-
+				t.Logf("%d deliveries spent over %d closes and %d stores; the most one study spent: %d", spent, n, stores, most)
+				if most > failures-1+stores {
+					t.Errorf("a study spent %d deliveries, more than the opening's %d and one a store (%d stores)", most, failures-1, stores)
+				}
 				// The failures that first open the breaker spend, as
 				// every failure before.
 				if n < 10 || spent > failures-1+tt.perClose*n {
