@@ -53,9 +53,12 @@ func TestOutageSpendsNoDelivery(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 	// Held: the study whose failure opened the breaker, and the other
-	// worker's if it failed after; not more (FORWARDER_CONCURRENCY).
-	if held := metric(`stowline_forwarder_studies_held{destination="default"}`); held < 1 || held > 2 {
-		t.Errorf("%v studies held during the outage, want 1 or 2", held)
+	// worker's if it failed after; and, as the proxy resets connections
+	// (a failure that may be a study's own), the trials that rotate to
+	// studies pulled from the queue, at most one a worker: not more than
+	// twice FORWARDER_CONCURRENCY.
+	if held := metric(`stowline_forwarder_studies_held{destination="default"}`); held < 1 || held > 4 {
+		t.Errorf("%v studies held during the outage, want 1 to 4", held)
 	}
 	// Only the failures before the breaker opened spent a delivery: at
 	// most one a worker before the second failure opened it.

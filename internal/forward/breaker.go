@@ -144,15 +144,6 @@ func studyMayFail(err error) bool {
 	return errors.Is(err, dicomweb.ErrNoAnswer) || errors.Is(err, errOutOfResources) || errors.Is(err, dicomweb.ErrNotDICOMweb)
 }
 
-// answeredOwn reports a failure the destination's server answered
-// itself that may be the study's own: an HTTP 500, instances refused for
-// resources, or an answer that is not DICOMweb.
-func answeredOwn(err error) bool {
-	var he *dicomweb.HTTPError
-	return errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError || errors.Is(err, errOutOfResources) ||
-		errors.Is(err, dicomweb.ErrNotDICOMweb)
-}
-
 // tlsHandshakeTimeout is the text of net/http's (unexported) error for a
 // TLS handshake that did not end within TLSHandshakeTimeout.
 const tlsHandshakeTimeout = "net/http: TLS handshake timeout"
@@ -170,7 +161,9 @@ func couldNotConnect(err error) bool {
 		hne x509.HostnameError
 		cie x509.CertificateInvalidError
 	)
-	if errors.As(err, &oe) && (oe.Op == "dial" || oe.Op == "proxyconnect") ||
+	// "remote error": a TLS alert the server sent (the client
+	// certificate of mutual TLS refused), never about a study.
+	if errors.As(err, &oe) && (oe.Op == "dial" || oe.Op == "proxyconnect" || oe.Op == "remote error") ||
 		errors.As(err, &cve) || errors.As(err, &rhe) || errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) {
 		return true
 	}
@@ -457,21 +450,20 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// failedTrials), so held poison studies do not keep it shut:
 		// one answered 504 whatever is sent was the trial after every
 		// probe, and the queue waited. A trial no probe vouched for
-		// (queries fail too) spends nothing, but one the server itself
-		// answered so (answeredOwn: a 500, instances refused for
-		// resources, a page) is marked all the same, for the same
-		// reason; not one that got no answer or a gateway's 502 or
-		// 504, which say the destination while its queries fail: marked,
-		// each such trial took another study from the queue into the
-		// hold, through a plain outage.
+		// (queries fail too) spends nothing, but one whose failure may
+		// be its own is marked all the same, for the same reason.
+		// A study whose vouched trial failed before (vouchedFailed)
+		// counts as failing on its own whatever the answer: one whose
+		// 503 lost the race to reopen the breaker after a close would
+		// otherwise spend nothing, cycle after cycle.
 		spend := false
 		if b.prober != nil {
-			vouched, own := b.failedProbes == 0, studyMayFail(err)
+			vouched, own := b.failedProbes == 0, studyMayFail(err) || b.vouchedFailed[seq]
 			if vouched && own {
 				spend = !b.spent
 				b.spent = true
 			}
-			if vouched || answeredOwn(err) {
+			if vouched || own {
 				b.failedTrials[seq] = true
 			}
 			if vouched {

@@ -87,6 +87,7 @@ func TestStudyMayFail(t *testing.T) {
 		{"424", &dicomweb.HTTPError{StatusCode: 424}, false},
 		{"connection refused", dicomwebNoAnswer(refused), false},
 		{"proxy CONNECT failed", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &net.OpError{Op: "proxyconnect", Err: errors.New("connection refused")}}), false},
+		{"TLS alert from the server (client certificate refused)", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &net.OpError{Op: "remote error", Err: errors.New("tls: certificate required")}}), false},
 		{"TLS handshake timeout", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: tlsHandshakeTimeoutErr(t)}), false},
 		{"certificate unknown authority", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}), false},
 		{"certificate for another host", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: x509.HostnameError{Host: "dest"}}), false},
@@ -1566,6 +1567,43 @@ func TestBreakerPoisonTrialSpendsWhileSettling(t *testing.T) {
 			})
 		})
 	}
+}
+
+// The poison study's 503 can lose the race after a close: another
+// study's failure reopens the breaker first, and the poison study is
+// held, fresh again (a store cleared the marks). Its next vouched trial
+// then spends: it failed one before (vouchedFailed). It spent nothing,
+// cycle after cycle, while it lost the race.
+func TestBreakerPoisonTrialSpendsAfterLosingTheRace(t *testing.T) {
+	const poison = 10
+	synctest.Test(t, func(t *testing.T) {
+		b := newBreaker(breakerConfig{failures: 3, interval: time.Minute, maxInterval: time.Minute}, &fakeProber{}, nil)
+		defer b.stop()
+		for range 3 {
+			b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
+		}
+		trial := func() trialToken {
+			t.Helper()
+			trials := make(chan trialToken, 1)
+			go func() {
+				tok, _ := b.hold(t.Context(), poison)
+				trials <- tok
+			}()
+			time.Sleep(time.Minute) // the probe passes: the held study is the trial
+			synctest.Wait()
+			return <-trials
+		}
+		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, trial(), "1.2.10", poison); !hold {
+			t.Fatal("the first vouched trial's 503 was not held")
+		}
+		b.record(nil, 0, "1.2.5", 5) // another study stored: closed, settling
+		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.11", 11); !hold {
+			t.Fatal("another study's 503 after the close was not held")
+		}
+		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, trial(), "1.2.10", poison); hold {
+			t.Error("the poison study's second vouched trial was held: it spends nothing while it loses the race")
+		}
+	})
 }
 
 // A destination that flaps, storing one study in ten and failing the
