@@ -309,8 +309,14 @@ type breaker struct {
 	// settling, a failure of one spends its delivery whatever its class
 	// (still once per store), or a poison study answered 503 or 424 (a
 	// proxy's "upstream connect error" when the server crashes on it)
-	// would go held from trial to close to trial for ever.
-	vouchedFailed map[uint64]bool
+	// would go held from trial to close to trial for ever. Each holds
+	// the count of stores when it was marked (stores): as a trial, such
+	// a study spends only when a study was stored since (a poison study
+	// that lost the race to reopen the breaker), not in a plain store
+	// outage answered 503 while queries answer, where every trial
+	// fails and none is the study's own.
+	vouchedFailed map[uint64]uint64
+	stores        uint64
 	// trialSeq is the held study that is the next trial of the half-open
 	// breaker (chooseTrial); triedAt the number of the trial each held
 	// study last was (trials counts them), so that the one tried least
@@ -356,7 +362,7 @@ func newBreaker(cfg breakerConfig, prober Prober, onChange func(from, to Breaker
 	probeCtx, cancelProbe := context.WithCancel(context.Background())
 	return &breaker{cfg: cfg, prober: prober, onChange: onChange, now: time.Now,
 		changed: make(chan struct{}), wait: cfg.interval, probeCtx: probeCtx, cancelProbe: cancelProbe,
-		heldSeqs: map[uint64]int{}, failedTrials: map[uint64]bool{}, vouchedFailed: map[uint64]bool{}, triedAt: map[uint64]uint64{}}
+		heldSeqs: map[uint64]int{}, failedTrials: map[uint64]bool{}, vouchedFailed: map[uint64]uint64{}, triedAt: map[uint64]uint64{}}
 }
 
 func (b *breaker) enabled() bool { return b != nil && b.cfg.failures > 0 }
@@ -417,6 +423,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	switch {
 	case err == nil:
 		delete(b.vouchedFailed, seq)
+		b.stores++
 		closing := b.state != BreakerClosed
 		b.settling = false // a close below makes it true again
 		b.failures = 0
@@ -452,13 +459,15 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// probe, and the queue waited. A trial no probe vouched for
 		// (queries fail too) spends nothing, but one whose failure may
 		// be its own is marked all the same, for the same reason.
-		// A study whose vouched trial failed before (vouchedFailed)
-		// counts as failing on its own whatever the answer: one whose
-		// 503 lost the race to reopen the breaker after a close would
-		// otherwise spend nothing, cycle after cycle.
+		// A study whose vouched trial failed before a study was stored
+		// (vouchedFailed) counts as failing on its own whatever the
+		// answer: one whose 503 lost the race to reopen the breaker
+		// after a close would otherwise spend nothing, cycle after
+		// cycle.
 		spend := false
 		if b.prober != nil {
-			vouched, own := b.failedProbes == 0, studyMayFail(err) || b.vouchedFailed[seq]
+			marked, ok := b.vouchedFailed[seq]
+			vouched, own := b.failedProbes == 0, studyMayFail(err) || ok && marked < b.stores
 			if vouched && own {
 				spend = !b.spent
 				b.spent = true
@@ -483,7 +492,8 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// without a store (a probe with nothing held, a trial answered
 		// 4xx) gives none, or a study alone in the queue of a store
 		// that is down would spend one at each such close.
-		spend := b.settling && (studyMayFail(err) || b.vouchedFailed[seq]) && !b.spent
+		_, marked := b.vouchedFailed[seq]
+		spend := b.settling && (studyMayFail(err) || marked) && !b.spent
 		if spend {
 			b.spent = true
 		}
@@ -501,7 +511,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 // markVouchedFailed adds seq to vouchedFailed, dropping the oldest (the
 // lowest sequence, the likeliest gone) past maxVouchedFailed. Under mu.
 func (b *breaker) markVouchedFailed(seq uint64) {
-	if !b.vouchedFailed[seq] && len(b.vouchedFailed) >= maxVouchedFailed {
+	if _, ok := b.vouchedFailed[seq]; !ok && len(b.vouchedFailed) >= maxVouchedFailed {
 		oldest, first := uint64(0), true
 		for s := range b.vouchedFailed {
 			if first || s < oldest {
@@ -510,7 +520,7 @@ func (b *breaker) markVouchedFailed(seq uint64) {
 		}
 		delete(b.vouchedFailed, oldest)
 	}
-	b.vouchedFailed[seq] = true
+	b.vouchedFailed[seq] = b.stores
 }
 
 // takeTrial reports whether token is the trial of the half-open now, and
