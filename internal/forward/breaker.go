@@ -492,8 +492,8 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// without a store (a probe with nothing held, a trial answered
 		// 4xx) gives none, or a study alone in the queue of a store
 		// that is down would spend one at each such close.
-		_, marked := b.vouchedFailed[seq]
-		spend := b.settling && (studyMayFail(err) || marked) && !b.spent
+		marked, ok := b.vouchedFailed[seq]
+		spend := b.settling && (studyMayFail(err) || ok && marked < b.stores) && !b.spent
 		if spend {
 			b.spent = true
 		}
