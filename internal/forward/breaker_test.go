@@ -1487,11 +1487,7 @@ func TestBreakerReopensOnTheFirstFailureAfterAClose(t *testing.T) {
 // held), and reach its dead letter within hours.
 func TestBreakerSettlingSpendsOncePerStore(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := newBreaker(breakerConfig{failures: 3, interval: time.Second, maxInterval: time.Second}, &fakeProber{}, nil)
-		defer b.stop()
-		for range 3 {
-			b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
-		}
+		b := openedBy503s(t, time.Second)
 		serverError := &dicomweb.HTTPError{StatusCode: 500}
 		for i, want := range []struct {
 			closedByStore bool // a study in flight stored closes it, else a probe with nothing held
@@ -1541,19 +1537,8 @@ func TestBreakerPoisonTrialSpendsWhileSettling(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				b := newBreaker(breakerConfig{failures: 3, interval: time.Minute, maxInterval: time.Minute}, &fakeProber{}, nil)
-				defer b.stop()
-				for range 3 {
-					b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
-				}
-				trials := make(chan trialToken, 1)
-				go func() {
-					trial, _ := b.hold(t.Context(), poison)
-					trials <- trial
-				}()
-				time.Sleep(time.Minute) // the probe passes: the held study is the trial
-				synctest.Wait()
-				if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, <-trials, "1.2.10", poison); !hold {
+				b := openedBy503s(t, time.Minute)
+				if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, vouchedTrial(t, b, poison), "1.2.10", poison); !hold {
 					t.Fatal("the vouched trial's 503 was not held")
 				}
 				b.record(nil, 0, "1.2.5", 5) // another study stored: closed, settling
@@ -1585,30 +1570,15 @@ func TestBreakerPoisonTrialSpendsWhileSettling(t *testing.T) {
 func TestBreakerPoisonTrialSpendsAfterLosingTheRace(t *testing.T) {
 	const poison = 10
 	synctest.Test(t, func(t *testing.T) {
-		b := newBreaker(breakerConfig{failures: 3, interval: time.Minute, maxInterval: time.Minute}, &fakeProber{}, nil)
-		defer b.stop()
-		for range 3 {
-			b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
-		}
-		trial := func() trialToken {
-			t.Helper()
-			trials := make(chan trialToken, 1)
-			go func() {
-				tok, _ := b.hold(t.Context(), poison)
-				trials <- tok
-			}()
-			time.Sleep(time.Minute) // the probe passes: the held study is the trial
-			synctest.Wait()
-			return <-trials
-		}
-		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, trial(), "1.2.10", poison); !hold {
+		b := openedBy503s(t, time.Minute)
+		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, vouchedTrial(t, b, poison), "1.2.10", poison); !hold {
 			t.Fatal("the first vouched trial's 503 was not held")
 		}
 		b.record(nil, 0, "1.2.5", 5) // another study stored: closed, settling
 		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.11", 11); !hold {
 			t.Fatal("another study's 503 after the close was not held")
 		}
-		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, trial(), "1.2.10", poison); hold {
+		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, vouchedTrial(t, b, poison), "1.2.10", poison); hold {
 			t.Error("the poison study's second vouched trial was held: it spends nothing while it loses the race")
 		}
 	})
@@ -1621,20 +1591,9 @@ func TestBreakerPoisonTrialSpendsAfterLosingTheRace(t *testing.T) {
 func TestBreakerTrialAgainWithoutAStoreHeld(t *testing.T) {
 	const study = 10
 	synctest.Test(t, func(t *testing.T) {
-		b := newBreaker(breakerConfig{failures: 3, interval: time.Minute, maxInterval: time.Minute}, &fakeProber{}, nil)
-		defer b.stop()
-		for range 3 {
-			b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
-		}
+		b := openedBy503s(t, time.Minute)
 		for i := range 2 {
-			trials := make(chan trialToken, 1)
-			go func() {
-				tok, _ := b.hold(t.Context(), study)
-				trials <- tok
-			}()
-			time.Sleep(time.Minute) // the probe passes: the held study is the trial
-			synctest.Wait()
-			if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, <-trials, "1.2.10", study); !hold {
+			if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, vouchedTrial(t, b, study), "1.2.10", study); !hold {
 				t.Errorf("trial %d's 503, nothing stored since the first: spent, want held", i+1)
 			}
 		}
@@ -2053,4 +2012,31 @@ func TestBreakerLatePulledTrial(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openedBy503s is a breaker of STOW_BREAKER_FAILURES 3 whose probes (every
+// interval) pass, opened by three 503s. Inside a synctest bubble.
+func openedBy503s(t *testing.T, interval time.Duration) *breaker {
+	t.Helper()
+	b := newBreaker(breakerConfig{failures: 3, interval: interval, maxInterval: interval}, &fakeProber{}, nil)
+	t.Cleanup(b.stop)
+	for range 3 {
+		b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
+	}
+	return b
+}
+
+// vouchedTrial holds the study at seq until the next probe (a minute at
+// most) passes and lets it out as the trial; its token. Inside a
+// synctest bubble.
+func vouchedTrial(t *testing.T, b *breaker, seq uint64) trialToken {
+	t.Helper()
+	trials := make(chan trialToken, 1)
+	go func() {
+		tok, _ := b.hold(t.Context(), seq)
+		trials <- tok
+	}()
+	time.Sleep(time.Minute)
+	synctest.Wait()
+	return <-trials
 }
