@@ -1600,6 +1600,28 @@ func TestBreakerTrialAgainWithoutAStoreHeld(t *testing.T) {
 	})
 }
 
+// A close without a store (another study's trial answered 400: the
+// destination up, that study's own failure) settles, and a study whose
+// vouched trial failed since the last store is held at its next 503:
+// nothing says the failure is its own. (Marked, it spent a delivery at
+// each such close: a lone study in the queue of a store that is down.)
+func TestBreakerSettlingWithoutAStoreHoldsAMarkedStudy(t *testing.T) {
+	const marked = 10
+	synctest.Test(t, func(t *testing.T) {
+		b := openedBy503s(t, time.Minute)
+		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, vouchedTrial(t, b, marked), "1.2.10", marked); !hold {
+			t.Fatal("the vouched trial's 503 was not held")
+		}
+		b.record(&dicomweb.HTTPError{StatusCode: 400}, vouchedTrial(t, b, 11), "1.2.11", 11)
+		if s, _, _, _ := b.status(); s != BreakerClosed {
+			t.Fatalf("breaker %v after a trial answered 400, want closed", s)
+		}
+		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.10", marked); !hold {
+			t.Error("the marked study's 503 while settling, nothing stored since its mark: spent, want held")
+		}
+	})
+}
+
 // A destination that flaps, storing one study in ten and failing the
 // others (a 503; a 500, which may be the study's own failure), for six
 // hours: after each close, until a study is stored, the first failure
