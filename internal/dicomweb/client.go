@@ -296,8 +296,8 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 	// ctx, without it, since their requests (Orthanc's, on kept-alive
 	// connections) would otherwise make a new connection count as a
 	// reused one.
-	var reused atomic.Bool
-	reqCtx := withReuseTrace(ctx, &reused)
+	var reused, connected atomic.Bool
+	reqCtx := withConnTrace(ctx, &reused, &connected)
 	buf := c.bufPool.Get().(*[]byte)
 	exact := c.contentLength && allSized(parts)
 	body := newRequestBody(ctx, boundary, parts, exact, *buf)
@@ -350,6 +350,9 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		if refusedRedirect(doErr) {
 			return nil, false, fmt.Errorf("%w: stow: %s %s: %w", ErrRedirected, method, c.logURL, c.redact(doErr))
 		}
+		if !connected.Load() {
+			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w: %w", method, c.logURL, ErrNotConnected, c.redact(doErr)))
+		}
 		return nil, reused.Load(), noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
 	}
 	if r := resp.Request; r != nil && r.Method != method {
@@ -372,14 +375,15 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 	return res, false, err
 }
 
-// withReuseTrace is ctx with a trace that sets reused to whether the
-// request's connection was a kept-alive one. GetConn forgets a
-// connection an earlier request under the trace got (AWS credentials
-// fetched by the signing transport).
-func withReuseTrace(ctx context.Context, reused *atomic.Bool) context.Context {
+// withConnTrace is ctx with a trace that sets connected to whether the
+// request got a connection (after a proxy's CONNECT and the TLS
+// handshake), and reused to whether it was a kept-alive one. GetConn
+// forgets a connection an earlier request under the trace got (AWS
+// credentials fetched by the signing transport).
+func withConnTrace(ctx context.Context, reused, connected *atomic.Bool) context.Context {
 	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GetConn: func(string) { reused.Store(false) },
-		GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) },
+		GetConn: func(string) { reused.Store(false); connected.Store(false) },
+		GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused); connected.Store(true) },
 	})
 }
 

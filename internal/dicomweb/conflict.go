@@ -106,8 +106,8 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	}
 	ctx, cancel := c.bodilessContext(ctx)
 	defer cancel()
-	var reused atomic.Bool
-	ctx = withReuseTrace(ctx, &reused)
+	var reused, connected atomic.Bool
+	ctx = withConnTrace(ctx, &reused, &connected)
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
 	if err != nil {
 		return fmt.Errorf("stow: build DELETE: %w", err)
@@ -129,7 +129,11 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 		if refusedRedirect(err) {
 			return fmt.Errorf("%w: stow: DELETE %s/…/instances/%s: %w", ErrRedirected, c.logURL, sop, c.redact(err))
 		}
-		return noAnswer(fmt.Errorf("stow: DELETE %s/…/instances/%s: %w%s", c.logURL, sop, c.redact(err), c.gaveUp(ctx)))
+		err = c.redact(err)
+		if !connected.Load() {
+			err = fmt.Errorf("%w: %w", ErrNotConnected, err)
+		}
+		return noAnswer(fmt.Errorf("stow: DELETE %s/…/instances/%s: %w%s", c.logURL, sop, err, c.gaveUp(ctx)))
 	}
 	defer resp.Body.Close()
 	body, _, _ := readBody(resp.Body, maxErrorBody)

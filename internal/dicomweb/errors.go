@@ -54,6 +54,15 @@ var (
 	// the way to it) is down, whatever the request was.
 	ErrNoAnswer = errors.New("no answer from the destination")
 
+	// ErrNotConnected marks an ErrNoAnswer whose request got no
+	// connection to the destination: nothing of it was sent, so the
+	// failure says the way to the destination, never the request. A
+	// proxy that answers its CONNECT with an error status (a 502 from an
+	// egress proxy whose upstream refused) is told apart from a failure
+	// on a connection that was made only so: net/http returns its status
+	// text as a plain error.
+	ErrNotConnected = errors.New("no connection to the destination")
+
 	// ErrNotDICOMweb means a success answer was not the DICOMweb
 	// service's: an HTML page, an empty body, another API's JSON. Something
 	// else answers at the URL (a proxy or firewall's page, a wrong base

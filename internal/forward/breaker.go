@@ -149,9 +149,10 @@ func studyMayFail(err error) bool {
 const tlsHandshakeTimeout = "net/http: TLS handshake timeout"
 
 // couldNotConnect reports whether err says no connection to the
-// destination was made, before any of a study was sent: a dial or a
-// proxy's CONNECT that failed, a TLS handshake that timed out, or a
-// certificate or a peer that is not TLS refused in it.
+// destination was made, before any of a study was sent: the STOW-RS
+// request got no connection (a dial or a proxy's CONNECT that failed,
+// the proxy's error status included), a TLS handshake that timed out,
+// or a certificate or a peer that is not TLS refused in it.
 func couldNotConnect(err error) bool {
 	var (
 		oe  *net.OpError
@@ -163,7 +164,8 @@ func couldNotConnect(err error) bool {
 	)
 	// "remote error": a TLS alert the server sent (the client
 	// certificate of mutual TLS refused), never about a study.
-	if errors.As(err, &oe) && (oe.Op == "dial" || oe.Op == "proxyconnect" || oe.Op == "remote error") ||
+	if errors.Is(err, dicomweb.ErrNotConnected) ||
+		errors.As(err, &oe) && (oe.Op == "dial" || oe.Op == "proxyconnect" || oe.Op == "remote error") ||
 		errors.As(err, &cve) || errors.As(err, &rhe) || errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) {
 		return true
 	}

@@ -87,6 +87,7 @@ func TestStudyMayFail(t *testing.T) {
 		{"424", &dicomweb.HTTPError{StatusCode: 424}, false},
 		{"connection refused", dicomwebNoAnswer(refused), false},
 		{"proxy CONNECT failed", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &net.OpError{Op: "proxyconnect", Err: errors.New("connection refused")}}), false},
+		{"egress proxy answered CONNECT 502", proxyRefusedAnswer(t), false},
 		{"TLS alert from the server (client certificate refused)", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &net.OpError{Op: "remote error", Err: errors.New("tls: certificate required")}}), false},
 		{"TLS handshake timeout", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: tlsHandshakeTimeoutErr(t)}), false},
 		{"certificate unknown authority", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}), false},
@@ -157,6 +158,30 @@ func notDICOMwebAnswer(t *testing.T) error {
 	_, err = c.Store(t.Context(), []dicomweb.Part{{SOPInstanceUID: "1.2.3", Size: 1, Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("x")), nil }}})
 	if err == nil {
 		t.Fatal("a login page stored the instance")
+	}
+	return err
+}
+
+// proxyRefusedAnswer is the dicomweb client's error for a STOW-RS
+// request whose egress proxy answered its CONNECT 502 (the proxy's
+// upstream refused): net/http gives only the status text.
+func proxyRefusedAnswer(t *testing.T) error {
+	t.Helper()
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+	}))
+	defer proxy.Close()
+	pu, err := url.Parse(proxy.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := dicomweb.New("https://archive.example/dicomweb", &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Store(t.Context(), []dicomweb.Part{{SOPInstanceUID: "1.2.3", Size: 1, Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("x")), nil }}})
+	if err == nil {
+		t.Fatal("stored through a proxy that refused")
 	}
 	return err
 }
