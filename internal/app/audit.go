@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
@@ -27,7 +28,9 @@ Lists, for each destination (those with a consumer on the event stream, or
 the one named), the stable studies present in each Orthanc source that
 have no record of a completed forward of their current state
 (LastUpdate), and with --enqueue publishes their events for the
-destinations that lack them so the forwarders send them. Studies go to
+destinations that lack them, in the low lane, so the forwarders send
+them. It reads every study: --since is for --verify only (for a window of
+an archive, forwarder backfill --from source --since --until). Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
 stderr. Exit status: 0 nothing missing (or all of it queued), 3 studies
 missing and not queued, 1 a failure, 2 a usage or configuration error.
@@ -55,6 +58,11 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	var cfg config.Audit
 	if done, err := parseCommand(fs, auditUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
 		return err
+	}
+	if !*verify && flagSet(fs, "since") {
+		// Only --verify reads it: an audit that took it for a window
+		// would look at every study all the same.
+		return &usageError{fmt.Errorf("%s: --since works only with --verify (for a window of an archive use forwarder backfill --from source --since --until)", program)}
 	}
 	if *verify {
 		window, err := parseSince(*since)
@@ -94,20 +102,8 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		Sources:      as,
 		Destinations: dests,
 		Some:         *only != "",
-		Publish: func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
-			if destination == "" {
-				return publishTraced(ctx, tp, "audit enqueue", "audit", "", ev, ev.MsgID(), func(ctx context.Context) (*jetstream.PubAck, error) {
-					return natsjs.Publisher{JS: js.JS}.Publish(ctx, ev)
-				})
-			}
-			// A dedupe ID of its own: the destination's copy is not the
-			// event every destination took.
-			msgID := ev.MsgID() + "/audit/" + destination
-			return publishTraced(ctx, tp, "audit enqueue", "audit", destination, ev, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
-				return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(destination, ev.Source), ev, msgID)
-			})
-		},
-		Logger: log.With("component", "audit"),
+		Publish:      auditPublish(js.JS, tp),
+		Logger:       log.With("component", "audit"),
 	})
 	if err != nil {
 		return err
@@ -133,6 +129,36 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return fmt.Errorf("%d studies %w (--enqueue queues them)", sum.Findings, ErrMissing)
 	}
 	return nil
+}
+
+// flagSet reports whether the command line gave the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// auditPublish queues the audit's repairs in the low lane
+// (docs/priority-lanes.md): after a first start on an Orthanc that holds
+// an archive they are the whole archive, which must not hold up the live
+// routine studies. The event for every destination keeps the study's own
+// dedupe ID, which does not depend on the lane, so that it and the
+// webhook's or the reconciler's copy are stored once.
+func auditPublish(js jetstream.JetStream, tp trace.TracerProvider) func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
+	return func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
+		low := *ev
+		low.Priority = events.PriorityLow
+		subject := natsjs.LaneSubject(events.PriorityLow, destination, ev.Source)
+		msgID := ev.MsgID()
+		if destination != "" {
+			// A dedupe ID of its own: the destination's copy is not the
+			// event every destination took.
+			msgID = ev.MsgID() + "/audit/" + destination
+		}
+		return publishTraced(ctx, tp, "audit enqueue", "audit", destination, &low, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
+			return natsjs.PublishTo(ctx, js, subject, &low, msgID)
+		})
+	}
 }
 
 // auditReporter writes the audit's findings to stdout: one JSON object a

@@ -90,8 +90,11 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, expected)
 		},
 		Publish: func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
-			return publishTraced(ctx, tp, "audit enqueue", "audit", dest.Name, ev, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
-				return natsjs.PublishTo(ctx, js.JS, natsjs.DestinationSubject(dest.Name, ev.Source), ev, msgID)
+			// The low lane, as the plain audit's repairs.
+			low := *ev
+			low.Priority = events.PriorityLow
+			return publishTraced(ctx, tp, "audit enqueue", "audit", dest.Name, &low, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
+				return natsjs.PublishTo(ctx, js.JS, natsjs.LaneSubject(events.PriorityLow, dest.Name, ev.Source), &low, msgID)
 			})
 		},
 		Logger: log.With("component", "audit"),

@@ -17,13 +17,15 @@ import (
 	"github.com/stowline/stowline/orthancapi"
 )
 
-// publish queues an event as the forwarder audit command does.
+// publish queues an event in the low lane, as the forwarder audit
+// command does.
 func publish(js jetstream.JetStream) func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
 	return func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
-		if destination == "" {
-			return (natsjs.Publisher{JS: js}).Publish(ctx, ev)
+		msgID := ev.MsgID()
+		if destination != "" {
+			msgID += "/audit/" + destination
 		}
-		return natsjs.PublishTo(ctx, js, natsjs.DestinationSubject(destination, ev.Source), ev, ev.MsgID()+"/audit/"+destination)
+		return natsjs.PublishTo(ctx, js, natsjs.LaneSubject(events.PriorityLow, destination, ev.Source), ev, msgID)
 	}
 }
 
@@ -162,10 +164,10 @@ func testAudit(t *testing.T, rel testharness.Release) {
 	}
 	// The study only ai lacks went to ai only; the one both lack, to both
 	// in one event.
-	if n := subjectCount(t, ns, natsjs.DestinationSubject("ai", "src")); n != 1 {
+	if n := subjectCount(t, ns, natsjs.LaneSubject(events.PriorityLow, "ai", "src")); n != 1 {
 		t.Errorf("%d events for ai only, want 1", n)
 	}
-	if n := subjectCount(t, ns, natsjs.EventSubject("src")); n != 1 {
+	if n := subjectCount(t, ns, natsjs.LaneSubject(events.PriorityLow, "", "src")); n != 1 {
 		t.Errorf("%d events for every destination, want 1", n)
 	}
 	// Enqueued again within the dedupe window: JetStream keeps one. (The

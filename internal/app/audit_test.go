@@ -1,0 +1,87 @@
+package app
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// TestAuditRepairsGoInTheLowLane: `forwarder audit --enqueue` queued the
+// event for every destination in the routine lane, so after a first
+// start on an archive the live routine studies waited behind it. Its
+// repairs, for every destination and for one, now go in the low lane
+// (docs/priority-lanes.md); the event for every destination keeps the
+// study's dedupe ID, so the webhook's copy of it is still dropped.
+func TestAuditRepairsGoInTheLowLane(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	lanes, err := natsjs.DefaultTopology().EnsureLanes(ctx, ns.JS, []string{"ai"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := auditPublish(ns.JS, nil)
+	for destination, id := range map[string]string{
+		"":   "27f7126f-4f66fb14-03f4081b-f9341db2-53925988",
+		"ai": "27f7126f-4f66fb14-03f4081b-f9341db2-53925989",
+	} {
+		ev, err := events.NewStudyStable("main", id, "1.2.3", "20261126T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ack, err := publish(ctx, destination, ev); err != nil || ack.Duplicate {
+			t.Fatalf("destination %q: ack %+v, err %v", destination, ack, err)
+		}
+		if destination != "" {
+			continue
+		}
+		// The webhook's copy, routine, names no priority.
+		ack, err := natsjs.Publisher{JS: ns.JS}.Publish(ctx, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ack.Duplicate {
+			t.Errorf("the webhook's copy of the audit's event was stored again (seq %d): the dedupe ID depends on the lane", ack.Sequence)
+		}
+	}
+	for _, tt := range []struct {
+		lane events.Priority
+		want uint64
+	}{
+		{events.PriorityStat, 0},
+		{events.PriorityRoutine, 0},
+		{events.PriorityLow, 2},
+	} {
+		info, err := lanes["ai"][tt.lane].Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumPending != tt.want {
+			t.Errorf("lane %s: %d events pending, want %d", tt.lane, info.NumPending, tt.want)
+		}
+	}
+}
+
+// TestAuditSinceNeedsVerify: the plain audit took --since and audited
+// every study all the same; it is refused, naming the flag.
+func TestAuditSinceNeedsVerify(t *testing.T) {
+	// Nothing to reach: a refused command line stops before any
+	// connection.
+	env := map[string]string{"NATS_URL": "nats://127.0.0.1:1", "ORTHANC_URL": "http://127.0.0.1:1"}
+	for _, args := range [][]string{
+		{"--since", "7d"},
+		{"--since", "7d", "--enqueue"},
+		{"--destination", "ai", "--since=36h"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			err := RunAudit(t.Context(), args, func(k string) string { return env[k] }, io.Discard, io.Discard)
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--since") {
+				t.Errorf("err = %v, want a usage error naming --since", err)
+			}
+		})
+	}
+}
