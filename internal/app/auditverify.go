@@ -125,12 +125,20 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	if a.enqueue {
 		fmt.Fprintf(stderr, ", %d enqueued", sum.Enqueued)
 	}
+	if sum.OtherKey > 0 {
+		fmt.Fprintf(stderr, "; %d forwarded under an earlier de-identification key, checked by their number of instances, %d with fewer listed (never re-forwarded: see the log)",
+			sum.OtherKey, sum.OtherKeyShort)
+	}
 	fmt.Fprintln(stderr)
 	if sum.NotEnqueued > 0 {
 		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
 	}
 	if sum.Findings > 0 && !a.enqueue {
 		return fmt.Errorf("%d studies with %d instances %w (--enqueue re-forwards them)", sum.Findings, sum.MissingInstances, ErrMissing)
+	}
+	if sum.OtherKeyShort > 0 {
+		// --enqueue cannot repair them: their pseudonyms are the old key's.
+		return fmt.Errorf("%d studies forwarded under an earlier de-identification key have instances %w (see the log)", sum.OtherKeyShort, ErrMissing)
 	}
 	return nil
 }

@@ -137,6 +137,14 @@ type VerifySummary struct {
 	MissingInstances int `json:"missingInstances"`
 	Enqueued         int `json:"enqueued"`
 	NotEnqueued      int `json:"notEnqueued,omitempty"`
+	// OtherKey counts the studies forwarded under other pseudonyms than
+	// the destination's key gives now (the key was rotated since): they
+	// are checked by the number of instances the destination lists under
+	// the recorded pseudonym. OtherKeyShort counts those it lists fewer
+	// of: they are not re-forwarded, which would send them as new studies
+	// under new pseudonyms.
+	OtherKey      int `json:"otherKey,omitempty"`
+	OtherKeyShort int `json:"otherKeyShort,omitempty"`
 }
 
 // Verify checks the destination's forwarded studies against its QIDO-RS
@@ -153,6 +161,7 @@ func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(Veri
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	o.Logger = log
 	// A source that cannot be read (down, refusing the audit, or taken
 	// out of ORTHANC_SOURCES since its forwards) is not asked again; its
 	// other studies are counted as not verified, and the others' are
@@ -245,6 +254,9 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 	if keyed == nil {
 		keyed = func(uid string) string { return uid }
 	}
+	if p := rec.PseudonymStudyInstanceUID; p != "" && p != keyed(st.StudyInstanceUID) {
+		return nil, verifyOtherKey(ctx, o, source, id, p, len(instances), sum)
+	}
 	uids, err := o.Listed(ctx, keyed(st.StudyInstanceUID), len(instances))
 	if err != nil {
 		return nil, fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
@@ -265,6 +277,30 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 		return nil, nil
 	}
 	return f, nil
+}
+
+// verifyOtherKey checks a study the destination holds under pseudonyms
+// of another key than today's (the key was rotated after its forward, as
+// docs/deidentification.md allows): it is asked for the pseudonym the
+// ledger recorded, and its instances, named by the old key, can only be
+// counted. One it lists fewer of is reported in the log and the summary,
+// never re-forwarded: the resent study would arrive under new pseudonyms
+// as another study.
+func verifyOtherKey(ctx context.Context, o VerifyOptions, source, id, pseudonym string, instances int, sum *VerifySummary) error {
+	uids, err := o.Listed(ctx, pseudonym, instances)
+	if err != nil {
+		return fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
+	}
+	sum.OtherKey++
+	if len(uids) >= instances {
+		sum.Verified++
+		return nil
+	}
+	sum.OtherKeyShort++
+	o.Logger.Warn("study forwarded under an earlier de-identification key lacks instances at the destination; not re-forwarded (it would arrive as a new study under new pseudonyms)",
+		"destination", o.Destination, "source", source, "orthanc_study_id", id, "pseudonym_study_instance_uid", pseudonym,
+		"instances", instances, "listed", len(uids))
+	return nil
 }
 
 func publishVerifyFinding(ctx context.Context, o VerifyOptions, f *VerifyFinding, log *slog.Logger) {

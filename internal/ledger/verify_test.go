@@ -291,3 +291,74 @@ func TestVerifyGoesOnPastAnUnreadableSource(t *testing.T) {
 		t.Errorf("summary %+v, want %+v", sum, want)
 	}
 }
+
+// TestVerifyAfterKeyRotation: after a de-identifying destination's key
+// was rotated, the verifying audit asked the destination for each study
+// under its pseudonym by the new key, found none of the studies
+// forwarded before, and --enqueue sent them all again under new
+// pseudonyms. A study is now asked for under the pseudonym its record
+// holds; its instances, named by the old key, are counted, and one the
+// destination lists fewer of is counted apart, not re-forwarded. A
+// record without a pseudonym (older releases) is checked as before.
+func TestVerifyAfterKeyRotation(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "research")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldKey := func(uid string) string { return "8." + uid }
+	newKey := func(uid string) string { return "9." + uid }
+	const lastUpdate = "20261204T100000"
+	for k, pseudonyms := range map[int]func(string) string{
+		1: oldKey, // held in full
+		2: oldKey, // one instance missing
+		3: nil,    // recorded before records named the pseudonym
+		4: newKey, // forwarded after the rotation
+	} {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: lastUpdate}
+		if err := ledger.New(kv).WithPseudonyms(pseudonyms).Completed(ctx, ev, ledger.Outcome{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listed := map[string][]string{
+		oldKey("1.2.1"): {oldKey("1.2.1.0"), oldKey("1.2.1.1"), oldKey("1.2.1.2")},
+		oldKey("1.2.2"): {oldKey("1.2.2.0"), oldKey("1.2.2.1")},
+		newKey("1.2.3"): {newKey("1.2.3.0"), newKey("1.2.3.1"), newKey("1.2.3.2")},
+		newKey("1.2.4"): {newKey("1.2.4.0"), newKey("1.2.4.1"), newKey("1.2.4.2")},
+	}
+	var asked, published []string
+	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
+		Destination: "research",
+		Ledger:      ledger.New(kv),
+		SourceFor: func(string) (ledger.VerifySource, error) {
+			return memStudies{1: lastUpdate, 2: lastUpdate, 3: lastUpdate, 4: lastUpdate}, nil
+		},
+		Keyed: newKey,
+		Listed: func(_ context.Context, uid string, _ int) ([]string, error) {
+			asked = append(asked, uid)
+			return listed[uid], nil
+		},
+		Publish: func(_ context.Context, ev *events.StudyStable, _ string) (*jetstream.PubAck, error) {
+			published = append(published, ev.StudyInstanceUID)
+			return &jetstream.PubAck{Sequence: 1}, nil
+		},
+	}, true, func(f ledger.VerifyFinding) error {
+		t.Errorf("finding %+v, want none", f)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (ledger.VerifySummary{Studies: 4, Verified: 3, OtherKey: 2, OtherKeyShort: 1}); sum != want {
+		t.Errorf("summary %+v, want %+v", sum, want)
+	}
+	slices.Sort(asked)
+	if want := []string{oldKey("1.2.1"), oldKey("1.2.2"), newKey("1.2.3"), newKey("1.2.4")}; !slices.Equal(asked, want) {
+		t.Errorf("the destination was asked for %q, want %q", asked, want)
+	}
+	if len(published) != 0 {
+		t.Errorf("re-forwarded %q, want nothing: a study sent again under the new key arrives as a new study", published)
+	}
+}
