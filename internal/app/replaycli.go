@@ -127,6 +127,18 @@ func parseReplayFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// blankFlags names the flags the command line gave an empty value
+// (--study "$UID" with $UID unset), for FilterArgs.Blank.
+func blankFlags(fs *flag.FlagSet) []string {
+	var blank []string
+	fs.Visit(func(f *flag.Flag) {
+		if f.Value.String() == "" {
+			blank = append(blank, "--"+f.Name)
+		}
+	})
+	return blank
+}
+
 func parseList(args []string) (replayCommand, error) {
 	fs := replayFlags("list")
 	var a deadletter.FilterArgs
@@ -135,6 +147,7 @@ func parseList(args []string) (replayCommand, error) {
 	if err := parseReplayFlags(fs, args); err != nil {
 		return nil, err
 	}
+	a.Blank = blankFlags(fs)
 	f, err := a.Filter()
 	if err != nil {
 		return nil, usagef("list: %w", err)
@@ -221,6 +234,7 @@ func parseMutate(name string, args []string) (replayCommand, error) {
 	if err := parseReplayFlags(fs, args); err != nil {
 		return nil, err
 	}
+	a.Blank = blankFlags(fs)
 	f, err := a.Filter()
 	if err != nil {
 		return nil, usagef("%s: %w", name, err)

@@ -137,6 +137,12 @@ func TestReplayArgumentErrors(t *testing.T) {
 		{[]string{"run", "--study", "not a uid"}, "study:"},
 		{[]string{"purge"}, "give a filter"},
 		{[]string{"purge", "--since", "soon"}, "since:"},
+		// An unset $UID must not widen the purge to the destination's
+		// every dead letter.
+		{[]string{"purge", "--destination", natsjs.DefaultDestination, "--study", ""}, "--study: empty"},
+		{[]string{"purge", "--destination=", "--class", "permanent"}, "--destination: empty"},
+		{[]string{"run", "--source", "", "--all"}, "--source: empty"},
+		{[]string{"list", "--orthanc-id", ""}, "--orthanc-id: empty"},
 		{[]string{"reforward"}, "--since is required"},
 		{[]string{"reforward", "--since", "yesterday"}, "since:"},
 		{[]string{"reforward", "--since", "2026-01-01", "--until", "later"}, "until:"},

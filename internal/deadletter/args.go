@@ -52,12 +52,20 @@ type FilterArgs struct {
 	Reason         string `json:"reason,omitempty"`
 	Since          string `json:"since,omitempty"`
 	All            bool   `json:"all,omitempty"`
+	// Blank names the filters given with an empty value (a flag or a
+	// JSON key present), as the caller spells them: Filter refuses them,
+	// since an empty value would drop the filter and widen a purge to
+	// every dead letter (--study "$UID" with $UID unset).
+	Blank []string `json:"-"`
 }
 
 // Filter validates the arguments; errors name the argument.
 func (a FilterArgs) Filter() (Filter, error) {
 	f := Filter{All: a.All, ReasonContains: a.Reason}
 	var errs []error
+	for _, name := range a.Blank {
+		errs = append(errs, fmt.Errorf("%s: empty: give a value or leave the filter out", name))
+	}
 	if a.Destination != "" {
 		if !natsjs.ValidDestination(a.Destination) {
 			errs = append(errs, fmt.Errorf("destination: %q is not a destination name", a.Destination))

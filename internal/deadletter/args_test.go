@@ -96,6 +96,7 @@ func TestFilterArgsErrors(t *testing.T) {
 		{"class lists the classes", deadletter.FilterArgs{Class: "fatal"}, []string{"class:", "transient", "crash"}},
 		{"since", deadletter.FilterArgs{Since: "last week"}, []string{"since:"}},
 		{"all with a filter", deadletter.FilterArgs{All: true, Class: "permanent"}, []string{"all: cannot be combined"}},
+		{"given empty", deadletter.FilterArgs{Destination: "pacs", Blank: []string{"study"}}, []string{"study: empty"}},
 		{"every error at once", deadletter.FilterArgs{Seq: "x", Class: "fatal", Since: "soon"}, []string{"seq:", "class:", "since:"}},
 	}
 	for _, tt := range tests {

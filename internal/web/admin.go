@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -104,6 +105,11 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	args := deadletter.FilterArgs{Destination: q.Get("destination"), Source: q.Get("source"), Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
 		Class: q.Get("class"), Reason: q.Get("reason"), Since: q.Get("since")}
+	for _, k := range []string{"destination", "source", "seq", "study", "orthancStudyId", "class", "reason", "since"} {
+		if q.Has(k) && q.Get(k) == "" {
+			args.Blank = append(args.Blank, k)
+		}
+	}
 	f, err := args.Filter()
 	if err != nil {
 		WriteError(w, http.StatusBadRequest, err.Error())
@@ -206,6 +212,28 @@ type mutateRequest struct {
 	DryRun bool            `json:"dryRun"`
 }
 
+// blankKeys names the keys of a JSON object given the empty string
+// ({"study": ""} from a script's unset variable), for FilterArgs.Blank.
+func blankKeys(raw json.RawMessage) []string {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(raw, &fields) != nil {
+		return nil
+	}
+	var blank []string
+	for k, v := range fields {
+		if s, ok := jsonString(v); ok && s == "" {
+			blank = append(blank, k)
+		}
+	}
+	slices.Sort(blank)
+	return blank
+}
+
+func jsonString(v json.RawMessage) (string, bool) {
+	var s string
+	return s, json.Unmarshal(v, &s) == nil
+}
+
 // seqArg is the text of a seq given as a JSON number or string (null:
 // none), for FilterArgs.Filter to check.
 func seqArg(raw json.RawMessage) string {
@@ -218,11 +246,19 @@ func seqArg(raw json.RawMessage) string {
 
 func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		var raw json.RawMessage
+		if !decodeBody(w, r, &raw) {
+			return
+		}
 		var req mutateRequest
-		if !decodeBody(w, r, &req) {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
 			return
 		}
 		req.FilterArgs.Seq = seqArg(req.Seq)
+		req.Blank = blankKeys(raw)
 		f, err := req.Filter()
 		if err != nil {
 			WriteError(w, http.StatusBadRequest, err.Error())

@@ -577,6 +577,39 @@ func TestAdminTakesSeqAsANumber(t *testing.T) {
 	}
 }
 
+// TestAdminRefusesAFilterGivenEmpty: a purge of {"destination":
+// "default", "study": ""} (a script's unset variable) dropped the empty
+// filter and purged every dead letter of the destination. A filter given
+// empty is refused, naming it; so is an empty query parameter of the
+// listing.
+func TestAdminRefusesAFilterGivenEmpty(t *testing.T) {
+	f := start(t) // dead letter 1
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, tt := range []struct {
+		method, path, body, names string
+	}{
+		{http.MethodPost, "/admin/deadletters/purge", `{"destination":"default","study":""}`, "study: empty"},
+		{http.MethodPost, "/admin/deadletters/replay", `{"destination":"default","orthancStudyId":""}`, "orthancStudyId: empty"},
+		{http.MethodPost, "/admin/deadletters/purge", `{"seq":"","all":true}`, "seq: empty"},
+		{http.MethodGet, "/admin/deadletters?destination=default&study=", "", "study: empty"},
+	} {
+		req := httptest.NewRequest(tt.method, tt.path, strings.NewReader(tt.body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		var answer struct{ Error string }
+		err := json.Unmarshal(rec.Body.Bytes(), &answer)
+		if rec.Code != http.StatusBadRequest || err != nil || !strings.Contains(answer.Error, tt.names) {
+			t.Errorf("%s %s %s: status %d, body %s; want 400 saying %q", tt.method, tt.path, tt.body, rec.Code, rec.Body, tt.names)
+		}
+	}
+	if _, err := f.store.Get(t.Context(), 1); err != nil {
+		t.Errorf("dead letter 1 after refused requests: %v", err)
+	}
+}
+
 // TestAdminSaysABodyIsEmpty: a replay, purge or re-forward without a
 // body (curl -X POST without -d) is told so, with an example, not
 // "malformed JSON body: EOF".
