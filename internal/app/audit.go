@@ -9,7 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
@@ -33,7 +35,10 @@ them. It reads every study: --since is for --verify only (for a window of
 an archive, forwarder backfill --from source --since --until). Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
 stderr. Exit status: 0 nothing missing (or all of it queued), 3 studies
-missing and not queued, 1 a failure, 2 a usage or configuration error.
+missing and not queued (an event JetStream dropped as a duplicate, within
+EVENTS_DEDUPE_WINDOW of the original, is not queued: --destination
+queues a study again for one destination), 1 a failure, 2 a usage or
+configuration error.
 
 With --verify it asks the destination itself instead: for each study the
 destination's ledger records as forwarded within --since, it lists the
@@ -120,10 +125,19 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	fmt.Fprintf(stderr, "audit: %d studies, %d forwarded to every destination, %d still receiving (skipped), %d missing at a destination", sum.Studies, sum.Forwarded, sum.Unstable, sum.Findings)
 	if *enqueue {
 		fmt.Fprintf(stderr, ", %d enqueued", sum.Enqueued)
+		if sum.Duplicates > 0 {
+			fmt.Fprintf(stderr, ", %d not queued again: JetStream holds their event from within EVENTS_DEDUPE_WINDOW (%s)", sum.Duplicates, cfg.NATS.DedupeWindow)
+		}
 	}
 	fmt.Fprintln(stderr)
 	if sum.NotEnqueued > 0 {
 		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
+	}
+	if sum.Duplicates > 0 {
+		// Their event may still wait in the queue, or its forward failed:
+		// this run queued nothing for them.
+		return fmt.Errorf("%d studies %w and not queued again: their event is still queued, or its forward failed (forwarder replay list); --destination NAME --enqueue queues them again for that destination",
+			sum.Duplicates, ErrMissing)
 	}
 	if sum.Findings > 0 && !*enqueue {
 		return fmt.Errorf("%d studies %w (--enqueue queues them)", sum.Findings, ErrMissing)
@@ -151,9 +165,11 @@ func auditPublish(js jetstream.JetStream, tp trace.TracerProvider) func(context.
 		subject := natsjs.LaneSubject(events.PriorityLow, destination, ev.Source)
 		msgID := ev.MsgID()
 		if destination != "" {
-			// A dedupe ID of its own: the destination's copy is not the
-			// event every destination took.
-			msgID = ev.MsgID() + "/audit/" + destination
+			// A dedupe ID of its own, new each time: the destination's
+			// copy is not the event every destination took, and a run
+			// after one whose copy failed must queue it again (twice
+			// queued is harmless).
+			msgID = ev.MsgID() + "/audit/" + destination + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
 		}
 		return publishTraced(ctx, tp, "audit enqueue", "audit", destination, &low, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
 			return natsjs.PublishTo(ctx, js, subject, &low, msgID)

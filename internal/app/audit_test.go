@@ -85,3 +85,33 @@ func TestAuditSinceNeedsVerify(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditRequeuesForOneDestination: the audit's event for one
+// destination had a fixed dedupe ID, so a second run within
+// EVENTS_DEDUPE_WINDOW, after the first copy failed, queued nothing while
+// saying it did. Each run's copy is now stored.
+func TestAuditRequeuesForOneDestination(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	lanes, err := natsjs.DefaultTopology().EnsureLanes(ctx, ns.JS, []string{"ai"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.NewStudyStable("main", "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", "1.2.3", "20261126T101500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for run := range 2 {
+		ack, err := auditPublish(ns.JS, nil)(ctx, "ai", ev)
+		if err != nil || ack.Duplicate {
+			t.Fatalf("run %d: ack %+v, err %v; want the event stored", run+1, ack, err)
+		}
+	}
+	info, err := lanes["ai"][events.PriorityLow].Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumPending != 2 {
+		t.Errorf("%d events pending for ai, want 2", info.NumPending)
+	}
+}

@@ -78,7 +78,12 @@ type Summary struct {
 	Unstable int `json:"unstable"`
 	// Findings counts what is missing, a study once per destination.
 	Findings int `json:"findings"`
-	Enqueued int `json:"enqueued"`
+	// Enqueued counts the findings whose event JetStream stored;
+	// Duplicates those whose event it dropped as a duplicate of one
+	// stored within the dedupe window (still queued, or its forward
+	// failed): this run did not queue them.
+	Enqueued   int `json:"enqueued"`
+	Duplicates int `json:"duplicates,omitempty"`
 	// NotEnqueued counts findings whose event could not be published.
 	NotEnqueued int `json:"notEnqueued,omitempty"`
 }
@@ -202,6 +207,8 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 		for _, f := range findings {
 			switch {
 			case !enqueue:
+			case f.Duplicate:
+				sum.Duplicates++
 			case f.Enqueued:
 				sum.Enqueued++
 			default:

@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func publish(js jetstream.JetStream) func(context.Context, string, *events.Study
 	return func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
 		msgID := ev.MsgID()
 		if destination != "" {
-			msgID += "/audit/" + destination
+			msgID += "/audit/" + destination + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
 		}
 		return natsjs.PublishTo(ctx, js, natsjs.LaneSubject(events.PriorityLow, destination, ev.Source), ev, msgID)
 	}
@@ -170,13 +171,20 @@ func testAudit(t *testing.T, rel testharness.Release) {
 	if n := subjectCount(t, ns, natsjs.LaneSubject(events.PriorityLow, "", "src")); n != 1 {
 		t.Errorf("%d events for every destination, want 1", n)
 	}
-	// Enqueued again within the dedupe window: JetStream keeps one. (The
-	// study still receiving may have become stable meanwhile: it is new.)
-	again, _ := run(t, a, true)
+	// Enqueued again within the dedupe window: JetStream keeps one event
+	// for every destination, and counts it apart; the events for one
+	// destination have IDs of their own each time, and are queued again.
+	// (The study still receiving may have become stable meanwhile: it is
+	// new.)
+	again, sum := run(t, a, true)
 	for key := range found {
-		if f := again[key]; !f.Enqueued || !f.Duplicate {
-			t.Errorf("second --enqueue of %s: %+v, want a duplicate", key, f)
+		f := again[key]
+		if want := strings.HasSuffix(key, "/"+changed); !f.Enqueued || f.Duplicate != want {
+			t.Errorf("second --enqueue of %s: %+v, want enqueued, duplicate %v", key, f, want)
 		}
+	}
+	if sum.Duplicates != 2 || sum.Enqueued < 1 {
+		t.Errorf("second --enqueue: summary %+v, want 2 duplicates (the event for both) and at least 1 enqueued", sum)
 	}
 	for _, d := range []string{"default", "ai"} {
 		if _, ok := again[d+"/"+forwarded]; ok {
@@ -247,6 +255,34 @@ func TestAuditOfSomeDestinationsEnqueuesForThemOnly(t *testing.T) {
 		}
 		if len(published) != 1 || published[0] != want {
 			t.Errorf("some=%v: published for %q, want [%q]", some, published, want)
+		}
+	}
+}
+
+// TestAuditCountsDuplicatesApart: an event JetStream dropped as a
+// duplicate was counted as enqueued, and the audit exited 0 having
+// queued nothing; it is counted apart.
+func TestAuditCountsDuplicatesApart(t *testing.T) {
+	study := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500", IsStable: true}
+	for _, tt := range []struct {
+		duplicate bool
+		want      ledger.Summary
+	}{
+		{false, ledger.Summary{Studies: 1, Findings: 1, Enqueued: 1}},
+		{true, ledger.Summary{Studies: 1, Findings: 1, Duplicates: 1}},
+	} {
+		a, err := ledger.NewAuditor(ledger.AuditOptions{
+			Sources:      []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
+			Destinations: []ledger.Destination{{Name: "ai", Records: noRecords{}}},
+			Publish: func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
+				return &jetstream.PubAck{Duplicate: tt.duplicate}, nil
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum, err := a.Run(t.Context(), true, func(ledger.Finding) error { return nil }); err != nil || sum != tt.want {
+			t.Errorf("duplicate=%v: summary %+v, %v; want %+v", tt.duplicate, sum, err, tt.want)
 		}
 	}
 }
