@@ -18,6 +18,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 )
@@ -99,6 +100,11 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	if *enqueue {
+		if err := repairsTaken(ctx, js.JS, dests, *only == ""); err != nil {
+			return &usageError{fmt.Errorf("%s: --enqueue: %w", program, err)}
+		}
+	}
 	var as []ledger.Source
 	for _, s := range sources.List() {
 		as = append(as, ledger.Source{Name: s.Name, Orthanc: s.Client})
@@ -175,6 +181,27 @@ func auditPublish(js jetstream.JetStream, tp trace.TracerProvider) func(context.
 			return natsjs.PublishTo(ctx, js, subject, &low, msgID)
 		})
 	}
+}
+
+// repairsTaken checks, before the audit queues anything, that each
+// destination's low lane takes its repairs, as replays and backfills do
+// (requireDestination): queued without a consumer they would reach
+// nobody. everyOne: the event for every destination may be queued too
+// (no --destination), which a destination's forwarders from before lanes
+// do not take.
+func repairsTaken(ctx context.Context, js jetstream.JetStream, dests []ledger.Destination, everyOne bool) error {
+	for _, d := range dests {
+		if err := requireDestination(ctx, js, d.Name, events.PriorityLow); err != nil {
+			return err
+		}
+		if !everyOne {
+			continue
+		}
+		if err := deadletter.Taken(ctx, js, d.Name, events.PriorityLow, natsjs.LaneSubject(events.PriorityLow, "", "any-source")); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // auditReporter writes the audit's findings to stdout: one JSON object a

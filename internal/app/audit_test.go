@@ -6,7 +6,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
@@ -113,5 +118,76 @@ func TestAuditRequeuesForOneDestination(t *testing.T) {
 	}
 	if info.NumPending != 2 {
 		t.Errorf("%d events pending for ai, want 2", info.NumPending)
+	}
+}
+
+// TestAuditRepairsNeedTheLowLanesConsumer: the audit's and the verifying
+// audit's repairs were queued without checking that a consumer takes
+// them, unlike replays and backfills: with a destination's low-lane
+// consumer gone (a removal that stopped part-way, one deleted by hand)
+// they reached nobody. --enqueue is now refused before anything is
+// queued, naming the consumer.
+func TestAuditRepairsNeedTheLowLanesConsumer(t *testing.T) {
+	// Over TCP: the commands connect to NATS_URL.
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	ctx := t.Context()
+	if _, err := natsjs.DefaultTopology().EnsureLanes(ctx, srv.JS, []string{"ai", "pacs"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := natsjs.DefaultTopology().EnsureLedger(ctx, srv.JS, "ai"); err != nil {
+		t.Fatal(err)
+	}
+	low := natsjs.LaneConsumerName("ai", events.PriorityLow)
+	if err := srv.JS.DeleteConsumer(ctx, natsjs.EventStream, low); err != nil {
+		t.Fatal(err)
+	}
+	// No Orthanc and no destination answer: a command that gets past
+	// the check fails on them instead.
+	env := map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_URL": "http://127.0.0.1:1",
+		"DESTINATIONS": "ai,pacs", "DESTINATION_AI_URL": "http://127.0.0.1:1/dicom-web", "DESTINATION_PACS_URL": "http://127.0.0.1:1/dicom-web"}
+	for _, tt := range []struct {
+		args    []string
+		refused bool
+	}{
+		{[]string{"--destination", "ai", "--enqueue"}, true},
+		{[]string{"--enqueue"}, true},
+		{[]string{"--verify", "--destination", "ai", "--enqueue"}, true},
+		{[]string{"--destination", "pacs", "--enqueue"}, false},
+		{[]string{"--destination", "ai"}, false}, // lists only
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			err := RunAudit(ctx, tt.args, func(k string) string { return env[k] }, io.Discard, io.Discard)
+			refused := errors.Is(err, deadletter.ErrNoConsumer)
+			if refused != tt.refused || refused && (!errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), low)) {
+				t.Errorf("err = %v; want refused %v (a usage error naming %s)", err, tt.refused, low)
+			}
+		})
+	}
+	if info, err := srv.JS.Stream(ctx, natsjs.EventStream); err != nil || info.CachedInfo().State.Msgs != 0 {
+		t.Errorf("the event stream: %v; want nothing queued", err)
+	}
+}
+
+// TestAuditRepairsForEveryDestinationNeedLanes: a destination served by
+// forwarders from before lanes (one consumer taking the routine subjects
+// and its own) takes the audit's repairs for it alone, but not the low
+// lane's event for every destination: the audit without --destination
+// refuses to queue it rather than lose it.
+func TestAuditRepairsForEveryDestinationNeedLanes(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	if _, err := ns.JS.CreateConsumer(ctx, natsjs.EventStream, jetstream.ConsumerConfig{
+		Durable:        natsjs.ConsumerName("old"),
+		FilterSubjects: []string{natsjs.EventSubject("*"), natsjs.DestinationSubject("old", "*")},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dests := []ledger.Destination{{Name: "old"}}
+	if err := repairsTaken(ctx, ns.JS, dests, false); err != nil {
+		t.Errorf("repairs for old alone: %v, want taken", err)
+	}
+	if err := repairsTaken(ctx, ns.JS, dests, true); !errors.Is(err, deadletter.ErrNoConsumer) {
+		t.Errorf("repairs for every destination: %v, want ErrNoConsumer", err)
 	}
 }

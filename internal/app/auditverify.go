@@ -79,6 +79,11 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	if err != nil {
 		return err
 	}
+	if a.enqueue {
+		if err := requireDestination(ctx, js.JS, dest.Name, events.PriorityLow); err != nil {
+			return &usageError{fmt.Errorf("%s: --enqueue: %w", program, err)}
+		}
+	}
 	opts := ledger.VerifyOptions{
 		Destination: dest.Name,
 		Ledger:      l,
