@@ -65,6 +65,11 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if done, err := parseCommand(fs, auditUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
 		return err
 	}
+	if *only == "" && flagSet(fs, "destination") {
+		// --destination "$D" with $D unset would audit, and queue for,
+		// every destination.
+		return &usageError{fmt.Errorf("%s: --destination: empty: give a destination or leave the flag out", program)}
+	}
 	if !*verify && flagSet(fs, "since") {
 		// Only --verify reads it: an audit that took it for a window
 		// would look at every study all the same.

@@ -71,21 +71,28 @@ func TestAuditRepairsGoInTheLowLane(t *testing.T) {
 	}
 }
 
-// TestAuditSinceNeedsVerify: the plain audit took --since and audited
-// every study all the same; it is refused, naming the flag.
-func TestAuditSinceNeedsVerify(t *testing.T) {
+// TestAuditRefusesItsCommandLine: the plain audit took --since and
+// audited every study all the same, and took --destination "" (a
+// script's unset variable) for every destination; both are refused,
+// naming the flag.
+func TestAuditRefusesItsCommandLine(t *testing.T) {
 	// Nothing to reach: a refused command line stops before any
 	// connection.
 	env := map[string]string{"NATS_URL": "nats://127.0.0.1:1", "ORTHANC_URL": "http://127.0.0.1:1"}
-	for _, args := range [][]string{
-		{"--since", "7d"},
-		{"--since", "7d", "--enqueue"},
-		{"--destination", "ai", "--since=36h"},
+	for _, tt := range []struct {
+		args  []string
+		names string
+	}{
+		{[]string{"--since", "7d"}, "--since"},
+		{[]string{"--since", "7d", "--enqueue"}, "--since"},
+		{[]string{"--destination", "ai", "--since=36h"}, "--since"},
+		{[]string{"--destination", "", "--enqueue"}, "--destination: empty"},
+		{[]string{"--destination=", "--verify"}, "--destination: empty"},
 	} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
-			err := RunAudit(t.Context(), args, func(k string) string { return env[k] }, io.Discard, io.Discard)
-			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--since") {
-				t.Errorf("err = %v, want a usage error naming --since", err)
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			err := RunAudit(t.Context(), tt.args, func(k string) string { return env[k] }, io.Discard, io.Discard)
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.names) {
+				t.Errorf("err = %v, want a usage error naming %s", err, tt.names)
 			}
 		})
 	}

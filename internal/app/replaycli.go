@@ -282,6 +282,11 @@ func parseReforward(args []string) (replayCommand, error) {
 	if err := parseReplayFlags(fs, args); err != nil {
 		return nil, err
 	}
+	if blank := blankFlags(fs); len(blank) > 0 {
+		// --destination "$D" with $D unset would re-forward to every
+		// destination.
+		return nil, usagef("reforward: %s: empty: give a value or leave the flag out", strings.Join(blank, ", "))
+	}
 	lane, err := events.ParsePriority(*priority)
 	if err != nil {
 		return nil, usagef("reforward: --priority: %w", err)

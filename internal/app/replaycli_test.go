@@ -149,6 +149,7 @@ func TestReplayArgumentErrors(t *testing.T) {
 		{[]string{"reforward", "--since", "2026-01-02", "--until", "2026-01-01"}, "--until must be after --since"},
 		{[]string{"reforward", "--since", "2026-01-01", "extra"}, `unexpected argument "extra"`},
 		{[]string{"reforward", "--since", "2026-01-01", "--priority", "urgent"}, `--priority: priority "urgent"`},
+		{[]string{"reforward", "--since", "2026-01-01", "--destination", ""}, "--destination: empty"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(append([]string{"replay"}, tt.args...), " "), func(t *testing.T) {

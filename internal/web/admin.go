@@ -305,11 +305,12 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 }
 
 type reforwardRequest struct {
-	// Destination, if set, re-forwards to that destination only.
-	Destination string `json:"destination"`
-	Since       string `json:"since"`
-	Until       string `json:"until"`
-	DryRun      bool   `json:"dryRun"`
+	// Destination, if set, re-forwards to that destination only; given
+	// empty it is refused, not taken for every destination.
+	Destination *string `json:"destination"`
+	Since       string  `json:"since"`
+	Until       string  `json:"until"`
+	DryRun      bool    `json:"dryRun"`
 }
 
 func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
@@ -321,9 +322,17 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "since: is required")
 		return
 	}
-	if req.Destination != "" && !slices.Contains(a.Destinations, req.Destination) {
-		WriteError(w, http.StatusBadRequest, "destination: "+strconv.Quote(req.Destination)+" is not a configured destination ("+strings.Join(a.Destinations, ", ")+")")
-		return
+	var destination string
+	if req.Destination != nil {
+		destination = *req.Destination
+		if destination == "" {
+			WriteError(w, http.StatusBadRequest, "destination: empty: give a destination, or leave it out to re-forward to every destination")
+			return
+		}
+		if !slices.Contains(a.Destinations, destination) {
+			WriteError(w, http.StatusBadRequest, "destination: "+strconv.Quote(destination)+" is not a configured destination ("+strings.Join(a.Destinations, ", ")+")")
+			return
+		}
 	}
 	since, err := deadletter.ParseTime(req.Since)
 	if err != nil {
@@ -341,7 +350,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	evs, err := deadletter.Reforward(r.Context(), a.JS, req.Destination, since, until, req.DryRun)
+	evs, err := deadletter.Reforward(r.Context(), a.JS, destination, since, until, req.DryRun)
 	count := len(evs)
 	// The first maxSummaries events only, as a replay's letters: a window
 	// of a busy week holds tens of thousands. A copy of them, so that the
@@ -359,7 +368,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !req.DryRun {
-		a.Log.Info("events re-forwarded through the admin API", "count", count, "destination", req.Destination, "remote", r.RemoteAddr, "client", clientIP(r, a.TrustedProxies))
+		a.Log.Info("events re-forwarded through the admin API", "count", count, "destination", destination, "remote", r.RemoteAddr, "client", clientIP(r, a.TrustedProxies))
 	}
 	answerLate(w, http.StatusOK, answer)
 }

@@ -594,6 +594,7 @@ func TestAdminRefusesAFilterGivenEmpty(t *testing.T) {
 		{http.MethodPost, "/admin/deadletters/replay", `{"destination":"default","orthancStudyId":""}`, "orthancStudyId: empty"},
 		{http.MethodPost, "/admin/deadletters/purge", `{"seq":"","all":true}`, "seq: empty"},
 		{http.MethodGet, "/admin/deadletters?destination=default&study=", "", "study: empty"},
+		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":"","dryRun":true}`, "destination: empty"},
 	} {
 		req := httptest.NewRequest(tt.method, tt.path, strings.NewReader(tt.body))
 		req.Header.Set("Authorization", "Bearer "+token)
