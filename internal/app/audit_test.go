@@ -3,8 +3,10 @@ package app
 import (
 	"errors"
 	"io"
+	"maps"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
@@ -53,21 +55,31 @@ func TestAuditRepairsGoInTheLowLane(t *testing.T) {
 			t.Errorf("the webhook's copy of the audit's event was stored again (seq %d): the dedupe ID depends on the lane", ack.Sequence)
 		}
 	}
-	for _, tt := range []struct {
-		lane events.Priority
-		want uint64
-	}{
-		{events.PriorityStat, 0},
-		{events.PriorityRoutine, 0},
-		{events.PriorityLow, 2},
-	} {
-		info, err := lanes["ai"][tt.lane].Info(ctx)
-		if err != nil {
-			t.Fatal(err)
+	waitPending(t, lanes["ai"], map[events.Priority]uint64{events.PriorityStat: 0, events.PriorityRoutine: 0, events.PriorityLow: 2})
+}
+
+// waitPending waits until the lanes' consumers count want pending
+// events, all at once: the server counts a stored event for its
+// consumers after it acknowledged it.
+func waitPending(t *testing.T, lanes map[events.Priority]jetstream.Consumer, want map[events.Priority]uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := map[events.Priority]uint64{}
+		for lane := range want {
+			info, err := lanes[lane].Info(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[lane] = info.NumPending
 		}
-		if info.NumPending != tt.want {
-			t.Errorf("lane %s: %d events pending, want %d", tt.lane, info.NumPending, tt.want)
+		if maps.Equal(got, want) {
+			return
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events pending by lane: %v, want %v", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -119,13 +131,7 @@ func TestAuditRequeuesForOneDestination(t *testing.T) {
 			t.Fatalf("run %d: ack %+v, err %v; want the event stored", run+1, ack, err)
 		}
 	}
-	info, err := lanes["ai"][events.PriorityLow].Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.NumPending != 2 {
-		t.Errorf("%d events pending for ai, want 2", info.NumPending)
-	}
+	waitPending(t, lanes["ai"], map[events.Priority]uint64{events.PriorityLow: 2})
 }
 
 // TestAuditRepairsNeedTheLowLanesConsumer: the audit's and the verifying
