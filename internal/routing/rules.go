@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/cel-go/cel"
 	"github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/operators"
 	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/ext"
 )
@@ -131,7 +132,44 @@ func compile(env *cel.Env, expr string) (*cel.Ast, error) {
 	if checked.OutputType() != cel.BoolType {
 		return nil, fmt.Errorf("the rule must be true or false, not %s", checked.OutputType())
 	}
+	if err := refuseIndexedFacts(checked); err != nil {
+		return nil, err
+	}
 	return checked, nil
+}
+
+// refuseIndexedFacts refuses a rule that reads a fact by a name in
+// brackets (dyn(study)['callingAets'], dyn(study)[source]): cel-go lets it
+// index the study or instance, but the rules decide what to read from
+// Orthanc by the field selections (selects), so such a fact would be
+// empty and the rule decide silently. Only a key that may be a string on
+// a value that may be the study or instance (dyn) is refused: a list's
+// index and a map literal's key are not facts.
+func refuseIndexedFacts(checked *cel.Ast) error {
+	a := checked.NativeRep()
+	var err error
+	ast.PreOrderVisit(a.Expr(), ast.NewExprVisitor(func(e ast.Expr) {
+		if err != nil || e.Kind() != ast.CallKind {
+			return
+		}
+		c := e.AsCall()
+		if (c.FunctionName() != operators.Index && c.FunctionName() != operators.OptIndex) || len(c.Args()) != 2 {
+			return
+		}
+		switch a.GetType(c.Args()[0].ID()).Kind() {
+		case types.DynKind, types.StructKind:
+		default:
+			return
+		}
+		switch a.GetType(c.Args()[1].ID()).Kind() {
+		case types.IntKind, types.UintKind:
+			return
+		}
+		loc := a.SourceInfo().GetStartLocation(e.ID())
+		err = fmt.Errorf("%d:%d: a fact read by a name in brackets is not supported: write study.callingAets, not dyn(study)['callingAets']",
+			loc.Line(), loc.Column()+1)
+	}))
+	return err
 }
 
 // selects reports whether the checked expression reads any of fields.

@@ -50,6 +50,11 @@ func TestBadRulesFailAtCompile(t *testing.T) {
 		{"source ==", "1:10"},
 		{"sauce == 'x'", "undeclared reference to 'sauce'"},
 		{"study.description.matches('[')", "invalid matches argument"},
+		// Read by a name in brackets, the fact would be empty: the
+		// metadata is read only for rules that select its fields.
+		{"'ER' in dyn(study)['callingAets']", "1:19: a fact read by a name in brackets"},
+		{"dyn(study)[source] == ['ER']", "1:11: a fact read by a name in brackets"},
+		{"dyn(study)[dyn('sopClasses')] == []", "a fact read by a name in brackets"},
 	} {
 		_, err := CompileStudyRule(tt.rule)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -58,6 +63,15 @@ func TestBadRulesFailAtCompile(t *testing.T) {
 	}
 	if _, err := CompileInstanceRule("instance.sopClass == 'x'"); err == nil || !strings.Contains(err.Error(), "undefined field 'sopClass'") {
 		t.Errorf("instance rule with a misspelt field: err = %v", err)
+	}
+	if _, err := CompileInstanceRule("dyn(instance)['callingAet'] == 'ER'"); err == nil || !strings.Contains(err.Error(), "in brackets") {
+		t.Errorf("instance rule reading a fact in brackets: err = %v", err)
+	}
+	// Indexes that read no fact by name still compile.
+	for _, rule := range []string{"study.modalities[0] == 'CT'", "dyn(study.modalities)[0] == 'CT'", "{'a': 'CT'}['a'] in study.modalities", "dyn(study).callingAets.size() > 0"} {
+		if _, err := CompileStudyRule(rule); err != nil {
+			t.Errorf("%q: %v", rule, err)
+		}
 	}
 }
 
