@@ -61,6 +61,16 @@ type StudyRule struct {
 	prg         cel.Program
 	perInstance bool // reads callingAets or sopClasses: instance metadata
 	counts      bool // reads instances
+	// partial evaluates the rule with perInstanceFacts unknown, for a
+	// rule that reads them (matchWithoutMetadata).
+	partial cel.Program
+}
+
+// perInstanceFacts are the study's facts that take one request per
+// instance: a partial evaluation sees them unknown.
+var perInstanceFacts = []*cel.AttributePatternType{
+	cel.AttributePattern("study").QualString("callingAets"),
+	cel.AttributePattern("study").QualString("sopClasses"),
 }
 
 // InstanceRule selects instances of a selected study. The zero rule
@@ -94,7 +104,13 @@ func CompileStudyRule(expr string) (*StudyRule, error) {
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
 	}
-	return &StudyRule{prg: prg, perInstance: selects(checked, "callingAets", "sopClasses"), counts: selects(checked, "instances")}, nil
+	r := &StudyRule{prg: prg, perInstance: selects(checked, "callingAets", "sopClasses"), counts: selects(checked, "instances")}
+	if r.perInstance {
+		if r.partial, err = env.Program(checked, cel.CostLimit(CostLimit), cel.EvalOptions(cel.OptPartialEval)); err != nil {
+			return nil, fmt.Errorf("routing: %w", err)
+		}
+	}
+	return r, nil
 }
 
 // CompileInstanceRule compiles an instance rule: a boolean CEL expression
@@ -205,6 +221,27 @@ func (r *StudyRule) Match(source string, s *Study) (bool, error) {
 		return true, nil
 	}
 	return eval(r.prg, map[string]any{"source": source, "study": s})
+}
+
+// matchWithoutMetadata evaluates the rule with the facts read from every
+// instance's metadata unknown. decided says the result does not depend on
+// them (CEL's partial evaluation: 'ER' in study.callingAets || x is true
+// whatever the AE titles when x is). Undecided, or failed, the full
+// evaluation tells.
+func (r *StudyRule) matchWithoutMetadata(source string, s *Study) (ok, decided bool) {
+	if r == nil || r.partial == nil {
+		return false, false
+	}
+	vars, err := cel.PartialVars(map[string]any{"source": source, "study": s}, perInstanceFacts...)
+	if err != nil {
+		return false, false
+	}
+	out, _, err := r.partial.Eval(vars)
+	if err != nil {
+		return false, false
+	}
+	b, decided := out.(types.Bool)
+	return bool(b), decided
 }
 
 // All reports whether the rule selects every instance without looking.

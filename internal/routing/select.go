@@ -47,11 +47,8 @@ func (r Route) Select(ctx context.Context, o Orthanc, source, studyID string, in
 	if r.Study.All() && r.Instance.All() {
 		return instances, nil
 	}
-	facts, instances, meta, err := readFacts(ctx, o, studyID, instances, r.Study.NeedsInstances() || r.Instance.NeedsMetadata())
-	if err != nil {
-		return nil, err
-	}
-	if ok, err := r.Study.matchFacts(source, facts, instances, meta); err != nil || !ok {
+	ok, facts, instances, meta, err := r.Study.decide(ctx, o, source, studyID, instances, r.Instance.NeedsMetadata())
+	if err != nil || !ok {
 		return nil, err
 	}
 	if r.Instance.All() {
@@ -76,33 +73,42 @@ func (r Route) Select(ctx context.Context, o Orthanc, source, studyID string, in
 }
 
 // Selects reports whether the study rule selects a study, reading what
-// it needs: the study's facts, and its instances' metadata when it reads
-// NeedsInstances' facts. instances may be nil for a rule that does not
-// NeedsInstanceList.
+// it needs: the study's facts, and its instances' metadata when the
+// result depends on NeedsInstances' facts. instances may be nil for a
+// rule that does not NeedsInstanceList.
 func (r *StudyRule) Selects(ctx context.Context, o Orthanc, source, studyID string, instances []orthancapi.Instance) (bool, error) {
 	if r.All() {
 		return true, nil
 	}
-	facts, instances, meta, err := readFacts(ctx, o, studyID, instances, r.NeedsInstances())
-	if err != nil {
-		return false, err
-	}
-	return r.matchFacts(source, facts, instances, meta)
+	ok, _, _, _, err := r.decide(ctx, o, source, studyID, instances, false)
+	return ok, err
 }
 
-// readFacts reads what the rules see of a study: its facts, and with
-// withMeta its instances' metadata (readMetadata: the instances deleted
-// meanwhile are left out of both).
-func readFacts(ctx context.Context, o Orthanc, studyID string, instances []orthancapi.Instance, withMeta bool) (orthancapi.StudyFacts, []orthancapi.Instance, []orthancapi.InstanceMetadata, error) {
+// decide reads the study's facts and evaluates the rule. The instances'
+// metadata, one request per instance (thousands for a CT), is read only
+// when the rule's result depends on it, or with withMeta (an instance
+// rule needs it) for a study the rule selects. It returns what it read
+// (readMetadata: the instances deleted meanwhile are left out of both).
+func (r *StudyRule) decide(ctx context.Context, o Orthanc, source, studyID string, instances []orthancapi.Instance, withMeta bool) (bool, orthancapi.StudyFacts, []orthancapi.Instance, []orthancapi.InstanceMetadata, error) {
 	facts, err := o.StudyFacts(ctx, studyID)
 	if err != nil {
-		return facts, nil, nil, fmt.Errorf("read study %s for its routing rules: %w", studyID, err)
+		return false, facts, nil, nil, fmt.Errorf("read study %s for its routing rules: %w", studyID, err)
 	}
-	if !withMeta {
-		return facts, instances, nil, nil
+	if r.NeedsInstances() {
+		if ok, decided := r.matchWithoutMetadata(source, study(facts, instances, nil)); decided && (!ok || !withMeta) {
+			return ok, facts, instances, nil, nil
+		}
+	}
+	if !withMeta && !r.NeedsInstances() {
+		ok, err := r.matchFacts(source, facts, instances, nil)
+		return ok, facts, instances, nil, err
 	}
 	instances, meta, err := readMetadata(ctx, o, instances)
-	return facts, instances, meta, err
+	if err != nil {
+		return false, facts, nil, nil, err
+	}
+	ok, err := r.matchFacts(source, facts, instances, meta)
+	return ok, facts, instances, meta, err
 }
 
 // matchFacts evaluates the rule on what was read; a failure is a

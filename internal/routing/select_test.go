@@ -108,7 +108,7 @@ func TestSelect(t *testing.T) {
 // classes.
 func TestStudyRuleSelects(t *testing.T) {
 	o := studyOrthanc{
-		facts: orthancapi.StudyFacts{Series: map[string]orthancapi.SeriesFacts{"s1": {Modality: "MR"}}},
+		facts: orthancapi.StudyFacts{Description: "STAT trauma", Series: map[string]orthancapi.SeriesFacts{"s1": {Modality: "MR"}}},
 		meta:  map[string]orthancapi.InstanceMetadata{"i0": {RemoteAET: "CT1"}, "i1": {RemoteAET: "ER"}, "i2": {RemoteAET: "CT1"}},
 	}
 	for _, tt := range []struct {
@@ -122,6 +122,19 @@ func TestStudyRuleSelects(t *testing.T) {
 		{"study.instances > 2", true, false, instancesOf(3), true},
 		{"'ER' in study.callingAets", true, true, instancesOf(3), true},
 		{"'ER' in study.callingAets", true, true, instancesOf(1), false},
+		// The metadata is read only when the result depends on it: a
+		// 3,000-instance CT whose description already decides is not
+		// read instance by instance (PRIORITY_RULE's 5 s).
+		{"study.description.contains('STAT') || 'ER' in study.callingAets", true, false, instancesOf(3), true},
+		{"'ER' in study.callingAets || study.description.contains('STAT')", true, false, instancesOf(3), true},
+		{"study.description.contains('Head') && 'ER' in study.callingAets", true, false, instancesOf(3), false},
+		{"study.description.contains('STAT') && 'ER' in study.callingAets", true, true, instancesOf(3), true},
+		{"study.description.contains('STAT') && 'ER' in study.callingAets", true, true, instancesOf(1), false},
+		{"study.description.contains('Head') || 'ER' in study.callingAets", true, true, instancesOf(3), true},
+		// Failing without the metadata, the rule is evaluated with it.
+		{"study.callingAets.size() > 0 || study.modalities[1] == 'CT'", true, true, instancesOf(3), true},
+		// The whole study handed to a function depends on the metadata.
+		{"'ER' in dyn(study).callingAets || study.description == 'x'", true, true, instancesOf(3), true},
 	} {
 		o.reads = &atomic.Int32{}
 		r, err := CompileStudyRule(tt.rule)
@@ -137,5 +150,50 @@ func TestStudyRuleSelects(t *testing.T) {
 		if read := o.reads.Load() > 0; read != tt.meta {
 			t.Errorf("%s: metadata read %v, want %v", tt.rule, read, tt.meta)
 		}
+	}
+}
+
+// A destination's study rule that its cheap facts decide reads no
+// metadata for an unselected study, even when the instance rule reads it.
+func TestSelectReadsMetadataOnlyWhenItDecides(t *testing.T) {
+	o := studyOrthanc{
+		facts: orthancapi.StudyFacts{Description: "Chest", Series: map[string]orthancapi.SeriesFacts{"s1": {Modality: "CT"}}},
+		meta: map[string]orthancapi.InstanceMetadata{
+			"i0": {RemoteAET: "ER", SOPClassUID: "1.2.840.10008.5.1.4.1.1.2"},
+			"i1": {RemoteAET: "ER", SOPClassUID: "1.2.840.10008.5.1.4.1.1.88.67"},
+		},
+	}
+	for _, tt := range []struct {
+		name, study, inst string
+		want              []string
+		reads             int32
+	}{
+		{"not selected by its description", "study.description == 'Head' && 'ER' in study.callingAets", "instance.sopClassUid.endsWith('.67')", nil, 0},
+		{"selected by its description", "study.description == 'Chest' || 'ER' in study.callingAets", "", []string{"i0", "i1"}, 0},
+		{"selected, the instance rule reads the metadata", "study.description == 'Chest' || 'ER' in study.callingAets", "instance.sopClassUid.endsWith('.67')", []string{"i1"}, 2},
+		{"the description does not decide", "study.description == 'Chest' && 'ER' in study.callingAets", "", []string{"i0", "i1"}, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			study, err := CompileStudyRule(tt.study)
+			if err != nil {
+				t.Fatal(err)
+			}
+			inst, err := CompileInstanceRule(tt.inst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.reads = &atomic.Int32{}
+			got, err := Route{Study: study, Instance: inst}.Select(context.Background(), o, "main", "st", instancesOf(2))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, in := range got {
+				ids = append(ids, in.ID)
+			}
+			if !slices.Equal(ids, tt.want) || o.reads.Load() != tt.reads {
+				t.Errorf("selected %v with %d metadata reads, want %v with %d", ids, o.reads.Load(), tt.want, tt.reads)
+			}
+		})
 	}
 }
