@@ -11,7 +11,7 @@ import (
 // Priority configures how the ingest picks an event's lane
 // (docs/priority-lanes.md).
 type Priority struct {
-	Rule string `env:"PRIORITY_RULE" desc:"CEL rule over the study (the variables of DESTINATION_<NAME>_MATCH: source, study.description, study.modalities, study.callingAets, ...); a study it is true for goes in the stat lane, ahead of routine studies and backfills. Only for events that name no priority (the Lua script's Stowline.Priority or StowlinePriority hook); reads the study from its source Orthanc (ORTHANC_URL or ORTHANC_<NAME>_URL). A rule that fails on a study leaves it routine. Example: study.description.contains('STAT') || 'ER' in study.callingAets"`
+	Rule string `env:"PRIORITY_RULE" desc:"CEL rule over the study (the variables of DESTINATION_<NAME>_MATCH: source, study.description, study.modalities, study.callingAets, ...); a study it is true for goes in the stat lane, ahead of routine studies and backfills. Only for events that name no priority (the Lua script's Stowline.Priority or StowlinePriority hook); reads the study from its source Orthanc (ORTHANC_URL or ORTHANC_<NAME>_URL). A rule that fails on a study leaves it routine. Example: study.description.contains('STAT') || study.description.contains('TRAUMA') (prefer the description and modalities: callingAets and sopClasses read every instance's metadata)"`
 }
 
 // Lanes configures the forwarders' priority lanes.
