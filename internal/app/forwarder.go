@@ -178,13 +178,6 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		}
 	}
 
-	if len(r.limiters) > 0 {
-		g.Go(named("bandwidth share", func() error {
-			shareBandwidth(drained, p, tracker.ID(), r.limiters, log)
-			return nil
-		}))
-	}
-
 	router := newRouter()
 	web.MountHealth(router, reg, checks)
 	if p.status.adminToken != "" {
@@ -197,17 +190,25 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if err := serveHTTP(ctx, g, "forwarder", "FORWARDER_ADDR", fc.Addr, router, p.serverTLS, HTTPShutdownGrace, log, nil); err != nil {
 		return err
 	}
-	byName := map[string]*forward.Forwarder{}
+	replicas, err := newReplicasGauge(reg)
+	if err != nil {
+		return err
+	}
+	limits := map[string][]replicaLimit{}
 	for i, fw := range forwarders {
-		byName[opts[i].DestinationName] = fw
+		name := opts[i].DestinationName
+		limits[name] = append(limits[name], fw)
+		if l := r.limiters[name]; l != nil {
+			limits[name] = append(limits[name], bandwidthShare{limiter: l, destination: name, log: log})
+		}
 		running.Add(1)
-		g.Go(named("forwarder "+opts[i].DestinationName, func() error {
+		g.Go(named("forwarder "+name, func() error {
 			defer running.Done()
 			return fw.Run(ctx)
 		}))
 	}
-	g.Go(named("request limit share", func() error {
-		return shareRequestLimits(drained, p.status, byName, status.ShareInterval, log)
+	g.Go(named("replica shares", func() error {
+		return shareLimits(drained, p.status, limits, replicas, status.ShareInterval, log)
 	}))
 	return nil
 }
@@ -424,57 +425,6 @@ func watchMaxDeliver(ctx context.Context, p *process, destination string, reg pr
 		context.AfterFunc(ctx, stop)
 	}
 	return nil
-}
-
-// shareBandwidth gives each destination's bandwidth cap an equal share per
-// live replica serving it, as the status bucket lists them (refreshed every
-// status.ShareInterval; a replica that died drops off within the bucket's
-// TTL), so K replicas together stay within the cap. Until the first count,
-// and when the bucket cannot be read, the last share stays.
-func shareBandwidth(ctx context.Context, p *process, self string, limiters map[string]*bandwidth.Limiter, log *slog.Logger) {
-	tick := time.NewTicker(status.ShareInterval)
-	defer tick.Stop()
-	for {
-		rctx, cancel := context.WithTimeout(ctx, status.ShareInterval)
-		snaps, err := status.ReadShared(rctx, p.conn.JS)
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			log.Debug("bandwidth share: cannot count the replicas; the last share stays", "err", err)
-		}
-		if err == nil {
-			for name, l := range limiters {
-				n := replicasServing(snaps, name, self)
-				before := l.Rate()
-				l.SetReplicas(n)
-				if l.Rate() != before {
-					log.Info("bandwidth share changed", "destination", name, "replicas", n, "bytes_per_second", l.Rate())
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
-}
-
-// replicasServing counts the forwarder processes whose snapshot lists the
-// destination, this one (self) always included.
-func replicasServing(snaps []status.Snapshot, destination, self string) int {
-	n := 1
-	for _, s := range snaps {
-		if s.ID == self {
-			continue
-		}
-		for _, t := range s.Tokens {
-			if t.Destination == destination {
-				n++
-				break
-			}
-		}
-	}
-	return n
 }
 
 // laneWindows is FORWARD_WINDOWS as the forwarders ask it.

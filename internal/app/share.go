@@ -5,32 +5,74 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/stowline/stowline/internal/forward"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/bandwidth"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/repeatlog"
 	"github.com/stowline/stowline/internal/status"
 )
 
-// shareRequestLimits splits each destination's STOW_PARALLEL_REQUESTS
-// between the forwarder processes serving it, so that K replicas do not
-// keep K times the ceiling in flight: every interval it counts the live
+// replicaLimit is a destination's limit that the forwarder processes
+// serving it share: its STOW_PARALLEL_REQUESTS (forward.Forwarder), its
+// STOW_MAX_BYTES_PER_SECOND (bandwidthShare).
+type replicaLimit interface{ SetReplicas(n int) }
+
+// shareFailuresWarned is how many reads of the status bucket in a row
+// fail before it is warned about: one or two fail while a NATS cluster
+// elects the bucket's leader.
+const shareFailuresWarned = 3
+
+// newReplicasGauge is stowline_forwarder_replicas, registered in reg.
+func newReplicasGauge(reg prometheus.Registerer) (*prometheus.GaugeVec, error) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stowline_forwarder_replicas",
+		Help: "Forwarder processes serving the destination, this one included, as this process last counted them in the status bucket; it takes 1/this of STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND.",
+	}, []string{"destination"})
+	return g, reg.Register(g)
+}
+
+// shareLimits splits each destination's shared limits between the
+// forwarder processes serving it, so that K replicas do not take K times
+// the ceiling or the bandwidth cap: every interval it counts the live
 // processes in the status bucket whose snapshot lists the destination
-// (this one included) and sets each forwarder's share. Reading the bucket
-// may fail; the last share then stays.
-func shareRequestLimits(ctx context.Context, s *statusWiring, fws map[string]*forward.Forwarder, interval time.Duration, log *slog.Logger) error {
+// (this one included) and sets each limit's share, and replicas. Reading
+// the bucket may fail; the last share then stays (the whole limit until a
+// first count), so a run of failures is warned about.
+func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]replicaLimit, replicas *prometheus.GaugeVec, interval time.Duration, log *slog.Logger) error {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	failed := &repeatlog.Failures{Every: time.Minute}
+	for name := range limits {
+		replicas.WithLabelValues(name).Set(1)
+	}
 	for {
 		rctx, cancel := context.WithTimeout(ctx, interval)
 		snaps, err := s.forwarders(rctx)
 		cancel()
 		// The list always holds this process's own snapshot: only a
 		// complete read counts the others.
-		if err == nil {
-			replicas := replicasByDestination(snaps)
-			for name, fw := range fws {
-				fw.SetReplicas(max(replicas[name], 1))
+		switch {
+		case err == nil:
+			if n := failed.Succeeded(); n >= shareFailuresWarned {
+				log.Info("status: the replicas serving each destination are counted again; their shares of the limits are set", "bucket", natsjs.StatusBucket, "failed_reads", n)
 			}
-		} else if ctx.Err() == nil {
-			log.Debug("cannot count the replicas serving each destination; their share of STOW_PARALLEL_REQUESTS stays", "err", err)
+			counted := replicasByDestination(snaps)
+			for name, ls := range limits {
+				n := max(counted[name], 1)
+				replicas.WithLabelValues(name).Set(float64(n))
+				for _, l := range ls {
+					l.SetReplicas(n)
+				}
+			}
+		case ctx.Err() == nil:
+			n, again := failed.Failed()
+			if n < shareFailuresWarned || (n > shareFailuresWarned && !again) {
+				log.Debug("status: cannot count the replicas serving each destination; the last share of the limits stays", "err", err)
+				break
+			}
+			log.Warn("status: cannot count the replicas serving each destination in the status bucket, so this forwarder keeps its last share of STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND (the whole of each before a first count) and the replicas together may exceed them; if it lasts, the likely cause is a NATS permission block without $JS.API.CONSUMER.CREATE, DELETE and MSG.NEXT of KV_stowline_forwarders.> (docs/nats-permissions.md)",
+				"bucket", natsjs.StatusBucket, "failed_reads", n, "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -45,9 +87,29 @@ func shareRequestLimits(ctx context.Context, s *statusWiring, fws map[string]*fo
 func replicasByDestination(snaps []status.Snapshot) map[string]int {
 	n := map[string]int{}
 	for _, s := range snaps {
+		seen := map[string]bool{}
 		for _, t := range s.Tokens {
-			n[t.Destination]++
+			if !seen[t.Destination] {
+				seen[t.Destination] = true
+				n[t.Destination]++
+			}
 		}
 	}
 	return n
+}
+
+// bandwidthShare is a destination's bandwidth cap as shared by the
+// replicas; its new share is logged.
+type bandwidthShare struct {
+	limiter     *bandwidth.Limiter
+	destination string
+	log         *slog.Logger
+}
+
+func (b bandwidthShare) SetReplicas(n int) {
+	before := b.limiter.Rate()
+	b.limiter.SetReplicas(n)
+	if b.limiter.Rate() != before {
+		b.log.Info("bandwidth share changed", "destination", b.destination, "replicas", n, "bytes_per_second", b.limiter.Rate())
+	}
 }

@@ -3,21 +3,28 @@ package app
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 func TestReplicasByDestination(t *testing.T) {
 	snaps := []status.Snapshot{
-		{ID: "a", Tokens: []status.TokenStatus{{Destination: "archive"}, {Destination: "ai"}}},
+		{ID: "a", Tokens: []status.TokenStatus{{Destination: "archive"}, {Destination: "ai"}, {Destination: "ai"}}},
 		{ID: "b", Tokens: []status.TokenStatus{{Destination: "archive"}}},
 		{ID: "c", Tokens: []status.TokenStatus{{Destination: "archive"}}},
 	}
@@ -93,4 +100,111 @@ func TestStatusBucketLostIsCreatedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	counted(2, 3*status.ShareInterval)
+}
+
+// recordedLimit is a shared limit that keeps the replicas it was given.
+type recordedLimit struct{ replicas atomic.Int64 }
+
+func (l *recordedLimit) SetReplicas(n int) { l.replicas.Store(int64(n)) }
+
+// A forwarder whose NATS user may not read the status bucket (a
+// hand-written permission block without the bucket's CONSUMER entries)
+// cannot count the other replicas and keeps the whole of each shared
+// limit: it says so at warn, naming the permission, rather than at debug
+// only; stowline_forwarder_replicas shows what it counted.
+func TestShareLimitsWithoutReadingTheBucket(t *testing.T) {
+	tests := []struct {
+		name     string
+		deny     []string
+		replicas float64 // counted
+		share    int64   // the replicas given to the limits; 0: none, the whole limit kept
+		warned   bool
+	}{
+		{"permitted", nil, 2, 2, false},
+		{"no consumer of the status bucket", []string{"$JS.API.CONSUMER.*.KV_stowline_forwarders.>"}, 1, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "authz", Port: -1,
+				Configure: func(o *server.Options) {
+					o.Users = []*server.User{
+						{Username: "other", Password: "other-password"},
+						{Username: "forwarder", Password: "forwarder-password", Permissions: &server.Permissions{
+							Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: tt.deny},
+						}},
+					}
+				}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(srv.Shutdown)
+			quiet := slog.New(slog.DiscardHandler)
+			connect := func(user, password string) *natsjs.Conn {
+				t.Helper()
+				conn, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, quiet)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(conn.Close)
+				return conn
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			var g errgroup.Group
+			t.Cleanup(func() { cancel(); _ = g.Wait() })
+			track := func(conn *natsjs.Conn) *statusWiring {
+				t.Helper()
+				s := newStatusWiring(conn, config.Admin{}, false, quiet)
+				tw, err := status.NewTokenWatch("archive", "dicom.example.org", "", false, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.track(ctx, &g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, quiet); err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+			track(connect("other", "other-password")) // another replica, in the bucket
+			s := track(connect("forwarder", "forwarder-password"))
+
+			logs := &testharness.LogBuffer{}
+			log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			replicas, err := newReplicasGauge(prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			limit := &recordedLimit{}
+			g.Go(func() error {
+				return shareLimits(ctx, s, map[string][]replicaLimit{"archive": {limit}}, replicas, 200*time.Millisecond, log)
+			})
+			counted := func() float64 { return testutil.ToFloat64(replicas.WithLabelValues("archive")) }
+			warned := func() bool {
+				for line := range strings.Lines(logs.String()) {
+					if strings.Contains(line, "level=WARN") && strings.Contains(line, "KV_stowline_forwarders") &&
+						strings.Contains(line, "failed_reads=3") {
+						return true
+					}
+				}
+				return false
+			}
+			// Each case ends at a condition: the count of both replicas,
+			// or the warning after three failed reads.
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				if tt.warned && warned() || !tt.warned && counted() == 2 {
+					break
+				}
+			}
+			if warned() != tt.warned {
+				t.Errorf("warned %v, want %v; log:\n%s", warned(), tt.warned, logs.String())
+			}
+			if testing.Verbose() {
+				t.Logf("log:\n%s", logs.String())
+			}
+			if got := counted(); got != tt.replicas {
+				t.Errorf("stowline_forwarder_replicas = %v, want %v", got, tt.replicas)
+			}
+			if got := limit.replicas.Load(); got != tt.share {
+				t.Errorf("the limit's share is for %d replicas, want %d", got, tt.share)
+			}
+		})
+	}
 }
