@@ -31,6 +31,10 @@ func TestValidSettingsLoad(t *testing.T) {
 		// A DICOMweb URL may carry an API key in its query (an Azure
 		// Function's ?code=...); only the Orthanc URLs refuse one.
 		"dicomweb url with a query": {"DICOMWEB_URL": "https://fn.example.org/api/dicomweb?code=0123456789", "ORTHANC_URL": "http://orthanc:8042/"},
+		// The default dedupe window and skew, and a window of exactly
+		// twice the skew, pass the replay check.
+		"hmac secret with the defaults":     {"INGEST_HMAC_SECRET": "9f3c1a7e5b2d4c6a8e0f1b3d5a7c9e2f4b6d8a0c"},
+		"dedupe window twice the hmac skew": {"INGEST_HMAC_SECRET": "9f3c1a7e5b2d4c6a8e0f1b3d5a7c9e2f4b6d8a0c", "INGEST_HMAC_MAX_SKEW": "1h", "EVENTS_DEDUPE_WINDOW": "2h"},
 	} {
 		e := baseEnv()
 		maps.Copy(e, set)
@@ -126,7 +130,12 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"dedupe over retention", map[string]string{"EVENTS_DEDUPE_WINDOW": "200h"}, "", "EVENTS_DEDUPE_WINDOW"},
 		// A signed request replayed after the dedupe window queued its study again.
 		{"dedupe shorter than the signature skew", map[string]string{"INGEST_HMAC_SECRET": "9f3c1a7e5b2d4c6a8e0f1b3d5a7c9e2f4b6d8a0c", "EVENTS_DEDUPE_WINDOW": "2m"}, "",
-			"EVENTS_DEDUPE_WINDOW=2m0s is shorter than INGEST_HMAC_MAX_SKEW=5m0s"},
+			"EVENTS_DEDUPE_WINDOW=2m0s is shorter than twice INGEST_HMAC_MAX_SKEW=5m0s (10m0s)"},
+		// Signed at T, a request is accepted from T-skew to T+skew: the
+		// original stored at T-skew and a copy replayed at T+skew are
+		// twice the skew apart.
+		{"dedupe shorter than twice the signature skew", map[string]string{"INGEST_HMAC_SECRET": "9f3c1a7e5b2d4c6a8e0f1b3d5a7c9e2f4b6d8a0c", "EVENTS_DEDUPE_WINDOW": "9m59s"}, "",
+			"EVENTS_DEDUPE_WINDOW=9m59s is shorter than twice INGEST_HMAC_MAX_SKEW=5m0s (10m0s)"},
 		// The default retries wait up to 7h before the dead letter.
 		{"retention shorter than the retries", map[string]string{"EVENTS_RETENTION": "6h", "EVENTS_DEDUPE_WINDOW": "1h"}, "", "EVENTS_RETENTION=6h0m0s: shorter than the waits of a failing study"},
 		{"bad priority rule", map[string]string{"PRIORITY_RULE": "study.description =="}, "", "PRIORITY_RULE: "},
@@ -446,7 +455,7 @@ func TestUnreadableSecretFileHidesNoOtherError(t *testing.T) {
 			[]string{"INGEST_TOKEN_FILE: open " + missing, "ADMIN_TOKEN_FILE: " + empty + " is empty", "ORTHANC_RESPONSE_TIMEOUT=10ms", "DICOMWEB_URL"}},
 		// Set, the HMAC secret makes the dedupe window matter.
 		{"a check the secret turns on", map[string]string{"INGEST_HMAC_SECRET_FILE": missing, "EVENTS_DEDUPE_WINDOW": "2m"},
-			[]string{"INGEST_HMAC_SECRET_FILE: open " + missing, "EVENTS_DEDUPE_WINDOW=2m0s is shorter than INGEST_HMAC_MAX_SKEW"}},
+			[]string{"INGEST_HMAC_SECRET_FILE: open " + missing, "EVENTS_DEDUPE_WINDOW=2m0s is shorter than twice INGEST_HMAC_MAX_SKEW"}},
 		{"a source's password", map[string]string{"ORTHANC_SOURCES": "pacs", "ORTHANC_PACS_URL": "http://pacs:8042", "ORTHANC_PACS_USERNAME": "stowline",
 			"ORTHANC_PACS_PASSWORD_FILE": missing, "INGEST_ADDR": "8080"},
 			[]string{"ORTHANC_PACS_PASSWORD_FILE: open " + missing, "INGEST_ADDR"}},

@@ -210,12 +210,14 @@ func (c *SingleHost) readDynamic(getenv func(string) string) error {
 }
 
 // replayWindow refuses, with INGEST_HMAC_SECRET, an EVENTS_DEDUPE_WINDOW
-// shorter than INGEST_HMAC_MAX_SKEW: a signed request copied off the wire
-// is accepted for the skew, and past the dedupe window its event is no
-// longer dropped as a duplicate, so replaying it queued the study again.
+// shorter than twice INGEST_HMAC_MAX_SKEW: a request signed at T is
+// accepted while the ingest's clock is within the skew either side of T,
+// so a copy taken off the wire may be replayed up to twice the skew after
+// the original was stored; past the dedupe window its event is no longer
+// dropped as a duplicate, and replaying it queued the study again.
 func replayWindow(n *NATS, i *Ingest) error {
-	if i.HMACSecret == "" || n.DedupeWindow >= i.HMACMaxSkew {
+	if i.HMACSecret == "" || n.DedupeWindow >= 2*i.HMACMaxSkew {
 		return nil
 	}
-	return fmt.Errorf("EVENTS_DEDUPE_WINDOW=%s is shorter than INGEST_HMAC_MAX_SKEW=%s: a signed request replayed after the window would queue its study again; raise EVENTS_DEDUPE_WINDOW or lower INGEST_HMAC_MAX_SKEW", n.DedupeWindow, i.HMACMaxSkew)
+	return fmt.Errorf("EVENTS_DEDUPE_WINDOW=%s is shorter than twice INGEST_HMAC_MAX_SKEW=%s (%s): a signed request is accepted while the ingest's clock is within the skew either side of its timestamp, so a copy replayed up to %s after the original would queue its study again; raise EVENTS_DEDUPE_WINDOW or lower INGEST_HMAC_MAX_SKEW", n.DedupeWindow, i.HMACMaxSkew, 2*i.HMACMaxSkew, 2*i.HMACMaxSkew)
 }
