@@ -47,6 +47,11 @@ type prioritizer struct {
 	pending  atomic.Int64
 	// turns holds one token per study triage is reading (triageReads).
 	turns chan struct{}
+	// abandoned is closed when drainTriage stops waiting: a triage still
+	// waiting for a turn then leaves its event to the reconciler rather
+	// than read the source as the process exits.
+	abandoned chan struct{}
+	abandon   sync.Once
 }
 
 // newPrioritizer wraps next; with no rule it only counts the events by
@@ -58,7 +63,7 @@ func newPrioritizer(js jetstream.JetStream, expr string, sources *Sources, reg p
 	}
 	p := &prioritizer{
 		next: natsjs.Publisher{JS: js}, js: js, rule: rule, sources: sources, timeout: priorityRuleTimeout, log: log,
-		turns: make(chan struct{}, triageReads),
+		turns: make(chan struct{}, triageReads), abandoned: make(chan struct{}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_ingest_priority_total",
 			Help: "Events the webhook and the reconciler stored (not their duplicates), by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine).",
@@ -206,6 +211,7 @@ func (p *prioritizer) drainTriage(wait time.Duration) {
 	select {
 	case <-done:
 	case <-time.After(wait):
+		p.abandon.Do(func() { close(p.abandoned) })
 		p.log.Error("shutdown: studies waiting for PRIORITY_RULE were not queued in their lane; the reconciler queues them, or `forwarder audit --enqueue` when it is off",
 			"studies", p.pending.Load())
 	}
@@ -223,20 +229,20 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 	deadline := time.Now().Add(triageBudget)
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
 		// A burst of stable studies is read triageReads at a time, so the
-		// source is not flooded; the wait for a turn is not counted in
-		// the read's time-out. At shutdown the last try goes at once.
-		held := false
+		// source is not flooded, at shutdown too (a rolling restart may
+		// hold hundreds); the wait for a turn is not counted in the
+		// read's time-out.
 		select {
 		case p.turns <- struct{}{}:
-			held = true
-		case <-stopping:
+		case <-p.abandoned:
+			// Logged, counted, by drainTriage; the triage subject's copy
+			// is not in any lane, the reconciler's copy will be.
+			return
 		}
 		actx, cancel := context.WithTimeout(ctx, 2*p.timeout)
 		_, err := p.Publish(actx, ev)
 		cancel()
-		if held {
-			<-p.turns
-		}
+		<-p.turns
 		if err == nil {
 			return
 		}

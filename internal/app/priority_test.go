@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -125,7 +126,7 @@ func TestPrioritizer(t *testing.T) {
 // that still wait for PRIORITY_RULE: here the source is slow to answer,
 // and the event is in its lane when drainTriage returns.
 func TestTriageDrainedAtShutdown(t *testing.T) {
-	p, ns, answer := slowSourcePrioritizer(t)
+	p, ns, src := slowSourcePrioritizer(t)
 	ev, err := events.NewStudyStable("main", "66666666-66666666-66666666-66666666-66666666", "1.2.3", "20261203T101500")
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +146,7 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 		t.Fatal("drainTriage returned while the event was still being triaged")
 	case <-time.After(100 * time.Millisecond):
 	}
-	answer() // the source answers (503: the rule fails, the study goes routine)
+	src.answer() // the source answers (503: the rule fails, the study goes routine)
 	<-drained
 	if got := subjectCounts(t, ns.JS); got["stowline.study.stable.main"] != 1 {
 		t.Errorf("subjects %v after drainTriage, want the event in the routine lane", got)
@@ -164,6 +165,68 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 	p.triaging.Wait()
 	if got := subjectCounts(t, ns.JS); got[natsjs.TriageSubject("main")] != 2 || got["stowline.study.stable.main"] != 1 {
 		t.Errorf("subjects %v, want both events on the triage subject and only the first in its lane", got)
+	}
+}
+
+// At shutdown the events still waiting for PRIORITY_RULE are read
+// triageReads at a time, as before it: a rolling restart's burst of
+// hundreds must not take all of Orthanc's HTTP threads at once. Those
+// still waiting for a turn when drainTriage stops waiting read nothing:
+// their copy stays on the triage subject, and the reconciler's copy
+// (through the rule) is not a duplicate of it.
+func TestTriageKeepsItsLimitAtShutdown(t *testing.T) {
+	p, ns, src := slowSourcePrioritizer(t)
+	ingest, stop := context.WithCancel(t.Context())
+	const studies = 3 * triageReads
+	var evs []*events.StudyStable
+	for i := range studies {
+		ev, err := events.NewStudyStable("main", fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i), "1.2.3", "20261203T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+		if _, err := (webhookPublisher{p: p, ctx: ingest}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "triageReads studies read at once", func() bool { n, _, _ := src.counts(); return n == triageReads })
+	stop() // the ingest stops while the source is slow
+	p.drainTriage(100 * time.Millisecond)
+	src.answer()
+	p.triaging.Wait()
+	if _, most, seen := src.counts(); most > triageReads || seen != triageReads {
+		t.Errorf("the source got %d requests, %d at once; want %d, at most %d at once (the studies waiting for a turn read nothing after the drain)", seen, most, triageReads, triageReads)
+	}
+	got := subjectCounts(t, ns.JS)
+	if got[natsjs.TriageSubject("main")] != studies || got["stowline.study.stable.main"] != triageReads {
+		t.Errorf("subjects %v, want %d on the triage subject, the %d read in the routine lane", got, studies, triageReads)
+	}
+	// The reconciler's copies: those of the studies left waiting are
+	// stored in their lane, the others are duplicates.
+	stored := 0
+	for _, ev := range evs {
+		ack, err := p.Publish(t.Context(), ev)
+		if err != nil {
+			t.Fatalf("the reconciler's copy of %s: %v", ev.OrthancStudyID, err)
+		}
+		if !ack.Duplicate {
+			stored++
+		}
+	}
+	if stored != studies-triageReads {
+		t.Errorf("the reconciler stored %d studies, want the %d left waiting", stored, studies-triageReads)
+	}
+}
+
+// waitFor waits for cond, failing the test after 20 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not after 20 s: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -201,13 +264,39 @@ func TestWebhookPublisherNotConnected(t *testing.T) {
 	}
 }
 
-// slowSourcePrioritizer is a prioritizer whose rule reads a source that
-// answers (503: the rule fails, the study goes routine) only once answer
-// is called or its request is given up, on a real JetStream.
-func slowSourcePrioritizer(t *testing.T) (p *prioritizer, ns *testnats.Server, answer func()) {
+// slowSource is an Orthanc that answers (503: the rule fails, the study
+// goes routine) only once answer is called or its request is given up.
+type slowSource struct {
+	answer func()
+
+	mu                   sync.Mutex
+	inFlight, most, seen int
+}
+
+// counts returns the requests being answered, the most at once, and all.
+func (s *slowSource) counts() (inFlight, most, seen int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inFlight, s.most, s.seen
+}
+
+// slowSourcePrioritizer is a prioritizer whose rule reads a slowSource,
+// on a real JetStream.
+func slowSourcePrioritizer(t *testing.T) (p *prioritizer, ns *testnats.Server, src *slowSource) {
 	t.Helper()
+	src = &slowSource{}
 	release := make(chan struct{})
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		src.mu.Lock()
+		src.inFlight++
+		src.seen++
+		src.most = max(src.most, src.inFlight)
+		src.mu.Unlock()
+		defer func() {
+			src.mu.Lock()
+			src.inFlight--
+			src.mu.Unlock()
+		}()
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -216,8 +305,8 @@ func slowSourcePrioritizer(t *testing.T) (p *prioritizer, ns *testnats.Server, a
 	}))
 	t.Cleanup(slow.Close)
 	var once sync.Once
-	answer = func() { once.Do(func() { close(release) }) }
-	t.Cleanup(answer) // before slow.Close, which waits for the handlers
+	src.answer = func() { once.Do(func() { close(release) }) }
+	t.Cleanup(src.answer) // before slow.Close, which waits for the handlers
 	sources, err := NewSources(&config.Orthanc{URL: slow.URL, SourceName: "main"})
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +319,7 @@ func slowSourcePrioritizer(t *testing.T) (p *prioritizer, ns *testnats.Server, a
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, ns, answer
+	return p, ns, src
 }
 
 // The ingest's stop bounds the orchestrators are given cover its HTTP
