@@ -157,10 +157,34 @@ local function priority(s, studyId, tags, metadata)
   return lane(s.priority, 'Stowline.Priority', studyId)
 end
 
+-- changedSince tells whether the study is unstable again when its
+-- callback runs. Orthanc runs the callbacks one at a time: behind a slow
+-- post or a site script, a study may get an instance (a late dose report)
+-- after its StableStudy was queued. Its LastUpdate has one-second
+-- resolution, so an event posted now could carry the ID of the study once
+-- complete, and the next StableStudy's event, and the reconciler's, would
+-- be dropped as its duplicates: the late instance never sent. Orthanc
+-- sends another StableStudy once the study is stable again. A failed read
+-- (nil, or a Lua error) posts as before: the reconciler's copy is then
+-- the fallback, as for any post.
+local function changedSince(studyId)
+  local ok, answer = pcall(RestApiGet, '/studies/' .. studyId, true)
+  if not ok or type(answer) ~= 'string' or answer == '' then
+    return false
+  end
+  local parsed, study = pcall(ParseJson, answer)
+  return parsed and type(study) == 'table' and study['IsStable'] == false
+end
+
 local function postStableStudy(studyId, tags, metadata)
   local s, problem = settings()
   if s == nil then
     print('stowline: study ' .. studyId .. ' not announced: ' .. problem)
+    return
+  end
+  if changedSince(studyId) then
+    print('stowline: study ' .. studyId .. ' received instances since it was stable; announced' ..
+      ' when it is stable again')
     return
   end
   local event = '{"type":"orthanc.study.stable","version":1' ..

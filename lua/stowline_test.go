@@ -535,3 +535,122 @@ func scriptPath(t *testing.T) string {
 	}
 	return script
 }
+
+// Orthanc runs the Lua callbacks one at a time: behind a slow post or a
+// site script, a study's StableStudy callback may run after the study got
+// another instance (a late dose report). Its LastUpdate has one-second
+// resolution: an event posted then may carry the ID of the study once
+// complete, and the next StableStudy's event, the one that sees the late
+// instance, would be dropped as its duplicate. So the script announces a
+// study only while Orthanc calls it stable, and once when it is stable
+// again; a study it cannot read is announced as before. The site script
+// below (loaded after stowline.lua, calling its OnStableStudy as the
+// README asks) changes the study just before the first callback, as a
+// lagging queue does.
+func TestScriptWaitsForAStudyChangedSinceStable(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script := scriptPath(t)
+	tests := []struct {
+		name string
+		// change is Lua run in the first callback of the study, before
+		// the script's; it may use studyId and lateFile.
+		change string
+		// instances the study ends with; 0: deleted.
+		instances int
+	}{
+		{"an instance arrived", `
+  local f = assert(io.open(lateFile, 'rb'))
+  local dicom = f:read('*a')
+  f:close()
+  RestApiPost('/instances', dicom, true)`, 2},
+		{"the study cannot be read", `
+  RestApiDelete('/studies/' .. studyId, true)`, 0},
+	}
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				// The late instance: a series of its own in the study.
+				uid := dicomgen.NewUID()
+				late, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+					StudyInstanceUID: uid, PatientID: "LUA", PatientName: "Synthetic^Lua", Series: 1, InstancesPerSeries: 1, Rows: 8, Columns: 8,
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				lateFile := late[0]
+				site := filepath.Join(t.TempDir(), "site.lua")
+				if err := os.WriteFile(site, []byte(`
+local stowlineOnStableStudy = OnStableStudy
+local lateFile = '`+lateFile+`'
+local changed = false
+function OnStableStudy(studyId, tags, metadata)
+  if tags['StudyInstanceUID'] == '`+uid+`' and not changed then
+    changed = true
+`+tt.change+`
+  end
+  stowlineOnStableStudy(studyId, tags, metadata)
+  print('test: callback done for ' .. studyId)
+end
+`), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				in := startIngest(t)
+				o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+					Name: "lua-changed", Release: rel, LuaScripts: []string{script, site}, StableAge: 1,
+					Extra: map[string]any{"Stowline": map[string]any{
+						"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
+						"IngestToken": "${STOWLINE_TEST_TOKEN}",
+					}},
+					Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+				})
+				addStudyOf(t, o, uid)
+				var found []struct{ ID string }
+				if err := o.Do(t.Context(), http.MethodPost, "/tools/lookup", strings.NewReader(uid), &found); err != nil || len(found) != 1 {
+					t.Fatalf("lookup study %s: %v %v", uid, found, err)
+				}
+				id := found[0].ID
+				// Every callback the study gets has run: two when it
+				// changed (Orthanc calls it stable again), one when deleted.
+				callbacks := 2
+				if tt.instances == 0 {
+					callbacks = 1
+				}
+				waitLogCount(t, o, "test: callback done for "+id, callbacks)
+				posts := in.received()
+				if len(posts) != 1 || posts[0].Event["orthancStudyId"] != id {
+					t.Fatalf("posts %v, want one, of study %s", posts, id)
+				}
+				if tt.instances == 0 {
+					return
+				}
+				var st struct {
+					LastUpdate string
+					IsStable   bool
+				}
+				o.GetJSON(t, "/studies/"+id, &st)
+				var instances []struct{ ID string }
+				o.GetJSON(t, "/studies/"+id+"/instances", &instances)
+				if !st.IsStable || len(instances) != tt.instances || posts[0].Event["lastUpdate"] != st.LastUpdate {
+					t.Errorf("event %v; the study: stable %v, %d instances, LastUpdate %s; want its event once stable with %d instances",
+						posts[0].Event, st.IsStable, len(instances), st.LastUpdate, tt.instances)
+				}
+				waitLog(t, o, "stowline: study "+id+" received instances since it was stable")
+			})
+		}
+	})
+}
+
+// waitLogCount waits for n lines of Orthanc's log that hold part.
+func waitLogCount(t *testing.T, o *testharness.Orthanc, part string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if got := strings.Count(o.LogTail(1000), part); got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lines of Orthanc's log hold %q after 30 s, want %d", strings.Count(o.LogTail(1000), part), part, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
