@@ -56,7 +56,12 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	if err != nil {
 		return err
 	}
-	checks := map[string]web.Check{"jetstream": p.conn.Ready}
+	checks := map[string]web.Check{
+		"jetstream": p.conn.Ready,
+		// A refusal may be one lane's or one source's subject: the others
+		// are stored, and a publish there is what clears it.
+		"jetstream_publish": web.Advisory(p.conn.PublishRefused),
+	}
 	if err := r.startReconciler(ctx, g, p, pub, reg, checks); err != nil {
 		return err
 	}

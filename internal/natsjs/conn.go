@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +34,7 @@ type Conn struct {
 	JS       jetstream.JetStream
 	embedded *EmbeddedServer
 	closed   chan struct{}
+	refused  *refusals
 }
 
 // Connect connects to o.URL, or starts the embedded server when it is
@@ -38,8 +42,8 @@ type Conn struct {
 // stowline. Create-or-update calls through JS are retried when a cluster
 // does not answer them (provision.go).
 func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
-	c := &Conn{closed: make(chan struct{})}
 	refused := &refusals{log: log, repeated: repeatlog.Failures{Every: time.Minute}}
+	c := &Conn{closed: make(chan struct{}), refused: refused}
 	opts := []nats.Option{
 		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
 		nats.Name("stowline"),
@@ -89,7 +93,20 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	if c.embedded != nil {
 		c.JS = writableJS{provisioningJS: pjs, embedded: c.embedded}
 	}
+	c.JS = acceptedJS{JetStream: c.JS, refused: refused}
 	return c, nil
+}
+
+// PublishRefused reports the event subjects NATS refused this client a
+// publish to, until a publish there succeeds. A refused publish is not
+// failed by the client: it waits out its time-out (the webhook answers
+// 503 after INGEST_PUBLISH_TIMEOUT) while the stream answers Ready.
+func (c *Conn) PublishRefused(context.Context) error {
+	subjects := c.refused.publishes()
+	if len(subjects) == 0 {
+		return nil
+	}
+	return fmt.Errorf("NATS refuses this client publishing to %s (its user lacks the permission: docs/nats-permissions.md); events there are not stored, each publish waits for its time-out", strings.Join(subjects, ", "))
 }
 
 // Ready reports whether JetStream answers (the readiness check), and,
@@ -144,11 +161,23 @@ func (c *Conn) Close() {
 // refusals logs the client's asynchronous errors. A permission left out
 // on purpose (docs/nats-permissions.md says which may be) is refused at
 // every attempt, every few seconds: one error a minute names it, the
-// repeats are debug lines.
+// repeats are debug lines. It also keeps the event subjects a publish was
+// refused on (PublishRefused), until one there succeeds.
 type refusals struct {
 	log      *slog.Logger
 	repeated repeatlog.Failures
+
+	mu      sync.Mutex
+	publish map[string]bool
 }
+
+// publishRefusal finds the subject in the server's "Permissions Violation
+// for Publish to "<subject>"" (not "... with Reply of").
+var publishRefusal = regexp.MustCompile(`Publish to "([^"]+)"`)
+
+// maxRefusedSubjects bounds what is kept: a source name comes from the
+// webhook's requests.
+const maxRefusedSubjects = 16
 
 func (r *refusals) handle(_ *nats.Conn, sub *nats.Subscription, err error) {
 	attrs := []any{"err", err}
@@ -159,11 +188,63 @@ func (r *refusals) handle(_ *nats.Conn, sub *nats.Subscription, err error) {
 		r.log.Warn("NATS client error", attrs...)
 		return
 	}
+	if m := publishRefusal.FindStringSubmatch(err.Error()); m != nil && strings.HasPrefix(m[1], EventSubjectPrefix) {
+		r.refusedPublish(m[1])
+	}
 	if _, ok := r.repeated.Failed(); !ok {
 		r.log.Debug("NATS refused this client a subject", attrs...)
 		return
 	}
 	r.log.Error("NATS refused this client a subject (see docs/nats-permissions.md; repeats within a minute are logged at debug level)", attrs...)
+}
+
+func (r *refusals) refusedPublish(subject string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.publish[subject] || len(r.publish) >= maxRefusedSubjects {
+		return
+	}
+	if r.publish == nil {
+		r.publish = map[string]bool{}
+	}
+	r.publish[subject] = true
+	r.log.Error("NATS refuses this client publishing events to a subject: they are not stored, and the ingest's /readyz lists it under degraded until a publish there succeeds (see docs/nats-permissions.md)",
+		"subject", subject)
+}
+
+func (r *refusals) accepted(subject string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.publish[subject] {
+		delete(r.publish, subject)
+		r.log.Info("NATS accepts this client's publishes to a subject it refused", "subject", subject)
+	}
+}
+
+func (r *refusals) publishes() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	subjects := make([]string, 0, len(r.publish))
+	for s := range r.publish {
+		subjects = append(subjects, s)
+	}
+	slices.Sort(subjects)
+	return subjects
+}
+
+// acceptedJS clears a subject's refusal once a publish there succeeds
+// (its permission granted since, by a server reload, with no reconnect).
+type acceptedJS struct {
+	jetstream.JetStream
+	refused *refusals
+}
+
+func (a acceptedJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ack, err := a.JetStream.PublishMsg(ctx, msg, opts...)
+	if err == nil {
+		a.refused.accepted(msg.Subject)
+	}
+	return ack, err
 }
 
 // writableJS fails a publish at once, saying why, when the embedded

@@ -580,3 +580,94 @@ func TestConnectLogsPermissionViolations(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishRefusedUntilAccepted: NATS refuses a publish its user may not
+// make only with an asynchronous error, and the publish waits out its
+// time-out, while the stream still answers Ready. PublishRefused names
+// each event subject refused (here the stat lane's, the routine lane's
+// being allowed) until a publish there succeeds: the permission granted by
+// a server reload, with no reconnect.
+func TestPublishRefusedUntilAccepted(t *testing.T) {
+	const user, password = "stowline-ingest", "s3cret-pw"
+	ingestPerms := func(events string) *server.Permissions {
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", events}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+		}
+	}
+	routine, stat := event("20260101T120000"), event("20260101T120001")
+	stat.Priority = events.PriorityStat
+	statSubject := natsjs.LaneSubject(events.PriorityStat, "", stat.Source)
+	var opts *server.Options
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT, Configure: func(o *server.Options) {
+		opts = o
+		o.Users = []*server.User{
+			{Username: "admin", Password: "admin-pw"},
+			{Username: user, Password: password, Permissions: ingestPerms(natsjs.EventSubject(routine.Source))},
+		}
+	}})
+	admin, err := nats.Connect(srv.ClientURL(), nats.UserInfo("admin", "admin-pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+	adminJS, err := jetstream.New(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), adminJS); err != nil {
+		t.Fatal(err)
+	}
+	var logs testharness.LogBuffer
+	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, slog.New(slog.NewJSONHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	publish := func(ev *events.StudyStable) error {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second) // a refused publish waits all of it
+		defer cancel()
+		_, err := natsjs.Publisher{JS: c.JS}.Publish(ctx, ev)
+		return err
+	}
+	if err := c.PublishRefused(t.Context()); err != nil {
+		t.Fatalf("PublishRefused before any publish = %v", err)
+	}
+
+	if err := publish(stat); err == nil {
+		t.Fatal("a publish to the stat lane without the permission succeeded")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.PublishRefused(t.Context()) == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := c.PublishRefused(t.Context()); err == nil || !strings.Contains(err.Error(), statSubject) {
+		t.Fatalf("PublishRefused after a refused publish to %s = %v, want it named", statSubject, err)
+	}
+	if err := c.Ready(t.Context()); err != nil {
+		t.Errorf("Ready = %v: the stream answers (the refusal is PublishRefused's to report)", err)
+	}
+	// Another subject's publish is no sign for the refused one.
+	if err := publish(routine); err != nil {
+		t.Fatalf("a routine publish: %v", err)
+	}
+	if err := c.PublishRefused(t.Context()); err == nil {
+		t.Error("PublishRefused cleared by a publish to another subject")
+	}
+	if !strings.Contains(logs.String(), `"subject":"`+statSubject+`"`) {
+		t.Errorf("no log line names %s:\n%s", statSubject, logs.String())
+	}
+
+	// The permission granted (a server reload: the connection stays).
+	granted := opts.Clone()
+	granted.Users[1].Permissions = ingestPerms(natsjs.EventSubjectPrefix + ">")
+	if err := srv.NATSServer().ReloadOptions(granted); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(stat); err != nil {
+		t.Fatalf("a stat publish once allowed: %v", err)
+	}
+	if err := c.PublishRefused(t.Context()); err != nil {
+		t.Errorf("PublishRefused after a publish to the subject succeeded = %v", err)
+	}
+}
