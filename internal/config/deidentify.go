@@ -34,12 +34,15 @@ var deidentifyOptions = []string{DeidentifyRetainDates, DeidentifyRetainPatientC
 // Deidentify is a destination's de-identification (docs/deidentification.md).
 type Deidentify struct {
 	Mode          string `env:"STOW_DEIDENTIFY" envDefault:"off" desc:"off, or basic: the destination receives de-identified copies (DICOM PS3.15 Basic Application Level Confidentiality Profile, 2023b) with keyed pseudonyms: UIDs map to 2.25 UIDs, Patient ID and Name to a pseudonym, private tags are removed, kept text loses the instance's own names, IDs and birth date (docs/deidentification.md). Needs DEIDENTIFY_KEY_FILE"`
-	KeyFile       string `env:"DEIDENTIFY_KEY_FILE" desc:"file holding the secret key of the pseudonyms (at least 32 bytes, e.g. head -c 32 /dev/urandom | base64); the same key always gives the same pseudonyms, changing it breaks the link between copies sent before and after. Required with STOW_DEIDENTIFY=basic; never logged"`
+	KeyFile       string `env:"DEIDENTIFY_KEY_FILE" desc:"file holding the secret key of the pseudonyms (at least 32 bytes, e.g. head -c 32 /dev/urandom | base64); the same key always gives the same pseudonyms, changing it breaks the link between copies sent before and after. Required with STOW_DEIDENTIFY=basic; set, it needs STOW_DEIDENTIFY set (off for a destination meant to receive the originals); never logged"`
 	Options       List   `env:"STOW_DEIDENTIFY_OPTIONS" desc:"profile options, comma-separated: retain-dates (dates moved back by a per-patient keyed offset, times kept), retain-patient-characteristics (sex, age, size, weight...), retain-device-identity (station name, serial numbers), clean-descriptors (Study/Series Description, Protocol Name, comments kept with the instance's own identifying values removed). Empty: dates, characteristics, device identity and descriptors are removed"`
 	Keep          List   `env:"STOW_DEIDENTIFY_KEEP" desc:"attributes kept despite the profile, comma-separated tags of 8 hex digits (00081030 for Study Description); their text still loses the instance's own identifying values (Patient's Name, IDs...), like every kept text; UIDs, Patient ID and Name cannot be kept"`
 	Remove        List   `env:"STOW_DEIDENTIFY_REMOVE" desc:"attributes removed besides the profile's, wherever they are, comma-separated tags"`
 	BurnedIn      string `env:"STOW_DEIDENTIFY_BURNED_IN" envDefault:"exclude" desc:"exclude: instances that may show identifying text in their pixels (Burned In Annotation YES, Secondary Capture, Ultrasound) are not sent and are listed in the study's dead letter; include: send them (pixel data is never de-identified)"`
 	PatientPrefix string `env:"STOW_DEIDENTIFY_PATIENT_PREFIX" envDefault:"ANON-" desc:"prefix of the Patient ID pseudonym (prefix + 20 base32 characters); also the Patient's Name"`
+
+	// modeSet: STOW_DEIDENTIFY was given, not defaulted (readDynamic).
+	modeSet bool
 }
 
 // Deidentifies reports whether the destination receives de-identified copies.
@@ -101,9 +104,15 @@ func (d *Deidentify) validate() []error {
 // unusedOptions refuses de-identification options given without
 // STOW_DEIDENTIFY=basic: they say de-identified copies were meant, and a
 // forgotten (or misspelt, or another destination's) STOW_DEIDENTIFY
-// sent the originals, identified. DEIDENTIFY_KEY_FILE alone is no sign:
-// a site may give every destination the same key.
+// sent the originals, identified. DEIDENTIFY_KEY_FILE is refused only
+// with STOW_DEIDENTIFY unset: a site may give every destination the same
+// key, and then says STOW_DEIDENTIFY=off where originals are meant.
 func (d *Deidentify) unusedOptions() []error {
+	var errs []error
+	if d.KeyFile != "" && !d.modeSet {
+		errs = append(errs, errors.New("DEIDENTIFY_KEY_FILE: set, but STOW_DEIDENTIFY is not, so the destination would receive the originals, identified: "+
+			"set STOW_DEIDENTIFY=basic for de-identified copies, or STOW_DEIDENTIFY=off if it is meant to receive the originals"))
+	}
 	var set []string
 	for name, isSet := range map[string]bool{
 		"STOW_DEIDENTIFY_OPTIONS":        len(d.Options) > 0,
@@ -117,11 +126,11 @@ func (d *Deidentify) unusedOptions() []error {
 		}
 	}
 	if len(set) == 0 {
-		return nil
+		return errs
 	}
 	slices.Sort(set)
-	return []error{fmt.Errorf("%s: set, but STOW_DEIDENTIFY=off, so the destination receives the originals, identified: "+
-		"set STOW_DEIDENTIFY=basic (with DEIDENTIFY_KEY_FILE), or unset them", strings.Join(set, ", "))}
+	return append(errs, fmt.Errorf("%s: set, but STOW_DEIDENTIFY=off, so the destination receives the originals, identified: "+
+		"set STOW_DEIDENTIFY=basic (with DEIDENTIFY_KEY_FILE), or unset them", strings.Join(set, ", ")))
 }
 
 // defaultPatientPrefix is STOW_DEIDENTIFY_PATIENT_PREFIX's default.

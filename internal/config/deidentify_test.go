@@ -28,7 +28,14 @@ func TestDeidentify(t *testing.T) {
 		{name: "basic without a key", env: map[string]string{"STOW_DEIDENTIFY": "basic"}, err: "DEIDENTIFY_KEY_FILE is required"},
 		{name: "key file missing", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key + ".gone"}, err: "DEIDENTIFY_KEY_FILE: read the de-identification key: open " + key + ".gone"},
 		{name: "key file too short", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": shortKey}, err: "DEIDENTIFY_KEY_FILE: " + shortKey + ": de-identification key is too short"},
-		{name: "key file missing, deidentification off", env: map[string]string{"DEIDENTIFY_KEY_FILE": key + ".gone"}},
+		// One key given to every destination: those meant to receive
+		// the originals say so, and their key is not read.
+		{name: "key file missing, deidentification off", env: map[string]string{"STOW_DEIDENTIFY": "off", "DEIDENTIFY_KEY_FILE": key + ".gone"}},
+		// A key with STOW_DEIDENTIFY forgotten (or misspelt, which Unread
+		// reports) says copies were meant: the default, off, sent the
+		// originals.
+		{name: "key file without STOW_DEIDENTIFY", env: map[string]string{"DEIDENTIFY_KEY_FILE": key},
+			err: "DEIDENTIFY_KEY_FILE: set, but STOW_DEIDENTIFY is not, so the destination would receive the originals"},
 		// Options say de-identified copies were meant: with
 		// STOW_DEIDENTIFY forgotten, the originals went out.
 		{name: "options without basic", env: map[string]string{"DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_OPTIONS": "retain-dates", "STOW_DEIDENTIFY_KEEP": "00081030"},
@@ -102,6 +109,19 @@ func TestDeidentifyPerDestination(t *testing.T) {
 	err = Load(mapEnv(e), &c)
 	if want := "DESTINATION_AI_2_STOW_DEIDENTIFY_OPTIONS: set, but DESTINATION_AI_2_STOW_DEIDENTIFY=off"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("err = %v, want %q", err, want)
+	}
+	// Its key alone, its STOW_DEIDENTIFY misspelt: refused; an explicit
+	// off is a choice, and loads.
+	delete(e, "DESTINATION_AI_2_STOW_DEIDENTIFY_OPTIONS")
+	e["DESTINATION_AI_2_STOW_DEIDENTIFIY"] = "basic"
+	e["DESTINATION_AI_2_DEIDENTIFY_KEY_FILE"] = keyFile(t)
+	err = Load(mapEnv(e), &c)
+	if want := "DESTINATION_AI_2_DEIDENTIFY_KEY_FILE: set, but DESTINATION_AI_2_STOW_DEIDENTIFY is not"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("err = %v, want %q", err, want)
+	}
+	e["DESTINATION_AI_2_STOW_DEIDENTIFY"] = "off"
+	if err := Load(mapEnv(e), &c); err != nil || c.DestinationList()[1].Deidentifies() {
+		t.Errorf("explicit off with a key: err = %v, deidentifies %v", err, c.DestinationList()[1].Deidentifies())
 	}
 }
 

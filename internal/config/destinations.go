@@ -201,9 +201,11 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 
 // readDynamic keeps the path of OAUTH_CLIENT_SECRET_FILE: the token
 // source reads the secret from it for every token, so that a rotated
-// secret needs no restart.
+// secret needs no restart. It also notes whether STOW_DEIDENTIFY was
+// given at all: its default, off, is no choice (unusedOptions).
 func (d *Destination) readDynamic(getenv func(string) string) error {
 	d.OAuthClientSecretFile = getenv("OAUTH_CLIENT_SECRET" + fileSuffix)
+	d.modeSet = getenv("STOW_DEIDENTIFY") != ""
 	return nil
 }
 
