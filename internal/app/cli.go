@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/stowline/stowline/internal/config"
 )
@@ -25,7 +26,8 @@ func (e *usageError) Is(target error) bool { return target == ErrUsage }
 // Main parses flags and configuration into cfg and calls start. Bad
 // configuration fails here, before anything starts, naming the variable.
 // environ lists the variables getenv reads (os.Environ()), to warn about
-// misspelt ones (config.Unread); nil skips that check.
+// misspelt ones (config.Unread), or refuse them for de-identification
+// (config.StopsStart); nil skips that check.
 func Main[T any, P interface {
 	*T
 	LogConfig() config.Log
@@ -57,8 +59,18 @@ func Main[T any, P interface {
 	}
 	log := NewLogger(stdout, P(&cfg).LogConfig())
 	log.Info("starting "+program, ReadBuild().logAttrs()...)
+	var refused []string
 	for _, name := range config.Unread(environ, P(&cfg)) {
+		if config.StopsStart(name) {
+			refused = append(refused, name)
+			continue
+		}
 		log.Warn("variable set but not read: misspelt, or for a destination DESTINATIONS does not name (run "+program+" -h for the list)", "variable", name)
+	}
+	if len(refused) > 0 {
+		return &usageError{fmt.Errorf("%s: invalid configuration:\n%s: set but not read: misspelt, or for a destination DESTINATIONS does not name; "+
+			"a de-identification setting not read may send a destination the originals, identified\n(run %s -h for the list of variables)",
+			program, strings.Join(refused, ", "), program)}
 	}
 	err := start(ctx, P(&cfg), log)
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {

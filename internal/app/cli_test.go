@@ -40,6 +40,48 @@ func TestMainWarnsAboutUnreadVariables(t *testing.T) {
 	}
 }
 
+// A misspelt de-identification variable stops the start, naming it: as
+// a warning, the destination received the originals, identified.
+func TestMainRefusesUnreadDeidentifyVariables(t *testing.T) {
+	tests := []struct {
+		name  string
+		extra map[string]string
+		want  string // "" starts
+	}{
+		{name: "misspelt STOW_DEIDENTIFY", extra: map[string]string{"STOW_DEIDENTIFIY": "basic"}, want: "STOW_DEIDENTIFIY: set but not read"},
+		{name: "misspelt key file, outside the checked families", extra: map[string]string{"DEIDENTIFY_KEYFILE": "/run/secrets/deid"}, want: "DEIDENTIFY_KEYFILE: set but not read"},
+		{name: "both, one error", extra: map[string]string{"STOW_DEIDENTIFIY": "basic", "DEIDENTIFY_KEYFILE": "/k"}, want: "DEIDENTIFY_KEYFILE, STOW_DEIDENTIFIY: set but not read"},
+		{name: "another misspelling is a warning", extra: map[string]string{"STOW_PARALLEL_REQUEST": "8"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{"INGEST_TOKEN": "0123456789abcdef", "DICOMWEB_URL": "http://archive.invalid/dicom-web"}
+			for k, v := range tt.extra {
+				env[k] = v
+			}
+			var environ []string
+			for k, v := range env {
+				environ = append(environ, k+"="+v)
+			}
+			started := false
+			err := Main[config.SingleHost](t.Context(), "stowline", nil, func(k string) string { return env[k] }, environ, io.Discard, io.Discard,
+				func(context.Context, *config.SingleHost, *slog.Logger) error { started = true; return nil })
+			if tt.want == "" {
+				if err != nil || !started {
+					t.Fatalf("Main = %v, started %v", err, started)
+				}
+				return
+			}
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.want) || started {
+				t.Fatalf("Main = %v, started %v; want a usage error naming %q, nothing started", err, started, tt.want)
+			}
+			if strings.Contains(err.Error(), "/run/secrets/deid") {
+				t.Errorf("the value is in the error: %v", err)
+			}
+		})
+	}
+}
+
 // A stop (SIGTERM, Ctrl-C) while the process is still starting (the
 // embedded store recovering, JetStream being provisioned) is a normal
 // stop, exit 0: it returned 'context canceled', exit 1, and systemd or an

@@ -65,10 +65,17 @@ func Unread(environ []string, cfg any) []string {
 			}
 		}
 	}
+	// Whatever its prefix, a de-identification variable misspelt
+	// (DEIDENTIFY_KEYFILE) is checked by a process that de-identifies.
+	deidentifies := known["STOW_DEIDENTIFY"]
 	var out []string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
 		if known[name] || serviceLink.MatchString(name) || slices.Contains(natsCLIVars, name) || slices.Contains(out, name) {
+			continue
+		}
+		if deidentifies && StopsStart(name) {
+			out = append(out, name)
 			continue
 		}
 		for _, f := range families {
@@ -81,3 +88,9 @@ func Unread(environ []string, cfg any) []string {
 	slices.Sort(out)
 	return out
 }
+
+// StopsStart reports whether name, a variable Unread returned, must stop
+// the start rather than be warned about: a de-identification variable
+// not read (DESTINATION_RESEARCH_STOW_DEIDENTIFIY) left its destination
+// receiving the originals, identified.
+func StopsStart(name string) bool { return strings.Contains(name, "DEIDENT") }

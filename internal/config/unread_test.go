@@ -65,6 +65,14 @@ func TestUnread(t *testing.T) {
 			cfg: func() any { return &IngestService{} }, extra: map[string]string{"FORWARD_WINDOWS": "backfill=22:00-07:00"}},
 		{name: "the forwarder is not told about the priority rule", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &ForwarderService{} }, extra: map[string]string{"PRIORITY_RULE": "'CT' in study.modalities"}},
+		// A misspelt de-identification variable, whatever its prefix,
+		// left the destination receiving the originals.
+		{name: "misspelt de-identification variables", env: destEnv,
+			cfg:   func() any { return &ForwarderService{} },
+			extra: map[string]string{"DESTINATION_AI_2_STOW_DEIDENTIFIY": "basic", "DESTINATION_AI_2_DEIDENTIFY_KEYFILE": "/k", "DEIDENTIFY_KEY": "/k"},
+			want:  []string{"DEIDENTIFY_KEY", "DESTINATION_AI_2_DEIDENTIFY_KEYFILE", "DESTINATION_AI_2_STOW_DEIDENTIFIY"}},
+		{name: "the ingest is not told about de-identification variables", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &IngestService{} }, extra: map[string]string{"DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY": "basic"}},
 		{name: "the forwarder is not told about the ingest's variables", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &ForwarderService{} }, extra: map[string]string{"INGEST_HMAC_SECRET": "x", "RECONCILE_POLL_INTERVAL": "5s"}},
 	}
