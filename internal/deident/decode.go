@@ -25,9 +25,10 @@ var (
 	// holds in memory. The instance is refused rather than sent with text
 	// that could not be scrubbed.
 	ErrTooLarge = errors.New("DICOM data set too large to de-identify")
-	// ErrBurnedIn: the instance may show identifying text in its pixels
-	// (Burned In Annotation YES, or a SOP class that commonly does), and
-	// Options.IncludeBurnedIn is off.
+	// ErrBurnedIn: the instance's pixels may show who the patient is
+	// (Burned In Annotation, Recognizable Visual Features or Specimen
+	// Label in Image YES, or a SOP class that commonly does: burned-in
+	// text, photographs), and Options.IncludeBurnedIn is off.
 	ErrBurnedIn = errors.New("instance may carry burned-in text")
 	// ErrPanicked: the rewrite panicked (a bug); the message gives the
 	// panic's value and where. Reader returns it instead of ending the

@@ -403,6 +403,56 @@ func TestRewriteRefusesBurnedInAnnotation(t *testing.T) {
 	}
 }
 
+// Photographs and images flagged as showing the patient (a face, a slide
+// label) are refused as burned-in text is: they passed when they lacked
+// Burned In Annotation YES and were neither Secondary Capture nor
+// Ultrasound. include sends them all.
+func TestRewriteRefusesIdentifyingPixels(t *testing.T) {
+	const ct, wsi = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.77.1.6"
+	tests := []struct {
+		name    string
+		class   string
+		flags   []*element // sorted, between Patient ID and Pixel Data
+		refused string     // in the error; "" passes
+	}{
+		{name: "plain CT", class: ct},
+		{name: "CT, Recognizable Visual Features YES", class: ct, flags: []*element{str(tagRecognizable, "CS", "YES")}, refused: "Recognizable Visual Features (0028,0302) is YES"},
+		{name: "CT, Recognizable Visual Features NO", class: ct, flags: []*element{str(tagBurnedIn, "CS", "NO"), str(tagRecognizable, "CS", "NO")}},
+		{name: "VL Photographic without Burned In Annotation", class: "1.2.840.10008.5.1.4.1.1.77.1.4", refused: "(VL or Video Photographic)"},
+		{name: "VL Photographic, Burned In Annotation NO", class: "1.2.840.10008.5.1.4.1.1.77.1.4", flags: []*element{str(tagBurnedIn, "CS", "NO")}, refused: "Photographic"},
+		{name: "Video Photographic", class: "1.2.840.10008.5.1.4.1.1.77.1.4.1", refused: "Photographic"},
+		{name: "VL Endoscopic", class: "1.2.840.10008.5.1.4.1.1.77.1.1", refused: "Endoscopic"},
+		{name: "Video Endoscopic", class: "1.2.840.10008.5.1.4.1.1.77.1.1.1", refused: "Endoscopic"},
+		{name: "Ophthalmic Photography 8 Bit", class: "1.2.840.10008.5.1.4.1.1.77.1.5.1", refused: "Ophthalmic Photography"},
+		{name: "Ophthalmic Photography 16 Bit", class: "1.2.840.10008.5.1.4.1.1.77.1.5.2", refused: "Ophthalmic Photography"},
+		{name: "Wide Field Ophthalmic Photography", class: "1.2.840.10008.5.1.4.1.1.77.1.5.5", refused: "Ophthalmic Photography"},
+		{name: "Dermoscopic Photography", class: "1.2.840.10008.5.1.4.1.1.77.1.7", refused: "Dermoscopic"},
+		{name: "Photoacoustic", class: "1.2.840.10008.5.1.4.1.1.6.3", refused: "Photoacoustic"},
+		{name: "Whole Slide, label in the image", class: wsi, flags: []*element{str(tagSpecimenLabel, "CS", "YES")}, refused: "Specimen Label in Image (0048,0010) is YES"},
+		{name: "Whole Slide, no label", class: wsi, flags: []*element{str(tagSpecimenLabel, "CS", "NO")}},
+		{name: "VL Microscopic", class: "1.2.840.10008.5.1.4.1.1.77.1.2"},
+		{name: "Ophthalmic Tomography", class: "1.2.840.10008.5.1.4.1.1.77.1.5.4"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			els := []*element{str(tagSOPClassUID, "UI", tt.class), str(tagSOPInstanceUID, "UI", "1.2.3.9.1"), str(tagPatientID, "LO", "PAT-1")}
+			els = append(append(els, tt.flags...), &element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)})
+			in := testFile(t, syntaxExplicitLE, true, false, true, els)
+			var out bytes.Buffer
+			_, err := newTestDeidentifier(t, Options{}).Rewrite(&out, bytes.NewReader(in))
+			switch {
+			case tt.refused == "" && err != nil:
+				t.Errorf("Rewrite: %v, want it sent", err)
+			case tt.refused != "" && (!errors.Is(err, ErrBurnedIn) || !strings.Contains(err.Error(), tt.refused) || out.Len() != 0):
+				t.Errorf("Rewrite: %v, %d bytes written; want ErrBurnedIn naming %q, nothing written", err, out.Len(), tt.refused)
+			}
+			if _, err := newTestDeidentifier(t, Options{IncludeBurnedIn: true}).Rewrite(io.Discard, bytes.NewReader(in)); err != nil {
+				t.Errorf("with IncludeBurnedIn: %v", err)
+			}
+		})
+	}
+}
+
 // TestShiftDatesKeepsNoText: with retain-dates, what follows a date must
 // be a DT's time and offset; anything else (another date, text) empties
 // the value instead of being kept as it was.

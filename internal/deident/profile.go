@@ -99,7 +99,9 @@ const (
 	tagStudyInstanceUID    Tag = 0x0020000D
 	tagSeriesInstanceUID   Tag = 0x0020000E
 	tagBurnedIn            Tag = 0x00280301
+	tagRecognizable        Tag = 0x00280302
 	tagLongitudinal        Tag = 0x00280303
+	tagSpecimenLabel       Tag = 0x00480010
 	tagPixelData           Tag = 0x7FE00010
 	tagItem                Tag = 0xFFFEE000
 	tagItemDelim           Tag = 0xFFFEE00D
@@ -174,23 +176,46 @@ type Options struct {
 	// text is scrubbed as every kept text is.
 	// Remove are attributes removed, wherever they are.
 	Keep, Remove []Tag
-	// IncludeBurnedIn sends instances that may show identifying text in
-	// their pixels; by default the rewrite refuses them (ErrBurnedIn):
-	// Burned In Annotation (0028,0301) YES, Secondary Capture and
-	// Ultrasound images. Pixel data is never de-identified.
+	// IncludeBurnedIn sends instances whose pixels may show who the
+	// patient is; by default the rewrite refuses them (ErrBurnedIn):
+	// Burned In Annotation (0028,0301), Recognizable Visual Features
+	// (0028,0302) or Specimen Label in Image (0048,0010) YES, and the SOP
+	// classes of identifyingClass. Pixel data is never de-identified.
 	IncludeBurnedIn bool
 }
 
-// burnedInClass reports whether instances of a SOP class commonly carry
-// burned-in text: Secondary Capture (all of 1.2.840.10008.5.1.4.1.1.7)
-// and Ultrasound (single and multi-frame, current and retired).
-func burnedInClass(uid string) bool {
+// identifyingClass names the kind of a SOP class whose instances
+// commonly show who the patient is in their pixels, "" for any other:
+// text burned in by the device (Secondary Capture, Ultrasound and
+// Photoacoustic, endoscopy video processors) or a photograph of the
+// patient (VL and ophthalmic photography, dermoscopy). Microscopy of
+// specimens (VL Microscopic, Slide-Coordinates, Whole Slide, Confocal)
+// is no likeness of the patient: its slide label is what identifies, and
+// Specimen Label in Image (Type 1 in Whole Slide images) says so.
+// Ophthalmic tomography (OCT, en face) is left out as a tomography.
+func identifyingClass(uid string) string {
 	switch uid {
-	case "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1",
-		"1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3", "1.2.840.10008.5.1.4.1.1.6.2":
-		return true
+	case "1.2.840.10008.5.1.4.1.1.7":
+		return "Secondary Capture"
+	case "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.6",
+		"1.2.840.10008.5.1.4.1.1.3", "1.2.840.10008.5.1.4.1.1.6.2":
+		return "Ultrasound"
+	case "1.2.840.10008.5.1.4.1.1.6.3":
+		return "Photoacoustic"
+	case "1.2.840.10008.5.1.4.1.1.77.1.1", "1.2.840.10008.5.1.4.1.1.77.1.1.1":
+		return "VL or Video Endoscopic"
+	case "1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.4.1":
+		return "VL or Video Photographic"
+	case "1.2.840.10008.5.1.4.1.1.77.1.5.1", "1.2.840.10008.5.1.4.1.1.77.1.5.2",
+		"1.2.840.10008.5.1.4.1.1.77.1.5.5", "1.2.840.10008.5.1.4.1.1.77.1.5.6":
+		return "Ophthalmic Photography"
+	case "1.2.840.10008.5.1.4.1.1.77.1.7":
+		return "Dermoscopic Photography"
 	}
-	return strings.HasPrefix(uid, "1.2.840.10008.5.1.4.1.1.7.")
+	if strings.HasPrefix(uid, "1.2.840.10008.5.1.4.1.1.7.") {
+		return "Secondary Capture"
+	}
+	return ""
 }
 
 // ErrBadOptions is returned for a keep or remove list the profile cannot honour.

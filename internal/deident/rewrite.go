@@ -452,8 +452,8 @@ func (rw *rewrite) start(pending []*element) error {
 			}
 		}
 	}
-	if !p.opts.IncludeBurnedIn && burnedInClass(rw.sopClass) {
-		return fmt.Errorf("%w: SOP class %s (Secondary Capture or Ultrasound) commonly does", ErrBurnedIn, rw.sopClass)
+	if kind := identifyingClass(rw.sopClass); kind != "" && !p.opts.IncludeBurnedIn {
+		return fmt.Errorf("%w: SOP class %s (%s) commonly does", ErrBurnedIn, rw.sopClass, kind)
 	}
 	// Refused before anything is written.
 	for _, el := range pending {
@@ -554,15 +554,25 @@ func (rw *rewrite) writeTop(el *element) error {
 	return writeElement(rw.w, out, rw.explicit)
 }
 
-// checkBurnedIn records Burned In Annotation and refuses YES.
+// checkBurnedIn records Burned In Annotation, and refuses YES in it,
+// in Recognizable Visual Features (a face, a tattoo) or in Specimen
+// Label in Image (a slide label, with the patient's name or ID).
 func (rw *rewrite) checkBurnedIn(el *element) error {
-	if el.tag != tagBurnedIn {
+	var name string
+	switch el.tag {
+	case tagBurnedIn:
+		rw.inst.BurnedInAnnotation = trimValue(el.value)
+		name = "Burned In Annotation (0028,0301)"
+	case tagRecognizable:
+		name = "Recognizable Visual Features (0028,0302)"
+	case tagSpecimenLabel:
+		name = "Specimen Label in Image (0048,0010)"
+	default:
 		return nil
 	}
-	rw.inst.BurnedInAnnotation = trimValue(el.value)
 	// Leading spaces mean nothing in a CS value either.
-	if !rw.d.p.opts.IncludeBurnedIn && strings.EqualFold(strings.TrimSpace(rw.inst.BurnedInAnnotation), "YES") {
-		return fmt.Errorf("%w: Burned In Annotation (0028,0301) is YES", ErrBurnedIn)
+	if !rw.d.p.opts.IncludeBurnedIn && strings.EqualFold(strings.TrimSpace(trimValue(el.value)), "YES") {
+		return fmt.Errorf("%w: %s is YES", ErrBurnedIn, name)
 	}
 	return nil
 }
@@ -647,8 +657,8 @@ func (rw *rewrite) transform(el *element, depth int) *element {
 
 // stream copies a large top-level value through without holding it.
 func (rw *rewrite) stream(tag Tag, vr string, n uint32) error {
-	if tag == tagBurnedIn {
-		return fmt.Errorf("%w: Burned In Annotation of %d bytes", ErrMalformed, n)
+	if tag == tagBurnedIn || tag == tagRecognizable || tag == tagSpecimenLabel {
+		return fmt.Errorf("%w: %s, a CS flag, of %d bytes", ErrMalformed, tag, n)
 	}
 	if err := rw.writeAdds(tag); err != nil {
 		return err
