@@ -53,6 +53,14 @@ var identifyingAttrs = map[Tag]idKind{
 	0x00401102: idWhole, // Person's Address
 	0x00401103: idWhole, // Person's Telephone Numbers
 	0x00401104: idWhole, // Person's Telecom Information
+	0x00100033: idWhole, // Patient's Birth Date in Alternative Calendar
+	0x00100034: idWhole, // Patient's Death Date in Alternative Calendar
+	0x00102295: idWhole, // Breed Registration Number
+	0x00401006: idWhole, // Placer Order Number / Procedure (retired)
+	0x00401007: idWhole, // Filler Order Number / Procedure (retired)
+	0x00402006: idWhole, // Placer Order Number / Imaging Service Request (retired)
+	0x00402007: idWhole, // Filler Order Number / Imaging Service Request (retired)
+	0x0040E001: idWhole, // HL7 Instance Identifier
 	0x00080090: idName,  // Referring Physician's Name
 	0x0008009C: idName,  // Consulting Physician's Name
 	0x00081048: idName,  // Physician(s) of Record

@@ -120,8 +120,12 @@ func oddDataset(p oddPatient) []*element {
 		str(tagPatientName, "PN", p.name),
 		str(tagPatientID, "LO", p.id),
 		str(tagBirthDate, "DA", p.birth),
+		// Identifying attributes Table E.1-1 (2023b) does not list.
+		str(0x00100033, "LO", oddUnlisted[0]), // Patient's Birth Date in Alternative Calendar
+		str(0x00100034, "LO", oddUnlisted[1]), // Patient's Death Date in Alternative Calendar
 		str(0x00101000, "LO", p.other),
 		seq(0x00101002, item(str(tagPatientID, "LO", p.other))),
+		seq(0x00102294, item(str(0x00102295, "LO", oddUnlisted[2]))), // Breed Registration Number
 		str(0x00110010, "LO", "OTHER VENDOR"),
 		str(0x00111010, "LT", "patient "+p.name+" born "+p.birth),
 		// An unknown public attribute in VR UN holding the name.
@@ -138,18 +142,33 @@ func oddDataset(p oddPatient) []*element {
 			seq(0x00081120, item(str(tagPatientName, "PN", p.name))),
 			str(tagPatientName, "PN", p.name),
 		)),
-		// A text value the table does not list, at the top level.
-		str(0x0040A160, "UT", "dictated for "+p.name+" ("+p.id+")"),
+		// Retired order numbers.
+		str(0x00401006, "SH", oddUnlisted[3]),
+		str(0x00401007, "SH", oddUnlisted[4]),
+		str(0x00402006, "SH", oddUnlisted[5]),
+		str(0x00402007, "SH", oddUnlisted[6]),
+		// A text value the table does not list, at the top level, with
+		// the values of those the table does not list either.
+		str(0x0040A160, "UT", "dictated for "+p.name+" ("+p.id+") "+strings.Join(oddUnlisted, " ")),
+		str(0x0040E001, "ST", oddUnlisted[7]), // HL7 Instance Identifier
 		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
 	}
 }
 
+// oddUnlisted are the values of identifying attributes Table E.1-1 of
+// 2023b does not list: birth and death dates in an alternative
+// calendar, a breed registration number, four retired order numbers and
+// an HL7 Instance Identifier.
+var oddUnlisted = []string{"1349/01/23", "1420/07/07", "BREED-REG-36", "PLC-PROC-31", "FIL-PROC-32", "PLC-ISR-33", "FIL-ISR-34",
+	"2.16.840.1.113883.19.5^HL7-DOC-35"}
+
 // oddSecrets are the byte strings that must not arrive, in the file's
 // own encoding: the whole name, its parts, the IDs, the birth date in
-// DICOM and printed form.
+// DICOM and printed form, the values of oddUnlisted.
 func oddSecrets(p oddPatient) []string {
 	s := append([]string{p.name, p.id, p.other, p.birth, p.physician, "ACC-5566", "Saint Elsewhere",
 		p.birth[6:8] + "." + p.birth[4:6] + "." + p.birth[:4]}, p.parts...)
+	s = append(s, oddUnlisted...)
 	return append(s, strings.Split(p.physician, "^")...)
 }
 

@@ -154,6 +154,22 @@ var locationURLs = []Tag{
 	0x0074100A, // Contact URI
 }
 
+// unlisted are removed although Table E.1-1 of 2023b does not list them:
+// they identify the patient, an order or a document as plainly as what
+// it lists (Patient's Birth Date, Placer Order Number). Their values are
+// also scrubbed from kept text (identifyingAttrs).
+var unlisted = []Tag{
+	0x00100033, // Patient's Birth Date in Alternative Calendar
+	0x00100034, // Patient's Death Date in Alternative Calendar
+	0x00102294, // Breed Registration Sequence, of an animal patient
+	0x00102295, // Breed Registration Number, in it: removed (so scrubbed) alone too
+	0x00401006, // Placer Order Number / Procedure (retired)
+	0x00401007, // Filler Order Number / Procedure (retired)
+	0x00402006, // Placer Order Number / Imaging Service Request (retired)
+	0x00402007, // Filler Order Number / Imaging Service Request (retired)
+	0x0040E001, // HL7 Instance Identifier (of the order's or report's HL7 document)
+}
+
 // Options selects the profile's options and a destination's own lists.
 type Options struct {
 	// RetainDates: Retain Longitudinal Temporal Information with Modified
@@ -237,7 +253,7 @@ func newProfile(o Options) (*profile, error) {
 	}
 	p.actions[tagPatientID] = actPatientID
 	p.actions[tagPatientName] = actPatientName
-	for _, t := range locationURLs {
+	for _, t := range slices.Concat(locationURLs, unlisted) {
 		p.actions[t] = actRemove
 	}
 	if o.RetainPatientCharacteristics {
