@@ -453,6 +453,47 @@ func TestRewriteRefusesIdentifyingPixels(t *testing.T) {
 	}
 }
 
+// The attributes Table E.1-1 lists since 2024b (after the 2023b table.go
+// was generated) are removed, in Explicit and Implicit VR, with and
+// without retain-dates: they were kept.
+func TestRewriteRemovesTable2024bAttributes(t *testing.T) {
+	person := item(str(0x00401102, "ST", "12 Main Street")) // Person's Address
+	els := []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.481.3"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+		str(tagPatientID, "LO", "PAT-1"),
+		str(0x00120022, "LO", "TRIAL-ISSUER"),
+		seq(0x00120023, item(str(0x00120020, "LO", "OTHER-PROTOCOL"))),
+		str(0x00120032, "LO", "SITE-ISSUER"),
+		str(0x00120041, "LO", "SUBJECT-ISSUER"),
+		str(0x00120043, "LO", "READING-ISSUER"),
+		str(0x00120055, "LO", "TIMEPOINT-ISSUER"),
+		str(0x00120073, "LO", "SERIES-ISSUER"),
+		str(0x00181204, "DA", "20190101"),
+		str(0x00181205, "DA", "20190202"),
+		str(0x3006002D, "DT", "20240303101500"),
+		str(0x3006002E, "DT", "20240404101500"),
+		seq(0x3006004D, person),
+		seq(0x3006004E, person),
+	}
+	for _, explicit := range []bool{true, false} {
+		syntax := map[bool]string{true: syntaxExplicitLE, false: syntaxImplicitLE}[explicit]
+		in := testFile(t, syntax, explicit, !explicit, true, els)
+		for _, o := range []Options{{}, {RetainDates: true}} {
+			var out bytes.Buffer
+			if _, err := newTestDeidentifier(t, o).Rewrite(&out, bytes.NewReader(in)); err != nil {
+				t.Fatalf("explicit %v, %+v: %v", explicit, o, err)
+			}
+			got := parseFile(t, out.Bytes()).elements
+			for _, el := range els[3:] {
+				if find(got, el.tag) != nil {
+					t.Errorf("explicit %v, %+v: %s kept", explicit, o, el.tag)
+				}
+			}
+		}
+	}
+}
+
 // TestShiftDatesKeepsNoText: with retain-dates, what follows a date must
 // be a DT's time and offset; anything else (another date, text) empties
 // the value instead of being kept as it was.

