@@ -77,8 +77,11 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 				d.VarName("STOW_TRANSFER_SYNTAXES"), d.VarName("STOW_DEIDENTIFY"))
 		}
 	}
+	// The key's fingerprint, never the key: every forwarder of the
+	// destination must log the same one (docs/deidentification.md, Rotation).
 	log.Info("the destination receives de-identified copies (PS3.15 basic profile, keyed pseudonyms)", "destination", d.Name,
-		"options", []string(d.Options), "burned_in", d.BurnedIn, "keep", len(opts.Keep), "remove", len(opts.Remove))
+		"options", []string(d.Options), "burned_in", d.BurnedIn, "keep", len(opts.Keep), "remove", len(opts.Remove),
+		"key_fingerprint", k.Fingerprint())
 	return nil
 }
 

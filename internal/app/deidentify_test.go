@@ -84,6 +84,31 @@ func TestDeidentifyWiring(t *testing.T) {
 	}
 }
 
+// Each de-identifying destination's start is logged with its key's
+// fingerprint, never the key, so that the operator can tell that every
+// forwarder of the destination uses the same key (before and after a
+// rotation).
+func TestDeidentifyLogsKeyFingerprint(t *testing.T) {
+	secret := strings.Repeat("k", 40)
+	key := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(key, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := &config.NamedDestination{Name: "ai", Var: "DESTINATION_AI_", Destination: config.Destination{Deidentify: config.Deidentify{
+		Mode: config.DeidentifyBasic, KeyFile: key, PatientPrefix: "ANON-", BurnedIn: config.DeidentifyBurnedInExclude}}}
+	var logs bytes.Buffer
+	if err := deidentify(&forward.Options{Destination: nopDestination{}}, d, slog.New(slog.NewJSONHandler(&logs, nil))); err != nil {
+		t.Fatal(err)
+	}
+	// printf 'stowline key fingerprint' | openssl dgst -sha256 -hmac "$(cat key)", first 16 hex digits.
+	if !strings.Contains(logs.String(), `"destination":"ai"`) || !strings.Contains(logs.String(), `"key_fingerprint":"699d18bff6df025f"`) {
+		t.Errorf("no key_fingerprint of destination ai in %s", logs.String())
+	}
+	if strings.Contains(logs.String(), secret) {
+		t.Errorf("the key is logged: %s", logs.String())
+	}
+}
+
 // TestDeidentifyKeepsEveryReadableSyntax: a de-identifying destination
 // without a transfer syntax list is sent, as they are, the instances in
 // every standard syntax the rewrite reads (PS3.5 Annex A, PS3.6 Table

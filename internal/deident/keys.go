@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/big"
@@ -58,6 +59,20 @@ func ReadKeyFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w: %d bytes, want at least %d (e.g. head -c 32 /dev/urandom | base64 > key)", path, ErrKeyTooShort, len(b), MinKeyLen)
 	}
 	return b, nil
+}
+
+// fingerprintMessage is what Fingerprint's HMAC is of.
+const fingerprintMessage = "stowline key fingerprint"
+
+// Fingerprint names the key without revealing it, so that operators can
+// tell whether two processes use the same key: the first 8 bytes, in
+// hex, of HMAC-SHA256(key, "stowline key fingerprint"), which
+// `printf 'stowline key fingerprint' | openssl dgst -sha256 -hmac "$(cat KEYFILE)"`
+// also gives (its first 16 hex digits).
+func (k *Keyer) Fingerprint() string {
+	h := hmac.New(sha256.New, k.key)
+	h.Write([]byte(fingerprintMessage))
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 func (k *Keyer) mac(purpose, value string) []byte {
