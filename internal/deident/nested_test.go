@@ -2,6 +2,7 @@ package deident
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -43,9 +44,14 @@ func encodeDefined(w io.Writer, el *element, explicit bool) error {
 	return err
 }
 
-// testFile writes a Part-10 file (or a bare data set without meta).
+// testFile writes a Part-10 file (or a bare data set without meta), its
+// top-level elements in ascending tag order as PS3.5 7.1 wants (the
+// rewrite refuses others): the tests list them in the order that reads
+// best.
 func testFile(t *testing.T, syntax string, explicit, defined, meta bool, els []*element) []byte {
 	t.Helper()
+	els = slices.Clone(els)
+	slices.SortStableFunc(els, func(a, b *element) int { return cmp.Compare(a.tag, b.tag) })
 	var b bytes.Buffer
 	if meta {
 		var mb bytes.Buffer
@@ -491,6 +497,46 @@ func TestRewriteRemovesTable2024bAttributes(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A repeated or out-of-order top-level tag is malformed: DCMTK and
+// Orthanc read a repeated one as its first, the rewrite read it as its
+// last, so a Secondary Capture with a second SOP Class UID of CT passed
+// the burned-in check as CT.
+func TestRewriteRefusesRepeatedOrUnorderedTags(t *testing.T) {
+	const sc, ct = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.2"
+	px := &element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)}
+	tests := []struct {
+		name      string
+		els       []*element // written in this order
+		malformed bool
+	}{
+		{name: "in order", els: []*element{str(tagSOPClassUID, "UI", ct), str(tagSOPInstanceUID, "UI", "1.2.3.9.1"), str(tagPatientID, "LO", "PAT-1"), px}},
+		{name: "SC, then a second SOP Class UID of CT", malformed: true,
+			els: []*element{str(tagSOPClassUID, "UI", sc), str(tagSOPClassUID, "UI", ct), str(tagSOPInstanceUID, "UI", "1.2.3.9.1"), px}},
+		{name: "Patient ID twice", malformed: true,
+			els: []*element{str(tagSOPClassUID, "UI", ct), str(tagSOPInstanceUID, "UI", "1.2.3.9.1"), str(tagPatientID, "LO", "PAT-1"), str(tagPatientID, "LO", "PAT-2"), px}},
+		{name: "Patient ID after the Study Instance UID", malformed: true,
+			els: []*element{str(tagSOPClassUID, "UI", ct), str(tagSOPInstanceUID, "UI", "1.2.3.9.1"), str(tagStudyInstanceUID, "UI", "1.2.3.9"), str(tagPatientID, "LO", "PAT-1"), px}},
+		{name: "an element after Pixel Data that belongs before it", malformed: true,
+			els: []*element{str(tagSOPClassUID, "UI", ct), str(tagSOPInstanceUID, "UI", "1.2.3.9.1"), px, str(tagPatientID, "LO", "PAT-1")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := bytes.NewBuffer(testFile(t, syntaxExplicitLE, true, false, true, nil))
+			for _, el := range tt.els {
+				if err := writeElement(in, el, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, o := range []Options{{}, {IncludeBurnedIn: true}} {
+				_, err := newTestDeidentifier(t, o).Rewrite(io.Discard, bytes.NewReader(in.Bytes()))
+				if tt.malformed != errors.Is(err, ErrMalformed) || (!tt.malformed && err != nil) {
+					t.Errorf("%+v: Rewrite = %v, want malformed %v", o, err, tt.malformed)
+				}
+			}
+		})
 	}
 }
 

@@ -213,7 +213,8 @@ func (rw *rewrite) run() error {
 		pending = nil
 		return err
 	}
-	for {
+	var prev Tag
+	for first := true; ; first = false {
 		tag, vr, n, err := rw.dec.header(rw.explicit)
 		if err == io.EOF {
 			break
@@ -227,6 +228,13 @@ func (rw *rewrite) run() error {
 		if tag.Group() == 0x0002 {
 			return fmt.Errorf("%w: file meta element %s in the data set at byte %d", ErrMalformed, tag, rw.dec.pos)
 		}
+		// Tags ascend (PS3.5 7.1). A repeated one is read by DCMTK and
+		// Orthanc as its first, here it would be the last: a second SOP
+		// Class UID could pass a Secondary Capture as CT. Refused.
+		if !first && tag <= prev {
+			return fmt.Errorf("%w: %s after %s at byte %d (tags repeated or out of order)", ErrMalformed, tag, prev, rw.dec.pos)
+		}
+		prev = tag
 		large := n != undefinedLength && n > streamThreshold && !rw.dec.isSequence(tag, vr, n)
 		var el *element
 		switch a := rw.d.p.action(tag, dictionaryVR(tag, vr)); {
