@@ -70,7 +70,12 @@ type decoder struct {
 	held int64 // bytes held in memory since the last reset
 	// limit replaces maxHeld when set (tests).
 	limit int64
-	buf   [8]byte
+	// discard: values over streamThreshold are read past, not held
+	// (value returns nil): the element being read is dropped whole, and
+	// only its structure and small values (identifying values for the
+	// scrub) are needed.
+	discard bool
+	buf     [8]byte
 }
 
 func (d *decoder) full(b []byte) error {
@@ -139,6 +144,14 @@ func (d *decoder) header(explicit bool) (tag Tag, vr string, n uint32, err error
 func (d *decoder) value(tag Tag, n uint32) ([]byte, error) {
 	if n == undefinedLength {
 		return nil, fmt.Errorf("%w: element %s at byte %d has undefined length", ErrMalformed, tag, d.pos)
+	}
+	if d.discard && n > streamThreshold {
+		c, err := io.CopyN(io.Discard, d.r, int64(n))
+		d.pos += c
+		if err == io.EOF {
+			return nil, fmt.Errorf("%w: file ends %d bytes into a value of %d at byte %d", ErrMalformed, c, n, d.pos)
+		}
+		return nil, err
 	}
 	limit := int64(maxHeld)
 	if d.limit > 0 {

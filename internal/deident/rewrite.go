@@ -235,9 +235,11 @@ func (rw *rewrite) run() error {
 			return fmt.Errorf("%w: %s after %s at byte %d (tags repeated or out of order)", ErrMalformed, tag, prev, rw.dec.pos)
 		}
 		prev = tag
-		large := n != undefinedLength && n > streamThreshold && !rw.dec.isSequence(tag, vr, n)
+		sequence := rw.dec.isSequence(tag, vr, n)
+		large := n != undefinedLength && n > streamThreshold && !sequence
+		a := rw.d.p.action(tag, dictionaryVR(tag, vr))
 		var el *element
-		switch a := rw.d.p.action(tag, dictionaryVR(tag, vr)); {
+		switch {
 		case large && a == actRemove:
 			// A large private value (vendors put them in group 0009, before
 			// the Patient ID), an overlay: dropped without holding it.
@@ -275,7 +277,12 @@ func (rw *rewrite) run() error {
 			if flushed {
 				rw.dec.held = 0
 			}
+			// A sequence the copy drops (a private one, a Content
+			// Sequence emptied): its large values are read past, not
+			// held, so that they cannot make the instance too large.
+			rw.dec.discard = sequence && (a == actRemove || a == actEmpty)
 			el, err = rw.dec.readBody(tag, vr, n, rw.explicit, 0)
+			rw.dec.discard = false
 			if err != nil {
 				if errors.Is(err, ErrTooLarge) && !flushed {
 					return fmt.Errorf("%w; the elements before Pixel Data are held whole until the identifying values are known", err)

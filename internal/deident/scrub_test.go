@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -381,6 +382,56 @@ func TestRewriteHeaderOverHoldFailsClosed(t *testing.T) {
 	}
 	if out.Len() != 0 {
 		t.Errorf("%d bytes written before the refusal", out.Len())
+	}
+}
+
+// A sequence the copy drops (a private one; a Content Sequence, emptied)
+// is read without holding its large values: one larger than the hold
+// refused the instance (ErrTooLarge) though none of it is sent. Its small
+// values still count for the scrub. The hold is lowered to 1 MiB.
+func TestRewriteDroppedSequenceIsNotHeld(t *testing.T) {
+	blob := bytes.Repeat([]byte{7, 9}, 1<<20) // 2 MiB
+	nested := func() []*element {
+		return item(str(tagPatientName, "PN", "Other^Olga"), &element{tag: 0x00091011, vr: "OB", value: blob},
+			seq(0x00091012, item(&element{tag: 0x00091013, vr: "OB", value: blob})))
+	}
+	tests := []struct {
+		name string
+		drop *element
+	}{
+		{name: "private sequence", drop: seq(0x00091010, nested(), nested())},
+		{name: "Content Sequence, emptied", drop: seq(0x0040A730, item(str(0x0040A123, "PN", "Other^Olga"), &element{tag: 0x0040A170, vr: "OB", value: blob}))},
+	}
+	for _, tt := range tests {
+		for _, defined := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/defined length %v", tt.name, defined), func(t *testing.T) {
+				in := testFile(t, syntaxExplicitLE, true, defined, true, []*element{
+					str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+					str(tagSOPInstanceUID, "UI", "1.2.3.9.1"),
+					str(0x00090010, "LO", "ACME 1.0"),
+					str(tagPatientID, "LO", "PAT-1"),
+					str(0x00204000, "LT", "seen by Olga"),
+					tt.drop,
+					{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+				})
+				d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+				var out bytes.Buffer
+				rw := &rewrite{d: d, dec: &decoder{r: bufio.NewReader(bytes.NewReader(in)), limit: 1 << 20}, w: bufio.NewWriter(&out)}
+				if err := rw.run(); err != nil {
+					t.Fatalf("run: %v", err)
+				}
+				if err := rw.w.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				got := parseFile(t, out.Bytes()).elements
+				if bytes.Contains(out.Bytes(), blob[:64]) {
+					t.Error("the copy holds the dropped sequence's values")
+				}
+				if c := find(got, 0x00204000); c == nil || strings.Contains(string(c.value), "Olga") {
+					t.Errorf("Image Comments %v, want kept without the name only the dropped sequence holds", c)
+				}
+			})
+		}
 	}
 }
 
