@@ -33,8 +33,11 @@ func StorageFull(err error) error {
 	switch api.ErrorCode {
 	case errCodeAccountResources, errCodeInsufficient, errCodeStorageResources:
 	case errCodeStoreFailed:
-		// A stream's cap: nats-server's ErrMaxBytes and ErrMaxMsgs.
-		if api.Description != "maximum bytes exceeded" && api.Description != "maximum messages exceeded" {
+		// A stream's cap: nats-server's ErrMaxBytes, ErrMaxMsgs and, with
+		// DiscardNewPerSubject, ErrMaxMsgsPerSubject.
+		switch api.Description {
+		case "maximum bytes exceeded", "maximum messages exceeded", "maximum messages per subject exceeded":
+		default:
 			return err
 		}
 	default:

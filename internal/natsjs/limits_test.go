@@ -2,6 +2,7 @@ package natsjs_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -13,16 +14,20 @@ import (
 )
 
 // TestStreamLimitKeepsWhatIsQueued: an operator whose NATS disk fills up
-// caps a stream (nats stream edit --max-msgs/--max-bytes; an account
+// caps a stream (nats stream edit --max-msgs/--max-bytes, or each
+// source with --max-msgs-per-subject --discard-per-subject; an account
 // that requires max bytes forces one). Reaching the cap must refuse new
-// messages, which the webhook answers 503 for and Orthanc or the
-// reconciler sends again, never delete the oldest: those are events
-// accepted with a 202 and not forwarded yet, or dead letters whose
-// events were terminated. A later start, which updates a stream whose
-// settings changed, keeps the operator's cap.
+// messages, which the webhook answers 503 for (ErrStorageFull) and
+// Orthanc or the reconciler sends again, never delete the oldest: those
+// are events accepted with a 202 and not forwarded yet, or dead letters
+// whose events were terminated. A later start, which updates a stream
+// whose settings changed, keeps every setting stowline does not own: it
+// dropped DiscardNewPerSubject, and the per-subject cap then deleted
+// the oldest, and its update was refused for the operator's DenyDelete,
+// DenyPurge or AllowMsgTTL, which JetStream does not let be taken back.
 func TestStreamLimitKeepsWhatIsQueued(t *testing.T) {
 	const limit = 2
-	for _, tc := range []struct {
+	streams := []struct {
 		name    string
 		ensure  func(context.Context, natsjs.Topology, jetstream.JetStream) error
 		subject string
@@ -35,52 +40,69 @@ func TestStreamLimitKeepsWhatIsQueued(t *testing.T) {
 			_, err := topo.EnsureDeadLetters(ctx, js)
 			return err
 		}, natsjs.DeadLetterSubject(natsjs.DefaultDestination, "orthanc-a")},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
-			ctx := testCtx(t)
-			topo := natsjs.DefaultTopology()
-			if err := tc.ensure(ctx, topo, js); err != nil {
-				t.Fatal(err)
-			}
-			// The operator's cap, as `nats stream edit` sets it.
-			s, err := js.Stream(ctx, tc.name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := s.CachedInfo().Config
-			cfg.MaxMsgs, cfg.MaxBytes = limit, 1<<20
-			if _, err := js.UpdateStream(ctx, cfg); err != nil {
-				t.Fatal(err)
-			}
-			// A later start with a changed setting updates the stream.
-			topo.Retention, topo.DeadLetterRetention = 48*time.Hour, 48*time.Hour
-			if err := tc.ensure(ctx, topo, js); err != nil {
-				t.Fatal(err)
-			}
-			var refused error
-			for i := range limit + 1 {
-				msg := &nats.Msg{Subject: tc.subject, Data: []byte(`{}`), Header: nats.Header{}}
-				msg.Header.Set(jetstream.MsgIDHeader, "m"+strconv.Itoa(i))
-				if _, err := js.PublishMsg(ctx, msg); err != nil {
-					refused = err
+	}
+	caps := []struct {
+		name string
+		set  func(*jetstream.StreamConfig)
+		kept func(jetstream.StreamConfig) bool
+	}{
+		{"max messages", func(c *jetstream.StreamConfig) { c.MaxMsgs, c.MaxBytes = limit, 1<<20 },
+			func(c jetstream.StreamConfig) bool { return c.MaxMsgs == limit && c.MaxBytes == 1<<20 }},
+		{"per subject, discard new, deny delete and purge, message TTLs", func(c *jetstream.StreamConfig) {
+			c.MaxMsgsPerSubject, c.DiscardNewPerSubject = limit, true
+			c.DenyDelete, c.DenyPurge, c.AllowMsgTTL = true, true, true
+		}, func(c jetstream.StreamConfig) bool {
+			return c.MaxMsgsPerSubject == limit && c.DiscardNewPerSubject && c.DenyDelete && c.DenyPurge && c.AllowMsgTTL
+		}},
+	}
+	for _, tc := range streams {
+		for _, cp := range caps {
+			t.Run(tc.name+"/"+cp.name, func(t *testing.T) {
+				_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+				ctx := testCtx(t)
+				topo := natsjs.DefaultTopology()
+				if err := tc.ensure(ctx, topo, js); err != nil {
+					t.Fatal(err)
 				}
-			}
-			info, err := js.Stream(ctx, tc.name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			st, got := info.CachedInfo().State, info.CachedInfo().Config
-			if got.MaxMsgs != limit || got.MaxBytes != 1<<20 {
-				t.Errorf("after a start: MaxMsgs %d, MaxBytes %d; want the operator's %d and %d", got.MaxMsgs, got.MaxBytes, limit, 1<<20)
-			}
-			if st.FirstSeq != 1 || st.Msgs != limit {
-				t.Errorf("stream holds %d messages, %d to %d; want the first %d kept, none deleted to make room and none past the cap", st.Msgs, st.FirstSeq, st.LastSeq, limit)
-			}
-			if refused == nil {
-				t.Errorf("a message past the cap was stored; want it refused")
-			}
-		})
+				// The operator's settings, as `nats stream edit` sets them.
+				s, err := js.Stream(ctx, tc.name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := s.CachedInfo().Config
+				cp.set(&cfg)
+				if _, err := js.UpdateStream(ctx, cfg); err != nil {
+					t.Fatal(err)
+				}
+				// A later start with a changed setting updates the stream.
+				topo.Retention, topo.DeadLetterRetention = 48*time.Hour, 48*time.Hour
+				if err := tc.ensure(ctx, topo, js); err != nil {
+					t.Fatalf("a start after the operator's edit: %v", err)
+				}
+				var refused error
+				for i := range limit + 1 {
+					msg := &nats.Msg{Subject: tc.subject, Data: []byte(`{}`), Header: nats.Header{}}
+					msg.Header.Set(jetstream.MsgIDHeader, "m"+strconv.Itoa(i))
+					if _, err := js.PublishMsg(ctx, msg); err != nil {
+						refused = err
+					}
+				}
+				info, err := js.Stream(ctx, tc.name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				st, got := info.CachedInfo().State, info.CachedInfo().Config
+				if !cp.kept(got) || got.MaxAge != 48*time.Hour {
+					t.Errorf("after a start: %+v; want the operator's settings kept and MaxAge %s", got, 48*time.Hour)
+				}
+				if st.FirstSeq != 1 || st.Msgs != limit {
+					t.Errorf("stream holds %d messages, %d to %d; want the first %d kept, none deleted to make room and none past the cap", st.Msgs, st.FirstSeq, st.LastSeq, limit)
+				}
+				if !errors.Is(natsjs.StorageFull(refused), natsjs.ErrStorageFull) {
+					t.Errorf("a message past the cap: %v; want it refused as ErrStorageFull", refused)
+				}
+			})
+		}
 	}
 }
 

@@ -273,7 +273,7 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 			}
 		}
 		scaled = have.Replicas != max(cfg.Replicas, 1)
-		keepLimits(&cfg, have)
+		cfg = ownedSettings(have, cfg)
 		if t.Log != nil {
 			// Two processes configured differently change the stream
 			// back and forth at each start: each change is on record.
@@ -475,11 +475,19 @@ func fixedInPlace(kind, name, remove string, haveStorage, wantStorage jetstream.
 		kind, name, what, first, remove)
 }
 
-// keepLimits keeps the size limits stowline does not set in an update:
-// an operator's cap (or one the account requires) would otherwise be
-// lifted by the next start that changes a setting.
-func keepLimits(cfg *jetstream.StreamConfig, have jetstream.StreamConfig) {
-	cfg.MaxBytes, cfg.MaxMsgs, cfg.MaxMsgsPerSubject, cfg.MaxMsgSize = have.MaxBytes, have.MaxMsgs, have.MaxMsgsPerSubject, have.MaxMsgSize
+// ownedSettings is the update of a stream whose configuration is have:
+// have with what stowline sets taken from want (the fields sameStream
+// compares). An update is a whole configuration: one built from want
+// alone lifted at the next start that changed a setting what an operator
+// (or the account) set and stowline does not own. A cap with
+// --discard-per-subject then deleted a source's oldest events, forwarded
+// or not, and DenyDelete, DenyPurge or AllowMsgTTL, which JetStream
+// refuses to take back, failed every process's start.
+func ownedSettings(have, want jetstream.StreamConfig) jetstream.StreamConfig {
+	u := have
+	u.Description, u.Subjects, u.Retention = want.Description, want.Subjects, want.Retention
+	u.MaxAge, u.Duplicates, u.Storage, u.Replicas, u.Discard = want.MaxAge, want.Duplicates, want.Storage, want.Replicas, want.Discard
+	return u
 }
 
 // sameStream reports whether have is want in every field stowline sets.
@@ -839,7 +847,7 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 				return kv, nil
 			}
 			scaled = have.Replicas != max(cfg.Replicas, 1)
-			// As keepLimits: an operator's cap stays.
+			// As ownedSettings: an operator's cap stays.
 			cfg.MaxBytes, cfg.MaxValueSize = have.MaxBytes, have.MaxValueSize
 		}
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
