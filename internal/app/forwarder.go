@@ -131,6 +131,9 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			o.Windows = laneWindows(fc.Windows)
 		}
 		o.Stream = eventStream
+		// The stream's, not this process's EVENTS_RETENTION: another
+		// process's start may have set another (the probe reads it again).
+		o.EventsRetention = eventStream.CachedInfo().Config.MaxAge
 		if len(d.StowTransferSyntaxes) > 0 {
 			log.Info("instances in other transfer syntaxes are converted by Orthanc", "destination", d.Name, "transfer_syntaxes", []string(d.StowTransferSyntaxes))
 		}
@@ -279,7 +282,6 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		MaxDeliveries:       fc.MaxDeliveries,
 		InstanceRetries:     fc.InstanceRetries,
 		ShutdownGrace:       fc.ShutdownGrace,
-		EventsRetention:     p.topo.Retention,
 		Logger:              log,
 		Registerer:          reg,
 		TracerProvider:      p.tracer,

@@ -110,8 +110,10 @@ type Options struct {
 	// it (lanes.go, probeLane); nil: only whether it holds any.
 	Stream jetstream.Stream
 	// EventsRetention is how long JetStream keeps an event, forwarded or
-	// not (EVENTS_RETENTION): one pulled past three quarters of it is
-	// warned about (lanes.go, queueAge). 0: not known.
+	// not: the event stream's MaxAge at start (0: not known). With
+	// Stream set, the lane probe reads it again from the stream, which
+	// any process's start may have changed (watchLanes). One pulled past
+	// three quarters of it is warned about (lanes.go, queueAge).
 	EventsRetention time.Duration
 	// SourceFor returns the Orthanc that an event's source names.
 	SourceFor func(source string) (Source, error)
@@ -272,6 +274,9 @@ type Forwarder struct {
 	stoppingOnce sync.Once
 	// parking is nil unless MaxParked is set.
 	parking *sourceParking
+	// retention is the event stream's MaxAge as last read
+	// (setRetention), in nanoseconds; 0: not known.
+	retention atomic.Int64
 }
 
 // New validates opts and returns a Forwarder.
@@ -335,7 +340,6 @@ func New(opts Options) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.retention.Set(opts.EventsRetention.Seconds())
 	limit, err := newLimiter(&opts, reg, log)
 	if err != nil {
 		return nil, err
@@ -353,6 +357,8 @@ func New(opts Options) (*Forwarder, error) {
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
 		stopping: make(chan struct{})}
 	m.laneAge.setClock(fw.plan.now)
+	fw.retention.Store(int64(opts.EventsRetention))
+	m.retention.Set(opts.EventsRetention.Seconds())
 	if opts.MaxParked > 0 && opts.SourceProbe != nil {
 		fw.parking = &sourceParking{limit: opts.MaxParked, replicas: 1, sources: map[string][]*parkedStudy{}}
 	}

@@ -252,6 +252,7 @@ func (f *Forwarder) watchLanes(ctx context.Context) {
 	t := time.NewTicker(f.plan.probeEvery)
 	defer t.Stop()
 	for {
+		f.probeRetention(ctx)
 		for _, l := range f.plan.lanes {
 			if l.Consumer != nil {
 				f.probeLane(ctx, l)
@@ -295,6 +296,38 @@ func (f *Forwarder) probeLane(ctx context.Context, l Lane) {
 	default:
 		f.plan.probeFails[l.Priority].Succeeded()
 		f.m.laneAge.setQueued(l.Priority, oldest)
+	}
+}
+
+// probeRetention reads the event stream's retention (its MaxAge) for
+// stowline_forwarder_events_retention_seconds and the late-pull warning.
+// Every process's start sets it to its own EVENTS_RETENTION: an ingest
+// started with another value than the forwarders' changes it under them,
+// and the alert, computed from this process's setting, did not fire
+// while JetStream deleted events at the stream's. A read that fails
+// keeps the last value (the lanes' probes say why).
+func (f *Forwarder) probeRetention(ctx context.Context) {
+	if f.opts.Stream == nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := f.opts.Stream.Info(pctx)
+	if err != nil {
+		f.log.Debug("could not read the event stream's retention; the last reading stays", "stream", natsjs.EventStream, "err", err)
+		return
+	}
+	f.setRetention(info.Config.MaxAge)
+}
+
+// setRetention records the event stream's retention r, and says when it
+// changed while this process ran.
+func (f *Forwarder) setRetention(r time.Duration) {
+	before := time.Duration(f.retention.Swap(int64(r)))
+	f.m.retention.Set(r.Seconds())
+	if before != r && before > 0 {
+		f.log.Warn("the event stream's retention changed while this forwarder ran (another process's start with another EVENTS_RETENTION, or an operator's edit): JetStream deletes events not forwarded past it; set the same EVENTS_RETENTION in every process",
+			"stream", natsjs.EventStream, "max_age", before.String()+" -> "+r.String())
 	}
 }
 
@@ -442,7 +475,7 @@ func (f *Forwarder) queueAge(lane events.Priority, meta *jetstream.MsgMetadata) 
 	}
 	age := max(f.plan.now().Sub(meta.Timestamp), 0)
 	f.m.laneAge.set(lane, meta.Timestamp)
-	r := f.opts.EventsRetention
+	r := time.Duration(f.retention.Load())
 	if r <= 0 {
 		return
 	}

@@ -299,6 +299,72 @@ func TestEventsPulledLateInRetention(t *testing.T) {
 	}
 }
 
+// TestEventsRetentionIsTheStreams: every process's start sets the event
+// stream's retention to its own EVENTS_RETENTION. A site that raised it
+// to 14 days on its forwarders only, during an outage, had it set back
+// to 7 days by the ingest's restart: JetStream deleted the backlog at 7
+// days while the forwarders' gauge said 14, so the alert (three quarters
+// of it) and the late-pull warning stayed silent. The forwarder reads
+// the stream's retention with its lane probe: the gauge follows it, the
+// change is warned about, and a 6-day-old event is pulled late.
+func TestEventsRetentionIsTheStreams(t *testing.T) {
+	const (
+		raised = 14 * 24 * time.Hour
+		waited = 6 * 24 * time.Hour
+	)
+	ns, lanes, sinkURL := startLanes(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	start := func(retention time.Duration) {
+		t.Helper()
+		topo := natsjs.DefaultTopology()
+		topo.Retention = retention
+		if _, err := topo.EnsureEvents(ctx, ns.JS); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(raised) // the forwarders' start
+	var logs testharness.LogBuffer
+	f := probedLanes(t, ns, lanes, sinkURL, func(o *Options) {
+		o.EventsRetention = raised
+		o.Now = func() time.Time { return time.Now().Add(waited) }
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		f.watchLanes(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-watched
+	})
+
+	start(natsjs.DefaultTopology().Retention) // the ingest's, with the default
+	want := natsjs.DefaultTopology().Retention.Seconds()
+	for deadline := time.Now().Add(10 * time.Second); testutil.ToFloat64(f.m.retention) != want; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("retention gauge %v s after another process set the stream's to %v s", testutil.ToFloat64(f.m.retention), want)
+		}
+	}
+	if !strings.Contains(logs.String(), "the event stream's retention changed") || !strings.Contains(logs.String(), `"max_age":"336h0m0s -> 168h0m0s"`) {
+		t.Errorf("the change is not warned about with both values:\n%s", logs.String())
+	}
+
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityLow, "", ev.Source), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	msg, done := pullFrom(t, f, events.PriorityLow)
+	defer done()
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out := logs.String(); !strings.Contains(out, "events are pulled late in their retention") || !strings.Contains(out, `"events_retention":"168h0m0s"`) {
+		t.Errorf("an event %s old, with the stream keeping events %s, is not warned about as pulled late:\n%s", waited, natsjs.DefaultTopology().Retention, out)
+	}
+}
+
 // TestLaneAgeCountsEventsInHand: JetStream's retention deletes an event
 // even while a worker holds it (circuit breaker, source outage), so a
 // free worker finding the lane empty must not take the lane's age to 0

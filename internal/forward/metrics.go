@@ -188,7 +188,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	}, []string{"lane"}), now: time.Now, heads: map[events.Priority]time.Time{}, queued: map[events.Priority]time.Time{}, held: map[heldKey]*heldEvent{}}
 	m.retention = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "stowline_forwarder_events_retention_seconds",
-		Help:        "EVENTS_RETENTION: how long JetStream keeps an event, forwarded or not; one not forwarded by then is deleted without a dead letter.",
+		Help:        "The event stream's retention (MaxAge, set from EVENTS_RETENTION by each process's start), read about once a minute: how long JetStream keeps an event, forwarded or not; one not forwarded by then is deleted without a dead letter.",
 		ConstLabels: labels,
 	})
 	// Every lane from the start: an alert's increase() then counts the

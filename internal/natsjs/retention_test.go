@@ -75,6 +75,54 @@ func TestLoweredRetentionKeepsQueuedEvents(t *testing.T) {
 	}
 }
 
+// TestLoweredRetentionIsWarned: every process's start sets a stream's
+// retention to its own setting. An ingest restarted with the default 7
+// days, while the forwarders were given 14 for an outage, set the event
+// stream back with one Info line, and JetStream deleted the backlog at 7
+// days. A start that lowers a retention says so at Warn, naming the
+// variable and both values; one that raises it stays at Info.
+func TestLoweredRetentionIsWarned(t *testing.T) {
+	const week = 7 * 24 * time.Hour
+	for _, tt := range []struct {
+		name, stream, variable string
+		from, to               time.Duration
+		warned                 bool
+	}{
+		{"events lowered", natsjs.EventStream, "EVENTS_RETENTION", 2 * week, week, true},
+		{"events raised", natsjs.EventStream, "EVENTS_RETENTION", week, 2 * week, false},
+		{"dead letters lowered", natsjs.DeadLetterStream, "DEADLETTER_RETENTION", 4 * week, week, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+			ctx := testCtx(t)
+			ensure := func(retention time.Duration, log *slog.Logger) {
+				t.Helper()
+				topo := natsjs.DefaultTopology()
+				topo.Retention, topo.DeadLetterRetention, topo.Log = retention, retention, log
+				var err error
+				if tt.stream == natsjs.EventStream {
+					_, err = topo.EnsureEvents(ctx, js)
+				} else {
+					_, err = topo.EnsureDeadLetters(ctx, js)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			ensure(tt.from, nil)
+			var logs bytes.Buffer
+			ensure(tt.to, slog.New(slog.NewJSONHandler(&logs, nil)))
+			out := logs.String()
+			if !strings.Contains(out, `"max_age":"`+tt.from.String()+" -> "+tt.to.String()+`"`) || !strings.Contains(out, `"variable":"`+tt.variable+`"`) {
+				t.Errorf("the change does not name %s and both values:\n%s", tt.variable, out)
+			}
+			if warned := strings.Contains(out, `"level":"WARN"`); warned != tt.warned {
+				t.Errorf("warned %v, want %v:\n%s", warned, tt.warned, out)
+			}
+		})
+	}
+}
+
 // TestLoweredMaxDeliverKeepsRetriedEvents: an operator lowers
 // FORWARDER_MAX_DELIVERIES (the consumer's MaxDeliver is twice it) and
 // restarts while an event is being retried and was delivered more times

@@ -277,8 +277,17 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 		if t.Log != nil {
 			// Two processes configured differently change the stream
 			// back and forth at each start: each change is on record.
-			t.Log.Info("stream settings changed to this process's configuration (give every process the same)", "stream", cfg.Name,
-				"max_age", have.MaxAge.String()+" -> "+cfg.MaxAge.String(),
+			level, msg := slog.LevelInfo, "stream settings changed to this process's configuration (give every process the same)"
+			if cfg.MaxAge > 0 && (have.MaxAge <= 0 || cfg.MaxAge < have.MaxAge) {
+				// An ingest restarted with the default while the forwarders
+				// were given a longer retention for an outage: JetStream
+				// deletes their backlog, forwarded or not, at the shorter.
+				v := retentionVariable(cfg.Name)
+				level, msg = slog.LevelWarn, "stream retention lowered to this process's "+v+": JetStream deletes what is older at once and from then on (events forwarded or not, dead letters not replayed); "+
+					"if other processes run with a longer "+v+", give this one the same and restart it"
+			}
+			t.Log.Log(ctx, level, msg, "stream", cfg.Name,
+				"max_age", have.MaxAge.String()+" -> "+cfg.MaxAge.String(), "variable", retentionVariable(cfg.Name),
 				"duplicate_window", have.Duplicates.String()+" -> "+cfg.Duplicates.String(),
 				"replicas", fmt.Sprintf("%d -> %d", have.Replicas, max(cfg.Replicas, 1)))
 		}
@@ -290,6 +299,14 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 		return s, err
 	}
 	return s, waitScaled(ctx, js, cfg.Name, cfg.Replicas)
+}
+
+// retentionVariable is the setting a stream's retention comes from.
+func retentionVariable(stream string) string {
+	if stream == DeadLetterStream {
+		return "DEADLETTER_RETENTION"
+	}
+	return "EVENTS_RETENTION"
 }
 
 // keepQueuedEvents keeps the event stream's retention when lowering it
