@@ -13,10 +13,12 @@ import (
 // Nothing was stored; the write succeeds again once space is freed.
 var ErrStorageFull = errors.New("JetStream's storage is full (free space on the NATS server, or raise its max_file_store, the account's or the stream's limit)")
 
-// JetStream's error codes for a refused write (nats-server's errors.json).
+// JetStream's error codes for a refused write or stream (nats-server's
+// errors.json).
 const (
 	errCodeAccountResources = 10002 // resource limits exceeded for account
 	errCodeInsufficient     = 10023 // insufficient resources (the server's limits)
+	errCodeMemoryResources  = 10028 // insufficient memory resources available
 	errCodeStorageResources = 10047 // insufficient storage resources available
 	errCodeStoreFailed      = 10077 // storing failed: {err}, a stream's cap among others
 )

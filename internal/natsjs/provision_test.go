@@ -241,6 +241,51 @@ func TestEnsureBucketsLeaveUnchangedOnes(t *testing.T) {
 	}
 }
 
+// TestStatusBucketWithoutMemoryStorage: the status bucket is kept in
+// memory, and an account whose JetStream memory limit is 0 (disk only,
+// legitimate) refused it: every forwarder failed to start. It is made on
+// file instead, with a warning, kept there at the next start without
+// one, and takes writes.
+func TestStatusBucketWithoutMemoryStorage(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		limits  string
+		storage jetstream.StorageType
+		warned  bool
+	}{
+		{"memory allowed", "max_mem: 1M, max_file: 1G", jetstream.MemoryStorage, false},
+		{"no memory (max_mem 0)", "max_mem: 0, max_file: 1G", jetstream.FileStorage, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			js := testnats.StartWith(t, testnats.AccountLimits(t, tt.limits)).JS
+			ctx := testCtx(t)
+			for start := range 2 {
+				var logs bytes.Buffer
+				topo := natsjs.DefaultTopology()
+				topo.Log = slog.New(slog.NewJSONHandler(&logs, nil))
+				kv, err := topo.EnsureStatus(ctx, js)
+				if err != nil {
+					t.Fatalf("start %d: %v", start+1, err)
+				}
+				st, err := kv.Status(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := st.(*jetstream.KeyValueBucketStatus).Config().Storage; got != tt.storage {
+					t.Errorf("start %d: bucket in %s storage, want %s", start+1, got, tt.storage)
+				}
+				warned := strings.Contains(logs.String(), `"level":"WARN"`) && strings.Contains(logs.String(), "made it on file storage")
+				if want := tt.warned && start == 0; warned != want {
+					t.Errorf("start %d: warned %v, want %v:\n%s", start+1, warned, want, logs.String())
+				}
+				if _, err := kv.Put(ctx, "forwarder", []byte(`{}`)); err != nil {
+					t.Errorf("start %d: put: %v", start+1, err)
+				}
+			}
+		})
+	}
+}
+
 // A process on a cluster that lost two of its three servers is not
 // ready, and /readyz says the event stream has no leader: the surviving
 // server answers the stream's info itself, without a leader, while every

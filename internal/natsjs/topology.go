@@ -830,16 +830,30 @@ func (t Topology) EnsureReconcile(ctx context.Context, js jetstream.JetStream) (
 }
 
 // EnsureStatus creates or updates the status bucket, in memory: it only
-// holds live state.
+// holds live state. An account that allows no memory storage (a
+// disk-only account, max_mem 0, is legitimate) refused it, and every
+// forwarder failed to start: the bucket is then made on file, with a
+// warning, and stays there (ensureKV).
 func (t Topology) EnsureStatus(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	return t.ensureKV(ctx, js, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:      StatusBucket,
 		Description: "stowline: what each live forwarder process is sending (status page)",
 		History:     1,
 		TTL:         t.StatusTTL,
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    t.Replicas,
-	})
+	}
+	kv, err := t.ensureKV(ctx, js, cfg)
+	var api *jetstream.APIError
+	if !errors.As(err, &api) || api.ErrorCode != errCodeMemoryResources && api.ErrorCode != errCodeInsufficient {
+		return kv, err
+	}
+	if t.Log != nil {
+		t.Log.Warn("JetStream refused memory storage for the status bucket (the account's or the server's memory limit): made it on file storage instead; it stays there until deleted (nats kv del "+StatusBucket+")",
+			"bucket", StatusBucket, "err", err)
+	}
+	cfg.Storage = jetstream.FileStorage
+	return t.ensureKV(ctx, js, cfg)
 }
 
 // ensureKV creates the bucket, or updates it when it differs from cfg in
@@ -856,6 +870,11 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 		}
 		if b, ok := st.(*jetstream.KeyValueBucketStatus); ok {
 			have := b.Config()
+			if have.Storage == jetstream.FileStorage && cfg.Storage == jetstream.MemoryStorage {
+				// Memory is asked only for live state (the status bucket),
+				// made on file where the account allows no memory: keep it.
+				cfg.Storage = have.Storage
+			}
 			if err := fixedInPlace("key-value bucket", cfg.Bucket, "nats kv del "+cfg.Bucket, have.Storage, cfg.Storage, 0, 0); err != nil {
 				return nil, err
 			}

@@ -3,6 +3,8 @@ package testnats
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -70,5 +72,24 @@ func FillStore(ctx context.Context, t testing.TB, js jetstream.JetStream) jetstr
 		if i > 1000 {
 			t.Fatal("the store does not fill")
 		}
+	}
+}
+
+// AccountLimits is a StartWith configure that puts the clients in an
+// account with these JetStream limits, in nats-server's configuration
+// syntax ("max_file: 64K", "max_mem: 0, max_file: 1G").
+func AccountLimits(t testing.TB, limits string) func(*server.Options) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "account.conf")
+	conf := "accounts { A: { jetstream: { " + limits + " }, users: [{user: u, password: p}] } }\nno_auth_user: u\n"
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(o *server.Options) {
+		o.Accounts, o.Users, o.NoAuthUser = parsed.Accounts, parsed.Users, parsed.NoAuthUser
 	}
 }

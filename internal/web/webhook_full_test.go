@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +36,7 @@ func TestWebhookStorageFull(t *testing.T) {
 	}{
 		{"server max_file_store", func(o *server.Options) { o.JetStreamMaxStore = 64 << 10 }, false},
 		{"stream cap", nil, true},
-		{"account storage limit", accountLimit(t, "max_file: 64K"), false},
+		{"account storage limit", testnats.AccountLimits(t, "max_file: 64K"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js := testnats.StartWith(t, tc.conf).JS
@@ -136,23 +134,6 @@ func TestWebhookJetStreamDownLoggedOnce(t *testing.T) {
 		if lines[0][k] == nil {
 			t.Errorf("the line lacks %s: %v", k, lines[0])
 		}
-	}
-}
-
-// accountLimit puts the clients in an account with JetStream limits.
-func accountLimit(t *testing.T, limits string) func(*server.Options) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "account.conf")
-	conf := "accounts { A: { jetstream: { " + limits + " }, users: [{user: u, password: p}] } }\nno_auth_user: u\n"
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	parsed, err := server.ProcessConfigFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return func(o *server.Options) {
-		o.Accounts, o.Users, o.NoAuthUser = parsed.Accounts, parsed.Users, parsed.NoAuthUser
 	}
 }
 
