@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
@@ -317,6 +318,120 @@ func TestLanesStartOfAnotherDestination(t *testing.T) {
 		})
 	}
 }
+
+// TestLanesSeeConsumersLeftOutOfTheListing: on a cluster, CONSUMER.LIST
+// leaves out a consumer whose leader did not answer the server in time
+// (nats-server names it in a "missing" field nats.go does not read). A
+// destination b added to a running deployment whose destination a's
+// consumers were all left out started with every event the stream
+// held (7 days of old studies sent to a new vendor). The consumers the
+// listing left out are read one by one; one that cannot be read fails
+// the start. A real cluster does not leave one out on demand: the
+// listing is a fake (partialListing) over a real server.
+func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
+	hidden := map[string]bool{}
+	for _, lane := range events.Priorities {
+		hidden[natsjs.LaneConsumerName("a", lane)] = true
+	}
+	for _, tc := range []struct {
+		name   string
+		hidden map[string]bool
+		unread bool
+		err    string // "": b's routine consumer starts with new events
+	}{
+		{"listing complete", nil, false, ""},
+		{"a's consumers left out", hidden, false, ""},
+		{"a's consumers left out and unreadable", hidden, true, "left out of the listing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, ctx, topo := eventStream(t)
+			ev := event("20261203T150000")
+			if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := topo.EnsureLanes(ctx, js, []string{"a"}); err != nil {
+				t.Fatal(err)
+			}
+			lanes, err := topo.EnsureLanes(ctx, &partialListing{JetStream: js, hidden: tc.hidden, unread: tc.unread}, []string{"a", "b"})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("start with a consumer neither listed nor readable: %v; want an error saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := lanes["b"][events.PriorityRoutine].Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Config.DeliverPolicy != jetstream.DeliverNewPolicy || info.NumPending != 0 {
+				t.Errorf("b added to a running deployment: deliver policy %v, %d pending; want new events only", info.Config.DeliverPolicy, info.NumPending)
+			}
+		})
+	}
+}
+
+// partialListing is the JetStream of a cluster whose listing of the
+// event stream's consumers (CONSUMER.LIST) leaves out those in hidden,
+// as when their leaders do not answer in time; with unread, reading one
+// of them by itself fails too. With offline, the listing has them as
+// nats-server lists a consumer whose every server is offline: its
+// configuration, no leader, no state.
+type partialListing struct {
+	jetstream.JetStream
+	hidden  map[string]bool
+	unread  bool
+	offline bool
+}
+
+func (p *partialListing) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	s, err := p.JetStream.Stream(ctx, name)
+	if err != nil || name != natsjs.EventStream {
+		return s, err
+	}
+	return &partialStream{Stream: s, p: p}, nil
+}
+
+type partialStream struct {
+	jetstream.Stream
+	p *partialListing
+}
+
+func (s *partialStream) ListConsumers(ctx context.Context) jetstream.ConsumerInfoLister {
+	all := s.Stream.ListConsumers(ctx)
+	l := &infoLister{infos: make(chan *jetstream.ConsumerInfo)}
+	go func() {
+		defer close(l.infos)
+		for info := range all.Info() {
+			switch {
+			case !s.p.hidden[info.Name]:
+				l.infos <- info
+			case s.p.offline:
+				l.infos <- &jetstream.ConsumerInfo{Stream: info.Stream, Name: info.Name, Config: info.Config, Created: info.Created,
+					Cluster: &jetstream.ClusterInfo{Name: "c"}, TimeStamp: info.TimeStamp}
+			}
+		}
+		l.err = all.Err()
+	}()
+	return l
+}
+
+func (s *partialStream) Consumer(ctx context.Context, name string) (jetstream.Consumer, error) {
+	if s.p.unread && s.p.hidden[name] {
+		return nil, nats.ErrTimeout
+	}
+	return s.Stream.Consumer(ctx, name)
+}
+
+type infoLister struct {
+	infos chan *jetstream.ConsumerInfo
+	err   error
+}
+
+func (l *infoLister) Info() <-chan *jetstream.ConsumerInfo { return l.infos }
+func (l *infoLister) Err() error                           { return l.err }
 
 // eventStream starts a server with the event stream of the default
 // topology, as every process makes it at start.

@@ -75,6 +75,62 @@ func TestLoweredRetentionKeepsQueuedEvents(t *testing.T) {
 	}
 }
 
+// TestLoweredRetentionSeesConsumersLeftOutOfTheListing: on a cluster,
+// the listing of the consumers (CONSUMER.LIST) may leave out one whose
+// leader did not answer in time, or list one whose servers are all
+// offline with no state. A lower retention was then applied while that
+// consumer held the oldest event, which JetStream deleted. The consumer
+// left out is read by itself; when it cannot be, or has no leader, the
+// retention is kept. The listing is a fake over a real server (partialListing,
+// lanes_test.go): a real cluster does not leave one out on demand.
+func TestLoweredRetentionSeesConsumersLeftOutOfTheListing(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	topo := natsjs.DefaultTopology()
+	topo.Retention, topo.DedupeWindow = time.Hour, 500*time.Millisecond
+	if _, err := topo.EnsureEvents(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.EnsureConsumers(ctx, js, []string{natsjs.DefaultDestination}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, natsjs.EventSubject("orthanc-a"), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	// The new retention is a second: the event must be older than that,
+	// on the server's clock, which only time gives.
+	time.Sleep(1100 * time.Millisecond)
+
+	hidden := map[string]bool{natsjs.ForwarderConsumer: true}
+	for _, tc := range []struct {
+		name            string
+		unread, offline bool
+	}{
+		{"left out, unreadable", true, false},
+		{"listed with no leader (its servers offline)", false, true},
+		{"left out, read by itself", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			lowered := topo
+			lowered.Retention, lowered.Log = time.Second, slog.New(slog.NewJSONHandler(&logs, nil))
+			if _, err := lowered.EnsureEvents(ctx, &partialListing{JetStream: js, hidden: hidden, unread: tc.unread, offline: tc.offline}); err != nil {
+				t.Fatal(err)
+			}
+			s, err := js.Stream(ctx, natsjs.EventStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info := s.CachedInfo(); info.Config.MaxAge != topo.Retention || info.State.Msgs != 1 {
+				t.Fatalf("MaxAge %v, %d events; want %v kept and the event the consumer left out of the listing holds kept:\n%s", info.Config.MaxAge, info.State.Msgs, topo.Retention, logs.String())
+			}
+			if !strings.Contains(logs.String(), "EVENTS_RETENTION not lowered") {
+				t.Errorf("log does not say the retention was kept:\n%s", logs.String())
+			}
+		})
+	}
+}
+
 // TestLoweredRetentionIsWarned: every process's start sets a stream's
 // retention to its own setting. An ingest restarted with the default 7
 // days, while the forwarders were given 14 for an outage, set the event

@@ -343,7 +343,7 @@ func (t Topology) keepQueuedEvents(ctx context.Context, s jetstream.Stream, cfg 
 	case err != nil:
 		if t.Log != nil {
 			t.Log.Error("EVENTS_RETENTION not lowered: cannot tell whether it would delete events not forwarded yet; kept the stream's (restart to try again; "+
-				"a NATS user needs $JS.API.CONSUMER.LIST.STOWLINE_EVENTS and $JS.API.STREAM.MSG.GET.STOWLINE_EVENTS, docs/nats-permissions.md)",
+				"a NATS user needs $JS.API.CONSUMER.LIST.STOWLINE_EVENTS, $JS.API.CONSUMER.NAMES.STOWLINE_EVENTS and $JS.API.STREAM.MSG.GET.STOWLINE_EVENTS, docs/nats-permissions.md)",
 				"stream", cfg.Name, "max_age", have.MaxAge.String(), "events_retention", cfg.MaxAge.String(), "err", err)
 		}
 	case consumer != "" && oldest.Before(cut):
@@ -371,9 +371,17 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 		name   string
 		oldest time.Time
 	)
-	list := s.ListConsumers(ctx)
-	for info := range list.Info() {
-		if _, _, ok := LaneOfConsumer(info.Name); !ok || info.NumPending == 0 && info.NumAckPending == 0 {
+	lanes, err := laneConsumers(ctx, s)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	for _, info := range lanes {
+		if info.Cluster != nil && info.Cluster.Leader == "" {
+			// Listed with its configuration only: every server holding it
+			// is offline, and its queue is not known.
+			return "", time.Time{}, fmt.Errorf("consumer %s of stream %s: no leader (every server holding it offline): what it has not acknowledged is not known", info.Name, EventStream)
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 {
 			continue
 		}
 		t, err := OldestUnacked(ctx, s, info)
@@ -384,10 +392,53 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 			name, oldest = info.Name, t
 		}
 	}
-	if err := list.Err(); err != nil {
-		return "", time.Time{}, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
-	}
 	return name, oldest, nil
+}
+
+// laneConsumers returns the lane consumers of every destination on the
+// event stream s, by name. On a cluster, CONSUMER.LIST leaves out a
+// consumer whose leader did not answer the server within its 4 s
+// (nats-server names it in a "missing" field that nats.go does not
+// read), and decisions taken on that listing were wrong: a new
+// destination's queues started with every event the stream held, a
+// lower retention was applied while the consumer holding the oldest
+// event was unseen. The names (CONSUMER.NAMES, from the cluster's
+// metadata) are complete: a lane consumer they name that the listing
+// left out is read by itself, and one that cannot be read fails the
+// call. Other consumers (the ordered readers of audit and replay) are
+// left out.
+func laneConsumers(ctx context.Context, s jetstream.Stream) (map[string]*jetstream.ConsumerInfo, error) {
+	out := map[string]*jetstream.ConsumerInfo{}
+	list := s.ListConsumers(ctx)
+	for info := range list.Info() {
+		if _, _, ok := LaneOfConsumer(info.Name); ok {
+			out[info.Name] = info
+		}
+	}
+	if err := list.Err(); err != nil {
+		return nil, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
+	}
+	var missing []string
+	names := s.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if _, _, ok := LaneOfConsumer(name); ok && out[name] == nil {
+			missing = append(missing, name)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return nil, fmt.Errorf("consumer names of stream %s: %w", EventStream, err)
+	}
+	for _, name := range missing {
+		c, err := s.Consumer(ctx, name)
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+			continue // deleted since the listing
+		case err != nil:
+			return nil, fmt.Errorf("consumer %s of stream %s: left out of the listing of its consumers (on a cluster, its leader did not answer in time) and cannot be read: %w", name, EventStream, err)
+		}
+		out[name] = c.CachedInfo()
+	}
+	return out, nil
 }
 
 // OldestUnacked is the stream time of the oldest event of stream s that
@@ -604,13 +655,9 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
 	}
-	existing := map[string]*jetstream.ConsumerInfo{}
-	list := stream.ListConsumers(ctx)
-	for info := range list.Info() {
-		existing[info.Name] = info
-	}
-	if err := list.Err(); err != nil {
-		return nil, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
+	existing, err := laneConsumers(ctx, stream)
+	if err != nil {
+		return nil, err
 	}
 	firstStart := t.firstStart
 	if firstStart == 0 {
