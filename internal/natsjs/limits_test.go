@@ -106,7 +106,9 @@ func TestStreamLimitKeepsWhatIsQueued(t *testing.T) {
 	}
 }
 
-// So does a key-value bucket's cap (the ledger grows for ever).
+// So does a key-value bucket's cap (the ledger grows for ever), and
+// another setting of the operator's: the compression of a large ledger
+// went at the next start that changed a setting.
 func TestBucketLimitKept(t *testing.T) {
 	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
 	ctx := testCtx(t)
@@ -123,7 +125,7 @@ func TestBucketLimitKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := st.(*jetstream.KeyValueBucketStatus).Config()
-	cfg.MaxBytes = 1 << 20
+	cfg.MaxBytes, cfg.Compression = 1<<20, true
 	if _, err := js.UpdateKeyValue(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -135,8 +137,8 @@ func TestBucketLimitKept(t *testing.T) {
 	if st, err = kv.Status(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := st.(*jetstream.KeyValueBucketStatus).Config(); got.TTL != topo.Retention || got.MaxBytes != 1<<20 {
-		t.Errorf("after a start: TTL %s, MaxBytes %d; want %s and the operator's %d", got.TTL, got.MaxBytes, topo.Retention, 1<<20)
+	if got := st.(*jetstream.KeyValueBucketStatus).Config(); got.TTL != topo.Retention || got.MaxBytes != 1<<20 || !got.Compression {
+		t.Errorf("after a start: TTL %s, MaxBytes %d, compression %v; want %s and the operator's %d and compression", got.TTL, got.MaxBytes, got.Compression, topo.Retention, 1<<20)
 	}
 }
 

@@ -565,6 +565,17 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 		have.Storage == want.Storage && have.Replicas == max(want.Replicas, 1) && have.Discard == want.Discard
 }
 
+// ownedBucketSettings is ownedSettings for a key-value bucket: have, as
+// the bucket's configuration reads it, with what stowline sets taken
+// from want, so an operator's cap, compression or placement stays. (A
+// stream setting a bucket's configuration does not carry, such as
+// max-msgs, nats.go's bucket update cannot keep.)
+func ownedBucketSettings(have, want jetstream.KeyValueConfig) jetstream.KeyValueConfig {
+	u := have
+	u.Description, u.History, u.TTL, u.Storage, u.Replicas = want.Description, want.History, want.TTL, want.Storage, want.Replicas
+	return u
+}
+
 // sameBucket reports whether have is want in every field stowline sets.
 func sameBucket(have, want jetstream.KeyValueConfig) bool {
 	return have.Description == want.Description && have.History == max(want.History, 1) && have.TTL == want.TTL &&
@@ -930,8 +941,7 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 				return kv, nil
 			}
 			scaled = have.Replicas != max(cfg.Replicas, 1)
-			// As ownedSettings: an operator's cap stays.
-			cfg.MaxBytes, cfg.MaxValueSize = have.MaxBytes, have.MaxValueSize
+			cfg = ownedBucketSettings(have, cfg)
 		}
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
