@@ -49,6 +49,8 @@ func TestSecretFilesReachTheirGroupOnly(t *testing.T) {
 		map[string]any{"name": "ai", "destinations": []any{"ai"}},
 	)
 	ai := withFiles["destinations"].([]any)[1].(map[string]any)
+	// A key file without STOW_DEIDENTIFY is refused at start.
+	ai["env"].(map[string]any)["STOW_DEIDENTIFY"] = "basic"
 	ai["secretFiles"] = []any{
 		map[string]any{"secretName": "ai-deid", "key": "key", "env": "DEIDENTIFY_KEY_FILE"},
 		map[string]any{"secretName": "ai-mtls", "key": "tls.key", "env": "TLS_KEY_FILE"},
@@ -57,9 +59,11 @@ func TestSecretFilesReachTheirGroupOnly(t *testing.T) {
 		// A key YAML would read as a number, the Secret's name too.
 		map[string]any{"secretName": "0", "key": "2024", "env": "TLS_CA_FILE"},
 	}
-	oneDestination := merged(required(), map[string]any{"forwarderDefaults": map[string]any{"secretFiles": []any{
-		map[string]any{"secretName": "site-deid", "key": "key", "env": "DEIDENTIFY_KEY_FILE"},
-	}}})
+	oneDestination := merged(required(), map[string]any{"forwarderDefaults": map[string]any{
+		"env": map[string]any{"STOW_DEIDENTIFY": "basic"},
+		"secretFiles": []any{
+			map[string]any{"secretName": "site-deid", "key": "key", "env": "DEIDENTIFY_KEY_FILE"},
+		}}})
 	// A group's secretFiles, even empty, replaces forwarderDefaults'
 	// (a review feared mergeOverwrite kept the defaults' for an empty
 	// list: it does not, and this keeps it so).
