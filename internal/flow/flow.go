@@ -169,6 +169,9 @@ type Limiter struct {
 	// last and lastAt: the last change reported, for LastChange.
 	last   Reason
 	lastAt time.Time
+	// answered is when a request was last answered without overload
+	// (Done), for AnsweredWithin.
+	answered time.Time
 }
 
 type round struct {
@@ -254,6 +257,15 @@ func (l *Limiter) LastChange() (Reason, time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.last, l.lastAt
+}
+
+// AnsweredWithin reports whether a request was answered without overload
+// (Done) within d before now: the destination serves, so a 503 it gives
+// now says it is busy rather than down.
+func (l *Limiter) AnsweredWithin(d time.Duration) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.answered.IsZero() && time.Since(l.answered) <= d
 }
 
 // Ceiling returns the current ceiling: Max, or this replica's share.
@@ -369,6 +381,7 @@ func (p *Permit) Done(bytes int64) {
 		now := time.Now()
 		l.mu.Lock()
 		l.inFlight--
+		l.answered = now
 		c, changed := l.measure(p, bytes, now)
 		l.dispatch(now)
 		l.mu.Unlock()

@@ -16,20 +16,35 @@ import (
 )
 
 // overloadResends is how many times one request refused with 429 (too
-// many requests: this one, not the service) is sent again within a
+// many requests: this one, not the service), or with 503 while the
+// destination serves others (busyWithin), is sent again within a
 // delivery, after resendDelay doubling, the limiter's halving and any
 // Retry-After, before the study fails transiently (and is retried later
 // with backoff). A Retry-After longer than resendPause fails the study at
 // once instead: its worker is better spent on other studies, and the
-// retry policy honours the Retry-After too. A 503 or a time-out halves
-// the limit and fails the study at once, as an outage should: the
-// backoff, not re-sends, paces the requests of a destination that is
-// down.
+// retry policy honours the Retry-After too. A time-out, or a 503 with no
+// request answered within busyWithin, halves the limit and fails the
+// study at once, as an outage should: the backoff, not re-sends, paces
+// the requests of a destination that is down.
 const (
 	overloadResends = 5
 	resendPause     = 5 * time.Second
 	resendDelay     = 250 * time.Millisecond
 )
+
+// busyWithin: a 503 is the destination's load, not an outage, when it
+// answered a request without overload this recently. A proxy in front of
+// a busy server answers 503 above its limit by default (nginx's
+// limit_conn and limit_req, HAProxy's queue time-out): failed at once, as
+// in an outage, each such study spent a delivery and counted for the
+// breaker, which opened; at the close the limit went back to the ceiling
+// and the 503s reopened it, so large studies, failing at their first 503
+// and sent whole again each time, might never get through. Re-sent like a
+// 429 instead, they wait for the limiter's halving and go on. A request
+// still refused after overloadResends fails the study as before (a
+// destination that went down right after an answer: a few seconds more
+// before the breaker counts it).
+const busyWithin = time.Minute
 
 // newLimiter returns the limiter all studies of the destination share in
 // this process: between MinRequestConcurrency and RequestConcurrency STOW

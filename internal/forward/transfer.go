@@ -526,7 +526,8 @@ func (f *Forwarder) requestSize(n int) int {
 
 // sendAll sends the batches, each when the destination's limiter (shared
 // by all studies) has room, and returns their outcomes in batch order. A
-// request refused with 429 is sent again, up to overloadResends times.
+// request refused with 429, or with 503 while the destination answers
+// others (busyWithin), is sent again, up to overloadResends times.
 // The first error stops the batches not started yet and is returned, with
 // the outcomes of the requests answered (the others' are zero). Requests
 // already sent run to their answer: cut off, the instances the
@@ -580,7 +581,8 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			progress := *rep
 			mu.Unlock()
 			f.obs.Progress(a, progress)
-			if err == nil || reason != flow.Overload429 || resends >= overloadResends || retryAfter > resendPause {
+			resend := reason == flow.Overload429 || reason == flow.Overload503 && f.limit.AnsweredWithin(busyWithin)
+			if err == nil || !resend || resends >= overloadResends || retryAfter > resendPause {
 				return out, err
 			}
 			f.log.Debug("sending a STOW-RS request again that the destination refused for load", "orthanc_study_id", a.Event.OrthancStudyID,
