@@ -261,7 +261,8 @@ type Forwarder struct {
 	// breaker is nil without one.
 	breaker *breaker
 	// limit bounds the STOW-RS requests in flight over all studies;
-	// sending counts the studies sending now.
+	// sending counts the studies splitting requests or with requests to
+	// send now (transfer's sendAll), which share it (requestsAtOnce).
 	limit   *flow.Limiter
 	sending atomic.Int32
 	// inHand holds the stream sequences of the events this process works

@@ -208,3 +208,102 @@ func TestOverloadAnswerNamingInstancesTellsTheLimiter(t *testing.T) {
 		t.Errorf("the failed instance sent again %v after the 429, before its Retry-After of 1 s", d)
 	}
 }
+
+// A study that is not sending (listing its instances, read by the routing
+// rules) takes no share of the limit: a study sent meanwhile is split for
+// the whole limit, 16 requests of 2, not for half of it, 8 of 4. Before,
+// a study counted among those sending from the start of its attempt.
+func TestStudyNotSendingTakesNoShare(t *testing.T) {
+	const instances, want = 32, 16
+	tests := []struct {
+		name string
+		// blocked makes the first study wait at this step, saying so on
+		// entered, until release is closed.
+		blocked func(f *Forwarder, src *memSource, entered chan<- struct{}, release <-chan struct{})
+	}{
+		{"routing rules", func(f *Forwarder, _ *memSource, entered chan<- struct{}, release <-chan struct{}) {
+			f.opts.Router = blockingRouter{study: "first", entered: entered, release: release}
+		}},
+		{"listing", func(f *Forwarder, src *memSource, entered chan<- struct{}, release <-chan struct{}) {
+			f.opts.SourceFor = func(string) (Source, error) {
+				return blockingListing{memSource: src, study: "first", entered: entered, release: release}, nil
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var k sink
+			srv := httptest.NewServer(k.handler(nil))
+			t.Cleanup(srv.Close)
+			src := newMemSource(instances)
+			f := newForwarder(t, src, srv.URL, nil, func(o *Options) {
+				o.MaxInstances = 4
+				o.RequestConcurrency = 16
+			})
+			entered, release := make(chan struct{}), make(chan struct{})
+			tt.blocked(f, src, entered, release)
+			first := make(chan error, 1)
+			go func() {
+				ev := testEvent()
+				ev.OrthancStudyID = "first"
+				_, err := f.transfer(t.Context(), &Attempt{Event: ev})
+				first <- err
+			}()
+			<-entered
+			ev := testEvent()
+			ev.OrthancStudyID, ev.StudyInstanceUID = "second", "1.2.4"
+			rep, err := f.transfer(t.Context(), &Attempt{Event: ev})
+			close(release)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Requests != want {
+				t.Errorf("the second study went as %d requests while the first was not sending, want %d (the whole limit)", rep.Requests, want)
+			}
+			if err := <-first; err != nil {
+				t.Errorf("first study: %v", err)
+			}
+		})
+	}
+}
+
+// blockingRouter selects every instance, waiting first for release on
+// study's.
+type blockingRouter struct {
+	study   string
+	entered chan<- struct{}
+	release <-chan struct{}
+}
+
+func (r blockingRouter) Select(ctx context.Context, _, studyID string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
+	if studyID == r.study {
+		close(r.entered)
+		select {
+		case <-r.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return in, nil
+}
+
+// blockingListing is a memSource whose listing of study waits for
+// release.
+type blockingListing struct {
+	*memSource
+	study   string
+	entered chan<- struct{}
+	release <-chan struct{}
+}
+
+func (s blockingListing) StudyInstances(ctx context.Context, id string) ([]orthancapi.Instance, error) {
+	if id == s.study {
+		close(s.entered)
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.memSource.StudyInstances(ctx, id)
+}

@@ -97,8 +97,6 @@ func (r *Report) add(o Report) {
 // so are those the source failed to read, each in a request of its own.
 func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err error) {
 	ev := a.Event
-	f.sending.Add(1)
-	defer f.sending.Add(-1)
 	src, err := f.opts.SourceFor(ev.Source)
 	if err != nil {
 		return rep, &Error{Class: Permanent, Err: err}
@@ -222,17 +220,25 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			if len(send.parts) == 0 {
 				continue
 			}
-			size := send.size
-			if size == 0 {
-				size = f.requestSize(len(send.parts))
-			}
-			// STOW_MAX_BYTES bounds the request as the destination (or
-			// its proxy) counts it: framing included.
-			budget := f.opts.MaxBytes
-			if budget > 0 {
-				budget = max(budget-dicomweb.MaxFraming(size), 1)
-			}
-			o, err := f.sendAll(ctx, a, plan, f.batches(send.parts, size, budget), &rep, send.put, ours, storedBefore, remember)
+			o, err := func() ([]batchOutcome, error) {
+				// Among the studies sending (requestsAtOnce) only from
+				// its split to its last answer: a study listing, read
+				// by the routing rules, pausing between rounds or
+				// verifying takes no share of the limit.
+				f.sending.Add(1)
+				defer f.sending.Add(-1)
+				size := send.size
+				if size == 0 {
+					size = f.requestSize(len(send.parts))
+				}
+				// STOW_MAX_BYTES bounds the request as the destination
+				// (or its proxy) counts it: framing included.
+				budget := f.opts.MaxBytes
+				if budget > 0 {
+					budget = max(budget-dicomweb.MaxFraming(size), 1)
+				}
+				return f.sendAll(ctx, a, plan, f.batches(send.parts, size, budget), &rep, send.put, ours, storedBefore, remember)
+			}()
 			// What was confirmed counts, whether or not another request
 			// of the round failed; and so do its warnings.
 			for _, out := range o {
