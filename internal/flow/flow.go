@@ -2,8 +2,9 @@
 // to one destination: an AIMD controller, the idea TCP uses for its
 // window.
 //
-// Every request takes a permit from the destination's Limiter and gives
-// it back with what happened. The limit starts at the ceiling, where a
+// Every request takes a permit from the destination's Limiter, waiting
+// by priority (a stat study's first, a backfill's last) and in turn
+// within one, and gives it back with what happened. The limit starts at the ceiling, where a
 // fixed setting would run: a study is split into requests for the limit
 // it meets (see forward's requestsAtOnce), so a first study that met a
 // lower start would run below the ceiling to its end however soon the
@@ -140,9 +141,9 @@ type Limiter struct {
 	limit    int
 	ceiling  int // max, or this replica's share of it
 	inFlight int
-	waiters  []chan struct{} // FIFO: studies are served in turn
-	pause    time.Time       // no request starts before
-	timer    *time.Timer     // wakes the waiters when the pause ends
+	waiters  [priorities][]chan struct{} // by Priority, each FIFO: served highest first, in turn within one
+	pause    time.Time                   // no request starts before
+	timer    *time.Timer                 // wakes the waiters when the pause ends
 
 	// epoch counts limit changes: a round measures only requests
 	// started at the current limit, and an overload reported by a
@@ -275,6 +276,25 @@ func (l *Limiter) Ceiling() int {
 	return l.ceiling
 }
 
+// Priority orders the callers waiting for a place: those of a higher
+// priority are served first, in turn within one. The zero value is
+// Normal.
+type Priority int
+
+// The priorities: a stat study's requests do not wait behind a
+// backfill's (High for the stat lane, Low for the low lane).
+const (
+	Low Priority = iota - 1
+	Normal
+	High
+)
+
+// priorities is how many there are.
+const priorities = int(High-Low) + 1
+
+// queue is p's index in Limiter.waiters, out-of-range values clamped.
+func (p Priority) queue() int { return min(max(int(p-Low), 0), priorities-1) }
+
 // Permit is one request's place in the limit. Exactly one of Done,
 // Overloaded or Release gives it back; later calls do nothing.
 type Permit struct {
@@ -285,19 +305,21 @@ type Permit struct {
 }
 
 // Acquire waits for a free place within the limit, after any Retry-After
-// pause, in turn with other callers.
-func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
+// pause, after the callers of a higher priority waiting and in turn with
+// those of its own.
+func (l *Limiter) Acquire(ctx context.Context, prio Priority) (*Permit, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	q := prio.queue()
 	l.mu.Lock()
-	if len(l.waiters) == 0 && l.free(time.Now()) {
+	if l.waiting() == 0 && l.free(time.Now()) {
 		p := l.grant()
 		l.mu.Unlock()
 		return p, nil
 	}
 	ch := make(chan struct{})
-	l.waiters = append(l.waiters, ch)
+	l.waiters[q] = append(l.waiters[q], ch)
 	l.dispatch(time.Now()) // arms the timer of a pause
 	l.mu.Unlock()
 	select {
@@ -308,9 +330,9 @@ func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
 	case <-ctx.Done():
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		for i, w := range l.waiters {
+		for i, w := range l.waiters[q] {
 			if w == ch {
-				l.waiters = append(l.waiters[:i], l.waiters[i+1:]...)
+				l.waiters[q] = append(l.waiters[q][:i], l.waiters[q][i+1:]...)
 				return nil, ctx.Err()
 			}
 		}
@@ -319,6 +341,15 @@ func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
 		l.dispatch(time.Now())
 		return nil, ctx.Err()
 	}
+}
+
+// waiting counts the callers waiting for a place; the caller holds mu.
+func (l *Limiter) waiting() int {
+	n := 0
+	for _, w := range l.waiters {
+		n += len(w)
+	}
+	return n
 }
 
 func (l *Limiter) free(now time.Time) bool {
@@ -338,7 +369,8 @@ func (l *Limiter) permit() *Permit {
 	return &Permit{l: l, start: time.Now(), epoch: l.epoch}
 }
 
-// dispatch hands free places to waiters in turn; the caller holds mu.
+// dispatch hands free places to waiters, highest priority first, in turn
+// within one; the caller holds mu.
 func (l *Limiter) dispatch(now time.Time) {
 	if now.Before(l.pause) {
 		if l.timer == nil {
@@ -351,11 +383,13 @@ func (l *Limiter) dispatch(now time.Time) {
 		}
 		return
 	}
-	for len(l.waiters) > 0 && l.inFlight < l.limit {
-		ch := l.waiters[0]
-		l.waiters = l.waiters[1:]
-		l.inFlight++
-		close(ch)
+	for q := priorities - 1; q >= 0; q-- {
+		for len(l.waiters[q]) > 0 && l.inFlight < l.limit {
+			ch := l.waiters[q][0]
+			l.waiters[q] = l.waiters[q][1:]
+			l.inFlight++
+			close(ch)
+		}
 	}
 }
 
@@ -503,7 +537,7 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 		return Change{}, false // started at another limit
 	}
 	r := &l.round
-	if len(l.waiters) > 0 || l.inFlight+1 >= l.limit {
+	if l.waiting() > 0 || l.inFlight+1 >= l.limit {
 		r.saturated = true // every place was taken until this answer
 	}
 	r.n++

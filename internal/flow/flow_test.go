@@ -79,7 +79,7 @@ func (d *destination) run(t *testing.T, l *Limiter, workers int, dur time.Durati
 	for range workers {
 		wg.Go(func() {
 			for {
-				p, err := l.Acquire(ctx)
+				p, err := l.Acquire(ctx, Normal)
 				if err != nil {
 					return
 				}
@@ -331,7 +331,7 @@ func TestOverloadHalvesOnceABurst(t *testing.T) {
 		l, changes := newLimiter(t, Options{Min: 1, Max: 16, Start: 8})
 		var ps []*Permit
 		for range 8 {
-			p, err := l.Acquire(t.Context())
+			p, err := l.Acquire(t.Context(), Normal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -344,7 +344,7 @@ func TestOverloadHalvesOnceABurst(t *testing.T) {
 			t.Fatalf("limit %d after a burst of 8 overloads at 8, want 4 (halved once); changes %+v", got, *changes)
 		}
 		// A request started after the decrease halves again.
-		p, err := l.Acquire(t.Context())
+		p, err := l.Acquire(t.Context(), Normal)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -354,7 +354,7 @@ func TestOverloadHalvesOnceABurst(t *testing.T) {
 			t.Fatalf("limit %d, want 2", got)
 		}
 		for range 3 {
-			p, err := l.Acquire(t.Context())
+			p, err := l.Acquire(t.Context(), Normal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -379,7 +379,7 @@ func TestOverloadHalvesOnceABurst(t *testing.T) {
 func TestRetryAfterPausesNewRequests(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l, changes := newLimiter(t, Options{Min: 2, Max: 8, Start: 4})
-		p, err := l.Acquire(t.Context())
+		p, err := l.Acquire(t.Context(), Normal)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -393,7 +393,7 @@ func TestRetryAfterPausesNewRequests(t *testing.T) {
 		var mu sync.Mutex
 		for range 2 {
 			wg.Go(func() {
-				p, err := l.Acquire(t.Context())
+				p, err := l.Acquire(t.Context(), Normal)
 				if err != nil {
 					t.Error(err)
 					return
@@ -414,15 +414,15 @@ func TestRetryAfterPausesNewRequests(t *testing.T) {
 			t.Errorf("first change %+v, want a 3s retry_after pause", c)
 		}
 		// A cancelled wait gives up its turn.
-		p, _ = l.Acquire(t.Context())
+		p, _ = l.Acquire(t.Context(), Normal)
 		p.Overloaded(Overload429, time.Hour)
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
-		if _, err := l.Acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		if _, err := l.Acquire(ctx, Normal); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Acquire during a pause = %v, want the context's deadline", err)
 		}
 		start = time.Now()
-		if p, err := l.Acquire(t.Context()); err != nil {
+		if p, err := l.Acquire(t.Context(), Normal); err != nil {
 			t.Error(err)
 		} else {
 			p.Release()
@@ -440,7 +440,7 @@ func TestLimitBoundsRequestsInFlight(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 20 {
 			wg.Go(func() {
-				p, err := l.Acquire(t.Context())
+				p, err := l.Acquire(t.Context(), Normal)
 				if err != nil {
 					t.Error(err)
 					return
@@ -496,7 +496,7 @@ func TestRecoverAfterAnOutage(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l, changes := newLimiter(t, Options{Min: 1, Max: 16})
 		for range 4 {
-			p, err := l.Acquire(t.Context())
+			p, err := l.Acquire(t.Context(), Normal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -534,7 +534,7 @@ func probeDown(t *testing.T) (*Limiter, *[]Change) {
 	for l.Limit() == 16 {
 		var ps []*Permit
 		for range 16 {
-			p, err := l.Acquire(t.Context())
+			p, err := l.Acquire(t.Context(), Normal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -560,7 +560,7 @@ func TestProbeRoundNotFilledGoesBack(t *testing.T) {
 			t.Errorf("SplitLimit %d while half is tried, want the start level 16", got)
 		}
 		for range 8 { // one at a time: never saturated
-			p, err := l.Acquire(t.Context())
+			p, err := l.Acquire(t.Context(), Normal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -588,7 +588,7 @@ func TestOverloadFromTheStartLevelEndsTheProbe(t *testing.T) {
 		for l.Limit() == 16 {
 			var ps []*Permit
 			for l.inFlightNow() < 16 {
-				p, err := l.Acquire(t.Context())
+				p, err := l.Acquire(t.Context(), Normal)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -621,7 +621,7 @@ func TestOverloadAtTheFloorProbesAbove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := l.Acquire(t.Context())
+	p, err := l.Acquire(t.Context(), Normal)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -629,7 +629,7 @@ func TestOverloadAtTheFloorProbesAbove(t *testing.T) {
 	rounds := 0
 	for ; l.Limit() == 1 && rounds < 3*probeRounds; rounds++ {
 		for range minRound {
-			p, err := l.Acquire(t.Context())
+			p, err := l.Acquire(t.Context(), Normal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -639,5 +639,52 @@ func TestOverloadAtTheFloorProbesAbove(t *testing.T) {
 	}
 	if rounds > probeRounds+1 {
 		t.Errorf("%d calm rounds at the floor before growing, want at most %d", rounds, probeRounds+1)
+	}
+}
+
+// Waiters are served by priority, in turn within one: with the one place
+// held and three waiting, the next release goes to the highest priority
+// waiting, whoever came first; a stat study's requests do not wait behind
+// a backfill's.
+func TestAcquireServesHigherPriorityFirst(t *testing.T) {
+	tests := []struct {
+		name    string
+		waiting []Priority // queued in this order
+		want    int        // index in waiting of the one served next
+	}{
+		{"high after lows", []Priority{Low, Low, Low, High}, 3},
+		{"high after normals", []Priority{Normal, Normal, High}, 2},
+		{"normal after lows", []Priority{Low, Low, Normal}, 2},
+		{"in turn within one", []Priority{Low, High, High}, 1},
+		{"low in turn", []Priority{Low, Low}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l, _ := newLimiter(t, Options{Min: 1, Max: 1})
+				held, err := l.Acquire(t.Context(), Normal)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				granted := make(chan int, len(tt.waiting))
+				for i, prio := range tt.waiting {
+					go func() {
+						if p, err := l.Acquire(ctx, prio); err == nil {
+							granted <- i
+							p.Release()
+						}
+					}()
+					synctest.Wait() // queued before the next
+				}
+				// Done, not Release: as an answered request does.
+				held.Done(1)
+				if got := <-granted; got != tt.want {
+					t.Errorf("waiter %d (%v) served first, want %d (%v)", got, tt.waiting[got], tt.want, tt.waiting[tt.want])
+				}
+				cancel()
+			})
+		})
 	}
 }

@@ -1126,7 +1126,7 @@ func (f *Forwarder) runPulledTrial(ctx, workCtx context.Context) {
 	if f.plan.elsewhere(lane, msg.Subject()) {
 		f.settleElsewhere(workCtx, msg, lane)
 	} else {
-		f.handle(context.WithValue(workCtx, pulledTrialKey{}, t), msg)
+		f.handle(context.WithValue(workCtx, pulledTrialKey{}, t), msg, lane)
 	}
 	done()
 	if !t.released {

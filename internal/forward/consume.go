@@ -80,7 +80,7 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 		if f.plan.elsewhere(lane, msg.Subject()) {
 			f.settleElsewhere(workCtx, msg, lane)
 		} else {
-			f.handle(workCtx, msg)
+			f.handle(workCtx, msg, lane)
 		}
 		done()
 	}
@@ -95,8 +95,8 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 // newer forwarder finds its budget spent.
 const newerVersionDelay = 5 * time.Minute
 
-func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg) {
-	a := &Attempt{Destination: f.opts.DestinationName, Number: 1}
+func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.Priority) {
+	a := &Attempt{Destination: f.opts.DestinationName, Number: 1, lane: lane}
 	parked := false // the message is in the parking's hands (sourcepark.go)
 	meta, err := msg.Metadata()
 	if err == nil {

@@ -384,7 +384,7 @@ func TestNewerVersionGivenBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.handle(t.Context(), msg)
+	f.handle(t.Context(), msg, "")
 	if again, err := cons.Next(jetstream.FetchMaxWait(time.Second)); err == nil {
 		t.Errorf("offered again at once: %s", again.Subject())
 	}
@@ -609,7 +609,7 @@ func TestRedeliveryWhileInHandLeftToFirst(t *testing.T) {
 	if err != nil {
 		t.Fatalf("not delivered again after the ack wait: %v", err)
 	}
-	f.handle(t.Context(), again)
+	f.handle(t.Context(), again, "")
 	if n := k.requests.Load(); n != 0 {
 		t.Fatalf("%d STOW-RS requests for an event in hand, want none", n)
 	}

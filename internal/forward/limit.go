@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/flow"
 )
@@ -130,6 +131,20 @@ func overload(ctx context.Context, err error) (flow.Reason, time.Duration, bool)
 		return flow.Timeout, 0, true
 	}
 	return "", 0, false
+}
+
+// requestPriority is the priority of a study's requests for a place in
+// the limit: a stat study's go before the others', so that it does not
+// wait behind a backfill's even with a small share of the limit (8
+// replicas of 16: 2 each); a low lane's go last.
+func requestPriority(lane events.Priority) flow.Priority {
+	switch lane {
+	case events.PriorityStat:
+		return flow.High
+	case events.PriorityLow:
+		return flow.Low
+	}
+	return flow.Normal
 }
 
 // requestsAtOnce is the number a study's requests are a multiple of:

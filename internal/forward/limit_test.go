@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/flow"
@@ -306,4 +307,22 @@ func (s blockingListing) StudyInstances(ctx context.Context, id string) ([]ortha
 		}
 	}
 	return s.memSource.StudyInstances(ctx, id)
+}
+
+// A study's requests wait for a place by its lane: stat first, low last.
+func TestRequestPriority(t *testing.T) {
+	tests := []struct {
+		lane events.Priority
+		want flow.Priority
+	}{
+		{events.PriorityStat, flow.High},
+		{events.PriorityRoutine, flow.Normal},
+		{"", flow.Normal},
+		{events.PriorityLow, flow.Low},
+	}
+	for _, tt := range tests {
+		if got := requestPriority(tt.lane); got != tt.want {
+			t.Errorf("requestPriority(%q) = %d, want %d", tt.lane, got, tt.want)
+		}
+	}
 }

@@ -14,6 +14,9 @@ type Attempt struct {
 	// again: an earlier run of this delivery (held for the destination
 	// or the source, then sent again) may have stored some of the study.
 	again bool
+	// lane is the lane it was pulled from ("": routine), for its
+	// requests' priority in the limiter.
+	lane events.Priority
 }
 
 // Result is how an attempt ended: the label of

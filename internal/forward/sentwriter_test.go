@@ -98,7 +98,7 @@ func TestStoredInstancesWrittenOnce(t *testing.T) {
 	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures, o.Observer = fl, rec })
 	ev := testEvent()
 	msg := deliverOne(t, ns, cons, ev)
-	f.handle(t.Context(), msg)
+	f.handle(t.Context(), msg, "")
 	if got := rec.results(); got[ResultForwarded] != 1 {
 		t.Fatalf("results %v, want the study forwarded", got)
 	}

@@ -97,14 +97,14 @@ func TestUnconfirmedAckCounts(t *testing.T) {
 			})
 			msg := deliverOne(t, ns, cons, ev)
 			if tt.arrived {
-				f.handle(t.Context(), arrivedAck{msg})
+				f.handle(t.Context(), arrivedAck{msg}, "")
 			} else {
-				f.handle(t.Context(), unconfirmedAck{msg})
+				f.handle(t.Context(), unconfirmedAck{msg}, "")
 				again, err := cons.Next(jetstream.FetchMaxWait(15 * time.Second))
 				if err != nil {
 					t.Fatalf("the event whose ack was lost was not delivered again: %v", err)
 				}
-				f.handle(t.Context(), again)
+				f.handle(t.Context(), again, "")
 			}
 			waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
 			for _, r := range []Result{ResultForwarded, ResultAckFailed, ResultAlreadyForwarded, ResultRetry} {

@@ -559,7 +559,7 @@ func TestParkedStudyWritesWhatItCouldNotRecord(t *testing.T) {
 	})
 	ev := testEvent()
 	msg := recordedAtGiveBack{Msg: deliverOne(t, ns, cons, ev), log: fl, ev: ev, recorded: make(chan int, 1)}
-	f.handle(t.Context(), msg)
+	f.handle(t.Context(), msg, "")
 	if got := testutil.ToFloat64(f.m.sourceHeld); got != 1 {
 		t.Fatalf("%v studies parked, want 1", got)
 	}

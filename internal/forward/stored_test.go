@@ -337,7 +337,7 @@ func TestUnconfirmedAckIsRecorded(t *testing.T) {
 	})
 	ev := testEvent()
 	msg := deliverOne(t, ns, cons, ev)
-	f.handle(t.Context(), arrivedAck{msg})
+	f.handle(t.Context(), arrivedAck{msg}, "")
 	if len(comps) != 1 || len(comps[0].Kept) > 0 {
 		t.Fatalf("completions %+v, want one keeping nothing", comps)
 	}
@@ -369,7 +369,7 @@ func TestUnconfirmedAckDeletesInBufferMode(t *testing.T) {
 				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return tt.record }
 				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 			})
-			f.handle(t.Context(), arrivedAck{deliverOne(t, ns, cons, ev)})
+			f.handle(t.Context(), arrivedAck{deliverOne(t, ns, cons, ev)}, "")
 			if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultAckFailed))); n != 1 {
 				t.Fatalf("studies_total{result=ack_failed} = %v, want 1", n)
 			}
@@ -478,7 +478,7 @@ func TestUnrecordedInstancesWrittenAtSettle(t *testing.T) {
 			fl.failing.Store(true)
 			f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) { o.Failures = fl })
 			ev := testEvent()
-			f.handle(t.Context(), recoversAtSettle{Msg: deliverOne(t, ns, cons, ev), log: fl})
+			f.handle(t.Context(), recoversAtSettle{Msg: deliverOne(t, ns, cons, ev), log: fl}, "")
 			sent, _ := fl.Sent(t.Context(), ev)
 			recorded := 0
 			for i := 1; i <= 8; i++ {
@@ -544,7 +544,7 @@ func TestStudyForwardedAgain(t *testing.T) {
 					if i == 0 && again.unconfirmed {
 						msg = unconfirmedAck{msg}
 					}
-					f.handle(t.Context(), msg)
+					f.handle(t.Context(), msg, "")
 				}
 				dest.mu.Lock()
 				answers := strings.Join(dest.answers, " ")

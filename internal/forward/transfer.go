@@ -544,6 +544,7 @@ func (f *Forwarder) requestSize(n int) int {
 // outcome once answered with instances stored.
 func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours, storedBefore func(string) bool, confirmed func(batchOutcome)) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
+	prio := requestPriority(a.lane)
 	var mu sync.Mutex // guards rep
 	// stopped ends when a batch failed (or ctx ended): no batch starts,
 	// and no 429 is sent again, after that.
@@ -597,14 +598,14 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			if stopped.Err() != nil {
 				return out, err
 			}
-			if permit, err = f.limit.Acquire(stopped); err != nil {
+			if permit, err = f.limit.Acquire(stopped, prio); err != nil {
 				return out, err
 			}
 		}
 	}
 	var wg sync.WaitGroup
 	for i, batch := range batches {
-		permit, err := f.limit.Acquire(stopped)
+		permit, err := f.limit.Acquire(stopped, prio)
 		if err != nil {
 			break // stopped: the cause is returned below
 		}
