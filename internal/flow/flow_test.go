@@ -688,3 +688,36 @@ func TestAcquireServesHigherPriorityFirst(t *testing.T) {
 		})
 	}
 }
+
+// AnsweredWithin says whether a request was answered without overload
+// (Done) that recently: an overload or a released request is no answer.
+func TestAnsweredWithin(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _ := newLimiter(t, Options{Min: 1, Max: 4})
+		answer := func(how func(*Permit)) {
+			t.Helper()
+			p, err := l.Acquire(t.Context(), Normal)
+			if err != nil {
+				t.Fatal(err)
+			}
+			how(p)
+		}
+		check := func(want bool) {
+			t.Helper()
+			if got := l.AnsweredWithin(time.Minute); got != want {
+				t.Errorf("AnsweredWithin(1m) = %v, want %v", got, want)
+			}
+		}
+		check(false)
+		answer(func(p *Permit) { p.Overloaded(Overload503, 0) })
+		answer((*Permit).Release)
+		check(false)
+		answer(func(p *Permit) { p.Done(1) })
+		check(true)
+		time.Sleep(time.Minute)
+		check(true)
+		time.Sleep(time.Second)
+		answer(func(p *Permit) { p.Overloaded(Overload503, 0) })
+		check(false)
+	})
+}
