@@ -4,8 +4,8 @@
 //
 // Every request takes a permit from the destination's Limiter, waiting
 // by priority (a stat study's first, a backfill's last) and in turn
-// within one, and gives it back with what happened. The limit starts at the ceiling, where a
-// fixed setting would run: a study is split into requests for the limit
+// within one, and gives it back with what happened. The limit starts at
+// the ceiling, where a fixed setting would run: a study is split into requests for the limit
 // it meets (see forward's requestsAtOnce), so a first study that met a
 // lower start would run below the ceiling to its end however soon the
 // limit grew, and a far destination wants every stream from the first

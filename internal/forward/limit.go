@@ -36,15 +36,12 @@ const (
 // busyWithin: a 503 is the destination's load, not an outage, when it
 // answered a request without overload this recently. A proxy in front of
 // a busy server answers 503 above its limit by default (nginx's
-// limit_conn and limit_req, HAProxy's queue time-out): failed at once, as
-// in an outage, each such study spent a delivery and counted for the
-// breaker, which opened; at the close the limit went back to the ceiling
-// and the 503s reopened it, so large studies, failing at their first 503
-// and sent whole again each time, might never get through. Re-sent like a
-// 429 instead, they wait for the limiter's halving and go on. A request
-// still refused after overloadResends fails the study as before (a
-// destination that went down right after an answer: a few seconds more
-// before the breaker counts it).
+// limit_conn and limit_req, HAProxy's queue time-out); failing the study
+// and counting it for the breaker made a busy destination open and close
+// the breaker in a loop (each close puts the limit back to the ceiling).
+// A request still refused after overloadResends fails the study as any
+// 503: a destination down right after an answer is counted a few seconds
+// later.
 const busyWithin = time.Minute
 
 // newLimiter returns the limiter all studies of the destination share in
