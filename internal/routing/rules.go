@@ -59,8 +59,8 @@ var ErrRule = errors.New("routing rule failed")
 // every study.
 type StudyRule struct {
 	prg         cel.Program
-	perInstance bool // reads callingAets or sopClasses: instance metadata
-	counts      bool // reads instances
+	perInstance bool // reads (or may read) callingAets or sopClasses: instance metadata
+	counts      bool // reads (or may read) instances
 	// partial evaluates the rule with perInstanceFacts unknown, for a
 	// rule that reads them (matchWithoutMetadata).
 	partial cel.Program
@@ -77,7 +77,7 @@ var perInstanceFacts = []*cel.AttributePatternType{
 // selects every instance.
 type InstanceRule struct {
 	prg      cel.Program
-	metadata bool // reads sopClassUid, transferSyntaxUid or callingAet
+	metadata bool // reads (or may read) sopClassUid, transferSyntaxUid or callingAet
 }
 
 // CompileStudyRule compiles a study rule: a boolean CEL expression over
@@ -104,7 +104,8 @@ func CompileStudyRule(expr string) (*StudyRule, error) {
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
 	}
-	r := &StudyRule{prg: prg, perInstance: selects(checked, "callingAets", "sopClasses"), counts: selects(checked, "instances")}
+	fields, whole := reads(checked, "study")
+	r := &StudyRule{prg: prg, perInstance: whole || anyOf(fields, "callingAets", "sopClasses"), counts: whole || fields["instances"]}
 	if r.perInstance {
 		if r.partial, err = env.Program(checked, cel.CostLimit(CostLimit), cel.EvalOptions(cel.OptPartialEval)); err != nil {
 			return nil, fmt.Errorf("routing: %w", err)
@@ -135,7 +136,8 @@ func CompileInstanceRule(expr string) (*InstanceRule, error) {
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
 	}
-	return &InstanceRule{prg: prg, metadata: selects(checked, "sopClassUid", "transferSyntaxUid", "callingAet")}, nil
+	fields, whole := reads(checked, "instance")
+	return &InstanceRule{prg: prg, metadata: whole || anyOf(fields, "sopClassUid", "transferSyntaxUid", "callingAet")}, nil
 }
 
 // compile parses and type-checks expr, which must be boolean; the error
@@ -148,59 +150,65 @@ func compile(env *cel.Env, expr string) (*cel.Ast, error) {
 	if checked.OutputType() != cel.BoolType {
 		return nil, fmt.Errorf("the rule must be true or false, not %s", checked.OutputType())
 	}
-	if err := refuseIndexedFacts(checked); err != nil {
-		return nil, err
-	}
 	return checked, nil
 }
 
-// refuseIndexedFacts refuses a rule that reads a fact by a name in
-// brackets (dyn(study)['callingAets'], dyn(study)[source]): cel-go lets it
-// index the study or instance, but the rules decide what to read from
-// Orthanc by the field selections (selects), so such a fact would be
-// empty and the rule decide silently. Only a key that may be a string on
-// a value that may be the study or instance (dyn) is refused: a list's
-// index and a map literal's key are not facts.
-func refuseIndexedFacts(checked *cel.Ast) error {
-	a := checked.NativeRep()
-	var err error
-	ast.PreOrderVisit(a.Expr(), ast.NewExprVisitor(func(e ast.Expr) {
-		if err != nil || e.Kind() != ast.CallKind {
-			return
+// reads reports which fields of the variable v (study, instance) the
+// checked expression reads, by name, and whether it hands v on whole.
+// What is read from Orthanc follows from it. A field is read by a
+// selection anywhere (study.callingAets, dyn(study).callingAets, or a
+// selection of that name on anything else: reading more is only slower)
+// or by a constant name in brackets (dyn(study)['callingAets']). Any
+// other use (dyn(study)[source], [study], dyn(study) == routing.Study{...})
+// may read any field: whole.
+func reads(checked *cel.Ast, v string) (fields map[string]bool, whole bool) {
+	fields = map[string]bool{}
+	root := ast.NavigateAST(checked.NativeRep())
+	for _, e := range ast.MatchDescendants(root, ast.KindMatcher(ast.SelectKind)) {
+		fields[e.AsSelect().FieldName()] = true
+	}
+	for _, e := range ast.MatchDescendants(root, ast.KindMatcher(ast.IdentKind)) {
+		if e.AsIdent() != v {
+			continue
 		}
-		c := e.AsCall()
-		if (c.FunctionName() != operators.Index && c.FunctionName() != operators.OptIndex) || len(c.Args()) != 2 {
-			return
+		use := e
+		if p, ok := use.Parent(); ok && p.Kind() == ast.CallKind && p.AsCall().FunctionName() == "dyn" {
+			use = p
 		}
-		switch a.GetType(c.Args()[0].ID()).Kind() {
-		case types.DynKind, types.StructKind:
+		p, ok := use.Parent()
+		switch {
+		case ok && p.Kind() == ast.SelectKind: // counted above
+		case ok && p.Kind() == ast.CallKind && indexes(p.AsCall(), use.ID()):
+			if name, ok := constantString(p.AsCall().Args()[1]); ok {
+				fields[name] = true
+			} else {
+				whole = true
+			}
 		default:
-			return
+			whole = true
 		}
-		switch a.GetType(c.Args()[1].ID()).Kind() {
-		case types.IntKind, types.UintKind:
-			return
-		}
-		loc := a.SourceInfo().GetStartLocation(e.ID())
-		err = fmt.Errorf("%d:%d: a fact read by a name in brackets is not supported: write study.callingAets, not dyn(study)['callingAets']",
-			loc.Line(), loc.Column()+1)
-	}))
-	return err
+	}
+	return fields, whole
 }
 
-// selects reports whether the checked expression reads any of fields.
-func selects(checked *cel.Ast, fields ...string) bool {
-	found := false
-	ast.PreOrderVisit(checked.NativeRep().Expr(), ast.NewExprVisitor(func(e ast.Expr) {
-		if e.Kind() == ast.SelectKind {
-			for _, f := range fields {
-				if e.AsSelect().FieldName() == f {
-					found = true
-				}
-			}
-		}
-	}))
-	return found
+// indexes reports whether c indexes the expression operand (operand[key]).
+func indexes(c ast.CallExpr, operand int64) bool {
+	return (c.FunctionName() == operators.Index || c.FunctionName() == operators.OptIndex) &&
+		len(c.Args()) == 2 && c.Args()[0].ID() == operand
+}
+
+// constantString is e's value if it is a string literal.
+func constantString(e ast.Expr) (string, bool) {
+	if e.Kind() != ast.LiteralKind {
+		return "", false
+	}
+	s, ok := e.AsLiteral().(types.String)
+	return string(s), ok
+}
+
+// anyOf reports whether any of names is in fields.
+func anyOf(fields map[string]bool, names ...string) bool {
+	return slices.ContainsFunc(names, func(n string) bool { return fields[n] })
 }
 
 // All reports whether the rule selects every study without looking.

@@ -50,11 +50,6 @@ func TestBadRulesFailAtCompile(t *testing.T) {
 		{"source ==", "1:10"},
 		{"sauce == 'x'", "undeclared reference to 'sauce'"},
 		{"study.description.matches('[')", "invalid matches argument"},
-		// Read by a name in brackets, the fact would be empty: the
-		// metadata is read only for rules that select its fields.
-		{"'ER' in dyn(study)['callingAets']", "1:19: a fact read by a name in brackets"},
-		{"dyn(study)[source] == ['ER']", "1:11: a fact read by a name in brackets"},
-		{"dyn(study)[dyn('sopClasses')] == []", "a fact read by a name in brackets"},
 	} {
 		_, err := CompileStudyRule(tt.rule)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -64,13 +59,69 @@ func TestBadRulesFailAtCompile(t *testing.T) {
 	if _, err := CompileInstanceRule("instance.sopClass == 'x'"); err == nil || !strings.Contains(err.Error(), "undefined field 'sopClass'") {
 		t.Errorf("instance rule with a misspelt field: err = %v", err)
 	}
-	if _, err := CompileInstanceRule("dyn(instance)['callingAet'] == 'ER'"); err == nil || !strings.Contains(err.Error(), "in brackets") {
-		t.Errorf("instance rule reading a fact in brackets: err = %v", err)
+}
+
+// A fact read by a name in brackets, or from the study or instance handed
+// on whole, is read from Orthanc like one read by its field: the rule
+// compiles and sees it (1bd17e2 refused these, failing the start of every
+// forwarder with such a rule). Brackets that read no fact of the study or
+// instance cost nothing more.
+func TestRulesReadingFactsInBrackets(t *testing.T) {
+	s := &Study{Modalities: []string{"CT"}, Description: "Chest", CallingAETs: []string{"ER"}, SOPClasses: []string{"1.2.840.10008.5.1.4.1.1.2"}, Instances: 3}
+	for _, tt := range []struct {
+		rule        string
+		perInstance bool // reads callingAets or sopClasses
+		list        bool // reads the instance list
+	}{
+		{"study.modalities[0] == 'CT'", false, false},
+		{"{'a': {'x': 'CT'}, 'b': 2}['a']['x'] in study.modalities", false, false},
+		{"dyn({'k': 'v'})['k'] == 'v'", false, false},
+		{"dyn(study.modalities)[dyn(0)] == 'CT'", false, false},
+		{"dyn(study)['description'] == 'Chest'", false, false},
+		{"'ER' in dyn(study)['callingAets']", true, true},
+		{"dyn(study).callingAets.size() > 0", true, true},
+		{"dyn(study)['instances'] == 3", false, true},
+		// A name computed, or the study handed on: any fact may be read.
+		{"dyn(study)['calling' + 'Aets'] == ['ER']", true, true},
+		{"dyn(study)[source].size() == 1", true, true},
+		{"[dyn(study)][0]['callingAets'] == ['ER']", true, true},
+		{"dyn(study) == routing.Study{modalities: ['CT'], description: 'Chest', callingAets: ['ER'], sopClasses: ['1.2.840.10008.5.1.4.1.1.2'], instances: 3}", true, true},
+	} {
+		r, err := CompileStudyRule(tt.rule)
+		if err != nil {
+			t.Errorf("%q: %v", tt.rule, err)
+			continue
+		}
+		if r.NeedsInstances() != tt.perInstance || r.NeedsInstanceList() != tt.list {
+			t.Errorf("%q: NeedsInstances %v, NeedsInstanceList %v; want %v, %v", tt.rule, r.NeedsInstances(), r.NeedsInstanceList(), tt.perInstance, tt.list)
+		}
+		source := "main"
+		if strings.Contains(tt.rule, "[source]") {
+			source = "callingAets"
+		}
+		if ok, err := r.Match(source, s); err != nil || !ok {
+			t.Errorf("%q = %v, %v; want true", tt.rule, ok, err)
+		}
 	}
-	// Indexes that read no fact by name still compile.
-	for _, rule := range []string{"study.modalities[0] == 'CT'", "dyn(study.modalities)[0] == 'CT'", "{'a': 'CT'}['a'] in study.modalities", "dyn(study).callingAets.size() > 0"} {
-		if _, err := CompileStudyRule(rule); err != nil {
-			t.Errorf("%q: %v", rule, err)
+	for _, tt := range []struct {
+		rule     string
+		metadata bool
+	}{
+		{"dyn(instance)['modality'] == 'CT'", false},
+		{"dyn(instance)['callingAet'] == 'ER'", true},
+		{"dyn(instance)['calling' + 'Aet'] == 'ER'", true},
+		{"[instance].exists(i, i.modality == 'CT')", true},
+	} {
+		r, err := CompileInstanceRule(tt.rule)
+		if err != nil {
+			t.Errorf("%q: %v", tt.rule, err)
+			continue
+		}
+		if r.NeedsMetadata() != tt.metadata {
+			t.Errorf("%q: NeedsMetadata %v, want %v", tt.rule, r.NeedsMetadata(), tt.metadata)
+		}
+		if ok, err := r.Match(&Instance{Modality: "CT", CallingAET: "ER"}); err != nil || !ok {
+			t.Errorf("%q = %v, %v; want true", tt.rule, ok, err)
 		}
 	}
 }

@@ -135,6 +135,11 @@ func TestStudyRuleSelects(t *testing.T) {
 		{"study.callingAets.size() > 0 || study.modalities[1] == 'CT'", true, true, instancesOf(3), true},
 		// The whole study handed to a function depends on the metadata.
 		{"'ER' in dyn(study).callingAets || study.description == 'x'", true, true, instancesOf(3), true},
+		// By a name in brackets, or on the study handed on whole, the same.
+		{"dyn(study)['description'] == 'STAT trauma'", false, false, nil, true},
+		{"'ER' in dyn(study)['callingAets']", true, true, instancesOf(3), true},
+		{"'ER' in dyn(study)['calling' + 'Aets']", true, true, instancesOf(3), true},
+		{"'ER' in [dyn(study)][0]['callingAets'] || study.description == 'x'", true, true, instancesOf(3), true},
 	} {
 		o.reads = &atomic.Int32{}
 		r, err := CompileStudyRule(tt.rule)
