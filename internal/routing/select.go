@@ -98,10 +98,13 @@ func (r *StudyRule) decide(ctx context.Context, o Orthanc, source, studyID strin
 		if ok, decided := r.matchWithoutMetadata(source, study(facts, instances, nil)); decided && (!ok || !withMeta) {
 			return ok, facts, instances, nil, nil
 		}
-	}
-	if !withMeta && !r.NeedsInstances() {
+	} else {
+		// The rule needs no metadata: only a study it selects reads it,
+		// for the instance rule.
 		ok, err := r.matchFacts(source, facts, instances, nil)
-		return ok, facts, instances, nil, err
+		if err != nil || !ok || !withMeta {
+			return ok, facts, instances, nil, err
+		}
 	}
 	instances, meta, err := readMetadata(ctx, o, instances)
 	if err != nil {

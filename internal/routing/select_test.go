@@ -159,7 +159,8 @@ func TestStudyRuleSelects(t *testing.T) {
 }
 
 // A destination's study rule that its cheap facts decide reads no
-// metadata for an unselected study, even when the instance rule reads it.
+// metadata for an unselected study, even when the instance rule reads it
+// (docs/routing.md, what a rule costs).
 func TestSelectReadsMetadataOnlyWhenItDecides(t *testing.T) {
 	o := studyOrthanc{
 		facts: orthancapi.StudyFacts{Description: "Chest", Series: map[string]orthancapi.SeriesFacts{"s1": {Modality: "CT"}}},
@@ -177,6 +178,9 @@ func TestSelectReadsMetadataOnlyWhenItDecides(t *testing.T) {
 		{"selected by its description", "study.description == 'Chest' || 'ER' in study.callingAets", "", []string{"i0", "i1"}, 0},
 		{"selected, the instance rule reads the metadata", "study.description == 'Chest' || 'ER' in study.callingAets", "instance.sopClassUid.endsWith('.67')", []string{"i1"}, 2},
 		{"the description does not decide", "study.description == 'Chest' && 'ER' in study.callingAets", "", []string{"i0", "i1"}, 2},
+		// A study rule that reads no metadata decides first.
+		{"not selected by a rule without metadata", "'MR' in study.modalities", "instance.sopClassUid.endsWith('.67')", nil, 0},
+		{"selected by a rule without metadata", "'CT' in study.modalities", "instance.sopClassUid.endsWith('.67')", []string{"i1"}, 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			study, err := CompileStudyRule(tt.study)
