@@ -2,9 +2,12 @@ package app
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/internal/bandwidth"
@@ -71,7 +74,16 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 				log.Debug("status: cannot count the replicas serving each destination; the last share of the limits stays", "err", err)
 				break
 			}
-			log.Warn("status: cannot count the replicas serving each destination in the status bucket, so this forwarder keeps its last share of STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND (the whole of each before a first count) and the replicas together may exceed them; if it lasts, the likely cause is a NATS permission block without $JS.API.CONSUMER.CREATE, DELETE and MSG.NEXT of KV_stowline_forwarders.> (docs/nats-permissions.md)",
+			const kept = "status: cannot count the replicas serving each destination in the status bucket, so this forwarder keeps its last share of STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND (the whole of each before a first count) and the replicas together may exceed them"
+			// A refused read only times out, like one while the client
+			// reconnects: the permission is the likely cause only while
+			// connected.
+			if st := s.conn.NC.Status(); st != nats.CONNECTED && !errors.Is(err, nats.ErrPermissionViolation) {
+				log.Warn(kept+"; NATS is unreachable (the client reconnects every second)",
+					"bucket", natsjs.StatusBucket, "failed_reads", n, "nats_status", strings.ToLower(st.String()), "err", err)
+				break
+			}
+			log.Warn(kept+"; if it lasts, the likely cause is a NATS permission block without $JS.API.CONSUMER.CREATE, DELETE and MSG.NEXT of KV_stowline_forwarders.> (docs/nats-permissions.md)",
 				"bucket", natsjs.StatusBucket, "failed_reads", n, "err", err)
 		}
 		select {

@@ -208,3 +208,62 @@ func TestShareLimitsWithoutReadingTheBucket(t *testing.T) {
 		})
 	}
 }
+
+// A forwarder cut off from NATS cannot count the replicas either, and its
+// reads fail as a refused one does (they time out): its warning says NATS
+// is unreachable rather than blaming a permission.
+func TestShareLimitsWhileNATSIsUnreachable(t *testing.T) {
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "lost", Port: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shutdown := sync.OnceFunc(srv.Shutdown)
+	t.Cleanup(shutdown)
+	quiet := slog.New(slog.DiscardHandler)
+	conn, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL()}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	ctx, cancel := context.WithCancel(t.Context())
+	var g errgroup.Group
+	t.Cleanup(func() { cancel(); _ = g.Wait() })
+	s := newStatusWiring(conn, config.Admin{}, false, quiet)
+	tw, err := status.NewTokenWatch("archive", "dicom.example.org", "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.track(ctx, &g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, quiet); err != nil {
+		t.Fatal(err)
+	}
+	shutdown()
+	for deadline := time.Now().Add(10 * time.Second); conn.NC.Status() == nats.CONNECTED; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the client still reports itself connected to the stopped server")
+		}
+	}
+
+	logs := &testharness.LogBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	replicas, err := newReplicasGauge(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Go(func() error {
+		return shareLimits(ctx, s, map[string][]replicaLimit{"archive": {&recordedLimit{}}}, replicas, 200*time.Millisecond, log)
+	})
+	warning := func() string {
+		for line := range strings.Lines(logs.String()) {
+			if strings.Contains(line, "level=WARN") && strings.Contains(line, "failed_reads=3") {
+				return line
+			}
+		}
+		return ""
+	}
+	for deadline := time.Now().Add(20 * time.Second); warning() == "" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	}
+	line := warning()
+	if !strings.Contains(line, "NATS is unreachable") || strings.Contains(line, "permission") {
+		t.Errorf("warning %q, want it to say NATS is unreachable, naming no permission; log:\n%s", line, logs.String())
+	}
+}
