@@ -51,6 +51,8 @@ func TestMainRefusesUnreadDeidentifyVariables(t *testing.T) {
 		{name: "misspelt STOW_DEIDENTIFY", extra: map[string]string{"STOW_DEIDENTIFIY": "basic"}, want: "STOW_DEIDENTIFIY: set but not read"},
 		{name: "misspelt key file, outside the checked families", extra: map[string]string{"DEIDENTIFY_KEYFILE": "/run/secrets/deid"}, want: "DEIDENTIFY_KEYFILE: set but not read"},
 		{name: "both, one error", extra: map[string]string{"STOW_DEIDENTIFIY": "basic", "DEIDENTIFY_KEYFILE": "/k"}, want: "DEIDENTIFY_KEYFILE, STOW_DEIDENTIFIY: set but not read"},
+		{name: "near miss without DEIDENT", extra: map[string]string{"STOW_DEIDENITFY": "basic"}, want: "STOW_DEIDENITFY: set but not read"},
+		{name: "lower case", extra: map[string]string{"stow_deidentify": "basic"}, want: "stow_deidentify: set but not read"},
 		{name: "another misspelling is a warning", extra: map[string]string{"STOW_PARALLEL_REQUEST": "8"}},
 	}
 	for _, tt := range tests {

@@ -65,8 +65,9 @@ func Unread(environ []string, cfg any) []string {
 			}
 		}
 	}
-	// Whatever its prefix, a de-identification variable misspelt
-	// (DEIDENTIFY_KEYFILE) is checked by a process that de-identifies.
+	// Whatever its prefix or case, a de-identification variable misspelt
+	// (DEIDENTIFY_KEYFILE, stow_deidentify) is checked by a process that
+	// de-identifies.
 	deidentifies := known["STOW_DEIDENTIFY"]
 	var out []string
 	for _, kv := range environ {
@@ -89,8 +90,14 @@ func Unread(environ []string, cfg any) []string {
 	return out
 }
 
+// deidentName matches the name of a de-identification variable, misspelt
+// too: DEIDENT anywhere, or DEID at the start of a word (STOW_DEIDENITFY,
+// DEIDENTIFY's letters swapped after DEID), in any case (stow_deidentify).
+// DEID inside a word (NODEID) is another tool's.
+var deidentName = regexp.MustCompile(`(?i)deident|(^|[^a-zA-Z0-9])deid`)
+
 // StopsStart reports whether name, a variable Unread returned, must stop
 // the start rather than be warned about: a de-identification variable
 // not read (DESTINATION_RESEARCH_STOW_DEIDENTIFIY) left its destination
 // receiving the originals, identified.
-func StopsStart(name string) bool { return strings.Contains(name, "DEIDENT") }
+func StopsStart(name string) bool { return deidentName.MatchString(name) }

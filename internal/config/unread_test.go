@@ -2,6 +2,7 @@ package config
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -71,6 +72,12 @@ func TestUnread(t *testing.T) {
 			cfg:   func() any { return &ForwarderService{} },
 			extra: map[string]string{"DESTINATION_AI_2_STOW_DEIDENTIFIY": "basic", "DESTINATION_AI_2_DEIDENTIFY_KEYFILE": "/k", "DEIDENTIFY_KEY": "/k"},
 			want:  []string{"DEIDENTIFY_KEY", "DESTINATION_AI_2_DEIDENTIFY_KEYFILE", "DESTINATION_AI_2_STOW_DEIDENTIFIY"}},
+		// A near miss (DEID, any case) is refused too; DEID inside a
+		// word is another tool's.
+		{name: "near misses of de-identification variables", env: destEnv,
+			cfg:   func() any { return &ForwarderService{} },
+			extra: map[string]string{"STOW_DEIDENITFY": "basic", "stow_deidentify": "basic", "DESTINATION_AI_2_DEID_KEY_FILE": "/k", "K8S_NODEID": "n1"},
+			want:  []string{"DESTINATION_AI_2_DEID_KEY_FILE", "STOW_DEIDENITFY", "stow_deidentify"}},
 		{name: "the ingest is not told about de-identification variables", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &IngestService{} }, extra: map[string]string{"DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY": "basic"}},
 		{name: "the forwarder is not told about the ingest's variables", env: func(*testing.T) map[string]string { return baseEnv() },
@@ -95,5 +102,42 @@ func TestUnread(t *testing.T) {
 				t.Errorf("Unread = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestStopsStart: the names that stop a de-identifying process's start
+// when it does not read them.
+func TestStopsStart(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		want bool
+	}{
+		{"DESTINATION_RESEARCH_STOW_DEIDENTIFIY", true},
+		{"DEIDENTIFY_KEYFILE", true},
+		{"STOW_DEIDENITFY", true}, // no DEIDENT
+		{"stow_deidentify", true},
+		{"Stow_DeIdentify", true},
+		{"DEID_KEY", true},
+		{"NODEIDENTITY", true}, // DEIDENT anywhere, as before
+		{"K8S_NODEID", false},
+		{"CODEID", false},
+		{"STOW_PARALLEL_REQUEST", false},
+		{"DE_IDENTIFY", false},
+	} {
+		if got := StopsStart(tt.name); got != tt.want {
+			t.Errorf("StopsStart(%q) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestStopsStartNamesNoVariableRead: every variable stowline reads that
+// StopsStart matches is a de-identification setting, so the match
+// (DEID, any case) flags only names stowline does not read as misspelt
+// ones of these.
+func TestStopsStartNamesNoVariableRead(t *testing.T) {
+	for _, v := range append(Vars(&SingleHost{}, &IngestService{}, &ForwarderService{}, &Audit{}, &ReplayCommand{}, &CheckCommand{}), Vars(&Destination{})...) {
+		if StopsStart(v.Name) && !strings.Contains(v.Name, "DEIDENTIFY") {
+			t.Errorf("%s, a variable stowline reads, looks like a misspelt de-identification setting", v.Name)
+		}
 	}
 }
