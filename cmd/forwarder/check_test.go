@@ -13,9 +13,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stowline/stowline/internal/app"
+	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testidp"
 	"github.com/stowline/stowline/internal/testpki"
@@ -477,5 +479,93 @@ func TestCheckSources(t *testing.T) {
 	var out, errOut bytes.Buffer
 	if err := run(t.Context(), []string{"check", "--source", "radiology"}, func(k string) string { return two[k] }, nil, &out, &errOut); !errors.Is(err, app.ErrUsage) || !strings.Contains(err.Error(), `"radiology"`) || !strings.Contains(err.Error(), "main, cardio") {
 		t.Errorf("--source of no configured source: err = %v, want a usage error naming it and the sources", err)
+	}
+}
+
+// TestCheckDeidentification: `forwarder check` says whether each
+// destination receives de-identified copies and its key's fingerprint
+// (the forwarders log it at start), never the key; and it refuses, as
+// the forwarder does, an unread variable that looks like a
+// de-identification setting. It passed a STOW_DEIDENTIFIY=basic the
+// forwarder refuses, and never said a destination de-identified.
+func TestCheckDeidentification(t *testing.T) {
+	key := []byte("check-key-0123456789abcdef0123456789")
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, append(key, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := deident.NewKeyer(key, "ANON-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests atomic.Int32
+	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		qido("")(w, r)
+	}))
+	t.Cleanup(dest.Close)
+	named := func(extra map[string]string) map[string]string {
+		env := map[string]string{"DESTINATIONS": "archive,ai", "DESTINATION_ARCHIVE_URL": dest.URL + "/archive", "DESTINATION_AI_URL": dest.URL + "/ai",
+			"DESTINATION_AI_STOW_DEIDENTIFY": "basic", "DESTINATION_AI_DEIDENTIFY_KEY_FILE": keyFile, "DESTINATION_AI_STOW_DEIDENTIFY_OPTIONS": "retain-dates"}
+		for k, v := range extra {
+			env[k] = v
+		}
+		return env
+	}
+	tests := []struct {
+		name    string
+		env     map[string]string
+		refused string   // a usage error naming it, nothing checked
+		want    []string // in the report
+	}{
+		{name: "one destination, originals", env: map[string]string{"DICOMWEB_URL": dest.URL + "/v2"},
+			want: []string{"deidentify   off: the destination receives the originals (STOW_DEIDENTIFY)\n", "verdict      OK"}},
+		{name: "one destination, de-identified", env: map[string]string{"DICOMWEB_URL": dest.URL + "/v2", "STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": keyFile},
+			want: []string{"deidentify   basic: de-identified copies, key fingerprint " + k.Fingerprint() + " (DEIDENTIFY_KEY_FILE), options none, burned-in exclude\n"}},
+		{name: "each destination's own", env: named(nil),
+			want: []string{
+				"destination  archive " + dest.URL + "/archive\nprovider     generic (no authentication)\ndeidentify   off: the destination receives the originals (DESTINATION_ARCHIVE_STOW_DEIDENTIFY)\n",
+				"destination  ai " + dest.URL + "/ai\nprovider     generic (no authentication)\ndeidentify   basic: de-identified copies, key fingerprint " + k.Fingerprint() + " (DESTINATION_AI_DEIDENTIFY_KEY_FILE), options retain-dates, burned-in exclude\n",
+			}},
+		{name: "misspelt STOW_DEIDENTIFY", env: named(map[string]string{"DESTINATION_ARCHIVE_STOW_DEIDENTIFIY": "basic"}), refused: "DESTINATION_ARCHIVE_STOW_DEIDENTIFIY: set but not read"},
+		{name: "near miss in lower case", env: named(map[string]string{"stow_deidenitfy": "basic"}), refused: "stow_deidenitfy: set but not read"},
+		{name: "another unread variable is no refusal", env: named(map[string]string{"STOW_PARALLEL_REQUEST": "8", "NATS_URL": "nats://127.0.0.1:1"}),
+			want: []string{"key fingerprint " + k.Fingerprint()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			requests.Store(0)
+			var environ []string
+			for k, v := range tt.env {
+				environ = append(environ, k+"="+v)
+			}
+			// Each destination in turn: without --destination the
+			// source Orthanc is checked too.
+			var out, errOut bytes.Buffer
+			var err error
+			for _, d := range strings.Split(cmp.Or(tt.env["DESTINATIONS"], "default"), ",") {
+				if err = run(t.Context(), []string{"check", "--destination", d}, func(k string) string { return tt.env[k] }, environ, &out, &errOut); err != nil {
+					break
+				}
+			}
+			t.Logf("forwarder check:\n%s", out.String())
+			if tt.refused != "" {
+				if !errors.Is(err, app.ErrUsage) || !strings.Contains(err.Error(), tt.refused) || requests.Load() != 0 || strings.Contains(out.String(), "destination") {
+					t.Fatalf("err = %v, %d requests; want a usage error naming %q before any check", err, requests.Load(), tt.refused)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("err = %v", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q", w)
+				}
+			}
+			if strings.Contains(out.String()+errOut.String(), string(key)) {
+				t.Error("the key was printed or logged")
+			}
+		})
 	}
 }

@@ -46,7 +46,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, environ
 		return app.RunAudit(ctx, args[1:], getenv, stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "check" {
-		return app.RunCheck(ctx, args[1:], getenv, stdout, stderr)
+		return app.RunCheck(ctx, args[1:], getenv, environ, stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "backfill" {
 		return app.RunBackfill(ctx, args[1:], getenv, stdout, stderr)

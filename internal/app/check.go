@@ -34,13 +34,20 @@ destination: a credential is
 obtained the way the forwarder does (an OAuth2 token of OAUTH_PROVIDER,
 or AWS credentials for Signature V4), its lifetime and scopes reported
 (never the token), and one authenticated request sent:
-GET {DICOMWEB_URL}/studies?limit=1. It prints a verdict for each and
-exits non-zero when a check fails. Logs go to stderr.
+GET {DICOMWEB_URL}/studies?limit=1. For each destination it prints
+whether it receives de-identified copies (STOW_DEIDENTIFY) and, if so,
+the fingerprint of its key, which every forwarder serving it logs at
+start. It prints a verdict for each and exits non-zero when a check
+fails. Like the forwarder, it refuses (exit 2) a variable set but not
+read whose name looks like a de-identification setting
+(STOW_DEIDENTIFIY). Logs go to stderr.
 
 `
 
 // RunCheck runs `forwarder check ARGS`.
-func RunCheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// environ lists the variables getenv reads (os.Environ()), refused as the
+// forwarder refuses them; nil skips that check.
+func RunCheck(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) error {
 	const program = "forwarder check"
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on each step (credential, request)")
@@ -48,6 +55,13 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, st
 	onlySource := fs.String("source", "", "check only this source Orthanc (and no destination unless --destination is set)")
 	var cfg config.CheckCommand
 	if done, err := parseCommand(fs, checkUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
+		return err
+	}
+	// The forwarder's own refusal: a check that passes a configuration
+	// the forwarder will not start with misleads. Other unread variables
+	// are not warned about: check reads fewer than the forwarder (not
+	// NATS_, FORWARDER_ADDR), and would name the forwarder's.
+	if _, err := unreadVariables(program, environ, &cfg); err != nil {
 		return err
 	}
 	log := NewLogger(stderr, cfg.Log)
@@ -217,6 +231,12 @@ func checkDestination(ctx context.Context, stdout io.Writer, d config.NamedDesti
 		return err
 	}
 	fmt.Fprintf(stdout, "%-12s %s\n%-12s %s\n", "destination", title, "provider", describeAuth(dest))
+	mode, err := describeDeidentify(&d)
+	if err != nil {
+		fmt.Fprintf(stdout, "%-12s FAIL: %v\n%-12s FAIL: %v\n", "deidentify", err, "verdict", err)
+		return err
+	}
+	fmt.Fprintf(stdout, "%-12s %s\n", "deidentify", mode)
 	report, err := dicomweb.Check(ctx, dicomweb.CheckOptions{
 		BaseURL:    d.DICOMwebURL,
 		VarName:    d.VarName,
@@ -226,6 +246,25 @@ func checkDestination(ctx context.Context, stdout io.Writer, d config.NamedDesti
 	})
 	report.WriteText(stdout)
 	return err
+}
+
+// describeDeidentify says whether d receives de-identified copies and,
+// if so, the fingerprint of its key (never the key), to compare with the
+// key_fingerprint its forwarders log at start.
+func describeDeidentify(d *config.NamedDestination) (string, error) {
+	if !d.Deidentifies() {
+		return "off: the destination receives the originals (" + d.VarName("STOW_DEIDENTIFY") + ")", nil
+	}
+	k, err := keyer(d)
+	if err != nil {
+		return "", err
+	}
+	options := "none"
+	if len(d.Options) > 0 {
+		options = strings.Join(d.Options, ",")
+	}
+	return fmt.Sprintf("basic: de-identified copies, key fingerprint %s (%s), options %s, burned-in %s",
+		k.Fingerprint(), d.VarName("DEIDENTIFY_KEY_FILE"), options, d.BurnedIn), nil
 }
 
 func describeAuth(d *destination) string {

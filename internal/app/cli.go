@@ -59,20 +59,14 @@ func Main[T any, P interface {
 	}
 	log := NewLogger(stdout, P(&cfg).LogConfig())
 	log.Info("starting "+program, ReadBuild().logAttrs()...)
-	var refused []string
-	for _, name := range config.Unread(environ, P(&cfg)) {
-		if config.StopsStart(name) {
-			refused = append(refused, name)
-			continue
-		}
+	warn, err := unreadVariables(program, environ, P(&cfg))
+	for _, name := range warn {
 		log.Warn("variable set but not read: misspelt, or for a destination DESTINATIONS does not name (run "+program+" -h for the list)", "variable", name)
 	}
-	if len(refused) > 0 {
-		return &usageError{fmt.Errorf("%s: invalid configuration:\n%s: set but not read: misspelt, or for a destination DESTINATIONS does not name; "+
-			"a de-identification setting not read may send a destination the originals, identified\n(run %s -h for the list of variables)",
-			program, strings.Join(refused, ", "), program)}
+	if err != nil {
+		return err
 	}
-	err := start(ctx, P(&cfg), log)
+	err = start(ctx, P(&cfg), log)
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		// Stopped (SIGTERM) before the start was done: a normal stop,
 		// not a failure for systemd or an orchestrator to count.
@@ -80,6 +74,28 @@ func Main[T any, P interface {
 		return nil
 	}
 	return err
+}
+
+// unreadVariables returns the variables of environ that cfg does not read
+// (config.Unread), to warn about, and a usage error naming those that
+// stop the start (config.StopsStart): a de-identification setting not
+// read may send a destination the originals. `forwarder check` refuses
+// the same names as the forwarder.
+func unreadVariables(program string, environ []string, cfg any) (warn []string, err error) {
+	var refused []string
+	for _, name := range config.Unread(environ, cfg) {
+		if config.StopsStart(name) {
+			refused = append(refused, name)
+		} else {
+			warn = append(warn, name)
+		}
+	}
+	if len(refused) > 0 {
+		return warn, &usageError{fmt.Errorf("%s: invalid configuration:\n%s: set but not read: misspelt, or for a destination DESTINATIONS does not name; "+
+			"a de-identification setting not read may send a destination the originals, identified\n(run %s -h for the list of variables)",
+			program, strings.Join(refused, ", "), program)}
+	}
+	return warn, nil
 }
 
 // printVersion is -version's answer, for the services and the commands.

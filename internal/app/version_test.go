@@ -74,7 +74,9 @@ func TestCommandsReportTheBuild(t *testing.T) {
 	}{
 		{"audit", RunAudit},
 		{"backfill", RunBackfill},
-		{"check", RunCheck},
+		{"check", func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+			return RunCheck(ctx, args, getenv, nil, stdout, stderr)
+		}},
 		{"destinations", RunDestinations},
 		{"replay", RunReplay},
 		{"pseudonym", func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
