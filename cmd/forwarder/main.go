@@ -12,9 +12,10 @@
 // for one destination (one added to a running deployment).
 // `forwarder destinations [list|remove NAME --yes]` lists the destinations'
 // consumers and removes one that is no longer served.
-// `forwarder pseudonym [--destination NAME] (--uid|--patient-id|--find)`
+// `forwarder pseudonym [--destination NAME] (--uid|--patient-id|--find|--fingerprint)`
 // gives the pseudonym a de-identified destination received for a value,
-// or finds the original of one among candidates.
+// finds the original of one among candidates, or prints the key's
+// fingerprint.
 package main
 
 import (
@@ -76,5 +77,5 @@ Commands (forwarder COMMAND -h for each, -version for the build); without one, f
   backfill       queue older studies for one destination
   destinations   list the destinations' consumers, or remove one no longer served
   replay         list, show, replay or purge dead letters; re-forward studies
-  pseudonym      the pseudonym a de-identified destination received for a value
+  pseudonym      the pseudonym a de-identified destination received for a value, or its key's fingerprint
 `

@@ -13,7 +13,7 @@ import (
 	"github.com/stowline/stowline/internal/deident"
 )
 
-const pseudonymUsage = `Usage: forwarder pseudonym [--destination NAME] (--uid UID | --patient-id ID | --find PSEUDONYM)
+const pseudonymUsage = `Usage: forwarder pseudonym [--destination NAME] (--uid UID | --patient-id ID | --find PSEUDONYM | --fingerprint)
 
 Computes, with the destination's de-identification key, the pseudonym a
 de-identified destination received for one original value: --uid for a
@@ -27,7 +27,10 @@ line (UIDs or Patient IDs, e.g. exported from Orthanc or the RIS), and
 prints the one whose pseudonym is PSEUDONYM. The key is the destination's
 DEIDENTIFY_KEY_FILE (DESTINATION_<NAME>_DEIDENTIFY_KEY_FILE with
 --destination); it never leaves the site. Run it on an operator's request
-only: it reveals identity (docs/deidentification.md).
+only: it reveals identity (docs/deidentification.md). --fingerprint prints
+the key's fingerprint alone, which every forwarder of the destination logs
+at start (key_fingerprint) and forwarder check prints: the key file is read
+as the forwarder reads it, and stays off any command line.
 
 `
 
@@ -40,6 +43,7 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 	uid := fs.String("uid", "", "an original UID (-: read it from standard input)")
 	patientID := fs.String("patient-id", "", "an original Patient ID (-: read it from standard input)")
 	find := fs.String("find", "", "a pseudonym to re-identify from candidates on standard input")
+	fingerprint := fs.Bool("fingerprint", false, "print the key's fingerprint (as the forwarder logs it), not a pseudonym")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, pseudonymUsage)
@@ -61,8 +65,11 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 			set++
 		}
 	}
+	if *fingerprint {
+		set++
+	}
 	if set != 1 || fs.NArg() > 0 {
-		return usagef("%s: give exactly one of --uid, --patient-id, --find\n\n%s", program, pseudonymUsage)
+		return usagef("%s: give exactly one of --uid, --patient-id, --find, --fingerprint\n\n%s", program, pseudonymUsage)
 	}
 	name := func(v string) string { return v }
 	if *destination != "" {
@@ -93,6 +100,8 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 		}
 	}
 	switch {
+	case *fingerprint:
+		fmt.Fprintln(stdout, k.Fingerprint())
 	case *uid != "":
 		fmt.Fprintln(stdout, k.UID(*uid))
 	case *patientID != "":

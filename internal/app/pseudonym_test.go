@@ -2,8 +2,13 @@ package app
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -59,5 +64,56 @@ func TestPseudonymCommand(t *testing.T) {
 	}
 	if _, err := run("", "--destination", "research"); err == nil {
 		t.Error("no value: no error")
+	}
+}
+
+// TestPseudonymFingerprint: --fingerprint prints the fingerprint of the
+// key file as the forwarder reads it (trailing CR and LF dropped, a NUL
+// kept), the one its start logs, never the key. deidentification.md
+// had operators put the key on openssl's command line with "$(cat
+// KEYFILE)", which drops a NUL and keeps a trailing CR.
+func TestPseudonymFingerprint(t *testing.T) {
+	key := []byte("fingerprint-key-0123456789abcdef0123")
+	for _, tt := range []struct {
+		name    string
+		file    []byte
+		destVar string // "" for the single destination's variables
+	}{
+		{name: "newline", file: append(slices.Clone(key), '\n')},
+		{name: "CRLF", file: append(slices.Clone(key), '\r', '\n')},
+		{name: "a NUL inside", file: append(append(slices.Clone(key[:4]), 0), key[4:]...)},
+		{name: "named destination", file: key, destVar: "DESTINATION_RESEARCH_"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "key")
+			if err := os.WriteFile(file, tt.file, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// What the forwarder logs: HMAC-SHA256 of the key as read.
+			read := []byte(strings.TrimRight(string(tt.file), "\r\n"))
+			mac := hmac.New(sha256.New, read)
+			mac.Write([]byte("stowline key fingerprint"))
+			want := hex.EncodeToString(mac.Sum(nil)[:8]) + "\n"
+			args := []string{"--fingerprint"}
+			if tt.destVar != "" {
+				args = append(args, "--destination", "research")
+			}
+			env := map[string]string{tt.destVar + "DEIDENTIFY_KEY_FILE": file}
+			var out, errOut bytes.Buffer
+			if err := RunPseudonym(t.Context(), args, func(k string) string { return env[k] }, strings.NewReader(""), &out, &errOut); err != nil {
+				t.Fatal(err)
+			}
+			if out.String() != want {
+				t.Errorf("printed %q, want %q", out.String(), want)
+			}
+			if strings.Contains(out.String()+errOut.String(), string(key[:16])) {
+				t.Error("the key was printed")
+			}
+		})
+	}
+	var out, errOut bytes.Buffer
+	err := RunPseudonym(t.Context(), []string{"--fingerprint", "--uid", "1.2.3"}, func(string) string { return "" }, strings.NewReader(""), &out, &errOut)
+	if !errors.Is(err, ErrUsage) {
+		t.Errorf("--fingerprint with --uid: %v, want a usage error", err)
 	}
 }

@@ -66,9 +66,8 @@ const fingerprintMessage = "stowline key fingerprint"
 
 // Fingerprint names the key without revealing it, so that operators can
 // tell whether two processes use the same key: the first 8 bytes, in
-// hex, of HMAC-SHA256(key, "stowline key fingerprint"), which
-// `printf 'stowline key fingerprint' | openssl dgst -sha256 -hmac "$(cat KEYFILE)"`
-// also gives (its first 16 hex digits).
+// hex, of HMAC-SHA256(key, "stowline key fingerprint"). `forwarder
+// pseudonym --fingerprint` prints a key file's.
 func (k *Keyer) Fingerprint() string {
 	h := hmac.New(sha256.New, k.key)
 	h.Write([]byte(fingerprintMessage))
