@@ -71,3 +71,37 @@ func TestOperationsExample(t *testing.T) {
 		}
 	}
 }
+
+// valuesDestinationExample returns the commented destination of
+// values.yaml (after `destinations: []`), uncommented.
+func valuesDestinationExample(t *testing.T) []any {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, example, _ := strings.Cut(string(b), "\ndestinations: []\n")
+	example, _, _ = strings.Cut(example, "\n\n")
+	var lines []string
+	for _, line := range strings.Split(example, "\n") {
+		lines = append(lines, strings.TrimPrefix(line, "#"))
+	}
+	var dests []any
+	if err := sigsyaml.UnmarshalStrict([]byte(strings.Join(lines, "\n")), &dests); err != nil || len(dests) != 1 {
+		t.Fatalf("values.yaml's destination example: %v, %d destinations", err, len(dests))
+	}
+	return dests
+}
+
+// TestValuesDestinationExample: values.yaml's commented destination,
+// uncommented as an operator would, renders a release whose forwarder
+// starts. It set a DEIDENTIFY_KEY_FILE without STOW_DEIDENTIFY, which the
+// forwarder refuses (exit 2).
+func TestValuesDestinationExample(t *testing.T) {
+	values := required()
+	delete(values["secrets"].(map[string]any)["values"].(map[string]any), "OAUTH_CLIENT_SECRET") // the one destination's
+	values["destinations"] = valuesDestinationExample(t)
+	values["forwarders"] = []any{map[string]any{"name": "all"}}
+	objs := render(t, values)
+	checkRelease(t, objs)
+}
