@@ -74,7 +74,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	// Once the webhook takes no more events, those it answered for that
 	// still wait for PRIORITY_RULE are stored before the process closes
 	// its JetStream connection.
-	return serveHTTP(ctx, g, "ingest", "INGEST_ADDR", r.cfg.Addr, router, p.serverTLS, ingestHTTPGrace(r.cfg.PublishTimeout), p.log, func() { pub.drainTriage(triageShutdownWait) })
+	return serveHTTP(ctx, g, "ingest", "INGEST_ADDR", r.cfg.Addr, router, p.serverTLS, ingestHTTPGrace(r.cfg.PublishTimeout), p.log, func() { pub.drainTriage(triageShutdownWait-triageShutdownQueue, triageShutdownQueue) })
 }
 
 // startReconciler runs the change-log reconciler of every Orthanc source

@@ -47,11 +47,13 @@ type prioritizer struct {
 	pending  atomic.Int64
 	// turns holds one token per study triage is reading (triageReads).
 	turns chan struct{}
-	// abandoned is closed when drainTriage stops waiting: a triage still
-	// waiting for a turn then leaves its event to the reconciler rather
-	// than read the source as the process exits.
-	abandoned chan struct{}
-	abandon   sync.Once
+	// readsCut is cancelled when drainTriage stops waiting for the reads:
+	// the studies still waiting for one, or being read, then go in the
+	// routine lane unread, as for a rule that fails, rather than stay on
+	// the triage subject only (RECONCILE_ENABLED=false leaves nothing
+	// else to queue them).
+	readsCut context.Context
+	cutReads context.CancelFunc
 }
 
 // newPrioritizer wraps next; with no rule it only counts the events by
@@ -61,15 +63,17 @@ func newPrioritizer(js jetstream.JetStream, expr string, sources *Sources, reg p
 	if err != nil {
 		return nil, fmt.Errorf("PRIORITY_RULE: %w", err)
 	}
+	readsCut, cutReads := context.WithCancel(context.Background())
 	p := &prioritizer{
 		next: natsjs.Publisher{JS: js}, js: js, rule: rule, sources: sources, timeout: priorityRuleTimeout, log: log,
-		turns: make(chan struct{}, triageReads), abandoned: make(chan struct{}),
+		turns: make(chan struct{}, triageReads), readsCut: readsCut, cutReads: cutReads,
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_ingest_priority_total",
-			Help: "Events the webhook and the reconciler stored (not their duplicates), by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine).",
+			Help: "Events the webhook and the reconciler stored (not their duplicates), by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine; shutdown: the stopping ingest queued it routine without the rule's read).",
 		}, []string{"priority", "by"}),
 	}
 	if err := reg.Register(p.events); err != nil {
+		cutReads()
 		return nil, err
 	}
 	return p, nil
@@ -83,6 +87,10 @@ func (p *prioritizer) Publish(ctx context.Context, ev *events.StudyStable) (*jet
 		if !p.rule.All() {
 			stat, err := p.matches(ctx, ev)
 			switch {
+			case err != nil && p.readsCut.Err() != nil:
+				by = "shutdown"
+				p.log.Warn("shutdown: a study goes in the routine lane without PRIORITY_RULE's read",
+					"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID)
 			case err != nil:
 				// The study must not be lost over its priority.
 				by = "rule_error"
@@ -109,12 +117,12 @@ func (p *prioritizer) Publish(ctx context.Context, ev *events.StudyStable) (*jet
 
 // matches evaluates the rule on the study, read from its source.
 func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool, error) {
-	if p.sources == nil {
-		return false, fmt.Errorf("no Orthanc source is configured")
-	}
-	o, err := p.sources.Lookup(ev.Source)
+	o, err := p.source(ev)
 	if err != nil {
 		return false, err
+	}
+	if p.readsCut.Err() != nil {
+		return false, errReadsCut
 	}
 	// The publish that follows needs time too: the reads take at most
 	// half of what is left of the caller's deadline (the reconciler's,
@@ -126,6 +134,7 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	defer context.AfterFunc(p.readsCut, cancel)()
 	// The list of a large study takes a while: read it only for a rule
 	// that looks at the instances.
 	var instances []orthancapi.Instance
@@ -135,6 +144,18 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 		}
 	}
 	return p.rule.Selects(ctx, o, ev.Source, ev.OrthancStudyID, instances)
+}
+
+// errReadsCut: the ingest stops, and drainTriage no longer waits for the
+// rule's reads.
+var errReadsCut = errors.New("the ingest stops: PRIORITY_RULE reads nothing more")
+
+// source returns the Orthanc the rule reads ev's study from.
+func (p *prioritizer) source(ev *events.StudyStable) (*orthancapi.Client, error) {
+	if p.sources == nil {
+		return nil, fmt.Errorf("no Orthanc source is configured")
+	}
+	return p.sources.Lookup(ev.Source)
 }
 
 // webhookPublisher is the prioritizer as the webhook uses it. The
@@ -196,10 +217,12 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 	return ack, nil
 }
 
-// drainTriage waits, at most wait, for the events being triaged, once the
-// webhook takes no more: each is stored in its lane before the JetStream
-// connection closes, or logged.
-func (p *prioritizer) drainTriage(wait time.Duration) {
+// drainTriage waits for the events being triaged, once the webhook takes
+// no more, so that each is stored in a lane before the JetStream
+// connection closes, or logged: for at most reads while the rule reads
+// their studies (triageReads at a time), then, the reads cut, at most
+// queue while those left go in the routine lane unread.
+func (p *prioritizer) drainTriage(reads, queue time.Duration) {
 	p.mu.Lock()
 	p.drained = true
 	p.mu.Unlock()
@@ -210,9 +233,16 @@ func (p *prioritizer) drainTriage(wait time.Duration) {
 	}()
 	select {
 	case <-done:
-	case <-time.After(wait):
-		p.abandon.Do(func() { close(p.abandoned) })
-		p.log.Error("shutdown: studies waiting for PRIORITY_RULE were not queued in their lane; the reconciler queues them, or `forwarder audit --enqueue` when it is off",
+		return
+	case <-time.After(reads):
+	}
+	p.cutReads()
+	p.log.Warn("shutdown: PRIORITY_RULE's reads are cut short; the studies still waiting for the rule go in the routine lane",
+		"studies", p.pending.Load())
+	select {
+	case <-done:
+	case <-time.After(queue):
+		p.log.Error("shutdown: studies waiting for PRIORITY_RULE were not queued in a lane; the reconciler queues them, or `forwarder audit --enqueue` when it is off",
 			"studies", p.pending.Load())
 	}
 }
@@ -231,18 +261,23 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 		// A burst of stable studies is read triageReads at a time, so the
 		// source is not flooded, at shutdown too (a rolling restart may
 		// hold hundreds); the wait for a turn is not counted in the
-		// read's time-out.
-		select {
-		case p.turns <- struct{}{}:
-		case <-p.abandoned:
-			// Logged, counted, by drainTriage; the triage subject's copy
-			// is not in any lane, the reconciler's copy will be.
-			return
+		// read's time-out. A study whose source the ingest does not read
+		// (not in ORTHANC_SOURCES) goes routine at once: it needs none.
+		held := false
+		if _, err := p.source(ev); err == nil {
+			select {
+			case p.turns <- struct{}{}:
+				held = true
+			case <-p.readsCut.Done():
+				// Shutdown: the publish reads nothing, the study goes routine.
+			}
 		}
 		actx, cancel := context.WithTimeout(ctx, 2*p.timeout)
 		_, err := p.Publish(actx, ev)
 		cancel()
-		<-p.turns
+		if held {
+			<-p.turns
+		}
 		if err == nil {
 			return
 		}
@@ -276,6 +311,11 @@ const triageReads = 4
 const triageBudget = 5 * time.Minute
 
 // triageShutdownWait bounds the wait for triage at shutdown, after the
-// HTTP server's grace. A last try usually takes milliseconds; one stuck
-// on a slow source is logged and left to the reconciler.
-const triageShutdownWait = 5 * time.Second
+// HTTP server's grace (deploy/helm/chartcheck reads it): the rule's reads
+// (a study's usually take milliseconds) have all but triageShutdownQueue,
+// in which the studies left go in the routine lane unread (a publish
+// each).
+const (
+	triageShutdownWait  = 5 * time.Second
+	triageShutdownQueue = time.Second
+)

@@ -138,7 +138,7 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 	stop() // the webhook answered; the ingest stops
 	drained := make(chan struct{})
 	go func() {
-		p.drainTriage(time.Minute)
+		p.drainTriage(time.Minute, time.Minute)
 		close(drained)
 	}()
 	select {
@@ -170,51 +170,71 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 
 // At shutdown the events still waiting for PRIORITY_RULE are read
 // triageReads at a time, as before it: a rolling restart's burst of
-// hundreds must not take all of Orthanc's HTTP threads at once. Those
-// still waiting for a turn when drainTriage stops waiting read nothing:
-// their copy stays on the triage subject, and the reconciler's copy
-// (through the rule) is not a duplicate of it.
+// hundreds must not take all of Orthanc's HTTP threads at once. When
+// drainTriage stops waiting for the reads, the studies still waiting for
+// a turn, and those being read, go in the routine lane unread: with the
+// reconciler off (as here: nothing else publishes) nothing else would
+// queue them.
 func TestTriageKeepsItsLimitAtShutdown(t *testing.T) {
 	p, ns, src := slowSourcePrioritizer(t)
 	ingest, stop := context.WithCancel(t.Context())
 	const studies = 3 * triageReads
-	var evs []*events.StudyStable
 	for i := range studies {
 		ev, err := events.NewStudyStable("main", fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i), "1.2.3", "20261203T101500")
 		if err != nil {
 			t.Fatal(err)
 		}
-		evs = append(evs, ev)
 		if _, err := (webhookPublisher{p: p, ctx: ingest}).Publish(t.Context(), ev); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waitFor(t, "triageReads studies read at once", func() bool { n, _, _ := src.counts(); return n == triageReads })
-	stop() // the ingest stops while the source is slow
-	p.drainTriage(100 * time.Millisecond)
-	src.answer()
+	stop() // the ingest stops while the source is slow, and stays so
+	p.drainTriage(100*time.Millisecond, time.Minute)
+	if n := p.pending.Load(); n != 0 {
+		t.Errorf("drainTriage returned with %d studies still being triaged", n)
+	}
 	p.triaging.Wait()
 	if _, most, seen := src.counts(); most > triageReads || seen != triageReads {
 		t.Errorf("the source got %d requests, %d at once; want %d, at most %d at once (the studies waiting for a turn read nothing after the drain)", seen, most, triageReads, triageReads)
 	}
 	got := subjectCounts(t, ns.JS)
-	if got[natsjs.TriageSubject("main")] != studies || got["stowline.study.stable.main"] != triageReads {
-		t.Errorf("subjects %v, want %d on the triage subject, the %d read in the routine lane", got, studies, triageReads)
+	if got[natsjs.TriageSubject("main")] != studies || got["stowline.study.stable.main"] != studies {
+		t.Errorf("subjects %v, want all %d on the triage subject and in the routine lane", got, studies)
 	}
-	// The reconciler's copies: those of the studies left waiting are
-	// stored in their lane, the others are duplicates.
-	stored := 0
-	for _, ev := range evs {
-		ack, err := p.Publish(t.Context(), ev)
+	if n := testutil.ToFloat64(p.events.WithLabelValues("routine", "shutdown")); n != studies {
+		t.Errorf(`stowline_ingest_priority_total{priority="routine",by="shutdown"} = %v, want %d`, n, studies)
+	}
+}
+
+// A webhook event of a source the ingest does not read (not in
+// ORTHANC_SOURCES) goes routine at once: its rule fails without a read,
+// so it does not wait for a turn behind slow reads.
+func TestTriageOfAnUnreadSourceTakesNoTurn(t *testing.T) {
+	p, ns, src := slowSourcePrioritizer(t)
+	p.timeout = time.Minute // the reads hold their turns throughout
+	for i := range triageReads {
+		ev, err := events.NewStudyStable("main", fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i), "1.2.3", "20261203T101500")
 		if err != nil {
-			t.Fatalf("the reconciler's copy of %s: %v", ev.OrthancStudyID, err)
+			t.Fatal(err)
 		}
-		if !ack.Duplicate {
-			stored++
+		if _, err := (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if stored != studies-triageReads {
-		t.Errorf("the reconciler stored %d studies, want the %d left waiting", stored, studies-triageReads)
+	waitFor(t, "every turn taken by a slow read", func() bool { n, _, _ := src.counts(); return n == triageReads })
+	ev, err := events.NewStudyStable("elsewhere", "99999999-99999999-99999999-99999999-99999999", "1.2.3", "20261203T101500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the unread source's study in the routine lane while the reads hold every turn", func() bool {
+		return subjectCounts(t, ns.JS)["stowline.study.stable.elsewhere"] == 1
+	})
+	if inFlight, _, seen := src.counts(); inFlight != triageReads || seen != triageReads {
+		t.Errorf("the source answers %d requests of %d, want the %d slow reads still running", inFlight, seen, triageReads)
 	}
 }
 
