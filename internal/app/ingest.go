@@ -59,7 +59,8 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	checks := map[string]web.Check{
 		"jetstream": p.conn.Ready,
 		// A refusal may be one lane's or one source's subject: the others
-		// are stored, and a publish there is what clears it.
+		// are stored, and a publish there is what clears it (or 10 min
+		// without a refusal there).
 		"jetstream_publish": web.Advisory(p.conn.PublishRefused),
 	}
 	if err := r.startReconciler(ctx, g, p, pub, reg, checks); err != nil {

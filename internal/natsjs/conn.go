@@ -42,7 +42,7 @@ type Conn struct {
 // stowline. Create-or-update calls through JS are retried when a cluster
 // does not answer them (provision.go).
 func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
-	refused := &refusals{log: log, repeated: repeatlog.Failures{Every: time.Minute}}
+	refused := &refusals{log: log, repeated: repeatlog.Failures{Every: time.Minute}, now: time.Now}
 	c := &Conn{closed: make(chan struct{}), refused: refused}
 	opts := []nats.Option{
 		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
@@ -98,7 +98,9 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 }
 
 // PublishRefused reports the event subjects NATS refused this client a
-// publish to, until a publish there succeeds. A refused publish is not
+// publish to, until a publish there succeeds or none is refused there for
+// refusalMemory (a one-off subject, a source gone, or the permission
+// granted with no publish there since). A refused publish is not
 // failed by the client: it waits out its time-out (the webhook answers
 // 503 after INGEST_PUBLISH_TIMEOUT) while the stream answers Ready.
 func (c *Conn) PublishRefused(context.Context) error {
@@ -162,14 +164,22 @@ func (c *Conn) Close() {
 // on purpose (docs/nats-permissions.md says which may be) is refused at
 // every attempt, every few seconds: one error a minute names it, the
 // repeats are debug lines. It also keeps the event subjects a publish was
-// refused on (PublishRefused), until one there succeeds.
+// refused on (PublishRefused), until one there succeeds or refusalMemory
+// passes without a refusal there.
 type refusals struct {
 	log      *slog.Logger
 	repeated repeatlog.Failures
 
-	mu      sync.Mutex
-	publish map[string]bool
+	mu  sync.Mutex
+	now func() time.Time
+	// publish holds when each subject's last refusal was seen.
+	publish map[string]time.Time
 }
+
+// refusalMemory is how long a refused subject is reported after its last
+// refusal: a subject still in use and still refused is refused again well
+// within it (every event published there).
+const refusalMemory = 10 * time.Minute
 
 // publishRefusal finds the subject in the server's "Permissions Violation
 // for Publish to "<subject>"" (not "... with Reply of").
@@ -201,13 +211,19 @@ func (r *refusals) handle(_ *nats.Conn, sub *nats.Subscription, err error) {
 func (r *refusals) refusedPublish(subject string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.publish[subject] || len(r.publish) >= maxRefusedSubjects {
+	now := r.now()
+	r.forget(now)
+	if _, ok := r.publish[subject]; ok {
+		r.publish[subject] = now
+		return
+	}
+	if len(r.publish) >= maxRefusedSubjects {
 		return
 	}
 	if r.publish == nil {
-		r.publish = map[string]bool{}
+		r.publish = map[string]time.Time{}
 	}
-	r.publish[subject] = true
+	r.publish[subject] = now
 	r.log.Error("NATS refuses this client publishing events to a subject: they are not stored, and the ingest's /readyz lists it under degraded until a publish there succeeds (see docs/nats-permissions.md)",
 		"subject", subject)
 }
@@ -215,15 +231,26 @@ func (r *refusals) refusedPublish(subject string) {
 func (r *refusals) accepted(subject string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.publish[subject] {
+	if _, ok := r.publish[subject]; ok {
 		delete(r.publish, subject)
 		r.log.Info("NATS accepts this client's publishes to a subject it refused", "subject", subject)
+	}
+}
+
+// forget drops the subjects not refused for refusalMemory; r.mu is held.
+func (r *refusals) forget(now time.Time) {
+	for s, last := range r.publish {
+		if now.Sub(last) >= refusalMemory {
+			delete(r.publish, s)
+			r.log.Info("NATS has refused no publish to a subject for 10 minutes; it is no longer reported (its permission granted, or nothing published there since)", "subject", s, "last_refused", last.UTC().Format(time.RFC3339))
+		}
 	}
 }
 
 func (r *refusals) publishes() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.forget(r.now())
 	subjects := make([]string, 0, len(r.publish))
 	for s := range r.publish {
 		subjects = append(subjects, s)

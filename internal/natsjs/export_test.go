@@ -13,3 +13,11 @@ func (t Topology) WithClock(now func() time.Time) Topology {
 	t.now = now
 	return t
 }
+
+// WithRefusalClock has c's record of refused subjects read the time from
+// now.
+func (c *Conn) WithRefusalClock(now func() time.Time) {
+	c.refused.mu.Lock()
+	defer c.refused.mu.Unlock()
+	c.refused.now = now
+}

@@ -584,9 +584,10 @@ func TestConnectLogsPermissionViolations(t *testing.T) {
 // TestPublishRefusedUntilAccepted: NATS refuses a publish its user may not
 // make only with an asynchronous error, and the publish waits out its
 // time-out, while the stream still answers Ready. PublishRefused names
-// each event subject refused (here the stat lane's, the routine lane's
-// being allowed) until a publish there succeeds: the permission granted by
-// a server reload, with no reconnect.
+// each event subject refused (here the stat and low lanes', the routine
+// lane's being allowed) until a publish there succeeds (the permission
+// granted by a server reload, with no reconnect), or until none was
+// refused there for 10 minutes (the low lane's, no longer published to).
 func TestPublishRefusedUntilAccepted(t *testing.T) {
 	const user, password = "stowline-ingest", "s3cret-pw"
 	ingestPerms := func(events string) *server.Permissions {
@@ -595,9 +596,10 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 		}
 	}
-	routine, stat := event("20260101T120000"), event("20260101T120001")
-	stat.Priority = events.PriorityStat
+	routine, stat, low := event("20260101T120000"), event("20260101T120001"), event("20260101T120002")
+	stat.Priority, low.Priority = events.PriorityStat, events.PriorityLow
 	statSubject := natsjs.LaneSubject(events.PriorityStat, "", stat.Source)
+	lowSubject := natsjs.LaneSubject(events.PriorityLow, "", low.Source)
 	var opts *server.Options
 	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT, Configure: func(o *server.Options) {
 		opts = o
@@ -624,25 +626,36 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	var elapsed atomic.Int64 // the refusals' clock, moved by the test
+	start := time.Now()
+	c.WithRefusalClock(func() time.Time { return start.Add(time.Duration(elapsed.Load())) })
 	publish := func(ev *events.StudyStable) error {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second) // a refused publish waits all of it
 		defer cancel()
 		_, err := natsjs.Publisher{JS: c.JS}.Publish(ctx, ev)
 		return err
 	}
-	if err := c.PublishRefused(t.Context()); err != nil {
-		t.Fatalf("PublishRefused before any publish = %v", err)
+	refused := func() string {
+		if err := c.PublishRefused(t.Context()); err != nil {
+			return err.Error()
+		}
+		return ""
+	}
+	if got := refused(); got != "" {
+		t.Fatalf("PublishRefused before any publish = %v", got)
 	}
 
-	if err := publish(stat); err == nil {
-		t.Fatal("a publish to the stat lane without the permission succeeded")
+	for _, ev := range []*events.StudyStable{stat, low} {
+		if err := publish(ev); err == nil {
+			t.Fatalf("a publish to the %s lane without the permission succeeded", ev.Priority)
+		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for c.PublishRefused(t.Context()) == nil && time.Now().Before(deadline) {
+	for !strings.Contains(refused(), lowSubject) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := c.PublishRefused(t.Context()); err == nil || !strings.Contains(err.Error(), statSubject) {
-		t.Fatalf("PublishRefused after a refused publish to %s = %v, want it named", statSubject, err)
+	if got := refused(); !strings.Contains(got, statSubject) || !strings.Contains(got, lowSubject) {
+		t.Fatalf("PublishRefused after refused publishes to %s and %s = %v, want both named", statSubject, lowSubject, got)
 	}
 	if err := c.Ready(t.Context()); err != nil {
 		t.Errorf("Ready = %v: the stream answers (the refusal is PublishRefused's to report)", err)
@@ -651,11 +664,15 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 	if err := publish(routine); err != nil {
 		t.Fatalf("a routine publish: %v", err)
 	}
-	if err := c.PublishRefused(t.Context()); err == nil {
-		t.Error("PublishRefused cleared by a publish to another subject")
+	if got := refused(); !strings.Contains(got, statSubject) {
+		t.Errorf("PublishRefused cleared by a publish to another subject: %q", got)
 	}
 	if !strings.Contains(logs.String(), `"subject":"`+statSubject+`"`) {
 		t.Errorf("no log line names %s:\n%s", statSubject, logs.String())
+	}
+	elapsed.Store(int64(9 * time.Minute))
+	if got := refused(); !strings.Contains(got, statSubject) || !strings.Contains(got, lowSubject) {
+		t.Errorf("PublishRefused 9 minutes after the refusals = %q, want both still named", got)
 	}
 
 	// The permission granted (a server reload: the connection stays).
@@ -667,7 +684,13 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 	if err := publish(stat); err != nil {
 		t.Fatalf("a stat publish once allowed: %v", err)
 	}
-	if err := c.PublishRefused(t.Context()); err != nil {
-		t.Errorf("PublishRefused after a publish to the subject succeeded = %v", err)
+	if got := refused(); strings.Contains(got, statSubject) || !strings.Contains(got, lowSubject) {
+		t.Errorf("PublishRefused after a publish to %s succeeded = %q, want only %s named", statSubject, got, lowSubject)
+	}
+	// Nothing published to the low lane since: its refusal is forgotten
+	// 10 minutes after it was seen.
+	elapsed.Store(int64(10 * time.Minute))
+	if got := refused(); got != "" {
+		t.Errorf("PublishRefused 10 minutes after the last refusal = %q, want nothing named", got)
 	}
 }
