@@ -224,7 +224,9 @@ func (r *refusals) refusedPublish(subject string) {
 		r.publish = map[string]time.Time{}
 	}
 	r.publish[subject] = now
-	r.log.Error("NATS refuses this client publishing events to a subject: they are not stored, and the ingest's /readyz lists it under degraded until a publish there succeeds (see docs/nats-permissions.md)",
+	// Every process logs it (the forwarder's audit and re-forwards
+	// publish events too); only the ingest reports it in /readyz.
+	r.log.Error("NATS refuses this client publishing events to a subject: they are not stored until its user has the permission (see docs/nats-permissions.md)",
 		"subject", subject)
 }
 
