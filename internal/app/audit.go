@@ -118,7 +118,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		Sources:      as,
 		Destinations: dests,
 		Some:         *only != "",
-		Publish:      auditPublish(js.JS, tp),
+		Publish:      auditPublish(js.JS, tp, *only != ""),
 		Logger:       log.With("component", "audit"),
 	})
 	if err != nil {
@@ -168,19 +168,22 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 // an archive they are the whole archive, which must not hold up the live
 // routine studies. The event for every destination keeps the study's own
 // dedupe ID, which does not depend on the lane, so that it and the
-// webhook's or the reconciler's copy are stored once.
-func auditPublish(js jetstream.JetStream, tp trace.TracerProvider) func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
+// webhook's or the reconciler's copy are stored once. The event for one
+// destination has a dedupe ID of its own: fixed, so that a scheduled
+// audit run while a destination is down queues a study once, not once a
+// run; new each run when the operator named the destination (perRun), so
+// that it queues again a copy known lost.
+func auditPublish(js jetstream.JetStream, tp trace.TracerProvider, perRun bool) func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
 	return func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
 		low := *ev
 		low.Priority = events.PriorityLow
 		subject := natsjs.LaneSubject(events.PriorityLow, destination, ev.Source)
 		msgID := ev.MsgID()
 		if destination != "" {
-			// A dedupe ID of its own, new each time: the destination's
-			// copy is not the event every destination took, and a run
-			// after one whose copy failed must queue it again (twice
-			// queued is harmless).
-			msgID = ev.MsgID() + "/audit/" + destination + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
+			msgID += "/audit/" + destination
+			if perRun {
+				msgID += "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
+			}
 		}
 		return publishTraced(ctx, tp, "audit enqueue", "audit", destination, &low, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
 			return natsjs.PublishTo(ctx, js, subject, &low, msgID)

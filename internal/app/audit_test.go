@@ -2,6 +2,7 @@ package app
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"strings"
@@ -31,7 +32,7 @@ func TestAuditRepairsGoInTheLowLane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	publish := auditPublish(ns.JS, nil)
+	publish := auditPublish(ns.JS, nil, false)
 	for destination, id := range map[string]string{
 		"":   "27f7126f-4f66fb14-03f4081b-f9341db2-53925988",
 		"ai": "27f7126f-4f66fb14-03f4081b-f9341db2-53925989",
@@ -113,25 +114,40 @@ func TestAuditRefusesItsCommandLine(t *testing.T) {
 // TestAuditRequeuesForOneDestination: the audit's event for one
 // destination had a fixed dedupe ID, so a second run within
 // EVENTS_DEDUPE_WINDOW, after the first copy failed, queued nothing while
-// saying it did. Each run's copy is now stored.
+// saying it did; then a new one each run, so a scheduled audit without
+// --destination queued a copy a run for a destination that was down.
+// Named with --destination, each run's copy is stored; without it, once.
 func TestAuditRequeuesForOneDestination(t *testing.T) {
-	ns := testnats.Start(t)
-	ctx := t.Context()
-	lanes, err := natsjs.DefaultTopology().EnsureLanes(ctx, ns.JS, []string{"ai"})
-	if err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct {
+		perRun bool
+		want   uint64
+	}{
+		{perRun: true, want: 2},
+		{perRun: false, want: 1},
+	} {
+		t.Run(fmt.Sprintf("perRun=%v", tt.perRun), func(t *testing.T) {
+			ns := testnats.Start(t)
+			ctx := t.Context()
+			lanes, err := natsjs.DefaultTopology().EnsureLanes(ctx, ns.JS, []string{"ai"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev, err := events.NewStudyStable("main", "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", "1.2.3", "20261126T101500")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for run := range 2 {
+				ack, err := auditPublish(ns.JS, nil, tt.perRun)(ctx, "ai", ev)
+				if err != nil {
+					t.Fatalf("run %d: %v", run+1, err)
+				}
+				if want := run > 0 && !tt.perRun; ack.Duplicate != want {
+					t.Errorf("run %d: duplicate %v, want %v", run+1, ack.Duplicate, want)
+				}
+			}
+			waitPending(t, lanes["ai"], map[events.Priority]uint64{events.PriorityLow: tt.want})
+		})
 	}
-	ev, err := events.NewStudyStable("main", "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", "1.2.3", "20261126T101500")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for run := range 2 {
-		ack, err := auditPublish(ns.JS, nil)(ctx, "ai", ev)
-		if err != nil || ack.Duplicate {
-			t.Fatalf("run %d: ack %+v, err %v; want the event stored", run+1, ack, err)
-		}
-	}
-	waitPending(t, lanes["ai"], map[events.Priority]uint64{events.PriorityLow: 2})
 }
 
 // TestAuditRepairsNeedTheLowLanesConsumer: the audit's and the verifying
