@@ -35,11 +35,13 @@ destinations that lack them, in the low lane, so the forwarders send
 them. It reads every study: --since is for --verify only (for a window of
 an archive, forwarder backfill --from source --since --until). Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
-stderr. Exit status: 0 nothing missing (or all of it queued), 3 studies
-missing and not queued (an event JetStream dropped as a duplicate, within
-EVENTS_DEDUPE_WINDOW of the original, is not queued: --destination
-queues a study again for one destination), 1 a failure, 2 a usage or
-configuration error.
+stderr. Exit status: 0 nothing missing, or all of it queued or already
+queued (its event stored within the event stream's duplicate window:
+waiting, being forwarded or dead-lettered; not queued again), 3 studies
+missing and no --enqueue, 1 a failure, 2 a usage or configuration error.
+--destination NAME --enqueue queues a study again for that destination
+even if queued already: for a copy known lost (a dead letter goes back
+with forwarder replay).
 
 With --verify it asks the destination itself instead: for each study the
 destination's ledger records as forwarded within --since, it lists the
@@ -133,27 +135,37 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "audit: %d studies, %d forwarded to every destination, %d still receiving (skipped), %d missing at a destination", sum.Studies, sum.Forwarded, sum.Unstable, sum.Findings)
+	fmt.Fprintf(stderr, "audit: %d studies, %d forwarded to every destination, %d still receiving (skipped), %d missing at a destination (%d findings: a study once per destination)",
+		sum.Studies, sum.Forwarded, sum.Unstable, sum.Missing, sum.Findings)
 	if *enqueue {
-		fmt.Fprintf(stderr, ", %d enqueued", sum.Enqueued)
-		if sum.Duplicates > 0 {
-			fmt.Fprintf(stderr, ", %d not queued again: JetStream holds their event from within EVENTS_DEDUPE_WINDOW (%s)", sum.Duplicates, cfg.NATS.DedupeWindow)
-		}
+		fmt.Fprintf(stderr, ", %d findings queued, %d already queued", sum.Enqueued, sum.Duplicates)
 	}
 	fmt.Fprintln(stderr)
-	if sum.NotEnqueued > 0 {
-		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
-	}
 	if sum.Duplicates > 0 {
-		// Their event may still wait in the queue, or its forward failed:
-		// this run queued nothing for them.
-		return fmt.Errorf("%d studies %w and not queued again: their event is still queued, or its forward failed (forwarder replay list); --destination NAME --enqueue queues them again for that destination",
-			sum.Duplicates, ErrMissing)
+		// Not a failure: a backlog, an open breaker or a closed lane
+		// keeps events waiting, and a scheduled audit must not alert on
+		// them nor send them twice.
+		fmt.Fprintf(stderr, "audit: %d findings not queued again: the event stream holds their event from within its duplicate window%s: waiting in its lane, being forwarded, or dead-lettered (forwarder replay list; forwarder replay sends a dead letter again). Only for a copy known lost (forwarded and its record lost, its deliveries run out with no dead letter) does forwarder audit --destination NAME --enqueue queue it again for that destination\n",
+			sum.Duplicates, streamDuplicateWindow(ctx, js.JS))
 	}
-	if sum.Findings > 0 && !*enqueue {
-		return fmt.Errorf("%d studies %w (--enqueue queues them)", sum.Findings, ErrMissing)
+	if sum.NotEnqueued > 0 {
+		return fmt.Errorf("%d findings could not be enqueued (see the log)", sum.NotEnqueued)
+	}
+	if sum.Missing > 0 && !*enqueue {
+		return fmt.Errorf("%d studies %w (--enqueue queues them)", sum.Missing, ErrMissing)
 	}
 	return nil
+}
+
+// streamDuplicateWindow says the event stream's duplicate window, " (2m0s)",
+// as the stream holds it (the local EVENTS_DEDUPE_WINDOW may differ), or
+// nothing if the stream cannot say.
+func streamDuplicateWindow(ctx context.Context, js jetstream.JetStream) string {
+	s, err := js.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		return ""
+	}
+	return " (" + s.CachedInfo().Config.Duplicates.String() + ")"
 }
 
 // flagSet reports whether the command line gave the flag name.

@@ -14,9 +14,12 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // TestAuditRepairsGoInTheLowLane: `forwarder audit --enqueue` queued the
@@ -218,5 +221,139 @@ func TestAuditRepairsForEveryDestinationNeedLanes(t *testing.T) {
 	}
 	if err := repairsTaken(ctx, ns.JS, dests, true); !errors.Is(err, deadletter.ErrNoConsumer) {
 		t.Errorf("repairs for every destination: %v, want ErrNoConsumer", err)
+	}
+}
+
+// auditSite is a deployment for RunAudit: a real Orthanc (source main)
+// holding the studies uploaded, stable, and a NATS server over TCP with the
+// lanes of destinations, its event stream's duplicate window 90 min.
+type auditSite struct {
+	env     map[string]string
+	srv     *testnats.Server
+	lanes   map[string]map[events.Priority]jetstream.Consumer
+	studies map[string]*events.StudyStable // by StudyInstanceUID
+}
+
+func newAuditSite(t *testing.T, studies int, destinations ...string) *auditSite {
+	t.Helper()
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	lanes, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), srv.JS, destinations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not the audit's EVENTS_DEDUPE_WINDOW (24h).
+	stream, err := srv.JS.Stream(t.Context(), natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	cfg.Duplicates = 90 * time.Minute
+	if _, err := srv.JS.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "audit-app", StableAge: 2})
+	for range studies {
+		files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{StudyInstanceUID: dicomgen.NewUID(), Series: 1, InstancesPerSeries: 1, Rows: 16, Columns: 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := o.Upload(t, files...); len(res.Failed) > 0 {
+			t.Fatal(res.Failed)
+		}
+	}
+	o.WaitStable(t, 20*time.Second)
+	client, err := orthancapi.New(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := client.Studies(t.Context(), 0, 100)
+	if err != nil || len(list) != studies {
+		t.Fatalf("Orthanc's studies: %d, %v; want %d", len(list), err, studies)
+	}
+	s := &auditSite{srv: srv, lanes: lanes, studies: map[string]*events.StudyStable{},
+		env: map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_URL": o.URL, "ORTHANC_SOURCE_NAME": "main"}}
+	for _, st := range list {
+		ev, err := events.NewStudyStable("main", st.ID, st.StudyInstanceUID, st.LastUpdate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.studies[st.StudyInstanceUID] = ev
+	}
+	return s
+}
+
+// record records the study's forward to destination in its ledger.
+func (s *auditSite) record(t *testing.T, ev *events.StudyStable, destination string) {
+	t.Helper()
+	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), s.srv.JS, destination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ledger.New(kv).Record(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// audit runs forwarder audit args; stderr holds the summary.
+func (s *auditSite) audit(t *testing.T, args ...string) (stderr string, err error) {
+	t.Helper()
+	var out strings.Builder
+	err = RunAudit(t.Context(), args, func(k string) string { return s.env[k] }, io.Discard, &out)
+	return out.String(), err
+}
+
+// TestAuditEnqueueFromCron: a scheduled `forwarder audit --enqueue` exited
+// 3 for studies merely waiting in the queue (their event a duplicate: a
+// backlog, an open breaker, a closed lane), telling the operator to queue
+// them again with --destination, which sends them twice; it said "2
+// studies" for one study missing at 2 destinations, and printed the local
+// EVENTS_DEDUPE_WINDOW as the stream's. Already queued is now reported
+// apart and exits 0, studies are counted once, and the window is the
+// stream's. Study a is missing at ai and pacs (the event every
+// destination takes), b at ai only (an event for ai under a fixed ID).
+func TestAuditEnqueueFromCron(t *testing.T) {
+	s := newAuditSite(t, 2, "ai", "pacs")
+	var a, b *events.StudyStable
+	for _, ev := range s.studies {
+		if a == nil {
+			a = ev
+		} else {
+			b = ev
+		}
+	}
+	s.record(t, b, "pacs")
+	pending := func(ai, pacs uint64) {
+		t.Helper()
+		waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: ai})
+		waitPending(t, s.lanes["pacs"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: pacs})
+	}
+	for _, tt := range []struct {
+		name     string
+		args     []string
+		missing  bool // ErrMissing, else no error
+		says     []string
+		ai, pacs uint64
+	}{
+		{"list", nil, true, []string{"2 missing at a destination (3 findings"}, 0, 0},
+		{"first run", []string{"--enqueue"}, false, []string{"3 findings queued, 0 already queued"}, 2, 1},
+		{"the next hour", []string{"--enqueue"}, false, []string{"0 findings queued, 3 already queued", "duplicate window (1h30m0s)", "--destination NAME --enqueue"}, 2, 1},
+		{"a copy for ai known lost", []string{"--destination", "ai", "--enqueue"}, false, []string{"2 findings queued, 0 already queued"}, 4, 1},
+	} {
+		stderr, err := s.audit(t, tt.args...)
+		if tt.missing != errors.Is(err, ErrMissing) || !tt.missing && err != nil {
+			t.Errorf("%s: err = %v, want missing %v", tt.name, err, tt.missing)
+		}
+		if tt.missing && !strings.HasPrefix(err.Error(), "2 studies") {
+			t.Errorf("%s: err = %v, want 2 studies counted", tt.name, err)
+		}
+		for _, want := range tt.says {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("%s: stderr does not say %q:\n%s", tt.name, want, stderr)
+			}
+		}
+		if strings.Contains(stderr, "24h0m0s") {
+			t.Errorf("%s: stderr gives the local EVENTS_DEDUPE_WINDOW:\n%s", tt.name, stderr)
+		}
+		pending(tt.ai, tt.pacs)
 	}
 }

@@ -76,12 +76,14 @@ type Summary struct {
 	// Unstable studies are still receiving instances: their event comes
 	// when they are stable, so they are not reported.
 	Unstable int `json:"unstable"`
-	// Findings counts what is missing, a study once per destination.
+	// Findings counts what is missing, a study once per destination;
+	// Missing the studies missing at a destination, each once.
 	Findings int `json:"findings"`
+	Missing  int `json:"missing"`
 	// Enqueued counts the findings whose event JetStream stored;
 	// Duplicates those whose event it dropped as a duplicate of one
-	// stored within the dedupe window (still queued, or its forward
-	// failed): this run did not queue them.
+	// stored within the dedupe window (waiting in the queue, being
+	// forwarded, or dead-lettered): this run did not queue them again.
 	Enqueued   int `json:"enqueued"`
 	Duplicates int `json:"duplicates,omitempty"`
 	// NotEnqueued counts findings whose event could not be published.
@@ -200,6 +202,9 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 		findings, err := a.study(ctx, name, st, sum)
 		if err != nil {
 			return err
+		}
+		if len(findings) > 0 {
+			sum.Missing++
 		}
 		if enqueue && len(findings) > 0 {
 			a.enqueue(ctx, findings, log)

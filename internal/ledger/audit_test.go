@@ -136,7 +136,7 @@ func testAudit(t *testing.T, rel testharness.Release) {
 		found["ai/"+never].Reason != ledger.ReasonNeverForwarded || found["ai/"+changed].Reason != ledger.ReasonNeverForwarded {
 		t.Fatalf("findings = %+v, want %s at both destinations and %s at ai", found, never, changed)
 	}
-	if sum != (ledger.Summary{Studies: 3, Forwarded: 1, Findings: 3}) {
+	if sum != (ledger.Summary{Studies: 3, Forwarded: 1, Findings: 3, Missing: 2}) {
 		t.Errorf("summary = %+v", sum)
 	}
 
@@ -268,8 +268,8 @@ func TestAuditCountsDuplicatesApart(t *testing.T) {
 		duplicate bool
 		want      ledger.Summary
 	}{
-		{false, ledger.Summary{Studies: 1, Findings: 1, Enqueued: 1}},
-		{true, ledger.Summary{Studies: 1, Findings: 1, Duplicates: 1}},
+		{false, ledger.Summary{Studies: 1, Findings: 1, Missing: 1, Enqueued: 1}},
+		{true, ledger.Summary{Studies: 1, Findings: 1, Missing: 1, Duplicates: 1}},
 	} {
 		a, err := ledger.NewAuditor(ledger.AuditOptions{
 			Sources:      []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
