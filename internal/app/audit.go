@@ -24,15 +24,16 @@ import (
 )
 
 // auditUsage heads `forwarder audit -h`.
-const auditUsage = `Usage: forwarder audit [--destination NAME] [--enqueue] [--json]
-       forwarder audit --verify --destination NAME [--since 7d] [--enqueue] [--json]
+const auditUsage = `Usage: forwarder audit [--destination NAME] [--enqueue [--priority P]] [--json]
+       forwarder audit --verify --destination NAME [--since 7d] [--enqueue [--priority P]] [--json]
 
 Lists, for each destination (those with a consumer on the event stream, or
 the one named), the stable studies present in each Orthanc source that
 have no record of a completed forward of their current state
 (LastUpdate), and with --enqueue publishes their events for the
-destinations that lack them, in the low lane, so the forwarders send
-them. It reads every study: --since is for --verify only (for a window of
+destinations that lack them, in the low lane (--priority routine or stat
+to change it: docs/priority-lanes.md), so the forwarders send them. It
+reads every study: --since is for --verify only (for a window of
 an archive, forwarder backfill --from source --since --until). Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
 stderr. Exit status: 0 nothing missing, or all of it queued or already
@@ -63,19 +64,26 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	asJSON := fs.Bool("json", false, "write one JSON object a line instead of a table")
 	verify := fs.Bool("verify", false, "ask the destination (QIDO-RS) whether it holds every instance of the studies forwarded to it within --since; needs --destination")
 	since := fs.String("since", "7d", "with --verify: how far back forwards are checked, e.g. 7d, 36h")
+	lane := laneFlag(fs)
 	var cfg config.Audit
 	if done, err := parseCommand(fs, auditUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
 		return err
 	}
-	if *only == "" && flagSet(fs, "destination") {
+	if blank := blankFlags(fs); len(blank) > 0 {
 		// --destination "$D" with $D unset would audit, and queue for,
-		// every destination.
-		return &usageError{fmt.Errorf("%s: --destination: empty: give a destination or leave the flag out", program)}
+		// every destination; --priority "" would be routine.
+		return &usageError{fmt.Errorf("%s: %s: empty: give a value or leave the flag out", program, strings.Join(blank, ", "))}
 	}
 	if !*verify && flagSet(fs, "since") {
 		// Only --verify reads it: an audit that took it for a window
 		// would look at every study all the same.
 		return &usageError{fmt.Errorf("%s: --since works only with --verify (for a window of an archive use forwarder backfill --from source --since --until)", program)}
+	}
+	if err := lane.parse(); err != nil {
+		return &usageError{fmt.Errorf("%s: %w", program, err)}
+	}
+	if !*enqueue && flagSet(fs, "priority") {
+		return &usageError{fmt.Errorf("%s: --priority works only with --enqueue", program)}
 	}
 	if *verify {
 		window, err := parseSince(*since)
@@ -85,7 +93,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		if *only == "" {
 			return &usageError{fmt.Errorf("%s: --verify needs --destination", program)}
 		}
-		return runVerifyAudit(ctx, verifyAuditArgs{cfg: cfg, getenv: getenv, destination: *only, since: window, enqueue: *enqueue, asJSON: *asJSON}, stdout, stderr)
+		return runVerifyAudit(ctx, verifyAuditArgs{cfg: cfg, getenv: getenv, destination: *only, since: window, enqueue: *enqueue, lane: lane.lane, asJSON: *asJSON}, stdout, stderr)
 	}
 	// Logs go to stderr: stdout carries the findings.
 	log := NewLogger(stderr, cfg.Log)
@@ -108,7 +116,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	if *enqueue {
-		if err := repairsTaken(ctx, js.JS, dests, *only == ""); err != nil {
+		if err := repairsTaken(ctx, js.JS, dests, lane.lane, *only == ""); err != nil {
 			return &usageError{fmt.Errorf("%s: --enqueue: %w", program, err)}
 		}
 	}
@@ -120,7 +128,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		Sources:      as,
 		Destinations: dests,
 		Some:         *only != "",
-		Publish:      auditPublish(js.JS, tp, *only != ""),
+		Publish:      auditPublish(js.JS, tp, lane.lane, *only != ""),
 		Logger:       log.With("component", "audit"),
 	})
 	if err != nil {
@@ -175,21 +183,21 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 	return set
 }
 
-// auditPublish queues the audit's repairs in the low lane
-// (docs/priority-lanes.md): after a first start on an Orthanc that holds
-// an archive they are the whole archive, which must not hold up the live
-// routine studies. The event for every destination keeps the study's own
+// auditPublish queues the audit's repairs in lane, by default the low
+// lane (docs/priority-lanes.md): after a first start on an Orthanc that
+// holds an archive they are the whole archive, which must not hold up the
+// live routine studies. The event for every destination keeps the study's own
 // dedupe ID, which does not depend on the lane, so that it and the
 // webhook's or the reconciler's copy are stored once. The event for one
 // destination has a dedupe ID of its own: fixed, so that a scheduled
 // audit run while a destination is down queues a study once, not once a
 // run; new each run when the operator named the destination (perRun), so
 // that it queues again a copy known lost.
-func auditPublish(js jetstream.JetStream, tp trace.TracerProvider, perRun bool) func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
+func auditPublish(js jetstream.JetStream, tp trace.TracerProvider, lane events.Priority, perRun bool) func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
 	return func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error) {
-		low := *ev
-		low.Priority = events.PriorityLow
-		subject := natsjs.LaneSubject(events.PriorityLow, destination, ev.Source)
+		queued := *ev
+		queued.Priority = lane
+		subject := natsjs.LaneSubject(lane, destination, ev.Source)
 		msgID := ev.MsgID()
 		if destination != "" {
 			msgID += "/audit/" + destination
@@ -197,27 +205,27 @@ func auditPublish(js jetstream.JetStream, tp trace.TracerProvider, perRun bool) 
 				msgID += "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
 			}
 		}
-		return publishTraced(ctx, tp, "audit enqueue", "audit", destination, &low, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
-			return natsjs.PublishTo(ctx, js, subject, &low, msgID)
+		return publishTraced(ctx, tp, "audit enqueue", "audit", destination, &queued, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
+			return natsjs.PublishTo(ctx, js, subject, &queued, msgID)
 		})
 	}
 }
 
 // repairsTaken checks, before the audit queues anything, that each
-// destination's low lane takes its repairs, as replays and backfills do
+// destination's lane takes its repairs, as replays and backfills do
 // (requireDestination): queued without a consumer they would reach
 // nobody. everyOne: the event for every destination may be queued too
 // (no --destination), which a destination's forwarders from before lanes
 // do not take.
-func repairsTaken(ctx context.Context, js jetstream.JetStream, dests []ledger.Destination, everyOne bool) error {
+func repairsTaken(ctx context.Context, js jetstream.JetStream, dests []ledger.Destination, lane events.Priority, everyOne bool) error {
 	for _, d := range dests {
-		if err := requireDestination(ctx, js, d.Name, events.PriorityLow); err != nil {
+		if err := requireDestination(ctx, js, d.Name, lane); err != nil {
 			return err
 		}
 		if !everyOne {
 			continue
 		}
-		if err := deadletter.Taken(ctx, js, d.Name, events.PriorityLow, natsjs.LaneSubject(events.PriorityLow, "", "any-source")); err != nil {
+		if err := deadletter.Taken(ctx, js, d.Name, lane, natsjs.LaneSubject(lane, "", "any-source")); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,7 +36,7 @@ func TestAuditRepairsGoInTheLowLane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	publish := auditPublish(ns.JS, nil, false)
+	publish := auditPublish(ns.JS, nil, events.PriorityLow, false)
 	for destination, id := range map[string]string{
 		"":   "27f7126f-4f66fb14-03f4081b-f9341db2-53925988",
 		"ai": "27f7126f-4f66fb14-03f4081b-f9341db2-53925989",
@@ -104,6 +105,10 @@ func TestAuditRefusesItsCommandLine(t *testing.T) {
 		{[]string{"--destination", "ai", "--since=36h"}, "--since"},
 		{[]string{"--destination", "", "--enqueue"}, "--destination: empty"},
 		{[]string{"--destination=", "--verify"}, "--destination: empty"},
+		{[]string{"--enqueue", "--priority", ""}, "--priority: empty"},
+		{[]string{"--enqueue", "--priority", "urgent"}, "--priority"},
+		{[]string{"--priority", "routine"}, "--priority works only with --enqueue"},
+		{[]string{"--verify", "--destination", "ai", "--priority", "stat"}, "--priority works only with --enqueue"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			err := RunAudit(t.Context(), tt.args, func(k string) string { return env[k] }, io.Discard, io.Discard)
@@ -140,7 +145,7 @@ func TestAuditRequeuesForOneDestination(t *testing.T) {
 				t.Fatal(err)
 			}
 			for run := range 2 {
-				ack, err := auditPublish(ns.JS, nil, tt.perRun)(ctx, "ai", ev)
+				ack, err := auditPublish(ns.JS, nil, events.PriorityLow, tt.perRun)(ctx, "ai", ev)
 				if err != nil {
 					t.Fatalf("run %d: %v", run+1, err)
 				}
@@ -216,10 +221,10 @@ func TestAuditRepairsForEveryDestinationNeedLanes(t *testing.T) {
 		t.Fatal(err)
 	}
 	dests := []ledger.Destination{{Name: "old"}}
-	if err := repairsTaken(ctx, ns.JS, dests, false); err != nil {
+	if err := repairsTaken(ctx, ns.JS, dests, events.PriorityLow, false); err != nil {
 		t.Errorf("repairs for old alone: %v, want taken", err)
 	}
-	if err := repairsTaken(ctx, ns.JS, dests, true); !errors.Is(err, deadletter.ErrNoConsumer) {
+	if err := repairsTaken(ctx, ns.JS, dests, events.PriorityLow, true); !errors.Is(err, deadletter.ErrNoConsumer) {
 		t.Errorf("repairs for every destination: %v, want ErrNoConsumer", err)
 	}
 }
@@ -355,5 +360,37 @@ func TestAuditEnqueueFromCron(t *testing.T) {
 			t.Errorf("%s: stderr gives the local EVENTS_DEDUPE_WINDOW:\n%s", tt.name, stderr)
 		}
 		pending(tt.ai, tt.pacs)
+	}
+}
+
+// TestAuditPriority: every repair of the audit went to the low lane, so a
+// site recovering lost triage (RECONCILE_ENABLED=false), or re-queuing
+// expired live events, saw them wait for the low lane's FORWARD_WINDOWS.
+// --priority puts them in another lane, as backfill's does: study a,
+// missing at both, goes in the routine lane of both; b, missing at ai, in
+// ai's.
+func TestAuditPriority(t *testing.T) {
+	s := newAuditSite(t, 2, "ai", "pacs")
+	var a, b *events.StudyStable
+	for _, ev := range s.studies {
+		if a == nil {
+			a = ev
+		} else {
+			b = ev
+		}
+	}
+	s.record(t, b, "pacs")
+	if stderr, err := s.audit(t, "--enqueue", "--priority", "routine"); err != nil {
+		t.Fatalf("audit: %v\n%s", err, stderr)
+	}
+	waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityStat: 0, events.PriorityRoutine: 2, events.PriorityLow: 0})
+	waitPending(t, s.lanes["pacs"], map[events.Priority]uint64{events.PriorityStat: 0, events.PriorityRoutine: 1, events.PriorityLow: 0})
+	msg, err := s.lanes["pacs"][events.PriorityRoutine].Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev events.StudyStable
+	if err := json.Unmarshal(msg.Data(), &ev); err != nil || ev.OrthancStudyID != a.OrthancStudyID || ev.Priority != events.PriorityRoutine {
+		t.Errorf("pacs's event: %+v, %v; want study %s, priority routine", ev, err, a.OrthancStudyID)
 	}
 }

@@ -25,6 +25,7 @@ type verifyAuditArgs struct {
 	destination string
 	since       time.Duration
 	enqueue     bool
+	lane        events.Priority
 	asJSON      bool
 }
 
@@ -80,7 +81,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 		return err
 	}
 	if a.enqueue {
-		if err := requireDestination(ctx, js.JS, dest.Name, events.PriorityLow); err != nil {
+		if err := requireDestination(ctx, js.JS, dest.Name, a.lane); err != nil {
 			return &usageError{fmt.Errorf("%s: --enqueue: %w", program, err)}
 		}
 	}
@@ -95,11 +96,11 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, expected)
 		},
 		Publish: func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
-			// The low lane, as the plain audit's repairs.
-			low := *ev
-			low.Priority = events.PriorityLow
-			return publishTraced(ctx, tp, "audit enqueue", "audit", dest.Name, &low, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
-				return natsjs.PublishTo(ctx, js.JS, natsjs.LaneSubject(events.PriorityLow, dest.Name, ev.Source), &low, msgID)
+			// In --priority's lane, as the plain audit's repairs.
+			queued := *ev
+			queued.Priority = a.lane
+			return publishTraced(ctx, tp, "audit enqueue", "audit", dest.Name, &queued, msgID, func(ctx context.Context) (*jetstream.PubAck, error) {
+				return natsjs.PublishTo(ctx, js.JS, natsjs.LaneSubject(a.lane, dest.Name, ev.Source), &queued, msgID)
 			})
 		},
 		Logger: log.With("component", "audit"),

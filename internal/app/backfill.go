@@ -43,7 +43,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	since := fs.String("since", "", "start of the window (required)")
 	until := fs.String("until", "", "end of the window (default now)")
 	from := fs.String("from", "stream", "stream (the events received in the window) or source (the studies in Orthanc)")
-	priority := fs.String("priority", string(events.PriorityLow), "the lane: low, routine or stat")
+	lane := laneFlag(fs)
 	dryRun := fs.Bool("dry-run", false, "only list what would be queued")
 	var cfg config.Audit
 	if done, err := parseCommand(fs, backfillUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
@@ -65,9 +65,8 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 			return &usageError{fmt.Errorf("%s: --until must be after --since", program)}
 		}
 	}
-	lane, err := events.ParsePriority(*priority)
-	if err != nil {
-		return &usageError{fmt.Errorf("%s: --priority: %w", program, err)}
+	if err := lane.parse(); err != nil {
+		return &usageError{fmt.Errorf("%s: %w", program, err)}
 	}
 	if *from != "stream" && *from != "source" {
 		return &usageError{fmt.Errorf("%s: --from %q: want stream or source", program, *from)}
@@ -78,7 +77,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 		return err
 	}
 	defer conn.Close()
-	if err := requireDestination(ctx, conn.JS, *destination, lane); err != nil {
+	if err := requireDestination(ctx, conn.JS, *destination, lane.lane); err != nil {
 		return &usageError{fmt.Errorf("%s: %w", program, err)}
 	}
 	// Rows are written as the studies are queued, a block at a time, so
@@ -91,12 +90,12 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	dups := 0
 	if *from == "stream" {
 		var evs []events.StudyStable
-		evs, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane, start, end, *dryRun)
+		evs, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane.lane, start, end, *dryRun)
 		for i := range evs {
 			emit(&evs[i])
 		}
 	} else {
-		dups, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane, start, end, *dryRun, emit)
+		dups, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane.lane, start, end, *dryRun, emit)
 	}
 	_ = w.flush()
 	verb := "queued for"
@@ -112,6 +111,27 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 			dups, cfg.NATS.DedupeWindow)
 	}
 	return err
+}
+
+// laneFlagValue is --priority, the lane of what a command queues: low by
+// default, after the live studies (docs/priority-lanes.md).
+type laneFlagValue struct {
+	s    *string
+	lane events.Priority
+}
+
+// laneFlag defines --priority on fs; parse reads it once fs is parsed.
+func laneFlag(fs *flag.FlagSet) *laneFlagValue {
+	return &laneFlagValue{s: fs.String("priority", string(events.PriorityLow), "the lane: low, routine or stat")}
+}
+
+func (v *laneFlagValue) parse() error {
+	lane, err := events.ParsePriority(*v.s)
+	if err != nil {
+		return fmt.Errorf("--priority: %w", err)
+	}
+	v.lane = lane
+	return nil
 }
 
 // sourcePage is how many studies backfill reads from Orthanc at a time.

@@ -277,7 +277,7 @@ func parseReforward(args []string) (replayCommand, error) {
 	since := fs.String("since", "", "start of the window")
 	until := fs.String("until", "", "end of the window (default now)")
 	destination := fs.String("destination", "", "the one destination to queue them for (default all)")
-	priority := fs.String("priority", string(events.PriorityLow), "the lane: low, routine or stat")
+	lane := laneFlag(fs)
 	dryRun := fs.Bool("dry-run", false, "only say what would be done")
 	if err := parseReplayFlags(fs, args); err != nil {
 		return nil, err
@@ -287,9 +287,8 @@ func parseReforward(args []string) (replayCommand, error) {
 		// destination.
 		return nil, usagef("reforward: %s: empty: give a value or leave the flag out", strings.Join(blank, ", "))
 	}
-	lane, err := events.ParsePriority(*priority)
-	if err != nil {
-		return nil, usagef("reforward: --priority: %w", err)
+	if err := lane.parse(); err != nil {
+		return nil, usagef("reforward: %w", err)
 	}
 	if *since == "" {
 		return nil, usagef("reforward: --since is required")
@@ -308,7 +307,7 @@ func parseReforward(args []string) (replayCommand, error) {
 		}
 	}
 	return func(ctx context.Context, c *replayCLI) error {
-		return c.reforward(ctx, *destination, lane, from, to, *dryRun)
+		return c.reforward(ctx, *destination, lane.lane, from, to, *dryRun)
 	}, nil
 }
 
