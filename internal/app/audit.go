@@ -115,10 +115,27 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	var skipped []error
 	if *enqueue {
-		if err := repairsTaken(ctx, js.JS, dests, lane.lane, *only == ""); err != nil {
-			return &usageError{fmt.Errorf("%s: --enqueue: %w", program, err)}
+		var taken []ledger.Destination
+		taken, skipped, err = repairsTaken(ctx, js.JS, dests, lane.lane, *only == "")
+		if err != nil {
+			return err
 		}
+		if len(skipped) > 0 && *only != "" {
+			return &usageError{fmt.Errorf("%s: --enqueue: %w", program, skipped[0])}
+		}
+		// One half-removed destination must not block the others'
+		// repairs: it is left out, named, and the audit exits 1. The
+		// event for every destination still suits the others: in this
+		// lane it reaches none of those left out.
+		for _, e := range skipped {
+			log.Error("destination not audited: its repairs would reach nobody", "err", e)
+		}
+		if len(taken) == 0 {
+			return fmt.Errorf("%s: --enqueue: no destination takes the repairs: %w", program, errors.Join(skipped...))
+		}
+		dests = taken
 	}
 	var as []ledger.Source
 	for _, s := range sources.List() {
@@ -156,8 +173,15 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		fmt.Fprintf(stderr, "audit: %d findings not queued again: the event stream holds their event from within its duplicate window%s: waiting in its lane, being forwarded, or dead-lettered (forwarder replay list; forwarder replay sends a dead letter again). Only for a copy known lost (forwarded and its record lost, its deliveries run out with no dead letter) does forwarder audit --destination NAME --enqueue queue it again for that destination\n",
 			sum.Duplicates, streamDuplicateWindow(ctx, js.JS))
 	}
+	var errs []error
+	if len(skipped) > 0 {
+		errs = append(errs, fmt.Errorf("not audited, their repairs would reach nobody (forwarder destinations; finish a removal with forwarder destinations remove): %w", errors.Join(skipped...)))
+	}
 	if sum.NotEnqueued > 0 {
-		return fmt.Errorf("%d findings could not be enqueued (see the log)", sum.NotEnqueued)
+		errs = append(errs, fmt.Errorf("%d findings could not be enqueued (see the log)", sum.NotEnqueued))
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	if sum.Missing > 0 && !*enqueue {
 		return fmt.Errorf("%d studies %w (--enqueue queues them)", sum.Missing, ErrMissing)
@@ -216,20 +240,24 @@ func auditPublish(js jetstream.JetStream, tp trace.TracerProvider, lane events.P
 // (requireDestination): queued without a consumer they would reach
 // nobody. everyOne: the event for every destination may be queued too
 // (no --destination), which a destination's forwarders from before lanes
-// do not take.
-func repairsTaken(ctx context.Context, js jetstream.JetStream, dests []ledger.Destination, lane events.Priority, everyOne bool) error {
+// do not take. taken are the destinations that take them; skipped says
+// why each other one does not (ErrNoConsumer); err is a failure to ask.
+func repairsTaken(ctx context.Context, js jetstream.JetStream, dests []ledger.Destination, lane events.Priority, everyOne bool) (taken []ledger.Destination, skipped []error, err error) {
 	for _, d := range dests {
-		if err := requireDestination(ctx, js, d.Name, lane); err != nil {
-			return err
+		err := requireDestination(ctx, js, d.Name, lane)
+		if err == nil && everyOne {
+			err = deadletter.Taken(ctx, js, d.Name, lane, natsjs.LaneSubject(lane, "", "any-source"))
 		}
-		if !everyOne {
-			continue
-		}
-		if err := deadletter.Taken(ctx, js, d.Name, lane, natsjs.LaneSubject(lane, "", "any-source")); err != nil {
-			return err
+		switch {
+		case err == nil:
+			taken = append(taken, d)
+		case errors.Is(err, deadletter.ErrNoConsumer):
+			skipped = append(skipped, err)
+		default:
+			return nil, nil, err
 		}
 	}
-	return nil
+	return taken, skipped, nil
 }
 
 // auditReporter writes the audit's findings to stdout: one JSON object a

@@ -187,7 +187,7 @@ func TestAuditRepairsNeedTheLowLanesConsumer(t *testing.T) {
 		refused bool
 	}{
 		{[]string{"--destination", "ai", "--enqueue"}, true},
-		{[]string{"--enqueue"}, true},
+		{[]string{"--enqueue"}, false}, // ai skipped: TestAuditSkipsAHalfRemovedDestination
 		{[]string{"--verify", "--destination", "ai", "--enqueue"}, true},
 		{[]string{"--destination", "pacs", "--enqueue"}, false},
 		{[]string{"--destination", "ai"}, false}, // lists only
@@ -221,11 +221,11 @@ func TestAuditRepairsForEveryDestinationNeedLanes(t *testing.T) {
 		t.Fatal(err)
 	}
 	dests := []ledger.Destination{{Name: "old"}}
-	if err := repairsTaken(ctx, ns.JS, dests, events.PriorityLow, false); err != nil {
-		t.Errorf("repairs for old alone: %v, want taken", err)
+	if taken, skipped, err := repairsTaken(ctx, ns.JS, dests, events.PriorityLow, false); len(taken) != 1 || skipped != nil || err != nil {
+		t.Errorf("repairs for old alone: taken %v, skipped %v, %v; want taken", taken, skipped, err)
 	}
-	if err := repairsTaken(ctx, ns.JS, dests, events.PriorityLow, true); !errors.Is(err, deadletter.ErrNoConsumer) {
-		t.Errorf("repairs for every destination: %v, want ErrNoConsumer", err)
+	if taken, skipped, err := repairsTaken(ctx, ns.JS, dests, events.PriorityLow, true); len(taken) != 0 || len(skipped) != 1 || !errors.Is(skipped[0], deadletter.ErrNoConsumer) || err != nil {
+		t.Errorf("repairs for every destination: taken %v, skipped %v, %v; want skipped, ErrNoConsumer", taken, skipped, err)
 	}
 }
 
@@ -393,4 +393,25 @@ func TestAuditPriority(t *testing.T) {
 	if err := json.Unmarshal(msg.Data(), &ev); err != nil || ev.OrthancStudyID != a.OrthancStudyID || ev.Priority != events.PriorityRoutine {
 		t.Errorf("pacs's event: %+v, %v; want study %s, priority routine", ev, err, a.OrthancStudyID)
 	}
+}
+
+// TestAuditSkipsAHalfRemovedDestination: with one destination's low-lane
+// consumer gone (forwarder destinations remove stopped part-way),
+// `forwarder audit --enqueue` was refused (exit 2) for every destination.
+// That one is now left out and named, the others' repairs are queued, and
+// the audit exits 1.
+func TestAuditSkipsAHalfRemovedDestination(t *testing.T) {
+	s := newAuditSite(t, 1, "ai", "pacs")
+	low := natsjs.LaneConsumerName("ai", events.PriorityLow)
+	if err := s.srv.JS.DeleteConsumer(t.Context(), natsjs.EventStream, low); err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := s.audit(t, "--enqueue")
+	if code := ExitCode("forwarder audit", err, io.Discard); code != 1 || !errors.Is(err, deadletter.ErrNoConsumer) || !strings.Contains(err.Error(), low) {
+		t.Errorf("err = %v (exit %d), want exit 1 naming %s", err, code, low)
+	}
+	if !strings.Contains(stderr, "1 findings queued") {
+		t.Errorf("pacs's repair not queued:\n%s", stderr)
+	}
+	waitPending(t, s.lanes["pacs"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: 1})
 }
