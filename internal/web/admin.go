@@ -212,30 +212,35 @@ type mutateRequest struct {
 	DryRun bool            `json:"dryRun"`
 }
 
-// blankKeys names the keys of a JSON object given the empty string
-// ({"study": ""} from a script's unset variable), for FilterArgs.Blank.
-func blankKeys(raw json.RawMessage) []string {
+// givenEmpty refuses a JSON object's keys given "" or null ({"study": ""}
+// from a script's unset variable, "destination": null from a template):
+// dropped, such a filter, destination or until would widen a purge, a
+// replay or a re-forward (to every letter, every destination, now). One
+// rule for every key of both handlers; the error names each.
+func givenEmpty(raw json.RawMessage) error {
 	var fields map[string]json.RawMessage
 	if json.Unmarshal(raw, &fields) != nil {
-		return nil
+		return nil // the strict decode says why
 	}
-	var blank []string
+	var given []string
 	for k, v := range fields {
-		if s, ok := jsonString(v); ok && s == "" {
-			blank = append(blank, k)
+		var s string
+		switch {
+		case string(bytes.TrimSpace(v)) == "null":
+			given = append(given, k+": null")
+		case json.Unmarshal(v, &s) == nil && s == "":
+			given = append(given, k+": empty")
 		}
 	}
-	slices.Sort(blank)
-	return blank
+	if len(given) == 0 {
+		return nil
+	}
+	slices.Sort(given)
+	return errors.New(strings.Join(given, "; ") + ": give a value or leave it out")
 }
 
-func jsonString(v json.RawMessage) (string, bool) {
-	var s string
-	return s, json.Unmarshal(v, &s) == nil
-}
-
-// seqArg is the text of a seq given as a JSON number or string (null:
-// none), for FilterArgs.Filter to check.
+// seqArg is the text of a seq given as a JSON number or string, for
+// FilterArgs.Filter to check (givenEmpty refused "" and null).
 func seqArg(raw json.RawMessage) string {
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
@@ -250,6 +255,10 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 		if !decodeBody(w, r, &raw) {
 			return
 		}
+		if err := givenEmpty(raw); err != nil {
+			WriteError(w, http.StatusBadRequest, err.Error())
+			return
+		}
 		var req mutateRequest
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
@@ -258,7 +267,6 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			return
 		}
 		req.FilterArgs.Seq = seqArg(req.Seq)
-		req.Blank = blankKeys(raw)
 		f, err := req.Filter()
 		if err != nil {
 			WriteError(w, http.StatusBadRequest, err.Error())
@@ -306,29 +314,36 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 
 type reforwardRequest struct {
 	// Destination, if set, re-forwards to that destination only; given
-	// empty it is refused, not taken for every destination.
-	Destination *string `json:"destination"`
-	Since       string  `json:"since"`
-	Until       string  `json:"until"`
-	DryRun      bool    `json:"dryRun"`
+	// "" or null it is refused (givenEmpty), not taken for every
+	// destination.
+	Destination string `json:"destination"`
+	Since       string `json:"since"`
+	Until       string `json:"until"`
+	DryRun      bool   `json:"dryRun"`
 }
 
 func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
+	var raw json.RawMessage
+	if !decodeBody(w, r, &raw) {
+		return
+	}
+	if err := givenEmpty(raw); err != nil {
+		WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	var req reforwardRequest
-	if !decodeBody(w, r, &req) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
 		return
 	}
 	if req.Since == "" {
 		WriteError(w, http.StatusBadRequest, "since: is required")
 		return
 	}
-	var destination string
-	if req.Destination != nil {
-		destination = *req.Destination
-		if destination == "" {
-			WriteError(w, http.StatusBadRequest, "destination: empty: give a destination, or leave it out to re-forward to every destination")
-			return
-		}
+	destination := req.Destination
+	if destination != "" {
 		if !slices.Contains(a.Destinations, destination) {
 			WriteError(w, http.StatusBadRequest, "destination: "+strconv.Quote(destination)+" is not a configured destination ("+strings.Join(a.Destinations, ", ")+")")
 			return

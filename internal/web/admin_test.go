@@ -595,6 +595,13 @@ func TestAdminRefusesAFilterGivenEmpty(t *testing.T) {
 		{http.MethodPost, "/admin/deadletters/purge", `{"seq":"","all":true}`, "seq: empty"},
 		{http.MethodGet, "/admin/deadletters?destination=default&study=", "", "study: empty"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":"","dryRun":true}`, "destination: empty"},
+		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":null,"dryRun":true}`, "destination: null"},
+		{http.MethodPost, "/admin/reforward", `{"since":"1h","until":"","dryRun":true}`, "until: empty"},
+		{http.MethodPost, "/admin/reforward", `{"since":"1h","until":null,"dryRun":true}`, "until: null"},
+		{http.MethodPost, "/admin/deadletters/purge", `{"seq":null,"all":true}`, "seq: null"},
+		{http.MethodPost, "/admin/deadletters/purge", `{"destination":"default","study":null}`, "study: null"},
+		{http.MethodPost, "/admin/deadletters/replay", `{"destination":null,"all":true}`, "destination: null"},
+		{http.MethodPost, "/admin/deadletters/purge", `{"all":true,"dryRun":null}`, "dryRun: null"},
 	} {
 		req := httptest.NewRequest(tt.method, tt.path, strings.NewReader(tt.body))
 		req.Header.Set("Authorization", "Bearer "+token)
