@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,6 +49,10 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	var cfg config.Audit
 	if done, err := parseCommand(fs, backfillUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
 		return err
+	}
+	if blank := blankFlags(fs); len(blank) > 0 {
+		// --until "$T" with $T unset would widen the window to now.
+		return &usageError{fmt.Errorf("%s: %s: empty: give a value or leave the flag out", program, strings.Join(blank, ", "))}
 	}
 	if *destination == "" || *since == "" {
 		return &usageError{fmt.Errorf("%s: --destination and --since are required", program)}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -134,5 +135,31 @@ func TestBackfillFromSourcesGoesOnPastAnUnreachableOne(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), uid) || !strings.Contains(out.String(), "1 studies would be queued") {
 		t.Errorf("cardio's study %s not listed:\n%s", uid, out.String())
+	}
+}
+
+// TestBackfillRefusesAFlagGivenEmpty: forwarder backfill --until "$T",
+// $T unset, took the window up to now, and --priority "" the routine
+// lane; a flag given empty is refused, naming it, as replay's are.
+func TestBackfillRefusesAFlagGivenEmpty(t *testing.T) {
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	if _, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), srv.JS, []string{"new"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_URL": "http://" + testharness.FreeAddr(t)}
+	for _, tt := range []struct {
+		args  []string
+		names string
+	}{
+		{[]string{"--destination", "new", "--since", "24h", "--until", "", "--dry-run"}, "--until: empty"},
+		{[]string{"--destination", "new", "--since", "24h", "--priority=", "--dry-run"}, "--priority: empty"},
+		{[]string{"--destination", "new", "--since", "24h", "--from", "", "--dry-run"}, "--from: empty"},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			err := RunBackfill(t.Context(), tt.args, func(k string) string { return env[k] }, io.Discard, io.Discard)
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.names) {
+				t.Errorf("err = %v, want a usage error naming %s", err, tt.names)
+			}
+		})
 	}
 }
