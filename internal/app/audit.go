@@ -111,12 +111,15 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer js.Close()
-	dests, err := auditDestinations(ctx, js, *only, log)
+	dests, firstStart, err := auditDestinations(ctx, js, *only, log)
 	if err != nil {
 		return err
 	}
 	var skipped []error
-	if *enqueue {
+	// Before any forwarder ran no consumer exists, and the first ones
+	// take what the stream holds (natsjs.Topology.EnsureLanes): nothing
+	// to check.
+	if *enqueue && !firstStart {
 		var taken []ledger.Destination
 		taken, skipped, err = repairsTaken(ctx, js.JS, dests, lane.lane, *only == "")
 		if err != nil {
@@ -290,22 +293,22 @@ func auditReporter(stdout io.Writer, asJSON bool) (report func(ledger.Finding) e
 // those with a consumer on the event stream (or the one named), each with
 // its ledger; a destination whose forwarders never completed a forward
 // has no ledger yet, and every stable study is reported for it.
-func auditDestinations(ctx context.Context, conn *natsjs.Conn, only string, log *slog.Logger) ([]ledger.Destination, error) {
+// firstStart: no forwarder has run yet (no consumer at all).
+func auditDestinations(ctx context.Context, conn *natsjs.Conn, only string, log *slog.Logger) (dests []ledger.Destination, firstStart bool, err error) {
 	names, err := natsjs.ListDestinations(ctx, conn.JS)
 	if err != nil && !errors.Is(err, natsjs.ErrNotProvisioned) {
-		return nil, err
+		return nil, false, err
 	}
 	if only != "" {
 		if !slices.Contains(names, only) {
-			return nil, &usageError{fmt.Errorf("forwarder audit: --destination %q has no consumer on the event stream (known: %s)", only, strings.Join(names, ", "))}
+			return nil, false, &usageError{fmt.Errorf("forwarder audit: --destination %q has no consumer on the event stream (known: %s)", only, strings.Join(names, ", "))}
 		}
 		names = []string{only}
 	}
 	if len(names) == 0 {
 		log.Warn("no forwarder has run yet: every stable study is reported for the default destination")
-		names = []string{natsjs.DefaultDestination}
+		names, firstStart = []string{natsjs.DefaultDestination}, true
 	}
-	out := make([]ledger.Destination, 0, len(names))
 	for _, name := range names {
 		var rec ledger.Records
 		rec, err := ledger.Open(ctx, conn.JS, name)
@@ -313,11 +316,11 @@ func auditDestinations(ctx context.Context, conn *natsjs.Conn, only string, log 
 			log.Warn("no completed forward is recorded yet for this destination: every stable study is reported", "destination", name)
 			rec = noLedger{}
 		} else if err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		out = append(out, ledger.Destination{Name: name, Records: rec})
+		dests = append(dests, ledger.Destination{Name: name, Records: rec})
 	}
-	return out, nil
+	return dests, firstStart, nil
 }
 
 // noLedger is the ledger before any forwarder created the bucket.

@@ -242,9 +242,12 @@ type auditSite struct {
 func newAuditSite(t *testing.T, studies int, destinations ...string) *auditSite {
 	t.Helper()
 	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
-	lanes, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), srv.JS, destinations)
-	if err != nil {
-		t.Fatal(err)
+	var lanes map[string]map[events.Priority]jetstream.Consumer
+	if len(destinations) > 0 {
+		var err error
+		if lanes, err = natsjs.DefaultTopology().EnsureLanes(t.Context(), srv.JS, destinations); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Not the audit's EVENTS_DEDUPE_WINDOW (24h).
 	stream, err := srv.JS.Stream(t.Context(), natsjs.EventStream)
@@ -414,4 +417,35 @@ func TestAuditSkipsAHalfRemovedDestination(t *testing.T) {
 		t.Errorf("pacs's repair not queued:\n%s", stderr)
 	}
 	waitPending(t, s.lanes["pacs"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: 1})
+}
+
+// TestAuditEnqueuesBeforeAnyForwarderRan: 0e00a27's check that a
+// consumer takes the repairs refused `forwarder audit --enqueue` on a
+// deployment whose forwarders never ran (no consumer at all), although
+// their consumers, made later, take what the stream holds: the first
+// deployment on an Orthanc holding studies could not queue them. It
+// queues them again.
+func TestAuditEnqueuesBeforeAnyForwarderRan(t *testing.T) {
+	s := newAuditSite(t, 1)
+	if stderr, err := s.audit(t, "--enqueue"); err != nil {
+		t.Fatalf("audit --enqueue: %v\n%s", err, stderr)
+	}
+	if n := streamMsgs(t, s.srv); n != 1 {
+		t.Errorf("the event stream holds %d events, want the study's", n)
+	}
+	lanes, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), s.srv.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPending(t, lanes[natsjs.DefaultDestination], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: 1})
+}
+
+// streamMsgs is how many events the event stream holds.
+func streamMsgs(t *testing.T, srv *testnats.Server) uint64 {
+	t.Helper()
+	st, err := srv.JS.Stream(t.Context(), natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.CachedInfo().State.Msgs
 }
