@@ -112,8 +112,8 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 		streamWindowNote(ctx, conn.JS, start, stdout)
 	}
 	if dups > 0 {
-		fmt.Fprintf(stdout, "%d studies not queued again: a backfill queued them within EVENTS_DEDUPE_WINDOW (%s); a dead-lettered one is sent again with `forwarder replay`\n",
-			dups, cfg.NATS.DedupeWindow)
+		fmt.Fprintf(stdout, "%d studies not queued again: a backfill queued them within the event stream's duplicate window%s; a dead-lettered one is sent again with `forwarder replay`\n",
+			dups, streamDuplicateWindow(ctx, conn.JS))
 	}
 	return err
 }

@@ -163,3 +163,22 @@ func TestBackfillRefusesAFlagGivenEmpty(t *testing.T) {
 		})
 	}
 }
+
+// TestBackfillGivesTheStreamsDuplicateWindow: a backfill from the sources
+// run again said its studies were not queued again "within
+// EVENTS_DEDUPE_WINDOW" giving its own setting, which need not be the
+// stream's. It gives the stream's (here 90 min, the command's 24 h).
+func TestBackfillGivesTheStreamsDuplicateWindow(t *testing.T) {
+	s := newAuditSite(t, 1, "new")
+	var out strings.Builder
+	for range 2 {
+		out.Reset()
+		if err := RunBackfill(t.Context(), []string{"--destination", "new", "--since", "24h", "--from", "source"},
+			func(k string) string { return s.env[k] }, &out, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !strings.Contains(out.String(), "1 studies not queued again") || !strings.Contains(out.String(), "(1h30m0s)") || strings.Contains(out.String(), "24h0m0s") {
+		t.Errorf("the second backfill does not give the stream's duplicate window:\n%s", out.String())
+	}
+}
