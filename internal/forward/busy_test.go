@@ -3,9 +3,11 @@ package forward
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -142,4 +144,67 @@ func (s hexSlices) StudyInstances(_ context.Context, id string) ([]orthancapi.In
 		return nil, err
 	}
 	return s.instances[int(i)*s.per : (int(i)+1)*s.per], nil
+}
+
+// A request that broke off on the source (an instance Orthanc failed to
+// read) got no answer from the destination: it does not make the
+// destination one that answers, so during an outage behind a proxy
+// answering 503 the next study's 503 fails it at once, not re-sent as
+// load. Before, the broken-off request gave its place back as answered
+// (Done), and every 503 for a minute after it was re-sent 5 times.
+func TestBrokenOffRequestIsNoAnswer(t *testing.T) {
+	var answered atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The body first, as a proxy buffering requests reads it: a
+		// request that breaks off gets no answer.
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
+		answered.Add(1)
+		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	src := brokenStudy{newMemSource(2)}
+	f := newForwarder(t, nil, srv.URL, nil, func(o *Options) {
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.InstanceRetries, o.InstanceRetryDelay = 1, time.Millisecond
+	})
+	ev := testEvent()
+	ev.OrthancStudyID = "broken"
+	if _, err := f.transfer(t.Context(), &Attempt{Event: ev}); Classify(err) != Transient || !strings.Contains(fmt.Sprint(err), "the source Orthanc failed to read") {
+		t.Fatalf("the study of an unreadable instance: err %v, want a transient failure to read from the source", err)
+	}
+	if f.limit.AnsweredWithin(time.Minute) {
+		t.Error("the destination counts as answering after requests that broke off on the source")
+	}
+	if n := answered.Load(); n != 0 {
+		t.Fatalf("%d requests of the unreadable study answered, want none", n)
+	}
+	ev = testEvent()
+	ev.OrthancStudyID, ev.StudyInstanceUID = "readable", "1.2.4"
+	_, err := f.transfer(t.Context(), &Attempt{Event: ev})
+	if !DestinationDown(err) {
+		t.Errorf("the readable study: err %v, want the 503 for the circuit breaker", err)
+	}
+	if n := answered.Load(); n != 1 {
+		t.Errorf("the readable study's request sent %d times, want once: a 503 with nothing answered is an outage, not load", n)
+	}
+}
+
+// brokenStudy serves study "broken" as the first instance of a memSource,
+// which Orthanc fails to read (its own 500), any other study as the rest.
+type brokenStudy struct{ *memSource }
+
+func (s brokenStudy) StudyInstances(_ context.Context, id string) ([]orthancapi.Instance, error) {
+	if id == "broken" {
+		return s.instances[:1], nil
+	}
+	return s.instances[1:], nil
+}
+
+func (s brokenStudy) OpenInstanceFile(ctx context.Context, id string) (io.ReadCloser, int64, error) {
+	if id == s.instances[0].ID {
+		return nil, 0, &orthancapi.Error{StatusCode: http.StatusInternalServerError, OrthancMessage: "The path does not point to a regular file"}
+	}
+	return s.memSource.OpenInstanceFile(ctx, id)
 }

@@ -559,8 +559,11 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 				err = &Error{Class: Crash, Err: newCrashError(v)}
 			}
 			// The place is given back as the goroutine ends, so the
-			// goroutines of a study stay within the limit.
-			if err == nil {
+			// goroutines of a study stay within the limit. A request
+			// that broke off on the source got no answer: it neither
+			// measures the destination nor says that it serves
+			// (AnsweredWithin).
+			if err == nil && !out.brokenOff {
 				permit.Done(sent)
 			}
 			permit.Release() // if not given back with a signal
@@ -665,6 +668,10 @@ type batchOutcome struct {
 	// status is the error status whose answer was sorted per instance
 	// (a 429 or 503 listing instances tells the limiter all the same).
 	status *dicomweb.HTTPError
+	// brokenOff: the request's body broke off on the source (an
+	// instance it could not convert or read): the destination did not
+	// answer.
+	brokenOff bool
 }
 
 // send stores one batch and sorts its instances by the response. This is
@@ -915,7 +922,7 @@ func unnamedText(unnamed []dicomweb.FailedInstance) string {
 // conversionOutcome: the instance Orthanc could not convert is refused
 // for good, the rest of its request is sent again at once.
 func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome {
-	var out batchOutcome
+	out := batchOutcome{brokenOff: true}
 	for _, p := range batch {
 		if p.SOPInstanceUID == ce.SOPInstanceUID {
 			out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, Text: ce.Error()})
@@ -949,7 +956,7 @@ func splitUnread(retry []dicomweb.Part, unread []Instance) (others, failed []dic
 // unreadOutcome: the instance the source failed to read is tried again
 // after a pause, the rest of its request is sent again at once.
 func unreadOutcome(batch []dicomweb.Part, ue *unreadError) batchOutcome {
-	var out batchOutcome
+	out := batchOutcome{brokenOff: true}
 	for _, p := range batch {
 		if p.SOPInstanceUID == ue.SOPInstanceUID {
 			out.retry = append(out.retry, p)
