@@ -2,18 +2,23 @@ package forward
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
@@ -325,4 +330,130 @@ func TestRequestPriority(t *testing.T) {
 			t.Errorf("requestPriority(%q) = %d, want %d", tt.lane, got, tt.want)
 		}
 	}
+}
+
+// A study's lane reaches the limiter: with one place, held by a low
+// study's request while its next waits, a stat study pulled meanwhile has
+// all its requests served before the low study's next. In turn, as
+// before the lanes had priorities, the two would alternate.
+func TestStatRequestsServedBeforeLowOnes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dst := &steppedDestination{arrived: make(chan string), proceed: make(chan struct{})}
+		src := laneStudies{newMemSource(6)}
+		f := newForwarder(t, nil, "http://127.0.0.1:1", nil, func(o *Options) {
+			o.SourceFor = func(string) (Source, error) { return src, nil }
+			o.Destination = dst
+			o.MaxInstances = 1
+			o.RequestConcurrency = 1
+		})
+		var wg sync.WaitGroup
+		handle := func(study string, seq uint64, lane events.Priority) {
+			ev := testEvent()
+			ev.OrthancStudyID = study + "-4f66fb14-03f4081b-f9341db2-53925988"
+			data, err := json.Marshal(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := &laneMsg{data: data, meta: &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: 1, Timestamp: time.Now()}}
+			wg.Go(func() {
+				f.handle(t.Context(), m, lane)
+				if got := m.settled(); got != "ack" {
+					t.Errorf("study %s settled by %q, want an ack", study, got)
+				}
+			})
+		}
+		handle(lowStudy, 1, events.PriorityLow)
+		order := []string{<-dst.arrived}
+		synctest.Wait() // the low study's next request waits for the place
+		handle("00000002", 2, events.PriorityStat)
+		synctest.Wait() // so does the stat study's first
+		dst.proceed <- struct{}{}
+		for range 5 {
+			order = append(order, <-dst.arrived)
+			synctest.Wait() // every study waiting for the place has asked for it
+			dst.proceed <- struct{}{}
+		}
+		wg.Wait()
+		want := []string{"low", "stat", "stat", "low", "low", "low"}
+		if !slices.Equal(order, want) {
+			t.Errorf("requests served for %v, want %v", order, want)
+		}
+	})
+}
+
+// laneStudies serves the study whose Orthanc ID starts with lowStudy as
+// the first 4 instances of a memSource, any other as the rest.
+type laneStudies struct{ *memSource }
+
+const lowStudy = "00000001"
+
+func (s laneStudies) StudyInstances(_ context.Context, id string) ([]orthancapi.Instance, error) {
+	if strings.HasPrefix(id, lowStudy) {
+		return s.instances[:4], nil
+	}
+	return s.instances[4:], nil
+}
+
+// steppedDestination says on arrived which study (of laneStudies) each
+// request is for, and stores it once told on proceed.
+type steppedDestination struct {
+	arrived chan string
+	proceed chan struct{}
+}
+
+func (d *steppedDestination) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
+	study := "stat"
+	if n, _ := strconv.Atoi(strings.TrimPrefix(parts[0].SOPInstanceUID, "1.2.3.")); n <= 4 {
+		study = "low"
+	}
+	select {
+	case d.arrived <- study:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case <-d.proceed:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	res := &dicomweb.Result{StatusCode: http.StatusOK, BytesSent: 1024 * int64(len(parts))}
+	for _, p := range parts {
+		res.Stored = append(res.Stored, dicomweb.Instance{SOPInstanceUID: p.SOPInstanceUID})
+	}
+	return res, nil
+}
+
+// laneMsg is a delivery handed to Forwarder.handle without JetStream; it
+// keeps how it was settled.
+type laneMsg struct {
+	jetstream.Msg
+	data []byte
+	meta *jetstream.MsgMetadata
+	mu   sync.Mutex
+	how  string
+}
+
+func (m *laneMsg) Metadata() (*jetstream.MsgMetadata, error) { return m.meta, nil }
+func (m *laneMsg) Data() []byte                              { return m.data }
+func (m *laneMsg) Headers() nats.Header                      { return nil }
+func (m *laneMsg) Subject() string                           { return "stowline.study.stable.a" }
+func (m *laneMsg) InProgress() error                         { return nil }
+func (m *laneMsg) DoubleAck(context.Context) error           { return m.settle("ack") }
+func (m *laneMsg) Ack() error                                { return m.settle("ack") }
+func (m *laneMsg) Nak() error                                { return m.settle("nak") }
+func (m *laneMsg) NakWithDelay(time.Duration) error          { return m.settle("nak") }
+func (m *laneMsg) Term() error                               { return m.settle("term") }
+func (m *laneMsg) TermWithReason(string) error               { return m.settle("term") }
+
+func (m *laneMsg) settle(how string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.how = how
+	return nil
+}
+
+func (m *laneMsg) settled() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.how
 }
