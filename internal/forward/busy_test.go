@@ -208,3 +208,53 @@ func (s brokenStudy) OpenInstanceFile(ctx context.Context, id string) (io.ReadCl
 	}
 	return s.memSource.OpenInstanceFile(ctx, id)
 }
+
+// Requests sent again for load are counted by status: a 429, and a 503
+// while the destination answers others; a 503 with nothing answered
+// fails its study, re-sent never.
+func TestResendsCountedByStatus(t *testing.T) {
+	tests := []struct {
+		name string
+		// answers are the statuses of the requests in turn (0 and
+		// after the last: stored), over studies of one request sent
+		// one after the other.
+		answers []int
+		studies int
+		wantErr bool
+		want    map[string]float64
+	}{
+		{"429", []int{429, 0}, 1, false, map[string]float64{"429": 1, "503": 0}},
+		{"503 while answering others", []int{0, 503, 503, 0}, 2, false, map[string]float64{"429": 0, "503": 2}},
+		{"503 with nothing answered", []int{503}, 1, true, map[string]float64{"429": 0, "503": 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var k sink
+			stored := k.handler(nil)
+			var next atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				i := int(next.Add(1)) - 1
+				if i < len(tt.answers) && tt.answers[i] != 0 {
+					_, _ = io.Copy(io.Discard, r.Body)
+					w.WriteHeader(tt.answers[i])
+					return
+				}
+				stored.ServeHTTP(w, r)
+			}))
+			t.Cleanup(srv.Close)
+			f := newForwarder(t, newMemSource(1), srv.URL, nil)
+			var err error
+			for range tt.studies {
+				_, err = f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			}
+			if (err != nil) != tt.wantErr {
+				t.Errorf("the last study: err %v, want an error: %v", err, tt.wantErr)
+			}
+			for status, want := range tt.want {
+				if got := testutil.ToFloat64(f.m.resends.WithLabelValues(status)); got != want {
+					t.Errorf("stowline_forwarder_stow_resends_total{status=%q} = %v, want %v", status, got, want)
+				}
+			}
+		})
+	}
+}

@@ -44,6 +44,12 @@ const (
 // later.
 const busyWithin = time.Minute
 
+// The status label values of stowline_forwarder_stow_resends_total.
+const (
+	resend429 = "429"
+	resend503 = "503"
+)
+
 // newLimiter returns the limiter all studies of the destination share in
 // this process: between MinRequestConcurrency and RequestConcurrency STOW
 // requests in flight, adapted (internal/flow). Changes are counted by

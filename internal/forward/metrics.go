@@ -21,6 +21,10 @@ type metrics struct {
 	resent        prometheus.Counter
 	alreadyStored prometheus.Counter
 	authRetries   prometheus.Counter
+	// resends counts STOW-RS requests sent again after a refusal for
+	// load, by status (429, or a 503 while the destination answers
+	// others).
+	resends *prometheus.CounterVec
 	// conflicts counts instances the destination already held with other
 	// content, by what was done (skipped, replaced, dead_lettered).
 	conflicts *prometheus.CounterVec
@@ -106,6 +110,14 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		Help:        "STOW-RS requests sent again with a fresh token after the destination answered 401.",
 		ConstLabels: labels,
 	})
+	m.resends = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_stow_resends_total",
+		Help:        "STOW-RS requests sent again within a delivery after the destination refused them for load, by status: 429, or 503 while it answered other requests within the last minute (busy, not down).",
+		ConstLabels: labels,
+	}, []string{"status"})
+	for _, s := range []string{resend429, resend503} {
+		m.resends.WithLabelValues(s)
+	}
 	m.conflicts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_conflicts_total",
 		Help:        "Instances the destination already held with other content (STOW_CONFLICT_REASONS), by what STOW_ON_CONFLICT did: skipped (counted as stored), replaced, dead_lettered.",
@@ -199,7 +211,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.sourceHeld, m.lanePulls, m.laneBusy, m.laneAge, m.retention} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.resends, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.sourceHeld, m.lanePulls, m.laneBusy, m.laneAge, m.retention} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

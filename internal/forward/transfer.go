@@ -595,6 +595,11 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			if err == nil || !resend || resends >= overloadResends || retryAfter > resendPause {
 				return out, err
 			}
+			status := resend429
+			if reason == flow.Overload503 {
+				status = resend503
+			}
+			f.m.resends.WithLabelValues(status).Inc()
 			f.log.Debug("sending a STOW-RS request again that the destination refused for load", "orthanc_study_id", a.Event.OrthancStudyID,
 				"reason", string(reason), "retry_after", retryAfter.String(), "resend", resends+1)
 			sleep(stopped, resendDelay<<resends)
