@@ -40,8 +40,12 @@ const (
 // and counting it for the breaker made a busy destination open and close
 // the breaker in a loop (each close puts the limit back to the ceiling).
 // A request still refused after overloadResends fails the study as any
-// 503: a destination down right after an answer is counted a few seconds
-// later.
+// 503: a destination down right after an answer is counted about 8 s
+// (the re-sends' delays) after a fast 503, but a proxy answering 503
+// after its connect time-out S (Envoy) makes each send take S: up to
+// about busyWithin + S after the last answer, more while requests queue
+// at a low limit. Only STOW answers count (Permit.Done), not the probe's
+// nor STOW_VERIFY's queries.
 const busyWithin = time.Minute
 
 // The status label values of stowline_forwarder_stow_resends_total.
