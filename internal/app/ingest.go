@@ -32,6 +32,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	if err != nil {
 		return err
 	}
+	pub.reconciled = r.reconcile != nil && r.reconcile.Enabled
 	if r.cfg.Priority.Rule != "" {
 		log.Info("PRIORITY_RULE: studies it is true for go in the stat lane")
 	}

@@ -51,9 +51,15 @@ type prioritizer struct {
 	// the studies still waiting for one, or being read, then go in the
 	// routine lane unread, as for a rule that fails, rather than stay on
 	// the triage subject only (RECONCILE_ENABLED=false leaves nothing
-	// else to queue them).
+	// else to queue them); with the reconciler on they stay (reconciled).
 	readsCut context.Context
 	cutReads context.CancelFunc
+	// reconciled: this ingest runs the reconciler, whose copy of a study
+	// left on the triage subject goes through the rule after the restart
+	// and takes its place; a study cut short is then left to it rather
+	// than queued routine for good (a stat study would wait behind the
+	// routine backlog).
+	reconciled bool
 }
 
 // newPrioritizer wraps next; with no rule it only counts the events by
@@ -87,6 +93,8 @@ func (p *prioritizer) Publish(ctx context.Context, ev *events.StudyStable) (*jet
 		if !p.rule.All() {
 			stat, err := p.matches(ctx, ev)
 			switch {
+			case err != nil && p.readsCut.Err() != nil && p.reconciled:
+				return nil, errLeftToReconciler
 			case err != nil && p.readsCut.Err() != nil:
 				by = "shutdown"
 				p.log.Warn("shutdown: a study goes in the routine lane without PRIORITY_RULE's read",
@@ -149,6 +157,11 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 // errReadsCut: the ingest stops, and drainTriage no longer waits for the
 // rule's reads.
 var errReadsCut = errors.New("the ingest stops: PRIORITY_RULE reads nothing more")
+
+// errLeftToReconciler: the ingest stops, its reads cut short, and leaves
+// the study on the triage subject for the reconciler's copy, which the
+// rule reads after the restart.
+var errLeftToReconciler = errors.New("the ingest stops: the study is left to the reconciler, which reads PRIORITY_RULE's facts after the restart")
 
 // source returns the Orthanc the rule reads ev's study from.
 func (p *prioritizer) source(ev *events.StudyStable) (*orthancapi.Client, error) {
@@ -237,8 +250,13 @@ func (p *prioritizer) drainTriage(reads, queue time.Duration) {
 	case <-time.After(reads):
 	}
 	p.cutReads()
-	p.log.Warn("shutdown: PRIORITY_RULE's reads are cut short; the studies still waiting for the rule go in the routine lane",
-		"studies", p.pending.Load())
+	if p.reconciled {
+		p.log.Warn("shutdown: PRIORITY_RULE's reads are cut short; the studies still waiting for the rule are left to the reconciler, which queues them after the restart",
+			"studies", p.pending.Load())
+	} else {
+		p.log.Warn("shutdown: PRIORITY_RULE's reads are cut short; the studies still waiting for the rule go in the routine lane",
+			"studies", p.pending.Load())
+	}
 	select {
 	case <-done:
 	case <-time.After(queue):
@@ -279,6 +297,11 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 			<-p.turns
 		}
 		if err == nil {
+			return
+		}
+		if errors.Is(err, errLeftToReconciler) {
+			p.log.Info("shutdown: a study waiting for PRIORITY_RULE is left to the reconciler",
+				"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID)
 			return
 		}
 		select {

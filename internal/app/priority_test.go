@@ -172,38 +172,52 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 // triageReads at a time, as before it: a rolling restart's burst of
 // hundreds must not take all of Orthanc's HTTP threads at once. When
 // drainTriage stops waiting for the reads, the studies still waiting for
-// a turn, and those being read, go in the routine lane unread: with the
-// reconciler off (as here: nothing else publishes) nothing else would
-// queue them.
+// a turn, and those being read, go in the routine lane unread with the
+// reconciler off (nothing else would queue them); with it on they stay
+// on the triage subject, for the reconciler's copy, which the rule reads
+// after the restart (queued routine, a stat study would stay routine: the
+// reconciler's copy a duplicate).
 func TestTriageKeepsItsLimitAtShutdown(t *testing.T) {
-	p, ns, src := slowSourcePrioritizer(t)
-	ingest, stop := context.WithCancel(t.Context())
 	const studies = 3 * triageReads
-	for i := range studies {
-		ev, err := events.NewStudyStable("main", fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i), "1.2.3", "20261203T101500")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := (webhookPublisher{p: p, ctx: ingest}).Publish(t.Context(), ev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitFor(t, "triageReads studies read at once", func() bool { n, _, _ := src.counts(); return n == triageReads })
-	stop() // the ingest stops while the source is slow, and stays so
-	p.drainTriage(100*time.Millisecond, time.Minute)
-	if n := p.pending.Load(); n != 0 {
-		t.Errorf("drainTriage returned with %d studies still being triaged", n)
-	}
-	p.triaging.Wait()
-	if _, most, seen := src.counts(); most > triageReads || seen != triageReads {
-		t.Errorf("the source got %d requests, %d at once; want %d, at most %d at once (the studies waiting for a turn read nothing after the drain)", seen, most, triageReads, triageReads)
-	}
-	got := subjectCounts(t, ns.JS)
-	if got[natsjs.TriageSubject("main")] != studies || got["stowline.study.stable.main"] != studies {
-		t.Errorf("subjects %v, want all %d on the triage subject and in the routine lane", got, studies)
-	}
-	if n := testutil.ToFloat64(p.events.WithLabelValues("routine", "shutdown")); n != studies {
-		t.Errorf(`stowline_ingest_priority_total{priority="routine",by="shutdown"} = %v, want %d`, n, studies)
+	for _, tt := range []struct {
+		name                   string
+		reconciled             bool
+		wantRoutine, wantShutd int
+	}{
+		{"reconciler off", false, studies, studies},
+		{"reconciler on", true, 0, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, ns, src := slowSourcePrioritizer(t)
+			p.reconciled = tt.reconciled
+			ingest, stop := context.WithCancel(t.Context())
+			for i := range studies {
+				ev, err := events.NewStudyStable("main", fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i), "1.2.3", "20261203T101500")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := (webhookPublisher{p: p, ctx: ingest}).Publish(t.Context(), ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "triageReads studies read at once", func() bool { n, _, _ := src.counts(); return n == triageReads })
+			stop() // the ingest stops while the source is slow, and stays so
+			p.drainTriage(100*time.Millisecond, time.Minute)
+			if n := p.pending.Load(); n != 0 {
+				t.Errorf("drainTriage returned with %d studies still being triaged", n)
+			}
+			p.triaging.Wait()
+			if _, most, seen := src.counts(); most > triageReads || seen != triageReads {
+				t.Errorf("the source got %d requests, %d at once; want %d, at most %d at once (the studies waiting for a turn read nothing after the drain)", seen, most, triageReads, triageReads)
+			}
+			got := subjectCounts(t, ns.JS)
+			if got[natsjs.TriageSubject("main")] != studies || got["stowline.study.stable.main"] != uint64(tt.wantRoutine) {
+				t.Errorf("subjects %v, want all %d on the triage subject and %d in the routine lane", got, studies, tt.wantRoutine)
+			}
+			if n := testutil.ToFloat64(p.events.WithLabelValues("routine", "shutdown")); n != float64(tt.wantShutd) {
+				t.Errorf(`stowline_ingest_priority_total{priority="routine",by="shutdown"} = %v, want %d`, n, tt.wantShutd)
+			}
+		})
 	}
 }
 
