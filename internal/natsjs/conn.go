@@ -212,11 +212,14 @@ func (r *refusals) refusedPublish(subject string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
-	r.forget(now)
 	if _, ok := r.publish[subject]; ok {
+		// Refreshed before the others are forgotten: refused again, it
+		// is no subject to forget and announce anew.
 		r.publish[subject] = now
+		r.forget(now)
 		return
 	}
+	r.forget(now)
 	if len(r.publish) >= maxRefusedSubjects {
 		return
 	}
