@@ -321,27 +321,33 @@ func TestLanesStartOfAnotherDestination(t *testing.T) {
 
 // TestLanesSeeConsumersLeftOutOfTheListing: on a cluster, CONSUMER.LIST
 // leaves out a consumer whose leader did not answer the server in time
-// (nats-server names it in a "missing" field nats.go does not read). A
-// destination b added to a running deployment whose destination a's
-// consumers were all left out started with every event the stream
-// held (7 days of old studies sent to a new vendor). The consumers the
-// listing left out are read one by one; one that cannot be read fails
-// the start. A real cluster does not leave one out on demand: the
-// listing is a fake (partialListing) over a real server.
+// yet counts it in its total, and nats.go's listing asks for the same
+// page again until the context ends. A destination b added to a running
+// deployment whose destination a's consumers were all left out started
+// with every event the stream held (7 days of old studies sent to a new
+// vendor); the listing that was to be checked against the names never
+// ended. The start reads the consumers' names (complete) and each
+// consumer by itself: one named but not readable makes b's start with
+// new events (a running deployment), and fails the start of its own
+// destination (its start is not known). A real cluster does not leave
+// one out on demand: the listing is a fake (partialListing) over a real
+// server.
 func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 	hidden := map[string]bool{}
 	for _, lane := range events.Priorities {
 		hidden[natsjs.LaneConsumerName("a", lane)] = true
 	}
 	for _, tc := range []struct {
-		name   string
-		hidden map[string]bool
-		unread bool
-		err    string // "": b's routine consumer starts with new events
+		name         string
+		hidden       map[string]bool
+		unread       bool
+		destinations []string
+		err          string // "": b's routine consumer starts with new events
 	}{
-		{"listing complete", nil, false, ""},
-		{"a's consumers left out", hidden, false, ""},
-		{"a's consumers left out and unreadable", hidden, true, "left out of the listing"},
+		{"listing complete", nil, false, []string{"a", "b"}, ""},
+		{"a's consumers left out", hidden, false, []string{"a", "b"}, ""},
+		{"a's consumers left out and unreadable, b started alone", hidden, true, []string{"b"}, ""},
+		{"a's consumers left out and unreadable, a started too", hidden, true, []string{"a", "b"}, natsjs.LaneConsumerName("a", events.PriorityStat) + " of stream STOWLINE_EVENTS cannot be read"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js, ctx, topo := eventStream(t)
@@ -352,10 +358,10 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 			if _, err := topo.EnsureLanes(ctx, js, []string{"a"}); err != nil {
 				t.Fatal(err)
 			}
-			lanes, err := topo.EnsureLanes(ctx, &partialListing{JetStream: js, hidden: tc.hidden, unread: tc.unread}, []string{"a", "b"})
+			lanes, err := topo.EnsureLanes(ctx, &partialListing{JetStream: js, hidden: tc.hidden, unread: tc.unread}, tc.destinations)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("start with a consumer neither listed nor readable: %v; want an error saying %q", err, tc.err)
+					t.Fatalf("start with a consumer of its own not readable: %v; want an error saying %q", err, tc.err)
 				}
 				return
 			}
@@ -373,17 +379,18 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 	}
 }
 
-// partialListing is the JetStream of a cluster whose listing of the
-// event stream's consumers (CONSUMER.LIST) leaves out those in hidden,
-// as when their leaders do not answer in time; with unread, reading one
-// of them by itself fails too. With offline, the listing has them as
-// nats-server lists a consumer whose every server is offline: its
-// configuration, no leader, no state.
+// partialListing is the JetStream of a cluster where the leaders of the
+// event stream's consumers in hidden do not answer the servers in time.
+// Its CONSUMER.LIST, as nats.go pages it, gives the others, then asks for
+// the same page again until the context ends: the cluster counts the
+// hidden consumers in its total but leaves them out, and they sort
+// last. Their names (CONSUMER.NAMES, from the cluster's metadata) are
+// all there; with unread, reading one of them by itself (CONSUMER.INFO)
+// fails too.
 type partialListing struct {
 	jetstream.JetStream
-	hidden  map[string]bool
-	unread  bool
-	offline bool
+	hidden map[string]bool
+	unread bool
 }
 
 func (p *partialListing) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
@@ -404,16 +411,23 @@ func (s *partialStream) ListConsumers(ctx context.Context) jetstream.ConsumerInf
 	l := &infoLister{infos: make(chan *jetstream.ConsumerInfo)}
 	go func() {
 		defer close(l.infos)
+		hid := false
 		for info := range all.Info() {
-			switch {
-			case !s.p.hidden[info.Name]:
-				l.infos <- info
-			case s.p.offline:
-				l.infos <- &jetstream.ConsumerInfo{Stream: info.Stream, Name: info.Name, Config: info.Config, Created: info.Created,
-					Cluster: &jetstream.ClusterInfo{Name: "c"}, TimeStamp: info.TimeStamp}
+			if s.p.hidden[info.Name] {
+				hid = true
+				continue
+			}
+			select {
+			case l.infos <- info:
+			case <-ctx.Done():
 			}
 		}
 		l.err = all.Err()
+		if hid && l.err == nil {
+			// The same page asked again and again, short of the total.
+			<-ctx.Done()
+			l.err = ctx.Err()
+		}
 	}()
 	return l
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -343,7 +345,7 @@ func (t Topology) keepQueuedEvents(ctx context.Context, s jetstream.Stream, cfg 
 	case err != nil:
 		if t.Log != nil {
 			t.Log.Error("EVENTS_RETENTION not lowered: cannot tell whether it would delete events not forwarded yet; kept the stream's (restart to try again; "+
-				"a NATS user needs $JS.API.CONSUMER.LIST.STOWLINE_EVENTS, $JS.API.CONSUMER.NAMES.STOWLINE_EVENTS and $JS.API.STREAM.MSG.GET.STOWLINE_EVENTS, docs/nats-permissions.md)",
+				"a NATS user needs $JS.API.CONSUMER.NAMES.STOWLINE_EVENTS, $JS.API.CONSUMER.INFO.STOWLINE_EVENTS.> and $JS.API.STREAM.MSG.GET.STOWLINE_EVENTS, docs/nats-permissions.md)",
 				"stream", cfg.Name, "max_age", have.MaxAge.String(), "events_retention", cfg.MaxAge.String(), "err", err)
 		}
 	case consumer != "" && oldest.Before(cut):
@@ -365,22 +367,25 @@ const queuedCheckTimeout = 5 * time.Second
 // oldestQueued finds the oldest event of the stream that a destination's
 // lane consumer has not acknowledged yet (acknowledged out of order above
 // its ack floor counts too), and that consumer's name; "" when every
-// consumer has acknowledged everything.
+// consumer has acknowledged everything. A lane consumer that cannot be
+// read fails it: what it has not acknowledged is not known.
 func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, error) {
 	var (
 		name   string
 		oldest time.Time
 	)
-	lanes, err := laneConsumers(ctx, s)
+	lanes, unread, err := laneConsumers(ctx, s)
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	for _, info := range lanes {
-		if info.Cluster != nil && info.Cluster.Leader == "" {
-			// Listed with its configuration only: every server holding it
-			// is offline, and its queue is not known.
-			return "", time.Time{}, fmt.Errorf("consumer %s of stream %s: no leader (every server holding it offline): what it has not acknowledged is not known", info.Name, EventStream)
+	if len(unread) > 0 {
+		errs := make([]error, 0, len(unread))
+		for _, n := range slices.Sorted(maps.Keys(unread)) {
+			errs = append(errs, unread[n])
 		}
+		return "", time.Time{}, errors.Join(errs...)
+	}
+	for _, info := range lanes {
 		if info.NumPending == 0 && info.NumAckPending == 0 {
 			continue
 		}
@@ -395,50 +400,56 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 	return name, oldest, nil
 }
 
-// laneConsumers returns the lane consumers of every destination on the
-// event stream s, by name. On a cluster, CONSUMER.LIST leaves out a
-// consumer whose leader did not answer the server within its 4 s
-// (nats-server names it in a "missing" field that nats.go does not
-// read), and decisions taken on that listing were wrong: a new
-// destination's queues started with every event the stream held, a
-// lower retention was applied while the consumer holding the oldest
-// event was unseen. The names (CONSUMER.NAMES, from the cluster's
-// metadata) are complete: a lane consumer they name that the listing
-// left out is read by itself, and one that cannot be read fails the
-// call. Other consumers (the ordered readers of audit and replay) are
-// left out.
-func laneConsumers(ctx context.Context, s jetstream.Stream) (map[string]*jetstream.ConsumerInfo, error) {
-	out := map[string]*jetstream.ConsumerInfo{}
-	list := s.ListConsumers(ctx)
-	for info := range list.Info() {
-		if _, _, ok := LaneOfConsumer(info.Name); ok {
-			out[info.Name] = info
+// laneConsumers reads the lane consumers of every destination on the
+// event stream s: their names (CONSUMER.NAMES, from the cluster's
+// metadata, complete), then each by itself (CONSUMER.INFO), by name in
+// infos. Not CONSUMER.LIST: on a cluster its answer leaves out a consumer
+// whose leader did not answer the server within its 4 s but counts it in
+// its total, and nats.go, paging by what it got, asks for the same page
+// again, 4 s each time, until the context ends. A consumer named but not
+// readable (its servers offline, no answer in time, no permission) is in
+// unread with its error: what it holds is not known. One deleted since
+// its name was read is left out, and so are other consumers (the ordered
+// readers of audit and replay).
+func laneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*jetstream.ConsumerInfo, unread map[string]error, err error) {
+	var names []string
+	list := s.ConsumerNames(ctx)
+	for name := range list.Name() {
+		if _, _, ok := LaneOfConsumer(name); ok {
+			names = append(names, name)
 		}
 	}
 	if err := list.Err(); err != nil {
-		return nil, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
+		return nil, nil, fmt.Errorf("consumer names of stream %s: %w", EventStream, err)
 	}
-	var missing []string
-	names := s.ConsumerNames(ctx)
-	for name := range names.Name() {
-		if _, _, ok := LaneOfConsumer(name); ok && out[name] == nil {
-			missing = append(missing, name)
-		}
+	// Together: a cluster whose servers do not answer costs one request's
+	// time limit, not one per consumer.
+	read := make([]*jetstream.ConsumerInfo, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			c, err := s.Consumer(ctx, name)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			read[i] = c.CachedInfo()
+		})
 	}
-	if err := names.Err(); err != nil {
-		return nil, fmt.Errorf("consumer names of stream %s: %w", EventStream, err)
-	}
-	for _, name := range missing {
-		c, err := s.Consumer(ctx, name)
+	wg.Wait()
+	infos, unread = map[string]*jetstream.ConsumerInfo{}, map[string]error{}
+	for i, name := range names {
 		switch {
-		case errors.Is(err, jetstream.ErrConsumerNotFound):
-			continue // deleted since the listing
-		case err != nil:
-			return nil, fmt.Errorf("consumer %s of stream %s: left out of the listing of its consumers (on a cluster, its leader did not answer in time) and cannot be read: %w", name, EventStream, err)
+		case errors.Is(errs[i], jetstream.ErrConsumerNotFound):
+			// deleted since its name was read
+		case errs[i] != nil:
+			unread[name] = fmt.Errorf("consumer %s of stream %s cannot be read (on a cluster, its servers may be offline or slow): %w", name, EventStream, errs[i])
+		default:
+			infos[name] = read[i]
 		}
-		out[name] = c.CachedInfo()
 	}
-	return out, nil
+	return infos, unread, nil
 }
 
 // OldestUnacked is the stream time of the oldest event of stream s that
@@ -641,7 +652,9 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // with new events too, not with every event the stream still holds. A
 // destination's own lane consumers never make a deployment a running one.
 // (Consumers made by a build that kept no such metadata count as
-// running.)
+// running.) A consumer named on the stream that cannot be read (on a
+// cluster, its servers offline) counts as running when another
+// destination's; one of the destination's own fails the start.
 // A stat or low consumer made for a destination whose routine consumer
 // exists (an upgrade from a build without lanes, whose one consumer took
 // every subject) starts just after the routine consumer's ack floor: the
@@ -666,7 +679,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
 	}
-	existing, err := laneConsumers(ctx, stream)
+	existing, unread, err := laneConsumers(ctx, stream)
 	if err != nil {
 		return nil, err
 	}
@@ -681,6 +694,13 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	out := make(map[string]map[events.Priority]jetstream.Consumer, len(destinations))
 	for _, d := range destinations {
 		out[d] = map[events.Priority]jetstream.Consumer{}
+		for _, lane := range events.Priorities {
+			// Its start and the configuration it was made by are not known:
+			// an update could not keep them.
+			if err := unread[LaneConsumerName(d, lane)]; err != nil {
+				return nil, err
+			}
+		}
 		// Another destination's consumer means a running deployment, where
 		// a new destination starts with new events, unless it was made for
 		// this destination's deployment too. This destination's own lane
@@ -688,6 +708,13 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		// made some of them, and its routine consumer must not then start
 		// with new events, skipping what the stream holds.
 		running, sameStart := false, false
+		for name := range unread {
+			// Named, not readable: taken for a running deployment's, so a
+			// new destination does not get everything the stream holds.
+			if other, _, _ := LaneOfConsumer(name); other != d {
+				running = true
+			}
+		}
 		for name, info := range existing {
 			if other, _, ok := LaneOfConsumer(name); ok && other != d {
 				running = true
@@ -700,7 +727,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 			}
 		}
 		running = running && !sameStart
-		// The listing holds each consumer's configuration and ack floor.
+		// Each consumer's info holds its configuration and ack floor.
 		routine := existing[ConsumerName(d)]
 		// The routine lane last: an upgraded routine consumer stops taking
 		// the other lanes' subjects only once they have their consumers.
