@@ -286,6 +286,89 @@ func TestStatusBucketWithoutMemoryStorage(t *testing.T) {
 	}
 }
 
+// TestStatusBucketFileOnlyWhenCreateRefusesMemory: the fallback to file
+// storage is for a bucket JetStream refuses to create in memory (10028)
+// only. It also took an existing memory bucket's refused update (a
+// cluster refuses a scale-up to 3 replicas with 10023 for its
+// max_ha_assets): a false warning, a retry on file refused as "made by
+// hand" with advice to delete the bucket, and JetStream's own error
+// lost. A server does not refuse on demand: refusingMemory refuses the
+// memory bucket's create or update, over a real server.
+func TestStatusBucketFileOnlyWhenCreateRefusesMemory(t *testing.T) {
+	const (
+		memory       = 10028                     // insufficient memory resources available
+		insufficient = 10023                     // insufficient resources (max_ha_assets)
+		none         = jetstream.StorageType(-1) // no bucket
+	)
+	for _, tt := range []struct {
+		name    string
+		exists  bool                  // in memory, made by an earlier start
+		code    uint16                // of the refusal
+		err     string                // "": made on file, with a warning
+		storage jetstream.StorageType // of the bucket after the start
+	}{
+		{"create refused memory", false, memory, "", jetstream.FileStorage},
+		{"create refused otherwise", false, insufficient, "insufficient resources", none},
+		{"scale-up refused", true, insufficient, "insufficient resources", jetstream.MemoryStorage},
+		{"update refused memory", true, memory, "insufficient memory resources", jetstream.MemoryStorage},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			js := testnats.Start(t).JS
+			ctx := testCtx(t)
+			topo := natsjs.DefaultTopology()
+			if tt.exists {
+				if _, err := topo.EnsureStatus(ctx, js); err != nil {
+					t.Fatal(err)
+				}
+				topo.Replicas = 3
+			}
+			var logs bytes.Buffer
+			topo.Log = slog.New(slog.NewJSONHandler(&logs, nil))
+			_, err := topo.EnsureStatus(ctx, refusingMemory{JetStream: js, code: tt.code})
+			switch {
+			case tt.err == "" && err != nil:
+				t.Fatal(err)
+			case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err) || strings.Contains(err.Error(), "made by hand")):
+				t.Fatalf("start: %v; want JetStream's refusal (%q)", err, tt.err)
+			}
+			if warned := strings.Contains(logs.String(), "made it on file storage"); warned != (tt.err == "") {
+				t.Errorf("warned of file storage %v, want %v:\n%s", warned, tt.err == "", logs.String())
+			}
+			kv, err := js.KeyValue(ctx, natsjs.StatusBucket)
+			if tt.storage == none {
+				if err == nil {
+					t.Errorf("bucket made, want none")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := kv.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.(*jetstream.KeyValueBucketStatus).Config().Storage; got != tt.storage {
+				t.Errorf("bucket in %s storage, want %s", got, tt.storage)
+			}
+		})
+	}
+}
+
+// refusingMemory is the JetStream of a server that refuses to create or
+// update a bucket in memory storage with err_code code.
+type refusingMemory struct {
+	jetstream.JetStream
+	code uint16
+}
+
+func (r refusingMemory) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if cfg.Storage == jetstream.MemoryStorage {
+		return nil, &jetstream.APIError{Code: 500, ErrorCode: jetstream.ErrorCode(r.code), Description: map[uint16]string{10023: "insufficient resources", 10028: "insufficient memory resources available"}[r.code]}
+	}
+	return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+}
+
 // A process on a cluster that lost two of its three servers is not
 // ready, and /readyz says the event stream has no leader: the surviving
 // server answers the stream's info itself, without a leader, while every

@@ -917,8 +917,9 @@ func (t Topology) EnsureReconcile(ctx context.Context, js jetstream.JetStream) (
 // EnsureStatus creates or updates the status bucket, in memory: it only
 // holds live state. An account that allows no memory storage (a
 // disk-only account, max_mem 0, is legitimate) refused it, and every
-// forwarder failed to start: the bucket is then made on file, with a
-// warning, and stays there (ensureKV).
+// forwarder failed to start: a bucket JetStream refuses to create in
+// memory is then made on file, with a warning, and stays there
+// (ensureKV).
 func (t Topology) EnsureStatus(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
 	cfg := jetstream.KeyValueConfig{
 		Bucket:      StatusBucket,
@@ -929,8 +930,7 @@ func (t Topology) EnsureStatus(ctx context.Context, js jetstream.JetStream) (jet
 		Replicas:    t.Replicas,
 	}
 	kv, err := t.ensureKV(ctx, js, cfg)
-	var api *jetstream.APIError
-	if !errors.As(err, &api) || api.ErrorCode != errCodeMemoryResources && api.ErrorCode != errCodeInsufficient {
+	if !memoryRefusedAtCreate(err) {
 		return kv, err
 	}
 	if t.Log != nil {
@@ -941,12 +941,27 @@ func (t Topology) EnsureStatus(ctx context.Context, js jetstream.JetStream) (jet
 	return t.ensureKV(ctx, js, cfg)
 }
 
+// memoryRefusedAtCreate reports whether err is ensureKV's of a bucket
+// it was creating that JetStream refused memory storage (10028, on a
+// single server and a cluster alike). The refusal of an existing
+// bucket's update (a scale-up refused for the cluster's max_ha_assets,
+// 10023) is no reason to make it on file: the bucket is in memory, and
+// a retry on file would only be refused as made by hand, its own error
+// lost.
+func memoryRefusedAtCreate(err error) bool {
+	var api *jetstream.APIError
+	return errors.Is(err, errBucketCreate) && errors.As(err, &api) && api.ErrorCode == errCodeMemoryResources
+}
+
+// errBucketCreate marks ensureKV's error for a bucket that did not exist.
+var errBucketCreate = errors.New("create key-value bucket")
+
 // ensureKV creates the bucket, or updates it when it differs from cfg in
 // what stowline sets; an unchanged bucket is left alone, as ensureStream
 // leaves its stream (a bucket is a stream).
 func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
-	scaled := false
+	scaled, existed := false, err == nil
 	switch {
 	case err == nil:
 		st, err := kv.Status(ctx)
@@ -974,8 +989,11 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 		return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
 	}
 	kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("create or update key-value bucket %s: %w", cfg.Bucket, err)
+	switch {
+	case err != nil && existed:
+		return nil, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w %s: %w", errBucketCreate, cfg.Bucket, err)
 	}
 	if scaled {
 		// A bucket is the stream KV_<bucket>.
