@@ -108,7 +108,10 @@ func TestStreamLimitKeepsWhatIsQueued(t *testing.T) {
 
 // So does a key-value bucket's cap (the ledger grows for ever), and
 // another setting of the operator's: the compression of a large ledger
-// went at the next start that changed a setting.
+// went at the next start that changed a setting. A setting of its stream
+// that the bucket's configuration does not carry went too (max-msgs), or
+// JetStream refused to take it back (allow-msg-ttl, deny-purge) and the
+// start failed.
 func TestBucketLimitKept(t *testing.T) {
 	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
 	ctx := testCtx(t)
@@ -129,6 +132,15 @@ func TestBucketLimitKept(t *testing.T) {
 	if _, err := js.UpdateKeyValue(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
+	s, err := js.Stream(ctx, "KV_"+natsjs.FailureBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := s.CachedInfo().Config
+	scfg.MaxMsgs, scfg.AllowMsgTTL = 100000, true
+	if _, err := js.UpdateStream(ctx, scfg); err != nil {
+		t.Fatal(err)
+	}
 	topo.Retention, topo.DeadLetterRetention = 48*time.Hour, 24*time.Hour
 	kv, err = topo.EnsureFailureLog(ctx, js)
 	if err != nil {
@@ -139,6 +151,12 @@ func TestBucketLimitKept(t *testing.T) {
 	}
 	if got := st.(*jetstream.KeyValueBucketStatus).Config(); got.TTL != topo.Retention || got.MaxBytes != 1<<20 || !got.Compression {
 		t.Errorf("after a start: TTL %s, MaxBytes %d, compression %v; want %s and the operator's %d and compression", got.TTL, got.MaxBytes, got.Compression, topo.Retention, 1<<20)
+	}
+	if s, err = js.Stream(ctx, "KV_"+natsjs.FailureBucket); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config; got.MaxMsgs != 100000 || !got.AllowMsgTTL {
+		t.Errorf("after a start: stream MaxMsgs %d, AllowMsgTTL %v; want the operator's 100000 and true", got.MaxMsgs, got.AllowMsgTTL)
 	}
 }
 

@@ -163,7 +163,7 @@ func TestClusterReplicasRaisedNeverLowered(t *testing.T) {
 }
 
 // countingJS counts the create-or-update requests for streams and for
-// key-value buckets.
+// key-value buckets (a bucket's update is one of its stream, KV_<bucket>).
 type countingJS struct {
 	jetstream.JetStream
 	updates, kvUpdates int
@@ -172,6 +172,15 @@ type countingJS struct {
 func (c *countingJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	c.kvUpdates++
 	return c.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+}
+
+func (c *countingJS) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if strings.HasPrefix(cfg.Name, "KV_") {
+		c.kvUpdates++
+	} else {
+		c.updates++
+	}
+	return c.JetStream.UpdateStream(ctx, cfg)
 }
 
 func (c *countingJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
@@ -364,9 +373,20 @@ type refusingMemory struct {
 
 func (r refusingMemory) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Storage == jetstream.MemoryStorage {
-		return nil, &jetstream.APIError{Code: 500, ErrorCode: jetstream.ErrorCode(r.code), Description: map[uint16]string{10023: "insufficient resources", 10028: "insufficient memory resources available"}[r.code]}
+		return nil, r.refusal()
 	}
 	return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+}
+
+func (r refusingMemory) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if cfg.Storage == jetstream.MemoryStorage && strings.HasPrefix(cfg.Name, "KV_") {
+		return nil, r.refusal()
+	}
+	return r.JetStream.UpdateStream(ctx, cfg)
+}
+
+func (r refusingMemory) refusal() error {
+	return &jetstream.APIError{Code: 500, ErrorCode: jetstream.ErrorCode(r.code), Description: map[uint16]string{10023: "insufficient resources", 10028: "insufficient memory resources available"}[r.code]}
 }
 
 // A process on a cluster that lost two of its three servers is not

@@ -576,14 +576,21 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 		have.Storage == want.Storage && have.Replicas == max(want.Replicas, 1) && have.Discard == want.Discard
 }
 
-// ownedBucketSettings is ownedSettings for a key-value bucket: have, as
-// the bucket's configuration reads it, with what stowline sets taken
-// from want, so an operator's cap, compression or placement stays. (A
-// stream setting a bucket's configuration does not carry, such as
-// max-msgs, nats.go's bucket update cannot keep.)
-func ownedBucketSettings(have, want jetstream.KeyValueConfig) jetstream.KeyValueConfig {
+// ownedBucketStream is ownedSettings for a key-value bucket: the update
+// of its stream (KV_<bucket>), whose configuration is have, with what
+// stowline sets (the fields sameBucket compares) taken from want, as
+// nats.go makes a bucket's stream of it. Not nats.go's bucket update: it
+// rebuilds the whole stream configuration from the bucket's, which
+// carries neither max-msgs nor deny-purge nor allow-msg-ttl, and
+// JetStream refuses to take back the last two: every start that
+// changed a bucket setting failed.
+func ownedBucketStream(have jetstream.StreamConfig, want jetstream.KeyValueConfig) jetstream.StreamConfig {
 	u := have
-	u.Description, u.History, u.TTL, u.Storage, u.Replicas = want.Description, want.History, want.TTL, want.Storage, want.Replicas
+	u.Description, u.MaxMsgsPerSubject, u.MaxAge = want.Description, int64(max(want.History, 1)), want.TTL
+	u.Storage, u.Replicas = want.Storage, max(want.Replicas, 1)
+	if u.MaxAge > 0 && u.Duplicates > u.MaxAge {
+		u.Duplicates = u.MaxAge // JetStream wants the window within the age
+	}
 	return u
 }
 
@@ -961,7 +968,7 @@ var errBucketCreate = errors.New("create key-value bucket")
 // leaves its stream (a bucket is a stream).
 func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
-	scaled, existed := false, err == nil
+	existed := err == nil
 	switch {
 	case err == nil:
 		st, err := kv.Status(ctx)
@@ -982,8 +989,16 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 			if sameBucket(have, cfg) {
 				return kv, nil
 			}
-			scaled = have.Replicas != max(cfg.Replicas, 1)
-			cfg = ownedBucketSettings(have, cfg)
+			if _, err := js.UpdateStream(ctx, ownedBucketStream(b.StreamInfo().Config, cfg)); err != nil {
+				return nil, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
+			}
+			if have.Replicas != max(cfg.Replicas, 1) {
+				// A bucket is the stream KV_<bucket>.
+				if err := waitScaled(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas); err != nil {
+					return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+				}
+			}
+			return kv, nil
 		}
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
@@ -994,12 +1009,6 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 		return nil, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
 	case err != nil:
 		return nil, fmt.Errorf("%w %s: %w", errBucketCreate, cfg.Bucket, err)
-	}
-	if scaled {
-		// A bucket is the stream KV_<bucket>.
-		if err := waitScaled(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas); err != nil {
-			return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
-		}
 	}
 	return kv, nil
 }
