@@ -429,12 +429,7 @@ func laneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*j
 	var wg sync.WaitGroup
 	for i, name := range names {
 		wg.Go(func() {
-			c, err := s.Consumer(ctx, name)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			read[i] = c.CachedInfo()
+			read[i], errs[i] = readConsumer(ctx, s, name)
 		})
 	}
 	wg.Wait()
@@ -451,6 +446,34 @@ func laneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*j
 	}
 	return infos, unread, nil
 }
+
+// readConsumer reads consumer name of stream s (CONSUMER.INFO), asking
+// again while no server answers, until ctx ends. On a cluster only a
+// consumer's leader answers, and one another replica has just made has
+// none for a moment: asked once, the request waited out the whole start
+// and failed it, or took a consumer of this first start for a running
+// deployment's.
+func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstream.ConsumerInfo, error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, consumerReadTimeout)
+		c, err := s.Consumer(rctx, name)
+		unanswered := rctx.Err() != nil
+		cancel()
+		switch {
+		case err == nil:
+			return c.CachedInfo(), nil
+		case !unanswered || ctx.Err() != nil:
+			return nil, err
+		}
+	}
+}
+
+// consumerReadTimeout is how long readConsumer waits for one answer.
+const consumerReadTimeout = 2 * time.Second
+
+// consumerReadsTimeout bounds EnsureLanes' reads of the lane consumers:
+// a consumer whose servers do not answer does not hold the start longer.
+const consumerReadsTimeout = 10 * time.Second
 
 // OldestUnacked is the stream time of the oldest event of stream s that
 // the consumer of info has not acknowledged (acknowledged out of order
@@ -661,7 +684,8 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // (Consumers made by a build that kept no such metadata count as
 // running.) A consumer named on the stream that cannot be read (on a
 // cluster, its servers offline) counts as running when another
-// destination's; one of the destination's own fails the start.
+// destination's; one of the destination's own is made as if new, and
+// when that fails, read again and kept as another replica's would be.
 // A stat or low consumer made for a destination whose routine consumer
 // exists (an upgrade from a build without lanes, whose one consumer took
 // every subject) starts just after the routine consumer's ack floor: the
@@ -686,7 +710,9 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
 	}
-	existing, unread, err := laneConsumers(ctx, stream)
+	rctx, cancel := context.WithTimeout(ctx, consumerReadsTimeout)
+	existing, unread, err := laneConsumers(rctx, stream)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
@@ -701,13 +727,6 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	out := make(map[string]map[events.Priority]jetstream.Consumer, len(destinations))
 	for _, d := range destinations {
 		out[d] = map[events.Priority]jetstream.Consumer{}
-		for _, lane := range events.Priorities {
-			// Its start and the configuration it was made by are not known:
-			// an update could not keep them.
-			if err := unread[LaneConsumerName(d, lane)]; err != nil {
-				return nil, err
-			}
-		}
 		// Another destination's consumer means a running deployment, where
 		// a new destination starts with new events, unless it was made for
 		// this destination's deployment too. This destination's own lane
