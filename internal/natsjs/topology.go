@@ -345,7 +345,7 @@ func (t Topology) keepQueuedEvents(ctx context.Context, s jetstream.Stream, cfg 
 	case err != nil:
 		if t.Log != nil {
 			t.Log.Error("EVENTS_RETENTION not lowered: cannot tell whether it would delete events not forwarded yet; kept the stream's (restart to try again; "+
-				"a NATS user needs $JS.API.CONSUMER.NAMES.STOWLINE_EVENTS, $JS.API.CONSUMER.INFO.STOWLINE_EVENTS.> and $JS.API.STREAM.MSG.GET.STOWLINE_EVENTS, docs/nats-permissions.md)",
+				"a NATS user needs $JS.API.CONSUMER.NAMES.STOWLINE_EVENTS, $JS.API.CONSUMER.INFO.STOWLINE_EVENTS.>, $JS.API.STREAM.MSG.GET.STOWLINE_EVENTS and $JS.API.DIRECT.GET.STOWLINE_EVENTS, docs/nats-permissions.md)",
 				"stream", cfg.Name, "max_age", have.MaxAge.String(), "events_retention", cfg.MaxAge.String(), "err", err)
 		}
 	case consumer != "" && oldest.Before(cut):

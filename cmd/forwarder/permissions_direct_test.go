@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/natsjs"
+)
+
+// TestDirectGetOfEventsPermitted: an operator may enable direct gets on
+// the event stream (nats stream edit --allow-direct; a start keeps the
+// setting), and nats.go then reads an event with
+// $JS.API.DIRECT.GET.STOWLINE_EVENTS instead of STREAM.MSG.GET. The
+// documented blocks did not grant it: a start lowering EVENTS_RETENTION
+// could not read the oldest queued event ("cannot tell"), nor could a
+// forwarder read each lane's oldest for its age gauge. Under each
+// documented block, the start reads it and names the consumer holding it.
+func TestDirectGetOfEventsPermitted(t *testing.T) {
+	perms := docPermissions(t)
+	const adminPass, pass = "admin-nats-password-0123", "service-nats-password-0123"
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+		StoreDir: t.TempDir(), ServerName: "direct", Port: -1,
+		Configure: func(o *server.Options) {
+			o.Users = []*server.User{
+				{Username: "test-admin", Password: adminPass},
+				{Username: "stowline-ingest", Password: pass, Permissions: perms["ingest"]},
+				{Username: "stowline-forwarder", Password: pass, Permissions: perms["forwarder"]},
+			}
+		},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	connect := func(user, password string) jetstream.JetStream {
+		t.Helper()
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+
+	admin := connect("test-admin", adminPass)
+	topo := natsjs.DefaultTopology()
+	topo.Retention, topo.DedupeWindow = time.Hour, 500*time.Millisecond
+	s, err := topo.EnsureEvents(ctx, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.AllowDirect = true
+	if _, err := admin.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.EnsureConsumers(ctx, admin, []string{natsjs.DefaultDestination}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Publish(ctx, natsjs.EventSubject("orthanc-a"), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	// The lowered retention is a second: the event must be older than
+	// that, on the server's clock, which only time gives.
+	time.Sleep(1100 * time.Millisecond)
+
+	for _, user := range []string{"stowline-ingest", "stowline-forwarder"} {
+		t.Run(user, func(t *testing.T) {
+			var logs bytes.Buffer
+			lowered := topo
+			lowered.Retention, lowered.Log = time.Second, slog.New(slog.NewJSONHandler(&logs, nil))
+			if _, err := lowered.EnsureEvents(ctx, connect(user, pass)); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(logs.String(), `"consumer":"`+natsjs.ForwarderConsumer+`"`) {
+				t.Errorf("the start did not read the oldest queued event:\n%s", logs.String())
+			}
+		})
+	}
+}
