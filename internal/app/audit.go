@@ -38,7 +38,11 @@ an archive, forwarder backfill --from source --since --until). Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
 stderr. Exit status: 0 nothing missing, or all of it queued or already
 queued (its event stored within the event stream's duplicate window:
-waiting, being forwarded or dead-lettered; not queued again), 3 studies
+waiting, being forwarded or dead-lettered; not queued again) or probably
+queued (missing at some destinations only, each with events waiting or
+unacknowledged: a backlog, an open breaker, a closed lane most likely
+holds its first event; a later audit queues it if that one has none),
+3 studies
 missing and no --enqueue, 1 a failure, 2 a usage or configuration error.
 --destination NAME --enqueue queues a study again for that destination
 even if queued already: for a copy known lost (a dead letter goes back
@@ -144,13 +148,19 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	for _, s := range sources.List() {
 		as = append(as, ledger.Source{Name: s.Name, Orthanc: s.Client})
 	}
-	a, err := ledger.NewAuditor(ledger.AuditOptions{
+	opts := ledger.AuditOptions{
 		Sources:      as,
 		Destinations: dests,
 		Some:         *only != "",
 		Publish:      auditPublish(js.JS, tp, lane.lane, *only != ""),
 		Logger:       log.With("component", "audit"),
-	})
+	}
+	if *only == "" {
+		// A scheduled audit must not send a study twice to a destination
+		// that is merely behind: named, it queues what is missing anyway.
+		opts.Unacknowledged = unacknowledged(js.JS)
+	}
+	a, err := ledger.NewAuditor(opts)
 	if err != nil {
 		return err
 	}
@@ -166,7 +176,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	fmt.Fprintf(stderr, "audit: %d studies, %d forwarded to every destination, %d still receiving (skipped), %d missing at a destination (%d findings: a study once per destination)",
 		sum.Studies, sum.Forwarded, sum.Unstable, sum.Missing, sum.Findings)
 	if *enqueue {
-		fmt.Fprintf(stderr, ", %d findings queued, %d already queued", sum.Enqueued, sum.Duplicates)
+		fmt.Fprintf(stderr, ", %d findings queued, %d already queued, %d probably queued", sum.Enqueued, sum.Duplicates, sum.ProbablyQueued)
 	}
 	fmt.Fprintln(stderr)
 	if sum.Duplicates > 0 {
@@ -175,6 +185,10 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		// them nor send them twice.
 		fmt.Fprintf(stderr, "audit: %d findings not queued again: the event stream holds their event from within its duplicate window%s: waiting in its lane, being forwarded, or dead-lettered (forwarder replay list; forwarder replay sends a dead letter again). Only for a copy known lost (forwarded and its record lost, its deliveries run out with no dead letter) does forwarder audit --destination NAME --enqueue queue it again for that destination\n",
 			sum.Duplicates, streamDuplicateWindow(ctx, js.JS))
+	}
+	if sum.ProbablyQueued > 0 {
+		fmt.Fprintf(stderr, "audit: %d findings not queued: missing at some destinations only, each of which has events waiting or unacknowledged, most likely their first event (a backlog, an open breaker, a closed lane); a later audit queues them once it has none. Only for a copy known lost does forwarder audit --destination NAME --enqueue queue it now\n",
+			sum.ProbablyQueued)
 	}
 	var errs []error
 	if len(skipped) > 0 {
@@ -263,6 +277,28 @@ func repairsTaken(ctx context.Context, js jetstream.JetStream, dests []ledger.De
 	return taken, skipped, nil
 }
 
+// unacknowledged counts the events a destination's lane consumers have
+// not acknowledged: not delivered yet, in progress, or waiting for a
+// retry or for the breaker.
+func unacknowledged(js jetstream.JetStream) func(context.Context, string) (uint64, error) {
+	return func(ctx context.Context, destination string) (uint64, error) {
+		var n uint64
+		for _, lane := range events.Priorities {
+			name := natsjs.LaneConsumerName(destination, lane)
+			c, err := js.Consumer(ctx, natsjs.EventStream, name)
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			if err != nil {
+				return 0, fmt.Errorf("consumer %s: %w", name, err)
+			}
+			info := c.CachedInfo()
+			n += info.NumPending + uint64(info.NumAckPending)
+		}
+		return n, nil
+	}
+}
+
 // auditReporter writes the audit's findings to stdout: one JSON object a
 // line, or a table written a block at a time. flush writes what is left.
 func auditReporter(stdout io.Writer, asJSON bool) (report func(ledger.Finding) error, flush func() error) {
@@ -277,6 +313,8 @@ func auditReporter(stdout io.Writer, asJSON bool) (report func(ledger.Finding) e
 			fwd = "-"
 		}
 		switch {
+		case f.ProbablyQueued:
+			enq = "probably queued"
 		case f.Duplicate:
 			enq = "already queued"
 		case f.Enqueued:

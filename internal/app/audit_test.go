@@ -319,6 +319,10 @@ func (s *auditSite) audit(t *testing.T, args ...string) (stderr string, err erro
 // apart and exits 0, studies are counted once, and the window is the
 // stream's. Study a is missing at ai and pacs (the event every
 // destination takes), b at ai only (an event for ai under a fixed ID).
+// Once pacs forwarded a, a run queued a again for ai, under its own ID,
+// while its first event still waited there: a study whose first event
+// waits for a down destination is now "probably queued" there, and
+// queued again only once the destination holds nothing unacknowledged.
 func TestAuditEnqueueFromCron(t *testing.T) {
 	s := newAuditSite(t, 2, "ai", "pacs")
 	var a, b *events.StudyStable
@@ -335,18 +339,41 @@ func TestAuditEnqueueFromCron(t *testing.T) {
 		waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: ai})
 		waitPending(t, s.lanes["pacs"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: pacs})
 	}
+	// drainAI acknowledges every event in ai's low lane: ai is back.
+	drainAI := func() {
+		t.Helper()
+		batch, err := s.lanes["ai"][events.PriorityLow].FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for msg := range batch.Messages() {
+			if err := msg.DoubleAck(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatal(err)
+		}
+		waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityLow: 0})
+	}
 	for _, tt := range []struct {
 		name     string
+		before   func()
 		args     []string
 		missing  bool // ErrMissing, else no error
 		says     []string
 		ai, pacs uint64
 	}{
-		{"list", nil, true, []string{"2 missing at a destination (3 findings"}, 0, 0},
-		{"first run", []string{"--enqueue"}, false, []string{"3 findings queued, 0 already queued"}, 2, 1},
-		{"the next hour", []string{"--enqueue"}, false, []string{"0 findings queued, 3 already queued", "duplicate window (1h30m0s)", "--destination NAME --enqueue"}, 2, 1},
-		{"a copy for ai known lost", []string{"--destination", "ai", "--enqueue"}, false, []string{"2 findings queued, 0 already queued"}, 4, 1},
+		{"list", nil, nil, true, []string{"2 missing at a destination (3 findings"}, 0, 0},
+		{"first run", nil, []string{"--enqueue"}, false, []string{"3 findings queued, 0 already queued"}, 2, 1},
+		{"the next hour", nil, []string{"--enqueue"}, false, []string{"0 findings queued, 2 already queued, 1 probably queued", "duplicate window (1h30m0s)", "--destination NAME --enqueue"}, 2, 1},
+		{"pacs forwarded a, ai is down", func() { s.record(t, a, "pacs") }, []string{"--enqueue"}, false, []string{"0 findings queued, 0 already queued, 2 probably queued"}, 2, 1},
+		{"ai is back, a's record lost", drainAI, []string{"--enqueue"}, false, []string{"1 findings queued, 1 already queued, 0 probably queued"}, 1, 1},
+		{"a copy for ai known lost", nil, []string{"--destination", "ai", "--enqueue"}, false, []string{"2 findings queued, 0 already queued"}, 3, 1},
 	} {
+		if tt.before != nil {
+			tt.before()
+		}
 		stderr, err := s.audit(t, tt.args...)
 		if tt.missing != errors.Is(err, ErrMissing) || !tt.missing && err != nil {
 			t.Errorf("%s: err = %v, want missing %v", tt.name, err, tt.missing)

@@ -64,6 +64,11 @@ type Finding struct {
 	// forwarded within the dedupe window).
 	Enqueued  bool `json:"enqueued,omitempty"`
 	Duplicate bool `json:"duplicate,omitempty"`
+	// ProbablyQueued: other destinations forwarded the study, and this
+	// one held events not acknowledged (besides the run's own) when it
+	// was to be queued: the study's first event is probably among them,
+	// so it was not queued again (AuditOptions.Unacknowledged).
+	ProbablyQueued bool `json:"probablyQueued,omitempty"`
 	// Problem says why the event could not be published.
 	Problem string `json:"problem,omitempty"`
 }
@@ -86,6 +91,9 @@ type Summary struct {
 	// forwarded, or dead-lettered): this run did not queue them again.
 	Enqueued   int `json:"enqueued"`
 	Duplicates int `json:"duplicates,omitempty"`
+	// ProbablyQueued counts the findings not queued because their
+	// destination had events waiting (Finding.ProbablyQueued).
+	ProbablyQueued int `json:"probablyQueued,omitempty"`
 	// NotEnqueued counts findings whose event could not be published.
 	NotEnqueued int `json:"notEnqueued,omitempty"`
 }
@@ -107,6 +115,13 @@ type AuditOptions struct {
 	// Publish queues an event for one destination, or for every
 	// destination when destination is empty; required to enqueue.
 	Publish func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error)
+	// Unacknowledged, when set, counts the events destination holds not
+	// yet acknowledged. A study missing at some of the destinations only
+	// is then not queued for one that holds any besides those this run
+	// queued: its first event, for every destination, most likely waits
+	// there (a backlog, an open breaker, a closed lane), and a repair
+	// would send it twice.
+	Unacknowledged func(ctx context.Context, destination string) (uint64, error)
 	// PageSize is how many studies one GET /studies reads (default 500,
 	// at least 4).
 	PageSize int
@@ -117,6 +132,9 @@ type AuditOptions struct {
 type Auditor struct {
 	opts AuditOptions
 	log  *slog.Logger
+	// queued counts, by destination, the events this run stored that
+	// reach it: they are not a sign of its backlog.
+	queued map[string]uint64
 }
 
 // NewAuditor validates opts and returns an Auditor.
@@ -144,7 +162,7 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Auditor{opts: opts, log: log}, nil
+	return &Auditor{opts: opts, log: log, queued: map[string]uint64{}}, nil
 }
 
 // Run audits every source and calls report for each finding, in Orthanc's
@@ -212,6 +230,8 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 		for _, f := range findings {
 			switch {
 			case !enqueue:
+			case f.ProbablyQueued:
+				sum.ProbablyQueued++
 			case f.Duplicate:
 				sum.Duplicates++
 			case f.Enqueued:
@@ -264,7 +284,8 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 
 // enqueue publishes the study's event for the destinations that lack it:
 // the event the Lua script sends when every destination does (it then
-// de-duplicates with one already queued), else one for each of them.
+// de-duplicates with one already queued), else one for each of them
+// that holds no events unacknowledged but the run's own.
 func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
 	f := fs[0]
 	ev, err := events.NewStudyStable(f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate)
@@ -286,6 +307,9 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
 				continue
 			}
 			t.Enqueued, t.Duplicate = true, ack.Duplicate
+			if !ack.Duplicate {
+				a.queued[t.Destination]++
+			}
 		}
 		if err != nil {
 			log.Error("study not enqueued", "destination", destination, "err", err)
@@ -302,6 +326,22 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
 		return
 	}
 	for i := range fs {
+		// Asked now, after the ledgers: the event the other destinations
+		// completed is stored by then, so a destination holding nothing
+		// unacknowledged has had it.
+		if a.opts.Unacknowledged != nil {
+			n, err := a.opts.Unacknowledged(ctx, fs[i].Destination)
+			if err != nil {
+				fs[i].Problem = err.Error()
+				log.Error("study not enqueued", "destination", fs[i].Destination, "err", err)
+				continue
+			}
+			if n > a.queued[fs[i].Destination] {
+				fs[i].ProbablyQueued = true
+				log.Info("study not enqueued: its destination has events waiting", "destination", fs[i].Destination)
+				continue
+			}
+		}
 		publish(fs[i].Destination, []*Finding{&fs[i]})
 	}
 }
