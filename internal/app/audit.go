@@ -331,7 +331,10 @@ func auditReporter(stdout io.Writer, asJSON bool) (report func(ledger.Finding) e
 // those with a consumer on the event stream (or the one named), each with
 // its ledger; a destination whose forwarders never completed a forward
 // has no ledger yet, and every stable study is reported for it.
-// firstStart: no forwarder has run yet (no consumer at all).
+// firstStart: no forwarder has run yet (no lane consumer of any kind,
+// the test natsjs.Topology.EnsureLanes makes before the first consumers
+// take what the stream holds; a leftover stat or low consumer makes new
+// ones start with new events).
 func auditDestinations(ctx context.Context, conn *natsjs.Conn, only string, log *slog.Logger) (dests []ledger.Destination, firstStart bool, err error) {
 	names, err := natsjs.ListDestinations(ctx, conn.JS)
 	if err != nil && !errors.Is(err, natsjs.ErrNotProvisioned) {
@@ -344,8 +347,12 @@ func auditDestinations(ctx context.Context, conn *natsjs.Conn, only string, log 
 		names = []string{only}
 	}
 	if len(names) == 0 {
-		log.Warn("no forwarder has run yet: every stable study is reported for the default destination")
-		names, firstStart = []string{natsjs.DefaultDestination}, true
+		lanes, err := natsjs.AnyLaneConsumer(ctx, conn.JS)
+		if err != nil {
+			return nil, false, err
+		}
+		log.Warn("no destination has a consumer on the event stream: every stable study is reported for the default destination", "first_start", !lanes)
+		names, firstStart = []string{natsjs.DefaultDestination}, !lanes
 	}
 	for _, name := range names {
 		var rec ledger.Records

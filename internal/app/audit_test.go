@@ -467,6 +467,36 @@ func TestAuditEnqueuesBeforeAnyForwarderRan(t *testing.T) {
 	waitPending(t, lanes[natsjs.DefaultDestination], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: 1})
 }
 
+// TestAuditEnqueueAfterALeftoverLaneConsumer: the audit took a stream
+// without routine consumers for a first start and queued its repairs
+// unchecked, while EnsureLanes takes any lane consumer (here a leftover
+// stowline-low-old) for a running deployment and starts new destinations
+// with new events: the repairs reached nobody, and a later audit found
+// them already queued. The repairs now need a consumer then too.
+func TestAuditEnqueueAfterALeftoverLaneConsumer(t *testing.T) {
+	s := newAuditSite(t, 1)
+	cfg := natsjs.DefaultTopology().LaneConsumerConfig("old", events.PriorityLow, []string{"old"})
+	if _, err := s.srv.JS.CreateConsumer(t.Context(), natsjs.EventStream, cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := natsjs.LaneConsumerName(natsjs.DefaultDestination, events.PriorityLow)
+	stderr, err := s.audit(t, "--enqueue")
+	if !errors.Is(err, deadletter.ErrNoConsumer) || !strings.Contains(err.Error(), want) {
+		t.Errorf("audit --enqueue: err = %v, want one naming %s\n%s", err, want, stderr)
+	}
+	if n := streamMsgs(t, s.srv); n != 0 {
+		t.Errorf("the event stream holds %d events, want none: no consumer takes them", n)
+	}
+	lanes, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), s.srv.JS, []string{"pacs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stderr, err := s.audit(t, "--enqueue"); err != nil {
+		t.Fatalf("audit --enqueue once pacs runs: %v\n%s", err, stderr)
+	}
+	waitPending(t, lanes["pacs"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: 1})
+}
+
 // streamMsgs is how many events the event stream holds.
 func streamMsgs(t *testing.T, srv *testnats.Server) uint64 {
 	t.Helper()

@@ -2,6 +2,7 @@ package natsjs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -28,4 +29,29 @@ func ListDestinations(ctx context.Context, js jetstream.JetStream) ([]string, er
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// AnyLaneConsumer reports whether the event stream has a lane consumer
+// (routine, stat or low) of any destination: EnsureLanes then takes the
+// deployment as running, and a new destination's consumers start with new
+// events, not with what the stream holds.
+func AnyLaneConsumer(ctx context.Context, js jetstream.JetStream) (bool, error) {
+	stream, err := OpenStream(ctx, js, EventStream)
+	if errors.Is(err, ErrNotProvisioned) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	names := stream.ConsumerNames(ctx)
+	found := false
+	for name := range names.Name() {
+		if _, _, ok := LaneOfConsumer(name); ok {
+			found = true
+		}
+	}
+	if err := names.Err(); err != nil {
+		return false, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
+	}
+	return found, nil
 }
