@@ -166,12 +166,11 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 	}
 
 	report, flush := auditReporter(stdout, *asJSON)
-	sum, err := a.Run(ctx, *enqueue, report)
-	if ferr := flush(); err == nil {
-		err = ferr
-	}
-	if err != nil {
-		return err
+	// A source that could not be read leaves the others audited: the
+	// summary and the other errors still follow.
+	sum, runErr := a.Run(ctx, *enqueue, report)
+	if ferr := flush(); runErr == nil {
+		runErr = ferr
 	}
 	fmt.Fprintf(stderr, "audit: %d studies, %d forwarded to every destination, %d still receiving (skipped), %d missing at a destination (%d findings: a study once per destination)",
 		sum.Studies, sum.Forwarded, sum.Unstable, sum.Missing, sum.Findings)
@@ -191,6 +190,9 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 			sum.ProbablyQueued)
 	}
 	var errs []error
+	if runErr != nil {
+		errs = append(errs, runErr)
+	}
 	if len(skipped) > 0 {
 		errs = append(errs, fmt.Errorf("not audited, their repairs would reach nobody (forwarder destinations; finish a removal with forwarder destinations remove): %w", errors.Join(skipped...)))
 	}

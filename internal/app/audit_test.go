@@ -163,7 +163,8 @@ func TestAuditRequeuesForOneDestination(t *testing.T) {
 // them, unlike replays and backfills: with a destination's low-lane
 // consumer gone (a removal that stopped part-way, one deleted by hand)
 // they reached nobody. --enqueue is now refused before anything is
-// queued, naming the consumer.
+// queued, naming the consumer. Without --destination ai is left out and
+// named, with the unread Orthanc: that error hid the summary and ai's.
 func TestAuditRepairsNeedTheLowLanesConsumer(t *testing.T) {
 	// Over TCP: the commands connect to NATS_URL.
 	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
@@ -183,20 +184,25 @@ func TestAuditRepairsNeedTheLowLanesConsumer(t *testing.T) {
 	env := map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_URL": "http://127.0.0.1:1",
 		"DESTINATIONS": "ai,pacs", "DESTINATION_AI_URL": "http://127.0.0.1:1/dicom-web", "DESTINATION_PACS_URL": "http://127.0.0.1:1/dicom-web"}
 	for _, tt := range []struct {
-		args    []string
-		refused bool
+		args  []string
+		named bool // ErrNoConsumer, naming low
+		exit  int
 	}{
-		{[]string{"--destination", "ai", "--enqueue"}, true},
-		{[]string{"--enqueue"}, false}, // ai skipped: TestAuditSkipsAHalfRemovedDestination
-		{[]string{"--verify", "--destination", "ai", "--enqueue"}, true},
-		{[]string{"--destination", "pacs", "--enqueue"}, false},
-		{[]string{"--destination", "ai"}, false}, // lists only
+		{[]string{"--destination", "ai", "--enqueue"}, true, 2},
+		{[]string{"--enqueue"}, true, 1}, // ai skipped: TestAuditSkipsAHalfRemovedDestination
+		{[]string{"--verify", "--destination", "ai", "--enqueue"}, true, 2},
+		{[]string{"--destination", "pacs", "--enqueue"}, false, 1},
+		{[]string{"--destination", "ai"}, false, 1}, // lists only
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			err := RunAudit(ctx, tt.args, func(k string) string { return env[k] }, io.Discard, io.Discard)
-			refused := errors.Is(err, deadletter.ErrNoConsumer)
-			if refused != tt.refused || refused && (!errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), low)) {
-				t.Errorf("err = %v; want refused %v (a usage error naming %s)", err, tt.refused, low)
+			var stderr strings.Builder
+			err := RunAudit(ctx, tt.args, func(k string) string { return env[k] }, io.Discard, &stderr)
+			named := errors.Is(err, deadletter.ErrNoConsumer) && strings.Contains(err.Error(), low)
+			if code := ExitCode("forwarder audit", err, io.Discard); named != tt.named || code != tt.exit {
+				t.Errorf("err = %v (exit %d); want exit %d, naming %s %v", err, code, tt.exit, low, tt.named)
+			}
+			if tt.exit == 1 && !strings.Contains(stderr.String(), "audit: 0 studies") {
+				t.Errorf("no summary:\n%s", stderr.String())
 			}
 		})
 	}
