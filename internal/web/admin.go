@@ -118,6 +118,14 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	if f.Empty() {
 		f.All = true
 	}
+	// An empty after= (a script's unset next) would start again from
+	// the first page, looping for ever; an empty limit= is refused alike.
+	for _, k := range []string{"limit", "after"} {
+		if q.Has(k) && q.Get(k) == "" {
+			WriteError(w, http.StatusBadRequest, k+": empty: give a value or leave it out")
+			return
+		}
+	}
 	limit, after := defaultPage, uint64(0)
 	if v := q.Get("limit"); v != "" {
 		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxPage {

@@ -581,7 +581,8 @@ func TestAdminTakesSeqAsANumber(t *testing.T) {
 // "default", "study": ""} (a script's unset variable) dropped the empty
 // filter and purged every dead letter of the destination. A filter given
 // empty is refused, naming it; so is an empty query parameter of the
-// listing.
+// listing, its limit= and after= too (an empty after= started again from
+// the first page: a paging script looped for ever).
 func TestAdminRefusesAFilterGivenEmpty(t *testing.T) {
 	f := start(t) // dead letter 1
 	const token = "admin-token-0123456789"
@@ -594,6 +595,8 @@ func TestAdminRefusesAFilterGivenEmpty(t *testing.T) {
 		{http.MethodPost, "/admin/deadletters/replay", `{"destination":"default","orthancStudyId":""}`, "orthancStudyId: empty"},
 		{http.MethodPost, "/admin/deadletters/purge", `{"seq":"","all":true}`, "seq: empty"},
 		{http.MethodGet, "/admin/deadletters?destination=default&study=", "", "study: empty"},
+		{http.MethodGet, "/admin/deadletters?destination=default&after=", "", "after: empty"},
+		{http.MethodGet, "/admin/deadletters?limit=&after=1", "", "limit: empty"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":"","dryRun":true}`, "destination: empty"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":null,"dryRun":true}`, "destination: null"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","until":"","dryRun":true}`, "until: empty"},
