@@ -93,7 +93,7 @@ func (p *prioritizer) Publish(ctx context.Context, ev *events.StudyStable) (*jet
 		if !p.rule.All() {
 			stat, err := p.matches(ctx, ev)
 			switch {
-			case err != nil && p.readsCut.Err() != nil && p.reconciled:
+			case err != nil && p.readsCut.Err() != nil && p.reconciled && p.polled(ev):
 				return nil, errLeftToReconciler
 			case err != nil && p.readsCut.Err() != nil:
 				by = "shutdown"
@@ -157,6 +157,13 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 // errReadsCut: the ingest stops, and drainTriage no longer waits for the
 // rule's reads.
 var errReadsCut = errors.New("the ingest stops: PRIORITY_RULE reads nothing more")
+
+// polled reports whether the reconciler reads ev's source (one of
+// ORTHANC_SOURCES): only its studies can be left to it.
+func (p *prioritizer) polled(ev *events.StudyStable) bool {
+	_, err := p.source(ev)
+	return err == nil
+}
 
 // errLeftToReconciler: the ingest stops, its reads cut short, and leaves
 // the study on the triage subject for the reconciler's copy, which the

@@ -221,6 +221,34 @@ func TestTriageKeepsItsLimitAtShutdown(t *testing.T) {
 	}
 }
 
+// Once the reads are cut with the reconciler on, a study of a source it
+// polls is left to it, and one of a source it does not poll (not in
+// ORTHANC_SOURCES: nothing would queue it) still goes routine.
+func TestCutStudyLeftToTheReconcilerOnlyIfItPollsTheSource(t *testing.T) {
+	p, ns, _ := slowSourcePrioritizer(t)
+	p.reconciled = true
+	p.cutReads()
+	for _, tt := range []struct {
+		source   string
+		wantLeft bool
+	}{
+		{"main", true},
+		{"elsewhere", false},
+	} {
+		ev, err := events.NewStudyStable(tt.source, "77777777-77777777-77777777-77777777-77777777", "1.2.3", "20261203T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = p.Publish(t.Context(), ev)
+		if left := errors.Is(err, errLeftToReconciler); left != tt.wantLeft || !left && err != nil {
+			t.Errorf("source %s: Publish = %v; want left to the reconciler %v", tt.source, err, tt.wantLeft)
+		}
+	}
+	if got := subjectCounts(t, ns.JS); got["stowline.study.stable.elsewhere"] != 1 || got["stowline.study.stable.main"] != 0 {
+		t.Errorf("subjects %v, want the unpolled source's study in the routine lane and the other's left", got)
+	}
+}
+
 // A webhook event of a source the ingest does not read (not in
 // ORTHANC_SOURCES) goes routine at once: its rule fails without a read,
 // so it does not wait for a turn behind slow reads.
