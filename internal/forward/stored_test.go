@@ -36,11 +36,12 @@ type azureLike struct {
 	refuseOnce string
 	refuse     map[string]int
 	warn       map[string]int
-	// unavailableOnce: the first request holding it is answered 503,
-	// after a pause, so that the study's other requests are out by then.
-	unavailableOnce string
+	// failOnce: the first request holding it is answered 500, after a
+	// pause, so that the study's other requests are out by then. (Not a
+	// 503: answered while the others are, that is load, sent again.)
+	failOnce string
 
-	unavailable atomic.Bool
+	failed atomic.Bool
 
 	mu      sync.Mutex
 	held    map[string]bool
@@ -50,9 +51,9 @@ type azureLike struct {
 
 func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	uids := partUIDs(r)
-	if slices.Contains(uids, d.unavailableOnce) && d.unavailable.CompareAndSwap(false, true) {
+	if slices.Contains(uids, d.failOnce) && d.failed.CompareAndSwap(false, true) {
 		time.Sleep(100 * time.Millisecond)
-		http.Error(w, "unavailable", http.StatusServiceUnavailable)
+		http.Error(w, "failed", http.StatusInternalServerError)
 		return
 	}
 	d.mu.Lock()
@@ -206,7 +207,7 @@ func TestTransientLeftoverKeepsRefusals(t *testing.T) {
 // stowline's own copy by the next: its "already exists" is a conflict,
 // and buffer mode keeps it in the source. The delivery fails on the
 // instance after it (refused transiently), or on a request of the same
-// round failing at the same time (a 503).
+// round failing at the same time (a 500).
 func TestChangedCopyIsNoOwnCopy(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -220,7 +221,7 @@ func TestChangedCopyIsNoOwnCopy(t *testing.T) {
 		},
 		{
 			name: "same round failed",
-			dest: &azureLike{unavailableOnce: "1.2.3.2"},
+			dest: &azureLike{failOnce: "1.2.3.2"},
 			opts: func(o *Options) { o.RequestConcurrency, o.MinRequestConcurrency = 2, 2 },
 		},
 	} {
