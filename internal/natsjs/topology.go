@@ -374,7 +374,7 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 		name   string
 		oldest time.Time
 	)
-	lanes, unread, err := laneConsumers(ctx, s)
+	lanes, unread, err := LaneConsumers(ctx, s)
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -400,7 +400,7 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 	return name, oldest, nil
 }
 
-// laneConsumers reads the lane consumers of every destination on the
+// LaneConsumers reads the lane consumers of every destination on the
 // event stream s: their names (CONSUMER.NAMES, from the cluster's
 // metadata, complete), then each by itself (CONSUMER.INFO), by name in
 // infos. Not CONSUMER.LIST: on a cluster its answer leaves out a consumer
@@ -410,8 +410,9 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 // readable (its servers offline, no answer in time, no permission) is in
 // unread with its error: what it holds is not known. One deleted since
 // its name was read is left out, and so are other consumers (the ordered
-// readers of audit and replay).
-func laneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*jetstream.ConsumerInfo, unread map[string]error, err error) {
+// readers of audit and replay). An unanswered read is asked again until
+// ctx ends: callers bound ctx.
+func LaneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*jetstream.ConsumerInfo, unread map[string]error, err error) {
 	var names []string
 	list := s.ConsumerNames(ctx)
 	for name := range list.Name() {
@@ -711,7 +712,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 		return nil, fmt.Errorf("stream %s: %w", EventStream, err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, consumerReadsTimeout)
-	existing, unread, err := laneConsumers(rctx, stream)
+	existing, unread, err := LaneConsumers(rctx, stream)
 	cancel()
 	if err != nil {
 		return nil, err

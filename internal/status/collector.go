@@ -25,8 +25,12 @@ type QueueCollector struct {
 	// unanswered spaces the outage's warnings: every scrape of every
 	// Prometheus asks, and fails the same way, while NATS is down.
 	unanswered repeatlog.Failures
+	// unread spaces the warnings of lane consumers that cannot be read
+	// (on a cluster, their servers offline or electing a leader).
+	unread repeatlog.Failures
 
 	pending, ackPending, redelivered, waiting, deadLetters, up *prometheus.Desc
+	unreadable                                                 *prometheus.Desc
 	lanePending                                                *prometheus.Desc
 	laneAckPending                                             *prometheus.Desc
 }
@@ -44,6 +48,7 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 	return &QueueCollector{
 		js: js, timeout: timeout, log: log,
 		unanswered: repeatlog.Failures{Every: time.Minute},
+		unread:     repeatlog.Failures{Every: time.Minute},
 		pending: prometheus.NewDesc("stowline_queue_pending_events",
 			"Events stored in JetStream and not yet delivered to the destination's forwarders (consumer num_pending).", dest, nil),
 		ackPending: prometheus.NewDesc("stowline_queue_ack_pending_events",
@@ -58,6 +63,8 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 			"Events not yet delivered to the destination's forwarders, by priority lane (stat, routine, low): the num_pending of each lane's consumer.", []string{"destination", "lane"}, nil),
 		laneAckPending: prometheus.NewDesc("stowline_queue_lane_ack_pending_events",
 			"Events delivered and not yet acknowledged, by priority lane (stat, routine, low): the num_ack_pending of each lane's consumer.", []string{"destination", "lane"}, nil),
+		unreadable: prometheus.NewDesc("stowline_queue_unreadable_consumers",
+			"Lane consumers of the destination that exist but JetStream did not answer for in this scrape (on a cluster: their servers offline or electing a leader); while above 0 the destination's queue totals are absent and only its readable lanes are reported.", dest, nil),
 		up: prometheus.NewDesc("stowline_jetstream_info_success",
 			"1 if JetStream answered this scrape's queue queries in time, else 0 (and the queue metrics are absent).", nil, nil),
 	}
@@ -65,7 +72,7 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 
 // Describe implements prometheus.Collector.
 func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pending, c.ackPending, c.redelivered, c.waiting, c.deadLetters, c.up, c.lanePending, c.laneAckPending} {
+	for _, d := range []*prometheus.Desc{c.pending, c.ackPending, c.redelivered, c.waiting, c.deadLetters, c.up, c.lanePending, c.laneAckPending, c.unreadable} {
 		ch <- d
 	}
 }
@@ -86,6 +93,13 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 		c.log.Info("queue metrics: JetStream answers again", "failures", n)
 	}
 	gauge(ch, c.up, 1)
+	if q.UnreadErr != nil {
+		if n, ok := c.unread.Failed(); ok {
+			c.log.Warn("queue metrics: lane consumers could not be read; their destinations' queue totals left out (stowline_queue_unreadable_consumers; logged again once a minute while it lasts)", "err", q.UnreadErr, "failures", n)
+		}
+	} else if n := c.unread.Succeeded(); n > 0 {
+		c.log.Info("queue metrics: every lane consumer read again", "failures", n)
+	}
 	if !q.ConsumerExists {
 		// No forwarder made its consumer yet, so the destinations are not
 		// known: the stream's events are pending under an empty
@@ -100,10 +114,15 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, d := range q.Destinations {
 		if d.ConsumerExists {
-			gauge(ch, c.pending, float64(d.Pending), d.Destination)
-			gauge(ch, c.ackPending, float64(d.AckPending), d.Destination)
-			gauge(ch, c.redelivered, float64(d.Redelivered), d.Destination)
-			gauge(ch, c.waiting, float64(d.Waiting), d.Destination)
+			gauge(ch, c.unreadable, float64(len(d.Unread)), d.Destination)
+			// A sum over the lanes read would be taken for the whole
+			// queue (a backlog looking drained): left out.
+			if len(d.Unread) == 0 {
+				gauge(ch, c.pending, float64(d.Pending), d.Destination)
+				gauge(ch, c.ackPending, float64(d.AckPending), d.Destination)
+				gauge(ch, c.redelivered, float64(d.Redelivered), d.Destination)
+				gauge(ch, c.waiting, float64(d.Waiting), d.Destination)
+			}
 			for lane, l := range d.Lanes {
 				gauge(ch, c.lanePending, float64(l.Pending), d.Destination, string(lane))
 				gauge(ch, c.laneAckPending, float64(l.AckPending), d.Destination, string(lane))

@@ -10,8 +10,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -44,6 +46,9 @@ type Queue struct {
 	// Destinations holds each destination that has a consumer or dead
 	// letters, sorted by name.
 	Destinations []DestinationQueue
+	// UnreadErr says which lane consumers were named but could not be
+	// read (nil when every one was): the numbers above leave them out.
+	UnreadErr error
 }
 
 // DestinationQueue is one destination's part of the queue.
@@ -55,8 +60,12 @@ type DestinationQueue struct {
 	Pending, AckPending, Redelivered, Waiting uint64
 	DeadLetters                               uint64
 	// Lanes holds each priority lane's part of Pending and AckPending
-	// (the fields above sum the destination's lane consumers).
+	// (the fields above sum the destination's lane consumers that were
+	// read).
 	Lanes map[events.Priority]LaneQueue
+	// Unread names its lane consumers that exist but could not be read,
+	// sorted: its queue numbers are then not known, only a part.
+	Unread []string
 }
 
 // LaneSummary says how many events wait in each lane, highest first
@@ -94,9 +103,13 @@ func (q Queue) Destination(name string) (DestinationQueue, bool) {
 	return q.Destinations[i], true
 }
 
-// ReadQueue asks JetStream for every destination's consumer (the event
-// stream's consumers named as natsjs.ConsumerName names them) and counts
-// the dead letters of each destination.
+// ReadQueue asks JetStream for every destination's lane consumers (the
+// event stream's consumers named as natsjs.ConsumerName names them, each
+// read by itself: natsjs.LaneConsumers) and counts the dead letters of
+// each destination. A consumer named but not readable in time (on a
+// cluster, its servers offline or electing a leader) does not fail it:
+// it is in its destination's Unread and in UnreadErr, and left out of the
+// sums. Bound ctx: such a read is asked again until ctx ends.
 func ReadQueue(ctx context.Context, js jetstream.JetStream) (Queue, error) {
 	var q Queue
 	byName := map[string]*DestinationQueue{}
@@ -113,13 +126,27 @@ func ReadQueue(ctx context.Context, js jetstream.JetStream) (Queue, error) {
 	if err != nil {
 		return q, fmt.Errorf("stream %s: %w", natsjs.EventStream, err)
 	}
-	// One request lists every consumer with its state (paged by 256).
-	list := stream.ListConsumers(ctx)
-	for info := range list.Info() {
-		name, lane, ok := natsjs.LaneOfConsumer(info.Name)
-		if !ok {
-			continue
-		}
+	// The dead letters alongside: an unreadable consumer's reads take
+	// all of ctx, which must not fail the dead-letter count after them.
+	var (
+		dead    map[string]uint64
+		deadErr error
+		wg      sync.WaitGroup
+	)
+	wg.Go(func() { dead, deadErr = deadLettersByDestination(ctx, js) })
+	// Not CONSUMER.LIST: on a cluster it leaves out a consumer whose
+	// leader does not answer in time, and nats.go asks for the same page
+	// again until ctx ends (see natsjs.LaneConsumers).
+	infos, unread, err := natsjs.LaneConsumers(ctx, stream)
+	wg.Wait()
+	if err != nil {
+		return q, err
+	}
+	if deadErr != nil {
+		return q, deadErr
+	}
+	for _, info := range infos {
+		name, lane, _ := natsjs.LaneOfConsumer(info.Name)
 		d := row(name)
 		d.ConsumerExists = true
 		ackPending := uint64(max(info.NumAckPending, 0))
@@ -132,14 +159,15 @@ func ReadQueue(ctx context.Context, js jetstream.JetStream) (Queue, error) {
 		}
 		d.Lanes[lane] = LaneQueue{Pending: info.NumPending, AckPending: ackPending}
 	}
-	if err := list.Err(); err != nil {
-		return q, fmt.Errorf("list consumers of stream %s: %w", natsjs.EventStream, err)
+	errs := make([]error, 0, len(unread))
+	for _, consumer := range slices.Sorted(maps.Keys(unread)) {
+		name, _, _ := natsjs.LaneOfConsumer(consumer)
+		d := row(name)
+		d.ConsumerExists = true
+		d.Unread = append(d.Unread, consumer)
+		errs = append(errs, unread[consumer])
 	}
-
-	dead, err := deadLettersByDestination(ctx, js)
-	if err != nil {
-		return q, err
-	}
+	q.UnreadErr = errors.Join(errs...)
 	for name, n := range dead {
 		row(name).DeadLetters = n
 	}

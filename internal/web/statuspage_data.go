@@ -151,6 +151,10 @@ func (h *StatusPage) load(ctx context.Context) *pageData {
 	wg.Go(func() {
 		q, err := status.ReadQueue(ctx, h.opts.JS)
 		p.Queue, p.QueueErr = q, errText(err)
+		if err == nil && q.UnreadErr != nil {
+			// The cards' totals leave those consumers out.
+			p.QueueErr = errText(q.UnreadErr)
+		}
 	})
 	wg.Go(func() {
 		snaps, err := h.opts.Forwarders(ctx)

@@ -853,3 +853,48 @@ func TestPageLeavesNoConsumerBehind(t *testing.T) {
 		t.Errorf("after three page loads the dead-letter stream has %d consumers, want none", n)
 	}
 }
+
+// TestUnreadableConsumerIsShownUnknown: on a cluster, a lane consumer
+// whose leader does not answer (a node lost, an election) is left out of
+// CONSUMER.LIST, and nats.go's listing asked again until the page's time
+// ran out: the whole queue section said "JetStream did not answer". The
+// page reads the consumers one by one: the others are shown, the one not
+// readable is named and its destination's queue shown as unknown.
+func TestUnreadableConsumerIsShownUnknown(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := natsjs.DefaultTopology().EnsureConsumers(ctx, ns.JS, []string{natsjs.DefaultDestination, "ai"}); err != nil {
+		t.Fatal(err)
+	}
+	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
+		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.826.0.1.3680043.2.1125.1",
+		LastUpdate: "20261126T101500", ReceivedAt: time.Now().UTC()}
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, &ev); err != nil {
+		t.Fatal(err)
+	}
+	aiStat := natsjs.LaneConsumerName("ai", events.PriorityStat)
+	h, err := web.NewStatusPage(web.StatusPageOptions{
+		JS:         &testnats.PartialListing{JetStream: ns.JS, Hidden: map[string]bool{aiStat: true}, Unread: true},
+		Forwarders: func(context.Context) ([]status.Snapshot, error) { return nil, nil },
+		AdminToken: adminToken,
+		Timeout:    2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := chi.NewRouter()
+	h.Mount(r)
+	srv := httptest.NewServer(r)
+	t.Cleanup(srv.Close)
+	page := &fixture{srv: srv, ns: ns}
+	_, body := page.get(t, page.browser(t), "/ui/", adminToken)
+	for _, want := range []string{
+		`id="dest-default-queue">1<`, `id="dest-ai-queue">unknown<`, aiStat + " cannot be read",
+		"JetStream did not answer: consumer " + aiStat,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+}
