@@ -6,10 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -29,7 +31,10 @@ until it is removed here.
 
   list          every destination with a consumer: the events it has not
                 been given yet (pending), those given and not yet
-                acknowledged (in flight), and the last delivered sequence
+                acknowledged (in flight), and the last delivered sequence;
+                a consumer that does not answer within 10 s (on a
+                cluster, its servers offline or electing a leader) is
+                printed with ? and named, and the command exits 1
   remove NAME   delete the destination's consumer (requires --yes): it is
                 given no more studies. The stream keeps every event for the
                 other destinations; the destination's dead letters and
@@ -147,32 +152,49 @@ func removeDestination(ctx context.Context, js jetstream.JetStream, name string,
 	return nil
 }
 
+// destinationsReadTimeout bounds `destinations list`'s reads of the
+// consumers: one whose servers do not answer is asked again until then.
+const destinationsReadTimeout = 10 * time.Second
+
+// listDestinations prints every lane consumer of the event stream. Each
+// is read by itself (natsjs.LaneConsumers, not CONSUMER.LIST, which on a
+// cluster can leave one out and keep nats.go asking until its time ends);
+// one that cannot be read is printed with unknown numbers and fails the
+// command, named.
 func listDestinations(ctx context.Context, js jetstream.JetStream, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, destinationsReadTimeout)
+	defer cancel()
 	stream, err := natsjs.OpenStream(ctx, js, natsjs.EventStream)
 	if err != nil {
 		return err
 	}
-	var infos []*jetstream.ConsumerInfo
-	list := stream.ListConsumers(ctx)
-	for info := range list.Info() {
-		if _, _, ok := natsjs.LaneOfConsumer(info.Name); ok {
-			infos = append(infos, info)
-		}
+	infos, unread, err := natsjs.LaneConsumers(ctx, stream)
+	if err != nil {
+		return err
 	}
-	if err := list.Err(); err != nil {
-		return fmt.Errorf("list the consumers of stream %s: %w", natsjs.EventStream, err)
-	}
+	names := slices.AppendSeq(slices.Collect(maps.Keys(infos)), maps.Keys(unread))
 	// By destination, then lane from stat to low.
-	key := func(info *jetstream.ConsumerInfo) string {
-		d, lane, _ := natsjs.LaneOfConsumer(info.Name)
+	key := func(name string) string {
+		d, lane, _ := natsjs.LaneOfConsumer(name)
 		return d + "\x00" + strconv.Itoa(slices.Index(events.Priorities, lane))
 	}
-	slices.SortFunc(infos, func(a, b *jetstream.ConsumerInfo) int { return strings.Compare(key(a), key(b)) })
+	slices.SortFunc(names, func(a, b string) int { return strings.Compare(key(a), key(b)) })
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "DESTINATION\tLANE\tCONSUMER\tPENDING\tIN FLIGHT\tLAST DELIVERED")
-	for _, info := range infos {
-		d, lane, _ := natsjs.LaneOfConsumer(info.Name)
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\n", d, lane, info.Name, info.NumPending, info.NumAckPending, info.Delivered.Stream)
+	for _, name := range names {
+		d, lane, _ := natsjs.LaneOfConsumer(name)
+		if info := infos[name]; info != nil {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\n", d, lane, name, info.NumPending, info.NumAckPending, info.Delivered.Stream)
+		} else {
+			fmt.Fprintf(w, "%s\t%s\t%s\t?\t?\t?\n", d, lane, name)
+		}
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	errs := make([]error, 0, len(unread))
+	for _, name := range slices.Sorted(maps.Keys(unread)) {
+		errs = append(errs, unread[name])
+	}
+	return errors.Join(errs...)
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -168,5 +170,52 @@ func TestLanesPresent(t *testing.T) {
 	err = check(ctx)
 	if err == nil || !strings.Contains(err.Error(), "destination ai: consumer stowline-low-ai deleted") {
 		t.Fatalf("low lane deleted: err = %v", err)
+	}
+}
+
+// TestDestinationsListConsumerLeftOutOfTheListing: on a cluster,
+// CONSUMER.LIST leaves out a consumer whose leader did not answer the
+// server in time (a node lost, an election) and nats.go's listing asks
+// for the same page again until its context ends: `destinations list`
+// hung, then failed without a row. It reads the names and each consumer
+// by itself: one left out of the listing is shown; one that cannot be
+// read either is shown with unknown numbers, and the command fails
+// naming it.
+func TestDestinationsListConsumerLeftOutOfTheListing(t *testing.T) {
+	aiLow := natsjs.LaneConsumerName("ai", events.PriorityLow)
+	for _, tc := range []struct {
+		name    string
+		unread  bool
+		wantRow string // ai's low lane
+	}{
+		{"readable", false, "ai low " + aiLow + " 0 0 0"},
+		{"unreadable", true, "ai low " + aiLow + " ? ? ?"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			if _, err := natsjs.DefaultTopology().EnsureConsumers(replayCtx(t), ns.JS, []string{natsjs.DefaultDestination, "ai"}); err != nil {
+				t.Fatal(err)
+			}
+			js := &testnats.PartialListing{JetStream: ns.JS, Hidden: map[string]bool{aiLow: true}, Unread: tc.unread}
+			// Shorter than the command's own bound: an unreadable
+			// consumer takes all of it.
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+			defer cancel()
+			var out bytes.Buffer
+			err := runDestinations(ctx, js, []string{"list"}, &out)
+			switch {
+			case tc.unread && (err == nil || !strings.Contains(err.Error(), aiLow)):
+				t.Errorf("err %v; want one naming %s", err, aiLow)
+			case !tc.unread && err != nil:
+				t.Errorf("err %v", err)
+			}
+			var rows []string
+			for line := range strings.Lines(out.String()) {
+				rows = append(rows, strings.Join(strings.Fields(line), " "))
+			}
+			if len(rows) != 7 || !slices.Contains(rows, tc.wantRow) {
+				t.Errorf("list:\n%s\nwant 6 consumers, among them %q", out.String(), tc.wantRow)
+			}
+		})
 	}
 }
