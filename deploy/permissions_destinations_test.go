@@ -90,6 +90,10 @@ func (s subjects) permissions() *server.Permissions {
 	}
 }
 
+// unreadableConsumers matches a scrape's count of lane consumers that
+// could not be read, when above 0.
+var unreadableConsumers = regexp.MustCompile(`stowline_queue_unreadable_consumers\{[^}]*\} [1-9][0-9]*`)
+
 // defaultOnly are the forwarder block's entries that docs/nats-permissions.md
 // says a deployment without a destination named default does not use:
 // everything of the consumer stowline-forwarder but its INFO (the queue
@@ -244,6 +248,11 @@ func TestNamedDestinationPermissions(t *testing.T) {
 		resp.Body.Close()
 		if !strings.Contains(string(body), "stowline_jetstream_info_success 1") {
 			t.Errorf("%s/metrics: the queue metrics could not read JetStream", addr)
+		}
+		// Each lane consumer is read by its own CONSUMER.INFO: one the
+		// permissions leave out is counted here, not in the line above.
+		if m := unreadableConsumers.FindString(string(body)); m != "" {
+			t.Errorf("%s/metrics: %s: a lane consumer could not be read", addr, m)
 		}
 	}
 	if v := serverLog.String(); strings.Contains(v, "Violation") {
