@@ -374,35 +374,77 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 }
 
 // TestLanesReadAgainAConsumerJustMade: on a cluster, a consumer another
-// replica has just made has no leader for a moment, and its INFO gets no
-// answer. Asked once, a first start of destinations a and b that found
-// a's consumer named took it for a running deployment's, and b's queue
-// started with new events, skipping what the stream held (or the request
-// waited out the whole start and failed it). It is asked again.
+// replica has just made has no leader for a moment: its INFO gets no
+// answer, or its servers answer at once "JetStream system temporarily
+// unavailable" (10008) while they elect one. Asked once, a first start of
+// destinations a and b that found a's consumer named took it for a
+// running deployment's, and b's queue started with new events, skipping
+// what the stream held (or the request waited out the whole start and
+// failed it). It is asked again.
 func TestLanesReadAgainAConsumerJustMade(t *testing.T) {
-	js, ctx, topo := eventStream(t)
-	ev := event("20261205T090000")
-	if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name       string
+		silentOnce bool
+		answerOnce error
+	}{
+		{"no answer", true, nil},
+		{"leader being elected", false, errLeaderless},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, ctx, topo := eventStream(t)
+			ev := event("20261205T090000")
+			if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
+				t.Fatal(err)
+			}
+			// Another replica of the same configuration made a's first consumer.
+			made := topo.LaneConsumerConfig("a", events.PriorityStat, []string{"a", "b"})
+			if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, made); err != nil {
+				t.Fatal(err)
+			}
+			fake := &partialListing{JetStream: js, hidden: map[string]bool{made.Durable: true}, silentOnce: tc.silentOnce, answerOnce: tc.answerOnce}
+			lanes, err := topo.EnsureLanes(ctx, fake, []string{"a", "b"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := lanes["b"][events.PriorityRoutine].Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Config.DeliverPolicy != jetstream.DeliverAllPolicy || info.NumPending != 1 {
+				t.Errorf("b at the first start: deliver policy %v, %d pending; want every event the stream holds", info.Config.DeliverPolicy, info.NumPending)
+			}
+		})
 	}
-	// Another replica of the same configuration made a's first consumer.
-	made := topo.LaneConsumerConfig("a", events.PriorityStat, []string{"a", "b"})
+}
+
+// TestLanesKeepAConsumerMadeSinceTheListing: a's stat consumer, made by
+// another replica after this start read the names (here: left out of
+// them), with another start, is read and kept, also when its servers are
+// still electing its leader: that read failed the start.
+func TestLanesKeepAConsumerMadeSinceTheListing(t *testing.T) {
+	js, ctx, topo := eventStream(t)
+	made := topo.LaneConsumerConfig("a", events.PriorityStat, []string{"a"})
+	made.DeliverPolicy = jetstream.DeliverNewPolicy
 	if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, made); err != nil {
 		t.Fatal(err)
 	}
-	silent := &partialListing{JetStream: js, hidden: map[string]bool{made.Durable: true}, silentOnce: true}
-	lanes, err := topo.EnsureLanes(ctx, silent, []string{"a", "b"})
+	fake := &partialListing{JetStream: js, unnamed: map[string]bool{made.Durable: true}, hidden: map[string]bool{made.Durable: true}, answerOnce: errLeaderless}
+	lanes, err := topo.EnsureLanes(ctx, fake, []string{"a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := lanes["b"][events.PriorityRoutine].Info(ctx)
+	info, err := lanes["a"][events.PriorityStat].Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Config.DeliverPolicy != jetstream.DeliverAllPolicy || info.NumPending != 1 {
-		t.Errorf("b at the first start: deliver policy %v, %d pending; want every event the stream holds", info.Config.DeliverPolicy, info.NumPending)
+	if info.Config.DeliverPolicy != jetstream.DeliverNewPolicy {
+		t.Errorf("a's stat consumer: deliver policy %v, want the one it was made with (new)", info.Config.DeliverPolicy)
 	}
 }
+
+// errLeaderless is nats-server's answer for a consumer whose servers are
+// electing its leader.
+var errLeaderless = &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}
 
 // partialListing is the JetStream of a cluster where the leaders of the
 // event stream's consumers in hidden do not answer the servers in time.
@@ -410,14 +452,17 @@ func TestLanesReadAgainAConsumerJustMade(t *testing.T) {
 // the same page again until the context ends: the cluster counts the
 // hidden consumers in its total but leaves them out, and they sort
 // last. Their names (CONSUMER.NAMES, from the cluster's metadata) are
-// all there; with unread, reading one of them by itself (CONSUMER.INFO)
-// fails too; with silentOnce, the first read of each gets no answer (no
-// leader yet), the next ones do.
+// there, but for those in unnamed (made since the names were read); with
+// unread, reading one of them by itself (CONSUMER.INFO) fails too; with
+// silentOnce, the first read of each gets no answer (no leader yet), with
+// answerOnce that error at once; the next ones answer.
 type partialListing struct {
 	jetstream.JetStream
 	hidden     map[string]bool
+	unnamed    map[string]bool
 	unread     bool
 	silentOnce bool
+	answerOnce error
 
 	mu    sync.Mutex
 	asked map[string]bool
@@ -429,6 +474,42 @@ func (p *partialListing) Stream(ctx context.Context, name string) (jetstream.Str
 		return s, err
 	}
 	return &partialStream{Stream: s, p: p}, nil
+}
+
+func (p *partialListing) Consumer(ctx context.Context, stream, name string) (jetstream.Consumer, error) {
+	if stream == natsjs.EventStream {
+		if err := p.read(ctx, name); err != nil {
+			return nil, err
+		}
+	}
+	return p.JetStream.Consumer(ctx, stream, name)
+}
+
+// read is what a read of consumer name answers before the server does:
+// an error, or nil to ask the server.
+func (p *partialListing) read(ctx context.Context, name string) error {
+	if !p.hidden[name] {
+		return nil
+	}
+	if p.unread {
+		return nats.ErrTimeout
+	}
+	p.mu.Lock()
+	first := !p.asked[name]
+	if p.asked == nil {
+		p.asked = map[string]bool{}
+	}
+	p.asked[name] = true
+	p.mu.Unlock()
+	switch {
+	case !first:
+		return nil
+	case p.silentOnce:
+		<-ctx.Done()
+		return ctx.Err()
+	default:
+		return p.answerOnce
+	}
 }
 
 type partialStream struct {
@@ -462,22 +543,28 @@ func (s *partialStream) ListConsumers(ctx context.Context) jetstream.ConsumerInf
 	return l
 }
 
+func (s *partialStream) ConsumerNames(ctx context.Context) jetstream.ConsumerNameLister {
+	all := s.Stream.ConsumerNames(ctx)
+	l := &nameLister{names: make(chan string)}
+	go func() {
+		defer close(l.names)
+		for name := range all.Name() {
+			if s.p.unnamed[name] {
+				continue
+			}
+			select {
+			case l.names <- name:
+			case <-ctx.Done():
+			}
+		}
+		l.err = all.Err()
+	}()
+	return l
+}
+
 func (s *partialStream) Consumer(ctx context.Context, name string) (jetstream.Consumer, error) {
-	if s.p.unread && s.p.hidden[name] {
-		return nil, nats.ErrTimeout
-	}
-	if s.p.silentOnce && s.p.hidden[name] {
-		s.p.mu.Lock()
-		first := !s.p.asked[name]
-		if s.p.asked == nil {
-			s.p.asked = map[string]bool{}
-		}
-		s.p.asked[name] = true
-		s.p.mu.Unlock()
-		if first {
-			<-ctx.Done()
-			return nil, ctx.Err()
-		}
+	if err := s.p.read(ctx, name); err != nil {
+		return nil, err
 	}
 	return s.Stream.Consumer(ctx, name)
 }
@@ -489,6 +576,14 @@ type infoLister struct {
 
 func (l *infoLister) Info() <-chan *jetstream.ConsumerInfo { return l.infos }
 func (l *infoLister) Err() error                           { return l.err }
+
+type nameLister struct {
+	names chan string
+	err   error
+}
+
+func (l *nameLister) Name() <-chan string { return l.names }
+func (l *nameLister) Err() error          { return l.err }
 
 // eventStream starts a server with the event stream of the default
 // topology, as every process makes it at start.

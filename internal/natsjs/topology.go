@@ -449,13 +449,15 @@ func LaneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*j
 }
 
 // readConsumer reads consumer name of stream s (CONSUMER.INFO), asking
-// again while no server answers, until ctx ends. On a cluster only a
-// consumer's leader answers, and one another replica has just made has
-// none for a moment: asked once, the request waited out the whole start
-// and failed it, or took a consumer of this first start for a running
-// deployment's.
+// again while no server answers or its servers are electing its leader,
+// until ctx ends. On a cluster only a consumer's leader answers, and one
+// another replica has just made has none for a moment: asked once, the
+// request waited out the whole start and failed it, or took a consumer of
+// this first start for a running deployment's. During an election its
+// members answer at once "JetStream system temporarily unavailable"
+// (10008), which was taken for an unreadable consumer the same way.
 func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstream.ConsumerInfo, error) {
-	for {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 		rctx, cancel := context.WithTimeout(ctx, consumerReadTimeout)
 		c, err := s.Consumer(rctx, name)
 		unanswered := rctx.Err() != nil
@@ -463,11 +465,33 @@ func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstr
 		switch {
 		case err == nil:
 			return c.CachedInfo(), nil
-		case !unanswered || ctx.Err() != nil:
+		case ctx.Err() != nil:
 			return nil, err
+		case unanswered:
+			// That request waited already.
+			continue
+		case !leaderless(err):
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
 		}
 	}
 }
+
+// leaderless tells whether err is JetStream's answer for a stream or
+// consumer whose servers are electing its leader ("JetStream system
+// temporarily unavailable"), which a moment later reads.
+func leaderless(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeClusterNotAvail
+}
+
+// jsErrCodeClusterNotAvail is nats-server's JSClusterNotAvailErr, which
+// nats.go does not name.
+const jsErrCodeClusterNotAvail jetstream.ErrorCode = 10008
 
 // consumerReadTimeout is how long readConsumer waits for one answer.
 const consumerReadTimeout = 2 * time.Second
@@ -835,14 +859,15 @@ func keepStart(cfg *jetstream.ConsumerConfig, made *jetstream.ConsumerInfo) {
 }
 
 // madeConsumer reads a consumer another replica has just made. On a
-// cluster it may exist a moment before the node asked knows it.
+// cluster it may exist a moment before the node asked knows it, and have
+// no leader yet (leaderless).
 func madeConsumer(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Consumer, error) {
 	for wait := 100 * time.Millisecond; ; wait *= 2 {
 		c, err := js.Consumer(ctx, EventStream, name)
 		if err == nil {
 			return c, nil
 		}
-		if !errors.Is(err, jetstream.ErrConsumerNotFound) || wait > 5*time.Second {
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !leaderless(err) || wait > 5*time.Second {
 			return nil, fmt.Errorf("consumer %s on stream %s: %w", name, EventStream, err)
 		}
 		select {
