@@ -341,13 +341,18 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		hidden       map[string]bool
-		unread       bool
+		unread       error // of a's consumers, at every read
+		answerOnce   error // of a's consumers, at their first read
 		destinations []string
 	}{
-		{"listing complete", nil, false, []string{"a", "b"}},
-		{"a's consumers left out", hidden, false, []string{"a", "b"}},
-		{"a's consumers left out and unreadable, b started alone", hidden, true, []string{"b"}},
-		{"a's consumers left out and unreadable, a started too", hidden, true, []string{"a", "b"}},
+		{"listing complete", nil, nil, nil, []string{"a", "b"}},
+		{"a's consumers left out", hidden, nil, nil, []string{"a", "b"}},
+		{"a's consumers left out and unreadable, b started alone", hidden, nats.ErrTimeout, nil, []string{"b"}},
+		{"a's consumers left out and unreadable, a started too", hidden, nats.ErrTimeout, nil, []string{"a", "b"}},
+		// A cluster member assigned a consumer it has not made yet.
+		{"a's consumers not found at first, b started alone", hidden, nil, jetstream.ErrConsumerNotFound, []string{"b"}},
+		{"a's consumers not found at first, a started too", hidden, nil, jetstream.ErrConsumerNotFound, []string{"a", "b"}},
+		{"a's consumers named but never found, b started alone", hidden, jetstream.ErrConsumerNotFound, nil, []string{"b"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js, ctx, topo := eventStream(t)
@@ -358,7 +363,7 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 			if _, err := topo.EnsureLanes(ctx, js, []string{"a"}); err != nil {
 				t.Fatal(err)
 			}
-			lanes, err := topo.EnsureLanes(ctx, &partialListing{JetStream: js, hidden: tc.hidden, unread: tc.unread}, tc.destinations)
+			lanes, err := topo.EnsureLanes(ctx, &partialListing{JetStream: js, hidden: tc.hidden, unread: tc.unread, answerOnce: tc.answerOnce}, tc.destinations)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -453,14 +458,14 @@ var errLeaderless = &jetstream.APIError{Code: 503, ErrorCode: 10008, Description
 // hidden consumers in its total but leaves them out, and they sort
 // last. Their names (CONSUMER.NAMES, from the cluster's metadata) are
 // there, but for those in unnamed (made since the names were read); with
-// unread, reading one of them by itself (CONSUMER.INFO) fails too; with
+// unread, reading one of them by itself (CONSUMER.INFO) fails with it; with
 // silentOnce, the first read of each gets no answer (no leader yet), with
 // answerOnce that error at once; the next ones answer.
 type partialListing struct {
 	jetstream.JetStream
 	hidden     map[string]bool
 	unnamed    map[string]bool
-	unread     bool
+	unread     error
 	silentOnce bool
 	answerOnce error
 
@@ -491,8 +496,8 @@ func (p *partialListing) read(ctx context.Context, name string) error {
 	if !p.hidden[name] {
 		return nil
 	}
-	if p.unread {
-		return nats.ErrTimeout
+	if p.unread != nil {
+		return p.unread
 	}
 	p.mu.Lock()
 	first := !p.asked[name]

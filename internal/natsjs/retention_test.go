@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/natsjs"
@@ -105,11 +106,11 @@ func TestLoweredRetentionSeesConsumersLeftOutOfTheListing(t *testing.T) {
 	hidden := map[string]bool{natsjs.ForwarderConsumer: true}
 	for _, tc := range []struct {
 		name   string
-		unread bool
+		unread error
 		why    string // what the log says kept the retention
 	}{
-		{"left out, unreadable", true, "cannot tell whether it would delete events not forwarded yet"},
-		{"left out, read by itself", false, `"consumer":"` + natsjs.ForwarderConsumer + `"`},
+		{"left out, unreadable", nats.ErrTimeout, "cannot tell whether it would delete events not forwarded yet"},
+		{"left out, read by itself", nil, `"consumer":"` + natsjs.ForwarderConsumer + `"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs bytes.Buffer

@@ -407,11 +407,11 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 // whose leader did not answer the server within its 4 s but counts it in
 // its total, and nats.go, paging by what it got, asks for the same page
 // again, 4 s each time, until the context ends. A consumer named but not
-// readable (its servers offline, no answer in time, no permission) is in
-// unread with its error: what it holds is not known. One deleted since
-// its name was read is left out, and so are other consumers (the ordered
-// readers of audit and replay). An unanswered read is asked again until
-// ctx ends: callers bound ctx.
+// readable until ctx ends (its servers offline, no answer in time, no
+// permission, not found) is in unread with its error: what it holds is
+// not known. Other consumers (the ordered readers of audit and replay)
+// are left out. An unanswered read is asked again until ctx ends:
+// callers bound ctx.
 func LaneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*jetstream.ConsumerInfo, unread map[string]error, err error) {
 	var names []string
 	list := s.ConsumerNames(ctx)
@@ -437,8 +437,6 @@ func LaneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*j
 	infos, unread = map[string]*jetstream.ConsumerInfo{}, map[string]error{}
 	for i, name := range names {
 		switch {
-		case errors.Is(errs[i], jetstream.ErrConsumerNotFound):
-			// deleted since its name was read
 		case errs[i] != nil:
 			unread[name] = fmt.Errorf("consumer %s of stream %s cannot be read (on a cluster, its servers may be offline or slow): %w", name, EventStream, errs[i])
 		default:
@@ -449,13 +447,19 @@ func LaneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*j
 }
 
 // readConsumer reads consumer name of stream s (CONSUMER.INFO), asking
-// again while no server answers or its servers are electing its leader,
-// until ctx ends. On a cluster only a consumer's leader answers, and one
-// another replica has just made has none for a moment: asked once, the
-// request waited out the whole start and failed it, or took a consumer of
-// this first start for a running deployment's. During an election its
-// members answer at once "JetStream system temporarily unavailable"
-// (10008), which was taken for an unreadable consumer the same way.
+// again while no server answers, its servers are electing its leader, or
+// it is not found, until ctx ends. On a cluster only a consumer's leader
+// answers, and one another replica has just made has none for a moment:
+// asked once, the request waited out the whole start and failed it, or
+// took a consumer of this first start for a running deployment's. During
+// an election its members answer at once "JetStream system temporarily
+// unavailable" (10008), which was taken for an unreadable consumer the
+// same way. A member assigned the consumer that has not made it yet
+// answers "not found" (after 500 ms), as a node that does not know it
+// yet does: its name is known (CONSUMER.NAMES, or another replica's
+// create), so that is no deletion, and a running deployment's consumer
+// taken for deleted left a destination added at that start with the
+// whole stream.
 func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstream.ConsumerInfo, error) {
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 		rctx, cancel := context.WithTimeout(ctx, consumerReadTimeout)
@@ -470,7 +474,7 @@ func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstr
 		case unanswered:
 			// That request waited already.
 			continue
-		case !leaderless(err):
+		case !leaderless(err) && !errors.Is(err, jetstream.ErrConsumerNotFound):
 			return nil, err
 		}
 		select {
@@ -806,8 +810,11 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 			if err != nil && existing[cfg.Durable] == nil {
 				// Another replica starting at the same time made it since
 				// the listing, perhaps with another start: keep that one.
-				if made, merr := madeConsumer(ctx, js, cfg.Durable); merr == nil {
-					keepStart(&cfg, made.CachedInfo())
+				mctx, cancel := context.WithTimeout(ctx, consumerReadsTimeout)
+				made, merr := readConsumer(mctx, stream, cfg.Durable)
+				cancel()
+				if merr == nil {
+					keepStart(&cfg, made)
 					c, err = js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
 				}
 			}
@@ -856,26 +863,6 @@ func age(info *jetstream.ConsumerInfo, now func() time.Time) time.Duration {
 func keepStart(cfg *jetstream.ConsumerConfig, made *jetstream.ConsumerInfo) {
 	cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = made.Config.DeliverPolicy, made.Config.OptStartSeq, made.Config.OptStartTime
 	cfg.Metadata = made.Config.Metadata
-}
-
-// madeConsumer reads a consumer another replica has just made. On a
-// cluster it may exist a moment before the node asked knows it, and have
-// no leader yet (leaderless).
-func madeConsumer(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Consumer, error) {
-	for wait := 100 * time.Millisecond; ; wait *= 2 {
-		c, err := js.Consumer(ctx, EventStream, name)
-		if err == nil {
-			return c, nil
-		}
-		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !leaderless(err) || wait > 5*time.Second {
-			return nil, fmt.Errorf("consumer %s on stream %s: %w", name, EventStream, err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("consumer %s on stream %s: %w", name, EventStream, ctx.Err())
-		case <-time.After(wait):
-		}
-	}
 }
 
 // EnsureConsumer is EnsureConsumers for one destination.
