@@ -2,7 +2,9 @@ package natsjs_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -152,6 +154,53 @@ func TestLanesUpgrade(t *testing.T) {
 	}
 	if got := pending(events.PriorityLow); got != 2 {
 		t.Errorf("low after a second start: %d pending, want 2", got)
+	}
+}
+
+// TestLanesUpgradeWaitsForAnUnreadableConsumer: at an upgrade from a
+// build without lanes, the routine consumer cannot be read (a cluster
+// electing its leader past the reads' bound). Made as if new, the stat
+// and low consumers started with new events, not just after its ack
+// floor: the low events it had not acknowledged went to no queue once it
+// was narrowed (and, alone in the stream, a lane took every event the
+// stream held). The start fails, naming it, with nothing made or
+// updated; the next start, once it reads, upgrades it.
+func TestLanesUpgradeWaitsForAnUnreadableConsumer(t *testing.T) {
+	js, ctx, topo := eventStream(t)
+	d := natsjs.DefaultDestination
+	old := topo.ConsumerConfig(d, false)
+	old.FilterSubjects = []string{natsjs.EventSubjectPrefix + ">", natsjs.DestinationSubjectPrefix + d + ".>"}
+	if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, old); err != nil {
+		t.Fatal(err)
+	}
+	ev := event("20261205T181500")
+	if _, err := natsjs.PublishTo(ctx, js, natsjs.DestinationSubject(d, "orthanc-a"), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	unread := &partialListing{JetStream: js, hidden: map[string]bool{natsjs.ConsumerName(d): true}, unread: nats.ErrTimeout}
+	_, err := topo.EnsureLanes(ctx, unread, []string{d})
+	if err == nil || !strings.Contains(err.Error(), natsjs.ConsumerName(d)) || !errors.Is(err, nats.ErrTimeout) {
+		t.Fatalf("start with the routine consumer unreadable: %v; want an error naming %s and its cause", err, natsjs.ConsumerName(d))
+	}
+	for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow} {
+		if _, err := js.Consumer(ctx, natsjs.EventStream, natsjs.LaneConsumerName(d, lane)); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Errorf("%s lane after the failed start: %v; want no consumer", lane, err)
+		}
+	}
+	routine, err := js.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := routine.CachedInfo().Config.FilterSubjects; !slices.Equal(got, old.FilterSubjects) {
+		t.Errorf("routine consumer after the failed start takes %v, want %v unchanged", got, old.FilterSubjects)
+	}
+
+	lanes, err := topo.EnsureLanes(ctx, js, []string{d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := waitPending(t, ctx, lanes[d][events.PriorityLow], 1); info.NumPending != 1 {
+		t.Errorf("low lane once upgraded: %d pending, want the backfill event", info.NumPending)
 	}
 }
 
@@ -329,10 +378,9 @@ func TestLanesStartOfAnotherDestination(t *testing.T) {
 // vendor); the listing that was to be checked against the names never
 // ended. The start reads the consumers' names (complete) and each
 // consumer by itself: one named but not readable makes b's start with
-// new events (a running deployment); one of a start's own is made or
-// updated as if new (there, failing if its servers are offline). A real
-// cluster does not leave one out on demand: the listing is a fake
-// (partialListing) over a real server.
+// new events (a running deployment); one of a start's own fails the
+// start, and nothing is made for b. A real cluster does not leave one out
+// on demand: the listing is a fake (partialListing) over a real server.
 func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 	hidden := map[string]bool{}
 	for _, lane := range events.Priorities {
@@ -344,15 +392,17 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 		unread       error // of a's consumers, at every read
 		answerOnce   error // of a's consumers, at their first read
 		destinations []string
+		fails        bool
 	}{
-		{"listing complete", nil, nil, nil, []string{"a", "b"}},
-		{"a's consumers left out", hidden, nil, nil, []string{"a", "b"}},
-		{"a's consumers left out and unreadable, b started alone", hidden, nats.ErrTimeout, nil, []string{"b"}},
-		{"a's consumers left out and unreadable, a started too", hidden, nats.ErrTimeout, nil, []string{"a", "b"}},
+		{"listing complete", nil, nil, nil, []string{"a", "b"}, false},
+		{"a's consumers left out", hidden, nil, nil, []string{"a", "b"}, false},
+		{"a's consumers left out and unreadable, b started alone", hidden, nats.ErrTimeout, nil, []string{"b"}, false},
+		{"a's consumers left out and unreadable, a started too", hidden, nats.ErrTimeout, nil, []string{"a", "b"}, true},
 		// A cluster member assigned a consumer it has not made yet.
-		{"a's consumers not found at first, b started alone", hidden, nil, jetstream.ErrConsumerNotFound, []string{"b"}},
-		{"a's consumers not found at first, a started too", hidden, nil, jetstream.ErrConsumerNotFound, []string{"a", "b"}},
-		{"a's consumers named but never found, b started alone", hidden, jetstream.ErrConsumerNotFound, nil, []string{"b"}},
+		{"a's consumers not found at first, b started alone", hidden, nil, jetstream.ErrConsumerNotFound, []string{"b"}, false},
+		{"a's consumers not found at first, a started too", hidden, nil, jetstream.ErrConsumerNotFound, []string{"a", "b"}, false},
+		{"a's consumers named but never found, b started alone", hidden, jetstream.ErrConsumerNotFound, nil, []string{"b"}, false},
+		{"a's consumers named but never found, a started too", hidden, jetstream.ErrConsumerNotFound, nil, []string{"a", "b"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js, ctx, topo := eventStream(t)
@@ -364,6 +414,15 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 				t.Fatal(err)
 			}
 			lanes, err := topo.EnsureLanes(ctx, &partialListing{JetStream: js, hidden: tc.hidden, unread: tc.unread, answerOnce: tc.answerOnce}, tc.destinations)
+			if tc.fails {
+				if name := natsjs.LaneConsumerName("a", events.PriorityStat); err == nil || !strings.Contains(err.Error(), name) || !errors.Is(err, tc.unread) {
+					t.Fatalf("start with a's consumers unreadable: %v; want an error naming %s and its cause %v", err, name, tc.unread)
+				}
+				if _, err := js.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName("b")); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+					t.Errorf("b's routine consumer after a failed start: %v; want none made", err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}

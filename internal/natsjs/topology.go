@@ -712,9 +712,12 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // destination's own lane consumers never make a deployment a running one.
 // (Consumers made by a build that kept no such metadata count as
 // running.) A consumer named on the stream that cannot be read (on a
-// cluster, its servers offline) counts as running when another
-// destination's; one of the destination's own is made as if new, and
-// when that fails, read again and kept as another replica's would be.
+// cluster, its servers offline or electing its leader past the reads'
+// bound) counts as running when another destination's; one of a started
+// destination's own fails the start, before any consumer is made or
+// updated: its start, its configuration and, for an upgraded routine
+// consumer, the ack floor the new lanes start after are not known (the
+// process restarts and reads it once the cluster has settled).
 // A stat or low consumer made for a destination whose routine consumer
 // exists (an upgrade from a build without lanes, whose one consumer took
 // every subject) starts just after the routine consumer's ack floor: the
@@ -744,6 +747,21 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	cancel()
 	if err != nil {
 		return nil, err
+	}
+	// Made or updated as if new, an upgraded routine consumer's stat and
+	// low lanes started with new events (what it had not acknowledged
+	// went to no queue once it was narrowed) or, alone in the stream,
+	// with every event it holds (every stat and low study sent again).
+	var own []error
+	for _, d := range destinations {
+		for _, lane := range events.Priorities {
+			if err := unread[LaneConsumerName(d, lane)]; err != nil {
+				own = append(own, err)
+			}
+		}
+	}
+	if len(own) > 0 {
+		return nil, fmt.Errorf("lane consumers not made or updated (a start retries once the cluster has settled): %w", errors.Join(own...))
 	}
 	firstStart := t.firstStart
 	if firstStart == 0 {
