@@ -506,6 +506,49 @@ func TestLanesKeepAConsumerMadeSinceTheListing(t *testing.T) {
 	}
 }
 
+// TestLanesKeepTheMaxDeliverOfAConsumerMadeSinceTheListing: a consumer
+// made by another replica since this start read the names, already
+// retrying an event, is kept with its MaxDeliver when this start's is
+// lower (FORWARDER_MAX_DELIVERIES lowered): JetStream would drop that
+// event from the queue with no dead letter.
+func TestLanesKeepTheMaxDeliverOfAConsumerMadeSinceTheListing(t *testing.T) {
+	js, ctx, topo := eventStream(t)
+	made := topo.LaneConsumerConfig("a", events.PriorityRoutine, []string{"a"})
+	made.DeliverPolicy, made.MaxDeliver = jetstream.DeliverNewPolicy, 5
+	c, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, made)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := event("20261205T182000")
+	if _, err := natsjs.PublishTo(ctx, js, natsjs.EventSubject("orthanc-a"), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	// Delivered, refused, delivered again: being retried.
+	for range 2 {
+		msg, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := msg.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lowered := topo
+	lowered.MaxDeliver = 2
+	fake := &partialListing{JetStream: js, unnamed: map[string]bool{made.Durable: true}}
+	lanes, err := lowered.EnsureLanes(ctx, fake, []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := lanes["a"][events.PriorityRoutine].Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.DeliverPolicy != jetstream.DeliverNewPolicy || info.Config.MaxDeliver != made.MaxDeliver {
+		t.Errorf("a's routine consumer: deliver policy %v, MaxDeliver %d; want new, %d (it holds an event being retried)", info.Config.DeliverPolicy, info.Config.MaxDeliver, made.MaxDeliver)
+	}
+}
+
 // errLeaderless is nats-server's answer for a consumer whose servers are
 // electing its leader.
 var errLeaderless = &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}

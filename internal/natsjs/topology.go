@@ -833,6 +833,7 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 				cancel()
 				if merr == nil {
 					keepStart(&cfg, made)
+					cfg.MaxDeliver = t.keepMaxDeliver(made, cfg.MaxDeliver)
 					c, err = js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
 				}
 			}
