@@ -52,10 +52,16 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	for i, d := range all {
 		names[i] = d.Name
 	}
+	servedNames := make([]string, len(served))
+	for i, d := range served {
+		servedNames[i] = d.Name
+	}
 
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
-	lanes, err := p.topo.EnsureLanes(pctx, p.conn.JS, names)
+	// Only the served destinations' lanes are used (lanes[d] below): an
+	// unserved one's unreadable consumer is left out, not a failed start.
+	lanes, err := p.topo.EnsureLanesServing(pctx, p.conn.JS, names, servedNames)
 	if err != nil {
 		return err
 	}

@@ -437,6 +437,51 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 	}
 }
 
+// TestLanesServedStartWithAnotherGroupsConsumerUnreadable: a's routine
+// consumer cannot be read (an R1 consumer on a lost server). A forwarder
+// group serving only b failed every start for it, until that server was
+// back, though it uses b's consumers alone: it starts, a's consumers
+// left out (not made or updated: a's own forwarders do). A group serving
+// a still fails, naming it.
+func TestLanesServedStartWithAnotherGroupsConsumerUnreadable(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		served []string
+		fails  bool
+	}{
+		{"b served", []string{"b"}, false},
+		{"a served", []string{"a"}, true},
+		{"both served", []string{"a", "b"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, ctx, topo := eventStream(t)
+			if _, err := topo.EnsureLanes(ctx, js, []string{"a", "b"}); err != nil {
+				t.Fatal(err)
+			}
+			name := natsjs.ConsumerName("a")
+			fake := &partialListing{JetStream: js, hidden: map[string]bool{name: true}, unread: nats.ErrTimeout}
+			lanes, err := topo.EnsureLanesServing(ctx, fake, []string{"a", "b"}, tc.served)
+			if tc.fails {
+				if err == nil || !strings.Contains(err.Error(), name) || !errors.Is(err, nats.ErrTimeout) {
+					t.Fatalf("start serving %v: %v; want an error naming %s and its cause", tc.served, err, name)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("start serving %v with a's routine consumer unreadable: %v", tc.served, err)
+			}
+			if _, ok := lanes["a"]; ok {
+				t.Errorf("a's lanes returned, want a left out")
+			}
+			for _, lane := range events.Priorities {
+				if lanes["b"][lane] == nil {
+					t.Errorf("b's %s lane missing", lane)
+				}
+			}
+		})
+	}
+}
+
 // TestLanesReadAgainAConsumerJustMade: on a cluster, a consumer another
 // replica has just made has no leader for a moment: its INFO gets no
 // answer, or its servers answer at once "JetStream system temporarily

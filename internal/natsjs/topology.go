@@ -691,11 +691,17 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 	return out, nil
 }
 
-// EnsureLanes creates the durable consumers of every lane of every
+// EnsureLanes is EnsureLanesServing with every destination served.
+func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, destinations []string) (map[string]map[events.Priority]jetstream.Consumer, error) {
+	return t.EnsureLanesServing(ctx, js, destinations, destinations)
+}
+
+// EnsureLanesServing creates the durable consumers of every lane of every
 // destination, or updates them to t, and returns them by destination and
-// lane. Each forwarder makes the consumers of every configured
-// destination, whichever it serves, so that a new deployment's
-// destinations start together. A consumer's start is kept once made; a
+// lane; served are those of destinations the caller's forwarders serve.
+// Each forwarder makes the consumers of every configured destination,
+// whichever it serves, so that a new deployment's destinations start
+// together. A consumer's start is kept once made; a
 // consumer is never deleted here (a destination dropped from the
 // configuration keeps its queue until an operator removes it).
 //
@@ -713,11 +719,15 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // (Consumers made by a build that kept no such metadata count as
 // running.) A consumer named on the stream that cannot be read (on a
 // cluster, its servers offline or electing its leader past the reads'
-// bound) counts as running when another destination's; one of a started
+// bound) counts as running when another destination's. One of a served
 // destination's own fails the start, before any consumer is made or
 // updated: its start, its configuration and, for an upgraded routine
 // consumer, the ack floor the new lanes start after are not known (the
-// process restarts and reads it once the cluster has settled).
+// process restarts and reads it once the cluster has settled). An
+// unserved destination with one is left out, none of its consumers made
+// or updated (its own forwarders do): failing for it kept a forwarder
+// group from starting while another group's R1 consumer was on a lost
+// server.
 // A stat or low consumer made for a destination whose routine consumer
 // exists (an upgrade from a build without lanes, whose one consumer took
 // every subject) starts just after the routine consumer's ack floor: the
@@ -725,7 +735,7 @@ func (t Topology) EnsureConsumers(ctx context.Context, js jetstream.JetStream, d
 // lanes take every such event it had not acked yet, so nothing queued is
 // lost. An event it had acked out of order above its floor is delivered
 // once more, and sent again (the destination answers "already stored").
-func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, destinations []string) (map[string]map[events.Priority]jetstream.Consumer, error) {
+func (t Topology) EnsureLanesServing(ctx context.Context, js jetstream.JetStream, destinations, served []string) (map[string]map[events.Priority]jetstream.Consumer, error) {
 	stream, err := js.Stream(ctx, EventStream)
 	for wait := 50 * time.Millisecond; errors.Is(err, jetstream.ErrStreamNotFound) && wait <= 3200*time.Millisecond; wait *= 2 {
 		// In a cluster, a stream another replica has just made may not be
@@ -753,10 +763,16 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	// went to no queue once it was narrowed) or, alone in the stream,
 	// with every event it holds (every stat and low study sent again).
 	var own []error
+	skip := map[string]bool{}
 	for _, d := range destinations {
 		for _, lane := range events.Priorities {
-			if err := unread[LaneConsumerName(d, lane)]; err != nil {
+			err := unread[LaneConsumerName(d, lane)]
+			switch {
+			case err == nil:
+			case slices.Contains(served, d):
 				own = append(own, err)
+			default:
+				skip[d] = true
 			}
 		}
 	}
@@ -773,6 +789,9 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 	}
 	out := make(map[string]map[events.Priority]jetstream.Consumer, len(destinations))
 	for _, d := range destinations {
+		if skip[d] {
+			continue
+		}
 		out[d] = map[events.Priority]jetstream.Consumer{}
 		// Another destination's consumer means a running deployment, where
 		// a new destination starts with new events, unless it was made for
