@@ -482,6 +482,58 @@ func TestLanesServedStartWithAnotherGroupsConsumerUnreadable(t *testing.T) {
 	}
 }
 
+// TestLaneConsumersLeaveOutOneDeletedSinceTheNames: a consumer deleted
+// between CONSUMER.NAMES and its CONSUMER.INFO (destinations remove, nats
+// consumer rm) answers "not found", as does a cluster member assigned one
+// it has not made yet. Both were asked again until the caller's bound
+// ended and counted as unreadable: a scrape without the destination's
+// totals, `forwarder destinations` exiting 1, a start failed. Still not
+// found when asked again, the names are read once more: one no longer
+// named is left out at once; one still named is asked again, unreadable.
+func TestLaneConsumersLeaveOutOneDeletedSinceTheNames(t *testing.T) {
+	name := natsjs.ConsumerName("a")
+	for _, tc := range []struct {
+		name    string
+		deleted bool          // since the names were read; else hidden, always "not found"
+		bound   time.Duration // of the reads
+		unread  bool
+	}{
+		{"deleted since the names", true, 10 * time.Second, false},
+		{"named, not made yet", false, time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, ctx, topo := eventStream(t)
+			if _, err := topo.EnsureLanes(ctx, js, []string{"a", "b"}); err != nil {
+				t.Fatal(err)
+			}
+			fake := &partialListing{JetStream: js, hidden: map[string]bool{name: true}, unread: jetstream.ErrConsumerNotFound}
+			if tc.deleted {
+				fake = &partialListing{JetStream: js, deletedAfterNames: map[string]bool{name: true}}
+			}
+			s, err := fake.Stream(ctx, natsjs.EventStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rctx, cancel := context.WithTimeout(ctx, tc.bound)
+			defer cancel()
+			infos, unread, err := natsjs.LaneConsumers(rctx, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// a's stat and low consumers, b's three.
+			if _, ok := infos[name]; ok || len(infos) != 5 {
+				t.Errorf("read %d consumers (%s among them: %v); want the 5 others", len(infos), name, ok)
+			}
+			if got := unread[name] != nil; got != tc.unread || len(unread) > 1 {
+				t.Errorf("unreadable: %v; want %s unreadable: %v", unread, name, tc.unread)
+			}
+			if rctx.Err() != nil && !tc.unread {
+				t.Errorf("the reads lasted the whole bound (%v)", tc.bound)
+			}
+		})
+	}
+}
+
 // TestLanesReadAgainAConsumerJustMade: on a cluster, a consumer another
 // replica has just made has no leader for a moment: its INFO gets no
 // answer, or its servers answer at once "JetStream system temporarily
@@ -607,17 +659,21 @@ var errLeaderless = &jetstream.APIError{Code: 503, ErrorCode: 10008, Description
 // there, but for those in unnamed (made since the names were read); with
 // unread, reading one of them by itself (CONSUMER.INFO) fails with it; with
 // silentOnce, the first read of each gets no answer (no leader yet), with
-// answerOnce that error at once; the next ones answer.
+// answerOnce that error at once; the next ones answer. Those in
+// deletedAfterNames are deleted from the server once the first names
+// were read.
 type partialListing struct {
 	jetstream.JetStream
-	hidden     map[string]bool
-	unnamed    map[string]bool
-	unread     error
-	silentOnce bool
-	answerOnce error
+	hidden            map[string]bool
+	unnamed           map[string]bool
+	unread            error
+	silentOnce        bool
+	answerOnce        error
+	deletedAfterNames map[string]bool
 
-	mu    sync.Mutex
-	asked map[string]bool
+	mu      sync.Mutex
+	asked   map[string]bool
+	deleted bool
 }
 
 func (p *partialListing) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
@@ -710,6 +766,16 @@ func (s *partialStream) ConsumerNames(ctx context.Context) jetstream.ConsumerNam
 			}
 		}
 		l.err = all.Err()
+		s.p.mu.Lock()
+		defer s.p.mu.Unlock()
+		if !s.p.deleted {
+			s.p.deleted = true
+			for name := range s.p.deletedAfterNames {
+				if err := s.Stream.DeleteConsumer(ctx, name); err != nil {
+					l.err = err
+				}
+			}
+		}
 	}()
 	return l
 }

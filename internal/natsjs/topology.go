@@ -409,7 +409,7 @@ func oldestQueued(ctx context.Context, s jetstream.Stream) (string, time.Time, e
 // again, 4 s each time, until the context ends. A consumer named but not
 // readable until ctx ends (its servers offline, no answer in time, no
 // permission, not found) is in unread with its error: what it holds is
-// not known. Other consumers (the ordered readers of audit and replay)
+// not known. One deleted since its name was read is left out. Other consumers (the ordered readers of audit and replay)
 // are left out. An unanswered read is asked again until ctx ends:
 // callers bound ctx.
 func LaneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*jetstream.ConsumerInfo, unread map[string]error, err error) {
@@ -437,6 +437,8 @@ func LaneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*j
 	infos, unread = map[string]*jetstream.ConsumerInfo{}, map[string]error{}
 	for i, name := range names {
 		switch {
+		case errors.Is(errs[i], errConsumerDeleted):
+			// Deleted since the names were read: no queue.
 		case errs[i] != nil:
 			unread[name] = fmt.Errorf("consumer %s of stream %s cannot be read (on a cluster, its servers may be offline or slow): %w", name, EventStream, errs[i])
 		default:
@@ -459,8 +461,13 @@ func LaneConsumers(ctx context.Context, s jetstream.Stream) (infos map[string]*j
 // yet does: its name is known (CONSUMER.NAMES, or another replica's
 // create), so that is no deletion, and a running deployment's consumer
 // taken for deleted left a destination added at that start with the
-// whole stream.
+// whole stream. Still not found when asked again, the names are read
+// once more: one no longer named was deleted since (destinations remove,
+// nats consumer rm) and is errConsumerDeleted at once, not unreadable for
+// the caller's whole bound (a scrape without the destination's totals, a
+// start failed).
 func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstream.ConsumerInfo, error) {
+	notFound := 0
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 		rctx, cancel := context.WithTimeout(ctx, consumerReadTimeout)
 		c, err := s.Consumer(rctx, name)
@@ -474,7 +481,11 @@ func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstr
 		case unanswered:
 			// That request waited already.
 			continue
-		case !leaderless(err) && !errors.Is(err, jetstream.ErrConsumerNotFound):
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+			if notFound++; notFound == 2 && !named(ctx, s, name) {
+				return nil, fmt.Errorf("consumer %s of stream %s: %w", name, EventStream, errConsumerDeleted)
+			}
+		case !leaderless(err):
 			return nil, err
 		}
 		select {
@@ -483,6 +494,21 @@ func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstr
 		case <-time.After(wait):
 		}
 	}
+}
+
+// errConsumerDeleted is readConsumer's answer for a consumer deleted
+// since its name was read.
+var errConsumerDeleted = errors.New("deleted since its name was read")
+
+// named tells whether CONSUMER.NAMES of stream s lists consumer name;
+// true when the names cannot be read: not known to be deleted.
+func named(ctx context.Context, s jetstream.Stream, name string) bool {
+	list := s.ConsumerNames(ctx)
+	found := false
+	for n := range list.Name() {
+		found = found || n == name
+	}
+	return found || list.Err() != nil
 }
 
 // leaderless tells whether err is JetStream's answer for a stream or
