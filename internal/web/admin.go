@@ -259,19 +259,8 @@ func seqArg(raw json.RawMessage) string {
 
 func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var raw json.RawMessage
-		if !decodeBody(w, r, &raw) {
-			return
-		}
-		if err := givenEmpty(raw); err != nil {
-			WriteError(w, http.StatusBadRequest, err.Error())
-			return
-		}
 		var req mutateRequest
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		if !decodeBody(w, r, &req) {
 			return
 		}
 		req.FilterArgs.Seq = seqArg(req.Seq)
@@ -331,19 +320,8 @@ type reforwardRequest struct {
 }
 
 func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
-	var raw json.RawMessage
-	if !decodeBody(w, r, &raw) {
-		return
-	}
-	if err := givenEmpty(raw); err != nil {
-		WriteError(w, http.StatusBadRequest, err.Error())
-		return
-	}
 	var req reforwardRequest
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+	if !decodeBody(w, r, &req) {
 		return
 	}
 	if req.Since == "" {
@@ -396,10 +374,13 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 	answerLate(w, http.StatusOK, answer)
 }
 
+// decodeBody decodes the request's one JSON object into v, unknown keys
+// and keys given "" or null refused; it answers 400 and reports false
+// otherwise.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	var raw json.RawMessage
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := dec.Decode(&raw); err != nil {
 		if errors.Is(err, io.EOF) { // Go's answer would be "EOF"
 			WriteError(w, http.StatusBadRequest, `empty body: send one JSON object: to replay or purge, as {"seq":42,"dryRun":true}; to re-forward, as {"since":"2026-11-01T00:00Z"}`)
 			return false
@@ -411,6 +392,17 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	// would purge for good.
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		WriteError(w, http.StatusBadRequest, "malformed JSON body: more than one value (send one JSON object)")
+		return false
+	}
+	// A key given "" or null is refused before it can mean "any".
+	if err := givenEmpty(raw); err != nil {
+		WriteError(w, http.StatusBadRequest, err.Error())
+		return false
+	}
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(v); err != nil {
+		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
 		return false
 	}
 	return true
