@@ -39,11 +39,11 @@ stdout (a table, or one JSON object a line), the summary and logs to
 stderr. Exit status: 0 nothing missing, or all of it queued or already
 queued (its event stored within the event stream's duplicate window:
 waiting, being forwarded or dead-lettered; not queued again) or probably
-queued (missing at some destinations only, each with events waiting or
-unacknowledged: a backlog, an open breaker, a closed lane most likely
-holds its first event; a later audit queues it if that one has none),
-3 studies
-missing and no --enqueue, 1 a failure, 2 a usage or configuration error.
+queued (missing at some destinations only, each holding events not
+acknowledged as old as the study's forward to the others: its own event
+may be among them; a later audit queues it once that one holds none so
+old), 3 studies missing and no --enqueue, 1 a failure, 2 a usage or
+configuration error.
 --destination NAME --enqueue queues a study again for that destination
 even if queued already: for a copy known lost (a dead letter goes back
 with forwarder replay).
@@ -155,10 +155,15 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		Publish:      auditPublish(js.JS, tp, lane.lane, *only != ""),
 		Logger:       log.With("component", "audit"),
 	}
-	if *only == "" {
+	if *enqueue && *only == "" {
 		// A scheduled audit must not send a study twice to a destination
 		// that is merely behind: named, it queues what is missing anyway.
-		opts.Unacknowledged = unacknowledged(js.JS)
+		opts.Held = func(ctx context.Context, destination string) (time.Time, error) {
+			return natsjs.OldestHeld(ctx, js.JS, destination)
+		}
+		if opts.EventsMaxAge, err = eventsMaxAge(ctx, js.JS); err != nil {
+			return err
+		}
 	}
 	a, err := ledger.NewAuditor(opts)
 	if err != nil {
@@ -186,7 +191,7 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 			sum.Duplicates, streamDuplicateWindow(ctx, js.JS))
 	}
 	if sum.ProbablyQueued > 0 {
-		fmt.Fprintf(stderr, "audit: %d findings not queued: missing at some destinations only, each of which has events waiting or unacknowledged, most likely their first event (a backlog, an open breaker, a closed lane); a later audit queues them once it has none. Only for a copy known lost does forwarder audit --destination NAME --enqueue queue it now\n",
+		fmt.Fprintf(stderr, "audit: %d findings not queued: missing at some destinations only, each of which holds events not acknowledged as old as the study's forward to the others, among them perhaps its own (a backlog, an open breaker, a closed lane, a retry); a later audit queues them once that destination holds none so old. Only for a copy known lost does forwarder audit --destination NAME --enqueue queue it now\n",
 			sum.ProbablyQueued)
 	}
 	var errs []error
@@ -279,26 +284,17 @@ func repairsTaken(ctx context.Context, js jetstream.JetStream, dests []ledger.De
 	return taken, skipped, nil
 }
 
-// unacknowledged counts the events a destination's lane consumers have
-// not acknowledged: not delivered yet, in progress, or waiting for a
-// retry or for the breaker.
-func unacknowledged(js jetstream.JetStream) func(context.Context, string) (uint64, error) {
-	return func(ctx context.Context, destination string) (uint64, error) {
-		var n uint64
-		for _, lane := range events.Priorities {
-			name := natsjs.LaneConsumerName(destination, lane)
-			c, err := js.Consumer(ctx, natsjs.EventStream, name)
-			if errors.Is(err, jetstream.ErrConsumerNotFound) {
-				continue
-			}
-			if err != nil {
-				return 0, fmt.Errorf("consumer %s: %w", name, err)
-			}
-			info := c.CachedInfo()
-			n += info.NumPending + uint64(info.NumAckPending)
-		}
-		return n, nil
+// eventsMaxAge is the event stream's MaxAge (0: none, or no stream yet,
+// when nothing can have expired).
+func eventsMaxAge(ctx context.Context, js jetstream.JetStream) (time.Duration, error) {
+	s, err := natsjs.OpenStream(ctx, js, natsjs.EventStream)
+	if errors.Is(err, natsjs.ErrNotProvisioned) {
+		return 0, nil
 	}
+	if err != nil {
+		return 0, err
+	}
+	return s.CachedInfo().Config.MaxAge, nil
 }
 
 // auditReporter writes the audit's findings to stdout: one JSON object a

@@ -296,14 +296,20 @@ func newAuditSite(t *testing.T, studies int, destinations ...string) *auditSite 
 	return s
 }
 
-// record records the study's forward to destination in its ledger.
+// record records the study's forward to destination in its ledger, now.
 func (s *auditSite) record(t *testing.T, ev *events.StudyStable, destination string) {
+	t.Helper()
+	s.recordAt(t, ev, destination, time.Now())
+}
+
+// recordAt records the study's forward to destination, done at.
+func (s *auditSite) recordAt(t *testing.T, ev *events.StudyStable, destination string, at time.Time) {
 	t.Helper()
 	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), s.srv.JS, destination)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ledger.New(kv).Record(t.Context(), ev); err != nil {
+	if err := ledger.New(kv, ledger.WithClock(func() time.Time { return at })).Record(t.Context(), ev); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -328,7 +334,9 @@ func (s *auditSite) audit(t *testing.T, args ...string) (stderr string, err erro
 // Once pacs forwarded a, a run queued a again for ai, under its own ID,
 // while its first event still waited there: a study whose first event
 // waits for a down destination is now "probably queued" there, and
-// queued again only once the destination holds nothing unacknowledged.
+// queued again only once the destination holds no event as old as
+// pacs's forward (TestAuditRepairsByTime). pacs forwarded b ten minutes
+// before: ai's events, stored since, do not hold b's back.
 func TestAuditEnqueueFromCron(t *testing.T) {
 	s := newAuditSite(t, 2, "ai", "pacs")
 	var a, b *events.StudyStable
@@ -339,7 +347,7 @@ func TestAuditEnqueueFromCron(t *testing.T) {
 			b = ev
 		}
 	}
-	s.record(t, b, "pacs")
+	s.recordAt(t, b, "pacs", time.Now().Add(-10*time.Minute))
 	pending := func(ai, pacs uint64) {
 		t.Helper()
 		waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: ai})
@@ -348,18 +356,7 @@ func TestAuditEnqueueFromCron(t *testing.T) {
 	// drainAI acknowledges every event in ai's low lane: ai is back.
 	drainAI := func() {
 		t.Helper()
-		batch, err := s.lanes["ai"][events.PriorityLow].FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for msg := range batch.Messages() {
-			if err := msg.DoubleAck(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := batch.Error(); err != nil {
-			t.Fatal(err)
-		}
+		ackAll(t, s.lanes["ai"][events.PriorityLow])
 		waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityLow: 0})
 	}
 	for _, tt := range []struct {
@@ -372,8 +369,8 @@ func TestAuditEnqueueFromCron(t *testing.T) {
 	}{
 		{"list", nil, nil, true, []string{"2 missing at a destination (3 findings"}, 0, 0},
 		{"first run", nil, []string{"--enqueue"}, false, []string{"3 findings queued, 0 already queued"}, 2, 1},
-		{"the next hour", nil, []string{"--enqueue"}, false, []string{"0 findings queued, 2 already queued, 1 probably queued", "duplicate window (1h30m0s)", "--destination NAME --enqueue"}, 2, 1},
-		{"pacs forwarded a, ai is down", func() { s.record(t, a, "pacs") }, []string{"--enqueue"}, false, []string{"0 findings queued, 0 already queued, 2 probably queued"}, 2, 1},
+		{"the next hour", nil, []string{"--enqueue"}, false, []string{"0 findings queued, 3 already queued, 0 probably queued", "duplicate window (1h30m0s)", "--destination NAME --enqueue"}, 2, 1},
+		{"pacs forwarded a, ai is down", func() { s.record(t, a, "pacs") }, []string{"--enqueue"}, false, []string{"0 findings queued, 1 already queued, 1 probably queued"}, 2, 1},
 		{"ai is back, a's record lost", drainAI, []string{"--enqueue"}, false, []string{"1 findings queued, 1 already queued, 0 probably queued"}, 1, 1},
 		{"a copy for ai known lost", nil, []string{"--destination", "ai", "--enqueue"}, false, []string{"2 findings queued, 0 already queued"}, 3, 1},
 	} {
@@ -399,6 +396,84 @@ func TestAuditEnqueueFromCron(t *testing.T) {
 	}
 }
 
+// TestAuditRepairsByTime: a study missing at ai only was "probably
+// queued" while ai's lanes held any event not acknowledged, its own or
+// not, so a busy destination never got a lost copy repaired. It is now
+// held back only while ai holds an event as old as pacs's forward of the
+// study (its own event is stored before): an unrelated event stored
+// after it does not, and a forward older than the stream's MaxAge (its
+// event expired) never does.
+func TestAuditRepairsByTime(t *testing.T) {
+	s := newAuditSite(t, 1, "ai", "pacs")
+	var a *events.StudyStable
+	for _, ev := range s.studies {
+		a = ev
+	}
+	ctx := t.Context()
+	stream, err := s.srv.JS.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxAge := stream.CachedInfo().Config.MaxAge
+	if maxAge <= 0 {
+		t.Fatal("the event stream has no MaxAge")
+	}
+	queue := func(subject string, ev *events.StudyStable, msgID string) {
+		t.Helper()
+		if _, err := natsjs.PublishTo(ctx, s.srv.JS, subject, ev, msgID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other, err := events.NewStudyStable("main", "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", "1.2.3", "20261126T101500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	routine := s.lanes["ai"][events.PriorityRoutine]
+	for _, tt := range []struct {
+		name         string
+		before       func()
+		says         string
+		routine, low uint64 // pending at ai
+	}{
+		{"a's own event waits at ai", func() {
+			queue(natsjs.LaneSubject(events.PriorityRoutine, "", "main"), a, a.MsgID())
+			s.record(t, a, "pacs")
+		}, "0 findings queued, 0 already queued, 1 probably queued", 1, 0},
+		{"ai took a's event, an unrelated one waits", func() {
+			ackAll(t, routine)
+			queue(natsjs.LaneSubject(events.PriorityRoutine, "ai", "main"), other, other.MsgID())
+			s.recordAt(t, a, "pacs", time.Now().Add(-10*time.Minute))
+		}, "1 findings queued, 0 already queued, 0 probably queued", 1, 1},
+		{"a's event expired", func() {
+			s.recordAt(t, a, "pacs", time.Now().Add(-maxAge-time.Hour))
+		}, "0 findings queued, 1 already queued, 0 probably queued", 1, 1},
+	} {
+		tt.before()
+		stderr, err := s.audit(t, "--enqueue")
+		if err != nil || !strings.Contains(stderr, tt.says) {
+			t.Errorf("%s: err = %v, stderr does not say %q:\n%s", tt.name, err, tt.says, stderr)
+		}
+		waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityRoutine: tt.routine, events.PriorityLow: tt.low})
+	}
+}
+
+// ackAll acknowledges every event c holds.
+func ackAll(t *testing.T, c jetstream.Consumer) {
+	t.Helper()
+	batch, err := c.FetchNoWait(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for msg := range batch.Messages() {
+		if err := msg.DoubleAck(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := batch.Error(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestAuditPriority: every repair of the audit went to the low lane, so a
 // site recovering lost triage (RECONCILE_ENABLED=false), or re-queuing
 // expired live events, saw them wait for the low lane's FORWARD_WINDOWS.
@@ -415,7 +490,9 @@ func TestAuditPriority(t *testing.T) {
 			b = ev
 		}
 	}
-	s.record(t, b, "pacs")
+	// Long enough ago that a's event, queued by the run, does not hold b
+	// back at ai (TestAuditRepairsByTime).
+	s.recordAt(t, b, "pacs", time.Now().Add(-10*time.Minute))
 	if stderr, err := s.audit(t, "--enqueue", "--priority", "routine"); err != nil {
 		t.Fatalf("audit: %v\n%s", err, stderr)
 	}

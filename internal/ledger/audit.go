@@ -65,9 +65,9 @@ type Finding struct {
 	Enqueued  bool `json:"enqueued,omitempty"`
 	Duplicate bool `json:"duplicate,omitempty"`
 	// ProbablyQueued: other destinations forwarded the study, and this
-	// one held events not acknowledged (besides the run's own) when it
-	// was to be queued: the study's first event is probably among them,
-	// so it was not queued again (AuditOptions.Unacknowledged).
+	// one's lane consumers held an event not acknowledged stored no later
+	// than the first of those forwards: the study's own event may be
+	// that one, so it was not queued again (AuditOptions.Held).
 	ProbablyQueued bool `json:"probablyQueued,omitempty"`
 	// Problem says why the event could not be published.
 	Problem string `json:"problem,omitempty"`
@@ -92,7 +92,7 @@ type Summary struct {
 	Enqueued   int `json:"enqueued"`
 	Duplicates int `json:"duplicates,omitempty"`
 	// ProbablyQueued counts the findings not queued because their
-	// destination had events waiting (Finding.ProbablyQueued).
+	// destination may still hold their event (Finding.ProbablyQueued).
 	ProbablyQueued int `json:"probablyQueued,omitempty"`
 	// NotEnqueued counts findings whose event could not be published.
 	NotEnqueued int `json:"notEnqueued,omitempty"`
@@ -115,13 +115,19 @@ type AuditOptions struct {
 	// Publish queues an event for one destination, or for every
 	// destination when destination is empty; required to enqueue.
 	Publish func(ctx context.Context, destination string, ev *events.StudyStable) (*jetstream.PubAck, error)
-	// Unacknowledged, when set, counts the events destination holds not
-	// yet acknowledged. A study missing at some of the destinations only
-	// is then not queued for one that holds any besides those this run
-	// queued: its first event, for every destination, most likely waits
-	// there (a backlog, an open breaker, a closed lane), and a repair
-	// would send it twice.
-	Unacknowledged func(ctx context.Context, destination string) (uint64, error)
+	// Held, when set, reads the stream time of the oldest event the
+	// destination's lane consumers hold not acknowledged (zero: none). A
+	// study missing at some of the destinations only is then not queued
+	// for one that holds an event stored no later than the first forward
+	// of the study's state to the others (clockMargin): its own event,
+	// stored before that forward, may be that one (a backlog, an open
+	// breaker, a closed lane, a retry), and a repair would send it twice.
+	// One that holds only newer events has acknowledged it, and lost it.
+	Held func(ctx context.Context, destination string) (time.Time, error)
+	// EventsMaxAge is the event stream's MaxAge (0: none): a study
+	// forwarded to the others longer ago than that has its event expired,
+	// and is queued whatever its destination holds.
+	EventsMaxAge time.Duration
 	// PageSize is how many studies one GET /studies reads (default 500,
 	// at least 4).
 	PageSize int
@@ -132,9 +138,6 @@ type AuditOptions struct {
 type Auditor struct {
 	opts AuditOptions
 	log  *slog.Logger
-	// queued counts, by destination, the events this run stored that
-	// reach it: they are not a sign of its backlog.
-	queued map[string]uint64
 }
 
 // NewAuditor validates opts and returns an Auditor.
@@ -162,7 +165,7 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Auditor{opts: opts, log: log, queued: map[string]uint64{}}, nil
+	return &Auditor{opts: opts, log: log}, nil
 }
 
 // Run audits every source and calls report for each finding, in Orthanc's
@@ -217,7 +220,7 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 	log := a.log.With("source", name)
 	log.Info("auditing source")
 	err := orthancapi.EachStudy(ctx, src.Orthanc, a.opts.PageSize, func(st orthancapi.Study) error {
-		findings, err := a.study(ctx, name, st, sum)
+		findings, forwardedAt, err := a.study(ctx, name, st, sum)
 		if err != nil {
 			return err
 		}
@@ -225,7 +228,7 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 			sum.Missing++
 		}
 		if enqueue && len(findings) > 0 {
-			a.enqueue(ctx, findings, log)
+			a.enqueue(ctx, findings, forwardedAt, log)
 		}
 		for _, f := range findings {
 			switch {
@@ -253,14 +256,14 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 }
 
 // study compares one study with every destination's ledger: a finding
-// per destination that lacks its current state.
-func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study, sum *Summary) ([]Finding, error) {
+// per destination that lacks its current state. forwardedAt is the
+// earliest ForwardedAt of the destinations that hold it (zero: none).
+func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study, sum *Summary) (out []Finding, forwardedAt time.Time, err error) {
 	sum.Studies++
 	if !st.IsStable {
 		sum.Unstable++
-		return nil, nil
+		return nil, time.Time{}, nil
 	}
-	var out []Finding
 	for _, d := range a.opts.Destinations {
 		f := Finding{Destination: d.Name, Source: source, OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID,
 			LastUpdate: st.LastUpdate, Reason: ReasonNeverForwarded}
@@ -268,8 +271,11 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 		switch {
 		case errors.Is(err, ErrNotRecorded):
 		case err != nil:
-			return nil, fmt.Errorf("destination %s: %w", d.Name, err)
+			return nil, time.Time{}, fmt.Errorf("destination %s: %w", d.Name, err)
 		case rec.LastUpdate >= st.LastUpdate:
+			if !rec.ForwardedAt.IsZero() && (forwardedAt.IsZero() || rec.ForwardedAt.Before(forwardedAt)) {
+				forwardedAt = rec.ForwardedAt
+			}
 			continue
 		default:
 			f.Reason, f.ForwardedLastUpdate = ReasonChanged, rec.LastUpdate
@@ -279,14 +285,14 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 	if len(out) == 0 {
 		sum.Forwarded++
 	}
-	return out, nil
+	return out, forwardedAt, nil
 }
 
 // enqueue publishes the study's event for the destinations that lack it:
 // the event the Lua script sends when every destination does (it then
 // de-duplicates with one already queued), else one for each of them
-// that holds no events unacknowledged but the run's own.
-func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
+// that cannot still hold the study's event (probablyQueued).
+func (a *Auditor) enqueue(ctx context.Context, fs []Finding, forwardedAt time.Time, log *slog.Logger) {
 	f := fs[0]
 	ev, err := events.NewStudyStable(f.Source, f.OrthancStudyID, f.StudyInstanceUID, f.LastUpdate)
 	log = log.With("orthanc_study_id", f.OrthancStudyID, "study_instance_uid", f.StudyInstanceUID, "last_update", f.LastUpdate)
@@ -307,9 +313,6 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
 				continue
 			}
 			t.Enqueued, t.Duplicate = true, ack.Duplicate
-			if !ack.Duplicate {
-				a.queued[t.Destination]++
-			}
 		}
 		if err != nil {
 			log.Error("study not enqueued", "destination", destination, "err", err)
@@ -326,22 +329,40 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, log *slog.Logger) {
 		return
 	}
 	for i := range fs {
-		// Asked now, after the ledgers: the event the other destinations
-		// completed is stored by then, so a destination holding nothing
-		// unacknowledged has had it.
-		if a.opts.Unacknowledged != nil {
-			n, err := a.opts.Unacknowledged(ctx, fs[i].Destination)
+		if a.opts.Held != nil {
+			held, err := a.probablyQueued(ctx, fs[i].Destination, forwardedAt)
 			if err != nil {
 				fs[i].Problem = err.Error()
 				log.Error("study not enqueued", "destination", fs[i].Destination, "err", err)
 				continue
 			}
-			if n > a.queued[fs[i].Destination] {
+			if held {
 				fs[i].ProbablyQueued = true
-				log.Info("study not enqueued: its destination has events waiting", "destination", fs[i].Destination)
+				log.Info("study not enqueued: its destination holds events as old as its forward to the others", "destination", fs[i].Destination)
 				continue
 			}
 		}
 		publish(fs[i].Destination, []*Finding{&fs[i]})
 	}
+}
+
+// clockMargin widens the comparison of a ForwardedAt (a forwarder's
+// clock) with the stream's times and the audit's clock.
+const clockMargin = time.Minute
+
+// probablyQueued reports whether destination may still hold the event of
+// a study the others completed at forwardedAt: that event was stored no
+// later, so it is held only if the destination holds an event as old.
+// Read after the ledgers, the destination's consumers show it if held.
+func (a *Auditor) probablyQueued(ctx context.Context, destination string, forwardedAt time.Time) (bool, error) {
+	by := forwardedAt.Add(clockMargin)
+	// Expired, or no time recorded: nothing to wait for.
+	if forwardedAt.IsZero() || a.opts.EventsMaxAge > 0 && by.Before(time.Now().Add(-a.opts.EventsMaxAge)) {
+		return false, nil
+	}
+	oldest, err := a.opts.Held(ctx, destination)
+	if err != nil {
+		return false, err
+	}
+	return !oldest.IsZero() && !oldest.After(by), nil
 }

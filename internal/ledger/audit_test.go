@@ -334,3 +334,67 @@ func TestAuditGoesOnPastAnUnreachableSource(t *testing.T) {
 		t.Errorf("summary = %+v", sum)
 	}
 }
+
+// records holds fixed records by Orthanc study ID.
+type records map[string]ledger.Record
+
+func (r records) Lookup(_ context.Context, _, id string) (ledger.Record, error) {
+	rec, ok := r[id]
+	if !ok {
+		return ledger.Record{}, ledger.ErrNotRecorded
+	}
+	return rec, nil
+}
+
+// A study pacs forwarded, missing at ai, is "probably queued" only while
+// ai holds an event as old as pacs's forward (a minute's margin): its
+// own event was stored before. An event held since, or a forward older
+// than the stream's MaxAge (the event expired), does not hold it back.
+func TestAuditProbablyQueuedByTime(t *testing.T) {
+	study := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500", IsStable: true}
+	now := time.Now()
+	week := 7 * 24 * time.Hour
+	for _, tt := range []struct {
+		name      string
+		forwarded time.Time // at pacs
+		held      time.Time // ai's oldest event
+		maxAge    time.Duration
+		want      ledger.Summary
+		asked     bool // Held called
+	}{
+		{"nothing held", now.Add(-time.Hour), time.Time{}, week, ledger.Summary{Enqueued: 1}, true},
+		{"held since", now.Add(-time.Hour), now.Add(-58 * time.Minute), week, ledger.Summary{Enqueued: 1}, true},
+		{"held before", now.Add(-time.Hour), now.Add(-2 * time.Hour), week, ledger.Summary{ProbablyQueued: 1}, true},
+		{"held within the margin", now.Add(-time.Hour), now.Add(-time.Hour + 30*time.Second), week, ledger.Summary{ProbablyQueued: 1}, true},
+		{"expired", now.Add(-week - time.Hour), now.Add(-week - 2*time.Hour), week, ledger.Summary{Enqueued: 1}, false},
+		{"no MaxAge", now.Add(-week - time.Hour), now.Add(-week - 2*time.Hour), 0, ledger.Summary{ProbablyQueued: 1}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			asked := false
+			a, err := ledger.NewAuditor(ledger.AuditOptions{
+				Sources: []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
+				Destinations: []ledger.Destination{{Name: "ai", Records: noRecords{}},
+					{Name: "pacs", Records: records{study.ID: {LastUpdate: study.LastUpdate, ForwardedAt: tt.forwarded}}}},
+				Publish: func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
+					return &jetstream.PubAck{}, nil
+				},
+				Held: func(_ context.Context, destination string) (time.Time, error) {
+					asked = true
+					if destination != "ai" {
+						t.Errorf("held of %s asked", destination)
+					}
+					return tt.held, nil
+				},
+				EventsMaxAge: tt.maxAge,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum, err := a.Run(t.Context(), true, func(ledger.Finding) error { return nil })
+			tt.want.Studies, tt.want.Findings, tt.want.Missing = 1, 1, 1
+			if err != nil || sum != tt.want || asked != tt.asked {
+				t.Errorf("summary %+v, %v, held asked %v; want %+v, asked %v", sum, err, asked, tt.want, tt.asked)
+			}
+		})
+	}
+}

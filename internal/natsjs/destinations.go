@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
 )
 
 // ListDestinations names the destinations that have a consumer on the
@@ -54,4 +57,43 @@ func AnyLaneConsumer(ctx context.Context, js jetstream.JetStream) (bool, error) 
 		return false, fmt.Errorf("list consumers of stream %s: %w", EventStream, err)
 	}
 	return found, nil
+}
+
+// OldestHeld is the stream time of the oldest event destination's lane
+// consumers hold not acknowledged (OldestUnacked, the oldest over its
+// lanes); zero when they hold none. A lane without a consumer holds
+// none. Each read waits consumerReadTimeout for an answer, and all of
+// them together consumerReadsTimeout: a consumer that does not answer
+// costs that once, not nats.go's 5 s a request.
+func OldestHeld(ctx context.Context, js jetstream.JetStream, destination string) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, consumerReadsTimeout)
+	defer cancel()
+	s, err := OpenStream(ctx, js, EventStream)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var oldest time.Time
+	for _, lane := range events.Priorities {
+		name := LaneConsumerName(destination, lane)
+		info, err := readConsumer(ctx, s, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return time.Time{}, fmt.Errorf("consumer %s of stream %s cannot be read: %w", name, EventStream, err)
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 {
+			continue
+		}
+		rctx, rcancel := context.WithTimeout(ctx, consumerReadTimeout)
+		t, err := OldestUnacked(rctx, s, info)
+		rcancel()
+		if err != nil {
+			return time.Time{}, err
+		}
+		if !t.IsZero() && (oldest.IsZero() || t.Before(oldest)) {
+			oldest = t
+		}
+	}
+	return oldest, nil
 }
