@@ -138,6 +138,16 @@ type AuditOptions struct {
 type Auditor struct {
 	opts AuditOptions
 	log  *slog.Logger
+	// held keeps, by destination, this run's last read of Held: a new
+	// destination makes every study of an archive a partial finding, and
+	// one that cannot be read would cost a timeout each.
+	held map[string]heldRead
+}
+
+// heldRead is one read of AuditOptions.Held, begun at at.
+type heldRead struct {
+	oldest, at time.Time
+	err        error
 }
 
 // NewAuditor validates opts and returns an Auditor.
@@ -165,7 +175,7 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Auditor{opts: opts, log: log}, nil
+	return &Auditor{opts: opts, log: log, held: map[string]heldRead{}}, nil
 }
 
 // Run audits every source and calls report for each finding, in Orthanc's
@@ -332,8 +342,8 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, forwardedAt time.Ti
 		if a.opts.Held != nil {
 			held, err := a.probablyQueued(ctx, fs[i].Destination, forwardedAt)
 			if err != nil {
+				// Logged once, at the read.
 				fs[i].Problem = err.Error()
-				log.Error("study not enqueued", "destination", fs[i].Destination, "err", err)
 				continue
 			}
 			if held {
@@ -353,16 +363,28 @@ const clockMargin = time.Minute
 // probablyQueued reports whether destination may still hold the event of
 // a study the others completed at forwardedAt: that event was stored no
 // later, so it is held only if the destination holds an event as old.
-// Read after the ledgers, the destination's consumers show it if held.
+// The destination is read once a run, and again only for a study
+// forwarded after (or within the margin of) the last read, which its
+// event may postdate; a read after the ledgers shows the event if held.
+// A failed read is not tried again this run.
 func (a *Auditor) probablyQueued(ctx context.Context, destination string, forwardedAt time.Time) (bool, error) {
 	by := forwardedAt.Add(clockMargin)
 	// Expired, or no time recorded: nothing to wait for.
 	if forwardedAt.IsZero() || a.opts.EventsMaxAge > 0 && by.Before(time.Now().Add(-a.opts.EventsMaxAge)) {
 		return false, nil
 	}
-	oldest, err := a.opts.Held(ctx, destination)
-	if err != nil {
-		return false, err
+	h, ok := a.held[destination]
+	if !ok || h.err == nil && !h.at.After(by) {
+		h = heldRead{at: time.Now()}
+		h.oldest, h.err = a.opts.Held(ctx, destination)
+		if h.err != nil {
+			h.err = fmt.Errorf("the events destination %s holds cannot be read (not asked again this run): %w", destination, h.err)
+			a.log.Error("its studies missing at some destinations only are not queued for it this run", "destination", destination, "err", h.err)
+		}
+		a.held[destination] = h
 	}
-	return !oldest.IsZero() && !oldest.After(by), nil
+	if h.err != nil {
+		return false, h.err
+	}
+	return !h.oldest.IsZero() && !h.oldest.After(by), nil
 }

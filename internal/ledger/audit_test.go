@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -394,6 +395,62 @@ func TestAuditProbablyQueuedByTime(t *testing.T) {
 			tt.want.Studies, tt.want.Findings, tt.want.Missing = 1, 1, 1
 			if err != nil || sum != tt.want || asked != tt.asked {
 				t.Errorf("summary %+v, %v, held asked %v; want %+v, asked %v", sum, err, asked, tt.want, tt.asked)
+			}
+		})
+	}
+}
+
+// Every partial finding read ai's lane consumers again, 5 s each when one
+// did not answer: a destination added to an archive made every study a
+// finding. They are read once a run, again only for a study forwarded
+// after the last read (its event may be newer), and a failed read is
+// remembered: its findings are not queued, each with the problem.
+func TestAuditReadsHeldOnceARun(t *testing.T) {
+	now := time.Now()
+	var studies []orthancapi.Study
+	recs := records{}
+	for i, at := range []time.Time{now.Add(-2 * time.Hour), now.Add(-time.Hour), now, now.Add(-time.Hour)} {
+		st := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-5392598" + strconv.Itoa(i), StudyInstanceUID: "1.2.3." + strconv.Itoa(i), LastUpdate: "20261126T101500", IsStable: true}
+		studies = append(studies, st)
+		recs[st.ID] = ledger.Record{LastUpdate: st.LastUpdate, ForwardedAt: at}
+	}
+	for _, tt := range []struct {
+		name  string
+		err   error
+		reads int
+		want  ledger.Summary
+	}{
+		// The third study, forwarded now, reads again.
+		{"read", nil, 2, ledger.Summary{Enqueued: 4}},
+		{"unreadable", errors.New("no answer"), 1, ledger.Summary{NotEnqueued: 4}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			reads := 0
+			a, err := ledger.NewAuditor(ledger.AuditOptions{
+				Sources:      []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{studies}}},
+				Destinations: []ledger.Destination{{Name: "ai", Records: noRecords{}}, {Name: "pacs", Records: recs}},
+				Publish: func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
+					return &jetstream.PubAck{}, nil
+				},
+				Held: func(context.Context, string) (time.Time, error) {
+					reads++
+					return time.Time{}, tt.err
+				},
+				EventsMaxAge: 7 * 24 * time.Hour,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var problems int
+			sum, err := a.Run(t.Context(), true, func(f ledger.Finding) error {
+				if f.Problem != "" && strings.Contains(f.Problem, "no answer") {
+					problems++
+				}
+				return nil
+			})
+			tt.want.Studies, tt.want.Findings, tt.want.Missing = 4, 4, 4
+			if err != nil || sum != tt.want || reads != tt.reads || problems != tt.want.NotEnqueued {
+				t.Errorf("summary %+v, %v, %d reads, %d problems; want %+v, %d reads", sum, err, reads, problems, tt.want, tt.reads)
 			}
 		})
 	}
