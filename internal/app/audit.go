@@ -330,9 +330,10 @@ func auditReporter(stdout io.Writer, asJSON bool) (report func(ledger.Finding) e
 // its ledger; a destination whose forwarders never completed a forward
 // has no ledger yet, and every stable study is reported for it.
 // firstStart: no forwarder has run yet (no lane consumer of any kind,
-// the test natsjs.Topology.EnsureLanes makes before the first consumers
-// take what the stream holds; a leftover stat or low consumer makes new
-// ones start with new events).
+// natsjs.AnyLaneConsumer): the first consumers will take what the stream
+// holds. A leftover stat or low consumer is no first start here, though
+// EnsureLanes may treat it as one: the audit then checks that its
+// repairs are taken, refusing rather than queuing for nobody.
 func auditDestinations(ctx context.Context, conn *natsjs.Conn, only string, log *slog.Logger) (dests []ledger.Destination, firstStart bool, err error) {
 	names, err := natsjs.ListDestinations(ctx, conn.JS)
 	if err != nil && !errors.Is(err, natsjs.ErrNotProvisioned) {

@@ -34,10 +34,13 @@ func ListDestinations(ctx context.Context, js jetstream.JetStream) ([]string, er
 	return out, nil
 }
 
-// AnyLaneConsumer reports whether the event stream has a lane consumer
-// (routine, stat or low) of any destination: EnsureLanes then takes the
-// deployment as running, and a new destination's consumers start with new
-// events, not with what the stream holds.
+// AnyLaneConsumer reports whether the event stream has any lane consumer
+// (routine, stat or low) of any destination. None means no forwarder has
+// started yet: the first ones' consumers will take what the stream holds.
+// It is not EnsureLanes' test, which ignores a destination's own
+// consumers and those made at the same first start; it errs the other
+// way, so the audit checks that its repairs are taken rather than take a
+// leftover consumer for a first start.
 func AnyLaneConsumer(ctx context.Context, js jetstream.JetStream) (bool, error) {
 	stream, err := OpenStream(ctx, js, EventStream)
 	if errors.Is(err, ErrNotProvisioned) {
