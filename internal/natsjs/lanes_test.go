@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
 )
 
 func TestLaneOfConsumer(t *testing.T) {
@@ -177,7 +177,7 @@ func TestLanesUpgradeWaitsForAnUnreadableConsumer(t *testing.T) {
 	if _, err := natsjs.PublishTo(ctx, js, natsjs.DestinationSubject(d, "orthanc-a"), ev, ev.MsgID()); err != nil {
 		t.Fatal(err)
 	}
-	unread := &partialListing{JetStream: js, hidden: map[string]bool{natsjs.ConsumerName(d): true}, unread: nats.ErrTimeout}
+	unread := &testnats.PartialListing{JetStream: js, Hidden: map[string]bool{natsjs.ConsumerName(d): true}, UnreadErr: nats.ErrTimeout}
 	_, err := topo.EnsureLanes(ctx, unread, []string{d})
 	if err == nil || !strings.Contains(err.Error(), natsjs.ConsumerName(d)) || !errors.Is(err, nats.ErrTimeout) {
 		t.Fatalf("start with the routine consumer unreadable: %v; want an error naming %s and its cause", err, natsjs.ConsumerName(d))
@@ -380,7 +380,8 @@ func TestLanesStartOfAnotherDestination(t *testing.T) {
 // consumer by itself: one named but not readable makes b's start with
 // new events (a running deployment); one of a start's own fails the
 // start, and nothing is made for b. A real cluster does not leave one out
-// on demand: the listing is a fake (partialListing) over a real server.
+// on demand: the listing is a fake (testnats.PartialListing) over a real
+// server.
 func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 	hidden := map[string]bool{}
 	for _, lane := range events.Priorities {
@@ -413,7 +414,7 @@ func TestLanesSeeConsumersLeftOutOfTheListing(t *testing.T) {
 			if _, err := topo.EnsureLanes(ctx, js, []string{"a"}); err != nil {
 				t.Fatal(err)
 			}
-			lanes, err := topo.EnsureLanes(ctx, &partialListing{JetStream: js, hidden: tc.hidden, unread: tc.unread, answerOnce: tc.answerOnce}, tc.destinations)
+			lanes, err := topo.EnsureLanes(ctx, &testnats.PartialListing{JetStream: js, Hidden: tc.hidden, UnreadErr: tc.unread, AnswerOnce: tc.answerOnce}, tc.destinations)
 			if tc.fails {
 				if name := natsjs.LaneConsumerName("a", events.PriorityStat); err == nil || !strings.Contains(err.Error(), name) || !errors.Is(err, tc.unread) {
 					t.Fatalf("start with a's consumers unreadable: %v; want an error naming %s and its cause %v", err, name, tc.unread)
@@ -459,7 +460,7 @@ func TestLanesServedStartWithAnotherGroupsConsumerUnreadable(t *testing.T) {
 				t.Fatal(err)
 			}
 			name := natsjs.ConsumerName("a")
-			fake := &partialListing{JetStream: js, hidden: map[string]bool{name: true}, unread: nats.ErrTimeout}
+			fake := &testnats.PartialListing{JetStream: js, Hidden: map[string]bool{name: true}, UnreadErr: nats.ErrTimeout}
 			lanes, err := topo.EnsureLanesServing(ctx, fake, []string{"a", "b"}, tc.served)
 			if tc.fails {
 				if err == nil || !strings.Contains(err.Error(), name) || !errors.Is(err, nats.ErrTimeout) {
@@ -506,9 +507,9 @@ func TestLaneConsumersLeaveOutOneDeletedSinceTheNames(t *testing.T) {
 			if _, err := topo.EnsureLanes(ctx, js, []string{"a", "b"}); err != nil {
 				t.Fatal(err)
 			}
-			fake := &partialListing{JetStream: js, hidden: map[string]bool{name: true}, unread: jetstream.ErrConsumerNotFound}
+			fake := &testnats.PartialListing{JetStream: js, Hidden: map[string]bool{name: true}, UnreadErr: jetstream.ErrConsumerNotFound}
 			if tc.deleted {
-				fake = &partialListing{JetStream: js, deletedAfterNames: map[string]bool{name: true}}
+				fake = &testnats.PartialListing{JetStream: js, DeletedAfterNames: map[string]bool{name: true}}
 			}
 			s, err := fake.Stream(ctx, natsjs.EventStream)
 			if err != nil {
@@ -562,7 +563,7 @@ func TestLanesReadAgainAConsumerJustMade(t *testing.T) {
 			if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, made); err != nil {
 				t.Fatal(err)
 			}
-			fake := &partialListing{JetStream: js, hidden: map[string]bool{made.Durable: true}, silentOnce: tc.silentOnce, answerOnce: tc.answerOnce}
+			fake := &testnats.PartialListing{JetStream: js, Hidden: map[string]bool{made.Durable: true}, SilentOnce: tc.silentOnce, AnswerOnce: tc.answerOnce}
 			lanes, err := topo.EnsureLanes(ctx, fake, []string{"a", "b"})
 			if err != nil {
 				t.Fatal(err)
@@ -589,7 +590,7 @@ func TestLanesKeepAConsumerMadeSinceTheListing(t *testing.T) {
 	if _, err := js.CreateOrUpdateConsumer(ctx, natsjs.EventStream, made); err != nil {
 		t.Fatal(err)
 	}
-	fake := &partialListing{JetStream: js, unnamed: map[string]bool{made.Durable: true}, hidden: map[string]bool{made.Durable: true}, answerOnce: errLeaderless}
+	fake := &testnats.PartialListing{JetStream: js, Unnamed: map[string]bool{made.Durable: true}, Hidden: map[string]bool{made.Durable: true}, AnswerOnce: errLeaderless}
 	lanes, err := topo.EnsureLanes(ctx, fake, []string{"a"})
 	if err != nil {
 		t.Fatal(err)
@@ -632,7 +633,7 @@ func TestLanesKeepTheMaxDeliverOfAConsumerMadeSinceTheListing(t *testing.T) {
 	}
 	lowered := topo
 	lowered.MaxDeliver = 2
-	fake := &partialListing{JetStream: js, unnamed: map[string]bool{made.Durable: true}}
+	fake := &testnats.PartialListing{JetStream: js, Unnamed: map[string]bool{made.Durable: true}}
 	lanes, err := lowered.EnsureLanes(ctx, fake, []string{"a"})
 	if err != nil {
 		t.Fatal(err)
@@ -649,159 +650,6 @@ func TestLanesKeepTheMaxDeliverOfAConsumerMadeSinceTheListing(t *testing.T) {
 // errLeaderless is nats-server's answer for a consumer whose servers are
 // electing its leader.
 var errLeaderless = &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}
-
-// partialListing is the JetStream of a cluster where the leaders of the
-// event stream's consumers in hidden do not answer the servers in time.
-// Its CONSUMER.LIST, as nats.go pages it, gives the others, then asks for
-// the same page again until the context ends: the cluster counts the
-// hidden consumers in its total but leaves them out, and they sort
-// last. Their names (CONSUMER.NAMES, from the cluster's metadata) are
-// there, but for those in unnamed (made since the names were read); with
-// unread, reading one of them by itself (CONSUMER.INFO) fails with it; with
-// silentOnce, the first read of each gets no answer (no leader yet), with
-// answerOnce that error at once; the next ones answer. Those in
-// deletedAfterNames are deleted from the server once the first names
-// were read.
-type partialListing struct {
-	jetstream.JetStream
-	hidden            map[string]bool
-	unnamed           map[string]bool
-	unread            error
-	silentOnce        bool
-	answerOnce        error
-	deletedAfterNames map[string]bool
-
-	mu      sync.Mutex
-	asked   map[string]bool
-	deleted bool
-}
-
-func (p *partialListing) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
-	s, err := p.JetStream.Stream(ctx, name)
-	if err != nil || name != natsjs.EventStream {
-		return s, err
-	}
-	return &partialStream{Stream: s, p: p}, nil
-}
-
-func (p *partialListing) Consumer(ctx context.Context, stream, name string) (jetstream.Consumer, error) {
-	if stream == natsjs.EventStream {
-		if err := p.read(ctx, name); err != nil {
-			return nil, err
-		}
-	}
-	return p.JetStream.Consumer(ctx, stream, name)
-}
-
-// read is what a read of consumer name answers before the server does:
-// an error, or nil to ask the server.
-func (p *partialListing) read(ctx context.Context, name string) error {
-	if !p.hidden[name] {
-		return nil
-	}
-	if p.unread != nil {
-		return p.unread
-	}
-	p.mu.Lock()
-	first := !p.asked[name]
-	if p.asked == nil {
-		p.asked = map[string]bool{}
-	}
-	p.asked[name] = true
-	p.mu.Unlock()
-	switch {
-	case !first:
-		return nil
-	case p.silentOnce:
-		<-ctx.Done()
-		return ctx.Err()
-	default:
-		return p.answerOnce
-	}
-}
-
-type partialStream struct {
-	jetstream.Stream
-	p *partialListing
-}
-
-func (s *partialStream) ListConsumers(ctx context.Context) jetstream.ConsumerInfoLister {
-	all := s.Stream.ListConsumers(ctx)
-	l := &infoLister{infos: make(chan *jetstream.ConsumerInfo)}
-	go func() {
-		defer close(l.infos)
-		hid := false
-		for info := range all.Info() {
-			if s.p.hidden[info.Name] {
-				hid = true
-				continue
-			}
-			select {
-			case l.infos <- info:
-			case <-ctx.Done():
-			}
-		}
-		l.err = all.Err()
-		if hid && l.err == nil {
-			// The same page asked again and again, short of the total.
-			<-ctx.Done()
-			l.err = ctx.Err()
-		}
-	}()
-	return l
-}
-
-func (s *partialStream) ConsumerNames(ctx context.Context) jetstream.ConsumerNameLister {
-	all := s.Stream.ConsumerNames(ctx)
-	l := &nameLister{names: make(chan string)}
-	go func() {
-		defer close(l.names)
-		for name := range all.Name() {
-			if s.p.unnamed[name] {
-				continue
-			}
-			select {
-			case l.names <- name:
-			case <-ctx.Done():
-			}
-		}
-		l.err = all.Err()
-		s.p.mu.Lock()
-		defer s.p.mu.Unlock()
-		if !s.p.deleted {
-			s.p.deleted = true
-			for name := range s.p.deletedAfterNames {
-				if err := s.Stream.DeleteConsumer(ctx, name); err != nil {
-					l.err = err
-				}
-			}
-		}
-	}()
-	return l
-}
-
-func (s *partialStream) Consumer(ctx context.Context, name string) (jetstream.Consumer, error) {
-	if err := s.p.read(ctx, name); err != nil {
-		return nil, err
-	}
-	return s.Stream.Consumer(ctx, name)
-}
-
-type infoLister struct {
-	infos chan *jetstream.ConsumerInfo
-	err   error
-}
-
-func (l *infoLister) Info() <-chan *jetstream.ConsumerInfo { return l.infos }
-func (l *infoLister) Err() error                           { return l.err }
-
-type nameLister struct {
-	names chan string
-	err   error
-}
-
-func (l *nameLister) Name() <-chan string { return l.names }
-func (l *nameLister) Err() error          { return l.err }
 
 // eventStream starts a server with the event stream of the default
 // topology, as every process makes it at start.

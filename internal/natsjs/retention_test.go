@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
 )
 
 // TestLoweredRetentionKeepsQueuedEvents: an operator lowers
@@ -83,7 +84,7 @@ func TestLoweredRetentionKeepsQueuedEvents(t *testing.T) {
 // that consumer held the oldest event, which JetStream deleted, or never
 // decided. Each consumer named is read by itself; when one cannot be,
 // the retention is kept. The listing is a fake over a real server
-// (partialListing, lanes_test.go): a real cluster does not leave one out
+// (testnats.PartialListing): a real cluster does not leave one out
 // on demand.
 func TestLoweredRetentionSeesConsumersLeftOutOfTheListing(t *testing.T) {
 	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
@@ -116,7 +117,7 @@ func TestLoweredRetentionSeesConsumersLeftOutOfTheListing(t *testing.T) {
 			var logs bytes.Buffer
 			lowered := topo
 			lowered.Retention, lowered.Log = time.Second, slog.New(slog.NewJSONHandler(&logs, nil))
-			if _, err := lowered.EnsureEvents(ctx, &partialListing{JetStream: js, hidden: hidden, unread: tc.unread}); err != nil {
+			if _, err := lowered.EnsureEvents(ctx, &testnats.PartialListing{JetStream: js, Hidden: hidden, UnreadErr: tc.unread}); err != nil {
 				t.Fatal(err)
 			}
 			s, err := js.Stream(ctx, natsjs.EventStream)
