@@ -67,19 +67,10 @@ func TestStatusBucketLostIsCreatedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Close)
-	ctx, cancel := context.WithCancel(t.Context())
-	var g errgroup.Group
-	t.Cleanup(func() { cancel(); _ = g.Wait() })
+	ctx, g := runGroup(t)
 	var first *statusWiring
 	for range 2 { // two forwarder processes serving one destination
-		s := newStatusWiring(conn, config.Admin{}, false, log)
-		tw, err := status.NewTokenWatch("archive", "dicom.example.org", "", false, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.track(ctx, &g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, log); err != nil {
-			t.Fatal(err)
-		}
+		s := trackArchive(t, ctx, g, conn, log)
 		if first == nil {
 			first = s
 		}
@@ -148,23 +139,9 @@ func TestShareLimitsWithoutReadingTheBucket(t *testing.T) {
 				t.Cleanup(conn.Close)
 				return conn
 			}
-			ctx, cancel := context.WithCancel(t.Context())
-			var g errgroup.Group
-			t.Cleanup(func() { cancel(); _ = g.Wait() })
-			track := func(conn *natsjs.Conn) *statusWiring {
-				t.Helper()
-				s := newStatusWiring(conn, config.Admin{}, false, quiet)
-				tw, err := status.NewTokenWatch("archive", "dicom.example.org", "", false, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := s.track(ctx, &g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, quiet); err != nil {
-					t.Fatal(err)
-				}
-				return s
-			}
-			track(connect("other", "other-password")) // another replica, in the bucket
-			s := track(connect("forwarder", "forwarder-password"))
+			ctx, g := runGroup(t)
+			trackArchive(t, ctx, g, connect("other", "other-password"), quiet) // another replica, in the bucket
+			s := trackArchive(t, ctx, g, connect("forwarder", "forwarder-password"), quiet)
 
 			logs := &testharness.LogBuffer{}
 			log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -225,17 +202,8 @@ func TestShareLimitsWhileNATSIsUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Close)
-	ctx, cancel := context.WithCancel(t.Context())
-	var g errgroup.Group
-	t.Cleanup(func() { cancel(); _ = g.Wait() })
-	s := newStatusWiring(conn, config.Admin{}, false, quiet)
-	tw, err := status.NewTokenWatch("archive", "dicom.example.org", "", false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.track(ctx, &g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, quiet); err != nil {
-		t.Fatal(err)
-	}
+	ctx, g := runGroup(t)
+	s := trackArchive(t, ctx, g, conn, quiet)
 	shutdown()
 	for deadline := time.Now().Add(10 * time.Second); conn.NC.Status() == nats.CONNECTED; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -266,4 +234,29 @@ func TestShareLimitsWhileNATSIsUnreachable(t *testing.T) {
 	if !strings.Contains(line, "NATS is unreachable") || strings.Contains(line, "permission") {
 		t.Errorf("warning %q, want it to say NATS is unreachable, naming no permission; log:\n%s", line, logs.String())
 	}
+}
+
+// runGroup is the context and group a test's status wiring runs in; the
+// test's end cancels the one and waits for the other.
+func runGroup(t *testing.T) (context.Context, *errgroup.Group) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	g := &errgroup.Group{}
+	t.Cleanup(func() { cancel(); _ = g.Wait() })
+	return ctx, g
+}
+
+// trackArchive starts the status wiring of a forwarder on conn serving
+// the one destination archive, as its start does.
+func trackArchive(t *testing.T, ctx context.Context, g *errgroup.Group, conn *natsjs.Conn, log *slog.Logger) *statusWiring {
+	t.Helper()
+	s := newStatusWiring(conn, config.Admin{}, false, log)
+	tw, err := status.NewTokenWatch("archive", "dicom.example.org", "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.track(ctx, g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, log); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
