@@ -2,6 +2,7 @@ package natsjs_test
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"strings"
 	"testing"
@@ -21,24 +22,8 @@ import (
 // the start keeps the stream's retention and says why, and a start once
 // the queue has acknowledged the event lowers it.
 func TestLoweredRetentionKeepsQueuedEvents(t *testing.T) {
-	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
 	ctx := testCtx(t)
-	topo := natsjs.DefaultTopology()
-	topo.Retention, topo.DedupeWindow = time.Hour, 500*time.Millisecond
-	if _, err := topo.EnsureEvents(ctx, js); err != nil {
-		t.Fatal(err)
-	}
-	lanes, err := topo.EnsureConsumers(ctx, js, []string{natsjs.DefaultDestination})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ack, err := js.Publish(ctx, natsjs.EventSubject("orthanc-a"), []byte(`{}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The new retention is a second: the event must be older than that,
-	// on the server's clock, which only time gives.
-	time.Sleep(1100 * time.Millisecond)
+	js, topo, queue, ack := queuedOldEvent(t, ctx)
 
 	var logs bytes.Buffer
 	lowered := topo
@@ -59,7 +44,7 @@ func TestLoweredRetentionKeepsQueuedEvents(t *testing.T) {
 	}
 
 	// Forwarded: the next start lowers it.
-	msg, err := lanes[natsjs.DefaultDestination].Next(jetstream.FetchMaxWait(5 * time.Second))
+	msg, err := queue.Next(jetstream.FetchMaxWait(5 * time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,6 +62,32 @@ func TestLoweredRetentionKeepsQueuedEvents(t *testing.T) {
 	}
 }
 
+// queuedOldEvent starts a server whose event stream keeps events an hour
+// and whose default destination's queue holds one event published more
+// than a second ago: what a start that lowers the retention to a second
+// would delete. It returns that queue's consumer and the event's ack.
+func queuedOldEvent(t *testing.T, ctx context.Context) (jetstream.JetStream, natsjs.Topology, jetstream.Consumer, *jetstream.PubAck) {
+	t.Helper()
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	topo := natsjs.DefaultTopology()
+	topo.Retention, topo.DedupeWindow = time.Hour, 500*time.Millisecond
+	if _, err := topo.EnsureEvents(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	lanes, err := topo.EnsureConsumers(ctx, js, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := js.Publish(ctx, natsjs.EventSubject("orthanc-a"), []byte(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The event must be older than the lowered retention on the server's
+	// clock, which only time gives.
+	time.Sleep(1100 * time.Millisecond)
+	return js, topo, lanes[natsjs.DefaultDestination], ack
+}
+
 // TestLoweredRetentionSeesConsumersLeftOutOfTheListing: on a cluster,
 // the listing of the consumers (CONSUMER.LIST) leaves out one whose
 // leader did not answer in time, and nats.go's listing then asks for the
@@ -87,22 +98,8 @@ func TestLoweredRetentionKeepsQueuedEvents(t *testing.T) {
 // (testnats.PartialListing): a real cluster does not leave one out
 // on demand.
 func TestLoweredRetentionSeesConsumersLeftOutOfTheListing(t *testing.T) {
-	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
 	ctx := testCtx(t)
-	topo := natsjs.DefaultTopology()
-	topo.Retention, topo.DedupeWindow = time.Hour, 500*time.Millisecond
-	if _, err := topo.EnsureEvents(ctx, js); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := topo.EnsureConsumers(ctx, js, []string{natsjs.DefaultDestination}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.Publish(ctx, natsjs.EventSubject("orthanc-a"), []byte(`{}`)); err != nil {
-		t.Fatal(err)
-	}
-	// The new retention is a second: the event must be older than that,
-	// on the server's clock, which only time gives.
-	time.Sleep(1100 * time.Millisecond)
+	js, topo, _, _ := queuedOldEvent(t, ctx)
 
 	hidden := map[string]bool{natsjs.ForwarderConsumer: true}
 	for _, tc := range []struct {
