@@ -42,6 +42,29 @@ func instancesOf(n int) []orthancapi.Instance {
 	return out
 }
 
+// selectIDs compiles the two rules into a Route and returns the IDs of
+// the instances its Select keeps of study "st" from source "main".
+func selectIDs(t *testing.T, o Orthanc, studyRule, instanceRule string, instances []orthancapi.Instance) ([]string, error) {
+	t.Helper()
+	study, err := CompileStudyRule(studyRule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := CompileInstanceRule(instanceRule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Route{Study: study, Instance: inst}.Select(context.Background(), o, "main", "st", instances)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, in := range got {
+		ids = append(ids, in.ID)
+	}
+	return ids, nil
+}
+
 func TestSelect(t *testing.T) {
 	ctFacts := orthancapi.StudyFacts{Series: map[string]orthancapi.SeriesFacts{"s1": {Modality: "CT"}, "s2": {Modality: "SR"}}}
 	sr := orthancapi.InstanceMetadata{SOPClassUID: "1.2.840.10008.5.1.4.1.1.88.33"}
@@ -73,16 +96,7 @@ func TestSelect(t *testing.T) {
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			study, err := CompileStudyRule(tt.study)
-			if err != nil {
-				t.Fatal(err)
-			}
-			inst, err := CompileInstanceRule(tt.inst)
-			if err != nil {
-				t.Fatal(err)
-			}
-			o := studyOrthanc{facts: tt.facts, meta: tt.meta}
-			got, err := Route{Study: study, Instance: inst}.Select(context.Background(), o, "main", "st", instancesOf(3))
+			ids, err := selectIDs(t, studyOrthanc{facts: tt.facts, meta: tt.meta}, tt.study, tt.inst, instancesOf(3))
 			if tt.wantNotFound {
 				if !errors.Is(err, orthancapi.ErrNotFound) {
 					t.Fatalf("Select: %v, want not found", err)
@@ -91,10 +105,6 @@ func TestSelect(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
-			}
-			var ids []string
-			for _, in := range got {
-				ids = append(ids, in.ID)
 			}
 			if !slices.Equal(ids, tt.want) {
 				t.Errorf("selected %v, want %v", ids, tt.want)
@@ -183,22 +193,10 @@ func TestSelectReadsMetadataOnlyWhenItDecides(t *testing.T) {
 		{"selected by a rule without metadata", "'CT' in study.modalities", "instance.sopClassUid.endsWith('.67')", []string{"i1"}, 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			study, err := CompileStudyRule(tt.study)
-			if err != nil {
-				t.Fatal(err)
-			}
-			inst, err := CompileInstanceRule(tt.inst)
-			if err != nil {
-				t.Fatal(err)
-			}
 			o.reads = &atomic.Int32{}
-			got, err := Route{Study: study, Instance: inst}.Select(context.Background(), o, "main", "st", instancesOf(2))
+			ids, err := selectIDs(t, o, tt.study, tt.inst, instancesOf(2))
 			if err != nil {
 				t.Fatal(err)
-			}
-			var ids []string
-			for _, in := range got {
-				ids = append(ids, in.ID)
 			}
 			if !slices.Equal(ids, tt.want) || o.reads.Load() != tt.reads {
 				t.Errorf("selected %v with %d metadata reads, want %v with %d", ids, o.reads.Load(), tt.want, tt.reads)
