@@ -245,6 +245,22 @@ type auditSite struct {
 	studies map[string]*events.StudyStable // by StudyInstanceUID
 }
 
+// two is the site's two studies, in no set order.
+func (s *auditSite) two(t *testing.T) (a, b *events.StudyStable) {
+	t.Helper()
+	if len(s.studies) != 2 {
+		t.Fatalf("%d studies, want 2", len(s.studies))
+	}
+	for _, ev := range s.studies {
+		if a == nil {
+			a = ev
+		} else {
+			b = ev
+		}
+	}
+	return a, b
+}
+
 func newAuditSite(t *testing.T, studies int, destinations ...string) *auditSite {
 	t.Helper()
 	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
@@ -339,14 +355,7 @@ func (s *auditSite) audit(t *testing.T, args ...string) (stderr string, err erro
 // before: ai's events, stored since, do not hold b's back.
 func TestAuditEnqueueFromCron(t *testing.T) {
 	s := newAuditSite(t, 2, "ai", "pacs")
-	var a, b *events.StudyStable
-	for _, ev := range s.studies {
-		if a == nil {
-			a = ev
-		} else {
-			b = ev
-		}
-	}
+	a, b := s.two(t)
 	s.recordAt(t, b, "pacs", time.Now().Add(-10*time.Minute))
 	pending := func(ai, pacs uint64) {
 		t.Helper()
@@ -482,14 +491,7 @@ func ackAll(t *testing.T, c jetstream.Consumer) {
 // ai's.
 func TestAuditPriority(t *testing.T) {
 	s := newAuditSite(t, 2, "ai", "pacs")
-	var a, b *events.StudyStable
-	for _, ev := range s.studies {
-		if a == nil {
-			a = ev
-		} else {
-			b = ev
-		}
-	}
+	a, b := s.two(t)
 	// Long enough ago that a's event, queued by the run, does not hold b
 	// back at ai (TestAuditRepairsByTime).
 	s.recordAt(t, b, "pacs", time.Now().Add(-10*time.Minute))
