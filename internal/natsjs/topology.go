@@ -483,7 +483,7 @@ func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstr
 			continue
 		case errors.Is(err, jetstream.ErrConsumerNotFound):
 			if notFound++; notFound == 2 && !named(ctx, s, name) {
-				return nil, fmt.Errorf("consumer %s of stream %s: %w", name, EventStream, errConsumerDeleted)
+				return nil, fmt.Errorf("consumer %s of stream %s: %w: %w", name, EventStream, errConsumerDeleted, jetstream.ErrConsumerNotFound)
 			}
 		case !leaderless(err):
 			return nil, err
@@ -497,7 +497,9 @@ func readConsumer(ctx context.Context, s jetstream.Stream, name string) (*jetstr
 }
 
 // errConsumerDeleted is readConsumer's answer for a consumer deleted
-// since its name was read.
+// since its name was read; it wraps jetstream.ErrConsumerNotFound too, so
+// that callers counting a missing consumer as holding nothing
+// (OldestHeld) still do.
 var errConsumerDeleted = errors.New("deleted since its name was read")
 
 // named tells whether CONSUMER.NAMES of stream s lists consumer name;
