@@ -646,24 +646,7 @@ func TestBreakerPulledTrialHeldForItsSource(t *testing.T) {
 		_, err := f.transferGuarded(ctx, &Attempt{Event: testEvent(), Seq: 10}, slog.New(slog.DiscardHandler))
 		done <- err
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		obs.mu.Lock()
-		held := slices.Contains(obs.holds, "held: source Orthanc unreachable")
-		obs.mu.Unlock()
-		if held {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("the pulled trial was not held for its source: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the pulled trial not held for its source after 10 s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitHold(t, obs, done, "held: source Orthanc unreachable")
 	if pulled, counted, trialOut := inHand(); pulled != 1 || counted != 1 || trialOut {
 		t.Errorf("held for its source: %d trials pulled, %d counted in hand, a trial out %v; want 1, 1 (at most FORWARDER_CONCURRENCY), handed over",
 			pulled, counted, trialOut)
@@ -723,33 +706,12 @@ func TestBreakerStudyBackFromItsSourceWaitsForTheDestination(t *testing.T) {
 		_, err := f.transferGuarded(t.Context(), &Attempt{Event: testEvent(), Seq: 10}, slog.New(slog.DiscardHandler))
 		done <- err
 	}()
-	waitHeld := func(why string) {
-		t.Helper()
-		deadline := time.Now().Add(heldWait)
-		for {
-			obs.mu.Lock()
-			held := slices.Contains(obs.holds, why)
-			obs.mu.Unlock()
-			if held {
-				return
-			}
-			select {
-			case err := <-done:
-				t.Fatalf("the study ended (%v) before %q", err, why)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("not %q after %v", why, heldWait)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	waitHeld("held: source Orthanc unreachable")
+	waitHold(t, obs, done, "held: source Orthanc unreachable")
 	// Another study's failure opens the breaker; then the source answers.
 	b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.8", 8)
 	src.fail.Store(false)
 	sourceDown.Store(false)
-	waitHeld("held: destination down (circuit breaker open)")
+	waitHold(t, obs, done, "held: destination down (circuit breaker open)")
 	if n := posts.Load(); n != 0 {
 		t.Errorf("%d STOW-RS requests while the breaker was open, want none", n)
 	}
@@ -757,13 +719,44 @@ func TestBreakerStudyBackFromItsSourceWaitsForTheDestination(t *testing.T) {
 	// one goes.
 	storeDown.Store(false)
 	b.record(nil, 0, "1.2.9", 9)
+	waitStored(t, done, &posts)
+}
+
+// waitHold waits until obs was told the hold why, failing the test if
+// the transfer ends (done) first or heldWait passes.
+func waitHold(t *testing.T, obs *recordingObserver, done <-chan error, why string) {
+	t.Helper()
+	deadline := time.Now().Add(heldWait)
+	for {
+		obs.mu.Lock()
+		held := slices.Contains(obs.holds, why)
+		obs.mu.Unlock()
+		if held {
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the study ended (%v) before %q", err, why)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not %q after %v", why, heldWait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitStored waits for the transfer (done) to end stored, after STOW-RS
+// requests (posts).
+func waitStored(t *testing.T, done <-chan error, posts *atomic.Int32) {
+	t.Helper()
 	select {
 	case err := <-done:
 		if err != nil || posts.Load() == 0 {
-			t.Errorf("once closed: %v after %d requests, want stored", err, posts.Load())
+			t.Errorf("%v after %d requests, want stored", err, posts.Load())
 		}
 	case <-time.After(heldWait):
-		t.Fatal("the held study did not go once the breaker closed")
+		t.Fatal("the study did not go once the breaker was closed")
 	}
 }
 
@@ -807,37 +800,13 @@ func TestBreakerStudyPulledWhileShutIsHeldFirst(t *testing.T) {
 				done <- err
 			}()
 			if tt.wantHeld {
-				deadline := time.Now().Add(heldWait)
-				for {
-					obs.mu.Lock()
-					held := slices.Contains(obs.holds, "held: destination down (circuit breaker open)")
-					obs.mu.Unlock()
-					if held {
-						break
-					}
-					select {
-					case err := <-done:
-						t.Fatalf("the study ended (%v, %d requests) before it was held", err, posts.Load())
-					default:
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("not held after %v", heldWait)
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
+				waitHold(t, obs, done, "held: destination down (circuit breaker open)")
 				if n := posts.Load(); n != 0 {
 					t.Errorf("%d STOW-RS requests while the breaker was open, want none", n)
 				}
 				b.record(nil, 0, "1.2.9", 9) // a study in flight stored: closed
 			}
-			select {
-			case err := <-done:
-				if err != nil || posts.Load() == 0 {
-					t.Errorf("%v after %d requests, want stored", err, posts.Load())
-				}
-			case <-time.After(heldWait):
-				t.Fatal("the study did not go once the breaker was closed")
-			}
+			waitStored(t, done, &posts)
 		})
 	}
 }
