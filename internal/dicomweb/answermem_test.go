@@ -46,10 +46,21 @@ var hostileAnswers = []struct {
 // of parts instances and returns the bytes allocated and the bytes still
 // held once parsed (the Result kept alive), and the error.
 func parseMemory(contentType string, body []byte, parts int) (total, live uint64, err error) {
+	total, live = heapCost(body, func() any {
+		res, perr := parseResponse(contentType, body, parts)
+		err = perr
+		return res
+	})
+	return total, live, err
+}
+
+// heapCost runs parse and returns the bytes it allocated and the bytes
+// still held once it returned (its result and body kept alive).
+func heapCost(body []byte, parse func() any) (total, live uint64) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	res, err := parseResponse(contentType, body, parts)
+	res := parse()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(res)
@@ -57,7 +68,7 @@ func parseMemory(contentType string, body []byte, parts int) (total, live uint64
 	if after.HeapAlloc > before.HeapAlloc {
 		live = after.HeapAlloc - before.HeapAlloc
 	}
-	return after.TotalAlloc - before.TotalAlloc, live, err
+	return after.TotalAlloc - before.TotalAlloc, live
 }
 
 // TestHostileAnswerMemory: an answer of the read bound made of cheap

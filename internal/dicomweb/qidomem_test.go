@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"runtime"
 	"runtime/metrics"
 	"strings"
 	"testing"
@@ -33,18 +32,11 @@ var hostileQIDOAnswers = []struct {
 // allocated and still held once parsed (the UIDs kept alive), the UIDs
 // and the error.
 func qidoMemory(body []byte) (total, live uint64, uids []string, err error) {
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	uids, err = parseQIDOInstances(body)
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	runtime.KeepAlive(uids)
-	runtime.KeepAlive(body) // else freed meanwhile, hiding what is held
-	if after.HeapAlloc > before.HeapAlloc {
-		live = after.HeapAlloc - before.HeapAlloc
-	}
-	return after.TotalAlloc - before.TotalAlloc, live, uids, err
+	total, live = heapCost(body, func() any {
+		uids, err = parseQIDOInstances(body)
+		return uids
+	})
+	return total, live, uids, err
 }
 
 // TestHostileQIDOAnswerMemory: a QIDO-RS answer of the read bound made
