@@ -105,11 +105,14 @@ func connectTool(c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
 
 // topology derives the streams' and buckets' settings from configuration;
 // fc is nil for the ingest, which keeps the defaults of what only the
-// forwarder provisions.
-func topology(n config.NATS, fc *config.Forwarder) natsjs.Topology {
+// forwarder provisions. ingest is whether the process takes webhooks:
+// only then does its start lower the event stream's duplicate window, as
+// its configuration was checked against INGEST_HMAC_MAX_SKEW.
+func topology(n config.NATS, fc *config.Forwarder, ingest bool) natsjs.Topology {
 	t := natsjs.DefaultTopology()
 	t.Retention = n.EventsRetention
 	t.DedupeWindow = n.DedupeWindow
+	t.KeepDedupeWindow = !ingest
 	t.Replicas = n.Replicas
 	if fc != nil {
 		t.AckWait = fc.AckWait

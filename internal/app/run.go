@@ -101,7 +101,8 @@ type role interface {
 }
 
 // newProcess connects to JetStream and creates the event stream; fc is
-// nil without a forwarder, tp without tracing.
+// nil without a forwarder, tp without tracing. A process without a
+// forwarder, or a single host's, runs the ingest.
 func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt config.ListenTLS, admin config.Admin, singleHost bool,
 	tp trace.TracerProvider, log *slog.Logger) (*process, error) {
 	limitMemoryToCgroup(log)
@@ -114,7 +115,7 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 		return nil, err
 	}
 	warnSingleHostStore(nc, log)
-	p := &process{conn: conn, topo: topology(nc, fc), serverTLS: serverTLS, tracer: tp, log: log}
+	p := &process{conn: conn, topo: topology(nc, fc, fc == nil || singleHost), serverTLS: serverTLS, tracer: tp, log: log}
 	p.topo.Log = log
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()

@@ -190,6 +190,10 @@ type Topology struct {
 	// StatusTTL is how long a forwarder's shared snapshot outlives its
 	// last write.
 	StatusTTL time.Duration
+	// KeepDedupeWindow is set for a process that takes no webhooks (a
+	// forwarder): its start never lowers the event stream's duplicate
+	// window, which the ingest sets (keepDedupeWindow).
+	KeepDedupeWindow bool
 	// Log takes the warnings of provisioning (nil: none).
 	Log *slog.Logger
 
@@ -265,14 +269,12 @@ func (t Topology) ensureStream(ctx context.Context, js jetstream.JetStream, cfg 
 			return nil, err
 		}
 		cfg.Replicas = t.keepReplicas("stream", cfg.Name, have.Replicas, cfg.Replicas)
-		if sameStream(have, cfg) {
-			return s, nil
-		}
 		if cfg.Name == EventStream {
 			t.keepQueuedEvents(ctx, s, &cfg, have)
-			if sameStream(have, cfg) {
-				return s, nil
-			}
+			t.keepDedupeWindow(ctx, &cfg, have)
+		}
+		if sameStream(have, cfg) {
+			return s, nil
 		}
 		scaled = have.Replicas != max(cfg.Replicas, 1)
 		cfg = ownedSettings(have, cfg)
@@ -359,6 +361,33 @@ func (t Topology) keepQueuedEvents(ctx context.Context, s jetstream.Stream, cfg 
 		return
 	}
 	cfg.MaxAge = have.MaxAge
+}
+
+// keepDedupeWindow keeps the event stream's duplicate window when a
+// process with t.KeepDedupeWindow (a forwarder) would lower it to its
+// own EVENTS_DEDUPE_WINDOW. The ingest refuses to start with a window
+// shorter than twice INGEST_HMAC_MAX_SKEW, but a forwarder started after
+// it with a shorter one set the stream's below that, unseen, and a signed
+// webhook replayed within the skew queued its study again. The ingest's
+// start sets the window, lowered or raised, against that check; a
+// forwarder's only raises it. A window longer than the retention cfg
+// takes is cut to it: JetStream wants the window within the age.
+func (t Topology) keepDedupeWindow(ctx context.Context, cfg *jetstream.StreamConfig, have jetstream.StreamConfig) {
+	if !t.KeepDedupeWindow || cfg.Duplicates >= have.Duplicates {
+		return
+	}
+	kept := have.Duplicates
+	if cfg.MaxAge > 0 {
+		kept = min(kept, cfg.MaxAge)
+	}
+	if kept <= cfg.Duplicates {
+		return
+	}
+	if t.Log != nil {
+		t.Log.Warn("EVENTS_DEDUPE_WINDOW not lowered: a forwarder keeps the event stream's duplicate window, which the ingest's start sets (checked against INGEST_HMAC_MAX_SKEW); give every process the same EVENTS_DEDUPE_WINDOW",
+			"stream", cfg.Name, "duplicate_window", kept.String(), "events_dedupe_window", cfg.Duplicates.String())
+	}
+	cfg.Duplicates = kept
 }
 
 // queuedCheckTimeout bounds keepQueuedEvents' reads of the queues.
