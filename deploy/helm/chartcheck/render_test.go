@@ -108,9 +108,18 @@ func renderFiles(t *testing.T, values map[string]any) (map[string]string, error)
 }
 
 func renderChart(ch *chart.Chart, values map[string]any) (map[string]string, error) {
+	return renderChartWith(ch, values, nil)
+}
+
+// renderChartWith is renderChart with the cluster the templates' lookup
+// reads (nil: none, as `helm template`).
+func renderChartWith(ch *chart.Chart, values map[string]any, cluster engine.ClientProvider) (map[string]string, error) {
 	vals, err := chartutil.ToRenderValuesWithSchemaValidation(ch, values, release, common.DefaultCapabilities, false)
 	if err != nil {
 		return nil, fmt.Errorf("values: %w", err)
+	}
+	if cluster != nil {
+		return engine.RenderWithClientProvider(ch, vals, cluster)
 	}
 	return engine.Render(ch, vals)
 }
@@ -152,6 +161,12 @@ func render(t *testing.T, values map[string]any) objects {
 	if err != nil {
 		t.Fatalf("render: %v", err)
 	}
+	return decodeFiles(t, files)
+}
+
+// decodeFiles decodes the objects of rendered templates as render does.
+func decodeFiles(t *testing.T, files map[string]string) objects {
+	t.Helper()
 	names := make([]string, 0, len(files))
 	for name := range files {
 		names = append(names, name)

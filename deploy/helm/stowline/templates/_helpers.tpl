@@ -148,6 +148,29 @@ them: not the ingest's (webhook-facing), nor the other groups'.
 {{- toYaml $out -}}
 {{- end -}}
 
+{{/*
+The checksum of what a forwarder group's key files hold
+(stowline.secretFiles): each mounted key of its Secret, read from the
+cluster (lookup) at install and upgrade. Most are read at startup only
+(DEIDENTIFY_KEY_FILE, TLS_CA_FILE...), and the Secrets are not the
+chart's, so checksum/secrets missed them: a `helm upgrade` after a key
+changed left the pods on the old one. `helm template` (Argo CD) reads
+nothing, and the checksum then changes only with the list. Empty without
+key files. (dict "root" $ "f" $forwarder).
+*/}}
+{{- define "stowline.secretFilesChecksum" -}}
+{{- $root := .root -}}
+{{- $files := include "stowline.secretFiles" . | fromYamlArray -}}
+{{- if $files -}}
+{{- $held := list -}}
+{{- range $files -}}
+{{- $secret := lookup "v1" "Secret" $root.Release.Namespace (toString .secretName) -}}
+{{- $held = append $held (list (toString .secretName) (toString .key) (dig "data" (toString .key) "" $secret)) -}}
+{{- end -}}
+{{- toJson $held | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The names of the declared destinations, as a list (YAML). */}}
 {{- define "stowline.destinationNames" -}}
 {{- $names := list -}}
