@@ -144,10 +144,13 @@ func parseQIDOInstances(body []byte) ([]string, error) {
 // whole (some 10 to 20 MB decoded): what answerNodes allows a page.
 const qidoDecodeNodes = answerNodesBase + qidoPageSize*answerNodesPerInstance
 
-// unmarshalQIDO decodes a QIDO-RS answer whole.
+// unmarshalQIDO decodes a QIDO-RS answer whole. Values stay raw JSON:
+// decoded as numbers, one beyond float64 (an attribute given as 1e999)
+// refused the whole answer, and with it the verification of the study,
+// over an attribute stowline does not read, which the walk passes.
 func unmarshalQIDO(body []byte) ([]string, error) {
 	var items []map[string]struct {
-		Value []any `json:"Value"`
+		Value []json.RawMessage `json:"Value"`
 	}
 	if err := json.Unmarshal(body, &items); err != nil {
 		return nil, err
@@ -155,7 +158,8 @@ func unmarshalQIDO(body []byte) ([]string, error) {
 	out := make([]string, 0, len(items))
 	for _, it := range items {
 		if a, ok := it[tagSOPInstanceUID]; ok && len(a.Value) > 0 {
-			if s, ok := a.Value[0].(string); ok && s != "" {
+			var s string
+			if json.Unmarshal(a.Value[0], &s) == nil && s != "" {
 				out = append(out, s)
 			}
 		}

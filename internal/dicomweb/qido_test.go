@@ -109,3 +109,48 @@ func TestParseQIDOInstancesRejectsMalformed(t *testing.T) {
 		t.Errorf("err = %v, want errMalformedResponse", err)
 	}
 }
+
+// TestStudyInstanceUIDsIgnoresNumbersItDoesNotRead: a destination's
+// answer gave a number stowline does not read out of float64's range (a
+// count as 1e999): a page's answer, decoded whole, was refused as
+// malformed and the study's verification failed, while a larger answer,
+// walked, listed its instances. Odd numbers (beyond float64, fractional,
+// negative) in any attribute, or after the UID in its own, leave the
+// instances listed.
+func TestStudyInstanceUIDsIgnoresNumbersItDoesNotRead(t *testing.T) {
+	for _, tt := range []struct {
+		name, attrs string // attributes beside each instance's UID
+		uidValue    string // the UID attribute's Value
+	}{
+		{"a count beyond float64", `"00201208":{"vr":"IS","Value":[1e999]}`, `["%s"]`},
+		{"a negative count beyond float64", `"00201208":{"vr":"IS","Value":[-1e999]}`, `["%s"]`},
+		{"a fraction and a negative", `"00201209":{"vr":"IS","Value":[2.5,-3]}`, `["%s"]`},
+		{"a number after the UID", `"00200013":{"vr":"IS","Value":[1]}`, `["%s",1e999]`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				var items []string
+				if r.URL.Query().Get("offset") == "0" {
+					for i := range 3 {
+						uid := fmt.Sprintf(tt.uidValue, fmt.Sprintf("1.2.3.%d", i))
+						items = append(items, `{"00080018":{"vr":"UI","Value":`+uid+`},`+tt.attrs+`}`)
+					}
+				}
+				w.Header().Set("Content-Type", "application/dicom+json")
+				fmt.Fprint(w, "["+strings.Join(items, ",")+"]")
+			}))
+			t.Cleanup(srv.Close)
+			c, err := New(srv.URL+"/dicom-web", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3)
+			if err != nil {
+				t.Fatalf("err = %v, want the study's instances listed", err)
+			}
+			if want := []string{"1.2.3.0", "1.2.3.1", "1.2.3.2"}; !slices.Equal(got, want) {
+				t.Errorf("UIDs %v, want %v", got, want)
+			}
+		})
+	}
+}

@@ -152,6 +152,13 @@ var qidoCases = []string{
 	`[1]`, `["x"]`, `[[]]`, `[true]`,
 	`[{"00100010":{"vr":"PN","Value":[{"Alphabetic":"A"}]},"00080018":{"Value":["1.2"]}}]`,
 	`[{"00080018":{"Value":["1.2"]},"00200013":{"Value":[1,2,"x",null,{}]}}]`,
+	// Numbers stowline does not read, beyond float64 or odd for their VR
+	// (a count given as 1e999, a fraction, a negative): the study's UIDs
+	// all the same.
+	`[{"00080018":{"Value":["1.2"]},"00201208":{"vr":"IS","Value":[1e999]}}]`,
+	`[{"00080018":{"Value":["1.2"]},"00201208":{"vr":"IS","Value":[-1e999,2.5,-3]}}]`,
+	`[{"00080018":{"Value":["1.2", 1e999]}}]`,
+	`[{"00080018":{"Value":[1e999, "1.2"]}}]`,
 	`[{"00080018":{"Value":["1.2"]}}`,
 	`[{"00080018":{"Value":["1.2"]}},]`,
 }
