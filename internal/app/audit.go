@@ -61,6 +61,12 @@ forwarder does (docs/verification.md).
 // RunAudit runs `forwarder audit ARGS` against the NATS server of a
 // running deployment.
 func RunAudit(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return runAudit(ctx, args, getenv, stdout, stderr, nil)
+}
+
+// runAudit is RunAudit; tune, when set, changes the auditor's options
+// before it runs (tests: its clock and clock margin).
+func runAudit(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, tune func(*ledger.AuditOptions)) error {
 	const program = "forwarder audit"
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
 	enqueue := fs.Bool("enqueue", false, "publish the events of the studies found (the same the Lua script sends; for the destinations that lack them), so the forwarders send them")
@@ -161,9 +167,12 @@ func RunAudit(ctx context.Context, args []string, getenv func(string) string, st
 		opts.Held = func(ctx context.Context, destination string) (time.Time, error) {
 			return natsjs.OldestHeld(ctx, js.JS, destination)
 		}
-		if opts.EventsMaxAge, err = eventsMaxAge(ctx, js.JS); err != nil {
+		if opts.EventsMaxAge, opts.Now, err = eventsClock(ctx, js.JS); err != nil {
 			return err
 		}
+	}
+	if tune != nil {
+		tune(&opts)
 	}
 	a, err := ledger.NewAuditor(opts)
 	if err != nil {
@@ -284,17 +293,25 @@ func repairsTaken(ctx context.Context, js jetstream.JetStream, dests []ledger.De
 	return taken, skipped, nil
 }
 
-// eventsMaxAge is the event stream's MaxAge (0: none, or no stream yet,
-// when nothing can have expired).
-func eventsMaxAge(ctx context.Context, js jetstream.JetStream) (time.Duration, error) {
+// eventsClock is the event stream's MaxAge (0: none, or no stream yet,
+// when nothing can have expired) and the NATS server's clock, as its
+// answer gave it (nil: it gave none): the audit compares the server's
+// times, never this host's clock, which may be skewed.
+func eventsClock(ctx context.Context, js jetstream.JetStream) (time.Duration, func() time.Time, error) {
 	s, err := natsjs.OpenStream(ctx, js, natsjs.EventStream)
 	if errors.Is(err, natsjs.ErrNotProvisioned) {
-		return 0, nil
+		return 0, nil, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return s.CachedInfo().Config.MaxAge, nil
+	info := s.CachedInfo()
+	if info.TimeStamp.IsZero() {
+		return info.Config.MaxAge, nil, nil
+	}
+	// Read at most a round trip late: well within the audit's margin.
+	skew := time.Until(info.TimeStamp)
+	return info.Config.MaxAge, func() time.Time { return time.Now().Add(skew) }, nil
 }
 
 // auditReporter writes the audit's findings to stdout: one JSON object a

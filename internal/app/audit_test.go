@@ -243,6 +243,8 @@ type auditSite struct {
 	srv     *testnats.Server
 	lanes   map[string]map[events.Priority]jetstream.Consumer
 	studies map[string]*events.StudyStable // by StudyInstanceUID
+	// later moves the audit's clock (the server's) ahead of the server.
+	later time.Duration
 }
 
 // two is the site's two studies, in no set order.
@@ -318,7 +320,8 @@ func (s *auditSite) record(t *testing.T, ev *events.StudyStable, destination str
 	s.recordAt(t, ev, destination, time.Now())
 }
 
-// recordAt records the study's forward to destination, done at.
+// recordAt records the study's forward to destination by a forwarder
+// whose clock says at (the server stores it now).
 func (s *auditSite) recordAt(t *testing.T, ev *events.StudyStable, destination string, at time.Time) {
 	t.Helper()
 	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), s.srv.JS, destination)
@@ -334,7 +337,14 @@ func (s *auditSite) recordAt(t *testing.T, ev *events.StudyStable, destination s
 func (s *auditSite) audit(t *testing.T, args ...string) (stderr string, err error) {
 	t.Helper()
 	var out strings.Builder
-	err = RunAudit(t.Context(), args, func(k string) string { return s.env[k] }, io.Discard, &out)
+	err = runAudit(t.Context(), args, func(k string) string { return s.env[k] }, io.Discard, &out, func(o *ledger.AuditOptions) {
+		// One server stores the ledgers and the events, with one clock:
+		// a study recorded before an event is, without waiting a minute.
+		o.ClockMargin = time.Nanosecond
+		if now := o.Now; now != nil {
+			o.Now = func() time.Time { return now().Add(s.later) }
+		}
+	})
 	return out.String(), err
 }
 
@@ -351,12 +361,12 @@ func (s *auditSite) audit(t *testing.T, args ...string) (stderr string, err erro
 // while its first event still waited there: a study whose first event
 // waits for a down destination is now "probably queued" there, and
 // queued again only once the destination holds no event as old as
-// pacs's forward (TestAuditRepairsByTime). pacs forwarded b ten minutes
-// before: ai's events, stored since, do not hold b's back.
+// pacs's forward (TestAuditRepairsByTime). pacs forwarded b before the
+// first run: ai's events, stored since, do not hold b's back.
 func TestAuditEnqueueFromCron(t *testing.T) {
 	s := newAuditSite(t, 2, "ai", "pacs")
 	a, b := s.two(t)
-	s.recordAt(t, b, "pacs", time.Now().Add(-10*time.Minute))
+	s.record(t, b, "pacs")
 	pending := func(ai, pacs uint64) {
 		t.Helper()
 		waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: ai})
@@ -408,10 +418,14 @@ func TestAuditEnqueueFromCron(t *testing.T) {
 // TestAuditRepairsByTime: a study missing at ai only was "probably
 // queued" while ai's lanes held any event not acknowledged, its own or
 // not, so a busy destination never got a lost copy repaired. It is now
-// held back only while ai holds an event as old as pacs's forward of the
+// held back only while ai holds an event as old as pacs's record of the
 // study (its own event is stored before): an unrelated event stored
-// after it does not, and a forward older than the stream's MaxAge (its
-// event expired) never does.
+// after it does not, and a record older than the stream's MaxAge (its
+// event expired) never does. The times compared were the forwarder's
+// clock (the record's ForwardedAt) and the server's (the events'): a
+// pacs forwarder ten minutes slow made a's event, waiting at ai, look
+// stored after the forward, and a was queued at ai twice. The record's
+// time is now the server's, when it stored it.
 func TestAuditRepairsByTime(t *testing.T) {
 	s := newAuditSite(t, 1, "ai", "pacs")
 	var a *events.StudyStable
@@ -441,23 +455,29 @@ func TestAuditRepairsByTime(t *testing.T) {
 	for _, tt := range []struct {
 		name         string
 		before       func()
+		later        time.Duration // the audit's clock ahead of the server's
 		says         string
 		routine, low uint64 // pending at ai
 	}{
 		{"a's own event waits at ai", func() {
 			queue(natsjs.LaneSubject(events.PriorityRoutine, "", "main"), a, a.MsgID())
 			s.record(t, a, "pacs")
-		}, "0 findings queued, 0 already queued, 1 probably queued", 1, 0},
+		}, 0, "0 findings queued, 0 already queued, 1 probably queued", 1, 0},
+		{"pacs's forwarder's clock is slow", func() {
+			s.recordAt(t, a, "pacs", time.Now().Add(-10*time.Minute))
+		}, 0, "0 findings queued, 0 already queued, 1 probably queued", 1, 0},
 		{"ai took a's event, an unrelated one waits", func() {
 			ackAll(t, routine)
+			s.record(t, a, "pacs")
 			queue(natsjs.LaneSubject(events.PriorityRoutine, "ai", "main"), other, other.MsgID())
-			s.recordAt(t, a, "pacs", time.Now().Add(-10*time.Minute))
-		}, "1 findings queued, 0 already queued, 0 probably queued", 1, 1},
+		}, 0, "1 findings queued, 0 already queued, 0 probably queued", 1, 1},
 		{"a's event expired", func() {
-			s.recordAt(t, a, "pacs", time.Now().Add(-maxAge-time.Hour))
-		}, "0 findings queued, 1 already queued, 0 probably queued", 1, 1},
+			// The unrelated event, held, is older than a's record.
+			s.record(t, a, "pacs")
+		}, maxAge + time.Hour, "0 findings queued, 1 already queued, 0 probably queued", 1, 1},
 	} {
 		tt.before()
+		s.later = tt.later
 		stderr, err := s.audit(t, "--enqueue")
 		if err != nil || !strings.Contains(stderr, tt.says) {
 			t.Errorf("%s: err = %v, stderr does not say %q:\n%s", tt.name, err, tt.says, stderr)
@@ -492,9 +512,9 @@ func ackAll(t *testing.T, c jetstream.Consumer) {
 func TestAuditPriority(t *testing.T) {
 	s := newAuditSite(t, 2, "ai", "pacs")
 	a, b := s.two(t)
-	// Long enough ago that a's event, queued by the run, does not hold b
+	// Before a's event, queued by the run, which then does not hold b
 	// back at ai (TestAuditRepairsByTime).
-	s.recordAt(t, b, "pacs", time.Now().Add(-10*time.Minute))
+	s.record(t, b, "pacs")
 	if stderr, err := s.audit(t, "--enqueue", "--priority", "routine"); err != nil {
 		t.Fatalf("audit: %v\n%s", err, stderr)
 	}

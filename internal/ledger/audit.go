@@ -118,16 +118,23 @@ type AuditOptions struct {
 	// Held, when set, reads the stream time of the oldest event the
 	// destination's lane consumers hold not acknowledged (zero: none). A
 	// study missing at some of the destinations only is then not queued
-	// for one that holds an event stored no later than the first forward
-	// of the study's state to the others (clockMargin): its own event,
-	// stored before that forward, may be that one (a backlog, an open
-	// breaker, a closed lane, a retry), and a repair would send it twice.
-	// One that holds only newer events has acknowledged it, and lost it.
+	// for one that holds an event stored no later than the first record
+	// of the study's state at the others (Record.Stored, ClockMargin): its
+	// own event, stored before that forward, may be that one (a backlog,
+	// an open breaker, a closed lane, a retry), and a repair would send
+	// it twice. One that holds only newer events has acknowledged it, and
+	// lost it. Both times are the NATS servers', never this host's.
 	Held func(ctx context.Context, destination string) (time.Time, error)
 	// EventsMaxAge is the event stream's MaxAge (0: none): a study
-	// forwarded to the others longer ago than that has its event expired,
+	// recorded at the others longer ago than that has its event expired,
 	// and is queued whatever its destination holds.
 	EventsMaxAge time.Duration
+	// Now is the NATS server's clock (nil: time.Now), which the MaxAge
+	// test compares with Record.Stored.
+	Now func() time.Time
+	// ClockMargin widens the comparisons of times from different NATS
+	// servers (the ledger's and the event stream's leaders; 0: a minute).
+	ClockMargin time.Duration
 	// PageSize is how many studies one GET /studies reads (default 500,
 	// at least 4).
 	PageSize int
@@ -170,6 +177,12 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 	}
 	if opts.PageSize < 4 {
 		opts.PageSize = 500
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ClockMargin <= 0 {
+		opts.ClockMargin = time.Minute
 	}
 	log := opts.Logger
 	if log == nil {
@@ -267,7 +280,8 @@ func (a *Auditor) source(ctx context.Context, src Source, enqueue bool, report f
 
 // study compares one study with every destination's ledger: a finding
 // per destination that lacks its current state. forwardedAt is the
-// earliest ForwardedAt of the destinations that hold it (zero: none).
+// earliest Stored of the records of the destinations that hold it (zero:
+// none).
 func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study, sum *Summary) (out []Finding, forwardedAt time.Time, err error) {
 	sum.Studies++
 	if !st.IsStable {
@@ -283,8 +297,8 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 		case err != nil:
 			return nil, time.Time{}, fmt.Errorf("destination %s: %w", d.Name, err)
 		case rec.LastUpdate >= st.LastUpdate:
-			if !rec.ForwardedAt.IsZero() && (forwardedAt.IsZero() || rec.ForwardedAt.Before(forwardedAt)) {
-				forwardedAt = rec.ForwardedAt
+			if !rec.Stored.IsZero() && (forwardedAt.IsZero() || rec.Stored.Before(forwardedAt)) {
+				forwardedAt = rec.Stored
 			}
 			continue
 		default:
@@ -356,26 +370,23 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, forwardedAt time.Ti
 	}
 }
 
-// clockMargin widens the comparison of a ForwardedAt (a forwarder's
-// clock) with the stream's times and the audit's clock.
-const clockMargin = time.Minute
-
 // probablyQueued reports whether destination may still hold the event of
-// a study the others completed at forwardedAt: that event was stored no
-// later, so it is held only if the destination holds an event as old.
+// a study the others' ledgers recorded at forwardedAt (server time): that
+// event was stored no later, so it is held only if the destination holds
+// an event as old.
 // The destination is read once a run, and again only for a study
 // forwarded after (or within the margin of) the last read, which its
 // event may postdate; a read after the ledgers shows the event if held.
 // A failed read is not tried again this run.
 func (a *Auditor) probablyQueued(ctx context.Context, destination string, forwardedAt time.Time) (bool, error) {
-	by := forwardedAt.Add(clockMargin)
+	by := forwardedAt.Add(a.opts.ClockMargin)
 	// Expired, or no time recorded: nothing to wait for.
-	if forwardedAt.IsZero() || a.opts.EventsMaxAge > 0 && by.Before(time.Now().Add(-a.opts.EventsMaxAge)) {
+	if forwardedAt.IsZero() || a.opts.EventsMaxAge > 0 && by.Before(a.opts.Now().Add(-a.opts.EventsMaxAge)) {
 		return false, nil
 	}
 	h, ok := a.held[destination]
 	if !ok || h.err == nil && !h.at.After(by) {
-		h = heldRead{at: time.Now()}
+		h = heldRead{at: a.opts.Now()}
 		h.oldest, h.err = a.opts.Held(ctx, destination)
 		if h.err != nil {
 			h.err = fmt.Errorf("the events destination %s holds cannot be read (not asked again this run): %w", destination, h.err)

@@ -375,7 +375,7 @@ func TestAuditProbablyQueuedByTime(t *testing.T) {
 			a, err := ledger.NewAuditor(ledger.AuditOptions{
 				Sources: []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
 				Destinations: []ledger.Destination{{Name: "ai", Records: noRecords{}},
-					{Name: "pacs", Records: records{study.ID: {LastUpdate: study.LastUpdate, ForwardedAt: tt.forwarded}}}},
+					{Name: "pacs", Records: records{study.ID: {LastUpdate: study.LastUpdate, Stored: tt.forwarded}}}},
 				Publish: func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
 					return &jetstream.PubAck{}, nil
 				},
@@ -412,7 +412,7 @@ func TestAuditReadsHeldOnceARun(t *testing.T) {
 	for i, at := range []time.Time{now.Add(-2 * time.Hour), now.Add(-time.Hour), now, now.Add(-time.Hour)} {
 		st := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-5392598" + strconv.Itoa(i), StudyInstanceUID: "1.2.3." + strconv.Itoa(i), LastUpdate: "20261126T101500", IsStable: true}
 		studies = append(studies, st)
-		recs[st.ID] = ledger.Record{LastUpdate: st.LastUpdate, ForwardedAt: at}
+		recs[st.ID] = ledger.Record{LastUpdate: st.LastUpdate, Stored: at}
 	}
 	for _, tt := range []struct {
 		name  string

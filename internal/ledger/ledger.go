@@ -38,6 +38,10 @@ type Record struct {
 	LastUpdate       string    `json:"lastUpdate"`
 	StudyInstanceUID string    `json:"studyInstanceUid,omitempty"`
 	ForwardedAt      time.Time `json:"forwardedAt"`
+	// Stored is when the ledger's NATS server stored the record (its KV
+	// entry's creation time), set by Lookup: the server's clock, as the
+	// event stream's times are, where ForwardedAt is the forwarder's.
+	Stored time.Time `json:"-"`
 	// NotSelected: the destination's rules selected nothing of the study,
 	// so nothing was sent; the study is done for the destination all the
 	// same.
@@ -233,5 +237,6 @@ func (l *Ledger) Lookup(ctx context.Context, source, orthancStudyID string) (Rec
 	if err := json.Unmarshal(entry.Value(), &r); err != nil {
 		return Record{}, fmt.Errorf("ledger: decode %s: %w", key, err)
 	}
+	r.Stored = entry.Created()
 	return r, nil
 }

@@ -51,6 +51,7 @@ func TestRecordAndLookup(t *testing.T) {
 		{"same study ID in another source", "b", "20261126T080000", "20261126T110000"},
 	}
 	for _, s := range steps {
+		before := time.Now()
 		if err := l.Record(ctx, event(s.source, s.lu)); err != nil {
 			t.Fatalf("%s: Record: %v", s.name, err)
 		}
@@ -60,6 +61,11 @@ func TestRecordAndLookup(t *testing.T) {
 		}
 		if r.LastUpdate != s.want || !r.ForwardedAt.Equal(now) || r.StudyInstanceUID != "1.2.3.4" {
 			t.Errorf("%s: record = %+v, want LastUpdate %s", s.name, r, s.want)
+		}
+		// Stored is the server's time (this host's here), not the
+		// forwarder's clock, which WithClock sets days back.
+		if s.want == s.lu && (r.Stored.Before(before.Add(-time.Second)) || r.Stored.After(time.Now().Add(time.Second))) {
+			t.Errorf("%s: Stored = %v, want the server's time of the write (about %v)", s.name, r.Stored, before)
 		}
 	}
 	if r, err := l.Lookup(ctx, "b", studyID); err != nil || r.LastUpdate != "20261126T080000" {
