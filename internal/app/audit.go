@@ -37,8 +37,9 @@ reads every study: --since is for --verify only (for a window of
 an archive, forwarder backfill --from source --since --until). Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
 stderr. Exit status: 0 nothing missing, or all of it queued or already
-queued (its event stored within the event stream's duplicate window:
-waiting, being forwarded or dead-lettered; not queued again) or probably
+queued (its event stored within the event stream's duplicate window, or
+one for that destination alone held in its lanes: waiting, being
+forwarded or dead-lettered; not queued again) or probably
 queued (missing at some destinations only, each holding events not
 acknowledged as old as the study's forward to the others: its own event
 may be among them; a later audit queues it once that one holds none so
@@ -167,6 +168,11 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		opts.Held = func(ctx context.Context, destination string) (time.Time, error) {
 			return natsjs.OldestHeld(ctx, js.JS, destination)
 		}
+		// A copy an operator queued for one destination (a backfill, a
+		// replay) is newer than the others' forward: only its study tells.
+		opts.HeldAlone = func(ctx context.Context, destination string) (map[natsjs.StudyKey]string, error) {
+			return natsjs.HeldAlone(ctx, js.JS, destination)
+		}
 		if opts.EventsMaxAge, opts.Now, err = eventsClock(ctx, js.JS); err != nil {
 			return err
 		}
@@ -196,7 +202,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		// Not a failure: a backlog, an open breaker or a closed lane
 		// keeps events waiting, and a scheduled audit must not alert on
 		// them nor send them twice.
-		fmt.Fprintf(stderr, "audit: %d findings not queued again: the event stream holds their event from within its duplicate window%s: waiting in its lane, being forwarded, or dead-lettered (forwarder replay list; forwarder replay sends a dead letter again). Only for a copy known lost (forwarded and its record lost, its deliveries run out with no dead letter) does forwarder audit --destination NAME --enqueue queue it again for that destination\n",
+		fmt.Fprintf(stderr, "audit: %d findings not queued again: the event stream holds their event from within its duplicate window%s, or one queued for their destination alone (a backfill, a replay, an earlier audit's repair) its lanes have not acknowledged: waiting in its lane, being forwarded, or dead-lettered (forwarder replay list; forwarder replay sends a dead letter again). Only for a copy known lost (forwarded and its record lost, its deliveries run out with no dead letter) does forwarder audit --destination NAME --enqueue queue it again for that destination\n",
 			sum.Duplicates, streamDuplicateWindow(ctx, js.JS))
 	}
 	if sum.ProbablyQueued > 0 {

@@ -486,6 +486,52 @@ func TestAuditRepairsByTime(t *testing.T) {
 	}
 }
 
+// TestAuditSeesACopyQueuedForOneDestination: a study pacs forwarded,
+// which an operator then backfilled for ai alone, was queued again at ai
+// by a scheduled audit while that copy waited: stored after pacs's
+// forward, the copy did not hold the study back (TestAuditRepairsByTime).
+// The audit now reads the events ai's lanes hold for it alone, and the
+// study is "already queued" there; a copy of an older state of the study
+// does not count.
+func TestAuditSeesACopyQueuedForOneDestination(t *testing.T) {
+	s := newAuditSite(t, 1, "ai", "pacs")
+	var a *events.StudyStable
+	for _, ev := range s.studies {
+		a = ev
+	}
+	low := s.lanes["ai"][events.PriorityLow]
+	backfill := func(ev *events.StudyStable) {
+		t.Helper()
+		if _, err := natsjs.PublishTo(t.Context(), s.srv.JS, natsjs.LaneSubject(events.PriorityLow, "ai", "main"), ev, ev.MsgID()+"/backfill"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	older := *a
+	older.LastUpdate = "20000101T000000"
+	for _, tt := range []struct {
+		name   string
+		before func()
+		says   string
+		low    uint64 // pending at ai
+	}{
+		{"backfilled for ai after pacs's forward", func() {
+			s.record(t, a, "pacs")
+			backfill(a)
+		}, "0 findings queued, 1 already queued, 0 probably queued", 1},
+		{"ai took it, its record lost; an older state backfilled", func() {
+			ackAll(t, low)
+			backfill(&older)
+		}, "1 findings queued, 0 already queued, 0 probably queued", 2},
+	} {
+		tt.before()
+		stderr, err := s.audit(t, "--enqueue")
+		if err != nil || !strings.Contains(stderr, tt.says) {
+			t.Errorf("%s: err = %v, stderr does not say %q:\n%s", tt.name, err, tt.says, stderr)
+		}
+		waitPending(t, s.lanes["ai"], map[events.Priority]uint64{events.PriorityRoutine: 0, events.PriorityLow: tt.low})
+	}
+}
+
 // ackAll acknowledges every event c holds.
 func ackAll(t *testing.T, c jetstream.Consumer) {
 	t.Helper()

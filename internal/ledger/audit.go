@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -61,7 +62,9 @@ type Finding struct {
 	ForwardedLastUpdate string `json:"forwardedLastUpdate,omitempty"`
 	// Enqueued is true when --enqueue published the study's event;
 	// Duplicate when JetStream already held it (it is queued or was
-	// forwarded within the dedupe window).
+	// forwarded within the dedupe window), or, not published, when the
+	// destination holds an event for it alone of the study's state, not
+	// acknowledged (AuditOptions.HeldAlone).
 	Enqueued  bool `json:"enqueued,omitempty"`
 	Duplicate bool `json:"duplicate,omitempty"`
 	// ProbablyQueued: other destinations forwarded the study, and this
@@ -88,7 +91,8 @@ type Summary struct {
 	// Enqueued counts the findings whose event JetStream stored;
 	// Duplicates those whose event it dropped as a duplicate of one
 	// stored within the dedupe window (waiting in the queue, being
-	// forwarded, or dead-lettered): this run did not queue them again.
+	// forwarded, or dead-lettered), or whose destination holds an event
+	// for it alone (Finding.Duplicate): this run did not queue them again.
 	Enqueued   int `json:"enqueued"`
 	Duplicates int `json:"duplicates,omitempty"`
 	// ProbablyQueued counts the findings not queued because their
@@ -125,6 +129,14 @@ type AuditOptions struct {
 	// it twice. One that holds only newer events has acknowledged it, and
 	// lost it. Both times are the NATS servers', never this host's.
 	Held func(ctx context.Context, destination string) (time.Time, error)
+	// HeldAlone, when set, reads the studies of the events the
+	// destination's lane consumers hold for it alone, not acknowledged
+	// (natsjs.HeldAlone: backfills, replays, re-forwards, the audit's
+	// repairs), with the newest LastUpdate held of each. A finding whose
+	// destination holds its state, or a newer one, so is already queued
+	// there, whatever the times (Held cannot tell: an operator queues
+	// such a copy after the others' forward): it is not queued again.
+	HeldAlone func(ctx context.Context, destination string) (map[natsjs.StudyKey]string, error)
 	// EventsMaxAge is the event stream's MaxAge (0: none): a study
 	// recorded at the others longer ago than that has its event expired,
 	// and is queued whatever its destination holds.
@@ -149,6 +161,14 @@ type Auditor struct {
 	// destination makes every study of an archive a partial finding, and
 	// one that cannot be read would cost a timeout each.
 	held map[string]heldRead
+	// alone keeps, by destination, this run's read of HeldAlone.
+	alone map[string]aloneRead
+}
+
+// aloneRead is one read of AuditOptions.HeldAlone.
+type aloneRead struct {
+	studies map[natsjs.StudyKey]string
+	err     error
 }
 
 // heldRead is one read of AuditOptions.Held, begun at at.
@@ -188,7 +208,7 @@ func NewAuditor(opts AuditOptions) (*Auditor, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Auditor{opts: opts, log: log, held: map[string]heldRead{}}, nil
+	return &Auditor{opts: opts, log: log, held: map[string]heldRead{}, alone: map[string]aloneRead{}}, nil
 }
 
 // Run audits every source and calls report for each finding, in Orthanc's
@@ -345,14 +365,39 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, forwardedAt time.Ti
 		log.Info("study enqueued by the audit", "destination", destination, "duplicate", ack.Duplicate, "stream_seq", ack.Sequence)
 	}
 	if !a.opts.Some && len(fs) == len(a.opts.Destinations) {
+		// The study's ordinary event, which de-duplicates with the one the
+		// Lua script sent, unless every destination holds a copy for it
+		// alone (an unreadable one counts as not).
 		targets := make([]*Finding, len(fs))
+		queued := 0
 		for i := range fs {
 			targets[i] = &fs[i]
+			if held, err := a.heldAlone(ctx, &fs[i]); err == nil && held {
+				queued++
+			}
 		}
-		publish("", targets)
+		if queued < len(fs) {
+			publish("", targets)
+			return
+		}
+		for i := range fs {
+			fs[i].Duplicate = true
+		}
+		log.Info("study not enqueued: every destination holds an event for it alone not acknowledged")
 		return
 	}
 	for i := range fs {
+		held, err := a.heldAlone(ctx, &fs[i])
+		if err != nil {
+			// Logged once, at the read.
+			fs[i].Problem = err.Error()
+			continue
+		}
+		if held {
+			fs[i].Duplicate = true
+			log.Info("study not enqueued: its destination holds an event for it alone not acknowledged", "destination", fs[i].Destination)
+			continue
+		}
 		if a.opts.Held != nil {
 			held, err := a.probablyQueued(ctx, fs[i].Destination, forwardedAt)
 			if err != nil {
@@ -368,6 +413,29 @@ func (a *Auditor) enqueue(ctx context.Context, fs []Finding, forwardedAt time.Ti
 		}
 		publish(fs[i].Destination, []*Finding{&fs[i]})
 	}
+}
+
+// heldAlone reports whether f's destination holds an event for it alone
+// of f's state or a newer one (AuditOptions.HeldAlone), reading each
+// destination once a run; a failed read is not tried again this run.
+func (a *Auditor) heldAlone(ctx context.Context, f *Finding) (bool, error) {
+	if a.opts.HeldAlone == nil {
+		return false, nil
+	}
+	r, ok := a.alone[f.Destination]
+	if !ok {
+		r.studies, r.err = a.opts.HeldAlone(ctx, f.Destination)
+		if r.err != nil {
+			r.err = fmt.Errorf("the events destination %s holds for it alone cannot be read (not asked again this run): %w", f.Destination, r.err)
+			a.log.Error("its studies missing at some destinations only are not queued for it this run", "destination", f.Destination, "err", r.err)
+		}
+		a.alone[f.Destination] = r
+	}
+	if r.err != nil {
+		return false, r.err
+	}
+	lastUpdate, ok := r.studies[natsjs.StudyKey{Source: f.Source, OrthancStudyID: f.OrthancStudyID}]
+	return ok && lastUpdate >= f.LastUpdate, nil
 }
 
 // probablyQueued reports whether destination may still hold the event of

@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -451,6 +452,63 @@ func TestAuditReadsHeldOnceARun(t *testing.T) {
 			tt.want.Studies, tt.want.Findings, tt.want.Missing = 4, 4, 4
 			if err != nil || sum != tt.want || reads != tt.reads || problems != tt.want.NotEnqueued {
 				t.Errorf("summary %+v, %v, %d reads, %d problems; want %+v, %d reads", sum, err, reads, problems, tt.want, tt.reads)
+			}
+		})
+	}
+}
+
+// A copy an operator queued for one destination alone (a backfill, a
+// replay) is stored after the others' forward, so the time test does not
+// see it, and a scheduled audit queued the study there again. A finding
+// whose destination holds an event for it alone of its state (or a newer
+// one) is now "already queued", nothing published for it; a copy of an
+// older state does not count. A study every destination lacks gets its
+// ordinary event unless each of them holds such a copy.
+func TestAuditSeesCopiesQueuedForOneDestination(t *testing.T) {
+	study := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500", IsStable: true}
+	key := natsjs.StudyKey{Source: "src", OrthancStudyID: study.ID}
+	forwarded := records{study.ID: {LastUpdate: study.LastUpdate, Stored: time.Now()}}
+	for _, tt := range []struct {
+		name      string
+		pacs      ledger.Records
+		alone     map[string]map[natsjs.StudyKey]string // by destination
+		err       error                                 // of HeldAlone
+		want      ledger.Summary
+		published []string // destinations of the events published
+	}{
+		{"its state", forwarded, map[string]map[natsjs.StudyKey]string{"ai": {key: study.LastUpdate}}, nil, ledger.Summary{Duplicates: 1}, nil},
+		{"a newer state", forwarded, map[string]map[natsjs.StudyKey]string{"ai": {key: "20261127T000000"}}, nil, ledger.Summary{Duplicates: 1}, nil},
+		{"an older state", forwarded, map[string]map[natsjs.StudyKey]string{"ai": {key: "20261125T000000"}}, nil, ledger.Summary{Enqueued: 1}, []string{"ai"}},
+		{"another study", forwarded, map[string]map[natsjs.StudyKey]string{"ai": {{Source: "src", OrthancStudyID: "other"}: study.LastUpdate}}, nil, ledger.Summary{Enqueued: 1}, []string{"ai"}},
+		{"unreadable", forwarded, nil, errors.New("no answer"), ledger.Summary{NotEnqueued: 1}, nil},
+		{"missing at both, held at both", noRecords{}, map[string]map[natsjs.StudyKey]string{"ai": {key: study.LastUpdate}, "pacs": {key: study.LastUpdate}}, nil, ledger.Summary{Duplicates: 2}, nil},
+		{"missing at both, held at ai", noRecords{}, map[string]map[natsjs.StudyKey]string{"ai": {key: study.LastUpdate}}, nil, ledger.Summary{Enqueued: 2}, []string{""}},
+		{"missing at both, unreadable", noRecords{}, nil, errors.New("no answer"), ledger.Summary{Enqueued: 2}, []string{""}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var published []string
+			a, err := ledger.NewAuditor(ledger.AuditOptions{
+				Sources:      []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
+				Destinations: []ledger.Destination{{Name: "ai", Records: noRecords{}}, {Name: "pacs", Records: tt.pacs}},
+				Publish: func(_ context.Context, destination string, _ *events.StudyStable) (*jetstream.PubAck, error) {
+					published = append(published, destination)
+					return &jetstream.PubAck{}, nil
+				},
+				// ai holds nothing as old as pacs's forward.
+				Held: func(context.Context, string) (time.Time, error) { return time.Time{}, nil },
+				HeldAlone: func(_ context.Context, destination string) (map[natsjs.StudyKey]string, error) {
+					return tt.alone[destination], tt.err
+				},
+				EventsMaxAge: 7 * 24 * time.Hour,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum, err := a.Run(t.Context(), true, func(ledger.Finding) error { return nil })
+			findings := tt.want.Duplicates + tt.want.Enqueued + tt.want.NotEnqueued
+			tt.want.Studies, tt.want.Findings, tt.want.Missing = 1, findings, 1
+			if err != nil || sum != tt.want || !slices.Equal(published, tt.published) {
+				t.Errorf("summary %+v, %v, published for %q; want %+v, published for %q", sum, err, published, tt.want, tt.published)
 			}
 		})
 	}

@@ -100,3 +100,61 @@ func OldestHeld(ctx context.Context, js jetstream.JetStream, destination string)
 	}
 	return oldest, nil
 }
+
+// StudyKey names a study of a source: its Orthanc study ID.
+type StudyKey struct{ Source, OrthancStudyID string }
+
+// HeldAlone reads the events for destination alone (LaneSubject with a
+// destination: backfills, replays, re-forwards and the audit's repairs
+// queued for it) that its lane consumers hold not acknowledged: the
+// newest LastUpdate held of each study. Those above a lane's ack floor
+// count, acknowledged out of order or not; a lane without a consumer
+// holds none, and an event that does not decode names no study. Events
+// for every destination are not read: the live stream may hold many.
+// The stream is read event by event (the reads OldestHeld makes, no
+// consumer made), each read waiting consumerReadTimeout at most.
+func HeldAlone(ctx context.Context, js jetstream.JetStream, destination string) (map[StudyKey]string, error) {
+	s, err := OpenStream(ctx, js, EventStream)
+	if err != nil {
+		return nil, err
+	}
+	// Events stored after this read are not waited for.
+	last := s.CachedInfo().State.LastSeq
+	held := map[StudyKey]string{}
+	for _, lane := range events.Priorities {
+		name := LaneConsumerName(destination, lane)
+		rctx, cancel := context.WithTimeout(ctx, consumerReadsTimeout)
+		info, err := readConsumer(rctx, s, name)
+		cancel()
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("consumer %s of stream %s cannot be read: %w", name, EventStream, err)
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 {
+			continue
+		}
+		filter := aloneFilter(destination, lane)
+		for seq := info.AckFloor.Stream + 1; seq <= last; {
+			rctx, cancel := context.WithTimeout(ctx, consumerReadTimeout)
+			m, err := s.GetMsg(rctx, seq, jetstream.WithGetMsgSubject(filter))
+			cancel()
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("events for destination %s alone, from stream sequence %d: %w", destination, seq, err)
+			}
+			if m.Sequence > last {
+				break
+			}
+			if ev, err := events.Decode(m.Data); err == nil {
+				k := StudyKey{ev.Source, ev.OrthancStudyID}
+				held[k] = max(held[k], ev.LastUpdate)
+			}
+			seq = m.Sequence + 1
+		}
+	}
+	return held, nil
+}

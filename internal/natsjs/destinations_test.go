@@ -1,6 +1,8 @@
 package natsjs_test
 
 import (
+	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -61,4 +63,58 @@ func TestOldestHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	held("ai", routine)
+}
+
+// TestHeldAlone: the studies of the events a destination's lanes hold
+// for it alone, not acknowledged, with the newest LastUpdate of each;
+// not the events for every destination, another destination's, those of
+// a lane without a consumer, nor those acknowledged.
+func TestHeldAlone(t *testing.T) {
+	js, ctx, topo := eventStream(t)
+	lanes, err := topo.EnsureLanes(ctx, js, []string{"ai", "pacs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteConsumer(ctx, natsjs.EventStream, natsjs.LaneConsumerName("ai", events.PriorityStat)); err != nil {
+		t.Fatal(err)
+	}
+	study := func(n int) natsjs.StudyKey {
+		return natsjs.StudyKey{Source: "orthanc-a", OrthancStudyID: fmt.Sprintf("5b2a8e4c-1f6d3a90-0c7e2b41-9d8f6a53-e4b1c2d%d", n)}
+	}
+	queue := func(lane events.Priority, destination string, k natsjs.StudyKey, lastUpdate string) {
+		t.Helper()
+		ev := event(lastUpdate)
+		ev.OrthancStudyID = k.OrthancStudyID
+		if _, err := natsjs.PublishTo(ctx, js, natsjs.LaneSubject(lane, destination, ev.Source), ev, ev.MsgID()+"/"+destination+"/"+string(lane)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Taken and acknowledged first: the routine lane's first event.
+	queue(events.PriorityRoutine, "ai", study(1), "20261126T101500")
+	msg, err := lanes["ai"][events.PriorityRoutine].Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	queue(events.PriorityLow, "ai", study(2), "20261126T101500")
+	queue(events.PriorityRoutine, "ai", study(2), "20261126T111500")
+	queue(events.PriorityLow, "ai", study(2), "20261126T091500")
+	queue(events.PriorityRoutine, "", study(3), "20261126T101500") // every destination
+	queue(events.PriorityStat, "ai", study(4), "20261126T101500")  // no stat consumer
+	queue(events.PriorityLow, "pacs", study(5), "20261126T101500")
+	for _, tt := range []struct {
+		destination string
+		want        map[natsjs.StudyKey]string
+	}{
+		{"ai", map[natsjs.StudyKey]string{study(2): "20261126T111500"}},
+		{"pacs", map[natsjs.StudyKey]string{study(5): "20261126T101500"}},
+		{"gone", map[natsjs.StudyKey]string{}},
+	} {
+		got, err := natsjs.HeldAlone(ctx, js, tt.destination)
+		if err != nil || !maps.Equal(got, tt.want) {
+			t.Errorf("HeldAlone(%s) = %v, %v; want %v", tt.destination, got, err, tt.want)
+		}
+	}
 }

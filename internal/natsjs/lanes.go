@@ -91,14 +91,20 @@ func LaneOfConsumer(name string) (destination string, lane events.Priority, ok b
 
 // laneFilters are the subjects a destination's lane takes.
 func laneFilters(destination string, lane events.Priority) []string {
-	one := DestinationSubjectPrefix + destination + ".*"
+	one := aloneFilter(destination, lane)
 	switch lane.Lane() {
 	case events.PriorityStat:
-		return []string{EventSubjectPrefix + "*.stat", one + ".stat"}
+		return []string{EventSubjectPrefix + "*.stat", one}
 	case events.PriorityLow:
 		return []string{EventSubjectPrefix + "*.low", one}
 	}
-	return []string{EventSubjectPrefix + "*", one + ".routine"}
+	return []string{EventSubjectPrefix + "*", one}
+}
+
+// aloneFilter is the subject of a destination's lane that takes the
+// events for that destination alone (LaneSubject's, of every source).
+func aloneFilter(destination string, lane events.Priority) string {
+	return LaneSubject(lane, destination, "*")
 }
 
 // LaneConsumerConfig is the durable pull consumer of one lane of a
