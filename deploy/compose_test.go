@@ -385,6 +385,50 @@ func TestComposeForwarderServicesShareDestinations(t *testing.T) {
 	}
 }
 
+// TestComposeOneDestinationKeepsItsName: the several-destinations
+// example turns the one destination's .env variables (DICOMWEB_URL and
+// its OAuth2 client) into DESTINATION_DEFAULT_ ones. Under another name
+// it would be a new destination with a new, empty consumer and ledger,
+// while the events and dead letters of default wait for a consumer no
+// forwarder serves (docs/routing.md, From one destination to several).
+func TestComposeOneDestinationKeepsItsName(t *testing.T) {
+	oneDestination := []string{"DICOMWEB_URL", "OAUTH_TOKEN_URL", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES"}
+	for _, on := range variants {
+		t.Run(strings.Join(append([]string{"as is"}, on...), "+"), func(t *testing.T) {
+			c := loadCompose(t, on...)
+			for _, name := range slices.Sorted(maps.Keys(c.Services)) {
+				svc := c.Services[name]
+				if svc.Build == nil || svc.Build.Target != "forwarder" {
+					continue
+				}
+				several := svc.Environment["DESTINATIONS"] != ""
+				if several && !slices.Contains(strings.Split(svc.Environment["DESTINATIONS"], ","), "default") {
+					t.Errorf("%s: DESTINATIONS=%s does not keep the one destination's name, default", name, svc.Environment["DESTINATIONS"])
+				}
+				takesURL := false
+				for _, k := range slices.Sorted(maps.Keys(svc.Environment)) {
+					for _, ref := range reference.FindAllStringSubmatch(svc.Environment[k], -1) {
+						if !slices.Contains(oneDestination, ref[1]) {
+							continue
+						}
+						want := ref[1]
+						if several {
+							want = config.DestinationVarPrefix("default") + strings.TrimPrefix(ref[1], "DICOMWEB_")
+						}
+						if k != want {
+							t.Errorf("%s: %s takes ${%s}, the one destination's, want it in %s", name, k, ref[1], want)
+						}
+						takesURL = takesURL || ref[1] == "DICOMWEB_URL"
+					}
+				}
+				if !takesURL {
+					t.Errorf("%s: no variable takes ${DICOMWEB_URL}", name)
+				}
+			}
+		})
+	}
+}
+
 // TestComposeStreamSettingsAgree: the ingest and every forwarder set the
 // event stream to their own EVENTS_RETENTION, EVENTS_DEDUPE_WINDOW and
 // NATS_REPLICAS when they start, so each stowline service must have the
