@@ -429,6 +429,46 @@ func TestComposeOneDestinationKeepsItsName(t *testing.T) {
 	}
 }
 
+// TestComposeOperatorCommandsInDocs: docs/operations.md tells compose
+// operators to run the forwarder's commands with `docker compose exec`
+// and to reach the admin API from a container on the compose network,
+// since neither NATS nor the forwarders publish a host port. The service
+// must exist (in some variant) and run that binary, and the network must
+// be the one compose names after the file's name.
+func TestComposeOperatorCommandsInDocs(t *testing.T) {
+	ops := string(readFile(t, "docs/operations.md"))
+	services := map[string]service{}
+	for _, on := range variants {
+		maps.Copy(services, loadCompose(t, on...).Services)
+	}
+	stages := dockerfileStages(t)
+	execs := regexp.MustCompile(`docker compose exec (?:-T )?(\S+) (\S+)`).FindAllStringSubmatch(ops, -1)
+	if len(execs) == 0 {
+		t.Fatal("docs/operations.md has no `docker compose exec`")
+	}
+	for _, m := range execs {
+		svc, ok := services[m[1]]
+		switch {
+		case !ok:
+			t.Errorf("%q: docker-compose.yml has no service %s", m[0], m[1])
+		case svc.Build == nil:
+			t.Errorf("%q: service %s is no stowline service", m[0], m[1])
+		case stages[svc.Build.Target] != "/usr/local/bin/"+m[2]:
+			t.Errorf("%q: service %s runs %s, not /usr/local/bin/%s", m[0], m[1], stages[svc.Build.Target], m[2])
+		}
+	}
+	name := loadCompose(t).Name
+	nets := regexp.MustCompile(`--network (\S+)`).FindAllStringSubmatch(ops, -1)
+	if len(nets) == 0 {
+		t.Fatal("docs/operations.md names no compose network for the admin API")
+	}
+	for _, m := range nets {
+		if m[1] != name+"_default" {
+			t.Errorf("%q: the compose network is %s_default", m[0], name)
+		}
+	}
+}
+
 // TestComposeStreamSettingsAgree: the ingest and every forwarder set the
 // event stream to their own EVENTS_RETENTION, EVENTS_DEDUPE_WINDOW and
 // NATS_REPLICAS when they start, so each stowline service must have the
