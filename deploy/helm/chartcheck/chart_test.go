@@ -451,8 +451,10 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 			continue
 		}
 		for _, it := range v.Secret.Items {
-			if v.Name == "secrets" && env[it.Key+"_FILE"] == "" {
-				t.Errorf("deployment %s: secret %s mounted but no %s_FILE points to it", d.Name, it.Key, it.Key)
+			// The file is named after the variable: a role's NATS
+			// password key (nats.passwordKey) is mounted as NATS_PASSWORD.
+			if v.Name == "secrets" && env[it.Path+"_FILE"] == "" {
+				t.Errorf("deployment %s: secret %s mounted as %s but no %s_FILE points to it", d.Name, it.Key, it.Path, it.Path)
 			}
 		}
 	}

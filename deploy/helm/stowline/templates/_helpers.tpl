@@ -74,9 +74,42 @@ kube-scheduler's own default lets three share a node.
 {{- printf "%s:%s" $repo (default .root.Chart.AppVersion .root.Values.image.tag) -}}
 {{- end -}}
 
-{{/* The secret variables each command reads: (dict "root" $). */}}
+{{/*
+A role's NATS credential, as YAML {credsSecret, credsFrom, passwordKey}:
+its own (ingest.nats, or the group's nats over forwarderDefaults.nats)
+over the global nats.credsSecret, so that the webhook-facing ingest need
+not hold the forwarders' rights ($JS.ACK..., the ledger's writes:
+docs/nats-permissions.md). passwordKey: the key of `secrets` mounted as
+the role's NATS_PASSWORD file. (dict "root" $ "role" "ingest"), or
+"forwarder" with "f" $forwarder.
+*/}}
+{{- define "stowline.natsAuth" -}}
+{{- $root := .root -}}
+{{- $own := dict -}}
+{{- $where := "ingest.nats" -}}
+{{- if eq .role "ingest" -}}
+{{- $own = default dict $root.Values.ingest.nats -}}
+{{- else -}}
+{{- $own = default dict .f.nats -}}
+{{- $where = printf "forwarders[%s].nats (or forwarderDefaults.nats)" .f.name -}}
+{{- end -}}
+{{- $out := dict "credsSecret" (toString (default "" $root.Values.nats.credsSecret)) "credsFrom" "nats.credsSecret" "passwordKey" "NATS_PASSWORD" -}}
+{{- with $own.credsSecret }}{{ $_ := set $out "credsSecret" (toString .) }}{{ $_ := set $out "credsFrom" (printf "%s.credsSecret" $where) }}{{ end -}}
+{{- with $own.passwordKey }}{{ $_ := set $out "passwordKey" (toString .) }}{{ end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* The variable a key of `secrets` is mounted as for a role: its own
+name, NATS_PASSWORD for the role's passwordKey. (dict "key" K "auth"
+stowline.natsAuth). */}}
+{{- define "stowline.secretKeyVar" -}}
+{{- ternary "NATS_PASSWORD" .key (eq .key .auth.passwordKey) -}}
+{{- end -}}
+
+{{/* The keys of `secrets` each command reads: (dict "root" $). */}}
 {{- define "stowline.secretVars.ingest" -}}
-{{- $out := list "INGEST_TOKEN" "INGEST_TOKEN_PREVIOUS" "INGEST_HMAC_SECRET" "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD" -}}
+{{- $auth := include "stowline.natsAuth" (dict "root" .root "role" "ingest") | fromYaml -}}
+{{- $out := list "INGEST_TOKEN" "INGEST_TOKEN_PREVIOUS" "INGEST_HMAC_SECRET" "ADMIN_TOKEN" "ORTHANC_PASSWORD" $auth.passwordKey -}}
 {{- join " " (concat $out (splitList " " (include "stowline.sourceSecretVars" .root))) -}}
 {{- end -}}
 {{/*
@@ -99,7 +132,8 @@ secrets of those only: internal/config, readDynamic).
 */}}
 {{- define "stowline.secretVars.forwarder" -}}
 {{- $root := .root -}}
-{{- $out := concat (list "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD") (splitList " " (include "stowline.sourceSecretVars" $root)) -}}
+{{- $auth := include "stowline.natsAuth" (dict "root" $root "role" "forwarder" "f" .f) | fromYaml -}}
+{{- $out := concat (list "ADMIN_TOKEN" "ORTHANC_PASSWORD" $auth.passwordKey) (splitList " " (include "stowline.sourceSecretVars" $root)) -}}
 {{- if $root.Values.destinations -}}
 {{- range (include "stowline.servedDestinations" . | fromYamlArray) }}{{ $out = append $out (printf "%sOAUTH_CLIENT_SECRET" (include "stowline.destinationPrefix" .)) }}{{ end -}}
 {{- else -}}
@@ -286,7 +320,8 @@ Arguments: (dict "root" $ "role" "ingest"), or "forwarder" with "f" $forwarder.
 {{- range $k, $v := $root.Values.env }}{{ $_ := set $env $k $v }}{{ end -}}
 {{- $_ := set $env "NATS_URL" (required "nats.url is required: the NATS JetStream servers' URLs (NATS_URL)" $root.Values.nats.url) -}}
 {{- $_ := set $env "NATS_REPLICAS" $root.Values.nats.replicas -}}
-{{- if $root.Values.nats.credsSecret }}{{ $_ := set $env "NATS_CREDS_FILE" (printf "%s/nats.creds" (include "stowline.natsDir" $root)) }}{{ end -}}
+{{- $auth := include "stowline.natsAuth" . | fromYaml -}}
+{{- if $auth.credsSecret }}{{ $_ := set $env "NATS_CREDS_FILE" (printf "%s/nats.creds" (include "stowline.natsDir" $root)) }}{{ end -}}
 {{- $_ := set $env "ORTHANC_URL" $root.Values.orthanc.url -}}
 {{- $_ := set $env "ORTHANC_USERNAME" $root.Values.orthanc.username -}}
 {{- $_ := set $env "ORTHANC_SOURCE_NAME" $root.Values.orthanc.sourceName -}}
@@ -298,7 +333,8 @@ Arguments: (dict "root" $ "role" "ingest"), or "forwarder" with "f" $forwarder.
 {{- end -}}
 {{- end -}}
 {{- range splitList " " (include "stowline.roleSecretKeys" .) -}}
-{{- if . }}{{ $_ := set $env (printf "%s_FILE" .) (printf "%s/%s" (include "stowline.secretDir" $root) .) }}{{ end -}}
+{{- $v := include "stowline.secretKeyVar" (dict "key" . "auth" $auth) -}}
+{{- if . }}{{ $_ := set $env (printf "%s_FILE" $v) (printf "%s/%s" (include "stowline.secretDir" $root) $v) }}{{ end -}}
 {{- end -}}
 {{- toYaml $env -}}
 {{- end -}}
@@ -383,6 +419,7 @@ value stays in the Secret, out of the Deployment and the release. */}}
 {{/* Volumes of a pod: (dict "root" $ "role" "ingest"). */}}
 {{- define "stowline.volumes" -}}
 {{- $root := .root -}}
+{{- $auth := include "stowline.natsAuth" . | fromYaml -}}
 {{- $keys := include "stowline.roleSecretKeys" . -}}
 {{- if $keys }}
 - name: secrets
@@ -392,10 +429,10 @@ value stays in the Secret, out of the Deployment and the release. */}}
     items:
     {{- range splitList " " $keys }}
       - key: {{ . }}
-        path: {{ . }}
+        path: {{ include "stowline.secretKeyVar" (dict "key" . "auth" $auth) }}
     {{- end }}
 {{- end }}
-{{- with $root.Values.nats.credsSecret }}
+{{- with $auth.credsSecret }}
 - name: nats-creds
   secret:
     secretName: {{ . | quote }}
@@ -441,7 +478,7 @@ value stays in the Secret, out of the Deployment and the release. */}}
   mountPath: {{ include "stowline.secretDir" $root }}
   readOnly: true
 {{- end }}
-{{- if $root.Values.nats.credsSecret }}
+{{- if (include "stowline.natsAuth" . | fromYaml).credsSecret }}
 - name: nats-creds
   mountPath: {{ include "stowline.natsDir" $root }}
   readOnly: true
@@ -669,6 +706,21 @@ fails, if at all, far from the cause. */}}
 {{- $f := include "stowline.forwarder" (dict "root" $root "entry" $entry) | fromYaml -}}
 {{- $read = concat $read (splitList " " (include "stowline.secretVars.forwarder" (dict "root" $root "f" $f))) -}}
 {{- end -}}
+{{- /* A role's passwordKey that is another of its secrets would be
+mounted as NATS_PASSWORD only, that secret then missing. */ -}}
+{{- $roles := list (dict "where" "ingest.nats.passwordKey" "vars" (include "stowline.secretVars.ingest" (dict "root" $root)) "role" (dict "root" $root "role" "ingest")) -}}
+{{- range $entry := .Values.forwarders -}}
+{{- $f := include "stowline.forwarder" (dict "root" $root "entry" $entry) | fromYaml -}}
+{{- $roles = append $roles (dict "where" (printf "forwarders[%s].nats.passwordKey" $f.name) "vars" (include "stowline.secretVars.forwarder" (dict "root" $root "f" $f)) "role" (dict "root" $root "role" "forwarder" "f" $f)) -}}
+{{- end -}}
+{{- range $roles -}}
+{{- $key := (include "stowline.natsAuth" .role | fromYaml).passwordKey -}}
+{{- $n := 0 -}}
+{{- range splitList " " .vars }}{{ if eq . $key }}{{ $n = add1 $n }}{{ end }}{{ end -}}
+{{- if gt $n 1 -}}
+{{- fail (printf "%s %q is another secret that role reads: name a key of its own (NATS_PASSWORD_INGEST...)" .where $key) -}}
+{{- end -}}
+{{- end -}}
 {{- $read = without (uniq $read) "" -}}
 {{- range splitList " " (include "stowline.secretKeys" .) -}}
 {{- if and . (not (has . $read)) -}}
@@ -693,14 +745,15 @@ Arguments: (dict "root" $ "role" "ingest"), or "forwarder" with "f" $forwarder.
   "ORTHANC_USERNAME" "orthanc.username"
   "ORTHANC_SOURCE_NAME" "orthanc.sourceName"
 -}}
-{{- if $root.Values.nats.credsSecret }}{{ $_ := set $m "NATS_CREDS_FILE" "nats.credsSecret" }}{{ end -}}
+{{- $auth := include "stowline.natsAuth" . | fromYaml -}}
+{{- if $auth.credsSecret }}{{ $_ := set $m "NATS_CREDS_FILE" $auth.credsFrom }}{{ end -}}
 {{- if $root.Values.tracing.otlpEndpoint -}}
 {{- $_ := set $m "OTEL_EXPORTER_OTLP_ENDPOINT" "tracing.otlpEndpoint" -}}
 {{- $_ := set $m "OTEL_TRACES_SAMPLER" "tracing.sampler" -}}
 {{- $_ := set $m "OTEL_TRACES_SAMPLER_ARG" "tracing.samplerArg" -}}
 {{- end -}}
 {{- range splitList " " (include "stowline.roleSecretKeys" .) -}}
-{{- if . }}{{ $_ := set $m (printf "%s_FILE" .) (printf "the Secret's %s key (secrets, mounted as a file)" .) }}{{ end -}}
+{{- if . }}{{ $_ := set $m (printf "%s_FILE" (include "stowline.secretKeyVar" (dict "key" . "auth" $auth))) (printf "the Secret's %s key (secrets, mounted as a file)" .) }}{{ end -}}
 {{- end -}}
 {{- if eq .role "ingest" -}}
 {{- $_ := set $m "INGEST_ADDR" "ingest.port" -}}
