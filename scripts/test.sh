@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs stowline's whole test suite: unit tests, and integration tests
 # against real Orthanc servers (Debian packages orthanc, orthanc-dicomweb:
-# bookworm's 1.10 on the host, trixie's 1.12 in a tree of its own),
+# the host's, 1.10 on bookworm or 1.12 on trixie, and the other release in
+# a tree of its own),
 # dcmtk's storescu, an embedded nats-server, a real OAuth2 server and, for
 # the status page, headless Chromium (Debian package chromium).
-# On a fresh Debian/Ubuntu machine it installs what is missing first.
+# On a fresh Debian machine (bookworm or trixie) it installs what is
+# missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,17 +36,27 @@ fi
 # The Debian package starts a system Orthanc on 8042/4242; the tests start
 # their own on free ports and do not need it.
 
-# Orthanc-facing tests run on each release in STOWLINE_ORTHANC_RELEASES:
-# bookworm's Orthanc 1.10 installed above and trixie's 1.12, what sites
-# run, unpacked in a Debian tree of its own (made the first time, a few
-# minutes; docs/testing.md).
+# Orthanc-facing tests run on each release in STOWLINE_ORTHANC_RELEASES,
+# by default both: the host's Orthanc installed above (1.10 on Debian
+# bookworm, 1.12 on trixie) and the other release unpacked in a Debian
+# tree of its own (made the first time, a few minutes; docs/testing.md).
+orthanc="$(command -v Orthanc || echo /usr/sbin/Orthanc)"
+host="$("$orthanc" --version | sed -nE '1s/.*[[:space:]]([0-9]+[.][0-9]+)[.][^[:space:]]*$/\1/p')"
 releases="${STOWLINE_ORTHANC_RELEASES:-1.10,1.12}"
-case ",${releases// /}," in
-  *,1.12,*)
-    STOWLINE_ORTHANC_TRIXIE="$(./scripts/orthanc-trixie.sh)"
+for rel in 1.10 1.12; do
+  case ",${releases// /}," in
+    *,"$rel",*) ;;
+    *) continue ;;
+  esac
+  [ "$rel" != "$host" ] || continue
+  if [ "$rel" = 1.12 ]; then
+    STOWLINE_ORTHANC_TRIXIE="$(./scripts/orthanc-tree.sh trixie)"
     export STOWLINE_ORTHANC_TRIXIE
-    ;;
-esac
+  else
+    STOWLINE_ORTHANC_BOOKWORM="$(./scripts/orthanc-tree.sh bookworm)"
+    export STOWLINE_ORTHANC_BOOKWORM
+  fi
+done
 
 # go.mod's toolchain line names the patched Go release stowline is built
 # and tested with; "auto" lets an older local go fetch it from the module
