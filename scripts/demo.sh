@@ -8,7 +8,8 @@
 # directory. The demo binary is built to ~/.cache/stowline/demo
 # ($XDG_CACHE_HOME/stowline/demo) and kept there for the next run.
 # Flags go to the demo (-h lists them; -exit stops after verification).
-# On a fresh Debian/Ubuntu machine it installs what is missing first.
+# On a fresh Debian machine it installs what is missing first; it runs the
+# host's Orthanc, 1.10 (bookworm) or 1.12 (trixie).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

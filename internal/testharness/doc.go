@@ -10,11 +10,13 @@
 // (*Orthanc).StoreFiles and (*Orthanc).Do; (*Orthanc).PID gives the process
 // to measure (CPU time, memory).
 //
-// Orthanc runs in the Release the options name: Debian bookworm's 1.10
-// installed on the host, or Debian trixie's 1.12 in a Debian tree of its
-// own (scripts/orthanc-trixie.sh), run through that tree's dynamic loader.
+// Orthanc runs in the Release the options name, 1.10 or 1.12: the host's
+// Orthanc when its --version is that release (1.10 on Debian bookworm,
+// 1.12 on trixie), else Debian's package of it in a Debian tree of its own
+// (scripts/orthanc-tree.sh), run through that tree's dynamic loader.
 // ForEachRelease runs a test on each release under test
-// (STOWLINE_ORTHANC_RELEASES); the zero Release is the first of them.
+// (STOWLINE_ORTHANC_RELEASES, by default the host's then the other when
+// its tree is present); the zero Release is the first of them.
 //
 // Findings the helpers encode (Orthanc 1.10.1, DICOMweb plugin 1.7,
 // dcmtk 3.6.7; Orthanc 1.12.7 and DICOMweb 1.20 behave the same here):

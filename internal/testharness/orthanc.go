@@ -61,7 +61,7 @@ type OrthancOptions struct {
 	// StartTimeout bounds waiting for GET /system; 0 means 30 s.
 	StartTimeout time.Duration
 	// Release is the Orthanc release to run; the zero Release means the
-	// first of ReleasesEnv (1.10 by default).
+	// first of ReleasesEnv (by default the host's).
 	Release Release
 }
 

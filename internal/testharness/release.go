@@ -13,22 +13,26 @@ import (
 
 // Environment variables that choose the Orthanc releases under test.
 const (
-	// ReleasesEnv lists the releases to test, comma-separated, e.g. "1.12";
-	// unset or empty means DefaultReleases. Tests that need one Orthanc
+	// ReleasesEnv lists the releases to test, comma-separated, e.g. "1.12".
+	// Unset or empty: the host's release (its Orthanc's --version), then
+	// the other known one if its Debian tree is present, or always in CI
+	// (CI set), where a missing tree fails. Tests that need one Orthanc
 	// release only run on the first.
 	ReleasesEnv = "STOWLINE_ORTHANC_RELEASES"
 	// TrixieRootEnv is the Debian trixie tree holding Orthanc 1.12 and
-	// its DICOMweb plugin (scripts/orthanc-trixie.sh makes it). Unset:
+	// its DICOMweb plugin, for a host whose Orthanc is not 1.12
+	// (scripts/orthanc-tree.sh trixie makes it). Unset:
 	// /var/cache/stowline/orthanc-trixie, else the same under
 	// ${XDG_CACHE_HOME:-$HOME/.cache}/stowline, whichever exists.
 	TrixieRootEnv = "STOWLINE_ORTHANC_TRIXIE"
-	// DefaultReleases is what ReleasesEnv defaults to.
-	DefaultReleases = "1.10,1.12"
+	// BookwormRootEnv is TrixieRootEnv for Debian bookworm's Orthanc
+	// 1.10, on a host whose Orthanc is not 1.10 (a trixie host).
+	BookwormRootEnv = "STOWLINE_ORTHANC_BOOKWORM"
 )
 
-// Release is an Orthanc release the harness starts: Debian bookworm's
-// (1.10), installed on the host, or Debian trixie's (1.12), unpacked in a
-// Debian tree of its own and run through that tree's dynamic loader, so
+// Release is an Orthanc release the harness starts: the host's installed
+// Orthanc when it is that release, else Debian's package of it unpacked in
+// a Debian tree of its own and run through that tree's dynamic loader, so
 // that its libraries never mix with the host's.
 type Release struct {
 	// Name is the release's major.minor version: "1.10" or "1.12".
@@ -38,8 +42,17 @@ type Release struct {
 	Root string
 }
 
+// knownRelease is a release the harness can run, and the Debian suite
+// whose tree holds it on a host that has another.
+type knownRelease struct {
+	name, suite, rootEnv string
+}
+
 // knownReleases are the names ReleasesEnv accepts.
-var knownReleases = []string{"1.10", "1.12"}
+var knownReleases = []knownRelease{
+	{name: "1.10", suite: "bookworm", rootEnv: BookwormRootEnv},
+	{name: "1.12", suite: "trixie", rootEnv: TrixieRootEnv},
+}
 
 // ForEachRelease runs f as a subtest named after each Orthanc release
 // under test (ReleasesEnv), one after the other. A release that is not
@@ -60,11 +73,11 @@ func ForEachRelease(t *testing.T, f func(t *testing.T, rel Release)) {
 	}
 }
 
-// releasesUnderTest parses ReleasesEnv.
+// releasesUnderTest parses ReleasesEnv, or makes its default.
 func releasesUnderTest() ([]Release, error) {
 	list := os.Getenv(ReleasesEnv)
 	if strings.TrimSpace(list) == "" {
-		list = DefaultReleases
+		return defaultReleases(), nil
 	}
 	var rels []Release
 	for name := range strings.SplitSeq(list, ",") {
@@ -78,6 +91,32 @@ func releasesUnderTest() ([]Release, error) {
 	return rels, nil
 }
 
+// defaultReleases is what an unset ReleasesEnv means: the host's release
+// first (a bookworm host runs as it always did: 1.10, then 1.12 from its
+// tree), then the others whose tree is present. In CI every known release
+// is under test, so that a tree .ci/run failed to make fails the tests
+// rather than dropping a release. With no release available at all, every
+// known one, so that the tests say what is missing instead of running
+// nothing.
+func defaultReleases() []Release {
+	host, _ := hostRelease()
+	ci := os.Getenv("CI") != ""
+	var rels, all []Release
+	for _, k := range knownReleases {
+		rel, _ := releaseNamed(k.name)
+		all = append(all, rel)
+		if k.name == host {
+			rels = append([]Release{rel}, rels...)
+		} else if ci || treeComplete(rel.Root) {
+			rels = append(rels, rel)
+		}
+	}
+	if len(rels) == 0 {
+		return all
+	}
+	return rels
+}
+
 // defaultRelease is the release a test that needs only one runs on: the
 // first under test.
 func defaultRelease() (Release, error) {
@@ -88,21 +127,50 @@ func defaultRelease() (Release, error) {
 	return rels[0], nil
 }
 
+// releaseNamed is the host's Orthanc when it is that release, else the
+// release's Debian tree.
 func releaseNamed(name string) (Release, error) {
-	switch name {
-	case "1.10":
-		return Release{Name: name}, nil
-	case "1.12":
-		return Release{Name: name, Root: trixieRoot()}, nil
+	for _, k := range knownReleases {
+		if k.name != name {
+			continue
+		}
+		if host, err := hostRelease(); err == nil && host == name {
+			return Release{Name: name}, nil
+		}
+		return Release{Name: name, Root: treeRoot(k)}, nil
 	}
-	return Release{}, fmt.Errorf("testharness: %s: unknown Orthanc release %q (known: %s)", ReleasesEnv, name, strings.Join(knownReleases, ", "))
+	names := make([]string, 0, len(knownReleases))
+	for _, k := range knownReleases {
+		names = append(names, k.name)
+	}
+	return Release{}, fmt.Errorf("testharness: %s: unknown Orthanc release %q (known: %s)", ReleasesEnv, name, strings.Join(names, ", "))
 }
 
-func trixieRoot() string {
-	if d := os.Getenv(TrixieRootEnv); d != "" {
+// hostRelease is the major.minor version of the host's Orthanc (PATH,
+// then the sbin directories), e.g. "1.12" for "Orthanc 1.12.7".
+func hostRelease() (string, error) {
+	bin, err := FindBinary("Orthanc")
+	if err != nil {
+		return "", err
+	}
+	v, err := probeVersion([]string{bin, "--version"}, nil)
+	if err != nil {
+		return "", err
+	}
+	major, rest, _ := strings.Cut(v, ".")
+	minor, _, _ := strings.Cut(rest, ".")
+	return major + "." + minor, nil
+}
+
+// treeRoot is where the Debian tree of k is: its variable, else the
+// system cache if it exists, else the user's if it exists, else the
+// system one.
+func treeRoot(k knownRelease) string {
+	if d := os.Getenv(k.rootEnv); d != "" {
 		return d
 	}
-	const system = "/var/cache/stowline/orthanc-trixie"
+	dir := "orthanc-" + k.suite
+	system := filepath.Join("/var/cache/stowline", dir)
 	if _, err := os.Stat(system); err == nil {
 		return system
 	}
@@ -114,11 +182,17 @@ func trixieRoot() string {
 		}
 		cache = filepath.Join(home, ".cache")
 	}
-	user := filepath.Join(cache, "stowline", "orthanc-trixie")
+	user := filepath.Join(cache, "stowline", dir)
 	if _, err := os.Stat(user); err == nil {
 		return user
 	}
 	return system
+}
+
+// treeComplete reports whether root holds an Orthanc and its DICOMweb
+// plugin, as scripts/orthanc-tree.sh leaves it.
+func treeComplete(root string) bool {
+	return root != "" && fileExists(filepath.Join(root, "usr/sbin/Orthanc")) && fileExists(filepath.Join(root, DicomWebPlugin))
 }
 
 // DicomWebPlugin returns the path of the release's DICOMweb plugin.
@@ -161,7 +235,7 @@ func (r Release) command(args ...string) (argv, env []string, err error) {
 	bin := filepath.Join(r.Root, "usr/sbin/Orthanc")
 	for _, p := range []string{loader, bin} {
 		if _, err := os.Stat(p); err != nil {
-			return nil, nil, fmt.Errorf("orthanc %s: %s: %w (run scripts/orthanc-trixie.sh, or set %s)", r.Name, p, ErrMissing, TrixieRootEnv)
+			return nil, nil, fmt.Errorf("orthanc %s: %s: %w (%s)", r.Name, p, ErrMissing, r.installHint())
 		}
 	}
 	libs := filepath.Join(r.Root, "lib", ma.triplet) + ":" + filepath.Join(r.Root, "usr/lib", ma.triplet)
@@ -174,46 +248,73 @@ func (r Release) command(args ...string) (argv, env []string, err error) {
 	return argv, env, nil
 }
 
-var versions sync.Map // Release -> versionResult
+// installHint says how to get the release when its tree is missing, and
+// what the host has instead.
+func (r Release) installHint() string {
+	h, err := hostRelease()
+	host := "the host's Orthanc is " + h
+	if err != nil {
+		host = err.Error()
+	}
+	for _, k := range knownReleases {
+		if k.name == r.Name {
+			return fmt.Sprintf("%s: run scripts/orthanc-tree.sh %s, or set %s", host, k.suite, k.rootEnv)
+		}
+	}
+	return host
+}
+
+// versions caches --version by command line: each binary runs it once per
+// process.
+var versions sync.Map // string -> versionResult
 
 type versionResult struct {
 	version string
 	err     error
 }
 
-// version runs the release's Orthanc with --version (once per process)
-// and checks that it is the release it claims to be: a host whose Orthanc
-// package is not 1.10 does not pass for 1.10.
+// version runs the release's Orthanc with --version and checks that it is
+// the release it claims to be: a tree (or STOWLINE_ORTHANC_*) holding
+// another release does not pass for this one.
 func (r Release) version() (string, error) {
-	if v, ok := versions.Load(r); ok {
-		res := v.(versionResult)
-		return res.version, res.err
-	}
-	v, err := r.probeVersion()
-	versions.Store(r, versionResult{v, err})
-	return v, err
-}
-
-func (r Release) probeVersion() (string, error) {
 	argv, env, err := r.command("--version")
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.Output()
+	v, err := probeVersion(argv, env)
 	if err != nil {
-		return "", fmt.Errorf("orthanc %s: %s --version: %w", r.Name, argv[0], err)
+		return "", fmt.Errorf("orthanc %s: %w", r.Name, err)
 	}
-	// "/usr/sbin/Orthanc 1.10.1" on the first line.
-	first, _, _ := strings.Cut(string(out), "\n")
-	fields := strings.Fields(first)
-	if len(fields) < 2 {
-		return "", fmt.Errorf("orthanc %s: unexpected --version output %q", r.Name, first)
-	}
-	v := fields[len(fields)-1]
 	if !strings.HasPrefix(v, r.Name+".") {
 		return "", fmt.Errorf("orthanc %s: %s is Orthanc %s: %w", r.Name, argv[len(argv)-2], v, ErrMissing)
 	}
 	return v, nil
+}
+
+// probeVersion runs argv (a --version command) once per process and
+// returns the version it prints.
+func probeVersion(argv, env []string) (string, error) {
+	key := strings.Join(append(append([]string{}, argv...), env...), "\x00")
+	if v, ok := versions.Load(key); ok {
+		res := v.(versionResult)
+		return res.version, res.err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.Output()
+	var v string
+	if err != nil {
+		err = fmt.Errorf("%s --version: %w", argv[0], err)
+	} else {
+		// "/usr/sbin/Orthanc 1.10.1" on the first line.
+		first, _, _ := strings.Cut(string(out), "\n")
+		fields := strings.Fields(first)
+		if len(fields) < 2 {
+			err = fmt.Errorf("%s: unexpected --version output %q", argv[0], first)
+		} else {
+			v = fields[len(fields)-1]
+		}
+	}
+	versions.Store(key, versionResult{v, err})
+	return v, err
 }

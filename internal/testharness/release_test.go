@@ -17,8 +17,8 @@ import (
 	"github.com/stowline/stowline/internal/testharness"
 )
 
-// The process handling works the same for each release, the 1.12 one
-// running under its tree's dynamic loader included: the release is the
+// The process handling works the same for each release, the one running
+// under its tree's dynamic loader included: the release is the
 // one asked for, SIGTERM stops it cleanly, and it restarts on the same
 // ports and storage.
 func TestOrthancReleaseLifecycle(t *testing.T) {
@@ -59,7 +59,7 @@ func TestOrthancReleaseLifecycle(t *testing.T) {
 const orphanEnv = "STOWLINE_TEST_ORPHAN"
 
 // When the test binary dies (a test timeout, a kill), Orthanc dies with it
-// (Pdeathsig), also when the PID is the 1.12 tree's loader.
+// (Pdeathsig), also when the PID is a tree's loader.
 func TestOrthancDiesWithTheTestBinary(t *testing.T) {
 	if spec := os.Getenv(orphanEnv); spec != "" {
 		runOrphanHelper(spec)
