@@ -243,9 +243,23 @@ func (r Release) command(args ...string) (argv, env []string, err error) {
 	// Orthanc reads DCMTK's dictionaries from a path compiled in, which is
 	// the host's; without them it stops with "Inexistent file". Both, as
 	// Orthanc loads by default (LoadPrivateDictionary).
-	dict := filepath.Join(r.Root, "usr/share/dcmtk")
+	dict := dcmtkDictDir(r.Root)
 	env = []string{"DCMDICTPATH=" + filepath.Join(dict, "dicom.dic") + ":" + filepath.Join(dict, "private.dic")}
 	return argv, env, nil
+}
+
+// dcmtkDictDir is where the tree's DCMTK dictionaries are: trixie's
+// dcmtk-data puts them in usr/share/dcmtk, bookworm's libdcmtk17 in
+// usr/share/libdcmtk17.
+func dcmtkDictDir(root string) string {
+	dirs := []string{filepath.Join(root, "usr/share/dcmtk")}
+	more, _ := filepath.Glob(filepath.Join(root, "usr/share/libdcmtk*"))
+	for _, d := range append(dirs, more...) {
+		if fileExists(filepath.Join(d, "dicom.dic")) {
+			return d
+		}
+	}
+	return dirs[0]
 }
 
 // installHint says how to get the release when its tree is missing, and

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +172,41 @@ func TestTrixieTreeMissing(t *testing.T) {
 	rel := Release{Name: "1.12", Root: t.TempDir()}
 	if _, err := rel.version(); !errors.Is(err, ErrMissing) {
 		t.Errorf("version() of an empty tree: %v, want ErrMissing", err)
+	}
+}
+
+// A tree's Orthanc gets its own DCMTK dictionaries, wherever its suite's
+// libdcmtk puts them; without them it stops at once ("Inexistent file").
+func TestTreeDicomDictionaries(t *testing.T) {
+	ma, ok := multiarch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no loader known for %s", runtime.GOARCH)
+	}
+	tests := []struct{ suite, dictDir string }{
+		{suite: "trixie", dictDir: "usr/share/dcmtk"},        // libdcmtk19
+		{suite: "bookworm", dictDir: "usr/share/libdcmtk17"}, // libdcmtk17
+	}
+	for _, tc := range tests {
+		t.Run(tc.suite, func(t *testing.T) {
+			root := t.TempDir()
+			for _, p := range []string{ma.loader, "usr/sbin/Orthanc", filepath.Join(tc.dictDir, "dicom.dic"), filepath.Join(tc.dictDir, "private.dic")} {
+				p = filepath.Join(root, p)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, nil, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, env, err := Release{Name: "1.10", Root: root}.command("--version")
+			if err != nil {
+				t.Fatal(err)
+			}
+			dict := filepath.Join(root, tc.dictDir)
+			want := "DCMDICTPATH=" + filepath.Join(dict, "dicom.dic") + ":" + filepath.Join(dict, "private.dic")
+			if !slices.Contains(env, want) {
+				t.Errorf("environment %q, want %q", env, want)
+			}
+		})
 	}
 }
