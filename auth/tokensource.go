@@ -39,6 +39,9 @@ type TokenSource struct {
 	// failed counts the fetches failed in a row with no token to fall
 	// back on, for the background retry's backoff.
 	failed int
+	// lastErr is the last fetch's error, nil once one succeeded: what
+	// Ready reports while there is no token.
+	lastErr error
 }
 
 const (
@@ -213,6 +216,36 @@ func (ts *TokenSource) token(ctx context.Context) (*oauth2.Token, *fetch, error)
 	}
 }
 
+// Ready reports, for a readiness probe, whether a token can be had: nil
+// while a usable one is cached, else the last fetch's error, without
+// asking the identity provider again: the background retry keeps its
+// backoff (30 s, then 1, 2, 4 min, then every 5), where a fetch per probe
+// sent refused credentials every probe period. It fetches only when no
+// fetch has told anything yet (none made, or the token was invalidated),
+// and waits for one in flight until ctx is done.
+func (ts *TokenSource) Ready(ctx context.Context) error {
+	if ts == nil {
+		return errNoTokenSource
+	}
+	now := time.Now()
+	ts.mu.Lock()
+	if ts.validLocked(now) {
+		ts.mu.Unlock()
+		return nil
+	}
+	if ts.inflight == nil && ts.lastErr != nil {
+		err := ts.lastErr
+		if now.Before(ts.notBefore) {
+			err = ts.waitErrLocked(now)
+		}
+		ts.mu.Unlock()
+		return err
+	}
+	ts.mu.Unlock()
+	_, err := ts.TokenContext(ctx)
+	return err
+}
+
 // waitErrLocked is the refusal handed out until notBefore, saying the wait
 // that is left: a caller schedules its retry by RetryAfter (the
 // forwarder's backoff), and the whole wait, told again to a caller that
@@ -343,6 +376,7 @@ func (ts *TokenSource) run(f *fetch) {
 		ts.armLocked(at, now)
 	}
 	ts.inflight = nil
+	ts.lastErr = err
 	f.tok, f.err = tok, err
 	ts.mu.Unlock()
 	close(f.done)

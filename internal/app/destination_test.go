@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stowline/stowline/internal/config"
@@ -178,4 +179,59 @@ func loadedDestination(t *testing.T, env map[string]string, i int) config.NamedD
 		t.Fatal(err)
 	}
 	return c.DestinationList()[i]
+}
+
+// TestTokenReadinessKeepsTheBackoff: the readiness check of a destination
+// whose identity provider refuses the client (an expired secret) reports
+// the refusal without asking again at each probe: the background retry's
+// backoff stands (a probe every 10 s sent a refused token request every
+// 10 s). A good client gets ready on one request.
+func TestTokenReadinessKeepsTheBackoff(t *testing.T) {
+	tests := []struct {
+		name      string
+		refuse    bool
+		wantReady bool
+	}{
+		{name: "refused client", refuse: true},
+		{name: "good client", wantReady: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var requests atomic.Int64
+			idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				requests.Add(1)
+				w.Header().Set("Content-Type", "application/json")
+				if tt.refuse {
+					w.WriteHeader(http.StatusUnauthorized)
+					_, _ = io.WriteString(w, `{"error":"invalid_client","error_description":"secret expired"}`)
+					return
+				}
+				_, _ = io.WriteString(w, `{"access_token":"tok-0123456789","token_type":"Bearer","expires_in":3600}`)
+			}))
+			t.Cleanup(idp.Close)
+			env := map[string]string{
+				"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123",
+				"DICOMWEB_URL":    "https://dicom.example.org/dicomweb",
+				"OAUTH_TOKEN_URL": idp.URL + "/token", "OAUTH_CLIENT_ID": "stowline", "OAUTH_CLIENT_SECRET": "secret-0123456789",
+			}
+			dest := loadedDestination(t, env, 0)
+			d, err := newDestination(t.Context(), &dest, nil, nil, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			check := tokenCheck(dest.Name, d.Tokens)
+			for i := range 10 {
+				err := check(t.Context())
+				if (err == nil) != tt.wantReady {
+					t.Fatalf("probe %d: %v, want ready %v", i+1, err, tt.wantReady)
+				}
+				if err != nil && !strings.Contains(err.Error(), "invalid_client") {
+					t.Errorf("probe %d: %v does not say the refusal", i+1, err)
+				}
+			}
+			if got := requests.Load(); got < 1 || got > 2 {
+				t.Errorf("%d token requests for 10 readiness probes, want 1 (2 if the background retry came)", got)
+			}
+		})
+	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/bandwidth"
 	"github.com/stowline/stowline/internal/config"
@@ -240,12 +241,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 		return nil, nil, err
 	}
 	if client.Tokens != nil {
-		checks[checkName("destination_token", d)] = func(ctx context.Context) error {
-			if _, err := client.Tokens.TokenContext(ctx); err != nil {
-				return fmt.Errorf("destination %s token: %w", d.Name, err)
-			}
-			return nil
-		}
+		checks[checkName("destination_token", d)] = tokenCheck(d.Name, client.Tokens)
 		// Refused credentials are said at start, not at the first study,
 		// which on a quiet host may come hours later; the token source
 		// then keeps trying in the background.
@@ -495,4 +491,17 @@ func checkName(base string, d config.NamedDestination) string {
 		return base
 	}
 	return base + "_" + d.Name
+}
+
+// tokenCheck is a destination's readiness check: a token is at hand. It
+// reports the token source's state without asking the identity provider
+// itself: a probe every few seconds would otherwise send refused
+// credentials that often, past the background retry's backoff.
+func tokenCheck(destination string, tokens *auth.TokenSource) web.Check {
+	return func(ctx context.Context) error {
+		if err := tokens.Ready(ctx); err != nil {
+			return fmt.Errorf("destination %s token: %w", destination, err)
+		}
+		return nil
+	}
 }
