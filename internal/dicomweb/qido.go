@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 )
 
 // qidoPageSize is the limit of one QIDO-RS page: Azure's DICOM service
@@ -43,7 +44,7 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 	var out []string
 	offset := 0
 	for range maxQIDOPages {
-		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize)
+		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize, false)
 		if err != nil {
 			return nil, err
 		}
@@ -66,13 +67,29 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 // Probe asks the destination for one instance of a study (one QIDO-RS
 // page of one): a cheap authenticated request that tells whether the
 // destination answers. The error is an *HTTPError for an error status,
-// or wraps ErrNoAnswer when nothing answered.
+// a 404 that is no empty result included (notEmptyResult), or wraps
+// ErrNoAnswer when nothing answered.
 func (c *Client) Probe(ctx context.Context, studyInstanceUID string) error {
-	_, err := c.qidoPage(ctx, studyInstanceUID, 0, 1)
+	_, err := c.qidoPage(ctx, studyInstanceUID, 0, 1, true)
 	return err
 }
 
-func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, limit int) ([]string, error) {
+// notEmptyResult reports whether a 404 to a QIDO-RS query is something
+// else than a DICOMweb server's "no such study": a page (HTML, plain
+// text) from an ingress's default backend or a proxy in front, which
+// answers 404 to every request. An empty body or JSON is the server's.
+func notEmptyResult(resp *http.Response, body []byte) bool {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return false
+	}
+	mt := mediaType(resp.Header.Get("Content-Type"))
+	return mt != "application/json" && mt != "application/dicom+json" && !strings.HasSuffix(mt, "+json")
+}
+
+// qidoPage asks for one page of the study's instances. probe: a 404
+// that is notEmptyResult is an error (for a listing, verification,
+// it stays "none listed", as before).
+func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, limit int, probe bool) ([]string, error) {
 	q := url.Values{
 		"includefield": {tagSOPInstanceUID},
 		"limit":        {strconv.Itoa(limit)},
@@ -103,6 +120,8 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	defer resp.Body.Close()
 	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
 	switch {
+	case resp.StatusCode == http.StatusNotFound && probe && notEmptyResult(resp, body):
+		return nil, newHTTPError(resp, body)
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusNoContent:
 		return nil, nil
 	case resp.StatusCode < 200 || resp.StatusCode > 299:

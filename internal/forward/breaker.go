@@ -75,8 +75,9 @@ type DestinationStatus struct {
 
 // Prober asks the destination whether it answers at all: one cheap
 // authenticated request (a QIDO-RS query). An error for which
-// DestinationDown is true keeps the breaker open; anything else,
-// an error status included, means it answers.
+// probeDown is true keeps the breaker open (an error status included:
+// a refusal of the credentials, an ingress's page); anything else means
+// it answers.
 type Prober interface {
 	Probe(ctx context.Context, studyInstanceUID string) error
 }
@@ -87,12 +88,17 @@ type Prober interface {
 // full) or 424 (Azure: its storage or key vault unreachable) on a whole
 // request, a success answer that is not DICOMweb, or instances still
 // refused with 0xA7xx (out of resources) after the attempt's rounds, or
-// a token endpoint that fails the same way. A 4xx, a refusal
-// of some instances, a conflict or a source (Orthanc) error are answers
+// a token endpoint that fails the same way; or the destination refusing
+// every STOW-RS request (refusesUs: a redirect, 401 after a fresh token,
+// 403, 404, 405 without a STOW-RS answer). Another 4xx, a refusal of
+// some instances, a conflict or a source (Orthanc) error are answers
 // about the study, not about the destination.
 func DestinationDown(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
+	}
+	if errors.As(err, new(*refusedError)) {
+		return true
 	}
 	var te *auth.TokenError
 	if errors.As(err, &te) {
@@ -118,6 +124,17 @@ func DestinationDown(err error) bool {
 	// that is not the DICOMweb service's (a proxy or firewall's page, a
 	// wrong URL), and a probe that gets one must not close the breaker.
 	return errors.Is(err, dicomweb.ErrNoAnswer) || errors.Is(err, errOutOfResources) || errors.Is(err, dicomweb.ErrNotDICOMweb)
+}
+
+// probeDown reports whether a probe's failure says the destination is
+// not back: DestinationDown, or any error status or redirect. A probe
+// names no study of its own to refuse (Probe takes a real empty result
+// for an answer), so a 403 or an ingress's 404 page is the destination
+// refusing us; taken for an answer, it let a trial study through at
+// every probe. A destination whose queries alone fail still gets a
+// trial every probesBeforeTrial probes.
+func probeDown(err error) bool {
+	return DestinationDown(err) || errors.As(err, new(*dicomweb.HTTPError)) || errors.Is(err, dicomweb.ErrRedirected)
 }
 
 // studyMayFail reports whether a destination-down failure may come from
@@ -691,7 +708,7 @@ func (b *breaker) probe() {
 		b.schedule()
 		return
 	}
-	if DestinationDown(err) {
+	if probeDown(err) {
 		b.failedProbes++
 		if b.failedProbes%probesBeforeTrial != 0 || len(b.heldSeqs) == 0 && !b.canPullTrial() {
 			b.wait = min(2*b.wait, b.cfg.maxInterval)

@@ -17,11 +17,12 @@ import (
 // here, and the forwarder acts on the class.
 //
 //	transient       retry with backoff (network, timeouts, 408, 429, 5xx,
-//	                token endpoint or Orthanc unavailable)
+//	                token endpoint or Orthanc unavailable, the destination
+//	                refusing every STOW-RS request: refusesUs)
 //	partial         some instances refused for good; the rest is stored;
 //	                dead-letter with the list
 //	permanent       retrying cannot help (400, 409 that is no duplicate,
-//	                413, 415, auth refused after a refresh); dead-letter now
+//	                413, 415; a DELETE or query refused); dead-letter now
 //	source-missing  the study is no longer in Orthanc; dead-letter
 //	crash           forwarding it panicked, or its deliveries kept ending
 //	                without an outcome (the process died); dead-letter now
@@ -77,6 +78,12 @@ func Classify(err error) Class {
 	if errors.As(err, &fe) {
 		return fe.Class
 	}
+	if errors.As(err, new(*refusedError)) {
+		// The destination refuses the request, whatever the study
+		// (refusesUs): transient, and the destination down, as for a
+		// token endpoint refusing the credentials below.
+		return Transient
+	}
 	var he *dicomweb.HTTPError
 	if errors.As(err, &he) {
 		return ClassifyStatus(he.StatusCode)
@@ -122,8 +129,9 @@ func ClassifyStatus(status int) Class {
 		return Transient // a success that did not confirm the instances
 	case status >= 300 && status < 400:
 		// A redirect the client did not follow (307, 308: the body is
-		// streamed once): the base URL is to fix, as with a 301 or 302
-		// (ErrRedirected); waiting does not change it.
+		// streamed once). A STOW-RS request's is the destination
+		// refusing us (refusesUs), classed before this; another
+		// request's (a DELETE) says the base URL is to fix.
 		return Permanent
 	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests,
 		status == http.StatusInternalServerError, status == http.StatusBadGateway,
@@ -135,8 +143,9 @@ func ClassifyStatus(status int) Class {
 		// its outage, not the study's fault (conformance statement v2).
 		return Transient
 	case status == http.StatusUnauthorized:
-		// The forwarder retries once with a fresh token before it
-		// reports a 401; one that survives a refresh is permanent.
+		// The forwarder retries a STOW-RS request once with a fresh
+		// token; a 401 that survives it is the destination refusing us
+		// (refusesUs), classed before this.
 		return Permanent
 	case status >= 400 && status < 500:
 		return Permanent
@@ -144,6 +153,52 @@ func ClassifyStatus(status int) Class {
 		return Transient
 	}
 	return Transient
+}
+
+// refusedError is a STOW-RS request's failure that refusesUs judged the
+// destination refusing every request, not this study's: Classify and
+// DestinationDown read it. Its text is the failure's own.
+type refusedError struct{ err error }
+
+func (r *refusedError) Error() string { return r.err.Error() }
+func (r *refusedError) Unwrap() error { return r.err }
+
+// markRefusal marks err, a STOW-RS request's failure, when refusesUs.
+func markRefusal(err error) error {
+	if err == nil || !refusesUs(err) {
+		return err
+	}
+	return &refusedError{err: err}
+}
+
+// refusesUs reports whether a STOW-RS request's failure is the
+// destination refusing the whole request rather than judging the
+// study: a redirect (a maintenance page's 302, which turns the POST
+// into a GET: ErrRedirected; a 307 or 308 not followed), a 401 after a
+// fresh token, a 403, 404 or 405, without a STOW-RS answer naming any
+// instance in the body (one that does is about them: it is sorted per
+// instance). Azure's role not granted yet or removed (403 to every
+// request), Google's IAM binding dropped (403) or its DICOM store
+// re-created (404 for minutes), an ingress's default backend during an
+// upgrade (404), a wrong base URL: every study gets the same answer
+// until someone fixes it. As permanent failures they dead-lettered the
+// whole queue one study after another at full speed, for an operator to
+// replay; so does a token endpoint refusing the credentials, which has
+// long held the queue instead (the breaker), as does the source
+// Orthanc refusing the forwarder (sourceRefusesUs).
+func refusesUs(err error) bool {
+	if errors.Is(err, dicomweb.ErrRedirected) {
+		return true
+	}
+	var he *dicomweb.HTTPError
+	if !errors.As(err, &he) || he.Result != nil && len(he.Result.Stored)+len(he.Result.Failed)+len(he.Result.OtherFailures) > 0 {
+		return false
+	}
+	switch he.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound, http.StatusMethodNotAllowed:
+		return true
+	}
+	return he.StatusCode >= 300 && he.StatusCode < 400
 }
 
 // Outcome is what to do with one instance the destination listed as

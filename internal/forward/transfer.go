@@ -682,8 +682,9 @@ type batchOutcome struct {
 // send stores one batch and sorts its instances by the response. This is
 // where a STOW-RS 401 is handled (the dicomweb client asks body-less
 // requests again itself): the auth transport has dropped the refused
-// token, so one retry carries a fresh one; a second 401 is a permanent
-// failure (ClassifyStatus).
+// token, so one retry carries a fresh one; a second 401, like a 403, is
+// the destination refusing us (markRefusal): transient, the breaker
+// holds the queue.
 func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, ours, storedBefore func(string) bool) (batchOutcome, error) {
 	rep.Requests++
 	res, err := f.store(ctx, batch, put)
@@ -695,6 +696,12 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 	}
 	if errors.As(err, &he) && he.StatusCode == http.StatusRequestEntityTooLarge {
 		err = f.tooLarge(batch, err)
+	}
+	if !put {
+		// A PUT (STOW_REPLACE_METHOD=put) that a server refuses, 405
+		// as some do, refuses the replacing only: permanent, as before
+		// (docs/destinations.md).
+		err = markRefusal(err)
 	}
 	var ce *conversionError
 	if errors.As(err, &ce) {

@@ -1,0 +1,198 @@
+package forward
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// TestDestinationRefusalHeld: a destination refusing every request for a
+// while, whatever the study (Azure's DICOM Data Owner role removed or not
+// yet propagated, an ingress's default backend during an upgrade, a
+// maintenance page's redirect, a method refused at a wrong URL, a token
+// it does not accept), to its QIDO-RS probe too. Before, each STOW-RS
+// answer was permanent and the four queued studies were dead-lettered
+// one after another at once; now they count as the destination down, the
+// breaker opens after STOW_BREAKER_FAILURES and holds them, and once the
+// destination stores again every study is stored, none dead-lettered.
+func TestDestinationRefusalHeld(t *testing.T) {
+	tests := []struct {
+		name   string
+		refuse http.HandlerFunc
+	}{
+		{name: "403 to every request (Google's IAM binding dropped)", refuse: func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"error":{"code":403,"message":"Permission denied","status":"PERMISSION_DENIED"}}`)
+		}},
+		{name: "403 without a body (Azure: no DICOM Data Owner role)", refuse: func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusForbidden)
+		}},
+		{name: "an ingress's HTML 404 to every request", refuse: func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, "<html><body>default backend - 404</body></html>")
+		}},
+		{name: "a maintenance page's 302", refuse: func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/maintenance" {
+				w.Header().Set("Content-Type", "text/html")
+				io.WriteString(w, "<html><body>down for maintenance</body></html>")
+				return
+			}
+			http.Redirect(w, r, "/maintenance", http.StatusFound)
+		}},
+		{name: "405", refuse: func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		}},
+		{name: "401 to every token", refuse: func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="wrong audience"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			var k sink
+			stores := k.handler(nil)
+			var refusing atomic.Bool
+			refusing.Store(true)
+			var refused, probes atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case refusing.Load():
+					refused.Add(1)
+					tt.refuse(w, r)
+				case r.Method == http.MethodGet:
+					answerProbe(w, &probes)
+				default:
+					stores.ServeHTTP(w, r)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			obs := &deliveryObserver{delivered: map[uint64]uint64{}}
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.DeadLetters, o.MaxDeliveries = dls, 3
+				o.Observer = obs
+				o.ShutdownGrace = time.Minute
+				o.Breaker = BreakerOptions{Failures: 2, ProbeInterval: 50 * time.Millisecond, MaxProbeInterval: 100 * time.Millisecond, Prober: newProber(t, srv.URL)}
+			})
+			runForwarder(t, f)
+			const studies = 4
+			for i := range studies {
+				ev := testEvent()
+				ev.OrthancStudyID = fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i)
+				ev.StudyInstanceUID = fmt.Sprintf("1.2.4.%d", i)
+				if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Refused long enough for the breaker to open and its
+			// probes (and trials) to be refused a while, or, as before,
+			// for the studies to be dead-lettered.
+			deadline := time.Now().Add(30 * time.Second)
+			for b := f.Status(); len(dls.all()) == 0 && (b.State != "open" || refused.Load() < 20); b = f.Status() {
+				if time.Now().After(deadline) {
+					t.Fatalf("breaker %+v after %d refusals in 30 s, want open", b, refused.Load())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if dl := dls.all(); len(dl) != 0 {
+				t.Fatalf("%d dead letters while the destination refused every request, first: %s", len(dl), dl[0].Reason)
+			}
+
+			refusing.Store(false)
+			waitConsumerWithin(t, cons, 30*time.Second, func(i *jetstream.ConsumerInfo) bool {
+				return i.AckFloor.Stream == studies && i.NumAckPending == 0
+			})
+			if n := len(dls.all()); n != 0 {
+				t.Errorf("%d dead letters", n)
+			}
+			if r := obs.results(); r[ResultForwarded] != studies {
+				t.Errorf("finished %v, want %d forwarded", r, studies)
+			}
+		})
+	}
+}
+
+// TestRefusalClassified: only a STOW-RS request's refusal of the whole
+// request (markRefusal) is the destination down; the same status with
+// instances listed, or from another request (a DELETE the destination
+// does not allow: destinations.md), stays permanent.
+func TestRefusalClassified(t *testing.T) {
+	listed := &dicomweb.Result{Failed: []dicomweb.FailedInstance{{SOPInstanceUID: "1.2.3.1", FailureReason: 0x0124}}}
+	tests := []struct {
+		name      string
+		err       error
+		wantClass Class
+		wantDown  bool
+	}{
+		{"STOW 403", markRefusal(&dicomweb.HTTPError{StatusCode: 403}), Transient, true},
+		{"STOW 401 after a fresh token", markRefusal(&dicomweb.HTTPError{StatusCode: 401}), Transient, true},
+		{"STOW 404 page", markRefusal(&dicomweb.HTTPError{StatusCode: 404, ContentType: "text/html"}), Transient, true},
+		{"STOW 405", markRefusal(&dicomweb.HTTPError{StatusCode: 405}), Transient, true},
+		{"STOW 307 not followed", markRefusal(&dicomweb.HTTPError{StatusCode: 307}), Transient, true},
+		{"STOW redirected to a GET", markRefusal(fmt.Errorf("%w: stow: POST x ended as GET y", dicomweb.ErrRedirected)), Transient, true},
+		{"STOW 403 listing instances", markRefusal(&dicomweb.HTTPError{StatusCode: 403, Result: listed}), Permanent, false},
+		{"STOW 400", markRefusal(&dicomweb.HTTPError{StatusCode: 400}), Permanent, false},
+		{"STOW 409 without a body", markRefusal(&dicomweb.HTTPError{StatusCode: 409}), Permanent, false},
+		{"DELETE 405", fmt.Errorf("replace instance 1.2.3.1: delete it at the destination: %w", &dicomweb.HTTPError{StatusCode: 405}), Permanent, false},
+		{"DELETE redirected", fmt.Errorf("%w: DELETE x ended as GET y", dicomweb.ErrRedirected), Permanent, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Classify(tt.err); got != tt.wantClass {
+				t.Errorf("Classify(%v) = %s, want %s", tt.err, got, tt.wantClass)
+			}
+			if got := DestinationDown(tt.err); got != tt.wantDown {
+				t.Errorf("DestinationDown(%v) = %v, want %v", tt.err, got, tt.wantDown)
+			}
+			if studyMayFail(tt.err) {
+				t.Errorf("studyMayFail(%v): a refusal says the destination whatever the study", tt.err)
+			}
+		})
+	}
+	// The dead letter's reason, the log, say the answer as before.
+	he := &dicomweb.HTTPError{StatusCode: 403, Body: "forbidden"}
+	if got := markRefusal(he).Error(); got != he.Error() {
+		t.Errorf("marked refusal reads %q, want %q", got, he.Error())
+	}
+}
+
+// TestProbeDown: any error status or redirect to a probe keeps the
+// breaker open (a real empty result is no error: Probe), besides what
+// DestinationDown says.
+func TestProbeDown(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"answered", nil, false},
+		{"403", &dicomweb.HTTPError{StatusCode: 403}, true},
+		{"404 page", &dicomweb.HTTPError{StatusCode: 404, ContentType: "text/html"}, true},
+		{"400", &dicomweb.HTTPError{StatusCode: 400}, true},
+		{"503", &dicomweb.HTTPError{StatusCode: 503}, true},
+		{"redirected", fmt.Errorf("%w: qido: GET x", dicomweb.ErrRedirected), true},
+		{"malformed answer", errors.New("qido: malformed"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := probeDown(tt.err); got != tt.want {
+				t.Errorf("probeDown(%v) = %v, want %v", tt.err, got, tt.want)
+			}
+		})
+	}
+}
