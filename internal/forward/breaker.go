@@ -1135,6 +1135,10 @@ func releasePulled(ctx context.Context) bool {
 // worker's.
 func (f *Forwarder) runPulledTrial(ctx, workCtx context.Context) {
 	msg, lane, done := f.nextTrial(ctx)
+	if msg != nil && f.givenBackPaused(msg, lane) {
+		done()
+		msg = nil
+	}
 	if msg == nil {
 		f.breaker.pulledTrialEnded(false, false)
 		return

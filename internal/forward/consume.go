@@ -77,6 +77,10 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 		if msg == nil {
 			continue
 		}
+		if f.givenBackPaused(msg, lane) {
+			done()
+			continue
+		}
 		if f.plan.elsewhere(lane, msg.Subject()) {
 			f.settleElsewhere(workCtx, msg, lane)
 		} else {
@@ -84,6 +88,26 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 		}
 		done()
 	}
+}
+
+// givenBackPaused gives back an event pulled while the forwarder is
+// paused (Options.Paused), and reports whether it did: a pull made before
+// the pause waits up to longPull on the server and may bring one. It is
+// offered again after longPull, once every such pull has expired: one
+// delivery spent, not one per worker.
+func (f *Forwarder) givenBackPaused(msg jetstream.Msg, lane events.Priority) bool {
+	if f.plan.paused == nil || !f.plan.paused() {
+		return false
+	}
+	var seq uint64
+	if meta, err := msg.Metadata(); err == nil {
+		seq = meta.Sequence.Stream
+	}
+	f.log.Info("event pulled as the forwarder paused: given back to the queue", "lane", lane, "stream_seq", seq)
+	if err := msg.NakWithDelay(longPull); err != nil {
+		f.log.Warn("give back an event pulled as the forwarder paused; JetStream offers it again after the ack wait", "lane", lane, "stream_seq", seq, "err", err)
+	}
+	return true
 }
 
 // handle runs one delivery: it decodes the event, stops a poison study

@@ -105,6 +105,11 @@ type Options struct {
 	// (time.Now when nil).
 	Windows Windows
 	Now     func() time.Time
+	// Paused, if set, is asked before each pull: while it reports true
+	// no event is pulled, nor a circuit breaker's trial; studies already
+	// in hand go on. The de-identification key guard sets it (app,
+	// keyguard.go): no study is sent under two keys.
+	Paused func() bool
 	// Stream, if set, is the event stream the lanes' consumers read: how
 	// old the oldest event a lane has not acknowledged is, is read from
 	// it (lanes.go, probeLane); nil: only whether it holds any.

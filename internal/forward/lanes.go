@@ -46,6 +46,7 @@ const (
 type lanePlan struct {
 	lanes   []Lane // highest priority first
 	windows Windows
+	paused  func() bool
 	now     func() time.Time
 	// maxLow bounds the workers busy with the low lane at once, so that a
 	// long backfill keeps a worker free for routine studies.
@@ -84,7 +85,7 @@ const laneProbe = time.Minute
 const laneGoneFor = 30 * time.Second
 
 func newLanePlan(opts *Options) *lanePlan {
-	p := &lanePlan{lanes: opts.Lanes, windows: opts.Windows, now: opts.Now}
+	p := &lanePlan{lanes: opts.Lanes, windows: opts.Windows, paused: opts.Paused, now: opts.Now}
 	if len(p.lanes) == 0 {
 		p.lanes = []Lane{{Priority: events.PriorityRoutine, Consumer: opts.Consumer}}
 	}
@@ -183,8 +184,11 @@ func (p *lanePlan) has(lane events.Priority) bool {
 
 // open returns the lanes a worker may pull from now, highest first: the
 // stat lane only for a stat worker; every lane whose window is open for
-// the others.
+// the others; none while the forwarder is paused (Options.Paused).
 func (p *lanePlan) open(statOnly bool) []Lane {
+	if p.paused != nil && p.paused() {
+		return nil
+	}
 	now := p.now()
 	out := make([]Lane, 0, len(p.lanes))
 	for _, l := range p.lanes {
@@ -388,7 +392,8 @@ func home(lanes []Lane) Lane {
 func (f *Forwarder) next(ctx context.Context, statOnly bool) (msg jetstream.Msg, lane events.Priority, done func()) {
 	lanes := f.plan.open(statOnly)
 	if len(lanes) == 0 {
-		// Every lane this worker takes is outside its window.
+		// Every lane this worker takes is outside its window, or the
+		// forwarder is paused.
 		sleep(ctx, idlePull)
 		return nil, "", nil
 	}

@@ -679,3 +679,64 @@ func TestLaneHeadCheckSpaced(t *testing.T) {
 		t.Error("the stat lane, without a head, is asked")
 	}
 }
+
+// TestPausedForwarderPullsNothing (Options.Paused, the de-identification
+// key guard's): a paused forwarder pulls no event; one a pull made before
+// the pause brings is given back unsent, and offered again once the
+// pause ends, one delivery spent.
+func TestPausedForwarderPullsNothing(t *testing.T) {
+	ns, lanes, sinkURL := startLanes(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var paused atomic.Bool
+	var logs testharness.LogBuffer
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.Paused = paused.Load
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	routine := lanes[events.PriorityRoutine]
+	publish := func(lastUpdate string) {
+		t.Helper()
+		ev := testEvent()
+		ev.LastUpdate = lastUpdate
+		if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Paused from the start: a worker's pull takes nothing.
+	paused.Store(true)
+	publish("20261126T101500")
+	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.NumPending == 1 })
+	if msg, _, _ := f.next(ctx, false); msg != nil {
+		t.Fatal("a paused forwarder pulled an event")
+	}
+	if info := waitConsumer(t, routine, func(*jetstream.ConsumerInfo) bool { return true }); info.Delivered.Stream != 0 {
+		t.Fatalf("delivered while paused: %+v", info)
+	}
+
+	// Running, the event sent; then a pull outstanding as the pause
+	// starts brings the next event, which is given back.
+	paused.Store(false)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumWaiting > 0 })
+	paused.Store(true)
+	publish("20261126T101501")
+	testharness.WaitFor(t, "the event pulled as the pause started to be given back", 15*time.Second, func() bool {
+		return testharness.HasLogLine(logs.String(), `"msg":"event pulled as the forwarder paused: given back to the queue"`, `"stream_seq":2`)
+	})
+	if info := waitConsumer(t, routine, func(*jetstream.ConsumerInfo) bool { return true }); info.AckFloor.Stream != 1 {
+		t.Fatalf("the event pulled as the pause started was settled: %+v", info)
+	}
+	paused.Store(false)
+	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "given back to the queue"); n != 1 {
+		t.Errorf("given back %d times, want once (offered again after the outstanding pulls expired)", n)
+	}
+}
