@@ -8,6 +8,7 @@ import (
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/status"
 )
 
 // deidentReadable are the syntaxes sent as they are to a de-identifying
@@ -39,30 +40,31 @@ var deidentReadable = []string{
 }
 
 // deidentify wraps the destination of o in the de-identifying rewrite
-// when the destination's STOW_DEIDENTIFY is basic. The key file is read
-// once, here; its content is never logged.
-func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger) error {
+// when the destination's STOW_DEIDENTIFY is basic, and returns its key's
+// fingerprint (status.NoKey without). The key file is read once, here;
+// its content is never logged.
+func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger) (fingerprint string, err error) {
 	if !d.Deidentifies() {
-		return nil
+		return status.NoKey, nil
 	}
 	k, err := keyer(d)
 	if err != nil {
-		return err
+		return "", err
 	}
 	// Checked with the configuration already (exit 2): an error here
 	// names the destination only.
 	opts, err := d.DeidentOptions()
 	if err != nil {
-		return fmt.Errorf("destination %q: %w", d.Name, err)
+		return "", fmt.Errorf("destination %q: %w", d.Name, err)
 	}
 	di, err := deident.New(k, opts)
 	if err != nil {
-		return fmt.Errorf("destination %q: %w", d.Name, err)
+		return "", fmt.Errorf("destination %q: %w", d.Name, err)
 	}
 	dst, err := forward.Deidentified(o.Destination, di, forward.DeidentifyOptions{Setting: d.VarName("STOW_DEIDENTIFY"),
 		ExactLength: o.ExactLength, DestinationName: d.Name, Registerer: o.Registerer})
 	if err != nil {
-		return err
+		return "", err
 	}
 	o.Destination = dst
 	// Orthanc converts the encodings the rewrite cannot read.
@@ -73,7 +75,7 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 			return !deident.ReadsSyntax(ts)
 		})
 		if len(o.TransferSyntaxes) == 0 {
-			return fmt.Errorf("%s lists only Explicit VR Big Endian or deflated syntaxes, which %s=basic cannot write: add 1.2.840.10008.1.2.1",
+			return "", fmt.Errorf("%s lists only Explicit VR Big Endian or deflated syntaxes, which %s=basic cannot write: add 1.2.840.10008.1.2.1",
 				d.VarName("STOW_TRANSFER_SYNTAXES"), d.VarName("STOW_DEIDENTIFY"))
 		}
 	}
@@ -82,7 +84,7 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 	log.Info("the destination receives de-identified copies (PS3.15 basic profile, keyed pseudonyms)", "destination", d.Name,
 		"options", []string(d.Options), "burned_in", d.BurnedIn, "keep", len(opts.Keep), "remove", len(opts.Remove),
 		"key_fingerprint", k.Fingerprint())
-	return nil
+	return k.Fingerprint(), nil
 }
 
 // keyer reads the key file of a de-identifying destination; its

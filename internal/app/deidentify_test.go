@@ -58,7 +58,7 @@ func TestDeidentifyWiring(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			o := &forward.Options{Destination: nopDestination{}, TransferSyntaxes: tt.syntax}
-			err := deidentify(o, dest(tt.key), log)
+			_, err := deidentify(o, dest(tt.key), log)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
@@ -97,7 +97,7 @@ func TestDeidentifyLogsKeyFingerprint(t *testing.T) {
 	d := &config.NamedDestination{Name: "ai", Var: "DESTINATION_AI_", Destination: config.Destination{Deidentify: config.Deidentify{
 		Mode: config.DeidentifyBasic, KeyFile: key, PatientPrefix: "ANON-", BurnedIn: config.DeidentifyBurnedInExclude}}}
 	var logs bytes.Buffer
-	if err := deidentify(&forward.Options{Destination: nopDestination{}}, d, slog.New(slog.NewJSONHandler(&logs, nil))); err != nil {
+	if _, err := deidentify(&forward.Options{Destination: nopDestination{}}, d, slog.New(slog.NewJSONHandler(&logs, nil))); err != nil {
 		t.Fatal(err)
 	}
 	// printf 'stowline key fingerprint' | openssl dgst -sha256 -hmac "$(cat key)", first 16 hex digits.
@@ -125,7 +125,7 @@ func TestDeidentifyKeepsEveryReadableSyntax(t *testing.T) {
 	d := &config.NamedDestination{Name: "ai", Var: "DESTINATION_AI_", Destination: config.Destination{Deidentify: config.Deidentify{
 		Mode: config.DeidentifyBasic, KeyFile: key, PatientPrefix: "ANON-", BurnedIn: config.DeidentifyBurnedInInclude}}}
 	o := &forward.Options{Destination: nopDestination{}}
-	if err := deidentify(o, d, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := deidentify(o, d, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	k, err := deident.NewKeyer([]byte(strings.Repeat("k", 40)), "ANON-")

@@ -39,6 +39,9 @@ type forwarderRole struct {
 	// limiters are the bandwidth caps of the destinations served that
 	// have one (STOW_MAX_BYTES_PER_SECOND), by name.
 	limiters map[string]*bandwidth.Limiter
+	// keys are the key fingerprints of the destinations served, by name
+	// (status.NoKey: not de-identified), for the key guard.
+	keys map[string]string
 }
 
 func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process) error {
@@ -171,11 +174,19 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	if len(fc.Windows) > 0 {
 		log.Info("lanes are pulled only in their hours (FORWARD_WINDOWS), in the process's local time", "windows", fc.Windows.String(), "zone", time.Now().Format("MST -07:00"))
 	}
-	tracker, err := p.status.track(drained, g, p.topo, (fc.Concurrency+fc.StatWorkers)*len(served), tokens, log)
+	keys, err := newKeyGuard(r.keys, reg, log)
 	if err != nil {
 		return err
 	}
-	for _, o := range opts {
+	tracker, err := p.status.track(drained, g, p.topo, (fc.Concurrency+fc.StatWorkers)*len(served), tokens, r.keys, log)
+	if err != nil {
+		return err
+	}
+	for i, o := range opts {
+		if _, ok := keys.own[o.DestinationName]; ok {
+			o.Paused = keys.paused(o.DestinationName)
+			checks[checkName("destination_deidentify_key", served[i])] = keys.check(o.DestinationName)
+		}
 		o.Observer = tracker
 		fw, err := forward.New(*o)
 		if err != nil {
@@ -218,7 +229,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		}))
 	}
 	g.Go(named("replica shares", func() error {
-		return shareLimits(drained, p.status, limits, replicas, status.ShareInterval, log)
+		return shareLimits(drained, p.status, limits, replicas, keys, status.ShareInterval, log)
 	}))
 	return nil
 }
@@ -295,9 +306,14 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 			Prober:           client.STOW,
 		},
 	}
-	if err := deidentify(o, &d, log); err != nil {
+	fp, err := deidentify(o, &d, log)
+	if err != nil {
 		return nil, nil, err
 	}
+	if r.keys == nil {
+		r.keys = map[string]string{}
+	}
+	r.keys[d.Name] = fp
 	prof := d.Profile()
 	log.Info("destination profile", "destination", d.Name, "profile", prof.Name, "on_conflict", d.StowOnConflict,
 		"conflict_reasons", config.ConflictRules(prof.ConflictReasons).String(), "replace_method", prof.ReplaceMethod, "source", prof.Source)

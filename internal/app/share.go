@@ -41,8 +41,11 @@ func newReplicasGauge(reg prometheus.Registerer) (*prometheus.GaugeVec, error) {
 // processes in the status bucket whose snapshot lists the destination
 // (this one included) and sets each limit's share, and replicas. Reading
 // the bucket may fail; the last share then stays (the whole limit until a
-// first count), so a run of failures is warned about.
-func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]replicaLimit, replicas *prometheus.GaugeVec, interval time.Duration, log *slog.Logger) error {
+// first count), so a run of failures is warned about. Each complete read
+// also goes to keys (nil: none), which compares the replicas' key
+// fingerprints.
+func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]replicaLimit, replicas *prometheus.GaugeVec, keys *keyGuard,
+	interval time.Duration, log *slog.Logger) error {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	failed := &repeatlog.Failures{Every: time.Minute}
@@ -50,6 +53,8 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 		replicas.WithLabelValues(name).Set(1)
 	}
 	for {
+		// Read before the bucket: a snapshot put by then is in the read.
+		published := s.published()
 		rctx, cancel := context.WithTimeout(ctx, interval)
 		snaps, err := s.forwarders(rctx)
 		cancel()
@@ -60,6 +65,7 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 			if n := failed.Succeeded(); n >= shareFailuresWarned {
 				log.Info("status: the replicas serving each destination are counted again; their shares of the limits are set", "bucket", natsjs.StatusBucket, "failed_reads", n)
 			}
+			keys.compare(snaps, published)
 			counted := replicasByDestination(snaps)
 			for name, ls := range limits {
 				n := max(counted[name], 1)

@@ -151,7 +151,7 @@ func TestShareLimitsWithoutReadingTheBucket(t *testing.T) {
 			}
 			limit := &recordedLimit{}
 			g.Go(func() error {
-				return shareLimits(ctx, s, map[string][]replicaLimit{"archive": {limit}}, replicas, 200*time.Millisecond, log)
+				return shareLimits(ctx, s, map[string][]replicaLimit{"archive": {limit}}, replicas, nil, 200*time.Millisecond, log)
 			})
 			counted := func() float64 { return testutil.ToFloat64(replicas.WithLabelValues("archive")) }
 			warned := func() bool {
@@ -218,7 +218,7 @@ func TestShareLimitsWhileNATSIsUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.Go(func() error {
-		return shareLimits(ctx, s, map[string][]replicaLimit{"archive": {&recordedLimit{}}}, replicas, 200*time.Millisecond, log)
+		return shareLimits(ctx, s, map[string][]replicaLimit{"archive": {&recordedLimit{}}}, replicas, nil, 200*time.Millisecond, log)
 	})
 	warning := func() string {
 		for line := range strings.Lines(logs.String()) {
@@ -255,7 +255,7 @@ func trackArchive(t *testing.T, ctx context.Context, g *errgroup.Group, conn *na
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.track(ctx, g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, log); err != nil {
+	if _, err := s.track(ctx, g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, nil, log); err != nil {
 		t.Fatal(err)
 	}
 	return s

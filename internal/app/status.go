@@ -76,6 +76,13 @@ func mountDisabled(r chi.Router, path, msg string) {
 	r.HandleFunc(path+"/*", h)
 }
 
+// published reports whether this process's forwarder snapshot is in the
+// status bucket.
+func (s *statusWiring) published() bool {
+	t := s.tracker.Load()
+	return t != nil && t.Published()
+}
+
 // forwarders returns this process's forwarder (exact and current) and the
 // others' shared snapshots.
 func (s *statusWiring) forwarders(ctx context.Context) ([]status.Snapshot, error) {
@@ -94,9 +101,12 @@ func (s *statusWiring) forwarders(ctx context.Context) ([]status.Snapshot, error
 }
 
 // track returns the tracker that the forwarders report to, and shares
-// what it tracks in JetStream until ctx ends.
-func (s *statusWiring) track(ctx context.Context, g *errgroup.Group, topo natsjs.Topology, concurrency int, tokens []*status.TokenWatch, log *slog.Logger) (*status.Tracker, error) {
+// what it tracks in JetStream until ctx ends; keys are its snapshots'
+// KeyFingerprints, set before the first is shared.
+func (s *statusWiring) track(ctx context.Context, g *errgroup.Group, topo natsjs.Topology, concurrency int, tokens []*status.TokenWatch,
+	keys map[string]string, log *slog.Logger) (*status.Tracker, error) {
 	t := status.NewTracker(concurrency, tokens...)
+	t.SetKeyFingerprints(keys)
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
 	kv, err := topo.EnsureStatus(pctx, s.conn.JS)

@@ -3,9 +3,11 @@ package status
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"maps"
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stowline/stowline/internal/forward"
@@ -79,7 +81,16 @@ type Snapshot struct {
 	// Destinations is the circuit breaker and request limit of each
 	// destination it serves.
 	Destinations []forward.DestinationStatus `json:"destinations,omitempty"`
+	// KeyFingerprints is, by name, each destination it serves: the
+	// fingerprint of its de-identification key (deident.Keyer.Fingerprint,
+	// never the key), or NoKey when it sends the destination identifiable
+	// copies. Releases before it publish none: unknown.
+	KeyFingerprints map[string]string `json:"keyFingerprints,omitempty"`
 }
+
+// NoKey is the KeyFingerprints entry of a destination a forwarder sends
+// identifiable copies to (without STOW_DEIDENTIFY).
+const NoKey = "none"
 
 // Tracker is what one forwarder process is doing, as the forwarder tells
 // it (it is the forwarder's forward.Observer): studies in flight with
@@ -89,9 +100,12 @@ type Tracker struct {
 	started     time.Time
 	concurrency int
 	tokens      []*TokenWatch
+	// published is set once a snapshot was put in the status bucket.
+	published atomic.Bool
 
 	mu      sync.Mutex
 	dests   []func() forward.DestinationStatus
+	keys    map[string]string
 	flights map[*forward.Attempt]*flight
 	recent  []Forward // oldest first
 	totals  Totals
@@ -140,6 +154,9 @@ func (t *Tracker) Snapshot() Snapshot {
 	for _, d := range t.dests {
 		s.Destinations = append(s.Destinations, d())
 	}
+	if len(t.keys) > 0 {
+		s.KeyFingerprints = maps.Clone(t.keys)
+	}
 	for _, f := range t.flights {
 		s.InFlight = append(s.InFlight, f.Flight)
 	}
@@ -149,6 +166,17 @@ func (t *Tracker) Snapshot() Snapshot {
 	}
 	return s
 }
+
+// SetKeyFingerprints sets the snapshots' KeyFingerprints.
+func (t *Tracker) SetKeyFingerprints(keys map[string]string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.keys = maps.Clone(keys)
+}
+
+// Published reports whether a snapshot of this process is in the status
+// bucket, where the other forwarders read it (Share).
+func (t *Tracker) Published() bool { return t.published.Load() }
 
 // WatchDestination adds a destination's state (Forwarder.Status) to the
 // snapshots.
