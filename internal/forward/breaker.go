@@ -1004,9 +1004,11 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 		}
 	}
 	// unrecorded: what earlier runs stored and could not record (NATS
-	// unreachable), for the settle to write with this run's.
+	// unreachable), for the settle to write with this run's, and for the
+	// next run to know as its own copies.
 	var unrecorded []string
 	for {
+		a.unrecorded = unrecorded
 		rep, err := f.transferRecovering(ctx, a)
 		rep.unrecorded = append(unrecorded, rep.unrecorded...)
 		unrecorded = rep.unrecorded

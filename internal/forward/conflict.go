@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/stowline/stowline/events"
@@ -281,21 +282,61 @@ func uidList(in []Instance) string {
 // leader election (4 to 9 s), through which it is tried again.
 const rememberTimeout = 15 * time.Second
 
-// storedEarlier reports the instances of the event's study (by sentID)
-// the destination confirmed to earlier attempts (none without a FailureLog,
-// or when it cannot be read: a conflict answer is then a conflict).
-func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable) func(string) bool {
-	none := func(string) bool { return false }
+// storedEarlier reads the instances of the event's study (by sentID) the
+// destination confirmed to earlier attempts. ok is false without a
+// FailureLog (nothing to read) or when the read failed: a conflict answer
+// is then a conflict. patient: the read is tried again while JetStream
+// does not answer (a leader election), up to rememberTimeout.
+func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, patient bool) (sent func(string) bool, ok bool) {
 	if f.opts.Failures == nil {
-		return none
+		return func(string) bool { return false }, true
 	}
-	sent, err := f.opts.Failures.Sent(ctx, ev)
+	read := func() error {
+		var err error
+		sent, err = f.opts.Failures.Sent(ctx, ev)
+		return err
+	}
+	var err error
+	if patient {
+		// Through a leader election the read fails at once, as the
+		// write does (rememberStored): one failed read made every copy
+		// stowline stored before a conflict for the whole attempt.
+		rctx, cancel := context.WithTimeout(ctx, rememberTimeout)
+		defer cancel()
+		err = whileUnanswered(rctx, read)
+	} else {
+		err = read()
+	}
 	if err != nil {
 		f.log.Warn("read what earlier attempts stored: an already-stored answer counts as a conflict", "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "err", err)
-		return none
+		return func(string) bool { return false }, false
 	}
-	return sent
+	return sent, true
+}
+
+// earlierStored returns what storedEarlier reads, read at the first call
+// (the first conflict answer of an attempt; calls may come at once from
+// its requests) and kept once read. A failed read is not kept: the next
+// call reads again, once, without waiting (the first read waited out an
+// election already).
+func (f *Forwarder) earlierStored(ctx context.Context, ev *events.StudyStable) func(sentID string) bool {
+	var mu sync.Mutex
+	var sent func(string) bool
+	tried := false
+	return func(id string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if sent == nil {
+			s, ok := f.storedEarlier(ctx, ev, !tried)
+			tried = true
+			if !ok {
+				return false
+			}
+			sent = s
+		}
+		return sent(id)
+	}
 }
 
 // rememberStored keeps what an attempt got stored (their sentIDs), for

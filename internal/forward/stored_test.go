@@ -774,3 +774,142 @@ func TestTransientLeftoverNamesItsReason(t *testing.T) {
 		})
 	}
 }
+
+// electionFailureLog is a memFailureLog whose reads fail with no
+// responders (a NATS leader election) unreadable times, then answer.
+type electionFailureLog struct {
+	memFailureLog
+	unreadable atomic.Int32
+	reads      atomic.Int32
+}
+
+func (l *electionFailureLog) Sent(ctx context.Context, ev *events.StudyStable) (func(string) bool, error) {
+	l.reads.Add(1)
+	if l.unreadable.Add(-1) >= 0 {
+		return nil, fmt.Errorf("read stored instances: %w", nats.ErrNoResponders)
+	}
+	return l.memFailureLog.Sent(ctx, ev)
+}
+
+// TestStoredRecordReadThroughElection: the record of stored instances,
+// read at the first "already exists" answer while the bucket's leader is
+// being elected, is read again until it answers: one failed read was
+// kept for the whole attempt, and every copy stowline had stored was a
+// conflict (deadletter dead-lettered the study, skip counted them).
+func TestStoredRecordReadThroughElection(t *testing.T) {
+	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
+		t.Run(action, func(t *testing.T) {
+			ev := testEvent()
+			dest := &azureLike{held: map[string]bool{}}
+			srv := httptest.NewServer(dest)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			fl := &electionFailureLog{}
+			var comps []Completion
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.Failures = fl
+				o.MaxDeliveries = 1 // a conflict taken for one is dead-lettered at once
+				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+					comps = append(comps, c)
+					return nil
+				}
+			})
+			for _, msgID := range []string{ev.MsgID(), ev.MsgID() + "/backfill/default"} {
+				if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range 2 {
+				msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+				if err != nil {
+					t.Fatalf("delivery %d: %v", i+1, err)
+				}
+				if i == 1 {
+					fl.unreadable.Store(2)
+				}
+				f.handle(t.Context(), msg, "")
+			}
+			dest.mu.Lock()
+			answers := strings.Join(dest.answers, " ")
+			dest.mu.Unlock()
+			if strings.Count(answers, ":45070") != 2 {
+				t.Fatalf("answers %s: want both instances answered 45070 the second time", answers)
+			}
+			if n := fl.reads.Load(); n < 3 {
+				t.Errorf("the record was read %d times, want the 2 failed reads and one that answered", n)
+			}
+			for _, l := range dls.all() {
+				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+			}
+			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
+				t.Errorf("%v conflicts counted as skipped, want 0", got)
+			}
+			if len(comps) != 2 {
+				t.Fatalf("%d completions, want 2", len(comps))
+			}
+			if last := comps[1]; len(last.Kept) > 0 {
+				t.Errorf("the completion keeps %v in the source, though the destination holds them as sent", last.Kept)
+			}
+		})
+	}
+}
+
+// TestHeldRunKnowsWhatEarlierRunsCouldNotRecord: a run held for its
+// source after it stored part of the study, while the failure log's
+// writes failed, runs again knowing those copies as its own: they were
+// carried only to the settle, and the next run's "already exists"
+// (45070) answers for them were conflicts (deadletter dead-lettered the
+// study).
+func TestHeldRunKnowsWhatEarlierRunsCouldNotRecord(t *testing.T) {
+	dest := &azureLike{held: map[string]bool{}}
+	srv := httptest.NewServer(dest)
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	src := &halfDownSource{memSource: newMemSource(8)}
+	src.down.Store(true)
+	fl := &failingFailureLog{}
+	fl.failing.Store(true) // for the whole delivery
+	dls := &memDeadLetters{}
+	f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+		o.DeadLetters = dls
+		o.Failures = fl
+		o.MaxDeliveries = 1
+		o.Conflicts = ConflictPolicy{Action: ConflictDeadLetter, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.SourceProbe = func(context.Context, string) error {
+			if src.down.Load() {
+				return errSourceDown
+			}
+			return nil
+		}
+	})
+	// The source answers again once the study is held.
+	back := make(chan struct{})
+	go func() {
+		defer close(back)
+		for deadline := time.Now().Add(heldWait); testutil.ToFloat64(f.m.sourceHeld) == 0; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Error("the study was not held for its source")
+				return
+			}
+		}
+		src.down.Store(false)
+	}()
+	t.Cleanup(func() { <-back })
+	f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
+	<-back
+	dest.mu.Lock()
+	answers := strings.Join(dest.answers, " ")
+	dest.mu.Unlock()
+	if !strings.Contains(answers, ":45070") {
+		t.Fatalf("answers %s: want the run after the hold answered 45070 for what the first stored", answers)
+	}
+	for _, l := range dls.all() {
+		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+	}
+}

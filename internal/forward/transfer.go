@@ -165,14 +165,24 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// re-sent because QIDO-RS did not list it yet, would otherwise be a
 	// conflict.
 	stored := map[string]bool{}
-	earlier := sync.OnceValue(func() func(string) bool { return f.storedEarlier(ctx, ev) })
-	ours := func(uid string) bool { return stored[uid] || earlier()(sentID(ev, byUID[uid])) }
+	earlier := f.earlierStored(ctx, ev)
+	// unrecorded: what earlier runs of this delivery stored and could not
+	// record; the record read leaves them out.
+	unrecorded := make(map[string]bool, len(a.unrecorded))
+	for _, id := range a.unrecorded {
+		unrecorded[id] = true
+	}
+	storedByEarlier := func(uid string) bool {
+		id := sentID(ev, byUID[uid])
+		return unrecorded[id] || earlier(id)
+	}
+	ours := func(uid string) bool { return stored[uid] || storedByEarlier(uid) }
 	// storedBefore: an earlier delivery got it stored (one killed before
 	// its ack, or that failed), or an earlier run of this one (held,
 	// then sent again); a destination that stores it again without a
 	// word (Orthanc) then had it already. Not read on a first run.
 	storedBefore := func(uid string) bool {
-		return (a.Number > 1 || a.again) && !stored[uid] && earlier()(sentID(ev, byUID[uid]))
+		return (a.Number > 1 || a.again) && !stored[uid] && storedByEarlier(uid)
 	}
 	warned := map[string]dicomweb.Warning{}
 	// Each request's confirmed instances go to a writer as it is answered
