@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"maps"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -26,6 +24,8 @@ import (
 type FailureLog struct {
 	kv          jetstream.KeyValue
 	destination string
+	// maxSent bounds a study's record (maxSent; smaller in tests).
+	maxSent int
 
 	// written holds the records of stored instances this process wrote
 	// last, with their revisions: an attempt adds to its study's record
@@ -53,7 +53,7 @@ const (
 // NewFailureLog returns the destination's log kept in kv
 // (natsjs.Topology.EnsureFailureLog).
 func NewFailureLog(kv jetstream.KeyValue, destination string) *FailureLog {
-	return &FailureLog{kv: kv, destination: destination, written: map[string]sentRecord{}}
+	return &FailureLog{kv: kv, destination: destination, maxSent: maxSent, written: map[string]sentRecord{}}
 }
 
 func (l *FailureLog) key(seq uint64) string {
@@ -109,8 +109,11 @@ func uidHash(uid string) uint64 {
 }
 
 // maxSent bounds a study's record (960 KB, within JetStream's 1 MB
-// message): past it, what earlier versions of the study sent is dropped
-// for what this attempt adds (those instances then answer as conflicts).
+// message): past it, the instances recorded longest ago are dropped for
+// what this write adds (they then answer as conflicts). The record keeps
+// its instances in the order they were last written, so that those of
+// earlier versions and attempts go first, not those this attempt wrote in
+// its earlier requests.
 const maxSent = 120_000
 
 // rememberAttempts bounds the compare-and-set rounds of RememberSent
@@ -129,35 +132,18 @@ func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, s
 	}
 	last, known := l.lastWritten(key)
 	for range rememberAttempts {
-		var set map[uint64]bool
+		var order []uint64
 		var rev uint64
 		if known {
-			set, rev = decodeSent(last.data), last.rev
+			order, rev = decodeSent(last.data), last.rev
 			known = false // a failed compare-and-set reads the record
 		} else {
 			var err error
-			if set, rev, err = l.sentSet(ctx, key); err != nil {
+			if order, rev, err = l.sentList(ctx, key); err != nil {
 				return err
 			}
 		}
-		// Instances already in the record (the study sent again) take no
-		// more room.
-		added := 0
-		for _, h := range hashes {
-			if !set[h] {
-				added++
-			}
-		}
-		if len(set)+added > maxSent {
-			clear(set)
-		}
-		for _, h := range hashes {
-			set[h] = true
-		}
-		data := make([]byte, 0, 8*len(set))
-		for _, h := range slices.Sorted(maps.Keys(set)) {
-			data = binary.BigEndian.AppendUint64(data, h)
-		}
+		data := appendSent(order, hashes, l.maxSent)
 		var err error
 		if rev == 0 {
 			rev, err = l.kv.Create(ctx, key, data)
@@ -169,7 +155,7 @@ func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, s
 		}
 		if err != nil {
 			l.forgetWritten(key)
-			return fmt.Errorf("remember %d stored instances of study %s: %w", len(set), ev.StudyInstanceUID, natsjs.StorageFull(err))
+			return fmt.Errorf("remember %d stored instances of study %s: %w", len(data)/8, ev.StudyInstanceUID, natsjs.StorageFull(err))
 		}
 		l.keepWritten(key, sentRecord{data: data, rev: rev})
 		return nil
@@ -207,34 +193,69 @@ func (l *FailureLog) forgetWritten(key string) {
 	delete(l.written, key)
 }
 
+// appendSent returns the record of order (instances, oldest first) with
+// hashes written last: one already recorded moves to the end, and past
+// most the oldest are dropped.
+func appendSent(order, hashes []uint64, most int) []byte {
+	fresh := make(map[uint64]bool, len(hashes))
+	for _, h := range hashes {
+		fresh[h] = true
+	}
+	kept := make([]uint64, 0, len(order)+len(fresh))
+	for _, h := range order {
+		if !fresh[h] {
+			kept = append(kept, h)
+		}
+	}
+	for _, h := range hashes {
+		if fresh[h] {
+			kept = append(kept, h)
+			delete(fresh, h) // once, if hashes repeats it
+		}
+	}
+	if len(kept) > most {
+		kept = kept[len(kept)-most:]
+	}
+	data := make([]byte, 0, 8*len(kept))
+	for _, h := range kept {
+		data = binary.BigEndian.AppendUint64(data, h)
+	}
+	return data
+}
+
 // Sent reports the instances attempts stored of the study.
 func (l *FailureLog) Sent(ctx context.Context, ev *events.StudyStable) (func(string) bool, error) {
-	set, _, err := l.sentSet(ctx, l.sentKey(ev))
+	order, _, err := l.sentList(ctx, l.sentKey(ev))
 	if err != nil {
 		return nil, err
+	}
+	set := make(map[uint64]bool, len(order))
+	for _, h := range order {
+		set[h] = true
 	}
 	return func(uid string) bool { return set[uidHash(uid)] }, nil
 }
 
-// sentSet reads a study's stored instances and the record's revision
-// (0: none yet).
-func (l *FailureLog) sentSet(ctx context.Context, key string) (map[uint64]bool, uint64, error) {
-	set := map[uint64]bool{}
+// sentList reads a study's stored instances, oldest first, and the
+// record's revision (0: none yet).
+func (l *FailureLog) sentList(ctx context.Context, key string) ([]uint64, uint64, error) {
 	e, err := l.kv.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return set, 0, nil
+		return nil, 0, nil
 	case err != nil:
 		return nil, 0, fmt.Errorf("read stored instances: %w", err)
 	}
 	return decodeSent(e.Value()), e.Revision(), nil
 }
 
-// decodeSent reads a record of stored instances: 8 bytes an instance.
-func decodeSent(v []byte) map[uint64]bool {
-	set := make(map[uint64]bool, len(v)/8)
+// decodeSent reads a record of stored instances: 8 bytes an instance, in
+// the order they were written (records written before that order was
+// kept are sorted: their instances all count as equally old).
+func decodeSent(v []byte) []uint64 {
+	order := make([]uint64, 0, len(v)/8)
 	for i := 0; i+8 <= len(v); i += 8 {
-		set[binary.BigEndian.Uint64(v[i:])] = true
+		order = append(order, binary.BigEndian.Uint64(v[i:]))
 	}
-	return set
+	return order
 }
