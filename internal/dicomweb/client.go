@@ -273,8 +273,17 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 		// the request is sent again here, once, on a new connection,
 		// its parts read again. Storing an instance twice is harmless: a
 		// study's next attempt would do just that, after a backoff and
-		// with all its other requests.
+		// with all its other requests. The server may have stored the
+		// first sending's instances before the connection broke: the
+		// answer says so (Result.Resent), for the caller to read an
+		// "already exists" as perhaps its own copy.
 		res, _, err = c.sendOnce(ctx, method, parts)
+		if res != nil {
+			res.Resent = true
+		}
+		if he, ok := errors.AsType[*HTTPError](err); ok && he.Result != nil {
+			he.Result.Resent = true
+		}
 	}
 	return res, err
 }

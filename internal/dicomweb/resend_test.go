@@ -67,6 +67,9 @@ func TestStoreSentAgainOnABrokenReusedConnection(t *testing.T) {
 	if got := len(res.Stored); got != 2 { // the tracked part carries no UID line
 		t.Errorf("stored %d instances, want 2", got)
 	}
+	if !res.Resent {
+		t.Error("the answer of the request sent again is not marked Resent: the caller takes the server's copies of the first sending for conflicts")
+	}
 	if n := log.count(); n != 3 {
 		t.Errorf("server saw %d requests, want 3 (the first, the dropped one, the one sent again)", n)
 	}

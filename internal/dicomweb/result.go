@@ -22,6 +22,11 @@ type Result struct {
 	// BytesSent is the request body size actually sent, framing included
 	// (0 from parseResponse).
 	BytesSent int64
+	// Resent: this answers the request sent a second time, after the
+	// first got no answer on a reused connection (Client.Store). The
+	// server may have stored the instances from the first, whole or in
+	// part: an "already exists" for one may be its copy of those.
+	Resent bool
 }
 
 // Instance is one item of the ReferencedSOPSequence.

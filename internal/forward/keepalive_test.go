@@ -1,15 +1,27 @@
 package forward
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // A destination that closes a kept-alive connection just as the next
@@ -68,5 +80,237 @@ func TestKeepAliveClosedAsReusedCostsNothing(t *testing.T) {
 		if rep.Requests != 1 || rep.Instances != 2 {
 			t.Errorf("an attempt sent %d instances in %d requests, want 2 in 1", rep.Instances, rep.Requests)
 		}
+	}
+}
+
+// A destination that stored a request's instances and then closed its
+// kept-alive connection before answering (a load balancer's idle
+// time-out, a restart) answers the request sent again "already exists"
+// (Azure's 45070): likely stowline's own copies, unproven, so stored and
+// kept in the source, not conflicts (deadletter dead-lettered the study,
+// skip counted and alerted them as conflicts).
+func TestStoredBeforeTheConnectionBrokeIsNoConflict(t *testing.T) {
+	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
+		t.Run(action, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			// The second request on a connection, once: stored, then
+			// its connection closed without an answer.
+			drop := &faultproxy.OnceOnConn{N: 2}
+			srv := faultproxy.StartConnDropper(t, dest, func(r *http.Request, n int32) bool {
+				if !drop.Drop(r, n) {
+					return false
+				}
+				dest.ServeHTTP(httptest.NewRecorder(), r)
+				return true
+			})
+			hc := &http.Client{Transport: &http.Transport{}}
+			t.Cleanup(hc.CloseIdleConnections)
+			client, err := dicomweb.New(srv.URL, hc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A kept-alive connection for the study's request to reuse.
+			warm := dicomweb.Part{SOPInstanceUID: "1.2.3.100", Size: 1024, Open: func(context.Context) (io.ReadCloser, error) {
+				return io.NopCloser(bytes.NewReader(bytes.Repeat([]byte{99}, 1024))), nil
+			}}
+			if _, err := client.Store(t.Context(), []dicomweb.Part{warm}); err != nil {
+				t.Fatal(err)
+			}
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			var comps []Completion
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.Destination = client
+				o.DeadLetters = dls
+				o.Failures = &memFailureLog{}
+				o.MaxDeliveries = 1
+				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+					comps = append(comps, c)
+					return nil
+				}
+			})
+			f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
+			if drop.Dropped() != 1 {
+				t.Fatal("no request met a closed kept-alive connection: the test proves nothing")
+			}
+			dest.mu.Lock()
+			answers := strings.Join(dest.answers, " ")
+			dest.mu.Unlock()
+			if strings.Count(answers, ":45070") != 2 {
+				t.Fatalf("answers %s: want the request sent again answered 45070 for both instances", answers)
+			}
+			for _, l := range dls.all() {
+				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+			}
+			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
+				t.Errorf("%v conflicts counted as skipped, want 0", got)
+			}
+			if len(comps) != 1 {
+				t.Fatalf("%d completions, want 1", len(comps))
+			}
+			if kept := comps[0].Kept; len(kept) != 2 {
+				t.Errorf("the completion keeps %v in the source, want both instances (the destination's copies are unproven)", kept)
+			}
+		})
+	}
+}
+
+// unreadOnce is a memSource of 1 MiB instances (a body that breaks off
+// after them has sent them, not left them in a buffer) whose instance
+// id Orthanc fails to read once (its own 500).
+type unreadOnce struct {
+	*memSource
+	id     string
+	failed atomic.Bool
+}
+
+func newUnreadOnce(n, unread int) *unreadOnce {
+	s := &unreadOnce{memSource: newMemSource(n)}
+	for i := range s.instances {
+		s.instances[i].FileSize = 1 << 20
+		s.data[s.instances[i].ID] = bytes.Repeat([]byte{byte(i)}, 1<<20)
+	}
+	s.id = s.instances[unread].ID
+	return s
+}
+
+func (s *unreadOnce) OpenInstanceFile(ctx context.Context, id string) (io.ReadCloser, int64, error) {
+	if id == s.id && s.failed.CompareAndSwap(false, true) {
+		return nil, 0, &orthancapi.Error{StatusCode: http.StatusInternalServerError, OrthancMessage: "The path does not point to a regular file"}
+	}
+	return s.memSource.OpenInstanceFile(ctx, id)
+}
+
+// A request whose body broke off on an instance the source failed to
+// read, at a destination that stores parts as it reads them, got the
+// instances before it stored: the rest of the request, sent again at
+// once, is answered "already exists" (45070) for them. Unproven, not
+// conflicts: "nothing of the request was stored" dead-lettered the study
+// (deadletter) or counted them as conflicts (skip).
+func TestStoredBeforeTheBodyBrokeOffIsNoConflict(t *testing.T) {
+	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
+		t.Run(action, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			// Later requests wait until the broken one is stored: the
+			// rest of it is sent again as soon as the body broke off.
+			var requests atomic.Int32
+			firstStored := make(chan struct{})
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if requests.Add(1) == 1 {
+					defer close(firstStored)
+				} else {
+					<-firstStored
+				}
+				dest.ServeHTTP(w, r)
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			var comps []Completion
+			f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+				src := newUnreadOnce(3, 2)
+				o.SourceFor = func(string) (Source, error) { return src, nil }
+				o.MaxBytes = 8 << 20
+				o.InstanceRetries = 2
+				o.InstanceRetryDelay = 10 * time.Millisecond
+				o.DeadLetters = dls
+				o.Failures = &memFailureLog{}
+				o.MaxDeliveries = 1
+				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+					comps = append(comps, c)
+					return nil
+				}
+			})
+			f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
+			dest.mu.Lock()
+			answers := strings.Join(dest.answers, " ")
+			dest.mu.Unlock()
+			if !strings.Contains(answers, "1.2.3.1:stored") || !strings.Contains(answers, "1.2.3.1:45070") {
+				t.Fatalf("answers %s: want 1.2.3.1 stored from the broken body, then answered 45070", answers)
+			}
+			for _, l := range dls.all() {
+				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+			}
+			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
+				t.Errorf("%v conflicts counted as skipped, want 0", got)
+			}
+			if len(comps) != 1 {
+				t.Fatalf("%d completions, want 1", len(comps))
+			}
+			if kept := comps[0].Kept; !slices.Contains(kept, "1.2.3.1") || slices.Contains(kept, "1.2.3.3") {
+				t.Errorf("the completion keeps %v in the source, want those stored from the broken body, not 1.2.3.3", kept)
+			}
+		})
+	}
+}
+
+// Google's "already exists" is a 409 with Failure Reason 272, a
+// conflict once the destination lists the instance (QIDO-RS): listed
+// after a request sent again on a new connection, it is no conflict
+// either (deadletter dead-lettered the study).
+func TestStoredBeforeTheConnectionBrokeListedIsNoConflict(t *testing.T) {
+	const sop = "1.2.3.1" // newMemSource(1)
+	var posts atomic.Int32
+	answer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/dicom+json")
+		if r.Method == http.MethodGet {
+			fmt.Fprintf(w, `[{"00080018":{"vr":"UI","Value":[%q]}}]`, sop)
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		if posts.Add(1) == 1 { // the warm-up
+			fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3.100"]}}]}}`)
+			return
+		}
+		w.WriteHeader(http.StatusConflict)
+		fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}]}}`, sop, dicomweb.FailureProcessing)
+	})
+	drop := &faultproxy.OnceOnConn{N: 2}
+	srv := faultproxy.StartConnDropper(t, answer, func(r *http.Request, n int32) bool {
+		if r.Method != http.MethodPost || !drop.Drop(r, n) {
+			return false
+		}
+		_, _ = io.Copy(io.Discard, r.Body) // stored, as Google would
+		return true
+	})
+	hc := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(hc.CloseIdleConnections)
+	client, err := dicomweb.New(srv.URL, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm := dicomweb.Part{SOPInstanceUID: "1.2.3.100", Size: 4, Open: func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader("warm")), nil
+	}}
+	if _, err := client.Store(t.Context(), []dicomweb.Part{warm}); err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	var comps []Completion
+	f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+		o.Destination = client
+		o.DeadLetters = dls
+		o.MaxDeliveries = 1
+		o.Conflicts = ConflictPolicy{Action: ConflictDeadLetter, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureProcessing, Mask: 0xFFFF, Only409: true}}}
+		o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+			comps = append(comps, c)
+			return nil
+		}
+	})
+	f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
+	if drop.Dropped() != 1 || posts.Load() != 2 {
+		t.Fatalf("%d requests dropped, %d answered: want the study's request dropped once and sent again", drop.Dropped(), posts.Load())
+	}
+	for _, l := range dls.all() {
+		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+	}
+	if len(comps) != 1 || !slices.Equal(comps[0].Kept, []string{sop}) {
+		t.Errorf("completions %+v, want one keeping %s in the source", comps, sop)
 	}
 }

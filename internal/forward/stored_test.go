@@ -635,7 +635,7 @@ func TestRefusalNamesTheAttributes(t *testing.T) {
 		SOPInstanceUID: "1.2.3", FailureReason: 0xA900,
 		Comments: []string{`DICOM100: (0010,0030) - Content "[value removed]" does not validate VR DA`, `DICOM100: (0008,002a) - Content "x"; (0010,0030) again`},
 	}}}
-	out := f.sortAnswer(nil, []dicomweb.Part{{SOPInstanceUID: "1.2.3"}}, res, &Report{}, func(string) bool { return false }, func(string) bool { return false })
+	out := f.sortAnswer(nil, []dicomweb.Part{{SOPInstanceUID: "1.2.3"}}, res, &Report{}, ownership{ours: func(string) bool { return false }, storedBefore: func(string) bool { return false }, unanswered: func(string) bool { return false }})
 	if len(out.rejected) != 1 {
 		t.Fatalf("rejected %+v, want the one instance", out.rejected)
 	}

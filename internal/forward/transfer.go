@@ -177,6 +177,14 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		return unrecorded[id] || earlier(id)
 	}
 	ours := func(uid string) bool { return stored[uid] || storedByEarlier(uid) }
+	// unanswered are instances this attempt sent in a request that got
+	// no answer (the dicomweb client sent it again: Result.Resent) or
+	// whose body broke off after them (an instance after them unreadable
+	// or not convertible): the destination may have stored them, as some
+	// store parts as they read them. Its "already exists" for one is then
+	// likely stowline's own copy, unproven: stored as it says, kept in
+	// the source (batchOutcome.unproven), not a conflict.
+	unanswered := map[string]bool{}
 	// storedBefore: an earlier delivery got it stored (one killed before
 	// its ack, or that failed), or an earlier run of this one (held,
 	// then sent again); a destination that stores it again without a
@@ -247,13 +255,17 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				if budget > 0 {
 					budget = max(budget-dicomweb.MaxFraming(size), 1)
 				}
-				return f.sendAll(ctx, a, plan, f.batches(send.parts, size, budget), &rep, send.put, ours, storedBefore, remember)
+				own := ownership{ours: ours, storedBefore: storedBefore, unanswered: func(uid string) bool { return unanswered[uid] }}
+				return f.sendAll(ctx, a, plan, f.batches(send.parts, size, budget), &rep, send.put, own, remember)
 			}()
 			// What was confirmed counts, whether or not another request
 			// of the round failed; and so do its warnings.
 			for _, out := range o {
 				for _, uid := range out.confirmed {
 					stored[uid] = true
+				}
+				for _, uid := range out.unanswered {
+					unanswered[uid] = true
 				}
 				for _, w := range out.warned {
 					warned[w.SOPInstanceUID] = w
@@ -301,6 +313,16 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		if len(unsure) > 0 {
 			held, failed := f.settleUnsure(ctx, ev, unsure, len(instances))
 			for _, c := range held {
+				if unanswered[c.part.SOPInstanceUID] {
+					// Listed, after a request that got no answer: as
+					// batchOutcome.unproven.
+					st.skipped[c.part.SOPInstanceUID] = true
+					rep.Instances++
+					rep.AlreadyStored++
+					f.m.instances.Inc()
+					f.m.alreadyStored.Inc()
+					continue
+				}
 				if f.actionName() != ConflictSkip {
 					conflicts = append(conflicts, c)
 					notDone[c.part.SOPInstanceUID] = true // not replaced, if it was a replacement
@@ -549,10 +571,10 @@ func (f *Forwarder) requestSize(n int) int {
 // already sent run to their answer: cut off, the instances the
 // destination stored of them would be unknown to stowline, and their
 // "already exists" a conflict on the next delivery. Each answered request
-// is reported to the observer. ours tells the instances the destination
-// confirmed before (sortAnswer); confirmed is told each request's
+// is reported to the observer. own tells which of the destination's copies
+// may be stowline's (sortAnswer); confirmed is told each request's
 // outcome once answered with instances stored.
-func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, ours, storedBefore func(string) bool, confirmed func(batchOutcome)) ([]batchOutcome, error) {
+func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, own ownership, confirmed func(batchOutcome)) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	prio := requestPriority(a.lane)
 	var mu sync.Mutex // guards rep
@@ -580,7 +602,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 		}()
 		for resends := 0; ; resends++ {
 			var local Report
-			out, err = f.send(ctx, plan, batch, &local, put, ours, storedBefore)
+			out, err = f.send(ctx, plan, batch, &local, put, own)
 			if len(out.confirmed) > 0 {
 				// Now, not as the attempt ends: a killed process runs no
 				// deferred write. The writer does not hold the place.
@@ -687,6 +709,19 @@ type batchOutcome struct {
 	// instance it could not convert or read): the destination did not
 	// answer.
 	brokenOff bool
+	// unanswered are the SOP Instance UIDs the destination may have
+	// stored without saying so: those before the break of a body that
+	// broke off, every one of a request sent again (Result.Resent).
+	unanswered []string
+}
+
+// ownership tells, by SOP Instance UID, what of the destination's copies
+// may be stowline's: ours, confirmed to this attempt or an earlier one;
+// storedBefore, by an earlier delivery or run (counted as already
+// stored); unanswered, sent by this attempt in a request that got no
+// answer or broke off after it (transfer).
+type ownership struct {
+	ours, storedBefore, unanswered func(string) bool
 }
 
 // send stores one batch and sorts its instances by the response. This is
@@ -695,7 +730,7 @@ type batchOutcome struct {
 // token, so one retry carries a fresh one; a second 401, like a 403, is
 // the destination refusing us (markRefusal): transient, the breaker
 // holds the queue.
-func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, ours, storedBefore func(string) bool) (batchOutcome, error) {
+func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, own ownership) (batchOutcome, error) {
 	rep.Requests++
 	res, err := f.store(ctx, batch, put)
 	var he *dicomweb.HTTPError
@@ -715,9 +750,9 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 	}
 	var ce *conversionError
 	if errors.As(err, &ce) {
-		// Nothing of the request was stored (its body broke off): the
-		// instance Orthanc could not convert is refused, the others
-		// are sent again.
+		// The request's body broke off, unanswered: the instance Orthanc
+		// could not convert is refused, the others are sent again (those
+		// before it may be stored already: batchOutcome.unanswered).
 		return conversionOutcome(batch, ce), nil
 	}
 	var ue *unreadError
@@ -740,7 +775,7 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		res = he.Result
 		res.StatusCode = he.StatusCode
 	}
-	out := f.sortAnswer(plan, batch, res, rep, ours, storedBefore)
+	out := f.sortAnswer(plan, batch, res, rep, own)
 	if err != nil {
 		out.status = he
 	}
@@ -800,14 +835,21 @@ func attributesNamed(comments []string) string {
 // sortAnswer sorts a batch's instances by the destination's answer:
 // confirmed (counted in rep), to send again, or refused for good. A
 // conflict answer for an instance ours says the destination confirmed to
-// stowline before is its own copy: already stored.
-func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report, ours, storedBefore func(string) bool) batchOutcome {
+// stowline before is its own copy: already stored; for one it may have
+// stored from a sending that got no answer (Result.Resent, or
+// own.unanswered), perhaps its own copy: already stored, unproven.
+func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dicomweb.Result, rep *Report, own ownership) batchOutcome {
 	stored := make(map[string]bool, len(res.Stored))
 	sent := make(map[string]bool, len(batch))
 	for _, p := range batch {
 		sent[p.SOPInstanceUID] = true
 	}
 	var out batchOutcome
+	if res.Resent {
+		for _, p := range batch {
+			out.unanswered = append(out.unanswered, p.SOPInstanceUID)
+		}
+	}
 	for _, in := range res.Stored {
 		stored[in.SOPInstanceUID] = true
 		// An instance of another request (a server answering for more
@@ -844,7 +886,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		if stored[p.SOPInstanceUID] {
 			confirmed++
 			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
-			if storedBefore(p.SOPInstanceUID) {
+			if own.storedBefore(p.SOPInstanceUID) {
 				rep.AlreadyStored++
 				f.m.alreadyStored.Inc()
 			}
@@ -863,7 +905,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			continue
 		}
 		if f.opts.Conflicts.isConflict(reason, res.StatusCode) {
-			if ours(p.SOPInstanceUID) {
+			if own.ours(p.SOPInstanceUID) {
 				confirmed++
 				rep.AlreadyStored++
 				f.m.alreadyStored.Inc()
@@ -874,6 +916,14 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 				// A conflict only if the destination lists it
 				// (transfer): the code may be a failure.
 				out.unsure = append(out.unsure, conflicted{part: p, reason: reason})
+				continue
+			}
+			if res.Resent || own.unanswered(p.SOPInstanceUID) {
+				// Perhaps stored from a sending that got no answer.
+				confirmed++
+				rep.AlreadyStored++
+				f.m.alreadyStored.Inc()
+				out.unproven = append(out.unproven, p.SOPInstanceUID)
 				continue
 			}
 			if f.actionName() == ConflictSkip {
@@ -898,7 +948,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			confirmed++
 			rep.AlreadyStored++
 			f.m.alreadyStored.Inc()
-			if !ours(p.SOPInstanceUID) {
+			if !own.ours(p.SOPInstanceUID) {
 				out.unproven = append(out.unproven, p.SOPInstanceUID)
 				continue
 			}
@@ -944,7 +994,7 @@ func unnamedText(unnamed []dicomweb.FailedInstance) string {
 // conversionOutcome: the instance Orthanc could not convert is refused
 // for good, the rest of its request is sent again at once.
 func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome {
-	out := batchOutcome{brokenOff: true}
+	out := batchOutcome{brokenOff: true, unanswered: sentBefore(batch, ce.SOPInstanceUID)}
 	for _, p := range batch {
 		if p.SOPInstanceUID == ce.SOPInstanceUID {
 			out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, Text: ce.Error()})
@@ -953,6 +1003,20 @@ func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome 
 		}
 	}
 	return out
+}
+
+// sentBefore lists the instances of a request's body before the one it
+// broke off on: sent whole, and stored already by a destination that
+// stores parts as it reads them.
+func sentBefore(batch []dicomweb.Part, broken string) []string {
+	var uids []string
+	for _, p := range batch {
+		if p.SOPInstanceUID == broken {
+			break
+		}
+		uids = append(uids, p.SOPInstanceUID)
+	}
+	return uids
 }
 
 // maxQuickRounds bounds the rounds of one attempt run at once, without
@@ -978,7 +1042,7 @@ func splitUnread(retry []dicomweb.Part, unread []Instance) (others, failed []dic
 // unreadOutcome: the instance the source failed to read is tried again
 // after a pause, the rest of its request is sent again at once.
 func unreadOutcome(batch []dicomweb.Part, ue *unreadError) batchOutcome {
-	out := batchOutcome{brokenOff: true}
+	out := batchOutcome{brokenOff: true, unanswered: sentBefore(batch, ue.SOPInstanceUID)}
 	for _, p := range batch {
 		if p.SOPInstanceUID == ue.SOPInstanceUID {
 			out.retry = append(out.retry, p)
