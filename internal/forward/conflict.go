@@ -317,25 +317,26 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 
 // earlierStored returns what storedEarlier reads, read at the first call
 // (the first conflict answer of an attempt; calls may come at once from
-// its requests) and kept once read. A failed read is not kept: the next
-// call reads again, once, without waiting (the first read waited out an
-// election already).
+// its requests) and kept once read. A failed read is not kept: a call
+// rememberTimeout later reads again, once, without waiting (the first
+// read waited out an election already). Not at every call: each
+// confirmed instance of a redelivery asks (storedBefore), and a read that
+// times out takes seconds.
 func (f *Forwarder) earlierStored(ctx context.Context, ev *events.StudyStable) func(sentID string) bool {
 	var mu sync.Mutex
 	var sent func(string) bool
-	tried := false
+	var tried time.Time
 	return func(id string) bool {
 		mu.Lock()
 		defer mu.Unlock()
-		if sent == nil {
-			s, ok := f.storedEarlier(ctx, ev, !tried)
-			tried = true
-			if !ok {
-				return false
+		if sent == nil && (tried.IsZero() || time.Since(tried) >= rememberTimeout) {
+			s, ok := f.storedEarlier(ctx, ev, tried.IsZero())
+			tried = time.Now()
+			if ok {
+				sent = s
 			}
-			sent = s
 		}
-		return sent(id)
+		return sent != nil && sent(id)
 	}
 }
 

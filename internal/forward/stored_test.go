@@ -913,3 +913,54 @@ func TestHeldRunKnowsWhatEarlierRunsCouldNotRecord(t *testing.T) {
 		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
 	}
 }
+
+// unreadableFailureLog is a memFailureLog whose reads are refused.
+type unreadableFailureLog struct {
+	memFailureLog
+	reads atomic.Int32
+}
+
+func (l *unreadableFailureLog) Sent(context.Context, *events.StudyStable) (func(string) bool, error) {
+	l.reads.Add(1)
+	return nil, errors.New("nats: permissions violation")
+}
+
+// A record that cannot be read is not read again at each answer of the
+// attempt: every instance of a redelivery asks (storedBefore), and a
+// read that times out takes seconds each.
+func TestUnreadableStoredRecordReadOnce(t *testing.T) {
+	ev := testEvent()
+	dest := &azureLike{held: map[string]bool{}}
+	srv := httptest.NewServer(dest)
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	fl := &unreadableFailureLog{}
+	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) {
+		o.DeadLetters = &memDeadLetters{}
+		o.Failures = fl
+		o.MaxInstances = 1
+		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+	})
+	for _, msgID := range []string{ev.MsgID(), ev.MsgID() + "/backfill/default"} {
+		if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 {
+		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Fatalf("delivery %d: %v", i+1, err)
+		}
+		f.handle(t.Context(), msg, "")
+	}
+	dest.mu.Lock()
+	answers := strings.Join(dest.answers, " ")
+	dest.mu.Unlock()
+	if strings.Count(answers, ":45070") != 8 {
+		t.Fatalf("answers %s: want every instance answered 45070 the second time", answers)
+	}
+	if n := fl.reads.Load(); n != 1 {
+		t.Errorf("the unreadable record was read %d times in one attempt, want once", n)
+	}
+}
