@@ -14,6 +14,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 )
@@ -93,7 +94,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 			return sources.Lookup(source)
 		},
 		Listed: func(ctx context.Context, studyInstanceUID string, expected int) ([]string, error) {
-			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, expected)
+			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, dicomweb.Expected{Count: expected})
 		},
 		Publish: func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
 			// In --priority's lane, as the plain audit's repairs.

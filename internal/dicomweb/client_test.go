@@ -683,7 +683,7 @@ func TestNoAnswerErrorsHideTheQuery(t *testing.T) {
 	}
 	ctx := t.Context()
 	_, storeErr := c.Store(ctx, []Part{memPart("1.2.3", []byte("x"))})
-	_, qidoErr := c.StudyInstanceUIDs(ctx, "1.2.3", 10)
+	_, qidoErr := c.StudyInstanceUIDs(ctx, "1.2.3", Expected{Count: 10})
 	deleteErr := c.DeleteInstance(ctx, "1.2.3", "1.2.3.4", "1.2.3.4.5")
 	for name, err := range map[string]error{"store": storeErr, "qido": qidoErr, "delete": deleteErr} {
 		if err == nil {

@@ -23,22 +23,37 @@ const maxQIDOPages = 1000
 // tagSOPInstanceUID is (0008,0018) as QIDO-RS names it.
 const tagSOPInstanceUID = "00080018"
 
+// Expected is what a caller of StudyInstanceUIDs looks for in a study:
+// the SOP Instance UIDs it sent (as the destination names them), and at
+// least Count instances (for a caller that can only count them).
+type Expected struct {
+	UIDs  []string
+	Count int
+}
+
 // StudyInstanceUIDs asks the destination which instances of the study it
 // holds (QIDO-RS GET {base}/studies/{uid}/instances, paged with limit and
 // offset) and returns their SOP Instance UIDs. A study the destination
 // does not know (404, or 204) has none. Any other non-2xx answer is an
 // *HTTPError.
 //
-// expected is how many instances the caller expects to be listed. A
-// page shorter than the limit asked ends the listing once it lists that
-// many; until then only an empty page does (or one of nothing new: a
-// server that ignores offset), since a server may cap a page below the
-// limit asked at a maximum of its own, and a short page is then not the
-// last. So a complete study costs no
-// request beyond its pages, and one with instances missing one more.
-func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, expected int) ([]string, error) {
+// A page shorter than the limit asked ends the listing once it lists
+// every UID of want and at least want.Count instances; until then only
+// an empty page does (or one of nothing new: a server that ignores
+// offset), since a server may cap a page below the limit asked at a
+// maximum of its own (Orthanc's LimitFindInstances), and a short page is
+// then not the last. Counting the instances listed is not enough: the
+// destination may hold others of the study besides those sent (a routing
+// rule sent one series), and those sent be on a later page. So a
+// complete study costs no request beyond its pages, and one with
+// instances missing one more.
+func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, want Expected) ([]string, error) {
 	if studyInstanceUID == "" {
 		return nil, fmt.Errorf("qido: empty Study Instance UID")
+	}
+	wanted := make(map[string]bool, len(want.UIDs))
+	for _, u := range want.UIDs {
+		wanted[u] = true
 	}
 	seen := map[string]bool{}
 	var out []string
@@ -54,9 +69,10 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 				seen[u] = true
 				out = append(out, u)
 				added++
+				delete(wanted, u)
 			}
 		}
-		if added == 0 || len(uids) < c.qidoPageSize && len(out) >= expected {
+		if added == 0 || len(uids) < c.qidoPageSize && len(wanted) == 0 && len(out) >= want.Count {
 			return out, nil
 		}
 		offset += len(uids)

@@ -51,7 +51,8 @@ func TestStudyInstanceUIDs(t *testing.T) {
 	tests := []struct {
 		name                  string
 		n, pageSize, maxLimit int
-		expected              int // the caller's expected count
+		expected              int      // the caller's expected count
+		wanted                []string // the UIDs the caller looks for
 		ignoreOffset          bool
 		status                int
 		want, wantRequests    int
@@ -65,6 +66,13 @@ func TestStudyInstanceUIDs(t *testing.T) {
 		// are not the last while fewer than expected are listed.
 		{name: "server caps pages", n: 25, pageSize: 10, maxLimit: 4, expected: 25, want: 25, wantRequests: 7},
 		{name: "server caps pages, instances missing", n: 25, pageSize: 10, maxLimit: 4, expected: 30, want: 25, wantRequests: 8},
+		// The destination holds more of the study than was sent (a
+		// routing rule sent one series), those sent on the capped
+		// server's second page: a first page listing more than were
+		// sent is not the end.
+		{name: "server caps pages, those sent on the second", n: 150, pageSize: 200, maxLimit: 100, wanted: uidRange(90, 150), want: 150, wantRequests: 2},
+		{name: "server caps pages, those sent on the first", n: 150, pageSize: 200, maxLimit: 100, wanted: uidRange(0, 60), want: 100, wantRequests: 1},
+		{name: "server caps pages, one sent missing", n: 150, pageSize: 200, maxLimit: 100, wanted: append(uidRange(90, 150), "1.2.3.999"), want: 150, wantRequests: 3},
 		{name: "instances missing", n: 3, pageSize: 10, expected: 5, want: 3, wantRequests: 2},
 		{name: "nothing expected", n: 3, pageSize: 10, want: 3, wantRequests: 1},
 		{name: "unknown study", n: 0, pageSize: 10, expected: 3, status: http.StatusNotFound, want: 0, wantRequests: 1},
@@ -79,7 +87,7 @@ func TestStudyInstanceUIDs(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.qidoPageSize = tt.pageSize
-			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", tt.expected)
+			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{UIDs: tt.wanted, Count: tt.expected})
 			if asked := int(asked.Load()); asked != tt.wantRequests {
 				t.Errorf("%d requests, want %d", asked, tt.wantRequests)
 			}
@@ -102,6 +110,15 @@ func TestStudyInstanceUIDs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// uidRange names the instances from to to-1 of qidoServer's study.
+func uidRange(from, to int) []string {
+	var out []string
+	for i := from; i < to; i++ {
+		out = append(out, fmt.Sprintf("1.2.3.%d", i))
+	}
+	return out
 }
 
 func TestParseQIDOInstancesRejectsMalformed(t *testing.T) {

@@ -26,7 +26,7 @@ func TestBodilessRequestsRenewARefusedToken(t *testing.T) {
 		call func(t *testing.T, c *Client) error
 	}{
 		{"listing", func(t *testing.T, c *Client) error {
-			uids, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3)
+			uids, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 3})
 			if err == nil && len(uids) != 3 {
 				t.Errorf("%d UIDs listed, want 3", len(uids))
 			}
@@ -111,7 +111,7 @@ func TestCrossOriginRedirectIsRedirected(t *testing.T) {
 		call func() error
 	}{
 		{"store", func() error { _, err := c.Store(t.Context(), []Part{uidPart("1.2.3.1", nil)}); return err }},
-		{"listing", func() error { _, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3); return err }},
+		{"listing", func() error { _, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 3}); return err }},
 		{"probe", func() error { return c.Probe(t.Context(), "1.2.3") }},
 		{"delete", func() error { return c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.9", "1.2.3.0") }},
 	}
@@ -155,7 +155,7 @@ func TestCrossOriginRedirectIsRedirected(t *testing.T) {
 		call func() error
 	}{
 		{"store", func() error { _, err := c2.Store(t.Context(), []Part{uidPart("1.2.3.1", nil)}); return err }},
-		{"listing", func() error { _, err := c2.StudyInstanceUIDs(t.Context(), "1.2.3", 3); return err }},
+		{"listing", func() error { _, err := c2.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 3}); return err }},
 		{"delete", func() error { return c2.DeleteInstance(t.Context(), "1.2.3", "1.2.3.9", "1.2.3.0") }},
 	} {
 		var te *auth.TokenError

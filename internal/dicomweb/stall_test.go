@@ -141,7 +141,7 @@ func TestBodilessRequestGivenUp(t *testing.T) {
 		call     func() error
 		noAnswer bool
 	}{
-		{"listing", func() error { _, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3); return err }, true},
+		{"listing", func() error { _, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 3}); return err }, true},
 		{"probe", func() error { return c.Probe(t.Context(), "1.2.3") }, true},
 		{"delete", func() error { return c.DeleteInstance(t.Context(), "1.2.3", "1.2.3.9", "1.2.3.0") }, true},
 	}

@@ -184,9 +184,8 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 // STOW_ON_CONFLICT; the others (failed) it does not hold, so their code
 // was a failure, which skip must not count as stored nor deadletter
 // take for a conflict. Unlisted, or the destination not asked (no
-// QIDO-RS client, or it failed), they are failed. expected is the
-// study's instance count, for the listing's pages.
-func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted, expected int) (held, failed []conflicted) {
+// QIDO-RS client, or it failed), they are failed.
+func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted) (held, failed []conflicted) {
 	lister := f.opts.Verifier
 	if lister == nil {
 		d := f.opts.Destination
@@ -204,7 +203,7 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 		for i, c := range unsure {
 			parts[i] = c.part
 		}
-		listed, _, err = f.listed(ctx, lister, ev.StudyInstanceUID, parts, expected)
+		listed, _, err = f.listed(ctx, lister, ev.StudyInstanceUID, parts)
 	}
 	for _, c := range unsure {
 		if !listed[c.part.SOPInstanceUID] {

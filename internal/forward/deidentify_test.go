@@ -295,7 +295,7 @@ type keyedListing struct {
 	asked  []string
 }
 
-func (v *keyedListing) StudyInstanceUIDs(_ context.Context, study string, _ int) ([]string, error) {
+func (v *keyedListing) StudyInstanceUIDs(_ context.Context, study string, _ dicomweb.Expected) ([]string, error) {
 	v.asked = append(v.asked, study)
 	if study != v.study {
 		return nil, nil

@@ -311,7 +311,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			unsure = append(unsure, out.unsure...)
 		}
 		if len(unsure) > 0 {
-			held, failed := f.settleUnsure(ctx, ev, unsure, len(instances))
+			held, failed := f.settleUnsure(ctx, ev, unsure)
 			for _, c := range held {
 				if unanswered[c.part.SOPInstanceUID] {
 					// Listed, after a request that got no answer: as

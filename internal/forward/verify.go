@@ -15,7 +15,7 @@ import (
 // Verifier lists the instances of a study a destination holds
 // (QIDO-RS, *dicomweb.Client): STOW_VERIFY=qido.
 type Verifier interface {
-	StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, expected int) ([]string, error)
+	StudyInstanceUIDs(ctx context.Context, studyInstanceUID string, want dicomweb.Expected) ([]string, error)
 }
 
 // Verification results, the result label of the verifications metric.
@@ -37,7 +37,7 @@ const maxMissingNamed = 3
 func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part, rep *Report) ([]dicomweb.Part, error) {
 	vctx, span := f.startSpan(ctx, "verify study (QIDO-RS)", trace.SpanKindClient)
 	start := time.Now()
-	listed, n, err := f.listed(vctx, f.opts.Verifier, studyInstanceUID, sent, len(sent))
+	listed, n, err := f.listed(vctx, f.opts.Verifier, studyInstanceUID, sent)
 	took := time.Since(start)
 	rep.Verify += took
 	f.m.verifyDuration.Observe(took.Seconds())
@@ -69,17 +69,25 @@ func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []
 // listed asks v which of sent the destination lists in the study (by
 // their original UIDs: a de-identifying destination is asked for the
 // study's pseudonym, and what it lists mapped back), and how many
-// instances it listed in all.
-func (f *Forwarder) listed(ctx context.Context, v Verifier, studyInstanceUID string, sent []dicomweb.Part, expected int) (map[string]bool, int, error) {
+// instances it listed in all. The listing goes on until it names every
+// one sent (or ends): the destination may hold others of the study, listed
+// first.
+func (f *Forwarder) listed(ctx context.Context, v Verifier, studyInstanceUID string, sent []dicomweb.Part) (map[string]bool, int, error) {
 	asked, back := studyInstanceUID, map[string]string(nil)
+	want := dicomweb.Expected{UIDs: make([]string, 0, len(sent))}
 	if keyed := StudyPseudonym(f.opts.Destination); keyed != nil {
 		asked = keyed(studyInstanceUID)
 		back = make(map[string]string, len(sent))
 		for _, p := range sent {
 			back[keyed(p.SOPInstanceUID)] = p.SOPInstanceUID
+			want.UIDs = append(want.UIDs, keyed(p.SOPInstanceUID))
+		}
+	} else {
+		for _, p := range sent {
+			want.UIDs = append(want.UIDs, p.SOPInstanceUID)
 		}
 	}
-	uids, err := v.StudyInstanceUIDs(ctx, asked, expected)
+	uids, err := v.StudyInstanceUIDs(ctx, asked, want)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -2,11 +2,14 @@ package forward
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/testnats"
 )
 
 // fakeVerifier lists every instance sent but those in lost, which it
@@ -27,7 +31,7 @@ type fakeVerifier struct {
 	calls    int
 }
 
-func (v *fakeVerifier) StudyInstanceUIDs(_ context.Context, study string, _ int) ([]string, error) {
+func (v *fakeVerifier) StudyInstanceUIDs(_ context.Context, study string, _ dicomweb.Expected) ([]string, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.calls++
@@ -131,5 +135,67 @@ func TestVerifyResendsThePartAsConverted(t *testing.T) {
 	defer k.mu.Unlock()
 	if got := k.stored["1.2.3.2"]; got != tsExplicit {
 		t.Errorf("1.2.3.2 stored in %q, want %s", got, tsExplicit)
+	}
+}
+
+// TestVerifyPagesUntilEverySentIsListed: a destination capping QIDO-RS
+// pages at 100 (Orthanc's LimitFindInstances) holds 150 instances of the
+// study, of which the 60 sent (a routing rule picked one series) are on
+// its second page. The first page lists more than were sent and is short
+// of the 200 asked, and is still not the last: the study is verified and
+// acked, not re-sent round after round and dead-lettered.
+func TestVerifyPagesUntilEverySentIsListed(t *testing.T) {
+	const sent, others, capped = 60, 90, 100
+	var k sink
+	stow := k.handler(nil)
+	var queries atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			stow.ServeHTTP(w, r)
+			return
+		}
+		queries.Add(1)
+		var held []string
+		for i := range others {
+			held = append(held, fmt.Sprintf("1.2.4.%d", i))
+		}
+		for i := range sent {
+			held = append(held, fmt.Sprintf("1.2.3.%d", i+1))
+		}
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
+		limit = min(limit, capped)
+		var items []string
+		for _, uid := range held[min(offset, len(held)):min(offset+limit, len(held))] {
+			items = append(items, fmt.Sprintf(`{"00080018":{"vr":"UI","Value":[%q]}}`, uid))
+		}
+		w.Header().Set("Content-Type", "application/dicom+json")
+		fmt.Fprint(w, "["+strings.Join(items, ",")+"]")
+	}))
+	t.Cleanup(srv.Close)
+	qido, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	reg := prometheus.NewRegistry()
+	f := newForwarder(t, newMemSource(sent), srv.URL, cons, func(o *Options) {
+		o.Verifier, o.Registerer, o.DeadLetters = qido, reg, dls
+		o.InstanceRetries, o.InstanceRetryDelay, o.MaxDeliveries = 1, time.Millisecond, 1
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	for _, l := range dls.all() {
+		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+	}
+	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyVerified)); got != 1 {
+		t.Errorf("verifications{result=verified} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyMissing)); got != 0 {
+		t.Errorf("verifications{result=missing} = %v, want 0", got)
+	}
+	if got := queries.Load(); got != 2 {
+		t.Errorf("%d QIDO-RS pages asked, want 2", got)
 	}
 }
