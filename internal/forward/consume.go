@@ -188,10 +188,15 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 		}
 		return parked
 	}
+	// One attempt of a study at a time: another delivery of it (a newer
+	// event, a backfill) sent meanwhile would find each instance the
+	// other stored "already" there, and take it for a conflict.
+	release, err := f.takeStudy(ctx, a, log)
+	defer release()
 	var rep Report
 	// While its source's studies are parked, a study is parked before any
 	// attempt.
-	if f.parkedSourceDown(ev.Source) && f.reservePark(a.Number) {
+	if err == nil && f.parkedSourceDown(ev.Source) && f.reservePark(a.Number) {
 		if parkHere(Report{}, "unavailable (its other studies are parked)", true) {
 			return
 		}
@@ -283,6 +288,63 @@ func (f *Forwarder) drop(seq uint64) {
 	f.inHandMu.Lock()
 	defer f.inHandMu.Unlock()
 	delete(f.inHand, seq)
+}
+
+// studyKey names a study for takeStudy: its source and Orthanc study ID
+// (a Forwarder serves one destination).
+func studyKey(ev *events.StudyStable) string { return ev.Source + "/" + ev.OrthancStudyID }
+
+// takeStudy waits until no other delivery of a's study is being worked
+// on in this process, and records a's. Meanwhile a's message is kept in
+// progress (handle's keepAlive), as a held study's: no delivery is
+// spent, and the newer event is sent once the older attempt ends (it may
+// carry new instances). Shutdown ends the wait with errShutdown: the
+// event goes back to the queue. release ends what takeStudy started; it
+// is never nil.
+//
+// A trial pulled for the half-open breaker does not wait: the study it
+// would wait for may be held for that trial.
+func (f *Forwarder) takeStudy(ctx context.Context, a *Attempt, log *slog.Logger) (release func(), err error) {
+	key := studyKey(a.Event)
+	_, trial := ctx.Value(pulledTrialKey{}).(*pulledTrial)
+	waited := false
+	defer func() {
+		if waited {
+			f.held(a, "")
+		}
+	}()
+	for {
+		f.inHandMu.Lock()
+		other, busy := f.sendingStudy[key]
+		if !busy {
+			done := make(chan struct{})
+			f.sendingStudy[key] = done
+			f.inHandMu.Unlock()
+			return func() {
+				f.inHandMu.Lock()
+				delete(f.sendingStudy, key)
+				f.inHandMu.Unlock()
+				close(done)
+			}, nil
+		}
+		f.inHandMu.Unlock()
+		if trial {
+			log.Info("another delivery of the study is in hand here: this one, the circuit breaker's trial, is sent beside it")
+			return func() {}, nil
+		}
+		if !waited {
+			waited = true
+			log.Info("another delivery of the study is being sent here: this one waits for it to end; no delivery is spent")
+			f.held(a, "waiting: another delivery of the study is being sent")
+		}
+		select {
+		case <-other:
+		case <-f.stopping:
+			return func() {}, errShutdown
+		case <-ctx.Done():
+			return func() {}, errShutdown
+		}
+	}
 }
 
 // transferRecovering is transfer with a panic turned into a crash

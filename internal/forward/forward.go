@@ -274,6 +274,9 @@ type Forwarder struct {
 	// on, to recognise one delivered again meanwhile.
 	inHandMu sync.Mutex
 	inHand   map[uint64]bool
+	// sendingStudy holds, by studyKey, the studies this process sends
+	// now (takeStudy): closed when the attempt ends.
+	sendingStudy map[string]chan struct{}
 	// stopping is closed when shutdown starts: studies held for their
 	// source go back to the queue at once.
 	stopping     chan struct{}
@@ -361,7 +364,7 @@ func New(opts Options) (*Forwarder, error) {
 		canDeadLetter: opts.DeadLetters != nil,
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
-		stopping: make(chan struct{})}
+		sendingStudy: map[string]chan struct{}{}, stopping: make(chan struct{})}
 	m.laneAge.setClock(fw.plan.now)
 	fw.retention.Store(int64(opts.EventsRetention))
 	m.retention.Set(opts.EventsRetention.Seconds())

@@ -1,0 +1,125 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// growingSource lists the first listFirst instances of its study once,
+// then all of them: the study gained an instance (a dose report) after
+// its first event.
+type growingSource struct {
+	*memSource
+	listFirst int
+	listed    atomic.Int32
+}
+
+func (s *growingSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	if s.listed.Add(1) == 1 {
+		return s.instances[:s.listFirst], nil
+	}
+	return s.instances, nil
+}
+
+// slowly answers each request after a pause, so that a study's attempt
+// lasts while another delivery of it arrives.
+func slowly(next http.Handler, pause time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(pause)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// TestStudySentByOneDeliveryAtATime: two events of one study (100
+// instances, then 101: it gained one) delivered at once to two workers
+// are sent one after the other, not side by side: the second finds the
+// first's instances as stowline's own copies, not conflicts. Sent side
+// by side, each took the instances the other stored for conflicts
+// (45070): skip counted them and kept them in the source, deadletter
+// dead-lettered the study.
+func TestStudySentByOneDeliveryAtATime(t *testing.T) {
+	for _, action := range []string{ConflictSkip, ConflictDeadLetter} {
+		t.Run(action, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			srv := httptest.NewServer(slowly(dest, 20*time.Millisecond))
+			t.Cleanup(srv.Close)
+			src := &growingSource{memSource: newMemSource(101), listFirst: 100}
+			for i := range src.instances {
+				src.instances[i].FileUUID = fmt.Sprintf("file-%d", i)
+			}
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			reg := prometheus.NewRegistry()
+			var mu sync.Mutex
+			var comps []Completion
+			f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+				o.SourceFor = func(string) (Source, error) { return src, nil }
+				o.Concurrency = 2
+				o.MaxInstances = 10
+				o.DeadLetters, o.Failures, o.Registerer = dls, &memFailureLog{}, reg
+				o.Conflicts = ConflictPolicy{Action: action, Method: ReplacePut, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+					mu.Lock()
+					defer mu.Unlock()
+					comps = append(comps, c)
+					return nil
+				}
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			older, newer := testEvent(), testEvent()
+			newer.LastUpdate = "20261126T101600"
+			for _, ev := range []*events.StudyStable{older, newer} {
+				if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			done := make(chan error, 1)
+			go func() { done <- f.Run(ctx) }()
+			waitConsumerWithin(t, cons, time.Minute, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 && i.NumAckPending == 0 })
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range dls.all() {
+				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+			}
+			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
+				t.Errorf("conflicts{action=skipped} = %v, want 0", got)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(comps) != 2 {
+				t.Fatalf("%d completions, want 2", len(comps))
+			}
+			for _, c := range comps {
+				if len(c.Kept) > 0 {
+					t.Errorf("a completion keeps %d instances in the source (first %s), though the destination holds them as sent", len(c.Kept), c.Kept[0])
+				}
+			}
+			dest.mu.Lock()
+			defer dest.mu.Unlock()
+			if stored := strings.Count(strings.Join(dest.answers, " "), ":stored"); stored != 101 {
+				t.Errorf("%d instances stored, want each of the 101 once", stored)
+			}
+		})
+	}
+}
