@@ -314,29 +314,58 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 	return sent, true
 }
 
-// earlierStored returns what storedEarlier reads, read at the first call
-// (the first conflict answer of an attempt; calls may come at once from
-// its requests) and kept once read. A failed read is not kept: a call
-// rememberTimeout later reads again, once, without waiting (the first
-// read waited out an election already). Not at every call: each
-// confirmed instance of a redelivery asks (storedBefore), and a read that
-// times out takes seconds.
-func (f *Forwarder) earlierStored(ctx context.Context, ev *events.StudyStable) func(sentID string) bool {
-	var mu sync.Mutex
-	var sent func(string) bool
-	var tried time.Time
-	return func(id string) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if sent == nil && (tried.IsZero() || time.Since(tried) >= rememberTimeout) {
-			s, ok := f.storedEarlier(ctx, ev, tried.IsZero())
-			tried = time.Now()
-			if ok {
-				sent = s
-			}
+// storedRecord is what an attempt read of the instances stowline got
+// stored of its study (FailureLog.Sent, through storedEarlier): read at
+// the first question (the first conflict answer of an attempt; questions
+// may come at once from its requests), and again when asked about one it
+// lacks for an answer that came after the last read began. Another
+// attempt of the study, at another replica, may be storing and recording
+// instances while this one sends: an "already exists" for one of them is
+// its copy, recorded by now, not a conflict. A miss is never kept as the
+// answer: at most one read serves the answers that came before it. A
+// failed read answers none and is not kept either: the next question
+// reads again, at most every rememberTimeout (a redelivery asks about
+// every confirmed instance: one failing read each would cost a KV request
+// and a warning an instance).
+type storedRecord struct {
+	// read reads the record; patient waits through a leader election
+	// (the first read of an attempt); ok is false when it failed.
+	read func(patient bool) (sent func(sentID string) bool, ok bool)
+
+	mu sync.Mutex
+	// reads are every successful read's answer: an ID any of them holds
+	// is recorded (the record only grows while the attempt runs).
+	reads  []func(string) bool
+	readAt time.Time // when the last successful read began
+	failed time.Time // when the last read failed, if since the last success
+}
+
+// holds reports whether the record holds id, reading it again if it did
+// not, as last read, and that read began before answered (the time the
+// answer asking was received; zero: never read again once read).
+func (r *storedRecord) holds(id string, answered time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, has := range r.reads {
+		if has(id) {
+			return true
 		}
-		return sent != nil && sent(id)
 	}
+	if len(r.reads) > 0 && !r.readAt.Before(answered) {
+		return false
+	}
+	if !r.failed.IsZero() && time.Since(r.failed) < rememberTimeout {
+		return false
+	}
+	began := time.Now()
+	has, ok := r.read(len(r.reads) == 0 && r.failed.IsZero())
+	if !ok {
+		r.failed = time.Now()
+		return false
+	}
+	r.readAt, r.failed = began, time.Time{}
+	r.reads = append(r.reads, has)
+	return has(id)
 }
 
 // rememberStored keeps what an attempt got stored (their sentIDs), for

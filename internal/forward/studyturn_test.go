@@ -18,6 +18,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -121,5 +122,97 @@ func TestStudySentByOneDeliveryAtATime(t *testing.T) {
 				t.Errorf("%d instances stored, want each of the 101 once", stored)
 			}
 		})
+	}
+}
+
+// otherReplica is a destination to which another replica sends the same
+// study just ahead of this one: it stores each instance of a request and
+// records it as stowline's (fl) for that replica's event, then answers
+// this one "already exists" (45070) for it.
+type otherReplica struct {
+	fl    *memFailureLog
+	ev    *events.StudyStable // the other replica's
+	files map[string]orthancapi.Instance
+}
+
+func (d *otherReplica) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var failed, ids []string
+	for _, uid := range partUIDs(r) {
+		ids = append(ids, sentID(d.ev, d.files[uid]))
+		failed = append(failed, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[45070]}}`, uid))
+	}
+	if err := d.fl.RememberSent(r.Context(), d.ev, ids); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	stowsink.WriteAnswer(w, nil, failed)
+}
+
+// TestConflictAnswerReadsTheRecordAgain: an attempt reads what stowline
+// stored of its study at its first conflict answer, and again when a
+// later answer names an instance that read lacks: another replica sending
+// the study at the same time recorded it since. Each is stowline's own
+// copy, already stored, not a conflict.
+func TestConflictAnswerReadsTheRecordAgain(t *testing.T) {
+	for _, action := range []string{ConflictSkip, ConflictDeadLetter} {
+		t.Run(action, func(t *testing.T) {
+			src := newMemSource(5)
+			files := map[string]orthancapi.Instance{}
+			for i := range src.instances {
+				src.instances[i].FileUUID = fmt.Sprintf("file-%d", i)
+				files[src.instances[i].SOPInstanceUID] = src.instances[i]
+			}
+			fl := &memFailureLog{}
+			other := testEvent()
+			other.LastUpdate = "20261126T101600"
+			srv := httptest.NewServer(&otherReplica{fl: fl, ev: other, files: files})
+			t.Cleanup(srv.Close)
+			f := newForwarder(t, src, srv.URL, nil, func(o *Options) {
+				o.Failures = fl
+				o.MaxInstances = 1
+				o.RequestConcurrency, o.MinRequestConcurrency = 1, 1
+				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+			})
+			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Conflicts != 0 || len(rep.kept) > 0 {
+				t.Errorf("%d conflicts, kept %v: want none, the other replica's copies are stowline's own", rep.Conflicts, rep.kept)
+			}
+			if rep.AlreadyStored != 5 || rep.Instances != 5 {
+				t.Errorf("%d of %d instances already stored, want 5 of 5", rep.AlreadyStored, rep.Instances)
+			}
+		})
+	}
+}
+
+// TestStoredRecordReadsAgainOnlyForLaterAnswers: a miss reads the record
+// again only for an answer that came after the last read began, so a
+// study whose instances are real conflicts costs one read an answer, not
+// one an instance; a zero answer time never reads it again.
+func TestStoredRecordReadsAgainOnlyForLaterAnswers(t *testing.T) {
+	reads := 0
+	r := &storedRecord{read: func(bool) (func(string) bool, bool) {
+		reads++
+		return func(id string) bool { return id == "recorded" }, true
+	}}
+	before := time.Now()
+	for _, step := range []struct {
+		id        string
+		answered  time.Time
+		want      bool
+		wantReads int
+	}{
+		{"recorded", time.Time{}, true, 1},
+		{"other", time.Time{}, false, 1},
+		{"other", before, false, 1},
+		{"other", time.Now().Add(time.Second), false, 2},
+		{"another", time.Now().Add(-time.Hour), false, 2},
+		{"recorded", time.Now().Add(time.Hour), true, 2},
+	} {
+		if got := r.holds(step.id, step.answered); got != step.want || reads != step.wantReads {
+			t.Errorf("holds(%s) = %v after %d reads, want %v after %d", step.id, got, reads, step.want, step.wantReads)
+		}
 	}
 }

@@ -165,18 +165,20 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// re-sent because QIDO-RS did not list it yet, would otherwise be a
 	// conflict.
 	stored := map[string]bool{}
-	earlier := f.earlierStored(ctx, ev)
+	earlier := &storedRecord{read: func(patient bool) (func(string) bool, bool) { return f.storedEarlier(ctx, ev, patient) }}
 	// unrecorded: what earlier runs of this delivery stored and could not
 	// record; the record read leaves them out.
 	unrecorded := make(map[string]bool, len(a.unrecorded))
 	for _, id := range a.unrecorded {
 		unrecorded[id] = true
 	}
-	storedByEarlier := func(uid string) bool {
+	// answered: the time of the answer asking (zero: the record is not
+	// read again once read; storedRecord).
+	storedByEarlier := func(uid string, answered time.Time) bool {
 		id := sentID(ev, byUID[uid])
-		return unrecorded[id] || earlier(id)
+		return unrecorded[id] || earlier.holds(id, answered)
 	}
-	ours := func(uid string) bool { return stored[uid] || storedByEarlier(uid) }
+	ours := func(uid string, answered time.Time) bool { return stored[uid] || storedByEarlier(uid, answered) }
 	// unanswered are instances this attempt sent in a request that got
 	// no answer (the dicomweb client sent it again: Result.Resent) or
 	// whose body broke off after them (an instance after them unreadable
@@ -188,9 +190,10 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// storedBefore: an earlier delivery got it stored (one killed before
 	// its ack, or that failed), or an earlier run of this one (held,
 	// then sent again); a destination that stores it again without a
-	// word (Orthanc) then had it already. Not read on a first run.
+	// word (Orthanc) then had it already. Not read on a first run, nor
+	// read again.
 	storedBefore := func(uid string) bool {
-		return (a.Number > 1 || a.again) && !stored[uid] && storedByEarlier(uid)
+		return (a.Number > 1 || a.again) && !stored[uid] && storedByEarlier(uid, time.Time{})
 	}
 	warned := map[string]dicomweb.Warning{}
 	// Each request's confirmed instances go to a writer as it is answered
@@ -255,7 +258,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				if budget > 0 {
 					budget = max(budget-dicomweb.MaxFraming(size), 1)
 				}
-				own := ownership{ours: ours, storedBefore: storedBefore, unanswered: func(uid string) bool { return unanswered[uid] }}
+				own := ownership{oursAt: ours, storedBefore: storedBefore, unanswered: func(uid string) bool { return unanswered[uid] }}
 				return f.sendAll(ctx, a, plan, f.batches(send.parts, size, budget), &rep, send.put, own, remember)
 			}()
 			// What was confirmed counts, whether or not another request
@@ -716,11 +719,14 @@ type batchOutcome struct {
 }
 
 // ownership tells, by SOP Instance UID, what of the destination's copies
-// may be stowline's: ours, confirmed to this attempt or an earlier one;
+// may be stowline's: ours, confirmed to this attempt or an earlier one
+// (oursAt: as known when an answer received at that time asks, the
+// record read again for it; send sets ours from it for its answer);
 // storedBefore, by an earlier delivery or run (counted as already
 // stored); unanswered, sent by this attempt in a request that got no
 // answer or broke off after it (transfer).
 type ownership struct {
+	oursAt                         func(uid string, answered time.Time) bool
 	ours, storedBefore, unanswered func(string) bool
 }
 
@@ -739,6 +745,7 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		f.m.authRetries.Inc()
 		res, err = f.store(ctx, batch, put)
 	}
+	answered := time.Now()
 	if errors.As(err, &he) && he.StatusCode == http.StatusRequestEntityTooLarge {
 		err = f.tooLarge(batch, err)
 	}
@@ -774,6 +781,9 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		}
 		res = he.Result
 		res.StatusCode = he.StatusCode
+	}
+	if at := own.oursAt; at != nil {
+		own.ours = func(uid string) bool { return at(uid, answered) }
 	}
 	out := f.sortAnswer(plan, batch, res, rep, own)
 	if err != nil {
