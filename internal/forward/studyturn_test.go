@@ -216,3 +216,66 @@ func TestStoredRecordReadsAgainOnlyForLaterAnswers(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitingDeliveryKeptInProgress: a delivery waiting for another of
+// its study is kept in progress past the ack wait (JetStream does not
+// hand it out again, and no delivery is spent), and at shutdown goes back
+// to the queue, as does the one it waited for.
+func TestWaitingDeliveryKeptInProgress(t *testing.T) {
+	const waiting = "waiting: another delivery of the study is being sent"
+	src := newMemSource(2)
+	src.block = make(chan struct{}) // the first attempt stays in hand
+	var k sink
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	obs := &recordingObserver{}
+	f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+		o.Observer = obs
+		o.Concurrency = 2
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	newer := testEvent()
+	newer.LastUpdate = "20261126T101600"
+	for _, ev := range []*events.StudyStable{testEvent(), newer} {
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	waitHold(t, obs, done, waiting)
+	// Nothing to wait for but the ack wait passing twice without a
+	// redelivery.
+	quiet := time.After(2 * f.opts.AckWait)
+	for waitingOut := false; !waitingOut; {
+		select {
+		case <-quiet:
+			waitingOut = true
+		case <-time.After(100 * time.Millisecond):
+		}
+		info, err := cons.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumRedelivered > 0 || info.NumAckPending != 2 {
+			t.Fatalf("while one delivery waits for the other: %d redelivered, %d pending ack; want 0 and 2", info.NumRedelivered, info.NumAckPending)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := obs.results()[ResultInterrupted]; got != 2 {
+		t.Errorf("results %v: want both deliveries given back (interrupted)", obs.results())
+	}
+	// Given back, both are another forwarder's to send.
+	close(src.block)
+	f2 := newForwarder(t, src, srv.URL, cons)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	t.Cleanup(cancel2)
+	go func() { _ = f2.Run(ctx2) }()
+	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 && i.NumAckPending == 0 })
+}
