@@ -41,7 +41,7 @@ type Expected struct {
 // every UID of want and at least want.Count instances; until then only
 // an empty page does (or one of nothing new: a server that ignores
 // offset), since a server may cap a page below the limit asked at a
-// maximum of its own (Orthanc's LimitFindInstances), and a short page is
+// maximum of its own, and a short page is
 // then not the last. Counting the instances listed is not enough: the
 // destination may hold others of the study besides those sent (a routing
 // rule sent one series), and those sent be on a later page. So a

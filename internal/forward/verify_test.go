@@ -139,7 +139,7 @@ func TestVerifyResendsThePartAsConverted(t *testing.T) {
 }
 
 // TestVerifyPagesUntilEverySentIsListed: a destination capping QIDO-RS
-// pages at 100 (Orthanc's LimitFindInstances) holds 150 instances of the
+// pages at 100 holds 150 instances of the
 // study, of which the 60 sent (a routing rule picked one series) are on
 // its second page. The first page lists more than were sent and is short
 // of the 200 asked, and is still not the last: the study is verified and
