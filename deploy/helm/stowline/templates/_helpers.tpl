@@ -189,17 +189,21 @@ cluster (lookup) at install and upgrade. Most are read at startup only
 (DEIDENTIFY_KEY_FILE, TLS_CA_FILE...), and the Secrets are not the
 chart's, so checksum/secrets missed them: a `helm upgrade` after a key
 changed left the pods on the old one. `helm template` (Argo CD) reads
-nothing, and the checksum then changes only with the list. Empty without
-key files. (dict "root" $ "f" $forwarder).
+nothing, and the checksum then changes only with the list. Each key is
+hashed with its Secret's uid, which only those who may read the Secret
+see: the annotation, readable by anyone who can read the pods, does not
+let them test guesses of a weak key. Empty without key files, or with
+secretFilesChecksum false (lookup fails the render where Helm's identity
+may not get the Secrets). (dict "root" $ "f" $forwarder).
 */}}
 {{- define "stowline.secretFilesChecksum" -}}
 {{- $root := .root -}}
 {{- $files := include "stowline.secretFiles" . | fromYamlArray -}}
-{{- if $files -}}
+{{- if and $files $root.Values.secretFilesChecksum -}}
 {{- $held := list -}}
 {{- range $files -}}
 {{- $secret := lookup "v1" "Secret" $root.Release.Namespace (toString .secretName) -}}
-{{- $held = append $held (list (toString .secretName) (toString .key) (dig "data" (toString .key) "" $secret)) -}}
+{{- $held = append $held (list (toString .secretName) (toString .key) (dig "metadata" "uid" "" $secret) (dig "data" (toString .key) "" $secret)) -}}
 {{- end -}}
 {{- toJson $held | sha256sum -}}
 {{- end -}}
