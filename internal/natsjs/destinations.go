@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
@@ -109,10 +111,13 @@ type StudyKey struct{ Source, OrthancStudyID string }
 // queued for it) that its lane consumers hold not acknowledged: the
 // newest LastUpdate held of each study. Those above a lane's ack floor
 // count, acknowledged out of order or not; a lane without a consumer
-// holds none, and an event that does not decode names no study. Events
-// for every destination are not read: the live stream may hold many.
-// The stream is read event by event (the reads OldestHeld makes, no
-// consumer made), each read waiting consumerReadTimeout at most.
+// holds none, nor one whose filters do not take those subjects
+// (aloneSubjects), and an event that does not decode names no study.
+// Events for every destination are not read: the live stream may hold
+// many. The stream is read event by event (the reads OldestHeld makes,
+// no consumer made), each read waiting consumerReadTimeout at most and
+// tried again after a timeout, no responders or a leader election
+// (retryRead): one such moment failed the destination's whole read.
 func HeldAlone(ctx context.Context, js jetstream.JetStream, destination string) (map[StudyKey]string, error) {
 	s, err := OpenStream(ctx, js, EventStream)
 	if err != nil {
@@ -135,26 +140,105 @@ func HeldAlone(ctx context.Context, js jetstream.JetStream, destination string) 
 		if info.NumPending == 0 && info.NumAckPending == 0 {
 			continue
 		}
-		filter := aloneFilter(destination, lane)
-		for seq := info.AckFloor.Stream + 1; seq <= last; {
-			rctx, cancel := context.WithTimeout(ctx, consumerReadTimeout)
-			m, err := s.GetMsg(rctx, seq, jetstream.WithGetMsgSubject(filter))
-			cancel()
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				break
+		for _, filter := range aloneSubjects(info, aloneFilter(destination, lane)) {
+			for seq := info.AckFloor.Stream + 1; seq <= last; {
+				m, err := retryRead(ctx, readRetryWait, func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+					return s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+				})
+				if errors.Is(err, jetstream.ErrMsgNotFound) {
+					break
+				}
+				if err != nil {
+					return nil, fmt.Errorf("events for destination %s alone, from stream sequence %d: %w", destination, seq, err)
+				}
+				if m.Sequence > last {
+					break
+				}
+				if ev, err := events.Decode(m.Data); err == nil {
+					k := StudyKey{ev.Source, ev.OrthancStudyID}
+					held[k] = max(held[k], ev.LastUpdate)
+				}
+				seq = m.Sequence + 1
 			}
-			if err != nil {
-				return nil, fmt.Errorf("events for destination %s alone, from stream sequence %d: %w", destination, seq, err)
-			}
-			if m.Sequence > last {
-				break
-			}
-			if ev, err := events.Decode(m.Data); err == nil {
-				k := StudyKey{ev.Source, ev.OrthancStudyID}
-				held[k] = max(held[k], ev.LastUpdate)
-			}
-			seq = m.Sequence + 1
 		}
 	}
 	return held, nil
+}
+
+// aloneSubjects are the subjects of alone, a lane's subject for its
+// destination alone, that the lane consumer of info takes: alone itself
+// when one of its filters covers it (no filter takes every subject),
+// else those of its filters within alone, none when it takes none (a
+// consumer made by hand, or before its lane took alone): the events it
+// does not take are not held by it.
+func aloneSubjects(info *jetstream.ConsumerInfo, alone string) []string {
+	var within []string
+	for _, f := range consumerFilters(info) {
+		if subjectCovers(f, alone) {
+			return []string{alone}
+		}
+		if subjectCovers(alone, f) {
+			within = append(within, f)
+		}
+	}
+	return within
+}
+
+// subjectCovers reports whether every subject that subject matches (it
+// may hold wildcards) also matches filter.
+func subjectCovers(filter, subject string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
+	for i, tok := range f {
+		switch {
+		case tok == ">":
+			return len(s) > i
+		case i >= len(s), s[i] == ">":
+			return false
+		case tok != "*" && tok != s[i]:
+			return false
+		}
+	}
+	return len(f) == len(s)
+}
+
+// readAttempts is how many times retryRead asks before it gives up, and
+// readRetryWait its first wait between two asks (doubled each time, 3.5 s
+// in all): a leader election, or a server lost, lasts seconds. A read
+// that fails throughout costs 11.5 s at most, once a run: the first
+// failed read ends HeldAlone.
+const (
+	readAttempts  = 4
+	readRetryWait = 500 * time.Millisecond
+)
+
+// retryRead calls read, each call waiting consumerReadTimeout at most,
+// until it answers, or fails otherwise than by a transient error
+// (transientRead), or readAttempts calls have failed; wait is the first
+// wait between two calls.
+func retryRead[T any](ctx context.Context, wait time.Duration, read func(context.Context) (T, error)) (T, error) {
+	for attempt := 1; ; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, consumerReadTimeout)
+		v, err := read(rctx)
+		cancel()
+		if err == nil || attempt == readAttempts || ctx.Err() != nil || !transientRead(err) {
+			if err != nil && attempt > 1 {
+				err = fmt.Errorf("%d attempts: %w", attempt, err)
+			}
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// transientRead tells whether a JetStream request's err may pass if asked
+// again a moment later: no answer in time, no server answering the
+// subject (a stream moving between servers), or a leader election.
+func transientRead(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || leaderless(err)
 }

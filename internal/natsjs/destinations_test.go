@@ -68,7 +68,10 @@ func TestOldestHeld(t *testing.T) {
 // TestHeldAlone: the studies of the events a destination's lanes hold
 // for it alone, not acknowledged, with the newest LastUpdate of each;
 // not the events for every destination, another destination's, those of
-// a lane without a consumer, nor those acknowledged.
+// a lane without a consumer, nor those acknowledged. A lane consumer that
+// does not take the lane's subject for its destination alone, or one
+// source's only, holds none, or that source's only: they counted all
+// the same, and the audit did not repair a study such a copy named.
 func TestHeldAlone(t *testing.T) {
 	js, ctx, topo := eventStream(t)
 	lanes, err := topo.EnsureLanes(ctx, js, []string{"ai", "pacs"})
@@ -78,13 +81,27 @@ func TestHeldAlone(t *testing.T) {
 	if err := js.DeleteConsumer(ctx, natsjs.EventStream, natsjs.LaneConsumerName("ai", events.PriorityStat)); err != nil {
 		t.Fatal(err)
 	}
+	// Low lanes whose consumers do not take their subject for the
+	// destination alone: old's takes the events for every destination
+	// only (made by hand, or before the lane took that subject), one's
+	// one source's events for it alone.
+	for destination, filters := range map[string][]string{
+		"old": {natsjs.LaneSubject(events.PriorityLow, "", "*")},
+		"one": {natsjs.LaneSubject(events.PriorityLow, "one", "orthanc-a")},
+	} {
+		cfg := topo.LaneConsumerConfig(destination, events.PriorityLow, nil)
+		cfg.FilterSubjects = filters
+		if _, err := js.CreateConsumer(ctx, natsjs.EventStream, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
 	study := func(n int) natsjs.StudyKey {
 		return natsjs.StudyKey{Source: "orthanc-a", OrthancStudyID: fmt.Sprintf("5b2a8e4c-1f6d3a90-0c7e2b41-9d8f6a53-e4b1c2d%d", n)}
 	}
 	queue := func(lane events.Priority, destination string, k natsjs.StudyKey, lastUpdate string) {
 		t.Helper()
 		ev := event(lastUpdate)
-		ev.OrthancStudyID = k.OrthancStudyID
+		ev.Source, ev.OrthancStudyID = k.Source, k.OrthancStudyID
 		if _, err := natsjs.PublishTo(ctx, js, natsjs.LaneSubject(lane, destination, ev.Source), ev, ev.MsgID()+"/"+destination+"/"+string(lane)); err != nil {
 			t.Fatal(err)
 		}
@@ -104,6 +121,11 @@ func TestHeldAlone(t *testing.T) {
 	queue(events.PriorityRoutine, "", study(3), "20261126T101500") // every destination
 	queue(events.PriorityStat, "ai", study(4), "20261126T101500")  // no stat consumer
 	queue(events.PriorityLow, "pacs", study(5), "20261126T101500")
+	queue(events.PriorityLow, "", study(6), "20261126T101500") // every destination: old's holds it
+	queue(events.PriorityLow, "old", study(7), "20261126T101500")
+	otherSource := natsjs.StudyKey{Source: "orthanc-b", OrthancStudyID: study(8).OrthancStudyID}
+	queue(events.PriorityLow, "one", study(8), "20261126T101500")
+	queue(events.PriorityLow, "one", otherSource, "20261126T101500")
 	for _, tt := range []struct {
 		destination string
 		want        map[natsjs.StudyKey]string
@@ -111,6 +133,8 @@ func TestHeldAlone(t *testing.T) {
 		{"ai", map[natsjs.StudyKey]string{study(2): "20261126T111500"}},
 		{"pacs", map[natsjs.StudyKey]string{study(5): "20261126T101500"}},
 		{"gone", map[natsjs.StudyKey]string{}},
+		{"old", map[natsjs.StudyKey]string{}},
+		{"one", map[natsjs.StudyKey]string{study(8): "20261126T101500"}},
 	} {
 		got, err := natsjs.HeldAlone(ctx, js, tt.destination)
 		if err != nil || !maps.Equal(got, tt.want) {

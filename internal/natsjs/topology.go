@@ -566,15 +566,8 @@ const consumerReadsTimeout = 10 * time.Second
 // above its ack floor counts too): the first of its filter subjects after
 // its ack floor; zero when there is none.
 func OldestUnacked(ctx context.Context, s jetstream.Stream, info *jetstream.ConsumerInfo) (time.Time, error) {
-	filters := slices.Clone(info.Config.FilterSubjects)
-	if info.Config.FilterSubject != "" {
-		filters = append(filters, info.Config.FilterSubject)
-	}
-	if len(filters) == 0 {
-		filters = []string{">"}
-	}
 	var oldest time.Time
-	for _, f := range filters {
+	for _, f := range consumerFilters(info) {
 		m, err := s.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -587,6 +580,19 @@ func OldestUnacked(ctx context.Context, s jetstream.Stream, info *jetstream.Cons
 		}
 	}
 	return oldest, nil
+}
+
+// consumerFilters are the subjects the consumer of info takes: its
+// filters, or every subject (">") when it has none.
+func consumerFilters(info *jetstream.ConsumerInfo) []string {
+	filters := slices.Clone(info.Config.FilterSubjects)
+	if info.Config.FilterSubject != "" {
+		filters = append(filters, info.Config.FilterSubject)
+	}
+	if len(filters) == 0 {
+		filters = []string{">"}
+	}
+	return filters
 }
 
 // waitScaled waits for a stream whose replica count was just changed to
