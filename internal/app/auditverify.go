@@ -14,7 +14,6 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
-	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 )
@@ -93,9 +92,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 		SourceFor: func(source string) (ledger.VerifySource, error) {
 			return sources.Lookup(source)
 		},
-		Listed: func(ctx context.Context, studyInstanceUID string, expected int) ([]string, error) {
-			return client.STOW.StudyInstanceUIDs(ctx, studyInstanceUID, dicomweb.Expected{Count: expected})
-		},
+		Listed: client.STOW.StudyInstanceUIDs,
 		Publish: func(ctx context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
 			// In --priority's lane, as the plain audit's repairs.
 			queued := *ev

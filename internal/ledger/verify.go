@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -86,8 +87,10 @@ type VerifyOptions struct {
 	// the study was for it.
 	Select func(ctx context.Context, source, studyID string, instances []orthancapi.Instance) ([]orthancapi.Instance, error)
 	// Listed asks the destination for the SOP Instance UIDs of a study
-	// (QIDO-RS), of which it is expected to hold at least expected.
-	Listed func(ctx context.Context, studyInstanceUID string, expected int) ([]string, error)
+	// (QIDO-RS, *dicomweb.Client's StudyInstanceUIDs): want names the
+	// instances checked for, as the destination names them, or (a study
+	// under an earlier key's pseudonyms) only their number.
+	Listed func(ctx context.Context, studyInstanceUID string, want dicomweb.Expected) ([]string, error)
 	// Keyed, if set, is how the destination names a UID: a
 	// de-identifying destination (STOW_DEIDENTIFY=basic) holds studies
 	// and instances under their keyed UIDs, and is asked and matched
@@ -257,7 +260,14 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 	if p := rec.PseudonymStudyInstanceUID; p != "" && p != keyed(st.StudyInstanceUID) {
 		return nil, verifyOtherKey(ctx, o, source, id, p, len(instances), sum)
 	}
-	uids, err := o.Listed(ctx, keyed(st.StudyInstanceUID), len(instances))
+	// The UIDs looked for, not their number: the destination may hold
+	// others of the study (a routing rule sent one series), listed
+	// before them on pages it caps below the size asked.
+	want := dicomweb.Expected{UIDs: make([]string, len(instances))}
+	for i, in := range instances {
+		want.UIDs[i] = keyed(in.SOPInstanceUID)
+	}
+	uids, err := o.Listed(ctx, keyed(st.StudyInstanceUID), want)
 	if err != nil {
 		return nil, fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
 	}
@@ -287,7 +297,7 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 // never re-forwarded: the resent study would arrive under new pseudonyms
 // as another study.
 func verifyOtherKey(ctx context.Context, o VerifyOptions, source, id, pseudonym string, instances int, sum *VerifySummary) error {
-	uids, err := o.Listed(ctx, pseudonym, instances)
+	uids, err := o.Listed(ctx, pseudonym, dicomweb.Expected{Count: instances})
 	if err != nil {
 		return fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
 	}

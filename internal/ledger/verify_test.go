@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
@@ -90,7 +95,7 @@ func TestVerify(t *testing.T) {
 		Select: func(_ context.Context, _, _ string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
 			return slices.DeleteFunc(in, func(i orthancapi.Instance) bool { return strings.HasSuffix(i.SOPInstanceUID, ".2") }), nil
 		},
-		Listed: func(_ context.Context, uid string, _ int) ([]string, error) { return listed[uid], nil },
+		Listed: func(_ context.Context, uid string, _ dicomweb.Expected) ([]string, error) { return listed[uid], nil },
 		Publish: func(_ context.Context, ev *events.StudyStable, msgID string) (*jetstream.PubAck, error) {
 			published = append(published, ev.OrthancStudyID+" "+msgID)
 			return &jetstream.PubAck{Sequence: 1}, nil
@@ -125,7 +130,7 @@ func TestVerify(t *testing.T) {
 		keyed("1.2.5"): {},
 	}
 	opts.Keyed = keyed
-	opts.Listed = func(_ context.Context, uid string, _ int) ([]string, error) {
+	opts.Listed = func(_ context.Context, uid string, _ dicomweb.Expected) ([]string, error) {
 		if !strings.HasPrefix(uid, "9.") {
 			t.Errorf("the destination was asked for the original UID %s", uid)
 		}
@@ -229,7 +234,7 @@ func TestVerifyStudyGoneBetweenReads(t *testing.T) {
 		SourceFor: func(string) (ledger.VerifySource, error) {
 			return vanishing{src}, nil
 		},
-		Listed: func(context.Context, string, int) ([]string, error) { return nil, nil },
+		Listed: func(context.Context, string, dicomweb.Expected) ([]string, error) { return nil, nil },
 	}, false, func(ledger.VerifyFinding) error { return nil })
 	if err != nil {
 		t.Fatalf("Verify: %v, want the deleted studies counted as gone", err)
@@ -271,7 +276,7 @@ func TestVerifyGoesOnPastAnUnreadableSource(t *testing.T) {
 			}
 			return main, nil
 		},
-		Listed: func(_ context.Context, uid string, _ int) ([]string, error) {
+		Listed: func(_ context.Context, uid string, _ dicomweb.Expected) ([]string, error) {
 			if uid == "1.2.2" {
 				return []string{"1.2.2.0", "1.2.2.1"}, nil // 1.2.2.2 missing
 			}
@@ -336,7 +341,7 @@ func TestVerifyAfterKeyRotation(t *testing.T) {
 			return memStudies{1: lastUpdate, 2: lastUpdate, 3: lastUpdate, 4: lastUpdate}, nil
 		},
 		Keyed: newKey,
-		Listed: func(_ context.Context, uid string, _ int) ([]string, error) {
+		Listed: func(_ context.Context, uid string, _ dicomweb.Expected) ([]string, error) {
 			asked = append(asked, uid)
 			return listed[uid], nil
 		},
@@ -360,5 +365,126 @@ func TestVerifyAfterKeyRotation(t *testing.T) {
 	}
 	if len(published) != 0 {
 		t.Errorf("re-forwarded %q, want nothing: a study sent again under the new key arrives as a new study", published)
+	}
+}
+
+// TestVerifyPagesUntilEveryInstanceIsListed: the destination holds
+// instances of the study besides those forwarded to it (another series,
+// sent to it some other way) and lists them first, on pages it caps at
+// 3 (Orthanc's LimitFindInstances), below the 200 asked. The audit
+// passed only how many instances it checked for, so the first short page
+// of 3 ended the listing, and the instances forwarded, listed after, were
+// reported missing (and with --enqueue forwarded again, on every run).
+// It now passes their UIDs (the keyed ones for a de-identifying
+// destination), and the listing goes on until each is listed.
+func TestVerifyPagesUntilEveryInstanceIsListed(t *testing.T) {
+	const lastUpdate, capped = "20261205T100000", 3
+	keyed := func(uid string) string { return "9." + uid }
+	tests := []struct {
+		name  string
+		keyed bool
+		// routed: the destination's routing rules select 1.2.1.0 and
+		// 1.2.1.1 only; lost: a forwarded instance the destination
+		// does not hold.
+		routed       bool
+		lost         string
+		wantMissing  []string
+		wantRequests int
+	}{
+		{name: "every instance", wantRequests: 3},
+		{name: "routing rules picked some", routed: true, wantRequests: 2},
+		{name: "de-identifying destination", keyed: true, wantRequests: 3},
+		{name: "one lost", lost: "1.2.1.1", wantMissing: []string{"1.2.1.1"}, wantRequests: 3},
+		{name: "de-identifying destination, one lost", keyed: true, lost: "1.2.1.2", wantMissing: []string{"1.2.1.2"}, wantRequests: 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := func(uid string) string { return uid }
+			if tt.keyed {
+				name = keyed
+			}
+			// 4 instances of another series first, then those forwarded.
+			held := []string{name("1.2.1.9.0"), name("1.2.1.9.1"), name("1.2.1.9.2"), name("1.2.1.9.3")}
+			forwarded := []string{"1.2.1.0", "1.2.1.1", "1.2.1.2"}
+			if tt.routed {
+				forwarded = forwarded[:2]
+			}
+			for _, uid := range forwarded {
+				if uid != tt.lost {
+					held = append(held, name(uid))
+				}
+			}
+			var requests atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				requests.Add(1)
+				if want := "/studies/" + name("1.2.1") + "/instances"; r.URL.Path != want {
+					http.Error(w, "unexpected "+r.URL.Path, http.StatusBadRequest)
+					return
+				}
+				limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+				offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
+				limit = min(limit, capped)
+				var items []string
+				for _, uid := range held[min(offset, len(held)):min(offset+limit, len(held))] {
+					items = append(items, fmt.Sprintf(`{"00080018":{"vr":"UI","Value":[%q]}}`, uid))
+				}
+				w.Header().Set("Content-Type", "application/dicom+json")
+				fmt.Fprint(w, "["+strings.Join(items, ",")+"]")
+			}))
+			t.Cleanup(srv.Close)
+			qido, err := dicomweb.New(srv.URL, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns := testnats.Start(t)
+			kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, "archive")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pseudonyms func(string) string
+			if tt.keyed {
+				pseudonyms = keyed
+			}
+			ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+				OrthancStudyID: sid(1), StudyInstanceUID: "1.2.1", LastUpdate: lastUpdate}
+			if err := ledger.New(kv).WithPseudonyms(pseudonyms).Completed(t.Context(), ev, ledger.Outcome{}); err != nil {
+				t.Fatal(err)
+			}
+			opts := ledger.VerifyOptions{
+				Destination: "archive",
+				Ledger:      ledger.New(kv),
+				SourceFor:   func(string) (ledger.VerifySource, error) { return memStudies{1: lastUpdate}, nil },
+				Listed:      qido.StudyInstanceUIDs,
+				Keyed:       pseudonyms,
+			}
+			if tt.routed {
+				opts.Select = func(_ context.Context, _, _ string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
+					return in[:2], nil
+				}
+			}
+			var missing []string
+			sum, err := ledger.Verify(t.Context(), opts, false, func(f ledger.VerifyFinding) error {
+				for _, m := range f.Missing {
+					missing = append(missing, m.SOPInstanceUID)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(missing, tt.wantMissing) {
+				t.Errorf("missing %q, want %q", missing, tt.wantMissing)
+			}
+			want := ledger.VerifySummary{Studies: 1, Verified: 1}
+			if len(tt.wantMissing) > 0 {
+				want = ledger.VerifySummary{Studies: 1, Findings: 1, MissingInstances: len(tt.wantMissing)}
+			}
+			if sum != want {
+				t.Errorf("summary %+v, want %+v", sum, want)
+			}
+			if got := int(requests.Load()); got != tt.wantRequests {
+				t.Errorf("%d QIDO-RS pages asked, want %d", got, tt.wantRequests)
+			}
+		})
 	}
 }
