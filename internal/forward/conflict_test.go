@@ -187,24 +187,37 @@ func TestOutageWithUnnamedFailuresIsTheWholeRequests(t *testing.T) {
 }
 
 // A request the destination, or a proxy in front of it, refuses as too
-// large (413; nginx takes 1 MB by default) is permanent: the dead letter
-// says how large it was and what to change, lower the destination's
+// large (413; nginx takes 1 MB by default; IIS request filtering answers
+// 404.13 over 30,000,000 bytes) is permanent: the dead letter says how
+// large it was and what to change, lower the destination's
 // STOW_MAX_BYTES or raise the limit, which alone helps one instance. It
 // said only "server answered 413 Request Entity Too Large" and the
-// proxy's page.
+// proxy's page; IIS's 404.13 was taken for the destination refusing
+// every request, retried at every delivery.
 func TestTooLargeNamesWhatToChange(t *testing.T) {
+	const (
+		nginx413 = "<html><head><title>413 Request Entity Too Large</title></head><body><center><h1>413 Request Entity Too Large</h1></center><hr><center>nginx</center></body></html>"
+		iis40413 = `<!DOCTYPE html><html><head><title>IIS 10.0 Detailed Error - 404.13 - Not Found</title></head><body><div id="content">` +
+			`<h3>HTTP Error 404.13 - Not Found</h3><h4>The request filtering module is configured to deny a request that exceeds the request content length.</h4>` +
+			`<ul><li>Verify the configuration/system.webServer/security/requestFiltering/requestLimits@maxAllowedContentLength setting in the applicationhost.config or web.config file.</li></ul></div></body></html>`
+	)
 	for _, tt := range []struct {
+		name      string
+		status    int
+		body      string
 		instances int
 		want      []string
 	}{
-		{3, []string{"3 instances", "about 3072 bytes", "lower DESTINATION_ARCHIVE_STOW_MAX_BYTES (at least 1 MiB), now 1048576 bytes"}},
-		{1, []string{"one instance, 1.2.3.1, about 1024 bytes", "raise that limit"}},
+		{"nginx 413, 3 instances", http.StatusRequestEntityTooLarge, nginx413, 3, []string{"413", "3 instances", "about 3072 bytes", "lower DESTINATION_ARCHIVE_STOW_MAX_BYTES (at least 1 MiB), now 1048576 bytes"}},
+		{"nginx 413, 1 instance", http.StatusRequestEntityTooLarge, nginx413, 1, []string{"413", "one instance, 1.2.3.1, about 1024 bytes", "raise that limit"}},
+		{"IIS 404.13, 3 instances", http.StatusNotFound, iis40413, 3, []string{"404", "3 instances", "lower DESTINATION_ARCHIVE_STOW_MAX_BYTES"}},
+		{"IIS 404.13, 1 instance", http.StatusNotFound, iis40413, 1, []string{"404", "one instance, 1.2.3.1", "raise that limit"}},
 	} {
-		t.Run(fmt.Sprint(tt.instances), func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "text/html")
-				w.WriteHeader(http.StatusRequestEntityTooLarge)
-				fmt.Fprint(w, "<html><head><title>413 Request Entity Too Large</title></head><body><center><h1>413 Request Entity Too Large</h1></center><hr><center>nginx</center></body></html>")
+				w.WriteHeader(tt.status)
+				fmt.Fprint(w, tt.body)
 			}))
 			t.Cleanup(srv.Close)
 			ns := testnats.Start(t)
@@ -220,7 +233,7 @@ func TestTooLargeNamesWhatToChange(t *testing.T) {
 			if len(letters) != 1 || letters[0].Class != Permanent || letters[0].Attempts != 1 {
 				t.Fatalf("dead letters %+v, want one, permanent, at the first delivery", letters)
 			}
-			for _, want := range append(tt.want, "413") {
+			for _, want := range tt.want {
 				if !strings.Contains(letters[0].Reason, want) {
 					t.Errorf("reason %q, want %q in it", letters[0].Reason, want)
 				}

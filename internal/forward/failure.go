@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/stowline/stowline/auth"
@@ -22,7 +23,8 @@ import (
 //	partial         some instances refused for good; the rest is stored;
 //	                dead-letter with the list
 //	permanent       retrying cannot help (400, 409 that is no duplicate,
-//	                413, 415; a DELETE or query refused); dead-letter now
+//	                413 or IIS's 404.13, 415; a DELETE or query refused);
+//	                dead-letter now
 //	source-missing  the study is no longer in Orthanc; dead-letter
 //	crash           forwarding it panicked, or its deliveries kept ending
 //	                without an outcome (the process died); dead-letter now
@@ -191,7 +193,7 @@ func refusesUs(err error) bool {
 		return true
 	}
 	var he *dicomweb.HTTPError
-	if !errors.As(err, &he) || he.Result != nil && len(he.Result.Stored)+len(he.Result.Failed)+len(he.Result.OtherFailures) > 0 {
+	if !errors.As(err, &he) || he.Result != nil && len(he.Result.Stored)+len(he.Result.Failed)+len(he.Result.OtherFailures) > 0 || tooLargeAnswer(he) {
 		return false
 	}
 	switch he.StatusCode {
@@ -199,6 +201,28 @@ func refusesUs(err error) bool {
 		return true
 	}
 	return he.StatusCode >= 300 && he.StatusCode < 400
+}
+
+// tooLargeAnswer reports whether he refuses a request for its size: a
+// 413, or IIS request filtering's 404.13, which IIS (in front of a
+// DICOMweb server on Windows) answers to any request over
+// maxAllowedContentLength, 30,000,000 bytes by default. Taken for the
+// destination refusing every request (refusesUs), such a study was held
+// for ever, or dead-lettered after all its deliveries, instead of at
+// once with what to change. IIS's detailed page names the substatus or
+// the setting; its default page for remote clients ("404 - File or
+// directory not found.") names neither and stays a refusal. Not every
+// request filtering page: 404.7, 404.11, 404.15 refuse other things.
+func tooLargeAnswer(he *dicomweb.HTTPError) bool {
+	switch he.StatusCode {
+	case http.StatusRequestEntityTooLarge:
+		return true
+	case http.StatusNotFound:
+		b := strings.ToLower(he.Body)
+		return strings.Contains(b, "404.13") || strings.Contains(b, "maxallowedcontentlength") ||
+			strings.Contains(b, "exceeds the request content length")
+	}
+	return false
 }
 
 // Outcome is what to do with one instance the destination listed as

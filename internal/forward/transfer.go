@@ -746,7 +746,7 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		res, err = f.store(ctx, batch, put)
 	}
 	answered := time.Now()
-	if errors.As(err, &he) && he.StatusCode == http.StatusRequestEntityTooLarge {
+	if errors.As(err, &he) && tooLargeAnswer(he) {
 		err = f.tooLarge(batch, err)
 	}
 	if !put {
@@ -795,7 +795,7 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 }
 
 // tooLarge says what to change when the destination refused a request
-// as too large (413, permanent): its size, and the variable that bounds
+// as too large (tooLargeAnswer: permanent): its size, and the variable that bounds
 // it, or, for one instance, that only the destination's limit (or its
 // proxy's: nginx takes 1 MB by default) can.
 func (f *Forwarder) tooLarge(batch []dicomweb.Part, err error) error {
