@@ -39,8 +39,8 @@ type TokenSource struct {
 	// failed counts the fetches failed in a row with no token to fall
 	// back on, for the background retry's backoff.
 	failed int
-	// lastErr is the last fetch's error, nil once one succeeded: what
-	// Ready reports while there is no token.
+	// lastErr is the last fetch's error, nil once one succeeded or the
+	// token was invalidated: what Ready reports while there is no token.
 	lastErr error
 }
 
@@ -273,6 +273,9 @@ func (ts *TokenSource) Invalidate(tok *oauth2.Token) {
 	if ts.tok != nil && ts.tok.AccessToken == tok.AccessToken {
 		ts.tok = nil
 		ts.refreshAt, ts.staleAt = time.Time{}, time.Time{}
+		// A failed background refresh's error says nothing of a fetch
+		// now: Ready fetches rather than report it.
+		ts.lastErr = nil
 	}
 }
 
