@@ -17,7 +17,7 @@ import (
 // Prometheus's {{ $labels... }} templates left for Prometheus: rendered
 // by Helm, they would fail the release or come out empty.
 func TestPrometheusRuleIsTheAlertsFile(t *testing.T) {
-	objs := render(t, merged(required(), map[string]any{"prometheusRule": map[string]any{"enabled": true}}))
+	objs := render(t, merged(required(), map[string]any{"prometheusRule": map[string]any{"enabled": true}, "serviceMonitor": map[string]any{"enabled": true}}))
 	rules := of[*monitoringv1.PrometheusRule](objs)
 	if len(rules) != 1 {
 		t.Fatalf("%d PrometheusRules, want 1", len(rules))

@@ -216,6 +216,11 @@ func TestRefused(t *testing.T) {
 			"keda":              map[string]any{"enabled": true},
 			"forwarderDefaults": map[string]any{"keda": map[string]any{"minReplicaCount": 0}},
 		}), "nothing would serve the low lane"},
+		// The rules' job names are the ServiceMonitor's: scraped under
+		// others, StowlineAbsent fires for good.
+		{"alerts without the ServiceMonitor", merged(required(), map[string]any{
+			"prometheusRule": map[string]any{"enabled": true},
+		}), "prometheusRule.enabled needs serviceMonitor.enabled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
