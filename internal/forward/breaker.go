@@ -76,8 +76,8 @@ type DestinationStatus struct {
 // Prober asks the destination whether it answers at all: one cheap
 // authenticated request (a QIDO-RS query). An error for which
 // probeDown is true keeps the breaker open (an error status included:
-// a refusal of the credentials, an ingress's page); anything else means
-// it answers.
+// a refusal of the credentials, an ingress's page; queryRefused aside);
+// anything else means it answers.
 type Prober interface {
 	Probe(ctx context.Context, studyInstanceUID string) error
 }
@@ -132,9 +132,34 @@ func DestinationDown(err error) bool {
 // for an answer), so a 403 or an ingress's 404 page is the destination
 // refusing us; taken for an answer, it let a trial study through at
 // every probe. A destination whose queries alone fail still gets a
-// trial every probesBeforeTrial probes.
+// trial every probesBeforeTrial probes; and see queryRefused.
 func probeDown(err error) bool {
 	return DestinationDown(err) || errors.As(err, new(*dicomweb.HTTPError)) || errors.Is(err, dicomweb.ErrRedirected)
+}
+
+// queryRefused reports whether a probe's failure is the destination
+// refusing the query itself: a 4xx other than 401, 407 or 429 (those
+// say the credentials or a throttle), or a 501. An identity allowed to
+// store and not to search (AWS's medical-imaging:StoreDICOM alone), or a
+// gateway that serves only STOW-RS, answers every probe so; counted as
+// down, its breaker let a trial through every probesBeforeTrial probes
+// only, minutes after the outage ended. The breaker takes it for an
+// answer only when its last failure was no refusal (an outage: no
+// answer, a 5xx) and no probe of it ever got one (queries work, so a
+// refusal now is the destination refusing us): a URL that refuses
+// everything opens it with refusals, and still looks down.
+func queryRefused(err error) bool {
+	var he *dicomweb.HTTPError
+	if !errors.As(err, &he) || DestinationDown(err) {
+		return false
+	}
+	switch he.StatusCode {
+	case http.StatusUnauthorized, http.StatusProxyAuthRequired, http.StatusTooManyRequests:
+		return false
+	case http.StatusNotImplemented:
+		return true
+	}
+	return he.StatusCode >= 400 && he.StatusCode < 500
 }
 
 // studyMayFail reports whether a destination-down failure may come from
@@ -336,6 +361,11 @@ type breaker struct {
 	// fails and none is the study's own.
 	vouchedFailed map[uint64]uint64
 	stores        uint64
+	// refused: the last down failure counted was the destination
+	// refusing the STOW-RS request (refusesUs); queriesAnswered: a probe
+	// got an answer once. Together they say whether a probe's refused
+	// query is an answer (queryRefused).
+	refused, queriesAnswered bool
 	// trialSeq is the held study that is the next trial of the half-open
 	// breaker (chooseTrial); triedAt the number of the trial each held
 	// study last was (trials counts them), so that the one tried least
@@ -463,6 +493,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		return false
 	}
 	b.failures++
+	b.refused = errors.As(err, new(*refusedError))
 	if trial {
 		// The destination answered the probe but failed the study. If
 		// a prober vouched for it and the failure may be the study's
@@ -708,7 +739,10 @@ func (b *breaker) probe() {
 		b.schedule()
 		return
 	}
-	if probeDown(err) {
+	if err == nil && b.prober != nil && study != "" {
+		b.queriesAnswered = true
+	}
+	if probeDown(err) && (b.refused || b.queriesAnswered || !queryRefused(err)) {
 		b.failedProbes++
 		if b.failedProbes%probesBeforeTrial != 0 || len(b.heldSeqs) == 0 && !b.canPullTrial() {
 			b.wait = min(2*b.wait, b.cfg.maxInterval)

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -196,6 +197,71 @@ func TestProbeDown(t *testing.T) {
 			if got := probeDown(tt.err); got != tt.want {
 				t.Errorf("probeDown(%v) = %v, want %v", tt.err, got, tt.want)
 			}
+		})
+	}
+}
+
+// TestBreakerProbeQueryRefused: a probe's refused query (an identity
+// allowed to store but not to search, a STOW-only gateway) lets the
+// trial through at the first probe after an outage of no answers or
+// 5xx, as before 2a5fc38; but not when the refusals opened the breaker
+// (a URL refusing everything), nor once a probe was answered (queries
+// work: the refusal is the destination's), nor for 401, 407 or 429.
+// Counted as down, the trial waited for the 4th probe (about 7.5 min
+// with the default intervals).
+func TestBreakerProbeQueryRefused(t *testing.T) {
+	outage := &dicomweb.HTTPError{StatusCode: 503}
+	refusal := markRefusal(&dicomweb.HTTPError{StatusCode: 403})
+	tests := []struct {
+		name           string
+		opening        error
+		answeredBefore bool // a probe passed in an earlier half-open
+		probe          error
+		wantProbes     int // probes before the trial
+	}{
+		{"outage, 403 (StoreDICOM only)", outage, false, &dicomweb.HTTPError{StatusCode: 403}, 1},
+		{"outage, 400", outage, false, &dicomweb.HTTPError{StatusCode: 400}, 1},
+		{"outage, 405", outage, false, &dicomweb.HTTPError{StatusCode: 405}, 1},
+		{"outage, 501", outage, false, &dicomweb.HTTPError{StatusCode: 501}, 1},
+		{"outage, HTML 404", outage, false, &dicomweb.HTTPError{StatusCode: 404, ContentType: "text/html"}, 1},
+		{"outage, 401", outage, false, &dicomweb.HTTPError{StatusCode: 401}, probesBeforeTrial},
+		{"outage, 429", outage, false, &dicomweb.HTTPError{StatusCode: 429}, probesBeforeTrial},
+		{"outage, 503", outage, false, outage, probesBeforeTrial},
+		{"outage, redirected", outage, false, fmt.Errorf("%w: qido: GET x", dicomweb.ErrRedirected), probesBeforeTrial},
+		{"refusals, 403", refusal, false, &dicomweb.HTTPError{StatusCode: 403}, probesBeforeTrial},
+		{"refusals, HTML 404", markRefusal(&dicomweb.HTTPError{StatusCode: 404}), false, &dicomweb.HTTPError{StatusCode: 404, ContentType: "text/html"}, probesBeforeTrial},
+		{"outage, queries answered before, 403", outage, true, &dicomweb.HTTPError{StatusCode: 403}, probesBeforeTrial},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				prober := &fakeProber{}
+				b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
+				t.Cleanup(b.stop)
+				if !b.record(tt.opening, 0, "1.2.3", 1) {
+					t.Fatal("the failure that opened the breaker was not held")
+				}
+				if tt.answeredBefore {
+					trial, err := b.hold(t.Context(), 1)
+					if err != nil || trial == 0 {
+						t.Fatalf("hold = %v, %v; want the trial", trial, err)
+					}
+					if !b.record(tt.opening, trial, "1.2.3", 1) {
+						t.Fatal("the failed trial was not held")
+					}
+					prober.mu.Lock()
+					prober.calls = 0
+					prober.mu.Unlock()
+				}
+				prober.set(tt.probe)
+				trial, err := b.hold(t.Context(), 1)
+				if err != nil || trial == 0 {
+					t.Fatalf("hold = %v, %v; want the trial", trial, err)
+				}
+				if prober.calls != tt.wantProbes {
+					t.Errorf("the trial after %d probes, want %d", prober.calls, tt.wantProbes)
+				}
+			})
 		})
 	}
 }
