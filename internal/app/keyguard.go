@@ -22,11 +22,12 @@ import (
 // one patient as two pseudonymous ones. Neither side knows which key is
 // right, so every forwarder of the destination stops, until the others
 // are gone or restarted with its key. A destination's pulls also wait for
-// the first comparison made after this process's own snapshot was put in
-// the bucket, so of two forwarders starting together at least one sees
-// the other before it pulls anything. A peer publishing no fingerprint
-// (an older release) is unknown, not a disagreement; one sending the
-// destination identifiable copies (status.NoKey) is one.
+// a comparison made on a read that found this process's own snapshot in
+// the bucket, so of two forwarders starting together (or after the bucket
+// was lost) at least one sees the other before it pulls anything. A peer
+// publishing no fingerprint (an older release) is unknown, not a
+// disagreement; one sending the destination identifiable copies
+// (status.NoKey) is one.
 type keyGuard struct {
 	own      map[string]string // by destination: this process's fingerprint
 	log      *slog.Logger
@@ -40,8 +41,8 @@ type keyGuard struct {
 	peers map[string]string
 }
 
-// keyNotCompared is why a destination's studies wait before its first
-// comparison.
+// keyNotCompared is why a destination's studies wait until a read of the
+// bucket finds this process's own snapshot.
 const keyNotCompared = "its de-identification key is not yet compared with the other forwarders serving it (status bucket " + natsjs.StatusBucket + ", read every 5 s)"
 
 // newKeyGuard returns the guard of the destinations in fingerprints that
@@ -86,9 +87,13 @@ func (g *keyGuard) check(d string) web.Check {
 }
 
 // compare reads the key fingerprints in snaps, a complete read of the
-// status bucket with this process's own snapshot; published tells whether
-// that snapshot was in the bucket before the read (read before it).
-func (g *keyGuard) compare(snaps []status.Snapshot, published bool) {
+// status bucket with this process's own snapshot; ownListed tells whether
+// the read found that snapshot in the bucket. It is decided per read, not
+// once: a bucket lost or recreated (a restarted NATS server keeps none of
+// it in memory, `nats kv del`) holds no entry for a while, and a read of
+// it, seeing no other key, must not let forwarders with different keys
+// all pull again.
+func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 	if g == nil {
 		return
 	}
@@ -103,8 +108,15 @@ func (g *keyGuard) compare(snaps []status.Snapshot, published bool) {
 			}
 		}
 		if len(hosts) == 1 {
-			if !published {
-				continue // the others may not have seen this one yet
+			if !ownListed {
+				// The others may not have seen this one: its pulls wait.
+				// A disagreement already found stays until a comparison.
+				if g.held[d] == "" {
+					g.held[d] = keyNotCompared
+					g.log.Warn("this forwarder's snapshot is missing from the status bucket (lost or recreated, or not yet put): the de-identifying destination's studies are not pulled until its key is compared with the other forwarders' again",
+						"destination", d, "bucket", natsjs.StatusBucket, "key_fingerprint", mine)
+				}
+				continue
 			}
 			if g.held[d] != "" && g.held[d] != keyNotCompared {
 				g.log.Info("the forwarders serving the destination agree on its de-identification key again: its studies are pulled",

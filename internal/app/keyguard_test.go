@@ -5,10 +5,12 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 )
 
@@ -35,33 +37,33 @@ func TestKeyGuardCompare(t *testing.T) {
 	tests := []struct {
 		name      string
 		peers     []status.Snapshot
-		published bool
+		ownListed bool
 		wantHeld  string // in the readiness error; "": pulled
 		wantLog   []string
 	}{
-		{name: "alone", published: true},
-		{name: "own snapshot not in the bucket yet", published: false, wantHeld: "not yet compared"},
-		{name: "same key", published: true, peers: []status.Snapshot{
+		{name: "alone", ownListed: true},
+		{name: "own snapshot not in the bucket yet", ownListed: false, wantHeld: "not yet compared"},
+		{name: "same key", ownListed: true, peers: []status.Snapshot{
 			{Host: "fwd-1", KeyFingerprints: map[string]string{"research": mine}}}},
-		{name: "older release: unknown", published: true, peers: []status.Snapshot{{Host: "fwd-1"}}},
-		{name: "peer serving another destination", published: true, peers: []status.Snapshot{
+		{name: "older release: unknown", ownListed: true, peers: []status.Snapshot{{Host: "fwd-1"}}},
+		{name: "peer serving another destination", ownListed: true, peers: []status.Snapshot{
 			{Host: "fwd-1", KeyFingerprints: map[string]string{"archive": status.NoKey}}}},
-		{name: "another key", published: true, peers: []status.Snapshot{
+		{name: "another key", ownListed: true, peers: []status.Snapshot{
 			{Host: "fwd-1", KeyFingerprints: map[string]string{"research": mine}},
 			{Host: "fwd-2", KeyFingerprints: map[string]string{"research": other}}},
 			wantHeld: other + " (fwd-2), this one " + mine,
 			wantLog:  []string{`"level":"ERROR"`, `"destination":"research"`, `"key_fingerprint":"` + mine + `"`, `"other_key_fingerprints":["` + other + ` (fwd-2)"]`}},
-		{name: "another key before this snapshot is shared", published: false, peers: []status.Snapshot{
+		{name: "another key before this snapshot is shared", ownListed: false, peers: []status.Snapshot{
 			{Host: "fwd-2", KeyFingerprints: map[string]string{"research": other}}},
 			wantHeld: other + " (fwd-2)"},
-		{name: "peer sending identifiable copies", published: true, peers: []status.Snapshot{
+		{name: "peer sending identifiable copies", ownListed: true, peers: []status.Snapshot{
 			{Host: "fwd-1", KeyFingerprints: map[string]string{"research": status.NoKey}}},
 			wantHeld: "none (fwd-1)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g, logs := newTestKeyGuard(t, mine)
-			g.compare(append([]status.Snapshot{self}, tt.peers...), tt.published)
+			g.compare(append([]status.Snapshot{self}, tt.peers...), tt.ownListed)
 			err := g.check("research")(t.Context())
 			paused := g.paused("research")()
 			if tt.wantHeld == "" {
@@ -114,5 +116,119 @@ func TestKeyGuardAgreesAgain(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(g.disagree.WithLabelValues("research")); got != 0 {
 		t.Errorf("disagreement metric %v after agreeing", got)
+	}
+}
+
+// Whether this process's snapshot is in the bucket is decided per read:
+// a bucket lost or recreated (a restarted NATS server keeps it in memory
+// only; `nats kv del`) lacks it until the next put, and a read then sees
+// no other key either. Such a read pulls nothing: before, a flag set at
+// the first put let forwarders with different keys all pull again.
+func TestKeyGuardOwnSnapshotMissing(t *testing.T) {
+	const mine, other = "1111111111111111", "2222222222222222"
+	self := status.Snapshot{Host: "fwd-0", KeyFingerprints: map[string]string{"research": mine}}
+	peer := status.Snapshot{Host: "fwd-1", KeyFingerprints: map[string]string{"research": other}}
+	tests := []struct {
+		name     string
+		before   []status.Snapshot // compared first, with the own snapshot listed
+		wantHeld string
+	}{
+		{name: "pulled, then a read without it", before: []status.Snapshot{self}, wantHeld: "not yet compared"},
+		{name: "held for another key, then a read without either", before: []status.Snapshot{self, peer}, wantHeld: other + " (fwd-1)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g, logs := newTestKeyGuard(t, mine)
+			g.compare(tt.before, true)
+			g.compare([]status.Snapshot{self}, false)
+			err := g.check("research")(t.Context())
+			if !g.paused("research")() || err == nil || !strings.Contains(err.Error(), tt.wantHeld) {
+				t.Errorf("paused %v, readiness %v: want paused, %q", g.paused("research")(), err, tt.wantHeld)
+			}
+			if strings.Contains(logs.String(), "agree on its de-identification key again") {
+				t.Errorf("agreement logged:\n%s", logs.String())
+			}
+			g.compare([]status.Snapshot{self}, true)
+			if g.paused("research")() {
+				t.Error("still paused once a read lists this snapshot and no other key")
+			}
+		})
+	}
+}
+
+// Two forwarders with different keys both stop; the status bucket's
+// entries deleted, they never pull both at once: neither pulls while the
+// bucket lacks its snapshot. As at start, the first to put its snapshot
+// again may find the other's missing and pull until that one is put (one
+// key in use); the other then sees it and stays stopped.
+func TestKeyGuardStatusBucketLost(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	conn, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	ctx, g := runGroup(t)
+	replicas, err := newReplicasGauge(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var guards []*keyGuard
+	for _, fp := range []string{"1111111111111111", "2222222222222222"} {
+		keys := map[string]string{"archive": fp}
+		s := trackArchiveWithKeys(t, ctx, g, conn, keys, quiet)
+		guard, err := newKeyGuard(keys, prometheus.NewRegistry(), quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		guards = append(guards, guard)
+		g.Go(func() error {
+			return shareLimits(ctx, s, map[string][]replicaLimit{"archive": nil}, replicas, guard, 100*time.Millisecond, quiet)
+		})
+	}
+	disagree := func() bool {
+		for _, guard := range guards {
+			if testutil.ToFloat64(guard.disagree.WithLabelValues("archive")) != 1 {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, "both forwarders see the other key", disagree)
+	kv, err := conn.JS.KeyValue(ctx, natsjs.StatusBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := func() int {
+		keys, _ := kv.Keys(ctx) // none: an error
+		return len(keys)
+	}
+	if n := listed(); n != 2 {
+		t.Fatalf("%d snapshots in the bucket, want 2", n)
+	}
+	keys, err := kv.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if err := kv.Purge(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each puts its snapshot again within status.ShareInterval; the
+	// reads every 100 ms in between find the bucket without it. Checked
+	// until a second of reads after both are back.
+	var back time.Time
+	for deadline := time.Now().Add(20 * time.Second); back.IsZero() || time.Since(back) < time.Second; {
+		if time.Now().After(deadline) {
+			t.Fatal("the snapshots are not put in the bucket again within 20 s")
+		}
+		if back.IsZero() && listed() == 2 {
+			back = time.Now()
+		}
+		if !guards[0].paused("archive")() && !guards[1].paused("archive")() {
+			t.Fatal("both forwarders pull, with different keys, after the bucket's entries were deleted")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

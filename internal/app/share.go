@@ -53,10 +53,8 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 		replicas.WithLabelValues(name).Set(1)
 	}
 	for {
-		// Read before the bucket: a snapshot put by then is in the read.
-		published := s.published()
 		rctx, cancel := context.WithTimeout(ctx, interval)
-		snaps, err := s.forwarders(rctx)
+		snaps, ownListed, err := s.read(rctx)
 		cancel()
 		// The list always holds this process's own snapshot: only a
 		// complete read counts the others.
@@ -65,7 +63,7 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 			if n := failed.Succeeded(); n >= shareFailuresWarned {
 				log.Info("status: the replicas serving each destination are counted again; their shares of the limits are set", "bucket", natsjs.StatusBucket, "failed_reads", n)
 			}
-			keys.compare(snaps, published)
+			keys.compare(snaps, ownListed)
 			counted := replicasByDestination(snaps)
 			for name, ls := range limits {
 				n := max(counted[name], 1)

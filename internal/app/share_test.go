@@ -250,12 +250,19 @@ func runGroup(t *testing.T) (context.Context, *errgroup.Group) {
 // the one destination archive, as its start does.
 func trackArchive(t *testing.T, ctx context.Context, g *errgroup.Group, conn *natsjs.Conn, log *slog.Logger) *statusWiring {
 	t.Helper()
+	return trackArchiveWithKeys(t, ctx, g, conn, nil, log)
+}
+
+// trackArchiveWithKeys is trackArchive, its snapshots' KeyFingerprints
+// keys.
+func trackArchiveWithKeys(t *testing.T, ctx context.Context, g *errgroup.Group, conn *natsjs.Conn, keys map[string]string, log *slog.Logger) *statusWiring {
+	t.Helper()
 	s := newStatusWiring(conn, config.Admin{}, false, log)
 	tw, err := status.NewTokenWatch("archive", "dicom.example.org", "", false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.track(ctx, g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, nil, log); err != nil {
+	if _, err := s.track(ctx, g, natsjs.DefaultTopology(), 1, []*status.TokenWatch{tw}, keys, log); err != nil {
 		t.Fatal(err)
 	}
 	return s

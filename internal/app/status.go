@@ -76,28 +76,31 @@ func mountDisabled(r chi.Router, path, msg string) {
 	r.HandleFunc(path+"/*", h)
 }
 
-// published reports whether this process's forwarder snapshot is in the
-// status bucket.
-func (s *statusWiring) published() bool {
-	t := s.tracker.Load()
-	return t != nil && t.Published()
-}
-
 // forwarders returns this process's forwarder (exact and current) and the
 // others' shared snapshots.
 func (s *statusWiring) forwarders(ctx context.Context) ([]status.Snapshot, error) {
+	snaps, _, err := s.read(ctx)
+	return snaps, err
+}
+
+// read is forwarders, and reports whether the bucket held this process's
+// own snapshot: only then did the others see it (a bucket lost or
+// recreated holds none until the next put).
+func (s *statusWiring) read(ctx context.Context) (snaps []status.Snapshot, ownListed bool, err error) {
 	shared, err := status.ReadShared(ctx, s.conn.JS)
 	own := s.tracker.Load()
 	if own == nil {
-		return shared, err
+		return shared, false, err
 	}
 	out := []status.Snapshot{own.Snapshot()}
 	for _, o := range shared {
-		if o.ID != own.ID() {
+		if o.ID == own.ID() {
+			ownListed = true
+		} else {
 			out = append(out, o)
 		}
 	}
-	return out, err
+	return out, ownListed, err
 }
 
 // track returns the tracker that the forwarders report to, and shares

@@ -63,7 +63,6 @@ func (t *Tracker) put(ctx context.Context, kv jetstream.KeyValue) error {
 	if _, err := kv.Put(ctx, t.id, data); err != nil {
 		return fmt.Errorf("put %s: %w", t.id, err)
 	}
-	t.published.Store(true)
 	return nil
 }
 

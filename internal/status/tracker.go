@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/stowline/stowline/internal/forward"
@@ -100,8 +99,6 @@ type Tracker struct {
 	started     time.Time
 	concurrency int
 	tokens      []*TokenWatch
-	// published is set once a snapshot was put in the status bucket.
-	published atomic.Bool
 
 	mu      sync.Mutex
 	dests   []func() forward.DestinationStatus
@@ -173,10 +170,6 @@ func (t *Tracker) SetKeyFingerprints(keys map[string]string) {
 	defer t.mu.Unlock()
 	t.keys = maps.Clone(keys)
 }
-
-// Published reports whether a snapshot of this process is in the status
-// bucket, where the other forwarders read it (Share).
-func (t *Tracker) Published() bool { return t.published.Load() }
 
 // WatchDestination adds a destination's state (Forwarder.Status) to the
 // snapshots.
