@@ -1171,7 +1171,7 @@ func releasePulled(ctx context.Context) bool {
 // worker's.
 func (f *Forwarder) runPulledTrial(ctx, workCtx context.Context) {
 	msg, lane, done := f.nextTrial(ctx)
-	if msg != nil && f.givenBackPaused(msg, lane) {
+	if msg != nil && f.givenBackPaused(ctx, msg, lane) {
 		done()
 		msg = nil
 	}

@@ -77,7 +77,7 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 		if msg == nil {
 			continue
 		}
-		if f.givenBackPaused(msg, lane) {
+		if f.givenBackPaused(ctx, msg, lane) {
 			done()
 			continue
 		}
@@ -94,20 +94,49 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 // paused (Options.Paused), and reports whether it did: a pull made before
 // the pause waits up to longPull on the server and may bring one. It is
 // offered again after longPull, once every such pull has expired: one
-// delivery spent, not one per worker.
-func (f *Forwarder) givenBackPaused(msg jetstream.Msg, lane events.Priority) bool {
-	if f.plan.paused == nil || !f.plan.paused() {
+// delivery spent, not one per worker. An event on its last delivery (or
+// past it) is not given back: it would come back past
+// FORWARDER_MAX_DELIVERIES and be dead-lettered as if forwarders had
+// crashed on it. It is kept in hand, in progress, until the pause ends
+// (then handled, false) or shutdown starts (then given back, true). Only
+// those: the others, given back, stay free for another forwarder, and a
+// pause may last hours.
+func (f *Forwarder) givenBackPaused(ctx context.Context, msg jetstream.Msg, lane events.Priority) bool {
+	if !f.plan.isPaused() {
 		return false
 	}
-	var seq uint64
+	var seq, n uint64
 	if meta, err := msg.Metadata(); err == nil {
-		seq = meta.Sequence.Stream
+		seq, n = meta.Sequence.Stream, meta.NumDelivered
+	}
+	if limit := f.policy.maxDeliveries; limit > 0 && n >= limit {
+		return f.keptWhilePaused(ctx, msg, lane, seq, n)
 	}
 	f.log.Info("event pulled as the forwarder paused: given back to the queue", "lane", lane, "stream_seq", seq)
 	if err := msg.NakWithDelay(longPull); err != nil {
 		f.log.Warn("give back an event pulled as the forwarder paused; JetStream offers it again after the ack wait", "lane", lane, "stream_seq", seq, "err", err)
 	}
 	return true
+}
+
+// keptWhilePaused keeps msg, on its last delivery n, in progress while the
+// forwarder is paused; it gives it back, and reports true, if ctx ends
+// first (shutdown, as for a study in hand).
+func (f *Forwarder) keptWhilePaused(ctx context.Context, msg jetstream.Msg, lane events.Priority, seq, n uint64) bool {
+	f.log.Info("event on its last delivery pulled as the forwarder paused: kept in progress until the pause ends, not given back",
+		"lane", lane, "stream_seq", seq, "attempt", n)
+	stop := keepAlive(msg, progressInterval(f.opts.AckWait), f.opts.Connected, f.log)
+	defer stop()
+	for f.plan.isPaused() {
+		if ctx.Err() != nil {
+			if err := msg.Nak(); err != nil {
+				f.log.Warn("give back an event kept while the forwarder paused; JetStream offers it again after the ack wait", "lane", lane, "stream_seq", seq, "err", err)
+			}
+			return true
+		}
+		sleep(ctx, idlePull)
+	}
+	return false
 }
 
 // handle runs one delivery: it decodes the event, stops a poison study

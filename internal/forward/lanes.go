@@ -182,11 +182,14 @@ func (p *lanePlan) has(lane events.Priority) bool {
 	return false
 }
 
+// isPaused reports whether the forwarder is paused (Options.Paused).
+func (p *lanePlan) isPaused() bool { return p.paused != nil && p.paused() }
+
 // open returns the lanes a worker may pull from now, highest first: the
 // stat lane only for a stat worker; every lane whose window is open for
 // the others; none while the forwarder is paused (Options.Paused).
 func (p *lanePlan) open(statOnly bool) []Lane {
-	if p.paused != nil && p.paused() {
+	if p.isPaused() {
 		return nil
 	}
 	now := p.now()

@@ -740,3 +740,97 @@ func TestPausedForwarderPullsNothing(t *testing.T) {
 		t.Errorf("given back %d times, want once (offered again after the outstanding pulls expired)", n)
 	}
 }
+
+// An event pulled as the pause starts is given back, which spends a
+// delivery: one on its last delivery (FORWARDER_MAX_DELIVERIES) would
+// come back past the limit and be dead-lettered as if forwarders had
+// crashed on it. It is kept in hand, in progress, until the pause ends,
+// then handled; or given back at shutdown, as a study in hand is.
+func TestPausedKeepsAnEventOnItsLastDelivery(t *testing.T) {
+	tests := []struct {
+		name          string
+		maxDeliveries int
+		shutdown      bool // shutdown starts while it is kept
+		wantKept      bool
+	}{
+		{name: "deliveries left: given back", maxDeliveries: 2},
+		{name: "last delivery: kept until the pause ends", maxDeliveries: 1, wantKept: true},
+		{name: "last delivery: kept, then given back at shutdown", maxDeliveries: 1, shutdown: true, wantKept: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns, lanes, sinkURL := startLanes(t)
+			ctx, cancel := context.WithCancel(t.Context())
+			t.Cleanup(cancel)
+			var paused atomic.Bool
+			var logs testharness.LogBuffer
+			f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+				o.Lanes = laneList(lanes)
+				o.Paused = paused.Load
+				o.MaxDeliveries = tt.maxDeliveries
+				o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+			})
+			routine := lanes[events.PriorityRoutine]
+			ev := testEvent()
+			if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
+				t.Fatal(err)
+			}
+			// Pulled before the pause, seen after it.
+			var msg jetstream.Msg
+			var lane events.Priority
+			done := func() {}
+			testharness.WaitFor(t, "the event pulled", 15*time.Second, func() bool {
+				msg, lane, done = f.next(ctx, false)
+				return msg != nil
+			})
+			paused.Store(true)
+			given := make(chan bool, 1)
+			go func() { given <- f.givenBackPaused(ctx, msg, lane) }()
+			if !tt.wantKept {
+				if !<-given {
+					t.Fatal("not given back")
+				}
+				done()
+				return
+			}
+			testharness.WaitFor(t, "the event kept", 15*time.Second, func() bool {
+				return testharness.HasLogLine(logs.String(), `"msg":"event on its last delivery pulled as the forwarder paused: kept in progress`, `"attempt":1`)
+			})
+			// Past the ack wait (3 s) it is still this one's delivery:
+			// the in-progress signals keep it.
+			for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+				select {
+				case g := <-given:
+					t.Fatalf("kept no longer while paused (given back: %v)", g)
+				default:
+				}
+			}
+			if info := waitConsumer(t, routine, func(*jetstream.ConsumerInfo) bool { return true }); info.NumRedelivered != 0 || info.NumAckPending != 1 {
+				t.Fatalf("the kept event was delivered again: %+v", info)
+			}
+			if tt.shutdown {
+				cancel()
+				if !<-given {
+					t.Fatal("not given back at shutdown")
+				}
+				done()
+				// Offered again at once, not after the ack wait (3 s).
+				again, err := routine.Next(jetstream.FetchMaxWait(2 * time.Second))
+				if err != nil {
+					t.Fatalf("not offered again at once: %v", err)
+				}
+				if meta, err := again.Metadata(); err != nil || meta.NumDelivered != 2 {
+					t.Fatalf("offered again: %+v, %v; want its second delivery", meta, err)
+				}
+				return
+			}
+			paused.Store(false)
+			if <-given {
+				t.Fatal("given back once the pause ended")
+			}
+			f.handle(ctx, msg, lane)
+			done()
+			waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+		})
+	}
+}
