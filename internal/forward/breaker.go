@@ -1168,12 +1168,26 @@ func releasePulled(ctx context.Context) bool {
 // half-open breaker (chooseTrial), beside the workers, which all hold
 // studies whose trial failed: a failure is held, with its message in
 // progress, as theirs. ctx stops the pull, workCtx the work, as a
-// worker's.
+// worker's. While the forwarder is paused (Options.Paused) the trial
+// waits for the pause to end, the breaker half-open: a pull that took
+// nothing because of the pause says nothing of the queue, and taken for
+// an empty one it closed the breaker, every worker then going to the
+// destination untried at the pause's end.
 func (f *Forwarder) runPulledTrial(ctx, workCtx context.Context) {
-	msg, lane, done := f.nextTrial(ctx)
-	if msg != nil && f.givenBackPaused(ctx, msg, lane) {
-		done()
-		msg = nil
+	var msg jetstream.Msg
+	var lane events.Priority
+	var done func()
+	for {
+		paused := f.plan.isPaused()
+		msg, lane, done = f.nextTrial(ctx)
+		if msg != nil && f.givenBackPaused(ctx, msg, lane) {
+			done()
+			msg = nil
+		}
+		if msg != nil || ctx.Err() != nil || !paused && !f.plan.isPaused() {
+			break
+		}
+		sleep(ctx, idlePull)
 	}
 	if msg == nil {
 		f.breaker.pulledTrialEnded(false, false)

@@ -834,3 +834,56 @@ func TestPausedKeepsAnEventOnItsLastDelivery(t *testing.T) {
 		})
 	}
 }
+
+// A half-open breaker's pulled trial finds nothing while the forwarder is
+// paused (Options.Paused): that says nothing of the queue. The breaker
+// stays half-open, the trial waiting for the pause to end, then tries a
+// queued study. Before, taken for an empty queue (nothing held, no failed
+// probe), it closed the breaker, and at the pause's end every worker went
+// to the destination with no trial.
+func TestBreakerTrialWaitsForThePause(t *testing.T) {
+	ns, lanes, sinkURL := startLanes(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	var paused atomic.Bool
+	paused.Store(true)
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.Paused = paused.Load
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Minute, MaxProbeInterval: time.Minute}
+	})
+	t.Cleanup(f.breaker.stop)
+	ev := testEvent()
+	if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(events.PriorityRoutine, "", ev.Source), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	routine := lanes[events.PriorityRoutine]
+	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.NumPending == 1 })
+	// Half-open, nothing held, no failed probe: the trial is pulled.
+	b := f.breaker
+	b.mu.Lock()
+	b.setState(BreakerHalfOpen)
+	b.pulling, b.pulledTrials = true, 1
+	b.mu.Unlock()
+	ended := make(chan struct{})
+	go func() { defer close(ended); f.runPulledTrial(ctx, ctx) }()
+	// Three pulls' worth (idlePull each) of the pause: still half-open.
+	for end := time.Now().Add(3 * idlePull); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if s, _, _, _ := b.status(); s != BreakerHalfOpen {
+			t.Fatalf("breaker %v while the paused trial found nothing, want half-open", s)
+		}
+	}
+	if info := waitConsumer(t, routine, func(*jetstream.ConsumerInfo) bool { return true }); info.Delivered.Stream != 0 {
+		t.Fatalf("delivered while paused: %+v", info)
+	}
+	paused.Store(false)
+	select {
+	case <-ended:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the trial did not end after the pause")
+	}
+	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	if s, _, _, _ := b.status(); s != BreakerClosed {
+		t.Errorf("breaker %v after the trial stored the queued study, want closed", s)
+	}
+}
