@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -39,6 +40,10 @@ type keyGuard struct {
 	held map[string]string
 	// peers is, by destination, the disagreement last logged.
 	peers map[string]string
+	// failed is why the last read of the bucket counted no comparison:
+	// the read's error, or that of the put of this process's snapshot
+	// when the read lacked it; nil if none.
+	failed error
 }
 
 // keyNotCompared is why a destination's studies wait until a read of the
@@ -79,12 +84,31 @@ func (g *keyGuard) check(d string) web.Check {
 	return func(context.Context) error {
 		g.mu.Lock()
 		defer g.mu.Unlock()
-		if why := g.held[d]; why != "" {
+		why := g.held[d]
+		if why == keyNotCompared && g.failed != nil {
+			return fmt.Errorf("destination %s: no study is pulled: its de-identification key cannot be compared with the other forwarders serving it (status bucket %s, docs/nats-permissions.md): %w",
+				d, natsjs.StatusBucket, g.failed)
+		}
+		if why != "" {
 			return errors.New("destination " + d + ": no study is pulled: " + why)
 		}
 		return nil
 	}
 }
+
+// noted records why the last read of the bucket counted no comparison
+// (nil: it did), for the readiness check.
+func (g *keyGuard) noted(err error) {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.failed = err
+}
+
+// deidentifies reports whether a destination it guards is served.
+func (g *keyGuard) deidentifies() bool { return g != nil && len(g.own) > 0 }
 
 // compare reads the key fingerprints in snaps, a complete read of the
 // status bucket with this process's own snapshot; ownListed tells whether

@@ -7,11 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 // newTestKeyGuard is the guard of a forwarder serving research with key
@@ -230,5 +233,79 @@ func TestKeyGuardStatusBucketLost(t *testing.T) {
 			t.Fatal("both forwarders pull, with different keys, after the bucket's entries were deleted")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A NATS user that may not read the status bucket, or put this process's
+// snapshot in it, leaves a de-identifying destination's key never
+// compared: no study of it is pulled. /readyz names the error, and the
+// warnings say that the destination pulls nothing.
+func TestKeyGuardWithoutTheStatusBucket(t *testing.T) {
+	tests := []struct {
+		name    string
+		deny    string
+		wantErr string // in the readiness error
+		wantLog string // in a warning
+	}{
+		{name: "no read", deny: "$JS.API.CONSUMER.*.KV_stowline_forwarders.>", wantErr: "read key-value bucket",
+			wantLog: "cannot count the replicas serving each destination"},
+		{name: "no put", deny: "$KV.stowline_forwarders.>", wantErr: "this forwarder's snapshot is not in it: put ",
+			wantLog: "cannot share this forwarder's state"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "authz", Port: -1,
+				Configure: func(o *server.Options) {
+					o.Users = []*server.User{{Username: "forwarder", Password: "forwarder-password", Permissions: &server.Permissions{
+						Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{tt.deny}},
+					}}}
+				}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(srv.Shutdown)
+			conn, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo("forwarder", "forwarder-password")}},
+				slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(conn.Close)
+			logs := &testharness.LogBuffer{}
+			log := slog.New(slog.NewTextHandler(logs, nil))
+			ctx, g := runGroup(t)
+			keys := map[string]string{"archive": "1111111111111111"}
+			s := trackArchiveWithKeys(t, ctx, g, conn, keys, log)
+			guard, err := newKeyGuard(keys, prometheus.NewRegistry(), log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			replicas, err := newReplicasGauge(prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.Go(func() error {
+				return shareLimits(ctx, s, map[string][]replicaLimit{"archive": nil}, replicas, guard, 200*time.Millisecond, log)
+			})
+			warned := func() bool {
+				for line := range strings.Lines(logs.String()) {
+					if strings.Contains(line, "level=WARN") && strings.Contains(line, tt.wantLog) &&
+						strings.Contains(line, "de-identifying destinations pull nothing") {
+						return true
+					}
+				}
+				return false
+			}
+			var ready error
+			waitFor(t, "readiness naming the error, and the warning", func() bool {
+				ready = guard.check("archive")(ctx)
+				return ready != nil && strings.Contains(ready.Error(), tt.wantErr) && warned()
+			})
+			if !guard.paused("archive")() {
+				t.Error("the destination's studies are pulled")
+			}
+			if testing.Verbose() {
+				t.Logf("readiness: %v\nlog:\n%s", ready, logs.String())
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -64,6 +65,11 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 				log.Info("status: the replicas serving each destination are counted again; their shares of the limits are set", "bucket", natsjs.StatusBucket, "failed_reads", n)
 			}
 			keys.compare(snaps, ownListed)
+			var missing error
+			if perr := s.lastPutError(); !ownListed && perr != nil {
+				missing = fmt.Errorf("this forwarder's snapshot is not in it: %w", perr)
+			}
+			keys.noted(missing)
 			counted := replicasByDestination(snaps)
 			for name, ls := range limits {
 				n := max(counted[name], 1)
@@ -73,12 +79,16 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 				}
 			}
 		case ctx.Err() == nil:
+			keys.noted(err)
 			n, again := failed.Failed()
 			if n < shareFailuresWarned || (n > shareFailuresWarned && !again) {
 				log.Debug("status: cannot count the replicas serving each destination; the last share of the limits stays", "err", err)
 				break
 			}
-			const kept = "status: cannot count the replicas serving each destination in the status bucket, so this forwarder keeps its last share of STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND (the whole of each before a first count) and the replicas together may exceed them"
+			kept := "status: cannot count the replicas serving each destination in the status bucket, so this forwarder keeps its last share of STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND (the whole of each before a first count) and the replicas together may exceed them"
+			if keys.deidentifies() {
+				kept += ", and de-identifying destinations pull nothing (their key is not compared with the other forwarders')"
+			}
 			// A refused read only times out, like one while the client
 			// reconnects: the permission is the likely cause only while
 			// connected.

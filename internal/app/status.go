@@ -103,6 +103,15 @@ func (s *statusWiring) read(ctx context.Context) (snaps []status.Snapshot, ownLi
 	return out, ownListed, err
 }
 
+// lastPutError is the error of the last put of this process's snapshot in
+// the status bucket; nil without a forwarder.
+func (s *statusWiring) lastPutError() error {
+	if t := s.tracker.Load(); t != nil {
+		return t.LastPutError()
+	}
+	return nil
+}
+
 // track returns the tracker that the forwarders report to, and shares
 // what it tracks in JetStream until ctx ends; keys are its snapshots'
 // KeyFingerprints, set before the first is shared.

@@ -21,8 +21,9 @@ import (
 const ShareInterval = 5 * time.Second
 
 // Share writes the tracker's snapshot to kv every interval until ctx ends,
-// then removes it. Write failures are logged and retried at the next tick:
-// the status page is never worth stopping a forwarder for.
+// then removes it. Write failures are logged and retried at the next tick
+// (LastPutError): the forwarder goes on, but while the bucket lacks its
+// snapshot its de-identifying destinations pull nothing (the key guard).
 func (t *Tracker) Share(ctx context.Context, kv jetstream.KeyValue, interval time.Duration, log *slog.Logger) error {
 	if interval <= 0 {
 		interval = ShareInterval
@@ -34,9 +35,18 @@ func (t *Tracker) Share(ctx context.Context, kv jetstream.KeyValue, interval tim
 		wctx, cancel := context.WithTimeout(ctx, interval)
 		err := t.put(wctx, kv)
 		cancel()
+		if ctx.Err() == nil {
+			t.mu.Lock()
+			t.putErr = err
+			t.mu.Unlock()
+		}
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
-			log.Warn("status: cannot share this forwarder's state (status page)", "bucket", natsjs.StatusBucket, "err", err)
+			msg := "status: cannot share this forwarder's state (status page)"
+			if t.deidentifies() {
+				msg += ", and de-identifying destinations pull nothing until it is shared: the forwarders serving one compare their keys through it; if it lasts, see that the NATS user may publish to $KV." + natsjs.StatusBucket + ".> (docs/nats-permissions.md)"
+			}
+			log.Warn(msg, "bucket", natsjs.StatusBucket, "err", err)
 			failing = true
 		case err == nil && failing:
 			log.Info("status: sharing this forwarder's state again", "bucket", natsjs.StatusBucket)

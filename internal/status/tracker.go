@@ -103,6 +103,7 @@ type Tracker struct {
 	mu      sync.Mutex
 	dests   []func() forward.DestinationStatus
 	keys    map[string]string
+	putErr  error // of the last put in the status bucket (Share)
 	flights map[*forward.Attempt]*flight
 	recent  []Forward // oldest first
 	totals  Totals
@@ -169,6 +170,27 @@ func (t *Tracker) SetKeyFingerprints(keys map[string]string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.keys = maps.Clone(keys)
+}
+
+// LastPutError is the error of the last put of this process's snapshot in
+// the status bucket (Share); nil once one succeeded, or before the first.
+func (t *Tracker) LastPutError() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.putErr
+}
+
+// deidentifies reports whether a destination it serves is de-identified:
+// the other forwarders compare its key through the shared snapshot.
+func (t *Tracker) deidentifies() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, fp := range t.keys {
+		if fp != NoKey {
+			return true
+		}
+	}
+	return false
 }
 
 // WatchDestination adds a destination's state (Forwarder.Status) to the
