@@ -716,28 +716,57 @@ func TestPausedForwarderPullsNothing(t *testing.T) {
 		t.Fatalf("delivered while paused: %+v", info)
 	}
 
-	// Running, the event sent; then a pull outstanding as the pause
-	// starts brings the next event, which is given back.
+	// Running, the event sent.
 	paused.Store(false)
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumWaiting > 0 })
-	paused.Store(true)
+	if msg, lane, done := f.next(ctx, false); msg == nil {
+		t.Fatal("nothing pulled once running")
+	} else {
+		f.handle(ctx, msg, lane)
+		done()
+	}
+	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+
+	// A pull made before the pause brings the next event as it starts:
+	// it is given back. The pull is made here, not left to a worker's
+	// outstanding one, which may expire (1 s with three lanes) before
+	// the event is published.
 	publish("20261126T101501")
-	testharness.WaitFor(t, "the event pulled as the pause started to be given back", 15*time.Second, func() bool {
-		return testharness.HasLogLine(logs.String(), `"msg":"event pulled as the forwarder paused: given back to the queue"`, `"stream_seq":2`)
+	var msg jetstream.Msg
+	var lane events.Priority
+	done := func() {}
+	testharness.WaitFor(t, "the next event pulled", 15*time.Second, func() bool {
+		msg, lane, done = f.next(ctx, false)
+		return msg != nil
 	})
+	paused.Store(true)
+	if !f.givenBackPaused(ctx, msg, lane) {
+		t.Fatal("the event pulled as the pause started was not given back")
+	}
+	done()
+	if !testharness.HasLogLine(logs.String(), `"msg":"event pulled as the forwarder paused: given back to the queue"`, `"stream_seq":2`) {
+		t.Errorf("give-back not logged:\n%s", logs.String())
+	}
 	if info := waitConsumer(t, routine, func(*jetstream.ConsumerInfo) bool { return true }); info.AckFloor.Stream != 1 {
 		t.Fatalf("the event pulled as the pause started was settled: %+v", info)
 	}
+	// Paused, the workers pull nothing; unpaused, they take it once it
+	// is offered again (after longPull).
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- f.Run(runCtx) }()
+	for end := time.Now().Add(2 * idlePull); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if info := waitConsumer(t, routine, func(*jetstream.ConsumerInfo) bool { return true }); info.Delivered.Stream != 2 || info.NumRedelivered != 0 {
+			t.Fatalf("delivered while paused: %+v", info)
+		}
+	}
 	paused.Store(false)
 	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 })
-	cancel()
-	if err := <-done; err != nil {
+	stop()
+	if err := <-ran; err != nil {
 		t.Fatal(err)
 	}
 	if n := strings.Count(logs.String(), "given back to the queue"); n != 1 {
-		t.Errorf("given back %d times, want once (offered again after the outstanding pulls expired)", n)
+		t.Errorf("given back %d times, want once", n)
 	}
 }
 
