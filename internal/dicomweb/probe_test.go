@@ -54,7 +54,7 @@ func TestProbeTellsAnEmptyResultFromAPage(t *testing.T) {
 				t.Errorf("Probe: %v, want HTTP %d", err, tt.wantStatus)
 			}
 			if tt.status == http.StatusNotFound {
-				if uids, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3); err != nil || len(uids) != 0 {
+				if uids, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 3}); err != nil || len(uids) != 0 {
 					t.Errorf("StudyInstanceUIDs: %v, %v; want none listed", uids, err)
 				}
 			}

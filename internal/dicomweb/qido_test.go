@@ -161,7 +161,7 @@ func TestStudyInstanceUIDsIgnoresNumbersItDoesNotRead(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", 3)
+			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 3})
 			if err != nil {
 				t.Fatalf("err = %v, want the study's instances listed", err)
 			}
