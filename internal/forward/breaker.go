@@ -143,11 +143,15 @@ func probeDown(err error) bool {
 // store and not to search (AWS's medical-imaging:StoreDICOM alone), or a
 // gateway that serves only STOW-RS, answers every probe so; counted as
 // down, its breaker let a trial through every probesBeforeTrial probes
-// only, minutes after the outage ended. The breaker takes it for an
-// answer only when its last failure was no refusal (an outage: no
-// answer, a 5xx) and no probe of it ever got one (queries work, so a
-// refusal now is the destination refusing us): a URL that refuses
-// everything opens it with refusals, and still looks down.
+// only, minutes after the outage ended. The breaker lets a trial
+// through at such a probe only when its last failure was no refusal (an
+// outage: no answer, a 5xx) and no probe of it ever got an answer
+// (queries work, so a refusal now is the destination refusing us): a
+// URL that refuses everything opens it with refusals, and still looks
+// down. The probe still counts as failed (failedProbes): it says
+// nothing of whether the store is back, so its trial is not a vouched
+// one (a 500 spends no delivery) and, nothing to try, the breaker stays
+// open.
 func queryRefused(err error) bool {
 	var he *dicomweb.HTTPError
 	if !errors.As(err, &he) || DestinationDown(err) {
@@ -331,7 +335,8 @@ type breaker struct {
 	probeStudy string
 	// failedProbes counts the probes that failed in a row: 0 when the
 	// breaker is half-open means a probe vouched for the destination
-	// (else the trial was let through after probesBeforeTrial failures).
+	// (else the trial was let through after probesBeforeTrial failures,
+	// or after a refused query: queryRefused).
 	failedProbes int
 	// heldSeqs counts the held studies by the stream sequence of their
 	// event, so that a half-open breaker tries a fresh one first.
@@ -742,9 +747,15 @@ func (b *breaker) probe() {
 	if err == nil && b.prober != nil && study != "" {
 		b.queriesAnswered = true
 	}
-	if probeDown(err) && (b.refused || b.queriesAnswered || !queryRefused(err)) {
+	if probeDown(err) {
+		// A refused query after an outage (queryRefused) lets a trial
+		// through at once, but vouches for nothing: failedProbes stays
+		// above 0, so the trial's 500 spends no delivery, its refusal
+		// is not marked vouched, and with nothing to try the breaker
+		// stays open rather than closing untried.
 		b.failedProbes++
-		if b.failedProbes%probesBeforeTrial != 0 || len(b.heldSeqs) == 0 && !b.canPullTrial() {
+		passes := !b.refused && !b.queriesAnswered && queryRefused(err)
+		if !passes && b.failedProbes%probesBeforeTrial != 0 || len(b.heldSeqs) == 0 && !b.canPullTrial() {
 			b.wait = min(2*b.wait, b.cfg.maxInterval)
 			b.schedule()
 			return

@@ -265,3 +265,60 @@ func TestBreakerProbeQueryRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestBreakerQueryRefusedNotVouched: a probe whose query was refused
+// after an outage (a STOW-only identity while the store still fails) lets
+// a trial through but vouches for nothing. The trial's 500 is held,
+// spending no delivery (on a last delivery it was dead-lettered); its
+// STOW-RS refusal is not marked as a vouched trial's; and with no study
+// held or to pull the breaker stays open instead of closing untried.
+func TestBreakerQueryRefusedNotVouched(t *testing.T) {
+	outage := &dicomweb.HTTPError{StatusCode: 503}
+	queryRefusal := &dicomweb.HTTPError{StatusCode: 403}
+	tests := []struct {
+		name  string
+		trial error // nil: no study is held, so there is no trial
+	}{
+		{"trial answered 500", &dicomweb.HTTPError{StatusCode: 500}},
+		{"trial answered 502", &dicomweb.HTTPError{StatusCode: 502}},
+		{"trial refused", markRefusal(&dicomweb.HTTPError{StatusCode: 403})},
+		{"nothing held", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				prober := &fakeProber{err: queryRefusal}
+				b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, prober, nil)
+				t.Cleanup(b.stop)
+				if !b.record(outage, 0, "1.2.3", 1) {
+					t.Fatal("the failure that opened the breaker was not held")
+				}
+				if tt.trial == nil {
+					time.Sleep(3 * time.Second)
+					synctest.Wait()
+					state, _, _, _ := b.status()
+					prober.mu.Lock()
+					calls := prober.calls
+					prober.mu.Unlock()
+					if calls == 0 || state != BreakerOpen {
+						t.Errorf("after %d refused probes with nothing held the breaker is %v, want open", calls, state)
+					}
+					return
+				}
+				trial, err := b.hold(t.Context(), 1)
+				if err != nil || trial == 0 {
+					t.Fatalf("hold = %v, %v; want the trial", trial, err)
+				}
+				if !b.record(tt.trial, trial, "1.2.3", 1) {
+					t.Error("the trial's failure spent its delivery, no probe having vouched")
+				}
+				b.mu.Lock()
+				_, marked := b.vouchedFailed[1]
+				b.mu.Unlock()
+				if marked {
+					t.Error("the trial's failure was marked as a vouched trial's")
+				}
+			})
+		})
+	}
+}
