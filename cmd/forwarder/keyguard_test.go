@@ -87,9 +87,12 @@ func TestForwardersWithDifferentKeysForwardNothing(t *testing.T) {
 	start("forwarder-b-again", addrB, fileA)
 	r.waitDest(t, 2, 2*time.Minute)
 	r.waitQueueEmpty(t, time.Minute)
-	if !testharness.HasLogLine(a.Logs.String(), `"msg":"the forwarders serving the destination agree on its de-identification key again`, kA.Fingerprint()) {
-		t.Error("forwarder-a did not say the keys agree again")
-	}
+	// forwarder-a waits two puts of the bucket (10 s) of reads finding no
+	// other key before it says so (b-again pulls at once, never having
+	// disagreed).
+	testharness.WaitFor(t, "forwarder-a to say the keys agree again", time.Minute, func() bool {
+		return testharness.HasLogLine(a.Logs.String(), `"msg":"the forwarders serving the destination agree on its de-identification key again`, kA.Fingerprint())
+	})
 	var studies []struct {
 		MainDicomTags        map[string]string
 		PatientMainDicomTags map[string]string

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -33,6 +34,7 @@ type keyGuard struct {
 	own      map[string]string // by destination: this process's fingerprint
 	log      *slog.Logger
 	disagree *prometheus.GaugeVec
+	now      func() time.Time
 
 	mu sync.Mutex
 	// held is, by destination, why its studies are not pulled; "" while
@@ -40,6 +42,10 @@ type keyGuard struct {
 	held map[string]string
 	// peers is, by destination, the disagreement last logged.
 	peers map[string]string
+	// agreeing is, by destination held for another key, the time of the
+	// first of the reads in a row since that listed this process's
+	// snapshot and no other key (see agreeSettle).
+	agreeing map[string]time.Time
 	// failed is why the last read of the bucket counted no comparison:
 	// the read's error, or that of the put of this process's snapshot
 	// when the read lacked it; nil if none.
@@ -50,10 +56,18 @@ type keyGuard struct {
 // bucket finds this process's own snapshot.
 const keyNotCompared = "its de-identification key is not yet compared with the other forwarders serving it (status bucket " + natsjs.StatusBucket + ", read every 5 s)"
 
+// agreeSettle is how long the reads finding no other key must go on
+// before a disagreement ends: two put intervals, so that after a bucket
+// lost or recreated every live forwarder has put its snapshot again
+// (one put late under load included). Without it, the first forwarder to
+// put its own back saw no other key and pulled, maybe under the wrong
+// key, until the others' were back.
+const agreeSettle = 2 * status.ShareInterval
+
 // newKeyGuard returns the guard of the destinations in fingerprints that
 // de-identify (not status.NoKey), with its metric registered in reg.
 func newKeyGuard(fingerprints map[string]string, reg prometheus.Registerer, log *slog.Logger) (*keyGuard, error) {
-	g := &keyGuard{own: map[string]string{}, log: log, held: map[string]string{}, peers: map[string]string{}}
+	g := &keyGuard{own: map[string]string{}, log: log, now: time.Now, held: map[string]string{}, peers: map[string]string{}, agreeing: map[string]time.Time{}}
 	for d, fp := range fingerprints {
 		if fp != status.NoKey {
 			g.own[d], g.held[d] = fp, keyNotCompared
@@ -116,13 +130,15 @@ func (g *keyGuard) deidentifies() bool { return g != nil && len(g.own) > 0 }
 // once: a bucket lost or recreated (a restarted NATS server keeps none of
 // it in memory, `nats kv del`) holds no entry for a while, and a read of
 // it, seeing no other key, must not let forwarders with different keys
-// all pull again.
+// all pull again. A disagreement ends only after such reads went on for
+// agreeSettle.
 func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 	if g == nil {
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	now := g.now()
 	for _, d := range slices.Sorted(maps.Keys(g.own)) {
 		mine := g.own[d]
 		hosts := map[string][]string{mine: nil}
@@ -130,6 +146,9 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 			if fp := s.KeyFingerprints[d]; fp != "" {
 				hosts[fp] = append(hosts[fp], s.Host)
 			}
+		}
+		if len(hosts) > 1 || !ownListed {
+			delete(g.agreeing, d)
 		}
 		if len(hosts) == 1 {
 			if !ownListed {
@@ -143,6 +162,16 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 				continue
 			}
 			if g.held[d] != "" && g.held[d] != keyNotCompared {
+				// Another forwarder may not have put its snapshot
+				// again yet (the bucket lost): wait for it.
+				first, ok := g.agreeing[d]
+				if !ok {
+					g.agreeing[d] = now
+				}
+				if !ok || now.Sub(first) < agreeSettle {
+					continue
+				}
+				delete(g.agreeing, d)
 				g.log.Info("the forwarders serving the destination agree on its de-identification key again: its studies are pulled",
 					"destination", d, "key_fingerprint", mine)
 			}

@@ -110,6 +110,10 @@ func TestKeyGuardAgreesAgain(t *testing.T) {
 		t.Errorf("the disagreement logged %d times, want once", n)
 	}
 	peer.KeyFingerprints["research"] = mine
+	clock := time.Now()
+	g.now = func() time.Time { return clock }
+	g.compare([]status.Snapshot{self, peer}, true)
+	clock = clock.Add(agreeSettle)
 	g.compare([]status.Snapshot{self, peer}, true)
 	if g.paused("research")() {
 		t.Error("still paused once the keys agree")
@@ -151,19 +155,92 @@ func TestKeyGuardOwnSnapshotMissing(t *testing.T) {
 			if strings.Contains(logs.String(), "agree on its de-identification key again") {
 				t.Errorf("agreement logged:\n%s", logs.String())
 			}
+			clock := time.Now()
+			g.now = func() time.Time { return clock }
+			g.compare([]status.Snapshot{self}, true)
+			clock = clock.Add(agreeSettle)
 			g.compare([]status.Snapshot{self}, true)
 			if g.paused("research")() {
-				t.Error("still paused once a read lists this snapshot and no other key")
+				t.Error("still paused once the reads list this snapshot and no other key for agreeSettle")
+			}
+		})
+	}
+}
+
+// A disagreement ends only when the reads listing this process's own
+// snapshot and no other key went on for agreeSettle. Before, the first
+// such read ended it: after the bucket was lost during a disagreement,
+// the forwarder that put its snapshot back first saw no other key and
+// pulled, maybe under the wrong key, until the other's was back.
+func TestKeyGuardAgreesAfterSettle(t *testing.T) {
+	const mine, other = "1111111111111111", "2222222222222222"
+	self := status.Snapshot{Host: "fwd-0", KeyFingerprints: map[string]string{"research": mine}}
+	peer := status.Snapshot{Host: "fwd-1", KeyFingerprints: map[string]string{"research": other}}
+	type read struct {
+		after      time.Duration // since the read before
+		peerListed bool
+		ownListed  bool
+		wantPaused bool
+	}
+	tests := []struct {
+		name      string
+		reads     []read // after one that found the other key
+		wantAgree bool   // "agree again" logged
+	}{
+		{name: "bucket lost, own snapshot back first, the other's a put later", reads: []read{
+			{after: time.Second, wantPaused: true},
+			{after: time.Second, ownListed: true, wantPaused: true},
+			{after: status.ShareInterval, ownListed: true, peerListed: true, wantPaused: true},
+			{after: agreeSettle, ownListed: true, peerListed: true, wantPaused: true},
+		}},
+		{name: "other forwarder gone", wantAgree: true, reads: []read{
+			{after: time.Second, ownListed: true, wantPaused: true},
+			{after: status.ShareInterval, ownListed: true, wantPaused: true},
+			{after: agreeSettle - status.ShareInterval, ownListed: true},
+			{after: time.Second, ownListed: true},
+		}},
+		{name: "a read without the own snapshot starts the wait again", wantAgree: true, reads: []read{
+			{after: time.Second, ownListed: true, wantPaused: true},
+			{after: status.ShareInterval, wantPaused: true},
+			{after: status.ShareInterval, ownListed: true, wantPaused: true},
+			{after: agreeSettle - time.Second, ownListed: true, wantPaused: true},
+			{after: time.Second, ownListed: true},
+		}},
+		{name: "the other key seen again starts the wait again", reads: []read{
+			{after: time.Second, ownListed: true, wantPaused: true},
+			{after: status.ShareInterval, ownListed: true, peerListed: true, wantPaused: true},
+			{after: agreeSettle - time.Second, ownListed: true, wantPaused: true},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g, logs := newTestKeyGuard(t, mine)
+			clock := time.Now()
+			g.now = func() time.Time { return clock }
+			g.compare([]status.Snapshot{self, peer}, true)
+			for i, r := range tt.reads {
+				clock = clock.Add(r.after)
+				snaps := []status.Snapshot{self}
+				if r.peerListed {
+					snaps = append(snaps, peer)
+				}
+				g.compare(snaps, r.ownListed)
+				if got := g.paused("research")(); got != r.wantPaused {
+					t.Fatalf("read %d: paused %v, want %v", i, got, r.wantPaused)
+				}
+			}
+			if got := strings.Count(logs.String(), "agree on its de-identification key again"); got != map[bool]int{true: 1}[tt.wantAgree] {
+				t.Errorf("agreement logged %d times, want agreed %v:\n%s", got, tt.wantAgree, logs.String())
 			}
 		})
 	}
 }
 
 // Two forwarders with different keys both stop; the status bucket's
-// entries deleted, they never pull both at once: neither pulls while the
-// bucket lacks its snapshot. As at start, the first to put its snapshot
-// again may find the other's missing and pull until that one is put (one
-// key in use); the other then sees it and stays stopped.
+// entries deleted, neither pulls: not while the bucket lacks its
+// snapshot, nor when it has put its own back before the other's is
+// (a disagreement ends only after agreeSettle of reads finding no other
+// key).
 func TestKeyGuardStatusBucketLost(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
 	conn, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, quiet)
@@ -229,8 +306,10 @@ func TestKeyGuardStatusBucketLost(t *testing.T) {
 		if back.IsZero() && listed() == 2 {
 			back = time.Now()
 		}
-		if !guards[0].paused("archive")() && !guards[1].paused("archive")() {
-			t.Fatal("both forwarders pull, with different keys, after the bucket's entries were deleted")
+		for i, guard := range guards {
+			if !guard.paused("archive")() {
+				t.Fatalf("forwarder %d pulls after the bucket's entries were deleted, the other having another key", i)
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
