@@ -98,7 +98,8 @@ func (f *Forwarder) worker(ctx, workCtx context.Context, statOnly bool) {
 // past it) is not given back: it would come back past
 // FORWARDER_MAX_DELIVERIES and be dead-lettered as if forwarders had
 // crashed on it. It is kept in hand, in progress, until the pause ends
-// (then handled, false) or shutdown starts (then given back, true). Only
+// (then handled, false) or shutdown starts (then settled, true:
+// pausedAtShutdown). Only
 // those: the others, given back, stay free for another forwarder, and a
 // pause may last hours.
 func (f *Forwarder) givenBackPaused(ctx context.Context, msg jetstream.Msg, lane events.Priority) bool {
@@ -120,8 +121,8 @@ func (f *Forwarder) givenBackPaused(ctx context.Context, msg jetstream.Msg, lane
 }
 
 // keptWhilePaused keeps msg, on its last delivery n, in progress while the
-// forwarder is paused; it gives it back, and reports true, if ctx ends
-// first (shutdown, as for a study in hand).
+// forwarder is paused; it settles it (pausedAtShutdown), and reports
+// true, if ctx ends first.
 func (f *Forwarder) keptWhilePaused(ctx context.Context, msg jetstream.Msg, lane events.Priority, seq, n uint64) bool {
 	f.log.Info("event on its last delivery pulled as the forwarder paused: kept in progress until the pause ends, not given back",
 		"lane", lane, "stream_seq", seq, "attempt", n)
@@ -129,9 +130,7 @@ func (f *Forwarder) keptWhilePaused(ctx context.Context, msg jetstream.Msg, lane
 	defer stop()
 	for f.plan.isPaused() {
 		if ctx.Err() != nil {
-			if err := msg.Nak(); err != nil {
-				f.log.Warn("give back an event kept while the forwarder paused; JetStream offers it again after the ack wait", "lane", lane, "stream_seq", seq, "err", err)
-			}
+			f.pausedAtShutdown(ctx, msg, lane, seq, n)
 			return true
 		}
 		sleep(ctx, idlePull)

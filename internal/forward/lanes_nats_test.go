@@ -774,17 +774,21 @@ func TestPausedForwarderPullsNothing(t *testing.T) {
 // delivery: one on its last delivery (FORWARDER_MAX_DELIVERIES) would
 // come back past the limit and be dead-lettered as if forwarders had
 // crashed on it. It is kept in hand, in progress, until the pause ends,
-// then handled; or given back at shutdown, as a study in hand is.
+// then handled. If shutdown comes first it is dead-lettered, saying why
+// (given back, the next forwarder dead-lettered it as a crash, with no
+// attempt); without a dead-letter store (no limit then) given back.
 func TestPausedKeepsAnEventOnItsLastDelivery(t *testing.T) {
 	tests := []struct {
 		name          string
 		maxDeliveries int
+		noDeadLetters bool
 		shutdown      bool // shutdown starts while it is kept
 		wantKept      bool
 	}{
 		{name: "deliveries left: given back", maxDeliveries: 2},
 		{name: "last delivery: kept until the pause ends", maxDeliveries: 1, wantKept: true},
-		{name: "last delivery: kept, then given back at shutdown", maxDeliveries: 1, shutdown: true, wantKept: true},
+		{name: "last delivery: kept, then dead-lettered at shutdown", maxDeliveries: 1, shutdown: true, wantKept: true},
+		{name: "last delivery, no dead-letter store: kept, then given back at shutdown", maxDeliveries: 1, noDeadLetters: true, shutdown: true, wantKept: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -793,11 +797,15 @@ func TestPausedKeepsAnEventOnItsLastDelivery(t *testing.T) {
 			t.Cleanup(cancel)
 			var paused atomic.Bool
 			var logs testharness.LogBuffer
+			dls := &memDeadLetters{}
 			f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
 				o.Lanes = laneList(lanes)
 				o.Paused = paused.Load
 				o.MaxDeliveries = tt.maxDeliveries
 				o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+				if !tt.noDeadLetters {
+					o.DeadLetters = dls
+				}
 			})
 			routine := lanes[events.PriorityRoutine]
 			ev := testEvent()
@@ -840,9 +848,18 @@ func TestPausedKeepsAnEventOnItsLastDelivery(t *testing.T) {
 			if tt.shutdown {
 				cancel()
 				if !<-given {
-					t.Fatal("not given back at shutdown")
+					t.Fatal("not settled at shutdown")
 				}
 				done()
+				if !tt.noDeadLetters {
+					letters := dls.all()
+					if len(letters) != 1 || !strings.Contains(letters[0].Reason, "paused at its last delivery") ||
+						letters[0].Attempts != 1 || letters[0].OriginalSeq != 1 {
+						t.Fatalf("dead letters %+v; want the event's, paused at its last delivery", letters)
+					}
+					waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumPending == 0 })
+					return
+				}
 				// Offered again at once, not after the ack wait (3 s).
 				again, err := routine.Next(jetstream.FetchMaxWait(2 * time.Second))
 				if err != nil {

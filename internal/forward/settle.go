@@ -372,6 +372,30 @@ func lastResponse(err error) string {
 	return ""
 }
 
+// pausedAtShutdown settles an event that keptWhilePaused kept on its
+// last delivery n when shutdown starts before the pause ends. Given back,
+// it came again past FORWARDER_MAX_DELIVERIES, and the next forwarder
+// dead-lettered it as a crash (policy.exhausted) with no attempt: it is
+// dead-lettered now, with the reason. Without a dead-letter store (no
+// limit applies then), or undecodable (handle tells why next time), it is
+// given back.
+func (f *Forwarder) pausedAtShutdown(ctx context.Context, msg jetstream.Msg, lane events.Priority, seq, n uint64) {
+	log := f.log.With("lane", lane, "stream_seq", seq, "attempt", n)
+	ev, err := events.Decode(msg.Data())
+	if !f.policy.canDeadLetter || err != nil {
+		handBack(msg, f.opts.Connected, Report{}, log)
+		return
+	}
+	a := &Attempt{Destination: f.opts.DestinationName, Number: n, Seq: seq, lane: lane, Event: ev}
+	log = log.With("source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "study_instance_uid", ev.StudyInstanceUID)
+	d := decision{action: deadLetter, class: Transient, reason: fmt.Sprintf(
+		"paused at its last delivery (%d, FORWARDER_MAX_DELIVERIES %d): the forwarders' de-identification keys differed "+
+			"(or this one's could not be compared with theirs); kept, not tried, until the forwarder shut down, "+
+			"since given back it would have come past the limit; replay it once the forwarders agree", n, f.policy.maxDeliveries)}
+	f.obs.Started(a)
+	f.settle(ctx, msg, a, d, Report{}, errors.New(d.reason), 0, log)
+}
+
 // handBack NAKs a study at shutdown so another replica takes it at once.
 // With NATS unreachable the NAK only reaches the client's reconnect
 // buffer, dropped when the connection closes: JetStream sends the study
