@@ -322,7 +322,10 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 // attempt of the study, at another replica, may be storing and recording
 // instances while this one sends: an "already exists" for one of them is
 // its copy, recorded by now, not a conflict. A miss is never kept as the
-// answer: at most one read serves the answers that came before it. A
+// answer: at most one read serves the answers that came before it, and
+// reads begin at most every rereadEvery (a study whose instances all miss
+// the record, its files replaced in Orthanc, asks at each answer): an
+// answer waits for the next, which serves every answer come by then. A
 // failed read answers none and is not kept either: the next question
 // reads again, at most every rememberTimeout (a redelivery asks about
 // every confirmed instance: one failing read each would cost a KV request
@@ -331,14 +334,26 @@ type storedRecord struct {
 	// read reads the record; patient waits through a leader election
 	// (the first read of an attempt); ok is false when it failed.
 	read func(patient bool) (sent func(sentID string) bool, ok bool)
+	// now is time.Now, pause a sleep on the attempt's context, false
+	// once it ended (tests stand in for them).
+	now   func() time.Time
+	pause func(time.Duration) bool
 
 	mu sync.Mutex
-	// reads are every successful read's answer: an ID any of them holds
-	// is recorded (the record only grows while the attempt runs).
-	reads  []func(string) bool
+	// has is the last successful read's answer (nil before one): the
+	// record only grows while the attempt runs, apart from its oldest
+	// instances, dropped past maxSent (deadletter), which are those of
+	// earlier versions and attempts, so one read holds what those before
+	// it held that is still this study's. Keeping every read was a map
+	// of up to 120,000 IDs a request, and as many look-ups an instance.
+	has    func(string) bool
 	readAt time.Time // when the last successful read began
 	failed time.Time // when the last read failed, if since the last success
 }
+
+// rereadEvery bounds how often an attempt reads the record again: a read
+// takes one KV request of up to 960 KB and a map of up to 120,000 IDs.
+const rereadEvery = 500 * time.Millisecond
 
 // holds reports whether the record holds id, reading it again if it did
 // not, as last read, and that read began before answered (the time the
@@ -346,25 +361,39 @@ type storedRecord struct {
 func (r *storedRecord) holds(id string, answered time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, has := range r.reads {
-		if has(id) {
+	for {
+		if r.has != nil && r.has(id) {
 			return true
 		}
+		if r.has != nil && !r.readAt.Before(answered) {
+			return false
+		}
+		if !r.failed.IsZero() && r.now().Sub(r.failed) < rememberTimeout {
+			return false
+		}
+		if r.has == nil {
+			break
+		}
+		wait := r.readAt.Add(rereadEvery).Sub(r.now())
+		if wait <= 0 {
+			break
+		}
+		// Another answer may read meanwhile: asked again after the
+		// pause, a read that began since serves this one.
+		r.mu.Unlock()
+		more := r.pause(wait)
+		r.mu.Lock()
+		if !more {
+			return false
+		}
 	}
-	if len(r.reads) > 0 && !r.readAt.Before(answered) {
-		return false
-	}
-	if !r.failed.IsZero() && time.Since(r.failed) < rememberTimeout {
-		return false
-	}
-	began := time.Now()
-	has, ok := r.read(len(r.reads) == 0 && r.failed.IsZero())
+	began := r.now()
+	has, ok := r.read(r.has == nil && r.failed.IsZero())
 	if !ok {
-		r.failed = time.Now()
+		r.failed = r.now()
 		return false
 	}
-	r.readAt, r.failed = began, time.Time{}
-	r.reads = append(r.reads, has)
+	r.has, r.readAt, r.failed = has, began, time.Time{}
 	return has(id)
 }
 

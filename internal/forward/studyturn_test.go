@@ -187,33 +187,91 @@ func TestConflictAnswerReadsTheRecordAgain(t *testing.T) {
 	}
 }
 
+// fakeClock is storedRecord's clock in tests: pause moves it on.
+type fakeClock struct {
+	mu sync.Mutex
+	at time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{at: time.Unix(1_800_000_000, 0)} }
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.at
+}
+
+func (c *fakeClock) pause(d time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.at = c.at.Add(d)
+	return true
+}
+
 // TestStoredRecordReadsAgainOnlyForLaterAnswers: a miss reads the record
 // again only for an answer that came after the last read began, so a
 // study whose instances are real conflicts costs one read an answer, not
 // one an instance; a zero answer time never reads it again.
 func TestStoredRecordReadsAgainOnlyForLaterAnswers(t *testing.T) {
+	clock := newFakeClock()
 	reads := 0
 	r := &storedRecord{read: func(bool) (func(string) bool, bool) {
 		reads++
 		return func(id string) bool { return id == "recorded" }, true
-	}}
-	before := time.Now()
+	}, now: clock.now, pause: clock.pause}
+	before := clock.now()
 	for _, step := range []struct {
 		id        string
-		answered  time.Time
+		answered  time.Duration // after before; 0: zero time
 		want      bool
 		wantReads int
 	}{
-		{"recorded", time.Time{}, true, 1},
-		{"other", time.Time{}, false, 1},
-		{"other", before, false, 1},
-		{"other", time.Now().Add(time.Second), false, 2},
-		{"another", time.Now().Add(-time.Hour), false, 2},
-		{"recorded", time.Now().Add(time.Hour), true, 2},
+		{"recorded", 0, true, 1},
+		{"other", 0, false, 1},
+		{"other", time.Nanosecond, false, 1},
+		{"other", time.Second, false, 2},
+		{"another", -time.Hour, false, 2},
+		{"recorded", time.Hour, true, 2},
 	} {
-		if got := r.holds(step.id, step.answered); got != step.want || reads != step.wantReads {
+		var answered time.Time
+		if step.answered != 0 {
+			answered = before.Add(step.answered)
+		}
+		if step.answered == time.Nanosecond {
+			answered = before // the read began as it was received
+		}
+		if got := r.holds(step.id, answered); got != step.want || reads != step.wantReads {
 			t.Errorf("holds(%s) = %v after %d reads, want %v after %d", step.id, got, reads, step.want, step.wantReads)
 		}
+	}
+}
+
+// TestStoredRecordReadsBounded: a study whose instances all miss the
+// record (its files replaced in Orthanc) asks at every answer. The record
+// is read at most every rereadEvery, and only its last read is kept and
+// looked in: each read was kept for the whole attempt (100,000 instances,
+// a read a request: about 1,000 maps of up to 120,000 IDs), and every
+// question looked in each of them.
+func TestStoredRecordReadsBounded(t *testing.T) {
+	const answers = 1000
+	clock := newFakeClock()
+	var reads, lookups int
+	r := &storedRecord{read: func(bool) (func(string) bool, bool) {
+		reads++
+		return func(string) bool { lookups++; return false }, true
+	}, now: clock.now, pause: clock.pause}
+	start := clock.now()
+	for i := range answers {
+		clock.pause(10 * time.Millisecond) // an answer every 10 ms
+		if r.holds(fmt.Sprintf("id-%d", i), clock.now()) {
+			t.Fatalf("holds(id-%d): the record holds none", i)
+		}
+	}
+	if most := int(clock.now().Sub(start)/rereadEvery) + 1; reads > most {
+		t.Errorf("%d reads in %v, want at most %d (one every %v)", reads, clock.now().Sub(start), most, rereadEvery)
+	}
+	if lookups > 3*answers {
+		t.Errorf("%d look-ups for %d questions, want at most 3 each (the last read, before and after a pause, and one made for it)", lookups, answers)
 	}
 }
 

@@ -165,7 +165,11 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// re-sent because QIDO-RS did not list it yet, would otherwise be a
 	// conflict.
 	stored := map[string]bool{}
-	earlier := &storedRecord{read: func(patient bool) (func(string) bool, bool) { return f.storedEarlier(ctx, ev, patient) }}
+	earlier := &storedRecord{
+		read:  func(patient bool) (func(string) bool, bool) { return f.storedEarlier(ctx, ev, patient) },
+		now:   time.Now,
+		pause: func(d time.Duration) bool { sleep(ctx, d); return ctx.Err() == nil },
+	}
 	// unrecorded: what earlier runs of this delivery stored and could not
 	// record; the record read leaves them out.
 	unrecorded := make(map[string]bool, len(a.unrecorded))
