@@ -290,7 +290,7 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 	if f.opts.Failures == nil {
 		return func(string) bool { return false }, true
 	}
-	read := func() error {
+	read := func(ctx context.Context) error {
 		var err error
 		sent, err = f.opts.Failures.Sent(ctx, ev)
 		return err
@@ -299,12 +299,13 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 	if patient {
 		// Through a leader election the read fails at once, as the
 		// write does (rememberStored): one failed read made every copy
-		// stowline stored before a conflict for the whole attempt.
+		// stowline stored before a conflict for the whole attempt. Each
+		// try within rctx, so that rememberTimeout bounds the whole.
 		rctx, cancel := context.WithTimeout(ctx, rememberTimeout)
 		defer cancel()
-		err = whileUnanswered(rctx, read)
+		err = whileUnanswered(rctx, func() error { return read(rctx) })
 	} else {
-		err = read()
+		err = read(ctx)
 	}
 	if err != nil {
 		f.log.Warn("read what earlier attempts stored: an already-stored answer counts as a conflict", "orthanc_study_id", ev.OrthancStudyID,
@@ -349,6 +350,9 @@ type storedRecord struct {
 	has    func(string) bool
 	readAt time.Time // when the last successful read began
 	failed time.Time // when the last read failed, if since the last success
+	// countFailed: when the last read for a count (heldBefore) failed,
+	// if since the last success.
+	countFailed time.Time
 }
 
 // rereadEvery bounds how often an attempt reads the record again: a read
@@ -393,7 +397,33 @@ func (r *storedRecord) holds(id string, answered time.Time) bool {
 		r.failed = r.now()
 		return false
 	}
-	r.has, r.readAt, r.failed = has, began, time.Time{}
+	r.has, r.readAt, r.failed, r.countFailed = has, began, time.Time{}, time.Time{}
+	return has(id)
+}
+
+// heldBefore reports whether the record, as read, holds id, for a count
+// only (an instance stored again by an earlier delivery): never read, it
+// is read at once, not through a leader election, and never read again.
+// Its failure pauses only such questions: a conflict answer's read,
+// which decides, is still patient.
+func (r *storedRecord) heldBefore(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.has != nil {
+		return r.has(id)
+	}
+	for _, failed := range []time.Time{r.failed, r.countFailed} {
+		if !failed.IsZero() && r.now().Sub(failed) < rememberTimeout {
+			return false
+		}
+	}
+	began := r.now()
+	has, ok := r.read(false)
+	if !ok {
+		r.countFailed = r.now()
+		return false
+	}
+	r.has, r.readAt, r.failed, r.countFailed = has, began, time.Time{}, time.Time{}
 	return has(id)
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/flow"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testnats"
@@ -926,8 +927,8 @@ func (l *unreadableFailureLog) Sent(context.Context, *events.StudyStable) (func(
 }
 
 // A record that cannot be read is not read again at each answer of the
-// attempt: every instance of a redelivery asks (storedBefore), and a
-// read that times out takes seconds each.
+// attempt: every instance answered "already exists" asks, and a read
+// that times out takes seconds each.
 func TestUnreadableStoredRecordReadOnce(t *testing.T) {
 	ev := testEvent()
 	dest := &azureLike{held: map[string]bool{}}
@@ -962,5 +963,86 @@ func TestUnreadableStoredRecordReadOnce(t *testing.T) {
 	}
 	if n := fl.reads.Load(); n != 1 {
 		t.Errorf("the unreadable record was read %d times in one attempt, want once", n)
+	}
+}
+
+// slowReadFailureLog is a memFailureLog whose reads wait until release
+// is closed (a leader election), entered closed as the first begins.
+type slowReadFailureLog struct {
+	memFailureLog
+	once             sync.Once
+	entered, release chan struct{}
+}
+
+func (l *slowReadFailureLog) Sent(ctx context.Context, ev *events.StudyStable) (func(string) bool, error) {
+	l.once.Do(func() { close(l.entered) })
+	select {
+	case <-l.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return l.memFailureLog.Sent(ctx, ev)
+}
+
+// alreadyExists answers every instance "already exists" (45070).
+type alreadyExists struct{}
+
+func (alreadyExists) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var failed []string
+	for _, uid := range partUIDs(r) {
+		failed = append(failed, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[45070]}}`, uid))
+	}
+	stowsink.WriteAnswer(w, nil, failed)
+}
+
+// TestAnswerGivesItsPlaceBackBeforeSorting: a request's place in the
+// request limiter is given back as its answer comes, not once it is
+// sorted: sorting a conflict answer reads the record of stored
+// instances, through a leader election up to rememberTimeout, while
+// other studies waited for the place and the limiter took the wait for
+// the destination's latency.
+func TestAnswerGivesItsPlaceBackBeforeSorting(t *testing.T) {
+	srv := httptest.NewServer(alreadyExists{})
+	t.Cleanup(srv.Close)
+	fl := &slowReadFailureLog{entered: make(chan struct{}), release: make(chan struct{})}
+	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+		o.Failures = fl
+		o.RequestConcurrency, o.MinRequestConcurrency = 1, 1
+		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+	})
+	done := make(chan error, 1)
+	go func() {
+		rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+		if err == nil && rep.Conflicts+rep.AlreadyStored == 0 {
+			err = fmt.Errorf("report %+v: want the instances answered 45070", rep)
+		}
+		done <- err
+	}()
+	var once sync.Once
+	release := func() { once.Do(func() { close(fl.release) }) }
+	ended := false
+	t.Cleanup(func() {
+		release()
+		if !ended {
+			<-done
+		}
+	})
+	select {
+	case <-fl.entered:
+	case err := <-done:
+		ended = true
+		t.Fatalf("the attempt ended (%v) without reading the record", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	permit, err := f.limit.Acquire(ctx, flow.High)
+	if err != nil {
+		t.Fatalf("a stat request waits for the only place while another study's answer waits for the record: %v", err)
+	}
+	permit.Release()
+	release()
+	ended = true
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

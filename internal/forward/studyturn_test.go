@@ -337,3 +337,65 @@ func TestWaitingDeliveryKeptInProgress(t *testing.T) {
 	go func() { _ = f2.Run(ctx2) }()
 	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 && i.NumAckPending == 0 })
 }
+
+// TestStoredRecordPatience: only a conflict answer's first read waits
+// through a leader election (patient); a read for a count only
+// (heldBefore: a redelivery's first confirmed answer) is tried once, and
+// its failure neither makes the conflict answer's read impatient nor
+// stops it. A failed read pauses reading for rememberTimeout, and the
+// read after that pause, or after a first one, is not patient.
+func TestStoredRecordPatience(t *testing.T) {
+	type step struct {
+		after     time.Duration // the clock moves on by this first
+		count     bool          // heldBefore, else holds for an answer now
+		fails     bool          // the read, if one, fails
+		wantReads []bool        // the reads made so far, patient or not
+	}
+	for _, tc := range []struct {
+		name  string
+		steps []step
+	}{
+		{"count first, then a conflict answer", []step{
+			{count: true, wantReads: []bool{false}},
+			{after: time.Second, wantReads: []bool{false, false}},
+		}},
+		{"a failed count read leaves the answer's patient", []step{
+			{count: true, fails: true, wantReads: []bool{false}},
+			{count: true, wantReads: []bool{false}},
+			{after: time.Second, wantReads: []bool{false, true}},
+		}},
+		{"a failed answer's read pauses both", []step{
+			{fails: true, wantReads: []bool{true}},
+			{after: time.Second, wantReads: []bool{true}},
+			{count: true, wantReads: []bool{true}},
+			{after: rememberTimeout, wantReads: []bool{true, false}},
+		}},
+		{"a read after the first is not patient", []step{
+			{wantReads: []bool{true}},
+			{after: time.Second, wantReads: []bool{true, false}},
+			{count: true, wantReads: []bool{true, false}},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := newFakeClock()
+			var reads []bool
+			fails := false
+			r := &storedRecord{read: func(patient bool) (func(string) bool, bool) {
+				reads = append(reads, patient)
+				return func(string) bool { return false }, !fails
+			}, now: clock.now, pause: clock.pause}
+			for i, s := range tc.steps {
+				clock.pause(s.after)
+				fails = s.fails
+				if s.count {
+					r.heldBefore("id")
+				} else {
+					r.holds("id", clock.now())
+				}
+				if fmt.Sprint(reads) != fmt.Sprint(s.wantReads) {
+					t.Fatalf("step %d: reads (patient or not) %v, want %v", i+1, reads, s.wantReads)
+				}
+			}
+		})
+	}
+}

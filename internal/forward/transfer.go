@@ -176,13 +176,14 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	for _, id := range a.unrecorded {
 		unrecorded[id] = true
 	}
-	// answered: the time of the answer asking (zero: the record is not
-	// read again once read; storedRecord).
-	storedByEarlier := func(uid string, answered time.Time) bool {
+	// answered: the time of the answer asking (storedRecord).
+	ours := func(uid string, answered time.Time) bool {
+		if stored[uid] {
+			return true
+		}
 		id := sentID(ev, byUID[uid])
 		return unrecorded[id] || earlier.holds(id, answered)
 	}
-	ours := func(uid string, answered time.Time) bool { return stored[uid] || storedByEarlier(uid, answered) }
 	// unanswered are instances this attempt sent in a request that got
 	// no answer (the dicomweb client sent it again: Result.Resent) or
 	// whose body broke off after them (an instance after them unreadable
@@ -194,10 +195,15 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// storedBefore: an earlier delivery got it stored (one killed before
 	// its ack, or that failed), or an earlier run of this one (held,
 	// then sent again); a destination that stores it again without a
-	// word (Orthanc) then had it already. Not read on a first run, nor
-	// read again.
+	// word (Orthanc) then had it already. Only counted: not asked on a
+	// first run, and the record is read for it at once, not through a
+	// leader election, and not again (storedRecord.heldBefore).
 	storedBefore := func(uid string) bool {
-		return (a.Number > 1 || a.again) && !stored[uid] && storedByEarlier(uid, time.Time{})
+		if a.Number == 1 && !a.again || stored[uid] {
+			return false
+		}
+		id := sentID(ev, byUID[uid])
+		return unrecorded[id] || earlier.heldBefore(id)
 	}
 	warned := map[string]dicomweb.Warning{}
 	// Each request's confirmed instances go to a writer as it is answered
@@ -590,41 +596,52 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 	stopped, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	sendOne := func(permit *flow.Permit, batch []dicomweb.Part) (out batchOutcome, err error) {
-		var sent int64 // bytes of the answered request, given back last
 		defer func() {
 			// A panic in a request goroutine would end the process; as a
 			// crash failure it dead-letters the study instead.
 			if v := recover(); v != nil {
 				err = &Error{Class: Crash, Err: newCrashError(v)}
 			}
-			// The place is given back as the goroutine ends, so the
-			// goroutines of a study stay within the limit. A request
-			// that broke off on the source got no answer: it neither
-			// measures the destination nor says that it serves
-			// (AnsweredWithin).
-			if err == nil && !out.brokenOff {
-				permit.Done(sent)
-			}
-			permit.Release() // if not given back with a signal
+			// A place not given back with a signal (answered, Overloaded)
+			// is given back as the goroutine ends, so the goroutines of
+			// a study stay within the limit while they use the
+			// destination. A request that broke off on the source got no
+			// answer: it neither measures the destination nor says that
+			// it serves (AnsweredWithin).
+			permit.Release()
 		}()
+		// answered gives the place back as an answer to sort comes,
+		// before it is sorted: sorting may wait for the record of stored
+		// instances (through a leader election, up to rememberTimeout),
+		// which is neither the destination's time nor its load, and
+		// other studies (a stat one too) waited for the place meanwhile,
+		// the limiter taking the wait for latency.
+		answered := func(status *dicomweb.HTTPError, bytes int64) {
+			if status != nil {
+				if reason, retryAfter, overloaded := overload(ctx, status); overloaded {
+					permit.Overloaded(reason, retryAfter)
+				}
+			}
+			permit.Done(bytes)
+		}
 		for resends := 0; ; resends++ {
 			var local Report
-			out, err = f.send(ctx, plan, batch, &local, put, own)
+			out, err = f.send(ctx, plan, batch, &local, put, own, answered)
 			if len(out.confirmed) > 0 {
 				// Now, not as the attempt ends: a killed process runs no
 				// deferred write. The writer does not hold the place.
 				confirmed(out)
 			}
 			reason, retryAfter, overloaded := overload(ctx, err)
-			if err == nil && out.status != nil {
-				// An overload answer that named instances: sorted per
-				// instance, and still the destination asking for less.
-				reason, retryAfter, overloaded = overload(ctx, out.status)
-			}
 			if overloaded {
 				permit.Overloaded(reason, retryAfter)
 			}
-			sent = local.Bytes
+			if err == nil && out.status != nil {
+				// An overload answer that named instances: sorted per
+				// instance (answered told the limiter), and still the
+				// destination asking for less.
+				reason, retryAfter, _ = overload(ctx, out.status)
+			}
 			mu.Lock()
 			rep.add(local)
 			progress := *rep
@@ -739,8 +756,9 @@ type ownership struct {
 // requests again itself): the auth transport has dropped the refused
 // token, so one retry carries a fresh one; a second 401, like a 403, is
 // the destination refusing us (markRefusal): transient, the breaker
-// holds the queue.
-func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, own ownership) (batchOutcome, error) {
+// holds the queue. giveBack is told of an answer to sort (its error
+// status, if any, and the bytes sent) before it is sorted.
+func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb.Part, rep *Report, put bool, own ownership, giveBack func(status *dicomweb.HTTPError, bytes int64)) (batchOutcome, error) {
 	rep.Requests++
 	res, err := f.store(ctx, batch, put)
 	var he *dicomweb.HTTPError
@@ -789,10 +807,13 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 	if at := own.oursAt; at != nil {
 		own.ours = func(uid string) bool { return at(uid, answered) }
 	}
-	out := f.sortAnswer(plan, batch, res, rep, own)
+	var status *dicomweb.HTTPError
 	if err != nil {
-		out.status = he
+		status = he
 	}
+	giveBack(status, res.BytesSent)
+	out := f.sortAnswer(plan, batch, res, rep, own)
+	out.status = status
 	rep.Bytes += res.BytesSent
 	f.m.bytes.Add(float64(res.BytesSent))
 	return out, nil
