@@ -284,7 +284,8 @@ const rememberTimeout = 15 * time.Second
 // storedEarlier reads the instances of the event's study (by sentID) the
 // destination confirmed to earlier attempts. ok is false without a
 // FailureLog (nothing to read) or when the read failed: a conflict answer
-// is then a conflict. patient: the read is tried again while JetStream
+// is then a conflict for skip, and a transient failure for deadletter and
+// replace (sortAnswer). patient: the read is tried again while JetStream
 // does not answer (a leader election), up to rememberTimeout.
 func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, patient bool) (sent func(string) bool, ok bool) {
 	if f.opts.Failures == nil {
@@ -308,7 +309,7 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 		err = read(ctx)
 	}
 	if err != nil {
-		f.log.Warn("read what earlier attempts stored: an already-stored answer counts as a conflict", "orthanc_study_id", ev.OrthancStudyID,
+		f.log.Warn("read what earlier attempts stored: an already-stored answer is a conflict under skip, retried later under deadletter or replace", "orthanc_study_id", ev.OrthancStudyID,
 			"study_instance_uid", ev.StudyInstanceUID, "err", err)
 		return func(string) bool { return false }, false
 	}
@@ -399,6 +400,15 @@ func (r *storedRecord) holds(id string, answered time.Time) bool {
 	}
 	r.has, r.readAt, r.failed, r.countFailed = has, began, time.Time{}, time.Time{}
 	return has(id)
+}
+
+// unreadable reports whether the record's last read failed (since the
+// last success): a conflict answer it does not hold may still be for a
+// copy stowline stored.
+func (r *storedRecord) unreadable() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.failed.IsZero()
 }
 
 // heldBefore reports whether the record, as read, holds id, for a count

@@ -1046,3 +1046,31 @@ func TestAnswerGivesItsPlaceBackBeforeSorting(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestConflictWhileRecordUnreadable: an "already exists" answer for an
+// instance while the record of stored instances cannot be read (NATS
+// out) may be for stowline's own copy: under deadletter or replace the
+// attempt fails transiently, retried later, instead of dead-lettering
+// the study or replacing the copy at once.
+func TestConflictWhileRecordUnreadable(t *testing.T) {
+	for _, action := range []string{ConflictDeadLetter, ConflictReplace} {
+		t.Run(action, func(t *testing.T) {
+			srv := httptest.NewServer(alreadyExists{})
+			t.Cleanup(srv.Close)
+			f := newForwarder(t, newMemSource(3), srv.URL, nil, func(o *Options) {
+				o.Failures = &unreadableFailureLog{}
+				o.InstanceRetries = 1
+				o.InstanceRetryDelay = time.Millisecond
+				o.Conflicts = ConflictPolicy{Action: action, Method: ReplacePut, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+			})
+			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			var fe *Error
+			if !errors.As(err, &fe) || fe.Class != Transient {
+				t.Fatalf("transfer: %v; want a transient failure", err)
+			}
+			if rep.Replaced != 0 || rep.Conflicts != 0 {
+				t.Errorf("%d replaced, %d conflicts; want none while the record is unread", rep.Replaced, rep.Conflicts)
+			}
+		})
+	}
+}

@@ -268,7 +268,8 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				if budget > 0 {
 					budget = max(budget-dicomweb.MaxFraming(size), 1)
 				}
-				own := ownership{oursAt: ours, storedBefore: storedBefore, unanswered: func(uid string) bool { return unanswered[uid] }}
+				own := ownership{oursAt: ours, storedBefore: storedBefore, unanswered: func(uid string) bool { return unanswered[uid] },
+					unreadable: earlier.unreadable}
 				return f.sendAll(ctx, a, plan, f.batches(send.parts, size, budget), &rep, send.put, own, remember)
 			}()
 			// What was confirmed counts, whether or not another request
@@ -334,6 +335,13 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 					rep.AlreadyStored++
 					f.m.instances.Inc()
 					f.m.alreadyStored.Inc()
+					continue
+				}
+				if f.actionName() != ConflictSkip && earlier.unreadable() {
+					// As in sortAnswer: perhaps stowline's own copy.
+					retry = append(retry, c.part)
+					reasons[c.part.SOPInstanceUID] = c.reason
+					notDone[c.part.SOPInstanceUID] = true
 					continue
 				}
 				if f.actionName() != ConflictSkip {
@@ -745,10 +753,12 @@ type batchOutcome struct {
 // record read again for it; send sets ours from it for its answer);
 // storedBefore, by an earlier delivery or run (counted as already
 // stored); unanswered, sent by this attempt in a request that got no
-// answer or broke off after it (transfer).
+// answer or broke off after it (transfer); unreadable, the record of
+// earlier copies could not be read (nil: it could).
 type ownership struct {
 	oursAt                         func(uid string, answered time.Time) bool
 	ours, storedBefore, unanswered func(string) bool
+	unreadable                     func() bool
 }
 
 // send stores one batch and sorts its instances by the response. This is
@@ -965,6 +975,18 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 				confirmed++
 				f.countSkipped(rep)
 				out.skipped = append(out.skipped, p.SOPInstanceUID)
+				continue
+			}
+			if own.unreadable != nil && own.unreadable() {
+				// Perhaps stowline's own copy, the record that would say
+				// so unread (NATS out): dead-lettered or replaced, it
+				// could not be undone; retried, as a transient failure,
+				// it is told apart once the record answers.
+				out.retry = append(out.retry, p)
+				if out.reasons == nil {
+					out.reasons = map[string]int{}
+				}
+				out.reasons[p.SOPInstanceUID] = reason
 				continue
 			}
 			out.conflicts = append(out.conflicts, conflicted{part: p, reason: reason})
