@@ -5,10 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -120,7 +122,9 @@ func TestStoredBeforeTheConnectionBrokeIsNoConflict(t *testing.T) {
 			cons := consumer(t, ns)
 			dls := &memDeadLetters{}
 			var comps []Completion
+			var logs syncBuffer
 			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 				o.Destination = client
 				o.DeadLetters = dls
 				o.Failures = &memFailureLog{}
@@ -152,6 +156,12 @@ func TestStoredBeforeTheConnectionBrokeIsNoConflict(t *testing.T) {
 			}
 			if kept := comps[0].Kept; len(kept) != 2 {
 				t.Errorf("the completion keeps %v in the source, want both instances (the destination's copies are unproven)", kept)
+			}
+			if got := testutil.ToFloat64(f.m.unproven); got != 2 {
+				t.Errorf("stowline_forwarder_instances_unproven_total = %v, want 2", got)
+			}
+			if out := logs.String(); !strings.Contains(out, `"msg":"destination already holds instances stowline cannot prove it stored`) || !strings.Contains(out, `"instances":2`) {
+				t.Errorf("no warning naming the 2 unproven instances in:\n%s", out)
 			}
 		})
 	}
@@ -313,4 +323,22 @@ func TestStoredBeforeTheConnectionBrokeListedIsNoConflict(t *testing.T) {
 	if len(comps) != 1 || !slices.Equal(comps[0].Kept, []string{sop}) {
 		t.Errorf("completions %+v, want one keeping %s in the source", comps, sop)
 	}
+}
+
+// syncBuffer is a bytes.Buffer a logger writes from several goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

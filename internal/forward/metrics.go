@@ -28,6 +28,9 @@ type metrics struct {
 	// conflicts counts instances the destination already held with other
 	// content, by what was done (skipped, replaced, dead_lettered).
 	conflicts *prometheus.CounterVec
+	// unproven counts instances counted as already stored on the
+	// destination's word alone (batchOutcome.unproven).
+	unproven prometheus.Counter
 	// nonPrimary counts instances AWS HealthImaging stored in a
 	// non-primary image set.
 	nonPrimary prometheus.Counter
@@ -103,6 +106,11 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	m.alreadyStored = prometheus.NewCounter(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_instances_already_stored_total",
 		Help:        "Instances the destination reported as already stored (counted as success).",
+		ConstLabels: labels,
+	})
+	m.unproven = prometheus.NewCounter(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_instances_unproven_total",
+		Help:        "Instances counted as already stored on the destination's word alone, its copy not known to be the one stowline sent (a request sent again or broken off, or an \"already exists\" code outside STOW_CONFLICT_REASONS): kept in the source by buffer mode.",
 		ConstLabels: labels,
 	})
 	m.authRetries = prometheus.NewCounter(prometheus.CounterOpts{
@@ -211,7 +219,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.resends, m.alreadyStored, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.sourceHeld, m.lanePulls, m.laneBusy, m.laneAge, m.retention} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.resends, m.alreadyStored, m.unproven, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.sourceHeld, m.lanePulls, m.laneBusy, m.laneAge, m.retention} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

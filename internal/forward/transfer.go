@@ -292,7 +292,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		}
 		var retry, again []dicomweb.Part
 		var conflicts, unsure []conflicted
-		var skipped []string
+		var skipped, unproven []string
 		var unread []Instance
 		notDone := map[string]bool{}
 		full := 0 // instances of retry refused for the destination's resources
@@ -306,9 +306,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			rejected = append(rejected, out.rejected...)
 			conflicts = append(conflicts, out.conflicts...)
 			skipped = append(skipped, out.skipped...)
-			for _, uid := range out.unproven {
-				st.skipped[uid] = true // kept in the source, not logged as a conflict
-			}
+			unproven = append(unproven, out.unproven...)
 			st.nonPrimary = append(st.nonPrimary, out.nonPrimary...)
 			for _, p := range out.retry {
 				notDone[p.SOPInstanceUID] = true
@@ -330,7 +328,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				if unanswered[c.part.SOPInstanceUID] {
 					// Listed, after a request that got no answer: as
 					// batchOutcome.unproven.
-					st.skipped[c.part.SOPInstanceUID] = true
+					unproven = append(unproven, c.part.SOPInstanceUID)
 					rep.Instances++
 					rep.AlreadyStored++
 					f.m.instances.Inc()
@@ -386,6 +384,17 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		}
 		for _, uid := range skipped {
 			st.skipped[uid] = true
+		}
+		for _, uid := range unproven {
+			st.skipped[uid] = true // kept in the source, not a conflict
+		}
+		if len(unproven) > 0 {
+			// Not a conflict, but not known to be stowline's copy
+			// either: counted and named, so that a lost answer that hid
+			// other content can be looked for.
+			f.m.unproven.Add(float64(len(unproven)))
+			f.log.Warn("destination already holds instances stowline cannot prove it stored (a request sent again or broken off, or no record of sending them): counted as stored, kept in the source",
+				"orthanc_study_id", ev.OrthancStudyID, "study_instance_uid", ev.StudyInstanceUID, "instances", len(unproven), "first_sop_instance_uid", unproven[0])
 		}
 		if len(skipped) > 0 {
 			f.log.Warn("destination already holds instances with other content: counted as stored, not replaced", "orthanc_study_id", ev.OrthancStudyID,
