@@ -1143,7 +1143,9 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 func (f *Forwarder) holdForDestination(ctx context.Context, a *Attempt, log *slog.Logger) (trial trialToken, err error) {
 	f.m.held.Inc()
 	f.held(a, "held: destination down (circuit breaker open)")
+	f.turnHeld(a, true)
 	trial, err = f.breaker.hold(ctx, a.Seq)
+	f.turnHeld(a, false)
 	f.held(a, "")
 	f.m.held.Dec()
 	if err == nil && trial != 0 {

@@ -322,6 +322,34 @@ func (f *Forwarder) drop(seq uint64) {
 // (a Forwarder serves one destination).
 func studyKey(ev *events.StudyStable) string { return ev.Source + "/" + ev.OrthancStudyID }
 
+// studyTurn is a study's delivery being worked on in this process
+// (takeStudy), by owner: done closes as it ends; held is closed while
+// owner is held (for the destination or its source), and replaced as it
+// leaves the hold.
+type studyTurn struct {
+	owner  *Attempt
+	done   chan struct{}
+	isHeld bool
+	held   chan struct{}
+}
+
+// turnHeld tells a's turn of its study, if it has it, that a enters a
+// hold (held) or leaves it: a trial of the study may go meanwhile.
+func (f *Forwarder) turnHeld(a *Attempt, held bool) {
+	f.inHandMu.Lock()
+	defer f.inHandMu.Unlock()
+	t := f.sendingStudy[studyKey(a.Event)]
+	if t == nil || t.owner != a || t.isHeld == held {
+		return
+	}
+	t.isHeld = held
+	if held {
+		close(t.held)
+	} else {
+		t.held = make(chan struct{})
+	}
+}
+
 // takeStudy waits until no other delivery of a's study is being worked
 // on in this process, and records a's. Meanwhile a's message is kept in
 // progress (handle's keepAlive), as a held study's: no delivery is
@@ -330,11 +358,13 @@ func studyKey(ev *events.StudyStable) string { return ev.Source + "/" + ev.Ortha
 // event goes back to the queue. release ends what takeStudy started; it
 // is never nil.
 //
-// A trial pulled for the half-open breaker does not wait: the study it
-// would wait for may be held for that trial.
+// A trial pulled for the shut breaker waits only until the other is held
+// (turnHeld), then goes beside it: a held study may be held for that
+// very trial. Pulled once the breaker closed, it is an ordinary study.
 func (f *Forwarder) takeStudy(ctx context.Context, a *Attempt, log *slog.Logger) (release func(), err error) {
 	key := studyKey(a.Event)
-	_, trial := ctx.Value(pulledTrialKey{}).(*pulledTrial)
+	pt, pulled := ctx.Value(pulledTrialKey{}).(*pulledTrial)
+	trial := pulled && !pt.used && f.breaker.shut()
 	waited := false
 	defer func() {
 		if waited {
@@ -345,28 +375,34 @@ func (f *Forwarder) takeStudy(ctx context.Context, a *Attempt, log *slog.Logger)
 		f.inHandMu.Lock()
 		other, busy := f.sendingStudy[key]
 		if !busy {
-			done := make(chan struct{})
-			f.sendingStudy[key] = done
+			t := &studyTurn{owner: a, done: make(chan struct{}), held: make(chan struct{})}
+			f.sendingStudy[key] = t
 			f.inHandMu.Unlock()
 			return func() {
 				f.inHandMu.Lock()
 				delete(f.sendingStudy, key)
 				f.inHandMu.Unlock()
-				close(done)
+				close(t.done)
 			}, nil
 		}
-		f.inHandMu.Unlock()
-		if trial {
-			log.Info("another delivery of the study is in hand here: this one, the circuit breaker's trial, is sent beside it")
+		if trial && other.isHeld {
+			f.inHandMu.Unlock()
+			log.Info("another delivery of the study is held here: this one, the circuit breaker's trial, is sent beside it")
 			return func() {}, nil
+		}
+		done, held := other.done, other.held
+		f.inHandMu.Unlock()
+		if !trial {
+			held = nil // an ordinary study waits for the end
 		}
 		if !waited {
 			waited = true
-			log.Info("another delivery of the study is being sent here: this one waits for it to end; no delivery is spent")
+			log.Info("another delivery of the study is being sent here: this one waits for it to end; no delivery is spent", "trial", trial)
 			f.held(a, "waiting: another delivery of the study is being sent")
 		}
 		select {
-		case <-other:
+		case <-done:
+		case <-held:
 		case <-f.stopping:
 			return func() {}, errShutdown
 		case <-ctx.Done():

@@ -275,8 +275,8 @@ type Forwarder struct {
 	inHandMu sync.Mutex
 	inHand   map[uint64]bool
 	// sendingStudy holds, by studyKey, the studies this process sends
-	// now (takeStudy): closed when the attempt ends.
-	sendingStudy map[string]chan struct{}
+	// now (takeStudy), and whether each is held.
+	sendingStudy map[string]*studyTurn
 	// stopping is closed when shutdown starts: studies held for their
 	// source go back to the queue at once.
 	stopping     chan struct{}
@@ -364,7 +364,7 @@ func New(opts Options) (*Forwarder, error) {
 		canDeadLetter: opts.DeadLetters != nil,
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
-		sendingStudy: map[string]chan struct{}{}, stopping: make(chan struct{})}
+		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{})}
 	m.laneAge.setClock(fw.plan.now)
 	fw.retention.Store(int64(opts.EventsRetention))
 	m.retention.Set(opts.EventsRetention.Seconds())

@@ -94,6 +94,8 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	defer f.m.sourceHeld.Dec()
 	f.held(a, "held: source Orthanc "+state)
 	defer f.held(a, "")
+	f.turnHeld(a, true)
+	defer f.turnHeld(a, false)
 	switch oe, _ := errors.AsType[*orthancapi.Error](perr); {
 	case !sourceRefusesUs(perr):
 		log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",

@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -395,6 +396,79 @@ func TestStoredRecordPatience(t *testing.T) {
 				if fmt.Sprint(reads) != fmt.Sprint(s.wantReads) {
 					t.Fatalf("step %d: reads (patient or not) %v, want %v", i+1, reads, s.wantReads)
 				}
+			}
+		})
+	}
+}
+
+// TestTrialWaitsForTheStudysOtherDelivery: an event pulled as the
+// breaker's trial, its study's other delivery in hand here, waits until
+// that one is held (the breaker's hold may be waiting for this very
+// trial) and only then goes beside it; pulled once the breaker closed, it
+// is an ordinary study and waits for the other to end. It went beside
+// one still sending, at once.
+func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		shut       bool
+		heldBefore bool // the other delivery is held already
+		wantTurn   bool // the trial takes the study's turn (ordinary)
+	}{
+		{name: "breaker shut, the other sending", shut: true},
+		{name: "breaker shut, the other held", shut: true, heldBefore: true},
+		{name: "breaker closed", wantTurn: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obs := &recordingObserver{}
+			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+				o.Observer = obs
+				o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Hour}
+			})
+			if tc.shut {
+				f.breaker.mu.Lock()
+				f.breaker.state = BreakerOpen
+				f.breaker.mu.Unlock()
+			}
+			log := slog.New(slog.DiscardHandler)
+			holder := &Attempt{Event: testEvent(), Seq: 1}
+			releaseHolder, err := f.takeStudy(t.Context(), holder, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			released := false
+			t.Cleanup(func() {
+				if !released {
+					releaseHolder()
+				}
+			})
+			if tc.heldBefore {
+				f.turnHeld(holder, true)
+			}
+			trial := &Attempt{Event: testEvent(), Seq: 2}
+			ctx := context.WithValue(t.Context(), pulledTrialKey{}, &pulledTrial{})
+			done := make(chan error, 1)
+			go func() {
+				release, err := f.takeStudy(ctx, trial, log)
+				t.Cleanup(release)
+				done <- err
+			}()
+			if !tc.heldBefore {
+				waitHold(t, obs, done, "waiting: another delivery of the study is being sent")
+				if tc.shut {
+					f.turnHeld(holder, true)
+				} else {
+					releaseHolder()
+					released = true
+				}
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			f.inHandMu.Lock()
+			owner := f.sendingStudy[studyKey(trial.Event)].owner
+			f.inHandMu.Unlock()
+			if got := owner == trial; got != tc.wantTurn {
+				t.Errorf("the trial has the study's turn: %v, want %v", got, tc.wantTurn)
 			}
 		})
 	}
