@@ -105,55 +105,27 @@ func TestStoredBeforeTheConnectionBrokeIsNoConflict(t *testing.T) {
 				dest.ServeHTTP(httptest.NewRecorder(), r)
 				return true
 			})
-			hc := &http.Client{Transport: &http.Transport{}}
-			t.Cleanup(hc.CloseIdleConnections)
-			client, err := dicomweb.New(srv.URL, hc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// A kept-alive connection for the study's request to reuse.
-			warm := dicomweb.Part{SOPInstanceUID: "1.2.3.100", Size: 1024, Open: func(context.Context) (io.ReadCloser, error) {
-				return io.NopCloser(bytes.NewReader(bytes.Repeat([]byte{99}, 1024))), nil
-			}}
-			if _, err := client.Store(t.Context(), []dicomweb.Part{warm}); err != nil {
-				t.Fatal(err)
-			}
+			client := warmClient(t, srv.URL, 1024)
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			var comps []Completion
+			var out outcome
 			var logs syncBuffer
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, out.options, func(o *Options) {
 				o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 				o.Destination = client
-				o.DeadLetters = dls
 				o.Failures = &memFailureLog{}
 				o.MaxDeliveries = 1
-				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-					comps = append(comps, c)
-					return nil
-				}
+				o.Conflicts = azureConflicts(action)
 			})
 			f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
 			if drop.Dropped() != 1 {
 				t.Fatal("no request met a closed kept-alive connection: the test proves nothing")
 			}
-			dest.mu.Lock()
-			answers := strings.Join(dest.answers, " ")
-			dest.mu.Unlock()
-			if strings.Count(answers, ":45070") != 2 {
+			if answers := dest.answered(); strings.Count(answers, ":45070") != 2 {
 				t.Fatalf("answers %s: want the request sent again answered 45070 for both instances", answers)
 			}
-			for _, l := range dls.all() {
-				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
-				t.Errorf("%v conflicts counted as skipped, want 0", got)
-			}
-			if len(comps) != 1 {
-				t.Fatalf("%d completions, want 1", len(comps))
-			}
+			noneSkipped(t, f)
+			comps := out.settled(t, 1)
 			if kept := comps[0].Kept; len(kept) != 2 {
 				t.Errorf("the completion keeps %v in the source, want both instances (the destination's copies are unproven)", kept)
 			}
@@ -218,39 +190,23 @@ func TestStoredBeforeTheBodyBrokeOffIsNoConflict(t *testing.T) {
 			t.Cleanup(srv.Close)
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			var comps []Completion
-			f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+			var out outcome
+			f := newForwarder(t, nil, srv.URL, cons, out.options, func(o *Options) {
 				src := newUnreadOnce(3, 2)
 				o.SourceFor = func(string) (Source, error) { return src, nil }
 				o.MaxBytes = 8 << 20
 				o.InstanceRetries = 2
 				o.InstanceRetryDelay = 10 * time.Millisecond
-				o.DeadLetters = dls
 				o.Failures = &memFailureLog{}
 				o.MaxDeliveries = 1
-				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-					comps = append(comps, c)
-					return nil
-				}
+				o.Conflicts = azureConflicts(action)
 			})
 			f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
-			dest.mu.Lock()
-			answers := strings.Join(dest.answers, " ")
-			dest.mu.Unlock()
-			if !strings.Contains(answers, "1.2.3.1:stored") || !strings.Contains(answers, "1.2.3.1:45070") {
+			if answers := dest.answered(); !strings.Contains(answers, "1.2.3.1:stored") || !strings.Contains(answers, "1.2.3.1:45070") {
 				t.Fatalf("answers %s: want 1.2.3.1 stored from the broken body, then answered 45070", answers)
 			}
-			for _, l := range dls.all() {
-				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
-				t.Errorf("%v conflicts counted as skipped, want 0", got)
-			}
-			if len(comps) != 1 {
-				t.Fatalf("%d completions, want 1", len(comps))
-			}
+			noneSkipped(t, f)
+			comps := out.settled(t, 1)
 			if kept := comps[0].Kept; !slices.Contains(kept, "1.2.3.1") || slices.Contains(kept, "1.2.3.3") {
 				t.Errorf("the completion keeps %v in the source, want those stored from the broken body, not 1.2.3.3", kept)
 			}
@@ -287,42 +243,43 @@ func TestStoredBeforeTheConnectionBrokeListedIsNoConflict(t *testing.T) {
 		_, _ = io.Copy(io.Discard, r.Body) // stored, as Google would
 		return true
 	})
-	hc := &http.Client{Transport: &http.Transport{}}
-	t.Cleanup(hc.CloseIdleConnections)
-	client, err := dicomweb.New(srv.URL, hc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	warm := dicomweb.Part{SOPInstanceUID: "1.2.3.100", Size: 4, Open: func(context.Context) (io.ReadCloser, error) {
-		return io.NopCloser(strings.NewReader("warm")), nil
-	}}
-	if _, err := client.Store(t.Context(), []dicomweb.Part{warm}); err != nil {
-		t.Fatal(err)
-	}
+	client := warmClient(t, srv.URL, 4)
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
-	dls := &memDeadLetters{}
-	var comps []Completion
-	f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+	var out outcome
+	f := newForwarder(t, newMemSource(1), srv.URL, cons, out.options, func(o *Options) {
 		o.Destination = client
-		o.DeadLetters = dls
 		o.MaxDeliveries = 1
 		o.Conflicts = ConflictPolicy{Action: ConflictDeadLetter, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureProcessing, Mask: 0xFFFF, Only409: true}}}
-		o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-			comps = append(comps, c)
-			return nil
-		}
 	})
 	f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
 	if drop.Dropped() != 1 || posts.Load() != 2 {
 		t.Fatalf("%d requests dropped, %d answered: want the study's request dropped once and sent again", drop.Dropped(), posts.Load())
 	}
-	for _, l := range dls.all() {
-		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-	}
-	if len(comps) != 1 || !slices.Equal(comps[0].Kept, []string{sop}) {
+	out.noDeadLetters(t)
+	if comps := out.completions(); len(comps) != 1 || !slices.Equal(comps[0].Kept, []string{sop}) {
 		t.Errorf("completions %+v, want one keeping %s in the source", comps, sop)
 	}
+}
+
+// warmClient is a DICOMweb client for url whose one kept-alive
+// connection has carried a STOW-RS request of an instance 1.2.3.100 of
+// size bytes, for the next request to reuse.
+func warmClient(t *testing.T, url string, size int) *dicomweb.Client {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(hc.CloseIdleConnections)
+	client, err := dicomweb.New(url, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm := dicomweb.Part{SOPInstanceUID: "1.2.3.100", Size: int64(size), Open: func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(bytes.Repeat([]byte{99}, size))), nil
+	}}
+	if _, err := client.Store(t.Context(), []dicomweb.Part{warm}); err != nil {
+		t.Fatal(err)
+	}
+	return client
 }
 
 // syncBuffer is a bytes.Buffer a logger writes from several goroutines.

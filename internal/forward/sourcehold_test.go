@@ -499,6 +499,24 @@ type halfDownSource struct {
 	down atomic.Bool
 }
 
+// newHalfDownSource is a halfDownSource of n instances, down.
+func newHalfDownSource(n int) *halfDownSource {
+	s := &halfDownSource{memSource: newMemSource(n)}
+	s.down.Store(true)
+	return s
+}
+
+// options makes s every study's source, probed down while it is.
+func (s *halfDownSource) options(o *Options) {
+	o.SourceFor = func(string) (Source, error) { return s, nil }
+	o.SourceProbe = func(context.Context, string) error {
+		if s.down.Load() {
+			return errSourceDown
+		}
+		return nil
+	}
+}
+
 func (s *halfDownSource) OpenInstanceFile(ctx context.Context, id string) (io.ReadCloser, int64, error) {
 	if s.down.Load() && !slices.ContainsFunc(s.instances[:4], func(in orthancapi.Instance) bool { return in.ID == id }) {
 		return nil, 0, errSourceDown
@@ -538,19 +556,11 @@ func TestParkedStudyWritesWhatItCouldNotRecord(t *testing.T) {
 	t.Cleanup(srv.Close)
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
-	src := &halfDownSource{memSource: newMemSource(8)}
-	src.down.Store(true)
+	src := newHalfDownSource(8)
 	fl := &failingFailureLog{}
 	fl.failing.Store(true)
-	f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+	f := newForwarder(t, nil, srv.URL, cons, src.options, func(o *Options) {
 		o.Failures = fl
-		o.SourceFor = func(string) (Source, error) { return src, nil }
-		o.SourceProbe = func(context.Context, string) error {
-			if src.down.Load() {
-				return errSourceDown
-			}
-			return nil
-		}
 		o.MaxParked, o.MaxDeliveries = 10, 5
 	})
 	t.Cleanup(func() {

@@ -85,6 +85,114 @@ func (d *azureLike) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	stowsink.WriteAnswer(w, stored, failed)
 }
 
+// serve starts d for the test, holding nothing at first unless told,
+// and returns its URL.
+func (d *azureLike) serve(t *testing.T) string {
+	t.Helper()
+	if d.held == nil {
+		d.held = map[string]bool{}
+	}
+	srv := httptest.NewServer(d)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// answered is what the destination answered so far, "uid:answer" in
+// order, space-separated.
+func (d *azureLike) answered() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return strings.Join(d.answers, " ")
+}
+
+// azureConflicts takes Azure's "already exists" (45070) for a conflict,
+// settled by action.
+func azureConflicts(action string) ConflictPolicy {
+	return ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+}
+
+// outcome records how a forwarder's deliveries ended: the studies
+// dead-lettered and the completions handed on.
+type outcome struct {
+	dls   memDeadLetters
+	mu    sync.Mutex
+	comps []Completion
+}
+
+// options sends a forwarder's dead letters and completions to r.
+func (r *outcome) options(o *Options) {
+	o.DeadLetters = &r.dls
+	o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.comps = append(r.comps, c)
+		return nil
+	}
+}
+
+// completions is a copy of the completions handed on so far.
+func (r *outcome) completions() []Completion {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.comps)
+}
+
+// noDeadLetters fails t for every study dead-lettered.
+func (r *outcome) noDeadLetters(t *testing.T) {
+	t.Helper()
+	for _, l := range r.dls.all() {
+		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+	}
+}
+
+// settled fails t for every study dead-lettered, and stops it unless n
+// completions were handed on; it returns them.
+func (r *outcome) settled(t *testing.T, n int) []Completion {
+	t.Helper()
+	r.noDeadLetters(t)
+	comps := r.completions()
+	if len(comps) != n {
+		t.Fatalf("%d completions, want %d", len(comps), n)
+	}
+	return comps
+}
+
+// noneSkipped fails t if f counted a conflict as skipped.
+func noneSkipped(t *testing.T, f *Forwarder) {
+	t.Helper()
+	if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
+		t.Errorf("%v conflicts counted as skipped, want 0", got)
+	}
+}
+
+// publishAs publishes ev once under each of msgIDs (a live event and
+// its backfill are two messages for one study).
+func publishAs(t *testing.T, ns *testnats.Server, ev *events.StudyStable, msgIDs ...string) {
+	t.Helper()
+	for _, msgID := range msgIDs {
+		if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// handleNext pulls n deliveries from cons and hands each to f in turn,
+// through each (when not nil) first: it may change the test's fakes or
+// wrap the delivery.
+func handleNext(t *testing.T, f *Forwarder, cons jetstream.Consumer, n int, each func(i int, msg jetstream.Msg) jetstream.Msg) {
+	t.Helper()
+	for i := range n {
+		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Fatalf("delivery %d: %v", i+1, err)
+		}
+		if each != nil {
+			msg = each(i, msg)
+		}
+		f.handle(t.Context(), msg, "")
+	}
+}
+
 // memFailureLog is a FailureLog in memory.
 type memFailureLog struct {
 	mu     sync.Mutex
@@ -133,45 +241,27 @@ func (m *memFailureLog) Sent(_ context.Context, ev *events.StudyStable) (func(st
 func TestRedeliveryAfterATransientRefusal(t *testing.T) {
 	for _, action := range []string{ConflictDeadLetter, ConflictSkip, ConflictReplace} {
 		t.Run(action, func(t *testing.T) {
-			dest := &azureLike{refuseOnce: "1.2.3.2", held: map[string]bool{}}
-			srv := httptest.NewServer(dest)
-			t.Cleanup(srv.Close)
+			dest := &azureLike{refuseOnce: "1.2.3.2"}
+			url := dest.serve(t)
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			var mu sync.Mutex
-			var comps []Completion
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
-				o.DeadLetters = dls
+			var out outcome
+			f := newForwarder(t, newMemSource(2), url, cons, out.options, func(o *Options) {
 				o.Failures = &memFailureLog{}
 				o.MaxDeliveries = 5
 				o.MaxInstances = 1
 				o.InstanceRetries = 0 // the transient refusal fails the delivery
 				o.RetryDelay = 20 * time.Millisecond
 				o.RetryMaxDelay = 40 * time.Millisecond
-				o.Conflicts = ConflictPolicy{Action: action, Method: ReplacePut, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-					mu.Lock()
-					defer mu.Unlock()
-					comps = append(comps, c)
-					return nil
-				}
+				o.Conflicts = azureConflicts(action)
+				o.Conflicts.Method = ReplacePut
 			})
 			forwardOne(t, f, ns, cons, testEvent())
-			dest.mu.Lock()
-			answers := strings.Join(dest.answers, " ")
-			dest.mu.Unlock()
+			answers := dest.answered()
 			if !strings.Contains(answers, "45070") {
 				t.Fatalf("the destination never answered 45070 (%s): the test tests nothing", answers)
 			}
-			for _, l := range dls.all() {
-				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if len(comps) != 1 {
-				t.Fatalf("%d completions, want 1", len(comps))
-			}
+			comps := out.settled(t, 1)
 			if len(comps[0].Kept) > 0 {
 				t.Errorf("the completion keeps %v in the source, though the destination holds them as sent", comps[0].Kept)
 			}
@@ -235,15 +325,13 @@ func TestChangedCopyIsNoOwnCopy(t *testing.T) {
 			f := newForwarder(t, newMemSource(2), srv.URL, consumer(t, ns), func(o *Options) {
 				o.Failures = &memFailureLog{}
 				o.MaxInstances = 1
-				o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Conflicts = azureConflicts(ConflictSkip)
 				tc.opts(o)
 			})
 			if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err == nil {
 				t.Fatal("the first delivery succeeded; want it to fail")
 			}
-			dest.mu.Lock()
-			first := strings.Join(dest.answers, " ")
-			dest.mu.Unlock()
+			first := dest.answered()
 			if !strings.Contains(first, "1.2.3.1:stored with a warning") {
 				t.Fatalf("answers %s: 1.2.3.1 was not stored with a warning in the first delivery: the test tests nothing", first)
 			}
@@ -325,13 +413,12 @@ func (m arrivedAck) DoubleAck(ctx context.Context) error {
 // may have arrived, and then no delivery comes to record it: the audit
 // reported a forwarded study missing, and buffer mode kept it.
 func TestUnconfirmedAckIsRecorded(t *testing.T) {
-	dest := &azureLike{held: map[string]bool{}}
-	srv := httptest.NewServer(dest)
-	t.Cleanup(srv.Close)
+	dest := &azureLike{}
+	url := dest.serve(t)
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
 	var comps []Completion
-	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+	f := newForwarder(t, newMemSource(2), url, cons, func(o *Options) {
 		o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
 			comps = append(comps, c)
 			return nil
@@ -360,14 +447,13 @@ func TestUnconfirmedAckDeletesInBufferMode(t *testing.T) {
 		{"not recorded", errors.New("nats: permissions violation"), 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			dest := &azureLike{held: map[string]bool{}}
-			srv := httptest.NewServer(dest)
-			t.Cleanup(srv.Close)
+			dest := &azureLike{}
+			url := dest.serve(t)
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
 			ev := testEvent()
 			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+			f := newForwarder(t, newMemSource(2), url, cons, func(o *Options) {
 				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return tt.record }
 				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 			})
@@ -516,50 +602,27 @@ func TestStudyForwardedAgain(t *testing.T) {
 	} {
 		for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
 			t.Run(again.name+"/"+action, func(t *testing.T) {
-				dest := &azureLike{held: map[string]bool{}}
-				srv := httptest.NewServer(dest)
-				t.Cleanup(srv.Close)
+				dest := &azureLike{}
+				url := dest.serve(t)
 				ns := testnats.Start(t)
 				cons := consumer(t, ns)
-				dls := &memDeadLetters{}
-				var comps []Completion
-				f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
-					o.DeadLetters = dls
+				var out outcome
+				f := newForwarder(t, newMemSource(2), url, cons, out.options, func(o *Options) {
 					o.Failures = &memFailureLog{}
 					o.MaxDeliveries = 5
-					o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-					o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-						comps = append(comps, c)
-						return nil
-					}
+					o.Conflicts = azureConflicts(action)
 				})
-				for _, msgID := range again.msgIDs {
-					if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
-						t.Fatal(err)
-					}
-				}
-				for i := range 2 {
-					msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-					if err != nil {
-						t.Fatalf("delivery %d: %v", i+1, err)
-					}
+				publishAs(t, ns, ev, again.msgIDs...)
+				handleNext(t, f, cons, 2, func(i int, msg jetstream.Msg) jetstream.Msg {
 					if i == 0 && again.unconfirmed {
-						msg = unconfirmedAck{msg}
+						return unconfirmedAck{msg}
 					}
-					f.handle(t.Context(), msg, "")
-				}
-				dest.mu.Lock()
-				answers := strings.Join(dest.answers, " ")
-				dest.mu.Unlock()
-				if strings.Count(answers, ":45070") != 2 {
+					return msg
+				})
+				if answers := dest.answered(); strings.Count(answers, ":45070") != 2 {
 					t.Fatalf("answers %s: want both instances answered 45070 the second time", answers)
 				}
-				for _, l := range dls.all() {
-					t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-				}
-				if len(comps) != again.completions {
-					t.Fatalf("%d completions, want %d", len(comps), again.completions)
-				}
+				comps := out.settled(t, again.completions)
 				if last := comps[len(comps)-1]; len(last.Kept) > 0 {
 					t.Errorf("the completion keeps %v in the source, though the destination holds them as sent", last.Kept)
 				}
@@ -585,9 +648,8 @@ func TestNewStudyVersionKeepsOwnCopies(t *testing.T) {
 		{name: "corrected", corrected: true, wantDead: []string{"1.2.3.1"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			dest := &azureLike{held: map[string]bool{}}
-			srv := httptest.NewServer(dest)
-			t.Cleanup(srv.Close)
+			dest := &azureLike{}
+			url := dest.serve(t)
 			ns := testnats.Start(t)
 			src := newMemSource(3)
 			for i := range src.instances {
@@ -595,9 +657,9 @@ func TestNewStudyVersionKeepsOwnCopies(t *testing.T) {
 			}
 			all := src.instances
 			src.instances = all[:2]
-			f := newForwarder(t, src, srv.URL, consumer(t, ns), func(o *Options) {
+			f := newForwarder(t, src, url, consumer(t, ns), func(o *Options) {
 				o.Failures = &memFailureLog{}
-				o.Conflicts = ConflictPolicy{Action: ConflictDeadLetter, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Conflicts = azureConflicts(ConflictDeadLetter)
 			})
 			// The first version forwarded: transfer records what it sent.
 			if _, err := f.transfer(t.Context(), &Attempt{Event: testEvent()}); err != nil {
@@ -649,14 +711,13 @@ func TestRefusalNamesTheAttributes(t *testing.T) {
 // leader election) is written on a later try: lost, it read as a missing
 // study in the audit, and kept buffer mode's instances in Orthanc.
 func TestCompletedRecordRetried(t *testing.T) {
-	dest := &azureLike{held: map[string]bool{}}
-	srv := httptest.NewServer(dest)
-	t.Cleanup(srv.Close)
+	dest := &azureLike{}
+	url := dest.serve(t)
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
 	var calls atomic.Int32
 	recorded := make(chan struct{})
-	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+	f := newForwarder(t, newMemSource(2), url, cons, func(o *Options) {
 		o.Completed = func(context.Context, *events.StudyStable, Completion) error {
 			if calls.Add(1) < 3 {
 				return fmt.Errorf("ledger: %w", nats.ErrTimeout)
@@ -801,57 +862,32 @@ func TestStoredRecordReadThroughElection(t *testing.T) {
 	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
 		t.Run(action, func(t *testing.T) {
 			ev := testEvent()
-			dest := &azureLike{held: map[string]bool{}}
-			srv := httptest.NewServer(dest)
-			t.Cleanup(srv.Close)
+			dest := &azureLike{}
+			url := dest.serve(t)
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
 			fl := &electionFailureLog{}
-			var comps []Completion
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
-				o.DeadLetters = dls
+			var out outcome
+			f := newForwarder(t, newMemSource(2), url, cons, out.options, func(o *Options) {
 				o.Failures = fl
 				o.MaxDeliveries = 1 // a conflict taken for one is dead-lettered at once
-				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-					comps = append(comps, c)
-					return nil
-				}
+				o.Conflicts = azureConflicts(action)
 			})
-			for _, msgID := range []string{ev.MsgID(), ev.MsgID() + "/backfill/default"} {
-				if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for i := range 2 {
-				msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-				if err != nil {
-					t.Fatalf("delivery %d: %v", i+1, err)
-				}
+			publishAs(t, ns, ev, ev.MsgID(), ev.MsgID()+"/backfill/default")
+			handleNext(t, f, cons, 2, func(i int, msg jetstream.Msg) jetstream.Msg {
 				if i == 1 {
 					fl.unreadable.Store(2)
 				}
-				f.handle(t.Context(), msg, "")
-			}
-			dest.mu.Lock()
-			answers := strings.Join(dest.answers, " ")
-			dest.mu.Unlock()
-			if strings.Count(answers, ":45070") != 2 {
+				return msg
+			})
+			if answers := dest.answered(); strings.Count(answers, ":45070") != 2 {
 				t.Fatalf("answers %s: want both instances answered 45070 the second time", answers)
 			}
 			if n := fl.reads.Load(); n < 3 {
 				t.Errorf("the record was read %d times, want the 2 failed reads and one that answered", n)
 			}
-			for _, l := range dls.all() {
-				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
-				t.Errorf("%v conflicts counted as skipped, want 0", got)
-			}
-			if len(comps) != 2 {
-				t.Fatalf("%d completions, want 2", len(comps))
-			}
+			noneSkipped(t, f)
+			comps := out.settled(t, 2)
 			if last := comps[1]; len(last.Kept) > 0 {
 				t.Errorf("the completion keeps %v in the source, though the destination holds them as sent", last.Kept)
 			}
@@ -866,28 +902,18 @@ func TestStoredRecordReadThroughElection(t *testing.T) {
 // (45070) answers for them were conflicts (deadletter dead-lettered the
 // study).
 func TestHeldRunKnowsWhatEarlierRunsCouldNotRecord(t *testing.T) {
-	dest := &azureLike{held: map[string]bool{}}
-	srv := httptest.NewServer(dest)
-	t.Cleanup(srv.Close)
+	dest := &azureLike{}
+	url := dest.serve(t)
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
-	src := &halfDownSource{memSource: newMemSource(8)}
-	src.down.Store(true)
+	src := newHalfDownSource(8)
 	fl := &failingFailureLog{}
 	fl.failing.Store(true) // for the whole delivery
-	dls := &memDeadLetters{}
-	f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
-		o.DeadLetters = dls
+	var out outcome
+	f := newForwarder(t, nil, url, cons, out.options, src.options, func(o *Options) {
 		o.Failures = fl
 		o.MaxDeliveries = 1
-		o.Conflicts = ConflictPolicy{Action: ConflictDeadLetter, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-		o.SourceFor = func(string) (Source, error) { return src, nil }
-		o.SourceProbe = func(context.Context, string) error {
-			if src.down.Load() {
-				return errSourceDown
-			}
-			return nil
-		}
+		o.Conflicts = azureConflicts(ConflictDeadLetter)
 	})
 	// The source answers again once the study is held.
 	back := make(chan struct{})
@@ -904,15 +930,10 @@ func TestHeldRunKnowsWhatEarlierRunsCouldNotRecord(t *testing.T) {
 	t.Cleanup(func() { <-back })
 	f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
 	<-back
-	dest.mu.Lock()
-	answers := strings.Join(dest.answers, " ")
-	dest.mu.Unlock()
-	if !strings.Contains(answers, ":45070") {
+	if answers := dest.answered(); !strings.Contains(answers, ":45070") {
 		t.Fatalf("answers %s: want the run after the hold answered 45070 for what the first stored", answers)
 	}
-	for _, l := range dls.all() {
-		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-	}
+	out.noDeadLetters(t)
 }
 
 // unreadableFailureLog is a memFailureLog whose reads are refused.
@@ -931,34 +952,20 @@ func (l *unreadableFailureLog) Sent(context.Context, *events.StudyStable) (func(
 // that times out takes seconds each.
 func TestUnreadableStoredRecordReadOnce(t *testing.T) {
 	ev := testEvent()
-	dest := &azureLike{held: map[string]bool{}}
-	srv := httptest.NewServer(dest)
-	t.Cleanup(srv.Close)
+	dest := &azureLike{}
+	url := dest.serve(t)
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
 	fl := &unreadableFailureLog{}
-	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) {
+	f := newForwarder(t, newMemSource(8), url, cons, func(o *Options) {
 		o.DeadLetters = &memDeadLetters{}
 		o.Failures = fl
 		o.MaxInstances = 1
-		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+		o.Conflicts = azureConflicts(ConflictSkip)
 	})
-	for _, msgID := range []string{ev.MsgID(), ev.MsgID() + "/backfill/default"} {
-		if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.EventSubjectPrefix+ev.Source, ev, msgID); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i := range 2 {
-		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			t.Fatalf("delivery %d: %v", i+1, err)
-		}
-		f.handle(t.Context(), msg, "")
-	}
-	dest.mu.Lock()
-	answers := strings.Join(dest.answers, " ")
-	dest.mu.Unlock()
-	if strings.Count(answers, ":45070") != 8 {
+	publishAs(t, ns, ev, ev.MsgID(), ev.MsgID()+"/backfill/default")
+	handleNext(t, f, cons, 2, nil)
+	if answers := dest.answered(); strings.Count(answers, ":45070") != 8 {
 		t.Fatalf("answers %s: want every instance answered 45070 the second time", answers)
 	}
 	if n := fl.reads.Load(); n != 1 {
@@ -1008,7 +1015,7 @@ func TestAnswerGivesItsPlaceBackBeforeSorting(t *testing.T) {
 	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
 		o.Failures = fl
 		o.RequestConcurrency, o.MinRequestConcurrency = 1, 1
-		o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+		o.Conflicts = azureConflicts(ConflictSkip)
 	})
 	done := make(chan error, 1)
 	go func() {
@@ -1061,7 +1068,8 @@ func TestConflictWhileRecordUnreadable(t *testing.T) {
 				o.Failures = &unreadableFailureLog{}
 				o.InstanceRetries = 1
 				o.InstanceRetryDelay = time.Millisecond
-				o.Conflicts = ConflictPolicy{Action: action, Method: ReplacePut, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Conflicts = azureConflicts(action)
+				o.Conflicts.Method = ReplacePut
 			})
 			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
 			var fe *Error

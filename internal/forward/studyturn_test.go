@@ -14,10 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testnats"
@@ -68,22 +66,14 @@ func TestStudySentByOneDeliveryAtATime(t *testing.T) {
 			}
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			reg := prometheus.NewRegistry()
-			var mu sync.Mutex
-			var comps []Completion
-			f := newForwarder(t, nil, srv.URL, cons, func(o *Options) {
+			var out outcome
+			f := newForwarder(t, nil, srv.URL, cons, out.options, func(o *Options) {
 				o.SourceFor = func(string) (Source, error) { return src, nil }
 				o.Concurrency = 2
 				o.MaxInstances = 10
-				o.DeadLetters, o.Failures, o.Registerer = dls, &memFailureLog{}, reg
-				o.Conflicts = ConflictPolicy{Action: action, Method: ReplacePut, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-				o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
-					mu.Lock()
-					defer mu.Unlock()
-					comps = append(comps, c)
-					return nil
-				}
+				o.Failures, o.Registerer = &memFailureLog{}, prometheus.NewRegistry()
+				o.Conflicts = azureConflicts(action)
+				o.Conflicts.Method = ReplacePut
 			})
 			ctx, cancel := context.WithCancel(context.Background())
 			t.Cleanup(cancel)
@@ -101,25 +91,14 @@ func TestStudySentByOneDeliveryAtATime(t *testing.T) {
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
-			for _, l := range dls.all() {
-				t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("skipped")); got != 0 {
-				t.Errorf("conflicts{action=skipped} = %v, want 0", got)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if len(comps) != 2 {
-				t.Fatalf("%d completions, want 2", len(comps))
-			}
+			noneSkipped(t, f)
+			comps := out.settled(t, 2)
 			for _, c := range comps {
 				if len(c.Kept) > 0 {
 					t.Errorf("a completion keeps %d instances in the source (first %s), though the destination holds them as sent", len(c.Kept), c.Kept[0])
 				}
 			}
-			dest.mu.Lock()
-			defer dest.mu.Unlock()
-			if stored := strings.Count(strings.Join(dest.answers, " "), ":stored"); stored != 101 {
+			if stored := strings.Count(dest.answered(), ":stored"); stored != 101 {
 				t.Errorf("%d instances stored, want each of the 101 once", stored)
 			}
 		})
@@ -172,7 +151,7 @@ func TestConflictAnswerReadsTheRecordAgain(t *testing.T) {
 				o.Failures = fl
 				o.MaxInstances = 1
 				o.RequestConcurrency, o.MinRequestConcurrency = 1, 1
-				o.Conflicts = ConflictPolicy{Action: action, Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+				o.Conflicts = azureConflicts(action)
 			})
 			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
 			if err != nil {
