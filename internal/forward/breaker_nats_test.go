@@ -306,14 +306,7 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	})
 	runForwarder(t, f)
 	const studies = 4
-	for i := range studies {
-		ev := testEvent()
-		ev.OrthancStudyID = fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i)
-		ev.StudyInstanceUID = fmt.Sprintf("1.2.4.%d", i)
-		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publishStudies(t, ns, 0, studies)
 	// Sixty probes passed, each followed by a trial (or every study was
 	// dead-lettered, as before).
 	deadline := time.Now().Add(30 * time.Second)
@@ -380,6 +373,20 @@ func answerProbe(w http.ResponseWriter, probes *atomic.Int32) {
 	probes.Add(1)
 	w.Header().Set("Content-Type", "application/dicom+json")
 	io.WriteString(w, "[]")
+}
+
+// publishStudies publishes the events of studies from to to-1, each its
+// own study (Orthanc ID and Study Instance UID 1.2.4.i).
+func publishStudies(t *testing.T, ns *testnats.Server, from, to int) {
+	t.Helper()
+	for i := from; i < to; i++ {
+		ev := testEvent()
+		ev.OrthancStudyID = fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i)
+		ev.StudyInstanceUID = fmt.Sprintf("1.2.4.%d", i)
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // runForwarder runs f until the test ends.

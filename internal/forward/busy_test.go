@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/internal/faultproxy"
-	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
@@ -72,17 +71,6 @@ func TestBusy503IsLoadNotAnOutage(t *testing.T) {
 				o.Breaker = BreakerOptions{Failures: 5, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: newProber(t, srv.URL)}
 			})
 			runForwarder(t, f)
-			publish := func(from, to int) {
-				t.Helper()
-				for i := from; i < to; i++ {
-					ev := testEvent()
-					ev.OrthancStudyID = fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i)
-					ev.StudyInstanceUID = "1.2.4." + strconv.Itoa(i)
-					if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
 			acked := func(k int) {
 				t.Helper()
 				waitConsumerWithin(t, cons, 2*time.Minute, func(i *jetstream.ConsumerInfo) bool {
@@ -93,10 +81,10 @@ func TestBusy503IsLoadNotAnOutage(t *testing.T) {
 				return testutil.ToFloat64(f.m.breakerTransitions.WithLabelValues(BreakerOpen.String()))
 			}
 			if tt.down {
-				publish(0, 1)
+				publishStudies(t, ns, 0, 1)
 				acked(1)
 				down.Store(true)
-				publish(1, studies)
+				publishStudies(t, ns, 1, studies)
 				deadline := time.Now().Add(time.Minute)
 				for f.Status().State != "open" {
 					if time.Now().After(deadline) {
@@ -106,7 +94,7 @@ func TestBusy503IsLoadNotAnOutage(t *testing.T) {
 				}
 				down.Store(false)
 			} else {
-				publish(0, studies)
+				publishStudies(t, ns, 0, studies)
 			}
 			acked(studies)
 			if l := dls.all(); len(l) != 0 {

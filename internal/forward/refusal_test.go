@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/internal/dicomweb"
-	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -92,14 +91,7 @@ func TestDestinationRefusalHeld(t *testing.T) {
 			})
 			runForwarder(t, f)
 			const studies = 4
-			for i := range studies {
-				ev := testEvent()
-				ev.OrthancStudyID = fmt.Sprintf("%08x-4f66fb14-03f4081b-f9341db2-53925988", i)
-				ev.StudyInstanceUID = fmt.Sprintf("1.2.4.%d", i)
-				if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), ev); err != nil {
-					t.Fatal(err)
-				}
-			}
+			publishStudies(t, ns, 0, studies)
 			// Refused long enough for the breaker to open and its
 			// probes (and trials) to be refused a while, or, as before,
 			// for the studies to be dead-lettered.
