@@ -1,6 +1,7 @@
 package natsjs_test
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"testing"
@@ -12,10 +13,11 @@ import (
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
-// TestOldestHeld: the oldest event a destination's lanes hold not
-// acknowledged, over its lanes; none when they hold nothing, when a lane
-// has no consumer, or when the destination has none.
-func TestOldestHeld(t *testing.T) {
+// aiAndPACSLanes is an event stream with the lanes of destinations ai
+// and pacs, but for ai's stat lane's consumer: an event there is held by
+// no one.
+func aiAndPACSLanes(t *testing.T) (jetstream.JetStream, context.Context, natsjs.Topology, map[string]map[events.Priority]jetstream.Consumer) {
+	t.Helper()
 	js, ctx, topo := eventStream(t)
 	lanes, err := topo.EnsureLanes(ctx, js, []string{"ai", "pacs"})
 	if err != nil {
@@ -24,6 +26,26 @@ func TestOldestHeld(t *testing.T) {
 	if err := js.DeleteConsumer(ctx, natsjs.EventStream, natsjs.LaneConsumerName("ai", events.PriorityStat)); err != nil {
 		t.Fatal(err)
 	}
+	return js, ctx, topo, lanes
+}
+
+// ackNext takes the next event of cons and acknowledges it.
+func ackNext(ctx context.Context, t *testing.T, cons jetstream.Consumer) {
+	t.Helper()
+	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOldestHeld: the oldest event a destination's lanes hold not
+// acknowledged, over its lanes; none when they hold nothing, when a lane
+// has no consumer, or when the destination has none.
+func TestOldestHeld(t *testing.T) {
+	js, ctx, _, lanes := aiAndPACSLanes(t)
 	stream, err := js.Stream(ctx, natsjs.EventStream)
 	if err != nil {
 		t.Fatal(err)
@@ -55,13 +77,7 @@ func TestOldestHeld(t *testing.T) {
 	held("ai", low)
 	held("pacs", time.Time{})
 	held("gone", time.Time{})
-	msg, err := lanes["ai"][events.PriorityLow].Next(jetstream.FetchMaxWait(5 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := msg.DoubleAck(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ackNext(ctx, t, lanes["ai"][events.PriorityLow])
 	held("ai", routine)
 }
 
@@ -73,14 +89,7 @@ func TestOldestHeld(t *testing.T) {
 // source's only, holds none, or that source's only: they counted all
 // the same, and the audit did not repair a study such a copy named.
 func TestHeldAlone(t *testing.T) {
-	js, ctx, topo := eventStream(t)
-	lanes, err := topo.EnsureLanes(ctx, js, []string{"ai", "pacs"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := js.DeleteConsumer(ctx, natsjs.EventStream, natsjs.LaneConsumerName("ai", events.PriorityStat)); err != nil {
-		t.Fatal(err)
-	}
+	js, ctx, topo, lanes := aiAndPACSLanes(t)
 	// Low lanes whose consumers do not take their subject for the
 	// destination alone: old's takes the events for every destination
 	// only (made by hand, or before the lane took that subject), one's
@@ -108,13 +117,7 @@ func TestHeldAlone(t *testing.T) {
 	}
 	// Taken and acknowledged first: the routine lane's first event.
 	queue(events.PriorityRoutine, "ai", study(1), "20261126T101500")
-	msg, err := lanes["ai"][events.PriorityRoutine].Next(jetstream.FetchMaxWait(5 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := msg.DoubleAck(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ackNext(ctx, t, lanes["ai"][events.PriorityRoutine])
 	queue(events.PriorityLow, "ai", study(2), "20261126T101500")
 	queue(events.PriorityRoutine, "ai", study(2), "20261126T111500")
 	queue(events.PriorityLow, "ai", study(2), "20261126T091500")
