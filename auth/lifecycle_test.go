@@ -44,37 +44,54 @@ func TestBackgroundRefreshNoCallerWaits(t *testing.T) {
 	})
 }
 
+// refreshFailed is a source of 4 s tokens whose endpoint went down
+// once it issued the first, at start.
+type refreshFailed struct {
+	ts    *TokenSource
+	first *oauth2.Token
+	start time.Time
+	down  atomic.Bool // false brings the endpoint back
+}
+
+// startRefreshFailed starts a refreshFailed in t's synctest bubble and
+// returns at 2.5 s: the refresh due at 2 s has failed, and the first
+// token is good until 3.6 s.
+func startRefreshFailed(t *testing.T) *refreshFailed {
+	t.Helper()
+	rf := &refreshFailed{}
+	ok := issue(4, 0)
+	srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
+		if rf.down.Load() {
+			http.Error(w, "maintenance", http.StatusServiceUnavailable)
+			return
+		}
+		ok(w, r)
+	})
+	rf.ts = newSource(t, srv, fastRetries)
+	rf.start = time.Now()
+	rf.first = mustToken(t, rf.ts)
+	rf.down.Store(true)
+	time.Sleep(time.Until(rf.start.Add(2500 * time.Millisecond)))
+	synctest.Wait()
+	return rf
+}
+
 // TestBackgroundRefreshFailureKeepsToken: a failing background refresh
 // leaves the current token in use until it is about to expire; then
 // callers see the error; once the endpoint is back, a new token. It runs
 // on synctest's fake clock.
 func TestBackgroundRefreshFailureKeepsToken(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var down atomic.Bool
-		ok := issue(4, 0)
-		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
-			if down.Load() {
-				http.Error(w, "maintenance", http.StatusServiceUnavailable)
-				return
-			}
-			ok(w, r)
-		})
-		ts := newSource(t, srv, fastRetries)
-		start := time.Now()
-		first := mustToken(t, ts)
-		down.Store(true)
-
-		// Refresh is due at 2 s and fails; the token is good until 3.6 s.
-		time.Sleep(time.Until(start.Add(2500 * time.Millisecond)))
-		if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+		rf := startRefreshFailed(t)
+		if tok := mustToken(t, rf.ts); tok.AccessToken != rf.first.AccessToken {
 			t.Fatal("got another token while the endpoint is down")
 		}
-		time.Sleep(time.Until(start.Add(3800 * time.Millisecond)))
-		if _, err := ts.Token(); !errors.Is(err, ErrToken) {
+		time.Sleep(time.Until(rf.start.Add(3800 * time.Millisecond)))
+		if _, err := rf.ts.Token(); !errors.Is(err, ErrToken) {
 			t.Fatalf("after the token went stale: err = %v, want ErrToken", err)
 		}
-		down.Store(false)
-		if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
+		rf.down.Store(false)
+		if tok := mustToken(t, rf.ts); tok.AccessToken == rf.first.AccessToken {
 			t.Fatal("the stale token was handed out")
 		}
 	})

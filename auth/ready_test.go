@@ -3,10 +3,8 @@ package auth
 import (
 	"errors"
 	"net/http"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
-	"time"
 
 	"golang.org/x/oauth2"
 )
@@ -68,31 +66,16 @@ func TestTokenSourceReady(t *testing.T) {
 // nothing of the credentials now (the endpoint is back).
 func TestTokenSourceReadyAfterInvalidate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var down atomic.Bool
-		ok := issue(4, 0)
-		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
-			if down.Load() {
-				http.Error(w, "maintenance", http.StatusServiceUnavailable)
-				return
-			}
-			ok(w, r)
-		})
-		ts := newSource(t, srv, fastRetries)
-		start := time.Now()
-		first := mustToken(t, ts)
-		down.Store(true)
-		// The refresh is due at 2 s and fails; the token is good until 3.6 s.
-		time.Sleep(time.Until(start.Add(2500 * time.Millisecond)))
-		synctest.Wait()
-		if err := ts.Ready(t.Context()); err != nil {
+		rf := startRefreshFailed(t)
+		if err := rf.ts.Ready(t.Context()); err != nil {
 			t.Fatalf("Ready with a good token: %v", err)
 		}
-		down.Store(false)
-		ts.Invalidate(first)
-		if err := ts.Ready(t.Context()); err != nil {
+		rf.down.Store(false)
+		rf.ts.Invalidate(rf.first)
+		if err := rf.ts.Ready(t.Context()); err != nil {
 			t.Fatalf("Ready after Invalidate, the endpoint back: %v, want a new token", err)
 		}
-		if tok := mustToken(t, ts); tok.AccessToken == first.AccessToken {
+		if tok := mustToken(t, rf.ts); tok.AccessToken == rf.first.AccessToken {
 			t.Fatal("the invalidated token was handed out")
 		}
 	})
