@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -162,15 +162,7 @@ func TestVerifyPagesUntilEverySentIsListed(t *testing.T) {
 		for i := range sent {
 			held = append(held, fmt.Sprintf("1.2.3.%d", i+1))
 		}
-		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-		offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
-		limit = min(limit, capped)
-		var items []string
-		for _, uid := range held[min(offset, len(held)):min(offset+limit, len(held))] {
-			items = append(items, fmt.Sprintf(`{"00080018":{"vr":"UI","Value":[%q]}}`, uid))
-		}
-		w.Header().Set("Content-Type", "application/dicom+json")
-		fmt.Fprint(w, "["+strings.Join(items, ",")+"]")
+		stowsink.WriteInstancePage(w, r, held, capped)
 	}))
 	t.Cleanup(srv.Close)
 	qido, err := dicomweb.New(srv.URL, nil)

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -421,15 +421,7 @@ func TestVerifyPagesUntilEveryInstanceIsListed(t *testing.T) {
 					http.Error(w, "unexpected "+r.URL.Path, http.StatusBadRequest)
 					return
 				}
-				limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-				offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
-				limit = min(limit, capped)
-				var items []string
-				for _, uid := range held[min(offset, len(held)):min(offset+limit, len(held))] {
-					items = append(items, fmt.Sprintf(`{"00080018":{"vr":"UI","Value":[%q]}}`, uid))
-				}
-				w.Header().Set("Content-Type", "application/dicom+json")
-				fmt.Fprint(w, "["+strings.Join(items, ",")+"]")
+				stowsink.WriteInstancePage(w, r, held, capped)
 			}))
 			t.Cleanup(srv.Close)
 			qido, err := dicomweb.New(srv.URL, nil)

@@ -16,6 +16,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -229,6 +230,22 @@ func WriteAnswer(w http.ResponseWriter, stored, failed []string) {
 		w.WriteHeader(http.StatusAccepted)
 	}
 	_, _ = io.WriteString(w, "{"+strings.Join(fields, ",")+"}")
+}
+
+// WriteInstancePage writes the QIDO-RS answer of a destination holding
+// the instances held (SOP Instance UIDs, in its order) to r: the page r's
+// limit and offset ask, of pageCap items at most, as a server capping its
+// pages does. For test destinations that list what they hold.
+func WriteInstancePage(w http.ResponseWriter, r *http.Request, held []string, pageCap int) {
+	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+	offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
+	limit = min(limit, pageCap)
+	var items []string
+	for _, uid := range held[min(offset, len(held)):min(offset+limit, len(held))] {
+		items = append(items, fmt.Sprintf(`{"00080018":{"vr":"UI","Value":[%q]}}`, uid))
+	}
+	w.Header().Set("Content-Type", "application/dicom+json")
+	_, _ = io.WriteString(w, "["+strings.Join(items, ",")+"]")
 }
 
 // response is the DICOM JSON a STOW-RS server answers: the

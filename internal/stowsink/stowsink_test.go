@@ -2,6 +2,7 @@ package stowsink
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -176,5 +177,36 @@ func TestMostAtOnce(t *testing.T) {
 	sink.Reset()
 	if got := sink.Stats().MostAtOnce; got != 0 {
 		t.Errorf("MostAtOnce %d after a reset with none open, want 0", got)
+	}
+}
+
+// WriteInstancePage answers the page asked, capped, and an empty list
+// past the end: a QIDO-RS client pages through it as through a server.
+func TestWriteInstancePage(t *testing.T) {
+	held := []string{"1.2.3.1", "1.2.3.2", "1.2.3.3", "1.2.3.4", "1.2.3.5"}
+	for _, tt := range []struct {
+		query string
+		want  string
+	}{
+		{"limit=2&offset=0", "1.2.3.1 1.2.3.2"},
+		{"limit=10&offset=1", "1.2.3.2 1.2.3.3 1.2.3.4"}, // capped at 3
+		{"limit=3&offset=4", "1.2.3.5"},
+		{"limit=3&offset=9", ""},
+	} {
+		t.Run(tt.query, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			WriteInstancePage(rec, httptest.NewRequest(http.MethodGet, "/studies/1.2.3/instances?"+tt.query, nil), held, 3)
+			var items []map[string]struct{ Value []string }
+			if err := json.Unmarshal(rec.Body.Bytes(), &items); err != nil {
+				t.Fatalf("%s: %v", rec.Body, err)
+			}
+			var got []string
+			for _, it := range items {
+				got = append(got, it["00080018"].Value...)
+			}
+			if strings.Join(got, " ") != tt.want || rec.Header().Get("Content-Type") != "application/dicom+json" {
+				t.Errorf("page %v (%s), want %s", got, rec.Header().Get("Content-Type"), tt.want)
+			}
+		})
 	}
 }
