@@ -44,7 +44,8 @@ type keyGuard struct {
 	peers map[string]string
 	// agreeing is, by destination held for another key, the time of the
 	// first of the reads in a row since that listed this process's
-	// snapshot and no other key (see agreeSettle).
+	// snapshot and no other key (see agreeSettle); a failed read breaks
+	// the row.
 	agreeing map[string]time.Time
 	// failed is why the last read of the bucket counted no comparison:
 	// the read's error, or that of the put of this process's snapshot
@@ -119,6 +120,22 @@ func (g *keyGuard) noted(err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.failed = err
+}
+
+// readFailed records a read of the bucket that failed with err. It also
+// starts the settle of every disagreement again: the reads after it must
+// find no other key for agreeSettle on their own, or a start from before
+// a run of failures (a NATS restart losing the bucket) would end a
+// disagreement at the first read after it, before the others put their
+// snapshots again.
+func (g *keyGuard) readFailed(err error) {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.failed = err
+	clear(g.agreeing)
 }
 
 // deidentifies reports whether a destination it guards is served.

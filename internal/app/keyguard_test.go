@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -181,6 +182,7 @@ func TestKeyGuardAgreesAfterSettle(t *testing.T) {
 		peerListed bool
 		ownListed  bool
 		wantPaused bool
+		failed     bool // the read fails: compare is not called
 	}
 	tests := []struct {
 		name      string
@@ -211,6 +213,13 @@ func TestKeyGuardAgreesAfterSettle(t *testing.T) {
 			{after: status.ShareInterval, ownListed: true, peerListed: true, wantPaused: true},
 			{after: agreeSettle - time.Second, ownListed: true, wantPaused: true},
 		}},
+		{name: "a failed read starts the wait again", wantAgree: true, reads: []read{
+			{after: time.Second, ownListed: true, wantPaused: true},
+			{after: status.ShareInterval, failed: true, wantPaused: true},
+			{after: agreeSettle, ownListed: true, wantPaused: true},
+			{after: agreeSettle - time.Second, ownListed: true, wantPaused: true},
+			{after: time.Second, ownListed: true},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -224,7 +233,11 @@ func TestKeyGuardAgreesAfterSettle(t *testing.T) {
 				if r.peerListed {
 					snaps = append(snaps, peer)
 				}
-				g.compare(snaps, r.ownListed)
+				if r.failed {
+					g.readFailed(errors.New("nats: timeout"))
+				} else {
+					g.compare(snaps, r.ownListed)
+				}
 				if got := g.paused("research")(); got != r.wantPaused {
 					t.Fatalf("read %d: paused %v, want %v", i, got, r.wantPaused)
 				}

@@ -79,7 +79,7 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 				}
 			}
 		case ctx.Err() == nil:
-			keys.noted(err)
+			keys.readFailed(err)
 			n, again := failed.Failed()
 			if n < shareFailuresWarned || (n > shareFailuresWarned && !again) {
 				log.Debug("status: cannot count the replicas serving each destination; the last share of the limits stays", "err", err)
