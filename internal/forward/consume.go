@@ -361,10 +361,20 @@ func (f *Forwarder) turnHeld(a *Attempt, held bool) {
 // A trial pulled for the shut breaker waits only until the other is held
 // (turnHeld), then goes beside it: a held study may be held for that
 // very trial. Pulled once the breaker closed, it is an ordinary study.
+// One still sending after a probe interval (a large study) gives up
+// being the trial, so that the breaker chooses another and the workers
+// waiting for it do not wait for that whole transfer; the event then
+// waits as an ordinary study, in progress, spending no delivery.
 func (f *Forwarder) takeStudy(ctx context.Context, a *Attempt, log *slog.Logger) (release func(), err error) {
 	key := studyKey(a.Event)
 	pt, pulled := ctx.Value(pulledTrialKey{}).(*pulledTrial)
 	trial := pulled && !pt.used && f.breaker.shut()
+	var trialWait <-chan time.Time
+	if trial {
+		tm := time.NewTimer(f.breaker.cfg.interval)
+		defer tm.Stop()
+		trialWait = tm.C
+	}
 	waited := false
 	defer func() {
 		if waited {
@@ -403,6 +413,13 @@ func (f *Forwarder) takeStudy(ctx context.Context, a *Attempt, log *slog.Logger)
 		select {
 		case <-done:
 		case <-held:
+		case <-trialWait:
+			// As a pulled trial settled without a request: the breaker
+			// pulls or picks the next, and this event is no trial.
+			trial, trialWait = false, nil
+			pt.used, pt.released = true, true
+			f.breaker.pulledTrialEnded(true, false)
+			log.Info("another delivery of the study is still being sent: this one is no longer the circuit breaker's trial and waits for it to end; no delivery is spent")
 		case <-f.stopping:
 			return func() {}, errShutdown
 		case <-ctx.Done():

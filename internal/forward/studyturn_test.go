@@ -391,21 +391,28 @@ func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
 		name       string
 		shut       bool
 		heldBefore bool // the other delivery is held already
+		outlasts   bool // the other sends on past a probe interval
 		wantTurn   bool // the trial takes the study's turn (ordinary)
 	}{
 		{name: "breaker shut, the other sending", shut: true},
 		{name: "breaker shut, the other held", shut: true, heldBefore: true},
+		{name: "breaker shut, the other sending past a probe interval", shut: true, outlasts: true, wantTurn: true},
 		{name: "breaker closed", wantTurn: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			obs := &recordingObserver{}
+			probe := time.Hour
+			if tc.outlasts {
+				probe = 10 * time.Millisecond
+			}
 			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 				o.Observer = obs
-				o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Hour}
+				o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: probe}
 			})
 			if tc.shut {
 				f.breaker.mu.Lock()
-				f.breaker.state = BreakerOpen
+				// As startPulledTrial leaves it for the pulled trial.
+				f.breaker.state, f.breaker.pulling, f.breaker.pulledTrials = BreakerOpen, true, 1
 				f.breaker.mu.Unlock()
 			}
 			log := slog.New(slog.DiscardHandler)
@@ -433,7 +440,13 @@ func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
 			}()
 			if !tc.heldBefore {
 				waitHold(t, obs, done, "waiting: another delivery of the study is being sent")
-				if tc.shut {
+				if tc.outlasts {
+					// The trial gives its place back: another may be
+					// pulled while this one waits for the other's end.
+					waitTrialGivenUp(t, f)
+					releaseHolder()
+					released = true
+				} else if tc.shut {
 					f.turnHeld(holder, true)
 				} else {
 					releaseHolder()
@@ -450,5 +463,23 @@ func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
 				t.Errorf("the trial has the study's turn: %v, want %v", got, tc.wantTurn)
 			}
 		})
+	}
+}
+
+// waitTrialGivenUp waits until no pulled trial is out or on its way.
+func waitTrialGivenUp(t *testing.T, f *Forwarder) {
+	t.Helper()
+	deadline := time.Now().Add(heldWait)
+	for {
+		f.breaker.mu.Lock()
+		free := !f.breaker.pulling && f.breaker.pulledTrials == 0
+		f.breaker.mu.Unlock()
+		if free {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the trial waiting for its study's other delivery still holds the breaker's trial")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
