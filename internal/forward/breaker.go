@@ -1053,6 +1053,19 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 	// next run to know as its own copies.
 	var unrecorded []string
 	for {
+		if a.beside && trial == 0 {
+			// Sent beside the study's held delivery as the trial, it no
+			// longer is (held since, or the breaker closed): both may
+			// leave their holds at once, so it waits for the study's
+			// turn as any study, or each takes the other's copies for
+			// conflicts. handle's release ends the turn.
+			a.beside = false
+			release, err := f.takeStudy(ctx, a, log)
+			a.lateTurn = release
+			if err != nil {
+				return Report{unrecorded: unrecorded}, fmt.Errorf("waiting for the study's other delivery: %w", err)
+			}
+		}
 		a.unrecorded = unrecorded
 		rep, err := f.transferRecovering(ctx, a)
 		rep.unrecorded = append(unrecorded, rep.unrecorded...)

@@ -398,7 +398,12 @@ func (f *Forwarder) takeStudy(ctx context.Context, a *Attempt, log *slog.Logger)
 		if trial && other.isHeld {
 			f.inHandMu.Unlock()
 			log.Info("another delivery of the study is held here: this one, the circuit breaker's trial, is sent beside it")
-			return func() {}, nil
+			a.beside = true
+			return func() {
+				if a.lateTurn != nil {
+					a.lateTurn()
+				}
+			}, nil
 		}
 		done, held := other.done, other.held
 		f.inHandMu.Unlock()

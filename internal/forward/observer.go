@@ -21,6 +21,11 @@ type Attempt struct {
 	// lane is the lane it was pulled from ("": routine), for its
 	// requests' priority in the limiter.
 	lane events.Priority
+	// beside: sent as the breaker's trial beside its study's held
+	// delivery, without the study's turn (takeStudy); lateTurn ends the
+	// turn it took once no longer the trial (transferGuarded).
+	beside   bool
+	lateTurn func()
 }
 
 // Result is how an attempt ended: the label of

@@ -483,3 +483,62 @@ func waitTrialGivenUp(t *testing.T, f *Forwarder) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestBesideTrialTakesTheTurnAfterItsHold: a pulled trial sent beside
+// its study's held delivery, then held itself, takes the study's turn
+// once it leaves its hold no longer the trial: the other, leaving its
+// hold at the same close, sends first. It was sent at once, beside it.
+func TestBesideTrialTakesTheTurnAfterItsHold(t *testing.T) {
+	var posts atomic.Int32
+	var k sink
+	stores := k.handler(nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			posts.Add(1)
+		}
+		stores.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	obs := &recordingObserver{}
+	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+		o.Observer = obs
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: time.Hour, Prober: newProber(t, srv.URL)}
+	})
+	f.breaker.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.8", 8)
+	log := slog.New(slog.DiscardHandler)
+	holder := &Attempt{Event: testEvent(), Seq: 1}
+	releaseHolder, err := f.takeStudy(t.Context(), holder, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			releaseHolder()
+		}
+	})
+	f.turnHeld(holder, true)
+	trial := &Attempt{Event: testEvent(), Seq: 2}
+	ctx := context.WithValue(t.Context(), pulledTrialKey{}, &pulledTrial{})
+	release, err := f.takeStudy(ctx, trial, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.transferGuarded(ctx, trial, log)
+		done <- err
+	}()
+	// The breaker opened again before the trial's first attempt: held.
+	waitHold(t, obs, done, "held: destination down (circuit breaker open)")
+	f.turnHeld(holder, false)
+	f.breaker.record(nil, 0, "1.2.9", 9) // a study in flight stored: closed
+	waitHold(t, obs, done, "waiting: another delivery of the study is being sent")
+	if n := posts.Load(); n != 0 {
+		t.Errorf("%d STOW-RS requests beside the study's other delivery, want none", n)
+	}
+	releaseHolder()
+	released = true
+	waitStored(t, done, &posts)
+}
