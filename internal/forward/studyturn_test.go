@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/stowsink"
 	"github.com/stowline/stowline/internal/testnats"
