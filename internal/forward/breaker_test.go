@@ -775,16 +775,7 @@ func TestBreakerStudyPulledWhileShutIsHeldFirst(t *testing.T) {
 		{"breaker closed", false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			var posts atomic.Int32
-			var k sink
-			stores := k.handler(nil)
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.Method == http.MethodPost {
-					posts.Add(1)
-				}
-				stores.ServeHTTP(w, r)
-			}))
-			t.Cleanup(srv.Close)
+			srv, posts := postCountingSink(t)
 			obs := &recordingObserver{}
 			f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
 				o.Observer = obs
@@ -806,7 +797,7 @@ func TestBreakerStudyPulledWhileShutIsHeldFirst(t *testing.T) {
 				}
 				b.record(nil, 0, "1.2.9", 9) // a study in flight stored: closed
 			}
-			waitStored(t, done, &posts)
+			waitStored(t, done, posts)
 		})
 	}
 }

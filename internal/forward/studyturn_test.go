@@ -417,17 +417,7 @@ func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
 				f.breaker.mu.Unlock()
 			}
 			log := slog.New(slog.DiscardHandler)
-			holder := &Attempt{Event: testEvent(), Seq: 1}
-			releaseHolder, err := f.takeStudy(t.Context(), holder, log)
-			if err != nil {
-				t.Fatal(err)
-			}
-			released := false
-			t.Cleanup(func() {
-				if !released {
-					releaseHolder()
-				}
-			})
+			holder, releaseHolder := takeHolder(t, f, log)
 			if tc.heldBefore {
 				f.turnHeld(holder, true)
 			}
@@ -446,12 +436,10 @@ func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
 					// pulled while this one waits for the other's end.
 					waitTrialGivenUp(t, f)
 					releaseHolder()
-					released = true
 				} else if tc.shut {
 					f.turnHeld(holder, true)
 				} else {
 					releaseHolder()
-					released = true
 				}
 			}
 			if err := <-done; err != nil {
@@ -490,16 +478,7 @@ func waitTrialGivenUp(t *testing.T, f *Forwarder) {
 // once it leaves its hold no longer the trial: the other, leaving its
 // hold at the same close, sends first. It was sent at once, beside it.
 func TestBesideTrialTakesTheTurnAfterItsHold(t *testing.T) {
-	var posts atomic.Int32
-	var k sink
-	stores := k.handler(nil)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost {
-			posts.Add(1)
-		}
-		stores.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
+	srv, posts := postCountingSink(t)
 	obs := &recordingObserver{}
 	f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
 		o.Observer = obs
@@ -507,17 +486,7 @@ func TestBesideTrialTakesTheTurnAfterItsHold(t *testing.T) {
 	})
 	f.breaker.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.8", 8)
 	log := slog.New(slog.DiscardHandler)
-	holder := &Attempt{Event: testEvent(), Seq: 1}
-	releaseHolder, err := f.takeStudy(t.Context(), holder, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	released := false
-	t.Cleanup(func() {
-		if !released {
-			releaseHolder()
-		}
-	})
+	holder, releaseHolder := takeHolder(t, f, log)
 	f.turnHeld(holder, true)
 	trial := &Attempt{Event: testEvent(), Seq: 2}
 	ctx := context.WithValue(t.Context(), pulledTrialKey{}, &pulledTrial{})
@@ -540,6 +509,36 @@ func TestBesideTrialTakesTheTurnAfterItsHold(t *testing.T) {
 		t.Errorf("%d STOW-RS requests beside the study's other delivery, want none", n)
 	}
 	releaseHolder()
-	released = true
-	waitStored(t, done, &posts)
+	waitStored(t, done, posts)
+}
+
+// postCountingSink is a STOW-RS destination storing what it is sent (sink)
+// and counting its POSTs.
+func postCountingSink(t *testing.T) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	var posts atomic.Int32
+	var k sink
+	stores := k.handler(nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			posts.Add(1)
+		}
+		stores.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &posts
+}
+
+// takeHolder takes the test event's study turn for a first delivery;
+// release gives it back, once, and so does the test's end if it did not.
+func takeHolder(t *testing.T, f *Forwarder, log *slog.Logger) (holder *Attempt, release func()) {
+	t.Helper()
+	holder = &Attempt{Event: testEvent(), Seq: 1}
+	r, err := f.takeStudy(t.Context(), holder, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release = sync.OnceFunc(r)
+	t.Cleanup(release)
+	return holder, release
 }
