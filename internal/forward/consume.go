@@ -410,6 +410,16 @@ func (f *Forwarder) takeStudy(ctx context.Context, a *Attempt, log *slog.Logger)
 		if !trial {
 			held = nil // an ordinary study waits for the end
 		}
+		if pulled && !pt.used && !trial {
+			// Pulled as the trial, it found the breaker closed (a study
+			// stored meanwhile): no trial, it waits as any study, and
+			// must not keep the breaker's pull while it does: should the
+			// breaker open again, no held study could be the next trial
+			// (pulling set), and the other delivery, held, would wait
+			// for this one for good.
+			pt.used, pt.released = true, true
+			f.breaker.pulledTrialEnded(true, false)
+		}
 		if !waited {
 			waited = true
 			log.Info("another delivery of the study is being sent here: this one waits for it to end; no delivery is spent", "trial", trial)

@@ -393,12 +393,16 @@ func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
 		shut       bool
 		heldBefore bool // the other delivery is held already
 		outlasts   bool // the other sends on past a probe interval
-		wantTurn   bool // the trial takes the study's turn (ordinary)
+		// pulledClosed: the breaker closed after it pulled the trial,
+		// which finds it closed (pulling still set).
+		pulledClosed bool
+		wantTurn     bool // the trial takes the study's turn (ordinary)
 	}{
 		{name: "breaker shut, the other sending", shut: true},
 		{name: "breaker shut, the other held", shut: true, heldBefore: true},
 		{name: "breaker shut, the other sending past a probe interval", shut: true, outlasts: true, wantTurn: true},
 		{name: "breaker closed", wantTurn: true},
+		{name: "breaker closed after it pulled the trial", pulledClosed: true, wantTurn: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			obs := &recordingObserver{}
@@ -416,6 +420,12 @@ func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
 				f.breaker.state, f.breaker.pulling, f.breaker.pulledTrials = BreakerOpen, true, 1
 				f.breaker.mu.Unlock()
 			}
+			if tc.pulledClosed {
+				f.breaker.mu.Lock()
+				// A study stored as the trial was pulled closed it.
+				f.breaker.pulling, f.breaker.pulledTrials = true, 1
+				f.breaker.mu.Unlock()
+			}
 			log := slog.New(slog.DiscardHandler)
 			holder, releaseHolder := takeHolder(t, f, log)
 			if tc.heldBefore {
@@ -431,9 +441,11 @@ func TestTrialWaitsForTheStudysOtherDelivery(t *testing.T) {
 			}()
 			if !tc.heldBefore {
 				waitHold(t, obs, done, "waiting: another delivery of the study is being sent")
-				if tc.outlasts {
+				if tc.outlasts || tc.pulledClosed {
 					// The trial gives its place back: another may be
-					// pulled while this one waits for the other's end.
+					// pulled while this one waits for the other's end
+					// (kept, a held study could never be the next
+					// trial should the breaker open again).
 					waitTrialGivenUp(t, f)
 					releaseHolder()
 				} else if tc.shut {
