@@ -64,7 +64,7 @@ func start(t *testing.T) *fixture {
 // forwarder processes.
 func statusPage(t *testing.T, ns *testnats.Server, singleHost bool, trackers ...*status.Tracker) *httptest.Server {
 	t.Helper()
-	h, err := web.NewStatusPage(web.StatusPageOptions{
+	return statusPageWith(t, web.StatusPageOptions{
 		JS: ns.JS,
 		Forwarders: func(context.Context) ([]status.Snapshot, error) {
 			var out []status.Snapshot
@@ -76,6 +76,12 @@ func statusPage(t *testing.T, ns *testnats.Server, singleHost bool, trackers ...
 		SingleHost: singleHost,
 		AdminToken: adminToken,
 	})
+}
+
+// statusPageWith serves a status page made with opts, closed at cleanup.
+func statusPageWith(t *testing.T, opts web.StatusPageOptions) *httptest.Server {
+	t.Helper()
+	h, err := web.NewStatusPage(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -874,19 +880,12 @@ func TestUnreadableConsumerIsShownUnknown(t *testing.T) {
 		t.Fatal(err)
 	}
 	aiStat := natsjs.LaneConsumerName("ai", events.PriorityStat)
-	h, err := web.NewStatusPage(web.StatusPageOptions{
+	srv := statusPageWith(t, web.StatusPageOptions{
 		JS:         &testnats.PartialListing{JetStream: ns.JS, Hidden: map[string]bool{aiStat: true}, Unread: true},
 		Forwarders: func(context.Context) ([]status.Snapshot, error) { return nil, nil },
 		AdminToken: adminToken,
 		Timeout:    2 * time.Second,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := chi.NewRouter()
-	h.Mount(r)
-	srv := httptest.NewServer(r)
-	t.Cleanup(srv.Close)
 	page := &fixture{srv: srv, ns: ns}
 	_, body := page.get(t, page.browser(t), "/ui/", adminToken)
 	for _, want := range []string{
