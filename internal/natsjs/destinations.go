@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -174,31 +174,14 @@ func HeldAlone(ctx context.Context, js jetstream.JetStream, destination string) 
 func aloneSubjects(info *jetstream.ConsumerInfo, alone string) []string {
 	var within []string
 	for _, f := range consumerFilters(info) {
-		if subjectCovers(f, alone) {
+		if server.SubjectMatchesFilter(alone, f) {
 			return []string{alone}
 		}
-		if subjectCovers(alone, f) {
+		if server.SubjectMatchesFilter(f, alone) {
 			within = append(within, f)
 		}
 	}
 	return within
-}
-
-// subjectCovers reports whether every subject that subject matches (it
-// may hold wildcards) also matches filter.
-func subjectCovers(filter, subject string) bool {
-	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
-	for i, tok := range f {
-		switch {
-		case tok == ">":
-			return len(s) > i
-		case i >= len(s), s[i] == ">":
-			return false
-		case tok != "*" && tok != s[i]:
-			return false
-		}
-	}
-	return len(f) == len(s)
 }
 
 // readAttempts is how many times retryRead asks before it gives up, and

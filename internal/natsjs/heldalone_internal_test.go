@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -71,8 +72,9 @@ func TestRetryReadStopsWithItsContext(t *testing.T) {
 	}
 }
 
-// TestSubjectCovers: whether every subject matching the second matches
-// the first, for aloneSubjects.
+// TestSubjectCovers: nats-server's SubjectMatchesFilter, which
+// aloneSubjects asks whether every subject matching the first (wildcards
+// and all) matches the second, answers as it expects.
 func TestSubjectCovers(t *testing.T) {
 	for _, tt := range []struct {
 		filter, subject string
@@ -91,8 +93,8 @@ func TestSubjectCovers(t *testing.T) {
 		{"stowline.study.stable.*.low", "stowline.dest.ai.*", false},
 		{"stowline.dest.pacs.*", "stowline.dest.ai.*", false},
 	} {
-		if got := subjectCovers(tt.filter, tt.subject); got != tt.want {
-			t.Errorf("subjectCovers(%q, %q) = %v, want %v", tt.filter, tt.subject, got, tt.want)
+		if got := server.SubjectMatchesFilter(tt.subject, tt.filter); got != tt.want {
+			t.Errorf("SubjectMatchesFilter(%q, %q) = %v, want %v", tt.subject, tt.filter, got, tt.want)
 		}
 	}
 }
