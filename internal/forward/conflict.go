@@ -392,14 +392,22 @@ func (r *storedRecord) holds(id string, answered time.Time) bool {
 			return false
 		}
 	}
-	began := r.now()
-	has, ok := r.read(r.has == nil && r.failed.IsZero())
-	if !ok {
+	if !r.readLocked(r.has == nil && r.failed.IsZero()) {
 		r.failed = r.now()
 		return false
 	}
-	r.has, r.readAt, r.failed, r.countFailed = has, began, time.Time{}, time.Time{}
-	return has(id)
+	return r.has(id)
+}
+
+// readLocked reads the record and, read, keeps it as the last read, its
+// failures forgotten. Under mu.
+func (r *storedRecord) readLocked(patient bool) bool {
+	began := r.now()
+	has, ok := r.read(patient)
+	if ok {
+		r.has, r.readAt, r.failed, r.countFailed = has, began, time.Time{}, time.Time{}
+	}
+	return ok
 }
 
 // unreadable reports whether the record's last read failed (since the
@@ -427,14 +435,11 @@ func (r *storedRecord) heldBefore(id string) bool {
 			return false
 		}
 	}
-	began := r.now()
-	has, ok := r.read(false)
-	if !ok {
+	if !r.readLocked(false) {
 		r.countFailed = r.now()
 		return false
 	}
-	r.has, r.readAt, r.failed, r.countFailed = has, began, time.Time{}, time.Time{}
-	return has(id)
+	return r.has(id)
 }
 
 // rememberStored keeps what an attempt got stored (their sentIDs), for

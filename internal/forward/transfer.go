@@ -653,12 +653,6 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			if overloaded {
 				permit.Overloaded(reason, retryAfter)
 			}
-			if err == nil && out.status != nil {
-				// An overload answer that named instances: sorted per
-				// instance (answered told the limiter), and still the
-				// destination asking for less.
-				reason, retryAfter, _ = overload(ctx, out.status)
-			}
 			mu.Lock()
 			rep.add(local)
 			progress := *rep
@@ -743,13 +737,6 @@ type batchOutcome struct {
 	// answer listed as failed (by SOP Instance UID), for the error of
 	// the attempt's last round.
 	reasons map[string]int
-	// status is the error status whose answer was sorted per instance
-	// (a 429 or 503 listing instances tells the limiter all the same).
-	status *dicomweb.HTTPError
-	// brokenOff: the request's body broke off on the source (an
-	// instance it could not convert or read): the destination did not
-	// answer.
-	brokenOff bool
 	// unanswered are the SOP Instance UIDs the destination may have
 	// stored without saying so: those before the break of a body that
 	// broke off, every one of a request sent again (Result.Resent).
@@ -832,7 +819,6 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 	}
 	giveBack(status, res.BytesSent)
 	out := f.sortAnswer(plan, batch, res, rep, own)
-	out.status = status
 	rep.Bytes += res.BytesSent
 	f.m.bytes.Add(float64(res.BytesSent))
 	return out, nil
@@ -1060,7 +1046,7 @@ func unnamedText(unnamed []dicomweb.FailedInstance) string {
 // conversionOutcome: the instance Orthanc could not convert is refused
 // for good, the rest of its request is sent again at once.
 func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome {
-	out := batchOutcome{brokenOff: true, unanswered: sentBefore(batch, ce.SOPInstanceUID)}
+	out := batchOutcome{unanswered: sentBefore(batch, ce.SOPInstanceUID)}
 	for _, p := range batch {
 		if p.SOPInstanceUID == ce.SOPInstanceUID {
 			out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID, Text: ce.Error()})
@@ -1108,7 +1094,7 @@ func splitUnread(retry []dicomweb.Part, unread []Instance) (others, failed []dic
 // unreadOutcome: the instance the source failed to read is tried again
 // after a pause, the rest of its request is sent again at once.
 func unreadOutcome(batch []dicomweb.Part, ue *unreadError) batchOutcome {
-	out := batchOutcome{brokenOff: true, unanswered: sentBefore(batch, ue.SOPInstanceUID)}
+	out := batchOutcome{unanswered: sentBefore(batch, ue.SOPInstanceUID)}
 	for _, p := range batch {
 		if p.SOPInstanceUID == ue.SOPInstanceUID {
 			out.retry = append(out.retry, p)

@@ -79,8 +79,9 @@ func (f *Forwarder) listed(ctx context.Context, v Verifier, studyInstanceUID str
 		asked = keyed(studyInstanceUID)
 		back = make(map[string]string, len(sent))
 		for _, p := range sent {
-			back[keyed(p.SOPInstanceUID)] = p.SOPInstanceUID
-			want.UIDs = append(want.UIDs, keyed(p.SOPInstanceUID))
+			k := keyed(p.SOPInstanceUID) // an HMAC: once an instance
+			back[k] = p.SOPInstanceUID
+			want.UIDs = append(want.UIDs, k)
 		}
 	} else {
 		for _, p := range sent {

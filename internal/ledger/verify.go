@@ -277,8 +277,8 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 	}
 	f := &VerifyFinding{Destination: o.Destination, Source: source, OrthancStudyID: id, StudyInstanceUID: st.StudyInstanceUID,
 		LastUpdate: st.LastUpdate, ForwardedAt: rec.ForwardedAt, Instances: len(instances)}
-	for _, in := range instances {
-		if !listed[keyed(in.SOPInstanceUID)] {
+	for i, in := range instances {
+		if !listed[want.UIDs[i]] {
 			f.Missing = append(f.Missing, MissingInstance{OrthancInstanceID: in.ID, SOPInstanceUID: in.SOPInstanceUID})
 		}
 	}
