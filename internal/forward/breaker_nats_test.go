@@ -353,9 +353,7 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	if n := len(dls.all()); n != 0 {
 		t.Errorf("%d dead letters", n)
 	}
-	if r := obs.results(); r[ResultForwarded] != studies {
-		t.Errorf("finished %v, want %d forwarded", r, studies)
-	}
+	obs.waitFinished(t, ResultForwarded, studies)
 }
 
 // newProber is a breaker prober of the destination at url (QIDO-RS).

@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -209,6 +210,20 @@ func (r *recordingObserver) results() map[Result]int {
 		out[k] = v
 	}
 	return out
+}
+
+// waitFinished waits until the observer was told n attempts finished
+// with res. An event's ack comes before the observer hears of it
+// (settle), so a test that saw the consumer's ack floor reach its events
+// waits here before it reads the results.
+func (r *recordingObserver) waitFinished(t *testing.T, res Result, n int) {
+	t.Helper()
+	testharness.WaitFor(t, fmt.Sprintf("%d attempts finished %s", n, res), 10*time.Second, func() bool {
+		return r.results()[res] >= n
+	})
+	if got := r.results(); got[res] != n {
+		t.Errorf("finished %v, want %d %s", got, n, res)
+	}
 }
 
 // refusingDeadLetters cannot store a letter (the dead-letter stream
