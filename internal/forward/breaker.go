@@ -71,6 +71,10 @@ type DestinationStatus struct {
 	// ClosedLanes are its lanes outside their FORWARD_WINDOWS hours now,
 	// highest first: their events wait, and the page says until when.
 	ClosedLanes []ClosedLane `json:"closedLanes,omitempty"`
+	// Paused: this process pulls nothing for the destination now
+	// (Options.Paused: its de-identification keys differ from another
+	// replica's); studies in hand go on.
+	Paused bool `json:"paused,omitempty"`
 }
 
 // Prober asks the destination whether it answers at all: one cheap
@@ -1004,6 +1008,7 @@ func (f *Forwarder) Status() DestinationStatus {
 	reason, at := f.limit.LastChange()
 	st.LimitReason, st.LimitChanged = string(reason), at
 	st.ClosedLanes = f.plan.closed()
+	st.Paused = f.plan.isPaused()
 	if !f.breaker.enabled() {
 		st.State = "off"
 		return st

@@ -712,12 +712,18 @@ func TestPausedForwarderPullsNothing(t *testing.T) {
 	if msg, _, _ := f.next(ctx, false); msg != nil {
 		t.Fatal("a paused forwarder pulled an event")
 	}
+	if !f.Status().Paused {
+		t.Error("the status a paused forwarder reports (the status page's) does not say it is paused")
+	}
 	if info := waitConsumer(t, routine, func(*jetstream.ConsumerInfo) bool { return true }); info.Delivered.Stream != 0 {
 		t.Fatalf("delivered while paused: %+v", info)
 	}
 
 	// Running, the event sent.
 	paused.Store(false)
+	if f.Status().Paused {
+		t.Error("the status says paused once the pause ended")
+	}
 	if msg, lane, done := f.next(ctx, false); msg == nil {
 		t.Fatal("nothing pulled once running")
 	} else {

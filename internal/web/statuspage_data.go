@@ -92,6 +92,9 @@ type destinationRow struct {
 	// ClosedLanes are its lanes outside their FORWARD_WINDOWS hours now,
 	// highest first: their events wait, by configuration.
 	ClosedLanes []closedLane
+	// Paused counts its forwarders that pull nothing now: their
+	// de-identification keys differ (the key guard).
+	Paused int
 }
 
 // closedLane is a lane its forwarders report outside its hours: Closed of
@@ -250,6 +253,9 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 		for _, d := range s.Destinations {
 			r := row(d.Destination)
 			r.Held += d.Held
+			if d.Paused {
+				r.Paused++
+			}
 			if breakerRank[d.State] > breakerRank[r.Breaker] {
 				r.Breaker, r.BreakerSince = d.State, d.Since
 			}

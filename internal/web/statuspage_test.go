@@ -756,6 +756,50 @@ func TestClosedLaneSaysWhenItOpens(t *testing.T) {
 	}
 }
 
+// TestPausedDestinationSaysWhy: forwarders the key guard paused (their
+// de-identification keys differ) are named in their destination's row,
+// with how many of them when not all. The page showed the breaker
+// closed and the queue growing, nothing of why no study was pulled.
+func TestPausedDestinationSaysWhy(t *testing.T) {
+	f := start(t)
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(t.Context(), f.ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		paused []bool
+		want   string // "": no pause shown
+	}{
+		{[]bool{false, false}, ""},
+		{[]bool{true, false}, "pulling paused on 1 of 2 forwarders: de-identification keys differ"},
+		{[]bool{true, true}, "pulling paused: de-identification keys differ"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.paused), func(t *testing.T) {
+			var trackers []*status.Tracker
+			for _, paused := range tt.paused {
+				tok, err := status.NewTokenWatch(natsjs.DefaultDestination, "dicom.example.org", "", false, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tr := status.NewTracker(2, tok) // a forwarder serving it
+				tr.WatchDestination(func() forward.DestinationStatus {
+					return forward.DestinationStatus{Destination: natsjs.DefaultDestination, State: "closed", Requests: 4, Ceiling: 4, Paused: paused}
+				})
+				trackers = append(trackers, tr)
+			}
+			f.srv = statusPage(t, f.ns, false, trackers...)
+			_, body := f.get(t, f.browser(t), "/ui/", adminToken)
+			got := regexp.MustCompile(`id="dest-default-paused"[^>]*>([^<]*)<`).FindStringSubmatch(body)
+			switch {
+			case tt.want == "" && got != nil:
+				t.Errorf("no forwarder paused, the page says %q", got[1])
+			case tt.want != "" && (got == nil || got[1] != tt.want):
+				t.Errorf("the destination's row says %v, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
 // TestPageReadsDeadLetterSummariesOnly: a page load reads what it shows
 // of each dead letter (its summary, in the letter's headers), not the
 // failed instances the letter holds: 20 letters of 1,000 failed instances
