@@ -256,6 +256,7 @@ func TestConflictWithRealOrthanc(t *testing.T) {
 				o.InstanceRetries = 3
 				o.InstanceRetryDelay = 50 * time.Millisecond
 				o.Conflicts = ConflictPolicy{Action: tt.action, Rules: rules, Method: method, Setting: "DESTINATION_ARCHIVE_STOW_ON_CONFLICT"}
+				o.Completed = recordedOK
 				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 			})
 			forwardOne(t, f, ns, cons, &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",

@@ -199,8 +199,9 @@ type Options struct {
 	// read it). An error is logged; the study stays forwarded.
 	Completed func(ctx context.Context, ev *events.StudyStable, c Completion) error
 	// CleanerFor, if set, turns on buffer mode: once a study is stored,
-	// acked and recorded, the instances that were forwarded are deleted
-	// from its source, unless the study changed since its event.
+	// acked and recorded (Completed, then required), the instances that
+	// were forwarded are deleted from its source, unless the study
+	// changed since its event.
 	CleanerFor func(source string) (SourceCleaner, error)
 	// Release, if set, narrows buffer mode's deletes to the instances that
 	// every destination whose rules select them has stored, given all the
@@ -320,6 +321,10 @@ func New(opts Options) (*Forwarder, error) {
 	}
 	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 || opts.MaxParked < 0 {
 		errs = append(errs, errors.New("max deliveries, instance retries and max parked must not be negative"))
+	}
+	if opts.CleanerFor != nil && opts.Completed == nil {
+		// Buffer mode deletes only what the ledger records forwarded.
+		errs = append(errs, errors.New("buffer mode needs the ledger's Completed"))
 	}
 	if err := opts.Conflicts.check(opts.Destination); err != nil {
 		errs = append(errs, err)

@@ -151,6 +151,9 @@ func newForwarder(t *testing.T, src *memSource, dest string, cons jetstream.Cons
 	return f
 }
 
+// recordedOK is a ledger that records every completed forward.
+func recordedOK(context.Context, *events.StudyStable, Completion) error { return nil }
+
 func testEvent() *events.StudyStable {
 	return &events.StudyStable{Type: events.TypeStudyStable, Version: 1, Source: "a",
 		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500"}
@@ -417,11 +420,12 @@ func deliverRaw(t *testing.T, data []byte, opts ...func(*Options)) (jetstream.Co
 }
 
 func TestNewRejectsBadOptions(t *testing.T) {
-	_, err := New(Options{})
+	// Buffer mode without a ledger would never delete anything.
+	_, err := New(Options{CleanerFor: func(string) (SourceCleaner, error) { return nil, nil }})
 	if err == nil {
 		t.Fatal("New accepted empty options")
 	}
-	for _, want := range []string{"source", "destination", "concurrency", "limits", "ack wait", "retry"} {
+	for _, want := range []string{"source", "destination", "concurrency", "limits", "ack wait", "retry", "buffer mode needs the ledger"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
@@ -518,6 +522,7 @@ func TestDeleteForwarded(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 				o.Registerer = reg
+				o.Completed = recordedOK
 				o.CleanerFor = func(string) (SourceCleaner, error) { return tt.cleaner, nil }
 				o.Unconfigured = tt.unconfigured
 			})
@@ -555,6 +560,7 @@ func TestDeleteForwardedStopsWhenTheStudyChanges(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 		o.Registerer = reg
+		o.Completed = recordedOK
 		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 	})
 	ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}

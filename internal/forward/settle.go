@@ -73,12 +73,20 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	f.m.studies.WithLabelValues(string(result)).Inc()
 	recordOutcome(trace.SpanFromContext(ctx), result, d.class, rep)
 	f.obs.Finished(a, result, rep)
-	// A study whose ack was not confirmed is deleted too once the ledger
-	// holds its forward: if the ack did arrive, no delivery comes to
-	// delete it, and it stayed in Orthanc for good; if it did not, the
-	// next delivery finds it gone and the ledger says it is done.
-	if (result == ResultForwarded || result == ResultAckFailed && recorded) && f.opts.CleanerFor != nil {
-		f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
+	// Deleted only once the ledger holds the forward: a later event of
+	// the study finding it gone would be dead-lettered as source-missing,
+	// and the audit could not tell it was forwarded. A study whose ack
+	// was not confirmed is deleted too: if the ack did arrive, no delivery
+	// comes to delete it, and it stayed in Orthanc for good; if it did
+	// not, the next delivery finds it gone and the ledger says it is done.
+	if (result == ResultForwarded || result == ResultAckFailed) && f.opts.CleanerFor != nil {
+		if recorded {
+			f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
+		} else if len(rep.forwarded) > 0 {
+			log.Warn("forwarded study not deleted from the source: its forward is not recorded in the destination's ledger; it stays in Orthanc "+
+				"until 'forwarder audit --destination NAME --enqueue', run once the ledger takes writes again, queues it again", "instances", len(rep.forwarded))
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(rep.forwarded)))
+		}
 	}
 }
 

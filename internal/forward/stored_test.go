@@ -432,19 +432,25 @@ func TestUnconfirmedAckIsRecorded(t *testing.T) {
 	}
 }
 
-// In buffer mode, a study whose ack JetStream took but did not confirm
-// is deleted from the source once the ledger holds its forward: no
-// delivery comes to delete it, and it stayed in Orthanc for good. Not
-// recorded, it stays: a delivery that came would find it gone, with no
-// record to say it was forwarded, and dead-letter it as source-missing.
-func TestUnconfirmedAckDeletesInBufferMode(t *testing.T) {
+// In buffer mode, a study is deleted from the source only once the
+// ledger holds its forward, whether its ack was confirmed or JetStream
+// took it without confirming (no delivery comes to delete it then, and it
+// stayed in Orthanc for good). Not recorded, it stays, counted as a
+// failed delete: a later event of the study would find it gone, with no
+// record to say it was forwarded, and dead-letter it as source-missing;
+// the audit could not tell it was forwarded.
+func TestBufferModeDeletesOnlyRecordedForwards(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
+		ack     func(jetstream.Msg) jetstream.Msg
+		result  Result
 		record  error
 		deleted int
 	}{
-		{"recorded", nil, 2},
-		{"not recorded", errors.New("nats: permissions violation"), 0},
+		{"confirmed, recorded", func(m jetstream.Msg) jetstream.Msg { return m }, ResultForwarded, nil, 2},
+		{"confirmed, not recorded", func(m jetstream.Msg) jetstream.Msg { return m }, ResultForwarded, natsjs.ErrStorageFull, 0},
+		{"unconfirmed, recorded", func(m jetstream.Msg) jetstream.Msg { return arrivedAck{m} }, ResultAckFailed, nil, 2},
+		{"unconfirmed, not recorded", func(m jetstream.Msg) jetstream.Msg { return arrivedAck{m} }, ResultAckFailed, errors.New("nats: permissions violation"), 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dest := &azureLike{}
@@ -457,12 +463,16 @@ func TestUnconfirmedAckDeletesInBufferMode(t *testing.T) {
 				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return tt.record }
 				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 			})
-			f.handle(t.Context(), arrivedAck{deliverOne(t, ns, cons, ev)}, "")
-			if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultAckFailed))); n != 1 {
-				t.Fatalf("studies_total{result=ack_failed} = %v, want 1", n)
+			f.handle(t.Context(), tt.ack(deliverOne(t, ns, cons, ev)), "")
+			if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(tt.result))); n != 1 {
+				t.Fatalf("studies_total{result=%s} = %v, want 1", tt.result, n)
 			}
 			if len(cleaner.deleted) != tt.deleted {
 				t.Errorf("deleted %v from the source, want %d instances", cleaner.deleted, tt.deleted)
+			}
+			wantFailed := float64(2 - tt.deleted)
+			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("failed")); got != wantFailed {
+				t.Errorf("source_deletes_total{result=failed} = %v, want %v", got, wantFailed)
 			}
 		})
 	}
