@@ -56,7 +56,8 @@ type Record struct {
 	// content; stored with a warning: it may have changed them). Buffer
 	// mode deletes an instance for another destination only when this
 	// one's rules still select what they selected then, and it is not
-	// kept. Records of releases before 2026-12-03 have neither.
+	// kept. A later record of the same state keeps what this one kept
+	// (keepingAlso). Records of releases before 2026-12-03 have neither.
 	Selected string   `json:"selected,omitempty"`
 	Kept     []string `json:"kept,omitempty"`
 	// KeptAll stands for a Kept list longer than maxKept (a record must
@@ -191,14 +192,14 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 	if l.pseudonym != nil && ev.StudyInstanceUID != "" && !notSelected {
 		rec.PseudonymStudyInstanceUID = l.pseudonym(ev.StudyInstanceUID)
 	}
-	val, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("ledger: encode record: %w", err)
-	}
 	for range maxAttempts {
 		entry, err := l.kv.Get(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
+			var val []byte
+			if val, err = encode(rec); err != nil {
+				return err
+			}
 			_, err = l.kv.Create(ctx, key, val)
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				continue // another replica recorded it first: compare again
@@ -206,9 +207,19 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 		case err != nil:
 			return fmt.Errorf("ledger: read %s: %w", key, err)
 		default:
+			write := rec
 			var old Record
-			if json.Unmarshal(entry.Value(), &old) == nil && old.LastUpdate > ev.LastUpdate {
-				return nil // a newer state of the study was already forwarded
+			if json.Unmarshal(entry.Value(), &old) == nil {
+				if old.LastUpdate > ev.LastUpdate {
+					return nil // a newer state of the study was already forwarded
+				}
+				if old.LastUpdate == ev.LastUpdate {
+					write = rec.keepingAlso(old)
+				}
+			}
+			var val []byte
+			if val, err = encode(write); err != nil {
+				return err
 			}
 			_, err = l.kv.Update(ctx, key, val, entry.Revision())
 			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
@@ -221,6 +232,32 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 		return nil
 	}
 	return fmt.Errorf("ledger: write %s: still conflicting after %d attempts", key, maxAttempts)
+}
+
+func encode(r Record) ([]byte, error) {
+	val, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: encode record: %w", err)
+	}
+	return val, nil
+}
+
+// keepingAlso is r, which replaces old, a record of the same state of the
+// study, still keeping what old kept: a later delivery of that state (an
+// ack not confirmed, a duplicate event, a backfill) finds those instances
+// stored already and keeps none of them, and buffer mode would delete the
+// originals of instances the destination changed.
+func (r Record) keepingAlso(old Record) Record {
+	if r.NotSelected || old.NotSelected {
+		return r // nothing was kept of a study not selected
+	}
+	kept := slices.Compact(slices.Sorted(slices.Values(slices.Concat(old.Kept, r.Kept))))
+	if r.KeptAll || old.KeptAll || len(kept) > maxKept {
+		r.Kept, r.KeptAll = nil, true
+		return r
+	}
+	r.Kept = kept
+	return r
 }
 
 // Lookup returns the record of a study, ErrNotRecorded if there is none.

@@ -3,6 +3,8 @@ package ledger_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 const studyID = "27f7126f-4f66fb14-03f4081b-f9341db2-53925988"
@@ -118,5 +121,60 @@ func TestRecordRefusesInvalidKeys(t *testing.T) {
 	ev := event("a.b", "20261126T100000")
 	if err := l.Record(context.Background(), ev); err == nil {
 		t.Error("a source with a dot must not become a key")
+	}
+}
+
+// A second delivery of the same study state (an ack not confirmed, a
+// duplicate event, a backfill) finds what the first stored already and
+// keeps none of it: its record must not erase what the first kept, or
+// buffer mode deletes the originals of instances the destination
+// changed. A newer state starts afresh.
+func TestSameStateKeepsWhatWasKept(t *testing.T) {
+	const lu, newer = "20261126T100000", "20261126T110000"
+	selected := []orthancapi.Instance{{ID: "i1", SOPInstanceUID: "1.1"}, {ID: "i2", SOPInstanceUID: "1.2"}}
+	many := make([]string, 1001) // past the record's bound: every instance kept
+	for i := range many {
+		many[i] = fmt.Sprintf("1.9.%d", i)
+	}
+	forwarded := func(kept ...string) ledger.Outcome { return ledger.Outcome{Selected: selected, Kept: kept} }
+	tests := []struct {
+		name        string
+		first, then ledger.Outcome
+		thenLU      string
+		wantKept    []string
+		wantKeptAll bool
+		wantNotSel  bool
+	}{
+		{"kept, then nothing kept", forwarded("1.1"), forwarded(), lu, []string{"1.1"}, false, false},
+		{"kept, then another kept", forwarded("1.2"), forwarded("1.1"), lu, []string{"1.1", "1.2"}, false, false},
+		{"kept, then the same kept", forwarded("1.1"), forwarded("1.1"), lu, []string{"1.1"}, false, false},
+		{"all kept, then nothing kept", forwarded(many...), forwarded(), lu, nil, true, false},
+		{"kept, then not selected", forwarded("1.1"), ledger.Outcome{NotSelected: true}, lu, nil, false, true},
+		{"kept, then a newer state", forwarded("1.1"), forwarded(), newer, nil, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			ctx := t.Context()
+			kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := ledger.New(kv)
+			if err := l.Completed(ctx, event("a", lu), tt.first); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Completed(ctx, event("a", tt.thenLU), tt.then); err != nil {
+				t.Fatal(err)
+			}
+			r, err := l.Lookup(ctx, "a", studyID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.LastUpdate != tt.thenLU || !slices.Equal(r.Kept, tt.wantKept) || r.KeptAll != tt.wantKeptAll || r.NotSelected != tt.wantNotSel {
+				t.Errorf("record %s kept %v (all: %v, not selected: %v); want %s kept %v (all: %v, not selected: %v)",
+					r.LastUpdate, r.Kept, r.KeptAll, r.NotSelected, tt.thenLU, tt.wantKept, tt.wantKeptAll, tt.wantNotSel)
+			}
+		})
 	}
 }
