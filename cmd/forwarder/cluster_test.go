@@ -510,8 +510,8 @@ func waitReadyz(t *testing.T, url string, status int, timeout time.Duration) str
 // election (4 to 9 s), and the study stayed missing for the audit (and,
 // in buffer mode with several destinations, in the source).
 func TestCompletedForwardRecordedThroughLedgerElection(t *testing.T) {
-	r, lost, p, kv := bucketElection(t, natsjs.LedgerBucket)
-	l := ledger.New(kv)
+	r, lost, p, js, kv := bucketElection(t, natsjs.LedgerBucket)
+	l := ledger.New(js, kv)
 	ev := r.sendWhileLeaderDies(t, r.addStudy(t, 1, 64), lost)
 	r.waitDest(t, 1, 30*time.Second)
 	waitWritten(t, p, "study forwarded but not recorded as completed", "the completed forward", func(ctx context.Context) (bool, error) {
@@ -530,7 +530,7 @@ func TestCompletedForwardRecordedThroughLedgerElection(t *testing.T) {
 // to be counted as conflicts (skip) or the study dead-lettered
 // (STOW_ON_CONFLICT=deadletter).
 func TestStoredInstancesRememberedThroughElection(t *testing.T) {
-	r, lost, p, kv := bucketElection(t, natsjs.FailureBucket)
+	r, lost, p, _, kv := bucketElection(t, natsjs.FailureBucket)
 	failures := deadletter.NewFailureLog(kv, natsjs.DefaultDestination)
 	study := r.addStudy(t, 2, 64)
 	var instances []struct {
@@ -573,8 +573,9 @@ func waitWritten(t *testing.T, p *testharness.Program, gaveUp, what string, writ
 // bucketElection runs a forwarder on a 3-node cluster, connected to the
 // node leading the event stream and its consumer (so acks go through),
 // with bucket's stream led by another node, lost, for the test to kill.
-// kv is the bucket, opened while it has a leader.
-func bucketElection(t *testing.T, bucket string) (r *rig, lost *testnats.Node, p *testharness.Program, kv jetstream.KeyValue) {
+// kv is the bucket, opened while it has a leader, js the test's
+// JetStream on the cluster.
+func bucketElection(t *testing.T, bucket string) (r *rig, lost *testnats.Node, p *testharness.Program, js jetstream.JetStream, kv jetstream.KeyValue) {
 	t.Helper()
 	testharness.RequireBinary(t, "Orthanc")
 	testharness.RequireBinary(t, "storescu")
@@ -594,7 +595,7 @@ func bucketElection(t *testing.T, bucket string) (r *rig, lost *testnats.Node, p
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r, lost, p, kv
+	return r, lost, p, js, kv
 }
 
 // sendWhileLeaderDies queues study and kills lost while the destination

@@ -328,7 +328,7 @@ func (s *auditSite) recordAt(t *testing.T, ev *events.StudyStable, destination s
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ledger.New(kv, ledger.WithClock(func() time.Time { return at })).Record(t.Context(), ev); err != nil {
+	if err := ledger.New(s.srv.JS, kv, ledger.WithClock(func() time.Time { return at })).Record(t.Context(), ev); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -54,7 +54,7 @@ func TestReleaseFunc(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				ledgers[name] = ledger.New(kv)
+				ledgers[name] = ledger.New(ns.JS, kv)
 			}
 			ev := &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", LastUpdate: state}
 			record := func(name string, o *ledger.Outcome, lastUpdate string) {

@@ -112,7 +112,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		if err != nil {
 			return err
 		}
-		ledgers[d.Name] = ledger.New(ledgerKV)
+		ledgers[d.Name] = ledger.New(p.conn.JS, ledgerKV)
 	}
 	// Studies go on sending for up to ShutdownGrace after shutdown starts:
 	// until the forwarders have drained, their tokens are still renewed,

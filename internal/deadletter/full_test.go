@@ -40,7 +40,7 @@ func TestWritesSayStorageFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, failures, done := deadletter.NewStore(js, dl), deadletter.NewFailureLog(failKV, natsjs.DefaultDestination), ledger.New(ledgerKV)
+	store, failures, done := deadletter.NewStore(js, dl), deadletter.NewFailureLog(failKV, natsjs.DefaultDestination), ledger.New(js, ledgerKV)
 	ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
 		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500"}
 	writes := []struct {

@@ -96,7 +96,7 @@ func testAudit(t *testing.T, rel testharness.Release) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ledgers[d] = ledger.New(kv)
+		ledgers[d] = ledger.New(ns.JS, kv)
 		dests = append(dests, ledger.Destination{Name: d, Records: ledgers[d]})
 	}
 	a, err := ledger.NewAuditor(ledger.AuditOptions{
@@ -315,7 +315,7 @@ func TestAuditGoesOnPastAnUnreachableSource(t *testing.T) {
 	}
 	a, err := ledger.NewAuditor(ledger.AuditOptions{
 		Sources:      []ledger.Source{{Name: "main", Orthanc: mainClient}, {Name: "cardio", Orthanc: cardioClient}},
-		Destinations: []ledger.Destination{{Name: natsjs.DefaultDestination, Records: ledger.New(kv)}},
+		Destinations: []ledger.Destination{{Name: natsjs.DefaultDestination, Records: ledger.New(ns.JS, kv)}},
 		Publish:      publish(ns.JS),
 	})
 	if err != nil {

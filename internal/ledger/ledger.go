@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
@@ -105,6 +106,9 @@ func SelectionDigest(instances []orthancapi.Instance) string {
 
 // Ledger reads and writes the bucket.
 type Ledger struct {
+	// js reads records from the leader of the bucket's stream (latest);
+	// kv writes them.
+	js  jetstream.JetStream
 	kv  jetstream.KeyValue
 	now func() time.Time
 	// pseudonym maps a Study Instance UID to the destination's; nil: the
@@ -130,8 +134,11 @@ func (l *Ledger) WithPseudonyms(f func(uid string) string) *Ledger {
 	return &c
 }
 
-// New returns the ledger kept in kv (natsjs.Topology.EnsureLedger).
-func New(kv jetstream.KeyValue, opts ...Option) *Ledger { return newLedger(kv, opts) }
+// New returns the ledger kept in kv (natsjs.Topology.EnsureLedger), read
+// through js, kv's JetStream.
+func New(js jetstream.JetStream, kv jetstream.KeyValue, opts ...Option) *Ledger {
+	return newLedger(js, kv, opts)
+}
 
 // Open returns the Ledger of a destination's existing bucket, ErrNoBucket
 // if there is none. It never creates or changes the bucket (the audit
@@ -144,11 +151,11 @@ func Open(ctx context.Context, js jetstream.JetStream, destination string, opts 
 	if err != nil {
 		return nil, err
 	}
-	return newLedger(kv, opts), nil
+	return newLedger(js, kv, opts), nil
 }
 
-func newLedger(kv jetstream.KeyValue, opts []Option) *Ledger {
-	l := &Ledger{kv: kv, now: time.Now}
+func newLedger(js jetstream.JetStream, kv jetstream.KeyValue, opts []Option) *Ledger {
+	l := &Ledger{js: js, kv: kv, now: time.Now}
 	for _, o := range opts {
 		o(l)
 	}
@@ -160,9 +167,13 @@ func newLedger(kv jetstream.KeyValue, opts []Option) *Ledger {
 // here, so the key holds only A-Z a-z 0-9 _ - and one dot.
 func Key(source, orthancStudyID string) string { return source + "." + orthancStudyID }
 
-// maxAttempts bounds the compare-and-set retries of Record when replicas
-// record the same study at once.
-const maxAttempts = 5
+// maxAttempts bounds the compare-and-set retries of Completed when
+// replicas record the same study at once; a pause of attemptPause times
+// the attempts so far comes between two, so that they do not meet again.
+const (
+	maxAttempts  = 5
+	attemptPause = 20 * time.Millisecond
+)
 
 // Record stores that ev's study was forwarded, without saying what of it
 // (tests; a forwarder records with Completed).
@@ -192,24 +203,24 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 	if l.pseudonym != nil && ev.StudyInstanceUID != "" && !notSelected {
 		rec.PseudonymStudyInstanceUID = l.pseudonym(ev.StudyInstanceUID)
 	}
-	for range maxAttempts {
-		entry, err := l.kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			var val []byte
-			if val, err = encode(rec); err != nil {
-				return err
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			t := time.NewTimer(time.Duration(attempt) * attemptPause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("ledger: write %s: %w", key, ctx.Err())
+			case <-t.C:
 			}
-			_, err = l.kv.Create(ctx, key, val)
-			if errors.Is(err, jetstream.ErrKeyExists) {
-				continue // another replica recorded it first: compare again
-			}
-		case err != nil:
-			return fmt.Errorf("ledger: read %s: %w", key, err)
-		default:
-			write := rec
+		}
+		e, err := l.latest(ctx, key)
+		if err != nil {
+			return err
+		}
+		write := rec
+		if e.live {
 			var old Record
-			if json.Unmarshal(entry.Value(), &old) == nil {
+			if json.Unmarshal(e.value, &old) == nil {
 				if old.LastUpdate > ev.LastUpdate {
 					return nil // a newer state of the study was already forwarded
 				}
@@ -217,14 +228,19 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 					write = rec.keepingAlso(old)
 				}
 			}
-			var val []byte
-			if val, err = encode(write); err != nil {
-				return err
-			}
-			_, err = l.kv.Update(ctx, key, val, entry.Revision())
-			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-				continue
-			}
+		}
+		val, err := encode(write)
+		if err != nil {
+			return err
+		}
+		if e.revision == 0 {
+			_, err = l.kv.Create(ctx, key, val)
+		} else {
+			// Also over a delete marker (its revision).
+			_, err = l.kv.Update(ctx, key, val, e.revision)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue // another replica recorded it first: compare again
 		}
 		if err != nil {
 			return fmt.Errorf("ledger: write %s: %w", key, natsjs.StorageFull(err))
@@ -261,19 +277,89 @@ func (r Record) keepingAlso(old Record) Record {
 }
 
 // Lookup returns the record of a study, ErrNotRecorded if there is none.
+// It reads from the leader of the bucket's stream, as Completed does:
+// buffer mode deletes a study on what it reads here.
 func (l *Ledger) Lookup(ctx context.Context, source, orthancStudyID string) (Record, error) {
 	key := Key(source, orthancStudyID)
-	entry, err := l.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	e, err := l.latest(ctx, key)
+	if err != nil {
+		return Record{}, err
+	}
+	if !e.live {
 		return Record{}, ErrNotRecorded
 	}
-	if err != nil {
-		return Record{}, fmt.Errorf("ledger: read %s: %w", key, err)
-	}
 	var r Record
-	if err := json.Unmarshal(entry.Value(), &r); err != nil {
+	if err := json.Unmarshal(e.value, &r); err != nil {
 		return Record{}, fmt.Errorf("ledger: decode %s: %w", key, err)
 	}
-	r.Stored = entry.Created()
+	r.Stored = e.created
 	return r, nil
+}
+
+// entry is the latest message of a key: revision 0 when there is none,
+// live when it is a record, not a delete marker.
+type entry struct {
+	value    []byte
+	revision uint64
+	created  time.Time
+	live     bool
+}
+
+// latest reads key's latest message from the leader of the bucket's
+// stream ($JS.API.STREAM.MSG.GET). kv.Get sends a direct get, which any
+// replica answers once it is nearly current (nats-server's
+// AllowDirect, on for every bucket): a follower that has not yet applied
+// a write answers with the record before it. Two destinations finishing a
+// study at once then each missed the other's record and neither deleted
+// it, and a study buffer mode deleted read as not recorded and was
+// dead-lettered as source-missing. The leader answers only with what it
+// stored, and it stores a write before acknowledging it. Each read waits
+// at most the JetStream API's timeout, whatever ctx allows: until the
+// other servers elect a new leader after one is lost (4 to 9 s), nobody
+// answers, and the callers read again through the election (forward's
+// whileUnanswered) only once a read gave up.
+func (l *Ledger) latest(ctx context.Context, key string) (entry, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.js.Options().DefaultTimeout)
+	defer cancel()
+	bucket := l.kv.Bucket()
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{"$KV." + bucket + "." + key})
+	if err != nil {
+		return entry{}, fmt.Errorf("ledger: read %s: %w", key, err)
+	}
+	// stowline's JetStream has the default API prefix (natsjs.Connect).
+	msg, err := l.js.Conn().RequestWithContext(ctx, jetstream.DefaultAPIPrefix+"STREAM.MSG.GET.KV_"+bucket, req)
+	if err != nil {
+		return entry{}, fmt.Errorf("ledger: read %s: %w", key, err)
+	}
+	var resp struct {
+		Error   *jetstream.APIError `json:"error"`
+		Message *struct {
+			Sequence uint64    `json:"seq"`
+			Header   []byte    `json:"hdrs"`
+			Data     []byte    `json:"data"`
+			Time     time.Time `json:"time"`
+		} `json:"message"`
+	}
+	switch err := json.Unmarshal(msg.Data, &resp); {
+	case err != nil:
+		return entry{}, fmt.Errorf("ledger: read %s: %w", key, err)
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return entry{}, nil
+	case resp.Error != nil:
+		return entry{}, fmt.Errorf("ledger: read %s: %w", key, resp.Error)
+	case resp.Message == nil:
+		return entry{}, fmt.Errorf("ledger: read %s: %w", key, jetstream.ErrInvalidJetStreamResponse)
+	}
+	e := entry{value: resp.Message.Data, revision: resp.Message.Sequence, created: resp.Message.Time, live: true}
+	if len(resp.Message.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(resp.Message.Header)
+		if err != nil {
+			return entry{}, fmt.Errorf("ledger: read %s: %w", key, err)
+		}
+		// A delete or purge marker (KV-Operation), or a server's marker.
+		e.live = h.Get("KV-Operation") == "" && h.Get(jetstream.MarkerReasonHeader) == ""
+	}
+	return e, nil
 }

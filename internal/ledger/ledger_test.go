@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/ledger"
@@ -34,7 +37,7 @@ func TestRecordAndLookup(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
-	l := ledger.New(ledgerKV, ledger.WithClock(func() time.Time { return now }))
+	l := ledger.New(ns.JS, ledgerKV, ledger.WithClock(func() time.Time { return now }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +92,7 @@ func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
 	ns := testnats.Start(t)
 	ctx := context.Background()
 	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
-	l := ledger.New(ledgerKV)
+	l := ledger.New(ns.JS, ledgerKV)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +117,7 @@ func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
 func TestRecordRefusesInvalidKeys(t *testing.T) {
 	ns := testnats.Start(t)
 	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(context.Background(), ns.JS, natsjs.DefaultDestination)
-	l := ledger.New(ledgerKV)
+	l := ledger.New(ns.JS, ledgerKV)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +163,7 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l := ledger.New(kv)
+			l := ledger.New(ns.JS, kv)
 			if err := l.Completed(ctx, event("a", lu), tt.first); err != nil {
 				t.Fatal(err)
 			}
@@ -176,5 +179,77 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 					r.LastUpdate, r.Kept, r.KeptAll, r.NotSelected, tt.thenLU, tt.wantKept, tt.wantKeptAll, tt.wantNotSel)
 			}
 		})
+	}
+}
+
+// The reads that decide buffer mode's deletes (Lookup, and Completed's
+// compare-and-set) go to the leader of the bucket's stream
+// ($JS.API.STREAM.MSG.GET), never as direct gets, which any replica
+// nearly current answers on a cluster: a follower that had not applied a
+// write yet answered with the record before it (two destinations
+// finishing a study at once each read the other's older record, and
+// neither deleted it; a study buffer mode deleted read as not recorded).
+// A deleted key reads as not recorded, and is recorded again over its
+// delete marker.
+func TestReadsComeFromTheStreamLeader(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every JetStream API request, as the server gets it.
+	sub, err := ns.NC.SubscribeSync("$JS.API.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := ns.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(ns.JS, kv)
+	ev := event("a", "20261126T100000")
+	if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := l.Lookup(ctx, "a", studyID); err != nil || r.LastUpdate != ev.LastUpdate {
+		t.Fatalf("Lookup: %+v, %v", r, err)
+	}
+	if err := kv.Delete(ctx, ledger.Key("a", studyID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Lookup(ctx, "a", studyID); !errors.Is(err, ledger.ErrNotRecorded) {
+		t.Fatalf("Lookup of a deleted record: err = %v, want ErrNotRecorded", err)
+	}
+	if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
+		t.Fatalf("Completed over a deleted record: %v", err)
+	}
+	if r, err := l.Lookup(ctx, "a", studyID); err != nil || r.LastUpdate != ev.LastUpdate {
+		t.Fatalf("Lookup after recording again: %+v, %v", r, err)
+	}
+	// The server delivers each request to sub as it takes it: once it
+	// answered the ping, every request is in sub's queue.
+	if err := ns.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	leaderGets := 0
+	for {
+		m, err := sub.NextMsg(10 * time.Millisecond)
+		if errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch subj := m.Subject; {
+		case strings.HasPrefix(subj, "$JS.API.DIRECT.GET."):
+			t.Errorf("direct get %s: any replica may answer it", subj)
+		case subj == "$JS.API.STREAM.MSG.GET.KV_"+kv.Bucket():
+			leaderGets++
+		}
+	}
+	// Completed reads once, Lookup once: 3 Lookups, 2 Completed.
+	if leaderGets != 5 {
+		t.Errorf("%d reads from the stream leader, want 5", leaderGets)
 	}
 }

@@ -66,7 +66,7 @@ func TestVerify(t *testing.T) {
 	now := time.Now().UTC()
 	record := func(k int, lastUpdate string, age time.Duration, notSelected bool) {
 		t.Helper()
-		l := ledger.New(kv, ledger.WithClock(func() time.Time { return now.Add(-age) }))
+		l := ledger.New(ns.JS, kv, ledger.WithClock(func() time.Time { return now.Add(-age) }))
 		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
 			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: lastUpdate}
 		if err := l.Completed(ctx, ev, ledger.Outcome{NotSelected: notSelected}); err != nil {
@@ -89,7 +89,7 @@ func TestVerify(t *testing.T) {
 	var published []string
 	opts := ledger.VerifyOptions{
 		Destination: "archive",
-		Ledger:      ledger.New(kv),
+		Ledger:      ledger.New(ns.JS, kv),
 		Since:       now.Add(-7 * 24 * time.Hour),
 		SourceFor:   func(string) (ledger.VerifySource, error) { return src, nil },
 		Select: func(_ context.Context, _, _ string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
@@ -165,7 +165,7 @@ func TestForwardedCutShortIsAnError(t *testing.T) {
 	for k := range studies {
 		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
 			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261203T150000"}
-		if err := ledger.New(kv).Record(t.Context(), ev); err != nil {
+		if err := ledger.New(ns.JS, kv).Record(t.Context(), ev); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -182,7 +182,7 @@ func TestForwardedCutShortIsAnError(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			walked := 0
-			err := ledger.New(tc.kv).Forwarded(ctx, time.Time{}, func(string, string, ledger.Record) error {
+			err := ledger.New(ns.JS, tc.kv).Forwarded(ctx, time.Time{}, func(string, string, ledger.Record) error {
 				walked++
 				if tc.cancel {
 					cancel()
@@ -195,7 +195,7 @@ func TestForwardedCutShortIsAnError(t *testing.T) {
 		})
 	}
 	all := 0
-	if err := ledger.New(kv).Forwarded(t.Context(), time.Time{}, func(string, string, ledger.Record) error { all++; return nil }); err != nil || all != studies {
+	if err := ledger.New(ns.JS, kv).Forwarded(t.Context(), time.Time{}, func(string, string, ledger.Record) error { all++; return nil }); err != nil || all != studies {
 		t.Errorf("whole walk: %d studies, %v; want %d", all, err, studies)
 	}
 }
@@ -219,7 +219,7 @@ func TestVerifyStudyGoneBetweenReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := ledger.New(kv)
+	l := ledger.New(ns.JS, kv)
 	for k := range 2 {
 		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
 			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
@@ -257,7 +257,7 @@ func TestVerifyGoesOnPastAnUnreadableSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := ledger.New(kv)
+	l := ledger.New(ns.JS, kv)
 	for k, source := range []string{"cardio", "cardio", "main", "main"} {
 		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: source,
 			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
@@ -323,7 +323,7 @@ func TestVerifyAfterKeyRotation(t *testing.T) {
 	} {
 		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
 			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: lastUpdate}
-		if err := ledger.New(kv).WithPseudonyms(pseudonyms).Completed(ctx, ev, ledger.Outcome{}); err != nil {
+		if err := ledger.New(ns.JS, kv).WithPseudonyms(pseudonyms).Completed(ctx, ev, ledger.Outcome{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -336,7 +336,7 @@ func TestVerifyAfterKeyRotation(t *testing.T) {
 	var asked, published []string
 	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
 		Destination: "research",
-		Ledger:      ledger.New(kv),
+		Ledger:      ledger.New(ns.JS, kv),
 		SourceFor: func(string) (ledger.VerifySource, error) {
 			return memStudies{1: lastUpdate, 2: lastUpdate, 3: lastUpdate, 4: lastUpdate}, nil
 		},
@@ -439,12 +439,12 @@ func TestVerifyPagesUntilEveryInstanceIsListed(t *testing.T) {
 			}
 			ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
 				OrthancStudyID: sid(1), StudyInstanceUID: "1.2.1", LastUpdate: lastUpdate}
-			if err := ledger.New(kv).WithPseudonyms(pseudonyms).Completed(t.Context(), ev, ledger.Outcome{}); err != nil {
+			if err := ledger.New(ns.JS, kv).WithPseudonyms(pseudonyms).Completed(t.Context(), ev, ledger.Outcome{}); err != nil {
 				t.Fatal(err)
 			}
 			opts := ledger.VerifyOptions{
 				Destination: "archive",
-				Ledger:      ledger.New(kv),
+				Ledger:      ledger.New(ns.JS, kv),
 				SourceFor:   func(string) (ledger.VerifySource, error) { return memStudies{1: lastUpdate}, nil },
 				Listed:      qido.StudyInstanceUIDs,
 				Keyed:       pseudonyms,

@@ -541,7 +541,7 @@ func TestReadLedgers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return ledger.New(kv, ledger.WithClock(clock(base)))
+		return ledger.New(ns.JS, kv, ledger.WithClock(clock(base)))
 	}
 	// The default destination's records at minutes 1..9, ai's at
 	// 1:30..3:30 (two of them not selected) and at 30 minutes.
@@ -775,7 +775,7 @@ func TestReadLedgersRoundTrips(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := ledger.New(kv, ledger.WithClock(clock(time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC))))
+	l := ledger.New(ns.JS, kv, ledger.WithClock(clock(time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC))))
 	if err := l.Completed(ctx, event(1), ledger.Outcome{}); err != nil {
 		t.Fatal(err)
 	}

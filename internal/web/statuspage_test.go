@@ -327,7 +327,7 @@ func TestDestinations(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return ledger.New(kv, ledger.WithClock(func() time.Time { return at }))
+		return ledger.New(js, kv, ledger.WithClock(func() time.Time { return at }))
 	}
 	defDone, aiDone, aiSkipped := f.ev, f.ev, f.ev
 	defDone.StudyInstanceUID, aiDone.StudyInstanceUID, aiSkipped.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.20", "1.2.826.0.1.3680043.2.1125.21", "1.2.826.0.1.3680043.2.1125.22"
@@ -858,7 +858,7 @@ func TestLastSuccessPastTheLedgerReadSaysOlderRecordsExist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := ledger.New(kv)
+	l := ledger.New(f.ns.JS, kv)
 	if err := l.Record(ctx, &f.ev); err != nil {
 		t.Fatal(err)
 	}
