@@ -108,9 +108,11 @@ func SelectionDigest(instances []orthancapi.Instance) string {
 type Ledger struct {
 	// js reads records from the leader of the bucket's stream (latest);
 	// kv writes them.
-	js  jetstream.JetStream
-	kv  jetstream.KeyValue
-	now func() time.Time
+	js jetstream.JetStream
+	kv jetstream.KeyValue
+	// read is latest; tests give a reader answering stale first.
+	read func(ctx context.Context, key string) (entry, error)
+	now  func() time.Time
 	// pseudonym maps a Study Instance UID to the destination's; nil: the
 	// destination receives the originals.
 	pseudonym func(uid string) string
@@ -156,6 +158,7 @@ func Open(ctx context.Context, js jetstream.JetStream, destination string, opts 
 
 func newLedger(js jetstream.JetStream, kv jetstream.KeyValue, opts []Option) *Ledger {
 	l := &Ledger{js: js, kv: kv, now: time.Now}
+	l.read = l.latest
 	for _, o := range opts {
 		o(l)
 	}
@@ -213,7 +216,7 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 			case <-t.C:
 			}
 		}
-		e, err := l.latest(ctx, key)
+		e, err := l.read(ctx, key)
 		if err != nil {
 			return err
 		}
@@ -281,7 +284,7 @@ func (r Record) keepingAlso(old Record) Record {
 // buffer mode deletes a study on what it reads here.
 func (l *Ledger) Lookup(ctx context.Context, source, orthancStudyID string) (Record, error) {
 	key := Key(source, orthancStudyID)
-	e, err := l.latest(ctx, key)
+	e, err := l.read(ctx, key)
 	if err != nil {
 		return Record{}, err
 	}
