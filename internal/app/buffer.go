@@ -28,7 +28,8 @@ import (
 // destination's selection was made over the same listing as the one
 // checked here. An instance stays if a destination that selects it kept
 // it (a conflict it skipped, an instance it changed), or if only
-// destinations that receive de-identified copies select it. Rules that
+// destinations that receive de-identified copies select it: configured so
+// here, or recorded so in their ledger (a pseudonym). Rules that
 // fail on the study keep every instance (its destination dead-letters
 // the study). Before anything is deleted, each destination whose rules
 // select none of the study gets it recorded as not selected, so that its
@@ -69,7 +70,11 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 				switch {
 				case rec.KeptAll || keptHere[in.SOPInstanceUID]:
 					kept[in.ID] = true
-				case !d.Deidentifies():
+				case !d.Deidentifies() && rec.PseudonymStudyInstanceUID == "":
+					// The record's pseudonym is the forwarder's own word that
+					// it sent de-identified copies: this process's settings
+					// of a destination it does not serve may lack
+					// STOW_DEIDENTIFY, or predate a rollout that set it.
 					original[in.ID] = true
 				}
 			}

@@ -27,23 +27,31 @@ func TestReleaseFunc(t *testing.T) {
 		aiState             string          // ai's recorded LastUpdate if not state
 		aiDeidentifies      bool
 		archiveDeidentifies bool
-		want                []string
+		// aiPseudonym: ai's forwarder recorded the pseudonym it sent the
+		// study under (it de-identifies, whatever this process's settings
+		// of ai say).
+		aiPseudonym bool
+		want        []string
 	}{
-		{"both stored", &both, &both, "", false, false, []string{"x", "y"}},
-		{"one not recorded", &both, nil, "", false, false, nil},
-		{"one recorded an older state", &both, &both, "20261203T090000", false, false, nil},
-		{"a conflict the other skipped stays", &both, &ledger.Outcome{Selected: both.Selected, Kept: []string{"1.2.3"}}, "", false, false, []string{"y"}},
-		{"a conflict the deleting one skipped stays", &ledger.Outcome{Selected: both.Selected, Kept: []string{"1.2.4"}}, &both, "", false, false, []string{"x"}},
+		{"both stored", &both, &both, "", false, false, false, []string{"x", "y"}},
+		{"one not recorded", &both, nil, "", false, false, false, nil},
+		{"one recorded an older state", &both, &both, "20261203T090000", false, false, false, nil},
+		{"a conflict the other skipped stays", &both, &ledger.Outcome{Selected: both.Selected, Kept: []string{"1.2.3"}}, "", false, false, false, []string{"y"}},
+		{"a conflict the deleting one skipped stays", &ledger.Outcome{Selected: both.Selected, Kept: []string{"1.2.4"}}, &both, "", false, false, false, []string{"x"}},
 		// Its rules selected nothing then, and select the study now.
-		{"a record of not selected stored nothing", &both, &ledger.Outcome{NotSelected: true}, "", false, false, nil},
+		{"a record of not selected stored nothing", &both, &ledger.Outcome{NotSelected: true}, "", false, false, false, nil},
 		// Its rules selected less then (a rule changed since, or an
 		// older replica's rules).
-		{"a record of another selection", &both, &ledger.Outcome{Selected: []orthancapi.Instance{x}}, "", false, false, nil},
-		{"a record of a release before selections were recorded", &both, &ledger.Outcome{}, "", false, false, []string{"x", "y"}},
-		{"one of two de-identifies", &both, &both, "", true, false, []string{"x", "y"}},
+		{"a record of another selection", &both, &ledger.Outcome{Selected: []orthancapi.Instance{x}}, "", false, false, false, nil},
+		{"a record of a release before selections were recorded", &both, &ledger.Outcome{}, "", false, false, false, []string{"x", "y"}},
+		{"one of two de-identifies", &both, &both, "", true, false, false, []string{"x", "y"}},
 		// A list too long for a record stands for every instance.
-		{"more kept than a record lists", &both, &ledger.Outcome{Selected: both.Selected, Kept: manyUIDs(1001)}, "", false, false, nil},
-		{"both de-identify: no original would be left", &both, &both, "", true, true, nil},
+		{"more kept than a record lists", &both, &ledger.Outcome{Selected: both.Selected, Kept: manyUIDs(1001)}, "", false, false, false, nil},
+		{"both de-identify: no original would be left", &both, &both, "", true, true, false, nil},
+		// This process's settings of ai lack STOW_DEIDENTIFY (a group that
+		// does not serve it, a rollout turning it on): its record says it.
+		{"one de-identifies by its record: no original would be left", &both, &both, "", false, true, true, nil},
+		{"a pseudonym recorded for the other one only", &both, &both, "", false, false, true, []string{"x", "y"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,8 +64,8 @@ func TestReleaseFunc(t *testing.T) {
 				}
 				ledgers[name] = ledger.New(ns.JS, kv)
 			}
-			ev := &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", LastUpdate: state}
-			record := func(name string, o *ledger.Outcome, lastUpdate string) {
+			ev := &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", StudyInstanceUID: "1.2.9", LastUpdate: state}
+			record := func(name string, o *ledger.Outcome, lastUpdate string, pseudonym bool) {
 				if o == nil {
 					return
 				}
@@ -65,12 +73,16 @@ func TestReleaseFunc(t *testing.T) {
 				if lastUpdate != "" {
 					e.LastUpdate = lastUpdate
 				}
-				if err := ledgers[name].Completed(t.Context(), &e, *o); err != nil {
+				l := ledgers[name]
+				if pseudonym {
+					l = l.WithPseudonyms(func(string) string { return "2.25.1" })
+				}
+				if err := l.Completed(t.Context(), &e, *o); err != nil {
 					t.Fatal(err)
 				}
 			}
-			record("archive", tt.archive, "")
-			record("ai", tt.ai, tt.aiState)
+			record("archive", tt.archive, "", false)
+			record("ai", tt.ai, tt.aiState, tt.aiPseudonym)
 			archive, ai := config.NamedDestination{Name: "archive"}, config.NamedDestination{Name: "ai"}
 			if tt.archiveDeidentifies {
 				archive.Deidentify.Mode = config.DeidentifyBasic

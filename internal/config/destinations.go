@@ -240,6 +240,14 @@ func (f *Forwarder) destinationsValidate() error {
 				errs = append(errs, d.rename(err))
 			}
 		}
+		if !f.serves(d.Name) {
+			// Read raw by readDynamic; buffer mode trusts it.
+			switch d.Deidentify.Mode {
+			case "", DeidentifyOff, DeidentifyBasic:
+			default:
+				errs = append(errs, fmt.Errorf("%sSTOW_DEIDENTIFY=%q: want off or basic (buffer mode reads it for every destination)", d.Var, d.Deidentify.Mode))
+			}
+		}
 		if _, err := routing.CompileStudyRule(d.Match); err != nil {
 			errs = append(errs, fmt.Errorf("%sMATCH: %w", d.Var, err))
 		}

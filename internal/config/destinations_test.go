@@ -153,6 +153,14 @@ func TestDestinationErrorsNameTheirVariables(t *testing.T) {
 			[]string{`"archive-oauth-token" and "archive" would both read DESTINATION_ARCHIVE_OAUTH_TOKEN_URL`}},
 		{"unknown served destination", func(e map[string]string) { e["FORWARDER_DESTINATIONS"] = "archive,dr" },
 			[]string{`FORWARDER_DESTINATIONS: "dr" is not a configured destination`}},
+		// Buffer mode reads it for a destination another group serves: a
+		// value taken for "off" would let it delete the originals only
+		// that destination's de-identified copies hold.
+		{"bad de-identification of a destination served elsewhere", func(e map[string]string) {
+			e["NATS_URL"] = "nats://nats:4222"
+			e["FORWARDER_DESTINATIONS"] = "ai-2"
+			e["DESTINATION_ARCHIVE_STOW_DEIDENTIFY"] = "Basic"
+		}, []string{`DESTINATION_ARCHIVE_STOW_DEIDENTIFY="Basic": want off or basic`}},
 		// Buffer mode would delete the only identified copy; archive is
 		// served by other forwarders and still counts.
 		{"buffer mode without originals", func(e map[string]string) {
