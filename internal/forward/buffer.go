@@ -51,12 +51,19 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		return
 	}
 	if f.opts.Unconfigured != nil {
-		others, err := f.opts.Unconfigured(ctx)
+		// Through a JetStream leader election, as Release: a meta-leader
+		// election in a rolling restart fails it for every study then.
+		var others []string
+		err := whileUnanswered(ctx, func() (err error) {
+			others, err = f.opts.Unconfigured(ctx)
+			return err
+		})
 		if err != nil {
-			// JetStream's, not Orthanc's: not "failed", whose alert sends
-			// the operator to Orthanc and the delete right.
-			log.Warn("forwarded study not deleted from the source: the destinations with a queue could not be read from JetStream; it stays in Orthanc", "err", err)
-			f.m.sourceDeletes.WithLabelValues("waiting").Add(float64(len(instances)))
+			// "failed", not "waiting": no later event deletes the study,
+			// and the alert on failed deletes must fire.
+			log.Warn("forwarded study not deleted from the source: the destinations with a queue could not be read from JetStream; it stays in Orthanc "+
+				"(once JetStream answers, queue it again: 'forwarder backfill --destination NAME --from source --since T')", "err", err)
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
 			return
 		}
 		if len(others) > 0 {

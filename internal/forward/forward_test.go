@@ -514,8 +514,12 @@ func TestDeleteForwarded(t *testing.T) {
 		// A rollout adding destination ai: it may need the study.
 		{name: "a queue of an unconfigured destination", cleaner: unchanged(), want: [5]float64{0, 0, 0, 0, 3},
 			unconfigured: func(context.Context) ([]string, error) { return []string{"ai"}, nil }},
-		{name: "queues unreadable", cleaner: unchanged(), want: [5]float64{0, 0, 0, 0, 3},
-			unconfigured: func(context.Context) ([]string, error) { return nil, errors.New("JetStream not answering") }},
+		// Nothing deletes it later: failed, which alerts.
+		{name: "queues unreadable", cleaner: unchanged(), want: [5]float64{0, 3, 0, 0, 0},
+			unconfigured: func(context.Context) ([]string, error) { return nil, errors.New("JetStream refused") }},
+		// A JetStream leader election: asked again.
+		{name: "queues unanswered once", cleaner: unchanged(), wantDeleted: ids, want: [5]float64{3, 0, 0, 0, 0},
+			unconfigured: failingOnce(nats.ErrTimeout)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -537,6 +541,17 @@ func TestDeleteForwarded(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// failingOnce answers err, then no unconfigured destination.
+func failingOnce(err error) func(context.Context) ([]string, error) {
+	var calls atomic.Int32
+	return func(context.Context) ([]string, error) {
+		if calls.Add(1) == 1 {
+			return nil, err
+		}
+		return nil, nil
 	}
 }
 
