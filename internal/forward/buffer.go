@@ -22,13 +22,21 @@ const recheckEvery = 32
 // counts as stored) and deletes it then. Every failure leaves instances in
 // Orthanc, never loses one; shutdown stops the deletes.
 func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, instances, listed []orthancapi.Instance, log *slog.Logger) {
-	if len(instances) == 0 {
+	// stake is what a failure below leaves in Orthanc. With several
+	// destinations, one that kept all it was sent (conflicts skipped,
+	// instances coerced) may be the last to store the study: it releases
+	// what the others sent, and a failure leaves those.
+	stake := len(instances)
+	if stake == 0 && f.opts.Release != nil {
+		stake = len(listed)
+	}
+	if stake == 0 {
 		return
 	}
 	c, err := f.opts.CleanerFor(ev.Source)
 	if err != nil {
 		log.Warn("forwarded study not deleted from the source", "err", err)
-		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
 		return
 	}
 	// Gone (404): another destination that finished the study at the
@@ -36,18 +44,18 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	// what buffer mode wanted is done.
 	st, err := c.Study(ctx, ev.OrthancStudyID)
 	if errors.Is(err, orthancapi.ErrNotFound) {
-		f.m.sourceDeletes.WithLabelValues("gone").Add(float64(len(instances)))
+		f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
 		return
 	}
 	if err != nil {
 		log.Warn("forwarded study not deleted from the source: its state could not be read", "err", err)
-		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
 		return
 	}
 	if st.LastUpdate != ev.LastUpdate {
 		log.Info("forwarded study not deleted from the source: it changed since its event, its next event forwards and deletes it",
 			"source_last_update", st.LastUpdate)
-		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(len(instances)))
+		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(stake))
 		return
 	}
 	if f.opts.Unconfigured != nil {
@@ -63,13 +71,13 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			// and the alert on failed deletes must fire.
 			log.Warn("forwarded study not deleted from the source: the destinations with a queue could not be read from JetStream; it stays in Orthanc "+
 				"(once JetStream answers, queue it again: 'forwarder backfill --destination NAME --from source --since T')", "err", err)
-			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
 			return
 		}
 		if len(others) > 0 {
 			log.Warn("forwarded study not deleted from the source: destinations this forwarder is not configured with have a queue and may need it "+
 				"(finish the rollout that adds them, or remove them with 'forwarder destinations remove NAME --yes')", "destinations", others)
-			f.m.sourceDeletes.WithLabelValues("waiting").Add(float64(len(instances)))
+			f.m.sourceDeletes.WithLabelValues("waiting").Add(float64(stake))
 			return
 		}
 	}
@@ -81,15 +89,27 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			return err
 		})
 		if errors.Is(err, orthancapi.ErrNotFound) {
-			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(len(instances)))
+			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
 			return
 		}
 		if err != nil {
 			log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so", "err", err)
-			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(instances)))
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
 			return
 		}
-		if waiting := len(instances) - len(released); waiting > 0 {
+		// Its own instances left out; those of others it releases count
+		// in what follows.
+		out := make(map[string]bool, len(released))
+		for _, in := range released {
+			out[in.ID] = true
+		}
+		waiting := 0
+		for _, in := range instances {
+			if !out[in.ID] {
+				waiting++
+			}
+		}
+		if waiting > 0 {
 			log.Info("forwarded instances kept in the source for destinations that have not stored them yet", "waiting", waiting)
 			f.m.sourceDeletes.WithLabelValues("waiting").Add(float64(waiting))
 		}

@@ -544,6 +544,60 @@ func TestDeleteForwarded(t *testing.T) {
 	}
 }
 
+// The last destination to store a study, with nothing of its own to
+// delete (it kept all it was sent: conflicts skipped, instances coerced),
+// deletes what the others sent; with one destination there is nothing to
+// do.
+func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
+	listed := []orthancapi.Instance{{ID: "a"}, {ID: "b"}, {ID: "c"}}
+	releasing := func(ids ...string) func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
+		return func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
+			var out []orthancapi.Instance
+			for _, id := range ids {
+				out = append(out, orthancapi.Instance{ID: id})
+			}
+			return out, nil
+		}
+	}
+	tests := []struct {
+		name        string
+		release     func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error)
+		wantDeleted []string
+		want        [5]float64 // deleted, failed, skipped, gone, waiting
+	}{
+		{name: "the others' released", release: releasing("a", "b"), wantDeleted: []string{"a", "b"}, want: [5]float64{2, 0, 0, 0, 0}},
+		{name: "another one not done", release: releasing()},
+		{name: "ledgers unreadable", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
+			return nil, errors.New("JetStream refused")
+		}, want: [5]float64{0, 3, 0, 0, 0}},
+		// The study is not even read: its state is unreadable here.
+		{name: "one destination"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleaner := &memCleaner{lastUpdate: "20261126T100000"}
+			if tt.release == nil {
+				cleaner.studyErr = errors.New("timeout")
+			}
+			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+				o.Registerer = prometheus.NewRegistry()
+				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+				o.Release = tt.release
+			})
+			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+			f.deleteForwarded(t.Context(), ev, nil, listed, f.log)
+			if fmt.Sprint(cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
+				t.Errorf("deleted %v, want %v", cleaner.deleted, tt.wantDeleted)
+			}
+			for i, r := range []string{"deleted", "failed", "skipped", "gone", "waiting"} {
+				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
+					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
 // failingOnce answers err, then no unconfigured destination.
 func failingOnce(err error) func(context.Context) ([]string, error) {
 	var calls atomic.Int32
