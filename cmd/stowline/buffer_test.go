@@ -18,7 +18,7 @@ import (
 // until every destination that selects some of it has stored it: with ai
 // down, the studies ai does not select go, the MR study stays whole (its
 // shared series, ai's own and the archive's own report) until ai is back;
-// instances neither selects stay for good. On one Orthanc release
+// instances neither selects stay for good, counted as kept_unselected. On one Orthanc release
 // (TestBufferModeDeletesForwardedInstances in cmd/forwarder covers
 // deleting on both).
 func TestBufferModeWithTwoDestinations(t *testing.T) {
@@ -116,6 +116,10 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 		{`stowline_forwarder_source_deletes_total{destination="archive",result="waiting"}`, 4 + earlyKept["archive"]},
 		{`stowline_forwarder_source_deletes_total{destination="ai",result="deleted"}`, 6 + earlyDeletes["ai"]},
 		{`stowline_forwarder_source_deletes_total{destination="ai",result="waiting"}`, earlyKept["ai"]},
+		// The research CT, which nobody selects, stays: counted once, by
+		// the first destination's forwarder.
+		{`stowline_forwarder_source_deletes_total{destination="archive",result="kept_unselected"}`, float64(len(nobody))},
+		{`stowline_forwarder_source_deletes_total{destination="ai",result="kept_unselected"}`, 0},
 		{`stowline_forwarder_source_deletes_total{result="failed"}`, 0},
 		{`stowline_forwarder_source_deletes_total{result="skipped"}`, 0},
 	}

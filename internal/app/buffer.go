@@ -99,6 +99,37 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 	}
 }
 
+// unselectedFunc is buffer mode's forward.Options.Unselected with several
+// destinations: how many of the listed instances no destination's rules
+// select. Set on the forwarders of the first destination only, which
+// every group knows, so that each study is counted once; it applies every
+// destination's rules once more, on each study it completes.
+func unselectedFunc(all []config.NamedDestination, routes map[string]*route) func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) {
+	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (int, error) {
+		selected := map[string]bool{}
+		for _, d := range all {
+			rt := routes[d.Name]
+			if rt == nil {
+				return 0, nil // it selects everything
+			}
+			sel, err := rt.Select(ctx, ev.Source, ev.OrthancStudyID, listed)
+			if err != nil {
+				return 0, fmt.Errorf("destination %s: %w", d.Name, err)
+			}
+			for _, in := range sel {
+				selected[in.ID] = true
+			}
+		}
+		n := 0
+		for _, in := range listed {
+			if !selected[in.ID] {
+				n++
+			}
+		}
+		return n, nil
+	}
+}
+
 // rulesDigest identifies a destination's routing rules, for the not
 // selected records another destination's forwarder writes: forwarder
 // groups configured apart may hold different rules for it (a rollout, a

@@ -163,6 +163,10 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			o.Forwarded = forwardedFunc(ledgers[d.Name])
 			if len(all) > 1 {
 				o.Release = releaseFunc(all, routes, ledgers)
+				if d.Name == all[0].Name {
+					// Every group knows the same first destination.
+					o.Unselected = unselectedFunc(all, routes)
+				}
 				if routes[d.Name] != nil {
 					o.RecordedNotSelected = recordedNotSelectedFunc(ledgers[d.Name], rulesDigest(d))
 				}

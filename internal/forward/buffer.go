@@ -165,3 +165,25 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	}
 	log.Info("forwarded instances deleted from the source", "deleted", deleted)
 }
+
+// countUnselected counts as kept_unselected the instances of a study that
+// no destination's rules select: buffer mode never deletes them, and
+// nothing else said they stay. With several destinations the forwarders
+// of one of them count (Options.Unselected), so each study counts once.
+func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) {
+	n := 0
+	switch {
+	case f.opts.Unselected != nil:
+		var err error
+		if n, err = f.opts.Unselected(ctx, ev, rep.listed); err != nil {
+			log.Warn("instances no destination selects not counted: the destinations' rules could not be applied", "err", err)
+			return
+		}
+	case f.opts.Release == nil:
+		n = rep.Listed - rep.Selected
+	}
+	if n > 0 {
+		log.Info("instances no destination's rules select stay in the source", "kept_unselected", n)
+		f.m.sourceDeletes.WithLabelValues("kept_unselected").Add(float64(n))
+	}
+}

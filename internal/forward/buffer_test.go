@@ -2,6 +2,7 @@ package forward
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,7 +11,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // An instance the destination says it changed as it stored it (Coercion,
@@ -142,5 +149,67 @@ func TestMapBack(t *testing.T) {
 	if res.Stored[0].SOPInstanceUID != "1.2.3.1" || res.Failed[0].SOPInstanceUID != "1.2.3.2" ||
 		res.Warnings[0].SOPInstanceUID != "1.2.3.1" || res.OtherFailures[0].SOPInstanceUID != "1.2.3.3" {
 		t.Errorf("mapped back: %+v", res)
+	}
+}
+
+// leaving is a Router that leaves out the instances it names (an SR a rule
+// excludes).
+type leaving map[string]bool
+
+func (l leaving) Select(_ context.Context, _, _ string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
+	return slices.DeleteFunc(slices.Clone(in), func(i orthancapi.Instance) bool { return l[i.ID] }), nil
+}
+
+// Instances no destination's rules select stay in the source for good;
+// they are counted as kept_unselected, once a study: with one destination
+// by its forwarders, with several by those Options.Unselected is given
+// to.
+func TestUnselectedInstancesCounted(t *testing.T) {
+	src := newMemSource(3)
+	sr := src.instances[2].ID
+	all := func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
+		return slices.DeleteFunc(slices.Clone(listed), func(i orthancapi.Instance) bool { return i.ID == sr }), nil
+	}
+	tests := []struct {
+		name        string
+		router      Router
+		release     func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error)
+		unselected  func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error)
+		wantDeleted int
+		wantKept    float64
+	}{
+		{name: "one destination, its rule excludes the SR", router: leaving{sr: true}, wantDeleted: 2, wantKept: 1},
+		{name: "one destination whose rules select none of the study", router: leaving{src.instances[0].ID: true, src.instances[1].ID: true, sr: true}, wantKept: 3},
+		{name: "one destination without rules", wantDeleted: 3},
+		{name: "several, this one counts", router: leaving{sr: true}, release: all, wantDeleted: 2, wantKept: 1,
+			unselected: func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) { return 1, nil }},
+		// The first destination's forwarders count it.
+		{name: "several, another one counts", router: leaving{sr: true}, release: all, wantDeleted: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := &sink{}
+			srv := httptest.NewServer(k.handler(nil))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			ev := testEvent()
+			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
+			f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+				o.Registerer = prometheus.NewRegistry()
+				o.Router = tt.router
+				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return nil }
+				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+				o.Release = tt.release
+				o.Unselected = tt.unselected
+			})
+			f.handle(t.Context(), deliverOne(t, ns, cons, ev), "")
+			if len(cleaner.deleted) != tt.wantDeleted {
+				t.Errorf("deleted %d, want %d", len(cleaner.deleted), tt.wantDeleted)
+			}
+			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != tt.wantKept {
+				t.Errorf("kept_unselected = %v, want %v", got, tt.wantKept)
+			}
+		})
 	}
 }

@@ -207,6 +207,12 @@ type Options struct {
 	// every destination whose rules select them has stored, given all the
 	// study's instances; it is needed when there are several destinations.
 	Release func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error)
+	// Unselected, if set (buffer mode with several destinations, on the
+	// forwarders of one destination only), counts the listed instances
+	// of a study that no destination's rules select: buffer mode leaves
+	// them in the source. Without Release (one destination) the
+	// forwarder counts those its own rules leave out.
+	Unselected func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (int, error)
 	// Unconfigured, if set, names the destinations that have a queue in
 	// JetStream but are not in this process's configuration: a rollout
 	// adding one, whose forwarders already take events while this one

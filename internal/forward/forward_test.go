@@ -613,8 +613,8 @@ func failingOnce(err error) func(context.Context) ([]string, error) {
 // so that an increase() over it sees the first count after a restart.
 func TestSourceDeleteSeriesFromTheStart(t *testing.T) {
 	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) { o.Registerer = prometheus.NewRegistry() })
-	if n := testutil.CollectAndCount(f.m.sourceDeletes); n != 5 {
-		t.Errorf("%d series of stowline_forwarder_source_deletes_total before any delete, want 5 (deleted, failed, skipped, waiting, gone)", n)
+	if n := testutil.CollectAndCount(f.m.sourceDeletes); n != 6 {
+		t.Errorf("%d series of stowline_forwarder_source_deletes_total before any delete, want 6 (deleted, failed, skipped, waiting, gone, kept_unselected)", n)
 	}
 }
 

@@ -35,7 +35,8 @@ type metrics struct {
 	// non-primary image set.
 	nonPrimary prometheus.Counter
 	// sourceDeletes counts instances of forwarded studies by what buffer
-	// mode did with them in the source (deleted, failed, skipped).
+	// mode did with them in the source (deleted, failed, skipped,
+	// kept_unselected...).
 	sourceDeletes *prometheus.CounterVec
 	// conversions counts instances read converted to another transfer
 	// syntax, or refused for it, by result.
@@ -141,7 +142,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	})
 	m.sourceDeletes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_source_deletes_total",
-		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, skipped because the study changed since its event, kept waiting for another destination that selected them, or found already gone (gone: another destination finishing at the same moment, or someone else, deleted them first).",
+		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, skipped because the study changed since its event, kept waiting for another destination that selected them, or found already gone (gone: another destination finishing at the same moment, or someone else, deleted them first); kept_unselected: instances no destination's rules select, which buffer mode leaves in the source for good.",
 		ConstLabels: labels,
 	}, []string{"result"})
 	m.conversions = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -194,7 +195,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		Help:        "Studies this process holds, unsettled, until the source Orthanc answers again: holding their workers without spending a delivery (one source), or parked, their workers free (several sources).",
 		ConstLabels: labels,
 	})
-	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone"} {
+	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone", "kept_unselected"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
 	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed, ResultNewerVersion, ResultAlreadyForwarded, ResultAlreadyDeadLettered} {

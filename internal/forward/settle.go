@@ -88,6 +88,9 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(rep.forwarded)))
 		}
 	}
+	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && f.opts.CleanerFor != nil {
+		f.countUnselected(ctx, a.Event, rep, log)
+	}
 }
 
 // ack acks the event of a study done and records the forward in the
