@@ -171,6 +171,10 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 // nothing else said they stay. With several destinations the forwarders
 // of one of them count (Options.Unselected), so each study counts once.
 func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) {
+	if len(rep.listed) == 0 {
+		// Gone, deleted by buffer mode: the rules would read it in vain.
+		return
+	}
 	n := 0
 	switch {
 	case f.opts.Unselected != nil:

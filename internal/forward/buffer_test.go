@@ -213,3 +213,21 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 		})
 	}
 }
+
+// A study buffer mode deleted before this destination's event came (acked
+// as not selected) has no listing: the destinations' rules are not
+// applied to it, which would fail on the study gone and warn.
+func TestUnselectedNotCountedOfAStudyGone(t *testing.T) {
+	asked := false
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.Registerer = prometheus.NewRegistry()
+		o.Unselected = func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) {
+			asked = true
+			return 0, orthancapi.ErrNotFound
+		}
+	})
+	f.countUnselected(t.Context(), testEvent(), Report{NotSelected: true, deletedNotSelected: true}, f.log)
+	if asked {
+		t.Error("the rules were applied to a study no longer in the source")
+	}
+}
