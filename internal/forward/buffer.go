@@ -180,7 +180,9 @@ func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable,
 	case f.opts.Unselected != nil:
 		var err error
 		if n, err = f.opts.Unselected(ctx, ev, rep.listed); err != nil {
-			log.Warn("instances no destination selects not counted: the destinations' rules could not be applied", "err", err)
+			if ctx.Err() == nil { // shutdown stops it, as the deletes
+				log.Warn("instances no destination selects not counted: the destinations' rules could not be applied", "err", err)
+			}
 			return
 		}
 	case f.opts.Release == nil:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -229,5 +230,24 @@ func TestUnselectedNotCountedOfAStudyGone(t *testing.T) {
 	f.countUnselected(t.Context(), testEvent(), Report{NotSelected: true, deletedNotSelected: true}, f.log)
 	if asked {
 		t.Error("the rules were applied to a study no longer in the source")
+	}
+}
+
+// Shutdown stops the rules of kept_unselected as it stops the deletes:
+// no warning for it.
+func TestUnselectedQuietAtShutdown(t *testing.T) {
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.Registerer = prometheus.NewRegistry()
+		o.Unselected = func(ctx context.Context, _ *events.StudyStable, _ []orthancapi.Instance) (int, error) {
+			return 0, ctx.Err()
+		}
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	var logged bytes.Buffer
+	rep := Report{Listed: 1, listed: newMemSource(1).instances}
+	f.countUnselected(ctx, testEvent(), rep, slog.New(slog.NewTextHandler(&logged, nil)))
+	if logged.Len() > 0 {
+		t.Errorf("logged at shutdown: %s", logged.String())
 	}
 }

@@ -88,6 +88,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(rep.forwarded)))
 		}
 	}
+	// What no destination selects stays whatever the deletes did.
 	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && f.opts.CleanerFor != nil {
 		f.countUnselected(ctx, a.Event, rep, log)
 	}
