@@ -61,7 +61,7 @@ func DestinationVarPrefix(name string) string {
 // DestinationList returns every configured destination: the ones
 // DESTINATIONS names, or the default one. The settings of a destination
 // this process does not serve (FORWARDER_DESTINATIONS) are not read:
-// only its name and rules are set.
+// only its name, rules and de-identification mode are set.
 func (f *Forwarder) DestinationList() []NamedDestination {
 	if len(f.Names) > 0 {
 		return f.named
