@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -125,6 +127,10 @@ type conflictState struct {
 	// by AWS HealthImaging apart from the primary image set.
 	dead, nonPrimary []Instance
 	replaced         int
+	// deleted: instances this delivery deleted at the destination
+	// (replace by delete) that it has not yet got stored again; a
+	// delivery that fails with any names them (notStoredAgain).
+	deleted map[string]bool
 	// skipped: conflicts counted as stored (skip), and "already exists"
 	// answers stowline cannot tell its own (batchOutcome.unproven), kept
 	// in the source by buffer mode.
@@ -147,10 +153,13 @@ func withoutUIDs(instances []orthancapi.Instance, drop map[string]bool) []orthan
 
 // resolve acts on one round's conflicts: it returns the parts to store
 // again with POST (after a DELETE) or with PUT (upsert). Deleting needs
-// the instance's series, from byUID.
+// the instance's series, from byUID. A DELETE that fails stops the
+// round's replacing, and its error comes with the parts deleted before
+// it: the caller stores those again before it fails, or the archive
+// lost them.
 func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, conflicts []conflicted, byUID map[string]orthancapi.Instance) (resend, upsert []dicomweb.Part, err error) {
 	c := f.opts.Conflicts
-	for _, cf := range conflicts {
+	for i, cf := range conflicts {
 		uid := cf.part.SOPInstanceUID
 		text := fmt.Sprintf("destination already holds this SOP Instance with other content (Failure Reason %d, 0x%04X)", cf.reason, cf.reason)
 		switch {
@@ -158,6 +167,9 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 			st.dead = append(st.dead, Instance{SOPInstanceUID: uid, FailureReason: cf.reason, Text: text})
 			continue
 		case st.replacing[uid]:
+			// Held again (another writer, or a DELETE the destination
+			// did not carry out): not missing.
+			delete(st.deleted, uid)
 			st.dead = append(st.dead, Instance{SOPInstanceUID: uid, FailureReason: cf.reason, Text: text + "; still so after replacing it with " + c.Method})
 			continue
 		}
@@ -168,8 +180,11 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 		}
 		inst := byUID[uid]
 		if err := f.opts.Destination.(InstanceDeleter).DeleteInstance(ctx, a.Event.StudyInstanceUID, inst.SeriesInstanceUID, uid); err != nil {
-			return nil, nil, fmt.Errorf("replace instance %s: delete it at the destination: %w", uid, err)
+			return resend, upsert, fmt.Errorf("replace instance %s: delete it at the destination (%d conflicts of the round not replaced): %w", uid, len(conflicts)-i, err)
 		}
+		st.deleted[uid] = true
+		f.log.Info("deleted an instance the destination held with other content, to store it again", "orthanc_study_id", a.Event.OrthancStudyID,
+			"study_instance_uid", a.Event.StudyInstanceUID, "series_instance_uid", inst.SeriesInstanceUID, "sop_instance_uid", uid, "setting", c.setting())
 		resend = append(resend, cf.part)
 	}
 	if n := len(resend) + len(upsert); n > 0 {
@@ -223,6 +238,28 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 			"no conflict, retried as the failure the code names", args...)
 	}
 	return held, failed
+}
+
+// notStoredAgain is err, the failure of a delivery that deleted
+// instances at the destination (replace by delete) and did not get them
+// stored again: transient, whatever err was, since the next delivery
+// stores them (no longer conflicts), and naming them, for the dead
+// letter of the last delivery.
+func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, err error) error {
+	uids := slices.Sorted(maps.Keys(st.deleted))
+	gone := make([]Instance, len(uids))
+	for i, uid := range uids {
+		gone[i] = Instance{SOPInstanceUID: uid, Text: "deleted at the destination to replace it (" + f.opts.Conflicts.setting() + "=" + ConflictReplace + "), not stored again"}
+	}
+	f.log.Error("instances deleted at the destination to replace them are not stored again: the study is retried", "orthanc_study_id", ev.OrthancStudyID,
+		"study_instance_uid", ev.StudyInstanceUID, "instances", len(gone), "first_sop_instance_uid", uids[0], "err", err)
+	out := &Error{Class: Transient, Err: fmt.Errorf("%d instances deleted at the destination to replace them, not stored again: %s: %w", len(gone), uidList(gone), err), Instances: gone}
+	var fe *Error
+	if errors.As(err, &fe) {
+		out.Instances = append(slices.Clone(fe.Instances), gone...)
+		out.RetryAfter = fe.RetryAfter
+	}
+	return out
 }
 
 // conflictError is the dead letter of an attempt with conflicts: the

@@ -1,9 +1,12 @@
 package forward
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -237,6 +240,146 @@ func TestTooLargeNamesWhatToChange(t *testing.T) {
 				if !strings.Contains(letters[0].Reason, want) {
 					t.Errorf("reason %q, want %q in it", letters[0].Reason, want)
 				}
+			}
+		})
+	}
+}
+
+// failedAnswer is a STOW answer of status naming each of sops failed with
+// reason.
+func failedAnswer(w http.ResponseWriter, status, reason int, sops ...string) {
+	items := make([]string, len(sops))
+	for i, sop := range sops {
+		items[i] = fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}`, sop, reason)
+	}
+	w.Header().Set("Content-Type", "application/dicom+json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+}
+
+// storedAnswer is a STOW answer naming each of sops stored.
+func storedAnswer(w http.ResponseWriter, sops ...string) {
+	items := make([]string, len(sops))
+	for i, sop := range sops {
+		items[i] = fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]}}`, sop)
+	}
+	w.Header().Set("Content-Type", "application/dicom+json")
+	fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+}
+
+// memSourceUIDsIn names the instances of newMemSource a STOW body
+// carries: instance i's file is 1024 bytes of i.
+func memSourceUIDsIn(body []byte, n int) []string {
+	var out []string
+	for i := range n {
+		if bytes.Contains(body, bytes.Repeat([]byte{byte(i)}, 1024)) {
+			out = append(out, fmt.Sprintf("1.2.3.%d", i+1))
+		}
+	}
+	return out
+}
+
+// Replace by DELETE deleted instances one after another, and a DELETE
+// that failed returned at once: the instances deleted before it were
+// never stored again by the delivery, which was dead-lettered naming
+// only the failed DELETE, and the archive was left without them. They
+// are now stored again before the delivery fails; those that could not
+// be are named, and the failure is transient (the next delivery stores
+// them: they no longer conflict).
+func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
+	const first, second = "1.2.3.1", "1.2.3.2" // newMemSource(2)
+	tests := []struct {
+		name string
+		// storeAgain answers the POST after the DELETEs.
+		storeAgain func(w http.ResponseWriter)
+		wantClass  Class
+		// wantReason: substrings of the dead letter's reason.
+		wantReason []string
+		// wantNamed: the letter names first as deleted, not stored again.
+		wantNamed bool
+	}{
+		{name: "stored again", storeAgain: func(w http.ResponseWriter) { storedAnswer(w, first) },
+			wantClass: Permanent, wantReason: []string{"replace instance " + second, "delete it at the destination"}},
+		{name: "not stored again", storeAgain: func(w http.ResponseWriter) { failedAnswer(w, http.StatusAccepted, 0xA700, first) },
+			wantClass: Transient, wantReason: []string{"1 instances deleted at the destination to replace them, not stored again: " + first, "replace instance " + second},
+			wantNamed: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var calls []string
+			posts := 0
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				defer mu.Unlock()
+				switch r.Method {
+				case http.MethodPost:
+					posts++
+					calls = append(calls, "POST "+strings.Join(memSourceUIDsIn(body, 2), ","))
+					if posts == 1 {
+						failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, first, second)
+						return
+					}
+					tt.storeAgain(w)
+				case http.MethodDelete:
+					sop := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+					calls = append(calls, "DELETE "+sop)
+					if sop == second {
+						w.WriteHeader(http.StatusConflict)
+						return
+					}
+					w.WriteHeader(http.StatusNoContent)
+				default:
+					calls = append(calls, r.Method)
+					w.WriteHeader(http.StatusMethodNotAllowed)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.MaxDeliveries = 1
+				o.InstanceRetries = 0
+				o.Conflicts = ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete,
+					Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+			})
+			forwardOne(t, f, ns, cons, testEvent())
+			mu.Lock()
+			got := strings.Join(calls, "; ")
+			mu.Unlock()
+			if want := "POST 1.2.3.1,1.2.3.2; DELETE 1.2.3.1; DELETE 1.2.3.2; POST 1.2.3.1"; got != want {
+				t.Errorf("requests %q, want %q: what was deleted is stored again", got, want)
+			}
+			letters := dls.all()
+			if len(letters) != 1 {
+				t.Fatalf("%d dead letters, want 1", len(letters))
+			}
+			l := letters[0]
+			if l.Class != tt.wantClass {
+				t.Errorf("class %q, want %q (reason %q)", l.Class, tt.wantClass, l.Reason)
+			}
+			for _, want := range tt.wantReason {
+				if !strings.Contains(l.Reason, want) {
+					t.Errorf("reason %q, want %q in it", l.Reason, want)
+				}
+			}
+			named := slices.ContainsFunc(l.Failures, func(in Instance) bool {
+				return in.SOPInstanceUID == first && strings.Contains(in.Text, "deleted at the destination")
+			})
+			if named != tt.wantNamed {
+				t.Errorf("failures %+v: %s named deleted and not stored again: %v, want %v", l.Failures, first, named, tt.wantNamed)
+			}
+			// Stored again, it was replaced; the DELETE refused
+			// replaced nothing.
+			wantReplaced := 1.0
+			if tt.wantNamed {
+				wantReplaced = 0
+			}
+			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("replaced")); got != wantReplaced {
+				t.Errorf("conflicts{action=replaced} = %v, want %v", got, wantReplaced)
 			}
 		})
 	}

@@ -152,7 +152,12 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	for _, inst := range instances {
 		byUID[inst.SOPInstanceUID] = inst
 	}
-	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}}
+	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}, deleted: map[string]bool{}}
+	defer func() {
+		if err != nil && len(st.deleted) > 0 {
+			err = f.notStoredAgain(ev, st, err)
+		}
+	}()
 	// stored are the instances the destination confirmed to this
 	// attempt, in its earlier rounds; earlier those it confirmed to
 	// earlier attempts of this study, read from the same Orthanc file
@@ -236,6 +241,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// aborted requests, back to back.
 	var upsert, alone []dicomweb.Part
 	quick, quickRounds := false, 0
+	// deleteErr: a DELETE of replace failed; the round after it stores
+	// again what was deleted before it, then the attempt fails with it.
+	var deleteErr error
 	for transientRounds := 0; ; {
 		var outs []batchOutcome
 		var carried []dicomweb.Part
@@ -277,6 +285,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			for _, out := range o {
 				for _, uid := range out.confirmed {
 					stored[uid] = true
+					delete(st.deleted, uid)
 				}
 				for _, uid := range out.unanswered {
 					unanswered[uid] = true
@@ -400,9 +409,20 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			f.log.Warn("destination already holds instances with other content: counted as stored, not replaced", "orthanc_study_id", ev.OrthancStudyID,
 				"study_instance_uid", ev.StudyInstanceUID, "instances", len(skipped), "first_sop_instance_uid", skipped[0], "setting", f.opts.Conflicts.setting()+"="+ConflictSkip)
 		}
+		if deleteErr != nil {
+			// What this round did not get stored of the instances
+			// deleted is named (notStoredAgain).
+			return rep, deleteErr
+		}
 		resend, up, err := f.resolve(ctx, a, st, conflicts, byUID)
-		if err != nil {
+		if err != nil && len(resend)+len(up) == 0 {
 			return rep, err
+		}
+		if err != nil {
+			// Only what was deleted is sent, at once: the round's other
+			// answers are moot, the attempt fails.
+			deleteErr, pending, upsert, alone, quick = err, resend, up, nil, false
+			continue
 		}
 		others, unreadAgain := splitUnread(retry, unread)
 		pending, upsert, alone = append(append(others, resend...), again...), up, append(carried, unreadAgain...)
