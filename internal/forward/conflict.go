@@ -126,7 +126,9 @@ type conflictState struct {
 	// dead: instances to dead-letter (class conflict); nonPrimary: stored
 	// by AWS HealthImaging apart from the primary image set.
 	dead, nonPrimary []Instance
-	replaced         int
+	// replaced: instances counted replaced, once each (STOW_VERIFY=qido
+	// may send one again in a later round).
+	replaced map[string]bool
 	// deleted: instances this delivery deleted at the destination
 	// (replace by delete) that it has not yet got stored again; a
 	// delivery that fails with any names them (notStoredAgain).
@@ -257,17 +259,17 @@ func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, er
 	var fe *Error
 	if errors.As(err, &fe) {
 		out.Instances = append(slices.Clone(fe.Instances), gone...)
-		out.RetryAfter = fe.RetryAfter
+		out.RetryAfter, out.conflicts = fe.RetryAfter, fe.conflicts
 	}
 	return out
 }
 
 // conflictError is the dead letter of an attempt with conflicts: the
-// instances and the setting, never patient data.
+// instances and the setting, never patient data. Its conflicts are
+// counted dead_lettered once the letter is stored (settle).
 func (f *Forwarder) conflictError(st *conflictState, rejected []Instance) error {
 	var msgs []string
 	if len(st.dead) > 0 {
-		f.m.conflicts.WithLabelValues("dead_lettered").Add(float64(len(st.dead)))
 		msgs = append(msgs, fmt.Sprintf("destination already holds %d instances with other content (%s=%s): %s (first: %s)",
 			len(st.dead), f.opts.Conflicts.setting(), f.actionName(), uidList(st.dead), st.dead[0].Text))
 	}
@@ -279,7 +281,7 @@ func (f *Forwarder) conflictError(st *conflictState, rejected []Instance) error 
 		msgs = append(msgs, fmt.Sprintf("and refused %d for good (first: %s: %s)", len(rejected), rejected[0].SOPInstanceUID, rejected[0].Text))
 	}
 	all := append(append(append([]Instance(nil), st.dead...), st.nonPrimary...), rejected...)
-	return &Error{Class: Conflict, Err: errors.New(strings.Join(msgs, "; ")), Instances: all}
+	return &Error{Class: Conflict, Err: errors.New(strings.Join(msgs, "; ")), Instances: all, conflicts: len(st.dead)}
 }
 
 func (f *Forwarder) actionName() string {

@@ -2,6 +2,8 @@ package forward
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -380,6 +383,92 @@ func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("replaced")); got != wantReplaced {
 				t.Errorf("conflicts{action=replaced} = %v, want %v", got, wantReplaced)
+			}
+		})
+	}
+}
+
+// deadLettersFailingOnce refuses the first letter, as a dead-letter
+// stream out of space would: the event stays queued.
+type deadLettersFailingOnce struct {
+	memDeadLetters
+	refused atomic.Bool
+}
+
+func (d *deadLettersFailingOnce) Add(ctx context.Context, l *DeadLetter) (uint64, bool, error) {
+	if d.refused.CompareAndSwap(false, true) {
+		return 0, false, errors.New("dead-letter stream full")
+	}
+	return d.memDeadLetters.Add(ctx, l)
+}
+
+// The conflicts metric counts each instance once for what was done with
+// it: a replacement STOW_VERIFY=qido sends again (the destination did not
+// list it yet) was counted replaced at each round; a conflict was counted
+// dead-lettered when its letter was built, again at each delivery whose
+// letter was not stored.
+func TestConflictsCountedOnce(t *testing.T) {
+	const sop = "1.2.3.1" // newMemSource(1)
+	tests := []struct {
+		name     string
+		policy   ConflictPolicy
+		verifier Verifier
+		letters  func() DeadLetterStore
+		// wantCalls are the requests; want the conflicts metric.
+		wantCalls string
+		want      map[string]float64
+	}{
+		{name: "replacement sent again by verification", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplacePut},
+			// Listed from the second QIDO-RS on: the first round's
+			// replacement is sent again, and "already" stored.
+			verifier:  &fakeVerifier{all: []string{sop}, lost: []string{sop}, listFrom: 2},
+			letters:   func() DeadLetterStore { return &memDeadLetters{} },
+			wantCalls: "POST PUT POST", want: map[string]float64{"replaced": 1, "dead_lettered": 0}},
+		{name: "dead letter stored at the second delivery", policy: ConflictPolicy{Action: ConflictDeadLetter},
+			letters:   func() DeadLetterStore { return &deadLettersFailingOnce{} },
+			wantCalls: "POST POST", want: map[string]float64{"replaced": 0, "dead_lettered": 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var calls []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				calls = append(calls, r.Method)
+				mu.Unlock()
+				switch r.Method {
+				case http.MethodPost:
+					failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, sop)
+				case http.MethodPut:
+					storedAnswer(w, sop)
+				default:
+					w.WriteHeader(http.StatusMethodNotAllowed)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			tt.policy.Rules = []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}
+			f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = tt.letters()
+				o.MaxDeliveries = 2
+				o.InstanceRetries = 1
+				o.InstanceRetryDelay = 10e6
+				o.RetryDelay, o.RetryMaxDelay = 100*time.Millisecond, 100*time.Millisecond
+				o.Conflicts = tt.policy
+				o.Verifier = tt.verifier
+			})
+			forwardOne(t, f, ns, cons, testEvent())
+			mu.Lock()
+			got := strings.Join(calls, " ")
+			mu.Unlock()
+			if got != tt.wantCalls {
+				t.Errorf("requests %q, want %q", got, tt.wantCalls)
+			}
+			for action, want := range tt.want {
+				if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues(action)); got != want {
+					t.Errorf("conflicts{action=%q} = %v, want %v", action, got, want)
+				}
 			}
 		})
 	}

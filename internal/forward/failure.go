@@ -60,6 +60,9 @@ type Error struct {
 	Instances []Instance
 	// RetryAfter is the server's Retry-After, if any.
 	RetryAfter time.Duration
+	// conflicts: how many of Instances are conflicts dead-lettered
+	// (STOW_ON_CONFLICT), counted once the letter is stored.
+	conflicts int
 }
 
 func (e *Error) Error() string { return e.Err.Error() }

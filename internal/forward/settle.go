@@ -57,6 +57,9 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 		// past the limit, would read as a crash) counts no failure.
 		if result == ResultDeadLettered {
 			f.m.failures.WithLabelValues(string(d.class)).Inc()
+			if fe := (*Error)(nil); errors.As(ferr, &fe) && fe.conflicts > 0 {
+				f.m.conflicts.WithLabelValues("dead_lettered").Add(float64(fe.conflicts))
+			}
 		}
 	}
 	// What the attempt stored and its last write to the failure log did

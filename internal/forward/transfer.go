@@ -152,7 +152,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	for _, inst := range instances {
 		byUID[inst.SOPInstanceUID] = inst
 	}
-	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}, deleted: map[string]bool{}}
+	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}, replaced: map[string]bool{}, deleted: map[string]bool{}}
 	defer func() {
 		if err != nil && len(st.deleted) > 0 {
 			err = f.notStoredAgain(ev, st, err)
@@ -383,8 +383,8 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		}
 		// A replacement sent this round and not refused again is stored.
 		for _, p := range append(append([]dicomweb.Part(nil), pending...), upsert...) {
-			if st.replacing[p.SOPInstanceUID] && !notDone[p.SOPInstanceUID] {
-				st.replaced++
+			if st.replacing[p.SOPInstanceUID] && !notDone[p.SOPInstanceUID] && !st.replaced[p.SOPInstanceUID] {
+				st.replaced[p.SOPInstanceUID] = true
 				rep.Replaced++
 				f.m.conflicts.WithLabelValues("replaced").Inc()
 				f.log.Info("replaced an instance the destination held with other content", "orthanc_study_id", ev.OrthancStudyID,
