@@ -117,6 +117,7 @@ func topology(n config.NATS, fc *config.Forwarder, ingest bool) natsjs.Topology 
 	if fc != nil {
 		t.AckWait = fc.AckWait
 		t.DeadLetterRetention = fc.DeadLetterRetention
+		t.StoredRetention = fc.StoredRetention
 		if fc.MaxDeliveries > 0 {
 			// Room for the deliveries that dead-letter a study (and for
 			// retries of a dead letter that could not be stored), with

@@ -106,6 +106,7 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"concurrency out of range", map[string]string{"FORWARDER_CONCURRENCY": "0"}, "", "FORWARDER_CONCURRENCY"},
 		{"bad duration", map[string]string{"FORWARDER_ACK_WAIT": "soon"}, "", "FORWARDER_ACK_WAIT"},
 		{"shutdown grace zero", map[string]string{"FORWARDER_SHUTDOWN_GRACE": "0s"}, "", "FORWARDER_SHUTDOWN_GRACE=0s: want 1s to 1h0m0s"},
+		{"stored record kept less than a day", map[string]string{"STORED_RECORD_RETENTION": "12h"}, "", "STORED_RECORD_RETENTION=12h0m0s: want at least 24h"},
 		{"shutdown grace past an hour", map[string]string{"FORWARDER_SHUTDOWN_GRACE": "2h"}, "", "FORWARDER_SHUTDOWN_GRACE=2h0m0s: want 1s to 1h0m0s"},
 		{"bad size", map[string]string{"STOW_MAX_BYTES": "lots"}, "", "STOW_MAX_BYTES"},
 		{"bad verify", map[string]string{"STOW_VERIFY": "yes"}, "", `STOW_VERIFY="yes": want off or qido`},

@@ -154,6 +154,7 @@ type Forwarder struct {
 	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently, or read again the ones the source Orthanc failed to read"`
 	DeleteFromSource    bool          `env:"FORWARDER_DELETE_FROM_SOURCE" envDefault:"false" desc:"buffer mode: once a study is stored at the destination and acked, delete the instances that were forwarded from the source Orthanc (not when the study changed since its event); needs an Orthanc user allowed to delete"`
 	DeadLetterRetention time.Duration `env:"DEADLETTER_RETENTION" envDefault:"720h" desc:"how long dead-lettered studies are kept for replay"`
+	StoredRetention     time.Duration `env:"STORED_RECORD_RETENTION" envDefault:"8760h" desc:"how long the record of what stowline stored of a study (8 bytes an instance, per destination) is kept after its last write, at least EVENTS_RETENTION and DEADLETTER_RETENTION: a study sent again later (a late instance, a backfill, a replay) finds its instances already stored, and without the record takes those copies for conflicts (STOW_ON_CONFLICT); a start only raises it"`
 	ShutdownGrace       time.Duration `env:"FORWARDER_SHUTDOWN_GRACE" envDefault:"30s" desc:"at a stop (SIGTERM), how long the studies in flight may go on before they go back to the queue, for another replica to send again whole (1s to 1h); the stop timeout of the process supervisor must be at least it plus 15s (Kubernetes terminationGracePeriodSeconds, docker stop_grace_period, systemd TimeoutStopSec)"`
 	// Lanes: stat workers and FORWARD_WINDOWS (lanes.go).
 	Lanes
@@ -190,6 +191,9 @@ func (f *Forwarder) Validate() error {
 	}
 	if f.DeadLetterRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("DEADLETTER_RETENTION=%s: want at least 1h", f.DeadLetterRetention))
+	}
+	if f.StoredRetention < 24*time.Hour {
+		errs = append(errs, fmt.Errorf("STORED_RECORD_RETENTION=%s: want at least 24h", f.StoredRetention))
 	}
 	if err := f.Lanes.Validate(); err != nil {
 		errs = append(errs, err)

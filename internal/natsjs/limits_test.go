@@ -1,9 +1,12 @@
 package natsjs_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,7 +144,7 @@ func TestBucketLimitKept(t *testing.T) {
 	if _, err := js.UpdateStream(ctx, scfg); err != nil {
 		t.Fatal(err)
 	}
-	topo.Retention, topo.DeadLetterRetention = 48*time.Hour, 24*time.Hour
+	topo.StoredRetention *= 2 // a setting changed: the bucket is updated
 	kv, err = topo.EnsureFailureLog(ctx, js)
 	if err != nil {
 		t.Fatal(err)
@@ -149,8 +152,8 @@ func TestBucketLimitKept(t *testing.T) {
 	if st, err = kv.Status(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := st.(*jetstream.KeyValueBucketStatus).Config(); got.TTL != topo.Retention || got.MaxBytes != 1<<20 || !got.Compression {
-		t.Errorf("after a start: TTL %s, MaxBytes %d, compression %v; want %s and the operator's %d and compression", got.TTL, got.MaxBytes, got.Compression, topo.Retention, 1<<20)
+	if got := st.(*jetstream.KeyValueBucketStatus).Config(); got.TTL != topo.StoredRetention || got.MaxBytes != 1<<20 || !got.Compression {
+		t.Errorf("after a start: TTL %s, MaxBytes %d, compression %v; want %s and the operator's %d and compression", got.TTL, got.MaxBytes, got.Compression, topo.StoredRetention, 1<<20)
 	}
 	if s, err = js.Stream(ctx, "KV_"+natsjs.FailureBucket); err != nil {
 		t.Fatal(err)
@@ -160,27 +163,52 @@ func TestBucketLimitKept(t *testing.T) {
 	}
 }
 
-// TestFailureLogKeptForReplays: what a study's deliveries stored (the
-// failure bucket) is kept as long as the dead letters, when they are
-// kept longer than the events: a letter replayed after EVENTS_RETENTION
-// (a destination fixed after a week, letters kept 30 days) found the
-// instances its first deliveries stored forgotten, and the destination's
-// "already exists" for them read as conflicts: warned and counted as
-// skipped corrections, kept in the source in buffer mode, or the study
-// dead-lettered again as a conflict with STOW_ON_CONFLICT=deadletter.
-func TestFailureLogKeptForReplays(t *testing.T) {
+// TestFailureLogTTL: what a study's deliveries stored (the failure
+// bucket) is kept STORED_RECORD_RETENTION, or as long as the events or
+// the dead letters when they are kept longer. It expired with them (30
+// days by default): a study sent again after (a late instance, a
+// backfill, an audit's enqueue, a replay) found its instances forgotten,
+// and the destination's "already exists" for stowline's own copies read
+// as conflicts: counted as skipped corrections and kept in the source in
+// buffer mode, replaced, or dead-lettered under STOW_ON_CONFLICT=
+// deadletter. A start raises the TTL of a bucket made before (the
+// previous release's 30 days), and never lowers it: lowered, JetStream
+// deletes every older record at once.
+func TestFailureLogTTL(t *testing.T) {
 	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
 	ctx := testCtx(t)
+	const day = 24 * time.Hour
 	for _, tt := range []struct {
-		name                  string
-		events, letters, want time.Duration
+		name string
+		// before is the TTL of the bucket a previous start made (0:
+		// none).
+		before                        time.Duration
+		events, letters, stored, want time.Duration
+		wantWarned                    bool
 	}{
-		{"letters kept longer (the defaults)", 7 * 24 * time.Hour, 30 * 24 * time.Hour, 30 * 24 * time.Hour},
-		{"events kept longer", 7 * 24 * time.Hour, 24 * time.Hour, 7 * 24 * time.Hour},
+		{name: "the defaults", events: 7 * day, letters: 30 * day, stored: 365 * day, want: 365 * day},
+		{name: "letters kept longer", events: 7 * day, letters: 30 * day, stored: 2 * day, want: 30 * day},
+		{name: "events kept longer", events: 400 * day, letters: 30 * day, stored: 365 * day, want: 400 * day},
+		{name: "the previous release's bucket raised", before: 30 * day, events: 7 * day, letters: 30 * day, stored: 365 * day, want: 365 * day},
+		{name: "never lowered", before: 365 * day, events: 7 * day, letters: 30 * day, stored: 90 * day, want: 365 * day, wantWarned: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			if err := js.DeleteKeyValue(ctx, natsjs.FailureBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+				t.Fatal(err)
+			}
+			if tt.before > 0 {
+				// As the previous release made it: the longer of the
+				// events' and the letters' retention.
+				old := natsjs.DefaultTopology()
+				old.Retention, old.DeadLetterRetention, old.StoredRetention = tt.before, tt.before, 0
+				if _, err := old.EnsureFailureLog(ctx, js); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var logs bytes.Buffer
 			topo := natsjs.DefaultTopology()
-			topo.Retention, topo.DeadLetterRetention = tt.events, tt.letters
+			topo.Retention, topo.DeadLetterRetention, topo.StoredRetention = tt.events, tt.letters, tt.stored
+			topo.Log = slog.New(slog.NewJSONHandler(&logs, nil))
 			kv, err := topo.EnsureFailureLog(ctx, js)
 			if err != nil {
 				t.Fatal(err)
@@ -190,7 +218,11 @@ func TestFailureLogKeptForReplays(t *testing.T) {
 				t.Fatal(err)
 			}
 			if got := st.TTL(); got != tt.want {
-				t.Errorf("failure bucket kept %s with EVENTS_RETENTION %s and DEADLETTER_RETENTION %s, want %s", got, tt.events, tt.letters, tt.want)
+				t.Errorf("failure bucket kept %s with EVENTS_RETENTION %s, DEADLETTER_RETENTION %s and STORED_RECORD_RETENTION %s (before: %s), want %s",
+					got, tt.events, tt.letters, tt.stored, tt.before, tt.want)
+			}
+			if warned := strings.Contains(logs.String(), "STORED_RECORD_RETENTION not lowered"); warned != tt.wantWarned {
+				t.Errorf("warned %v, want %v:\n%s", warned, tt.wantWarned, logs.String())
 			}
 		})
 	}

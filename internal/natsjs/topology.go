@@ -187,6 +187,9 @@ type Topology struct {
 	MaxDeliver int
 	// DeadLetterRetention is how long dead letters are kept for replay.
 	DeadLetterRetention time.Duration
+	// StoredRetention is how long the record of what a study's deliveries
+	// got stored outlives its last write (EnsureFailureLog).
+	StoredRetention time.Duration
 	// StatusTTL is how long a forwarder's shared snapshot outlives its
 	// last write.
 	StatusTTL time.Duration
@@ -222,6 +225,7 @@ func DefaultTopology() Topology {
 		MaxAckPending:       1000,
 		MaxDeliver:          DefaultMaxDeliver,
 		DeadLetterRetention: 30 * 24 * time.Hour,
+		StoredRetention:     365 * 24 * time.Hour,
 		StatusTTL:           30 * time.Second,
 	}
 }
@@ -1016,16 +1020,18 @@ func (t Topology) EnsureDeadLetters(ctx context.Context, js jetstream.JetStream)
 	return s, nil
 }
 
-// EnsureFailureLog creates or updates the failure-time bucket. Entries
-// expire with the events (Retention), so a lost delete leaves no litter,
-// or with the dead letters when they are kept longer: the bucket also
-// holds what a study's deliveries stored, which a replay of its letter
-// needs to take the destination's "already exists" for its own copies.
+// EnsureFailureLog creates or updates the failure-time bucket. It also
+// holds what a study's deliveries got stored, which any later one (a
+// late instance, a backfill, an audit's enqueue, a replay) needs to take
+// the destination's "already exists" for stowline's own copies, not for
+// conflicts: entries expire after StoredRetention, or with the events
+// (Retention) or the dead letters when those are kept longer. A start
+// never lowers the bucket's TTL (keepFailureTTL).
 func (t Topology) EnsureFailureLog(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
 	return t.ensureKV(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      FailureBucket,
-		Description: "stowline: first and last failure time of queued events",
-		TTL:         max(t.Retention, t.DeadLetterRetention),
+		Description: "stowline: first and last failure time of queued events, and what each study's deliveries got stored",
+		TTL:         max(t.Retention, t.DeadLetterRetention, t.StoredRetention),
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 	})
@@ -1119,6 +1125,9 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 				return nil, err
 			}
 			cfg.Replicas = t.keepReplicas("key-value bucket", cfg.Bucket, have.Replicas, cfg.Replicas)
+			if cfg.Bucket == FailureBucket {
+				t.keepFailureTTL(&cfg, have)
+			}
 			if sameBucket(have, cfg) {
 				return kv, nil
 			}
@@ -1144,6 +1153,25 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 		return nil, fmt.Errorf("%w %s: %w", errBucketCreate, cfg.Bucket, err)
 	}
 	return kv, nil
+}
+
+// keepFailureTTL keeps the failure bucket's TTL when cfg's is shorter.
+// Lowered, JetStream deletes at once every record older than it, and the
+// next delivery of those studies takes stowline's own copies at the
+// destination for conflicts. The forwarders of several groups, or a
+// replica of the previous release restarting mid-upgrade, would set it
+// back and forth at each start: the longest stays, and lowering it is an
+// operator's decision, by hand.
+func (t Topology) keepFailureTTL(cfg *jetstream.KeyValueConfig, have jetstream.KeyValueConfig) {
+	if have.TTL != 0 && have.TTL <= cfg.TTL {
+		return
+	}
+	if t.Log != nil {
+		t.Log.Warn("STORED_RECORD_RETENTION not lowered: the bucket keeps its longer TTL (lowering it forgets what studies stored before, and their next delivery takes those copies for conflicts); "+
+			"to lower it, stop every forwarder and run nats stream edit KV_"+FailureBucket+" --max-age=<duration>",
+			"bucket", cfg.Bucket, "ttl", have.TTL.String(), "wanted_ttl", cfg.TTL.String())
+	}
+	cfg.TTL = have.TTL
 }
 
 // ErrNotProvisioned reports a stream or bucket that no service has created
