@@ -3,12 +3,15 @@ package orthancapi
 import (
 	"context"
 	"fmt"
+	"io"
 	"strconv"
+	"strings"
+	"time"
 )
 
 // The calls in this file serve the reconciler and the audit: they find the
-// study a change-log entry belongs to, list every study, and read the end
-// of the change log.
+// study a change-log entry belongs to, list every study, read the end
+// of the change log and Orthanc's clock.
 
 func (s studyJSON) study() Study {
 	return Study{
@@ -81,3 +84,29 @@ func (c *Client) LastChange(ctx context.Context) (int64, error) {
 	}
 	return ch.Last, nil
 }
+
+// Now returns Orthanc's clock, to the second, in UTC (GET /tools/now,
+// 1.3.2 on; the clock a study's LastUpdate is read from).
+func (c *Client) Now(ctx context.Context) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
+	defer cancel()
+	u := c.endpoint("tools", "now")
+	resp, err := c.get(ctx, u, "text/plain", nil)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer drainClose(resp.Body)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("orthancapi: GET %s: read answer: %w", u.EscapedPath(), err)
+	}
+	now, err := time.Parse(timeLayout, strings.TrimSpace(string(b)))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("orthancapi: GET %s: not Orthanc's time: %w", u.EscapedPath(), err)
+	}
+	return now, nil
+}
+
+// timeLayout is how Orthanc writes its times (LastUpdate, a change's
+// Date, /tools/now): UTC, to the second.
+const timeLayout = "20060102T150405"

@@ -46,9 +46,21 @@ func testStudyListingAgainstOrthanc(t *testing.T, rel testharness.Release) {
 	if len(all) != 3 {
 		t.Fatalf("paged %d studies, want 3", len(all))
 	}
+	// Orthanc's clock, read after the studies were stored, is at or past
+	// their LastUpdate: the same clock, the same layout, in UTC.
+	now, err := c.Now(ctx)
+	if err != nil {
+		t.Fatalf("Now: %v", err)
+	}
+	if d := time.Until(now); d > 5*time.Second || d < -5*time.Second {
+		t.Errorf("Now = %v, %v from this host's clock", now, d)
+	}
 	for _, s := range all {
 		if uids[s.StudyInstanceUID] == nil || s.LastUpdate == "" || !orthancapi.ValidID(s.ID) {
 			t.Errorf("study %+v", s)
+		}
+		if lu, err := time.Parse("20060102T150405", s.LastUpdate); err != nil || lu.After(now) {
+			t.Errorf("study %s LastUpdate %q is not before Orthanc's Now %v (%v)", s.ID, s.LastUpdate, now, err)
 		}
 		delete(uids, s.StudyInstanceUID)
 	}

@@ -98,6 +98,8 @@ func (o *swappableOrthanc) Study(_ context.Context, id string) (orthancapi.Study
 	return orthancapi.Study{}, orthancapi.ErrNotFound
 }
 
+func (o *swappableOrthanc) Now(context.Context) (time.Time, error) { return time.Now(), nil }
+
 func (o *swappableOrthanc) SeriesStudy(context.Context, string) (orthancapi.Study, error) {
 	return orthancapi.Study{}, orthancapi.ErrNotFound
 }

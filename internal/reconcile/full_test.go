@@ -33,6 +33,7 @@ func (quietOrthanc) Study(context.Context, string) (orthancapi.Study, error) {
 func (quietOrthanc) SeriesStudy(context.Context, string) (orthancapi.Study, error) {
 	return orthancapi.Study{}, errors.New("no study")
 }
+func (quietOrthanc) Now(context.Context) (time.Time, error) { return time.Now(), nil }
 func (quietOrthanc) InstanceStudy(context.Context, string) (orthancapi.Study, error) {
 	return orthancapi.Study{}, errors.New("no study")
 }

@@ -17,6 +17,9 @@ import (
 // since and is unstable again: then it waits in Pending for the next
 // StableStudy change (or for Orthanc to call it stable after a restart).
 func (s *sourceRunner) stable(ctx context.Context, studyID string, seq int64) error {
+	if err := s.readClock(ctx); err != nil {
+		return err
+	}
 	study, err := s.orthanc.Study(ctx, studyID)
 	switch {
 	case errors.Is(err, orthancapi.ErrNotFound), errors.Is(err, orthancapi.ErrInvalidID):
@@ -24,7 +27,7 @@ func (s *sourceRunner) stable(ctx context.Context, studyID string, seq int64) er
 		return nil
 	case err != nil:
 		return fmt.Errorf("orthanc: study %s: %w", studyID, err)
-	case !study.IsStable:
+	case !study.IsStable || !s.settled(study):
 		s.markPending(studyID, seq)
 		return nil
 	}
@@ -35,11 +38,45 @@ func (s *sourceRunner) stable(ctx context.Context, studyID string, seq int64) er
 	return nil
 }
 
+// readClock reads Orthanc's clock once a poll, before the first study
+// the poll reads (settled).
+func (s *sourceRunner) readClock(ctx context.Context) error {
+	if !s.clock.IsZero() {
+		return nil
+	}
+	now, err := s.orthanc.Now(ctx)
+	if err != nil {
+		return fmt.Errorf("orthanc: read its clock (GET /tools/now): %w", err)
+	}
+	s.clock = now
+	return nil
+}
+
+// settled reports whether a study Orthanc calls stable was last updated
+// before the second Orthanc's clock was in before the study was read
+// (readClock). IsStable is one Orthanc process's memory: another process
+// sharing its database (one ORTHANC_URL balanced over several) may still
+// be storing the study. An instance it stores within the second of the
+// LastUpdate read leaves LastUpdate as it is, and the study's own event,
+// complete, would be dropped as a duplicate of one published now; from
+// the next second on LastUpdate moves, and that event is a new one. A
+// LastUpdate that cannot be read is left to publish, which refuses it.
+func (s *sourceRunner) settled(study orthancapi.Study) bool {
+	lu, ok := changeTime(study.LastUpdate)
+	return !ok || lu.Before(s.clock)
+}
+
 // resolvePending publishes the pending studies Orthanc calls stable and
 // drops the deleted ones. In normal operation a StableStudy change comes
 // first; this catches studies Orthanc forgot when it restarted before they
 // became stable.
 func (s *sourceRunner) resolvePending(ctx context.Context) error {
+	if len(s.cur.Pending) == 0 {
+		return nil
+	}
+	if err := s.readClock(ctx); err != nil {
+		return err
+	}
 	for id := range s.cur.Pending {
 		study, err := s.orthanc.Study(ctx, id)
 		var oe *orthancapi.Error
@@ -62,8 +99,8 @@ func (s *sourceRunner) resolvePending(ctx context.Context) error {
 			continue
 		case err != nil:
 			return fmt.Errorf("orthanc: study %s: %w", id, err)
-		case !study.IsStable:
-			continue
+		case !study.IsStable || !s.settled(study):
+			continue // asked again at the next pass
 		}
 		if err := s.publish(ctx, id, study, "stable_without_change"); err != nil {
 			return err

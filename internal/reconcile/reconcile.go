@@ -41,6 +41,8 @@ type Orthanc interface {
 	Study(ctx context.Context, studyID string) (orthancapi.Study, error)
 	SeriesStudy(ctx context.Context, seriesID string) (orthancapi.Study, error)
 	InstanceStudy(ctx context.Context, instanceID string) (orthancapi.Study, error)
+	// Now is Orthanc's clock, the one its LastUpdate is read from.
+	Now(ctx context.Context) (time.Time, error)
 }
 
 // Source is one Orthanc to reconcile.

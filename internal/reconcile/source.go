@@ -41,6 +41,9 @@ type sourceRunner struct {
 	// renamedTo is the other Name Orthanc answered at the last check,
 	// followed if the next answers it too (sameName).
 	renamedTo string
+	// clock is Orthanc's clock read in this poll (readClock); zero
+	// before.
+	clock time.Time
 }
 
 func (s *sourceRunner) check(context.Context) error {

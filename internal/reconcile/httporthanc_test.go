@@ -1,0 +1,150 @@
+package reconcile
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// httpOrthanc is a fake Orthanc behind an HTTP server, read through the
+// real client: its clock (GET /tools/now), change log, studies and the
+// study of each instance are set by the test.
+type httpOrthanc struct {
+	client *orthancapi.Client
+
+	mu        sync.Mutex
+	now       time.Time
+	changes   []orthancapi.Change
+	studies   map[string]orthancapi.Study
+	instances map[string]string // instance ID -> study ID
+	reads     map[string]int    // GET /studies/{id} answered, by ID
+}
+
+func newHTTPOrthanc(t *testing.T, now time.Time) *httpOrthanc {
+	t.Helper()
+	o := &httpOrthanc{now: now.Truncate(time.Second), studies: map[string]orthancapi.Study{},
+		instances: map[string]string{}, reads: map[string]int{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /system", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, map[string]any{"Name": "fake", "Version": "1.12.5"})
+	})
+	mux.HandleFunc("GET /tools/now", func(w http.ResponseWriter, _ *http.Request) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte(o.now.UTC().Format(changeDateLayout)))
+	})
+	mux.HandleFunc("GET /changes", o.serveChanges)
+	mux.HandleFunc("GET /studies/{id}", func(w http.ResponseWriter, r *http.Request) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		id := r.PathValue("id")
+		o.reads[id]++
+		o.writeStudy(w, id)
+	})
+	mux.HandleFunc("GET /instances/{id}/study", func(w http.ResponseWriter, r *http.Request) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.writeStudy(w, o.instances[r.PathValue("id")])
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	c, err := orthancapi.New(srv.URL, orthancapi.WithRequestTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.client = c
+	return o
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeStudy answers a study as Orthanc does; o.mu is held.
+func (o *httpOrthanc) writeStudy(w http.ResponseWriter, id string) {
+	st, ok := o.studies[id]
+	if !ok {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"HttpStatus":404,"Message":"Unknown resource"}`))
+		return
+	}
+	writeJSON(w, map[string]any{"ID": st.ID, "IsStable": st.IsStable, "LastUpdate": st.LastUpdate,
+		"MainDicomTags": map[string]string{"StudyInstanceUID": st.StudyInstanceUID}, "Series": []string{}})
+}
+
+func (o *httpOrthanc) serveChanges(w http.ResponseWriter, r *http.Request) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	q := r.URL.Query()
+	last := int64(len(o.changes))
+	if q.Has("last") {
+		writeJSON(w, orthancapi.Changes{Changes: []orthancapi.Change{}, Done: true, Last: last})
+		return
+	}
+	since, _ := strconv.ParseInt(q.Get("since"), 10, 64)
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	page := orthancapi.Changes{Changes: []orthancapi.Change{}, Done: true, Last: last}
+	for _, c := range o.changes {
+		if c.Seq <= since {
+			continue
+		}
+		if len(page.Changes) == limit {
+			page.Done = false
+			break
+		}
+		page.Changes = append(page.Changes, c)
+	}
+	if n := len(page.Changes); n > 0 {
+		page.Last = page.Changes[n-1].Seq
+	}
+	writeJSON(w, page)
+}
+
+// addInstance logs a NewInstance change of study n's instance i.
+func (o *httpOrthanc) addInstance(n, i int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	inst := orthancID(100000*n + i)
+	o.instances[inst] = orthancID(n)
+	seq := int64(len(o.changes) + 1)
+	o.changes = append(o.changes, orthancapi.Change{Seq: seq, ChangeType: "NewInstance", ResourceType: "Instance",
+		ID: inst, Date: o.now.UTC().Format(changeDateLayout)})
+}
+
+// addStableStudy logs a StableStudy change of study n.
+func (o *httpOrthanc) addStableStudy(n int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	seq := int64(len(o.changes) + 1)
+	o.changes = append(o.changes, orthancapi.Change{Seq: seq, ChangeType: "StableStudy", ResourceType: "Study",
+		ID: orthancID(n), Date: o.now.UTC().Format(changeDateLayout)})
+}
+
+// setStudy stores study n, stable or not, last updated at lastUpdate.
+func (o *httpOrthanc) setStudy(n int, stable bool, lastUpdate time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.studies[orthancID(n)] = orthancapi.Study{ID: orthancID(n), StudyInstanceUID: "1.2.3." + strconv.Itoa(n),
+		IsStable: stable, LastUpdate: lastUpdate.UTC().Format(changeDateLayout)}
+}
+
+func (o *httpOrthanc) studyReads(n int) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.reads[orthancID(n)]
+}
+
+func (o *httpOrthanc) advance(d time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.now = o.now.Add(d)
+}
