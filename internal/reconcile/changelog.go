@@ -56,11 +56,9 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 		s.r.m.pending.WithLabelValues(s.name).Set(float64(len(c.Pending)))
 		return nil
 	}
-	if s.configured == "" {
-		adopted, err := s.adoptRenamed(ctx)
-		if err != nil || adopted {
-			return err
-		}
+	adopted, err := s.adoptRenamed(ctx)
+	if err != nil || adopted {
+		return err
 	}
 	last, err := s.orthanc.LastChange(ctx)
 	if err != nil {

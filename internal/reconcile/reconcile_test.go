@@ -43,7 +43,13 @@ type rig struct {
 
 func newRig(t *testing.T, rel testharness.Release, name string) *rig {
 	t.Helper()
-	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: name, StableAge: 1, Release: rel})
+	return newRigAged(t, rel, name, 1)
+}
+
+// newRigAged is newRig with Orthanc's StableAge in seconds.
+func newRigAged(t *testing.T, rel testharness.Release, name string, stableAge int) *rig {
+	t.Helper()
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: name, StableAge: stableAge, Release: rel})
 	c, err := orthancapi.New(o.URL, orthancapi.WithRequestTimeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)

@@ -64,25 +64,35 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 	return errRenamed
 }
 
-// adoptRenamed continues, for a source without a configured name and
-// without a cursor under its name, the cursor it kept under an earlier
-// name of Orthanc. Starting at the end of the change log instead missed
-// every study whose webhook was lost between the last poll under the old
-// name and the first under the new one, and the pending studies (Orthanc
-// is restarted to be renamed, and forgets its unstable studies then). A
-// cursor is this Orthanc's when the change it points at is in its change
-// log: numbers, types, resources and dates together are one database's.
-// The cursor is moved to the new name's key; adopted is false when none
-// matched.
+// adoptRenamed continues, for a source without a cursor under its name,
+// the cursor its Orthanc's change log has under another name: an earlier
+// Name of Orthanc (no name configured), or a source name changed in the
+// configuration (ORTHANC_SOURCE_NAME set or changed, ORTHANC_URL moved
+// into ORTHANC_SOURCES). Starting at the end of the change log instead
+// missed every study whose webhook was lost between the last poll under
+// the old name and the first under the new one, and the pending studies
+// (Orthanc is restarted to be renamed, and forgets its unstable studies
+// then). A cursor is this Orthanc's when the change it points at is in
+// its change log: numbers, types, resources and dates together are one
+// database's. Never another source's of this reconciler (two Orthancs
+// fed the same studies in step could log the same change), nor one a
+// live replica holds. The cursor is moved to the new name's key; adopted
+// is false when none matched.
 func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err error) {
 	kv := s.r.opts.KV
 	lister, err := kv.ListKeysFiltered(ctx, cursorKey("*"))
 	if err != nil {
 		return false, fmt.Errorf("list the reconciler's cursors: %w", err)
 	}
+	ours := map[string]bool{}
+	for _, o := range s.r.sources {
+		if o.configured != "" {
+			ours[cursorKey(o.configured)] = true
+		}
+	}
 	var keys []string
 	for k := range lister.Keys() {
-		if k != s.store.key {
+		if k != s.store.key && !ours[k] {
 			keys = append(keys, k)
 		}
 	}
@@ -132,7 +142,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		// lease): its cursor is taken once it stops. If it never does,
 		// two deployments name this Orthanc differently, and each
 		// study is queued under both names.
-		return false, fmt.Errorf("this Orthanc's change log is reconciled under another source name too (%s, its lease is held): waiting for it to stop; if it does not, two deployments name this Orthanc differently: give them the same ORTHANC_SOURCE_NAME", held)
+		return false, fmt.Errorf("this Orthanc's change log is reconciled under another source name too (%s, its lease is held): waiting for it to stop; if it does not, two deployments name this Orthanc differently: give them the same source name (ORTHANC_SOURCE_NAME or ORTHANC_SOURCES)", held)
 	}
 	if from == "" {
 		return false, nil
@@ -142,12 +152,12 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	}
 	s.cur = found
 	s.r.m.pending.WithLabelValues(s.name).Set(float64(len(found.Pending)))
-	s.log.Warn("reconciler resumes from the cursor it kept under Orthanc's earlier Name",
-		"previous_cursor_key", from, "cursor", found.Seq, "pending_studies", len(found.Pending))
-	// Left there, it would be resumed, stale, should Orthanc be named so
-	// again. Deleted only at the revision read.
+	s.log.Warn("reconciler resumes from the cursor this Orthanc's change log had under another source name (renamed): the studies it waited for are published under the new name",
+		"previous_source", strings.TrimPrefix(from, cursorKey("")), "previous_cursor_key", from, "cursor", found.Seq, "pending_studies", len(found.Pending))
+	// Left there, it would be resumed, stale, should the source be named
+	// so again. Deleted only at the revision read.
 	if err := kv.Delete(ctx, from, jetstream.LastRevision(rev)); err != nil {
-		s.log.Warn("could not delete the cursor kept under Orthanc's earlier Name; delete it by hand (nats kv del)",
+		s.log.Warn("could not delete the cursor kept under the source's earlier name; delete it by hand (nats kv del)",
 			"previous_cursor_key", from, "err", err)
 	}
 	return true, nil

@@ -119,3 +119,43 @@ func TestRenameFollowedAtOnceAsTheLeaseIsTaken(t *testing.T) {
 		})
 	}
 }
+
+// Two configured sources of one reconciler never take each other's
+// cursor, even when their Orthancs log the same changes in step (a
+// study fed to both at once, both databases new): the change a cursor
+// points at is then in both logs. One without a cursor starts at the
+// end of its log, and the other keeps its own.
+func TestConfiguredSourcesKeepTheirCursors(t *testing.T) {
+	_, kv := testBucket(t)
+	ctx := t.Context()
+	mirrored := &changeLog{studies: map[string]orthancapi.Study{}}
+	mirrored.addStudy(1) // changes 1 to 4, in both logs
+	a, b := &swappableOrthanc{log: mirrored}, &swappableOrthanc{log: mirrored}
+	aCursor := cursor{Seq: 2, Change: markOf(mirrored.changes[1]), Pending: map[string]int64{orthancID(1): 2}}
+	v, err := json.Marshal(aCursor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, cursorKey("a"), v); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := runReconciler(t, Options{Sources: []Source{{Name: "b", Orthanc: b}, {Name: "a", Orthanc: a}}, KV: kv,
+		Publisher: &publishedIDs{}, PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+	load := func(name string) (cursor, bool) {
+		c, found, err := (&cursorStore{kv: kv, key: cursorKey(name)}).load(ctx)
+		return c, err == nil && found
+	}
+	waitUntil(t, "source a past its cursor's changes", func() bool { c, ok := load("a"); return ok && c.Seq == 4 })
+	waitUntil(t, "source b's own cursor", func() bool { _, ok := load("b"); return ok })
+	if c, _ := load("b"); c.Seq != 4 || len(c.Pending) != 0 {
+		t.Errorf("source b's cursor is %+v: want its own, at the end of its log, nothing pending", c)
+	}
+	if _, ok := load("a"); !ok {
+		t.Error("source a's cursor is gone")
+	}
+	for _, name := range []string{"a", "b"} {
+		if err := r.Checks()["reconcile_"+name](ctx); err != nil {
+			t.Errorf("source %s's check: %v", name, err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package reconcile_test
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -59,6 +60,58 @@ func TestUnnamedSourceRenamed(t *testing.T) {
 				}
 				if got := metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": "recon-old"}); got != -1 {
 					t.Errorf("the old name's lease series is still exported (%v): StowlineReconcilerNotRunning would fire for it", got)
+				}
+			})
+		}
+	})
+}
+
+// A configured source name changed (one unnamed ORTHANC_URL, its source
+// Orthanc's Name, moved into ORTHANC_SOURCES as "main"), and Orthanc
+// restarted meanwhile (for its Lua configuration): it forgot the study
+// it was receiving, which will never have a StableStudy change. The
+// reconciler waited for it in the old name's cursor; under the new name
+// it began at the end of the change log, the old cursor ignored, and
+// the study was never announced. It carries the cursor over, as for an
+// unnamed source, and announces the study under the new name.
+func TestConfiguredSourceRenamed(t *testing.T) {
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		for _, tc := range []struct{ name, from, to string }{
+			{"unnamed to configured", "", "main"},
+			{"configured to another", "a", "b"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				// Not stable within the test until Orthanc restarts.
+				r := newRigAged(t, rel, "recon-cfg", 3600)
+				old := tc.from
+				if old == "" {
+					old = "recon-cfg"
+				}
+				_, _, stop := r.start(t, tc.from)
+				// A first start begins at the end of the change log.
+				testharness.WaitFor(t, "the old name's cursor", 20*time.Second, func() bool { return cursorSeq(t, r, old) >= 0 })
+				upload(t, r.orthanc, writeStudy(t, 1))
+				testharness.WaitFor(t, "the study pending in the old name's cursor", 20*time.Second, func() bool {
+					e, err := r.kv.Get(t.Context(), "cursor."+old)
+					if err != nil {
+						return false
+					}
+					var c struct{ Pending map[string]int64 }
+					return json.Unmarshal(e.Value(), &c) == nil && len(c.Pending) == 1
+				})
+				stop()
+				r.orthanc.Stop(t)
+				r.orthanc.Start(t) // forgets the unstable study: stable now, with no StableStudy change
+				r.start(t, tc.to)
+				testharness.WaitFor(t, "the pending study's event", 30*time.Second, func() bool {
+					return len(streamEvents(t, r.nats.JS)) >= 1
+				})
+				evs := streamEvents(t, r.nats.JS)
+				if len(evs) != 1 || evs[0].Source != tc.to {
+					t.Fatalf("events %+v, want one, of source %q", evs, tc.to)
+				}
+				if _, err := r.kv.Get(t.Context(), "cursor."+old); err == nil {
+					t.Error("the old name's cursor is still stored: should the source be named so again, the reconciler would resume from it")
 				}
 			})
 		}
