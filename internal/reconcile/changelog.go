@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/stowline/stowline/orthancapi"
@@ -137,13 +138,14 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		// changes read are after it.
 	}
 
-	for _, c := range changes {
+	parents := s.lookUp(ctx, changes)
+	for i, c := range changes {
 		if s.rescanned(c) {
 			s.cur.Seq, s.cur.Change = c.Seq, markOf(c)
 			s.dirty = true
 			continue
 		}
-		if err := s.handle(ctx, c); err != nil {
+		if err := s.handle(ctx, c, parents[i]); err != nil {
 			if !s.stuckOn(c, err) {
 				return false, errors.Join(err, s.save(ctx))
 			}
@@ -152,9 +154,13 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		s.cur.Seq, s.cur.Change = c.Seq, markOf(c)
 		s.dirty = true
 	}
-	if page.Done {
+	s.pagesRead++
+	if page.Done || s.pagesRead >= resolveEveryPages {
 		// Caught up: during a backlog a pending study's StableStudy
-		// change usually comes in a later page.
+		// change usually comes in a later page. But a study Orthanc
+		// forgot has none: while a long backlog is read it is resolved
+		// every resolveEveryPages pages, not only at the end.
+		s.pagesRead = 0
 		if err := s.resolvePending(ctx); err != nil {
 			return false, errors.Join(err, s.save(ctx))
 		}
@@ -220,18 +226,28 @@ func (s *sourceRunner) rescanned(c orthancapi.Change) bool {
 	if s.cur.SkipBefore == "" {
 		return false
 	}
-	at, ok := changeTime(c.Date)
-	if !ok {
-		return false
-	}
-	if until, ok := changeTime(s.cur.SkipBefore); ok && at.Before(until) {
+	if s.skippedByRescan(c) {
 		return true
+	}
+	if _, ok := changeTime(c.Date); !ok {
+		return false
 	}
 	s.log.Info("the rescan of the reset change log reached the changes after the last one handled before the reset",
 		"change_seq", c.Seq, "skip_before", s.cur.SkipBefore)
 	s.cur.SkipBefore = ""
 	s.dirty = true
 	return false
+}
+
+// skippedByRescan reports, without changing anything, whether rescanned
+// skips change c: dated before cursor.SkipBefore.
+func (s *sourceRunner) skippedByRescan(c orthancapi.Change) bool {
+	if s.cur.SkipBefore == "" {
+		return false
+	}
+	at, ok := changeTime(c.Date)
+	until, ok2 := changeTime(s.cur.SkipBefore)
+	return ok && ok2 && at.Before(until)
 }
 
 // changeTime reads the Date of a change, in UTC as Orthanc writes it
@@ -300,22 +316,76 @@ func retryLater(status int) bool {
 	return false
 }
 
-// handle acts on one change.
-func (s *sourceRunner) handle(ctx context.Context, c orthancapi.Change) error {
-	var (
-		study orthancapi.Study
-		err   error
-	)
+// lookupConcurrency bounds the study lookups of one page in flight: a
+// backlog of new instances, one lookup each, is read several round trips
+// at a time, without flooding Orthanc.
+const lookupConcurrency = 4
+
+// resolveEveryPages is how many pages of a backlog are read between two
+// passes over the pending studies (resolvePending), besides the pass at
+// the end of the change log.
+const resolveEveryPages = 50
+
+// parentLookup is the study of a new series or instance, as Orthanc
+// answered; asked is false for a change that needs none.
+type parentLookup struct {
+	asked bool
+	study orthancapi.Study
+	err   error
+}
+
+// lookUp asks Orthanc for the study of each new series and instance of a
+// page, lookupConcurrency at a time, before the page is handled in order:
+// the answers are used in the page's order and the cursor stops at the
+// first that failed, as when they were asked one after another. A change
+// the rescan of a reset log skips is not asked about.
+func (s *sourceRunner) lookUp(ctx context.Context, changes []orthancapi.Change) []parentLookup {
+	out := make([]parentLookup, len(changes))
+	sem := make(chan struct{}, lookupConcurrency)
+	var wg sync.WaitGroup
+	for i, c := range changes {
+		if !hasParent(c) || s.skippedByRescan(c) {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			out[i] = s.lookUpOne(ctx, c)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+func hasParent(c orthancapi.Change) bool {
+	return c.ChangeType == "NewSeries" || c.ChangeType == "NewInstance"
+}
+
+// lookUpOne asks Orthanc for the study of new series or instance c.
+func (s *sourceRunner) lookUpOne(ctx context.Context, c orthancapi.Change) parentLookup {
+	find := s.orthanc.InstanceStudy
+	if c.ChangeType == "NewSeries" {
+		find = s.orthanc.SeriesStudy
+	}
+	st, err := find(ctx, c.ID)
+	return parentLookup{asked: true, study: st, err: err}
+}
+
+// handle acts on one change; parent is the study of a new series or
+// instance (lookUp).
+func (s *sourceRunner) handle(ctx context.Context, c orthancapi.Change, parent parentLookup) error {
 	switch c.ChangeType {
 	case "StableStudy":
 		return s.stable(ctx, c.ID, c.Seq)
 	case "NewStudy":
 		s.markPending(c.ID, c.Seq)
 		return nil
-	case "NewSeries":
-		study, err = s.orthanc.SeriesStudy(ctx, c.ID)
-	case "NewInstance":
-		study, err = s.orthanc.InstanceStudy(ctx, c.ID)
+	case "NewSeries", "NewInstance":
+		if !parent.asked {
+			// lookUp took it for one the rescan skips, and it is not
+			// (a clock set back within the page).
+			parent = s.lookUpOne(ctx, c)
+		}
 	case "Deleted":
 		if c.ResourceType == "Study" {
 			s.dropPending(c.ID)
@@ -324,6 +394,7 @@ func (s *sourceRunner) handle(ctx context.Context, c orthancapi.Change) error {
 	default:
 		return nil
 	}
+	study, err := parent.study, parent.err
 	switch {
 	case errors.Is(err, orthancapi.ErrNotFound), errors.Is(err, orthancapi.ErrInvalidID):
 		return nil // deleted since: nothing to wait for

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,12 +25,20 @@ type httpOrthanc struct {
 	studies   map[string]orthancapi.Study
 	instances map[string]string // instance ID -> study ID
 	reads     map[string]int    // GET /studies/{id} answered, by ID
+	maxSince  int64             // the furthest page of the change log asked for
+	// failing instances' study lookups answer 503 so many more times.
+	failing map[string]int
+
+	// lookupDelay is how long GET /instances/{id}/study takes.
+	lookupDelay time.Duration
+	// lookups in flight, and the most at once.
+	inFlight, maxInFlight atomic.Int32
 }
 
 func newHTTPOrthanc(t *testing.T, now time.Time) *httpOrthanc {
 	t.Helper()
 	o := &httpOrthanc{now: now.Truncate(time.Second), studies: map[string]orthancapi.Study{},
-		instances: map[string]string{}, reads: map[string]int{}}
+		instances: map[string]string{}, reads: map[string]int{}, failing: map[string]int{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /system", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, map[string]any{"Name": "fake", "Version": "1.12.5"})
@@ -49,8 +58,25 @@ func newHTTPOrthanc(t *testing.T, now time.Time) *httpOrthanc {
 		o.writeStudy(w, id)
 	})
 	mux.HandleFunc("GET /instances/{id}/study", func(w http.ResponseWriter, r *http.Request) {
+		n := o.inFlight.Add(1)
+		defer o.inFlight.Add(-1)
+		for m := o.maxInFlight.Load(); n > m && !o.maxInFlight.CompareAndSwap(m, n); m = o.maxInFlight.Load() {
+		}
+		o.mu.Lock()
+		delay := o.lookupDelay
+		o.mu.Unlock()
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
 		o.mu.Lock()
 		defer o.mu.Unlock()
+		if id := r.PathValue("id"); o.failing[id] > 0 {
+			o.failing[id]--
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		o.writeStudy(w, o.instances[r.PathValue("id")])
 	})
 	srv := httptest.NewServer(mux)
@@ -92,6 +118,7 @@ func (o *httpOrthanc) serveChanges(w http.ResponseWriter, r *http.Request) {
 	}
 	since, _ := strconv.ParseInt(q.Get("since"), 10, 64)
 	limit, _ := strconv.Atoi(q.Get("limit"))
+	o.maxSince = max(o.maxSince, since)
 	page := orthancapi.Changes{Changes: []orthancapi.Change{}, Done: true, Last: last}
 	for _, c := range o.changes {
 		if c.Seq <= since {
@@ -118,6 +145,14 @@ func (o *httpOrthanc) addInstance(n, i int) {
 	seq := int64(len(o.changes) + 1)
 	o.changes = append(o.changes, orthancapi.Change{Seq: seq, ChangeType: "NewInstance", ResourceType: "Instance",
 		ID: inst, Date: o.now.UTC().Format(changeDateLayout)})
+}
+
+// failLookups makes the study lookup of study n's instance i fail times
+// times.
+func (o *httpOrthanc) failLookups(n, i, times int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.failing[orthancID(100000*n+i)] = times
 }
 
 // addStableStudy logs a StableStudy change of study n.
@@ -147,4 +182,11 @@ func (o *httpOrthanc) advance(d time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.now = o.now.Add(d)
+}
+
+// furthest is the furthest page of the change log asked for so far.
+func (o *httpOrthanc) furthest() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.maxSince
 }

@@ -44,6 +44,8 @@ type sourceRunner struct {
 	// clock is Orthanc's clock read in this poll (readClock); zero
 	// before.
 	clock time.Time
+	// pagesRead since the pending studies were last resolved.
+	pagesRead int
 }
 
 func (s *sourceRunner) check(context.Context) error {

@@ -1,0 +1,107 @@
+package reconcile
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+)
+
+// publishedAt records, for each study published, how far the change
+// log had been read then.
+type publishedAt struct {
+	o  *httpOrthanc
+	mu sync.Mutex
+	at map[string]int64 // Orthanc study ID -> the furthest page's since
+}
+
+func (p *publishedAt) Publish(_ context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.at[ev.OrthancStudyID]; !ok {
+		p.at[ev.OrthancStudyID] = p.o.furthest()
+	}
+	return &jetstream.PubAck{Sequence: uint64(len(p.at))}, nil
+}
+
+func (p *publishedAt) get(id string) (int64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	at, ok := p.at[id]
+	return at, ok
+}
+
+// TestBacklogReadFasterAndResolvedOnTheWay: a backlog of new instances
+// was read one study lookup after another, one Orthanc round trip each,
+// and the pending studies were resolved only once the end of the change
+// log was reached: a study Orthanc forgot (no StableStudy change) waited
+// for the whole backlog. The lookups of a page now overlap, at most
+// lookupConcurrency at a time, and the pending studies are resolved every
+// resolveEveryPages pages too.
+func TestBacklogReadFasterAndResolvedOnTheWay(t *testing.T) {
+	const pageSize = 8
+	o := newHTTPOrthanc(t, time.Now().UTC())
+	o.lookupDelay = 10 * time.Millisecond
+	_, kv := testBucket(t)
+	pub := &publishedAt{o: o, at: map[string]int64{}}
+	_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o.client}}, KV: kv, Publisher: pub,
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: pageSize})
+	waitUntil(t, "the first start's cursor", func() bool {
+		_, found, err := (&cursorStore{kv: kv, key: cursorKey("s")}).load(ctx)
+		return err == nil && found
+	})
+
+	// A study Orthanc forgot (stable, with no StableStudy change), then
+	// a backlog of another study's instances, still arriving.
+	o.setStudy(1, true, time.Now().UTC().Add(-time.Hour))
+	o.setStudy(2, false, time.Now().UTC())
+	o.addInstance(1, 1)
+	n := (resolveEveryPages + 5) * pageSize
+	for i := 1; i < n; i++ {
+		o.addInstance(2, i)
+	}
+	waitUntil(t, "the forgotten study's event", func() bool { _, ok := pub.get(orthancID(1)); return ok })
+	if at, _ := pub.get(orthancID(1)); at >= int64(n-pageSize) {
+		t.Errorf("the forgotten study was published once the change log was read to %d of %d: want before its end", at, n)
+	}
+	waitUntil(t, "the backlog read", func() bool {
+		c, found, err := (&cursorStore{kv: kv, key: cursorKey("s")}).load(ctx)
+		return err == nil && found && c.Seq == int64(n)
+	})
+	if got := o.maxInFlight.Load(); got < 2 || got > lookupConcurrency {
+		t.Errorf("at most %d study lookups were in flight at once, want 2 to %d", got, lookupConcurrency)
+	}
+}
+
+// TestFailedLookupHoldsTheCursor: the lookups of a page run side by
+// side, but the cursor still stops at the first change whose lookup
+// failed: the only change that tells of a study Orthanc forgot, in the
+// middle of a page of another study's instances, fails a few times; the
+// study is published once it succeeds (passed over, it never would be).
+func TestFailedLookupHoldsTheCursor(t *testing.T) {
+	const pageSize = 8
+	o := newHTTPOrthanc(t, time.Now().UTC())
+	_, kv := testBucket(t)
+	pub := &publishedIDs{}
+	_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o.client}}, KV: kv, Publisher: pub,
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: pageSize})
+	waitUntil(t, "the first start's cursor", func() bool {
+		_, found, err := (&cursorStore{kv: kv, key: cursorKey("s")}).load(ctx)
+		return err == nil && found
+	})
+	o.setStudy(1, true, time.Now().UTC().Add(-time.Hour))
+	o.setStudy(2, false, time.Now().UTC())
+	for i := 1; i <= 3; i++ {
+		o.addInstance(2, i)
+	}
+	o.addInstance(1, 1)
+	o.failLookups(1, 1, 3)
+	for i := 4; i <= 2*pageSize; i++ {
+		o.addInstance(2, i)
+	}
+	waitUntil(t, "the forgotten study's event", func() bool { return pub.has(orthancID(1)) })
+}
