@@ -2,6 +2,7 @@ package orthancapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -110,3 +111,27 @@ func (c *Client) Now(ctx context.Context) (time.Time, error) {
 // timeLayout is how Orthanc writes its times (LastUpdate, a change's
 // Date, /tools/now): UTC, to the second.
 const timeLayout = "20060102T150405"
+
+// Exists reports whether Orthanc holds a resource of a level ("Patient",
+// "Study", "Series" or "Instance", as a change's ResourceType names it):
+// GET /patients/{id} and the like, the answer read no further.
+func (c *Client) Exists(ctx context.Context, level, id string) (bool, error) {
+	collection, ok := map[string]string{"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}[level]
+	if !ok {
+		return false, fmt.Errorf("orthancapi: exists: unknown resource level %q", level)
+	}
+	if err := checkID(level, id); err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
+	defer cancel()
+	resp, err := c.get(ctx, c.endpoint(collection, id), "application/json", nil)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	drainClose(resp.Body)
+	return true, nil
+}

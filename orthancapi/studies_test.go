@@ -97,6 +97,19 @@ func testStudyListingAgainstOrthanc(t *testing.T, rel testharness.Release) {
 	}
 
 	const missing = "00000000-00000000-00000000-00000000-00000000"
+	for _, tc := range []struct {
+		level, id string
+		want      bool
+	}{
+		{"Study", all[0].ID, true},
+		{"Study", missing, false},
+		{"Patient", missing, false},
+		{"Instance", missing, false},
+	} {
+		if got, err := c.Exists(ctx, tc.level, tc.id); err != nil || got != tc.want {
+			t.Errorf("Exists(%s, %s) = %v, %v; want %v", tc.level, tc.id, got, err, tc.want)
+		}
+	}
 	if _, err := c.InstanceStudy(ctx, missing); !errors.Is(err, orthancapi.ErrNotFound) {
 		t.Errorf("InstanceStudy of a missing instance: %v, want ErrNotFound", err)
 	}

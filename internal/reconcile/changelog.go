@@ -112,6 +112,7 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		// until it is deleted (with its resource, or DELETE /changes). A
 		// recreated database starts again at 1: its Last is below the
 		// cursor, or the change at the cursor's number is another one.
+		gone := false // the change at the cursor is not in the log
 		switch {
 		case len(changes) == 0 && page.Last < s.cur.Seq:
 			return true, s.reset(ctx, page)
@@ -133,9 +134,17 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 			if len(at.Changes) > 0 && at.Changes[0].Seq == s.cur.Seq && !s.cur.Change.matches(at.Changes[0]) {
 				return true, s.reset(ctx, at)
 			}
+			gone = len(at.Changes) == 0 || at.Changes[0].Seq != s.cur.Seq
+		default:
+			// Read whole, the log would have shown it. (Filtered and
+			// idle: nothing to tell.)
+			gone = len(s.changeTypes) == 0
 		}
 		// Otherwise the change at the cursor was deleted: all the
 		// changes read are after it.
+		if gone {
+			s.cursorChangeGone(ctx)
+		}
 	}
 
 	parents := s.lookUp(ctx, changes)
@@ -180,6 +189,52 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 	}
 	s.r.m.lag.WithLabelValues(s.name).Set(float64(lag))
 	return !page.Done, nil
+}
+
+// cursorChangeGone tells the operator, once per cursor position, when
+// the change the cursor points at left the change log while the resource
+// it names is still in Orthanc: the log was trimmed (DELETE /changes),
+// and studies whose changes went with it before they were read are not
+// published. A change deleted with its resource (a deletion, recycling,
+// buffer mode) is normal: nothing is missed then. The resource is looked
+// up once; a failed lookup is tried again at the next poll.
+func (s *sourceRunner) cursorChangeGone(ctx context.Context) {
+	mark := s.cur.Change
+	if mark == nil || s.goneChecked == s.cur.Seq {
+		return
+	}
+	log := s.log.With("cursor", s.cur.Seq, "change_type", mark.Type, "orthanc_id", mark.ID)
+	level, ok := changeLevel[mark.Type]
+	if !ok {
+		s.goneChecked = s.cur.Seq
+		log.Info("the change the reconciler's cursor points at is no longer in Orthanc's change log: deleted with its resource, or the log was trimmed (DELETE /changes); after a trim, run `forwarder audit`")
+		return
+	}
+	exists, err := s.orthanc.Exists(ctx, level, mark.ID)
+	switch {
+	case errors.Is(err, orthancapi.ErrInvalidID):
+		s.goneChecked = s.cur.Seq
+		return
+	case err != nil:
+		log.Debug("could not tell why the change at the reconciler's cursor is gone; asking again at the next poll", "err", err)
+		return
+	}
+	s.goneChecked = s.cur.Seq
+	if !exists {
+		log.Debug("the change the reconciler's cursor points at was deleted with its resource")
+		return
+	}
+	s.r.m.changeLogTrimmed.WithLabelValues(s.name).Inc()
+	log.Warn("Orthanc's change log was trimmed (DELETE /changes, or changes deleted by hand): the change the reconciler's cursor points at is gone while its resource is still in Orthanc; studies whose changes were removed before the reconciler read them are not published: run `forwarder audit`")
+}
+
+// changeLevel is the level of the resource a change of each type names,
+// for the types whose level it always is.
+var changeLevel = map[string]string{
+	"NewPatient": "Patient", "StablePatient": "Patient",
+	"NewStudy": "Study", "StableStudy": "Study",
+	"NewSeries": "Series", "StableSeries": "Series",
+	"NewInstance": "Instance",
 }
 
 // reset restarts from the beginning of a change log whose database was

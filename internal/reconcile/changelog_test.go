@@ -100,6 +100,13 @@ func (o *swappableOrthanc) Study(_ context.Context, id string) (orthancapi.Study
 
 func (o *swappableOrthanc) Now(context.Context) (time.Time, error) { return time.Now(), nil }
 
+func (o *swappableOrthanc) Exists(_ context.Context, _, id string) (bool, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, ok := o.log.studies[id]
+	return ok, nil
+}
+
 func (o *swappableOrthanc) SeriesStudy(context.Context, string) (orthancapi.Study, error) {
 	return orthancapi.Study{}, orthancapi.ErrNotFound
 }

@@ -34,6 +34,9 @@ func (quietOrthanc) SeriesStudy(context.Context, string) (orthancapi.Study, erro
 	return orthancapi.Study{}, errors.New("no study")
 }
 func (quietOrthanc) Now(context.Context) (time.Time, error) { return time.Now(), nil }
+func (quietOrthanc) Exists(context.Context, string, string) (bool, error) {
+	return false, nil
+}
 func (quietOrthanc) InstanceStudy(context.Context, string) (orthancapi.Study, error) {
 	return orthancapi.Study{}, errors.New("no study")
 }

@@ -16,6 +16,9 @@ type metrics struct {
 	changesSkipped *prometheus.CounterVec
 	pollErrors     *prometheus.CounterVec
 	resets         *prometheus.CounterVec
+	// changeLogTrimmed counts cursor changes gone while their resource
+	// is still in Orthanc (cursorChangeGone).
+	changeLogTrimmed *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -52,8 +55,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "stowline_reconcile_change_log_resets_total",
 			Help: "Times the source's change log was found reset (Orthanc's database recreated, restored from a backup or replaced) and rescanned from the start.",
 		}, []string{"source"}),
+		changeLogTrimmed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_reconcile_change_log_trimmed_total",
+			Help: "Times the change the cursor points at was found gone from the source's change log while the resource it names is still in Orthanc: the log was trimmed (DELETE /changes); run forwarder audit.",
+		}, []string{"source"}),
 	}
-	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.resets} {
+	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.resets, m.changeLogTrimmed} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("reconcile: register metrics: %w", err)
 		}
@@ -76,12 +83,14 @@ func (m *metrics) init(source string) {
 	m.changesSkipped.WithLabelValues(source)
 	m.pollErrors.WithLabelValues(source)
 	m.resets.WithLabelValues(source)
+	m.changeLogTrimmed.WithLabelValues(source)
 }
 
 // drop deletes the series of a source, renamed since.
 func (m *metrics) drop(source string) {
 	for _, v := range []*prometheus.MetricVec{m.lag.MetricVec, m.leaseHeld.MetricVec, m.pending.MetricVec,
-		m.published.MetricVec, m.skipped.MetricVec, m.changesSkipped.MetricVec, m.pollErrors.MetricVec, m.resets.MetricVec} {
+		m.published.MetricVec, m.skipped.MetricVec, m.changesSkipped.MetricVec, m.pollErrors.MetricVec, m.resets.MetricVec,
+		m.changeLogTrimmed.MetricVec} {
 		v.DeletePartialMatch(prometheus.Labels{"source": source})
 	}
 }

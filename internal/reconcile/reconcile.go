@@ -43,6 +43,9 @@ type Orthanc interface {
 	InstanceStudy(ctx context.Context, instanceID string) (orthancapi.Study, error)
 	// Now is Orthanc's clock, the one its LastUpdate is read from.
 	Now(ctx context.Context) (time.Time, error)
+	// Exists tells whether Orthanc holds a resource of a level
+	// ("Patient", "Study", "Series", "Instance").
+	Exists(ctx context.Context, level, id string) (bool, error)
 }
 
 // Source is one Orthanc to reconcile.
