@@ -329,14 +329,15 @@ type stuckChange struct {
 // handling failed with err. Only Orthanc's own error answers about the
 // resource count (a 500 on one broken instance): an unreachable Orthanc,
 // a proxy, an answer that says "later" (retryLater) or JetStream failing
-// hold the cursor as before. Held for good, one broken resource would
+// hold the cursor as before, and so does Orthanc's clock unread (errClock:
+// no fault of the resource). Held for good, one broken resource would
 // stop the reconciliation of every later study. A stable study moves to
 // Pending, so it is still published once Orthanc reads it; an instance or
 // series whose study cannot be read is skipped, logged and counted: its
 // study's own changes mark it pending.
 func (s *sourceRunner) stuckOn(c orthancapi.Change, err error) bool {
 	var oe *orthancapi.Error
-	if !errors.As(err, &oe) || oe.NotFromOrthanc != "" || retryLater(oe.StatusCode) {
+	if !errors.As(err, &oe) || oe.NotFromOrthanc != "" || retryLater(oe.StatusCode) || errors.Is(err, errClock) {
 		return false
 	}
 	if s.stuck.seq != c.Seq {

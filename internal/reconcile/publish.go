@@ -38,6 +38,10 @@ func (s *sourceRunner) stable(ctx context.Context, studyID string, seq int64) er
 	return nil
 }
 
+// errClock: Orthanc's clock could not be read. It says nothing of the
+// change being handled, which is not moved past for it (stuckOn).
+var errClock = errors.New("orthanc: read its clock (GET /tools/now)")
+
 // readClock reads Orthanc's clock once a poll, before the first study
 // the poll reads (settled).
 func (s *sourceRunner) readClock(ctx context.Context) error {
@@ -46,7 +50,7 @@ func (s *sourceRunner) readClock(ctx context.Context) error {
 	}
 	now, err := s.orthanc.Now(ctx)
 	if err != nil {
-		return fmt.Errorf("orthanc: read its clock (GET /tools/now): %w", err)
+		return fmt.Errorf("%w: %w", errClock, err)
 	}
 	s.clock = now
 	return nil

@@ -1,8 +1,14 @@
 package reconcile
 
 import (
+	"context"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // TestStudyChangedThisSecondWaits: Orthanc processes sharing one
@@ -54,5 +60,44 @@ func TestStudyChangedThisSecondWaits(t *testing.T) {
 			}
 			waitUntil(t, "the pending study's event", func() bool { return pub.has(orthancID(1)) })
 		})
+	}
+}
+
+// clocklessOrthanc refuses GET /tools/now, as a least-privilege proxy
+// set up before the reconciler read it does.
+type clocklessOrthanc struct {
+	*swappableOrthanc
+	asked atomic.Int32
+}
+
+func (o *clocklessOrthanc) Now(context.Context) (time.Time, error) {
+	o.asked.Add(1)
+	return time.Time{}, &orthancapi.Error{Method: http.MethodGet, Path: "/tools/now", StatusCode: http.StatusForbidden}
+}
+
+// TestClockUnreadHoldsTheCursor: Orthanc's clock refused is no fault of
+// the stable study being handled: the cursor is not moved past its
+// StableStudy change (it was, after stuckAfter polls, the study left to
+// the pending list with a warning that Orthanc failed to read it), and
+// the polls fail, saying why.
+func TestClockUnreadHoldsTheCursor(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &clocklessOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}}
+	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+	store := &cursorStore{kv: kv, key: cursorKey("s")}
+	waitUntil(t, "the first start's cursor", func() bool {
+		_, found, err := store.load(ctx)
+		return err == nil && found
+	})
+	o.mu.Lock()
+	o.log.addStudy(1) // its StableStudy change is number 4
+	o.mu.Unlock()
+	waitUntil(t, "more polls than a change may fail", func() bool { return o.asked.Load() > 2*stuckAfter })
+	if c, _, err := store.load(ctx); err != nil || c.Seq >= 4 {
+		t.Errorf("cursor at %d (%v): moved past the StableStudy change while Orthanc's clock could not be read", c.Seq, err)
+	}
+	if err := r.Checks()["reconcile_s"](ctx); err == nil || !strings.Contains(err.Error(), "/tools/now") {
+		t.Errorf("check = %v, want the clock named", err)
 	}
 }
