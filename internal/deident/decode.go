@@ -50,6 +50,17 @@ const (
 	maxHeld = 64 << 20
 	// maxDepth bounds sequence nesting.
 	maxDepth = 32
+	// elementCost and itemCost are the heap bytes a held element and a
+	// held item (or fragment) cost beside their value, charged against
+	// the hold: counted by value bytes alone, a file of millions of
+	// empty elements (8 bytes each) built a tree ~15 times its size.
+	// An element is 112 bytes, its VR string 2 (8 or more in a -race
+	// build) and its slot in its item 8, a slot in a sequence's items (or
+	// fragments) 24; append's growth holds a slot up to 2.25 times while
+	// it copies. TestElementCostCoversTheTree checks them against the
+	// heap the decoder keeps.
+	elementCost = 160
+	itemCost    = 64
 )
 
 // longVR are the explicit VRs with a 4-byte length (PS3.5 7.1.2).
@@ -153,14 +164,9 @@ func (d *decoder) value(tag Tag, n uint32) ([]byte, error) {
 		}
 		return nil, err
 	}
-	limit := int64(maxHeld)
-	if d.limit > 0 {
-		limit = d.limit
+	if err := d.hold(tag, int64(n)); err != nil {
+		return nil, err
 	}
-	if d.held+int64(n) > limit {
-		return nil, fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory (limit %d)", ErrTooLarge, tag, d.pos, n, limit)
-	}
-	d.held += int64(n)
 	if n <= 64<<10 {
 		b := make([]byte, n)
 		if err := d.full(b); err != nil {
@@ -176,6 +182,21 @@ func (d *decoder) value(tag Tag, n uint32) ([]byte, error) {
 		return nil, fmt.Errorf("%w: file ends %d bytes into a value of %d at byte %d", ErrMalformed, c, n, d.pos)
 	}
 	return buf.Bytes(), err
+}
+
+// hold counts n more bytes held in memory, refusing them (ErrTooLarge)
+// beyond the limit.
+func (d *decoder) hold(tag Tag, n int64) error {
+	limit := int64(maxHeld)
+	if d.limit > 0 {
+		limit = d.limit
+	}
+	if d.held+n > limit {
+		return fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory, %d held already (limit %d; each element counts %d bytes beside its value, each item %d)",
+			ErrTooLarge, tag, d.pos, n, d.held, limit, elementCost, itemCost)
+	}
+	d.held += n
+	return nil
 }
 
 // startsWithItem reports whether the next bytes are an Item tag: how a
@@ -215,6 +236,9 @@ func (d *decoder) isSequence(tag Tag, vr string, n uint32) bool {
 
 // readBody reads the value of an element whose header was read.
 func (d *decoder) readBody(tag Tag, vr string, n uint32, explicit bool, depth int) (*element, error) {
+	if err := d.hold(tag, elementCost); err != nil {
+		return nil, err
+	}
 	el := &element{tag: tag, vr: vr}
 	switch {
 	case d.isSequence(tag, vr, n):
@@ -238,6 +262,9 @@ func (d *decoder) readBody(tag Tag, vr string, n uint32, explicit bool, depth in
 			}
 			if t != tagItem {
 				return nil, fmt.Errorf("%w: encapsulated Pixel Data holds %s, not an item, at byte %d", ErrMalformed, t, d.pos)
+			}
+			if err := d.hold(tag, itemCost); err != nil {
+				return nil, err
 			}
 			f, err := d.value(tag, m)
 			if err != nil {
@@ -278,6 +305,9 @@ func (d *decoder) items(tag Tag, n uint32, explicit bool, depth int) ([][]*eleme
 		}
 		if t != tagItem {
 			return nil, fmt.Errorf("%w: sequence %s holds %s, not an item, at byte %d", ErrMalformed, tag, t, d.pos)
+		}
+		if err := d.hold(tag, itemCost); err != nil {
+			return nil, err
 		}
 		item, err := d.item(m, explicit, depth)
 		if err != nil {
