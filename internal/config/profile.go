@@ -86,6 +86,28 @@ var explicitVRSyntaxes = []string{
 	"1.2.840.10008.1.2.5", // RLE Lossless
 }
 
+// awsTransferSyntaxes is every UID of the table "HealthImaging supported
+// transfer syntaxes"
+// (https://docs.aws.amazon.com/healthimaging/latest/devguide/supported-transfer-syntaxes.html),
+// Explicit VR Little Endian first: the first lossless syntax of the list
+// is what other instances are converted to, and HealthImaging transcodes
+// lossless frames to HTJ2K on import whatever it is sent in. The rest in
+// the table's order; RLE and HTJ2K are sent as stored, not converted.
+var awsTransferSyntaxes = []string{
+	"1.2.840.10008.1.2.1", // Explicit VR Little Endian
+	"1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
+	"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+	"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+	"1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
+	"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", // HTJ2K
+	"1.2.840.10008.1.2.5", // RLE Lossless
+	// MPEG-2, H.264 and their fragmentable forms, HEVC: kept as sent.
+	"1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.100.1", "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.101.1",
+	"1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.102.1", "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.103.1",
+	"1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.104.1", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.105.1",
+	"1.2.840.10008.1.2.4.106", "1.2.840.10008.1.2.4.106.1", "1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108",
+}
+
 var profiles = map[string]Profile{
 	ProfileAzure: {
 		Name:            ProfileAzure,
@@ -108,15 +130,10 @@ var profiles = map[string]Profile{
 		ConflictReasons: commonConflicts,
 		// HealthImaging keeps conflicting data as a non-primary image set
 		// instead of answering a conflict; no DICOMweb way replaces it.
-		ReplaceMethod: ReplaceNone,
-		MaxStowBytes:  awsMaxStowBytes,
-		AcceptedTransferSyntaxes: []string{
-			"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
-			"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-			"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-			"1.2.840.10008.1.2.4.92",
-		},
-		Source: "https://docs.aws.amazon.com/healthimaging/latest/devguide/supported-transfer-syntaxes.html",
+		ReplaceMethod:            ReplaceNone,
+		MaxStowBytes:             awsMaxStowBytes,
+		AcceptedTransferSyntaxes: awsTransferSyntaxes,
+		Source:                   "https://docs.aws.amazon.com/healthimaging/latest/devguide/supported-transfer-syntaxes.html",
 	},
 	ProfileOrthanc: {
 		Name:            ProfileOrthanc,

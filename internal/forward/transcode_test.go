@@ -23,6 +23,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -459,5 +460,45 @@ func TestMeasureFaultIsTheSources(t *testing.T) {
 	defer k.mu.Unlock()
 	if k.requests != 0 {
 		t.Errorf("%d requests reached the destination, want 0", k.requests)
+	}
+}
+
+// TestAWSProfileSyntaxes: with the aws profile's list, the syntaxes
+// HealthImaging documents are sent as Orthanc stores them (RLE, HTJ2K
+// lossless, Implicit VR), not converted, and an instance in a syntax it
+// does not list is converted to Explicit VR Little Endian.
+func TestAWSProfileSyntaxes(t *testing.T) {
+	const tsRLE, tsHTJ2K, tsJPEGXL = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.110"
+	list := (&config.Destination{StowProfile: config.ProfileAWS}).Profile().TransferSyntaxes()
+	tests := []struct {
+		syntax, sent string
+		converted    bool
+	}{
+		{tsRLE, tsRLE, false},
+		{tsHTJ2K, tsHTJ2K, false},
+		{tsImplicit, tsImplicit, false},
+		{tsJPEGXL, tsExplicit, true},
+	}
+	for _, tt := range tests {
+		t.Run(syntaxName(tt.syntax), func(t *testing.T) {
+			src := newSyntaxSource(tt.syntax)
+			f, _, _ := syntaxForwarder(t, src, 4, 1, list...)
+			p, parts, refused, err := f.planSyntaxes(t.Context(), src, src.instances)
+			if err != nil || len(refused) != 0 || len(parts) != 1 {
+				t.Fatalf("planSyntaxes: %d parts, refused %v, %v; want one part", len(parts), refused, err)
+			}
+			rc, err := parts[0].Open(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(rc)
+			_ = rc.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, sent, _ := strings.Cut(string(b[dicmOffset+4:]), "|"); sent != tt.sent || p.wasConverted("1.2.3.1") != tt.converted {
+				t.Errorf("sent in %s, converted %v; want %s, %v", sent, p.wasConverted("1.2.3.1"), tt.sent, tt.converted)
+			}
+		})
 	}
 }
