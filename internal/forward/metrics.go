@@ -147,10 +147,10 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	}, []string{"result"})
 	m.conversions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_conversions_total",
-		Help:        "Instances read from Orthanc converted to a transfer syntax of the destination's STOW_TRANSFER_SYNTAXES (converted), that Orthanc could not convert (failed), or not converted because their source syntax is lossy (lossy).",
+		Help:        "Instances read from Orthanc converted to a transfer syntax of the destination's STOW_TRANSFER_SYNTAXES (converted), that Orthanc could not convert (failed), not converted because their source syntax is lossy and not listed (lossy) or the list has no lossless syntax to convert to (no_target), or whose syntax the destination refused (0xC122) with no conversion left to try (refused).",
 		ConstLabels: labels,
 	}, []string{"result"})
-	for _, r := range []string{convConverted, convFailed, convLossy} {
+	for _, r := range []string{convConverted, convFailed, convLossy, convNoTarget, convRefused} {
 		m.conversions.WithLabelValues(r)
 	}
 	m.verifications = prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -32,7 +32,12 @@ type Transcoder interface {
 const (
 	convConverted = "converted" // read from Orthanc converted
 	convFailed    = "failed"    // Orthanc could not convert it
-	convLossy     = "lossy"     // not converted: lossy source, lossless list
+	convLossy     = "lossy"     // not converted: lossy source, not listed
+	convNoTarget  = "no_target" // not converted: the list has no lossless syntax
+	// convRefused: the destination refused the instance's syntax (0xC122)
+	// and it is not converted again: no list, already converted, or sent
+	// in a syntax the list names.
+	convRefused = "refused"
 )
 
 // metadataReads bounds the metadata requests of one study in flight.
@@ -124,8 +129,8 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 			parts = append(parts, plainPart(src, inst))
 			continue
 		}
-		if reason := f.cannotConvert(p, ts); reason != "" {
-			f.m.conversions.WithLabelValues(convLossy).Inc()
+		if result, reason := f.cannotConvert(p, ts); reason != "" {
+			f.m.conversions.WithLabelValues(result).Inc()
 			refused = append(refused, Instance{SOPInstanceUID: inst.SOPInstanceUID, Text: reason})
 			continue
 		}
@@ -143,16 +148,16 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 }
 
 // cannotConvert says why an instance in syntax ts cannot be converted
-// for the destination, "" if it can.
-func (f *Forwarder) cannotConvert(p *syntaxPlan, ts string) string {
+// for the destination, and its conversions result; "" if it can.
+func (f *Forwarder) cannotConvert(p *syntaxPlan, ts string) (result, reason string) {
 	switch {
 	case lossySyntax(ts):
-		return fmt.Sprintf("instance is in lossy %s, which the destination's %s does not list; converting it would pass lossy pixel data off as lossless: add %s to %s if the destination accepts it",
+		return convLossy, fmt.Sprintf("instance is in lossy %s, which the destination's %s does not list; converting it would pass lossy pixel data off as lossless: add %s to %s if the destination accepts it",
 			syntaxName(ts), f.syntaxVar(), ts, f.syntaxVar())
 	case p.target == "":
-		return fmt.Sprintf("instance is in %s and %s lists no lossless transfer syntax to convert it to", syntaxName(ts), f.syntaxVar())
+		return convNoTarget, fmt.Sprintf("instance is in %s and %s lists no lossless transfer syntax to convert it to", syntaxName(ts), f.syntaxVar())
 	}
-	return ""
+	return "", ""
 }
 
 func plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
@@ -385,6 +390,7 @@ func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicom
 func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, string) {
 	base := Describe(dicomweb.FailureTransferSyntaxNotSupported)
 	if p == nil {
+		f.m.conversions.WithLabelValues(convRefused).Inc()
 		f.syntaxHint.Do(func() {
 			f.log.Warn("the destination refuses a transfer syntax: set "+f.syntaxVar()+" to the syntaxes it accepts, and stowline converts instances to them",
 				"variable", f.syntaxVar())
@@ -395,15 +401,18 @@ func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, st
 	switch {
 	case !known:
 	case p.wasConverted(uid):
+		f.m.conversions.WithLabelValues(convRefused).Inc()
 		return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; remove that syntax from %s or put an accepted one first", base, syntaxName(p.target), f.syntaxVar())
 	case in.syntax == p.target, lossySyntax(in.syntax) && slices.Contains(p.accepted, in.syntax):
 	default:
-		if reason := f.cannotConvert(p, in.syntax); reason != "" {
+		if result, reason := f.cannotConvert(p, in.syntax); reason != "" {
+			f.m.conversions.WithLabelValues(result).Inc()
 			return nil, base + ": " + reason
 		}
 		part := f.convertedPart(p, uid, in.size)
 		return &part, ""
 	}
+	f.m.conversions.WithLabelValues(convRefused).Inc()
 	return nil, fmt.Sprintf("%s: the destination refused %s, which %s lists; remove it from the list", base, syntaxName(in.syntax), f.syntaxVar())
 }
 

@@ -205,8 +205,9 @@ func TestTransferSyntaxes(t *testing.T) {
 		},
 		{
 			name: "no list: the reason names the fix", syntaxes: []string{tsImplicit, tsExplicit},
-			stored:  []string{"1.2.3.2"},
-			refused: map[string]string{"1.2.3.1": "referenced Transfer Syntax not supported: set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts"},
+			stored:      []string{"1.2.3.2"},
+			refused:     map[string]string{"1.2.3.1": "referenced Transfer Syntax not supported: set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts"},
+			conversions: map[string]float64{convRefused: 1},
 		},
 		{
 			name: "listed but refused: converted and sent again", syntaxes: []string{tsImplicit, tsExplicit}, list: []string{tsExplicit, tsImplicit},
@@ -215,11 +216,26 @@ func TestTransferSyntaxes(t *testing.T) {
 		},
 		{
 			name: "the target itself refused", syntaxes: []string{tsImplicit}, list: []string{tsImplicit},
-			refused: map[string]string{"1.2.3.1": "the destination refused Implicit VR Little Endian (1.2.840.10008.1.2), which DESTINATION_AZ_STOW_TRANSFER_SYNTAXES lists; remove it"},
+			refused:     map[string]string{"1.2.3.1": "the destination refused Implicit VR Little Endian (1.2.840.10008.1.2), which DESTINATION_AZ_STOW_TRANSFER_SYNTAXES lists; remove it"},
+			conversions: map[string]float64{convRefused: 1},
 		},
 		{
 			name: "lossy source listed: sent as it is", syntaxes: []string{tsJPEG}, list: []string{tsExplicit, tsJPEG},
-			refused: map[string]string{"1.2.3.1": "the destination refused JPEG Baseline (Process 1, lossy) (1.2.840.10008.1.2.4.50), which DESTINATION_AZ_STOW_TRANSFER_SYNTAXES lists"},
+			refused:     map[string]string{"1.2.3.1": "the destination refused JPEG Baseline (Process 1, lossy) (1.2.840.10008.1.2.4.50), which DESTINATION_AZ_STOW_TRANSFER_SYNTAXES lists"},
+			conversions: map[string]float64{convRefused: 1},
+		},
+		{
+			name: "nothing lossless to convert to: not counted lossy", syntaxes: []string{tsImplicit, tsJPEG}, list: []string{tsJPEG},
+			refused: map[string]string{
+				"1.2.3.1": "instance is in Implicit VR Little Endian (1.2.840.10008.1.2) and DESTINATION_AZ_STOW_TRANSFER_SYNTAXES lists no lossless transfer syntax",
+				"1.2.3.2": "the destination refused JPEG Baseline",
+			},
+			conversions: map[string]float64{convNoTarget: 1, convRefused: 1},
+		},
+		{
+			name: "converted and refused again", syntaxes: []string{tsBig}, list: []string{tsImplicit},
+			refused:     map[string]string{"1.2.3.1": "the destination refused the instance converted to Implicit VR Little Endian (1.2.840.10008.1.2)"},
+			conversions: map[string]float64{convConverted: 1, convRefused: 1},
 		},
 	}
 	for _, tt := range tests {
@@ -296,8 +312,9 @@ func TestTransferSyntaxes(t *testing.T) {
 					t.Errorf("refused %v, want %d instances", got, len(tt.refused))
 				}
 			}
-			for result, want := range tt.conversions {
+			for _, result := range []string{convConverted, convFailed, convLossy, convNoTarget, convRefused} {
 				// Two transfers: each counts.
+				want := tt.conversions[result]
 				if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(result)); got != 2*want {
 					t.Errorf("conversions{result=%q} = %v, want %v", result, got, 2*want)
 				}
