@@ -399,5 +399,6 @@ func New(opts Options) (*Forwarder, error) {
 	if opts.TracerProvider != nil {
 		fw.tracer = opts.TracerProvider.Tracer("github.com/stowline/stowline/internal/forward")
 	}
+	fw.warnConversionTarget()
 	return fw, nil
 }

@@ -75,6 +75,21 @@ func gdcmSyntax(ts string) bool {
 	return false
 }
 
+// orthancWrites reports whether Orthanc converts to ts with its own
+// transcoder, without a plugin: DcmtkTranscoder::IsSupported of Orthanc
+// 1.7 to 1.12 (uncompressed and deflated, JPEG processes 1, 2 & 4 and
+// 14, JPEG-LS). JPEG 2000, HTJ2K, JPEG XL and RLE it writes only with a
+// plugin that does (GDCM for JPEG 2000), if any.
+func orthancWrites(ts string) bool {
+	switch ts {
+	case "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
+		"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+		"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81":
+		return true
+	}
+	return false
+}
+
 // syntaxName is "Name (UID)", or the UID alone when it has no name here.
 func syntaxName(ts string) string {
 	if n, ok := syntaxNames[ts]; ok {

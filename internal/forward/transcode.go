@@ -147,6 +147,20 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 	return p, parts, refused, nil
 }
 
+// warnConversionTarget warns when the list's first lossless syntax, the
+// target of every conversion, is one Orthanc does not write by itself:
+// without a plugin that does, every instance to convert is refused. A
+// warning, not an error: the source Orthanc may have such a plugin,
+// which stowline cannot see.
+func (f *Forwarder) warnConversionTarget() {
+	i := slices.IndexFunc(f.opts.TransferSyntaxes, func(ts string) bool { return !lossySyntax(ts) })
+	if i < 0 || orthancWrites(f.opts.TransferSyntaxes[i]) {
+		return
+	}
+	f.log.Warn("instances are converted to the first lossless syntax of "+f.syntaxVar()+", which Orthanc does not write by itself (a plugin may, such as GDCM for JPEG 2000): without one every conversion fails; put a syntax Orthanc writes itself, such as 1.2.840.10008.1.2.1 (Explicit VR Little Endian), first",
+		"variable", f.syntaxVar(), "transfer_syntax", f.opts.TransferSyntaxes[i])
+}
+
 // cannotConvert says why an instance in syntax ts cannot be converted
 // for the destination, and its conversions result; "" if it can.
 func (f *Forwarder) cannotConvert(p *syntaxPlan, ts string) (result, reason string) {
@@ -326,7 +340,13 @@ func (f *Forwarder) conversionError(uid, from, to string, err error) error {
 		hint = "; Orthanc cannot decode JPEG 2000 without its GDCM plugin (Debian: orthanc-gdcm)"
 	}
 	list := fmt.Sprintf("; or add %s to %s if the destination accepts it", from, f.syntaxVar())
-	if _, deid := f.opts.Destination.(*deidentified); deid && !deident.ReadsSyntax(from) {
+	switch _, deid := f.opts.Destination.(*deidentified); {
+	case !orthancWrites(to):
+		// Every conversion fails then, whatever the source: listing
+		// each source syntax is not the fix.
+		list = fmt.Sprintf("; Orthanc does not write %s by itself (a plugin may, such as GDCM for JPEG 2000), so without one every conversion to it fails: put a syntax Orthanc writes itself, such as Explicit VR Little Endian (1.2.840.10008.1.2.1), first among the lossless syntaxes of %s",
+			syntaxName(to), f.syntaxVar())
+	case deid && !deident.ReadsSyntax(from):
 		// Listed, it is still converted: the rewrite does not read it.
 		list = fmt.Sprintf("; a de-identifying destination is sent %s only converted, listed or not", syntaxName(from))
 	}

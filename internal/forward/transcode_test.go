@@ -358,24 +358,77 @@ func TestLossySyntax(t *testing.T) {
 // TestConversionErrorAdvice: a failed conversion advises listing the
 // instance's syntax, except at a de-identifying destination for the
 // syntaxes its rewrite does not read: listed, they are converted still.
+//
+// A target Orthanc does not write by itself (JPEG 2000 without GDCM,
+// JPEG XL) fails every conversion: the advice is to put one it writes
+// first, not to list each source syntax.
 func TestConversionErrorAdvice(t *testing.T) {
 	const bigEndian, jpegXL = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.110"
+	const targetFirst = "put a syntax Orthanc writes itself, such as Explicit VR Little Endian (1.2.840.10008.1.2.1), first among the lossless syntaxes of STOW_TRANSFER_SYNTAXES"
 	for _, tt := range []struct {
-		name     string
-		dest     Destination
-		from     string
-		wantList bool
+		name       string
+		dest       Destination
+		from, to   string
+		wantList   bool
+		wantTarget bool
 	}{
-		{"plain, big endian", nil, bigEndian, true},
-		{"de-identifying, big endian", &deidentified{}, bigEndian, false},
-		{"de-identifying, JPIP deflated", &deidentified{}, "1.2.840.10008.1.2.4.95", false},
-		{"de-identifying, JPEG XL", &deidentified{}, jpegXL, true},
+		{"plain, big endian", nil, bigEndian, tsExplicit, true, false},
+		{"de-identifying, big endian", &deidentified{}, bigEndian, tsExplicit, false, false},
+		{"de-identifying, JPIP deflated", &deidentified{}, "1.2.840.10008.1.2.4.95", tsExplicit, false, false},
+		{"de-identifying, JPEG XL", &deidentified{}, jpegXL, tsExplicit, true, false},
+		{"to JPEG-LS lossless", nil, bigEndian, "1.2.840.10008.1.2.4.80", true, false},
+		{"to JPEG 2000 lossless", nil, tsImplicit, tsJ2K, false, true},
+		{"to HTJ2K lossless", nil, tsImplicit, "1.2.840.10008.1.2.4.201", false, true},
+		{"to JPEG XL lossless", nil, tsImplicit, jpegXL, false, true},
+		{"de-identifying, big endian to JPEG 2000", &deidentified{}, bigEndian, tsJ2K, false, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := &Forwarder{opts: Options{Destination: tt.dest}}
-			msg := f.conversionError("1.2.3", tt.from, tsExplicit, errors.New("400")).Error()
+			msg := f.conversionError("1.2.3", tt.from, tt.to, errors.New("400")).Error()
 			if got := strings.Contains(msg, "or add "+tt.from+" to STOW_TRANSFER_SYNTAXES"); got != tt.wantList {
 				t.Errorf("advises listing the syntax: %v, want %v: %s", got, tt.wantList, msg)
+			}
+			if got := strings.Contains(msg, targetFirst); got != tt.wantTarget {
+				t.Errorf("advises another target first: %v, want %v: %s", got, tt.wantTarget, msg)
+			}
+		})
+	}
+}
+
+// TestConversionTargetWarned: a list whose first lossless syntax is one
+// Orthanc does not write by itself is warned about at start, once, with
+// the variable and the syntax; one it writes is not.
+func TestConversionTargetWarned(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		list []string
+		warn string // the syntax warned about, "" for none
+	}{
+		{"Explicit VR first", []string{tsExplicit, tsJ2K}, ""},
+		{"lossy then Implicit VR", []string{tsJPEG, tsImplicit, tsJ2K}, ""},
+		{"JPEG 2000 first", []string{tsJ2K, tsExplicit}, tsJ2K},
+		{"lossy then HTJ2K", []string{tsJPEG, "1.2.840.10008.1.2.4.201", tsExplicit}, "1.2.840.10008.1.2.4.201"},
+		{"lossy only", []string{tsJPEG}, ""},
+		{"no list", nil, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			_, err := New(Options{
+				DestinationName: "az", SourceFor: func(string) (Source, error) { return newSyntaxSource(), nil }, Destination: sameParts{t: t},
+				Concurrency: 1, MaxInstances: 1, MaxBytes: 1, AckWait: time.Second, RetryDelay: time.Second, RetryMaxDelay: time.Second,
+				TransferSyntaxes: tt.list, TransferSyntaxesVar: "DESTINATION_AZ_STOW_TRANSFER_SYNTAXES",
+				Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Registerer: prometheus.NewRegistry(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			if tt.warn != "" {
+				want = 1
+			}
+			line := `"variable":"DESTINATION_AZ_STOW_TRANSFER_SYNTAXES","transfer_syntax":"` + tt.warn + `"`
+			if got := strings.Count(logs.String(), "which Orthanc does not write by itself"); got != want || (want == 1 && !strings.Contains(logs.String(), line)) {
+				t.Errorf("%d warnings, want %d with %s:\n%s", got, want, line, logs.String())
 			}
 		})
 	}
