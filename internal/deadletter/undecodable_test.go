@@ -17,6 +17,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 // An event the forwarder cannot read (a rollback to forwarders older
@@ -132,13 +133,23 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 		}
 	}
 	// Nothing lost: the replayed events wait for the destination's
-	// forwarders, their letters gone.
+	// forwarders, their letters gone. The server counts a stored event
+	// for the lane's consumer after it acknowledged it: wait for it.
 	low, err := ns.JS.Consumer(ctx, natsjs.EventStream, natsjs.LaneConsumerName(natsjs.DefaultDestination, events.PriorityLow))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info := low.CachedInfo(); info.NumPending != 1 {
-		t.Errorf("the low lane holds %d events, want the one replayed", info.NumPending)
+	var pending uint64
+	testharness.WaitFor(t, "the replayed event counted in the low lane", 15*time.Second, func() bool {
+		info, err := low.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending = info.NumPending
+		return pending >= 1
+	})
+	if pending != 1 {
+		t.Errorf("the low lane holds %d events, want the one replayed", pending)
 	}
 	if left, err := store.List(ctx, deadletter.Filter{All: true}); err != nil || len(left) != 1 || left[0].Seq != letters[0].Seq {
 		t.Errorf("letters left after the replay: %d (err %v), want the foreign message's", len(left), err)
