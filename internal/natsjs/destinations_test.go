@@ -11,6 +11,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
 )
 
 // aiAndPACSLanes is an event stream with the lanes of destinations ai
@@ -74,6 +75,7 @@ func TestOldestHeld(t *testing.T) {
 	low := queue(events.PriorityLow, "1")
 	routine := queue(events.PriorityRoutine, "2")
 	queue(events.PriorityStat, "3") // no stat consumer: nobody holds it
+	testnats.WaitCounted(ctx, t, js)
 	held("ai", low)
 	held("pacs", time.Time{})
 	held("gone", time.Time{})
@@ -129,6 +131,7 @@ func TestHeldAlone(t *testing.T) {
 	otherSource := natsjs.StudyKey{Source: "orthanc-b", OrthancStudyID: study(8).OrthancStudyID}
 	queue(events.PriorityLow, "one", study(8), "20261126T101500")
 	queue(events.PriorityLow, "one", otherSource, "20261126T101500")
+	testnats.WaitCounted(ctx, t, js)
 	for _, tt := range []struct {
 		destination string
 		want        map[natsjs.StudyKey]string

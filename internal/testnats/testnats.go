@@ -93,3 +93,45 @@ func AccountLimits(t testing.TB, limits string) func(*server.Options) {
 		o.Accounts, o.Users, o.NoAuthUser = parsed.Accounts, parsed.Users, parsed.NoAuthUser
 	}
 }
+
+// WaitCounted waits until the consumers of the event stream have counted
+// every event stored in it so far. nats-server counts a stored message
+// for its consumers after it acknowledged the publish, in a goroutine of
+// the stream, in the order stored: a consumer read at once may show
+// none pending. Once a consumer of its own counts a message stored last,
+// on a subject no lane takes (a triage subject), the others have counted
+// theirs. That message is deleted again.
+func WaitCounted(ctx context.Context, t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	subject := natsjs.TriageSubject("counted")
+	stream, err := js.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatalf("wait for the event stream's counts: %v", err)
+	}
+	// New messages only, and kept through a long wait on a loaded host.
+	c, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{FilterSubject: subject, DeliverPolicy: jetstream.DeliverNewPolicy,
+		AckPolicy: jetstream.AckExplicitPolicy, InactiveThreshold: time.Minute})
+	if err != nil {
+		t.Fatalf("consumer to wait for the event stream's counts: %v", err)
+	}
+	defer func() { _ = stream.DeleteConsumer(context.WithoutCancel(ctx), c.CachedInfo().Name) }()
+	ack, err := js.Publish(ctx, subject, nil)
+	if err != nil {
+		t.Fatalf("publish to wait for the event stream's counts: %v", err)
+	}
+	defer func() { _ = stream.DeleteMsg(context.WithoutCancel(ctx), ack.Sequence) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatalf("consumer to wait for the event stream's counts: %v", err)
+		}
+		if info.NumPending == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the event stream's consumers did not count its events within 30 s: %+v", info)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
