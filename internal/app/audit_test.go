@@ -484,6 +484,9 @@ func TestAuditRepairsByTime(t *testing.T) {
 		if tt.before != nil {
 			tt.before()
 		}
+		// The audit reads what ai's lanes hold: they must have counted
+		// the events just queued.
+		testnats.WaitCounted(ctx, t, s.srv.JS)
 		s.later = tt.later
 		stderr, err := s.audit(t, "--enqueue")
 		if err != nil {
@@ -536,6 +539,9 @@ func TestAuditSeesACopyQueuedForOneDestination(t *testing.T) {
 		}, "1 findings queued, 0 already queued, 0 probably queued", 2},
 	} {
 		tt.before()
+		// The audit reads what ai's lanes hold: they must have counted
+		// the copy just backfilled.
+		testnats.WaitCounted(t.Context(), t, s.srv.JS)
 		stderr, err := s.audit(t, "--enqueue")
 		if err != nil || !strings.Contains(stderr, tt.says) {
 			t.Errorf("%s: err = %v, stderr does not say %q:\n%s", tt.name, err, tt.says, stderr)
