@@ -218,6 +218,12 @@ func testPublishesTheLuaScriptsEvent(t *testing.T, rel testharness.Release) {
 	upload(t, r.orthanc, writeStudy(t, 3))
 	upload(t, r.orthanc, []string{testharness.SamplesDir(t) + "/ct-explicit-le.dcm"})
 	testharness.WaitFor(t, "two events", 20*time.Second, func() bool { return len(streamEvents(t, r.nats.JS)) == 2 })
+	// The reconciler counts an event, and moves its cursor, once
+	// JetStream acknowledged it: after the stream holds it.
+	testharness.WaitFor(t, "both events counted and the change log read", 20*time.Second, func() bool {
+		return metric(t, reg, "stowline_reconcile_events_published_total", map[string]string{"source": source, "result": "stored"}) >= 2 &&
+			metric(t, reg, "stowline_reconcile_lag_changes", map[string]string{"source": source}) == 0
+	})
 
 	var studies []string
 	r.orthanc.GetJSON(t, "/studies", &studies)
