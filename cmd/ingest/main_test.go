@@ -250,6 +250,9 @@ func TestTwoReplicasOnePolls(t *testing.T) {
 
 	r.addStudies(t, 3, 2)
 	r.waitAllPublished(t, 20*time.Second)
+	// A replica counts an event once JetStream acknowledged it: after the
+	// stream holds it.
+	testharness.WaitFor(t, "the 3 events counted", 20*time.Second, func() bool { return holder.published(t)+other.published(t) >= 3 })
 	time.Sleep(time.Second) // more polls: nothing published again
 	if got := holder.published(t); got != 3 {
 		t.Errorf("the polling replica published %v events, want 3", got)
@@ -265,7 +268,8 @@ func TestTwoReplicasOnePolls(t *testing.T) {
 
 	r.addStudies(t, 1, 1)
 	r.waitAllPublished(t, 20*time.Second)
-	time.Sleep(time.Second)
+	testharness.WaitFor(t, "the new holder's event counted", 20*time.Second, func() bool { return other.published(t) >= 1 })
+	time.Sleep(time.Second) // more polls: nothing published again
 	if got := other.published(t); got != 1 {
 		t.Errorf("the new holder published %v events, want 1 (the study that came after the takeover)", got)
 	}
