@@ -923,6 +923,9 @@ func TestUnreadableConsumerIsShownUnknown(t *testing.T) {
 	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, &ev); err != nil {
 		t.Fatal(err)
 	}
+	// The page reads the consumers' counts: nats-server makes them after
+	// it acknowledged the publish.
+	testnats.WaitCounted(ctx, t, ns.JS)
 	aiStat := natsjs.LaneConsumerName("ai", events.PriorityStat)
 	srv := statusPageWith(t, web.StatusPageOptions{
 		JS:         &testnats.PartialListing{JetStream: ns.JS, Hidden: map[string]bool{aiStat: true}, Unread: true},
