@@ -46,8 +46,11 @@ const (
 	// maxHeld bounds what one top-level element (with its sequences),
 	// or the elements before Pixel Data (held until the identifying
 	// values are known), may hold in memory; beyond it the instance is
-	// refused (ErrTooLarge).
-	maxHeld = 64 << 20
+	// refused (ErrTooLarge). Charged as the tree costs (elementCost),
+	// a header costs about 8 times its bytes on disk: 256 MiB lets an
+	// enhanced MR or CT of ~12,000 frames (per-frame functional groups,
+	// ~2.5 KB a frame on disk, ~20 KB in memory) through.
+	maxHeld = 256 << 20
 	// maxDepth bounds sequence nesting.
 	maxDepth = 32
 	// elementCost and itemCost are the heap bytes a held element and a

@@ -19,9 +19,9 @@ func emptyElements(b *bytes.Buffer, n int) {
 	}
 }
 
-// overheadFile is an explicit VR file whose body holds millions of
-// empty elements or items: ~32 MB that a decoder counting only value
-// bytes held as a tree ~15 times that size.
+// overheadFile is an explicit VR file whose body holds a million empty
+// elements or items: 8 MB that a decoder counting only value bytes held
+// as a tree ~15 times that size.
 func overheadFile(t *testing.T, body func(b *bytes.Buffer)) []byte {
 	t.Helper()
 	b := bytes.NewBuffer(testFile(t, syntaxExplicitLE, true, false, true, []*element{
@@ -33,7 +33,12 @@ func overheadFile(t *testing.T, body func(b *bytes.Buffer)) []byte {
 	return b.Bytes()
 }
 
-const overheadCount = 4 << 20 // 32 MiB of 8-byte headers
+const (
+	overheadCount = 1 << 20 // 8 MiB of 8-byte headers
+	// overheadLimit replaces maxHeld in these tests, so that they stay
+	// fast: the files charge 20 times it.
+	overheadLimit = 8 << 20
+)
 
 // TestRewriteChargesElementOverhead: a data set of millions of empty
 // elements (in a private sequence, at top level) or empty items is
@@ -41,7 +46,8 @@ const overheadCount = 4 << 20 // 32 MiB of 8-byte headers
 // hold, not only its values: counted by value bytes alone, a 32 MB file
 // built a tree of ~500 MB, and a few such instances at once ended the
 // forwarder. The bound compares the bytes allocated (deterministic,
-// unlike a sampled peak) to a generous multiple of the hold.
+// unlike a sampled peak) to a generous multiple of the hold, here
+// overheadLimit.
 func TestRewriteChargesElementOverhead(t *testing.T) {
 	tests := []struct {
 		name string
@@ -66,6 +72,7 @@ func TestRewriteChargesElementOverhead(t *testing.T) {
 		{"elements at top level", func(b *bytes.Buffer) { emptyElements(b, overheadCount) }},
 	}
 	d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+	d.heldLimit = overheadLimit
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := overheadFile(t, tt.body)
@@ -79,7 +86,7 @@ func TestRewriteChargesElementOverhead(t *testing.T) {
 			if !errors.Is(err, ErrTooLarge) {
 				t.Errorf("Rewrite: %v, want ErrTooLarge", err)
 			}
-			if limit := uint64(3 * maxHeld); allocated > limit {
+			if limit := uint64(3 * overheadLimit); allocated > limit {
 				t.Errorf("%d MB allocated, want at most %d MB (3 times the hold)", allocated>>20, limit>>20)
 			}
 		})
@@ -140,5 +147,59 @@ func TestElementCostCoversTheTree(t *testing.T) {
 				t.Errorf("%d bytes kept a %s, more than the %d charged", per, tt.name, tt.cost)
 			}
 		})
+	}
+}
+
+// enhancedMR is an enhanced multi-frame MR header as real ones are
+// built: a Per-frame Functional Groups Sequence of one item a frame, each
+// of 10 functional group sequences of one item of 9 short values (100
+// elements, ~2.6 KB a frame on disk, ~20 KB charged), and a few bytes of
+// Pixel Data.
+func enhancedMR(t *testing.T, frames int) []byte {
+	t.Helper()
+	groups := make([]*element, 10)
+	for g := range groups {
+		vals := make([]*element, 9)
+		for v := range vals {
+			vals[v] = str(Tag(0x00189100+uint32(v)), "DS", fmt.Sprintf("%016d", g*10+v))
+		}
+		groups[g] = seq(Tag(0x00209100+uint32(g)), item(vals...))
+	}
+	perFrame := make([][]*element, frames)
+	for i := range perFrame {
+		perFrame[i] = groups
+	}
+	return testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.4.1"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.2"),
+		str(tagPatientID, "LO", "PID-1"),
+		seq(0x52009230, perFrame...),
+		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	})
+}
+
+// TestRewritePassesEnhancedMultiframe: an enhanced MR of 5,000 frames
+// (13 MB of header, ~100 MB charged) is de-identified, its frames kept.
+// Under the 64 MiB hold it was refused (~3,600 frames at most).
+func TestRewritePassesEnhancedMultiframe(t *testing.T) {
+	const frames = 5000
+	in := enhancedMR(t, frames)
+	d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var out bytes.Buffer
+	_, err := d.Rewrite(&out, bytes.NewReader(in))
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatalf("Rewrite of a %d MB header: %v", len(in)>>20, err)
+	}
+	t.Logf("%d frames, %d MB file: %d MB allocated", frames, len(in)>>20, (after.TotalAlloc-before.TotalAlloc)>>20)
+	perFrame := find(parseFile(t, out.Bytes()).elements, 0x52009230)
+	if perFrame == nil {
+		t.Fatal("the copy has no Per-frame Functional Groups Sequence")
+	}
+	if n := len(perFrame.items); n != frames {
+		t.Errorf("the copy has %d per-frame items, want %d", n, frames)
 	}
 }

@@ -47,6 +47,8 @@ const (
 type Deidentifier struct {
 	k *Keyer
 	p *profile
+	// heldLimit replaces maxHeld when set (tests).
+	heldLimit int64
 }
 
 // New returns a Deidentifier for the basic profile with opts.
@@ -96,7 +98,7 @@ func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
 		readers.Put(br)
 		writers.Put(bw)
 	}()
-	rw := &rewrite{d: d, dec: &decoder{r: br}, w: bw}
+	rw := &rewrite{d: d, dec: &decoder{r: br, limit: d.heldLimit}, w: bw}
 	if err := rw.run(); err != nil {
 		return rw.inst, err
 	}

@@ -358,7 +358,7 @@ func TestCleanDescriptorsHaveVR(t *testing.T) {
 
 // TestRewriteHeaderOverHoldFailsClosed: a data set whose part before
 // Pixel Data is larger than the hold is refused (ErrTooLarge), not
-// written before its identifying values are known. The hold is 64 MiB;
+// written before its identifying values are known. The hold is 256 MiB;
 // the test lowers it to 1 MiB.
 func TestRewriteHeaderOverHoldFailsClosed(t *testing.T) {
 	lut := bytes.Repeat([]byte{1, 2}, 256<<10) // 512 KiB
