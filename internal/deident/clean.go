@@ -128,20 +128,31 @@ func (ids *identifiers) collect(els []*element, kept func(Tag, string) bool) {
 		for _, item := range el.items {
 			ids.collect(item, kept)
 		}
-		if el.seq || el.encapsulated || len(el.value) == 0 {
-			continue
-		}
-		kind := identifyingAttrs[el.tag]
-		if kind == 0 && el.knownVR() == "PN" {
-			kind = idName
-		}
-		if kind == 0 || el.tag.Private() || kept(el.tag, el.knownVR()) {
+		kind := identifying(el, kept)
+		if kind == 0 {
 			continue
 		}
 		for v := range bytes.SplitSeq(el.value, []byte(`\`)) {
 			ids.add(kind, v)
 		}
 	}
+}
+
+// identifying is the kind of identifying value el holds, 0 for none: a
+// value of an identifying attribute, or a person's name, not private and
+// not kept.
+func identifying(el *element, kept func(Tag, string) bool) idKind {
+	if el.seq || el.encapsulated || len(el.value) == 0 {
+		return 0
+	}
+	kind := identifyingAttrs[el.tag]
+	if kind == 0 && el.knownVR() == "PN" {
+		kind = idName
+	}
+	if kind == 0 || el.tag.Private() || kept(el.tag, el.knownVR()) {
+		return 0
+	}
+	return kind
 }
 
 func (ids *identifiers) add(kind idKind, v []byte) {

@@ -84,11 +84,15 @@ type decoder struct {
 	held int64 // bytes held in memory since the last reset
 	// limit replaces maxHeld when set (tests).
 	limit int64
-	// discard: values over streamThreshold are read past, not held
-	// (value returns nil): the element being read is dropped whole, and
-	// only its structure and small values (identifying values for the
-	// scrub) are needed.
+	// discard: the element being read is dropped whole (a sequence the
+	// profile removes or empties). Its structure is read, but only the
+	// values the scrub needs (identifying, kept telling the attributes
+	// the copy keeps, as identifiers.collect) are held and charged, in
+	// dropped: the rest of its tree is never built. Values over
+	// streamThreshold are read past.
 	discard bool
+	kept    func(Tag, string) bool
+	dropped []*element
 	buf     [8]byte
 }
 
@@ -167,8 +171,11 @@ func (d *decoder) value(tag Tag, n uint32) ([]byte, error) {
 		}
 		return nil, err
 	}
-	if err := d.hold(tag, int64(n)); err != nil {
-		return nil, err
+	// Dropped, a value is charged only if it is kept (dropLeaf).
+	if !d.discard {
+		if err := d.hold(tag, int64(n)); err != nil {
+			return nil, err
+		}
 	}
 	if n <= 64<<10 {
 		b := make([]byte, n)
@@ -239,8 +246,10 @@ func (d *decoder) isSequence(tag Tag, vr string, n uint32) bool {
 
 // readBody reads the value of an element whose header was read.
 func (d *decoder) readBody(tag Tag, vr string, n uint32, explicit bool, depth int) (*element, error) {
-	if err := d.hold(tag, elementCost); err != nil {
-		return nil, err
+	if !d.discard || depth == 0 { // the dropped element itself is returned
+		if err := d.hold(tag, elementCost); err != nil {
+			return nil, err
+		}
 	}
 	el := &element{tag: tag, vr: vr}
 	switch {
@@ -265,6 +274,12 @@ func (d *decoder) readBody(tag Tag, vr string, n uint32, explicit bool, depth in
 			}
 			if t != tagItem {
 				return nil, fmt.Errorf("%w: encapsulated Pixel Data holds %s, not an item, at byte %d", ErrMalformed, t, d.pos)
+			}
+			if d.discard {
+				if _, err := d.value(tag, m); err != nil {
+					return nil, err
+				}
+				continue
 			}
 			if err := d.hold(tag, itemCost); err != nil {
 				return nil, err
@@ -309,6 +324,12 @@ func (d *decoder) items(tag Tag, n uint32, explicit bool, depth int) ([][]*eleme
 		if t != tagItem {
 			return nil, fmt.Errorf("%w: sequence %s holds %s, not an item, at byte %d", ErrMalformed, tag, t, d.pos)
 		}
+		if d.discard {
+			if _, err := d.item(m, explicit, depth); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err := d.hold(tag, itemCost); err != nil {
 			return nil, err
 		}
@@ -338,16 +359,43 @@ func (d *decoder) item(n uint32, explicit bool, depth int) ([]*element, error) {
 		if t.Group() == 0xFFFE {
 			return nil, fmt.Errorf("%w: item holds %s at byte %d", ErrMalformed, t, d.pos)
 		}
+		if d.discard && !d.isSequence(t, vr, m) && (m != undefinedLength || t != tagPixelData) {
+			if err := d.dropLeaf(t, vr, m); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		el, err := d.readBody(t, vr, m, explicit, depth)
 		if err != nil {
 			return nil, err
 		}
-		els = append(els, el)
+		if !d.discard {
+			els = append(els, el)
+		}
 	}
 	if d.pos != end {
 		return nil, fmt.Errorf("%w: item overruns its length at byte %d", ErrMalformed, d.pos)
 	}
 	return els, nil
+}
+
+// dropLeaf reads the value of an element inside a dropped one, holding
+// it (in dropped, charged) only if it is identifying. Nothing else is
+// allocated for it beyond the value's bytes.
+func (d *decoder) dropLeaf(tag Tag, vr string, n uint32) error {
+	v, err := d.value(tag, n)
+	if err != nil {
+		return err
+	}
+	el := element{tag: tag, vr: vr, value: v}
+	if identifying(&el, d.kept) == 0 {
+		return nil
+	}
+	if err := d.hold(tag, elementCost+int64(len(v))); err != nil {
+		return err
+	}
+	d.dropped = append(d.dropped, &element{tag: tag, vr: vr, value: v})
+	return nil
 }
 
 func noEOF(err error, in Tag) error {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -40,36 +41,51 @@ const (
 	overheadLimit = 8 << 20
 )
 
-// TestRewriteChargesElementOverhead: a data set of millions of empty
-// elements (in a private sequence, at top level) or empty items is
-// refused as too large once what its tree costs in memory reaches the
-// hold, not only its values: counted by value bytes alone, a 32 MB file
-// built a tree of ~500 MB, and a few such instances at once ended the
-// forwarder. The bound compares the bytes allocated (deterministic,
-// unlike a sampled peak) to a generous multiple of the hold, here
-// overheadLimit.
+// TestRewriteChargesElementOverhead: a data set of a million empty
+// elements (in a sequence, at top level) or empty items is refused as too
+// large once what its tree costs in memory reaches the hold, not only its
+// values: counted by value bytes alone, a 32 MB file built a tree of
+// ~500 MB, and a few such instances at once ended the forwarder. In a
+// sequence the copy drops (a private one), none of it is held: the
+// instance is de-identified. The bound compares the bytes allocated
+// (deterministic, unlike a sampled peak) to a generous multiple of the
+// hold, here overheadLimit.
 func TestRewriteChargesElementOverhead(t *testing.T) {
-	tests := []struct {
-		name string
-		body func(b *bytes.Buffer)
-	}{
-		{"elements in a private sequence", func(b *bytes.Buffer) {
-			_ = writeElement(b, str(0x00090010, "LO", "ACME 1.0"), true)
-			_ = writeHeader(b, 0x00091010, "SQ", undefinedLength, true)
+	elements := func(tag Tag) func(b *bytes.Buffer) {
+		return func(b *bytes.Buffer) {
+			_ = writeHeader(b, tag, "SQ", undefinedLength, true)
 			_ = writeHeader(b, tagItem, "", undefinedLength, false)
 			emptyElements(b, overheadCount)
 			_ = writeHeader(b, tagItemDelim, "", 0, false)
 			_ = writeHeader(b, tagSeqDelim, "", 0, false)
-		}},
-		{"empty items in a private sequence", func(b *bytes.Buffer) {
-			_ = writeElement(b, str(0x00090010, "LO", "ACME 1.0"), true)
-			_ = writeHeader(b, 0x00091010, "SQ", undefinedLength, true)
+		}
+	}
+	items := func(tag Tag) func(b *bytes.Buffer) {
+		return func(b *bytes.Buffer) {
+			_ = writeHeader(b, tag, "SQ", undefinedLength, true)
 			for range overheadCount {
 				_ = writeHeader(b, tagItem, "", 0, false)
 			}
 			_ = writeHeader(b, tagSeqDelim, "", 0, false)
-		}},
-		{"elements at top level", func(b *bytes.Buffer) { emptyElements(b, overheadCount) }},
+		}
+	}
+	private := func(body func(b *bytes.Buffer)) func(b *bytes.Buffer) {
+		return func(b *bytes.Buffer) {
+			_ = writeElement(b, str(0x00090010, "LO", "ACME 1.0"), true)
+			body(b)
+		}
+	}
+	const perFrame = 0x52009230 // a sequence the copy keeps
+	tests := []struct {
+		name string
+		body func(b *bytes.Buffer)
+		want error
+	}{
+		{"elements in a kept sequence", elements(perFrame), ErrTooLarge},
+		{"empty items in a kept sequence", items(perFrame), ErrTooLarge},
+		{"elements at top level", func(b *bytes.Buffer) { emptyElements(b, overheadCount) }, ErrTooLarge},
+		{"elements in a private sequence", private(elements(0x00091010)), nil},
+		{"empty items in a private sequence", private(items(0x00091010)), nil},
 	}
 	d := newTestDeidentifier(t, Options{CleanDescriptors: true})
 	d.heldLimit = overheadLimit
@@ -83,8 +99,8 @@ func TestRewriteChargesElementOverhead(t *testing.T) {
 			runtime.ReadMemStats(&after)
 			allocated := after.TotalAlloc - before.TotalAlloc
 			t.Logf("%d MB file: %d MB allocated: %v", len(in)>>20, allocated>>20, err)
-			if !errors.Is(err, ErrTooLarge) {
-				t.Errorf("Rewrite: %v, want ErrTooLarge", err)
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Errorf("Rewrite: %v, want %v", err, tt.want)
 			}
 			if limit := uint64(3 * overheadLimit); allocated > limit {
 				t.Errorf("%d MB allocated, want at most %d MB (3 times the hold)", allocated>>20, limit>>20)
@@ -201,5 +217,54 @@ func TestRewritePassesEnhancedMultiframe(t *testing.T) {
 	}
 	if n := len(perFrame.items); n != frames {
 		t.Errorf("the copy has %d per-frame items, want %d", n, frames)
+	}
+}
+
+// TestRewriteDoseReportContentNotHeld: an X-Ray Radiation Dose SR of
+// 40,000 NUM content items (~8 MB) is de-identified, its Content Sequence
+// emptied: the sequence the copy drops is read without building its tree
+// (~90 MB charged when it was), only its identifying values held, and
+// they still count for the scrub. The hold is lowered to 16 MiB.
+func TestRewriteDoseReportContentNotHeld(t *testing.T) {
+	code := func(value, scheme, meaning string) []*element {
+		return item(str(0x00080100, "SH", value), str(0x00080102, "SH", scheme), str(0x00080104, "LO", meaning))
+	}
+	num := item(
+		str(0x0040A010, "CS", "CONTAINS"),
+		str(0x0040A040, "CS", "NUM"),
+		seq(0x0040A043, code("113838", "DCM", "DLP")),
+		seq(0x0040A300, item(
+			seq(0x004008EA, code("mGy.cm", "UCUM", "mGy.cm")),
+			str(0x0040A30A, "DS", "123.45"),
+		)),
+	)
+	const count = 40_000
+	content := make([][]*element, count)
+	for i := range content {
+		content[i] = num
+	}
+	// A person observer's name, deep in the report, is an identifying value.
+	content[count/2] = item(str(0x0040A010, "CS", "HAS OBS CONTEXT"), str(0x0040A040, "CS", "PNAME"),
+		str(0x0040A123, "PN", "Roe^Richard"))
+	in := testFile(t, syntaxExplicitLE, true, false, true, []*element{
+		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.88.67"),
+		str(tagSOPInstanceUID, "UI", "1.2.3.9.3"),
+		str(tagPatientID, "LO", "PID-1"),
+		str(0x00204000, "LT", "checked by Roe"),
+		seq(0x0040A730, content...),
+	})
+	d := newTestDeidentifier(t, Options{CleanDescriptors: true})
+	d.heldLimit = 16 << 20
+	var out bytes.Buffer
+	if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatalf("Rewrite of a %d MB dose report: %v", len(in)>>20, err)
+	}
+	t.Logf("%d KB dose report, %d KB copy", len(in)>>10, out.Len()>>10)
+	got := parseFile(t, out.Bytes()).elements
+	if c := find(got, 0x0040A730); c == nil || len(c.items) != 0 {
+		t.Errorf("Content Sequence %+v, want present and empty", c)
+	}
+	if c := find(got, 0x00204000); c == nil || strings.Contains(string(c.value), "Roe") {
+		t.Errorf("Image Comments %+v, want kept without the observer's name", c)
 	}
 }

@@ -280,11 +280,17 @@ func (rw *rewrite) run() error {
 				rw.dec.held = 0
 			}
 			// A sequence the copy drops (a private one, a Content
-			// Sequence emptied): its large values are read past, not
-			// held, so that they cannot make the instance too large.
+			// Sequence emptied): read without building its tree, only
+			// its identifying values held, so that what is not sent
+			// cannot make the instance too large.
 			rw.dec.discard = sequence && (a == actRemove || a == actEmpty)
+			rw.dec.kept = rw.kept
 			el, err = rw.dec.readBody(tag, vr, n, rw.explicit, 0)
-			rw.dec.discard = false
+			dropped := rw.dec.dropped
+			rw.dec.discard, rw.dec.dropped = false, nil
+			// Nothing is written before the next top-level element: its
+			// identifying values count for the text the copy keeps.
+			rw.ids.collect(dropped, rw.kept)
 			if err != nil {
 				if errors.Is(err, ErrTooLarge) && !flushed {
 					return fmt.Errorf("%w; the elements before Pixel Data are held whole until the identifying values are known", err)
