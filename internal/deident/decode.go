@@ -47,7 +47,7 @@ const (
 	// or the elements before Pixel Data (held until the identifying
 	// values are known), may hold in memory; beyond it the instance is
 	// refused (ErrTooLarge). Charged as the tree costs (elementCost),
-	// a header costs about 8 times its bytes on disk: 256 MiB lets an
+	// a header costs 8 to 10 times its bytes on disk: 256 MiB lets an
 	// enhanced MR or CT of ~12,000 frames (per-frame functional groups,
 	// ~2.5 KB a frame on disk, ~20 KB in memory) through.
 	maxHeld = 256 << 20
