@@ -164,7 +164,8 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			if len(all) > 1 {
 				o.Release = releaseFunc(all, routes, ledgers)
 				if d.Name == all[0].Name {
-					// Every group knows the same first destination.
+					// Every group lists DESTINATIONS in the same order
+					// (operations.md), so one group counts each study.
 					o.Unselected = unselectedFunc(all, routes)
 				}
 				if routes[d.Name] != nil {

@@ -179,7 +179,14 @@ func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable,
 	switch {
 	case f.opts.Unselected != nil:
 		var err error
-		if n, err = f.opts.Unselected(ctx, ev, rep.listed); err != nil {
+		n, err = f.opts.Unselected(ctx, ev, rep.listed)
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			// Gone: another destination's forwarder, the last to store
+			// it, deleted it since it was listed; buffer mode deletes
+			// only what some destination selects, so none was unselected.
+			return
+		}
+		if err != nil {
 			if ctx.Err() == nil { // shutdown stops it, as the deletes
 				log.Warn("instances no destination selects not counted: the destinations' rules could not be applied", "err", err)
 			}

@@ -251,3 +251,73 @@ func TestUnselectedQuietAtShutdown(t *testing.T) {
 		t.Errorf("logged at shutdown: %s", logged.String())
 	}
 }
+
+// kept_unselected is counted over the study as it was listed, before this
+// forward's own deletes: the rules read a deleted series without its
+// modality, and a study deleted whole not at all. orthancRules stands
+// for every destination's rules (one CT|MR, one CT) reading Orthanc: the
+// SRs are selected by none, and an instance no longer in the source
+// reads as one no rule selects, a study with none left as not found.
+func TestUnselectedCountedBeforeDeletes(t *testing.T) {
+	tests := []struct {
+		name     string
+		sr       int  // the study's last sr instances are SRs
+		gone     bool // another destination's forwarder deleted the study since it was listed
+		wantKept float64
+	}{
+		{name: "part released: the SRs stay", sr: 2, wantKept: 2},
+		{name: "all released", sr: 0},
+		{name: "deleted whole by another destination", sr: 0, gone: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := &sink{}
+			srv := httptest.NewServer(k.handler(nil))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			ev := testEvent()
+			src := newMemSource(6)
+			sr := map[string]bool{}
+			for _, in := range src.instances[len(src.instances)-tt.sr:] {
+				sr[in.ID] = true
+			}
+			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
+			orthancRules := func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (int, error) {
+				left := slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return slices.Contains(cleaner.deleted, in.ID) })
+				if len(left) == 0 || tt.gone {
+					return 0, fmt.Errorf("GET /studies/%s: %w", ev.OrthancStudyID, orthancapi.ErrNotFound)
+				}
+				n := len(listed) - len(left) // their series are gone: no modality
+				for _, in := range left {
+					if sr[in.ID] {
+						n++
+					}
+				}
+				return n, nil
+			}
+			var logged bytes.Buffer
+			f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+				o.Registerer = prometheus.NewRegistry()
+				o.Logger = slog.New(slog.NewTextHandler(&logged, nil))
+				o.Router = leaving(sr)
+				o.Completed = recordedOK
+				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+				o.Release = func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
+					return slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return sr[in.ID] }), nil
+				}
+				o.Unselected = orthancRules
+			})
+			f.handle(t.Context(), deliverOne(t, ns, cons, ev), "")
+			if want := len(src.instances) - tt.sr; len(cleaner.deleted) != want {
+				t.Errorf("deleted %d, want %d", len(cleaner.deleted), want)
+			}
+			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != tt.wantKept {
+				t.Errorf("kept_unselected = %v, want %v", got, tt.wantKept)
+			}
+			if strings.Contains(logged.String(), "not counted") {
+				t.Errorf("warned: %s", logged.String())
+			}
+		})
+	}
+}

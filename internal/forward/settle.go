@@ -82,6 +82,13 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	// was not confirmed is deleted too: if the ack did arrive, no delivery
 	// comes to delete it, and it stayed in Orthanc for good; if it did
 	// not, the next delivery finds it gone and the ledger says it is done.
+	// What no destination selects stays whatever the deletes do; counted
+	// before them, over the study as it was listed: after them, its
+	// deleted series no longer tell the rules their modality, and a study
+	// deleted whole is not found.
+	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && f.opts.CleanerFor != nil {
+		f.countUnselected(ctx, a.Event, rep, log)
+	}
 	if (result == ResultForwarded || result == ResultAckFailed) && f.opts.CleanerFor != nil {
 		if recorded {
 			f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
@@ -90,10 +97,6 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 				"until 'forwarder audit --destination NAME --enqueue', run once the ledger takes writes again, queues it again", "instances", len(rep.forwarded))
 			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(rep.forwarded)))
 		}
-	}
-	// What no destination selects stays whatever the deletes did.
-	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && f.opts.CleanerFor != nil {
-		f.countUnselected(ctx, a.Event, rep, log)
 	}
 }
 
