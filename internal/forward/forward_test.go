@@ -585,6 +585,7 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 			}
 			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 				o.Registerer = prometheus.NewRegistry()
+				o.Completed = recordedOK
 				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 				o.Release = tt.release
 			})
