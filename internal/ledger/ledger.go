@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -246,11 +247,27 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 			continue // another replica recorded it first: compare again
 		}
 		if err != nil {
-			return fmt.Errorf("ledger: write %s: %w", key, natsjs.StorageFull(err))
+			return fmt.Errorf("ledger: write %s: %w", key, natsjs.StorageFull(l.refused(err)))
 		}
 		return nil
 	}
 	return fmt.Errorf("ledger: write %s: still conflicting after %d attempts", key, maxAttempts)
+}
+
+// refused is err, a write that timed out, as the refusal it was when the
+// connection's last error is NATS refusing this client a publish to the
+// bucket: nats-server drops a publish the user may not make and says so
+// only asynchronously, so the write times out as during a leader
+// election, which callers wait through (forward's whileUnanswered).
+func (l *Ledger) refused(err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		return err
+	}
+	last := l.js.Conn().LastError()
+	if !errors.Is(last, nats.ErrPermissionViolation) || !strings.Contains(last.Error(), `"$KV.`+l.kv.Bucket()+`.`) {
+		return err
+	}
+	return fmt.Errorf("%w (this NATS user may not publish to $KV.%s.>: docs/nats-permissions.md)", last, l.kv.Bucket())
 }
 
 func encode(r Record) ([]byte, error) {

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/ledger"
@@ -251,5 +253,49 @@ func TestReadsComeFromTheStreamLeader(t *testing.T) {
 	// Completed reads once, Lookup once: 3 Lookups, 2 Completed.
 	if leaderGets != 5 {
 		t.Errorf("%d reads from the stream leader, want 5", leaderGets)
+	}
+}
+
+// A write its NATS user may not publish is refused by nats-server only
+// asynchronously: the write times out as in a leader election, which
+// callers wait through. The ledger returns the refusal instead, so
+// buffer mode's worker is not held for it (docs/nats-permissions.md).
+func TestWriteRefusedByPermissions(t *testing.T) {
+	const pass = "reader-nats-password-0123"
+	ns := testnats.StartWith(t, func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "admin", Password: "admin-nats-password-0123"},
+			{Username: "reader", Password: pass, Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+			}},
+		}
+		o.NoAuthUser = "admin"
+	})
+	if _, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, "ai"); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := ns.Connect(nats.UserInfo("reader", pass), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ledger.Open(t.Context(), js, "ai")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Lookup(t.Context(), "a", studyID); !errors.Is(err, ledger.ErrNotRecorded) {
+		t.Fatalf("Lookup: %v, want ErrNotRecorded (the user may read)", err)
+	}
+	err = l.Completed(t.Context(), event("a", "20261126T100000"), ledger.Outcome{NotSelected: true})
+	if !errors.Is(err, nats.ErrPermissionViolation) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		t.Fatalf("write refused: err = %v, want a permissions violation, not a time-out", err)
+	}
+	if !strings.Contains(err.Error(), "$KV.") {
+		t.Errorf("err %q does not name the subject to grant", err)
 	}
 }
