@@ -62,7 +62,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		// Through a JetStream leader election, as Release: a meta-leader
 		// election in a rolling restart fails it for every study then.
 		var others []string
-		err := whileUnanswered(ctx, func() (err error) {
+		err := f.whileUnanswered(ctx, func(ctx context.Context) (err error) {
 			others, err = f.opts.Unconfigured(ctx)
 			return err
 		})
@@ -84,7 +84,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	if f.opts.Release != nil {
 		// Through a JetStream leader election, as the ledger's writes.
 		var released []orthancapi.Instance
-		err := whileUnanswered(ctx, func() (err error) {
+		err := f.whileUnanswered(ctx, func(ctx context.Context) (err error) {
 			released, err = f.opts.Release(ctx, ev, listed)
 			return err
 		})
@@ -93,7 +93,11 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			return
 		}
 		if err != nil {
-			log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so", "err", err)
+			// A NATS user lacking the write of a destination's ledger
+			// (docs/nats-permissions.md) reads as a permissions violation
+			// when the ledger can tell it, else as JetStream not answering.
+			log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so "+
+				"(JetStream not answering, or this forwarder's NATS user may not write that destination's ledger); it stays in Orthanc", "err", err)
 			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
 			return
 		}
@@ -164,6 +168,16 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		return
 	}
 	log.Info("forwarded instances deleted from the source", "deleted", deleted)
+}
+
+// whileUnanswered is buffer mode's whileUnanswered, for at most
+// unansweredFor: past a leader election a write still unanswered is no
+// election (a publish the NATS user may not make times out alike), and
+// the worker would hold the study's turn until shutdown.
+func (f *Forwarder) whileUnanswered(ctx context.Context, ask func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, f.unansweredFor)
+	defer cancel()
+	return whileUnanswered(ctx, func() error { return ask(ctx) })
 }
 
 // countUnselected counts as kept_unselected the instances of a study that

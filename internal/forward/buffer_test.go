@@ -11,7 +11,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -319,5 +321,38 @@ func TestUnselectedCountedBeforeDeletes(t *testing.T) {
 				t.Errorf("warned: %s", logged.String())
 			}
 		})
+	}
+}
+
+// Buffer mode asks JetStream again while it does not answer, through a
+// leader election, but not for ever: a ledger write the NATS user may not
+// make times out alike, and the worker held the study's turn until
+// shutdown. Past the bound the deletes count failed, and the warning
+// names the possible cause.
+func TestReleaseUnansweredBounded(t *testing.T) {
+	ev := testEvent()
+	instances := newMemSource(3).instances
+	cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
+	var logged bytes.Buffer
+	f := newForwarder(t, newMemSource(3), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.Registerer = prometheus.NewRegistry()
+		o.Completed = recordedOK
+		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+		o.Release = func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
+			return nil, fmt.Errorf("ledger: write: %w", nats.ErrTimeout)
+		}
+	})
+	f.unansweredFor = time.Second
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	f.deleteForwarded(ctx, ev, instances, instances, slog.New(slog.NewTextHandler(&logged, nil)))
+	if ctx.Err() != nil {
+		t.Fatal("buffer mode asked JetStream again until its worker's context ended")
+	}
+	if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("failed")); got != 3 || len(cleaner.deleted) > 0 {
+		t.Errorf("failed = %v, deleted %v; want 3 failed, none deleted", got, cleaner.deleted)
+	}
+	if !strings.Contains(logged.String(), "may not write that destination's ledger") {
+		t.Errorf("the warning does not name a missing permission: %s", logged.String())
 	}
 }

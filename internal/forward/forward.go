@@ -293,6 +293,10 @@ type Forwarder struct {
 	// retention is the event stream's MaxAge as last read
 	// (setRetention), in nanoseconds; 0: not known.
 	retention atomic.Int64
+	// unansweredFor bounds how long buffer mode asks JetStream again
+	// while it does not answer (deleteForwarded): settleTimeout, past a
+	// leader election; tests shorten it.
+	unansweredFor time.Duration
 }
 
 // New validates opts and returns a Forwarder.
@@ -375,7 +379,7 @@ func New(opts Options) (*Forwarder, error) {
 		canDeadLetter: opts.DeadLetters != nil,
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
-		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{})}
+		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{}), unansweredFor: settleTimeout}
 	m.laneAge.setClock(fw.plan.now)
 	fw.retention.Store(int64(opts.EventsRetention))
 	m.retention.Set(opts.EventsRetention.Seconds())
