@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
@@ -311,7 +312,7 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 	for _, d := range a.opts.Destinations {
 		f := Finding{Destination: d.Name, Source: source, OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID,
 			LastUpdate: st.LastUpdate, Reason: ReasonNeverForwarded}
-		rec, err := d.Records.Lookup(ctx, source, st.ID)
+		rec, err := lookupThroughElection(ctx, d.Records, source, st.ID)
 		switch {
 		case errors.Is(err, ErrNotRecorded):
 		case err != nil:
@@ -330,6 +331,43 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 		sum.Forwarded++
 	}
 	return out, forwardedAt, nil
+}
+
+// electionWait bounds how long the audit reads a record again while
+// JetStream does not answer: a cluster electing the leader of a ledger's
+// stream (4 to 9 s) answers nobody, and Lookup reads from the leader.
+// electionRetry is the pause between two reads.
+const (
+	electionWait  = 30 * time.Second
+	electionRetry = time.Second
+)
+
+// lookupThroughElection is r.Lookup, read again while JetStream does not
+// answer, for at most electionWait: the audit stopped at the first such
+// read, a whole run lost to a rolling restart of the NATS cluster.
+func lookupThroughElection(ctx context.Context, r Records, source, id string) (Record, error) {
+	deadline := time.Now().Add(electionWait)
+	for {
+		rec, err := r.Lookup(ctx, source, id)
+		if !unanswered(err) || ctx.Err() != nil || time.Now().Add(electionRetry).After(deadline) {
+			return rec, err
+		}
+		t := time.NewTimer(electionRetry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return rec, err
+		case <-t.C:
+		}
+	}
+}
+
+// unanswered reports a read JetStream did not answer (no leader yet).
+func unanswered(err error) bool {
+	if api, ok := errors.AsType[*jetstream.APIError](err); ok {
+		return api.Code == 503
+	}
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // enqueue publishes the study's event for the destinations that lack it:

@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -511,5 +512,37 @@ func TestAuditSeesCopiesQueuedForOneDestination(t *testing.T) {
 				t.Errorf("summary %+v, %v, published for %q; want %+v, published for %q", sum, err, published, tt.want, tt.published)
 			}
 		})
+	}
+}
+
+// electing records answers as a ledger's stream without a leader for its
+// first unanswered reads (503), then as recorded.
+type electing struct {
+	unanswered int
+	rec        ledger.Record
+}
+
+func (e *electing) Lookup(context.Context, string, string) (ledger.Record, error) {
+	if e.unanswered > 0 {
+		e.unanswered--
+		return ledger.Record{}, fmt.Errorf("ledger: read: %w", &jetstream.APIError{Code: 503, Description: "JetStream system temporarily unavailable"})
+	}
+	return e.rec, nil
+}
+
+// A ledger read that JetStream does not answer, as while a NATS cluster
+// elects its leader, is read again: the audit stopped at it.
+func TestAuditReadsThroughALeaderElection(t *testing.T) {
+	study := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500", IsStable: true}
+	a, err := ledger.NewAuditor(ledger.AuditOptions{
+		Sources:      []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
+		Destinations: []ledger.Destination{{Name: "ai", Records: &electing{unanswered: 1, rec: ledger.Record{LastUpdate: study.LastUpdate}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := a.Run(t.Context(), false, func(f ledger.Finding) error { t.Errorf("finding %+v", f); return nil })
+	if err != nil || sum.Forwarded != 1 {
+		t.Errorf("summary %+v, err %v; want the study forwarded, no error", sum, err)
 	}
 }
