@@ -356,3 +356,40 @@ func TestReleaseUnansweredBounded(t *testing.T) {
 		t.Errorf("the warning does not name a missing permission: %s", logged.String())
 	}
 }
+
+// A study the destination's rules select none of, whose ack was not
+// confirmed, has nothing of this destination's to delete: it counted the
+// whole listing as deleted, gone, failed or waiting by its outcome, and
+// released the others' instances besides.
+func TestUnconfirmedNotSelectedDeletesNothing(t *testing.T) {
+	k := &sink{}
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	ev := testEvent()
+	src := newMemSource(2)
+	cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
+	f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+		o.Registerer = prometheus.NewRegistry()
+		o.Router = leaving{src.instances[0].ID: true, src.instances[1].ID: true}
+		o.Completed = recordedOK
+		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+		// The others stored it all (their last one released it).
+		o.Release = func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
+			return listed, nil
+		}
+	})
+	f.handle(t.Context(), arrivedAck{deliverOne(t, ns, cons, ev)}, "")
+	if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultAckFailed))); n != 1 {
+		t.Fatalf("studies_total{result=ack_failed} = %v, want 1", n)
+	}
+	if len(cleaner.deleted) > 0 {
+		t.Errorf("deleted %v", cleaner.deleted)
+	}
+	for _, result := range []string{"deleted", "gone", "failed", "skipped", "waiting"} {
+		if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(result)); got != 0 {
+			t.Errorf("source_deletes_total{result=%s} = %v, want 0", result, got)
+		}
+	}
+}

@@ -76,12 +76,6 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	f.m.studies.WithLabelValues(string(result)).Inc()
 	recordOutcome(trace.SpanFromContext(ctx), result, d.class, rep)
 	f.obs.Finished(a, result, rep)
-	// Deleted only once the ledger holds the forward: a later event of
-	// the study finding it gone would be dead-lettered as source-missing,
-	// and the audit could not tell it was forwarded. A study whose ack
-	// was not confirmed is deleted too: if the ack did arrive, no delivery
-	// comes to delete it, and it stayed in Orthanc for good; if it did
-	// not, the next delivery finds it gone and the ledger says it is done.
 	// What no destination selects stays whatever the deletes do; counted
 	// before them, over the study as it was listed: after them, its
 	// deleted series no longer tell the rules their modality, and a study
@@ -89,7 +83,16 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && f.opts.CleanerFor != nil {
 		f.countUnselected(ctx, a.Event, rep, log)
 	}
-	if (result == ResultForwarded || result == ResultAckFailed) && f.opts.CleanerFor != nil {
+	// Deleted only once the ledger holds the forward: a later event of
+	// the study finding it gone would be dead-lettered as source-missing,
+	// and the audit could not tell it was forwarded. A study whose ack
+	// was not confirmed is deleted too: if the ack did arrive, no delivery
+	// comes to delete it, and it stayed in Orthanc for good; if it did
+	// not, the next delivery finds it gone and the ledger says it is done.
+	// A study the destination's rules select none of has nothing of its
+	// own to delete (an ack not confirmed comes here): the destinations
+	// that select it release it.
+	if (result == ResultForwarded || result == ResultAckFailed) && !rep.NotSelected && f.opts.CleanerFor != nil {
 		if recorded {
 			f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
 		} else if len(rep.forwarded) > 0 && result == ResultAckFailed {
