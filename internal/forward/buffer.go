@@ -25,13 +25,23 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	// stake is what a failure below leaves in Orthanc. With several
 	// destinations, one that kept all it was sent (conflicts skipped,
 	// instances coerced) may be the last to store the study: it releases
-	// what the others sent, and a failure leaves those.
+	// what the others sent, and a failure leaves those. Release is asked
+	// first then, so that a failure counts those, not the whole listing.
 	stake := len(instances)
-	if stake == 0 && f.opts.Release != nil {
-		stake = len(listed)
-	}
+	var released []orthancapi.Instance
+	releasedYet := false
 	if stake == 0 {
-		return
+		if f.opts.Release == nil {
+			return
+		}
+		var ok bool
+		if released, ok = f.release(ctx, ev, listed, len(listed), log); !ok {
+			return
+		}
+		releasedYet, stake = true, len(released)
+		if stake == 0 {
+			return // another destination has not stored it: it releases them
+		}
 	}
 	c, err := f.opts.CleanerFor(ev.Source)
 	if err != nil {
@@ -82,24 +92,11 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		}
 	}
 	if f.opts.Release != nil {
-		// Through a JetStream leader election, as the ledger's writes.
-		var released []orthancapi.Instance
-		err := f.whileUnanswered(ctx, func(ctx context.Context) (err error) {
-			released, err = f.opts.Release(ctx, ev, listed)
-			return err
-		})
-		if errors.Is(err, orthancapi.ErrNotFound) {
-			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
-			return
-		}
-		if err != nil {
-			// A NATS user lacking the write of a destination's ledger
-			// (docs/nats-permissions.md) reads as a permissions violation
-			// when the ledger can tell it, else as JetStream not answering.
-			log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so "+
-				"(JetStream not answering, or this forwarder's NATS user may not write that destination's ledger); it stays in Orthanc", "err", err)
-			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
-			return
+		if !releasedYet {
+			var ok bool
+			if released, ok = f.release(ctx, ev, listed, stake, log); !ok {
+				return
+			}
 		}
 		// Its own instances left out; those of others it releases count
 		// in what follows.
@@ -168,6 +165,29 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		return
 	}
 	log.Info("forwarded instances deleted from the source", "deleted", deleted)
+}
+
+// release is Options.Release, asked through a JetStream leader election,
+// as the ledger's writes; !ok: it failed, counted as stake's.
+func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance, stake int, log *slog.Logger) (released []orthancapi.Instance, ok bool) {
+	err := f.whileUnanswered(ctx, func(ctx context.Context) (err error) {
+		released, err = f.opts.Release(ctx, ev, listed)
+		return err
+	})
+	if errors.Is(err, orthancapi.ErrNotFound) {
+		f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
+		return nil, false
+	}
+	if err != nil {
+		// A NATS user lacking the write of a destination's ledger
+		// (docs/nats-permissions.md) reads as a permissions violation
+		// when the ledger can tell it, else as JetStream not answering.
+		log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so "+
+			"(JetStream not answering, or this forwarder's NATS user may not write that destination's ledger); it stays in Orthanc", "err", err)
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
+		return nil, false
+	}
+	return released, true
 }
 
 // whileUnanswered is buffer mode's whileUnanswered, for at most

@@ -566,10 +566,13 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 	tests := []struct {
 		name        string
 		release     func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error)
+		changed     bool // the study changed since its event
 		wantDeleted []string
 		want        [5]float64 // deleted, failed, skipped, gone, waiting
 	}{
 		{name: "the others' released", release: releasing("a", "b"), wantDeleted: []string{"a", "b"}, want: [5]float64{2, 0, 0, 0, 0}},
+		// What it would have released counts, not the whole listing.
+		{name: "the others' released, the study changed", release: releasing("a", "b"), changed: true, want: [5]float64{0, 0, 2, 0, 0}},
 		{name: "another one not done", release: releasing()},
 		{name: "ledgers unreadable", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
 			return nil, errors.New("JetStream refused")
@@ -582,6 +585,9 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 			cleaner := &memCleaner{lastUpdate: "20261126T100000"}
 			if tt.release == nil {
 				cleaner.studyErr = errors.New("timeout")
+			}
+			if tt.changed {
+				cleaner.lastUpdate = "20261126T110000"
 			}
 			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 				o.Registerer = prometheus.NewRegistry()
