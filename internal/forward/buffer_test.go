@@ -393,3 +393,36 @@ func TestUnconfirmedNotSelectedDeletesNothing(t *testing.T) {
 		}
 	}
 }
+
+// A conflict replaced is recorded as replaced: the ledger's record of
+// the same state, which an earlier delivery made keeping that instance
+// (a conflict skipped before STOW_ON_CONFLICT became replace), keeps it
+// no more, and buffer mode deletes its original once stored.
+func TestReplacedConflictRecorded(t *testing.T) {
+	const sop = "1.2.3.1" // newMemSource(1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/dicom+json")
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusConflict)
+			fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}]}}`, sop, dicomweb.FailureAzureAlreadyExists)
+			return
+		}
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]}}]}}`, sop)
+	}))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	var comps []Completion
+	f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+		o.Conflicts = ConflictPolicy{Action: ConflictReplace, Method: ReplacePut,
+			Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+		o.Completed = func(_ context.Context, _ *events.StudyStable, c Completion) error {
+			comps = append(comps, c)
+			return nil
+		}
+	})
+	f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
+	if len(comps) != 1 || !slices.Equal(comps[0].Replaced, []string{sop}) || len(comps[0].Kept) > 0 {
+		t.Errorf("completions %+v, want one replacing %s, keeping nothing", comps, sop)
+	}
+}

@@ -172,7 +172,7 @@ func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable
 	if f.opts.Completed == nil {
 		return false
 	}
-	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept}
+	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept, Replaced: rep.replaced}
 	if err := f.recordCompleted(ctx, ev, c); err != nil {
 		log.Warn("study forwarded but not recorded as completed", "err", err)
 		return false

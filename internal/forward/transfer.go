@@ -52,6 +52,9 @@ type Report struct {
 	// (Completion.Kept).
 	selected []orthancapi.Instance
 	kept     []string
+	// replaced are the SOP Instance UIDs of the conflicts replaced
+	// (Completion.Replaced).
+	replaced []string
 	// forwardedBefore: the study is no longer in the source, and the
 	// destination's ledger holds this state of it or a newer one
 	// (Options.Forwarded): acked, the ledger left as it is.
@@ -76,9 +79,11 @@ type Completion struct {
 	// Instance UIDs of those the destination does not hold as sent: a conflict
 	// skipped (it holds other content), or stored with a warning (it may
 	// have coerced or discarded attributes). Buffer mode never deletes a
-	// kept instance from the source.
+	// kept instance from the source. Replaced are the SOP Instance UIDs of
+	// conflicts replaced: no longer kept if an earlier delivery kept them.
 	Selected []orthancapi.Instance
 	Kept     []string
+	Replaced []string
 }
 
 func (r *Report) add(o Report) {
@@ -532,6 +537,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			"first_sop_instance_uid", first, "warning_reason", fmt.Sprintf("0x%04X", warned[first].WarningReason))
 	}
 	rep.kept = slices.Sorted(maps.Keys(kept))
+	rep.replaced = slices.Sorted(maps.Keys(st.replaced))
 	// listed stays whole: Release learns what this destination kept from
 	// its ledger record, as it does for the others.
 	rep.forwarded = withoutUIDs(instances, kept)

@@ -87,6 +87,10 @@ type Outcome struct {
 	// Instance UIDs of those it does not hold as sent (Record.Kept).
 	Selected []orthancapi.Instance
 	Kept     []string
+	// Replaced are the SOP Instance UIDs of those it replaced (a conflict
+	// replaced, STOW_ON_CONFLICT=replace): it holds them as sent now, so a
+	// record of this state that kept them keeps them no more.
+	Replaced []string
 }
 
 // SelectionDigest identifies a set of instances by their SOP Instance
@@ -229,7 +233,7 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 					return nil // a newer state of the study was already forwarded
 				}
 				if old.LastUpdate == ev.LastUpdate {
-					write = rec.keepingAlso(old)
+					write = rec.keepingAlso(old, o.Replaced)
 				}
 			}
 		}
@@ -279,15 +283,18 @@ func encode(r Record) ([]byte, error) {
 }
 
 // keepingAlso is r, which replaces old, a record of the same state of the
-// study, still keeping what old kept: a later delivery of that state (an
-// ack not confirmed, a duplicate event, a backfill) finds those instances
-// stored already and keeps none of them, and buffer mode would delete the
-// originals of instances the destination changed.
-func (r Record) keepingAlso(old Record) Record {
+// study, still keeping what old kept but what r's delivery replaced: a
+// later delivery of that state (an ack not confirmed, a duplicate event, a
+// backfill) finds those instances stored already and keeps none of them,
+// and buffer mode would delete the originals of instances the destination
+// changed; one it replaced (STOW_ON_CONFLICT switched from skip to
+// replace, then a backfill) the destination holds as sent.
+func (r Record) keepingAlso(old Record, replaced []string) Record {
 	if r.NotSelected || old.NotSelected {
 		return r // nothing was kept of a study not selected
 	}
-	kept := slices.Compact(slices.Sorted(slices.Values(slices.Concat(old.Kept, r.Kept))))
+	oldKept := slices.DeleteFunc(slices.Clone(old.Kept), func(uid string) bool { return slices.Contains(replaced, uid) })
+	kept := slices.Compact(slices.Sorted(slices.Values(slices.Concat(oldKept, r.Kept))))
 	if r.KeptAll || old.KeptAll || len(kept) > maxKept {
 		r.Kept, r.KeptAll = nil, true
 		return r

@@ -156,6 +156,10 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 		{"all kept, then nothing kept", forwarded(many...), forwarded(), lu, nil, true, false},
 		{"kept, then not selected", forwarded("1.1"), ledger.Outcome{NotSelected: true}, lu, nil, false, true},
 		{"kept, then a newer state", forwarded("1.1"), forwarded(), newer, nil, false, false},
+		// A conflict skipped, then replaced (STOW_ON_CONFLICT switched
+		// to replace, a backfill): the destination holds it as sent.
+		{"kept, then replaced", forwarded("1.1", "1.2"), ledger.Outcome{Selected: selected, Replaced: []string{"1.1"}}, lu, []string{"1.2"}, false, false},
+		{"kept, then replaced and kept (a warning)", forwarded("1.1"), ledger.Outcome{Selected: selected, Kept: []string{"1.1"}, Replaced: []string{"1.1"}}, lu, []string{"1.1"}, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
