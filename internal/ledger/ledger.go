@@ -267,8 +267,11 @@ func (l *Ledger) refused(err error) error {
 	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 		return err
 	}
-	last := l.js.Conn().LastError()
-	if !errors.Is(last, nats.ErrPermissionViolation) || !strings.Contains(last.Error(), `"$KV.`+l.kv.Bucket()+`.`) {
+	nc := l.js.Conn()
+	last := nc.LastError()
+	// Disconnected, the write timed out for that, whatever was refused
+	// before.
+	if !nc.IsConnected() || !errors.Is(last, nats.ErrPermissionViolation) || !strings.Contains(last.Error(), `"$KV.`+l.kv.Bucket()+`.`) {
 		return err
 	}
 	return fmt.Errorf("%w (this NATS user may not publish to $KV.%s.>: docs/nats-permissions.md)", last, l.kv.Bucket())
