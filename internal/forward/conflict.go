@@ -163,16 +163,8 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 	c := f.opts.Conflicts
 	for i, cf := range conflicts {
 		uid := cf.part.SOPInstanceUID
-		text := fmt.Sprintf("destination already holds this SOP Instance with other content (Failure Reason %d, 0x%04X)", cf.reason, cf.reason)
-		switch {
-		case c.Action != ConflictReplace:
-			st.dead = append(st.dead, Instance{SOPInstanceUID: uid, FailureReason: cf.reason, Text: text})
-			continue
-		case st.replacing[uid]:
-			// Held again (another writer, or a DELETE the destination
-			// did not carry out): not missing.
-			delete(st.deleted, uid)
-			st.dead = append(st.dead, Instance{SOPInstanceUID: uid, FailureReason: cf.reason, Text: text + "; still so after replacing it with " + c.Method})
+		if c.Action != ConflictReplace || st.replacing[uid] {
+			f.keepConflict(st, cf)
 			continue
 		}
 		st.replacing[uid] = true
@@ -194,6 +186,21 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 			"study_instance_uid", a.Event.StudyInstanceUID, "instances", n, "method", c.Method, "setting", c.setting())
 	}
 	return resend, upsert, nil
+}
+
+// keepConflict dead-letters a conflict the attempt does not replace: not
+// to (STOW_ON_CONFLICT), or already replaced once. Held again after its
+// replacement (another writer, or a DELETE the destination did not
+// carry out: a 404 at the source's study and series for an instance it
+// holds under others), it is not missing either (st.deleted).
+func (f *Forwarder) keepConflict(st *conflictState, cf conflicted) {
+	uid := cf.part.SOPInstanceUID
+	text := fmt.Sprintf("destination already holds this SOP Instance with other content (Failure Reason %d, 0x%04X)", cf.reason, cf.reason)
+	if st.replacing[uid] {
+		delete(st.deleted, uid)
+		text += "; still so after replacing it with " + f.opts.Conflicts.Method
+	}
+	st.dead = append(st.dead, Instance{SOPInstanceUID: uid, FailureReason: cf.reason, Text: text})
 }
 
 // settleUnsure decides the conflicts that only a 409 made conflicts
@@ -249,9 +256,10 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 // letter of the last delivery.
 func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, err error) error {
 	uids := slices.Sorted(maps.Keys(st.deleted))
+	what := "deleted at the destination to replace it (" + f.opts.Conflicts.setting() + "=" + ConflictReplace + "), not stored again"
 	gone := make([]Instance, len(uids))
 	for i, uid := range uids {
-		gone[i] = Instance{SOPInstanceUID: uid, Text: "deleted at the destination to replace it (" + f.opts.Conflicts.setting() + "=" + ConflictReplace + "), not stored again"}
+		gone[i] = Instance{SOPInstanceUID: uid, Text: what}
 	}
 	f.log.Error("instances deleted at the destination to replace them are not stored again: the study is retried", "orthanc_study_id", ev.OrthancStudyID,
 		"study_instance_uid", ev.StudyInstanceUID, "instances", len(gone), "first_sop_instance_uid", uids[0], "err", err)
@@ -265,9 +273,19 @@ func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, er
 }
 
 // conflictError is the dead letter of an attempt with conflicts: the
-// instances and the setting, never patient data. Its conflicts are
-// counted dead_lettered once the letter is stored (settle).
+// instances and the setting, never patient data.
 func (f *Forwarder) conflictError(st *conflictState, rejected []Instance) error {
+	return f.withConflicts(Conflict, nil, st, rejected)
+}
+
+// withConflicts is an attempt's failure of class, err (nil: the
+// conflicts are the failure), with what it found by then: the conflicts
+// it dead-letters (st.dead, st.nonPrimary) and the instances refused
+// for good, named in its reason and Instances, more (instances err
+// names) after them. Its conflicts are counted dead_lettered once its
+// letter is stored (settle): a transient failure's at the last
+// delivery.
+func (f *Forwarder) withConflicts(class Class, err error, st *conflictState, rejected []Instance, more ...Instance) *Error {
 	var msgs []string
 	if len(st.dead) > 0 {
 		msgs = append(msgs, fmt.Sprintf("destination already holds %d instances with other content (%s=%s): %s (first: %s)",
@@ -280,8 +298,13 @@ func (f *Forwarder) conflictError(st *conflictState, rejected []Instance) error 
 	if len(rejected) > 0 {
 		msgs = append(msgs, fmt.Sprintf("and refused %d for good (first: %s: %s)", len(rejected), rejected[0].SOPInstanceUID, rejected[0].Text))
 	}
-	all := append(append(append([]Instance(nil), st.dead...), st.nonPrimary...), rejected...)
-	return &Error{Class: Conflict, Err: errors.New(strings.Join(msgs, "; ")), Instances: all, conflicts: len(st.dead)}
+	switch {
+	case err == nil:
+		err = errors.New(strings.Join(msgs, "; "))
+	case len(msgs) > 0:
+		err = fmt.Errorf("%w; %s", err, strings.Join(msgs, "; "))
+	}
+	return &Error{Class: class, Err: err, Instances: slices.Concat(st.dead, st.nonPrimary, rejected, more), conflicts: len(st.dead)}
 }
 
 func (f *Forwarder) actionName() string {

@@ -293,6 +293,8 @@ func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
 	const first, second = "1.2.3.1", "1.2.3.2" // newMemSource(2)
 	tests := []struct {
 		name string
+		// deleteFirst answers the DELETE of first (0: 204).
+		deleteFirst int
 		// storeAgain answers the POST after the DELETEs.
 		storeAgain func(w http.ResponseWriter)
 		wantClass  Class
@@ -306,6 +308,17 @@ func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
 		{name: "not stored again", storeAgain: func(w http.ResponseWriter) { failedAnswer(w, http.StatusAccepted, 0xA700, first) },
 			wantClass: Transient, wantReason: []string{"1 instances deleted at the destination to replace them, not stored again: " + first, "replace instance " + second},
 			wantNamed: true},
+		// The archive holds first under another study or series: the
+		// DELETE at the source's answers 404, counted deleted, and the
+		// POST conflicts again. It was never deleted: held, dead-lettered
+		// at once with the DELETE's refusal, not retried as missing at
+		// every delivery up to the limit.
+		{name: "delete did not take", deleteFirst: http.StatusNotFound,
+			storeAgain: func(w http.ResponseWriter) {
+				failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, first)
+			},
+			wantClass: Permanent, wantReason: []string{"replace instance " + second, "delete it at the destination",
+				"destination already holds 1 instances with other content", "still so after replacing it with delete"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -328,11 +341,14 @@ func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
 				case http.MethodDelete:
 					sop := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 					calls = append(calls, "DELETE "+sop)
-					if sop == second {
+					switch {
+					case sop == second:
 						w.WriteHeader(http.StatusConflict)
-						return
+					case tt.deleteFirst != 0:
+						w.WriteHeader(tt.deleteFirst)
+					default:
+						w.WriteHeader(http.StatusNoContent)
 					}
-					w.WriteHeader(http.StatusNoContent)
 				default:
 					calls = append(calls, r.Method)
 					w.WriteHeader(http.StatusMethodNotAllowed)
@@ -378,11 +394,19 @@ func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
 			// Stored again, it was replaced; the DELETE refused
 			// replaced nothing.
 			wantReplaced := 1.0
-			if tt.wantNamed {
+			if tt.wantNamed || tt.deleteFirst != 0 {
 				wantReplaced = 0
 			}
 			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("replaced")); got != wantReplaced {
 				t.Errorf("conflicts{action=replaced} = %v, want %v", got, wantReplaced)
+			}
+			// Held after its DELETE, first is a conflict of the letter.
+			wantDead := 0.0
+			if tt.deleteFirst != 0 {
+				wantDead = 1
+			}
+			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("dead_lettered")); got != wantDead {
+				t.Errorf("conflicts{action=dead_lettered} = %v, want %v", got, wantDead)
 			}
 		})
 	}
@@ -469,6 +493,69 @@ func TestConflictsCountedOnce(t *testing.T) {
 				if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues(action)); got != want {
 					t.Errorf("conflicts{action=%q} = %v, want %v", action, got, want)
 				}
+			}
+		})
+	}
+}
+
+// A delivery that found a conflict and failed transiently for another
+// instance gave up at the limit with the conflict named in Instances
+// only, not in its reason, and never counted dead_lettered, which the
+// metric promises once its letter is stored.
+func TestTransientFailureCountsConflicts(t *testing.T) {
+	const held, failing = "1.2.3.1", "1.2.3.2" // newMemSource(2)
+	tests := []struct {
+		name   string
+		reason int // failing's, at each POST
+		want   string
+	}{
+		{name: "out of resources", reason: 0xA700, want: "refused them for lack of resources"},
+		{name: "refused transiently", reason: dicomweb.FailureProcessing, want: "refused transiently"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodPost {
+					w.WriteHeader(http.StatusMethodNotAllowed)
+					return
+				}
+				_, _ = io.Copy(io.Discard, r.Body)
+				items := fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}},{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}`,
+					held, dicomweb.FailureAzureAlreadyExists, failing, tt.reason)
+				w.Header().Set("Content-Type", "application/dicom+json")
+				w.WriteHeader(http.StatusConflict)
+				fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[%s]}}`, items)
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				o.MaxDeliveries = 1
+				o.InstanceRetries = 0
+				o.Conflicts = ConflictPolicy{Action: ConflictDeadLetter,
+					Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+			})
+			forwardOne(t, f, ns, cons, testEvent())
+			letters := dls.all()
+			if len(letters) != 1 {
+				t.Fatalf("%d dead letters, want 1", len(letters))
+			}
+			l := letters[0]
+			if l.Class != Transient {
+				t.Errorf("class %q, want %q (reason %q)", l.Class, Transient, l.Reason)
+			}
+			for _, want := range []string{tt.want, "destination already holds 1 instances with other content (STOW_ON_CONFLICT=deadletter): " + held} {
+				if !strings.Contains(l.Reason, want) {
+					t.Errorf("reason %q, want %q in it", l.Reason, want)
+				}
+			}
+			if !slices.ContainsFunc(l.Failures, func(in Instance) bool { return in.SOPInstanceUID == held }) {
+				t.Errorf("failures %+v: %s not named", l.Failures, held)
+			}
+			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("dead_lettered")); got != 1 {
+				t.Errorf("conflicts{action=dead_lettered} = %v, want 1", got)
 			}
 		})
 	}

@@ -416,8 +416,12 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		}
 		if deleteErr != nil {
 			// What this round did not get stored of the instances
-			// deleted is named (notStoredAgain).
-			return rep, deleteErr
+			// deleted is named (notStoredAgain). One that conflicts
+			// again is held (keepConflict): the DELETE did not take.
+			for _, c := range conflicts {
+				f.keepConflict(st, c)
+			}
+			return rep, f.withConflicts(Classify(deleteErr), deleteErr, st, rejected)
 		}
 		resend, up, err := f.resolve(ctx, a, st, conflicts, byUID)
 		if err != nil && len(resend)+len(up) == 0 {
@@ -466,15 +470,15 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			if len(unread) > 0 {
 				// Named in the dead letter of the last delivery, with
 				// the source's answer.
-				return rep, &Error{Class: Transient, Err: fmt.Errorf("the source Orthanc failed to read %d instances in %d rounds (first: %s: %s)",
-					len(unread), transientRounds+1, unread[0].SOPInstanceUID, unread[0].Text), Instances: slices.Concat(rejected, st.dead, st.nonPrimary, unread)}
+				return rep, f.withConflicts(Transient, fmt.Errorf("the source Orthanc failed to read %d instances in %d rounds (first: %s: %s)",
+					len(unread), transientRounds+1, unread[0].SOPInstanceUID, unread[0].Text), st, rejected, unread...)
 			}
 			if full == len(retry) {
 				// Every one refused for the destination's resources (its
 				// storage full or failing): every study would be, so it
 				// is the circuit breaker's to count (DestinationDown).
-				return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still not stored after %d rounds: %w (first: %s)",
-					len(retry), transientRounds+1, errOutOfResources, retry[0].SOPInstanceUID), Instances: slices.Concat(rejected, st.dead, st.nonPrimary)}
+				return rep, f.withConflicts(Transient, fmt.Errorf("%d instances still not stored after %d rounds: %w (first: %s)",
+					len(retry), transientRounds+1, errOutOfResources, retry[0].SOPInstanceUID), st, rejected)
 			}
 			// Transient, but the instances refused for good so far stay
 			// named: the dead letter of the last delivery lists them.
@@ -483,8 +487,8 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			if r, ok := reasons[retry[0].SOPInstanceUID]; ok {
 				first = fmt.Sprintf("Failure Reason %d (0x%04X): %s", r, r, Describe(r))
 			}
-			return rep, &Error{Class: Transient, Err: fmt.Errorf("%d instances still not stored after %d rounds: refused transiently, or left out of the destination's answers (first: %s: %s)",
-				len(retry), transientRounds+1, retry[0].SOPInstanceUID, first), Instances: slices.Concat(rejected, st.dead, st.nonPrimary)}
+			return rep, f.withConflicts(Transient, fmt.Errorf("%d instances still not stored after %d rounds: refused transiently, or left out of the destination's answers (first: %s: %s)",
+				len(retry), transientRounds+1, retry[0].SOPInstanceUID, first), st, rejected)
 		}
 		transientRounds++
 		what := "re-sending instances the destination refused transiently"
