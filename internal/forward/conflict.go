@@ -253,7 +253,8 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 // instances at the destination (replace by delete) and did not get them
 // stored again: transient, whatever err was, since the next delivery
 // stores them (no longer conflicts), and naming them, for the dead
-// letter of the last delivery.
+// letter of the last delivery. One err names already (its re-store
+// refused for good) is named once, with both texts.
 func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, err error) error {
 	uids := slices.Sorted(maps.Keys(st.deleted))
 	what := "deleted at the destination to replace it (" + f.opts.Conflicts.setting() + "=" + ConflictReplace + "), not stored again"
@@ -266,7 +267,15 @@ func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, er
 	out := &Error{Class: Transient, Err: fmt.Errorf("%d instances deleted at the destination to replace them, not stored again: %s: %w", len(gone), uidList(gone), err), Instances: gone}
 	var fe *Error
 	if errors.As(err, &fe) {
-		out.Instances = append(slices.Clone(fe.Instances), gone...)
+		named := slices.Clone(fe.Instances)
+		for i, in := range named {
+			if st.deleted[in.SOPInstanceUID] {
+				named[i].Text += "; " + what
+			}
+		}
+		out.Instances = append(named, slices.DeleteFunc(gone, func(in Instance) bool {
+			return slices.ContainsFunc(fe.Instances, func(x Instance) bool { return x.SOPInstanceUID == in.SOPInstanceUID })
+		})...)
 		out.RetryAfter, out.conflicts = fe.RetryAfter, fe.conflicts
 	}
 	return out

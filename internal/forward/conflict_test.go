@@ -560,3 +560,49 @@ func TestTransientFailureCountsConflicts(t *testing.T) {
 		})
 	}
 }
+
+// An instance deleted to replace it whose store again is refused for
+// good was listed twice in the letter: as refused, and as deleted and
+// not stored again. Once now, with both texts.
+func TestReplaceByDeleteRefusedAgainNamedOnce(t *testing.T) {
+	const sop = "1.2.3.1" // newMemSource(1)
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		switch r.Method {
+		case http.MethodPost:
+			if posts.Add(1) == 1 {
+				failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, sop)
+				return
+			}
+			failedAnswer(w, http.StatusConflict, 0xC000, sop)
+		case http.MethodDelete:
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+		o.DeadLetters = dls
+		o.MaxDeliveries = 1
+		o.InstanceRetries = 0
+		o.Conflicts = ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete,
+			Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	letters := dls.all()
+	if len(letters) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(letters))
+	}
+	l := letters[0]
+	if l.Class != Transient || len(l.Failures) != 1 {
+		t.Fatalf("class %q, failures %+v: want transient, %s once", l.Class, l.Failures, sop)
+	}
+	if in := l.Failures[0]; in.SOPInstanceUID != sop || in.FailureReason != 0xC000 || !strings.Contains(in.Text, "not stored again") {
+		t.Errorf("failure %+v: want %s refused (0xC000), deleted and not stored again", in, sop)
+	}
+}
