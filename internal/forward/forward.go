@@ -378,6 +378,9 @@ func New(opts Options) (*Forwarder, error) {
 		retryMaxDelay: opts.RetryMaxDelay,
 		canDeadLetter: opts.DeadLetters != nil,
 	}
+	if c := opts.Conflicts; c.Action == ConflictReplace && c.Method == ReplaceDelete {
+		p.replacesByDelete = c.setting()
+	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
 		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{}), unansweredFor: settleTimeout}
 	m.laneAge.setClock(fw.plan.now)

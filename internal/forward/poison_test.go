@@ -120,44 +120,65 @@ func TestPanicIsDeadLetteredAsCrash(t *testing.T) {
 
 // A delivery past FORWARDER_MAX_DELIVERIES means the deliveries before it
 // never finished (the process died with the study): it is dead-lettered
-// before the source is even asked.
+// before the source is even asked. Replacing by DELETE, the one that died
+// may have left instances deleted at the destination: the reason says so.
 func TestDeliveryPastTheLimitIsDeadLetteredUntried(t *testing.T) {
-	ns := testnats.Start(t)
-	topo := natsjs.DefaultTopology()
-	topo.AckWait = time.Second
-	cons, err := topo.EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name      string
+		conflicts ConflictPolicy
+		// deleted: the reason says instances may be deleted there.
+		deleted bool
+	}{
+		{name: "skip"},
+		{name: "replace by put", conflicts: ConflictPolicy{Action: ConflictReplace, Method: ReplacePut}},
+		{name: "replace by delete", conflicts: ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete}, deleted: true},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
-		t.Fatal(err)
-	}
-	// Two deliveries that end without an outcome, as when the forwarder
-	// holding them is killed: nothing acks, NAKs or terminates them.
-	for range 2 {
-		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = msg // abandoned; JetStream redelivers after the ack wait
-	}
-	src := &panickySource{memSource: newMemSource(1)}
-	dls := &memDeadLetters{}
-	f := newForwarder(t, nil, "http://127.0.0.1:1", cons, func(o *Options) {
-		o.SourceFor = func(string) (Source, error) { return src, nil }
-		o.DeadLetters = dls
-		o.MaxDeliveries = 2
-	})
-	go func() { _ = f.Run(ctx) }()
-	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
-	letters := dls.all()
-	if len(letters) != 1 || letters[0].Class != Crash || letters[0].Attempts != 3 || !strings.Contains(letters[0].Reason, "delivered 3 times") {
-		t.Fatalf("dead letters = %+v; want one crash letter after 3 deliveries", letters)
-	}
-	if n := src.calls.Load(); n != 0 {
-		t.Errorf("the source was asked %d times for a study past its delivery limit", n)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			topo := natsjs.DefaultTopology()
+			topo.AckWait = time.Second
+			cons, err := topo.EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+				t.Fatal(err)
+			}
+			// Two deliveries that end without an outcome, as when the
+			// forwarder holding them is killed: nothing acks, NAKs or
+			// terminates them.
+			for range 2 {
+				msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = msg // abandoned; JetStream redelivers after the ack wait
+			}
+			src := &panickySource{memSource: newMemSource(1)}
+			dls := &memDeadLetters{}
+			f := newForwarder(t, nil, "http://127.0.0.1:1", cons, func(o *Options) {
+				o.SourceFor = func(string) (Source, error) { return src, nil }
+				o.DeadLetters = dls
+				o.MaxDeliveries = 2
+				o.Conflicts = tt.conflicts
+			})
+			go func() { _ = f.Run(ctx) }()
+			waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 && i.NumAckPending == 0 })
+			letters := dls.all()
+			if len(letters) != 1 || letters[0].Class != Crash || letters[0].Attempts != 3 || !strings.Contains(letters[0].Reason, "delivered 3 times") {
+				t.Fatalf("dead letters = %+v; want one crash letter after 3 deliveries", letters)
+			}
+			const deleted = "(STOW_ON_CONFLICT=replace, STOW_REPLACE_METHOD=delete): a delivery that stopped between the two left instances deleted there and not stored again: replay it"
+			if got := strings.Contains(letters[0].Reason, deleted); got != tt.deleted {
+				t.Errorf("reason %q: %q in it: %v, want %v", letters[0].Reason, deleted, got, tt.deleted)
+			}
+			if n := src.calls.Load(); n != 0 {
+				t.Errorf("the source was asked %d times for a study past its delivery limit", n)
+			}
+		})
 	}
 }
 

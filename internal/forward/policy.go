@@ -44,6 +44,10 @@ type policy struct {
 	canDeadLetter bool
 	// jitter returns a number in [0, n]; nil is math/rand.
 	jitter func(n int64) int64
+	// replacesByDelete names the destination's STOW_ON_CONFLICT when it
+	// replaces by DELETE, then POST: a delivery that ended between the
+	// two left the archive without the instance (empty: it does not).
+	replacesByDelete string
 }
 
 // decide answers for an attempt that returned err (nil: stored).
@@ -77,16 +81,26 @@ func (p policy) decide(attempt uint64, err error, shuttingDown bool) decision {
 // was lowered while the study was being retried (natsjs keeps the
 // consumer's higher MaxDeliver for it): then it has failed as often as
 // the new limit allows.
+//
+// A destination replacing conflicts by DELETE may have lost instances
+// to such a delivery, deleted and not yet stored again, which nothing
+// recorded: the reason says so, for the letter to be replayed.
 func (p policy) exhausted(attempt uint64) (decision, bool) {
 	if !p.canDeadLetter || p.maxDeliveries == 0 || attempt <= p.maxDeliveries {
 		return decision{}, false
 	}
-	return decision{action: deadLetter, class: Crash, reason: fmt.Sprintf(
+	reason := fmt.Sprintf(
 		"delivered %d times, past FORWARDER_MAX_DELIVERIES (%d), and the last deliveries ended without an outcome: "+
 			"the forwarder handling the study stopped (a crash or an out-of-memory kill; or, for the last one only, a shutdown "+
 			"that returned it to the queue or an ack JetStream did not confirm) or could not store its dead letter; "+
 			"or FORWARDER_MAX_DELIVERIES was lowered while the study was being retried; "+
-			"not tried again (replay it once the cause is known)", attempt, p.maxDeliveries)}, true
+			"not tried again (replay it once the cause is known)", attempt, p.maxDeliveries)
+	if p.replacesByDelete != "" {
+		reason += fmt.Sprintf("; the destination replaces conflicts by DELETE, then POST (%s=%s, STOW_REPLACE_METHOD=%s): "+
+			"a delivery that stopped between the two left instances deleted there and not stored again: replay it",
+			p.replacesByDelete, ConflictReplace, ReplaceDelete)
+	}
+	return decision{action: deadLetter, class: Crash, reason: reason}, true
 }
 
 // backoff is exponential with jitter in [d/2, d]: studies that failed

@@ -74,6 +74,9 @@ func TestPolicyExhausted(t *testing.T) {
 		{p, 1000, true},
 		{policy{maxDeliveries: 0, canDeadLetter: true}, 1000, false},
 		{policy{maxDeliveries: 3}, 4, false},
+		// A stop between a DELETE and its POST: the letter says what
+		// may be missing at the destination.
+		{policy{maxDeliveries: 3, canDeadLetter: true, replacesByDelete: "DESTINATION_G_STOW_ON_CONFLICT"}, 4, true},
 	}
 	for _, tt := range tests {
 		d, got := tt.p.exhausted(tt.attempt)
@@ -83,6 +86,10 @@ func TestPolicyExhausted(t *testing.T) {
 		if got && (d.action != deadLetter || d.class != Crash || !strings.Contains(d.reason, fmt.Sprintf("delivered %d times", tt.attempt)) ||
 			!strings.Contains(d.reason, "FORWARDER_MAX_DELIVERIES was lowered")) {
 			t.Errorf("attempt %d: decision %+v", tt.attempt, d)
+		}
+		deleted := "DESTINATION_G_STOW_ON_CONFLICT=replace, STOW_REPLACE_METHOD=delete): a delivery that stopped between the two left instances deleted there and not stored again: replay it"
+		if want := tt.p.replacesByDelete != ""; got && strings.Contains(d.reason, deleted) != want {
+			t.Errorf("attempt %d, replacesByDelete %q: reason %q, want %q in it: %v", tt.attempt, tt.p.replacesByDelete, d.reason, deleted, want)
 		}
 	}
 }
