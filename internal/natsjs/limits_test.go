@@ -182,7 +182,10 @@ func TestFailureLogTTL(t *testing.T) {
 		name string
 		// before is the TTL of the bucket a previous start made (0:
 		// none).
-		before                        time.Duration
+		before time.Duration
+		// forever: the bucket a previous start made keeps its records
+		// for ever (TTL 0, set by hand).
+		forever                       bool
 		events, letters, stored, want time.Duration
 		wantWarned                    bool
 	}{
@@ -191,12 +194,14 @@ func TestFailureLogTTL(t *testing.T) {
 		{name: "events kept longer", events: 400 * day, letters: 30 * day, stored: 365 * day, want: 400 * day},
 		{name: "the previous release's bucket raised", before: 30 * day, events: 7 * day, letters: 30 * day, stored: 365 * day, want: 365 * day},
 		{name: "never lowered", before: 365 * day, events: 7 * day, letters: 30 * day, stored: 90 * day, want: 365 * day, wantWarned: true},
+		// 0 is the longest: no warning at every start.
+		{name: "kept for ever", forever: true, events: 7 * day, letters: 30 * day, stored: 365 * day, want: 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if err := js.DeleteKeyValue(ctx, natsjs.FailureBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
 				t.Fatal(err)
 			}
-			if tt.before > 0 {
+			if tt.before > 0 || tt.forever {
 				// As the previous release made it: the longer of the
 				// events' and the letters' retention.
 				old := natsjs.DefaultTopology()
@@ -225,5 +230,53 @@ func TestFailureLogTTL(t *testing.T) {
 				t.Errorf("warned %v, want %v:\n%s", warned, tt.wantWarned, logs.String())
 			}
 		})
+	}
+}
+
+// lateWriter is a JetStream whose first update of the failure bucket's
+// stream is followed by another group's start that read the bucket
+// before it: that start writes its shorter TTL after this one's update.
+type lateWriter struct {
+	jetstream.JetStream
+	ttl  time.Duration
+	done bool
+}
+
+func (w *lateWriter) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := w.JetStream.UpdateStream(ctx, cfg)
+	if err != nil || w.done || cfg.Name != "KV_"+natsjs.FailureBucket {
+		return s, err
+	}
+	w.done = true
+	cfg.MaxAge = w.ttl
+	return w.JetStream.UpdateStream(ctx, cfg)
+}
+
+// TestFailureLogTTLRaised: two forwarder groups with different
+// STORED_RECORD_RETENTION start together. An update is no compare-and-set:
+// the group with the shorter one, having read the bucket before the
+// other's update, wrote its TTL after it, and the shorter stayed. The
+// start that raised it reads it again and raises it once more.
+func TestFailureLogTTLRaised(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	const day = 24 * time.Hour
+	old := natsjs.DefaultTopology()
+	old.Retention, old.DeadLetterRetention, old.StoredRetention = 30*day, 30*day, 0
+	if _, err := old.EnsureFailureLog(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	topo := natsjs.DefaultTopology()
+	topo.StoredRetention = 400 * day
+	kv, err := topo.EnsureFailureLog(ctx, &lateWriter{JetStream: js, ttl: 365 * day})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.TTL(); got != topo.StoredRetention {
+		t.Errorf("failure bucket TTL %s after a shorter start's write, want the longest, %s", got, topo.StoredRetention)
 	}
 }

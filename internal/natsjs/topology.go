@@ -1110,36 +1110,11 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 	existed := err == nil
 	switch {
 	case err == nil:
-		st, err := kv.Status(ctx)
+		read, err := t.settleKV(ctx, js, kv, cfg)
 		if err != nil {
-			return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+			return nil, err
 		}
-		if b, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-			have := b.Config()
-			if have.Storage == jetstream.FileStorage && cfg.Storage == jetstream.MemoryStorage {
-				// Memory is asked only for live state (the status bucket),
-				// made on file where the account allows no memory: keep it.
-				cfg.Storage = have.Storage
-			}
-			if err := fixedInPlace("key-value bucket", cfg.Bucket, "nats kv del "+cfg.Bucket, have.Storage, cfg.Storage, 0, 0); err != nil {
-				return nil, err
-			}
-			cfg.Replicas = t.keepReplicas("key-value bucket", cfg.Bucket, have.Replicas, cfg.Replicas)
-			if cfg.Bucket == FailureBucket {
-				t.keepFailureTTL(&cfg, have)
-			}
-			if sameBucket(have, cfg) {
-				return kv, nil
-			}
-			if _, err := js.UpdateStream(ctx, ownedBucketStream(b.StreamInfo().Config, cfg)); err != nil {
-				return nil, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
-			}
-			if have.Replicas != max(cfg.Replicas, 1) {
-				// A bucket is the stream KV_<bucket>.
-				if err := waitScaled(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas); err != nil {
-					return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
-				}
-			}
+		if read {
 			return kv, nil
 		}
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
@@ -1152,7 +1127,73 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 	case err != nil:
 		return nil, fmt.Errorf("%w %s: %w", errBucketCreate, cfg.Bucket, err)
 	}
+	if cfg.Bucket == FailureBucket {
+		// Another group's start may have made it too, with a shorter TTL.
+		if _, err := t.settleKV(ctx, js, kv, cfg); err != nil {
+			return nil, err
+		}
+	}
 	return kv, nil
+}
+
+// ttlTries bounds the updates of one start to the failure bucket's TTL
+// (settleKV).
+const ttlTries = 3
+
+// settleKV updates an existing bucket to cfg (updateKV). The failure
+// bucket's TTL only rises (keepFailureTTL), but an update is no
+// compare-and-set: another group's start that read the bucket before
+// this one's update and writes after it set its shorter TTL back. So an
+// update of it is followed by a read, and the longest is written again
+// if it changed meanwhile, a few times. read is false when the bucket's
+// configuration could not be read from its status.
+func (t Topology) settleKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) (read bool, err error) {
+	for try := 1; ; try++ {
+		read, wrote, err := t.updateKV(ctx, js, kv, cfg)
+		if err != nil || !read || !wrote || cfg.Bucket != FailureBucket || try == ttlTries {
+			return read, err
+		}
+	}
+}
+
+// updateKV reads the bucket and updates it when it differs from cfg in
+// what stowline sets (wrote). read is false when its status holds no
+// bucket configuration.
+func (t Topology) updateKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) (read, wrote bool, err error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return false, false, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+	}
+	b, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return false, false, nil
+	}
+	have := b.Config()
+	if have.Storage == jetstream.FileStorage && cfg.Storage == jetstream.MemoryStorage {
+		// Memory is asked only for live state (the status bucket),
+		// made on file where the account allows no memory: keep it.
+		cfg.Storage = have.Storage
+	}
+	if err := fixedInPlace("key-value bucket", cfg.Bucket, "nats kv del "+cfg.Bucket, have.Storage, cfg.Storage, 0, 0); err != nil {
+		return true, false, err
+	}
+	cfg.Replicas = t.keepReplicas("key-value bucket", cfg.Bucket, have.Replicas, cfg.Replicas)
+	if cfg.Bucket == FailureBucket {
+		t.keepFailureTTL(&cfg, have)
+	}
+	if sameBucket(have, cfg) {
+		return true, false, nil
+	}
+	if _, err := js.UpdateStream(ctx, ownedBucketStream(b.StreamInfo().Config, cfg)); err != nil {
+		return true, false, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
+	}
+	if have.Replicas != max(cfg.Replicas, 1) {
+		// A bucket is the stream KV_<bucket>.
+		if err := waitScaled(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas); err != nil {
+			return true, true, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return true, true, nil
 }
 
 // keepFailureTTL keeps the failure bucket's TTL when cfg's is shorter.
@@ -1163,7 +1204,12 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 // back and forth at each start: the longest stays, and lowering it is an
 // operator's decision, by hand.
 func (t Topology) keepFailureTTL(cfg *jetstream.KeyValueConfig, have jetstream.KeyValueConfig) {
-	if have.TTL != 0 && have.TTL <= cfg.TTL {
+	switch {
+	case cfg.TTL == 0 || have.TTL != 0 && have.TTL <= cfg.TTL:
+		return // raised, or kept
+	case have.TTL == 0:
+		// Kept for ever (set by hand): the longest, nothing to say.
+		cfg.TTL = 0
 		return
 	}
 	if t.Log != nil {
