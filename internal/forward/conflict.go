@@ -174,7 +174,17 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 		}
 		inst := byUID[uid]
 		if err := f.opts.Destination.(InstanceDeleter).DeleteInstance(ctx, a.Event.StudyInstanceUID, inst.SeriesInstanceUID, uid); err != nil {
-			return resend, upsert, fmt.Errorf("replace instance %s: delete it at the destination (%d conflicts of the round not replaced): %w", uid, len(conflicts)-i, err)
+			// The round's later conflicts for instances replaced already
+			// are held all the same, not missing.
+			notReplaced := 1
+			for _, rest := range conflicts[i+1:] {
+				if st.replacing[rest.part.SOPInstanceUID] {
+					f.keepConflict(st, rest)
+					continue
+				}
+				notReplaced++
+			}
+			return resend, upsert, fmt.Errorf("replace instance %s: delete it at the destination (%d conflicts of the round not replaced): %w", uid, notReplaced, err)
 		}
 		st.deleted[uid] = true
 		f.log.Info("deleted an instance the destination held with other content, to store it again", "orthanc_study_id", a.Event.OrthancStudyID,
@@ -314,6 +324,23 @@ func (f *Forwarder) withConflicts(class Class, err error, st *conflictState, rej
 		err = fmt.Errorf("%w; %s", err, strings.Join(msgs, "; "))
 	}
 	return &Error{Class: class, Err: err, Instances: slices.Concat(st.dead, st.nonPrimary, rejected, more), conflicts: len(st.dead)}
+}
+
+// carrying is err, an attempt's failure met after it found conflicts it
+// dead-letters, with them (withConflicts): its class, instances and
+// Retry-After kept. Without such conflicts it is err.
+func (f *Forwarder) carrying(err error, st *conflictState, rejected []Instance) error {
+	if len(st.dead)+len(st.nonPrimary) == 0 {
+		return err
+	}
+	var named []Instance
+	var after time.Duration
+	if fe := (*Error)(nil); errors.As(err, &fe) {
+		named, after = fe.Instances, fe.RetryAfter
+	}
+	out := f.withConflicts(Classify(err), err, st, rejected, named...)
+	out.RetryAfter = after
+	return out
 }
 
 func (f *Forwarder) actionName() string {

@@ -300,7 +300,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				}
 			}
 			if err != nil {
-				return rep, err
+				return rep, f.carrying(err, st, rejected)
 			}
 			outs = append(outs, o...)
 		}
@@ -382,7 +382,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		if f.opts.ExactLength && len(again) > 0 {
 			var failed []Instance
 			if again, failed, err = f.measure(ctx, again); err != nil {
-				return rep, err
+				return rep, f.carrying(err, st, rejected)
 			}
 			rejected = append(rejected, failed...)
 		}
@@ -425,7 +425,8 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		}
 		resend, up, err := f.resolve(ctx, a, st, conflicts, byUID)
 		if err != nil && len(resend)+len(up) == 0 {
-			return rep, err
+			// Conflicts held again before the DELETE failed stay named.
+			return rep, f.withConflicts(Classify(err), err, st, rejected)
 		}
 		if err != nil {
 			// Only what was deleted is sent, at once: the round's other
@@ -502,7 +503,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			"study_instance_uid", ev.StudyInstanceUID, "instances", len(retry), "round", transientRounds)
 		sleep(ctx, f.opts.InstanceRetryDelay<<(transientRounds-1))
 		if err := ctx.Err(); err != nil {
-			return rep, err
+			return rep, f.carrying(err, st, rejected)
 		}
 		rep.Resent += len(retry)
 		f.m.resent.Add(float64(len(retry)))
