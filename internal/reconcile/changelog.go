@@ -92,7 +92,7 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 	if err := s.checkName(ctx); err != nil {
 		return false, err
 	}
-	s.clock = time.Time{}
+	s.clock, s.clockRead = time.Time{}, false
 	since := max(s.cur.Seq-1, 0) // one before, to check the change at the cursor
 	page, err := s.orthanc.Changes(ctx, since, opts.PageSize+1, s.changeTypes...)
 	var oe *orthancapi.Error

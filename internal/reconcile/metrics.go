@@ -19,6 +19,8 @@ type metrics struct {
 	// changeLogTrimmed counts cursor changes gone while their resource
 	// is still in Orthanc (cursorChangeGone).
 	changeLogTrimmed *prometheus.CounterVec
+	// clockUnavailable is 1 while Orthanc refuses GET /tools/now.
+	clockUnavailable *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -59,8 +61,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "stowline_reconcile_change_log_trimmed_total",
 			Help: "Times the change the cursor points at was found gone from the source's change log while the resource it names is still in Orthanc: the log was trimmed (DELETE /changes); run forwarder audit.",
 		}, []string{"source"}),
+		clockUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "stowline_reconcile_clock_unavailable",
+			Help: "1 while Orthanc (or its proxy) refuses GET /tools/now: stable studies are published without the same-second check, which Orthanc processes sharing one database need; only the replica holding the lease reports it.",
+		}, []string{"source"}),
 	}
-	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.resets, m.changeLogTrimmed} {
+	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.resets, m.changeLogTrimmed, m.clockUnavailable} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("reconcile: register metrics: %w", err)
 		}
@@ -84,13 +90,14 @@ func (m *metrics) init(source string) {
 	m.pollErrors.WithLabelValues(source)
 	m.resets.WithLabelValues(source)
 	m.changeLogTrimmed.WithLabelValues(source)
+	m.clockUnavailable.WithLabelValues(source)
 }
 
 // drop deletes the series of a source, renamed since.
 func (m *metrics) drop(source string) {
 	for _, v := range []*prometheus.MetricVec{m.lag.MetricVec, m.leaseHeld.MetricVec, m.pending.MetricVec,
 		m.published.MetricVec, m.skipped.MetricVec, m.changesSkipped.MetricVec, m.pollErrors.MetricVec, m.resets.MetricVec,
-		m.changeLogTrimmed.MetricVec} {
+		m.changeLogTrimmed.MetricVec, m.clockUnavailable.MetricVec} {
 		v.DeletePartialMatch(prometheus.Labels{"source": source})
 	}
 }

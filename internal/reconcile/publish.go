@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -42,18 +43,59 @@ func (s *sourceRunner) stable(ctx context.Context, studyID string, seq int64) er
 // change being handled, which is not moved past for it (stuckOn).
 var errClock = errors.New("orthanc: read its clock (GET /tools/now)")
 
+// errClockRefused is the check's note while Orthanc refuses its clock.
+var errClockRefused = errors.New("orthanc refuses GET /tools/now: studies are published without the same-second check; allow it, required with several Orthanc processes on one database")
+
 // readClock reads Orthanc's clock once a poll, before the first study
-// the poll reads (settled).
+// the poll reads (settled). Refused for good (clockRefused), the clock
+// stays unread and settled falls back to IsStable alone: the check only
+// guards Orthanc processes sharing one database, and holding the cursor
+// would end the reconciliation of a site whose proxy refuses /tools/*
+// (the access the docs listed before the check). A transient failure
+// holds the cursor (errClock).
 func (s *sourceRunner) readClock(ctx context.Context) error {
-	if !s.clock.IsZero() {
+	if s.clockRead {
 		return nil
 	}
 	now, err := s.orthanc.Now(ctx)
-	if err != nil {
+	switch {
+	case clockRefused(err):
+		s.clockRead = true
+		if !s.clockOff {
+			s.clockOff = true
+			s.r.m.clockUnavailable.WithLabelValues(s.name).Set(1)
+			s.setNote(errClockRefused)
+			s.log.Warn("Orthanc refuses GET /tools/now: studies are published without the same-second check; allow it, required with several Orthanc processes on one database", "err", err)
+		}
+		return nil
+	case err != nil:
 		return fmt.Errorf("%w: %w", errClock, err)
 	}
-	s.clock = now
+	if s.clockOff {
+		s.clockOff = false
+		s.r.m.clockUnavailable.WithLabelValues(s.name).Set(0)
+		s.setNote(nil)
+		s.log.Info("Orthanc answers GET /tools/now again: studies are published with the same-second check")
+	}
+	s.clock, s.clockRead = now, true
 	return nil
+}
+
+// clockRefused reports whether err is Orthanc (or its proxy) refusing
+// GET /tools/now for good: 401, 403, 405, or a 404 the client confirmed
+// is Orthanc's (an Orthanc without the route); not a timeout or a 5xx.
+func clockRefused(err error) bool {
+	var oe *orthancapi.Error
+	if !errors.As(err, &oe) {
+		return false
+	}
+	switch oe.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusMethodNotAllowed:
+		return true
+	case http.StatusNotFound:
+		return oe.NotFromOrthanc == ""
+	}
+	return false
 }
 
 // settled reports whether a study Orthanc calls stable was last updated
@@ -65,9 +107,10 @@ func (s *sourceRunner) readClock(ctx context.Context) error {
 // complete, would be dropped as a duplicate of one published now; from
 // the next second on LastUpdate moves, and that event is a new one. A
 // LastUpdate that cannot be read is left to publish, which refuses it.
+// With the clock refused (clockOff), IsStable alone decides.
 func (s *sourceRunner) settled(study orthancapi.Study) bool {
 	lu, ok := changeTime(study.LastUpdate)
-	return !ok || lu.Before(s.clock)
+	return s.clockOff || !ok || lu.Before(s.clock)
 }
 
 // resolvePending publishes the pending studies Orthanc calls stable and

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -63,41 +65,85 @@ func TestStudyChangedThisSecondWaits(t *testing.T) {
 	}
 }
 
-// clocklessOrthanc refuses GET /tools/now, as a least-privilege proxy
-// set up before the reconciler read it does.
+// clocklessOrthanc fails GET /tools/now with err, as a least-privilege
+// proxy set up before the reconciler read it does (403), or an Orthanc
+// overloaded (503).
 type clocklessOrthanc struct {
 	*swappableOrthanc
+	err   error
 	asked atomic.Int32
 }
 
 func (o *clocklessOrthanc) Now(context.Context) (time.Time, error) {
 	o.asked.Add(1)
-	return time.Time{}, &orthancapi.Error{Method: http.MethodGet, Path: "/tools/now", StatusCode: http.StatusForbidden}
+	return time.Time{}, o.err
 }
 
-// TestClockUnreadHoldsTheCursor: Orthanc's clock refused is no fault of
-// the stable study being handled: the cursor is not moved past its
-// StableStudy change (it was, after stuckAfter polls, the study left to
-// the pending list with a warning that Orthanc failed to read it), and
-// the polls fail, saying why.
-func TestClockUnreadHoldsTheCursor(t *testing.T) {
-	_, kv := testBucket(t)
-	o := &clocklessOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}}
-	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
-		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
-	store := &cursorStore{kv: kv, key: cursorKey("s")}
-	waitUntil(t, "the first start's cursor", func() bool {
-		_, found, err := store.load(ctx)
-		return err == nil && found
-	})
-	o.mu.Lock()
-	o.log.addStudy(1) // its StableStudy change is number 4
-	o.mu.Unlock()
-	waitUntil(t, "more polls than a change may fail", func() bool { return o.asked.Load() > 2*stuckAfter })
-	if c, _, err := store.load(ctx); err != nil || c.Seq >= 4 {
-		t.Errorf("cursor at %d (%v): moved past the StableStudy change while Orthanc's clock could not be read", c.Seq, err)
-	}
-	if err := r.Checks()["reconcile_s"](ctx); err == nil || !strings.Contains(err.Error(), "/tools/now") {
-		t.Errorf("check = %v, want the clock named", err)
+// TestClockUnread: Orthanc's clock refused for good (401, 403, 405, a
+// 404 of Orthanc's own) is a site whose proxy follows the access list
+// the docs gave before the reconciler read it: a stable study is
+// published on IsStable alone, the gauge and the check tell (it held the
+// cursor at the first StableStudy change, for good). A transient failure
+// (a 5xx, a 404 not Orthanc's) says nothing of the study either: the
+// cursor is held and the polls fail, naming the clock.
+func TestClockUnread(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		status  int
+		notOurs string // Error.NotFromOrthanc
+		refused bool
+	}{
+		{"403", http.StatusForbidden, "", true},
+		{"401", http.StatusUnauthorized, "", true},
+		{"405", http.StatusMethodNotAllowed, "", true},
+		{"404 of Orthanc", http.StatusNotFound, "", true},
+		{"404 of a proxy", http.StatusNotFound, "its body is not Orthanc's", false},
+		{"503", http.StatusServiceUnavailable, "", false},
+		{"500", http.StatusInternalServerError, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			o := &clocklessOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}},
+				err: &orthancapi.Error{Method: http.MethodGet, Path: "/tools/now", StatusCode: tc.status, NotFromOrthanc: tc.notOurs}}
+			pub := &publishedIDs{}
+			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			waitUntil(t, "the first start's cursor", func() bool {
+				_, found, err := store.load(ctx)
+				return err == nil && found
+			})
+			id := orthancID(1)
+			o.mu.Lock()
+			o.log.studies[id] = orthancapi.Study{ID: id, StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
+			o.log.add("NewStudy", id)
+			o.log.add("StableStudy", id) // change number 2
+			o.mu.Unlock()
+			gauge := func() float64 { return testutil.ToFloat64(r.m.clockUnavailable.WithLabelValues("s")) }
+			check := r.Checks()["reconcile_s"]
+			if tc.refused {
+				waitUntil(t, "the study's event and the cursor past it", func() bool {
+					c, _, err := store.load(ctx)
+					return err == nil && c.Seq >= 2 && pub.has(id)
+				})
+				if got := gauge(); got != 1 {
+					t.Errorf("clock_unavailable = %v, want 1", got)
+				}
+				if err := check(ctx); err == nil || !strings.Contains(err.Error(), "/tools/now") {
+					t.Errorf("check = %v, want a note naming the clock", err)
+				}
+				return
+			}
+			waitUntil(t, "more polls than a change may fail", func() bool { return o.asked.Load() > 2*stuckAfter })
+			if c, _, err := store.load(ctx); err != nil || c.Seq >= 2 || pub.has(id) {
+				t.Errorf("cursor at %d (%v), published %v: moved past the StableStudy change while Orthanc's clock could not be read", c.Seq, err, pub.has(id))
+			}
+			if err := check(ctx); err == nil || !strings.Contains(err.Error(), "/tools/now") {
+				t.Errorf("check = %v, want the clock named", err)
+			}
+			if got := gauge(); got != 0 {
+				t.Errorf("clock_unavailable = %v, want 0 for a transient failure", got)
+			}
+		})
 	}
 }

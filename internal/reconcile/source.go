@@ -21,6 +21,9 @@ type sourceRunner struct {
 
 	mu     sync.Mutex
 	status error
+	// note is reported by the check while polls succeed: a degraded
+	// reconciliation (errClockRefused).
+	note error
 
 	name   string // resolved source name
 	log    *slog.Logger
@@ -42,8 +45,11 @@ type sourceRunner struct {
 	// followed if the next answers it too (sameName).
 	renamedTo string
 	// clock is Orthanc's clock read in this poll (readClock); zero
-	// before.
-	clock time.Time
+	// before. clockRead is true once it was asked in this poll;
+	// clockOff while Orthanc refuses it (clockRefused).
+	clock     time.Time
+	clockRead bool
+	clockOff  bool
 	// pagesRead since the pending studies were last resolved.
 	pagesRead int
 	// goneChecked is the cursor position whose missing change was
@@ -54,7 +60,16 @@ type sourceRunner struct {
 func (s *sourceRunner) check(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.status
+	if s.status != nil {
+		return s.status
+	}
+	return s.note
+}
+
+func (s *sourceRunner) setNote(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.note = err
 }
 
 func (s *sourceRunner) setStatus(err error) {
@@ -159,6 +174,7 @@ func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 	// Only the holder reports these: a sum over replicas counts once.
 	defer s.r.m.lag.WithLabelValues(s.name).Set(0)
 	defer s.r.m.pending.WithLabelValues(s.name).Set(0)
+	defer s.r.m.clockUnavailable.WithLabelValues(s.name).Set(0)
 	s.log.Info("reconciler lease taken: this replica polls the source's change log", "holder", opts.Holder)
 
 	lctx, cancel := context.WithCancelCause(ctx)
@@ -170,6 +186,8 @@ func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 	cancel(nil)
 	wg.Wait()
 	s.setStatus(nil) // a replica that does not poll is not failing
+	s.clockOff = false
+	s.setNote(nil)
 
 	if errors.Is(context.Cause(lctx), errLeaseLost) {
 		s.log.Warn("reconciler lease lost: another replica polls the source now")
