@@ -2,13 +2,17 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // publishedAt records, for each study published, how far the change
@@ -104,4 +108,49 @@ func TestFailedLookupHoldsTheCursor(t *testing.T) {
 		o.addInstance(2, i)
 	}
 	waitUntil(t, "the forgotten study's event", func() bool { return pub.has(orthancID(1)) })
+}
+
+// hungOrthanc answers no study lookup of a new instance: each waits
+// until its request timeout (timeout) or until it is cancelled, as when
+// Orthanc is overloaded.
+type hungOrthanc struct {
+	*swappableOrthanc
+	timeout time.Duration
+	asked   atomic.Int32
+}
+
+func (o *hungOrthanc) InstanceStudy(ctx context.Context, id string) (orthancapi.Study, error) {
+	o.asked.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	<-ctx.Done()
+	return orthancapi.Study{}, fmt.Errorf("orthancapi: GET /instances/%s/study: %w", id, ctx.Err())
+}
+
+// TestHungLookupsFailThePollAtOnce: a page's lookups run side by side,
+// but only the first failure in page order matters (the cursor stops
+// there): once a lookup fails so that the cursor is held, the later ones
+// are cancelled and not started. All 200 asked, 4 at a time, a hung
+// Orthanc took 50 request timeouts (25 minutes at 30 s) to fail one poll:
+// no lag, no error counted, no alert meanwhile.
+func TestHungLookupsFailThePollAtOnce(t *testing.T) {
+	const pageSize = 200
+	_, kv := testBucket(t)
+	o := &hungOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}, timeout: 50 * time.Millisecond}
+	for i := range pageSize {
+		o.log.add("NewInstance", orthancID(5000+i))
+	}
+	// A cursor before them all; the first poll reads them, and the next
+	// waits a poll interval: the lookups counted are the first poll's.
+	if err := (&cursorStore{kv: kv, key: cursorKey("s")}).save(t.Context(), cursor{}); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		PollInterval: time.Minute, LeaseTTL: time.Second, PageSize: pageSize})
+	started := time.Now()
+	waitUntil(t, "the poll failed", func() bool { return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) >= 1 })
+	t.Logf("the poll failed after %v", time.Since(started))
+	if got := o.asked.Load(); got > 2*lookupConcurrency {
+		t.Errorf("%d lookups asked, want at most %d: those after the first failure hold nothing", got, 2*lookupConcurrency)
+	}
 }

@@ -336,8 +336,7 @@ type stuckChange struct {
 // series whose study cannot be read is skipped, logged and counted: its
 // study's own changes mark it pending.
 func (s *sourceRunner) stuckOn(c orthancapi.Change, err error) bool {
-	var oe *orthancapi.Error
-	if !errors.As(err, &oe) || oe.NotFromOrthanc != "" || retryLater(oe.StatusCode) || errors.Is(err, errClock) {
+	if holdsCursor(err) {
 		return false
 	}
 	if s.stuck.seq != c.Seq {
@@ -357,6 +356,17 @@ func (s *sourceRunner) stuckOn(c orthancapi.Change, err error) bool {
 	s.r.m.changesSkipped.WithLabelValues(s.name).Inc()
 	log.Error("Orthanc keeps failing to read a resource's study; the reconciler skips this change so that later studies are not held up")
 	return true
+}
+
+// holdsCursor reports whether a failed change's err says nothing of its
+// resource (stuckOn): the cursor is held there however many polls fail.
+// ErrNotFound and ErrInvalidID are no failure.
+func holdsCursor(err error) bool {
+	if errors.Is(err, orthancapi.ErrNotFound) || errors.Is(err, orthancapi.ErrInvalidID) {
+		return false
+	}
+	var oe *orthancapi.Error
+	return !errors.As(err, &oe) || oe.NotFromOrthanc != "" || retryLater(oe.StatusCode) || errors.Is(err, errClock)
 }
 
 // retryLater reports whether an HTTP status says the server, or a proxy
@@ -393,20 +403,52 @@ type parentLookup struct {
 // lookUp asks Orthanc for the study of each new series and instance of a
 // page, lookupConcurrency at a time, before the page is handled in order:
 // the answers are used in the page's order and the cursor stops at the
-// first that failed, as when they were asked one after another. A change
-// the rescan of a reset log skips is not asked about.
+// first that failed, as when they were asked one after another. So once
+// a lookup fails in a way that holds the cursor (holdsCursor: Orthanc
+// unreachable or slow), the later ones are cancelled and not started:
+// with every lookup timing out, a page of 200 took 50 request timeouts
+// (25 min) before its poll failed, unreported. A change the rescan of a
+// reset log skips is not asked about.
 func (s *sourceRunner) lookUp(ctx context.Context, changes []orthancapi.Change) []parentLookup {
 	out := make([]parentLookup, len(changes))
 	sem := make(chan struct{}, lookupConcurrency)
-	var wg sync.WaitGroup
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		failed  = len(changes) // first change whose lookup holds the cursor
+		cancels = map[int]context.CancelFunc{}
+	)
 	for i, c := range changes {
 		if !hasParent(c) || s.skippedByRescan(c) {
 			continue
 		}
 		sem <- struct{}{}
+		mu.Lock()
+		if i > failed {
+			mu.Unlock()
+			<-sem
+			break
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		cancels[i] = cancel
+		mu.Unlock()
 		wg.Go(func() {
 			defer func() { <-sem }()
-			out[i] = s.lookUpOne(ctx, c)
+			res := s.lookUpOne(lctx, c)
+			mu.Lock()
+			defer mu.Unlock()
+			out[i] = res
+			cancel()
+			delete(cancels, i)
+			if res.err == nil || !holdsCursor(res.err) || i > failed {
+				return
+			}
+			failed = i
+			for j, cancel := range cancels {
+				if j > i {
+					cancel()
+				}
+			}
 		})
 	}
 	wg.Wait()
