@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,7 +144,7 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		// Otherwise the change at the cursor was deleted: all the
 		// changes read are after it.
 		if gone {
-			s.cursorChangeGone(ctx)
+			s.cursorChangeGone(ctx, changes)
 		}
 	}
 
@@ -196,36 +197,55 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 // it names is still in Orthanc: the log was trimmed (DELETE /changes),
 // and studies whose changes went with it before they were read are not
 // published. A change deleted with its resource (a deletion, recycling,
-// buffer mode) is normal: nothing is missed then. The resource is looked
-// up once; a failed lookup is tried again at the next poll.
-func (s *sourceRunner) cursorChangeGone(ctx context.Context) {
+// buffer mode) is normal: nothing is missed then, even when the resource
+// was received again since, under the same ID (OverwriteInstances, a
+// study buffer mode deleted and that was sent again at once): the
+// changes read after the cursor (after) then log it anew, or its
+// deletion. The resource is looked up once (cursor.GoneChecked, so a
+// restart does not tell again); a failed lookup is tried again at the
+// next poll.
+func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.Change) {
 	mark := s.cur.Change
-	if mark == nil || s.goneChecked == s.cur.Seq {
+	if mark == nil || s.cur.GoneChecked == s.cur.Seq {
 		return
 	}
 	log := s.log.With("cursor", s.cur.Seq, "change_type", mark.Type, "orthanc_id", mark.ID)
 	level, ok := changeLevel[mark.Type]
 	if !ok {
-		s.goneChecked = s.cur.Seq
+		s.goneChecked()
 		log.Info("the change the reconciler's cursor points at is no longer in Orthanc's change log: deleted with its resource, or the log was trimmed (DELETE /changes); after a trim, run `forwarder audit`")
 		return
+	}
+	for _, c := range after {
+		if c.ID == mark.ID && (strings.HasPrefix(c.ChangeType, "New") || c.ChangeType == "Deleted") {
+			s.goneChecked()
+			log.Debug("the change the reconciler's cursor points at was deleted with its resource, received again since", "change_seq", c.Seq)
+			return
+		}
 	}
 	exists, err := s.orthanc.Exists(ctx, level, mark.ID)
 	switch {
 	case errors.Is(err, orthancapi.ErrInvalidID):
-		s.goneChecked = s.cur.Seq
+		s.goneChecked()
 		return
 	case err != nil:
 		log.Debug("could not tell why the change at the reconciler's cursor is gone; asking again at the next poll", "err", err)
 		return
 	}
-	s.goneChecked = s.cur.Seq
+	s.goneChecked()
 	if !exists {
 		log.Debug("the change the reconciler's cursor points at was deleted with its resource")
 		return
 	}
 	s.r.m.changeLogTrimmed.WithLabelValues(s.name).Inc()
 	log.Warn("Orthanc's change log was trimmed (DELETE /changes, or changes deleted by hand): the change the reconciler's cursor points at is gone while its resource is still in Orthanc; studies whose changes were removed before the reconciler read them are not published: run `forwarder audit`")
+}
+
+// goneChecked records that the missing change at the cursor was looked
+// into (cursorChangeGone).
+func (s *sourceRunner) goneChecked() {
+	s.cur.GoneChecked = s.cur.Seq
+	s.dirty = true
 }
 
 // changeLevel is the level of the resource a change of each type names,
@@ -268,7 +288,7 @@ func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error
 		log.Warn("Orthanc's change log was reset (its database was recreated, restored from a backup or replaced): rescanning it from the start")
 	}
 	s.r.m.resets.WithLabelValues(s.name).Inc()
-	s.cur.Seq, s.cur.Change = 0, nil
+	s.cur.Seq, s.cur.Change, s.cur.GoneChecked = 0, nil, 0
 	s.dirty = true
 	return s.save(ctx)
 }

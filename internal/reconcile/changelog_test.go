@@ -28,14 +28,24 @@ type changeLog struct {
 	// datedFrom is how many seconds after the first database's first
 	// change this one's is dated: a database made later logs later.
 	datedFrom int
+	// last is the highest number given, which Orthanc keeps when
+	// changes are deleted (remove).
+	last int64
 }
 
 func orthancID(n int) string { return fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", n) }
 
 func (l *changeLog) add(typ, id string) {
-	seq := int64(len(l.changes) + 1)
+	l.last++
+	seq := l.last
 	date := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC).Add(time.Duration(l.datedFrom+int(seq)) * time.Second)
 	l.changes = append(l.changes, orthancapi.Change{Seq: seq, ChangeType: typ, ID: id, Date: date.Format("20060102T150405")})
+}
+
+// remove deletes the changes numbered from..to, as Orthanc deletes a
+// resource's changes with it, or DELETE /changes all of them.
+func (l *changeLog) remove(from, to int64) {
+	l.changes = slices.DeleteFunc(l.changes, func(c orthancapi.Change) bool { return c.Seq >= from && c.Seq <= to })
 }
 
 // addStudy logs a stable study with the changes Orthanc logs for it,
@@ -66,7 +76,7 @@ func (o *swappableOrthanc) System(context.Context) (orthancapi.System, error) {
 func (o *swappableOrthanc) Changes(_ context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	page := orthancapi.Changes{Done: true, Last: int64(len(o.log.changes))}
+	page := orthancapi.Changes{Done: true, Last: o.log.last}
 	for _, c := range o.log.changes {
 		if c.Seq <= since || len(types) > 0 && !slices.Contains(types, c.ChangeType) {
 			continue
@@ -86,7 +96,7 @@ func (o *swappableOrthanc) Changes(_ context.Context, since int64, limit int, ty
 func (o *swappableOrthanc) LastChange(context.Context) (int64, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return int64(len(o.log.changes)), nil
+	return o.log.last, nil
 }
 
 func (o *swappableOrthanc) Study(_ context.Context, id string) (orthancapi.Study, error) {

@@ -44,8 +44,12 @@ type cursor struct {
 	// or is the history of another database, which a first start does
 	// not publish either. Published again, each study older than the
 	// dedupe window would be forwarded again: the whole archive.
-	SkipBefore string    `json:"skipBefore,omitempty"`
-	UpdatedAt  time.Time `json:"updatedAt"`
+	SkipBefore string `json:"skipBefore,omitempty"`
+	// GoneChecked is the position whose change was found gone from the
+	// log and looked into (cursorChangeGone): told once, not again
+	// after a restart.
+	GoneChecked int64     `json:"goneChecked,omitempty"`
+	UpdatedAt   time.Time `json:"updatedAt"`
 }
 
 type changeMark struct {

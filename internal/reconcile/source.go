@@ -52,9 +52,6 @@ type sourceRunner struct {
 	clockOff  bool
 	// pagesRead since the pending studies were last resolved.
 	pagesRead int
-	// goneChecked is the cursor position whose missing change was
-	// looked into (cursorChangeGone).
-	goneChecked int64
 }
 
 func (s *sourceRunner) check(context.Context) error {

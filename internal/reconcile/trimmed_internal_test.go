@@ -1,0 +1,96 @@
+package reconcile
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// TestCursorChangeGone: the change at the cursor leaves the log. Its
+// study deleted and received again at once under the same ID
+// (OverwriteInstances, buffer mode deleting a study sent again), the
+// study is in Orthanc, but its old changes went with its deletion:
+// nothing is missed, and the trim is not told (it was, and the alert
+// sent operators to an audit for nothing). A log trimmed is told, once:
+// not again after a restart (the position checked is in the cursor).
+func TestCursorChangeGone(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// after removes the study's changes 1 and 2 and logs what follows.
+		after   func(l *changeLog)
+		trimmed float64
+	}{
+		{"study received again", func(l *changeLog) {
+			l.add("NewStudy", orthancID(1))
+			l.add("StableStudy", orthancID(1))
+		}, 0},
+		{"study deleted, logged", func(l *changeLog) {
+			l.add("Deleted", orthancID(1))
+			l.add("NewStudy", orthancID(2))
+		}, 0},
+		{"log trimmed, another study after", func(l *changeLog) {
+			l.add("NewStudy", orthancID(2))
+			l.add("StableStudy", orthancID(2))
+		}, 1},
+		{"log trimmed, nothing after", func(*changeLog) {}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			l := &changeLog{studies: map[string]orthancapi.Study{}}
+			l.studies[orthancID(1)] = orthancapi.Study{ID: orthancID(1), StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
+			l.studies[orthancID(2)] = orthancapi.Study{ID: orthancID(2), StudyInstanceUID: "1.2.3.2", LastUpdate: "20261203T150000", IsStable: true}
+			l.add("NewStudy", orthancID(1))
+			l.add("StableStudy", orthancID(1))
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			if err := store.save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
+				t.Fatal(err)
+			}
+			l.remove(1, 2)
+			tc.after(l)
+			end := l.last
+			for run := range 2 { // and a restart
+				o := &countingSwappable{swappableOrthanc: &swappableOrthanc{log: l}}
+				r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+					PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second, Logger: slog.New(slog.DiscardHandler)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				done := make(chan struct{})
+				go func() { defer close(done); _ = r.Run(ctx) }()
+				// A poll reads the log first: the third read is after
+				// the first poll ended.
+				waitUntil(t, "three polls, the cursor at the end of the log", func() bool {
+					c, _, err := store.load(ctx)
+					return err == nil && c.Seq == end && o.reads.Load() >= 3
+				})
+				cancel()
+				<-done
+				want := tc.trimmed
+				if run == 1 {
+					want = 0
+				}
+				if got := testutil.ToFloat64(r.m.changeLogTrimmed.WithLabelValues("s")); got != want {
+					t.Errorf("run %d: trims told = %v, want %v", run, got, want)
+				}
+			}
+		})
+	}
+}
+
+// countingSwappable counts the reads of the change log.
+type countingSwappable struct {
+	*swappableOrthanc
+	reads atomic.Int32
+}
+
+func (o *countingSwappable) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
+	defer o.reads.Add(1)
+	return o.swappableOrthanc.Changes(ctx, since, limit, types...)
+}
