@@ -224,15 +224,29 @@ func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.
 		}
 	}
 	exists, err := s.orthanc.Exists(ctx, level, mark.ID)
+	var oe *orthancapi.Error
 	switch {
 	case errors.Is(err, orthancapi.ErrInvalidID):
 		s.goneChecked()
+		return
+	case errors.As(err, &oe) && (oe.StatusCode == http.StatusUnauthorized || oe.StatusCode == http.StatusForbidden):
+		// Refused, asked again at every poll it would be, for nothing:
+		// this position is left unchecked, the next one is asked.
+		s.goneChecked()
+		if !s.existsRefused {
+			s.existsRefused = true
+			log.Warn("Orthanc refuses GET /{patients,studies,series,instances}/{id}: the reconciler cannot tell a trimmed change log (DELETE /changes) until it is allowed", "err", err)
+		}
 		return
 	case err != nil:
 		log.Debug("could not tell why the change at the reconciler's cursor is gone; asking again at the next poll", "err", err)
 		return
 	}
 	s.goneChecked()
+	if s.existsRefused {
+		s.existsRefused = false
+		log.Info("Orthanc answers GET /{patients,studies,series,instances}/{id} again: the reconciler tells a trimmed change log again")
+	}
 	if !exists {
 		log.Debug("the change the reconciler's cursor points at was deleted with its resource")
 		return

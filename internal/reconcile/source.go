@@ -50,6 +50,9 @@ type sourceRunner struct {
 	clock     time.Time
 	clockRead bool
 	clockOff  bool
+	// existsRefused is true once Orthanc refused the lookup of the
+	// resource of a change gone from the log (cursorChangeGone), told once.
+	existsRefused bool
 	// pagesRead since the pending studies were last resolved.
 	pagesRead int
 }

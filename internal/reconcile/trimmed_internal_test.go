@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -93,4 +94,38 @@ type countingSwappable struct {
 func (o *countingSwappable) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
 	defer o.reads.Add(1)
 	return o.swappableOrthanc.Changes(ctx, since, limit, types...)
+}
+
+// existsRefused refuses the lookup of a resource by ID (403), as a
+// proxy set up before the reconciler used it does.
+type existsRefused struct {
+	countingSwappable
+	asked atomic.Int32
+}
+
+func (o *existsRefused) Exists(context.Context, string, string) (bool, error) {
+	o.asked.Add(1)
+	return false, &orthancapi.Error{Method: http.MethodGet, Path: "/studies/x", StatusCode: http.StatusForbidden}
+}
+
+// TestCursorChangeGoneLookupRefused: a refused lookup of the cursor's
+// resource is not a failure to retry: it was asked again at every poll
+// while the log was idle, with only a Debug line. It is asked once per
+// position (and told once).
+func TestCursorChangeGoneLookupRefused(t *testing.T) {
+	_, kv := testBucket(t)
+	l := &changeLog{studies: map[string]orthancapi.Study{}}
+	l.add("NewStudy", orthancID(1))
+	l.add("StableStudy", orthancID(1))
+	if err := (&cursorStore{kv: kv, key: cursorKey("s")}).save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
+		t.Fatal(err)
+	}
+	l.remove(1, 2) // nothing after: every poll is idle at the cursor
+	o := &existsRefused{countingSwappable: countingSwappable{swappableOrthanc: &swappableOrthanc{log: l}}}
+	runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second})
+	waitUntil(t, "ten polls", func() bool { return o.reads.Load() >= 10 })
+	if got := o.asked.Load(); got != 1 {
+		t.Errorf("the refused resource was asked %d times, want once", got)
+	}
 }
