@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -107,11 +108,28 @@ func clockRefused(err error) bool {
 // complete, would be dropped as a duplicate of one published now; from
 // the next second on LastUpdate moves, and that event is a new one. A
 // LastUpdate that cannot be read is left to publish, which refuses it.
-// With the clock refused (clockOff), IsStable alone decides.
+// With the clock refused (clockOff), IsStable alone decides. A
+// LastUpdate more than clockAhead after the clock was not written by it
+// (Orthanc's clock was set back since, or processes disagree): waiting
+// for the clock to catch up would hold the study silently for as long,
+// so it is taken as settled, with a warning.
 func (s *sourceRunner) settled(study orthancapi.Study) bool {
 	lu, ok := changeTime(study.LastUpdate)
-	return s.clockOff || !ok || lu.Before(s.clock)
+	switch {
+	case s.clockOff || !ok || lu.Before(s.clock):
+		return true
+	case lu.After(s.clock.Add(clockAhead)):
+		s.log.Warn("a stable study's LastUpdate is ahead of Orthanc's clock (set back since, or Orthanc processes whose clocks disagree): published without the same-second check",
+			"orthanc_study_id", study.ID, "study_instance_uid", study.StudyInstanceUID,
+			"last_update", study.LastUpdate, "orthanc_now", s.clock.Format(changeDateLayout))
+		return true
+	}
+	return false
 }
+
+// clockAhead is how far a LastUpdate may be after Orthanc's clock and
+// still be waited for (settled): beyond, no clock caught it up soon.
+const clockAhead = time.Minute
 
 // resolvePending publishes the pending studies Orthanc calls stable and
 // drops the deleted ones. In normal operation a StableStudy change comes

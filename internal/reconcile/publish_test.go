@@ -32,6 +32,11 @@ func TestStudyChangedThisSecondWaits(t *testing.T) {
 		{"pending, changed a second before", "NewInstance", -time.Second, false},
 		{"StableStudy change, changed in Orthanc's current second", "StableStudy", 0, true},
 		{"StableStudy change, changed a second before", "StableStudy", -time.Second, false},
+		{"pending, changed 30 s after Orthanc's clock", "NewInstance", 30 * time.Second, true},
+		// Orthanc's clock set back since, or processes disagreeing:
+		// waiting for the clock, the study was held silently that long.
+		{"pending, changed over a minute after Orthanc's clock", "NewInstance", 61 * time.Second, false},
+		{"StableStudy change, changed over a minute after Orthanc's clock", "StableStudy", time.Hour, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Orthanc's clock is not this host's: a day behind.
@@ -58,7 +63,7 @@ func TestStudyChangedThisSecondWaits(t *testing.T) {
 				if pub.has(orthancID(1)) {
 					t.Fatal("a study changed in Orthanc's current second was published: an instance stored within that second leaves LastUpdate as it is, and the study's own event would be dropped as this one's duplicate")
 				}
-				o.advance(time.Second)
+				o.advance(tc.updated + time.Second)
 			}
 			waitUntil(t, "the pending study's event", func() bool { return pub.has(orthancID(1)) })
 		})
