@@ -99,15 +99,16 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 		rs = append(rs, reconcile.Source{Name: s.Name, Orthanc: s.Client})
 	}
 	rec, err := reconcile.New(reconcile.Options{
-		Sources:        rs,
-		KV:             kv,
-		Publisher:      pub,
-		PollInterval:   r.reconcile.PollInterval,
-		LeaseTTL:       r.reconcile.LeaseTTL,
-		PublishTimeout: r.cfg.PublishTimeout,
-		Logger:         log,
-		Registerer:     reg,
-		TracerProvider: p.tracer,
+		Sources:         rs,
+		KV:              kv,
+		Publisher:       pub,
+		PollInterval:    r.reconcile.PollInterval,
+		LeaseTTL:        r.reconcile.LeaseTTL,
+		AdoptCursorFrom: r.reconcile.AdoptCursorFrom,
+		PublishTimeout:  r.cfg.PublishTimeout,
+		Logger:          log,
+		Registerer:      reg,
+		TracerProvider:  p.tracer,
 	})
 	if err != nil {
 		return err

@@ -144,6 +144,9 @@ type Reconcile struct {
 	Enabled      bool          `env:"RECONCILE_ENABLED" envDefault:"true" desc:"poll each Orthanc source's change log (GET /changes) so that a study whose webhook was lost is still forwarded"`
 	PollInterval time.Duration `env:"RECONCILE_POLL_INTERVAL" envDefault:"10s" desc:"how often the reconciler reads each source's change log"`
 	LeaseTTL     time.Duration `env:"RECONCILE_LEASE_TTL" envDefault:"15s" desc:"one ingest replica polls a source at a time; another takes over when it has not renewed its lease for this long"`
+	// AdoptCursorFrom: a configured source carries another name's cursor
+	// over only when told (another deployment on the NATS may own it).
+	AdoptCursorFrom string `env:"RECONCILE_ADOPT_CURSOR_FROM" desc:"the source name a configured Orthanc source was reconciled under before its name changed (ORTHANC_SOURCE_NAME set or changed, ORTHANC_URL moved into ORTHANC_SOURCES): a source without a cursor of its own continues that name's, if it points into its Orthanc's change log"`
 }
 
 // Validate names the variable that is out of range.
@@ -154,6 +157,9 @@ func (r *Reconcile) Validate() error {
 	}
 	if r.LeaseTTL < time.Second || r.LeaseTTL > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("RECONCILE_LEASE_TTL=%s: want 1s to 10m", r.LeaseTTL))
+	}
+	if r.AdoptCursorFrom != "" && !events.ValidSource(r.AdoptCursorFrom) {
+		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: not a valid source name", r.AdoptCursorFrom))
 	}
 	return errors.Join(errs...)
 }

@@ -93,6 +93,7 @@ func TestSourceErrorsNameTheVariable(t *testing.T) {
 		{"bad source name", map[string]string{"ORTHANC_SOURCE_NAME": "a b"}, "ORTHANC_SOURCE_NAME"},
 		{"poll interval", map[string]string{"RECONCILE_POLL_INTERVAL": "1ms"}, "RECONCILE_POLL_INTERVAL"},
 		{"lease ttl", map[string]string{"RECONCILE_LEASE_TTL": "100ms"}, "RECONCILE_LEASE_TTL"},
+		{"bad adopt cursor from", map[string]string{"RECONCILE_ADOPT_CURSOR_FROM": "a b"}, "RECONCILE_ADOPT_CURSOR_FROM"},
 		{"bad bool", map[string]string{"RECONCILE_ENABLED": "perhaps"}, "RECONCILE_ENABLED"},
 	}
 	for _, tt := range tests {

@@ -77,6 +77,15 @@ type Options struct {
 	PageSize int
 	// PublishTimeout bounds one publish (default 10 s).
 	PublishTimeout time.Duration
+	// AdoptCursorFrom is the source name a configured source was served
+	// under before its name changed (RECONCILE_ADOPT_CURSOR_FROM): a
+	// configured source without a cursor carries that name's over, if it
+	// points into its Orthanc's change log. Empty: a configured source
+	// carries none over (another deployment sharing the NATS may own a
+	// cursor that matches: an Orthanc restored from its backup). A source
+	// without a configured name follows Orthanc's Name and carries over
+	// the cursor its change log has under any other name, as before.
+	AdoptCursorFrom string
 	// Holder names this replica in the leases (default host:pid:random).
 	Holder     string
 	Logger     *slog.Logger
@@ -119,6 +128,9 @@ func New(opts Options) (*Reconciler, error) {
 			errs = append(errs, fmt.Errorf("source %q is listed twice", s.Name))
 		}
 		names[s.Name] = true
+	}
+	if f := opts.AdoptCursorFrom; f != "" && (!events.ValidSource(f) || names[f]) {
+		errs = append(errs, fmt.Errorf("the source to adopt the cursor of, %q, is invalid or one of the sources", f))
 	}
 	if opts.PollInterval < 0 || opts.LeaseTTL < 0 || opts.MaxBackoff < 0 || opts.PageSize < 0 || opts.PublishTimeout < 0 {
 		errs = append(errs, errors.New("durations and page size must not be negative"))

@@ -66,9 +66,13 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 
 // adoptRenamed continues, for a source without a cursor under its name,
 // the cursor its Orthanc's change log has under another name: an earlier
-// Name of Orthanc (no name configured), or a source name changed in the
-// configuration (ORTHANC_SOURCE_NAME set or changed, ORTHANC_URL moved
-// into ORTHANC_SOURCES). Starting at the end of the change log instead
+// Name of Orthanc (no name configured), or, for a configured source, the
+// one name the operator gives (Options.AdoptCursorFrom: ORTHANC_SOURCE_NAME
+// set or changed, ORTHANC_URL moved into ORTHANC_SOURCES). A configured
+// source took any matching cursor: with two deployments on one NATS, one
+// whose Orthanc was restored from the other's backup took and deleted
+// the other's while its ingest was down, which then started again at the
+// end of its log. Starting at the end of the change log instead
 // missed every study whose webhook was lost between the last poll under
 // the old name and the first under the new one, and the pending studies
 // (Orthanc is restarted to be renamed, and forgets its unstable studies
@@ -79,6 +83,9 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 // live replica holds. The cursor is moved to the new name's key; adopted
 // is false when none matched.
 func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err error) {
+	if s.configured != "" && s.r.opts.AdoptCursorFrom == "" {
+		return false, nil
+	}
 	kv := s.r.opts.KV
 	lister, err := kv.ListKeysFiltered(ctx, cursorKey("*"))
 	if err != nil {
@@ -92,7 +99,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	}
 	var keys []string
 	for k := range lister.Keys() {
-		if k != s.store.key && !ours[k] {
+		if k != s.store.key && !ours[k] && (s.configured == "" || k == cursorKey(s.r.opts.AdoptCursorFrom)) {
 			keys = append(keys, k)
 		}
 	}
@@ -145,6 +152,10 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		return false, fmt.Errorf("this Orthanc's change log is reconciled under another source name too (%s, its lease is held): waiting for it to stop; if it does not, two deployments name this Orthanc differently: give them the same source name (ORTHANC_SOURCE_NAME or ORTHANC_SOURCES)", held)
 	}
 	if from == "" {
+		if s.configured != "" {
+			s.log.Info("no cursor of RECONCILE_ADOPT_CURSOR_FROM's source points into this Orthanc's change log: none carried over",
+				"previous_source", s.r.opts.AdoptCursorFrom)
+		}
 		return false, nil
 	}
 	if err := s.store.save(ctx, found); err != nil {

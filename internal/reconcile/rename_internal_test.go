@@ -159,3 +159,56 @@ func TestConfiguredSourcesKeepTheirCursors(t *testing.T) {
 		}
 	}
 }
+
+// TestConfiguredSourceAdoptsOnlyTheNamedCursor: two deployments share
+// one NATS; B's Orthanc was restored from A's backup, so A's cursor
+// points into B's change log too. While A's ingest is down (its lease
+// expired), B's configured source, starting without a cursor, took A's
+// and deleted it: A, back, started at the end of its log and missed
+// what came meanwhile. A configured source carries over only the cursor
+// of the source named by AdoptCursorFrom (RECONCILE_ADOPT_CURSOR_FROM).
+func TestConfiguredSourceAdoptsOnlyTheNamedCursor(t *testing.T) {
+	for _, tc := range []struct {
+		name, from string
+		adopted    bool
+	}{
+		{"no source named", "", false},
+		{"another source named", "c", false},
+		{"that source named", "a", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			ctx := t.Context()
+			l := &changeLog{studies: map[string]orthancapi.Study{}}
+			l.addStudy(1) // changes 1 to 4, in A's log and in its backup
+			aCursor := cursor{Seq: 2, Change: markOf(l.changes[1]), Pending: map[string]int64{orthancID(1): 2}}
+			v, err := json.Marshal(aCursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Put(ctx, cursorKey("a"), v); err != nil {
+				t.Fatal(err)
+			}
+			runReconciler(t, Options{Sources: []Source{{Name: "b", Orthanc: &swappableOrthanc{log: l}}}, KV: kv, AdoptCursorFrom: tc.from,
+				Publisher: &publishedIDs{}, PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+			store := &cursorStore{kv: kv, key: cursorKey("b")}
+			waitUntil(t, "source b's cursor", func() bool {
+				c, found, err := store.load(ctx)
+				return err == nil && found && c.Seq == 4
+			})
+			_, err = kv.Get(ctx, cursorKey("a"))
+			if kept := err == nil; kept == tc.adopted {
+				t.Errorf("source a's cursor kept: %v (%v), want %v", kept, err, !tc.adopted)
+			}
+		})
+	}
+}
+
+func TestAdoptCursorFromValidated(t *testing.T) {
+	_, kv := testBucket(t)
+	for _, from := range []string{"b", "not a name!"} {
+		if _, err := New(Options{Sources: []Source{{Name: "b", Orthanc: &swappableOrthanc{}}}, KV: kv, Publisher: &publishedIDs{}, AdoptCursorFrom: from}); err == nil {
+			t.Errorf("AdoptCursorFrom %q accepted", from)
+		}
+	}
+}

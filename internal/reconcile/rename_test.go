@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/reconcile"
 	"github.com/stowline/stowline/internal/testharness"
 )
 
@@ -72,8 +73,9 @@ func TestUnnamedSourceRenamed(t *testing.T) {
 // it was receiving, which will never have a StableStudy change. The
 // reconciler waited for it in the old name's cursor; under the new name
 // it began at the end of the change log, the old cursor ignored, and
-// the study was never announced. It carries the cursor over, as for an
-// unnamed source, and announces the study under the new name.
+// the study was never announced. Told the old name
+// (RECONCILE_ADOPT_CURSOR_FROM), it carries the cursor over and announces
+// the study under the new name.
 func TestConfiguredSourceRenamed(t *testing.T) {
 	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
 		for _, tc := range []struct{ name, from, to string }{
@@ -102,7 +104,7 @@ func TestConfiguredSourceRenamed(t *testing.T) {
 				stop()
 				r.orthanc.Stop(t)
 				r.orthanc.Start(t) // forgets the unstable study: stable now, with no StableStudy change
-				r.start(t, tc.to)
+				r.start(t, tc.to, func(o *reconcile.Options) { o.AdoptCursorFrom = old })
 				testharness.WaitFor(t, "the pending study's event", 30*time.Second, func() bool {
 					return len(streamEvents(t, r.nats.JS)) >= 1
 				})
