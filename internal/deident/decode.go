@@ -3,6 +3,7 @@ package deident
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -84,6 +85,11 @@ type decoder struct {
 	held int64 // bytes held in memory since the last reset
 	// limit replaces maxHeld when set (tests).
 	limit int64
+	// mem is the bound shared with the other rewrites: held beyond its
+	// allowance needs a large slot (large: taken), waited for under ctx.
+	mem   *memory
+	ctx   context.Context
+	large bool
 	// discard: the element being read is dropped whole (a sequence the
 	// profile removes or empties). Its structure is read, but only the
 	// values the scrub needs (identifying, kept telling the attributes
@@ -205,8 +211,29 @@ func (d *decoder) hold(tag Tag, n int64) error {
 		return fmt.Errorf("%w: element %s at byte %d needs %d bytes in memory, %d held already (limit %d; each element counts %d bytes beside its value, each item %d)",
 			ErrTooLarge, tag, d.pos, n, d.held, limit, elementCost, itemCost)
 	}
+	if d.mem != nil && !d.large && d.held+n > d.mem.allowance {
+		if err := d.mem.acquire(d.ctx); err != nil {
+			return fmt.Errorf("deident: waiting to hold more than %d bytes (element %s at byte %d): %w", d.mem.allowance, tag, d.pos, err)
+		}
+		d.large = true
+	}
 	d.held += n
 	return nil
+}
+
+// release gives back the large slot, if taken: call it once what was
+// held is no longer referenced (written, or the rewrite ended).
+func (d *decoder) release() {
+	if d.large {
+		d.large = false
+		d.mem.release()
+	}
+}
+
+// reset starts a new hold, after the previous one was written.
+func (d *decoder) reset() {
+	d.held = 0
+	d.release()
 }
 
 // startsWithItem reports whether the next bytes are an Item tag: how a

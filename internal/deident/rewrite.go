@@ -3,6 +3,7 @@ package deident
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -49,6 +50,8 @@ type Deidentifier struct {
 	p *profile
 	// heldLimit replaces maxHeld when set (tests).
 	heldLimit int64
+	// mem bounds what all its rewrites hold at once.
+	mem *memory
 }
 
 // New returns a Deidentifier for the basic profile with opts.
@@ -60,7 +63,7 @@ func New(k *Keyer, opts Options) (*Deidentifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Deidentifier{k: k, p: p}, nil
+	return &Deidentifier{k: k, p: p, mem: newMemory(heldAllowance, largeSlots)}, nil
 }
 
 // CheckOptions reports what New would refuse in opts (an error matching
@@ -87,8 +90,14 @@ type Instance struct {
 
 // Rewrite reads one DICOM file from r and writes its de-identified copy
 // to w, as a Part-10 file in the same transfer syntax. On error, w holds
-// a partial file that must be discarded.
+// a partial file that must be discarded. A header held beyond the
+// per-rewrite allowance waits for the Deidentifier's large slot (see
+// Reader, which stops waiting with its context).
 func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
+	return d.rewrite(context.Background(), w, r)
+}
+
+func (d *Deidentifier) rewrite(ctx context.Context, w io.Writer, r io.Reader) (Instance, error) {
 	br, bw := readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
 	br.Reset(sourceReader{r})
 	bw.Reset(w)
@@ -98,7 +107,10 @@ func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
 		readers.Put(br)
 		writers.Put(bw)
 	}()
-	rw := &rewrite{d: d, dec: &decoder{r: br, limit: d.heldLimit}, w: bw}
+	rw := &rewrite{d: d, dec: &decoder{r: br, limit: d.heldLimit, mem: d.mem, ctx: ctx}, w: bw}
+	// Every path gives the large slot back: errors, a closed reader,
+	// a panic recovered by Reader.
+	defer rw.dec.release()
 	if err := rw.run(); err != nil {
 		return rw.inst, err
 	}
@@ -131,9 +143,13 @@ var (
 
 // Reader returns the de-identified copy of src as it is written: the
 // rewrite runs while the caller reads. Close stops it and closes src.
-func (d *Deidentifier) Reader(src io.ReadCloser) io.ReadCloser {
+// A rewrite waiting for memory (the large slot) stops waiting when ctx
+// is done or the reader is closed, failing with ctx's error.
+func (d *Deidentifier) Reader(ctx context.Context, src io.ReadCloser) io.ReadCloser {
 	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(ctx)
 	go func() {
+		defer cancel() // also when the caller never closes
 		var err error
 		defer func() {
 			// A panic in this goroutine, not the caller's, would end
@@ -148,9 +164,9 @@ func (d *Deidentifier) Reader(src io.ReadCloser) io.ReadCloser {
 			}
 			pw.CloseWithError(err)
 		}()
-		_, err = d.Rewrite(pw, src)
+		_, err = d.rewrite(ctx, pw, src)
 	}()
-	return &pipeReader{pr: pr, src: src}
+	return &pipeReader{pr: pr, src: src, cancel: cancel}
 }
 
 // panicSite names the function and line that panicked, from a deferred
@@ -170,13 +186,15 @@ func panicSite() string {
 }
 
 type pipeReader struct {
-	pr  *io.PipeReader
-	src io.Closer
+	pr     *io.PipeReader
+	src    io.Closer
+	cancel context.CancelFunc
 }
 
 func (p *pipeReader) Read(b []byte) (int, error) { return p.pr.Read(b) }
 
 func (p *pipeReader) Close() error {
+	p.cancel()       // a wait for memory ends
 	_ = p.pr.Close() // the writer's next write fails: the rewrite ends
 	return p.src.Close()
 }
@@ -213,6 +231,9 @@ func (rw *rewrite) run() error {
 		flushed = true
 		err := rw.start(pending)
 		pending = nil
+		// What was held is written: the large slot goes back before
+		// Pixel Data streams.
+		rw.dec.reset()
 		return err
 	}
 	var prev Tag
@@ -277,7 +298,7 @@ func (rw *rewrite) run() error {
 				continue
 			}
 			if flushed {
-				rw.dec.held = 0
+				rw.dec.reset()
 			}
 			// A sequence the copy drops (a private one, a Content
 			// Sequence emptied): read without building its tree, only
@@ -308,6 +329,7 @@ func (rw *rewrite) run() error {
 		if err := rw.writeTop(el); err != nil {
 			return err
 		}
+		rw.dec.reset()
 	}
 	if !flushed {
 		if err := flush(); err != nil {

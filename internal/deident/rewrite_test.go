@@ -237,7 +237,7 @@ func (panickingFile) Close() error             { return nil }
 // caller's recover reaches: it ended the process, and every study in
 // flight with it. It is the reader's error instead.
 func TestReaderPanicIsAnError(t *testing.T) {
-	rc := newTestDeidentifier(t, Options{}).Reader(panickingFile{})
+	rc := newTestDeidentifier(t, Options{}).Reader(t.Context(), panickingFile{})
 	defer rc.Close()
 	_, err := io.ReadAll(rc)
 	if !errors.Is(err, ErrPanicked) || !strings.Contains(err.Error(), "a parser bug") || !strings.Contains(err.Error(), "panickingFile.Read") {

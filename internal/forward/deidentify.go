@@ -119,7 +119,7 @@ func (x *deidentified) open(p dicomweb.Part, measuring bool) func(context.Contex
 		if err != nil {
 			return nil, err
 		}
-		return &refusingReader{ReadCloser: x.d.Reader(rc), uid: p.SOPInstanceUID, setting: x.setting, copies: x.copies,
+		return &refusingReader{ReadCloser: x.d.Reader(ctx, rc), uid: p.SOPInstanceUID, setting: x.setting, copies: x.copies,
 			measuring: measuring}, nil
 	}
 }
