@@ -52,6 +52,9 @@ type Deidentifier struct {
 	heldLimit int64
 	// mem bounds what all its rewrites hold at once.
 	mem *memory
+	// noDiscard builds dropped sequences whole, as before 3b15d8e
+	// (tests: the discard path must write the same bytes).
+	noDiscard bool
 }
 
 // New returns a Deidentifier for the basic profile with opts.
@@ -304,7 +307,7 @@ func (rw *rewrite) run() error {
 			// Sequence emptied): read without building its tree, only
 			// its identifying values held, so that what is not sent
 			// cannot make the instance too large.
-			rw.dec.discard = sequence && (a == actRemove || a == actEmpty)
+			rw.dec.discard = sequence && (a == actRemove || a == actEmpty) && !rw.d.noDiscard
 			rw.dec.kept = rw.kept
 			el, err = rw.dec.readBody(tag, vr, n, rw.explicit, 0)
 			dropped := rw.dec.dropped
