@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -175,18 +176,28 @@ func TestStoredBeforeTheBodyBrokeOffIsNoConflict(t *testing.T) {
 	for _, action := range []string{ConflictDeadLetter, ConflictSkip} {
 		t.Run(action, func(t *testing.T) {
 			dest := &azureLike{held: map[string]bool{}}
-			// Later requests wait until the broken one is stored: the
-			// rest of it is sent again as soon as the body broke off.
-			var requests atomic.Int32
-			firstStored := make(chan struct{})
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if requests.Add(1) == 1 {
-					defer close(firstStored)
+			// The study is one request (RequestConcurrency 1), on the
+			// first connection; its body breaks off and closes it, so
+			// every later request comes on a later one. Those wait
+			// until the broken one is stored: the rest of it is sent
+			// again as soon as the body broke off, while the server
+			// may not have read the broken one yet (by arrival at the
+			// handler, the request sent again could come first, be
+			// stored and its instances proven stowline's).
+			var conns atomic.Int32
+			brokenStored := make(chan struct{})
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Context().Value(connNumber{}) == int32(1) {
+					defer close(brokenStored)
 				} else {
-					<-firstStored
+					<-brokenStored
 				}
 				dest.ServeHTTP(w, r)
 			}))
+			srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+				return context.WithValue(ctx, connNumber{}, conns.Add(1))
+			}
+			srv.Start()
 			t.Cleanup(srv.Close)
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
@@ -194,6 +205,7 @@ func TestStoredBeforeTheBodyBrokeOffIsNoConflict(t *testing.T) {
 			f := newForwarder(t, nil, srv.URL, cons, out.options, func(o *Options) {
 				src := newUnreadOnce(3, 2)
 				o.SourceFor = func(string) (Source, error) { return src, nil }
+				o.RequestConcurrency = 1
 				o.MaxBytes = 8 << 20
 				o.InstanceRetries = 2
 				o.InstanceRetryDelay = 10 * time.Millisecond
@@ -202,17 +214,22 @@ func TestStoredBeforeTheBodyBrokeOffIsNoConflict(t *testing.T) {
 				o.Conflicts = azureConflicts(action)
 			})
 			f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
-			if answers := dest.answered(); !strings.Contains(answers, "1.2.3.1:stored") || !strings.Contains(answers, "1.2.3.1:45070") {
-				t.Fatalf("answers %s: want 1.2.3.1 stored from the broken body, then answered 45070", answers)
+			const want = "1.2.3.1:stored 1.2.3.2:stored 1.2.3.1:45070 1.2.3.2:45070 1.2.3.3:stored"
+			if answers := dest.answered(); answers != want {
+				t.Fatalf("answers %s, want %s: 1.2.3.1 and 1.2.3.2 stored from the broken body, answered 45070 sent again, then 1.2.3.3 read again", answers, want)
 			}
 			noneSkipped(t, f)
 			comps := out.settled(t, 1)
-			if kept := comps[0].Kept; !slices.Contains(kept, "1.2.3.1") || slices.Contains(kept, "1.2.3.3") {
-				t.Errorf("the completion keeps %v in the source, want those stored from the broken body, not 1.2.3.3", kept)
+			if kept := comps[0].Kept; !slices.Equal(kept, []string{"1.2.3.1", "1.2.3.2"}) {
+				t.Errorf("the completion keeps %v in the source, want those stored from the broken body, 1.2.3.1 and 1.2.3.2", kept)
 			}
 		})
 	}
 }
+
+// connNumber is the context key of a test server's connection number,
+// 1 for the first it accepted.
+type connNumber struct{}
 
 // Google's "already exists" is a 409 with Failure Reason 272, a
 // conflict once the destination lists the instance (QIDO-RS): listed
