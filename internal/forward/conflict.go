@@ -261,22 +261,46 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 
 // notStoredAgain is err, the failure of a delivery that deleted
 // instances at the destination (replace by delete) and did not get them
-// stored again: transient, whatever err was, since the next delivery
-// stores them (no longer conflicts), and naming them, for the dead
-// letter of the last delivery. One err names already (its re-store
-// refused for good) is named once, with both texts.
-func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, err error) error {
+// stored again, naming them. Transient, whatever err was, since the next
+// delivery stores them (they no longer conflict): unless err is a letter
+// of its own (partial, conflict) and each of them was refused for good
+// when stored again (in rejected, or err names it with a Failure Reason
+// that is a refusal): the next delivery would be refused the same, and
+// its letter would no longer say the archive lost them. One err names
+// already is named once, with both texts.
+func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, rejected []Instance, err error) error {
 	uids := slices.Sorted(maps.Keys(st.deleted))
+	var fe *Error
+	isErr := errors.As(err, &fe)
+	refused := make(map[string]bool, len(rejected))
+	for _, in := range rejected {
+		refused[in.SOPInstanceUID] = true
+	}
+	if isErr {
+		for _, in := range fe.Instances {
+			if in.FailureReason != 0 && ClassifyInstance(in.FailureReason) == Reject {
+				refused[in.SOPInstanceUID] = true
+			}
+		}
+	}
+	lost := isErr && (fe.Class == Partial || fe.Class == Conflict) && !slices.ContainsFunc(uids, func(uid string) bool { return !refused[uid] })
 	what := "deleted at the destination to replace it (" + f.opts.Conflicts.setting() + "=" + ConflictReplace + "), not stored again"
+	if lost {
+		what = "deleted at the destination to replace it (" + f.opts.Conflicts.setting() + "=" + ConflictReplace + "); storing it again was refused for good: the archive no longer holds it"
+	}
 	gone := make([]Instance, len(uids))
 	for i, uid := range uids {
 		gone[i] = Instance{SOPInstanceUID: uid, Text: what}
 	}
-	f.log.Error("instances deleted at the destination to replace them are not stored again: the study is retried", "orthanc_study_id", ev.OrthancStudyID,
-		"study_instance_uid", ev.StudyInstanceUID, "instances", len(gone), "first_sop_instance_uid", uids[0], "err", err)
+	args := []any{"orthanc_study_id", ev.OrthancStudyID, "study_instance_uid", ev.StudyInstanceUID, "instances", len(gone), "first_sop_instance_uid", uids[0], "err", err}
 	out := &Error{Class: Transient, Err: fmt.Errorf("%d instances deleted at the destination to replace them, not stored again: %s: %w", len(gone), uidList(gone), err), Instances: gone}
-	var fe *Error
-	if errors.As(err, &fe) {
+	if lost {
+		f.log.Error("instances deleted at the destination to replace them were refused for good when stored again: the archive no longer holds them", args...)
+		out = &Error{Class: fe.Class, Err: fmt.Errorf("%d instances deleted at the destination to replace them; storing them again was refused for good, the archive no longer holds them: %s: %w", len(gone), uidList(gone), err), Instances: gone}
+	} else {
+		f.log.Error("instances deleted at the destination to replace them are not stored again: the study is retried", args...)
+	}
+	if isErr {
 		named := slices.Clone(fe.Instances)
 		for i, in := range named {
 			if st.deleted[in.SOPInstanceUID] {

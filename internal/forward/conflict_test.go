@@ -563,7 +563,10 @@ func TestTransientFailureCountsConflicts(t *testing.T) {
 
 // An instance deleted to replace it whose store again is refused for
 // good was listed twice in the letter: as refused, and as deleted and
-// not stored again. Once now, with both texts.
+// not stored again. Once now, with both texts. And it was made
+// transient: the next delivery stored it as new, was refused the same,
+// and its letter no longer said the archive had lost it. Now the first
+// delivery's letter is the partial one, and says so.
 func TestReplaceByDeleteRefusedAgainNamedOnce(t *testing.T) {
 	const sop = "1.2.3.1" // newMemSource(1)
 	var posts atomic.Int32
@@ -588,123 +591,28 @@ func TestReplaceByDeleteRefusedAgainNamedOnce(t *testing.T) {
 	dls := &memDeadLetters{}
 	f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
 		o.DeadLetters = dls
-		o.MaxDeliveries = 1
+		o.MaxDeliveries = 3
 		o.InstanceRetries = 0
 		o.Conflicts = ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete,
 			Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
 	})
-	forwardOne(t, f, ns, cons, testEvent())
+	forwardOneWithin(t, f, ns, cons, testEvent(), 60*time.Second)
 	letters := dls.all()
 	if len(letters) != 1 {
 		t.Fatalf("%d dead letters, want 1", len(letters))
 	}
 	l := letters[0]
-	if l.Class != Transient || len(l.Failures) != 1 {
-		t.Fatalf("class %q, failures %+v: want transient, %s once", l.Class, l.Failures, sop)
+	if l.Class != Partial || l.Attempts != 1 || len(l.Failures) != 1 {
+		t.Fatalf("class %q at delivery %d, failures %+v: want partial at delivery 1, %s once", l.Class, l.Attempts, l.Failures, sop)
 	}
-	if in := l.Failures[0]; in.SOPInstanceUID != sop || in.FailureReason != 0xC000 || !strings.Contains(in.Text, "not stored again") {
-		t.Errorf("failure %+v: want %s refused (0xC000), deleted and not stored again", in, sop)
+	const lost = "storing it again was refused for good: the archive no longer holds it"
+	if in := l.Failures[0]; in.SOPInstanceUID != sop || in.FailureReason != 0xC000 || !strings.Contains(in.Text, "deleted at the destination") || !strings.Contains(in.Text, lost) {
+		t.Errorf("failure %+v: want %s refused (0xC000), deleted, %q", in, sop, lost)
 	}
-}
-
-// A failure met in a later round than the conflicts an attempt
-// dead-letters (the destination down, a DELETE refused after a
-// replacement conflicted again) lost them: its letter named neither them
-// nor counted them dead_lettered.
-func TestFailuresAfterConflictsNameThem(t *testing.T) {
-	const a, b = "1.2.3.1", "1.2.3.2" // newMemSource(2)
-	tests := []struct {
-		name   string
-		policy ConflictPolicy
-		// post answers the nth POST (from 1) of sops.
-		post      func(w http.ResponseWriter, n int, sops []string)
-		wantClass Class
-		want      []string
-	}{
-		{name: "destination down in the next round", policy: ConflictPolicy{Action: ConflictDeadLetter},
-			post: func(w http.ResponseWriter, n int, _ []string) {
-				if n == 1 {
-					twoFailed(w, a, dicomweb.FailureAzureAlreadyExists, b, dicomweb.FailureProcessing)
-					return
-				}
-				w.WriteHeader(http.StatusServiceUnavailable)
-			},
-			wantClass: Transient, want: []string{"503", "destination already holds 1 instances with other content (STOW_ON_CONFLICT=deadletter): " + a}},
-		// a replaced conflicts again, and the DELETE of b, conflicting
-		// only now, is refused.
-		{name: "delete refused after a replacement conflicted again", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete},
-			post: func(w http.ResponseWriter, n int, sops []string) {
-				if n == 1 {
-					twoFailed(w, a, dicomweb.FailureAzureAlreadyExists, b, dicomweb.FailureProcessing)
-					return
-				}
-				failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, sops...)
-			},
-			wantClass: Permanent, want: []string{"replace instance " + b, "destination already holds 1 instances with other content", "still so after replacing it with delete"}},
+	if !strings.Contains(l.Reason, "the archive no longer holds them") {
+		t.Errorf("reason %q does not say the archive lost the deleted instance", l.Reason)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var mu sync.Mutex
-			posts := 0
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				body, _ := io.ReadAll(r.Body)
-				mu.Lock()
-				defer mu.Unlock()
-				switch r.Method {
-				case http.MethodPost:
-					posts++
-					tt.post(w, posts, memSourceUIDsIn(body, 2))
-				case http.MethodDelete:
-					if strings.HasSuffix(r.URL.Path, "/"+b) {
-						w.WriteHeader(http.StatusConflict)
-						return
-					}
-					w.WriteHeader(http.StatusNoContent)
-				default:
-					w.WriteHeader(http.StatusMethodNotAllowed)
-				}
-			}))
-			t.Cleanup(srv.Close)
-			ns := testnats.Start(t)
-			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			tt.policy.Rules = []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
-				o.DeadLetters = dls
-				o.MaxDeliveries = 1
-				o.InstanceRetries = 1
-				o.InstanceRetryDelay = 10 * time.Millisecond
-				o.Conflicts = tt.policy
-			})
-			forwardOne(t, f, ns, cons, testEvent())
-			letters := dls.all()
-			if len(letters) != 1 {
-				t.Fatalf("%d dead letters, want 1", len(letters))
-			}
-			l := letters[0]
-			if l.Class != tt.wantClass {
-				t.Errorf("class %q, want %q (reason %q)", l.Class, tt.wantClass, l.Reason)
-			}
-			for _, want := range tt.want {
-				if !strings.Contains(l.Reason, want) {
-					t.Errorf("reason %q, want %q in it", l.Reason, want)
-				}
-			}
-			if !slices.ContainsFunc(l.Failures, func(in Instance) bool { return in.SOPInstanceUID == a }) {
-				t.Errorf("failures %+v: %s not named", l.Failures, a)
-			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("dead_lettered")); got != 1 {
-				t.Errorf("conflicts{action=dead_lettered} = %v, want 1", got)
-			}
-		})
+	if got := posts.Load(); got != 2 {
+		t.Errorf("%d POSTs, want 2 (one delivery)", got)
 	}
-}
-
-// twoFailed is a 409 STOW answer naming sop1 failed with reason1 and
-// sop2 with reason2.
-func twoFailed(w http.ResponseWriter, sop1 string, reason1 int, sop2 string, reason2 int) {
-	w.Header().Set("Content-Type", "application/dicom+json")
-	w.WriteHeader(http.StatusConflict)
-	fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}},{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}]}}`,
-		sop1, reason1, sop2, reason2)
 }

@@ -160,7 +160,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}, replaced: map[string]bool{}, deleted: map[string]bool{}}
 	defer func() {
 		if err != nil && len(st.deleted) > 0 {
-			err = f.notStoredAgain(ev, st, err)
+			err = f.notStoredAgain(ev, st, rejected, err)
 		}
 	}()
 	// stored are the instances the destination confirmed to this
