@@ -280,3 +280,132 @@ func TestFailureLogTTLRaised(t *testing.T) {
 		t.Errorf("failure bucket TTL %s after a shorter start's write, want the longest, %s", got, topo.StoredRetention)
 	}
 }
+
+// racingCreator is a JetStream on which another group's start makes the
+// failure bucket, with its own TTL, between this start's look-up (not
+// found) and its create.
+type racingCreator struct {
+	jetstream.JetStream
+	other natsjs.Topology
+	done  bool
+}
+
+func (w *racingCreator) race(ctx context.Context, cfg jetstream.KeyValueConfig) error {
+	if w.done || cfg.Bucket != natsjs.FailureBucket {
+		return nil
+	}
+	w.done = true
+	_, err := w.other.EnsureFailureLog(ctx, w.JetStream)
+	return err
+}
+
+func (w *racingCreator) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if err := w.race(ctx, cfg); err != nil {
+		return nil, err
+	}
+	return w.JetStream.CreateKeyValue(ctx, cfg)
+}
+
+func (w *racingCreator) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if err := w.race(ctx, cfg); err != nil {
+		return nil, err
+	}
+	return w.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+}
+
+// lateChecked is a JetStream on which another group's start that read
+// the failure bucket before this start's update writes its shorter TTL
+// right after this start's first read that finds its update in place.
+type lateChecked struct {
+	jetstream.JetStream
+	ttl              time.Duration
+	updated, written bool
+}
+
+func (w *lateChecked) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if cfg.Name == "KV_"+natsjs.FailureBucket {
+		w.updated = true
+	}
+	return w.JetStream.UpdateStream(ctx, cfg)
+}
+
+func (w *lateChecked) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	kv, err := w.JetStream.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	return &lateCheckedKV{KeyValue: kv, w: w}, nil
+}
+
+type lateCheckedKV struct {
+	jetstream.KeyValue
+	w *lateChecked
+}
+
+func (kv *lateCheckedKV) Status(ctx context.Context) (jetstream.KeyValueStatus, error) {
+	st, err := kv.KeyValue.Status(ctx)
+	if err != nil || !kv.w.updated || kv.w.written || kv.Bucket() != natsjs.FailureBucket {
+		return st, err
+	}
+	kv.w.written = true
+	s, err := kv.w.JetStream.Stream(ctx, "KV_"+natsjs.FailureBucket)
+	if err != nil {
+		return nil, err
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxAge = kv.w.ttl
+	if _, err := kv.w.JetStream.UpdateStream(ctx, cfg); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// TestFailureLogTTLRaced: the longest STORED_RECORD_RETENTION of two
+// forwarder groups starting together wins: (a) on a fresh install, the
+// shorter group's create no longer updates the bucket the other made
+// meanwhile; (b) a shorter write landing after the start's read that
+// found its update in place is raised at the read after it.
+func TestFailureLogTTLRaced(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	const day = 24 * time.Hour
+	longer := natsjs.DefaultTopology()
+	longer.StoredRetention = 400 * day
+	for _, tt := range []struct {
+		name string
+		// before: the TTL of the bucket a previous start made (0: none).
+		before time.Duration
+		topo   natsjs.Topology
+		js     jetstream.JetStream
+	}{
+		{name: "fresh install, the longer group creates first", topo: natsjs.DefaultTopology(), js: &racingCreator{JetStream: js, other: longer}},
+		{name: "a shorter write lands after the check", before: 30 * day, topo: longer, js: &lateChecked{JetStream: js, ttl: 365 * day}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := js.DeleteKeyValue(ctx, natsjs.FailureBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+				t.Fatal(err)
+			}
+			if tt.before > 0 {
+				old := natsjs.DefaultTopology()
+				old.Retention, old.DeadLetterRetention, old.StoredRetention = tt.before, tt.before, 0
+				if _, err := old.EnsureFailureLog(ctx, js); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := tt.topo.EnsureFailureLog(ctx, tt.js); err != nil {
+				t.Fatal(err)
+			}
+			kv, err := js.KeyValue(ctx, natsjs.FailureBucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := kv.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.TTL(); got != longer.StoredRetention {
+				t.Errorf("failure bucket TTL %s, want the longest, %s", got, longer.StoredRetention)
+			}
+		})
+	}
+}

@@ -87,6 +87,15 @@ func (p provisioningJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstrea
 	})
 }
 
+// CreateKeyValue is retried as CreateOrUpdateKeyValue: a create that
+// landed unanswered is answered the same when sent again (JetStream
+// creates a stream of the same configuration once).
+func (p provisioningJS) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	return provision(ctx, p.log, "key-value bucket "+cfg.Bucket, false, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return p.JetStream.CreateKeyValue(ctx, cfg)
+	})
+}
+
 // provision calls fn until it answers or ctx ends; an attempt that times
 // out is retried after a short random pause (replicas that raced start
 // apart), with twice the time. A read's retries are logged at debug

@@ -174,6 +174,11 @@ func (c *countingJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.K
 	return c.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
 }
 
+func (c *countingJS) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	c.kvUpdates++
+	return c.JetStream.CreateKeyValue(ctx, cfg)
+}
+
 func (c *countingJS) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	if strings.HasPrefix(cfg.Name, "KV_") {
 		c.kvUpdates++
@@ -376,6 +381,13 @@ func (r refusingMemory) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstrea
 		return nil, r.refusal()
 	}
 	return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+}
+
+func (r refusingMemory) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if cfg.Storage == jetstream.MemoryStorage {
+		return nil, r.refusal()
+	}
+	return r.JetStream.CreateKeyValue(ctx, cfg)
 }
 
 func (r refusingMemory) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {

@@ -1107,51 +1107,84 @@ var errBucketCreate = errors.New("create key-value bucket")
 // leaves its stream (a bucket is a stream).
 func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
-	existed := err == nil
 	switch {
 	case err == nil:
-		read, err := t.settleKV(ctx, js, kv, cfg)
-		if err != nil {
-			return nil, err
-		}
-		if read {
-			return kv, nil
-		}
+		return t.existingKV(ctx, js, kv, cfg)
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
 	}
-	kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+	// A create, not CreateOrUpdateKeyValue (an update first): another
+	// group's start may have made it meanwhile, and an update would set
+	// this start's configuration over it unread (the failure bucket's
+	// TTL lowered). Made with another configuration, it is settled as an
+	// existing one.
+	kv, err = js.CreateKeyValue(ctx, cfg)
 	switch {
-	case err != nil && existed:
-		return nil, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
+	case errors.Is(err, jetstream.ErrBucketExists):
+		if kv, err = js.KeyValue(ctx, cfg.Bucket); err != nil {
+			return nil, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+		}
+		return t.existingKV(ctx, js, kv, cfg)
 	case err != nil:
 		return nil, fmt.Errorf("%w %s: %w", errBucketCreate, cfg.Bucket, err)
-	}
-	if cfg.Bucket == FailureBucket {
-		// Another group's start may have made it too, with a shorter TTL.
-		if _, err := t.settleKV(ctx, js, kv, cfg); err != nil {
-			return nil, err
-		}
 	}
 	return kv, nil
 }
 
-// ttlTries bounds the updates of one start to the failure bucket's TTL
+// existingKV updates the existing bucket kv to cfg (settleKV), through
+// the client's update when its status holds no configuration.
+func (t Topology) existingKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	read, err := t.settleKV(ctx, js, kv, cfg)
+	switch {
+	case err != nil:
+		return nil, err
+	case read:
+		return kv, nil
+	}
+	kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
+}
+
+// ttlTries bounds the reads of one start of the failure bucket's TTL
 // (settleKV).
-const ttlTries = 3
+const ttlTries = 6
+
+// ttlRecheck is how long settleKV waits to read the failure bucket once
+// more after its update was found in place: an update of another
+// group's start that read it before, still on its way, lands meanwhile.
+const ttlRecheck = 250 * time.Millisecond
 
 // settleKV updates an existing bucket to cfg (updateKV). The failure
 // bucket's TTL only rises (keepFailureTTL), but an update is no
 // compare-and-set: another group's start that read the bucket before
 // this one's update and writes after it set its shorter TTL back. So an
-// update of it is followed by a read, and the longest is written again
-// if it changed meanwhile, a few times. read is false when the bucket's
+// update of it is followed by a read, and again after ttlRecheck once
+// it is in place, and the longest is written again if it changed
+// meanwhile, a few times. A write landing later still is raised by the
+// longer group's next start. read is false when the bucket's
 // configuration could not be read from its status.
 func (t Topology) settleKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) (read bool, err error) {
+	wrote := false
 	for try := 1; ; try++ {
-		read, wrote, err := t.updateKV(ctx, js, kv, cfg)
-		if err != nil || !read || !wrote || cfg.Bucket != FailureBucket || try == ttlTries {
+		read, w, err := t.updateKV(ctx, js, kv, cfg)
+		if err != nil || !read || cfg.Bucket != FailureBucket || try == ttlTries || (!w && !wrote) {
 			return read, err
+		}
+		if w {
+			wrote = true
+			continue
+		}
+		// In place: once more after a pause.
+		wrote = false
+		timer := time.NewTimer(ttlRecheck)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return read, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, context.Cause(ctx))
+		case <-timer.C:
 		}
 	}
 }
