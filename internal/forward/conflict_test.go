@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -69,12 +70,9 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var calls []string
+			var calls requestLog
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				calls = append(calls, r.Method)
-				mu.Unlock()
+				calls.add(r.Method)
 				tt.answers[r.Method](w)
 			}))
 			t.Cleanup(srv.Close)
@@ -98,7 +96,7 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 			case tt.wantDead != "" && (len(letters) != 1 || !strings.Contains(letters[0].Reason, tt.wantDead) || !strings.Contains(letters[0].Reason, sop)):
 				t.Errorf("dead letters %+v, want one naming %s: %q", letters, sop, tt.wantDead)
 			}
-			if got := strings.Join(calls, " "); got != tt.wantCalls {
+			if got := calls.joined(" "); got != tt.wantCalls {
 				t.Errorf("requests %q, want %q", got, tt.wantCalls)
 			}
 			if tt.wantMetric != "" {
@@ -251,9 +249,25 @@ func TestTooLargeNamesWhatToChange(t *testing.T) {
 // failedAnswer is a STOW answer of status naming each of sops failed with
 // reason.
 func failedAnswer(w http.ResponseWriter, status, reason int, sops ...string) {
-	items := make([]string, len(sops))
+	failed := make([]failedSOP, len(sops))
 	for i, sop := range sops {
-		items[i] = fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}`, sop, reason)
+		failed[i] = failedSOP{sop, reason}
+	}
+	failedAnswerEach(w, status, failed...)
+}
+
+// failedSOP is an instance of a STOW answer's FailedSOPSequence.
+type failedSOP struct {
+	uid    string
+	reason int
+}
+
+// failedAnswerEach is a STOW answer of status naming each of failed
+// with its own reason.
+func failedAnswerEach(w http.ResponseWriter, status int, failed ...failedSOP) {
+	items := make([]string, len(failed))
+	for i, in := range failed {
+		items[i] = fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}`, in.uid, in.reason)
 	}
 	w.Header().Set("Content-Type", "application/dicom+json")
 	w.WriteHeader(status)
@@ -280,6 +294,73 @@ func memSourceUIDsIn(body []byte, n int) []string {
 		}
 	}
 	return out
+}
+
+// requestLog records what a fake destination was sent, from its
+// handler's goroutines.
+type requestLog struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (l *requestLog) add(call string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.calls = append(l.calls, call)
+}
+
+// joined is the calls so far, in order, separated by sep.
+func (l *requestLog) joined(sep string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.calls, sep)
+}
+
+// conflictForwarder forwards newMemSource(instances) to url, taking
+// Azure's "already exists" (45070) for a conflict settled by policy, up
+// to maxDeliveries, its dead letters in memory. No instance retries: the
+// requests a delivery sends are only those its conflicts call for.
+func conflictForwarder(t *testing.T, url string, instances, maxDeliveries int, policy ConflictPolicy) (*Forwarder, *testnats.Server, jetstream.Consumer, *memDeadLetters) {
+	t.Helper()
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	policy.Rules = azureConflicts(policy.Action).Rules
+	f := newForwarder(t, newMemSource(instances), url, cons, func(o *Options) {
+		o.DeadLetters = dls
+		o.MaxDeliveries = maxDeliveries
+		o.InstanceRetries = 0
+		o.Conflicts = policy
+	})
+	return f, ns, cons, dls
+}
+
+// onlyLetter is the one dead letter of dls; the test fails without it.
+func onlyLetter(t *testing.T, dls *memDeadLetters) DeadLetter {
+	t.Helper()
+	letters := dls.all()
+	if len(letters) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(letters))
+	}
+	return letters[0]
+}
+
+// wantReasonHas checks that reason holds each of wants.
+func wantReasonHas(t *testing.T, reason string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(reason, want) {
+			t.Errorf("reason %q, want %q in it", reason, want)
+		}
+	}
+}
+
+// wantConflicts checks conflicts{action} of f.
+func wantConflicts(t *testing.T, f *Forwarder, action string, want float64) {
+	t.Helper()
+	if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues(action)); got != want {
+		t.Errorf("conflicts{action=%q} = %v, want %v", action, got, want)
+	}
 }
 
 // Replace by DELETE deleted instances one after another, and a DELETE
@@ -322,25 +403,21 @@ func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var calls []string
-			posts := 0
+			var calls requestLog
+			var posts atomic.Int32
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				body, _ := io.ReadAll(r.Body)
-				mu.Lock()
-				defer mu.Unlock()
 				switch r.Method {
 				case http.MethodPost:
-					posts++
-					calls = append(calls, "POST "+strings.Join(memSourceUIDsIn(body, 2), ","))
-					if posts == 1 {
+					calls.add("POST " + strings.Join(memSourceUIDsIn(body, 2), ","))
+					if posts.Add(1) == 1 {
 						failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, first, second)
 						return
 					}
 					tt.storeAgain(w)
 				case http.MethodDelete:
 					sop := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
-					calls = append(calls, "DELETE "+sop)
+					calls.add("DELETE " + sop)
 					switch {
 					case sop == second:
 						w.WriteHeader(http.StatusConflict)
@@ -350,41 +427,21 @@ func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
 						w.WriteHeader(http.StatusNoContent)
 					}
 				default:
-					calls = append(calls, r.Method)
+					calls.add(r.Method)
 					w.WriteHeader(http.StatusMethodNotAllowed)
 				}
 			}))
 			t.Cleanup(srv.Close)
-			ns := testnats.Start(t)
-			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
-				o.DeadLetters = dls
-				o.MaxDeliveries = 1
-				o.InstanceRetries = 0
-				o.Conflicts = ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete,
-					Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-			})
+			f, ns, cons, dls := conflictForwarder(t, srv.URL, 2, 1, ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete})
 			forwardOne(t, f, ns, cons, testEvent())
-			mu.Lock()
-			got := strings.Join(calls, "; ")
-			mu.Unlock()
-			if want := "POST 1.2.3.1,1.2.3.2; DELETE 1.2.3.1; DELETE 1.2.3.2; POST 1.2.3.1"; got != want {
+			if got, want := calls.joined("; "), "POST 1.2.3.1,1.2.3.2; DELETE 1.2.3.1; DELETE 1.2.3.2; POST 1.2.3.1"; got != want {
 				t.Errorf("requests %q, want %q: what was deleted is stored again", got, want)
 			}
-			letters := dls.all()
-			if len(letters) != 1 {
-				t.Fatalf("%d dead letters, want 1", len(letters))
-			}
-			l := letters[0]
+			l := onlyLetter(t, dls)
 			if l.Class != tt.wantClass {
 				t.Errorf("class %q, want %q (reason %q)", l.Class, tt.wantClass, l.Reason)
 			}
-			for _, want := range tt.wantReason {
-				if !strings.Contains(l.Reason, want) {
-					t.Errorf("reason %q, want %q in it", l.Reason, want)
-				}
-			}
+			wantReasonHas(t, l.Reason, tt.wantReason...)
 			named := slices.ContainsFunc(l.Failures, func(in Instance) bool {
 				return in.SOPInstanceUID == first && strings.Contains(in.Text, "deleted at the destination")
 			})
@@ -397,17 +454,13 @@ func TestReplaceByDeleteStoresAgainWhatItDeleted(t *testing.T) {
 			if tt.wantNamed || tt.deleteFirst != 0 {
 				wantReplaced = 0
 			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("replaced")); got != wantReplaced {
-				t.Errorf("conflicts{action=replaced} = %v, want %v", got, wantReplaced)
-			}
+			wantConflicts(t, f, "replaced", wantReplaced)
 			// Held after its DELETE, first is a conflict of the letter.
 			wantDead := 0.0
 			if tt.deleteFirst != 0 {
 				wantDead = 1
 			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("dead_lettered")); got != wantDead {
-				t.Errorf("conflicts{action=dead_lettered} = %v, want %v", got, wantDead)
-			}
+			wantConflicts(t, f, "dead_lettered", wantDead)
 		})
 	}
 }
@@ -454,12 +507,9 @@ func TestConflictsCountedOnce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var calls []string
+			var calls requestLog
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				calls = append(calls, r.Method)
-				mu.Unlock()
+				calls.add(r.Method)
 				switch r.Method {
 				case http.MethodPost:
 					failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, sop)
@@ -472,7 +522,7 @@ func TestConflictsCountedOnce(t *testing.T) {
 			t.Cleanup(srv.Close)
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
-			tt.policy.Rules = []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}
+			tt.policy.Rules = azureConflicts(tt.policy.Action).Rules
 			f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
 				o.DeadLetters = tt.letters()
 				o.MaxDeliveries = 2
@@ -483,16 +533,11 @@ func TestConflictsCountedOnce(t *testing.T) {
 				o.Verifier = tt.verifier
 			})
 			forwardOne(t, f, ns, cons, testEvent())
-			mu.Lock()
-			got := strings.Join(calls, " ")
-			mu.Unlock()
-			if got != tt.wantCalls {
+			if got := calls.joined(" "); got != tt.wantCalls {
 				t.Errorf("requests %q, want %q", got, tt.wantCalls)
 			}
 			for action, want := range tt.want {
-				if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues(action)); got != want {
-					t.Errorf("conflicts{action=%q} = %v, want %v", action, got, want)
-				}
+				wantConflicts(t, f, action, want)
 			}
 		})
 	}
@@ -520,43 +565,20 @@ func TestTransientFailureCountsConflicts(t *testing.T) {
 					return
 				}
 				_, _ = io.Copy(io.Discard, r.Body)
-				items := fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}},{"00081155":{"vr":"UI","Value":[%q]},"00081197":{"vr":"US","Value":[%d]}}`,
-					held, dicomweb.FailureAzureAlreadyExists, failing, tt.reason)
-				w.Header().Set("Content-Type", "application/dicom+json")
-				w.WriteHeader(http.StatusConflict)
-				fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[%s]}}`, items)
+				failedAnswerEach(w, http.StatusConflict, failedSOP{held, dicomweb.FailureAzureAlreadyExists}, failedSOP{failing, tt.reason})
 			}))
 			t.Cleanup(srv.Close)
-			ns := testnats.Start(t)
-			cons := consumer(t, ns)
-			dls := &memDeadLetters{}
-			f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
-				o.DeadLetters = dls
-				o.MaxDeliveries = 1
-				o.InstanceRetries = 0
-				o.Conflicts = ConflictPolicy{Action: ConflictDeadLetter,
-					Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-			})
+			f, ns, cons, dls := conflictForwarder(t, srv.URL, 2, 1, ConflictPolicy{Action: ConflictDeadLetter})
 			forwardOne(t, f, ns, cons, testEvent())
-			letters := dls.all()
-			if len(letters) != 1 {
-				t.Fatalf("%d dead letters, want 1", len(letters))
-			}
-			l := letters[0]
+			l := onlyLetter(t, dls)
 			if l.Class != Transient {
 				t.Errorf("class %q, want %q (reason %q)", l.Class, Transient, l.Reason)
 			}
-			for _, want := range []string{tt.want, "destination already holds 1 instances with other content (STOW_ON_CONFLICT=deadletter): " + held} {
-				if !strings.Contains(l.Reason, want) {
-					t.Errorf("reason %q, want %q in it", l.Reason, want)
-				}
-			}
+			wantReasonHas(t, l.Reason, tt.want, "destination already holds 1 instances with other content (STOW_ON_CONFLICT=deadletter): "+held)
 			if !slices.ContainsFunc(l.Failures, func(in Instance) bool { return in.SOPInstanceUID == held }) {
 				t.Errorf("failures %+v: %s not named", l.Failures, held)
 			}
-			if got := testutil.ToFloat64(f.m.conflicts.WithLabelValues("dead_lettered")); got != 1 {
-				t.Errorf("conflicts{action=dead_lettered} = %v, want 1", got)
-			}
+			wantConflicts(t, f, "dead_lettered", 1)
 		})
 	}
 }
@@ -586,22 +608,9 @@ func TestReplaceByDeleteRefusedAgainNamedOnce(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	ns := testnats.Start(t)
-	cons := consumer(t, ns)
-	dls := &memDeadLetters{}
-	f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
-		o.DeadLetters = dls
-		o.MaxDeliveries = 3
-		o.InstanceRetries = 0
-		o.Conflicts = ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete,
-			Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}}
-	})
+	f, ns, cons, dls := conflictForwarder(t, srv.URL, 1, 3, ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete})
 	forwardOneWithin(t, f, ns, cons, testEvent(), 60*time.Second)
-	letters := dls.all()
-	if len(letters) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(letters))
-	}
-	l := letters[0]
+	l := onlyLetter(t, dls)
 	if l.Class != Partial || l.Attempts != 1 || len(l.Failures) != 1 {
 		t.Fatalf("class %q at delivery %d, failures %+v: want partial at delivery 1, %s once", l.Class, l.Attempts, l.Failures, sop)
 	}
