@@ -29,6 +29,11 @@ type httpOrthanc struct {
 	// failing instances' study lookups answer 503 so many more times.
 	failing map[string]int
 
+	// clockNotRouted: /tools/now answers a proxy's text 404, as an
+	// ingress routing an allowlist without it does; systemGone: /system
+	// answers the same (Orthanc's pod is gone).
+	clockNotRouted, systemGone bool
+
 	// lookupDelay is how long GET /instances/{id}/study takes.
 	lookupDelay time.Duration
 	// lookups in flight, and the most at once.
@@ -40,12 +45,23 @@ func newHTTPOrthanc(t *testing.T, now time.Time) *httpOrthanc {
 	o := &httpOrthanc{now: now.Truncate(time.Second), studies: map[string]orthancapi.Study{},
 		instances: map[string]string{}, reads: map[string]int{}, failing: map[string]int{}}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /system", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /system", func(w http.ResponseWriter, r *http.Request) {
+		o.mu.Lock()
+		gone := o.systemGone
+		o.mu.Unlock()
+		if gone {
+			http.NotFound(w, r)
+			return
+		}
 		writeJSON(w, map[string]any{"Name": "fake", "Version": "1.12.5"})
 	})
-	mux.HandleFunc("GET /tools/now", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /tools/now", func(w http.ResponseWriter, r *http.Request) {
 		o.mu.Lock()
 		defer o.mu.Unlock()
+		if o.clockNotRouted {
+			http.NotFound(w, r) // "404 page not found", text/plain
+			return
+		}
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte(o.now.UTC().Format(changeDateLayout)))
 	})

@@ -60,7 +60,7 @@ func (s *sourceRunner) readClock(ctx context.Context) error {
 	}
 	now, err := s.orthanc.Now(ctx)
 	switch {
-	case clockRefused(err):
+	case s.clockRefused(ctx, err):
 		s.clockRead = true
 		if !s.clockOff {
 			s.clockOff = true
@@ -83,9 +83,11 @@ func (s *sourceRunner) readClock(ctx context.Context) error {
 }
 
 // clockRefused reports whether err is Orthanc (or its proxy) refusing
-// GET /tools/now for good: 401, 403, 405, or a 404 the client confirmed
-// is Orthanc's (an Orthanc without the route); not a timeout or a 5xx.
-func clockRefused(err error) bool {
+// GET /tools/now for good: 401, 403, 405, or a 404 while Orthanc answers
+// GET /system (Orthanc without the route, or an ingress routing an
+// allowlist without it, whose "404 page not found" is not Orthanc's);
+// not a timeout, a 5xx, or the 404 of a proxy whose Orthanc is gone.
+func (s *sourceRunner) clockRefused(ctx context.Context, err error) bool {
 	var oe *orthancapi.Error
 	if !errors.As(err, &oe) {
 		return false
@@ -94,7 +96,11 @@ func clockRefused(err error) bool {
 	case http.StatusUnauthorized, http.StatusForbidden, http.StatusMethodNotAllowed:
 		return true
 	case http.StatusNotFound:
-		return oe.NotFromOrthanc == ""
+		if oe.NotFromOrthanc == "" {
+			return true
+		}
+		sys, err := s.orthanc.System(ctx)
+		return err == nil && sys.Version != ""
 	}
 	return false
 }

@@ -152,3 +152,59 @@ func TestClockUnread(t *testing.T) {
 		})
 	}
 }
+
+// TestClockNotRoutedByAProxy: an ingress routing an allowlist without
+// /tools/now answers its own "404 page not found", which the client does
+// not take for Orthanc's. While Orthanc answers GET /system behind the
+// same URL, that 404 is a refusal for good: studies are published without
+// the same-second check (the cursor was held for good). A proxy whose
+// Orthanc is gone answers /system the same: that is transient, and the
+// cursor is held.
+func TestClockNotRoutedByAProxy(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		systemGone bool
+	}{
+		{"Orthanc answers /system", false},
+		{"/system not found either", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+			o := newHTTPOrthanc(t, start)
+			o.mu.Lock()
+			o.clockNotRouted, o.systemGone = true, tc.systemGone
+			o.mu.Unlock()
+			_, kv := testBucket(t)
+			pub := &publishedIDs{}
+			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o.client}}, KV: kv, Publisher: pub,
+				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			waitUntil(t, "the first start's cursor", func() bool {
+				_, found, err := store.load(ctx)
+				return err == nil && found
+			})
+			o.setStudy(1, true, start.Add(-time.Minute))
+			o.addStableStudy(1) // change number 1
+			gauge := func() float64 { return testutil.ToFloat64(r.m.clockUnavailable.WithLabelValues("s")) }
+			if !tc.systemGone {
+				waitUntil(t, "the study's event and the cursor past it", func() bool {
+					c, _, err := store.load(ctx)
+					return err == nil && c.Seq >= 1 && pub.has(orthancID(1))
+				})
+				if got := gauge(); got != 1 {
+					t.Errorf("clock_unavailable = %v, want 1", got)
+				}
+				return
+			}
+			waitUntil(t, "more polls than a change may fail", func() bool {
+				return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) > 2*stuckAfter
+			})
+			if c, _, err := store.load(ctx); err != nil || c.Seq >= 1 || pub.has(orthancID(1)) {
+				t.Errorf("cursor at %d (%v), published %v: moved past the StableStudy change while Orthanc's clock could not be read", c.Seq, err, pub.has(orthancID(1)))
+			}
+			if got := gauge(); got != 0 {
+				t.Errorf("clock_unavailable = %v, want 0 while Orthanc may be gone", got)
+			}
+		})
+	}
+}
