@@ -352,7 +352,9 @@ func TestPendingGaugeLeftWithTheLease(t *testing.T) {
 // test ends; ctx ends with it.
 func runReconciler(t *testing.T, opts Options) (*Reconciler, context.Context) {
 	t.Helper()
-	opts.Logger = slog.New(slog.DiscardHandler)
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	r, err := New(opts)
 	if err != nil {
 		t.Fatal(err)

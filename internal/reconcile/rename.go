@@ -78,7 +78,9 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 // (Orthanc is restarted to be renamed, and forgets its unstable studies
 // then). A cursor is this Orthanc's when the change it points at is in
 // its change log: numbers, types, resources and dates together are one
-// database's. Never another source's of this reconciler (two Orthancs
+// database's. The configured source's named cursor is taken too when
+// that change is gone and the log goes at least that far: buffer mode
+// deletes a forwarded study, and Orthanc its changes with it. Never another source's of this reconciler (two Orthancs
 // fed the same studies in step could log the same change), nor one a
 // live replica holds. The cursor is moved to the new name's key; adopted
 // is false when none matched.
@@ -108,6 +110,8 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		from, held string
 		found      cursor
 		rev        uint64
+		// why a configured source's named cursor is not taken
+		why = "no cursor is stored under that name"
 	)
 	for _, k := range keys {
 		entry, err := kv.Get(ctx, k)
@@ -119,14 +123,34 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		}
 		var c cursor
 		if json.Unmarshal(entry.Value(), &c) != nil || c.Change == nil || c.Seq <= 0 {
+			why = "the cursor stored under that name cannot be read, or points at no change"
 			continue
 		}
 		page, err := s.orthanc.Changes(ctx, c.Seq-1, 1)
 		if err != nil {
 			return false, fmt.Errorf("orthanc: read change %d: %w", c.Seq, err)
 		}
-		if len(page.Changes) == 0 || page.Changes[0].Seq != c.Seq || !c.Change.matches(page.Changes[0]) {
+		at := len(page.Changes) > 0 && page.Changes[0].Seq == c.Seq
+		switch {
+		case at && !c.Change.matches(page.Changes[0]):
+			why = fmt.Sprintf("the change at its position (%d) is another in this Orthanc's change log: another Orthanc's cursor, or this one's database was recreated", c.Seq)
 			continue
+		case !at && s.configured == "":
+			continue
+		case !at:
+			// The change is gone: buffer mode deletes a study once
+			// forwarded, and Orthanc its changes with it, so it is more
+			// often gone than not. Named by the operator, the cursor is
+			// taken unless the log ends before it (a recreated database,
+			// which poll would take for a reset).
+			last, err := s.orthanc.LastChange(ctx)
+			if err != nil {
+				return false, fmt.Errorf("orthanc: read the end of the change log: %w", err)
+			}
+			if last < c.Seq {
+				why = fmt.Sprintf("this Orthanc's change log ends at %d, before its position (%d): another Orthanc's cursor, or this one's database was recreated", last, c.Seq)
+				continue
+			}
 		}
 		// Every matching cursor is asked, not only the furthest: a free
 		// stale one (left by an older build's rename) must not be taken
@@ -153,8 +177,10 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	}
 	if from == "" {
 		if s.configured != "" {
-			s.log.Info("no cursor of RECONCILE_ADOPT_CURSOR_FROM's source points into this Orthanc's change log: none carried over",
-				"previous_source", s.r.opts.AdoptCursorFrom)
+			// Warn: the operator asked for it, and the studies whose
+			// webhooks were lost meanwhile are never published.
+			s.log.Warn("RECONCILE_ADOPT_CURSOR_FROM's cursor not carried over: the reconciler starts at the end of the change log; run `forwarder audit --enqueue` for the studies stored since the last poll under that name",
+				"previous_source", s.r.opts.AdoptCursorFrom, "reason", why)
 		}
 		return false, nil
 	}

@@ -1,10 +1,12 @@
 package reconcile
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -210,5 +212,109 @@ func TestAdoptCursorFromValidated(t *testing.T) {
 		if _, err := New(Options{Sources: []Source{{Name: "b", Orthanc: &swappableOrthanc{}}}, KV: kv, Publisher: &publishedIDs{}, AdoptCursorFrom: from}); err == nil {
 			t.Errorf("AdoptCursorFrom %q accepted", from)
 		}
+	}
+}
+
+// warnings records the messages logged at Warn and above, with their
+// "reason" and "previous_source" attributes.
+type warnings struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warnings) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (w *warnings) WithAttrs([]slog.Attr) slog.Handler           { return w }
+func (w *warnings) WithGroup(string) slog.Handler                { return w }
+func (w *warnings) Handle(_ context.Context, r slog.Record) error {
+	msg := r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "reason" || a.Key == "previous_source" {
+			msg += " " + a.Key + "=" + a.Value.String()
+		}
+		return true
+	})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.msgs = append(w.msgs, msg)
+	return nil
+}
+
+// has reports whether a warning contains every one of parts.
+func (w *warnings) has(parts ...string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, m := range w.msgs {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(m, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// Buffer mode deletes a study once forwarded, and Orthanc deletes its
+// changes with it: the change a configured source's old cursor points
+// at is gone by the time the source is renamed. Named by the operator
+// (RECONCILE_ADOPT_CURSOR_FROM), the cursor is carried over unless the
+// change log ends before it (a recreated database); a study stored
+// while the ingest was down is then published. Not carried over, a Warn
+// says why, and the old cursor is kept.
+func TestAdoptedCursorWhoseChangeWasDeleted(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		seq     int64 // the old cursor's position
+		adopted bool
+		reason  string
+	}{
+		{"its change deleted with its study", 4, true, ""},
+		{"the log ends before it", 20, false, "ends at 8, before its position (20)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			ctx := t.Context()
+			o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+			o.log.addStudy(1) // changes 1 to 4
+			b, err := json.Marshal(cursor{Seq: tc.seq, Change: markOf(o.log.changes[3])})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Put(ctx, cursorKey("old"), b); err != nil {
+				t.Fatal(err)
+			}
+			// Forwarded, buffer mode deleted study 1 and its changes;
+			// study 2 came while the ingest was down, its webhook lost.
+			o.log.remove(1, 4)
+			delete(o.log.studies, orthancID(1))
+			o.log.addStudy(2) // changes 5 to 8
+			warned := &warnings{}
+			pub := &publishedIDs{}
+			runReconciler(t, Options{Sources: []Source{{Name: "new", Orthanc: o}}, KV: kv, Publisher: pub,
+				AdoptCursorFrom: "old", Logger: slog.New(warned),
+				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+			store := &cursorStore{kv: kv, key: cursorKey("new")}
+			waitUntil(t, "the new name's cursor at the end of the log", func() bool {
+				c, found, err := store.load(ctx)
+				return err == nil && found && c.Seq >= 8
+			})
+			if tc.adopted {
+				waitUntil(t, "the study stored while the ingest was down", func() bool { return pub.has(orthancID(2)) })
+				if _, err := kv.Get(ctx, cursorKey("old")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+					t.Errorf("the old name's cursor is still stored (%v)", err)
+				}
+				return
+			}
+			if !warned.has("RECONCILE_ADOPT_CURSOR_FROM", "previous_source=old", tc.reason) {
+				t.Errorf("no Warn saying why the cursor was not carried over; warnings: %q", warned.msgs)
+			}
+			if pub.has(orthancID(2)) {
+				t.Error("a study before the end of the log was published from a cursor not carried over")
+			}
+			if _, err := kv.Get(ctx, cursorKey("old")); err != nil {
+				t.Errorf("the old name's cursor was not kept: %v", err)
+			}
+		})
 	}
 }
