@@ -80,14 +80,15 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 // its change log: numbers, types, resources and dates together are one
 // database's. The configured source's named cursor is taken too when
 // that change is gone and the log goes at least that far: buffer mode
-// deletes a forwarded study, and Orthanc its changes with it. Never another source's of this reconciler (two Orthancs
-// fed the same studies in step could log the same change), nor one a
-// live replica holds. The cursor is moved to the new name's key; adopted
-// is false when none matched.
+// deletes a forwarded study, and Orthanc its changes with it. Never
+// another source's of this reconciler (two Orthancs fed the same studies
+// in step could log the same change), nor one a live replica holds. The
+// cursor is moved to the new name's key; adopted is false when none
+// matched.
 func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err error) {
-	if s.configured != "" && s.r.opts.AdoptCursorFrom == "" {
-		return false, nil
-	}
+	// A configured source not told a name only looks: a cursor it would
+	// have taken is named in a Warn, for an operator who renamed it.
+	lookOnly := s.configured != "" && s.r.opts.AdoptCursorFrom == ""
 	kv := s.r.opts.KV
 	lister, err := kv.ListKeysFiltered(ctx, cursorKey("*"))
 	if err != nil {
@@ -101,7 +102,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	}
 	var keys []string
 	for k := range lister.Keys() {
-		if k != s.store.key && !ours[k] && (s.configured == "" || k == cursorKey(s.r.opts.AdoptCursorFrom)) {
+		if k != s.store.key && !ours[k] && (s.configured == "" || lookOnly || k == cursorKey(s.r.opts.AdoptCursorFrom)) {
 			keys = append(keys, k)
 		}
 	}
@@ -135,7 +136,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		case at && !c.Change.matches(page.Changes[0]):
 			why = fmt.Sprintf("the change at its position (%d) is another in this Orthanc's change log: another Orthanc's cursor, or this one's database was recreated", c.Seq)
 			continue
-		case !at && s.configured == "":
+		case !at && (s.configured == "" || lookOnly):
 			continue
 		case !at:
 			// The change is gone: buffer mode deletes a study once
@@ -166,6 +167,13 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		if c.Seq > found.Seq {
 			from, found, rev = k, c, entry.Revision()
 		}
+	}
+	if lookOnly {
+		if from != "" {
+			s.log.Warn("a cursor under another source name points into this Orthanc's change log and is not carried over: the reconciler starts at the end of the log; if this source was renamed from it, restart with RECONCILE_ADOPT_CURSOR_FROM set to that name (another deployment on the same NATS, whose Orthanc this one was restored from, may own it)",
+				"previous_source", strings.TrimPrefix(from, cursorKey("")), "previous_cursor_key", from, "cursor", found.Seq)
+		}
+		return false, nil
 	}
 	if held != "" {
 		// A replica still serves the old name (one of an older build

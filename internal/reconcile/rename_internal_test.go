@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -239,6 +240,12 @@ func (w *warnings) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
+func (w *warnings) all() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.msgs)
+}
+
 // has reports whether a warning contains every one of parts.
 func (w *warnings) has(parts ...string) bool {
 	w.mu.Lock()
@@ -307,7 +314,7 @@ func TestAdoptedCursorWhoseChangeWasDeleted(t *testing.T) {
 				return
 			}
 			if !warned.has("RECONCILE_ADOPT_CURSOR_FROM", "previous_source=old", tc.reason) {
-				t.Errorf("no Warn saying why the cursor was not carried over; warnings: %q", warned.msgs)
+				t.Errorf("no Warn saying why the cursor was not carried over; warnings: %q", warned.all())
 			}
 			if pub.has(orthancID(2)) {
 				t.Error("a study before the end of the log was published from a cursor not carried over")
@@ -316,5 +323,36 @@ func TestAdoptedCursorWhoseChangeWasDeleted(t *testing.T) {
 				t.Errorf("the old name's cursor was not kept: %v", err)
 			}
 		})
+	}
+}
+
+// A configured source renamed without RECONCILE_ADOPT_CURSOR_FROM (which
+// builds before c2aacd1 did not need) starts at the end of the log and
+// keeps the other name's cursor (another deployment on the same NATS may
+// own it), but a Warn names it and the setting.
+func TestConfiguredSourceToldOfAMatchingCursor(t *testing.T) {
+	_, kv := testBucket(t)
+	ctx := t.Context()
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	o.log.addStudy(1) // changes 1 to 4
+	b, err := json.Marshal(cursor{Seq: 2, Change: markOf(o.log.changes[1])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, cursorKey("old"), b); err != nil {
+		t.Fatal(err)
+	}
+	warned := &warnings{}
+	runReconciler(t, Options{Sources: []Source{{Name: "new", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		Logger: slog.New(warned), PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+	waitUntil(t, "the new name's cursor at the end of the log", func() bool {
+		c, found, err := (&cursorStore{kv: kv, key: cursorKey("new")}).load(ctx)
+		return err == nil && found && c.Seq == 4
+	})
+	if !warned.has("RECONCILE_ADOPT_CURSOR_FROM", "previous_source=old") {
+		t.Errorf("no Warn naming the matching cursor and RECONCILE_ADOPT_CURSOR_FROM; warnings: %q", warned.all())
+	}
+	if _, err := kv.Get(ctx, cursorKey("old")); err != nil {
+		t.Errorf("the other name's cursor was not kept: %v", err)
 	}
 }
