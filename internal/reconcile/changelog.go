@@ -203,7 +203,7 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 // changes read after the cursor (after) then log it anew, or its
 // deletion. The resource is looked up once (cursor.GoneChecked, so a
 // restart does not tell again); a failed lookup is tried again at the
-// next poll.
+// next poll, a refused one after existsRetry.
 func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.Change) {
 	mark := s.cur.Change
 	if mark == nil || s.cur.GoneChecked == s.cur.Seq {
@@ -223,6 +223,9 @@ func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.
 			return
 		}
 	}
+	if s.existsRefused && time.Now().Before(s.existsRetryAt) {
+		return
+	}
 	exists, err := s.orthanc.Exists(ctx, level, mark.ID)
 	var oe *orthancapi.Error
 	switch {
@@ -230,9 +233,11 @@ func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.
 		s.goneChecked()
 		return
 	case errors.As(err, &oe) && (oe.StatusCode == http.StatusUnauthorized || oe.StatusCode == http.StatusForbidden):
-		// Refused, asked again at every poll it would be, for nothing:
-		// this position is left unchecked, the next one is asked.
-		s.goneChecked()
+		// Refused: asked again at every poll it would be, mostly for
+		// nothing; marked checked, one transient refusal (a policy or
+		// token rolled out) lost the check of this position for good.
+		// Left unchecked, it is asked again every existsRetry.
+		s.existsRetryAt = time.Now().Add(s.existsRetry)
 		if !s.existsRefused {
 			s.existsRefused = true
 			log.Warn("Orthanc refuses GET /{patients,studies,series,instances}/{id}: the reconciler cannot tell a trimmed change log (DELETE /changes) until it is allowed", "err", err)
@@ -261,6 +266,10 @@ func (s *sourceRunner) goneChecked() {
 	s.cur.GoneChecked = s.cur.Seq
 	s.dirty = true
 }
+
+// existsRetry is how long a refused lookup of the cursor's resource
+// (cursorChangeGone) waits before it is asked again.
+const existsRetry = 10 * time.Minute
 
 // changeLevel is the level of the resource a change of each type names,
 // for the types whose level it always is.

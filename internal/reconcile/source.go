@@ -51,8 +51,12 @@ type sourceRunner struct {
 	clockRead bool
 	clockOff  bool
 	// existsRefused is true once Orthanc refused the lookup of the
-	// resource of a change gone from the log (cursorChangeGone), told once.
+	// resource of a change gone from the log (cursorChangeGone), told
+	// once; the lookup is asked again from existsRetryAt on, existsRetry
+	// after each refusal.
 	existsRefused bool
+	existsRetryAt time.Time
+	existsRetry   time.Duration
 	// pagesRead since the pending studies were last resolved.
 	pagesRead int
 }

@@ -97,15 +97,19 @@ func (o *countingSwappable) Changes(ctx context.Context, since int64, limit int,
 }
 
 // existsRefused refuses the lookup of a resource by ID (403), as a
-// proxy set up before the reconciler used it does.
+// proxy set up before the reconciler used it does; after refusals
+// refusals (0: for ever), the resource is there.
 type existsRefused struct {
 	countingSwappable
-	asked atomic.Int32
+	asked    atomic.Int32
+	refusals int32
 }
 
 func (o *existsRefused) Exists(context.Context, string, string) (bool, error) {
-	o.asked.Add(1)
-	return false, &orthancapi.Error{Method: http.MethodGet, Path: "/studies/x", StatusCode: http.StatusForbidden}
+	if n := o.asked.Add(1); o.refusals == 0 || n <= o.refusals {
+		return false, &orthancapi.Error{Method: http.MethodGet, Path: "/studies/x", StatusCode: http.StatusForbidden}
+	}
+	return true, nil
 }
 
 // TestCursorChangeGoneLookupRefused: a refused lookup of the cursor's
@@ -127,5 +131,37 @@ func TestCursorChangeGoneLookupRefused(t *testing.T) {
 	waitUntil(t, "ten polls", func() bool { return o.reads.Load() >= 10 })
 	if got := o.asked.Load(); got != 1 {
 		t.Errorf("the refused resource was asked %d times, want once", got)
+	}
+}
+
+// TestCursorChangeGoneLookupRefusedOnce: one refusal of the lookup (a
+// policy or token being rolled out) marked the position checked, kept in
+// the cursor: the trim was never told. The position stays unchecked and
+// the lookup is asked again after a while (existsRetry).
+func TestCursorChangeGoneLookupRefusedOnce(t *testing.T) {
+	_, kv := testBucket(t)
+	l := &changeLog{studies: map[string]orthancapi.Study{}}
+	l.add("NewStudy", orthancID(1))
+	l.add("StableStudy", orthancID(1))
+	if err := (&cursorStore{kv: kv, key: cursorKey("s")}).save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
+		t.Fatal(err)
+	}
+	l.remove(1, 2) // trimmed: the study is still in Orthanc
+	o := &existsRefused{countingSwappable: countingSwappable{swappableOrthanc: &swappableOrthanc{log: l}}, refusals: 1}
+	r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.sources[0].existsRetry = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitUntil(t, "the trim told after the refusal", func() bool {
+		return testutil.ToFloat64(r.m.changeLogTrimmed.WithLabelValues("s")) == 1
+	})
+	if got := o.asked.Load(); got != 2 {
+		t.Errorf("the resource was asked %d times, want twice (refused, then answered)", got)
 	}
 }
