@@ -48,12 +48,14 @@ var errClock = errors.New("orthanc: read its clock (GET /tools/now)")
 var errClockRefused = errors.New("orthanc refuses GET /tools/now: studies are published without the same-second check; allow it, required with several Orthanc processes on one database")
 
 // readClock reads Orthanc's clock once a poll, before the first study
-// the poll reads (settled). Refused for good (clockRefused), the clock
-// stays unread and settled falls back to IsStable alone: the check only
-// guards Orthanc processes sharing one database, and holding the cursor
-// would end the reconciliation of a site whose proxy refuses /tools/*
-// (the access the docs listed before the check). A transient failure
-// holds the cursor (errClock).
+// the poll reads (settled). Refused for good (clockRefused, clockOffAfter
+// times in a row), the clock stays unread and settled falls back to
+// IsStable alone: the check only guards Orthanc processes sharing one
+// database, and holding the cursor would end the reconciliation of a
+// site whose proxy refuses /tools/* (the access the docs listed before
+// the check). Fewer refusals in a row, and a transient failure, hold the
+// cursor (errClock): one refusal may be a policy or a token being rolled
+// out, and turning the check off at it flapped the gauge.
 func (s *sourceRunner) readClock(ctx context.Context) error {
 	if s.clockRead {
 		return nil
@@ -61,6 +63,10 @@ func (s *sourceRunner) readClock(ctx context.Context) error {
 	now, err := s.orthanc.Now(ctx)
 	switch {
 	case s.clockRefused(ctx, err):
+		s.clockRefusals++
+		if !s.clockOff && s.clockRefusals < clockOffAfter {
+			return fmt.Errorf("%w: %w", errClock, err)
+		}
 		s.clockRead = true
 		if !s.clockOff {
 			s.clockOff = true
@@ -70,8 +76,10 @@ func (s *sourceRunner) readClock(ctx context.Context) error {
 		}
 		return nil
 	case err != nil:
+		s.clockRefusals = 0
 		return fmt.Errorf("%w: %w", errClock, err)
 	}
+	s.clockRefusals = 0
 	if s.clockOff {
 		s.clockOff = false
 		s.r.m.clockUnavailable.WithLabelValues(s.name).Set(0)
@@ -81,6 +89,10 @@ func (s *sourceRunner) readClock(ctx context.Context) error {
 	s.clock, s.clockRead = now, true
 	return nil
 }
+
+// clockOffAfter is how many refusals of GET /tools/now in a row turn the
+// same-second check off (readClock).
+const clockOffAfter = 3
 
 // clockRefused reports whether err is Orthanc (or its proxy) refusing
 // GET /tools/now for good: 401, 403, 405, or a 404 while Orthanc answers

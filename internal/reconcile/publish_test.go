@@ -2,6 +2,8 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -73,14 +75,18 @@ func TestStudyChangedThisSecondWaits(t *testing.T) {
 // clocklessOrthanc fails GET /tools/now with err, as a least-privilege
 // proxy set up before the reconciler read it does (403), or an Orthanc
 // overloaded (503).
+// After failures failures (0: for ever), it answers.
 type clocklessOrthanc struct {
 	*swappableOrthanc
-	err   error
-	asked atomic.Int32
+	err      error
+	asked    atomic.Int32
+	failures int32
 }
 
 func (o *clocklessOrthanc) Now(context.Context) (time.Time, error) {
-	o.asked.Add(1)
+	if n := o.asked.Add(1); o.failures > 0 && n > o.failures {
+		return time.Now(), nil
+	}
 	return time.Time{}, o.err
 }
 
@@ -204,6 +210,52 @@ func TestClockNotRoutedByAProxy(t *testing.T) {
 			}
 			if got := gauge(); got != 0 {
 				t.Errorf("clock_unavailable = %v, want 0 while Orthanc may be gone", got)
+			}
+		})
+	}
+}
+
+// TestClockRefusedBriefly: a refusal of GET /tools/now or two in a row
+// (a policy or token being rolled out) turned the same-second check off
+// at once, the gauge and a Warn flapping. The check is turned off at the
+// third refusal in a row; until then the cursor is held.
+func TestClockRefusedBriefly(t *testing.T) {
+	for _, tc := range []struct {
+		refusals int32
+		off      bool
+	}{
+		{1, false},
+		{clockOffAfter - 1, false},
+		{clockOffAfter, true},
+	} {
+		t.Run(fmt.Sprint(tc.refusals), func(t *testing.T) {
+			_, kv := testBucket(t)
+			o := &clocklessOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}},
+				err: &orthancapi.Error{Method: http.MethodGet, Path: "/tools/now", StatusCode: http.StatusForbidden}, failures: tc.refusals}
+			pub := &publishedIDs{}
+			warned := &warnings{}
+			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub, Logger: slog.New(warned),
+				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			waitUntil(t, "the first start's cursor", func() bool {
+				_, found, err := store.load(ctx)
+				return err == nil && found
+			})
+			id := orthancID(1)
+			o.mu.Lock()
+			o.log.studies[id] = orthancapi.Study{ID: id, StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
+			o.log.add("StableStudy", id) // change number 1
+			o.mu.Unlock()
+			waitUntil(t, "the study's event and the cursor past it", func() bool {
+				c, _, err := store.load(ctx)
+				return err == nil && c.Seq >= 1 && pub.has(id)
+			})
+			off := warned.has("Orthanc refuses GET /tools/now")
+			if off != tc.off {
+				t.Errorf("check turned off (Warn) %v, want %v; warnings %q", off, tc.off, warned.all())
+			}
+			if got, want := testutil.ToFloat64(r.m.clockUnavailable.WithLabelValues("s")), map[bool]float64{true: 1}[tc.off]; got != want {
+				t.Errorf("clock_unavailable = %v, want %v", got, want)
 			}
 		})
 	}

@@ -46,10 +46,12 @@ type sourceRunner struct {
 	renamedTo string
 	// clock is Orthanc's clock read in this poll (readClock); zero
 	// before. clockRead is true once it was asked in this poll;
-	// clockOff while Orthanc refuses it (clockRefused).
-	clock     time.Time
-	clockRead bool
-	clockOff  bool
+	// clockOff while Orthanc refuses it (clockRefused); clockRefusals
+	// counts its refusals in a row.
+	clock         time.Time
+	clockRead     bool
+	clockOff      bool
+	clockRefusals int
 	// existsRefused is true once Orthanc refused the lookup of the
 	// resource of a change gone from the log (cursorChangeGone), told
 	// once; the lookup is asked again from existsRetryAt on, existsRetry
@@ -190,7 +192,7 @@ func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 	cancel(nil)
 	wg.Wait()
 	s.setStatus(nil) // a replica that does not poll is not failing
-	s.clockOff = false
+	s.clockOff, s.clockRefusals = false, 0
 	s.setNote(nil)
 
 	if errors.Is(context.Cause(lctx), errLeaseLost) {
