@@ -15,7 +15,7 @@ import (
 // handledChanges are the change types handle acts on: an Orthanc that
 // filters /changes by type (1.12.5 on) sends only these, so a study's
 // thousands of StableSeries and other changes are not read at all.
-var handledChanges = []string{"StableStudy", "NewStudy", "NewSeries", "NewInstance", "Deleted"}
+var handledChanges = []string{"StableStudy", "NewStudy", "NewSeries", "NewInstance"}
 
 // detectFilter asks Orthanc whether it filters its change log by type;
 // without an answer the log is read whole, as on every release. For a
@@ -200,10 +200,11 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 // buffer mode) is normal: nothing is missed then, even when the resource
 // was received again since, under the same ID (OverwriteInstances, a
 // study buffer mode deleted and that was sent again at once): the
-// changes read after the cursor (after) then log it anew, or its
-// deletion. The resource is looked up once (cursor.GoneChecked, so a
-// restart does not tell again); a failed lookup is tried again at the
-// next poll, a refused one after existsRetry.
+// changes read after the cursor (after) then log it anew (Orthanc does
+// not log deletions: Deleted is not a change of /changes). The resource
+// is looked up once (cursor.GoneChecked, so a restart does not tell
+// again); a failed lookup is tried again at the next poll, a refused one
+// after existsRetry.
 func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.Change) {
 	mark := s.cur.Change
 	if mark == nil || s.cur.GoneChecked == s.cur.Seq {
@@ -217,7 +218,7 @@ func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.
 		return
 	}
 	for _, c := range after {
-		if c.ID == mark.ID && (strings.HasPrefix(c.ChangeType, "New") || c.ChangeType == "Deleted") {
+		if c.ID == mark.ID && strings.HasPrefix(c.ChangeType, "New") {
 			s.goneChecked()
 			log.Debug("the change the reconciler's cursor points at was deleted with its resource, received again since", "change_seq", c.Seq)
 			return
@@ -527,11 +528,6 @@ func (s *sourceRunner) handle(ctx context.Context, c orthancapi.Change, parent p
 			// (a clock set back within the page).
 			parent = s.lookUpOne(ctx, c)
 		}
-	case "Deleted":
-		if c.ResourceType == "Study" {
-			s.dropPending(c.ID)
-		}
-		return nil
 	default:
 		return nil
 	}

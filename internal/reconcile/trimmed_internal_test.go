@@ -31,10 +31,6 @@ func TestCursorChangeGone(t *testing.T) {
 			l.add("NewStudy", orthancID(1))
 			l.add("StableStudy", orthancID(1))
 		}, 0},
-		{"study deleted, logged", func(l *changeLog) {
-			l.add("Deleted", orthancID(1))
-			l.add("NewStudy", orthancID(2))
-		}, 0},
 		{"log trimmed, another study after", func(l *changeLog) {
 			l.add("NewStudy", orthancID(2))
 			l.add("StableStudy", orthancID(2))
