@@ -48,8 +48,12 @@ type cursor struct {
 	// GoneChecked is the position whose change was found gone from the
 	// log and looked into (cursorChangeGone): told once, not again
 	// after a restart.
-	GoneChecked int64     `json:"goneChecked,omitempty"`
-	UpdatedAt   time.Time `json:"updatedAt"`
+	GoneChecked int64 `json:"goneChecked,omitempty"`
+	// Configured: written by a source whose name is configured, which a
+	// source following Orthanc's Name never takes over (adoptRenamed):
+	// another deployment on the same NATS may own it. Set by save.
+	Configured bool      `json:"configured,omitempty"`
+	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
 type changeMark struct {
@@ -72,7 +76,9 @@ func (m *changeMark) matches(c orthancapi.Change) bool {
 type cursorStore struct {
 	kv  jetstream.KeyValue
 	key string
-	rev uint64 // revision last read or written; 0 when the key is absent
+	// configured marks the cursors it saves (cursor.Configured).
+	configured bool
+	rev        uint64 // revision last read or written; 0 when the key is absent
 	// unconfirmed is the last write whose answer was an error: JetStream
 	// may have stored it all the same (an answer lost in a leader
 	// election), and the next save must not take it for another
@@ -101,6 +107,7 @@ func (s *cursorStore) load(ctx context.Context) (c cursor, found bool, err error
 // save writes c if nobody else wrote the cursor since it was last read
 // or written here; errCursorConflict otherwise.
 func (s *cursorStore) save(ctx context.Context, c cursor) error {
+	c.Configured = s.configured
 	b, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode cursor: %w", err)

@@ -82,7 +82,9 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 // that change is gone and the log goes at least that far: buffer mode
 // deletes a forwarded study, and Orthanc its changes with it. Never
 // another source's of this reconciler (two Orthancs fed the same studies
-// in step could log the same change), nor one a live replica holds. The
+// in step could log the same change), nor one a live replica holds, nor,
+// for a source without a configured name, a configured source's
+// (cursor.Configured). The
 // cursor is moved to the new name's key; adopted is false when none
 // matched.
 func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err error) {
@@ -125,6 +127,13 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		var c cursor
 		if json.Unmarshal(entry.Value(), &c) != nil || c.Change == nil || c.Seq <= 0 {
 			why = "the cursor stored under that name cannot be read, or points at no change"
+			continue
+		}
+		if c.Configured && s.configured == "" {
+			// A configured source's (another deployment's, whose
+			// Orthanc this one may be restored from): an unnamed
+			// source takes over only an unnamed source's cursor, or
+			// one older builds wrote, unmarked.
 			continue
 		}
 		page, err := s.orthanc.Changes(ctx, c.Seq-1, 1)

@@ -356,3 +356,40 @@ func TestConfiguredSourceToldOfAMatchingCursor(t *testing.T) {
 		t.Errorf("the other name's cursor was not kept: %v", err)
 	}
 }
+
+// A source following Orthanc's Name took over any free cursor its change
+// log matched: with two deployments on one NATS, one whose Orthanc was
+// restored from the other's backup, that was the other deployment's
+// configured source's cursor, deleted with it. It takes over only a
+// cursor an unnamed source wrote (or an older build, unmarked).
+func TestUnnamedSourceLeavesAConfiguredSourcesCursor(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		configured bool
+	}{
+		{"written by an unnamed source", false},
+		{"written by a configured source", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			ctx := t.Context()
+			o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+			o.log.addStudy(1) // changes 1 to 4
+			other := &cursorStore{kv: kv, key: cursorKey("other"), configured: tc.configured}
+			if err := other.save(ctx, cursor{Seq: 2, Change: markOf(o.log.changes[1])}); err != nil {
+				t.Fatal(err)
+			}
+			// Orthanc's Name is empty: the source is "orthanc".
+			runReconciler(t, Options{Sources: []Source{{Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+			waitUntil(t, "the source's cursor at the end of the log", func() bool {
+				c, found, err := (&cursorStore{kv: kv, key: cursorKey("orthanc")}).load(ctx)
+				return err == nil && found && c.Seq == 4
+			})
+			_, err := kv.Get(ctx, cursorKey("other"))
+			if kept := err == nil; kept != tc.configured {
+				t.Errorf("the other cursor kept: %v (%v), want %v", kept, err, tc.configured)
+			}
+		})
+	}
+}

@@ -98,7 +98,7 @@ func (s *sourceRunner) serve(ctx context.Context) bool {
 	s.r.m.init(s.name)
 	s.log = s.r.log.With("source", s.name)
 	s.lease = newLease(opts.KV, leaseKey(s.name), opts.Holder, opts.LeaseTTL, time.Now)
-	s.store = &cursorStore{kv: opts.KV, key: cursorKey(s.name)}
+	s.store = &cursorStore{kv: opts.KV, key: cursorKey(s.name), configured: s.configured != ""}
 	check := opts.LeaseTTL / 3
 	failures := repeatlog.Failures{Every: time.Minute}
 	for ctx.Err() == nil {
