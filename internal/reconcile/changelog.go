@@ -45,6 +45,7 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 	s.recent = map[string]string{}
 	s.unreadable = map[string]bool{}
 	s.dirty = false
+	s.gone = nil
 	if err := s.detectFilter(ctx); err != nil {
 		return err
 	}
@@ -143,9 +144,12 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		}
 		// Otherwise the change at the cursor was deleted: all the
 		// changes read are after it.
-		if gone {
-			s.cursorChangeGone(ctx, changes)
+		if gone && s.gone == nil && s.cur.Change != nil && s.cur.GoneChecked != s.cur.Seq {
+			s.gone = &goneChange{seq: s.cur.Seq, mark: *s.cur.Change}
 		}
+	}
+	if s.gone != nil {
+		s.cursorChangeGone(ctx, changes, page.Done)
 	}
 
 	parents := s.lookUp(ctx, changes)
@@ -200,17 +204,16 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 // buffer mode) is normal: nothing is missed then, even when the resource
 // was received again since, under the same ID (OverwriteInstances, a
 // study buffer mode deleted and that was sent again at once): the
-// changes read after the cursor (after) then log it anew (Orthanc does
-// not log deletions: Deleted is not a change of /changes). The resource
-// is looked up once (cursor.GoneChecked, so a restart does not tell
-// again); a failed lookup is tried again at the next poll, a refused one
-// after existsRetry.
-func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.Change) {
-	mark := s.cur.Change
-	if mark == nil || s.cur.GoneChecked == s.cur.Seq {
-		return
-	}
-	log := s.log.With("cursor", s.cur.Seq, "change_type", mark.Type, "orthanc_id", mark.ID)
+// changes after the cursor then log it anew (Orthanc does not log
+// deletions: Deleted is not a change of /changes). Those may be pages
+// on, so the changes read (after) are scanned until the end of the log
+// (done) before the resource is looked up. It is looked up once
+// (cursor.GoneChecked, so a restart does not tell again); a failed
+// lookup is tried again at the next poll, a refused one after
+// existsRetry.
+func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.Change, done bool) {
+	mark := s.gone.mark
+	log := s.log.With("cursor", s.gone.seq, "change_type", mark.Type, "orthanc_id", mark.ID)
 	level, ok := changeLevel[mark.Type]
 	if !ok {
 		s.goneChecked()
@@ -223,6 +226,9 @@ func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.
 			log.Debug("the change the reconciler's cursor points at was deleted with its resource, received again since", "change_seq", c.Seq)
 			return
 		}
+	}
+	if !done {
+		return // it may be logged anew in a later page
 	}
 	if s.existsRefused && time.Now().Before(s.existsRetryAt) {
 		return
@@ -262,10 +268,20 @@ func (s *sourceRunner) cursorChangeGone(ctx context.Context, after []orthancapi.
 }
 
 // goneChecked records that the missing change at the cursor was looked
-// into (cursorChangeGone).
+// into (cursorChangeGone). The cursor may have moved on since: the
+// position is kept all the same, and a later one is not checked.
 func (s *sourceRunner) goneChecked() {
-	s.cur.GoneChecked = s.cur.Seq
+	s.cur.GoneChecked = s.gone.seq
+	s.gone = nil
 	s.dirty = true
+}
+
+// goneChange is a change found gone from the log at the cursor, whose
+// resource's changes are looked for until the end of the log
+// (cursorChangeGone).
+type goneChange struct {
+	seq  int64
+	mark changeMark
 }
 
 // existsRetry is how long a refused lookup of the cursor's resource
@@ -287,6 +303,7 @@ var changeLevel = map[string]string{
 // is ahead of this clock (Orthanc's clock was set back since). Pending
 // studies are kept: they are looked up by ID and dropped if gone.
 func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error {
+	s.gone = nil
 	first := int64(0)
 	if len(page.Changes) > 0 {
 		first = page.Changes[0].Seq

@@ -59,6 +59,9 @@ type sourceRunner struct {
 	existsRefused bool
 	existsRetryAt time.Time
 	existsRetry   time.Duration
+	// gone is the change found gone at the cursor whose check waits for
+	// the end of the log (cursorChangeGone); nil when none does.
+	gone *goneChange
 	// pagesRead since the pending studies were last resolved.
 	pagesRead int
 }

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
@@ -159,5 +160,53 @@ func TestCursorChangeGoneLookupRefusedOnce(t *testing.T) {
 	})
 	if got := o.asked.Load(); got != 2 {
 		t.Errorf("the resource was asked %d times, want twice (refused, then answered)", got)
+	}
+}
+
+// TestCursorChangeGoneDecidedAtTheEnd: the resource of the change gone
+// at the cursor, received again, is logged anew pages later (a backlog
+// read one page at a time). Looked up at the first page, it was there:
+// a false "trimmed". Its changes are looked for until the end of the log.
+func TestCursorChangeGoneDecidedAtTheEnd(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		again   bool // study 1 received again, after study 2
+		trimmed float64
+	}{
+		{"received again beyond the first page", true, 0},
+		{"log trimmed, read in pages", false, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			l := &changeLog{studies: map[string]orthancapi.Study{}}
+			for _, n := range []int{1, 2} {
+				l.studies[orthancID(n)] = orthancapi.Study{ID: orthancID(n), StudyInstanceUID: fmt.Sprintf("1.2.3.%d", n), LastUpdate: "20261203T150000", IsStable: true}
+			}
+			l.add("NewStudy", orthancID(1))
+			l.add("StableStudy", orthancID(1))
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			if err := store.save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
+				t.Fatal(err)
+			}
+			l.remove(1, 2)
+			l.add("NewStudy", orthancID(2))
+			l.add("StableStudy", orthancID(2))
+			l.add("StableSeries", orthancID(3))
+			if tc.again {
+				l.add("NewStudy", orthancID(1))
+				l.add("StableStudy", orthancID(1))
+			}
+			end := l.last
+			o := &countingSwappable{swappableOrthanc: &swappableOrthanc{log: l}}
+			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+				PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second, PageSize: 1})
+			waitUntil(t, "the cursor at the end of the log, and a poll after", func() bool {
+				c, _, err := store.load(ctx)
+				return err == nil && c.Seq == end && c.GoneChecked == 2
+			})
+			if got := testutil.ToFloat64(r.m.changeLogTrimmed.WithLabelValues("s")); got != tc.trimmed {
+				t.Errorf("trims told = %v, want %v", got, tc.trimmed)
+			}
+		})
 	}
 }
