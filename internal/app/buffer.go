@@ -52,7 +52,7 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 				unselected = append(unselected, d)
 				continue
 			}
-			rec, err := ledgers[d.Name].Lookup(ctx, ev.Source, ev.OrthancStudyID)
+			rec, err := lookupBounded(ctx, ledgers[d.Name], ev)
 			if err != nil && !errors.Is(err, ledger.ErrNotRecorded) {
 				return nil, fmt.Errorf("destination %s: %w", d.Name, err)
 			}
@@ -90,13 +90,25 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 			// that waited (its forwarders down or behind) finds the study
 			// gone, and its ledger tells it was not for it.
 			for _, d := range unselected {
-				if err := recordNotSelected(ctx, ledgers[d.Name], ev, rulesDigest(d)); err != nil {
+				rctx, cancel := context.WithTimeout(ctx, natsjs.RequestTimeout)
+				err := recordNotSelected(rctx, ledgers[d.Name], ev, rulesDigest(d))
+				cancel()
+				if err != nil {
 					return nil, fmt.Errorf("destination %s: %w", d.Name, err)
 				}
 			}
 		}
 		return out, nil
 	}
+}
+
+// lookupBounded is l's record of ev's study, read within
+// natsjs.RequestTimeout: Release runs on the work context, for its
+// Orthanc reads, and a lost reply must cost one try of it, not all.
+func lookupBounded(ctx context.Context, l *ledger.Ledger, ev *events.StudyStable) (ledger.Record, error) {
+	ctx, cancel := context.WithTimeout(ctx, natsjs.RequestTimeout)
+	defer cancel()
+	return l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
 }
 
 // unselectedFunc is buffer mode's forward.Options.Unselected with several

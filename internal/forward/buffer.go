@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/orthancapi"
@@ -72,15 +73,17 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		// Through a JetStream leader election, as Release: a meta-leader
 		// election in a rolling restart fails it for every study then.
 		var others []string
-		err := f.whileUnanswered(ctx, func(ctx context.Context) (err error) {
-			others, err = f.opts.Unconfigured(ctx)
+		err := f.whileUnanswered(ctx, func() (err error) {
+			actx, cancel := context.WithTimeout(ctx, f.askTimeout)
+			defer cancel()
+			others, err = f.opts.Unconfigured(actx)
 			return err
 		})
 		if err != nil {
 			// "failed", not "waiting": no later event deletes the study,
 			// and the alert on failed deletes must fire.
 			log.Warn("forwarded study not deleted from the source: the destinations with a queue could not be read from JetStream; it stays in Orthanc "+
-				"(once JetStream answers, queue it again: 'forwarder backfill --destination NAME --from source --since T')", "err", err)
+				"(its forward is recorded, so the audit does not queue it again; once JetStream answers, 'forwarder backfill --destination NAME --from source --since T', T before the study's last update, does)", "err", err)
 			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
 			return
 		}
@@ -170,7 +173,9 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 // release is Options.Release, asked through a JetStream leader election,
 // as the ledger's writes; !ok: it failed, counted as stake's.
 func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance, stake int, log *slog.Logger) (released []orthancapi.Instance, ok bool) {
-	err := f.whileUnanswered(ctx, func(ctx context.Context) (err error) {
+	// On the work context: its Orthanc reads take as long as the study
+	// is big; Release bounds its JetStream requests itself.
+	err := f.whileUnanswered(ctx, func() (err error) {
 		released, err = f.opts.Release(ctx, ev, listed)
 		return err
 	})
@@ -183,21 +188,41 @@ func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed 
 		// (docs/nats-permissions.md) reads as a permissions violation
 		// when the ledger can tell it, else as JetStream not answering.
 		log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so "+
-			"(JetStream not answering, or this forwarder's NATS user may not write that destination's ledger); it stays in Orthanc", "err", err)
+			"(JetStream not answering, or this forwarder's NATS user may not write that destination's ledger); it stays in Orthanc. Its forward is recorded, so the audit does not queue it again: "+
+			"once that is mended, 'forwarder backfill --destination NAME --from source --since T' (T before the study's last update) does", "err", err)
 		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
 		return nil, false
 	}
 	return released, true
 }
 
-// whileUnanswered is buffer mode's whileUnanswered, for at most
-// unansweredFor: past a leader election a write still unanswered is no
-// election (a publish the NATS user may not make times out alike), and
-// the worker would hold the study's turn until shutdown.
-func (f *Forwarder) whileUnanswered(ctx context.Context, ask func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, f.unansweredFor)
-	defer cancel()
-	return whileUnanswered(ctx, func() error { return ask(ctx) })
+// whileUnanswered is buffer mode's whileUnanswered: ask again while
+// JetStream does not answer, until unansweredFor has passed since the
+// first unanswered try. Past a leader election a write still unanswered
+// is no election (a publish the NATS user may not make times out alike),
+// and the worker would hold the study's turn until shutdown. The bound
+// is on the asking, not on one try: each try bounds its own JetStream
+// requests, so a lost reply costs one try, and the Orthanc reads of a
+// big study are not cut short.
+func (f *Forwarder) whileUnanswered(ctx context.Context, ask func() error) error {
+	var giveUp time.Time
+	for wait := completedRetry; ; wait = min(2*wait, completedRetryMax) {
+		err := ask()
+		if !unanswered(err) || ctx.Err() != nil {
+			return err
+		}
+		now := time.Now()
+		if giveUp.IsZero() {
+			giveUp = now.Add(f.unansweredFor)
+		}
+		if !now.Before(giveUp) {
+			return err
+		}
+		sleep(ctx, min(wait, giveUp.Sub(now)))
+		if ctx.Err() != nil {
+			return err
+		}
+	}
 }
 
 // countUnselected counts as kept_unselected the instances of a study that

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -424,5 +425,60 @@ func TestReplacedConflictRecorded(t *testing.T) {
 	f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
 	if len(comps) != 1 || !slices.Equal(comps[0].Replaced, []string{sop}) || len(comps[0].Kept) > 0 {
 		t.Errorf("completions %+v, want one replacing %s, keeping nothing", comps, sop)
+	}
+}
+
+// The bound on asking JetStream again is on the asking, not on one try:
+// Release's Orthanc reads of a big study outlast it and must not be cut
+// short (such a study was never deleted), and a try whose JetStream reply
+// was lost ends at its own timeout, so that a next try comes.
+func TestUnansweredBoundOnTheAsking(t *testing.T) {
+	const bound = 300 * time.Millisecond
+	tests := []struct {
+		name string
+		opts func(o *Options, calls *atomic.Int32)
+	}{
+		{"release slower than the bound", func(o *Options, _ *atomic.Int32) {
+			o.Release = func(ctx context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
+				select { // reading the study from Orthanc, one instance at a time
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-time.After(3 * bound):
+					return listed, nil
+				}
+			}
+		}},
+		{"unconfigured reply lost once", func(o *Options, calls *atomic.Int32) {
+			o.Unconfigured = func(ctx context.Context) ([]string, error) {
+				if calls.Add(1) == 1 {
+					<-ctx.Done()
+					return nil, fmt.Errorf("consumer names: %w", ctx.Err())
+				}
+				return nil, nil
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := testEvent()
+			instances := newMemSource(3).instances
+			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
+			var calls atomic.Int32
+			var logged bytes.Buffer
+			f := newForwarder(t, newMemSource(3), "http://127.0.0.1:1", nil, func(o *Options) {
+				o.Registerer = prometheus.NewRegistry()
+				o.Completed = recordedOK
+				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+				tt.opts(o, &calls)
+			})
+			f.unansweredFor, f.askTimeout = bound, bound/6
+			f.deleteForwarded(t.Context(), ev, instances, instances, slog.New(slog.NewTextHandler(&logged, nil)))
+			if len(cleaner.deleted) != 3 {
+				t.Errorf("deleted %v, want all 3; logged: %s", cleaner.deleted, logged.String())
+			}
+			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("failed")); got != 0 {
+				t.Errorf("failed = %v, want 0", got)
+			}
+		})
 	}
 }

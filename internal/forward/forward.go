@@ -37,6 +37,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/flow"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -206,6 +207,9 @@ type Options struct {
 	// Release, if set, narrows buffer mode's deletes to the instances that
 	// every destination whose rules select them has stored, given all the
 	// study's instances; it is needed when there are several destinations.
+	// It reads the study from Orthanc, for as long as that takes (ctx is
+	// the work context): it bounds each JetStream request itself, and
+	// one unanswered is asked again (see Forwarder.whileUnanswered).
 	Release func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error)
 	// Unselected, if set (buffer mode with several destinations, on the
 	// forwarders of one destination only), counts the listed instances
@@ -295,8 +299,9 @@ type Forwarder struct {
 	retention atomic.Int64
 	// unansweredFor bounds how long buffer mode asks JetStream again
 	// while it does not answer (deleteForwarded): settleTimeout, past a
-	// leader election; tests shorten it.
-	unansweredFor time.Duration
+	// leader election; tests shorten it. askTimeout bounds one
+	// Unconfigured attempt, so a lost reply costs one try, not the bound.
+	unansweredFor, askTimeout time.Duration
 }
 
 // New validates opts and returns a Forwarder.
@@ -382,7 +387,7 @@ func New(opts Options) (*Forwarder, error) {
 		p.replacesByDelete = c.setting()
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
-		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{}), unansweredFor: settleTimeout}
+		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{}), unansweredFor: settleTimeout, askTimeout: natsjs.RequestTimeout}
 	m.laneAge.setClock(fw.plan.now)
 	fw.retention.Store(int64(opts.EventsRetention))
 	m.retention.Set(opts.EventsRetention.Seconds())

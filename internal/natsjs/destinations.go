@@ -14,6 +14,11 @@ import (
 	"github.com/stowline/stowline/events"
 )
 
+// RequestTimeout bounds one JetStream request made under a context that
+// must not bound it (a work context, or a deadline for many tries): the
+// timeout nats.go gives a request only when its context has no deadline.
+const RequestTimeout = 5 * time.Second
+
 // ListDestinations names the destinations that have a consumer on the
 // event stream, sorted: what the commands that read a deployment without
 // its forwarders' configuration (the audit, the status page) go by.
