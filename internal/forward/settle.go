@@ -96,12 +96,14 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 		if recorded {
 			f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
 		} else if len(rep.forwarded) > 0 && result == ResultAckFailed {
-			// Most likely the ack did not arrive either (NATS unreachable
-			// for both): the study's next delivery records and deletes it.
-			log.Warn("forwarded study not deleted from the source yet: neither its ack nor its forward in the destination's ledger was confirmed; "+
-				"its next delivery records and deletes it. If none comes (the ack did arrive), 'forwarder audit --destination NAME --enqueue' queues it again",
+			// Failed, not waiting: nats.go holds publishes while it
+			// reconnects, the ack included, so after an outage the ack
+			// may land and no delivery come to record and delete it.
+			log.Warn("forwarded study not deleted from the source: neither its ack nor its forward in the destination's ledger was confirmed; it stays in Orthanc "+
+				"unless a next delivery comes, which records and deletes it. None may come (the ack may land once NATS reconnects): "+
+				"'forwarder audit --destination NAME --enqueue', run once the ledger takes writes again, queues it again, harmless if a delivery comes too",
 				"instances", len(rep.forwarded))
-			f.m.sourceDeletes.WithLabelValues("waiting").Add(float64(len(rep.forwarded)))
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(len(rep.forwarded)))
 		} else if len(rep.forwarded) > 0 {
 			log.Warn("forwarded study not deleted from the source: its forward is not recorded in the destination's ledger; it stays in Orthanc "+
 				"until 'forwarder audit --destination NAME --enqueue', run once the ledger takes writes again, queues it again", "instances", len(rep.forwarded))
