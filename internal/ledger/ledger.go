@@ -241,6 +241,7 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 		if err != nil {
 			return err
 		}
+		before := l.js.Conn().LastError()
 		if e.revision == 0 {
 			_, err = l.kv.Create(ctx, key, val)
 		} else {
@@ -251,27 +252,34 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 			continue // another replica recorded it first: compare again
 		}
 		if err != nil {
-			return fmt.Errorf("ledger: write %s: %w", key, natsjs.StorageFull(l.refused(err)))
+			return fmt.Errorf("ledger: write %s: %w", key, natsjs.StorageFull(l.refused(err, before)))
 		}
 		return nil
 	}
 	return fmt.Errorf("ledger: write %s: still conflicting after %d attempts", key, maxAttempts)
 }
 
-// refused is err, a write that timed out, as the refusal it was when the
-// connection's last error is NATS refusing this client a publish to the
-// bucket: nats-server drops a publish the user may not make and says so
-// only asynchronously, so the write times out as during a leader
-// election, which callers wait through (forward's whileUnanswered).
-func (l *Ledger) refused(err error) error {
+// refused is err, a write that timed out, as the refusal it was when
+// NATS refused this client a publish to the bucket during the write: the
+// connection's last error, set since before (the error it held when the
+// write began). nats-server drops a publish the user may not make and
+// says so only asynchronously, so the write times out as during a leader
+// election, which callers wait through (forward's whileUnanswered). The
+// last error stays until a reconnect, a permission granted since too: one
+// set before the write is not this write's refusal.
+func (l *Ledger) refused(err, before error) error {
 	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 		return err
 	}
 	nc := l.js.Conn()
 	last := nc.LastError()
-	// Disconnected, the write timed out for that, whatever was refused
-	// before.
+	// Disconnected, the write timed out for that, whatever was refused.
 	if !nc.IsConnected() || !errors.Is(last, nats.ErrPermissionViolation) || !strings.Contains(last.Error(), `"$KV.`+l.kv.Bucket()+`.`) {
+		return err
+	}
+	// nats.go makes a new error of each refusal it is told (a pointer:
+	// comparable); the same one is the refusal seen before the write.
+	if last == before {
 		return err
 	}
 	return fmt.Errorf("%w (this NATS user may not publish to $KV.%s.>: docs/nats-permissions.md)", last, l.kv.Bucket())

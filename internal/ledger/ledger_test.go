@@ -302,4 +302,32 @@ func TestWriteRefusedByPermissions(t *testing.T) {
 	if !strings.Contains(err.Error(), "$KV.") {
 		t.Errorf("err %q does not name the subject to grant", err)
 	}
+	// The connection's last error keeps that refusal until a reconnect
+	// (a permission granted by a reload leaves it): a later write that
+	// times out with no refusal of its own is JetStream not answering.
+	kv, err := js.KeyValue(t.Context(), natsjs.LedgerBucketOf("ai"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled := ledger.New(js, stallingKV{kv})
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	err = stalled.Completed(ctx, event("a", "20261126T100000"), ledger.Outcome{NotSelected: true})
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrPermissionViolation) {
+		t.Errorf("write timed out after the refusal: err = %v, want the time-out, not the earlier refusal", err)
+	}
+}
+
+// stallingKV is a bucket whose writes get no answer, as during a leader
+// election.
+type stallingKV struct{ jetstream.KeyValue }
+
+func (stallingKV) Create(ctx context.Context, _ string, _ []byte, _ ...jetstream.KVCreateOpt) (uint64, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+func (stallingKV) Update(ctx context.Context, _ string, _ []byte, _ uint64) (uint64, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
 }
