@@ -1,6 +1,9 @@
 package deident
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Defaults of the bound shared by the rewrites of one Deidentifier.
 // Real memory is ~1.4 to 1.7 times the charge: 16 STOW-RS requests in
@@ -31,6 +34,7 @@ func newMemory(allowance int64, slots int) *memory {
 }
 
 // acquire takes a large slot, or returns ctx's error once ctx is done.
+// A wait for the slot is told to ctx's WithWaitReport.
 func (m *memory) acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -38,9 +42,28 @@ func (m *memory) acquire(ctx context.Context) error {
 	select {
 	case m.large <- struct{}{}:
 		return nil
+	default:
+	}
+	start := time.Now()
+	if report, ok := ctx.Value(waitReportKey{}).(func(time.Duration)); ok {
+		defer func() { report(time.Since(start)) }()
+	}
+	select {
+	case m.large <- struct{}{}:
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+type waitReportKey struct{}
+
+// WithWaitReport returns ctx carrying report, told how long each rewrite
+// run under it waited for memory (a large slot). The rewrite runs inside
+// a STOW-RS request's body: the caller measuring the request's time for
+// the destination leaves these waits out.
+func WithWaitReport(ctx context.Context, report func(time.Duration)) context.Context {
+	return context.WithValue(ctx, waitReportKey{}, report)
 }
 
 func (m *memory) release() { <-m.large }

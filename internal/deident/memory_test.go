@@ -9,8 +9,10 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -230,3 +232,59 @@ func TestRewriteReturnsTheLargeSlot(t *testing.T) {
 type panickingWriter struct{}
 
 func (panickingWriter) Write([]byte) (int, error) { panic("a writer bug") }
+
+// TestWaitForTheLargeSlotIsReported: a rewrite that waits for the large
+// slot tells ctx's WithWaitReport how long (the forwarder leaves it out of
+// the request's time for the destination); one that does not wait tells
+// nothing.
+func TestWaitForTheLargeSlotIsReported(t *testing.T) {
+	in := enhancedMR(t, 600)
+	for _, c := range []struct {
+		name string
+		held bool // the slot is taken by another rewrite for a second
+		want []time.Duration
+	}{
+		{"slot free", false, nil},
+		{"slot held", true, []time.Duration{time.Second}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				d := boundedDeidentifier(t, 1<<20)
+				if c.held {
+					if err := d.mem.acquire(t.Context()); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var (
+					mu  sync.Mutex
+					got []time.Duration
+				)
+				ctx := WithWaitReport(t.Context(), func(w time.Duration) {
+					mu.Lock()
+					defer mu.Unlock()
+					got = append(got, w)
+				})
+				done := make(chan error, 1)
+				go func() {
+					rc := d.Reader(ctx, io.NopCloser(bytes.NewReader(in)))
+					defer rc.Close()
+					_, err := io.Copy(io.Discard, rc)
+					done <- err
+				}()
+				if c.held {
+					synctest.Wait() // the rewrite waits for the slot
+					time.Sleep(time.Second)
+					d.mem.release()
+				}
+				if err := <-done; err != nil {
+					t.Fatalf("rewrite: %v", err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if !slices.Equal(got, c.want) {
+					t.Errorf("reported waits %v, want %v", got, c.want)
+				}
+			})
+		})
+	}
+}

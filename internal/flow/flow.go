@@ -36,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -302,6 +303,9 @@ type Permit struct {
 	start time.Time
 	epoch uint64
 	once  sync.Once
+	// waited is what the request spent waiting for something not the
+	// destination's (Waited), left out of its time.
+	waited atomic.Int64
 }
 
 // Acquire waits for a free place within the limit, after any Retry-After
@@ -390,6 +394,16 @@ func (l *Limiter) dispatch(now time.Time) {
 			l.inFlight++
 			close(ch)
 		}
+	}
+}
+
+// Waited tells that the request, holding its place, waited d for
+// something other than the destination (the de-identifier's memory): d is
+// left out of the time it measures, else such waits would read as the
+// destination's latency and lower the limit. Safe from any goroutine.
+func (p *Permit) Waited(d time.Duration) {
+	if p != nil && d > 0 {
+		p.waited.Add(int64(d))
 	}
 }
 
@@ -542,7 +556,7 @@ func (l *Limiter) measure(p *Permit, bytes int64, now time.Time) (Change, bool) 
 	}
 	r.n++
 	r.bytes += bytes
-	r.took += now.Sub(p.start)
+	r.took += max(now.Sub(p.start)-time.Duration(p.waited.Load()), 0)
 	if r.n < max(l.limit, minRound) {
 		return Change{}, false
 	}

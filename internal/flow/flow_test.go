@@ -721,3 +721,44 @@ func TestAnsweredWithin(t *testing.T) {
 		check(false)
 	})
 }
+
+// TestWaitsNotTheDestinationsAreNotLatency: the destination serves each
+// request in a constant 100 ms; after 20 s of that, every place taken,
+// each request waits inside its body for one slot shared by all (the
+// de-identifier's large hold) first. Told by Waited, those waits are not
+// the destination's latency: the limit never falls for it.
+func TestWaitsNotTheDestinationsAreNotLatency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		slot := make(chan struct{}, 1)
+		l, changes := newLimiter(t, Options{Min: 1, Max: 8})
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		defer cancel()
+		shared := time.Now().Add(20 * time.Second)
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				for {
+					p, err := l.Acquire(ctx, Normal)
+					if err != nil {
+						return
+					}
+					if start := time.Now(); start.After(shared) {
+						slot <- struct{}{}
+						p.Waited(time.Since(start))
+						time.Sleep(100 * time.Millisecond)
+						<-slot
+					} else {
+						time.Sleep(100 * time.Millisecond)
+					}
+					p.Done(1 << 20)
+				}
+			})
+		}
+		wg.Wait()
+		for _, c := range *changes {
+			if c.Reason == Latency {
+				t.Errorf("change %+v for latency; changes %+v", c, *changes)
+			}
+		}
+	})
+}

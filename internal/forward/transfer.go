@@ -14,6 +14,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/flow"
 	"github.com/stowline/stowline/internal/tracing"
@@ -674,7 +675,9 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 		}
 		for resends := 0; ; resends++ {
 			var local Report
-			out, err = f.send(ctx, plan, batch, &local, put, own, answered)
+			// A wait of the de-identifier for memory is not the
+			// destination's time: the permit leaves it out.
+			out, err = f.send(deident.WithWaitReport(ctx, permit.Waited), plan, batch, &local, put, own, answered)
 			if len(out.confirmed) > 0 {
 				// Now, not as the attempt ends: a killed process runs no
 				// deferred write. The writer does not hold the place.
