@@ -163,7 +163,11 @@ func recordNotSelected(ctx context.Context, l *ledger.Ledger, ev *events.StudySt
 	case rec.LastUpdate >= ev.LastUpdate:
 		return nil
 	}
-	return l.Completed(ctx, ev, ledger.Outcome{NotSelected: true, Rules: rules})
+	err = l.Completed(ctx, ev, ledger.Outcome{NotSelected: true, Rules: rules})
+	if errors.Is(err, ledger.ErrForwardedBefore) {
+		return nil // recorded forwarded since the lookup
+	}
+	return err
 }
 
 // unconfiguredFunc is buffer mode's forward.Options.Unconfigured: the

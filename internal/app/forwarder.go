@@ -155,7 +155,11 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		o.Failures = deadletter.NewFailureLog(failureKV, d.Name)
 		l := ledgers[d.Name].WithPseudonyms(forward.StudyPseudonym(o.Destination))
 		o.Completed = func(ctx context.Context, ev *events.StudyStable, c forward.Completion) error {
-			return l.Completed(ctx, ev, ledger.Outcome{NotSelected: c.NotSelected, Selected: c.Selected, Kept: c.Kept, Replaced: c.Replaced})
+			err := l.Completed(ctx, ev, ledger.Outcome{NotSelected: c.NotSelected, Selected: c.Selected, Kept: c.Kept, Replaced: c.Replaced})
+			if errors.Is(err, ledger.ErrForwardedBefore) {
+				return fmt.Errorf("%w: %w", forward.ErrForwardedBefore, err)
+			}
+			return err
 		}
 		if fc.DeleteFromSource {
 			o.CleanerFor = r.cleanerFor

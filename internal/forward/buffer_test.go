@@ -179,11 +179,17 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 		router      Router
 		release     func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error)
 		unselected  func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error)
+		completed   error // Options.Completed's
 		wantDeleted int
 		wantKept    float64
+		wantResult  Result
 	}{
 		{name: "one destination, its rule excludes the SR", router: leaving{sr: true}, wantDeleted: 2, wantKept: 1},
 		{name: "one destination whose rules select none of the study", router: leaving{src.instances[0].ID: true, src.instances[1].ID: true, sr: true}, wantKept: 3},
+		// A redelivery after an ack not confirmed: the ledger records this
+		// state forwarded, its delivery counted what stays.
+		{name: "one destination whose rules select none of what is left of a study forwarded", router: leaving{src.instances[0].ID: true, src.instances[1].ID: true, sr: true},
+			completed: fmt.Errorf("%w: recorded", ErrForwardedBefore), wantResult: ResultAlreadyForwarded},
 		{name: "one destination without rules", wantDeleted: 3},
 		{name: "several, this one counts", router: leaving{sr: true}, release: all, wantDeleted: 2, wantKept: 1,
 			unselected: func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) { return 1, nil }},
@@ -202,7 +208,7 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 			f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
 				o.Registerer = prometheus.NewRegistry()
 				o.Router = tt.router
-				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return nil }
+				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return tt.completed }
 				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 				o.Release = tt.release
 				o.Unselected = tt.unselected
@@ -213,6 +219,11 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != tt.wantKept {
 				t.Errorf("kept_unselected = %v, want %v", got, tt.wantKept)
+			}
+			if tt.wantResult != "" {
+				if got := testutil.ToFloat64(f.m.studies.WithLabelValues(string(tt.wantResult))); got != 1 {
+					t.Errorf("studies{result=%q} = %v, want 1", tt.wantResult, got)
+				}
 			}
 		})
 	}

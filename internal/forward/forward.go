@@ -197,7 +197,9 @@ type Options struct {
 	Verifier Verifier
 	// Completed, if set, is called after a study was stored and its event
 	// acked, to record the completed forward (the audit and buffer mode
-	// read it). An error is logged; the study stays forwarded.
+	// read it). An error is logged; the study stays forwarded. It returns
+	// an error wrapping ErrForwardedBefore when c is not selected and
+	// the record of that state is a forward, kept.
 	Completed func(ctx context.Context, ev *events.StudyStable, c Completion) error
 	// CleanerFor, if set, turns on buffer mode: once a study is stored,
 	// acked and recorded (Completed, then required), the instances that

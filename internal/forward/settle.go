@@ -20,6 +20,11 @@ import (
 	"github.com/stowline/stowline/internal/tracing"
 )
 
+// ErrForwardedBefore: Options.Completed kept the record of a forward of
+// the state it was told was not selected (a redelivery after an ack not
+// confirmed, buffer mode having deleted what was selected).
+var ErrForwardedBefore = errors.New("forward: this state of the study is recorded forwarded")
+
 // settleTimeout bounds the ack, NAK or dead letter of one attempt; they
 // go out even during shutdown. ackConfirmTimeout bounds the ack's
 // confirmation within it: a lost one leaves the writes after it (the
@@ -37,9 +42,12 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	defer cancel()
 	var result Result
 	recorded := false // the ledger holds this forward (ack)
+	// The ledger held a forward of this state already (ack): what no
+	// destination selects was counted by the delivery that forwarded it.
+	before := false
 	switch d.action {
 	case ack:
-		result, recorded = f.ack(sctx, msg, a, rep, elapsed, log)
+		result, recorded, before = f.ack(sctx, msg, a, rep, elapsed, log)
 	case giveBack:
 		handBack(msg, f.opts.Connected, rep, log)
 		result = ResultInterrupted
@@ -80,7 +88,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	// before them, over the study as it was listed: after them, its
 	// deleted series no longer tell the rules their modality, and a study
 	// deleted whole is not found.
-	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && f.opts.CleanerFor != nil {
+	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && !before && f.opts.CleanerFor != nil {
 		f.countUnselected(ctx, a.Event, rep, log)
 	}
 	// Deleted only once the ledger holds the forward: a later event of
@@ -113,10 +121,11 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 }
 
 // ack acks the event of a study done and records the forward in the
-// destination's ledger; recorded reports that the ledger holds it. The
+// destination's ledger; recorded reports that the ledger holds it, before
+// that it held a forward of this state already (ErrForwardedBefore). The
 // result is the attempt's: forwarded, not_selected or already_forwarded,
 // and ack_failed for any of them whose ack was not confirmed.
-func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) (result Result, recorded bool) {
+func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) (result Result, recorded, before bool) {
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is. What was sent is recorded by now
 	// (sentwriter.go), in the attempt. A lost confirmation waits out its
@@ -129,8 +138,10 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		// The destination holds the study whether or not the ack arrived,
 		// and an ack that did arrive brings no delivery to record it: the
 		// audit would report the study missing, buffer mode would keep it.
-		return ResultAckFailed, f.recordCompletion(ctx, a.Event, rep, log)
+		recorded, before = f.recordCompletion(ctx, a.Event, rep, log)
+		return ResultAckFailed, recorded, before
 	}
+	recorded, before = f.recordCompletion(ctx, a.Event, rep, log)
 	result = ResultForwarded
 	switch {
 	case rep.forwardedBefore:
@@ -139,6 +150,11 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		result = ResultAlreadyForwarded
 		log.Info("study no longer in the source: the destination's ledger holds this state of it or a newer one, " +
 			"forwarded before buffer mode deleted it; the event is done")
+	case before:
+		// The delivery that forwarded this state (its ack not confirmed)
+		// was counted; buffer mode deleted what the rules select.
+		result = ResultAlreadyForwarded
+		log.Info("study not forwarded: the destination's rules select none of what the source holds, and its ledger records this state of it forwarded; the event is done")
 	case rep.deletedNotSelected:
 		result = ResultNotSelected
 		log.Info("study not forwarded: no longer in the source, deleted by buffer mode once the destinations whose rules select it stored it; " +
@@ -161,25 +177,29 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 			log.Warn("forget failure record", "err", err)
 		}
 	}
-	return result, f.recordCompletion(ctx, a.Event, rep, log)
+	return result, recorded, before
 }
 
 // recordCompletion records the destination's completed forward of ev
 // (Options.Completed), unless the ledger told it: a study buffer mode
-// deleted once done. It reports whether the ledger holds it.
-func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) bool {
+// deleted once done. It reports whether the ledger holds it, and before:
+// that it held a forward of this state, which a study not selected does
+// not replace (ErrForwardedBefore).
+func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) (recorded, before bool) {
 	if rep.forwardedBefore || rep.deletedNotSelected {
-		return true
+		return true, false
 	}
 	if f.opts.Completed == nil {
-		return false
+		return false, false
 	}
 	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept, Replaced: rep.replaced}
-	if err := f.recordCompleted(ctx, ev, c); err != nil {
+	if err := f.recordCompleted(ctx, ev, c); errors.Is(err, ErrForwardedBefore) {
+		return true, true
+	} else if err != nil {
 		log.Warn("study forwarded but not recorded as completed", "err", err)
-		return false
+		return false, false
 	}
-	return true
+	return true, false
 }
 
 // completedRetry is the first wait before a completed forward's record is

@@ -37,10 +37,10 @@ func TestAckResult(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			a := &Attempt{Event: testEvent(), Number: 1, Seq: 1}
-			if got, _ := f.ack(t.Context(), confirmedAck{}, a, tt.rep, 0, f.log); got != tt.want {
+			if got, _, _ := f.ack(t.Context(), confirmedAck{}, a, tt.rep, 0, f.log); got != tt.want {
 				t.Errorf("confirmed ack: result %s, want %s", got, tt.want)
 			}
-			if got, _ := f.ack(t.Context(), unconfirmedAck{}, a, tt.rep, 0, f.log); got != ResultAckFailed {
+			if got, _, _ := f.ack(t.Context(), unconfirmedAck{}, a, tt.rep, 0, f.log); got != ResultAckFailed {
 				t.Errorf("unconfirmed ack: result %s, want %s", got, ResultAckFailed)
 			}
 		})

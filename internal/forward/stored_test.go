@@ -509,7 +509,7 @@ func TestCompletionRecordedAfterTheAckTimedOut(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), settleTimeout) // as settle's
 		defer cancel()
 		a := &Attempt{Event: testEvent(), Number: 1, Seq: 1}
-		if got, _ := f.ack(ctx, lostConfirmation{}, a, Report{}, 0, f.log); got != ResultAckFailed {
+		if got, _, _ := f.ack(ctx, lostConfirmation{}, a, Report{}, 0, f.log); got != ResultAckFailed {
 			t.Fatalf("result %s, want %s", got, ResultAckFailed)
 		}
 	})

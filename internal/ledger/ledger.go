@@ -27,6 +27,9 @@ import (
 var (
 	// ErrNotRecorded: no completed forward of the study is recorded.
 	ErrNotRecorded = errors.New("ledger: no completed forward recorded")
+	// ErrForwardedBefore: Completed was told a state of the study not
+	// selected whose forward the ledger records; the record is kept.
+	ErrForwardedBefore = errors.New("ledger: this state of the study is recorded forwarded")
 	// ErrNoBucket: the destination's bucket does not exist (no forwarder
 	// of it ever ran).
 	ErrNoBucket = errors.New("ledger: the destination's bucket does not exist")
@@ -191,7 +194,8 @@ func (l *Ledger) Record(ctx context.Context, ev *events.StudyStable) error {
 
 // Completed stores that ev's study is done for the destination: forwarded,
 // or not selected by its rules. A record is never moved back to an older
-// LastUpdate (events may be forwarded out of order).
+// LastUpdate (events may be forwarded out of order), nor is a state
+// recorded forwarded recorded again as not selected (ErrForwardedBefore).
 func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcome) error {
 	notSelected := o.NotSelected
 	if !events.ValidSource(ev.Source) || !orthancapi.ValidID(ev.OrthancStudyID) {
@@ -231,6 +235,14 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 			if json.Unmarshal(e.value, &old) == nil {
 				if old.LastUpdate > ev.LastUpdate {
 					return nil // a newer state of the study was already forwarded
+				}
+				if old.LastUpdate == ev.LastUpdate && notSelected && !old.NotSelected {
+					// A redelivery after an ack not confirmed, buffer
+					// mode having deleted what was forwarded: the rules
+					// select none of what is left, but this state was
+					// forwarded. Overwritten, the audit would take it
+					// for never selected.
+					return fmt.Errorf("%w: %s", ErrForwardedBefore, key)
 				}
 				if old.LastUpdate == ev.LastUpdate {
 					write = rec.keepingAlso(old, o.Replaced)

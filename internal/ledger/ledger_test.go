@@ -154,7 +154,10 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 		{"kept, then another kept", forwarded("1.2"), forwarded("1.1"), lu, []string{"1.1", "1.2"}, false, false},
 		{"kept, then the same kept", forwarded("1.1"), forwarded("1.1"), lu, []string{"1.1"}, false, false},
 		{"all kept, then nothing kept", forwarded(many...), forwarded(), lu, nil, true, false},
-		{"kept, then not selected", forwarded("1.1"), ledger.Outcome{NotSelected: true}, lu, nil, false, true},
+		// A redelivery after an ack not confirmed, buffer mode having
+		// deleted what was selected: the record of the forward stays.
+		{"kept, then not selected", forwarded("1.1"), ledger.Outcome{NotSelected: true}, lu, []string{"1.1"}, false, false},
+		{"kept, then not selected in a newer state", forwarded("1.1"), ledger.Outcome{NotSelected: true}, newer, nil, false, true},
 		{"kept, then a newer state", forwarded("1.1"), forwarded(), newer, nil, false, false},
 		// A conflict skipped, then replaced (STOW_ON_CONFLICT switched
 		// to replace, a backfill): the destination holds it as sent.
@@ -173,8 +176,9 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 			if err := l.Completed(ctx, event("a", lu), tt.first); err != nil {
 				t.Fatal(err)
 			}
-			if err := l.Completed(ctx, event("a", tt.thenLU), tt.then); err != nil {
-				t.Fatal(err)
+			err = l.Completed(ctx, event("a", tt.thenLU), tt.then)
+			if wantErr := tt.then.NotSelected && tt.thenLU == lu; errors.Is(err, ledger.ErrForwardedBefore) != wantErr || err != nil && !wantErr {
+				t.Fatalf("second Completed = %v, want ErrForwardedBefore: %v", err, wantErr)
 			}
 			r, err := l.Lookup(ctx, "a", studyID)
 			if err != nil {
