@@ -88,23 +88,52 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 // cursor is moved to the new name's key; adopted is false when none
 // matched.
 func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err error) {
-	// A configured source not told a name only looks: a cursor it would
-	// have taken is named in a Warn, for an operator who renamed it.
+	// A configured source not told a name only looks, under the name an
+	// unnamed source would have had: a cursor it would have taken is
+	// named in a Warn, for an operator who renamed it.
 	lookOnly := s.configured != "" && s.r.opts.AdoptCursorFrom == ""
-	kv := s.r.opts.KV
-	lister, err := kv.ListKeysFiltered(ctx, cursorKey("*"))
-	if err != nil {
-		return false, fmt.Errorf("list the reconciler's cursors: %w", err)
+	if lookOnly {
+		// Only a hint: it never holds the start up.
+		defer func() {
+			if err != nil {
+				s.log.Debug("could not look for a cursor under Orthanc's own Name", "err", err)
+				adopted, err = false, nil
+			}
+		}()
 	}
+	kv := s.r.opts.KV
 	ours := map[string]bool{}
 	for _, o := range s.r.sources {
 		if o.configured != "" {
 			ours[cursorKey(o.configured)] = true
 		}
 	}
+	// A configured source reads its one candidate by key: listing keys
+	// needs a consumer on the bucket, which the documented ingest
+	// permissions (docs/nats-permissions.md) do not allow.
+	var candidates []string
+	switch {
+	case lookOnly:
+		// The likely earlier name: the one an unnamed source had.
+		sys, err := s.orthanc.System(ctx)
+		if err != nil {
+			return false, fmt.Errorf("orthanc: read its Name: %w", err)
+		}
+		candidates = []string{cursorKey(events.DefaultSourceName(sys.Name))}
+	case s.configured != "":
+		candidates = []string{cursorKey(s.r.opts.AdoptCursorFrom)}
+	default:
+		lister, err := kv.ListKeysFiltered(ctx, cursorKey("*"))
+		if err != nil {
+			return false, fmt.Errorf("list the reconciler's cursors: %w", err)
+		}
+		for k := range lister.Keys() {
+			candidates = append(candidates, k)
+		}
+	}
 	var keys []string
-	for k := range lister.Keys() {
-		if k != s.store.key && !ours[k] && (s.configured == "" || lookOnly || k == cursorKey(s.r.opts.AdoptCursorFrom)) {
+	for _, k := range candidates {
+		if k != s.store.key && !ours[k] {
 			keys = append(keys, k)
 		}
 	}

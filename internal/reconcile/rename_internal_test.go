@@ -339,7 +339,8 @@ func TestConfiguredSourceToldOfAMatchingCursor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(ctx, cursorKey("old"), b); err != nil {
+	// Orthanc's Name is empty: an unnamed source would have been "orthanc".
+	if _, err := kv.Put(ctx, cursorKey("orthanc"), b); err != nil {
 		t.Fatal(err)
 	}
 	warned := &warnings{}
@@ -349,10 +350,10 @@ func TestConfiguredSourceToldOfAMatchingCursor(t *testing.T) {
 		c, found, err := (&cursorStore{kv: kv, key: cursorKey("new")}).load(ctx)
 		return err == nil && found && c.Seq == 4
 	})
-	if !warned.has("RECONCILE_ADOPT_CURSOR_FROM", "previous_source=old") {
+	if !warned.has("RECONCILE_ADOPT_CURSOR_FROM", "previous_source=orthanc") {
 		t.Errorf("no Warn naming the matching cursor and RECONCILE_ADOPT_CURSOR_FROM; warnings: %q", warned.all())
 	}
-	if _, err := kv.Get(ctx, cursorKey("old")); err != nil {
+	if _, err := kv.Get(ctx, cursorKey("orthanc")); err != nil {
 		t.Errorf("the other name's cursor was not kept: %v", err)
 	}
 }
