@@ -46,6 +46,7 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 	s.unreadable = map[string]bool{}
 	s.dirty = false
 	s.gone = nil
+	s.idleChecked = [2]int64{}
 	if err := s.detectFilter(ctx); err != nil {
 		return err
 	}
@@ -123,16 +124,19 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 				return true, s.reset(ctx, page)
 			}
 			changes = changes[1:]
-		case len(s.changeTypes) > 0 && len(changes) > 0:
+		case len(s.changeTypes) > 0 && (len(changes) > 0 || s.idleChecked != [2]int64{s.cur.Seq, page.Last}):
 			// The filter hides a change of another type at the cursor's
 			// number, which a recreated database may have there: read
-			// that one change whole before taking it for deleted. Only
-			// when there is something to take: an idle poll moves
-			// nothing, and the next one with changes checks.
+			// that one change whole before taking it for deleted. An idle
+			// poll reads it once per cursor and end of log: a restored
+			// database whose changes from the cursor's number on are all
+			// of types left out shows nothing else, and its studies would
+			// wait for the next one received.
 			at, err := s.orthanc.Changes(ctx, since, 1)
 			if err != nil {
 				return false, fmt.Errorf("orthanc: read change %d: %w", s.cur.Seq, err)
 			}
+			s.idleChecked = [2]int64{s.cur.Seq, page.Last}
 			if len(at.Changes) > 0 && at.Changes[0].Seq == s.cur.Seq && !s.cur.Change.matches(at.Changes[0]) {
 				return true, s.reset(ctx, at)
 			}

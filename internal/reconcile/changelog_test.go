@@ -186,6 +186,35 @@ func TestRecreatedDatabaseFound(t *testing.T) {
 	}
 }
 
+// TestRestoredDatabaseFoundWhileIdle: the database is replaced by one
+// whose log reaches the cursor's number with changes of types a filtered
+// read leaves out only (Orthanc 1.12, a backup restored and a study
+// received since). The filtered page is empty and Last is not below the
+// cursor: the change at the cursor is read whole, the reset found and
+// the new log's studies published without waiting for another change.
+func TestRestoredDatabaseFoundWhileIdle(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}, filtered: true}
+	for n := 1; n <= 3; n++ {
+		o.log.addStudy(n) // changes 1 to 12, the last a StableStudy
+	}
+	store := &cursorStore{kv: kv, key: cursorKey("s")}
+	if err := store.save(t.Context(), cursor{Seq: 12, Change: markOf(o.log.changes[11])}); err != nil {
+		t.Fatal(err)
+	}
+	restored := &changeLog{studies: map[string]orthancapi.Study{}, datedFrom: 100}
+	restored.addStudy(10)
+	restored.addStudy(11) // changes 1 to 8
+	for n := 9; n <= 12; n++ {
+		restored.add("StablePatient", orthancID(4000+n)) // left out by the filter
+	}
+	o.log = restored
+	pub := &publishedIDs{}
+	runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second})
+	waitUntil(t, "the restored database's studies", func() bool { return pub.has(orthancID(10)) && pub.has(orthancID(11)) })
+}
+
 // TestResetAfterClockSetBackSkipsNothing: the last change handled is
 // dated ahead of the clock (Orthanc's clock was ahead, and set back since
 // its database was recreated): the rescan cannot tell old changes from

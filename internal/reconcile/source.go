@@ -64,6 +64,9 @@ type sourceRunner struct {
 	gone *goneChange
 	// pagesRead since the pending studies were last resolved.
 	pagesRead int
+	// idleChecked is the cursor and end of log at which a filtered read
+	// last read the change at the cursor whole (poll).
+	idleChecked [2]int64
 }
 
 func (s *sourceRunner) check(context.Context) error {
