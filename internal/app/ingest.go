@@ -98,13 +98,15 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 	for _, s := range r.sources.List() {
 		rs = append(rs, reconcile.Source{Name: s.Name, Orthanc: s.Client})
 	}
+	adoptTo, adoptFrom, _ := r.reconcile.AdoptCursorNames()
 	rec, err := reconcile.New(reconcile.Options{
 		Sources:         rs,
 		KV:              kv,
 		Publisher:       pub,
 		PollInterval:    r.reconcile.PollInterval,
 		LeaseTTL:        r.reconcile.LeaseTTL,
-		AdoptCursorFrom: r.reconcile.AdoptCursorFrom,
+		AdoptCursorTo:   adoptTo,
+		AdoptCursorFrom: adoptFrom,
 		PublishTimeout:  r.cfg.PublishTimeout,
 		Logger:          log,
 		Registerer:      reg,

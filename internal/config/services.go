@@ -33,7 +33,7 @@ func (c *IngestService) Validate() error {
 func (c *IngestService) reconcileValidate() error {
 	var errs []error
 	if c.Reconcile.Enabled {
-		errs = append(errs, c.Reconcile.Validate())
+		errs = append(errs, c.Reconcile.Validate(), c.Reconcile.adoptsFromOwn(&c.Orthanc))
 	}
 	if c.Reconcile.Enabled || c.Ingest.Priority.Rule != "" {
 		errs = append(errs, c.Orthanc.Validate())
@@ -135,7 +135,7 @@ func (c *SingleHost) Validate() error {
 	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
 		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
 	if c.Reconcile.Enabled {
-		err = errors.Join(err, c.Reconcile.Validate())
+		err = errors.Join(err, c.Reconcile.Validate(), c.Reconcile.adoptsFromOwn(&c.Orthanc))
 	}
 	if err == nil && c.Ingest.Addr == c.Forwarder.Addr {
 		err = errors.New("INGEST_ADDR and FORWARDER_ADDR must differ")

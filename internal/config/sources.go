@@ -144,9 +144,40 @@ type Reconcile struct {
 	Enabled      bool          `env:"RECONCILE_ENABLED" envDefault:"true" desc:"poll each Orthanc source's change log (GET /changes) so that a study whose webhook was lost is still forwarded"`
 	PollInterval time.Duration `env:"RECONCILE_POLL_INTERVAL" envDefault:"10s" desc:"how often the reconciler reads each source's change log"`
 	LeaseTTL     time.Duration `env:"RECONCILE_LEASE_TTL" envDefault:"15s" desc:"one ingest replica polls a source at a time; another takes over when it has not renewed its lease for this long"`
-	// AdoptCursorFrom: a configured source carries another name's cursor
-	// over only when told (another deployment on the NATS may own it).
-	AdoptCursorFrom string `env:"RECONCILE_ADOPT_CURSOR_FROM" desc:"the source name a configured Orthanc source was reconciled under before its name changed (ORTHANC_SOURCE_NAME set or changed, ORTHANC_URL moved into ORTHANC_SOURCES): a source without a cursor of its own continues that name's, if it points into its Orthanc's change log"`
+	// AdoptCursor: one configured source carries another name's cursor
+	// over only when told (another deployment on the NATS may own it,
+	// and another source of this ingest may match it too).
+	AdoptCursor string `env:"RECONCILE_ADOPT_CURSOR_FROM" desc:"<new source>:<old source>: the configured Orthanc source (one of ORTHANC_SOURCES, or ORTHANC_SOURCE_NAME) that was reconciled under the old source name before its name changed (ORTHANC_SOURCE_NAME set or changed, ORTHANC_URL moved into ORTHANC_SOURCES): that source, without a cursor of its own, continues the old name's, if it points into its Orthanc's change log; no other source does"`
+}
+
+// AdoptCursorNames splits RECONCILE_ADOPT_CURSOR_FROM into the source
+// that adopts and the name whose cursor it adopts; ok is false without
+// the colon.
+func (r *Reconcile) AdoptCursorNames() (to, from string, ok bool) {
+	return strings.Cut(r.AdoptCursor, ":")
+}
+
+// adoptsFromOwn checks RECONCILE_ADOPT_CURSOR_FROM against the sources:
+// the adopting one must be a configured source, the old name none.
+func (r *Reconcile) adoptsFromOwn(o *Orthanc) error {
+	to, from, ok := r.AdoptCursorNames()
+	if !ok {
+		return nil
+	}
+	names := map[string]bool{}
+	for _, s := range o.SourceList() {
+		if s.Name != "" {
+			names[s.Name] = true
+		}
+	}
+	var errs []error
+	if !names[to] {
+		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: %q is not a configured source (ORTHANC_SOURCES, or ORTHANC_SOURCE_NAME)", r.AdoptCursor, to))
+	}
+	if names[from] {
+		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: %q is one of the configured sources: name the source's old name", r.AdoptCursor, from))
+	}
+	return errors.Join(errs...)
 }
 
 // Validate names the variable that is out of range.
@@ -158,8 +189,11 @@ func (r *Reconcile) Validate() error {
 	if r.LeaseTTL < time.Second || r.LeaseTTL > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("RECONCILE_LEASE_TTL=%s: want 1s to 10m", r.LeaseTTL))
 	}
-	if r.AdoptCursorFrom != "" && !events.ValidSource(r.AdoptCursorFrom) {
-		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: not a valid source name", r.AdoptCursorFrom))
+	if r.AdoptCursor != "" {
+		to, from, ok := r.AdoptCursorNames()
+		if !ok || !events.ValidSource(to) || !events.ValidSource(from) || to == from {
+			errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: want <new source>:<old source>, two different source names, e.g. main:MyOrthanc", r.AdoptCursor))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -93,7 +93,10 @@ func TestSourceErrorsNameTheVariable(t *testing.T) {
 		{"bad source name", map[string]string{"ORTHANC_SOURCE_NAME": "a b"}, "ORTHANC_SOURCE_NAME"},
 		{"poll interval", map[string]string{"RECONCILE_POLL_INTERVAL": "1ms"}, "RECONCILE_POLL_INTERVAL"},
 		{"lease ttl", map[string]string{"RECONCILE_LEASE_TTL": "100ms"}, "RECONCILE_LEASE_TTL"},
-		{"bad adopt cursor from", map[string]string{"RECONCILE_ADOPT_CURSOR_FROM": "a b"}, "RECONCILE_ADOPT_CURSOR_FROM"},
+		{"adopt cursor without target", map[string]string{"RECONCILE_ADOPT_CURSOR_FROM": "MyOrthanc"}, "want <new source>:<old source>"},
+		{"bad adopt cursor from", map[string]string{"ORTHANC_SOURCE_NAME": "main", "RECONCILE_ADOPT_CURSOR_FROM": "main:a b"}, "RECONCILE_ADOPT_CURSOR_FROM"},
+		{"adopt cursor to another source", map[string]string{"ORTHANC_SOURCE_NAME": "main", "RECONCILE_ADOPT_CURSOR_FROM": "mr:MyOrthanc"}, `"mr" is not a configured source`},
+		{"adopt cursor from a source", map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MR_URL": "http://p:8042", "RECONCILE_ADOPT_CURSOR_FROM": "main:mr"}, `"mr" is one of the configured sources`},
 		{"bad bool", map[string]string{"RECONCILE_ENABLED": "perhaps"}, "RECONCILE_ENABLED"},
 	}
 	for _, tt := range tests {

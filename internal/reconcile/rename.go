@@ -67,7 +67,8 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 // adoptRenamed continues, for a source without a cursor under its name,
 // the cursor its Orthanc's change log has under another name: an earlier
 // Name of Orthanc (no name configured), or, for a configured source, the
-// one name the operator gives (Options.AdoptCursorFrom: ORTHANC_SOURCE_NAME
+// one name the operator gives it (Options.AdoptCursorTo and
+// AdoptCursorFrom: ORTHANC_SOURCE_NAME
 // set or changed, ORTHANC_URL moved into ORTHANC_SOURCES). A configured
 // source took any matching cursor: with two deployments on one NATS, one
 // whose Orthanc was restored from the other's backup took and deleted
@@ -90,8 +91,10 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err error) {
 	// A configured source not told a name only looks, under the name an
 	// unnamed source would have had: a cursor it would have taken is
-	// named in a Warn, for an operator who renamed it.
-	lookOnly := s.configured != "" && s.r.opts.AdoptCursorFrom == ""
+	// named in a Warn, for an operator who renamed it. Only the source
+	// named to adopt does: the others, whose changes at the cursor may be
+	// gone too, would take it.
+	lookOnly := s.configured != "" && (s.r.opts.AdoptCursorFrom == "" || s.configured != s.r.opts.AdoptCursorTo)
 	if lookOnly {
 		// Only a hint: it never holds the start up.
 		defer func() {
@@ -208,7 +211,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	}
 	if lookOnly {
 		if from != "" {
-			s.log.Warn("a cursor under another source name points into this Orthanc's change log and is not carried over: the reconciler starts at the end of the log; if this source was renamed from it, restart with RECONCILE_ADOPT_CURSOR_FROM set to that name (another deployment on the same NATS, whose Orthanc this one was restored from, may own it)",
+			s.log.Warn("a cursor under another source name points into this Orthanc's change log and is not carried over: the reconciler starts at the end of the log; if this source was renamed from it, restart with RECONCILE_ADOPT_CURSOR_FROM=<this source>:<that name> (another deployment on the same NATS, whose Orthanc this one was restored from, may own it)",
 				"previous_source", strings.TrimPrefix(from, cursorKey("")), "previous_cursor_key", from, "cursor", found.Seq)
 		}
 		return false, nil

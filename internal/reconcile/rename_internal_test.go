@@ -192,7 +192,11 @@ func TestConfiguredSourceAdoptsOnlyTheNamedCursor(t *testing.T) {
 			if _, err := kv.Put(ctx, cursorKey("a"), v); err != nil {
 				t.Fatal(err)
 			}
-			runReconciler(t, Options{Sources: []Source{{Name: "b", Orthanc: &swappableOrthanc{log: l}}}, KV: kv, AdoptCursorFrom: tc.from,
+			var to string
+			if tc.from != "" {
+				to = "b"
+			}
+			runReconciler(t, Options{Sources: []Source{{Name: "b", Orthanc: &swappableOrthanc{log: l}}}, KV: kv, AdoptCursorTo: to, AdoptCursorFrom: tc.from,
 				Publisher: &publishedIDs{}, PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
 			store := &cursorStore{kv: kv, key: cursorKey("b")}
 			waitUntil(t, "source b's cursor", func() bool {
@@ -209,10 +213,72 @@ func TestConfiguredSourceAdoptsOnlyTheNamedCursor(t *testing.T) {
 
 func TestAdoptCursorFromValidated(t *testing.T) {
 	_, kv := testBucket(t)
-	for _, from := range []string{"b", "not a name!"} {
-		if _, err := New(Options{Sources: []Source{{Name: "b", Orthanc: &swappableOrthanc{}}}, KV: kv, Publisher: &publishedIDs{}, AdoptCursorFrom: from}); err == nil {
-			t.Errorf("AdoptCursorFrom %q accepted", from)
+	for _, tc := range []struct{ to, from string }{
+		{"b", "b"},           // the old name is one of the sources
+		{"b", "not a name!"}, // not a source name
+		{"c", "a"},           // the adopting source is none of the sources
+		{"", "a"},            // no adopting source
+	} {
+		if _, err := New(Options{Sources: []Source{{Name: "b", Orthanc: &swappableOrthanc{}}}, KV: kv, Publisher: &publishedIDs{}, AdoptCursorTo: tc.to, AdoptCursorFrom: tc.from}); err == nil {
+			t.Errorf("adopting %q's cursor for %q accepted", tc.from, tc.to)
 		}
+	}
+}
+
+// RECONCILE_ADOPT_CURSOR_FROM names the source that adopts: ORTHANC_URL
+// (source MyOrthanc) moved into ORTHANC_SOURCES=main,mr. Both are buffer
+// mode, the change at the old cursor gone from both logs, and both logs
+// go past it: without the target, whichever source started first took
+// the cursor, and mr could take main's while main started at its end.
+func TestOnlyTheNamedSourceAdoptsTheCursor(t *testing.T) {
+	_, kv := testBucket(t)
+	ctx := t.Context()
+	newOrthanc := func() *swappableOrthanc {
+		o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+		o.log.addStudy(1) // changes 1 to 4
+		return o
+	}
+	mainO, mrO := newOrthanc(), newOrthanc()
+	b, err := json.Marshal(cursor{Seq: 4, Change: markOf(mainO.log.changes[3])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, cursorKey("MyOrthanc"), b); err != nil {
+		t.Fatal(err)
+	}
+	// Buffer mode deleted study 1 and its changes in both; a study came
+	// to each while the ingest was down (changes 5 to 8).
+	for i, o := range []*swappableOrthanc{mainO, mrO} {
+		o.log.remove(1, 4)
+		delete(o.log.studies, orthancID(1))
+		o.log.addStudy(2 + i)
+	}
+	pub := &publishedIDs{}
+	// main reads no change before mr has started: mr, unnamed, would
+	// otherwise have taken the cursor only when it asked first.
+	gated := &gatedOrthanc{swappableOrthanc: mainO, gate: make(chan struct{})}
+	runReconciler(t, Options{Sources: []Source{{Name: "main", Orthanc: gated}, {Name: "mr", Orthanc: mrO}}, KV: kv, Publisher: pub,
+		AdoptCursorTo: "main", AdoptCursorFrom: "MyOrthanc",
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+	mrStore := &cursorStore{kv: kv, key: cursorKey("mr")}
+	waitUntil(t, "mr's cursor", func() bool {
+		_, found, err := mrStore.load(ctx)
+		return err == nil && found
+	})
+	close(gated.gate)
+	for _, name := range []string{"main", "mr"} {
+		store := &cursorStore{kv: kv, key: cursorKey(name)}
+		waitUntil(t, name+"'s cursor at the end of its log", func() bool {
+			c, found, err := store.load(ctx)
+			return err == nil && found && c.Seq >= 8
+		})
+	}
+	waitUntil(t, "main's study stored while the ingest was down", func() bool { return pub.has(orthancID(2)) })
+	if pub.has(orthancID(3)) {
+		t.Error("mr published a study before the end of its log: it took MyOrthanc's cursor")
+	}
+	if _, err := kv.Get(ctx, cursorKey("MyOrthanc")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("MyOrthanc's cursor is still stored (%v)", err)
 	}
 }
 
@@ -299,7 +365,7 @@ func TestAdoptedCursorWhoseChangeWasDeleted(t *testing.T) {
 			warned := &warnings{}
 			pub := &publishedIDs{}
 			runReconciler(t, Options{Sources: []Source{{Name: "new", Orthanc: o}}, KV: kv, Publisher: pub,
-				AdoptCursorFrom: "old", Logger: slog.New(warned),
+				AdoptCursorTo: "new", AdoptCursorFrom: "old", Logger: slog.New(warned),
 				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
 			store := &cursorStore{kv: kv, key: cursorKey("new")}
 			waitUntil(t, "the new name's cursor at the end of the log", func() bool {
@@ -393,4 +459,19 @@ func TestUnnamedSourceLeavesAConfiguredSourcesCursor(t *testing.T) {
 			}
 		})
 	}
+}
+
+// gatedOrthanc answers GET /changes once gate is closed.
+type gatedOrthanc struct {
+	*swappableOrthanc
+	gate chan struct{}
+}
+
+func (o *gatedOrthanc) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
+	select {
+	case <-o.gate:
+	case <-ctx.Done():
+		return orthancapi.Changes{}, ctx.Err()
+	}
+	return o.swappableOrthanc.Changes(ctx, since, limit, types...)
 }
