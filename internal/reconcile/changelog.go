@@ -96,6 +96,13 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		return false, err
 	}
 	s.clock, s.clockRead = time.Time{}, false
+	if s.clockOff {
+		// Off, the clock is asked at every poll, idle too: else the
+		// gauge and the check's note stayed on after the proxy was fixed
+		// until a study came. A transient failure is left to the poll's
+		// first study, which asks again and holds the cursor on it.
+		_ = s.readClock(ctx)
+	}
 	since := max(s.cur.Seq-1, 0) // one before, to check the change at the cursor
 	page, err := s.orthanc.Changes(ctx, since, opts.PageSize+1, s.changeTypes...)
 	var oe *orthancapi.Error

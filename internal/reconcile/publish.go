@@ -48,7 +48,8 @@ var errClock = errors.New("orthanc: read its clock (GET /tools/now)")
 var errClockRefused = errors.New("orthanc refuses GET /tools/now: studies are published without the same-second check; allow it, required with several Orthanc processes on one database")
 
 // readClock reads Orthanc's clock once a poll, before the first study
-// the poll reads (settled). Refused for good (clockRefused, clockOffAfter
+// the poll reads (settled), and, while the check is off, at every poll
+// (poll), so that it is turned on again when no study comes. Refused for good (clockRefused, clockOffAfter
 // times in a row), the clock stays unread and settled falls back to
 // IsStable alone: the check only guards Orthanc processes sharing one
 // database, and holding the cursor would end the reconciliation of a

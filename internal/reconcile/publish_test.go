@@ -260,3 +260,46 @@ func TestClockRefusedBriefly(t *testing.T) {
 		})
 	}
 }
+
+// toggledClockOrthanc refuses GET /tools/now (403) while refuse is set.
+type toggledClockOrthanc struct {
+	*swappableOrthanc
+	refuse atomic.Bool
+}
+
+func (o *toggledClockOrthanc) Now(context.Context) (time.Time, error) {
+	if o.refuse.Load() {
+		return time.Time{}, &orthancapi.Error{Method: http.MethodGet, Path: "/tools/now", StatusCode: http.StatusForbidden}
+	}
+	return time.Now(), nil
+}
+
+// TestClockBackWhileIdle: the clock was read only before a poll's first
+// study, so once the check was off, the gauge and the check's note stayed
+// on after the proxy was fixed until the next study came. Off, it is
+// asked at every poll: idle polls turn it on again.
+func TestClockBackWhileIdle(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &toggledClockOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}}
+	o.refuse.Store(true)
+	pub := &publishedIDs{}
+	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+	store := &cursorStore{kv: kv, key: cursorKey("s")}
+	waitUntil(t, "the first start's cursor", func() bool {
+		_, found, err := store.load(ctx)
+		return err == nil && found
+	})
+	id := orthancID(1)
+	o.mu.Lock()
+	o.log.studies[id] = orthancapi.Study{ID: id, StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
+	o.log.add("StableStudy", id) // change number 1
+	o.mu.Unlock()
+	gauge := func() float64 { return testutil.ToFloat64(r.m.clockUnavailable.WithLabelValues("s")) }
+	waitUntil(t, "the study published without the clock", func() bool { return pub.has(id) && gauge() == 1 })
+	o.refuse.Store(false) // the proxy fixed; no study comes
+	waitUntil(t, "clock_unavailable back to 0 while idle", func() bool { return gauge() == 0 })
+	if err := r.Checks()["reconcile_s"](ctx); err != nil && strings.Contains(err.Error(), "/tools/now") {
+		t.Errorf("check = %v, want no note about the clock", err)
+	}
+}
