@@ -161,13 +161,6 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 			why = "the cursor stored under that name cannot be read, or points at no change"
 			continue
 		}
-		if c.Configured && s.configured == "" {
-			// A configured source's (another deployment's, whose
-			// Orthanc this one may be restored from): an unnamed
-			// source takes over only an unnamed source's cursor, or
-			// one older builds wrote, unmarked.
-			continue
-		}
 		page, err := s.orthanc.Changes(ctx, c.Seq-1, 1)
 		if err != nil {
 			return false, fmt.Errorf("orthanc: read change %d: %w", c.Seq, err)
@@ -178,6 +171,15 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 			why = fmt.Sprintf("the change at its position (%d) is another in this Orthanc's change log: another Orthanc's cursor, or this one's database was recreated", c.Seq)
 			continue
 		case !at && (s.configured == "" || lookOnly):
+			continue
+		case c.Configured && s.configured == "":
+			// A configured source's (another deployment's, whose
+			// Orthanc this one may be restored from): an unnamed
+			// source takes over only an unnamed source's cursor, or
+			// one older builds wrote, unmarked. Said, as it points
+			// into this log: a rename of this Orthanc loses it.
+			s.log.Warn("a cursor a configured source wrote points into this Orthanc's change log and is not carried over by a source following Orthanc's Name: if it is this Orthanc's, configure the source's name (ORTHANC_SOURCE_NAME) and set RECONCILE_ADOPT_CURSOR_FROM",
+				"previous_source", strings.TrimPrefix(k, cursorKey("")), "previous_cursor_key", k, "cursor", c.Seq)
 			continue
 		case !at:
 			// The change is gone: buffer mode deletes a study once

@@ -428,7 +428,8 @@ func TestConfiguredSourceToldOfAMatchingCursor(t *testing.T) {
 // log matched: with two deployments on one NATS, one whose Orthanc was
 // restored from the other's backup, that was the other deployment's
 // configured source's cursor, deleted with it. It takes over only a
-// cursor an unnamed source wrote (or an older build, unmarked).
+// cursor an unnamed source wrote (or an older build, unmarked), and
+// names a configured one it skips in a Warn.
 func TestUnnamedSourceLeavesAConfiguredSourcesCursor(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -447,7 +448,8 @@ func TestUnnamedSourceLeavesAConfiguredSourcesCursor(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Orthanc's Name is empty: the source is "orthanc".
-			runReconciler(t, Options{Sources: []Source{{Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+			warned := &warnings{}
+			runReconciler(t, Options{Sources: []Source{{Orthanc: o}}, KV: kv, Publisher: &publishedIDs{}, Logger: slog.New(warned),
 				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
 			waitUntil(t, "the source's cursor at the end of the log", func() bool {
 				c, found, err := (&cursorStore{kv: kv, key: cursorKey("orthanc")}).load(ctx)
@@ -456,6 +458,10 @@ func TestUnnamedSourceLeavesAConfiguredSourcesCursor(t *testing.T) {
 			_, err := kv.Get(ctx, cursorKey("other"))
 			if kept := err == nil; kept != tc.configured {
 				t.Errorf("the other cursor kept: %v (%v), want %v", kept, err, tc.configured)
+			}
+			// Skipped, it is named: it may be this Orthanc's own.
+			if said := warned.has("a cursor a configured source wrote", "previous_source=other"); said != tc.configured {
+				t.Errorf("Warn naming the skipped cursor: %v, want %v; warnings %q", said, tc.configured, warned.all())
 			}
 		})
 	}
