@@ -481,3 +481,60 @@ func (o *gatedOrthanc) Changes(ctx context.Context, since int64, limit int, type
 	}
 	return o.swappableOrthanc.Changes(ctx, since, limit, types...)
 }
+
+// namedOrthanc answers GET /system with name as Orthanc's Name.
+type namedOrthanc struct {
+	*swappableOrthanc
+	mu   sync.Mutex
+	name string
+}
+
+func (o *namedOrthanc) System(ctx context.Context) (orthancapi.System, error) {
+	sys, err := o.swappableOrthanc.System(ctx)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	sys.Name = o.name
+	return sys, err
+}
+
+// Buffer mode deletes a forwarded study, and Orthanc its changes with it:
+// when Orthanc is renamed, the change at the old name's cursor is mostly
+// gone, and a source following Orthanc's Name cannot tell that cursor
+// from another Orthanc's. It started at the end of the log silently; it
+// says so, naming the old name's cursor.
+func TestRenamedSourceSaysItsCursorWasNotCarriedOver(t *testing.T) {
+	_, kv := testBucket(t)
+	ctx := t.Context()
+	o := &namedOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}, name: "old"}
+	warned := &warnings{}
+	pub := &publishedIDs{}
+	runReconciler(t, Options{Sources: []Source{{Orthanc: o}}, KV: kv, Publisher: pub, Logger: slog.New(warned),
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+	oldStore := &cursorStore{kv: kv, key: cursorKey("old")}
+	waitUntil(t, "the old name's cursor", func() bool {
+		_, found, err := oldStore.load(ctx)
+		return err == nil && found
+	})
+	o.swappableOrthanc.mu.Lock()
+	o.log.addStudy(1) // changes 1 to 4
+	o.swappableOrthanc.mu.Unlock()
+	waitUntil(t, "study 1 published and the cursor past it", func() bool {
+		c, _, err := oldStore.load(ctx)
+		return err == nil && c.Seq >= 4 && pub.has(orthancID(1))
+	})
+	// Forwarded, buffer mode deleted it and its changes; then the rename.
+	o.swappableOrthanc.mu.Lock()
+	o.log.remove(1, 4)
+	delete(o.log.studies, orthancID(1))
+	o.swappableOrthanc.mu.Unlock()
+	o.mu.Lock()
+	o.name = "new"
+	o.mu.Unlock()
+	waitUntil(t, "the new name's cursor", func() bool {
+		_, found, err := (&cursorStore{kv: kv, key: cursorKey("new")}).load(ctx)
+		return err == nil && found
+	})
+	if !warned.has("not carried over", "previous_source=old") {
+		t.Errorf("no Warn naming the old name's cursor left behind; warnings %q", warned.all())
+	}
+}

@@ -42,8 +42,9 @@ type sourceRunner struct {
 	// without a configured name (checkName).
 	nameChecked time.Time
 	// renamedTo is the other Name Orthanc answered at the last check,
-	// followed if the next answers it too (sameName).
-	renamedTo string
+	// followed if the next answers it too (sameName). renamedFrom is the
+	// name this runner served before it followed one (adoptRenamed).
+	renamedTo, renamedFrom string
 	// clock is Orthanc's clock read in this poll (readClock); zero
 	// before. clockRead is true once it was asked in this poll;
 	// clockOff while Orthanc refuses it (clockRefused); clockRefusals
@@ -93,6 +94,7 @@ func (s *sourceRunner) setStatus(err error) {
 func (s *sourceRunner) run(ctx context.Context) {
 	for s.resolveName(ctx) && s.serve(ctx) {
 		// Orthanc was renamed: serve the source under its new name.
+		s.renamedFrom = s.name
 	}
 }
 
