@@ -170,12 +170,17 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 		case at && !c.Change.matches(page.Changes[0]):
 			why = fmt.Sprintf("the change at its position (%d) is another in this Orthanc's change log: another Orthanc's cursor, or this one's database was recreated", c.Seq)
 			continue
+		case !at && s.configured == "" && k == cursorKey(s.renamedFrom) && s.renamedRev != 0 && entry.Revision() == s.renamedRev:
+			// This runner's own cursor under the name it followed
+			// Orthanc's from, unwritten since (the revision it last
+			// wrote or read): this Orthanc's, though its change is
+			// gone (buffer mode deletes a forwarded study's changes).
+			// Taken, unless a replica holds that name's lease (below).
 		case !at && s.configured == "":
 			if k == cursorKey(s.renamedFrom) {
-				// The name this runner followed Orthanc's from: its
-				// cursor's change is gone (buffer mode deletes a
-				// forwarded study's changes), so it cannot be told from
-				// another Orthanc's, and is left.
+				// Written since by another replica, or never seen by
+				// this one: with its change gone, it cannot be told
+				// from another Orthanc's, and is left.
 				s.log.Warn("the cursor of the name this source had before Orthanc was renamed points at a change gone from the change log, and is not carried over: the reconciler starts at the end of the log; run `forwarder audit --enqueue` for the studies stored since the last poll under that name",
 					"previous_source", s.renamedFrom, "previous_cursor_key", k, "cursor", c.Seq)
 			}

@@ -500,9 +500,10 @@ func (o *namedOrthanc) System(ctx context.Context) (orthancapi.System, error) {
 // Buffer mode deletes a forwarded study, and Orthanc its changes with it:
 // when Orthanc is renamed, the change at the old name's cursor is mostly
 // gone, and a source following Orthanc's Name cannot tell that cursor
-// from another Orthanc's. It started at the end of the log silently; it
-// says so, naming the old name's cursor.
-func TestRenamedSourceSaysItsCursorWasNotCarriedOver(t *testing.T) {
+// from another Orthanc's by the change log. It started at the end of the
+// log silently. The runner that served the old name carries its own
+// cursor over, unwritten since (its revision).
+func TestRenamedSourceCarriesItsOwnCursorOver(t *testing.T) {
 	_, kv := testBucket(t)
 	ctx := t.Context()
 	o := &namedOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}, name: "old"}
@@ -534,7 +535,14 @@ func TestRenamedSourceSaysItsCursorWasNotCarriedOver(t *testing.T) {
 		_, found, err := (&cursorStore{kv: kv, key: cursorKey("new")}).load(ctx)
 		return err == nil && found
 	})
-	if !warned.has("not carried over", "previous_source=old") {
-		t.Errorf("no Warn naming the old name's cursor left behind; warnings %q", warned.all())
+	waitUntil(t, "the old name's cursor deleted, carried over", func() bool {
+		_, err := kv.Get(ctx, cursorKey("old"))
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	})
+	if c, _, err := (&cursorStore{kv: kv, key: cursorKey("new")}).load(ctx); err != nil || c.Seq != 4 {
+		t.Errorf("the new name's cursor at %d (%v), want the old one's, 4", c.Seq, err)
+	}
+	if warned.has("not carried over") {
+		t.Errorf("warned of a cursor not carried over: %q", warned.all())
 	}
 }

@@ -43,8 +43,10 @@ type sourceRunner struct {
 	nameChecked time.Time
 	// renamedTo is the other Name Orthanc answered at the last check,
 	// followed if the next answers it too (sameName). renamedFrom is the
-	// name this runner served before it followed one (adoptRenamed).
+	// name this runner served before it followed one, and renamedRev the
+	// revision of that name's cursor it last read or wrote (adoptRenamed).
 	renamedTo, renamedFrom string
+	renamedRev             uint64
 	// clock is Orthanc's clock read in this poll (readClock); zero
 	// before. clockRead is true once it was asked in this poll;
 	// clockOff while Orthanc refuses it (clockRefused); clockRefusals
@@ -94,7 +96,7 @@ func (s *sourceRunner) setStatus(err error) {
 func (s *sourceRunner) run(ctx context.Context) {
 	for s.resolveName(ctx) && s.serve(ctx) {
 		// Orthanc was renamed: serve the source under its new name.
-		s.renamedFrom = s.name
+		s.renamedFrom, s.renamedRev = s.name, s.store.rev
 	}
 }
 
