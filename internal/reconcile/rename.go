@@ -126,9 +126,18 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	case s.configured != "":
 		candidates = []string{cursorKey(s.r.opts.AdoptCursorFrom)}
 	default:
+		// Listing needs a consumer on the bucket, which the documented
+		// ingest permissions do not allow: refused (or not answered), the
+		// source goes on with the name it followed Orthanc's from, if any,
+		// rather than failing every poll of its first start.
 		lister, err := kv.ListKeysFiltered(ctx, cursorKey("*"))
 		if err != nil {
-			return false, fmt.Errorf("list the reconciler's cursors: %w", err)
+			s.log.Warn("cannot list the reconciler's cursors (the NATS user may not create a consumer on the stowline_reconcile bucket: docs/nats-permissions.md): "+
+				"a cursor left under an earlier Name of this Orthanc is not looked for", "err", err)
+			if s.renamedFrom != "" {
+				candidates = append(candidates, cursorKey(s.renamedFrom))
+			}
+			break
 		}
 		for k := range lister.Keys() {
 			candidates = append(candidates, k)

@@ -467,6 +467,35 @@ func TestUnnamedSourceLeavesAConfiguredSourcesCursor(t *testing.T) {
 	}
 }
 
+// unlistedKV refuses to list its keys, as NATS does for the documented
+// ingest user (no consumer on the bucket: docs/nats-permissions.md).
+type unlistedKV struct{ jetstream.KeyValue }
+
+func (unlistedKV) ListKeysFiltered(context.Context, ...string) (jetstream.KeyLister, error) {
+	return nil, errors.New("nats: permissions violation")
+}
+
+// TestUnnamedSourceStartsWithoutListingCursors: a source following
+// Orthanc's Name whose NATS user may not list the bucket's keys starts
+// at the end of the log with a Warn. The refused list failed every poll
+// of its first start: the reconciler never ran.
+func TestUnnamedSourceStartsWithoutListingCursors(t *testing.T) {
+	_, kv := testBucket(t)
+	ctx := t.Context()
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	o.log.addStudy(1) // changes 1 to 4
+	warned := &warnings{}
+	runReconciler(t, Options{Sources: []Source{{Orthanc: o}}, KV: unlistedKV{kv}, Publisher: &publishedIDs{}, Logger: slog.New(warned),
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+	waitUntil(t, "the source's cursor at the end of the log", func() bool {
+		c, found, err := (&cursorStore{kv: kv, key: cursorKey("orthanc")}).load(ctx)
+		return err == nil && found && c.Seq == 4
+	})
+	if !warned.has("cannot list the reconciler's cursors") {
+		t.Errorf("no Warn for the cursors not listed; warnings %q", warned.all())
+	}
+}
+
 // gatedOrthanc answers GET /changes once gate is closed.
 type gatedOrthanc struct {
 	*swappableOrthanc
