@@ -54,10 +54,7 @@ func TestBacklogReadFasterAndResolvedOnTheWay(t *testing.T) {
 	pub := &publishedAt{o: o, at: map[string]int64{}}
 	_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o.client}}, KV: kv, Publisher: pub,
 		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: pageSize})
-	waitUntil(t, "the first start's cursor", func() bool {
-		_, found, err := (&cursorStore{kv: kv, key: cursorKey("s")}).load(ctx)
-		return err == nil && found
-	})
+	waitFirstCursor(ctx, t, kv, "s")
 
 	// A study Orthanc forgot (stable, with no StableStudy change), then
 	// a backlog of another study's instances, still arriving.
@@ -93,10 +90,7 @@ func TestFailedLookupHoldsTheCursor(t *testing.T) {
 	pub := &publishedIDs{}
 	_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o.client}}, KV: kv, Publisher: pub,
 		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: pageSize})
-	waitUntil(t, "the first start's cursor", func() bool {
-		_, found, err := (&cursorStore{kv: kv, key: cursorKey("s")}).load(ctx)
-		return err == nil && found
-	})
+	waitFirstCursor(ctx, t, kv, "s")
 	o.setStudy(1, true, time.Now().UTC().Add(-time.Hour))
 	o.setStudy(2, false, time.Now().UTC())
 	for i := 1; i <= 3; i++ {

@@ -226,10 +226,7 @@ func TestResetAfterClockSetBackSkipsNothing(t *testing.T) {
 	pub := &publishedIDs{}
 	_, _ = runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
 		PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second})
-	waitUntil(t, "the first start's cursor", func() bool {
-		_, found, err := (&cursorStore{kv: kv, key: cursorKey("s")}).load(context.Background())
-		return err == nil && found
-	})
+	waitFirstCursor(context.Background(), t, kv, "s")
 	o.mu.Lock()
 	o.log.addStudy(1)
 	o.mu.Unlock()
@@ -271,6 +268,18 @@ func TestSecondResetKeepsTheLaterSkip(t *testing.T) {
 	if s.cur.SkipBefore != "20261201T080000" {
 		t.Errorf("after a reset with no change handled the rescan skips what is dated before %q, want 20261201T080000", s.cur.SkipBefore)
 	}
+}
+
+// waitFirstCursor waits for the first start of the source's runner to
+// save its cursor, and returns the store to read it from.
+func waitFirstCursor(ctx context.Context, t *testing.T, kv jetstream.KeyValue, source string) *cursorStore {
+	t.Helper()
+	store := &cursorStore{kv: kv, key: cursorKey(source)}
+	waitUntil(t, "the first start's cursor", func() bool {
+		_, found, err := store.load(ctx)
+		return err == nil && found
+	})
+	return store
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
@@ -317,11 +326,7 @@ func TestTransientAnswerDoesNotSkipAChange(t *testing.T) {
 			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
 				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
 
-			store := &cursorStore{kv: kv, key: cursorKey("s")}
-			waitUntil(t, "the first start's cursor", func() bool {
-				_, found, err := store.load(ctx)
-				return err == nil && found
-			})
+			waitFirstCursor(ctx, t, kv, "s")
 			o.mu.Lock()
 			o.log.add("NewInstance", orthancID(5000))
 			o.log.studies[orthancID(1)] = orthancapi.Study{ID: orthancID(1), StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
@@ -417,11 +422,7 @@ func TestClockSetBackSkipsNoNewStudy(t *testing.T) {
 			pub := &publishedIDs{}
 			_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
 				PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, PageSize: 3})
-			store := &cursorStore{kv: kv, key: cursorKey("s")}
-			waitUntil(t, "the first start's cursor", func() bool {
-				_, found, err := store.load(ctx)
-				return err == nil && found
-			})
+			waitFirstCursor(ctx, t, kv, "s")
 			o.mu.Lock()
 			for n := 1; n <= 3; n++ {
 				o.log.addStudy(n) // changes 1 to 12

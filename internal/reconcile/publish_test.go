@@ -48,10 +48,7 @@ func TestStudyChangedThisSecondWaits(t *testing.T) {
 			pub := &publishedIDs{}
 			_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o.client}}, KV: kv, Publisher: pub,
 				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
-			waitUntil(t, "the first start's cursor", func() bool {
-				_, found, err := (&cursorStore{kv: kv, key: cursorKey("s")}).load(ctx)
-				return err == nil && found
-			})
+			waitFirstCursor(ctx, t, kv, "s")
 			o.setStudy(1, true, start.Add(tc.updated))
 			if tc.change == "StableStudy" {
 				o.addStableStudy(1)
@@ -119,11 +116,7 @@ func TestClockUnread(t *testing.T) {
 			pub := &publishedIDs{}
 			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
 				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
-			store := &cursorStore{kv: kv, key: cursorKey("s")}
-			waitUntil(t, "the first start's cursor", func() bool {
-				_, found, err := store.load(ctx)
-				return err == nil && found
-			})
+			store := waitFirstCursor(ctx, t, kv, "s")
 			id := orthancID(1)
 			o.mu.Lock()
 			o.log.studies[id] = orthancapi.Study{ID: id, StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
@@ -184,11 +177,7 @@ func TestClockNotRoutedByAProxy(t *testing.T) {
 			pub := &publishedIDs{}
 			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o.client}}, KV: kv, Publisher: pub,
 				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
-			store := &cursorStore{kv: kv, key: cursorKey("s")}
-			waitUntil(t, "the first start's cursor", func() bool {
-				_, found, err := store.load(ctx)
-				return err == nil && found
-			})
+			store := waitFirstCursor(ctx, t, kv, "s")
 			o.setStudy(1, true, start.Add(-time.Minute))
 			o.addStableStudy(1) // change number 1
 			gauge := func() float64 { return testutil.ToFloat64(r.m.clockUnavailable.WithLabelValues("s")) }
@@ -236,11 +225,7 @@ func TestClockRefusedBriefly(t *testing.T) {
 			warned := &warnings{}
 			r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub, Logger: slog.New(warned),
 				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
-			store := &cursorStore{kv: kv, key: cursorKey("s")}
-			waitUntil(t, "the first start's cursor", func() bool {
-				_, found, err := store.load(ctx)
-				return err == nil && found
-			})
+			store := waitFirstCursor(ctx, t, kv, "s")
 			id := orthancID(1)
 			o.mu.Lock()
 			o.log.studies[id] = orthancapi.Study{ID: id, StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
@@ -285,11 +270,7 @@ func TestClockBackWhileIdle(t *testing.T) {
 	pub := &publishedIDs{}
 	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
 		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
-	store := &cursorStore{kv: kv, key: cursorKey("s")}
-	waitUntil(t, "the first start's cursor", func() bool {
-		_, found, err := store.load(ctx)
-		return err == nil && found
-	})
+	waitFirstCursor(ctx, t, kv, "s")
 	id := orthancID(1)
 	o.mu.Lock()
 	o.log.studies[id] = orthancapi.Study{ID: id, StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
