@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/orthancapi"
@@ -40,16 +41,9 @@ func TestCursorChangeGone(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, kv := testBucket(t)
-			l := &changeLog{studies: map[string]orthancapi.Study{}}
+			l, store := logGoneAtCursor(t, kv)
 			l.studies[orthancID(1)] = orthancapi.Study{ID: orthancID(1), StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
 			l.studies[orthancID(2)] = orthancapi.Study{ID: orthancID(2), StudyInstanceUID: "1.2.3.2", LastUpdate: "20261203T150000", IsStable: true}
-			l.add("NewStudy", orthancID(1))
-			l.add("StableStudy", orthancID(1))
-			store := &cursorStore{kv: kv, key: cursorKey("s")}
-			if err := store.save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
-				t.Fatal(err)
-			}
-			l.remove(1, 2)
 			tc.after(l)
 			end := l.last
 			for run := range 2 { // and a restart
@@ -80,6 +74,23 @@ func TestCursorChangeGone(t *testing.T) {
 			}
 		})
 	}
+}
+
+// logGoneAtCursor returns a change log whose changes 1 and 2 (study 1's
+// NewStudy and StableStudy) are gone, and the store of source "s" whose
+// cursor is saved at change 2: the change at the cursor has left the log.
+// The studies in Orthanc and the changes after are the caller's.
+func logGoneAtCursor(t *testing.T, kv jetstream.KeyValue) (*changeLog, *cursorStore) {
+	t.Helper()
+	l := &changeLog{studies: map[string]orthancapi.Study{}}
+	l.add("NewStudy", orthancID(1))
+	l.add("StableStudy", orthancID(1))
+	store := &cursorStore{kv: kv, key: cursorKey("s")}
+	if err := store.save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
+		t.Fatal(err)
+	}
+	l.remove(1, 2)
+	return l, store
 }
 
 // countingSwappable counts the reads of the change log.
@@ -115,13 +126,7 @@ func (o *existsRefused) Exists(context.Context, string, string) (bool, error) {
 // position (and told once).
 func TestCursorChangeGoneLookupRefused(t *testing.T) {
 	_, kv := testBucket(t)
-	l := &changeLog{studies: map[string]orthancapi.Study{}}
-	l.add("NewStudy", orthancID(1))
-	l.add("StableStudy", orthancID(1))
-	if err := (&cursorStore{kv: kv, key: cursorKey("s")}).save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
-		t.Fatal(err)
-	}
-	l.remove(1, 2) // nothing after: every poll is idle at the cursor
+	l, _ := logGoneAtCursor(t, kv) // nothing after: every poll is idle at the cursor
 	o := &existsRefused{countingSwappable: countingSwappable{swappableOrthanc: &swappableOrthanc{log: l}}}
 	runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
 		PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second})
@@ -137,13 +142,7 @@ func TestCursorChangeGoneLookupRefused(t *testing.T) {
 // the lookup is asked again after a while (existsRetry).
 func TestCursorChangeGoneLookupRefusedOnce(t *testing.T) {
 	_, kv := testBucket(t)
-	l := &changeLog{studies: map[string]orthancapi.Study{}}
-	l.add("NewStudy", orthancID(1))
-	l.add("StableStudy", orthancID(1))
-	if err := (&cursorStore{kv: kv, key: cursorKey("s")}).save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
-		t.Fatal(err)
-	}
-	l.remove(1, 2) // trimmed: the study is still in Orthanc
+	l, _ := logGoneAtCursor(t, kv) // trimmed: the study is still in Orthanc
 	o := &existsRefused{countingSwappable: countingSwappable{swappableOrthanc: &swappableOrthanc{log: l}}, refusals: 1}
 	r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
 		PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second, Logger: slog.New(slog.DiscardHandler)})
@@ -178,17 +177,10 @@ func TestCursorChangeGoneDecidedAtTheEnd(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, kv := testBucket(t)
-			l := &changeLog{studies: map[string]orthancapi.Study{}}
+			l, store := logGoneAtCursor(t, kv)
 			for _, n := range []int{1, 2} {
 				l.studies[orthancID(n)] = orthancapi.Study{ID: orthancID(n), StudyInstanceUID: fmt.Sprintf("1.2.3.%d", n), LastUpdate: "20261203T150000", IsStable: true}
 			}
-			l.add("NewStudy", orthancID(1))
-			l.add("StableStudy", orthancID(1))
-			store := &cursorStore{kv: kv, key: cursorKey("s")}
-			if err := store.save(t.Context(), cursor{Seq: 2, Change: markOf(l.changes[1])}); err != nil {
-				t.Fatal(err)
-			}
-			l.remove(1, 2)
 			l.add("NewStudy", orthancID(2))
 			l.add("StableStudy", orthancID(2))
 			l.add("StableSeries", orthancID(3))
