@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -198,24 +199,18 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			k := &sink{}
-			srv := httptest.NewServer(k.handler(nil))
-			t.Cleanup(srv.Close)
-			ns := testnats.Start(t)
-			cons := consumer(t, ns)
-			ev := testEvent()
-			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
-			f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+			rig := newBufferRig(t)
+			f := newForwarder(t, src, rig.url, rig.cons, func(o *Options) {
 				o.Registerer = prometheus.NewRegistry()
 				o.Router = tt.router
 				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return tt.completed }
-				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+				o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
 				o.Release = tt.release
 				o.Unselected = tt.unselected
 			})
-			f.handle(t.Context(), deliverOne(t, ns, cons, ev), "")
-			if len(cleaner.deleted) != tt.wantDeleted {
-				t.Errorf("deleted %d, want %d", len(cleaner.deleted), tt.wantDeleted)
+			f.handle(t.Context(), rig.deliver(t), "")
+			if len(rig.cleaner.deleted) != tt.wantDeleted {
+				t.Errorf("deleted %d, want %d", len(rig.cleaner.deleted), tt.wantDeleted)
 			}
 			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != tt.wantKept {
 				t.Errorf("kept_unselected = %v, want %v", got, tt.wantKept)
@@ -285,20 +280,15 @@ func TestUnselectedCountedBeforeDeletes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			k := &sink{}
-			srv := httptest.NewServer(k.handler(nil))
-			t.Cleanup(srv.Close)
-			ns := testnats.Start(t)
-			cons := consumer(t, ns)
-			ev := testEvent()
+			rig := newBufferRig(t)
+			ev := rig.ev
 			src := newMemSource(6)
 			sr := map[string]bool{}
 			for _, in := range src.instances[len(src.instances)-tt.sr:] {
 				sr[in.ID] = true
 			}
-			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
 			orthancRules := func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (int, error) {
-				left := slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return slices.Contains(cleaner.deleted, in.ID) })
+				left := slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return slices.Contains(rig.cleaner.deleted, in.ID) })
 				if len(left) == 0 || tt.gone {
 					return 0, fmt.Errorf("GET /studies/%s: %w", ev.OrthancStudyID, orthancapi.ErrNotFound)
 				}
@@ -311,20 +301,20 @@ func TestUnselectedCountedBeforeDeletes(t *testing.T) {
 				return n, nil
 			}
 			var logged bytes.Buffer
-			f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+			f := newForwarder(t, src, rig.url, rig.cons, func(o *Options) {
 				o.Registerer = prometheus.NewRegistry()
 				o.Logger = slog.New(slog.NewTextHandler(&logged, nil))
 				o.Router = leaving(sr)
 				o.Completed = recordedOK
-				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+				o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
 				o.Release = func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
 					return slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return sr[in.ID] }), nil
 				}
 				o.Unselected = orthancRules
 			})
-			f.handle(t.Context(), deliverOne(t, ns, cons, ev), "")
-			if want := len(src.instances) - tt.sr; len(cleaner.deleted) != want {
-				t.Errorf("deleted %d, want %d", len(cleaner.deleted), want)
+			f.handle(t.Context(), rig.deliver(t), "")
+			if want := len(src.instances) - tt.sr; len(rig.cleaner.deleted) != want {
+				t.Errorf("deleted %d, want %d", len(rig.cleaner.deleted), want)
 			}
 			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != tt.wantKept {
 				t.Errorf("kept_unselected = %v, want %v", got, tt.wantKept)
@@ -334,6 +324,34 @@ func TestUnselectedCountedBeforeDeletes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bufferRig is what a buffer mode test hands one delivery through: a
+// destination storing all it is sent, a real JetStream consumer, the
+// test event and the cleaner buffer mode deletes the study's instances
+// through.
+type bufferRig struct {
+	url     string
+	ns      *testnats.Server
+	cons    jetstream.Consumer
+	ev      *events.StudyStable
+	cleaner *memCleaner
+}
+
+func newBufferRig(t *testing.T) *bufferRig {
+	t.Helper()
+	k := &sink{}
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	ev := testEvent()
+	return &bufferRig{url: srv.URL, ns: ns, cons: consumer(t, ns), ev: ev, cleaner: &memCleaner{lastUpdate: ev.LastUpdate}}
+}
+
+// deliver publishes the rig's event and returns its first delivery.
+func (r *bufferRig) deliver(t *testing.T) jetstream.Msg {
+	t.Helper()
+	return deliverOne(t, r.ns, r.cons, r.ev)
 }
 
 // Buffer mode asks JetStream again while it does not answer, through a
@@ -374,30 +392,24 @@ func TestReleaseUnansweredBounded(t *testing.T) {
 // whole listing as deleted, gone, failed or waiting by its outcome, and
 // released the others' instances besides.
 func TestUnconfirmedNotSelectedDeletesNothing(t *testing.T) {
-	k := &sink{}
-	srv := httptest.NewServer(k.handler(nil))
-	t.Cleanup(srv.Close)
-	ns := testnats.Start(t)
-	cons := consumer(t, ns)
-	ev := testEvent()
+	rig := newBufferRig(t)
 	src := newMemSource(2)
-	cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
-	f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+	f := newForwarder(t, src, rig.url, rig.cons, func(o *Options) {
 		o.Registerer = prometheus.NewRegistry()
 		o.Router = leaving{src.instances[0].ID: true, src.instances[1].ID: true}
 		o.Completed = recordedOK
-		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+		o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
 		// The others stored it all (their last one released it).
 		o.Release = func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
 			return listed, nil
 		}
 	})
-	f.handle(t.Context(), arrivedAck{deliverOne(t, ns, cons, ev)}, "")
+	f.handle(t.Context(), arrivedAck{rig.deliver(t)}, "")
 	if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultAckFailed))); n != 1 {
 		t.Fatalf("studies_total{result=ack_failed} = %v, want 1", n)
 	}
-	if len(cleaner.deleted) > 0 {
-		t.Errorf("deleted %v", cleaner.deleted)
+	if len(rig.cleaner.deleted) > 0 {
+		t.Errorf("deleted %v", rig.cleaner.deleted)
 	}
 	for _, result := range []string{"deleted", "gone", "failed", "skipped", "waiting"} {
 		if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(result)); got != 0 {
