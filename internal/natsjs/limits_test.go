@@ -202,13 +202,7 @@ func TestFailureLogTTL(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tt.before > 0 || tt.forever {
-				// As the previous release made it: the longer of the
-				// events' and the letters' retention.
-				old := natsjs.DefaultTopology()
-				old.Retention, old.DeadLetterRetention, old.StoredRetention = tt.before, tt.before, 0
-				if _, err := old.EnsureFailureLog(ctx, js); err != nil {
-					t.Fatal(err)
-				}
+				previousFailureLog(ctx, t, js, tt.before)
 			}
 			var logs bytes.Buffer
 			topo := natsjs.DefaultTopology()
@@ -218,11 +212,7 @@ func TestFailureLogTTL(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			st, err := kv.Status(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := st.TTL(); got != tt.want {
+			if got := bucketTTL(ctx, t, kv); got != tt.want {
 				t.Errorf("failure bucket kept %s with EVENTS_RETENTION %s, DEADLETTER_RETENTION %s and STORED_RECORD_RETENTION %s (before: %s), want %s",
 					got, tt.events, tt.letters, tt.stored, tt.before, tt.want)
 			}
@@ -231,6 +221,28 @@ func TestFailureLogTTL(t *testing.T) {
 			}
 		})
 	}
+}
+
+// previousFailureLog makes the failure bucket as a release before
+// STORED_RECORD_RETENTION did: kept for the longer of the events' and
+// the letters' retention, here both ttl.
+func previousFailureLog(ctx context.Context, t *testing.T, js jetstream.JetStream, ttl time.Duration) {
+	t.Helper()
+	old := natsjs.DefaultTopology()
+	old.Retention, old.DeadLetterRetention, old.StoredRetention = ttl, ttl, 0
+	if _, err := old.EnsureFailureLog(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// bucketTTL reads how long kv keeps its records.
+func bucketTTL(ctx context.Context, t *testing.T, kv jetstream.KeyValue) time.Duration {
+	t.Helper()
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.TTL()
 }
 
 // lateWriter is a JetStream whose first update of the failure bucket's
@@ -261,22 +273,14 @@ func TestFailureLogTTLRaised(t *testing.T) {
 	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
 	ctx := testCtx(t)
 	const day = 24 * time.Hour
-	old := natsjs.DefaultTopology()
-	old.Retention, old.DeadLetterRetention, old.StoredRetention = 30*day, 30*day, 0
-	if _, err := old.EnsureFailureLog(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	previousFailureLog(ctx, t, js, 30*day)
 	topo := natsjs.DefaultTopology()
 	topo.StoredRetention = 400 * day
 	kv, err := topo.EnsureFailureLog(ctx, &lateWriter{JetStream: js, ttl: 365 * day})
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := st.TTL(); got != topo.StoredRetention {
+	if got := bucketTTL(ctx, t, kv); got != topo.StoredRetention {
 		t.Errorf("failure bucket TTL %s after a shorter start's write, want the longest, %s", got, topo.StoredRetention)
 	}
 }
@@ -386,11 +390,7 @@ func TestFailureLogTTLRaced(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tt.before > 0 {
-				old := natsjs.DefaultTopology()
-				old.Retention, old.DeadLetterRetention, old.StoredRetention = tt.before, tt.before, 0
-				if _, err := old.EnsureFailureLog(ctx, js); err != nil {
-					t.Fatal(err)
-				}
+				previousFailureLog(ctx, t, js, tt.before)
 			}
 			if _, err := tt.topo.EnsureFailureLog(ctx, tt.js); err != nil {
 				t.Fatal(err)
@@ -399,11 +399,7 @@ func TestFailureLogTTLRaced(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			st, err := kv.Status(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := st.TTL(); got != longer.StoredRetention {
+			if got := bucketTTL(ctx, t, kv); got != longer.StoredRetention {
 				t.Errorf("failure bucket TTL %s, want the longest, %s", got, longer.StoredRetention)
 			}
 		})
