@@ -126,10 +126,7 @@ func TestClockUnread(t *testing.T) {
 			gauge := func() float64 { return testutil.ToFloat64(r.m.clockUnavailable.WithLabelValues("s")) }
 			check := r.Checks()["reconcile_s"]
 			if tc.refused {
-				waitUntil(t, "the study's event and the cursor past it", func() bool {
-					c, _, err := store.load(ctx)
-					return err == nil && c.Seq >= 2 && pub.has(id)
-				})
+				waitPublished(ctx, t, store, pub, 2, id)
 				if got := gauge(); got != 1 {
 					t.Errorf("clock_unavailable = %v, want 1", got)
 				}
@@ -139,9 +136,7 @@ func TestClockUnread(t *testing.T) {
 				return
 			}
 			waitUntil(t, "more polls than a change may fail", func() bool { return o.asked.Load() > 2*stuckAfter })
-			if c, _, err := store.load(ctx); err != nil || c.Seq >= 2 || pub.has(id) {
-				t.Errorf("cursor at %d (%v), published %v: moved past the StableStudy change while Orthanc's clock could not be read", c.Seq, err, pub.has(id))
-			}
+			checkHeld(ctx, t, store, pub, 2, id)
 			if err := check(ctx); err == nil || !strings.Contains(err.Error(), "/tools/now") {
 				t.Errorf("check = %v, want the clock named", err)
 			}
@@ -182,10 +177,7 @@ func TestClockNotRoutedByAProxy(t *testing.T) {
 			o.addStableStudy(1) // change number 1
 			gauge := func() float64 { return testutil.ToFloat64(r.m.clockUnavailable.WithLabelValues("s")) }
 			if !tc.systemGone {
-				waitUntil(t, "the study's event and the cursor past it", func() bool {
-					c, _, err := store.load(ctx)
-					return err == nil && c.Seq >= 1 && pub.has(orthancID(1))
-				})
+				waitPublished(ctx, t, store, pub, 1, orthancID(1))
 				if got := gauge(); got != 1 {
 					t.Errorf("clock_unavailable = %v, want 1", got)
 				}
@@ -194,9 +186,7 @@ func TestClockNotRoutedByAProxy(t *testing.T) {
 			waitUntil(t, "more polls than a change may fail", func() bool {
 				return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) > 2*stuckAfter
 			})
-			if c, _, err := store.load(ctx); err != nil || c.Seq >= 1 || pub.has(orthancID(1)) {
-				t.Errorf("cursor at %d (%v), published %v: moved past the StableStudy change while Orthanc's clock could not be read", c.Seq, err, pub.has(orthancID(1)))
-			}
+			checkHeld(ctx, t, store, pub, 1, orthancID(1))
 			if got := gauge(); got != 0 {
 				t.Errorf("clock_unavailable = %v, want 0 while Orthanc may be gone", got)
 			}
@@ -231,10 +221,7 @@ func TestClockRefusedBriefly(t *testing.T) {
 			o.log.studies[id] = orthancapi.Study{ID: id, StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000", IsStable: true}
 			o.log.add("StableStudy", id) // change number 1
 			o.mu.Unlock()
-			waitUntil(t, "the study's event and the cursor past it", func() bool {
-				c, _, err := store.load(ctx)
-				return err == nil && c.Seq >= 1 && pub.has(id)
-			})
+			waitPublished(ctx, t, store, pub, 1, id)
 			off := warned.has("Orthanc refuses GET /tools/now")
 			if off != tc.off {
 				t.Errorf("check turned off (Warn) %v, want %v; warnings %q", off, tc.off, warned.all())
@@ -243,6 +230,26 @@ func TestClockRefusedBriefly(t *testing.T) {
 				t.Errorf("clock_unavailable = %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// waitPublished waits for the event of study id and the cursor at seq
+// or past it.
+func waitPublished(ctx context.Context, t *testing.T, store *cursorStore, pub *publishedIDs, seq int64, id string) {
+	t.Helper()
+	waitUntil(t, "the study's event and the cursor past it", func() bool {
+		c, _, err := store.load(ctx)
+		return err == nil && c.Seq >= seq && pub.has(id)
+	})
+}
+
+// checkHeld checks that the cursor is before the StableStudy change seq
+// of study id and that the study was not published: Orthanc's clock could
+// not be read.
+func checkHeld(ctx context.Context, t *testing.T, store *cursorStore, pub *publishedIDs, seq int64, id string) {
+	t.Helper()
+	if c, _, err := store.load(ctx); err != nil || c.Seq >= seq || pub.has(id) {
+		t.Errorf("cursor at %d (%v), published %v: moved past the StableStudy change while Orthanc's clock could not be read", c.Seq, err, pub.has(id))
 	}
 }
 
