@@ -91,13 +91,8 @@ func TestRecordAndLookup(t *testing.T) {
 }
 
 func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
-	ns := testnats.Start(t)
 	ctx := context.Background()
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
-	l := ledger.New(ns.JS, ledgerKV)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := ledger.New(ledger.NewTestBucket(t))
 	lus := []string{"20261126T100001", "20261126T100005", "20261126T100003", "20261126T100002", "20261126T100004"}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(lus))
@@ -117,12 +112,7 @@ func TestConcurrentRecordsKeepTheNewest(t *testing.T) {
 }
 
 func TestRecordRefusesInvalidKeys(t *testing.T) {
-	ns := testnats.Start(t)
-	ledgerKV, err := natsjs.DefaultTopology().EnsureLedger(context.Background(), ns.JS, natsjs.DefaultDestination)
-	l := ledger.New(ns.JS, ledgerKV)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := ledger.New(ledger.NewTestBucket(t))
 	ev := event("a.b", "20261126T100000")
 	if err := l.Record(context.Background(), ev); err == nil {
 		t.Error("a source with a dot must not become a key")
@@ -166,17 +156,12 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns := testnats.Start(t)
 			ctx := t.Context()
-			kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l := ledger.New(ns.JS, kv)
+			l := ledger.New(ledger.NewTestBucket(t))
 			if err := l.Completed(ctx, event("a", lu), tt.first); err != nil {
 				t.Fatal(err)
 			}
-			err = l.Completed(ctx, event("a", tt.thenLU), tt.then)
+			err := l.Completed(ctx, event("a", tt.thenLU), tt.then)
 			if wantErr := tt.then.NotSelected && tt.thenLU == lu; errors.Is(err, ledger.ErrForwardedBefore) != wantErr || err != nil && !wantErr {
 				t.Fatalf("second Completed = %v, want ErrForwardedBefore: %v", err, wantErr)
 			}

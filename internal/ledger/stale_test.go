@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/events"
-	"github.com/stowline/stowline/internal/natsjs"
-	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -44,13 +42,9 @@ func TestCompletedAfterAStaleRead(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns := testnats.Start(t)
 			ctx := t.Context()
-			kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, natsjs.DefaultDestination)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l := New(ns.JS, kv)
+			js, kv := NewTestBucket(t)
+			l := New(js, kv)
 			var revs []uint64
 			for _, w := range []struct {
 				lu   string
@@ -65,7 +59,7 @@ func TestCompletedAfterAStaleRead(t *testing.T) {
 				}
 				revs = append(revs, e.revision)
 			}
-			stale := New(ns.JS, kv)
+			stale := New(js, kv)
 			reads := 0
 			stale.read = func(ctx context.Context, key string) (entry, error) {
 				reads++
@@ -75,7 +69,7 @@ func TestCompletedAfterAStaleRead(t *testing.T) {
 				return stale.latest(ctx, key)
 			}
 			start := time.Now()
-			err = stale.Completed(ctx, ev(lu), Outcome{Selected: selected}) // this state again, keeping nothing
+			err := stale.Completed(ctx, ev(lu), Outcome{Selected: selected}) // this state again, keeping nothing
 			elapsed := time.Since(start)
 			if reads != tt.wantReads {
 				t.Errorf("%d reads, want %d", reads, tt.wantReads)
