@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -110,7 +110,7 @@ func TestStoredBeforeTheConnectionBrokeIsNoConflict(t *testing.T) {
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
 			var out outcome
-			var logs syncBuffer
+			var logs testharness.LogBuffer
 			f := newForwarder(t, newMemSource(2), srv.URL, cons, out.options, func(o *Options) {
 				o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 				o.Destination = client
@@ -297,22 +297,4 @@ func warmClient(t *testing.T, url string, size int) *dicomweb.Client {
 		t.Fatal(err)
 	}
 	return client
-}
-
-// syncBuffer is a bytes.Buffer a logger writes from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -76,8 +76,15 @@ func (o *swappableOrthanc) System(context.Context) (orthancapi.System, error) {
 func (o *swappableOrthanc) Changes(_ context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	page := orthancapi.Changes{Done: true, Last: o.log.last}
-	for _, c := range o.log.changes {
+	return changesPage(o.log.changes, o.log.last, since, limit, types), nil
+}
+
+// changesPage answers GET /changes as Orthanc does over changes, last
+// the highest number given: those after since (of the types, if any), at
+// most limit, Last the last one's number (last when none).
+func changesPage(changes []orthancapi.Change, last, since int64, limit int, types []string) orthancapi.Changes {
+	page := orthancapi.Changes{Changes: []orthancapi.Change{}, Done: true, Last: last}
+	for _, c := range changes {
 		if c.Seq <= since || len(types) > 0 && !slices.Contains(types, c.ChangeType) {
 			continue
 		}
@@ -90,7 +97,7 @@ func (o *swappableOrthanc) Changes(_ context.Context, since int64, limit int, ty
 	if n := len(page.Changes); n > 0 {
 		page.Last = page.Changes[n-1].Seq
 	}
-	return page, nil
+	return page
 }
 
 func (o *swappableOrthanc) LastChange(context.Context) (int64, error) {

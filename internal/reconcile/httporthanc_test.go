@@ -135,21 +135,7 @@ func (o *httpOrthanc) serveChanges(w http.ResponseWriter, r *http.Request) {
 	since, _ := strconv.ParseInt(q.Get("since"), 10, 64)
 	limit, _ := strconv.Atoi(q.Get("limit"))
 	o.maxSince = max(o.maxSince, since)
-	page := orthancapi.Changes{Changes: []orthancapi.Change{}, Done: true, Last: last}
-	for _, c := range o.changes {
-		if c.Seq <= since {
-			continue
-		}
-		if len(page.Changes) == limit {
-			page.Done = false
-			break
-		}
-		page.Changes = append(page.Changes, c)
-	}
-	if n := len(page.Changes); n > 0 {
-		page.Last = page.Changes[n-1].Seq
-	}
-	writeJSON(w, page)
+	writeJSON(w, changesPage(o.changes, last, since, limit, nil))
 }
 
 // addInstance logs a NewInstance change of study n's instance i.
