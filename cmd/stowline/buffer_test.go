@@ -117,9 +117,10 @@ func TestBufferModeWithTwoDestinations(t *testing.T) {
 		{`stowline_forwarder_source_deletes_total{destination="ai",result="deleted"}`, 6 + earlyDeletes["ai"]},
 		{`stowline_forwarder_source_deletes_total{destination="ai",result="waiting"}`, earlyKept["ai"]},
 		// The research CT, which nobody selects, stays: counted once, by
-		// the first destination's forwarder.
-		{`stowline_forwarder_source_deletes_total{destination="archive",result="kept_unselected"}`, float64(len(nobody))},
-		{`stowline_forwarder_source_deletes_total{destination="ai",result="kept_unselected"}`, 0},
+		// the forwarder of the destination whose name sorts first (ai,
+		// listed second).
+		{`stowline_forwarder_source_deletes_total{destination="ai",result="kept_unselected"}`, float64(len(nobody))},
+		{`stowline_forwarder_source_deletes_total{destination="archive",result="kept_unselected"}`, 0},
 		{`stowline_forwarder_source_deletes_total{result="failed"}`, 0},
 		{`stowline_forwarder_source_deletes_total{result="skipped"}`, 0},
 	}

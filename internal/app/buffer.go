@@ -111,11 +111,25 @@ func lookupBounded(ctx context.Context, l *ledger.Ledger, ev *events.StudyStable
 	return l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
 }
 
+// unselectedCounter names the destination whose forwarders count the
+// instances no destination selects (unselectedFunc): the name that sorts
+// first, so that forwarder groups listing DESTINATIONS in different
+// orders still pick the same one and each study is counted once.
+func unselectedCounter(all []config.NamedDestination) string {
+	name := ""
+	for i, d := range all {
+		if i == 0 || d.Name < name {
+			name = d.Name
+		}
+	}
+	return name
+}
+
 // unselectedFunc is buffer mode's forward.Options.Unselected with several
 // destinations: how many of the listed instances no destination's rules
-// select. Set on the forwarders of the first destination only, which
-// every group knows, so that each study is counted once; it applies every
-// destination's rules once more, on each study it completes.
+// select. Set on the forwarders of one destination only
+// (unselectedCounter); it applies every destination's rules once more,
+// on each study it completes.
 func unselectedFunc(all []config.NamedDestination, routes map[string]*route) func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) {
 	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (int, error) {
 		selected := map[string]bool{}

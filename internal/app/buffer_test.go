@@ -112,3 +112,21 @@ func manyUIDs(n int) []string {
 	}
 	return out
 }
+
+// TestUnselectedCounter: forwarder groups that list DESTINATIONS in
+// different orders pick the same destination to count the instances no
+// destination selects, so a study is counted once, not twice or never.
+func TestUnselectedCounter(t *testing.T) {
+	named := func(names ...string) []config.NamedDestination {
+		var all []config.NamedDestination
+		for _, n := range names {
+			all = append(all, config.NamedDestination{Name: n})
+		}
+		return all
+	}
+	for _, order := range [][]string{{"archive", "ai", "research"}, {"research", "archive", "ai"}, {"ai", "research", "archive"}} {
+		if got := unselectedCounter(named(order...)); got != "ai" {
+			t.Errorf("DESTINATIONS=%v: %q counts, want ai whatever the order", order, got)
+		}
+	}
+}

@@ -167,9 +167,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			o.Forwarded = forwardedFunc(ledgers[d.Name])
 			if len(all) > 1 {
 				o.Release = releaseFunc(all, routes, ledgers)
-				if d.Name == all[0].Name {
-					// Every group lists DESTINATIONS in the same order
-					// (operations.md), so one group counts each study.
+				if d.Name == unselectedCounter(all) {
 					o.Unselected = unselectedFunc(all, routes)
 				}
 				if routes[d.Name] != nil {
