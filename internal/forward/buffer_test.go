@@ -505,3 +505,31 @@ func TestUnansweredBoundOnTheAsking(t *testing.T) {
 		})
 	}
 }
+
+// A study gone from the source whose destination's ledger does not
+// answer is asked again through a leader election, but not for ever (a
+// read the NATS user may not make times out alike): past the bound it is
+// taken for not deleted by buffer mode, and the worker's turn ends.
+func TestDeletedByBufferModeUnansweredBounded(t *testing.T) {
+	var asked atomic.Int32
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.Registerer = prometheus.NewRegistry()
+		o.Forwarded = func(context.Context, *events.StudyStable) (bool, error) {
+			asked.Add(1)
+			return false, fmt.Errorf("ledger: read: %w", nats.ErrTimeout)
+		}
+	})
+	f.unansweredFor = time.Second
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var logged bytes.Buffer
+	if _, ok := f.deletedByBufferMode(ctx, testEvent(), slog.New(slog.NewTextHandler(&logged, nil))); ok {
+		t.Error("taken for deleted by buffer mode while the ledger did not answer")
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the ledger was asked again until the worker's context ended")
+	}
+	if asked.Load() < 2 || !strings.Contains(logged.String(), "ledger could not be read") {
+		t.Errorf("asked %d times, logged %q; want asked again, then a warning", asked.Load(), logged.String())
+	}
+}

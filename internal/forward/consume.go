@@ -280,9 +280,11 @@ func (f *Forwarder) deletedByBufferMode(ctx context.Context, ev *events.StudySta
 		if c.done == nil {
 			continue
 		}
-		// Through a JetStream leader election, as the ledger's writes.
+		// Through a JetStream leader election, as the ledger's writes,
+		// but not for ever: a read the NATS user may not make times out
+		// alike, and the worker held the study's turn until shutdown.
 		var done bool
-		err := whileUnanswered(ctx, func() (err error) {
+		err := f.whileUnanswered(ctx, func() (err error) {
 			done, err = c.done(ctx, ev)
 			return err
 		})
