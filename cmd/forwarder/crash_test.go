@@ -116,12 +116,15 @@ func TestForwarderKilledMidStudyKnowsItsOwnCopies(t *testing.T) {
 		"STOW_ON_CONFLICT": "deadletter"})
 	start := func() (*exec.Cmd, *testharness.LogBuffer) { return runForwarderBinary(t, bin, env) }
 	first, _ := start()
-	r.publish(t, study)
+	ev := r.publish(t, study)
 	select {
 	case <-archive.holding:
 	case <-time.After(time.Minute):
 		t.Fatal("the forwarder did not send the study's third request")
 	}
+	// Killed before the record of the first two answers lands, the
+	// forwarder would leave nothing to know its copies by.
+	r.waitSentRecorded(t, ev, 20)
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -285,7 +285,7 @@ func testForwarderKilledMidStudy(t *testing.T, rel testharness.Release) {
 	env := r.env(map[string]string{"STOW_MAX_INSTANCES": "25", "STOW_PARALLEL_REQUESTS": "1"})
 	start := func() (*exec.Cmd, *testharness.LogBuffer) { return runForwarderBinary(t, bin, env) }
 	first, _ := start()
-	r.publish(t, study)
+	ev := r.publish(t, study)
 	deadline := time.Now().Add(time.Minute)
 	for len(r.proxy.Sends()) < 50 {
 		if time.Now().After(deadline) {
@@ -293,6 +293,8 @@ func testForwarderKilledMidStudy(t *testing.T, rel testharness.Release) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The check of already_stored below needs the first answer's record.
+	r.waitSentRecorded(t, ev, 25)
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

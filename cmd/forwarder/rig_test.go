@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/faultproxy"
 	"github.com/stowline/stowline/internal/natsjs"
@@ -209,6 +210,51 @@ func (r *rig) waitDest(t *testing.T, n int, timeout time.Duration) {
 			t.Fatalf("destination has %d instances after %s, want %d", stats.CountInstances, timeout, n)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitSentRecorded waits (up to 30 s) until the failure bucket records at
+// least n of ev's instances as stored at the default destination. The
+// forwarder writes that record in the background after each answer
+// (forward's sentWriter): a test that kills it right after an answer
+// waits for the record, else the restarted forwarder may take those
+// instances for another's copies.
+func (r *rig) waitSentRecorded(t *testing.T, ev *events.StudyStable, n int) {
+	t.Helper()
+	var instances []struct {
+		FileUuid      string
+		MainDicomTags struct{ SOPInstanceUID string }
+	}
+	r.src.GetJSON(t, "/studies/"+ev.OrthancStudyID+"/instances", &instances)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := r.js.KeyValue(ctx, natsjs.FailureBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failures := deadletter.NewFailureLog(kv, natsjs.DefaultDestination)
+	for {
+		recorded := 0
+		sent, err := failures.Sent(ctx, ev)
+		if err == nil {
+			for _, in := range instances {
+				// As forward's sentID names what it sent.
+				id := in.MainDicomTags.SOPInstanceUID + "/" + in.FileUuid
+				if in.FileUuid == "" {
+					id = in.MainDicomTags.SOPInstanceUID + "@" + ev.LastUpdate
+				}
+				if sent(id) {
+					recorded++
+				}
+			}
+		}
+		if recorded >= n {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%d of the study's instances recorded as stored after 30 s (err %v), want %d", recorded, err, n)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
