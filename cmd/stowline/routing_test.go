@@ -91,7 +91,7 @@ func testRouting(t *testing.T, rel testharness.Release) {
 		}
 	}
 	fwd := "http://" + s.fwdAddr + "/metrics"
-	for _, c := range []struct {
+	results := []struct {
 		sample string
 		want   float64
 	}{
@@ -100,7 +100,18 @@ func testRouting(t *testing.T, rel testharness.Release) {
 		{`stowline_forwarder_studies_total{destination="archive",result="forwarded"}`, studies},
 		{`stowline_forwarder_studies_total{destination="archive",result="not_selected"}`, 0},
 		{`stowline_forwarder_studies_total{result="dead_lettered"}`, 0},
-	} {
+	}
+	// The forwarder counts a study's result after its ledger write and
+	// ack, so the last count can lag waitRecorded.
+	waitUntil(30*time.Second, func() bool {
+		for _, c := range results {
+			if got, _ := testharness.Metric(t, fwd, c.sample); got != c.want {
+				return false
+			}
+		}
+		return true
+	})
+	for _, c := range results {
 		if got, _ := testharness.Metric(t, fwd, c.sample); got != c.want {
 			t.Errorf("%s = %v, want %v", c.sample, got, c.want)
 		}
