@@ -187,9 +187,12 @@ func TestDestinationsListConsumerLeftOutOfTheListing(t *testing.T) {
 		name    string
 		unread  bool
 		wantRow string // ai's low lane
+		// The unreadable consumer takes all of it: shorter than the
+		// command's own bound there; generous where all six answer.
+		timeout time.Duration
 	}{
-		{"readable", false, "ai low " + aiLow + " 0 0 0"},
-		{"unreadable", true, "ai low " + aiLow + " ? ? ?"},
+		{"readable", false, "ai low " + aiLow + " 0 0 0", 10 * time.Second},
+		{"unreadable", true, "ai low " + aiLow + " ? ? ?", 3 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := testnats.Start(t)
@@ -197,9 +200,7 @@ func TestDestinationsListConsumerLeftOutOfTheListing(t *testing.T) {
 				t.Fatal(err)
 			}
 			js := &testnats.PartialListing{JetStream: ns.JS, Hidden: map[string]bool{aiLow: true}, Unread: tc.unread}
-			// Shorter than the command's own bound: an unreadable
-			// consumer takes all of it.
-			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), tc.timeout)
 			defer cancel()
 			var out bytes.Buffer
 			err := runDestinations(ctx, js, []string{"list"}, &out)

@@ -9,7 +9,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,13 +115,29 @@ func TestMaxParkedOnlyWithSeveralSources(t *testing.T) {
 // next, answering, was reported "context deadline exceeded" as well,
 // sending the operator after an Orthanc that was fine. cardio is a real
 // Orthanc; main a listener that accepts and never answers (a hung
-// Orthanc, which a real one cannot be made into on demand).
+// Orthanc, which a real one cannot be made into on demand), until cardio
+// has answered: then it drops its connections, so the checks last as
+// long as cardio takes rather than their whole deadline. Asking in turn
+// still fails: main holds cardio back until the deadline.
 //
 // A forwarder fed by several sources stays ready while one answers
 // (AnyReady): the studies of the others are parked, and it was taken out
 // of service for one Orthanc's outage. It is unready once none answers.
 func TestReadinessOfSeveralSources(t *testing.T) {
 	cardio := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "ready-cardio"})
+	cardioURL, err := url.Parse(cardio.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cardioAnswered := make(chan struct{})
+	var answeredOnce sync.Once
+	cardioProxy := httputil.NewSingleHostReverseProxy(cardioURL)
+	cardioProxy.ErrorLog = log.New(io.Discard, "", 0) // cardio stopped: a 502, as expected
+	cardioFront := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cardioProxy.ServeHTTP(w, r)
+		answeredOnce.Do(func() { close(cardioAnswered) })
+	}))
+	t.Cleanup(cardioFront.Close)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -132,6 +151,13 @@ func TestReadinessOfSeveralSources(t *testing.T) {
 				return
 			}
 			accepted <- c
+			go func() {
+				select {
+				case <-cardioAnswered:
+				case <-t.Context().Done():
+				}
+				c.Close()
+			}()
 		}
 	}()
 	t.Cleanup(func() {
@@ -142,14 +168,14 @@ func TestReadinessOfSeveralSources(t *testing.T) {
 	})
 	var list []Source
 	// main first: asked in turn, it used up the deadline.
-	for _, src := range []struct{ name, url string }{{"main", "http://" + ln.Addr().String()}, {"cardio", cardio.URL}} {
+	for _, src := range []struct{ name, url string }{{"main", "http://" + ln.Addr().String()}, {"cardio", cardioFront.URL}} {
 		c, err := orthancapi.New(src.url)
 		if err != nil {
 			t.Fatal(err)
 		}
 		list = append(list, Source{Name: src.name, Client: c})
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	err = (&Sources{list: list}).Ready(ctx)
 	if err == nil || !strings.Contains(err.Error(), "orthanc main") {
@@ -160,7 +186,7 @@ func TestReadinessOfSeveralSources(t *testing.T) {
 	}
 	sources := &Sources{list: list}
 	anyReady := func() error {
-		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
 		return sources.AnyReady(ctx)
 	}
