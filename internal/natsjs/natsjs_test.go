@@ -629,8 +629,10 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 	var elapsed atomic.Int64 // the refusals' clock, moved by the test
 	start := time.Now()
 	c.WithRefusalClock(func() time.Time { return start.Add(time.Duration(elapsed.Load())) })
-	publish := func(ev *events.StudyStable) error {
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second) // a refused publish waits all of it
+	// A refused publish waits all of its timeout: short for those, long
+	// for those that must succeed on a loaded host.
+	publish := func(ev *events.StudyStable, timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(t.Context(), timeout)
 		defer cancel()
 		_, err := natsjs.Publisher{JS: c.JS}.Publish(ctx, ev)
 		return err
@@ -646,7 +648,7 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 	}
 
 	for _, ev := range []*events.StudyStable{stat, low} {
-		if err := publish(ev); err == nil {
+		if err := publish(ev, time.Second); err == nil {
 			t.Fatalf("a publish to the %s lane without the permission succeeded", ev.Priority)
 		}
 	}
@@ -661,7 +663,7 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 		t.Errorf("Ready = %v: the stream answers (the refusal is PublishRefused's to report)", err)
 	}
 	// Another subject's publish is no sign for the refused one.
-	if err := publish(routine); err != nil {
+	if err := publish(routine, 10*time.Second); err != nil {
 		t.Fatalf("a routine publish: %v", err)
 	}
 	if got := refused(); !strings.Contains(got, statSubject) {
@@ -681,7 +683,7 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 	if err := srv.NATSServer().ReloadOptions(granted); err != nil {
 		t.Fatal(err)
 	}
-	if err := publish(stat); err != nil {
+	if err := publish(stat, 10*time.Second); err != nil {
 		t.Fatalf("a stat publish once allowed: %v", err)
 	}
 	if got := refused(); strings.Contains(got, statSubject) || !strings.Contains(got, lowSubject) {
