@@ -29,9 +29,16 @@ const validBody = `{"type":"orthanc.study.stable","version":1,"source":"orthanc-
 	`"orthancStudyId":"27f7126f-4f66fb14-03f4081b-f9341db2-53925988",` +
 	`"studyInstanceUid":"1.2.840.113619.2.1.2411.1031152382.365.1.736169244","lastUpdate":"20261126T101500"}`
 
-func newServer(t *testing.T, pub events.Publisher, reg ...prometheus.Registerer) *httptest.Server {
+// Publish timeouts: a publish JetStream must store gets a generous one
+// on a loaded host; one that must fail waits all of its.
+const (
+	storedPublishTimeout = 10 * time.Second
+	failedPublishTimeout = 2 * time.Second
+)
+
+func newServer(t *testing.T, pub events.Publisher, publishTimeout time.Duration, reg ...prometheus.Registerer) *httptest.Server {
 	t.Helper()
-	opts := web.WebhookOptions{Tokens: []string{token, "old-token-rotating-out"}, Publisher: pub, PublishTimeout: 2 * time.Second}
+	opts := web.WebhookOptions{Tokens: []string{token, "old-token-rotating-out"}, Publisher: pub, PublishTimeout: publishTimeout}
 	if len(reg) > 0 {
 		opts.Registerer = reg[0]
 	}
@@ -73,7 +80,7 @@ func post(t *testing.T, url, contentType, auth, body string) (int, map[string]an
 
 func TestWebhook(t *testing.T) {
 	ns := testnats.Start(t)
-	srv := newServer(t, natsjs.Publisher{JS: ns.JS})
+	srv := newServer(t, natsjs.Publisher{JS: ns.JS}, storedPublishTimeout)
 	bearer := "Bearer " + token
 
 	tests := []struct {
@@ -171,7 +178,7 @@ func TestWebhook(t *testing.T) {
 
 func TestWebhookJetStreamDown(t *testing.T) {
 	ns := testnats.Start(t)
-	srv := newServer(t, natsjs.Publisher{JS: ns.JS})
+	srv := newServer(t, natsjs.Publisher{JS: ns.JS}, failedPublishTimeout)
 	ns.Shutdown() // a real outage: the server is gone
 	status, body := post(t, srv.URL, "application/json", "Bearer "+token, validBody)
 	if status != http.StatusServiceUnavailable {
@@ -258,7 +265,7 @@ func TestWebhookPublishOutlivesTheSender(t *testing.T) {
 // so the operator sees when no Orthanc sends it any more.
 func TestWebhookCountsThePreviousToken(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	srv := newServer(t, &fakePublisher{}, reg)
+	srv := newServer(t, &fakePublisher{}, storedPublishTimeout, reg)
 	for _, tt := range []struct {
 		bearer   string
 		status   int
@@ -284,7 +291,7 @@ func TestWebhookCountsThePreviousToken(t *testing.T) {
 // A POST is still the webhook's.
 func TestWebhookWrongMethodSaysWhy(t *testing.T) {
 	pub := &fakePublisher{}
-	srv := newServer(t, pub)
+	srv := newServer(t, pub, storedPublishTimeout)
 	for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodOptions} {
 		t.Run(method, func(t *testing.T) {
 			req, err := http.NewRequest(method, srv.URL+web.WebhookPath, strings.NewReader(validBody))
