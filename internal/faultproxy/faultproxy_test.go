@@ -44,12 +44,20 @@ func TestHangAndRelease(t *testing.T) {
 	}
 
 	p.Hang()
-	// A client that gives up is not held any more.
-	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-	if _, err := post(ctx); err == nil {
+	// A client that gives up is not held any more. It gives up once its
+	// request is held: a time-out could end it before it reached the
+	// proxy on a loaded host, and it would not be counted.
+	ctx, cancel := context.WithCancel(t.Context())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := post(ctx)
+		gaveUp <- err
+	}()
+	waitHeld(1)
+	cancel()
+	if err := <-gaveUp; err == nil {
 		t.Error("a STOW request was answered during Hang")
 	}
-	cancel()
 	waitHeld(0)
 
 	// Other requests pass.
