@@ -85,7 +85,7 @@ func TestStalledRequestGivenUp(t *testing.T) {
 	}
 }
 
-// slowSource yields 4 KiB every 20 ms, n times.
+// slowSource yields 4 KiB every 100 ms, n times.
 type slowSource struct{ n int }
 
 func (s *slowSource) Read(p []byte) (int, error) {
@@ -93,23 +93,24 @@ func (s *slowSource) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	s.n--
-	time.Sleep(20 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
 	return copy(p, make([]byte, min(len(p), 4096))), nil
 }
 func (*slowSource) Close() error { return nil }
 
-// A slow request that keeps moving is not given up: its body takes five
-// times the stall time-out.
+// A slow request that keeps moving is not given up: its body takes three
+// times the stall time-out. A chunk every tenth of the stall time-out
+// leaves room for the test process to be paused on a loaded host.
 func TestSlowRequestNotGivenUp(t *testing.T) {
 	var log requestLog
 	srv := fakeSTOW(t, &log)
-	c, err := New(srv.URL, nil, withTimeouts(200*time.Millisecond, 5*time.Second), WithBufferSize(4096))
+	c, err := New(srv.URL, nil, withTimeouts(time.Second, 5*time.Second), WithBufferSize(4096))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// It starts with the UID line fakeSTOW answers for.
 	part := Part{SOPInstanceUID: "1.1", Size: -1, Open: func(context.Context) (io.ReadCloser, error) {
-		return io.NopCloser(io.MultiReader(strings.NewReader("UID:1.1\n"), &slowSource{n: 50})), nil
+		return io.NopCloser(io.MultiReader(strings.NewReader("UID:1.1\n"), &slowSource{n: 30})), nil
 	}}
 	if _, err := c.Store(t.Context(), []Part{part}); err != nil {
 		t.Fatalf("Store = %v, want it stored", err)
