@@ -84,6 +84,10 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		return err
 	}
 	dls := deadletter.NewStore(p.conn.JS, dlStream)
+	if ignored := fc.IgnoredPlatformVariables(); len(ignored) > 0 {
+		log.Warn("set, but ignored: DESTINATIONS names the destinations, and each reads only its DESTINATION_<NAME>_ variables; "+
+			"these, which platforms set on their own, are not refused: set the DESTINATION_<NAME>_ form where one was meant for a destination", "variables", ignored)
+	}
 	if fc.DeleteFromSource {
 		log.Warn("buffer mode: forwarded instances are deleted from the source Orthanc once every destination that selected them stored them (FORWARDER_DELETE_FROM_SOURCE=true)")
 	}

@@ -15,7 +15,7 @@ import (
 // Destinations names the destinations of a deployment with several, each
 // configured by its own DESTINATION_<NAME>_ variables.
 type Destinations struct {
-	Names List `env:"DESTINATIONS" desc:"names of several destinations, comma-separated (letters, digits, - and _; at most 32 characters each). Each is set with the DESTINATION_<NAME>_ variables below, and the default destination's variables (DICOMWEB_URL, OAUTH_*, STOW_*, TLS_*, ...) must then be unset. Unset: one destination, named default, set by DICOMWEB_URL and the variables after it"`
+	Names List `env:"DESTINATIONS" desc:"names of several destinations, comma-separated (letters, digits, - and _; at most 32 characters each). Each is set with the DESTINATION_<NAME>_ variables below, and the default destination's variables (DICOMWEB_URL, OAUTH_*, AZURE_IMDS_ENDPOINT, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TLS_INSECURE_SKIP_VERIFY, STOW_*, DEIDENTIFY_KEY_FILE) must then be unset; AWS_REGION, GOOGLE_APPLICATION_CREDENTIALS, GCE_METADATA_HOST, AZURE_TENANT_ID and AZURE_AUTHORITY_HOST, which platforms set on their own, are ignored (logged at start). Unset: one destination, named default, set by DICOMWEB_URL and the variables after it"`
 	Serve List `env:"FORWARDER_DESTINATIONS" desc:"the destinations this forwarder process serves, comma-separated (default: every destination), so that the forwarders of each destination scale on their own"`
 
 	// The per-destination variables are read by readDynamic; these
@@ -24,10 +24,19 @@ type Destinations struct {
 	_ struct{} `env:"DESTINATION_<NAME>_URL" desc:"DICOMweb base URL of destination <NAME> (required for each name in DESTINATIONS)"`
 	_ struct{} `env:"DESTINATION_<NAME>_MATCH" desc:"which studies go to destination <NAME>: a CEL expression over source, study.modalities, study.description, study.callingAets, study.institution, study.sopClasses and study.instances (docs/routing.md); empty: every study. Example: 'MR' in study.modalities && source == 'main'"`
 	_ struct{} `env:"DESTINATION_<NAME>_INSTANCE_MATCH" desc:"which instances of a selected study go to destination <NAME>: a CEL expression over instance.modality, instance.sopClassUid, instance.transferSyntaxUid, instance.callingAet and instance.seriesDescription; empty: every instance"`
-	_ struct{} `env:"DESTINATION_<NAME>_<VARIABLE>" desc:"every other destination variable for destination <NAME>: OAUTH_*, AZURE_*, GOOGLE_APPLICATION_CREDENTIALS, GCE_METADATA_HOST, AWS_REGION, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TLS_INSECURE_SKIP_VERIFY, STOW_* (e.g. DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE). A variable not given takes its default, never another destination's value"`
+	_ struct{} `env:"DESTINATION_<NAME>_<VARIABLE>" desc:"every other destination variable for destination <NAME>: OAUTH_*, AZURE_*, GOOGLE_APPLICATION_CREDENTIALS, GCE_METADATA_HOST, AWS_REGION, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TLS_INSECURE_SKIP_VERIFY, STOW_*, DEIDENTIFY_KEY_FILE (e.g. DESTINATION_AI_OAUTH_CLIENT_SECRET_FILE). A variable not given takes its default, never another destination's value"`
 
 	named []NamedDestination // filled by readDynamic from DESTINATIONS
+	// ignored are the platform variables (platformVars) set alongside
+	// DESTINATIONS, which no destination reads.
+	ignored []string
 }
+
+// IgnoredPlatformVariables names the default destination's variables a
+// platform may set on its own (AWS_REGION...) that are set alongside
+// DESTINATIONS: ignored rather than refused, so the start says so, in
+// case one was meant for a destination (its DESTINATION_<NAME>_ form).
+func (d *Destinations) IgnoredPlatformVariables() []string { return d.ignored }
 
 // NamedDestination is one destination with its name and routing rules.
 type NamedDestination struct {
@@ -142,7 +151,7 @@ var platformVars = map[string]bool{
 // DESTINATIONS. Each destination reads only its own variables, so a
 // secret never reaches another destination.
 func (f *Forwarder) readDynamic(getenv func(string) string) error {
-	f.named = nil
+	f.named, f.ignored = nil, nil
 	if err := f.Destination.readDynamic(getenv); err != nil {
 		return err
 	}
@@ -153,6 +162,9 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 	var set []string
 	for _, v := range Vars(&Destination{}) {
 		if platformVars[v.Name] {
+			if getenv(v.Name) != "" {
+				f.ignored = append(f.ignored, v.Name)
+			}
 			continue
 		}
 		if getenv(v.Name) != "" || (v.Secret && getenv(v.Name+fileSuffix) != "") {
