@@ -101,16 +101,16 @@ func (c *Client) Now(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("orthancapi: GET %s: read answer: %w", u.EscapedPath(), err)
 	}
-	now, err := time.Parse(timeLayout, strings.TrimSpace(string(b)))
+	now, err := time.Parse(TimeLayout, strings.TrimSpace(string(b)))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("orthancapi: GET %s: not Orthanc's time: %w", u.EscapedPath(), err)
 	}
 	return now, nil
 }
 
-// timeLayout is how Orthanc writes its times (LastUpdate, a change's
+// TimeLayout is how Orthanc writes its times (LastUpdate, a change's
 // Date, /tools/now): UTC, to the second.
-const timeLayout = "20060102T150405"
+const TimeLayout = "20060102T150405"
 
 // Exists reports whether Orthanc holds a resource of a level ("Patient",
 // "Study", "Series" or "Instance", as a change's ResourceType names it):

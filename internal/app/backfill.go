@@ -33,9 +33,6 @@ docs/priority-lanes.md). Logs go to stderr.
 
 `
 
-// lastUpdateLayout is how Orthanc writes LastUpdate.
-const lastUpdateLayout = "20060102T150405"
-
 // RunBackfill runs `forwarder backfill ARGS`.
 func RunBackfill(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	const program = "forwarder backfill"
@@ -154,9 +151,9 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 	if err != nil {
 		return 0, err
 	}
-	from, to := start.UTC().Format(lastUpdateLayout), ""
+	from, to := start.UTC().Format(orthancapi.TimeLayout), ""
 	if !end.IsZero() {
-		to = end.UTC().Format(lastUpdateLayout)
+		to = end.UTC().Format(orthancapi.TimeLayout)
 	}
 	var errs []error
 	for _, src := range sources.List() {

@@ -225,6 +225,7 @@ type rewrite struct {
 }
 
 func (rw *rewrite) run() error {
+	rw.dec.kept = rw.kept // once: a method value is allocated where it is taken
 	if err := rw.readMeta(); err != nil {
 		return err
 	}
@@ -308,7 +309,6 @@ func (rw *rewrite) run() error {
 			// its identifying values held, so that what is not sent
 			// cannot make the instance too large.
 			rw.dec.discard = sequence && (a == actRemove || a == actEmpty) && !rw.d.noDiscard
-			rw.dec.kept = rw.kept
 			el, err = rw.dec.readBody(tag, vr, n, rw.explicit, 0)
 			dropped := rw.dec.dropped
 			rw.dec.discard, rw.dec.dropped = false, nil

@@ -330,7 +330,7 @@ func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error
 		}
 	}
 	if s.cur.SkipBefore == "" && !prev.IsZero() && !prev.After(time.Now()) {
-		s.cur.SkipBefore = prev.Format(changeDateLayout)
+		s.cur.SkipBefore = prev.Format(orthancapi.TimeLayout)
 	}
 	if s.cur.SkipBefore != "" {
 		log.Warn("Orthanc's change log was reset (its database was recreated, restored from a backup or replaced): rescanning it from the start,"+
@@ -380,12 +380,9 @@ func (s *sourceRunner) skippedByRescan(c orthancapi.Change) bool {
 // changeTime reads the Date of a change, in UTC as Orthanc writes it
 // (YYYYMMDDTHHMMSS, as a study's LastUpdate).
 func changeTime(date string) (time.Time, bool) {
-	t, err := time.Parse(changeDateLayout, date)
+	t, err := time.Parse(orthancapi.TimeLayout, date)
 	return t, err == nil
 }
-
-// changeDateLayout is how Orthanc writes a change's Date.
-const changeDateLayout = "20060102T150405"
 
 // stuckAfter is how many polls in a row may fail on one change that
 // Orthanc answers with an error before the reconciler moves past it.
@@ -432,13 +429,17 @@ func (s *sourceRunner) stuckOn(c orthancapi.Change, err error) bool {
 
 // holdsCursor reports whether a failed change's err says nothing of its
 // resource (stuckOn): the cursor is held there however many polls fail.
-// ErrNotFound and ErrInvalidID are no failure.
+// ErrNotFound and ErrInvalidID are no failure, but of the study's read,
+// not of Orthanc's clock (errClock wraps Orthanc's own 404 to it too).
 func holdsCursor(err error) bool {
+	if errors.Is(err, errClock) {
+		return true
+	}
 	if errors.Is(err, orthancapi.ErrNotFound) || errors.Is(err, orthancapi.ErrInvalidID) {
 		return false
 	}
 	var oe *orthancapi.Error
-	return !errors.As(err, &oe) || oe.NotFromOrthanc != "" || retryLater(oe.StatusCode) || errors.Is(err, errClock)
+	return !errors.As(err, &oe) || oe.NotFromOrthanc != "" || retryLater(oe.StatusCode)
 }
 
 // retryLater reports whether an HTTP status says the server, or a proxy

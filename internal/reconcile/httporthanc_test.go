@@ -63,7 +63,7 @@ func newHTTPOrthanc(t *testing.T, now time.Time) *httpOrthanc {
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain")
-		_, _ = w.Write([]byte(o.now.UTC().Format(changeDateLayout)))
+		_, _ = w.Write([]byte(o.now.UTC().Format(orthancapi.TimeLayout)))
 	})
 	mux.HandleFunc("GET /changes", o.serveChanges)
 	mux.HandleFunc("GET /studies/{id}", func(w http.ResponseWriter, r *http.Request) {
@@ -146,7 +146,7 @@ func (o *httpOrthanc) addInstance(n, i int) {
 	o.instances[inst] = orthancID(n)
 	seq := int64(len(o.changes) + 1)
 	o.changes = append(o.changes, orthancapi.Change{Seq: seq, ChangeType: "NewInstance", ResourceType: "Instance",
-		ID: inst, Date: o.now.UTC().Format(changeDateLayout)})
+		ID: inst, Date: o.now.UTC().Format(orthancapi.TimeLayout)})
 }
 
 // failLookups makes the study lookup of study n's instance i fail times
@@ -163,7 +163,7 @@ func (o *httpOrthanc) addStableStudy(n int) {
 	defer o.mu.Unlock()
 	seq := int64(len(o.changes) + 1)
 	o.changes = append(o.changes, orthancapi.Change{Seq: seq, ChangeType: "StableStudy", ResourceType: "Study",
-		ID: orthancID(n), Date: o.now.UTC().Format(changeDateLayout)})
+		ID: orthancID(n), Date: o.now.UTC().Format(orthancapi.TimeLayout)})
 }
 
 // setStudy stores study n, stable or not, last updated at lastUpdate.
@@ -171,7 +171,7 @@ func (o *httpOrthanc) setStudy(n int, stable bool, lastUpdate time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.studies[orthancID(n)] = orthancapi.Study{ID: orthancID(n), StudyInstanceUID: "1.2.3." + strconv.Itoa(n),
-		IsStable: stable, LastUpdate: lastUpdate.UTC().Format(changeDateLayout)}
+		IsStable: stable, LastUpdate: lastUpdate.UTC().Format(orthancapi.TimeLayout)}
 }
 
 func (o *httpOrthanc) studyReads(n int) int {

@@ -140,7 +140,7 @@ func (s *sourceRunner) settled(study orthancapi.Study) bool {
 	case lu.After(s.clock.Add(clockAhead)):
 		s.log.Warn("a stable study's LastUpdate is ahead of Orthanc's clock (set back since, or Orthanc processes whose clocks disagree): published without the same-second check",
 			"orthanc_study_id", study.ID, "study_instance_uid", study.StudyInstanceUID,
-			"last_update", study.LastUpdate, "orthanc_now", s.clock.Format(changeDateLayout))
+			"last_update", study.LastUpdate, "orthanc_now", s.clock.Format(orthancapi.TimeLayout))
 		return true
 	}
 	return false
