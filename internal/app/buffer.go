@@ -52,7 +52,9 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 				unselected = append(unselected, d)
 				continue
 			}
-			rec, err := lookupBounded(ctx, ledgers[d.Name], ev)
+			// Lookup bounds its one JetStream request itself, so a
+			// lost reply costs one try of Release, not all of it.
+			rec, err := ledgers[d.Name].Lookup(ctx, ev.Source, ev.OrthancStudyID)
 			if err != nil && !errors.Is(err, ledger.ErrNotRecorded) {
 				return nil, fmt.Errorf("destination %s: %w", d.Name, err)
 			}
@@ -100,15 +102,6 @@ func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledger
 		}
 		return out, nil
 	}
-}
-
-// lookupBounded is l's record of ev's study, read within
-// natsjs.RequestTimeout: Release runs on the work context, for its
-// Orthanc reads, and a lost reply must cost one try of it, not all.
-func lookupBounded(ctx context.Context, l *ledger.Ledger, ev *events.StudyStable) (ledger.Record, error) {
-	ctx, cancel := context.WithTimeout(ctx, natsjs.RequestTimeout)
-	defer cancel()
-	return l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
 }
 
 // unselectedCounter names the destination whose forwarders count the

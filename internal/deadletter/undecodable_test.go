@@ -17,7 +17,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
-	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testnats"
 )
 
 // An event the forwarder cannot read (a rollback to forwarders older
@@ -139,17 +139,13 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pending uint64
-	testharness.WaitFor(t, "the replayed event counted in the low lane", 15*time.Second, func() bool {
-		info, err := low.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pending = info.NumPending
-		return pending >= 1
-	})
-	if pending != 1 {
-		t.Errorf("the low lane holds %d events, want the one replayed", pending)
+	testnats.WaitCounted(ctx, t, ns.JS)
+	info, err := low.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumPending != 1 {
+		t.Errorf("the low lane holds %d events, want the one replayed", info.NumPending)
 	}
 	if left, err := store.List(ctx, deadletter.Filter{All: true}); err != nil || len(left) != 1 || left[0].Seq != letters[0].Seq {
 		t.Errorf("letters left after the replay: %d (err %v), want the foreign message's", len(left), err)

@@ -30,7 +30,6 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	// first then, so that a failure counts those, not the whole listing.
 	stake := len(instances)
 	var released []orthancapi.Instance
-	releasedYet := false
 	if stake == 0 {
 		if f.opts.Release == nil {
 			return
@@ -39,7 +38,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		if released, ok = f.release(ctx, ev, listed, len(listed), log); !ok {
 			return
 		}
-		releasedYet, stake = true, len(released)
+		stake = len(released)
 		if stake == 0 {
 			return // another destination has not stored it: it releases them
 		}
@@ -95,7 +94,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		}
 	}
 	if f.opts.Release != nil {
-		if !releasedYet {
+		if len(instances) > 0 { // else released above
 			var ok bool
 			if released, ok = f.release(ctx, ev, listed, stake, log); !ok {
 				return
@@ -196,14 +195,17 @@ func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed 
 	return released, true
 }
 
-// whileUnanswered is buffer mode's whileUnanswered: ask again while
-// JetStream does not answer, until unansweredFor has passed since the
-// first unanswered try. Past a leader election a write still unanswered
-// is no election (a publish the NATS user may not make times out alike),
-// and the worker would hold the study's turn until shutdown. The bound
-// is on the asking, not on one try: each try bounds its own JetStream
-// requests, so a lost reply costs one try, and the Orthanc reads of a
-// big study are not cut short.
+// whileUnanswered runs ask, and again, with waits doubling from
+// completedRetry to completedRetryMax, while JetStream does not answer it
+// (a cluster electing the leader of a bucket fails requests at once, "no
+// response from stream", or times them out for 4 to 9 s), until ctx ends
+// or unansweredFor has passed since the first unanswered try. Past a
+// leader election a request still unanswered is no election (one the NATS
+// user may not make times out alike), and the worker would hold the
+// study's turn until shutdown. Any other error (a full store, a refused
+// value) is returned at once. The bound is on the asking, not on one try:
+// each try bounds its own JetStream requests, so a lost reply costs one
+// try, and the Orthanc reads of a big study are not cut short.
 func (f *Forwarder) whileUnanswered(ctx context.Context, ask func() error) error {
 	var giveUp time.Time
 	for wait := completedRetry; ; wait = min(2*wait, completedRetryMax) {

@@ -192,8 +192,9 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 		{name: "one destination whose rules select none of what is left of a study forwarded", router: leaving{src.instances[0].ID: true, src.instances[1].ID: true, sr: true},
 			completed: fmt.Errorf("%w: recorded", ErrForwardedBefore), wantResult: ResultAlreadyForwarded},
 		{name: "one destination without rules", wantDeleted: 3},
-		{name: "several, this one counts", router: leaving{sr: true}, release: all, wantDeleted: 2, wantKept: 1,
-			unselected: func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) { return 1, nil }},
+		// Unselected's count, not the listing less what this one selects (1).
+		{name: "several, this one counts", router: leaving{sr: true}, release: all, wantDeleted: 2, wantKept: 2,
+			unselected: func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) { return 2, nil }},
 		// The first destination's forwarders count it.
 		{name: "several, another one counts", router: leaving{sr: true}, release: all, wantDeleted: 2},
 	}

@@ -426,7 +426,7 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 		// try within rctx, so that rememberTimeout bounds the whole.
 		rctx, cancel := context.WithTimeout(ctx, rememberTimeout)
 		defer cancel()
-		err = whileUnanswered(rctx, func() error { return read(rctx) })
+		err = f.whileUnanswered(rctx, func() error { return read(rctx) })
 	} else {
 		err = read(ctx)
 	}
@@ -579,7 +579,7 @@ func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, 
 	// once until the others elect a leader: one try was lost to it, and a
 	// later delivery (the ack lost with the same server, the study grown by
 	// an instance) took the destination's "already exists" for conflicts.
-	return whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) })
+	return f.whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) })
 }
 
 // sentID names what stowline sent of an instance, for FailureLog: its

@@ -299,8 +299,8 @@ type Forwarder struct {
 	// retention is the event stream's MaxAge as last read
 	// (setRetention), in nanoseconds; 0: not known.
 	retention atomic.Int64
-	// unansweredFor bounds how long buffer mode asks JetStream again
-	// while it does not answer (deleteForwarded): settleTimeout, past a
+	// unansweredFor bounds how long JetStream is asked again while it
+	// does not answer (whileUnanswered): settleTimeout, past a
 	// leader election; tests shorten it. askTimeout bounds one
 	// Unconfigured attempt, so a lost reply costs one try, not the bound.
 	unansweredFor, askTimeout time.Duration

@@ -218,26 +218,7 @@ const (
 // elect a leader, 4 to 9 s: three tries 1.5 s apart all fell within it.
 // A full store is not tried again: it is not freed within seconds.
 func (f *Forwarder) recordCompleted(ctx context.Context, ev *events.StudyStable, c Completion) error {
-	return whileUnanswered(ctx, func() error { return f.opts.Completed(ctx, ev, c) })
-}
-
-// whileUnanswered runs write, and again, with waits doubling from
-// completedRetry to completedRetryMax until ctx ends, while JetStream
-// does not answer it: a cluster electing the leader of a bucket fails
-// writes at once ("no response from stream") or times them out for 4 to
-// 9 s. Any other error (a full store, a permissions violation, a refused
-// value) is returned at once: waiting does not change it, and the worker
-// would be held for nothing.
-func whileUnanswered(ctx context.Context, write func() error) error {
-	err := write()
-	for wait := completedRetry; unanswered(err); wait = min(2*wait, completedRetryMax) {
-		sleep(ctx, wait)
-		if ctx.Err() != nil {
-			return err
-		}
-		err = write()
-	}
-	return err
+	return f.whileUnanswered(ctx, func() error { return f.opts.Completed(ctx, ev, c) })
 }
 
 // unanswered reports a JetStream write that got no answer, as during a
