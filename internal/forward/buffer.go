@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -210,7 +211,7 @@ func (f *Forwarder) whileUnanswered(ctx context.Context, ask func() error) error
 	var giveUp time.Time
 	for wait := completedRetry; ; wait = min(2*wait, completedRetryMax) {
 		err := ask()
-		if !unanswered(err) || ctx.Err() != nil {
+		if !natsjs.Unanswered(err) || ctx.Err() != nil {
 			return err
 		}
 		now := time.Now()

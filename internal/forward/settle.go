@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
@@ -219,20 +218,6 @@ const (
 // A full store is not tried again: it is not freed within seconds.
 func (f *Forwarder) recordCompleted(ctx context.Context, ev *events.StudyStable, c Completion) error {
 	return f.whileUnanswered(ctx, func() error { return f.opts.Completed(ctx, ev, c) })
-}
-
-// unanswered reports a JetStream write that got no answer, as during a
-// leader election, rather than a refusal.
-func unanswered(err error) bool {
-	if err == nil || errors.Is(err, natsjs.ErrStorageFull) {
-		return false
-	}
-	var api *jetstream.APIError
-	if errors.As(err, &api) {
-		return api.Code == 503 // JetStream system temporarily unavailable
-	}
-	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
 func (f *Forwarder) nakWithDelay(msg jetstream.Msg, delay time.Duration, log *slog.Logger) Result {

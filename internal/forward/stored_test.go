@@ -750,30 +750,6 @@ func TestCompletedRecordRetried(t *testing.T) {
 	}
 }
 
-// Only a write JetStream did not answer is tried again: a refusal (full
-// store, permissions, a refused value) would hold the worker for nothing.
-func TestUnanswered(t *testing.T) {
-	for _, tt := range []struct {
-		err  error
-		want bool
-	}{
-		{nil, false},
-		{fmt.Errorf("ledger: %w", jetstream.ErrNoStreamResponse), true},
-		{fmt.Errorf("ledger: %w", nats.ErrTimeout), true},
-		{fmt.Errorf("ledger: %w", nats.ErrNoResponders), true},
-		{fmt.Errorf("ledger: %w", context.DeadlineExceeded), true},
-		{&jetstream.APIError{Code: 503, Description: "JetStream system temporarily unavailable"}, true},
-		{fmt.Errorf("ledger: %w", natsjs.ErrStorageFull), false},
-		{fmt.Errorf("ledger: %w", nats.ErrPermissionViolation), false},
-		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}, false},
-		{errors.New("ledger: invalid source or study ID"), false},
-	} {
-		if got := unanswered(tt.err); got != tt.want {
-			t.Errorf("unanswered(%v) = %v, want %v", tt.err, got, tt.want)
-		}
-	}
-}
-
 // TestOutOfResourcesIsTheBreakers: instances the destination keeps
 // refusing with 0xA7xx (out of resources: dcm4chee's storage full or
 // failing), in a 409 or beside instances it stored, say the destination

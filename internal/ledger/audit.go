@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
@@ -349,7 +348,7 @@ func lookupThroughElection(ctx context.Context, r Records, source, id string) (R
 	deadline := time.Now().Add(electionWait)
 	for {
 		rec, err := r.Lookup(ctx, source, id)
-		if !unanswered(err) || ctx.Err() != nil || time.Now().Add(electionRetry).After(deadline) {
+		if !natsjs.Unanswered(err) || ctx.Err() != nil || time.Now().Add(electionRetry).After(deadline) {
 			return rec, err
 		}
 		t := time.NewTimer(electionRetry)
@@ -360,14 +359,6 @@ func lookupThroughElection(ctx context.Context, r Records, source, id string) (R
 		case <-t.C:
 		}
 	}
-}
-
-// unanswered reports a read JetStream did not answer (no leader yet).
-func unanswered(err error) bool {
-	if api, ok := errors.AsType[*jetstream.APIError](err); ok {
-		return api.Code == 503
-	}
-	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // enqueue publishes the study's event for the destinations that lack it:
