@@ -213,6 +213,25 @@ func (r *rig) waitDest(t *testing.T, n int, timeout time.Duration) {
 	}
 }
 
+// sentIDs names ev's instances in the source as forward's sentID names
+// what it stored, in the failure bucket's record (deadletter.FailureLog).
+func (r *rig) sentIDs(t *testing.T, ev *events.StudyStable) []string {
+	t.Helper()
+	var instances []struct {
+		FileUuid      string
+		MainDicomTags struct{ SOPInstanceUID string }
+	}
+	r.src.GetJSON(t, "/studies/"+ev.OrthancStudyID+"/instances", &instances)
+	ids := make([]string, len(instances))
+	for i, in := range instances {
+		ids[i] = in.MainDicomTags.SOPInstanceUID + "/" + in.FileUuid
+		if in.FileUuid == "" {
+			ids[i] = in.MainDicomTags.SOPInstanceUID + "@" + ev.LastUpdate
+		}
+	}
+	return ids
+}
+
 // waitSentRecorded waits (up to 30 s) until the failure bucket records at
 // least n of ev's instances as stored at the default destination. The
 // forwarder writes that record in the background after each answer
@@ -221,11 +240,7 @@ func (r *rig) waitDest(t *testing.T, n int, timeout time.Duration) {
 // instances for another's copies.
 func (r *rig) waitSentRecorded(t *testing.T, ev *events.StudyStable, n int) {
 	t.Helper()
-	var instances []struct {
-		FileUuid      string
-		MainDicomTags struct{ SOPInstanceUID string }
-	}
-	r.src.GetJSON(t, "/studies/"+ev.OrthancStudyID+"/instances", &instances)
+	ids := r.sentIDs(t, ev)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	kv, err := r.js.KeyValue(ctx, natsjs.FailureBucket)
@@ -237,12 +252,7 @@ func (r *rig) waitSentRecorded(t *testing.T, ev *events.StudyStable, n int) {
 		recorded := 0
 		sent, err := failures.Sent(ctx, ev)
 		if err == nil {
-			for _, in := range instances {
-				// As forward's sentID names what it sent.
-				id := in.MainDicomTags.SOPInstanceUID + "/" + in.FileUuid
-				if in.FileUuid == "" {
-					id = in.MainDicomTags.SOPInstanceUID + "@" + ev.LastUpdate
-				}
+			for _, id := range ids {
 				if sent(id) {
 					recorded++
 				}
