@@ -51,14 +51,16 @@ func (d *Deidentify) Deidentifies() bool { return d.Mode == DeidentifyBasic }
 // HasOption reports whether STOW_DEIDENTIFY_OPTIONS names o.
 func (d *Deidentify) HasOption(o string) bool { return slices.Contains(d.Options, o) }
 
+// validDeidentifyMode reports whether m is a STOW_DEIDENTIFY value.
+func validDeidentifyMode(m string) bool { return m == DeidentifyOff || m == DeidentifyBasic }
+
 func (d *Deidentify) validate() []error {
 	var errs []error
-	switch d.Mode {
-	case DeidentifyOff:
-		return d.unusedOptions()
-	case DeidentifyBasic:
-	default:
+	if !validDeidentifyMode(d.Mode) {
 		return []error{fmt.Errorf("STOW_DEIDENTIFY=%q: want off or basic", d.Mode)}
+	}
+	if d.Mode == DeidentifyOff {
+		return d.unusedOptions()
 	}
 	if d.BurnedIn != DeidentifyBurnedInExclude && d.BurnedIn != DeidentifyBurnedInInclude {
 		errs = append(errs, fmt.Errorf("STOW_DEIDENTIFY_BURNED_IN=%q: want exclude or include", d.BurnedIn))

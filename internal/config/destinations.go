@@ -247,18 +247,15 @@ func (f *Forwarder) destinationsValidate() error {
 	}
 	for _, d := range f.named {
 		names[d.Name] = true
-		if f.serves(d.Name) && d.DICOMwebURL != "" { // a missing URL is reported by readDynamic
-			if err := d.Destination.validate(); err != nil {
-				errs = append(errs, d.rename(err))
+		if f.serves(d.Name) {
+			if d.DICOMwebURL != "" { // a missing URL is reported by readDynamic
+				if err := d.Destination.validate(); err != nil {
+					errs = append(errs, d.rename(err))
+				}
 			}
-		}
-		if !f.serves(d.Name) {
+		} else if m := d.Deidentify.Mode; m != "" && !validDeidentifyMode(m) {
 			// Read raw by readDynamic; buffer mode trusts it.
-			switch d.Deidentify.Mode {
-			case "", DeidentifyOff, DeidentifyBasic:
-			default:
-				errs = append(errs, fmt.Errorf("%sSTOW_DEIDENTIFY=%q: want off or basic (buffer mode reads it for every destination)", d.Var, d.Deidentify.Mode))
-			}
+			errs = append(errs, fmt.Errorf("%sSTOW_DEIDENTIFY=%q: want off or basic (buffer mode reads it for every destination)", d.Var, m))
 		}
 		if _, err := routing.CompileStudyRule(d.Match); err != nil {
 			errs = append(errs, fmt.Errorf("%sMATCH: %w", d.Var, err))
