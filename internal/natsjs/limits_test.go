@@ -310,13 +310,6 @@ func (w *racingCreator) CreateKeyValue(ctx context.Context, cfg jetstream.KeyVal
 	return w.JetStream.CreateKeyValue(ctx, cfg)
 }
 
-func (w *racingCreator) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	if err := w.race(ctx, cfg); err != nil {
-		return nil, err
-	}
-	return w.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
-}
-
 // lateChecked is a JetStream on which another group's start that read
 // the failure bucket before this start's update writes its shorter TTL
 // right after this start's first read that finds its update in place.

@@ -81,13 +81,7 @@ func (p provisioningJS) CreateOrUpdateConsumer(ctx context.Context, stream strin
 	})
 }
 
-func (p provisioningJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	return provision(ctx, p.log, "key-value bucket "+cfg.Bucket, false, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return p.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
-	})
-}
-
-// CreateKeyValue is retried as CreateOrUpdateKeyValue: a create that
+// CreateKeyValue is retried as the create-or-update requests: a create that
 // landed unanswered is answered the same when sent again (JetStream
 // creates a stream of the same configuration once).
 func (p provisioningJS) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {

@@ -169,11 +169,6 @@ type countingJS struct {
 	updates, kvUpdates int
 }
 
-func (c *countingJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	c.kvUpdates++
-	return c.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
-}
-
 func (c *countingJS) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	c.kvUpdates++
 	return c.JetStream.CreateKeyValue(ctx, cfg)
@@ -374,13 +369,6 @@ func TestStatusBucketFileOnlyWhenCreateRefusesMemory(t *testing.T) {
 type refusingMemory struct {
 	jetstream.JetStream
 	code uint16
-}
-
-func (r refusingMemory) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	if cfg.Storage == jetstream.MemoryStorage {
-		return nil, r.refusal()
-	}
-	return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
 }
 
 func (r refusingMemory) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {

@@ -1131,19 +1131,10 @@ func (t Topology) ensureKV(ctx context.Context, js jetstream.JetStream, cfg jets
 	return kv, nil
 }
 
-// existingKV updates the existing bucket kv to cfg (settleKV), through
-// the client's update when its status holds no configuration.
+// existingKV updates the existing bucket kv to cfg (settleKV).
 func (t Topology) existingKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	read, err := t.settleKV(ctx, js, kv, cfg)
-	switch {
-	case err != nil:
+	if err := t.settleKV(ctx, js, kv, cfg); err != nil {
 		return nil, err
-	case read:
-		return kv, nil
-	}
-	kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
 	}
 	return kv, nil
 }
@@ -1164,14 +1155,13 @@ const ttlRecheck = 250 * time.Millisecond
 // update of it is followed by a read, and again after ttlRecheck once
 // it is in place, and the longest is written again if it changed
 // meanwhile, a few times. A write landing later still is raised by the
-// longer group's next start. read is false when the bucket's
-// configuration could not be read from its status.
-func (t Topology) settleKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) (read bool, err error) {
+// longer group's next start.
+func (t Topology) settleKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) error {
 	wrote := false
 	for try := 1; ; try++ {
-		read, w, err := t.updateKV(ctx, js, kv, cfg)
-		if err != nil || !read || cfg.Bucket != FailureBucket || try == ttlTries || (!w && !wrote) {
-			return read, err
+		w, err := t.updateKV(ctx, js, kv, cfg)
+		if err != nil || cfg.Bucket != FailureBucket || try == ttlTries || (!w && !wrote) {
+			return err
 		}
 		if w {
 			wrote = true
@@ -1183,23 +1173,24 @@ func (t Topology) settleKV(ctx context.Context, js jetstream.JetStream, kv jetst
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return read, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, context.Cause(ctx))
+			return fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, context.Cause(ctx))
 		case <-timer.C:
 		}
 	}
 }
 
 // updateKV reads the bucket and updates it when it differs from cfg in
-// what stowline sets (wrote). read is false when its status holds no
-// bucket configuration.
-func (t Topology) updateKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) (read, wrote bool, err error) {
+// what stowline sets (wrote).
+func (t Topology) updateKV(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, cfg jetstream.KeyValueConfig) (wrote bool, err error) {
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return false, false, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+		return false, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
 	}
+	// The client's only status type (nats.go v1.55): the bucket's
+	// configuration and stream are read from it.
 	b, ok := st.(*jetstream.KeyValueBucketStatus)
 	if !ok {
-		return false, false, nil
+		return false, fmt.Errorf("key-value bucket %s: status of type %T holds no bucket configuration", cfg.Bucket, st)
 	}
 	have := b.Config()
 	if have.Storage == jetstream.FileStorage && cfg.Storage == jetstream.MemoryStorage {
@@ -1208,25 +1199,25 @@ func (t Topology) updateKV(ctx context.Context, js jetstream.JetStream, kv jetst
 		cfg.Storage = have.Storage
 	}
 	if err := fixedInPlace("key-value bucket", cfg.Bucket, "nats kv del "+cfg.Bucket, have.Storage, cfg.Storage, 0, 0); err != nil {
-		return true, false, err
+		return false, err
 	}
 	cfg.Replicas = t.keepReplicas("key-value bucket", cfg.Bucket, have.Replicas, cfg.Replicas)
 	if cfg.Bucket == FailureBucket {
 		t.keepFailureTTL(&cfg, have)
 	}
 	if sameBucket(have, cfg) {
-		return true, false, nil
+		return false, nil
 	}
 	if _, err := js.UpdateStream(ctx, ownedBucketStream(b.StreamInfo().Config, cfg)); err != nil {
-		return true, false, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
+		return false, fmt.Errorf("update key-value bucket %s: %w", cfg.Bucket, err)
 	}
 	if have.Replicas != max(cfg.Replicas, 1) {
 		// A bucket is the stream KV_<bucket>.
 		if err := waitScaled(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas); err != nil {
-			return true, true, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
+			return true, fmt.Errorf("key-value bucket %s: %w", cfg.Bucket, err)
 		}
 	}
-	return true, true, nil
+	return true, nil
 }
 
 // keepFailureTTL keeps the failure bucket's TTL when cfg's is shorter.
