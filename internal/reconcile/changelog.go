@@ -17,15 +17,15 @@ import (
 // thousands of StableSeries and other changes are not read at all.
 var handledChanges = []string{"StableStudy", "NewStudy", "NewSeries", "NewInstance"}
 
-// detectFilter asks Orthanc whether it filters its change log by type;
-// without an answer the log is read whole, as on every release. For a
-// source without a configured name it also checks that Orthanc still
-// bears the name it is served under: errRenamed if not.
-func (s *sourceRunner) detectFilter(ctx context.Context) error {
+// detectFilter tells from sys, Orthanc's answer to GET /system (sysErr
+// when it gave none), whether it filters its change log by type; without
+// an answer the log is read whole, as on every release. For a source
+// without a configured name it also checks that Orthanc still bears the
+// name it is served under: errRenamed if not.
+func (s *sourceRunner) detectFilter(sys orthancapi.System, sysErr error) error {
 	s.changeTypes = nil
-	sys, err := s.orthanc.System(ctx)
-	if err != nil {
-		s.log.Warn("could not ask Orthanc whether it filters its change log; reading all of it", "err", err)
+	if sysErr != nil {
+		s.log.Warn("could not ask Orthanc whether it filters its change log; reading all of it", "err", sysErr)
 		return nil
 	}
 	if err := s.sameName(sys, false); err != nil {
@@ -47,7 +47,10 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 	s.dirty = false
 	s.gone = nil
 	s.idleChecked = [2]int64{}
-	if err := s.detectFilter(ctx); err != nil {
+	// Read once for the filter, the name check and, without a cursor,
+	// adoptRenamed's look under Orthanc's own Name.
+	sys, sysErr := s.orthanc.System(ctx)
+	if err := s.detectFilter(sys, sysErr); err != nil {
 		return err
 	}
 	c, found, err := s.store.load(ctx)
@@ -60,7 +63,7 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 		s.r.m.pending.WithLabelValues(s.name).Set(float64(len(c.Pending)))
 		return nil
 	}
-	adopted, err := s.adoptRenamed(ctx)
+	adopted, err := s.adoptRenamed(ctx, sys, sysErr)
 	if err != nil || adopted {
 		return err
 	}

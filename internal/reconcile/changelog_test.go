@@ -61,13 +61,16 @@ func (l *changeLog) addStudy(n int) {
 
 // swappableOrthanc answers /changes as Orthanc does, filtered by type
 // when it says it can (1.12.5 on); its database can be swapped.
+// systemReads counts its answers to GET /system.
 type swappableOrthanc struct {
-	mu       sync.Mutex
-	log      *changeLog
-	filtered bool
+	mu          sync.Mutex
+	log         *changeLog
+	filtered    bool
+	systemReads atomic.Int32
 }
 
 func (o *swappableOrthanc) System(context.Context) (orthancapi.System, error) {
+	o.systemReads.Add(1)
 	var s orthancapi.System
 	s.Capabilities.HasExtendedChanges = o.filtered
 	return s, nil

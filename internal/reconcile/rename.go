@@ -85,10 +85,10 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 // another source's of this reconciler (two Orthancs fed the same studies
 // in step could log the same change), nor one a live replica holds, nor,
 // for a source without a configured name, a configured source's
-// (cursor.Configured). The
+// (cursor.Configured). sys and sysErr are loadCursor's GET /system. The
 // cursor is moved to the new name's key; adopted is false when none
 // matched.
-func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err error) {
+func (s *sourceRunner) adoptRenamed(ctx context.Context, sys orthancapi.System, sysErr error) (adopted bool, err error) {
 	// A configured source not told a name only looks, under the name an
 	// unnamed source would have had: a cursor it would have taken is
 	// named in a Warn, for an operator who renamed it. Only the source
@@ -118,9 +118,8 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context) (adopted bool, err erro
 	switch {
 	case lookOnly:
 		// The likely earlier name: the one an unnamed source had.
-		sys, err := s.orthanc.System(ctx)
-		if err != nil {
-			return false, fmt.Errorf("orthanc: read its Name: %w", err)
+		if sysErr != nil {
+			return false, fmt.Errorf("orthanc: read its Name: %w", sysErr)
 		}
 		candidates = []string{cursorKey(events.DefaultSourceName(sys.Name))}
 	case s.configured != "":

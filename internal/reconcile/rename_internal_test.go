@@ -395,7 +395,9 @@ func TestAdoptedCursorWhoseChangeWasDeleted(t *testing.T) {
 // A configured source renamed without RECONCILE_ADOPT_CURSOR_FROM (which
 // builds before c2aacd1 did not need) starts at the end of the log and
 // keeps the other name's cursor (another deployment on the same NATS may
-// own it), but a Warn names it and the setting.
+// own it), but a Warn names it and the setting. Its start reads GET
+// /system once, for the change log's filter and the name looked under
+// (adoptRenamed read it a second time).
 func TestConfiguredSourceToldOfAMatchingCursor(t *testing.T) {
 	_, kv := testBucket(t)
 	ctx := t.Context()
@@ -421,6 +423,9 @@ func TestConfiguredSourceToldOfAMatchingCursor(t *testing.T) {
 	}
 	if _, err := kv.Get(ctx, cursorKey("orthanc")); err != nil {
 		t.Errorf("the other name's cursor was not kept: %v", err)
+	}
+	if n := o.systemReads.Load(); n != 1 {
+		t.Errorf("GET /system read %d times at the start, want 1", n)
 	}
 }
 
