@@ -98,19 +98,17 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 	for _, s := range r.sources.List() {
 		rs = append(rs, reconcile.Source{Name: s.Name, Orthanc: s.Client})
 	}
-	adoptTo, adoptFrom, _ := r.reconcile.AdoptCursorNames()
 	rec, err := reconcile.New(reconcile.Options{
-		Sources:         rs,
-		KV:              kv,
-		Publisher:       pub,
-		PollInterval:    r.reconcile.PollInterval,
-		LeaseTTL:        r.reconcile.LeaseTTL,
-		AdoptCursorTo:   adoptTo,
-		AdoptCursorFrom: adoptFrom,
-		PublishTimeout:  r.cfg.PublishTimeout,
-		Logger:          log,
-		Registerer:      reg,
-		TracerProvider:  p.tracer,
+		Sources:        rs,
+		KV:             kv,
+		Publisher:      pub,
+		PollInterval:   r.reconcile.PollInterval,
+		LeaseTTL:       r.reconcile.LeaseTTL,
+		AdoptCursor:    r.reconcile.CursorAdoption(),
+		PublishTimeout: r.cfg.PublishTimeout,
+		Logger:         log,
+		Registerer:     reg,
+		TracerProvider: p.tracer,
 	})
 	if err != nil {
 		return err

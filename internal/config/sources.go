@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/reconcile"
 )
 
 // Orthanc configures the Orthanc servers stowline reads studies from, the
@@ -150,18 +151,22 @@ type Reconcile struct {
 	AdoptCursor string `env:"RECONCILE_ADOPT_CURSOR_FROM" desc:"<new source>:<old source>: the configured Orthanc source (one of ORTHANC_SOURCES, or ORTHANC_SOURCE_NAME) that was reconciled under the old source name before its name changed (ORTHANC_SOURCE_NAME set or changed, ORTHANC_URL moved into ORTHANC_SOURCES): that source, without a cursor of its own, continues the old name's, if it points into its Orthanc's change log; no other source does"`
 }
 
-// AdoptCursorNames splits RECONCILE_ADOPT_CURSOR_FROM into the source
-// that adopts and the name whose cursor it adopts; ok is false without
-// the colon.
-func (r *Reconcile) AdoptCursorNames() (to, from string, ok bool) {
-	return strings.Cut(r.AdoptCursor, ":")
+// CursorAdoption is RECONCILE_ADOPT_CURSOR_FROM split at its colon, the
+// one parse of it (Validate's, adoptsFromOwn's and the reconciler's):
+// the zero value when it is unset or has none (refused by Validate).
+func (r *Reconcile) CursorAdoption() reconcile.CursorAdoption {
+	to, from, ok := strings.Cut(r.AdoptCursor, ":")
+	if !ok {
+		return reconcile.CursorAdoption{}
+	}
+	return reconcile.CursorAdoption{To: to, From: from}
 }
 
 // adoptsFromOwn checks RECONCILE_ADOPT_CURSOR_FROM against the sources:
 // the adopting one must be a configured source, the old name none.
 func (r *Reconcile) adoptsFromOwn(o *Orthanc) error {
-	to, from, ok := r.AdoptCursorNames()
-	if !ok {
+	a := r.CursorAdoption()
+	if a == (reconcile.CursorAdoption{}) {
 		return nil
 	}
 	names := map[string]bool{}
@@ -171,11 +176,11 @@ func (r *Reconcile) adoptsFromOwn(o *Orthanc) error {
 		}
 	}
 	var errs []error
-	if !names[to] {
-		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: %q is not a configured source (ORTHANC_SOURCES, or ORTHANC_SOURCE_NAME)", r.AdoptCursor, to))
+	if !names[a.To] {
+		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: %q is not a configured source (ORTHANC_SOURCES, or ORTHANC_SOURCE_NAME)", r.AdoptCursor, a.To))
 	}
-	if names[from] {
-		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: %q is one of the configured sources: name the source's old name", r.AdoptCursor, from))
+	if names[a.From] {
+		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: %q is one of the configured sources: name the source's old name", r.AdoptCursor, a.From))
 	}
 	return errors.Join(errs...)
 }
@@ -190,8 +195,9 @@ func (r *Reconcile) Validate() error {
 		errs = append(errs, fmt.Errorf("RECONCILE_LEASE_TTL=%s: want 1s to 10m", r.LeaseTTL))
 	}
 	if r.AdoptCursor != "" {
-		to, from, ok := r.AdoptCursorNames()
-		if !ok || !events.ValidSource(to) || !events.ValidSource(from) || to == from {
+		// Without the colon a is zero, and "" is no source name.
+		a := r.CursorAdoption()
+		if !events.ValidSource(a.To) || !events.ValidSource(a.From) || a.To == a.From {
 			errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: want <new source>:<old source>, two different source names, e.g. main:MyOrthanc", r.AdoptCursor))
 		}
 	}

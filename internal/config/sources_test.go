@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stowline/stowline/internal/reconcile"
 )
 
 func TestOneSourceDefault(t *testing.T) {
@@ -95,6 +97,8 @@ func TestSourceErrorsNameTheVariable(t *testing.T) {
 		{"lease ttl", map[string]string{"RECONCILE_LEASE_TTL": "100ms"}, "RECONCILE_LEASE_TTL"},
 		{"adopt cursor without target", map[string]string{"RECONCILE_ADOPT_CURSOR_FROM": "MyOrthanc"}, "want <new source>:<old source>"},
 		{"bad adopt cursor from", map[string]string{"ORTHANC_SOURCE_NAME": "main", "RECONCILE_ADOPT_CURSOR_FROM": "main:a b"}, "RECONCILE_ADOPT_CURSOR_FROM"},
+		{"adopt cursor without new source", map[string]string{"ORTHANC_SOURCE_NAME": "main", "RECONCILE_ADOPT_CURSOR_FROM": ":MyOrthanc"}, "want <new source>:<old source>"},
+		{"adopt cursor from itself", map[string]string{"ORTHANC_SOURCE_NAME": "main", "RECONCILE_ADOPT_CURSOR_FROM": "main:main"}, "two different source names"},
 		{"adopt cursor to another source", map[string]string{"ORTHANC_SOURCE_NAME": "main", "RECONCILE_ADOPT_CURSOR_FROM": "mr:MyOrthanc"}, `"mr" is not a configured source`},
 		{"adopt cursor from a source", map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MR_URL": "http://p:8042", "RECONCILE_ADOPT_CURSOR_FROM": "main:mr"}, `"mr" is one of the configured sources`},
 		{"bad bool", map[string]string{"RECONCILE_ENABLED": "perhaps"}, "RECONCILE_ENABLED"},
@@ -108,6 +112,30 @@ func TestSourceErrorsNameTheVariable(t *testing.T) {
 			err := Load(mapEnv(e), &SingleHost{})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestCursorAdoptionHandedParsed: a RECONCILE_ADOPT_CURSOR_FROM the
+// configuration accepts reaches the reconciler split, as it was checked.
+func TestCursorAdoptionHandedParsed(t *testing.T) {
+	for _, tt := range []struct {
+		name, value string
+		want        reconcile.CursorAdoption
+	}{
+		{"unset", "", reconcile.CursorAdoption{}},
+		{"renamed", "main:MyOrthanc", reconcile.CursorAdoption{To: "main", From: "MyOrthanc"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			e["ORTHANC_SOURCE_NAME"], e["RECONCILE_ADOPT_CURSOR_FROM"] = "main", tt.value
+			var c SingleHost
+			if err := Load(mapEnv(e), &c); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Reconcile.CursorAdoption(); got != tt.want {
+				t.Errorf("CursorAdoption() = %+v, want %+v", got, tt.want)
 			}
 		})
 	}

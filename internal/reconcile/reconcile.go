@@ -57,6 +57,14 @@ type Source struct {
 	Orthanc Orthanc
 }
 
+// CursorAdoption is RECONCILE_ADOPT_CURSOR_FROM (To:From), which the
+// configuration checks at startup: the configured source To, served
+// under the name From before its name changed, carries that name's
+// cursor over when it has none, if it points into its Orthanc's change
+// log. No other source does: another source of this reconciler, whose
+// change at the cursor is gone too, would take it.
+type CursorAdoption struct{ To, From string }
+
 // Options configures a Reconciler. Zero durations get the defaults.
 type Options struct {
 	Sources []Source
@@ -77,18 +85,13 @@ type Options struct {
 	PageSize int
 	// PublishTimeout bounds one publish (default 10 s).
 	PublishTimeout time.Duration
-	// AdoptCursorTo and AdoptCursorFrom (RECONCILE_ADOPT_CURSOR_FROM,
-	// to:from): the configured source AdoptCursorTo, served under the
-	// name AdoptCursorFrom before its name changed, carries that name's
-	// cursor over when it has none, if it points into its Orthanc's
-	// change log. No other source does: another source of this
-	// reconciler, whose change at the cursor is gone too, would take it.
-	// Empty: a configured source carries none over (another deployment
-	// sharing the NATS may own a cursor that matches: an Orthanc restored
-	// from its backup). A source without a configured name follows
-	// Orthanc's Name and carries over the cursor its change log has under
-	// any other name, as before.
-	AdoptCursorTo, AdoptCursorFrom string
+	// AdoptCursor: the one configured source that carries another
+	// name's cursor over; the zero value: none does (another deployment
+	// sharing the NATS may own a cursor that matches: an Orthanc
+	// restored from its backup). A source without a configured name
+	// follows Orthanc's Name and carries over the cursor its change log
+	// has under any other name, as before.
+	AdoptCursor CursorAdoption
 	// Holder names this replica in the leases (default host:pid:random).
 	Holder     string
 	Logger     *slog.Logger
@@ -131,14 +134,6 @@ func New(opts Options) (*Reconciler, error) {
 			errs = append(errs, fmt.Errorf("source %q is listed twice", s.Name))
 		}
 		names[s.Name] = true
-	}
-	if to, f := opts.AdoptCursorTo, opts.AdoptCursorFrom; to != "" || f != "" {
-		if to == "" || !names[to] {
-			errs = append(errs, fmt.Errorf("the source to adopt a cursor, %q, is not one of the named sources", to))
-		}
-		if !events.ValidSource(f) || names[f] {
-			errs = append(errs, fmt.Errorf("the source to adopt the cursor of, %q, is invalid or one of the sources", f))
-		}
 	}
 	if opts.PollInterval < 0 || opts.LeaseTTL < 0 || opts.MaxBackoff < 0 || opts.PageSize < 0 || opts.PublishTimeout < 0 {
 		errs = append(errs, errors.New("durations and page size must not be negative"))

@@ -67,9 +67,9 @@ func (s *sourceRunner) sameName(sys orthancapi.System, twice bool) error {
 // adoptRenamed continues, for a source without a cursor under its name,
 // the cursor its Orthanc's change log has under another name: an earlier
 // Name of Orthanc (no name configured), or, for a configured source, the
-// one name the operator gives it (Options.AdoptCursorTo and
-// AdoptCursorFrom: ORTHANC_SOURCE_NAME
-// set or changed, ORTHANC_URL moved into ORTHANC_SOURCES). A configured
+// one name the operator gives it (Options.AdoptCursor:
+// ORTHANC_SOURCE_NAME set or changed, ORTHANC_URL moved into
+// ORTHANC_SOURCES). A configured
 // source took any matching cursor: with two deployments on one NATS, one
 // whose Orthanc was restored from the other's backup took and deleted
 // the other's while its ingest was down, which then started again at the
@@ -94,7 +94,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context, sys orthancapi.System, 
 	// named in a Warn, for an operator who renamed it. Only the source
 	// named to adopt does: the others, whose changes at the cursor may be
 	// gone too, would take it.
-	lookOnly := s.configured != "" && (s.r.opts.AdoptCursorFrom == "" || s.configured != s.r.opts.AdoptCursorTo)
+	lookOnly := s.configured != "" && (s.r.opts.AdoptCursor.From == "" || s.configured != s.r.opts.AdoptCursor.To)
 	if lookOnly {
 		// Only a hint: it never holds the start up.
 		defer func() {
@@ -123,7 +123,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context, sys orthancapi.System, 
 		}
 		candidates = []string{cursorKey(events.DefaultSourceName(sys.Name))}
 	case s.configured != "":
-		candidates = []string{cursorKey(s.r.opts.AdoptCursorFrom)}
+		candidates = []string{cursorKey(s.r.opts.AdoptCursor.From)}
 	default:
 		// Listing needs a consumer on the bucket, which the documented
 		// ingest permissions do not allow: refused (or not answered), the
@@ -254,7 +254,7 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context, sys orthancapi.System, 
 			// Warn: the operator asked for it, and the studies whose
 			// webhooks were lost meanwhile are never published.
 			s.log.Warn("RECONCILE_ADOPT_CURSOR_FROM's cursor not carried over: the reconciler starts at the end of the change log; run `forwarder audit --enqueue` for the studies stored since the last poll under that name",
-				"previous_source", s.r.opts.AdoptCursorFrom, "reason", why)
+				"previous_source", s.r.opts.AdoptCursor.From, "reason", why)
 		}
 		return false, nil
 	}

@@ -104,7 +104,7 @@ func TestConfiguredSourceRenamed(t *testing.T) {
 				stop()
 				r.orthanc.Stop(t)
 				r.orthanc.Start(t) // forgets the unstable study: stable now, with no StableStudy change
-				r.start(t, tc.to, func(o *reconcile.Options) { o.AdoptCursorTo, o.AdoptCursorFrom = tc.to, old })
+				r.start(t, tc.to, func(o *reconcile.Options) { o.AdoptCursor = reconcile.CursorAdoption{To: tc.to, From: old} })
 				testharness.WaitFor(t, "the pending study's event", 30*time.Second, func() bool {
 					return len(streamEvents(t, r.nats.JS)) >= 1
 				})
