@@ -27,6 +27,13 @@
 -- replaces it, whichever loads last), silently. Merge them instead: call
 -- both bodies from one OnStableStudy.
 --
+-- Several Orthanc processes sharing one database run this script each,
+-- with the same Stowline.Source. Stability is each process's own memory,
+-- so the script posts a study only once its LastUpdate is before
+-- Orthanc's current second (GET /tools/now, read within Orthanc), as the
+-- reconciler does: an instance another process stores later then gets a
+-- later LastUpdate, and a new event (docs/guarantees.md, Limits).
+--
 -- The script stays tiny on purpose: Orthanc's Lua has no retry and forgets
 -- stability on restart, so stowline also reconciles from Orthanc's /changes
 -- feed. A failed post only logs a warning; it never raises, so Orthanc's
@@ -157,41 +164,91 @@ local function priority(s, studyId, tags, metadata)
   return lane(s.priority, 'Stowline.Priority', studyId)
 end
 
--- changedSince tells whether the study is unstable again when its
--- callback runs. Orthanc runs the callbacks one at a time: behind a slow
--- post or a site script, a study may get an instance (a late dose report)
--- after its StableStudy was queued. Its LastUpdate has one-second
--- resolution, so an event posted now could carry the ID of the study once
--- complete, and the next StableStudy's event, and the reconciler's, would
--- be dropped as its duplicates: the late instance never sent. Orthanc
--- sends another StableStudy once the study is stable again. A failed read
--- (nil, or a Lua error) posts as before: the reconciler's copy is then
--- the fallback, as for any post.
-local function changedSince(studyId)
-  local ok, answer = pcall(RestApiGet, '/studies/' .. studyId, true)
-  if not ok or type(answer) ~= 'string' or answer == '' then
-    return false
-  end
-  local parsed, study = pcall(ParseJson, answer)
-  return parsed and type(study) == 'table' and study['IsStable'] == false
+-- A time as Orthanc writes it (LastUpdate, /tools/now): UTC to the
+-- second, fixed width, so that two compare as strings.
+local ORTHANC_TIME = '%d%d%d%d%d%d%d%dT%d%d%d%d%d%d'
+
+local function isOrthancTime(s)
+  return type(s) == 'string' and string.find(s, '^' .. ORTHANC_TIME .. '$') ~= nil
 end
 
+-- orthancNow is Orthanc's clock (it answers its own Lua with text,
+-- 20261206T035311, on 1.10 and 1.12), or nil when it cannot be read.
+local function orthancNow()
+  local ok, answer = pcall(RestApiGet, '/tools/now', true)
+  if not ok or type(answer) ~= 'string' then
+    return nil
+  end
+  return string.match(answer, '^%s*"?(' .. ORTHANC_TIME .. ')"?%s*$')
+end
+
+-- readStudy is the study as Orthanc reports it now, or nil when it
+-- cannot be read (deleted since, or a Lua error).
+local function readStudy(studyId)
+  local ok, answer = pcall(RestApiGet, '/studies/' .. studyId, true)
+  if not ok or type(answer) ~= 'string' or answer == '' then
+    return nil
+  end
+  local parsed, study = pcall(ParseJson, answer)
+  if parsed and type(study) == 'table' then
+    return study
+  end
+  return nil
+end
+
+-- postStableStudy posts the study's event unless an instance may still
+-- join it within the second of its LastUpdate: LastUpdate has one-second
+-- resolution, so the event would carry the ID of the study once
+-- complete, and that study's own event would be dropped as its
+-- duplicate, the late instance never sent. Two cases:
+--
+-- Unstable again. Orthanc runs the callbacks one at a time: behind a slow
+-- post or a site script, a study may get an instance (a late dose
+-- report) after its StableStudy was queued. Orthanc sends another
+-- StableStudy once the study is stable again.
+--
+-- Updated in Orthanc's current second. Stability is each Orthanc
+-- process's own memory: with several processes sharing one database,
+-- another may still be storing the study. Orthanc's clock is read before
+-- the study: when the study's LastUpdate is before the clock's second,
+-- an instance stored after the read gets a later one, and the complete
+-- study's event is a new one. The reconciler makes the same check (internal/reconcile, settled)
+-- and publishes the study from this StableStudy change once the second
+-- has passed; the process that stored the study's last instance posts at
+-- its own StableStudy.
+--
+-- A study or clock that cannot be read posts as before: the reconciler's
+-- copy is then the fallback, as for any post.
 local function postStableStudy(studyId, tags, metadata)
   local s, problem = settings()
   if s == nil then
     print('stowline: study ' .. studyId .. ' not announced: ' .. problem)
     return
   end
-  if changedSince(studyId) then
+  local now = orthancNow()
+  local study = readStudy(studyId)
+  if study ~= nil and study['IsStable'] == false then
     print('stowline: study ' .. studyId .. ' received instances since it was stable; announced' ..
       ' when it is stable again')
+    return
+  end
+  -- The LastUpdate read after the clock (the callback's was read before).
+  local lastUpdate = metadata['LastUpdate']
+  if study ~= nil and isOrthancTime(study['LastUpdate']) then
+    lastUpdate = study['LastUpdate']
+  end
+  if now ~= nil and isOrthancTime(lastUpdate) and lastUpdate >= now then
+    print('stowline: study ' .. studyId .. ' was last updated in Orthanc\'s current second (' ..
+      lastUpdate .. '), when another Orthanc process sharing the database may still store an' ..
+      ' instance of it unseen; announced later, by the reconciler once that second has passed,' ..
+      ' or at its next StableStudy')
     return
   end
   local event = '{"type":"orthanc.study.stable","version":1' ..
     ',"source":' .. jsonString(s.source) ..
     ',"orthancStudyId":' .. jsonString(studyId) ..
     ',"studyInstanceUid":' .. jsonString(tags['StudyInstanceUID'] or '') ..
-    ',"lastUpdate":' .. jsonString(metadata['LastUpdate'] or '')
+    ',"lastUpdate":' .. jsonString(lastUpdate or '')
   local p = priority(s, studyId, tags, metadata)
   if p ~= nil then
     event = event .. ',"priority":' .. jsonString(p)

@@ -654,3 +654,123 @@ func waitLogCount(t *testing.T, o *testharness.Orthanc, part string, n int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Stability is each Orthanc process's own memory: with several processes
+// sharing one database, one calls a study stable while another still
+// stores it. An instance stored within the second of the LastUpdate
+// posted leaves LastUpdate as it is, and the complete study's event would
+// be dropped as the duplicate of the one posted. So the script posts a
+// study only once its LastUpdate is before Orthanc's clock (/tools/now),
+// as the reconciler does; a clock it cannot read or parse posts as
+// before. The site script below (loaded after stowline.lua) answers
+// /tools/now itself in the study's first callback, as an Orthanc whose
+// clock is still in the study's second would.
+func TestScriptWaitsForTheSecondOfTheLastUpdate(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script := scriptPath(t)
+	tests := []struct {
+		name string
+		// clock is the body of the function answering /tools/now in the
+		// study's first callback; it may use metadata.
+		clock string
+		// held: the first callback posts nothing.
+		held bool
+	}{
+		{"the clock in the study's second", `return metadata['LastUpdate']`, true},
+		{"the clock read fails", `error('clock unavailable')`, false},
+		{"the clock unparsable", `return 'not a time'`, false},
+	}
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				uid := dicomgen.NewUID()
+				site := filepath.Join(t.TempDir(), "site.lua")
+				if err := os.WriteFile(site, []byte(`
+local stowlineOnStableStudy = OnStableStudy
+local restApiGet = RestApiGet
+local clock = nil -- answers /tools/now while set; nil: Orthanc does
+local reads = ''  -- what the script read, in order, while clock is set
+function RestApiGet(uri, ...)
+  if clock ~= nil and uri == '/tools/now' then
+    reads = reads .. ' clock'
+    return clock()
+  end
+  if clock ~= nil and string.find(uri, '^/studies/') then
+    reads = reads .. ' study'
+  end
+  return restApiGet(uri, ...)
+end
+local first = true
+function OnStableStudy(studyId, tags, metadata)
+  if tags['StudyInstanceUID'] == '`+uid+`' and first then
+    first = false
+    clock = function()
+`+tt.clock+`
+    end
+  end
+  stowlineOnStableStudy(studyId, tags, metadata)
+  if clock ~= nil then
+    clock = nil
+    print('test: the first callback read' .. reads)
+  end
+  print('test: callback done for ' .. studyId)
+end
+`), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				in := startIngest(t)
+				o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+					Name: "lua-same-second", Release: rel, LuaScripts: []string{script, site}, StableAge: 1,
+					Extra: map[string]any{"Stowline": map[string]any{
+						"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
+						"IngestToken": "${STOWLINE_TEST_TOKEN}",
+					}},
+					Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+				})
+				addStudyOf(t, o, uid)
+				var found []struct{ ID string }
+				if err := o.Do(t.Context(), http.MethodPost, "/tools/lookup", strings.NewReader(uid), &found); err != nil || len(found) != 1 {
+					t.Fatalf("lookup study %s: %v %v", uid, found, err)
+				}
+				id := found[0].ID
+				waitLogCount(t, o, "test: callback done for "+id, 1)
+				// The clock first: an instance stored after it was read,
+				// within the second of the LastUpdate read before it,
+				// would leave that LastUpdate as it is.
+				if !logHasLineEnding(o, "test: the first callback read clock study") {
+					t.Error("the script did not read Orthanc's clock, then the study")
+				}
+				if tt.held {
+					// The post is made within the callback: none by now.
+					if posts := in.received(); len(posts) != 0 {
+						t.Fatalf("posts %v, want none while Orthanc's clock is in the study's second", posts)
+					}
+					waitLog(t, o, "stowline: study "+id+" was last updated in Orthanc's current second", "by the reconciler")
+					// Orthanc does not call the study stable again unless
+					// it changes: another instance, as another process
+					// stores, gets it a StableStudy of its own, read
+					// with Orthanc's clock.
+					addStudyOf(t, o, uid)
+					waitLogCount(t, o, "test: callback done for "+id, 2)
+				}
+				posts := in.received()
+				var st struct{ LastUpdate string }
+				o.GetJSON(t, "/studies/"+id, &st)
+				if len(posts) != 1 || posts[0].Event["orthancStudyId"] != id || posts[0].Event["lastUpdate"] != st.LastUpdate {
+					t.Errorf("posts %v, want one, of study %s at LastUpdate %s", posts, id, st.LastUpdate)
+				}
+			})
+		}
+	})
+}
+
+// logHasLineEnding reports whether a line of Orthanc's log ends with
+// suffix.
+func logHasLineEnding(o *testharness.Orthanc, suffix string) bool {
+	for line := range strings.SplitSeq(o.LogTail(1000), "\n") {
+		if strings.HasSuffix(strings.TrimRight(line, "\r"), suffix) {
+			return true
+		}
+	}
+	return false
+}
