@@ -12,102 +12,157 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/routing"
 	"github.com/stowline/stowline/orthancapi"
 )
 
-// releaseFunc is buffer mode's forward.Options.Release with several
-// destinations. Nothing of a study leaves the source until every
-// destination whose rules select some of it has stored this state of the
-// study: recorded its LastUpdate in its ledger after selecting what its
-// rules select now (the selection's digest: a rule changed since, or a
-// record of another release's rules, may have left instances out; a
-// record of "not selected" stored nothing). All of it is released at
-// once then, by the last destination to store it, so that every
-// destination's selection was made over the same listing as the one
-// checked here. An instance stays if a destination that selects it kept
-// it (a conflict it skipped, an instance it changed), or if only
-// destinations that receive de-identified copies select it: configured so
-// here, or recorded so in their ledger (a pseudonym). Rules that
-// fail on the study keep every instance (its destination dead-letters
-// the study). Before anything is deleted, each destination whose rules
-// select none of the study gets it recorded as not selected, so that its
-// own event, if still queued, finds the study gone and done.
-func releaseFunc(all []config.NamedDestination, routes map[string]*route, ledgers map[string]*ledger.Ledger) func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
-	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
-		needed := map[string]bool{}              // selected by some destination
-		kept := map[string]bool{}                // kept by one that selects it
-		original := map[string]bool{}            // stored by one that receives originals
-		var unselected []config.NamedDestination // destinations whose rules select none of it
+// selectFunc is buffer mode's forward.Options.Select with several
+// destinations: every destination's rules applied to a study's listing,
+// the study read from its source once (routing.ReadOnce). The one
+// selection serves both the count of what no destination selects and the
+// release. A rule that fails on the study keeps every instance (its
+// destination dead-letters the study).
+func selectFunc(all []config.NamedDestination, routes map[string]*route, ledgers map[string]*ledger.Ledger) func(context.Context, *events.StudyStable, []orthancapi.Instance) (forward.Selection, error) {
+	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (forward.Selection, error) {
+		s := &selection{ev: ev, listed: listed, all: all, ledgers: ledgers, selected: make(map[string][]orthancapi.Instance, len(all))}
+		var o routing.Orthanc
 		for _, d := range all {
-			selected := listed
-			if rt := routes[d.Name]; rt != nil {
-				var err error
-				if selected, err = rt.Select(ctx, ev.Source, ev.OrthancStudyID, listed); err != nil {
-					return nil, fmt.Errorf("destination %s: %w", d.Name, err)
-				}
-			}
-			if len(selected) == 0 {
-				unselected = append(unselected, d)
+			rt := routes[d.Name]
+			if rt == nil {
+				s.selected[d.Name] = listed // no rules: everything
 				continue
 			}
-			// Lookup bounds its one JetStream request itself, so a
-			// lost reply costs one try of Release, not all of it.
-			rec, err := ledgers[d.Name].Lookup(ctx, ev.Source, ev.OrthancStudyID)
-			if err != nil && !errors.Is(err, ledger.ErrNotRecorded) {
+			if o == nil {
+				c, err := rt.sources.Lookup(ev.Source)
+				if err != nil {
+					return nil, &forward.Error{Class: forward.Permanent, Err: err}
+				}
+				o = routing.ReadOnce(c)
+			}
+			sel, err := rt.selectFrom(ctx, o, ev.Source, ev.OrthancStudyID, listed)
+			if err != nil {
 				return nil, fmt.Errorf("destination %s: %w", d.Name, err)
 			}
-			stored := err == nil && rec.LastUpdate == ev.LastUpdate && !rec.NotSelected &&
-				(rec.Selected == "" || rec.Selected == ledger.SelectionDigest(selected))
-			if !stored {
-				return nil, nil
-			}
-			keptHere := map[string]bool{}
-			for _, uid := range rec.Kept {
-				keptHere[uid] = true
-			}
-			for _, in := range selected {
-				needed[in.ID] = true
-				switch {
-				case rec.KeptAll || keptHere[in.SOPInstanceUID]:
-					kept[in.ID] = true
-				case !d.Deidentifies() && rec.PseudonymStudyInstanceUID == "":
-					// The record's pseudonym is the forwarder's own word that
-					// it sent de-identified copies: this process's settings
-					// of a destination it does not serve may lack
-					// STOW_DEIDENTIFY, or predate a rollout that set it.
-					original[in.ID] = true
-				}
-			}
+			s.selected[d.Name] = sel
 		}
-		var out []orthancapi.Instance
-		for _, in := range listed {
-			if needed[in.ID] && !kept[in.ID] && original[in.ID] {
-				out = append(out, in)
-			}
-		}
-		if len(out) > 0 {
-			// Said before the deletes: the event of such a destination
-			// that waited (its forwarders down or behind) finds the study
-			// gone, and its ledger tells it was not for it.
-			for _, d := range unselected {
-				rctx, cancel := context.WithTimeout(ctx, natsjs.RequestTimeout)
-				err := recordNotSelected(rctx, ledgers[d.Name], ev, rulesDigest(d))
-				cancel()
-				if err != nil {
-					return nil, fmt.Errorf("destination %s: %w", d.Name, err)
-				}
-			}
-		}
-		return out, nil
+		return s, nil
 	}
 }
 
+// selection is what each destination's rules select of one listing of a
+// study.
+type selection struct {
+	ev       *events.StudyStable
+	listed   []orthancapi.Instance
+	all      []config.NamedDestination
+	ledgers  map[string]*ledger.Ledger
+	selected map[string][]orthancapi.Instance // by destination name
+}
+
+// Unselected returns the listed instances no destination's rules select.
+func (s *selection) Unselected() []orthancapi.Instance {
+	selected := map[string]bool{}
+	for _, sel := range s.selected {
+		for _, in := range sel {
+			selected[in.ID] = true
+		}
+	}
+	var out []orthancapi.Instance
+	for _, in := range s.listed {
+		if !selected[in.ID] {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+// Release returns the listed instances to delete now. Nothing of a study
+// leaves the source until every destination whose rules select some of it
+// has stored this state of the study: recorded its LastUpdate in its
+// ledger after selecting what its rules select now (the selection's
+// digest: a rule changed since, or a record of another release's rules,
+// may have left instances out; a record of "not selected" stored
+// nothing). All of it is released at once then, by the last destination
+// to store it, so that every destination's selection was made over the
+// same listing as the one checked here. An instance stays if a
+// destination that selects it kept it (a conflict it skipped, an
+// instance it changed), or if only destinations that receive
+// de-identified copies select it: configured so here, or recorded so in
+// their ledger (a pseudonym). Before anything is deleted, each
+// destination whose rules select none of the study gets it recorded as
+// not selected, so that its own event, if still queued, finds the study
+// gone and done.
+func (s *selection) Release(ctx context.Context) ([]orthancapi.Instance, error) {
+	ev := s.ev
+	needed := map[string]bool{}              // selected by some destination
+	kept := map[string]bool{}                // kept by one that selects it
+	original := map[string]bool{}            // stored by one that receives originals
+	var unselected []config.NamedDestination // destinations whose rules select none of it
+	for _, d := range s.all {
+		selected := s.selected[d.Name]
+		if len(selected) == 0 {
+			unselected = append(unselected, d)
+			continue
+		}
+		// Lookup bounds its one JetStream request itself, so a
+		// lost reply costs one try of Release, not all of it.
+		rec, err := s.ledgers[d.Name].Lookup(ctx, ev.Source, ev.OrthancStudyID)
+		if err != nil && !errors.Is(err, ledger.ErrNotRecorded) {
+			return nil, fmt.Errorf("destination %s: %w", d.Name, err)
+		}
+		stored := err == nil && rec.LastUpdate == ev.LastUpdate && !rec.NotSelected &&
+			(rec.Selected == "" || rec.Selected == ledger.SelectionDigest(selected))
+		if !stored {
+			return nil, nil
+		}
+		keptHere := map[string]bool{}
+		for _, uid := range rec.Kept {
+			keptHere[uid] = true
+		}
+		for _, in := range selected {
+			needed[in.ID] = true
+			switch {
+			case rec.KeptAll || keptHere[in.SOPInstanceUID]:
+				kept[in.ID] = true
+			case !d.Deidentifies() && rec.PseudonymStudyInstanceUID == "":
+				// The record's pseudonym is the forwarder's own word that
+				// it sent de-identified copies: this process's settings
+				// of a destination it does not serve may lack
+				// STOW_DEIDENTIFY, or predate a rollout that set it.
+				original[in.ID] = true
+			}
+		}
+	}
+	var out []orthancapi.Instance
+	for _, in := range s.listed {
+		if needed[in.ID] && !kept[in.ID] && original[in.ID] {
+			out = append(out, in)
+		}
+	}
+	if len(out) > 0 {
+		// Said before the deletes: the event of such a destination
+		// that waited (its forwarders down or behind) finds the study
+		// gone, and its ledger tells it was not for it.
+		for _, d := range unselected {
+			rctx, cancel := context.WithTimeout(ctx, natsjs.RequestTimeout)
+			err := recordNotSelected(rctx, s.ledgers[d.Name], ev, rulesDigest(d))
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("destination %s: %w", d.Name, err)
+			}
+		}
+	}
+	return out, nil
+}
+
 // unselectedCounter names the destination whose forwarders count the
-// instances no destination selects (unselectedFunc): the name that sorts
-// first, so that forwarder groups listing DESTINATIONS in different
-// orders still pick the same one and each study is counted once.
+// instances no destination selects (forward.Options.CountsUnselected):
+// the name that sorts first, so that forwarder groups listing
+// DESTINATIONS in different orders still pick the same one and each
+// study is counted once.
 func unselectedCounter(all []config.NamedDestination) string {
 	name := ""
 	for i, d := range all {
@@ -116,37 +171,6 @@ func unselectedCounter(all []config.NamedDestination) string {
 		}
 	}
 	return name
-}
-
-// unselectedFunc is buffer mode's forward.Options.Unselected with several
-// destinations: how many of the listed instances no destination's rules
-// select. Set on the forwarders of one destination only
-// (unselectedCounter); it applies every destination's rules once more,
-// on each study it completes.
-func unselectedFunc(all []config.NamedDestination, routes map[string]*route) func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) {
-	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (int, error) {
-		selected := map[string]bool{}
-		for _, d := range all {
-			rt := routes[d.Name]
-			if rt == nil {
-				return 0, nil // it selects everything
-			}
-			sel, err := rt.Select(ctx, ev.Source, ev.OrthancStudyID, listed)
-			if err != nil {
-				return 0, fmt.Errorf("destination %s: %w", d.Name, err)
-			}
-			for _, in := range sel {
-				selected[in.ID] = true
-			}
-		}
-		n := 0
-		for _, in := range listed {
-			if !selected[in.ID] {
-				n++
-			}
-		}
-		return n, nil
-	}
 }
 
 // rulesDigest identifies a destination's routing rules, for the not
@@ -204,7 +228,7 @@ func forwardedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) 
 // recordedNotSelectedFunc is buffer mode's
 // forward.Options.RecordedNotSelected: whether the destination's ledger
 // records the event's state of the study, or a newer one, as not selected
-// by its rules (releaseFunc writes that for each destination whose rules
+// by its rules (selection.Release writes that for each destination whose rules
 // select none of a study it deletes).
 func recordedNotSelectedFunc(l *ledger.Ledger, rules string) func(context.Context, *events.StudyStable) (bool, error) {
 	// A record another group wrote with other rules for this destination

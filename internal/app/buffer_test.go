@@ -1,8 +1,13 @@
 package app
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stowline/stowline/events"
@@ -90,7 +95,11 @@ func TestReleaseFunc(t *testing.T) {
 			if tt.aiDeidentifies {
 				ai.Deidentify.Mode = config.DeidentifyBasic
 			}
-			got, err := releaseFunc([]config.NamedDestination{archive, ai}, map[string]*route{}, ledgers)(t.Context(), ev, listed)
+			sel, err := selectFunc([]config.NamedDestination{archive, ai}, map[string]*route{}, ledgers)(t.Context(), ev, listed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := sel.Release(t.Context())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -128,5 +137,79 @@ func TestUnselectedCounter(t *testing.T) {
 		if got := unselectedCounter(named(order...)); got != "ai" {
 			t.Errorf("DESTINATIONS=%v: %q counts, want ai whatever the order", order, got)
 		}
+	}
+}
+
+// fakeOrthanc serves the facts of a study of a CT and an SR series, and
+// counts the reads of them.
+type fakeOrthanc struct {
+	mu    sync.Mutex
+	reads int // GET /studies/{id}
+}
+
+func (o *fakeOrthanc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case strings.HasSuffix(r.URL.Path, "/series"):
+		json.NewEncoder(w).Encode([]map[string]any{
+			{"ID": "ct", "MainDicomTags": map[string]string{"Modality": "CT"}},
+			{"ID": "sr", "MainDicomTags": map[string]string{"Modality": "SR"}},
+		})
+	case strings.HasPrefix(r.URL.Path, "/studies/"):
+		o.reads++
+		json.NewEncoder(w).Encode(map[string]any{"MainDicomTags": map[string]string{"ModalitiesInStudy": `CT\SR`}})
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// The forwarders that count kept_unselected apply every destination's
+// rules once per study, reading the study from Orthanc once: the one
+// selection tells both what no destination selects and what to release.
+// They applied them twice, each destination's rules reading the study on
+// their own (4 reads here).
+func TestBufferSelectionReadsStudyOnce(t *testing.T) {
+	o := &fakeOrthanc{}
+	srv := httptest.NewServer(o)
+	t.Cleanup(srv.Close)
+	sources, err := NewSources(&config.Orthanc{URL: srv.URL, SourceName: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := []config.NamedDestination{{Name: "archive", InstanceMatch: `instance.modality == "CT"`}, {Name: "ai", InstanceMatch: `instance.modality == "CT"`}}
+	routes := map[string]*route{}
+	ns := testnats.Start(t)
+	ledgers := map[string]*ledger.Ledger{}
+	ev := &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", StudyInstanceUID: "1.2.9", LastUpdate: "20261203T100000"}
+	ct, sr := orthancapi.Instance{ID: "c1", SOPInstanceUID: "1.2.9.1", SeriesID: "ct"}, orthancapi.Instance{ID: "s1", SOPInstanceUID: "1.2.9.2", SeriesID: "sr"}
+	for _, d := range all {
+		if routes[d.Name], err = newRoute(d, sources); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, d.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ledgers[d.Name] = ledger.New(ns.JS, kv)
+		// Both stored the CT.
+		if err := ledgers[d.Name].Completed(t.Context(), ev, ledger.Outcome{Selected: []orthancapi.Instance{ct}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sel, err := selectFunc(all, routes, ledgers)(t.Context(), ev, []orthancapi.Instance{ct, sr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	released, err := sel.Release(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := sel.Unselected(); !slices.Equal(u, []orthancapi.Instance{sr}) || !slices.Equal(released, []orthancapi.Instance{ct}) {
+		t.Errorf("unselected %v, released %v; want the SR, the CT", u, released)
+	}
+	if o.reads != 1 {
+		t.Errorf("the study was read %d times, want once", o.reads)
 	}
 }

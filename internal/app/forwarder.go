@@ -170,10 +170,8 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			o.Unconfigured = unconfiguredFunc(p.conn.JS, all)
 			o.Forwarded = forwardedFunc(ledgers[d.Name])
 			if len(all) > 1 {
-				o.Release = releaseFunc(all, routes, ledgers)
-				if d.Name == unselectedCounter(all) {
-					o.Unselected = unselectedFunc(all, routes)
-				}
+				o.Select = selectFunc(all, routes, ledgers)
+				o.CountsUnselected = d.Name == unselectedCounter(all)
 				if routes[d.Name] != nil {
 					o.RecordedNotSelected = recordedNotSelectedFunc(ledgers[d.Name], rulesDigest(d))
 				}

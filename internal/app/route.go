@@ -46,6 +46,11 @@ func (r *route) Select(ctx context.Context, source, studyID string, instances []
 	if err != nil {
 		return nil, &forward.Error{Class: forward.Permanent, Err: err}
 	}
+	return r.selectFrom(ctx, o, source, studyID, instances)
+}
+
+// selectFrom is Select reading the study from o.
+func (r *route) selectFrom(ctx context.Context, o routing.Orthanc, source, studyID string, instances []orthancapi.Instance) ([]orthancapi.Instance, error) {
 	selected, err := r.rules.Select(ctx, o, source, studyID, instances)
 	var re *routing.RuleError
 	if errors.As(err, &re) {

@@ -23,7 +23,10 @@ const recheckEvery = 32
 // alone: its next event forwards it again (what the destination holds
 // counts as stored) and deletes it then. Every failure leaves instances in
 // Orthanc, never loses one; shutdown stops the deletes.
-func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, instances, listed []orthancapi.Instance, log *slog.Logger) {
+//
+// sel is the study's selection if kept_unselected's count made it
+// already; nil, it is made here when needed.
+func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable, instances, listed []orthancapi.Instance, sel Selection, log *slog.Logger) {
 	// stake is what a failure below leaves in Orthanc. With several
 	// destinations, one that kept all it was sent (conflicts skipped,
 	// instances coerced) may be the last to store the study: it releases
@@ -32,11 +35,11 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	stake := len(instances)
 	var released []orthancapi.Instance
 	if stake == 0 {
-		if f.opts.Release == nil {
+		if f.opts.Select == nil {
 			return
 		}
 		var ok bool
-		if released, ok = f.release(ctx, ev, listed, len(listed), log); !ok {
+		if released, ok = f.release(ctx, ev, listed, sel, len(listed), log); !ok {
 			return
 		}
 		stake = len(released)
@@ -94,10 +97,10 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			return
 		}
 	}
-	if f.opts.Release != nil {
+	if f.opts.Select != nil {
 		if len(instances) > 0 { // else released above
 			var ok bool
-			if released, ok = f.release(ctx, ev, listed, stake, log); !ok {
+			if released, ok = f.release(ctx, ev, listed, sel, stake, log); !ok {
 				return
 			}
 		}
@@ -170,19 +173,30 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	log.Info("forwarded instances deleted from the source", "deleted", deleted)
 }
 
-// release is Options.Release, asked through a JetStream leader election,
-// as the ledger's writes; !ok: it failed, counted as stake's.
-func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance, stake int, log *slog.Logger) (released []orthancapi.Instance, ok bool) {
-	// On the work context: its Orthanc reads take as long as the study
-	// is big; Release bounds its JetStream requests itself.
+// release is the selection's Release, asked through a JetStream leader
+// election, as the ledger's writes; sel nil, the destinations' rules are
+// applied first (Options.Select). !ok: either failed, counted as stake's.
+func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance, sel Selection, stake int, log *slog.Logger) (released []orthancapi.Instance, ok bool) {
+	if sel == nil {
+		// On the work context: its Orthanc reads take as long as the
+		// study is big.
+		var err error
+		sel, err = f.opts.Select(ctx, ev, listed)
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
+			return nil, false
+		}
+		if err != nil {
+			log.Warn("forwarded study not deleted from the source: the destinations' rules could not be applied to it (Orthanc unreadable, or a rule failing, which dead-letters the study at its destination); it stays in Orthanc. "+
+				"Its forward is recorded, so the audit does not queue it again: once that is mended, 'forwarder backfill --destination NAME --from source --since T' (T before the study's last update) does", "err", err)
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
+			return nil, false
+		}
+	}
 	err := f.whileUnanswered(ctx, func() (err error) {
-		released, err = f.opts.Release(ctx, ev, listed)
+		released, err = sel.Release(ctx)
 		return err
 	})
-	if errors.Is(err, orthancapi.ErrNotFound) {
-		f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
-		return nil, false
-	}
 	if err != nil {
 		// A NATS user lacking the write of a destination's ledger
 		// (docs/nats-permissions.md) reads as a permissions violation
@@ -231,34 +245,38 @@ func (f *Forwarder) whileUnanswered(ctx context.Context, ask func() error) error
 // countUnselected counts as kept_unselected the instances of a study that
 // no destination's rules select: buffer mode never deletes them, and
 // nothing else said they stay. With several destinations the forwarders
-// of one of them count (Options.Unselected), so each study counts once.
-func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) {
+// of one of them count (Options.CountsUnselected), so each study counts
+// once; the selection they make for it is returned, for the deletes.
+func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) Selection {
 	if len(rep.listed) == 0 {
 		// Gone, deleted by buffer mode: the rules would read it in vain.
-		return
+		return nil
 	}
 	n := 0
+	var sel Selection
 	switch {
-	case f.opts.Unselected != nil:
+	case f.opts.Select == nil:
+		n = rep.Listed - rep.Selected
+	case f.opts.CountsUnselected:
 		var err error
-		n, err = f.opts.Unselected(ctx, ev, rep.listed)
+		sel, err = f.opts.Select(ctx, ev, rep.listed)
 		if errors.Is(err, orthancapi.ErrNotFound) {
 			// Gone: another destination's forwarder, the last to store
 			// it, deleted it since it was listed; buffer mode deletes
 			// only what some destination selects, so none was unselected.
-			return
+			return nil
 		}
 		if err != nil {
 			if ctx.Err() == nil { // shutdown stops it, as the deletes
 				log.Warn("instances no destination selects not counted: the destinations' rules could not be applied", "err", err)
 			}
-			return
+			return nil
 		}
-	case f.opts.Release == nil:
-		n = rep.Listed - rep.Selected
+		n = len(sel.Unselected())
 	}
 	if n > 0 {
 		log.Info("instances no destination's rules select stay in the source", "kept_unselected", n)
 		f.m.sourceDeletes.WithLabelValues("kept_unselected").Add(float64(n))
 	}
+	return sel
 }

@@ -157,6 +157,27 @@ func TestMapBack(t *testing.T) {
 	}
 }
 
+// fakeSelection is an Options.Select's selection: release decides the
+// deletes, unselected is what no destination selects.
+type fakeSelection struct {
+	unselected []orthancapi.Instance
+	release    func(context.Context) ([]orthancapi.Instance, error)
+}
+
+func (s fakeSelection) Unselected() []orthancapi.Instance { return s.unselected }
+
+func (s fakeSelection) Release(ctx context.Context) ([]orthancapi.Instance, error) {
+	return s.release(ctx)
+}
+
+// releasingBy is an Options.Select whose selection releases what release
+// returns of the listing, and leaves none unselected.
+func releasingBy(release func(listed []orthancapi.Instance) ([]orthancapi.Instance, error)) func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
+	return func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
+		return fakeSelection{release: func(context.Context) ([]orthancapi.Instance, error) { return release(listed) }}, nil
+	}
+}
+
 // leaving is a Router that leaves out the instances it names (an SR a rule
 // excludes).
 type leaving map[string]bool
@@ -167,19 +188,20 @@ func (l leaving) Select(_ context.Context, _, _ string, in []orthancapi.Instance
 
 // Instances no destination's rules select stay in the source for good;
 // they are counted as kept_unselected, once a study: with one destination
-// by its forwarders, with several by those Options.Unselected is given
-// to.
+// by its forwarders, with several by those with Options.CountsUnselected.
 func TestUnselectedInstancesCounted(t *testing.T) {
 	src := newMemSource(3)
 	sr := src.instances[2].ID
-	all := func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
+	// Several destinations: the others' rules select the SR, and all
+	// is released.
+	all := releasingBy(func(listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
 		return slices.DeleteFunc(slices.Clone(listed), func(i orthancapi.Instance) bool { return i.ID == sr }), nil
-	}
+	})
 	tests := []struct {
 		name        string
 		router      Router
-		release     func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error)
-		unselected  func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error)
+		sel         func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error)
+		counts      bool  // Options.CountsUnselected
 		completed   error // Options.Completed's
 		wantDeleted int
 		wantKept    float64
@@ -192,11 +214,15 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 		{name: "one destination whose rules select none of what is left of a study forwarded", router: leaving{src.instances[0].ID: true, src.instances[1].ID: true, sr: true},
 			completed: fmt.Errorf("%w: recorded", ErrForwardedBefore), wantResult: ResultAlreadyForwarded},
 		{name: "one destination without rules", wantDeleted: 3},
-		// Unselected's count, not the listing less what this one selects (1).
-		{name: "several, this one counts", router: leaving{sr: true}, release: all, wantDeleted: 2, wantKept: 2,
-			unselected: func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) { return 2, nil }},
+		// The selection's unselected, not the listing less what this one
+		// selects (1).
+		{name: "several, this one counts", router: leaving{sr: true}, counts: true, wantDeleted: 2, wantKept: 2,
+			sel: func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
+				s, err := all(ctx, ev, listed)
+				return fakeSelection{unselected: listed[:2], release: s.Release}, err
+			}},
 		// The first destination's forwarders count it.
-		{name: "several, another one counts", router: leaving{sr: true}, release: all, wantDeleted: 2},
+		{name: "several, another one counts", router: leaving{sr: true}, sel: all, wantDeleted: 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -206,8 +232,8 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 				o.Router = tt.router
 				o.Completed = func(context.Context, *events.StudyStable, Completion) error { return tt.completed }
 				o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
-				o.Release = tt.release
-				o.Unselected = tt.unselected
+				o.Select = tt.sel
+				o.CountsUnselected = tt.counts
 			})
 			f.handle(t.Context(), rig.deliver(t), "")
 			if len(rig.cleaner.deleted) != tt.wantDeleted {
@@ -232,10 +258,11 @@ func TestUnselectedNotCountedOfAStudyGone(t *testing.T) {
 	asked := false
 	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 		o.Registerer = prometheus.NewRegistry()
-		o.Unselected = func(context.Context, *events.StudyStable, []orthancapi.Instance) (int, error) {
+		o.Select = func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
 			asked = true
-			return 0, orthancapi.ErrNotFound
+			return nil, orthancapi.ErrNotFound
 		}
+		o.CountsUnselected = true
 	})
 	f.countUnselected(t.Context(), testEvent(), Report{NotSelected: true, deletedNotSelected: true}, f.log)
 	if asked {
@@ -248,9 +275,10 @@ func TestUnselectedNotCountedOfAStudyGone(t *testing.T) {
 func TestUnselectedQuietAtShutdown(t *testing.T) {
 	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 		o.Registerer = prometheus.NewRegistry()
-		o.Unselected = func(ctx context.Context, _ *events.StudyStable, _ []orthancapi.Instance) (int, error) {
-			return 0, ctx.Err()
+		o.Select = func(ctx context.Context, _ *events.StudyStable, _ []orthancapi.Instance) (Selection, error) {
+			return nil, ctx.Err()
 		}
+		o.CountsUnselected = true
 	})
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -270,13 +298,14 @@ func TestUnselectedQuietAtShutdown(t *testing.T) {
 // reads as one no rule selects, a study with none left as not found.
 func TestUnselectedCountedBeforeDeletes(t *testing.T) {
 	tests := []struct {
-		name     string
-		sr       int  // the study's last sr instances are SRs
-		gone     bool // another destination's forwarder deleted the study since it was listed
-		wantKept float64
+		name        string
+		sr          int  // the study's last sr instances are SRs
+		gone        bool // another destination's forwarder deleted the study since it was listed
+		wantDeleted int
+		wantKept    float64
 	}{
-		{name: "part released: the SRs stay", sr: 2, wantKept: 2},
-		{name: "all released", sr: 0},
+		{name: "part released: the SRs stay", sr: 2, wantDeleted: 4, wantKept: 2},
+		{name: "all released", sr: 0, wantDeleted: 6},
 		{name: "deleted whole by another destination", sr: 0, gone: true},
 	}
 	for _, tt := range tests {
@@ -288,18 +317,21 @@ func TestUnselectedCountedBeforeDeletes(t *testing.T) {
 			for _, in := range src.instances[len(src.instances)-tt.sr:] {
 				sr[in.ID] = true
 			}
-			orthancRules := func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (int, error) {
+			orthancRules := func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
 				left := slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return slices.Contains(rig.cleaner.deleted, in.ID) })
 				if len(left) == 0 || tt.gone {
-					return 0, fmt.Errorf("GET /studies/%s: %w", ev.OrthancStudyID, orthancapi.ErrNotFound)
+					return nil, fmt.Errorf("GET /studies/%s: %w", ev.OrthancStudyID, orthancapi.ErrNotFound)
 				}
-				n := len(listed) - len(left) // their series are gone: no modality
-				for _, in := range left {
-					if sr[in.ID] {
-						n++
+				var unselected []orthancapi.Instance
+				for _, in := range listed {
+					// A deleted one's series is gone: no modality.
+					if sr[in.ID] || !slices.Contains(left, in) {
+						unselected = append(unselected, in)
 					}
 				}
-				return n, nil
+				return fakeSelection{unselected: unselected, release: func(context.Context) ([]orthancapi.Instance, error) {
+					return slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return sr[in.ID] }), nil
+				}}, nil
 			}
 			var logged bytes.Buffer
 			f := newForwarder(t, src, rig.url, rig.cons, func(o *Options) {
@@ -308,14 +340,12 @@ func TestUnselectedCountedBeforeDeletes(t *testing.T) {
 				o.Router = leaving(sr)
 				o.Completed = recordedOK
 				o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
-				o.Release = func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
-					return slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return sr[in.ID] }), nil
-				}
-				o.Unselected = orthancRules
+				o.Select = orthancRules
+				o.CountsUnselected = true
 			})
 			f.handle(t.Context(), rig.deliver(t), "")
-			if want := len(src.instances) - tt.sr; len(rig.cleaner.deleted) != want {
-				t.Errorf("deleted %d, want %d", len(rig.cleaner.deleted), want)
+			if len(rig.cleaner.deleted) != tt.wantDeleted {
+				t.Errorf("deleted %d, want %d", len(rig.cleaner.deleted), tt.wantDeleted)
 			}
 			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != tt.wantKept {
 				t.Errorf("kept_unselected = %v, want %v", got, tt.wantKept)
@@ -369,14 +399,14 @@ func TestReleaseUnansweredBounded(t *testing.T) {
 		o.Registerer = prometheus.NewRegistry()
 		o.Completed = recordedOK
 		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-		o.Release = func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
+		o.Select = releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
 			return nil, fmt.Errorf("ledger: write: %w", nats.ErrTimeout)
-		}
+		})
 	})
 	f.unansweredFor = time.Second
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	f.deleteForwarded(ctx, ev, instances, instances, slog.New(slog.NewTextHandler(&logged, nil)))
+	f.deleteForwarded(ctx, ev, instances, instances, nil, slog.New(slog.NewTextHandler(&logged, nil)))
 	if ctx.Err() != nil {
 		t.Fatal("buffer mode asked JetStream again until its worker's context ended")
 	}
@@ -401,9 +431,7 @@ func TestUnconfirmedNotSelectedDeletesNothing(t *testing.T) {
 		o.Completed = recordedOK
 		o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
 		// The others stored it all (their last one released it).
-		o.Release = func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
-			return listed, nil
-		}
+		o.Select = releasingBy(func(listed []orthancapi.Instance) ([]orthancapi.Instance, error) { return listed, nil })
 	})
 	f.handle(t.Context(), arrivedAck{rig.deliver(t)}, "")
 	if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultAckFailed))); n != 1 {
@@ -453,7 +481,7 @@ func TestReplacedConflictRecorded(t *testing.T) {
 }
 
 // The bound on asking JetStream again is on the asking, not on one try:
-// Release's Orthanc reads of a big study outlast it and must not be cut
+// Select's Orthanc reads of a big study outlast it and must not be cut
 // short (such a study was never deleted), and a try whose JetStream reply
 // was lost ends at its own timeout, so that a next try comes.
 func TestUnansweredBoundOnTheAsking(t *testing.T) {
@@ -462,13 +490,13 @@ func TestUnansweredBoundOnTheAsking(t *testing.T) {
 		name string
 		opts func(o *Options, calls *atomic.Int32)
 	}{
-		{"release slower than the bound", func(o *Options, _ *atomic.Int32) {
-			o.Release = func(ctx context.Context, _ *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error) {
+		{"rules slower than the bound", func(o *Options, _ *atomic.Int32) {
+			o.Select = func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
 				select { // reading the study from Orthanc, one instance at a time
 				case <-ctx.Done():
 					return nil, ctx.Err()
 				case <-time.After(3 * bound):
-					return listed, nil
+					return releasingBy(func(listed []orthancapi.Instance) ([]orthancapi.Instance, error) { return listed, nil })(ctx, ev, listed)
 				}
 			}
 		}},
@@ -496,7 +524,7 @@ func TestUnansweredBoundOnTheAsking(t *testing.T) {
 				tt.opts(o, &calls)
 			})
 			f.unansweredFor, f.askTimeout = bound, bound/6
-			f.deleteForwarded(t.Context(), ev, instances, instances, slog.New(slog.NewTextHandler(&logged, nil)))
+			f.deleteForwarded(t.Context(), ev, instances, instances, nil, slog.New(slog.NewTextHandler(&logged, nil)))
 			if len(cleaner.deleted) != 3 {
 				t.Errorf("deleted %v, want all 3; logged: %s", cleaner.deleted, logged.String())
 			}

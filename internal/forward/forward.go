@@ -58,6 +58,20 @@ type SourceCleaner interface {
 	DeleteInstance(ctx context.Context, instanceID string) error
 }
 
+// Selection is what every destination's rules select of one listing of a
+// study (Options.Select): buffer mode decides on it both what no
+// destination selects and what it deletes.
+type Selection interface {
+	// Unselected returns the listed instances no destination's rules
+	// select.
+	Unselected() []orthancapi.Instance
+	// Release returns the listed instances to delete now: those every
+	// destination whose rules select them has stored. It reads the
+	// destinations' ledgers, bounding each JetStream request itself; one
+	// unanswered is asked again (Forwarder.whileUnanswered).
+	Release(ctx context.Context) ([]orthancapi.Instance, error)
+}
+
 // DeadLetterStore keeps studies that could not be forwarded. Add is
 // idempotent per event: duplicate reports a letter an earlier delivery
 // stored (its event's termination lost), seq being that letter's.
@@ -206,19 +220,18 @@ type Options struct {
 	// were forwarded are deleted from its source, unless the study
 	// changed since its event.
 	CleanerFor func(source string) (SourceCleaner, error)
-	// Release, if set, narrows buffer mode's deletes to the instances that
-	// every destination whose rules select them has stored, given all the
-	// study's instances; it is needed when there are several destinations.
-	// It reads the study from Orthanc, for as long as that takes (ctx is
-	// the work context): it bounds each JetStream request itself, and
-	// one unanswered is asked again (see Forwarder.whileUnanswered).
-	Release func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) ([]orthancapi.Instance, error)
-	// Unselected, if set (buffer mode with several destinations, on the
-	// forwarders of one destination only), counts the listed instances
-	// of a study that no destination's rules select: buffer mode leaves
-	// them in the source. Without Release (one destination) the
-	// forwarder counts those its own rules leave out.
-	Unselected func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (int, error)
+	// Select, if set, is buffer mode with several destinations: it applies
+	// every destination's rules to a study's listing, reading the study
+	// from Orthanc once, for as long as that takes (ctx is the work
+	// context). Its Selection's Release narrows the deletes to the
+	// instances every destination whose rules select them has stored.
+	Select func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (Selection, error)
+	// CountsUnselected: these forwarders count as kept_unselected what
+	// Select's selection leaves out (set on the forwarders of one
+	// destination only, so that each study counts once). Without Select
+	// (one destination) every forwarder counts those its own rules leave
+	// out.
+	CountsUnselected bool
 	// Unconfigured, if set, names the destinations that have a queue in
 	// JetStream but are not in this process's configuration: a rollout
 	// adding one, whose forwarders already take events while this one

@@ -535,7 +535,7 @@ func TestDeleteForwarded(t *testing.T) {
 				o.Unconfigured = tt.unconfigured
 			})
 			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
-			f.deleteForwarded(context.Background(), ev, instances, instances, f.log)
+			f.deleteForwarded(context.Background(), ev, instances, instances, nil, f.log)
 			if fmt.Sprint(tt.cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
 				t.Errorf("deleted %v, want %v", tt.cleaner.deleted, tt.wantDeleted)
 			}
@@ -554,18 +554,18 @@ func TestDeleteForwarded(t *testing.T) {
 // do.
 func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 	listed := []orthancapi.Instance{{ID: "a"}, {ID: "b"}, {ID: "c"}}
-	releasing := func(ids ...string) func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
-		return func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
+	releasing := func(ids ...string) func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
+		return releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
 			var out []orthancapi.Instance
 			for _, id := range ids {
 				out = append(out, orthancapi.Instance{ID: id})
 			}
 			return out, nil
-		}
+		})
 	}
 	tests := []struct {
 		name        string
-		release     func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error)
+		release     func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error)
 		changed     bool // the study changed since its event
 		wantDeleted []string
 		want        [5]float64 // deleted, failed, skipped, gone, waiting
@@ -574,9 +574,9 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 		// What it would have released counts, not the whole listing.
 		{name: "the others' released, the study changed", release: releasing("a", "b"), changed: true, want: [5]float64{0, 0, 2, 0, 0}},
 		{name: "another one not done", release: releasing()},
-		{name: "ledgers unreadable", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) ([]orthancapi.Instance, error) {
+		{name: "ledgers unreadable", release: releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
 			return nil, errors.New("JetStream refused")
-		}, want: [5]float64{0, 3, 0, 0, 0}},
+		}), want: [5]float64{0, 3, 0, 0, 0}},
 		// The study is not even read: its state is unreadable here.
 		{name: "one destination"},
 	}
@@ -593,10 +593,10 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 				o.Registerer = prometheus.NewRegistry()
 				o.Completed = recordedOK
 				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-				o.Release = tt.release
+				o.Select = tt.release
 			})
 			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
-			f.deleteForwarded(t.Context(), ev, nil, listed, f.log)
+			f.deleteForwarded(t.Context(), ev, nil, listed, nil, f.log)
 			if fmt.Sprint(cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
 				t.Errorf("deleted %v, want %v", cleaner.deleted, tt.wantDeleted)
 			}
@@ -644,7 +644,7 @@ func TestDeleteForwardedStopsWhenTheStudyChanges(t *testing.T) {
 		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 	})
 	ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
-	f.deleteForwarded(context.Background(), ev, instances, instances, f.log)
+	f.deleteForwarded(context.Background(), ev, instances, instances, nil, f.log)
 	if len(cleaner.deleted) != recheckEvery {
 		t.Errorf("deleted %d, want the %d before the first look", len(cleaner.deleted), recheckEvery)
 	}

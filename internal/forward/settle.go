@@ -87,8 +87,11 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	// before them, over the study as it was listed: after them, its
 	// deleted series no longer tell the rules their modality, and a study
 	// deleted whole is not found.
+	// Its selection, made over every destination's rules, serves the
+	// deletes too.
+	var sel Selection
 	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && !before && f.opts.CleanerFor != nil {
-		f.countUnselected(ctx, a.Event, rep, log)
+		sel = f.countUnselected(ctx, a.Event, rep, log)
 	}
 	// Deleted only once the ledger holds the forward: a later event of
 	// the study finding it gone would be dead-lettered as source-missing,
@@ -101,7 +104,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	// that select it release it.
 	if (result == ResultForwarded || result == ResultAckFailed) && !rep.NotSelected && f.opts.CleanerFor != nil {
 		if recorded {
-			f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, log)
+			f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, sel, log)
 		} else if len(rep.forwarded) > 0 && result == ResultAckFailed {
 			// Failed, not waiting: nats.go holds publishes while it
 			// reconnects, the ack included, so after an outage the ack

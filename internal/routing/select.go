@@ -198,3 +198,56 @@ func readMetadata(ctx context.Context, o Orthanc, instances []orthancapi.Instanc
 	}
 	return kept, keptMeta, nil
 }
+
+// ReadOnce returns an Orthanc that reads each study's facts, and each
+// instance's metadata, from o once: the rules of several destinations
+// applied to one study (buffer mode) then cost one read of it, and see
+// the same study whatever is deleted from it meanwhile. An error is
+// remembered as the answer. It is for one pass over one study: nothing is
+// ever forgotten.
+func ReadOnce(o Orthanc) Orthanc {
+	return &readOnce{o: o, facts: map[string]factsRead{}, meta: map[string]metaRead{}}
+}
+
+type readOnce struct {
+	o     Orthanc
+	mu    sync.Mutex
+	facts map[string]factsRead
+	meta  map[string]metaRead
+}
+
+type factsRead struct {
+	f   orthancapi.StudyFacts
+	err error
+}
+
+type metaRead struct {
+	m   orthancapi.InstanceMetadata
+	err error
+}
+
+func (r *readOnce) StudyFacts(ctx context.Context, studyID string) (orthancapi.StudyFacts, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock() // one study: its routes ask one after the other
+	read, ok := r.facts[studyID]
+	if !ok {
+		read.f, read.err = r.o.StudyFacts(ctx, studyID)
+		r.facts[studyID] = read
+	}
+	return read.f, read.err
+}
+
+func (r *readOnce) InstanceMetadata(ctx context.Context, instanceID string) (orthancapi.InstanceMetadata, error) {
+	r.mu.Lock()
+	read, ok := r.meta[instanceID]
+	r.mu.Unlock()
+	if ok {
+		return read.m, read.err
+	}
+	// Unlocked: one route reads its study's instances 8 at a time.
+	read.m, read.err = r.o.InstanceMetadata(ctx, instanceID)
+	r.mu.Lock()
+	r.meta[instanceID] = read
+	r.mu.Unlock()
+	return read.m, read.err
+}

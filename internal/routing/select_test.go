@@ -204,3 +204,36 @@ func TestSelectReadsMetadataOnlyWhenItDecides(t *testing.T) {
 		})
 	}
 }
+
+// Several destinations' routes applied to one study through ReadOnce
+// read each instance's metadata once, and select as they do alone.
+func TestReadOnce(t *testing.T) {
+	o := studyOrthanc{
+		facts: orthancapi.StudyFacts{Series: map[string]orthancapi.SeriesFacts{"s1": {Modality: "CT"}}},
+		meta: map[string]orthancapi.InstanceMetadata{
+			"i0": {SOPClassUID: "1.2.840.10008.5.1.4.1.1.2"},
+			"i1": {SOPClassUID: "1.2.840.10008.5.1.4.1.1.88.67"},
+		},
+		reads: &atomic.Int32{},
+	}
+	once := ReadOnce(o)
+	for _, rule := range []struct {
+		inst string
+		want []string
+	}{
+		{"instance.sopClassUid.endsWith('.67')", []string{"i1"}},
+		{"!instance.sopClassUid.endsWith('.67')", []string{"i0"}},
+		{"instance.modality == 'CT'", []string{"i0", "i1"}},
+	} {
+		ids, err := selectIDs(t, once, "", rule.inst, instancesOf(2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(ids, rule.want) {
+			t.Errorf("%s selected %v, want %v", rule.inst, ids, rule.want)
+		}
+	}
+	if n := o.reads.Load(); n != 2 {
+		t.Errorf("%d metadata reads, want 2 (one per instance)", n)
+	}
+}
