@@ -272,11 +272,50 @@ func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable,
 			}
 			return nil
 		}
-		n = len(sel.Unselected())
+		if n, err = f.stillThere(ctx, ev, sel.Unselected()); err != nil {
+			if ctx.Err() == nil {
+				log.Warn("instances no destination selects not counted: the study could not be listed again", "err", err)
+			}
+			return sel
+		}
 	}
 	if n > 0 {
 		log.Info("instances no destination's rules select stay in the source", "kept_unselected", n)
 		f.m.sourceDeletes.WithLabelValues("kept_unselected").Add(float64(n))
 	}
 	return sel
+}
+
+// stillThere counts the instances of unselected that the source still
+// lists. Another destination's forwarder, the last to store the study,
+// may delete what it releases between this forward's listing and the
+// rules' reads: its series gone, a deleted instance reads as one no rule
+// selects. Listed again after the reads, an instance still there was
+// there all along, read with its series; one gone never stays.
+func (f *Forwarder) stillThere(ctx context.Context, ev *events.StudyStable, unselected []orthancapi.Instance) (int, error) {
+	if len(unselected) == 0 {
+		return 0, nil
+	}
+	src, err := f.opts.SourceFor(ev.Source)
+	if err != nil {
+		return 0, err
+	}
+	now, err := src.StudyInstances(ctx, ev.OrthancStudyID)
+	if errors.Is(err, orthancapi.ErrNotFound) {
+		return 0, nil // all gone
+	}
+	if err != nil {
+		return 0, err
+	}
+	there := make(map[string]bool, len(now))
+	for _, in := range now {
+		there[in.ID] = true
+	}
+	n := 0
+	for _, in := range unselected {
+		if there[in.ID] {
+			n++
+		}
+	}
+	return n, nil
 }

@@ -562,3 +562,35 @@ func TestDeletedByBufferModeUnansweredBounded(t *testing.T) {
 		t.Errorf("asked %d times, logged %q; want asked again, then a warning", asked.Load(), logged.String())
 	}
 }
+
+// kept_unselected counts only instances that stay. Another destination's
+// forwarder, the last to store the study, deletes what it releases while
+// this one, the counting destination, has recorded its forward and not
+// yet applied the rules: the rules then read a study without the deleted
+// CT series, and its instances, listed still, read as ones no rule
+// selects. Those are gone, not kept: only the SRs count.
+func TestUnselectedNotCountedDeletedMeanwhile(t *testing.T) {
+	const ct, sr = 4, 2
+	rig := newBufferRig(t)
+	src := newMemSource(ct + sr)
+	srs := src.instances[ct:]
+	f := newForwarder(t, src, rig.url, rig.cons, func(o *Options) {
+		o.Registerer = prometheus.NewRegistry()
+		o.Router = leaving{srs[0].ID: true, srs[1].ID: true}
+		o.Completed = recordedOK
+		o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
+		o.CountsUnselected = true
+		o.Select = func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
+			// The other destination's deletes, just before the
+			// rules read the study: its CT series is gone, and the
+			// rules read every listed instance as one none selects
+			// (the CTs have no modality).
+			src.instances = srs
+			return fakeSelection{unselected: listed, release: func(context.Context) ([]orthancapi.Instance, error) { return nil, nil }}, nil
+		}
+	})
+	f.handle(t.Context(), rig.deliver(t), "")
+	if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != sr {
+		t.Errorf("kept_unselected = %v, want %d (the SRs)", got, sr)
+	}
+}
