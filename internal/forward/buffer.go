@@ -38,8 +38,19 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		if f.opts.Select == nil {
 			return
 		}
+		// If Release fails, which of the others' instances it would
+		// release is unknown: at most those some destination's rules
+		// select (another destination that has not stored them would
+		// release them later); without the rules' selection, nothing
+		// tells, and none counts.
+		selected := func(sel Selection) int {
+			if sel == nil {
+				return 0
+			}
+			return len(listed) - len(sel.Unselected())
+		}
 		var ok bool
-		if released, ok = f.release(ctx, ev, listed, sel, len(listed), log); !ok {
+		if released, ok = f.release(ctx, ev, listed, sel, selected, log); !ok {
 			return
 		}
 		stake = len(released)
@@ -100,7 +111,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	if f.opts.Select != nil {
 		if len(instances) > 0 { // else released above
 			var ok bool
-			if released, ok = f.release(ctx, ev, listed, sel, stake, log); !ok {
+			if released, ok = f.release(ctx, ev, listed, sel, func(Selection) int { return stake }, log); !ok {
 				return
 			}
 		}
@@ -175,21 +186,23 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 
 // release is the selection's Release, asked through a JetStream leader
 // election, as the ledger's writes; sel nil, the destinations' rules are
-// applied first (Options.Select). !ok: either failed, counted as stake's.
-func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance, sel Selection, stake int, log *slog.Logger) (released []orthancapi.Instance, ok bool) {
+// applied first (Options.Select). !ok: either failed, and stake's count
+// of instances (given the selection, nil if none was made) is counted
+// as gone or failed.
+func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance, sel Selection, stake func(Selection) int, log *slog.Logger) (released []orthancapi.Instance, ok bool) {
 	if sel == nil {
 		// On the work context: its Orthanc reads take as long as the
 		// study is big.
 		var err error
 		sel, err = f.opts.Select(ctx, ev, listed)
 		if errors.Is(err, orthancapi.ErrNotFound) {
-			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
+			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake(nil)))
 			return nil, false
 		}
 		if err != nil {
 			log.Warn("forwarded study not deleted from the source: the destinations' rules could not be applied to it (Orthanc unreadable, or a rule failing, which dead-letters the study at its destination); it stays in Orthanc. "+
 				"Its forward is recorded, so the audit does not queue it again: once that is mended, 'forwarder backfill --destination NAME --from source --since T' (T before the study's last update) does", "err", err)
-			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
+			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake(nil)))
 			return nil, false
 		}
 	}
@@ -204,7 +217,7 @@ func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed 
 		log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so "+
 			"(JetStream not answering, or this forwarder's NATS user may not write that destination's ledger); it stays in Orthanc. Its forward is recorded, so the audit does not queue it again: "+
 			"once that is mended, 'forwarder backfill --destination NAME --from source --since T' (T before the study's last update) does", "err", err)
-		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
+		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake(sel)))
 		return nil, false
 	}
 	return released, true

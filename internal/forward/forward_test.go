@@ -574,9 +574,20 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 		// What it would have released counts, not the whole listing.
 		{name: "the others' released, the study changed", release: releasing("a", "b"), changed: true, want: [5]float64{0, 0, 2, 0, 0}},
 		{name: "another one not done", release: releasing()},
-		{name: "ledgers unreadable", release: releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
-			return nil, errors.New("JetStream refused")
-		}), want: [5]float64{0, 3, 0, 0, 0}},
+		// What the rules select, the most it could have released: not the
+		// whole listing (c, which no destination selects, stays anyway).
+		{name: "ledgers unreadable", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
+			return fakeSelection{unselected: listed[2:], release: func(context.Context) ([]orthancapi.Instance, error) {
+				return nil, errors.New("JetStream refused")
+			}}, nil
+		}, want: [5]float64{0, 2, 0, 0, 0}},
+		// Nothing tells what it would have released.
+		{name: "rules not applied", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
+			return nil, errors.New("GET /studies/...: 500")
+		}},
+		{name: "study gone", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
+			return nil, fmt.Errorf("GET /studies/...: %w", orthancapi.ErrNotFound)
+		}},
 		// The study is not even read: its state is unreadable here.
 		{name: "one destination"},
 	}

@@ -142,7 +142,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	})
 	m.sourceDeletes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_source_deletes_total",
-		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete, skipped because the study changed since its event, kept waiting for another destination that selected them, or found already gone (gone: another destination finishing at the same moment, or someone else, deleted them first); kept_unselected: instances no destination's rules select, which buffer mode leaves in the source for good (only those the study still holds once the rules were read).",
+		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete (a destination with none of its own in the study: those some destination's rules select, the most it would have released), skipped because the study changed since its event, kept waiting for another destination that selected them, or found already gone (gone: another destination finishing at the same moment, or someone else, deleted them first); kept_unselected: instances no destination's rules select, which buffer mode leaves in the source for good (only those the study still holds once the rules were read).",
 		ConstLabels: labels,
 	}, []string{"result"})
 	m.conversions = prometheus.NewCounterVec(prometheus.CounterOpts{
