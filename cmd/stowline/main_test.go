@@ -125,7 +125,9 @@ func testEndToEnd(t *testing.T, rel testharness.Release, reconcile bool) {
 	}
 	t.Logf("tokens issued %d, gate accepted %d, rejected %d", idp.TokensIssued(), gate.Accepted(), gate.Rejected())
 
-	checkMetrics(t, "http://"+forwarderAddr+"/metrics", "stowline_forwarder_instances_total", float64(len(want)))
+	// The forwarder counts instances once it has read the destination's
+	// answer: the destination holds the last ones a moment before.
+	waitMetricAtLeast(t, "http://"+forwarderAddr+"/metrics", "stowline_forwarder_instances_total", float64(len(want)), 30*time.Second)
 
 	// Without the reconciler only the Lua script announces studies: the
 	// ingest must have accepted exactly one webhook event per study (the
@@ -197,13 +199,24 @@ func patientNames(t *testing.T, o *testharness.Orthanc) []string {
 	return out
 }
 
-func checkMetrics(t *testing.T, url, name string, atLeast float64) {
+// waitMetricAtLeast waits until the metric name on url is at least
+// atLeast, and marks the test failed if it is not within timeout.
+func waitMetricAtLeast(t *testing.T, url, name string, atLeast float64, timeout time.Duration) {
 	t.Helper()
-	v, ok := testharness.Metric(t, url, name)
-	switch {
-	case !ok:
-		t.Errorf("metric %s not found", name)
-	case v < atLeast:
-		t.Errorf("metric %s = %v, want at least %v", name, v, atLeast)
+	deadline := time.Now().Add(timeout)
+	for {
+		v, ok := testharness.Metric(t, url, name)
+		switch {
+		case ok && v >= atLeast:
+			return
+		case time.Now().Before(deadline):
+			time.Sleep(200 * time.Millisecond)
+		case !ok:
+			t.Errorf("metric %s not found after %s", name, timeout)
+			return
+		default:
+			t.Errorf("metric %s = %v after %s, want at least %v", name, v, timeout, atLeast)
+			return
+		}
 	}
 }
