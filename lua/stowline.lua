@@ -238,10 +238,10 @@ local function postStableStudy(studyId, tags, metadata)
     lastUpdate = study['LastUpdate']
   end
   if now ~= nil and isOrthancTime(lastUpdate) and lastUpdate >= now then
-    print('stowline: study ' .. studyId .. ' was last updated in Orthanc\'s current second (' ..
-      lastUpdate .. '), when another Orthanc process sharing the database may still store an' ..
-      ' instance of it unseen; announced later, by the reconciler once that second has passed,' ..
-      ' or at its next StableStudy')
+    print('stowline: study ' .. studyId .. ' was last updated at ' .. lastUpdate ..
+      ', not before Orthanc\'s clock (' .. now .. '): another Orthanc process sharing the' ..
+      ' database may still store an instance of it unseen; announced later, by the reconciler' ..
+      ' once that second has passed, or at its next StableStudy')
     return
   end
   local event = '{"type":"orthanc.study.stable","version":1' ..

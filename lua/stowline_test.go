@@ -671,14 +671,24 @@ func TestScriptWaitsForTheSecondOfTheLastUpdate(t *testing.T) {
 	tests := []struct {
 		name string
 		// clock is the body of the function answering /tools/now in the
-		// study's first callback; it may use metadata.
+		// study's first callback; it may use metadata. Empty: Orthanc's.
 		clock string
+		// study is the body of the function rewriting the study's answer
+		// (answer) in its first callback; empty: Orthanc's as it is.
+		study string
 		// held: the first callback posts nothing.
 		held bool
 	}{
-		{"the clock in the study's second", `return metadata['LastUpdate']`, true},
-		{"the clock read fails", `error('clock unavailable')`, false},
-		{"the clock unparsable", `return 'not a time'`, false},
+		{"the clock in the study's second", `return metadata['LastUpdate']`, "", true},
+		// As another process storing an instance between the script's
+		// two reads: the study's LastUpdate, read after the clock, is in
+		// the clock's second, the callback's is older. Orthanc's own
+		// clock is read and parsed.
+		{"stored in the clock's second after it was read", "", `
+  local now = string.match(restApiGet('/tools/now'), '%d+T%d+')
+  return (string.gsub(answer, '"LastUpdate"%s*:%s*"%d+T%d+"', '"LastUpdate" : "' .. now .. '"'))`, true},
+		{"the clock read fails", `error('clock unavailable')`, "", false},
+		{"the clock unparsable", `return 'not a time'`, "", false},
 	}
 	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
 		for _, tt := range tests {
@@ -688,15 +698,22 @@ func TestScriptWaitsForTheSecondOfTheLastUpdate(t *testing.T) {
 				if err := os.WriteFile(site, []byte(`
 local stowlineOnStableStudy = OnStableStudy
 local restApiGet = RestApiGet
+local watching = false -- in the study's first callback
 local clock = nil -- answers /tools/now while set; nil: Orthanc does
-local reads = ''  -- what the script read, in order, while clock is set
+local study = nil -- rewrites the study's answer while set
+local reads = ''  -- what the script read, in order, while watching
 function RestApiGet(uri, ...)
-  if clock ~= nil and uri == '/tools/now' then
+  if watching and uri == '/tools/now' then
     reads = reads .. ' clock'
-    return clock()
+    if clock ~= nil then
+      return clock()
+    end
   end
-  if clock ~= nil and string.find(uri, '^/studies/') then
+  if watching and string.find(uri, '^/studies/') then
     reads = reads .. ' study'
+    if study ~= nil then
+      return study(restApiGet(uri, ...))
+    end
   end
   return restApiGet(uri, ...)
 end
@@ -704,13 +721,13 @@ local first = true
 function OnStableStudy(studyId, tags, metadata)
   if tags['StudyInstanceUID'] == '`+uid+`' and first then
     first = false
-    clock = function()
-`+tt.clock+`
-    end
+    watching = true
+`+luaSetIf("clock = function()", tt.clock)+`
+`+luaSetIf("study = function(answer)", tt.study)+`
   end
   stowlineOnStableStudy(studyId, tags, metadata)
-  if clock ~= nil then
-    clock = nil
+  if watching then
+    watching, clock, study = false, nil, nil
     print('test: the first callback read' .. reads)
   end
   print('test: callback done for ' .. studyId)
@@ -725,7 +742,11 @@ end
 						"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
 						"IngestToken": "${STOWLINE_TEST_TOKEN}",
 					}},
-					Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
+					// Local time 8 hours behind UTC (a POSIX TZ, no tzdata
+					// needed): LastUpdate is UTC, and so must the clock be
+					// (/tools/now, not /tools/now-local), or every study
+					// waits.
+					Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken, "TZ=PST8"},
 				})
 				addStudyOf(t, o, uid)
 				var found []struct{ ID string }
@@ -745,7 +766,7 @@ end
 					if posts := in.received(); len(posts) != 0 {
 						t.Fatalf("posts %v, want none while Orthanc's clock is in the study's second", posts)
 					}
-					waitLog(t, o, "stowline: study "+id+" was last updated in Orthanc's current second", "by the reconciler")
+					waitLog(t, o, "stowline: study "+id+" was last updated at ", "not before Orthanc's clock", "by the reconciler")
 					// Orthanc does not call the study stable again unless
 					// it changes: another instance, as another process
 					// stores, gets it a StableStudy of its own, read
@@ -762,6 +783,15 @@ end
 			})
 		}
 	})
+}
+
+// luaSetIf is the Lua statement assigning the function head with body,
+// or nothing when body is empty.
+func luaSetIf(head, body string) string {
+	if body == "" {
+		return ""
+	}
+	return head + "\n" + body + "\nend"
 }
 
 // logHasLineEnding reports whether a line of Orthanc's log ends with
