@@ -20,52 +20,74 @@ import (
 )
 
 // selectFunc is buffer mode's forward.Options.Select with several
-// destinations: every destination's rules applied to a study's listing,
-// the study read from its source once (routing.ReadOnce). The one
-// selection serves both the count of what no destination selects and the
-// release. A rule that fails on the study keeps every instance (its
+// destinations. Each destination's rules are applied to a study's listing
+// when the selection first needs them, so that a forwarder that is not
+// the last to store a study reads only as much of it as the release
+// needs to find a destination that has not stored it. They read the
+// study from its source once (routing.ReadOnce): all of them see the same
+// reading of it. A rule that fails on the study keeps every instance (its
 // destination dead-letters the study).
-func selectFunc(all []config.NamedDestination, routes map[string]*route, ledgers map[string]*ledger.Ledger) func(context.Context, *events.StudyStable, []orthancapi.Instance) (forward.Selection, error) {
-	return func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (forward.Selection, error) {
-		s := &selection{ev: ev, listed: listed, all: all, ledgers: ledgers, selected: make(map[string][]orthancapi.Instance, len(all))}
-		var o routing.Orthanc
-		for _, d := range all {
-			rt := routes[d.Name]
-			if rt == nil {
-				s.selected[d.Name] = listed // no rules: everything
-				continue
-			}
-			if o == nil {
-				c, err := rt.sources.Lookup(ev.Source)
-				if err != nil {
-					return nil, &forward.Error{Class: forward.Permanent, Err: err}
-				}
-				o = routing.ReadOnce(c)
-			}
-			sel, err := rt.selectFrom(ctx, o, ev.Source, ev.OrthancStudyID, listed)
-			if err != nil {
-				return nil, fmt.Errorf("destination %s: %w", d.Name, err)
-			}
-			s.selected[d.Name] = sel
-		}
-		return s, nil
+func selectFunc(all []config.NamedDestination, routes map[string]*route, ledgers map[string]*ledger.Ledger) func(*events.StudyStable, []orthancapi.Instance) forward.Selection {
+	return func(ev *events.StudyStable, listed []orthancapi.Instance) forward.Selection {
+		return &selection{ev: ev, listed: listed, all: all, routes: routes, ledgers: ledgers, selected: make(map[string][]orthancapi.Instance, len(all))}
 	}
 }
 
 // selection is what each destination's rules select of one listing of a
-// study.
+// study, applied when first asked.
 type selection struct {
-	ev       *events.StudyStable
-	listed   []orthancapi.Instance
-	all      []config.NamedDestination
-	ledgers  map[string]*ledger.Ledger
-	selected map[string][]orthancapi.Instance // by destination name
+	ev      *events.StudyStable
+	listed  []orthancapi.Instance
+	all     []config.NamedDestination
+	routes  map[string]*route // nil for a destination without rules
+	ledgers map[string]*ledger.Ledger
+	// source reads the study for every destination's rules; made by the
+	// first rules applied.
+	source routing.Orthanc
+	// selected holds what each destination's rules select, by its name,
+	// once applied; a failure is not kept (its reads are, by source).
+	selected map[string][]orthancapi.Instance
 }
 
-// Unselected returns the listed instances no destination's rules select.
-func (s *selection) Unselected() []orthancapi.Instance {
+// selectedBy returns what d's rules select of the listing, applying them
+// the first time.
+func (s *selection) selectedBy(ctx context.Context, d config.NamedDestination) ([]orthancapi.Instance, error) {
+	if sel, ok := s.selected[d.Name]; ok {
+		return sel, nil
+	}
+	rt := s.routes[d.Name]
+	if rt == nil {
+		return s.listed, nil // no rules: everything
+	}
+	if s.source == nil {
+		c, err := rt.sources.Lookup(s.ev.Source)
+		if err != nil {
+			return nil, fmt.Errorf("destination %s: %w: %w", d.Name, forward.ErrRules, err)
+		}
+		s.source = routing.ReadOnce(c)
+	}
+	sel, err := rt.selectFrom(ctx, s.source, s.ev.Source, s.ev.OrthancStudyID, s.listed)
+	if err != nil {
+		return nil, fmt.Errorf("destination %s: %w: %w", d.Name, forward.ErrRules, err)
+	}
+	s.selected[d.Name] = sel
+	return sel, nil
+}
+
+// Unselected returns the listed instances no destination's rules select,
+// applying those not applied yet.
+func (s *selection) Unselected(ctx context.Context) ([]orthancapi.Instance, error) {
+	for _, d := range s.all {
+		if s.routes[d.Name] == nil {
+			return nil, nil // it selects everything: no rules need reading
+		}
+	}
 	selected := map[string]bool{}
-	for _, sel := range s.selected {
+	for _, d := range s.all {
+		sel, err := s.selectedBy(ctx, d)
+		if err != nil {
+			return nil, err
+		}
 		for _, in := range sel {
 			selected[in.ID] = true
 		}
@@ -76,12 +98,13 @@ func (s *selection) Unselected() []orthancapi.Instance {
 			out = append(out, in)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // Release returns the listed instances to delete now. Nothing of a study
 // leaves the source until every destination whose rules select some of it
-// has stored this state of the study: recorded its LastUpdate in its
+// has stored this state of the study (the first found not stored ends it,
+// the rules of those after it not applied): recorded its LastUpdate in its
 // ledger after selecting what its rules select now (the selection's
 // digest: a rule changed since, or a record of another release's rules,
 // may have left instances out; a record of "not selected" stored
@@ -102,7 +125,10 @@ func (s *selection) Release(ctx context.Context) ([]orthancapi.Instance, error) 
 	original := map[string]bool{}            // stored by one that receives originals
 	var unselected []config.NamedDestination // destinations whose rules select none of it
 	for _, d := range s.all {
-		selected := s.selected[d.Name]
+		selected, err := s.selectedBy(ctx, d)
+		if err != nil {
+			return nil, err
+		}
 		if len(selected) == 0 {
 			unselected = append(unselected, d)
 			continue

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
@@ -95,11 +96,7 @@ func TestReleaseFunc(t *testing.T) {
 			if tt.aiDeidentifies {
 				ai.Deidentify.Mode = config.DeidentifyBasic
 			}
-			sel, err := selectFunc([]config.NamedDestination{archive, ai}, map[string]*route{}, ledgers)(t.Context(), ev, listed)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := sel.Release(t.Context())
+			got, err := selectFunc([]config.NamedDestination{archive, ai}, map[string]*route{}, ledgers)(ev, listed).Release(t.Context())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -140,11 +137,56 @@ func TestUnselectedCounter(t *testing.T) {
 	}
 }
 
+// fakeStudy is the study fakeOrthanc serves: its event, its CT and its
+// SR instance.
+func fakeStudy() (ev *events.StudyStable, ct, sr orthancapi.Instance) {
+	ev = &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", StudyInstanceUID: "1.2.9", LastUpdate: "20261203T100000"}
+	ct = orthancapi.Instance{ID: "c0c0c0c0-00000000-00000000-00000000-00000001", SOPInstanceUID: "1.2.9.1", SeriesID: "ct"}
+	sr = orthancapi.Instance{ID: "c0c0c0c0-00000000-00000000-00000000-00000002", SOPInstanceUID: "1.2.9.2", SeriesID: "sr"}
+	return ev, ct, sr
+}
+
+// bufferSelect is buffer mode's Select over all, their rules reading o
+// as source "main"; the destinations named in stored have recorded ev's
+// state of the study as storing its CT.
+func bufferSelect(t *testing.T, o *fakeOrthanc, all []config.NamedDestination, ev *events.StudyStable, stored ...string) func(*events.StudyStable, []orthancapi.Instance) forward.Selection {
+	t.Helper()
+	srv := httptest.NewServer(o)
+	t.Cleanup(srv.Close)
+	sources, err := NewSources(&config.Orthanc{URL: srv.URL, SourceName: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ct, _ := fakeStudy()
+	ns := testnats.Start(t)
+	routes := map[string]*route{}
+	ledgers := map[string]*ledger.Ledger{}
+	for _, d := range all {
+		if routes[d.Name], err = newRoute(d, sources); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, d.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ledgers[d.Name] = ledger.New(ns.JS, kv)
+		if !slices.Contains(stored, d.Name) {
+			continue
+		}
+		if err := ledgers[d.Name].Completed(t.Context(), ev, ledger.Outcome{Selected: []orthancapi.Instance{ct}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return selectFunc(all, routes, ledgers)
+}
+
 // fakeOrthanc serves the facts of a study of a CT and an SR series, and
-// counts the reads of them.
+// its instances' metadata (their SOP class), and counts the reads of them.
 type fakeOrthanc struct {
-	mu    sync.Mutex
-	reads int // GET /studies/{id}
+	sopClasses map[string]string // by instance ID
+	mu         sync.Mutex
+	reads      int // GET /studies/{id}
+	metaReads  int // GET /instances/{id}/metadata
 }
 
 func (o *fakeOrthanc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -157,6 +199,10 @@ func (o *fakeOrthanc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			{"ID": "ct", "MainDicomTags": map[string]string{"Modality": "CT"}},
 			{"ID": "sr", "MainDicomTags": map[string]string{"Modality": "SR"}},
 		})
+	case strings.HasPrefix(r.URL.Path, "/instances/") && strings.HasSuffix(r.URL.Path, "/metadata"):
+		o.metaReads++
+		id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/instances/"), "/metadata")
+		json.NewEncoder(w).Encode(map[string]string{"SopClassUid": o.sopClasses[id]})
 	case strings.HasPrefix(r.URL.Path, "/studies/"):
 		o.reads++
 		json.NewEncoder(w).Encode(map[string]any{"MainDicomTags": map[string]string{"ModalitiesInStudy": `CT\SR`}})
@@ -169,36 +215,16 @@ func (o *fakeOrthanc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // rules once per study, reading the study from Orthanc once: the one
 // selection tells both what no destination selects and what to release.
 // They applied them twice, each destination's rules reading the study on
-// their own (4 reads here).
+// their own (4 reads here); once without a reading shared by all rules,
+// 2.
 func TestBufferSelectionReadsStudyOnce(t *testing.T) {
 	o := &fakeOrthanc{}
-	srv := httptest.NewServer(o)
-	t.Cleanup(srv.Close)
-	sources, err := NewSources(&config.Orthanc{URL: srv.URL, SourceName: "main"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	all := []config.NamedDestination{{Name: "archive", InstanceMatch: `instance.modality == "CT"`}, {Name: "ai", InstanceMatch: `instance.modality == "CT"`}}
-	routes := map[string]*route{}
-	ns := testnats.Start(t)
-	ledgers := map[string]*ledger.Ledger{}
-	ev := &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", StudyInstanceUID: "1.2.9", LastUpdate: "20261203T100000"}
-	ct, sr := orthancapi.Instance{ID: "c1", SOPInstanceUID: "1.2.9.1", SeriesID: "ct"}, orthancapi.Instance{ID: "s1", SOPInstanceUID: "1.2.9.2", SeriesID: "sr"}
-	for _, d := range all {
-		if routes[d.Name], err = newRoute(d, sources); err != nil {
-			t.Fatal(err)
-		}
-		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, d.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ledgers[d.Name] = ledger.New(ns.JS, kv)
-		// Both stored the CT.
-		if err := ledgers[d.Name].Completed(t.Context(), ev, ledger.Outcome{Selected: []orthancapi.Instance{ct}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sel, err := selectFunc(all, routes, ledgers)(t.Context(), ev, []orthancapi.Instance{ct, sr})
+	ev, ct, sr := fakeStudy()
+	// Both stored the CT. As the counter asks the selection: Unselected,
+	// then Release.
+	sel := bufferSelect(t, o, all, ev, "archive", "ai")(ev, []orthancapi.Instance{ct, sr})
+	u, err := sel.Unselected(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,10 +232,62 @@ func TestBufferSelectionReadsStudyOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u := sel.Unselected(); !slices.Equal(u, []orthancapi.Instance{sr}) || !slices.Equal(released, []orthancapi.Instance{ct}) {
+	if !slices.Equal(u, []orthancapi.Instance{sr}) || !slices.Equal(released, []orthancapi.Instance{ct}) {
 		t.Errorf("unselected %v, released %v; want the SR, the CT", u, released)
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	if o.reads != 1 {
 		t.Errorf("the study was read %d times, want once", o.reads)
+	}
+}
+
+// The forwarders of a destination that does not count kept_unselected
+// apply each destination's rules only as far as the release needs: up to
+// the first destination that selects some of the study and has not
+// stored it. A forwarder that is not the last to store a study then
+// seldom reads the instances' metadata a later destination's rule needs
+// (thousands of requests for a big study), nor fails on it.
+func TestBufferReleaseStopsAtFirstNotStored(t *testing.T) {
+	const (
+		ctClass = "1.2.840.10008.5.1.4.1.1.2"
+		srClass = "1.2.840.10008.5.1.4.1.1.88.22"
+	)
+	ev, ct, sr := fakeStudy()
+	tests := []struct {
+		name          string
+		archiveStored bool
+		wantReleased  []orthancapi.Instance
+		wantMetaReads int
+	}{
+		{name: "the first has not stored it: the second's rules not applied", archiveStored: false},
+		{name: "the first has stored it: the second's rules read the metadata", archiveStored: true, wantReleased: []orthancapi.Instance{ct}, wantMetaReads: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := &fakeOrthanc{sopClasses: map[string]string{ct.ID: ctClass, sr.ID: srClass}}
+			// archive selects by the series' modality, ai by each
+			// instance's SOP class, from its metadata.
+			all := []config.NamedDestination{
+				{Name: "archive", InstanceMatch: `instance.modality == "CT"`},
+				{Name: "ai", InstanceMatch: `instance.sopClassUid == "` + ctClass + `"`},
+			}
+			stored := []string{"ai"}
+			if tt.archiveStored {
+				stored = append(stored, "archive")
+			}
+			released, err := bufferSelect(t, o, all, ev, stored...)(ev, []orthancapi.Instance{ct, sr}).Release(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(released, tt.wantReleased) {
+				t.Errorf("released %v, want %v", released, tt.wantReleased)
+			}
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			if o.metaReads != tt.wantMetaReads {
+				t.Errorf("instance metadata read %d times, want %d", o.metaReads, tt.wantMetaReads)
+			}
+		})
 	}
 }

@@ -38,19 +38,8 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		if f.opts.Select == nil {
 			return
 		}
-		// If Release fails, which of the others' instances it would
-		// release is unknown: at most those some destination's rules
-		// select (another destination that has not stored them would
-		// release them later); without the rules' selection, nothing
-		// tells, and none counts.
-		selected := func(sel Selection) int {
-			if sel == nil {
-				return 0
-			}
-			return len(listed) - len(sel.Unselected())
-		}
 		var ok bool
-		if released, ok = f.release(ctx, ev, listed, sel, selected, log); !ok {
+		if released, ok = f.release(ctx, ev, listed, 0, sel, log); !ok {
 			return
 		}
 		stake = len(released)
@@ -111,7 +100,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	if f.opts.Select != nil {
 		if len(instances) > 0 { // else released above
 			var ok bool
-			if released, ok = f.release(ctx, ev, listed, sel, func(Selection) int { return stake }, log); !ok {
+			if released, ok = f.release(ctx, ev, listed, stake, sel, log); !ok {
 				return
 			}
 		}
@@ -185,42 +174,49 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 }
 
 // release is the selection's Release, asked through a JetStream leader
-// election, as the ledger's writes; sel nil, the destinations' rules are
-// applied first (Options.Select). !ok: either failed, and stake's count
-// of instances (given the selection, nil if none was made) is counted
-// as gone or failed.
-func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance, sel Selection, stake func(Selection) int, log *slog.Logger) (released []orthancapi.Instance, ok bool) {
+// election, as the ledger's writes; sel nil, it is made here. !ok: it
+// failed, or found the study gone, and counted so: own, this forward's
+// instances to delete, as failed or gone. With none of its own (own 0),
+// which of the others' instances it would have released is unknown: a
+// failure counts the most it could have, those some destination's rules
+// select (another destination that has not stored them releases them
+// later), none if the rules cannot tell.
+func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance, own int, sel Selection, log *slog.Logger) (released []orthancapi.Instance, ok bool) {
 	if sel == nil {
-		// On the work context: its Orthanc reads take as long as the
-		// study is big.
-		var err error
-		sel, err = f.opts.Select(ctx, ev, listed)
-		if errors.Is(err, orthancapi.ErrNotFound) {
-			f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake(nil)))
-			return nil, false
-		}
-		if err != nil {
-			log.Warn("forwarded study not deleted from the source: the destinations' rules could not be applied to it (Orthanc unreadable, or a rule failing, which dead-letters the study at its destination); it stays in Orthanc. "+
-				"Its forward is recorded, so the audit does not queue it again: once that is mended, 'forwarder backfill --destination NAME --from source --since T' (T before the study's last update) does", "err", err)
-			f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake(nil)))
-			return nil, false
-		}
+		sel = f.opts.Select(ev, listed)
 	}
 	err := f.whileUnanswered(ctx, func() (err error) {
 		released, err = sel.Release(ctx)
 		return err
 	})
-	if err != nil {
+	if err == nil {
+		return released, true
+	}
+	if errors.Is(err, orthancapi.ErrNotFound) {
+		f.m.sourceDeletes.WithLabelValues("gone").Add(float64(own))
+		return nil, false
+	}
+	if errors.Is(err, ErrRules) {
+		log.Warn("forwarded study not deleted from the source: the destinations' rules could not be applied to it (Orthanc unreadable, or a rule failing, which dead-letters the study at its destination); it stays in Orthanc. "+
+			"Its forward is recorded, so the audit does not queue it again: once that is mended, 'forwarder backfill --destination NAME --from source --since T' (T before the study's last update) does", "err", err)
+	} else {
 		// A NATS user lacking the write of a destination's ledger
 		// (docs/nats-permissions.md) reads as a permissions violation
 		// when the ledger can tell it, else as JetStream not answering.
 		log.Warn("forwarded study not deleted from the source: the other destinations' ledgers could not be read, or a destination that selects none of it could not be recorded so "+
 			"(JetStream not answering, or this forwarder's NATS user may not write that destination's ledger); it stays in Orthanc. Its forward is recorded, so the audit does not queue it again: "+
 			"once that is mended, 'forwarder backfill --destination NAME --from source --since T' (T before the study's last update) does", "err", err)
-		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake(sel)))
-		return nil, false
 	}
-	return released, true
+	failed := own
+	if own == 0 {
+		// The rules not applied yet are applied here; after a rules
+		// failure the study's reads are remembered, and fail again.
+		if unselected, err := sel.Unselected(ctx); err == nil {
+			failed = len(listed) - len(unselected)
+		}
+	}
+	f.m.sourceDeletes.WithLabelValues("failed").Add(float64(failed))
+	return nil, false
 }
 
 // whileUnanswered runs ask, and again, with waits doubling from
@@ -238,7 +234,9 @@ func (f *Forwarder) whileUnanswered(ctx context.Context, ask func() error) error
 	var giveUp time.Time
 	for wait := completedRetry; ; wait = min(2*wait, completedRetryMax) {
 		err := ask()
-		if !natsjs.Unanswered(err) || ctx.Err() != nil {
+		// A rules failure is Orthanc's, even a timeout: its selection
+		// remembers the reads, and would fail alike.
+		if !natsjs.Unanswered(err) || errors.Is(err, ErrRules) || ctx.Err() != nil {
 			return err
 		}
 		now := time.Now()
@@ -271,8 +269,10 @@ func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable,
 	case f.opts.Select == nil:
 		n = rep.Listed - rep.Selected
 	case f.opts.CountsUnselected:
-		var err error
-		sel, err = f.opts.Select(ctx, ev, rep.listed)
+		// Unselected applies every destination's rules; the deletes'
+		// Release finds them applied.
+		sel = f.opts.Select(ev, rep.listed)
+		unselected, err := sel.Unselected(ctx)
 		if errors.Is(err, orthancapi.ErrNotFound) {
 			// Gone: another destination's forwarder, the last to store
 			// it, deleted it since it was listed; buffer mode deletes
@@ -283,9 +283,11 @@ func (f *Forwarder) countUnselected(ctx context.Context, ev *events.StudyStable,
 			if ctx.Err() == nil { // shutdown stops it, as the deletes
 				log.Warn("instances no destination selects not counted: the destinations' rules could not be applied", "err", err)
 			}
+			// The selection remembers the failed reads: the deletes
+			// make their own.
 			return nil
 		}
-		if n, err = f.stillThere(ctx, ev, sel.Unselected()); err != nil {
+		if n, err = f.stillThere(ctx, ev, unselected); err != nil {
 			if ctx.Err() == nil {
 				log.Warn("instances no destination selects not counted: the study could not be listed again", "err", err)
 			}

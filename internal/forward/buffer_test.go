@@ -158,23 +158,33 @@ func TestMapBack(t *testing.T) {
 }
 
 // fakeSelection is an Options.Select's selection: release decides the
-// deletes, unselected is what no destination selects.
+// deletes, unselected what no destination selects (nil: none).
 type fakeSelection struct {
-	unselected []orthancapi.Instance
+	unselected func(context.Context) ([]orthancapi.Instance, error)
 	release    func(context.Context) ([]orthancapi.Instance, error)
 }
 
-func (s fakeSelection) Unselected() []orthancapi.Instance { return s.unselected }
+func (s fakeSelection) Unselected(ctx context.Context) ([]orthancapi.Instance, error) {
+	if s.unselected == nil {
+		return nil, nil
+	}
+	return s.unselected(ctx)
+}
 
 func (s fakeSelection) Release(ctx context.Context) ([]orthancapi.Instance, error) {
 	return s.release(ctx)
 }
 
+// unselecting is a fakeSelection's unselected answering in, err.
+func unselecting(in []orthancapi.Instance, err error) func(context.Context) ([]orthancapi.Instance, error) {
+	return func(context.Context) ([]orthancapi.Instance, error) { return in, err }
+}
+
 // releasingBy is an Options.Select whose selection releases what release
 // returns of the listing, and leaves none unselected.
-func releasingBy(release func(listed []orthancapi.Instance) ([]orthancapi.Instance, error)) func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
-	return func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
-		return fakeSelection{release: func(context.Context) ([]orthancapi.Instance, error) { return release(listed) }}, nil
+func releasingBy(release func(listed []orthancapi.Instance) ([]orthancapi.Instance, error)) func(*events.StudyStable, []orthancapi.Instance) Selection {
+	return func(_ *events.StudyStable, listed []orthancapi.Instance) Selection {
+		return fakeSelection{release: func(context.Context) ([]orthancapi.Instance, error) { return release(listed) }}
 	}
 }
 
@@ -200,7 +210,7 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 	tests := []struct {
 		name        string
 		router      Router
-		sel         func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error)
+		sel         func(*events.StudyStable, []orthancapi.Instance) Selection
 		counts      bool  // Options.CountsUnselected
 		completed   error // Options.Completed's
 		wantDeleted int
@@ -217,9 +227,8 @@ func TestUnselectedInstancesCounted(t *testing.T) {
 		// The selection's unselected, not the listing less what this one
 		// selects (1).
 		{name: "several, this one counts", router: leaving{sr: true}, counts: true, wantDeleted: 2, wantKept: 2,
-			sel: func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
-				s, err := all(ctx, ev, listed)
-				return fakeSelection{unselected: listed[:2], release: s.Release}, err
+			sel: func(ev *events.StudyStable, listed []orthancapi.Instance) Selection {
+				return fakeSelection{unselected: unselecting(listed[:2], nil), release: all(ev, listed).Release}
 			}},
 		// The first destination's forwarders count it.
 		{name: "several, another one counts", router: leaving{sr: true}, sel: all, wantDeleted: 2},
@@ -258,9 +267,9 @@ func TestUnselectedNotCountedOfAStudyGone(t *testing.T) {
 	asked := false
 	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 		o.Registerer = prometheus.NewRegistry()
-		o.Select = func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
+		o.Select = func(*events.StudyStable, []orthancapi.Instance) Selection {
 			asked = true
-			return nil, orthancapi.ErrNotFound
+			return fakeSelection{unselected: unselecting(nil, orthancapi.ErrNotFound)}
 		}
 		o.CountsUnselected = true
 	})
@@ -275,8 +284,8 @@ func TestUnselectedNotCountedOfAStudyGone(t *testing.T) {
 func TestUnselectedQuietAtShutdown(t *testing.T) {
 	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
 		o.Registerer = prometheus.NewRegistry()
-		o.Select = func(ctx context.Context, _ *events.StudyStable, _ []orthancapi.Instance) (Selection, error) {
-			return nil, ctx.Err()
+		o.Select = func(*events.StudyStable, []orthancapi.Instance) Selection {
+			return fakeSelection{unselected: func(ctx context.Context) ([]orthancapi.Instance, error) { return nil, ctx.Err() }}
 		}
 		o.CountsUnselected = true
 	})
@@ -317,21 +326,35 @@ func TestUnselectedCountedBeforeDeletes(t *testing.T) {
 			for _, in := range src.instances[len(src.instances)-tt.sr:] {
 				sr[in.ID] = true
 			}
-			orthancRules := func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
-				left := slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return slices.Contains(rig.cleaner.deleted, in.ID) })
-				if len(left) == 0 || tt.gone {
-					return nil, fmt.Errorf("GET /studies/%s: %w", ev.OrthancStudyID, orthancapi.ErrNotFound)
-				}
-				var unselected []orthancapi.Instance
-				for _, in := range listed {
-					// A deleted one's series is gone: no modality.
-					if sr[in.ID] || !slices.Contains(left, in) {
-						unselected = append(unselected, in)
+			orthancRules := func(_ *events.StudyStable, listed []orthancapi.Instance) Selection {
+				gone := func() error {
+					left := slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return slices.Contains(rig.cleaner.deleted, in.ID) })
+					if len(left) == 0 || tt.gone {
+						return fmt.Errorf("%w: GET /studies/%s: %w", ErrRules, ev.OrthancStudyID, orthancapi.ErrNotFound)
 					}
+					return nil
 				}
-				return fakeSelection{unselected: unselected, release: func(context.Context) ([]orthancapi.Instance, error) {
-					return slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return sr[in.ID] }), nil
-				}}, nil
+				return fakeSelection{
+					unselected: func(context.Context) ([]orthancapi.Instance, error) {
+						if err := gone(); err != nil {
+							return nil, err
+						}
+						var unselected []orthancapi.Instance
+						for _, in := range listed {
+							// A deleted one's series is gone: no modality.
+							if sr[in.ID] || slices.Contains(rig.cleaner.deleted, in.ID) {
+								unselected = append(unselected, in)
+							}
+						}
+						return unselected, nil
+					},
+					release: func(context.Context) ([]orthancapi.Instance, error) {
+						if err := gone(); err != nil {
+							return nil, err
+						}
+						return slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return sr[in.ID] }), nil
+					},
+				}
 			}
 			var logged bytes.Buffer
 			f := newForwarder(t, src, rig.url, rig.cons, func(o *Options) {
@@ -385,36 +408,69 @@ func (r *bufferRig) deliver(t *testing.T) jetstream.Msg {
 	return deliverOne(t, r.ns, r.cons, r.ev)
 }
 
-// Buffer mode asks JetStream again while it does not answer, through a
-// leader election, but not for ever: a ledger write the NATS user may not
-// make times out alike, and the worker held the study's turn until
-// shutdown. Past the bound the deletes count failed, and the warning
-// names the possible cause.
-func TestReleaseUnansweredBounded(t *testing.T) {
+// bufferForwarder is a forwarder in buffer mode whose ledger records
+// every forward, deleting the test event's study, unchanged since, through
+// the cleaner returned; set sets the rest of its options.
+func bufferForwarder(t *testing.T, set func(*Options)) (*Forwarder, *events.StudyStable, *memCleaner) {
+	t.Helper()
 	ev := testEvent()
-	instances := newMemSource(3).instances
 	cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
-	var logged bytes.Buffer
 	f := newForwarder(t, newMemSource(3), "http://127.0.0.1:1", nil, func(o *Options) {
 		o.Registerer = prometheus.NewRegistry()
 		o.Completed = recordedOK
 		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-		o.Select = releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
-			return nil, fmt.Errorf("ledger: write: %w", nats.ErrTimeout)
-		})
+		set(o)
 	})
-	f.unansweredFor = time.Second
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	f.deleteForwarded(ctx, ev, instances, instances, nil, slog.New(slog.NewTextHandler(&logged, nil)))
-	if ctx.Err() != nil {
-		t.Fatal("buffer mode asked JetStream again until its worker's context ended")
+	return f, ev, cleaner
+}
+
+// Buffer mode asks JetStream again while it does not answer, through a
+// leader election, but not for ever: a ledger write the NATS user may not
+// make times out alike, and the worker held the study's turn until
+// shutdown. Past the bound the deletes count failed, and the warning
+// names the possible cause. A rules failure is Orthanc's, even a timeout:
+// not asked again (its selection remembers the study's reads, and would
+// fail alike).
+func TestReleaseUnansweredBounded(t *testing.T) {
+	tests := []struct {
+		name        string
+		err         error // Release's
+		againTill   bool  // asked again until the bound
+		wantWarning string
+	}{
+		{name: "a ledger write unanswered", err: fmt.Errorf("ledger: write: %w", nats.ErrTimeout), againTill: true,
+			wantWarning: "may not write that destination's ledger"},
+		{name: "the rules timing out", err: fmt.Errorf("destination ai: %w: GET /studies/...: %w", ErrRules, context.DeadlineExceeded),
+			wantWarning: "rules could not be applied"},
 	}
-	if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("failed")); got != 3 || len(cleaner.deleted) > 0 {
-		t.Errorf("failed = %v, deleted %v; want 3 failed, none deleted", got, cleaner.deleted)
-	}
-	if !strings.Contains(logged.String(), "may not write that destination's ledger") {
-		t.Errorf("the warning does not name a missing permission: %s", logged.String())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var asked atomic.Int32
+			f, ev, cleaner := bufferForwarder(t, func(o *Options) {
+				o.Select = releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
+					asked.Add(1)
+					return nil, tt.err
+				})
+			})
+			instances := newMemSource(3).instances
+			var logged bytes.Buffer
+			f.unansweredFor = time.Second
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			f.deleteForwarded(ctx, ev, instances, instances, nil, slog.New(slog.NewTextHandler(&logged, nil)))
+			if ctx.Err() != nil {
+				t.Fatal("buffer mode asked JetStream again until its worker's context ended")
+			}
+			if n := asked.Load(); (n > 1) != tt.againTill {
+				t.Errorf("Release asked %d times; asked again until the bound: %v", n, tt.againTill)
+			}
+			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("failed")); got != 3 || len(cleaner.deleted) > 0 {
+				t.Errorf("failed = %v, deleted %v; want 3 failed, none deleted", got, cleaner.deleted)
+			}
+			if !strings.Contains(logged.String(), tt.wantWarning) {
+				t.Errorf("the warning does not say %q: %s", tt.wantWarning, logged.String())
+			}
+		})
 	}
 }
 
@@ -491,13 +547,15 @@ func TestUnansweredBoundOnTheAsking(t *testing.T) {
 		opts func(o *Options, calls *atomic.Int32)
 	}{
 		{"rules slower than the bound", func(o *Options, _ *atomic.Int32) {
-			o.Select = func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
-				select { // reading the study from Orthanc, one instance at a time
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				case <-time.After(3 * bound):
-					return releasingBy(func(listed []orthancapi.Instance) ([]orthancapi.Instance, error) { return listed, nil })(ctx, ev, listed)
-				}
+			o.Select = func(_ *events.StudyStable, listed []orthancapi.Instance) Selection {
+				return fakeSelection{release: func(ctx context.Context) ([]orthancapi.Instance, error) {
+					select { // the rules reading the study from Orthanc, one instance at a time
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					case <-time.After(3 * bound):
+						return listed, nil
+					}
+				}}
 			}
 		}},
 		{"unconfigured reply lost once", func(o *Options, calls *atomic.Int32) {
@@ -512,17 +570,10 @@ func TestUnansweredBoundOnTheAsking(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ev := testEvent()
-			instances := newMemSource(3).instances
-			cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
 			var calls atomic.Int32
+			f, ev, cleaner := bufferForwarder(t, func(o *Options) { tt.opts(o, &calls) })
+			instances := newMemSource(3).instances
 			var logged bytes.Buffer
-			f := newForwarder(t, newMemSource(3), "http://127.0.0.1:1", nil, func(o *Options) {
-				o.Registerer = prometheus.NewRegistry()
-				o.Completed = recordedOK
-				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-				tt.opts(o, &calls)
-			})
 			f.unansweredFor, f.askTimeout = bound, bound/6
 			f.deleteForwarded(t.Context(), ev, instances, instances, nil, slog.New(slog.NewTextHandler(&logged, nil)))
 			if len(cleaner.deleted) != 3 {
@@ -580,17 +631,66 @@ func TestUnselectedNotCountedDeletedMeanwhile(t *testing.T) {
 		o.Completed = recordedOK
 		o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
 		o.CountsUnselected = true
-		o.Select = func(_ context.Context, _ *events.StudyStable, listed []orthancapi.Instance) (Selection, error) {
-			// The other destination's deletes, just before the
-			// rules read the study: its CT series is gone, and the
-			// rules read every listed instance as one none selects
-			// (the CTs have no modality).
-			src.instances = srs
-			return fakeSelection{unselected: listed, release: func(context.Context) ([]orthancapi.Instance, error) { return nil, nil }}, nil
+		o.Select = func(_ *events.StudyStable, listed []orthancapi.Instance) Selection {
+			return fakeSelection{
+				unselected: func(context.Context) ([]orthancapi.Instance, error) {
+					// The other destination's deletes, just before the
+					// rules read the study: its CT series is gone, and
+					// the rules read every listed instance as one none
+					// selects (the CTs have no modality).
+					src.instances = srs
+					return listed, nil
+				},
+				release: func(context.Context) ([]orthancapi.Instance, error) { return nil, nil },
+			}
 		}
 	})
 	f.handle(t.Context(), rig.deliver(t), "")
 	if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != sr {
 		t.Errorf("kept_unselected = %v, want %d (the SRs)", got, sr)
+	}
+}
+
+// The counting destination's forwarders make one selection per study:
+// its Unselected applies every destination's rules for kept_unselected,
+// and the deletes' Release finds them applied; a second selection would
+// apply them all again, reading the study from Orthanc again.
+func TestCounterSelectsOncePerStudy(t *testing.T) {
+	type calls struct{ unselected, release int }
+	rig := newBufferRig(t)
+	src := newMemSource(3)
+	sr := src.instances[2]
+	made := map[string][]*calls{} // the selections made, by study
+	f := newForwarder(t, src, rig.url, rig.cons, func(o *Options) {
+		o.Registerer = prometheus.NewRegistry()
+		o.Router = leaving{sr.ID: true}
+		o.Completed = recordedOK
+		o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
+		o.CountsUnselected = true
+		o.Select = func(ev *events.StudyStable, listed []orthancapi.Instance) Selection {
+			c := &calls{}
+			made[ev.OrthancStudyID] = append(made[ev.OrthancStudyID], c)
+			return fakeSelection{
+				unselected: func(context.Context) ([]orthancapi.Instance, error) {
+					c.unselected++
+					return []orthancapi.Instance{sr}, nil
+				},
+				release: func(context.Context) ([]orthancapi.Instance, error) {
+					c.release++
+					return slices.DeleteFunc(slices.Clone(listed), func(in orthancapi.Instance) bool { return in.ID == sr.ID }), nil
+				},
+			}
+		}
+	})
+	f.handle(t.Context(), rig.deliver(t), "")
+	sels := made[rig.ev.OrthancStudyID]
+	if len(sels) != 1 {
+		t.Fatalf("%d selections made for the study, want 1", len(sels))
+	}
+	if sels[0].unselected == 0 || sels[0].release == 0 {
+		t.Errorf("on the selection: %d Unselected, %d Release; want both asked", sels[0].unselected, sels[0].release)
+	}
+	if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("kept_unselected")); got != 1 || len(rig.cleaner.deleted) != 2 {
+		t.Errorf("kept_unselected = %v, deleted %v; want the SR kept, the 2 others deleted", got, rig.cleaner.deleted)
 	}
 }

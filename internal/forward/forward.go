@@ -58,19 +58,30 @@ type SourceCleaner interface {
 	DeleteInstance(ctx context.Context, instanceID string) error
 }
 
-// Selection is what every destination's rules select of one listing of a
+// Selection is what the destinations' rules select of one listing of a
 // study (Options.Select): buffer mode decides on it both what no
-// destination selects and what it deletes.
+// destination selects and what it deletes. It applies each destination's
+// rules when first needed, and at most once, reading the study from
+// Orthanc for as long as that takes (ctx is the work context). A failure
+// to apply them (the source unreadable, a rule failing) wraps ErrRules,
+// and orthancapi.ErrNotFound for a study gone. One goroutine uses it.
 type Selection interface {
 	// Unselected returns the listed instances no destination's rules
-	// select.
-	Unselected() []orthancapi.Instance
+	// select, applying the rules not applied yet.
+	Unselected(ctx context.Context) ([]orthancapi.Instance, error)
 	// Release returns the listed instances to delete now: those every
-	// destination whose rules select them has stored. It reads the
-	// destinations' ledgers, bounding each JetStream request itself; one
-	// unanswered is asked again (Forwarder.whileUnanswered).
+	// destination whose rules select them has stored. It goes
+	// destination by destination, applying each one's rules when it gets
+	// there, and stops at the first that selects some of the study and
+	// has not stored it. It reads the destinations' ledgers, bounding
+	// each JetStream request itself; one unanswered is asked again
+	// (Forwarder.whileUnanswered), the rules already applied not again.
 	Release(ctx context.Context) ([]orthancapi.Instance, error)
 }
+
+// ErrRules is wrapped by a Selection's failure to apply a destination's
+// rules, to tell it from its ledgers' failures.
+var ErrRules = errors.New("routing rules not applied")
 
 // DeadLetterStore keeps studies that could not be forwarded. Add is
 // idempotent per event: duplicate reports a letter an earlier delivery
@@ -220,12 +231,11 @@ type Options struct {
 	// were forwarded are deleted from its source, unless the study
 	// changed since its event.
 	CleanerFor func(source string) (SourceCleaner, error)
-	// Select, if set, is buffer mode with several destinations: it applies
-	// every destination's rules to a study's listing, reading the study
-	// from Orthanc once, for as long as that takes (ctx is the work
-	// context). Its Selection's Release narrows the deletes to the
+	// Select, if set, is buffer mode with several destinations: the
+	// destinations' rules over a study's listing, applied as the
+	// Selection needs them. Its Release narrows the deletes to the
 	// instances every destination whose rules select them has stored.
-	Select func(ctx context.Context, ev *events.StudyStable, listed []orthancapi.Instance) (Selection, error)
+	Select func(ev *events.StudyStable, listed []orthancapi.Instance) Selection
 	// CountsUnselected: these forwarders count as kept_unselected what
 	// Select's selection leaves out (set on the forwarders of one
 	// destination only, so that each study counts once). Without Select

@@ -554,7 +554,7 @@ func TestDeleteForwarded(t *testing.T) {
 // do.
 func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 	listed := []orthancapi.Instance{{ID: "a"}, {ID: "b"}, {ID: "c"}}
-	releasing := func(ids ...string) func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
+	releasing := func(ids ...string) func(*events.StudyStable, []orthancapi.Instance) Selection {
 		return releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
 			var out []orthancapi.Instance
 			for _, id := range ids {
@@ -565,10 +565,11 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 	}
 	tests := []struct {
 		name        string
-		release     func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error)
+		release     func(*events.StudyStable, []orthancapi.Instance) Selection
 		changed     bool // the study changed since its event
 		wantDeleted []string
 		want        [5]float64 // deleted, failed, skipped, gone, waiting
+		wantWarning string
 	}{
 		{name: "the others' released", release: releasing("a", "b"), wantDeleted: []string{"a", "b"}, want: [5]float64{2, 0, 0, 0, 0}},
 		// What it would have released counts, not the whole listing.
@@ -576,17 +577,20 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 		{name: "another one not done", release: releasing()},
 		// What the rules select, the most it could have released: not the
 		// whole listing (c, which no destination selects, stays anyway).
-		{name: "ledgers unreadable", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
-			return fakeSelection{unselected: listed[2:], release: func(context.Context) ([]orthancapi.Instance, error) {
-				return nil, errors.New("JetStream refused")
-			}}, nil
-		}, want: [5]float64{0, 2, 0, 0, 0}},
-		// Nothing tells what it would have released.
-		{name: "rules not applied", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
-			return nil, errors.New("GET /studies/...: 500")
-		}},
-		{name: "study gone", release: func(context.Context, *events.StudyStable, []orthancapi.Instance) (Selection, error) {
-			return nil, fmt.Errorf("GET /studies/...: %w", orthancapi.ErrNotFound)
+		{name: "ledgers unreadable", release: func(*events.StudyStable, []orthancapi.Instance) Selection {
+			return fakeSelection{unselected: unselecting(listed[2:], nil), release: func(context.Context) ([]orthancapi.Instance, error) {
+				return nil, errors.New("destination ai: JetStream refused")
+			}}
+		}, want: [5]float64{0, 2, 0, 0, 0}, wantWarning: "ledgers could not be read"},
+		// Nothing tells what it would have released: the rules fail
+		// again for Unselected.
+		{name: "rules not applied", release: func(*events.StudyStable, []orthancapi.Instance) Selection {
+			err := fmt.Errorf("destination ai: %w: GET /studies/...: 500", ErrRules)
+			return fakeSelection{unselected: unselecting(nil, err), release: func(context.Context) ([]orthancapi.Instance, error) { return nil, err }}
+		}, wantWarning: "rules could not be applied"},
+		{name: "study gone", release: func(*events.StudyStable, []orthancapi.Instance) Selection {
+			err := fmt.Errorf("destination ai: %w: GET /studies/...: %w", ErrRules, orthancapi.ErrNotFound)
+			return fakeSelection{unselected: unselecting(nil, err), release: func(context.Context) ([]orthancapi.Instance, error) { return nil, err }}
 		}},
 		// The study is not even read: its state is unreadable here.
 		{name: "one destination"},
@@ -607,7 +611,8 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 				o.Select = tt.release
 			})
 			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
-			f.deleteForwarded(t.Context(), ev, nil, listed, nil, f.log)
+			var logged bytes.Buffer
+			f.deleteForwarded(t.Context(), ev, nil, listed, nil, slog.New(slog.NewTextHandler(&logged, nil)))
 			if fmt.Sprint(cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
 				t.Errorf("deleted %v, want %v", cleaner.deleted, tt.wantDeleted)
 			}
@@ -615,6 +620,9 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
 					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
 				}
+			}
+			if warned := strings.Contains(logged.String(), "level=WARN"); warned != (tt.wantWarning != "") || !strings.Contains(logged.String(), tt.wantWarning) {
+				t.Errorf("logged %q, want a warning saying %q", logged.String(), tt.wantWarning)
 			}
 		})
 	}

@@ -87,8 +87,8 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	// before them, over the study as it was listed: after them, its
 	// deleted series no longer tell the rules their modality, and a study
 	// deleted whole is not found.
-	// Its selection, made over every destination's rules, serves the
-	// deletes too.
+	// Its selection serves the deletes too: the rules it applied are
+	// not applied again.
 	var sel Selection
 	if (result == ResultForwarded || result == ResultNotSelected || result == ResultAckFailed && recorded) && !before && f.opts.CleanerFor != nil {
 		sel = f.countUnselected(ctx, a.Event, rep, log)
