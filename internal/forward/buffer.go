@@ -185,8 +185,15 @@ func (f *Forwarder) release(ctx context.Context, ev *events.StudyStable, listed 
 	if sel == nil {
 		sel = f.opts.Select(ev, listed)
 	}
+	stale := false
 	err := f.whileUnanswered(ctx, func() (err error) {
+		if stale {
+			// Its reads are remembered, failures included: the study
+			// is read afresh, the rules applied again.
+			sel = f.opts.Select(ev, listed)
+		}
 		released, err = sel.Release(ctx)
+		stale = errors.Is(err, ErrRules)
 		return err
 	})
 	if err == nil {
@@ -234,9 +241,7 @@ func (f *Forwarder) whileUnanswered(ctx context.Context, ask func() error) error
 	var giveUp time.Time
 	for wait := completedRetry; ; wait = min(2*wait, completedRetryMax) {
 		err := ask()
-		// A rules failure is Orthanc's, even a timeout: its selection
-		// remembers the reads, and would fail alike.
-		if !natsjs.Unanswered(err) || errors.Is(err, ErrRules) || ctx.Err() != nil {
+		if !natsjs.Unanswered(err) || ctx.Err() != nil {
 			return err
 		}
 		now := time.Now()

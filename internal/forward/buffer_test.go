@@ -435,22 +435,29 @@ func TestReleaseUnansweredBounded(t *testing.T) {
 	tests := []struct {
 		name        string
 		err         error // Release's
-		againTill   bool  // asked again until the bound
 		wantWarning string
+		// Each try on a selection made anew: a selection remembers its
+		// reads of the study, a failed one too.
+		fresh bool
 	}{
-		{name: "a ledger write unanswered", err: fmt.Errorf("ledger: write: %w", nats.ErrTimeout), againTill: true,
+		{name: "a ledger write unanswered", err: fmt.Errorf("ledger: write: %w", nats.ErrTimeout),
 			wantWarning: "may not write that destination's ledger"},
+		// Orthanc timing out: asked again, as JetStream not answering.
 		{name: "the rules timing out", err: fmt.Errorf("destination ai: %w: GET /studies/...: %w", ErrRules, context.DeadlineExceeded),
-			wantWarning: "rules could not be applied"},
+			wantWarning: "rules could not be applied", fresh: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var asked atomic.Int32
+			var asked, made atomic.Int32
 			f, ev, cleaner := bufferForwarder(t, func(o *Options) {
-				o.Select = releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
+				sel := releasingBy(func([]orthancapi.Instance) ([]orthancapi.Instance, error) {
 					asked.Add(1)
 					return nil, tt.err
 				})
+				o.Select = func(ev *events.StudyStable, listed []orthancapi.Instance) Selection {
+					made.Add(1)
+					return sel(ev, listed)
+				}
 			})
 			instances := newMemSource(3).instances
 			var logged bytes.Buffer
@@ -461,8 +468,12 @@ func TestReleaseUnansweredBounded(t *testing.T) {
 			if ctx.Err() != nil {
 				t.Fatal("buffer mode asked JetStream again until its worker's context ended")
 			}
-			if n := asked.Load(); (n > 1) != tt.againTill {
-				t.Errorf("Release asked %d times; asked again until the bound: %v", n, tt.againTill)
+			n, m := asked.Load(), made.Load()
+			if n < 2 {
+				t.Errorf("Release asked %d times, want again until the bound", n)
+			}
+			if want := map[bool]int32{false: 1, true: n}[tt.fresh]; m != want {
+				t.Errorf("%d selections made for %d tries, want %d", m, n, want)
 			}
 			if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("failed")); got != 3 || len(cleaner.deleted) > 0 {
 				t.Errorf("failed = %v, deleted %v; want 3 failed, none deleted", got, cleaner.deleted)
