@@ -475,7 +475,8 @@ func testBrokenPendingStudyIsNoOutage(t *testing.T, rel testharness.Release) {
 	r := newRig(t, rel, "recon-b")
 	status := new(atomic.Int32)
 	status.Store(http.StatusInternalServerError)
-	r.client2 = oneBrokenStudy{Client: r.client, broken: new(atomic.Value), status: status}
+	broken := new(atomic.Value)
+	r.client2 = oneBrokenStudy{Client: r.client, broken: broken, status: status}
 	rec, reg, _ := r.start(t, "b")
 	check := rec.Checks()["reconcile_b"]
 	pollErrors := func() float64 {
@@ -490,6 +491,10 @@ func testBrokenPendingStudyIsNoOutage(t *testing.T, rel testharness.Release) {
 		return check(context.Background()) == nil &&
 			metric(t, reg, "stowline_reconcile_pending_studies", map[string]string{"source": "b"}) == 1
 	})
+	// Its StableStudy change fails the polls (stuckAfter of them) until
+	// the reconciler moves past it: under load it can come after the
+	// other study's event, so the count is taken once the cursor is past it.
+	waitPastStable(t, r, "b", broken.Load().(string))
 	before := pollErrors()
 	upload(t, r.orthanc, writeStudy(t, 1))
 	testharness.WaitFor(t, "a third study's event", 30*time.Second, func() bool {
@@ -506,6 +511,41 @@ func testBrokenPendingStudyIsNoOutage(t *testing.T, rel testharness.Release) {
 	status.Store(http.StatusServiceUnavailable)
 	testharness.WaitFor(t, "not ready while the pending study's lookups answer 503", 15*time.Second, func() bool {
 		return check(context.Background()) != nil
+	})
+}
+
+// waitPastStable waits until Orthanc logged study's StableStudy change
+// and source's cursor, as the reconciler stored it, is at or past it.
+func waitPastStable(t *testing.T, r *rig, source, study string) {
+	t.Helper()
+	kv, err := r.nats.JS.KeyValue(t.Context(), natsjs.ReconcileBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testharness.WaitFor(t, "the cursor past study "+study+"'s StableStudy change", 30*time.Second, func() bool {
+		var log struct {
+			Changes []struct {
+				Seq        int64
+				ChangeType string
+				ID         string
+			}
+		}
+		r.orthanc.GetJSON(t, "/changes?since=0&limit=1000", &log)
+		stable := int64(-1)
+		for _, c := range log.Changes {
+			if c.ChangeType == "StableStudy" && c.ID == study {
+				stable = c.Seq
+			}
+		}
+		if stable < 0 {
+			return false
+		}
+		e, err := kv.Get(t.Context(), "cursor."+source)
+		if err != nil {
+			return false
+		}
+		var cur struct{ Seq int64 }
+		return json.Unmarshal(e.Value(), &cur) == nil && cur.Seq >= stable
 	})
 }
 
