@@ -192,6 +192,12 @@ func addStudy(t *testing.T, o *testharness.Orthanc) string {
 	if res := o.StoreSCU(t, files...); len(res.Failed) > 0 {
 		t.Fatalf("storescu: %v", res.Failed)
 	}
+	return studyIDOf(t, o, uid)
+}
+
+// studyIDOf returns the Orthanc ID of the study uid.
+func studyIDOf(t *testing.T, o *testharness.Orthanc, uid string) string {
+	t.Helper()
 	var found []struct{ ID, Type string }
 	if err := o.Do(t.Context(), http.MethodPost, "/tools/lookup", strings.NewReader(uid), &found); err != nil || len(found) != 1 || found[0].Type != "Study" {
 		t.Fatalf("lookup study %s: %v %v", uid, found, err)
@@ -604,11 +610,7 @@ end
 					Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken},
 				})
 				addStudyOf(t, o, uid)
-				var found []struct{ ID string }
-				if err := o.Do(t.Context(), http.MethodPost, "/tools/lookup", strings.NewReader(uid), &found); err != nil || len(found) != 1 {
-					t.Fatalf("lookup study %s: %v %v", uid, found, err)
-				}
-				id := found[0].ID
+				id := studyIDOf(t, o, uid)
 				// Every callback the study gets has run: two when it
 				// changed (Orthanc calls it stable again), one when deleted.
 				callbacks := 2
@@ -749,11 +751,7 @@ end
 					Env: []string{"STOWLINE_TEST_TOKEN=" + ingestToken, "TZ=PST8"},
 				})
 				addStudyOf(t, o, uid)
-				var found []struct{ ID string }
-				if err := o.Do(t.Context(), http.MethodPost, "/tools/lookup", strings.NewReader(uid), &found); err != nil || len(found) != 1 {
-					t.Fatalf("lookup study %s: %v %v", uid, found, err)
-				}
-				id := found[0].ID
+				id := studyIDOf(t, o, uid)
 				waitLogCount(t, o, "test: callback done for "+id, 1)
 				// The clock first: an instance stored after it was read,
 				// within the second of the LastUpdate read before it,
