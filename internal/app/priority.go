@@ -213,9 +213,13 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 		return p.Publish(ctx, ev)
 	}
 	ack, err := natsjs.PublishTo(ctx, p.js, natsjs.TriageSubject(ev.Source), ev, ev.MsgID()+"/triage")
-	if err != nil {
+	if err != nil && !natsjs.Unanswered(err) {
 		return ack, err
 	}
+	// Unanswered, the triage copy may be stored all the same (an
+	// acknowledgement lost in a leader election), where nothing would take
+	// it to a lane: the study is triaged anyway, and Orthanc still told of
+	// the failure. Its lane copy is deduplicated like any other.
 	// A duplicate is triaged again: the first copy's triage may not have
 	// stored it in its lane (the ingest stopped between the two steps),
 	// and the lane's copy is itself deduplicated.
@@ -227,14 +231,14 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 	if p.drained {
 		p.log.Error("shutdown: a study waiting for PRIORITY_RULE was stored after the ingest stopped triaging; the reconciler queues it, or `forwarder audit --enqueue` when it is off",
 			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID)
-		return ack, nil
+		return ack, err
 	}
 	p.pending.Add(1)
 	p.triaging.Go(func() {
 		defer p.pending.Add(-1)
 		p.triage(tctx, &e)
 	})
-	return ack, nil
+	return ack, err
 }
 
 // drainTriage waits for the events being triaged, once the webhook takes

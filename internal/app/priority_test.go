@@ -400,3 +400,41 @@ func TestIngestShutdownGraceCoversPublishTimeout(t *testing.T) {
 		}
 	}
 }
+
+// A webhook event whose triage copy gets no acknowledgement is triaged all
+// the same: JetStream may have stored that copy (an acknowledgement lost
+// in a leader election), and nothing else would take it to a lane. Orthanc
+// is still told of the failure.
+func TestUnansweredTriageCopyStillTriaged(t *testing.T) {
+	sources, err := NewSources(&config.Orthanc{URL: "http://" + testharness.FreeAddr(t), SourceName: "main"}) // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	if _, err := natsjs.DefaultTopology().EnsureEvents(t.Context(), ns.JS); err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPrioritizer(ns.JS, "'MR' in study.modalities", sources, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.timeout = time.Second
+	ev, err := events.NewStudyStable("main", "66666666-66666666-66666666-66666666-66666666", "1.2.3", "20261203T101500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A deadline already past: the publish ends unanswered.
+	ctx, cancel := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	defer cancel()
+	pub := webhookPublisher{p: p, ctx: t.Context()}
+	if _, err := pub.Publish(ctx, ev); !natsjs.Unanswered(err) {
+		t.Fatalf("Publish = %v, want an unanswered publish", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for subjectCounts(t, ns.JS)["stowline.study.stable.main"] != 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := subjectCounts(t, ns.JS); got["stowline.study.stable.main"] != 1 {
+		t.Fatalf("subjects %v, want the event in the routine lane", got)
+	}
+}
