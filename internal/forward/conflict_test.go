@@ -126,26 +126,51 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 // is what it answers then. The dead letter said only "not listed in the
 // destination's HTTP 409 response", hiding why; it now gives the
 // destination's reason.
+//
+// In a 202 beside the instances stored (two sent, one stored), the
+// unlisted instance is refused for good at once: it was sent again in
+// every round of every delivery, hours with the defaults, and the dead
+// letter, transient, lost the reason.
 func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
-	for _, seq := range []string{"00081198", "0008119A"} { // FailedSOPSequence, OtherFailuresSequence
-		t.Run(seq, func(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		status    int
+		seq       string // FailedSOPSequence, OtherFailuresSequence
+		instances int
+	}{
+		{"409 00081198", http.StatusConflict, "00081198", 1},
+		{"409 0008119A", http.StatusConflict, "0008119A", 1},
+		{"202 00081198", http.StatusAccepted, "00081198", 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var requests atomic.Int32
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				requests.Add(1)
 				w.Header().Set("Content-Type", "application/dicom+json")
-				w.WriteHeader(http.StatusConflict)
-				fmt.Fprintf(w, `{%q:{"vr":"SQ","Value":[{"00081197":{"vr":"US","Value":[43264]}}]}}`, seq)
+				w.WriteHeader(tt.status)
+				stored := ""
+				if tt.status == http.StatusAccepted {
+					stored = `"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3.1"]}}]},`
+				}
+				fmt.Fprintf(w, `{%s%q:{"vr":"SQ","Value":[{"00081197":{"vr":"US","Value":[43264]}}]}}`, stored, tt.seq)
 			}))
 			t.Cleanup(srv.Close)
 			ns := testnats.Start(t)
 			cons := consumer(t, ns)
 			dls := &memDeadLetters{}
-			f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+			f := newForwarder(t, newMemSource(tt.instances), srv.URL, cons, func(o *Options) {
 				o.DeadLetters = dls
 				o.MaxDeliveries = 1
+				o.InstanceRetries = 2
+				o.InstanceRetryDelay = 10e6
 			})
 			forwardOne(t, f, ns, cons, testEvent())
+			if got := requests.Load(); got != 1 {
+				t.Errorf("%d STOW requests, want 1: the instance is refused for good", got)
+			}
 			letters := dls.all()
-			if len(letters) != 1 || len(letters[0].Failures) != 1 {
-				t.Fatalf("dead letters %+v, want one naming the instance", letters)
+			if len(letters) != 1 || len(letters[0].Failures) != 1 || letters[0].Class == Transient {
+				t.Fatalf("dead letters %+v, want one, not transient, naming the instance", letters)
 			}
 			l := letters[0]
 			for _, want := range []string{"43264", "0xA900", "failed validation"} {

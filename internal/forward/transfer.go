@@ -955,6 +955,25 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			attrs[fi.SOPInstanceUID] = a
 		}
 	}
+	// After a success status an instance the answer does not list is sent
+	// again, unless its unnamed failures account for every one it leaves
+	// out and all refuse for good (Azure's 202 with a file it could not
+	// read): the same answer would come at every delivery, for hours.
+	unlistedRefused := len(unnamed) > 0
+	for _, fi := range unnamed {
+		if ClassifyInstance(fi.FailureReason) != Reject {
+			unlistedRefused = false
+		}
+	}
+	if unlistedRefused {
+		unlisted := 0
+		for _, p := range batch {
+			if _, listed := failed[p.SOPInstanceUID]; !listed && !stored[p.SOPInstanceUID] {
+				unlisted++
+			}
+		}
+		unlistedRefused = unlisted <= len(unnamed)
+	}
 	confirmed := 0
 	for _, p := range batch {
 		if stored[p.SOPInstanceUID] {
@@ -970,7 +989,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		if !listed {
 			// Neither stored nor failed: after a success status, send it
 			// again; after an error status, the status decides.
-			if ClassifyStatus(res.StatusCode) == Transient {
+			if ClassifyStatus(res.StatusCode) == Transient && !unlistedRefused {
 				out.retry = append(out.retry, p)
 			} else {
 				out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID,
