@@ -41,14 +41,25 @@ func ParseConflictRule(s string) (ConflictRule, error) {
 			r.Code |= int(d)
 			r.Mask |= 0xF
 		}
-		return r, nil
+		return r, zeroConflict(s, r)
 	}
 	n, err := strconv.ParseUint(text, 10, 16)
 	if err != nil {
 		return ConflictRule{}, fmt.Errorf("%q: want a Failure Reason such as 45070, 0xB00E, 0xA7xx, optionally with @409", s)
 	}
 	r.Code = int(n)
-	return r, nil
+	return r, zeroConflict(s, r)
+}
+
+// zeroConflict refuses a rule that matches 0, the reason read for a
+// failure that gives none ("0xxxxx" matches every one): each failed
+// instance would count as stored already, and a study the destination
+// refused whole be acknowledged.
+func zeroConflict(s string, r ConflictRule) error {
+	if r.Code&r.Mask == 0 {
+		return fmt.Errorf("%q matches Failure Reason 0, given for a failure without a reason (or every reason): a conflict rule needs a non-zero digit", s)
+	}
+	return nil
 }
 
 // Matches reports whether a Failure Reason in an answer of HTTP status

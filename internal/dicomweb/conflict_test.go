@@ -28,6 +28,11 @@ func TestConflictRule(t *testing.T) {
 		{text: "0x01G0", bad: true},
 		{text: "70000", bad: true},
 		{text: "", bad: true},
+		// Rules that match a failure without a reason, or every failure.
+		{text: "0", bad: true},
+		{text: "0x0000", bad: true},
+		{text: "0xxxxx", bad: true},
+		{text: "0x00xx@409", bad: true},
 	}
 	for _, tt := range tests {
 		r, err := ParseConflictRule(tt.text)
