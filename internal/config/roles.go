@@ -146,7 +146,7 @@ type Forwarder struct {
 	Destinations
 
 	Concurrency   int           `env:"FORWARDER_CONCURRENCY" envDefault:"4" desc:"studies each forwarder process sends at once, per destination it serves"`
-	AckWait       time.Duration `env:"FORWARDER_ACK_WAIT" envDefault:"60s" desc:"JetStream ack wait: a study a forwarder stops signalling progress on for this long goes to another replica; a live forwarder signals it every second (every third of the wait if that is shorter)"`
+	AckWait       time.Duration `env:"FORWARDER_ACK_WAIT" envDefault:"60s" desc:"JetStream ack wait: a study a forwarder stops signalling progress on for this long goes to another replica; a live forwarder signals it every second (every third of the wait if that is shorter). On a JetStream cluster keep it well above an election (4 to 9 s): signals sent while a consumer has no leader are lost, and a shorter wait sends the studies in flight to another replica, which stores them a second time"`
 	RetryDelay    time.Duration `env:"FORWARDER_RETRY_DELAY" envDefault:"10s" desc:"first delay before a failed study is retried; it doubles after each failed delivery up to FORWARDER_RETRY_MAX_DELAY, and each delay is drawn at random between half and all of that value"`
 	RetryMaxDelay time.Duration `env:"FORWARDER_RETRY_MAX_DELAY" envDefault:"10m" desc:"longest delay between retries of a failed study"`
 
