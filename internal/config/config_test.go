@@ -86,6 +86,9 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		// user info: Orthanc refused every request.
 		{"user name with the password", map[string]string{"ORTHANC_USERNAME": "stowline:S3cretPass"}, "", "ORTHANC_USERNAME holds a colon"},
 		{"named source's user name with the password", map[string]string{"ORTHANC_SOURCES": "cardio", "ORTHANC_URL": "", "ORTHANC_CARDIO_URL": "http://cardio:8042", "ORTHANC_CARDIO_USERNAME": "stowline:S3cretPass"}, "", "ORTHANC_CARDIO_USERNAME holds a colon"},
+		// Orthanc would refuse every request: found at the first study.
+		{"user name without a password", map[string]string{"ORTHANC_USERNAME": "stowline"}, "", "ORTHANC_USERNAME is set but ORTHANC_PASSWORD and ORTHANC_PASSWORD_FILE are empty"},
+		{"named source's user name without a password", map[string]string{"ORTHANC_SOURCES": "cardio", "ORTHANC_URL": "", "ORTHANC_CARDIO_URL": "http://cardio:8042", "ORTHANC_CARDIO_USERNAME": "stowline"}, "", "ORTHANC_CARDIO_USERNAME is set but"},
 		// As orthancapi.parseBaseURL and the DICOMweb client read them.
 		{"orthanc url with a query", map[string]string{"ORTHANC_URL": "http://orthanc:8042?x=1"}, "", `ORTHANC_URL="http://orthanc:8042?…": the URL must not have a query`},
 		{"orthanc url with an empty query", map[string]string{"ORTHANC_URL": "http://orthanc:8042/?"}, "", "ORTHANC_URL"},

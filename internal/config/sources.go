@@ -130,6 +130,11 @@ func (o *Orthanc) Validate() error {
 		if s.Password != "" && s.Username == "" {
 			errs = append(errs, fmt.Errorf("%sPASSWORD is set but %sUSERNAME is empty", s.Var, s.Var))
 		}
+		if s.Username != "" && s.Password == "" {
+			// Else Orthanc refuses every request, found only at the
+			// first study.
+			errs = append(errs, fmt.Errorf("%sUSERNAME is set but %sPASSWORD and %sPASSWORD_FILE are empty", s.Var, s.Var, s.Var))
+		}
 		// Basic auth joins them with a colon: one in the user name (a
 		// "user:password" put there) splits elsewhere, and Orthanc
 		// refuses every request. Not quoted: it may hold the password.
