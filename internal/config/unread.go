@@ -13,10 +13,16 @@ import (
 // streams' retention, or replicas, to the default at its start);
 // FORWARD_WINDOW (backfills then run through the day) or PRIORITY_RULES
 // (stat studies then wait behind routine ones).
+// ORTHANC_PASWORD (every Orthanc read then refused) or TLS_LISTEN_CERT
+// (the listeners then serve plain HTTP).
 // DESTINATION_ is checked for a configuration that has destinations
 // (DestinationList). TLS_ and the platforms' prefixes are left out:
 // other tools read variables of theirs.
-var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "FORWARD_", "PRIORITY_", "INGEST_", "RECONCILE_", "EVENTS_", "DEADLETTER_", "NATS_"}
+var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "FORWARD_", "PRIORITY_", "INGEST_", "RECONCILE_", "EVENTS_", "DEADLETTER_", "NATS_", "ORTHANC_", "TLS_LISTEN_"}
+
+// orthancImageVars are set for Orthanc's own Docker images (ORTHANC__NAME,
+// ORTHANC_JSON), perhaps in an env file shared with stowline.
+var orthancImageVars = regexp.MustCompile(`^ORTHANC_(_|JSON$)`)
 
 // natsCLIVars are the nats CLI's own settings (nats --help): set for it
 // in the same environment, they are no misspelling.
@@ -65,6 +71,15 @@ func Unread(environ []string, cfg any) []string {
 			}
 		}
 	}
+	if s, ok := cfg.(interface{ SourceList() []OrthancSource }); ok {
+		for _, src := range s.SourceList() {
+			for _, v := range Vars(cfg) {
+				if key, ok := strings.CutPrefix(v.Name, "ORTHANC_<NAME>_"); ok {
+					add(src.Var+key, v.Secret)
+				}
+			}
+		}
+	}
 	// Whatever its prefix or case, a de-identification variable misspelt
 	// (DEIDENTIFY_KEYFILE, stow_deidentify) is checked by a process that
 	// de-identifies.
@@ -72,7 +87,7 @@ func Unread(environ []string, cfg any) []string {
 	var out []string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if known[name] || serviceLink.MatchString(name) || slices.Contains(natsCLIVars, name) || slices.Contains(out, name) {
+		if known[name] || serviceLink.MatchString(name) || slices.Contains(natsCLIVars, name) || orthancImageVars.MatchString(name) || slices.Contains(out, name) {
 			continue
 		}
 		if deidentifies && StopsStart(name) {

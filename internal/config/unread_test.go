@@ -55,6 +55,25 @@ func TestUnread(t *testing.T) {
 				"NATS_CONTEXT": "prod", "NATS_CREDS": "/run/secrets/nats.creds", "NATS_TIMEOUT": "5s", "NATS_CA": "/ca.pem",
 				"NATS_SERVICE_HOST": "10.0.0.2", "NATS_PORT_4222_TCP": "tcp://10.0.0.2:4222"},
 			want: []string{"NATS_CREDS_FIL", "NATS_REPLICA"}},
+		// A misspelt ORTHANC_PASSWORD left every Orthanc read refused, a
+		// misspelt TLS_LISTEN_CERT_FILE the listeners on plain HTTP;
+		// Orthanc's Docker images read ORTHANC__* and ORTHANC_JSON.
+		{name: "misspelt Orthanc and listener variables", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &ForwarderService{} },
+			extra: map[string]string{"ORTHANC_PASWORD": "pw", "TLS_LISTEN_CERT": "/c.pem", "TLS_SERVER_NAME": "other-tool",
+				"ORTHANC__NAME": "main", "ORTHANC_JSON": "{}", "ORTHANC_SERVICE_HOST": "10.0.0.3"},
+			want: []string{"ORTHANC_PASWORD", "TLS_LISTEN_CERT"}},
+		{name: "named sources: own variables, and one ORTHANC_SOURCES does not name", env: func(*testing.T) map[string]string {
+			e := baseEnv()
+			delete(e, "ORTHANC_URL")
+			e["ORTHANC_SOURCES"] = "cardio-2"
+			e["ORTHANC_CARDIO_2_URL"] = "http://cardio:8042"
+			e["ORTHANC_CARDIO_2_USERNAME"] = "stowline"
+			e["ORTHANC_CARDIO_2_PASSWORD"] = "pw-0123"
+			return e
+		}, cfg: func() any { return &IngestService{} },
+			extra: map[string]string{"ORTHANC_CARDIO_2_PASWORD": "pw", "ORTHANC_PACS_URL": "http://pacs:8042"},
+			want:  []string{"ORTHANC_CARDIO_2_PASWORD", "ORTHANC_PACS_URL"}},
 		// A misspelt FORWARD_WINDOWS left backfills running through the
 		// day on the site's uplink, a misspelt PRIORITY_RULE left stat
 		// studies behind routine ones, both without a word.
