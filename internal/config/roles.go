@@ -121,6 +121,11 @@ func (i *Ingest) Validate() error {
 	if err := i.WebhookSecurity.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	// The signature then proves only what the bearer token does: whoever
+	// holds the token could sign.
+	if h := i.WebhookSecurity.HMACSecret; h != "" && (h == i.Token || h == i.PreviousToken) {
+		errs = append(errs, errors.New("INGEST_HMAC_SECRET equals INGEST_TOKEN or INGEST_TOKEN_PREVIOUS: give the signing proxy a secret of its own"))
+	}
 	if _, err := routing.CompileStudyRule(i.Priority.Rule); err != nil {
 		errs = append(errs, fmt.Errorf("PRIORITY_RULE: %w", err))
 	}
