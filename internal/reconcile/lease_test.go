@@ -216,6 +216,54 @@ func TestLeaseHolderStepsDownBeforeATakeover(t *testing.T) {
 	t.Logf("stepped down %s after the last renewal was sent (TTL %s)", took.Round(time.Millisecond), ttl)
 }
 
+// failOnceKV refuses one write at once, when armed, as JetStream does
+// for a moment ("no response from stream").
+type failOnceKV struct {
+	*cutOffKV
+	armed atomic.Bool
+}
+
+func (k *failOnceKV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
+	if k.armed.CompareAndSwap(true, false) {
+		return 0, nats.ErrNoResponders
+	}
+	return k.cutOffKV.Update(ctx, key, value, last)
+}
+
+// One renewal refused is tried again soon and the lease kept: the next
+// try came a third of the TTL later, at the step-down deadline, so the
+// holder stepped down and took the lease back, reloading its cursor.
+func TestLeaseKeptThroughOneRefusedRenewal(t *testing.T) {
+	_, kv := testBucket(t)
+	once := &failOnceKV{cutOffKV: &cutOffKV{KeyValue: kv}}
+	const ttl = 3 * time.Second
+	s := leaseHolder(once, ttl)
+	mustAcquire(t, s.lease, true)
+	ctx, stop := context.WithCancelCause(t.Context())
+	defer stop(nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.keepLease(ctx, stop)
+	}()
+	waitWritten := func(n int32) {
+		t.Helper()
+		for deadline := time.Now().Add(3 * ttl); once.written.Load() < n; time.Sleep(10 * time.Millisecond) {
+			select {
+			case <-done:
+				t.Fatalf("the holder stepped down (%v) after %d renewals, want it to keep the lease", context.Cause(ctx), once.written.Load())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d renewals, want %d", once.written.Load(), n)
+			}
+		}
+	}
+	waitWritten(1)
+	once.armed.Store(true)
+	waitWritten(3)
+}
+
 // slowCreateKV writes a Create at once and answers it late, as JetStream
 // can during a leader election.
 type slowCreateKV struct {

@@ -220,7 +220,8 @@ func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 	return renamed
 }
 
-// keepLease renews the lease every third of its TTL. A contender may take
+// keepLease renews the lease every third of its TTL, every tenth after a
+// failed renewal. A contender may take
 // over one TTL after the last renewal was written (after it was sent), so
 // the leader is cancelled when the lease is taken, or two thirds of the
 // TTL after the last successful renewal was sent if none went through
@@ -267,6 +268,9 @@ func (s *sourceRunner) keepLease(ctx context.Context, stop context.CancelCauseFu
 		default:
 			failed = err
 			s.log.Warn("reconciler lease renewal failed; retrying", "err", err)
+			// Soon, not a third of the TTL later, which is the deadline:
+			// one refusal ("no response from stream") made it step down.
+			renew.Reset(ttl / 10)
 		}
 	}
 }
