@@ -38,9 +38,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"accepted", "duplicate"} {
 		m.received.WithLabelValues(r)
 	}
-	// From 0, so that an alert on their increase fires at the first
-	// refusal, not the second.
-	for _, r := range []string{"jetstream_unavailable", "jetstream_full"} {
+	// From 0, so that an alert on their increase (StowlineNATSStorageFull,
+	// StowlineWebhookRefused) fires at the first refusal, not the second.
+	for _, r := range []string{"jetstream_unavailable", "jetstream_full", "unauthorized", "bad_signature"} {
 		m.rejected.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds, m.previousToken} {
