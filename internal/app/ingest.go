@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -39,8 +40,8 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	tokens := []string{r.cfg.Token}
 	if r.cfg.PreviousToken != "" {
 		tokens = append(tokens, r.cfg.PreviousToken)
-		log.Warn("INGEST_TOKEN_PREVIOUS is accepted too: unset it once every Orthanc sends INGEST_TOKEN (stowline_ingest_previous_token_total stops growing)")
 	}
+	warnWebhookAuth(log, r.cfg)
 	h, err := web.NewWebhook(web.WebhookOptions{
 		Tokens:         tokens,
 		HMACSecret:     r.cfg.HMACSecret,
@@ -77,6 +78,17 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	// still wait for PRIORITY_RULE are stored before the process closes
 	// its JetStream connection.
 	return serveHTTP(ctx, g, "ingest", "INGEST_ADDR", r.cfg.Addr, router, p.serverTLS, ingestHTTPGrace(r.cfg.PublishTimeout), p.log, func() { pub.drainTriage(triageShutdownWait-triageShutdownQueue, triageShutdownQueue) })
+}
+
+// warnWebhookAuth logs, once at start, the webhook settings that refuse
+// Orthanc's posts unless the operator acts; never the secrets.
+func warnWebhookAuth(log *slog.Logger, cfg *config.Ingest) {
+	if cfg.PreviousToken != "" {
+		log.Warn("INGEST_TOKEN_PREVIOUS is accepted too: unset it once every Orthanc sends INGEST_TOKEN (stowline_ingest_previous_token_total stops growing)")
+	}
+	if cfg.HMACSecret != "" {
+		log.Warn("INGEST_HMAC_SECRET is set: Orthanc's Lua script cannot sign, so the webhook refuses its posts (401, reason bad_signature) unless a signing proxy between Orthanc and the ingest adds X-Stowline-Timestamp and X-Stowline-Signature; without one, Orthanc's studies are queued by the reconciler alone, and not at all with RECONCILE_ENABLED=false (docs/webhook-security.md)")
+	}
 }
 
 // startReconciler runs the change-log reconciler of every Orthanc source
