@@ -587,3 +587,63 @@ func TestEnvValueFromSecret(t *testing.T) {
 		})
 	}
 }
+
+// TestSecretsRefusedInEnvMaps: a stowline secret (the code's
+// secret:"true" variables, read from internal/config) written in an env
+// map was rendered as a literal value in the Deployments, readable by
+// anyone who can read those. The chart refuses it in every env map,
+// naming the variable and `secrets`; from a Secret ({valueFrom}) or empty
+// (nothing rendered) it passes.
+func TestSecretsRefusedInEnvMaps(t *testing.T) {
+	src := readGoFacts(t)
+	var names []string
+	for _, v := range src.secretVars {
+		names = append(names, strings.ReplaceAll(v, "<NAME>", "PACS_2"))
+	}
+	// A destination's secrets, as DESTINATION_<NAME>_ + the variable.
+	for _, v := range slices.Sorted(maps.Keys(src.destinationVars)) {
+		if src.destinationVars[v] {
+			names = append(names, "DESTINATION_ARCHIVE_"+v)
+		}
+	}
+	for _, want := range []string{"ADMIN_TOKEN", "NATS_PASSWORD", "ORTHANC_PACS_2_PASSWORD", "DESTINATION_ARCHIVE_OAUTH_CLIENT_SECRET"} {
+		if !slices.Contains(names, want) {
+			t.Fatalf("secret variables read from internal/config %v lack %s", names, want)
+		}
+	}
+	ref := map[string]any{"valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "s", "key": "k"}}}
+	in := map[string]func(k string, v any) map[string]any{
+		"env": func(k string, v any) map[string]any { return map[string]any{"env": map[string]any{k: v}} },
+		"ingest.env": func(k string, v any) map[string]any {
+			return map[string]any{"ingest": map[string]any{"env": map[string]any{k: v}}}
+		},
+		"forwarderDefaults.env": func(k string, v any) map[string]any {
+			return map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{k: v}}}
+		},
+		"forwarders[default].env": func(k string, v any) map[string]any {
+			values := required()
+			values["forwarders"].([]any)[0].(map[string]any)["env"].(map[string]any)[k] = v
+			return values
+		},
+	}
+	for _, where := range slices.Sorted(maps.Keys(in)) {
+		for _, k := range names {
+			values := func(v any) map[string]any { return merged(required(), in[where](k, v)) }
+			t.Run(where+"/"+k, func(t *testing.T) {
+				checkRenderError(t, values("x"), where+": "+k+" is a secret")
+				checkRenderError(t, values(12345), where+": "+k+" is a secret")
+				checkRenderError(t, values(ref), "")
+				checkRenderError(t, values(""), "")
+			})
+		}
+	}
+	// destinations[].env: the destination's secrets, without the prefix.
+	for _, k := range slices.Sorted(maps.Keys(src.destinationVars)) {
+		if !src.destinationVars[k] {
+			continue
+		}
+		values := withDestinations(map[string]any{"name": "all"})
+		values["destinations"].([]any)[1].(map[string]any)["env"].(map[string]any)[k] = "x"
+		checkRenderError(t, values, "destinations[ai].env: "+k+": give the variable without the prefix")
+	}
+}

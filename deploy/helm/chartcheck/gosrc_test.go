@@ -53,6 +53,9 @@ type goFacts struct {
 	// secret (which may be given as _FILE). A destination of DESTINATIONS
 	// reads each as DESTINATION_<NAME>_ + the name (DICOMWEB_URL as URL).
 	destinationVars map[string]bool
+	// secretVars are the variables of internal/config tagged
+	// secret:"true" (ORTHANC_<NAME>_PASSWORD with its <NAME>).
+	secretVars []string
 	// tracingVars are app.TracingVars: the OTEL_* variables stowline
 	// follows, read by the OpenTelemetry SDK (so not listed by -h).
 	tracingVars map[string]bool
@@ -100,6 +103,16 @@ func readGoFacts(t *testing.T) goFacts {
 			// Destination's embedded structs too: it reads theirs as its own.
 			facts.destinationVars, factsErr = structEnvVars("internal/config", "Destination", "DestinationAuth", "Deidentify")
 		}
+		if factsErr == nil {
+			var all map[string]bool
+			all, factsErr = structEnvVars("internal/config")
+			for name, secret := range all {
+				if secret {
+					facts.secretVars = append(facts.secretVars, name)
+				}
+			}
+			slices.Sort(facts.secretVars)
+		}
 	})
 	if factsErr != nil {
 		t.Fatal(factsErr)
@@ -107,7 +120,7 @@ func readGoFacts(t *testing.T) goFacts {
 	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
 	if facts.httpShutdownGrace <= 0 || facts.ingestShutdownGrace <= 0 || facts.ingestMaxShutdownGrace <= 0 ||
 		facts.publishAnswerMargin <= 0 || facts.triageShutdownWait <= 0 || facts.maxIngestPublishTimeout <= 0 || facts.forwarderShutdownGrace <= 0 || facts.maxForwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
-		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
+		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !slices.Contains(facts.secretVars, "INGEST_TOKEN") || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}
 	return facts
@@ -196,8 +209,8 @@ func str(e ast.Expr) string {
 }
 
 // structEnvVars returns the env tags of the fields of the named struct
-// types of dir (relative to the repository), true for those tagged
-// secret:"true".
+// types of dir (relative to the repository), of all its struct types when
+// none is named, true for those tagged secret:"true" (in any of them).
 func structEnvVars(dir string, types ...string) (map[string]bool, error) {
 	files, err := filepath.Glob(filepath.Join(repoRoot, dir, "*.go"))
 	if err != nil {
@@ -216,7 +229,7 @@ func structEnvVars(dir string, types ...string) (map[string]bool, error) {
 		}
 		ast.Inspect(f, func(n ast.Node) bool {
 			ts, ok := n.(*ast.TypeSpec)
-			if !ok || !slices.Contains(types, ts.Name.Name) {
+			if !ok || len(types) > 0 && !slices.Contains(types, ts.Name.Name) {
 				return true
 			}
 			st, ok := ts.Type.(*ast.StructType)
@@ -234,13 +247,13 @@ func structEnvVars(dir string, types ...string) (map[string]bool, error) {
 				}
 				name, _, _ := strings.Cut(reflect.StructTag(tag).Get("env"), ",")
 				if name != "" {
-					out[name] = reflect.StructTag(tag).Get("secret") == "true"
+					out[name] = out[name] || reflect.StructTag(tag).Get("secret") == "true"
 				}
 			}
 			return false
 		})
 	}
-	if found != len(types) {
+	if len(types) > 0 && found != len(types) {
 		return nil, &missingConst{strings.Join(types, ", ") + " (struct types)"}
 	}
 	return out, nil

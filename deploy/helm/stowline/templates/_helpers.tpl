@@ -775,9 +775,17 @@ Arguments: (dict "root" $ "role" "ingest"), or "forwarder" with "f" $forwarder.
 {{- end -}}
 
 {{/*
+"true" for a variable the code reads as a secret (internal/config's
+secret:"true" fields; chartcheck TestSecretsRefusedInEnvMaps tries each).
+*/}}
+{{- define "stowline.secretVar" -}}
+{{- if or (has . (list "INGEST_TOKEN" "INGEST_TOKEN_PREVIOUS" "INGEST_HMAC_SECRET" "ADMIN_TOKEN" "ORTHANC_PASSWORD" "NATS_PASSWORD" "OAUTH_CLIENT_SECRET")) (regexMatch "^(ORTHANC_.+_PASSWORD|DESTINATION_.+_OAUTH_CLIENT_SECRET)$" .) }}true{{ end -}}
+{{- end -}}
+
+{{/*
 Refuses, in every env map, a variable the chart sets itself
 (stowline.managedEnv) or a declared destination's DESTINATION_<NAME>_*
-one, naming the value to set instead.
+one, naming the value to set instead, and a secret written as a value.
 */}}
 {{- define "stowline.validateEnvMaps" -}}
 {{- $root := . -}}
@@ -821,6 +829,12 @@ and a shorter retention drops at once the events older than it. */}}
 {{- if hasPrefix $p $k -}}
 {{- fail (printf "%s: %s is set by the chart, from destinations[%s]: set its url, match, instanceMatch, stowParallelRequests, clientSecret, secretFiles or env (without the prefix) instead of the variable" $c.where $k $name) -}}
 {{- end -}}
+{{- end -}}
+{{- /* A value is written in the pod spec, for anyone who can read the
+Deployments: a secret goes in the Secret, mounted as a file. From a
+Secret of the operator's (valueFrom), or empty (not written), it passes. */ -}}
+{{- if and (include "stowline.secretVar" $k) (not (kindIs "map" $v)) (ne (ternary "" (toString $v) (kindIs "invalid" $v)) "") -}}
+{{- fail (printf "%s: %s is a secret: written here, its value would be in the Deployment for anyone who can read it; put it in secrets instead (secrets.values.%s, or secrets.existingSecret with the key in secrets.existingSecretKeys), which the pods that read it get as a file" $c.where $k $k) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
