@@ -65,7 +65,7 @@ func TestEverything(t *testing.T) {
 		"prometheusRule": map[string]any{"enabled": true, "labels": map[string]any{"release": "prometheus"}},
 		"secrets": map[string]any{
 			"existingSecret":     "stowline-secrets",
-			"existingSecretKeys": []any{"INGEST_TOKEN", "ADMIN_TOKEN", "OAUTH_CLIENT_SECRET", "INGEST_HMAC_SECRET"},
+			"existingSecretKeys": []any{"INGEST_TOKEN", "ADMIN_TOKEN", "ORTHANC_PASSWORD", "OAUTH_CLIENT_SECRET", "INGEST_HMAC_SECRET"},
 		},
 		"nats":    map[string]any{"credsSecret": "stowline-nats"},
 		"orthanc": map[string]any{"httpThreadsCount": 200, "reservedThreads": 10},
