@@ -79,6 +79,7 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"token of few characters", map[string]string{"INGEST_TOKEN": "1212121212121212"}, "", "INGEST_TOKEN: want a random value"},
 		{"short previous token", map[string]string{"INGEST_TOKEN_PREVIOUS": "short"}, "", "INGEST_TOKEN_PREVIOUS"},
 		{"previous token equal to the token", map[string]string{"INGEST_TOKEN_PREVIOUS": "0123456789abcdef0123"}, "", "INGEST_TOKEN_PREVIOUS equals INGEST_TOKEN"},
+		{"admin token equal to the signing secret", map[string]string{"INGEST_HMAC_SECRET": "abcdef0123456789abcdef0123456789", "ADMIN_TOKEN": "abcdef0123456789abcdef0123456789"}, "", "ADMIN_TOKEN must differ from INGEST_HMAC_SECRET"},
 		{"signing secret equal to the token", map[string]string{"INGEST_TOKEN": "0123456789abcdef0123456789abcdef", "INGEST_HMAC_SECRET": "0123456789abcdef0123456789abcdef"}, "", "INGEST_HMAC_SECRET equals INGEST_TOKEN"},
 		{"previous token with a space", map[string]string{"INGEST_TOKEN_PREVIOUS": "fedcba9876543210fedc "}, "", "INGEST_TOKEN_PREVIOUS"},
 		{"bad dicomweb url", map[string]string{"DICOMWEB_URL": "ftp://x"}, "", "DICOMWEB_URL"},
