@@ -82,7 +82,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	}
 	if a.enqueue {
 		if err := requireDestination(ctx, js.JS, dest.Name, a.lane); err != nil {
-			return &usageError{fmt.Errorf("%s: --enqueue: %w", program, err)}
+			return operatorsMistake(fmt.Errorf("%s: --enqueue: %w", program, err))
 		}
 	}
 	opts := ledger.VerifyOptions{

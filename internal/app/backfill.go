@@ -80,7 +80,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	}
 	defer conn.Close()
 	if err := requireDestination(ctx, conn.JS, *destination, lane.lane); err != nil {
-		return &usageError{fmt.Errorf("%s: %w", program, err)}
+		return operatorsMistake(fmt.Errorf("%s: %w", program, err))
 	}
 	// Rows are written as the studies are queued, a block at a time, so
 	// that a backfill of a whole archive holds no list in memory and

@@ -316,7 +316,7 @@ func parseReforward(args []string) (replayCommand, error) {
 func (c *replayCLI) reforward(ctx context.Context, destination string, lane events.Priority, from, to time.Time, dryRun bool) error {
 	if destination != "" {
 		if err := requireDestination(ctx, c.JS, destination, lane); err != nil {
-			return usagef("reforward: %w", err)
+			return operatorsMistake(fmt.Errorf("reforward: %w", err))
 		}
 	}
 	evs, err := deadletter.ReforwardIn(ctx, c.JS, destination, lane, from, to, dryRun)
@@ -405,8 +405,21 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 // part-way, or a lane consumer deleted by hand, leaves the others).
 func requireDestination(ctx context.Context, js jetstream.JetStream, destination string, lane events.Priority) error {
 	if !natsjs.ValidDestination(destination) {
-		return fmt.Errorf("destination %q: not a destination name", destination)
+		return fmt.Errorf("destination %q: %w", destination, errNotDestinationName)
 	}
 	// The lanes' filters take every source: any one stands for them.
 	return deadletter.Taken(ctx, js, destination, lane, natsjs.LaneSubject(lane, destination, "any-source"))
+}
+
+var errNotDestinationName = errors.New("not a destination name")
+
+// operatorsMistake makes err, from requireDestination, a usage error
+// (exit 2) when the operator named no destination's name, or one without
+// a consumer; JetStream not answering stays a failure (exit 1), for a
+// script to retry rather than take for a typo.
+func operatorsMistake(err error) error {
+	if errors.Is(err, deadletter.ErrNoConsumer) || errors.Is(err, errNotDestinationName) {
+		return &usageError{err}
+	}
+	return err
 }

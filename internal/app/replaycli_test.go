@@ -377,6 +377,34 @@ func TestReforwardNeedsTheLanesConsumer(t *testing.T) {
 	}
 }
 
+// A destination without a consumer, or not a destination name, is the
+// operator's mistake (a usage error, exit 2); JetStream not answering is
+// not: it was a usage error too, so a script took a time-out for a typo.
+func TestReforwardUsageErrorOnlyForTheOperatorsMistakes(t *testing.T) {
+	r := newReplayRig(t)
+	canceled, cancel := context.WithCancel(replayCtx(t))
+	cancel()
+	since := time.Now().Add(-time.Hour)
+	for _, tt := range []struct {
+		name        string
+		ctx         context.Context
+		destination string
+		usage       bool
+	}{
+		{"consumer there", replayCtx(t), natsjs.DefaultDestination, false},
+		{"no consumer", replayCtx(t), "research", true},
+		{"not a name", replayCtx(t), "a i", true},
+		{"JetStream not answering", canceled, natsjs.DefaultDestination, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := r.cli.reforward(tt.ctx, tt.destination, events.PriorityLow, since, time.Time{}, true)
+			if errors.Is(err, ErrUsage) != tt.usage || (tt.name == "consumer there") != (err == nil) {
+				t.Errorf("reforward = %v, want a usage error: %v", err, tt.usage)
+			}
+		})
+	}
+}
+
 // TestToolCommandLineCheckedFirst: `forwarder replay` and `forwarder
 // destinations` read their command line before they open JetStream. On a
 // single host, whose store only a stopped stowline lets them open, a typo
