@@ -298,6 +298,7 @@ func testDeletedStudyIsSkipped(t *testing.T, rel testharness.Release) {
 	r := newRig(t, rel, "recon-b")
 	r.client2 = deletingOrthanc{Client: r.client, url: r.orthanc.URL}
 	_, reg, _ := r.start(t, "b")
+	waitFirstCursor(t, r, "b")
 	upload(t, r.orthanc, writeStudy(t, 2))
 	testharness.WaitFor(t, "the study to be deleted", 20*time.Second, func() bool {
 		return metric(t, reg, "stowline_reconcile_studies_skipped_total", map[string]string{"source": "b", "reason": "deleted"}) == 1
@@ -374,6 +375,7 @@ func testProxyNotFoundIsNotADeletion(t *testing.T, rel testharness.Release) {
 	lookups.Store(2)
 	r.client2 = proxiedOrthanc{Client: c, down: down, lookups: lookups}
 	_, reg, _ := r.start(t, "p")
+	waitFirstCursor(t, r, "p")
 	upload(t, r.orthanc, writeStudy(t, 2))
 	testharness.WaitFor(t, "the study's event", 20*time.Second, func() bool {
 		return len(streamEvents(t, r.nats.JS)) == 1
@@ -423,6 +425,7 @@ func testBrokenChangeDoesNotHoldTheCursor(t *testing.T, rel testharness.Release)
 	fails.Store(8) // more than the polls a change may fail
 	r.client2 = brokenOrthanc{Client: r.client, studyFails: fails}
 	_, reg, _ := r.start(t, "s")
+	waitFirstCursor(t, r, "s")
 	upload(t, r.orthanc, writeStudy(t, 2))
 	upload(t, r.orthanc, writeStudy(t, 1))
 	testharness.WaitFor(t, "both studies' events", 30*time.Second, func() bool {
@@ -478,6 +481,7 @@ func testBrokenPendingStudyIsNoOutage(t *testing.T, rel testharness.Release) {
 	broken := new(atomic.Value)
 	r.client2 = oneBrokenStudy{Client: r.client, broken: broken, status: status}
 	rec, reg, _ := r.start(t, "b")
+	waitFirstCursor(t, r, "b")
 	check := rec.Checks()["reconcile_b"]
 	pollErrors := func() float64 {
 		return metric(t, reg, "stowline_reconcile_poll_errors_total", map[string]string{"source": "b"})
@@ -591,6 +595,7 @@ func TestNonConformantUIDIsPublished(t *testing.T) {
 func testNonConformantUIDIsPublished(t *testing.T, rel testharness.Release) {
 	r := newRig(t, rel, "recon-u")
 	_, reg, _ := r.start(t, "u")
+	waitFirstCursor(t, r, "u")
 	upload(t, r.orthanc, writeStudy(t, 1))
 	var studies []string
 	r.orthanc.GetJSON(t, "/studies", &studies)

@@ -31,6 +31,7 @@ func TestUnnamedSourceRenamed(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				r := newRig(t, rel, "recon-old")
 				_, reg, stop := r.start(t, "")
+				waitFirstCursor(t, r, "recon-old")
 				upload(t, r.orthanc, writeStudy(t, 1))
 				testharness.WaitFor(t, "the first study's event", 20*time.Second, func() bool {
 					return len(streamEvents(t, r.nats.JS)) == 1

@@ -22,6 +22,7 @@ func TestPublishStartsATrace(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	r := newRig(t, testharness.Release{}, "recon-trace")
 	_, _, stop := r.start(t, "traced", func(o *reconcile.Options) { o.TracerProvider = tp })
+	waitFirstCursor(t, r, "traced")
 	upload(t, r.orthanc, writeStudy(t, 2))
 	testharness.WaitFor(t, "the study's event", 30*time.Second, func() bool { return len(streamEvents(t, r.nats.JS)) == 1 })
 	stop()

@@ -58,6 +58,7 @@ func TestCursorChangeGoneIsNoReset(t *testing.T) {
 				spy := &countingOrthanc{Client: r.client}
 				r.client2 = spy
 				_, reg, _ := r.start(t, "t")
+				waitFirstCursor(t, r, "t")
 				upload(t, r.orthanc, writeStudy(t, 1))
 				testharness.WaitFor(t, "the first study's event", 20*time.Second, func() bool {
 					return len(streamEvents(t, r.nats.JS)) == 1
@@ -100,6 +101,14 @@ func cursorPastStable(t *testing.T, r *rig, source string) bool {
 		}
 	}
 	return last >= 0 && cursorSeq(t, r, source) >= last
+}
+
+// waitFirstCursor waits for the reconciler of source to store its first
+// start's cursor, at the end of the change log: a study uploaded before
+// would be left behind it (under load the upload can beat the start).
+func waitFirstCursor(t *testing.T, r *rig, source string) {
+	t.Helper()
+	testharness.WaitFor(t, "the first start's cursor of "+source, 20*time.Second, func() bool { return cursorSeq(t, r, source) >= 0 })
 }
 
 func cursorSeq(t *testing.T, r *rig, source string) int64 {
