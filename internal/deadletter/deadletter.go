@@ -92,6 +92,17 @@ type Entry struct {
 	forward.DeadLetter
 }
 
+// UnreadableLetter is the class of an Entry that stands for a stored
+// letter this build cannot decode (one of a newer build that changed a
+// field, a message published by hand on the dead-letter subjects): its
+// reason is the decode error, its destination the one its subject names,
+// its DeadLetteredAt when NATS stored it, and it has no event. It is
+// listed, selected by sequence, destination, time or All, purged, and
+// never replayed. Not to be confused with a letter of an event the
+// forwarder could not read (class permanent, reason "undecodable: ..."),
+// which decodes.
+const UnreadableLetter forward.Class = "unreadable-letter"
+
 // ErrNotFound is returned for a sequence that holds no dead letter.
 var ErrNotFound = errors.New("dead letter not found")
 
@@ -104,6 +115,11 @@ var ErrNoConsumer = errors.New("no consumer takes the destination's events")
 // stowline's, or one past MaxRawBytes). The others were replayed; trying
 // again cannot help.
 var ErrPartialLetters = errors.New("dead letters keep only part of a message the forwarder could not read (not an event of stowline's, or past 64 KiB): not replayed; purge them")
+
+// ErrUnreadableLetters is why a replay passed letters over that this
+// build cannot decode (UnreadableLetter). The others were replayed; a
+// forwarder of the build that wrote them may replay them, or purge them.
+var ErrUnreadableLetters = errors.New("dead letters this build cannot decode (written by a newer build, or not a letter): not replayed; replay them with a forwarder of the build that wrote them, or purge them")
 
 // Store is the dead-letter stream.
 type Store struct {
@@ -205,6 +221,15 @@ func (f Filter) Empty() bool {
 }
 
 func (f Filter) match(e *Entry) bool {
+	if e.Class == UnreadableLetter {
+		// Only what is known of it selects it: its reason is the decode
+		// error, which --reason undecodable (the forwarder's letters of
+		// events it could not read) must not take; a subject that names
+		// no destination matches none.
+		return (f.Destination == "" || e.Destination == f.Destination) && f.Source == "" && (f.Seq == 0 || e.Seq == f.Seq) &&
+			f.StudyInstanceUID == "" && f.OrthancStudyID == "" && f.Class == "" && f.ReasonContains == "" &&
+			(f.Since.IsZero() || !e.DeadLetteredAt.Before(f.Since))
+	}
 	switch {
 	case f.Destination != "" && DestinationOf(&e.DeadLetter) != f.Destination,
 		f.Source != "" && e.Event.Source != f.Source,
@@ -228,15 +253,27 @@ func (s *Store) Get(ctx context.Context, seq uint64) (*Entry, error) {
 		}
 		return nil, fmt.Errorf("read dead letter %d: %w", seq, err)
 	}
-	return decode(raw.Sequence, raw.Data)
+	return decode(raw.Sequence, raw.Subject, raw.Time, raw.Data), nil
 }
 
-func decode(seq uint64, data []byte) (*Entry, error) {
+// decode reads the letter stored at seq on subject at stored; one this
+// build cannot decode becomes an UnreadableLetter entry, so that it
+// blocks no listing, replay or purge of the others and can be purged.
+func decode(seq uint64, subject string, stored time.Time, data []byte) *Entry {
 	e := &Entry{Seq: seq}
-	if err := json.Unmarshal(data, &e.DeadLetter); err != nil {
-		return nil, fmt.Errorf("decode dead letter %d: %w", seq, err)
+	err := json.Unmarshal(data, &e.DeadLetter)
+	if err == nil {
+		return e
 	}
-	return e, nil
+	e = &Entry{Seq: seq}
+	e.Class, e.DeadLetteredAt = UnreadableLetter, stored
+	e.Reason = "this build cannot decode the dead letter: " + err.Error()
+	if d, ok := natsjs.DestinationOfDeadLetterSubject(subject); ok {
+		e.Destination = d
+	} else {
+		e.Reason += " (stored on " + subject + ", which names no destination)"
+	}
+	return e
 }
 
 // List returns the letters f selects (every letter if f.All), oldest
@@ -292,11 +329,8 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxByte
 	if limit > 0 {
 		batch = limit + 1 // what the page can take, not a whole fetch of letters
 	}
-	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, batch, func(seq uint64, _ time.Time, _ nats.Header, data []byte) error {
-		e, err := decode(seq, data)
-		if err != nil {
-			return err
-		}
+	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, batch, func(seq uint64, stored time.Time, subject string, _ nats.Header, data []byte) error {
+		e := decode(seq, subject, stored, data)
 		if !f.match(e) {
 			return nil
 		}
@@ -320,9 +354,9 @@ const sinceClockMargin = 15 * time.Minute
 
 // readAll reads a stream from the configured start to its current end,
 // batch messages a fetch (0: 256); fn gets each message's sequence,
-// storage time, headers and data.
+// storage time, subject, headers and data.
 func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, batch int,
-	fn func(seq uint64, at time.Time, hdr nats.Header, data []byte) error) error {
+	fn func(seq uint64, at time.Time, subject string, hdr nats.Header, data []byte) error) error {
 	if batch <= 0 || batch > 256 {
 		batch = 256
 	}
@@ -360,7 +394,7 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			if err != nil {
 				return fmt.Errorf("read stream %s: %w", stream, err)
 			}
-			if err := fn(meta.Sequence.Stream, meta.Timestamp, msg.Headers(), msg.Data()); err != nil {
+			if err := fn(meta.Sequence.Stream, meta.Timestamp, msg.Subject(), msg.Headers(), msg.Data()); err != nil {
 				return err
 			}
 			if meta.Sequence.Stream >= last || meta.NumPending == 0 {
@@ -424,12 +458,17 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	// one that must exist (its routine consumer stays when a removal of
 	// the destination stopped part-way, or when only the low one was
 	// deleted).
-	// A letter of a message kept in part (no event of stowline's) is
-	// passed over, and named in the error once the others are replayed.
+	// A letter of a message kept in part (no event of stowline's), or
+	// one this build cannot decode, is passed over, and named in the
+	// error once the others are replayed.
 	checked := map[string]bool{}
-	var partial []string
+	var partial, unreadable []string
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
+		if e.Class == UnreadableLetter {
+			unreadable = append(unreadable, strconv.FormatUint(e.Seq, 10))
+			return nil
+		}
 		if !replayable(e) {
 			partial = append(partial, strconv.FormatUint(e.Seq, 10))
 			return nil
@@ -467,21 +506,30 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 		done(e)
 		return nil
 	})
-	if err == nil && len(partial) > 0 {
-		named := strings.Join(partial[:min(len(partial), 20)], ", ")
-		if len(partial) > 20 {
-			named += fmt.Sprintf(" and %d more", len(partial)-20)
-		}
-		err = fmt.Errorf("replay: %s: %w", named, ErrPartialLetters)
+	if err == nil {
+		err = errors.Join(passedOver(partial, ErrPartialLetters), passedOver(unreadable, ErrUnreadableLetters))
 	}
 	return n, err
 }
 
-// replayable reports whether e keeps its event whole, if it kept one as
-// stored. Letters of the first builds that kept them mark a partial one
-// by its Size alone.
+// passedOver is the error naming the letters a replay passed over for
+// why; nil for none.
+func passedOver(seqs []string, why error) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	named := strings.Join(seqs[:min(len(seqs), 20)], ", ")
+	if len(seqs) > 20 {
+		named += fmt.Sprintf(" and %d more", len(seqs)-20)
+	}
+	return fmt.Errorf("replay: %s: %w", named, why)
+}
+
+// replayable reports whether e can be replayed: it decodes, and keeps its
+// event whole if it kept one as stored. Letters of the first builds that
+// kept them mark a partial one by its Size alone.
 func replayable(e *Entry) bool {
-	return e.Raw == nil || !e.Raw.Partial && e.Raw.Size <= len(e.Raw.Data)
+	return e.Class != UnreadableLetter && (e.Raw == nil || !e.Raw.Partial && e.Raw.Size <= len(e.Raw.Data))
 }
 
 // requeue stores e's event again in the event stream, in its
@@ -741,7 +789,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	// subjects read here, with the original's ReceivedAt), which would
 	// otherwise be queued again, doubling at each run.
 	seen := map[string]bool{}
-	err := readAll(ctx, js, natsjs.EventStream, cfg, 0, func(seq uint64, stored time.Time, _ nats.Header, data []byte) error {
+	err := readAll(ctx, js, natsjs.EventStream, cfg, 0, func(seq uint64, stored time.Time, _ string, _ nats.Header, data []byte) error {
 		ev, err := events.Decode(data)
 		if err != nil {
 			return nil // an undecodable event was never forwarded either; skip it

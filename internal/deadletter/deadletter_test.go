@@ -453,23 +453,42 @@ func TestReplay(t *testing.T) {
 	})
 }
 
+var errListingCut = errors.New("connection lost")
+
+// oneListingJS fails every read of a stream past the first.
+type oneListingJS struct {
+	jetstream.JetStream
+	reads int
+}
+
+func (j *oneListingJS) OrderedConsumer(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error) {
+	if j.reads++; j.reads > 1 {
+		return nil, errListingCut
+	}
+	return j.JetStream.OrderedConsumer(ctx, stream, cfg)
+}
+
 // A listing that fails part-way replays and purges nothing, and says so:
 // the letters read before the failure were reported as replayed (the
 // command printed "N dead letters replayed") although their studies were
 // never queued again, nor their letters purged.
 func TestReplayAndPurgeReportNothingDoneWhenTheListingFails(t *testing.T) {
 	s, ns := newStore(t)
-	seq := add(t, s, letter(1, forward.Permanent, "HTTP 415", time.Now()))[0]
-	// A message the listing cannot decode, after the letter: List fails
-	// once it has read the letter.
-	if _, err := ns.JS.Publish(testCtx(t), natsjs.DeadLetterSubject(natsjs.DefaultDestination, "src"), []byte("not a letter")); err != nil {
-		t.Fatal(err)
+	// More letters than a page: the listing fails once it has read the
+	// first page, when it starts reading the second.
+	var seq uint64
+	for i := range 257 {
+		seq = add(t, s, letter(i+1, forward.Permanent, "HTTP 415", time.Now()))[0]
 	}
 	for name, op := range map[string]func(context.Context, *deadletter.Store, deadletter.Filter, bool) ([]deadletter.Entry, error){"Replay": replay, "Purge": purge} {
 		for _, dry := range []bool{false, true} {
-			done, err := op(testCtx(t), s, deadletter.Filter{All: true}, dry)
-			if err == nil {
-				t.Errorf("%s (dry run %v) succeeded over a listing that failed", name, dry)
+			cut, err := deadletter.Open(testCtx(t), &oneListingJS{JetStream: ns.JS})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done, err := op(testCtx(t), cut, deadletter.Filter{All: true}, dry)
+			if !errors.Is(err, errListingCut) {
+				t.Errorf("%s (dry run %v) = %v over a listing that failed", name, dry, err)
 			}
 			if len(done) != 0 {
 				t.Errorf("%s (dry run %v) reports %v done although it did nothing", name, dry, seqsOf(done))

@@ -438,7 +438,7 @@ func answerLate(w http.ResponseWriter, status int, v any) {
 // the destination) or letters cannot be replayed (purge them), 503
 // otherwise (NATS did not answer: try again).
 func failureStatus(err error) int {
-	if errors.Is(err, deadletter.ErrNoConsumer) || errors.Is(err, deadletter.ErrPartialLetters) {
+	if errors.Is(err, deadletter.ErrNoConsumer) || errors.Is(err, deadletter.ErrPartialLetters) || errors.Is(err, deadletter.ErrUnreadableLetters) {
 		return http.StatusConflict
 	}
 	return http.StatusServiceUnavailable

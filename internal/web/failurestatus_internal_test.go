@@ -10,15 +10,17 @@ import (
 )
 
 // A dead-letter operation that retrying cannot help answers 409: letters
-// of a message kept in part, which a replay passes over (it answered 503,
-// "try again", for good), and a destination without a consumer; NATS not
-// answering is 503.
+// of a message kept in part or that this build cannot decode, which a
+// replay passes over (it answered 503, "try again", for good), and a
+// destination without a consumer; NATS not answering is 503.
 func TestFailureStatus(t *testing.T) {
 	for _, tt := range []struct {
 		err  error
 		want int
 	}{
 		{fmt.Errorf("replay: 12, 14: %w", deadletter.ErrPartialLetters), http.StatusConflict},
+		{fmt.Errorf("replay: 15: %w", deadletter.ErrUnreadableLetters), http.StatusConflict},
+		{errors.Join(fmt.Errorf("replay: 12: %w", deadletter.ErrPartialLetters), fmt.Errorf("replay: 15: %w", deadletter.ErrUnreadableLetters)), http.StatusConflict},
 		{fmt.Errorf("replay: %w", deadletter.ErrNoConsumer), http.StatusConflict},
 		{errors.New("nats: timeout"), http.StatusServiceUnavailable},
 	} {
