@@ -89,10 +89,10 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	emit := func(ev *events.StudyStable) {
 		_ = w.row("%s\t%s\t%s\t%s", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.LastUpdate)
 	}
-	dups := 0
+	dups, unreadable := 0, 0
 	if *from == "stream" {
 		var evs []events.StudyStable
-		evs, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane.lane, start, end, *dryRun)
+		evs, unreadable, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane.lane, start, end, *dryRun)
 		for i := range evs {
 			emit(&evs[i])
 		}
@@ -106,6 +106,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	}
 	fmt.Fprintf(stdout, "%d studies %s %s\n", w.rows-dups, verb, *destination)
 	if *from == "stream" {
+		unreadableNote(unreadable, stdout)
 		streamWindowNote(ctx, conn.JS, start, stdout)
 	}
 	if dups > 0 {
@@ -195,6 +196,14 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 		}
 	}
 	return dups, errors.Join(errs...)
+}
+
+// unreadableNote writes deadletter.UnreadableNote's note for n messages
+// a re-forward could not read, if any.
+func unreadableNote(n int, w io.Writer) {
+	if n > 0 {
+		fmt.Fprintln(w, deadletter.UnreadableNote(n))
+	}
 }
 
 // streamWindowNote writes deadletter.WindowNote's note, if any.

@@ -319,7 +319,7 @@ func (c *replayCLI) reforward(ctx context.Context, destination string, lane even
 			return operatorsMistake(fmt.Errorf("reforward: %w", err))
 		}
 	}
-	evs, err := deadletter.ReforwardIn(ctx, c.JS, destination, lane, from, to, dryRun)
+	evs, unreadable, err := deadletter.ReforwardIn(ctx, c.JS, destination, lane, from, to, dryRun)
 	verb := "queued again"
 	if dryRun {
 		verb = "would be queued again"
@@ -331,6 +331,7 @@ func (c *replayCLI) reforward(ctx context.Context, destination string, lane even
 	}
 	w.Flush()
 	fmt.Fprintf(c.Stdout, "%d events %s\n", len(evs), verb)
+	unreadableNote(unreadable, c.Stdout)
 	streamWindowNote(ctx, c.JS, from, c.Stdout)
 	return err
 }

@@ -445,3 +445,31 @@ func TestToolCommandLineCheckedFirst(t *testing.T) {
 		t.Errorf("replay list = %v, want the store in use", err)
 	}
 }
+
+// `replay reforward` prints how many messages of its window it could not
+// read (not queued): it skipped them without a word. And `replay list`
+// lists a letter this build cannot decode among the others, which `purge
+// --seq` deletes: both failed on it.
+func TestReplayToolsOverWhatTheyCannotRead(t *testing.T) {
+	r := newReplayRig(t)
+	if _, err := r.ns.JS.Publish(replayCtx(t), natsjs.EventSubject("orthanc-a"), []byte("not an event")); err != nil {
+		t.Fatal(err)
+	}
+	out := r.mustRun(t, "reforward", "--since", "1h", "--dry-run")
+	if !strings.Contains(out, "0 events would be queued again") || !strings.Contains(out, "1 messages in the window are no event this build reads") {
+		t.Errorf("reforward printed:\n%s\nwant the one unreadable message counted", out)
+	}
+
+	ack, err := r.ns.JS.Publish(replayCtx(t), natsjs.DeadLetterSubject(natsjs.DefaultDestination, "orthanc-a"), []byte("not a letter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out = r.mustRun(t, "list")
+	if !strings.Contains(out, string(deadletter.UnreadableLetter)) {
+		t.Errorf("replay list printed:\n%s\nwant the unreadable letter", out)
+	}
+	r.mustRun(t, "purge", "--seq", strconv.FormatUint(ack.Sequence, 10))
+	if out := r.mustRun(t, "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("after the purge replay list --json printed %s", out)
+	}
+}

@@ -709,7 +709,14 @@ func (s *Store) deleteLetter(ctx context.Context, seq uint64) (gone bool, err er
 // data, or one added since (a backfill): for the destination named, or
 // for every destination when it is empty, in the low lane. Each gets a
 // fresh dedupe ID.
-func Reforward(ctx context.Context, js jetstream.JetStream, destination string, since, until time.Time, dryRun bool) ([]events.StudyStable, error) {
+//
+// unreadable counts the messages stored in the window that are no event
+// this build reads (the forwarders dead-letter those as undecodable):
+// not queued. An event of a newer ingest's version fails the run, with
+// nothing queued (an error matching events.ErrNewerVersion): newer
+// forwarders did forward it, and a re-forward from an older one (a
+// rollback) would leave its study out while reporting success.
+func Reforward(ctx context.Context, js jetstream.JetStream, destination string, since, until time.Time, dryRun bool) (evs []events.StudyStable, unreadable int, err error) {
 	return ReforwardIn(ctx, js, destination, events.PriorityLow, since, until, dryRun)
 }
 
@@ -746,20 +753,26 @@ func WindowNote(ctx context.Context, js jetstream.JetStream, since time.Time) st
 	return ""
 }
 
+// UnreadableNote says what became of the n messages a re-forward found
+// in its window that are no event this build reads: not queued.
+func UnreadableNote(n int) string {
+	return fmt.Sprintf("%d messages in the window are no event this build reads and were not queued: the forwarders dead-letter them as undecodable (`forwarder replay list --reason undecodable`)", n)
+}
+
 // ReforwardIn is Reforward in the given lane (an operator's --priority).
-func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string, lane events.Priority, since, until time.Time, dryRun bool) ([]events.StudyStable, error) {
+func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string, lane events.Priority, since, until time.Time, dryRun bool) (evs []events.StudyStable, unreadable int, err error) {
 	if since.IsZero() {
-		return nil, errors.New("reforward: a start time is required")
+		return nil, 0, errors.New("reforward: a start time is required")
 	}
 	if !until.IsZero() && !until.After(since) {
-		return nil, errors.New("reforward: the end time must be after the start time")
+		return nil, 0, errors.New("reforward: the end time must be after the start time")
 	}
 	if destination != "" {
 		// Events queued for a destination no consumer takes in this lane
 		// would reach nobody (a lane consumer deleted by hand, a removal
 		// stopped part-way), while the run reported them queued.
 		if err := Taken(ctx, js, destination, lane, natsjs.LaneSubject(lane, destination, "any-source")); err != nil {
-			return nil, fmt.Errorf("reforward: %w", err)
+			return nil, 0, fmt.Errorf("reforward: %w", err)
 		}
 	}
 	// The window is on the time the ingest received each event (its
@@ -789,10 +802,27 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	// subjects read here, with the original's ReceivedAt), which would
 	// otherwise be queued again, doubling at each run.
 	seen := map[string]bool{}
-	err := readAll(ctx, js, natsjs.EventStream, cfg, 0, func(seq uint64, stored time.Time, _ string, _ nats.Header, data []byte) error {
+	// Events of a newer ingest, counted, and the first one's error.
+	var (
+		newer      int
+		newerFirst error
+	)
+	err = readAll(ctx, js, natsjs.EventStream, cfg, 0, func(seq uint64, stored time.Time, _ string, _ nats.Header, data []byte) error {
 		ev, err := events.Decode(data)
 		if err != nil {
-			return nil // an undecodable event was never forwarded either; skip it
+			// Unread, its ReceivedAt is unknown: the window is on its
+			// storage time.
+			if stored.Before(since) || !until.IsZero() && !stored.Before(until) {
+				return nil
+			}
+			if errors.Is(err, events.ErrNewerVersion) {
+				if newer++; newer == 1 {
+					newerFirst = fmt.Errorf("event %d: %w", seq, err)
+				}
+				return nil
+			}
+			unreadable++
+			return nil
 		}
 		received := ev.ReceivedAt
 		if received.IsZero() {
@@ -806,13 +836,17 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		seqs = append(seqs, seq)
 		return nil
 	})
+	if err == nil && newer > 0 {
+		err = fmt.Errorf("reforward: %d events in the window were written by a newer ingest, which this forwarder cannot read (%w): nothing queued; run the re-forward with a forwarder of the ingest's version",
+			newer, newerFirst)
+	}
 	if err != nil && !dryRun {
 		// What was read before the failure was not queued: returning it
 		// would report it as queued (as Replay does).
-		return nil, err
+		return nil, unreadable, err
 	}
 	if err != nil || dryRun {
-		return found, err
+		return found, unreadable, err
 	}
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for i := range found {
@@ -821,10 +855,10 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		// live studies.
 		subject := natsjs.LaneSubject(lane, destination, ev.Source)
 		if _, err := natsjs.PublishTo(ctx, js, subject, ev, ev.MsgID()+"/reforward/"+destination+"/"+stamp+"/"+strconv.FormatUint(seqs[i], 10)); err != nil {
-			return found[:i], fmt.Errorf("reforward event %d: %w", seqs[i], err)
+			return found[:i], unreadable, fmt.Errorf("reforward event %d: %w", seqs[i], err)
 		}
 	}
-	return found, nil
+	return found, unreadable, nil
 }
 
 // Open returns the existing dead-letter stream without changing its

@@ -670,7 +670,7 @@ func TestReforward(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" (dry run)", func(t *testing.T) {
-			got, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, tt.until, true)
+			got, _, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, tt.until, true)
 			if err != nil || !slices.Equal(keys(got), tt.want) {
 				t.Errorf("Reforward = %v, %v; want %v", keys(got), err, tt.want)
 			}
@@ -680,7 +680,7 @@ func TestReforward(t *testing.T) {
 		})
 	}
 
-	got, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, received.Add(time.Hour), false)
+	got, _, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, received.Add(time.Hour), false)
 	if err != nil || !slices.Equal(keys(got), []string{inside.MsgID()}) {
 		t.Fatalf("Reforward = %v, %v", keys(got), err)
 	}
@@ -696,7 +696,7 @@ func TestReforward(t *testing.T) {
 	// copy is read back with the original, and the study is queued once
 	// more, not once for each.
 	for run, want := range []int{5, 6} {
-		if got, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, received.Add(time.Hour), false); err != nil || len(got) != 1 {
+		if got, _, err := deadletter.Reforward(testCtx(t), ns.JS, "", since, received.Add(time.Hour), false); err != nil || len(got) != 1 {
 			t.Fatalf("run %d: Reforward = %v, %v; want the one study", run+2, keys(got), err)
 		}
 		if n := len(eventStream(t, ns.JS)); n != want {
@@ -708,7 +708,7 @@ func TestReforward(t *testing.T) {
 	// hand, a removal stopped part-way), nothing is queued: the admin
 	// API's re-forward queued events for nobody and reported them queued.
 	for _, dryRun := range []bool{true, false} {
-		got, err := deadletter.Reforward(testCtx(t), ns.JS, "archive", since, time.Time{}, dryRun)
+		got, _, err := deadletter.Reforward(testCtx(t), ns.JS, "archive", since, time.Time{}, dryRun)
 		if !errors.Is(err, deadletter.ErrNoConsumer) || len(got) > 0 {
 			t.Errorf("dry run %v: Reforward for a destination without a consumer = %v, %v; want ErrNoConsumer", dryRun, keys(got), err)
 		}
@@ -725,7 +725,7 @@ func TestReforward(t *testing.T) {
 		{"end before start", since, since.Add(-time.Minute)},
 		{"end at start", since, since},
 	} {
-		if _, err := deadletter.Reforward(testCtx(t), ns.JS, "", bad.since, bad.until, false); err == nil {
+		if _, _, err := deadletter.Reforward(testCtx(t), ns.JS, "", bad.since, bad.until, false); err == nil {
 			t.Errorf("%s: Reforward succeeded", bad.name)
 		}
 	}
@@ -995,7 +995,7 @@ func TestReforwardWindowIsWhenReceived(t *testing.T) {
 	old.ReceivedAt = time.Now().UTC()
 	before := old.ReceivedAt.Add(-time.Minute)
 	window := afterClock(publish(old))
-	if got, err := deadletter.Reforward(testCtx(t), ns.JS, "", before, window, false); err != nil || len(got) != 1 {
+	if got, _, err := deadletter.Reforward(testCtx(t), ns.JS, "", before, window, false); err != nil || len(got) != 1 {
 		t.Fatalf("first Reforward = %d events, %v; want the one", len(got), err)
 	}
 
@@ -1016,7 +1016,7 @@ func TestReforwardWindowIsWhenReceived(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := deadletter.Reforward(testCtx(t), ns.JS, "", tt.since, time.Time{}, true)
+			got, _, err := deadletter.Reforward(testCtx(t), ns.JS, "", tt.since, time.Time{}, true)
 			var ids []string
 			for _, ev := range got {
 				ids = append(ids, ev.MsgID())
@@ -1077,7 +1077,7 @@ func TestReforwardReadCutShort(t *testing.T) {
 		{"run", false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := deadletter.Reforward(testCtx(t), cutJS{ns.JS}, "", since, time.Time{}, tt.dryRun)
+			got, _, err := deadletter.Reforward(testCtx(t), cutJS{ns.JS}, "", since, time.Time{}, tt.dryRun)
 			if err == nil {
 				t.Fatal("Reforward with its read cut short succeeded")
 			}

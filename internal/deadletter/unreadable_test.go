@@ -2,12 +2,14 @@ package deadletter_test
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
@@ -131,5 +133,64 @@ func TestUnreadableLetterPurgedAndPassedOverByReplay(t *testing.T) {
 	}
 	if left, err := s.List(testCtx(t), deadletter.Filter{All: true}); err != nil || len(left) != 0 {
 		t.Errorf("after the purge the stream holds %v, %v", seqsOf(left), err)
+	}
+}
+
+// TestReforwardUnreadableEvents: a re-forward counts the messages of its
+// window that are no event this build reads, and fails, queuing nothing,
+// over an event of a newer ingest. It skipped both silently: run from an
+// older forwarder in a rollback, it left out studies newer forwarders had
+// forwarded and reported success.
+func TestReforwardUnreadableEvents(t *testing.T) {
+	newer := fmt.Sprintf(`{"type":%q,"version":%d,"source":"src","orthancStudyId":"x"}`, events.TypeStudyStable, events.Version+1)
+	for _, tt := range []struct {
+		name       string
+		raw        []string
+		newer      bool
+		unreadable int
+	}{
+		{"not an event", []string{"not an event"}, false, 1},
+		{"a newer ingest's event", []string{newer, "not an event"}, true, 1},
+	} {
+		for _, dryRun := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s, dry run %v", tt.name, dryRun), func(t *testing.T) {
+				_, ns := newStore(t)
+				ev := event("src", 1)
+				if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(testCtx(t), &ev); err != nil {
+					t.Fatal(err)
+				}
+				for _, data := range tt.raw {
+					if _, err := ns.JS.Publish(testCtx(t), natsjs.EventSubject("src"), []byte(data)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				stored := func() uint64 {
+					t.Helper()
+					s, err := ns.JS.Stream(testCtx(t), natsjs.EventStream)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return s.CachedInfo().State.Msgs
+				}
+				before := stored()
+				got, unreadable, err := deadletter.Reforward(testCtx(t), ns.JS, "", time.Now().Add(-time.Hour), time.Time{}, dryRun)
+				if unreadable != tt.unreadable {
+					t.Errorf("unreadable = %d, want %d", unreadable, tt.unreadable)
+				}
+				queued := stored() - before
+				switch {
+				case tt.newer && !errors.Is(err, events.ErrNewerVersion):
+					t.Errorf("Reforward = %v; want an error matching events.ErrNewerVersion", err)
+				case tt.newer && queued != 0:
+					t.Errorf("%d events queued over a newer ingest's event, want none", queued)
+				case tt.newer && !dryRun && len(got) != 0:
+					t.Errorf("Reforward reported %d events queued, want none", len(got))
+				case !tt.newer && (err != nil || len(got) != 1):
+					t.Errorf("Reforward = %d events, %v; want the one event", len(got), err)
+				case !tt.newer && !dryRun && queued != 1:
+					t.Errorf("%d events queued, want 1", queued)
+				}
+			})
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
 )
 
@@ -351,7 +352,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	evs, err := deadletter.Reforward(r.Context(), a.JS, destination, since, until, req.DryRun)
+	evs, unreadable, err := deadletter.Reforward(r.Context(), a.JS, destination, since, until, req.DryRun)
 	count := len(evs)
 	// The first maxSummaries events only, as a replay's letters: a window
 	// of a busy week holds tens of thousands. A copy of them, so that the
@@ -363,6 +364,10 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 	}
 	if note := deadletter.WindowNote(r.Context(), a.JS, since); note != "" {
 		answer["note"] = note
+	}
+	if unreadable > 0 {
+		answer["unreadableEvents"] = unreadable
+		answer["unreadableNote"] = deadletter.UnreadableNote(unreadable)
 	}
 	if err != nil {
 		a.failPartway(w, "reforward", err, answer)
@@ -435,10 +440,12 @@ func answerLate(w http.ResponseWriter, status int, v any) {
 
 // failureStatus is the status of a dead-letter operation that failed: 409
 // when the destination has no consumer (retrying cannot help: configure
-// the destination) or letters cannot be replayed (purge them), 503
+// the destination), letters cannot be replayed (purge them) or a
+// re-forward met events of a newer ingest (use its forwarder), 503
 // otherwise (NATS did not answer: try again).
 func failureStatus(err error) int {
-	if errors.Is(err, deadletter.ErrNoConsumer) || errors.Is(err, deadletter.ErrPartialLetters) || errors.Is(err, deadletter.ErrUnreadableLetters) {
+	if errors.Is(err, deadletter.ErrNoConsumer) || errors.Is(err, deadletter.ErrPartialLetters) || errors.Is(err, deadletter.ErrUnreadableLetters) ||
+		errors.Is(err, events.ErrNewerVersion) {
 		return http.StatusConflict
 	}
 	return http.StatusServiceUnavailable

@@ -374,6 +374,54 @@ func TestAdminReforwardSaysWhenTheWindowPrecedesTheStream(t *testing.T) {
 	}
 }
 
+// TestAdminReforwardReportsUnreadableEvents: a re-forward answers how
+// many messages of its window it could not read (not queued), and 409
+// over an event of a newer ingest, queuing nothing. It skipped both and
+// answered 200: from an older forwarder in a rollback, studies newer
+// forwarders had forwarded were left out, reported success.
+func TestAdminReforwardReportsUnreadableEvents(t *testing.T) {
+	newer := fmt.Sprintf(`{"type":%q,"version":%d,"source":"orthanc-a","orthancStudyId":"x"}`, events.TypeStudyStable, events.Version+1)
+	for _, tt := range []struct {
+		name   string
+		raw    []string
+		status int
+	}{
+		{"not an event", []string{"not an event"}, http.StatusOK},
+		{"a newer ingest's event", []string{"not an event", newer}, http.StatusConflict},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			publishEvents(t, ns.JS, 1)
+			for _, data := range tt.raw {
+				if _, err := ns.JS.Publish(t.Context(), natsjs.EventSubject("orthanc-a"), []byte(data)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			const token = "admin-token-0123456789"
+			r := chi.NewRouter()
+			(&web.AdminAPI{Token: token, JS: ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+			req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h"}`))
+			req.Header.Set("Authorization", "Bearer "+token)
+			rec := httptest.NewRecorder()
+			r.ServeHTTP(rec, req)
+			var body struct {
+				Count            int
+				UnreadableEvents int
+			}
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+				t.Fatal(err)
+			}
+			wantCount := 1
+			if tt.status != http.StatusOK {
+				wantCount = 0
+			}
+			if rec.Code != tt.status || body.UnreadableEvents != 1 || body.Count != wantCount {
+				t.Errorf("status %d, body %s; want %d, unreadableEvents 1, count %d", rec.Code, rec.Body, tt.status, wantCount)
+			}
+		})
+	}
+}
+
 // TestAdminListsDeadLettersInPages: a listing answers at most limit
 // letters and the sequence to continue after; the pages together hold
 // every letter the filter selects, once. Without pages an outage's
