@@ -944,3 +944,22 @@ func TestUnreadableConsumerIsShownUnknown(t *testing.T) {
 		}
 	}
 }
+
+// TestPageShowsAnUnreadableLetter: a dead letter this build cannot decode
+// is shown among the others, as such. The dead-letter section showed
+// only "decode dead letter 2: ...".
+func TestPageShowsAnUnreadableLetter(t *testing.T) {
+	f := start(t) // dead letter 1
+	ack, err := f.ns.JS.Publish(t.Context(), natsjs.DeadLetterSubject(natsjs.DefaultDestination, "orthanc-a"), []byte("not a letter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := f.get(t, f.browser(t), "/ui/", adminToken)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /ui = %d: %s", resp.StatusCode, body)
+	}
+	row := regexp.MustCompile(`(?s)<tr id="dl-` + strconv.FormatUint(ack.Sequence, 10) + `">(.*?)</tr>`).FindStringSubmatch(body)
+	if row == nil || !strings.Contains(row[1], string(deadletter.UnreadableLetter)) || strings.Contains(body, "Dead letters unavailable") || !strings.Contains(body, `id="dl-1"`) {
+		t.Errorf("the page shows the letters as\n%s\nwant letter 1 and the unreadable letter %d", body, ack.Sequence)
+	}
+}
