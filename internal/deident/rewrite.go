@@ -536,36 +536,45 @@ func (rw *rewrite) start(pending []*element) error {
 func (rw *rewrite) kept(t Tag, vr string) bool { return rw.d.p.action(t, vr) == actKeep }
 
 func (rw *rewrite) writeFileMeta() error {
-	sopClass := rw.sopClass
+	meta, err := FileMeta(rw.sopClass, rw.inst.NewSOPInstanceUID, rw.syntax)
+	if err != nil {
+		return err
+	}
+	_, err = rw.w.Write(meta)
+	return err
+}
+
+// FileMeta returns the 128-byte preamble, "DICM" and a file meta group
+// (PS3.10 7.1) naming sopClass, sopInstance and syntax, with stowline as
+// its writer: what a data set needs in front to be a Part-10 file. It
+// fails (ErrMalformed) only for a UID too long for its element.
+func FileMeta(sopClass, sopInstance, syntax string) ([]byte, error) {
 	// File Meta Information Version: always 00 01 (PS3.10 7.1), not
 	// copied (any length) from the input.
 	version := []byte{0, 1}
 	meta := []*element{
 		{tag: 0x00020001, vr: "OB", value: version},
 		{tag: 0x00020002, vr: "UI", value: pad(sopClass, "UI")},
-		{tag: tagMediaSOPInstanceUID, vr: "UI", value: pad(rw.inst.NewSOPInstanceUID, "UI")},
-		{tag: tagTransferSyntax, vr: "UI", value: pad(rw.syntax, "UI")},
+		{tag: tagMediaSOPInstanceUID, vr: "UI", value: pad(sopInstance, "UI")},
+		{tag: tagTransferSyntax, vr: "UI", value: pad(syntax, "UI")},
 		{tag: 0x00020012, vr: "UI", value: pad(implementationUID, "UI")},
 		{tag: 0x00020013, vr: "SH", value: pad(implementationVersion, "SH")},
 	}
 	var body bytes.Buffer
 	for _, m := range meta {
 		if err := writeElement(&body, m, true); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if _, err := rw.w.Write(make([]byte, 128)); err != nil {
-		return err
-	}
-	if _, err := rw.w.WriteString("DICM"); err != nil {
-		return err
-	}
+	out := bytes.NewBuffer(make([]byte, 0, 128+4+12+body.Len()))
+	out.Write(make([]byte, 128))
+	out.WriteString("DICM")
 	length := binary.LittleEndian.AppendUint32(nil, uint32(body.Len()))
-	if err := writeElement(rw.w, &element{tag: 0x00020000, vr: "UL", value: length}, true); err != nil {
-		return err
+	if err := writeElement(out, &element{tag: 0x00020000, vr: "UL", value: length}, true); err != nil {
+		return nil, err
 	}
-	_, err := rw.w.Write(body.Bytes())
-	return err
+	out.Write(body.Bytes())
+	return out.Bytes(), nil
 }
 
 // writeAdds writes the added attributes that sort before tag.

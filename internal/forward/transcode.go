@@ -3,6 +3,7 @@ package forward
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -40,7 +41,8 @@ const (
 	convRefused = "refused"
 )
 
-// metadataReads bounds the metadata requests of one study in flight.
+// metadataReads bounds the metadata requests of one study in flight, and
+// the files countPlain opens.
 const metadataReads = 8
 
 // measureConversions bounds the conversions one study counts at once
@@ -89,8 +91,12 @@ type planned struct {
 func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []orthancapi.Instance) (*syntaxPlan, []dicomweb.Part, []Instance, error) {
 	if len(f.opts.TransferSyntaxes) == 0 {
 		parts := make([]dicomweb.Part, len(instances))
+		plainAt := make([]int, len(instances))
 		for i, inst := range instances {
-			parts[i] = plainPart(src, inst)
+			parts[i], plainAt[i] = plainPart(src, inst), i
+		}
+		if err := f.countPlain(ctx, parts, plainAt); err != nil {
+			return nil, nil, nil, err
 		}
 		return nil, parts, nil, nil
 	}
@@ -120,12 +126,14 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 	}
 	var parts []dicomweb.Part
 	var refused []Instance
+	var plainAt []int
 	for i, inst := range instances {
 		ts := syntaxes[i]
 		p.byUID[inst.SOPInstanceUID] = planned{id: inst.ID, syntax: ts, size: inst.FileSize}
 		// Orthanc records the syntax of every instance it stores; one
 		// without is sent as it is and the destination decides.
 		if ts == "" || slices.Contains(p.accepted, ts) {
+			plainAt = append(plainAt, len(parts))
 			parts = append(parts, plainPart(src, inst))
 			continue
 		}
@@ -135,6 +143,9 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 			continue
 		}
 		parts = append(parts, f.convertedPart(p, inst.SOPInstanceUID, inst.FileSize))
+	}
+	if err := f.countPlain(ctx, parts, plainAt); err != nil {
+		return nil, nil, nil, err
 	}
 	if f.opts.ExactLength {
 		var failed []Instance
@@ -174,15 +185,157 @@ func (f *Forwarder) cannotConvert(p *syntaxPlan, ts string) (result, reason stri
 	return "", ""
 }
 
+// plainPart sends the instance's file as Orthanc stores it, made a
+// Part-10 file if it is not one (partTenPrefix). Its size is the file's
+// in Orthanc; countPlain makes it exact where the destination needs it.
 func plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
 	return dicomweb.Part{
 		SOPInstanceUID: inst.SOPInstanceUID,
 		Size:           inst.FileSize,
 		Open: func(ctx context.Context) (io.ReadCloser, error) {
-			rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
-			return rc, instanceUnread(instanceGone(err, inst.ID), inst.SOPInstanceUID)
+			pf, err := openPlain(ctx, src, inst)
+			if err != nil {
+				return nil, err // not a nil *plainFile in the interface
+			}
+			return pf, nil
 		},
 	}
+}
+
+// countPlain gives the plain parts (plainPart) at the indexes plain their
+// size as sent, for a destination that signs the request's length
+// (ExactLength): what partTenPrefix puts in front is known from a file's
+// first bytes, so each is opened once before the request, and Orthanc
+// reads it twice. A de-identifying destination sizes its copies itself
+// (deidentified.measure). A file the source fails to read (unreadError)
+// keeps its size in Orthanc: as it is sent it fails alone and is read
+// again in the next round. Other errors (the source failing, the
+// instance gone) fail the attempt, as measure's.
+func (f *Forwarder) countPlain(ctx context.Context, parts []dicomweb.Part, plain []int) error {
+	if _, deid := f.opts.Destination.(*deidentified); !f.opts.ExactLength || deid {
+		return nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(metadataReads)
+	for _, i := range plain {
+		g.Go(func() error {
+			rc, err := parts[i].Open(gctx)
+			if err == nil {
+				pf, ok := rc.(*plainFile)
+				if !ok {
+					_ = rc.Close()
+					return fmt.Errorf("count the size of instance %s: not a plain part", parts[i].SOPInstanceUID)
+				}
+				err = pf.start()
+				_ = pf.Close()
+				if err == nil {
+					parts[i].Size = pf.size
+					return nil
+				}
+			}
+			if ue := (*unreadError)(nil); errors.As(err, &ue) {
+				return nil
+			}
+			return fmt.Errorf("read instance %s from the source to count its size: %w", parts[i].SOPInstanceUID, err)
+		})
+	}
+	return g.Wait()
+}
+
+// plainFile is an instance's file read from the source, with what it
+// lacked in front to be a Part-10 file. Its first bytes are read at the
+// first Read (or start), as the file's, so that a de-identifying
+// destination reads them inside its rewrite.
+type plainFile struct {
+	ctx  context.Context // the request's, for the metadata read
+	src  Source
+	inst orthancapi.Instance
+	rc   io.ReadCloser
+	r    io.Reader // the file with what went in front; nil before start
+	err  error     // start's
+	size int64     // the file's size in Orthanc and what went in front
+}
+
+func openPlain(ctx context.Context, src Source, inst orthancapi.Instance) (*plainFile, error) {
+	rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
+	if err != nil {
+		return nil, instanceUnread(instanceGone(err, inst.ID), inst.SOPInstanceUID)
+	}
+	return &plainFile{ctx: ctx, src: src, inst: inst, rc: rc}, nil
+}
+
+// start reads the file's first bytes and decides what goes in front.
+func (p *plainFile) start() error {
+	if p.r != nil || p.err != nil {
+		return p.err
+	}
+	head := make([]byte, dicmOffset+4)
+	// A file shorter than the peek is whole in head.
+	r := &readErr{r: p.rc}
+	n, _ := io.ReadFull(r, head)
+	if r.err != nil {
+		p.err = r.err
+		return p.err
+	}
+	head = head[:n]
+	front, err := partTenPrefix(p.ctx, p.src, p.inst, head)
+	if err != nil {
+		p.err = err
+		return p.err
+	}
+	p.r = io.MultiReader(bytes.NewReader(front), bytes.NewReader(head), p.rc)
+	p.size = p.inst.FileSize + int64(len(front))
+	return nil
+}
+
+func (p *plainFile) Read(b []byte) (int, error) {
+	if err := p.start(); err != nil {
+		return 0, err
+	}
+	return p.r.Read(b)
+}
+
+func (p *plainFile) Close() error { return p.rc.Close() }
+
+// partTenPrefix returns what a file that starts with head lacks in front
+// to be a PS3.10 file, which every STOW-RS part must be: Orthanc stores a
+// bare data set (no preamble, no file meta) as it came and answers it
+// back so, and a strict archive refuses it. The file meta names the
+// transfer syntax and SOP class Orthanc read the file in (its metadata),
+// as a conversion by Orthanc or the de-identifying rewrite writes one.
+func partTenPrefix(ctx context.Context, src Source, inst orthancapi.Instance, head []byte) ([]byte, error) {
+	switch {
+	case len(head) == dicmOffset+4 && string(head[dicmOffset:]) == "DICM":
+		return nil, nil
+	case len(head) >= 2 && binary.LittleEndian.Uint16(head) == 0x0002:
+		// File meta without the preamble: Orthanc stores such files as
+		// they came too.
+		return append(make([]byte, dicmOffset), "DICM"...), nil
+	}
+	ms, ok := src.(metadataReader)
+	if !ok {
+		return nil, nil // a source that cannot tell (tests): sent as stored
+	}
+	m, err := ms.InstanceMetadata(ctx, inst.ID)
+	if err != nil {
+		return nil, instanceUnread(instanceGone(fmt.Errorf("read the metadata of instance %s, stored without file meta: %w", inst.ID, err), inst.ID), inst.SOPInstanceUID)
+	}
+	if m.TransferSyntaxUID == "" || m.SOPClassUID == "" {
+		// Orthanc records both for every instance it stores; without
+		// them it is sent as stored and the destination decides.
+		return nil, nil
+	}
+	meta, err := deident.FileMeta(m.SOPClassUID, inst.SOPInstanceUID, m.TransferSyntaxUID)
+	if err != nil {
+		return nil, fmt.Errorf("write a file meta for instance %s, stored without one: %w", inst.ID, err)
+	}
+	return meta, nil
+}
+
+// metadataReader is a source that tells an instance's metadata
+// (orthancapi.Client).
+type metadataReader interface {
+	InstanceMetadata(ctx context.Context, instanceID string) (orthancapi.InstanceMetadata, error)
 }
 
 // unreadError is an instance whose file the source Orthanc answered with

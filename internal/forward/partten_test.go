@@ -1,0 +1,247 @@
+package forward
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// storedFileSource is an Orthanc holding one file as it came, with the
+// metadata Orthanc 1.10.1 records for it.
+type storedFileSource struct {
+	inst    orthancapi.Instance
+	file    []byte
+	meta    orthancapi.InstanceMetadata
+	metaErr error
+}
+
+func (s *storedFileSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	return []orthancapi.Instance{s.inst}, nil
+}
+
+func (s *storedFileSource) OpenInstanceFile(context.Context, string) (io.ReadCloser, int64, error) {
+	return io.NopCloser(bytes.NewReader(s.file)), int64(len(s.file)), nil
+}
+
+func (s *storedFileSource) InstanceMetadata(context.Context, string) (orthancapi.InstanceMetadata, error) {
+	return s.meta, s.metaErr
+}
+
+func (s *storedFileSource) OpenTranscodedInstance(context.Context, string, string) (io.ReadCloser, error) {
+	panic("not converted: its syntax is listed")
+}
+
+// TestPlainPartIsAPartTenFile: a file Orthanc stores without preamble
+// and file meta (rtstruct-no-meta-implicit.dcm, answered back so by GET
+// /instances/{id}/file) is sent as a PS3.10 file, as STOW-RS requires:
+// "DICM" at byte 128, a file meta naming the transfer syntax and SOP
+// class of Orthanc's metadata, the data set unchanged after it, and,
+// for a destination that signs the length, its size counted with the
+// meta. Before, it was sent as stored: no "DICM" at 128. A file with its
+// meta is sent byte for byte.
+func TestPlainPartIsAPartTenFile(t *testing.T) {
+	dir := testharness.SamplesDir(t)
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	bare := read("rtstruct-no-meta-implicit.dcm")
+	ct := read("ct-explicit-le.dcm")
+	const (
+		rtstruct = "1.2.840.10008.5.1.4.1.1.481.3"
+		ctImage  = "1.2.840.10008.5.1.4.1.1.2"
+	)
+	tests := []struct {
+		name     string
+		file     []byte
+		sopClass string
+		syntax   string // Orthanc's metadata
+		list     []string
+		exact    bool
+		// asStored: sent byte for byte; preambleOnly: after a preamble
+		// and "DICM"
+		asStored, preambleOnly bool
+	}{
+		{name: "no meta, no list", file: bare, sopClass: rtstruct, syntax: tsImplicit},
+		{name: "no meta, no list, exact length", file: bare, sopClass: rtstruct, syntax: tsImplicit, exact: true},
+		{name: "no meta, syntax listed", file: bare, sopClass: rtstruct, syntax: tsImplicit, list: []string{tsImplicit}},
+		{name: "no meta, syntax listed, exact length", file: bare, sopClass: rtstruct, syntax: tsImplicit, list: []string{tsImplicit}, exact: true},
+		{name: "meta", file: ct, sopClass: ctImage, syntax: tsExplicit, asStored: true},
+		{name: "meta, exact length", file: ct, sopClass: ctImage, syntax: tsExplicit, exact: true, asStored: true},
+		{name: "meta without preamble", file: ct[dicmOffset+4:], sopClass: ctImage, syntax: tsExplicit, exact: true, preambleOnly: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stored, err := testharness.ReadInfo(bufio.NewReader(bytes.NewReader(tt.file)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := &storedFileSource{
+				inst: orthancapi.Instance{ID: "2c10196c-9ff8df3f-9513776e-258e8f85-ed1fd3ba", SOPInstanceUID: stored.SOPInstanceUID, FileSize: int64(len(tt.file))},
+				file: tt.file,
+				meta: orthancapi.InstanceMetadata{SOPClassUID: tt.sopClass, TransferSyntaxUID: tt.syntax},
+			}
+			f := plainForwarder(t, src, tt.exact, tt.list...)
+			_, parts, refused, err := f.planSyntaxes(t.Context(), src, []orthancapi.Instance{src.inst})
+			if err != nil || len(refused) != 0 || len(parts) != 1 {
+				t.Fatalf("planSyntaxes: %d parts, refused %v, %v; want one part", len(parts), refused, err)
+			}
+			rc, err := parts[0].Open(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent, err := io.ReadAll(rc)
+			_ = rc.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.exact && parts[0].Size != int64(len(sent)) {
+				t.Errorf("part size %d, sent %d bytes: a destination that signs the length refuses it", parts[0].Size, len(sent))
+			}
+			if tt.asStored {
+				if !bytes.Equal(sent, tt.file) {
+					t.Errorf("sent %d bytes, not the %d stored", len(sent), len(tt.file))
+				}
+				return
+			}
+			if tt.preambleOnly {
+				if want := append(append(make([]byte, dicmOffset), "DICM"...), tt.file...); !bytes.Equal(sent, want) {
+					t.Errorf("sent %d bytes, not a preamble, DICM and the %d stored", len(sent), len(tt.file))
+				}
+				return
+			}
+			checkPartTen(t, sent, tt.file[stored.DatasetOffset:], tt.syntax, tt.sopClass, stored.SOPInstanceUID)
+		})
+	}
+}
+
+// TestPlainPartFromOrthanc: the file meta put in front of a file Orthanc
+// stores without one names what Orthanc itself read the file in.
+func TestPlainPartFromOrthanc(t *testing.T) {
+	path := filepath.Join(testharness.SamplesDir(t), "rtstruct-no-meta-implicit.dcm")
+	file, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "no-meta-src"})
+	if res := o.Upload(t, path); len(res.Stored) != 1 {
+		t.Fatalf("Orthanc did not store the file: %v", res.Failed)
+	}
+	var studies []string
+	o.GetJSON(t, "/studies", &studies)
+	client, err := orthancapi.New(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	instances, err := client.StudyInstances(t.Context(), studies[0])
+	if err != nil || len(instances) != 1 {
+		t.Fatalf("StudyInstances: %v, %v", instances, err)
+	}
+	f := plainForwarder(t, client, true)
+	_, parts, refused, err := f.planSyntaxes(t.Context(), client, instances)
+	if err != nil || len(refused) != 0 || len(parts) != 1 {
+		t.Fatalf("planSyntaxes: %d parts, refused %v, %v; want one part", len(parts), refused, err)
+	}
+	rc, err := parts[0].Open(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := io.ReadAll(rc)
+	_ = rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if parts[0].Size != int64(len(sent)) {
+		t.Errorf("part size %d, sent %d bytes", parts[0].Size, len(sent))
+	}
+	checkPartTen(t, sent, file, tsImplicit, "1.2.840.10008.5.1.4.1.1.481.3", instances[0].SOPInstanceUID)
+}
+
+// checkPartTen checks that sent is a PS3.10 file of dataSet with a file
+// meta naming syntax, sopClass and uid.
+func checkPartTen(t *testing.T, sent, dataSet []byte, syntax, sopClass, uid string) {
+	t.Helper()
+	if len(sent) < dicmOffset+4 || string(sent[dicmOffset:dicmOffset+4]) != "DICM" {
+		t.Fatalf("sent no DICM at byte %d: not a PS3.10 file (starts % x)", dicmOffset, sent[:min(len(sent), 16)])
+	}
+	info, err := testharness.ReadInfo(bufio.NewReader(bytes.NewReader(sent)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.HasMeta || info.TransferSyntaxUID != syntax || info.MediaStorageSOPClassUID != sopClass || info.MediaStorageSOPInstanceUID != uid {
+		t.Errorf("file meta: has %v, syntax %q, SOP class %q, instance %q; want %q, %q, %q",
+			info.HasMeta, info.TransferSyntaxUID, info.MediaStorageSOPClassUID, info.MediaStorageSOPInstanceUID, syntax, sopClass, uid)
+	}
+	if !bytes.Equal(sent[info.DatasetOffset:], dataSet) {
+		t.Errorf("the data set after the file meta differs from the stored one")
+	}
+}
+
+// TestPlainPartUnreadMetadata: Orthanc answering the metadata read of a
+// file without file meta with its own 500 fails that instance alone
+// (unreadError: read again in the next round), also where the
+// destination needs sizes before the request: the part keeps the file's
+// size and the attempt goes on.
+func TestPlainPartUnreadMetadata(t *testing.T) {
+	bare, err := os.ReadFile(filepath.Join(testharness.SamplesDir(t), "rtstruct-no-meta-implicit.dcm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &storedFileSource{
+		inst:    orthancapi.Instance{ID: "2c10196c-9ff8df3f-9513776e-258e8f85-ed1fd3ba", SOPInstanceUID: "1.2.826.0.1.3680043.8.498.2010020400001", FileSize: int64(len(bare))},
+		file:    bare,
+		metaErr: &orthancapi.Error{Method: "GET", Path: "/instances/x/metadata", StatusCode: 500, OrthancMessage: "Database plugin error"},
+	}
+	f := plainForwarder(t, src, true)
+	_, parts, refused, err := f.planSyntaxes(t.Context(), src, []orthancapi.Instance{src.inst})
+	if err != nil || len(refused) != 0 || len(parts) != 1 || parts[0].Size != src.inst.FileSize {
+		t.Fatalf("planSyntaxes: %v, refused %v, %v; want one part of the file's size", parts, refused, err)
+	}
+	rc, err := parts[0].Open(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(rc)
+	_ = rc.Close()
+	if ue := (*unreadError)(nil); !errors.As(err, &ue) || ue.SOPInstanceUID != src.inst.SOPInstanceUID {
+		t.Errorf("read: %v, want the instance's unreadError", err)
+	}
+}
+
+func plainForwarder(t *testing.T, src Source, exact bool, list ...string) *Forwarder {
+	t.Helper()
+	srv := httptest.NewServer(&syntaxSink{stored: map[string]string{}})
+	t.Cleanup(srv.Close)
+	client, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Options{
+		DestinationName: "aws", SourceFor: func(string) (Source, error) { return src, nil }, Destination: client,
+		Concurrency: 1, MaxInstances: 4, MaxBytes: 1 << 20, AckWait: 3 * time.Second,
+		RetryDelay: time.Second, RetryMaxDelay: time.Second,
+		TransferSyntaxes: list, ExactLength: exact,
+		Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
