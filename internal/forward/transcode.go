@@ -41,8 +41,7 @@ const (
 	convRefused = "refused"
 )
 
-// metadataReads bounds the metadata requests of one study in flight, and
-// the files countPlain opens.
+// metadataReads bounds the metadata requests of one study in flight.
 const metadataReads = 8
 
 // measureConversions bounds the conversions one study counts at once
@@ -91,12 +90,8 @@ type planned struct {
 func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []orthancapi.Instance) (*syntaxPlan, []dicomweb.Part, []Instance, error) {
 	if len(f.opts.TransferSyntaxes) == 0 {
 		parts := make([]dicomweb.Part, len(instances))
-		plainAt := make([]int, len(instances))
 		for i, inst := range instances {
-			parts[i], plainAt[i] = plainPart(src, inst), i
-		}
-		if err := f.countPlain(ctx, parts, plainAt); err != nil {
-			return nil, nil, nil, err
+			parts[i] = f.plainPart(src, inst)
 		}
 		return nil, parts, nil, nil
 	}
@@ -126,15 +121,13 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 	}
 	var parts []dicomweb.Part
 	var refused []Instance
-	var plainAt []int
 	for i, inst := range instances {
 		ts := syntaxes[i]
 		p.byUID[inst.SOPInstanceUID] = planned{id: inst.ID, syntax: ts, size: inst.FileSize}
 		// Orthanc records the syntax of every instance it stores; one
 		// without is sent as it is and the destination decides.
 		if ts == "" || slices.Contains(p.accepted, ts) {
-			plainAt = append(plainAt, len(parts))
-			parts = append(parts, plainPart(src, inst))
+			parts = append(parts, f.plainPart(src, inst))
 			continue
 		}
 		if result, reason := f.cannotConvert(p, ts); reason != "" {
@@ -143,9 +136,6 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 			continue
 		}
 		parts = append(parts, f.convertedPart(p, inst.SOPInstanceUID, inst.FileSize))
-	}
-	if err := f.countPlain(ctx, parts, plainAt); err != nil {
-		return nil, nil, nil, err
 	}
 	if f.opts.ExactLength {
 		var failed []Instance
@@ -186,13 +176,23 @@ func (f *Forwarder) cannotConvert(p *syntaxPlan, ts string) (result, reason stri
 }
 
 // plainPart sends the instance's file as Orthanc stores it, made a
-// Part-10 file if it is not one (partTenPrefix). Its size is the file's
-// in Orthanc; countPlain makes it exact where the destination needs it.
-func plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
+// Part-10 file if it is not one (partTenPrefix), but to a destination that
+// signs the request's length (ExactLength, AWS) and does not de-identify:
+// its size must be known before the request, and telling what goes in
+// front needs the file's first bytes, which would cost every instance a
+// second GET (and, closed unread, its connection) for the few stored
+// without file meta. Those go as stored, as they came to Orthanc.
+func (f *Forwarder) plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
+	_, deid := f.opts.Destination.(*deidentified)
+	asStored := f.opts.ExactLength && !deid
 	return dicomweb.Part{
 		SOPInstanceUID: inst.SOPInstanceUID,
 		Size:           inst.FileSize,
 		Open: func(ctx context.Context) (io.ReadCloser, error) {
+			if asStored {
+				rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
+				return rc, instanceUnread(instanceGone(err, inst.ID), inst.SOPInstanceUID)
+			}
 			pf, err := openPlain(ctx, src, inst)
 			if err != nil {
 				return nil, err // not a nil *plainFile in the interface
@@ -202,50 +202,10 @@ func plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
 	}
 }
 
-// countPlain gives the plain parts (plainPart) at the indexes plain their
-// size as sent, for a destination that signs the request's length
-// (ExactLength): what partTenPrefix puts in front is known from a file's
-// first bytes, so each is opened once before the request, and Orthanc
-// reads it twice. A de-identifying destination sizes its copies itself
-// (deidentified.measure). A file the source fails to read (unreadError)
-// keeps its size in Orthanc: as it is sent it fails alone and is read
-// again in the next round. Other errors (the source failing, the
-// instance gone) fail the attempt, as measure's.
-func (f *Forwarder) countPlain(ctx context.Context, parts []dicomweb.Part, plain []int) error {
-	if _, deid := f.opts.Destination.(*deidentified); !f.opts.ExactLength || deid {
-		return nil
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(metadataReads)
-	for _, i := range plain {
-		g.Go(func() error {
-			rc, err := parts[i].Open(gctx)
-			if err == nil {
-				pf, ok := rc.(*plainFile)
-				if !ok {
-					_ = rc.Close()
-					return fmt.Errorf("count the size of instance %s: not a plain part", parts[i].SOPInstanceUID)
-				}
-				err = pf.start()
-				_ = pf.Close()
-				if err == nil {
-					parts[i].Size = pf.size
-					return nil
-				}
-			}
-			if ue := (*unreadError)(nil); errors.As(err, &ue) {
-				return nil
-			}
-			return fmt.Errorf("read instance %s from the source to count its size: %w", parts[i].SOPInstanceUID, err)
-		})
-	}
-	return g.Wait()
-}
-
 // plainFile is an instance's file read from the source, with what it
 // lacked in front to be a Part-10 file. Its first bytes are read at the
-// first Read (or start), as the file's, so that a de-identifying
-// destination reads them inside its rewrite.
+// first Read, as the file's, so that a de-identifying destination reads
+// them inside its rewrite.
 type plainFile struct {
 	ctx  context.Context // the request's, for the metadata read
 	src  Source
@@ -253,7 +213,6 @@ type plainFile struct {
 	rc   io.ReadCloser
 	r    io.Reader // the file with what went in front; nil before start
 	err  error     // start's
-	size int64     // the file's size in Orthanc and what went in front
 }
 
 func openPlain(ctx context.Context, src Source, inst orthancapi.Instance) (*plainFile, error) {
@@ -284,7 +243,6 @@ func (p *plainFile) start() error {
 		return p.err
 	}
 	p.r = io.MultiReader(bytes.NewReader(front), bytes.NewReader(head), p.rc)
-	p.size = p.inst.FileSize + int64(len(front))
 	return nil
 }
 
