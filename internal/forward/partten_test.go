@@ -99,22 +99,9 @@ func TestPlainPartIsAPartTenFile(t *testing.T) {
 				file: tt.file,
 				meta: orthancapi.InstanceMetadata{SOPClassUID: tt.sopClass, TransferSyntaxUID: tt.syntax},
 			}
-			f := plainForwarder(t, src, tt.exact, tt.list...)
-			_, parts, refused, err := f.planSyntaxes(t.Context(), src, []orthancapi.Instance{src.inst})
-			if err != nil || len(refused) != 0 || len(parts) != 1 {
-				t.Fatalf("planSyntaxes: %d parts, refused %v, %v; want one part", len(parts), refused, err)
-			}
-			rc, err := parts[0].Open(t.Context())
-			if err != nil {
-				t.Fatal(err)
-			}
-			sent, err := io.ReadAll(rc)
-			_ = rc.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tt.exact && parts[0].Size != int64(len(sent)) {
-				t.Errorf("part size %d, sent %d bytes: a destination that signs the length refuses it", parts[0].Size, len(sent))
+			part, sent := sendPlain(t, plainForwarder(t, src, tt.exact, tt.list...), src, []orthancapi.Instance{src.inst})
+			if tt.exact && part.Size != int64(len(sent)) {
+				t.Errorf("part size %d, sent %d bytes: a destination that signs the length refuses it", part.Size, len(sent))
 			}
 			if tt.asStored {
 				if !bytes.Equal(sent, tt.file) {
@@ -155,8 +142,15 @@ func TestPlainPartFromOrthanc(t *testing.T) {
 	if err != nil || len(instances) != 1 {
 		t.Fatalf("StudyInstances: %v, %v", instances, err)
 	}
-	f := plainForwarder(t, client, false)
-	_, parts, refused, err := f.planSyntaxes(t.Context(), client, instances)
+	_, sent := sendPlain(t, plainForwarder(t, client, false), client, instances)
+	checkPartTen(t, sent, file, tsImplicit, "1.2.840.10008.5.1.4.1.1.481.3", instances[0].SOPInstanceUID)
+}
+
+// sendPlain plans the one instance of instances for f and returns its
+// part and the bytes it sends.
+func sendPlain(t *testing.T, f *Forwarder, src Source, instances []orthancapi.Instance) (dicomweb.Part, []byte) {
+	t.Helper()
+	_, parts, refused, err := f.planSyntaxes(t.Context(), src, instances)
 	if err != nil || len(refused) != 0 || len(parts) != 1 {
 		t.Fatalf("planSyntaxes: %d parts, refused %v, %v; want one part", len(parts), refused, err)
 	}
@@ -169,7 +163,7 @@ func TestPlainPartFromOrthanc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkPartTen(t, sent, file, tsImplicit, "1.2.840.10008.5.1.4.1.1.481.3", instances[0].SOPInstanceUID)
+	return parts[0], sent
 }
 
 // checkPartTen checks that sent is a PS3.10 file of dataSet with a file
