@@ -137,10 +137,18 @@ func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
 		status    int
 		seq       string // FailedSOPSequence, OtherFailuresSequence
 		instances int
+		reasons   []int // the unnamed failures' (43264 without)
+		retried   bool  // sent again: the answer does not say the unlisted are refused
 	}{
-		{"409 00081198", http.StatusConflict, "00081198", 1},
-		{"409 0008119A", http.StatusConflict, "0008119A", 1},
-		{"202 00081198", http.StatusAccepted, "00081198", 2},
+		{name: "409 00081198", status: http.StatusConflict, seq: "00081198", instances: 1},
+		{name: "409 0008119A", status: http.StatusConflict, seq: "0008119A", instances: 1},
+		{name: "202 00081198", status: http.StatusAccepted, seq: "00081198", instances: 2},
+		// Two left out, one failure told: which is it?
+		{name: "202, fewer failures than left out", status: http.StatusAccepted, seq: "00081198", instances: 3, retried: true},
+		{name: "202, a processing failure", status: http.StatusAccepted, seq: "00081198", instances: 2, reasons: []int{0x0110}, retried: true},
+		{name: "202, transfer syntax not supported", status: http.StatusAccepted, seq: "00081198", instances: 2, reasons: []int{0xC122}, retried: true},
+		// A status that says "later", with one instance stored.
+		{name: "503 naming one stored", status: http.StatusServiceUnavailable, seq: "00081198", instances: 2, retried: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var requests atomic.Int32
@@ -149,10 +157,18 @@ func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
 				w.Header().Set("Content-Type", "application/dicom+json")
 				w.WriteHeader(tt.status)
 				stored := ""
-				if tt.status == http.StatusAccepted {
+				if tt.status != http.StatusConflict {
 					stored = `"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3.1"]}}]},`
 				}
-				fmt.Fprintf(w, `{%s%q:{"vr":"SQ","Value":[{"00081197":{"vr":"US","Value":[43264]}}]}}`, stored, tt.seq)
+				reasons := tt.reasons
+				if reasons == nil {
+					reasons = []int{43264}
+				}
+				var items []string
+				for _, r := range reasons {
+					items = append(items, fmt.Sprintf(`{"00081197":{"vr":"US","Value":[%d]}}`, r))
+				}
+				fmt.Fprintf(w, `{%s%q:{"vr":"SQ","Value":[%s]}}`, stored, tt.seq, strings.Join(items, ","))
 			}))
 			t.Cleanup(srv.Close)
 			ns := testnats.Start(t)
@@ -165,6 +181,12 @@ func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
 				o.InstanceRetryDelay = 10e6
 			})
 			forwardOne(t, f, ns, cons, testEvent())
+			if tt.retried {
+				if got := requests.Load(); got != 3 {
+					t.Errorf("%d STOW requests, want 3: the instances left out sent again in each round", got)
+				}
+				return
+			}
 			if got := requests.Load(); got != 1 {
 				t.Errorf("%d STOW requests, want 1: the instance is refused for good", got)
 			}

@@ -49,10 +49,10 @@ func (s *storedFileSource) OpenTranscodedInstance(context.Context, string, strin
 // and file meta (rtstruct-no-meta-implicit.dcm, answered back so by GET
 // /instances/{id}/file) is sent as a PS3.10 file, as STOW-RS requires:
 // "DICM" at byte 128, a file meta naming the transfer syntax and SOP
-// class of Orthanc's metadata, the data set unchanged after it, and,
-// for a destination that signs the length, its size counted with the
-// meta. Before, it was sent as stored: no "DICM" at 128. A file with its
-// meta is sent byte for byte.
+// class of Orthanc's metadata, the data set unchanged after it. Before,
+// it was sent as stored: no "DICM" at 128. A file with its meta is sent
+// byte for byte, and so is every file to a destination that signs the
+// length (plainPart).
 func TestPlainPartIsAPartTenFile(t *testing.T) {
 	dir := testharness.SamplesDir(t)
 	read := func(name string) []byte {
@@ -99,10 +99,7 @@ func TestPlainPartIsAPartTenFile(t *testing.T) {
 				file: tt.file,
 				meta: orthancapi.InstanceMetadata{SOPClassUID: tt.sopClass, TransferSyntaxUID: tt.syntax},
 			}
-			part, sent := sendPlain(t, plainForwarder(t, src, tt.exact, tt.list...), src, []orthancapi.Instance{src.inst})
-			if tt.exact && part.Size != int64(len(sent)) {
-				t.Errorf("part size %d, sent %d bytes: a destination that signs the length refuses it", part.Size, len(sent))
-			}
+			_, sent := sendPlain(t, plainForwarder(t, src, tt.exact, tt.list...), src, []orthancapi.Instance{src.inst})
 			if tt.asStored {
 				if !bytes.Equal(sent, tt.file) {
 					t.Errorf("sent %d bytes, not the %d stored", len(sent), len(tt.file))

@@ -958,10 +958,12 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 	// After a success status an instance the answer does not list is sent
 	// again, unless its unnamed failures account for every one it leaves
 	// out and all refuse for good (Azure's 202 with a file it could not
-	// read): the same answer would come at every delivery, for hours.
-	unlistedRefused := len(unnamed) > 0
+	// read): the same answer would come at every delivery, for hours. Not
+	// after a status that says "later" (408, 429, 5xx), nor for an
+	// unnamed 0xC122, which a conversion may answer when it is named.
+	unlistedRefused := len(unnamed) > 0 && res.StatusCode >= 200 && res.StatusCode < 300
 	for _, fi := range unnamed {
-		if ClassifyInstance(fi.FailureReason) != Reject {
+		if ClassifyInstance(fi.FailureReason) != Reject || fi.FailureReason == dicomweb.FailureTransferSyntaxNotSupported {
 			unlistedRefused = false
 		}
 	}
