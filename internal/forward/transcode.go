@@ -181,7 +181,9 @@ func (f *Forwarder) cannotConvert(p *syntaxPlan, ts string) (result, reason stri
 // its size must be known before the request, and telling what goes in
 // front needs the file's first bytes, which would cost every instance a
 // second GET (and, closed unread, its connection) for the few stored
-// without file meta. Those go as stored, as they came to Orthanc.
+// without file meta. Those go as stored, as they came to Orthanc. The
+// part's size stays the file's: one given a file meta goes some 330
+// bytes over it in the request size STOW_MAX_BYTES bounds.
 func (f *Forwarder) plainPart(src Source, inst orthancapi.Instance) dicomweb.Part {
 	_, deid := f.opts.Destination.(*deidentified)
 	asStored := f.opts.ExactLength && !deid
