@@ -836,17 +836,21 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		seqs = append(seqs, seq)
 		return nil
 	})
-	if err == nil && newer > 0 {
-		err = fmt.Errorf("reforward: %d events in the window were written by a newer ingest, which this forwarder cannot read (%w): nothing queued; run the re-forward with a forwarder of the ingest's version",
-			newer, newerFirst)
-	}
 	if err != nil && !dryRun {
 		// What was read before the failure was not queued: returning it
 		// would report it as queued (as Replay does).
 		return nil, unreadable, err
 	}
+	// The events of a newer ingest are passed over, the others queued,
+	// and the run fails naming them: a rollback's window would otherwise
+	// stay blocked for EVENTS_RETENTION, its older studies with it.
+	var newerErr error
+	if newer > 0 {
+		newerErr = fmt.Errorf("reforward: %d events in the window were written by a newer ingest, which this forwarder cannot read (%w): not queued; re-forward them with a forwarder of the ingest's version",
+			newer, newerFirst)
+	}
 	if err != nil || dryRun {
-		return found, unreadable, err
+		return found, unreadable, errors.Join(err, newerErr)
 	}
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for i := range found {
@@ -858,7 +862,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 			return found[:i], unreadable, fmt.Errorf("reforward event %d: %w", seqs[i], err)
 		}
 	}
-	return found, unreadable, nil
+	return found, unreadable, newerErr
 }
 
 // Open returns the existing dead-letter stream without changing its

@@ -137,10 +137,10 @@ func TestUnreadableLetterPurgedAndPassedOverByReplay(t *testing.T) {
 }
 
 // TestReforwardUnreadableEvents: a re-forward counts the messages of its
-// window that are no event this build reads, and fails, queuing nothing,
-// over an event of a newer ingest. It skipped both silently: run from an
-// older forwarder in a rollback, it left out studies newer forwarders had
-// forwarded and reported success.
+// window that are no event this build reads, and fails over an event of
+// a newer ingest, naming it, once it queued the others. It skipped both
+// silently: run from an older forwarder in a rollback, it left out
+// studies newer forwarders had forwarded and reported success.
 func TestReforwardUnreadableEvents(t *testing.T) {
 	newer := fmt.Sprintf(`{"type":%q,"version":%d,"source":"src","orthancStudyId":"x"}`, events.TypeStudyStable, events.Version+1)
 	for _, tt := range []struct {
@@ -178,17 +178,12 @@ func TestReforwardUnreadableEvents(t *testing.T) {
 					t.Errorf("unreadable = %d, want %d", unreadable, tt.unreadable)
 				}
 				queued := stored() - before
-				switch {
-				case tt.newer && !errors.Is(err, events.ErrNewerVersion):
-					t.Errorf("Reforward = %v; want an error matching events.ErrNewerVersion", err)
-				case tt.newer && queued != 0:
-					t.Errorf("%d events queued over a newer ingest's event, want none", queued)
-				case tt.newer && !dryRun && len(got) != 0:
-					t.Errorf("Reforward reported %d events queued, want none", len(got))
-				case !tt.newer && (err != nil || len(got) != 1):
-					t.Errorf("Reforward = %d events, %v; want the one event", len(got), err)
-				case !tt.newer && !dryRun && queued != 1:
-					t.Errorf("%d events queued, want 1", queued)
+				if tt.newer != errors.Is(err, events.ErrNewerVersion) || !tt.newer && err != nil {
+					t.Errorf("Reforward = %v; want an error matching events.ErrNewerVersion: %v", err, tt.newer)
+				}
+				// The event this build reads is queued all the same.
+				if len(got) != 1 || !dryRun && queued != 1 || dryRun && queued != 0 {
+					t.Errorf("Reforward reported %d events, queued %d; want the one event", len(got), queued)
 				}
 			})
 		}
