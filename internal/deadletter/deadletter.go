@@ -846,7 +846,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	// stay blocked for EVENTS_RETENTION, its older studies with it.
 	var newerErr error
 	if newer > 0 {
-		newerErr = fmt.Errorf("reforward: %d events in the window were written by a newer ingest, which this forwarder cannot read (%w): not queued; re-forward them with a forwarder of the ingest's version",
+		newerErr = fmt.Errorf("%d events in the window were written by a newer ingest, which this forwarder cannot read (%w): not queued; re-forward them with a forwarder of the ingest's version",
 			newer, newerFirst)
 	}
 	if err != nil || dryRun {
