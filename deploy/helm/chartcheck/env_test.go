@@ -87,6 +87,13 @@ func TestChartSetVarsRefused(t *testing.T) {
 		{"a secret's _FILE empty in ingest.env", merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{"INGEST_TOKEN_FILE": ""}}}),
 			"ingest.env: INGEST_TOKEN_FILE is set by the chart, from the Secret's INGEST_TOKEN key (secrets, mounted as a file): an empty value here does not leave it unset; take the INGEST_TOKEN key out of the Secret instead"},
 		{"orthanc.username empty, as that message says", merged(required(), map[string]any{"orthanc": map[string]any{"username": ""}}), ""},
+		// The processes refuse to start with the user alone.
+		{"orthanc.username without ORTHANC_PASSWORD", merged(required(), map[string]any{"secrets": map[string]any{"values": map[string]any{"ORTHANC_PASSWORD": ""}}}),
+			"orthanc.username is set without its password: add ORTHANC_PASSWORD to secrets"},
+		{"orthanc.username, ORTHANC_PASSWORD from the operator's Secret", merged(required(), map[string]any{
+			"secrets": map[string]any{"values": map[string]any{"ORTHANC_PASSWORD": ""}},
+			"ingest":  map[string]any{"env": map[string]any{"ORTHANC_PASSWORD": map[string]any{"valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "orthanc", "key": "password"}}}}},
+		}), ""},
 		// Set by nothing else: these pass.
 		{"NATS_CREDS_FILE without nats.credsSecret", merged(required(), map[string]any{"env": map[string]any{"NATS_CREDS_FILE": "/etc/nats/nats.creds"}}), ""},
 		{"a collector in env without tracing.otlpEndpoint", merged(required(), map[string]any{"env": map[string]any{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}}), ""},
@@ -393,7 +400,7 @@ func TestUnreadSecretKeysRefused(t *testing.T) {
 		want   string // "": rendered
 	}{
 		{"a misspelt key in values", merged(required(), values("ORTHANC_PASWORD", "x")), "secrets: ORTHANC_PASWORD is no secret a stowline container reads"},
-		{"a misspelt key in an existing Secret", merged(required(), existing("INGEST_TOKEN", "OAUTH_CLIENT_SECRTE")), "secrets: OAUTH_CLIENT_SECRTE is no secret"},
+		{"a misspelt key in an existing Secret", merged(required(), existing("INGEST_TOKEN", "ORTHANC_PASSWORD", "OAUTH_CLIENT_SECRTE")), "secrets: OAUTH_CLIENT_SECRTE is no secret"},
 		{"an undeclared destination's", set(withDestinations(map[string]any{"name": "all"}), func(v map[string]any) {
 			v["secrets"].(map[string]any)["values"].(map[string]any)["DESTINATION_PACS_OAUTH_CLIENT_SECRET"] = "x"
 		}), "secrets: DESTINATION_PACS_OAUTH_CLIENT_SECRET is no secret"},

@@ -130,7 +130,7 @@ func TestNotesWarnWhenOrthancMayBeShutOut(t *testing.T) {
 		{"policy: no NetworkPolicy", policy(map[string]any{"enabled": false}), policyWarning, false},
 		{"HMAC: no secret", nil, hmacWarning, false},
 		{"HMAC: in the chart's Secret", secrets(map[string]any{"values": map[string]any{"INGEST_HMAC_SECRET": "hmac-secret-0123456789abcdef0123456789"}}), hmacWarning, true},
-		{"HMAC: in an existing Secret", secrets(map[string]any{"existingSecret": "mine", "existingSecretKeys": []any{"INGEST_TOKEN", "INGEST_HMAC_SECRET"}}), hmacWarning, true},
+		{"HMAC: in an existing Secret", secrets(map[string]any{"existingSecret": "mine", "existingSecretKeys": []any{"INGEST_TOKEN", "ORTHANC_PASSWORD", "INGEST_HMAC_SECRET"}}), hmacWarning, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

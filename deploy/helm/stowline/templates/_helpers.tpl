@@ -699,6 +699,20 @@ other, whose destinations would go unserved without a word. */}}
 {{- if and (not .Values.orthanc.url) (not .Values.env.ORTHANC_SOURCES) -}}
 {{- fail "orthanc.url is required: Orthanc's REST API as the pods reach it (ORTHANC_URL), or several sources with ORTHANC_SOURCES in env" -}}
 {{- end -}}
+{{- /* The processes refuse to start with the user alone: every Orthanc
+read would be refused. Given from a Secret of the operator's in an env
+map (valueFrom), it is there. */ -}}
+{{- if .Values.orthanc.username -}}
+{{- $given := has "ORTHANC_PASSWORD" (splitList " " (include "stowline.secretKeys" .)) -}}
+{{- $maps := list .Values.env .Values.ingest.env .Values.forwarderDefaults.env -}}
+{{- range .Values.forwarders }}{{ $maps = append $maps .env }}{{ end -}}
+{{- range $m := $maps -}}
+{{- if and $m (get $m "ORTHANC_PASSWORD") -}}{{- $given = true -}}{{- end -}}
+{{- end -}}
+{{- if not $given -}}
+{{- fail "orthanc.username is set without its password: add ORTHANC_PASSWORD to secrets (secrets.values.ORTHANC_PASSWORD, or secrets.existingSecret with ORTHANC_PASSWORD in secrets.existingSecretKeys); the processes refuse to start with the user alone" -}}
+{{- end -}}
+{{- end -}}
 {{- include "stowline.validateEnvMaps" . -}}
 {{- include "stowline.validateSecretFiles" . -}}
 {{- /* A key of the Secret no container reads (misspelt, or a destination's
