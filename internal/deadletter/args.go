@@ -99,7 +99,7 @@ func (a FilterArgs) Filter() (Filter, error) {
 	}
 	if a.Class != "" {
 		c := forward.Class(a.Class)
-		valid := false
+		valid := c == UnreadableLetter // as listed
 		for _, k := range forward.Classes {
 			valid = valid || k == c
 		}
@@ -126,5 +126,5 @@ func classList() string {
 	for i, c := range forward.Classes {
 		names[i] = string(c)
 	}
-	return strings.Join(names, ", ")
+	return strings.Join(append(names, string(UnreadableLetter)), ", ")
 }

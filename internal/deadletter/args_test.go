@@ -60,6 +60,7 @@ func TestFilterArgs(t *testing.T) {
 		{"study", deadletter.FilterArgs{Study: "1.2.840.113619.2.55"}, deadletter.Filter{StudyInstanceUID: "1.2.840.113619.2.55"}, false},
 		{"orthanc id", deadletter.FilterArgs{OrthancStudyID: orthancID}, deadletter.Filter{OrthancStudyID: orthancID}, false},
 		{"class", deadletter.FilterArgs{Class: "source-missing"}, deadletter.Filter{Class: forward.SourceMissing}, false},
+		{"class of a letter this build cannot decode, as listed", deadletter.FilterArgs{Class: "unreadable-letter"}, deadletter.Filter{Class: deadletter.UnreadableLetter}, false},
 		{"reason", deadletter.FilterArgs{Reason: "415"}, deadletter.Filter{ReasonContains: "415"}, false},
 		{"since", deadletter.FilterArgs{Since: "2026-11-01"}, deadletter.Filter{Since: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}, false},
 		{"several", deadletter.FilterArgs{Class: "permanent", Reason: "HTTP 4"}, deadletter.Filter{Class: forward.Permanent, ReasonContains: "HTTP 4"}, false},

@@ -224,10 +224,10 @@ func (f Filter) match(e *Entry) bool {
 	if e.Class == UnreadableLetter {
 		// Only what is known of it selects it: its reason is the decode
 		// error, which --reason undecodable (the forwarder's letters of
-		// events it could not read) must not take; a subject that names
-		// no destination matches none.
-		return (f.Destination == "" || e.Destination == f.Destination) && f.Source == "" && (f.Seq == 0 || e.Seq == f.Seq) &&
-			f.StudyInstanceUID == "" && f.OrthancStudyID == "" && f.Class == "" && f.ReasonContains == "" &&
+		// events it could not read) must not take. Its destination as
+		// shown: a subject that names none shows the default.
+		return (f.Destination == "" || DestinationOf(&e.DeadLetter) == f.Destination) && f.Source == "" && (f.Seq == 0 || e.Seq == f.Seq) &&
+			f.StudyInstanceUID == "" && f.OrthancStudyID == "" && (f.Class == "" || f.Class == UnreadableLetter) && f.ReasonContains == "" &&
 			(f.Since.IsZero() || !e.DeadLetteredAt.Before(f.Since))
 	}
 	switch {

@@ -76,6 +76,7 @@ func TestUnreadableLetterListedAndSelected(t *testing.T) {
 		{"default destination", deadletter.Filter{Destination: natsjs.DefaultDestination}, []uint64{good[0], bad[0], good[1]}},
 		{"since", deadletter.Filter{Since: since}, []uint64{good[0], bad[0], bad[1], good[1]}},
 		{"class", deadletter.Filter{Class: forward.Permanent}, good[:1]},
+		{"class as listed", deadletter.Filter{Class: deadletter.UnreadableLetter}, bad},
 		{"reason of the decode error", deadletter.Filter{ReasonContains: "decode"}, []uint64{}},
 		{"reason of undecodable events", deadletter.Filter{ReasonContains: "undecodable"}, []uint64{}},
 		{"source", deadletter.Filter{Source: "src"}, good},
