@@ -21,8 +21,9 @@ import (
 var checkedFamilies = []string{"STOW_", "OAUTH_", "FORWARDER_", "FORWARD_", "PRIORITY_", "INGEST_", "RECONCILE_", "EVENTS_", "DEADLETTER_", "NATS_", "ORTHANC_", "TLS_LISTEN_"}
 
 // orthancImageVars are set for Orthanc's own Docker images (ORTHANC__NAME,
-// ORTHANC_JSON), perhaps in an env file shared with stowline.
-var orthancImageVars = regexp.MustCompile(`^ORTHANC_(_|JSON$)`)
+// ORTHANC_JSON), or for deploy/orthanc's configuration
+// (ORTHANC_ADMIN_PASSWORD), perhaps in an env file shared with stowline.
+var orthancImageVars = regexp.MustCompile(`^ORTHANC_(_|JSON$|ADMIN_PASSWORD$)`)
 
 // natsCLIVars are the nats CLI's own settings (nats --help): set for it
 // in the same environment, they are no misspelling.

@@ -61,7 +61,7 @@ func TestUnread(t *testing.T) {
 		{name: "misspelt Orthanc and listener variables", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &ForwarderService{} },
 			extra: map[string]string{"ORTHANC_PASWORD": "pw", "TLS_LISTEN_CERT": "/c.pem", "TLS_SERVER_NAME": "other-tool",
-				"ORTHANC__NAME": "main", "ORTHANC_JSON": "{}", "ORTHANC_SERVICE_HOST": "10.0.0.3"},
+				"ORTHANC__NAME": "main", "ORTHANC_JSON": "{}", "ORTHANC_ADMIN_PASSWORD": "pw", "ORTHANC_SERVICE_HOST": "10.0.0.3"},
 			want: []string{"ORTHANC_PASWORD", "TLS_LISTEN_CERT"}},
 		{name: "named sources: own variables, and one ORTHANC_SOURCES does not name", env: func(*testing.T) map[string]string {
 			e := baseEnv()
