@@ -73,8 +73,9 @@ func Unread(environ []string, cfg any) []string {
 		}
 	}
 	if s, ok := cfg.(interface{ SourceList() []OrthancSource }); ok {
+		vars := Vars(cfg)
 		for _, src := range s.SourceList() {
-			for _, v := range Vars(cfg) {
+			for _, v := range vars {
 				if key, ok := strings.CutPrefix(v.Name, "ORTHANC_<NAME>_"); ok {
 					add(src.Var+key, v.Secret)
 				}
