@@ -78,6 +78,7 @@ func TestPlainPartIsAPartTenFile(t *testing.T) {
 		// asStored: sent byte for byte; preambleOnly: after a preamble
 		// and "DICM"
 		asStored, preambleOnly bool
+		dataSet                []byte // what follows the file meta; nil: file's, as ReadInfo finds it
 	}{
 		{name: "no meta, no list", file: bare, sopClass: rtstruct, syntax: tsImplicit},
 		// Sized before the request, sent as stored (plainPart).
@@ -87,13 +88,19 @@ func TestPlainPartIsAPartTenFile(t *testing.T) {
 		{name: "meta", file: ct, sopClass: ctImage, syntax: tsExplicit, asStored: true},
 		{name: "meta, exact length", file: ct, sopClass: ctImage, syntax: tsExplicit, exact: true, asStored: true},
 		{name: "meta without preamble", file: ct[dicmOffset+4:], sopClass: ctImage, syntax: tsExplicit, preambleOnly: true},
+		{name: "preamble and DICM without meta", file: append(append(make([]byte, dicmOffset), "DICM"...), bare...), dataSet: bare, sopClass: rtstruct, syntax: tsImplicit},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			stored, err := testharness.ReadInfo(bufio.NewReader(bytes.NewReader(tt.file)))
+			dataSet := tt.dataSet
+			if dataSet == nil {
+				dataSet = tt.file
+			}
+			stored, err := testharness.ReadInfo(bufio.NewReader(bytes.NewReader(dataSet)))
 			if err != nil {
 				t.Fatal(err)
 			}
+			dataSet = dataSet[stored.DatasetOffset:]
 			src := &storedFileSource{
 				inst: orthancapi.Instance{ID: "2c10196c-9ff8df3f-9513776e-258e8f85-ed1fd3ba", SOPInstanceUID: stored.SOPInstanceUID, FileSize: int64(len(tt.file))},
 				file: tt.file,
@@ -112,7 +119,7 @@ func TestPlainPartIsAPartTenFile(t *testing.T) {
 				}
 				return
 			}
-			checkPartTen(t, sent, tt.file[stored.DatasetOffset:], tt.syntax, tt.sopClass, stored.SOPInstanceUID)
+			checkPartTen(t, sent, dataSet, tt.syntax, tt.sopClass, stored.SOPInstanceUID)
 		})
 	}
 }

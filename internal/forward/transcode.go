@@ -230,7 +230,7 @@ func (p *plainFile) start() error {
 	if p.r != nil || p.err != nil {
 		return p.err
 	}
-	head := make([]byte, dicmOffset+4)
+	head := make([]byte, dicmOffset+6) // "DICM" and the group after it
 	// A file shorter than the peek is whole in head.
 	r := &readErr{r: p.rc}
 	n, _ := io.ReadFull(r, head)
@@ -239,12 +239,12 @@ func (p *plainFile) start() error {
 		return p.err
 	}
 	head = head[:n]
-	front, err := partTenPrefix(p.ctx, p.src, p.inst, head)
+	front, skip, err := partTenPrefix(p.ctx, p.src, p.inst, head)
 	if err != nil {
 		p.err = err
 		return p.err
 	}
-	p.r = io.MultiReader(bytes.NewReader(front), bytes.NewReader(head), p.rc)
+	p.r = io.MultiReader(bytes.NewReader(front), bytes.NewReader(head[skip:]), p.rc)
 	return nil
 }
 
@@ -258,38 +258,45 @@ func (p *plainFile) Read(b []byte) (int, error) {
 func (p *plainFile) Close() error { return p.rc.Close() }
 
 // partTenPrefix returns what a file that starts with head lacks in front
-// to be a PS3.10 file, which every STOW-RS part must be: Orthanc stores a
-// bare data set (no preamble, no file meta) as it came and answers it
-// back so, and a strict archive refuses it. The file meta names the
-// transfer syntax and SOP class Orthanc read the file in (its metadata),
-// as a conversion by Orthanc or the de-identifying rewrite writes one.
-func partTenPrefix(ctx context.Context, src Source, inst orthancapi.Instance, head []byte) ([]byte, error) {
+// to be a PS3.10 file, which every STOW-RS part must be, and how many of
+// head's bytes that replaces: Orthanc stores a bare data set (no
+// preamble, no file meta) as it came and answers it back so, and a strict
+// archive refuses it. The file meta names the transfer syntax and SOP
+// class Orthanc read the file in (its metadata), as a conversion by
+// Orthanc or the de-identifying rewrite writes one.
+func partTenPrefix(ctx context.Context, src Source, inst orthancapi.Instance, head []byte) (front []byte, skip int, err error) {
 	switch {
-	case len(head) == dicmOffset+4 && string(head[dicmOffset:]) == "DICM":
-		return nil, nil
+	case len(head) >= dicmOffset+4 && string(head[dicmOffset:dicmOffset+4]) == "DICM":
+		// The prefix but a data set (group 0008) where the file meta
+		// goes: Orthanc stores such files as they came too (as the
+		// rewrite's readMeta reads them).
+		if len(head) < dicmOffset+6 || binary.LittleEndian.Uint16(head[dicmOffset+4:]) != 0x0008 {
+			return nil, 0, nil
+		}
+		skip = dicmOffset + 4
 	case len(head) >= 2 && binary.LittleEndian.Uint16(head) == 0x0002:
 		// File meta without the preamble: Orthanc stores such files as
 		// they came too.
-		return append(make([]byte, dicmOffset), "DICM"...), nil
+		return append(make([]byte, dicmOffset), "DICM"...), 0, nil
 	}
 	ms, ok := src.(metadataReader)
 	if !ok {
-		return nil, nil // a source that cannot tell (tests): sent as stored
+		return nil, 0, nil // a source that cannot tell (tests): sent as stored
 	}
 	m, err := ms.InstanceMetadata(ctx, inst.ID)
 	if err != nil {
-		return nil, instanceUnread(instanceGone(fmt.Errorf("read the metadata of instance %s, stored without file meta: %w", inst.ID, err), inst.ID), inst.SOPInstanceUID)
+		return nil, 0, instanceUnread(instanceGone(fmt.Errorf("read the metadata of instance %s, stored without file meta: %w", inst.ID, err), inst.ID), inst.SOPInstanceUID)
 	}
 	if m.TransferSyntaxUID == "" || m.SOPClassUID == "" {
 		// Orthanc records both for every instance it stores; without
 		// them it is sent as stored and the destination decides.
-		return nil, nil
+		return nil, 0, nil
 	}
 	meta, err := deident.FileMeta(m.SOPClassUID, inst.SOPInstanceUID, m.TransferSyntaxUID)
 	if err != nil {
-		return nil, fmt.Errorf("write a file meta for instance %s, stored without one: %w", inst.ID, err)
+		return nil, 0, fmt.Errorf("write a file meta for instance %s, stored without one: %w", inst.ID, err)
 	}
-	return meta, nil
+	return meta, skip, nil
 }
 
 // metadataReader is a source that tells an instance's metadata
