@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -158,14 +159,23 @@ func sendPlain(t *testing.T, f *Forwarder, src Source, instances []orthancapi.In
 	if err != nil || len(refused) != 0 || len(parts) != 1 {
 		t.Fatalf("planSyntaxes: %d parts, refused %v, %v; want one part", len(parts), refused, err)
 	}
-	rc, err := parts[0].Open(t.Context())
-	if err != nil {
-		t.Fatal(err)
+	read := func(wrap func(io.Reader) io.Reader) []byte {
+		rc, err := parts[0].Open(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent, err := io.ReadAll(wrap(rc))
+		_ = rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sent
 	}
-	sent, err := io.ReadAll(rc)
-	_ = rc.Close()
-	if err != nil {
-		t.Fatal(err)
+	sent := read(func(r io.Reader) io.Reader { return r })
+	// Read a byte at a time, the first Read's buffer holds less than the
+	// file's first bytes, which it must look at.
+	if bytewise := read(iotest.OneByteReader); !bytes.Equal(bytewise, sent) {
+		t.Errorf("read a byte at a time: %d bytes, not the %d read whole", len(bytewise), len(sent))
 	}
 	return parts[0], sent
 }

@@ -213,8 +213,8 @@ type plainFile struct {
 	src  Source
 	inst orthancapi.Instance
 	rc   io.ReadCloser
-	r    io.Reader // the file with what went in front; nil before start
-	err  error     // start's
+	r    io.Reader // what is left to send; nil before the first Read
+	err  error     // the first Read's
 }
 
 func openPlain(ctx context.Context, src Source, inst orthancapi.Instance) (*plainFile, error) {
@@ -225,32 +225,44 @@ func openPlain(ctx context.Context, src Source, inst orthancapi.Instance) (*plai
 	return &plainFile{ctx: ctx, src: src, inst: inst, rc: rc}, nil
 }
 
-// start reads the file's first bytes and decides what goes in front.
-func (p *plainFile) start() error {
-	if p.r != nil || p.err != nil {
-		return p.err
+// partTenPeek is what the first Read looks at: the preamble, "DICM" and
+// the group after it.
+const partTenPeek = dicmOffset + 6
+
+func (p *plainFile) Read(b []byte) (int, error) {
+	if p.r != nil {
+		return p.r.Read(b)
 	}
-	head := make([]byte, dicmOffset+6) // "DICM" and the group after it
-	// A file shorter than the peek is whole in head.
-	r := &readErr{r: p.rc}
-	n, _ := io.ReadFull(r, head)
-	if r.err != nil {
-		p.err = r.err
-		return p.err
+	if p.err != nil {
+		return 0, p.err
+	}
+	// The first bytes are read into b where it takes them: a Part-10
+	// file, nearly every one, then goes on from the source without a
+	// copy or a short read.
+	head := b
+	if len(head) < partTenPeek {
+		head = make([]byte, partTenPeek)
+	}
+	n, err := io.ReadAtLeast(p.rc, head, partTenPeek)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		p.err = err // the source failed; a file shorter than the peek is whole in head
+		return 0, err
 	}
 	head = head[:n]
 	front, skip, err := partTenPrefix(p.ctx, p.src, p.inst, head)
 	if err != nil {
 		p.err = err
-		return p.err
-	}
-	p.r = io.MultiReader(bytes.NewReader(front), bytes.NewReader(head[skip:]), p.rc)
-	return nil
-}
-
-func (p *plainFile) Read(b []byte) (int, error) {
-	if err := p.start(); err != nil {
 		return 0, err
+	}
+	switch {
+	case front == nil && skip == 0 && len(b) >= partTenPeek:
+		p.r = p.rc
+		return n, nil
+	case front == nil && skip == 0:
+		p.r = io.MultiReader(bytes.NewReader(head), p.rc)
+	default:
+		// Rare: head may be b, which the caller owns.
+		p.r = io.MultiReader(bytes.NewReader(front), bytes.NewReader(bytes.Clone(head[skip:])), p.rc)
 	}
 	return p.r.Read(b)
 }
