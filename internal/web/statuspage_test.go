@@ -962,4 +962,8 @@ func TestPageShowsAnUnreadableLetter(t *testing.T) {
 	if row == nil || !strings.Contains(row[1], string(deadletter.UnreadableLetter)) || strings.Contains(body, "Dead letters unavailable") || !strings.Contains(body, `id="dl-1"`) {
 		t.Errorf("the page shows the letters as\n%s\nwant letter 1 and the unreadable letter %d", body, ack.Sequence)
 	}
+	// A replay of it is refused (409): no button offers one.
+	if row != nil && strings.Contains(row[1], "Replay</button>") || !strings.Contains(body, `id="replay-1"`) {
+		t.Errorf("Replay buttons: want one for letter 1 and none for the unreadable letter %d:\n%s", ack.Sequence, body)
+	}
 }
