@@ -323,13 +323,7 @@ func (f *failingJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetst
 func TestAdminReforwardFailedPartwaySaysWhatItQueued(t *testing.T) {
 	ns := testnats.Start(t)
 	publishEvents(t, ns.JS, 3)
-	const token = "admin-token-0123456789"
-	r := chi.NewRouter()
-	(&web.AdminAPI{Token: token, JS: &failingJS{JetStream: ns.JS, ok: 1}, Log: slog.New(slog.DiscardHandler)}).Mount(r)
-	req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h"}`))
-	req.Header.Set("Authorization", "Bearer "+token)
-	rec := httptest.NewRecorder()
-	r.ServeHTTP(rec, req)
+	rec := postReforwardHour(t, &failingJS{JetStream: ns.JS, ok: 1})
 	var body struct {
 		Error  string
 		Count  int
@@ -397,13 +391,7 @@ func TestAdminReforwardReportsUnreadableEvents(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			const token = "admin-token-0123456789"
-			r := chi.NewRouter()
-			(&web.AdminAPI{Token: token, JS: ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
-			req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h"}`))
-			req.Header.Set("Authorization", "Bearer "+token)
-			rec := httptest.NewRecorder()
-			r.ServeHTTP(rec, req)
+			rec := postReforwardHour(t, ns.JS)
 			var body struct {
 				Count            int
 				UnreadableEvents int
@@ -787,4 +775,17 @@ func TestAdminReforwardHoldsTheAnswersEventsOnly(t *testing.T) {
 	if held > 1<<20 {
 		t.Errorf("%d KB held once the window of %d events was read, want at most 1 MB (the answer's %d events)", held>>10, n, 1000)
 	}
+}
+
+// postReforwardHour asks an admin API on js to re-forward the last hour.
+func postReforwardHour(t *testing.T, js jetstream.JetStream) *httptest.ResponseRecorder {
+	t.Helper()
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, JS: js, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"1h"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	return rec
 }
