@@ -47,7 +47,8 @@ func Unread(environ []string, cfg any) []string {
 			known[name+fileSuffix] = true
 		}
 	}
-	for _, v := range Vars(cfg) {
+	vars := Vars(cfg)
+	for _, v := range vars {
 		if !strings.Contains(v.Name, "<") {
 			add(v.Name, v.Secret)
 		}
@@ -73,7 +74,6 @@ func Unread(environ []string, cfg any) []string {
 		}
 	}
 	if s, ok := cfg.(interface{ SourceList() []OrthancSource }); ok {
-		vars := Vars(cfg)
 		for _, src := range s.SourceList() {
 			for _, v := range vars {
 				if key, ok := strings.CutPrefix(v.Name, "ORTHANC_<NAME>_"); ok {

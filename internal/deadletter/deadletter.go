@@ -97,8 +97,8 @@ type Entry struct {
 // field, a message published by hand on the dead-letter subjects): its
 // reason is the decode error, its destination the one its subject names,
 // its DeadLetteredAt when NATS stored it, and it has no event. It is
-// listed, selected by sequence, destination, time or All, purged, and
-// never replayed. Not to be confused with a letter of an event the
+// listed, selected by sequence, destination, time, this class or All,
+// purged, and never replayed. Not to be confused with a letter of an event the
 // forwarder could not read (class permanent, reason "undecodable: ..."),
 // which decodes.
 const UnreadableLetter forward.Class = "unreadable-letter"
@@ -464,7 +464,6 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	checked := map[string]bool{}
 	var partial, unreadable []string
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
-		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
 		if e.Class == UnreadableLetter {
 			unreadable = append(unreadable, strconv.FormatUint(e.Seq, 10))
 			return nil
@@ -473,6 +472,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			partial = append(partial, strconv.FormatUint(e.Seq, 10))
 			return nil
 		}
+		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
 		if checked[subject] {
 			return nil
 		}
@@ -712,10 +712,11 @@ func (s *Store) deleteLetter(ctx context.Context, seq uint64) (gone bool, err er
 //
 // unreadable counts the messages stored in the window that are no event
 // this build reads (the forwarders dead-letter those as undecodable):
-// not queued. An event of a newer ingest's version fails the run, with
-// nothing queued (an error matching events.ErrNewerVersion): newer
-// forwarders did forward it, and a re-forward from an older one (a
-// rollback) would leave its study out while reporting success.
+// not queued. Events of a newer ingest's version are not queued either,
+// and fail the run once the others are (an error matching
+// events.ErrNewerVersion): newer forwarders did forward them, and a
+// re-forward from an older one (a rollback) would leave their studies out
+// while reporting success.
 func Reforward(ctx context.Context, js jetstream.JetStream, destination string, since, until time.Time, dryRun bool) (evs []events.StudyStable, unreadable int, err error) {
 	return ReforwardIn(ctx, js, destination, events.PriorityLow, since, until, dryRun)
 }

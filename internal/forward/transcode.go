@@ -291,7 +291,7 @@ func partTenPrefix(ctx context.Context, src Source, inst orthancapi.Instance, he
 		// they came too.
 		return append(make([]byte, dicmOffset), "DICM"...), 0, nil
 	}
-	ms, ok := src.(metadataReader)
+	ms, ok := src.(Transcoder)
 	if !ok {
 		return nil, 0, nil // a source that cannot tell (tests): sent as stored
 	}
@@ -309,12 +309,6 @@ func partTenPrefix(ctx context.Context, src Source, inst orthancapi.Instance, he
 		return nil, 0, fmt.Errorf("write a file meta for instance %s, stored without one: %w", inst.ID, err)
 	}
 	return meta, skip, nil
-}
-
-// metadataReader is a source that tells an instance's metadata
-// (orthancapi.Client).
-type metadataReader interface {
-	InstanceMetadata(ctx context.Context, instanceID string) (orthancapi.InstanceMetadata, error)
 }
 
 // unreadError is an instance whose file the source Orthanc answered with

@@ -221,8 +221,8 @@ func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 }
 
 // keepLease renews the lease every third of its TTL, every tenth after a
-// failed renewal. A contender may take
-// over one TTL after the last renewal was written (after it was sent), so
+// failed renewal. A contender may take over one TTL after the last
+// renewal was written (after it was sent), so
 // the leader is cancelled when the lease is taken, or two thirds of the
 // TTL after the last successful renewal was sent if none went through
 // since: a timer, not a check after each failed renewal, whose attempts
