@@ -132,6 +132,7 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"same addr", map[string]string{"INGEST_ADDR": ":9000", "FORWARDER_ADDR": ":9000"}, "", "FORWARDER_ADDR"},
 		{"orthanc response timeout too short", map[string]string{"ORTHANC_RESPONSE_TIMEOUT": "500ms"}, "", "ORTHANC_RESPONSE_TIMEOUT=500ms: want 1s to 1h"},
 		{"forwarder trusted proxy not an address", map[string]string{"FORWARDER_TRUSTED_PROXIES": "10.0.0.0/8,ingress.example.org"}, "", `FORWARDER_TRUSTED_PROXIES: "ingress.example.org"`},
+		{"forwarder trusts every address", map[string]string{"FORWARDER_TRUSTED_PROXIES": "0.0.0.0/0"}, "", `FORWARDER_TRUSTED_PROXIES: "0.0.0.0/0" trusts every address`},
 		{"replicas embedded", map[string]string{"NATS_REPLICAS": "3"}, "", "NATS_REPLICAS"},
 		{"dedupe over retention", map[string]string{"EVENTS_DEDUPE_WINDOW": "200h"}, "", "EVENTS_DEDUPE_WINDOW"},
 		// A signed request replayed after the dedupe window queued its study again.

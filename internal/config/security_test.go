@@ -49,6 +49,8 @@ func TestSecurityVariables(t *testing.T) {
 		{"trusted proxies", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1,fd00::/8"}, ""},
 		{"trusted proxy not an address", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8,lb.example.org"}, `INGEST_TRUSTED_PROXIES: "lb.example.org"`},
 		{"trusted proxy bad prefix", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/33"}, "INGEST_TRUSTED_PROXIES"},
+		{"trusted proxies every IPv4 address", map[string]string{"INGEST_TRUSTED_PROXIES": "10.0.0.0/8,0.0.0.0/0"}, `INGEST_TRUSTED_PROXIES: "0.0.0.0/0" trusts every address`},
+		{"trusted proxies every IPv6 address", map[string]string{"INGEST_TRUSTED_PROXIES": "::/0"}, `INGEST_TRUSTED_PROXIES: "::/0" trusts every address`},
 		{"user without password", map[string]string{"NATS_USER": "u"}, "NATS_USER and NATS_PASSWORD"},
 		{"user and password", map[string]string{"NATS_USER": "u", "NATS_PASSWORD": "p"}, ""},
 		{"two methods", map[string]string{"NATS_USER": "u", "NATS_PASSWORD": "p", "NATS_NKEY_FILE": file}, "set at most one"},

@@ -69,6 +69,13 @@ func parseTrustedProxies(name string, raw []string) ([]netip.Prefix, error) {
 			errs = append(errs, fmt.Errorf("%s: %q is not an IP address or CIDR prefix", name, v))
 			continue
 		}
+		if p.Bits() == 0 {
+			// Every peer a proxy: a client would name its own address in
+			// X-Forwarded-For (an IPv6 one past 0.0.0.0/0), and the
+			// wrong-token throttle would count whatever it chose.
+			errs = append(errs, fmt.Errorf("%s: %q trusts every address, so any client could choose the address the throttle counts; name the proxies' addresses or their subnet", name, v))
+			continue
+		}
 		out = append(out, p)
 	}
 	return out, errors.Join(errs...)
