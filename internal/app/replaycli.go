@@ -210,9 +210,9 @@ func (c *replayCLI) show(ctx context.Context, seq uint64, asJSON bool) error {
 	fmt.Fprintf(w, "class\t%s\n", e.Class)
 	fmt.Fprintf(w, "reason\t%s\n", e.Reason)
 	fmt.Fprintf(w, "attempts\t%d\n", e.Attempts)
-	fmt.Fprintf(w, "first failure\t%s\n", e.FirstFailure.Format(time.RFC3339))
-	fmt.Fprintf(w, "last failure\t%s\n", e.LastFailure.Format(time.RFC3339))
-	fmt.Fprintf(w, "dead-lettered\t%s\n", e.DeadLetteredAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "first failure\t%s\n", stamp(e.FirstFailure))
+	fmt.Fprintf(w, "last failure\t%s\n", stamp(e.LastFailure))
+	fmt.Fprintf(w, "dead-lettered\t%s\n", stamp(e.DeadLetteredAt))
 	for _, fi := range e.Failures {
 		fmt.Fprintf(w, "failed instance\t%s (0x%04X %s)\n", fi.SOPInstanceUID, fi.FailureReason, fi.Text)
 	}
@@ -243,6 +243,15 @@ func parseMutate(name string, args []string) (replayCommand, error) {
 		return nil, usagef("%s: give a filter (--destination, --source, --seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
 	}
 	return func(ctx context.Context, c *replayCLI) error { return c.mutate(ctx, name, f, *dryRun, *asJSON) }, nil
+}
+
+// stamp formats a letter's time, "-" when it has none (a letter this
+// build cannot decode has no failure times).
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Format(time.RFC3339)
 }
 
 // mutate replays (name run) or purges the dead letters f selects.

@@ -468,6 +468,11 @@ func TestReplayToolsOverWhatTheyCannotRead(t *testing.T) {
 	if !strings.Contains(out, string(deadletter.UnreadableLetter)) {
 		t.Errorf("replay list printed:\n%s\nwant the unreadable letter", out)
 	}
+	// Its failure times are unknown: shown as such, not as year 1.
+	out = r.mustRun(t, "show", strconv.FormatUint(ack.Sequence, 10))
+	if !strings.Contains(out, "first failure  -\n") || strings.Contains(out, "0001-01-01") || !strings.Contains(out, "dead-lettered  "+time.Now().UTC().Format("2006-01-02")) {
+		t.Errorf("replay show printed:\n%s\nwant no failure times and the time NATS stored it", out)
+	}
 	r.mustRun(t, "purge", "--seq", strconv.FormatUint(ack.Sequence, 10))
 	if out := r.mustRun(t, "list", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Errorf("after the purge replay list --json printed %s", out)
