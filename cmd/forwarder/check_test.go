@@ -411,10 +411,10 @@ func TestCheckSources(t *testing.T) {
 		t.Skip("starts a real Orthanc; skipped in -short mode")
 	}
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "check-src", Username: "forwarder", Password: "pw-check-0123"})
-	// A site that keeps stowline's user from deleting, as
-	// docs/orthanc-access.md advises without buffer mode.
-	noDelete := filepath.Join(t.TempDir(), "no-delete.lua")
-	if err := os.WriteFile(noDelete, []byte("function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)\n  return method ~= 'DELETE'\nend\n"), 0o600); err != nil {
+	// A site that keeps stowline's user to GET, as
+	// docs/orthanc-access.md advises without buffer mode or conversions.
+	noDelete := filepath.Join(t.TempDir(), "get-only.lua")
+	if err := os.WriteFile(noDelete, []byte("function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)\n  return method == 'GET'\nend\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ro := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "check-ro", Username: "forwarder", Password: "pw-check-0123", LuaScripts: []string{noDelete}})
@@ -430,6 +430,11 @@ func TestCheckSources(t *testing.T) {
 		env["ORTHANC_URL"], env["FORWARDER_DELETE_FROM_SOURCE"] = url, "true"
 		return env
 	}
+	converting := func(url string) map[string]string {
+		env := one("pw-check-0123")
+		env["ORTHANC_URL"], env["STOW_TRANSFER_SYNTAXES"] = url, "1.2.840.10008.1.2.1"
+		return env
+	}
 	two := map[string]string{"DICOMWEB_URL": dest.URL, "ORTHANC_SOURCES": "main,cardio",
 		"ORTHANC_MAIN_URL": o.URL, "ORTHANC_MAIN_USERNAME": "forwarder", "ORTHANC_MAIN_PASSWORD": "pw-check-0123",
 		"ORTHANC_CARDIO_URL": gone.URL}
@@ -442,13 +447,20 @@ func TestCheckSources(t *testing.T) {
 		unwant  []string
 	}{
 		{"one source and the destination", one("pw-check-0123"), nil, false,
-			[]string{"source       " + o.URL + " (ORTHANC_URL)", "GET /system -> Orthanc 1.", "destination  " + dest.URL, "-> 200 OK"}, []string{"FAIL", "DELETE"}},
+			[]string{"source       " + o.URL + " (ORTHANC_URL)", "GET /system -> Orthanc 1.", "destination  " + dest.URL, "-> 200 OK"}, []string{"FAIL", "DELETE", "modify"}},
 		// Buffer mode deletes: a DELETE of an instance that does not
 		// exist, answered 404 when allowed and 403 when refused, tells.
 		{"buffer mode, delete allowed", buffer(o.URL), nil, false,
 			[]string{"DELETE /instances/", "-> not found: the forwarder may delete", "verdict      OK"}, []string{"FAIL"}},
 		{"buffer mode, delete refused", buffer(ro.URL), nil, true,
 			[]string{"GET /system -> Orthanc 1.", "DELETE /instances/", "403", "verdict      FAIL: Orthanc refuses DELETE to ORTHANC_USERNAME, and buffer mode (FORWARDER_DELETE_FROM_SOURCE=true)"}, nil},
+		// A destination that converts reads metadata and asks Orthanc
+		// to convert: a proxy allowing only GET refuses every instance.
+		{"conversions allowed", converting(o.URL), nil, false,
+			[]string{"/metadata?expand (no such instance) -> not found: the forwarder may read", "/modify (no such instance) -> not found: the forwarder may convert", "verdict      OK"}, []string{"FAIL", "DELETE"}},
+		{"conversions refused", converting(ro.URL), nil, true,
+			[]string{"/metadata?expand (no such instance) -> not found", "POST /instances/", "403",
+				"verdict      FAIL: Orthanc refuses POST to ORTHANC_USERNAME, and destination default converts instances"}, []string{"verdict      OK\n"}},
 		{"wrong password", one("pw-wrong-0123"), nil, true,
 			[]string{"401", "verdict      FAIL: Orthanc refuses the forwarder: check ORTHANC_USERNAME with ORTHANC_PASSWORD or ORTHANC_PASSWORD_FILE, and that user's rights"}, nil},
 		{"one of two sources down", two, nil, true,

@@ -26,12 +26,14 @@ const checkUsage = `Usage: forwarder check [--source NAME] [--destination NAME] 
 Verifies each source Orthanc and each destination with the live
 configuration, before any study flows (with --source or --destination,
 only the ones named). A source gets one request with the forwarder's
-credentials: GET {ORTHANC_URL}/system, and in buffer mode
-(FORWARDER_DELETE_FROM_SOURCE=true) DELETE {ORTHANC_URL}/instances/{id}
-of a random ID that names no instance, so nothing is deleted: Orthanc
-answers 404 when the user may delete, 401 or 403 when it may not. A
-destination: a credential is
-obtained the way the forwarder does (an OAuth2 token of OAUTH_PROVIDER,
+credentials: GET {ORTHANC_URL}/system; then, for a random instance ID
+that names no instance, so that nothing changes, the other requests the
+configuration needs: DELETE /instances/{id} in buffer mode
+(FORWARDER_DELETE_FROM_SOURCE=true), and where a destination converts
+(a transfer syntax list or STOW_DEIDENTIFY) GET
+/instances/{id}/metadata?expand and POST /instances/{id}/modify. Orthanc
+answers 404 when the user may, 401 or 403 when it may not. A
+destination: a credential is obtained the way the forwarder does (an OAuth2 token of OAUTH_PROVIDER,
 or AWS credentials for Signature V4), its lifetime and scopes reported
 (never the token), and one authenticated request sent:
 GET {DICOMWEB_URL}/studies?limit=1. For each destination it prints
@@ -77,6 +79,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, en
 		if err != nil {
 			return &usageError{fmt.Errorf("%s: invalid configuration: %w", program, err)}
 		}
+		probes := sourceProbes(cfg.DeleteFromSource, cfg.Served())
 		found := false
 		for _, src := range sources.List() {
 			if *onlySource != "" && src.Name != *onlySource {
@@ -86,7 +89,7 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, en
 			if checked++; checked > 1 {
 				fmt.Fprintln(stdout)
 			}
-			if err := checkSource(ctx, stdout, src, *timeout, cfg.DeleteFromSource); err != nil {
+			if err := checkSource(ctx, stdout, src, *timeout, probes); err != nil {
 				errs = append(errs, fmt.Errorf("source %s: %w", cmp.Or(src.Name, src.varName), err))
 			}
 		}
@@ -130,9 +133,8 @@ func sourceNames(s *Sources) string {
 }
 
 // checkSource asks one source Orthanc for /system with the forwarder's
-// credentials, and with deletes (buffer mode) whether it may delete,
-// and prints its verdict.
-func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time.Duration, deletes bool) error {
+// credentials, then sends each probe, and prints its verdict.
+func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time.Duration, probes []rightProbe) error {
 	line := func(k, format string, args ...any) {
 		fmt.Fprintf(stdout, "%-12s %s\n", k, fmt.Sprintf(format, args...))
 	}
@@ -156,39 +158,98 @@ func checkSource(ctx context.Context, stdout io.Writer, src Source, timeout time
 		return fmt.Errorf("%s: %w", hint, err)
 	}
 	line("request", "GET /system -> Orthanc %s, Name %q, in %s", sys.Version, sys.Name, time.Since(start).Round(time.Millisecond))
-	if deletes {
-		if err := checkDeleteAllowed(ctx, src, line); err != nil {
-			return err
+	var errs []error
+	for _, p := range probes {
+		if err := p.check(ctx, src, line); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	line("verdict", "OK")
-	return nil
+	if len(errs) == 0 {
+		line("verdict", "OK")
+	}
+	return errors.Join(errs...)
 }
 
-// checkDeleteAllowed asks the source to delete an instance that does not
-// exist: Orthanc answers 404 when the forwarder's user may delete (a Lua
-// IncomingHttpRequestFilter or an authorization plugin decides before
-// the instance is looked up), 401 or 403 when it may not, and deletes
-// nothing either way. Without that right buffer mode would forward every
-// study and fill Orthanc's disk all the same.
-func checkDeleteAllowed(ctx context.Context, src Source, line func(k, format string, args ...any)) error {
+// rightProbe is a request the forwarder needs from a source, sent for an
+// instance that does not exist to learn whether its user may make it:
+// Orthanc answers 404 when it may (a Lua IncomingHttpRequestFilter, an
+// authorization plugin or a proxy decides before the instance is looked
+// up), 401 or 403 when it may not, and changes nothing either way.
+type rightProbe struct {
+	request string // "DELETE /instances/{id}"
+	may     string // what a 404 says: "the forwarder may delete (...)"
+	needs   string // who needs it, for a refusal's verdict
+	send    func(ctx context.Context, c *orthancapi.Client, id string) error
+}
+
+// sourceProbes are the rights the configuration needs beyond GET: DELETE
+// in buffer mode (without it buffer mode would forward every study and
+// fill Orthanc's disk all the same), and the conversion and metadata
+// requests of a destination that converts (a transfer syntax list, its
+// profile's, or de-identification), which a least-privilege proxy
+// allowing only GET would refuse for every instance.
+func sourceProbes(deletes bool, served []config.NamedDestination) []rightProbe {
+	var probes []rightProbe
+	if deletes {
+		probes = append(probes, rightProbe{
+			request: "DELETE /instances/{id}", may: "the forwarder may delete (FORWARDER_DELETE_FROM_SOURCE=true)",
+			needs: "buffer mode (FORWARDER_DELETE_FROM_SOURCE=true) deletes forwarded instances with DELETE /instances/{id}",
+			send:  func(ctx context.Context, c *orthancapi.Client, id string) error { return c.DeleteInstance(ctx, id) },
+		})
+	}
+	var converting []string
+	for _, d := range served {
+		if len(transferSyntaxes(&d)) > 0 || d.Deidentify.Deidentifies() {
+			converting = append(converting, d.Name)
+		}
+	}
+	if len(converting) > 0 {
+		why := fmt.Sprintf("destination %s converts instances (a transfer syntax list: STOW_TRANSFER_SYNTAXES or its STOW_PROFILE's, or STOW_DEIDENTIFY)", strings.Join(converting, ", "))
+		probes = append(probes, rightProbe{
+			request: "GET /instances/{id}/metadata?expand", may: "the forwarder may read an instance's metadata",
+			needs: why + " and reads each instance's transfer syntax with GET /instances/{id}/metadata?expand",
+			send: func(ctx context.Context, c *orthancapi.Client, id string) error {
+				_, err := c.InstanceMetadata(ctx, id)
+				return err
+			},
+		}, rightProbe{
+			request: "POST /instances/{id}/modify", may: "the forwarder may convert (Orthanc stores nothing)",
+			needs: why + " with POST /instances/{id}/modify, which stores nothing",
+			send: func(ctx context.Context, c *orthancapi.Client, id string) error {
+				r, err := c.OpenTranscodedInstance(ctx, id, "1.2.840.10008.1.2.1") // Explicit VR Little Endian
+				if err == nil {
+					r.Close()
+				}
+				return err
+			},
+		})
+	}
+	return probes
+}
+
+// check sends the probe to src and prints what its answer says.
+func (p rightProbe) check(ctx context.Context, src Source, line func(k, format string, args ...any)) error {
 	id, err := randomOrthancID()
 	if err != nil {
 		return err
 	}
-	prefix := strings.TrimSuffix(src.varName, "URL")
-	err = src.Client.DeleteInstance(ctx, id)
+	request := strings.Replace(p.request, "{id}", id, 1)
+	err = p.send(ctx, src.Client, id)
 	if err == nil || errors.Is(err, orthancapi.ErrNotFound) {
 		// nil: the random ID named an instance after all (a chance of
-		// one in 2^160); the user may delete all the same.
-		line("request", "DELETE /instances/%s (no such instance) -> not found: the forwarder may delete (FORWARDER_DELETE_FROM_SOURCE=true)", id)
+		// one in 2^160); the user may all the same.
+		line("request", "%s (no such instance) -> not found: %s", request, p.may)
 		return nil
 	}
-	line("request", "DELETE /instances/%s (no such instance): %v", id, err)
-	hint := "Orthanc did not answer the delete check: buffer mode (FORWARDER_DELETE_FROM_SOURCE=true) deletes forwarded instances with DELETE /instances/{id}"
+	line("request", "%s (no such instance): %v", request, err)
+	method, _, _ := strings.Cut(p.request, " ")
+	hint := "Orthanc did not answer the " + method + " check: " + p.needs
 	if oe, ok := errors.AsType[*orthancapi.Error](err); ok && oe.NotFromOrthanc == "" && (oe.StatusCode == http.StatusUnauthorized || oe.StatusCode == http.StatusForbidden) {
-		hint = fmt.Sprintf("Orthanc refuses DELETE to %sUSERNAME, and buffer mode (FORWARDER_DELETE_FROM_SOURCE=true) deletes forwarded instances with DELETE /instances/{id}: "+
-			"allow it for that user (its Lua IncomingHttpRequestFilter, its authorization plugin or proxy), or turn buffer mode off", prefix)
+		hint = fmt.Sprintf("Orthanc refuses %s to %sUSERNAME, and %s: allow it for that user (its Lua IncomingHttpRequestFilter, its authorization plugin or proxy)",
+			method, strings.TrimSuffix(src.varName, "URL"), p.needs)
+		if method == http.MethodDelete {
+			hint += ", or turn buffer mode off"
+		}
 	}
 	line("verdict", "FAIL: %s", hint)
 	return fmt.Errorf("%s: %w", hint, err)
