@@ -1,12 +1,14 @@
 package chartcheck
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	sigsyaml "sigs.k8s.io/yaml"
 )
 
@@ -104,4 +106,55 @@ func TestValuesDestinationExample(t *testing.T) {
 	values["forwarders"] = []any{map[string]any{"name": "all"}}
 	objs := render(t, values)
 	checkRelease(t, objs)
+}
+
+// TestOperationsExamplesCreateTheirSecrets: every Secret key the rendered
+// examples of docs/operations.md mount is created by the example's own
+// kubectl lines. The several-destinations example mounted
+// DESTINATION_AI_OAUTH_CLIENT_SECRET and archive-oauth's key, which it
+// never created: its pods stayed in ContainerCreating (FailedMount).
+func TestOperationsExamplesCreateTheirSecrets(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot, "docs", "operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range []string{"site.yaml", "site-destinations.yaml"} {
+		t.Run(file, func(t *testing.T) {
+			// The shell block that writes the file, up to that line.
+			before, _, ok := strings.Cut(string(b), "cat > "+file+" <<'YAML'\n")
+			if !ok {
+				t.Fatalf("docs/operations.md writes no %s", file)
+			}
+			block := before[strings.LastIndex(before, "```sh\n"):]
+			created := map[string]bool{} // "secret/key"
+			for cmd := range strings.SplitSeq(strings.ReplaceAll(block, "\\\n", " "), "\n") {
+				_, rest, ok := strings.Cut(cmd, "create secret generic ")
+				if !ok {
+					continue
+				}
+				fields := strings.Fields(rest)
+				for _, f := range fields[1:] {
+					for _, flag := range []string{"--from-literal=", "--from-file="} {
+						if kv, ok := strings.CutPrefix(f, flag); ok {
+							key, _, _ := strings.Cut(kv, "=")
+							created[fields[0]+"/"+key] = true
+						}
+					}
+				}
+			}
+			objs := render(t, operationsExample(t, file))
+			for _, d := range of[*appsv1.Deployment](objs) {
+				for _, v := range d.Spec.Template.Spec.Volumes {
+					if v.Secret == nil {
+						continue
+					}
+					for _, it := range v.Secret.Items {
+						if !created[v.Secret.SecretName+"/"+it.Key] {
+							t.Errorf("%s mounts key %s of Secret %s, which the example does not create (it creates %v)", d.Name, it.Key, v.Secret.SecretName, slices.Sorted(maps.Keys(created)))
+						}
+					}
+				}
+			}
+		})
+	}
 }

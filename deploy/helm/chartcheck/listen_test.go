@@ -2,6 +2,7 @@ package chartcheck
 
 import (
 	"cmp"
+	"encoding/json"
 	"maps"
 	"strings"
 	"testing"
@@ -199,6 +200,27 @@ func TestNotesWarnWhenMonitoringUnlabelled(t *testing.T) {
 			notes := renderNotes(t, merged(required(), tt.values))
 			if tt.want == "" && strings.Contains(notes, warning) || tt.want != "" && !strings.Contains(notes, tt.want) {
 				t.Errorf("notes, want a warning %q:\n%s", tt.want, notes)
+			}
+		})
+	}
+}
+
+// TestNotesNameTheSource: with orthanc.sourceName, the forwarders serve
+// events of that source only (ORTHANC_SOURCE_NAME), and an Orthanc set up
+// from the notes without Stowline.Source posts its own Name: every
+// webhook event was dead-lettered as of an unknown source.
+func TestNotesNameTheSource(t *testing.T) {
+	for _, tt := range []struct{ sourceName, want string }{{"", ""}, {"orthanc-main", "orthanc-main"}} {
+		t.Run(tt.sourceName, func(t *testing.T) {
+			notes := renderNotes(t, merged(required(), map[string]any{"orthanc": map[string]any{"sourceName": tt.sourceName}}))
+			_, block, _ := strings.Cut(notes, `"Stowline": `)
+			block, _, _ = strings.Cut(block, "\n  }")
+			var section struct{ IngestURL, IngestToken, Source string }
+			if err := json.Unmarshal([]byte(block+"}"), &section); err != nil {
+				t.Fatalf("the notes' Stowline section is not JSON: %v\n%s", err, notes)
+			}
+			if section.IngestToken == "" || section.Source != tt.want {
+				t.Errorf("Stowline section %+v, want Source %q:\n%s", section, tt.want, notes)
 			}
 		})
 	}
