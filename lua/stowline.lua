@@ -55,7 +55,11 @@ local function sourceName(configured, orthancName)
   if name == nil or name == '' then
     name = 'orthanc'
   end
-  name = string.gsub(name, '[^%w_%-]', '-')
+  -- An explicit class: %w follows the C locale, which Orthanc sets from
+  -- its Locale option, and a Latin-1 one would keep a byte such as ü that
+  -- the ingest's events.DefaultSourceName turns into '-' (every post
+  -- then refused as of an invalid source).
+  name = string.gsub(name, '[^A-Za-z0-9_%-]', '-')
   return string.sub(name, 1, 64)
 end
 

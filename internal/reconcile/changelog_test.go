@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -390,6 +392,37 @@ func TestPendingGaugeLeftWithTheLease(t *testing.T) {
 	t.Cleanup(func() { stopRenewing(); <-renewing })
 	waitUntil(t, "the lease lost", func() bool { return held() == 0 })
 	waitUntil(t, "the pending studies no longer reported", func() bool { return held() == 0 && pending() == 0 })
+}
+
+// TestCursorConflictKeepsTheLease: a cursor written by another replica
+// (mostly a late write of one that held the lease before) makes the
+// holder reload it and poll on with its lease. It logged "reconciler
+// lease lost: another replica polls the source now", which reads as a
+// failover.
+func TestCursorConflictKeepsTheLease(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	pub := &publishedIDs{}
+	var logs testharness.LogBuffer
+	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second})
+	held := func() float64 { return testutil.ToFloat64(r.m.leaseHeld.WithLabelValues("s")) }
+	waitUntil(t, "the lease", func() bool { return held() == 1 })
+	store := waitFirstCursor(ctx, t, kv, "s")
+	// The late write.
+	if err := store.save(ctx, cursor{Seq: 0}); err != nil {
+		t.Fatal(err)
+	}
+	o.mu.Lock()
+	o.log.addStudy(1)
+	o.mu.Unlock()
+	waitUntil(t, "the study's event", func() bool { return pub.has(orthancID(1)) })
+	if !strings.Contains(logs.String(), "another replica wrote the reconciler cursor") {
+		t.Fatalf("no cursor conflict logged; the test did not make one:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "lease lost") || held() != 1 {
+		t.Errorf("lease held %v, logs:\n%s\nwant the lease kept and no loss logged", held(), logs.String())
+	}
 }
 
 // runReconciler runs a reconciler with opts (its log discarded) until the

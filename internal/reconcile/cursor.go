@@ -19,8 +19,9 @@ import (
 func cursorKey(source string) string { return "cursor." + source }
 func leaseKey(source string) string  { return "lease." + source }
 
-// errCursorConflict: another replica wrote the cursor, so it believes it
-// holds the lease; this one steps down.
+// errCursorConflict: another replica wrote the cursor (mostly one that
+// held the lease before, writing late); this one stops polling, takes the
+// lease again and reloads the cursor.
 var errCursorConflict = errors.New("reconcile: the cursor was written by another replica")
 
 // cursor is how far the reconciler got in a source's change log.

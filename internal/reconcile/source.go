@@ -205,9 +205,12 @@ func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 	s.clockOff, s.clockRefusals = false, 0
 	s.setNote(nil)
 
-	if errors.Is(context.Cause(lctx), errLeaseLost) {
+	switch cause := context.Cause(lctx); {
+	case errors.Is(cause, errLeaseLost):
 		s.log.Warn("reconciler lease lost: another replica polls the source now")
 		return false
+	case errors.Is(cause, errCursorConflict):
+		return false // not released: its holder, if not this replica, keeps it
 	}
 	renamed = errors.Is(context.Cause(lctx), errRenamed)
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -295,8 +298,11 @@ func (s *sourceRunner) pollLoop(ctx context.Context, stop context.CancelCauseFun
 			return
 		}
 		if errors.Is(err, errCursorConflict) {
-			s.log.Warn("another replica wrote the reconciler cursor; stepping down")
-			stop(errLeaseLost)
+			// Mostly a late write of a replica that held the lease
+			// before: this one takes its lease straight back and
+			// reloads the cursor. One that holds the lease now keeps it.
+			s.log.Warn("another replica wrote the reconciler cursor; reloading it once the lease is taken again")
+			stop(errCursorConflict)
 			return
 		}
 		if errors.Is(err, errRenamed) {
