@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -54,7 +55,7 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 				log.Warn("disconnected from NATS", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", urlWithoutUser(nc)) }),
 		// The server refuses a publish or subscription the user may not
 		// make only asynchronously (a refused JetStream request then just
 		// times out), and the client's default handler writes it to
@@ -76,7 +77,7 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	} else {
 		c.NC, err = nats.Connect(o.URL, append(opts, o.Auth...)...)
 		if err == nil {
-			log.Info("connected to NATS", "url", c.NC.ConnectedUrlRedacted())
+			log.Info("connected to NATS", "url", urlWithoutUser(c.NC))
 		}
 	}
 	if err != nil {
@@ -95,6 +96,18 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	}
 	c.JS = acceptedJS{JetStream: c.JS, refused: refused}
 	return c, nil
+}
+
+// urlWithoutUser is the URL of the server nc is connected to, without
+// its user info: nats.go's ConnectedUrlRedacted masks only a password,
+// and a user without one is a token (nats://token@host).
+func urlWithoutUser(nc *nats.Conn) string {
+	u, err := url.Parse(nc.ConnectedUrl())
+	if err != nil {
+		return ""
+	}
+	u.User = nil
+	return u.String()
 }
 
 // PublishRefused reports the event subjects NATS refused this client a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -694,5 +695,46 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 	elapsed.Store(int64(10 * time.Minute))
 	if got := refused(); got != "" {
 		t.Errorf("PublishRefused 10 minutes after the last refusal = %q, want nothing named", got)
+	}
+}
+
+// A NATS_URL with a user and no password carries an auth token
+// (nats://token@host): it stays out of the connect and reconnect logs,
+// which nats.go's ConnectedUrlRedacted would not ensure (it masks only a
+// password).
+func TestConnectLogsNoToken(t *testing.T) {
+	const token = "s3cr3tToken"
+	dir := t.TempDir()
+	withToken := func(o *server.Options) { o.Authorization = token }
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir, Port: server.RANDOM_PORT, Configure: withToken})
+	plain := srv.ClientURL()
+	var logs testharness.LogBuffer
+	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: strings.Replace(plain, "://", "://"+token+"@", 1)}, slog.New(slog.NewJSONHandler(&logs, nil)))
+	if err != nil {
+		t.Fatalf("Connect with a token URL: %v", err)
+	}
+	t.Cleanup(c.Close)
+
+	// The same server back on the same port: the client reconnects.
+	port, err := strconv.Atoi(plain[strings.LastIndex(plain, ":")+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir, Port: port, Configure: withToken})
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "reconnected to NATS") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect logged; the log:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, msg := range []string{"connected to NATS", "reconnected to NATS"} {
+		if !strings.Contains(logs.String(), `"msg":"`+msg+`","url":"`+plain+`"`) {
+			t.Errorf("%q is not logged with url %s; the log:\n%s", msg, plain, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), token) {
+		t.Errorf("the log holds the token:\n%s", logs.String())
 	}
 }
