@@ -193,28 +193,32 @@ func parseBaseURL(raw string) (*url.URL, error) {
 		return nil, errors.New("orthancapi: empty Orthanc URL")
 	}
 	u, err := url.Parse(raw)
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		// A url.Error quotes the whole URL, password included.
+		err = ue.Err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("orthancapi: Orthanc URL: %w", err)
 	}
 	switch {
 	case u.Opaque != "" && u.Scheme != "http" && u.Scheme != "https":
 		// "orthanc:8042" parses as scheme "orthanc".
-		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: scheme must be http or https (missing \"http://\"?)", u.Redacted())
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: scheme must be http or https (missing \"http://\"?)", quotable(u))
 	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: scheme must be http or https", u.Redacted())
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: scheme must be http or https", quotable(u))
 	case u.Host == "" || u.Hostname() == "":
-		return nil, fmt.Errorf("orthancapi: Orthanc URL %q has no host", u.Redacted())
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q has no host", quotable(u))
 	case u.User != nil:
 		// Credentials in a URL end up in logs and error messages.
-		return nil, fmt.Errorf("orthancapi: Orthanc URL %q holds credentials; use WithBasicAuth", u.Redacted())
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q holds credentials; use WithBasicAuth", quotable(u))
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
-		return nil, fmt.Errorf("orthancapi: Orthanc URL %q must not have a query or fragment", u.Redacted())
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q must not have a query or fragment", quotable(u))
 	case u.Opaque != "":
-		return nil, fmt.Errorf("orthancapi: Orthanc URL %q is not hierarchical", u.Redacted())
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q is not hierarchical", quotable(u))
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("orthancapi: Orthanc URL %q: invalid port %q", u.Redacted(), p)
+			return nil, fmt.Errorf("orthancapi: Orthanc URL %q: invalid port %q", quotable(u), p)
 		}
 	}
 	// A rooted path without trailing slash: JoinPath then yields
@@ -223,10 +227,23 @@ func parseBaseURL(raw string) (*url.URL, error) {
 	esc := "/" + strings.Trim(u.EscapedPath(), "/")
 	unesc, err := url.PathUnescape(esc)
 	if err != nil {
-		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: path: %w", u.Redacted(), err)
+		return nil, fmt.Errorf("orthancapi: Orthanc URL %q: path: %w", quotable(u), err)
 	}
 	u.Path, u.RawPath = unesc, esc
 	return u, nil
+}
+
+// quotable is u fit for an error message: url.Redacted masks only a
+// password, and would keep a token-style user (http://token@host), a
+// query (?apikey=...) and the user info of a URL missing its scheme
+// ("user:password@orthanc:8042" parses as scheme "user").
+func quotable(u *url.URL) string {
+	c := *u
+	c.User, c.RawQuery, c.ForceQuery, c.Fragment, c.RawFragment = nil, "", false, "", ""
+	if i := strings.LastIndex(c.Opaque, "@"); i >= 0 {
+		return c.Opaque[i+1:]
+	}
+	return c.String()
 }
 
 // newTransport is tuned for one Orthanc: a few concurrent downloads reuse

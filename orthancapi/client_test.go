@@ -122,6 +122,14 @@ func TestNewValidatesURL(t *testing.T) {
 		{url: "http://orthanc/#frag", wantErr: "fragment"},
 		{url: "http://orthanc:99999", wantErr: "port"},
 		{url: "http://orth anc", wantErr: "invalid"},
+		// No part of a URL that may hold a secret is quoted.
+		{url: "http://secret@orthanc", wantErr: "credentials"},
+		{url: "http://orthanc/?apikey=secret", wantErr: "query"},
+		{url: "http://orthanc/#secret", wantErr: "fragment"},
+		{url: "ftp://secret@orthanc/?apikey=secret", wantErr: "scheme must be http or https"},
+		{url: "admin:secret@orthanc:8042", wantErr: `"orthanc:8042": scheme must be http or https (missing "http://"?)`},
+		{url: "http://admin:secret%zz@orthanc", wantErr: "invalid URL escape"},
+		{url: "http://secret token@orthanc", wantErr: "invalid userinfo"},
 		{url: "http://orthanc", opts: []orthancapi.Option{orthancapi.WithRequestTimeout(0)}, wantErr: "timeout"},
 		{url: "http://orthanc", opts: []orthancapi.Option{orthancapi.WithBasicAuth("", "x")}, wantErr: "empty username"},
 	}
@@ -135,7 +143,7 @@ func TestNewValidatesURL(t *testing.T) {
 				t.Fatalf("err = %v, want it to mention %q", err, tc.wantErr)
 			}
 			if err != nil && strings.Contains(err.Error(), "secret") {
-				t.Errorf("error leaks the password: %v", err)
+				t.Errorf("error quotes a secret: %v", err)
 			}
 		})
 	}
