@@ -187,13 +187,14 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 			return resend, upsert, fmt.Errorf("replace instance %s: delete it at the destination (%d conflicts of the round not replaced): %w", uid, notReplaced, err)
 		}
 		st.deleted[uid] = true
-		f.log.Info("deleted an instance the destination held with other content, to store it again", "orthanc_study_id", a.Event.OrthancStudyID,
+		// The round's summary below counts them.
+		f.log.Debug("deleted an instance the destination held with other content, to store it again", "orthanc_study_id", a.Event.OrthancStudyID,
 			"study_instance_uid", a.Event.StudyInstanceUID, "series_instance_uid", inst.SeriesInstanceUID, "sop_instance_uid", uid, "setting", c.setting())
 		resend = append(resend, cf.part)
 	}
 	if n := len(resend) + len(upsert); n > 0 {
 		f.log.Warn("replacing instances the destination held with other content", "orthanc_study_id", a.Event.OrthancStudyID,
-			"study_instance_uid", a.Event.StudyInstanceUID, "instances", n, "method", c.Method, "setting", c.setting())
+			"study_instance_uid", a.Event.StudyInstanceUID, "instances", n, "deleted", len(resend), "method", c.Method, "setting", c.setting())
 	}
 	return resend, upsert, nil
 }

@@ -3,9 +3,11 @@ package forward
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -19,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -670,5 +673,68 @@ func TestReplaceByDeleteRefusedAgainNamedOnce(t *testing.T) {
 	}
 	if got := posts.Load(); got != 2 {
 		t.Errorf("%d POSTs, want 2 (one delivery)", got)
+	}
+}
+
+// Every replaced instance was logged at info, and under replace by DELETE
+// its DELETE too: a study of 5,000 instances sent again logged up to
+// 10,000 lines. Those lines are now debug; the round's warning counts the
+// instances (and those deleted), and "study forwarded" those replaced.
+func TestReplacementLogsCountsNotInstances(t *testing.T) {
+	sops := []string{"1.2.3.1", "1.2.3.2", "1.2.3.3"} // newMemSource(3)
+	for _, method := range []string{ReplacePut, ReplaceDelete} {
+		t.Run(method, func(t *testing.T) {
+			var posts atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case r.Method == http.MethodDelete:
+					w.WriteHeader(http.StatusNoContent)
+				case r.Method == http.MethodPost && posts.Add(1) == 1:
+					failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, sops...)
+				default: // the PUT, or the POST after the DELETEs
+					storedAnswer(w, sops...)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			var logs testharness.LogBuffer
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			f := newForwarder(t, newMemSource(len(sops)), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = &memDeadLetters{}
+				o.Conflicts = azureConflicts(ConflictReplace)
+				o.Conflicts.Method = method
+				o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+			})
+			forwardOne(t, f, ns, cons, testEvent())
+			wantConflicts(t, f, "replaced", float64(len(sops)))
+
+			byMsg := map[string][]map[string]any{}
+			for line := range strings.Lines(logs.String()) {
+				var rec map[string]any
+				if err := json.Unmarshal([]byte(line), &rec); err != nil {
+					t.Fatalf("log line %q: %v", line, err)
+				}
+				msg, _ := rec["msg"].(string)
+				byMsg[msg] = append(byMsg[msg], rec)
+			}
+			for _, msg := range []string{"replaced an instance the destination held with other content",
+				"deleted an instance the destination held with other content, to store it again"} {
+				if n := len(byMsg[msg]); n != 0 {
+					t.Errorf("%d %q lines at info, want none (debug):\n%s", n, msg, logs.String())
+				}
+			}
+			wantDeleted := 0.0
+			if method == ReplaceDelete {
+				wantDeleted = float64(len(sops))
+			}
+			round := byMsg["replacing instances the destination held with other content"]
+			if len(round) != 1 || round[0]["instances"] != float64(len(sops)) || round[0]["deleted"] != wantDeleted {
+				t.Errorf("round warnings %v, want one with instances %d and deleted %v", round, len(sops), wantDeleted)
+			}
+			done := byMsg["study forwarded"]
+			if len(done) != 1 || done[0]["replaced"] != float64(len(sops)) {
+				t.Errorf("study forwarded lines %v, want one with replaced %d", done, len(sops))
+			}
+		})
 	}
 }

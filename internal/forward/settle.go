@@ -169,6 +169,9 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		attrs := []any{"instances", rep.Instances, "bytes", rep.Bytes,
 			"requests", rep.Requests, "already_stored", rep.AlreadyStored, "resent", rep.Resent,
 			"not_selected", rep.Listed - rep.Selected, "duration_ms", elapsed.Milliseconds()}
+		if rep.Replaced > 0 {
+			attrs = append(attrs, "replaced", rep.Replaced)
+		}
 		if f.opts.Verifier != nil {
 			attrs = append(attrs, "verify_ms", float64(rep.Verify.Microseconds())/1000)
 		}

@@ -393,7 +393,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				st.replaced[p.SOPInstanceUID] = true
 				rep.Replaced++
 				f.m.conflicts.WithLabelValues("replaced").Inc()
-				f.log.Info("replaced an instance the destination held with other content", "orthanc_study_id", ev.OrthancStudyID,
+				// One line an instance is for debugging: a study re-sent
+				// whole would log thousands. "study forwarded" counts them.
+				f.log.Debug("replaced an instance the destination held with other content", "orthanc_study_id", ev.OrthancStudyID,
 					"study_instance_uid", ev.StudyInstanceUID, "sop_instance_uid", p.SOPInstanceUID, "method", f.opts.Conflicts.Method)
 			}
 		}
