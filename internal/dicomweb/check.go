@@ -10,8 +10,6 @@ import (
 	"net/url"
 	"strings"
 	"time"
-
-	"github.com/stowline/stowline/auth"
 )
 
 // errCheckFailed is returned (wrapped) when the check did not pass.
@@ -256,7 +254,8 @@ func firstNonEmpty(vs ...string) string {
 	return ""
 }
 
-// redactedSnippet is the start of a body, on one line, without tokens.
+// redactedSnippet is the start of a body, on one line, without tokens
+// or patient values: a misrouted 200 may be a data set.
 func redactedSnippet(b []byte) string {
-	return auth.RedactTokens(snippet(b, 300))
+	return redactBody(snippet(b, 300))
 }

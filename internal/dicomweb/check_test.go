@@ -25,6 +25,11 @@ func TestVerdicts(t *testing.T) {
 		{name: "forbidden", status: 403, body: `{"message":"no DICOM Data Owner role for eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"}`, cred: okCred,
 			want: []string{"403", "not allowed", "[REDACTED JWT]"}},
 		{name: "not found", status: 404, cred: okCred, want: []string{"404", "DICOMWEB_URL"}},
+		// Patient values in a body are removed as in an HTTPError.
+		{name: "misrouted data set", status: 200, body: `{"00100010":{"vr":"PN","Value":[{"Alphabetic":"DOE^JANE"}]}}`, cred: okCred,
+			want: []string{"not a DICOMweb search answer", `"Value":[{"Alphabetic":"` + valueRemoved + `"}]`}},
+		{name: "error quoting a value", status: 400, body: `PatientName has invalid value "DOE^JANE"`, cred: okCred,
+			want: []string{"answered 400", `invalid value "` + valueRemoved + `"`}},
 		{name: "server error", status: 502, cred: okCred, want: []string{"answered 502 Bad Gateway"}},
 		{name: "no credential", cred: func(context.Context) (Credential, error) { return Credential{}, errors.New("invalid_client") },
 			want: []string{"ERROR invalid_client", "no credential could be obtained"}},
@@ -54,6 +59,9 @@ func TestVerdicts(t *testing.T) {
 			}
 			if strings.Contains(out.String(), "eyJzdWIi") {
 				t.Error("a token went to the output")
+			}
+			if strings.Contains(out.String(), "DOE^JANE") {
+				t.Errorf("a patient's name went to the output:\n%s", out.String())
 			}
 		})
 	}

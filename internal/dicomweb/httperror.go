@@ -184,7 +184,7 @@ func safeLocation(raw string) string {
 // could show the bearer token, so credentials are redacted, and so are
 // the attribute values a DICOM server quotes (patient data).
 func errorBody(body []byte) string {
-	return redactValues(redactDICOMValues(auth.RedactTokens(trimBody(body, maxErrorBody))))
+	return redactBody(trimBody(body, maxErrorBody))
 }
 
 // trimBody keeps the start of body, cut on a character boundary, as valid

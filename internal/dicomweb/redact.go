@@ -7,8 +7,16 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/events"
 )
+
+// redactBody is the text of a destination's answer fit for logs, dead
+// letters and reports: without the credentials a gateway may echo, nor
+// the attribute values (patient data) a DICOM server quotes or answers.
+func redactBody(s string) string {
+	return redactValues(redactDICOMValues(auth.RedactTokens(s)))
+}
 
 // quotedValue finds a value a destination quotes after "Content" or
 // "Value" in an error text. Azure's DICOM service writes

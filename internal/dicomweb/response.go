@@ -6,8 +6,6 @@ import (
 	"mime"
 	"strconv"
 	"strings"
-
-	"github.com/stowline/stowline/auth"
 )
 
 // A decoded answer takes memory by its values, not its bytes: 16 MiB of
@@ -97,7 +95,7 @@ func parseResponse(contentType string, data []byte, instances int) (*Result, err
 // error that goes to logs and dead letters: a malformed answer may be a
 // data set (patient data) or echo the request's credentials.
 func bodySnippet(b []byte) string {
-	return redactValues(redactDICOMValues(auth.RedactTokens(snippet(b, 200))))
+	return redactBody(snippet(b, 200))
 }
 
 func mediaType(ct string) string {
