@@ -430,14 +430,31 @@ func (ts *TokenSource) endSpan(span trace.Span, tok *oauth2.Token, err error, no
 		if te.StatusCode != 0 {
 			span.SetAttributes(tracing.HTTPStatus.Int(te.StatusCode))
 		}
-		if te.Code != "" {
-			span.SetAttributes(attribute.String("oauth2.error", te.Code))
+		if code := spanErrorCode(ts.scrub(te.Code)); code != "" {
+			span.SetAttributes(attribute.String("oauth2.error", code))
 		}
 		span.SetStatus(codes.Error, "no token")
 	default:
 		span.SetStatus(codes.Error, "no token")
 	}
 	span.End()
+}
+
+// maxSpanErrorCode bounds oauth2.error: an RFC 6749 code is a short
+// word, but it is the token server's own text, of any length.
+const maxSpanErrorCode = 64
+
+// spanErrorCode is code for a span attribute: its printable ASCII
+// characters (those RFC 6749 allows, and space), at most
+// maxSpanErrorCode of them.
+func spanErrorCode(code string) string {
+	b := make([]byte, 0, min(len(code), maxSpanErrorCode))
+	for i := 0; i < len(code) && len(b) < maxSpanErrorCode; i++ {
+		if c := code[i]; c >= 0x20 && c <= 0x7E {
+			b = append(b, c)
+		}
+	}
+	return string(b)
 }
 
 // tokenErrorType is a bounded word for what a token request met.

@@ -2,6 +2,8 @@ package auth
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 func spansNamed(rec *tracetest.SpanRecorder, name string) []sdktrace.ReadOnlySpan {
@@ -132,5 +136,35 @@ func TestTokenSpanOfARefusal(t *testing.T) {
 				t.Errorf("span %q holds the secret: %q", s.Name(), text)
 			}
 		}
+	}
+}
+
+// TestTokenSpanBoundsTheErrorCode: oauth2.error is the token server's own
+// text; a server that puts a page, lines or the request's secret there
+// does not get it into the span whole.
+func TestTokenSpanBoundsTheErrorCode(t *testing.T) {
+	code := "invalid_client\r\nclient_secret " + testSecret + " refused\x00" + strings.Repeat("x", 500)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	srv := newTokenServer(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": code})
+	})
+	ts, err := NewTokenSource(t.Context(), Config{TokenURL: srv.URL, ClientID: testClientID, ClientSecret: testSecret},
+		WithTracerProvider(tp), fastRetries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.TokenContext(t.Context()); err == nil {
+		t.Fatal("a refusal got a token")
+	}
+	testharness.WaitFor(t, "the token fetch span", 5*time.Second, func() bool { return len(spansNamed(rec, "token fetch")) > 0 })
+	got := attrValue(spansNamed(rec, "token fetch")[0], "oauth2.error").AsString()
+	// Control characters dropped, the secret scrubbed, 64 characters.
+	want := "invalid_clientclient_secret [REDACTED] refused"
+	want += strings.Repeat("x", 64-len(want))
+	if got != want {
+		t.Errorf("oauth2.error = %q, want %q", got, want)
 	}
 }
