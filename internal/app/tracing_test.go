@@ -3,10 +3,14 @@ package app
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -126,6 +130,54 @@ func TestTracingVarsAreDocumented(t *testing.T) {
 	}
 	if !strings.Contains(string(readme), "(docs/tracing.md)") {
 		t.Error("README.md does not link docs/tracing.md")
+	}
+}
+
+// spanStart finds a span started with a literal name in Go source:
+// tracer.Start(ctx, "name", ...) or the forwarder's f.startSpan.
+var spanStart = regexp.MustCompile(`(?:startSpan|\.Start)\([^"\n]*, "([^"]+)"`)
+
+// TestSpanNamesAreDocumented: every span the code starts with a literal
+// name is in docs/tracing.md (its tree or its attribute table), so that
+// a new span does not go undocumented ("verify study (QIDO-RS)" did).
+func TestSpanNamesAreDocumented(t *testing.T) {
+	docs, err := os.ReadFile("../../docs/tracing.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	err = filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case d.IsDir() && path != "../.." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata"):
+			return filepath.SkipDir
+		case d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go"):
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range spanStart.FindAllSubmatch(src, -1) {
+			names = append(names, string(m[1]))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The forwarder's spans at least: a pattern that stopped matching
+	// would pass with nothing checked.
+	for _, want := range []string{"forward study", "orthanc list instances", "verify study (QIDO-RS)", "token fetch", "webhook event"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("span %q not found in the source (found %q): the pattern is out of date", want, names)
+		}
+	}
+	for _, name := range names {
+		if !strings.Contains(string(docs), name) {
+			t.Errorf("docs/tracing.md does not document the span %q", name)
+		}
 	}
 }
 
