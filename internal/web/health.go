@@ -127,7 +127,7 @@ func WriteError(w http.ResponseWriter, status int, msg string) {
 }
 
 // writeTimeout bounds the writing of an answer (NewServer's
-// WriteTimeout, and answerLate's).
+// WriteTimeout, answerLate's, and the webhook's after its publish).
 const writeTimeout = 60 * time.Second
 
 // NewServer returns an http.Server with timeouts, so a slow or idle client

@@ -237,6 +237,11 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ack, err := h.pub.Publish(ctx, ev)
 	h.m.publishSeconds.Observe(time.Since(start).Seconds())
+	// The server's WriteTimeout counts from the request's headers: a body
+	// trickling for up to ReadTimeout (30 s) and a publish of up to
+	// INGEST_PUBLISH_TIMEOUT (50 s) can pass it, and the answer, 202 for
+	// an event JetStream stored, would never reach the sender.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
 	if err != nil {
 		why, reason, answer := "JetStream did not acknowledge", "jetstream_unavailable", "JetStream did not acknowledge the event, retry later: "
 		retry := retryAfterUnavailable

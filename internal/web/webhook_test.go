@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -361,5 +362,68 @@ func TestWebhookSlowBodyTimesOut(t *testing.T) {
 	}
 	if got := rejected(t, reg, "timeout"); got != 1 {
 		t.Errorf("rejected{reason=timeout} = %v, want 1", got)
+	}
+}
+
+// slowPublisher answers after delay: ack (err nil) or err.
+type slowPublisher struct {
+	delay time.Duration
+	err   error
+}
+
+func (p *slowPublisher) Publish(ctx context.Context, _ *events.StudyStable) (*jetstream.PubAck, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(p.delay):
+	}
+	if p.err != nil {
+		return nil, p.err
+	}
+	return &jetstream.PubAck{Stream: natsjs.EventStream, Sequence: 1}, nil
+}
+
+// TestWebhookAnswersAfterALongPublish: the server's WriteTimeout counts
+// from the request's headers (web.NewServer's is 60 s; shorter here), so
+// a body that trickled in and a publish of up to INGEST_PUBLISH_TIMEOUT
+// could pass it: the 202 for a stored event, or the 503, never reached
+// the sender, which saw the connection closed ("EOF").
+func TestWebhookAnswersAfterALongPublish(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"stored", nil, http.StatusAccepted},
+		{"refused", errors.New("nats: timeout"), http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const serverWriteTimeout = 100 * time.Millisecond
+			h, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token},
+				Publisher: &slowPublisher{delay: 3 * serverWriteTimeout, err: tc.err}, PublishTimeout: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := chi.NewRouter()
+			h.Mount(r)
+			srv := httptest.NewUnstartedServer(r)
+			srv.Config.WriteTimeout = serverWriteTimeout
+			srv.Start()
+			t.Cleanup(srv.Close)
+			req, err := http.NewRequest(http.MethodPost, srv.URL+web.WebhookPath, strings.NewReader(validBody))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatalf("no answer after a publish longer than the server's write timeout: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("status = %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
 	}
 }
