@@ -417,6 +417,13 @@ func newDestinationTransport() *http.Transport {
 		ExpectContinueTimeout: time.Second,
 		// A STOW-RS response comes after the whole body is stored; a
 		// large request can take minutes, so no ResponseHeaderTimeout.
+
+		// A connection a load balancer or NAT dropped silently would
+		// stall every request multiplexed on it until the STOW client's
+		// 5-minute watch, each counted a time-out against the request
+		// limit and the breaker: pinged when quiet, it is closed in
+		// under a minute.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second, WriteByteTimeout: time.Minute},
 	}
 }
 
