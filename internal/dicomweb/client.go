@@ -74,18 +74,19 @@ type Client struct {
 	// contentLength: announce the body length (WithContentLength).
 	contentLength bool
 	// stallTimeout and responseTimeout bound a request that stopped
-	// moving (watch): defaultStallTimeout, defaultResponseTimeout.
+	// moving (watch): StallTimeout, defaultResponseTimeout.
 	stallTimeout, responseTimeout time.Duration
 }
 
 // A request is given up when no byte of its body moved for
-// defaultStallTimeout, or no answer came defaultResponseTimeout after the
+// StallTimeout, or no answer came defaultResponseTimeout after the
 // whole body was sent: a destination that never answers must not hold a
 // study, its worker and a request place for good. It is unanswered
 // (ErrNoAnswer) unless the body was waiting on a part's source (the
 // source Orthanc stopped serving): then it is that part's failure.
+// CountBytes gives a part's source the same StallTimeout.
 const (
-	defaultStallTimeout    = 5 * time.Minute
+	StallTimeout           = 5 * time.Minute
 	defaultResponseTimeout = 15 * time.Minute
 )
 
@@ -222,7 +223,7 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 		qidoPageSize:     qidoPageSize,
 		bufferSize:       DefaultBufferSize,
 		newBoundary:      newBoundary,
-		stallTimeout:     defaultStallTimeout,
+		stallTimeout:     StallTimeout,
 		responseTimeout:  defaultResponseTimeout,
 	}
 	for _, opt := range opts {
@@ -501,7 +502,7 @@ func (c *Client) watch(body *requestBody, cancel context.CancelCauseFunc) (stop 
 	wg.Go(func() {
 		t := time.NewTicker(min(c.stallTimeout, c.responseTimeout) / 4)
 		defer t.Stop()
-		last, lastMoved := body.moved.Load(), time.Now()
+		moving := newProgress(body.moved.Load(), time.Now())
 		for {
 			select {
 			case <-done:
@@ -514,9 +515,7 @@ func (c *Client) watch(body *requestBody, cancel context.CancelCauseFunc) (stop 
 					}
 					continue
 				}
-				if m := body.moved.Load(); m != last {
-					last, lastMoved = m, now
-				} else if now.Sub(lastMoved) > c.stallTimeout {
+				if moving.stalled(body.moved.Load(), now, c.stallTimeout) {
 					if body.inSource.Load() {
 						cancel(errSourceStalled)
 					} else {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -21,7 +22,7 @@ import (
 // burned-in text) fails alone and for good, naming the reason; the
 // study's other instances are sent again.
 func Deidentified(next Destination, d *deident.Deidentifier, o DeidentifyOptions) (Destination, error) {
-	x := &deidentified{next: next, d: d, setting: o.Setting, exact: o.ExactLength}
+	x := &deidentified{next: next, d: d, setting: o.Setting, exact: o.ExactLength, measureStall: dicomweb.StallTimeout}
 	x.copies = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_deidentified_total",
 		Help:        "Instances rewritten for a destination with STOW_DEIDENTIFY=basic, once per copy sent, by result: written, burned_in (kept out), refused (unreadable).",
@@ -69,6 +70,9 @@ type deidentified struct {
 	setting string
 	exact   bool
 	copies  *prometheus.CounterVec
+	// measureStall gives up measuring a copy (measure) once its source
+	// gave no byte for it: dicomweb.StallTimeout; tests shorten it.
+	measureStall time.Duration
 }
 
 // grown bounds a copy of an instance of size bytes: the rewrite adds a
@@ -125,14 +129,11 @@ func (x *deidentified) open(p dicomweb.Part, measuring bool) func(context.Contex
 }
 
 // measure writes the copy once to count its bytes: the rewrite is
-// deterministic, so the copy sent next has that size.
+// deterministic, so the copy sent next has that size. It runs inside
+// Store, holding a request place: a source that stops serving mid-body
+// is given up after measureStall, as in the request itself.
 func (x *deidentified) measure(ctx context.Context, open func(context.Context) (io.ReadCloser, error)) (int64, error) {
-	rc, err := open(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer rc.Close()
-	n, err := io.Copy(io.Discard, rc)
+	n, err := dicomweb.CountBytes(ctx, open, x.measureStall)
 	if err != nil {
 		return 0, fmt.Errorf("measure the de-identified copy: %w", err)
 	}

@@ -115,6 +115,46 @@ func TestDeidentifiedDestination(t *testing.T) {
 	}
 }
 
+// TestDeidentifiedMeasureGivesUpAStalledSource: for a destination that
+// needs every size up front (ExactLength), measuring a copy whose source
+// stops serving mid-body fails the request as a time-out of the source
+// once no byte came for the stall time-out (dicomweb.StallTimeout;
+// shortened here), not as a refusal of the instance. The count read
+// without a time limit: Store held its request place until shutdown.
+func TestDeidentifiedMeasureGivesUpAStalledSource(t *testing.T) {
+	_, d := testDeidentifier(t)
+	var b bytes.Buffer
+	if err := dicomgen.WriteInstance(&b, dicomgen.InstanceSpec{StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.0", SOPInstanceUID: "1.2.3.1", Rows: 8, Columns: 8}); err != nil {
+		t.Fatal(err)
+	}
+	half := b.Bytes()[:b.Len()/2]
+	stalled := dicomweb.Part{SOPInstanceUID: "1.2.3.1", Size: int64(b.Len()), Open: func(ctx context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(io.MultiReader(bytes.NewReader(half), stalledBody{ctx})), nil
+	}}
+	sized := &sizeCheckingDestination{t: t}
+	dst, err := Deidentified(sized, d, DeidentifyOptions{Setting: "X", ExactLength: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst.(*deidentified).measureStall = 200 * time.Millisecond
+	done := make(chan error, 1)
+	go func() {
+		_, err := dst.Store(t.Context(), []dicomweb.Part{stalled})
+		done <- err
+	}()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Store still measures a stalled source after 30 s")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) || Classify(err) != Transient || errors.As(err, new(*conversionError)) {
+		t.Errorf("Store: %v (class %v); want a transient time-out, not a refusal", err, Classify(err))
+	}
+	if sized.parts != 0 {
+		t.Errorf("%d parts reached the destination, want 0", sized.parts)
+	}
+}
+
 // TestDeidentifiedCountsEachCopyOnce: stowline_forwarder_deidentified_total
 // counts each instance of a delivery once, also for a destination that
 // needs every length before the request (ExactLength), where each copy

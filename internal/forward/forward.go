@@ -327,6 +327,9 @@ type Forwarder struct {
 	// leader election; tests shorten it. askTimeout bounds one
 	// Unconfigured attempt, so a lost reply costs one try, not the bound.
 	unansweredFor, askTimeout time.Duration
+	// measureStall gives up counting a part's size (measure) once its
+	// source gave no byte for it: dicomweb.StallTimeout; tests shorten it.
+	measureStall time.Duration
 }
 
 // New validates opts and returns a Forwarder.
@@ -412,7 +415,8 @@ func New(opts Options) (*Forwarder, error) {
 		p.replacesByDelete = c.setting()
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
-		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{}), unansweredFor: settleTimeout, askTimeout: natsjs.RequestTimeout}
+		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{}), unansweredFor: settleTimeout, askTimeout: natsjs.RequestTimeout,
+		measureStall: dicomweb.StallTimeout}
 	m.laneAge.setClock(fw.plan.now)
 	fw.retention.Store(int64(opts.EventsRetention))
 	m.retention.Set(opts.EventsRetention.Seconds())

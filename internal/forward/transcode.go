@@ -487,7 +487,9 @@ func (f *Forwarder) conversionError(uid, from, to string, err error) error {
 // refuse their instance. Orthanc converts each such instance twice. Any
 // other error (the source failing, the instance gone) is returned: sent
 // at an unknown size, the request would be refused before it left, as if
-// the destination were down.
+// the destination were down. A source that stops serving mid-body is
+// given up after measureStall, as in a request: otherwise the study,
+// kept in progress, would wait for good.
 func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicomweb.Part, []Instance, error) {
 	failed := make([]*Instance, len(parts))
 	g, gctx := errgroup.WithContext(ctx)
@@ -497,12 +499,7 @@ func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicom
 			continue
 		}
 		g.Go(func() error {
-			rc, err := parts[i].Open(gctx)
-			var n int64
-			if err == nil {
-				n, err = io.Copy(io.Discard, rc)
-				_ = rc.Close()
-			}
+			n, err := dicomweb.CountBytes(gctx, parts[i].Open, f.measureStall)
 			var ce *conversionError
 			switch {
 			case errors.As(err, &ce):

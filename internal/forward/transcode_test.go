@@ -56,7 +56,11 @@ type syntaxSource struct {
 	// cut are those whose converted answer breaks off after 40 bytes,
 	// as net/http reports a body shorter than its Content-Length (Orthanc
 	// restarted, a proxy's time-out).
-	cut       map[string]bool
+	cut map[string]bool
+	// stall are those whose converted answer stops after 40 bytes and
+	// waits, as an Orthanc stalled mid-body, until its request's context
+	// ends (net/http's body then fails).
+	stall     map[string]bool
 	mu        sync.Mutex
 	converted int
 }
@@ -94,7 +98,7 @@ func (s *syntaxSource) InstanceMetadata(_ context.Context, id string) (orthancap
 	return orthancapi.InstanceMetadata{TransferSyntaxUID: s.syntax[id]}, nil
 }
 
-func (s *syntaxSource) OpenTranscodedInstance(_ context.Context, id, ts string) (io.ReadCloser, error) {
+func (s *syntaxSource) OpenTranscodedInstance(ctx context.Context, id, ts string) (io.ReadCloser, error) {
 	s.mu.Lock()
 	s.converted++
 	s.mu.Unlock()
@@ -105,6 +109,8 @@ func (s *syntaxSource) OpenTranscodedInstance(_ context.Context, id, ts string) 
 		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: 500, OrthancMessage: "Database plugin error", OrthancDetails: "database is locked"}
 	case s.cut[s.uid(id)]:
 		return io.NopCloser(io.MultiReader(bytes.NewReader(fakeFile(s.uid(id), ts)[:40]), iotest.ErrReader(io.ErrUnexpectedEOF))), nil
+	case s.stall[s.uid(id)]:
+		return io.NopCloser(io.MultiReader(bytes.NewReader(fakeFile(s.uid(id), ts)[:40]), stalledBody{ctx})), nil
 	}
 	switch s.syntax[id] {
 	case tsJ2K:
@@ -525,6 +531,54 @@ func TestMeasureFaultIsTheSources(t *testing.T) {
 		t.Errorf("class %s, want transient: %v", Classify(err), err)
 	case !strings.Contains(err.Error(), "1.2.3.2"):
 		t.Errorf("the error does not name the instance: %v", err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.requests != 0 {
+		t.Errorf("%d requests reached the destination, want 0", k.requests)
+	}
+}
+
+// stalledBody gives no byte until ctx ends.
+type stalledBody struct{ ctx context.Context }
+
+func (b stalledBody) Read([]byte) (int, error) {
+	<-b.ctx.Done()
+	return 0, b.ctx.Err()
+}
+
+// TestMeasureGivesUpAStalledSource: for a destination that needs every
+// request's length (AWS), a conversion the source stops serving mid-body
+// fails the study as the source's fault once no byte came for the stall
+// time-out (dicomweb.StallTimeout; shortened here). The count read
+// without a time limit: the study waited until shutdown, kept in
+// progress, so JetStream never delivered it again.
+func TestMeasureGivesUpAStalledSource(t *testing.T) {
+	src := newSyntaxSource(tsImplicit, tsImplicit)
+	src.stall = map[string]bool{"1.2.3.2": true}
+	f, k, _ := syntaxForwarder(t, src, 4, 1, tsExplicit)
+	f.opts.ExactLength = true
+	f.measureStall = 200 * time.Millisecond
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the study still waits on a stalled source after 30 s")
+	}
+	switch {
+	case err == nil:
+		t.Fatal("transfer succeeded with a stalled source")
+	case DestinationDown(err):
+		t.Errorf("a stalled source counts as the destination down: %v", err)
+	case Classify(err) != Transient:
+		t.Errorf("class %s, want transient: %v", Classify(err), err)
+	case !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "1.2.3.2"):
+		t.Errorf("want a time-out naming the instance: %v", err)
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
