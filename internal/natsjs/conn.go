@@ -50,6 +50,11 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 		nats.Name("stowline"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
+		// Close drains: what is pending goes out in milliseconds to a
+		// server that answers; one that does not (a node drained with the
+		// pod) held the stop for the client's default 30 s, past the
+		// stop timeout.
+		nats.DrainTimeout(drainTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("disconnected from NATS", "err", err)
@@ -157,16 +162,26 @@ func (c *Conn) Ready(ctx context.Context) error {
 // credentials).
 func (c *Conn) Closed() <-chan struct{} { return c.closed }
 
-// Close drains the connection (pending acks and publishes are flushed)
-// and stops the embedded server, if any.
+// drainTimeout bounds Close's drain: it is part of the stop timeout
+// (forward's settleAfterGrace).
+const drainTimeout = 5 * time.Second
+
+// Close drains the connection (pending acks and publishes are flushed,
+// for up to drainTimeout) and stops the embedded server, if any.
 func (c *Conn) Close() {
 	if c.NC != nil {
 		if err := c.NC.Drain(); err != nil {
 			c.NC.Close()
 		}
-		// Drain closes the connection when it is done (or after the
-		// client's drain timeout).
-		<-c.closed
+		// Drain closes the connection when it is done. Its timeout
+		// covers the subscriptions only: the flush of the publishes
+		// after them may take 5 s more, so the whole is bounded here.
+		select {
+		case <-c.closed:
+		case <-time.After(drainTimeout):
+			c.NC.Close()
+			<-c.closed
+		}
 	}
 	if c.embedded != nil {
 		c.embedded.Shutdown()
