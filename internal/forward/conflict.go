@@ -569,12 +569,15 @@ func (r *storedRecord) heldBefore(id string) bool {
 // later deliveries of the study (its ack not confirmed, a repeat past the
 // dedupe window, a backfill or re-forward, a new version after it gained
 // an instance): they find those instances "already" there, and must read
-// them as stowline's own copies, not as conflicts.
+// them as stowline's own copies, not as conflicts. It ends with ctx:
+// the sentWriter's, the work context, so that at the grace's end the ack
+// goes first (settle writes what is left after it); settle's, detached
+// but bounded by the hard stop (settleContext).
 func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, ids []string) error {
 	if f.opts.Failures == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rememberTimeout)
+	ctx, cancel := context.WithTimeout(ctx, rememberTimeout)
 	defer cancel()
 	// On a cluster that lost the server leading the bucket, writes fail at
 	// once until the others elect a leader: one try was lost to it, and a

@@ -19,7 +19,9 @@ import (
 
 // Run pulls and forwards events until ctx ends. Then it stops pulling,
 // lets in-flight studies finish for up to ShutdownGrace, and returns the
-// rest to the queue (NAK) so another replica takes them at once.
+// rest to the queue (NAK) so another replica takes them at once. It
+// returns at most settleAfterGrace after the grace: the acks, NAKs and
+// writes that settle the attempts stop then (settleContext).
 func (f *Forwarder) Run(ctx context.Context) error {
 	if f.opts.Consumer == nil && len(f.opts.Lanes) == 0 {
 		return errors.New("forward: no consumer")
@@ -30,6 +32,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		f.log.Info("shutdown: no more studies are pulled; those in progress have the grace to finish, the rest go back to the queue",
 			"grace", f.opts.ShutdownGrace.String())
 		time.AfterFunc(f.opts.ShutdownGrace, cancelWork)
+		time.AfterFunc(f.opts.ShutdownGrace+settleAfterGrace, f.stopHard)
 	})
 	defer stopGrace()
 

@@ -317,6 +317,10 @@ type Forwarder struct {
 	// source go back to the queue at once.
 	stopping     chan struct{}
 	stoppingOnce sync.Once
+	// hardStop ends settleAfterGrace past the grace (Run, stopHard):
+	// the settling contexts (settleContext) end with it.
+	hardStop context.Context
+	stopHard context.CancelFunc
 	// parking is nil unless MaxParked is set.
 	parking *sourceParking
 	// retention is the event stream's MaxAge as last read
@@ -417,6 +421,7 @@ func New(opts Options) (*Forwarder, error) {
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
 		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{}), unansweredFor: settleTimeout, askTimeout: natsjs.RequestTimeout,
 		measureStall: dicomweb.StallTimeout}
+	fw.hardStop, fw.stopHard = context.WithCancel(context.Background())
 	m.laneAge.setClock(fw.plan.now)
 	fw.retention.Store(int64(opts.EventsRetention))
 	m.retention.Set(opts.EventsRetention.Seconds())

@@ -69,12 +69,15 @@ func (w *sentWriter) run() {
 
 // close waits for the write under way and writes what is left, once:
 // the attempt's last write, logged if it fails. It returns what was not
-// written, for the ack to try again.
+// written, for the ack to try again. Once the work context has ended
+// (the grace is over), it writes nothing: the ack goes first, and settle
+// writes what is left after it; both wait for the write under way only
+// until then (rememberStored ends with w.ctx).
 func (w *sentWriter) close() (unwritten []string) {
 	close(w.kick)
 	<-w.done
-	if len(w.pending) == 0 {
-		return nil
+	if len(w.pending) == 0 || w.ctx.Err() != nil {
+		return w.pending
 	}
 	if err := w.f.rememberStored(w.ctx, w.ev, w.pending); err != nil {
 		w.f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", w.ev.OrthancStudyID,

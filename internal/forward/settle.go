@@ -25,19 +25,35 @@ import (
 var ErrForwardedBefore = errors.New("forward: this state of the study is recorded forwarded")
 
 // settleTimeout bounds the ack, NAK or dead letter of one attempt; they
-// go out even during shutdown. ackConfirmTimeout bounds the ack's
-// confirmation within it: a lost one leaves the writes after it (the
-// ledger's, the failure log's) the rest.
+// go out even during shutdown, until settleAfterGrace past the grace.
+// ackConfirmTimeout bounds the ack's confirmation within it: a lost one
+// leaves the writes after it (the ledger's, the failure log's) the rest.
 const (
 	settleTimeout     = 30 * time.Second
 	ackConfirmTimeout = 15 * time.Second
 )
 
+// settleAfterGrace is how long after ShutdownGrace the settling of the
+// attempts that went on through it may go on, whatever is left of its
+// settleTimeout: with NATS's drain (natsjs.drainTimeout) and the traces'
+// flush it keeps a stop within the grace plus 15 s, the stop timeout the
+// chart and compose give. Killed later, the ack was often lost too.
+const settleAfterGrace = 5 * time.Second
+
+// settleContext is ctx without its cancellation (the work context ends at
+// the grace; an ack must still go out), ending after d or at the hard
+// stop, settleAfterGrace past the grace (Run).
+func (f *Forwarder) settleContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
+	stop := context.AfterFunc(f.hardStop, cancel)
+	return sctx, func() { stop(); cancel() }
+}
+
 // settle carries d out on msg and the stores, counts it and tells the
 // observer. ctx is the work context: shutdown stops buffer-mode deletes,
 // never the ack.
 func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d decision, rep Report, ferr error, elapsed time.Duration, log *slog.Logger) {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	sctx, cancel := f.settleContext(ctx, settleTimeout)
 	defer cancel()
 	var result Result
 	recorded := false // the ledger holds this forward (ack)
@@ -70,7 +86,8 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 		}
 	}
 	// What the attempt stored and its last write to the failure log did
-	// not take (NATS unreachable) is written again, whatever the outcome:
+	// not take (NATS unreachable), or left for now (the grace over:
+	// sentWriter.close) is written again, whatever the outcome:
 	// a later delivery would take those copies for conflicts. After an
 	// ack, as its other writes: they may wait through a bucket's leader
 	// election.
@@ -130,8 +147,10 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep Report, elapsed time.Duration, log *slog.Logger) (result Result, recorded, before bool) {
 	// DoubleAck waits for the server's confirmation: the event is done
 	// only once JetStream knows it is. What was sent is recorded by now
-	// (sentwriter.go), in the attempt. A lost confirmation waits out its
-	// own deadline, not ctx's: the writes after it need time too.
+	// (sentwriter.go), in the attempt, unless the grace ended first: then
+	// settle writes it after the ack, which must not wait on a ledger
+	// that does not answer. A lost confirmation waits out its own
+	// deadline, not ctx's: the writes after it need time too.
 	actx, cancel := context.WithTimeout(ctx, ackConfirmTimeout)
 	err := msg.DoubleAck(actx)
 	cancel()
@@ -288,7 +307,7 @@ func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attemp
 // lost. As any study's, the event is never dropped: without its dead
 // letter it stays queued.
 func (f *Forwarder) undecodable(ctx context.Context, msg jetstream.Msg, a *Attempt, derr error) {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	sctx, cancel := f.settleContext(ctx, settleTimeout)
 	defer cancel()
 	span := trace.SpanFromContext(ctx)
 	log := f.log.With("subject", msg.Subject(), "stream_seq", a.Seq, "attempt", a.Number)

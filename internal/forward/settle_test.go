@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -113,5 +115,92 @@ func TestUnconfirmedAckCounts(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// stalledLedger is a failure log and ledger whose writes never answer:
+// each waits for its context to end, as a KV write to a bucket whose
+// servers are gone waits for its request timeout.
+type stalledLedger struct {
+	memFailureLog
+	remembers atomic.Int32
+}
+
+func (s *stalledLedger) RememberSent(ctx context.Context, _ *events.StudyStable, _ []string) error {
+	s.remembers.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (s *stalledLedger) completed(ctx context.Context, _ *events.StudyStable, _ Completion) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A study whose STOW answer comes within the grace while the ledger's
+// buckets do not answer (a node drain takes a NATS server with the pod)
+// is acked, and Run returns settleAfterGrace after the grace. Before, the
+// write of what was stored took 15 s twice (the writer's, then close's)
+// before the ack, then the ledger's record 30 s and that write 15 s
+// again: past the stop timeout, and a process killed before its ack had
+// the study sent again.
+func TestShutdownSettlesWithinBound(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	stow := k.handler(nil)
+	asked, answer := make(chan struct{}), make(chan struct{})
+	var askedOnce, answerOnce sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		askedOnce.Do(func() { close(asked) })
+		<-answer
+		stow.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { answerOnce.Do(func() { close(answer) }) }) // before srv.Close
+	cons := consumer(t, ns)
+	ledger := &stalledLedger{}
+	rec := &recordingObserver{}
+	const grace = 2 * time.Second
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.Failures, o.Completed, o.Observer, o.ShutdownGrace = ledger, ledger.completed, rec, grace
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-asked:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the study was never sent")
+	}
+	cancel()                                            // shutdown starts
+	answerOnce.Do(func() { close(answer) })             // the answer comes within the grace
+	within := grace + settleAfterGrace + 10*time.Second // a margin for a busy machine
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(within):
+		t.Fatalf("Run did not return within %s of the shutdown", within)
+	}
+	if ledger.remembers.Load() == 0 {
+		t.Error("the write of what was stored was never tried: the test stalled nothing")
+	}
+	rec.mu.Lock()
+	finished := rec.finished[ResultForwarded]
+	rec.mu.Unlock()
+	if finished != 1 {
+		t.Errorf("results %v, want the study forwarded", rec.finished)
+	}
+	info, err := cons.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.AckFloor.Stream != 1 || info.NumAckPending != 0 {
+		t.Errorf("ack floor %d, %d pending: the ack was not sent", info.AckFloor.Stream, info.NumAckPending)
 	}
 }

@@ -263,7 +263,9 @@ func (f *Forwarder) unpark(source string, shutdown bool) {
 			continue
 		}
 		writes.Go(func() {
-			if err := f.rememberStored(context.Background(), p.a.Event, p.rep.unrecorded); err != nil {
+			ctx, cancel := f.settleContext(context.Background(), rememberTimeout)
+			defer cancel()
+			if err := f.rememberStored(ctx, p.a.Event, p.rep.unrecorded); err != nil {
 				p.log.Warn("remember what the parked study's attempt stored, before it goes back: a later delivery of the study may take those instances for conflicts",
 					"instances", len(p.rep.unrecorded), "err", err)
 			}
