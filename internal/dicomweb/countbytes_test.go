@@ -45,19 +45,27 @@ func TestCountBytes(t *testing.T) {
 		}
 	}
 	gone := errors.New("instance gone")
+	// The stall watch starts before open, so the cases that must not
+	// stall get a time-out a paused CI process cannot run out; the
+	// stalling ones a short one, to end quickly.
+	const (
+		stalls   = 200 * time.Millisecond
+		noStalls = 30 * time.Second
+	)
 	for _, tc := range []struct {
 		name    string
 		open    func(context.Context) (io.ReadCloser, error)
+		stall   time.Duration
 		want    int64
 		wantErr error
 	}{
-		{"whole", get("/whole"), size, nil},
-		{"open fails", func(context.Context) (io.ReadCloser, error) { return nil, gone }, 0, gone},
-		{"no answer", get("/headers"), 0, context.DeadlineExceeded},
-		{"stalled mid-body", get("/half"), 0, context.DeadlineExceeded},
+		{"whole", get("/whole"), noStalls, size, nil},
+		{"open fails", func(context.Context) (io.ReadCloser, error) { return nil, gone }, noStalls, 0, gone},
+		{"no answer", get("/headers"), stalls, 0, context.DeadlineExceeded},
+		{"stalled mid-body", get("/half"), stalls, 0, context.DeadlineExceeded},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n, err := CountBytes(t.Context(), tc.open, 200*time.Millisecond)
+			n, err := CountBytes(t.Context(), tc.open, tc.stall)
 			if n != tc.want || !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
 				t.Errorf("CountBytes = %d, %v; want %d, %v", n, err, tc.want, tc.wantErr)
 			}
