@@ -351,6 +351,7 @@ func TestChangedCopyIsNoOwnCopy(t *testing.T) {
 // so remembered as stowline's own copies for the next delivery.
 func TestFailedRequestLetsOthersFinish(t *testing.T) {
 	slowStored := make(chan struct{})
+	otherArrived := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		uids := partUIDs(r)
 		if len(uids) != 1 {
@@ -360,10 +361,15 @@ func TestFailedRequestLetsOthersFinish(t *testing.T) {
 		uid := uids[0]
 		if uid == "1.2.3.1" {
 			// Fails only once the other request is on its way.
-			time.Sleep(50 * time.Millisecond)
+			select {
+			case <-otherArrived:
+			case <-time.After(30 * time.Second):
+				t.Error("the other request never reached the destination")
+			}
 			http.Error(w, "overloaded", http.StatusServiceUnavailable)
 			return
 		}
+		close(otherArrived)
 		time.Sleep(300 * time.Millisecond)
 		close(slowStored)
 		w.Header().Set("Content-Type", "application/dicom+json")
