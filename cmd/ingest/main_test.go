@@ -168,6 +168,24 @@ func (r *rig) waitLeaseWrites(t *testing.T, n int) {
 	}
 }
 
+// waitFirstCursor waits until the reconciler of source "src" stored its
+// first start's cursor, at the end of the change log. The lease is held,
+// and /healthz answers, before: a study stored in between is behind that
+// cursor and never published.
+func (r *rig) waitFirstCursor(t *testing.T) {
+	t.Helper()
+	testharness.WaitFor(t, "the first start's cursor", 20*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		kv, err := r.js.KeyValue(ctx, natsjs.ReconcileBucket)
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(ctx, "cursor.src")
+		return err == nil
+	})
+}
+
 // studyEvents returns the events in the stream by Orthanc study ID.
 func (r *rig) studyEvents(t *testing.T) map[string][]events.StudyStable {
 	t.Helper()
@@ -247,6 +265,7 @@ func TestTwoReplicasOnePolls(t *testing.T) {
 	if !holder.holdsLease(t) || other.holdsLease(t) {
 		t.Fatal("the lease changed hands or both replicas hold it")
 	}
+	r.waitFirstCursor(t)
 
 	r.addStudies(t, 3, 2)
 	r.waitAllPublished(t, 20*time.Second)
@@ -309,6 +328,7 @@ func TestOrthancDatabaseRecreated(t *testing.T) {
 func testOrthancDatabaseRecreated(t *testing.T, rel testharness.Release) {
 	r := newRigOn(t, rel)
 	ing := r.startIngest(t)
+	r.waitFirstCursor(t)
 	r.addStudies(t, 3, 3)
 	r.waitAllPublished(t, 20*time.Second)
 
@@ -353,6 +373,7 @@ func TestOrthancDatabaseRestoredFromBackup(t *testing.T) {
 func testOrthancDatabaseRestoredFromBackup(t *testing.T, rel testharness.Release) {
 	r := newRigOn(t, rel)
 	ing := r.startIngest(t)
+	r.waitFirstCursor(t)
 	r.addStudies(t, 2, 1)
 	r.waitAllPublished(t, 20*time.Second)
 

@@ -211,9 +211,10 @@ func testPublishesTheLuaScriptsEvent(t *testing.T, rel testharness.Release) {
 	r.client2 = spy
 	_, reg, _ := r.start(t, "")
 	const source = "Recon-A"
-	testharness.WaitFor(t, "the lease", 10*time.Second, func() bool {
-		return metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": source}) == 1
-	})
+	// Not the lease: it is held before the first cursor is stored at
+	// the end of the change log, and a study uploaded in between would
+	// be behind it, never published.
+	waitFirstCursor(t, r, source)
 
 	upload(t, r.orthanc, writeStudy(t, 3))
 	upload(t, r.orthanc, []string{testharness.SamplesDir(t) + "/ct-explicit-le.dcm"})
@@ -570,6 +571,9 @@ func testUnreachableOrthancIsNotReady(t *testing.T, rel testharness.Release) {
 		return metric(t, reg, "stowline_reconcile_lease_held", map[string]string{"source": "c"}) == 1
 	})
 	testharness.WaitFor(t, "ready", 5*time.Second, func() bool { return check(context.Background()) == nil })
+	// A first cursor read after the restart would be past the study
+	// uploaded then, and the study never published.
+	waitFirstCursor(t, r, "c")
 
 	r.orthanc.Stop(t)
 	testharness.WaitFor(t, "not ready", 10*time.Second, func() bool { return check(context.Background()) != nil })
