@@ -302,9 +302,11 @@ func TestRuleLeavesThePublishItsTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As the reconciler publishes with INGEST_PUBLISH_TIMEOUT=2s (the
-	// rule's reads have priorityRuleTimeout, 5 s).
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	// As the reconciler publishes with an INGEST_PUBLISH_TIMEOUT shorter
+	// than the rule's reads' priorityRuleTimeout (5 s): reads that took
+	// all of it would leave the publish nothing. Not the default 2 s:
+	// the publish's half, 2 s here, leaves a loaded host room.
+	ctx, cancel := context.WithTimeout(t.Context(), priorityRuleTimeout*4/5)
 	defer cancel()
 	if _, err := p.Publish(ctx, ev); err != nil {
 		t.Fatalf("Publish = %v, want the study stored in the routine lane", err)

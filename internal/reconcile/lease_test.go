@@ -196,7 +196,9 @@ func (k *cutOffKV) Update(ctx context.Context, key string, value []byte, last ui
 func TestLeaseHolderStepsDownBeforeATakeover(t *testing.T) {
 	_, kv := testBucket(t)
 	cut := &cutOffKV{KeyValue: kv}
-	const ttl = 3 * time.Second
+	// Long enough that a loaded host's late timers (the 19/20 bound
+	// below leaves 1.7 s) do not pass for a step-down after a takeover.
+	const ttl = 6 * time.Second
 	s := leaseHolder(cut, ttl)
 	mustAcquire(t, s.lease, true)
 	stepDown := keepLeaseInBackground(t, s, ttl)
@@ -283,8 +285,10 @@ func (k *slowCreateKV) Create(ctx context.Context, key string, value []byte, opt
 func TestLeaseTakenSlowlyStepsDownBeforeATakeover(t *testing.T) {
 	_, kv := testBucket(t)
 	cut := &cutOffKV{KeyValue: kv}
-	slow := &slowCreateKV{cutOffKV: cut, delay: time.Second}
-	const ttl = 3 * time.Second
+	// Long enough that a loaded host's late timers (the 19/20 bound
+	// below leaves 1.7 s) do not pass for a step-down after a takeover.
+	const ttl = 6 * time.Second
+	slow := &slowCreateKV{cutOffKV: cut, delay: ttl / 3}
 	s := leaseHolder(slow, ttl)
 	sent := time.Now()
 	mustAcquire(t, s.lease, true)
