@@ -369,6 +369,9 @@ func TestPendingGaugeLeftWithTheLease(t *testing.T) {
 	}
 	held, pending := gauge(r.m.leaseHeld), gauge(r.m.pending)
 	waitUntil(t, "the lease", func() bool { return held() == 1 })
+	// Held before the first cursor is stored: a change added in between
+	// would be behind it, the study never pending.
+	waitFirstCursor(ctx, t, kv, "s")
 	o.mu.Lock()
 	o.log.add("NewStudy", orthancID(1)) // a study still receiving instances
 	o.log.studies[orthancID(1)] = orthancapi.Study{ID: orthancID(1), StudyInstanceUID: "1.2.3.1", LastUpdate: "20261203T150000"}
