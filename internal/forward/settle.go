@@ -60,6 +60,26 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	// The ledger held a forward of this state already (ack): what no
 	// destination selects was counted by the delivery that forwarded it.
 	before := false
+	// What the attempt stored and its last write to the failure log did
+	// not take (NATS unreachable), or left for now (the grace over:
+	// sentWriter.close) is written again, whatever the outcome: a later
+	// delivery would take those copies for conflicts. Before the event
+	// goes back to the queue (another replica may take it at once and
+	// read the record); after an ack, as its other writes: they may wait
+	// through a bucket's leader election.
+	remember := func() {
+		if len(rep.unrecorded) == 0 {
+			return
+		}
+		if err := f.rememberStored(sctx, a.Event, rep.unrecorded); err != nil {
+			log.Warn("remember what the attempt stored, again as it is settled: a later delivery of the study may take those instances for conflicts",
+				"instances", len(rep.unrecorded), "err", err)
+		}
+		rep.unrecorded = nil
+	}
+	if d.action != ack {
+		remember()
+	}
 	switch d.action {
 	case ack:
 		result, recorded, before = f.ack(sctx, msg, a, rep, elapsed, log)
@@ -85,18 +105,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 			}
 		}
 	}
-	// What the attempt stored and its last write to the failure log did
-	// not take (NATS unreachable), or left for now (the grace over:
-	// sentWriter.close) is written again, whatever the outcome:
-	// a later delivery would take those copies for conflicts. After an
-	// ack, as its other writes: they may wait through a bucket's leader
-	// election.
-	if len(rep.unrecorded) > 0 {
-		if err := f.rememberStored(sctx, a.Event, rep.unrecorded); err != nil {
-			log.Warn("remember what the attempt stored, again as it is settled: a later delivery of the study may take those instances for conflicts",
-				"instances", len(rep.unrecorded), "err", err)
-		}
-	}
+	remember()
 	f.m.studies.WithLabelValues(string(result)).Inc()
 	recordOutcome(trace.SpanFromContext(ctx), result, d.class, rep)
 	f.obs.Finished(a, result, rep)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -202,5 +203,87 @@ func TestShutdownSettlesWithinBound(t *testing.T) {
 	}
 	if info.AckFloor.Stream != 1 || info.NumAckPending != 0 {
 		t.Errorf("ack floor %d, %d pending: the ack was not sent", info.AckFloor.Stream, info.NumAckPending)
+	}
+}
+
+// orderLedger is a failure log whose first write of what was stored
+// stalls until its context ends (the writer's, during the attempt), and
+// whose later writes note whether the event was still in this
+// forwarder's hands (not yet given back) when they were made.
+type orderLedger struct {
+	memFailureLog
+	inHand  func() bool
+	calls   atomic.Int32
+	mu      sync.Mutex
+	written []bool // inHand at each later write
+}
+
+func (l *orderLedger) RememberSent(ctx context.Context, ev *events.StudyStable, ids []string) error {
+	if l.calls.Add(1) == 1 {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	l.mu.Lock()
+	l.written = append(l.written, l.inHand())
+	l.mu.Unlock()
+	return l.memFailureLog.RememberSent(ctx, ev, ids)
+}
+
+// A study given back at the grace's end has what it stored recorded
+// before it goes back to the queue: another replica may take it at once
+// and read the record at its first "already exists". The write was made
+// after the NAK once sentWriter.close left it to settle (the grace over).
+func TestGivenBackStudyRecordedBeforeItGoesBack(t *testing.T) {
+	ns := testnats.Start(t)
+	var k sink
+	stow := k.handler(nil)
+	var requests atomic.Int32
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requests.Add(1) > 1 { // the study's other request: unanswered within the grace
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		stow.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // before srv.Close
+	cons := consumer(t, ns)
+	// In hand: not delivered again within a second. Run pulls no more
+	// once shut down, and a consumer's info may not show a NAK yet.
+	ledger := &orderLedger{inHand: func() bool {
+		_, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+		return err != nil
+	}}
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.Failures, o.Completed, o.MaxInstances, o.ShutdownGrace = ledger, recordedOK, 1, time.Second
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	testharness.WaitFor(t, "both requests sent, one answered", 15*time.Second, func() bool { return requests.Load() == 2 && ledger.calls.Load() >= 1 })
+	cancel() // shutdown: the unanswered request goes back at the grace's end
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	ledger.mu.Lock()
+	defer ledger.mu.Unlock()
+	if len(ledger.written) == 0 {
+		t.Fatal("what the answered request stored was never written")
+	}
+	if !ledger.written[0] {
+		t.Error("what was stored was written after the study went back to the queue")
 	}
 }
