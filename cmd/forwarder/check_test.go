@@ -461,6 +461,11 @@ func TestCheckSources(t *testing.T) {
 		{"conversions refused", converting(ro.URL), nil, true,
 			[]string{"/metadata?expand (no such instance) -> not found", "POST /instances/", "403",
 				"verdict      FAIL: Orthanc refuses POST to ORTHANC_USERNAME, and destination default converts instances"}, []string{"verdict      OK\n"}},
+		// A routing rule reading an instance's SOP class reads metadata.
+		{"routing rule reads metadata", map[string]string{"DESTINATIONS": "ai", "DESTINATION_AI_URL": dest.URL,
+			"DESTINATION_AI_INSTANCE_MATCH": "instance.sopClassUid != '1.2.840.10008.5.1.4.1.1.7'",
+			"ORTHANC_URL":                   ro.URL, "ORTHANC_USERNAME": "forwarder", "ORTHANC_PASSWORD": "pw-check-0123"}, nil, false,
+			[]string{"/metadata?expand (no such instance) -> not found: the forwarder may read", "verdict      OK\n"}, []string{"modify", "FAIL"}},
 		{"wrong password", one("pw-wrong-0123"), nil, true,
 			[]string{"401", "verdict      FAIL: Orthanc refuses the forwarder: check ORTHANC_USERNAME with ORTHANC_PASSWORD or ORTHANC_PASSWORD_FILE, and that user's rights"}, nil},
 		{"one of two sources down", two, nil, true,

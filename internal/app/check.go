@@ -182,12 +182,13 @@ type rightProbe struct {
 	send    func(ctx context.Context, c *orthancapi.Client, id string) error
 }
 
-// sourceProbes are the rights the configuration needs beyond GET: DELETE
-// in buffer mode (without it buffer mode would forward every study and
-// fill Orthanc's disk all the same), and the conversion and metadata
-// requests of a destination that converts (a transfer syntax list, its
-// profile's, or de-identification), which a least-privilege proxy
-// allowing only GET would refuse for every instance.
+// sourceProbes are the rights the configuration needs beyond GET /system:
+// DELETE in buffer mode (without it buffer mode would forward every study
+// and fill Orthanc's disk all the same), the conversion requests of a
+// destination that converts (a transfer syntax list, its profile's, or
+// de-identification), which a least-privilege proxy allowing only GET
+// would refuse for every instance, and the metadata those and routing
+// rules reading an instance's SOP class, syntax or AE title need.
 func sourceProbes(deletes bool, served []config.NamedDestination) []rightProbe {
 	var probes []rightProbe
 	if deletes {
@@ -197,24 +198,39 @@ func sourceProbes(deletes bool, served []config.NamedDestination) []rightProbe {
 			send:  func(ctx context.Context, c *orthancapi.Client, id string) error { return c.DeleteInstance(ctx, id) },
 		})
 	}
-	var converting []string
+	var converting, routed []string
 	for _, d := range served {
 		if len(transferSyntaxes(&d)) > 0 || d.Deidentify.Deidentifies() {
 			converting = append(converting, d.Name)
 		}
+		// A rule that does not compile is the destination check's to
+		// report.
+		if r, err := newRoute(d, nil); err == nil && r != nil && (r.rules.Study.NeedsInstances() || r.rules.Instance.NeedsMetadata()) {
+			routed = append(routed, d.Name)
+		}
 	}
+	converts := fmt.Sprintf("destination %s converts instances (a transfer syntax list: STOW_TRANSFER_SYNTAXES or its STOW_PROFILE's, or STOW_DEIDENTIFY)", strings.Join(converting, ", "))
+	var readers []string
 	if len(converting) > 0 {
-		why := fmt.Sprintf("destination %s converts instances (a transfer syntax list: STOW_TRANSFER_SYNTAXES or its STOW_PROFILE's, or STOW_DEIDENTIFY)", strings.Join(converting, ", "))
+		readers = append(readers, converts)
+	}
+	if len(routed) > 0 {
+		readers = append(readers, fmt.Sprintf("the routing rules of destination %s read an instance's SOP class, transfer syntax or calling AE title", strings.Join(routed, ", ")))
+	}
+	if len(readers) > 0 {
 		probes = append(probes, rightProbe{
 			request: "GET /instances/{id}/metadata?expand", may: "the forwarder may read an instance's metadata",
-			needs: why + " and reads each instance's transfer syntax with GET /instances/{id}/metadata?expand",
+			needs: strings.Join(readers, ", and ") + ", read with GET /instances/{id}/metadata?expand",
 			send: func(ctx context.Context, c *orthancapi.Client, id string) error {
 				_, err := c.InstanceMetadata(ctx, id)
 				return err
 			},
-		}, rightProbe{
+		})
+	}
+	if len(converting) > 0 {
+		probes = append(probes, rightProbe{
 			request: "POST /instances/{id}/modify", may: "the forwarder may convert (Orthanc stores nothing)",
-			needs: why + " with POST /instances/{id}/modify, which stores nothing",
+			needs: converts + " with POST /instances/{id}/modify, which stores nothing",
 			send: func(ctx context.Context, c *orthancapi.Client, id string) error {
 				r, err := c.OpenTranscodedInstance(ctx, id, "1.2.840.10008.1.2.1") // Explicit VR Little Endian
 				if err == nil {
