@@ -9,8 +9,11 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/stowline/stowline/internal/flow"
 )
 
 // burstFraction: the bucket holds 1/burstFraction of a second of the
@@ -100,6 +103,11 @@ func (r *reader) Read(p []byte) (int, error) {
 	// Wait before the bytes leave: the chunk is sent only once the
 	// bucket holds it. In pieces of the burst as it is now: SetReplicas
 	// may have lowered it while Read waited, and WaitN refuses more.
+	// The wait is the cap's, not the destination's: told to the request's
+	// limit (flow.ReportWait), else a cap below what the destination
+	// takes would read as its latency and lower the requests in flight.
+	start := time.Now()
+	defer func() { flow.ReportWait(r.ctx, time.Since(start)) }()
 	for left := n; left > 0; {
 		piece := min(left, r.l.lim.Burst())
 		if werr := r.l.lim.WaitN(r.ctx, piece); werr != nil {

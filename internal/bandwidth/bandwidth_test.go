@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/stowline/stowline/internal/flow"
 )
 
 // The cap is the feature, so this test measures a rate: several
@@ -134,6 +136,27 @@ func TestReaderBurstShrinksDuringRead(t *testing.T) {
 		n, err := r.Read(make([]byte, 1<<20))
 		if err != nil || n != burst(1<<20) {
 			t.Fatalf("read %d bytes, err %v; want %d and no error", n, err, burst(1<<20))
+		}
+	})
+}
+
+// The cap's waits are told to the request's limit (flow.ReportWait): a
+// cap below what the destination takes made each request slower as more
+// ran at once, which the adaptive limit read as the destination's latency
+// and answered by lowering the requests in flight.
+func TestReaderReportsItsWaits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const rate = 1 << 20
+		l := New(rate)
+		var waited atomic.Int64
+		ctx := flow.WithWaitReport(t.Context(), func(d time.Duration) { waited.Add(int64(d)) })
+		start := time.Now()
+		if _, err := io.Copy(io.Discard, l.Reader(ctx, bytes.NewReader(make([]byte, 3*rate)))); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		if got := time.Duration(waited.Load()); got < took-100*time.Millisecond || got > took {
+			t.Errorf("reported waits %s, want about the %s the copy took", got, took)
 		}
 	})
 }

@@ -3,6 +3,8 @@ package deident
 import (
 	"context"
 	"time"
+
+	"github.com/stowline/stowline/internal/flow"
 )
 
 // Defaults of the bound shared by the rewrites of one Deidentifier.
@@ -34,7 +36,7 @@ func newMemory(allowance int64, slots int) *memory {
 }
 
 // acquire takes a large slot, or returns ctx's error once ctx is done.
-// A wait for the slot is told to ctx's WithWaitReport.
+// A wait for the slot is told to ctx's flow.WithWaitReport.
 func (m *memory) acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -45,25 +47,13 @@ func (m *memory) acquire(ctx context.Context) error {
 	default:
 	}
 	start := time.Now()
-	if report, ok := ctx.Value(waitReportKey{}).(func(time.Duration)); ok {
-		defer func() { report(time.Since(start)) }()
-	}
+	defer func() { flow.ReportWait(ctx, time.Since(start)) }()
 	select {
 	case m.large <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-type waitReportKey struct{}
-
-// WithWaitReport returns ctx carrying report, told how long each rewrite
-// run under it waited for memory (a large slot). The rewrite runs inside
-// a STOW-RS request's body: the caller measuring the request's time for
-// the destination leaves these waits out.
-func WithWaitReport(ctx context.Context, report func(time.Duration)) context.Context {
-	return context.WithValue(ctx, waitReportKey{}, report)
 }
 
 func (m *memory) release() { <-m.large }

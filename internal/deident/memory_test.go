@@ -14,6 +14,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/stowline/stowline/internal/flow"
 )
 
 // boundedDeidentifier lowers the hold and the shared bound so that the
@@ -234,7 +236,7 @@ type panickingWriter struct{}
 func (panickingWriter) Write([]byte) (int, error) { panic("a writer bug") }
 
 // TestWaitForTheLargeSlotIsReported: a rewrite that waits for the large
-// slot tells ctx's WithWaitReport how long (the forwarder leaves it out of
+// slot tells ctx's flow.WithWaitReport how long (the forwarder leaves it out of
 // the request's time for the destination); one that does not wait tells
 // nothing.
 func TestWaitForTheLargeSlotIsReported(t *testing.T) {
@@ -259,7 +261,7 @@ func TestWaitForTheLargeSlotIsReported(t *testing.T) {
 					mu  sync.Mutex
 					got []time.Duration
 				)
-				ctx := WithWaitReport(t.Context(), func(w time.Duration) {
+				ctx := flow.WithWaitReport(t.Context(), func(w time.Duration) {
 					mu.Lock()
 					defer mu.Unlock()
 					got = append(got, w)

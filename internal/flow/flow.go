@@ -407,6 +407,23 @@ func (p *Permit) Waited(d time.Duration) {
 	}
 }
 
+type waitReportKey struct{}
+
+// WithWaitReport returns ctx carrying report (a Permit's Waited), told by
+// ReportWait how long work run under ctx waited for something other than
+// the destination: the de-identifier's memory, the bandwidth cap. Both
+// run inside a request's body, whose time measures the destination.
+func WithWaitReport(ctx context.Context, report func(time.Duration)) context.Context {
+	return context.WithValue(ctx, waitReportKey{}, report)
+}
+
+// ReportWait tells ctx's WithWaitReport, if any, of a wait of d.
+func ReportWait(ctx context.Context, d time.Duration) {
+	if report, ok := ctx.Value(waitReportKey{}).(func(time.Duration)); ok {
+		report(d)
+	}
+}
+
 // Release gives the place back without a signal: the request failed for
 // another reason or was cancelled. A nil permit does nothing.
 func (p *Permit) Release() {

@@ -14,7 +14,6 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/flow"
 	"github.com/stowline/stowline/internal/tracing"
@@ -679,7 +678,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			var local Report
 			// A wait of the de-identifier for memory is not the
 			// destination's time: the permit leaves it out.
-			out, err = f.send(deident.WithWaitReport(ctx, permit.Waited), plan, batch, &local, put, own, answered)
+			out, err = f.send(flow.WithWaitReport(ctx, permit.Waited), plan, batch, &local, put, own, answered)
 			if len(out.confirmed) > 0 {
 				// Now, not as the attempt ends: a killed process runs no
 				// deferred write. The writer does not hold the place.
