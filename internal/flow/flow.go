@@ -518,6 +518,9 @@ func (l *Limiter) Recover() {
 	l.refused, l.slowStart, l.held, l.calm = 0, true, false, 0
 	l.before, l.beforeLimit = sample{}, 0
 	l.untested, l.probing = true, false
+	// A Retry-After pause of the outage no longer holds: the destination
+	// answered (its breaker's probe or trial).
+	l.pause = time.Time{}
 	l.dispatch(now)
 	l.mu.Unlock()
 	if to != from {

@@ -520,6 +520,30 @@ func TestRecoverAfterAnOutage(t *testing.T) {
 	})
 }
 
+// Recover ends a Retry-After pause: the destination answered its
+// breaker's probe, and requests waited out the outage's last pause (up to
+// MaxPause) after it.
+func TestRecoverEndsThePause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _ := newLimiter(t, Options{Min: 1, Max: 8})
+		p, err := l.Acquire(t.Context(), Normal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Overloaded(Overload429, time.Hour)
+		l.Recover()
+		start := time.Now()
+		p, err = l.Acquire(t.Context(), Normal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release()
+		if d := time.Since(start); d != 0 {
+			t.Errorf("a request after Recover waited %s, want none", d)
+		}
+	})
+}
+
 func (l *Limiter) inFlightNow() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

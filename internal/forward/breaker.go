@@ -18,6 +18,7 @@ import (
 	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/flow"
 )
 
 // BreakerState is the state of a destination's circuit breaker.
@@ -119,6 +120,12 @@ func DestinationDown(err error) bool {
 			// dead-lettered.
 			http.StatusInsufficientStorage:
 			return true
+		case http.StatusTooManyRequests:
+			// A throttle asking for longer than the limiter pauses (a
+			// quota spent for the day): every study gets it until then,
+			// and retried study by study each spent its deliveries. A
+			// shorter one is load, which the limiter answers.
+			return he.RetryAfter > flow.MaxPause
 		}
 		return false
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -564,4 +565,49 @@ func (s skipStudy) Select(_ context.Context, _, studyID string, in []orthancapi.
 		return nil, nil
 	}
 	return in, nil
+}
+
+// A destination throttling every request for longer than the limiter
+// pauses (429 with Retry-After: 3600, a quota spent for the day) opens the
+// breaker and holds the study within one delivery: each study retried on
+// its own spent its deliveries and was dead-lettered. (The recovery is
+// TestBreakerHoldsWithinOneDelivery's; here a trial would wait out the
+// limiter's 5-minute pause first.)
+func TestBreakerHoldsThroughALongThrottle(t *testing.T) {
+	ns := testnats.Start(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "3600")
+		http.Error(w, "quota exceeded", http.StatusTooManyRequests)
+	}))
+	t.Cleanup(srv.Close)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	cons, err := topo.EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dls := &memDeadLetters{}
+	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
+		o.DeadLetters, o.MaxDeliveries, o.Concurrency = dls, 2, 1
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: newProber(t, srv.URL)}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = f.Run(ctx) }()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	testharness.WaitFor(t, "the study held by the open breaker", 15*time.Second, func() bool {
+		b := f.Status()
+		return b.State == "open" && b.Held == 1
+	})
+	// Past the ack wait and several probes (a trial may be let through
+	// after failed ones: it waits out the limiter's pause, in hand).
+	time.Sleep(4 * time.Second)
+	if info, err := cons.Info(ctx); err != nil || info.Delivered.Consumer != 1 || info.NumRedelivered != 0 || info.NumAckPending != 1 {
+		t.Fatalf("consumer %+v (%v), want the study delivered once and in hand", info, err)
+	}
+	if n := len(dls.all()); n != 0 {
+		t.Fatalf("%d dead letters during the throttle", n)
+	}
 }

@@ -43,6 +43,8 @@ func TestDestinationDown(t *testing.T) {
 		{"507 (its storage full)", &dicomweb.HTTPError{StatusCode: 507}, true},
 		{"501 answers", &dicomweb.HTTPError{StatusCode: 501}, false},
 		{"429 answers", &dicomweb.HTTPError{StatusCode: 429}, false},
+		{"429, back within the limiter's pause", &dicomweb.HTTPError{StatusCode: 429, RetryAfter: 5 * time.Minute}, false},
+		{"429, back past the limiter's pause (a quota spent)", &dicomweb.HTTPError{StatusCode: 429, RetryAfter: time.Hour}, true},
 		{"400", &dicomweb.HTTPError{StatusCode: 400}, false},
 		{"401 after refresh", &dicomweb.HTTPError{StatusCode: 401}, false},
 		{"token endpoint 503", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: &auth.TokenError{StatusCode: 503, Err: errors.New("unavailable")}}), true},
