@@ -65,20 +65,23 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	// sentWriter.close) is written again, whatever the outcome: a later
 	// delivery would take those copies for conflicts. Before the event
 	// goes back to the queue (another replica may take it at once and
-	// read the record); after an ack, as its other writes: they may wait
-	// through a bucket's leader election.
-	remember := func() {
+	// read the record), and once more after it if that failed; after an
+	// ack, as its other writes: they may wait through a bucket's leader
+	// election.
+	remember := func(last bool) {
 		if len(rep.unrecorded) == 0 {
 			return
 		}
-		if err := f.rememberStored(sctx, a.Event, rep.unrecorded); err != nil {
+		err := f.rememberStored(sctx, a.Event, rep.unrecorded)
+		if err == nil {
+			rep.unrecorded = nil
+		} else if last {
 			log.Warn("remember what the attempt stored, again as it is settled: a later delivery of the study may take those instances for conflicts",
 				"instances", len(rep.unrecorded), "err", err)
 		}
-		rep.unrecorded = nil
 	}
 	if d.action != ack {
-		remember()
+		remember(false)
 	}
 	switch d.action {
 	case ack:
@@ -105,7 +108,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 			}
 		}
 	}
-	remember()
+	remember(true)
 	f.m.studies.WithLabelValues(string(result)).Inc()
 	recordOutcome(trace.SpanFromContext(ctx), result, d.class, rep)
 	f.obs.Finished(a, result, rep)
