@@ -580,12 +580,7 @@ func TestBreakerHoldsThroughALongThrottle(t *testing.T) {
 		http.Error(w, "quota exceeded", http.StatusTooManyRequests)
 	}))
 	t.Cleanup(srv.Close)
-	topo := natsjs.DefaultTopology()
-	topo.AckWait = 3 * time.Second
-	cons, err := topo.EnsureConsumer(context.Background(), ns.JS, natsjs.DefaultDestination)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := consumer(t, ns)
 	dls := &memDeadLetters{}
 	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
 		o.DeadLetters, o.MaxDeliveries, o.Concurrency = dls, 2, 1

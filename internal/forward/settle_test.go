@@ -165,13 +165,7 @@ func TestShutdownSettlesWithinBound(t *testing.T) {
 	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
 		o.Failures, o.Completed, o.Observer, o.ShutdownGrace = ledger, ledger.completed, rec, grace
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
-		t.Fatal(err)
-	}
+	cancel, done := runWithAnEvent(t, f, ns)
 	select {
 	case <-asked:
 	case <-time.After(15 * time.Second):
@@ -261,13 +255,7 @@ func TestGivenBackStudyRecordedBeforeItGoesBack(t *testing.T) {
 	f := newForwarder(t, newMemSource(2), srv.URL, cons, func(o *Options) {
 		o.Failures, o.Completed, o.MaxInstances, o.ShutdownGrace = ledger, recordedOK, 1, time.Second
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
-		t.Fatal(err)
-	}
+	cancel, done := runWithAnEvent(t, f, ns)
 	testharness.WaitFor(t, "both requests sent, one answered", 15*time.Second, func() bool { return requests.Load() == 2 && ledger.calls.Load() >= 1 })
 	cancel() // shutdown: the unanswered request goes back at the grace's end
 	select {
@@ -286,4 +274,18 @@ func TestGivenBackStudyRecordedBeforeItGoesBack(t *testing.T) {
 	if !ledger.written[0] {
 		t.Error("what was stored was written after the study went back to the queue")
 	}
+}
+
+// runWithAnEvent runs f until cancel, done receiving what Run returned,
+// and publishes testEvent for it.
+func runWithAnEvent(t *testing.T, f *Forwarder, ns *testnats.Server) (cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ran := make(chan error, 1)
+	go func() { ran <- f.Run(ctx) }()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	return cancel, ran
 }
