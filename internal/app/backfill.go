@@ -26,8 +26,10 @@ added to a running deployment (which starts with the studies that arrive
 after it). --from stream (the default) takes the events the event stream
 received in the window (it keeps EVENTS_RETENTION); --from source takes
 the stable studies of each Orthanc source whose last update is in the
-window, however old. T is 2026-11-01, 2026-11-01T08:00Z or a duration back
-from now (72h). The other destinations get nothing. The studies go in the
+window, however old. T is a time with its zone (2026-11-01T08:00Z,
+2026-11-01T08:00-05:00), a date or a time without a zone, read as UTC
+(2026-11-01: the UTC day, not the site's), or a duration back from now
+(72h). The other destinations get nothing. The studies go in the
 low lane, after live studies (--priority routine or stat to change it;
 docs/priority-lanes.md). Logs go to stderr.
 

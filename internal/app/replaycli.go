@@ -49,6 +49,10 @@ Filters:
   --since T        dead-lettered at or after T (e.g. 2026-11-01T00:00Z, or 24h ago)
   --all            every dead letter (run and purge need a filter or --all)
 
+T is a time with its zone (2026-11-01T00:00Z, 2026-11-01T00:00-05:00), a
+date or a time without a zone, read as UTC (2026-11-01: the UTC day), or
+a duration back from now (24h).
+
 Connects to NATS_URL (see forwarder -h); on a single host, with NATS_URL
 empty and stowline stopped, opens its store, NATS_STORE_DIR. Exit status: 0 done, 1 failed, 2 bad arguments.
 `

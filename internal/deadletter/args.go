@@ -28,7 +28,8 @@ var timeLayouts = []string{
 }
 
 // ParseTime reads 2026-11-01T00:00Z, RFC 3339, a date, or a duration
-// back from now (24h, 90m).
+// back from now (24h, 90m). A date or a time without a zone is UTC, as
+// the commands' help says: a site's local day needs its offset.
 func ParseTime(s string) (time.Time, error) {
 	if d, err := time.ParseDuration(s); err == nil && d > 0 {
 		return time.Now().UTC().Add(-d), nil
