@@ -121,9 +121,9 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	if ferr := flush(); err == nil {
 		err = ferr
 	}
-	if err != nil {
-		return err
-	}
+	// The summary comes first even after an error: a study or a source
+	// that could not be checked does not stop the others', and the
+	// operator needs to see how many were.
 	fmt.Fprintf(stderr, "audit --verify: %d studies forwarded to %s since %s, %d held in full, %d with %d missing instances, %d no longer in the source, %d changed since",
 		sum.Studies, dest.Name, opts.Since.UTC().Format(time.RFC3339), sum.Verified, sum.Findings, sum.MissingInstances, sum.Gone, sum.Changed)
 	if a.enqueue {
@@ -133,9 +133,15 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 		fmt.Fprintf(stderr, "; %d forwarded under an earlier de-identification key, checked by their number of instances, %d with fewer listed (never re-forwarded: see the log)",
 			sum.OtherKey, sum.OtherKeyShort)
 	}
+	if sum.NotVerified > 0 {
+		fmt.Fprintf(stderr, "; %d not verified (see the log and the error below)", sum.NotVerified)
+	}
 	fmt.Fprintln(stderr)
 	if sum.NotEnqueued > 0 {
-		return fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued)
+		err = errors.Join(err, fmt.Errorf("%d studies could not be enqueued (see the log)", sum.NotEnqueued))
+	}
+	if err != nil {
+		return err
 	}
 	if sum.Findings > 0 && !a.enqueue {
 		return fmt.Errorf("%d studies with %d instances %w (--enqueue re-forwards them)", sum.Findings, sum.MissingInstances, ErrMissing)

@@ -148,6 +148,10 @@ type VerifySummary struct {
 	// under new pseudonyms.
 	OtherKey      int `json:"otherKey,omitempty"`
 	OtherKeyShort int `json:"otherKeyShort,omitempty"`
+	// NotVerified counts the studies that could not be checked: their
+	// source could not be read, the destination not asked, or the routing
+	// rules failed on them. Verify's error says why.
+	NotVerified int `json:"notVerified,omitempty"`
 }
 
 // Verify checks the destination's forwarded studies against its QIDO-RS
@@ -171,6 +175,13 @@ func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(Veri
 	// verified all the same.
 	unread := map[string]*unreadSource{}
 	var unreadOrder []string
+	// Likewise a study that cannot be checked (a QIDO request failing, a
+	// rule failing on it) is counted and the walk goes on: a 30-day audit
+	// must not end at the first bad study. The first few errors are kept
+	// for the returned error; the log has them all.
+	const keptStudyErrors = 10
+	var studyErrs []error
+	failed := 0
 	err := o.Ledger.Forwarded(ctx, o.Since, func(source, id string, rec Record) error {
 		sum.Studies++
 		if u, ok := unread[source]; ok {
@@ -182,6 +193,14 @@ func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(Veri
 			log.Error("source not verified (its studies are skipped); the other sources' studies are verified", "source", source, "err", se.err)
 			unread[source] = &unreadSource{err: se.err, skipped: 1}
 			unreadOrder = append(unreadOrder, source)
+			return nil
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Error("study not verified; the others are", "source", source, "orthanc_study_id", id, "err", err)
+			failed++
+			if len(studyErrs) < keptStudyErrors {
+				studyErrs = append(studyErrs, err)
+			}
 			return nil
 		}
 		if err != nil || f == nil {
@@ -202,7 +221,13 @@ func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(Veri
 	errs := []error{err}
 	for _, source := range unreadOrder {
 		u := unread[source]
+		sum.NotVerified += u.skipped
 		errs = append(errs, fmt.Errorf("source %s: %d forwarded studies not verified: %w", source, u.skipped, u.err))
+	}
+	errs = append(errs, studyErrs...)
+	sum.NotVerified += failed
+	if failed > len(studyErrs) {
+		errs = append(errs, fmt.Errorf("%d more studies not verified (see the log)", failed-len(studyErrs)))
 	}
 	return sum, errors.Join(errs...)
 }
@@ -249,7 +274,13 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 		return nil, &sourceError{fmt.Errorf("study %s of %s: list instances: %w", id, source, err)}
 	}
 	if o.Select != nil {
-		if instances, err = o.Select(ctx, source, id, instances); err != nil {
+		instances, err = o.Select(ctx, source, id, instances)
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			// Deleted while a rule read its instances' metadata.
+			sum.Gone++
+			return nil, nil
+		}
+		if err != nil {
 			return nil, fmt.Errorf("study %s of %s: routing rules: %w", id, source, err)
 		}
 	}

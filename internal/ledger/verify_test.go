@@ -292,7 +292,69 @@ func TestVerifyGoesOnPastAnUnreadableSource(t *testing.T) {
 	if len(found) != 1 || found[0].Source != "main" || len(found[0].Missing) != 1 || found[0].Missing[0].SOPInstanceUID != "1.2.2.2" {
 		t.Fatalf("findings = %+v, want main's study 1.2.2 missing 1.2.2.2", found)
 	}
-	if want := (ledger.VerifySummary{Studies: 4, Verified: 1, Findings: 1, MissingInstances: 1}); sum != want {
+	if want := (ledger.VerifySummary{Studies: 4, Verified: 1, Findings: 1, MissingInstances: 1, NotVerified: 2}); sum != want {
+		t.Errorf("summary %+v, want %+v", sum, want)
+	}
+}
+
+// TestVerifyGoesOnPastAFailedStudy: a QIDO request failing (a 502) or a
+// routing rule failing on one study ended the whole run, leaving every
+// later study unchecked; a study deleted while a rule read its metadata
+// did too. Now the failed studies are counted as not verified and named
+// in the error, the deleted one as gone, and the rest are verified.
+func TestVerifyGoesOnPastAFailedStudy(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(ns.JS, kv)
+	src := memStudies{}
+	for k := range 5 {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
+		if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
+			t.Fatal(err)
+		}
+		src[k] = "20261204T100000"
+	}
+	var found []ledger.VerifyFinding
+	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
+		Destination: "archive",
+		Ledger:      l,
+		SourceFor:   func(string) (ledger.VerifySource, error) { return src, nil },
+		Select: func(_ context.Context, _, id string, in []orthancapi.Instance) ([]orthancapi.Instance, error) {
+			switch studyOf(id) {
+			case 1:
+				return nil, errors.New("DESTINATION_ARCHIVE_MATCH: no such tag")
+			case 2:
+				return nil, fmt.Errorf("read metadata: %w", orthancapi.ErrNotFound)
+			}
+			return in, nil
+		},
+		Listed: func(_ context.Context, uid string, _ dicomweb.Expected) ([]string, error) {
+			switch uid {
+			case "1.2.0":
+				return nil, errors.New("QIDO-RS: 502 Bad Gateway")
+			case "1.2.4":
+				return []string{"1.2.4.0"}, nil
+			}
+			return []string{uid + ".0", uid + ".1", uid + ".2"}, nil
+		},
+	}, false, func(f ledger.VerifyFinding) error {
+		found = append(found, f)
+		return nil
+	})
+	for _, want := range []string{"study " + sid(0) + " of main: ask the destination: QIDO-RS: 502", "study " + sid(1) + " of main: routing rules"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want it to contain %q", err, want)
+		}
+	}
+	if len(found) != 1 || found[0].OrthancStudyID != sid(4) || len(found[0].Missing) != 2 {
+		t.Errorf("findings = %+v, want study 4 missing 2 instances", found)
+	}
+	if want := (ledger.VerifySummary{Studies: 5, Verified: 1, Gone: 1, Findings: 1, MissingInstances: 2, NotVerified: 2}); sum != want {
 		t.Errorf("summary %+v, want %+v", sum, want)
 	}
 }
