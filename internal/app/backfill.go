@@ -87,16 +87,20 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	// Rows are written as the studies are queued, a block at a time, so
 	// that a backfill of a whole archive holds no list in memory and
 	// shows its progress.
-	w := newBlockTable(stdout, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE")
-	emit := func(ev *events.StudyStable) {
-		_ = w.row("%s\t%s\t%s\t%s", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.LastUpdate)
+	w := newBlockTable(stdout, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE\tNOTE")
+	emit := func(ev *events.StudyStable, duplicate bool) {
+		note := "-"
+		if duplicate {
+			note = "not queued again (duplicate)"
+		}
+		_ = w.row("%s\t%s\t%s\t%s\t%s", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.LastUpdate, note)
 	}
 	dups, unreadable := 0, 0
 	if *from == "stream" {
 		var evs []events.StudyStable
 		evs, unreadable, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane.lane, start, end, *dryRun)
 		for i := range evs {
-			emit(&evs[i])
+			emit(&evs[i], false)
 		}
 	} else {
 		dups, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane.lane, start, end, *dryRun, emit)
@@ -144,12 +148,12 @@ const sourcePage = 500
 
 // backfillFromSources queues for destination the stable studies of every
 // source whose LastUpdate falls in [start, end) (end zero: up to now),
-// giving each to emit once queued (or, dry, found). Orthanc writes
-// LastUpdate in UTC. dups counts the events JetStream dropped as queued by
-// a backfill before, within the dedupe window. A source that cannot be
+// giving each to emit once queued (or, dry, found), with whether JetStream
+// dropped it as queued by a backfill before, within the dedupe window;
+// dups counts those. Orthanc writes LastUpdate in UTC. A source that cannot be
 // read does not keep the others' studies from being queued: the error
 // names each source not read to its end.
-func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool, emit func(*events.StudyStable)) (dups int, err error) {
+func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool, emit func(ev *events.StudyStable, duplicate bool)) (dups int, err error) {
 	sources, err := NewSources(oc)
 	if err != nil {
 		return 0, err
@@ -177,17 +181,18 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 			if err != nil {
 				return fmt.Errorf("study %s: %w", st.ID, err)
 			}
+			duplicate := false
 			if !dryRun {
 				subject := natsjs.LaneSubject(lane, destination, name)
-				ack, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, ev.MsgID()+"/backfill/"+destination)
+				ack, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, backfillMsgID(ev, destination, lane))
 				if err != nil {
 					return err
 				}
-				if ack.Duplicate {
+				if duplicate = ack.Duplicate; duplicate {
 					dups++
 				}
 			}
-			emit(ev)
+			emit(ev, duplicate)
 			return nil
 		})
 		if err != nil {
@@ -198,6 +203,20 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 		}
 	}
 	return dups, errors.Join(errs...)
+}
+
+// backfillMsgID is the dedupe ID of a backfill's event: one a study
+// state, destination and lane, so that a rerun in another lane (--priority
+// routine after a low-lane backfill held by FORWARD_WINDOWS) is queued,
+// not dropped as a duplicate. The low lane, the default, keeps the ID it
+// had before lanes were part of it: a rerun across an upgrade is still
+// recognised as queued.
+func backfillMsgID(ev *events.StudyStable, destination string, lane events.Priority) string {
+	id := ev.MsgID() + "/backfill/" + destination
+	if lane = lane.Lane(); lane != events.PriorityLow {
+		id += "/" + string(lane)
+	}
+	return id
 }
 
 // unreadableNote writes deadletter.UnreadableNote's note for n messages

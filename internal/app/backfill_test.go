@@ -182,3 +182,64 @@ func TestBackfillGivesTheStreamsDuplicateWindow(t *testing.T) {
 		t.Errorf("the second backfill does not give the stream's duplicate window:\n%s", out.String())
 	}
 }
+
+// TestBackfillDedupesPerLane: a backfill's dedupe ID left out the lane,
+// so a rerun with --priority routine after a low-lane backfill (held by
+// FORWARD_WINDOWS) was dropped by JetStream within the duplicate window,
+// while its table listed the studies as queued. The lane is now part of
+// the ID (the low lane keeping the ID it had), and a study not queued
+// again is marked in the table.
+func TestBackfillDedupesPerLane(t *testing.T) {
+	s := newAuditSite(t, 1, "new")
+	run := func(args ...string) string {
+		t.Helper()
+		var out strings.Builder
+		args = append([]string{"--destination", "new", "--since", "24h", "--from", "source"}, args...)
+		if err := RunBackfill(t.Context(), args, func(k string) string { return s.env[k] }, &out, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		return out.String()
+	}
+	for _, tt := range []struct {
+		name      string
+		args      []string
+		want      []string
+		duplicate bool
+	}{
+		{"low lane, the default", nil, []string{"1 studies queued for new"}, false},
+		{"routine after low", []string{"--priority", "routine"}, []string{"1 studies queued for new"}, false},
+		{"routine again", []string{"--priority", "routine"}, []string{"0 studies queued for new", "1 studies not queued again", "not queued again (duplicate)"}, true},
+		{"low again", nil, []string{"0 studies queued for new", "not queued again (duplicate)"}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out := run(tt.args...)
+			for _, want := range tt.want {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+			if !tt.duplicate && strings.Contains(out, "not queued again") {
+				t.Errorf("the study was dropped as a duplicate:\n%s", out)
+			}
+		})
+	}
+}
+
+// The low lane's backfill ID is the one it was before the lane was part
+// of it, so that a backfill rerun across the upgrade is still dropped as
+// a duplicate.
+func TestBackfillMsgID(t *testing.T) {
+	ev := &events.StudyStable{Source: "main", OrthancStudyID: "s1", LastUpdate: "20261204T100000"}
+	for _, tt := range []struct {
+		lane events.Priority
+		want string
+	}{
+		{events.PriorityLow, ev.MsgID() + "/backfill/new"},
+		{events.PriorityRoutine, ev.MsgID() + "/backfill/new/routine"},
+		{events.PriorityStat, ev.MsgID() + "/backfill/new/stat"},
+	} {
+		if got := backfillMsgID(ev, "new", tt.lane); got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.lane, got, tt.want)
+		}
+	}
+}
