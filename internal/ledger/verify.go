@@ -179,9 +179,12 @@ func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(Veri
 	// rule failing on it) is counted and the walk goes on: a 30-day audit
 	// must not end at the first bad study. The first few errors are kept
 	// for the returned error; the log has them all.
-	const keptStudyErrors = 10
+	// So many failing in a row say the destination (or the way to it)
+	// is down: asked study after study, each waiting out its time-out,
+	// a long window would take hours to say so.
+	const keptStudyErrors, failedInARow = 10, 20
 	var studyErrs []error
-	failed := 0
+	failed, inARow := 0, 0
 	err := o.Ledger.Forwarded(ctx, o.Since, func(source, id string, rec Record) error {
 		sum.Studies++
 		if u, ok := unread[source]; ok {
@@ -201,8 +204,12 @@ func Verify(ctx context.Context, o VerifyOptions, enqueue bool, report func(Veri
 			if len(studyErrs) < keptStudyErrors {
 				studyErrs = append(studyErrs, err)
 			}
+			if inARow++; inARow == failedInARow {
+				return fmt.Errorf("%d studies in a row could not be verified: stopped, the destination or the way to it looks down; the summary counts the studies read until then", failedInARow)
+			}
 			return nil
 		}
+		inARow = 0
 		if err != nil || f == nil {
 			return err
 		}

@@ -542,3 +542,41 @@ func TestVerifyPagesUntilEveryInstanceIsListed(t *testing.T) {
 		})
 	}
 }
+
+// With the destination down, every study fails: the walk stops after 20
+// in a row, rather than ask study after study, each waiting out its
+// time-out, through a long window.
+func TestVerifyStopsWhenEveryStudyFails(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := t.Context()
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(ns.JS, kv)
+	src := memStudies{}
+	for k := range 30 {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
+		if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
+			t.Fatal(err)
+		}
+		src[k] = "20261204T100000"
+	}
+	var asked int
+	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
+		Destination: "archive",
+		Ledger:      l,
+		SourceFor:   func(string) (ledger.VerifySource, error) { return src, nil },
+		Listed: func(context.Context, string, dicomweb.Expected) ([]string, error) {
+			asked++
+			return nil, errors.New("QIDO-RS: no answer")
+		},
+	}, false, func(ledger.VerifyFinding) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "20 studies in a row could not be verified") {
+		t.Errorf("err = %v, want the run stopped after 20 in a row", err)
+	}
+	if asked != 20 || sum.Studies != 20 || sum.NotVerified != 20 {
+		t.Errorf("asked %d, summary %+v; want 20 asked, read and not verified", asked, sum)
+	}
+}
