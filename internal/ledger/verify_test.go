@@ -213,21 +213,8 @@ func (vanishing) StudyInstances(_ context.Context, id string) ([]orthancapi.Inst
 // the audit read it counts as no longer in the source, as one deleted
 // before; the run goes on with the other studies instead of failing.
 func TestVerifyStudyGoneBetweenReads(t *testing.T) {
-	ns := testnats.Start(t)
 	ctx := t.Context()
-	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := ledger.New(ns.JS, kv)
-	for k := range 2 {
-		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
-			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
-		if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	src := memStudies{0: "20261204T100000", 1: "20261204T100000"}
+	l, src := forwardedToArchive(t, "main", "main")
 	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
 		Destination: "archive",
 		Ledger:      l,
@@ -251,21 +238,8 @@ func TestVerifyStudyGoneBetweenReads(t *testing.T) {
 // studies are skipped and counted in the error, which names it, and the
 // other source's missing instance is found.
 func TestVerifyGoesOnPastAnUnreadableSource(t *testing.T) {
-	ns := testnats.Start(t)
 	ctx := t.Context()
-	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := ledger.New(ns.JS, kv)
-	for k, source := range []string{"cardio", "cardio", "main", "main"} {
-		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: source,
-			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
-		if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	main := memStudies{2: "20261204T100000", 3: "20261204T100000"}
+	l, main := forwardedToArchive(t, "cardio", "cardio", "main", "main")
 	var found []ledger.VerifyFinding
 	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
 		Destination: "archive",
@@ -303,22 +277,8 @@ func TestVerifyGoesOnPastAnUnreadableSource(t *testing.T) {
 // did too. Now the failed studies are counted as not verified and named
 // in the error, the deleted one as gone, and the rest are verified.
 func TestVerifyGoesOnPastAFailedStudy(t *testing.T) {
-	ns := testnats.Start(t)
 	ctx := t.Context()
-	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := ledger.New(ns.JS, kv)
-	src := memStudies{}
-	for k := range 5 {
-		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
-			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
-		if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
-			t.Fatal(err)
-		}
-		src[k] = "20261204T100000"
-	}
+	l, src := forwardedToArchive(t, slices.Repeat([]string{"main"}, 5)...)
 	var found []ledger.VerifyFinding
 	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
 		Destination: "archive",
@@ -547,22 +507,8 @@ func TestVerifyPagesUntilEveryInstanceIsListed(t *testing.T) {
 // in a row, rather than ask study after study, each waiting out its
 // time-out, through a long window.
 func TestVerifyStopsWhenEveryStudyFails(t *testing.T) {
-	ns := testnats.Start(t)
 	ctx := t.Context()
-	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, ns.JS, "archive")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := ledger.New(ns.JS, kv)
-	src := memStudies{}
-	for k := range 30 {
-		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
-			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
-		if err := l.Completed(ctx, ev, ledger.Outcome{}); err != nil {
-			t.Fatal(err)
-		}
-		src[k] = "20261204T100000"
-	}
+	l, src := forwardedToArchive(t, slices.Repeat([]string{"main"}, 30)...)
 	var asked int
 	sum, err := ledger.Verify(ctx, ledger.VerifyOptions{
 		Destination: "archive",
@@ -579,4 +525,30 @@ func TestVerifyStopsWhenEveryStudyFails(t *testing.T) {
 	if asked != 20 || sum.Studies != 20 || sum.NotVerified != 20 {
 		t.Errorf("asked %d, summary %+v; want 20 asked, read and not verified", asked, sum)
 	}
+}
+
+// forwardedToArchive records in destination archive's ledger, on a fresh
+// JetStream, study k (sid(k), Study Instance UID 1.2.k, last updated
+// 20261204T100000) of source sources[k] as forwarded, and returns the
+// ledger and the studies of source main, as that source holds them.
+func forwardedToArchive(t *testing.T, sources ...string) (*ledger.Ledger, memStudies) {
+	t.Helper()
+	ns := testnats.Start(t)
+	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger.New(ns.JS, kv)
+	main := memStudies{}
+	for k, source := range sources {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: source,
+			OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k), LastUpdate: "20261204T100000"}
+		if err := l.Completed(t.Context(), ev, ledger.Outcome{}); err != nil {
+			t.Fatal(err)
+		}
+		if source == "main" {
+			main[k] = ev.LastUpdate
+		}
+	}
+	return l, main
 }
