@@ -47,6 +47,7 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 	s.dirty = false
 	s.gone = nil
 	s.idleChecked = [2]int64{}
+	s.pendingFull = false
 	// Read once for the filter, the name check and, without a cursor,
 	// adoptRenamed's look under Orthanc's own Name.
 	sys, sysErr := s.orthanc.System(ctx)
@@ -167,11 +168,16 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 	}
 
 	parents := s.lookUp(ctx, changes)
+	full := false // the pending list is full at a change that would add to it
 	for i, c := range changes {
 		if s.rescanned(c) {
 			s.cur.Seq, s.cur.Change = c.Seq, markOf(c)
 			s.dirty = true
 			continue
+		}
+		if len(s.cur.Pending) >= s.maxPending && s.addsPending(c, parents[i]) {
+			full = true
+			break
 		}
 		if err := s.handle(ctx, c, parents[i]); err != nil {
 			if !s.stuckOn(c, err) {
@@ -183,7 +189,8 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		s.dirty = true
 	}
 	s.pagesRead++
-	if page.Done || s.pagesRead >= resolveEveryPages {
+	s.tellFull(full)
+	if page.Done || full || s.pagesRead >= resolveEveryPages {
 		// Caught up: during a backlog a pending study's StableStudy
 		// change usually comes in a later page. But a study Orthanc
 		// forgot has none: while a long backlog is read it is resolved
@@ -207,7 +214,47 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		}
 	}
 	s.r.m.lag.WithLabelValues(s.name).Set(float64(lag))
-	return !page.Done, nil
+	return !page.Done && !full, nil
+}
+
+// maxPending bounds the pending studies: the cursor, which holds them,
+// is one JetStream message, 1 MiB at most by default, and each takes
+// about 60 bytes. Past about 18,000 (a bulk migration with an hour's
+// StableAge) every cursor write failed, and with it every poll.
+const maxPending = 10000
+
+// addsPending reports whether handling c may add a study to the pending
+// list (parent as in handle): then a full list holds the cursor at c.
+func (s *sourceRunner) addsPending(c orthancapi.Change, parent parentLookup) bool {
+	switch c.ChangeType {
+	case "StableStudy", "NewStudy":
+		_, ok := s.cur.Pending[c.ID]
+		return !ok
+	case "NewSeries", "NewInstance":
+		if !parent.asked || parent.err != nil {
+			return true
+		}
+		_, ok := s.cur.Pending[parent.study.ID]
+		return !ok
+	}
+	return false
+}
+
+// tellFull logs when the pending list fills up, holding the cursor, and
+// when it has room again. While full, the pending studies are resolved at
+// every poll: each one Orthanc calls stable is published and leaves room,
+// and the cursor moves on. The Lua script's events still come meanwhile.
+func (s *sourceRunner) tellFull(full bool) {
+	if full == s.pendingFull {
+		return
+	}
+	s.pendingFull = full
+	if full {
+		s.log.Warn("the reconciler's pending list is full: it holds its cursor until some of the studies waiting to become stable are published; the Lua script's events still come",
+			"pending_studies", len(s.cur.Pending), "cursor", s.cur.Seq)
+		return
+	}
+	s.log.Info("the reconciler's pending list has room again: its cursor moves on", "pending_studies", len(s.cur.Pending), "cursor", s.cur.Seq)
 }
 
 // cursorChangeGone tells the operator, once per cursor position, when

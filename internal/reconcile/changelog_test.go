@@ -504,3 +504,64 @@ func TestClockSetBackSkipsNoNewStudy(t *testing.T) {
 		})
 	}
 }
+
+// TestFullPendingListHoldsTheCursor: a bulk migration puts 20,000
+// studies in Orthanc within its StableAge, each pending until it is
+// stable. The cursor holding them is one JetStream message: past about
+// 18,000 its write exceeded NATS's 1 MiB payload and every poll failed.
+// Now a full list holds the cursor at the next change that would add to
+// it, and the studies published as they become stable make room.
+func TestFullPendingListHoldsTheCursor(t *testing.T) {
+	const studies = 2 * maxPending
+	_, kv := testBucket(t)
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	pub := &publishedIDs{}
+	var logs testharness.LogBuffer
+	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), PollInterval: 10 * time.Millisecond,
+		MaxBackoff: 20 * time.Millisecond, LeaseTTL: 5 * time.Second, PageSize: 1000})
+	store := waitFirstCursor(ctx, t, kv, "s")
+	o.mu.Lock()
+	for n := range studies {
+		o.log.add("NewStudy", orthancID(n)) // still receiving instances
+		o.log.studies[orthancID(n)] = orthancapi.Study{ID: orthancID(n), StudyInstanceUID: fmt.Sprintf("1.2.3.%d", n), LastUpdate: "20261203T150000"}
+	}
+	heldAt := o.log.changes[maxPending-1].Seq
+	o.mu.Unlock()
+
+	pollErrors := func() float64 { return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) }
+	waitUntil(t, "the cursor held with a full pending list, or a poll failing", func() bool {
+		c, _, err := store.load(ctx)
+		return pollErrors() > 0 || err == nil && c.Seq == heldAt && len(c.Pending) == maxPending
+	})
+	if n := pollErrors(); n > 0 {
+		t.Fatalf("%v polls failed, want none; log:\n%.2000s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "pending list is full") {
+		t.Errorf("the held cursor is not logged:\n%.2000s", logs.String())
+	}
+
+	// They become stable: all are published, and the cursor moves on.
+	o.mu.Lock()
+	for id, st := range o.log.studies {
+		st.IsStable = true
+		o.log.studies[id] = st
+	}
+	end := o.log.last
+	o.mu.Unlock()
+	waitUntil(t, "every study published and the cursor at the end", func() bool {
+		c, _, err := store.load(ctx)
+		return err == nil && c.Seq == end && len(c.Pending) == 0
+	})
+	pub.mu.Lock()
+	defer pub.mu.Unlock()
+	if got := len(pub.ids); got != studies {
+		t.Errorf("%d events published, want %d", got, studies)
+	}
+	if n := pollErrors(); n > 0 {
+		t.Errorf("%v polls failed, want none", n)
+	}
+	if !strings.Contains(logs.String(), "pending list has room again") {
+		t.Errorf("the cursor moving on is not logged")
+	}
+}

@@ -175,7 +175,7 @@ func New(opts Options) (*Reconciler, error) {
 	r := &Reconciler{opts: opts, log: log, m: m,
 		tracer: tracing.Tracer(opts.TracerProvider, "github.com/stowline/stowline/internal/reconcile")}
 	for _, s := range opts.Sources {
-		r.sources = append(r.sources, &sourceRunner{r: r, configured: s.Name, orthanc: s.Orthanc, existsRetry: existsRetry})
+		r.sources = append(r.sources, &sourceRunner{r: r, configured: s.Name, orthanc: s.Orthanc, existsRetry: existsRetry, maxPending: maxPending})
 	}
 	return r, nil
 }

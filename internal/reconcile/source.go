@@ -67,6 +67,10 @@ type sourceRunner struct {
 	gone *goneChange
 	// pagesRead since the pending studies were last resolved.
 	pagesRead int
+	// maxPending bounds the pending studies (the const maxPending; less
+	// in tests); pendingFull is true while a full list holds the cursor.
+	maxPending  int
+	pendingFull bool
 	// idleChecked is the cursor and end of log at which a filtered read
 	// last read the change at the cursor whole (poll).
 	idleChecked [2]int64
