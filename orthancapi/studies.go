@@ -49,8 +49,9 @@ func (c *Client) parentStudy(ctx context.Context, collection, kind, id string) (
 
 // Studies returns up to limit studies starting at position since of
 // Orthanc's list of studies (GET /studies?expand&since=&limit=). Orthanc
-// 1.10 lists them in the order they were made, 1.12 sorted by ID (the
-// orthancapi tests check both); either way a study deleted while paging
+// 1.10 lists them in the order they were made, 1.12.7 sorted by ID (the
+// orthancapi tests check both; other releases and index plugins may
+// differ); either way a study deleted while paging
 // shifts the later ones by one: walk the whole list with EachStudy, which
 // allows for that.
 func (c *Client) Studies(ctx context.Context, since, limit int) ([]Study, error) {

@@ -17,10 +17,11 @@ const seenPages = 4
 // EachStudy calls fn for every study of Orthanc's list, pageSize at a
 // time, stopping at fn's first error.
 //
-// Orthanc pages by position (1.10 in the order studies were made, 1.12
-// sorted by ID): a study deleted before the position reached moves an
-// unread one into a page already read, where `since += len(page)` would
-// skip it (in buffer mode studies are deleted all the time). So each
+// Orthanc pages by position (1.10 in the order studies were made, 1.12.7
+// sorted by ID; other releases and index plugins may differ): a study
+// deleted before the position reached moves an unread one into a page
+// already read, where `since += len(page)` would skip it (in buffer mode
+// studies are deleted all the time). So each
 // page starts a tenth of a page before the position and must begin with
 // two studies already given, in the order given; if it does not (more
 // deletions than that), it is read again from further back, and the
@@ -72,6 +73,7 @@ func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) 
 			continue
 		}
 		pages++
+		added := 0
 		for _, st := range page {
 			g, ok := seen[st.ID]
 			if !ok {
@@ -83,11 +85,16 @@ func EachStudy(ctx context.Context, o StudyLister, pageSize int, fn func(Study) 
 			if ok {
 				continue
 			}
+			added++
 			if err := fn(st); err != nil {
 				return err
 			}
 		}
-		if len(page) < pageSize {
+		if len(page) < pageSize && added == 0 {
+			// A short page that gave studies is not the end: up to
+			// 1.12.4 Orthanc leaves out of a page a study deleted
+			// between listing its IDs and expanding it. Read on, once
+			// more at the end.
 			return nil
 		}
 		for id, g := range seen {

@@ -146,3 +146,47 @@ func TestEachStudyNotFooledByAStudyMadeAgain(t *testing.T) {
 		}
 	}
 }
+
+// expandingList answers as Orthanc 1.10 to 1.12.4 do: it lists a page's
+// IDs, then expands each study, leaving out one deleted in between. The
+// first page loses one so.
+type expandingList struct {
+	studies  []orthancapi.Study
+	requests int
+}
+
+func (l *expandingList) Studies(_ context.Context, since, limit int) ([]orthancapi.Study, error) {
+	l.requests++
+	end := min(since+limit, len(l.studies))
+	if since >= end {
+		return nil, nil
+	}
+	page := slices.Clone(l.studies[since:end])
+	if l.requests == 1 {
+		l.studies = slices.Delete(l.studies, since+3, since+4)
+		page = slices.Delete(page, 3, 4)
+	}
+	return page, nil
+}
+
+// A page shorter than asked for is not the end of the list when a study
+// was deleted while Orthanc expanded it: the walk stopped there, without
+// error, and the audit and the backfill missed every later study.
+func TestEachStudyGoesOnPastAShortPage(t *testing.T) {
+	l := &expandingList{}
+	for i := range 25 {
+		l.studies = append(l.studies, orthancapi.Study{ID: fmt.Sprintf("s%02d", i)})
+	}
+	seen := map[string]int{}
+	if err := orthancapi.EachStudy(context.Background(), l, 10, func(st orthancapi.Study) error {
+		seen[st.ID]++
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range l.studies {
+		if seen[st.ID] != 1 {
+			t.Errorf("%s given %d times, want once", st.ID, seen[st.ID])
+		}
+	}
+}
