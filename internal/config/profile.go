@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -68,9 +69,13 @@ var commonConflicts = []dicomweb.ConflictRule{
 	{Code: 0xA700, Mask: 0xFF00, Only409: true},
 }
 
-// explicitVRSyntaxes are the transfer syntaxes with explicit VR that
-// stowline names: every one but Implicit VR Little Endian (1.2.840.10008.1.2).
-var explicitVRSyntaxes = []string{
+// explicitVRSyntaxes are the transfer syntaxes of PS3.5 Annex A with
+// explicit VR, retired ones included: every one but Implicit VR Little
+// Endian (1.2.840.10008.1.2) and Papyrus 3 (1.2.840.10008.1.20). Azure
+// states the rule, not a list: a syntax left out here was converted when
+// lossless (JPEG 2000 Part 2 needs a plugin for that) and refused when
+// lossy, such as an ultrasound cine in H.264, which Azure stores.
+var explicitVRSyntaxes = slices.Concat([]string{
 	"1.2.840.10008.1.2.1",                                                           // Explicit VR Little Endian
 	"1.2.840.10008.1.2.1.99",                                                        // Deflated Explicit VR Little Endian
 	"1.2.840.10008.1.2.2",                                                           // Explicit VR Big Endian (retired)
@@ -83,8 +88,19 @@ var explicitVRSyntaxes = []string{
 	"1.2.840.10008.1.2.4.90",                                                        // JPEG 2000 Lossless
 	"1.2.840.10008.1.2.4.91",                                                        // JPEG 2000
 	"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", // HTJ2K
-	"1.2.840.10008.1.2.5", // RLE Lossless
-}
+	"1.2.840.10008.1.2.5",                              // RLE Lossless
+	"1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93", // JPEG 2000 Part 2
+	"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95", // JPIP Referenced
+	"1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112", // JPEG XL
+	"1.2.840.10008.1.2.1.98",                                                  // Encapsulated Uncompressed Explicit VR Little Endian
+	"1.2.840.10008.1.2.8.1",                                                   // Deflated Image Frame Compression
+	"1.2.840.10008.1.2.7.1", "1.2.840.10008.1.2.7.2", "1.2.840.10008.1.2.7.3", // SMPTE ST 2110
+	// Retired JPEG processes (PS3.5 Table A-1 before 2006).
+	"1.2.840.10008.1.2.4.52", "1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.54", "1.2.840.10008.1.2.4.55",
+	"1.2.840.10008.1.2.4.56", "1.2.840.10008.1.2.4.58", "1.2.840.10008.1.2.4.59", "1.2.840.10008.1.2.4.60",
+	"1.2.840.10008.1.2.4.61", "1.2.840.10008.1.2.4.62", "1.2.840.10008.1.2.4.63", "1.2.840.10008.1.2.4.64",
+	"1.2.840.10008.1.2.4.65", "1.2.840.10008.1.2.4.66",
+}, videoSyntaxes)
 
 // awsTransferSyntaxes is every UID of the table "HealthImaging supported
 // transfer syntaxes"
@@ -93,7 +109,7 @@ var explicitVRSyntaxes = []string{
 // is what other instances are converted to, and HealthImaging transcodes
 // lossless frames to HTJ2K on import whatever it is sent in. The rest in
 // the table's order; RLE and HTJ2K are sent as stored, not converted.
-var awsTransferSyntaxes = []string{
+var awsTransferSyntaxes = slices.Concat([]string{
 	"1.2.840.10008.1.2.1", // Explicit VR Little Endian
 	"1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
 	"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
@@ -101,7 +117,11 @@ var awsTransferSyntaxes = []string{
 	"1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
 	"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", // HTJ2K
 	"1.2.840.10008.1.2.5", // RLE Lossless
-	// MPEG-2, H.264 and their fragmentable forms, HEVC: kept as sent.
+}, videoSyntaxes)
+
+// videoSyntaxes are MPEG-2, H.264 and their fragmentable forms, and HEVC:
+// lossy, sent as stored.
+var videoSyntaxes = []string{
 	"1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.100.1", "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.101.1",
 	"1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.102.1", "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.103.1",
 	"1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.104.1", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.105.1",

@@ -87,3 +87,32 @@ func TestNamedDestinationConflictVariables(t *testing.T) {
 		t.Errorf("destination ai: on conflict %q, profile %q", d.StowOnConflict, d.Profile().Name)
 	}
 }
+
+// Azure accepts every transfer syntax with explicit VR: its profile
+// listed only those stowline named, and an ultrasound cine in H.264 was
+// refused as lossy before it was sent, a JPEG 2000 Part 2 instance
+// converted (with a plugin) or refused.
+func TestAzureProfileListsEveryExplicitVRSyntax(t *testing.T) {
+	got := profiles[ProfileAzure].TransferSyntaxes()
+	if got[0] != "1.2.840.10008.1.2.1" {
+		t.Errorf("first syntax %s, want Explicit VR Little Endian (what the others are converted to)", got[0])
+	}
+	seen := map[string]bool{}
+	for _, ts := range got {
+		if seen[ts] {
+			t.Errorf("%s listed twice", ts)
+		}
+		seen[ts] = true
+	}
+	for _, ts := range []string{"1.2.840.10008.1.2", "1.2.840.10008.1.20"} {
+		if seen[ts] {
+			t.Errorf("implicit VR syntax %s listed", ts)
+		}
+	}
+	for _, ts := range []string{"1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.92",
+		"1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.8.1", "1.2.840.10008.1.2.4.64"} {
+		if !seen[ts] {
+			t.Errorf("explicit VR syntax %s not listed", ts)
+		}
+	}
+}
