@@ -495,6 +495,30 @@ func TestRequestTimeoutSparesDownloads(t *testing.T) {
 	}
 }
 
+// A study's instance list is answered once Orthanc has looked every
+// instance up (up to 1.12.4): on a slow index it takes longer than the
+// JSON calls' timeout, and is bounded by the response header timeout
+// (ORTHANC_RESPONSE_TIMEOUT) too.
+func TestSlowInstanceListWithinHeaderTimeout(t *testing.T) {
+	f, srv := newFake(t)
+	const timeout = 100 * time.Millisecond
+	f.json("/studies/"+studyID+"/series", `[{"ID":"`+seriesA+`","MainDicomTags":{"SeriesInstanceUID":"1.2.9"}}]`)
+	f.handle("/studies/"+studyID+"/instances", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(3 * timeout):
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `[{"ID":"00000001-00000000-00000000-00000000-00000000","FileSize":1,"ParentSeries":"`+seriesA+`","MainDicomTags":{"SOPInstanceUID":"1.9.1"}}]`)
+	})
+	c := newClient(t, srv.URL, orthancapi.WithRequestTimeout(timeout), orthancapi.WithResponseHeaderTimeout(30*timeout))
+	got, err := c.StudyInstances(context.Background(), studyID)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("StudyInstances: %d instances, err %v; want 1 within the header timeout", len(got), err)
+	}
+}
+
 // TestResponseHeaderTimeout: Orthanc answers a file it converts only once
 // the whole instance is converted; WithResponseHeaderTimeout bounds that
 // wait (ORTHANC_RESPONSE_TIMEOUT), and a longer one lets a slow answer

@@ -18,7 +18,7 @@ type Orthanc struct {
 	Username        string        `env:"ORTHANC_USERNAME" desc:"Orthanc HTTP basic-auth user (empty: no auth)"`
 	Password        string        `env:"ORTHANC_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password"`
 	SourceName      string        `env:"ORTHANC_SOURCE_NAME" desc:"source name of that Orthanc's events (the Lua script's Stowline.Source); empty: the forwarder takes events of any source, the reconciler and audit use Orthanc's Name as the script does"`
-	ResponseTimeout time.Duration `env:"ORTHANC_RESPONSE_TIMEOUT" envDefault:"2m" desc:"how long an Orthanc source may take to start answering a request: to read a file from its storage, or to convert one to a transfer syntax the destination accepts (STOW_TRANSFER_SYNTAXES), which for a large multi-frame instance can take minutes (1s to 1h)"`
+	ResponseTimeout time.Duration `env:"ORTHANC_RESPONSE_TIMEOUT" envDefault:"2m" desc:"how long an Orthanc source may take to start answering a request: to list a large study's instances, to read a file from its storage, or to convert one to a transfer syntax the destination accepts (STOW_TRANSFER_SYNTAXES), which for a large multi-frame instance can take minutes (1s to 1h)"`
 	CAFile          string        `env:"ORTHANC_CA_FILE" desc:"PEM CA certificates trusted, besides the system's, for HTTPS to every Orthanc source (an Orthanc behind a private PKI)"`
 	Sources         List          `env:"ORTHANC_SOURCES" desc:"names of several Orthanc sources, comma-separated; each is set with the ORTHANC_<NAME>_ variables below, and ORTHANC_URL, _USERNAME, _PASSWORD and _SOURCE_NAME must then be unset"`
 
