@@ -18,6 +18,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/stowline/stowline/internal/secretfile"
 )
 
 // assertionLifetime is how long a client assertion is valid: Entra asks
@@ -27,6 +29,43 @@ const assertionLifetime = 5 * time.Minute
 // assertionSkew backdates an assertion's nbf, for an identity provider
 // whose clock is a little behind (exp - nbf stays within Entra's 10 min).
 const assertionSkew = 30 * time.Second
+
+// ClientAssertion makes the client_assertion of a token request (RFC 7523
+// §2.2): *AssertionKey or *AssertionFile.
+type ClientAssertion interface {
+	// clientAssertion returns the JWT for clientID to present at
+	// audience (the token endpoint) at time now.
+	clientAssertion(clientID, audience string, now time.Time) (string, error)
+}
+
+// AssertionFile is a client assertion another issuer made, kept in a
+// file: a Kubernetes projected service account token that the identity
+// provider trusts (Azure workload identity federation). The file is read
+// for every token request, since the kubelet replaces the token before it
+// expires; its content never appears in errors.
+type AssertionFile struct {
+	path string
+}
+
+// NewAssertionFile returns the assertion kept in the file at path. The
+// file is read once now, so a missing or empty one fails at startup.
+func NewAssertionFile(path string) (*AssertionFile, error) {
+	f := &AssertionFile{path: path}
+	if _, err := f.clientAssertion("", "", time.Time{}); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return f, nil
+}
+
+// clientAssertion returns the file's JWT as it is: its issuer chose its
+// subject, audience and lifetime.
+func (f *AssertionFile) clientAssertion(string, string, time.Time) (string, error) {
+	s, err := secretfile.Read(f.path)
+	if err != nil {
+		return "", fmt.Errorf("client assertion file: %w", err)
+	}
+	return s, nil
+}
 
 // AssertionKey signs RFC 7523 client assertions (private_key_jwt) with a
 // private key from a PEM file. The file is read again for every assertion,
@@ -81,6 +120,10 @@ func (k *AssertionKey) init(opts []AssertionOption) (*AssertionKey, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+func (k *AssertionKey) clientAssertion(clientID, audience string, now time.Time) (string, error) {
+	return k.sign(clientID, audience, now)
 }
 
 // sign returns a client assertion for clientID to present at audience

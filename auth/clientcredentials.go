@@ -47,10 +47,12 @@ type Config struct {
 	// is used without a restart; while it cannot be read or is empty, the
 	// secret read last goes on being used.
 	ClientSecretFile string
-	// Assertion authenticates the client with private_key_jwt (RFC 7523
-	// §2.2, OpenID Connect Core §9): a fresh JWT signed with this key is
-	// sent as client_assertion with every request.
-	Assertion *AssertionKey
+	// Assertion authenticates the client with a JWT sent as
+	// client_assertion with every request (RFC 7523 §2.2): an
+	// *AssertionKey signs a fresh one (private_key_jwt, OpenID Connect
+	// Core §9), an *AssertionFile reads one another issuer made
+	// (workload identity federation).
+	Assertion ClientAssertion
 	Scopes    []string
 	// EndpointParams are extra token request parameters, e.g. audience
 	// (Auth0, Okta) or resource (ADFS, RFC 8707).
@@ -230,7 +232,9 @@ func (g *clientCredentials) fetch(ctx context.Context) (*oauth2.Token, error) {
 	cc.EndpointParams = params
 	used := time.Duration(g.offset.Load())
 	tok, err := g.asserted(ctx, &cc, used)
-	if off, ok := g.refusedForTime(err, used); ok {
+	// Only an assertion signed here can be signed again at another time.
+	_, signed := g.cfg.Assertion.(*AssertionKey)
+	if off, ok := g.refusedForTime(err, used); ok && signed {
 		// An assertion valid by this host's clock is expired or not yet
 		// valid by the provider's (a host without NTP): sign again at
 		// the provider's time, and the next ones too.
@@ -240,11 +244,11 @@ func (g *clientCredentials) fetch(ctx context.Context) (*oauth2.Token, error) {
 	return tok, err
 }
 
-// asserted asks for a token with a fresh client assertion signed at this
-// host's time plus offset.
+// asserted asks for a token with a client assertion made (signed, if
+// the client signs it) at this host's time plus offset.
 func (g *clientCredentials) asserted(ctx context.Context, cc *clientcredentials.Config, offset time.Duration) (*oauth2.Token, error) {
 	// RFC 7523 §3 / OIDC Core §9: the audience is the token endpoint.
-	assertion, err := g.cfg.Assertion.sign(g.cfg.ClientID, cc.TokenURL, g.now().Add(offset))
+	assertion, err := g.cfg.Assertion.clientAssertion(g.cfg.ClientID, cc.TokenURL, g.now().Add(offset))
 	if err != nil {
 		return nil, err
 	}
