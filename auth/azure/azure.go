@@ -1,8 +1,10 @@
 // Package azure gets Microsoft Entra ID access tokens for Azure Health Data
-// Services DICOM: client credentials with a client secret or a certificate
+// Services DICOM: client credentials with a client secret, a certificate
 // (a client assertion signed with the certificate's key, carrying the
-// x5t#S256 header Entra requires), or the VM's managed identity through
-// the Instance Metadata Service when neither is configured.
+// x5t#S256 header Entra requires) or a Kubernetes service account token
+// Entra trusts (AKS workload identity: the token file is the client
+// assertion), or the VM's managed identity through the Instance Metadata
+// Service when none is configured.
 //
 // Entra's error answers (error, error_description with its AADSTS code,
 // trace and correlation IDs) reach the auth.TokenError verbatim.
@@ -47,17 +49,19 @@ var errConfig = fmt.Errorf("%w: azure", auth.ErrInvalidConfig)
 
 // Credential kinds, in the order they are chosen.
 const (
-	kindSecret          = "client secret"
-	kindCertificate     = "client certificate"
-	kindManagedIdentity = "managed identity"
+	kindSecret           = "client secret"
+	kindCertificate      = "client certificate"
+	kindWorkloadIdentity = "workload identity"
+	kindManagedIdentity  = "managed identity"
 )
 
 // Config selects the Entra credential.
 type Config struct {
 	// TenantID is the directory (tenant) ID or domain; required for a
-	// client secret or certificate.
+	// client secret, a certificate or a workload identity.
 	TenantID string
-	// ClientID is the app registration's application (client) ID; with a
+	// ClientID is the app registration's application (client) ID, or the
+	// user-assigned managed identity's with a workload identity; with a
 	// managed identity it selects a user-assigned identity (empty: the
 	// system-assigned one).
 	ClientID     string
@@ -69,6 +73,13 @@ type Config struct {
 	// CertificateKeyFile is a PEM file with the certificate registered on
 	// the app and its private key (RSA).
 	CertificateKeyFile string
+	// FederatedTokenFile is a token of another issuer that the app (or
+	// user-assigned managed identity) trusts through a federated
+	// credential: the Kubernetes service account token AKS workload
+	// identity projects (AZURE_FEDERATED_TOKEN_FILE). It is sent as the
+	// client assertion, read again for every token request since the
+	// kubelet rotates it.
+	FederatedTokenFile string
 	// Scopes default to Azure Health Data Services DICOM's
 	// (https://dicom.healthcareapis.azure.com/.default). A managed
 	// identity takes one scope, as its resource (the scope without
@@ -85,13 +96,15 @@ type Config struct {
 }
 
 // Kind is the credential Endpoint will use: "client secret", "client
-// certificate" or "managed identity".
+// certificate", "workload identity" or "managed identity".
 func (c Config) Kind() string {
 	switch {
 	case c.ClientSecret != "" || c.ClientSecretFile != "":
 		return kindSecret
 	case c.CertificateKeyFile != "":
 		return kindCertificate
+	case c.FederatedTokenFile != "":
+		return kindWorkloadIdentity
 	}
 	return kindManagedIdentity
 }
@@ -120,6 +133,9 @@ func Endpoint(cfg Config) (auth.Endpoint, error) {
 	if cfg.Kind() == kindSecret && cfg.CertificateKeyFile != "" {
 		return auth.Endpoint{}, fmt.Errorf("%w: a client secret or a certificate, not both", errConfig)
 	}
+	if cfg.FederatedTokenFile != "" && cfg.Kind() != kindWorkloadIdentity {
+		return auth.Endpoint{}, fmt.Errorf("%w: a federated token file (workload identity) or a %s, not both", errConfig, cfg.Kind())
+	}
 	if cfg.Kind() == kindManagedIdentity {
 		return managedIdentity(cfg)
 	}
@@ -140,12 +156,19 @@ func Endpoint(cfg Config) (auth.Endpoint, error) {
 		// in the form.
 		AuthStyle: oauth2.AuthStyleInParams,
 	}
-	if cfg.CertificateKeyFile != "" {
+	switch cfg.Kind() {
+	case kindCertificate:
 		key, err := auth.NewAssertionKey(cfg.CertificateKeyFile, "", auth.WithAlgorithm(jose.PS256), auth.WithCertificateRequired())
 		if err != nil {
 			return auth.Endpoint{}, err
 		}
 		ac.Assertion = key
+	case kindWorkloadIdentity:
+		f, err := auth.NewAssertionFile(cfg.FederatedTokenFile)
+		if err != nil {
+			return auth.Endpoint{}, err
+		}
+		ac.Assertion = f
 	}
 	return auth.ClientCredentials(ac)
 }

@@ -114,11 +114,19 @@ func jwtLike(claims map[string]any) string {
 // TestCheckCloudProviders runs `forwarder check` with each cloud
 // provider against httptest stand-ins for its token service.
 func TestCheckCloudProviders(t *testing.T) {
+	// AKS workload identity's projected service account token, in the
+	// file the webhook names in AZURE_FEDERATED_TOKEN_FILE.
+	federatedToken := jwtLike(map[string]any{"aud": []string{"api://AzureADTokenExchange"}, "sub": "system:serviceaccount:pacs:stowline"})
+	tokenFile := filepath.Join(t.TempDir(), "azure-identity-token")
+	if err := os.WriteFile(tokenFile, []byte(federatedToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	azureToken := jwtLike(map[string]any{"aud": "https://dicom.healthcareapis.azure.com", "roles": []string{"DICOM.ReadWrite"}, "appid": "app-id-1", "iss": "https://sts.windows.net/tenant-1/"})
 	entra := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = r.ParseForm()
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
-		if r.URL.Path != "/tenant-1/oauth2/v2.0/token" || r.PostForm.Get("client_secret") != "azure-secret" {
+		federated := r.PostForm.Get("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" && r.PostForm.Get("client_assertion") == federatedToken
+		if r.URL.Path != "/tenant-1/oauth2/v2.0/token" || (r.PostForm.Get("client_secret") != "azure-secret" && !federated) {
 			w.WriteHeader(http.StatusUnauthorized)
 			_, _ = io.WriteString(w, `{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}`)
 			return
@@ -149,6 +157,11 @@ func TestCheckCloudProviders(t *testing.T) {
 			want: []string{"azure (client secret)", "roles        DICOM.ReadWrite", "audience     https://dicom.healthcareapis.azure.com", "verdict      OK"}},
 		{name: "azure wrong secret", env: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "tenant-1", "AZURE_AUTHORITY_HOST": entra.URL, "OAUTH_CLIENT_ID": "app-id-1", "OAUTH_CLIENT_SECRET": "old-secret"},
 			wantErr: true, want: []string{"azure token endpoint", "AADSTS7000215: Invalid client secret provided.", "FAIL"}},
+		// The variables the webhook sets (AZURE_CLIENT_ID is not read), and OAUTH_CLIENT_ID.
+		{name: "azure workload identity", token: azureToken,
+			env: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "tenant-1", "AZURE_AUTHORITY_HOST": entra.URL + "/", "AZURE_CLIENT_ID": "app-id-1",
+				"AZURE_FEDERATED_TOKEN_FILE": tokenFile, "OAUTH_CLIENT_ID": "app-id-1"},
+			want: []string{"azure (workload identity)", "roles        DICOM.ReadWrite", "verdict      OK"}},
 		{name: "azure managed identity", token: "mi-token", env: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_IMDS_ENDPOINT": imds.URL + "/metadata/identity/oauth2/token"},
 			want: []string{"azure (managed identity)", "verdict      OK"}},
 		{name: "google metadata server", token: "ya29.gce", env: map[string]string{"OAUTH_PROVIDER": "google", "GCE_METADATA_HOST": strings.TrimPrefix(metadata.URL, "http://")},

@@ -227,6 +227,7 @@ func azureConfig(fc *config.NamedDestination) azure.Config {
 		TenantID:           d.AzureTenantID,
 		ClientID:           fc.OAuthClientID,
 		CertificateKeyFile: d.AssertionKeyFile,
+		FederatedTokenFile: d.AzureFederatedTokenFile,
 		Scopes:             fc.OAuthScopes,
 		AuthorityHost:      d.AzureAuthorityHost,
 		IMDSEndpoint:       d.AzureIMDSEndpoint,

@@ -48,9 +48,10 @@ type DestinationAuth struct {
 
 	RefreshMargin time.Duration `env:"OAUTH_REFRESH_MARGIN" envDefault:"5m" desc:"how long before expiry a token (or temporary AWS credentials) is replaced in the background; at least 20s, at most half the token's lifetime (AWS: at most 7m)"`
 
-	AzureTenantID      string `env:"AZURE_TENANT_ID" desc:"azure: directory (tenant) ID; with OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET or OAUTH_CLIENT_ASSERTION_KEY_FILE. Without a secret or certificate the managed identity is used"`
-	AzureAuthorityHost string `env:"AZURE_AUTHORITY_HOST" envDefault:"https://login.microsoftonline.com" desc:"azure: Entra ID authority (sovereign clouds: https://login.microsoftonline.us, https://login.partner.microsoftonline.cn)"`
-	AzureIMDSEndpoint  string `env:"AZURE_IMDS_ENDPOINT" envDefault:"http://169.254.169.254/metadata/identity/oauth2/token" desc:"azure: managed identity token endpoint of the Instance Metadata Service"`
+	AzureTenantID           string `env:"AZURE_TENANT_ID" desc:"azure: directory (tenant) ID; with OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET, OAUTH_CLIENT_ASSERTION_KEY_FILE or AZURE_FEDERATED_TOKEN_FILE. Without any of them the managed identity is used"`
+	AzureFederatedTokenFile string `env:"AZURE_FEDERATED_TOKEN_FILE" desc:"azure: AKS workload identity: the projected service account token (the webhook sets this variable) that Entra ID takes as the client assertion of OAUTH_CLIENT_ID (the identity's client ID, the webhook's AZURE_CLIENT_ID) in AZURE_TENANT_ID; re-read for every token"`
+	AzureAuthorityHost      string `env:"AZURE_AUTHORITY_HOST" envDefault:"https://login.microsoftonline.com" desc:"azure: Entra ID authority (sovereign clouds: https://login.microsoftonline.us, https://login.partner.microsoftonline.cn)"`
+	AzureIMDSEndpoint       string `env:"AZURE_IMDS_ENDPOINT" envDefault:"http://169.254.169.254/metadata/identity/oauth2/token" desc:"azure: managed identity token endpoint of the Instance Metadata Service"`
 
 	GoogleCredentialsFile string `env:"GOOGLE_APPLICATION_CREDENTIALS" desc:"google: service account JSON key file; empty uses the metadata server (GCE, GKE workload identity)"`
 	GCEMetadataHost       string `env:"GCE_METADATA_HOST" envDefault:"metadata.google.internal" desc:"google: metadata server host[:port]"`
@@ -122,6 +123,14 @@ func (f *Destination) authValidate() error {
 		switch {
 		case f.OAuthClientSecret != "" && d.AssertionKeyFile != "":
 			add("OAUTH_CLIENT_SECRET and OAUTH_CLIENT_ASSERTION_KEY_FILE are both set: an Entra app authenticates with one")
+		case d.AzureFederatedTokenFile != "" && (f.OAuthClientSecret != "" || d.AssertionKeyFile != ""):
+			// The webhook sets it in every pod labelled
+			// azure.workload.identity/use: "true".
+			other := "OAUTH_CLIENT_SECRET"
+			if d.AssertionKeyFile != "" {
+				other = "OAUTH_CLIENT_ASSERTION_KEY_FILE"
+			}
+			add("AZURE_FEDERATED_TOKEN_FILE (AKS workload identity) and %s are both set: an Entra app authenticates with one; unset %s, or take the pod's azure.workload.identity/use label off", other, other)
 		case f.OAuthClientSecret != "" || d.AssertionKeyFile != "":
 			if d.AzureTenantID == "" {
 				add("AZURE_TENANT_ID is required with a client secret or certificate (OAUTH_PROVIDER=azure)")
@@ -129,9 +138,17 @@ func (f *Destination) authValidate() error {
 			if f.OAuthClientID == "" {
 				add("OAUTH_CLIENT_ID (the application ID) is required with a client secret or certificate (OAUTH_PROVIDER=azure)")
 			}
+		case d.AzureFederatedTokenFile != "": // workload identity
+			if d.AzureTenantID == "" {
+				add("AZURE_TENANT_ID is required with AZURE_FEDERATED_TOKEN_FILE (OAUTH_PROVIDER=azure)")
+			}
+			if f.OAuthClientID == "" {
+				add("OAUTH_CLIENT_ID is required with AZURE_FEDERATED_TOKEN_FILE (OAUTH_PROVIDER=azure): the client ID of the identity the service account is federated with, the webhook's AZURE_CLIENT_ID")
+			}
+			errs = append(errs, fileReadable("AZURE_FEDERATED_TOKEN_FILE", d.AzureFederatedTokenFile))
 		default: // managed identity
 			if d.AzureTenantID != "" {
-				add("AZURE_TENANT_ID is set but neither OAUTH_CLIENT_SECRET nor OAUTH_CLIENT_ASSERTION_KEY_FILE: set the app's credential, or unset AZURE_TENANT_ID to use the managed identity (OAUTH_PROVIDER=azure)")
+				add("AZURE_TENANT_ID is set but neither OAUTH_CLIENT_SECRET, OAUTH_CLIENT_ASSERTION_KEY_FILE nor AZURE_FEDERATED_TOKEN_FILE: set the app's credential, or unset AZURE_TENANT_ID to use the managed identity (OAUTH_PROVIDER=azure)")
 			}
 			if len(f.OAuthScopes) > 1 {
 				add("OAUTH_SCOPES: a managed identity takes one scope (OAUTH_PROVIDER=azure)")

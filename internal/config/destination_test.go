@@ -57,6 +57,16 @@ func TestDestinationAuthValidation(t *testing.T) {
 		{name: "azure certificate", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key}},
 		{name: "azure managed identity", set: map[string]string{"OAUTH_PROVIDER": "azure"}},
 		{name: "azure tenant without credential", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c"}, want: "neither OAUTH_CLIENT_SECRET"},
+		// What AKS workload identity's webhook sets, and OAUTH_CLIENT_ID:
+		// it was refused as a tenant without a credential.
+		{name: "azure workload identity", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "AZURE_FEDERATED_TOKEN_FILE": pemFile, "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com/"}},
+		{name: "azure workload identity without client", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "AZURE_FEDERATED_TOKEN_FILE": pemFile}, want: "OAUTH_CLIENT_ID is required with AZURE_FEDERATED_TOKEN_FILE"},
+		{name: "azure workload identity without tenant", set: map[string]string{"OAUTH_PROVIDER": "azure", "OAUTH_CLIENT_ID": "c", "AZURE_FEDERATED_TOKEN_FILE": pemFile}, want: "AZURE_TENANT_ID is required with AZURE_FEDERATED_TOKEN_FILE"},
+		{name: "azure workload identity file missing", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "AZURE_FEDERATED_TOKEN_FILE": pemFile + ".gone"}, want: "AZURE_FEDERATED_TOKEN_FILE: open " + pemFile + ".gone"},
+		{name: "azure workload identity and secret", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "AZURE_FEDERATED_TOKEN_FILE": pemFile, "OAUTH_CLIENT_SECRET": "s"},
+			want: "AZURE_FEDERATED_TOKEN_FILE (AKS workload identity) and OAUTH_CLIENT_SECRET are both set"},
+		{name: "azure workload identity and certificate", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "AZURE_FEDERATED_TOKEN_FILE": pemFile, "OAUTH_CLIENT_ASSERTION_KEY_FILE": key},
+			want: "AZURE_FEDERATED_TOKEN_FILE (AKS workload identity) and OAUTH_CLIENT_ASSERTION_KEY_FILE are both set"},
 		// deploy/env.example's token URL, left as it is.
 		{name: "token URL of the example", set: map[string]string{"OAUTH_TOKEN_URL": "https://login.microsoftonline.com/YOUR-TENANT-ID/oauth2/v2.0/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"},
 			want: `OAUTH_TOKEN_URL="https://login.microsoftonline.com/YOUR-TENANT-ID/oauth2/v2.0/token": the example's placeholder YOUR-TENANT-ID`},

@@ -15,7 +15,7 @@ import (
 // Destinations names the destinations of a deployment with several, each
 // configured by its own DESTINATION_<NAME>_ variables.
 type Destinations struct {
-	Names List `env:"DESTINATIONS" desc:"names of several destinations, comma-separated (letters, digits, - and _; at most 32 characters each). Each is set with the DESTINATION_<NAME>_ variables below, and the default destination's variables (DICOMWEB_URL, OAUTH_*, AZURE_IMDS_ENDPOINT, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TLS_INSECURE_SKIP_VERIFY, STOW_*, DEIDENTIFY_KEY_FILE) must then be unset; AWS_REGION, GOOGLE_APPLICATION_CREDENTIALS, GCE_METADATA_HOST, AZURE_TENANT_ID and AZURE_AUTHORITY_HOST, which platforms set on their own, are ignored (logged at start). Unset: one destination, named default, set by DICOMWEB_URL and the variables after it"`
+	Names List `env:"DESTINATIONS" desc:"names of several destinations, comma-separated (letters, digits, - and _; at most 32 characters each). Each is set with the DESTINATION_<NAME>_ variables below, and the default destination's variables (DICOMWEB_URL, OAUTH_*, AZURE_IMDS_ENDPOINT, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TLS_INSECURE_SKIP_VERIFY, STOW_*, DEIDENTIFY_KEY_FILE) must then be unset; AWS_REGION, GOOGLE_APPLICATION_CREDENTIALS, GCE_METADATA_HOST, AZURE_TENANT_ID, AZURE_AUTHORITY_HOST and AZURE_FEDERATED_TOKEN_FILE, which platforms set on their own, are ignored (logged at start). Unset: one destination, named default, set by DICOMWEB_URL and the variables after it"`
 	Serve List `env:"FORWARDER_DESTINATIONS" desc:"the destinations this forwarder process serves, comma-separated (default: every destination), so that the forwarders of each destination scale on their own"`
 
 	// The per-destination variables are read by readDynamic; these
@@ -144,7 +144,7 @@ func sharedVariable(p string, prefixes map[string]string) (other, variable strin
 // reading its DESTINATION_<NAME>_ form.
 var platformVars = map[string]bool{
 	"AWS_REGION": true, "GOOGLE_APPLICATION_CREDENTIALS": true, "GCE_METADATA_HOST": true,
-	"AZURE_TENANT_ID": true, "AZURE_AUTHORITY_HOST": true,
+	"AZURE_TENANT_ID": true, "AZURE_AUTHORITY_HOST": true, "AZURE_FEDERATED_TOKEN_FILE": true,
 }
 
 // readDynamic reads the DESTINATION_<NAME>_ variables of every name in

@@ -72,6 +72,7 @@ func TestDestinationsIgnorePlatformVariables(t *testing.T) {
 	e["AWS_REGION"] = "eu-west-1"
 	e["AZURE_TENANT_ID"] = "00000000-0000-0000-0000-000000000000"
 	e["AZURE_AUTHORITY_HOST"] = "https://login.microsoftonline.com/"
+	e["AZURE_FEDERATED_TOKEN_FILE"] = "/var/run/secrets/azure/tokens/azure-identity-token"
 	e["GOOGLE_APPLICATION_CREDENTIALS"] = "/var/run/secrets/gcp/key.json"
 	var c SingleHost
 	if err := Load(mapEnv(e), &c); err != nil {
@@ -79,7 +80,7 @@ func TestDestinationsIgnorePlatformVariables(t *testing.T) {
 	}
 	// Named for the start's warning: one may have been meant for a
 	// destination, which reads only its DESTINATION_<NAME>_ form.
-	want := []string{"AZURE_TENANT_ID", "AZURE_AUTHORITY_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "AWS_REGION"}
+	want := []string{"AZURE_TENANT_ID", "AZURE_AUTHORITY_HOST", "AZURE_FEDERATED_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS", "AWS_REGION"}
 	if got := c.IgnoredPlatformVariables(); !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
 		t.Errorf("IgnoredPlatformVariables() = %v, want %v", got, want)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	sigsyaml "sigs.k8s.io/yaml"
 )
 
@@ -16,7 +17,13 @@ import (
 // docs/operations.md.
 func operationsExample(t *testing.T, file string) map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot, "docs", "operations.md"))
+	return docExample(t, "operations.md", file)
+}
+
+// docExample returns the values of `cat > file <<'YAML'` in docs/doc.
+func docExample(t *testing.T, doc, file string) map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "docs", doc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,7 +31,7 @@ func operationsExample(t *testing.T, file string) map[string]any {
 	_, rest, ok := strings.Cut(string(b), start)
 	example, _, ok2 := strings.Cut(rest, end)
 	if !ok || !ok2 {
-		t.Fatalf("docs/operations.md has no %q ... YAML block", strings.TrimSpace(start))
+		t.Fatalf("docs/%s has no %q ... YAML block", doc, strings.TrimSpace(start))
 	}
 	var values map[string]any
 	if err := sigsyaml.UnmarshalStrict([]byte(example), &values); err != nil {
@@ -157,4 +164,41 @@ func TestOperationsExamplesCreateTheirSecrets(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAKSWorkloadIdentityExample renders the aks-workload-identity.yaml
+// of docs/auth.md over the required values (without a client secret, as
+// the section says): the service account carries the client-id
+// annotation and the forwarder pods the use label, which make the AKS
+// webhook inject its variables; with those added, the forwarder's
+// configuration loads (it was refused: AZURE_TENANT_ID without a secret).
+func TestAKSWorkloadIdentityExample(t *testing.T) {
+	values := merged(required(), docExample(t, "auth.md", "aks-workload-identity.yaml"))
+	secrets := values["secrets"].(map[string]any)["values"].(map[string]any)
+	delete(secrets, "OAUTH_CLIENT_SECRET")
+	objs := render(t, values)
+	checkRelease(t, objs)
+
+	const clientID = "00001111-aaaa-2222-bbbb-3333cccc4444"
+	accounts := of[*corev1.ServiceAccount](objs)
+	if len(accounts) != 1 || accounts[0].Annotations["azure.workload.identity/client-id"] != clientID {
+		t.Fatalf("service accounts %+v, want one annotated azure.workload.identity/client-id: %s", accounts, clientID)
+	}
+	d := forwarderDeployment(t, objs, "default")
+	if got := d.Spec.Template.Labels["azure.workload.identity/use"]; got != "true" {
+		t.Errorf("forwarder pod label azure.workload.identity/use = %q, want \"true\"", got)
+	}
+	if d.Spec.Template.Spec.ServiceAccountName != accounts[0].Name {
+		t.Errorf("forwarder pods run as %q, not the annotated %q", d.Spec.Template.Spec.ServiceAccountName, accounts[0].Name)
+	}
+	env := envOf(d)
+	if env["OAUTH_PROVIDER"] != "azure" || env["OAUTH_CLIENT_ID"] != clientID {
+		t.Errorf("forwarder env OAUTH_PROVIDER %q, OAUTH_CLIENT_ID %q", env["OAUTH_PROVIDER"], env["OAUTH_CLIENT_ID"])
+	}
+	// What the webhook adds to the container.
+	env["AZURE_CLIENT_ID"] = clientID
+	env["AZURE_TENANT_ID"] = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+	env["AZURE_FEDERATED_TOKEN_FILE"] = "/var/run/secrets/azure/tokens/azure-identity-token"
+	env["AZURE_AUTHORITY_HOST"] = "https://login.microsoftonline.com/"
+	configLoads(t, "forwarder", env)
 }
