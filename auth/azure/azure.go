@@ -55,6 +55,16 @@ const (
 	kindManagedIdentity  = "managed identity"
 )
 
+// The managed identity's retry budget: IMDS answers 410 while it is
+// being updated, "available within 70 seconds" (Microsoft), and 429 or
+// 5xx meanwhile too; auth's default retries give up after 3.5 s. Waits of
+// 1, 2, 4, 8, then 16 s (each drawn in [d/2, d]) add up to 39.5 to 79 s.
+const (
+	imdsRetries   = 8
+	imdsRetryBase = time.Second
+	imdsRetryMax  = 16 * time.Second
+)
+
 // Config selects the Entra credential.
 type Config struct {
 	// TenantID is the directory (tenant) ID or domain; required for a
@@ -107,6 +117,15 @@ func (c Config) Kind() string {
 		return kindWorkloadIdentity
 	}
 	return kindManagedIdentity
+}
+
+// TokenOptions are the token source options the credential needs: a
+// managed identity's longer retries (IMDS may be updating for 70 s).
+func (c Config) TokenOptions() []auth.Option {
+	if c.Kind() != kindManagedIdentity {
+		return nil
+	}
+	return []auth.Option{auth.WithRetries(imdsRetries, imdsRetryBase, imdsRetryMax)}
 }
 
 // TokenURL is the v2.0 token endpoint of the tenant, or the IMDS endpoint.

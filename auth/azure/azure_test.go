@@ -318,3 +318,61 @@ func TestManagedIdentityUpdating(t *testing.T) {
 		})
 	}
 }
+
+// TestManagedIdentityOutlastsIMDSUpdate: IMDS answers 410 while it is
+// being updated, "available within 70 seconds" (Microsoft), which auth's
+// default retries (3, waits of 0.5, 1 and 2 s) gave up on: every study
+// then waited for the background retry. A managed identity's token
+// source retries imdsRetries times, for 40 to 79 s. The waits are scaled
+// to milliseconds here; the count is the budget's.
+func TestManagedIdentityOutlastsIMDSUpdate(t *testing.T) {
+	tests := []struct {
+		name      string
+		retries   int
+		wantToken bool
+	}{
+		{name: "auth's default count", retries: 3},
+		{name: "managed identity budget", retries: imdsRetries, wantToken: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var requests int
+			imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				requests++
+				if requests <= imdsRetries { // gone for all but the last attempt the budget allows
+					w.WriteHeader(http.StatusGone)
+					return
+				}
+				_, _ = w.Write([]byte(`{"access_token":"eyJ0eXAi.mi.sig","expires_in":"86399","token_type":"Bearer"}`))
+			}))
+			t.Cleanup(imds.Close)
+			ep, err := Endpoint(Config{IMDSEndpoint: imds.URL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts, err := auth.NewSource(t.Context(), ep, auth.WithRetries(tt.retries, time.Millisecond, 2*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = ts.Token()
+			if (err == nil) != tt.wantToken || requests != tt.retries+1 {
+				t.Errorf("err %v after %d requests; want a token: %v, after %d", err, requests, tt.wantToken, tt.retries+1)
+			}
+		})
+	}
+
+	// auth's backoff: attempt i waits min(base<<i, max), drawn in [d/2, d].
+	var longest time.Duration
+	for i := range imdsRetries {
+		longest += min(imdsRetryBase<<i, imdsRetryMax)
+	}
+	if longest < 70*time.Second {
+		t.Errorf("the retries wait at most %v, less than the 70 s an IMDS update may last", longest)
+	}
+	if opts := (Config{}).TokenOptions(); len(opts) != 1 {
+		t.Errorf("a managed identity's token options: %d, want the retry budget", len(opts))
+	}
+	if opts := (Config{TenantID: tenant, ClientID: clientID, ClientSecret: "s"}).TokenOptions(); opts != nil {
+		t.Errorf("a client secret's token options: %d, want none (auth's defaults)", len(opts))
+	}
+}

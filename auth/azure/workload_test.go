@@ -49,8 +49,8 @@ func TestWorkloadIdentityRequest(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "azure-identity-token")
 	writeTokenFile(t, path, federatedToken+"\n")
 	cfg := Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path, AuthorityHost: e.URL + "/"}
-	if cfg.Kind() != "workload identity" {
-		t.Errorf("Kind %q", cfg.Kind())
+	if cfg.Kind() != "workload identity" || cfg.TokenOptions() != nil {
+		t.Errorf("Kind %q, %d token options", cfg.Kind(), len(cfg.TokenOptions()))
 	}
 	if _, err := source(t, cfg).Token(); err != nil {
 		t.Fatal(err)

@@ -84,6 +84,7 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 
 	var rt http.RoundTripper = base
 	var ep auth.Endpoint
+	var tokenOpts []auth.Option // the provider's, before the common ones
 	var stowOpts []dicomweb.Option
 	switch d.Provider {
 	case config.ProviderGeneric:
@@ -96,6 +97,7 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 		az := azureConfig(fc)
 		out.Credential = az.Kind()
 		ep, err = azure.Endpoint(az)
+		tokenOpts = az.TokenOptions()
 	case config.ProviderGoogle:
 		gc := google.Config{CredentialsFile: d.GoogleCredentialsFile, Scopes: fc.OAuthScopes, MetadataHost: d.GCEMetadataHost}
 		out.Credential = gc.Kind()
@@ -127,7 +129,7 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 		return nil, fmt.Errorf("destination %s authentication (%s=%s): %w", fc.Name, fc.VarName("OAUTH_PROVIDER"), d.Provider, err)
 	}
 	if ep.Fetch != nil {
-		opts := []auth.Option{auth.WithHTTPClient(tokenHTTP), auth.WithRefreshMargin(d.RefreshMargin)}
+		opts := append(tokenOpts, auth.WithHTTPClient(tokenHTTP), auth.WithRefreshMargin(d.RefreshMargin))
 		if observe != nil {
 			opts = append(opts, auth.WithObserver(observe))
 		}
