@@ -284,3 +284,28 @@ func TestDestinationsNetworkPolicyPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestDestinationsAKSWorkloadIdentity: with destinations, an Azure one
+// uses AKS workload identity through its own
+// DESTINATION_<NAME>_AZURE_FEDERATED_TOKEN_FILE (docs/auth.md); the
+// variables the webhook adds to the pod are ignored, not refused, and the
+// forwarder's configuration loads.
+func TestDestinationsAKSWorkloadIdentity(t *testing.T) {
+	const token = "/var/run/secrets/azure/tokens/azure-identity-token"
+	values := withDestinations(map[string]any{"name": "all"})
+	archive := values["destinations"].([]any)[0].(map[string]any)
+	delete(archive, "clientSecret")
+	archive["env"].(map[string]any)["AZURE_FEDERATED_TOKEN_FILE"] = token
+	values = merged(values, map[string]any{"forwarderDefaults": map[string]any{"podLabels": map[string]any{"azure.workload.identity/use": "true"}}})
+	objs := render(t, values)
+	checkRelease(t, objs)
+	env := envOf(forwarderDeployment(t, objs, "all"))
+	if env["DESTINATION_ARCHIVE_AZURE_FEDERATED_TOKEN_FILE"] != token {
+		t.Fatalf("env %v lacks DESTINATION_ARCHIVE_AZURE_FEDERATED_TOKEN_FILE", env)
+	}
+	env["AZURE_CLIENT_ID"] = "00001111-aaaa-2222-bbbb-3333cccc4444"
+	env["AZURE_TENANT_ID"] = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+	env["AZURE_FEDERATED_TOKEN_FILE"] = token
+	env["AZURE_AUTHORITY_HOST"] = "https://login.microsoftonline.com/"
+	configLoads(t, "forwarder", env)
+}
