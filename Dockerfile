@@ -40,7 +40,7 @@ COPY --from=build /out/stowline /usr/local/bin/stowline
 COPY --from=build --chown=65532:65532 /out/rootfs/ /
 # Embedded JetStream data (single host): mount a volume here, for one
 # container at a time (a second is refused while the first runs). Stop it
-# with at least 65 s (docker run --stop-timeout 65), as the systemd unit
+# with at least 75 s (docker run --stop-timeout 75), as the systemd unit
 # does: it finishes or gives back the studies in flight within
 # FORWARDER_SHUTDOWN_GRACE (30 s), answers the webhooks in flight (up to
 # 60 s with the longest INGEST_PUBLISH_TIMEOUT), then closes the store.

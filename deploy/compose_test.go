@@ -560,8 +560,9 @@ func TestComposeTracing(t *testing.T) {
 }
 
 // stopMargin is the time a stopping process needs beyond its graces:
-// returning studies to the queue, closing the NATS connection.
-const stopMargin = 5 * time.Second
+// returning studies to the queue, draining the NATS connection (bounded
+// at 5 s), stopping an embedded server, flushing traces (5 s).
+const stopMargin = 15 * time.Second
 
 // TestComposeStopGracePeriods checks that Docker waits long enough after
 // SIGTERM for each stowline service to stop cleanly: a forwarder killed

@@ -253,7 +253,7 @@ func lastLine(b []byte) string {
 // TestSingleHostStopTimeoutDocumented: the Dockerfile and README tell
 // how long `docker run --stop-timeout` must be for the single-host
 // image; the Dockerfile said 45 s while its ingest alone may take
-// app.IngestMaxShutdownGrace to stop, and the systemd unit allows 65 s.
+// app.IngestMaxShutdownGrace to stop, and the systemd unit allows 75 s.
 // Every --stop-timeout they name is the unit's bound or more.
 func TestSingleHostStopTimeoutDocumented(t *testing.T) {
 	least := max(forward.DefaultShutdownGrace, app.IngestMaxShutdownGrace) + stopMargin
