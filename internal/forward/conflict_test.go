@@ -54,6 +54,12 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 		{name: "azure upsert", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplacePut},
 			answers:   map[string]func(http.ResponseWriter){"POST": failed(409, dicomweb.FailureAzureAlreadyExists), "PUT": stored("")},
 			wantCalls: "POST PUT", wantMetric: "replaced"},
+		{name: "azure upsert answered later", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplacePut},
+			// The PUT goes again as a PUT: a POST never replaces, and was
+			// refused as still held after the replacement.
+			answers: map[string]func(http.ResponseWriter){"POST": failed(409, dicomweb.FailureAzureAlreadyExists),
+				"PUT": firstThen(failed(409, dicomweb.FailureAzureBeingCreated), stored(""))},
+			wantCalls: "POST PUT PUT", wantMetric: "replaced"},
 		{name: "aws non-primary image set", policy: ConflictPolicy{Action: ConflictSkip},
 			answers:  map[string]func(http.ResponseWriter){"POST": stored("https://dicom-medical-imaging.us-east-1.amazonaws.com/datastore/d/studies/1.2.3/series/1/instances/1.2.3.1?imageSetId=abc")},
 			wantDead: "non-primary image set", wantCalls: "POST"},
@@ -150,6 +156,9 @@ func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
 		{name: "202, fewer failures than left out", status: http.StatusAccepted, seq: "00081198", instances: 3, retried: true},
 		{name: "202, a processing failure", status: http.StatusAccepted, seq: "00081198", instances: 2, reasons: []int{0x0110}, retried: true},
 		{name: "202, transfer syntax not supported", status: http.StatusAccepted, seq: "00081198", instances: 2, reasons: []int{0xC122}, retried: true},
+		// A 409 storing none, for a reason that says "later".
+		{name: "409, out of resources", status: http.StatusConflict, seq: "00081198", instances: 1, reasons: []int{0xA700}, retried: true},
+		{name: "409, being created", status: http.StatusConflict, seq: "00081198", instances: 1, reasons: []int{dicomweb.FailureAzureBeingCreated}, retried: true},
 		// A status that says "later", with one instance stored.
 		{name: "503 naming one stored", status: http.StatusServiceUnavailable, seq: "00081198", instances: 2, retried: true},
 	} {
@@ -293,6 +302,18 @@ func TestTooLargeNamesWhatToChange(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// firstThen answers first once, then always then.
+func firstThen(first, then func(http.ResponseWriter)) func(http.ResponseWriter) {
+	var answered atomic.Bool
+	return func(w http.ResponseWriter) {
+		if answered.Swap(true) {
+			then(w)
+			return
+		}
+		first(w)
 	}
 }
 
@@ -547,10 +568,10 @@ func TestConflictsCountedOnce(t *testing.T) {
 	}{
 		{name: "replacement sent again by verification", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplacePut},
 			// Listed from the second QIDO-RS on: the first round's
-			// replacement is sent again, and "already" stored.
+			// replacement is sent again, by PUT again.
 			verifier:  &fakeVerifier{all: []string{sop}, lost: []string{sop}, listFrom: 2},
 			letters:   func() DeadLetterStore { return &memDeadLetters{} },
-			wantCalls: "POST PUT POST", want: map[string]float64{"replaced": 1, "dead_lettered": 0}},
+			wantCalls: "POST PUT PUT", want: map[string]float64{"replaced": 1, "dead_lettered": 0}},
 		{name: "dead letter stored at the second delivery", policy: ConflictPolicy{Action: ConflictDeadLetter},
 			letters:   func() DeadLetterStore { return &deadLettersFailingOnce{} },
 			wantCalls: "POST POST", want: map[string]float64{"replaced": 0, "dead_lettered": 1}},

@@ -256,11 +256,20 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		if quick {
 			carried, sendAlone = alone, nil
 		}
+		var upsertAlone []dicomweb.Part
+		if f.opts.Conflicts.Method == ReplacePut {
+			// A replacement answered "later" (Azure's 45071, a 272 in a
+			// 202, a broken-off body) or unread goes again by PUT: a
+			// POST never replaces, and its conflict was dead-lettered as
+			// one still held after the replacement.
+			pending, upsert = byPut(pending, upsert, st.replacing)
+			sendAlone, upsertAlone = byPut(sendAlone, nil, st.replacing)
+		}
 		for _, send := range []struct {
 			parts []dicomweb.Part
 			put   bool
 			size  int
-		}{{pending, false, 0}, {upsert, true, 0}, {sendAlone, false, 1}} {
+		}{{pending, false, 0}, {upsert, true, 0}, {sendAlone, false, 1}, {upsertAlone, true, 1}} {
 			if len(send.parts) == 0 {
 				continue
 			}
@@ -387,7 +396,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			rejected = append(rejected, failed...)
 		}
 		// A replacement sent this round and not refused again is stored.
-		for _, p := range append(append([]dicomweb.Part(nil), pending...), upsert...) {
+		for _, p := range slices.Concat(pending, upsert, sendAlone, upsertAlone) {
 			if st.replacing[p.SOPInstanceUID] && !notDone[p.SOPInstanceUID] && !st.replaced[p.SOPInstanceUID] {
 				st.replaced[p.SOPInstanceUID] = true
 				rep.Replaced++
@@ -977,6 +986,15 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		}
 		unlistedRefused = unlisted <= len(unnamed)
 	}
+	// After an error status (a 409 storing none) an unnamed failure that
+	// says "later" (out of resources, Azure's 45071) is why the unlisted
+	// failed: sent again, not refused for good by the status.
+	unlistedLater := false
+	for _, fi := range unnamed {
+		if fi.FailureReason != 0 && ClassifyInstance(fi.FailureReason) == Retry {
+			unlistedLater = true
+		}
+	}
 	confirmed := 0
 	for _, p := range batch {
 		if stored[p.SOPInstanceUID] {
@@ -992,7 +1010,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		if !listed {
 			// Neither stored nor failed: after a success status, send it
 			// again; after an error status, the status decides.
-			if ClassifyStatus(res.StatusCode) == Transient && !unlistedRefused {
+			if (ClassifyStatus(res.StatusCode) == Transient || unlistedLater) && !unlistedRefused {
 				out.retry = append(out.retry, p)
 			} else {
 				out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID,
@@ -1175,4 +1193,18 @@ func outOfResources(reason int) bool { return reason&0xFF00 == 0xA700 }
 // (B006).
 func changedByDestination(w dicomweb.Warning) bool {
 	return w.WarningReason == dicomweb.WarningCoercion || w.WarningReason == dicomweb.WarningElementsDiscarded
+}
+
+// byPut moves the parts of send being replaced (replacing) to put, in
+// new slices.
+func byPut(send, put []dicomweb.Part, replacing map[string]bool) (post, puts []dicomweb.Part) {
+	puts = slices.Clone(put)
+	for _, p := range send {
+		if replacing[p.SOPInstanceUID] {
+			puts = append(puts, p)
+			continue
+		}
+		post = append(post, p)
+	}
+	return post, puts
 }
