@@ -67,6 +67,8 @@ type StatusPage struct {
 	tmpl    *template.Template
 	css     []byte
 	log     *slog.Logger
+	// replayTimeout bounds a replay (30 s; less in tests).
+	replayTimeout time.Duration
 }
 
 // NewStatusPage parses the templates and returns the handler.
@@ -93,7 +95,8 @@ func NewStatusPage(opts StatusPageOptions) (*StatusPage, error) {
 		return nil, err
 	}
 	return &StatusPage{opts: opts, want: sha256.Sum256([]byte(opts.AdminToken)), csrf: newCSRF(opts.AdminToken),
-		guesses: newGuessGuard("status page", opts.TrustedProxies, log, func(w http.ResponseWriter, status int, msg string) { http.Error(w, msg, status) }), tmpl: tmpl, css: css, log: log}, nil
+		guesses: newGuessGuard("status page", opts.TrustedProxies, log, func(w http.ResponseWriter, status int, msg string) { http.Error(w, msg, status) }), tmpl: tmpl, css: css, log: log,
+		replayTimeout: 30 * time.Second}, nil
 }
 
 // Mount adds GET /ui, GET /ui/style.css and POST /ui/replay to r.
@@ -217,11 +220,16 @@ func (h *StatusPage) replay(w http.ResponseWriter, r *http.Request) {
 	// refreshes as the one it was pressed on; not a failure's, whose
 	// error must not go by while the operator looks away.
 	refresh := refreshOf(r.PostFormValue("refresh"))
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), h.replayTimeout)
 	defer cancel()
 	fail := func(msg string, err error, code int) {
 		h.log.Error("status page: replay failed", "dead_letter_seq", seq, "err", err)
-		p := h.load(ctx)
+		// Read with the page's own bound, not what is left of the
+		// replay's: a replay that ran out of time left every read of
+		// the page failing at once, its Replay buttons gone.
+		lctx, cancel := context.WithTimeout(r.Context(), h.opts.Timeout)
+		defer cancel()
+		p := h.load(lctx)
 		p.FlashErr = msg
 		h.render(w, r, code, p)
 	}

@@ -967,3 +967,52 @@ func TestPageShowsAnUnreadableLetter(t *testing.T) {
 		t.Errorf("Replay buttons: want one for letter 1 and none for the unreadable letter %d:\n%s", ack.Sequence, body)
 	}
 }
+
+// A replay that runs out of time shows the page it failed on, read with
+// the page's own bound: read with what was left of the replay's, every
+// part of it failed at once and its Replay buttons were gone.
+func TestReplayOutOfTimeShowsThePage(t *testing.T) {
+	f := start(t)
+	if _, err := natsjs.DefaultTopology().EnsureConsumer(t.Context(), f.ns.JS, natsjs.DefaultDestination); err != nil {
+		t.Fatal(err)
+	}
+	h, err := web.NewStatusPage(web.StatusPageOptions{JS: f.ns.JS, AdminToken: adminToken,
+		Forwarders: func(context.Context) ([]status.Snapshot, error) { return nil, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	web.SetReplayTimeout(h, time.Nanosecond)
+	r := chi.NewRouter()
+	h.Mount(r)
+	f.srv = httptest.NewServer(r)
+	t.Cleanup(f.srv.Close)
+
+	c := f.browser(t)
+	_, body := f.get(t, c, "/ui", adminToken)
+	m := csrfInput.FindStringSubmatch(body)
+	if m == nil {
+		t.Fatal("no csrf field in the page")
+	}
+	form := url.Values{"seq": {"1"}, "csrf": {m[1]}}
+	req, err := http.NewRequest(http.MethodPost, f.srv.URL+"/ui/replay", strings.NewReader(form.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", f.srv.URL)
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	req.SetBasicAuth("operator", adminToken)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	page := string(b)
+	if !strings.Contains(page, "context deadline exceeded") || !strings.Contains(page, `id="flash"`) {
+		t.Fatalf("status %d, no failed replay told:\n%.3000s", resp.StatusCode, page)
+	}
+	if !strings.Contains(page, `id="replay-1"`) {
+		t.Errorf("the failed replay's page lost the letter's Replay button:\n%.3000s", page)
+	}
+}
