@@ -12,6 +12,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
@@ -88,6 +91,78 @@ func TestDirectGetOfEventsPermitted(t *testing.T) {
 			}
 			if !strings.Contains(logs.String(), `"consumer":"`+natsjs.ForwarderConsumer+`"`) {
 				t.Errorf("the start did not read the oldest queued event:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+// TestDirectGetOfDeadLettersPermitted: with direct gets enabled on the
+// dead-letter stream too, the admin API's read of one letter (GET
+// /admin/deadletters/{seq}, a replay or purge by number) goes to
+// $JS.API.DIRECT.GET.STOWLINE_DEADLETTER, which the ingest's block
+// granted and the forwarder's did not: each read waited out its time
+// limit. Under each documented block one letter is read by its number.
+func TestDirectGetOfDeadLettersPermitted(t *testing.T) {
+	perms := docPermissions(t)
+	const adminPass, pass = "admin-nats-password-0123", "service-nats-password-0123"
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+		StoreDir: t.TempDir(), ServerName: "direct-dl", Port: -1,
+		Configure: func(o *server.Options) {
+			o.Users = []*server.User{
+				{Username: "test-admin", Password: adminPass},
+				{Username: "stowline-ingest", Password: pass, Permissions: perms["ingest"]},
+				{Username: "stowline-forwarder", Password: pass, Permissions: perms["forwarder"]},
+			}
+		},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	connect := func(user, password string) jetstream.JetStream {
+		t.Helper()
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+	admin := connect("test-admin", adminPass)
+	s, err := natsjs.DefaultTopology().EnsureDeadLetters(ctx, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.AllowDirect = true
+	if _, err := admin.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
+		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.826.0.1.3680043.2.1125.1",
+		LastUpdate: "20261126T101500", ReceivedAt: time.Now().UTC()}
+	seq, _, err := deadletter.NewStore(admin, s).Add(ctx, &forward.DeadLetter{Event: ev, Class: forward.Permanent,
+		Reason: "HTTP 415", Attempts: 1, OriginalSeq: 7, DeadLetteredAt: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, user := range []string{"stowline-ingest", "stowline-forwarder"} {
+		t.Run(user, func(t *testing.T) {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			store, err := deadletter.Open(rctx, connect(user, pass))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := store.Get(rctx, seq)
+			if err != nil || e.Event.StudyInstanceUID != ev.StudyInstanceUID {
+				t.Fatalf("read dead letter %d: %+v, %v", seq, e, err)
 			}
 		})
 	}
