@@ -3,6 +3,7 @@ package status
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,6 +29,16 @@ type QueueCollector struct {
 	// unread spaces the warnings of lane consumers that cannot be read
 	// (on a cluster, their servers offline or electing a leader).
 	unread repeatlog.Failures
+
+	// mu serializes the reads; last is the last one's answer, doneAt
+	// when it ended: scrapes that came while it ran take its answer.
+	// Each read is 3 JetStream requests a destination and more, and
+	// /metrics answers anyone who can reach the port: scrapes at once (a
+	// scan, a flood) made as many reads at once against the JetStream
+	// leaders the forwarders depend on; now one at a time.
+	mu     sync.Mutex
+	last   queueRead
+	doneAt time.Time
 
 	pending, ackPending, redelivered, waiting, deadLetters, up *prometheus.Desc
 	unreadable                                                 *prometheus.Desc
@@ -77,29 +88,22 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect implements prometheus.Collector: it queries JetStream now.
+// queueRead is one read of the queues (ReadQueue).
+type queueRead struct {
+	q   Queue
+	err error
+}
+
+// Collect implements prometheus.Collector: it queries JetStream now, or
+// takes the answer of a query that ended while it waited for it.
 func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	q, err := ReadQueue(ctx, c.js)
-	if err != nil {
-		if n, ok := c.unanswered.Failed(); ok {
-			c.log.Warn("queue metrics: JetStream did not answer (stowline_jetstream_info_success 0; logged again once a minute while it lasts)", "err", err, "failures", n)
-		}
+	r := c.read()
+	if r.err != nil {
 		gauge(ch, c.up, 0)
 		return
 	}
-	if n := c.unanswered.Succeeded(); n > 0 {
-		c.log.Info("queue metrics: JetStream answers again", "failures", n)
-	}
+	q := r.q
 	gauge(ch, c.up, 1)
-	if q.UnreadErr != nil {
-		if n, ok := c.unread.Failed(); ok {
-			c.log.Warn("queue metrics: lane consumers could not be read; their destinations' queue totals left out (stowline_queue_unreadable_consumers; logged again once a minute while it lasts)", "err", q.UnreadErr, "failures", n)
-		}
-	} else if n := c.unread.Succeeded(); n > 0 {
-		c.log.Info("queue metrics: every lane consumer read again", "failures", n)
-	}
 	if !q.ConsumerExists {
 		// No forwarder made its consumer yet, so the destinations are not
 		// known: the stream's events are pending under an empty
@@ -137,4 +141,37 @@ func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ..
 	if m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v, labels...); err == nil {
 		ch <- m
 	}
+}
+
+// read reads the queues, or returns the read that ended while it waited
+// for another to finish.
+func (c *QueueCollector) read() queueRead {
+	came := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.doneAt.After(came) {
+		return c.last
+	}
+	defer func() { c.doneAt = time.Now() }()
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	q, err := ReadQueue(ctx, c.js)
+	c.last = queueRead{q: q, err: err}
+	if err != nil {
+		if n, ok := c.unanswered.Failed(); ok {
+			c.log.Warn("queue metrics: JetStream did not answer (stowline_jetstream_info_success 0; logged again once a minute while it lasts)", "err", err, "failures", n)
+		}
+		return c.last
+	}
+	if n := c.unanswered.Succeeded(); n > 0 {
+		c.log.Info("queue metrics: JetStream answers again", "failures", n)
+	}
+	if q.UnreadErr != nil {
+		if n, ok := c.unread.Failed(); ok {
+			c.log.Warn("queue metrics: lane consumers could not be read; their destinations' queue totals left out (stowline_queue_unreadable_consumers; logged again once a minute while it lasts)", "err", q.UnreadErr, "failures", n)
+		}
+	} else if n := c.unread.Succeeded(); n > 0 {
+		c.log.Info("queue metrics: every lane consumer read again", "failures", n)
+	}
+	return c.last
 }

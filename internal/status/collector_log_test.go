@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -79,4 +80,43 @@ func gatheredValue(t *testing.T, reg *prometheus.Registry, name string) float64 
 	}
 	t.Fatalf("%s not gathered", name)
 	return 0
+}
+
+// slowJetStream counts the streams asked for, each answered late.
+type slowJetStream struct {
+	jetstream.JetStream
+	asked atomic.Int32
+}
+
+func (s *slowJetStream) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	s.asked.Add(1)
+	time.Sleep(100 * time.Millisecond)
+	return s.JetStream.Stream(ctx, name)
+}
+
+// /metrics answers anyone who can reach the port, and each scrape read
+// every queue: scrapes at once (a scan, a monitoring loop gone wrong)
+// made as many reads at once against the JetStream leaders. Scrapes that
+// come while a read runs take its answer.
+func TestQueueCollectorScrapesAtOnceShareARead(t *testing.T) {
+	ns := testnats.Start(t)
+	js := &slowJetStream{JetStream: ns.JS}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(status.NewQueueCollector(js, 10*time.Second, nil))
+	gatheredValue(t, reg, "stowline_jetstream_info_success")
+	one := js.asked.Swap(0)
+
+	const scrapes = 10
+	var wg sync.WaitGroup
+	for range scrapes {
+		wg.Go(func() {
+			if _, err := reg.Gather(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := js.asked.Load(); got > 2*one {
+		t.Errorf("%d scrapes at once asked for %d streams, want at most %d (two reads of %d)", scrapes, got, 2*one, one)
+	}
 }
