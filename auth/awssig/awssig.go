@@ -149,6 +149,36 @@ type transport struct {
 	// signed at AWS's time, as the AWS SDKs do, so a host whose clock
 	// drifted minutes is not refused every request until NTP is fixed.
 	offset atomic.Int64
+	// refetchedAt is when credentials expired by AWS's clock were last
+	// fetched again (unix nanoseconds; retrieve).
+	refetchedAt atomic.Int64
+}
+
+// refetchEvery bounds how often retrieve fetches credentials again.
+const refetchEvery = time.Minute
+
+// retrieve returns credentials that are valid at AWS's time. The cache
+// judges their expiry by this host's clock: on a host behind AWS's by
+// more than its refresh margin it kept handing out credentials AWS had
+// expired, every request refused (403 ExpiredToken, read as the
+// destination refusing stowline) until the host's clock caught up, at
+// every renewal (hourly with IRSA).
+func (t *transport) retrieve(ctx context.Context) (aws.Credentials, error) {
+	creds, err := t.creds.Retrieve(ctx)
+	if err != nil || !creds.CanExpire {
+		return creds, err
+	}
+	now := time.Now()
+	if creds.Expires.After(now.Add(time.Duration(t.offset.Load()) + minExpiryWindow)) {
+		return creds, nil
+	}
+	cache, ok := t.creds.(*aws.CredentialsCache)
+	last := t.refetchedAt.Load()
+	if !ok || now.UnixNano()-last < int64(refetchEvery) || !t.refetchedAt.CompareAndSwap(last, now.UnixNano()) {
+		return creds, nil
+	}
+	cache.Invalidate()
+	return t.creds.Retrieve(ctx)
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -161,7 +191,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody() // a signature goes only to the host it was made for
 		return nil, err
 	}
-	creds, err := t.creds.Retrieve(req.Context())
+	creds, err := t.retrieve(req.Context())
 	if err != nil {
 		closeBody()
 		return nil, fmt.Errorf("%w: %w", errCredentials, err)

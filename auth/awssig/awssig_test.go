@@ -509,3 +509,56 @@ func TestHungCredentialFetchEnds(t *testing.T) {
 		t.Errorf("access key %q", got.AccessKeyID)
 	}
 }
+
+// On a host whose clock is behind AWS's by more than the cache's refresh
+// margin, the cache took credentials AWS had expired for valid (it reads
+// their expiry by the host's clock): every request was refused with 403
+// ExpiredToken until the host's clock caught up. Once AWS's clock is
+// known, credentials it has expired are fetched again.
+func TestCredentialsExpiredByAWSClockFetchedAgain(t *testing.T) {
+	const ahead = time.Hour // AWS's clock from this host's
+	var fetches atomic.Int32
+	cache := aws.NewCredentialsCache(aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+		n := fetches.Add(1)
+		return aws.Credentials{AccessKeyID: "ASIAEXAMPLE", SecretAccessKey: "secret/EXAMPLE+key", SessionToken: fmt.Sprintf("session-%d", n),
+			CanExpire: true, Expires: time.Now().Add(ahead + time.Duration(n-1)*2*ahead - 10*time.Minute), Source: "test"}, nil
+	}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now().Add(ahead)
+		w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
+		signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
+		switch {
+		case err != nil || now.Sub(signed).Abs() > 5*time.Minute:
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
+		case r.Header.Get("X-Amz-Security-Token") == "session-1": // expired 10 min ago, AWS's time
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"__type":"ExpiredTokenException"}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	rt, err := Transport(cache, "us-east-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: rt}
+	get := func() (int, error) {
+		resp, err := client.Get(srv.URL + "/datastore/abc/studies")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if _, err := get(); !errors.Is(err, errClockSkew) {
+		t.Fatalf("first request: err %v; want the clock refusal", err)
+	}
+	for range 3 {
+		if status, err := get(); err != nil || status != http.StatusOK {
+			t.Fatalf("request at AWS's time: status %d, err %v; want fresh credentials and 200", status, err)
+		}
+	}
+	if n := fetches.Load(); n != 2 {
+		t.Errorf("%d credential fetches, want 2", n)
+	}
+}
