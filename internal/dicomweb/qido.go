@@ -57,13 +57,7 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 	}
 	seen := map[string]bool{}
 	var out []string
-	offset := 0
-	for range maxQIDOPages {
-		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize, false)
-		if err != nil {
-			return nil, err
-		}
-		added := 0
+	add := func(uids []string) (added int) {
 		for _, u := range uids {
 			if !seen[u] {
 				seen[u] = true
@@ -72,7 +66,32 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 				delete(wanted, u)
 			}
 		}
-		if added == 0 || len(uids) < c.qidoPageSize && len(wanted) == 0 && len(out) >= want.Count {
+		return added
+	}
+	// A server that ignores limit answers the whole study in one page:
+	// the bound grows with the instances looked for.
+	maxBytes := max(c.maxResponseBytes, int64(max(want.Count, len(want.UIDs)))*c.perInstance)
+	offset := 0
+	for range maxQIDOPages {
+		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize, false, maxBytes)
+		if err != nil {
+			return nil, err
+		}
+		added := add(uids)
+		missing := len(wanted) > 0 || len(out) < want.Count
+		if added == 0 && offset > 0 && len(uids) > 0 && missing {
+			// The page repeats earlier ones: the server ignores offset
+			// and may honour limit all the same, its later instances
+			// never listed (a study verified as missing them, at every
+			// delivery). Asked once without limit and offset.
+			uids, err := c.qidoPage(ctx, studyInstanceUID, 0, 0, false, maxBytes)
+			if err != nil {
+				return nil, err
+			}
+			add(uids)
+			return out, nil
+		}
+		if added == 0 || len(uids) < c.qidoPageSize && !missing {
 			return out, nil
 		}
 		offset += len(uids)
@@ -86,7 +105,7 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 // a 404 that is no empty result included (notEmptyResult), or wraps
 // ErrNoAnswer when nothing answered.
 func (c *Client) Probe(ctx context.Context, studyInstanceUID string) error {
-	_, err := c.qidoPage(ctx, studyInstanceUID, 0, 1, true)
+	_, err := c.qidoPage(ctx, studyInstanceUID, 0, 1, true, c.maxResponseBytes)
 	return err
 }
 
@@ -102,14 +121,15 @@ func notEmptyResult(resp *http.Response, body []byte) bool {
 	return mt != "application/json" && mt != "application/dicom+json" && !strings.HasSuffix(mt, "+json")
 }
 
-// qidoPage asks for one page of the study's instances. probe: a 404
-// that is notEmptyResult is an error (for a listing, verification,
-// it stays "none listed", as before).
-func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, limit int, probe bool) ([]string, error) {
-	q := url.Values{
-		"includefield": {tagSOPInstanceUID},
-		"limit":        {strconv.Itoa(limit)},
-		"offset":       {strconv.Itoa(offset)},
+// qidoPage asks for one page of the study's instances, its answer read
+// up to maxBytes; limit 0: the whole study, without limit and offset.
+// probe: a 404 that is notEmptyResult is an error (for a listing,
+// verification, it stays "none listed", as before).
+func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, limit int, probe bool, maxBytes int64) ([]string, error) {
+	q := url.Values{"includefield": {tagSOPInstanceUID}}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+		q.Set("offset", strconv.Itoa(offset))
 	}
 	target, err := c.resource(q, studyInstanceUID, "instances")
 	if err != nil {
@@ -134,7 +154,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w%s", c.logURL, studyInstanceUID, c.redact(err), c.gaveUp(ctx)))
 	}
 	defer resp.Body.Close()
-	body, tooLarge, readErr := readBody(resp.Body, c.maxResponseBytes)
+	body, tooLarge, readErr := readBody(resp.Body, maxBytes)
 	switch {
 	case resp.StatusCode == http.StatusNotFound && probe && notEmptyResult(resp, body):
 		return nil, newHTTPError(resp, body)
@@ -145,7 +165,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	case readErr != nil:
 		return nil, fmt.Errorf("qido: read answer: %w", readErr)
 	case tooLarge:
-		return nil, fmt.Errorf("%w: QIDO-RS answer over %d bytes", errResponseTooLarge, c.maxResponseBytes)
+		return nil, fmt.Errorf("%w: QIDO-RS answer over %d bytes", errResponseTooLarge, maxBytes)
 	}
 	return parseQIDOInstances(body)
 }

@@ -13,9 +13,10 @@ import (
 )
 
 // qidoServer answers QIDO-RS for one study of n instances, honouring limit
-// (capped at maxLimit when not 0) and offset unless ignoreOffset; status
-// other than 0 answers every request with it. *asked counts the requests.
-func qidoServer(t *testing.T, n int, ignoreOffset bool, maxLimit, status int, asked *atomic.Int64) *httptest.Server {
+// (capped at maxLimit when not 0) and offset unless ignoreOffset (then
+// limit too, unless keepLimit); status other than 0 answers every request
+// with it. *asked counts the requests.
+func qidoServer(t *testing.T, n int, ignoreOffset, keepLimit bool, maxLimit, status int, asked *atomic.Int64) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/dicom-web/studies/1.2.3/instances" || r.Header.Get("Accept") != "application/dicom+json" ||
@@ -28,10 +29,16 @@ func qidoServer(t *testing.T, n int, ignoreOffset bool, maxLimit, status int, as
 			http.Error(w, "status", status)
 			return
 		}
-		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		limit, err := strconv.Atoi(r.URL.Query().Get("limit"))
+		if err != nil {
+			limit = n
+		}
 		offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
 		if ignoreOffset {
-			offset, limit = 0, n
+			offset = 0
+			if !keepLimit {
+				limit = n
+			}
 		}
 		if maxLimit > 0 {
 			limit = min(limit, maxLimit)
@@ -54,6 +61,7 @@ func TestStudyInstanceUIDs(t *testing.T) {
 		expected              int      // the caller's expected count
 		wanted                []string // the UIDs the caller looks for
 		ignoreOffset          bool
+		keepLimit             bool // with ignoreOffset
 		status                int
 		want, wantRequests    int
 		wantStatus            int
@@ -62,6 +70,11 @@ func TestStudyInstanceUIDs(t *testing.T) {
 		{name: "exact pages", n: 20, pageSize: 10, expected: 20, want: 20, wantRequests: 3},
 		{name: "several pages", n: 25, pageSize: 10, expected: 25, want: 25, wantRequests: 3},
 		{name: "server ignores offset", n: 25, pageSize: 10, expected: 25, ignoreOffset: true, want: 25, wantRequests: 2},
+		// Its second page repeats the first: asked once for the whole
+		// study, without limit and offset. The listing stopped at the
+		// first page, the study verified as missing 15 at every delivery.
+		{name: "server ignores offset, honours limit", n: 25, pageSize: 10, expected: 25, ignoreOffset: true, keepLimit: true, want: 25, wantRequests: 3},
+		{name: "server ignores offset, honours limit, none missing", n: 25, pageSize: 10, wanted: uidRange(0, 10), ignoreOffset: true, keepLimit: true, want: 10, wantRequests: 2},
 		// A server capping pages below the limit asked: its short pages
 		// are not the last while fewer than expected are listed.
 		{name: "server caps pages", n: 25, pageSize: 10, maxLimit: 4, expected: 25, want: 25, wantRequests: 7},
@@ -81,7 +94,7 @@ func TestStudyInstanceUIDs(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var asked atomic.Int64
-			srv := qidoServer(t, tt.n, tt.ignoreOffset, tt.maxLimit, tt.status, &asked)
+			srv := qidoServer(t, tt.n, tt.ignoreOffset, tt.keepLimit, tt.maxLimit, tt.status, &asked)
 			c, err := New(srv.URL+"/dicom-web", nil)
 			if err != nil {
 				t.Fatal(err)
@@ -169,5 +182,23 @@ func TestStudyInstanceUIDsIgnoresNumbersItDoesNotRead(t *testing.T) {
 				t.Errorf("UIDs %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// A server that ignores limit answers the whole study in one page, over
+// the fixed answer bound for a study of tens of thousands of instances:
+// every verification failed, "answer over ... bytes". The listing's bound
+// grows with the instances looked for.
+func TestStudyInstanceUIDsBoundGrowsWithTheStudy(t *testing.T) {
+	var asked atomic.Int64
+	srv := qidoServer(t, 50, true, false, 0, 0, &asked)
+	c, err := New(srv.URL+"/dicom-web", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.maxResponseBytes, c.perInstance = 1000, 200 // 50 items of about 100 bytes
+	got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 50})
+	if err != nil || len(got) != 50 {
+		t.Fatalf("%d UIDs, err %v; want 50", len(got), err)
 	}
 }

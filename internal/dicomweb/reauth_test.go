@@ -41,7 +41,7 @@ func TestBodilessRequestsRenewARefusedToken(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			idp := testidp.Start(t, testidp.WithClient(clientID, secret), testidp.WithTokenLifetime(time.Hour))
 			var asked atomic.Int64
-			qido := qidoServer(t, 3, false, 0, 0, &asked)
+			qido := qidoServer(t, 3, false, false, 0, 0, &asked)
 			upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Method == http.MethodDelete {
 					w.WriteHeader(http.StatusNoContent)
@@ -86,7 +86,7 @@ func TestCrossOriginRedirectIsRedirected(t *testing.T) {
 	const clientID, secret = "stowline-redirect", "redirect-secret-0123456789"
 	idp := testidp.Start(t, testidp.WithClient(clientID, secret), testidp.WithTokenLifetime(time.Hour))
 	var asked atomic.Int64
-	other := qidoServer(t, 3, false, 0, 0, &asked)
+	other := qidoServer(t, 3, false, false, 0, 0, &asked)
 	var posts atomic.Int64
 	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
