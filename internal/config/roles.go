@@ -153,7 +153,7 @@ type Forwarder struct {
 	Concurrency   int           `env:"FORWARDER_CONCURRENCY" envDefault:"4" desc:"studies each forwarder process sends at once, per destination it serves"`
 	AckWait       time.Duration `env:"FORWARDER_ACK_WAIT" envDefault:"60s" desc:"JetStream ack wait: a study a forwarder stops signalling progress on for this long goes to another replica; a live forwarder signals it every second (every third of the wait if that is shorter). On a JetStream cluster keep it well above an election (4 to 9 s): signals sent while a consumer has no leader are lost, and a shorter wait sends the studies in flight to another replica, which stores them a second time"`
 	RetryDelay    time.Duration `env:"FORWARDER_RETRY_DELAY" envDefault:"10s" desc:"first delay before a failed study is retried; it doubles after each failed delivery up to FORWARDER_RETRY_MAX_DELAY, and each delay is drawn at random between half and all of that value"`
-	RetryMaxDelay time.Duration `env:"FORWARDER_RETRY_MAX_DELAY" envDefault:"10m" desc:"longest delay between retries of a failed study"`
+	RetryMaxDelay time.Duration `env:"FORWARDER_RETRY_MAX_DELAY" envDefault:"10m" desc:"longest delay between retries of a failed study, unless the destination's Retry-After asks for more (honoured up to an hour)"`
 
 	MaxDeliveries       int           `env:"FORWARDER_MAX_DELIVERIES" envDefault:"48" desc:"deliveries of a study before it is dead-lettered; with the default delays the 47 waits between them add up to 3h30m to 7h (plus the attempts themselves). 0: transient failures are never dead-lettered, and JetStream stops delivering the event after 1000 deliveries"`
 	InstanceRetries     int           `env:"FORWARDER_INSTANCE_RETRIES" envDefault:"3" desc:"rounds, within one delivery, that re-send only the instances the destination refused transiently, or read again the ones the source Orthanc failed to read"`
@@ -242,7 +242,7 @@ type Destination struct {
 
 	StowMaxInstances int      `env:"STOW_MAX_INSTANCES" envDefault:"100" desc:"most instances in one STOW-RS request"`
 	StowMaxBytes     ByteSize `env:"STOW_MAX_BYTES" envDefault:"256MiB" desc:"most bytes in one STOW-RS request (e.g. 500MB, 1GiB)"`
-	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"16" desc:"most STOW-RS requests a forwarder process has in flight to the destination, over all its studies; the limit starts here and adapts below it (half tried once, more while throughput grows, halved on 429, 503 or a time-out) and is shared by the replicas serving the destination (each ceil(this / replicas)); equal to STOW_PARALLEL_MIN: fixed (docs/operations.md)"`
+	StowParallel     int      `env:"STOW_PARALLEL_REQUESTS" envDefault:"16" desc:"most STOW-RS requests a forwarder process has in flight to the destination, over all its studies; the limit starts here and adapts below it (half tried once, more while throughput grows, halved on 429, 503 or a time-out) and is shared by the replicas serving the destination (each ceil(this / replicas), at least STOW_PARALLEL_MIN); equal to STOW_PARALLEL_MIN: fixed (docs/operations.md)"`
 	StowParallelMin  int      `env:"STOW_PARALLEL_MIN" envDefault:"1" desc:"fewest STOW-RS requests in flight the adaptive limit goes down to (1 to STOW_PARALLEL_REQUESTS)"`
 	// StowTransferSyntaxes: transfer syntaxes the destination accepts
 	// (transfersyntax.go).
