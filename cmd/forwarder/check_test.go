@@ -479,6 +479,13 @@ func TestCheckSources(t *testing.T) {
 			"DESTINATION_AI_INSTANCE_MATCH": "instance.sopClassUid != '1.2.840.10008.5.1.4.1.1.7'",
 			"ORTHANC_URL":                   ro.URL, "ORTHANC_USERNAME": "forwarder", "ORTHANC_PASSWORD": "pw-check-0123"}, nil, false,
 			[]string{"/metadata?expand (no such instance) -> not found: the forwarder may read", "verdict      OK\n"}, []string{"modify", "FAIL"}},
+		// Buffer mode applies the rules of a destination this forwarder
+		// does not serve before it deletes: it reads metadata for them.
+		{"buffer mode, an unserved destination's rule reads metadata", map[string]string{"DESTINATIONS": "archive,ai", "FORWARDER_DESTINATIONS": "archive",
+			"DESTINATION_ARCHIVE_URL": dest.URL, "DESTINATION_AI_URL": dest.URL,
+			"DESTINATION_AI_INSTANCE_MATCH": "instance.sopClassUid != '1.2.840.10008.5.1.4.1.1.7'", "FORWARDER_DELETE_FROM_SOURCE": "true",
+			"ORTHANC_URL": o.URL, "ORTHANC_USERNAME": "forwarder", "ORTHANC_PASSWORD": "pw-check-0123"}, nil, false,
+			[]string{"/metadata?expand (no such instance) -> not found: the forwarder may read", "verdict      OK\n"}, []string{"FAIL"}},
 		{"wrong password", one("pw-wrong-0123"), nil, true,
 			[]string{"401", "verdict      FAIL: Orthanc refuses the forwarder: check ORTHANC_USERNAME with ORTHANC_PASSWORD or ORTHANC_PASSWORD_FILE, and that user's rights"}, nil},
 		{"one of two sources down", two, nil, true,

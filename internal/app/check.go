@@ -79,7 +79,13 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, en
 		if err != nil {
 			return &usageError{fmt.Errorf("%s: invalid configuration: %w", program, err)}
 		}
-		probes := sourceProbes(cfg.DeleteFromSource, cfg.Served())
+		// Buffer mode applies every destination's rules before it
+		// deletes, those this forwarder does not serve too.
+		ruled := cfg.Served()
+		if cfg.DeleteFromSource {
+			ruled = cfg.DestinationList()
+		}
+		probes := sourceProbes(cfg.DeleteFromSource, cfg.Served(), ruled)
 		found := false
 		for _, src := range sources.List() {
 			if *onlySource != "" && src.Name != *onlySource {
@@ -188,8 +194,9 @@ type rightProbe struct {
 // destination that converts (a transfer syntax list, its profile's, or
 // de-identification), which a least-privilege proxy allowing only GET
 // would refuse for every instance, and the metadata those and routing
-// rules reading an instance's SOP class, syntax or AE title need.
-func sourceProbes(deletes bool, served []config.NamedDestination) []rightProbe {
+// rules reading an instance's SOP class, syntax or AE title need: the
+// rules of ruled (the served destinations', every one's in buffer mode).
+func sourceProbes(deletes bool, served, ruled []config.NamedDestination) []rightProbe {
 	var probes []rightProbe
 	if deletes {
 		probes = append(probes, rightProbe{
@@ -203,6 +210,8 @@ func sourceProbes(deletes bool, served []config.NamedDestination) []rightProbe {
 		if len(transferSyntaxes(&d)) > 0 || d.Deidentify.Deidentifies() {
 			converting = append(converting, d.Name)
 		}
+	}
+	for _, d := range ruled {
 		// A rule that does not compile is the destination check's to
 		// report.
 		if r, err := newRoute(d, nil); err == nil && r != nil && (r.rules.Study.NeedsInstances() || r.rules.Instance.NeedsMetadata()) {
