@@ -27,39 +27,8 @@ import (
 // forwarder read each lane's oldest for its age gauge. Under each
 // documented block, the start reads it and names the consumer holding it.
 func TestDirectGetOfEventsPermitted(t *testing.T) {
-	perms := docPermissions(t)
-	const adminPass, pass = "admin-nats-password-0123", "service-nats-password-0123"
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
-		StoreDir: t.TempDir(), ServerName: "direct", Port: -1,
-		Configure: func(o *server.Options) {
-			o.Users = []*server.User{
-				{Username: "test-admin", Password: adminPass},
-				{Username: "stowline-ingest", Password: pass, Permissions: perms["ingest"]},
-				{Username: "stowline-forwarder", Password: pass, Permissions: perms["forwarder"]},
-			}
-		},
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	t.Cleanup(cancel)
-	connect := func(user, password string) jetstream.JetStream {
-		t.Helper()
-		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return js
-	}
-
-	admin := connect("test-admin", adminPass)
+	connect, ctx := documentedUsers(t)
+	admin := connect("test-admin")
 	topo := natsjs.DefaultTopology()
 	topo.Retention, topo.DedupeWindow = time.Hour, 500*time.Millisecond
 	s, err := topo.EnsureEvents(ctx, admin)
@@ -86,7 +55,7 @@ func TestDirectGetOfEventsPermitted(t *testing.T) {
 			var logs bytes.Buffer
 			lowered := topo
 			lowered.Retention, lowered.Log = time.Second, slog.New(slog.NewJSONHandler(&logs, nil))
-			if _, err := lowered.EnsureEvents(ctx, connect(user, pass)); err != nil {
+			if _, err := lowered.EnsureEvents(ctx, connect(user)); err != nil {
 				t.Fatal(err)
 			}
 			if !strings.Contains(logs.String(), `"consumer":"`+natsjs.ForwarderConsumer+`"`) {
@@ -103,38 +72,8 @@ func TestDirectGetOfEventsPermitted(t *testing.T) {
 // granted and the forwarder's did not: each read waited out its time
 // limit. Under each documented block one letter is read by its number.
 func TestDirectGetOfDeadLettersPermitted(t *testing.T) {
-	perms := docPermissions(t)
-	const adminPass, pass = "admin-nats-password-0123", "service-nats-password-0123"
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
-		StoreDir: t.TempDir(), ServerName: "direct-dl", Port: -1,
-		Configure: func(o *server.Options) {
-			o.Users = []*server.User{
-				{Username: "test-admin", Password: adminPass},
-				{Username: "stowline-ingest", Password: pass, Permissions: perms["ingest"]},
-				{Username: "stowline-forwarder", Password: pass, Permissions: perms["forwarder"]},
-			}
-		},
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	t.Cleanup(cancel)
-	connect := func(user, password string) jetstream.JetStream {
-		t.Helper()
-		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return js
-	}
-	admin := connect("test-admin", adminPass)
+	connect, ctx := documentedUsers(t)
+	admin := connect("test-admin")
 	s, err := natsjs.DefaultTopology().EnsureDeadLetters(ctx, admin)
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +95,7 @@ func TestDirectGetOfDeadLettersPermitted(t *testing.T) {
 		t.Run(user, func(t *testing.T) {
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			store, err := deadletter.Open(rctx, connect(user, pass))
+			store, err := deadletter.Open(rctx, connect(user))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -166,4 +105,42 @@ func TestDirectGetOfDeadLettersPermitted(t *testing.T) {
 			}
 		})
 	}
+}
+
+// documentedUsers starts a server whose users are an admin ("test-admin")
+// and the ingest and forwarder with the documented permission blocks
+// ("stowline-ingest", "stowline-forwarder"); connect logs in as one.
+func documentedUsers(t *testing.T) (connect func(user string) jetstream.JetStream, ctx context.Context) {
+	t.Helper()
+	perms := docPermissions(t)
+	const pass = "service-nats-password-0123"
+	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+		StoreDir: t.TempDir(), ServerName: "direct", Port: -1,
+		Configure: func(o *server.Options) {
+			o.Users = []*server.User{
+				{Username: "test-admin", Password: pass},
+				{Username: "stowline-ingest", Password: pass, Permissions: perms["ingest"]},
+				{Username: "stowline-forwarder", Password: pass, Permissions: perms["forwarder"]},
+			}
+		},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return func(user string) jetstream.JetStream {
+		t.Helper()
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, pass))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}, ctx
 }
