@@ -159,6 +159,8 @@ func TestFailureWithoutUIDNamedInDeadLetter(t *testing.T) {
 		// A 409 storing none, for a reason that says "later".
 		{name: "409, out of resources", status: http.StatusConflict, seq: "00081198", instances: 1, reasons: []int{0xA700}, retried: true},
 		{name: "409, being created", status: http.StatusConflict, seq: "00081198", instances: 1, reasons: []int{dicomweb.FailureAzureBeingCreated}, retried: true},
+		// One refusal for good among them: which instance is it?
+		{name: "409, out of resources and failed validation", status: http.StatusConflict, seq: "00081198", instances: 1, reasons: []int{43264, 0xA700}},
 		// A status that says "later", with one instance stored.
 		{name: "503 naming one stored", status: http.StatusServiceUnavailable, seq: "00081198", instances: 2, retried: true},
 	} {

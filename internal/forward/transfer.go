@@ -986,13 +986,13 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		}
 		unlistedRefused = unlisted <= len(unnamed)
 	}
-	// After an error status (a 409 storing none) an unnamed failure that
-	// says "later" (out of resources, Azure's 45071) is why the unlisted
-	// failed: sent again, not refused for good by the status.
-	unlistedLater := false
+	// After a 409 (none stored) whose unnamed failures all say "later"
+	// (out of resources, Azure's 45071), the unlisted failed for that:
+	// sent again, not refused for good by the status.
+	unlistedLater := len(unnamed) > 0 && res.StatusCode == http.StatusConflict
 	for _, fi := range unnamed {
-		if fi.FailureReason != 0 && ClassifyInstance(fi.FailureReason) == Retry {
-			unlistedLater = true
+		if fi.FailureReason == 0 || ClassifyInstance(fi.FailureReason) != Retry {
+			unlistedLater = false
 		}
 	}
 	confirmed := 0
