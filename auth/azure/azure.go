@@ -58,9 +58,10 @@ const (
 // The managed identity's retry budget: IMDS answers 410 while it is
 // being updated, "available within 70 seconds" (Microsoft), and 429 or
 // 5xx meanwhile too; auth's default retries give up after 3.5 s. Waits of
-// 1, 2, 4, 8, then 16 s (each drawn in [d/2, d]) add up to 39.5 to 79 s.
+// 1, 2, 4, 8, then 16 s (each drawn in [d/2, d]) add up to 79.5 to 159 s:
+// even the shortest draw outlasts an update.
 const (
-	imdsRetries   = 8
+	imdsRetries   = 12
 	imdsRetryBase = time.Second
 	imdsRetryMax  = 16 * time.Second
 )
