@@ -241,20 +241,21 @@ func (s *sourceRunner) addsPending(c orthancapi.Change, parent parentLookup) boo
 }
 
 // tellFull logs when the pending list fills up, holding the cursor, and
-// when it has room again. While full, the pending studies are resolved at
-// every poll: each one Orthanc calls stable is published and leaves room,
-// and the cursor moves on. The Lua script's events still come meanwhile.
+// when it has a tenth of its room again (told so, rather than at each
+// study published, which flapped through a bulk migration). While full,
+// the pending studies are resolved at every poll: each one Orthanc calls
+// stable is published and leaves room, and the cursor moves on. The Lua
+// script's events still come meanwhile.
 func (s *sourceRunner) tellFull(full bool) {
-	if full == s.pendingFull {
-		return
-	}
-	s.pendingFull = full
-	if full {
+	switch {
+	case full && !s.pendingFull:
+		s.pendingFull = true
 		s.log.Warn("the reconciler's pending list is full: it holds its cursor until some of the studies waiting to become stable are published; the Lua script's events still come",
 			"pending_studies", len(s.cur.Pending), "cursor", s.cur.Seq)
-		return
+	case !full && s.pendingFull && len(s.cur.Pending) <= s.maxPending*9/10:
+		s.pendingFull = false
+		s.log.Info("the reconciler's pending list has room again: its cursor moves on", "pending_studies", len(s.cur.Pending), "cursor", s.cur.Seq)
 	}
-	s.log.Info("the reconciler's pending list has room again: its cursor moves on", "pending_studies", len(s.cur.Pending), "cursor", s.cur.Seq)
 }
 
 // cursorChangeGone tells the operator, once per cursor position, when
