@@ -501,7 +501,7 @@ func TestRequestTimeoutSparesDownloads(t *testing.T) {
 // (ORTHANC_RESPONSE_TIMEOUT) too.
 func TestSlowInstanceListWithinHeaderTimeout(t *testing.T) {
 	f, srv := newFake(t)
-	const timeout = 100 * time.Millisecond
+	const timeout = 500 * time.Millisecond // the series list's, on a loaded host too
 	f.json("/studies/"+studyID+"/series", `[{"ID":"`+seriesA+`","MainDicomTags":{"SeriesInstanceUID":"1.2.9"}}]`)
 	f.handle("/studies/"+studyID+"/instances", func(w http.ResponseWriter, r *http.Request) {
 		select {

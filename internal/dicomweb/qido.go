@@ -20,6 +20,11 @@ const qidoPageSize = 200
 // offset would otherwise be asked forever).
 const maxQIDOPages = 1000
 
+// qidoItemBytes bounds what a listing may take an instance: an item with
+// the attributes a server returns by default besides 00080018 is about
+// 1 KB.
+const qidoItemBytes = 2 << 10
+
 // tagSOPInstanceUID is (0008,0018) as QIDO-RS names it.
 const tagSOPInstanceUID = "00080018"
 
@@ -69,8 +74,9 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 		return added
 	}
 	// A server that ignores limit answers the whole study in one page:
-	// the bound grows with the instances looked for.
-	maxBytes := max(c.maxResponseBytes, int64(max(want.Count, len(want.UIDs)))*c.perInstance)
+	// the bound grows with the instances looked for, at most
+	// qidoItemBytes each.
+	maxBytes := max(c.maxResponseBytes, int64(max(want.Count, len(want.UIDs)))*min(c.perInstance, qidoItemBytes))
 	offset := 0
 	for range maxQIDOPages {
 		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize, false, maxBytes)
