@@ -42,10 +42,9 @@ func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]C
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	ready := &sharedChecks{checks: checks}
 	r.Get("/readyz", func(w http.ResponseWriter, req *http.Request) {
-		ctx, cancel := context.WithTimeout(req.Context(), ReadyTimeout)
-		defer cancel()
-		failed, degraded := runChecks(ctx, checks)
+		failed, degraded := ready.run(req.Context())
 		body := map[string]any{"status": "ready", "checks": sortedNames(checks)}
 		if len(degraded) > 0 {
 			body["degraded"] = degraded
@@ -77,6 +76,33 @@ type advisoryError struct{ err error }
 
 func (e *advisoryError) Error() string { return e.err.Error() }
 func (e *advisoryError) Unwrap() error { return e.err }
+
+// sharedChecks runs the checks for /readyz: requests that come while a
+// run is under way take its answer. Each run asks JetStream and every
+// Orthanc source, and /readyz answers anyone who can reach the port:
+// requests at once (a scan, several probes) made as many runs at once.
+type sharedChecks struct {
+	checks map[string]Check
+
+	mu               sync.Mutex
+	failed, degraded map[string]string // the last run's
+	doneAt           time.Time         // when the last run ended
+}
+
+func (s *sharedChecks) run(ctx context.Context) (failed, degraded map[string]string) {
+	came := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.doneAt.After(came) {
+		return s.failed, s.degraded
+	}
+	// Not cut short by the request that started it: others take it.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ReadyTimeout)
+	defer cancel()
+	s.failed, s.degraded = runChecks(ctx, s.checks)
+	s.doneAt = time.Now()
+	return s.failed, s.degraded
+}
 
 func runChecks(ctx context.Context, checks map[string]Check) (failed, degraded map[string]string) {
 	var (

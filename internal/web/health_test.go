@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,6 +71,51 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	if _, _, raw := get("/metrics"); !strings.Contains(raw, "stowline_test_total") {
 		t.Errorf("/metrics does not expose the registry: %q", raw)
+	}
+}
+
+// /readyz answers anyone who can reach the port, and each request ran
+// every check (JetStream, each Orthanc source): requests at once made as
+// many runs at once. Those that come while a run is under way take its
+// answer; one after another still run afresh.
+func TestReadinessRequestsAtOnceShareARun(t *testing.T) {
+	var runs atomic.Int32
+	r := chi.NewRouter()
+	MountHealth(r, prometheus.NewRegistry(), map[string]Check{
+		"orthanc": func(context.Context) error {
+			runs.Add(1)
+			time.Sleep(100 * time.Millisecond)
+			return nil
+		},
+	})
+	srv := httptest.NewServer(r)
+	t.Cleanup(srv.Close)
+	get := func() {
+		resp, err := http.Get(srv.URL + "/readyz")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("/readyz = %d", resp.StatusCode)
+		}
+	}
+	get()
+	get()
+	if n := runs.Swap(0); n != 2 {
+		t.Errorf("two requests one after another ran the checks %d times, want 2", n)
+	}
+	const requests = 10
+	var wg sync.WaitGroup
+	for range requests {
+		wg.Go(get)
+	}
+	wg.Wait()
+	// A request that starts late on a loaded host may run them again:
+	// up to half of them, not every one.
+	if n := runs.Load(); n > requests/2 {
+		t.Errorf("%d requests at once ran the checks %d times, want at most %d", requests, n, requests/2)
 	}
 }
 
