@@ -329,7 +329,11 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxByte
 	if limit > 0 {
 		batch = limit + 1 // what the page can take, not a whole fetch of letters
 	}
-	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, batch, func(seq uint64, stored time.Time, subject string, _ nats.Header, data []byte) error {
+	fetchBytes := 0
+	if maxBytes > 0 {
+		fetchBytes = max(maxBytes/4, 1)
+	}
+	err = readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, batch, fetchBytes, func(seq uint64, stored time.Time, subject string, _ nats.Header, data []byte) error {
 		e := decode(seq, subject, stored, data)
 		if !f.match(e) {
 			return nil
@@ -353,9 +357,12 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxByte
 const sinceClockMargin = 15 * time.Minute
 
 // readAll reads a stream from the configured start to its current end,
-// batch messages a fetch (0: 256); fn gets each message's sequence,
-// storage time, subject, headers and data.
-func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, batch int,
+// batch messages a fetch (0: 256), or, with fetchBytes above 0, about
+// that many bytes (at least a whole letter); fn gets each message's
+// sequence, storage time, subject, headers and data. A page of letters
+// is bounded in bytes: 256 letters of up to 512 KiB a fetch held 128 MiB
+// in the forwarder to keep 32 of them.
+func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, batch, fetchBytes int,
 	fn func(seq uint64, at time.Time, subject string, hdr nats.Header, data []byte) error) error {
 	if batch <= 0 || batch > 256 {
 		batch = 256
@@ -381,9 +388,15 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			_ = js.DeleteConsumer(dctx, stream, ci.Name) // else it expires
 		}
 	}()
+	fetch := func() (jetstream.MessageBatch, error) {
+		if fetchBytes > 0 {
+			return cons.FetchBytes(max(fetchBytes, 2*maxLetterBytes), jetstream.FetchMaxWait(time.Second))
+		}
+		return cons.Fetch(batch, jetstream.FetchMaxWait(time.Second))
+	}
 	empty := 0
 	for {
-		msgs, err := cons.Fetch(batch, jetstream.FetchMaxWait(time.Second))
+		msgs, err := fetch()
 		if err != nil {
 			return fmt.Errorf("read stream %s: %w", stream, err)
 		}
@@ -539,7 +552,7 @@ func replayable(e *Entry) bool {
 func (s *Store) requeue(ctx context.Context, e *Entry) error {
 	ev := e.Event
 	subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), ev.Source)
-	msgID := ReplayMsgID(&ev, e.Seq)
+	msgID := ReplayMsgID(e)
 	if e.Raw == nil {
 		_, err := natsjs.PublishTo(ctx, s.js, subject, &ev, msgID)
 		return err
@@ -640,11 +653,19 @@ func Taken(ctx context.Context, js jetstream.JetStream, d string, lane events.Pr
 		d, want, natsjs.EventStream, ErrNoConsumer)
 }
 
-// ReplayMsgID is the dedupe ID of a replayed event: fresh, so JetStream
-// does not drop it as a repeat of the original, and stable per dead
-// letter, so replaying the same letter twice in a row queues it once.
-func ReplayMsgID(ev *events.StudyStable, dlSeq uint64) string {
-	return ev.MsgID() + "/replay/" + strconv.FormatUint(dlSeq, 10)
+// ReplayMsgID is the dedupe ID of a replayed letter's event: fresh, so
+// JetStream does not drop it as a repeat of the original, and stable per
+// dead letter, so replaying the same letter twice in a row queues it
+// once. It names when the letter was written besides its number: a
+// recreated dead-letter stream numbers from 1 again, and a letter of the
+// same study state at a number replayed before within the dedupe window
+// was dropped as a repeat while the letter was deleted, the study lost.
+func ReplayMsgID(e *Entry) string {
+	id := e.Event.MsgID() + "/replay/" + strconv.FormatUint(e.Seq, 10)
+	if !e.DeadLetteredAt.IsZero() {
+		id += "/" + strconv.FormatInt(e.DeadLetteredAt.UnixNano(), 36)
+	}
+	return id
 }
 
 // Purge deletes the letters f selects for good, calling done with each
@@ -808,7 +829,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		newer      int
 		newerFirst error
 	)
-	err = readAll(ctx, js, natsjs.EventStream, cfg, 0, func(seq uint64, stored time.Time, _ string, _ nats.Header, data []byte) error {
+	err = readAll(ctx, js, natsjs.EventStream, cfg, 0, 0, func(seq uint64, stored time.Time, _ string, _ nats.Header, data []byte) error {
 		ev, err := events.Decode(data)
 		if err != nil {
 			// Unread, its ReceivedAt is unknown: the window is on its

@@ -412,8 +412,8 @@ func TestReplay(t *testing.T) {
 		if *replayed.ev != ev {
 			t.Errorf("replayed event = %+v, want %+v", replayed.ev, ev)
 		}
-		if replayed.msgID != deadletter.ReplayMsgID(&ev, seqs[0]) || replayed.msgID == ev.MsgID() {
-			t.Errorf("replayed with dedupe ID %q; want the fresh %q", replayed.msgID, deadletter.ReplayMsgID(&ev, seqs[0]))
+		if replayed.msgID != deadletter.ReplayMsgID(&done[0]) || replayed.msgID == ev.MsgID() {
+			t.Errorf("replayed with dedupe ID %q; want the fresh %q", replayed.msgID, deadletter.ReplayMsgID(&done[0]))
 		}
 		if _, err := s.Get(testCtx(t), seqs[0]); !errors.Is(err, deadletter.ErrNotFound) {
 			t.Errorf("the replayed letter is still there (err %v)", err)
@@ -1109,4 +1109,24 @@ func collect(op func(context.Context, deadletter.Filter, bool, func(*deadletter.
 		return done, fmt.Errorf("reported %d letters done, counted %d", len(done), n)
 	}
 	return done, err
+}
+
+// A recreated dead-letter stream numbers from 1 again: a letter of the
+// same study state at a number replayed before within the dedupe window
+// was dropped by JetStream as that replay's repeat, and its letter
+// deleted. Letters written at other times get other dedupe IDs; the
+// same letter keeps its own.
+func TestReplayMsgIDNamesTheLetter(t *testing.T) {
+	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
+		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500"}
+	letter := func(at time.Time) *deadletter.Entry {
+		return &deadletter.Entry{Seq: 1, DeadLetter: forward.DeadLetter{Event: ev, DeadLetteredAt: at}}
+	}
+	first, again := letter(time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)), letter(time.Date(2026, 12, 6, 11, 0, 0, 0, time.UTC))
+	if deadletter.ReplayMsgID(first) == deadletter.ReplayMsgID(again) {
+		t.Errorf("two letters numbered 1 written at other times share the dedupe ID %q", deadletter.ReplayMsgID(first))
+	}
+	if deadletter.ReplayMsgID(first) != deadletter.ReplayMsgID(letter(first.DeadLetteredAt)) {
+		t.Error("the same letter gets two dedupe IDs: replayed twice, it would be queued twice")
+	}
 }

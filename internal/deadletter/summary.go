@@ -92,7 +92,7 @@ func (s *Store) Newest(ctx context.Context, n int) ([]Summary, error) {
 		var noSummary []bool
 		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsjs.DeadLetterSubjectPrefix + ">"}, HeadersOnly: true,
 			DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start}
-		err := readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, 0, func(seq uint64, _ time.Time, _ string, hdr nats.Header, _ []byte) error {
+		err := readAll(ctx, s.js, natsjs.DeadLetterStream, cfg, 0, 0, func(seq uint64, _ time.Time, _ string, hdr nats.Header, _ []byte) error {
 			if seq > end {
 				return errPageFull
 			}

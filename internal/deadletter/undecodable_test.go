@@ -128,7 +128,7 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 				t.Errorf("replayed event %d: header %s = %q, want %q", i, k, got.Header.Get(k), m.Header.Get(k))
 			}
 		}
-		if id := got.Header.Get(jetstream.MsgIDHeader); id != deadletter.ReplayMsgID(&replayed[i].Event, replayed[i].Seq) {
+		if id := got.Header.Get(jetstream.MsgIDHeader); id != deadletter.ReplayMsgID(&replayed[i]) {
 			t.Errorf("replayed event %d: dedupe ID %q, want a fresh one", i, id)
 		}
 	}
