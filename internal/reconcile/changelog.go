@@ -167,7 +167,13 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		s.cursorChangeGone(ctx, changes, page.Done)
 	}
 
-	parents := s.lookUp(ctx, changes)
+	// A full list holds the cursor at the first change that adds to it:
+	// the page's lookups are asked one at a time up to there, not all
+	// of them at every held poll.
+	parents := make([]parentLookup, len(changes))
+	if len(s.cur.Pending) < s.maxPending {
+		parents = s.lookUp(ctx, changes)
+	}
 	full := false // the pending list is full at a change that would add to it
 	for i, c := range changes {
 		if s.rescanned(c) {
@@ -175,7 +181,7 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 			s.dirty = true
 			continue
 		}
-		if len(s.cur.Pending) >= s.maxPending && s.addsPending(c, parents[i]) {
+		if len(s.cur.Pending) >= s.maxPending && s.addsPending(ctx, c, &parents[i]) {
 			full = true
 			break
 		}
@@ -224,14 +230,18 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 const maxPending = 10000
 
 // addsPending reports whether handling c may add a study to the pending
-// list (parent as in handle): then a full list holds the cursor at c.
-func (s *sourceRunner) addsPending(c orthancapi.Change, parent parentLookup) bool {
+// list (parent as in handle, asked here if it was not): then a full list
+// holds the cursor at c.
+func (s *sourceRunner) addsPending(ctx context.Context, c orthancapi.Change, parent *parentLookup) bool {
 	switch c.ChangeType {
 	case "StableStudy", "NewStudy":
 		_, ok := s.cur.Pending[c.ID]
 		return !ok
 	case "NewSeries", "NewInstance":
-		if !parent.asked || parent.err != nil {
+		if !parent.asked {
+			*parent = s.lookUpOne(ctx, c)
+		}
+		if parent.err != nil {
 			return true
 		}
 		_, ok := s.cur.Pending[parent.study.ID]

@@ -565,3 +565,77 @@ func TestFullPendingListHoldsTheCursor(t *testing.T) {
 		t.Errorf("the cursor moving on is not logged")
 	}
 }
+
+// parentsOrthanc answers the study of each new instance from parents,
+// counting the lookups and the change log's reads.
+type parentsOrthanc struct {
+	*swappableOrthanc
+	parents        map[string]string // instance ID -> study ID
+	lookups, reads atomic.Int32
+}
+
+func (o *parentsOrthanc) InstanceStudy(_ context.Context, id string) (orthancapi.Study, error) {
+	o.lookups.Add(1)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if st, ok := o.log.studies[o.parents[id]]; ok {
+		return st, nil
+	}
+	return orthancapi.Study{}, orthancapi.ErrNotFound
+}
+
+func (o *parentsOrthanc) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
+	o.reads.Add(1)
+	return o.swappableOrthanc.Changes(ctx, since, limit, types...)
+}
+
+// While the pending list is full, the cursor moves past the new instances
+// of studies it holds, and holds at the first of a study it does not,
+// without asking Orthanc for the study of every instance of the page at
+// every poll (200 requests every 10 s through a bulk migration).
+func TestFullPendingListLooksUpOnlyUpToTheHold(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &parentsOrthanc{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}, parents: map[string]string{}}
+	r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.sources[0].maxPending = 3
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	store := waitFirstCursor(ctx, t, kv, "s")
+
+	o.mu.Lock()
+	for n := range 3 { // the list full
+		o.log.add("NewStudy", orthancID(n))
+		o.log.studies[orthancID(n)] = orthancapi.Study{ID: orthancID(n), StudyInstanceUID: fmt.Sprintf("1.2.3.%d", n), LastUpdate: "20261203T150000"}
+	}
+	for i := range 5 { // instances of a study it holds
+		id := orthancID(100 + i)
+		o.log.add("NewInstance", id)
+		o.parents[id] = orthancID(0)
+	}
+	o.log.studies[orthancID(9)] = orthancapi.Study{ID: orthancID(9), StudyInstanceUID: "1.2.3.9", LastUpdate: "20261203T150000"}
+	for i := range 50 { // instances of a study it does not
+		id := orthancID(200 + i)
+		o.log.add("NewInstance", id)
+		o.parents[id] = orthancID(9)
+	}
+	heldAt := o.log.changes[len(o.log.changes)-51].Seq // the last of study 0's
+	o.mu.Unlock()
+
+	waitUntil(t, "the cursor held before study 9's first instance", func() bool {
+		c, _, err := store.load(ctx)
+		return err == nil && c.Seq == heldAt
+	})
+	o.lookups.Store(0)
+	reads := o.reads.Load()
+	waitUntil(t, "five more polls", func() bool { return o.reads.Load() >= reads+5 })
+	polls, lookups := o.reads.Load()-reads, o.lookups.Load()
+	if lookups > 2*polls {
+		t.Errorf("%d lookups in %d held polls, want at most one or two a poll (the held change's)", lookups, polls)
+	}
+}
