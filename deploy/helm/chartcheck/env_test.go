@@ -309,15 +309,20 @@ func TestEnvEmptyLeftUnset(t *testing.T) {
 // deregistration delay) without a longer grace had the ingest killed in
 // the middle of its own shutdown grace, app.IngestShutdownGrace.
 func TestIngestGraceCoversPreStop(t *testing.T) {
-	grace := int(readGoFacts(t).ingestShutdownGrace.Seconds())
+	grace := int((readGoFacts(t).ingestShutdownGrace + ingestSettle).Seconds())
 	ingest := func(sleep, termination int) map[string]any {
 		return merged(required(), map[string]any{"ingest": map[string]any{"preStopSleepSeconds": sleep, "terminationGracePeriodSeconds": termination}})
 	}
-	checkRenderError(t, ingest(15, 15+grace), "ingest.terminationGracePeriodSeconds 35: want more than preStopSleepSeconds 15")
+	checkRenderError(t, ingest(15, 15+grace), fmt.Sprintf("ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds 15", 15+grace))
 	checkRenderError(t, ingest(0, grace), "want more than preStopSleepSeconds 0")
 	checkRenderError(t, ingest(15, 15+grace+1), "")
 	checkRenderError(t, ingest(0, grace+1), "")
 }
+
+// ingestSettle is what the ingest takes after its grace: draining its
+// NATS connection (up to 5 s) and flushing its traces (up to 5 s). The
+// chart allowed none: a stop could be killed mid-drain.
+const ingestSettle = 10 * time.Second
 
 // TestIngestGraceCoversPublishTimeout: a webhook request in flight at a
 // stop waits up to INGEST_PUBLISH_TIMEOUT for JetStream before it is
@@ -339,11 +344,11 @@ func TestIngestGraceCoversPublishTimeout(t *testing.T) {
 		}
 		return values
 	}
-	checkRenderError(t, ingest("", "", sleep+int(facts.ingestShutdownGrace.Seconds())+1), "")
+	checkRenderError(t, ingest("", "", sleep+int((facts.ingestShutdownGrace+ingestSettle).Seconds())+1), "")
 	for _, where := range []string{"ingest.env", "env"} {
 		// Written without a value, or empty: left unset, the default.
 		for _, unset := range []any{nil, ""} {
-			values := ingest(where, "", sleep+int(facts.ingestShutdownGrace.Seconds())+1)
+			values := ingest(where, "", sleep+int((facts.ingestShutdownGrace+ingestSettle).Seconds())+1)
 			if where == "env" {
 				values["env"].(map[string]any)["INGEST_PUBLISH_TIMEOUT"] = unset
 			} else {
@@ -359,7 +364,7 @@ func TestIngestGraceCoversPublishTimeout(t *testing.T) {
 			grace := facts.ingestGrace(d)
 			// The shortest whole number of seconds longer than the
 			// preStop sleep and the grace, and the one below it.
-			least := int((sleep*time.Second+grace)/time.Second) + 1
+			least := int((sleep*time.Second+grace+ingestSettle)/time.Second) + 1
 			checkRenderError(t, ingest(where, timeout, least), "")
 			checkRenderError(t, ingest(where, timeout, least-1),
 				fmt.Sprintf("ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's %v s shutdown grace", least-1, sleep, grace.Seconds()))

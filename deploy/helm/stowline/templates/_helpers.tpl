@@ -616,7 +616,8 @@ telling it to stop, its preStop sleep included; after the sleep the ingest
 gives webhook requests in flight 15 s, or INGEST_PUBLISH_TIMEOUT + 2 s when
 that is longer (they wait that long for JetStream before they are
 answered: app.ingestHTTPGrace), then 5 s to answered events that wait for
-PRIORITY_RULE. Worked out in milliseconds from the value set (the
+PRIORITY_RULE, then up to 10 s to drain its NATS connection and flush
+its traces. Worked out in milliseconds from the value set (the
 command's default, 10s, when none is); chartcheck checks the figures. */}}
 {{- $ig := .Values.ingest -}}
 {{- $ingestEnv := include "stowline.ingestEnv" . | fromYaml -}}
@@ -637,12 +638,12 @@ command's default, 10s, when none is); chartcheck checks the figures. */}}
 {{- end -}}
 {{- $requestsMs := max 15000 (add $publishMs 2000) -}}
 {{- $shutdownMs := add $requestsMs 5000 -}}
-{{- if le (mul (int $ig.terminationGracePeriodSeconds) 1000) (add (mul (int $ig.preStopSleepSeconds) 1000) $shutdownMs) -}}
+{{- if le (mul (int $ig.terminationGracePeriodSeconds) 1000) (add (mul (int $ig.preStopSleepSeconds) 1000) $shutdownMs 10000) -}}
 {{- $why := printf "%v s for webhook requests in flight, 5 s for answered events that wait for PRIORITY_RULE" (divf $requestsMs 1000) -}}
 {{- if $publish -}}
 {{- $why = printf "with INGEST_PUBLISH_TIMEOUT %s: %v s for webhook requests in flight, which wait that long for JetStream, 5 s for answered events that wait for PRIORITY_RULE" $publish (divf $requestsMs 1000) -}}
 {{- end -}}
-{{- fail (printf "ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's %v s shutdown grace (%s): killed sooner, it cuts those requests off and leaves those events to the reconciler" (int $ig.terminationGracePeriodSeconds) (int $ig.preStopSleepSeconds) (divf $shutdownMs 1000) $why) -}}
+{{- fail (printf "ingest.terminationGracePeriodSeconds %d: want more than preStopSleepSeconds %d + the ingest's %v s shutdown grace (%s) + 10 s to drain NATS and flush traces: killed sooner, it cuts those requests off and leaves those events to the reconciler" (int $ig.terminationGracePeriodSeconds) (int $ig.preStopSleepSeconds) (divf $shutdownMs 1000) $why) -}}
 {{- end -}}
 {{- /* A forwarder gives the studies in flight FORWARDER_SHUTDOWN_GRACE
 (30s when unset) at a stop, its HTTP server 15 s (app.HTTPShutdownGrace)
