@@ -98,6 +98,11 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 	log := p.log.With("component", "reconciler")
 	if !r.reconcile.Enabled {
 		log.Warn("reconciler disabled (RECONCILE_ENABLED=false): a lost webhook event goes unnoticed until `forwarder audit` runs")
+		if r.cfg.Priority.Rule != "" {
+			// The 202 came once the triage copy was stored; its lane
+			// copy is made in memory after it.
+			log.Warn("PRIORITY_RULE without the reconciler: a study the webhook answered for reaches its lane after the answer, and one whose ingest dies or fails to store it then stays on the triage subject until `forwarder audit --enqueue` runs; keep RECONCILE_ENABLED=true with PRIORITY_RULE")
+		}
 		return nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)

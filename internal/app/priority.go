@@ -283,10 +283,10 @@ func (p *prioritizer) drainTriage(reads, queue time.Duration) {
 // answered, and only the reconciler or the audit would find the study
 // otherwise.
 func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
-	stopping := ctx.Done()
+	stopping, stopped := ctx.Done(), false
 	ctx = context.WithoutCancel(ctx)
 	deadline := time.Now().Add(triageBudget)
-	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
 		// A burst of stable studies is read triageReads at a time, so the
 		// source is not flooded, at shutdown too (a rolling restart may
 		// hold hundreds); the wait for a turn is not counted in the
@@ -315,11 +315,17 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 				"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID)
 			return
 		}
+		wait := backoff
 		select {
 		case <-stopping:
-			// Shutdown: this was the last try (drainTriage waits for it).
-			deadline = time.Time{}
+			// Shutdown: tried again soon, for as long as drainTriage
+			// waits (its bound ends the process): one last try was lost
+			// to a JetStream leader election in a rolling restart.
+			stopped, stopping = true, nil
 		default:
+		}
+		if stopped {
+			wait = shutdownRetry
 		}
 		if time.Now().Add(wait).After(deadline) {
 			p.log.Error("a study waiting for PRIORITY_RULE could not be queued; the reconciler queues it, or `forwarder audit --enqueue` when the reconciler is off",
@@ -331,11 +337,15 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
-		case <-stopping: // one last try at once
+		case <-stopping: // the ingest stops: tried again at once
 			t.Stop()
 		}
 	}
 }
+
+// shutdownRetry is how soon triage tries a failed store again once the
+// ingest stops.
+const shutdownRetry = 200 * time.Millisecond
 
 // triageReads bounds the studies triage reads at once (each with up to 8
 // metadata requests when the rule reads callingAets or sopClasses).

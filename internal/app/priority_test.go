@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -165,6 +167,44 @@ func TestTriageDrainedAtShutdown(t *testing.T) {
 	p.triaging.Wait()
 	if got := subjectCounts(t, ns.JS); got[natsjs.TriageSubject("main")] != 2 || got["stowline.study.stable.main"] != 1 {
 		t.Errorf("subjects %v, want both events on the triage subject and only the first in its lane", got)
+	}
+}
+
+// failingPublisher fails its first fails publishes, as JetStream does
+// while it elects a leader.
+type failingPublisher struct {
+	next  events.Publisher
+	fails atomic.Int32
+}
+
+func (f *failingPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	if f.fails.Add(-1) >= 0 {
+		return nil, nats.ErrNoResponders
+	}
+	return f.next.Publish(ctx, ev)
+}
+
+// A study the webhook answered for while the ingest stopped had one try
+// to reach its lane: a store failing once (a leader election in a
+// rolling restart) left it on the triage subject, for the reconciler or
+// nothing. It is tried again while drainTriage waits.
+func TestTriageRetriesAtShutdown(t *testing.T) {
+	p, ns, src := slowSourcePrioritizer(t)
+	p.next = &failingPublisher{next: p.next}
+	p.next.(*failingPublisher).fails.Store(2)
+	src.answer() // the source answers at once (503: the rule fails, routine)
+	ev, err := events.NewStudyStable("main", "66666666-66666666-66666666-66666666-66666666", "1.2.3", "20261203T101500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest, stop := context.WithCancel(t.Context())
+	stop() // the ingest stops; its webhook answers the requests in flight
+	if _, err := (webhookPublisher{p: p, ctx: ingest}).Publish(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+	p.drainTriage(time.Minute, time.Minute)
+	if got := subjectCounts(t, ns.JS); got["stowline.study.stable.main"] != 1 {
+		t.Errorf("subjects %v after drainTriage, want the event in the routine lane", got)
 	}
 }
 
