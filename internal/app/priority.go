@@ -283,7 +283,7 @@ func (p *prioritizer) drainTriage(reads, queue time.Duration) {
 // answered, and only the reconciler or the audit would find the study
 // otherwise.
 func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
-	stopping, stopped := ctx.Done(), false
+	stopping, stopped, warnedStopping := ctx.Done(), false, false
 	ctx = context.WithoutCancel(ctx)
 	deadline := time.Now().Add(triageBudget)
 	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
@@ -332,8 +332,12 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 				"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "err", err)
 			return
 		}
-		p.log.Warn("a study waiting for PRIORITY_RULE could not be queued yet; trying again",
-			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "retry_in", wait.String(), "err", err)
+		if !stopped || !warnedStopping {
+			// Once at shutdown, not every 200 ms for each study.
+			warnedStopping = stopped
+			p.log.Warn("a study waiting for PRIORITY_RULE could not be queued yet; trying again",
+				"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "retry_in", wait.String(), "err", err)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
