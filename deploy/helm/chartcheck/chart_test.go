@@ -927,6 +927,26 @@ func TestNetworkPolicyOpensTheURLsPorts(t *testing.T) {
 			t.Errorf("NetworkPolicy %s: the destination's or its token endpoint's port is open to the ingest", np.Name)
 		}
 	}
+
+	// The token endpoint set in the shared env, which the forwarders'
+	// containers get too: its port was not opened, and every token fetch
+	// timed out.
+	values["forwarders"] = []any{map[string]any{"name": "default", "dicomwebURL": "https://archive.example.org:8443/dicom-web"}}
+	values = merged(values, map[string]any{"env": map[string]any{"OAUTH_TOKEN_URL": "https://keycloak.idp.svc:8445/realms/imaging/protocol/openid-connect/token", "OAUTH_CLIENT_ID": "stowline"}})
+	for _, np := range of[*networkingv1.NetworkPolicy](render(t, values)) {
+		if component(np.Labels) != "forwarder-default" {
+			continue
+		}
+		open := map[int32]bool{}
+		for _, r := range np.Spec.Egress {
+			for _, p := range r.Ports {
+				open[p.Port.IntVal] = true
+			}
+		}
+		if !open[8445] {
+			t.Errorf("NetworkPolicy %s: the shared env's token endpoint port 8445 not open (open: %v)", np.Name, slices.Sorted(maps.Keys(open)))
+		}
+	}
 }
 
 // A NATS URL over WebSocket without a port opens its scheme's port (80,
