@@ -430,19 +430,7 @@ func TestClockSkewCorrected(t *testing.T) {
 				}
 			}))
 			t.Cleanup(srv.Close)
-			rt, err := Transport(staticCreds(), "us-east-1", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			client := &http.Client{Transport: rt}
-			get := func() (int, error) {
-				resp, err := client.Get(srv.URL + "/datastore/abc/studies")
-				if err != nil {
-					return 0, err
-				}
-				resp.Body.Close()
-				return resp.StatusCode, nil
-			}
+			get := studiesGetter(t, staticCreds(), srv.URL)
 			if status, err := get(); !errors.Is(err, errClockSkew) {
 				t.Fatalf("first request: status %d, err %v; want the clock refusal as an error", status, err)
 			}
@@ -537,19 +525,7 @@ func TestCredentialsExpiredByAWSClockFetchedAgain(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	rt, err := Transport(cache, "us-east-1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := &http.Client{Transport: rt}
-	get := func() (int, error) {
-		resp, err := client.Get(srv.URL + "/datastore/abc/studies")
-		if err != nil {
-			return 0, err
-		}
-		resp.Body.Close()
-		return resp.StatusCode, nil
-	}
+	get := studiesGetter(t, cache, srv.URL)
 	if _, err := get(); !errors.Is(err, errClockSkew) {
 		t.Fatalf("first request: err %v; want the clock refusal", err)
 	}
@@ -560,5 +536,24 @@ func TestCredentialsExpiredByAWSClockFetchedAgain(t *testing.T) {
 	}
 	if n := fetches.Load(); n != 2 {
 		t.Errorf("%d credential fetches, want 2", n)
+	}
+}
+
+// studiesGetter sends, at each call, a GET of a datastore's studies to
+// url, signed with creds; it returns the answer's status.
+func studiesGetter(t *testing.T, creds aws.CredentialsProvider, url string) func() (int, error) {
+	t.Helper()
+	rt, err := Transport(creds, "us-east-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: rt}
+	return func() (int, error) {
+		resp, err := client.Get(url + "/datastore/abc/studies")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
 	}
 }

@@ -35,11 +35,7 @@ func TestDirectGetOfEventsPermitted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := s.CachedInfo().Config
-	cfg.AllowDirect = true
-	if _, err := admin.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	allowDirect(ctx, t, admin, s)
 	if _, err := topo.EnsureConsumers(ctx, admin, []string{natsjs.DefaultDestination}); err != nil {
 		t.Fatal(err)
 	}
@@ -78,11 +74,7 @@ func TestDirectGetOfDeadLettersPermitted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := s.CachedInfo().Config
-	cfg.AllowDirect = true
-	if _, err := admin.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	allowDirect(ctx, t, admin, s)
 	ev := events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "orthanc-a",
 		OrthancStudyID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.826.0.1.3680043.2.1125.1",
 		LastUpdate: "20261126T101500", ReceivedAt: time.Now().UTC()}
@@ -143,4 +135,15 @@ func documentedUsers(t *testing.T) (connect func(user string) jetstream.JetStrea
 		}
 		return js
 	}, ctx
+}
+
+// allowDirect enables direct gets on s, as an operator may
+// (nats stream edit --allow-direct).
+func allowDirect(ctx context.Context, t *testing.T, admin jetstream.JetStream, s jetstream.Stream) {
+	t.Helper()
+	cfg := s.CachedInfo().Config
+	cfg.AllowDirect = true
+	if _, err := admin.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
 }
