@@ -564,6 +564,10 @@ func TestFullPendingListHoldsTheCursor(t *testing.T) {
 	if !strings.Contains(logs.String(), "pending list has room again") {
 		t.Errorf("the cursor moving on is not logged")
 	}
+	// Held polls succeed: StowlineReconcilerFailing counts them.
+	if n := testutil.ToFloat64(r.m.polls.WithLabelValues("s")); n < 2 {
+		t.Errorf("stowline_reconcile_polls_total = %v, want the polls counted", n)
+	}
 }
 
 // parentsOrthanc answers the study of each new instance from parents,

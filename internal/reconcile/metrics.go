@@ -15,6 +15,7 @@ type metrics struct {
 	// changesSkipped counts changes moved past while Orthanc kept failing.
 	changesSkipped *prometheus.CounterVec
 	pollErrors     *prometheus.CounterVec
+	polls          *prometheus.CounterVec
 	resets         *prometheus.CounterVec
 	// changeLogTrimmed counts cursor changes gone while their resource
 	// is still in Orthanc (cursorChangeGone).
@@ -53,6 +54,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "stowline_reconcile_poll_errors_total",
 			Help: "Polls that failed (Orthanc unreachable, JetStream unreachable or its storage full); the reconciler backs off and retries. Source \"(unnamed)\": the Orthanc without a configured source name could not be asked its name.",
 		}, []string{"source"}),
+		polls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_reconcile_polls_total",
+			Help: "Polls that read a page of the change log and stored the cursor (only the replica holding the lease polls): with stowline_reconcile_poll_errors_total, whether polls fail now and then or all of them.",
+		}, []string{"source"}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_reconcile_change_log_resets_total",
 			Help: "Times the source's change log was found reset (Orthanc's database recreated, restored from a backup or replaced) and rescanned from the start.",
@@ -66,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "1 while Orthanc (or its proxy) refuses GET /tools/now: stable studies are published without the same-second check, which Orthanc processes sharing one database need; only the replica holding the lease reports it.",
 		}, []string{"source"}),
 	}
-	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.resets, m.changeLogTrimmed, m.clockUnavailable} {
+	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.polls, m.resets, m.changeLogTrimmed, m.clockUnavailable} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("reconcile: register metrics: %w", err)
 		}
@@ -88,6 +93,7 @@ func (m *metrics) init(source string) {
 	}
 	m.changesSkipped.WithLabelValues(source)
 	m.pollErrors.WithLabelValues(source)
+	m.polls.WithLabelValues(source)
 	m.resets.WithLabelValues(source)
 	m.changeLogTrimmed.WithLabelValues(source)
 	m.clockUnavailable.WithLabelValues(source)
@@ -96,7 +102,7 @@ func (m *metrics) init(source string) {
 // drop deletes the series of a source, renamed since.
 func (m *metrics) drop(source string) {
 	for _, v := range []*prometheus.MetricVec{m.lag.MetricVec, m.leaseHeld.MetricVec, m.pending.MetricVec,
-		m.published.MetricVec, m.skipped.MetricVec, m.changesSkipped.MetricVec, m.pollErrors.MetricVec, m.resets.MetricVec,
+		m.published.MetricVec, m.skipped.MetricVec, m.changesSkipped.MetricVec, m.pollErrors.MetricVec, m.polls.MetricVec, m.resets.MetricVec,
 		m.changeLogTrimmed.MetricVec, m.clockUnavailable.MetricVec} {
 		v.DeletePartialMatch(prometheus.Labels{"source": source})
 	}

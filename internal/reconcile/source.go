@@ -322,6 +322,7 @@ func (s *sourceRunner) pollLoop(ctx context.Context, stop context.CancelCauseFun
 			continue
 		}
 		s.setStatus(nil)
+		s.r.m.polls.WithLabelValues(s.name).Inc()
 		delay = opts.PollInterval
 		if !more {
 			sleep(ctx, opts.PollInterval)
