@@ -357,8 +357,8 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxByte
 const sinceClockMargin = 15 * time.Minute
 
 // readAll reads a stream from the configured start to its current end,
-// batch messages a fetch (0: 256), or, with fetchBytes above 0, about
-// that many bytes (at least a whole letter); fn gets each message's
+// batch messages a fetch (0: 256), and, with fetchBytes above 0, about
+// that many bytes at most (at least a whole message); fn gets each message's
 // sequence, storage time, subject, headers and data. A page of letters
 // is bounded in bytes: 256 letters of up to 512 KiB a fetch held 128 MiB
 // in the forwarder to keep 32 of them.
@@ -388,12 +388,15 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			_ = js.DeleteConsumer(dctx, stream, ci.Name) // else it expires
 		}
 	}()
-	fetch := func() (jetstream.MessageBatch, error) {
-		if fetchBytes > 0 {
-			return cons.FetchBytes(max(fetchBytes, 2*maxLetterBytes), jetstream.FetchMaxWait(time.Second))
-		}
-		return cons.Fetch(batch, jetstream.FetchMaxWait(time.Second))
+	opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(time.Second)}
+	if fetchBytes > 0 {
+		// Bounded by both. At least the largest message the server takes
+		// (with room for its subject and headers): one past the bound is
+		// never delivered, and the walk would stall at it.
+		most := max(fetchBytes, int(js.Conn().MaxPayload())+64<<10)
+		opts = append(opts, jetstream.FetchMaxBytes(most))
 	}
+	fetch := func() (jetstream.MessageBatch, error) { return cons.Fetch(batch, opts...) }
 	empty := 0
 	for {
 		msgs, err := fetch()

@@ -1130,3 +1130,35 @@ func TestReplayMsgIDNamesTheLetter(t *testing.T) {
 		t.Error("the same letter gets two dedupe IDs: replayed twice, it would be queued twice")
 	}
 }
+
+// Pages read by bytes walk letters of near the size bound one by one: a
+// fetch bounded below a letter's size is never answered, and the walk
+// stalled at it.
+func TestPagesOfLargeLettersWalkThemAll(t *testing.T) {
+	s, _ := newStore(t)
+	const letters = 4
+	for n := range letters {
+		l := letter(n+1, forward.Partial, "1000 of 1000 instances cannot be stored", time.Now())
+		for i := range 1000 {
+			l.Failures = append(l.Failures, forward.Instance{SOPInstanceUID: fmt.Sprintf("1.2.826.0.1.3680043.8.498.%d", i), Text: strings.Repeat("x", 300)})
+		}
+		if _, _, err := s.Add(testCtx(t), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seen int
+	for after := uint64(0); ; {
+		page, more, err := s.Page(testCtx(t), deadletter.Filter{All: true}, after, 0, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen += len(page)
+		if !more {
+			break
+		}
+		after = page[len(page)-1].Seq
+	}
+	if seen != letters {
+		t.Errorf("pages of at most 1 byte listed %d letters, want %d", seen, letters)
+	}
+}
