@@ -318,10 +318,14 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 		wait := backoff
 		select {
 		case <-stopping:
-			// Shutdown: tried again soon, for as long as drainTriage
-			// waits (its bound ends the process): one last try was lost
-			// to a JetStream leader election in a rolling restart.
+			// Shutdown: tried again soon, for triageShutdownWait (as long
+			// as drainTriage waits): one last try was lost to a JetStream
+			// leader election in a rolling restart. Bounded so, retries
+			// end with the drain, the single host's process still up.
 			stopped, stopping = true, nil
+			if end := time.Now().Add(triageShutdownWait); end.Before(deadline) {
+				deadline = end
+			}
 		default:
 		}
 		if stopped {
