@@ -251,6 +251,9 @@ func TestManagedIdentity(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "azure-identity-token")
+	writeTokenFile(t, path, federatedToken)
+	cert, _ := writeCert(t)
 	tests := []struct {
 		name     string
 		cfg      Config
@@ -267,6 +270,14 @@ func TestConfig(t *testing.T) {
 		{name: "tenant with a slash", cfg: Config{TenantID: "a/b", ClientID: clientID, ClientSecret: "s"}, wantErr: "tenant"},
 		{name: "no client", cfg: Config{TenantID: tenant, ClientSecret: "s"}, wantErr: "client ID"},
 		{name: "two scopes for a managed identity", cfg: Config{Scopes: []string{"a", "b"}}, wantErr: "one scope"},
+		{name: "workload identity", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path}, kind: kindWorkloadIdentity,
+			tokenURL: "https://login.microsoftonline.com/" + tenant + "/oauth2/v2.0/token"},
+		{name: "workload identity with a secret", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path, ClientSecret: "s"}, wantErr: "federated token file (workload identity) or a client secret, not both"},
+		{name: "workload identity with a secret file", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path, ClientSecretFile: path}, wantErr: "not both"},
+		{name: "workload identity with a certificate", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path, CertificateKeyFile: cert}, wantErr: "or a client certificate, not both"},
+		{name: "workload identity without a tenant", cfg: Config{ClientID: clientID, FederatedTokenFile: path}, wantErr: "tenant"},
+		{name: "workload identity without a client", cfg: Config{TenantID: tenant, FederatedTokenFile: path}, wantErr: "client ID is required with a workload identity"},
+		{name: "workload identity, file missing", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path + ".gone"}, wantErr: path + ".gone"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -144,41 +143,5 @@ func TestWorkloadIdentityWithRealIdP(t *testing.T) {
 	}
 	if n := idp.TokenRequests(); n != 3 {
 		t.Errorf("%d token requests reached the IdP, want 3", n)
-	}
-}
-
-func TestWorkloadIdentityConfig(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "azure-identity-token")
-	writeTokenFile(t, path, federatedToken)
-	cert, _ := writeCert(t)
-	tests := []struct {
-		name    string
-		cfg     Config
-		wantErr string
-	}{
-		{name: "workload identity", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path}},
-		{name: "with a secret", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path, ClientSecret: "s"}, wantErr: "federated token file (workload identity) or a client secret, not both"},
-		{name: "with a secret file", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path, ClientSecretFile: path}, wantErr: "not both"},
-		{name: "with a certificate", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path, CertificateKeyFile: cert}, wantErr: "or a client certificate, not both"},
-		{name: "no tenant", cfg: Config{ClientID: clientID, FederatedTokenFile: path}, wantErr: "tenant"},
-		{name: "no client", cfg: Config{TenantID: tenant, FederatedTokenFile: path}, wantErr: "client ID is required with a workload identity"},
-		{name: "file missing", cfg: Config{TenantID: tenant, ClientID: clientID, FederatedTokenFile: path + ".gone"}, wantErr: path + ".gone"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ep, err := Endpoint(tt.cfg)
-			if tt.wantErr != "" {
-				if !errors.Is(err, auth.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if want := "https://login.microsoftonline.com/" + tenant + "/oauth2/v2.0/token"; ep.TokenURL() != want {
-				t.Errorf("token URL %q, want %q", ep.TokenURL(), want)
-			}
-		})
 	}
 }
