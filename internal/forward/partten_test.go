@@ -28,6 +28,7 @@ type storedFileSource struct {
 	file    []byte
 	meta    orthancapi.InstanceMetadata
 	metaErr error
+	cut     error // the answer's error after file, as net/http's for a cut body
 }
 
 func (s *storedFileSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
@@ -35,7 +36,25 @@ func (s *storedFileSource) StudyInstances(context.Context, string) ([]orthancapi
 }
 
 func (s *storedFileSource) OpenInstanceFile(context.Context, string) (io.ReadCloser, int64, error) {
+	if s.cut != nil {
+		return io.NopCloser(io.MultiReader(bytes.NewReader(s.file), &cutOnce{err: s.cut})), int64(len(s.file)), nil
+	}
 	return io.NopCloser(bytes.NewReader(s.file)), int64(len(s.file)), nil
+}
+
+// cutOnce fails its first Read with err and says io.EOF after, as a
+// net/http body cut before its Content-Length does.
+type cutOnce struct {
+	err  error
+	said bool
+}
+
+func (c *cutOnce) Read([]byte) (int, error) {
+	if c.said {
+		return 0, io.EOF
+	}
+	c.said = true
+	return 0, c.err
 }
 
 func (s *storedFileSource) InstanceMetadata(context.Context, string) (orthancapi.InstanceMetadata, error) {
@@ -226,6 +245,61 @@ func TestPlainPartUnreadMetadata(t *testing.T) {
 	_ = rc.Close()
 	if ue := (*unreadError)(nil); !errors.As(err, &ue) || ue.SOPInstanceUID != src.inst.SOPInstanceUID {
 		t.Errorf("read: %v, want the instance's unreadError", err)
+	}
+}
+
+// TestPlainPartCutOrEmpty: an answer cut in its first bytes (net/http
+// says io.ErrUnexpectedEOF, as io.ReadAtLeast does for a short file) is
+// the source's failure, read again, not a short file to send: before, it
+// went whole behind a file meta, and the destination's refusal failed
+// the instance for good. An empty stored file is refused, not sent as a
+// file meta alone.
+func TestPlainPartCutOrEmpty(t *testing.T) {
+	bare, err := os.ReadFile(filepath.Join(testharness.SamplesDir(t), "rtstruct-no-meta-implicit.dcm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		file      []byte
+		cut       error
+		permanent bool // else the cut's error, not permanent
+	}{
+		{name: "cut in the first bytes", file: bare[:50], cut: io.ErrUnexpectedEOF},
+		{name: "cut before any byte", file: nil, cut: io.ErrUnexpectedEOF},
+		{name: "empty", file: nil, permanent: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := &storedFileSource{
+				inst: orthancapi.Instance{ID: "2c10196c-9ff8df3f-9513776e-258e8f85-ed1fd3ba", SOPInstanceUID: "1.2.826.0.1.3680043.8.498.2010020400001", FileSize: int64(len(bare))},
+				file: tt.file, cut: tt.cut,
+				meta: orthancapi.InstanceMetadata{SOPClassUID: "1.2.840.10008.5.1.4.1.1.481.3", TransferSyntaxUID: tsImplicit},
+			}
+			_, parts, refused, err := plainForwarder(t, src, false).planSyntaxes(t.Context(), src, []orthancapi.Instance{src.inst})
+			if err != nil || len(refused) != 0 || len(parts) != 1 {
+				t.Fatalf("planSyntaxes: %v, refused %v, %v; want one part", parts, refused, err)
+			}
+			rc, err := parts[0].Open(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent, err := io.ReadAll(rc)
+			_ = rc.Close()
+			var fe *Error
+			var ce *conversionError
+			switch {
+			case tt.permanent:
+				if !errors.As(err, &fe) || fe.Class != Permanent || !errors.As(err, &ce) || ce.SOPInstanceUID != src.inst.SOPInstanceUID {
+					t.Errorf("read %d bytes: %v; want the instance refused for good", len(sent), err)
+				}
+			case !errors.Is(err, tt.cut) || errors.As(err, &fe) && fe.Class == Permanent:
+				t.Errorf("read %d bytes: %v; want the cut, to read again", len(sent), err)
+			}
+			if len(sent) != 0 {
+				t.Errorf("sent %d bytes of a file that is not whole", len(sent))
+			}
+		})
 	}
 }
 

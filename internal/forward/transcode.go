@@ -243,10 +243,16 @@ func (p *plainFile) Read(b []byte) (int, error) {
 	if len(head) < partTenPeek {
 		head = make([]byte, partTenPeek)
 	}
-	n, err := io.ReadAtLeast(p.rc, head, partTenPeek)
-	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-		p.err = err // the source failed; a file shorter than the peek is whole in head
-		return 0, err
+	// io.ReadAtLeast says io.ErrUnexpectedEOF for a file shorter than
+	// the peek, whole in head, and so does net/http for an answer cut
+	// before its Content-Length (an Orthanc restart, a proxy's time-out):
+	// only the second is the source's, to read again, not a short file
+	// to send.
+	src := &readErr{r: p.rc}
+	n, _ := io.ReadAtLeast(src, head, partTenPeek)
+	if src.err != nil {
+		p.err = fmt.Errorf("read instance %s: %w", p.inst.ID, src.err)
+		return 0, p.err
 	}
 	head = head[:n]
 	front, skip, err := partTenPrefix(p.ctx, p.src, p.inst, head)
@@ -290,6 +296,13 @@ func partTenPrefix(ctx context.Context, src Source, inst orthancapi.Instance, he
 		// File meta without the preamble: Orthanc stores such files as
 		// they came too.
 		return append(make([]byte, dicmOffset), "DICM"...), 0, nil
+	case len(head) == 0:
+		// Orthanc stores no empty file (its storage was damaged): a file
+		// meta alone would go as the instance, and the destination's
+		// refusal would not say why. Other damage goes as a bare data
+		// set would, and the destination (or the rewrite) refuses it.
+		return nil, 0, &Error{Class: Permanent, Err: &conversionError{SOPInstanceUID: inst.SOPInstanceUID,
+			Err: fmt.Errorf("the file Orthanc stores for instance %s is empty: not sent", inst.ID)}}
 	}
 	ms, ok := src.(Transcoder)
 	if !ok {
