@@ -38,9 +38,17 @@ const (
 	// about 5 MB).
 	maxJSONBytes = 64 << 20
 	// maxJSONArrayBytes bounds an answer decoded element by element
-	// (eachJSON), which costs no memory for its size: a sanity bound, at
-	// about a million instances.
-	maxJSONArrayBytes = 1 << 30
+	// (eachJSON). Its memory is what the caller keeps of each element, a
+	// few hundred bytes an instance: 256 MiB is some 250,000 instances
+	// of 1 KB (a 100,000-instance study is about 100 MB).
+	maxJSONArrayBytes = 256 << 20
+	// maxJSONElementBytes bounds one element of such an answer, with the
+	// whitespace before it: json.Decoder holds an element whole, in a
+	// buffer that grows to twice what it read, so '[' and endless
+	// whitespace, or one endless string, would otherwise grow it up to
+	// the answer's bound. An instance is about 1 KB; 8 MiB leaves room for
+	// ExtraMainDicomTags holding long texts or sequences.
+	maxJSONElementBytes = 8 << 20
 	// maxErrorBytes bounds how much of an error body is read.
 	maxErrorBytes = 64 << 10
 	userAgent     = "stowline-orthancapi"
@@ -63,6 +71,8 @@ type Client struct {
 	// remote PostgreSQL index, which failed every delivery at 30 s
 	// whatever ORTHANC_RESPONSE_TIMEOUT said.
 	listTimeout time.Duration
+	// maxJSONElementBytes is the constant, but for tests.
+	maxJSONElementBytes int64
 
 	// probe, a one-slot semaphore, serializes the /system probes that
 	// confirm 404s, so that the 404s of a whole study share one; probedAt
@@ -168,6 +178,8 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		requestTimeout: o.requestTimeout,
 		listTimeout:    max(o.requestTimeout, o.headerTimeout),
 		probe:          make(chan struct{}, 1),
+
+		maxJSONElementBytes: maxJSONElementBytes,
 	}
 	c.password.Store(&o.password)
 	return c, nil
@@ -425,15 +437,16 @@ func (c *Client) confirmOrthanc(ctx context.Context, answered time.Time) error {
 // getJSON decodes the JSON answer of GET u into v, within the request
 // timeout.
 func (c *Client) getJSON(ctx context.Context, u *url.URL, v any) error {
-	return c.decodeJSON(ctx, u, c.requestTimeout, maxJSONBytes, func(dec *json.Decoder) error { return dec.Decode(v) })
+	return c.decodeJSON(ctx, u, c.requestTimeout, maxJSONBytes, 0, func(dec *json.Decoder) error { return dec.Decode(v) })
 }
 
 // eachJSON GETs u, whose answer is a JSON array, and calls fn with each
 // element as it is decoded: memory grows with what fn keeps, not with the
-// size of the answer. fn's errors are returned as they are.
+// size of the answer (each element at most c.maxJSONElementBytes). fn's
+// errors are returned as they are.
 func eachJSON[T any](ctx context.Context, c *Client, u *url.URL, fn func(T) error) error {
 	var fnErr error
-	err := c.decodeJSON(ctx, u, c.listTimeout, maxJSONArrayBytes, func(dec *json.Decoder) error {
+	err := c.decodeJSON(ctx, u, c.listTimeout, maxJSONArrayBytes, c.maxJSONElementBytes, func(dec *json.Decoder) error {
 		tok, err := dec.Token()
 		if err != nil {
 			return err
@@ -460,8 +473,10 @@ func eachJSON[T any](ctx context.Context, c *Client, u *url.URL, fn func(T) erro
 }
 
 // decodeJSON GETs u within timeout and hands its body, at most limit
-// bytes, to decode; errors name the request.
-func (c *Client) decodeJSON(ctx context.Context, u *url.URL, timeout time.Duration, limit int64, decode func(*json.Decoder) error) error {
+// bytes, to decode; with elementLimit > 0, the decoder may hold at most
+// elementLimit bytes it has not decoded yet (one element of an array
+// decoded element by element). Errors name the request.
+func (c *Client) decodeJSON(ctx context.Context, u *url.URL, timeout time.Duration, limit, elementLimit int64, decode func(*json.Decoder) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	resp, err := c.get(ctx, u, "application/json", nil)
@@ -470,13 +485,51 @@ func (c *Client) decodeJSON(ctx context.Context, u *url.URL, timeout time.Durati
 	}
 	defer drainClose(resp.Body)
 	lr := &io.LimitedReader{R: resp.Body, N: limit + 1}
-	if err := decode(json.NewDecoder(lr)); err != nil {
-		if lr.N <= 0 {
+	var dec *json.Decoder
+	if elementLimit > 0 {
+		er := &elementLimitReader{r: lr, limit: elementLimit}
+		dec = json.NewDecoder(er)
+		er.dec = dec
+	} else {
+		dec = json.NewDecoder(lr)
+	}
+	if err := decode(dec); err != nil {
+		switch {
+		case errors.Is(err, errElementTooLarge):
+			return fmt.Errorf("orthancapi: GET %s: refused the answer: an element of its array is larger than %d bytes (at byte %d)",
+				u.EscapedPath(), elementLimit, dec.InputOffset())
+		case lr.N <= 0:
 			return fmt.Errorf("orthancapi: GET %s: answer larger than %d bytes", u.EscapedPath(), limit)
 		}
 		return fmt.Errorf("orthancapi: GET %s: decode answer: %w", u.EscapedPath(), err)
 	}
 	return nil
+}
+
+// errElementTooLarge is elementLimitReader's refusal.
+var errElementTooLarge = errors.New("JSON element too large")
+
+// elementLimitReader reads for dec no further than limit bytes past
+// dec.InputOffset(), the end of what dec has decoded: what dec buffers
+// of the value it is decoding stays within limit.
+type elementLimitReader struct {
+	r     io.Reader
+	dec   *json.Decoder
+	limit int64
+	read  int64
+}
+
+func (e *elementLimitReader) Read(p []byte) (int, error) {
+	room := e.limit - (e.read - e.dec.InputOffset())
+	if room <= 0 {
+		return 0, errElementTooLarge
+	}
+	if int64(len(p)) > room {
+		p = p[:room]
+	}
+	n, err := e.r.Read(p)
+	e.read += int64(n)
+	return n, err
 }
 
 // drainClose reads a little of what is left so the connection can be

@@ -831,3 +831,61 @@ func TestClosedKeepAliveConnectionRetried(t *testing.T) {
 		})
 	}
 }
+
+// json.Decoder holds the element it decodes whole: an instance list of '['
+// and endless whitespace, or of one endless string, grew its buffer to
+// twice the answer's bound (1.5 GiB of heap for 1.1 GiB of spaces). Each
+// element is refused past its own bound, here 1 KiB, however long the
+// answer goes on.
+func TestStudyInstancesElementBound(t *testing.T) {
+	el := func(n int) string {
+		return fmt.Sprintf(`{"ID":"%08x-00000000-00000000-00000000-00000000","FileSize":1,"ParentSeries":"%s","MainDicomTags":{"SOPInstanceUID":"1.2.%d"}}`, n, seriesA, n)
+	}
+	many := make([]string, 100)
+	for i := range many {
+		many[i] = el(i)
+	}
+	const endless = 4 << 20 // "endless": far past the bound, well within the answer's
+	for _, tc := range []struct {
+		name       string
+		head, tail string
+		fill       byte // endless bytes of it between head and tail
+		want       int  // instances listed; -1: refused
+	}{
+		{"open bracket then whitespace", "[", "]", ' ', -1},
+		{"whitespace between elements", "[" + el(1) + ",", el(2) + "]", '\n', -1},
+		{"one endless string", `[{"ID":"`, `"}]`, 'x', -1},
+		{"elements past the bound together, each within it", "[" + strings.Join(many, ",\n"), "]", 0, 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, srv := newFake(t)
+			f.json("/studies/"+studyID+"/series", `[{"ID":"`+seriesA+`","MainDicomTags":{"SeriesInstanceUID":"1.2.9"}}]`)
+			f.handle("/studies/"+studyID+"/instances", func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				io.WriteString(w, tc.head)
+				if tc.fill != 0 {
+					chunk := strings.Repeat(string(tc.fill), 64<<10)
+					for range endless / len(chunk) {
+						if _, err := io.WriteString(w, chunk); err != nil {
+							return // the client gave up
+						}
+					}
+				}
+				io.WriteString(w, tc.tail)
+			})
+			c := newClient(t, srv.URL)
+			orthancapi.SetMaxJSONElementBytes(c, 1<<10)
+			got, err := c.StudyInstances(context.Background(), studyID)
+			if tc.want >= 0 {
+				if err != nil || len(got) != tc.want {
+					t.Fatalf("%d instances, err %v; want %d", len(got), err, tc.want)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "element of its array is larger than 1024 bytes") ||
+				!strings.Contains(err.Error(), "/studies/"+studyID+"/instances") {
+				t.Fatalf("err %.300v; want the instance list refused for an element over 1024 bytes", err)
+			}
+		})
+	}
+}
