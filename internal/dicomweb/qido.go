@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -73,13 +74,34 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 		}
 		return added
 	}
-	// A server that ignores limit answers the whole study in one page:
-	// the bound grows with the instances looked for, at most
-	// qidoItemBytes each.
-	maxBytes := max(c.maxResponseBytes, int64(max(want.Count, len(want.UIDs)))*min(c.perInstance, qidoItemBytes))
+	// A page is read up to what its limit allows, qidoItemBytes an item
+	// (or the fixed bound). Only the one request for the whole study,
+	// without limit and offset, is read up to what the instances looked
+	// for take: with that bound on every page, any page of a
+	// 100,000-instance study could hold a verifying worker to 200 MB,
+	// twice that while read.
+	itemBytes := min(c.perInstance, qidoItemBytes)
+	pageBytes := max(c.maxResponseBytes, int64(c.qidoPageSize)*itemBytes)
+	studyBytes := max(c.maxResponseBytes, int64(max(want.Count, len(want.UIDs)))*itemBytes)
+	wholeStudy := func() ([]string, error) {
+		uids, err := c.qidoPage(ctx, studyInstanceUID, 0, 0, false, studyBytes)
+		if err != nil {
+			return nil, err
+		}
+		add(uids)
+		return out, nil
+	}
 	offset := 0
 	for range maxQIDOPages {
-		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize, false, maxBytes)
+		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize, false, pageBytes)
+		if errors.Is(err, errResponseTooLarge) && studyBytes > pageBytes {
+			// More than a page can hold: the server ignores limit and
+			// answers the whole study, which a page's bound refuses
+			// past a few thousand instances (every verification of a
+			// larger study would fail). Asked once without limit and
+			// offset.
+			return wholeStudy()
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -90,12 +112,7 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 			// and may honour limit all the same, its later instances
 			// never listed (a study verified as missing them, at every
 			// delivery). Asked once without limit and offset.
-			uids, err := c.qidoPage(ctx, studyInstanceUID, 0, 0, false, maxBytes)
-			if err != nil {
-				return nil, err
-			}
-			add(uids)
-			return out, nil
+			return wholeStudy()
 		}
 		if added == 0 || len(uids) < c.qidoPageSize && !missing {
 			return out, nil

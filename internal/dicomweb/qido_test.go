@@ -3,6 +3,7 @@ package dicomweb
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -200,5 +201,67 @@ func TestStudyInstanceUIDsBoundGrowsWithTheStudy(t *testing.T) {
 	got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 50})
 	if err != nil || len(got) != 50 {
 		t.Fatalf("%d UIDs, err %v; want 50", len(got), err)
+	}
+}
+
+// A paged request is read up to what its page can hold; only the request
+// for the whole study, without limit and offset, up to what the study
+// takes. With the study's bound on every page, a server that ignores
+// limit had a verifying worker read a 100,000-instance study's 200 MB for
+// a page of 200.
+func TestStudyInstanceUIDsPageBound(t *testing.T) {
+	const (
+		n        = 500 // items of about 85 bytes: 43 KB
+		pageSize = 10
+		// What the client below reads of a page: 1000, or 10 items of 200.
+		pageBytes = pageSize * 200
+	)
+	tests := []struct {
+		name                    string
+		ignoreOffset, keepLimit bool
+		wantRequests            int
+	}{
+		{name: "server honours limit and offset", wantRequests: n/pageSize + 1},
+		// The first page is refused past pageBytes, then the whole
+		// study asked for.
+		{name: "server ignores limit", ignoreOffset: true, wantRequests: 2},
+		{name: "server ignores offset, honours limit", ignoreOffset: true, keepLimit: true, wantRequests: 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var asked atomic.Int64
+			srv := qidoServer(t, n, tt.ignoreOffset, tt.keepLimit, 0, 0, &asked)
+			// Read by StudyInstanceUIDs, on the test's goroutine.
+			pages := map[string]*countingBody{} // by query
+			counting := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+				resp, err := http.DefaultTransport.RoundTrip(req)
+				if err == nil && req.URL.Query().Has("limit") {
+					cb := &countingBody{r: resp.Body}
+					pages[req.URL.RawQuery] = cb
+					resp.Body = struct {
+						io.Reader
+						io.Closer
+					}{cb, resp.Body}
+				}
+				return resp, err
+			})
+			c, err := New(srv.URL+"/dicom-web", &http.Client{Transport: counting})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.maxResponseBytes, c.perInstance, c.qidoPageSize = 1000, 200, pageSize
+			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: n})
+			if err != nil || len(got) != n {
+				t.Fatalf("%d UIDs, err %v; want %d", len(got), err, n)
+			}
+			if asked := int(asked.Load()); asked != tt.wantRequests {
+				t.Errorf("%d requests, want %d", asked, tt.wantRequests)
+			}
+			for q, cb := range pages {
+				if cb.n > pageBytes+1 {
+					t.Errorf("page %s: read %d bytes, want at most %d", q, cb.n, pageBytes+1)
+				}
+			}
+		})
 	}
 }
