@@ -44,7 +44,17 @@ type prioritizer struct {
 	mu       sync.Mutex
 	drained  bool
 	triaging sync.WaitGroup
-	pending  atomic.Int64
+	// pending counts the webhook events given a place in the triage
+	// backlog (reserveTriage): waiting for a turn, being read or stored.
+	pending atomic.Int64
+	// backlog bounds pending (triageBacklog): each event waiting holds a
+	// goroutine and the event, and a bulk migration under a rule that
+	// reads metadata brings them faster than triageReads reads drain them.
+	// backlogFull is set from the first event refused until pending is
+	// back to nine tenths of backlog, so the fill is logged once, not per
+	// event.
+	backlog     int64
+	backlogFull atomic.Bool
 	// turns holds one token per study triage is reading (triageReads).
 	turns chan struct{}
 	// readsCut is cancelled when drainTriage stops waiting for the reads:
@@ -72,10 +82,10 @@ func newPrioritizer(js jetstream.JetStream, expr string, sources *Sources, reg p
 	readsCut, cutReads := context.WithCancel(context.Background())
 	p := &prioritizer{
 		next: natsjs.Publisher{JS: js}, js: js, rule: rule, sources: sources, timeout: priorityRuleTimeout, log: log,
-		turns: make(chan struct{}, triageReads), readsCut: readsCut, cutReads: cutReads,
+		turns: make(chan struct{}, triageReads), backlog: triageBacklog, readsCut: readsCut, cutReads: cutReads,
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_ingest_priority_total",
-			Help: "Events the webhook and the reconciler stored (not their duplicates), by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine; shutdown: the stopping ingest queued it routine without the rule's read).",
+			Help: "Events the webhook and the reconciler stored (not their duplicates), by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine; shutdown: the stopping ingest queued it routine without the rule's read; triage_full: the webhook's triage backlog was full and it went routine without the rule's read).",
 		}, []string{"priority", "by"}),
 	}
 	if err := reg.Register(p.events); err != nil {
@@ -114,6 +124,12 @@ func (p *prioritizer) Publish(ctx context.Context, ev *events.StudyStable) (*jet
 			}
 		}
 	}
+	return p.store(ctx, ev, by)
+}
+
+// store publishes ev in the lane of its priority and counts it by what
+// chose that lane.
+func (p *prioritizer) store(ctx context.Context, ev *events.StudyStable, by string) (*jetstream.PubAck, error) {
 	ack, err := p.next.Publish(ctx, ev)
 	if err == nil && !ack.Duplicate {
 		// Events, not publishes: the webhook's and the reconciler's copies
@@ -212,8 +228,15 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 	if ev.Priority != "" || p.rule.All() {
 		return p.Publish(ctx, ev)
 	}
+	if !p.reserveTriage() {
+		// The backlog is full: the study goes routine now, unread, as when
+		// the rule fails, and with no triage copy the answer says whether
+		// it is stored.
+		return p.store(ctx, ev, "triage_full")
+	}
 	ack, err := natsjs.PublishTo(ctx, p.js, natsjs.TriageSubject(ev.Source), ev, ev.MsgID()+"/triage")
 	if err != nil && !natsjs.Unanswered(err) {
+		p.releaseTriage()
 		return ack, err
 	}
 	// Unanswered, the triage copy may be stored all the same (an
@@ -229,16 +252,43 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.drained {
+		p.releaseTriage()
 		p.log.Error("shutdown: a study waiting for PRIORITY_RULE was stored after the ingest stopped triaging; the reconciler queues it, or `forwarder audit --enqueue` when it is off",
 			"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID)
 		return ack, err
 	}
-	p.pending.Add(1)
 	p.triaging.Go(func() {
-		defer p.pending.Add(-1)
+		defer p.releaseTriage()
 		p.triage(tctx, &e)
 	})
 	return ack, err
+}
+
+// reserveTriage gives an event a place in the triage backlog; false when
+// the backlog is full.
+func (p *prioritizer) reserveTriage() bool {
+	for {
+		n := p.pending.Load()
+		if n >= p.backlog {
+			if p.backlogFull.CompareAndSwap(false, true) {
+				p.log.Warn("the triage backlog is full: webhook events go in the routine lane without PRIORITY_RULE's read until it has room again",
+					"studies", n, "backlog", p.backlog)
+			}
+			return false
+		}
+		if p.pending.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// releaseTriage frees an event's place in the triage backlog.
+func (p *prioritizer) releaseTriage() {
+	n := p.pending.Add(-1)
+	if n <= p.backlog*9/10 && p.backlogFull.CompareAndSwap(true, false) {
+		p.log.Info("the triage backlog has room again: webhook events wait for PRIORITY_RULE's read again",
+			"studies", n, "backlog", p.backlog)
+	}
 }
 
 // drainTriage waits for the events being triaged, once the webhook takes
@@ -358,6 +408,14 @@ const shutdownRetry = 200 * time.Millisecond
 // triageReads bounds the studies triage reads at once (each with up to 8
 // metadata requests when the rule reads callingAets or sopClasses).
 const triageReads = 4
+
+// triageBacklog bounds the webhook events waiting for triage or being
+// triaged, a goroutine each: their wait for a turn has no time-out, so
+// without a bound a bulk migration under a rule that reads metadata
+// held more of them than the ingest's memory. 1,000 hold a few MiB and,
+// read triageReads at a time, wait about 20 minutes at worst (5 s a
+// study).
+const triageBacklog = 1000
 
 // triageBudget bounds how long triage tries to store an event in its lane.
 const triageBudget = 5 * time.Minute

@@ -1,12 +1,14 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -478,5 +480,49 @@ func TestUnansweredTriageCopyStillTriaged(t *testing.T) {
 	}
 	if got := subjectCounts(t, ns.JS); got["stowline.study.stable.main"] != 1 {
 		t.Fatalf("subjects %v, want the event in the routine lane", got)
+	}
+}
+
+// A burst of webhook events faster than the rule's reads (a bulk
+// migration under a rule that reads metadata) fills the triage backlog,
+// and no more: each event beyond it goes in the routine lane at once,
+// unread and counted, rather than hold a goroutine until the ingest runs
+// out of memory. The fill is logged once, and so is the room again.
+func TestTriageBacklogBounded(t *testing.T) {
+	p, ns, src := slowSourcePrioritizer(t)
+	var logs bytes.Buffer // read once the triages are done
+	p.log = slog.New(slog.NewTextHandler(&logs, nil))
+	p.backlog = 3 * triageReads
+	const overflow = 5
+	for i := range p.backlog + overflow {
+		ev, err := events.NewStudyStable("main", fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i), "1.2.3", "20261203T101500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev)
+		if err != nil || ack.Duplicate {
+			t.Fatalf("Publish %d = %+v, %v; want stored", i, ack, err)
+		}
+	}
+	waitFor(t, "triageReads studies read at once", func() bool { n, _, _ := src.counts(); return n == triageReads })
+	if n := p.pending.Load(); n != p.backlog {
+		t.Errorf("%d studies in triage, want the backlog's %d", n, p.backlog)
+	}
+	got := subjectCounts(t, ns.JS)
+	if got[natsjs.TriageSubject("main")] != uint64(p.backlog) || got["stowline.study.stable.main"] != overflow {
+		t.Errorf("subjects %v, want %d on the triage subject and the %d beyond it in the routine lane", got, p.backlog, overflow)
+	}
+	if n := testutil.ToFloat64(p.events.WithLabelValues("routine", "triage_full")); n != overflow {
+		t.Errorf(`stowline_ingest_priority_total{priority="routine",by="triage_full"} = %v, want %d`, n, overflow)
+	}
+	src.answer() // the reads end (503: the rule fails, the studies go routine)
+	waitFor(t, "every study in the routine lane", func() bool {
+		return subjectCounts(t, ns.JS)["stowline.study.stable.main"] == uint64(p.backlog+overflow)
+	})
+	p.triaging.Wait()
+	for _, msg := range []string{"the triage backlog is full", "the triage backlog has room again"} {
+		if n := strings.Count(logs.String(), msg); n != 1 {
+			t.Errorf("logged %q %d times, want once:\n%s", msg, n, logs.String())
+		}
 	}
 }
