@@ -193,7 +193,8 @@ func checkSampler(sampler, arg string) error {
 		if arg == "" {
 			return nil // the SDK's default ratio, 1
 		}
-		if r, err := strconv.ParseFloat(arg, 64); err != nil || r < 0 || r > 1 {
+		// Written so that NaN, which ParseFloat accepts, is refused too.
+		if r, err := strconv.ParseFloat(arg, 64); err != nil || !(r >= 0 && r <= 1) {
 			return fmt.Errorf("OTEL_TRACES_SAMPLER_ARG=%q: want a ratio from 0 to 1 (0.1: one study in ten)", arg)
 		}
 		return nil

@@ -88,6 +88,7 @@ func TestStartTracing(t *testing.T) {
 		{"xray", "", "OTEL_TRACES_SAMPLER"},
 		{"traceidratio", "10%", "OTEL_TRACES_SAMPLER_ARG"},
 		{"parentbased_traceidratio", "1.5", "OTEL_TRACES_SAMPLER_ARG"},
+		{"traceidratio", "NaN", "OTEL_TRACES_SAMPLER_ARG"},
 	} {
 		t.Setenv("OTEL_TRACES_SAMPLER", tc.sampler)
 		t.Setenv("OTEL_TRACES_SAMPLER_ARG", tc.arg)
