@@ -229,6 +229,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 	// attempt.
 	if err == nil && f.parkedSourceDown(ev.Source) && f.reservePark(a.Number) {
 		if parkHere(Report{}, "unavailable (its other studies are parked)", true) {
+			recordOutcome(span, resultParked, "", Report{})
 			return
 		}
 		if f.isStopping() {
@@ -245,6 +246,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 	}
 	if pe, ok := errors.AsType[*parkError](err); ok {
 		if parkHere(rep, pe.state, false) {
+			recordOutcome(span, resultParked, Classify(err), rep)
 			// The attempt failed: counted, and its time kept for a
 			// dead letter later, as a retry's are.
 			f.m.failures.WithLabelValues(string(Classify(err))).Inc()

@@ -92,6 +92,12 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
+// resultParked is the result on the span of an attempt whose study was
+// parked (sourcepark.go) until its source answers. A span's result only,
+// not a label of stowline_forwarder_studies_total: a parked study is
+// counted there when it is given back (retry, interrupted).
+const resultParked Result = "parked"
+
 // recordOutcome puts an attempt's result and what it sent on its span.
 func recordOutcome(span trace.Span, result Result, class Class, rep Report) {
 	if !span.IsRecording() {

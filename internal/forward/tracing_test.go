@@ -2,11 +2,16 @@ package forward
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -186,4 +191,48 @@ func TestTraceOfAnUndecodableEvent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deliveredMsg is a delivery of testEvent, for handle, around a parkedMsg.
+type deliveredMsg struct {
+	*parkedMsg
+	data []byte
+}
+
+func (m deliveredMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{NumDelivered: 1, Sequence: jetstream.SequencePair{Stream: m.seq}, Timestamp: time.Now()}, nil
+}
+func (m deliveredMsg) Data() []byte         { return m.data }
+func (m deliveredMsg) Headers() nats.Header { return nil }
+func (m deliveredMsg) Subject() string      { return "stowline.events" }
+
+// A study parked because its source is down ends its attempt's span with
+// the result "parked": it ended with none, unlike every other outcome.
+func TestTraceOfAParkedStudy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		// One study of source "a" parked, its source down for good: the
+		// next is parked before any attempt.
+		f, parked, _ := parkOne(t, []error{errSourceDown}, func(o *Options) { o.TracerProvider = tp })
+		data, err := json.Marshal(testEvent())
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.handle(t.Context(), deliveredMsg{parkedMsg: &parkedMsg{f: f, seq: parked.seq + 1}, data: data}, "")
+		var got []string
+		for _, s := range rec.Ended() {
+			if s.Name() != "forward study" {
+				continue
+			}
+			for _, a := range s.Attributes() {
+				if a.Key == tracing.Result {
+					got = append(got, a.Value.AsString())
+				}
+			}
+		}
+		if !slices.Equal(got, []string{"parked"}) {
+			t.Errorf("forward study results %q, want [parked]", got)
+		}
+	})
 }
