@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
@@ -175,7 +174,7 @@ func (f *Forwarder) store(ctx context.Context, batch []dicomweb.Part, put bool) 
 	}
 	if answer != nil {
 		span.SetAttributes(tracing.HTTPStatus.Int(answer.StatusCode), tracing.Bytes.Int64(answer.BytesSent),
-			attribute.Int("stowline.instances.stored", len(answer.Stored)),
+			tracing.Stored.Int(len(answer.Stored)),
 			tracing.Failed.Int(len(answer.Failed)+len(answer.OtherFailures)))
 	}
 	endSpan(span, err)

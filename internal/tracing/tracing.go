@@ -66,6 +66,7 @@ const (
 	Selected      = attribute.Key("stowline.instances.selected")
 	Instances     = attribute.Key("stowline.instances")
 	AlreadyStored = attribute.Key("stowline.instances.already_stored")
+	Stored        = attribute.Key("stowline.instances.stored")
 	Resent        = attribute.Key("stowline.instances.resent")
 	Failed        = attribute.Key("stowline.instances.failed")
 	Bytes         = attribute.Key("stowline.bytes")
