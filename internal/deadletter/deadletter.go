@@ -23,6 +23,7 @@ import (
 	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/tracing"
 )
 
 // MaxResponseBytes bounds the destination response kept with a letter.
@@ -551,7 +552,7 @@ func replayable(e *Entry) bool {
 // requeue stores e's event again in the event stream, in its
 // destination's low lane: for a letter of an event the forwarder could
 // not read, the event as it was stored, its bytes and its headers but
-// JetStream's own (Nats-*); else the letter's event.
+// JetStream's own (Nats-*) and the trace context; else the letter's event.
 func (s *Store) requeue(ctx context.Context, e *Entry) error {
 	ev := e.Event
 	subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), ev.Source)
@@ -562,7 +563,10 @@ func (s *Store) requeue(ctx context.Context, e *Entry) error {
 	}
 	msg := &nats.Msg{Subject: subject, Data: e.Raw.Data, Header: nats.Header{}}
 	for k, v := range e.Raw.Header {
-		if !strings.HasPrefix(k, "Nats-") {
+		// The stored trace context would make the replay a part of the
+		// failed delivery's trace, days old: it starts a trace anew, as
+		// a replay of a decoded event does.
+		if !strings.HasPrefix(k, "Nats-") && !tracing.IsContextHeader(k) {
 			msg.Header[k] = slices.Clone(v)
 		}
 	}

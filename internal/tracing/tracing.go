@@ -18,6 +18,7 @@ package tracing
 
 import (
 	"context"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/attribute"
@@ -123,6 +124,19 @@ func Extract(ctx context.Context, h nats.Header) context.Context {
 		return ctx
 	}
 	return propagator.Extract(ctx, headerCarrier(h))
+}
+
+// IsContextHeader reports whether a message header key is one of the
+// trace context's (traceparent, tracestate), in any case: a message
+// copied into a new one (a replay) drops them to start a trace of its
+// own.
+func IsContextHeader(key string) bool {
+	for _, f := range propagator.Fields() {
+		if strings.EqualFold(key, f) {
+			return true
+		}
+	}
+	return false
 }
 
 // headerCarrier adapts NATS headers, whose keys are case-sensitive, to the
