@@ -3,6 +3,7 @@ package app
 import (
 	"cmp"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,6 +81,19 @@ func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.
 	}
 	for _, name := range []string{"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"} {
 		if err := checkOTLPHeaders(name, os.Getenv(name)); err != nil {
+			return nil, nil, &usageError{err}
+		}
+	}
+	// The SDK reads both of each pair, the TRACES_ one winning; a bad
+	// one is refused even when the other would win, since the SDK would
+	// still print it, credentials included.
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
+		if err := checkOTLPEndpoint(name, os.Getenv(name)); err != nil {
+			return nil, nil, &usageError{err}
+		}
+	}
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"} {
+		if err := checkOTLPCertificate(name, os.Getenv(name)); err != nil {
 			return nil, nil, &usageError{err}
 		}
 	}
@@ -224,6 +238,47 @@ func checkOTLPHeaders(name, raw string) error {
 		case unescapeErr != nil:
 			return fmt.Errorf("%s: pair %d: its value is not URL-encoded (a %% not followed by two hex digits)", name, i+1)
 		}
+	}
+	return nil
+}
+
+// checkOTLPEndpoint checks an OTLP endpoint variable as the SDK reads it
+// (trimmed, empty ignored). A value without a scheme
+// ("otel-collector:4318") parses with the host as its scheme and no
+// host, and every export fails; one that does not parse the SDK prints,
+// credentials included, and exports to https://localhost:4318 instead.
+// The error never quotes the value: it may hold user:password.
+func checkOTLPEndpoint(name, raw string) error {
+	v := strings.TrimSpace(raw)
+	if v == "" {
+		return nil
+	}
+	u, err := url.Parse(v)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%s is not a URL: want http://<host>:4318 or https://<host>:4318", name)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%s has no http:// or https:// scheme (host:port alone is read as a scheme): want http://<host>:4318 or https://<host>:4318", name)
+	case u.Hostname() == "":
+		return fmt.Errorf("%s has no host: want http://<host>:4318 or https://<host>:4318", name)
+	}
+	return nil
+}
+
+// checkOTLPCertificate checks an OTLP CA file variable as the SDK reads
+// it: a file it cannot read, or without a PEM certificate, it prints
+// and trusts the system's CAs instead.
+func checkOTLPCertificate(name, raw string) error {
+	path := strings.TrimSpace(raw)
+	if path == "" {
+		return nil
+	}
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%s: read the receiver's CA certificate: %w", name, err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+		return fmt.Errorf("%s: %s holds no PEM certificate", name, path)
 	}
 	return nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/repeatlog"
 	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testpki"
 	"github.com/stowline/stowline/internal/tracing"
 )
 
@@ -111,6 +112,58 @@ func TestStartTracing(t *testing.T) {
 	}
 	span.End()
 	stop() // the export fails (nothing listens): stop still returns
+}
+
+// TestStartTracingRefusesBadEndpoints: an endpoint the exporter cannot
+// use, or a CA file it cannot read, stops the start naming the variable
+// and never its credentials. The SDK took "otel-collector:4318" for a
+// URL of scheme otel-collector and no host (every export failed), printed
+// a malformed one on stderr and exported to https://localhost:4318, and
+// trusted the system's CAs instead of an unreadable file.
+func TestStartTracingRefusesBadEndpoints(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	ca := testpki.NewCA(t, "otlp")
+	notPEM := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const endpoint, traces = "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+	const cert, tracesCert = "OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		bad  string // the variable named; "" for none
+	}{
+		{"no scheme", map[string]string{endpoint: "otel-collector:4318"}, endpoint},
+		{"no scheme, traces", map[string]string{endpoint: "http://collector:4318", traces: "collector:4318/v1/traces"}, traces},
+		{"an IP without a scheme", map[string]string{endpoint: "10.0.0.7:4318"}, endpoint},
+		{"malformed, with credentials", map[string]string{endpoint: "http://SECRETUSER:SECRETPASS@collector:43 18"}, endpoint},
+		{"malformed, overridden by a good traces URL", map[string]string{endpoint: "http://SECRETUSER:SECRETPASS@%zz", traces: "http://collector:4318/v1/traces"}, endpoint},
+		{"grpc scheme", map[string]string{endpoint: "grpc://collector:4317"}, endpoint},
+		{"no host", map[string]string{endpoint: "http:///v1"}, endpoint},
+		{"a port without a host", map[string]string{endpoint: "http://:4318"}, endpoint},
+		{"unreadable CA", map[string]string{endpoint: "https://collector:4318", cert: filepath.Join(t.TempDir(), "missing.pem")}, cert},
+		{"a CA file without a certificate", map[string]string{endpoint: "https://collector:4318", tracesCert: notPEM}, tracesCert},
+		{"good", map[string]string{endpoint: " https://user:pw@collector:4318/otlp ", traces: "HTTPS://collector:4318/v1/traces", cert: ca.CAFile, tracesCert: ca.CAFile}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, name := range []string{endpoint, traces, cert, tracesCert} {
+				t.Setenv(name, tc.env[name])
+			}
+			t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
+			tp, stop, err := startTracing(context.Background(), "stowline-test", log)
+			if tc.bad == "" {
+				if err != nil || tp == nil {
+					t.Fatalf("provider %v, err %v; want a provider", tp, err)
+				}
+				stop()
+				return
+			}
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tc.bad) || strings.Contains(err.Error(), "SECRET") {
+				t.Errorf("err %v, want a usage error naming %s, without the credentials", err, tc.bad)
+			}
+		})
+	}
 }
 
 // TestTracingVarsAreDocumented: every OTEL_* variable the compose test
