@@ -27,9 +27,8 @@ import (
 //	  route                 the destination's rules (they may read Orthanc)
 //	  stow request          one STOW-RS request
 //	    destination token   (auth) cached, or waiting for a token fetch
-//	    orthanc read batch  the instance files the request streamed
-//	    orthanc convert instance  an instance converted to the destination's
-//	                        transfer syntax (transcode.go), until its first bytes
+//	    orthanc read batch  the instance files the request streamed, and
+//	                        how many Orthanc converted (transcode.go)
 //
 // Attributes follow internal/tracing: IDs, UIDs, counts, sizes, statuses
 // and classes; error texts stay in the logs, which carry the trace_id.
@@ -183,8 +182,9 @@ func (f *Forwarder) store(ctx context.Context, batch []dicomweb.Part, put bool) 
 
 // batchReads measures what one STOW-RS request read from Orthanc: the
 // files it opened, their bytes and the time spent waiting on Orthanc,
-// from the first open to the last close. One span a request, not one an
-// instance: a study can have thousands.
+// from the first open to the last close, and the conversions among them.
+// One span a request, not one an instance: a study can have thousands,
+// and a span each filled the exporter's queue, dropping other studies'.
 type batchReads struct {
 	mu          sync.Mutex
 	first, last time.Time
@@ -192,6 +192,12 @@ type batchReads struct {
 	bytes       int64
 	wait        time.Duration
 	err         error
+	// converted and conversionFailed count the opens Orthanc answered
+	// converted to syntax, or could not convert; convertWait is their
+	// part of wait, until each one's first bytes.
+	converted, conversionFailed int
+	convertWait                 time.Duration
+	syntax                      string
 }
 
 // wrap returns batch with each Open measured (a copy: the caller's parts
@@ -203,15 +209,25 @@ func (b *batchReads) wrap(batch []dicomweb.Part) []dicomweb.Part {
 		p.Open = func(ctx context.Context) (io.ReadCloser, error) {
 			start := time.Now()
 			rc, err := open(ctx)
+			took := time.Since(start)
 			b.mu.Lock()
 			if b.opened == 0 {
 				b.first = start
 			}
 			b.opened++
-			b.wait += time.Since(start)
+			b.wait += took
 			b.last = time.Now()
 			if err != nil && b.err == nil {
 				b.err = err
+			}
+			var ce *conversionError
+			if cf, ok := rc.(*convertedFile); ok {
+				b.converted++
+				b.convertWait += took
+				b.syntax = cf.syntax
+			} else if errors.As(err, &ce) {
+				b.conversionFailed++
+				b.convertWait += took
 			}
 			b.mu.Unlock()
 			if err != nil {
@@ -234,6 +250,13 @@ func (b *batchReads) record(ctx context.Context, tracer trace.Tracer) {
 	}
 	_, span := tracer.Start(ctx, "orthanc read batch", trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(b.first))
 	span.SetAttributes(tracing.Instances.Int(b.opened), tracing.Bytes.Int64(b.bytes), tracing.WaitMillis.Float64(float64(b.wait.Microseconds())/1000))
+	if b.converted+b.conversionFailed > 0 {
+		span.SetAttributes(tracing.Converted.Int(b.converted), tracing.ConversionFailed.Int(b.conversionFailed),
+			tracing.ConvertMillis.Float64(float64(b.convertWait.Microseconds())/1000))
+		if b.syntax != "" {
+			span.SetAttributes(tracing.TransferSyntax.String(b.syntax))
+		}
+	}
 	if b.err != nil {
 		class := Classify(b.err)
 		span.SetAttributes(tracing.FailureClass.String(string(class)), tracing.ErrorType.String(errorType(b.err)))

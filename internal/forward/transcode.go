@@ -17,7 +17,6 @@ import (
 
 	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/dicomweb"
-	"github.com/stowline/stowline/internal/tracing"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -408,12 +407,9 @@ func cannotTranscode(err error) bool {
 // openConverted asks Orthanc for the converted instance and checks that
 // the answer starts as a DICOM file, so a failed conversion is an error
 // before any of it is sent.
-func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string, in planned) (rc io.ReadCloser, err error) {
-	ctx, span := f.startSpan(ctx, "orthanc convert instance", trace.SpanKindClient)
-	if span.IsRecording() {
-		span.SetAttributes(tracing.OrthancInstanceID.String(in.id), tracing.TransferSyntax.String(p.target))
-	}
-	defer func() { endSpan(span, err) }()
+// No span of its own: a study can have thousands (batchReads counts them
+// on its read's span).
+func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string, in planned) (io.ReadCloser, error) {
 	body, err := p.src.OpenTranscodedInstance(ctx, in.id, p.target)
 	err = instanceGone(err, in.id)
 	if cannotTranscode(err) {
@@ -443,10 +439,14 @@ func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string
 		return nil, f.conversionError(uid, in.syntax, p.target, fmt.Errorf("its answer was %s (%d bytes)", what, n))
 	}
 	f.m.conversions.WithLabelValues(convConverted).Inc()
-	return struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(head), body), body}, nil
+	return &convertedFile{Reader: io.MultiReader(bytes.NewReader(head), body), Closer: body, syntax: p.target}, nil
+}
+
+// convertedFile is an instance file Orthanc converted to syntax.
+type convertedFile struct {
+	io.Reader
+	io.Closer
+	syntax string
 }
 
 // readErr keeps the error its reader returned other than io.EOF.
@@ -505,6 +505,14 @@ func (f *Forwarder) conversionError(uid, from, to string, err error) error {
 // kept in progress, would wait for good.
 func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicomweb.Part, []Instance, error) {
 	failed := make([]*Instance, len(parts))
+	// Traced, the reads are one "orthanc read batch" under the attempt,
+	// as a request's are; the parts returned keep their own Open.
+	opens := parts
+	var reads *batchReads
+	if f.tracer != nil && trace.SpanFromContext(ctx).IsRecording() {
+		reads = &batchReads{}
+		opens = reads.wrap(parts)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(measureConversions)
 	for i := range parts {
@@ -512,7 +520,7 @@ func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicom
 			continue
 		}
 		g.Go(func() error {
-			n, err := dicomweb.CountBytes(gctx, parts[i].Open, f.measureStall)
+			n, err := dicomweb.CountBytes(gctx, opens[i].Open, f.measureStall)
 			var ce *conversionError
 			switch {
 			case errors.As(err, &ce):
@@ -525,7 +533,11 @@ func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicom
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err := g.Wait()
+	if reads != nil {
+		reads.record(ctx, f.tracer)
+	}
+	if err != nil {
 		return nil, nil, err
 	}
 	var out []dicomweb.Part

@@ -72,12 +72,15 @@ const (
 	Failed        = attribute.Key("stowline.instances.failed")
 	Bytes         = attribute.Key("stowline.bytes")
 	Requests      = attribute.Key("stowline.requests")
-	// OrthancInstanceID and TransferSyntax: an instance Orthanc converts,
-	// and the syntax it converts it to.
-	OrthancInstanceID = attribute.Key("orthanc.instance_id")
-	TransferSyntax    = attribute.Key("dicom.transfer_syntax_uid")
-	// WaitMillis is how long a read was blocked on Orthanc.
-	WaitMillis = attribute.Key("stowline.orthanc.wait_ms")
+	// Converted and ConversionFailed count the instances of a read that
+	// Orthanc converted, or could not convert, to TransferSyntax.
+	Converted        = attribute.Key("stowline.instances.converted")
+	ConversionFailed = attribute.Key("stowline.instances.conversion_failed")
+	TransferSyntax   = attribute.Key("dicom.transfer_syntax_uid")
+	// WaitMillis is how long a read was blocked on Orthanc, ConvertMillis
+	// the part of it spent waiting for conversions' first bytes.
+	WaitMillis    = attribute.Key("stowline.orthanc.wait_ms")
+	ConvertMillis = attribute.Key("stowline.orthanc.convert_ms")
 	// HTTPStatus is an HTTP response's status; ErrorType a bounded word
 	// for what failed (an HTTP status, "network", "timeout", ...).
 	HTTPStatus = attribute.Key("http.response.status_code")
