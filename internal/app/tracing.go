@@ -140,7 +140,10 @@ type loggedExporter struct {
 	log *slog.Logger
 
 	failures repeatlog.Failures // batches
-	dropped  atomic.Int64       // spans in the failed batches
+	// dropped counts the spans in the failed batches. Spans the batch
+	// processor drops, its queue full, never reach the exporter and are
+	// not counted (docs/tracing.md says so).
+	dropped atomic.Int64
 }
 
 func (e *loggedExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
