@@ -177,6 +177,12 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w%s", c.logURL, studyInstanceUID, c.redact(err), c.gaveUp(ctx)))
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		// An error page (a proxy's HTML) is kept to maxErrorBody, and
+		// notEmptyResult needs a byte of it: read no more than that,
+		// not a page's or a whole study's bound.
+		maxBytes = maxErrorBody
+	}
 	body, tooLarge, readErr := readBody(resp.Body, maxBytes)
 	switch {
 	case resp.StatusCode == http.StatusNotFound && probe && notEmptyResult(resp, body):

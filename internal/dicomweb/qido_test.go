@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -263,5 +264,41 @@ func TestStudyInstanceUIDsPageBound(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestQIDOErrorPageBound: an error answer (a proxy's page) is read up to
+// what an HTTPError keeps, not up to a page's bound: before, a verifying
+// worker read 16 MiB or more of each such page.
+func TestQIDOErrorPageBound(t *testing.T) {
+	page := bytes.Repeat([]byte("<p>busy</p>"), 100_000) // 1.1 MB
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write(page)
+	}))
+	t.Cleanup(srv.Close)
+	var read *countingBody
+	counting := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err == nil {
+			read = &countingBody{r: resp.Body}
+			resp.Body = struct {
+				io.Reader
+				io.Closer
+			}{read, resp.Body}
+		}
+		return resp, err
+	})
+	c, err := New(srv.URL+"/dicom-web", &http.Client{Transport: counting})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 10})
+	if he := (*HTTPError)(nil); !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("err %v, want the 503", err)
+	}
+	if read == nil || read.n > maxErrorBody+1 {
+		t.Errorf("read %d bytes of the error page, want at most %d", read.n, maxErrorBody+1)
 	}
 }
