@@ -521,6 +521,13 @@ func (l *Limiter) Recover() {
 	// A Retry-After pause of the outage no longer holds: the destination
 	// answered (its breaker's probe or trial).
 	l.pause = time.Time{}
+	if l.timer != nil {
+		// Armed for the cleared pause: left, a later, shorter pause
+		// would arm none (dispatch), and its waiters would sleep until
+		// this one's end, up to MaxPause.
+		l.timer.Stop()
+		l.timer = nil
+	}
 	l.dispatch(now)
 	l.mu.Unlock()
 	if to != from {

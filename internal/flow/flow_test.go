@@ -433,6 +433,36 @@ func TestRetryAfterPausesNewRequests(t *testing.T) {
 	})
 }
 
+// TestRecoverClearsThePauseTimer: a pause cleared by Recover (the
+// breaker closed) leaves no wake-up armed for its end, so a later,
+// shorter pause wakes its waiters at its own end: before, they slept
+// until the cleared pause's.
+func TestRecoverClearsThePauseTimer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _ := newLimiter(t, Options{Min: 1, Max: 1, Start: 1})
+		p, err := l.Acquire(t.Context(), Normal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Overloaded(Overload503, 3*time.Minute)
+		l.Recover()
+		p, err = l.Acquire(t.Context(), Normal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		p.Overloaded(Overload429, 10*time.Second)
+		if p, err := l.Acquire(t.Context(), Normal); err != nil {
+			t.Fatal(err)
+		} else {
+			p.Release()
+		}
+		if d := time.Since(start); d != 10*time.Second {
+			t.Errorf("the request after a 10s pause started after %s", d)
+		}
+	})
+}
+
 func TestLimitBoundsRequestsInFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l, _ := newLimiter(t, Options{Min: 3, Max: 3})
