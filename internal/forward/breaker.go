@@ -675,8 +675,9 @@ func (b *breaker) hold(ctx context.Context, seq uint64) (trial trialToken, err e
 			b.trial = trialToken(b.generation)
 			b.trials++
 			b.triedAt[seq] = b.trials
+			trial := b.trial // read under the lock: a close or a new half-open rewrites it
 			b.mu.Unlock()
-			return b.trial, nil
+			return trial, nil
 		}
 		changed := b.changed
 		b.mu.Unlock()
