@@ -49,7 +49,11 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 	interval time.Duration, log *slog.Logger) error {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	// failed spaces the warnings, which start at the shareFailuresWarned
+	// read in a row: a NATS that comes and goes is told once a minute, not
+	// at each outage.
 	failed := &repeatlog.Failures{Every: time.Minute}
+	inARow := 0 // failed reads
 	for name := range limits {
 		replicas.WithLabelValues(name).Set(1)
 	}
@@ -61,9 +65,10 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 		// complete read counts the others.
 		switch {
 		case err == nil:
-			if n := failed.Succeeded(); n >= shareFailuresWarned {
-				log.Info("status: the replicas serving each destination are counted again; their shares of the limits are set", "bucket", natsjs.StatusBucket, "failed_reads", n)
+			if failed.Succeeded() > 0 {
+				log.Info("status: the replicas serving each destination are counted again; their shares of the limits are set", "bucket", natsjs.StatusBucket, "failed_reads", inARow)
 			}
+			inARow = 0
 			keys.compare(snaps, ownListed)
 			var missing error
 			if perr := s.lastPutError(); !ownListed && perr != nil {
@@ -80,8 +85,12 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 			}
 		case ctx.Err() == nil:
 			keys.readFailed(err)
-			n, again := failed.Failed()
-			if n < shareFailuresWarned || (n > shareFailuresWarned && !again) {
+			inARow++
+			n, warn := inARow, false
+			if n >= shareFailuresWarned {
+				_, warn = failed.Failed()
+			}
+			if !warn {
 				log.Debug("status: cannot count the replicas serving each destination; the last share of the limits stays", "err", err)
 				break
 			}

@@ -488,7 +488,9 @@ func (f *Forwarder) queueAge(lane events.Priority, meta *jetstream.MsgMetadata) 
 		return
 	}
 	if age <= r/4*3 {
-		f.plan.late[lane].Succeeded() // the next late pull is told at once
+		// The next late pull is told at once, unless one was within the
+		// hour: a backlog at the threshold crosses it pull by pull.
+		f.plan.late[lane].Succeeded()
 		return
 	}
 	if n, log := f.plan.late[lane].Failed(); log {
