@@ -2,7 +2,10 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -146,5 +150,46 @@ func TestHungLookupsFailThePollAtOnce(t *testing.T) {
 	t.Logf("the poll failed after %v", time.Since(started))
 	if got := o.asked.Load(); got > 2*lookupConcurrency {
 		t.Errorf("%d lookups asked, want at most %d: those after the first failure hold nothing", got, 2*lookupConcurrency)
+	}
+}
+
+// failingChanges fails its next reads of the change log, as many as
+// failures holds.
+type failingChanges struct {
+	*swappableOrthanc
+	failures atomic.Int32
+}
+
+func (o *failingChanges) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
+	if o.failures.Add(-1) >= 0 {
+		return orthancapi.Changes{}, errors.New("orthancapi: GET /changes: 503 Service Unavailable")
+	}
+	return o.swappableOrthanc.Changes(ctx, since, limit, types...)
+}
+
+// TestPollFailuresLoggedOnceAMinute: polls that fail back to back within
+// a minute are one warning and, once a poll succeeds, one line saying
+// so; each is still counted. Every backoff step was a warning: an
+// Orthanc failing every other poll logged each.
+func TestPollFailuresLoggedOnceAMinute(t *testing.T) {
+	const failures = 5
+	_, kv := testBucket(t)
+	o := &failingChanges{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}}
+	var logs testharness.LogBuffer
+	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		Logger:       slog.New(slog.NewTextHandler(&logs, nil)),
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: 5 * time.Second})
+	waitFirstCursor(ctx, t, kv, "s")
+	polls := func() float64 { return testutil.ToFloat64(r.m.polls.WithLabelValues("s")) }
+	before := polls()
+	o.failures.Store(failures)
+	waitUntil(t, "the failed polls", func() bool { return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) == failures })
+	waitUntil(t, "a poll after them", func() bool { return polls() > before+1 })
+	out := logs.String()
+	if n := strings.Count(out, "reconciler poll failed"); n != 1 {
+		t.Errorf("%d poll failures logged, want 1 for %d within a minute:\n%s", n, failures, out)
+	}
+	if !strings.Contains(out, fmt.Sprintf("reconciler polls succeed again\" source=s failures=%d", failures)) {
+		t.Errorf("the polls' recovery not logged with the %d failures:\n%s", failures, out)
 	}
 }

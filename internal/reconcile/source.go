@@ -287,6 +287,9 @@ func (s *sourceRunner) pollLoop(ctx context.Context, stop context.CancelCauseFun
 	opts := &s.r.opts
 	delay := opts.PollInterval
 	loaded := false
+	// An Orthanc that fails every other poll is told once a minute, not
+	// at each backoff step (the metric and the check count each).
+	failures := repeatlog.Failures{Every: time.Minute}
 	for ctx.Err() == nil {
 		var (
 			more bool
@@ -316,10 +319,15 @@ func (s *sourceRunner) pollLoop(ctx context.Context, stop context.CancelCauseFun
 		if err != nil {
 			s.r.m.pollErrors.WithLabelValues(s.name).Inc()
 			s.setStatus(err)
-			s.log.Warn("reconciler poll failed; retrying", "err", err, "retry_in", delay.String(), "cursor", s.cur.Seq)
+			if n, ok := failures.Failed(); ok {
+				s.log.Warn("reconciler poll failed; retrying", "err", err, "retry_in", delay.String(), "cursor", s.cur.Seq, "failures", n)
+			}
 			sleep(ctx, delay)
 			delay = min(2*delay, opts.MaxBackoff)
 			continue
+		}
+		if n := failures.Succeeded(); n > 0 {
+			s.log.Info("reconciler polls succeed again", "failures", n)
 		}
 		s.setStatus(nil)
 		s.r.m.polls.WithLabelValues(s.name).Inc()
