@@ -22,6 +22,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -90,6 +91,7 @@ type Webhook struct {
 	tracer  trace.Tracer
 	now     func() time.Time
 	m       *metrics
+	refused refusalLog
 }
 
 // NewWebhook validates opts and returns the webhook handler.
@@ -397,12 +399,57 @@ func (h *Webhook) authorized(r *http.Request) (ok, previous bool) {
 }
 
 func (h *Webhook) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
-	// A refused flood is counted, not logged line by line: the log of the
-	// other refusals is bounded by the rate limit, which comes first.
+	// Every refusal is counted; the log has a line a minute per reason at
+	// most. Anyone who can reach the webhook can be refused without a
+	// token: the rate limit alone let through 50 lines a second per
+	// address, per /64 of an IPv6 /48, and all of them with
+	// INGEST_RATE_LIMIT=0. A flood the rate limit refuses is not logged.
 	if reason != "rate_limited" {
-		h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", msg)
+		if n, ok := h.refused.refused(reason, h.now()); ok {
+			h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", msg,
+				"refusals_since_last_line", n)
+		}
 	}
 	h.answerRefusal(w, status, reason, msg)
+}
+
+// refusalLogEvery is the least time between two "event rejected" lines
+// of one reason.
+const refusalLogEvery = time.Minute
+
+// refusalLog spaces the "event rejected" lines of each reason: the first
+// is logged, then the first a minute or more after the last line, which
+// counts the refusals since. Safe for concurrent use; the reasons are
+// the webhook's own, a handful.
+type refusalLog struct {
+	mu      sync.Mutex
+	reasons map[string]*reasonRefusals
+}
+
+type reasonRefusals struct {
+	since  int       // refusals since the last line
+	logged time.Time // the last line; zero: none yet
+}
+
+// refused counts a refusal for reason at now; log says whether to log
+// it, n the reason's refusals since its last line, this one included.
+func (l *refusalLog) refused(reason string, now time.Time) (n int, log bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rr := l.reasons[reason]
+	if rr == nil {
+		if l.reasons == nil {
+			l.reasons = map[string]*reasonRefusals{}
+		}
+		rr = &reasonRefusals{}
+		l.reasons[reason] = rr
+	}
+	rr.since++
+	if !rr.logged.IsZero() && now.Sub(rr.logged) < refusalLogEvery {
+		return rr.since, false
+	}
+	n, rr.since, rr.logged = rr.since, 0, now
+	return n, true
 }
 
 // answerRefusal counts a refusal and answers it, without logging it.

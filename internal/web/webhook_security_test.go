@@ -3,10 +3,12 @@ package web_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,9 +17,11 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/web"
 )
 
@@ -239,4 +243,110 @@ func TestWebhookRateLimitedNotLogged(t *testing.T) {
 	if n := strings.Count(logs.String(), `"event rejected"`); n != 1 || strings.Contains(logs.String(), "rate_limited") {
 		t.Errorf("%d rejection lines logged, want only the 401's:\n%s", n, logs.String())
 	}
+}
+
+// Refusals the rate limit lets through (all of them with
+// INGEST_RATE_LIMIT=0) are each counted, and logged a line a minute per
+// reason, which counts the refusals since the last: a client without a
+// token wrote a line per request, 50 a second per address at the rate
+// limit's default.
+func TestWebhookRefusalsLoggedOnceAMinute(t *testing.T) {
+	const secret = "hmac-secret-0123456789-0123456789"
+	tests := []struct {
+		reason string
+		hmac   bool
+		hdr    map[string]string
+		body   string
+	}{
+		{"unauthorized", false, map[string]string{"Authorization": "Bearer wrong-token-0123456789"}, validBody},
+		{"unsupported_media_type", false, map[string]string{"Content-Type": "text/plain"}, validBody},
+		{"malformed", false, nil, "{"},
+		{"invalid", false, nil, strings.TrimSuffix(validBody, "}") + `,"receivedAt":"2026-11-26T10:15:00Z"}`},
+		{"too_large", false, nil, strings.Repeat(" ", web.MaxBodyBytes+1)},
+		{"bad_signature", true, nil, validBody},
+	}
+	for _, tt := range tests {
+		t.Run(tt.reason, func(t *testing.T) {
+			var logs testharness.LogBuffer
+			clk := &clock{t: time.Unix(1_790_000_000, 0)}
+			reg := prometheus.NewRegistry()
+			opts := web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, Now: clk.Now, Registerer: reg,
+				Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+			if tt.hmac {
+				opts.HMACSecret = secret
+			}
+			srv := serve(t, opts)
+			refuse := func(n int) {
+				t.Helper()
+				for range n {
+					if resp := postHeaders(t, srv.URL, tt.hdr, tt.body); resp.StatusCode < 400 {
+						t.Fatalf("status %d, want a refusal", resp.StatusCode)
+					}
+				}
+			}
+			// The "refusals_since_last_line" of each line of the reason.
+			lines := func() []int {
+				var counts []int
+				for line := range strings.Lines(logs.String()) {
+					var l struct {
+						Msg    string `json:"msg"`
+						Reason string `json:"reason"`
+						Since  int    `json:"refusals_since_last_line"`
+					}
+					if err := json.Unmarshal([]byte(line), &l); err != nil {
+						t.Fatalf("log line %q: %v", line, err)
+					}
+					if l.Msg == "event rejected" && l.Reason == tt.reason {
+						counts = append(counts, l.Since)
+					}
+				}
+				return counts
+			}
+			refuse(10)
+			clk.Advance(59 * time.Second)
+			refuse(5)
+			if got := lines(); !slices.Equal(got, []int{1}) {
+				t.Errorf("lines within the first minute counting %v refusals, want [1]; log:\n%s", got, logs.String())
+			}
+			clk.Advance(time.Second)
+			refuse(1)
+			if got := lines(); !slices.Equal(got, []int{1, 15}) {
+				t.Errorf("lines counting %v refusals, want [1 15] (the first, then those of the minute since); log:\n%s", got, logs.String())
+			}
+			if got := rejectedTotal(t, reg, tt.reason); got != 16 {
+				t.Errorf("stowline_ingest_events_rejected_total{reason=%q} = %v, want all 16", tt.reason, got)
+			}
+			// Another reason has lines of its own.
+			other := map[string]string{"Authorization": "Bearer wrong-token-0123456789"}
+			if tt.reason == "unauthorized" {
+				other = map[string]string{"Content-Type": "text/plain"}
+			}
+			postHeaders(t, srv.URL, other, validBody)
+			if n := strings.Count(logs.String(), `"event rejected"`); n != 3 {
+				t.Errorf("%d lines, want 3: another reason's first refusal is logged at once; log:\n%s", n, logs.String())
+			}
+		})
+	}
+}
+
+// rejectedTotal is stowline_ingest_events_rejected_total{reason} in reg.
+func rejectedTotal(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "stowline_ingest_events_rejected_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
