@@ -67,3 +67,38 @@ func TestClientIP(t *testing.T) {
 		})
 	}
 }
+
+// The "event rejected" lines are spaced per reason and client, so that a
+// flood from one address does not hide another client's refusal, and the
+// clients told apart stay bounded: past refusalClients (none quiet for a
+// minute), the others share one count per reason.
+func TestRefusalLogPerClientBounded(t *testing.T) {
+	now := time.Unix(1_790_000_000, 0)
+	var l refusalLog
+	for range 100 {
+		l.refused("unauthorized", "192.0.2.1", now)
+	}
+	if _, log := l.refused("unauthorized", "192.0.2.2", now); !log {
+		t.Error("another client's first refusal, during a flood from one address, was not logged")
+	}
+	for i := range refusalClients - 2 { // with the two above: full
+		l.refused("unauthorized", fmt.Sprintf("10.0.%d.%d", i>>8, i&255), now)
+	}
+	if _, log := l.refused("unauthorized", "198.51.100.1", now); !log {
+		t.Error("the first refusal past the bound was not logged")
+	}
+	if n, log := l.refused("unauthorized", "198.51.100.2", now); log || n != 1 {
+		t.Errorf("a second client past the bound: logged %v, count %d since the shared line; want 1, not logged", log, n)
+	}
+	if len(l.clients) > refusalClients+1 {
+		t.Fatalf("%d clients kept, want at most %d and the shared count", len(l.clients), refusalClients)
+	}
+	// A minute on, the quiet clients make room.
+	now = now.Add(refusalLogEvery)
+	if _, log := l.refused("unauthorized", "198.51.100.3", now); !log {
+		t.Error("a new client a minute later was not logged")
+	}
+	if _, ok := l.clients[refusalKey{"unauthorized", "198.51.100.3"}]; !ok {
+		t.Error("the quiet clients made no room for a new one")
+	}
+}

@@ -399,14 +399,17 @@ func (h *Webhook) authorized(r *http.Request) (ok, previous bool) {
 }
 
 func (h *Webhook) reject(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
-	// Every refusal is counted; the log has a line a minute per reason at
-	// most. Anyone who can reach the webhook can be refused without a
-	// token: the rate limit alone let through 50 lines a second per
-	// address, per /64 of an IPv6 /48, and all of them with
-	// INGEST_RATE_LIMIT=0. A flood the rate limit refuses is not logged.
+	// Every refusal is counted; the log has a line a minute per reason
+	// and client at most. Anyone who can reach the webhook can be refused
+	// without a token: the rate limit alone let through 50 lines a second
+	// per address, per /64 of an IPv6 /48, and all of them with
+	// INGEST_RATE_LIMIT=0. Per client, so that a flood does not hide the
+	// Orthanc whose token is wrong. A flood the rate limit refuses is
+	// not logged.
 	if reason != "rate_limited" {
-		if n, ok := h.refused.refused(reason, h.now()); ok {
-			h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", clientIP(r, h.proxies), "err", msg,
+		client := clientIP(r, h.proxies)
+		if n, ok := h.refused.refused(reason, client, h.now()); ok {
+			h.log.Warn("event rejected", "status", status, "reason", reason, "remote", r.RemoteAddr, "client", client, "err", msg,
 				"refusals_since_last_line", n)
 		}
 	}
@@ -414,41 +417,63 @@ func (h *Webhook) reject(w http.ResponseWriter, r *http.Request, status int, rea
 }
 
 // refusalLogEvery is the least time between two "event rejected" lines
-// of one reason.
+// of one reason and client.
 const refusalLogEvery = time.Minute
 
-// refusalLog spaces the "event rejected" lines of each reason: the first
-// is logged, then the first a minute or more after the last line, which
-// counts the refusals since. Safe for concurrent use; the reasons are
-// the webhook's own, a handful.
+// refusalClients bounds the clients refusalLog tells apart; beyond them
+// (a flood from many addresses), the others share one count per reason.
+const refusalClients = 1000
+
+// refusalLog spaces the "event rejected" lines of each reason and
+// client: the first is logged, then the first a minute or more after the
+// last line, which counts the refusals since. Safe for concurrent use.
 type refusalLog struct {
 	mu      sync.Mutex
-	reasons map[string]*reasonRefusals
+	clients map[refusalKey]*clientRefusals
 }
 
-type reasonRefusals struct {
+type refusalKey struct {
+	reason string
+	client string // "": the clients past refusalClients
+}
+
+type clientRefusals struct {
 	since  int       // refusals since the last line
 	logged time.Time // the last line; zero: none yet
 }
 
-// refused counts a refusal for reason at now; log says whether to log
-// it, n the reason's refusals since its last line, this one included.
-func (l *refusalLog) refused(reason string, now time.Time) (n int, log bool) {
+// refused counts a refusal for reason from client at now; log says
+// whether to log it, n the refusals since the last line of its reason and
+// client, this one included.
+func (l *refusalLog) refused(reason, client string, now time.Time) (n int, log bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	rr := l.reasons[reason]
-	if rr == nil {
-		if l.reasons == nil {
-			l.reasons = map[string]*reasonRefusals{}
+	if l.clients == nil {
+		l.clients = map[refusalKey]*clientRefusals{}
+	}
+	key := refusalKey{reason, client}
+	cr := l.clients[key]
+	if cr == nil && len(l.clients) >= refusalClients {
+		// A client quiet for a minute would be logged at once anyway.
+		for k, c := range l.clients {
+			if now.Sub(c.logged) >= refusalLogEvery {
+				delete(l.clients, k)
+			}
 		}
-		rr = &reasonRefusals{}
-		l.reasons[reason] = rr
+		if len(l.clients) >= refusalClients {
+			key.client = ""
+			cr = l.clients[key]
+		}
 	}
-	rr.since++
-	if !rr.logged.IsZero() && now.Sub(rr.logged) < refusalLogEvery {
-		return rr.since, false
+	if cr == nil {
+		cr = &clientRefusals{}
+		l.clients[key] = cr
 	}
-	n, rr.since, rr.logged = rr.since, 0, now
+	cr.since++
+	if !cr.logged.IsZero() && now.Sub(cr.logged) < refusalLogEvery {
+		return cr.since, false
+	}
+	n, cr.since, cr.logged = cr.since, 0, now
 	return n, true
 }
 
