@@ -59,6 +59,10 @@ func TestSchemaRefuses(t *testing.T) {
 			"at '/image/pullPolicy'"},
 		{"a sampler the SDK does not have", "tracing:\n  otlpEndpoint: http://otel.observability.svc:4318\n  sampler: parentbased_traceidration\n",
 			"at '/tracing/sampler'"},
+		// The ingest and forwarder refuse it at start: a crash loop after
+		// the upgrade, where helm can refuse it first.
+		{"a collector without its scheme", "tracing:\n  otlpEndpoint: otel-collector.observability.svc:4318\n",
+			"at '/tracing/otlpEndpoint'"},
 		{"a Service type", "ingest:\n  service:\n    type: Headless\n",
 			"at '/ingest/service/type'"},
 		{"a scrape interval without its unit", "serviceMonitor:\n  interval: 30\n",
