@@ -271,13 +271,15 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 		// as the request left, an HTTP/2 GOAWAY. net/http resends such a
 		// request only with GetBody, which would also make it follow
 		// 307 and 308 redirects and, on HTTP/2, resend up to 6 times, so
-		// the request is sent again here, once, on a new connection,
-		// its parts read again. Storing an instance twice is harmless: a
-		// study's next attempt would do just that, after a backoff and
-		// with all its other requests. The server may have stored the
-		// first sending's instances before the connection broke: the
-		// answer says so (Result.Resent), for the caller to read an
-		// "already exists" as perhaps its own copy.
+		// the request is sent again here, once, its parts read again, on
+		// the connection the pool gives next: a new one, or another idle
+		// one that may be as stale (its failure is then returned).
+		// Storing an instance twice is harmless: a study's next attempt
+		// would do just that, after a backoff and with all its other
+		// requests. The server may have stored the first sending's
+		// instances before the connection broke: the answer says so
+		// (Result.Resent), for the caller to read an "already exists" as
+		// perhaps its own copy.
 		res, _, err = c.sendOnce(ctx, method, parts)
 		if res != nil {
 			res.Resent = true
