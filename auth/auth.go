@@ -27,6 +27,12 @@ var (
 	ErrInvalidConfig = errors.New("auth: invalid config")
 	// ErrToken reports that no token could be obtained from the token endpoint.
 	ErrToken = errors.New("auth: cannot obtain token")
+	// ErrClockSkew reports a request the destination answered by refusing
+	// the time it was signed at (awssig: AWS's 403 for a signature more
+	// than 5 minutes off). The destination did answer, and the transport
+	// signs the next request at the destination's time: sent again, the
+	// request should go through.
+	ErrClockSkew = errors.New("this host's clock is off")
 )
 
 // providerGeneric names the standards-only identity provider.

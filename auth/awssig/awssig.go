@@ -49,9 +49,6 @@ var (
 	errUnknownLength = errors.New("awssig: request body length unknown (HealthImaging needs x-amz-decoded-content-length)")
 	// errCredentials: no credentials could be had from the chain.
 	errCredentials = errors.New("awssig: no AWS credentials")
-	// errClockSkew: AWS refused a request signed by a clock far from its
-	// own; the next one is signed with AWS's time.
-	errClockSkew = errors.New("awssig: AWS refused the request (403): this host's clock is off")
 )
 
 const (
@@ -222,11 +219,12 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	off, ok := t.learnOffset(resp)
 	if ok && resp.StatusCode == http.StatusForbidden && (off-used).Abs() >= skewRefused {
 		// Refused for the time it was signed at, most likely: an error
-		// the forwarder retries, not a 403 it would dead-letter. The
-		// retry is signed at AWS's time.
+		// the STOW client sends again at once (auth.ErrClockSkew), not a
+		// 403 the forwarder would take for AWS refusing stowline. The
+		// next request is signed at AWS's time.
 		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		_ = resp.Body.Close()
-		return nil, fmt.Errorf("%w: AWS's clock is %s from it (NTP?); the next request is signed at AWS's time", errClockSkew, off.Round(time.Second))
+		return nil, fmt.Errorf("awssig: AWS refused the request (403): %w: AWS's clock is %s from it (NTP?); the next request is signed at AWS's time", auth.ErrClockSkew, off.Round(time.Second))
 	}
 	return resp, nil
 }

@@ -431,7 +431,7 @@ func TestClockSkewCorrected(t *testing.T) {
 			}))
 			t.Cleanup(srv.Close)
 			get := studiesGetter(t, staticCreds(), srv.URL)
-			if status, err := get(); !errors.Is(err, errClockSkew) {
+			if status, err := get(); !errors.Is(err, auth.ErrClockSkew) {
 				t.Fatalf("first request: status %d, err %v; want the clock refusal as an error", status, err)
 			}
 			if status, err := get(); err != nil || status != http.StatusOK {
@@ -440,6 +440,82 @@ func TestClockSkewCorrected(t *testing.T) {
 			forbid.Store(true)
 			if status, err := get(); err != nil || status != http.StatusForbidden {
 				t.Errorf("a 403 with the clocks agreeing: status %d, err %v; want the 403", status, err)
+			}
+		})
+	}
+}
+
+// A STOW-RS request AWS refuses for this host's clock is sent again at
+// once by the dicomweb client, signed at AWS's time: every request in
+// flight when the clock went off (up to 16 per destination) is refused
+// alike, and as ErrNoAnswer they counted the destination down for its
+// breaker. One refused again (AWS's clock jumping) is returned as the
+// clock's refusal, not as no answer. Nothing was stored: not Resent.
+func TestSTOWRefusedForTheClockSentAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		ahead   func(n int32) time.Duration // AWS's clock from this host's at its nth request
+		stores  int                         // at once
+		refused bool                        // the second sending too
+	}{
+		{"AWS an hour ahead", func(int32) time.Duration { return time.Hour }, 1, false},
+		{"AWS an hour ahead, requests in flight", func(int32) time.Duration { return time.Hour }, 4, false},
+		{"AWS's clock jumping", func(n int32) time.Duration { return time.Duration(n) * time.Hour }, 1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var requests atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				now := time.Now().Add(tc.ahead(requests.Add(1)))
+				w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
+				signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
+				switch {
+				case err != nil || verifySigV4(r, r.Header.Get("X-Amz-Content-Sha256"), "secret/EXAMPLE+key") != nil:
+					http.Error(w, "bad signature", http.StatusBadRequest)
+				case now.Sub(signed).Abs() > 5*time.Minute:
+					w.WriteHeader(http.StatusForbidden)
+					io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
+				default:
+					_, _ = io.Copy(io.Discard, r.Body)
+					w.Header().Set("Content-Type", "application/dicom+json")
+					io.WriteString(w, `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3.1"]}}]}}`)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			rt, _ := Transport(staticCreds(), "us-east-1", nil)
+			client, err := dicomweb.New(srv.URL+"/datastore/abc", &http.Client{Transport: rt}, dicomweb.WithContentLength())
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := bytes.Repeat([]byte{1}, 1000)
+			parts := []dicomweb.Part{{SOPInstanceUID: "1.2.3.1", Size: int64(len(data)), Open: func(context.Context) (io.ReadCloser, error) {
+				return io.NopCloser(bytes.NewReader(data)), nil
+			}}}
+			type answer struct {
+				res *dicomweb.Result
+				err error
+			}
+			answers := make(chan answer, tc.stores)
+			for range tc.stores {
+				go func() {
+					res, err := client.Store(t.Context(), parts)
+					answers <- answer{res, err}
+				}()
+			}
+			for range tc.stores {
+				a := <-answers
+				switch {
+				case tc.refused && (!errors.Is(a.err, auth.ErrClockSkew) || errors.Is(a.err, dicomweb.ErrNoAnswer)):
+					t.Errorf("refused twice: err %v (no answer: %t); want the clock's refusal, not no answer",
+						a.err, errors.Is(a.err, dicomweb.ErrNoAnswer))
+				case !tc.refused && a.err != nil:
+					t.Errorf("err %v (no answer: %t); want the request sent again at AWS's time and stored",
+						a.err, errors.Is(a.err, dicomweb.ErrNoAnswer))
+				case !tc.refused && (len(a.res.Stored) != 1 || a.res.Resent):
+					t.Errorf("stored %d, resent %t; want 1 stored, not resent", len(a.res.Stored), a.res.Resent)
+				}
+			}
+			if n := requests.Load(); n > int32(2*tc.stores) || tc.refused && n != int32(2*tc.stores) {
+				t.Errorf("%d requests for %d stores; want each sent again once (at most, when accepted)", n, tc.stores)
 			}
 		})
 	}
@@ -526,7 +602,7 @@ func TestCredentialsExpiredByAWSClockFetchedAgain(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	get := studiesGetter(t, cache, srv.URL)
-	if _, err := get(); !errors.Is(err, errClockSkew) {
+	if _, err := get(); !errors.Is(err, auth.ErrClockSkew) {
 		t.Fatalf("first request: err %v; want the clock refusal", err)
 	}
 	for range 3 {

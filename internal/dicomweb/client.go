@@ -42,8 +42,9 @@ const (
 // Part is one DICOM instance to send. Open is called when the part is
 // written, so instances stream one after another and a study is never held
 // in memory; each Store calls it once, or twice when it sends the request
-// again after a reused connection broke before any answer, so Open must
-// give the instance from its start each time. The context passed to Open
+// again (after a reused connection broke before any answer, or the signing
+// transport's refusal of this host's clock: auth.ErrClockSkew), so Open
+// must give the instance from its start each time. The context passed to Open
 // is cancelled as soon as the request ends; Open and the reader it returns
 // should honour it so that Store returns promptly when the server answers
 // early.
@@ -265,26 +266,32 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 		}
 	}
 	res, resend, err := c.sendOnce(ctx, method, parts)
-	if resend && ctx.Err() == nil {
-		// The connection was a reused one and broke before any answer:
-		// a keep-alive connection the server or a load balancer closed
-		// as the request left, an HTTP/2 GOAWAY. net/http resends such a
-		// request only with GetBody, which would also make it follow
-		// 307 and 308 redirects and, on HTTP/2, resend up to 6 times, so
-		// the request is sent again here, once, its parts read again, on
-		// the connection the pool gives next: a new one, or another idle
-		// one that may be as stale (its failure is then returned).
-		// Storing an instance twice is harmless: a study's next attempt
-		// would do just that, after a backoff and with all its other
-		// requests. The server may have stored the first sending's
-		// instances before the connection broke: the answer says so
-		// (Result.Resent), for the caller to read an "already exists" as
-		// perhaps its own copy.
+	// skewed: AWS refused the request for the time it was signed at
+	// (auth.ErrClockSkew). Every request in flight when the signing
+	// transport learnt AWS's time is refused alike, and the next one is
+	// signed at AWS's time: sent again at once, it goes through instead
+	// of failing its study. AWS stored nothing of it: not Resent.
+	skewed := errors.Is(err, auth.ErrClockSkew)
+	if (resend || skewed) && ctx.Err() == nil {
+		// resend: the connection was a reused one and broke before any
+		// answer: a keep-alive connection the server or a load balancer
+		// closed as the request left, an HTTP/2 GOAWAY. net/http resends
+		// such a request only with GetBody, which would also make it
+		// follow 307 and 308 redirects and, on HTTP/2, resend up to 6
+		// times, so the request is sent again here, once, its parts read
+		// again, on the connection the pool gives next: a new one, or
+		// another idle one that may be as stale (its failure is then
+		// returned). Storing an instance twice is harmless: a study's
+		// next attempt would do just that, after a backoff and with all
+		// its other requests. The server may have stored the first
+		// sending's instances before the connection broke: the answer
+		// says so (Result.Resent), for the caller to read an "already
+		// exists" as perhaps its own copy.
 		res, _, err = c.sendOnce(ctx, method, parts)
-		if res != nil {
+		if resend && res != nil {
 			res.Resent = true
 		}
-		if he, ok := errors.AsType[*HTTPError](err); ok && he.Result != nil {
+		if he, ok := errors.AsType[*HTTPError](err); ok && resend && he.Result != nil {
 			he.Result.Resent = true
 		}
 	}
@@ -361,6 +368,12 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		}
 		if refusedRedirect(doErr) {
 			return nil, false, fmt.Errorf("%w: stow: %s %s: %w", ErrRedirected, method, c.logURL, c.redact(doErr))
+		}
+		if errors.Is(doErr, auth.ErrClockSkew) {
+			// Answered, by a refusal of this host's clock that send
+			// corrects: not ErrNoAnswer, which would count the
+			// destination down for its breaker.
+			return nil, false, fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr))
 		}
 		if !connected.Load() {
 			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w: %w", method, c.logURL, ErrNotConnected, c.redact(doErr)))

@@ -56,6 +56,8 @@ func TestDestinationDown(t *testing.T) {
 		{"source down", fmt.Errorf("list instances: %w", refused), false},
 		{"source 500", &orthancapi.Error{StatusCode: 500}, false},
 		{"shutdown", dicomwebNoAnswer(&url.Error{Op: "Post", URL: "x", Err: context.Canceled}), false},
+		// Answered: AWS refused this host's clock, twice (dicomweb sends it again once).
+		{"AWS refused the clock", &url.Error{Op: "Post", URL: "x", Err: fmt.Errorf("awssig: %w", auth.ErrClockSkew)}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -45,6 +45,7 @@ func TestClassify(t *testing.T) {
 		{"token endpoint down", &auth.TokenError{StatusCode: 0, Err: errors.New("dial")}, Transient},
 		{"token endpoint 503", &auth.TokenError{StatusCode: 503, Err: errors.New("x")}, Transient},
 		{"credentials refused", &auth.TokenError{StatusCode: 401, Code: "invalid_client", Err: errors.New("x")}, Transient},
+		{"AWS refused the clock", fmt.Errorf("stow: %w", auth.ErrClockSkew), Transient},
 		{"orthanc down", &orthancapi.Error{StatusCode: 503}, Transient},
 		{"orthanc 404", &orthancapi.Error{StatusCode: 404}, SourceMissing},
 		{"proxy's 404 before orthanc", &orthancapi.Error{StatusCode: 404, NotFromOrthanc: "GET /system: HTTP 404"}, Transient},
