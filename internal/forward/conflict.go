@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -188,13 +189,13 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 		}
 		st.deleted[uid] = true
 		// The round's summary below counts them.
-		f.log.Debug("deleted an instance the destination held with other content, to store it again", "orthanc_study_id", a.Event.OrthancStudyID,
-			"study_instance_uid", a.Event.StudyInstanceUID, "series_instance_uid", inst.SeriesInstanceUID, "sop_instance_uid", uid, "setting", c.setting())
+		f.attemptLog(a).Debug("deleted an instance the destination held with other content, to store it again",
+			"series_instance_uid", inst.SeriesInstanceUID, "sop_instance_uid", uid, "setting", c.setting())
 		resend = append(resend, cf.part)
 	}
 	if n := len(resend) + len(upsert); n > 0 {
-		f.log.Warn("replacing instances the destination held with other content", "orthanc_study_id", a.Event.OrthancStudyID,
-			"study_instance_uid", a.Event.StudyInstanceUID, "instances", n, "deleted", len(resend), "method", c.Method, "setting", c.setting())
+		f.attemptLog(a).Warn("replacing instances the destination held with other content",
+			"instances", n, "deleted", len(resend), "method", c.Method, "setting", c.setting())
 	}
 	return resend, upsert, nil
 }
@@ -220,7 +221,7 @@ func (f *Forwarder) keepConflict(st *conflictState, cf conflicted) {
 // was a failure, which skip must not count as stored nor deadletter
 // take for a conflict. Unlisted, or the destination not asked (no
 // QIDO-RS client, or it failed), they are failed.
-func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted) (held, failed []conflicted) {
+func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted, log *slog.Logger) (held, failed []conflicted) {
 	lister := f.opts.Verifier
 	if lister == nil {
 		d := f.opts.Destination
@@ -249,12 +250,11 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 	}
 	if len(failed) > 0 {
 		first := failed[0]
-		args := []any{"orthanc_study_id", ev.OrthancStudyID, "study_instance_uid", ev.StudyInstanceUID, "instances", len(failed),
-			"first_sop_instance_uid", first.part.SOPInstanceUID, "failure_reason", fmt.Sprintf("0x%04X", first.reason)}
+		args := []any{"instances", len(failed), "first_sop_instance_uid", first.part.SOPInstanceUID, "failure_reason", fmt.Sprintf("0x%04X", first.reason)}
 		if err != nil {
 			args = append(args, "err", err)
 		}
-		f.log.Warn("destination answered 409 with a Failure Reason that is a conflict only for an instance it holds, and does not list the instances: "+
+		log.Warn("destination answered 409 with a Failure Reason that is a conflict only for an instance it holds, and does not list the instances: "+
 			"no conflict, retried as the failure the code names", args...)
 	}
 	return held, failed
@@ -269,7 +269,7 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 // that is a refusal): the next delivery would be refused the same, and
 // its letter would no longer say the archive lost them. One err names
 // already is named once, with both texts.
-func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, rejected []Instance, err error) error {
+func (f *Forwarder) notStoredAgain(st *conflictState, rejected []Instance, err error, log *slog.Logger) error {
 	uids := slices.Sorted(maps.Keys(st.deleted))
 	var fe *Error
 	isErr := errors.As(err, &fe)
@@ -293,13 +293,13 @@ func (f *Forwarder) notStoredAgain(ev *events.StudyStable, st *conflictState, re
 	for i, uid := range uids {
 		gone[i] = Instance{SOPInstanceUID: uid, Text: what}
 	}
-	args := []any{"orthanc_study_id", ev.OrthancStudyID, "study_instance_uid", ev.StudyInstanceUID, "instances", len(gone), "first_sop_instance_uid", uids[0], "err", err}
+	args := []any{"instances", len(gone), "first_sop_instance_uid", uids[0], "err", err}
 	out := &Error{Class: Transient, Err: fmt.Errorf("%d instances deleted at the destination to replace them, not stored again: %s: %w", len(gone), uidList(gone), err), Instances: gone}
 	if lost {
-		f.log.Error("instances deleted at the destination to replace them were refused for good when stored again: the archive no longer holds them", args...)
+		log.Error("instances deleted at the destination to replace them were refused for good when stored again: the archive no longer holds them", args...)
 		out = &Error{Class: fe.Class, Err: fmt.Errorf("%d instances deleted at the destination to replace them; storing them again was refused for good, the archive no longer holds them: %s: %w", len(gone), uidList(gone), err), Instances: gone}
 	} else {
-		f.log.Error("instances deleted at the destination to replace them are not stored again: the study is retried", args...)
+		log.Error("instances deleted at the destination to replace them are not stored again: the study is retried", args...)
 	}
 	if isErr {
 		named := slices.Clone(fe.Instances)
@@ -410,7 +410,7 @@ const rememberTimeout = 15 * time.Second
 // is then a conflict for skip, and a transient failure for deadletter and
 // replace (sortAnswer). patient: the read is tried again while JetStream
 // does not answer (a leader election), up to rememberTimeout.
-func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, patient bool) (sent func(string) bool, ok bool) {
+func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, patient bool, log *slog.Logger) (sent func(string) bool, ok bool) {
 	if f.opts.Failures == nil {
 		return func(string) bool { return false }, true
 	}
@@ -432,8 +432,7 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 		err = read(ctx)
 	}
 	if err != nil {
-		f.log.Warn("read what earlier attempts stored: an already-stored answer is a conflict under skip, retried later under deadletter or replace", "orthanc_study_id", ev.OrthancStudyID,
-			"study_instance_uid", ev.StudyInstanceUID, "err", err)
+		log.Warn("read what earlier attempts stored: an already-stored answer is a conflict under skip, retried later under deadletter or replace", "err", err)
 		return func(string) bool { return false }, false
 	}
 	return sent, true

@@ -199,6 +199,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 		span.SetAttributes(tracing.Event(ev)...)
 		log = log.With("trace_id", span.SpanContext().TraceID().String())
 	}
+	a.log = log
 	f.obs.Started(a)
 
 	if d, poison := f.policy.exhausted(a.Number); poison {

@@ -1,6 +1,10 @@
 package forward
 
-import "github.com/stowline/stowline/events"
+import (
+	"log/slog"
+
+	"github.com/stowline/stowline/events"
+)
 
 // Attempt is one delivery of a study's event to this forwarder.
 type Attempt struct {
@@ -26,6 +30,22 @@ type Attempt struct {
 	// turn it took once no longer the trial (transferGuarded).
 	beside   bool
 	lateTurn func()
+	// log is the delivery's logger (handle's: source, study, attempt,
+	// stream_seq, trace_id), so that the study's lines from transfer
+	// can be told apart when studies run at once; nil outside a
+	// delivery, where attemptLog stands in.
+	log *slog.Logger
+}
+
+// attemptLog is the logger for a's lines: the delivery's, or, for an
+// attempt run outside one (tests), the forwarder's with the study's keys.
+func (f *Forwarder) attemptLog(a *Attempt) *slog.Logger {
+	if a.log != nil {
+		return a.log
+	}
+	ev := a.Event
+	return f.log.With("source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
+		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate)
 }
 
 // Result is how an attempt ended: the label of

@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 
 	"github.com/stowline/stowline/events"
@@ -19,6 +20,7 @@ type sentWriter struct {
 	f    *Forwarder
 	ctx  context.Context
 	ev   *events.StudyStable
+	log  *slog.Logger  // the attempt's
 	kick chan struct{} // buffered: a write is due
 	done chan struct{} // closed when run ends
 
@@ -27,8 +29,8 @@ type sentWriter struct {
 	failed  bool // a write failed: the rest waits for close
 }
 
-func (f *Forwarder) newSentWriter(ctx context.Context, ev *events.StudyStable) *sentWriter {
-	w := &sentWriter{f: f, ctx: ctx, ev: ev, kick: make(chan struct{}, 1), done: make(chan struct{})}
+func (f *Forwarder) newSentWriter(ctx context.Context, ev *events.StudyStable, log *slog.Logger) *sentWriter {
+	w := &sentWriter{f: f, ctx: ctx, ev: ev, log: log, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	go w.run()
 	return w
 }
@@ -80,8 +82,8 @@ func (w *sentWriter) close() (unwritten []string) {
 		return w.pending
 	}
 	if err := w.f.rememberStored(w.ctx, w.ev, w.pending); err != nil {
-		w.f.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts", "orthanc_study_id", w.ev.OrthancStudyID,
-			"study_instance_uid", w.ev.StudyInstanceUID, "instances", len(w.pending), "err", err)
+		w.log.Warn("remember what the attempt stored: a later delivery of the study may take those instances for conflicts",
+			"instances", len(w.pending), "err", err)
 		return w.pending
 	}
 	return nil

@@ -47,7 +47,7 @@ func TestSentWriter(t *testing.T) {
 		log := &blockingFailureLog{release: make(chan struct{}), fail: 2}
 		f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) { o.Failures = log })
 		ev := testEvent()
-		w := f.newSentWriter(t.Context(), ev)
+		w := f.newSentWriter(t.Context(), ev, f.log)
 		w.add([]string{"a"})
 		synctest.Wait() // the writer waits in its first write
 		w.add([]string{"b"})

@@ -3,9 +3,12 @@ package forward
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/internal/tracing"
 )
@@ -235,4 +239,74 @@ func TestTraceOfAParkedStudy(t *testing.T) {
 			t.Errorf("forward study results %q, want [parked]", got)
 		}
 	})
+}
+
+// The study's lines from transfer and conflict went through the
+// forwarder's logger with its study IDs added by hand: no stream_seq,
+// attempt or trace_id, so with studies running at once they could not
+// be tied to their delivery or trace. They carry the delivery's keys, as
+// its "study forwarded" does, each once.
+func TestStudyLinesCarryTheDeliveryKeys(t *testing.T) {
+	const sop = "1.2.3.1" // newMemSource(1)
+	for _, tt := range []struct {
+		name      string
+		msg       string // the line looked for
+		conflicts ConflictPolicy
+		reason    int // the first POST's 409 answers it for the instance
+	}{
+		{name: "transfer", msg: "re-sending instances the destination refused transiently", reason: 0xA700},
+		{name: "conflict", msg: "replacing instances the destination held with other content",
+			conflicts: ConflictPolicy{Action: ConflictReplace, Method: ReplacePut,
+				Rules: []dicomweb.ConflictRule{{Code: dicomweb.FailureAzureAlreadyExists, Mask: 0xFFFF}}},
+			reason: dicomweb.FailureAzureAlreadyExists},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var posts atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost && posts.Add(1) == 1 {
+					failedAnswer(w, http.StatusConflict, tt.reason, sop)
+					return
+				}
+				storedAnswer(w, sop)
+			}))
+			t.Cleanup(srv.Close)
+			var logs testharness.LogBuffer
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+				o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+				o.TracerProvider = sdktrace.NewTracerProvider()
+				o.DeadLetters = &memDeadLetters{}
+				o.Conflicts = tt.conflicts
+				o.InstanceRetries = 1
+				o.InstanceRetryDelay = time.Millisecond
+			})
+			f.handle(t.Context(), deliverOne(t, ns, cons, testEvent()), "")
+
+			var line, done map[string]any
+			for raw := range strings.Lines(logs.String()) {
+				var rec map[string]any
+				if err := json.Unmarshal([]byte(raw), &rec); err != nil {
+					t.Fatalf("log line %q: %v", raw, err)
+				}
+				switch rec["msg"] {
+				case tt.msg:
+					line = rec
+					if n := strings.Count(raw, `"orthanc_study_id"`); n != 1 {
+						t.Errorf("orthanc_study_id %d times in %s", n, raw)
+					}
+				case "study forwarded":
+					done = rec
+				}
+			}
+			if line == nil || done == nil {
+				t.Fatalf("want a %q line and a \"study forwarded\" line in:\n%s", tt.msg, logs.String())
+			}
+			for _, key := range []string{"destination", "source", "orthanc_study_id", "study_instance_uid", "last_update", "attempt", "stream_seq", "trace_id"} {
+				if line[key] == nil || line[key] != done[key] {
+					t.Errorf("%s = %v, want the delivery's %v", key, line[key], done[key])
+				}
+			}
+		})
+	}
 }

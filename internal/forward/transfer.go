@@ -102,6 +102,7 @@ func (r *Report) add(o Report) {
 // so are those the source failed to read, each in a request of its own.
 func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err error) {
 	ev := a.Event
+	log := f.attemptLog(a)
 	src, err := f.opts.SourceFor(ev.Source)
 	if err != nil {
 		return rep, &Error{Class: Permanent, Err: err}
@@ -160,7 +161,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	st := &conflictState{replacing: map[string]bool{}, skipped: map[string]bool{}, replaced: map[string]bool{}, deleted: map[string]bool{}}
 	defer func() {
 		if err != nil && len(st.deleted) > 0 {
-			err = f.notStoredAgain(ev, st, rejected, err)
+			err = f.notStoredAgain(st, rejected, err, log)
 		}
 	}()
 	// stored are the instances the destination confirmed to this
@@ -176,7 +177,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// conflict.
 	stored := map[string]bool{}
 	earlier := &storedRecord{
-		read:  func(patient bool) (func(string) bool, bool) { return f.storedEarlier(ctx, ev, patient) },
+		read:  func(patient bool) (func(string) bool, bool) { return f.storedEarlier(ctx, ev, patient, log) },
 		now:   time.Now,
 		pause: func(d time.Duration) bool { sleep(ctx, d); return ctx.Err() == nil },
 	}
@@ -219,7 +220,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// Each request's confirmed instances go to a writer as it is answered
 	// (sentwriter.go), which records them while the attempt goes on: a
 	// process killed mid-study or before its ack loses none of them.
-	sent := f.newSentWriter(ctx, ev)
+	sent := f.newSentWriter(ctx, ev, log)
 	defer func() { rep.unrecorded = sent.close() }()
 	remember := func(out batchOutcome) {
 		changed := map[string]bool{}
@@ -346,7 +347,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			unsure = append(unsure, out.unsure...)
 		}
 		if len(unsure) > 0 {
-			held, failed := f.settleUnsure(ctx, ev, unsure)
+			held, failed := f.settleUnsure(ctx, ev, unsure, log)
 			for _, c := range held {
 				if unanswered[c.part.SOPInstanceUID] {
 					// Listed, after a request that got no answer: as
@@ -403,8 +404,8 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				f.m.conflicts.WithLabelValues("replaced").Inc()
 				// One line an instance is for debugging: a study re-sent
 				// whole would log thousands. "study forwarded" counts them.
-				f.log.Debug("replaced an instance the destination held with other content", "orthanc_study_id", ev.OrthancStudyID,
-					"study_instance_uid", ev.StudyInstanceUID, "sop_instance_uid", p.SOPInstanceUID, "method", f.opts.Conflicts.Method)
+				log.Debug("replaced an instance the destination held with other content",
+					"sop_instance_uid", p.SOPInstanceUID, "method", f.opts.Conflicts.Method)
 			}
 		}
 		for _, uid := range skipped {
@@ -418,12 +419,12 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			// either: counted and named, so that a lost answer that hid
 			// other content can be looked for.
 			f.m.unproven.Add(float64(len(unproven)))
-			f.log.Warn("destination already holds instances stowline cannot prove it stored (a request sent again or broken off, or no record of sending them): counted as stored, kept in the source",
-				"orthanc_study_id", ev.OrthancStudyID, "study_instance_uid", ev.StudyInstanceUID, "instances", len(unproven), "first_sop_instance_uid", unproven[0])
+			log.Warn("destination already holds instances stowline cannot prove it stored (a request sent again or broken off, or no record of sending them): counted as stored, kept in the source",
+				"instances", len(unproven), "first_sop_instance_uid", unproven[0])
 		}
 		if len(skipped) > 0 {
-			f.log.Warn("destination already holds instances with other content: counted as stored, not replaced", "orthanc_study_id", ev.OrthancStudyID,
-				"study_instance_uid", ev.StudyInstanceUID, "instances", len(skipped), "first_sop_instance_uid", skipped[0], "setting", f.opts.Conflicts.setting()+"="+ConflictSkip)
+			log.Warn("destination already holds instances with other content: counted as stored, not replaced",
+				"instances", len(skipped), "first_sop_instance_uid", skipped[0], "setting", f.opts.Conflicts.setting()+"="+ConflictSkip)
 		}
 		if deleteErr != nil {
 			// What this round did not get stored of the instances
@@ -510,8 +511,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		if unlisted {
 			what = "re-sending instances the destination confirmed but does not list (STOW_VERIFY=qido)"
 		}
-		f.log.Warn(what, "orthanc_study_id", ev.OrthancStudyID,
-			"study_instance_uid", ev.StudyInstanceUID, "instances", len(retry), "round", transientRounds)
+		log.Warn(what, "instances", len(retry), "round", transientRounds)
 		sleep(ctx, f.opts.InstanceRetryDelay<<(transientRounds-1))
 		if err := ctx.Err(); err != nil {
 			return rep, f.carrying(err, st, rejected)
@@ -548,8 +548,8 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			}
 		}
 		first := slices.Sorted(maps.Keys(warned))[0]
-		f.log.Warn("the destination stored instances with a warning", "orthanc_study_id", ev.OrthancStudyID,
-			"study_instance_uid", ev.StudyInstanceUID, "instances", len(warned), "changed_by_destination", changed,
+		log.Warn("the destination stored instances with a warning",
+			"instances", len(warned), "changed_by_destination", changed,
 			"first_sop_instance_uid", first, "warning_reason", fmt.Sprintf("0x%04X", warned[first].WarningReason))
 	}
 	rep.kept = slices.Sorted(maps.Keys(kept))
@@ -711,7 +711,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 				status = resend503
 			}
 			f.m.resends.WithLabelValues(status).Inc()
-			f.log.Debug("sending a STOW-RS request again that the destination refused for load", "orthanc_study_id", a.Event.OrthancStudyID,
+			f.attemptLog(a).Debug("sending a STOW-RS request again that the destination refused for load",
 				"reason", string(reason), "retry_after", retryAfter.String(), "resend", resends+1)
 			sleep(stopped, resendDelay<<resends)
 			if stopped.Err() != nil {
