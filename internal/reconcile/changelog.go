@@ -372,10 +372,18 @@ var changeLevel = map[string]string{
 // reset restarts from the beginning of a change log whose database was
 // recreated, restored from a backup or replaced. The changes dated before
 // the last one handled are skipped (cursor.SkipBefore), unless that date
-// is ahead of this clock (Orthanc's clock was set back since). Pending
-// studies are kept: they are looked up by ID and dropped if gone.
+// is ahead of Orthanc's clock (set back since). Pending studies are kept:
+// they are looked up by ID and dropped if gone.
 func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error {
 	s.gone = nil
+	// The change dates are Orthanc's clock's: against this host's, an
+	// Orthanc ahead of it by more than the time since the last change
+	// handled looked set back, and the whole restored log was published
+	// again. This host's clock only when Orthanc's cannot be read.
+	now := time.Now()
+	if t, err := s.orthanc.Now(ctx); err == nil {
+		now = t
+	}
 	first := int64(0)
 	if len(page.Changes) > 0 {
 		first = page.Changes[0].Seq
@@ -386,11 +394,11 @@ func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error
 	prev, _ := changeTime(s.cur.SkipBefore)
 	s.cur.SkipBefore = ""
 	if s.cur.Change != nil {
-		if at, ok := changeTime(s.cur.Change.Date); ok && !at.After(time.Now()) && at.After(prev) {
+		if at, ok := changeTime(s.cur.Change.Date); ok && !at.After(now) && at.After(prev) {
 			s.cur.SkipBefore = s.cur.Change.Date
 		}
 	}
-	if s.cur.SkipBefore == "" && !prev.IsZero() && !prev.After(time.Now()) {
+	if s.cur.SkipBefore == "" && !prev.IsZero() && !prev.After(now) {
 		s.cur.SkipBefore = prev.Format(orthancapi.TimeLayout)
 	}
 	if s.cur.SkipBefore != "" {

@@ -263,7 +263,7 @@ func TestSecondResetKeepsTheLaterSkip(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &sourceRunner{r: &Reconciler{m: m}, name: "s", log: slog.New(slog.DiscardHandler),
-		store: &cursorStore{kv: kv, key: cursorKey("s")}}
+		store: &cursorStore{kv: kv, key: cursorKey("s")}, orthanc: aheadOrthanc{}}
 	// The rescan of a first reset skips, up to a change of 20261201T080000.
 	s.cur = cursor{Seq: 40, Change: &changeMark{Date: "20261130T090000"}, SkipBefore: "20261201T080000"}
 	if err := s.reset(t.Context(), orthancapi.Changes{Last: 12}); err != nil {
@@ -279,6 +279,36 @@ func TestSecondResetKeepsTheLaterSkip(t *testing.T) {
 	}
 	if s.cur.SkipBefore != "20261201T080000" {
 		t.Errorf("after a reset with no change handled the rescan skips what is dated before %q, want 20261201T080000", s.cur.SkipBefore)
+	}
+}
+
+// aheadOrthanc is an Orthanc whose clock is ahead of this host's.
+type aheadOrthanc struct {
+	Orthanc
+	ahead time.Duration
+}
+
+func (o aheadOrthanc) Now(context.Context) (time.Time, error) { return time.Now().Add(o.ahead), nil }
+
+// A reset's skip is judged on Orthanc's clock, in which its change dates
+// are: an Orthanc an hour ahead of this host, whose last change handled
+// was half an hour ago on its clock, was taken for one set back, and the
+// whole restored log was published again.
+func TestResetJudgedOnOrthancsClock(t *testing.T) {
+	_, kv := testBucket(t)
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sourceRunner{r: &Reconciler{m: m}, name: "s", log: slog.New(slog.DiscardHandler),
+		store: &cursorStore{kv: kv, key: cursorKey("s")}, orthanc: aheadOrthanc{ahead: time.Hour}}
+	handled := time.Now().Add(30 * time.Minute).UTC().Format(orthancapi.TimeLayout)
+	s.cur = cursor{Seq: 40, Change: &changeMark{Date: handled}}
+	if err := s.reset(t.Context(), orthancapi.Changes{Last: 12}); err != nil {
+		t.Fatal(err)
+	}
+	if s.cur.SkipBefore != handled {
+		t.Errorf("the rescan skips what is dated before %q, want %q: the last change handled, before Orthanc's now", s.cur.SkipBefore, handled)
 	}
 }
 
