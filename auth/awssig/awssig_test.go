@@ -521,6 +521,80 @@ func TestSTOWRefusedForTheClockSentAgain(t *testing.T) {
 	}
 }
 
+// A request without a body AWS refuses for this host's clock (a QIDO-RS
+// search: a verification or a breaker's probe; a DELETE of
+// delete-and-replace) is sent again at once, signed at AWS's time, as a
+// STOW-RS request is (TestSTOWRefusedForTheClockSentAgain). As
+// ErrNoAnswer the refusal counted the destination down: a probe kept its
+// breaker open one more interval, a verification failed for an outage.
+// Refused again (AWS's clock jumping), it is the clock's refusal, not no
+// answer, and not sent a third time.
+func TestBodilessRefusedForTheClockSentAgain(t *testing.T) {
+	const study, series, sop = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+	requests := []struct {
+		name string
+		send func(context.Context, *dicomweb.Client) error
+	}{
+		{"QIDO-RS search", func(ctx context.Context, c *dicomweb.Client) error {
+			uids, err := c.StudyInstanceUIDs(ctx, study, dicomweb.Expected{UIDs: []string{sop}})
+			if err == nil && !slices.Equal(uids, []string{sop}) {
+				return fmt.Errorf("listed %v; want [%s]", uids, sop)
+			}
+			return err
+		}},
+		{"probe", func(ctx context.Context, c *dicomweb.Client) error { return c.Probe(ctx, study) }},
+		{"DELETE", func(ctx context.Context, c *dicomweb.Client) error { return c.DeleteInstance(ctx, study, series, sop) }},
+	}
+	clocks := []struct {
+		name    string
+		ahead   func(n int32) time.Duration // AWS's clock from this host's at its nth request
+		refused bool                        // the second sending too
+	}{
+		{"AWS an hour ahead", func(int32) time.Duration { return time.Hour }, false},
+		{"AWS's clock jumping", func(n int32) time.Duration { return time.Duration(n) * time.Hour }, true},
+	}
+	for _, rq := range requests {
+		for _, clock := range clocks {
+			t.Run(rq.name+"/"+clock.name, func(t *testing.T) {
+				var sent atomic.Int32
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					now := time.Now().Add(clock.ahead(sent.Add(1)))
+					w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
+					signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
+					switch {
+					case err != nil || verifySigV4(r, emptyPayload, "secret/EXAMPLE+key") != nil:
+						http.Error(w, "bad signature", http.StatusBadRequest)
+					case now.Sub(signed).Abs() > 5*time.Minute:
+						w.WriteHeader(http.StatusForbidden)
+						io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
+					case r.Method == http.MethodGet:
+						w.Header().Set("Content-Type", "application/dicom+json")
+						io.WriteString(w, `[{"00080018":{"vr":"UI","Value":["`+sop+`"]}}]`)
+					}
+				}))
+				t.Cleanup(srv.Close)
+				rt, _ := Transport(staticCreds(), "us-east-1", nil)
+				client, err := dicomweb.New(srv.URL+"/datastore/abc", &http.Client{Transport: rt})
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = rq.send(t.Context(), client)
+				switch {
+				case clock.refused && (!errors.Is(err, auth.ErrClockSkew) || errors.Is(err, dicomweb.ErrNoAnswer)):
+					t.Errorf("refused twice: err %v (no answer: %t); want the clock's refusal, not no answer",
+						err, errors.Is(err, dicomweb.ErrNoAnswer))
+				case !clock.refused && err != nil:
+					t.Errorf("err %v (no answer: %t); want the request sent again at AWS's time and answered",
+						err, errors.Is(err, dicomweb.ErrNoAnswer))
+				}
+				if n := sent.Load(); n != 2 {
+					t.Errorf("%d requests; want the refused one sent again once", n)
+				}
+			})
+		}
+	}
+}
+
 // TestHungCredentialFetchEnds: a credential fetch whose endpoint takes the
 // request and never answers (an STS behind a stalled proxy) must end. The
 // SDK's cache runs one fetch for all callers with their cancellation

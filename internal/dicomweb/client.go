@@ -458,20 +458,33 @@ func (c *Client) gaveUp(ctx context.Context) string {
 }
 
 // doBodiless sends a request without a body (a QIDO-RS page, a probe, a
-// DELETE) and sends it once more if the destination answers 401: the auth
-// transport has dropped the refused token (a token revoked, or expired
-// before its announced expiry), so the second request carries a fresh one,
-// as Forwarder.send does for STOW-RS. Without it the 401 reached the
-// forwarder, which takes a 401 for a refusal that survived a refresh
-// (permanent). A second 401 is returned.
+// DELETE) and sends it once more, at once, if the destination answers 401:
+// the auth transport has dropped the refused token (a token revoked, or
+// expired before its announced expiry), so the second request carries a
+// fresh one, as Forwarder.send does for STOW-RS. Without it the 401
+// reached the forwarder, which takes a 401 for a refusal that survived a
+// refresh (permanent). A second 401 is returned.
+//
+// So it does when the signing transport refuses this host's clock
+// (auth.ErrClockSkew), as send does for STOW-RS: it signs the next
+// request at AWS's time, so the second sending goes through; its error,
+// if refused again, is for the caller to return as an answer, not as
+// ErrNoAnswer (the destination down for its breaker).
 func (c *Client) doBodiless(req *http.Request) (*http.Response, error) {
 	resp, err := c.hc.Do(req)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized || req.Context().Err() != nil {
+	switch {
+	case req.Context().Err() != nil:
 		return resp, err
+	case errors.Is(err, auth.ErrClockSkew):
+		// The transport closed AWS's refusal: no answer to read.
+	case err != nil || resp.StatusCode != http.StatusUnauthorized:
+		return resp, err
+	default:
+		// Read what is left of the short answer, so the connection is
+		// reused.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
 	}
-	// Read what is left of the short answer, so the connection is reused.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-	resp.Body.Close()
 	return c.hc.Do(req.Clone(req.Context()))
 }
 

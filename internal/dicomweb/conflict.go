@@ -2,12 +2,15 @@ package dicomweb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
+
+	"github.com/stowline/stowline/auth"
 )
 
 // ConflictRule says which Failure Reason in a STOW-RS answer means "the
@@ -128,17 +131,24 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	}
 	req.Header.Set("User-Agent", c.userAgent)
 	resp, err := c.doBodiless(req)
-	if err != nil && reused.Load() && ctx.Err() == nil && !refusedRedirect(err) {
+	if err != nil && reused.Load() && ctx.Err() == nil && !refusedRedirect(err) && !errors.Is(err, auth.ErrClockSkew) {
 		// A kept-alive connection the server closed as the DELETE left:
 		// net/http sends only a GET again by itself (or a request with an
 		// Idempotency-Key header, which AWS Signature V4 would sign and
 		// net/http not send), so the DELETE, idempotent, is sent again
-		// here, once, as Store does.
+		// here, once, as Store does. A refusal of this host's clock was
+		// sent again by doBodiless already.
 		resp, err = c.doBodiless(req.Clone(ctx))
 	}
 	if err != nil {
 		if refusedRedirect(err) {
 			return fmt.Errorf("%w: stow: DELETE %s/…/instances/%s: %w", ErrRedirected, c.logURL, sop, c.redact(err))
+		}
+		if errors.Is(err, auth.ErrClockSkew) {
+			// Answered, twice (doBodiless sent it again), by a refusal
+			// of this host's clock: not ErrNoAnswer, the destination
+			// down for its breaker.
+			return fmt.Errorf("stow: DELETE %s/…/instances/%s: %w", c.logURL, sop, c.redact(err))
 		}
 		err = c.redact(err)
 		if !connected.Load() {
