@@ -21,13 +21,15 @@ import (
 type idKind uint8
 
 const (
-	idWhole idKind = iota + 1 // each value as it is
-	idName                    // a person name: each value, group and component
-	idDate                    // a date: its DICOM form and its common printed forms
+	idWhole    idKind = iota + 1 // each value as it is
+	idName                       // a person name: each value, group and component
+	idDate                       // a date: its DICOM form and its common printed forms
+	idDateTime                   // a DT: its date part (YYYYMMDD), as idDate
 )
 
 // identifyingAttrs are the attributes whose values are searched for in
-// kept text (besides every value of VR PN, when the data set says so).
+// kept text (besides every value of VR PN, and every date, DA or DT,
+// the copy does not keep as it is: identifying).
 var identifyingAttrs = map[Tag]idKind{
 	0x00080050: idWhole, // Accession Number
 	0x00080080: idWhole, // Institution Name
@@ -61,6 +63,7 @@ var identifyingAttrs = map[Tag]idKind{
 	0x00402006: idWhole, // Placer Order Number / Imaging Service Request (retired)
 	0x00402007: idWhole, // Filler Order Number / Imaging Service Request (retired)
 	0x0040E001: idWhole, // HL7 Instance Identifier
+	0x00081010: idWhole, // Station Name
 	0x00080090: idName,  // Referring Physician's Name
 	0x0008009C: idName,  // Consulting Physician's Name
 	0x00081048: idName,  // Physician(s) of Record
@@ -139,15 +142,26 @@ func (ids *identifiers) collect(els []*element, kept func(Tag, string) bool) {
 }
 
 // identifying is the kind of identifying value el holds, 0 for none: a
-// value of an identifying attribute, or a person's name, not private and
-// not kept.
+// value of an identifying attribute, a person's name or a date, not
+// private and not kept. Every date the copy shifts, removes or empties
+// counts (Study, Series, Acquisition, Content Date...), not only the
+// birth date: the shift is per patient, so one original date left in a
+// description next to its shifted copy gives the offset of all the
+// patient's studies.
 func identifying(el *element, kept func(Tag, string) bool) idKind {
 	if el.seq || el.encapsulated || len(el.value) == 0 {
 		return 0
 	}
 	kind := identifyingAttrs[el.tag]
-	if kind == 0 && el.knownVR() == "PN" {
-		kind = idName
+	if kind == 0 {
+		switch el.knownVR() {
+		case "PN":
+			kind = idName
+		case "DA":
+			kind = idDate
+		case "DT":
+			kind = idDateTime
+		}
 	}
 	if kind == 0 || el.tag.Private() || kept(el.tag, el.knownVR()) {
 		return 0
@@ -173,6 +187,12 @@ func (ids *identifiers) add(kind idKind, v []byte) {
 				i++
 			}
 		}
+	case idDateTime:
+		// Its date part; a DT of a year or a month alone names no day.
+		if len(v) < 8 {
+			return
+		}
+		ids.add(idDate, v[:8])
 	case idDate:
 		ids.addNeedle(v)
 		if len(v) != 8 {

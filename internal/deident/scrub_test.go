@@ -581,3 +581,34 @@ func TestRewriteChecksTheMetaSOPClass(t *testing.T) {
 		t.Errorf("Rewrite: %v, %d bytes written; want ErrBurnedIn and none", err, out.Len())
 	}
 }
+
+// TestScrubRemovesTheInstanceDates: every date the copy does not keep as
+// it is (shifted with RetainDates, emptied or removed without), and the
+// date part of every such DT, is removed from kept text in its usual
+// spellings, as Station Name's value is: "FOLLOWUP 2023-05-04" next to a
+// shifted Study Date gave away the patient's offset.
+func TestScrubRemovesTheInstanceDates(t *testing.T) {
+	for _, retain := range []bool{true, false} {
+		els := sortedElements(append(baseElements(),
+			str(0x00080020, "DA", "20230504"),              // Study Date
+			str(0x00080021, "DA", "20230505"),              // Series Date
+			str(0x0008002A, "DT", "20230506101010.5+0100"), // Acquisition DateTime
+			str(0x00081010, "SH", "CTROOM7"),               // Station Name
+			str(0x0008103E, "LO", "FOLLOWUP 2023-05-04 and 20230504, 05.05.2023, 06/05/2023 on CTROOM7"),
+			&element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+		))
+		in := testFile(t, syntaxExplicitLE, true, false, true, els)
+		d := newTestDeidentifier(t, Options{CleanDescriptors: true, RetainDates: retain})
+		var out bytes.Buffer
+		if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
+			t.Fatalf("retain dates %v: Rewrite: %v", retain, err)
+		}
+		got := "absent"
+		if el := find(parseFile(t, out.Bytes()).elements, 0x0008103E); el != nil {
+			got = trimValue(el.value)
+		}
+		if got != "FOLLOWUP  and , ,  on" {
+			t.Errorf("retain dates %v: Series Description %q, want the dates and station gone", retain, got)
+		}
+	}
+}
