@@ -156,8 +156,11 @@ var locationURLs = []Tag{
 
 // unlisted are removed although Table E.1-1 of 2023b does not list them:
 // they identify the patient, an order or a document as plainly as what
-// it lists (Patient's Birth Date, Placer Order Number). Their values are
-// also scrubbed from kept text (identifyingAttrs).
+// it lists (Patient's Birth Date, Placer Order Number), or hold the
+// original identifying attributes (encrypted for a recipient, PS3.15
+// E.1.1), or describe what the removed Digital Signatures Sequence
+// signed. The values of those that are not sequences or bytes are also
+// scrubbed from kept text (identifyingAttrs).
 var unlisted = []Tag{
 	0x00100033, // Patient's Birth Date in Alternative Calendar
 	0x00100034, // Patient's Death Date in Alternative Calendar
@@ -168,6 +171,19 @@ var unlisted = []Tag{
 	0x00402006, // Placer Order Number / Imaging Service Request (retired)
 	0x00402007, // Filler Order Number / Imaging Service Request (retired)
 	0x0040E001, // HL7 Instance Identifier (of the order's or report's HL7 document)
+	0x04000500, // Encrypted Attributes Sequence: the original attributes, encrypted
+	0x04000520, // Encrypted Content, in it: removed alone too
+	0x4FFE0001, // MAC Parameters Sequence: of the signatures the copy loses
+}
+
+// freeText are emptied wherever they are. Table E.1-1 reaches them only
+// through the containers it empties (Content Sequence, Graphic
+// Annotation Sequence), but they are as free as a report's text in the
+// content items of a Protocol Context Sequence (Text Value) or in a
+// Waveform Annotation Sequence (Unformatted Text Value).
+var freeText = []Tag{
+	0x0040A160, // Text Value
+	0x00700006, // Unformatted Text Value
 }
 
 // table2024b are the attributes Table E.1-1 lists with action X since
@@ -275,6 +291,9 @@ func newProfile(o Options) (*profile, error) {
 	p.actions[tagPatientName] = actPatientName
 	for _, t := range slices.Concat(locationURLs, unlisted, table2024b) {
 		p.actions[t] = actRemove
+	}
+	for _, t := range freeText {
+		p.actions[t] = actEmpty
 	}
 	if o.RetainPatientCharacteristics {
 		for _, t := range patientCharacteristics {

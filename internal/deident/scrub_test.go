@@ -612,3 +612,56 @@ func TestScrubRemovesTheInstanceDates(t *testing.T) {
 		}
 	}
 }
+
+// TestRewriteRemovesEncryptedAttributesAndFreeText: the Encrypted
+// Attributes Sequence (the original identifying attributes, encrypted for
+// a recipient) and the MAC Parameters Sequence are removed, and free text
+// outside the containers the table empties (a Text Value in a Protocol
+// Context Sequence, an Unformatted Text Value in a Waveform Annotation
+// Sequence) is emptied; all of them were sent as they came.
+func TestRewriteRemovesEncryptedAttributesAndFreeText(t *testing.T) {
+	els := sortedElements(append(baseElements(),
+		seq(0x00400440, item( // Protocol Context Sequence
+			str(0x0040A040, "CS", "TEXT"),
+			str(0x0040A160, "UT", "told the nurse her neighbour Alice Smith hit her"),
+		)),
+		seq(0x0040B020, item( // Waveform Annotation Sequence
+			str(0x00700006, "ST", "lead off, call Bob Jones on 555 0199"),
+		)),
+		seq(0x04000500, item( // Encrypted Attributes Sequence
+			str(0x04000510, "UI", "1.2.840.10008.1.2.1"),
+			&element{tag: 0x04000520, vr: "OB", value: []byte("ENCRYPTED-ORIGINALS!")},
+		)),
+		seq(0x4FFE0001, item( // MAC Parameters Sequence
+			&element{tag: 0x04000005, vr: "US", value: []byte{1, 0}},
+			str(0x04000015, "CS", "RIPEMD160"),
+		)),
+		&element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	))
+	in := testFile(t, syntaxExplicitLE, true, false, true, els)
+	var out bytes.Buffer
+	if _, err := newTestDeidentifier(t, Options{}).Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatalf("Rewrite: %v", err)
+	}
+	for _, s := range []string{"Alice", "Bob Jones", "ENCRYPTED-ORIGINALS", "RIPEMD160"} {
+		if bytes.Contains(out.Bytes(), []byte(s)) {
+			t.Errorf("the copy holds %q", s)
+		}
+	}
+	got := parseFile(t, out.Bytes()).elements
+	for _, tag := range []Tag{0x04000500, 0x4FFE0001} {
+		if find(got, tag) != nil {
+			t.Errorf("the copy holds %s", tag)
+		}
+	}
+	for _, tt := range []struct{ seq, text Tag }{{0x00400440, 0x0040A160}, {0x0040B020, 0x00700006}} {
+		s := find(got, tt.seq)
+		if s == nil || len(s.items) != 1 {
+			t.Errorf("%s: %v, want kept with its item", tt.seq, s)
+			continue
+		}
+		if v := find(s.items[0], tt.text); v == nil || len(v.value) != 0 {
+			t.Errorf("%s in %s: %v, want present and empty", tt.text, tt.seq, v)
+		}
+	}
+}
