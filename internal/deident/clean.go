@@ -468,9 +468,9 @@ func dictionaryVR(tag Tag, vr string) string {
 }
 
 // overlayTextVR are the text attributes of the overlay planes, a
-// repeating group (60xx) the dictionary leaves out: in Implicit VR a
-// name typed into an overlay's label must still be scrubbed. Overlay
-// Comments (60xx,4000) are removed.
+// repeating group (60xx) the dictionary leaves out. The profile removes
+// the group; one a destination keeps (Options.Keep) is scrubbed, in
+// Implicit VR too.
 var overlayTextVR = map[uint16]string{
 	0x0022: "LO", // Overlay Description
 	0x0045: "LO", // Overlay Subtype

@@ -315,6 +315,8 @@ func TestProfileActions(t *testing.T) {
 		{0x00090010, "LO", actRemove}, // private creator
 		{0x00180000, "UL", actRemove}, // group length
 		{0x60003000, "OW", actRemove}, // Overlay Data
+		{0x60000010, "US", actRemove}, // Overlay Rows: the whole group
+		{0x601E1500, "LO", actRemove}, // Overlay Label
 		{0x50000010, "US", actRemove}, // Curve
 		{0x0018FFF0, "PN", actEmpty},  // a name the table does not list
 		{0x00080080, "LO", actRemove}, // Institution Name
@@ -559,5 +561,78 @@ func TestShiftDatesKeepsNoText(t *testing.T) {
 		if got != want {
 			t.Errorf("shiftDates(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// overlayElements is the elements of overlay plane group g: bit-mapped
+// (Overlay Bits Allocated 1, its own Overlay Data) unless bits is more,
+// data false for one without Overlay Data.
+func overlayElements(g uint16, bits uint16, data bool) []*element {
+	tag := func(e uint16) Tag { return Tag(uint32(g)<<16 | uint32(e)) }
+	us := func(v uint16) []byte { return []byte{byte(v), byte(v >> 8)} }
+	els := []*element{
+		{tag: tag(0x0010), vr: "US", value: us(4)}, // Overlay Rows
+		{tag: tag(0x0011), vr: "US", value: us(4)}, // Overlay Columns
+		str(tag(0x0022), "LO", "annotated by Roe"), // Overlay Description
+		str(tag(0x0040), "CS", "G"),                // Overlay Type
+		{tag: tag(0x0050), vr: "SS", value: []byte{1, 0, 1, 0}},
+		{tag: tag(0x0100), vr: "US", value: us(bits)},
+		{tag: tag(0x0102), vr: "US", value: us(bits - 1)}, // Overlay Bit Position
+	}
+	if data {
+		els = append(els, &element{tag: tag(0x3000), vr: "OW", value: []byte{0xFF, 0xFF}})
+	}
+	return els
+}
+
+// TestRewriteOverlays: the overlay groups (60xx) are removed whole, not
+// only their Overlay Data and Comments (a plane described without its
+// data went out); an overlay embedded in Pixel Data's high bits (Overlay
+// Bits Allocated over 1, or no Overlay Data) is refused as burned-in
+// content, as it would go out in the pixels, unless IncludeBurnedIn.
+func TestRewriteOverlays(t *testing.T) {
+	px := &element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)}
+	// A large Waveform Data streams: the overlays after it are read after
+	// the copy has begun.
+	waveform := &element{tag: 0x54001010, vr: "OW", value: make([]byte, 100<<10)}
+	for _, tt := range []struct {
+		name    string
+		planes  [][]*element
+		early   []*element
+		refused bool
+	}{
+		{"bit-mapped", [][]*element{overlayElements(0x6000, 1, true), overlayElements(0x6002, 1, true)}, nil, false},
+		{"embedded, 16 bits", [][]*element{overlayElements(0x6000, 16, false)}, nil, true},
+		{"embedded, second plane", [][]*element{overlayElements(0x6000, 1, true), overlayElements(0x6004, 16, false)}, nil, true},
+		{"no Overlay Data", [][]*element{overlayElements(0x6000, 1, false)}, nil, true},
+		{"16 bits with Overlay Data", [][]*element{overlayElements(0x6000, 16, true)}, nil, true},
+		{"embedded after a streamed waveform", [][]*element{overlayElements(0x6000, 16, false)}, []*element{waveform}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			els := append(baseElements(), tt.early...)
+			for _, p := range tt.planes {
+				els = append(els, p...)
+			}
+			in := testFile(t, syntaxExplicitLE, true, false, true, sortedElements(append(els, px)))
+			var out bytes.Buffer
+			_, err := newTestDeidentifier(t, Options{}).Rewrite(&out, bytes.NewReader(in))
+			if tt.refused != errors.Is(err, ErrBurnedIn) || (!tt.refused && err != nil) {
+				t.Fatalf("Rewrite: %v, want refused %v", err, tt.refused)
+			}
+			if tt.refused && tt.early == nil && out.Len() != 0 {
+				t.Errorf("refused, but %d bytes written", out.Len())
+			}
+			if tt.refused {
+				out.Reset()
+				if _, err := newTestDeidentifier(t, Options{IncludeBurnedIn: true}).Rewrite(&out, bytes.NewReader(in)); err != nil {
+					t.Fatalf("Rewrite with IncludeBurnedIn: %v", err)
+				}
+			}
+			for _, el := range parseFile(t, out.Bytes()).elements {
+				if el.tag.Group()&0xFF00 == 0x6000 {
+					t.Errorf("the copy holds %s", el.tag)
+				}
+			}
+		})
 	}
 }

@@ -232,7 +232,8 @@ type Options struct {
 	// patient is; by default the rewrite refuses them (ErrBurnedIn):
 	// Burned In Annotation (0028,0301), Recognizable Visual Features
 	// (0028,0302) or Specimen Label in Image (0048,0010) YES, and the SOP
-	// classes of identifyingClass. Pixel data is never de-identified.
+	// classes of identifyingClass, and an overlay plane embedded in Pixel
+	// Data's unused bits. Pixel data is never de-identified.
 	IncludeBurnedIn bool
 }
 
@@ -368,7 +369,10 @@ func (p *profile) action(t Tag, vr string) action {
 		return actRemove
 	case t.Group()&0xFF00 == 0x5000: // Curve Data
 		return actRemove
-	case t.Group()&0xFF00 == 0x6000 && (t.Element() == 0x3000 || t.Element() == 0x4000): // Overlay Data, Overlay Comments
+	case t.Group()&0xFF00 == 0x6000:
+		// Overlays, whole: a plane left without its data would describe
+		// nothing, or the bits of one embedded in Pixel Data (refused,
+		// rewrite.checkOverlays).
 		return actRemove
 	case vr == "PN":
 		// A person's name the table does not list (a newer attribute):

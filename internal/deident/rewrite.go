@@ -222,6 +222,64 @@ type rewrite struct {
 	ids identifiers
 	// err: a value transform could not write (text over maxScrub).
 	err error
+	// overlays are the overlay planes of the data set (groups 6000 to
+	// 601E), to refuse one embedded in Pixel Data.
+	overlays [16]overlayPlane
+}
+
+// overlayPlane is what the data set says of one overlay plane.
+type overlayPlane struct {
+	described     bool   // Overlay Rows, Columns, Bits Allocated or Bit Position
+	data          bool   // Overlay Data (60xx,3000)
+	bitsAllocated uint16 // Overlay Bits Allocated (60xx,0100)
+}
+
+// overlayPlane is the record of the overlay plane whose group holds
+// tag, nil for a tag of another group.
+func (rw *rewrite) overlayPlane(tag Tag) *overlayPlane {
+	g := tag.Group()
+	if g < 0x6000 || g > 0x601E || g&1 == 1 {
+		return nil
+	}
+	return &rw.overlays[(g-0x6000)/2]
+}
+
+// noteOverlay records a top-level element of an overlay group: at its
+// header (value nil), then with its value once read.
+func (rw *rewrite) noteOverlay(tag Tag, value []byte) {
+	p := rw.overlayPlane(tag)
+	if p == nil {
+		return
+	}
+	switch tag.Element() {
+	case 0x0010, 0x0011, 0x0102: // Overlay Rows, Columns, Bit Position
+		p.described = true
+	case 0x0100:
+		p.described = true
+		if len(value) >= 2 {
+			p.bitsAllocated = binary.LittleEndian.Uint16(value)
+		}
+	case 0x3000:
+		p.data = true
+	}
+}
+
+// checkOverlays refuses an overlay plane embedded in Pixel Data's unused
+// high bits (the retired usage of PS3.3 C.9.2: Overlay Bits Allocated
+// equal to Bits Allocated, no Overlay Data): removing the overlay group,
+// as the profile does, leaves its bits, annotations that may name the
+// patient, in the pixels the copy sends.
+func (rw *rewrite) checkOverlays() error {
+	if rw.d.p.opts.IncludeBurnedIn {
+		return nil
+	}
+	for i, p := range rw.overlays {
+		if p.described && (!p.data || p.bitsAllocated > 1) {
+			return fmt.Errorf("%w: overlay plane %04X is embedded in Pixel Data (Overlay Bits Allocated %d, Overlay Data present: %v)",
+				ErrBurnedIn, 0x6000+2*i, p.bitsAllocated, p.data)
+		}
+	}
+	return nil
 }
 
 func (rw *rewrite) run() error {
@@ -262,6 +320,7 @@ func (rw *rewrite) run() error {
 			return fmt.Errorf("%w: %s after %s at byte %d (tags repeated or out of order)", ErrMalformed, tag, prev, rw.dec.pos)
 		}
 		prev = tag
+		rw.noteOverlay(tag, nil)
 		sequence := rw.dec.isSequence(tag, vr, n)
 		large := n != undefinedLength && n > streamThreshold && !sequence
 		a := rw.d.p.action(tag, dictionaryVR(tag, vr))
@@ -322,6 +381,9 @@ func (rw *rewrite) run() error {
 				return err
 			}
 		}
+		if !el.seq {
+			rw.noteOverlay(tag, el.value)
+		}
 		if !flushed {
 			pending = append(pending, el)
 			continue
@@ -338,6 +400,11 @@ func (rw *rewrite) run() error {
 		if err := flush(); err != nil {
 			return err
 		}
+	}
+	// An overlay group after the first streamed value (a large
+	// Waveform Data) is known only now.
+	if err := rw.checkOverlays(); err != nil {
+		return err
 	}
 	return rw.writeAdds(0xFFFFFFFF)
 }
@@ -504,6 +571,9 @@ func (rw *rewrite) start(pending []*element) error {
 		return fmt.Errorf("%w: SOP class %s (%s) commonly does", ErrBurnedIn, rw.sopClass, kind)
 	}
 	// Refused before anything is written.
+	if err := rw.checkOverlays(); err != nil {
+		return err
+	}
 	for _, el := range pending {
 		if err := rw.checkBurnedIn(el); err != nil {
 			return err

@@ -463,7 +463,8 @@ func TestRewriteScrubsOverlayText(t *testing.T) {
 			syntax = syntaxExplicitLE
 		}
 		in := testFile(t, syntax, explicit, false, true, els)
-		d := newTestDeidentifier(t, Options{})
+		// The overlay groups are removed: kept, their text is scrubbed.
+		d := newTestDeidentifier(t, Options{Keep: []Tag{0x60000022, 0x60000045, 0x60021500}})
 		var out bytes.Buffer
 		if _, err := d.Rewrite(&out, bytes.NewReader(in)); err != nil {
 			t.Fatalf("explicit %v: Rewrite: %v", explicit, err)
@@ -473,6 +474,9 @@ func TestRewriteScrubsOverlayText(t *testing.T) {
 			if bytes.Contains(folded, []byte(s)) {
 				t.Errorf("explicit %v: the copy holds %q", explicit, s)
 			}
+		}
+		if el := find(parseFile(t, out.Bytes()).elements, 0x60000022); el == nil || trimValue(el.value) != "overlay of" {
+			t.Errorf("explicit %v: Overlay Description %v, want kept and scrubbed", explicit, el)
 		}
 	}
 }
