@@ -25,63 +25,69 @@ const (
 	idName                       // a person name: each value, group and component
 	idDate                       // a date: its DICOM form and its common printed forms
 	idDateTime                   // a DT: its date part (YYYYMMDD), as idDate
+	idStation                    // a device's name: each value of minStation characters or more
 )
+
+// minStation is the shortest Station Name searched for in kept text: a
+// station named by its modality ("CT", "MRI", "US") would cut that word
+// out of every description ("CT HEAD W/O" sent as "HEAD W/O").
+const minStation = 4
 
 // identifyingAttrs are the attributes whose values are searched for in
 // kept text (besides every value of VR PN, and every date, DA or DT,
 // the copy does not keep as it is: identifying).
 var identifyingAttrs = map[Tag]idKind{
-	0x00080050: idWhole, // Accession Number
-	0x00080080: idWhole, // Institution Name
-	0x00080081: idWhole, // Institution Address
-	0x00080092: idWhole, // Referring Physician's Address
-	0x00080094: idWhole, // Referring Physician's Telephone Numbers
-	0x00081040: idWhole, // Institutional Department Name
-	0x00100020: idWhole, // Patient ID
-	0x00101000: idWhole, // Other Patient IDs
-	0x00101040: idWhole, // Patient's Address
-	0x00101090: idWhole, // Medical Record Locator
-	0x00102154: idWhole, // Patient's Telephone Numbers
-	0x00380010: idWhole, // Admission ID
-	0x00401001: idWhole, // Requested Procedure ID
-	0x00402016: idWhole, // Placer Order Number / Imaging Service Request
-	0x00402017: idWhole, // Filler Order Number / Imaging Service Request
-	0x00200010: idWhole, // Study ID
-	0x00400009: idWhole, // Scheduled Procedure Step ID
-	0x00400253: idWhole, // Performed Procedure Step ID
-	0x00380060: idWhole, // Service Episode ID
-	0x00380300: idWhole, // Current Patient Location
-	0x00102155: idWhole, // Patient's Telecom Information
-	0x00401102: idWhole, // Person's Address
-	0x00401103: idWhole, // Person's Telephone Numbers
-	0x00401104: idWhole, // Person's Telecom Information
-	0x00100033: idWhole, // Patient's Birth Date in Alternative Calendar
-	0x00100034: idWhole, // Patient's Death Date in Alternative Calendar
-	0x00102295: idWhole, // Breed Registration Number
-	0x00401006: idWhole, // Placer Order Number / Procedure (retired)
-	0x00401007: idWhole, // Filler Order Number / Procedure (retired)
-	0x00402006: idWhole, // Placer Order Number / Imaging Service Request (retired)
-	0x00402007: idWhole, // Filler Order Number / Imaging Service Request (retired)
-	0x0040E001: idWhole, // HL7 Instance Identifier
-	0x00081010: idWhole, // Station Name
-	0x00080090: idName,  // Referring Physician's Name
-	0x0008009C: idName,  // Consulting Physician's Name
-	0x00081048: idName,  // Physician(s) of Record
-	0x00081050: idName,  // Performing Physician's Name
-	0x00081060: idName,  // Name of Physician(s) Reading Study
-	0x00081070: idName,  // Operators' Name
-	0x00100010: idName,  // Patient's Name
-	0x00101001: idName,  // Other Patient Names
-	0x00101005: idName,  // Patient's Birth Name
-	0x00101060: idName,  // Patient's Mother's Birth Name
-	0x00102297: idName,  // Responsible Person
-	0x00321032: idName,  // Requesting Physician
-	0x00400006: idName,  // Scheduled Performing Physician's Name
-	0x00404037: idName,  // Human Performer's Name
-	0x0040A075: idName,  // Verifying Observer Name
-	0x0040A123: idName,  // Person Name
-	0x00700084: idName,  // Content Creator's Name
-	0x00100030: idDate,  // Patient's Birth Date
+	0x00080050: idWhole,   // Accession Number
+	0x00080080: idWhole,   // Institution Name
+	0x00080081: idWhole,   // Institution Address
+	0x00080092: idWhole,   // Referring Physician's Address
+	0x00080094: idWhole,   // Referring Physician's Telephone Numbers
+	0x00081040: idWhole,   // Institutional Department Name
+	0x00100020: idWhole,   // Patient ID
+	0x00101000: idWhole,   // Other Patient IDs
+	0x00101040: idWhole,   // Patient's Address
+	0x00101090: idWhole,   // Medical Record Locator
+	0x00102154: idWhole,   // Patient's Telephone Numbers
+	0x00380010: idWhole,   // Admission ID
+	0x00401001: idWhole,   // Requested Procedure ID
+	0x00402016: idWhole,   // Placer Order Number / Imaging Service Request
+	0x00402017: idWhole,   // Filler Order Number / Imaging Service Request
+	0x00200010: idWhole,   // Study ID
+	0x00400009: idWhole,   // Scheduled Procedure Step ID
+	0x00400253: idWhole,   // Performed Procedure Step ID
+	0x00380060: idWhole,   // Service Episode ID
+	0x00380300: idWhole,   // Current Patient Location
+	0x00102155: idWhole,   // Patient's Telecom Information
+	0x00401102: idWhole,   // Person's Address
+	0x00401103: idWhole,   // Person's Telephone Numbers
+	0x00401104: idWhole,   // Person's Telecom Information
+	0x00100033: idWhole,   // Patient's Birth Date in Alternative Calendar
+	0x00100034: idWhole,   // Patient's Death Date in Alternative Calendar
+	0x00102295: idWhole,   // Breed Registration Number
+	0x00401006: idWhole,   // Placer Order Number / Procedure (retired)
+	0x00401007: idWhole,   // Filler Order Number / Procedure (retired)
+	0x00402006: idWhole,   // Placer Order Number / Imaging Service Request (retired)
+	0x00402007: idWhole,   // Filler Order Number / Imaging Service Request (retired)
+	0x0040E001: idWhole,   // HL7 Instance Identifier
+	0x00081010: idStation, // Station Name
+	0x00080090: idName,    // Referring Physician's Name
+	0x0008009C: idName,    // Consulting Physician's Name
+	0x00081048: idName,    // Physician(s) of Record
+	0x00081050: idName,    // Performing Physician's Name
+	0x00081060: idName,    // Name of Physician(s) Reading Study
+	0x00081070: idName,    // Operators' Name
+	0x00100010: idName,    // Patient's Name
+	0x00101001: idName,    // Other Patient Names
+	0x00101005: idName,    // Patient's Birth Name
+	0x00101060: idName,    // Patient's Mother's Birth Name
+	0x00102297: idName,    // Responsible Person
+	0x00321032: idName,    // Requesting Physician
+	0x00400006: idName,    // Scheduled Performing Physician's Name
+	0x00404037: idName,    // Human Performer's Name
+	0x0040A075: idName,    // Verifying Observer Name
+	0x0040A123: idName,    // Person Name
+	0x00700084: idName,    // Content Creator's Name
+	0x00100030: idDate,    // Patient's Birth Date
 }
 
 // minNeedle is the shortest value searched for: a one-letter initial
@@ -202,6 +208,10 @@ func (ids *identifiers) add(kind idKind, v []byte) {
 		for _, f := range []string{y + "-" + m + "-" + d, y + "/" + m + "/" + d, y + "." + m + "." + d,
 			d + "." + m + "." + y, d + "/" + m + "/" + y, d + "-" + m + "-" + y, m + "/" + d + "/" + y, m + "-" + d + "-" + y} {
 			ids.addNeedle([]byte(f))
+		}
+	case idStation:
+		if len(v) >= minStation {
+			ids.addNeedle(v)
 		}
 	default:
 		ids.addNeedle(v)

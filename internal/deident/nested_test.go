@@ -587,9 +587,12 @@ func overlayElements(g uint16, bits uint16, data bool) []*element {
 
 // TestRewriteOverlays: the overlay groups (60xx) are removed whole, not
 // only their Overlay Data and Comments (a plane described without its
-// data went out); an overlay embedded in Pixel Data's high bits (Overlay
-// Bits Allocated over 1, or no Overlay Data) is refused as burned-in
-// content, as it would go out in the pixels, unless IncludeBurnedIn.
+// data went out); an overlay embedded in Pixel Data's high bits (no
+// Overlay Data, Overlay Bits Allocated other than 1) is refused as
+// burned-in content, as it would go out in the pixels, unless
+// IncludeBurnedIn. A plane with its Overlay Data, or of 1 bit without it
+// (de-identified before by Table E.1-1, which removes Overlay Data only),
+// leaves nothing in the pixels: sent.
 func TestRewriteOverlays(t *testing.T) {
 	px := &element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)}
 	// A large Waveform Data streams: the overlays after it are read after
@@ -604,8 +607,8 @@ func TestRewriteOverlays(t *testing.T) {
 		{"bit-mapped", [][]*element{overlayElements(0x6000, 1, true), overlayElements(0x6002, 1, true)}, nil, false},
 		{"embedded, 16 bits", [][]*element{overlayElements(0x6000, 16, false)}, nil, true},
 		{"embedded, second plane", [][]*element{overlayElements(0x6000, 1, true), overlayElements(0x6004, 16, false)}, nil, true},
-		{"no Overlay Data", [][]*element{overlayElements(0x6000, 1, false)}, nil, true},
-		{"16 bits with Overlay Data", [][]*element{overlayElements(0x6000, 16, true)}, nil, true},
+		{"1 bit without Overlay Data", [][]*element{overlayElements(0x6000, 1, false)}, nil, false},
+		{"16 bits with Overlay Data", [][]*element{overlayElements(0x6000, 16, true)}, nil, false},
 		{"embedded after a streamed waveform", [][]*element{overlayElements(0x6000, 16, false)}, []*element{waveform}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -268,13 +268,16 @@ func (rw *rewrite) noteOverlay(tag Tag, value []byte) {
 // high bits (the retired usage of PS3.3 C.9.2: Overlay Bits Allocated
 // equal to Bits Allocated, no Overlay Data): removing the overlay group,
 // as the profile does, leaves its bits, annotations that may name the
-// patient, in the pixels the copy sends.
+// patient, in the pixels the copy sends. A plane with Overlay Data has
+// its bits there, removed; one of 1 bit without it has none left
+// anywhere (what a tool applying Table E.1-1 as written leaves, and
+// stowline itself did): neither is refused.
 func (rw *rewrite) checkOverlays() error {
 	if rw.d.p.opts.IncludeBurnedIn {
 		return nil
 	}
 	for i, p := range rw.overlays {
-		if p.described && (!p.data || p.bitsAllocated > 1) {
+		if p.described && !p.data && p.bitsAllocated != 1 {
 			return fmt.Errorf("%w: overlay plane %04X is embedded in Pixel Data (Overlay Bits Allocated %d, Overlay Data present: %v)",
 				ErrBurnedIn, 0x6000+2*i, p.bitsAllocated, p.data)
 		}

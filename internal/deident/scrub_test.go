@@ -617,6 +617,29 @@ func TestScrubRemovesTheInstanceDates(t *testing.T) {
 	}
 }
 
+// TestScrubKeepsAShortStationName: a Station Name shorter than
+// minStation (a station named by its modality) is not searched for: it
+// cut that word out of every description.
+func TestScrubKeepsAShortStationName(t *testing.T) {
+	els := sortedElements(append(baseElements(),
+		str(0x00081010, "SH", "CT"),          // Station Name
+		str(0x0008103E, "LO", "CT HEAD W/O"), // Series Description
+		&element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+	))
+	in := testFile(t, syntaxExplicitLE, true, false, true, els)
+	var out bytes.Buffer
+	if _, err := newTestDeidentifier(t, Options{CleanDescriptors: true}).Rewrite(&out, bytes.NewReader(in)); err != nil {
+		t.Fatalf("Rewrite: %v", err)
+	}
+	got := "absent"
+	if el := find(parseFile(t, out.Bytes()).elements, 0x0008103E); el != nil {
+		got = trimValue(el.value)
+	}
+	if got != "CT HEAD W/O" {
+		t.Errorf("Series Description %q, want CT HEAD W/O", got)
+	}
+}
+
 // TestRewriteRemovesEncryptedAttributesAndFreeText: the Encrypted
 // Attributes Sequence (the original identifying attributes, encrypted for
 // a recipient) and the MAC Parameters Sequence are removed, and free text
