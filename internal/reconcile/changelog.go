@@ -383,6 +383,9 @@ func (s *sourceRunner) reset(ctx context.Context, page orthancapi.Changes) error
 	now := time.Now()
 	if t, err := s.orthanc.Now(ctx); err == nil {
 		now = t
+	} else {
+		s.log.Warn("reset change log: Orthanc's clock could not be read; the changes to skip are judged on this host's clock (an Orthanc ahead of it may have its whole log published again)",
+			"err", err)
 	}
 	first := int64(0)
 	if len(page.Changes) > 0 {
