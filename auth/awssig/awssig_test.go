@@ -414,22 +414,12 @@ func TestClockSkewCorrected(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var forbid atomic.Bool // refuse every request, whatever its time
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				now := time.Now().Add(tc.ahead)
-				w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
-				signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
-				switch {
-				case err != nil || verifySigV4(r, emptyPayload, "secret/EXAMPLE+key") != nil:
-					http.Error(w, "bad signature", http.StatusBadRequest)
-				case now.Sub(signed).Abs() > 5*time.Minute:
-					w.WriteHeader(http.StatusForbidden)
-					io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
-				case forbid.Load():
+			srv, _ := skewedAWS(t, func(int32) time.Duration { return tc.ahead }, func(w http.ResponseWriter, r *http.Request) {
+				if forbid.Load() {
 					w.WriteHeader(http.StatusForbidden)
 					io.WriteString(w, `{"__type":"AccessDeniedException"}`)
 				}
-			}))
-			t.Cleanup(srv.Close)
+			})
 			get := studiesGetter(t, staticCreds(), srv.URL)
 			if status, err := get(); !errors.Is(err, auth.ErrClockSkew) {
 				t.Fatalf("first request: status %d, err %v; want the clock refusal as an error", status, err)
@@ -463,24 +453,11 @@ func TestSTOWRefusedForTheClockSentAgain(t *testing.T) {
 		{"AWS's clock jumping", func(n int32) time.Duration { return time.Duration(n) * time.Hour }, 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var requests atomic.Int32
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				now := time.Now().Add(tc.ahead(requests.Add(1)))
-				w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
-				signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
-				switch {
-				case err != nil || verifySigV4(r, r.Header.Get("X-Amz-Content-Sha256"), "secret/EXAMPLE+key") != nil:
-					http.Error(w, "bad signature", http.StatusBadRequest)
-				case now.Sub(signed).Abs() > 5*time.Minute:
-					w.WriteHeader(http.StatusForbidden)
-					io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
-				default:
-					_, _ = io.Copy(io.Discard, r.Body)
-					w.Header().Set("Content-Type", "application/dicom+json")
-					io.WriteString(w, `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3.1"]}}]}}`)
-				}
-			}))
-			t.Cleanup(srv.Close)
+			srv, requests := skewedAWS(t, tc.ahead, func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.Header().Set("Content-Type", "application/dicom+json")
+				io.WriteString(w, `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3.1"]}}]}}`)
+			})
 			rt, _ := Transport(staticCreds(), "us-east-1", nil)
 			client, err := dicomweb.New(srv.URL+"/datastore/abc", &http.Client{Transport: rt}, dicomweb.WithContentLength())
 			if err != nil {
@@ -556,23 +533,12 @@ func TestBodilessRefusedForTheClockSentAgain(t *testing.T) {
 	for _, rq := range requests {
 		for _, clock := range clocks {
 			t.Run(rq.name+"/"+clock.name, func(t *testing.T) {
-				var sent atomic.Int32
-				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					now := time.Now().Add(clock.ahead(sent.Add(1)))
-					w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
-					signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
-					switch {
-					case err != nil || verifySigV4(r, emptyPayload, "secret/EXAMPLE+key") != nil:
-						http.Error(w, "bad signature", http.StatusBadRequest)
-					case now.Sub(signed).Abs() > 5*time.Minute:
-						w.WriteHeader(http.StatusForbidden)
-						io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
-					case r.Method == http.MethodGet:
+				srv, sent := skewedAWS(t, clock.ahead, func(w http.ResponseWriter, r *http.Request) {
+					if r.Method == http.MethodGet {
 						w.Header().Set("Content-Type", "application/dicom+json")
 						io.WriteString(w, `[{"00080018":{"vr":"UI","Value":["`+sop+`"]}}]`)
 					}
-				}))
-				t.Cleanup(srv.Close)
+				})
 				rt, _ := Transport(staticCreds(), "us-east-1", nil)
 				client, err := dicomweb.New(srv.URL+"/datastore/abc", &http.Client{Transport: rt})
 				if err != nil {
@@ -706,4 +672,33 @@ func studiesGetter(t *testing.T, creds aws.CredentialsProvider, url string) func
 		resp.Body.Close()
 		return resp.StatusCode, nil
 	}
+}
+
+// skewedAWS is an AWS endpoint whose clock is ahead(n) from this host's
+// at its nth request (counted in the returned counter). As AWS does, it
+// refuses a request signed more than 5 minutes from its clock (403,
+// "Signature expired"), and a bad signature; answer answers the others.
+func skewedAWS(t *testing.T, ahead func(n int32) time.Duration, answer http.HandlerFunc) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now().Add(ahead(requests.Add(1)))
+		w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
+		payload := r.Header.Get("X-Amz-Content-Sha256")
+		if payload == "" {
+			payload = emptyPayload
+		}
+		signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
+		switch {
+		case err != nil || verifySigV4(r, payload, "secret/EXAMPLE+key") != nil:
+			http.Error(w, "bad signature", http.StatusBadRequest)
+		case now.Sub(signed).Abs() > 5*time.Minute:
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
+		default:
+			answer(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &requests
 }
