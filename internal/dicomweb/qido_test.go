@@ -234,22 +234,11 @@ func TestStudyInstanceUIDsPageBound(t *testing.T) {
 			srv := qidoServer(t, n, tt.ignoreOffset, tt.keepLimit, 0, 0, &asked)
 			// Read by StudyInstanceUIDs, on the test's goroutine.
 			pages := map[string]*countingBody{} // by query
-			counting := roundTripFunc(func(req *http.Request) (*http.Response, error) {
-				resp, err := http.DefaultTransport.RoundTrip(req)
-				if err == nil && req.URL.Query().Has("limit") {
-					cb := &countingBody{r: resp.Body}
+			c := countingClient(t, srv.URL+"/dicom-web", func(req *http.Request, cb *countingBody) {
+				if req.URL.Query().Has("limit") {
 					pages[req.URL.RawQuery] = cb
-					resp.Body = struct {
-						io.Reader
-						io.Closer
-					}{cb, resp.Body}
 				}
-				return resp, err
 			})
-			c, err := New(srv.URL+"/dicom-web", &http.Client{Transport: counting})
-			if err != nil {
-				t.Fatal(err)
-			}
 			c.maxResponseBytes, c.perInstance, c.qidoPageSize = 1000, 200, pageSize
 			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: n})
 			if err != nil || len(got) != n {
@@ -279,26 +268,36 @@ func TestQIDOErrorPageBound(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	var read *countingBody
-	counting := roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		resp, err := http.DefaultTransport.RoundTrip(req)
-		if err == nil {
-			read = &countingBody{r: resp.Body}
-			resp.Body = struct {
-				io.Reader
-				io.Closer
-			}{read, resp.Body}
-		}
-		return resp, err
-	})
-	c, err := New(srv.URL+"/dicom-web", &http.Client{Transport: counting})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 10})
+	c := countingClient(t, srv.URL+"/dicom-web", func(_ *http.Request, cb *countingBody) { read = cb })
+	_, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{Count: 10})
 	if he := (*HTTPError)(nil); !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("err %v, want the 503", err)
 	}
 	if read == nil || read.n > maxErrorBody+1 {
 		t.Errorf("read %d bytes of the error page, want at most %d", read.n, maxErrorBody+1)
 	}
+}
+
+// countingClient is a Client of url whose answers' bodies count the bytes
+// read of them, each handed to counted with its request (on the reading
+// goroutine).
+func countingClient(t *testing.T, url string, counted func(*http.Request, *countingBody)) *Client {
+	t.Helper()
+	rt := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err == nil {
+			cb := &countingBody{r: resp.Body}
+			counted(req, cb)
+			resp.Body = struct {
+				io.Reader
+				io.Closer
+			}{cb, resp.Body}
+		}
+		return resp, err
+	})
+	c, err := New(url, &http.Client{Transport: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
