@@ -33,8 +33,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	opts := Options{Out: stdout}
-	fs.StringVar(&opts.Dir, "dir", "", "directory for all the demo's data (default: a new temporary directory)")
-	fs.BoolVar(&opts.Keep, "keep", false, "keep the data directory when the demo stops")
+	fs.StringVar(&opts.Dir, "dir", "", "directory for all the demo's data (default: a new temporary directory); an existing one must be empty unless -keep")
+	fs.BoolVar(&opts.Keep, "keep", false, "keep the data directory when the demo stops (a failed run always keeps it, for its logs)")
 	fs.StringVar(&opts.Samples, "samples", "", "directory of DICOM files to send (default: the shared samples Orthanc accepts, or generated studies)")
 	fs.StringVar(&opts.LuaScript, "lua", "", "path of lua/stowline.lua (default: found from the working directory upwards)")
 	fs.BoolVar(&opts.Exit, "exit", false, "stop once every study is verified instead of waiting for Ctrl-C (CI)")

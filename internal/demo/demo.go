@@ -64,7 +64,9 @@ var ErrMissing = testharness.ErrMissing
 // Options configures a demo run. Zero fields get defaults.
 type Options struct {
 	// Dir holds everything the demo writes; empty: a new temporary
-	// directory. It is removed at the end unless Keep is set.
+	// directory. What the demo created is removed at the end unless Keep
+	// is set or the run failed (its logs are there); without Keep an
+	// existing Dir must be empty.
 	Dir  string
 	Keep bool
 	// LuaScript is the path of lua/stowline.lua; empty: found from the
@@ -133,17 +135,19 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 
+	data, err := workDir(opts, out)
+	if err != nil {
+		return err
+	}
+	dir := data.path
 	var stack cleanups
 	defer func() {
 		if cerr := stack.run(out); cerr != nil && err == nil {
 			err = cerr
 		}
+		// After everything stopped, so that the logs are complete.
+		err = data.finish(err, out)
 	}()
-
-	dir, err := workDir(opts, &stack, out)
-	if err != nil {
-		return err
-	}
 	plan, err := planSend(opts.Samples, filepath.Join(dir, "generated"))
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,7 +102,8 @@ func TestDemo(t *testing.T) {
 
 // TestDemoNothingStored: when the hospital stores none of the files sent
 // (here none is DICOM), the demo fails instead of reporting "all 0
-// studies forwarded and verified", and still cleans up.
+// studies forwarded and verified", stops what it started, and keeps its
+// directory with the logs.
 func TestDemoNothingStored(t *testing.T) {
 	if err := checkInstalled(); err != nil {
 		if os.Getenv("CI") != "" {
@@ -115,8 +117,10 @@ func TestDemoNothingStored(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// In the test's own directory, which the demo keeps since it fails.
+	dir := filepath.Join(t.TempDir(), "demo")
 	var out bytes.Buffer
-	err := Run(t.Context(), Options{Samples: samples, Exit: true, Timeout: 30 * time.Second, Out: &out})
+	err := Run(t.Context(), Options{Dir: dir, Samples: samples, Exit: true, Timeout: 30 * time.Second, Out: &out})
 	if err == nil || !strings.Contains(err.Error(), "no study was stored") || !strings.Contains(err.Error(), "2 files of 2") {
 		t.Errorf("err = %v, want no study stored, 2 files of 2 refused\noutput:\n%s", err, out.String())
 	}
@@ -125,6 +129,14 @@ func TestDemoNothingStored(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "stopped the Orthanc servers") {
 		t.Errorf("the report does not say the Orthanc servers stopped:\n%s", out.String())
+	}
+	for _, log := range []string{"stowline.log", "hospital/orthanc.log", "archive/orthanc.log"} {
+		if _, err := os.Stat(filepath.Join(dir, log)); err != nil {
+			t.Errorf("the failed run's log is gone: %v", err)
+		}
+	}
+	if !strings.Contains(out.String(), "kept "+dir+": stowline.log, */orthanc.log") {
+		t.Errorf("the report does not say where the logs are:\n%s", out.String())
 	}
 }
 
@@ -240,5 +252,92 @@ func TestPlanSend(t *testing.T) {
 	plan, err = planSend("", t.TempDir())
 	if err != nil || len(plan.files) != 5+2*10+3*20 || !strings.Contains(plan.what, "generated") {
 		t.Errorf("no samples: %d files (%s), err %v; want the 85 generated ones", len(plan.files), plan.what, err)
+	}
+}
+
+// TestWorkDir: the demo removes only what it created (its temporary
+// directory, a -dir that did not exist, the contents of an empty one),
+// refuses a non-empty -dir without -keep, and keeps everything when the
+// run failed, for its logs. No Orthanc is started.
+func TestWorkDir(t *testing.T) {
+	// A temporary directory of the demo's own goes to TMPDIR.
+	t.Setenv("TMPDIR", t.TempDir())
+	userFile := "user.dcm"
+	tests := []struct {
+		name     string
+		dir      string // "" stays empty; else relative to a fresh TempDir
+		existing bool   // dir exists before, holding userFile if full
+		full     bool
+		keep     bool
+		runErr   error
+		wantErr  bool
+		wantGone bool // dir itself removed at the end
+		wantLeft bool // dir there, with userFile (a full one) or empty
+	}{
+		{name: "temporary", wantGone: true},
+		{name: "temporary, run failed", runErr: errors.New("boom"), wantLeft: true},
+		{name: "new -dir", dir: "a/demo", wantGone: true},
+		{name: "new -dir, keep", dir: "demo", keep: true, wantLeft: true},
+		{name: "new -dir, run failed", dir: "demo", runErr: errors.New("boom"), wantLeft: true},
+		{name: "empty -dir is emptied, not removed", dir: "demo", existing: true, wantLeft: true},
+		{name: "full -dir refused", dir: "demo", existing: true, full: true, wantErr: true, wantLeft: true},
+		{name: "full -dir, keep", dir: "demo", existing: true, full: true, keep: true, wantLeft: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := ""
+			if tt.dir != "" {
+				dir = filepath.Join(t.TempDir(), tt.dir)
+			}
+			if tt.existing {
+				if err := os.MkdirAll(dir, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if tt.full {
+					if err := os.WriteFile(filepath.Join(dir, userFile), nil, 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			var out bytes.Buffer
+			p := newPrinter(&out)
+			d, err := workDir(Options{Dir: dir, Keep: tt.keep}, p)
+			if tt.wantErr {
+				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "-keep") {
+					t.Errorf("err = %v, want a usage error naming -keep", err)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if dir == "" {
+					t.Cleanup(func() { os.RemoveAll(d.path) })
+					dir = d.path
+				}
+				// What the demo writes while it runs.
+				if err := os.WriteFile(filepath.Join(d.path, "stowline.log"), nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if got := d.finish(tt.runErr, p); got != tt.runErr {
+					t.Errorf("finish = %v, want %v", got, tt.runErr)
+				}
+			}
+			entries, err := os.ReadDir(dir)
+			switch {
+			case tt.wantGone:
+				if !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s still there (%v)", dir, err)
+				}
+			case err != nil:
+				t.Errorf("%s: %v", dir, err)
+			case tt.full && (len(entries) == 0 || !slices.ContainsFunc(entries, func(e os.DirEntry) bool { return e.Name() == userFile })):
+				t.Errorf("%s lost the user's file: %v", dir, entries)
+			case tt.existing && !tt.full && !tt.keep && len(entries) != 0:
+				t.Errorf("%s not emptied: %v", dir, entries)
+			}
+			if tt.runErr != nil && !strings.Contains(out.String(), "kept "+dir+": stowline.log, */orthanc.log") {
+				t.Errorf("a failed run does not say where its logs are:\n%s", out.String())
+			}
+		})
 	}
 }

@@ -63,29 +63,95 @@ func findLuaScript(path string) (string, error) {
 	}
 }
 
-// workDir creates (or takes) the demo's directory and registers its
-// removal.
-func workDir(opts Options, stack *cleanups, out *printer) (string, error) {
+// dataDir is the demo's directory and how much of it the demo may remove
+// at the end: only what it created, never a directory the user had.
+type dataDir struct {
+	path string
+	// remove deletes what the demo created in or as path; nil with Keep.
+	remove func() error
+	// removed is what the report says once remove succeeded.
+	removed string
+}
+
+// workDir creates (or takes) the demo's directory. Without Keep, an
+// existing directory must be empty: its contents are the demo's and are
+// removed at the end, the directory itself stays. Nothing is removed yet.
+func workDir(opts Options, out *printer) (dataDir, error) {
+	var created bool
 	dir := opts.Dir
-	if dir == "" {
-		var err error
+	switch fi, err := os.Stat(dir); {
+	case dir == "":
 		if dir, err = os.MkdirTemp("", "stowline-demo-"); err != nil {
-			return "", fmt.Errorf("create the demo directory: %w", err)
+			return dataDir{}, fmt.Errorf("create the demo directory: %w", err)
 		}
-	} else if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("create the demo directory: %w", err)
+		created = true
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return dataDir{}, fmt.Errorf("create the demo directory: %w", err)
+		}
+		created = true
+	case err != nil:
+		return dataDir{}, fmt.Errorf("the demo directory: %w", err)
+	case !fi.IsDir():
+		return dataDir{}, fmt.Errorf("the demo directory %s is not a directory", dir)
 	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
-		return "", err
+		return dataDir{}, err
 	}
-	if opts.Keep {
+	d := dataDir{path: dir}
+	switch {
+	case opts.Keep:
 		out.printf("data directory    %s  (kept at the end)", dir)
-	} else {
+	case created:
 		out.printf("data directory    %s  (removed at the end)", dir)
-		stack.push("removed "+dir, func() error { return os.RemoveAll(dir) })
+		d.remove = func() error { return os.RemoveAll(dir) }
+		d.removed = "removed " + dir
+	default:
+		// The demo would remove what it finds there at the end: refuse
+		// rather than delete the user's files (-dir ~/dicom, -dir .).
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return dataDir{}, fmt.Errorf("the demo directory: %w", err)
+		}
+		if len(entries) > 0 {
+			return dataDir{}, fmt.Errorf("%w: -dir %s is not empty and the demo removes its data at the end: give a new or empty directory, or add -keep", ErrUsage, dir)
+		}
+		out.printf("data directory    %s  (emptied at the end)", dir)
+		d.remove = func() error { return removeContents(dir) }
+		d.removed = "emptied " + dir
 	}
-	return dir, nil
+	return d, nil
+}
+
+// removeContents removes everything in dir but dir itself.
+func removeContents(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+	}
+	return errors.Join(errs...)
+}
+
+// finish runs once everything stopped, with the run's error: a failed run
+// keeps the directory for its logs; a good one removes what the demo
+// created unless Keep. It returns err, or the removal's error.
+func (d dataDir) finish(err error, out *printer) error {
+	switch {
+	case d.path == "":
+	case err != nil:
+		out.printf("kept %s: stowline.log, */orthanc.log", d.path)
+	case d.remove != nil:
+		if rerr := d.remove(); rerr != nil {
+			return fmt.Errorf("not %s: %w", d.removed, rerr)
+		}
+		out.printf("%s", d.removed)
+	}
+	return err
 }
 
 // startOrthancs starts the archive (DICOMweb) and the hospital (Lua
