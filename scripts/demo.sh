@@ -11,22 +11,49 @@
 # On a fresh Debian machine it installs what is missing first; it runs the
 # host's Orthanc, 1.10 (bookworm) or 1.12 (trixie).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# The repository, without cd: the demo's flags (-dir, -samples, -lua) are
+# relative to the user's working directory.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+# Go first, before anything is installed: 1.21 or later fetches the
+# release go.mod names (GOTOOLCHAIN=auto). Asked outside the repository,
+# so that it reports the local go, not the one go.mod would fetch.
+gover="$(cd / && GOTOOLCHAIN=local go version 2>/dev/null | sed -nE 's/^go version (devel )?go([0-9]+)[.]([0-9]+).*/\2 \3/p')" || true
+read -r gomajor gominor <<<"${gover:-0 0}"
+if ! command -v go >/dev/null 2>&1 || [ "$gomajor" -lt 1 ] || { [ "$gomajor" -eq 1 ] && [ "$gominor" -lt 21 ]; }; then
+  echo 'install Go 1.21 or later from https://go.dev/dl (it fetches the release go.mod names itself)' >&2
+  exit 1
+fi
 
 need=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo=""
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+  else
+    echo "the demo needs Debian packages ${need[*]}; as root, run:" >&2
+    echo "  apt-get update && apt-get install -y --no-install-recommends ${need[*]}" >&2
+    exit 1
+  fi
   echo "installing ${need[*]} (Debian packages the demo needs)"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update
   $sudo apt-get install -y --no-install-recommends "${need[@]}"
+  # The package starts a system Orthanc (with systemd) whose DICOM port
+  # 4242 takes any C-STORE; the demo runs its own, so the one this run
+  # installed is stopped. One installed before is left alone.
+  case " ${need[*]} " in
+    *" orthanc "*)
+      if $sudo systemctl disable --now orthanc >/dev/null 2>&1; then
+        echo "stopped and disabled the system Orthanc the orthanc package started (DICOM port 4242 took any C-STORE); the demo runs its own"
+      fi
+      ;;
+  esac
 fi
-# The Debian package starts a system Orthanc on 8042/4242; the demo starts
-# its own on free ports and leaves that one alone.
 
 # go.mod's toolchain line names the Go release stowline is built with;
 # "auto" lets an older local go fetch it (see scripts/test.sh).
@@ -38,5 +65,24 @@ export GOTOOLCHAIN=auto
 # replaces this shell, so nothing would remove a temporary one.
 bin="${XDG_CACHE_HOME:-$HOME/.cache}/stowline/demo"
 mkdir -p "$(dirname "$bin")"
-go build -o "$bin" ./cmd/demo
-exec "$bin" "$@"
+echo 'building the demo (the first build takes a few minutes)…'
+(cd "$root" && go build -o "$bin" ./cmd/demo)
+
+# The demo finds the Lua script and the shared samples from its working
+# directory upwards, which is the user's: point it at the repository's.
+lua=(-lua "$root/lua/stowline.lua")
+for arg in "$@"; do
+  case "$arg" in
+    -lua | -lua=* | --lua | --lua=*) lua=() ;;
+  esac
+done
+d="$root"
+while [ -z "${STOWLINE_DICOM_SAMPLES:-}" ]; do
+  if [ -e "$d/shared/dicom-samples/MANIFEST.tsv" ]; then
+    export STOWLINE_DICOM_SAMPLES="$d/shared/dicom-samples"
+  elif [ "$d" = / ]; then
+    break
+  fi
+  d="$(dirname "$d")"
+done
+exec "$bin" "${lua[@]}" "$@"

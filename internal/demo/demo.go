@@ -18,6 +18,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -284,6 +285,12 @@ func printEndpoints(out *printer, e Endpoints, opts Options) {
 	out.line("  stowline's log     " + e.StowlineLog)
 	out.line("  send more studies  storescu -aec " + e.HospitalAET + " " + e.HospitalDICOM + " FILE.dcm   (this demo reports them too)")
 	out.line("  data               " + e.Dir)
+	// Everything listens on loopback only: the Orthancs have no
+	// authentication (RemoteAccessAllowed false).
+	if u, err := url.Parse(e.StatusPage); err == nil {
+		port := u.Port()
+		out.line("  from elsewhere     ssh -L " + port + ":127.0.0.1:" + port + " THIS-HOST   (all of the above listen on 127.0.0.1 only; forward each port you want)")
+	}
 	switch {
 	case opts.Exit:
 		out.line("Stopping now (exit after verification).")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -79,6 +80,10 @@ func TestDemo(t *testing.T) {
 		if want == "" || !strings.Contains(report, want) {
 			t.Errorf("the report does not print %q", want)
 		}
+	}
+	// Everything listens on loopback: the report says how to reach it.
+	if u, err := url.Parse(endpoints.StatusPage); err != nil || !strings.Contains(report, "ssh -L "+u.Port()+":127.0.0.1:"+u.Port()+" ") {
+		t.Errorf("the report does not say how to reach the status page from another machine (%v)", err)
 	}
 	// The demo prints the ADMIN_TOKEN on purpose; an access token never.
 	if strings.Contains(report, "eyJ") {
