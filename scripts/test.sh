@@ -10,6 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Go first, before anything is installed: 1.21 or later fetches the
+# release go.mod names (GOTOOLCHAIN=auto). Asked outside the repository,
+# so that it reports the local go, not the one go.mod would fetch.
+gover="$(cd / && GOTOOLCHAIN=local go version 2>/dev/null | sed -nE 's/^go version (devel )?go([0-9]+)[.]([0-9]+).*/\2 \3/p')" || true
+read -r gomajor gominor <<<"${gover:-0 0}"
+if ! command -v go >/dev/null 2>&1 || [ "$gomajor" -lt 1 ] || { [ "$gomajor" -eq 1 ] && [ "$gominor" -lt 21 ]; }; then
+  echo 'install Go 1.21 or later from https://go.dev/dl (it fetches the release go.mod names itself)' >&2
+  exit 1
+fi
+
 need=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
@@ -19,22 +29,39 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # deploy/alerts_test.go runs the alert rules' unit tests with promtool
 # (Debian package prometheus; on a host with systemd it also starts a
-# Prometheus server on :9090, which the tests do not use).
+# Prometheus server on :9090, stopped below).
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # go test -race needs cgo: a C compiler and the C library's headers.
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -e /usr/include/stdlib.h ] || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo=""
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+  else
+    echo "the tests need Debian packages ${need[*]}; as root, run:" >&2
+    echo "  apt-get update && apt-get install -y --no-install-recommends ${need[*]}" >&2
+    exit 1
+  fi
   echo "installing ${need[*]} (Debian packages the integration tests need)"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update
   $sudo apt-get install -y --no-install-recommends "${need[@]}"
+  # With systemd, the packages start services the tests do not use: a
+  # system Orthanc whose DICOM port 4242 takes any C-STORE, a Prometheus
+  # on :9090. Those this run installed are stopped; earlier ones are left
+  # alone.
+  for svc in orthanc prometheus; do
+    case " ${need[*]} " in
+      *" $svc "*)
+        if $sudo systemctl disable --now "$svc" >/dev/null 2>&1; then
+          echo "stopped and disabled the $svc service its package started (the tests run their own servers)"
+        fi
+        ;;
+    esac
+  done
 fi
-
-# The Debian package starts a system Orthanc on 8042/4242; the tests start
-# their own on free ports and do not need it.
 
 # Orthanc-facing tests run on each release in STOWLINE_ORTHANC_RELEASES,
 # by default both: the host's Orthanc installed above (1.10 on Debian
@@ -65,16 +92,18 @@ export GOTOOLCHAIN=auto
 go version
 
 go vet ./...
-# staticcheck, pinned, from the Go module proxy.
-go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
-"$(go env GOPATH)/bin/staticcheck" ./...
-# No called symbol with a known vulnerability, in modules or in the
-# standard library.
-./scripts/vulncheck.sh
+# staticcheck, pinned, from the Go module proxy; go run, not go install,
+# which puts it where GOBIN or GOPATH (possibly a list) say.
+staticcheck=honnef.co/go/tools/cmd/staticcheck@v0.8.2
+go run "$staticcheck" ./...
 # -race: the forwarder is concurrent; -count=1: integration tests always run.
 go test -race -count=1 -timeout 40m "$@" ./...
 # The Helm chart's checks (deploy/helm/chartcheck): a module of its own, so
 # that the main module stays free of Helm and Kubernetes dependencies.
 go -C deploy/helm/chartcheck vet ./...
-(cd deploy/helm/chartcheck && "$(go env GOPATH)/bin/staticcheck" ./...)
+(cd deploy/helm/chartcheck && go run "$staticcheck" ./...)
 go -C deploy/helm/chartcheck test -count=1 ./...
+# No called symbol with a known vulnerability, in modules or in the
+# standard library. Last: a vulnerability published today fails the run
+# too, but only after every test result is in.
+./scripts/vulncheck.sh
