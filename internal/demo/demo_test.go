@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -281,6 +282,8 @@ func TestWorkDir(t *testing.T) {
 	}{
 		{name: "temporary", wantGone: true},
 		{name: "temporary, run failed", runErr: errors.New("boom"), wantLeft: true},
+		// Ctrl-C before every study was verified: a stop, not a failure.
+		{name: "temporary, interrupted", runErr: fmt.Errorf("interrupted before every study was verified: %w", context.Canceled), wantGone: true},
 		{name: "new -dir", dir: "a/demo", wantGone: true},
 		{name: "new -dir, keep", dir: "demo", keep: true, wantLeft: true},
 		{name: "new -dir, run failed", dir: "demo", runErr: errors.New("boom"), wantLeft: true},
@@ -340,7 +343,7 @@ func TestWorkDir(t *testing.T) {
 			case tt.existing && !tt.full && !tt.keep && len(entries) != 0:
 				t.Errorf("%s not emptied: %v", dir, entries)
 			}
-			if tt.runErr != nil && !strings.Contains(out.String(), "kept "+dir+": stowline.log, */orthanc.log") {
+			if tt.runErr != nil && !tt.wantGone && !strings.Contains(out.String(), "kept "+dir+": stowline.log, */orthanc.log") {
 				t.Errorf("a failed run does not say where its logs are:\n%s", out.String())
 			}
 		})

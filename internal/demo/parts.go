@@ -143,7 +143,9 @@ func removeContents(dir string) error {
 func (d dataDir) finish(err error, out *printer) error {
 	switch {
 	case d.path == "":
-	case err != nil:
+	case err != nil && !errors.Is(err, context.Canceled):
+		// A failure: its logs are there. An interrupt (Ctrl-C before
+		// every study was verified) is a stop, cleaned up as one.
 		out.printf("kept %s: stowline.log, */orthanc.log", d.path)
 	case d.remove != nil:
 		if rerr := d.remove(); rerr != nil {
