@@ -582,7 +582,8 @@ func (f *Forwarder) rememberStored(ctx context.Context, ev *events.StudyStable, 
 	// once until the others elect a leader: one try was lost to it, and a
 	// later delivery (the ack lost with the same server, the study grown by
 	// an instance) took the destination's "already exists" for conflicts.
-	return f.whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) })
+	err := f.whileUnanswered(ctx, func() error { return f.opts.Failures.RememberSent(ctx, ev, ids) })
+	return f.countStoreFull(storeFullStored, err)
 }
 
 // sentID names what stowline sent of an instance, for FailureLog: its

@@ -60,7 +60,20 @@ type metrics struct {
 	// EVENTS_RETENTION (lanes.go, queueAge).
 	laneAge   *laneAgeGauge
 	retention prometheus.Gauge
+	// storeFull counts this forwarder's JetStream writes refused for want
+	// of storage, by what was written (storeFullWhat): only logged
+	// before, while NATS filled.
+	storeFull *prometheus.CounterVec
 }
+
+// What a forwarder writes to JetStream, the label of
+// stowline_forwarder_store_full_total.
+const (
+	storeFullLedger      = "ledger"
+	storeFullStored      = "stored_record"
+	storeFullFailureTime = "failure_record"
+	storeFullDeadLetter  = "dead_letter"
+)
 
 func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error) {
 	// One forwarder per destination registers these: the destination
@@ -212,6 +225,14 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		Help:        "The event stream's retention (MaxAge, set from EVENTS_RETENTION by each process's start), read about once a minute: how long JetStream keeps an event, forwarded or not; one not forwarded by then is deleted without a dead letter.",
 		ConstLabels: labels,
 	})
+	m.storeFull = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "stowline_forwarder_store_full_total",
+		Help:        "Writes of this forwarder that JetStream refused because its storage is full, by what was written: ledger (a completed forward, not recorded), stored_record (what a study's deliveries stored, in stowline_failures), failure_record (an event's failure times, in stowline_failures), dead_letter (the study stays queued).",
+		ConstLabels: labels,
+	}, []string{"what"})
+	for _, w := range []string{storeFullLedger, storeFullStored, storeFullFailureTime, storeFullDeadLetter} {
+		m.storeFull.WithLabelValues(w)
+	}
 	// Every lane from the start: an alert's increase() then counts the
 	// first pull after a restart.
 	for _, p := range events.Priorities {
@@ -220,7 +241,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, c := range Classes {
 		m.failures.WithLabelValues(string(c))
 	}
-	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.resends, m.alreadyStored, m.unproven, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.sourceHeld, m.lanePulls, m.laneBusy, m.laneAge, m.retention} {
+	for _, c := range []prometheus.Collector{m.studies, m.instances, m.bytes, m.duration, m.inFlight, m.failures, m.resent, m.resends, m.alreadyStored, m.unproven, m.authRetries, m.sourceDeletes, m.conflicts, m.nonPrimary, m.conversions, m.verifications, m.verifyMissing, m.verifyDuration, m.breakerState, m.breakerTransitions, m.held, m.sourceHeld, m.lanePulls, m.laneBusy, m.laneAge, m.retention, m.storeFull} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("forward: register metrics: %w", err)
 		}

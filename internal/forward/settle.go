@@ -209,7 +209,7 @@ func (f *Forwarder) ack(ctx context.Context, msg jetstream.Msg, a *Attempt, rep 
 		log.Info("study forwarded", attrs...)
 	}
 	if a.Number > 1 && f.opts.Failures != nil {
-		if err := f.opts.Failures.Forget(ctx, a.Seq); err != nil {
+		if err := f.countStoreFull(storeFullFailureTime, f.opts.Failures.Forget(ctx, a.Seq)); err != nil {
 			log.Warn("forget failure record", "err", err)
 		}
 	}
@@ -254,7 +254,18 @@ const (
 // elect a leader, 4 to 9 s: three tries 1.5 s apart all fell within it.
 // A full store is not tried again: it is not freed within seconds.
 func (f *Forwarder) recordCompleted(ctx context.Context, ev *events.StudyStable, c Completion) error {
-	return f.whileUnanswered(ctx, func() error { return f.opts.Completed(ctx, ev, c) })
+	err := f.whileUnanswered(ctx, func() error { return f.opts.Completed(ctx, ev, c) })
+	return f.countStoreFull(storeFullLedger, err)
+}
+
+// countStoreFull counts err in stowline_forwarder_store_full_total, by
+// what, when JetStream refused the write for want of storage, and
+// returns it.
+func (f *Forwarder) countStoreFull(what string, err error) error {
+	if errors.Is(err, natsjs.ErrStorageFull) {
+		f.m.storeFull.WithLabelValues(what).Inc()
+	}
+	return err
 }
 
 func (f *Forwarder) nakWithDelay(msg jetstream.Msg, delay time.Duration, log *slog.Logger) Result {
@@ -272,7 +283,7 @@ func (f *Forwarder) recordFailure(ctx context.Context, a *Attempt, log *slog.Log
 		return times
 	}
 	t, err := f.opts.Failures.Record(ctx, a.Seq, now)
-	if err != nil {
+	if err := f.countStoreFull(storeFullFailureTime, err); err != nil {
 		log.Warn("record failure time", "err", err)
 		return times
 	}
@@ -305,7 +316,7 @@ func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attemp
 		more: []any{"err", ferr, "failed_instances", len(letter.Failures) + letter.MoreFailures, "instances_stored", rep.Instances},
 	}, log)
 	if result != ResultRetry && f.opts.Failures != nil {
-		if err := f.opts.Failures.Forget(ctx, a.Seq); err != nil {
+		if err := f.countStoreFull(storeFullFailureTime, f.opts.Failures.Forget(ctx, a.Seq)); err != nil {
 			log.Warn("forget failure record", "err", err)
 		}
 	}
@@ -368,7 +379,7 @@ type lettering struct {
 // ResultAlreadyDeadLettered: that delivery counted it already.
 func (f *Forwarder) storeDeadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt, letter *DeadLetter, l lettering, log *slog.Logger) Result {
 	dlSeq, duplicate, err := f.opts.DeadLetters.Add(ctx, letter)
-	if err != nil {
+	if err := f.countStoreFull(storeFullDeadLetter, err); err != nil {
 		delay := f.policy.backoff(a.Number, nil)
 		log.Error("dead letter not stored; the "+l.what+" stays queued", slices.Concat(l.why, []any{"err", err, "retry_in", delay.String()})...)
 		return f.nakWithDelay(msg, delay, log)
