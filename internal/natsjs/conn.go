@@ -103,6 +103,16 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	return c, nil
 }
 
+// EmbeddedStorageLimits is the embedded server's JetStream storage
+// limits (EmbeddedServer.StorageLimits), false when stowline connected
+// to a NATS server of its own (NATS_URL) or JetStream is not running.
+func (c *Conn) EmbeddedStorageLimits() (file, memory int64, ok bool) {
+	if c.embedded == nil {
+		return 0, 0, false
+	}
+	return c.embedded.StorageLimits()
+}
+
 // urlWithoutUser is the URL of the server nc is connected to, without
 // its user info: nats.go's ConnectedUrlRedacted masks only a password,
 // and a user without one is a token (nats://token@host).

@@ -186,6 +186,20 @@ func (s *EmbeddedServer) ClientURL() string {
 	return s.ns.ClientURL()
 }
 
+// StorageLimits is the server's JetStream storage limits in bytes
+// (max_file_store, max_memory_store), false before JetStream runs. The
+// embedded server sets neither: nats-server takes 75% of the disk free
+// in the store directory at start (plus 75% of what its store already
+// held) and 75% of the memory, and these bound an account without
+// limits of its own.
+func (s *EmbeddedServer) StorageLimits() (file, memory int64, ok bool) {
+	c := s.ns.JetStreamConfig()
+	if c == nil {
+		return 0, 0, false
+	}
+	return c.MaxStore, c.MaxMemory, true
+}
+
 // Shutdown stops the server and waits until it has stopped, so its store
 // is flushed and closed.
 func (s *EmbeddedServer) Shutdown() {
