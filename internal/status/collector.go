@@ -19,7 +19,7 @@ const DefaultScrapeTimeout = 2 * time.Second
 // count, read from JetStream at every scrape (so every process reports the
 // same, current numbers, whichever replica did the work), labelled
 // destination; and, alongside, how full stowline's streams, its buckets
-// and the account's storage are against their limits (ReadStorage).
+// and the account's storage are against their limits (readStorage).
 type QueueCollector struct {
 	js      jetstream.JetStream
 	timeout time.Duration
@@ -129,8 +129,8 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 type queueRead struct {
 	q   Queue
 	err error
-	// storage and storageErr are ReadStorage's answer, made alongside.
-	storage    Storage
+	// storage and storageErr are readStorage's answer, made alongside.
+	storage    storageRead
 	storageErr error
 }
 
@@ -181,7 +181,7 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 
 // collectStorage sends the storage samples; a limit that is not set
 // (0, or -1 for unlimited) is left out, so that a ratio to it is absent.
-func (c *QueueCollector) collectStorage(ch chan<- prometheus.Metric, st Storage) {
+func (c *QueueCollector) collectStorage(ch chan<- prometheus.Metric, st storageRead) {
 	for _, s := range st.Streams {
 		gauge(ch, c.streamBytes, float64(s.Bytes), s.Stream)
 		gauge(ch, c.streamMessages, float64(s.Messages), s.Stream)
@@ -237,11 +237,11 @@ func (c *QueueCollector) read() queueRead {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	var (
-		storage    Storage
+		storage    storageRead
 		storageErr error
 		wg         sync.WaitGroup
 	)
-	wg.Go(func() { storage, storageErr = ReadStorage(ctx, c.js) })
+	wg.Go(func() { storage, storageErr = readStorage(ctx, c.js) })
 	q, err := ReadQueue(ctx, c.js)
 	wg.Wait()
 	c.last = queueRead{q: q, err: err, storage: storage, storageErr: storageErr}
@@ -269,7 +269,7 @@ func (c *QueueCollector) read() queueRead {
 
 // logStorage warns, a minute apart, of storage reads that failed: their
 // metrics are left out of the scrape, and an alert on them cannot fire.
-func (c *QueueCollector) logStorage(st Storage, err error) {
+func (c *QueueCollector) logStorage(st storageRead, err error) {
 	if err == nil {
 		err = st.StreamsErr
 	}

@@ -13,13 +13,13 @@ import (
 	"github.com/stowline/stowline/internal/natsjs"
 )
 
-// Storage is what stowline's streams and buckets hold in JetStream, and
+// storageRead is what stowline's streams and buckets hold in JetStream, and
 // the account's storage, against their limits: what fills before
 // JetStream refuses writes.
-type Storage struct {
+type storageRead struct {
 	// Streams holds each stream stowline creates that exists, a bucket
 	// as its stream (KV_<bucket>), sorted by name.
-	Streams []StreamStorage
+	Streams []streamStorage
 	// Account is the account's usage and limits (-1: unlimited).
 	Account jetstream.Tier
 	// StreamsErr says which streams could not be read (left out of
@@ -27,20 +27,20 @@ type Storage struct {
 	StreamsErr error
 }
 
-// StreamStorage is one stream's usage and size limit.
-type StreamStorage struct {
+// streamStorage is one stream's usage and size limit.
+type streamStorage struct {
 	Stream          string
 	Bytes, Messages uint64
 	// MaxBytes is the stream's size limit, 0 or -1 when it has none.
 	MaxBytes int64
 }
 
-// ReadStorage asks JetStream for the account's usage and for each of
+// readStorage asks JetStream for the account's usage and for each of
 // stowline's streams (ownStream). A stream that does not answer in time
 // is left out and named in StreamsErr; the account not answering fails
 // it. Bound ctx.
-func ReadStorage(ctx context.Context, js jetstream.JetStream) (Storage, error) {
-	var st Storage
+func readStorage(ctx context.Context, js jetstream.JetStream) (storageRead, error) {
+	var st storageRead
 	acct, err := js.AccountInfo(ctx)
 	if err != nil {
 		return st, fmt.Errorf("account info: %w", err)
@@ -59,7 +59,7 @@ func ReadStorage(ctx context.Context, js jetstream.JetStream) (Storage, error) {
 	slices.Sort(names)
 	// Each by itself and all at once: one whose leader does not answer
 	// (a cluster electing) must not take the scrape's time from the rest.
-	streams := make([]*StreamStorage, len(names))
+	streams := make([]*streamStorage, len(names))
 	errs := make([]error, len(names))
 	var wg sync.WaitGroup
 	for i, name := range names {
@@ -70,7 +70,7 @@ func ReadStorage(ctx context.Context, js jetstream.JetStream) (Storage, error) {
 				return
 			}
 			info := s.CachedInfo()
-			streams[i] = &StreamStorage{Stream: name, Bytes: info.State.Bytes, Messages: info.State.Msgs, MaxBytes: info.Config.MaxBytes}
+			streams[i] = &streamStorage{Stream: name, Bytes: info.State.Bytes, Messages: info.State.Msgs, MaxBytes: info.Config.MaxBytes}
 		})
 	}
 	wg.Wait()
