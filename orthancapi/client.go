@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -79,6 +80,13 @@ type Client struct {
 	// is when the last probe Orthanc answered was sent.
 	probe    chan struct{}
 	probedAt time.Time
+
+	// slots caps the requests in flight (nil: no cap): one is taken
+	// before a request is sent and given back when its body is closed,
+	// so a file stream holds one while it streams. Not the transport's
+	// MaxConnsPerHost: short metadata reads would wait there, unseen,
+	// behind long streams until their request timeout.
+	slots chan struct{}
 }
 
 type options struct {
@@ -89,6 +97,7 @@ type options struct {
 	requestTimeout time.Duration
 	headerTimeout  time.Duration
 	tls            *tls.Config
+	maxRequests    int
 }
 
 // Option configures a Client.
@@ -134,6 +143,16 @@ func WithResponseHeaderTimeout(d time.Duration) Option {
 	return func(o *options) { o.headerTimeout = d }
 }
 
+// WithMaxRequests caps the requests the client has in flight at once
+// (default 0: no cap), so that stowline leaves Orthanc's HTTP threads to
+// its viewers. A request waits for a slot before it is sent, within its
+// context, and holds it until its body is closed: a file stream holds
+// one while it streams. A request made while the caller holds another's
+// body open must use WhileHoldingBody, or it could wait for its own slot.
+func WithMaxRequests(n int) Option {
+	return func(o *options) { o.maxRequests = n }
+}
+
 // New returns a client for the Orthanc at baseURL, for example
 // "http://orthanc:8042" or "https://host/orthanc/" behind a proxy.
 func New(baseURL string, opts ...Option) (*Client, error) {
@@ -150,6 +169,9 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	}
 	if o.headerTimeout <= 0 {
 		return nil, fmt.Errorf("orthancapi: response header timeout must be positive, got %v", o.headerTimeout)
+	}
+	if o.maxRequests < 0 {
+		return nil, fmt.Errorf("orthancapi: max requests must be 0 (no cap) or more, got %d", o.maxRequests)
 	}
 	if o.basicAuth && o.username == "" {
 		return nil, errors.New("orthancapi: WithBasicAuth with an empty username")
@@ -180,6 +202,9 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		probe:          make(chan struct{}, 1),
 
 		maxJSONElementBytes: maxJSONElementBytes,
+	}
+	if o.maxRequests > 0 {
+		c.slots = make(chan struct{}, o.maxRequests)
 	}
 	c.password.Store(&o.password)
 	return c, nil
@@ -393,11 +418,56 @@ func (c *Client) sendAs(ctx context.Context, pw *string, method string, u *url.U
 	if c.basicAuth {
 		req.SetBasicAuth(c.username, *pw)
 	}
+	release, err := c.takeSlot(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("orthancapi: %s %s: waiting for a free request slot (ORTHANC_MAX_CONNECTIONS): %w", method, u.EscapedPath(), err)
+	}
 	resp, err := c.httpClient.Do(req)
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("orthancapi: %s %s: %w", method, u.EscapedPath(), err)
 	}
+	resp.Body = &slotBody{ReadCloser: resp.Body, release: sync.OnceFunc(release)}
 	return resp, nil
+}
+
+// holdingBodyKey marks a context of WhileHoldingBody.
+type holdingBodyKey struct{}
+
+// WhileHoldingBody returns ctx for a request made while the caller holds
+// another response's body open (the metadata read a file stream needs
+// before it goes on): such a request is sent without waiting for a slot
+// of WithMaxRequests. Waiting, callers that each hold a slot and want a
+// second would wait on one another for good. At most one such request
+// per body held, so the requests in flight stay within twice the cap.
+func WhileHoldingBody(ctx context.Context) context.Context {
+	return context.WithValue(ctx, holdingBodyKey{}, true)
+}
+
+// takeSlot waits for a request slot, or for ctx to end (its error, then),
+// and returns the function that gives it back.
+func (c *Client) takeSlot(ctx context.Context) (release func(), err error) {
+	if c.slots == nil || ctx.Value(holdingBodyKey{}) != nil {
+		return func() {}, nil
+	}
+	select {
+	case c.slots <- struct{}{}:
+		return func() { <-c.slots }, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// slotBody gives its request's slot back when it is closed.
+type slotBody struct {
+	io.ReadCloser
+	release func()
+}
+
+func (b *slotBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.release()
+	return err
 }
 
 // confirmOrthanc checks that Orthanc itself answers at the client's base

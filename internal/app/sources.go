@@ -49,6 +49,9 @@ func NewSources(c *config.Orthanc) (*Sources, error) {
 		if c.ResponseTimeout > 0 { // zero: not loaded from the environment, the client's default
 			opts = append(opts, orthancapi.WithResponseHeaderTimeout(c.ResponseTimeout))
 		}
+		if src.MaxConnections > 0 {
+			opts = append(opts, orthancapi.WithMaxRequests(src.MaxConnections))
+		}
 		if tlsCfg != nil {
 			opts = append(opts, orthancapi.WithTLSConfig(tlsCfg.Clone()))
 		}

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ type Orthanc struct {
 	Password        string        `env:"ORTHANC_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password"`
 	SourceName      string        `env:"ORTHANC_SOURCE_NAME" desc:"source name of that Orthanc's events (the Lua script's Stowline.Source); empty: the forwarder takes events of any source, the reconciler and audit use Orthanc's Name as the script does"`
 	ResponseTimeout time.Duration `env:"ORTHANC_RESPONSE_TIMEOUT" envDefault:"2m" desc:"how long an Orthanc source may take to start answering a request: to list a large study's instances, to read a file from its storage, or to convert one to a transfer syntax the destination accepts (STOW_TRANSFER_SYNTAXES), which for a large multi-frame instance can take minutes (1s to 1h)"`
+	MaxConnections  int           `env:"ORTHANC_MAX_CONNECTIONS" envDefault:"0" desc:"most requests each stowline process has in flight to one Orthanc source at once, file streams included, which Orthanc's HTTP threads (HttpThreadsCount, default 50) share with its viewers; 0: no cap. Applies to every source; ORTHANC_<NAME>_MAX_CONNECTIONS sets one source's (docs/orthanc-access.md)"`
 	CAFile          string        `env:"ORTHANC_CA_FILE" desc:"PEM CA certificates trusted, besides the system's, for HTTPS to every Orthanc source (an Orthanc behind a private PKI)"`
 	Sources         List          `env:"ORTHANC_SOURCES" desc:"names of several Orthanc sources, comma-separated; each is set with the ORTHANC_<NAME>_ variables below, and ORTHANC_URL, _USERNAME, _PASSWORD and _SOURCE_NAME must then be unset"`
 
@@ -29,6 +31,7 @@ type Orthanc struct {
 	_ struct{} `env:"ORTHANC_<NAME>_URL" desc:"Orthanc REST API base URL of source <NAME> (required for each name in ORTHANC_SOURCES)"`
 	_ struct{} `env:"ORTHANC_<NAME>_USERNAME" desc:"Orthanc HTTP basic-auth user of source <NAME> (empty: no auth)"`
 	_ struct{} `env:"ORTHANC_<NAME>_PASSWORD" secret:"true" desc:"Orthanc HTTP basic-auth password of source <NAME>"`
+	_ struct{} `env:"ORTHANC_<NAME>_MAX_CONNECTIONS" desc:"ORTHANC_MAX_CONNECTIONS for source <NAME> alone (empty: ORTHANC_MAX_CONNECTIONS)"`
 
 	named        []OrthancSource // filled by readDynamic from ORTHANC_SOURCES
 	passwordFile string          // ORTHANC_PASSWORD_FILE, kept by readDynamic
@@ -44,6 +47,8 @@ type OrthancSource struct {
 	// PasswordFile is the file Password was read from, if it was: the
 	// client reads it again when Orthanc refuses the password.
 	PasswordFile string
+	// MaxConnections caps the requests in flight to it (0: no cap).
+	MaxConnections int
 	// Var is the prefix of the source's variables ("ORTHANC_" or
 	// "ORTHANC_CARDIO_"), for error messages.
 	Var string
@@ -61,7 +66,7 @@ func (o *Orthanc) SourceList() []OrthancSource {
 	if len(o.Sources) > 0 {
 		return o.named
 	}
-	return []OrthancSource{{Name: o.SourceName, URL: o.URL, Username: o.Username, Password: o.Password, PasswordFile: o.passwordFile, Var: "ORTHANC_"}}
+	return []OrthancSource{{Name: o.SourceName, URL: o.URL, Username: o.Username, Password: o.Password, PasswordFile: o.passwordFile, MaxConnections: o.MaxConnections, Var: "ORTHANC_"}}
 }
 
 // readDynamic reads the ORTHANC_<NAME>_ variables of every name in
@@ -101,6 +106,14 @@ func (o *Orthanc) readDynamic(getenv func(string) string) error {
 		if src.URL == "" {
 			errs = append(errs, fmt.Errorf("%sURL is required: ORTHANC_SOURCES names source %q", p, name))
 		}
+		src.MaxConnections = o.MaxConnections
+		if v := getenv(p + "MAX_CONNECTIONS"); v != "" {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%sMAX_CONNECTIONS=%q: want a whole number, 0 for no cap", p, v))
+			}
+			src.MaxConnections = n
+		}
 		o.named = append(o.named, src)
 	}
 	return errors.Join(errs...)
@@ -123,6 +136,9 @@ func (o *Orthanc) Validate() error {
 	for _, s := range o.SourceList() {
 		if s.URL == "" {
 			continue // reported by readDynamic
+		}
+		if s.MaxConnections < 0 {
+			errs = append(errs, fmt.Errorf("%sMAX_CONNECTIONS=%d: want 0 (no cap) or more", s.Var, s.MaxConnections))
 		}
 		if err := validateOrthancURL(s.Var+"URL", s.URL); err != nil {
 			errs = append(errs, err)

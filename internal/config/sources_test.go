@@ -102,6 +102,10 @@ func TestSourceErrorsNameTheVariable(t *testing.T) {
 		{"adopt cursor to another source", map[string]string{"ORTHANC_SOURCE_NAME": "main", "RECONCILE_ADOPT_CURSOR_FROM": "mr:MyOrthanc"}, `"mr" is not a configured source`},
 		{"adopt cursor from a source", map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MR_URL": "http://p:8042", "RECONCILE_ADOPT_CURSOR_FROM": "main:mr"}, `"mr" is one of the configured sources`},
 		{"bad bool", map[string]string{"RECONCILE_ENABLED": "perhaps"}, "RECONCILE_ENABLED"},
+		{"negative max connections", map[string]string{"ORTHANC_MAX_CONNECTIONS": "-1"}, "ORTHANC_MAX_CONNECTIONS=-1"},
+		{"fractional max connections", map[string]string{"ORTHANC_MAX_CONNECTIONS": "2.5"}, "ORTHANC_MAX_CONNECTIONS"},
+		{"negative source max connections", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAIN_MAX_CONNECTIONS": "-3"}, "ORTHANC_MAIN_MAX_CONNECTIONS=-3"},
+		{"word as source max connections", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAIN_MAX_CONNECTIONS": "ten"}, `ORTHANC_MAIN_MAX_CONNECTIONS="ten"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -112,6 +116,44 @@ func TestSourceErrorsNameTheVariable(t *testing.T) {
 			err := Load(mapEnv(e), &SingleHost{})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestMaxConnectionsPerSource: ORTHANC_MAX_CONNECTIONS caps every
+// source, ORTHANC_<NAME>_MAX_CONNECTIONS one of them; unset, none.
+func TestMaxConnectionsPerSource(t *testing.T) {
+	tests := []struct {
+		name string
+		set  map[string]string
+		want map[string]int // source name -> cap
+	}{
+		{"one source unset", map[string]string{}, map[string]int{"": 0}},
+		{"one source", map[string]string{"ORTHANC_MAX_CONNECTIONS": "12"}, map[string]int{"": 12}},
+		{"named unset", map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MR_URL": "http://p:8042"},
+			map[string]int{"main": 0, "mr": 0}},
+		{"named, one overridden", map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MR_URL": "http://p:8042",
+			"ORTHANC_MAX_CONNECTIONS": "20", "ORTHANC_MR_MAX_CONNECTIONS": "0"}, map[string]int{"main": 20, "mr": 0}},
+		{"named, only one capped", map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MR_URL": "http://p:8042",
+			"ORTHANC_MAIN_MAX_CONNECTIONS": " 8 "}, map[string]int{"main": 8, "mr": 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			for k, v := range tt.set {
+				e[k] = v
+			}
+			var c SingleHost
+			if err := Load(mapEnv(e), &c); err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]int{}
+			for _, s := range c.SourceList() {
+				got[s.Name] = s.MaxConnections
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("caps = %v, want %v", got, tt.want)
 			}
 		})
 	}

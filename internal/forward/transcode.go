@@ -221,7 +221,10 @@ func openPlain(ctx context.Context, src Source, inst orthancapi.Instance) (*plai
 	if err != nil {
 		return nil, instanceUnread(instanceGone(err, inst.ID), inst.SOPInstanceUID)
 	}
-	return &plainFile{ctx: ctx, src: src, inst: inst, rc: rc}, nil
+	// The metadata read of a file stored without file meta is made while
+	// its stream is open: it must not wait for a slot of
+	// ORTHANC_MAX_CONNECTIONS, which every caller could be holding.
+	return &plainFile{ctx: orthancapi.WhileHoldingBody(ctx), src: src, inst: inst, rc: rc}, nil
 }
 
 // partTenPeek is what the first Read looks at: the preamble, "DICM" and

@@ -1,0 +1,185 @@
+package orthancapi_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// slotOrthanc answers GET /instances/<id>/file with a body it holds open
+// until finish(id), and instance "bad" with a 500; it counts the
+// requests it is answering and remembers the most at once.
+type slotOrthanc struct {
+	stop     chan struct{} // closed when the test ends: every body ends
+	mu       sync.Mutex
+	finished map[string]chan struct{}
+	inFlight atomic.Int32
+	most     atomic.Int32
+}
+
+func (s *slotOrthanc) finishChan(id string) chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished[id] == nil {
+		s.finished[id] = make(chan struct{})
+	}
+	return s.finished[id]
+}
+
+func (s *slotOrthanc) finish(id string) { close(s.finishChan(id)) }
+
+func (s *slotOrthanc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	for {
+		m := s.most.Load()
+		if n <= m || s.most.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/instances/"), "/file")
+	if id == badInstance {
+		http.Error(w, `{"Message":"boom"}`, http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/dicom")
+	io.WriteString(w, "DICM")
+	w.(http.Flusher).Flush()
+	select {
+	case <-s.finishChan(id):
+	case <-r.Context().Done():
+	case <-s.stop:
+	}
+}
+
+func newSlotOrthanc(t *testing.T) (*slotOrthanc, *httptest.Server) {
+	s := &slotOrthanc{stop: make(chan struct{}), finished: map[string]chan struct{}{}}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(s.stop) }) // first: Close waits for the handlers
+	return s, srv
+}
+
+const badInstance = "ffffffff-00000000-00000000-00000000-00000000"
+
+func slotInstance(i int) string { return fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i) }
+
+// TestMaxRequestsCapsRequestsInFlight: with WithMaxRequests(2), a third
+// request waits while two file streams are open (and gives up with its
+// context's error), a stream read and closed frees its slot, and an
+// error answer frees its slot too. Orthanc never answers more than two
+// at once.
+func TestMaxRequestsCapsRequestsInFlight(t *testing.T) {
+	s, srv := newSlotOrthanc(t)
+	c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	open := func(ctx context.Context, i int) (io.ReadCloser, error) {
+		rc, _, err := c.OpenInstanceFile(ctx, slotInstance(i))
+		return rc, err
+	}
+	mustOpen := func(i int) io.ReadCloser {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		t.Cleanup(cancel)
+		rc, err := open(ctx, i)
+		if err != nil {
+			t.Fatalf("open instance %d: %v", i, err)
+		}
+		return rc
+	}
+	// readAndClose reads a stream to its end, which comes after the fake
+	// stopped counting it, and closes it.
+	readAndClose := func(i int, rc io.ReadCloser) {
+		t.Helper()
+		s.finish(slotInstance(i))
+		if _, err := io.ReadAll(rc); err != nil {
+			t.Fatalf("read instance %d: %v", i, err)
+		}
+		if err := rc.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waiting := func(what string, wantErr error, ctx context.Context) {
+		t.Helper()
+		rc, err := open(ctx, 99)
+		if err == nil {
+			rc.Close()
+			t.Fatalf("%s: a third request was sent while two streams were open", what)
+		}
+		if !errors.Is(err, wantErr) {
+			t.Fatalf("%s: got %v, want %v", what, err, wantErr)
+		}
+	}
+
+	first, second := mustOpen(1), mustOpen(2)
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	waiting("deadline", context.DeadlineExceeded, short)
+	cancel()
+	cancelled, cancel := context.WithCancel(ctx)
+	go cancel()
+	waiting("cancelled", context.Canceled, cancelled)
+
+	readAndClose(1, first)
+	third := mustOpen(3) // the first one's slot
+
+	readAndClose(3, third)
+	// Two error answers in a row with one slot free: the second would
+	// wait for good if the first kept its slot.
+	for range 2 {
+		short, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, _, err := c.OpenInstanceFile(short, badInstance)
+		cancel()
+		var oe *orthancapi.Error
+		if !errors.As(err, &oe) || oe.StatusCode != http.StatusInternalServerError {
+			t.Fatalf("bad instance: got %v, want an HTTP 500 *Error", err)
+		}
+	}
+	fourth := mustOpen(4)
+	readAndClose(2, second)
+	readAndClose(4, fourth)
+
+	if most := s.most.Load(); most > 2 {
+		t.Errorf("Orthanc answered %d requests at once, want at most 2", most)
+	}
+}
+
+// TestMaxRequestsWhileHoldingBody: a request made while the caller holds
+// a stream open does not wait for its own slot.
+func TestMaxRequestsWhileHoldingBody(t *testing.T) {
+	_, srv := newSlotOrthanc(t)
+	c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, _, err := c.OpenInstanceFile(context.Background(), slotInstance(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	ctx, cancel := context.WithTimeout(orthancapi.WhileHoldingBody(context.Background()), 5*time.Second)
+	defer cancel()
+	nested, _, err := c.OpenInstanceFile(ctx, slotInstance(2))
+	if err != nil {
+		t.Fatalf("request made while holding a body: %v", err)
+	}
+	nested.Close()
+}
+
+func TestMaxRequestsRefusesNegative(t *testing.T) {
+	if _, err := orthancapi.New("http://orthanc:8042", orthancapi.WithMaxRequests(-1)); err == nil {
+		t.Fatal("New accepted WithMaxRequests(-1)")
+	}
+}
