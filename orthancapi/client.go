@@ -427,7 +427,9 @@ func (c *Client) sendAs(ctx context.Context, pw *string, method string, u *url.U
 		release()
 		return nil, fmt.Errorf("orthancapi: %s %s: %w", method, u.EscapedPath(), err)
 	}
-	resp.Body = &slotBody{ReadCloser: resp.Body, release: sync.OnceFunc(release)}
+	if c.slots != nil {
+		resp.Body = &slotBody{ReadCloser: resp.Body, release: sync.OnceFunc(release)}
+	}
 	return resp, nil
 }
 
