@@ -216,7 +216,10 @@ type System struct {
 // System returns Orthanc's identity and version.
 func (c *Client) System(ctx context.Context) (System, error) {
 	var s System
-	if err := c.getJSON(ctx, c.endpoint("system"), &s); err != nil {
+	// Without a slot of WithMaxRequests: the probe of whether Orthanc
+	// answers (a held study's, /readyz's) would otherwise wait behind
+	// file streams and take a busy Orthanc for one down.
+	if err := c.getJSON(unslotted(ctx), c.endpoint("system"), &s); err != nil {
 		return System{}, err
 	}
 	return s, nil

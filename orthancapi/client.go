@@ -442,7 +442,10 @@ type holdingBodyKey struct{}
 // of WithMaxRequests. Waiting, callers that each hold a slot and want a
 // second would wait on one another for good. At most one such request
 // per body held, so the requests in flight stay within twice the cap.
-func WhileHoldingBody(ctx context.Context) context.Context {
+func WhileHoldingBody(ctx context.Context) context.Context { return unslotted(ctx) }
+
+// unslotted returns ctx for a request sent without a slot.
+func unslotted(ctx context.Context) context.Context {
 	return context.WithValue(ctx, holdingBodyKey{}, true)
 }
 
@@ -488,7 +491,7 @@ func (c *Client) confirmOrthanc(ctx context.Context, answered time.Time) error {
 		return nil
 	}
 	sent := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
+	ctx, cancel := context.WithTimeout(unslotted(ctx), c.requestTimeout) // as System
 	defer cancel()
 	resp, err := c.send(ctx, http.MethodGet, c.endpoint("system"), "application/json", nil, nil)
 	if err != nil {

@@ -47,6 +47,11 @@ func (s *slotOrthanc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
+	if r.URL.Path == "/system" {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"Name":"slots","Version":"1.12.7","ApiVersion":27}`)
+		return
+	}
 	id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/instances/"), "/file")
 	if id == badInstance {
 		http.Error(w, `{"Message":"boom"}`, http.StatusInternalServerError)
@@ -176,6 +181,28 @@ func TestMaxRequestsWhileHoldingBody(t *testing.T) {
 		t.Fatalf("request made while holding a body: %v", err)
 	}
 	nested.Close()
+}
+
+// TestMaxRequestsSystemTakesNoSlot: GET /system, which tells whether
+// Orthanc answers (a held study's probe, /readyz), is sent while every
+// slot is held by a stream: waiting behind them, a busy Orthanc was taken
+// for one down.
+func TestMaxRequestsSystemTakesNoSlot(t *testing.T) {
+	_, srv := newSlotOrthanc(t)
+	c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, _, err := c.OpenInstanceFile(context.Background(), slotInstance(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.System(ctx); err != nil {
+		t.Fatalf("GET /system while every slot is held: %v", err)
+	}
 }
 
 func TestMaxRequestsRefusesNegative(t *testing.T) {
