@@ -133,11 +133,16 @@ func (o *Orthanc) Validate() error {
 			errs = append(errs, fmt.Errorf("ORTHANC_CA_FILE: %w", err))
 		}
 	}
+	if o.MaxConnections < 0 {
+		errs = append(errs, fmt.Errorf("ORTHANC_MAX_CONNECTIONS=%d: want 0 (no cap) or more", o.MaxConnections))
+	}
 	for _, s := range o.SourceList() {
 		if s.URL == "" {
 			continue // reported by readDynamic
 		}
-		if s.MaxConnections < 0 {
+		// One inherited from ORTHANC_MAX_CONNECTIONS is reported above,
+		// under the name the operator set.
+		if s.MaxConnections < 0 && s.MaxConnections != o.MaxConnections {
 			errs = append(errs, fmt.Errorf("%sMAX_CONNECTIONS=%d: want 0 (no cap) or more", s.Var, s.MaxConnections))
 		}
 		if err := validateOrthancURL(s.Var+"URL", s.URL); err != nil {

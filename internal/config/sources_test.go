@@ -104,6 +104,8 @@ func TestSourceErrorsNameTheVariable(t *testing.T) {
 		{"bad bool", map[string]string{"RECONCILE_ENABLED": "perhaps"}, "RECONCILE_ENABLED"},
 		{"negative max connections", map[string]string{"ORTHANC_MAX_CONNECTIONS": "-1"}, "ORTHANC_MAX_CONNECTIONS=-1"},
 		{"fractional max connections", map[string]string{"ORTHANC_MAX_CONNECTIONS": "2.5"}, "ORTHANC_MAX_CONNECTIONS"},
+		// Named as set, not as the source that inherits it.
+		{"negative max connections with sources", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAX_CONNECTIONS": "-1"}, "ORTHANC_MAX_CONNECTIONS=-1"},
 		{"negative source max connections", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAIN_MAX_CONNECTIONS": "-3"}, "ORTHANC_MAIN_MAX_CONNECTIONS=-3"},
 		{"word as source max connections", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAIN_MAX_CONNECTIONS": "ten"}, `ORTHANC_MAIN_MAX_CONNECTIONS="ten"`},
 	}
