@@ -161,47 +161,45 @@ func TestMaxRequestsCapsRequestsInFlight(t *testing.T) {
 	}
 }
 
-// TestMaxRequestsWhileHoldingBody: a request made while the caller holds
-// a stream open does not wait for its own slot.
-func TestMaxRequestsWhileHoldingBody(t *testing.T) {
-	_, srv := newSlotOrthanc(t)
-	c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, _, err := c.OpenInstanceFile(context.Background(), slotInstance(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	ctx, cancel := context.WithTimeout(orthancapi.WhileHoldingBody(context.Background()), 5*time.Second)
-	defer cancel()
-	nested, _, err := c.OpenInstanceFile(ctx, slotInstance(2))
-	if err != nil {
-		t.Fatalf("request made while holding a body: %v", err)
-	}
-	nested.Close()
-}
-
-// TestMaxRequestsSystemTakesNoSlot: GET /system, which tells whether
-// Orthanc answers (a held study's probe, /readyz), is sent while every
-// slot is held by a stream: waiting behind them, a busy Orthanc was taken
-// for one down.
-func TestMaxRequestsSystemTakesNoSlot(t *testing.T) {
-	_, srv := newSlotOrthanc(t)
-	c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, _, err := c.OpenInstanceFile(context.Background(), slotInstance(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := c.System(ctx); err != nil {
-		t.Fatalf("GET /system while every slot is held: %v", err)
+// TestMaxRequestsUnslotted: with the only slot held by a stream, a
+// request made while the caller holds a stream open (WhileHoldingBody)
+// does not wait for its own slot, and neither does GET /system, which
+// tells whether Orthanc answers (a held study's probe, /readyz): waiting
+// behind the streams, a busy Orthanc was taken for one down.
+func TestMaxRequestsUnslotted(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		send func(context.Context, *orthancapi.Client) error
+	}{
+		{"while holding a body", func(ctx context.Context, c *orthancapi.Client) error {
+			nested, _, err := c.OpenInstanceFile(orthancapi.WhileHoldingBody(ctx), slotInstance(2))
+			if err == nil {
+				nested.Close()
+			}
+			return err
+		}},
+		{"GET /system", func(ctx context.Context, c *orthancapi.Client) error {
+			_, err := c.System(ctx)
+			return err
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, srv := newSlotOrthanc(t)
+			c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			held, _, err := c.OpenInstanceFile(context.Background(), slotInstance(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer held.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tt.send(ctx, c); err != nil {
+				t.Fatalf("while every slot is held: %v", err)
+			}
+		})
 	}
 }
 

@@ -1,39 +1,21 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stowline/stowline/internal/testharness"
 )
-
-// syncBuffer is written by notifyOnce's goroutine and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestNotifyOnceHangup: a closed terminal (SIGHUP) stops the demo through
 // its cleanup, and the message tells how to kill it at once. The second
 // signal's default effect (killing the process) is not tested here: it
 // would kill the test.
 func TestNotifyOnceHangup(t *testing.T) {
-	var w syncBuffer
+	var w testharness.LogBuffer // written by notifyOnce's goroutine
 	ctx, stop := notifyOnce(context.Background(), &w)
 	defer stop()
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
@@ -56,7 +38,7 @@ func TestNotifyOnceHangup(t *testing.T) {
 // TestNotifyOnceStopQuiet: a demo that ends on its own (-exit) prints no
 // stopping message.
 func TestNotifyOnceStopQuiet(t *testing.T) {
-	var w syncBuffer
+	var w testharness.LogBuffer // written by notifyOnce's goroutine
 	ctx, stop := notifyOnce(context.Background(), &w)
 	stop()
 	<-ctx.Done()
