@@ -15,45 +15,13 @@ set -euo pipefail
 # relative to the user's working directory.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
-# Go first, before anything is installed: 1.21 or later fetches the
-# release go.mod names (GOTOOLCHAIN=auto). Asked outside the repository,
-# so that it reports the local go, not the one go.mod would fetch.
-gover="$(cd / && GOTOOLCHAIN=local go version 2>/dev/null | sed -nE 's/^go version (devel )?go([0-9]+)[.]([0-9]+).*/\2 \3/p')" || true
-read -r gomajor gominor <<<"${gover:-0 0}"
-if ! command -v go >/dev/null 2>&1 || [ "$gomajor" -lt 1 ] || { [ "$gomajor" -eq 1 ] && [ "$gominor" -lt 21 ]; }; then
-  echo 'install Go 1.21 or later from https://go.dev/dl (it fetches the release go.mod names itself)' >&2
-  exit 1
-fi
-
+. "$root/scripts/prereqs.sh"
+require_go
 need=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then
-    sudo=""
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo="sudo"
-  else
-    echo "the demo needs Debian packages ${need[*]}; as root, run:" >&2
-    echo "  apt-get update && apt-get install -y --no-install-recommends ${need[*]}" >&2
-    exit 1
-  fi
-  echo "installing ${need[*]} (Debian packages the demo needs)"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update
-  $sudo apt-get install -y --no-install-recommends "${need[@]}"
-  # The package starts a system Orthanc (with systemd) whose DICOM port
-  # 4242 takes any C-STORE; the demo runs its own, so the one this run
-  # installed is stopped. One installed before is left alone.
-  case " ${need[*]} " in
-    *" orthanc "*)
-      if $sudo systemctl disable --now orthanc >/dev/null 2>&1; then
-        echo "stopped and disabled the system Orthanc the orthanc package started (DICOM port 4242 took any C-STORE); the demo runs its own"
-      fi
-      ;;
-  esac
-fi
+install_debs "the demo" orthanc ${need[@]+"${need[@]}"}
 
 # go.mod's toolchain line names the Go release stowline is built with;
 # "auto" lets an older local go fetch it (see scripts/test.sh).

@@ -10,15 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Go first, before anything is installed: 1.21 or later fetches the
-# release go.mod names (GOTOOLCHAIN=auto). Asked outside the repository,
-# so that it reports the local go, not the one go.mod would fetch.
-gover="$(cd / && GOTOOLCHAIN=local go version 2>/dev/null | sed -nE 's/^go version (devel )?go([0-9]+)[.]([0-9]+).*/\2 \3/p')" || true
-read -r gomajor gominor <<<"${gover:-0 0}"
-if ! command -v go >/dev/null 2>&1 || [ "$gomajor" -lt 1 ] || { [ "$gomajor" -eq 1 ] && [ "$gominor" -lt 21 ]; }; then
-  echo 'install Go 1.21 or later from https://go.dev/dl (it fetches the release go.mod names itself)' >&2
-  exit 1
-fi
+. scripts/prereqs.sh
+require_go
 
 need=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
@@ -34,34 +27,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # go test -race needs cgo: a C compiler and the C library's headers.
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -e /usr/include/stdlib.h ] || need+=(libc6-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then
-    sudo=""
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo="sudo"
-  else
-    echo "the tests need Debian packages ${need[*]}; as root, run:" >&2
-    echo "  apt-get update && apt-get install -y --no-install-recommends ${need[*]}" >&2
-    exit 1
-  fi
-  echo "installing ${need[*]} (Debian packages the integration tests need)"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update
-  $sudo apt-get install -y --no-install-recommends "${need[@]}"
-  # With systemd, the packages start services the tests do not use: a
-  # system Orthanc whose DICOM port 4242 takes any C-STORE, a Prometheus
-  # on :9090. Those this run installed are stopped; earlier ones are left
-  # alone.
-  for svc in orthanc prometheus; do
-    case " ${need[*]} " in
-      *" $svc "*)
-        if $sudo systemctl disable --now "$svc" >/dev/null 2>&1; then
-          echo "stopped and disabled the $svc service its package started (the tests run their own servers)"
-        fi
-        ;;
-    esac
-  done
-fi
+install_debs "the tests" "orthanc prometheus" ${need[@]+"${need[@]}"}
 
 # Orthanc-facing tests run on each release in STOWLINE_ORTHANC_RELEASES,
 # by default both: the host's Orthanc installed above (1.10 on Debian
