@@ -81,7 +81,13 @@ func TestRefusalLogPerClientBounded(t *testing.T) {
 	if _, log := l.refused("unauthorized", "192.0.2.2", now); !log {
 		t.Error("another client's first refusal, during a flood from one address, was not logged")
 	}
-	for i := range refusalClients - 2 { // with the two above: full
+	// An IPv6 host is its /64, as the rate limit counts it: new addresses
+	// of it neither get lines of their own nor fill the table.
+	l.refused("unauthorized", "2001:db8::1", now)
+	if _, log := l.refused("unauthorized", "2001:db8::2", now); log {
+		t.Error("another address of the same IPv6 /64 was logged as a new client")
+	}
+	for i := range refusalClients - 3 { // with the three above: full
 		l.refused("unauthorized", fmt.Sprintf("10.0.%d.%d", i>>8, i&255), now)
 	}
 	if _, log := l.refused("unauthorized", "198.51.100.1", now); !log {

@@ -430,6 +430,7 @@ const refusalClients = 1000
 type refusalLog struct {
 	mu      sync.Mutex
 	clients map[refusalKey]*clientRefusals
+	swept   time.Time // the last sweep of quiet clients
 }
 
 type refusalKey struct {
@@ -451,13 +452,20 @@ func (l *refusalLog) refused(reason, client string, now time.Time) (n int, log b
 	if l.clients == nil {
 		l.clients = map[refusalKey]*clientRefusals{}
 	}
-	key := refusalKey{reason, client}
+	// Keyed as the rate limit keys clients: an IPv6 host's /64, whose
+	// addresses it may change at will.
+	key := refusalKey{reason, limitKey(client)}
 	cr := l.clients[key]
 	if cr == nil && len(l.clients) >= refusalClients {
 		// A client quiet for a minute would be logged at once anyway.
-		for k, c := range l.clients {
-			if now.Sub(c.logged) >= refusalLogEvery {
-				delete(l.clients, k)
+		// Swept once a minute at most: a flood from many addresses would
+		// otherwise scan the table at each refusal.
+		if now.Sub(l.swept) >= refusalLogEvery {
+			l.swept = now
+			for k, c := range l.clients {
+				if now.Sub(c.logged) >= refusalLogEvery {
+					delete(l.clients, k)
+				}
 			}
 		}
 		if len(l.clients) >= refusalClients {
