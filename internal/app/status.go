@@ -41,11 +41,8 @@ func newStatusWiring(conn *natsjs.Conn, admin config.Admin, singleHost bool, log
 // registerQueue adds the queue-depth and dead-letter collector to reg: it
 // asks JetStream at every scrape.
 func (s *statusWiring) registerQueue(reg prometheus.Registerer) error {
-	var opts []status.QueueOption
-	if _, _, embedded := s.conn.EmbeddedStorageLimits(); embedded {
-		opts = append(opts, status.WithServerLimits(s.conn.EmbeddedStorageLimits))
-	}
-	return reg.Register(status.NewQueueCollector(s.conn.JS, status.DefaultScrapeTimeout, s.log, opts...))
+	// EmbeddedStorageLimits says ok=false when NATS is not embedded.
+	return reg.Register(status.NewQueueCollector(s.conn.JS, status.DefaultScrapeTimeout, s.log, status.WithServerLimits(s.conn.EmbeddedStorageLimits)))
 }
 
 // mountUI adds the status page to the ingest's router, if ADMIN_TOKEN is set.
