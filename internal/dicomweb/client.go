@@ -369,12 +369,6 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		if refusedRedirect(doErr) {
 			return nil, false, fmt.Errorf("%w: stow: %s %s: %w", ErrRedirected, method, c.logURL, c.redact(doErr))
 		}
-		if errors.Is(doErr, auth.ErrClockSkew) {
-			// Answered, by a refusal of this host's clock that send
-			// corrects: not ErrNoAnswer, which would count the
-			// destination down for its breaker.
-			return nil, false, fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr))
-		}
 		if !connected.Load() {
 			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w: %w", method, c.logURL, ErrNotConnected, c.redact(doErr)))
 		}

@@ -144,12 +144,6 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 		if refusedRedirect(err) {
 			return fmt.Errorf("%w: stow: DELETE %s/…/instances/%s: %w", ErrRedirected, c.logURL, sop, c.redact(err))
 		}
-		if errors.Is(err, auth.ErrClockSkew) {
-			// Answered, twice (doBodiless sent it again), by a refusal
-			// of this host's clock: not ErrNoAnswer, the destination
-			// down for its breaker.
-			return fmt.Errorf("stow: DELETE %s/…/instances/%s: %w", c.logURL, sop, c.redact(err))
-		}
 		err = c.redact(err)
 		if !connected.Load() {
 			err = fmt.Errorf("%w: %w", ErrNotConnected, err)

@@ -1,6 +1,10 @@
 package dicomweb
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/stowline/stowline/auth"
+)
 
 // Sentinel errors, matched with errors.Is; errors returned by this package
 // wrap them with context.
@@ -74,8 +78,17 @@ var (
 	errSizeMismatch = errors.New("stow: part content does not match its size")
 )
 
-// noAnswer marks err as ErrNoAnswer and keeps its text.
-func noAnswer(err error) error { return &noAnswerError{err: err} }
+// noAnswer marks err as ErrNoAnswer and keeps its text; not a refusal of
+// this host's clock by the signing transport (auth.ErrClockSkew): the
+// destination answered that, and a request signed at its time goes
+// through (send and doBodiless send it again), so it must not count the
+// destination down for its breaker.
+func noAnswer(err error) error {
+	if errors.Is(err, auth.ErrClockSkew) {
+		return err
+	}
+	return &noAnswerError{err: err}
+}
 
 type noAnswerError struct{ err error }
 

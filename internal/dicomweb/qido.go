@@ -11,8 +11,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-
-	"github.com/stowline/stowline/auth"
 )
 
 // qidoPageSize is the limit of one QIDO-RS page: Azure's DICOM service
@@ -175,12 +173,6 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	if err != nil {
 		if refusedRedirect(err) {
 			return nil, fmt.Errorf("%w: qido: GET %s/%s/instances: %w", ErrRedirected, c.logURL, studyInstanceUID, c.redact(err))
-		}
-		if errors.Is(err, auth.ErrClockSkew) {
-			// Answered, twice, by a refusal of this host's clock: not
-			// ErrNoAnswer, which kept a probe's breaker open and failed
-			// a verification for the destination down.
-			return nil, fmt.Errorf("qido: GET %s/%s/instances: %w", c.logURL, studyInstanceUID, c.redact(err))
 		}
 		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w%s", c.logURL, studyInstanceUID, c.redact(err), c.gaveUp(ctx)))
 	}
