@@ -3,6 +3,7 @@ package app
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -94,6 +95,11 @@ func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.
 	}
 	for _, name := range []string{"OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"} {
 		if err := checkOTLPCertificate(name, os.Getenv(name)); err != nil {
+			return nil, nil, &usageError{err}
+		}
+	}
+	for _, prefix := range []string{"OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_"} {
+		if err := checkOTLPClientCertificate(prefix+"CLIENT_CERTIFICATE", prefix+"CLIENT_KEY"); err != nil {
 			return nil, nil, &usageError{err}
 		}
 	}
@@ -282,6 +288,26 @@ func checkOTLPCertificate(name, raw string) error {
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
 		return fmt.Errorf("%s: %s holds no PEM certificate", name, path)
+	}
+	return nil
+}
+
+// checkOTLPClientCertificate checks an OTLP client certificate and key
+// pair as the SDK reads it: with one of the two unset, or a file it cannot
+// read or pair, it prints and connects without a client certificate, and
+// a receiver that asks for one refuses every export.
+func checkOTLPClientCertificate(certName, keyName string) error {
+	certPath, keyPath := strings.TrimSpace(os.Getenv(certName)), strings.TrimSpace(os.Getenv(keyName))
+	switch {
+	case certPath == "" && keyPath == "":
+		return nil
+	case certPath == "":
+		return fmt.Errorf("%s is set without %s: set both for mutual TLS, or neither", keyName, certName)
+	case keyPath == "":
+		return fmt.Errorf("%s is set without %s: set both for mutual TLS, or neither", certName, keyName)
+	}
+	if _, err := tls.LoadX509KeyPair(certPath, keyPath); err != nil {
+		return fmt.Errorf("%s and %s: load the client certificate: %w", certName, keyName, err)
 	}
 	return nil
 }

@@ -115,11 +115,13 @@ func TestStartTracing(t *testing.T) {
 }
 
 // TestStartTracingRefusesBadEndpoints: an endpoint the exporter cannot
-// use, or a CA file it cannot read, stops the start naming the variable
-// and never its credentials. The SDK took "otel-collector:4318" for a
+// use, a CA file it cannot read, or a client certificate and key it
+// cannot pair, stops the start naming the variable and never its
+// credentials. The SDK took "otel-collector:4318" for a
 // URL of scheme otel-collector and no host (every export failed), printed
 // a malformed one on stderr and exported to https://localhost:4318, and
-// trusted the system's CAs instead of an unreadable file.
+// trusted the system's CAs instead of an unreadable file; it connected
+// without a client certificate it could not load.
 func TestStartTracingRefusesBadEndpoints(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	ca := testpki.NewCA(t, "otlp")
@@ -129,6 +131,10 @@ func TestStartTracingRefusesBadEndpoints(t *testing.T) {
 	}
 	const endpoint, traces = "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 	const cert, tracesCert = "OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"
+	const clientCert, clientKey = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY"
+	const tracesClientCert, tracesClientKey = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY"
+	_, certFile, keyFile := ca.Issue(t, "stowline", false)
+	_, otherCert, _ := ca.Issue(t, "other", false)
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
@@ -144,10 +150,15 @@ func TestStartTracingRefusesBadEndpoints(t *testing.T) {
 		{"a port without a host", map[string]string{endpoint: "http://:4318"}, endpoint},
 		{"unreadable CA", map[string]string{endpoint: "https://collector:4318", cert: filepath.Join(t.TempDir(), "missing.pem")}, cert},
 		{"a CA file without a certificate", map[string]string{endpoint: "https://collector:4318", tracesCert: notPEM}, tracesCert},
-		{"good", map[string]string{endpoint: " https://user:pw@collector:4318/otlp ", traces: "HTTPS://collector:4318/v1/traces", cert: ca.CAFile, tracesCert: ca.CAFile}, ""},
+		{"a client certificate without its key", map[string]string{endpoint: "https://collector:4318", clientCert: certFile}, clientCert},
+		{"a client key without its certificate", map[string]string{endpoint: "https://collector:4318", tracesClientKey: keyFile}, tracesClientKey},
+		{"an unreadable client key", map[string]string{endpoint: "https://collector:4318", clientCert: certFile, clientKey: filepath.Join(t.TempDir(), "missing.key")}, clientKey},
+		{"a key of another certificate", map[string]string{endpoint: "https://collector:4318", tracesClientCert: otherCert, tracesClientKey: keyFile}, tracesClientCert},
+		{"good", map[string]string{endpoint: " https://user:pw@collector:4318/otlp ", traces: "HTTPS://collector:4318/v1/traces", cert: ca.CAFile, tracesCert: ca.CAFile,
+			clientCert: certFile, clientKey: keyFile, tracesClientCert: certFile, tracesClientKey: keyFile}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, name := range []string{endpoint, traces, cert, tracesCert} {
+			for _, name := range []string{endpoint, traces, cert, tracesCert, clientCert, clientKey, tracesClientCert, tracesClientKey} {
 				t.Setenv(name, tc.env[name])
 			}
 			t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
