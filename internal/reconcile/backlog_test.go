@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -191,5 +192,53 @@ func TestPollFailuresLoggedOnceAMinute(t *testing.T) {
 	}
 	if !strings.Contains(out, fmt.Sprintf("reconciler polls succeed again\" source=s failures=%d", failures)) {
 		t.Errorf("the polls' recovery not logged with the %d failures:\n%s", failures, out)
+	}
+}
+
+// TestBacklogCursorSavedEverySeconds: while a backlog is read page after
+// page, the cursor (with its pending list, up to about 600 KB) is stored
+// every cursorSaveEvery, and at the end of the log; it was stored at each
+// page, tens of thousands of replicated writes for a long backlog.
+func TestBacklogCursorSavedEverySeconds(t *testing.T) {
+	const pageSize, studies = 8, 200 // 4 changes a study: 100 pages
+	_, kv := testBucket(t)
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	for n := 1; n <= studies; n++ {
+		o.log.addStudy(n)
+	}
+	if err := (&cursorStore{kv: kv, key: cursorKey("s")}).save(t.Context(), cursor{}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.Watch(t.Context(), cursorKey("s"), jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Stop() })
+	var saves atomic.Int32
+	var last atomic.Int64
+	go func() {
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var c cursor
+			if json.Unmarshal(e.Value(), &c) == nil {
+				saves.Add(1)
+				last.Store(c.Seq)
+			}
+		}
+	}()
+	pub := &publishedIDs{}
+	runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		PollInterval: time.Minute, LeaseTTL: 5 * time.Second, PageSize: pageSize})
+	waitUntil(t, "the backlog read and stored", func() bool { return last.Load() == int64(4*studies) })
+	for n := 1; n <= studies; n++ {
+		if !pub.has(orthancID(n)) {
+			t.Fatalf("study %d not published", n)
+		}
+	}
+	// 100 pages in much less than a few cursorSaveEvery on any machine.
+	if got := saves.Load(); got > 10 {
+		t.Errorf("the cursor was stored %d times while 100 pages were read, want a few", got)
 	}
 }

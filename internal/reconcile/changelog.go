@@ -206,8 +206,16 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 			return false, errors.Join(err, s.save(ctx))
 		}
 	}
-	if err := s.save(ctx); err != nil {
-		return false, err
+	// Within a backlog the cursor is stored at most every
+	// cursorSaveEvery, not at each page: with its pending list (up to
+	// about 600 KB) a backlog of millions of changes wrote it tens of
+	// thousands of times, each write replicated. What a restart then
+	// reads again is published again, seconds later: the event stream's
+	// dedupe window drops it.
+	if page.Done || full || time.Since(s.savedAt) >= cursorSaveEvery {
+		if err := s.save(ctx); err != nil {
+			return false, err
+		}
 	}
 	s.r.m.pending.WithLabelValues(s.name).Set(float64(len(s.cur.Pending)))
 	lag := max(page.Last-s.cur.Seq, 0)
@@ -222,6 +230,11 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 	s.r.m.lag.WithLabelValues(s.name).Set(float64(lag))
 	return !page.Done && !full, nil
 }
+
+// cursorSaveEvery is how often the cursor is stored while a backlog is
+// read page after page; at the end of the log it is stored at each poll
+// that moved it.
+const cursorSaveEvery = 5 * time.Second
 
 // maxPending bounds the pending studies: the cursor, which holds them,
 // is one JetStream message, 1 MiB at most by default, and each takes
@@ -676,6 +689,6 @@ func (s *sourceRunner) save(ctx context.Context) error {
 	if err := s.store.save(sctx, s.cur); err != nil {
 		return err
 	}
-	s.dirty = false
+	s.dirty, s.savedAt = false, time.Now()
 	return nil
 }

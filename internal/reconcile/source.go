@@ -25,13 +25,16 @@ type sourceRunner struct {
 	// reconciliation (errClockRefused).
 	note error
 
-	name   string // resolved source name
-	log    *slog.Logger
-	lease  *lease
-	store  *cursorStore
-	cur    cursor
-	dirty  bool              // cur differs from what is stored
-	recent map[string]string // study ID -> LastUpdate published in this term
+	name  string // resolved source name
+	log   *slog.Logger
+	lease *lease
+	store *cursorStore
+	cur   cursor
+	dirty bool // cur differs from what is stored
+	// savedAt is when cur was last stored (save), which a backlog's
+	// pages wait for (cursorSaveEvery).
+	savedAt time.Time
+	recent  map[string]string // study ID -> LastUpdate published in this term
 	// changeTypes filter the change log when Orthanc can (detectFilter).
 	changeTypes []string
 	stuck       stuckChange
