@@ -121,7 +121,7 @@ func NewSource(ctx context.Context, ep Endpoint, opts ...Option) (*TokenSource, 
 		// sends again on a 307 or 308 to whatever host, or scheme, the
 		// answer names: it goes only to the token endpoint's origin.
 		hc := *o.httpClient
-		hc.CheckRedirect = sameOriginRedirect
+		hc.CheckRedirect = SameOriginRedirect
 		o.httpClient = &hc
 	}
 	ts := &TokenSource{

@@ -97,12 +97,15 @@ func CheckRedirect(req *http.Request) error {
 	return fmt.Errorf("%w: %s://%s to %s://%s", ErrCrossOriginRedirect, first.URL.Scheme, first.URL.Host, req.URL.Scheme, req.URL.Host)
 }
 
-// maxRedirects is http.Client's own limit, kept by sameOriginRedirect.
+// maxRedirects is http.Client's own limit, kept by SameOriginRedirect.
 const maxRedirects = 10
 
-// sameOriginRedirect is an http.Client's CheckRedirect that follows a
-// redirect only within the origin the request began with.
-func sameOriginRedirect(req *http.Request, via []*http.Request) error {
+// SameOriginRedirect is an http.Client's CheckRedirect that follows a
+// redirect only within the origin the request began with: for a client
+// whose transport adds no credential, which CheckRedirect would guard,
+// but whose requests must not be steered to another host either (a
+// DELETE followed by a 307 is sent again, as a DELETE).
+func SameOriginRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxRedirects {
 		return fmt.Errorf("auth: stopped after %d redirects", maxRedirects)
 	}

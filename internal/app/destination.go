@@ -144,7 +144,11 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 		log.Info("STOW-RS requests carry OAuth2 tokens", "provider", ep.Provider, "credential", out.Credential,
 			"token_url", redactURL(ep.TokenURL()), "client_id", fc.OAuthClientID, "refresh_margin", d.RefreshMargin.String())
 	}
-	out.HTTP = &http.Client{Transport: rt}
+	// Redirects are followed within the destination's origin only, also
+	// without a credential to guard: a 307 answered to a DELETE would
+	// send it again to whatever host it named, and that host's 204 count
+	// as the instance deleted.
+	out.HTTP = &http.Client{Transport: rt, CheckRedirect: auth.SameOriginRedirect}
 	out.STOW, err = dicomweb.New(fc.DICOMwebURL, out.HTTP, stowOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", fc.VarName("DICOMWEB_URL"), err)

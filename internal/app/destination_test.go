@@ -235,3 +235,54 @@ func TestTokenReadinessKeepsTheBackoff(t *testing.T) {
 		})
 	}
 }
+
+// TestUnauthenticatedDestinationKeepsRedirectsInItsOrigin: a destination
+// sent to without authentication (no OAUTH_TOKEN_URL) answers a DELETE
+// and a QIDO-RS search with a 307 to another host. Neither is sent
+// there: Go's client followed both, the DELETE as a DELETE, and counted
+// the other host's 204 as the instance deleted. A redirect within the
+// destination's origin is still followed.
+func TestUnauthenticatedDestinationKeepsRedirectsInItsOrigin(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(other.Close)
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/moved/"):
+			w.WriteHeader(http.StatusNoContent)
+		case r.URL.Query().Get("within") != "":
+			http.Redirect(w, r, srv.URL+"/moved"+r.URL.Path, http.StatusTemporaryRedirect)
+		default:
+			http.Redirect(w, r, other.URL+"/admin/wipe", http.StatusTemporaryRedirect)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	env := map[string]string{"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123", "DICOMWEB_URL": srv.URL + "/dicomweb"}
+	dest := loadedDestination(t, env, 0)
+	d, err := newDestination(t.Context(), &dest, nil, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.STOW.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", "1.2.3.4.5"); err == nil {
+		t.Error("DELETE redirected to another host: no error, want the redirect refused")
+	}
+	if err := d.STOW.Probe(t.Context(), "1.2.3"); err == nil {
+		t.Error("QIDO-RS redirected to another host: no error, want the redirect refused")
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("%d requests reached the host the redirects named, want 0", n)
+	}
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodDelete, srv.URL+"/dicomweb/studies/1.2.3?within=1", nil)
+	resp, err := d.HTTP.Do(req)
+	if err != nil {
+		t.Fatalf("a redirect within the destination's origin: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Errorf("a redirect within the destination's origin ended in %d, want 204", resp.StatusCode)
+	}
+}
