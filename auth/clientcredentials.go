@@ -342,5 +342,11 @@ func discoverTokenEndpoint(ctx context.Context, hc *http.Client, issuer string) 
 	if !isHTTPURL(doc.TokenEndpoint) {
 		return "", fmt.Errorf("%w: OpenID discovery at %s: token_endpoint %q is not an absolute http(s) URL", ErrInvalidConfig, docURL, doc.TokenEndpoint)
 	}
+	if strings.HasPrefix(strings.ToLower(issuer), "https:") && !strings.HasPrefix(strings.ToLower(doc.TokenEndpoint), "https:") {
+		// The client secret or assertion would cross the network
+		// unencrypted, with no warning: warnings look at the configured
+		// URLs only.
+		return "", fmt.Errorf("%w: OpenID discovery at %s: token_endpoint %q is not https, where the issuer is: the client's credentials would be sent unencrypted", ErrInvalidConfig, docURL, doc.TokenEndpoint)
+	}
 	return doc.TokenEndpoint, nil
 }
