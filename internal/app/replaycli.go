@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -209,16 +210,16 @@ func (c *replayCLI) show(ctx context.Context, seq uint64, asJSON bool) error {
 	fmt.Fprintf(w, "destination\t%s\n", deadletter.DestinationOf(&e.DeadLetter))
 	fmt.Fprintf(w, "source\t%s\n", e.Event.Source)
 	fmt.Fprintf(w, "orthanc study\t%s\n", e.Event.OrthancStudyID)
-	fmt.Fprintf(w, "study UID\t%s\n", e.Event.StudyInstanceUID)
-	fmt.Fprintf(w, "last update\t%s\n", e.Event.LastUpdate)
+	fmt.Fprintf(w, "study UID\t%s\n", oneLine(e.Event.StudyInstanceUID))
+	fmt.Fprintf(w, "last update\t%s\n", oneLine(e.Event.LastUpdate))
 	fmt.Fprintf(w, "class\t%s\n", e.Class)
-	fmt.Fprintf(w, "reason\t%s\n", e.Reason)
+	fmt.Fprintf(w, "reason\t%s\n", oneLine(e.Reason))
 	fmt.Fprintf(w, "attempts\t%d\n", e.Attempts)
 	fmt.Fprintf(w, "first failure\t%s\n", stamp(e.FirstFailure))
 	fmt.Fprintf(w, "last failure\t%s\n", stamp(e.LastFailure))
 	fmt.Fprintf(w, "dead-lettered\t%s\n", stamp(e.DeadLetteredAt))
 	for _, fi := range e.Failures {
-		fmt.Fprintf(w, "failed instance\t%s (0x%04X %s)\n", fi.SOPInstanceUID, fi.FailureReason, fi.Text)
+		fmt.Fprintf(w, "failed instance\t%s (0x%04X %s)\n", oneLine(fi.SOPInstanceUID), fi.FailureReason, oneLine(fi.Text))
 	}
 	if e.MoreFailures > 0 {
 		fmt.Fprintf(w, "failed instance\tand %d more, not named in the letter\n", e.MoreFailures)
@@ -375,7 +376,7 @@ func (p *letterPrinter) print(e *deadletter.Entry) {
 	p.n++
 	if p.table != nil {
 		_, p.err = fmt.Fprintf(p.table, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
-			deadletter.DestinationOf(&e.DeadLetter), e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, e.Event.StudyInstanceUID, ellipsis.Truncate(oneLine(e.Reason), 80))
+			deadletter.DestinationOf(&e.DeadLetter), e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, oneLine(e.Event.StudyInstanceUID), ellipsis.Truncate(oneLine(e.Reason), 80))
 		return
 	}
 	b, err := json.MarshalIndent(e, p.indent+"  ", "  ")
@@ -411,7 +412,18 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+// oneLine collapses s's whitespace, newlines included, to single spaces.
+// Other control characters (an escape sequence in a UID a modality sent,
+// or in a server's answer quoted in a reason) are shown as '?': written
+// as they are, they would drive the operator's terminal.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, strings.Join(strings.Fields(s), " "))
+}
 
 // requireDestination checks that a consumer of destination takes what is
 // queued for it in lane: events queued without one would reach nobody

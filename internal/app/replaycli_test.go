@@ -478,3 +478,22 @@ func TestReplayToolsOverWhatTheyCannotRead(t *testing.T) {
 		t.Errorf("after the purge replay list --json printed %s", out)
 	}
 }
+
+// TestOneLineKeepsTheTerminalSafe: what replay list and show print of a
+// letter's free text (a UID a modality sent, a server's answer quoted in
+// a reason) is one line without control characters: an escape sequence
+// written as it was would drive the operator's terminal, and a newline
+// forge a line of show's table.
+func TestOneLineKeepsTheTerminalSafe(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"stored  as\tsent\n", "stored as sent"},
+		{"1.2.3\x1b]0;owned\x07", "1.2.3?]0;owned?"},
+		{"reason\nattempts\t99", "reason attempts 99"},
+		{"Prüfung 0xC000 ✓", "Prüfung 0xC000 ✓"},
+		{"\x00\x7f\u200b", "???"},
+	} {
+		if got := oneLine(tc.in); got != tc.want {
+			t.Errorf("oneLine(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
