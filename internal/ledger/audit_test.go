@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -544,5 +546,55 @@ func TestAuditReadsThroughALeaderElection(t *testing.T) {
 	sum, err := a.Run(t.Context(), false, func(f ledger.Finding) error { t.Errorf("finding %+v", f); return nil })
 	if err != nil || sum.Forwarded != 1 {
 		t.Errorf("summary %+v, err %v; want the study forwarded, no error", sum, err)
+	}
+}
+
+// meeting is a ledger whose reads wait until all of its peers' reads
+// started (or a second passed), and records whether they did.
+type meeting struct {
+	arrived *sync.WaitGroup
+	met     *atomic.Int32
+	rec     ledger.Record
+}
+
+func (m meeting) Lookup(ctx context.Context, _, _ string) (ledger.Record, error) {
+	m.arrived.Done()
+	done := make(chan struct{})
+	go func() { m.arrived.Wait(); close(done) }()
+	select {
+	case <-done:
+		m.met.Add(1)
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+	}
+	return m.rec, nil
+}
+
+// The destinations' ledgers are read at the same time for each study:
+// one after another, an audit of a million studies and ten destinations
+// was ten million sequential round trips.
+func TestAuditReadsTheDestinationsAtOnce(t *testing.T) {
+	study := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500", IsStable: true}
+	const n = 4
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	var met atomic.Int32
+	var dests []ledger.Destination
+	for i := range n {
+		dests = append(dests, ledger.Destination{Name: fmt.Sprintf("d%d", i), Records: meeting{&arrived, &met, ledger.Record{LastUpdate: study.LastUpdate}}})
+	}
+	a, err := ledger.NewAuditor(ledger.AuditOptions{
+		Sources:      []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
+		Destinations: dests,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := a.Run(t.Context(), false, func(f ledger.Finding) error { t.Errorf("finding %+v", f); return nil })
+	if err != nil || sum.Forwarded != 1 {
+		t.Errorf("summary %+v, err %v; want the study forwarded, no error", sum, err)
+	}
+	if got := met.Load(); got != n {
+		t.Errorf("%d of %d ledger reads overlapped all the others, want all", got, n)
 	}
 }
