@@ -65,14 +65,14 @@ func (l *Limiter) SetReplicas(n int) {
 	l.lim.SetBurst(burst(r))
 }
 
-// Rate is this process's rate now, bytes per second (0: no cap).
+// Rate is this process's rate now, bytes per second (0: no cap): the
+// bucket's own, which the reads wait on, so that what the log and the
+// tests see is what is sent.
 func (l *Limiter) Rate() int64 {
 	if l == nil || l.lim == nil {
 		return 0
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return max(l.limit/int64(l.replicas), 1)
+	return int64(l.lim.Limit())
 }
 
 // Limited reports whether there is a cap.
