@@ -4,7 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -937,5 +939,61 @@ func TestBreakerTrialWaitsForThePause(t *testing.T) {
 	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
 	if s, _, _, _ := b.status(); s != BreakerClosed {
 		t.Errorf("breaker %v after the trial stored the queued study, want closed", s)
+	}
+}
+
+// startOrder records the LastUpdate of each study started, in order.
+type startOrder struct {
+	noObserver
+	mu    sync.Mutex
+	order []string
+}
+
+func (s *startOrder) Started(a *Attempt) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.order = append(s.order, a.Event.LastUpdate)
+}
+
+func (s *startOrder) get() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.order)
+}
+
+// TestFreeWorkerTakesStatFirst: a worker free for every lane (no stat
+// worker of its own) takes the stat event waiting before the routine one
+// queued earlier. Only the stat workers' own pulls were tested: taking
+// the lanes in reverse order passed every test.
+func TestFreeWorkerTakesStatFirst(t *testing.T) {
+	ns, lanes, sinkURL := startLanes(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	for _, p := range []struct {
+		lane       events.Priority
+		lastUpdate string
+	}{{events.PriorityRoutine, "20261126T101500"}, {events.PriorityStat, "20261126T101501"}} {
+		ev := testEvent()
+		ev.LastUpdate = p.lastUpdate
+		if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(p.lane, "", ev.Source), ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+		waitConsumer(t, lanes[p.lane], func(i *jetstream.ConsumerInfo) bool { return i.NumPending == 1 })
+	}
+	obs := &startOrder{}
+	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.Concurrency, o.StatWorkers = 1, 0
+		o.Observer = obs
+	})
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := obs.get(); !slices.Equal(got, []string{"20261126T101501", "20261126T101500"}) {
+		t.Errorf("studies started in the order %v, want the stat one (…01) before the routine one (…00)", got)
 	}
 }
