@@ -242,3 +242,42 @@ func TestBacklogCursorSavedEverySeconds(t *testing.T) {
 		t.Errorf("the cursor was stored %d times while 100 pages were read, want a few", got)
 	}
 }
+
+// failingPublisher refuses its first publishes, as JetStream does while
+// its stream has no leader, then records as publishedIDs.
+type failingPublisher struct {
+	publishedIDs
+	failures atomic.Int32
+}
+
+func (p *failingPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
+	if p.failures.Add(-1) >= 0 {
+		return nil, errors.New("nats: no response from stream")
+	}
+	return p.publishedIDs.Publish(ctx, ev)
+}
+
+// TestFailedPublishHoldsTheCursor: while JetStream refuses a stable
+// study's event, however many polls in a row, the cursor stays before
+// its StableStudy change (stuckOn moves past Orthanc's failures only);
+// once JetStream takes it, the study is published and the cursor moves
+// on. Only failed Orthanc lookups were tested.
+func TestFailedPublishHoldsTheCursor(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	o.log.addStudy(1) // changes 1 to 4; StableStudy is 4
+	if err := (&cursorStore{kv: kv, key: cursorKey("s")}).save(t.Context(), cursor{}); err != nil {
+		t.Fatal(err)
+	}
+	pub := &failingPublisher{}
+	pub.failures.Store(2 * stuckAfter)
+	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: 5 * time.Second})
+	store := &cursorStore{kv: kv, key: cursorKey("s")}
+	waitUntil(t, "the failed polls", func() bool { return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) >= stuckAfter+1 })
+	if c, _, err := store.load(ctx); err != nil || c.Seq >= 4 {
+		t.Fatalf("cursor %d (err %v) after %d refused publishes, want before the StableStudy change (4)", c.Seq, err, stuckAfter+1)
+	}
+	waitUntil(t, "the study published", func() bool { return pub.has(orthancID(1)) })
+	waitUntil(t, "the cursor past it", func() bool { c, _, err := store.load(ctx); return err == nil && c.Seq == 4 })
+}
