@@ -71,6 +71,20 @@ func TestSchemaRefuses(t *testing.T) {
 			"at '/forwarderDefaults/podLabels/version': got number, want string"},
 		{"a disruption budget as a word", "ingest:\n  maxUnavailable: half\n",
 			"at '/ingest/maxUnavailable'"},
+		// The commands refuse them at start (NATS_REPLICAS 1 to 5,
+		// FORWARDER_CONCURRENCY 1 to 256, STOW_PARALLEL_REQUESTS 1 to
+		// 64): a crash loop, or a division by zero in the KEDA ceiling;
+		// a destination's 0 became the default 16 unsaid.
+		{"no JetStream replica", "nats:\n  replicas: 0\n", "at '/nats/replicas'"},
+		{"more JetStream replicas than NATS allows", "nats:\n  replicas: \"7\"\n", "at '/nats/replicas'"},
+		{"no worker", "forwarderDefaults:\n  concurrency: 0\n", "at '/forwarderDefaults/concurrency'"},
+		{"too many workers", "forwarders:\n  - name: default\n    dicomwebURL: https://dicom.example.org/v1\n    concurrency: \"300\"\n",
+			"at '/forwarders/0/concurrency'"},
+		{"no request in flight", "forwarderDefaults:\n  stowParallelRequests: 0\n", "at '/forwarderDefaults/stowParallelRequests'"},
+		{"a destination's 0 requests", "destinations:\n  - name: archive\n    url: https://archive.example.org/v2\n    stowParallelRequests: 0\n",
+			"at '/destinations/0/stowParallelRequests'"},
+		{"a destination's 65 requests", "destinations:\n  - name: archive\n    url: https://archive.example.org/v2\n    stowParallelRequests: \"65\"\n",
+			"at '/destinations/0/stowParallelRequests'"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -101,6 +115,8 @@ func TestSchemaAccepts(t *testing.T) {
 		{"a parent chart's global values", valuesFile(t, "global:\n  imageRegistry: registry.example.org\n")},
 		{"named and numbered ports", valuesFile(t, "networkPolicy:\n  egress:\n    nats:\n      ports: [4222, nats-client]\n    dnsPorts: [53, 5353]\n")},
 		{"a destination's optional fields empty", emptyFields},
+		{"the bounds of the counts", valuesFile(t, "nats:\n  replicas: 5\nforwarderDefaults:\n  concurrency: \"256\"\n  stowParallelRequests: 64\n")},
+		{"the least of the counts", valuesFile(t, "nats:\n  replicas: \"1\"\nforwarderDefaults:\n  concurrency: 1\n  stowParallelRequests: \"1\"\n")},
 		{"a sampler and its ratio", valuesFile(t, "tracing:\n  otlpEndpoint: http://otel.observability.svc:4318\n  sampler: parentbased_traceidratio\n  samplerArg: 0.1\n")},
 	}
 	for _, tt := range tests {
