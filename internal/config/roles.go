@@ -85,7 +85,7 @@ const MaxIngestPublishTimeout = 50 * time.Second
 // Ingest configures the webhook service.
 type Ingest struct {
 	Addr  string `env:"INGEST_ADDR" envDefault:":8080" desc:"listen address of the webhook, health and metrics"`
-	Token string `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters, at least 8 different ones; a placeholder such as change-me… is refused, and so is a space or tab at either end or a second line, which HTTP cannot carry)"`
+	Token string `env:"INGEST_TOKEN,required" secret:"true" desc:"bearer token Orthanc's Lua script sends (at least 16 characters, with as many different ones as a quarter of its length, up to 8; a placeholder such as change-me… is refused, and so is a space or tab at either end or a second line, which HTTP cannot carry)"`
 	// PreviousToken is accepted too while Orthanc servers move to Token.
 	PreviousToken  string        `env:"INGEST_TOKEN_PREVIOUS" secret:"true" desc:"during a rotation of INGEST_TOKEN, the token it replaces, accepted too until every Orthanc sends the new one (stowline_ingest_previous_token_total stops growing); then remove it. Empty: none"`
 	PublishTimeout time.Duration `env:"INGEST_PUBLISH_TIMEOUT" envDefault:"10s" desc:"how long a webhook waits for JetStream's acknowledgement before answering 503 (100ms to 50s)"`
