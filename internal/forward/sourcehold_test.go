@@ -225,6 +225,10 @@ func TestHoldForSource(t *testing.T) {
 		want  error
 	}{
 		{"the source answers: the study's own failure", nil, "", false, nil},
+		// An answer, if an error: the source is up (the work is
+		// cancelled so that a wrong hold ends).
+		{"the source answers the probe 404", &orthancapi.Error{StatusCode: 404, OrthancMessage: "Unknown resource"}, "work", false, nil},
+		{"the source answers the probe 400", &orthancapi.Error{StatusCode: 400, OrthancMessage: "Bad request"}, "work", false, nil},
 		{"the source refuses credentials, the work is cancelled", refused, "work", true, context.Canceled},
 		{"the source is down, the work is cancelled", down, "work", true, context.Canceled},
 		{"the source is down, shutdown starts", down, "stop", true, errShutdown},
@@ -448,6 +452,28 @@ func TestParkingIsSharedByTheReplicas(t *testing.T) {
 	}
 	if n != 2 {
 		t.Errorf("%d places with 4 replicas sharing 8, want 2", n)
+	}
+}
+
+// A study on its last delivery is held, not parked: a parked study is
+// given back to JetStream when its source answers, and with no delivery
+// left it would come back only to be dead-lettered as a crash. The
+// places reserved are the earlier deliveries'.
+func TestLastDeliveryIsNotParked(t *testing.T) {
+	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.SourceProbe = func(context.Context, string) error { return errSourceDown }
+		o.MaxParked, o.MaxDeliveries = 10, 3
+	})
+	for _, tc := range []struct {
+		delivery uint64
+		parked   bool
+	}{{1, true}, {2, true}, {3, false}, {4, false}} {
+		if got := f.reservePark(tc.delivery); got != tc.parked {
+			t.Errorf("delivery %d of 3: parked %v, want %v", tc.delivery, got, tc.parked)
+		}
+	}
+	if f.parking.n != 2 {
+		t.Errorf("%d places reserved, want the 2 of the earlier deliveries", f.parking.n)
 	}
 }
 
