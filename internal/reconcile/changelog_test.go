@@ -227,6 +227,34 @@ func TestRestoredDatabaseFoundWhileIdle(t *testing.T) {
 	waitUntil(t, "the restored database's studies", func() bool { return pub.has(orthancID(10)) && pub.has(orthancID(11)) })
 }
 
+// TestShorterDatabaseFound: Orthanc's database is replaced by one whose
+// log ends below the cursor (fewer changes than the old one had when the
+// cursor was stored): a reset, rescanned from the start, and its study
+// published. Taken for a trimmed log, its studies waited until the new
+// log passed the old cursor's number, which may be never.
+func TestShorterDatabaseFound(t *testing.T) {
+	for _, filtered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("filtered=%v", filtered), func(t *testing.T) {
+			_, kv := testBucket(t)
+			o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}, filtered: filtered}
+			for n := 1; n <= 3; n++ {
+				o.log.addStudy(n) // changes 1 to 12
+			}
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			if err := store.save(t.Context(), cursor{Seq: 12, Change: markOf(o.log.changes[11])}); err != nil {
+				t.Fatal(err)
+			}
+			replaced := &changeLog{studies: map[string]orthancapi.Study{}, datedFrom: 100}
+			replaced.addStudy(10) // changes 1 to 4, dated after the cursor's
+			o.log = replaced
+			pub := &publishedIDs{}
+			runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+				PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second})
+			waitUntil(t, "the new database's study", func() bool { return pub.has(orthancID(10)) })
+		})
+	}
+}
+
 // TestResetAfterClockSetBackSkipsNothing: the last change handled is
 // dated ahead of the clock (Orthanc's clock was ahead, and set back since
 // its database was recreated): the rescan cannot tell old changes from
