@@ -291,3 +291,48 @@ func TestBufferReleaseStopsAtFirstNotStored(t *testing.T) {
 		})
 	}
 }
+
+// Buffer mode's forwarders skip an event whose state of the study, or a
+// newer one, the destination's ledger records as forwarded; a record of
+// the same state as not selected (sent nothing) is not one.
+func TestForwardedFunc(t *testing.T) {
+	const state = "20261203T100000"
+	tests := []struct {
+		name     string
+		recorded *ledger.Outcome // nil: not recorded
+		asked    string          // the event's LastUpdate
+		want     bool
+	}{
+		{"not recorded", nil, state, false},
+		{"the event's state forwarded", &ledger.Outcome{}, state, true},
+		{"a state newer than the event's forwarded", &ledger.Outcome{}, "20261203T090000", true},
+		{"only a state older than the event's forwarded", &ledger.Outcome{}, "20261203T110000", false},
+		{"the event's state not selected", &ledger.Outcome{NotSelected: true}, state, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, "archive")
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := ledger.New(ns.JS, kv)
+			ev, _, _ := fakeStudy()
+			ev.LastUpdate = state
+			if tt.recorded != nil {
+				if err := l.Completed(t.Context(), ev, *tt.recorded); err != nil {
+					t.Fatal(err)
+				}
+			}
+			asked := *ev
+			asked.LastUpdate = tt.asked
+			got, err := forwardedFunc(l)(t.Context(), &asked)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("forwarded = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
