@@ -654,6 +654,33 @@ func TestAdminRefusesAFilterGivenEmpty(t *testing.T) {
 	}
 }
 
+// TestAdminRefusesAMutationWithoutAFilter: a purge or replay whose body
+// names no filter ({}, a script that built none) is refused with 400
+// asking for one, or "all": true, and touches no letter; the store's own
+// refusal would answer it as a failure of the server.
+func TestAdminRefusesAMutationWithoutAFilter(t *testing.T) {
+	f := start(t) // dead letter 1
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, path := range []string{"/admin/deadletters/purge", "/admin/deadletters/replay"} {
+		for _, body := range []string{`{}`, `{"dryRun":true}`} {
+			req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+token)
+			rec := httptest.NewRecorder()
+			r.ServeHTTP(rec, req)
+			var answer struct{ Error string }
+			err := json.Unmarshal(rec.Body.Bytes(), &answer)
+			if rec.Code != http.StatusBadRequest || err != nil || !strings.HasPrefix(answer.Error, "give a filter") {
+				t.Errorf("POST %s %s: status %d, body %s; want 400 asking for a filter", path, body, rec.Code, rec.Body)
+			}
+		}
+	}
+	if _, err := f.store.Get(t.Context(), 1); err != nil {
+		t.Errorf("dead letter 1 after refused requests: %v", err)
+	}
+}
+
 // TestAdminSaysABodyIsEmpty: a replay, purge or re-forward without a
 // body (curl -X POST without -d) is told so, with an example, not
 // "malformed JSON body: EOF".
