@@ -81,6 +81,43 @@ func TestDeidentify(t *testing.T) {
 	}
 }
 
+// STOW_DEIDENTIFY_BURNED_IN reaches the profile: only include sends the
+// instances whose pixels may show who the patient is; exclude, and the
+// default, keep them back.
+func TestDeidentifyBurnedIn(t *testing.T) {
+	key := keyFile(t)
+	tests := []struct {
+		name     string
+		burnedIn string // "": unset
+		want     bool
+	}{
+		{name: "default", want: false},
+		{name: "exclude", burnedIn: "exclude", want: false},
+		{name: "include", burnedIn: "include", want: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			e["STOW_DEIDENTIFY"] = "basic"
+			e["DEIDENTIFY_KEY_FILE"] = key
+			if tt.burnedIn != "" {
+				e["STOW_DEIDENTIFY_BURNED_IN"] = tt.burnedIn
+			}
+			var c SingleHost
+			if err := Load(mapEnv(e), &c); err != nil {
+				t.Fatal(err)
+			}
+			opts, err := c.Forwarder.DeidentOptions()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if opts.IncludeBurnedIn != tt.want {
+				t.Errorf("IncludeBurnedIn = %v, want %v", opts.IncludeBurnedIn, tt.want)
+			}
+		})
+	}
+}
+
 func TestDeidentifyPerDestination(t *testing.T) {
 	e := destEnv(t)
 	e["DESTINATION_AI_2_STOW_DEIDENTIFY"] = "basic"
