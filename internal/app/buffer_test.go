@@ -294,20 +294,26 @@ func TestBufferReleaseStopsAtFirstNotStored(t *testing.T) {
 
 // Buffer mode's forwarders skip an event whose state of the study, or a
 // newer one, the destination's ledger records as forwarded; a record of
-// the same state as not selected (sent nothing) is not one.
+// the same state as not selected (sent nothing) is not one. And they take
+// a study gone from the source for one their rules did not select only
+// from a record of that, made with no rules named or with their own.
 func TestForwardedFunc(t *testing.T) {
-	const state = "20261203T100000"
+	const state, rules = "20261203T100000", "rules-a"
 	tests := []struct {
-		name     string
-		recorded *ledger.Outcome // nil: not recorded
-		asked    string          // the event's LastUpdate
-		want     bool
+		name        string
+		recorded    *ledger.Outcome // nil: not recorded
+		asked       string          // the event's LastUpdate
+		forwarded   bool
+		notSelected bool
 	}{
-		{"not recorded", nil, state, false},
-		{"the event's state forwarded", &ledger.Outcome{}, state, true},
-		{"a state newer than the event's forwarded", &ledger.Outcome{}, "20261203T090000", true},
-		{"only a state older than the event's forwarded", &ledger.Outcome{}, "20261203T110000", false},
-		{"the event's state not selected", &ledger.Outcome{NotSelected: true}, state, false},
+		{"not recorded", nil, state, false, false},
+		{"the event's state forwarded", &ledger.Outcome{}, state, true, false},
+		{"a state newer than the event's forwarded", &ledger.Outcome{}, "20261203T090000", true, false},
+		{"only a state older than the event's forwarded", &ledger.Outcome{}, "20261203T110000", false, false},
+		{"the event's state not selected", &ledger.Outcome{NotSelected: true}, state, false, true},
+		{"not selected by these rules", &ledger.Outcome{NotSelected: true, Rules: rules}, state, false, true},
+		{"not selected by other rules", &ledger.Outcome{NotSelected: true, Rules: "rules-b"}, state, false, false},
+		{"an older state not selected", &ledger.Outcome{NotSelected: true}, "20261203T110000", false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -330,8 +336,11 @@ func TestForwardedFunc(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
-				t.Errorf("forwarded = %v, want %v", got, tt.want)
+			if got != tt.forwarded {
+				t.Errorf("forwarded = %v, want %v", got, tt.forwarded)
+			}
+			if got, err = recordedNotSelectedFunc(l, rules)(t.Context(), &asked); err != nil || got != tt.notSelected {
+				t.Errorf("recorded not selected = %v (err %v), want %v", got, err, tt.notSelected)
 			}
 		})
 	}
