@@ -198,7 +198,7 @@ func TestAdminRefusesABodyOfSeveralValues(t *testing.T) {
 
 // TestAdminPurgeLogsEachStudy: a purge through the admin API deletes
 // dead letters for good, and its log line said only how many ("dead
-// letters purgeed", count 1): which studies a night's purge took was
+// letters purged", count 1): which studies a night's purge took was
 // nowhere. Each letter purged is logged by its study and destination, as
 // the status page's replay logs it.
 func TestAdminPurgeLogsEachStudy(t *testing.T) {
