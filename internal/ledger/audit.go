@@ -312,21 +312,37 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 	// Each destination's ledger is read at the same time: one read after
 	// another, an audit of a million studies and ten destinations took
 	// ten million round trips to the streams' leaders, hours.
-	recs := make([]Record, len(a.opts.Destinations))
-	errs := make([]error, len(a.opts.Destinations))
+	// The first failure ends the others' waits through an election: it
+	// fails the study whatever they answer.
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n := len(a.opts.Destinations)
+	recs, errs, cut := make([]Record, n), make([]error, n), make([]bool, n)
 	var wg sync.WaitGroup
 	for i, d := range a.opts.Destinations {
-		wg.Go(func() { recs[i], errs[i] = lookupThroughElection(ctx, d.Records, source, st.ID) })
+		wg.Go(func() {
+			recs[i], errs[i] = lookupThroughElection(lctx, d.Records, source, st.ID)
+			switch {
+			case errs[i] == nil || errors.Is(errs[i], ErrNotRecorded):
+			case lctx.Err() != nil && ctx.Err() == nil:
+				cut[i] = true // ended by another destination's failure
+			default:
+				cancel()
+			}
+		})
 	}
 	wg.Wait()
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, ErrNotRecorded) && !cut[i] {
+			return nil, time.Time{}, fmt.Errorf("destination %s: %w", a.opts.Destinations[i].Name, err)
+		}
+	}
 	for i, d := range a.opts.Destinations {
 		f := Finding{Destination: d.Name, Source: source, OrthancStudyID: st.ID, StudyInstanceUID: st.StudyInstanceUID,
 			LastUpdate: st.LastUpdate, Reason: ReasonNeverForwarded}
 		rec, err := recs[i], errs[i]
 		switch {
 		case errors.Is(err, ErrNotRecorded):
-		case err != nil:
-			return nil, time.Time{}, fmt.Errorf("destination %s: %w", d.Name, err)
 		case rec.LastUpdate >= st.LastUpdate:
 			if !rec.Stored.IsZero() && (forwardedAt.IsZero() || rec.Stored.Before(forwardedAt)) {
 				forwardedAt = rec.Stored

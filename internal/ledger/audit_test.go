@@ -598,3 +598,35 @@ func TestAuditReadsTheDestinationsAtOnce(t *testing.T) {
 		t.Errorf("%d of %d ledger reads overlapped all the others, want all", got, n)
 	}
 }
+
+// failing is a ledger whose reads fail with err.
+type failing struct{ err error }
+
+func (f failing) Lookup(context.Context, string, string) (ledger.Record, error) {
+	return ledger.Record{}, f.err
+}
+
+// A destination whose ledger read fails ends the study's other reads,
+// read again through a leader election for up to 30 s, and the audit's
+// error names it, not a read it cancelled.
+func TestAuditFailureEndsTheOtherReads(t *testing.T) {
+	study := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500", IsStable: true}
+	elect := &electing{unanswered: 1000}
+	a, err := ledger.NewAuditor(ledger.AuditOptions{
+		Sources: []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
+		Destinations: []ledger.Destination{
+			{Name: "electing", Records: elect},
+			{Name: "broken", Records: failing{errors.New("ledger: read: permission denied")}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.Run(t.Context(), false, func(f ledger.Finding) error { t.Errorf("finding %+v", f); return nil })
+	if err == nil || !strings.Contains(err.Error(), "destination broken") || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("err %v, want the broken destination's failure", err)
+	}
+	if asked := 1000 - elect.unanswered; asked > 3 {
+		t.Errorf("the electing ledger was read %d times after the other failed, want its wait ended", asked)
+	}
+}
