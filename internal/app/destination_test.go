@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
 	"maps"
@@ -16,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/testpki"
 )
 
@@ -267,11 +269,11 @@ func TestUnauthenticatedDestinationKeepsRedirectsInItsOrigin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.STOW.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", "1.2.3.4.5"); err == nil {
-		t.Error("DELETE redirected to another host: no error, want the redirect refused")
+	if err := d.STOW.DeleteInstance(t.Context(), "1.2.3", "1.2.3.4", "1.2.3.4.5"); !errors.Is(err, dicomweb.ErrRedirected) {
+		t.Errorf("DELETE redirected to another host: %v, want ErrRedirected", err)
 	}
-	if err := d.STOW.Probe(t.Context(), "1.2.3"); err == nil {
-		t.Error("QIDO-RS redirected to another host: no error, want the redirect refused")
+	if err := d.STOW.Probe(t.Context(), "1.2.3"); !errors.Is(err, dicomweb.ErrRedirected) {
+		t.Errorf("QIDO-RS redirected to another host: %v, want ErrRedirected", err)
 	}
 	if n := elsewhere.Load(); n != 0 {
 		t.Errorf("%d requests reached the host the redirects named, want 0", n)

@@ -294,9 +294,10 @@ func checkOTLPCertificate(name, raw string) error {
 }
 
 // checkOTLPClientCertificate checks an OTLP client certificate and key
-// pair as the SDK reads it: with one of the two unset, or a file it cannot
-// read or pair, it prints and connects without a client certificate, and
-// a receiver that asks for one refuses every export.
+// pair as the SDK reads it: with one of the two unset it ignores the
+// other silently, and with a file it cannot read or pair it prints an
+// error; either way it connects without a client certificate, and a
+// receiver that asks for one refuses every export.
 func checkOTLPClientCertificate(certName, keyName string) error {
 	certPath, keyPath := strings.TrimSpace(os.Getenv(certName)), strings.TrimSpace(os.Getenv(keyName))
 	switch {
