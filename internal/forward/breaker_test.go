@@ -288,8 +288,16 @@ func TestBreakerOutage(t *testing.T) {
 		if len(results) != 0 {
 			t.Fatal("more than one study went on while half-open")
 		}
+		// A worker's study that is no trial stays out while the trial is
+		// out, not only while open.
+		if s, _, _, _ := b.status(); s != BreakerHalfOpen || !b.shut() {
+			t.Errorf("state %v, shut() = %v; want half-open and shut", s, b.shut())
+		}
 		if b.record(nil, r.trial, "1.2.3", 0) {
 			t.Fatal("a stored trial held")
+		}
+		if b.shut() {
+			t.Error("shut() after the trial closed the breaker")
 		}
 		for range 2 {
 			if r := <-results; r.trial != 0 {
