@@ -154,13 +154,25 @@ func TestInvalidIDsSendNoRequest(t *testing.T) {
 	c := newClient(t, srv.URL)
 	ctx := context.Background()
 	bad := []string{"", "..", "../system", "a/b", "8A8CF898-CA27C490-D0C7058C-929D0581-2BBF104D", studyID + "?x=1"}
-	for _, id := range bad {
-		_, err1 := c.Study(ctx, id)
-		_, err2 := c.StudyInstances(ctx, id)
-		_, _, err3 := c.OpenInstanceFile(ctx, id)
-		for _, err := range []error{err1, err2, err3} {
-			if !errors.Is(err, orthancapi.ErrInvalidID) {
-				t.Errorf("id %q: err = %v, want ErrInvalidID", id, err)
+	// Every exported call that puts an Orthanc ID into a URL.
+	calls := map[string]func(id string) error{
+		"Study":                  func(id string) error { _, err := c.Study(ctx, id); return err },
+		"StudyInstances":         func(id string) error { _, err := c.StudyInstances(ctx, id); return err },
+		"StudyFacts":             func(id string) error { _, err := c.StudyFacts(ctx, id); return err },
+		"InstanceStudy":          func(id string) error { _, err := c.InstanceStudy(ctx, id); return err },
+		"SeriesStudy":            func(id string) error { _, err := c.SeriesStudy(ctx, id); return err },
+		"InstanceMetadata":       func(id string) error { _, err := c.InstanceMetadata(ctx, id); return err },
+		"OpenInstanceFile":       func(id string) error { _, _, err := c.OpenInstanceFile(ctx, id); return err },
+		"OpenTranscodedInstance": func(id string) error { _, err := c.OpenTranscodedInstance(ctx, id, "1.2.840.10008.1.2.1"); return err },
+		"DeleteInstance":         func(id string) error { return c.DeleteInstance(ctx, id) },
+	}
+	for _, level := range []string{"Patient", "Study", "Series", "Instance"} {
+		calls["Exists "+level] = func(id string) error { _, err := c.Exists(ctx, level, id); return err }
+	}
+	for name, call := range calls {
+		for _, id := range bad {
+			if err := call(id); !errors.Is(err, orthancapi.ErrInvalidID) {
+				t.Errorf("%s(%q): err = %v, want ErrInvalidID", name, id, err)
 			}
 		}
 	}
