@@ -303,6 +303,10 @@ func TestTooLargeNamesWhatToChange(t *testing.T) {
 					t.Errorf("reason %q, want %q in it", letters[0].Reason, want)
 				}
 			}
+			// The answer as it came, for the operator to read.
+			if want := fmt.Sprintf("HTTP %d text/html: %s", tt.status, tt.body); letters[0].LastResponse != want {
+				t.Errorf("last response %q, want %q", letters[0].LastResponse, want)
+			}
 		})
 	}
 }
