@@ -281,3 +281,66 @@ func TestFailedPublishHoldsTheCursor(t *testing.T) {
 	waitUntil(t, "the study published", func() bool { return pub.has(orthancID(1)) })
 	waitUntil(t, "the cursor past it", func() bool { c, _, err := store.load(ctx); return err == nil && c.Seq == 4 })
 }
+
+// stallingChanges reads the change log as swappableOrthanc does up to
+// stallAt, and past it fails (fail) or waits for the request's end, as
+// an Orthanc that stopped answering mid-backlog.
+type stallingChanges struct {
+	*swappableOrthanc
+	stallAt int64
+	fail    bool
+	reached atomic.Bool
+}
+
+func (o *stallingChanges) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
+	if since >= o.stallAt {
+		o.reached.Store(true)
+		if o.fail {
+			return orthancapi.Changes{}, errors.New("orthancapi: GET /changes: 503 Service Unavailable")
+		}
+		<-ctx.Done()
+		return orthancapi.Changes{}, ctx.Err()
+	}
+	return o.swappableOrthanc.Changes(ctx, since, limit, types...)
+}
+
+// TestBacklogProgressStoredAtStopAndFailure: within a backlog the cursor
+// is stored every cursorSaveEvery, but what was read since is stored
+// too when the change log cannot be read and when the reconciler stops:
+// the next poll or holder does not read it again.
+func TestBacklogProgressStoredAtStopAndFailure(t *testing.T) {
+	for _, fail := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fail=%v", fail), func(t *testing.T) {
+			const pageSize, studies = 8, 50 // 4 changes a study: 25 pages
+			_, kv := testBucket(t)
+			o := &stallingChanges{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}, stallAt: 120, fail: fail}
+			for n := 1; n <= studies; n++ {
+				o.log.addStudy(n)
+			}
+			store := &cursorStore{kv: kv, key: cursorKey("s")}
+			if err := store.save(t.Context(), cursor{}); err != nil {
+				t.Fatal(err)
+			}
+			r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{}, Logger: slog.New(slog.DiscardHandler),
+				PollInterval: time.Minute, MaxBackoff: time.Minute, LeaseTTL: 5 * time.Second, PageSize: pageSize})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan struct{})
+			go func() { defer close(done); _ = r.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+			waitUntil(t, "the stall", o.reached.Load)
+			if fail {
+				waitUntil(t, "the failed poll", func() bool { return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) >= 1 })
+			} else {
+				cancel()
+				<-done
+			}
+			c, _, err := store.load(t.Context())
+			if err != nil || c.Seq < 120 {
+				t.Errorf("stored cursor %d (err %v), want the 120 changes read before the stall", c.Seq, err)
+			}
+		})
+	}
+}

@@ -117,7 +117,8 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 		page, err = s.orthanc.Changes(ctx, since, opts.PageSize+1)
 	}
 	if err != nil {
-		return false, fmt.Errorf("orthanc: read change log after %d: %w", since, err)
+		// What earlier pages of a backlog read is stored all the same.
+		return false, errors.Join(fmt.Errorf("orthanc: read change log after %d: %w", since, err), s.save(ctx))
 	}
 	changes := page.Changes
 	if s.cur.Seq > 0 {

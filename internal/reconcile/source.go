@@ -219,6 +219,12 @@ func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 	case errors.Is(cause, errCursorConflict):
 		return false // not released: its holder, if not this replica, keeps it
 	}
+	// What a backlog read since its last save (cursorSaveEvery) is kept
+	// before the lease goes, the lease being this replica's still: the
+	// next holder need not read it again.
+	if err := s.save(ctx); err != nil {
+		s.log.Warn("reconciler cursor not stored at stop: the next holder reads again the changes since it was", "err", err)
+	}
 	renamed = errors.Is(context.Cause(lctx), errRenamed)
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer rcancel()
