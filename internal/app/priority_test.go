@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,12 +42,37 @@ func subjectCounts(t *testing.T, js jetstream.JetStream) map[string]uint64 {
 }
 
 // TestPrioritizer: an event that names its priority keeps it; without a
-// rule an event is routine; a rule that cannot read the study leaves it
-// routine, counted; and a webhook event waits on the triage subject, then
-// goes in the rule's lane (here routine, the source being down), under
-// its usual dedupe ID so the reconciler's copy is a duplicate.
+// rule an event is routine; the rule puts a study it selects in the stat
+// lane and one it does not in the routine lane; a rule that cannot read
+// the study leaves it routine, counted; and a webhook event waits on the
+// triage subject, then goes in the rule's lane, under its usual dedupe ID
+// so the reconciler's copy is a duplicate.
 func TestPrioritizer(t *testing.T) {
-	sources, err := NewSources(&config.Orthanc{URL: "http://" + testharness.FreeAddr(t), SourceName: "main"}) // nothing listens there
+	const (
+		mr      = "aaaaaaaa-aaaaaaaa-aaaaaaaa-aaaaaaaa-aaaaaaaa"
+		ct      = "bbbbbbbb-bbbbbbbb-bbbbbbbb-bbbbbbbb-bbbbbbbb"
+		mrHooks = "cccccccc-cccccccc-cccccccc-cccccccc-cccccccc"
+	)
+	// The source serves the facts the rule reads (orthancapi.StudyFacts)
+	// of the studies it knows; any other study's read fails (503).
+	modality := map[string]string{mr: "MR", ct: "CT", mrHooks: "MR"}
+	orthanc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rest, _ := strings.CutPrefix(r.URL.Path, "/studies/")
+		id, series := strings.CutSuffix(rest, "/series")
+		m, ok := modality[id]
+		if !ok {
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if series {
+			json.NewEncoder(w).Encode([]map[string]any{{"ID": "s1", "MainDicomTags": map[string]string{"Modality": m}}})
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"MainDicomTags": map[string]string{"ModalitiesInStudy": m}})
+	}))
+	t.Cleanup(orthanc.Close)
+	sources, err := NewSources(&config.Orthanc{URL: orthanc.URL, SourceName: "main"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,13 +91,19 @@ func TestPrioritizer(t *testing.T) {
 		webhook bool
 		event   *events.StudyStable
 		subject string
-		by      string
+		// priority and by are the labels of stowline_ingest_priority_total
+		// that count the event.
+		priority events.Priority
+		by       string
 	}{
-		{"named priority", rule, false, ev("11111111-11111111-11111111-11111111-11111111", events.PriorityLow), "stowline.study.stable.main.low", "event"},
-		{"named stat", "", false, ev("22222222-22222222-22222222-22222222-22222222", events.PriorityStat), "stowline.study.stable.main.stat", "event"},
-		{"no rule", "", false, ev("33333333-33333333-33333333-33333333-33333333", ""), "stowline.study.stable.main", "default"},
-		{"rule fails", rule, false, ev("44444444-44444444-44444444-44444444-44444444", ""), "stowline.study.stable.main", "rule_error"},
-		{"webhook, rule fails", rule, true, ev("55555555-55555555-55555555-55555555-55555555", ""), "stowline.study.stable.main", "rule_error"},
+		{"named priority", rule, false, ev("11111111-11111111-11111111-11111111-11111111", events.PriorityLow), "stowline.study.stable.main.low", events.PriorityLow, "event"},
+		{"named stat", "", false, ev("22222222-22222222-22222222-22222222-22222222", events.PriorityStat), "stowline.study.stable.main.stat", events.PriorityStat, "event"},
+		{"no rule", "", false, ev("33333333-33333333-33333333-33333333-33333333", ""), "stowline.study.stable.main", events.PriorityRoutine, "default"},
+		{"rule selects", rule, false, ev(mr, ""), "stowline.study.stable.main.stat", events.PriorityStat, "rule"},
+		{"rule does not select", rule, false, ev(ct, ""), "stowline.study.stable.main", events.PriorityRoutine, "rule"},
+		{"rule fails", rule, false, ev("44444444-44444444-44444444-44444444-44444444", ""), "stowline.study.stable.main", events.PriorityRoutine, "rule_error"},
+		{"webhook, rule selects", rule, true, ev(mrHooks, ""), "stowline.study.stable.main.stat", events.PriorityStat, "rule"},
+		{"webhook, rule fails", rule, true, ev("55555555-55555555-55555555-55555555-55555555", ""), "stowline.study.stable.main", events.PriorityRoutine, "rule_error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,18 +123,23 @@ func TestPrioritizer(t *testing.T) {
 			if _, err := pub.Publish(t.Context(), tt.event); err != nil {
 				t.Fatal(err)
 			}
-			lane := tt.event.Priority.Lane()
-			counted := func() float64 { return testutil.ToFloat64(p.events.WithLabelValues(string(lane), tt.by)) }
+			counted := func() float64 { return testutil.ToFloat64(p.events.WithLabelValues(string(tt.priority), tt.by)) }
 			deadline := time.Now().Add(10 * time.Second)
 			for counted() != 1 && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			if counted() != 1 {
-				t.Fatalf("stowline_ingest_priority_total{priority=%q,by=%q} = %v, want 1", lane, tt.by, counted())
+				t.Fatalf("stowline_ingest_priority_total{priority=%q,by=%q} = %v, want 1", tt.priority, tt.by, counted())
 			}
 			got := subjectCounts(t, ns.JS)
-			if got[tt.subject] != 1 {
-				t.Errorf("subjects %v, want the event on %s", got, tt.subject)
+			inLanes := uint64(0)
+			for subject, n := range got {
+				if subject != natsjs.TriageSubject("main") {
+					inLanes += n
+				}
+			}
+			if got[tt.subject] != 1 || inLanes != 1 {
+				t.Errorf("subjects %v, want the event on %s only", got, tt.subject)
 			}
 			if tt.webhook && got[natsjs.TriageSubject("main")] != 1 {
 				t.Errorf("subjects %v, want the webhook's copy on the triage subject", got)
@@ -119,7 +156,7 @@ func TestPrioritizer(t *testing.T) {
 					t.Errorf("republish through the prioritizer: %+v, %v; want a duplicate", ack, err)
 				}
 				if counted() != 1 {
-					t.Errorf("after a duplicate, stowline_ingest_priority_total{priority=%q,by=%q} = %v, want 1", lane, tt.by, counted())
+					t.Errorf("after a duplicate, stowline_ingest_priority_total{priority=%q,by=%q} = %v, want 1", tt.priority, tt.by, counted())
 				}
 			}
 		})
