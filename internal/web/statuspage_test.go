@@ -122,6 +122,32 @@ func (f *fixture) get(t *testing.T, c *http.Client, path, password string) (*htt
 
 var csrfInput = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
+// NewStatusPage refuses options without what the page cannot do without:
+// above all an empty ADMIN_TOKEN, which would make the empty password
+// the page's.
+func TestNewStatusPageRefusesIncompleteOptions(t *testing.T) {
+	ns := testnats.Start(t)
+	noForwarders := func(context.Context) ([]status.Snapshot, error) { return nil, nil }
+	for _, tt := range []struct {
+		name string
+		opts web.StatusPageOptions
+	}{
+		{"no admin token", web.StatusPageOptions{JS: ns.JS, Forwarders: noForwarders}},
+		{"no JetStream", web.StatusPageOptions{Forwarders: noForwarders, AdminToken: adminToken}},
+		{"no forwarders' state", web.StatusPageOptions{JS: ns.JS, AdminToken: adminToken}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h, err := web.NewStatusPage(tt.opts)
+			if err == nil {
+				t.Error("NewStatusPage accepted the options, want an error")
+			}
+			if h != nil {
+				t.Error("NewStatusPage returned a page, want nil")
+			}
+		})
+	}
+}
+
 func TestAuth(t *testing.T) {
 	f := start(t)
 	c := f.browser(t)
