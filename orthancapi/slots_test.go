@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -200,6 +202,54 @@ func TestMaxRequestsUnslotted(t *testing.T) {
 				t.Fatalf("while every slot is held: %v", err)
 			}
 		})
+	}
+}
+
+// TestMaxRequestsSlotFreedWhenConnectionFails: a request whose
+// connection fails (Orthanc down) gives its slot back. With one slot,
+// two requests to an address that refuses connections each fail with
+// the connection's error, not waiting for a slot the one before kept,
+// and once Orthanc listens there a third gets its file.
+func TestMaxRequestsSlotFreedWhenConnectionFails(t *testing.T) {
+	addr := testharness.FreeAddr(t) // nothing listens there until Orthanc starts below
+	c, err := orthancapi.New("http://"+addr, orthancapi.WithMaxRequests(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// fetch reads the instance's file within a deadline that only a
+	// request waiting for a slot kept by another runs into.
+	fetch := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		rc, _, err := c.OpenInstanceFile(ctx, slotInstance(1))
+		if err != nil {
+			return "", err
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		return string(b), err
+	}
+	for i := range 2 {
+		_, err := fetch()
+		if opErr, ok := errors.AsType[*net.OpError](err); !ok || opErr.Op != "dial" {
+			t.Fatalf("request %d to an address nothing listens on: got %v, want the connection's error", i+1, err)
+		}
+	}
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/dicom")
+		io.WriteString(w, "DICM")
+	}))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	if got, err := fetch(); err != nil || got != "DICM" {
+		t.Fatalf("once Orthanc listens: got %q, %v; want the file", got, err)
 	}
 }
 
