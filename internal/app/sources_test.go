@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -80,6 +81,63 @@ func TestProxiedSourceWarned(t *testing.T) {
 	}
 	if strings.Contains(out, "proxy-secret") {
 		t.Errorf("the proxy's credentials were logged:\n%s", out)
+	}
+}
+
+// ORTHANC_MAX_CONNECTIONS, and a source's own
+// ORTHANC_<NAME>_MAX_CONNECTIONS, reach its client: with 1, a second file
+// stream waits while the first is open, until its deadline, and starts
+// once the first is closed.
+func TestOrthancMaxConnections(t *testing.T) {
+	const (
+		held  = "00000001-00000000-00000000-00000000-00000000"
+		other = "00000002-00000000-00000000-00000000-00000000"
+	)
+	// The Orthanc holds the file body of held open until the client
+	// closes it; any other file it answers at once.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/dicom")
+		_, _ = io.WriteString(w, "DICM")
+		if r.URL.Path == "/instances/"+held+"/file" {
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}
+	}))
+	t.Cleanup(srv.Close)
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+	}{
+		{"ORTHANC_MAX_CONNECTIONS", map[string]string{"ORTHANC_URL": srv.URL, "ORTHANC_MAX_CONNECTIONS": "1"}},
+		{"ORTHANC_<NAME>_MAX_CONNECTIONS", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": srv.URL, "ORTHANC_MAIN_MAX_CONNECTIONS": "1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			client := sourcesFromEnv(t, tt.env).List()[0].Client
+			first, _, err := client.OpenInstanceFile(t.Context(), held)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { first.Close() }) // a failure's: srv.Close waits for its handler
+			short, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+			defer cancel()
+			// The wait is for the slot, not the answer, which comes at once.
+			if rc, _, err := client.OpenInstanceFile(short, other); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "request slot") {
+				if err == nil {
+					rc.Close()
+				}
+				t.Fatalf("second stream while the first is open: %v, want it to wait for a request slot until its deadline", err)
+			}
+			if err := first.Close(); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			rc, _, err := client.OpenInstanceFile(ctx, other)
+			if err != nil {
+				t.Fatalf("once the first stream is closed: %v", err)
+			}
+			rc.Close()
+		})
 	}
 }
 
