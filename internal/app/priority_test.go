@@ -520,6 +520,72 @@ func TestUnansweredTriageCopyStillTriaged(t *testing.T) {
 	}
 }
 
+// A webhook event whose triage copy JetStream refuses (an answer, not a
+// lost one) gives its place in the triage backlog back: nothing triages
+// it, and Orthanc is told of the failure. Were it kept, each refusal (a
+// full stream refuses every event) would take a place for good, and once
+// the backlog was full every webhook event would go routine unread.
+func TestRefusedTriageCopyFreesItsPlace(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		refuse func(t *testing.T, p *prioritizer, ns *testnats.Server)
+		want   error
+	}{
+		{"stream full", func(t *testing.T, p *prioritizer, ns *testnats.Server) {
+			// An operator's cap on the event stream, reached.
+			s, err := ns.JS.Stream(t.Context(), natsjs.EventStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := s.CachedInfo().Config
+			cfg.MaxMsgs = 1
+			if _, err := ns.JS.UpdateStream(t.Context(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			filler, err := events.NewStudyStable("main", "99999999-99999999-99999999-99999999-99999999", "1.2.9", "20261203T101500")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), filler); err != nil {
+				t.Fatal(err)
+			}
+		}, natsjs.ErrStorageFull},
+		{"publish refused", func(t *testing.T, p *prioritizer, ns *testnats.Server) {
+			p.js = refusingJetStream{JetStream: p.js, err: errExpectedStream}
+		}, errExpectedStream},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, ns, _ := slowSourcePrioritizer(t)
+			tt.refuse(t, p, ns)
+			ev, err := events.NewStudyStable("main", "66666666-66666666-66666666-66666666-66666666", "1.2.3", "20261203T101500")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev)
+			if !errors.Is(err, tt.want) || natsjs.Unanswered(err) {
+				t.Fatalf("Publish = %v, want the refusal, %v", err, tt.want)
+			}
+			if n := p.pending.Load(); n != 0 {
+				t.Errorf("%d studies in the triage backlog after the refusal, want 0", n)
+			}
+		})
+	}
+}
+
+// errExpectedStream is JetStream's refusal of a publish whose expected
+// stream is not the subject's.
+var errExpectedStream = &jetstream.APIError{Code: 400, ErrorCode: 10060, Description: "expected stream does not match"}
+
+// refusingJetStream is a JetStream that answers every publish with err.
+type refusingJetStream struct {
+	jetstream.JetStream
+	err error
+}
+
+func (r refusingJetStream) PublishMsg(context.Context, *nats.Msg, ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return nil, r.err
+}
+
 // A burst of webhook events faster than the rule's reads (a bulk
 // migration under a rule that reads metadata) fills the triage backlog,
 // and no more: each event beyond it goes in the routine lane at once,
