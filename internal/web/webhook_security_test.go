@@ -333,6 +333,41 @@ func TestWebhookRefusalsLoggedOnceAMinute(t *testing.T) {
 	}
 }
 
+// Behind a trusted load balancer, the refusal lines are spaced per
+// client the balancer names in X-Forwarded-For, not per balancer: one
+// client's refusals must not hide those of another (an Orthanc whose
+// token is wrong).
+func TestWebhookRefusalsLoggedPerForwardedClient(t *testing.T) {
+	var logs testharness.LogBuffer
+	clk := &clock{t: time.Unix(1_790_000_000, 0)}
+	srv := serve(t, web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, Now: clk.Now,
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		Logger:         slog.New(slog.NewJSONHandler(&logs, nil))})
+	// The second refusal of 198.51.100.1, within the minute, is not logged.
+	for _, client := range []string{"198.51.100.1", "198.51.100.2", "198.51.100.1"} {
+		hdr := map[string]string{"Authorization": "Bearer wrong-token-0123456789", "X-Forwarded-For": client}
+		if code := postHeaders(t, srv.URL, hdr, validBody).StatusCode; code != http.StatusUnauthorized {
+			t.Fatalf("%s: %d, want 401", client, code)
+		}
+	}
+	var clients []string
+	for line := range strings.Lines(logs.String()) {
+		var l struct {
+			Msg    string `json:"msg"`
+			Client string `json:"client"`
+		}
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if l.Msg == "event rejected" {
+			clients = append(clients, l.Client)
+		}
+	}
+	if want := []string{"198.51.100.1", "198.51.100.2"}; !slices.Equal(clients, want) {
+		t.Errorf("refusal lines for clients %q, want %q; log:\n%s", clients, want, logs.String())
+	}
+}
+
 // rejectedTotal is stowline_ingest_events_rejected_total{reason} in reg.
 func rejectedTotal(t *testing.T, reg *prometheus.Registry, reason string) float64 {
 	t.Helper()
