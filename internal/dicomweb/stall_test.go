@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -80,6 +81,81 @@ func TestStalledRequestGivenUp(t *testing.T) {
 			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("given up after %s", d)
+			}
+		})
+	}
+}
+
+// The stall time-out bounds a body that does not move, the response
+// time-out the wait for an answer once the body is sent; neither stands
+// in for the other. A destination that stops reading is given up at
+// about the stall time-out, not the response time-out; one that read the
+// whole body and answers after more than the stall time-out (but within
+// the response time-out) is no stalled request. The margins are wide for
+// a loaded host: the slow answer comes at five times the stall time-out,
+// and the response time-out is more than six times as long again.
+func TestStallAndResponseTimeoutsApart(t *testing.T) {
+	const (
+		stall    = 300 * time.Millisecond
+		response = 10 * time.Second
+		answerIn = 1500 * time.Millisecond
+	)
+	var release chan struct{} // each case's: closed before its server
+	var log requestLog
+	tests := []struct {
+		name    string
+		handler http.Handler
+		part    Part
+		stored  bool
+	}{
+		{"the destination stops reading", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select { // reads nothing, never answers
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}), (&trackedSource{size: 256 << 20}).part("1.1"), false},
+		{"the destination answers late", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				return
+			}
+			select {
+			case <-time.After(answerIn):
+			case <-r.Context().Done():
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			fakeSTOWHandler(t, &log).ServeHTTP(w, r)
+		}), uidPart("1.2", nil), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkNoGoroutineLeak(t)
+			release = make(chan struct{})
+			srv := httptest.NewServer(tt.handler)
+			defer srv.Close()
+			// A handler that reads nothing does not see the client go.
+			defer close(release)
+			hc := &http.Client{Transport: &http.Transport{}}
+			defer hc.CloseIdleConnections()
+			c, err := New(srv.URL, hc, withTimeouts(stall, response))
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			_, err = c.Store(t.Context(), []Part{tt.part})
+			d := time.Since(start)
+			if tt.stored {
+				if err != nil {
+					t.Fatalf("Store = %v after %s, want it stored: an answer %s after the body is within the response time-out", err, d, answerIn)
+				}
+				return
+			}
+			if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrNoAnswer) {
+				t.Fatalf("Store = %v, want a time-out with no answer", err)
+			}
+			if d > response/2 {
+				t.Errorf("given up after %s, want about the stall time-out (%s), well before the response time-out (%s)", d, stall, response)
 			}
 		})
 	}
