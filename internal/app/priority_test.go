@@ -115,7 +115,6 @@ func TestPrioritizer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p.timeout = time.Second
 			var pub events.Publisher = p
 			if tt.webhook {
 				pub = webhookPublisher{p: p, ctx: t.Context()}

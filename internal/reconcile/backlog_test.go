@@ -283,25 +283,37 @@ func TestFailedPublishHoldsTheCursor(t *testing.T) {
 }
 
 // stallingChanges reads the change log as swappableOrthanc does up to
-// stallAt, and past it fails (fail) or waits for the request's end, as
-// an Orthanc that stopped answering mid-backlog.
+// stallAt. Past it, with fail, reading the log fails, as an Orthanc that
+// stopped answering mid-backlog; without, the page is read and the end
+// of the log asked after it (a poll that succeeds: LastChange's error is
+// ignored) waits for the request's end, so that only a save at stop can
+// store that page.
 type stallingChanges struct {
 	*swappableOrthanc
 	stallAt int64
 	fail    bool
+	past    atomic.Bool
 	reached atomic.Bool
 }
 
 func (o *stallingChanges) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
 	if since >= o.stallAt {
-		o.reached.Store(true)
 		if o.fail {
+			o.reached.Store(true)
 			return orthancapi.Changes{}, errors.New("orthancapi: GET /changes: 503 Service Unavailable")
 		}
-		<-ctx.Done()
-		return orthancapi.Changes{}, ctx.Err()
+		o.past.Store(true)
 	}
 	return o.swappableOrthanc.Changes(ctx, since, limit, types...)
+}
+
+func (o *stallingChanges) LastChange(ctx context.Context) (int64, error) {
+	if o.past.Load() {
+		o.reached.Store(true)
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return o.swappableOrthanc.LastChange(ctx)
 }
 
 // TestBacklogProgressStoredAtStopAndFailure: within a backlog the cursor

@@ -146,7 +146,7 @@ func (s *sourceRunner) poll(ctx context.Context) (more bool, err error) {
 			// wait for the next one received.
 			at, err := s.orthanc.Changes(ctx, since, 1)
 			if err != nil {
-				return false, fmt.Errorf("orthanc: read change %d: %w", s.cur.Seq, err)
+				return false, errors.Join(fmt.Errorf("orthanc: read change %d: %w", s.cur.Seq, err), s.save(ctx))
 			}
 			s.idleChecked = [2]int64{s.cur.Seq, page.Last}
 			if len(at.Changes) > 0 && at.Changes[0].Seq == s.cur.Seq && !s.cur.Change.matches(at.Changes[0]) {
