@@ -550,7 +550,7 @@ func TestAuditReadsThroughALeaderElection(t *testing.T) {
 }
 
 // meeting is a ledger whose reads wait until all of its peers' reads
-// started (or a second passed), and records whether they did.
+// started (or 5 s passed), and records whether they did.
 type meeting struct {
 	arrived *sync.WaitGroup
 	met     *atomic.Int32
@@ -564,7 +564,7 @@ func (m meeting) Lookup(ctx context.Context, _, _ string) (ledger.Record, error)
 	select {
 	case <-done:
 		m.met.Add(1)
-	case <-time.After(time.Second):
+	case <-time.After(5 * time.Second):
 	case <-ctx.Done():
 	}
 	return m.rec, nil

@@ -243,22 +243,23 @@ func TestBacklogCursorSavedEverySeconds(t *testing.T) {
 	}
 }
 
-// failingPublisher refuses its first publishes, as JetStream does while
-// its stream has no leader, then records as publishedIDs.
+// failingPublisher refuses every publish while refusing is set, as
+// JetStream does while its stream has no leader, then records as
+// publishedIDs.
 type failingPublisher struct {
 	publishedIDs
-	failures atomic.Int32
+	refusing atomic.Bool
 }
 
 func (p *failingPublisher) Publish(ctx context.Context, ev *events.StudyStable) (*jetstream.PubAck, error) {
-	if p.failures.Add(-1) >= 0 {
+	if p.refusing.Load() {
 		return nil, errors.New("nats: no response from stream")
 	}
 	return p.publishedIDs.Publish(ctx, ev)
 }
 
 // TestFailedPublishHoldsTheCursor: while JetStream refuses a stable
-// study's event, however many polls in a row, the cursor stays before
+// study's event, more than stuckAfter polls in a row, the cursor stays before
 // its StableStudy change (stuckOn moves past Orthanc's failures only);
 // once JetStream takes it, the study is published and the cursor moves
 // on. Only failed Orthanc lookups were tested.
@@ -270,7 +271,7 @@ func TestFailedPublishHoldsTheCursor(t *testing.T) {
 		t.Fatal(err)
 	}
 	pub := &failingPublisher{}
-	pub.failures.Store(2 * stuckAfter)
+	pub.refusing.Store(true)
 	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
 		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: 5 * time.Second})
 	store := &cursorStore{kv: kv, key: cursorKey("s")}
@@ -278,6 +279,7 @@ func TestFailedPublishHoldsTheCursor(t *testing.T) {
 	if c, _, err := store.load(ctx); err != nil || c.Seq >= 4 {
 		t.Fatalf("cursor %d (err %v) after %d refused publishes, want before the StableStudy change (4)", c.Seq, err, stuckAfter+1)
 	}
+	pub.refusing.Store(false)
 	waitUntil(t, "the study published", func() bool { return pub.has(orthancID(1)) })
 	waitUntil(t, "the cursor past it", func() bool { c, _, err := store.load(ctx); return err == nil && c.Seq == 4 })
 }
