@@ -59,20 +59,9 @@ func TestStalledRequestGivenUp(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkNoGoroutineLeak(t)
-			release = make(chan struct{})
-			srv := httptest.NewServer(tt.handler)
-			defer srv.Close()
-			// A handler that reads nothing does not see the client go.
-			defer close(release)
-			hc := &http.Client{Transport: &http.Transport{}}
-			defer hc.CloseIdleConnections()
-			c, err := New(srv.URL, hc, withTimeouts(300*time.Millisecond, 300*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := stallClient(t, tt.handler, &release, 300*time.Millisecond, 300*time.Millisecond)
 			start := time.Now()
-			_, err = c.Store(t.Context(), []Part{tt.part})
+			_, err := c.Store(t.Context(), []Part{tt.part})
 			if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrNoAnswer) == tt.source {
 				t.Fatalf("Store = %v, want a time-out, with no answer: %v", err, !tt.source)
 			}
@@ -84,6 +73,27 @@ func TestStalledRequestGivenUp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stallClient is a client of a server of h with the time-outs given,
+// closed with the test after *release, a fresh channel its handlers wait
+// on (a handler that reads nothing does not see the client go), and
+// checked for goroutines left.
+func stallClient(t *testing.T, h http.Handler, release *chan struct{}, stall, response time.Duration) *Client {
+	t.Helper()
+	checkNoGoroutineLeak(t)
+	*release = make(chan struct{})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	ch := *release
+	t.Cleanup(func() { close(ch) })
+	hc := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(hc.CloseIdleConnections)
+	c, err := New(srv.URL, hc, withTimeouts(stall, response))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // The stall time-out bounds a body that does not move, the response
@@ -130,20 +140,9 @@ func TestStallAndResponseTimeoutsApart(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkNoGoroutineLeak(t)
-			release = make(chan struct{})
-			srv := httptest.NewServer(tt.handler)
-			defer srv.Close()
-			// A handler that reads nothing does not see the client go.
-			defer close(release)
-			hc := &http.Client{Transport: &http.Transport{}}
-			defer hc.CloseIdleConnections()
-			c, err := New(srv.URL, hc, withTimeouts(stall, response))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := stallClient(t, tt.handler, &release, stall, response)
 			start := time.Now()
-			_, err = c.Store(t.Context(), []Part{tt.part})
+			_, err := c.Store(t.Context(), []Part{tt.part})
 			d := time.Since(start)
 			if tt.stored {
 				if err != nil {
