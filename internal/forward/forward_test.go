@@ -311,15 +311,38 @@ func TestShutdownReturnsInFlightStudy(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after the shutdown grace")
 	}
+	// Given back, not acked: an ack here would lose the study. (An ack
+	// may not be applied yet when Run returns; the checks below see it
+	// every time.)
+	if info, err := cons.Info(t.Context()); err != nil {
+		t.Fatal(err)
+	} else if info.AckFloor.Stream != 0 {
+		t.Fatalf("ack floor %d after shutdown, want 0: the unsent study was acked", info.AckFloor.Stream)
+	}
 
 	// A second forwarder, with a source that answers, finishes the study.
 	close(src.block)
-	f2 := newForwarder(t, src, srv.URL, cons)
+	rec2 := &recordingObserver{}
+	f2 := newForwarder(t, src, srv.URL, cons, func(o *Options) { o.Observer = rec2 })
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	t.Cleanup(cancel2)
-	go func() { _ = f2.Run(ctx2) }()
+	done2 := make(chan error)
+	go func() { done2 <- f2.Run(ctx2) }()
 	// waitConsumer gives up after 15 s, well inside the 1 min ack wait.
-	waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	info := waitConsumer(t, cons, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	if info.Delivered.Consumer != 2 {
+		t.Errorf("%d deliveries, want 2: the study delivered again to the second forwarder", info.Delivered.Consumer)
+	}
+	cancel2()
+	if err := <-done2; err != nil {
+		t.Fatal(err)
+	}
+	// Run has returned, so the second attempt is settled.
+	rec2.mu.Lock()
+	defer rec2.mu.Unlock()
+	if rec2.finished[ResultForwarded] != 1 || len(rec2.reports) != 1 || rec2.reports[0].Instances != 4 {
+		t.Errorf("second forwarder: finished %v, reports %+v; want the study's 4 instances forwarded", rec2.finished, rec2.reports)
+	}
 }
 
 // An event this build cannot read is dead-lettered with its bytes, then
