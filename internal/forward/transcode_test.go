@@ -221,6 +221,14 @@ func TestTransferSyntaxes(t *testing.T) {
 			conversions: map[string]float64{convConverted: 1},
 		},
 		{
+			// Converted only once refused, the part is counted then too:
+			// sent without a length, the destination would refuse it.
+			name: "listed but refused, for a signed length: counted once converted", syntaxes: []string{tsImplicit, tsExplicit},
+			list: []string{tsExplicit, tsImplicit}, exactLength: true,
+			stored:      []string{"1.2.3.1", "1.2.3.2"},
+			conversions: map[string]float64{convConverted: 2},
+		},
+		{
 			name: "the target itself refused", syntaxes: []string{tsImplicit}, list: []string{tsImplicit},
 			refused:     map[string]string{"1.2.3.1": "the destination refused Implicit VR Little Endian (1.2.840.10008.1.2), which DESTINATION_AZ_STOW_TRANSFER_SYNTAXES lists; remove it"},
 			conversions: map[string]float64{convRefused: 1},
