@@ -101,22 +101,25 @@ func TestRenamedCursorTakenOnceItsLeaseIsFree(t *testing.T) {
 // every poll); as a lease is taken, at the first: a standby replica that
 // took the lease its renamed leader released would otherwise poll a whole
 // interval under the old name, queuing studies the Lua script queues
-// under the new one.
+// under the new one. The old Name answered in between starts the count
+// again.
 func TestRenameFollowedAtOnceAsTheLeaseIsTaken(t *testing.T) {
-	renamed := orthancapi.System{Name: "new"}
 	for _, tc := range []struct {
-		name  string
-		twice bool
-		want  []error // for two answers in a row
+		name    string
+		twice   bool
+		answers []string // Orthanc's Name at each check
+		want    []error
 	}{
-		{"leading", true, []error{nil, errRenamed}},
-		{"taking the lease", false, []error{errRenamed, errRenamed}},
+		{"leading", true, []string{"new", "new"}, []error{nil, errRenamed}},
+		{"taking the lease", false, []string{"new", "new"}, []error{errRenamed, errRenamed}},
+		// The old Name in between: "new" is not twice in a row.
+		{"leading, the old name in between", true, []string{"new", "old", "new"}, []error{nil, nil, nil}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &sourceRunner{name: "old", log: slog.New(slog.DiscardHandler)}
-			for i, want := range tc.want {
-				if err := s.sameName(renamed, tc.twice); !errors.Is(err, want) && err != want {
-					t.Errorf("answer %d: %v, want %v", i+1, err, want)
+			for i, name := range tc.answers {
+				if err := s.sameName(orthancapi.System{Name: name}, tc.twice); !errors.Is(err, tc.want[i]) && err != tc.want[i] {
+					t.Errorf("answer %d (%s): %v, want %v", i+1, name, err, tc.want[i])
 				}
 			}
 		})
