@@ -18,12 +18,20 @@ import (
 )
 
 // TestDestinationsCommand: list shows each destination's consumer; remove
-// needs --yes, deletes only that consumer, and names a missing one.
+// needs --yes, deletes only that destination's lane consumers (the other
+// destination's, its dead letters and ledger stay), and names a missing
+// one.
 func TestDestinationsCommand(t *testing.T) {
 	ns := testnats.Start(t)
 	ctx := replayCtx(t)
 	topo := natsjs.DefaultTopology()
 	if _, err := topo.EnsureConsumers(ctx, ns.JS, []string{natsjs.DefaultDestination, "ai"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.EnsureDeadLetters(ctx, ns.JS); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.EnsureLedger(ctx, ns.JS, "ai"); err != nil {
 		t.Fatal(err)
 	}
 	run := func(args ...string) (string, error) {
@@ -75,8 +83,18 @@ func TestDestinationsCommand(t *testing.T) {
 			t.Errorf("ai's consumer %s after remove: %v, want not found", c, err)
 		}
 	}
-	if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, natsjs.ForwarderConsumer); err != nil {
-		t.Errorf("the default destination's consumer went too: %v", err)
+	for _, lane := range events.Priorities {
+		c := natsjs.LaneConsumerName(natsjs.DefaultDestination, lane)
+		if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, c); err != nil {
+			t.Errorf("the default destination's %s lane consumer %s went too: %v", lane, c, err)
+		}
+	}
+	// Its dead letters and ledger stay, as the usage says.
+	if _, err := ns.JS.Stream(ctx, natsjs.DeadLetterStream); err != nil {
+		t.Errorf("the dead-letter stream after remove: %v", err)
+	}
+	if _, err := ns.JS.KeyValue(ctx, natsjs.LedgerBucketOf("ai")); err != nil {
+		t.Errorf("ai's ledger bucket after remove: %v", err)
 	}
 	if out, _ := run("list"); strings.Contains(out, natsjs.ConsumerName("ai")) {
 		t.Errorf("list still shows ai:\n%s", out)
