@@ -200,16 +200,32 @@ func TestBackfillDedupesPerLane(t *testing.T) {
 		}
 		return out.String()
 	}
+	stream, err := s.srv.JS.Stream(t.Context(), natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// onLane is how many events the stream holds on new's subject of lane.
+	onLane := func(lane events.Priority) uint64 {
+		t.Helper()
+		subject := natsjs.LaneSubject(lane, "new", "main")
+		info, err := stream.Info(t.Context(), jetstream.WithSubjectFilter(subject))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Subjects[subject]
+	}
 	for _, tt := range []struct {
 		name      string
 		args      []string
 		want      []string
 		duplicate bool
+		low       uint64 // the events on new's low and routine lanes after the run
+		routine   uint64
 	}{
-		{"low lane, the default", nil, []string{"1 studies queued for new"}, false},
-		{"routine after low", []string{"--priority", "routine"}, []string{"1 studies queued for new"}, false},
-		{"routine again", []string{"--priority", "routine"}, []string{"0 studies queued for new", "1 studies not queued again", "not queued again (duplicate)"}, true},
-		{"low again", nil, []string{"0 studies queued for new", "not queued again (duplicate)"}, true},
+		{"low lane, the default", nil, []string{"1 studies queued for new"}, false, 1, 0},
+		{"routine after low", []string{"--priority", "routine"}, []string{"1 studies queued for new"}, false, 1, 1},
+		{"routine again", []string{"--priority", "routine"}, []string{"0 studies queued for new", "1 studies not queued again", "not queued again (duplicate)"}, true, 1, 1},
+		{"low again", nil, []string{"0 studies queued for new", "not queued again (duplicate)"}, true, 1, 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out := run(tt.args...)
@@ -220,6 +236,37 @@ func TestBackfillDedupesPerLane(t *testing.T) {
 			}
 			if !tt.duplicate && strings.Contains(out, "not queued again") {
 				t.Errorf("the study was dropped as a duplicate:\n%s", out)
+			}
+			if low, routine, stat := onLane(events.PriorityLow), onLane(events.PriorityRoutine), onLane(events.PriorityStat); low != tt.low || routine != tt.routine || stat != 0 {
+				t.Errorf("events on new's lanes: low %d, routine %d, stat %d; want %d, %d, 0", low, routine, stat, tt.low, tt.routine)
+			}
+		})
+	}
+}
+
+// TestBackfillFromSourcesKeepsToItsWindow: a backfill from the sources
+// lists only the studies whose last update is in [--since, --until): a
+// window wholly in the past, or one starting in the future, finds none of
+// Orthanc's study, updated now.
+func TestBackfillFromSourcesKeepsToItsWindow(t *testing.T) {
+	s := newAuditSite(t, 1, "new")
+	for _, tt := range []struct {
+		name   string
+		window []string
+		want   string
+	}{
+		{"the last day", []string{"--since", "24h"}, "1 studies would be queued for new"},
+		{"until in the past", []string{"--since", "2020-01-01", "--until", "2020-01-02"}, "0 studies would be queued for new"},
+		{"since in the future", []string{"--since", "2099-01-01"}, "0 studies would be queued for new"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			args := append([]string{"--destination", "new", "--from", "source", "--dry-run"}, tt.window...)
+			if err := RunBackfill(t.Context(), args, func(k string) string { return s.env[k] }, &out, io.Discard); err != nil {
+				t.Fatalf("%v\n%s", err, out.String())
+			}
+			if !strings.Contains(out.String(), tt.want) {
+				t.Errorf("want %q in:\n%s", tt.want, out.String())
 			}
 		})
 	}
