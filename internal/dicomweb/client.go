@@ -372,7 +372,11 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		if !connected.Load() {
 			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w: %w", method, c.logURL, ErrNotConnected, c.redact(doErr)))
 		}
-		return nil, reused.Load(), noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
+		// A refusal for this host's clock is an answer, if one the
+		// signing transport turned into an error: nothing was stored, and
+		// the request is sent again as skewed, not as Resent.
+		resend := reused.Load() && !errors.Is(doErr, auth.ErrClockSkew)
+		return nil, resend, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
 	}
 	if r := resp.Request; r != nil && r.Method != method {
 		// The http.Client followed a 301/302/303 and re-sent the request
