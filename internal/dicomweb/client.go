@@ -372,11 +372,12 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		if !connected.Load() {
 			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w: %w", method, c.logURL, ErrNotConnected, c.redact(doErr)))
 		}
-		// A refusal for this host's clock is an answer, if one the
-		// signing transport turned into an error: nothing was stored, and
-		// the request is sent again as skewed, not as Resent.
-		resend := reused.Load() && !errors.Is(doErr, auth.ErrClockSkew)
-		return nil, resend, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
+		// Only a request with no answer is sent again as Resent: noAnswer
+		// leaves unmarked a refusal of this host's clock, an answer the
+		// signing transport turned into an error (nothing was stored;
+		// send sends it again as skewed).
+		err := noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
+		return nil, reused.Load() && errors.Is(err, ErrNoAnswer), err
 	}
 	if r := resp.Request; r != nil && r.Method != method {
 		// The http.Client followed a 301/302/303 and re-sent the request
