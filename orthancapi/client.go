@@ -87,6 +87,9 @@ type Client struct {
 	// MaxConnsPerHost: short metadata reads would wait there, unseen,
 	// behind long streams until their request timeout.
 	slots chan struct{}
+	// waits counts the requests that found every slot taken, waited
+	// their total wait in nanoseconds (Slots).
+	waits, waited atomic.Int64
 }
 
 type options struct {
@@ -455,12 +458,40 @@ func (c *Client) takeSlot(ctx context.Context) (release func(), err error) {
 	if c.slots == nil || ctx.Value(holdingBodyKey{}) != nil {
 		return func() {}, nil
 	}
+	release = func() { <-c.slots }
 	select {
 	case c.slots <- struct{}{}:
-		return func() { <-c.slots }, nil
+		return release, nil
+	default:
+	}
+	c.waits.Add(1)
+	start := time.Now()
+	defer func() { c.waited.Add(int64(time.Since(start))) }()
+	select {
+	case c.slots <- struct{}{}:
+		return release, nil
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}
+}
+
+// RequestSlots is how a client's WithMaxRequests cap is used.
+type RequestSlots struct {
+	Max   int // the cap; 0: none, and the other fields stay 0
+	InUse int // slots taken now
+	// Waits counts the requests that found every slot taken, Waited is
+	// their total wait (including those whose context ended first).
+	Waits  int64
+	Waited time.Duration
+}
+
+// Slots reports how the WithMaxRequests cap is used: a cap that keeps
+// requests waiting while Orthanc has threads to spare is set too low.
+func (c *Client) Slots() RequestSlots {
+	if c.slots == nil {
+		return RequestSlots{}
+	}
+	return RequestSlots{Max: cap(c.slots), InUse: len(c.slots), Waits: c.waits.Load(), Waited: time.Duration(c.waited.Load())}
 }
 
 // slotBody gives its request's slot back when it is closed.

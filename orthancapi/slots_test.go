@@ -131,13 +131,24 @@ func TestMaxRequestsCapsRequestsInFlight(t *testing.T) {
 		}
 	}
 
+	slots := func(when string, want orthancapi.RequestSlots, minWaited time.Duration) {
+		t.Helper()
+		got := c.Slots()
+		waited := got.Waited
+		got.Waited = 0
+		if got != want || waited < minWaited {
+			t.Errorf("%s: Slots() = %+v waited %v, want %+v waited at least %v", when, got, waited, want, minWaited)
+		}
+	}
 	first, second := mustOpen(1), mustOpen(2)
+	slots("two streams open", orthancapi.RequestSlots{Max: 2, InUse: 2}, 0)
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	waiting("deadline", context.DeadlineExceeded, short)
 	cancel()
 	cancelled, cancel := context.WithCancel(ctx)
 	go cancel()
 	waiting("cancelled", context.Canceled, cancelled)
+	slots("after two waits", orthancapi.RequestSlots{Max: 2, InUse: 2, Waits: 2}, 100*time.Millisecond)
 
 	readAndClose(1, first)
 	third := mustOpen(3) // the first one's slot
@@ -157,6 +168,14 @@ func TestMaxRequestsCapsRequestsInFlight(t *testing.T) {
 	fourth := mustOpen(4)
 	readAndClose(2, second)
 	readAndClose(4, fourth)
+	slots("every stream closed", orthancapi.RequestSlots{Max: 2, Waits: 2}, 100*time.Millisecond)
+	uncapped, err := orthancapi.New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := uncapped.Slots(); got != (orthancapi.RequestSlots{}) {
+		t.Errorf("uncapped client: Slots() = %+v, want zero", got)
+	}
 
 	if most := s.most.Load(); most > 2 {
 		t.Errorf("Orthanc answered %d requests at once, want at most 2", most)

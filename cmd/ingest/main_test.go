@@ -74,6 +74,7 @@ func (r *rig) startIngest(t *testing.T) *replica {
 		"INGEST_TOKEN":            token,
 		"ORTHANC_URL":             r.orthanc.URL,
 		"ORTHANC_SOURCE_NAME":     "src",
+		"ORTHANC_MAX_CONNECTIONS": "8",
 		"RECONCILE_POLL_INTERVAL": "200ms",
 		"RECONCILE_LEASE_TTL":     "2s",
 		"LOG_LEVEL":               "debug",
@@ -278,6 +279,10 @@ func TestTwoReplicasOnePolls(t *testing.T) {
 	}
 	if got := other.published(t); got != 0 {
 		t.Errorf("the standby replica published %v events, want 0", got)
+	}
+	// The reconciler's client reports its ORTHANC_MAX_CONNECTIONS cap.
+	if got := holder.metric(t, `stowline_orthanc_request_slots{source="src"}`); got != 8 {
+		t.Errorf("stowline_orthanc_request_slots = %v, want 8", got)
 	}
 
 	stopped := time.Now()

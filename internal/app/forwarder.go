@@ -48,7 +48,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	fc := r.cfg
 	log := p.log.With("component", "forwarder")
 	reg := newRegistry()
-	if err := p.status.registerQueue(reg); err != nil {
+	if err := errors.Join(p.status.registerQueue(reg), reg.Register(r.sources.collector())); err != nil {
 		return err
 	}
 	all, served := fc.DestinationList(), fc.Served()

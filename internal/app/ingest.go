@@ -22,6 +22,10 @@ type ingestRole struct {
 	// sources are the Orthancs the reconciler and PRIORITY_RULE read; nil
 	// when neither is on.
 	sources *Sources
+	// sourceMetrics: the ingest's /metrics reports the sources' request
+	// slots; not in a single host, whose forwarder reports the same
+	// clients.
+	sourceMetrics bool
 }
 
 func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) error {
@@ -70,6 +74,11 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	}
 	router := newRouter()
 	h.Mount(router)
+	if r.sources != nil && r.sourceMetrics {
+		if err := reg.Register(r.sources.collector()); err != nil {
+			return err
+		}
+	}
 	if err := errors.Join(p.status.registerQueue(reg), p.status.mountUI(router, r.cfg.TrustedProxies)); err != nil {
 		return err
 	}

@@ -17,7 +17,7 @@ import (
 
 // RunIngest runs the webhook service until ctx ends.
 func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) error {
-	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile}
+	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile, sourceMetrics: true}
 	if c.Reconcile.Enabled || c.Ingest.Priority.Rule != "" {
 		var err error
 		if in.sources, err = NewSources(&c.Orthanc); err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http/httpproxy"
 
 	"github.com/stowline/stowline/internal/config"
@@ -163,4 +164,48 @@ func (s *Sources) ready(ctx context.Context) []error {
 	}
 	wg.Wait()
 	return errs
+}
+
+// slotsCollector reports how each source's ORTHANC_MAX_CONNECTIONS cap is
+// used, read from its client at each scrape; sources without a cap are
+// left out.
+type slotsCollector struct {
+	sources                     *Sources
+	max, inUse, waits, waitTime *prometheus.Desc
+}
+
+func (s *Sources) collector() prometheus.Collector {
+	labels := []string{"source"}
+	return &slotsCollector{
+		sources: s,
+		max: prometheus.NewDesc("stowline_orthanc_request_slots",
+			"ORTHANC_MAX_CONNECTIONS of this process for the source: the most requests it has in flight to that Orthanc at once (source is empty for the ORTHANC_URL of a setup without ORTHANC_SOURCE_NAME).", labels, nil),
+		inUse: prometheus.NewDesc("stowline_orthanc_request_slots_in_use",
+			"Requests of this process in flight to the source Orthanc that hold a slot of ORTHANC_MAX_CONNECTIONS (file streams hold theirs while the destination takes them).", labels, nil),
+		waits: prometheus.NewDesc("stowline_orthanc_request_slot_waits_total",
+			"Requests to the source Orthanc that found every slot of ORTHANC_MAX_CONNECTIONS taken and waited.", labels, nil),
+		waitTime: prometheus.NewDesc("stowline_orthanc_request_slot_wait_seconds_total",
+			"Time requests to the source Orthanc spent waiting for a slot of ORTHANC_MAX_CONNECTIONS: rising while Orthanc has HTTP threads to spare, the cap is set too low.", labels, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *slotsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.max, c.inUse, c.waits, c.waitTime} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *slotsCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, src := range c.sources.list {
+		u := src.Client.Slots()
+		if u.Max == 0 {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.max, prometheus.GaugeValue, float64(u.Max), src.Name)
+		ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(u.InUse), src.Name)
+		ch <- prometheus.MustNewConstMetric(c.waits, prometheus.CounterValue, float64(u.Waits), src.Name)
+		ch <- prometheus.MustNewConstMetric(c.waitTime, prometheus.CounterValue, u.Waited.Seconds(), src.Name)
+	}
 }
