@@ -310,7 +310,11 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxByte
 		}
 		return []Entry{*e}, false, nil
 	}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsjs.DeadLetterSubjectPrefix + ">"}}
+	subjects, err := s.subjectFilters(ctx, f)
+	if err != nil {
+		return nil, false, err
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: subjects}
 	switch {
 	case after > 0:
 		// match applies Since to the letters read from there.
@@ -353,6 +357,78 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxByte
 	return out, more, err
 }
 
+// maxOddSubjects bounds the subjects no build stores letters on that a
+// read for a destination or a source takes one by one; past it, the read
+// takes every subject.
+const maxOddSubjects = 64
+
+// subjectFilters are the subjects a read of the letters f selects takes:
+// for a destination or a source, only those that can hold its letters, so
+// that listing one destination's few letters does not read every other
+// one's (up to maxLetterBytes each). match still decides.
+//
+// Every build stores a letter on a subject named from the letter itself,
+// stowline.deadletter.<destination>.<source> or, before destinations,
+// stowline.deadletter.<source> (the default destination's): there subject
+// and content agree. A message on any other subject (published by hand)
+// is selected by its content or, unreadable, listed as the default
+// destination's: such subjects, found in the stream's list of subjects,
+// are read whatever f names. Not read: a message published by hand on a
+// subject of that shape whose content names another destination or
+// source, which stowline never stores.
+func (s *Store) subjectFilters(ctx context.Context, f Filter) ([]string, error) {
+	every := []string{natsjs.DeadLetterSubjectPrefix + ">"}
+	// A name no subject of Add's holds, or one that would be a wildcard
+	// in a filter: only match can tell.
+	if f.Destination == "" && f.Source == "" || f.Destination != "" && !natsjs.ValidDestination(f.Destination) ||
+		f.Source != "" && !events.ValidSource(f.Source) {
+		return every, nil
+	}
+	token := func(name string) string {
+		if name == "" {
+			return "*"
+		}
+		return name
+	}
+	filters := []string{natsjs.DeadLetterSubject(token(f.Destination), token(f.Source))}
+	if f.Destination == "" || f.Destination == natsjs.DefaultDestination {
+		filters = append(filters, natsjs.DeadLetterSubjectPrefix+token(f.Source)) // from before destinations
+	}
+	info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(every[0]))
+	if err != nil {
+		return nil, fmt.Errorf("read the subjects of stream %s: %w", natsjs.DeadLetterStream, err)
+	}
+	odd := 0
+	for subject := range info.State.Subjects {
+		if lettersSubject(subject) || slices.ContainsFunc(filters, func(filter string) bool { return server.SubjectMatchesFilter(subject, filter) }) {
+			continue
+		}
+		// A subject holding a wildcard would take others as a filter,
+		// and may overlap one, which the server refuses.
+		if !server.IsValidLiteralSubject(subject) || odd == maxOddSubjects {
+			return every, nil
+		}
+		odd++
+		filters = append(filters, subject)
+	}
+	return filters, nil
+}
+
+// lettersSubject reports whether some build stores letters on subject:
+// stowline.deadletter.<destination>.<source>, or
+// stowline.deadletter.<source> from before destinations.
+func lettersSubject(subject string) bool {
+	rest, ok := strings.CutPrefix(subject, natsjs.DeadLetterSubjectPrefix)
+	if !ok {
+		return false
+	}
+	destination, source, two := strings.Cut(rest, ".")
+	if !two {
+		return events.ValidSource(destination)
+	}
+	return natsjs.ValidDestination(destination) && events.ValidSource(source)
+}
+
 // sinceClockMargin is how far ahead of NATS's clock a forwarder's may
 // run without a Since filter missing its letters.
 const sinceClockMargin = 15 * time.Minute
@@ -389,6 +465,11 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			_ = js.DeleteConsumer(dctx, stream, ci.Name) // else it expires
 		}
 	}()
+	if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 {
+		// Nothing stored from the start on that the filter takes: no
+		// fetch to wait out (a destination without letters).
+		return nil
+	}
 	opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(time.Second)}
 	if fetchBytes > 0 {
 		// Bounded by both. At least the largest message the server takes
