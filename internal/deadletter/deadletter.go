@@ -541,7 +541,9 @@ const maxEmptyFetches = 30
 // to maxLetterBytes), and a first pass reads them all before anything is
 // replayed: a listing that fails part-way, or a destination without a
 // consumer, replays nothing. Letters added meanwhile (a replayed study
-// that fails again) are left for another replay.
+// that fails again) are left for another replay. Up to publishWindow
+// letters are replayed at once; a failure stops the run, and the error
+// names the oldest letter that failed.
 func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*Entry)) (int, error) {
 	if f.Empty() {
 		return 0, errors.New("replay: no filter given (use All to replay every dead letter)")
@@ -584,26 +586,48 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 		return 0, err
 	}
 	n := 0
+	// Up to publishWindow letters at a time, each queued, then removed.
+	// Their events may reach the stream in another order than their
+	// letters', which nothing relies on: a lane's events are sent by
+	// several workers at once, and a destination's ledger keeps the
+	// newest state of a study forwarded whatever the order.
+	p := pipeline{limit: publishWindow}
 	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
 		if !replayable(e) {
 			return nil
 		}
-		if !dryRun {
+		if dryRun {
+			n++
+			done(e)
+			return nil
+		}
+		queued := false
+		return p.run(func() error {
 			if err := s.requeue(ctx, e); err != nil {
 				return fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 			}
-			if _, err := s.deleteLetter(ctx, e.Seq); err != nil {
-				// Queued all the same: reported, so that the operator
-				// knows its study is on its way although its letter stayed.
-				n++
-				done(e)
+			queued = true
+			// Its event is stored: the letter goes even when the run is
+			// cancelled now, or a replay past the dedupe window would
+			// queue the study again.
+			if _, err := s.deleteLetter(context.WithoutCancel(ctx), e.Seq); err != nil {
 				return fmt.Errorf("replayed dead letter %d but could not remove it: %w", e.Seq, err)
 			}
-		}
-		n++
-		done(e)
-		return nil
+			return nil
+		}, func(err error) error {
+			if queued {
+				// Reported even when its letter stayed, so that the
+				// operator knows its study is on its way.
+				n++
+				done(e)
+			}
+			return err
+		})
 	})
+	if errors.Is(err, errStopped) {
+		err = nil
+	}
+	err = errors.Join(p.wait(), err)
 	if err == nil {
 		err = errors.Join(passedOver(partial, ErrPartialLetters), passedOver(unreadable, ErrUnreadableLetters))
 	}
@@ -963,14 +987,39 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		return found, unreadable, errors.Join(err, newerErr)
 	}
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
+	// Up to publishWindow at a time, in whatever order they are stored
+	// (as Replay's). A failure stops the run; those queued are returned.
+	queued := make([]bool, len(found))
+	p := pipeline{limit: publishWindow}
 	for i := range found {
 		ev := &found[i]
 		// Re-forwards run in the low lane by default: they never delay
 		// live studies.
 		subject := natsjs.LaneSubject(lane, destination, ev.Source)
-		if _, err := natsjs.PublishTo(ctx, js, subject, ev, ev.MsgID()+"/reforward/"+destination+"/"+stamp+"/"+strconv.FormatUint(seqs[i], 10)); err != nil {
-			return found[:i], unreadable, fmt.Errorf("reforward event %d: %w", seqs[i], err)
+		msgID := ev.MsgID() + "/reforward/" + destination + "/" + stamp + "/" + strconv.FormatUint(seqs[i], 10)
+		err := p.run(func() error {
+			_, err := natsjs.PublishTo(ctx, js, subject, ev, msgID)
+			return err
+		}, func(err error) error {
+			if err != nil {
+				return fmt.Errorf("reforward event %d: %w", seqs[i], err)
+			}
+			queued[i] = true
+			return nil
+		})
+		if err != nil {
+			break
 		}
+	}
+	if err := p.wait(); err != nil {
+		n := 0
+		for i := range found {
+			if queued[i] {
+				found[n] = found[i]
+				n++
+			}
+		}
+		return found[:n], unreadable, err
 	}
 	return found, unreadable, newerErr
 }

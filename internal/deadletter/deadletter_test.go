@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
@@ -560,18 +561,37 @@ func TestLetterPurgedMeanwhile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			run := s.Replay
-			if tt.op == "purge" {
-				run = s.Purge
+			purgeSecond := func() {
+				if err := stream.DeleteMsg(testCtx(t), seqs[1]); err != nil {
+					t.Error(err)
+				}
 			}
+			run := s.Purge
 			var done []uint64
+			each := func(e *deadletter.Entry) {
+				if e.Seq == seqs[0] {
+					purgeSecond()
+				}
+			}
+			if tt.op == "replay" {
+				// A replay removes letters several at a time: the second
+				// is purged as its event is stored, before the replay's
+				// delete.
+				ev := event("src", 2)
+				second := ev.MsgID() + "/replay/"
+				hooked, err := deadletter.Open(testCtx(t), publishHookJS{JetStream: ns.JS, before: func(m *nats.Msg) {
+					if strings.HasPrefix(m.Header.Get(jetstream.MsgIDHeader), second) {
+						purgeSecond()
+					}
+				}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				run, each = hooked.Replay, func(*deadletter.Entry) {}
+			}
 			n, err := run(testCtx(t), deadletter.Filter{All: true}, false, func(e *deadletter.Entry) {
 				done = append(done, e.Seq)
-				if e.Seq == seqs[0] {
-					if err := stream.DeleteMsg(testCtx(t), seqs[1]); err != nil {
-						t.Error(err)
-					}
-				}
+				each(e)
 			})
 			if err != nil || n != tt.want || len(done) != tt.want {
 				t.Errorf("%s = %d %v, %v; want %d letters done", tt.op, n, done, err, tt.want)
