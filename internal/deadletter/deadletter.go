@@ -601,6 +601,8 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			done(e)
 			return nil
 		}
+		// Its task outlives this call: it holds a copy, not the page.
+		e = new(*e)
 		queued := false
 		return p.run(func() error {
 			if err := s.requeue(ctx, e); err != nil {
