@@ -85,6 +85,14 @@ func TestSelect(t *testing.T) {
 			want:  []string{"i0", "i1", "i2"},
 		},
 		{
+			// A series without Modality, an instance Orthanc got with no
+			// calling AE title, adds no empty value a rule would count.
+			name: "no empty values", study: "size(study.modalities) == 1 && size(study.callingAets) == 1",
+			facts: orthancapi.StudyFacts{Series: map[string]orthancapi.SeriesFacts{"s1": {Modality: "CT"}, "s2": {}}},
+			meta:  map[string]orthancapi.InstanceMetadata{"i0": {RemoteAET: "CT01"}, "i1": {}, "i2": {RemoteAET: "CT01"}},
+			want:  []string{"i0", "i1", "i2"},
+		},
+		{
 			name: "an unselected instance deleted while its metadata is read", inst: "instance.sopClassUid.startsWith('1.2.840.10008.5.1.4.1.1.88')",
 			facts: ctFacts, meta: map[string]orthancapi.InstanceMetadata{"i0": ct, "i2": sr},
 			want: []string{"i2"},
