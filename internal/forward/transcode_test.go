@@ -60,7 +60,15 @@ type syntaxSource struct {
 	// stall are those whose converted answer stops after 40 bytes and
 	// waits, as an Orthanc stalled mid-body, until its request's context
 	// ends (net/http's body then fails).
-	stall     map[string]bool
+	stall map[string]bool
+	// unrecorded are those whose syntax Orthanc did not record (no
+	// TransferSyntax in their metadata).
+	unrecorded map[string]bool
+	// refuse are those whose conversion Orthanc refuses with this
+	// status; junk those it answers with a page that is no DICOM file
+	// (a proxy's error page with 200).
+	refuse    map[string]int
+	junk      map[string]bool
 	mu        sync.Mutex
 	converted int
 }
@@ -95,6 +103,9 @@ func (s *syntaxSource) OpenInstanceFile(_ context.Context, id string) (io.ReadCl
 }
 
 func (s *syntaxSource) InstanceMetadata(_ context.Context, id string) (orthancapi.InstanceMetadata, error) {
+	if s.unrecorded[s.uid(id)] {
+		return orthancapi.InstanceMetadata{}, nil
+	}
 	return orthancapi.InstanceMetadata{TransferSyntaxUID: s.syntax[id]}, nil
 }
 
@@ -111,6 +122,10 @@ func (s *syntaxSource) OpenTranscodedInstance(ctx context.Context, id, ts string
 		return io.NopCloser(io.MultiReader(bytes.NewReader(fakeFile(s.uid(id), ts)[:40]), iotest.ErrReader(io.ErrUnexpectedEOF))), nil
 	case s.stall[s.uid(id)]:
 		return io.NopCloser(io.MultiReader(bytes.NewReader(fakeFile(s.uid(id), ts)[:40]), stalledBody{ctx})), nil
+	case s.refuse[s.uid(id)] != 0:
+		return nil, &orthancapi.Error{Method: "POST", Path: "/instances/" + id + "/modify", StatusCode: s.refuse[s.uid(id)]}
+	case s.junk[s.uid(id)]:
+		return io.NopCloser(strings.NewReader("<html><body>" + strings.Repeat("upstream answered late ", 20) + "</body></html>")), nil
 	}
 	switch s.syntax[id] {
 	case tsJ2K:
@@ -180,6 +195,7 @@ func TestTransferSyntaxes(t *testing.T) {
 		name        string
 		syntaxes    []string // the source's instances
 		fail        []string // SOP Instance UIDs whose conversion fails
+		unrecorded  []string // SOP Instance UIDs whose syntax Orthanc did not record
 		list        []string // STOW_TRANSFER_SYNTAXES
 		exactLength bool
 		stored      []string // SOP Instance UIDs, all in Explicit VR LE
@@ -208,6 +224,14 @@ func TestTransferSyntaxes(t *testing.T) {
 			stored:      []string{"1.2.3.1", "1.2.3.3"},
 			refused:     map[string]string{"1.2.3.2": "could not convert the instance from Implicit VR Little Endian (1.2.840.10008.1.2) to Explicit VR Little Endian (1.2.840.10008.1.2.1)"},
 			conversions: map[string]float64{convConverted: 3, convFailed: 1},
+		},
+		{
+			// Orthanc recorded no syntax: the file goes as stored, the
+			// destination decides; it is not converted on a guess.
+			name: "syntax not recorded: sent as stored", syntaxes: []string{tsExplicit, tsImplicit}, unrecorded: []string{"1.2.3.1"},
+			list:        []string{tsExplicit},
+			stored:      []string{"1.2.3.1", "1.2.3.2"},
+			conversions: map[string]float64{convConverted: 1},
 		},
 		{
 			name: "no list: the reason names the fix", syntaxes: []string{tsImplicit, tsExplicit},
@@ -255,9 +279,12 @@ func TestTransferSyntaxes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			src := newSyntaxSource(tt.syntaxes...)
-			src.fail = map[string]bool{}
+			src.fail, src.unrecorded = map[string]bool{}, map[string]bool{}
 			for _, uid := range tt.fail {
 				src.fail[uid] = true
+			}
+			for _, uid := range tt.unrecorded {
+				src.unrecorded[uid] = true
 			}
 			k := &syntaxSink{stored: map[string]string{}, needLength: tt.exactLength}
 			srv := httptest.NewServer(k)
@@ -375,6 +402,13 @@ func TestLossySyntax(t *testing.T) {
 	for ts, want := range map[string]bool{
 		tsImplicit: false, tsExplicit: false, tsJ2K: false, "1.2.840.10008.1.2.4.70": false, "1.2.840.10008.1.2.5": false,
 		tsJPEG: true, "1.2.840.10008.1.2.4.91": true, "1.2.840.10008.1.2.4.102": true, "1.2.840.10008.1.2.4.100.1": true,
+		// Each lossy syntax transfer-syntaxes.md names (JPEG Extended,
+		// JPEG-LS near-lossless, JPEG 2000 and HTJ2K that allow loss,
+		// HEVC), and their lossless kin.
+		"1.2.840.10008.1.2.4.51": true, "1.2.840.10008.1.2.4.81": true, "1.2.840.10008.1.2.4.93": true,
+		"1.2.840.10008.1.2.4.203": true, "1.2.840.10008.1.2.4.107": true, "1.2.840.10008.1.2.4.108": true,
+		"1.2.840.10008.1.2.4.80": false, "1.2.840.10008.1.2.4.92": false, "1.2.840.10008.1.2.4.201": false,
+		"1.2.840.10008.1.2.4.202": false, tsBig: false, "1.2.840.10008.1.2.1.99": false,
 		// Retired JPEG: spectral selection and progressive are lossy,
 		// process 14 lossless; JPEG XL by kind.
 		"1.2.840.10008.1.2.4.53": true, "1.2.840.10008.1.2.4.55": true, "1.2.840.10008.1.2.4.64": true,
@@ -508,6 +542,41 @@ func TestConversionFaultIsRetried(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 0 {
 				t.Errorf("conversions{result=failed} = %v, want 0", got)
+			}
+		})
+	}
+}
+
+// TestConversionRefusedForGood: Orthanc's answer that it cannot convert
+// an instance (400: it cannot parse the file; 501) or an answer that is
+// no DICOM file refuses that instance for good (class partial, counted
+// failed), none of it sent; the other instance is stored.
+func TestConversionRefusedForGood(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(*syntaxSource)
+		reason string
+	}{
+		{"400", func(s *syntaxSource) { s.refuse = map[string]int{"1.2.3.2": http.StatusBadRequest} }, "HTTP 400"},
+		{"501", func(s *syntaxSource) { s.refuse = map[string]int{"1.2.3.2": http.StatusNotImplemented} }, "HTTP 501"},
+		{"not DICOM", func(s *syntaxSource) { s.junk = map[string]bool{"1.2.3.2": true} }, "its answer was not DICOM (no DICM prefix)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := newSyntaxSource(tsImplicit, tsImplicit)
+			tc.answer(src)
+			f, k, srv := syntaxForwarder(t, src, 4, 2, tsExplicit)
+			_, err := f.transfer(t.Context(), &Attempt{Event: testEvent()})
+			srv.Close() // its handlers done: k is read below
+			var fe *Error
+			if !errors.As(err, &fe) || fe.Class != Partial || len(fe.Instances) != 1 || fe.Instances[0].SOPInstanceUID != "1.2.3.2" ||
+				!strings.Contains(fe.Instances[0].Text, "could not convert the instance") || !strings.Contains(fe.Instances[0].Text, tc.reason) {
+				t.Fatalf("transfer: %v, want a partial failure refusing 1.2.3.2 for %q", err, tc.reason)
+			}
+			if got := testutil.ToFloat64(f.m.conversions.WithLabelValues(convFailed)); got != 1 {
+				t.Errorf("conversions{result=failed} = %v, want 1", got)
+			}
+			if _, ok := k.stored["1.2.3.1"]; !ok || len(k.stored) != 1 {
+				t.Errorf("stored %v, want 1.2.3.1 alone", k.stored)
 			}
 		})
 	}
