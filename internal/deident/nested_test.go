@@ -395,12 +395,14 @@ func TestRewriteRefusesBurnedInAnnotation(t *testing.T) {
 	px := &element{tag: tagPixelData, vr: "OW", value: []byte{1, 2, 3, 4}}
 	els := nestedDataset(false, px)
 	i := slices.IndexFunc(els, func(e *element) bool { return e.tag == 0x0040A375 })
-	for _, v := range []string{"YES", "NO"} {
+	// A device writing the CS value in lower case, or with a leading
+	// space, still says YES.
+	for _, v := range []string{"YES", " yes", "NO"} {
 		with := slices.Insert(slices.Clone(els), i, str(tagBurnedIn, "CS", v))
 		in := testFile(t, syntaxExplicitLE, true, false, true, with)
 		inst, err := newTestDeidentifier(t, Options{}).Rewrite(io.Discard, bytes.NewReader(in))
-		if v == "YES" && !errors.Is(err, ErrBurnedIn) {
-			t.Errorf("Burned In Annotation YES: %v, want ErrBurnedIn", err)
+		if v != "NO" && !errors.Is(err, ErrBurnedIn) {
+			t.Errorf("Burned In Annotation %q: %v, want ErrBurnedIn", v, err)
 		}
 		if v == "NO" && (err != nil || inst.BurnedInAnnotation != "NO") {
 			t.Errorf("Burned In Annotation NO: %v, %+v", err, inst)
@@ -607,6 +609,7 @@ func TestRewriteOverlays(t *testing.T) {
 		{"bit-mapped", [][]*element{overlayElements(0x6000, 1, true), overlayElements(0x6002, 1, true)}, nil, false},
 		{"embedded, 16 bits", [][]*element{overlayElements(0x6000, 16, false)}, nil, true},
 		{"embedded, second plane", [][]*element{overlayElements(0x6000, 1, true), overlayElements(0x6004, 16, false)}, nil, true},
+		{"embedded, last plane", [][]*element{overlayElements(0x601E, 16, false)}, nil, true},
 		{"1 bit without Overlay Data", [][]*element{overlayElements(0x6000, 1, false)}, nil, false},
 		{"16 bits with Overlay Data", [][]*element{overlayElements(0x6000, 16, true)}, nil, false},
 		{"embedded after a streamed waveform", [][]*element{overlayElements(0x6000, 16, false)}, []*element{waveform}, true},

@@ -262,11 +262,17 @@ func TestScrub(t *testing.T) {
 		seq(0x00081120, item(str(0x00101001, "PN", "Other^Olga"))),
 		str(0x00081030, "LO", "descriptions are not identifiers"),
 		str(0x00081040, "LO", "Kept Department"),
+		str(0x00081070, "PN", "Ito^Ken^Hiro^Dr^III"), // Operators' Name
 	}, func(t Tag, _ string) bool { return t == 0x00081040 })
 	for _, tt := range []struct{ in, want string }{
 		{"CT RICHARD ROE", "CT"},
 		{"roe, richard j.", ",  j."},
 		{"born 1970-03-14 / 14.03.1970 / 03/14/1970", "born  /  /"},
+		// Each printed form of the date deidentification.md lists.
+		{"19700314 1970/03/14 1970.03.14 14/03/1970 14-03-1970 03-14-1970", ""},
+		// Family, given and middle names; not the prefix and suffix.
+		{"op. Hiro Ito", "op."},
+		{"Dr Ken, III", "Dr , III"},
 		{"IDs P-22 and P-1", "IDs  and"},
 		{"at Saint Elsewhere", "at"},
 		{"olga", ""},

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -619,24 +620,68 @@ func TestScrubRemovesTheInstanceDates(t *testing.T) {
 
 // TestScrubKeepsAShortStationName: a Station Name shorter than
 // minStation (a station named by its modality) is not searched for: it
-// cut that word out of every description.
+// cut that word out of every description. One of minStation characters
+// is.
 func TestScrubKeepsAShortStationName(t *testing.T) {
-	els := sortedElements(append(baseElements(),
-		str(0x00081010, "SH", "CT"),          // Station Name
-		str(0x0008103E, "LO", "CT HEAD W/O"), // Series Description
-		&element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
-	))
-	in := testFile(t, syntaxExplicitLE, true, false, true, els)
-	var out bytes.Buffer
-	if _, err := newTestDeidentifier(t, Options{CleanDescriptors: true}).Rewrite(&out, bytes.NewReader(in)); err != nil {
-		t.Fatalf("Rewrite: %v", err)
+	for _, tt := range []struct{ station, desc, want string }{
+		{"CT", "CT HEAD W/O", "CT HEAD W/O"},
+		{"MRI", "MRI HEAD on MRI", "MRI HEAD on MRI"},
+		{"CT07", "CT HEAD W/O on CT07", "CT HEAD W/O on"},
+	} {
+		t.Run(tt.station, func(t *testing.T) {
+			els := sortedElements(append(baseElements(),
+				str(0x00081010, "SH", tt.station), // Station Name
+				str(0x0008103E, "LO", tt.desc),    // Series Description
+				&element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+			))
+			in := testFile(t, syntaxExplicitLE, true, false, true, els)
+			var out bytes.Buffer
+			if _, err := newTestDeidentifier(t, Options{CleanDescriptors: true}).Rewrite(&out, bytes.NewReader(in)); err != nil {
+				t.Fatalf("Rewrite: %v", err)
+			}
+			got := "absent"
+			if el := find(parseFile(t, out.Bytes()).elements, 0x0008103E); el != nil {
+				got = trimValue(el.value)
+			}
+			if got != tt.want {
+				t.Errorf("Series Description %q, want %q", got, tt.want)
+			}
+		})
 	}
-	got := "absent"
-	if el := find(parseFile(t, out.Bytes()).elements, 0x0008103E); el != nil {
-		got = trimValue(el.value)
-	}
-	if got != "CT HEAD W/O" {
-		t.Errorf("Series Description %q, want CT HEAD W/O", got)
+}
+
+// TestRewriteRecordsWhatBecameOfDates: Longitudinal Temporal Information
+// Modified says REMOVED, or MODIFIED with RetainDates, whose code 113107
+// the method codes hold then only.
+func TestRewriteRecordsWhatBecameOfDates(t *testing.T) {
+	for _, tt := range []struct {
+		retain bool
+		want   string
+	}{{false, "REMOVED"}, {true, "MODIFIED"}} {
+		t.Run(tt.want, func(t *testing.T) {
+			els := sortedElements(append(baseElements(),
+				str(0x00080020, "DA", "20230504"), // Study Date
+				&element{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
+			))
+			in := testFile(t, syntaxExplicitLE, true, false, true, els)
+			var out bytes.Buffer
+			if _, err := newTestDeidentifier(t, Options{RetainDates: tt.retain}).Rewrite(&out, bytes.NewReader(in)); err != nil {
+				t.Fatalf("Rewrite: %v", err)
+			}
+			copy := parseFile(t, out.Bytes())
+			if el := find(copy.elements, tagLongitudinal); el == nil || trimValue(el.value) != tt.want {
+				t.Errorf("Longitudinal Temporal Information Modified %v, want %s", el, tt.want)
+			}
+			var codes []string
+			if el := find(copy.elements, tagDeidentMethodCodes); el != nil {
+				for _, it := range el.items {
+					codes = append(codes, trimValue(find(it, 0x00080100).value))
+				}
+			}
+			if slices.Contains(codes, "113107") != tt.retain {
+				t.Errorf("method codes %v: 113107 (Retain Longitudinal Temporal Information Modified Dates) present should be %v", codes, tt.retain)
+			}
+		})
 	}
 }
 
