@@ -703,6 +703,46 @@ func TestReplaceByDeleteRefusedAgainNamedOnce(t *testing.T) {
 	}
 }
 
+// The same amid a conflict held after its replacement: the letter is the
+// conflict one (class conflict, at the first delivery), and still says
+// the archive lost the instance deleted and refused when stored again;
+// retried as transient, the next deliveries would find it new, be
+// refused the same, and no longer say so.
+func TestReplaceByDeleteRefusedAgainAmidConflicts(t *testing.T) {
+	const refused, held = "1.2.3.1", "1.2.3.2" // newMemSource(2)
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		switch r.Method {
+		case http.MethodPost:
+			if posts.Add(1) == 1 {
+				failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureAlreadyExists, refused, held)
+				return
+			}
+			failedAnswerEach(w, http.StatusConflict, failedSOP{refused, 0xC000}, failedSOP{held, dicomweb.FailureAzureAlreadyExists})
+		case http.MethodDelete:
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	f, ns, cons, dls := conflictForwarder(t, srv.URL, 2, 3, ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete})
+	forwardOneWithin(t, f, ns, cons, testEvent(), 60*time.Second)
+	l := onlyLetter(t, dls)
+	if l.Class != Conflict || l.Attempts != 1 {
+		t.Fatalf("class %q at delivery %d (reason %q): want conflict at delivery 1", l.Class, l.Attempts, l.Reason)
+	}
+	const lost = "storing it again was refused for good: the archive no longer holds it"
+	if !slices.ContainsFunc(l.Failures, func(in Instance) bool { return in.SOPInstanceUID == refused && strings.Contains(in.Text, lost) }) {
+		t.Errorf("failures %+v: want %s named %q", l.Failures, refused, lost)
+	}
+	wantReasonHas(t, l.Reason, "the archive no longer holds them", "still so after replacing it with delete")
+	if got := posts.Load(); got != 2 {
+		t.Errorf("%d POSTs, want 2 (one delivery)", got)
+	}
+}
+
 // Every replaced instance was logged at info, and under replace by DELETE
 // its DELETE too: a study of 5,000 instances sent again logged up to
 // 10,000 lines. Those lines are now debug; the round's warning counts the
@@ -761,6 +801,40 @@ func TestReplacementLogsCountsNotInstances(t *testing.T) {
 			done := byMsg["study forwarded"]
 			if len(done) != 1 || done[0]["replaced"] != float64(len(sops)) {
 				t.Errorf("study forwarded lines %v, want one with replaced %d", done, len(sops))
+			}
+		})
+	}
+}
+
+// TestConflictPolicyCheck: New refuses a replace its destination cannot
+// carry out (one that only stores), and an unknown action or method,
+// rather than fail at the first conflict.
+func TestConflictPolicyCheck(t *testing.T) {
+	client, err := dicomweb.New("http://127.0.0.1:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storeOnly := &readingDestination{got: map[string][]byte{}}
+	for _, tt := range []struct {
+		name    string
+		policy  ConflictPolicy
+		dest    Destination
+		wantErr string // "" for none
+	}{
+		{"skip, any destination", ConflictPolicy{Action: ConflictSkip}, storeOnly, ""},
+		{"unset is skip", ConflictPolicy{}, storeOnly, ""},
+		{"deadletter, any destination", ConflictPolicy{Action: ConflictDeadLetter}, storeOnly, ""},
+		{"replace by put", ConflictPolicy{Action: ConflictReplace, Method: ReplacePut}, client, ""},
+		{"replace by delete", ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete}, client, ""},
+		{"replace by put, cannot upsert", ConflictPolicy{Action: ConflictReplace, Method: ReplacePut}, storeOnly, "cannot upsert"},
+		{"replace by delete, cannot delete", ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete}, storeOnly, "cannot delete instances"},
+		{"replace without a method", ConflictPolicy{Action: ConflictReplace}, client, "want put or delete"},
+		{"unknown action", ConflictPolicy{Action: "overwrite"}, client, "want skip, replace or deadletter"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.policy.check(tt.dest)
+			if (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("check: %v, want %q", err, tt.wantErr)
 			}
 		})
 	}

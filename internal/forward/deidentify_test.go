@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -391,6 +392,42 @@ func TestVerifyDeidentified(t *testing.T) {
 				t.Errorf("verifications{result=%q} = %v, want 1", result, n)
 			}
 		})
+	}
+}
+
+// listingDestination is a destination that can also be asked what it
+// holds (QIDO-RS), as *dicomweb.Client is.
+type listingDestination struct {
+	*readingDestination
+	*keyedListing
+}
+
+// TestSettleUnsureAsksBehindTheDeidentifier: without STOW_VERIFY, a 409
+// that only its status makes a conflict (Google's 0x0110 for an
+// instance it holds) is settled by asking the destination behind the
+// de-identifier, for the study's pseudonym: the instance it lists is
+// held (a conflict), the other failed. Not asked, both were failed and
+// retried, though the destination held one with other content.
+func TestSettleUnsureAsksBehindTheDeidentifier(t *testing.T) {
+	k, d := testDeidentifier(t)
+	listing := &keyedListing{study: k.UID("1.2.3"), listed: []string{k.UID("1.2.3.1")}}
+	dst, err := Deidentified(listingDestination{&readingDestination{got: map[string][]byte{}}, listing}, d, DeidentifyOptions{Setting: "X"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newForwarder(t, &memSource{}, "http://127.0.0.1:1", nil, func(o *Options) {
+		o.Destination, o.Verifier = dst, nil
+	})
+	unsure := []conflicted{
+		{part: dicomweb.Part{SOPInstanceUID: "1.2.3.1"}, reason: dicomweb.FailureProcessing},
+		{part: dicomweb.Part{SOPInstanceUID: "1.2.3.2"}, reason: dicomweb.FailureProcessing},
+	}
+	held, failed := f.settleUnsure(t.Context(), testEvent(), unsure, slog.New(slog.DiscardHandler))
+	if len(held) != 1 || held[0].part.SOPInstanceUID != "1.2.3.1" || len(failed) != 1 || failed[0].part.SOPInstanceUID != "1.2.3.2" {
+		t.Errorf("held %v, failed %v; want 1.2.3.1 held, 1.2.3.2 failed", held, failed)
+	}
+	if !slices.Equal(listing.asked, []string{k.UID("1.2.3")}) {
+		t.Errorf("asked the destination for %v, want only the study's pseudonym", listing.asked)
 	}
 }
 

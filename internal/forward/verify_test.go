@@ -61,15 +61,17 @@ func TestTransferVerifies(t *testing.T) {
 		wantErr   string
 		wantClass Class
 		wantCalls int
-		// wantResult counts stowline_forwarder_verifications_total.
-		wantResult map[string]float64
+		// wantResult counts stowline_forwarder_verifications_total;
+		// wantMissing stowline_forwarder_verify_missing_instances_total.
+		wantResult  map[string]float64
+		wantMissing float64
 	}{
 		{name: "all listed", wantCalls: 1, wantResult: map[string]float64{verifyVerified: 1}},
 		{name: "lost then listed after a re-send", v: verifierSpec{lost: []string{"1.2.3.2"}, listFrom: 2}, wantCalls: 2,
-			wantResult: map[string]float64{verifyMissing: 1, verifyVerified: 1}},
+			wantResult: map[string]float64{verifyMissing: 1, verifyVerified: 1}, wantMissing: 1},
 		{name: "never listed", v: verifierSpec{lost: []string{"1.2.3.2", "1.2.3.7"}}, wantCalls: 3,
 			wantErr: "destination does not list 2 of 10 instances it confirmed, after 3 rounds (STOW_VERIFY=qido; first: 1.2.3.2, 1.2.3.7)", wantClass: Transient,
-			wantResult: map[string]float64{verifyMissing: 3}},
+			wantResult: map[string]float64{verifyMissing: 3}, wantMissing: 6},
 		{name: "query refused", v: verifierSpec{err: &dicomweb.HTTPError{StatusCode: http.StatusForbidden}}, wantCalls: 1,
 			wantErr: "verify study 1.2.3 at the destination (QIDO-RS)", wantClass: Permanent,
 			wantResult: map[string]float64{verifyError: 1}},
@@ -110,6 +112,9 @@ func TestTransferVerifies(t *testing.T) {
 				if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(r)); got != tt.wantResult[r] {
 					t.Errorf("verifications{result=%q} = %v, want %v", r, got, tt.wantResult[r])
 				}
+			}
+			if got := testutil.ToFloat64(f.m.verifyMissing); got != tt.wantMissing {
+				t.Errorf("verify_missing_instances_total = %v, want %v", got, tt.wantMissing)
 			}
 		})
 	}
