@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -428,6 +429,90 @@ func TestSettleUnsureAsksBehindTheDeidentifier(t *testing.T) {
 	}
 	if !slices.Equal(listing.asked, []string{k.UID("1.2.3")}) {
 		t.Errorf("asked the destination for %v, want only the study's pseudonym", listing.asked)
+	}
+}
+
+// answeringDestination answers every request with a copy of res, or
+// with a copy of it inside an HTTPError of status (0: none).
+type answeringDestination struct {
+	res    dicomweb.Result
+	status int
+}
+
+func (d answeringDestination) Store(context.Context, []dicomweb.Part) (*dicomweb.Result, error) {
+	res := d.res
+	res.Stored, res.Failed = slices.Clone(res.Stored), slices.Clone(res.Failed)
+	res.OtherFailures, res.Warnings = slices.Clone(res.OtherFailures), slices.Clone(res.Warnings)
+	if d.status != 0 {
+		return nil, &dicomweb.HTTPError{StatusCode: d.status, Result: &res}
+	}
+	return &res, nil
+}
+
+// TestDeidentifiedAnswerMappedBack: every instance a de-identifying
+// destination's answer names under its keyed UID (stored, failed,
+// other failures, warnings), in a 200 or in a 409's error, is named
+// back by its original UID, which the forwarder's accounting knows.
+func TestDeidentifiedAnswerMappedBack(t *testing.T) {
+	k, d := testDeidentifier(t)
+	keyed := dicomweb.Result{
+		StatusCode:    202,
+		Stored:        []dicomweb.Instance{{SOPInstanceUID: k.UID("1.2.3.1")}},
+		Failed:        []dicomweb.FailedInstance{{SOPInstanceUID: k.UID("1.2.3.2"), FailureReason: 0xC000}},
+		OtherFailures: []dicomweb.FailedInstance{{SOPInstanceUID: k.UID("1.2.3.3"), FailureReason: 0xA700}},
+		Warnings:      []dicomweb.Warning{{SOPInstanceUID: k.UID("1.2.3.4"), WarningReason: 0xB000}},
+	}
+	var parts []dicomweb.Part
+	for _, uid := range []string{"1.2.3.1", "1.2.3.2", "1.2.3.3", "1.2.3.4"} {
+		parts = append(parts, filePart(uid, nil))
+	}
+	for _, tt := range []struct {
+		name   string
+		status int
+	}{{"answer", 0}, {"409", http.StatusConflict}} {
+		t.Run(tt.name, func(t *testing.T) {
+			dst, err := Deidentified(answeringDestination{res: keyed, status: tt.status}, d, DeidentifyOptions{Setting: "X"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := dst.Store(t.Context(), parts)
+			if tt.status != 0 {
+				var he *dicomweb.HTTPError
+				if !errors.As(err, &he) || he.Result == nil {
+					t.Fatalf("Store: %v, want the HTTPError with its result", err)
+				}
+				res = he.Result
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			got := []string{res.Stored[0].SOPInstanceUID, res.Failed[0].SOPInstanceUID, res.OtherFailures[0].SOPInstanceUID, res.Warnings[0].SOPInstanceUID}
+			if want := []string{"1.2.3.1", "1.2.3.2", "1.2.3.3", "1.2.3.4"}; !slices.Equal(got, want) {
+				t.Errorf("answer names %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+// TestRewriteRefusalsArePermanent: what the rewrite refuses for the
+// instance's own sake (not DICOM, malformed, an encoding it cannot read,
+// a header too large, burned-in text) refuses that instance for good; a
+// read error of the source does not.
+func TestRewriteRefusalsArePermanent(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{deident.ErrNotDICOM, true},
+		{deident.ErrMalformed, true},
+		{deident.ErrUnsupportedSyntax, true},
+		{deident.ErrTooLarge, true},
+		{deident.ErrBurnedIn, true},
+		{io.ErrUnexpectedEOF, false},
+		{context.DeadlineExceeded, false},
+	} {
+		if got := refusal(fmt.Errorf("rewrite: %w", tt.err)); got != tt.want {
+			t.Errorf("refusal(%v) = %v, want %v", tt.err, got, tt.want)
+		}
 	}
 }
 
