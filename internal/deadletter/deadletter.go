@@ -294,25 +294,32 @@ var errPageFull = errors.New("page full")
 // Seq. Pages keep an admin API's answer bounded: a letter may hold up to
 // maxLetterBytes.
 func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxBytes int) (entries []Entry, more bool, err error) {
+	entries, _, more, err = s.page(ctx, f, after, limit, maxBytes)
+	return entries, more, err
+}
+
+// page is Page, with each letter's stored size (0 for a letter asked by
+// its sequence).
+func (s *Store) page(ctx context.Context, f Filter, after uint64, limit, maxBytes int) (entries []Entry, sizes []int, more bool, err error) {
 	if f.Seq != 0 {
 		if f.Seq <= after {
-			return []Entry{}, false, nil
+			return []Entry{}, nil, false, nil
 		}
 		e, err := s.Get(ctx, f.Seq)
 		if errors.Is(err, ErrNotFound) {
-			return []Entry{}, false, nil
+			return []Entry{}, nil, false, nil
 		}
 		if err != nil {
-			return nil, false, err
+			return nil, nil, false, err
 		}
 		if !f.match(e) {
-			return []Entry{}, false, nil
+			return []Entry{}, nil, false, nil
 		}
-		return []Entry{*e}, false, nil
+		return []Entry{*e}, []int{0}, false, nil
 	}
-	subjects, err := s.subjectFilters(ctx, f)
-	if err != nil {
-		return nil, false, err
+	subjects, none, err := s.subjectFilters(ctx, f)
+	if err != nil || none {
+		return []Entry{}, nil, false, err
 	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: subjects}
 	switch {
@@ -349,12 +356,13 @@ func (s *Store) Page(ctx context.Context, f Filter, after uint64, limit, maxByte
 		}
 		size += len(data)
 		out = append(out, *e)
+		sizes = append(sizes, len(data))
 		return nil
 	})
 	if errors.Is(err, errPageFull) {
 		err = nil
 	}
-	return out, more, err
+	return out, sizes, more, err
 }
 
 // maxOddSubjects bounds the subjects no build stores letters on that a
@@ -376,13 +384,18 @@ const maxOddSubjects = 64
 // are read whatever f names. Not read: a message published by hand on a
 // subject of that shape whose content names another destination or
 // source, which stowline never stores.
-func (s *Store) subjectFilters(ctx context.Context, f Filter) ([]string, error) {
+//
+// none reports that no subject the filters take holds a letter, as the
+// stream's leader counts them: the read would wait out an empty fetch.
+// (The consumer's own count at its creation may come from a cluster
+// follower that has not applied a letter the leader acknowledged.)
+func (s *Store) subjectFilters(ctx context.Context, f Filter) (filters []string, none bool, err error) {
 	every := []string{natsjs.DeadLetterSubjectPrefix + ">"}
 	// A name no subject of Add's holds, or one that would be a wildcard
 	// in a filter: only match can tell.
 	if f.Destination == "" && f.Source == "" || f.Destination != "" && !natsjs.ValidDestination(f.Destination) ||
 		f.Source != "" && !events.ValidSource(f.Source) {
-		return every, nil
+		return every, false, nil
 	}
 	token := func(name string) string {
 		if name == "" {
@@ -390,28 +403,33 @@ func (s *Store) subjectFilters(ctx context.Context, f Filter) ([]string, error) 
 		}
 		return name
 	}
-	filters := []string{natsjs.DeadLetterSubject(token(f.Destination), token(f.Source))}
+	filters = []string{natsjs.DeadLetterSubject(token(f.Destination), token(f.Source))}
 	if f.Destination == "" || f.Destination == natsjs.DefaultDestination {
 		filters = append(filters, natsjs.DeadLetterSubjectPrefix+token(f.Source)) // from before destinations
 	}
 	info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(every[0]))
 	if err != nil {
-		return nil, fmt.Errorf("read the subjects of stream %s: %w", natsjs.DeadLetterStream, err)
+		return nil, false, fmt.Errorf("read the subjects of stream %s: %w", natsjs.DeadLetterStream, err)
 	}
-	odd := 0
-	for subject := range info.State.Subjects {
-		if lettersSubject(subject) || slices.ContainsFunc(filters, func(filter string) bool { return server.SubjectMatchesFilter(subject, filter) }) {
+	odd, taken := 0, false
+	for subject, n := range info.State.Subjects {
+		if slices.ContainsFunc(filters, func(filter string) bool { return server.SubjectMatchesFilter(subject, filter) }) {
+			taken = taken || n > 0
+			continue
+		}
+		if lettersSubject(subject) {
 			continue
 		}
 		// A subject holding a wildcard would take others as a filter,
 		// and may overlap one, which the server refuses.
 		if !server.IsValidLiteralSubject(subject) || odd == maxOddSubjects {
-			return every, nil
+			return every, false, nil
 		}
 		odd++
+		taken = taken || n > 0
 		filters = append(filters, subject)
 	}
-	return filters, nil
+	return filters, !taken, nil
 }
 
 // lettersSubject reports whether some build stores letters on subject:
@@ -465,11 +483,6 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			_ = js.DeleteConsumer(dctx, stream, ci.Name) // else it expires
 		}
 	}()
-	if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 {
-		// Nothing stored from the start on that the filter takes: no
-		// fetch to wait out (a destination without letters).
-		return nil
-	}
 	opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(time.Second)}
 	if fetchBytes > 0 {
 		// Bounded by both. At least the largest message the server takes
@@ -591,8 +604,12 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	// letters', which nothing relies on: a lane's events are sent by
 	// several workers at once, and a destination's ledger keeps the
 	// newest state of a study forwarded whatever the order.
+	// The letters in flight are held in memory (done is given each
+	// whole), up to maxLetterBytes each: past replayHeldBytes of them,
+	// the next waits for those before it.
 	p := pipeline{limit: publishWindow}
-	err = s.eachLetter(ctx, f, last, func(e *Entry) error {
+	held := 0
+	err = s.eachSized(ctx, f, last, func(e *Entry, size int) error {
 		if !replayable(e) {
 			return nil
 		}
@@ -601,6 +618,13 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			done(e)
 			return nil
 		}
+		if held > 0 && held+size > replayHeldBytes {
+			if p.wait() != nil {
+				return errStopped
+			}
+			held = 0
+		}
+		held += size
 		// Its task outlives this call: it holds a copy, not the page.
 		e = new(*e)
 		queued := false
@@ -681,6 +705,11 @@ func (s *Store) requeue(ctx context.Context, e *Entry) error {
 	return err
 }
 
+// replayHeldBytes bounds the stored size of the letters a replay has in
+// flight: 256 letters of up to maxLetterBytes were 128 MiB, in the
+// forwarder whose admin API runs the replay.
+const replayHeldBytes = 16 << 20
+
 // Replay and Purge read pages of at most this many letters and bytes
 // (past the first letter).
 const (
@@ -713,8 +742,13 @@ func (s *Store) Each(ctx context.Context, f Filter, fn func(*Entry) error) error
 // sequence last, reading them a page at a time; it stops at fn's first
 // error and returns it.
 func (s *Store) eachLetter(ctx context.Context, f Filter, last uint64, fn func(*Entry) error) error {
+	return s.eachSized(ctx, f, last, func(e *Entry, _ int) error { return fn(e) })
+}
+
+// eachSized is eachLetter, with each letter's stored size.
+func (s *Store) eachSized(ctx context.Context, f Filter, last uint64, fn func(e *Entry, size int) error) error {
 	for after := uint64(0); ; {
-		page, more, err := s.Page(ctx, f, after, workPageLetters, workPageBytes)
+		page, sizes, more, err := s.page(ctx, f, after, workPageLetters, workPageBytes)
 		if err != nil {
 			return err
 		}
@@ -722,7 +756,7 @@ func (s *Store) eachLetter(ctx context.Context, f Filter, last uint64, fn func(*
 			if page[i].Seq > last {
 				return nil
 			}
-			if err := fn(&page[i]); err != nil {
+			if err := fn(&page[i], sizes[i]); err != nil {
 				return err
 			}
 			after = page[i].Seq

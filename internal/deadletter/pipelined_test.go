@@ -2,10 +2,12 @@ package deadletter_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -276,5 +278,61 @@ func TestReforwardManyEvents(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// inFlightJS counts the publishes in flight and keeps the most at once;
+// each takes at least delay, as over a slow link to NATS, so that a
+// replay's window fills.
+type inFlightJS struct {
+	jetstream.JetStream
+	delay     time.Duration
+	now, most *atomic.Int32
+}
+
+func (j inFlightJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	n := j.now.Add(1)
+	defer j.now.Add(-1)
+	for m := j.most.Load(); n > m && !j.most.CompareAndSwap(m, n); m = j.most.Load() {
+	}
+	time.Sleep(j.delay)
+	return j.JetStream.PublishMsg(ctx, msg, opts...)
+}
+
+// A replay of large letters holds at most about 16 MiB of them in flight
+// (the forwarder's admin API runs it beside the forwarding): 256 letters
+// of up to 512 KiB at once were 128 MiB.
+func TestReplayOfLargeLettersBoundsWhatItHolds(t *testing.T) {
+	const n, failures = 120, 1000 // about 340 KB a letter
+	_, ns := newStore(t)
+	dl, err := natsjs.DefaultTopology().EnsureDeadLetters(testCtx(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var now, most atomic.Int32
+	s := deadletter.NewStore(inFlightJS{JetStream: ns.JS, delay: 5 * time.Millisecond, now: &now, most: &most}, dl)
+	var size int
+	for i := range n {
+		l := letter(i+1, forward.Partial, "1000 of 1000 instances cannot be stored", time.Now())
+		for j := range failures {
+			l.Failures = append(l.Failures, forward.Instance{SOPInstanceUID: fmt.Sprintf("1.2.826.0.1.3680043.8.498.%d", j), Text: strings.Repeat("x", 300)})
+		}
+		b, err := json.Marshal(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size = len(b)
+		if _, _, err := s.Add(testCtx(t), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done, err := replay(testCtx(t), s, deadletter.Filter{All: true}, false)
+	if err != nil || len(done) != n {
+		t.Fatalf("Replay = %d letters, %v; want %d", len(done), err, n)
+	}
+	bound := int32(16<<20/size + 1)
+	t.Logf("letters of %d bytes: %d published at once at most (bound %d)", size, most.Load(), bound)
+	if most.Load() > bound {
+		t.Errorf("%d letters of %d bytes were published at once, want at most %d (16 MiB)", most.Load(), size, bound)
 	}
 }
