@@ -2,10 +2,7 @@ package deadletter_test
 
 import (
 	"context"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,7 +43,7 @@ func benchmarkReplay(b *testing.B, letters int, delay time.Duration) {
 	add := deadletter.NewStore(ns.JS, dl)
 	js := ns.JS
 	if delay > 0 {
-		nc, err := nats.Connect(slowLink(b, strings.TrimPrefix(ns.ClientURL(), "nats://"), delay))
+		nc, err := nats.Connect(testnats.SlowLink(b, strings.TrimPrefix(ns.ClientURL(), "nats://"), delay))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -74,76 +71,4 @@ func benchmarkReplay(b *testing.B, letters int, delay time.Duration) {
 			b.Fatalf("Replay = %d, %v; want %d", n, err, letters)
 		}
 	}
-}
-
-// slowLink relays TCP connections to target, delivering what each side
-// sends delay later, in order; it returns the address to dial.
-func slowLink(tb testing.TB, target string, delay time.Duration) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	tb.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, up)
-			mu.Unlock()
-			go delayed(up, c, delay)
-			go delayed(c, up, delay)
-		}
-	}()
-	return ln.Addr().String()
-}
-
-// delayed copies from src to dst, each chunk written delay after it was
-// read, until either fails.
-func delayed(dst io.WriteCloser, src io.ReadCloser, delay time.Duration) {
-	type chunk struct {
-		data []byte
-		due  time.Time
-	}
-	chunks := make(chan chunk, 4096)
-	go func() {
-		defer close(chunks)
-		for {
-			buf := make([]byte, 32<<10)
-			n, err := src.Read(buf)
-			if n > 0 {
-				chunks <- chunk{buf[:n], time.Now().Add(delay)}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	for c := range chunks {
-		time.Sleep(time.Until(c.due))
-		if _, err := dst.Write(c.data); err != nil {
-			break
-		}
-	}
-	dst.Close()
-	src.Close()
 }
