@@ -22,6 +22,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/forward"
+	"github.com/stowline/stowline/internal/inorder"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/tracing"
 )
@@ -554,7 +555,7 @@ const maxEmptyFetches = 30
 // to maxLetterBytes), and a first pass reads them all before anything is
 // replayed: a listing that fails part-way, or a destination without a
 // consumer, replays nothing. Letters added meanwhile (a replayed study
-// that fails again) are left for another replay. Up to publishWindow
+// that fails again) are left for another replay. Up to natsjs.PublishWindow
 // letters are replayed at once; a failure stops the run, and the error
 // names the oldest letter that failed.
 func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*Entry)) (int, error) {
@@ -599,15 +600,15 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 		return 0, err
 	}
 	n := 0
-	// Up to publishWindow letters at a time, each queued, then removed.
-	// Their events may reach the stream in another order than their
+	// Up to natsjs.PublishWindow letters at a time, each queued, then
+	// removed. Their events may reach the stream in another order than their
 	// letters', which nothing relies on: a lane's events are sent by
 	// several workers at once, and a destination's ledger keeps the
 	// newest state of a study forwarded whatever the order.
 	// The letters in flight are held in memory (done is given each
 	// whole), up to maxLetterBytes each: past replayHeldBytes of them,
 	// the next waits for those before it.
-	p := pipeline{limit: publishWindow}
+	p := inorder.New(natsjs.PublishWindow)
 	held := 0
 	err = s.eachSized(ctx, f, last, func(e *Entry, size int) error {
 		if !replayable(e) {
@@ -619,8 +620,8 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			return nil
 		}
 		if held > 0 && held+size > replayHeldBytes {
-			if p.wait() != nil {
-				return errStopped
+			if p.Wait() != nil {
+				return inorder.ErrStopped
 			}
 			held = 0
 		}
@@ -628,7 +629,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 		// Its task outlives this call: it holds a copy, not the page.
 		e = new(*e)
 		queued := false
-		return p.run(func() error {
+		return p.Run(func() error {
 			if err := s.requeue(ctx, e); err != nil {
 				return fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 			}
@@ -650,10 +651,10 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			return err
 		})
 	})
-	if errors.Is(err, errStopped) {
+	if errors.Is(err, inorder.ErrStopped) {
 		err = nil
 	}
-	err = errors.Join(p.wait(), err)
+	err = errors.Join(p.Wait(), err)
 	if err == nil {
 		err = errors.Join(passedOver(partial, ErrPartialLetters), passedOver(unreadable, ErrUnreadableLetters))
 	}
@@ -1023,17 +1024,17 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 		return found, unreadable, errors.Join(err, newerErr)
 	}
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
-	// Up to publishWindow at a time, in whatever order they are stored
-	// (as Replay's). A failure stops the run; those queued are returned.
+	// Up to natsjs.PublishWindow at a time, in whatever order they are
+	// stored (as Replay's). A failure stops the run; those queued are returned.
 	queued := make([]bool, len(found))
-	p := pipeline{limit: publishWindow}
+	p := inorder.New(natsjs.PublishWindow)
 	for i := range found {
 		ev := &found[i]
 		// Re-forwards run in the low lane by default: they never delay
 		// live studies.
 		subject := natsjs.LaneSubject(lane, destination, ev.Source)
 		msgID := ev.MsgID() + "/reforward/" + destination + "/" + stamp + "/" + strconv.FormatUint(seqs[i], 10)
-		err := p.run(func() error {
+		err := p.Run(func() error {
 			_, err := natsjs.PublishTo(ctx, js, subject, ev, msgID)
 			return err
 		}, func(err error) error {
@@ -1047,7 +1048,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 			break
 		}
 	}
-	if err := p.wait(); err != nil {
+	if err := p.Wait(); err != nil {
 		n := 0
 		for i := range found {
 			if queued[i] {

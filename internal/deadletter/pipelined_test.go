@@ -57,7 +57,7 @@ func msgIDCounts(t *testing.T, js jetstream.JetStream) map[string]int {
 }
 
 // Letters are replayed several at a time (more than a page, more than
-// publishWindow): each study is queued once under its letter's dedupe ID,
+// natsjs.PublishWindow): each study is queued once under its letter's dedupe ID,
 // each letter removed, and every one reported, oldest first. Those whose
 // event an earlier run stored before it stopped (a crash between the
 // publish and the delete) are not queued twice.
@@ -125,7 +125,7 @@ func TestReplayFailingPartwayKeepsTheLettersNotQueued(t *testing.T) {
 		},
 		{
 			// Cancelled at the 20th letter reported, the run has started
-			// at most publishWindow more: some are never started.
+			// at most natsjs.PublishWindow more: some are never started.
 			name:    "cancelled",
 			cancel:  func(done int) bool { return done == 20 },
 			wantErr: func(err error, _ uint64) bool { return errors.Is(err, context.Canceled) },
@@ -209,7 +209,7 @@ func TestReplayFailingPartwayKeepsTheLettersNotQueued(t *testing.T) {
 	}
 }
 
-// A re-forward of more events than publishWindow queues a copy of each,
+// A re-forward of more events than natsjs.PublishWindow queues a copy of each,
 // once; refused part-way, it returns exactly the events whose copies
 // were stored, and the error names the first one refused.
 func TestReforwardManyEvents(t *testing.T) {

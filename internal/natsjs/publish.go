@@ -30,6 +30,13 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, ev *events.StudyStab
 	return PublishTo(ctx, js, LaneSubject(ev.Priority, "", ev.Source), ev, msgID)
 }
 
+// PublishWindow bounds the events a replay, a re-forward or a backfill
+// has waiting for their JetStream acks at once. One at a time, each
+// waited its 1 to 5 ms: 10,000 studies took up to a minute, long enough
+// for a proxy in front of the admin API to give up and stop the run
+// part-way.
+const PublishWindow = 256
+
 // PublishTo publishes ev on subject (EventSubject, or DestinationSubject
 // for one destination only) with the given dedupe ID. When ctx carries a
 // span, the message carries its W3C traceparent, so the forwarders

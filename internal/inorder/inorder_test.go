@@ -1,4 +1,4 @@
-package deadletter
+package inorder
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// The pipeline ends its tasks in the order they were started, however
+// A Pipeline ends its tasks in the order they were started, however
 // they finish, never has more than its limit running, and stops starting
 // at the first failed end: that failure is the one reported, and the
 // tasks started with it are ended all the same.
@@ -24,7 +24,7 @@ func TestPipeline(t *testing.T) {
 		{name: "all succeed", limit: 4, tasks: 20, wantEnded: seq(0, 20)},
 		{name: "one at a time", limit: 1, tasks: 5, wantEnded: seq(0, 5)},
 		// Task 5 fails: with a limit of 4, tasks 6 to 8 were started with
-		// it (run ends the oldest only once 4 are not ended, or done).
+		// it (Run ends the oldest only once 4 are not ended, or done).
 		{name: "stops at the first failure", limit: 4, tasks: 20, fail: map[int]bool{5: true, 7: true}, wantErr: "task 5"},
 		{name: "the first task fails", limit: 1, tasks: 5, fail: map[int]bool{0: true}, wantEnded: []int{0}, wantErr: "task 0"},
 	}
@@ -44,11 +44,11 @@ func TestPipeline(t *testing.T) {
 					}
 				}
 			}
-			p := pipeline{limit: tt.limit}
+			p := New(tt.limit)
 			var ended []int
 			started := 0
 			for i := range tt.tasks {
-				err := p.run(func() error {
+				err := p.Run(func() error {
 					if n := running.Add(1); n > most.Load() {
 						most.Store(n)
 					}
@@ -63,8 +63,8 @@ func TestPipeline(t *testing.T) {
 					return err
 				})
 				if err != nil {
-					if !errors.Is(err, errStopped) {
-						t.Fatalf("run = %v, want errStopped", err)
+					if !errors.Is(err, ErrStopped) {
+						t.Fatalf("Run = %v, want ErrStopped", err)
 					}
 					break
 				}
@@ -79,9 +79,9 @@ func TestPipeline(t *testing.T) {
 					close(gates[i])
 				}
 			}
-			err := p.wait()
+			err := p.Wait()
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || err.Error() != tt.wantErr) {
-				t.Errorf("wait = %v, want %q", err, tt.wantErr)
+				t.Errorf("Wait = %v, want %q", err, tt.wantErr)
 			}
 			if !slices.IsSorted(ended) || len(ended) != started {
 				t.Errorf("ended %v; want the %d started, in order", ended, started)
