@@ -14,6 +14,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/inorder"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -173,6 +174,13 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 			}
 			name = events.DefaultSourceName(sys.Name)
 		}
+		subject := natsjs.LaneSubject(lane, destination, name)
+		// Up to natsjs.PublishWindow events at a time, each ended in the
+		// order read: emit lists them and dups counts them as one at a
+		// time would, and a failure or a cancelled ctx stops the walk
+		// (those in flight are ended). The next page is read while the
+		// last one's acks are awaited.
+		p := inorder.New(natsjs.PublishWindow)
 		err := orthancapi.EachStudy(ctx, src.Client, sourcePage, func(st orthancapi.Study) error {
 			if !st.IsStable || st.LastUpdate < from || (to != "" && st.LastUpdate >= to) {
 				return nil
@@ -181,20 +189,37 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 			if err != nil {
 				return fmt.Errorf("study %s: %w", st.ID, err)
 			}
-			duplicate := false
-			if !dryRun {
-				subject := natsjs.LaneSubject(lane, destination, name)
-				ack, err := natsjs.PublishTo(ctx, conn.JS, subject, ev, backfillMsgID(ev, destination, lane))
+			if dryRun {
+				emit(ev, false)
+				return nil
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var ack *jetstream.PubAck
+			return p.Run(func() (err error) {
+				// Not cancelled with the run: a publish cut off may be
+				// stored all the same, unlisted and uncounted. Each is
+				// bounded by the JetStream context's time-out.
+				ack, err = natsjs.PublishTo(context.WithoutCancel(ctx), conn.JS, subject, ev, backfillMsgID(ev, destination, lane))
+				return err
+			}, func(err error) error {
 				if err != nil {
 					return err
 				}
-				if duplicate = ack.Duplicate; duplicate {
+				if ack.Duplicate {
 					dups++
 				}
-			}
-			emit(ev, duplicate)
-			return nil
+				emit(ev, ack.Duplicate)
+				return nil
+			})
 		})
+		// A failed publish is the error even when the walk went on to fail
+		// later (inorder.ErrStopped, a page, a study read after it): one
+		// at a time, it had stopped at that publish.
+		if perr := p.Wait(); perr != nil {
+			err = perr
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return dups, fmt.Errorf("source %s: %w", name, err)

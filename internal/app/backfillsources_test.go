@@ -1,0 +1,185 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// A backfill from a source of more studies than a page (sourcePage) and
+// than natsjs.PublishWindow, whose events are published several at a
+// time: each study is queued once under its backfill ID and listed once,
+// in the order Orthanc lists them; run again, each is listed as a
+// duplicate and counted so, and nothing more is stored. A publish refused
+// part-way stops the run with its error: the studies before it are listed
+// in order, it is not, and what is listed is exactly what was stored;
+// so does a cancelled run, whose publishes in flight are ended.
+func TestBackfillFromSourcesPublishesSeveralAtATime(t *testing.T) {
+	const studies = sourcePage + 100
+	o := orthancWithStudies(t, "backfill-many", studies)
+	srv := testnats.Start(t)
+	ctx := t.Context()
+	if _, err := natsjs.DefaultTopology().EnsureLanes(ctx, srv.JS, []string{"new", "other", "third"}); err != nil {
+		t.Fatal(err)
+	}
+	client, err := orthancapi.New(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var read []*events.StudyStable // in the order Orthanc lists them
+	if err := orthancapi.EachStudy(ctx, client, sourcePage, func(st orthancapi.Study) error {
+		ev, err := events.NewStudyStable("main", st.ID, st.StudyInstanceUID, st.LastUpdate)
+		read = append(read, ev)
+		return err
+	}); err != nil || len(read) != studies {
+		t.Fatalf("Orthanc lists %d studies, %v; want %d", len(read), err, studies)
+	}
+	// The study whose publish is refused in the last run, and its ID.
+	const refusedAt = 100
+	refusedID := backfillMsgID(read[refusedAt], "other", events.PriorityLow)
+	for _, tt := range []struct {
+		name        string
+		destination string
+		refuse      bool
+		cancelAt    int // listed studies after which the run is cancelled
+		dups        int // the studies counted and listed as duplicates
+	}{
+		{name: "queued once", destination: "new"},
+		{name: "again: duplicates", destination: "new", dups: studies},
+		{name: "refused part-way", destination: "other", refuse: true},
+		{name: "cancelled part-way", destination: "third", cancelAt: 50},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			js := srv.JS
+			if tt.refuse {
+				js = refusingJS{JetStream: js, refuse: func(m *nats.Msg) bool { return m.Header.Get(jetstream.MsgIDHeader) == refusedID }}
+			}
+			runCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			var listed []*events.StudyStable
+			flags := 0
+			dups, err := backfillFromSources(runCtx, &natsjs.Conn{JS: js}, &config.Orthanc{URL: o.URL, SourceName: "main"},
+				tt.destination, events.PriorityLow, time.Now().Add(-24*time.Hour), time.Time{}, false,
+				func(ev *events.StudyStable, duplicate bool) {
+					listed = append(listed, ev)
+					if duplicate {
+						flags++
+					}
+					if len(listed) == tt.cancelAt {
+						cancel()
+					}
+				})
+			stored := storedMsgIDs(t, srv.JS, natsjs.LaneSubject(events.PriorityLow, tt.destination, "main"))
+			for _, ev := range listed {
+				if id := backfillMsgID(ev, tt.destination, events.PriorityLow); stored[id] != 1 {
+					t.Errorf("study %s listed, stored %d times under %s", ev.OrthancStudyID, stored[id], id)
+				}
+			}
+			if len(stored) != len(listed) {
+				t.Errorf("%d events stored, %d studies listed", len(stored), len(listed))
+			}
+			if tt.cancelAt > 0 {
+				// Those in flight are stored and listed, no more started.
+				if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "source main") {
+					t.Errorf("err = %v, want context.Canceled for source main", err)
+				}
+				if len(listed) < tt.cancelAt || len(listed) >= tt.cancelAt+natsjs.PublishWindow || !slices.EqualFunc(listed, read[:len(listed)], sameStudy) {
+					t.Errorf("listed %d studies; want the first %d to %d read, in order", len(listed), tt.cancelAt, tt.cancelAt+natsjs.PublishWindow-1)
+				}
+				return
+			}
+			if !tt.refuse {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.EqualFunc(listed, read, sameStudy) {
+					t.Errorf("listed %d studies not in the order read", len(listed))
+				}
+				if dups != tt.dups || flags != tt.dups {
+					t.Errorf("%d duplicates counted, %d listed as such; want %d", dups, flags, tt.dups)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "source main") || !strings.Contains(err.Error(), refusedID) {
+				t.Errorf("err = %v, want one naming source main and %s", err, refusedID)
+			}
+			if dups != 0 || flags != 0 {
+				t.Errorf("%d duplicates counted, %d listed as such; want none", dups, flags)
+			}
+			// Those before the refused one, in order; those started with it
+			// may have been stored and are listed after them, in order.
+			if len(listed) < refusedAt || !slices.EqualFunc(listed[:refusedAt], read[:refusedAt], sameStudy) {
+				t.Fatalf("listed %d studies; want the %d before the refused one first, in order", len(listed), refusedAt)
+			}
+			if len(listed) >= refusedAt+natsjs.PublishWindow {
+				t.Errorf("listed %d studies: the run did not stop at the refused one", len(listed))
+			}
+			next := refusedAt + 1
+			for _, ev := range listed[refusedAt:] {
+				i := slices.IndexFunc(read, func(r *events.StudyStable) bool { return sameStudy(r, ev) })
+				if i < next {
+					t.Fatalf("study %s listed out of order, or the refused one listed", ev.OrthancStudyID)
+				}
+				next = i + 1
+			}
+		})
+	}
+}
+
+func sameStudy(a, b *events.StudyStable) bool {
+	return a.MsgID() == b.MsgID()
+}
+
+// storedMsgIDs counts the events stored on subject by dedupe ID.
+func storedMsgIDs(t *testing.T, js jetstream.JetStream, subject string) map[string]int {
+	t.Helper()
+	ctx := t.Context()
+	stream, err := js.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("event %d: %v", seq, err)
+		}
+		if m.Subject == subject {
+			counts[m.Header.Get(jetstream.MsgIDHeader)]++
+		}
+	}
+	return counts
+}
+
+// refusingJS publishes the messages refuse picks so that the server
+// refuses them (expecting another stream): nothing of them is stored.
+type refusingJS struct {
+	jetstream.JetStream
+	refuse func(*nats.Msg) bool
+}
+
+func (j refusingJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if j.refuse(msg) {
+		opts = append(opts, jetstream.WithExpectStream("NOT-"+natsjs.EventStream))
+	}
+	return j.JetStream.PublishMsg(ctx, msg, opts...)
+}
