@@ -1028,14 +1028,22 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 	// stored (as Replay's). A failure stops the run; those queued are returned.
 	queued := make([]bool, len(found))
 	p := inorder.New(natsjs.PublishWindow)
+	var cancelled error
 	for i := range found {
+		if cancelled = context.Cause(ctx); cancelled != nil {
+			break
+		}
 		ev := &found[i]
 		// Re-forwards run in the low lane by default: they never delay
 		// live studies.
 		subject := natsjs.LaneSubject(lane, destination, ev.Source)
 		msgID := ev.MsgID() + "/reforward/" + destination + "/" + stamp + "/" + strconv.FormatUint(seqs[i], 10)
 		err := p.Run(func() error {
-			_, err := natsjs.PublishTo(ctx, js, subject, ev, msgID)
+			// Not cancelled with the run, as a backfill's: a publish cut
+			// off may be stored all the same, and left out of what the
+			// run reports queued, a rerun (another stamp) would queue it
+			// again. Each is bounded by the JetStream context's time-out.
+			_, err := natsjs.PublishTo(context.WithoutCancel(ctx), js, subject, ev, msgID)
 			return err
 		}, func(err error) error {
 			if err != nil {
@@ -1048,7 +1056,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 			break
 		}
 	}
-	if err := p.Wait(); err != nil {
+	if err := errors.Join(p.Wait(), cancelled); err != nil {
 		n := 0
 		for i := range found {
 			if queued[i] {

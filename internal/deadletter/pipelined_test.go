@@ -211,11 +211,13 @@ func TestReplayFailingPartwayKeepsTheLettersNotQueued(t *testing.T) {
 
 // A re-forward of more events than natsjs.PublishWindow queues a copy of each,
 // once; refused part-way, it returns exactly the events whose copies
-// were stored, and the error names the first one refused.
+// were stored, and the error names the first one refused; cancelled
+// part-way, it returns exactly those stored and the cancellation.
 func TestReforwardManyEvents(t *testing.T) {
 	const n = 300
-	for _, refuse := range []bool{false, true} {
-		t.Run(fmt.Sprintf("refused %v", refuse), func(t *testing.T) {
+	for _, mode := range []string{"all", "refused", "cancelled"} {
+		t.Run(mode, func(t *testing.T) {
+			refuse, cancel := mode == "refused", mode == "cancelled"
 			_, ns := newStore(t)
 			since := time.Now().Add(-time.Hour)
 			originals := map[string]events.StudyStable{}
@@ -235,12 +237,24 @@ func TestReforwardManyEvents(t *testing.T) {
 				originals[ev.MsgID()] = ev
 			}
 			var js jetstream.JetStream = ns.JS
-			if refuse {
+			ctx, stop := context.WithCancel(testCtx(t))
+			defer stop()
+			switch {
+			case refuse:
 				js = refusingJS{JetStream: ns.JS, refuse: func(m *nats.Msg) bool {
 					return strings.Contains(m.Header.Get(jetstream.MsgIDHeader), "/reforward/") && strings.HasSuffix(m.Subject, ".b.low")
 				}}
+			case cancel:
+				// Cancelled at the 50th copy sent, with others in flight:
+				// those stored are returned, and only those.
+				var sent atomic.Int32
+				js = publishHookJS{JetStream: ns.JS, before: func(m *nats.Msg) {
+					if strings.Contains(m.Header.Get(jetstream.MsgIDHeader), "/reforward/") && sent.Add(1) == 50 {
+						stop()
+					}
+				}}
 			}
-			got, _, err := deadletter.Reforward(testCtx(t), js, "", since, time.Time{}, false)
+			got, _, err := deadletter.Reforward(ctx, js, "", since, time.Time{}, false)
 			// Copies stored, by their original's dedupe ID.
 			copies := map[string]int{}
 			for _, e := range eventStream(t, ns.JS) {
@@ -248,11 +262,16 @@ func TestReforwardManyEvents(t *testing.T) {
 					copies[id]++
 				}
 			}
-			if !refuse {
+			switch {
+			case cancel:
+				if !errors.Is(err, context.Canceled) || len(got) == 0 || len(got) == n {
+					t.Errorf("Reforward = %d events, %v; want part of them and the run's cancellation", len(got), err)
+				}
+			case !refuse:
 				if err != nil || len(got) != n {
 					t.Fatalf("Reforward = %d events, %v; want %d", len(got), err, n)
 				}
-			} else {
+			default:
 				// The first refused event's stream sequence is the 101st.
 				if err == nil || !strings.HasPrefix(err.Error(), "reforward event 101: ") {
 					t.Errorf("Reforward err = %v; want it to name event 101 (%s)", err, firstRefused)
