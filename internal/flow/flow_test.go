@@ -500,7 +500,8 @@ func TestReplicaShare(t *testing.T) {
 		t.Errorf("LastChange before any = %q, %v", r, at)
 	}
 	for _, c := range []struct{ replicas, ceiling, limit int }{
-		{1, 16, 16}, {3, 6, 6}, {10, 2, 2}, {2, 8, 2},
+		// 32 replicas: a share of 16 rounds to 1, held at Min.
+		{1, 16, 16}, {3, 6, 6}, {10, 2, 2}, {32, 2, 2}, {2, 8, 2},
 	} {
 		l.SetReplicas(c.replicas)
 		if got := l.Ceiling(); got != c.ceiling {
@@ -814,5 +815,119 @@ func TestWaitsNotTheDestinationsAreNotLatency(t *testing.T) {
 				t.Errorf("change %+v for latency; changes %+v", c, *changes)
 			}
 		}
+	})
+}
+
+// TestRecoverStaysWithinTheReplicaShare: Recover goes back to the start
+// level only up to this replica's share of Max: the replicas together
+// must not send more than Max requests at once.
+func TestRecoverStaysWithinTheReplicaShare(t *testing.T) {
+	l, _ := newLimiter(t, Options{Min: 1, Max: 16})
+	l.SetReplicas(4)
+	p, err := l.Acquire(t.Context(), Normal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Overloaded(Overload503, 0)
+	if got := l.Limit(); got != 2 {
+		t.Fatalf("limit %d after an overload, want 2 (half the share of 4)", got)
+	}
+	l.Recover()
+	if got := l.Limit(); got != 4 {
+		t.Errorf("limit %d after Recover, want 4: the start level 16 held to the share of 4 replicas", got)
+	}
+}
+
+// TestShorterRetryAfterKeepsTheLongerPause: a request refused with a
+// short Retry-After after another was refused with a longer one does not
+// cut the destination's longer wait short.
+func TestShorterRetryAfterKeepsTheLongerPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _ := newLimiter(t, Options{Min: 1, Max: 8, Start: 4})
+		long, err := l.Acquire(t.Context(), Normal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		short, err := l.Acquire(t.Context(), Normal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		long.Overloaded(Overload429, 10*time.Second)
+		short.Overloaded(Overload429, 2*time.Second)
+		time.Sleep(3 * time.Second) // past the shorter one
+		p, err := l.Acquire(t.Context(), Normal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release()
+		if waited := time.Since(start); waited != 10*time.Second {
+			t.Errorf("the next request started after %s, want 10s (the longer Retry-After)", waited)
+		}
+	})
+}
+
+// TestLatencyNeverTakesTheLimitBelowMin: a destination that slows down
+// at the floor keeps the limit there: below Min (0 at worst) no request
+// would be sent at all.
+func TestLatencyNeverTakesTheLimitBelowMin(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, changes := newLimiter(t, Options{Min: 2, Max: 2})
+		start := time.Now()
+		d := &destination{serve: func(int, int64) (time.Duration, bool) {
+			if time.Since(start) < 2*time.Second {
+				return 100 * time.Millisecond, false
+			}
+			return time.Second, false // ten times slower: queueing
+		}}
+		samples := d.run(t, l, 8, 20*time.Second)
+		if low := slices.Min(samples); low < 2 {
+			t.Errorf("limit fell to %d, below Min 2", low)
+		}
+		for _, c := range *changes {
+			t.Errorf("change %+v, want none at the floor", c)
+		}
+	})
+}
+
+// TestCancelledWaitGrantedMeanwhileGivesThePlaceBack: a wait cancelled
+// just before its place is granted (woken by the cancellation, it finds
+// itself granted) gives the place back; kept, each such race would lower
+// the limit for good, until no request is sent at all.
+func TestCancelledWaitGrantedMeanwhileGivesThePlaceBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _ := newLimiter(t, Options{Min: 1, Max: 1})
+		p, err := l.Acquire(t.Context(), Normal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		errc := make(chan error, 1)
+		go func() {
+			q, err := l.Acquire(ctx, Normal)
+			q.Release()
+			errc <- err
+		}()
+		synctest.Wait() // the waiter is queued
+		// Holding the lock, the waiter woken by its cancellation cannot
+		// leave the queue before p's release (Release's own steps, under
+		// p's once) grants it the place.
+		l.mu.Lock()
+		cancel()
+		p.once.Do(func() {
+			l.inFlight--
+			l.dispatch(time.Now())
+		})
+		l.mu.Unlock()
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Fatalf("the cancelled wait = %v, want context.Canceled", err)
+		}
+		ctx, cancel = context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		p, err = l.Acquire(ctx, Normal)
+		if err != nil {
+			t.Fatalf("Acquire after the cancelled wait = %v: its place was not given back", err)
+		}
+		p.Release()
 	})
 }
