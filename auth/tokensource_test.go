@@ -706,3 +706,60 @@ func TestTokenExpiredOnArrival(t *testing.T) {
 		}
 	})
 }
+
+// TestBackgroundRefreshThrottledWaitsOutRetryAfter: a background refresh
+// the identity provider throttles while the current token is still good
+// is tried again no sooner than its Retry-After, though the retry while
+// the token is good (a quarter to three quarters of the way to its end)
+// may come earlier: an identity provider that asked for a pause must not
+// be asked again within it.
+func TestBackgroundRefreshThrottledWaitsOutRetryAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var (
+			throttled atomic.Bool
+			mu        sync.Mutex
+			asked     []time.Time
+		)
+		// A token of 10 min is refreshed 5 to 5.5 min before it
+		// expires, 290 to 320 s before it goes stale (10 s before
+		// expiry): its retry while good comes after at most three
+		// quarters of that, 240 s.
+		ok := issue(600, 0)
+		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			asked = append(asked, time.Now())
+			mu.Unlock()
+			if throttled.Load() {
+				// Past the retries' longest backoff (8 s): no retry
+				// within the fetch.
+				w.Header().Set("Retry-After", "280")
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusTooManyRequests)
+				_, _ = w.Write([]byte(`{"error":"temporarily_unavailable"}`))
+				return
+			}
+			ok(w, r)
+		})
+		ts := newSource(t, srv, WithAuthStyle(oauth2.AuthStyleInHeader))
+		first := mustToken(t, ts)
+		throttled.Store(true)
+		for srv.Requests() < 2 {
+			time.Sleep(time.Second)
+		}
+		throttled.Store(false)
+		if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
+			t.Fatal("the token still good was not handed out after the throttled refresh")
+		}
+		for srv.Requests() < 3 && time.Since(asked[0]) < time.Hour {
+			time.Sleep(time.Second)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(asked) < 3 {
+			t.Fatalf("%d token requests in an hour, want the refresh tried again", len(asked))
+		}
+		if gap := asked[2].Sub(asked[1]); gap < 280*time.Second {
+			t.Errorf("the throttled refresh was tried again after %s, want no sooner than its Retry-After of 280s", gap)
+		}
+	})
+}
