@@ -83,6 +83,31 @@ func TestStoreSentAgainOnABrokenReusedConnection(t *testing.T) {
 	}
 }
 
+// A request sent again that the destination refuses (409, its first
+// sending's copies "already exist", as Orthanc or Azure may answer) is
+// marked Resent too: the caller reads the answer from the HTTPError's
+// Result, and unmarked it takes those copies for another sender's
+// (conflicts, dead-lettered or replaced) where they may be its own.
+func TestStoreRefusalOfTheRequestSentAgainIsMarkedResent(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	var log requestLog
+	c := reusedThenBroken(t, &log)
+	_, err := c.Store(t.Context(), []Part{failPart("1.2"), failPart("1.3")})
+	he, ok := errors.AsType[*HTTPError](err)
+	if !ok || he.StatusCode != http.StatusConflict || he.Result == nil {
+		t.Fatalf("err = %v, want a 409 HTTPError with the STOW answer", err)
+	}
+	if len(he.Result.Failed) != 2 {
+		t.Errorf("the answer names %d failed instances, want 2", len(he.Result.Failed))
+	}
+	if !he.Result.Resent {
+		t.Error("the refusal of the request sent again is not marked Resent: the caller takes the server's copies of the first sending for conflicts")
+	}
+	if n := log.count(); n != 3 {
+		t.Errorf("server saw %d requests, want 3 (the first, the dropped one, the one sent again)", n)
+	}
+}
+
 // A DELETE (STOW_ON_CONFLICT=replace, method delete) is idempotent but
 // not a GET: net/http does not send it again after a kept-alive
 // connection broke as it was reused, and the replace failed as "no
