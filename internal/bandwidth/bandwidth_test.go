@@ -88,6 +88,14 @@ func TestSetReplicas(t *testing.T) {
 		if got := l.Rate(); got != tt.want {
 			t.Errorf("cap %d over %d replicas: rate %d, want %d", tt.limit, tt.replicas, got, tt.want)
 		}
+		// The bucket holds a twentieth of a second of the share, not of
+		// the whole cap: else each replica could send that much more
+		// ahead of its share at once.
+		if tt.want > 0 {
+			if got, want := l.lim.Burst(), burst(tt.want); got != want {
+				t.Errorf("cap %d over %d replicas: burst %d, want %d", tt.limit, tt.replicas, got, want)
+			}
+		}
 	}
 }
 
