@@ -215,6 +215,7 @@ func TestBreakerProbeQueryRefused(t *testing.T) {
 		{"outage, 501", outage, false, &dicomweb.HTTPError{StatusCode: 501}, 1},
 		{"outage, HTML 404", outage, false, &dicomweb.HTTPError{StatusCode: 404, ContentType: "text/html"}, 1},
 		{"outage, 401", outage, false, &dicomweb.HTTPError{StatusCode: 401}, probesBeforeTrial},
+		{"outage, 407 (a proxy refusing its credentials)", outage, false, &dicomweb.HTTPError{StatusCode: 407}, probesBeforeTrial},
 		{"outage, 429", outage, false, &dicomweb.HTTPError{StatusCode: 429}, probesBeforeTrial},
 		{"outage, 503", outage, false, outage, probesBeforeTrial},
 		{"outage, redirected", outage, false, fmt.Errorf("%w: qido: GET x", dicomweb.ErrRedirected), probesBeforeTrial},
