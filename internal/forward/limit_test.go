@@ -126,7 +126,10 @@ func TestOverloadClassification(t *testing.T) {
 	}{
 		{"429 with Retry-After", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusTooManyRequests, RetryAfter: 3 * time.Second}, flow.Overload429, 3 * time.Second},
 		{"503", t.Context(), fmt.Errorf("store: %w", &dicomweb.HTTPError{StatusCode: http.StatusServiceUnavailable}), flow.Overload503, 0},
+		{"503 with Retry-After", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusServiceUnavailable, RetryAfter: 7 * time.Second}, flow.Overload503, 7 * time.Second},
+		{"408", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusRequestTimeout}, flow.Timeout, 0},
 		{"504", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusGatewayTimeout}, flow.Timeout, 0},
+		{"request given up (no byte moved, no answer)", t.Context(), fmt.Errorf("stow: %w: %w", dicomweb.ErrNoAnswer, context.DeadlineExceeded), flow.Timeout, 0},
 		{"network time-out", t.Context(), fmt.Errorf("stow: %w: %w", dicomweb.ErrNoAnswer, &net.OpError{Op: "read", Err: timeoutErr{}}), flow.Timeout, 0},
 		{"source time-out", t.Context(), fmt.Errorf("stow: part 3: open: %w", &net.OpError{Op: "read", Err: timeoutErr{}}), "", 0},
 		{"500", t.Context(), &dicomweb.HTTPError{StatusCode: http.StatusInternalServerError}, "", 0},
