@@ -183,3 +183,39 @@ func TestBadKeyFile(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyOfAnotherServiceAccountRefused: the key file is read again for
+// every token (rotation), but a key of another service account put in
+// its place is refused, not used under the account the logs and the
+// status page name since startup.
+func TestKeyOfAnotherServiceAccountRefused(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"ya29.c.opaque","expires_in":3599,"token_type":"Bearer"}`))
+	}))
+	t.Cleanup(srv.Close)
+	path, _ := writeKey(t, srv.URL+"/token")
+	ts := source(t, Config{CredentialsFile: path})
+	tok, err := ts.Token()
+	if err != nil {
+		t.Fatalf("Token: %v", err)
+	}
+
+	var key map[string]string
+	data, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(data, &key)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	key["client_email"] = "someone-else@my-project.iam.gserviceaccount.com"
+	data, _ = json.Marshal(key)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ts.Invalidate(tok) // the next Token fetches, reading the key again
+	if _, err := ts.Token(); err == nil || !strings.Contains(err.Error(), "another service account") {
+		t.Fatalf("Token with another account's key = %v, want it refused as another service account's", err)
+	}
+}
