@@ -655,6 +655,42 @@ func TestCredentialsExpiredByAWSClockFetchedAgain(t *testing.T) {
 	}
 }
 
+// Credentials that every fetch gives already expired by AWS's clock (a
+// credential source as far behind as this host) are fetched again at
+// most once a refetchEvery, not once a request: an STS call per STOW-RS
+// and QIDO-RS request.
+func TestCredentialsExpiredByAWSClockFetchedAgainAtMostOnceAMinute(t *testing.T) {
+	const ahead = time.Hour // AWS's clock from this host's
+	var fetches atomic.Int32
+	cache := aws.NewCredentialsCache(aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+		n := fetches.Add(1)
+		return aws.Credentials{AccessKeyID: "ASIAEXAMPLE", SecretAccessKey: "secret/EXAMPLE+key", SessionToken: fmt.Sprintf("session-%d", n),
+			CanExpire: true, Expires: time.Now().Add(ahead - 10*time.Minute), Source: "test"}, nil
+	}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now().Add(ahead)
+		w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
+		signed, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
+		if err != nil || now.Sub(signed).Abs() > 5*time.Minute {
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"__type":"InvalidSignatureException","message":"Signature expired"}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	get := studiesGetter(t, cache, srv.URL)
+	if _, err := get(); !errors.Is(err, auth.ErrClockSkew) {
+		t.Fatalf("first request: err %v; want the clock refusal", err)
+	}
+	for range 5 {
+		if status, err := get(); err != nil || status != http.StatusOK {
+			t.Fatalf("request at AWS's time: status %d, err %v; want 200", status, err)
+		}
+	}
+	if n := fetches.Load(); n != 2 {
+		t.Errorf("%d credential fetches for 6 requests within a minute, want 2 (the first, one again)", n)
+	}
+}
+
 // studiesGetter sends, at each call, a GET of a datastore's studies to
 // url, signed with creds; it returns the answer's status.
 func studiesGetter(t *testing.T, creds aws.CredentialsProvider, url string) func() (int, error) {
