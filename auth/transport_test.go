@@ -355,3 +355,68 @@ func TestTokenRequestNotRedirectedElsewhere(t *testing.T) {
 		t.Errorf("the other origin got %d token requests", n)
 	}
 }
+
+// TestCheckRedirectOrigin: a redirect keeps the credential only within
+// the origin it was configured for, scheme and port included: a
+// redirect from https to http on the same host would send the bearer
+// token in the clear.
+func TestCheckRedirectOrigin(t *testing.T) {
+	const from = "https://pacs.example/dicom-web/studies"
+	tests := []struct {
+		to      string
+		refused bool
+	}{
+		{"https://pacs.example/v2/studies", false},
+		{"http://pacs.example/dicom-web/studies", true},
+		{"https://pacs.example:8443/dicom-web/studies", true},
+		{"https://elsewhere.example/dicom-web/studies", true},
+	}
+	for _, tt := range tests {
+		first, err := http.NewRequest(http.MethodGet, from, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next, err := http.NewRequest(http.MethodGet, tt.to, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next.Response = &http.Response{Request: first} // as net/http links a redirect
+		if err := CheckRedirect(next); errors.Is(err, ErrCrossOriginRedirect) != tt.refused {
+			t.Errorf("redirect to %s: err = %v, want refused %v", tt.to, err, tt.refused)
+		}
+	}
+}
+
+// TestSameOriginRedirectStopsAtTen: as net/http's default policy, the
+// tenth redirect is not followed (a loop ends).
+func TestSameOriginRedirectStopsAtTen(t *testing.T) {
+	req, err := http.NewRequest(http.MethodGet, "https://pacs.example/studies", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		via     int
+		stopped bool
+	}{{9, false}, {10, true}} {
+		if err := SameOriginRedirect(req, make([]*http.Request, tt.via)); (err != nil) != tt.stopped {
+			t.Errorf("after %d requests: err = %v, want stopped %v", tt.via, err, tt.stopped)
+		}
+	}
+}
+
+// TestTransportRefusesAnEmptyToken: a token source that gives an empty
+// access token (a custom source, an endpoint's odd answer) fails the
+// request as a token error before anything is sent: "Bearer " alone
+// reached the destination, and its 401 read as the credentials refused.
+func TestTransportRefusesAnEmptyToken(t *testing.T) {
+	var sent atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { sent.Add(1) }))
+	t.Cleanup(srv.Close)
+	c := &http.Client{Transport: Transport(oauth2.StaticTokenSource(&oauth2.Token{TokenType: "Bearer"}), nil)}
+	if _, err := c.Get(srv.URL); !errors.Is(err, ErrToken) {
+		t.Errorf("err = %v, want ErrToken", err)
+	}
+	if n := sent.Load(); n != 0 {
+		t.Errorf("%d requests reached the destination, want none", n)
+	}
+}
