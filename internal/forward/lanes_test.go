@@ -61,6 +61,28 @@ func TestLanePlanOpen(t *testing.T) {
 	}
 }
 
+// TestLanePlanOpenLeavesAGoneLane: a lane whose consumer was deleted
+// (markGone) is not pulled for laneGoneFor, then tried again; marking it
+// again meanwhile reports false, so one worker tells of it.
+func TestLanePlanOpenLeavesAGoneLane(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.Local)
+	all := []Lane{{Priority: events.PriorityStat}, {Priority: events.PriorityRoutine}, {Priority: events.PriorityLow}}
+	p := newLanePlan(&Options{Lanes: all, Concurrency: 4, Now: func() time.Time { return now }})
+	if !p.markGone(events.PriorityRoutine, now) {
+		t.Fatal("markGone of a lane not marked = false, want true")
+	}
+	if p.markGone(events.PriorityRoutine, now.Add(time.Second)) {
+		t.Error("markGone of a lane marked already = true, want false")
+	}
+	if got, want := lanesOf(p.open(false)), []events.Priority{"stat", "low"}; !slices.Equal(got, want) {
+		t.Errorf("open with routine gone = %v, want %v", got, want)
+	}
+	now = now.Add(laneGoneFor)
+	if got, want := lanesOf(p.open(false)), []events.Priority{"stat", "routine", "low"}; !slices.Equal(got, want) {
+		t.Errorf("open %s later = %v, want %v", laneGoneFor, got, want)
+	}
+}
+
 // TestLaneOpenMetric: stowline_forwarder_lane_open follows the windows at
 // each scrape, so the queue alerts can leave out a lane waiting for its
 // hours.
