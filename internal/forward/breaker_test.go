@@ -2059,3 +2059,29 @@ func vouchedTrial(t *testing.T, b *breaker, seq uint64) trialToken {
 	synctest.Wait()
 	return <-trials
 }
+
+// TestBreakerVouchedFailedDropsTheOldest: the studies whose vouched
+// trial failed are remembered up to maxVouchedFailed, dropping the
+// oldest (lowest stream sequence, the likeliest settled) to make room:
+// dropping a recent one would forget a study still held, and its next
+// failure would spend nothing.
+func TestBreakerVouchedFailedDropsTheOldest(t *testing.T) {
+	b := newBreaker(breakerConfig{failures: 1, interval: time.Second, maxInterval: time.Second}, &fakeProber{}, nil)
+	t.Cleanup(b.stop)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for seq := uint64(1); seq <= maxVouchedFailed+1; seq++ {
+		b.markVouchedFailed(seq)
+	}
+	if n := len(b.vouchedFailed); n != maxVouchedFailed {
+		t.Errorf("%d studies remembered, want %d", n, maxVouchedFailed)
+	}
+	if _, ok := b.vouchedFailed[1]; ok {
+		t.Error("the oldest study (sequence 1) is still remembered")
+	}
+	for _, seq := range []uint64{2, maxVouchedFailed, maxVouchedFailed + 1} {
+		if _, ok := b.vouchedFailed[seq]; !ok {
+			t.Errorf("study of sequence %d forgotten, want only the oldest dropped", seq)
+		}
+	}
+}
