@@ -40,3 +40,37 @@ func TestDiscoveryRefusesADowngradedTokenEndpoint(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscoveryRefusesAnotherIssuer: a discovery document must name the
+// issuer it was asked of (OpenID Connect Discovery 4.3): one naming
+// another (a proxy's or a mistyped tenant's document, or an attacker's
+// mix-up) would have the client secret sent to a token endpoint the
+// operator never configured.
+func TestDiscoveryRefusesAnotherIssuer(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		doc  func(issuer string) string
+		ok   bool
+	}{
+		{"same issuer", func(issuer string) string { return issuer }, true},
+		{"same issuer, trailing slash", func(issuer string) string { return issuer + "/" }, true},
+		{"another issuer", func(string) string { return "https://login.elsewhere.example/tenant" }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var issuer string
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprintf(w, `{"issuer":%q,"token_endpoint":"https://idp.example/token"}`, tc.doc(issuer))
+			}))
+			t.Cleanup(srv.Close)
+			issuer = srv.URL
+			got, err := discoverTokenEndpoint(t.Context(), srv.Client(), issuer)
+			switch {
+			case tc.ok && err != nil:
+				t.Errorf("got %q, %v; want the token endpoint", got, err)
+			case !tc.ok && (!errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "names issuer")):
+				t.Errorf("got %q, %v; want ErrInvalidConfig naming the other issuer", got, err)
+			}
+		})
+	}
+}

@@ -151,6 +151,8 @@ func TestNewTokenSourceValidates(t *testing.T) {
 		{name: "relative token URL", edit: func(c *Config) { c.TokenURL = "/token" }, want: "TokenURL"},
 		{name: "no client ID", edit: func(c *Config) { c.ClientID = "" }, want: "ClientID"},
 		{name: "no client secret", edit: func(c *Config) { c.ClientSecret = "" }, want: "ClientSecret"},
+		{name: "client secret and secret file", edit: func(c *Config) { c.ClientSecretFile = "/run/secrets/oauth" }, want: "one of ClientSecret, ClientSecretFile and Assertion"},
+		{name: "token URL and issuer URL", edit: func(c *Config) { c.IssuerURL = "https://idp.example" }, want: "not both"},
 		{name: "negative delta", edit: func(*Config) {}, opts: []Option{WithRefreshMargin(-time.Second)}, want: "expiry delta"},
 	}
 	for _, tt := range tests {
