@@ -364,3 +364,24 @@ func TestParseResponseCoercedPersonName(t *testing.T) {
 		t.Fatalf("warnings = %+v, want one coercion", res.Warnings)
 	}
 }
+
+// TestStoredWithCommentsOnlyIsAWarning: a stored instance whose item
+// carries error comments (Azure's FailedAttributesSequence) but no
+// WarningReason is a warning all the same, its comments kept: they say
+// what the destination found wrong in what it stored.
+func TestStoredWithCommentsOnlyIsAWarning(t *testing.T) {
+	body := `{"00081199":{"vr":"SQ","Value":[{
+		"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},
+		"00081155":{"vr":"UI","Value":["1.2.3.4.1"]},
+		"00741048":{"vr":"SQ","Value":[{"00000902":{"vr":"LO","Value":["DICOM100: (0008,0020) does not validate VR DA"]}}]}
+	}]}}`
+	res, err := parseResponse("application/dicom+json", []byte(body), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Warning{{SOPClassUID: "1.2.840.10008.5.1.4.1.1.2", SOPInstanceUID: "1.2.3.4.1",
+		Comments: []string{"DICOM100: (0008,0020) does not validate VR DA"}}}
+	if fmt.Sprintf("%+v", res.Warnings) != fmt.Sprintf("%+v", want) {
+		t.Errorf("warnings = %+v\nwant %+v", res.Warnings, want)
+	}
+}
