@@ -3,6 +3,7 @@ package dicomweb
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -432,5 +433,31 @@ func TestRequestBodyClosedBeforeStart(t *testing.T) {
 	}
 	if _, err := b.stop(); err != nil {
 		t.Errorf("stop = %v", err)
+	}
+}
+
+// TestStoreSuccessAnswerToAnIncompleteBodyIsAFailure: a success answer to
+// a request whose body broke off (a part's source failed) is not taken
+// as the destination's word on the parts: it answered what it could
+// read, and the part the source failed is the study's failure, told as
+// the source's error.
+func TestStoreSuccessAnswerToAnIncompleteBodyIsAFailure(t *testing.T) {
+	sourceErr := errors.New("orthanc: 500 reading the instance")
+	rt := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		// A server that answers 200 for what it read of a body that
+		// broke off.
+		_, _ = io.Copy(io.Discard, req.Body)
+		req.Body.Close()
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"application/dicom+json"}},
+			Body: io.NopCloser(bytes.NewReader(stowJSON(t, []string{"1.2"}, nil, 0))), Request: req}, nil
+	})
+	c, err := New("http://dest.test/dicom-web", &http.Client{Transport: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failing := Part{SOPInstanceUID: "1.3", Size: -1, Open: func(ctx context.Context) (io.ReadCloser, error) { return nil, sourceErr }}
+	res, err := c.Store(t.Context(), []Part{uidPart("1.2", nil), failing})
+	if !errors.Is(err, errIncompleteBody) || !errors.Is(err, sourceErr) {
+		t.Fatalf("Store = %+v, %v; want an incomplete body failing with the source's error", res, err)
 	}
 }
