@@ -212,6 +212,9 @@ func TestResendsCountedByStatus(t *testing.T) {
 		want    map[string]float64
 	}{
 		{"429", []int{429, 0}, 1, false, map[string]float64{"429": 1, "503": 0}},
+		// Sent again overloadResends times, then the study fails (about
+		// 8 s of doubling delays).
+		{"429 every time", []int{429, 429, 429, 429, 429, 429, 429, 429}, 1, true, map[string]float64{"429": overloadResends, "503": 0}},
 		{"503 while answering others", []int{0, 503, 503, 0}, 2, false, map[string]float64{"429": 0, "503": 2}},
 		{"503 with nothing answered", []int{503}, 1, true, map[string]float64{"429": 0, "503": 0}},
 	}
