@@ -743,6 +743,7 @@ func TestBackgroundRefreshThrottledWaitsOutRetryAfter(t *testing.T) {
 			ok(w, r)
 		})
 		ts := newSource(t, srv, WithAuthStyle(oauth2.AuthStyleInHeader))
+		start := time.Now()
 		first := mustToken(t, ts)
 		throttled.Store(true)
 		for srv.Requests() < 2 {
@@ -752,7 +753,7 @@ func TestBackgroundRefreshThrottledWaitsOutRetryAfter(t *testing.T) {
 		if tok := mustToken(t, ts); tok.AccessToken != first.AccessToken {
 			t.Fatal("the token still good was not handed out after the throttled refresh")
 		}
-		for srv.Requests() < 3 && time.Since(asked[0]) < time.Hour {
+		for srv.Requests() < 3 && time.Since(start) < time.Hour {
 			time.Sleep(time.Second)
 		}
 		mu.Lock()
