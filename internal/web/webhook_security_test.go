@@ -134,6 +134,34 @@ func TestWebhookHMAC(t *testing.T) {
 	}
 }
 
+// Every 401 of the webhook carries the challenge RFC 9110 (11.6.1)
+// requires of it, whether the token or the signature was refused: a
+// client or proxy that follows HTTP learns the scheme to use.
+func TestWebhookUnauthorizedChallenges(t *testing.T) {
+	const secret = "hmac-secret-0123456789-0123456789"
+	plain := serve(t, web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}})
+	signed := serve(t, web.WebhookOptions{Tokens: []string{token}, Publisher: &fakePublisher{}, HMACSecret: secret})
+	for _, tt := range []struct {
+		name string
+		url  string
+		hdr  map[string]string
+	}{
+		{"wrong token", plain.URL, map[string]string{"Authorization": "Bearer nope"}},
+		{"other scheme", plain.URL, map[string]string{"Authorization": "Basic dXNlcjpwYXNz"}},
+		{"no signature", signed.URL, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := postHeaders(t, tt.url, tt.hdr, validBody)
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("status = %d, want 401", resp.StatusCode)
+			}
+			if got, want := resp.Header.Get("WWW-Authenticate"), `Bearer realm="stowline"`; got != want {
+				t.Errorf("WWW-Authenticate = %q, want %q", got, want)
+			}
+		})
+	}
+}
+
 // TestSignatureFormat pins the documented computation
 // (docs/webhook-security.md): hex(HMAC-SHA256(secret, "<ts>.<body>")).
 func TestSignatureFormat(t *testing.T) {

@@ -115,6 +115,9 @@ func TestWebhook(t *testing.T) {
 		{"receivedAt not a time", "application/json", bearer, strings.Replace(validBody, `{`, `{"receivedAt":"DOE^JANE 19700101",`, 1), 400, `field "receivedAt": is set by the ingest`, "DOE"},
 		{"long unknown field", "application/json", bearer, strings.Replace(validBody, `{`, `{"`+strings.Repeat("DOE^JANE", 20)+`":1,`, 1), 400, "unknown field", strings.Repeat("DOE^JANE", 10)},
 		{"too large", "application/json", bearer, `{"type":"` + strings.Repeat("x", web.MaxBodyBytes) + `"}`, 413, "larger than", ""},
+		// The limit's boundary: a body of MaxBodyBytes is read whole.
+		{"one byte over the limit", "application/json", bearer, validBody + strings.Repeat(" ", web.MaxBodyBytes+1-len(validBody)), 413, "larger than", ""},
+		{"exactly the limit", "application/json", bearer, validBody + strings.Repeat(" ", web.MaxBodyBytes-len(validBody)), 202, "", ""},
 		{"accepted", "application/json; charset=utf-8", bearer, validBody, 202, "", ""},
 		{"scheme in lower case (RFC 9110: case-insensitive)", "application/json", "bearer " + token, validBody, 202, "", ""},
 		{"two spaces after the scheme (RFC 9110: 1*SP)", "application/json", "Bearer  " + token, validBody, 202, "", ""},
