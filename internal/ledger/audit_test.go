@@ -404,6 +404,50 @@ func TestAuditProbablyQueuedByTime(t *testing.T) {
 	}
 }
 
+// The study's event was stored no later than its first forward: with
+// several destinations holding it, that is the earliest of their records
+// that counts, in whatever order the destinations are listed. ai holds
+// events from between pacs's forward and archive's only: it took the
+// study's event and lost it, and the audit queues it again.
+func TestAuditProbablyQueuedByTheFirstForward(t *testing.T) {
+	study := orthancapi.Study{ID: "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", StudyInstanceUID: "1.2.3", LastUpdate: "20261126T101500", IsStable: true}
+	now := time.Now()
+	recorded := func(at time.Time) records {
+		return records{study.ID: {LastUpdate: study.LastUpdate, Stored: at}}
+	}
+	pacs := ledger.Destination{Name: "pacs", Records: recorded(now.Add(-time.Hour))}
+	archive := ledger.Destination{Name: "archive", Records: recorded(now.Add(-10 * time.Minute))}
+	for _, tt := range []struct {
+		name   string
+		others []ledger.Destination
+	}{
+		{"first forward listed first", []ledger.Destination{pacs, archive}},
+		{"first forward listed last", []ledger.Destination{archive, pacs}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := ledger.NewAuditor(ledger.AuditOptions{
+				Sources:      []ledger.Source{{Name: "src", Orthanc: fakeOrthanc{[]orthancapi.Study{study}}}},
+				Destinations: append([]ledger.Destination{{Name: "ai", Records: noRecords{}}}, tt.others...),
+				Publish: func(context.Context, string, *events.StudyStable) (*jetstream.PubAck, error) {
+					return &jetstream.PubAck{}, nil
+				},
+				Held: func(context.Context, string) (time.Time, error) {
+					return now.Add(-30 * time.Minute), nil
+				},
+				EventsMaxAge: 7 * 24 * time.Hour,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum, err := a.Run(t.Context(), true, func(ledger.Finding) error { return nil })
+			want := ledger.Summary{Studies: 1, Findings: 1, Missing: 1, Enqueued: 1}
+			if err != nil || sum != want {
+				t.Errorf("summary %+v, %v; want %+v", sum, err, want)
+			}
+		})
+	}
+}
+
 // Every partial finding read ai's lane consumers again, 5 s each when one
 // did not answer: a destination added to an archive made every study a
 // finding. They are read once a run, again only for a study forwarded

@@ -148,6 +148,10 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 		// deleted what was selected: the record of the forward stays.
 		{"kept, then not selected", forwarded("1.1"), ledger.Outcome{NotSelected: true}, lu, []string{"1.1"}, false, false},
 		{"kept, then not selected in a newer state", forwarded("1.1"), ledger.Outcome{NotSelected: true}, newer, nil, false, true},
+		// Not selected twice (a redelivery, or another destination's
+		// forwarder recording it first): nothing was forwarded, so no
+		// ErrForwardedBefore.
+		{"not selected, then not selected again", ledger.Outcome{NotSelected: true, Rules: "r1"}, ledger.Outcome{NotSelected: true}, lu, nil, false, true},
 		{"kept, then a newer state", forwarded("1.1"), forwarded(), newer, nil, false, false},
 		// A conflict skipped, then replaced (STOW_ON_CONFLICT switched
 		// to replace, a backfill): the destination holds it as sent.
@@ -162,7 +166,7 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 				t.Fatal(err)
 			}
 			err := l.Completed(ctx, event("a", tt.thenLU), tt.then)
-			if wantErr := tt.then.NotSelected && tt.thenLU == lu; errors.Is(err, ledger.ErrForwardedBefore) != wantErr || err != nil && !wantErr {
+			if wantErr := tt.then.NotSelected && !tt.first.NotSelected && tt.thenLU == lu; errors.Is(err, ledger.ErrForwardedBefore) != wantErr || err != nil && !wantErr {
 				t.Fatalf("second Completed = %v, want ErrForwardedBefore: %v", err, wantErr)
 			}
 			r, err := l.Lookup(ctx, "a", studyID)
