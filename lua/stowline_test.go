@@ -1,6 +1,7 @@
 package lua
 
 import (
+	"bytes"
 	"encoding/json"
 	"encoding/pem"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/testharness"
 )
@@ -303,6 +305,47 @@ end
 			t.Errorf("the hook's unknown priority: event %v, want Stowline.Priority low", p.Event)
 		}
 		waitLog(t, o, `StowlinePriority gave priority "urgent", not stat, routine or low; ignored`)
+	})
+}
+
+// A StudyInstanceUID holding a quote, which Orthanc stores and the
+// ingest accepts (events.PlausibleUID takes any printable ASCII but / \ %
+// * >), is posted quoted: unescaped, the body was not JSON, the ingest
+// refused the event as malformed and the study waited for the reconciler.
+func TestScriptQuotesTheUID(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script := scriptPath(t)
+	uid := dicomgen.NewUID() + `"2`
+	if !events.PlausibleUID(uid) {
+		t.Fatalf("the ingest refuses UID %s", uid)
+	}
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		in := startIngest(t)
+		o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+			Name:       "lua-quote",
+			Release:    rel,
+			LuaScripts: []string{script},
+			StableAge:  1,
+			Extra: map[string]any{"Stowline": map[string]any{
+				"IngestUrl":   "http://" + in.addr + "/webhooks/orthanc",
+				"IngestToken": ingestToken,
+			}},
+		})
+		// Stored with a DICOM UID, then given this one, as a modality
+		// writing it would have stored the study.
+		stored := dicomgen.NewUID()
+		addStudyOf(t, o, stored)
+		waitPost(t, in, 1)
+		modify, err := json.Marshal(map[string]any{"Replace": map[string]string{"StudyInstanceUID": uid}, "Force": true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Do(t.Context(), http.MethodPost, "/studies/"+studyIDOf(t, o, stored)+"/modify", bytes.NewReader(modify), nil); err != nil {
+			t.Fatalf("store a study of UID %s: %v", uid, err)
+		}
+		if p := waitPost(t, in, 2); p.Event["studyInstanceUid"] != uid {
+			t.Errorf("event %v, want studyInstanceUid %s", p.Event, uid)
+		}
 	})
 }
 
