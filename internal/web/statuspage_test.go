@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -199,12 +200,21 @@ func TestReplayIsCSRFSafe(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c := f.browser(t)
-	_, body := f.get(t, c, "/ui", adminToken)
+	page, body := f.get(t, c, "/ui", adminToken)
 	m := csrfInput.FindStringSubmatch(body)
 	if m == nil {
 		t.Fatal("no csrf field in the page")
 	}
 	token := m[1]
+	// The nonce's cookie is out of reach of scripts, and of requests
+	// another site starts (SameSite=Strict, before the origin check).
+	i := slices.IndexFunc(page.Cookies(), func(ck *http.Cookie) bool { return ck.Name == "stowline_ui_csrf" })
+	if i < 0 {
+		t.Fatal("the page set no csrf cookie")
+	}
+	if ck := page.Cookies()[i]; !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode {
+		t.Errorf("csrf cookie %s: want HttpOnly and SameSite=Strict", ck)
+	}
 
 	post := func(c *http.Client, form url.Values, hdr map[string]string) *http.Response {
 		t.Helper()
