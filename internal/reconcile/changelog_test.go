@@ -420,6 +420,38 @@ func TestTransientAnswerDoesNotSkipAChange(t *testing.T) {
 	}
 }
 
+// TestChangedStudyPublishedAgain: a study published in this lease term
+// that received instances since (a late series: a new LastUpdate, a new
+// StableStudy change) is published again, as the new event it is. The
+// term's memory of what it published skips only the same state again:
+// it skipped the study whole, and with the Lua script's post of the new
+// state lost, the late series was never forwarded.
+func TestChangedStudyPublishedAgain(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	pub := &publishedIDs{}
+	_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		PollInterval: 10 * time.Millisecond, LeaseTTL: time.Second})
+	waitFirstCursor(ctx, t, kv, "s")
+	o.mu.Lock()
+	o.log.addStudy(1)
+	o.mu.Unlock()
+	published := func() int {
+		pub.mu.Lock()
+		defer pub.mu.Unlock()
+		return len(pub.ids)
+	}
+	waitUntil(t, "the study published", func() bool { return pub.has(orthancID(1)) })
+
+	o.mu.Lock()
+	st := o.log.studies[orthancID(1)]
+	st.LastUpdate = "20261203T160000"
+	o.log.studies[orthancID(1)] = st
+	o.log.add("StableStudy", orthancID(1))
+	o.mu.Unlock()
+	waitUntil(t, "the changed study published again", func() bool { return published() == 2 })
+}
+
 // TestPendingGaugeLeftWithTheLease: a replica that loses the lease stops
 // reporting the studies it was waiting for, as it stops reporting its
 // lag: the replica that took over reports them, and a sum over replicas
