@@ -452,6 +452,34 @@ func TestChangedStudyPublishedAgain(t *testing.T) {
 	waitUntil(t, "the changed study published again", func() bool { return published() == 2 })
 }
 
+// filterRefusingOrthanc announces that it filters its change log by
+// type (GET /system) and answers 400 to a read that asks it to.
+type filterRefusingOrthanc struct{ *swappableOrthanc }
+
+func (o filterRefusingOrthanc) Changes(ctx context.Context, since int64, limit int, types ...string) (orthancapi.Changes, error) {
+	if len(types) > 0 {
+		return orthancapi.Changes{}, &orthancapi.Error{Method: http.MethodGet, Path: "/changes", StatusCode: http.StatusBadRequest}
+	}
+	return o.swappableOrthanc.Changes(ctx, since, limit)
+}
+
+// TestRefusedTypeFilterReadsTheWholeLog: an Orthanc that announces the
+// change log's type filter but refuses it (400) is read whole instead,
+// its studies published; failing the poll on it would have stopped its
+// reconciliation for good.
+func TestRefusedTypeFilterReadsTheWholeLog(t *testing.T) {
+	_, kv := testBucket(t)
+	o := filterRefusingOrthanc{&swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}, filtered: true}}
+	pub := &publishedIDs{}
+	_, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: pub,
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
+	waitFirstCursor(ctx, t, kv, "s")
+	o.mu.Lock()
+	o.log.addStudy(1)
+	o.mu.Unlock()
+	waitUntil(t, "the study published", func() bool { return pub.has(orthancID(1)) })
+}
+
 // TestPendingGaugeLeftWithTheLease: a replica that loses the lease stops
 // reporting the studies it was waiting for, as it stops reporting its
 // lag: the replica that took over reports them, and a sum over replicas
