@@ -13,6 +13,7 @@ import (
 
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 func testBucket(t *testing.T) (*testnats.Server, jetstream.KeyValue) {
@@ -365,4 +366,30 @@ func TestLeaseTakenSlowlyIsRenewed(t *testing.T) {
 	}
 	stop(nil)
 	<-done
+}
+
+// TestStopReleasesTheLease: a reconciler that stops (a rolling update,
+// a scale-down) gives its leases up, so that another replica polls the
+// source at once, not a whole LeaseTTL later.
+func TestStopReleasesTheLease(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
+	r, err := New(Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		PollInterval: 10 * time.Millisecond, LeaseTTL: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFirstCursor(ctx, t, kv, "s")
+	if _, err := kv.Get(t.Context(), leaseKey("s")); err != nil {
+		t.Fatalf("the lease of the polling replica: %v", err)
+	}
+	cancel()
+	<-done
+	if e, err := kv.Get(t.Context(), leaseKey("s")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("lease after the stop: %v (err %v), want it released", e, err)
+	}
 }
