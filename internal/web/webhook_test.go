@@ -172,6 +172,11 @@ func TestWebhook(t *testing.T) {
 	if got := msg.Header.Get("Nats-Msg-Id"); got != ev.MsgID() {
 		t.Errorf("Nats-Msg-Id = %q, want %q", got, ev.MsgID())
 	}
+	// The 202 names the event as README's table says: its stream,
+	// sequence and de-duplication ID.
+	if body["msgId"] != ev.MsgID() || body["stream"] != natsjs.EventStream || body["seq"] != float64(1) {
+		t.Errorf("202 body %v, want stream %s, seq 1, msgId %s", body, natsjs.EventStream, ev.MsgID())
+	}
 
 	// A study that changed (new LastUpdate) is a new event.
 	status, body = post(t, srv.URL, "application/json", bearer, strings.Replace(validBody, "20261126T101500", "20261126T111500", 1))
