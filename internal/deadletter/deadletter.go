@@ -448,6 +448,18 @@ func lettersSubject(subject string) bool {
 	return natsjs.ValidDestination(destination) && events.ValidSource(source)
 }
 
+// countedByLeader reports whether a consumer's count at its creation
+// holds every message the stream acknowledged: on a stream of one
+// replica, or with the consumer on the stream's leader. A one-replica
+// consumer of a clustered stream may be placed on a follower that has
+// not yet applied a message the leader acknowledged, and count it out.
+func countedByLeader(stream *jetstream.StreamInfo, cons *jetstream.ConsumerInfo) bool {
+	if stream.Config.Replicas <= 1 {
+		return true
+	}
+	return stream.Cluster != nil && cons.Cluster != nil && stream.Cluster.Leader != "" && cons.Cluster.Leader == stream.Cluster.Leader
+}
+
 // sinceClockMargin is how far ahead of NATS's clock a forwarder's may
 // run without a Since filter missing its letters.
 const sinceClockMargin = 15 * time.Minute
@@ -484,6 +496,12 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			_ = js.DeleteConsumer(dctx, stream, ci.Name) // else it expires
 		}
 	}()
+	if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 && countedByLeader(info.CachedInfo(), ci) {
+		// Nothing stored from the start on that the filter takes: no
+		// fetch to wait out (an empty window, a status page whose newest
+		// letters were replayed).
+		return nil
+	}
 	opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(time.Second)}
 	if fetchBytes > 0 {
 		// Bounded by both. At least the largest message the server takes
@@ -619,18 +637,24 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			done(e)
 			return nil
 		}
+		if err := context.Cause(ctx); err != nil {
+			return err // nothing more started; those in flight end
+		}
 		if held > 0 && held+size > replayHeldBytes {
 			if p.Wait() != nil {
 				return inorder.ErrStopped
 			}
-			held = 0
 		}
 		held += size
 		// Its task outlives this call: it holds a copy, not the page.
 		e = new(*e)
 		queued := false
 		return p.Run(func() error {
-			if err := s.requeue(ctx, e); err != nil {
+			// Not cancelled with the run: a publish cut off may be stored
+			// all the same, its letter kept and not reported, and a
+			// replay past the dedupe window would queue it again. Each
+			// is bounded by the JetStream context's time-out.
+			if err := s.requeue(context.WithoutCancel(ctx), e); err != nil {
 				return fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 			}
 			queued = true
@@ -642,6 +666,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			}
 			return nil
 		}, func(err error) error {
+			held -= size // ends run on this goroutine
 			if queued {
 				// Reported even when its letter stayed, so that the
 				// operator knows its study is on its way.
@@ -1064,7 +1089,7 @@ func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string
 				n++
 			}
 		}
-		return found[:n], unreadable, err
+		return found[:n], unreadable, errors.Join(err, newerErr)
 	}
 	return found, unreadable, newerErr
 }

@@ -241,3 +241,63 @@ func entrySeqs(entries []Entry) []uint64 {
 	}
 	return out
 }
+
+// A read whose consumer counts nothing to deliver (a page asked past the
+// last letter; the status page's newest letters replayed) ends at the
+// consumer's creation on a stream of one replica, where that count is
+// the leader's: no empty fetch is waited out.
+func TestReadPastTheLastLetterFetchesNothing(t *testing.T) {
+	s, nc, _ := storeOnOwnConn(t)
+	var last uint64
+	for i := range 3 {
+		seq, _, err := s.Add(subjectsCtx(t), subjectsLetter("archive", "src", i+1, time.Now().UTC()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = seq
+	}
+	before := nc.Stats().InMsgs
+	got, more, err := s.Page(subjectsCtx(t), Filter{All: true}, last, 0, 0)
+	if err != nil || len(got) != 0 || more {
+		t.Fatalf("Page after the last letter = %d letters, more %v, %v; want none", len(got), more, err)
+	}
+	if n := nc.Stats().InMsgs - before; n > 3 {
+		t.Errorf("Page after the last letter received %d messages, want at most 3 (stream info, consumer created and deleted): no fetch", n)
+	}
+}
+
+// On a clustered stream, only a consumer on the stream's leader counts
+// every message the stream acknowledged.
+func TestCountedByLeader(t *testing.T) {
+	stream := func(replicas int, leader string) *jetstream.StreamInfo {
+		si := &jetstream.StreamInfo{Config: jetstream.StreamConfig{Replicas: replicas}}
+		if leader != "" {
+			si.Cluster = &jetstream.ClusterInfo{Leader: leader}
+		}
+		return si
+	}
+	consumer := func(leader string) *jetstream.ConsumerInfo {
+		ci := &jetstream.ConsumerInfo{}
+		if leader != "" {
+			ci.Cluster = &jetstream.ClusterInfo{Leader: leader}
+		}
+		return ci
+	}
+	for _, tt := range []struct {
+		name   string
+		stream *jetstream.StreamInfo
+		cons   *jetstream.ConsumerInfo
+		want   bool
+	}{
+		{"one replica", stream(1, "n1"), consumer("n2"), true},
+		{"one replica, no cluster", stream(1, ""), consumer(""), true},
+		{"consumer on the leader", stream(3, "n1"), consumer("n1"), true},
+		{"consumer on a follower", stream(3, "n1"), consumer("n2"), false},
+		{"leader unknown", stream(3, ""), consumer("n1"), false},
+		{"consumer's server unknown", stream(3, "n1"), consumer(""), false},
+	} {
+		if got := countedByLeader(tt.stream, tt.cons); got != tt.want {
+			t.Errorf("%s: countedByLeader = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
