@@ -12,14 +12,10 @@ var ErrStopped = errors.New("stopped at a failure")
 // Pipeline runs tasks, up to its limit at once, each on its own
 // goroutine, and ends them with their results on the caller's goroutine
 // in the order they were started. A failure stops the run, and the error
-// is the first failed task's. Tasks started with it are still ended (a
-// replayed letter whose event was stored after it is counted and gone),
-// their own failures not reported.
-//
-// Goroutines calling the synchronous publish, rather than JetStream's
-// PublishMsgAsync: a replay deletes each letter once its event is
-// acknowledged, a second round trip that this overlaps too; and
-// natsjs.PublishMsgTo keeps its context, retries and errors.
+// is the first failed task's. Tasks started with it are still ended
+// (what they did is reported), their own failures not. Wait may be called
+// part-way, to end every task started so far, and Run called again after
+// it; a failure seen then stops the run as well.
 type Pipeline struct {
 	limit   int
 	started []task // not ended yet, oldest first
@@ -69,7 +65,7 @@ func (p *Pipeline) oldestDone() bool {
 
 func (p *Pipeline) endOldest() {
 	t := p.started[0]
-	p.started[0] = task{} // its end may hold a page of letters
+	p.started[0] = task{} // its end may hold much (a replay's letter)
 	p.started = p.started[1:]
 	if err := t.end(<-t.result); err != nil && p.err == nil {
 		p.err = err

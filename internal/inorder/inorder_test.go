@@ -103,3 +103,58 @@ func seq(from, to int) []int {
 	}
 	return out
 }
+
+// Wait may end the tasks part-way (a replay bounding what it holds):
+// Run goes on after it, every task is ended once and in order, and a
+// failure that Wait sees stops the run, reported once by the last Wait.
+func TestWaitPartWay(t *testing.T) {
+	for _, failAt := range []int{-1, 1} {
+		t.Run(fmt.Sprintf("task %d fails", failAt), func(t *testing.T) {
+			p := New(4)
+			var ended []int
+			run := func(i int) error {
+				return p.Run(func() error {
+					if i == failAt {
+						return fmt.Errorf("task %d", i)
+					}
+					return nil
+				}, func(err error) error {
+					ended = append(ended, i)
+					return err
+				})
+			}
+			for i := range 3 {
+				if err := run(i); err != nil {
+					t.Fatalf("Run(%d) = %v", i, err)
+				}
+			}
+			midErr := p.Wait()
+			if failAt >= 0 {
+				if midErr == nil || midErr.Error() != "task 1" {
+					t.Fatalf("Wait part-way = %v, want task 1", midErr)
+				}
+				if err := run(3); !errors.Is(err, ErrStopped) {
+					t.Errorf("Run after the failure = %v, want ErrStopped", err)
+				}
+				if err := p.Wait(); err == nil || err.Error() != "task 1" {
+					t.Errorf("last Wait = %v, want task 1 again", err)
+				}
+				if !slices.Equal(ended, seq(0, 3)) {
+					t.Errorf("ended %v, want %v", ended, seq(0, 3))
+				}
+				return
+			}
+			if midErr != nil {
+				t.Fatalf("Wait part-way = %v", midErr)
+			}
+			for i := 3; i < 6; i++ {
+				if err := run(i); err != nil {
+					t.Fatalf("Run(%d) after Wait = %v", i, err)
+				}
+			}
+			if err := p.Wait(); err != nil || !slices.Equal(ended, seq(0, 6)) {
+				t.Errorf("last Wait = %v, ended %v; want nil, %v", err, ended, seq(0, 6))
+			}
+		})
+	}
+}
