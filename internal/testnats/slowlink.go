@@ -17,13 +17,15 @@ func SlowLink(tb testing.TB, target string, delay time.Duration) string {
 		tb.Fatal(err)
 	}
 	var (
-		mu    sync.Mutex
-		conns []net.Conn
+		mu     sync.Mutex
+		conns  []net.Conn
+		closed bool
 	)
 	tb.Cleanup(func() {
 		ln.Close()
 		mu.Lock()
 		defer mu.Unlock()
+		closed = true
 		for _, c := range conns {
 			c.Close()
 		}
@@ -40,6 +42,12 @@ func SlowLink(tb testing.TB, target string, delay time.Duration) string {
 				continue
 			}
 			mu.Lock()
+			if closed { // accepted as the test ended
+				mu.Unlock()
+				c.Close()
+				up.Close()
+				return
+			}
 			conns = append(conns, c, up)
 			mu.Unlock()
 			go delayed(up, c, delay)
@@ -78,4 +86,6 @@ func delayed(dst io.WriteCloser, src io.ReadCloser, delay time.Duration) {
 	}
 	dst.Close()
 	src.Close()
+	for range chunks { // the reader, failing now, may be sending one
+	}
 }
