@@ -464,6 +464,9 @@ func TestAdminListsDeadLettersInPages(t *testing.T) {
 		{"limit=1&seq=4&after=3", []uint64{4}, 0},
 		{"seq=4&after=4", nil, 0},
 		{"after=99", nil, 0},
+		// The bounds of limit= are pages too.
+		{"limit=1", []uint64{1}, 1},
+		{"limit=1000", []uint64{1, 2, 3, 4, 5, 6, 7}, 0},
 	} {
 		status, seqs, next := list(tt.query)
 		if status != http.StatusOK || fmt.Sprint(seqs) != fmt.Sprint(tt.seqs) || next != tt.next {
@@ -607,6 +610,33 @@ func TestAdminTakesSeqAsANumber(t *testing.T) {
 	}
 	if _, err := f.store.Get(t.Context(), 1); err != nil {
 		t.Errorf("dead letter 1 after dry runs and refusals: %v", err)
+	}
+}
+
+// TestAdminRefusesWhatNamesNothing: seq 0 names no dead letter (JetStream
+// numbers from 1), and a re-forward window whose until is not after its
+// since holds no event; each is refused with 400 naming its field, before
+// the store or the event stream is asked, not answered as an outage (503)
+// or as a re-forward of nothing that looks done.
+func TestAdminRefusesWhatNamesNothing(t *testing.T) {
+	f := start(t) // dead letter 1
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, tt := range []struct {
+		method, path, body, says string
+	}{
+		{http.MethodGet, "/admin/deadletters/0", "", "seq: not a dead-letter sequence number"},
+		{http.MethodPost, "/admin/reforward", `{"since":"2026-11-01T00:00Z","until":"2026-11-01T00:00Z","dryRun":true}`, "until: must be after since"},
+		{http.MethodPost, "/admin/reforward", `{"since":"2026-11-02T00:00Z","until":"2026-11-01T00:00Z","dryRun":true}`, "until: must be after since"},
+	} {
+		req := httptest.NewRequest(tt.method, tt.path, strings.NewReader(tt.body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), tt.says) {
+			t.Errorf("%s %s %s: status %d, body %s; want 400 saying %q", tt.method, tt.path, tt.body, rec.Code, rec.Body, tt.says)
+		}
 	}
 }
 
