@@ -16,6 +16,7 @@ import (
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // TestStreamWindowBeforeTheStreamIsSaid: a backfill or re-forward from the
@@ -250,6 +251,16 @@ func TestBackfillDedupesPerLane(t *testing.T) {
 // Orthanc's study, updated now.
 func TestBackfillFromSourcesKeepsToItsWindow(t *testing.T) {
 	s := newAuditSite(t, 1, "new")
+	// The window is [since, until): a study updated at the very second
+	// one window ends and the next starts is queued by the next only.
+	var updated time.Time
+	for _, ev := range s.studies {
+		var err error
+		if updated, err = time.Parse(orthancapi.TimeLayout, ev.LastUpdate); err != nil {
+			t.Fatal(err)
+		}
+	}
+	at := updated.Format(time.RFC3339)
 	for _, tt := range []struct {
 		name   string
 		window []string
@@ -258,6 +269,8 @@ func TestBackfillFromSourcesKeepsToItsWindow(t *testing.T) {
 		{"the last day", []string{"--since", "24h"}, "1 studies would be queued for new"},
 		{"until in the past", []string{"--since", "2020-01-01", "--until", "2020-01-02"}, "0 studies would be queued for new"},
 		{"since in the future", []string{"--since", "2099-01-01"}, "0 studies would be queued for new"},
+		{"until the study's last update", []string{"--since", "24h", "--until", at}, "0 studies would be queued for new"},
+		{"since the study's last update", []string{"--since", at, "--until", updated.Add(time.Second).Format(time.RFC3339)}, "1 studies would be queued for new"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var out strings.Builder
