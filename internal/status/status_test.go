@@ -828,3 +828,57 @@ func TestReadLedgersRoundTrips(t *testing.T) {
 		t.Errorf("read a record at a time: %d read, older unread %v, recent %v\nwant (batches)   %d read, older unread %v, recent %v", b.Read, b.OlderUnread, b.Recent, a.Read, a.OlderUnread, a.Recent)
 	}
 }
+
+// TestReadQueueSumsTheLanes: a destination's redelivered events and its
+// idle workers' pulls are those of all its lanes (stat, routine and low
+// consumers), as its pending and ack-pending ones: one event retried in
+// each of two lanes, and a worker waiting on each of them, are 2 and 2,
+// not the figure of whichever lane was read last.
+func TestReadQueueSumsTheLanes(t *testing.T) {
+	ns := testnats.Start(t)
+	ctx := timeout(t)
+	lanes, err := natsjs.DefaultTopology().EnsureLanes(ctx, ns.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, lane := range []events.Priority{events.PriorityStat, events.PriorityRoutine} {
+		ev := event(i)
+		if _, err := natsjs.PublishTo(ctx, ns.JS, natsjs.LaneSubject(lane, "", ev.Source), ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+		c := lanes[natsjs.DefaultDestination][lane]
+		// Delivered, refused, delivered again: redelivered and unacked.
+		for _, settle := range []func(jetstream.Msg) error{func(m jetstream.Msg) error { return m.Nak() }, func(jetstream.Msg) error { return nil }} {
+			m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+			if err != nil {
+				t.Fatalf("%s lane: %v", lane, err)
+			}
+			if err := settle(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A worker's pull, left open on the now empty lane.
+		if _, err := c.Fetch(1, jetstream.FetchMaxWait(20*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var d status.DestinationQueue
+	for {
+		q, err := status.ReadQueue(ctx, ns.JS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ = q.Destination(natsjs.DefaultDestination)
+		if d.Redelivered == 2 && d.Waiting == 2 || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if d.Redelivered != 2 || d.Waiting != 2 || d.AckPending != 2 {
+		t.Errorf("default's queue: %d redelivered, %d waiting pulls, %d ack pending; want 2, 2, 2 (one of each in the stat and routine lanes)",
+			d.Redelivered, d.Waiting, d.AckPending)
+	}
+}
