@@ -165,6 +165,33 @@ func TestBackfillRefusesAFlagGivenEmpty(t *testing.T) {
 	}
 }
 
+// TestBackfillRefusesAWindowThatHoldsNothing: an --until not after
+// --since (the same time given twice, or the two swapped) is the
+// operator's mistake, refused as such (exit 2) before anything is read or
+// queued, not a backfill that says it queued 0 studies.
+func TestBackfillRefusesAWindowThatHoldsNothing(t *testing.T) {
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	if _, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), srv.JS, []string{"new"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_URL": "http://" + testharness.FreeAddr(t)}
+	for _, window := range [][]string{
+		{"--since", "2026-11-01T00:00Z", "--until", "2026-11-01T00:00Z"},
+		{"--since", "2026-11-02", "--until", "2026-11-01"},
+	} {
+		for _, from := range []string{"stream", "source"} {
+			args := append([]string{"--destination", "new", "--from", from, "--dry-run"}, window...)
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				var out strings.Builder
+				err := RunBackfill(t.Context(), args, func(k string) string { return env[k] }, &out, io.Discard)
+				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--until must be after --since") {
+					t.Errorf("err = %v (output %q), want a usage error: --until must be after --since", err, out.String())
+				}
+			})
+		}
+	}
+}
+
 // TestBackfillGivesTheStreamsDuplicateWindow: a backfill from the sources
 // run again said its studies were not queued again "within
 // EVENTS_DEDUPE_WINDOW" giving its own setting, which need not be the

@@ -147,6 +147,7 @@ func TestReplayArgumentErrors(t *testing.T) {
 		{[]string{"reforward", "--since", "yesterday"}, "since:"},
 		{[]string{"reforward", "--since", "2026-01-01", "--until", "later"}, "until:"},
 		{[]string{"reforward", "--since", "2026-01-02", "--until", "2026-01-01"}, "--until must be after --since"},
+		{[]string{"reforward", "--since", "2026-01-01", "--until", "2026-01-01T00:00Z"}, "--until must be after --since"},
 		{[]string{"reforward", "--since", "2026-01-01", "extra"}, `unexpected argument "extra"`},
 		{[]string{"reforward", "--since", "2026-01-01", "--priority", "urgent"}, `--priority: priority "urgent"`},
 		{[]string{"reforward", "--since", "2026-01-01", "--destination", ""}, "--destination: empty"},
