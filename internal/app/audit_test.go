@@ -415,6 +415,41 @@ func TestAuditEnqueueFromCron(t *testing.T) {
 	}
 }
 
+// fillEventStream makes the event stream refuse every new event, as a
+// full one does: it holds one, and at most one.
+func (s *auditSite) fillEventStream(t *testing.T) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := s.srv.JS.Publish(ctx, natsjs.EventSubject("other"), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := s.srv.JS.Stream(ctx, natsjs.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	cfg.MaxMsgs, cfg.Discard = 1, jetstream.DiscardNew
+	if _, err := s.srv.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAuditFailsForAFindingNotQueued: an audit --enqueue whose repair
+// JetStream refuses (the event stream full, a permission missing) exits
+// with an error naming the count, even for one finding: a scheduled
+// audit that exits 0 says the study is on its way when it is not.
+func TestAuditFailsForAFindingNotQueued(t *testing.T) {
+	s := newAuditSite(t, 1, "ai")
+	s.fillEventStream(t)
+	stderr, err := s.audit(t, "--enqueue")
+	if err == nil || !strings.Contains(err.Error(), "1 findings could not be enqueued") {
+		t.Errorf("err = %v, want 1 finding not enqueued\n%s", err, stderr)
+	}
+	if !strings.Contains(stderr, "0 findings queued") {
+		t.Errorf("stderr does not say none was queued:\n%s", stderr)
+	}
+}
+
 // TestAuditRepairsByTime: a study missing at ai only was "probably
 // queued" while ai's lanes held any event not acknowledged, its own or
 // not, so a busy destination never got a lost copy repaired. It is now

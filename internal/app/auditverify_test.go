@@ -61,3 +61,28 @@ func TestVerifyAuditSummarisesPastAFailedStudy(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyAuditFailsForAStudyNotQueued: audit --verify --enqueue whose
+// re-forward JetStream refuses (the event stream full) exits with an
+// error naming the count, even for one study: exit 0 would say the
+// study's missing instances are on their way when they are not.
+func TestVerifyAuditFailsForAStudyNotQueued(t *testing.T) {
+	s := newAuditSite(t, 1, "ai")
+	for _, ev := range s.studies {
+		s.record(t, ev, "ai")
+	}
+	// The destination holds none of the study's instances.
+	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/dicom+json")
+		_, _ = w.Write([]byte("[]"))
+	}))
+	t.Cleanup(dest.Close)
+	s.fillEventStream(t)
+	env := maps.Clone(s.env)
+	env["DESTINATIONS"], env["DESTINATION_AI_URL"] = "ai", dest.URL+"/dicom-web"
+	var stderr strings.Builder
+	err := RunAudit(t.Context(), []string{"--verify", "--destination", "ai", "--since", "1d", "--enqueue"}, func(k string) string { return env[k] }, io.Discard, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "1 studies could not be enqueued") {
+		t.Errorf("err = %v, want 1 study not enqueued\n%s", err, stderr.String())
+	}
+}
