@@ -109,6 +109,66 @@ func TestStreamLimitKeepsWhatIsQueued(t *testing.T) {
 	}
 }
 
+// TestDiscardOldTakenBack: a stream found discarding its oldest messages
+// at its cap (set so by hand, `nats stream edit --discard old`, with a
+// cap the operator added) would delete queued events not forwarded yet,
+// or dead letters not replayed, to make room. Discard is stowline's
+// setting: a start gives it back DiscardNew, whether or not another
+// setting changed with it (an unchanged stream is otherwise left alone).
+func TestDiscardOldTakenBack(t *testing.T) {
+	for _, stream := range []struct {
+		name   string
+		ensure func(context.Context, natsjs.Topology, jetstream.JetStream) error
+	}{
+		{natsjs.EventStream, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
+			_, err := topo.EnsureEvents(ctx, js)
+			return err
+		}},
+		{natsjs.DeadLetterStream, func(ctx context.Context, topo natsjs.Topology, js jetstream.JetStream) error {
+			_, err := topo.EnsureDeadLetters(ctx, js)
+			return err
+		}},
+	} {
+		for _, start := range []struct {
+			name   string
+			change func(*natsjs.Topology)
+		}{
+			{"start with the same settings", func(*natsjs.Topology) {}},
+			{"start with a longer retention", func(topo *natsjs.Topology) {
+				topo.Retention, topo.DeadLetterRetention = 2*topo.Retention, 2*topo.DeadLetterRetention
+			}},
+		} {
+			t.Run(stream.name+"/"+start.name, func(t *testing.T) {
+				_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+				ctx := testCtx(t)
+				topo := natsjs.DefaultTopology()
+				if err := stream.ensure(ctx, topo, js); err != nil {
+					t.Fatal(err)
+				}
+				s, err := js.Stream(ctx, stream.name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := s.CachedInfo().Config
+				cfg.Discard, cfg.MaxMsgs = jetstream.DiscardOld, 2
+				if _, err := js.UpdateStream(ctx, cfg); err != nil {
+					t.Fatal(err)
+				}
+				start.change(&topo)
+				if err := stream.ensure(ctx, topo, js); err != nil {
+					t.Fatal(err)
+				}
+				if s, err = js.Stream(ctx, stream.name); err != nil {
+					t.Fatal(err)
+				}
+				if got := s.CachedInfo().Config; got.Discard != jetstream.DiscardNew || got.MaxMsgs != 2 {
+					t.Errorf("after a start: discard %v, max messages %d; want discard new (stowline's), the operator's cap of 2 kept", got.Discard, got.MaxMsgs)
+				}
+			})
+		}
+	}
+}
+
 // So does a key-value bucket's cap (the ledger grows for ever), and
 // another setting of the operator's: the compression of a large ledger
 // went at the next start that changed a setting. A setting of its stream

@@ -473,6 +473,7 @@ func TestDeadLetterDedupeOutlastsRedelivery(t *testing.T) {
 		{"existing stream", 30 * 24 * time.Hour, 0, true, 24 * time.Hour},
 		{"shortest retention", time.Hour, 0, true, time.Hour},
 		{"events' window lowered (an account's cap)", 30 * 24 * time.Hour, 30 * time.Minute, true, 30 * time.Minute},
+		{"events' window under the 2 minutes it was", 30 * 24 * time.Hour, 30 * time.Second, true, 2 * time.Minute},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))

@@ -250,6 +250,32 @@ func TestEnsureBucketsLeaveUnchangedOnes(t *testing.T) {
 	}
 }
 
+// TestStatusBucketTTLLoweredBelowItsDuplicateWindow: a status bucket
+// found with a TTL longer than the 2-minute duplicate window nats.go
+// gives a bucket's stream (made by hand with another TTL) is taken to
+// the 30 s TTL with its window cut to it: JetStream refuses a window
+// longer than the stream's MaxAge, and the start would fail on it.
+func TestStatusBucketTTLLoweredBelowItsDuplicateWindow(t *testing.T) {
+	_, js := connectJS(t, startEmbedded(t, natsjs.EmbeddedOptions{}))
+	ctx := testCtx(t)
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: natsjs.StatusBucket, History: 1, TTL: 5 * time.Minute,
+		Storage: jetstream.MemoryStorage}); err != nil {
+		t.Fatal(err)
+	}
+	topo := natsjs.DefaultTopology()
+	kv, err := topo.EnsureStatus(ctx, js)
+	if err != nil {
+		t.Fatalf("a start with the status bucket's TTL at 5m: %v", err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != topo.StatusTTL {
+		t.Errorf("status bucket TTL %s after a start, want %s", st.TTL(), topo.StatusTTL)
+	}
+}
+
 // TestStatusBucketWithoutMemoryStorage: the status bucket is kept in
 // memory, and an account whose JetStream memory limit is 0 (disk only,
 // legitimate) refused it: every forwarder failed to start. It is made on
