@@ -207,13 +207,22 @@ func TestAdminPurgeLogsEachStudy(t *testing.T) {
 	var logs strings.Builder
 	r := chi.NewRouter()
 	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.NewJSONHandler(&logs, nil))}).Mount(r)
-	req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(`{"all":true}`))
-	req.Header.Set("Authorization", "Bearer "+token)
-	rec := httptest.NewRecorder()
-	r.ServeHTTP(rec, req)
-	if rec.Code != http.StatusOK {
-		t.Fatalf("purge: status %d, body %s", rec.Code, rec.Body)
+	purge := func(body string) {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("purge %s: status %d, body %s", body, rec.Code, rec.Body)
+		}
 	}
+	// A dry run purges nothing, and the log must not say it did.
+	purge(`{"all":true,"dryRun":true}`)
+	if strings.Contains(logs.String(), "purged") {
+		t.Errorf("a dry run's log says letters were purged:\n%s", logs.String())
+	}
+	purge(`{"all":true}`)
 	var entry map[string]any
 	for line := range strings.SplitSeq(logs.String(), "\n") {
 		if strings.Contains(line, `"msg":"dead letter purged through the admin API"`) {
