@@ -206,14 +206,15 @@ func TestReplayIsCSRFSafe(t *testing.T) {
 		t.Fatal("no csrf field in the page")
 	}
 	token := m[1]
-	// The nonce's cookie is out of reach of scripts, and of requests
-	// another site starts (SameSite=Strict, before the origin check).
+	// The nonce cookie goes with no cross-site request, not even a
+	// top-level navigation (Lax would send it with one), and no script
+	// reads it.
 	i := slices.IndexFunc(page.Cookies(), func(ck *http.Cookie) bool { return ck.Name == "stowline_ui_csrf" })
 	if i < 0 {
-		t.Fatal("the page set no csrf cookie")
+		t.Fatalf("the page set no csrf cookie: %v", page.Header.Values("Set-Cookie"))
 	}
-	if ck := page.Cookies()[i]; !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode {
-		t.Errorf("csrf cookie %s: want HttpOnly and SameSite=Strict", ck)
+	if ck := page.Cookies()[i]; !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.Path != "/ui" {
+		t.Errorf("csrf cookie %q: want HttpOnly, SameSite=Strict, Path=/ui", ck.String())
 	}
 
 	post := func(c *http.Client, form url.Values, hdr map[string]string) *http.Response {
