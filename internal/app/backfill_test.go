@@ -312,6 +312,34 @@ func TestBackfillFromSourcesKeepsToItsWindow(t *testing.T) {
 	}
 }
 
+// TestBackfillFromSourcesTakesStableStudiesOnly: --from source queues the
+// stable studies only (its usage says so): a study Orthanc still receives
+// would be forwarded in part, then again in full once it settles.
+func TestBackfillFromSourcesTakesStableStudiesOnly(t *testing.T) {
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	if _, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), srv.JS, []string{"new"}); err != nil {
+		t.Fatal(err)
+	}
+	// Stable an hour after its last instance: still receiving here.
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "backfill-unstable", StableAge: 3600})
+	files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{StudyInstanceUID: dicomgen.NewUID(), Series: 1, InstancesPerSeries: 1, Rows: 16, Columns: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, files...); len(res.Failed) > 0 {
+		t.Fatal(res.Failed)
+	}
+	env := map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_URL": o.URL, "ORTHANC_SOURCE_NAME": "main"}
+	var out strings.Builder
+	if err := RunBackfill(t.Context(), []string{"--destination", "new", "--from", "source", "--since", "24h", "--dry-run"},
+		func(k string) string { return env[k] }, &out, io.Discard); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "0 studies would be queued for new") {
+		t.Errorf("a study still receiving was taken:\n%s", out.String())
+	}
+}
+
 // The low lane's backfill ID is the one it was before the lane was part
 // of it, so that a backfill rerun across the upgrade is still dropped as
 // a duplicate.
