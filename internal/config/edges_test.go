@@ -22,6 +22,7 @@ func TestRangeEdges(t *testing.T) {
 		{"FORWARDER_CONCURRENCY", "256", "257", nil},
 		{"FORWARDER_ACK_WAIT", "3s", "2999ms", nil},
 		{"FORWARDER_INSTANCE_RETRIES", "10", "11", nil},
+		{"FORWARDER_STAT_CONCURRENCY", "64", "65", nil},
 		{"FORWARDER_SHUTDOWN_GRACE", "1s", "999ms", nil},
 		{"FORWARDER_SHUTDOWN_GRACE", "1h", "1h0m1s", nil},
 		{"DEADLETTER_RETENTION", "1h", "59m59s", nil},
