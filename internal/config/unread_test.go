@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +18,21 @@ func TestUnread(t *testing.T) {
 	}{
 		{name: "every variable read", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &SingleHost{} }, extra: map[string]string{"STOW_PARALLEL_REQUESTS": "8", "OAUTH_TOKEN_URL": "https://login.example.org/token", "OAUTH_CLIENT_ID": "site", "OAUTH_CLIENT_SECRET": "s3cret-value", "PATH": "/bin"}},
+		// The _FILE form of a secret is read as the secret.
+		{name: "secrets from files", env: func(t *testing.T) map[string]string {
+			e := baseEnv()
+			dir := t.TempDir()
+			for k, v := range map[string]string{"INGEST_TOKEN": e["INGEST_TOKEN"], "ADMIN_TOKEN": "9a8b7c6d5e4f3a2b1c0d", "OAUTH_CLIENT_SECRET": "s3cret-value"} {
+				f := filepath.Join(dir, k)
+				if err := os.WriteFile(f, []byte(v), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				delete(e, k)
+				e[k+"_FILE"] = f
+			}
+			e["OAUTH_TOKEN_URL"], e["OAUTH_CLIENT_ID"] = "https://login.example.org/token", "site"
+			return e
+		}, cfg: func() any { return &SingleHost{} }},
 		{name: "misspelt default destination variable", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &SingleHost{} }, extra: map[string]string{"STOW_PARALLEL_REQUEST": "8", "FORWARDER_CONCURENCY": "2"},
 			want: []string{"FORWARDER_CONCURENCY", "STOW_PARALLEL_REQUEST"}},
