@@ -882,3 +882,28 @@ func TestReadQueueSumsTheLanes(t *testing.T) {
 			d.Redelivered, d.Waiting, d.AckPending)
 	}
 }
+
+// TestTrackerTotalsByResult: each way an attempt ends is counted under its
+// own total (the status page's card of this process): an ack that failed
+// is no interruption, a dead letter no retry.
+func TestTrackerTotalsByResult(t *testing.T) {
+	for _, tt := range []struct {
+		result forward.Result
+		want   status.Totals
+	}{
+		{forward.ResultForwarded, status.Totals{Forwarded: 1}},
+		{forward.ResultNotSelected, status.Totals{NotSelected: 1}},
+		{forward.ResultRetry, status.Totals{Retry: 1}},
+		{forward.ResultDeadLettered, status.Totals{DeadLettered: 1}},
+		{forward.ResultInterrupted, status.Totals{Interrupted: 1}},
+		{forward.ResultAckFailed, status.Totals{AckFailed: 1}},
+	} {
+		tr := status.NewTracker(4)
+		a := &forward.Attempt{Event: event(1), Number: 1, Seq: 1}
+		tr.Started(a)
+		tr.Finished(a, tt.result, forward.Report{})
+		if got := tr.Snapshot().Totals; got != tt.want {
+			t.Errorf("%s: totals %+v, want %+v", tt.result, got, tt.want)
+		}
+	}
+}
