@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -288,4 +289,99 @@ func runWithAnEvent(t *testing.T, f *Forwarder, ns *testnats.Server) (cancel con
 		t.Fatal(err)
 	}
 	return cancel, ran
+}
+
+// timesFailureLog keeps failure times per event as deadletter.FailureLog
+// does: the first one stays, the last is replaced. It tells which events
+// it was told to forget.
+type timesFailureLog struct {
+	memFailureLog
+	mu        sync.Mutex
+	times     map[uint64]FailureTimes
+	forgotten map[uint64]bool
+}
+
+func (l *timesFailureLog) Record(_ context.Context, seq uint64, now time.Time) (FailureTimes, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t := FailureTimes{First: now, Last: now}
+	if prev, ok := l.times[seq]; ok {
+		t.First = prev.First
+	}
+	l.times[seq] = t
+	return t, nil
+}
+
+func (l *timesFailureLog) Forget(_ context.Context, seq uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.times, seq)
+	l.forgotten[seq] = true
+	return nil
+}
+
+// A study retried and then dead-lettered tells when it first failed
+// ('replay show' prints it: how long the destination has refused it),
+// not only when its last delivery did; once settled for good, forwarded
+// or dead-lettered, its failure times are forgotten.
+func TestFailureTimesAcrossDeliveries(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		statuses []int32 // the destination's answer to each delivery (0: stored)
+		want     []string
+	}{
+		{"dead-lettered at the limit", []int32{http.StatusBadGateway, http.StatusBadGateway, http.StatusBadGateway}, []string{"nak", "nak", "term"}},
+		{"forwarded on its second delivery", []int32{http.StatusBadGateway, 0}, []string{"nak", "ack"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var k sink
+			srv := httptest.NewServer(k.handler(nil))
+			t.Cleanup(srv.Close)
+			letters := &memDeadLetters{}
+			failures := &timesFailureLog{times: map[uint64]FailureTimes{}, forgotten: map[uint64]bool{}}
+			f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+				o.DeadLetters = letters
+				o.Failures = failures
+				o.MaxDeliveries = 3
+			})
+			data, err := json.Marshal(testEvent())
+			if err != nil {
+				t.Fatal(err)
+			}
+			const seq = 7
+			var afterFirst time.Time
+			for i, st := range tt.statuses {
+				k.status.Store(st)
+				m := &laneMsg{data: data, meta: &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: uint64(i + 1), Timestamp: time.Now()}}
+				f.handle(t.Context(), m, "")
+				if got := m.settled(); got != tt.want[i] {
+					t.Fatalf("delivery %d settled %q, want %q", i+1, got, tt.want[i])
+				}
+				if i == 0 {
+					afterFirst = time.Now().UTC()
+				}
+			}
+			if !failures.forgotten[seq] {
+				t.Errorf("failure times of the event not forgotten once it was %s", tt.want[len(tt.want)-1])
+			}
+			all := letters.all()
+			if tt.want[len(tt.want)-1] != "term" {
+				if len(all) != 0 {
+					t.Errorf("%d dead letters, want none", len(all))
+				}
+				return
+			}
+			if len(all) != 1 {
+				t.Fatalf("%d dead letters, want 1", len(all))
+			}
+			l := all[0]
+			if !l.FirstFailure.Before(afterFirst) || !l.LastFailure.After(afterFirst) {
+				t.Errorf("letter's failures first %s, last %s: want the first delivery's (before %s) and the last's (after it)",
+					l.FirstFailure.Format(time.RFC3339Nano), l.LastFailure.Format(time.RFC3339Nano), afterFirst.Format(time.RFC3339Nano))
+			}
+			if l.Attempts != uint64(len(tt.statuses)) {
+				t.Errorf("letter's attempts %d, want %d", l.Attempts, len(tt.statuses))
+			}
+		})
+	}
 }
