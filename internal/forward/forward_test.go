@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"mime"
 	"mime/multipart"
 	"net/http"
@@ -318,6 +319,18 @@ func TestShutdownReturnsInFlightStudy(t *testing.T) {
 		t.Fatal(err)
 	} else if info.AckFloor.Stream != 0 {
 		t.Fatalf("ack floor %d after shutdown, want 0: the unsent study was acked", info.AckFloor.Stream)
+	}
+	// Interrupted, not failed: handed back at once (NAK, no retry
+	// delay), no failure counted, and never dead-lettered, even on its
+	// last delivery. Run has returned, so the attempt is settled.
+	rec.mu.Lock()
+	finished := maps.Clone(rec.finished)
+	rec.mu.Unlock()
+	if finished[ResultInterrupted] != 1 || len(finished) != 1 {
+		t.Errorf("first forwarder: finished %v, want the study interrupted", finished)
+	}
+	if n := testutil.ToFloat64(f.m.failures.WithLabelValues(string(Transient))); n != 0 {
+		t.Errorf("failures_total{class=transient} = %v after a shutdown, want 0", n)
 	}
 
 	// A second forwarder, with a source that answers, finishes the study.
