@@ -286,3 +286,56 @@ func TestFailureCountedWhenItsLetterIsStored(t *testing.T) {
 		t.Errorf("failures_total{class=permanent} = %v with no letter stored, want 0", n)
 	}
 }
+
+// panicAt panics with v depth calls down and returns the crash error
+// recovered from it, as transferRecovering makes one.
+func panicAt(depth int, v any) (ce *crashError) {
+	defer func() {
+		if r := recover(); r != nil {
+			ce = newCrashError(r)
+		}
+	}()
+	var down func(n int)
+	down = func(n int) {
+		if n == 0 {
+			panic(v)
+		}
+		down(n - 1)
+	}
+	down(depth)
+	return nil
+}
+
+// A crash's dead letter keeps a bounded part of the panic: its value cut
+// to maxPanicText (a value may print a whole DICOM element or response
+// body), and the top maxCrashFrames frames of however deep a stack.
+func TestCrashErrorBounded(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		depth     int
+		value     any
+		wantValue string
+	}{
+		{"short value", 1, "boom", "boom"},
+		{"value just within the bound", 1, strings.Repeat("v", maxPanicText), strings.Repeat("v", maxPanicText)},
+		{"value past the bound", 1, strings.Repeat("v", maxPanicText+1), strings.Repeat("v", maxPanicText) + "…"},
+		{"long error value", 1, errors.New(strings.Repeat("e", 10_000)), strings.Repeat("e", maxPanicText) + "…"},
+		{"deep stack", 3 * maxCrashFrames, "deep", "deep"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ce := panicAt(tt.depth, tt.value)
+			if ce == nil {
+				t.Fatal("no panic recovered")
+			}
+			if ce.value != tt.wantValue {
+				t.Errorf("value %d characters %.20q…, want %d %.20q…", len(ce.value), ce.value, len(tt.wantValue), tt.wantValue)
+			}
+			if len(ce.frames) == 0 || len(ce.frames) > maxCrashFrames {
+				t.Errorf("%d frames, want 1 to %d: %q", len(ce.frames), maxCrashFrames, ce.frames)
+			}
+			if !strings.Contains(ce.frames[0], "poison_test.go:") {
+				t.Errorf("top frame %q, want the panicking function in poison_test.go", ce.frames[0])
+			}
+		})
+	}
+}
