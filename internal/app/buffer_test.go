@@ -345,3 +345,83 @@ func TestForwardedFunc(t *testing.T) {
 		})
 	}
 }
+
+// The digest of a destination's rules, kept in the not selected records
+// other groups write for it, tells its study rule and its instance rule
+// apart: a group whose instance rule for it differs must not pass for
+// one that holds the same rules (its record would end, as done, the
+// destination's event of a study its own rules select).
+func TestRulesDigest(t *testing.T) {
+	base := config.NamedDestination{Name: "ai", Match: "'MR' in study.modalities", InstanceMatch: "instance.modality == 'MR'"}
+	for _, tt := range []struct {
+		name string
+		d    config.NamedDestination
+		same bool
+	}{
+		{"the same rules", base, true},
+		{"another name, the same rules", config.NamedDestination{Name: "ai2", Match: base.Match, InstanceMatch: base.InstanceMatch}, true},
+		{"another study rule", config.NamedDestination{Name: "ai", Match: "'CT' in study.modalities", InstanceMatch: base.InstanceMatch}, false},
+		{"another instance rule", config.NamedDestination{Name: "ai", Match: base.Match, InstanceMatch: "instance.modality == 'SR'"}, false},
+		{"no instance rule", config.NamedDestination{Name: "ai", Match: base.Match}, false},
+		{"the rules swapped", config.NamedDestination{Name: "ai", Match: base.InstanceMatch, InstanceMatch: base.Match}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := rulesDigest(tt.d) == rulesDigest(base); got != tt.same {
+				t.Errorf("digest equal to the base's: %v, want %v", got, tt.same)
+			}
+		})
+	}
+}
+
+// recordNotSelected writes a destination's record that its rules select
+// none of a study's state, unless its ledger holds that state or a newer
+// one: a record there, not selected by the rules of the group that wrote
+// it, or forwarded, stays as it is.
+func TestRecordNotSelected(t *testing.T) {
+	const state, rules = "20261203T100000", "rules-a"
+	tests := []struct {
+		name      string
+		recorded  *ledger.Outcome // nil: not recorded
+		at        string          // the recorded LastUpdate, if recorded
+		wantState string
+		wantNot   bool
+		wantRules string
+	}{
+		{"not recorded", nil, "", state, true, rules},
+		{"an older state forwarded", &ledger.Outcome{}, "20261203T090000", state, true, rules},
+		{"this state forwarded", &ledger.Outcome{}, state, state, false, ""},
+		{"a newer state forwarded", &ledger.Outcome{}, "20261203T110000", "20261203T110000", false, ""},
+		{"this state not selected by another group's rules", &ledger.Outcome{NotSelected: true, Rules: "rules-b"}, state, state, true, "rules-b"},
+		{"a newer state not selected by another group's rules", &ledger.Outcome{NotSelected: true, Rules: "rules-b"}, "20261203T110000", "20261203T110000", true, "rules-b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, "ai")
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := ledger.New(ns.JS, kv)
+			ev, _, _ := fakeStudy()
+			ev.LastUpdate = state
+			if tt.recorded != nil {
+				e := *ev
+				e.LastUpdate = tt.at
+				if err := l.Completed(t.Context(), &e, *tt.recorded); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := recordNotSelected(t.Context(), l, ev, rules); err != nil {
+				t.Fatal(err)
+			}
+			rec, err := l.Lookup(t.Context(), ev.Source, ev.OrthancStudyID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.LastUpdate != tt.wantState || rec.NotSelected != tt.wantNot || rec.Rules != tt.wantRules {
+				t.Errorf("record: state %s, not selected %v, rules %q; want %s, %v, %q",
+					rec.LastUpdate, rec.NotSelected, rec.Rules, tt.wantState, tt.wantNot, tt.wantRules)
+			}
+		})
+	}
+}
