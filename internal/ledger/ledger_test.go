@@ -132,6 +132,15 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 		many[i] = fmt.Sprintf("1.9.%d", i)
 	}
 	forwarded := func(kept ...string) ledger.Outcome { return ledger.Outcome{Selected: selected, Kept: kept} }
+	// uids are kept UIDs from to to (not included), in the order a
+	// record sorts them.
+	uids := func(from, to int) []string {
+		var out []string
+		for i := from; i < to; i++ {
+			out = append(out, fmt.Sprintf("1.8.%04d", i))
+		}
+		return out
+	}
 	tests := []struct {
 		name        string
 		first, then ledger.Outcome
@@ -144,6 +153,10 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 		{"kept, then another kept", forwarded("1.2"), forwarded("1.1"), lu, []string{"1.1", "1.2"}, false, false},
 		{"kept, then the same kept", forwarded("1.1"), forwarded("1.1"), lu, []string{"1.1"}, false, false},
 		{"all kept, then nothing kept", forwarded(many...), forwarded(), lu, nil, true, false},
+		// The bound holds a list as long as it, by one record or two.
+		{"as many kept as the bound, then nothing kept", forwarded(uids(0, 1000)...), forwarded(), lu, uids(0, 1000), false, false},
+		{"kept, then more up to the bound", forwarded(uids(0, 600)...), forwarded(uids(600, 1000)...), lu, uids(0, 1000), false, false},
+		{"kept, then more past the bound", forwarded(uids(0, 501)...), forwarded(uids(500, 1001)...), lu, nil, true, false},
 		// A redelivery after an ack not confirmed, buffer mode having
 		// deleted what was selected: the record of the forward stays.
 		{"kept, then not selected", forwarded("1.1"), ledger.Outcome{NotSelected: true}, lu, []string{"1.1"}, false, false},
