@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -381,6 +382,43 @@ func TestFailureTimesAcrossDeliveries(t *testing.T) {
 			}
 			if l.Attempts != uint64(len(tt.statuses)) {
 				t.Errorf("letter's attempts %d, want %d", l.Attempts, len(tt.statuses))
+			}
+		})
+	}
+}
+
+// A dead letter of an event that does not decode keeps of its fields
+// only short printable text: they go in the letter's headers (its
+// summary, its message ID), where a line break or a field of any length
+// from a foreign publisher would have the letter refused, and the event
+// stay queued. Its source is read from its subject, "unknown" if that
+// names none.
+func TestReadableKeepsShortPrintableFields(t *testing.T) {
+	long := strings.Repeat("1", maxReadableField+1)
+	within := strings.Repeat("1", maxReadableField)
+	for _, tt := range []struct {
+		name       string
+		subject    string
+		data       string
+		wantSource string
+		wantUID    string
+		wantID     string
+	}{
+		{"an event of a newer shape", "stowline.study.stable.main", `{"studyInstanceUid":"1.2.3","orthancStudyId":"abc","version":"x"}`, "main", "1.2.3", "abc"},
+		{"a destination's subject", "stowline.dest.ai.main", `{"studyInstanceUid":"1.2.3"}`, "main", "1.2.3", ""},
+		{"a foreign subject", "elsewhere.things", `{"studyInstanceUid":"1.2.3"}`, "unknown", "1.2.3", ""},
+		{"not JSON", "stowline.study.stable.main", `not json`, "main", "", ""},
+		{"a field as long as the bound", "stowline.study.stable.main", `{"studyInstanceUid":"` + within + `"}`, "main", within, ""},
+		{"a field past the bound", "stowline.study.stable.main", `{"studyInstanceUid":"` + long + `"}`, "main", "", ""},
+		{"a line break", "stowline.study.stable.main", `{"studyInstanceUid":"1.2.3\r\nX-Injected: 1","orthancStudyId":"abc"}`, "main", "", "abc"},
+		{"a space", "stowline.study.stable.main", `{"studyInstanceUid":"1.2.3 4"}`, "main", "", ""},
+		{"not ASCII", "stowline.study.stable.main", `{"studyInstanceUid":"1.2.3é"}`, "main", "", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := readable(tt.subject, []byte(tt.data))
+			if ev.Source != tt.wantSource || ev.StudyInstanceUID != tt.wantUID || ev.OrthancStudyID != tt.wantID {
+				t.Errorf("source %q, study UID %.30q, study ID %q; want %q, %.30q, %q",
+					ev.Source, ev.StudyInstanceUID, ev.OrthancStudyID, tt.wantSource, tt.wantUID, tt.wantID)
 			}
 		})
 	}
