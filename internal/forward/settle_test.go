@@ -423,3 +423,38 @@ func TestReadableKeepsShortPrintableFields(t *testing.T) {
 		})
 	}
 }
+
+// An event whose dead letter cannot be stored is NAKed with a delay,
+// and stays queued: neither terminated (it would be lost) nor left
+// unsettled until its ack wait.
+func TestLetterNotStoredIsNaked(t *testing.T) {
+	study, err := json.Marshal(testEvent())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name   string
+		data   []byte
+		status int32 // the destination's answer
+	}{
+		{"refused for good", study, http.StatusBadRequest},
+		{"failing on its last delivery", study, http.StatusBadGateway},
+		{"undecodable", []byte(`{"type":"something.else"}`), 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var k sink
+			k.status.Store(tt.status)
+			srv := httptest.NewServer(k.handler(nil))
+			t.Cleanup(srv.Close)
+			f := newForwarder(t, newMemSource(2), srv.URL, nil, func(o *Options) {
+				o.DeadLetters = refusingDeadLetters{}
+				o.MaxDeliveries = 1
+			})
+			m := &laneMsg{data: tt.data, meta: &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: 3}, NumDelivered: 1, Timestamp: time.Now()}}
+			f.handle(t.Context(), m, "")
+			if got := m.settled(); got != "nak" {
+				t.Errorf("settled %q, want nak", got)
+			}
+		})
+	}
+}
