@@ -135,4 +135,7 @@ func TestBackoff(t *testing.T) {
 	if d := p.backoff(1, fmt.Errorf("token: %w", &auth.TokenError{StatusCode: 429, RetryAfter: 40 * time.Second})); d != 40*time.Second {
 		t.Errorf("token endpoint's Retry-After 40s: delay %s", d)
 	}
+	if d := p.backoff(1, fmt.Errorf("token: %w", &auth.TokenError{StatusCode: 503, RetryAfter: 5 * time.Hour})); d != time.Hour {
+		t.Errorf("token endpoint's Retry-After 5h: delay %s, want capped at 1h", d)
+	}
 }
