@@ -425,3 +425,57 @@ func TestRecordNotSelected(t *testing.T) {
 		})
 	}
 }
+
+// Before buffer mode deletes what a study's destinations stored, each
+// destination whose rules select none of it gets that state recorded as
+// not selected, under its rules' digest: its own event of the study, if
+// still queued, then finds the study gone and done, not a source-missing
+// dead letter.
+func TestReleaseRecordsTheUnselectingDestinations(t *testing.T) {
+	o := &fakeOrthanc{}
+	srv := httptest.NewServer(o)
+	t.Cleanup(srv.Close)
+	sources, err := NewSources(&config.Orthanc{URL: srv.URL, SourceName: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, ct, sr := fakeStudy()
+	all := []config.NamedDestination{
+		{Name: "archive"},
+		{Name: "ai", Match: `'MR' in study.modalities`}, // the study is CT and SR
+	}
+	ns := testnats.Start(t)
+	routes := map[string]*route{}
+	ledgers := map[string]*ledger.Ledger{}
+	for _, d := range all {
+		if routes[d.Name], err = newRoute(d, sources); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, d.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ledgers[d.Name] = ledger.New(ns.JS, kv)
+	}
+	listed := []orthancapi.Instance{ct, sr}
+	if err := ledgers["archive"].Completed(t.Context(), ev, ledger.Outcome{Selected: listed}); err != nil {
+		t.Fatal(err)
+	}
+	released, err := selectFunc(all, routes, ledgers)(ev, listed).Release(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(released, listed) {
+		t.Fatalf("released %v, want the archive's whole study", released)
+	}
+	rec, err := ledgers["ai"].Lookup(t.Context(), ev.Source, ev.OrthancStudyID)
+	if err != nil {
+		t.Fatalf("ai's ledger: %v; want the study recorded not selected", err)
+	}
+	if rec.LastUpdate != ev.LastUpdate || !rec.NotSelected || rec.Rules != rulesDigest(all[1]) {
+		t.Errorf("ai's record: state %s, not selected %v, rules %q; want %s, true, %q", rec.LastUpdate, rec.NotSelected, rec.Rules, ev.LastUpdate, rulesDigest(all[1]))
+	}
+	if done, err := recordedNotSelectedFunc(ledgers["ai"], rulesDigest(all[1]))(t.Context(), ev); err != nil || !done {
+		t.Errorf("ai's event of the study: done %v (err %v), want done", done, err)
+	}
+}
