@@ -158,18 +158,8 @@ func bufferSelect(t *testing.T, o *fakeOrthanc, all []config.NamedDestination, e
 		t.Fatal(err)
 	}
 	_, ct, _ := fakeStudy()
-	ns := testnats.Start(t)
-	routes := map[string]*route{}
-	ledgers := map[string]*ledger.Ledger{}
+	routes, ledgers := routesAndLedgers(t, all, sources)
 	for _, d := range all {
-		if routes[d.Name], err = newRoute(d, sources); err != nil {
-			t.Fatal(err)
-		}
-		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, d.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ledgers[d.Name] = ledger.New(ns.JS, kv)
 		if !slices.Contains(stored, d.Name) {
 			continue
 		}
@@ -178,6 +168,27 @@ func bufferSelect(t *testing.T, o *fakeOrthanc, all []config.NamedDestination, e
 		}
 	}
 	return selectFunc(all, routes, ledgers)
+}
+
+// routesAndLedgers builds each destination's route from sources and its
+// ledger on a JetStream server of its own.
+func routesAndLedgers(t *testing.T, all []config.NamedDestination, sources *Sources) (map[string]*route, map[string]*ledger.Ledger) {
+	t.Helper()
+	ns := testnats.Start(t)
+	routes := map[string]*route{}
+	ledgers := map[string]*ledger.Ledger{}
+	for _, d := range all {
+		var err error
+		if routes[d.Name], err = newRoute(d, sources); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, d.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ledgers[d.Name] = ledger.New(ns.JS, kv)
+	}
+	return routes, ledgers
 }
 
 // fakeOrthanc serves the facts of a study of a CT and an SR series, and
@@ -444,19 +455,7 @@ func TestReleaseRecordsTheUnselectingDestinations(t *testing.T) {
 		{Name: "archive"},
 		{Name: "ai", Match: `'MR' in study.modalities`}, // the study is CT and SR
 	}
-	ns := testnats.Start(t)
-	routes := map[string]*route{}
-	ledgers := map[string]*ledger.Ledger{}
-	for _, d := range all {
-		if routes[d.Name], err = newRoute(d, sources); err != nil {
-			t.Fatal(err)
-		}
-		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, d.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ledgers[d.Name] = ledger.New(ns.JS, kv)
-	}
+	routes, ledgers := routesAndLedgers(t, all, sources)
 	listed := []orthancapi.Instance{ct, sr}
 	if err := ledgers["archive"].Completed(t.Context(), ev, ledger.Outcome{Selected: listed}); err != nil {
 		t.Fatal(err)
