@@ -480,8 +480,9 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 		return fmt.Errorf("stream %s: %w", stream, err)
 	}
 	last := info.CachedInfo().State.LastSeq
-	if info.CachedInfo().State.Msgs == 0 {
-		return nil
+	if info.CachedInfo().State.Msgs == 0 ||
+		cfg.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && cfg.OptStartSeq > last {
+		return nil // nothing, or nothing from there on (a page asked past the last letter)
 	}
 	cons, err := js.OrderedConsumer(ctx, stream, cfg)
 	if err != nil {
@@ -637,13 +638,13 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			done(e)
 			return nil
 		}
-		if err := context.Cause(ctx); err != nil {
-			return err // nothing more started; those in flight end
-		}
 		if held > 0 && held+size > replayHeldBytes {
 			if p.Wait() != nil {
 				return inorder.ErrStopped
 			}
+		}
+		if err := context.Cause(ctx); err != nil {
+			return err // cancelled: no new letter is started; those in flight end
 		}
 		held += size
 		// Its task outlives this call: it holds a copy, not the page.

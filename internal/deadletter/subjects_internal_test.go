@@ -242,10 +242,11 @@ func entrySeqs(entries []Entry) []uint64 {
 	return out
 }
 
-// A read whose consumer counts nothing to deliver (a page asked past the
-// last letter; the status page's newest letters replayed) ends at the
-// consumer's creation on a stream of one replica, where that count is
-// the leader's: no empty fetch is waited out.
+// A read that finds nothing to deliver ends without an empty fetch to
+// wait out: a page asked past the last letter (known from the stream's
+// last sequence), or one whose consumer counts nothing from its start (a
+// Since after the last letter), on a stream of one replica, where that
+// count is the leader's.
 func TestReadPastTheLastLetterFetchesNothing(t *testing.T) {
 	s, nc, _ := storeOnOwnConn(t)
 	var last uint64
@@ -256,13 +257,24 @@ func TestReadPastTheLastLetterFetchesNothing(t *testing.T) {
 		}
 		last = seq
 	}
-	before := nc.Stats().InMsgs
-	got, more, err := s.Page(subjectsCtx(t), Filter{All: true}, last, 0, 0)
-	if err != nil || len(got) != 0 || more {
-		t.Fatalf("Page after the last letter = %d letters, more %v, %v; want none", len(got), more, err)
-	}
-	if n := nc.Stats().InMsgs - before; n > 3 {
-		t.Errorf("Page after the last letter received %d messages, want at most 3 (stream info, consumer created and deleted): no fetch", n)
+	for _, tt := range []struct {
+		name  string
+		f     Filter
+		after uint64
+	}{
+		{"page after the last letter", Filter{All: true}, last},
+		{"since after the last letter", Filter{All: true, Since: time.Now().Add(time.Hour)}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := nc.Stats().InMsgs
+			got, more, err := s.Page(subjectsCtx(t), tt.f, tt.after, 0, 0)
+			if err != nil || len(got) != 0 || more {
+				t.Fatalf("Page = %d letters, more %v, %v; want none", len(got), more, err)
+			}
+			if n := nc.Stats().InMsgs - before; n > 3 {
+				t.Errorf("Page received %d messages, want at most 3 (stream info, consumer created and deleted): no fetch", n)
+			}
+		})
 	}
 }
 

@@ -442,8 +442,18 @@ func answerLate(w http.ResponseWriter, status int, v any) {
 // when the destination has no consumer (retrying cannot help: configure
 // the destination), letters cannot be replayed (purge them) or a
 // re-forward met events of a newer ingest (use its forwarder), 503
-// otherwise (NATS did not answer: try again).
+// otherwise (NATS did not answer: try again). A joined error (a
+// re-forward that failed part-way over a window also holding a newer
+// ingest's events) is 503 when any of its parts is: what failed may
+// succeed on a retry.
 func failureStatus(err error) int {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, part := range j.Unwrap() {
+			if failureStatus(part) == http.StatusServiceUnavailable {
+				return http.StatusServiceUnavailable
+			}
+		}
+	}
 	if errors.Is(err, deadletter.ErrNoConsumer) || errors.Is(err, deadletter.ErrPartialLetters) || errors.Is(err, deadletter.ErrUnreadableLetters) ||
 		errors.Is(err, events.ErrNewerVersion) {
 		return http.StatusConflict

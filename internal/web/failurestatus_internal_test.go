@@ -14,7 +14,7 @@ import (
 // of a message kept in part or that this build cannot decode, which a
 // replay passes over (it answered 503, "try again", for good), and a
 // destination without a consumer, a re-forward over events of a newer
-// ingest; NATS not answering is 503.
+// ingest; NATS not answering is 503, also beside one of those.
 func TestFailureStatus(t *testing.T) {
 	for _, tt := range []struct {
 		err  error
@@ -26,6 +26,10 @@ func TestFailureStatus(t *testing.T) {
 		{fmt.Errorf("replay: %w", deadletter.ErrNoConsumer), http.StatusConflict},
 		{fmt.Errorf("reforward: 2 events of a newer ingest (event 7: %w)", events.ErrNewerVersion), http.StatusConflict},
 		{errors.New("nats: timeout"), http.StatusServiceUnavailable},
+		// A re-forward failed part-way over a window holding a newer
+		// ingest's events: the failure may pass on a retry.
+		{errors.Join(fmt.Errorf("reforward event 101: %w", errors.New("nats: timeout")),
+			fmt.Errorf("reforward: 2 events of a newer ingest (event 7: %w)", events.ErrNewerVersion)), http.StatusServiceUnavailable},
 	} {
 		if got := failureStatus(tt.err); got != tt.want {
 			t.Errorf("%v: status %d, want %d", tt.err, got, tt.want)
