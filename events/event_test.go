@@ -195,6 +195,25 @@ func TestDecodeNewerVersionWithAnotherShape(t *testing.T) {
 	}
 }
 
+// Only a StudyStable event is left to a newer build for its version:
+// something else with a higher version is invalid, as Validate says,
+// and dead-lettered rather than given back until its deliveries run out.
+func TestDecodeNewerVersionOfAnotherType(t *testing.T) {
+	newer := strconv.Itoa(Version + 1)
+	tests := map[string]string{
+		"another type": `{"type":"orthanc.study.deleted","version":` + newer + `,"source":"main"}`,
+		"no type":      `{"version":` + newer + `}`,
+	}
+	for name, data := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := Decode([]byte(data))
+			if err == nil || errors.Is(err, ErrNewerVersion) || !errors.Is(err, errInvalid) {
+				t.Errorf("Decode = %v, want invalid, not ErrNewerVersion", err)
+			}
+		})
+	}
+}
+
 // Events queued by other builds of version 1 are read: the first build's
 // (no priority), and a later one's with a field this build does not know
 // (a rollback). Refused, the forwarder would terminate them unread.
