@@ -121,6 +121,11 @@ func TestNewValidatesURL(t *testing.T) {
 		{url: "http://orthanc/?x=1", wantErr: "query"},
 		{url: "http://orthanc/#frag", wantErr: "fragment"},
 		{url: "http://orthanc:99999", wantErr: "port"},
+		// The port's bounds, each side of them.
+		{url: "http://orthanc:65535"},
+		{url: "http://orthanc:65536", wantErr: "port"},
+		{url: "http://orthanc:1"},
+		{url: "http://orthanc:0", wantErr: "port"},
 		{url: "http://orth anc", wantErr: "invalid"},
 		// No part of a URL that may hold a secret is quoted.
 		{url: "http://secret@orthanc", wantErr: "credentials"},
