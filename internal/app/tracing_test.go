@@ -42,6 +42,10 @@ func TestTracingEnabled(t *testing.T) {
 		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, true},
 		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318", "OTEL_SDK_DISABLED": "true"}, false},
 		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318", "OTEL_SDK_DISABLED": "false"}, true},
+		// The OpenTelemetry specification reads its booleans without case:
+		// an operator's TRUE turns tracing off as true does.
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318", "OTEL_SDK_DISABLED": "TRUE"}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces", "OTEL_SDK_DISABLED": " True "}, false},
 	} {
 		if got := tracingEnabled(func(k string) string { return tc.env[k] }); got != tc.want {
 			t.Errorf("%v: enabled = %v, want %v", tc.env, got, tc.want)
