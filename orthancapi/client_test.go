@@ -289,6 +289,15 @@ func TestErrors(t *testing.T) {
 			wantText:    "HTTP 500 Internal Server Error: Internal error",
 		},
 		{
+			// A message spread over lines would split a log line.
+			name:        "multi-line message",
+			status:      500,
+			body:        `{"Message":"Internal\nerror:   line two","Details":"a\r\nb","HttpStatus":500}`,
+			wantMessage: "Internal error: line two",
+			wantDetails: "a b",
+			wantText:    "HTTP 500 Internal Server Error: Internal error: line two (a b)",
+		},
+		{
 			name:     "proxy HTML",
 			status:   502,
 			body:     "<html><body>Bad gateway\n</body></html>",
@@ -902,6 +911,39 @@ func TestStudyInstancesElementBound(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "element of its array is larger than 1024 bytes") ||
 				!strings.Contains(err.Error(), "/studies/"+studyID+"/instances") {
 				t.Fatalf("err %.300v; want the instance list refused for an element over 1024 bytes", err)
+			}
+		})
+	}
+}
+
+// Orthanc splits /changes' type filter at a literal ';': joined any other
+// way, or escaped, the filter names no type Orthanc knows.
+func TestChangesTypeFilter(t *testing.T) {
+	tests := []struct {
+		name    string
+		types   []string
+		wantRaw string // the query's type parameter, as sent; "" for none
+	}{
+		{name: "none", wantRaw: ""},
+		{name: "one", types: []string{"StableStudy"}, wantRaw: "type=StableStudy"},
+		{name: "two", types: []string{"StableStudy", "NewInstance"}, wantRaw: "type=StableStudy;NewInstance"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, srv := newFake(t)
+			f.json("/changes", `{"Changes":[],"Done":true,"Last":9}`)
+			if _, err := newClient(t, srv.URL).Changes(context.Background(), 5, 10, tc.types...); err != nil {
+				t.Fatal(err)
+			}
+			raw := f.lastRequest().URL.RawQuery
+			var got string
+			for p := range strings.SplitSeq(raw, "&") {
+				if strings.HasPrefix(p, "type=") {
+					got = p
+				}
+			}
+			if got != tc.wantRaw || !strings.Contains(raw, "since=5") || !strings.Contains(raw, "limit=10") {
+				t.Errorf("query %q, want since=5, limit=10 and %q", raw, tc.wantRaw)
 			}
 		})
 	}
