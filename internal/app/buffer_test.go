@@ -61,15 +61,7 @@ func TestReleaseFunc(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns := testnats.Start(t)
-			ledgers := map[string]*ledger.Ledger{}
-			for _, name := range []string{"archive", "ai"} {
-				kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, name)
-				if err != nil {
-					t.Fatal(err)
-				}
-				ledgers[name] = ledger.New(ns.JS, kv)
-			}
+			ledgers := testLedgers(t, "archive", "ai")
 			ev := &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", StudyInstanceUID: "1.2.9", LastUpdate: state}
 			record := func(name string, o *ledger.Outcome, lastUpdate string, pseudonym bool) {
 				if o == nil {
@@ -170,25 +162,36 @@ func bufferSelect(t *testing.T, o *fakeOrthanc, all []config.NamedDestination, e
 	return selectFunc(all, routes, ledgers)
 }
 
-// routesAndLedgers builds each destination's route from sources and its
-// ledger on a JetStream server of its own.
+// routesAndLedgers builds each destination's route from sources, and
+// their ledgers (testLedgers).
 func routesAndLedgers(t *testing.T, all []config.NamedDestination, sources *Sources) (map[string]*route, map[string]*ledger.Ledger) {
 	t.Helper()
-	ns := testnats.Start(t)
 	routes := map[string]*route{}
-	ledgers := map[string]*ledger.Ledger{}
-	for _, d := range all {
+	names := make([]string, len(all))
+	for i, d := range all {
 		var err error
 		if routes[d.Name], err = newRoute(d, sources); err != nil {
 			t.Fatal(err)
 		}
-		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, d.Name)
+		names[i] = d.Name
+	}
+	return routes, testLedgers(t, names...)
+}
+
+// testLedgers returns the named destinations' ledgers on a JetStream
+// server of their own.
+func testLedgers(t *testing.T, names ...string) map[string]*ledger.Ledger {
+	t.Helper()
+	ns := testnats.Start(t)
+	ledgers := map[string]*ledger.Ledger{}
+	for _, name := range names {
+		kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ledgers[d.Name] = ledger.New(ns.JS, kv)
+		ledgers[name] = ledger.New(ns.JS, kv)
 	}
-	return routes, ledgers
+	return ledgers
 }
 
 // fakeOrthanc serves the facts of a study of a CT and an SR series, and
@@ -328,12 +331,7 @@ func TestForwardedFunc(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns := testnats.Start(t)
-			kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, "archive")
-			if err != nil {
-				t.Fatal(err)
-			}
-			l := ledger.New(ns.JS, kv)
+			l := testLedgers(t, "archive")["archive"]
 			ev, _, _ := fakeStudy()
 			ev.LastUpdate = state
 			if tt.recorded != nil {
@@ -407,12 +405,7 @@ func TestRecordNotSelected(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns := testnats.Start(t)
-			kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, "ai")
-			if err != nil {
-				t.Fatal(err)
-			}
-			l := ledger.New(ns.JS, kv)
+			l := testLedgers(t, "ai")["ai"]
 			ev, _, _ := fakeStudy()
 			ev.LastUpdate = state
 			if tt.recorded != nil {
