@@ -64,7 +64,7 @@ func TestBackfillFromSourcesPublishesSeveralAtATime(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			js := srv.JS
 			if tt.refuse {
-				js = refusingJS{JetStream: js, refuse: func(m *nats.Msg) bool { return m.Header.Get(jetstream.MsgIDHeader) == refusedID }}
+				js = testnats.RefusingPublishes{JetStream: js, Refuse: func(m *nats.Msg) bool { return m.Header.Get(jetstream.MsgIDHeader) == refusedID }}
 			}
 			runCtx, cancel := context.WithCancel(ctx)
 			defer cancel()
@@ -168,18 +168,4 @@ func storedMsgIDs(t *testing.T, js jetstream.JetStream, subject string) map[stri
 		}
 	}
 	return counts
-}
-
-// refusingJS publishes the messages refuse picks so that the server
-// refuses them (expecting another stream): nothing of them is stored.
-type refusingJS struct {
-	jetstream.JetStream
-	refuse func(*nats.Msg) bool
-}
-
-func (j refusingJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	if j.refuse(msg) {
-		opts = append(opts, jetstream.WithExpectStream("NOT-"+natsjs.EventStream))
-	}
-	return j.JetStream.PublishMsg(ctx, msg, opts...)
 }

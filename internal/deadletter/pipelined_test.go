@@ -18,6 +18,7 @@ import (
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
 )
 
 // publishHookJS calls before with each message published, then publishes
@@ -29,20 +30,6 @@ type publishHookJS struct {
 
 func (j publishHookJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	j.before(msg)
-	return j.JetStream.PublishMsg(ctx, msg, opts...)
-}
-
-// refusingJS publishes the messages refuse picks so that the real server
-// refuses them (expecting another stream): nothing of them is stored.
-type refusingJS struct {
-	jetstream.JetStream
-	refuse func(*nats.Msg) bool
-}
-
-func (j refusingJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	if j.refuse(msg) {
-		opts = append(opts, jetstream.WithExpectStream("NOT-"+natsjs.EventStream))
-	}
 	return j.JetStream.PublishMsg(ctx, msg, opts...)
 }
 
@@ -117,7 +104,7 @@ func TestReplayFailingPartwayKeepsTheLettersNotQueued(t *testing.T) {
 		{
 			name: "a destination's events refused",
 			wrap: func(js jetstream.JetStream) jetstream.JetStream {
-				return refusingJS{JetStream: js, refuse: func(m *nats.Msg) bool { return strings.Contains(m.Subject, ".refused.") }}
+				return testnats.RefusingPublishes{JetStream: js, Refuse: func(m *nats.Msg) bool { return strings.Contains(m.Subject, ".refused.") }}
 			},
 			wantErr: func(err error, first uint64) bool {
 				return err != nil && strings.HasPrefix(err.Error(), fmt.Sprintf("replay dead letter %d: ", first))
@@ -245,7 +232,7 @@ func TestReforwardManyEvents(t *testing.T) {
 			defer stop()
 			switch {
 			case refuse:
-				js = refusingJS{JetStream: ns.JS, refuse: func(m *nats.Msg) bool {
+				js = testnats.RefusingPublishes{JetStream: ns.JS, Refuse: func(m *nats.Msg) bool {
 					return strings.Contains(m.Header.Get(jetstream.MsgIDHeader), "/reforward/") && strings.HasSuffix(m.Subject, ".b.low")
 				}}
 			case cancel:
