@@ -155,29 +155,51 @@ func TestEverything(t *testing.T) {
 
 // TestMaxReplicas: the forwarders' ceiling follows Orthanc's threads and
 // the per-replica connections, an explicit value wins, and the consumer's
-// 1000 ack-pending events cap it.
+// 1000 ack-pending events cap it. A derived ceiling is enforced: each
+// replica gets ORTHANC_MAX_CONNECTIONS at the connections it was derived
+// from (metadata reads would exceed the estimate otherwise), and a cap
+// the values set counts instead.
 func TestMaxReplicas(t *testing.T) {
 	tests := []struct {
 		name                                   string
 		threads, reserved, conc, parallel, max int
+		keda                                   bool
+		env                                    map[string]any
 		want                                   int32
+		wantCap                                string // the forwarders' ORTHANC_MAX_CONNECTIONS
 	}{
-		{"orthanc defaults", 50, 10, 4, 16, 0, 2},
-		{"more threads", 410, 10, 4, 16, 0, 25},
-		{"one request at a time", 50, 10, 2, 1, 0, 40},
-		{"ack-pending cap", 100000, 0, 50, 1, 0, 20},
-		{"explicit", 50, 10, 4, 4, 7, 7},
+		{"orthanc defaults", 50, 10, 4, 16, 0, true, nil, 2, "16"},
+		{"more threads", 410, 10, 4, 16, 0, true, nil, 25, "16"},
+		{"one request at a time", 50, 10, 2, 1, 0, true, nil, 40, "1"},
+		{"ack-pending cap", 100000, 0, 50, 1, 0, true, nil, 20, "1"},
+		{"explicit", 50, 10, 4, 4, 7, true, nil, 7, ""},
+		{"cap from env", 50, 10, 4, 16, 0, true, map[string]any{"ORTHANC_MAX_CONNECTIONS": 8}, 5, "8"},
+		{"no cap from env", 50, 10, 4, 16, 0, true, map[string]any{"ORTHANC_MAX_CONNECTIONS": 0}, 2, "0"},
+		{"left unset by env", 50, 10, 4, 16, 0, true, map[string]any{"ORTHANC_MAX_CONNECTIONS": ""}, 2, ""},
+		{"no KEDA", 50, 10, 4, 16, 0, false, nil, 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			objs := render(t, merged(required(), map[string]any{
-				"keda":    map[string]any{"enabled": true},
+				"keda":    map[string]any{"enabled": tt.keda},
 				"orthanc": map[string]any{"httpThreadsCount": tt.threads, "reservedThreads": tt.reserved},
 				"forwarderDefaults": map[string]any{
 					"concurrency": tt.conc, "stowParallelRequests": tt.parallel,
 					"keda": map[string]any{"maxReplicaCount": tt.max},
+					"env":  tt.env,
 				},
 			}))
+			for _, d := range of[*appsv1.Deployment](objs) {
+				if component(d.Labels) == "ingest" {
+					continue
+				}
+				if got := envOf(d)["ORTHANC_MAX_CONNECTIONS"]; got != tt.wantCap {
+					t.Errorf("forwarder ORTHANC_MAX_CONNECTIONS %q, want %q", got, tt.wantCap)
+				}
+			}
+			if !tt.keda {
+				return
+			}
 			so := of[*scaledObject](objs)[0]
 			if so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount != tt.want {
 				t.Errorf("maxReplicaCount %v, want %d", so.Spec.MaxReplicaCount, tt.want)

@@ -373,6 +373,13 @@ Arguments: (dict "root" $ "f" $forwarder).
 {{- $_ := set $env "STOW_PARALLEL_REQUESTS" $f.stowParallelRequests -}}
 {{- end -}}
 {{- range $k, $v := $f.env }}{{ $_ := set $env $k $v }}{{ end -}}
+{{- /* A derived ceiling holds only if each replica keeps to the
+connections it was derived from: ORTHANC_MAX_CONNECTIONS makes it so
+(metadata reads, lists and conversions share those slots with the file
+streams), unless env sets it (its value then counts; "" leaves no cap). */ -}}
+{{- if and $root.Values.keda.enabled (eq (int $f.keda.maxReplicaCount) 0) (not (hasKey $env "ORTHANC_MAX_CONNECTIONS")) -}}
+{{- $_ := set $env "ORTHANC_MAX_CONNECTIONS" (int (include "stowline.forwarderConnections" .)) -}}
+{{- end -}}
 {{- range (include "stowline.secretFiles" . | fromYamlArray) }}{{ $_ := set $env .var (printf "%s/%s" .dir .key) }}{{ end -}}
 {{- toYaml $env -}}
 {{- end -}}
@@ -541,9 +548,22 @@ Arguments: (dict "root" $ "f" $forwarder).
 {{- end -}}
 
 {{/*
+The connections one replica of a forwarder group holds to Orthanc at most:
+its ORTHANC_MAX_CONNECTIONS when set above 0 (the chart sets it to
+stowline.forwarderConnections under a derived KEDA ceiling), else
+stowline.forwarderConnections, an estimate that metadata reads and lists
+can exceed. Arguments: (dict "root" $ "f" $forwarder).
+*/}}
+{{- define "stowline.forwarderReplicaConnections" -}}
+{{- $env := include "stowline.forwarderEnv" . | fromYaml -}}
+{{- $cap := int (default 0 (get $env "ORTHANC_MAX_CONNECTIONS")) -}}
+{{- if gt $cap 0 }}{{ $cap }}{{ else }}{{ include "stowline.forwarderConnections" . }}{{ end -}}
+{{- end -}}
+
+{{/*
 The most replicas a forwarder group may have: set, or derived from
 Orthanc's HTTP threads (one connection per thread; each replica keeps up
-to stowline.forwarderConnections) and from each consumer's 1000
+to stowline.forwarderReplicaConnections) and from each consumer's 1000
 ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 */}}
 {{- define "stowline.forwarderMaxReplicas" -}}
@@ -552,13 +572,13 @@ ack-pending events. Arguments: (dict "root" $ "f" $forwarder).
 {{- if gt (int $f.keda.maxReplicaCount) 0 -}}
 {{- int $f.keda.maxReplicaCount -}}
 {{- else -}}
-{{- $perReplica := int (include "stowline.forwarderConnections" .) -}}
+{{- $perReplica := int (include "stowline.forwarderReplicaConnections" .) -}}
 {{- $threads := sub (int $o.httpThreadsCount) (int $o.reservedThreads) -}}
 {{- $max := div $threads $perReplica -}}
 {{- $ackLimit := div 1000 (int $f.concurrency) -}}
 {{- if gt $max $ackLimit }}{{ $max = $ackLimit }}{{ end -}}
 {{- if lt $max (int $f.keda.minReplicaCount) -}}
-{{- fail (printf "forwarders[%s]: Orthanc's %d HTTP threads (orthanc.httpThreadsCount %d - orthanc.reservedThreads %d) give at most %d replicas of %d connections (the stowParallelRequests of each destination served, or concurrency %d x 8 for one whose rules read instance metadata), fewer than keda.minReplicaCount %d: raise Orthanc's HttpThreadsCount and orthanc.httpThreadsCount, or lower stowParallelRequests" $f.name $threads (int $o.httpThreadsCount) (int $o.reservedThreads) $max $perReplica (int $f.concurrency) (int $f.keda.minReplicaCount)) -}}
+{{- fail (printf "forwarders[%s]: Orthanc's %d HTTP threads (orthanc.httpThreadsCount %d - orthanc.reservedThreads %d) give at most %d replicas of %d connections (ORTHANC_MAX_CONNECTIONS if env sets it, else the stowParallelRequests of each destination served, or concurrency %d x 8 for one whose rules read instance metadata), fewer than keda.minReplicaCount %d: raise Orthanc's HttpThreadsCount and orthanc.httpThreadsCount, or lower stowParallelRequests or ORTHANC_MAX_CONNECTIONS" $f.name $threads (int $o.httpThreadsCount) (int $o.reservedThreads) $max $perReplica (int $f.concurrency) (int $f.keda.minReplicaCount)) -}}
 {{- end -}}
 {{- $max -}}
 {{- end -}}
