@@ -670,10 +670,16 @@ func checkScaledObject(t *testing.T, so *scaledObject, src goFacts, deployments 
 		want[src.consumerName(dest)] = true
 		wantNames[src.consumerName(dest)] = name
 		want[src.statConsumerName(dest)] = true
-		wantNames[src.statConsumerName(dest)] = name + "-stat"
+		wantNames[src.statConsumerName(dest)] = "stat-" + name
 	}
 	got := map[string]bool{}
+	names := map[string]bool{}
 	for _, tr := range so.Spec.Triggers {
+		// KEDA refuses a ScaledObject with two triggers of one name.
+		if names[tr.Name] {
+			t.Errorf("ScaledObject %s: two triggers named %q", so.Name, tr.Name)
+		}
+		names[tr.Name] = true
 		if tr.Type != "nats-jetstream" {
 			t.Errorf("ScaledObject %s: trigger type %q, want nats-jetstream", so.Name, tr.Type)
 		}

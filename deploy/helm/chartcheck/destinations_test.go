@@ -180,6 +180,21 @@ func TestDestinationsOneGroup(t *testing.T) {
 	}
 }
 
+// TestDestinationsTriggerNames: a destination named like another's stat
+// lane (rad and rad-stat) still gets triggers of distinct names
+// (checkScaledObject).
+func TestDestinationsTriggerNames(t *testing.T) {
+	values := withDestinations(map[string]any{"name": "all"})
+	values["destinations"] = append(values["destinations"].([]any),
+		map[string]any{"name": "rad", "url": "https://rad.example.org/dicom-web"},
+		map[string]any{"name": "rad-stat", "url": "https://rad-stat.example.org/dicom-web"})
+	values = merged(values, map[string]any{
+		"keda":    map[string]any{"enabled": true},
+		"orthanc": map[string]any{"httpThreadsCount": 400, "reservedThreads": 10},
+	})
+	checkRelease(t, render(t, values))
+}
+
 // TestDestinationsRefused: values with destinations the chart must
 // refuse, with a message that names what to fix.
 func TestDestinationsRefused(t *testing.T) {
