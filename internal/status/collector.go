@@ -34,14 +34,16 @@ type QueueCollector struct {
 	unsized repeatlog.Failures
 
 	// mu serializes the reads; last is the last one's answer, doneAt
-	// when it ended: scrapes that came while it ran take its answer.
-	// Each read is 3 JetStream requests a destination and more, and
-	// /metrics answers anyone who can reach the port: scrapes at once (a
-	// scan, a flood) made as many reads at once against the JetStream
-	// leaders the forwarders depend on; now one at a time.
+	// when it ended: scrapes that came while it ran, or within reuse
+	// after it, take its answer. Each read is 3 JetStream requests a
+	// destination and more, and /metrics answers anyone who can reach
+	// the port: scrapes at once (a scan, a flood) made as many reads at
+	// once against the JetStream leaders the forwarders depend on, and a
+	// client scraping in a loop a read each; now at most one a reuse.
 	mu     sync.Mutex
 	last   queueRead
 	doneAt time.Time
+	reuse  time.Duration
 
 	pending, ackPending, redelivered, waiting, deadLetters, up *prometheus.Desc
 	unreadable                                                 *prometheus.Desc
@@ -55,6 +57,10 @@ type QueueCollector struct {
 	streamBytes, streamMessages, streamMaxBytes *prometheus.Desc
 	accountBytes, accountLimit                  *prometheus.Desc
 }
+
+// scrapeReuse is how long a read of the queues stands for the scrapes
+// after it (Prometheus scrapes every 15 s or more).
+const scrapeReuse = time.Second
 
 // QueueOption configures a QueueCollector.
 type QueueOption func(*QueueCollector)
@@ -79,7 +85,7 @@ func NewQueueCollector(js jetstream.JetStream, timeout time.Duration, log *slog.
 	}
 	dest := []string{"destination"}
 	c := &QueueCollector{
-		js: js, timeout: timeout, log: log,
+		js: js, timeout: timeout, log: log, reuse: scrapeReuse,
 		unanswered: repeatlog.Failures{Every: time.Minute},
 		unread:     repeatlog.Failures{Every: time.Minute},
 		unsized:    repeatlog.Failures{Every: time.Minute},
@@ -230,7 +236,7 @@ func (c *QueueCollector) read() queueRead {
 	came := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.doneAt.After(came) {
+	if c.doneAt.After(came.Add(-c.reuse)) {
 		return c.last
 	}
 	defer func() { c.doneAt = time.Now() }()

@@ -45,7 +45,7 @@ func TestQueueCollectorLogsAnOutageOnce(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	// Generous for the scrape that must succeed on a loaded host; the cut
 	// ones fail at once on the closed connection, not at the timeout.
-	reg.MustRegister(status.NewQueueCollector(js, 10*time.Second, slog.New(slog.NewJSONHandler(&logs, nil))))
+	reg.MustRegister(status.NewQueueCollector(js, 10*time.Second, slog.New(slog.NewJSONHandler(&logs, nil)), status.WithScrapeReuse(0)))
 
 	js.cut.Store(true)
 	for range 5 {
@@ -96,8 +96,9 @@ func (s *slowJetStream) Stream(ctx context.Context, name string) (jetstream.Stre
 
 // /metrics answers anyone who can reach the port, and each scrape read
 // every queue: scrapes at once (a scan, a monitoring loop gone wrong)
-// made as many reads at once against the JetStream leaders. Scrapes that
-// come while a read runs take its answer.
+// made as many reads at once against the JetStream leaders, and a client
+// scraping in a loop a read each. Scrapes that come while a read runs,
+// or within scrapeReuse after it, take its answer.
 func TestQueueCollectorScrapesAtOnceShareARead(t *testing.T) {
 	ns := testnats.Start(t)
 	js := &slowJetStream{JetStream: ns.JS}
@@ -105,6 +106,10 @@ func TestQueueCollectorScrapesAtOnceShareARead(t *testing.T) {
 	reg.MustRegister(status.NewQueueCollector(js, 10*time.Second, nil))
 	gatheredValue(t, reg, "stowline_jetstream_info_success")
 	one := js.asked.Swap(0)
+	gatheredValue(t, reg, "stowline_jetstream_info_success")
+	if n := js.asked.Swap(0); n != 0 {
+		t.Errorf("a scrape right after another asked for %d streams, want none (the last read's answer)", n)
+	}
 
 	const scrapes = 10
 	var wg sync.WaitGroup

@@ -184,7 +184,7 @@ func TestQueueCollector(t *testing.T) {
 	ns := twoDestinations(t)
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(status.NewQueueCollector(ns.JS, time.Second, nil))
+	reg.MustRegister(status.NewQueueCollector(ns.JS, time.Second, nil, status.WithScrapeReuse(0)))
 	want := `
 # HELP stowline_deadletter_studies Studies of the destination in the dead-letter stream, waiting for an operator to replay or purge them.
 # TYPE stowline_deadletter_studies gauge

@@ -42,7 +42,7 @@ func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]C
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	ready := &sharedChecks{checks: checks}
+	ready := &sharedChecks{checks: checks, reuse: readyReuse}
 	r.Get("/readyz", func(w http.ResponseWriter, req *http.Request) {
 		failed, degraded := ready.run(req.Context())
 		body := map[string]any{"status": "ready", "checks": sortedNames(checks)}
@@ -77,12 +77,21 @@ type advisoryError struct{ err error }
 func (e *advisoryError) Error() string { return e.err.Error() }
 func (e *advisoryError) Unwrap() error { return e.err }
 
+// readyReuse is how long a /readyz answer stands for the requests after
+// it: a client asking again and again (no authentication is needed) made
+// a run each, each a GET /system to every Orthanc source, which takes no
+// ORTHANC_MAX_CONNECTIONS slot, and JetStream requests; now at most one
+// run a second. Probes come every few seconds and do not notice.
+const readyReuse = time.Second
+
 // sharedChecks runs the checks for /readyz: requests that come while a
-// run is under way take its answer. Each run asks JetStream and every
-// Orthanc source, and /readyz answers anyone who can reach the port:
-// requests at once (a scan, several probes) made as many runs at once.
+// run is under way, or within reuse after one ended, take its answer.
+// Each run asks JetStream and every Orthanc source, and /readyz answers
+// anyone who can reach the port: requests at once (a scan, several
+// probes) made as many runs at once.
 type sharedChecks struct {
 	checks map[string]Check
+	reuse  time.Duration
 
 	mu               sync.Mutex
 	failed, degraded map[string]string // the last run's
@@ -93,7 +102,7 @@ func (s *sharedChecks) run(ctx context.Context) (failed, degraded map[string]str
 	came := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.doneAt.After(came) {
+	if s.doneAt.After(came.Add(-s.reuse)) {
 		return s.failed, s.degraded
 	}
 	// Not cut short by the request that started it: others take it.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -64,7 +65,12 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Errorf("/readyz with an advisory check failing = %d %v, want 200 ready, degraded", code, body)
 	}
 	ready = false
-	code, body, _ = get("/readyz")
+	// The last answer stands for readyReuse: wait for the next run.
+	deadline := time.Now().Add(readyReuse + 5*time.Second)
+	for code == 200 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		code, body, _ = get("/readyz")
+	}
 	failed, _ := body["failed"].(map[string]any)
 	if code != 503 || failed["jetstream"] != "no responders" || failed["orthanc"] != nil {
 		t.Errorf("/readyz with JetStream down = %d %v", code, body)
@@ -76,8 +82,9 @@ func TestHealthAndReadiness(t *testing.T) {
 
 // /readyz answers anyone who can reach the port, and each request ran
 // every check (JetStream, each Orthanc source): requests at once made as
-// many runs at once. Those that come while a run is under way take its
-// answer; one after another still run afresh.
+// many runs at once, and a client asking in a loop a run each. Those that
+// come while a run is under way, or within readyReuse after it, take its
+// answer.
 func TestReadinessRequestsAtOnceShareARun(t *testing.T) {
 	var runs atomic.Int32
 	r := chi.NewRouter()
@@ -103,8 +110,8 @@ func TestReadinessRequestsAtOnceShareARun(t *testing.T) {
 	}
 	get()
 	get()
-	if n := runs.Swap(0); n != 2 {
-		t.Errorf("two requests one after another ran the checks %d times, want 2", n)
+	if n := runs.Swap(0); n != 1 {
+		t.Errorf("two requests one after another ran the checks %d times, want 1", n)
 	}
 	const requests = 10
 	var wg sync.WaitGroup
@@ -226,4 +233,29 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestReadinessRunsAgainAfterReuse: an answer stands for reuse after its
+// run ended, not longer: a request after that runs the checks again.
+func TestReadinessRunsAgainAfterReuse(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var runs int
+		s := &sharedChecks{reuse: time.Second, checks: map[string]Check{
+			"orthanc": func(context.Context) error {
+				runs++
+				time.Sleep(100 * time.Millisecond)
+				return nil
+			},
+		}}
+		for _, step := range []struct {
+			wait time.Duration
+			want int
+		}{{0, 1}, {999 * time.Millisecond, 1}, {2 * time.Millisecond, 2}, {0, 2}} {
+			time.Sleep(step.wait)
+			s.run(t.Context())
+			if runs != step.want {
+				t.Fatalf("after waiting %v: %d runs, want %d", step.wait, runs, step.want)
+			}
+		}
+	})
 }
