@@ -125,7 +125,7 @@ func TestNamedDestinationPermissions(t *testing.T) {
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "dest", DicomWeb: true})
 
 	serverLog := &testharness.LogBuffer{}
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{
 		StoreDir: t.TempDir(), ServerName: "authz-destinations", Port: -1,
 		Configure: func(o *server.Options) {
 			o.Users = []*server.User{

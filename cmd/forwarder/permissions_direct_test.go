@@ -106,7 +106,7 @@ func documentedUsers(t *testing.T) (connect func(user string) jetstream.JetStrea
 	t.Helper()
 	perms := docPermissions(t)
 	const pass = "service-nats-password-0123"
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{
 		StoreDir: t.TempDir(), ServerName: "direct", Port: -1,
 		Configure: func(o *server.Options) {
 			o.Users = []*server.User{

@@ -87,7 +87,7 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	r.forwarderAddr = testharness.FreeAddr(t)
 
 	serverLog := &testharness.LogBuffer{}
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{
 		StoreDir: r.storeDir, ServerName: "authz", Port: -1,
 		Configure: func(o *server.Options) {
 			o.Users = []*server.User{

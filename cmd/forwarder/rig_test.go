@@ -87,7 +87,7 @@ func (r *rig) startNATS(t *testing.T) {
 	if port == 0 {
 		port = -1 // a random free port the first time, the same one after
 	}
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: r.storeDir, ServerName: "test", Port: port}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: r.storeDir, ServerName: "test", Port: port}, nil)
 	if err != nil {
 		t.Fatalf("start nats: %v", err)
 	}

@@ -41,7 +41,7 @@ func newRig(t *testing.T) *rig {
 func newRigOn(t *testing.T, rel testharness.Release) *rig {
 	t.Helper()
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "ingest-src", StableAge: 1, Release: rel})
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func TestShutdownAnswersWebhookWaitingForJetStream(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits out a 17 s publish timeout")
 	}
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -133,7 +133,7 @@ func TestNATSServerWarnsOfTheSingleHostStore(t *testing.T) {
 		t.Errorf("single-host mode warns of its own store:\n%s", logs)
 	}
 
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "external", Port: -1}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "external", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

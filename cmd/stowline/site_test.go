@@ -203,7 +203,7 @@ func newSiteWith(t *testing.T, opts siteOptions) *site {
 // test ends, and connects the test to it.
 func (s *site) startNATS(t *testing.T) {
 	t.Helper()
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "site", Port: -1}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "site", Port: -1}, nil)
 	if err != nil {
 		t.Fatalf("start nats: %v", err)
 	}

@@ -80,8 +80,8 @@ func newRegistry() *prometheus.Registry {
 }
 
 // connect connects to NATS_URL with its credentials, or starts the
-// embedded server when it is empty.
-func connect(c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
+// embedded server when it is empty (ctx ends a wait for its recovery).
+func connect(ctx context.Context, c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
 	o := natsjs.ConnectOptions{URL: c.URL, StoreDir: c.StoreDir}
 	if !c.Embedded() {
 		var err error
@@ -89,14 +89,14 @@ func connect(c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
 			return nil, err
 		}
 	}
-	return natsjs.Connect(o, log)
+	return natsjs.Connect(ctx, o, log)
 }
 
 // connectTool is connect for the operator's commands. With NATS_URL
 // empty they open a single host's store, which only one process may
 // hold: stowline, while it runs.
-func connectTool(c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
-	conn, err := connect(c, log)
+func connectTool(ctx context.Context, c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
+	conn, err := connect(ctx, c, log)
 	if errors.Is(err, natsjs.ErrStoreInUse) {
 		return nil, fmt.Errorf("%w: stop stowline first (systemctl stop stowline) and start it again after the command, or use its admin API (replay, purge, reforward)", err)
 	}

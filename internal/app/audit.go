@@ -117,7 +117,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer stopTracing()
-	js, err := connectTool(cfg.NATS, log)
+	js, err := connectTool(ctx, cfg.NATS, log)
 	if err != nil {
 		return err
 	}

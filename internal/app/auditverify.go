@@ -68,7 +68,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	if err != nil {
 		return err
 	}
-	js, err := connectTool(a.cfg.NATS, log)
+	js, err := connectTool(ctx, a.cfg.NATS, log)
 	if err != nil {
 		return err
 	}

@@ -77,7 +77,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 		return &usageError{fmt.Errorf("%s: --from %q: want stream or source", program, *from)}
 	}
 	log := NewLogger(stderr, cfg.Log)
-	conn, err := connectTool(cfg.NATS, log)
+	conn, err := connectTool(ctx, cfg.NATS, log)
 	if err != nil {
 		return err
 	}

@@ -68,7 +68,7 @@ func RunDestinations(ctx context.Context, args []string, getenv func(string) str
 	if err := config.Load(getenv, &cfg); err != nil {
 		return &usageError{fmt.Errorf("forwarder destinations: invalid configuration:\n%w", err)}
 	}
-	conn, err := connectTool(cfg.NATS, NewLogger(stderr, cfg.Log))
+	conn, err := connectTool(ctx, cfg.NATS, NewLogger(stderr, cfg.Log))
 	if err != nil {
 		return err
 	}

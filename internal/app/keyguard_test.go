@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"strings"
@@ -256,7 +257,7 @@ func TestKeyGuardAgreesAfterSettle(t *testing.T) {
 // key).
 func TestKeyGuardStatusBucketLost(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
-	conn, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, quiet)
+	conn, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{StoreDir: t.TempDir()}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +347,7 @@ func TestKeyGuardWithoutTheStatusBucket(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "authz", Port: -1,
+			srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "authz", Port: -1,
 				Configure: func(o *server.Options) {
 					o.Users = []*server.User{{Username: "forwarder", Password: "forwarder-password", Permissions: &server.Permissions{
 						Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{tt.deny}},
@@ -356,7 +357,7 @@ func TestKeyGuardWithoutTheStatusBucket(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(srv.Shutdown)
-			conn, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo("forwarder", "forwarder-password")}},
+			conn, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo("forwarder", "forwarder-password")}},
 				slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Fatal(err)

@@ -32,7 +32,7 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	// Logs go to stderr: stdout carries the command's output (tables, JSON).
 	log := NewLogger(stderr, cfg.Log)
-	js, err := connectTool(cfg.NATS, log)
+	js, err := connectTool(ctx, cfg.NATS, log)
 	if err != nil {
 		return err
 	}

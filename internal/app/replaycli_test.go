@@ -314,7 +314,7 @@ func TestReplayCommands(t *testing.T) {
 // RunReplay reads its configuration and connects to the deployment's
 // NATS server before running the command.
 func TestRunReplay(t *testing.T) {
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), Port: server.RANDOM_PORT}, slog.New(slog.DiscardHandler))
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), Port: server.RANDOM_PORT}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +415,7 @@ func TestReforwardUsageErrorOnlyForTheOperatorsMistakes(t *testing.T) {
 func TestToolCommandLineCheckedFirst(t *testing.T) {
 	// The store of a running single host: its embedded server holds it.
 	dir := t.TempDir()
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: dir, ServerName: "running"}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: dir, ServerName: "running"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

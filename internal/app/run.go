@@ -110,7 +110,7 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 	if err != nil {
 		return nil, err
 	}
-	conn, err := connect(nc, log)
+	conn, err := connect(ctx, nc, log)
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,7 @@ import (
 // same authentication error twice, reconnects notwithstanding) ends the
 // process with an error, for its supervisor to restart it.
 func TestRunEndsWhenNATSCloses(t *testing.T) {
-	conn, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	conn, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{StoreDir: t.TempDir()}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

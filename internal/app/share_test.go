@@ -62,7 +62,7 @@ func TestWhenDrained(t *testing.T) {
 // and took the whole STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND.
 func TestStatusBucketLostIsCreatedAgain(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	conn, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, log)
+	conn, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{StoreDir: t.TempDir()}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestShareLimitsWithoutReadingTheBucket(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "authz", Port: -1,
+			srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "authz", Port: -1,
 				Configure: func(o *server.Options) {
 					o.Users = []*server.User{
 						{Username: "other", Password: "other-password"},
@@ -132,7 +132,7 @@ func TestShareLimitsWithoutReadingTheBucket(t *testing.T) {
 			quiet := slog.New(slog.DiscardHandler)
 			connect := func(user, password string) *natsjs.Conn {
 				t.Helper()
-				conn, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, quiet)
+				conn, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, quiet)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -190,14 +190,14 @@ func TestShareLimitsWithoutReadingTheBucket(t *testing.T) {
 // reads fail as a refused one does (they time out): its warning says NATS
 // is unreachable rather than blaming a permission.
 func TestShareLimitsWhileNATSIsUnreachable(t *testing.T) {
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "lost", Port: -1}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "lost", Port: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	shutdown := sync.OnceFunc(srv.Shutdown)
 	t.Cleanup(shutdown)
 	quiet := slog.New(slog.DiscardHandler)
-	conn, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL()}, quiet)
+	conn, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: srv.ClientURL()}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -17,7 +18,7 @@ import (
 // store directly, with stowline stopped; docs/operations.md says so.
 func TestToolsOpenAStoppedSingleHostStore(t *testing.T) {
 	dir := t.TempDir()
-	conn, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: dir}, slog.New(slog.DiscardHandler))
+	conn, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{StoreDir: dir}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"log/slog"
 	"testing"
 
@@ -18,7 +19,7 @@ import (
 // its own reports only its account's limits (none here).
 func TestSingleHostReportsTheEmbeddedServerStorageLimit(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	embedded, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, log)
+	embedded, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{StoreDir: t.TempDir()}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

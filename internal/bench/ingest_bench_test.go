@@ -119,7 +119,7 @@ func setupIngest(b *testing.B) *ingestRig {
 	r := &ingestRig{set: set, tmp: b.TempDir()}
 
 	// Port -1: a free TCP port, so the ingest processes can connect.
-	r.srv, err = natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+	r.srv, err = natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{
 		StoreDir: filepath.Join(r.tmp, "nats"), ServerName: "bench-ingest", Port: -1,
 	}, nil)
 	if err != nil {

@@ -200,7 +200,7 @@ func setupReplicas(b *testing.B) *replicaRig {
 	// One nats-server for every forwarder, listening on loopback TCP like
 	// a shared server of a real deployment. It runs in this process: its
 	// CPU counts as the benchmark's own, not the forwarders'.
-	r.nats, err = natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+	r.nats, err = natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{
 		StoreDir: filepath.Join(r.tmp, "nats"), ServerName: "bench-replicas", Port: -1, // -1: any free port
 	}, nil)
 	if err != nil {

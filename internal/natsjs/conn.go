@@ -42,7 +42,7 @@ type Conn struct {
 // empty. The connection reconnects forever: a NATS restart must never stop
 // stowline. Create-or-update calls through JS are retried when a cluster
 // does not answer them (provision.go).
-func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
+func Connect(ctx context.Context, o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	refused := &refusals{log: log, repeated: repeatlog.Failures{Every: time.Minute}, now: time.Now}
 	c := &Conn{closed: make(chan struct{}), refused: refused}
 	opts := []nats.Option{
@@ -73,7 +73,7 @@ func Connect(o ConnectOptions, log *slog.Logger) (*Conn, error) {
 		// One node, nothing replicates it: an event must be on disk before
 		// the webhook answers 202, or a power cut could take back what was
 		// accepted. A study makes a handful of writes, a few fsyncs.
-		c.embedded, err = StartEmbedded(EmbeddedOptions{StoreDir: o.StoreDir, ServerName: "stowline-embedded", SyncAlways: true}, log)
+		c.embedded, err = StartEmbedded(ctx, EmbeddedOptions{StoreDir: o.StoreDir, ServerName: "stowline-embedded", SyncAlways: true}, log)
 		if err != nil {
 			return nil, err
 		}

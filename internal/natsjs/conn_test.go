@@ -2,6 +2,7 @@ package natsjs_test
 
 import (
 	"bufio"
+	"context"
 	"log/slog"
 	"net"
 	"strings"
@@ -50,7 +51,7 @@ func silentServer(t *testing.T) string {
 // a subscription is open: the drain waited the client's default 30 s for
 // it, then 5 s for the flush, past the forwarder's stop timeout.
 func TestCloseBoundedWhenServerStopsAnswering(t *testing.T) {
-	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: silentServer(t)}, slog.New(slog.DiscardHandler))
+	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: silentServer(t)}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

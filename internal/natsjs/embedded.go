@@ -1,6 +1,7 @@
 package natsjs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -64,8 +65,9 @@ type EmbeddedServer struct {
 // same store directory.
 var ErrStoreInUse = errors.New("store directory in use")
 
-// StartEmbedded starts the server and waits until it accepts connections.
-func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, error) {
+// StartEmbedded starts the server and waits until it accepts connections,
+// or ctx ends (a stop signal during a long recovery of its store).
+func StartEmbedded(ctx context.Context, opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, error) {
 	if opts.StoreDir == "" {
 		return nil, errors.New("embedded NATS: store directory is required")
 	}
@@ -124,8 +126,11 @@ func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, err
 		ns.SetLoggerV2(&logAdapter{log: log.With("component", "nats-server")}, false, false, false)
 	}
 	go ns.Start()
-	if !waitReady(ns.ReadyForConnections, opts.ReadyTimeout, readyLogEvery, log) {
+	if !waitReady(ctx, ns.ReadyForConnections, opts.ReadyTimeout, readyLogEvery, log) {
 		ns.Shutdown()
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("embedded NATS: stopped before the server was ready: %w", err)
+		}
 		return nil, fmt.Errorf("embedded NATS: server not ready after %s", opts.ReadyTimeout)
 	}
 	started = true
@@ -133,22 +138,28 @@ func StartEmbedded(opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, err
 }
 
 // readyLogEvery is how often a slow start of the embedded server is
-// logged.
-const readyLogEvery = 15 * time.Second
+// logged; readyPoll how long each wait for it lasts, so that a stop
+// signal ends the wait within it.
+const (
+	readyLogEvery = 15 * time.Second
+	readyPoll     = time.Second
+)
 
-// waitReady waits up to timeout for ready (ns.ReadyForConnections), and
-// says every so often why the process is not up yet.
-func waitReady(ready func(time.Duration) bool, timeout, every time.Duration, log *slog.Logger) bool {
+// waitReady waits up to timeout for ready (ns.ReadyForConnections), or
+// until ctx ends, and says every so often why the process is not up yet.
+func waitReady(ctx context.Context, ready func(time.Duration) bool, timeout, every time.Duration, log *slog.Logger) bool {
 	start := time.Now()
+	logged := start
 	for {
 		left := timeout - time.Since(start)
-		if left <= 0 {
+		if left <= 0 || ctx.Err() != nil {
 			return false
 		}
-		if ready(min(every, left)) {
+		if ready(min(readyPoll, left)) {
 			return true
 		}
-		if log != nil && time.Since(start) < timeout {
+		if log != nil && time.Since(logged) >= every && time.Since(start) < timeout {
+			logged = time.Now()
 			log.Info("embedded NATS not ready yet: JetStream is recovering its store (minutes after an unclean stop of a large store)",
 				"waited", time.Since(start).Round(time.Second).String(), "timeout", timeout.String())
 		}

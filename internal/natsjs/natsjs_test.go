@@ -37,7 +37,7 @@ func startEmbedded(t *testing.T, opts natsjs.EmbeddedOptions) *natsjs.EmbeddedSe
 	if opts.StoreDir == "" {
 		opts.StoreDir = t.TempDir()
 	}
-	srv, err := natsjs.StartEmbedded(opts, discard)
+	srv, err := natsjs.StartEmbedded(context.Background(), opts, discard)
 	if err != nil {
 		t.Fatalf("StartEmbedded: %v", err)
 	}
@@ -83,7 +83,7 @@ func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
 }
 
 func TestStartEmbeddedNeedsAStoreDir(t *testing.T) {
-	if srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{}, discard); err == nil {
+	if srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{}, discard); err == nil {
 		srv.Shutdown()
 		t.Fatal("StartEmbedded without a store directory succeeded")
 	}
@@ -155,7 +155,7 @@ func TestEmbeddedServerRestartKeepsData(t *testing.T) {
 func TestConnect(t *testing.T) {
 	t.Run("empty URL starts the embedded server in the store directory", func(t *testing.T) {
 		dir := t.TempDir()
-		c, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: dir}, discard)
+		c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{StoreDir: dir}, discard)
 		if err != nil {
 			t.Fatalf("Connect: %v", err)
 		}
@@ -187,7 +187,7 @@ func TestConnect(t *testing.T) {
 
 	t.Run("URL of a running server", func(t *testing.T) {
 		srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT})
-		c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
+		c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
 		if err != nil {
 			t.Fatalf("Connect(%s): %v", srv.ClientURL(), err)
 		}
@@ -205,7 +205,7 @@ func TestConnect(t *testing.T) {
 		srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT})
 		url := srv.ClientURL()
 		srv.Shutdown()
-		c, err := natsjs.Connect(natsjs.ConnectOptions{URL: url}, discard)
+		c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: url}, discard)
 		if err == nil {
 			c.Close()
 			t.Fatalf("Connect(%s) to a stopped server succeeded", url)
@@ -219,7 +219,7 @@ func TestConnect(t *testing.T) {
 // Close drains: messages already received are still handled before the
 // connection closes (a plain close would drop them).
 func TestCloseDrains(t *testing.T) {
-	c, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, discard)
+	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{StoreDir: t.TempDir()}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -441,11 +441,11 @@ func TestPublisherDedupe(t *testing.T) {
 // first has stopped.
 func TestStoreDirectoryTakenOnce(t *testing.T) {
 	dir := t.TempDir()
-	first, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: dir}, discard)
+	first, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: dir}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if second, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: dir}, discard); !errors.Is(err, natsjs.ErrStoreInUse) {
+	if second, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: dir}, discard); !errors.Is(err, natsjs.ErrStoreInUse) {
 		if second != nil {
 			second.Shutdown()
 		}
@@ -559,7 +559,7 @@ func TestConnectLogsPermissionViolations(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs testharness.LogBuffer
 			log := slog.New(slog.NewJSONHandler(&logs, nil))
-			c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, log)
+			c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, log)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -623,7 +623,7 @@ func TestPublishRefusedUntilAccepted(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs testharness.LogBuffer
-	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, slog.New(slog.NewJSONHandler(&logs, nil)))
+	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: []nats.Option{nats.UserInfo(user, password)}}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -710,7 +710,7 @@ func TestConnectLogsNoToken(t *testing.T) {
 	srv := startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir, Port: server.RANDOM_PORT, Configure: withToken})
 	plain := srv.ClientURL()
 	var logs testharness.LogBuffer
-	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: strings.Replace(plain, "://", "://"+token+"@", 1)}, slog.New(slog.NewJSONHandler(&logs, nil)))
+	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: strings.Replace(plain, "://", "://"+token+"@", 1)}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	if err != nil {
 		t.Fatalf("Connect with a token URL: %v", err)
 	}

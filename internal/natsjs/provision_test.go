@@ -38,7 +38,7 @@ func TestClusterConcurrentProvisioning(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			began := time.Now()
-			conn, err := natsjs.Connect(natsjs.ConnectOptions{URL: cluster.URLs()}, log)
+			conn, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: cluster.URLs()}, log)
 			if err != nil {
 				t.Errorf("replica %d: %v", i, err)
 				return
@@ -488,7 +488,7 @@ func replicatedEvents(t *testing.T, home *testnats.Node) *natsjs.Conn {
 	t.Helper()
 	topo := natsjs.DefaultTopology()
 	topo.Replicas = 3
-	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: home.ClientURL()}, discard)
+	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: home.ClientURL()}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package natsjs
 
 import (
+	"context"
 	"log/slog"
 	"testing"
 )
@@ -8,7 +9,7 @@ import (
 // The single-host server writes every event to disk before it is
 // acknowledged: nothing replicates it.
 func TestSingleHostSyncsEveryWrite(t *testing.T) {
-	c, err := Connect(ConnectOptions{StoreDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	c, err := Connect(context.Background(), ConnectOptions{StoreDir: t.TempDir()}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,7 +52,7 @@ func TestEmbeddedWriteErrorIsNotReady(t *testing.T) {
 // came, and counted as JetStream unavailable. Other streams are written
 // as before.
 func TestEmbeddedWriteErrorFailsPublishesAtOnce(t *testing.T) {
-	c, err := natsjs.Connect(natsjs.ConnectOptions{StoreDir: t.TempDir()}, discard)
+	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{StoreDir: t.TempDir()}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestNotReadyWhileDisconnected(t *testing.T) {
 // cleanup, creates the event stream and checks the connection is ready.
 func connectWithEvents(t *testing.T, o natsjs.ConnectOptions, log *slog.Logger) *natsjs.Conn {
 	t.Helper()
-	c, err := natsjs.Connect(o, log)
+	c, err := natsjs.Connect(context.Background(), o, log)
 	if err != nil {
 		t.Fatal(err)
 	}

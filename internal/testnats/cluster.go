@@ -367,7 +367,7 @@ func (n *Node) start() error {
 		routes[i] = "nats://127.0.0.1:" + strconv.Itoa(l.port)
 	}
 	log := slog.New(slog.NewTextHandler(n.Logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{
 		StoreDir:   n.StoreDir,
 		ServerName: n.Name,
 		Host:       "127.0.0.1",

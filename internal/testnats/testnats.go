@@ -34,7 +34,7 @@ func Start(t testing.TB) *Server {
 // small JetStream store, an account's limits) when it is not nil.
 func StartWith(t testing.TB, configure func(*server.Options)) *Server {
 	t.Helper()
-	srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Configure: configure}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Configure: configure}, nil)
 	if err != nil {
 		t.Fatalf("start embedded nats: %v", err)
 	}
