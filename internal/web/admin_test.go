@@ -94,14 +94,15 @@ func TestAdminAPIThrottlesGuesses(t *testing.T) {
 }
 
 // TestAdminAPIThrottlesGuessesPerIPv6Network: an IPv6 client picks any
-// of its network's 2^64 addresses (privacy addresses change by
-// themselves), so the wrong tokens of one /64 count together: ten
-// guesses, each from a new address, and the network is refused (429),
-// the right token unchecked; another /64 is not. Counted per address,
-// the guesses were never throttled.
+// of its network's addresses (privacy addresses change by themselves, a
+// tunnel broker hands out a /48 for free), so the wrong tokens of one /48
+// count together: ten guesses, each from a new /64, and the /48 is
+// refused (429), the right token unchecked; another /48 is not. Counted
+// per address, the guesses were never throttled; per /64, a /48 had
+// 65,536 times ten.
 func TestAdminAPIThrottlesGuessesPerIPv6Network(t *testing.T) {
 	checkGuessesCounted(t, nil, func(req *http.Request, from string) { req.RemoteAddr = "[" + from + "]:40000" },
-		func(i int) string { return fmt.Sprintf("2001:db8:0:7::%x", i+1) }, "2001:db8:0:7:ffff::1", "2001:db8:0:8::1")
+		func(i int) string { return fmt.Sprintf("2001:db8:7:%x::1", i+1) }, "2001:db8:7:ffff::1", "2001:db8:8::1")
 }
 
 // TestAdminAPIThrottlesGuessesBehindAProxy: behind a reverse proxy listed

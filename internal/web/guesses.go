@@ -18,6 +18,15 @@ const (
 	guessEvery = 6 * time.Second
 )
 
+// guessKey is the key of a client's wrong guesses: its IPv4 address, or
+// its IPv6 /48. Not the /64 of limitKey: a /48 is free from a tunnel
+// broker, and its 65,536 /64s, ten guesses each, would make 655,360
+// guesses at once and 11,000 a second after. The cost: the users of one
+// site's /48 share the count, as those behind one IPv4 NAT do.
+func guessKey(client string) string {
+	return networkKey(client, 48)
+}
+
 // guessGuard throttles wrong admin credentials per client address. A
 // request without credentials is no guess (a browser asks once before it
 // sends them) and is not counted.
@@ -48,7 +57,7 @@ func newGuessGuard(what string, trusted []netip.Prefix, log *slog.Logger, refuse
 // unauthorized says how to answer wrong or missing credentials.
 func (g *guessGuard) check(w http.ResponseWriter, r *http.Request, authorized func() (presented, ok bool), unauthorized func()) bool {
 	client := clientIP(r, g.trusted)
-	key := limitKey(client)
+	key := guessKey(client)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if blocked, wait := g.wrong.empty(key); blocked {

@@ -151,11 +151,17 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 	return peer
 }
 
-// limitKey is the key of a client's bucket: its address, or for IPv6
-// its /64 network, whose 2^64 addresses one host may use at will (privacy
-// addresses change by themselves): counted per address, a client would
-// never run out of requests or guesses.
+// limitKey is the key of a client's bucket in the webhook's rate limit:
+// its address, or for IPv6 its /64 network, whose 2^64 addresses one host
+// may use at will (privacy addresses change by themselves): counted per
+// address, a client would never run out of requests.
 func limitKey(client string) string {
+	return networkKey(client, 64)
+}
+
+// networkKey is client's IPv4 address, or its IPv6 network of v6Bits;
+// client as is if it is no address.
+func networkKey(client string, v6Bits int) string {
 	a, err := netip.ParseAddr(client)
 	if err != nil {
 		return client
@@ -163,7 +169,7 @@ func limitKey(client string) string {
 	if a = a.Unmap().WithZone(""); a.Is4() {
 		return a.String()
 	}
-	return netip.PrefixFrom(a, 64).Masked().String()
+	return netip.PrefixFrom(a, v6Bits).Masked().String()
 }
 
 // hopAddr reads an X-Forwarded-For entry: an address, or an address and
