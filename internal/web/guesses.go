@@ -47,7 +47,21 @@ func newGuessGuard(what string, trusted []netip.Prefix, log *slog.Logger, refuse
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &guessGuard{wrong: newLimiter(1/guessEvery.Seconds(), guessBurst, time.Now), trusted: trusted, log: log, what: what, refuse: refuse}
+	wrong := newLimiter(1/guessEvery.Seconds(), guessBurst, time.Now)
+	// Dropping the oldest clients of a full table, as the webhook's rate
+	// limit does, gave those dropped a fresh ten guesses: a guesser with
+	// 10,000 networks filled the table and got its spent guesses back.
+	// Keeping only the blocked ones would not do: one a guess short of
+	// blocked would still get nine back, and a table full of blocked
+	// clients would have no room. Dropping only idle clients, whose
+	// bucket has refilled completely, gives back nothing, and the clients
+	// past the bound sharing one bucket share its ten guesses; the table
+	// stays bounded. The cost: during such a flood, an operator without a
+	// wrong token of its own in the last minute (a right one takes no
+	// bucket) shares that bucket, and may be refused until the flood
+	// stops.
+	wrong.shareOverflow = true
+	return &guessGuard{wrong: wrong, trusted: trusted, log: log, what: what, refuse: refuse}
 }
 
 // check runs the credential check authorized (which reports whether the

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -61,6 +62,61 @@ func TestGuessesCountPerNetwork(t *testing.T) {
 			}
 			if code := guessStatus(g, tt.other, rightGuess); code != want {
 				t.Errorf("the right token from %s after %d wrong ones from %s: %d, want %d", tt.other, guessBurst, tt.guesser, code, want)
+			}
+		})
+	}
+}
+
+// Filling the table with new clients gives no client back the guesses it
+// spent: neither a blocked one nor one a guess short of blocked. The
+// clients past the bound share one budget, and the table stays bounded.
+func TestGuessesNotForgottenWhenTableFull(t *testing.T) {
+	tests := []struct {
+		name, client string
+		spent        int // wrong tokens client sent before the flood
+	}{
+		{"blocked IPv4 client", "192.0.2.7", guessBurst},
+		{"blocked IPv6 /48", "2001:db8:7::1", guessBurst},
+		{"IPv4 client a guess short of blocked", "192.0.2.7", guessBurst - 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := time.Unix(1_790_000_000, 0)
+			g := newTestGuessGuard(&now)
+			for range tt.spent {
+				guessStatus(g, tt.client, "wrong")
+			}
+			// A flood of new clients, a microsecond apart, one wrong
+			// token each: enough to fill the table, then to spend the
+			// budget the ones past it share.
+			flood := func(i int) string { return fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255) }
+			n := maxClients - 1 + guessBurst
+			for i := range n {
+				now = now.Add(time.Microsecond)
+				if code := guessStatus(g, flood(i), "wrong"); code != http.StatusUnauthorized {
+					t.Fatalf("new client %d of the flood: %d, want 401", i+1, code)
+				}
+			}
+			left := 0
+			for guessStatus(g, tt.client, "wrong") == http.StatusUnauthorized && left <= guessBurst {
+				left++
+			}
+			if want := guessBurst - tt.spent; left != want {
+				t.Errorf("%s had %d wrong tokens left after the flood, want %d (as before it)", tt.client, left, want)
+			}
+			if code := guessStatus(g, flood(n), "wrong"); code != http.StatusTooManyRequests {
+				t.Errorf("a new client once those past the bound spent their %d: %d, want 429", guessBurst, code)
+			}
+			if size := g.wrong.size(); size > maxClients+1 {
+				t.Errorf("%d clients tracked, want at most %d and the shared bucket", size, maxClients)
+			}
+			// Once idle long enough to be full again, all are forgotten.
+			now = now.Add(g.wrong.idleAfter())
+			if code := guessStatus(g, "198.51.100.1", "wrong"); code != http.StatusUnauthorized {
+				t.Errorf("a new client once the flood aged out: %d, want 401", code)
+			}
+			if size := g.wrong.size(); size != 1 {
+				t.Errorf("%d clients tracked once the flood aged out, want 1", size)
 			}
 		})
 	}

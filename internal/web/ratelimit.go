@@ -12,14 +12,29 @@ import (
 
 // maxClients bounds the per-client table: beyond it the least recently
 // seen clients' buckets are dropped (a dropped client starts again with a
-// full bucket, which only ever errs on the side of admitting).
+// full bucket, which only ever errs on the side of admitting), or, in a
+// limiter that shares its overflow, the new clients share one bucket.
 const maxClients = 10000
+
+// overflowKey is the bucket the clients past maxClients share in a
+// limiter that shares its overflow.
+const overflowKey = ""
+
+// fullSweepEvery spaces the sweeps of a table kept full by a shared
+// overflow: a flood of new clients would otherwise scan it at each
+// request.
+const fullSweepEvery = time.Second
 
 // limiter is a token bucket per client IP address.
 type limiter struct {
 	rate  float64 // tokens per second
 	burst float64
 	now   func() time.Time
+
+	// shareOverflow: past maxClients, new clients share the bucket
+	// overflowKey, and only idle clients are dropped, instead of the
+	// least recently seen half.
+	shareOverflow bool
 
 	mu      sync.Mutex
 	clients map[string]*bucket
@@ -45,6 +60,7 @@ func (l *limiter) allow(client string) (bool, time.Duration) {
 	defer l.mu.Unlock()
 	now := l.now()
 	l.evictLocked(now)
+	client = l.keyLocked(client)
 	b, ok := l.clients[client]
 	if !ok {
 		b = &bucket{tokens: l.burst, last: now}
@@ -76,11 +92,14 @@ func (l *limiter) waitFor(tokens float64) time.Duration {
 func (l *limiter) empty(client string) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.clients[client]
+	now := l.now()
+	// Swept as allow sweeps, so that both find client in the same bucket.
+	l.evictLocked(now)
+	b, ok := l.clients[l.keyLocked(client)]
 	if !ok {
 		return false, 0
 	}
-	if tokens := l.level(b, l.now()); tokens < 1 {
+	if tokens := l.level(b, now); tokens < 1 {
 		return true, l.waitFor(tokens)
 	}
 	return false, 0
@@ -92,9 +111,26 @@ func (l *limiter) idleAfter() time.Duration {
 	return time.Duration(l.burst/l.rate*float64(time.Second)) + time.Second
 }
 
+// keyLocked is the key of client's bucket: client's own, unless the
+// limiter shares its overflow, client has no bucket yet and the table is
+// full.
+func (l *limiter) keyLocked(client string) string {
+	if _, ok := l.clients[client]; ok || !l.shareOverflow || len(l.clients) < maxClients {
+		return client
+	}
+	return overflowKey
+}
+
+// evictLocked drops the idle clients (equal to new ones), and, unless the
+// limiter shares its overflow, the oldest half of a table still full.
 func (l *limiter) evictLocked(now time.Time) {
 	idle := l.idleAfter()
-	if len(l.clients) < maxClients && now.Sub(l.lastGC) < idle {
+	since := now.Sub(l.lastGC)
+	full := len(l.clients) >= maxClients
+	if !full && since < idle {
+		return
+	}
+	if full && l.shareOverflow && since < fullSweepEvery {
 		return
 	}
 	l.lastGC = now
@@ -104,7 +140,7 @@ func (l *limiter) evictLocked(now time.Time) {
 		}
 	}
 	// Still full of active clients: drop the oldest half.
-	if len(l.clients) >= maxClients {
+	if !l.shareOverflow && len(l.clients) >= maxClients {
 		var oldest time.Time
 		for _, b := range l.clients {
 			if oldest.IsZero() || b.last.Before(oldest) {
