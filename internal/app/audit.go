@@ -112,7 +112,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	tp, stopTracing, err := startTracing(ctx, "stowline-audit", log)
+	tp, stopTracing, err := startTracing(ctx, program, "stowline-audit", log)
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	if err != nil {
 		return err
 	}
-	tp, stopTracing, err := startTracing(ctx, "stowline-audit", log)
+	tp, stopTracing, err := startTracing(ctx, program, "stowline-audit", log)
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) e
 		}
 		in.sources.warnProxied(log, environmentProxy)
 	}
-	tp, stopTracing, err := startTracing(ctx, "stowline-ingest", log)
+	tp, stopTracing, err := startTracing(ctx, "ingest", "stowline-ingest", log)
 	if err != nil {
 		return err
 	}
@@ -44,7 +44,7 @@ func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Log
 		return err
 	}
 	sources.warnProxied(log, environmentProxy)
-	tp, stopTracing, err := startTracing(ctx, "stowline-forwarder", log)
+	tp, stopTracing, err := startTracing(ctx, "forwarder", "stowline-forwarder", log)
 	if err != nil {
 		return err
 	}
@@ -69,7 +69,7 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 	if c.Reconcile.Enabled || c.Ingest.Priority.Rule != "" {
 		in.sources = sources
 	}
-	tp, stopTracing, err := startTracing(ctx, "stowline", log)
+	tp, stopTracing, err := startTracing(ctx, "stowline", "stowline", log)
 	if err != nil {
 		return err
 	}

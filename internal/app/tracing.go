@@ -37,7 +37,8 @@ var TracingVars = []string{
 	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 	"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
 	"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-	"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_COMPRESSION",
+	"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+	"OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
 	"OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY",
 	"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
 	"OTEL_EXPORTER_OTLP_INSECURE",
@@ -66,46 +67,19 @@ func tracingEnabled(getenv func(string) string) bool {
 // OTLP/HTTP in batches, and the function that flushes and stops it; a nil
 // provider (every span a no-op, nothing exported) when tracing is off.
 // service is the default service.name, which OTEL_SERVICE_NAME overrides.
+// A tracing variable the SDK would misread stops the start as other bad
+// configuration does, program's "invalid configuration" naming it.
 //
 // Everything is read from the process environment, as the SDK does (it
 // cannot be given another), not from the getenv the configuration comes
 // from. The sampler is the SDK's: OTEL_TRACES_SAMPLER, by default
 // parentbased_always_on. No global is set: the provider is passed down.
-func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.TracerProvider, func(), error) {
+func startTracing(ctx context.Context, program, service string, log *slog.Logger) (trace.TracerProvider, func(), error) {
 	if !tracingEnabled(os.Getenv) {
 		return nil, func() {}, nil
 	}
-	protocol := cmp.Or(os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf")
-	if protocol != "http/protobuf" && protocol != "http/json" {
-		// The exporter would fall back to http/protobuf against what may
-		// be a gRPC port, and every export would fail.
-		return nil, nil, &usageError{fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: stowline exports traces over OTLP/HTTP: want http/protobuf (the default) or http/json, and the collector's OTLP/HTTP port (4318)", protocol)}
-	}
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"} {
-		if err := checkOTLPHeaders(name, os.Getenv(name)); err != nil {
-			return nil, nil, &usageError{err}
-		}
-	}
-	// The SDK reads both of each pair, the TRACES_ one winning; a bad
-	// one is refused even when the other would win, since the SDK would
-	// still print it, credentials included.
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
-		if err := checkOTLPEndpoint(name, os.Getenv(name)); err != nil {
-			return nil, nil, &usageError{err}
-		}
-	}
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"} {
-		if err := checkOTLPCertificate(name, os.Getenv(name)); err != nil {
-			return nil, nil, &usageError{err}
-		}
-	}
-	for _, prefix := range []string{"OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_"} {
-		if err := checkOTLPClientCertificate(prefix+"CLIENT_CERTIFICATE", prefix+"CLIENT_KEY"); err != nil {
-			return nil, nil, &usageError{err}
-		}
-	}
-	if err := checkSampler(os.Getenv("OTEL_TRACES_SAMPLER"), os.Getenv("OTEL_TRACES_SAMPLER_ARG")); err != nil {
-		return nil, nil, &usageError{err}
+	if err := checkTracingEnv(os.Getenv); err != nil {
+		return nil, nil, &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(docs/tracing.md lists the OTEL_* variables)", program, err)}
 	}
 	exp, err := otlptracehttp.New(ctx)
 	if err != nil {
@@ -119,12 +93,14 @@ func startTracing(ctx context.Context, service string, log *slog.Logger) (trace.
 		resource.WithTelemetrySDK(),
 		resource.WithFromEnv(),
 	)
-	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+	if err != nil {
+		// A partial resource too: checkResourceAttributes refused what
+		// would make one.
 		return nil, nil, fmt.Errorf("tracing: resource (OTEL_RESOURCE_ATTRIBUTES): %w", err)
 	}
 	exporter := &loggedExporter{SpanExporter: exp, log: log, failures: repeatlog.Failures{Every: time.Minute}}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
-	log.Info("tracing on: spans are exported with OTLP/HTTP", "protocol", protocol,
+	log.Info("tracing on: spans are exported with OTLP/HTTP", "protocol", otlpProtocol(os.Getenv),
 		"service_name", serviceName(res, service), "sampler", cmp.Or(os.Getenv("OTEL_TRACES_SAMPLER"), "parentbased_always_on"))
 	stop := func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tracingShutdownTimeout)
@@ -202,6 +178,137 @@ func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, d
 	}
 	span.SetAttributes(tracing.StreamSeq.Int64(int64(ack.Sequence)), tracing.Duplicate.Bool(ack.Duplicate))
 	return ack, nil
+}
+
+// checkTracingEnv returns, joined, an error for each tracing variable
+// of getenv the SDK or its exporter would misread (checked as they read
+// them): one they would print a line about outside the log and replace
+// with a default, ignore silently, or panic on.
+func checkTracingEnv(getenv func(string) string) error {
+	var errs []error
+	if protocol := otlpProtocol(getenv); protocol != "http/protobuf" && protocol != "http/json" {
+		// The exporter would fall back to http/protobuf against what may
+		// be a gRPC port, and every export would fail.
+		errs = append(errs, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: stowline exports traces over OTLP/HTTP: want http/protobuf (the default) or http/json, and the collector's OTLP/HTTP port (4318)", protocol))
+	}
+	// The SDK reads both of each pair, the TRACES_ one winning; a bad
+	// one is refused even when the other would win, since the SDK would
+	// still print it, credentials included.
+	for _, prefix := range []string{"OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_"} {
+		errs = append(errs,
+			checkOTLPHeaders(prefix+"HEADERS", getenv(prefix+"HEADERS")),
+			checkOTLPEndpoint(prefix+"ENDPOINT", getenv(prefix+"ENDPOINT")),
+			checkOTLPCertificate(prefix+"CERTIFICATE", getenv(prefix+"CERTIFICATE")),
+			checkOTLPClientCertificate(getenv, prefix+"CLIENT_CERTIFICATE", prefix+"CLIENT_KEY"),
+			checkOTLPTimeout(prefix+"TIMEOUT", getenv(prefix+"TIMEOUT")),
+			checkOTLPCompression(prefix+"COMPRESSION", getenv(prefix+"COMPRESSION")),
+		)
+	}
+	errs = append(errs, checkSampler(getenv("OTEL_TRACES_SAMPLER"), getenv("OTEL_TRACES_SAMPLER_ARG")))
+	errs = append(errs, checkResourceAttributes(getenv("OTEL_RESOURCE_ATTRIBUTES")))
+	errs = append(errs, checkBatchSpanProcessor(getenv)...)
+	return errors.Join(errs...)
+}
+
+// otlpProtocol is the OTLP protocol the exporter is asked for.
+func otlpProtocol(getenv func(string) string) string {
+	return cmp.Or(getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf")
+}
+
+const (
+	// maxTracingMillis bounds the tracing delays and timeouts: an hour
+	// is more than any needs, and far from the overflow of
+	// time.Duration a larger number of milliseconds reaches.
+	maxTracingMillis = 3_600_000
+	// maxBatchSpans bounds the batch span processor's sizes: it
+	// allocates its queue whole at start (16 bytes a span, 16 MB here),
+	// and OTEL_BSP_MAX_QUEUE_SIZE=99999999999 ran out of memory.
+	maxBatchSpans = 1_000_000
+)
+
+// checkBatchSpanProcessor checks the OTEL_BSP_* variables as the SDK
+// reads them (sdk/trace/internal/env): strconv.Atoi of the value as it
+// is, spaces included, empty for the default. A negative size panicked
+// in sdktrace.NewBatchSpanProcessor; a value that is not a number it
+// replaces with its default without a word; a schedule delay of 0 spins
+// a core; a batch larger than the queue it lowers silently.
+func checkBatchSpanProcessor(getenv func(string) string) []error {
+	var errs []error
+	value := func(name string, lo, hi int, want string) (int, bool) {
+		raw := getenv(name)
+		if raw == "" {
+			return 0, false
+		}
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < lo || n > hi {
+			errs = append(errs, fmt.Errorf("%s=%q: want %s: a whole number from %d to %d, without spaces or a unit", name, raw, want, lo, hi))
+			return 0, false
+		}
+		return n, true
+	}
+	value("OTEL_BSP_SCHEDULE_DELAY", 1, maxTracingMillis, "the milliseconds between exports")
+	value("OTEL_BSP_EXPORT_TIMEOUT", 0, maxTracingMillis, "the milliseconds one export may take (0: no limit)")
+	queue, ok := value("OTEL_BSP_MAX_QUEUE_SIZE", 1, maxBatchSpans, "the spans buffered for export")
+	if !ok {
+		queue = sdktrace.DefaultMaxQueueSize
+	}
+	if batch, ok := value("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1, maxBatchSpans, "the spans in one export"); ok && batch > queue {
+		errs = append(errs, fmt.Errorf("OTEL_BSP_MAX_EXPORT_BATCH_SIZE=%d is more than the queue holds (OTEL_BSP_MAX_QUEUE_SIZE, %d): the SDK would export smaller batches", batch, queue))
+	}
+	return errs
+}
+
+// checkOTLPTimeout checks an OTLP timeout variable as the exporter reads
+// it (trimmed, strconv.Atoi, milliseconds, 0 no limit): a value that is
+// not a number it prints on stderr and exports with its 10 s default.
+func checkOTLPTimeout(name, raw string) error {
+	v := strings.TrimSpace(raw)
+	if v == "" {
+		return nil
+	}
+	if n, err := strconv.Atoi(v); err != nil || n < 0 || n > maxTracingMillis {
+		return fmt.Errorf("%s=%q: want the milliseconds one export may take, from 0 (no limit) to %d (10000: 10 s, the default)", name, v, maxTracingMillis)
+	}
+	return nil
+}
+
+// checkOTLPCompression checks an OTLP compression variable as the
+// exporter reads it (trimmed): anything but gzip, zstd and GZIP
+// included, it takes for none without a word.
+func checkOTLPCompression(name, raw string) error {
+	switch v := strings.TrimSpace(raw); v {
+	case "", "gzip", "none":
+		return nil
+	default:
+		return fmt.Errorf("%s=%q: want gzip or none (the default), lower case", name, v)
+	}
+}
+
+// checkResourceAttributes checks OTEL_RESOURCE_ATTRIBUTES as the SDK
+// reads it (sdk/resource/env.go: trimmed, key=value pairs,
+// comma-separated, values URL-encoded). A pair without '=' made a
+// partial resource, which the SDK printed on stderr and started without;
+// a value it cannot decode it prints and keeps encoded; a pair without
+// a key it drops. The error names the pair by its place, as for headers.
+func checkResourceAttributes(raw string) error {
+	const name = "OTEL_RESOURCE_ATTRIBUTES"
+	v := strings.TrimSpace(raw)
+	if v == "" {
+		return nil
+	}
+	for i, pair := range strings.Split(v, ",") {
+		key, value, ok := strings.Cut(pair, "=")
+		_, unescapeErr := url.PathUnescape(strings.TrimSpace(value))
+		switch {
+		case !ok:
+			return fmt.Errorf("%s: pair %d has no '=' (a trailing comma counts as an empty pair): want key=value pairs, comma-separated (e.g. deployment.environment=prod)", name, i+1)
+		case strings.TrimSpace(key) == "":
+			return fmt.Errorf("%s: pair %d has no key", name, i+1)
+		case unescapeErr != nil:
+			return fmt.Errorf("%s: pair %d: its value is not URL-encoded (a %% not followed by two hex digits)", name, i+1)
+		}
+	}
+	return nil
 }
 
 // checkSampler refuses a sampler the SDK does not know, or a ratio it
@@ -298,8 +405,8 @@ func checkOTLPCertificate(name, raw string) error {
 // other silently, and with a file it cannot read or pair it prints an
 // error; either way it connects without a client certificate, and a
 // receiver that asks for one refuses every export.
-func checkOTLPClientCertificate(certName, keyName string) error {
-	certPath, keyPath := strings.TrimSpace(os.Getenv(certName)), strings.TrimSpace(os.Getenv(keyName))
+func checkOTLPClientCertificate(getenv func(string) string, certName, keyName string) error {
+	certPath, keyPath := strings.TrimSpace(getenv(certName)), strings.TrimSpace(getenv(keyName))
 	switch {
 	case certPath == "" && keyPath == "":
 		return nil

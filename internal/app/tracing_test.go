@@ -59,7 +59,7 @@ func TestTracingEnabled(t *testing.T) {
 func TestStartTracing(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-	tp, stop, err := startTracing(context.Background(), "stowline-test", log)
+	tp, stop, err := startTracing(context.Background(), "stowline-test", "stowline-test", log)
 	if err != nil || tp != nil {
 		t.Fatalf("off: provider %v, err %v; want nil, nil", tp, err)
 	}
@@ -67,7 +67,7 @@ func TestStartTracing(t *testing.T) {
 
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
 	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-	if _, _, err := startTracing(context.Background(), "stowline-test", log); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "OTEL_EXPORTER_OTLP_PROTOCOL") {
+	if _, _, err := startTracing(context.Background(), "stowline-test", "stowline-test", log); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "OTEL_EXPORTER_OTLP_PROTOCOL") {
 		t.Errorf("grpc: err %v, want a usage error naming OTEL_EXPORTER_OTLP_PROTOCOL", err)
 	}
 
@@ -80,7 +80,7 @@ func TestStartTracing(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Setenv(name, headers)
-			_, _, err := startTracing(context.Background(), "stowline-test", log)
+			_, _, err := startTracing(context.Background(), "stowline-test", "stowline-test", log)
 			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), name) || strings.Contains(err.Error(), "SUPERSECRET") {
 				t.Errorf("err %v, want a usage error naming %s and not the value", err, name)
 			}
@@ -97,7 +97,7 @@ func TestStartTracing(t *testing.T) {
 	} {
 		t.Setenv("OTEL_TRACES_SAMPLER", tc.sampler)
 		t.Setenv("OTEL_TRACES_SAMPLER_ARG", tc.arg)
-		if _, _, err := startTracing(context.Background(), "stowline-test", log); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tc.name) {
+		if _, _, err := startTracing(context.Background(), "stowline-test", "stowline-test", log); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tc.name) {
 			t.Errorf("sampler %q, arg %q: err %v, want a usage error naming %s", tc.sampler, tc.arg, err, tc.name)
 		}
 	}
@@ -106,7 +106,7 @@ func TestStartTracing(t *testing.T) {
 	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "1 ")
 	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20token,x-tenant=a")
 	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
-	tp, stop, err = startTracing(context.Background(), "stowline-test", log)
+	tp, stop, err = startTracing(context.Background(), "stowline-test", "stowline-test", log)
 	if err != nil || tp == nil {
 		t.Fatalf("on: provider %v, err %v", tp, err)
 	}
@@ -166,7 +166,7 @@ func TestStartTracingRefusesBadEndpoints(t *testing.T) {
 				t.Setenv(name, tc.env[name])
 			}
 			t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
-			tp, stop, err := startTracing(context.Background(), "stowline-test", log)
+			tp, stop, err := startTracing(context.Background(), "stowline-test", "stowline-test", log)
 			if tc.bad == "" {
 				if err != nil || tp == nil {
 					t.Fatalf("provider %v, err %v; want a provider", tp, err)
@@ -178,6 +178,101 @@ func TestStartTracingRefusesBadEndpoints(t *testing.T) {
 				t.Errorf("err %v, want a usage error naming %s, without the credentials", err, tc.bad)
 			}
 		})
+	}
+}
+
+// TestCheckTracingEnv: a tracing variable the SDK or its exporter would
+// misread is refused, naming it. A negative OTEL_BSP_MAX_QUEUE_SIZE or
+// OTEL_BSP_MAX_EXPORT_BATCH_SIZE panicked in NewBatchSpanProcessor and a
+// huge one ran out of memory; OTEL_EXPORTER_OTLP_TIMEOUT=abc and a pair
+// without '=' in OTEL_RESOURCE_ATTRIBUTES printed a line on stderr and
+// started with the defaults; OTEL_EXPORTER_OTLP_COMPRESSION=zstd
+// exported uncompressed without a word.
+func TestCheckTracingEnv(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		bad  string // the variable named; "" for none
+	}{
+		{"nothing set", nil, ""},
+		{"the defaults written out", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "5000", "OTEL_BSP_EXPORT_TIMEOUT": "30000",
+			"OTEL_BSP_MAX_QUEUE_SIZE": "2048", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "512", "OTEL_EXPORTER_OTLP_TIMEOUT": "10000",
+			"OTEL_EXPORTER_OTLP_COMPRESSION": "none", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod"}, ""},
+		{"the ceilings", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "3600000", "OTEL_BSP_EXPORT_TIMEOUT": "3600000",
+			"OTEL_BSP_MAX_QUEUE_SIZE": "1000000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1000000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3600000"}, ""},
+		{"no limits", map[string]string{"OTEL_BSP_EXPORT_TIMEOUT": "0", "OTEL_EXPORTER_OTLP_TIMEOUT": "0"}, ""},
+		{"the smallest", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "1", "OTEL_BSP_MAX_QUEUE_SIZE": "1", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1"}, ""},
+		{"a queue smaller than the default batch", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, ""},
+		{"the exporter's values trimmed", map[string]string{"OTEL_EXPORTER_OTLP_TIMEOUT": " 200 ", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": " gzip",
+			"OTEL_RESOURCE_ATTRIBUTES": " service.namespace = imaging , team=pacs%20ops "}, ""},
+
+		{"negative queue", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "-5"}, "OTEL_BSP_MAX_QUEUE_SIZE"},
+		{"zero queue", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "OTEL_BSP_MAX_QUEUE_SIZE"},
+		{"huge queue", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "99999999999"}, "OTEL_BSP_MAX_QUEUE_SIZE"},
+		{"negative batch", map[string]string{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "-1"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
+		{"batch over the default queue", map[string]string{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
+		{"batch over the queue", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "200"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
+		{"schedule delay 0 spins", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "0"}, "OTEL_BSP_SCHEDULE_DELAY"},
+		{"schedule delay with a unit", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "5s"}, "OTEL_BSP_SCHEDULE_DELAY"},
+		{"schedule delay with a space the SDK does not trim", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": " 100"}, "OTEL_BSP_SCHEDULE_DELAY"},
+		{"schedule delay over an hour", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "3600001"}, "OTEL_BSP_SCHEDULE_DELAY"},
+		{"negative export timeout", map[string]string{"OTEL_BSP_EXPORT_TIMEOUT": "-1"}, "OTEL_BSP_EXPORT_TIMEOUT"},
+		{"export timeout overflowing a duration", map[string]string{"OTEL_BSP_EXPORT_TIMEOUT": "9999999999999"}, "OTEL_BSP_EXPORT_TIMEOUT"},
+		{"OTLP timeout not a number", map[string]string{"OTEL_EXPORTER_OTLP_TIMEOUT": "abc"}, "OTEL_EXPORTER_OTLP_TIMEOUT"},
+		{"OTLP timeout in seconds", map[string]string{"OTEL_EXPORTER_OTLP_TIMEOUT": "10s"}, "OTEL_EXPORTER_OTLP_TIMEOUT"},
+		{"negative traces timeout", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "-10"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"},
+		{"zstd", map[string]string{"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"},
+		{"GZIP, read as none", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "GZIP"}, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"},
+		{"a resource pair without '='", map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment"}, "OTEL_RESOURCE_ATTRIBUTES"},
+		{"a trailing comma", map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "a=b,"}, "OTEL_RESOURCE_ATTRIBUTES"},
+		{"a resource pair without a key", map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "a=b, =c"}, "OTEL_RESOURCE_ATTRIBUTES"},
+		{"a resource value not URL-encoded", map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "team=100%"}, "OTEL_RESOURCE_ATTRIBUTES"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkTracingEnv(func(k string) string { return tc.env[k] })
+			if tc.bad == "" {
+				if err != nil {
+					t.Fatalf("err %v, want none", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.bad) {
+				t.Errorf("err %v, want one naming %s", err, tc.bad)
+			}
+		})
+	}
+}
+
+// TestStartTracingRefusesAsConfiguration: a bad tracing variable stops
+// the start as other bad configuration does: exit status 2, the
+// program's "invalid configuration", every bad variable named and no
+// header's value. They printed without the prefix, one at a time.
+func TestStartTracingRefusesAsConfiguration(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	t.Setenv("OTEL_BSP_MAX_QUEUE_SIZE", "-5")
+	if tp, stop, err := startTracing(t.Context(), "forwarder", "stowline-forwarder", log); err != nil || tp != nil {
+		t.Fatalf("tracing off: provider %v, err %v; want nil, nil: the SDK is not started, its variables not read", tp, err)
+	} else {
+		stop()
+	}
+
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization: Bearer SUPERSECRET")
+	t.Setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")
+	_, _, err := startTracing(t.Context(), "forwarder", "stowline-forwarder", log)
+	var stderr strings.Builder
+	if code := ExitCode("forwarder", err, &stderr); code != 2 {
+		t.Errorf("exit status %d, want 2 (err %v)", code, err)
+	}
+	out := stderr.String()
+	if !strings.HasPrefix(out, "forwarder: invalid configuration:\n") || strings.Contains(out, "SUPERSECRET") {
+		t.Errorf("stderr %q: want it to start with \"forwarder: invalid configuration:\", without the header's value", out)
+	}
+	for _, name := range []string{"OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_COMPRESSION"} {
+		if !strings.Contains(out, name) {
+			t.Errorf("stderr %q does not name %s", out, name)
+		}
 	}
 }
 
@@ -334,7 +429,7 @@ func TestStartTracingLogsFailedExports(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
 	var logs testharness.LogBuffer
-	tp, stop, err := startTracing(t.Context(), "stowline-test", slog.New(slog.NewJSONHandler(&logs, nil)))
+	tp, stop, err := startTracing(t.Context(), "stowline-test", "stowline-test", slog.New(slog.NewJSONHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
