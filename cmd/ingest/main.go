@@ -15,6 +15,11 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal starts the drain (the shutdown grace and up to
+	// 15 s more); from then on the signals have Go's default effect, so
+	// a second Ctrl-C or SIGTERM kills the process instead of being
+	// swallowed.
+	context.AfterFunc(ctx, stop)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Environ(), os.Stdout, os.Stderr)
 	stop()
 	os.Exit(app.ExitCode("ingest", err, os.Stderr))
