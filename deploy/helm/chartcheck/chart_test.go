@@ -385,6 +385,19 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 	if src.readyTimeout <= 0 {
 		t.Errorf("web.ReadyTimeout not read from the source")
 	}
+	// The startup probe outlasts the slowest start that still succeeds:
+	// the listener opens after the provisionings, one after the other,
+	// each bounded by app.provisionTimeout (a forwarder's event stream,
+	// destinations and status bucket; the ingest's event stream and
+	// reconciler bucket), with startSpare for the NATS connect and the
+	// rest. Killed sooner, the pod restarts into the same slow start
+	// without its own error (60 s would kill a forwarder whose
+	// provisionings took 70 s in all).
+	provisionings := map[string]int{"forwarder": 3, "ingest": 2}[role]
+	if want := time.Duration(provisionings)*src.provisionTimeout + startSpare; c.StartupProbe == nil || probeBudget(c.StartupProbe) < want {
+		t.Errorf("deployment %s: the startup probe gives the start %v, want at least %v: %d x %v (app.provisionTimeout) + %v",
+			d.Name, probeBudget(c.StartupProbe), want, provisionings, src.provisionTimeout, startSpare)
+	}
 	if len(c.Ports) != 1 || c.Ports[0].Name != "http" {
 		t.Fatalf("deployment %s: ports %v, want one named http", d.Name, c.Ports)
 	}
@@ -498,6 +511,19 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, src goFacts, vars map[s
 			t.Errorf("deployment %s: mount of unknown volume %s", d.Name, m.Name)
 		}
 	}
+}
+
+// startSpare is the startup probe's time beyond the provisionings: the
+// NATS connect and the rest of a start.
+const startSpare = 30 * time.Second
+
+// probeBudget is how long a probe may fail before the kubelet acts, with
+// Kubernetes' defaults for what it leaves out; 0 without a probe.
+func probeBudget(p *corev1.Probe) time.Duration {
+	if p == nil {
+		return 0
+	}
+	return time.Duration(p.InitialDelaySeconds+cmp.Or(p.PeriodSeconds, 10)*cmp.Or(p.FailureThreshold, 3)) * time.Second
 }
 
 func hasItem(items []corev1.KeyToPath, path string) bool {

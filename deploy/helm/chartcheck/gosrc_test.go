@@ -41,6 +41,10 @@ type goFacts struct {
 	maxForwarderShutdownGrace time.Duration
 	// readyTimeout is web.ReadyTimeout: how long /readyz may take.
 	readyTimeout time.Duration
+	// provisionTimeout is app.provisionTimeout: how long each creation
+	// of the streams and buckets at startup may take, before the
+	// listener opens.
+	provisionTimeout time.Duration
 	// eventStream and forwarderConsumer are natsjs.EventStream and
 	// natsjs.ForwarderConsumer: what KEDA watches.
 	eventStream, forwarderConsumer string
@@ -90,6 +94,7 @@ func readGoFacts(t *testing.T) goFacts {
 		facts.forwarderShutdownGrace = duration(get("forward.DefaultShutdownGrace"))
 		facts.maxForwarderShutdownGrace = duration(get("config.MaxForwarderShutdownGrace"))
 		facts.readyTimeout = duration(get("web.ReadyTimeout"))
+		facts.provisionTimeout = duration(get("app.provisionTimeout"))
 		facts.eventStream = str(get("natsjs.EventStream"))
 		facts.forwarderConsumer = str(get("natsjs.ForwarderConsumer"))
 		facts.statConsumerPrefix = str(get("natsjs.StatConsumerPrefix"))
@@ -119,7 +124,7 @@ func readGoFacts(t *testing.T) goFacts {
 	}
 	_, hasURL := facts.destinationVars["DICOMWEB_URL"]
 	if facts.httpShutdownGrace <= 0 || facts.ingestShutdownGrace <= 0 || facts.ingestMaxShutdownGrace <= 0 ||
-		facts.publishAnswerMargin <= 0 || facts.triageShutdownWait <= 0 || facts.maxIngestPublishTimeout <= 0 || facts.forwarderShutdownGrace <= 0 || facts.maxForwarderShutdownGrace <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
+		facts.publishAnswerMargin <= 0 || facts.triageShutdownWait <= 0 || facts.maxIngestPublishTimeout <= 0 || facts.forwarderShutdownGrace <= 0 || facts.maxForwarderShutdownGrace <= 0 || facts.provisionTimeout <= 0 || facts.eventStream == "" || facts.forwarderConsumer == "" || facts.statConsumerPrefix == "" ||
 		!hasURL || !facts.destinationVars["OAUTH_CLIENT_SECRET"] || !slices.Contains(facts.secretVars, "INGEST_TOKEN") || !facts.tracingVars["OTEL_EXPORTER_OTLP_ENDPOINT"] {
 		t.Fatalf("constants not understood (the parser here reads `N * time.Second` and string literals): %+v", facts)
 	}
