@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -910,5 +912,95 @@ func TestComposeNATSSyncsBeforeAcknowledging(t *testing.T) {
 	if !opts.JetStream || !opts.SyncAlways {
 		t.Errorf("nats: command %v: JetStream %v, sync always %v: want JetStream writing every event to disk before it acknowledges it (sync_interval: always)",
 			nats.Command, opts.JetStream, opts.SyncAlways)
+	}
+}
+
+// orthancDefaultDICOMPort is Orthanc's DicomPort when its configuration
+// does not set one.
+const orthancDefaultDICOMPort = 4242
+
+// TestComposePublishesOnlyDICOMOnEveryInterface: every port the compose
+// file publishes speaks plain HTTP (the ingest's status page takes
+// ADMIN_TOKEN, Orthanc's REST API its users' passwords, Grafana its
+// admin's) or has no authentication at all (Prometheus, Jaeger), so it
+// binds the loopback interface only; Orthanc's DICOM port alone binds
+// every interface, since the modalities send to it from other machines.
+func TestComposePublishesOnlyDICOMOnEveryInterface(t *testing.T) {
+	var oc struct{ DicomPort int }
+	if err := json.Unmarshal(readFile(t, "deploy/orthanc/stowline.json"), &oc); err != nil {
+		t.Fatalf("deploy/orthanc/stowline.json: %v", err)
+	}
+	dicom := strconv.Itoa(cmp.Or(oc.DicomPort, orthancDefaultDICOMPort))
+	for _, on := range variants {
+		dicomPublished := false
+		c := loadCompose(t, on...)
+		for _, name := range slices.Sorted(maps.Keys(c.Services)) {
+			for _, spec := range c.Services[name].Ports {
+				ip, port, err := publishedPort(spec)
+				switch {
+				case err != nil:
+					t.Errorf("%v: %s: %v", on, name, err)
+				case name == "orthanc" && port == dicom:
+					dicomPublished = true
+					if ip != "" && !net.ParseIP(ip).IsUnspecified() {
+						t.Errorf("%v: orthanc publishes its DICOM port as %q: want every interface, for the modalities", on, spec)
+					}
+				case ip == "" || !net.ParseIP(ip).IsLoopback():
+					t.Errorf("%v: %s publishes %q: want it on 127.0.0.1 only; Orthanc's DICOM port %s alone binds every interface", on, name, spec, dicom)
+				}
+			}
+		}
+		if !dicomPublished {
+			t.Errorf("%v: orthanc does not publish its DICOM port %s: the modalities could not send to it", on, dicom)
+		}
+	}
+}
+
+// publishedPort splits a port of compose's short syntax,
+// [[IP:]HOST_PORT:]CONTAINER_PORT[/PROTOCOL], into the host IP it binds
+// (empty: every interface) and the container port.
+func publishedPort(spec string) (ip, containerPort string, err error) {
+	rest, _, _ := strings.Cut(spec, "/")
+	if strings.HasPrefix(rest, "[") {
+		end := strings.Index(rest, "]:")
+		if end < 0 {
+			return "", "", fmt.Errorf("port %q: unclosed IPv6 address", spec)
+		}
+		ip, rest = rest[1:end], rest[end+2:]
+	}
+	parts := strings.Split(rest, ":")
+	switch {
+	case len(parts) == 3 && ip == "":
+		ip = parts[0]
+	case len(parts) == 2 || len(parts) == 1 && ip == "":
+	default:
+		return "", "", fmt.Errorf("port %q: want [[IP:]HOST_PORT:]CONTAINER_PORT", spec)
+	}
+	if ip != "" && net.ParseIP(ip) == nil {
+		return "", "", fmt.Errorf("port %q: %q is no IP address", spec, ip)
+	}
+	return ip, parts[len(parts)-1], nil
+}
+
+func TestPublishedPort(t *testing.T) {
+	tests := []struct {
+		spec, ip, port string
+		wantErr        bool
+	}{
+		{spec: "4242", port: "4242"},
+		{spec: "4242:4242", port: "4242"},
+		{spec: "4242:4242/tcp", port: "4242"},
+		{spec: "127.0.0.1:8080:8080", ip: "127.0.0.1", port: "8080"},
+		{spec: "0.0.0.0:9090:9090", ip: "0.0.0.0", port: "9090"},
+		{spec: "[::1]:3000:3000", ip: "::1", port: "3000"},
+		{spec: "localhost:3000:3000", wantErr: true},
+		{spec: "[::1:3000:3000", wantErr: true},
+		{spec: "1.2.3.4:1:2:3", wantErr: true},
+	}
+	for _, tt := range tests {
+		ip, port, err := publishedPort(tt.spec)
+		if (err != nil) != tt.wantErr || ip != tt.ip || port != tt.port {
+			t.Errorf("publishedPort(%q) = %q, %q, %v; want %q, %q, error %v", tt.spec, ip, port, err, tt.ip, tt.port, tt.wantErr)
+		}
 	}
 }
