@@ -566,6 +566,13 @@ func TestComposeTracing(t *testing.T) {
 // at 5 s), stopping an embedded server, flushing traces (5 s).
 const stopMargin = 15 * time.Second
 
+// forwarderStopSlack is what a forwarder's stop_grace_period keeps beyond
+// its worst case, as the Helm chart's 50 s does beyond the default 45 s:
+// each bound of that worst case ends on a timer, so a grace equal to it
+// kills a process still in its last steps whenever a signal or a timer is
+// late (a busy host).
+const forwarderStopSlack = 5 * time.Second
+
 // TestComposeStopGracePeriods checks that Docker waits long enough after
 // SIGTERM for each stowline service to stop cleanly: a forwarder killed
 // before its shutdown grace ends leaves its studies to JetStream's ack
@@ -602,8 +609,12 @@ func checkStopGracePeriods(t *testing.T, c composeFile) {
 			t.Errorf("%s: stop_grace_period %q: %v", name, svc.StopGracePeriod, err)
 			continue
 		}
-		if d < grace+stopMargin {
-			t.Errorf("%s: stop_grace_period %s, want at least %s (the command's %s shutdown grace and %s to settle)", name, d, grace+stopMargin, grace, stopMargin)
+		slack := time.Duration(0)
+		if svc.Build.Target == "forwarder" {
+			slack = forwarderStopSlack
+		}
+		if d < grace+stopMargin+slack {
+			t.Errorf("%s: stop_grace_period %s, want at least %s (the command's %s shutdown grace, %s to settle and %s to spare)", name, d, grace+stopMargin+slack, grace, stopMargin, slack)
 		}
 	}
 }
