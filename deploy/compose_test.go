@@ -1015,3 +1015,64 @@ func TestPublishedPort(t *testing.T) {
 		}
 	}
 }
+
+// reconcilerOrthancRequests is what the ingest's reconciler has in flight
+// to its Orthanc at most: 4 study lookups at once
+// (reconcile.lookupConcurrency) and the readiness check's GET /system.
+// An ingest without PRIORITY_RULE reads Orthanc for nothing else.
+const reconcilerOrthancRequests = 5
+
+// viewerOrthancThreads is what the stowline services must leave of
+// Orthanc's HTTP threads to its viewers (OHIF, Stone, the Explorer), which
+// otherwise wait behind stowline's requests.
+const viewerOrthancThreads = 10
+
+// TestComposeLeavesOrthancThreadsForViewers: Orthanc answers HTTP with
+// HttpThreadsCount threads, one per request, viewers included. Uncapped,
+// a compose forwarder replica with the azure profile of env.example may
+// hold some 51 requests (docs/operations.md, Scaling forwarders), and
+// three of them more than Orthanc's 100 threads. So every forwarder
+// service caps each replica with ORTHANC_MAX_CONNECTIONS, and the
+// replicas of every variant (their GET /system, which takes no slot,
+// counted) and the reconciler leave viewerOrthancThreads.
+func TestComposeLeavesOrthancThreadsForViewers(t *testing.T) {
+	var oc struct{ HttpThreadsCount int }
+	if err := json.Unmarshal(readFile(t, "deploy/orthanc/stowline.json"), &oc); err != nil {
+		t.Fatalf("deploy/orthanc/stowline.json: %v", err)
+	}
+	threads := cmp.Or(oc.HttpThreadsCount, 50) // Orthanc's default
+	for _, on := range variants {
+		c, env := loadCompose(t, on...), dotEnv(t, on...)
+		used, forwarders := 0, 0
+		for _, name := range slices.Sorted(maps.Keys(c.Services)) {
+			svc := c.Services[name]
+			switch {
+			case svc.Build == nil:
+			case svc.Build.Target == "ingest":
+				if svc.Environment["PRIORITY_RULE"] != "" {
+					t.Errorf("%v: %s: PRIORITY_RULE reads Orthanc too: count its requests here", on, name)
+				}
+				if svc.Environment["RECONCILE_ENABLED"] == "true" {
+					used += reconcilerOrthancRequests
+				}
+			case svc.Build.Target == "forwarder":
+				replicas := max(svc.Deploy.Replicas, 1)
+				forwarders += replicas
+				v, _, err := interpolate(svc.Environment["ORTHANC_MAX_CONNECTIONS"], env)
+				limit, convErr := strconv.Atoi(v)
+				if err != nil || convErr != nil || limit <= 0 {
+					t.Errorf("%v: %s: ORTHANC_MAX_CONNECTIONS %q: want a cap above 0, each replica may otherwise take every Orthanc thread", on, name, v)
+					continue
+				}
+				used += replicas * (limit + 1)
+			}
+		}
+		if forwarders == 0 {
+			t.Errorf("%v: no forwarder service", on)
+		}
+		if left := threads - used; left < viewerOrthancThreads {
+			t.Errorf("%v: %d forwarder replicas and the reconciler may hold %d of Orthanc's %d HTTP threads, leaving %d to the viewers: want at least %d",
+				on, forwarders, used, threads, left, viewerOrthancThreads)
+		}
+	}
+}
