@@ -33,7 +33,24 @@ const root = ".."
 type composeFile struct {
 	Name     string             `yaml:"name"`
 	Services map[string]service `yaml:"services"`
+	Secrets  map[string]secret  `yaml:"secrets"`
 	Volumes  map[string]any     `yaml:"volumes"`
+}
+
+// secret is a top-level secret: compose writes it, from the variable
+// Environment names (.env's), into the containers whose service lists it.
+type secret struct {
+	Environment string `yaml:"environment"`
+}
+
+// serviceSecret is a secret a service lists, in the long syntax: the file
+// Target (default /run/secrets/Source), its owner and its mode.
+type serviceSecret struct {
+	Source string `yaml:"source"`
+	Target string `yaml:"target"`
+	UID    string `yaml:"uid"`
+	GID    string `yaml:"gid"`
+	Mode   int    `yaml:"mode"`
 }
 
 type service struct {
@@ -45,6 +62,7 @@ type service struct {
 	Environment map[string]string `yaml:"environment"`
 	Volumes     []string          `yaml:"volumes"`
 	Ports       []string          `yaml:"ports"`
+	Secrets     []serviceSecret   `yaml:"secrets"`
 	// Profiles: the service starts only when one is asked for.
 	Profiles []string `yaml:"profiles"`
 	// StopGracePeriod is how long Docker waits after SIGTERM before
@@ -180,10 +198,11 @@ func dotEnv(t *testing.T, on ...string) map[string]string {
 	return vars
 }
 
-var reference = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}`)
+var reference = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}`)
 
-// interpolate expands compose's ${VAR}, ${VAR:-default} and ${VAR:?error}
-// from vars, and reports each variable used.
+// interpolate expands compose's ${VAR}, ${VAR:-default}, ${VAR:?error}
+// and ${VAR:+replacement} (and their forms without the colon, which test
+// set rather than non-empty) from vars, and reports each variable used.
 func interpolate(s string, vars map[string]string) (string, []string, error) {
 	var used []string
 	var err error
@@ -197,6 +216,11 @@ func interpolate(s string, vars map[string]string) (string, []string, error) {
 			err = fmt.Errorf("${%s} is required: %s", name, arg)
 		case strings.HasSuffix(op, "-") && (!set || (op == ":-" && v == "")):
 			return arg
+		case strings.HasSuffix(op, "+"):
+			if set && (op == "+" || v != "") {
+				return arg
+			}
+			return ""
 		}
 		return v
 	})
@@ -216,6 +240,16 @@ func TestComposeServicesMatchTheConfig(t *testing.T) {
 			checkComposeServices(t, loadCompose(t, on...), dotEnv(t, on...))
 		})
 	}
+	// The destination without authentication: .env leaves the client
+	// secret empty, so its secret file is missing or empty, which
+	// stowline refuses: OAUTH_CLIENT_SECRET_FILE must then be unset.
+	t.Run("as is, no authentication", func(t *testing.T) {
+		env := dotEnv(t)
+		for _, k := range []string{"OAUTH_TOKEN_URL", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES"} {
+			env[k] = ""
+		}
+		checkComposeServices(t, loadCompose(t), env)
+	})
 }
 
 func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
@@ -268,6 +302,7 @@ func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
 				}
 				values[k] = v
 			}
+			checkSecretFiles(t, c, svc, vars, values, env)
 			for _, v := range vars {
 				if v.Required && svc.Environment[v.Name] == "" && svc.Environment[v.Name+"_FILE"] == "" {
 					t.Errorf("required variable %s is not set", v.Name)
@@ -288,6 +323,116 @@ func checkComposeServices(t *testing.T, c composeFile, env map[string]string) {
 	if len(fw.Ports) > 0 {
 		t.Errorf("forwarder publishes ports %v: replicas would collide", fw.Ports)
 	}
+}
+
+// dotEnvVar returns the .env variable that the value of an environment
+// variable in the compose file takes (${NAME...}), or "".
+func dotEnvVar(value string) string {
+	if m := reference.FindStringSubmatch(value); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// secretSource returns the .env variable that a stowline service's secret
+// key comes from: through a compose secret's file when the service sets
+// key_FILE, else its environment value.
+func secretSource(c composeFile, svc service, key string) string {
+	path := svc.Environment[key+"_FILE"]
+	if path == "" {
+		return dotEnvVar(svc.Environment[key])
+	}
+	for _, s := range svc.Secrets {
+		if secretTarget(s) == path {
+			return c.Secrets[s.Source].Environment
+		}
+	}
+	return ""
+}
+
+// secretTarget is the file that compose writes a service's secret to in
+// its containers.
+func secretTarget(s serviceSecret) string {
+	target := cmp.Or(s.Target, s.Source)
+	if !strings.HasPrefix(target, "/") {
+		target = "/run/secrets/" + target
+	}
+	return target
+}
+
+// imageUser is the user the images run as: distroless's nonroot.
+const imageUser = "65532"
+
+// checkSecretFiles checks that the service takes each of its command's
+// secrets as VARIABLE_FILE, naming a file of a compose secret it lists:
+// an environment value shows in docker inspect. The secret's file,
+// written from env as compose writes it from .env, then replaces the
+// path in values, so that the configuration loads as in the container.
+func checkSecretFiles(t *testing.T, c composeFile, svc service, vars []config.Var, values, env map[string]string) {
+	t.Helper()
+	files := map[string]string{} // file in the container -> .env variable
+	for _, s := range svc.Secrets {
+		top, ok := c.Secrets[s.Source]
+		if !ok {
+			t.Errorf("secret %s is not declared in the top-level secrets", s.Source)
+			continue
+		}
+		if _, ok := env[top.Environment]; !ok {
+			t.Errorf("secret %s comes from ${%s}, which deploy/env.example does not list", s.Source, top.Environment)
+		}
+		// Owned by the image's user, readable by it alone: compose's
+		// default owner is root, with a mode that changed across releases.
+		if s.UID != imageUser || s.GID != imageUser || s.Mode != 0o400 {
+			t.Errorf("secret %s: uid %q, gid %q, mode %#o; want %s, %s, 0400 (the image's nonroot user alone)", s.Source, s.UID, s.GID, s.Mode, imageUser, imageUser)
+		}
+		files[secretTarget(s)] = top.Environment
+	}
+	dir := t.TempDir()
+	for _, k := range slices.Sorted(maps.Keys(values)) {
+		if secretVar(k, vars) {
+			t.Errorf("%s is an environment value, which docker inspect shows: give it as %s_FILE, a compose secret's file", k, k)
+		}
+		base, ok := strings.CutSuffix(k, "_FILE")
+		if !ok || !secretVar(base, vars) || values[k] == "" {
+			continue
+		}
+		from, ok := files[values[k]]
+		if !ok {
+			t.Errorf("%s=%s: the service lists no secret written there", k, values[k])
+			continue
+		}
+		// Compose writes no file for an empty value; secretfile refuses
+		// an empty one all the same.
+		path := filepath.Join(dir, k)
+		if err := os.WriteFile(path, []byte(env[from]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		values[k] = path
+	}
+}
+
+// secretVar reports whether the variable name is one of vars that holds
+// a secret, or a destination's (DESTINATION_<NAME>_OAUTH_CLIENT_SECRET).
+func secretVar(name string, vars []config.Var) bool {
+	for _, v := range vars {
+		if !v.Secret {
+			continue
+		}
+		if v.Name == name {
+			return true
+		}
+		if before, after, ok := strings.Cut(v.Name, "<NAME>"); ok && strings.HasPrefix(name, before) && strings.HasSuffix(name, after) && len(name) > len(before)+len(after) {
+			return true
+		}
+	}
+	if strings.HasPrefix(name, "DESTINATION_") {
+		for _, v := range config.Vars(&config.Destination{}) {
+			if v.Secret && strings.HasSuffix(name, "_"+v.Name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // checkVarsRead fails the test for each variable of environment that the
@@ -417,7 +562,8 @@ func TestComposeOneDestinationKeepsItsName(t *testing.T) {
 						if several {
 							want = config.DestinationVarPrefix("default") + strings.TrimPrefix(ref[1], "DICOMWEB_")
 						}
-						if k != want {
+						// A secret as a file: the variable's _FILE form.
+						if k != want && !(ref[1] == "OAUTH_CLIENT_SECRET" && k == want+"_FILE") {
 							t.Errorf("%s: %s takes ${%s}, the one destination's, want it in %s", name, k, ref[1], want)
 						}
 						takesURL = takesURL || ref[1] == "DICOMWEB_URL"
@@ -742,7 +888,8 @@ func TestComposeWiring(t *testing.T) {
 	if u, _ := url.Parse(oc.Stowline.IngestUrl); u.Path != "/webhooks/orthanc" {
 		t.Errorf("Stowline.IngestUrl path %q, want /webhooks/orthanc", u.Path)
 	}
-	// ${X} in the Orthanc configuration is Orthanc's environment variable X.
+	// ${X} in the Orthanc configuration is Orthanc's environment variable
+	// X; orthancVar returns the .env variable it takes.
 	orthancVar := func(what, ref string) string {
 		m := regexp.MustCompile(`^\$\{([A-Za-z0-9_]+)\}$`).FindStringSubmatch(ref)
 		if m == nil {
@@ -753,10 +900,10 @@ func TestComposeWiring(t *testing.T) {
 		if !ok {
 			t.Errorf("%s = %s, but the orthanc service does not set %s", what, ref, m[1])
 		}
-		return v
+		return dotEnvVar(v)
 	}
-	if got, want := orthancVar("Stowline.IngestToken", oc.Stowline.IngestToken), ingest.Environment["INGEST_TOKEN"]; got != want {
-		t.Errorf("Orthanc's IngestToken comes from %q, the ingest's INGEST_TOKEN from %q", got, want)
+	if got, want := orthancVar("Stowline.IngestToken", oc.Stowline.IngestToken), secretSource(c, ingest, "INGEST_TOKEN"); got == "" || got != want {
+		t.Errorf("Orthanc's IngestToken comes from .env's %q, the ingest's INGEST_TOKEN from %q", got, want)
 	}
 	if !events.ValidSource(oc.Stowline.Source) {
 		t.Errorf("Stowline.Source %q is not a valid source name", oc.Stowline.Source)
@@ -771,8 +918,8 @@ func TestComposeWiring(t *testing.T) {
 		user := svc.Environment["ORTHANC_USERNAME"]
 		if ref, ok := oc.RegisteredUsers[user]; !ok {
 			t.Errorf("%s: ORTHANC_USERNAME %q is not in Orthanc's RegisteredUsers", name, user)
-		} else if got, want := orthancVar("RegisteredUsers."+user, ref), svc.Environment["ORTHANC_PASSWORD"]; got != want {
-			t.Errorf("%s: Orthanc's password of %s comes from %q, ORTHANC_PASSWORD from %q", name, user, got, want)
+		} else if got, want := orthancVar("RegisteredUsers."+user, ref), secretSource(c, svc, "ORTHANC_PASSWORD"); got == "" || got != want {
+			t.Errorf("%s: Orthanc's password of %s comes from .env's %q, ORTHANC_PASSWORD from %q", name, user, got, want)
 		}
 		if h, p := hostPort(t, name+" NATS_URL", svc.Environment["NATS_URL"]); h != "nats" || p != "4222" {
 			t.Errorf("%s: NATS_URL %s, want the nats service on 4222", name, svc.Environment["NATS_URL"])
