@@ -3,11 +3,14 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
@@ -17,6 +20,12 @@ import (
 
 // RunIngest runs the webhook service until ctx ends.
 func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) error {
+	return runIngest(ctx, c, eventStreamCheckEvery, log)
+}
+
+// runIngest is RunIngest checking every streamCheckEvery that the event
+// stream exists (watchEventStream).
+func runIngest(ctx context.Context, c *config.IngestService, streamCheckEvery time.Duration, log *slog.Logger) error {
 	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile, sourceMetrics: true}
 	if c.Reconcile.Enabled || c.Ingest.Priority.Rule != "" {
 		var err error
@@ -34,11 +43,18 @@ func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
+	p.streamCheckEvery = streamCheckEvery
 	return p.run(ctx, in)
 }
 
 // RunForwarder runs the forwarder until ctx ends.
 func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Logger) error {
+	return runForwarder(ctx, c, eventStreamCheckEvery, log)
+}
+
+// runForwarder is RunForwarder checking every streamCheckEvery that the
+// event stream exists (watchEventStream).
+func runForwarder(ctx context.Context, c *config.ForwarderService, streamCheckEvery time.Duration, log *slog.Logger) error {
 	sources, err := NewSources(&c.Orthanc)
 	if err != nil {
 		return err
@@ -53,6 +69,7 @@ func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Log
 	if err != nil {
 		return err
 	}
+	p.streamCheckEvery = streamCheckEvery
 	return p.run(ctx, &forwarderRole{cfg: &c.Forwarder, sources: sources})
 }
 
@@ -91,7 +108,10 @@ type process struct {
 	status    *statusWiring
 	// tracer is the process's TracerProvider; nil when tracing is off.
 	tracer trace.TracerProvider
-	log    *slog.Logger
+	// streamCheckEvery is how often watchEventStream checks that the
+	// event stream exists; 0 does not check.
+	streamCheckEvery time.Duration
+	log              *slog.Logger
 }
 
 // role is one service of the process: it starts its goroutines in g and
@@ -115,7 +135,8 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 		return nil, err
 	}
 	warnSingleHostStore(nc, log)
-	p := &process{conn: conn, topo: topology(nc, fc, fc == nil || singleHost), serverTLS: serverTLS, tracer: tp, log: log}
+	p := &process{conn: conn, topo: topology(nc, fc, fc == nil || singleHost), serverTLS: serverTLS, tracer: tp,
+		streamCheckEvery: eventStreamCheckEvery, log: log}
 	p.topo.Log = log
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
@@ -154,11 +175,82 @@ func (p *process) run(ctx context.Context, roles ...role) error {
 			return nil
 		}
 	})
+	// So must a NATS server that lost the event stream: the next start
+	// creates it again, with the consumers and buckets.
+	if p.streamCheckEvery > 0 {
+		g.Go(func() error {
+			return watchEventStream(gctx, p.conn.JS, p.conn.Reconnected(), p.streamCheckEvery, p.log)
+		})
+	}
 	p.log.Info("stowline started")
 	err := g.Wait()
 	p.log.Info("stowline stopped", "err", err)
 	return err
 }
+
+// eventStreamCheckEvery is how often watchEventStream checks the event
+// stream: a process whose NATS server lost it ends within two of these.
+const eventStreamCheckEvery = 30 * time.Second
+
+// errEventStreamLost ends a process whose NATS server no longer has the
+// event stream.
+var errEventStreamLost = errors.New("JetStream lost the event stream " + natsjs.EventStream +
+	" (a NATS server restarted without its store?): stopping so that the next start creates it again")
+
+// watchEventStream checks, after each reconnect and every interval until
+// ctx ends, that the event stream exists, and returns errEventStreamLost
+// once two checks in a row, at least half an interval apart, found it
+// missing. The stream, the lane consumers, the dead-letter stream and the
+// buckets are created only at start: a NATS server restarted on an empty
+// store (no persistent volume, a lost one, `nats stream rm`) left the
+// ingest answering 503 and the forwarder retrying its pulls for good,
+// alive to /healthz. Ending the process has its supervisor start it
+// again, which creates them all. A cluster electing a leader may answer
+// "not found" for a moment: one answer stops nothing. Any other error
+// (a time-out, no connection) says nothing of the stream and counts
+// neither way.
+func watchEventStream(ctx context.Context, js jetstream.JetStream, reconnected <-chan struct{}, interval time.Duration, log *slog.Logger) error {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	var missingSince time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-reconnected:
+			// The next check comes an interval after this one: two
+			// reconnects in quick succession are not two sightings.
+			ticker.Reset(interval)
+		case <-ticker.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, min(interval, eventStreamCheckTimeout))
+		_, err := js.Stream(cctx, natsjs.EventStream)
+		cancel()
+		now := time.Now()
+		switch {
+		case err == nil:
+			if !missingSince.IsZero() {
+				log.Info("JetStream has the event stream again", "stream", natsjs.EventStream)
+			}
+			missingSince = time.Time{}
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			if missingSince.IsZero() {
+				missingSince = now
+				log.Warn("JetStream has no event stream (a NATS server restarted without its store?): this process stops if it is still missing at the next check",
+					"stream", natsjs.EventStream, "next_check_in", interval)
+			} else if now.Sub(missingSince) >= interval/2 {
+				return errEventStreamLost
+			}
+		case ctx.Err() != nil:
+			return nil
+		default:
+			log.Debug("could not check the event stream", "stream", natsjs.EventStream, "err", err)
+		}
+	}
+}
+
+// eventStreamCheckTimeout bounds one check of watchEventStream.
+const eventStreamCheckTimeout = 10 * time.Second
 
 // warnSingleHostStore warns when a process using a NATS server finds the
 // store of a single host's embedded server in NATS_STORE_DIR: a single

@@ -35,7 +35,9 @@ type Conn struct {
 	JS       jetstream.JetStream
 	embedded *EmbeddedServer
 	closed   chan struct{}
-	refused  *refusals
+	// reconnected holds one signal of a reconnect not yet taken.
+	reconnected chan struct{}
+	refused     *refusals
 }
 
 // Connect connects to o.URL, or starts the embedded server when it is
@@ -44,7 +46,7 @@ type Conn struct {
 // does not answer them (provision.go).
 func Connect(ctx context.Context, o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	refused := &refusals{log: log, repeated: repeatlog.Failures{Every: time.Minute}, now: time.Now}
-	c := &Conn{closed: make(chan struct{}), refused: refused}
+	c := &Conn{closed: make(chan struct{}), reconnected: make(chan struct{}, 1), refused: refused}
 	opts := []nats.Option{
 		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
 		nats.Name("stowline"),
@@ -60,7 +62,13 @@ func Connect(ctx context.Context, o ConnectOptions, log *slog.Logger) (*Conn, er
 				log.Warn("disconnected from NATS", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", urlWithoutUser(nc)) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", "url", urlWithoutUser(nc))
+			select {
+			case c.reconnected <- struct{}{}:
+			default: // one pending already says it
+			}
+		}),
 		// The server refuses a publish or subscription the user may not
 		// make only asynchronously (a refused JetStream request then just
 		// times out), and the client's default handler writes it to
@@ -171,6 +179,10 @@ func (c *Conn) Ready(ctx context.Context) error {
 // twice in a row, reconnects notwithstanding: revoked or expired
 // credentials).
 func (c *Conn) Closed() <-chan struct{} { return c.closed }
+
+// Reconnected receives after the client reconnected to NATS; reconnects
+// made while one is pending are merged into it.
+func (c *Conn) Reconnected() <-chan struct{} { return c.reconnected }
 
 // drainTimeout bounds Close's drain: it is part of the stop timeout
 // (forward's settleAfterGrace).

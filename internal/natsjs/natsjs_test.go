@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -214,6 +215,39 @@ func TestConnect(t *testing.T) {
 			t.Errorf("error %q does not say what failed", err)
 		}
 	})
+}
+
+// Reconnected signals a reconnect, here to a NATS server restarted on an
+// empty store, which has no event stream any more: what the process's
+// watch (app's watchEventStream) checks for at once.
+func TestConnectSignalsReconnects(t *testing.T) {
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT})
+	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), c.JS); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	startEmbedded(t, natsjs.EmbeddedOptions{Port: port})
+	select {
+	case <-c.Reconnected():
+	case <-time.After(20 * time.Second):
+		t.Fatal("no reconnect signalled 20 s after the server restarted")
+	}
+	if _, err := c.JS.Stream(testCtx(t), natsjs.EventStream); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("event stream after the restart on an empty store: %v, want stream not found", err)
+	}
 }
 
 // Close drains: messages already received are still handled before the
