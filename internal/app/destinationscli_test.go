@@ -166,7 +166,8 @@ func TestDestinationsRemoveRetries(t *testing.T) {
 }
 
 // TestLanesPresent: the readiness check passes while a destination's
-// lane consumers exist and names the one deleted while the forwarder ran.
+// lane consumers exist, names the one deleted while the forwarder ran,
+// and says the event stream is gone once it is.
 func TestLanesPresent(t *testing.T) {
 	ns := testnats.Start(t)
 	ctx := replayCtx(t)
@@ -188,6 +189,15 @@ func TestLanesPresent(t *testing.T) {
 	err = check(ctx)
 	if err == nil || !strings.Contains(err.Error(), "destination ai: consumer stowline-low-ai deleted") {
 		t.Fatalf("low lane deleted: err = %v", err)
+	}
+	// The stream gone (a NATS server restarted on an empty store) took
+	// every lane with it: that, not a lost consumer leader, is reported.
+	if err := ns.JS.DeleteStream(ctx, natsjs.EventStream); err != nil {
+		t.Fatal(err)
+	}
+	err = check(ctx)
+	if err == nil || !strings.Contains(err.Error(), "JetStream has no event stream "+natsjs.EventStream) || strings.Contains(err.Error(), "leader") {
+		t.Fatalf("stream deleted: err = %v", err)
 	}
 }
 

@@ -470,13 +470,14 @@ func (w laneWindows) Open(lane events.Priority, now time.Time) bool {
 	return config.ForwardWindows(w).Open(string(lane), now)
 }
 
-// lanesPresent is a readiness check failing once a lane's consumer was
-// deleted while this forwarder ran (it takes none of that lane's events
-// until restarted), or while a consumer does not answer: on a cluster, its
-// leader's server was lost and no other has taken over yet, and nothing
-// can be pulled from it. The jetstream check reads only the event stream,
-// whose leader may be another server. The lanes are read at once, so one
-// that does not answer leaves the others their time.
+// lanesPresent is a readiness check failing once the event stream or a
+// lane's consumer was deleted while this forwarder ran (it takes none of
+// that lane's events until restarted), or while a consumer does not
+// answer: on a cluster, its leader's server was lost and no other has
+// taken over yet, and nothing can be pulled from it. The jetstream check
+// reads only the event stream, whose leader may be another server. The
+// lanes are read at once, so one that does not answer leaves the others
+// their time.
 func lanesPresent(destination string, lanes []forward.Lane) web.Check {
 	return func(ctx context.Context) error {
 		errs := make([]error, len(lanes))
@@ -489,6 +490,10 @@ func lanesPresent(destination string, lanes []forward.Lane) web.Check {
 		for i, err := range errs {
 			name := lanes[i].Consumer.CachedInfo().Name
 			switch {
+			case errors.Is(err, jetstream.ErrStreamNotFound):
+				// Every consumer went with it: no leader to wait for.
+				return fmt.Errorf("destination %s: JetStream has no event stream %s, its queues went with it (a NATS server restarted without its store?); "+
+					"the process stops if it stays missing, and its next start creates them again", destination, natsjs.EventStream)
 			case errors.Is(err, jetstream.ErrConsumerNotFound):
 				gone = append(gone, name)
 			case err != nil:
