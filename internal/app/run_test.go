@@ -157,7 +157,7 @@ func TestServicesEndWhenTheEventStreamIsLost(t *testing.T) {
 				t.Fatal(err)
 			}
 			ns.Shutdown()
-			srv, err := natsjs.StartEmbedded(natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: port}, nil)
+			srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: t.TempDir(), ServerName: "test", Port: port}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

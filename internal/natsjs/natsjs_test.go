@@ -222,7 +222,7 @@ func TestConnect(t *testing.T) {
 // watch (app's watchEventStream) checks for at once.
 func TestConnectSignalsReconnects(t *testing.T) {
 	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT})
-	c, err := natsjs.Connect(natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
+	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
