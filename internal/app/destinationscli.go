@@ -39,8 +39,9 @@ until it is removed here.
                 given no more studies. The stream keeps every event for the
                 other destinations; the destination's dead letters and
                 ledger stay (forwarder replay purge --destination NAME).
-                Take NAME out of DESTINATIONS first: a forwarder that still
-                serves it creates a new consumer, from new events on
+                Take NAME out of DESTINATIONS first: a forwarder whose
+                DESTINATIONS names it, serving it or not, creates a new
+                consumer, from new events on
                 (from what the stream holds if no other destination has
                 a consumer).
 

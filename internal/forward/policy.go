@@ -94,6 +94,7 @@ func (p policy) exhausted(attempt uint64) (decision, bool) {
 			"the forwarder handling the study stopped (a crash or an out-of-memory kill; or, for the last one only, a shutdown "+
 			"that returned it to the queue or an ack JetStream did not confirm) or could not store its dead letter; "+
 			"or FORWARDER_MAX_DELIVERIES was lowered while the study was being retried; "+
+			"or older forwarders gave the event back, of a newer version than they read; "+
 			"not tried again (replay it once the cause is known)", attempt, p.maxDeliveries)
 	if p.replacesByDelete != "" {
 		reason += fmt.Sprintf("; the destination replaces conflicts by DELETE, then POST (%s=%s, STOW_REPLACE_METHOD=%s): "+
