@@ -1,9 +1,12 @@
 package natsjs_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -707,6 +710,82 @@ func TestLanesFirstStartIgnoresLocalClock(t *testing.T) {
 			}
 			if info.NumPending != tc.pending {
 				t.Errorf("b's routine consumer: deliver policy %v, %d pending; want %d", info.Config.DeliverPolicy, info.NumPending, tc.pending)
+			}
+		})
+	}
+}
+
+// TestLanesLeaveAnotherGroupsConsumerSettings: forwarder groups split the
+// destinations (FORWARDER_DESTINATIONS). Group A serves x with the
+// defaults; group B, serving y with a shorter ack wait and
+// FORWARDER_MAX_DELIVERIES=5 (MaxDeliver 10), restarted and set x's
+// consumers to its own values: JetStream then dropped, without a dead
+// letter, each x event from its 10th delivery while A dead-letters
+// later, and moved events in flight to another of A's forwarders after
+// B's ack wait. B leaves x's consumers' AckWait and MaxDeliver as they
+// are, still makes x's missing one (with x's settings), and changes its
+// own, with a warning for each change.
+func TestLanesLeaveAnotherGroupsConsumerSettings(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		served  []string // by group B
+		changed []string // destinations whose consumers B changes
+	}{
+		{"B serves y", []string{"y"}, []string{"y"}},
+		{"B serves x and y", []string{"x", "y"}, []string{"x", "y"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, ctx, a := eventStream(t)
+			all := []string{"x", "y"}
+			if _, err := a.EnsureLanesServing(ctx, js, all, []string{"x"}); err != nil {
+				t.Fatal(err)
+			}
+			// x's low consumer removed since (nats consumer rm): B makes it.
+			missing := natsjs.LaneConsumerName("x", events.PriorityLow)
+			if err := js.DeleteConsumer(ctx, natsjs.EventStream, missing); err != nil {
+				t.Fatal(err)
+			}
+			var logs bytes.Buffer
+			b := a
+			b.AckWait, b.MaxDeliver = 10*time.Second, 10
+			b.Log = slog.New(slog.NewJSONHandler(&logs, nil))
+			if _, err := b.EnsureLanesServing(ctx, js, all, tc.served); err != nil {
+				t.Fatal(err)
+			}
+			type change struct{ setting, from, to string }
+			logged := map[string][]change{}
+			for line := range strings.Lines(logs.String()) {
+				var r struct{ Level, Consumer, Setting, From, To string }
+				if err := json.Unmarshal([]byte(line), &r); err != nil {
+					t.Fatal(err)
+				}
+				if r.Level == "WARN" && r.Setting != "" {
+					logged[r.Consumer] = append(logged[r.Consumer], change{r.Setting, r.From, r.To})
+				}
+			}
+			for _, d := range all {
+				changed := slices.Contains(tc.changed, d)
+				for _, lane := range events.Priorities {
+					name := natsjs.LaneConsumerName(d, lane)
+					c, err := js.Consumer(ctx, natsjs.EventStream, name)
+					if err != nil {
+						t.Fatalf("%s after B's start: %v", name, err)
+					}
+					cfg := c.CachedInfo().Config
+					want, wantLogged := a, []change(nil)
+					if changed {
+						want = b
+						if name != missing {
+							wantLogged = []change{{"AckWait", "1m0s", "10s"}, {"MaxDeliver", "1000", "10"}}
+						}
+					}
+					if cfg.AckWait != want.AckWait || cfg.MaxDeliver != want.MaxDeliver {
+						t.Errorf("%s after B's start: AckWait %s, MaxDeliver %d; want %s, %d", name, cfg.AckWait, cfg.MaxDeliver, want.AckWait, want.MaxDeliver)
+					}
+					if got := logged[name]; !slices.Equal(got, wantLogged) {
+						t.Errorf("%s: warnings %v, want %v\n%s", name, got, wantLogged, logs.String())
+					}
+				}
 			}
 		})
 	}

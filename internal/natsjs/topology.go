@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -768,7 +769,14 @@ func (t Topology) EnsureLanes(ctx context.Context, js jetstream.JetStream, desti
 // lane; served are those of destinations the caller's forwarders serve.
 // Each forwarder makes the consumers of every configured destination,
 // whichever it serves, so that a new deployment's destinations start
-// together. A consumer's start is kept once made; a
+// together. A destination's AckWait and MaxDeliver are its own
+// forwarders' (FORWARDER_ACK_WAIT, FORWARDER_MAX_DELIVERIES): those of an
+// unserved destination's consumers are kept, and one made for it takes
+// those of its consumers already made (this process's when it has none).
+// Set by another group with a lower FORWARDER_MAX_DELIVERIES, JetStream
+// dropped the destination's events, with no dead letter, before its own
+// forwarders' budget dead-lettered them. A change of a served one's is
+// logged. A consumer's start is kept once made; a
 // consumer is never deleted here (a destination dropped from the
 // configuration keeps its queue until an operator removes it).
 //
@@ -860,6 +868,7 @@ func (t Topology) EnsureLanesServing(ctx context.Context, js jetstream.JetStream
 			continue
 		}
 		out[d] = map[events.Priority]jetstream.Consumer{}
+		serving := slices.Contains(served, d)
 		// Another destination's consumer means a running deployment, where
 		// a new destination starts with new events, unless it was made for
 		// this destination's deployment too. This destination's own lane
@@ -888,6 +897,14 @@ func (t Topology) EnsureLanesServing(ctx context.Context, js jetstream.JetStream
 		running = running && !sameStart
 		// Each consumer's info holds its configuration and ack floor.
 		routine := existing[ConsumerName(d)]
+		// Whose AckWait and MaxDeliver an unserved destination's new
+		// consumer takes.
+		var sibling *jetstream.ConsumerInfo
+		for _, lane := range []events.Priority{events.PriorityRoutine, events.PriorityStat, events.PriorityLow} {
+			if sibling == nil {
+				sibling = existing[LaneConsumerName(d, lane)]
+			}
+		}
 		// The routine lane last: an upgraded routine consumer stops taking
 		// the other lanes' subjects only once they have their consumers.
 		for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow, events.PriorityRoutine} {
@@ -899,37 +916,86 @@ func (t Topology) EnsureLanesServing(ctx context.Context, js jetstream.JetStream
 				have = max(have, made.Config.Replicas)
 			}
 			cfg.Replicas = t.keepReplicas("consumer", cfg.Durable, have, cfg.Replicas)
+			made := existing[cfg.Durable]
 			switch {
-			case existing[cfg.Durable] != nil:
+			case made != nil:
 				// The start cannot change once made: keep the consumer's,
 				// and the configuration it was made by.
-				keepStart(&cfg, existing[cfg.Durable])
-				cfg.MaxDeliver = t.keepMaxDeliver(existing[cfg.Durable], cfg.MaxDeliver)
+				keepStart(&cfg, made)
 			case routine != nil:
 				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, max(routine.AckFloor.Stream+1, 1)
 			case running:
 				cfg.DeliverPolicy = jetstream.DeliverNewPolicy
 			}
+			t.keepDeliveries(&cfg, made, sibling, serving)
 			c, err := js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
-			if err != nil && existing[cfg.Durable] == nil {
+			if err != nil && made == nil {
 				// Another replica starting at the same time made it since
 				// the listing, perhaps with another start: keep that one.
 				mctx, cancel := context.WithTimeout(ctx, consumerReadsTimeout)
-				made, merr := readConsumer(mctx, stream, cfg.Durable)
+				var merr error
+				made, merr = readConsumer(mctx, stream, cfg.Durable)
 				cancel()
 				if merr == nil {
 					keepStart(&cfg, made)
-					cfg.MaxDeliver = t.keepMaxDeliver(made, cfg.MaxDeliver)
+					t.keepDeliveries(&cfg, made, sibling, serving)
 					c, err = js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
 				}
 			}
 			if err != nil {
 				return nil, fmt.Errorf("create or update consumer %s on stream %s: %w", cfg.Durable, EventStream, err)
 			}
+			if serving && made != nil {
+				t.logDeliveriesChanged(ctx, made, cfg)
+			}
 			out[d][lane] = c
 		}
 	}
 	return out, nil
+}
+
+// keepDeliveries sets cfg's AckWait and MaxDeliver. A served
+// destination's are this process's, MaxDeliver never lower than its
+// forwarders need (keepMaxDeliver only keeps a higher one). An unserved
+// one's are its own forwarders' (another group's FORWARDER_ACK_WAIT and
+// FORWARDER_MAX_DELIVERIES): as the consumer has them (made), or for one
+// to be made as its destination's other consumer (sibling) has them.
+func (t Topology) keepDeliveries(cfg *jetstream.ConsumerConfig, made, sibling *jetstream.ConsumerInfo, serving bool) {
+	switch {
+	case serving && made != nil:
+		cfg.MaxDeliver = t.keepMaxDeliver(made, cfg.MaxDeliver)
+	case serving:
+	case made != nil:
+		cfg.AckWait, cfg.MaxDeliver = made.Config.AckWait, made.Config.MaxDeliver
+	case sibling != nil:
+		cfg.AckWait, cfg.MaxDeliver = sibling.Config.AckWait, sibling.Config.MaxDeliver
+	}
+}
+
+// logDeliveriesChanged warns of each change of a served consumer's
+// AckWait and MaxDeliver, as a stream's changes are logged: two groups
+// serving one destination with different FORWARDER_ACK_WAIT or
+// FORWARDER_MAX_DELIVERIES change its consumers back and forth at each
+// start, and a lowered MaxDeliver drops events without a dead letter.
+func (t Topology) logDeliveriesChanged(ctx context.Context, made *jetstream.ConsumerInfo, cfg jetstream.ConsumerConfig) {
+	if t.Log == nil {
+		return
+	}
+	const msg = "consumer setting changed to this process's configuration (give every forwarder serving its destination the same)"
+	if have := made.Config.AckWait; cfg.AckWait > 0 && cfg.AckWait != have {
+		t.Log.Log(ctx, slog.LevelWarn, msg, "consumer", cfg.Durable, "setting", "AckWait", "from", have.String(), "to", cfg.AckWait.String(), "variable", "FORWARDER_ACK_WAIT")
+	}
+	// JetStream reports no bound (0 asked) as -1.
+	have, want := made.Config.MaxDeliver, cfg.MaxDeliver
+	if have <= 0 {
+		have = -1
+	}
+	if want <= 0 {
+		want = -1
+	}
+	if want != have {
+		t.Log.Log(ctx, slog.LevelWarn, msg, "consumer", cfg.Durable, "setting", "MaxDeliver", "from", strconv.Itoa(have), "to", strconv.Itoa(want), "variable", "FORWARDER_MAX_DELIVERIES")
+	}
 }
 
 // keepMaxDeliver returns the MaxDeliver to give an existing consumer:
