@@ -790,3 +790,35 @@ func TestLanesLeaveAnotherGroupsConsumerSettings(t *testing.T) {
 		})
 	}
 }
+
+// TestLanesKeepAnotherGroupsConsumerMadeSinceTheListing: groups A
+// (serving x) and B (serving y, FORWARDER_MAX_DELIVERIES=5) start
+// together, and A makes x's consumers after B read the names. B's
+// create-or-update of a consumer it took for missing, of the same start,
+// set A's consumers to B's AckWait and MaxDeliver; it leaves them as A
+// made them.
+func TestLanesKeepAnotherGroupsConsumerMadeSinceTheListing(t *testing.T) {
+	js, ctx, a := eventStream(t)
+	all := []string{"x", "y"}
+	if _, err := a.EnsureLanesServing(ctx, js, all, []string{"x"}); err != nil {
+		t.Fatal(err)
+	}
+	unnamed := map[string]bool{}
+	for _, lane := range events.Priorities {
+		unnamed[natsjs.LaneConsumerName("x", lane)] = true
+	}
+	b := a
+	b.AckWait, b.MaxDeliver = 10*time.Second, 10
+	if _, err := b.EnsureLanesServing(ctx, &testnats.PartialListing{JetStream: js, Unnamed: unnamed}, all, []string{"y"}); err != nil {
+		t.Fatal(err)
+	}
+	for name := range unnamed {
+		c, err := js.Consumer(ctx, natsjs.EventStream, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg := c.CachedInfo().Config; cfg.AckWait != a.AckWait || cfg.MaxDeliver != a.MaxDeliver {
+			t.Errorf("%s, made by A since B read the names: AckWait %s, MaxDeliver %d after B's start; want A's %s, %d", name, cfg.AckWait, cfg.MaxDeliver, a.AckWait, a.MaxDeliver)
+		}
+	}
+}

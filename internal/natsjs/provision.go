@@ -81,6 +81,15 @@ func (p provisioningJS) CreateOrUpdateConsumer(ctx context.Context, stream strin
 	})
 }
 
+// CreateConsumer is retried as the create-or-update requests: a create
+// that landed unanswered fails when sent again with another
+// configuration only, and the caller then reads the consumer.
+func (p provisioningJS) CreateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	return provision(ctx, p.log, "consumer "+cfg.Durable, false, func(ctx context.Context) (jetstream.Consumer, error) {
+		return p.JetStream.CreateConsumer(ctx, stream, cfg)
+	})
+}
+
 // CreateKeyValue is retried as the create-or-update requests: a create that
 // landed unanswered is answered the same when sent again (JetStream
 // creates a stream of the same configuration once).

@@ -928,10 +928,19 @@ func (t Topology) EnsureLanesServing(ctx context.Context, js jetstream.JetStream
 				cfg.DeliverPolicy = jetstream.DeliverNewPolicy
 			}
 			t.keepDeliveries(&cfg, made, sibling, serving)
-			c, err := js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
+			var c jetstream.Consumer
+			if made != nil {
+				c, err = js.CreateOrUpdateConsumer(ctx, EventStream, cfg)
+			} else {
+				// Made only: one made since the listing fails it (unless
+				// made the same), and is read and kept below, not set to
+				// this process's configuration.
+				c, err = js.CreateConsumer(ctx, EventStream, cfg)
+			}
 			if err != nil && made == nil {
-				// Another replica starting at the same time made it since
-				// the listing, perhaps with another start: keep that one.
+				// Another replica or group starting at the same time made
+				// it since the listing, perhaps with another start or
+				// other deliveries: keep those.
 				mctx, cancel := context.WithTimeout(ctx, consumerReadsTimeout)
 				var merr error
 				made, merr = readConsumer(mctx, stream, cfg.Durable)
