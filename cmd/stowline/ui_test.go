@@ -351,7 +351,15 @@ func compare(t *testing.T, browser context.Context, ingestURL, forwarderURL stri
 		if strings.HasPrefix(series, "stowline_forwarder_") {
 			url = forwarderURL + "/metrics"
 		}
+		// The ingest's queue metrics stand for a second after they were
+		// read (scrapeReuse), and the page reads afresh: a scrape just
+		// before a change may answer the number from before it.
+		deadline := time.Now().Add(5 * time.Second)
 		page, metric := pageNumber(t, browser, id), sampleValue(t, url, series)
+		for page != metric && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+			page, metric = pageNumber(t, browser, id), sampleValue(t, url, series)
+		}
 		if page != metric {
 			t.Errorf("page #%s = %v, but %s = %v", id, page, series, metric)
 		}
