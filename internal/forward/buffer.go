@@ -128,11 +128,18 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	deleted, gone, skipped := 0, 0, 0
 	var firstErr error
 	for i, inst := range instances {
-		if i > 0 && i%recheckEvery == 0 {
-			// A long run of deletes looks at the study again: an
-			// instance sent anew (a modality's retransmission) gets the
-			// ID of the one deleted, and must not go unsent.
+		if i%recheckEvery == 0 {
+			// The study is looked at again before the first delete
+			// (Unconfigured and Release may have waited through leader
+			// elections since the look above) and every recheckEvery
+			// deletes: an instance sent anew (a modality's
+			// retransmission, an overwrite) gets the ID of the one
+			// deleted, and must not go unsent.
 			st, err := c.Study(ctx, ev.OrthancStudyID)
+			if errors.Is(err, orthancapi.ErrNotFound) {
+				gone += len(instances) - i // deleted meanwhile, as above
+				break
+			}
 			if err != nil {
 				firstErr = err // the rest counts as failed
 				break

@@ -526,11 +526,16 @@ func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
 }
 
 // Buffer mode deletes exactly the forwarded instances, and nothing when
-// the study changed since its event or its state cannot be read.
+// the study changed since its event, even while the destinations' queues
+// were asked, or its state cannot be read.
 func TestDeleteForwarded(t *testing.T) {
 	ids := []string{"a", "b", "c"}
 	instances := []orthancapi.Instance{{ID: "a"}, {ID: "b"}, {ID: "c"}}
 	unchanged := func() *memCleaner { return &memCleaner{lastUpdate: "20261126T100000"} }
+	// Changed or deleted while the destinations' queues were asked (a
+	// wait through leader elections): an overwrite (OverwriteInstances)
+	// takes the ID of the instance it replaces.
+	overwritten, deleted := unchanged(), unchanged()
 	tests := []struct {
 		name        string
 		cleaner     *memCleaner
@@ -560,6 +565,14 @@ func TestDeleteForwarded(t *testing.T) {
 		// A JetStream leader election: asked again.
 		{name: "queues unanswered once", cleaner: unchanged(), wantDeleted: ids, want: [5]float64{3, 0, 0, 0, 0},
 			unconfigured: failingOnce(nats.ErrTimeout)},
+		{name: "changed while the queues were asked", cleaner: overwritten, want: [5]float64{0, 0, 3, 0, 0},
+			unconfigured: func(context.Context) ([]string, error) { overwritten.lastUpdate = "20261126T100500"; return nil, nil }},
+		{name: "deleted while the queues were asked", cleaner: deleted, want: [5]float64{0, 0, 0, 3, 0},
+			unconfigured: func(context.Context) ([]string, error) {
+				deleted.studyErr = fmt.Errorf("GET: %w", orthancapi.ErrNotFound)
+				deleted.goneIDs = map[string]bool{"a": true, "b": true, "c": true}
+				return nil, nil
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
