@@ -205,7 +205,9 @@ func (p *prioritizer) source(ev *events.StudyStable) (*orthancapi.Client, error)
 // study and the event is stored again in its lane under its usual dedupe
 // ID. If that fails (or the ingest stops in between), the reconciler's
 // copy of the event, published through the rule, is not a duplicate and
-// takes its place.
+// takes its place (`forwarder audit --enqueue`'s with the reconciler off).
+// An event of a source the ingest does not read (not in ORTHANC_SOURCES)
+// is stored in its lane at once instead: no reconciler polls that source.
 type webhookPublisher struct {
 	p   *prioritizer
 	ctx context.Context // the ingest's: background work ends with it
@@ -226,6 +228,14 @@ func (w webhookPublisher) Publish(ctx context.Context, ev *events.StudyStable) (
 	}
 	p := w.p
 	if ev.Priority != "" || p.rule.All() {
+		return p.Publish(ctx, ev)
+	}
+	if !p.polled(ev) {
+		// A source the ingest does not read: the rule has nothing to read
+		// (the study goes routine, rule_error), and no reconciler would
+		// queue a triage copy left behind (the ingest killed after the
+		// answer, the lane refusing it for triageBudget). Stored in its
+		// lane before the answer, with no triage copy.
 		return p.Publish(ctx, ev)
 	}
 	if !p.reserveTriage() {
@@ -340,16 +350,13 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 		// A burst of stable studies is read triageReads at a time, so the
 		// source is not flooded, at shutdown too (a rolling restart may
 		// hold hundreds); the wait for a turn is not counted in the
-		// read's time-out. A study whose source the ingest does not read
-		// (not in ORTHANC_SOURCES) goes routine at once: it needs none.
+		// read's time-out.
 		held := false
-		if _, err := p.source(ev); err == nil {
-			select {
-			case p.turns <- struct{}{}:
-				held = true
-			case <-p.readsCut.Done():
-				// Shutdown: the publish reads nothing, the study goes routine.
-			}
+		select {
+		case p.turns <- struct{}{}:
+			held = true
+		case <-p.readsCut.Done():
+			// Shutdown: the publish reads nothing, the study goes routine.
 		}
 		actx, cancel := context.WithTimeout(ctx, 2*p.timeout)
 		_, err := p.Publish(actx, ev)

@@ -328,33 +328,70 @@ func TestCutStudyLeftToTheReconcilerOnlyIfItPollsTheSource(t *testing.T) {
 }
 
 // A webhook event of a source the ingest does not read (not in
-// ORTHANC_SOURCES) goes routine at once: its rule fails without a read,
-// so it does not wait for a turn behind slow reads.
-func TestTriageOfAnUnreadSourceTakesNoTurn(t *testing.T) {
-	p, ns, src := slowSourcePrioritizer(t)
-	p.timeout = time.Minute // the reads hold their turns throughout
-	for i := range triageReads {
-		ev, err := events.NewStudyStable("main", fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i), "1.2.3", "20261203T101500")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev); err != nil {
-			t.Fatal(err)
-		}
+// ORTHANC_SOURCES) is in its lane, routine (the rule has nothing to read
+// it from), by the time the webhook answers, with no triage copy: no
+// reconciler polls that source, so a triage copy left behind by an ingest
+// stopped after the answer, or by a lane refusing the event after it,
+// would be lost until an audit. A refusal is answered as a failure. The
+// event waits for no turn behind the slow reads of another source's
+// studies either.
+func TestUnpolledSourceStoredInItsLaneBeforeTheAnswer(t *testing.T) {
+	tests := []struct {
+		name string
+		// drained: the ingest stops triaging before the event comes.
+		drained bool
+		// refusals: the lane store's failures before it takes the event.
+		refusals int32
+		wantErr  bool
+	}{
+		{name: "every turn taken by a slow read"},
+		{name: "the ingest stopping", drained: true},
+		{name: "the lane refusing it", refusals: 1, wantErr: true},
 	}
-	waitFor(t, "every turn taken by a slow read", func() bool { n, _, _ := src.counts(); return n == triageReads })
-	ev, err := events.NewStudyStable("elsewhere", "99999999-99999999-99999999-99999999-99999999", "1.2.3", "20261203T101500")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the unread source's study in the routine lane while the reads hold every turn", func() bool {
-		return subjectCounts(t, ns.JS)["stowline.study.stable.elsewhere"] == 1
-	})
-	if inFlight, _, seen := src.counts(); inFlight != triageReads || seen != triageReads {
-		t.Errorf("the source answers %d requests of %d, want the %d slow reads still running", inFlight, seen, triageReads)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, ns, src := slowSourcePrioritizer(t)
+			p.timeout = time.Minute // the reads hold their turns throughout
+			failing := &failingPublisher{next: p.next}
+			failing.fails.Store(tt.refusals) // the slow reads' studies publish after the event
+			p.next = failing
+			for i := range triageReads {
+				ev, err := events.NewStudyStable("main", fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i), "1.2.3", "20261203T101500")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "every turn taken by a slow read", func() bool { n, _, _ := src.counts(); return n == triageReads })
+			if tt.drained {
+				p.mu.Lock()
+				p.drained = true
+				p.mu.Unlock()
+			}
+			ev, err := events.NewStudyStable("elsewhere", "99999999-99999999-99999999-99999999-99999999", "1.2.3", "20261203T101500")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Publish = %v, want an error %v", err, tt.wantErr)
+			}
+			wantInLane := uint64(1)
+			if tt.wantErr {
+				wantInLane = 0
+			}
+			got := subjectCounts(t, ns.JS)
+			if got["stowline.study.stable.elsewhere"] != wantInLane || got[natsjs.TriageSubject("elsewhere")] != 0 {
+				t.Errorf("subjects %v when the webhook answered, want %d in the routine lane of elsewhere and no triage copy", got, wantInLane)
+			}
+			if inFlight, _, seen := src.counts(); inFlight != triageReads || seen != triageReads {
+				t.Errorf("the source answers %d requests of %d, want the %d slow reads still running", inFlight, seen, triageReads)
+			}
+			src.answer()
+			p.triaging.Wait() // before the JetStream server stops
+		})
 	}
 }
 
