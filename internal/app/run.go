@@ -109,8 +109,10 @@ type process struct {
 	// tracer is the process's TracerProvider; nil when tracing is off.
 	tracer trace.TracerProvider
 	// streamCheckEvery is how often watchEventStream checks that the
-	// event stream exists; 0 does not check.
+	// event stream exists; 0 does not check. streamCreated is when the
+	// stream the process started with was made.
 	streamCheckEvery time.Duration
+	streamCreated    time.Time
 	log              *slog.Logger
 }
 
@@ -140,9 +142,13 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 	p.topo.Log = log
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
-	if _, err := p.topo.EnsureEvents(pctx, conn.JS); err != nil {
+	stream, err := p.topo.EnsureEvents(pctx, conn.JS)
+	if err != nil {
 		conn.Close()
 		return nil, err
+	}
+	if info := stream.CachedInfo(); info != nil {
+		p.streamCreated = info.Created
 	}
 	p.status = newStatusWiring(conn, admin, singleHost, log)
 	return p, nil
@@ -179,7 +185,7 @@ func (p *process) run(ctx context.Context, roles ...role) error {
 	// creates it again, with the consumers and buckets.
 	if p.streamCheckEvery > 0 {
 		g.Go(func() error {
-			return watchEventStream(gctx, p.conn.JS, p.conn.Reconnected(), p.streamCheckEvery, p.log)
+			return watchEventStream(gctx, p.conn.JS, p.conn.Reconnected(), p.streamCheckEvery, p.streamCreated, p.log)
 		})
 	}
 	p.log.Info("stowline started")
@@ -193,23 +199,32 @@ func (p *process) run(ctx context.Context, roles ...role) error {
 const eventStreamCheckEvery = 30 * time.Second
 
 // errEventStreamLost ends a process whose NATS server no longer has the
-// event stream.
-var errEventStreamLost = errors.New("JetStream lost the event stream " + natsjs.EventStream +
-	" (a NATS server restarted without its store?): stopping so that the next start creates it again")
+// event stream; errEventStreamRemade one whose event stream was made
+// again since it started (by another process, first to restart).
+var (
+	errEventStreamLost = errors.New("JetStream lost the event stream " + natsjs.EventStream +
+		" (a NATS server restarted without its store?): stopping so that the next start creates it again")
+	errEventStreamRemade = errors.New("JetStream's event stream " + natsjs.EventStream +
+		" was made again since this process started (a NATS server restarted without its store, and another stowline process made it first): stopping so that the next start makes what this process made at its start again (consumers, buckets)")
+)
 
 // watchEventStream checks, after each reconnect and every interval until
 // ctx ends, that the event stream exists, and returns errEventStreamLost
 // once two checks in a row, at least half an interval apart, found it
-// missing. The stream, the lane consumers, the dead-letter stream and the
+// missing, or errEventStreamRemade once it exists with another creation
+// time than created (the stream's when this process started; zero: not
+// compared). The stream, the lane consumers, the dead-letter stream and the
 // buckets are created only at start: a NATS server restarted on an empty
 // store (no persistent volume, a lost one, `nats stream rm`) left the
 // ingest answering 503 and the forwarder retrying its pulls for good,
 // alive to /healthz. Ending the process has its supervisor start it
 // again, which creates them all. A cluster electing a leader may answer
-// "not found" for a moment: one answer stops nothing. Any other error
-// (a time-out, no connection) says nothing of the stream and counts
-// neither way.
-func watchEventStream(ctx context.Context, js jetstream.JetStream, reconnected <-chan struct{}, interval time.Duration, log *slog.Logger) error {
+// "not found" for a moment: one answer stops nothing, nor do two with
+// another error between them (a time-out, no connection: an outage
+// between two elections). A stream made again is no passing state: the
+// first process to restart makes it, and the others' second check finds
+// it, without what each of them makes only at its own start.
+func watchEventStream(ctx context.Context, js jetstream.JetStream, reconnected <-chan struct{}, interval time.Duration, created time.Time, log *slog.Logger) error {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	var missingSince time.Time
@@ -224,11 +239,14 @@ func watchEventStream(ctx context.Context, js jetstream.JetStream, reconnected <
 		case <-ticker.C:
 		}
 		cctx, cancel := context.WithTimeout(ctx, min(interval, eventStreamCheckTimeout))
-		_, err := js.Stream(cctx, natsjs.EventStream)
+		stream, err := js.Stream(cctx, natsjs.EventStream)
 		cancel()
 		now := time.Now()
 		switch {
 		case err == nil:
+			if info := stream.CachedInfo(); !created.IsZero() && info != nil && !info.Created.Equal(created) {
+				return errEventStreamRemade
+			}
 			if !missingSince.IsZero() {
 				log.Info("JetStream has the event stream again", "stream", natsjs.EventStream)
 			}
@@ -245,6 +263,7 @@ func watchEventStream(ctx context.Context, js jetstream.JetStream, reconnected <
 			return nil
 		default:
 			log.Debug("could not check the event stream", "stream", natsjs.EventStream, "err", err)
+			missingSince = time.Time{}
 		}
 	}
 }

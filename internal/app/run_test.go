@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -47,35 +48,60 @@ func TestRunEndsWhenNATSCloses(t *testing.T) {
 }
 
 // scriptedStreams answers Stream with its script's errors in turn, over
-// and over (nil: the stream exists); checks counts the calls.
+// and over (nil: the stream exists, made at streamMade; errRemade: it
+// exists, made later); checks counts the calls.
 type scriptedStreams struct {
 	jetstream.JetStream
 	script []error
 	checks atomic.Int32
 }
 
+var (
+	errRemade  = errors.New("made again")
+	streamMade = time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+)
+
 func (s *scriptedStreams) Stream(context.Context, string) (jetstream.Stream, error) {
 	n := int(s.checks.Add(1)) - 1
-	return nil, s.script[n%len(s.script)]
+	switch err := s.script[n%len(s.script)]; err {
+	case nil:
+		return madeStream{made: streamMade}, nil
+	case errRemade:
+		return madeStream{made: streamMade.Add(time.Minute)}, nil
+	default:
+		return nil, err
+	}
 }
+
+// madeStream is a stream made at made.
+type madeStream struct {
+	jetstream.Stream
+	made time.Time
+}
+
+func (m madeStream) CachedInfo() *jetstream.StreamInfo { return &jetstream.StreamInfo{Created: m.made} }
 
 // watchEventStream ends the process only when two checks in a row find
 // the event stream missing: one "not found" (a cluster electing a leader)
-// followed by the stream is not enough, and other errors (time-outs, no
-// connection) count neither way.
+// followed by the stream is not enough, nor two with another error (a
+// time-out, no connection) between them. A stream made again since the
+// start (by another process, first to restart) ends it at once.
 func TestWatchEventStream(t *testing.T) {
 	notFound, timeout := jetstream.ErrStreamNotFound, context.DeadlineExceeded
 	tests := []struct {
 		name   string
 		script []error
-		ends   bool
+		ends   error // nil: runs on
 	}{
-		{"present", []error{nil}, false},
-		{"missing", []error{notFound}, true},
-		{"missing every other check", []error{notFound, nil}, false},
-		{"missing around a time-out", []error{notFound, timeout}, true},
-		{"time-outs", []error{timeout}, false},
-		{"not connected", []error{nats.ErrConnectionClosed}, false},
+		{"present", []error{nil}, nil},
+		{"missing", []error{notFound}, errEventStreamLost},
+		{"missing every other check", []error{notFound, nil}, nil},
+		{"missing around a time-out", []error{notFound, timeout}, nil},
+		{"missing twice after a time-out", []error{timeout, notFound, notFound}, errEventStreamLost},
+		{"time-outs", []error{timeout}, nil},
+		{"not connected", []error{nats.ErrConnectionClosed}, nil},
+		{"made again", []error{nil, errRemade}, errEventStreamRemade},
+		{"made again while missing", []error{notFound, errRemade}, errEventStreamRemade},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,12 +109,14 @@ func TestWatchEventStream(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			done := make(chan error, 1)
-			go func() { done <- watchEventStream(ctx, js, nil, time.Millisecond, slog.New(slog.DiscardHandler)) }()
-			if tt.ends {
+			go func() {
+				done <- watchEventStream(ctx, js, nil, time.Millisecond, streamMade, slog.New(slog.DiscardHandler))
+			}()
+			if tt.ends != nil {
 				select {
 				case err := <-done:
-					if !errors.Is(err, errEventStreamLost) {
-						t.Fatalf("watch = %v, want %v", err, errEventStreamLost)
+					if !errors.Is(err, tt.ends) {
+						t.Fatalf("watch = %v, want %v", err, tt.ends)
 					}
 				case <-time.After(10 * time.Second):
 					t.Fatal("the watch goes on with the event stream missing")
@@ -118,7 +146,9 @@ func TestWatchEventStreamChecksOnReconnect(t *testing.T) {
 	reconnected := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- watchEventStream(ctx, js, reconnected, time.Hour, slog.New(slog.DiscardHandler)) }()
+	go func() {
+		done <- watchEventStream(ctx, js, reconnected, time.Hour, streamMade, slog.New(slog.DiscardHandler))
+	}()
 	for i := range 3 {
 		reconnected <- struct{}{}
 		waitFor(t, fmt.Sprintf("check %d, after reconnect %d", i+1, i+1), func() bool { return js.checks.Load() == int32(i+1) })
@@ -135,18 +165,31 @@ func TestWatchEventStreamChecksOnReconnect(t *testing.T) {
 // consumers, dead-letter stream and buckets, only at start. Before the
 // fix they ran on for good, the ingest answering 503 and the forwarder
 // retrying its pulls, alive to /healthz. While the stream exists they go
-// on through many checks.
+// on through many checks. A stream made again by another process, first
+// to restart, ends them too (errEventStreamRemade): it lacks what each
+// makes only at its own start.
 func TestServicesEndWhenTheEventStreamIsLost(t *testing.T) {
 	const every = 50 * time.Millisecond
 	losses := []struct {
 		name string
 		lose func(t *testing.T, ns *testnats.Server)
+		// want: what the service ends with; a stream made again within a
+		// check or two may also be found missing twice first.
+		want []error
 	}{
 		{"stream deleted", func(t *testing.T, ns *testnats.Server) {
 			if err := ns.JS.DeleteStream(t.Context(), natsjs.EventStream); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, []error{errEventStreamLost}},
+		{"stream deleted and made again", func(t *testing.T, ns *testnats.Server) {
+			if err := ns.JS.DeleteStream(t.Context(), natsjs.EventStream); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := natsjs.DefaultTopology().EnsureEvents(t.Context(), ns.JS); err != nil {
+				t.Fatal(err)
+			}
+		}, []error{errEventStreamRemade, errEventStreamLost}},
 		{"server restarted on an empty store", func(t *testing.T, ns *testnats.Server) {
 			u, err := url.Parse(ns.ClientURL())
 			if err != nil {
@@ -162,7 +205,7 @@ func TestServicesEndWhenTheEventStreamIsLost(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(srv.Shutdown)
-		}},
+		}, []error{errEventStreamLost}},
 	}
 	services := []struct {
 		name string
@@ -230,8 +273,8 @@ func TestServicesEndWhenTheEventStreamIsLost(t *testing.T) {
 				loss.lose(t, ns)
 				select {
 				case err := <-done:
-					if !errors.Is(err, errEventStreamLost) {
-						t.Fatalf("%s = %v, want %v", tt.name, err, errEventStreamLost)
+					if !slices.ContainsFunc(loss.want, func(want error) bool { return errors.Is(err, want) }) {
+						t.Fatalf("%s = %v, want one of %v", tt.name, err, loss.want)
 					}
 				case <-time.After(20 * time.Second):
 					t.Fatalf("%s runs on 20 s after the event stream was lost", tt.name)
