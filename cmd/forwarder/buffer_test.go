@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +103,62 @@ func testBufferMode(t *testing.T, rel testharness.Release) {
 	r.waitSourceInstances(t, 0, 60*time.Second)
 	r.waitDest(t, 10, 10*time.Second)
 	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="deleted"}`, 4+3+1+2, 30*time.Second)
+}
+
+// A corrected study sent again under the same SOP Instance UIDs after
+// buffer mode deleted the first copy: the destination Orthanc keeps the
+// copy it holds (OverwriteInstances false, its default) and answers the
+// correction stored, as any server ignoring duplicates does. Buffer mode
+// deleted the correction: it existed nowhere. It now stays in the source,
+// counted kept.
+func TestBufferModeKeepsACorrectionSentUnderForwardedUIDs(t *testing.T) {
+	r := newRig(t)
+	r.startForwarder(t, map[string]string{"FORWARDER_DELETE_FROM_SOURCE": "true"})
+	study, files := r.addStudyFiles(t, 3, 32)
+	stored := time.Now()
+	first := r.publish(t, study)
+	r.waitDest(t, 3, 60*time.Second)
+	r.waitSourceInstances(t, 0, 30*time.Second)
+	held := r.dest.InstanceMD5s(t)
+
+	// The correction: each file's last pixel byte changed (PixelData is
+	// the last element), its UIDs kept.
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)-1] ^= 1
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Orthanc's LastUpdate counts seconds: stored within the first
+	// copy's, the correction's event would be a duplicate of its event.
+	next := stored.Truncate(time.Second).Add(time.Second)
+	testharness.WaitFor(t, "the second after the first copy's", 2*time.Second, func() bool { return !time.Now().Before(next) })
+	if res := r.src.StoreSCU(t, files...); len(res.Failed) > 0 {
+		t.Fatalf("storescu refused %d corrected files", len(res.Failed))
+	}
+	corrected := r.src.InstanceMD5s(t)
+	// The same Orthanc ID: the same patient and study UIDs.
+	if ev := r.publish(t, study); ev.LastUpdate == first.LastUpdate {
+		t.Fatal("the correction did not change the study's LastUpdate")
+	}
+	// Every instance accounted for: deleted, or kept.
+	r.waitMetric(t, `stowline_forwarder_source_deletes_total`, 6, 60*time.Second)
+	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="kept"}`, 3, time.Second)
+	if n := r.sourceInstances(t); n != 3 {
+		t.Fatalf("source holds %d instances of the correction, want its 3", n)
+	}
+	for uid, sum := range r.dest.InstanceMD5s(t) {
+		if sum != held[uid] || sum == corrected[uid] {
+			t.Errorf("instance %s: md5 %q at the destination, want the first copy's %q (it keeps it: the case this guards)", uid, sum, held[uid])
+		}
+	}
+	if !strings.Contains(r.fwdLogs.String(), "sent before from another file") {
+		t.Error("the forwarder's log does not say why the correction stays")
+	}
 }
 
 // publishAs queues the study's event with the given LastUpdate.

@@ -148,8 +148,16 @@ func (r *rig) startForwarder(t *testing.T, extra map[string]string) (stop func()
 // storescu and returns its Orthanc ID.
 func (r *rig) addStudy(t *testing.T, n, rows int) string {
 	t.Helper()
+	id, _ := r.addStudyFiles(t, n, rows)
+	return id
+}
+
+// addStudyFiles is addStudy, returning the files stored too.
+func (r *rig) addStudyFiles(t *testing.T, n, rows int) (id string, files []string) {
+	t.Helper()
 	uid := dicomgen.NewUID()
-	files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
+	var err error
+	files, err = dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{
 		StudyInstanceUID: uid, PatientID: "FWD-TEST", PatientName: "Synthetic^Forwarder",
 		Series: 1, InstancesPerSeries: n, Rows: rows, Columns: rows,
 	})
@@ -167,11 +175,11 @@ func (r *rig) addStudy(t *testing.T, n, rows int) string {
 	}
 	for _, f := range found {
 		if f.Type == "Study" {
-			return f.ID
+			return f.ID, files
 		}
 	}
 	t.Fatalf("generated study %s not found in the source", uid)
-	return ""
+	return "", nil
 }
 
 // publish queues the stable-study event for an Orthanc study, as the

@@ -251,6 +251,34 @@ func forwardedFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) 
 	return recordFor(l, func(rec ledger.Record) bool { return !rec.NotSelected })
 }
 
+// keptBeforeFunc is buffer mode's forward.Options.KeptBefore with one
+// destination: the instances l records as kept for the event's state of
+// the study. A record of another state says nothing of this one's files
+// (a newer state's forward recorded what it kept, the stored-instances
+// record carrying what earlier ones kept).
+func keptBeforeFunc(l *ledger.Ledger) func(context.Context, *events.StudyStable) (func(string) bool, error) {
+	return func(ctx context.Context, ev *events.StudyStable) (func(string) bool, error) {
+		rec, err := l.Lookup(ctx, ev.Source, ev.OrthancStudyID)
+		if errors.Is(err, ledger.ErrNotRecorded) {
+			return func(string) bool { return false }, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if rec.LastUpdate != ev.LastUpdate || rec.NotSelected {
+			return func(string) bool { return false }, nil
+		}
+		if rec.KeptAll {
+			return func(string) bool { return true }, nil
+		}
+		kept := make(map[string]bool, len(rec.Kept))
+		for _, uid := range rec.Kept {
+			kept[uid] = true
+		}
+		return func(uid string) bool { return kept[uid] }, nil
+	}
+}
+
 // recordedNotSelectedFunc is buffer mode's
 // forward.Options.RecordedNotSelected: whether the destination's ledger
 // records the event's state of the study, or a newer one, as not selected

@@ -355,6 +355,53 @@ func TestForwardedFunc(t *testing.T) {
 	}
 }
 
+// With one destination, buffer mode's forwarders read what its ledger
+// records as kept for the event's state of the study: a later delivery of
+// that state (an ack not confirmed, a backfill past the stored-instances
+// record's retention) may get a kept instance answered stored without a
+// warning, and deleted it. A record of another state says nothing of this
+// one's files.
+func TestKeptBeforeFunc(t *testing.T) {
+	const state = "20261203T100000"
+	ev, ct, sr := fakeStudy()
+	many := make([]string, 1001) // past the ledger's list: KeptAll
+	for i := range many {
+		many[i] = fmt.Sprintf("1.2.9.%d", 100+i)
+	}
+	tests := []struct {
+		name     string
+		recorded *ledger.Outcome // nil: not recorded
+		asked    string          // the event's LastUpdate
+		want     []bool          // kept: ct, sr
+	}{
+		{"not recorded", nil, state, []bool{false, false}},
+		{"the event's state, the CT kept", &ledger.Outcome{Selected: []orthancapi.Instance{ct, sr}, Kept: []string{ct.SOPInstanceUID}}, state, []bool{true, false}},
+		{"the event's state, too many kept to list", &ledger.Outcome{Selected: []orthancapi.Instance{ct, sr}, Kept: many}, state, []bool{true, true}},
+		{"an older state, the CT kept", &ledger.Outcome{Selected: []orthancapi.Instance{ct, sr}, Kept: []string{ct.SOPInstanceUID}}, "20261203T110000", []bool{false, false}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := testLedgers(t, "archive")["archive"]
+			recorded := *ev
+			recorded.LastUpdate = state
+			if tt.recorded != nil {
+				if err := l.Completed(t.Context(), &recorded, *tt.recorded); err != nil {
+					t.Fatal(err)
+				}
+			}
+			asked := *ev
+			asked.LastUpdate = tt.asked
+			kept, err := keptBeforeFunc(l)(t.Context(), &asked)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := []bool{kept(ct.SOPInstanceUID), kept(sr.SOPInstanceUID)}; !slices.Equal(got, tt.want) {
+				t.Errorf("kept (CT, SR) = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
 // The digest of a destination's rules, kept in the not selected records
 // other groups write for it, tells its study rule and its instance rule
 // apart: a group whose instance rule for it differs must not pass for

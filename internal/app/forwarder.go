@@ -169,6 +169,9 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 			o.CleanerFor = r.cleanerFor
 			o.Unconfigured = unconfiguredFunc(p.conn.JS, all)
 			o.Forwarded = forwardedFunc(ledgers[d.Name])
+			if len(all) == 1 {
+				o.KeptBefore = keptBeforeFunc(ledgers[d.Name])
+			}
 			if len(all) > 1 {
 				o.Select = selectFunc(all, routes, ledgers)
 				o.CountsUnselected = d.Name == unselectedCounter(all)

@@ -24,7 +24,8 @@ import (
 type FailureLog struct {
 	kv          jetstream.KeyValue
 	destination string
-	// maxSent bounds a study's record (maxSent; smaller in tests).
+	// maxSent bounds a study's record, in entries (maxSentBytes/8;
+	// smaller in tests).
 	maxSent int
 
 	// written holds the records of stored instances this process wrote
@@ -53,7 +54,7 @@ const (
 // NewFailureLog returns the destination's log kept in kv
 // (natsjs.Topology.EnsureFailureLog).
 func NewFailureLog(kv jetstream.KeyValue, destination string) *FailureLog {
-	return &FailureLog{kv: kv, destination: destination, maxSent: maxSent, written: map[string]sentRecord{}}
+	return &FailureLog{kv: kv, destination: destination, maxSent: maxSentBytes / 8, written: map[string]sentRecord{}}
 }
 
 func (l *FailureLog) key(seq uint64) string {
@@ -100,28 +101,32 @@ func (l *FailureLog) sentKey(ev *events.StudyStable) string {
 	return fmt.Sprintf("%s.sent%016x", l.destination, h.Sum64())
 }
 
-// uidHash is how an instance's ID is kept: 8 bytes, so a study of
-// 100,000 instances fits a JetStream message.
+// uidHash is how an entry of the record is kept: 8 bytes, so a study of
+// 120,000 instances fits a JetStream message, 60,000 in buffer mode
+// (forward writes each instance's UID alone too).
 func uidHash(uid string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(uid))
 	return h.Sum64()
 }
 
-// maxSent bounds a study's record (960 KB, within JetStream's 1 MB
-// message): past it, the instances recorded longest ago are dropped for
-// what this write adds (they then answer as conflicts). The record keeps
-// its instances in the order they were last written, so that those of
-// earlier versions and attempts go first, not those this attempt wrote in
-// its earlier requests.
-const maxSent = 120_000
+// maxSentBytes bounds a study's record (960 KB, within JetStream's 1 MB
+// message), however many entries an instance writes to it (in buffer
+// mode forward writes its UID alone next to its sentID, and a mark of one
+// kept): past it, the entries recorded longest ago are dropped for what
+// this write adds (those instances then answer as conflicts). The record
+// keeps its entries in the order they were last written, so that those
+// of earlier versions and attempts go first, not those this attempt wrote
+// in its earlier requests.
+const maxSentBytes = 960_000
 
 // rememberAttempts bounds the compare-and-set rounds of RememberSent
 // when attempts of the same study version write at once.
 const rememberAttempts = 10
 
-// RememberSent adds instances to those attempts stored of the study
-// (kept with the events' retention). It adds to the record by
+// RememberSent adds entries (sentIDs, and whatever else forward names
+// an instance by) to those attempts stored of the study (kept with the
+// events' retention). It adds to the record by
 // compare-and-set: attempts that end at the same moment (two deliveries
 // of the study at once) each keep what they stored.
 func (l *FailureLog) RememberSent(ctx context.Context, ev *events.StudyStable, sentIDs []string) error {
@@ -249,7 +254,7 @@ func (l *FailureLog) sentList(ctx context.Context, key string) ([]uint64, uint64
 	return decodeSent(e.Value()), e.Revision(), nil
 }
 
-// decodeSent reads a record of stored instances: 8 bytes an instance, in
+// decodeSent reads a record of stored instances: 8 bytes an entry, in
 // the order they were written (records written before that order was
 // kept are sorted: their instances all count as equally old).
 func decodeSent(v []byte) []uint64 {

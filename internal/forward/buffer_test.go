@@ -53,6 +53,108 @@ func TestWarnedInstancesKept(t *testing.T) {
 	}
 }
 
+// An instance the destination said it changed (B000) stays kept when a
+// later attempt of the study gets it answered stored without a word: one
+// destination's forwarders read no ledger, and an attempt that failed on
+// another instance recorded nothing there. Either way the later attempt
+// counted it forwarded, and buffer mode deleted the only copy as sent.
+func TestKeptByAnEarlierAttemptStaysKept(t *testing.T) {
+	tests := []struct {
+		name string
+		// failures are the first attempt's failed instances.
+		failures map[string]int
+	}{
+		{name: "after a forward of the study (its ack unconfirmed, a backfill)"},
+		{name: "after an attempt that failed on another instance", failures: map[string]int{"1.2.3.3": 0xA700}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			failures := &memFailureLog{}
+			// A forwarder in buffer mode answered by k, sharing the
+			// record of stored instances.
+			forwarder := func(k *sink) *Forwarder {
+				srv := httptest.NewServer(k.handler(nil))
+				t.Cleanup(srv.Close)
+				return newForwarder(t, newMemSource(3), srv.URL, nil, func(o *Options) {
+					o.Registerer = prometheus.NewRegistry()
+					o.Failures = failures
+					o.Completed = recordedOK
+					o.CleanerFor = func(string) (SourceCleaner, error) { return &memCleaner{}, nil }
+				})
+			}
+			ev := testEvent()
+			first := forwarder(&sink{warnings: map[string]int{"1.2.3.2": 0xB000}, failures: tt.failures})
+			rep, err := first.transfer(t.Context(), &Attempt{Event: ev, Number: 1})
+			if (err != nil) != (tt.failures != nil) {
+				t.Fatalf("first attempt: %v", err)
+			}
+			if err == nil && !slices.Equal(rep.kept, []string{"1.2.3.2"}) {
+				t.Fatalf("first attempt kept %v, want [1.2.3.2]", rep.kept)
+			}
+			rep, err = forwarder(&sink{}).transfer(t.Context(), &Attempt{Event: ev, Number: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(rep.kept, []string{"1.2.3.2"}) {
+				t.Errorf("second attempt kept %v, want [1.2.3.2]", rep.kept)
+			}
+			var forwarded []string
+			for _, in := range rep.forwarded {
+				forwarded = append(forwarded, in.SOPInstanceUID)
+			}
+			if want := []string{"1.2.3.1", "1.2.3.3"}; !slices.Equal(forwarded, want) {
+				t.Errorf("buffer mode would delete %v, want %v", forwarded, want)
+			}
+		})
+	}
+}
+
+// With one destination, an instance its ledger records as kept for the
+// event's state of the study stays kept, also once the record of stored
+// instances no longer tells (a backfill past the events' retention). A
+// ledger that cannot be read fails the attempt before anything is sent.
+func TestKeptInTheLedgerStaysKept(t *testing.T) {
+	tests := []struct {
+		name     string
+		err      error // KeptBefore's
+		wantKept []string
+	}{
+		{name: "read", wantKept: []string{"1.2.3.2"}},
+		{name: "unreadable", err: errors.New("ledger unreadable")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := &sink{}
+			srv := httptest.NewServer(k.handler(nil))
+			t.Cleanup(srv.Close)
+			f := newForwarder(t, newMemSource(3), srv.URL, nil, func(o *Options) {
+				o.Registerer = prometheus.NewRegistry()
+				o.Failures, o.Completed = &memFailureLog{}, recordedOK
+				o.CleanerFor = func(string) (SourceCleaner, error) { return &memCleaner{}, nil }
+				o.KeptBefore = func(context.Context, *events.StudyStable) (func(string) bool, error) {
+					return func(uid string) bool { return uid == "1.2.3.2" }, tt.err
+				}
+			})
+			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent(), Number: 1})
+			if tt.err != nil {
+				if Classify(err) != Transient || k.requests.Load() != 0 {
+					t.Fatalf("got %v (class %s) after %d requests; want a transient failure, nothing sent", err, Classify(err), k.requests.Load())
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(rep.kept, tt.wantKept) {
+				t.Errorf("kept %v, want %v", rep.kept, tt.wantKept)
+			}
+			if len(rep.forwarded) != 3-len(tt.wantKept) {
+				t.Errorf("buffer mode would delete %d instances, want %d", len(rep.forwarded), 3-len(tt.wantKept))
+			}
+		})
+	}
+}
+
 // Two Orthanc instances of a study can share a SOP Instance UID in two
 // series. The destination's answer names the UID, not the file: the
 // answer for one confirmed both, and buffer mode deleted the copy the

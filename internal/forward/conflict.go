@@ -598,3 +598,21 @@ func sentID(ev *events.StudyStable, in orthancapi.Instance) string {
 	}
 	return in.SOPInstanceUID + "@" + ev.LastUpdate
 }
+
+// keptID is the entry of the stored-instances record (FailureLog) that
+// marks the instance sent as id (sentID) as one the destination does not
+// hold as sent: stored with a warning that it changed it, or sent before
+// from another file (uidID). The ledger records it only once the study is
+// done; an attempt that failed on another instance records nothing
+// there, and a later one, the instance answered as stored without a
+// word, would take it for forwarded and buffer mode delete it.
+func keptID(id string) string { return "kept:" + id }
+
+// uidID is the entry of the stored-instances record that says an attempt
+// got the instance stored, from whatever file: with the destination's
+// copy (an Orthanc with OverwriteInstances false, any server that
+// ignores a duplicate) left as it was, a corrected copy sent later under
+// the same UID answers as stored, and is not. Records written by builds
+// before it have none: only instances first stored by a build that
+// writes it are told apart.
+func uidID(sopInstanceUID string) string { return "uid:" + sopInstanceUID }

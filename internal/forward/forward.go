@@ -255,6 +255,13 @@ type Options struct {
 	// deleted once stored (an older event of it came last, as after an
 	// outage): its event is done, not a source-missing dead letter.
 	Forwarded func(ctx context.Context, ev *events.StudyStable) (bool, error)
+	// KeptBefore, if set (buffer mode, one destination: with several,
+	// Release reads the ledgers), reports the SOP Instance UIDs the
+	// destination's ledger records as kept for ev's state of the study
+	// (Completion.Kept; every one when that list was too long to record):
+	// a later delivery of that state (an ack not confirmed, a backfill)
+	// may get them answered stored without a warning.
+	KeptBefore func(ctx context.Context, ev *events.StudyStable) (func(sopInstanceUID string) bool, error)
 	// RecordedNotSelected, if set (buffer mode, several destinations),
 	// reports whether the destination's ledger records ev's state of the
 	// study, or a newer one, as not selected by its rules: Release

@@ -73,6 +73,8 @@ func (s *memSource) OpenInstanceFile(ctx context.Context, id string) (io.ReadClo
 // an instance in warnings is stored with that Warning Reason, in a 202.
 type sink struct {
 	warnings map[string]int
+	// failures are answered failed with their Failure Reason.
+	failures map[string]int
 	status   atomic.Int32
 	requests atomic.Int32
 	uids     []string
@@ -108,9 +110,14 @@ func (k *sink) handler(uids []string) http.Handler {
 			w.WriteHeader(int(st))
 			return
 		}
-		var items []string
+		var items, failed []string
 		status := http.StatusOK
 		for _, uid := range seen {
+			if code := k.failures[uid]; code != 0 {
+				failed = append(failed, fmt.Sprintf(`{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["%s"]},"00081197":{"vr":"US","Value":[%d]}}`, uid, code))
+				status = http.StatusAccepted
+				continue
+			}
 			warning := ""
 			if code := k.warnings[uid]; code != 0 {
 				warning, status = fmt.Sprintf(`,"00081196":{"vr":"US","Value":[%d]}`, code), http.StatusAccepted
@@ -119,6 +126,10 @@ func (k *sink) handler(uids []string) http.Handler {
 		}
 		w.Header().Set("Content-Type", "application/dicom+json")
 		w.WriteHeader(status)
+		if len(failed) > 0 {
+			fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]},"00081198":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","), strings.Join(failed, ","))
+			return
+		}
 		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
 	})
 }
@@ -692,8 +703,8 @@ func failingOnce(err error) func(context.Context) ([]string, error) {
 // so that an increase() over it sees the first count after a restart.
 func TestSourceDeleteSeriesFromTheStart(t *testing.T) {
 	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) { o.Registerer = prometheus.NewRegistry() })
-	if n := testutil.CollectAndCount(f.m.sourceDeletes); n != 6 {
-		t.Errorf("%d series of stowline_forwarder_source_deletes_total before any delete, want 6 (deleted, failed, skipped, waiting, gone, kept_unselected)", n)
+	if n := testutil.CollectAndCount(f.m.sourceDeletes); n != 7 {
+		t.Errorf("%d series of stowline_forwarder_source_deletes_total before any delete, want 7 (deleted, failed, skipped, waiting, gone, kept, kept_unselected)", n)
 	}
 }
 

@@ -155,7 +155,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	})
 	m.sourceDeletes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_source_deletes_total",
-		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete (a destination with none of its own in the study: those some destination's rules select, the most it would have released), skipped because the study changed since its event, kept waiting for another destination that selected them, or found already gone (gone: another destination finishing at the same moment, or someone else, deleted them first); kept_unselected: instances no destination's rules select, which buffer mode leaves in the source for good (only those the study still holds once the rules were read).",
+		Help:        "Instances of forwarded studies that buffer mode (FORWARDER_DELETE_FROM_SOURCE) deleted from the source Orthanc, failed to delete (a destination with none of its own in the study: those some destination's rules select, the most it would have released), skipped because the study changed since its event, kept waiting for another destination that selected them, or found already gone (gone: another destination finishing at the same moment, or someone else, deleted them first); kept: instances the destination does not hold as sent (a conflict skipped, one it already held that stowline cannot prove it stored, one stored with a warning that it changed it, or one sent before from another file), which buffer mode does not delete; kept_unselected: instances no destination's rules select, which buffer mode leaves in the source for good (only those the study still holds once the rules were read).",
 		ConstLabels: labels,
 	}, []string{"result"})
 	m.conversions = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -208,7 +208,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 		Help:        "Studies this process holds, unsettled, until the source Orthanc answers again: holding their workers without spending a delivery (one source), or parked, their workers free (several sources).",
 		ConstLabels: labels,
 	})
-	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone", "kept_unselected"} {
+	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone", "kept", "kept_unselected"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
 	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed, ResultNewerVersion, ResultAlreadyForwarded, ResultAlreadyDeadLettered} {

@@ -132,6 +132,11 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	// own to delete (an ack not confirmed comes here): the destinations
 	// that select it release it.
 	if (result == ResultForwarded || result == ResultAckFailed) && !rep.NotSelected && f.opts.CleanerFor != nil {
+		// Whatever becomes of the others: the destination does not hold
+		// these as sent (transfer logged why).
+		if len(rep.kept) > 0 {
+			f.m.sourceDeletes.WithLabelValues("kept").Add(float64(len(rep.kept)))
+		}
 		if recorded {
 			f.deleteForwarded(ctx, a.Event, rep.forwarded, rep.listed, sel, log)
 		} else if len(rep.forwarded) > 0 && result == ResultAckFailed {

@@ -14,6 +14,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/flow"
 	"github.com/stowline/stowline/internal/tracing"
@@ -64,9 +65,9 @@ type Report struct {
 	// selected (Options.RecordedNotSelected): acked as not selected, the
 	// ledger left as it is.
 	deletedNotSelected bool
-	// unrecorded: sentIDs of stored instances the attempt's last write
-	// to the failure log did not take (NATS unreachable); the ack writes
-	// them again.
+	// unrecorded: entries (sentIDs, keptID, uidID) of stored instances
+	// the attempt's last write to the failure log did not take (NATS
+	// unreachable); the ack writes them again.
 	unrecorded []string
 }
 
@@ -187,6 +188,26 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	for _, id := range a.unrecorded {
 		unrecorded[id] = true
 	}
+	// keptBefore: in buffer mode, the instances an earlier attempt tells
+	// this one to keep in the source, by why (keptEarlier).
+	keptBefore := map[string]string{}
+	if f.opts.CleanerFor != nil && f.opts.Failures != nil {
+		began := time.Now()
+		has, ok := f.storedEarlier(ctx, ev, true, log)
+		if !ok {
+			// Nothing sent yet: retried later, rather than forwarded
+			// with what it must keep unknown (the ledger would then
+			// tell the other destinations' Release to delete it).
+			return rep, Errorf(Transient, "buffer mode: the record of what earlier attempts stored of study %s could not be read, so which instances they kept in the source is unknown", ev.StudyInstanceUID)
+		}
+		// Read before this attempt writes to it; it serves the conflict
+		// answers' first questions too.
+		earlier.has, earlier.readAt = has, began
+		keptBefore = keptEarlier(ev, instances, has, unrecorded)
+		if err := f.keptInLedger(ctx, ev, instances, keptBefore); err != nil {
+			return rep, err
+		}
+	}
 	// answered: the time of the answer asking (storedRecord).
 	ours := func(uid string, answered time.Time) bool {
 		if stored[uid] {
@@ -222,6 +243,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// process killed mid-study or before its ack loses none of them.
 	sent := f.newSentWriter(ctx, ev, log)
 	defer func() { rep.unrecorded = sent.close() }()
+	// Only buffer mode reads the entries that say what to keep
+	// (keptEarlier): without it, they would double the record.
+	buffer := f.opts.CleanerFor != nil
 	remember := func(out batchOutcome) {
 		changed := map[string]bool{}
 		for _, w := range out.warned {
@@ -229,11 +253,22 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				changed[w.SOPInstanceUID] = true
 			}
 		}
-		ids := make([]string, 0, len(out.confirmed))
+		ids := make([]string, 0, 2*len(out.confirmed))
 		for _, uid := range out.confirmed {
+			id := sentID(ev, byUID[uid])
 			if !changed[uid] {
-				ids = append(ids, sentID(ev, byUID[uid]))
+				ids = append(ids, id)
 			}
+			if !buffer {
+				continue
+			}
+			// Kept in the source, now and by any later attempt: one
+			// that fails on another instance records nothing in the
+			// ledger.
+			if changed[uid] || keptBefore[uid] != "" && !st.replacing[uid] {
+				ids = append(ids, keptID(id))
+			}
+			ids = append(ids, uidID(uid))
 		}
 		sent.add(ids)
 	}
@@ -552,12 +587,90 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			"instances", len(warned), "changed_by_destination", changed,
 			"first_sop_instance_uid", first, "warning_reason", fmt.Sprintf("0x%04X", warned[first].WarningReason))
 	}
+	if len(keptBefore) > 0 {
+		// Confirmed by the destination, but perhaps not as this file
+		// holds it.
+		byWhy := map[string][]string{}
+		for uid, why := range keptBefore {
+			// One replaced now is held as sent.
+			if !kept[uid] && !st.replaced[uid] {
+				kept[uid] = true
+				byWhy[why] = append(byWhy[why], uid)
+			}
+		}
+		for _, why := range slices.Sorted(maps.Keys(byWhy)) {
+			uids := byWhy[why]
+			log.Warn("instances kept in the source: "+why, "instances", len(uids), "first_sop_instance_uid", slices.Min(uids))
+		}
+	}
 	rep.kept = slices.Sorted(maps.Keys(kept))
 	rep.replaced = slices.Sorted(maps.Keys(st.replaced))
 	// listed stays whole: Release learns what this destination kept from
 	// its ledger record, as it does for the others.
 	rep.forwarded = withoutUIDs(instances, kept)
 	return rep, nil
+}
+
+// Why an instance an earlier attempt told of is kept in the source.
+const (
+	keptChanged = "an earlier attempt got it stored changed by the destination (a warning B000 or B006), or kept it"
+	keptRefiled = "sent before from another file: the destination may hold the earlier content"
+	keptLedger  = "an earlier delivery of this state of the study kept it (the destination's ledger)"
+)
+
+// keptInLedger adds to kept the instances the destination's ledger
+// records as kept for the event's state of the study (Options.KeptBefore),
+// which outlives the stored-instances record (the events' retention): a
+// backfill of the study finds them there. Not read, the attempt fails
+// transiently, nothing sent.
+func (f *Forwarder) keptInLedger(ctx context.Context, ev *events.StudyStable, instances []orthancapi.Instance, kept map[string]string) error {
+	if f.opts.Select != nil || f.opts.KeptBefore == nil {
+		return nil
+	}
+	var was func(string) bool
+	err := f.whileUnanswered(ctx, func() (err error) {
+		actx, cancel := context.WithTimeout(ctx, f.askTimeout)
+		defer cancel()
+		was, err = f.opts.KeptBefore(actx, ev)
+		return err
+	})
+	if err != nil {
+		return &Error{Class: Transient, Err: fmt.Errorf("buffer mode: the destination's ledger, which says which instances earlier deliveries of study %s kept in the source, could not be read: %w", ev.StudyInstanceUID, err)}
+	}
+	for _, in := range instances {
+		if kept[in.SOPInstanceUID] == "" && was(in.SOPInstanceUID) {
+			kept[in.SOPInstanceUID] = keptLedger
+		}
+	}
+	return nil
+}
+
+// keptEarlier returns, by SOP Instance UID, the instances of a buffer-mode
+// forward to keep in the source by what the stored-instances record (has,
+// read before the attempt wrote to it) says of earlier attempts, and why:
+// one marked kept (keptID), and one whose UID was stored from another
+// file than the source holds now (uidID but not its sentID, nor in
+// unrecorded, this delivery's earlier runs). The destination confirms a
+// corrected copy sent under the UID of one it holds, and may keep the
+// earlier content (an Orthanc with OverwriteInstances false): deleted,
+// the correction would exist nowhere. A source that names no file
+// (sentID by study version) cannot tell a corrected copy from one its
+// study's growth gave a new version: those are not told apart, or every
+// grown study would stay. Neither are UIDs recorded only by builds that
+// did not write uidID.
+func keptEarlier(ev *events.StudyStable, instances []orthancapi.Instance, has func(string) bool, unrecorded map[string]bool) map[string]string {
+	was := func(id string) bool { return has(id) || unrecorded[id] }
+	kept := map[string]string{}
+	for _, in := range instances {
+		id := sentID(ev, in)
+		switch {
+		case was(keptID(id)):
+			kept[in.SOPInstanceUID] = keptChanged
+		case in.FileUUID != "" && was(uidID(in.SOPInstanceUID)) && !was(id):
+			kept[in.SOPInstanceUID] = keptRefiled
+		}
+	}
+	return kept
 }
 
 // firstOfEachUID keeps the first instance of each SOP Instance UID and
