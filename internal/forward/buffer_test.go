@@ -112,15 +112,18 @@ func TestKeptByAnEarlierAttemptStaysKept(t *testing.T) {
 // With one destination, an instance its ledger records as kept for the
 // event's state of the study stays kept, also once the record of stored
 // instances no longer tells (a backfill past the events' retention). A
-// ledger that cannot be read fails the attempt before anything is sent.
+// ledger or a record of stored instances that cannot be read fails the
+// attempt before anything is sent: what to keep is unknown.
 func TestKeptInTheLedgerStaysKept(t *testing.T) {
 	tests := []struct {
-		name     string
-		err      error // KeptBefore's
-		wantKept []string
+		name             string
+		err              error // KeptBefore's
+		recordUnreadable bool  // the record of stored instances
+		wantKept         []string
 	}{
 		{name: "read", wantKept: []string{"1.2.3.2"}},
-		{name: "unreadable", err: errors.New("ledger unreadable")},
+		{name: "ledger unreadable", err: errors.New("ledger unreadable")},
+		{name: "record unreadable", recordUnreadable: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -129,14 +132,17 @@ func TestKeptInTheLedgerStaysKept(t *testing.T) {
 			t.Cleanup(srv.Close)
 			f := newForwarder(t, newMemSource(3), srv.URL, nil, func(o *Options) {
 				o.Registerer = prometheus.NewRegistry()
-				o.Failures, o.Completed = &memFailureLog{}, recordedOK
+				o.Failures, o.Completed = FailureLog(&memFailureLog{}), recordedOK
+				if tt.recordUnreadable {
+					o.Failures = &unreadableFailureLog{}
+				}
 				o.CleanerFor = func(string) (SourceCleaner, error) { return &memCleaner{}, nil }
 				o.KeptBefore = func(context.Context, *events.StudyStable) (func(string) bool, error) {
 					return func(uid string) bool { return uid == "1.2.3.2" }, tt.err
 				}
 			})
 			rep, err := f.transfer(t.Context(), &Attempt{Event: testEvent(), Number: 1})
-			if tt.err != nil {
+			if tt.err != nil || tt.recordUnreadable {
 				if Classify(err) != Transient || k.requests.Load() != 0 {
 					t.Fatalf("got %v (class %s) after %d requests; want a transient failure, nothing sent", err, Classify(err), k.requests.Load())
 				}

@@ -411,15 +411,24 @@ const rememberTimeout = 15 * time.Second
 // replace (sortAnswer). patient: the read is tried again while JetStream
 // does not answer (a leader election), up to rememberTimeout.
 func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, patient bool, log *slog.Logger) (sent func(string) bool, ok bool) {
+	sent, err := f.readStored(ctx, ev, patient)
+	if err != nil {
+		log.Warn("read what earlier attempts stored: an already-stored answer is a conflict under skip, retried later under deadletter or replace", "err", err)
+		return func(string) bool { return false }, false
+	}
+	return sent, true
+}
+
+// readStored is storedEarlier's read, its failure returned.
+func (f *Forwarder) readStored(ctx context.Context, ev *events.StudyStable, patient bool) (sent func(string) bool, err error) {
 	if f.opts.Failures == nil {
-		return func(string) bool { return false }, true
+		return func(string) bool { return false }, nil
 	}
 	read := func(ctx context.Context) error {
 		var err error
 		sent, err = f.opts.Failures.Sent(ctx, ev)
 		return err
 	}
-	var err error
 	if patient {
 		// Through a leader election the read fails at once, as the
 		// write does (rememberStored): one failed read made every copy
@@ -431,11 +440,7 @@ func (f *Forwarder) storedEarlier(ctx context.Context, ev *events.StudyStable, p
 	} else {
 		err = read(ctx)
 	}
-	if err != nil {
-		log.Warn("read what earlier attempts stored: an already-stored answer is a conflict under skip, retried later under deadletter or replace", "err", err)
-		return func(string) bool { return false }, false
-	}
-	return sent, true
+	return sent, err
 }
 
 // storedRecord is what an attempt read of the instances stowline got

@@ -193,12 +193,12 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	keptBefore := map[string]string{}
 	if f.opts.CleanerFor != nil && f.opts.Failures != nil {
 		began := time.Now()
-		has, ok := f.storedEarlier(ctx, ev, true, log)
-		if !ok {
+		has, err := f.readStored(ctx, ev, true)
+		if err != nil {
 			// Nothing sent yet: retried later, rather than forwarded
 			// with what it must keep unknown (the ledger would then
 			// tell the other destinations' Release to delete it).
-			return rep, Errorf(Transient, "buffer mode: the record of what earlier attempts stored of study %s could not be read, so which instances they kept in the source is unknown", ev.StudyInstanceUID)
+			return rep, &Error{Class: Transient, Err: fmt.Errorf("buffer mode: the record of what earlier attempts stored of study %s, which says what they kept in the source, could not be read: %w", ev.StudyInstanceUID, err)}
 		}
 		// Read before this attempt writes to it; it serves the conflict
 		// answers' first questions too.
