@@ -18,8 +18,9 @@ type Attempt struct {
 	// again: an earlier run of this delivery (held for the destination
 	// or the source, then sent again) may have stored some of the study.
 	again bool
-	// unrecorded are the sentIDs earlier runs of this delivery got stored
-	// and could not write to the failure log (NATS unreachable): its own
+	// unrecorded are the entries (sentIDs; in buffer mode keptID and
+	// uidID too) of what earlier runs of this delivery got stored and
+	// could not write to the failure log (NATS unreachable): its own
 	// copies all the same.
 	unrecorded []string
 	// lane is the lane it was pulled from ("": routine), for its
