@@ -240,6 +240,10 @@ func TestRefused(t *testing.T) {
 		}), "nothing would serve the low lane"},
 		// The rules' job names are the ServiceMonitor's: scraped under
 		// others, StowlineAbsent fires for good.
+		{"a source's own cap under a derived ceiling", merged(required(), map[string]any{
+			"keda":              map[string]any{"enabled": true},
+			"forwarderDefaults": map[string]any{"env": map[string]any{"ORTHANC_MAIN_MAX_CONNECTIONS": 30}},
+		}), "ORTHANC_MAIN_MAX_CONNECTIONS in env: a source's own cap replaces ORTHANC_MAX_CONNECTIONS"},
 		{"alerts without the ServiceMonitor", merged(required(), map[string]any{
 			"prometheusRule": map[string]any{"enabled": true},
 		}), "prometheusRule.enabled needs serviceMonitor.enabled"},

@@ -377,8 +377,15 @@ Arguments: (dict "root" $ "f" $forwarder).
 connections it was derived from: ORTHANC_MAX_CONNECTIONS makes it so
 (metadata reads, lists and conversions share those slots with the file
 streams), unless env sets it (its value then counts; "" leaves no cap). */ -}}
-{{- if and $root.Values.keda.enabled (eq (int $f.keda.maxReplicaCount) 0) (not (hasKey $env "ORTHANC_MAX_CONNECTIONS")) -}}
+{{- if and $root.Values.keda.enabled (eq (int $f.keda.maxReplicaCount) 0) -}}
+{{- range $k, $_ := $env -}}
+{{- if regexMatch "^ORTHANC_.+_MAX_CONNECTIONS$" $k -}}
+{{- fail (printf "forwarders[%s]: %s in env: a source's own cap replaces ORTHANC_MAX_CONNECTIONS, which the KEDA ceiling derived from orthanc.httpThreadsCount counts: set ORTHANC_MAX_CONNECTIONS instead, or keda.maxReplicaCount" $f.name $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (hasKey $env "ORTHANC_MAX_CONNECTIONS") -}}
 {{- $_ := set $env "ORTHANC_MAX_CONNECTIONS" (int (include "stowline.forwarderConnections" .)) -}}
+{{- end -}}
 {{- end -}}
 {{- range (include "stowline.secretFiles" . | fromYamlArray) }}{{ $_ := set $env .var (printf "%s/%s" .dir .key) }}{{ end -}}
 {{- toYaml $env -}}
