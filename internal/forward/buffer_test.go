@@ -130,9 +130,10 @@ func TestKeptInTheLedgerStaysKept(t *testing.T) {
 			k := &sink{}
 			srv := httptest.NewServer(k.handler(nil))
 			t.Cleanup(srv.Close)
+			record := &memFailureLog{}
 			f := newForwarder(t, newMemSource(3), srv.URL, nil, func(o *Options) {
 				o.Registerer = prometheus.NewRegistry()
-				o.Failures, o.Completed = FailureLog(&memFailureLog{}), recordedOK
+				o.Failures, o.Completed = FailureLog(record), recordedOK
 				if tt.recordUnreadable {
 					o.Failures = &unreadableFailureLog{}
 				}
@@ -156,6 +157,15 @@ func TestKeptInTheLedgerStaysKept(t *testing.T) {
 			}
 			if len(rep.forwarded) != 3-len(tt.wantKept) {
 				t.Errorf("buffer mode would delete %d instances, want %d", len(rep.forwarded), 3-len(tt.wantKept))
+			}
+			// Kept by the ledger's word alone, it is not marked kept in
+			// the record: the ledger's KeptAll names every instance, and
+			// the marks would keep them all for good, in every later
+			// state of the study.
+			for id := range record.stored[testEvent().Source+"/"+testEvent().StudyInstanceUID] {
+				if strings.HasPrefix(id, "kept:") {
+					t.Errorf("record holds %s, written for an instance only the ledger kept", id)
+				}
 			}
 		})
 	}

@@ -264,8 +264,11 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			}
 			// Kept in the source, now and by any later attempt: one
 			// that fails on another instance records nothing in the
-			// ledger.
-			if changed[uid] || keptBefore[uid] != "" && !st.replacing[uid] {
+			// ledger. Not one kept by the ledger's word alone: the
+			// attempt that kept it marked it already, and the ledger's
+			// KeptAll (over 1,000 kept, the list dropped) names every
+			// instance, which would then stay in the source for good.
+			if changed[uid] || keptBefore[uid] != "" && keptBefore[uid] != keptLedger && !st.replacing[uid] {
 				ids = append(ids, keptID(id))
 			}
 			ids = append(ids, uidID(uid))
