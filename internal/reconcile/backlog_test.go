@@ -340,16 +340,12 @@ func TestBacklogProgressStoredAtStopAndFailure(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(t.Context())
-			done := make(chan struct{})
-			go func() { defer close(done); _ = r.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
+			_, stop := startReconciler(t, r)
 			waitUntil(t, "the stall", o.reached.Load)
 			if fail {
 				waitUntil(t, "the failed poll", func() bool { return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) >= 1 })
 			} else {
-				cancel()
-				<-done
+				stop()
 			}
 			c, _, err := store.load(t.Context())
 			if err != nil || c.Seq < 120 {

@@ -567,11 +567,20 @@ func runReconciler(t *testing.T, opts Options) (*Reconciler, context.Context) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, _ := startReconciler(t, r)
+	return r, ctx
+}
+
+// startReconciler runs r until stop, or the test's end; ctx ends with it.
+// stop returns once Run has.
+func startReconciler(t *testing.T, r *Reconciler) (ctx context.Context, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return r, ctx
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
+	return ctx, stop
 }
 
 // TestClockSetBackSkipsNoNewStudy: Orthanc's clock is set back, so its
@@ -734,10 +743,7 @@ func TestFullPendingListLooksUpOnlyUpToTheHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.sources[0].maxPending = 3
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	ctx, _ := startReconciler(t, r)
 	store := waitFirstCursor(ctx, t, kv, "s")
 
 	o.mu.Lock()

@@ -379,16 +379,12 @@ func TestStopReleasesTheLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	ctx, stop := startReconciler(t, r)
 	waitFirstCursor(ctx, t, kv, "s")
 	if _, err := kv.Get(t.Context(), leaseKey("s")); err != nil {
 		t.Fatalf("the lease of the polling replica: %v", err)
 	}
-	cancel()
-	<-done
+	stop()
 	if e, err := kv.Get(t.Context(), leaseKey("s")); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("lease after the stop: %v (err %v), want it released", e, err)
 	}

@@ -53,17 +53,14 @@ func TestCursorChangeGone(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				ctx, cancel := context.WithCancel(t.Context())
-				done := make(chan struct{})
-				go func() { defer close(done); _ = r.Run(ctx) }()
+				ctx, stop := startReconciler(t, r)
 				// A poll reads the log first: the third read is after
 				// the first poll ended.
 				waitUntil(t, "three polls, the cursor at the end of the log", func() bool {
 					c, _, err := store.load(ctx)
 					return err == nil && c.Seq == end && o.reads.Load() >= 3
 				})
-				cancel()
-				<-done
+				stop()
 				want := tc.trimmed
 				if run == 1 {
 					want = 0
@@ -150,10 +147,7 @@ func TestCursorChangeGoneLookupRefusedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.sources[0].existsRetry = 50 * time.Millisecond
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	startReconciler(t, r)
 	waitUntil(t, "the trim told after the refusal", func() bool {
 		return testutil.ToFloat64(r.m.changeLogTrimmed.WithLabelValues("s")) == 1
 	})
