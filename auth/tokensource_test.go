@@ -558,10 +558,7 @@ func TestTokenSourceHonoursLongRetryAfter(t *testing.T) {
 		ok := issue(3600, 0)
 		srv := newInMemoryTokenServer(func(w http.ResponseWriter, r *http.Request) {
 			if throttled.Load() {
-				w.Header().Set("Retry-After", "30")
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(http.StatusTooManyRequests)
-				_, _ = w.Write([]byte(`{"error":"temporarily_unavailable"}`))
+				writeThrottled(w, "30")
 				return
 			}
 			ok(w, r)
@@ -589,6 +586,15 @@ func TestTokenSourceHonoursLongRetryAfter(t *testing.T) {
 			t.Errorf("%d token requests, want 2: one after the wait", n)
 		}
 	})
+}
+
+// writeThrottled answers a token request 429 with retryAfter, as an
+// identity provider throttling its clients does.
+func writeThrottled(w http.ResponseWriter, retryAfter string) {
+	w.Header().Set("Retry-After", retryAfter)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusTooManyRequests)
+	_, _ = w.Write([]byte(`{"error":"temporarily_unavailable"}`))
 }
 
 // TestTokenRetryAfterBounded: a proxy's Retry-After of hours reaches the
@@ -734,10 +740,7 @@ func TestBackgroundRefreshThrottledWaitsOutRetryAfter(t *testing.T) {
 			if throttled.Load() {
 				// Past the retries' longest backoff (8 s): no retry
 				// within the fetch.
-				w.Header().Set("Retry-After", "280")
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(http.StatusTooManyRequests)
-				_, _ = w.Write([]byte(`{"error":"temporarily_unavailable"}`))
+				writeThrottled(w, "280")
 				return
 			}
 			ok(w, r)
