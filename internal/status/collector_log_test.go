@@ -111,6 +111,10 @@ func TestQueueCollectorScrapesAtOnceShareARead(t *testing.T) {
 		t.Errorf("a scrape right after another asked for %d streams, want none (the last read's answer)", n)
 	}
 
+	// Scrapes at once share the read under way even with no reuse (the
+	// reuse above would answer them all from the last read).
+	reg = prometheus.NewRegistry()
+	reg.MustRegister(status.NewQueueCollector(js, 10*time.Second, nil, status.WithScrapeReuse(0)))
 	const scrapes = 10
 	var wg sync.WaitGroup
 	for range scrapes {
