@@ -113,10 +113,22 @@ func TestReadinessRequestsAtOnceShareARun(t *testing.T) {
 	if n := runs.Swap(0); n != 1 {
 		t.Errorf("two requests one after another ran the checks %d times, want 1", n)
 	}
+	// Requests at once share the run under way even with no reuse (the
+	// reuse above would answer them all from the last run).
+	runs.Store(0)
+	shared := &sharedChecks{checks: map[string]Check{"orthanc": func(context.Context) error {
+		runs.Add(1)
+		time.Sleep(100 * time.Millisecond)
+		return nil
+	}}}
 	const requests = 10
 	var wg sync.WaitGroup
 	for range requests {
-		wg.Go(get)
+		wg.Go(func() {
+			if failed, _ := shared.run(t.Context()); len(failed) > 0 {
+				t.Errorf("checks failed: %v", failed)
+			}
+		})
 	}
 	wg.Wait()
 	// A request that starts late on a loaded host may run them again:
