@@ -523,7 +523,7 @@ func TestCheckSources(t *testing.T) {
 // destination receives de-identified copies and its key's fingerprint
 // (the forwarders log it at start), never the key; and it refuses, as
 // the forwarder does, an unread variable that looks like a
-// de-identification setting. It passed a STOW_DEIDENTIFIY=basic the
+// de-identification setting, and a tracing variable it refuses. It passed a STOW_DEIDENTIFIY=basic the
 // forwarder refuses, and never said a destination de-identified.
 func TestCheckDeidentification(t *testing.T) {
 	key := []byte("check-key-0123456789abcdef0123456789")
@@ -566,6 +566,11 @@ func TestCheckDeidentification(t *testing.T) {
 			}},
 		{name: "misspelt STOW_DEIDENTIFY", env: named(map[string]string{"DESTINATION_ARCHIVE_STOW_DEIDENTIFIY": "basic"}), refused: "DESTINATION_ARCHIVE_STOW_DEIDENTIFIY: set but not read"},
 		{name: "near miss in lower case", env: named(map[string]string{"stow_deidenitfy": "basic"}), refused: "stow_deidenitfy: set but not read"},
+		// The tracing variables the forwarder refuses (its start's
+		// invalid configuration), with tracing on only.
+		{name: "tracing variable the forwarder refuses", env: named(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_BSP_MAX_QUEUE_SIZE": "-5"}), refused: "OTEL_BSP_MAX_QUEUE_SIZE"},
+		{name: "tracing off, its variables unread", env: named(map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "-5"}),
+			want: []string{"key fingerprint " + k.Fingerprint()}},
 		{name: "another unread variable is no refusal", env: named(map[string]string{"STOW_PARALLEL_REQUEST": "8", "NATS_URL": "nats://127.0.0.1:1"}),
 			want: []string{"key fingerprint " + k.Fingerprint()}},
 	}

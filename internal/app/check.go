@@ -42,7 +42,8 @@ the fingerprint of its key, which every forwarder serving it logs at
 start. It prints a verdict for each and exits non-zero when a check
 fails. Like the forwarder, it refuses (exit 2) a variable set but not
 read whose name looks like a de-identification setting
-(STOW_DEIDENTIFIY). Logs go to stderr.
+(STOW_DEIDENTIFIY), and, with tracing on, an OTEL_* variable the
+forwarder would refuse (docs/tracing.md). Logs go to stderr.
 
 `
 
@@ -64,6 +65,10 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, en
 	// are not warned about: check reads fewer than the forwarder (not
 	// NATS_, FORWARDER_ADDR), and would name the forwarder's.
 	if _, err := unreadVariables(program, environ, &cfg); err != nil {
+		return err
+	}
+	// Tracing variables the forwarder would refuse, for the same reason.
+	if err := refuseTracingEnv(program, getenv); err != nil {
 		return err
 	}
 	log := NewLogger(stderr, cfg.Log)

@@ -78,8 +78,8 @@ func startTracing(ctx context.Context, program, service string, log *slog.Logger
 	if !tracingEnabled(os.Getenv) {
 		return nil, func() {}, nil
 	}
-	if err := checkTracingEnv(os.Getenv); err != nil {
-		return nil, nil, &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(docs/tracing.md lists the OTEL_* variables)", program, err)}
+	if err := refuseTracingEnv(program, os.Getenv); err != nil {
+		return nil, nil, err
 	}
 	exp, err := otlptracehttp.New(ctx)
 	if err != nil {
@@ -178,6 +178,19 @@ func publishTraced(ctx context.Context, tp trace.TracerProvider, name, origin, d
 	}
 	span.SetAttributes(tracing.StreamSeq.Int64(int64(ack.Sequence)), tracing.Duplicate.Bool(ack.Duplicate))
 	return ack, nil
+}
+
+// refuseTracingEnv returns program's usage error naming each tracing
+// variable of getenv checkTracingEnv refuses, nil when tracing is off or
+// none is.
+func refuseTracingEnv(program string, getenv func(string) string) error {
+	if !tracingEnabled(getenv) {
+		return nil
+	}
+	if err := checkTracingEnv(getenv); err != nil {
+		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(docs/tracing.md lists the OTEL_* variables)", program, err)}
+	}
+	return nil
 }
 
 // checkTracingEnv returns, joined, an error for each tracing variable
