@@ -114,7 +114,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	fmt.Fprintf(stdout, "%d studies %s %s\n", w.rows-dups, verb, *destination)
 	if *from == "stream" {
 		unreadableNote(unreadable, stdout)
-		streamWindowNote(ctx, conn.JS, start, stdout)
+		streamWindowNote(ctx, conn.JS, start, end, stdout)
 	}
 	if dups > 0 {
 		fmt.Fprintf(stdout, "%d studies not queued again: a backfill queued them within the event stream's duplicate window%s; a dead-lettered one is sent again with `forwarder replay`\n",
@@ -253,8 +253,8 @@ func unreadableNote(n int, w io.Writer) {
 }
 
 // streamWindowNote writes deadletter.WindowNote's note, if any.
-func streamWindowNote(ctx context.Context, js jetstream.JetStream, since time.Time, w io.Writer) {
-	if note := deadletter.WindowNote(ctx, js, since); note != "" {
+func streamWindowNote(ctx context.Context, js jetstream.JetStream, since, until time.Time, w io.Writer) {
+	if note := deadletter.WindowNote(ctx, js, since, until); note != "" {
 		fmt.Fprintln(w, note)
 	}
 }

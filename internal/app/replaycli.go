@@ -346,7 +346,7 @@ func (c *replayCLI) reforward(ctx context.Context, destination string, lane even
 	w.Flush()
 	fmt.Fprintf(c.Stdout, "%d events %s\n", len(evs), verb)
 	unreadableNote(unreadable, c.Stdout)
-	streamWindowNote(ctx, c.JS, from, c.Stdout)
+	streamWindowNote(ctx, c.JS, from, to, c.Stdout)
 	return err
 }
 

@@ -931,23 +931,30 @@ func StreamStart(ctx context.Context, js jetstream.JetStream) (time.Time, error)
 	return time.Time{}, nil
 }
 
-// WindowNote says so when a window read from the event stream starts
-// before the stream's oldest event: what was received before has expired
-// (EVENTS_RETENTION) and was not queued, which a count of what was does
-// not tell (a destination backfilled "since 2025-01-01" with the default
-// --from stream got the last week). "" when the stream reaches back.
-func WindowNote(ctx context.Context, js jetstream.JetStream, since time.Time) string {
+// WindowNote says so when a window read from the event stream, since to
+// until (zero: now), starts before the stream's oldest event: what was
+// received from since until that event has expired (EVENTS_RETENTION) and
+// was not queued, which a count of what was does not tell (a destination
+// backfilled "since 2025-01-01" with the default --from stream got the
+// last week). "" when the stream reaches back.
+func WindowNote(ctx context.Context, js jetstream.JetStream, since, until time.Time) string {
 	first, err := StreamStart(ctx, js)
+	const instead = "`forwarder backfill --from source` reads Orthanc's studies instead"
 	switch {
 	case err != nil:
 		return fmt.Sprintf("could not read when the event stream's oldest event was received: %v", err)
 	case first.IsZero():
-		return "the event stream holds no event (it keeps them EVENTS_RETENTION): `forwarder backfill --from source` reads Orthanc's studies instead"
-	case first.After(since):
-		return fmt.Sprintf("the event stream holds the events received since %s (it keeps them EVENTS_RETENTION): any received before %s were not queued; `forwarder backfill --from source` reads Orthanc's studies instead",
-			first.UTC().Format(time.RFC3339), since.UTC().Format(time.RFC3339))
+		return "the event stream holds no event (it keeps them EVENTS_RETENTION): " + instead
+	case !first.After(since):
+		return ""
+	case !until.IsZero() && !until.After(first):
+		// A count of 0 here says nothing of the window: read as "nothing
+		// arrived then", it hides a whole lost day.
+		return fmt.Sprintf("the whole window, %s to %s, precedes the event stream's oldest event, received %s (it keeps them EVENTS_RETENTION): nothing in it could be queued; %s",
+			since.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339), first.UTC().Format(time.RFC3339), instead)
 	}
-	return ""
+	return fmt.Sprintf("the event stream holds the events received since %s (it keeps them EVENTS_RETENTION): any received from %s until then were not queued; %s",
+		first.UTC().Format(time.RFC3339), since.UTC().Format(time.RFC3339), instead)
 }
 
 // UnreadableNote says what became of the n messages a re-forward found

@@ -362,7 +362,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 	if count > maxSummaries {
 		answer["eventsOmitted"] = count - maxSummaries
 	}
-	if note := deadletter.WindowNote(r.Context(), a.JS, since); note != "" {
+	if note := deadletter.WindowNote(r.Context(), a.JS, since, until); note != "" {
 		answer["note"] = note
 	}
 	if unreadable > 0 {

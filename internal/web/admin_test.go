@@ -349,31 +349,47 @@ func TestAdminReforwardFailedPartwaySaysWhatItQueued(t *testing.T) {
 
 // TestAdminReforwardSaysWhenTheWindowPrecedesTheStream: a re-forward
 // whose window starts before the event stream's oldest event answers a
-// note saying so (the stream keeps EVENTS_RETENTION: what came before
-// was not queued); one within the stream answers none.
+// note saying so (the stream keeps EVENTS_RETENTION): what came from
+// since until that event was not queued, and all of a window that ends
+// before it. One within the stream answers none. The note named since
+// as the cut-off ("any received before since"), true of every window,
+// and a window wholly before the stream, answering count 0, read as
+// covered.
 func TestAdminReforwardSaysWhenTheWindowPrecedesTheStream(t *testing.T) {
 	ns := testnats.Start(t)
 	publishEvents(t, ns.JS, 1)
 	const token = "admin-token-0123456789"
 	r := chi.NewRouter()
 	(&web.AdminAPI{Token: token, JS: ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	first, err := deadletter.StreamStart(t.Context(), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldest := first.UTC().Format(time.RFC3339)
 	for _, tt := range []struct {
-		since string
-		noted bool
+		window string   // the request's since and until
+		want   []string // in the note; none: no note
 	}{
-		{"8760h", true},
-		{time.Now().Add(time.Minute).UTC().Format(time.RFC3339), false},
+		{`"since":"8760h"`, []string{"the event stream holds the events received since " + oldest, "any received from ", " until then were not queued", "--from source"}},
+		{`"since":"8760h","until":"8700h"`, []string{"the whole window, ", "precedes the event stream's oldest event, received " + oldest, "nothing in it could be queued", "--from source"}},
+		{`"since":"8760h","until":"` + time.Now().Add(time.Hour).UTC().Format(time.RFC3339) + `"`, []string{"any received from "}},
+		{`"since":"` + time.Now().Add(time.Minute).UTC().Format(time.RFC3339) + `"`, nil},
 	} {
-		req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{"since":"`+tt.since+`","dryRun":true}`))
+		req := httptest.NewRequest(http.MethodPost, "/admin/reforward", strings.NewReader(`{`+tt.window+`,"dryRun":true}`))
 		req.Header.Set("Authorization", "Bearer "+token)
 		rec := httptest.NewRecorder()
 		r.ServeHTTP(rec, req)
 		var body struct{ Note string }
 		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != http.StatusOK {
-			t.Fatalf("since %s: status %d, body %s (%v)", tt.since, rec.Code, rec.Body, err)
+			t.Fatalf("%s: status %d, body %s (%v)", tt.window, rec.Code, rec.Body, err)
 		}
-		if noted := strings.Contains(body.Note, "the event stream holds the events received since"); noted != tt.noted {
-			t.Errorf("since %s: note %q, want one: %v", tt.since, body.Note, tt.noted)
+		if len(tt.want) == 0 && body.Note != "" {
+			t.Errorf("%s: note %q, want none", tt.window, body.Note)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(body.Note, w) {
+				t.Errorf("%s: note %q lacks %q", tt.window, body.Note, w)
+			}
 		}
 	}
 }
