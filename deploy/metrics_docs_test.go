@@ -22,24 +22,7 @@ func registeredMetrics(t *testing.T) map[string]string {
 	t.Helper()
 	types := map[string]string{"CounterOpts": "counter", "GaugeOpts": "gauge", "HistogramOpts": "histogram"}
 	found := map[string]string{}
-	fset := token.NewFileSet()
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if name := d.Name(); path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "node_modules") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return nil
-		}
-		f, err := parser.ParseFile(fset, path, nil, 0)
-		if err != nil {
-			return err
-		}
+	for _, f := range goSources(t) {
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch x := n.(type) {
 			case *ast.CompositeLit:
@@ -65,10 +48,6 @@ func registeredMetrics(t *testing.T) map[string]string {
 			}
 			return true
 		})
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if len(found) == 0 {
 		t.Fatal("no stowline metric found in the sources")
@@ -117,4 +96,99 @@ func TestMetricsDocumentedExactly(t *testing.T) {
 			t.Errorf("docs/metrics.md lists %s, which the code does not define", name)
 		}
 	}
+}
+
+// TestDocsNameOnlyNamesThatExist: every stowline_ name the docs give (a
+// metric, a bucket, a prefix such as `stowline_queue_*`) is one the code
+// defines. docs/operations.md's scaling recipe named
+// stowline_orthanc_slot_waits_total for stowline_orthanc_request_slot_waits_total:
+// an operator copying it into Grafana or an alert sees no data, and reads
+// that no request waits.
+func TestDocsNameOnlyNamesThatExist(t *testing.T) {
+	names := stowlineLiterals(t)
+	// Compose's network, named by Compose from the project's name.
+	names["stowline_default"] = true
+	known := func(name string) bool {
+		if names[name] {
+			return true
+		}
+		// A prefix: `stowline_queue_*`, `stowline_forwarded_<name>`.
+		prefix, ok := strings.CutSuffix(name, "_")
+		if !ok {
+			return false
+		}
+		for n := range names {
+			if n == prefix || strings.HasPrefix(n, name) {
+				return true
+			}
+		}
+		return false
+	}
+	docs, err := filepath.Glob(filepath.Join(root, "docs/*.md"))
+	if err != nil || len(docs) == 0 {
+		t.Fatalf("no docs (err %v)", err)
+	}
+	token := regexp.MustCompile(`stowline_[a-z_]+`)
+	for _, path := range append(docs, filepath.Join(root, "README.md"), filepath.Join(root, "BENCHMARKS.md")) {
+		rel, _ := filepath.Rel(root, path)
+		for _, name := range token.FindAllString(string(readFile(t, rel)), -1) {
+			base := name
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				base = strings.TrimSuffix(base, suffix)
+			}
+			if !known(base) {
+				t.Errorf("%s names %s, which the code does not define", rel, name)
+			}
+		}
+	}
+}
+
+// stowlineLiterals is the set of string literals beginning "stowline_"
+// in the repository's Go sources (tests left out): metric, bucket and
+// stream names.
+func stowlineLiterals(t *testing.T) map[string]bool {
+	t.Helper()
+	found := map[string]bool{}
+	for _, f := range goSources(t) {
+		ast.Inspect(f, func(n ast.Node) bool {
+			if bl, ok := n.(*ast.BasicLit); ok {
+				if s := stringLit(bl); strings.HasPrefix(s, "stowline_") {
+					found[s] = true
+				}
+			}
+			return true
+		})
+	}
+	return found
+}
+
+// goSources parses the repository's Go sources, tests left out.
+func goSources(t *testing.T) []*ast.File {
+	t.Helper()
+	var files []*ast.File
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if name := d.Name(); path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			return err
+		}
+		files = append(files, f)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
 }
