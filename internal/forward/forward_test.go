@@ -285,6 +285,45 @@ func TestForwardAcksWhenAllStored(t *testing.T) {
 	rec.mu.Unlock()
 }
 
+// A study that failed and goes back to the queue tells the observer why
+// and when it is due again, before its attempt is Finished: the status
+// page lists it between deliveries, which only the log said.
+func TestRetryTellsTheObserverWhyAndWhen(t *testing.T) {
+	ns := testnats.Start(t)
+	src := newMemSource(2)
+	var k sink
+	k.status.Store(http.StatusInternalServerError)
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	rec := &recordingObserver{}
+	f := newForwarder(t, src, srv.URL, cons, func(o *Options) {
+		o.Observer = rec
+		o.RetryDelay, o.RetryMaxDelay = time.Hour, time.Hour
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFinished(t, ResultRetry, 1)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.retries) != 1 {
+		t.Fatalf("Retrying told %d times, want once: %+v", len(rec.retries), rec.retries)
+	}
+	r := rec.retries[0]
+	// The delay is jittered below the hour, never above it.
+	if r.class != Transient || !strings.Contains(r.reason, "500") || r.in <= 30*time.Minute || r.in > time.Hour {
+		t.Errorf("Retrying(%s, %q, due in %s); want transient, the 500, due within the hour", r.class, r.reason, r.in)
+	}
+}
+
 // On shutdown, a study still uploading after the grace period goes back
 // to the queue at once (NAK): another forwarder gets it without waiting
 // for the ack wait.

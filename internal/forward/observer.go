@@ -2,6 +2,7 @@ package forward
 
 import (
 	"log/slog"
+	"time"
 
 	"github.com/stowline/stowline/events"
 )
@@ -124,6 +125,23 @@ type HoldObserver interface {
 func (f *Forwarder) held(a *Attempt, why string) {
 	if o, ok := f.obs.(HoldObserver); ok {
 		o.Held(a, why)
+	}
+}
+
+// RetryObserver is an Observer also told, before Finished, why a failed
+// attempt's study goes back to the queue (its class and error) and when
+// it is due again. The status page implements it: between deliveries,
+// hours apart late in the backoff, a study is on no other table, and the
+// reason was in the log only.
+type RetryObserver interface {
+	Retrying(a *Attempt, class Class, reason string, due time.Time)
+}
+
+// retrying tells f's observer, if it is a RetryObserver, that a's study
+// is due again after delay.
+func (f *Forwarder) retrying(a *Attempt, class Class, err error, delay time.Duration) {
+	if o, ok := f.obs.(RetryObserver); ok {
+		o.Retrying(a, class, err.Error(), time.Now().Add(delay))
 	}
 }
 

@@ -190,6 +190,20 @@ type recordingObserver struct {
 	finished map[Result]int
 	reports  []Report
 	holds    []string // what Held was told
+	retries  []retried
+}
+
+// retried is what Retrying was told.
+type retried struct {
+	class  Class
+	reason string
+	in     time.Duration // from the call to due
+}
+
+func (r *recordingObserver) Retrying(_ *Attempt, class Class, reason string, due time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.retries = append(r.retries, retried{class, reason, time.Until(due)})
 }
 
 func (r *recordingObserver) Held(_ *Attempt, why string) {

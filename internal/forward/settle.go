@@ -95,6 +95,7 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 		log.Warn("study not forwarded; will retry", "class", d.class, "err", ferr, "retry_in", d.delay.String(),
 			"instances_sent", rep.Instances, "duration_ms", elapsed.Milliseconds())
 		result = f.nakWithDelay(msg, d.delay, log)
+		f.retrying(a, d.class, ferr, d.delay)
 	case deadLetter:
 		result = f.deadLetter(sctx, msg, a, d, rep, ferr, log)
 		// Counted once, as its letter is stored: a letter stored

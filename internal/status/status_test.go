@@ -907,3 +907,41 @@ func TestTrackerTotalsByResult(t *testing.T) {
 		}
 	}
 }
+
+// TestTrackerListsStudiesWaitingForARetry: a study back in the queue
+// after a failure is listed, with why and when it is due, until it is
+// taken again, or a minute past its due time (another replica took it);
+// at most 50, those due latest kept, with their reasons cut short: the
+// snapshot is written to the status bucket every few seconds, and an
+// outage fails every study.
+func TestTrackerListsStudiesWaitingForARetry(t *testing.T) {
+	tr := status.NewTracker(4)
+	now := time.Now()
+	retry := func(i int, due time.Time, reason string) *forward.Attempt {
+		a := &forward.Attempt{Destination: "archive", Event: event(i), Number: 2, Seq: uint64(i)}
+		tr.Started(a)
+		tr.Retrying(a, forward.Transient, reason, due)
+		tr.Finished(a, forward.ResultRetry, forward.Report{})
+		return a
+	}
+	long := strings.Repeat("x", 1000)
+	for i := 1; i <= 51; i++ {
+		retry(i, now.Add(time.Duration(i)*time.Minute), "HTTP 503: "+long)
+	}
+	w := tr.Snapshot().Waiting
+	if len(w) != 50 || w[0].OrthancStudyID != event(2).OrthancStudyID || w[49].OrthancStudyID != event(51).OrthancStudyID {
+		t.Fatalf("%d waiting, from %+v; want 50, the one due soonest dropped", len(w), w[0])
+	}
+	if r := w[0].Reason; len(r) > 310 || !strings.HasPrefix(r, "HTTP 503: x") || w[0].Class != forward.Transient || w[0].Attempt != 2 {
+		t.Errorf("waiting %+v; want the class, attempt and the reason cut to about 300 bytes", w[0])
+	}
+	// Taken again: no longer waiting.
+	tr.Started(&forward.Attempt{Destination: "archive", Event: event(2), Number: 3, Seq: 2})
+	// Long past due: taken by another replica.
+	retry(60, now.Add(-2*time.Minute), "HTTP 500")
+	for _, x := range tr.Snapshot().Waiting {
+		if x.OrthancStudyID == event(2).OrthancStudyID || x.OrthancStudyID == event(60).OrthancStudyID {
+			t.Errorf("still waiting: %+v", x)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/forward"
 )
 
@@ -53,6 +54,34 @@ type Forward struct {
 	FinishedAt       time.Time      `json:"finishedAt"`
 }
 
+// Waiting is a study whose last attempt failed and that is back in the
+// queue until Due: between deliveries it is on no other table, and Reason
+// said why in the log only.
+type Waiting struct {
+	Destination      string        `json:"destination"`
+	Source           string        `json:"source"`
+	OrthancStudyID   string        `json:"orthancStudyId"`
+	StudyInstanceUID string        `json:"studyInstanceUid,omitempty"`
+	Attempt          uint64        `json:"attempt"`
+	Class            forward.Class `json:"class"`
+	Reason           string        `json:"reason"`
+	FailedAt         time.Time     `json:"failedAt"`
+	Due              time.Time     `json:"due"`
+}
+
+// How many waiting studies a Tracker remembers, with reasons cut to
+// maxWaitingReason bytes: the snapshot is written to the status bucket
+// every few seconds; an outage fails every study, and the page shows the
+// first few.
+const (
+	maxWaiting       = 50
+	maxWaitingReason = 300
+	// waitingGrace keeps a study listed this long past its due time:
+	// another replica may have taken the redelivery, and its Started
+	// never reaches this tracker.
+	waitingGrace = time.Minute
+)
+
 // Totals count finished attempts since the process started, by result.
 type Totals struct {
 	Forwarded uint64 `json:"forwarded"`
@@ -74,7 +103,10 @@ type Snapshot struct {
 	Concurrency int       `json:"concurrency"`
 	InFlight    []Flight  `json:"inFlight"`
 	Recent      []Forward `json:"recent"`
-	Totals      Totals    `json:"totals"`
+	// Waiting lists the studies this process gave back to the queue
+	// after a failure, by due time, until one is taken again.
+	Waiting []Waiting `json:"waiting,omitempty"`
+	Totals  Totals    `json:"totals"`
 	// Tokens is the token status of each destination it serves.
 	Tokens []TokenStatus `json:"tokens"`
 	// Destinations is the circuit breaker and request limit of each
@@ -106,7 +138,15 @@ type Tracker struct {
 	putErr  error // of the last put in the status bucket (Share)
 	flights map[*forward.Attempt]*flight
 	recent  []Forward // oldest first
+	waiting map[studyKey]Waiting
 	totals  Totals
+}
+
+// studyKey names a study at one destination.
+type studyKey struct{ destination, source, orthancStudyID string }
+
+func keyOf(a *forward.Attempt) studyKey {
+	return studyKey{a.Destination, a.Event.Source, a.Event.OrthancStudyID}
 }
 
 type flight struct {
@@ -124,7 +164,7 @@ func NewTracker(concurrency int, tokens ...*TokenWatch) *Tracker {
 	}
 	return &Tracker{
 		id: newID(), host: host, started: time.Now().UTC(), concurrency: concurrency, tokens: tokens,
-		flights: map[*forward.Attempt]*flight{},
+		flights: map[*forward.Attempt]*flight{}, waiting: map[studyKey]Waiting{},
 	}
 }
 
@@ -162,6 +202,14 @@ func (t *Tracker) Snapshot() Snapshot {
 	for i := len(t.recent) - 1; i >= 0; i-- {
 		s.Recent = append(s.Recent, t.recent[i])
 	}
+	for k, w := range t.waiting {
+		if s.UpdatedAt.Sub(w.Due) > waitingGrace {
+			delete(t.waiting, k)
+			continue
+		}
+		s.Waiting = append(s.Waiting, w)
+	}
+	slices.SortFunc(s.Waiting, func(a, b Waiting) int { return a.Due.Compare(b.Due) })
 	return s
 }
 
@@ -211,7 +259,33 @@ func (t *Tracker) Started(a *forward.Attempt) {
 	}
 	t.mu.Lock()
 	t.flights[a] = f
+	delete(t.waiting, keyOf(a))
 	t.mu.Unlock()
+}
+
+// Retrying records why a's study went back to the queue, due again at
+// due.
+func (t *Tracker) Retrying(a *forward.Attempt, class forward.Class, reason string, due time.Time) {
+	ev := a.Event
+	w := Waiting{
+		Destination: a.Destination, Source: ev.Source, OrthancStudyID: ev.OrthancStudyID, StudyInstanceUID: ev.StudyInstanceUID,
+		Attempt: a.Number, Class: class, Reason: ellipsis.Truncate(reason, maxWaitingReason), FailedAt: time.Now().UTC(), Due: due.UTC(),
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := keyOf(a)
+	if _, ok := t.waiting[k]; !ok && len(t.waiting) >= maxWaiting {
+		// The one due soonest makes room: it is the likeliest to be
+		// taken again already.
+		var first studyKey
+		for k, o := range t.waiting {
+			if first == (studyKey{}) || o.Due.Before(t.waiting[first].Due) {
+				first = k
+			}
+		}
+		delete(t.waiting, first)
+	}
+	t.waiting[k] = w
 }
 
 // Progress records how far the study got.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/url"
 	"slices"
 	"strings"
@@ -40,6 +41,11 @@ type pageData struct {
 	InFlight      []flightRow
 	Totals        status.Totals
 
+	// Waiting lists studies back in the queue after a failure, due
+	// soonest first; WaitingCount counts them all.
+	Waiting      []waitingRow
+	WaitingCount int
+
 	Recent       []status.Forward
 	RecentSource string // "ledger", "forwarders" or ""
 	RecentErr    string
@@ -53,6 +59,11 @@ type pageData struct {
 
 type flightRow struct {
 	status.Flight
+	Host string
+}
+
+type waitingRow struct {
+	status.Waiting
 	Host string
 }
 
@@ -204,8 +215,46 @@ func (h *StatusPage) load(ctx context.Context) *pageData {
 		p.RecentErr = ledgerErr.Error()
 		p.Recent, p.RecentSource = ring[:min(len(ring), recentRows)], "forwarders"
 	}
+	p.Waiting = waiting(p.Forwarders, p.InFlight, p.Recent, ring)
+	p.WaitingCount = len(p.Waiting)
+	p.Waiting = p.Waiting[:min(len(p.Waiting), recentRows)]
 	p.Destinations = destinations(p, ledgers, ring)
 	return p
+}
+
+// waiting gathers the forwarders' studies waiting for a retry, due
+// soonest first: for each study and destination the latest failure (the
+// forwarders that failed it before have older ones), none for a study in
+// flight again or finished since (not as a retry), as another forwarder
+// may have.
+func waiting(forwarders []status.Snapshot, inFlight []flightRow, finished ...[]status.Forward) []waitingRow {
+	type key struct{ destination, source, study string }
+	latest := map[key]waitingRow{}
+	for _, s := range forwarders {
+		for _, w := range s.Waiting {
+			w.Destination = destinationOr(w.Destination)
+			k := key{w.Destination, w.Source, w.OrthancStudyID}
+			if o, ok := latest[k]; !ok || w.FailedAt.After(o.FailedAt) {
+				latest[k] = waitingRow{Waiting: w, Host: s.Host}
+			}
+		}
+	}
+	for _, f := range inFlight {
+		delete(latest, key{f.Destination, f.Source, f.OrthancStudyID})
+	}
+	for _, list := range finished {
+		for _, f := range list {
+			k := key{destinationOr(f.Destination), f.Source, f.OrthancStudyID}
+			// A retry is the end of the attempt that failed: its
+			// failure is the one listed, or an older one.
+			if w, ok := latest[k]; ok && f.Result != forward.ResultRetry && f.FinishedAt.After(w.FailedAt) {
+				delete(latest, k)
+			}
+		}
+	}
+	rows := slices.Collect(maps.Values(latest))
+	slices.SortFunc(rows, func(a, b waitingRow) int { return a.Due.Compare(b.Due) })
+	return rows
 }
 
 // destinations makes a row for every destination any source names: a
@@ -350,6 +399,16 @@ var funcs = template.FuncMap{
 	"trunc":  func(n int, s string) string { return ellipsis.Truncate(strings.TrimSpace(s), n) },
 	"host":   hostOf,
 	"opens":  opensAt,
+	"due":    dueIn,
+}
+
+// dueIn says when a study waiting for a retry is due again.
+func dueIn(t, now time.Time) string {
+	d := t.Sub(now).Round(time.Second)
+	if d <= 0 {
+		return "now"
+	}
+	return "in " + d.String()
 }
 
 // opensAt says when a closed lane opens: the forwarder's clock time, with

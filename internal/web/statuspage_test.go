@@ -685,6 +685,50 @@ func TestHeldStudySaysWhy(t *testing.T) {
 	}
 }
 
+// TestRetryingStudySaysWhyAndWhen: a study whose attempt failed and
+// that is back in the queue until its next attempt is listed with its
+// failure and when it is due. Between deliveries, up to hours apart, it
+// was on no table: the page showed a count of retries, and why only the
+// forwarder's log said.
+func TestRetryingStudySaysWhyAndWhen(t *testing.T) {
+	f := start(t)
+	tr := status.NewTracker(2)
+	var o forward.Observer = tr
+	waits, takenAgain := f.ev, f.ev
+	waits.StudyInstanceUID, takenAgain.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.60", "1.2.826.0.1.3680043.2.1125.61"
+	takenAgain.OrthancStudyID = "other-study"
+	a := &forward.Attempt{Destination: natsjs.DefaultDestination, Event: &waits, Number: 3, Seq: 2}
+	b := &forward.Attempt{Destination: natsjs.DefaultDestination, Event: &takenAgain, Number: 1, Seq: 3}
+	for _, at := range []*forward.Attempt{a, b} {
+		tr.Started(at)
+		o.(forward.RetryObserver).Retrying(at, forward.Transient, "stow: POST https://archive.example/studies: HTTP 503 Service Unavailable", time.Now().Add(10*time.Minute))
+		tr.Finished(at, forward.ResultRetry, forward.Report{})
+	}
+	tr.Started(&forward.Attempt{Destination: natsjs.DefaultDestination, Event: &takenAgain, Number: 2, Seq: 3})
+	page := &fixture{srv: statusPage(t, f.ns, true, tr), ns: f.ns, store: f.store, ev: f.ev}
+	resp, body := page.get(t, page.browser(t), "/ui/", adminToken)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /ui = %d: %s", resp.StatusCode, body)
+	}
+	sec := section(t, body, "waiting")
+	i := strings.Index(sec, `>`+waits.StudyInstanceUID+`</td>`)
+	if i < 0 {
+		t.Fatalf("no waiting row for the study back in the queue:\n%s", sec)
+	}
+	row := sec[i : i+strings.Index(sec[i:], "</tr>")]
+	for _, want := range []string{`<td class="n">3</td>`, ">transient<", "HTTP 503 Service Unavailable"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("the waiting row lacks %q:\n%s", want, row)
+		}
+	}
+	if !regexp.MustCompile(`>in (9m5\ds|10m0s)<`).MatchString(row) {
+		t.Errorf("the waiting row does not say when it is due (in about 10m):\n%s", row)
+	}
+	if strings.Contains(sec, takenAgain.StudyInstanceUID) {
+		t.Errorf("a study taken again is still listed as waiting:\n%s", sec)
+	}
+}
+
 // TestReplayKeepsAutoRefresh clicks a dead letter's Replay button in a
 // real Chromium on an auto-refreshing page: the page the replay leads to
 // refreshes too, and its refresh leaves the replay's address (a reload
