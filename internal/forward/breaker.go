@@ -18,6 +18,7 @@ import (
 	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomweb"
+	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/flow"
 )
 
@@ -76,6 +77,12 @@ type DestinationStatus struct {
 	// (Options.Paused: its de-identification keys differ from another
 	// replica's); studies in hand go on.
 	Paused bool `json:"paused,omitempty"`
+	// LastDown is the last failure that said the destination is down
+	// (a study's, or a probe's while the breaker is open), and
+	// LastDownAt when: with the breaker open, what the operator asks
+	// first, which only the log said.
+	LastDown   string    `json:"lastDown,omitempty"`
+	LastDownAt time.Time `json:"lastDownAt,omitzero"`
 }
 
 // Prober asks the destination whether it answers at all: one cheap
@@ -321,6 +328,9 @@ type breaker struct {
 	state    BreakerState
 	since    time.Time
 	failures int
+	// lastDown, at lastDownAt: see noteDown.
+	lastDown   string
+	lastDownAt time.Time
 	// settling is true from a close until a study is stored, or, after
 	// a close on a store, until settleUntil: the first destination-down
 	// failure then opens the breaker again, so that a destination that
@@ -432,15 +442,33 @@ func newBreaker(cfg breakerConfig, prober Prober, onChange func(from, to Breaker
 
 func (b *breaker) enabled() bool { return b != nil && b.cfg.failures > 0 }
 
+// breakerStatus is what the breaker shows of itself.
+type breakerStatus struct {
+	state          BreakerState
+	since          time.Time
+	held, failures int
+	lastDown       string
+	lastDownAt     time.Time
+}
+
 // status is the breaker's state now.
-func (b *breaker) status() (BreakerState, time.Time, int, int) {
+func (b *breaker) status() breakerStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	held := 0
 	for _, n := range b.heldSeqs {
 		held += n
 	}
-	return b.state, b.since, held, b.failures
+	return breakerStatus{state: b.state, since: b.since, held: held, failures: b.failures, lastDown: b.lastDown, lastDownAt: b.lastDownAt}
+}
+
+// maxLastDown bounds LastDown, shared every 5 s in the status bucket.
+const maxLastDown = 300
+
+// noteDown keeps err as the last failure that said the destination is
+// down. Callers hold b.mu.
+func (b *breaker) noteDown(err error) {
+	b.lastDown, b.lastDownAt = ellipsis.Truncate(err.Error(), maxLastDown), b.now()
 }
 
 // waitClosed returns once the breaker is closed and the studies it held
@@ -509,6 +537,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		return false
 	}
 	b.failures++
+	b.noteDown(err)
 	b.refused = errors.As(err, new(*refusedError))
 	if trial {
 		// The destination answered the probe but failed the study. If
@@ -766,6 +795,9 @@ func (b *breaker) probe() {
 		// is not marked vouched, and with nothing to try the breaker
 		// stays open rather than closing untried.
 		b.failedProbes++
+		if err != nil {
+			b.noteDown(fmt.Errorf("probe: %w", err))
+		}
 		passes := !b.refused && !b.queriesAnswered && queryRefused(err)
 		if !passes && b.failedProbes%probesBeforeTrial != 0 || len(b.heldSeqs) == 0 && !b.canPullTrial() {
 			b.wait = min(2*b.wait, b.cfg.maxInterval)
@@ -1021,8 +1053,9 @@ func (f *Forwarder) Status() DestinationStatus {
 		st.State = "off"
 		return st
 	}
-	state, since, held, failures := f.breaker.status()
-	st.State, st.Since, st.Held, st.Failures = state.String(), since, held, failures
+	bs := f.breaker.status()
+	st.State, st.Since, st.Held, st.Failures = bs.state.String(), bs.since, bs.held, bs.failures
+	st.LastDown, st.LastDownAt = bs.lastDown, bs.lastDownAt
 	return st
 }
 

@@ -240,8 +240,9 @@ func TestBreakerOutage(t *testing.T) {
 		if !b.record(down, 0, "1.2.5", 0) {
 			t.Fatal("the failure that opened the breaker was not held")
 		}
-		if s, _, _, _ := b.status(); s != BreakerOpen {
-			t.Fatalf("state %v, want open", s)
+		// It says why: the failure that opened it (the page shows it).
+		if st := b.status(); st.state != BreakerOpen || st.lastDown != down.Error() || st.lastDownAt.IsZero() {
+			t.Fatalf("state %v, last down %q at %v; want open, %q", st.state, st.lastDown, st.lastDownAt, down.Error())
 		}
 
 		// Workers stop pulling; three studies wait.
@@ -267,6 +268,9 @@ func TestBreakerOutage(t *testing.T) {
 		if prober.calls != 2 {
 			t.Fatalf("%d probes before 60s, want 2", prober.calls)
 		}
+		if st := b.status(); st.lastDown != "probe: "+down.Error() {
+			t.Errorf("last down %q after failed probes, want the probe's", st.lastDown)
+		}
 		select {
 		case <-pulled:
 			t.Fatal("pulled while open")
@@ -290,7 +294,7 @@ func TestBreakerOutage(t *testing.T) {
 		}
 		// A worker's study that is no trial stays out while the trial is
 		// out, not only while open.
-		if s, _, _, _ := b.status(); s != BreakerHalfOpen || !b.shut() {
+		if s := b.status().state; s != BreakerHalfOpen || !b.shut() {
 			t.Errorf("state %v, shut() = %v; want half-open and shut", s, b.shut())
 		}
 		if b.record(nil, r.trial, "1.2.3", 0) {
@@ -348,7 +352,7 @@ func TestBreakerTrialFails(t *testing.T) {
 				if got := b.record(tt.err, trial, "1.2.3", 0); got != tt.wantHold {
 					t.Errorf("failed trial held = %v, want %v", got, tt.wantHold)
 				}
-				if s, _, _, _ := b.status(); s != BreakerOpen {
+				if s := b.status().state; s != BreakerOpen {
 					t.Errorf("state %v after a failed trial, want open", s)
 				}
 			})
@@ -382,7 +386,7 @@ func TestBreakerTrialWithoutQueries(t *testing.T) {
 			}
 		}
 		b.record(nil, trial, "1.2.3", 0)
-		if s, _, _, _ := b.status(); s != BreakerClosed {
+		if s := b.status().state; s != BreakerClosed {
 			t.Errorf("state %v after a stored trial, want closed", s)
 		}
 	})
@@ -426,7 +430,7 @@ func TestBreakerTrialWithoutQueriesNothingHeld(t *testing.T) {
 		}
 		pulled(1)
 		b.pulledTrialEnded(false, false) // the queue is empty
-		if s, _, _, _ := b.status(); s != BreakerOpen {
+		if s := b.status().state; s != BreakerOpen {
 			t.Fatalf("nothing to try while queries fail: breaker %v, want open", s)
 		}
 		pulled(2)
@@ -439,7 +443,7 @@ func TestBreakerTrialWithoutQueriesNothingHeld(t *testing.T) {
 		}
 		b.pulledTrialEnded(true, true)
 		b.record(nil, 0, "1.2.4", 7)
-		if s, _, _, _ := b.status(); s != BreakerClosed {
+		if s := b.status().state; s != BreakerClosed {
 			t.Errorf("state %v after a stored trial, want closed", s)
 		}
 	})
@@ -1041,7 +1045,7 @@ func TestBreakerProbeOfAnEarlierOutage(t *testing.T) {
 		// The first probe's answer comes now: it was about the first outage.
 		prober.release <- nil
 		synctest.Wait()
-		if s, _, _, _ := b.status(); s != BreakerOpen {
+		if s := b.status().state; s != BreakerOpen {
 			t.Fatalf("state %v after a stale probe's success, want still open", s)
 		}
 		// The next probe asks about this outage.
@@ -1052,7 +1056,7 @@ func TestBreakerProbeOfAnEarlierOutage(t *testing.T) {
 		}
 		prober.release <- nil
 		synctest.Wait()
-		if s, _, _, _ := b.status(); s != BreakerHalfOpen {
+		if s := b.status().state; s != BreakerHalfOpen {
 			t.Fatalf("state %v after the new probe's success, want half-open", s)
 		}
 	})
@@ -1354,7 +1358,7 @@ func TestBreakerStoreDownWhileQueriesAnswer(t *testing.T) {
 					t.Errorf("%d deliveries spent over 12 h (%d probes), at most %d by a study, %d dead letters; want at most %d, 1 by a study, none",
 						total, prober.calls, most, len(tb.deadLetters), tt.most)
 				}
-				if s, _, _, _ := b.status(); s == BreakerClosed {
+				if s := b.status().state; s == BreakerClosed {
 					t.Errorf("breaker %v while the store is down", s)
 				}
 
@@ -1364,8 +1368,8 @@ func TestBreakerStoreDownWhileQueriesAnswer(t *testing.T) {
 				tb.mu.Lock()
 				stored := len(tb.stored)
 				tb.mu.Unlock()
-				if s, _, held, _ := b.status(); s != BreakerClosed || held != 0 || stored != 100 {
-					t.Errorf("breaker %v holding %d, %d studies stored once the store was back; want closed, none, 100", s, held, stored)
+				if st := b.status(); st.state != BreakerClosed || st.held != 0 || stored != 100 {
+					t.Errorf("breaker %v holding %d, %d studies stored once the store was back; want closed, none, 100", st.state, st.held, stored)
 				}
 			})
 		})
@@ -1448,7 +1452,7 @@ func TestBreakerReopensOnTheFirstFailureAfterAClose(t *testing.T) {
 						b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.1", 1)
 					}
 					c.close(t, b)
-					if s, _, _, _ := b.status(); s != BreakerClosed {
+					if s := b.status().state; s != BreakerClosed {
 						t.Fatalf("breaker %v, want closed", s)
 					}
 					if tt.storedAfter {
@@ -1458,8 +1462,8 @@ func TestBreakerReopensOnTheFirstFailureAfterAClose(t *testing.T) {
 					if hold := b.record(tt.err, 0, "1.2.4", 4); hold != tt.wantHold {
 						t.Errorf("held %v, want %v", hold, tt.wantHold)
 					}
-					if s, _, _, failures := b.status(); s != tt.wantState || failures != 1 {
-						t.Errorf("breaker %v, %d failures; want %v, 1", s, failures, tt.wantState)
+					if st := b.status(); st.state != tt.wantState || st.failures != 1 {
+						t.Errorf("breaker %v, %d failures; want %v, 1", st.state, st.failures, tt.wantState)
 					}
 					b.mu.Lock()
 					defer b.mu.Unlock()
@@ -1500,13 +1504,13 @@ func TestBreakerSettlingSpendsOncePerStore(t *testing.T) {
 				time.Sleep(time.Minute)
 				synctest.Wait()
 			}
-			if s, _, _, _ := b.status(); s != BreakerClosed {
+			if s := b.status().state; s != BreakerClosed {
 				t.Fatalf("close %d: breaker %v, want closed", i+1, s)
 			}
 			if hold := b.record(serverError, 0, "1.2.4", 4); hold != want.hold {
 				t.Errorf("close %d: the 500 held %v, want %v", i+1, hold, want.hold)
 			}
-			if s, _, _, _ := b.status(); s != BreakerOpen {
+			if s := b.status().state; s != BreakerOpen {
 				t.Errorf("close %d: breaker %v after the 500, want open", i+1, s)
 			}
 		}
@@ -1539,13 +1543,13 @@ func TestBreakerPoisonTrialSpendsWhileSettling(t *testing.T) {
 					t.Fatal("the vouched trial's 503 was not held")
 				}
 				b.record(nil, 0, "1.2.5", 5) // another study stored: closed, settling
-				if s, _, _, _ := b.status(); s != BreakerClosed {
+				if s := b.status().state; s != BreakerClosed {
 					t.Fatalf("breaker %v after a store, want closed", s)
 				}
 				if hold := b.record(tt.err, 0, "1.2.x", tt.seq); hold != tt.wantHold {
 					t.Errorf("held %v, want %v", hold, tt.wantHold)
 				}
-				if s, _, _, _ := b.status(); s != BreakerOpen {
+				if s := b.status().state; s != BreakerOpen {
 					t.Errorf("breaker %v after the failure, want open", s)
 				}
 				// Once per store: a second close without one spends nothing.
@@ -1610,7 +1614,7 @@ func TestBreakerSettlingWithoutAStoreHoldsAMarkedStudy(t *testing.T) {
 			t.Fatal("the vouched trial's 503 was not held")
 		}
 		b.record(&dicomweb.HTTPError{StatusCode: 400}, vouchedTrial(t, b, 11), "1.2.11", 11)
-		if s, _, _, _ := b.status(); s != BreakerClosed {
+		if s := b.status().state; s != BreakerClosed {
 			t.Fatalf("breaker %v after a trial answered 400, want closed", s)
 		}
 		if hold := b.record(&dicomweb.HTTPError{StatusCode: 503}, 0, "1.2.10", marked); !hold {
@@ -1745,8 +1749,8 @@ func TestBreakerPoisonStudiesAmongHealthy(t *testing.T) {
 				if len(tb.stored) != 12*6 || tb.pulls == 0 {
 					t.Errorf("%d of %d healthy studies stored, %d pulled as trials; want all, some", len(tb.stored), 12*6, tb.pulls)
 				}
-				if s, _, held, _ := b.status(); s != BreakerClosed || held != 0 {
-					t.Errorf("breaker %v holding %d, want closed, none held", s, held)
+				if st := b.status(); st.state != BreakerClosed || st.held != 0 {
+					t.Errorf("breaker %v holding %d, want closed, none held", st.state, st.held)
 				}
 			})
 		})
@@ -1822,8 +1826,8 @@ func TestBreakerStaleTrialsTakeTurns(t *testing.T) {
 				}
 				time.Sleep(time.Hour)
 				synctest.Wait()
-				if s, _, held, _ := b.status(); s == BreakerClosed || held != 2 {
-					t.Fatalf("breaker %v holding %d while the store is down, want both held", s, held)
+				if st := b.status(); st.state == BreakerClosed || st.held != 2 {
+					t.Fatalf("breaker %v holding %d while the store is down, want both held", st.state, st.held)
 				}
 				storeDown.Store(false)
 				time.Sleep(10 * time.Minute)
@@ -1855,12 +1859,12 @@ func TestBreakerQuietPulledTrialPullsAgain(t *testing.T) {
 	b.mu.Unlock()
 	for i := range maxQuietPulls {
 		b.pulledTrialEnded(true, false)
-		if s, _, _, _ := b.status(); s != BreakerHalfOpen || pulls != i+2 {
+		if s := b.status().state; s != BreakerHalfOpen || pulls != i+2 {
 			t.Fatalf("after %d quiet trials: breaker %v, %d pulls; want half-open, %d", i+1, s, pulls, i+2)
 		}
 	}
 	b.pulledTrialEnded(true, false)
-	if s, _, _, _ := b.status(); s != BreakerOpen || pulls != maxQuietPulls+1 {
+	if s := b.status().state; s != BreakerOpen || pulls != maxQuietPulls+1 {
 		t.Errorf("after %d quiet trials: breaker %v, %d pulls; want open, %d", maxQuietPulls+1, s, pulls, maxQuietPulls+1)
 	}
 }
@@ -1977,7 +1981,7 @@ func TestBreakerLatePulledTrial(t *testing.T) {
 			b.heldSeqs[8], b.failedTrials[8] = 1, true
 			b.mu.Unlock()
 			b.probe()
-			if s, _, _, _ := b.status(); s != BreakerHalfOpen || pulls != 1 {
+			if s := b.status().state; s != BreakerHalfOpen || pulls != 1 {
 				t.Fatalf("breaker %v, %d trials pulled; want half-open, 1", s, pulls)
 			}
 			// A study in flight is stored while the pull is out; the held

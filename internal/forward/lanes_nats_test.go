@@ -923,7 +923,7 @@ func TestBreakerTrialWaitsForThePause(t *testing.T) {
 	go func() { defer close(ended); f.runPulledTrial(ctx, ctx) }()
 	// Three pulls' worth (idlePull each) of the pause: still half-open.
 	for end := time.Now().Add(3 * idlePull); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if s, _, _, _ := b.status(); s != BreakerHalfOpen {
+		if s := b.status().state; s != BreakerHalfOpen {
 			t.Fatalf("breaker %v while the paused trial found nothing, want half-open", s)
 		}
 	}
@@ -937,7 +937,7 @@ func TestBreakerTrialWaitsForThePause(t *testing.T) {
 		t.Fatal("the trial did not end after the pause")
 	}
 	waitConsumer(t, routine, func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
-	if s, _, _, _ := b.status(); s != BreakerClosed {
+	if s := b.status().state; s != BreakerClosed {
 		t.Errorf("breaker %v after the trial stored the queued study, want closed", s)
 	}
 }

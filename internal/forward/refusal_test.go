@@ -287,7 +287,7 @@ func TestBreakerQueryRefusedNotVouched(t *testing.T) {
 				if tt.trial == nil {
 					time.Sleep(3 * time.Second)
 					synctest.Wait()
-					state, _, _, _ := b.status()
+					state := b.status().state
 					prober.mu.Lock()
 					calls := prober.calls
 					prober.mu.Unlock()

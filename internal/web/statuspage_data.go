@@ -94,6 +94,10 @@ type destinationRow struct {
 	Breaker      string
 	BreakerSince time.Time
 	Held         int
+	// LastDown is the latest failure any of them took for the
+	// destination down, at LastDownAt (forward.DestinationStatus).
+	LastDown   string
+	LastDownAt time.Time
 	// Requests is the STOW-RS requests its forwarders may have in flight
 	// now, together, and Ceiling the most they may grow to; LimitReason
 	// and LimitChanged are the latest change of any of their limits.
@@ -307,6 +311,9 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 			}
 			if breakerRank[d.State] > breakerRank[r.Breaker] {
 				r.Breaker, r.BreakerSince = d.State, d.Since
+			}
+			if d.LastDownAt.After(r.LastDownAt) {
+				r.LastDown, r.LastDownAt = d.LastDown, d.LastDownAt
 			}
 			r.Requests += d.Requests
 			r.Ceiling += d.Ceiling

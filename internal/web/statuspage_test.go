@@ -404,7 +404,8 @@ func TestDestinations(t *testing.T) {
 	// changed.
 	aiTracker.WatchDestination(func() forward.DestinationStatus {
 		return forward.DestinationStatus{Destination: "ai", State: "open", Since: time.Now().Add(-20*time.Minute - 30*time.Second), Held: 1, Failures: 5,
-			Requests: 4, Ceiling: 16, LimitReason: "overload_503", LimitChanged: time.Now().Add(-21 * time.Minute)}
+			Requests: 4, Ceiling: 16, LimitReason: "overload_503", LimitChanged: time.Now().Add(-21 * time.Minute),
+			LastDown: "probe: qido: GET https://ai.example/studies: 502 Bad Gateway", LastDownAt: time.Now().Add(-150 * time.Second)}
 	})
 	defTracker := status.NewTracker(2, defTok)
 	defTracker.WatchDestination(func() forward.DestinationStatus {
@@ -425,6 +426,7 @@ func TestDestinations(t *testing.T) {
 		`id="dest-default-deadletters">2<`, `id="dest-ai-deadletters">1<`,
 		`id="dest-default-breaker"><span class="badge forwarded">closed<`,
 		`id="dest-ai-breaker"><span class="badge dead_lettered" title="the destination is down`, `since 20m ago`, `1 held`,
+		`id="dest-ai-lastdown" title="probe: qido: GET https://ai.example/studies: 502 Bad Gateway">2m ago: probe: qido: GET https://ai.example/studies: 502 Bad Gateway<`,
 		`id="dest-default-requests" title="STOW-RS requests its forwarders may have in flight now (adapted), of the most they may grow to">8 of 16</td>`,
 		`id="dest-ai-requests" title="STOW-RS requests its forwarders may have in flight now (adapted), of the most they may grow to">4 of 16<br><small class="muted">overload_503 `,
 	} {
