@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -432,7 +435,9 @@ func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
 
 // runForwarderBinary starts the forwarder binary bin with env alone, for
 // the test to kill (SIGKILL); unlike startForwarderProcess, it is not
-// started again. Its log is kept, and shown if the test fails.
+// started again. Its log is kept, and shown if the test fails. It dies
+// with the test binary: a timed-out or killed test runs no cleanup, and
+// the forwarder would otherwise reconnect for ever to a NATS that is gone.
 func runForwarderBinary(t *testing.T, bin string, env map[string]string) (*exec.Cmd, *testharness.LogBuffer) {
 	t.Helper()
 	cmd := exec.Command(bin)
@@ -441,6 +446,7 @@ func runForwarderBinary(t *testing.T, bin string, env map[string]string) (*exec.
 	}
 	logs := &testharness.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.SysProcAttr = testharness.SysProcAttr()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -452,4 +458,87 @@ func runForwarderBinary(t *testing.T, bin string, env map[string]string) (*exec.
 		}
 	})
 	return cmd, logs
+}
+
+// orphanEnv makes the test binary a helper process that starts a program
+// with runForwarderBinary, prints its PID and waits to be killed.
+const orphanEnv = "STOWLINE_TEST_FORWARDER_ORPHAN"
+
+// When the test binary dies without running its cleanups (the -timeout
+// alarm, a cancelled CI job, Ctrl-C), a forwarder started by
+// runForwarderBinary dies with it.
+func TestForwarderBinaryDiesWithTheTestBinary(t *testing.T) {
+	if dir := os.Getenv(orphanEnv); dir != "" {
+		runOrphanHelper(t, dir)
+		return
+	}
+	helper := exec.Command(os.Args[0], "-test.run=^TestForwarderBinaryDiesWithTheTestBinary$", "-test.count=1")
+	helper.Env = append(os.Environ(), orphanEnv+"="+t.TempDir())
+	helper.Stderr = os.Stderr
+	helper.SysProcAttr = testharness.SysProcAttr()
+	out, err := helper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = helper.Process.Kill(); _ = helper.Wait() })
+	var pid int
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if _, err := fmt.Sscanf(sc.Text(), "forwarder %d", &pid); err == nil {
+			break
+		}
+	}
+	if pid == 0 {
+		t.Fatal("the helper did not start the program")
+	}
+	if !processAlive(pid) {
+		t.Fatalf("the program (PID %d) is not running while the helper runs", pid)
+	}
+	// SIGKILL, as the -timeout alarm's exit is: no cleanup runs.
+	if err := helper.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = helper.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for processAlive(pid) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the program started by runForwarderBinary (PID %d) outlived the test binary", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// runOrphanHelper starts, through runForwarderBinary, a stand-in for the
+// forwarder binary that runs for an hour (what is checked is how the
+// process is started, not the forwarder), prints its PID and blocks until
+// the helper is killed.
+func runOrphanHelper(t *testing.T, dir string) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "forwarder")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexec "+sleep+" 3600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd, _ := runForwarderBinary(t, bin, nil)
+	fmt.Printf("forwarder %d\n", cmd.Process.Pid)
+	time.Sleep(time.Hour)
+}
+
+// processAlive reports whether pid runs (a zombie waiting for its reaper
+// does not).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ...": the state follows the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }

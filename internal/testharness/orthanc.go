@@ -332,7 +332,7 @@ func (o *Orthanc) start(ctx context.Context) error {
 	// without it every C-STORE waits ~40 ms for a delayed ACK.
 	cmd.Env = append(append(append(os.Environ(), env...), "TCP_NODELAY=1"), o.opts.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr = SysProcAttr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", argv[0], err)
