@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,22 +82,18 @@ func (r *rig) startNATS(t *testing.T) {
 	t.Helper()
 	r.natsMu.Lock()
 	defer r.natsMu.Unlock()
-	port := r.natsPort
-	if port == 0 {
-		port = -1 // a random free port the first time, the same one after
+	if r.natsPort == 0 {
+		// The same port on every start. Not one from the ephemeral range
+		// (:0): while NATS is down, any outgoing connection may get it as
+		// its local port, and the restart would fail "address already in
+		// use".
+		r.natsPort = testharness.FreePort(t)
 	}
-	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: r.storeDir, ServerName: "test", Port: port}, nil)
+	srv, err := natsjs.StartEmbedded(context.Background(), natsjs.EmbeddedOptions{StoreDir: r.storeDir, ServerName: "test", Port: r.natsPort}, nil)
 	if err != nil {
 		t.Fatalf("start nats: %v", err)
 	}
 	r.nats = srv
-	if r.natsPort == 0 {
-		u, err := url.Parse(srv.ClientURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.natsPort, _ = strconv.Atoi(u.Port())
-	}
 }
 
 func (r *rig) stopNATS() {

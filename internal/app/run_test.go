@@ -232,7 +232,11 @@ func TestServicesEndWhenTheEventStreamIsLost(t *testing.T) {
 	for _, loss := range losses {
 		for _, tt := range services {
 			t.Run(loss.name+"/"+tt.name, func(t *testing.T) {
-				ns := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+				// A port the "restarted" case binds again: not one from the
+				// ephemeral range, which an outgoing connection may take
+				// while the server is down.
+				port := testharness.FreePort(t)
+				ns := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = port, false })
 				// Every check is a STREAM.INFO request; the server's own
 				// subscription answers it, this one counts it.
 				var checks atomic.Int32

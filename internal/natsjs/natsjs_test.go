@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -221,21 +219,16 @@ func TestConnect(t *testing.T) {
 // empty store, which has no event stream any more: what the process's
 // watch (app's watchEventStream) checks for at once.
 func TestConnectSignalsReconnects(t *testing.T) {
-	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: server.RANDOM_PORT})
+	// Restarted on the same port: not one from the ephemeral range, which
+	// an outgoing connection may take while the server is down.
+	port := testharness.FreePort(t)
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: port})
 	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: srv.ClientURL()}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
 	if _, err := natsjs.DefaultTopology().EnsureEvents(testCtx(t), c.JS); err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, err := strconv.Atoi(u.Port())
-	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Shutdown()
@@ -741,7 +734,10 @@ func TestConnectLogsNoToken(t *testing.T) {
 	const token = "s3cr3tToken"
 	dir := t.TempDir()
 	withToken := func(o *server.Options) { o.Authorization = token }
-	srv := startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir, Port: server.RANDOM_PORT, Configure: withToken})
+	// Restarted on the same port: not one from the ephemeral range, which
+	// an outgoing connection may take while the server is down.
+	port := testharness.FreePort(t)
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir, Port: port, Configure: withToken})
 	plain := srv.ClientURL()
 	var logs testharness.LogBuffer
 	c, err := natsjs.Connect(context.Background(), natsjs.ConnectOptions{URL: strings.Replace(plain, "://", "://"+token+"@", 1)}, slog.New(slog.NewJSONHandler(&logs, nil)))
@@ -751,10 +747,6 @@ func TestConnectLogsNoToken(t *testing.T) {
 	t.Cleanup(c.Close)
 
 	// The same server back on the same port: the client reconnects.
-	port, err := strconv.Atoi(plain[strings.LastIndex(plain, ":")+1:])
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv.Shutdown()
 	startEmbedded(t, natsjs.EmbeddedOptions{StoreDir: dir, Port: port, Configure: withToken})
 	deadline := time.Now().Add(10 * time.Second)
