@@ -79,7 +79,7 @@ func (p *forwarderProcess) start(t *testing.T) {
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = p.env
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = testharness.SysProcAttr()
 	if err := cmd.Start(); err != nil {
 		t.Errorf("start %s: %v", p.name, err) // restarts run outside the test goroutine: no Fatal
 		return
