@@ -197,7 +197,11 @@ func (s *sourceRunner) resolvePending(ctx context.Context) error {
 func (s *sourceRunner) skipDeleted(studyID string) {
 	s.dropPending(studyID)
 	s.r.m.skipped.WithLabelValues(s.name, "deleted").Inc()
-	s.log.Info("study deleted from Orthanc before it was announced; skipped", "orthanc_study_id", studyID)
+	// Not only a study lost: in buffer mode most small studies end
+	// here, forwarded (the webhook queued them) and deleted by the
+	// forwarder with their StableStudy change before the next poll read
+	// it. The reconciler cannot tell the two apart.
+	s.log.Info("study gone from Orthanc before the reconciler read it stable (deleted, or forwarded and deleted by buffer mode); skipped", "orthanc_study_id", studyID)
 }
 
 // maxRecent bounds the memory of what was published in this lease term.
