@@ -149,6 +149,9 @@ func newDestination(ctx context.Context, fc *config.NamedDestination, observe fu
 	// send it again to whatever host it named, and that host's 204 count
 	// as the instance deleted.
 	out.HTTP = &http.Client{Transport: rt, CheckRedirect: auth.SameOriginRedirect}
+	if fc.Profile().SeriesSearch {
+		stowOpts = append(stowOpts, dicomweb.WithSeriesSearch())
+	}
 	out.STOW, err = dicomweb.New(fc.DICOMwebURL, out.HTTP, stowOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", fc.VarName("DICOMWEB_URL"), err)

@@ -288,3 +288,54 @@ func TestUnauthenticatedDestinationKeepsRedirectsInItsOrigin(t *testing.T) {
 		t.Errorf("a redirect within the destination's origin ended in %d, want 204", resp.StatusCode)
 	}
 }
+
+// TestDestinationProfileChoosesTheQIDORoute: the aws profile's client
+// asks only the searches HealthImaging offers (a study's series, a
+// series' instances); the other profiles keep the study-level instance
+// search.
+func TestDestinationProfileChoosesTheQIDORoute(t *testing.T) {
+	tests := []struct {
+		profile, want string
+	}{
+		{profile: "aws", want: "/dicomweb/studies/1.2.3/series"},
+		{profile: "generic", want: "/dicomweb/studies/1.2.3/instances"},
+		{profile: "orthanc", want: "/dicomweb/studies/1.2.3/instances"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.profile, func(t *testing.T) {
+			var mu sync.Mutex
+			var paths []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				paths = append(paths, r.URL.Path)
+				mu.Unlock()
+				w.Header().Set("Content-Type", "application/dicom+json")
+				_, _ = io.WriteString(w, "[]")
+			}))
+			t.Cleanup(srv.Close)
+			env := map[string]string{"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123",
+				"DICOMWEB_URL": srv.URL + "/dicomweb", "STOW_PROFILE": tt.profile}
+			dest := loadedDestination(t, env, 0)
+			d, err := newDestination(t.Context(), &dest, nil, nil, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.STOW.Probe(t.Context(), "1.2.3"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.STOW.StudyInstanceUIDs(t.Context(), "1.2.3", dicomweb.Expected{Count: 1}); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, p := range paths {
+				if p != tt.want {
+					t.Errorf("asked %s, want only %s", p, tt.want)
+				}
+			}
+			if len(paths) == 0 {
+				t.Error("nothing asked")
+			}
+		})
+	}
+}

@@ -48,6 +48,10 @@ type Profile struct {
 	// AcceptedTransferSyntaxes lists the transfer syntaxes the provider
 	// documents as accepted; nil: any (STOW_TRANSFER_SYNTAXES).
 	AcceptedTransferSyntaxes []string
+	// SeriesSearch: the provider searches instances only within a series
+	// (no GET studies/{study}/instances), so QIDO-RS lists a study
+	// series by series.
+	SeriesSearch bool
 	// Source is the conformance statement the values come from.
 	Source string
 }
@@ -153,7 +157,10 @@ var profiles = map[string]Profile{
 		ReplaceMethod:            ReplaceNone,
 		MaxStowBytes:             awsMaxStowBytes,
 		AcceptedTransferSyntaxes: awsTransferSyntaxes,
-		Source:                   "https://docs.aws.amazon.com/healthimaging/latest/devguide/supported-transfer-syntaxes.html",
+		// SearchDICOMInstances takes a study and a series: "Searching
+		// DICOM data in HealthImaging" (dicomweb-search.html).
+		SeriesSearch: true,
+		Source:       "https://docs.aws.amazon.com/healthimaging/latest/devguide/supported-transfer-syntaxes.html",
 	},
 	ProfileOrthanc: {
 		Name:            ProfileOrthanc,

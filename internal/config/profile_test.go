@@ -57,6 +57,10 @@ func TestDestinationProfile(t *testing.T) {
 			if got := ConflictRules(p.ConflictReasons).String(); tt.reasons != "" && got != tt.reasons {
 				t.Errorf("conflict reasons %s, want %s", got, tt.reasons)
 			}
+			// HealthImaging searches instances only within a series.
+			if p.SeriesSearch != (p.Name == ProfileAWS) {
+				t.Errorf("profile %s: SeriesSearch %v", p.Name, p.SeriesSearch)
+			}
 			if any := len(p.TransferSyntaxes()) == 0; any != tt.syntaxesAny {
 				t.Errorf("transfer syntaxes %v, want any: %v", p.TransferSyntaxes(), tt.syntaxesAny)
 			}

@@ -74,6 +74,9 @@ type Client struct {
 	bufPool          sync.Pool
 	// contentLength: announce the body length (WithContentLength).
 	contentLength bool
+	// seriesSearch: list a study's instances series by series
+	// (WithSeriesSearch).
+	seriesSearch bool
 	// stallTimeout and responseTimeout bound a request that stopped
 	// moving (watch): StallTimeout, defaultResponseTimeout.
 	stallTimeout, responseTimeout time.Duration
@@ -171,6 +174,17 @@ func withHeader(key, value string) Option {
 func WithContentLength() Option {
 	return func(c *Client) error {
 		c.contentLength = true
+		return nil
+	}
+}
+
+// WithSeriesSearch makes StudyInstanceUIDs and Probe use only the
+// searches AWS HealthImaging offers: series of a study
+// (SearchDICOMSeries) and instances of a series (SearchDICOMInstances).
+// It has no study-level instance search, GET studies/{study}/instances.
+func WithSeriesSearch() Option {
+	return func(c *Client) error {
+		c.seriesSearch = true
 		return nil
 	}
 }

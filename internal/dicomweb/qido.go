@@ -26,8 +26,12 @@ const maxQIDOPages = 1000
 // 1 KB.
 const qidoItemBytes = 2 << 10
 
-// tagSOPInstanceUID is (0008,0018) as QIDO-RS names it.
-const tagSOPInstanceUID = "00080018"
+// tagSOPInstanceUID is (0008,0018) and tagSeriesInstanceUID (0020,000E)
+// as QIDO-RS names them.
+const (
+	tagSOPInstanceUID    = "00080018"
+	tagSeriesInstanceUID = "0020000E"
+)
 
 // Expected is what a caller of StudyInstanceUIDs looks for in a study:
 // the SOP Instance UIDs it sent (as the destination names them), and at
@@ -39,9 +43,9 @@ type Expected struct {
 
 // StudyInstanceUIDs asks the destination which instances of the study it
 // holds (QIDO-RS GET {base}/studies/{uid}/instances, paged with limit and
-// offset) and returns their SOP Instance UIDs. A study the destination
-// does not know (404, or 204) has none. Any other non-2xx answer is an
-// *HTTPError.
+// offset; series by series with WithSeriesSearch) and returns their SOP
+// Instance UIDs. A study the destination does not know (404, or 204) has
+// none. Any other non-2xx answer is an *HTTPError.
 //
 // A page shorter than the limit asked ends the listing once it lists
 // every UID of want and at least want.Count instances; until then only
@@ -57,78 +61,222 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 	if studyInstanceUID == "" {
 		return nil, fmt.Errorf("qido: empty Study Instance UID")
 	}
-	wanted := make(map[string]bool, len(want.UIDs))
-	for _, u := range want.UIDs {
-		wanted[u] = true
+	l := newQIDOListing(c, want)
+	if c.seriesSearch {
+		return l.bySeries(ctx, studyInstanceUID)
 	}
-	seen := map[string]bool{}
-	var out []string
-	add := func(uids []string) (added int) {
-		for _, u := range uids {
-			if !seen[u] {
-				seen[u] = true
-				out = append(out, u)
-				added++
-				delete(wanted, u)
-			}
-		}
-		return added
+	if _, _, err := l.pages(ctx, qidoList{study: studyInstanceUID, tag: tagSOPInstanceUID}, 0, false); err != nil {
+		return nil, err
 	}
+	return l.out, nil
+}
+
+// qidoListing gathers the SOP Instance UIDs one StudyInstanceUIDs call
+// lists, and what it still looks for.
+type qidoListing struct {
+	c      *Client
+	want   Expected
+	wanted map[string]bool // want.UIDs not listed yet
+	seen   map[string]bool
+	out    []string
 	// A page is read up to what its limit allows, qidoItemBytes an item
-	// (or the fixed bound). Only the one request for the whole study,
-	// without limit and offset, is read up to what the instances looked
-	// for take: with that bound on every page, any page of a
-	// 100,000-instance study could hold a verifying worker to 200 MB,
-	// twice that while read.
+	// (or the fixed bound). Only the one request for the whole study
+	// (series), without limit and offset, is read up to what the
+	// instances looked for take: with that bound on every page, any page
+	// of a 100,000-instance study could hold a verifying worker to
+	// 200 MB, twice that while read.
+	pageBytes, wholeBytes int64
+}
+
+func newQIDOListing(c *Client, want Expected) *qidoListing {
+	l := &qidoListing{c: c, want: want, wanted: make(map[string]bool, len(want.UIDs)), seen: map[string]bool{}}
+	for _, u := range want.UIDs {
+		l.wanted[u] = true
+	}
 	itemBytes := min(c.perInstance, qidoItemBytes)
-	pageBytes := max(c.maxResponseBytes, int64(c.qidoPageSize)*itemBytes)
-	studyBytes := max(c.maxResponseBytes, int64(max(want.Count, len(want.UIDs)))*itemBytes)
-	wholeStudy := func() ([]string, error) {
-		uids, err := c.qidoPage(ctx, studyInstanceUID, 0, 0, false, studyBytes)
+	l.pageBytes = max(c.maxResponseBytes, int64(c.qidoPageSize)*itemBytes)
+	l.wholeBytes = max(c.maxResponseBytes, int64(max(want.Count, len(want.UIDs)))*itemBytes)
+	return l
+}
+
+// add keeps the instances not listed before and returns how many.
+func (l *qidoListing) add(uids []string) (added int) {
+	for _, u := range uids {
+		if !l.seen[u] {
+			l.seen[u] = true
+			l.out = append(l.out, u)
+			added++
+			delete(l.wanted, u)
+		}
+	}
+	return added
+}
+
+// missing reports whether the listing still lacks an instance looked for.
+func (l *qidoListing) missing() bool {
+	return len(l.wanted) > 0 || len(l.out) < l.want.Count
+}
+
+// qidoList is one QIDO-RS listing: the study's instances, a series'
+// instances (series set), or the study's series (tag 0020000E).
+type qidoList struct {
+	study, series string
+	seriesOfStudy bool
+	tag           string
+}
+
+func (q qidoList) path() []string {
+	switch {
+	case q.seriesOfStudy:
+		return []string{q.study, "series"}
+	case q.series != "":
+		return []string{q.study, "series", q.series, "instances"}
+	}
+	return []string{q.study, "instances"}
+}
+
+// pages pages through one listing of instances from offset, adding to l
+// what it lists. It returns the offset reached and short:
+// it stopped at a short page that was not empty, which a server capping
+// pages below the limit asked may answer before the last. stopShort: any
+// short page ends it (a caller that comes back if still missing);
+// otherwise only one when nothing is missing, as StudyInstanceUIDs says.
+func (l *qidoListing) pages(ctx context.Context, q qidoList, offset int, stopShort bool) (next int, short bool, err error) {
+	return l.pagesTo(ctx, q, offset, stopShort, l.add)
+}
+
+// pagesTo is pages with add for what a page lists (a study's series).
+func (l *qidoListing) pagesTo(ctx context.Context, q qidoList, offset int, stopShort bool, add func([]string) int) (next int, short bool, err error) {
+	c := l.c
+	whole := func() (int, bool, error) {
+		uids, err := c.qidoPage(ctx, q, 0, 0, false, l.wholeBytes)
 		if err != nil {
-			return nil, err
+			return offset, false, err
 		}
 		add(uids)
-		return out, nil
+		return offset, false, nil
 	}
-	offset := 0
 	for range maxQIDOPages {
-		uids, err := c.qidoPage(ctx, studyInstanceUID, offset, c.qidoPageSize, false, pageBytes)
-		if errors.Is(err, errResponseTooLarge) && studyBytes > pageBytes {
+		uids, err := c.qidoPage(ctx, q, offset, c.qidoPageSize, false, l.pageBytes)
+		if errors.Is(err, errResponseTooLarge) && l.wholeBytes > l.pageBytes {
 			// More than a page can hold: the server ignores limit and
 			// answers the whole study, which a page's bound refuses
 			// past a few thousand instances (every verification of a
 			// larger study would fail). Asked once without limit and
 			// offset.
-			return wholeStudy()
+			return whole()
 		}
 		if err != nil {
-			return nil, err
+			return offset, false, err
 		}
 		added := add(uids)
-		missing := len(wanted) > 0 || len(out) < want.Count
-		if added == 0 && offset > 0 && len(uids) > 0 && missing {
+		if added == 0 && offset > 0 && len(uids) > 0 && l.missing() {
 			// The page repeats earlier ones: the server ignores offset
 			// and may honour limit all the same, its later instances
 			// never listed (a study verified as missing them, at every
 			// delivery). Asked once without limit and offset.
-			return wholeStudy()
+			return whole()
 		}
-		if added == 0 || len(uids) < c.qidoPageSize && !missing {
-			return out, nil
+		if added == 0 {
+			return offset, false, nil
 		}
 		offset += len(uids)
+		if len(uids) < c.qidoPageSize && (stopShort || !l.missing()) {
+			return offset, stopShort, nil
+		}
 	}
-	return nil, fmt.Errorf("qido: study %s: more than %d pages of %d instances", studyInstanceUID, maxQIDOPages, c.qidoPageSize)
+	return offset, false, fmt.Errorf("qido: study %s: more than %d pages of %d", q.study, maxQIDOPages, c.qidoPageSize)
+}
+
+// bySeries lists the study's instances series by series: AWS
+// HealthImaging searches instances only within a series
+// (SearchDICOMInstances, GET studies/{study}/series/{series}/instances)
+// and has no study-level instance search. The study's series are listed
+// first (SearchDICOMSeries). A short page ends a series, and the
+// listing stops once nothing is missing; only if something still is are
+// the series (and the series list) that ended on a short page asked
+// again from where they stopped, until an empty page: a complete study
+// costs its series list and one page a series, at most.
+func (l *qidoListing) bySeries(ctx context.Context, study string) ([]string, error) {
+	var series []string
+	known := map[string]bool{}
+	addSeries := func(uids []string) (added int) {
+		for _, u := range uids {
+			if !known[u] {
+				known[u] = true
+				series = append(series, u)
+				added++
+			}
+		}
+		return added
+	}
+	type resume struct {
+		q      qidoList
+		offset int
+	}
+	var again []resume
+	seriesList := qidoList{study: study, seriesOfStudy: true, tag: tagSeriesInstanceUID}
+	listOffset, listShort, err := l.pagesTo(ctx, seriesList, 0, true, addSeries)
+	if err != nil {
+		return nil, err
+	}
+	done := 0
+	listNew := func(stopShort bool) error {
+		for ; done < len(series); done++ {
+			if !l.missing() {
+				return nil
+			}
+			q := qidoList{study: study, series: series[done], tag: tagSOPInstanceUID}
+			next, short, err := l.pages(ctx, q, 0, stopShort)
+			if err != nil {
+				return err
+			}
+			if short {
+				again = append(again, resume{q, next})
+			}
+		}
+		return nil
+	}
+	if err := listNew(true); err != nil {
+		return nil, err
+	}
+	if !l.missing() {
+		return l.out, nil
+	}
+	for _, r := range again {
+		if !l.missing() {
+			return l.out, nil
+		}
+		if _, _, err := l.pages(ctx, r.q, r.offset, false); err != nil {
+			return nil, err
+		}
+	}
+	if listShort && l.missing() {
+		// The series list may have been cut by a page cap: its rest,
+		// and their instances.
+		if _, _, err := l.pagesTo(ctx, seriesList, listOffset, false, addSeries); err != nil {
+			return nil, err
+		}
+		if err := listNew(false); err != nil {
+			return nil, err
+		}
+	}
+	return l.out, nil
 }
 
 // Probe asks the destination for one instance of a study (one QIDO-RS
-// page of one): a cheap authenticated request that tells whether the
-// destination answers. The error is an *HTTPError for an error status,
-// a 404 that is no empty result included (notEmptyResult), or wraps
-// ErrNoAnswer when nothing answered.
+// page of one; with WithSeriesSearch one series of the study, the
+// narrowest search such a destination offers without a series UID): a
+// cheap authenticated request that tells whether the destination
+// answers. The error is an *HTTPError for an error status, a 404 that is
+// no empty result included (notEmptyResult), or wraps ErrNoAnswer when
+// nothing answered.
 func (c *Client) Probe(ctx context.Context, studyInstanceUID string) error {
-	_, err := c.qidoPage(ctx, studyInstanceUID, 0, 1, true, c.maxResponseBytes)
+	q := qidoList{study: studyInstanceUID, tag: tagSOPInstanceUID}
+	if c.seriesSearch {
+		q = qidoList{study: studyInstanceUID, seriesOfStudy: true, tag: tagSeriesInstanceUID}
+	}
+	_, err := c.qidoPage(ctx, q, 0, 1, true, c.maxResponseBytes)
 	return err
 }
 
@@ -144,17 +292,19 @@ func notEmptyResult(resp *http.Response, body []byte) bool {
 	return mt != "application/json" && mt != "application/dicom+json" && !strings.HasSuffix(mt, "+json")
 }
 
-// qidoPage asks for one page of the study's instances, its answer read
-// up to maxBytes; limit 0: the whole study, without limit and offset.
-// probe: a 404 that is notEmptyResult is an error (for a listing,
-// verification, it stays "none listed", as before).
-func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, limit int, probe bool, maxBytes int64) ([]string, error) {
-	q := url.Values{"includefield": {tagSOPInstanceUID}}
+// qidoPage asks for one page of a listing (the study's instances by
+// default), its answer read up to maxBytes; limit 0: the whole listing,
+// without limit and offset. probe: a 404 that is notEmptyResult is an
+// error (for a listing, verification, it stays "none listed", as
+// before).
+func (c *Client) qidoPage(ctx context.Context, list qidoList, offset, limit int, probe bool, maxBytes int64) ([]string, error) {
+	q := url.Values{"includefield": {list.tag}}
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 		q.Set("offset", strconv.Itoa(offset))
 	}
-	target, err := c.resource(q, studyInstanceUID, "instances")
+	path := list.path()
+	target, err := c.resource(q, path...)
 	if err != nil {
 		return nil, fmt.Errorf("qido: %w", err)
 	}
@@ -172,9 +322,9 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	resp, err := c.doBodiless(req)
 	if err != nil {
 		if refusedRedirect(err) {
-			return nil, fmt.Errorf("%w: qido: GET %s/%s/instances: %w", ErrRedirected, c.logURL, studyInstanceUID, c.redact(err))
+			return nil, fmt.Errorf("%w: qido: GET %s/%s: %w", ErrRedirected, c.logURL, strings.Join(path, "/"), c.redact(err))
 		}
-		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s/instances: %w%s", c.logURL, studyInstanceUID, c.redact(err), c.gaveUp(ctx)))
+		return nil, noAnswer(fmt.Errorf("qido: GET %s/%s: %w%s", c.logURL, strings.Join(path, "/"), c.redact(err), c.gaveUp(ctx)))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
@@ -196,7 +346,7 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 	case tooLarge:
 		return nil, fmt.Errorf("%w: QIDO-RS answer over %d bytes", errResponseTooLarge, maxBytes)
 	}
-	return parseQIDOInstances(body)
+	return parseQIDO(body, list.tag)
 }
 
 // parseQIDOInstances reads the SOP Instance UIDs of a QIDO-RS answer: a
@@ -210,14 +360,20 @@ func (c *Client) qidoPage(ctx context.Context, studyInstanceUID string, offset, 
 // server that ignores limit lists a whole study in a probe's page of one.
 // Both ways accept and refuse the same answers.
 func parseQIDOInstances(body []byte) ([]string, error) {
+	return parseQIDO(body, tagSOPInstanceUID)
+}
+
+// parseQIDO is parseQIDOInstances for the UIDs of attribute tag (a
+// series listing's 0020000E).
+func parseQIDO(body []byte, tag string) ([]string, error) {
 	if len(body) == 0 {
 		return nil, nil
 	}
-	read := unmarshalQIDO
+	read := unmarshalQIDOTag
 	if jsonNodesOver(body, qidoDecodeNodes) {
-		read = walkQIDO
+		read = walkQIDOTag
 	}
-	out, err := read(body)
+	out, err := read(body, tag)
 	if err != nil {
 		return nil, notDICOMweb(fmt.Errorf("%w: QIDO-RS answer: %s", errMalformedResponse, snippet([]byte(err.Error()), 200)))
 	}
@@ -233,6 +389,10 @@ const qidoDecodeNodes = answerNodesBase + qidoPageSize*answerNodesPerInstance
 // refused the whole answer, and with it the verification of the study,
 // over an attribute stowline does not read, which the walk passes.
 func unmarshalQIDO(body []byte) ([]string, error) {
+	return unmarshalQIDOTag(body, tagSOPInstanceUID)
+}
+
+func unmarshalQIDOTag(body []byte, tag string) ([]string, error) {
 	var items []map[string]struct {
 		Value []json.RawMessage `json:"Value"`
 	}
@@ -241,7 +401,7 @@ func unmarshalQIDO(body []byte) ([]string, error) {
 	}
 	out := make([]string, 0, len(items))
 	for _, it := range items {
-		if a, ok := it[tagSOPInstanceUID]; ok && len(a.Value) > 0 {
+		if a, ok := it[tag]; ok && len(a.Value) > 0 {
 			var s string
 			if json.Unmarshal(a.Value[0], &s) == nil && s != "" {
 				out = append(out, s)
@@ -254,6 +414,10 @@ func unmarshalQIDO(body []byte) ([]string, error) {
 // walkQIDO reads a QIDO-RS answer, an array of instances (or null), and
 // the UID of each, holding one attribute at a time.
 func walkQIDO(body []byte) ([]string, error) {
+	return walkQIDOTag(body, tagSOPInstanceUID)
+}
+
+func walkQIDOTag(body []byte, tag string) ([]string, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	out := []string{}
 	tok, err := dec.Token()
@@ -264,7 +428,7 @@ func walkQIDO(body []byte) ([]string, error) {
 	case nil:
 	case json.Delim('['):
 		for dec.More() {
-			uid, err := qidoInstance(dec)
+			uid, err := qidoInstance(dec, tag)
 			if err != nil {
 				return nil, err
 			}
@@ -287,7 +451,7 @@ func walkQIDO(body []byte) ([]string, error) {
 // qidoInstance reads one instance of the array (an object, or null) and
 // returns its SOP Instance UID: the first value of its last (0008,0018)
 // attribute, if a non-empty string.
-func qidoInstance(dec *json.Decoder) (string, error) {
+func qidoInstance(dec *json.Decoder, tag string) (string, error) {
 	tok, err := dec.Token()
 	if err != nil {
 		return "", err
@@ -313,7 +477,7 @@ func qidoInstance(dec *json.Decoder) (string, error) {
 		if err := dec.Decode(&attr); err != nil {
 			return "", err
 		}
-		if key == tagSOPInstanceUID {
+		if key == tag {
 			uid = string(attr.Value)
 		}
 	}

@@ -1,8 +1,10 @@
 package forward
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -194,5 +196,87 @@ func TestVerifyPagesUntilEverySentIsListed(t *testing.T) {
 	}
 	if got := queries.Load(); got != 2 {
 		t.Errorf("%d QIDO-RS pages asked, want 2", got)
+	}
+}
+
+// TestVerifyAtAWSHealthImaging: a destination that, like AWS
+// HealthImaging, searches instances only within a series and answers any
+// other search 404 with JSON. With the aws profile's client
+// (WithSeriesSearch) the stored study is verified and acked at its first
+// delivery. Asked GET studies/{study}/instances, the 404 listed nothing:
+// every instance was re-sent round after round and the study failed.
+func TestVerifyAtAWSHealthImaging(t *testing.T) {
+	const n = 6
+	var k sink
+	stow := k.handler(nil)
+	var undocumented, queries, posted atomic.Int32
+	series := map[string][]string{"1.2.3.100": nil, "1.2.3.200": nil}
+	for i := 1; i <= n; i++ {
+		s := "1.2.3.100"
+		if i%2 == 0 {
+			s = "1.2.3.200"
+		}
+		series[s] = append(series[s], fmt.Sprintf("1.2.3.%d", i))
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/datastore/d1/studies" {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			posted.Add(int32(len(partUIDs(r.Clone(r.Context())))))
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			stow.ServeHTTP(w, r)
+			return
+		}
+		seg := strings.Split(strings.TrimPrefix(r.URL.Path, "/datastore/d1/studies/"), "/")
+		switch {
+		case r.Method == http.MethodGet && len(seg) == 2 && seg[0] == "1.2.3" && seg[1] == "series":
+			queries.Add(1)
+			w.Header().Set("Content-Type", "application/dicom+json")
+			fmt.Fprint(w, `[{"0020000E":{"vr":"UI","Value":["1.2.3.100"]}},{"0020000E":{"vr":"UI","Value":["1.2.3.200"]}}]`)
+		case r.Method == http.MethodGet && len(seg) == 4 && seg[0] == "1.2.3" && seg[1] == "series" && seg[3] == "instances":
+			queries.Add(1)
+			stowsink.WriteInstancePage(w, r, series[seg[2]], 200)
+		default:
+			undocumented.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `{"message":"Not Found"}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	qido, err := dicomweb.New(srv.URL+"/datastore/d1", nil, dicomweb.WithSeriesSearch())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	reg := prometheus.NewRegistry()
+	f := newForwarder(t, newMemSource(n), srv.URL+"/datastore/d1", cons, func(o *Options) {
+		o.Verifier, o.Registerer, o.DeadLetters = qido, reg, dls
+		o.InstanceRetries, o.InstanceRetryDelay, o.MaxDeliveries = 3, time.Millisecond, 1
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	for _, l := range dls.all() {
+		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+	}
+	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyVerified)); got != 1 {
+		t.Errorf("verifications{result=verified} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyMissing)); got != 0 {
+		t.Errorf("verifications{result=missing} = %v, want 0", got)
+	}
+	if got := posted.Load(); got != n {
+		t.Errorf("%d instances sent, want %d (no re-send)", got, n)
+	}
+	if got := undocumented.Load(); got != 0 {
+		t.Errorf("%d requests to routes HealthImaging does not offer", got)
+	}
+	if got := queries.Load(); got != 3 {
+		t.Errorf("%d QIDO-RS requests, want 3 (the series, then each series' instances)", got)
 	}
 }
