@@ -334,6 +334,9 @@ func checkDestination(ctx context.Context, stdout io.Writer, d config.NamedDesti
 		Client:     dest.HTTP,
 		Credential: credentialCheck(dest, &d),
 		Timeout:    timeout,
+		// The forwarder's own searches, where they differ from the
+		// check's: HealthImaging has no study-level instance search.
+		SeriesSearch: d.Profile().SeriesSearch,
 	})
 	report.WriteText(stdout)
 	return err

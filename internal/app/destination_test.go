@@ -11,10 +11,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/dicomweb"
@@ -335,6 +337,45 @@ func TestDestinationProfileChoosesTheQIDORoute(t *testing.T) {
 			}
 			if len(paths) == 0 {
 				t.Error("nothing asked")
+			}
+		})
+	}
+}
+
+// TestCheckSendsTheProfilesSearches: `forwarder check` of an aws
+// destination sends the searches its forwarder sends (a study's series,
+// a series' instances) besides its own; of another, its own alone.
+func TestCheckSendsTheProfilesSearches(t *testing.T) {
+	tests := []struct {
+		profile string
+		want    []string
+	}{
+		{profile: "aws", want: []string{"/dicomweb/studies", "/dicomweb/studies/2.25.0/series", "/dicomweb/studies/2.25.0/series/2.25.0/instances"}},
+		{profile: "generic", want: []string{"/dicomweb/studies"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.profile, func(t *testing.T) {
+			var mu sync.Mutex
+			var paths []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				paths = append(paths, r.URL.Path)
+				mu.Unlock()
+				w.Header().Set("Content-Type", "application/dicom+json")
+				_, _ = io.WriteString(w, "[]")
+			}))
+			t.Cleanup(srv.Close)
+			env := map[string]string{"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123",
+				"DICOMWEB_URL": srv.URL + "/dicomweb", "STOW_PROFILE": tt.profile}
+			dest := loadedDestination(t, env, 0)
+			var out strings.Builder
+			if err := checkDestination(t.Context(), &out, dest, 5*time.Second, slog.New(slog.DiscardHandler)); err != nil {
+				t.Fatalf("%v\n%s", err, out.String())
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(paths, tt.want) {
+				t.Errorf("asked %v, want %v", paths, tt.want)
 			}
 		})
 	}

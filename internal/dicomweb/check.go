@@ -50,6 +50,11 @@ type CheckOptions struct {
 	Credential func(ctx context.Context) (Credential, error)
 	// Timeout bounds each step (default 30 s).
 	Timeout time.Duration
+	// SeriesSearch: the destination searches instances only within a
+	// series (AWS HealthImaging, WithSeriesSearch), so the check also
+	// sends the forwarder's two searches, a study's series and a series'
+	// instances, for a study no archive holds.
+	SeriesSearch bool
 }
 
 // CheckReport is the outcome of Check.
@@ -62,6 +67,8 @@ type CheckReport struct {
 	StatusText     string
 	RequestTook    time.Duration
 	RequestErr     error
+	// Searches are the SeriesSearch requests and their answers.
+	Searches []string
 	// Detail is the start of an error answer's body or its WWW-Authenticate.
 	Detail string
 	OK     bool
@@ -94,6 +101,7 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	if err != nil {
 		return r, fmt.Errorf("%w: %s: %w", errCheckFailed, o.varName("DICOMWEB_URL"), err)
 	}
+	base := *u
 	u = u.JoinPath("studies")
 	// The base URL's own query (an API key) goes with the check, as with
 	// every request, but never into its report.
@@ -149,6 +157,9 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 		if o.Credential == nil {
 			r.Verdict = "OK: the destination answered without authentication."
 		}
+		if o.SeriesSearch {
+			return r, checkSeriesSearches(ctx, o, &hc, &base, r)
+		}
 		return r, nil
 	case resp.StatusCode == http.StatusUnauthorized:
 		r.Detail = firstNonEmpty(redactedSnippet([]byte(resp.Header.Get("WWW-Authenticate"))), redactedSnippet(body))
@@ -161,7 +172,7 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 		}
 	case resp.StatusCode == http.StatusForbidden:
 		r.Detail = redactedSnippet(body)
-		r.Verdict = "FAIL: authenticated, but not allowed (403): grant the identity its role on the destination (Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:SearchDICOMStudies and StoreDICOM)."
+		r.Verdict = "FAIL: authenticated, but not allowed (403): grant the identity its role on the destination (Azure DICOM Data Owner, Google roles/healthcare.dicomEditor, AWS medical-imaging:StoreDICOM, SearchDICOMSeries and SearchDICOMInstances, and SearchDICOMStudies for this check)."
 	case resp.StatusCode == http.StatusNotFound:
 		r.Detail = redactedSnippet(body)
 		r.Verdict = "FAIL: no DICOMweb service at " + baseVar + " (404): check the base URL (it must be the one {" + baseVar + "}/studies is under)."
@@ -170,6 +181,70 @@ func Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 		r.Verdict = fmt.Sprintf("FAIL: the destination answered %s.", resp.Status)
 	}
 	return r, fmt.Errorf("%w: %s", errCheckFailed, resp.Status)
+}
+
+// checkUID names the study and series of the SeriesSearch requests: one
+// no archive holds (a DICOM UID of the 2.25 UUID root), so that a
+// search allowed is an empty result and one not allowed a 403 (AWS
+// decides on the action before it looks).
+const checkUID = "2.25.0"
+
+// checkSeriesSearches sends the forwarder's searches of a destination
+// that searches instances only within a series, the first answer
+// allowed (r.OK), and fails r on the first refused.
+func checkSeriesSearches(ctx context.Context, o CheckOptions, hc *http.Client, base *url.URL, r *CheckReport) error {
+	searches := []struct {
+		action, tag string
+		path        []string
+	}{
+		{"SearchDICOMSeries", tagSeriesInstanceUID, []string{"studies", checkUID, "series"}},
+		{"SearchDICOMInstances", tagSOPInstanceUID, []string{"studies", checkUID, "series", checkUID, "instances"}},
+	}
+	fail := func(verdict string, err error) error {
+		r.OK, r.Verdict = false, verdict
+		return fmt.Errorf("%w: %w", errCheckFailed, err)
+	}
+	for _, s := range searches {
+		u := base.JoinPath(s.path...)
+		q := u.Query()
+		q.Set("includefield", s.tag)
+		q.Set("limit", "1")
+		u.RawQuery = q.Encode()
+		shown := logSafe(u) + "?includefield=" + s.tag + "&limit=1"
+		rctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
+		if err != nil {
+			cancel()
+			return fail("FAIL: "+err.Error(), err)
+		}
+		req.Header.Set("Accept", acceptMediaType)
+		resp, err := hc.Do(req)
+		if err != nil {
+			cancel()
+			err = redactURLError(err, shown)
+			r.Searches = append(r.Searches, fmt.Sprintf("GET %s: %v", shown, err))
+			return fail("FAIL: the search the forwarder sends (medical-imaging:"+s.action+") got no answer.", err)
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+		cancel()
+		r.Searches = append(r.Searches, fmt.Sprintf("GET %s -> %s", shown, resp.Status))
+		switch {
+		case resp.StatusCode == http.StatusOK && searchAnswer(body), resp.StatusCode == http.StatusNoContent,
+			resp.StatusCode == http.StatusNotFound && !notEmptyResult(resp, body):
+			// An empty result: the action is allowed.
+		case resp.StatusCode == http.StatusForbidden:
+			r.Detail = redactedSnippet(body)
+			return fail("FAIL: authenticated, but not allowed to search (403): grant the identity medical-imaging:"+s.action+
+				" (the forwarder lists a study's series, then each series' instances: "+o.varName("STOW_VERIFY")+"=qido, the breaker's probe, the conflict check).",
+				errors.New(resp.Status))
+		default:
+			r.Detail = redactedSnippet(body)
+			return fail(fmt.Sprintf("FAIL: the destination answered %s to the search the forwarder sends (medical-imaging:%s).", resp.Status, s.action), errors.New(resp.Status))
+		}
+	}
+	r.Verdict += " The forwarder's searches, a study's series and a series' instances, are allowed."
+	return nil
 }
 
 // varName is the checked destination's own name of a variable (see VarName).
@@ -231,6 +306,9 @@ func (r *CheckReport) WriteText(w io.Writer) {
 		case r.Status != 0:
 			line("request", "GET %s -> %s in %s", r.RequestURL, r.StatusText, r.RequestTook.Round(time.Millisecond))
 		}
+	}
+	for _, s := range r.Searches {
+		line("search", "%s", s)
 	}
 	if r.Detail != "" {
 		line("answer", "%s", r.Detail)

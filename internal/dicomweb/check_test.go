@@ -188,3 +188,65 @@ func TestCheckNotADICOMwebAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckSendsTheSeriesSearches: with SeriesSearch (the aws profile)
+// the check also sends the searches the forwarder sends to HealthImaging,
+// a study's series and a series' instances, and fails when one is
+// refused: an identity allowed SearchDICOMStudies alone passed the check
+// and then failed every verification.
+func TestCheckSendsTheSeriesSearches(t *testing.T) {
+	const series, instances = "/datastore/d1/studies/2.25.0/series", "/datastore/d1/studies/2.25.0/series/2.25.0/instances"
+	tests := []struct {
+		name   string
+		refuse string // the path answered 403
+		page   string // the path answered 404 with an HTML page
+		ok     bool
+		want   []string
+	}{
+		{name: "allowed", ok: true, want: []string{series + "?includefield=0020000E&limit=1 -> 200 OK",
+			instances + "?includefield=00080018&limit=1 -> 404 Not Found", "are allowed"}},
+		{name: "instances refused", refuse: instances, want: []string{"403", "medical-imaging:SearchDICOMInstances"}},
+		{name: "series refused", refuse: series, want: []string{"403", "medical-imaging:SearchDICOMSeries"}},
+		{name: "not served", page: series, want: []string{"answered 404 Not Found to the search the forwarder sends"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var asked []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				asked = append(asked, r.URL.Path)
+				switch {
+				case r.URL.Path == tt.refuse:
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusForbidden)
+					_, _ = w.Write([]byte(`{"message":"not authorized to perform: medical-imaging:SearchDICOM..."}`))
+				case r.URL.Path == tt.page:
+					w.Header().Set("Content-Type", "text/html")
+					w.WriteHeader(http.StatusNotFound)
+					_, _ = w.Write([]byte(`<html>default backend</html>`))
+				case r.URL.Path == "/datastore/d1/studies" || r.URL.Path == series:
+					w.Header().Set("Content-Type", "application/dicom+json")
+					_, _ = w.Write([]byte(`[]`))
+				default: // HealthImaging: the study is unknown
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusNotFound)
+					_, _ = w.Write([]byte(`{"message":"Not Found"}`))
+				}
+			}))
+			t.Cleanup(srv.Close)
+			rep, err := Check(t.Context(), CheckOptions{BaseURL: srv.URL + "/datastore/d1", Client: srv.Client(), Credential: okCred, SeriesSearch: true})
+			if (err == nil) != tt.ok || rep.OK != tt.ok {
+				t.Fatalf("err = %v, OK = %v; want ok %v", err, rep.OK, tt.ok)
+			}
+			var out bytes.Buffer
+			rep.WriteText(&out)
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			if tt.ok && len(asked) != 3 {
+				t.Errorf("asked %v, want the studies, then the two searches", asked)
+			}
+		})
+	}
+}
