@@ -2,6 +2,8 @@ package deident
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"unicode"
@@ -118,33 +120,66 @@ func codedEntry(t Tag) bool {
 
 // identifiers are the byte strings removed from kept text, as the file
 // encodes them (its Specific Character Set), ASCII letters folded to
-// lower case, longest first so a whole name goes before its components.
+// lower case.
 type identifiers struct {
 	needles [][]byte
-	seen    map[string]bool
-	sorted  bool // needles are in order, first is built
-	// The needles are sorted by first byte, then longest first: those
-	// that start with byte c are needles[first[c]:first[c+1]].
-	first [257]int32
-	lower []byte // scratch: the value being searched, folded
+	seen    map[string]struct{} // the needles, looked up by the scrub
+	// lengths[c] are the distinct lengths of the needles that start with
+	// byte c, longest first (a whole name goes before its components),
+	// and lengthSum[c] their sum: the scrub looks each up at a word
+	// start, whatever the number of needles.
+	lengths   [256][]int32
+	lengthSum [256]int
+	lower     []byte // scratch: the value being searched, folded
+	// charge, when set, counts a needle's memory against the rewrite's
+	// hold (decoder.holdLasting), for the element at.
+	charge func(at Tag, n int64) error
+	at     Tag
+	// err is the first needle refused (too many, over the hold): the
+	// rewrite fails with it (collect returns it).
+	err error
 }
+
+// Bounds of the needles of one rewrite, beyond which the instance is
+// refused (ErrTooLarge): real headers give a few thousand needles (a
+// name gives up to ~20, a date 9) of a few dozen lengths.
+const (
+	// maxNeedles bounds their number.
+	maxNeedles = 100_000
+	// maxLengthSum bounds, for the needles that start with one byte, the
+	// sum of their distinct lengths: what the scrub may hash at one word
+	// start. It lets through a longest LT value (10,240 characters).
+	maxLengthSum = 16 << 10
+	// needleCost is the heap a needle costs beside twice its bytes (its
+	// copy and its key in seen, each rounded up to a size class): its
+	// slot in needles (24 bytes, up to 2.25 times while append copies),
+	// its entry in seen (16 bytes and a control byte, the table at most
+	// 7/8 and at least 7/16 full). TestNeedleCostCoversItsMemory checks it.
+	needleCost = 128
+)
 
 // collect adds the identifying values of els, at every depth, except
 // those of attributes the copy keeps (an option or STOW_DEIDENTIFY_KEEP:
-// a kept Institution Name is not removed from itself).
-func (ids *identifiers) collect(els []*element, kept func(Tag, string) bool) {
+// a kept Institution Name is not removed from itself). It returns the
+// first needle refused (ErrTooLarge, or the error of charge).
+func (ids *identifiers) collect(els []*element, kept func(Tag, string) bool) error {
 	for _, el := range els {
+		if ids.err != nil {
+			break
+		}
 		for _, item := range el.items {
-			ids.collect(item, kept)
+			_ = ids.collect(item, kept)
 		}
 		kind := identifying(el, kept)
 		if kind == 0 {
 			continue
 		}
+		ids.at = el.tag
 		for v := range bytes.SplitSeq(el.value, []byte(`\`)) {
 			ids.add(kind, v)
 		}
 	}
+	return ids.err
 }
 
 // identifying is the kind of identifying value el holds, 0 for none: a
@@ -265,20 +300,52 @@ func (ids *identifiers) addNeedle(v []byte) {
 }
 
 func (ids *identifiers) insert(v []byte) {
-	n := foldASCII(nil, v)
-	if ids.seen[string(n)] {
+	// A needle longer than the longest text scrubbed matches nothing.
+	if ids.err != nil || len(v) == 0 || len(v) > maxScrub {
 		return
 	}
-	if ids.seen == nil {
-		ids.seen = map[string]bool{}
+	n := foldASCII(make([]byte, 0, len(v)), v)
+	if _, ok := ids.seen[string(n)]; ok {
+		return
 	}
-	ids.seen[string(n)] = true
+	if len(ids.needles) >= maxNeedles {
+		ids.err = fmt.Errorf("%w: more than %d identifying values (names and their parts, IDs, dates in their printed forms) to remove from kept text, at element %s",
+			ErrTooLarge, maxNeedles, ids.at)
+		return
+	}
+	c, l := n[0], int32(len(n))
+	lens := ids.lengths[c]
+	k, found := slices.BinarySearchFunc(lens, l, func(a, b int32) int { return int(b - a) })
+	if !found && ids.lengthSum[c]+int(l) > maxLengthSum {
+		ids.err = fmt.Errorf("%w: identifying values of too many lengths (%d bytes of distinct lengths, at most %d) to remove from kept text, at element %s",
+			ErrTooLarge, ids.lengthSum[c]+int(l), maxLengthSum, ids.at)
+		return
+	}
+	if ids.charge != nil {
+		if err := ids.charge(ids.at, needleCost+2*int64(len(n))); err != nil {
+			ids.err = fmt.Errorf("identifying values of %s to remove from kept text: %w", ids.at, err)
+			return
+		}
+	}
+	if !found {
+		ids.lengths[c] = slices.Insert(lens, k, l)
+		ids.lengthSum[c] += int(l)
+	}
+	if ids.seen == nil {
+		ids.seen = map[string]struct{}{}
+	}
+	ids.seen[string(n)] = struct{}{}
 	ids.needles = append(ids.needles, n)
-	ids.sorted = false
 }
 
-// scrub returns v without any identifying value (case-insensitive for
-// ASCII letters), and whether it changed. v itself is not modified.
+// scrub is scrubContext that cannot be stopped.
+func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
+	out, changed, _ := ids.scrubContext(context.Background(), v)
+	return out, changed
+}
+
+// scrubContext returns v without any identifying value (case-insensitive
+// for ASCII letters), and whether it changed. v itself is not modified.
 //
 // A match must stand as a word: where the value starts or ends with an
 // ASCII letter or digit, the character before (after) the match must
@@ -288,35 +355,48 @@ func (ids *identifiers) insert(v []byte) {
 // Values that start or end with a byte of another character set (a CJK
 // or Cyrillic name, an ISO 2022 escape) are matched anywhere there:
 // such text is often written without spaces. One pass, longest needle
-// first at each position, into a new buffer: linear in the value for a
-// given set of needles. Only trailing spaces and NULs (padding) are
-// trimmed from a changed value: leading spaces of ST, LT, UT are text.
-func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
+// first at each position, into a new buffer: at each position, one
+// lookup per distinct length of the needles that start with its byte
+// (bounded by maxLengthSum), however many needles there are. Only
+// trailing spaces and NULs (padding) are trimmed from a changed value:
+// leading spaces of ST, LT, UT are text.
+//
+// It stops with ctx's error once ctx is done: a closed Reader must not
+// leave it running, holding the large slot.
+func (ids *identifiers) scrubContext(ctx context.Context, v []byte) ([]byte, bool, error) {
 	if len(ids.needles) == 0 || len(v) < minNeedle {
-		return v, false
+		return v, false, nil
 	}
-	ids.index()
 	low := foldASCII(ids.lower[:0], v)
 	ids.lower = low
 	var out []byte
 	copied := 0 // v[copied:i] is not yet in out
-	for i := 0; i < len(low); {
+	for i, next := 0, 0; i < len(low); {
+		if i >= next {
+			if err := ctx.Err(); err != nil {
+				return v, false, err
+			}
+			next = i + 1<<16
+		}
 		c := low[i]
-		cands := ids.needles[ids.first[c]:ids.first[int(c)+1]]
-		if len(cands) == 0 || (alnum(c) && i > 0 && wordBefore(low, i)) {
+		lens := ids.lengths[c]
+		if len(lens) == 0 || (alnum(c) && i > 0 && wordBefore(low, i)) {
 			i++
 			continue
 		}
 		m := 0
-		for _, n := range cands {
-			end := i + len(n)
-			if end > len(low) || !bytes.Equal(low[i:end], n) {
+		for _, l := range lens {
+			end := i + int(l)
+			if end > len(low) {
 				continue
 			}
-			if end < len(low) && alnum(n[len(n)-1]) && wordAt(low, end) {
+			if _, ok := ids.seen[string(low[i:end])]; !ok {
 				continue
 			}
-			m = len(n)
+			if end < len(low) && alnum(low[end-1]) && wordAt(low, end) {
+				continue
+			}
+			m = int(l)
 			break
 		}
 		if m == 0 {
@@ -331,35 +411,10 @@ func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
 		copied = i
 	}
 	if out == nil {
-		return v, false
+		return v, false, nil
 	}
 	out = append(out, v[copied:]...)
-	return bytes.TrimRight(out, "\x00 "), true
-}
-
-// index sorts the needles by first byte, longest first, and records
-// where each first byte's needles start.
-func (ids *identifiers) index() {
-	if ids.sorted {
-		return
-	}
-	slices.SortFunc(ids.needles, func(a, b []byte) int {
-		if a[0] != b[0] {
-			return int(a[0]) - int(b[0])
-		}
-		if len(a) != len(b) {
-			return len(b) - len(a)
-		}
-		return bytes.Compare(a, b)
-	})
-	k := 0
-	for c := range 257 {
-		for k < len(ids.needles) && int(ids.needles[k][0]) < c {
-			k++
-		}
-		ids.first[c] = int32(k)
-	}
-	ids.sorted = true
+	return bytes.TrimRight(out, "\x00 "), true, nil
 }
 
 // alnum: an ASCII letter (folded) or digit.

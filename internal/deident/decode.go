@@ -83,6 +83,9 @@ type decoder struct {
 	r    *bufio.Reader
 	pos  int64
 	held int64 // bytes held in memory since the last reset
+	// lasting is the part of held kept until the rewrite ends (the
+	// scrub's needles): reset starts from it.
+	lasting int64
 	// limit replaces maxHeld when set (tests).
 	limit int64
 	// mem is the bound shared with the other rewrites: held beyond its
@@ -221,6 +224,15 @@ func (d *decoder) hold(tag Tag, n int64) error {
 	return nil
 }
 
+// holdLasting holds n bytes until the rewrite ends (see hold).
+func (d *decoder) holdLasting(tag Tag, n int64) error {
+	if err := d.hold(tag, n); err != nil {
+		return err
+	}
+	d.lasting += n
+	return nil
+}
+
 // release gives back the large slot, if taken: call it once what was
 // held is no longer referenced (written, or the rewrite ended).
 func (d *decoder) release() {
@@ -230,10 +242,14 @@ func (d *decoder) release() {
 	}
 }
 
-// reset starts a new hold, after the previous one was written.
+// reset starts a new hold, after the previous one was written, from
+// what is held until the rewrite ends; the large slot is kept while
+// that is over the allowance.
 func (d *decoder) reset() {
-	d.held = 0
-	d.release()
+	d.held = d.lasting
+	if d.mem == nil || d.held <= d.mem.allowance {
+		d.release()
+	}
 }
 
 // startsWithItem reports whether the next bytes are an Item tag: how a

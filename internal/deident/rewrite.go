@@ -111,6 +111,9 @@ func (d *Deidentifier) rewrite(ctx context.Context, w io.Writer, r io.Reader) (I
 		writers.Put(bw)
 	}()
 	rw := &rewrite{d: d, dec: &decoder{r: br, limit: d.heldLimit, mem: d.mem, ctx: ctx}, w: bw}
+	// The needles are held until the rewrite ends: their memory counts
+	// against the hold, as the tree's does.
+	rw.ids.charge = rw.dec.holdLasting
 	// Every path gives the large slot back: errors, a closed reader,
 	// a panic recovered by Reader.
 	defer rw.dec.release()
@@ -374,13 +377,15 @@ func (rw *rewrite) run() error {
 			el, err = rw.dec.readBody(tag, vr, n, rw.explicit, 0)
 			dropped := rw.dec.dropped
 			rw.dec.discard, rw.dec.dropped = false, nil
-			// Nothing is written before the next top-level element: its
-			// identifying values count for the text the copy keeps.
-			rw.ids.collect(dropped, rw.kept)
 			if err != nil {
 				if errors.Is(err, ErrTooLarge) && !flushed {
 					return fmt.Errorf("%w; the elements before Pixel Data are held whole until the identifying values are known", err)
 				}
+				return err
+			}
+			// Nothing is written before the next top-level element: its
+			// identifying values count for the text the copy keeps.
+			if err := rw.ids.collect(dropped, rw.kept); err != nil {
 				return err
 			}
 		}
@@ -393,7 +398,9 @@ func (rw *rewrite) run() error {
 		}
 		// After Pixel Data (rare): its identifying values still count
 		// for the text that follows.
-		rw.ids.collect([]*element{el}, rw.kept)
+		if err := rw.ids.collect([]*element{el}, rw.kept); err != nil {
+			return err
+		}
 		if err := rw.writeTop(el); err != nil {
 			return err
 		}
@@ -540,7 +547,9 @@ func (rw *rewrite) readFileMeta() error {
 // identifying values are known.
 func (rw *rewrite) start(pending []*element) error {
 	p := rw.d.p
-	rw.ids.collect(pending, rw.kept)
+	if err := rw.ids.collect(pending, rw.kept); err != nil {
+		return err
+	}
 	var study string
 	for _, el := range pending {
 		switch el.tag {
@@ -754,7 +763,15 @@ func (rw *rewrite) transform(el *element, depth int) *element {
 			rw.err = fmt.Errorf("%w: %s holds %d bytes of text, more than the %d the scrub holds", ErrTooLarge, el.tag, len(el.value), maxScrub)
 			return nil
 		}
-		v, changed := rw.ids.scrub(el.value)
+		ctx := rw.dec.ctx
+		if ctx == nil { // a rewrite built without one (tests)
+			ctx = context.Background()
+		}
+		v, changed, err := rw.ids.scrubContext(ctx, el.value)
+		if err != nil {
+			rw.err = fmt.Errorf("deident: scrubbing %s: %w", el.tag, err)
+			return nil
+		}
 		if !changed {
 			return el
 		}
