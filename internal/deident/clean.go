@@ -2,6 +2,7 @@ package deident
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -130,7 +131,10 @@ type identifiers struct {
 	// start, whatever the number of needles.
 	lengths   [256][]int32
 	lengthSum [256]int
-	lower     []byte // scratch: the value being searched, folded
+	// lookups counts the scrub's lookups, up to maxLookups (or
+	// lookupLimit, when set: tests).
+	lookups, lookupLimit int
+	lower                []byte // scratch: the value being searched, folded
 	// charge, when set, counts a needle's memory against the rewrite's
 	// hold (decoder.holdLasting), for the element at.
 	charge func(at Tag, n int64) error
@@ -150,6 +154,12 @@ const (
 	// sum of their distinct lengths: what the scrub may hash at one word
 	// start. It lets through a longest LT value (10,240 characters).
 	maxLengthSum = 16 << 10
+	// maxLookups bounds the scrub's lookups over a rewrite (7 to 15 s at
+	// maxLengthSum's worst, 4 MiB of one-character words costing 350
+	// million): kept text and needles crafted to cost more are refused
+	// at the first attempt, not stalled on until the request times out at
+	// every delivery. A megabyte of real text needs a few million.
+	maxLookups = 1 << 28
 	// needleCost is the heap a needle costs beside twice its bytes (its
 	// copy and its key in seen, each rounded up to a size class): its
 	// slot in needles (24 bytes, up to 2.25 times while append copies),
@@ -338,8 +348,10 @@ func (ids *identifiers) insert(v []byte) {
 	ids.needles = append(ids.needles, n)
 }
 
-// scrub is scrubContext that cannot be stopped.
+// scrub is scrubContext that neither stops nor runs out of lookups
+// (tests, benchmarks).
 func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
+	ids.lookups = 0
 	out, changed, _ := ids.scrubContext(context.Background(), v)
 	return out, changed
 }
@@ -357,7 +369,8 @@ func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
 // such text is often written without spaces. One pass, longest needle
 // first at each position, into a new buffer: at each position, one
 // lookup per distinct length of the needles that start with its byte
-// (bounded by maxLengthSum), however many needles there are. Only
+// (bounded by maxLengthSum, and over the rewrite by maxLookups),
+// however many needles there are. Only
 // trailing spaces and NULs (padding) are trimmed from a changed value:
 // leading spaces of ST, LT, UT are text.
 //
@@ -376,6 +389,9 @@ func (ids *identifiers) scrubContext(ctx context.Context, v []byte) ([]byte, boo
 			if err := ctx.Err(); err != nil {
 				return v, false, err
 			}
+			if limit := cmp.Or(ids.lookupLimit, maxLookups); ids.lookups > limit {
+				return v, false, fmt.Errorf("%w: kept text takes more than %d lookups to scrub of the instance's identifying values", ErrTooLarge, limit)
+			}
 			next = i + 1<<16
 		}
 		c := low[i]
@@ -384,6 +400,7 @@ func (ids *identifiers) scrubContext(ctx context.Context, v []byte) ([]byte, boo
 			i++
 			continue
 		}
+		ids.lookups += len(lens)
 		m := 0
 		for _, l := range lens {
 			end := i + int(l)

@@ -245,6 +245,28 @@ func TestScrubStopsWithContext(t *testing.T) {
 	}
 }
 
+// TestScrubLookupsAreBounded: a rewrite's scrub does at most its number
+// of lookups (maxLookups, here lowered), then refuses the instance as too
+// large rather than scrub on until the request times out.
+func TestScrubLookupsAreBounded(t *testing.T) {
+	var ids identifiers
+	if err := ids.collect(lengthValues('2', 100), func(Tag, string) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	ids.lookupLimit = 4 << 20
+	v := wordText('2', 32<<10) // 16 Ki word starts of 99 lookups each: 1.6 M
+	for i := 1; ; i++ {
+		_, _, err := ids.scrubContext(context.Background(), v)
+		switch {
+		case err == nil && i <= 3:
+			continue
+		case !errors.Is(err, ErrTooLarge) || ids.lookups <= ids.lookupLimit:
+			t.Fatalf("scrub %d, after %d lookups: %v, want ErrTooLarge once over %d", i, ids.lookups, err, ids.lookupLimit)
+		}
+		break
+	}
+}
+
 // TestClosedReaderFreesTheLargeSlot: closing a Reader whose rewrite is
 // scrubbing (while holding the large slot) ends the scrub, and the slot
 // is free again at once for the destination's other rewrites. Before,
