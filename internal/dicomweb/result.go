@@ -130,7 +130,9 @@ func FailureReasonText(code int) string {
 	case FailureAzureAlreadyExists:
 		return "instance already exists"
 	case FailureAzureBeingCreated:
-		return "instance is being created by another request"
+		// Azure's conformance statement v2: also a store that failed and
+		// was not cleaned up, which stays so until the instance is deleted.
+		return "instance pending at the destination: being created by another request, or left by an earlier store that failed and was not cleaned up (Azure: delete it, then store it again)"
 	// PS3.7 C.4, C.5.
 	case 0x0106:
 		return "invalid attribute value"

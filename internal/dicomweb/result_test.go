@@ -35,6 +35,7 @@ func TestReasonText(t *testing.T) {
 	}{
 		{FailureReasonText(272), "processing failure"},
 		{FailureReasonText(45070), "instance already exists"},
+		{FailureReasonText(45071), "instance pending at the destination: being created by another request, or left by an earlier store that failed and was not cleaned up (Azure: delete it, then store it again)"},
 		{FailureReasonText(43265), "StudyInstanceUID does not match the study in the request URL"},
 		{FailureReasonText(0xA701), "refused: out of resources"},
 		{FailureReasonText(0xA9FF), "data set does not match SOP Class"},
