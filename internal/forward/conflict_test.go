@@ -839,3 +839,97 @@ func TestConflictPolicyCheck(t *testing.T) {
 		})
 	}
 }
+
+// Azure answers Failure Reason 45071 while another writer stores the
+// instance, and for good once a store that failed left a pending copy
+// its cleanup did not remove: "Delete the instance first" (conformance
+// statement v2). A 45071 that lasts through the instance rounds and
+// pendingAge is the latter: under STOW_ON_CONFLICT=replace the instance
+// is deleted and stored again; otherwise the study is dead-lettered at
+// its first delivery, saying what to delete. It was retried as
+// transient: every delivery re-sent the study, and the last one's dead
+// letter, hours later, invited a replay that met the same answer. A
+// short 45071 stays a retry.
+func TestAzurePendingCopy(t *testing.T) {
+	const sop = "1.2.3.1" // newMemSource(1), series 1.2.3.0
+	const (
+		untilDelete = -1 // 45071 to every POST until a DELETE
+		always      = -2 // 45071 to every POST
+	)
+	for _, tt := range []struct {
+		name      string
+		action    string
+		pending   int // POSTs answered 45071: a count, untilDelete or always
+		wantCalls string
+		wantDead  []string // in the dead letter's reason; nil: acked
+	}{
+		{name: "a store in progress", action: ConflictReplace, pending: 2, wantCalls: "POST POST POST"},
+		{name: "replace deletes the pending copy", action: ConflictReplace, pending: untilDelete, wantCalls: "POST POST POST DELETE POST"},
+		{name: "skip dead-letters it at once", action: ConflictSkip, pending: untilDelete, wantCalls: "POST POST POST",
+			wantDead: []string{"45071", "pending copy", "DELETE studies/", "/series/1.2.3.0/instances/" + sop, "then replay", "STOW_ON_CONFLICT=replace deletes it"}},
+		{name: "deadletter dead-letters it at once", action: ConflictDeadLetter, pending: untilDelete, wantCalls: "POST POST POST",
+			wantDead: []string{"45071", "DELETE studies/", "then replay"}},
+		{name: "still pending after the delete", action: ConflictReplace, pending: always, wantCalls: "POST POST POST DELETE POST",
+			wantDead: []string{"45071", "still so after stowline deleted it"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls requestLog
+			var posts atomic.Int32
+			var deleted atomic.Bool
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.add(r.Method)
+				switch r.Method {
+				case http.MethodDelete:
+					deleted.Store(true)
+					w.WriteHeader(http.StatusNoContent)
+					return
+				case http.MethodPost:
+				default:
+					w.WriteHeader(http.StatusMethodNotAllowed)
+					return
+				}
+				_, _ = io.Copy(io.Discard, r.Body)
+				n := int(posts.Add(1))
+				if tt.pending == always || tt.pending == untilDelete && !deleted.Load() || n <= tt.pending {
+					failedAnswer(w, http.StatusConflict, dicomweb.FailureAzureBeingCreated, sop)
+					return
+				}
+				w.Header().Set("Content-Type", "application/dicom+json")
+				fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":[%q]}}]}}`, sop)
+			}))
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			dls := &memDeadLetters{}
+			f := newForwarder(t, newMemSource(1), srv.URL, cons, func(o *Options) {
+				o.DeadLetters = dls
+				// A transient failure is delivered again: the letter
+				// must come at the first.
+				o.MaxDeliveries = 3
+				o.InstanceRetries = 1
+				o.InstanceRetryDelay = 10 * time.Millisecond
+				o.Conflicts = ConflictPolicy{Action: tt.action, Method: ReplacePut, Rules: azureConflicts(tt.action).Rules}
+			})
+			f.pendingAge = 50 * time.Millisecond
+			forwardOne(t, f, ns, cons, testEvent())
+			if got := calls.joined(" "); got != tt.wantCalls {
+				t.Errorf("requests %q, want %q", got, tt.wantCalls)
+			}
+			letters := dls.all()
+			if tt.wantDead == nil {
+				if len(letters) > 0 {
+					t.Errorf("dead-lettered (%s): %s", letters[0].Class, letters[0].Reason)
+				}
+				return
+			}
+			l := onlyLetter(t, dls)
+			if l.Class != Partial || l.Attempts != 1 {
+				t.Errorf("letter of class %q after %d deliveries, want partial after 1", l.Class, l.Attempts)
+			}
+			wantReasonHas(t, l.Reason, append([]string{sop}, tt.wantDead...)...)
+			if len(l.Failures) != 1 || l.Failures[0].SOPInstanceUID != sop || l.Failures[0].FailureReason != dicomweb.FailureAzureBeingCreated {
+				t.Errorf("failures %+v, want %s with 45071", l.Failures, sop)
+			}
+		})
+	}
+}

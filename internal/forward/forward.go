@@ -341,6 +341,8 @@ type Forwarder struct {
 	// measureStall gives up counting a part's size (measure) once its
 	// source gave no byte for it: dicomweb.StallTimeout; tests shorten it.
 	measureStall time.Duration
+	// pendingAge: pendingCopyAge; tests shorten it.
+	pendingAge time.Duration
 }
 
 // New validates opts and returns a Forwarder.
@@ -427,7 +429,7 @@ func New(opts Options) (*Forwarder, error) {
 	}
 	fw := &Forwarder{opts: opts, policy: p, obs: obs, log: log, m: m, plan: newLanePlan(&opts), limit: limit, inHand: map[uint64]bool{},
 		sendingStudy: map[string]*studyTurn{}, stopping: make(chan struct{}), unansweredFor: settleTimeout, askTimeout: natsjs.RequestTimeout,
-		measureStall: dicomweb.StallTimeout}
+		measureStall: dicomweb.StallTimeout, pendingAge: pendingCopyAge}
 	fw.hardStop, fw.stopHard = context.WithCancel(context.Background())
 	m.laneAge.setClock(fw.plan.now)
 	fw.retention.Store(int64(opts.EventsRetention))

@@ -288,6 +288,10 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// deleteErr: a DELETE of replace failed; the round after it stores
 	// again what was deleted before it, then the attempt fails with it.
 	var deleteErr error
+	// creating: the instances the destination answers 45071 for
+	// (settlePending).
+	creating := &pendingCopies{cleared: map[string]bool{}}
+rounds:
 	for transientRounds := 0; ; {
 		var outs []batchOutcome
 		var carried []dicomweb.Part
@@ -427,6 +431,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				}
 			}
 		}
+		creating.observe(retry, reasons, time.Now())
 		if f.opts.ExactLength && len(again) > 0 {
 			var failed []Instance
 			if again, failed, err = f.measure(ctx, again); err != nil {
@@ -515,6 +520,37 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 			continue
 		}
 		if transientRounds >= f.opts.InstanceRetries {
+			step, err := f.settlePending(ctx, a, creating, retry, byUID, log)
+			if err != nil {
+				return rep, f.withConflicts(Classify(err), err, st, rejected)
+			}
+			if step.waiting {
+				log.Warn("destination answers 45071 (being created) for instances in every round: sending them once more after a pause, before taking them for pending copies left by a store that failed",
+					"instances", len(creating.since), "pause", step.wait.Round(time.Millisecond).String())
+				sleep(ctx, step.wait)
+				if err := ctx.Err(); err != nil {
+					return rep, f.carrying(err, st, rejected)
+				}
+				rep.Resent += len(retry)
+				f.m.resent.Add(float64(len(retry)))
+				continue
+			}
+			if len(step.dead) > 0 {
+				// Refused until deleted: in the dead letter now, what to
+				// do with them said, rather than after every delivery.
+				rejected = append(rejected, step.dead...)
+				retry, pending = withoutPending(retry, step.dead), withoutPending(pending, step.dead)
+			}
+			if step.deleted > 0 {
+				// Stored again at once, as a replacement by delete.
+				continue
+			}
+			if len(step.dead) > 0 && len(retry) == 0 {
+				if len(pending)+len(upsert)+len(alone) == 0 {
+					break rounds
+				}
+				continue
+			}
 			if unlisted {
 				return rep, missingError(retry, len(all), transientRounds+1)
 			}
