@@ -21,3 +21,9 @@ func (c *Conn) WithRefusalClock(now func() time.Time) {
 	defer c.refused.mu.Unlock()
 	c.refused.now = now
 }
+
+// WithPingInterval returns o with the keepalive pinging every d.
+func (o ConnectOptions) WithPingInterval(d time.Duration) ConnectOptions {
+	o.pingInterval = d
+	return o
+}
