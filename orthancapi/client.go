@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/stowline/stowline/internal/flow"
 	"github.com/stowline/stowline/internal/secretfile"
 )
 
@@ -72,6 +73,9 @@ type Client struct {
 	// remote PostgreSQL index, which failed every delivery at 30 s
 	// whatever ORTHANC_RESPONSE_TIMEOUT said.
 	listTimeout time.Duration
+	// headerTimeout is the transport's ResponseHeaderTimeout
+	// (ORTHANC_RESPONSE_TIMEOUT), named in its errors.
+	headerTimeout time.Duration
 	// maxJSONElementBytes is the constant, but for tests.
 	maxJSONElementBytes int64
 
@@ -202,6 +206,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		basicAuth:      o.basicAuth,
 		requestTimeout: o.requestTimeout,
 		listTimeout:    max(o.requestTimeout, o.headerTimeout),
+		headerTimeout:  o.headerTimeout,
 		probe:          make(chan struct{}, 1),
 
 		maxJSONElementBytes: maxJSONElementBytes,
@@ -425,15 +430,32 @@ func (c *Client) sendAs(ctx context.Context, pw *string, method string, u *url.U
 	if err != nil {
 		return nil, fmt.Errorf("orthancapi: %s %s: waiting for a free request slot (ORTHANC_MAX_CONNECTIONS): %w", method, u.EscapedPath(), err)
 	}
+	// The wait for Orthanc's answer (a file read from its storage, a
+	// conversion: minutes for a large multi-frame instance) is bounded by
+	// the transport's ResponseHeaderTimeout: a stall watch of the caller's
+	// (the STOW-RS request's body this stream feeds) must not give it up
+	// sooner.
+	end := flow.BoundedWait(ctx)
 	resp, err := c.httpClient.Do(req)
+	end()
 	if err != nil {
 		release()
+		if isHeaderTimeout(err) {
+			return nil, fmt.Errorf("orthancapi: %s %s: no answer within %s (ORTHANC_RESPONSE_TIMEOUT): %w", method, u.EscapedPath(), c.headerTimeout, err)
+		}
 		return nil, fmt.Errorf("orthancapi: %s %s: %w", method, u.EscapedPath(), err)
 	}
 	if c.slots != nil {
 		resp.Body = &slotBody{ReadCloser: resp.Body, release: sync.OnceFunc(release)}
 	}
 	return resp, nil
+}
+
+// isHeaderTimeout reports a request given up by the transport's
+// ResponseHeaderTimeout: net/http tells it by its message alone.
+func isHeaderTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() && strings.Contains(err.Error(), "timeout awaiting response headers")
 }
 
 // holdingBodyKey marks a context of WhileHoldingBody.

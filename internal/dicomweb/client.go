@@ -88,7 +88,9 @@ type Client struct {
 // study, its worker and a request place for good. It is unanswered
 // (ErrNoAnswer) unless the body was waiting on a part's source (the
 // source Orthanc stopped serving): then it is that part's failure.
-// CountBytes gives a part's source the same StallTimeout.
+// CountBytes gives a part's source the same StallTimeout. A source's
+// wait bounded elsewhere (flow.BoundedWait: Orthanc's answer, which
+// ORTHANC_RESPONSE_TIMEOUT bounds and may allow far longer) is no stall.
 const (
 	StallTimeout           = 5 * time.Minute
 	defaultResponseTimeout = 15 * time.Minute
@@ -556,7 +558,7 @@ func (c *Client) watch(body *requestBody, cancel context.CancelCauseFunc) (stop 
 					}
 					continue
 				}
-				if moving.stalled(body.moved.Load(), now, c.stallTimeout) {
+				if moving.stalledWaiting(&body.waits, body.moved.Load(), now, c.stallTimeout) {
 					if body.inSource.Load() {
 						cancel(errSourceStalled)
 					} else {

@@ -64,14 +64,19 @@ type requestBody struct {
 	// inSource: the encoder waits on the current part's source (its
 	// Open or a Read), so a stall is the source's, not the destination's.
 	inSource atomic.Bool
+	// waits are the sources' waits bounded elsewhere (flow.BoundedWait),
+	// which watch does not count as a stall.
+	waits boundedWaits
 }
 
 func newRequestBody(ctx context.Context, boundary string, parts []Part, exact bool, buf []byte) *requestBody {
-	return &requestBody{
-		ctx: ctx, parts: parts, exact: exact, boundary: boundary, buf: buf, made: time.Now(),
+	b := &requestBody{
+		parts: parts, exact: exact, boundary: boundary, buf: buf, made: time.Now(),
 		preamble:     partPreamble(boundary, partHeader, true),
 		nextPreamble: partPreamble(boundary, partHeader, false),
 	}
+	b.ctx = b.waits.context(ctx)
+	return b
 }
 
 // markSent notes that the last byte was handed to the transport.

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/stowline/stowline/internal/flow"
 )
 
 // progress tells a count of bytes that stood still for longer than a
@@ -31,6 +33,38 @@ func (p *progress) stalled(n int64, now time.Time, limit time.Duration) bool {
 	return now.Sub(p.lastMoved) > limit
 }
 
+// boundedWaits counts the waits, told by flow.BoundedWait, of the work
+// a watch watches: a wait that something else bounds (Orthanc's answer,
+// by ORTHANC_RESPONSE_TIMEOUT; the de-identifier's large slot, by its
+// holder's progress) is no stall, else a conversion Orthanc may take 15
+// minutes over would be given up after StallTimeout.
+type boundedWaits struct{ active, ended atomic.Int64 }
+
+// start is a flow.WithBoundedWait hook.
+func (w *boundedWaits) start() (end func()) {
+	w.active.Add(1)
+	return sync.OnceFunc(func() {
+		w.ended.Add(1)
+		w.active.Add(-1)
+	})
+}
+
+// context returns ctx telling its bounded waits to w.
+func (w *boundedWaits) context(ctx context.Context) context.Context {
+	return flow.WithBoundedWait(ctx, w.start)
+}
+
+// stalledWaiting is stalled with w's waits: the clock stands still
+// while one is under way, and restarts when one ends.
+func (p *progress) stalledWaiting(w *boundedWaits, n int64, now time.Time, limit time.Duration) bool {
+	// active first: a wait ending after it is read counts in ended.
+	if w.active.Load() > 0 {
+		p.last, p.lastMoved = n+w.ended.Load(), now
+		return false
+	}
+	return p.stalled(n+w.ended.Load(), now, limit)
+}
+
 // errCountStalled is a count given up by CountBytes; it wraps
 // context.DeadlineExceeded, so callers see a time-out.
 var errCountStalled = fmt.Errorf("given up: %w", context.DeadlineExceeded)
@@ -40,16 +74,18 @@ var errCountStalled = fmt.Errorf("given up: %w", context.DeadlineExceeded)
 // before the request. Outside any request, no request's watch bounds the
 // read, so CountBytes gives it up, as watch does a request's body, once
 // no byte came for stall (StallTimeout): a source that stops serving
-// mid-body must not hold a study for good. The errors of open and of the
+// mid-body must not hold a study for good. Waits bounded elsewhere
+// (flow.BoundedWait) are not counted. The errors of open and of the
 // reading are returned as they are.
 func CountBytes(ctx context.Context, open func(context.Context) (io.ReadCloser, error), stall time.Duration) (int64, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var counted atomic.Int64
+	var waits boundedWaits
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	// The watch starts before open: an answer whose headers never come
-	// stalls the count as well.
+	// The watch starts before open: an open that waits on anything but
+	// a bounded wait (Orthanc's answer) stalls the count as well.
 	wg.Go(func() {
 		t := time.NewTicker(stall / 4)
 		defer t.Stop()
@@ -59,14 +95,14 @@ func CountBytes(ctx context.Context, open func(context.Context) (io.ReadCloser, 
 			case <-done:
 				return
 			case now := <-t.C:
-				if moving.stalled(counted.Load(), now, stall) {
+				if moving.stalledWaiting(&waits, counted.Load(), now, stall) {
 					cancel(errCountStalled)
 					return
 				}
 			}
 		}
 	})
-	n, err := countAll(ctx, open, &counted)
+	n, err := countAll(waits.context(ctx), open, &counted)
 	close(done)
 	wg.Wait()
 	if err != nil && context.Cause(ctx) == errCountStalled {

@@ -424,6 +424,28 @@ func ReportWait(ctx context.Context, d time.Duration) {
 	}
 }
 
+type boundedWaitKey struct{}
+
+// WithBoundedWait returns ctx carrying start, told by BoundedWait when
+// work run under ctx starts a wait that something else bounds: Orthanc's
+// answer, bounded by its response-header time-out
+// (ORTHANC_RESPONSE_TIMEOUT); the de-identifier's large slot, by its
+// holder's progress. A watch for a source that stopped serving (a STOW-RS
+// request's body, a measuring pass) must not take such a wait for one.
+// start returns the function that ends the wait.
+func WithBoundedWait(ctx context.Context, start func() (end func())) context.Context {
+	return context.WithValue(ctx, boundedWaitKey{}, start)
+}
+
+// BoundedWait tells ctx's WithBoundedWait, if any, that a wait bounded
+// elsewhere starts; call end once it is over.
+func BoundedWait(ctx context.Context) (end func()) {
+	if start, ok := ctx.Value(boundedWaitKey{}).(func() func()); ok {
+		return start()
+	}
+	return func() {}
+}
+
 // Release gives the place back without a signal: the request failed for
 // another reason or was cancelled. A nil permit does nothing.
 func (p *Permit) Release() {
