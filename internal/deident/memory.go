@@ -36,7 +36,11 @@ func newMemory(allowance int64, slots int) *memory {
 }
 
 // acquire takes a large slot, or returns ctx's error once ctx is done.
-// A wait for the slot is told to ctx's flow.WithWaitReport.
+// A wait for the slot is told to ctx's flow.WithWaitReport, and is a
+// flow.BoundedWait: the holder gives the slot back as its consumer reads
+// it (a slow destination's request), so the rewrites in line behind it
+// may yield no byte for minutes, which their request's stall watch must
+// not blame on the source.
 func (m *memory) acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -48,6 +52,7 @@ func (m *memory) acquire(ctx context.Context) error {
 	}
 	start := time.Now()
 	defer func() { flow.ReportWait(ctx, time.Since(start)) }()
+	defer flow.BoundedWait(ctx)()
 	select {
 	case m.large <- struct{}{}:
 		return nil

@@ -15,6 +15,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/flow"
 )
 
@@ -288,5 +289,48 @@ func TestWaitForTheLargeSlotIsReported(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// A rewrite waiting for the large slot yields no byte for as long as the
+// holder's consumer (its STOW-RS request to a slow destination) takes to
+// read the holder's header: the wait is a flow.BoundedWait, so the stall
+// watch of the waiter's request or measuring pass does not give it up
+// as "its source gave no byte" (the study would fail at every delivery,
+// blaming an Orthanc that answers).
+func TestSlotWaitIsNoSourceStall(t *testing.T) {
+	const stall = 300 * time.Millisecond
+	d := boundedDeidentifier(t, 1<<20)
+	a, b := enhancedMR(t, 600), enhancedMR(t, 601)
+	ra := d.Reader(t.Context(), io.NopCloser(bytes.NewReader(a)))
+	t.Cleanup(func() { _ = ra.Close() })
+	// A's first byte: A holds the slot until its header is read.
+	buf := make([]byte, 64<<10)
+	if _, err := io.ReadFull(ra, buf[:1]); err != nil {
+		t.Fatal(err)
+	}
+	var slow sync.WaitGroup
+	t.Cleanup(slow.Wait)
+	slow.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond) // ~640 KB/s
+		defer tick.Stop()
+		for range tick.C {
+			if _, err := ra.Read(buf); err != nil {
+				return
+			}
+		}
+	})
+	start := time.Now()
+	n, err := dicomweb.CountBytes(t.Context(), func(ctx context.Context) (io.ReadCloser, error) {
+		return d.Reader(ctx, io.NopCloser(bytes.NewReader(b))), nil
+	}, stall)
+	if err != nil {
+		t.Fatalf("counting B while A holds the slot: %v (after %s)", err, time.Since(start).Round(time.Millisecond))
+	}
+	if n == 0 {
+		t.Fatal("B counted no byte")
+	}
+	if waited := time.Since(start); waited < 2*stall {
+		t.Fatalf("B done after %s: it did not wait for the slot longer than the stall time-out, the test proves nothing", waited)
 	}
 }
