@@ -361,9 +361,10 @@ func conflictPolicy(d *config.NamedDestination) forward.ConflictPolicy {
 }
 
 // sourceFor returns the Orthanc of the event's source. An unknown source
-// is an error matching ErrUnknownSource, classified permanent: retrying
-// cannot help, so the study is dead-lettered at once and can be replayed
-// once the source is configured.
+// is an error matching ErrUnknownSource, classified permanent: the
+// forwarder gives the event back for a forwarder that knows the source
+// (one being added), and dead-letters it once that has lasted; it can be
+// replayed once the source is configured.
 func (r *forwarderRole) sourceFor(name string) (forward.Source, error) {
 	c, err := r.sources.Lookup(name)
 	if err != nil {

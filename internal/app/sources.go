@@ -14,12 +14,14 @@ import (
 	"golang.org/x/net/http/httpproxy"
 
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/orthancapi"
 )
 
 // ErrUnknownSource matches (errors.Is) the error for an event whose source
-// is not configured.
-var ErrUnknownSource = errors.New("unknown source")
+// is not configured. It is forward's: the forwarder gives such an event
+// back for a forwarder that knows the source.
+var ErrUnknownSource = forward.ErrUnknownSource
 
 // Source is one configured Orthanc and its client.
 type Source struct {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/repeatlog"
@@ -206,6 +207,10 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 		f.settle(ctx, msg, a, d, Report{}, errors.New(d.reason), 0, log)
 		return
 	}
+	if _, err := f.opts.SourceFor(ev.Source); errors.Is(err, ErrUnknownSource) {
+		f.unknownSource(ctx, msg, a, err, log)
+		return
+	}
 
 	f.m.inFlight.Inc()
 	stopProgress := keepAlive(msg, progressInterval(f.opts.AckWait), f.opts.Connected, log)
@@ -267,6 +272,28 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 	}
 	d := f.policy.decide(a.Number, err, ctx.Err() != nil || errors.Is(err, errShutdown))
 	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log)
+}
+
+// unknownSource settles a delivery whose event names a source this
+// forwarder does not know. Mostly a source being added, which a
+// forwarder on the new configuration serves: dead-lettered at once, every
+// study of the new source sent meanwhile needed a replay. So it is given
+// back, as an event of a newer version is, and dead-lettered as of an
+// unknown source only past policy.unknownSource's bound.
+func (f *Forwarder) unknownSource(ctx context.Context, msg jetstream.Msg, a *Attempt, err error, log *slog.Logger) {
+	d := f.policy.unknownSource(a.Number, err)
+	if d.action != retry {
+		f.settle(ctx, msg, a, d, Report{}, err, 0, log)
+		return
+	}
+	log.Warn("event of a source this forwarder does not know given back for a forwarder that knows it (a source being added: configure it in every forwarder)",
+		"retry_in", d.delay.String(), "err", err)
+	if nerr := msg.NakWithDelay(d.delay); nerr != nil {
+		log.Warn("give back an event of an unknown source; JetStream offers it again after the ack wait", "err", nerr)
+	}
+	f.m.studies.WithLabelValues(string(ResultUnknownSource)).Inc()
+	recordOutcome(trace.SpanFromContext(ctx), ResultUnknownSource, "", Report{})
+	f.obs.Finished(a, ResultUnknownSource, Report{})
 }
 
 // deletedByBufferMode tells whether a study no longer in the source was

@@ -47,6 +47,11 @@ const (
 // Classes lists every class, for metrics and validation.
 var Classes = []Class{Transient, Partial, Permanent, SourceMissing, Crash, Conflict}
 
+// ErrUnknownSource matches (errors.Is) Options.SourceFor's error for a
+// source the forwarder is not configured with: handle gives such an
+// event back for a forwarder that knows it (policy.unknownSource).
+var ErrUnknownSource = errors.New("unknown source")
+
 // DeadLetterNow reports whether a failure of class c goes to the
 // dead-letter stream without further retries.
 func (c Class) DeadLetterNow() bool { return c != Transient }

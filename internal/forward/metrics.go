@@ -82,7 +82,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	m := &metrics{
 		studies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "stowline_forwarder_studies_total",
-			Help:        "Studies handled, by result (forwarded, not_selected, retry, dead_lettered, interrupted, undecodable, ack_failed, newer_version, already_forwarded, already_dead_lettered).",
+			Help:        "Studies handled, by result (forwarded, not_selected, retry, dead_lettered, interrupted, undecodable, ack_failed, newer_version, unknown_source, already_forwarded, already_dead_lettered).",
 			ConstLabels: labels,
 		}, []string{"result"}),
 		instances: prometheus.NewCounter(prometheus.CounterOpts{
@@ -211,7 +211,7 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	for _, r := range []string{"deleted", "failed", "skipped", "waiting", "gone", "kept", "kept_unselected"} {
 		m.sourceDeletes.WithLabelValues(r)
 	}
-	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed, ResultNewerVersion, ResultAlreadyForwarded, ResultAlreadyDeadLettered} {
+	for _, r := range []Result{ResultForwarded, ResultNotSelected, ResultRetry, ResultDeadLettered, ResultInterrupted, ResultUndecodable, ResultAckFailed, ResultNewerVersion, ResultUnknownSource, ResultAlreadyForwarded, ResultAlreadyDeadLettered} {
 		m.studies.WithLabelValues(string(r))
 	}
 	m.lanePulls, m.laneBusy = laneMetrics(labels)

@@ -78,6 +78,11 @@ const (
 	// ResultNewerVersion: a newer ingest wrote the event; it is given back
 	// for a newer forwarder (a delivery spent each time).
 	ResultNewerVersion Result = "newer_version"
+	// ResultUnknownSource: the event names a source this forwarder does
+	// not know (one being added); it is given back for a forwarder that
+	// knows it, a delivery spent each time, and dead-lettered past
+	// policy.unknownSource's bound.
+	ResultUnknownSource Result = "unknown_source"
 	// ResultAlreadyForwarded: the study is no longer in the source and
 	// the destination's ledger holds this state of it or a newer one,
 	// forwarded before buffer mode deleted it; the event is acked. The

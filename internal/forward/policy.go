@@ -70,6 +70,49 @@ func (p policy) decide(attempt uint64, err error, shuttingDown bool) decision {
 	return decision{action: deadLetter, class: class, reason: reason}
 }
 
+// unknownSourceDelay is how long an event of a source this forwarder
+// does not know waits before it is offered again, for a forwarder that
+// knows it: most often the source is being added (a rolling
+// configuration change, the new Orthanc's Lua script installed before
+// the forwarders know it), which takes minutes. Never longer than
+// FORWARDER_RETRY_MAX_DELAY: a site that lowered it wants studies back
+// sooner.
+//
+// unknownSourceDeliveries bounds the give-backs: the delivery that
+// reaches it, about 30 min of give-backs, or FORWARDER_MAX_DELIVERIES if
+// lower, dead-letters the event as of an unknown source. A count, not
+// the event's age: an event of a backlog, queued long ago and first
+// pulled during a rollout, still gets the whole wait. Below
+// FORWARDER_MAX_DELIVERIES (48 by default) it leaves the study deliveries
+// for its retries once a forwarder knows the source, and it is the
+// bound when FORWARDER_MAX_DELIVERIES is 0.
+const (
+	unknownSourceDelay      = time.Minute
+	unknownSourceDeliveries = 30
+)
+
+// unknownSource answers for an attempt whose event names a source this
+// forwarder does not know (err matches ErrUnknownSource): give it back
+// after unknownSourceDelay (action retry), or, at the bound, dead-letter
+// it. Without a dead-letter store it is given back for ever, as any
+// failure.
+func (p policy) unknownSource(attempt uint64, err error) decision {
+	limit := uint64(unknownSourceDeliveries)
+	if p.maxDeliveries > 0 {
+		limit = min(limit, p.maxDeliveries)
+	}
+	delay := unknownSourceDelay
+	if p.retryMaxDelay > 0 {
+		delay = min(delay, p.retryMaxDelay)
+	}
+	if !p.canDeadLetter || attempt < limit {
+		return decision{action: retry, class: Permanent, delay: delay}
+	}
+	return decision{action: deadLetter, class: Permanent, reason: fmt.Sprintf(
+		"%s; no forwarder that knows the source took the event in %d deliveries, given back every %s: "+
+			"add the source to the forwarders' ORTHANC_SOURCES, then replay", err, attempt, delay)}
+}
+
 // exhausted reports a delivery past the limit. Attempts normally end by
 // the limit (decide dead-letters the last one), so the deliveries before
 // this one ended without an outcome: the forwarder that had them crashed,

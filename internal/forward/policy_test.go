@@ -94,6 +94,48 @@ func TestPolicyExhausted(t *testing.T) {
 	}
 }
 
+// An event of a source this forwarder does not know is given back (a
+// source being added) until the bound: unknownSourceDeliveries, or
+// FORWARDER_MAX_DELIVERIES when lower, so that it is dead-lettered as of
+// an unknown source and never runs past the limit as a "crash".
+func TestPolicyUnknownSource(t *testing.T) {
+	err := fmt.Errorf("%w %q: this stowline reads studies only from main", ErrUnknownSource, "cardio")
+	tests := []struct {
+		name    string
+		p       policy
+		attempt uint64
+		want    action
+	}{
+		{"first delivery", policy{maxDeliveries: 48, canDeadLetter: true}, 1, retry},
+		{"before the bound", policy{maxDeliveries: 48, canDeadLetter: true}, unknownSourceDeliveries - 1, retry},
+		{"at the bound", policy{maxDeliveries: 48, canDeadLetter: true}, unknownSourceDeliveries, deadLetter},
+		{"no limit: the bound", policy{canDeadLetter: true}, unknownSourceDeliveries, deadLetter},
+		{"lower limit, before it", policy{maxDeliveries: 5, canDeadLetter: true}, 4, retry},
+		{"lower limit: its last delivery", policy{maxDeliveries: 5, canDeadLetter: true}, 5, deadLetter},
+		{"no dead-letter store", policy{maxDeliveries: 5}, 100, retry},
+		{"lower FORWARDER_RETRY_MAX_DELAY", policy{maxDeliveries: 48, canDeadLetter: true, retryMaxDelay: 8 * time.Second}, 1, retry},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tt.p.unknownSource(tt.attempt, err)
+			if d.action != tt.want || d.class != Permanent {
+				t.Fatalf("unknownSource(%d) = %+v, want action %d, class permanent", tt.attempt, d, tt.want)
+			}
+			want := unknownSourceDelay
+			if tt.p.retryMaxDelay > 0 {
+				want = min(want, tt.p.retryMaxDelay)
+			}
+			if d.action == retry && d.delay != want {
+				t.Errorf("given back after %s, want %s", d.delay, want)
+			}
+			if d.action == deadLetter && (!strings.HasPrefix(d.reason, `unknown source "cardio"`) ||
+				!strings.Contains(d.reason, fmt.Sprintf("in %d deliveries", tt.attempt))) {
+				t.Errorf("reason %q", d.reason)
+			}
+		})
+	}
+}
+
 func TestBackoff(t *testing.T) {
 	p := policy{retryDelay: time.Second, retryMaxDelay: 8 * time.Second}
 	tests := []struct {

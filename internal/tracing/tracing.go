@@ -55,7 +55,7 @@ const (
 	Pending = attribute.Key("stowline.pending")
 	// Result is how an attempt ended (forwarded, not_selected, retry,
 	// dead_lettered, interrupted, ack_failed, undecodable, newer_version,
-	// already_forwarded, already_dead_lettered, parked) and
+	// unknown_source, already_forwarded, already_dead_lettered, parked) and
 	// FailureClass the class of its failure (transient, partial,
 	// permanent, source-missing, crash).
 	Result       = attribute.Key("stowline.result")
