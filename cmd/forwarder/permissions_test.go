@@ -140,8 +140,14 @@ func TestLeastPrivilegeNATSPermissions(t *testing.T) {
 	runIngest := func(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) error {
 		return app.Main[config.IngestService](ctx, "ingest", args, getenv, environ, stdout, stderr, app.RunIngest)
 	}
-	testharness.StartProgram(t, "ingest", runIngest, ingestEnv)
+	ingest := testharness.StartProgram(t, "ingest", runIngest, ingestEnv)
 	testharness.WaitHTTP(t, "http://"+ingestAddr+"/readyz", 30*time.Second)
+	// Its reconciler reads the event stream at a start without a cursor,
+	// to tell a lost cursor from a first start.
+	waitLogLine(t, ingest.Logs, "(first start)", 30*time.Second)
+	if strings.Contains(ingest.Logs.String(), "could not read the event stream") {
+		t.Error("the ingest's reconciler could not read the event stream with the documented permissions")
+	}
 
 	// The forwarder, with its admin API.
 	r.startForwarder(t, map[string]string{"NATS_USER": "stowline-forwarder", "NATS_PASSWORD": forwarderPass})

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/reconcile"
 	"github.com/stowline/stowline/internal/web"
 )
@@ -120,6 +122,11 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 	if err != nil {
 		return err
 	}
+	// Read to tell a lost cursor from a first start.
+	stream, err := p.conn.JS.Stream(pctx, natsjs.EventStream)
+	if err != nil {
+		return fmt.Errorf("reconciler: open the event stream: %w", err)
+	}
 	var rs []reconcile.Source
 	for _, s := range r.sources.List() {
 		rs = append(rs, reconcile.Source{Name: s.Name, Orthanc: s.Client})
@@ -128,6 +135,7 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 		Sources:        rs,
 		KV:             kv,
 		Publisher:      pub,
+		Events:         stream,
 		PollInterval:   r.reconcile.PollInterval,
 		LeaseTTL:       r.reconcile.LeaseTTL,
 		AdoptCursor:    r.reconcile.CursorAdoption(),

@@ -9,6 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -87,9 +90,44 @@ func (s *sourceRunner) loadCursor(ctx context.Context) error {
 		return err
 	}
 	s.cur = c
+	if s.cursorLost(ctx) {
+		s.r.m.cursorMissing.WithLabelValues(s.name).Inc()
+		s.log.Warn("no reconciler cursor for a source whose events the event stream holds: the cursor was lost (its bucket lost or recreated, "+
+			"the key deleted), this is no first start; the reconciler starts at the end of the change log, so studies whose webhook was lost "+
+			"since the last stored position, and those Orthanc forgot at a restart while unstable, are not published: run `forwarder audit --enqueue`",
+			"cursor", last)
+		return nil
+	}
 	s.log.Info("reconciler starts at the end of the source's change log (first start); studies that became stable before are not published: run `forwarder audit --enqueue` for them",
 		"cursor", last)
 	return nil
+}
+
+// cursorLost reports whether the event stream holds an event of the
+// source (on any lane, or its triage subject): then a start without a
+// cursor lost it, and with it the webhooks lost since its last position
+// and its pending list. A stream that cannot be read is told as a first
+// start, with a Warn.
+func (s *sourceRunner) cursorLost(ctx context.Context) bool {
+	st := s.r.opts.Events
+	if st == nil {
+		return false
+	}
+	for _, subject := range []string{natsjs.EventSubject(s.name), natsjs.EventSubject(s.name) + ".>"} {
+		// The first one from sequence 1, not the last by subject: with
+		// direct gets on, that one's API subject names the event's
+		// subject, which the ingest's documented permissions do not
+		// allow (docs/nats-permissions.md).
+		_, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
+		if err == nil {
+			return true
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			s.log.Warn("could not read the event stream to tell a lost reconciler cursor from a first start", "subject", subject, "err", err)
+			return false
+		}
+	}
+	return false
 }
 
 // poll reads one page of the change log after the cursor, handles it and

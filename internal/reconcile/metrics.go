@@ -22,6 +22,9 @@ type metrics struct {
 	changeLogTrimmed *prometheus.CounterVec
 	// clockUnavailable is 1 while Orthanc refuses GET /tools/now.
 	clockUnavailable *prometheus.GaugeVec
+	// cursorMissing counts starts without a cursor for a source the
+	// event stream holds events of (cursorLost).
+	cursorMissing *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -70,8 +73,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "stowline_reconcile_clock_unavailable",
 			Help: "1 while Orthanc (or its proxy) refuses GET /tools/now: stable studies are published without the same-second check, which Orthanc processes sharing one database need; only the replica holding the lease reports it.",
 		}, []string{"source"}),
+		cursorMissing: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stowline_reconcile_cursor_missing_total",
+			Help: "Times the reconciler found no cursor for a source whose events the event stream holds (its bucket lost or recreated, the cursor deleted): it started at the end of the change log, so studies whose webhook was lost before are not published; run forwarder audit --enqueue.",
+		}, []string{"source"}),
 	}
-	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.polls, m.resets, m.changeLogTrimmed, m.clockUnavailable} {
+	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.polls, m.resets, m.changeLogTrimmed, m.clockUnavailable, m.cursorMissing} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("reconcile: register metrics: %w", err)
 		}
@@ -97,13 +104,14 @@ func (m *metrics) init(source string) {
 	m.resets.WithLabelValues(source)
 	m.changeLogTrimmed.WithLabelValues(source)
 	m.clockUnavailable.WithLabelValues(source)
+	m.cursorMissing.WithLabelValues(source)
 }
 
 // drop deletes the series of a source, renamed since.
 func (m *metrics) drop(source string) {
 	for _, v := range []*prometheus.MetricVec{m.lag.MetricVec, m.leaseHeld.MetricVec, m.pending.MetricVec,
 		m.published.MetricVec, m.skipped.MetricVec, m.changesSkipped.MetricVec, m.pollErrors.MetricVec, m.polls.MetricVec, m.resets.MetricVec,
-		m.changeLogTrimmed.MetricVec, m.clockUnavailable.MetricVec} {
+		m.changeLogTrimmed.MetricVec, m.clockUnavailable.MetricVec, m.cursorMissing.MetricVec} {
 		v.DeletePartialMatch(prometheus.Labels{"source": source})
 	}
 }

@@ -71,6 +71,10 @@ type Options struct {
 	// KV is the bucket of cursors and leases (natsjs.Topology.EnsureReconcile).
 	KV        jetstream.KeyValue
 	Publisher events.Publisher
+	// Events is the event stream (natsjs.EventStream), read when a
+	// source has no cursor: if it holds events of the source, the cursor
+	// was lost, which is no first start (cursorLost). Nil: not read.
+	Events jetstream.Stream
 	// PollInterval is the pause between polls once the change log is read
 	// to its end (default 10 s).
 	PollInterval time.Duration
