@@ -57,6 +57,20 @@ func TestDirectGetOfEventsPermitted(t *testing.T) {
 			if !strings.Contains(logs.String(), `"consumer":"`+natsjs.ForwarderConsumer+`"`) {
 				t.Errorf("the start did not read the oldest queued event:\n%s", logs.String())
 			}
+			if user != "stowline-ingest" {
+				return
+			}
+			// The reconciler's look for a source's events at a start
+			// without a cursor (reconcile's cursorLost): a first event by
+			// subject, which goes to DIRECT.GET.STOWLINE_EVENTS; a last
+			// one by subject would go to DIRECT.GET.STOWLINE_EVENTS.<subject>.
+			st, err := connect(user).Stream(ctx, natsjs.EventStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(natsjs.EventSubject("orthanc-a"))); err != nil {
+				t.Errorf("the reconciler's read of a source's first event: %v", err)
+			}
 		})
 	}
 }
