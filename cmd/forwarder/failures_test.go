@@ -494,7 +494,7 @@ func TestForwarderBinaryDiesWithTheTestBinary(t *testing.T) {
 	if pid == 0 {
 		t.Fatal("the helper did not start the program")
 	}
-	if !processAlive(pid) {
+	if !testharness.ProcessAlive(pid) {
 		t.Fatalf("the program (PID %d) is not running while the helper runs", pid)
 	}
 	// SIGKILL, as the -timeout alarm's exit is: no cleanup runs.
@@ -503,7 +503,7 @@ func TestForwarderBinaryDiesWithTheTestBinary(t *testing.T) {
 	}
 	_ = helper.Wait()
 	deadline := time.Now().Add(10 * time.Second)
-	for processAlive(pid) {
+	for testharness.ProcessAlive(pid) {
 		if time.Now().After(deadline) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			t.Fatalf("the program started by runForwarderBinary (PID %d) outlived the test binary", pid)
@@ -528,17 +528,4 @@ func runOrphanHelper(t *testing.T, dir string) {
 	cmd, _ := runForwarderBinary(t, bin, nil)
 	fmt.Printf("forwarder %d\n", cmd.Process.Pid)
 	time.Sleep(time.Hour)
-}
-
-// processAlive reports whether pid runs (a zombie waiting for its reaper
-// does not).
-func processAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// "pid (comm) state ...": the state follows the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }

@@ -305,19 +305,7 @@ func TestDestinationProfileChoosesTheQIDORoute(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.profile, func(t *testing.T) {
-			var mu sync.Mutex
-			var paths []string
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				paths = append(paths, r.URL.Path)
-				mu.Unlock()
-				w.Header().Set("Content-Type", "application/dicom+json")
-				_, _ = io.WriteString(w, "[]")
-			}))
-			t.Cleanup(srv.Close)
-			env := map[string]string{"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123",
-				"DICOMWEB_URL": srv.URL + "/dicomweb", "STOW_PROFILE": tt.profile}
-			dest := loadedDestination(t, env, 0)
+			dest, paths := searchedDestination(t, tt.profile)
 			d, err := newDestination(t.Context(), &dest, nil, nil, slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Fatal(err)
@@ -328,17 +316,38 @@ func TestDestinationProfileChoosesTheQIDORoute(t *testing.T) {
 			if _, err := d.STOW.StudyInstanceUIDs(t.Context(), "1.2.3", dicomweb.Expected{Count: 1}); err != nil {
 				t.Fatal(err)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			for _, p := range paths {
+			for _, p := range paths() {
 				if p != tt.want {
 					t.Errorf("asked %s, want only %s", p, tt.want)
 				}
 			}
-			if len(paths) == 0 {
+			if len(paths()) == 0 {
 				t.Error("nothing asked")
 			}
 		})
+	}
+}
+
+// searchedDestination is a destination of profile whose server answers
+// every search with no match, and the paths it was asked so far.
+func searchedDestination(t *testing.T, profile string) (config.NamedDestination, func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var paths []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/dicom+json")
+		_, _ = io.WriteString(w, "[]")
+	}))
+	t.Cleanup(srv.Close)
+	env := map[string]string{"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123",
+		"DICOMWEB_URL": srv.URL + "/dicomweb", "STOW_PROFILE": profile}
+	return loadedDestination(t, env, 0), func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(paths)
 	}
 }
 
@@ -355,27 +364,13 @@ func TestCheckSendsTheProfilesSearches(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.profile, func(t *testing.T) {
-			var mu sync.Mutex
-			var paths []string
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				paths = append(paths, r.URL.Path)
-				mu.Unlock()
-				w.Header().Set("Content-Type", "application/dicom+json")
-				_, _ = io.WriteString(w, "[]")
-			}))
-			t.Cleanup(srv.Close)
-			env := map[string]string{"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123",
-				"DICOMWEB_URL": srv.URL + "/dicomweb", "STOW_PROFILE": tt.profile}
-			dest := loadedDestination(t, env, 0)
+			dest, paths := searchedDestination(t, tt.profile)
 			var out strings.Builder
 			if err := checkDestination(t.Context(), &out, dest, 5*time.Second, slog.New(slog.DiscardHandler)); err != nil {
 				t.Fatalf("%v\n%s", err, out.String())
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if !slices.Equal(paths, tt.want) {
-				t.Errorf("asked %v, want %v", paths, tt.want)
+			if got := paths(); !slices.Equal(got, tt.want) {
+				t.Errorf("asked %v, want %v", got, tt.want)
 			}
 		})
 	}

@@ -3,7 +3,23 @@ package testharness
 import (
 	"context"
 	"io"
+	"os"
+	"strconv"
+	"strings"
 )
+
+// ProcessAlive reports whether pid runs (a zombie waiting for its
+// reaper does not): tests that kill a process's parent wait for it to go.
+func ProcessAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ...": the state follows the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
 
 // PID returns the process ID of the running Orthanc, or 0 while it is
 // stopped. Benchmarks read its CPU time and memory from /proc/PID.

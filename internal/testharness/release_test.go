@@ -44,7 +44,7 @@ func TestOrthancReleaseLifecycle(t *testing.T) {
 		if o.Running() || o.PID() != 0 {
 			t.Fatal("running after Stop")
 		}
-		if processAlive(pid) {
+		if testharness.ProcessAlive(pid) {
 			t.Errorf("PID %d still alive after Stop", pid)
 		}
 		o.Start(t)
@@ -101,7 +101,7 @@ func TestOrthancDiesWithTheTestBinary(t *testing.T) {
 		// for the port too.
 		u := strings.TrimPrefix(url, "http://")
 		deadline := time.Now().Add(10 * time.Second)
-		for processAlive(pid) || accepts(u) {
+		for testharness.ProcessAlive(pid) || accepts(u) {
 			if time.Now().After(deadline) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 				t.Fatalf("Orthanc (PID %d, %s) outlived the process that started it", pid, u)
@@ -131,17 +131,4 @@ func accepts(addr string) bool {
 		c.Close()
 	}
 	return err == nil
-}
-
-// processAlive reports whether pid runs (a zombie waiting for its reaper
-// does not).
-func processAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// "pid (comm) state ...": the state follows the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
