@@ -94,13 +94,15 @@ func (r ConflictRule) String() string {
 	return b.String()
 }
 
-// NonPrimary reports whether a stored instance's RetrieveURL points into
-// an AWS HealthImaging non-primary image set. HealthImaging stores data
-// whose metadata conflicts with a primary image set as a non-primary one
-// (devguide, "Understanding image sets"), which DICOMweb reaches only
-// with the imageSetId query parameter ("Getting DICOM instance metadata
-// from HealthImaging"); an instance it lists with such a URL is stored
-// but not where a viewer of the study finds it.
+// NonPrimary reports whether a stored instance's RetrieveURL may point
+// into an AWS HealthImaging non-primary image set. HealthImaging stores
+// data whose metadata conflicts with a primary image set as a
+// non-primary one (devguide, "Understanding image sets"), which DICOMweb
+// reaches only with the imageSetId query parameter ("Getting DICOM
+// instance metadata from HealthImaging"). But imageSetId is optional for
+// primary image sets too, so it is a suspicion only: the forwarder
+// confirms it with a search without imageSetId, which sees primary image
+// sets only.
 func NonPrimary(in Instance) bool {
 	u, err := url.Parse(in.RetrieveURL)
 	if err != nil || in.RetrieveURL == "" {

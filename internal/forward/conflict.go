@@ -222,14 +222,7 @@ func (f *Forwarder) keepConflict(st *conflictState, cf conflicted) {
 // take for a conflict. Unlisted, or the destination not asked (no
 // QIDO-RS client, or it failed), they are failed.
 func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted, log *slog.Logger) (held, failed []conflicted) {
-	lister := f.opts.Verifier
-	if lister == nil {
-		d := f.opts.Destination
-		if x, ok := d.(*deidentified); ok {
-			d = x.next
-		}
-		lister, _ = d.(Verifier)
-	}
+	lister := f.lister()
 	var listed map[string]bool
 	var err error
 	if lister == nil {
@@ -258,6 +251,67 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 			"no conflict, retried as the failure the code names", args...)
 	}
 	return held, failed
+}
+
+// lister is what asks the destination which instances of a study it
+// holds: the Verifier (STOW_VERIFY=qido), else the destination's own
+// client (*dicomweb.Client), under a de-identifier too. Nil if neither
+// can.
+func (f *Forwarder) lister() Verifier {
+	if f.opts.Verifier != nil {
+		return f.opts.Verifier
+	}
+	d := f.opts.Destination
+	if x, ok := d.(*deidentified); ok {
+		d = x.next
+	}
+	v, _ := d.(Verifier)
+	return v
+}
+
+// confirmNonPrimary returns those of suspects, instances stored with an
+// imageSetId in their RetrieveURL (dicomweb.NonPrimary), that the
+// destination does not list in the study. AWS HealthImaging documents
+// imageSetId as an optional parameter of every DICOMweb retrieve, for
+// primary image sets too, and that a search without it sees primary
+// image sets only: an instance such a search lists (the aws profile's
+// series-by-series listing) is stored in the primary set, whatever its
+// URL. Without a way to ask (no QIDO-RS client), suspects are taken as
+// they read. A failed listing is the attempt's failure, of the class
+// Classify gives it, as a failed verification's (verify): neither
+// acked, which could leave a study where no viewer finds it, nor
+// dead-lettered as a conflict that may not be one; the error names the
+// suspects.
+func (f *Forwarder) confirmNonPrimary(ctx context.Context, ev *events.StudyStable, suspects []Instance, log *slog.Logger) ([]Instance, error) {
+	lister := f.lister()
+	if lister == nil {
+		return suspects, nil
+	}
+	parts := make([]dicomweb.Part, len(suspects))
+	for i, in := range suspects {
+		parts[i] = dicomweb.Part{SOPInstanceUID: in.SOPInstanceUID}
+	}
+	listed, _, err := f.listed(ctx, lister, ev.StudyInstanceUID, parts)
+	if err != nil {
+		unsure := make([]Instance, len(suspects))
+		for i, in := range suspects {
+			unsure[i] = Instance{SOPInstanceUID: in.SOPInstanceUID,
+				Text: "stored with an imageSetId in its RetrieveURL (AWS HealthImaging); whether in a non-primary image set is unknown: the search without imageSetId failed"}
+		}
+		return nil, &Error{Class: Classify(err), Instances: unsure,
+			Err: fmt.Errorf("confirm %d instances stored with an imageSetId are in a non-primary image set: list study %s at the destination (QIDO-RS): %w", len(suspects), ev.StudyInstanceUID, err)}
+	}
+	var nonPrimary []Instance
+	for _, in := range suspects {
+		if !listed[in.SOPInstanceUID] {
+			nonPrimary = append(nonPrimary, in)
+		}
+	}
+	if primary := len(suspects) - len(nonPrimary); primary > 0 {
+		log.Debug("instances stored with an imageSetId in their RetrieveURL are listed by a search without it: stored in the primary image set",
+			"instances", primary)
+	}
+	return nonPrimary, nil
 }
 
 // notStoredAgain is err, the failure of a delivery that deleted

@@ -61,8 +61,14 @@ func TestConflictAnswersOfClouds(t *testing.T) {
 				"PUT": firstThen(failed(409, dicomweb.FailureAzureBeingCreated), stored(""))},
 			wantCalls: "POST PUT PUT", wantMetric: "replaced"},
 		{name: "aws non-primary image set", policy: ConflictPolicy{Action: ConflictSkip},
-			answers:  map[string]func(http.ResponseWriter){"POST": stored("https://dicom-medical-imaging.us-east-1.amazonaws.com/datastore/d/studies/1.2.3/series/1/instances/1.2.3.1?imageSetId=abc")},
-			wantDead: "non-primary image set", wantCalls: "POST"},
+			// Not listed by a search without imageSetId (QIDO-RS GET):
+			// not in the primary image set.
+			answers: map[string]func(http.ResponseWriter){"POST": stored("https://dicom-medical-imaging.us-east-1.amazonaws.com/datastore/d/studies/1.2.3/series/1/instances/1.2.3.1?imageSetId=abc"),
+				"GET": func(w http.ResponseWriter) {
+					w.Header().Set("Content-Type", "application/dicom+json")
+					fmt.Fprint(w, `[]`)
+				}},
+			wantDead: "non-primary image set", wantCalls: "POST GET"},
 		{name: "still a conflict after delete", policy: ConflictPolicy{Action: ConflictReplace, Method: ReplaceDelete},
 			// 272 in a 409 is a conflict when the destination lists the
 			// instance (QIDO-RS GET): this one still does after the DELETE.

@@ -32,7 +32,8 @@ type metrics struct {
 	// destination's word alone (batchOutcome.unproven).
 	unproven prometheus.Counter
 	// nonPrimary counts instances AWS HealthImaging stored in a
-	// non-primary image set.
+	// non-primary image set: an imageSetId in their RetrieveURL, and not
+	// listed by a search without it (confirmNonPrimary).
 	nonPrimary prometheus.Counter
 	// sourceDeletes counts instances of forwarded studies by what buffer
 	// mode did with them in the source (deleted, failed, skipped,

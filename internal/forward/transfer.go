@@ -359,7 +359,7 @@ rounds:
 		var retry, again []dicomweb.Part
 		var conflicts, unsure []conflicted
 		var skipped, unproven []string
-		var unread []Instance
+		var unread, suspects []Instance
 		notDone := map[string]bool{}
 		full := 0 // instances of retry refused for the destination's resources
 		reasons := map[string]int{}
@@ -373,7 +373,7 @@ rounds:
 			conflicts = append(conflicts, out.conflicts...)
 			skipped = append(skipped, out.skipped...)
 			unproven = append(unproven, out.unproven...)
-			st.nonPrimary = append(st.nonPrimary, out.nonPrimary...)
+			suspects = append(suspects, out.nonPrimary...)
 			for _, p := range out.retry {
 				notDone[p.SOPInstanceUID] = true
 			}
@@ -387,6 +387,14 @@ rounds:
 				notDone[p.SOPInstanceUID] = true
 			}
 			unsure = append(unsure, out.unsure...)
+		}
+		if len(suspects) > 0 {
+			np, err := f.confirmNonPrimary(ctx, ev, suspects, log)
+			if err != nil {
+				return rep, f.carrying(err, st, rejected)
+			}
+			st.nonPrimary = append(st.nonPrimary, np...)
+			f.m.nonPrimary.Add(float64(len(np)))
 		}
 		if len(unsure) > 0 {
 			held, failed := f.settleUnsure(ctx, ev, unsure, log)
@@ -905,7 +913,9 @@ type batchOutcome struct {
 	// a request that a failed conversion broke off.
 	again []dicomweb.Part
 	// conflicts are for STOW_ON_CONFLICT to settle; skipped were counted
-	// as stored; nonPrimary were stored apart (AWS HealthImaging).
+	// as stored; nonPrimary were stored with an imageSetId in their
+	// RetrieveURL: apart (AWS HealthImaging) unless the destination lists
+	// them (confirmNonPrimary).
 	conflicts  []conflicted
 	skipped    []string
 	nonPrimary []Instance
@@ -1090,10 +1100,10 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		stored[in.SOPInstanceUID] = true
 		// An instance of another request (a server answering for more
 		// than it was sent) is not this batch's to dead-letter.
+		// Only suspected: transfer asks the destination (confirmNonPrimary).
 		if dicomweb.NonPrimary(in) && sent[in.SOPInstanceUID] {
 			out.nonPrimary = append(out.nonPrimary, Instance{SOPInstanceUID: in.SOPInstanceUID,
-				Text: "stored in a non-primary image set (AWS HealthImaging): reconcile it with the primary one"})
-			f.m.nonPrimary.Inc()
+				Text: "stored in a non-primary image set (AWS HealthImaging; not listed by a search without imageSetId): reconcile it with the primary one"})
 		}
 	}
 	for _, w := range res.Warnings {
