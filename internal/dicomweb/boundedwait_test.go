@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stowline/stowline/internal/flow"
 	"github.com/stowline/stowline/orthancapi"
 )
 
@@ -96,4 +97,60 @@ func checkBoundedWaitErr(t *testing.T, err error, want string) {
 	case want != "" && (strings.Contains(err.Error(), "gave no byte") || errors.Is(err, errCountStalled)):
 		t.Fatalf("err = %v, want Orthanc's time-out, not a stall", err)
 	}
+}
+
+// A bounded wait that ended gives the stall watch back: a source that
+// answered after one and then stopped mid-body is given up at the stall
+// time-out, in a request body as in a measuring pass. A wait count that
+// leaked would leave the watch off for good, every other test passing.
+func TestStallWatchedAgainAfterABoundedWait(t *testing.T) {
+	const stall = 300 * time.Millisecond
+	// open answers after a bounded wait of three stall time-outs, then
+	// sends a few bytes and nothing more until its request ends.
+	open := func(ctx context.Context) (io.ReadCloser, error) {
+		end := flow.BoundedWait(ctx)
+		select {
+		case <-time.After(3 * stall):
+		case <-ctx.Done():
+		}
+		end()
+		return io.NopCloser(io.MultiReader(strings.NewReader("DICM"), silentReader{ctx})), nil
+	}
+	check := func(t *testing.T, err error, took time.Duration) {
+		t.Helper()
+		if err == nil || took >= 15*stall {
+			t.Fatalf("err = %v after %s; want the stall after the wait given up within about %s", err, took, 4*stall)
+		}
+	}
+	t.Run("store", func(t *testing.T) {
+		var release chan struct{}
+		var log requestLog
+		c := stallClient(t, fakeSTOWHandler(t, &log), &release, stall, time.Minute)
+		ctx, cancel := context.WithTimeout(t.Context(), 15*stall) // a watch left off ends here
+		defer cancel()
+		start := time.Now()
+		_, err := c.Store(ctx, []Part{{SOPInstanceUID: "1.2.3", Size: -1, Open: open}})
+		check(t, err, time.Since(start))
+		if !strings.Contains(err.Error(), "gave no byte") {
+			t.Errorf("err = %v, want the source's stall", err)
+		}
+	})
+	t.Run("count", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 15*stall)
+		defer cancel()
+		start := time.Now()
+		_, err := CountBytes(ctx, open, stall)
+		check(t, err, time.Since(start))
+		if !errors.Is(err, errCountStalled) {
+			t.Errorf("err = %v, want the count's stall", err)
+		}
+	})
+}
+
+// silentReader yields nothing until ctx ends.
+type silentReader struct{ ctx context.Context }
+
+func (r silentReader) Read([]byte) (int, error) {
+	<-r.ctx.Done()
+	return 0, r.ctx.Err()
 }
