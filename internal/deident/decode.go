@@ -93,6 +93,14 @@ type decoder struct {
 	mem   *memory
 	ctx   context.Context
 	large bool
+	// noWait: a slot not free at once fails the hold with errSlotBusy
+	// instead of waiting with the source open (Reader), at byte busyAt.
+	noWait bool
+	busyAt int64
+	// keepUntil: the slot, taken before the rewrite started (Reader's
+	// run after a wait), is kept until the input passes this byte, where
+	// the run before it stopped; the next wait, if any, comes later.
+	keepUntil int64
 	// discard: the element being read is dropped whole (a sequence the
 	// profile removes or empties). Its structure is read, but only the
 	// values the scrub needs (identifying, kept telling the attributes
@@ -215,13 +223,29 @@ func (d *decoder) hold(tag Tag, n int64) error {
 			ErrTooLarge, tag, d.pos, n, d.held, limit, elementCost, itemCost)
 	}
 	if d.mem != nil && !d.large && d.held+n > d.mem.allowance {
-		if err := d.mem.acquire(d.ctx); err != nil {
+		if err := d.takeSlot(); err != nil {
 			return fmt.Errorf("deident: waiting to hold more than %d bytes (element %s at byte %d): %w", d.mem.allowance, tag, d.pos, err)
 		}
 		d.large = true
 	}
 	d.held += n
 	return nil
+}
+
+// takeSlot takes a large slot, waiting for one; with noWait, only one
+// free at once (errSlotBusy otherwise, noted at busyAt).
+func (d *decoder) takeSlot() error {
+	if !d.noWait {
+		return d.mem.acquire(d.ctx)
+	}
+	if err := d.ctx.Err(); err != nil {
+		return err // stopped: takes no slot
+	}
+	if d.mem.tryAcquire() {
+		return nil
+	}
+	d.busyAt = d.pos
+	return errSlotBusy
 }
 
 // holdLasting holds n bytes until the rewrite ends (see hold).
@@ -244,10 +268,10 @@ func (d *decoder) release() {
 
 // reset starts a new hold, after the previous one was written, from
 // what is held until the rewrite ends; the large slot is kept while
-// that is over the allowance.
+// that is over the allowance, or the input is before keepUntil.
 func (d *decoder) reset() {
 	d.held = d.lasting
-	if d.mem == nil || d.held <= d.mem.allowance {
+	if d.mem == nil || (d.held <= d.mem.allowance && d.pos >= d.keepUntil) {
 		d.release()
 	}
 }

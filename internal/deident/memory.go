@@ -45,10 +45,8 @@ func (m *memory) acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	select {
-	case m.large <- struct{}{}:
+	if m.tryAcquire() {
 		return nil
-	default:
 	}
 	start := time.Now()
 	defer func() { flow.ReportWait(ctx, time.Since(start)) }()
@@ -58,6 +56,16 @@ func (m *memory) acquire(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// tryAcquire takes a large slot if one is free at once.
+func (m *memory) tryAcquire() bool {
+	select {
+	case m.large <- struct{}{}:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -133,7 +133,10 @@ func TestWaitForLargeSlotStopsWithContext(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			t.Cleanup(cancel)
 			src := &closeRecorder{Reader: bytes.NewReader(in), closed: make(chan struct{})}
-			rc := d.Reader(ctx, src)
+			rc, err := d.Reader(ctx, func(context.Context) (io.ReadCloser, error) { return src, nil })
+			if err != nil {
+				t.Fatal(err)
+			}
 			done := make(chan error, 1)
 			go func() {
 				_, err := io.Copy(io.Discard, rc)
@@ -161,6 +164,11 @@ func TestWaitForLargeSlotStopsWithContext(t *testing.T) {
 			}
 		})
 	}
+}
+
+// opens is an open for Reader of the file b.
+func opens(b []byte) func(context.Context) (io.ReadCloser, error) {
+	return func(context.Context) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 }
 
 type closeRecorder struct {
@@ -199,7 +207,10 @@ func TestRewriteReturnsTheLargeSlot(t *testing.T) {
 			return nil
 		}},
 		{"reader closed early", func(d *Deidentifier) error {
-			rc := d.Reader(context.Background(), io.NopCloser(bytes.NewReader(in)))
+			rc, err := d.Reader(context.Background(), opens(in))
+			if err != nil {
+				return err
+			}
 			if _, err := io.ReadFull(rc, make([]byte, 1000)); err != nil {
 				return err
 			}
@@ -269,9 +280,13 @@ func TestWaitForTheLargeSlotIsReported(t *testing.T) {
 				})
 				done := make(chan error, 1)
 				go func() {
-					rc := d.Reader(ctx, io.NopCloser(bytes.NewReader(in)))
+					rc, err := d.Reader(ctx, opens(in))
+					if err != nil {
+						done <- err
+						return
+					}
 					defer rc.Close()
-					_, err := io.Copy(io.Discard, rc)
+					_, err = io.Copy(io.Discard, rc)
 					done <- err
 				}()
 				if c.held {
@@ -302,7 +317,10 @@ func TestSlotWaitIsNoSourceStall(t *testing.T) {
 	const stall = 300 * time.Millisecond
 	d := boundedDeidentifier(t, 1<<20)
 	a, b := enhancedMR(t, 600), enhancedMR(t, 601)
-	ra := d.Reader(t.Context(), io.NopCloser(bytes.NewReader(a)))
+	ra, err := d.Reader(t.Context(), opens(a))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = ra.Close() })
 	// A's first byte: A holds the slot until its header is read.
 	buf := make([]byte, 64<<10)
@@ -322,7 +340,7 @@ func TestSlotWaitIsNoSourceStall(t *testing.T) {
 	})
 	start := time.Now()
 	n, err := dicomweb.CountBytes(t.Context(), func(ctx context.Context) (io.ReadCloser, error) {
-		return d.Reader(ctx, io.NopCloser(bytes.NewReader(b))), nil
+		return d.Reader(ctx, opens(b))
 	}, stall)
 	if err != nil {
 		t.Fatalf("counting B while A holds the slot: %v (after %s)", err, time.Since(start).Round(time.Millisecond))

@@ -280,7 +280,10 @@ func TestClosedReaderFreesTheLargeSlot(t *testing.T) {
 	in := needleFile(t, vals, wordText('2', maxScrub-32))
 	d := newTestDeidentifier(t, Options{})
 	d.mem = newMemory(1<<20, 1) // the 4 MiB text takes the large slot
-	r := d.Reader(context.Background(), io.NopCloser(bytes.NewReader(in)))
+	r, err := d.Reader(context.Background(), opens(in))
+	if err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "the rewrite to take the large slot", func() bool { return len(d.mem.large) == 1 })
 	if err := r.Close(); err != nil {
 		t.Fatal(err)

@@ -173,6 +173,13 @@ func TestElementCostCoversTheTree(t *testing.T) {
 // Pixel Data.
 func enhancedMR(t *testing.T, frames int) []byte {
 	t.Helper()
+	return enhancedMRWith(t, frames, bytes.Repeat([]byte{0, 1}, 64))
+}
+
+// enhancedMRWith is enhancedMR with pixels as its Pixel Data, and more
+// elements.
+func enhancedMRWith(t *testing.T, frames int, pixels []byte, more ...*element) []byte {
+	t.Helper()
 	groups := make([]*element, 10)
 	for g := range groups {
 		vals := make([]*element, 9)
@@ -185,13 +192,13 @@ func enhancedMR(t *testing.T, frames int) []byte {
 	for i := range perFrame {
 		perFrame[i] = groups
 	}
-	return testFile(t, syntaxExplicitLE, true, false, true, []*element{
+	return testFile(t, syntaxExplicitLE, true, false, true, append([]*element{
 		str(tagSOPClassUID, "UI", "1.2.840.10008.5.1.4.1.1.4.1"),
 		str(tagSOPInstanceUID, "UI", "1.2.3.9.2"),
 		str(tagPatientID, "LO", "PID-1"),
 		seq(0x52009230, perFrame...),
-		{tag: tagPixelData, vr: "OW", value: bytes.Repeat([]byte{0, 1}, 64)},
-	})
+		{tag: tagPixelData, vr: "OW", value: pixels},
+	}, more...))
 }
 
 // TestRewritePassesEnhancedMultiframe: an enhanced MR of 5,000 frames

@@ -97,10 +97,26 @@ type Instance struct {
 // per-rewrite allowance waits for the Deidentifier's large slot (see
 // Reader, which stops waiting with its context).
 func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
-	return d.rewrite(context.Background(), w, r)
+	return d.rewrite(context.Background(), w, r, nil)
 }
 
-func (d *Deidentifier) rewrite(ctx context.Context, w io.Writer, r io.Reader) (Instance, error) {
+// slotRun is how one run of Reader's rewrite takes the large slot:
+// never waiting for it with its source open (errSlotBusy instead).
+type slotRun struct {
+	// taken: the slot was taken before the run (after a wait), and is
+	// kept until the input passes keepUntil.
+	taken     bool
+	keepUntil int64
+	// busyAt is where the run stopped with errSlotBusy.
+	busyAt int64
+}
+
+// errSlotBusy: a run (slotRun) needs the large slot, and it is taken.
+var errSlotBusy = errors.New("the large slot is taken")
+
+// rewrite is Rewrite under ctx; with run set, a slot not free at once
+// ends it with errSlotBusy (see Reader).
+func (d *Deidentifier) rewrite(ctx context.Context, w io.Writer, r io.Reader, run *slotRun) (Instance, error) {
 	br, bw := readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
 	br.Reset(sourceReader{r})
 	bw.Reset(w)
@@ -111,6 +127,10 @@ func (d *Deidentifier) rewrite(ctx context.Context, w io.Writer, r io.Reader) (I
 		writers.Put(bw)
 	}()
 	rw := &rewrite{d: d, dec: &decoder{r: br, limit: d.heldLimit, mem: d.mem, ctx: ctx}, w: bw}
+	if run != nil {
+		rw.dec.noWait, rw.dec.large, rw.dec.keepUntil = true, run.taken, run.keepUntil
+		defer func() { run.busyAt = rw.dec.busyAt }()
+	}
 	// The needles are held until the rewrite ends: their memory counts
 	// against the hold, as the tree's does.
 	rw.ids.charge = rw.dec.holdLasting
@@ -147,13 +167,25 @@ var (
 	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 )
 
-// Reader returns the de-identified copy of src as it is written: the
-// rewrite runs while the caller reads. Close stops it and closes src.
-// A rewrite waiting for memory (the large slot) stops waiting when ctx
-// is done or the reader is closed, failing with ctx's error.
-func (d *Deidentifier) Reader(ctx context.Context, src io.ReadCloser) io.ReadCloser {
-	pr, pw := io.Pipe()
+// Reader returns the de-identified copy of the file open opens, as it
+// is written: the rewrite runs while the caller reads. open is called at
+// once (its error is Reader's), and again after each wait for the large
+// slot: a source left unread through the wait would hold its Orthanc
+// connection, and be cut after Orthanc's HttpRequestTimeout (30 s), so
+// the rewrite closes it, waits, and runs again from a new one holding the
+// slot. The rewrite is deterministic: the bytes of the copy the caller
+// already read come again, and are dropped. Close stops it and closes
+// the source. A wait for the slot stops when ctx is done or the reader
+// is closed, failing with ctx's error.
+func (d *Deidentifier) Reader(ctx context.Context, open func(context.Context) (io.ReadCloser, error)) (io.ReadCloser, error) {
 	ctx, cancel := context.WithCancel(ctx)
+	src, err := open(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	p := &pipeReader{pr: pr, src: src, cancel: cancel}
 	go func() {
 		defer cancel() // also when the caller never closes
 		var err error
@@ -170,9 +202,54 @@ func (d *Deidentifier) Reader(ctx context.Context, src io.ReadCloser) io.ReadClo
 			}
 			pw.CloseWithError(err)
 		}()
-		_, err = d.rewrite(ctx, pw, src)
+		err = d.runs(ctx, pw, p, src, open)
 	}()
-	return &pipeReader{pr: pr, src: src, cancel: cancel}
+	return p, nil
+}
+
+// runs rewrites src to w, and again from a source open opens after each
+// wait for the large slot (see Reader).
+func (d *Deidentifier) runs(ctx context.Context, w io.Writer, p *pipeReader, src io.Reader, open func(context.Context) (io.ReadCloser, error)) error {
+	out := &skipWriter{w: w}
+	run := &slotRun{}
+	for {
+		_, err := d.rewrite(ctx, out, src, run)
+		if !errors.Is(err, errSlotBusy) {
+			if err == nil && out.skip > 0 {
+				return fmt.Errorf("deident: the source read again after a wait for the large slot gave a copy %d bytes shorter than the first", out.skip)
+			}
+			return err
+		}
+		p.swap(nil)
+		if werr := d.mem.acquire(ctx); werr != nil {
+			return fmt.Errorf("%w; stopped waiting: %w", err, werr)
+		}
+		next, oerr := open(ctx)
+		if oerr == nil && !p.swap(next) {
+			oerr = io.ErrClosedPipe
+		}
+		if oerr != nil {
+			d.mem.release()
+			return fmt.Errorf("deident: open the source again after waiting for the large slot: %w", oerr)
+		}
+		src, run = next, &slotRun{taken: true, keepUntil: run.busyAt}
+		out.skip = out.n
+	}
+}
+
+// skipWriter counts the bytes it passes to w, after dropping the first
+// skip: those a run before gave already.
+type skipWriter struct {
+	w       io.Writer
+	n, skip int64
+}
+
+func (s *skipWriter) Write(b []byte) (int, error) {
+	k := min(s.skip, int64(len(b)))
+	s.skip -= k
+	n, err := s.w.Write(b[k:])
+	s.n += int64(n)
+	return int(k) + n, err
 }
 
 // panicSite names the function and line that panicked, from a deferred
@@ -193,8 +270,10 @@ func panicSite() string {
 
 type pipeReader struct {
 	pr     *io.PipeReader
-	src    io.Closer
 	cancel context.CancelFunc
+	mu     sync.Mutex
+	src    io.Closer // the source open now; nil while a wait has none
+	closed bool
 }
 
 func (p *pipeReader) Read(b []byte) (int, error) { return p.pr.Read(b) }
@@ -202,7 +281,33 @@ func (p *pipeReader) Read(b []byte) (int, error) { return p.pr.Read(b) }
 func (p *pipeReader) Close() error {
 	p.cancel()       // a wait for memory ends
 	_ = p.pr.Close() // the writer's next write fails: the rewrite ends
-	return p.src.Close()
+	p.mu.Lock()
+	src := p.src
+	p.src, p.closed = nil, true
+	p.mu.Unlock()
+	if src == nil {
+		return nil
+	}
+	return src.Close()
+}
+
+// swap closes the source open now and makes next (nil: none) the
+// source. Once the reader is closed, it closes next too and reports false.
+func (p *pipeReader) swap(next io.Closer) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.src != nil {
+		_ = p.src.Close()
+	}
+	p.src = nil
+	if p.closed {
+		if next != nil {
+			_ = next.Close()
+		}
+		return false
+	}
+	p.src = next
+	return true
 }
 
 type rewrite struct {

@@ -3,6 +3,7 @@ package deident
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -237,9 +238,12 @@ func (panickingFile) Close() error             { return nil }
 // caller's recover reaches: it ended the process, and every study in
 // flight with it. It is the reader's error instead.
 func TestReaderPanicIsAnError(t *testing.T) {
-	rc := newTestDeidentifier(t, Options{}).Reader(t.Context(), panickingFile{})
+	rc, err := newTestDeidentifier(t, Options{}).Reader(t.Context(), func(context.Context) (io.ReadCloser, error) { return panickingFile{}, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer rc.Close()
-	_, err := io.ReadAll(rc)
+	_, err = io.ReadAll(rc)
 	if !errors.Is(err, ErrPanicked) || !strings.Contains(err.Error(), "a parser bug") || !strings.Contains(err.Error(), "panickingFile.Read") {
 		t.Fatalf("err %v, want ErrPanicked with the value and where", err)
 	}

@@ -119,11 +119,11 @@ func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicom
 // not sent after it.
 func (x *deidentified) open(p dicomweb.Part, measuring bool) func(context.Context) (io.ReadCloser, error) {
 	return func(ctx context.Context) (io.ReadCloser, error) {
-		rc, err := p.Open(ctx)
+		rc, err := x.d.Reader(ctx, p.Open)
 		if err != nil {
 			return nil, err
 		}
-		return &refusingReader{ReadCloser: x.d.Reader(ctx, rc), uid: p.SOPInstanceUID, setting: x.setting, copies: x.copies,
+		return &refusingReader{ReadCloser: rc, uid: p.SOPInstanceUID, setting: x.setting, copies: x.copies,
 			measuring: measuring}, nil
 	}
 }
