@@ -795,7 +795,10 @@ func (b *breaker) probe() {
 		// is not marked vouched, and with nothing to try the breaker
 		// stays open rather than closing untried.
 		b.failedProbes++
-		if err != nil {
+		// A refused query (a 403: an identity that may store but not
+		// search) says nothing of the outage: the failure that opened
+		// the breaker stays the one shown.
+		if err != nil && !queryRefused(err) {
 			b.noteDown(fmt.Errorf("probe: %w", err))
 		}
 		passes := !b.refused && !b.queriesAnswered && queryRefused(err)

@@ -316,6 +316,27 @@ func TestBreakerOutage(t *testing.T) {
 	})
 }
 
+// A refused probe (403: an identity that may store but not search) does
+// not replace the failure that opened the breaker as the one the page
+// shows: it pointed the operator at permissions during an outage.
+func TestBreakerRefusedProbeKeepsTheOutagesReason(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		down := &dicomweb.HTTPError{StatusCode: 503}
+		prober := &fakeProber{err: &dicomweb.HTTPError{StatusCode: 403}}
+		b := newBreaker(breakerConfig{failures: 1, interval: 10 * time.Second, maxInterval: 30 * time.Second}, prober, nil)
+		defer b.stop()
+		b.record(down, 0, "1.2.3", 0)
+		time.Sleep(11 * time.Second)
+		synctest.Wait()
+		if prober.calls == 0 {
+			t.Fatal("no probe")
+		}
+		if st := b.status(); st.lastDown != down.Error() {
+			t.Errorf("last down %q after a refused probe, want the outage's %q", st.lastDown, down.Error())
+		}
+	})
+}
+
 // A trial that fails for a down destination re-opens the breaker. The
 // study is held again, except after a probe that passed when it met a
 // 500, a 502 or 504, or a connection reset: the study itself may be what
