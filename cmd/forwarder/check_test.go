@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -199,8 +200,17 @@ func TestCheckAWS(t *testing.T) {
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", t.TempDir()+"/none")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	var authz string
+	var searched []string
 	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		authz = r.Header.Get("Authorization")
+		// The searches the forwarder sends at HealthImaging, for a
+		// study and series no one has: none found.
+		if p := r.URL.Path; strings.HasSuffix(p, "/series") || strings.HasSuffix(p, "/instances") {
+			searched = append(searched, strings.TrimPrefix(p, "/datastore/d9a2a515ab294163a2d2f4069eed584c"))
+			w.Header().Set("Content-Type", "application/dicom+json")
+			_, _ = io.WriteString(w, "[]")
+			return
+		}
 		qido("")(w, r)
 	}))
 	t.Cleanup(dest.Close)
@@ -210,6 +220,9 @@ func TestCheckAWS(t *testing.T) {
 	}
 	if !strings.HasPrefix(authz, "AWS4-HMAC-SHA256 Credential=AKIDCHECKEXAMPLE/") || !strings.Contains(authz, "/eu-west-1/medical-imaging/aws4_request") {
 		t.Errorf("Authorization = %q", authz)
+	}
+	if want := []string{"/studies/2.25.0/series", "/studies/2.25.0/series/2.25.0/instances"}; !slices.Equal(searched, want) {
+		t.Errorf("searched %q, want the forwarder's series searches %q", searched, want)
 	}
 	for _, w := range []string{"aws (Signature V4, medical-imaging, eu-west-1)", "the SDK's chain: EnvConfigCredentials", "verdict      OK"} {
 		if !strings.Contains(out, w) {
