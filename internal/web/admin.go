@@ -44,6 +44,7 @@ type AdminAPI struct {
 //	POST /admin/deadletters/replay     {"destination":…, "study":…, "all":true, "dryRun":true, …}
 //	POST /admin/deadletters/purge      same body
 //	POST /admin/reforward              {"destination":…, "since":…, "until":…, "dryRun":true}
+//	GET  /admin/studies/{source}/{orthancStudyId}
 //
 // A client address that presented a wrong token ten times is refused with
 // 429 for a while, its token unchecked (guessGuard); each wrong token is
@@ -75,6 +76,7 @@ func (a *AdminAPI) Mount(r chi.Router) {
 		r.Post("/deadletters/replay", a.mutate(true))
 		r.Post("/deadletters/purge", a.mutate(false))
 		r.Post("/reforward", a.reforward)
+		r.Get("/studies/{source}/{orthancStudyId}", a.study)
 		// A GET of replay or purge would reach /deadletters/{seq}, and be
 		// told its seq is not a number.
 		r.Get("/deadletters/replay", adminMethodNotAllowed)
@@ -88,7 +90,7 @@ func (a *AdminAPI) Mount(r chi.Router) {
 
 // adminEndpoints names the admin API's endpoints, for the answer to a
 // wrong path or method.
-const adminEndpoints = "GET /admin/deadletters, GET /admin/deadletters/{seq}, POST /admin/deadletters/replay, POST /admin/deadletters/purge, POST /admin/reforward"
+const adminEndpoints = "GET /admin/deadletters, GET /admin/deadletters/{seq}, POST /admin/deadletters/replay, POST /admin/deadletters/purge, POST /admin/reforward, GET /admin/studies/{source}/{orthancStudyId}"
 
 // adminMethodNotAllowed answers, in JSON as every error of the API, a
 // request with the wrong method for its path.
