@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -16,8 +17,9 @@ import (
 // (SearchDICOMStudies, SearchDICOMSeries, SearchDICOMInstances), and
 // answers anything else 404 with a JSON body. It holds study 1.2.3 with
 // the series and instances of held (1.2.3.{n} for n of each series),
-// pages capped at pageCap items. undocumented counts the other requests,
-// asked the documented ones.
+// pages capped at pageCap items, and no record past awsSearchCap listed
+// (an empty page), as HealthImaging documents. undocumented counts the
+// other requests, asked the documented ones.
 func awsSearchServer(t *testing.T, held map[string][]int, pageCap int, asked, undocumented *atomic.Int64) *httptest.Server {
 	t.Helper()
 	const base = "/datastore/d1/studies"
@@ -33,8 +35,9 @@ func awsSearchServer(t *testing.T, held map[string][]int, pageCap int, asked, un
 		}
 		offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
 		limit = min(limit, pageCap)
+		end := min(offset+limit, len(uids), awsSearchCap)
 		var items []string
-		for _, u := range uids[min(offset, len(uids)):min(offset+limit, len(uids))] {
+		for _, u := range uids[min(offset, end):end] {
 			items = append(items, fmt.Sprintf(`{%q:{"vr":"UI","Value":[%q]}}`, tag, u))
 		}
 		w.Header().Set("Content-Type", "application/dicom+json")
@@ -147,4 +150,59 @@ func TestSeriesSearchListsOnlyDocumentedRoutes(t *testing.T) {
 			t.Errorf("%d requests to routes HealthImaging does not offer, %d to its own; want 0 and 1", n, asked.Load())
 		}
 	})
+}
+
+// TestSeriesSearchCapped: HealthImaging lists at most awsSearchCap
+// records of a series. A series of more, its instances looked for past
+// the cap, is listed up to it and said capped (ErrListingCapped, with the
+// UIDs listed), never asked past it: before, the listing ended there as
+// if complete, and every caller took the rest for missing.
+func TestSeriesSearchCapped(t *testing.T) {
+	const big = awsSearchCap + 50
+	seq := func(from, to int) []int {
+		var out []int
+		for n := from; n < to; n++ {
+			out = append(out, n)
+		}
+		return out
+	}
+	tests := []struct {
+		name         string
+		held         map[string][]int
+		wanted       []string
+		wantCapped   bool
+		want         int
+		wantRequests int
+	}{
+		{name: "series over the cap", held: map[string][]int{"1.2.3.1": seq(0, big)}, wanted: uidRange(0, big),
+			// The series list's short page is asked again, as for any
+			// instance missing.
+			wantCapped: true, want: awsSearchCap, wantRequests: 1 + awsSearchCap/qidoPageSize + 1},
+		// The cap reached, nothing looked for unlisted: complete.
+		{name: "series of the cap", held: map[string][]int{"1.2.3.1": seq(0, awsSearchCap)}, wanted: uidRange(0, awsSearchCap),
+			want: awsSearchCap, wantRequests: 1 + awsSearchCap/qidoPageSize},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var asked, undocumented atomic.Int64
+			srv := awsSearchServer(t, tt.held, qidoPageSize, &asked, &undocumented)
+			c, err := New(srv.URL+"/datastore/d1", nil, WithSeriesSearch())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.StudyInstanceUIDs(t.Context(), "1.2.3", Expected{UIDs: tt.wanted})
+			if capped := errors.Is(err, ErrListingCapped); capped != tt.wantCapped || (err != nil && !capped) {
+				t.Fatalf("err %v, want capped %v", err, tt.wantCapped)
+			}
+			if len(got) != tt.want {
+				t.Errorf("listed %d UIDs, want %d", len(got), tt.want)
+			}
+			if n := int(asked.Load()); n != tt.wantRequests {
+				t.Errorf("%d requests, want %d", n, tt.wantRequests)
+			}
+			if n := undocumented.Load(); n != 0 {
+				t.Errorf("%d requests to routes HealthImaging does not offer", n)
+			}
+		})
+	}
 }

@@ -77,6 +77,9 @@ type Client struct {
 	// seriesSearch: list a study's instances series by series
 	// (WithSeriesSearch).
 	seriesSearch bool
+	// searchCap: the most records a search returns, 0 none
+	// (WithSeriesSearch: awsSearchCap; lower in tests).
+	searchCap int
 	// stallTimeout and responseTimeout bound a request that stopped
 	// moving (watch): StallTimeout, defaultResponseTimeout.
 	stallTimeout, responseTimeout time.Duration
@@ -184,9 +187,11 @@ func WithContentLength() Option {
 // searches AWS HealthImaging offers: series of a study
 // (SearchDICOMSeries) and instances of a series (SearchDICOMInstances).
 // It has no study-level instance search, GET studies/{study}/instances.
+// Its searches return at most awsSearchCap records (ErrListingCapped).
 func WithSeriesSearch() Option {
 	return func(c *Client) error {
 		c.seriesSearch = true
+		c.searchCap = awsSearchCap
 		return nil
 	}
 }

@@ -26,6 +26,21 @@ const maxQIDOPages = 1000
 // 1 KB.
 const qidoItemBytes = 2 << 10
 
+// awsSearchCap is the most records one AWS HealthImaging QIDO-RS search
+// returns: "a maximum of 10,000 records. In the case that more than
+// 10,000 resources exist, they will not be retrievable via the QIDO-RS
+// actions" (docs.aws.amazon.com/healthimaging/latest/devguide/
+// dicomweb-search.html). A series of more instances cannot be listed in
+// full, by any offset.
+const awsSearchCap = 10000
+
+// ErrListingCapped is returned by StudyInstanceUIDs, with the UIDs it
+// listed, when instances looked for are not among them and a listing
+// reached the destination's search cap (WithSeriesSearch: awsSearchCap
+// records): the destination may hold them past the cap, where no search
+// sees them. They are unverifiable, not known missing.
+var ErrListingCapped = errors.New("qido: listing capped by the destination's search limit")
+
 // tagSOPInstanceUID is (0008,0018) and tagSeriesInstanceUID (0020,000E)
 // as QIDO-RS names them.
 const (
@@ -45,7 +60,9 @@ type Expected struct {
 // holds (QIDO-RS GET {base}/studies/{uid}/instances, paged with limit and
 // offset; series by series with WithSeriesSearch) and returns their SOP
 // Instance UIDs. A study the destination does not know (404, or 204) has
-// none. Any other non-2xx answer is an *HTTPError.
+// none. Any other non-2xx answer is an *HTTPError. If instances looked
+// for are not listed and a listing reached the search cap, the UIDs
+// listed come with an error wrapping ErrListingCapped.
 //
 // A page shorter than the limit asked ends the listing once it lists
 // every UID of want and at least want.Count instances; until then only
@@ -63,7 +80,11 @@ func (c *Client) StudyInstanceUIDs(ctx context.Context, studyInstanceUID string,
 	}
 	l := newQIDOListing(c, want)
 	if c.seriesSearch {
-		return l.bySeries(ctx, studyInstanceUID)
+		out, err := l.bySeries(ctx, studyInstanceUID)
+		if err == nil && l.capped > 0 && l.missing() {
+			return out, fmt.Errorf("%w: study %s: %d listings reached %d records", ErrListingCapped, studyInstanceUID, l.capped, c.searchCap)
+		}
+		return out, err
 	}
 	if _, _, err := l.pages(ctx, qidoList{study: studyInstanceUID, tag: tagSOPInstanceUID}, 0, false); err != nil {
 		return nil, err
@@ -79,6 +100,9 @@ type qidoListing struct {
 	wanted map[string]bool // want.UIDs not listed yet
 	seen   map[string]bool
 	out    []string
+	// capped counts the listings (a series', the series list) that
+	// reached c.searchCap: what they did not list is unverifiable.
+	capped int
 	// A page is read up to what its limit allows, qidoItemBytes an item
 	// (or the fixed bound). Only the one request for the whole study
 	// (series), without limit and offset, is read up to what the
@@ -157,7 +181,17 @@ func (l *qidoListing) pagesTo(ctx context.Context, q qidoList, offset int, stopS
 		return offset, false, nil
 	}
 	for range maxQIDOPages {
-		uids, err := c.qidoPage(ctx, q, offset, c.qidoPageSize, false, l.pageBytes)
+		limit := c.qidoPageSize
+		if c.searchCap > 0 {
+			if offset >= c.searchCap {
+				// Past the cap nothing is listed (or the offset is
+				// refused): the listing is capped, not ended.
+				l.capped++
+				return offset, false, nil
+			}
+			limit = min(limit, c.searchCap-offset)
+		}
+		uids, err := c.qidoPage(ctx, q, offset, limit, false, l.pageBytes)
 		if errors.Is(err, errResponseTooLarge) && l.wholeBytes > l.pageBytes {
 			// More than a page can hold: the server ignores limit and
 			// answers the whole study, which a page's bound refuses
@@ -181,7 +215,7 @@ func (l *qidoListing) pagesTo(ctx context.Context, q qidoList, offset int, stopS
 			return offset, false, nil
 		}
 		offset += len(uids)
-		if len(uids) < c.qidoPageSize && (stopShort || !l.missing()) {
+		if len(uids) < limit && (stopShort || !l.missing()) {
 			return offset, stopShort, nil
 		}
 	}
