@@ -220,7 +220,12 @@ func (f *Forwarder) keepConflict(st *conflictState, cf conflicted) {
 // STOW_ON_CONFLICT; the others (failed) it does not hold, so their code
 // was a failure, which skip must not count as stored nor deadletter
 // take for a conflict. Unlisted, or the destination not asked (no
-// QIDO-RS client, or it failed), they are failed.
+// QIDO-RS client, or it failed), they are failed. Unlisted by a listing
+// capped by the destination's search limit (dicomweb.ErrListingCapped),
+// they are held: past the cap no search can show them, and taken as
+// failed they would be sent again, answered 409 again, at every
+// delivery until dead-lettered; the destination's own answer, a
+// conflict's code, is what is known, as verify takes the STOW-RS answer.
 func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted, log *slog.Logger) (held, failed []conflicted) {
 	lister := f.lister()
 	var listed map[string]bool
@@ -234,12 +239,23 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 		}
 		listed, _, err = f.listed(ctx, lister, ev.StudyInstanceUID, parts)
 	}
+	capped := errors.Is(err, dicomweb.ErrListingCapped)
+	unseen := 0
 	for _, c := range unsure {
 		if !listed[c.part.SOPInstanceUID] {
+			if capped {
+				unseen++
+				held = append(held, c)
+				continue
+			}
 			failed = append(failed, c)
 			continue
 		}
 		held = append(held, c)
+	}
+	if unseen > 0 {
+		log.Warn("destination answered 409 with a Failure Reason that is a conflict only for an instance it holds, and its search cannot list every instance of the study (a series beyond its search cap): "+
+			"those it does not list are taken as held, conflicts for STOW_ON_CONFLICT", "instances", unseen, "err", err)
 	}
 	if len(failed) > 0 {
 		first := failed[0]
@@ -281,7 +297,10 @@ func (f *Forwarder) lister() Verifier {
 // Classify gives it, as a failed verification's (verify): neither
 // acked, which could leave a study where no viewer finds it, nor
 // dead-lettered as a conflict that may not be one; the error names the
-// suspects.
+// suspects. A listing capped by the destination's search limit
+// (dicomweb.ErrListingCapped) confirms none it does not list: those stay
+// unconfirmed and are taken as stored, as the STOW-RS answer said, not
+// dead-lettered at every delivery for a search that cannot see them.
 func (f *Forwarder) confirmNonPrimary(ctx context.Context, ev *events.StudyStable, suspects []Instance, log *slog.Logger) ([]Instance, error) {
 	lister := f.lister()
 	if lister == nil {
@@ -292,6 +311,13 @@ func (f *Forwarder) confirmNonPrimary(ctx context.Context, ev *events.StudyStabl
 		parts[i] = dicomweb.Part{SOPInstanceUID: in.SOPInstanceUID}
 	}
 	listed, _, err := f.listed(ctx, lister, ev.StudyInstanceUID, parts)
+	if errors.Is(err, dicomweb.ErrListingCapped) {
+		if unseen := len(parts) - countListed(listed, parts); unseen > 0 {
+			log.Warn("instances stored with an imageSetId in their RetrieveURL are not listed, and the destination's search cannot list every instance of the study (a series beyond its search cap): taken as stored, not confirmed in a non-primary image set",
+				"instances", unseen, "err", err)
+		}
+		return nil, nil
+	}
 	if err != nil {
 		unsure := make([]Instance, len(suspects))
 		for i, in := range suspects {

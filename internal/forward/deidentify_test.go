@@ -371,7 +371,7 @@ func TestVerifyDeidentified(t *testing.T) {
 			f := newForwarder(t, &memSource{}, "http://127.0.0.1:1", nil, func(o *Options) {
 				o.Destination, o.Verifier, o.Registerer = dst, v, reg
 			})
-			missing, err := f.verify(t.Context(), "1.2.3", sent, &Report{})
+			missing, err := f.verify(t.Context(), "1.2.3", sent, &Report{}, f.log)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -169,10 +169,10 @@ func newMetrics(reg prometheus.Registerer, destination string) (*metrics, error)
 	}
 	m.verifications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "stowline_forwarder_verifications_total",
-		Help:        "QIDO-RS verifications of forwarded studies (STOW_VERIFY=qido), by result: verified (every instance sent is listed), missing (some are not; they are sent again), error (the query failed).",
+		Help:        "QIDO-RS verifications of forwarded studies (STOW_VERIFY=qido), by result: verified (every instance sent is listed), missing (some are not; they are sent again), error (the query failed), capped (the destination's search cap hides some; taken as stored on the STOW-RS answer).",
 		ConstLabels: labels,
 	}, []string{"result"})
-	for _, r := range []string{verifyVerified, verifyMissing, verifyError} {
+	for _, r := range []string{verifyVerified, verifyMissing, verifyError, verifyCapped} {
 		m.verifications.WithLabelValues(r)
 	}
 	m.verifyMissing = prometheus.NewCounter(prometheus.CounterOpts{

@@ -28,12 +28,18 @@ type awsImageSetFake struct {
 	searchStatus int
 	searches     atomic.Int32
 	undocumented atomic.Int32
+	// byContent: the instances posted are a uidSource's.
+	byContent bool
 }
 
 func (a *awsImageSetFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost && r.URL.Path == "/datastore/d1/studies" {
 		var items []string
-		for _, uid := range partUIDs(r) {
+		read := partUIDs
+		if a.byContent {
+			read = contentUIDs
+		}
+		for _, uid := range read(r) {
 			items = append(items, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]},"00081190":{"vr":"UR","Value":["https://dicom-medical-imaging.us-east-1.amazonaws.com/datastore/d1/studies/1.2.3/series/1.2.3.0/instances/%s?imageSetId=0123456789abcdef0123456789abcdef"]}}`, uid, uid))
 		}
 		w.Header().Set("Content-Type", "application/dicom+json")
@@ -139,6 +145,38 @@ func TestNonPrimaryConfirmedBySearch(t *testing.T) {
 	}
 }
 
+// HealthImaging's search lists at most 10,000 records: in a series of
+// more, instances stored with an imageSetId that it does not list may
+// well be past the cap, in the primary set. Not confirmed non-primary,
+// they are taken as stored, as the STOW-RS answer said. Before, the
+// study was dead-lettered as a conflict naming them, at every delivery.
+func TestNonPrimaryCappedSearch(t *testing.T) {
+	const n, searchCap = 10050, 10000
+	fake := &awsImageSetFake{byContent: true}
+	for i := 1; i <= searchCap; i++ {
+		fake.listed = append(fake.listed, fmt.Sprintf("1.2.3.%d", i))
+	}
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	f := newForwarder(t, uidSource(n), srv.URL+"/datastore/d1", cons, func(o *Options) {
+		o.Destination, o.DeadLetters, o.MaxDeliveries = awsClient(t, srv), dls, 1
+		o.Conflicts = ConflictPolicy{Action: ConflictSkip}
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	for _, l := range dls.all() {
+		t.Errorf("dead-lettered (class %s): %.300s", l.Class, l.Reason)
+	}
+	if got := testutil.ToFloat64(f.m.nonPrimary); got != 0 {
+		t.Errorf("non-primary metric %v, want 0", got)
+	}
+	if got := fake.undocumented.Load(); got != 0 {
+		t.Errorf("%d requests HealthImaging does not serve, or with imageSetId", got)
+	}
+}
+
 // The search that tells a primary image set failing, the attempt fails
 // as a failed verification does, of the class its answer gives (503:
 // retried; 403, the identity refused SearchDICOMSeries: permanent),
@@ -165,6 +203,54 @@ func TestNonPrimarySearchFails(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(f.m.nonPrimary); got != 0 {
 				t.Errorf("non-primary metric %v, want 0: none confirmed", got)
+			}
+		})
+	}
+}
+
+// TestSettleUnsureCappedSearch: a 409 whose code is a conflict only for
+// an instance the destination holds is settled by its listing. An
+// instance a listing capped by HealthImaging's 10,000 records cannot
+// show is held (a conflict, for STOW_ON_CONFLICT), as the answer's code
+// says. Before, it was failed: sent again, answered 409 again, at every
+// delivery until dead-lettered. One an uncapped listing lacks is failed.
+func TestSettleUnsureCappedSearch(t *testing.T) {
+	uids := func(n int) []string {
+		var out []string
+		for i := 1; i <= n; i++ {
+			out = append(out, fmt.Sprintf("1.2.3.%d", i))
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		name       string
+		listed     []string
+		wantFailed []string
+	}{
+		{name: "capped", listed: uids(10000)},
+		{name: "not capped", listed: uids(3), wantFailed: []string{"1.2.3.10030"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fake := &awsImageSetFake{listed: tt.listed}
+			srv := httptest.NewServer(fake)
+			t.Cleanup(srv.Close)
+			f := newForwarder(t, &memSource{}, srv.URL+"/datastore/d1", nil, func(o *Options) {
+				o.Verifier = awsClient(t, srv)
+			})
+			unsure := []conflicted{
+				{part: dicomweb.Part{SOPInstanceUID: "1.2.3.2"}, reason: dicomweb.FailureProcessing},
+				{part: dicomweb.Part{SOPInstanceUID: "1.2.3.10030"}, reason: dicomweb.FailureProcessing},
+			}
+			held, failed := f.settleUnsure(t.Context(), testEvent(), unsure, f.log)
+			var got []string
+			for _, c := range failed {
+				got = append(got, c.part.SOPInstanceUID)
+			}
+			if !slices.Equal(got, tt.wantFailed) || len(held)+len(failed) != len(unsure) {
+				t.Errorf("held %v, failed %v; want failed %v, the others held", held, failed, tt.wantFailed)
+			}
+			if got := fake.undocumented.Load(); got != 0 {
+				t.Errorf("%d requests HealthImaging does not serve", got)
 			}
 		})
 	}

@@ -505,7 +505,7 @@ rounds:
 		unlisted := false
 		if len(pending)+len(upsert)+len(alone) == 0 && len(rejected)+len(st.dead)+len(st.nonPrimary) == 0 && f.opts.Verifier != nil {
 			// Every instance confirmed: does the archive list them?
-			if retry, err = f.verify(ctx, ev.StudyInstanceUID, all, &rep); err != nil {
+			if retry, err = f.verify(ctx, ev.StudyInstanceUID, all, &rep, log); err != nil {
 				return rep, err
 			}
 			unlisted, pending = len(retry) > 0, retry

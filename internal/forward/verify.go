@@ -2,7 +2,9 @@ package forward
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -23,6 +25,7 @@ const (
 	verifyVerified = "verified"
 	verifyMissing  = "missing"
 	verifyError    = "error"
+	verifyCapped   = "capped"
 )
 
 // maxMissingNamed bounds the SOP Instance UIDs a failure reason names.
@@ -34,13 +37,25 @@ const maxMissingNamed = 3
 // A de-identifying destination (Deidentified) holds the study and its
 // instances under their keyed UIDs: it is asked for the study's
 // pseudonym, and what it lists is mapped back to the UIDs sent.
-func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part, rep *Report) ([]dicomweb.Part, error) {
+// A listing capped by the destination's search limit (AWS HealthImaging,
+// dicomweb.ErrListingCapped) cannot show the instances past it: those
+// are taken as stored on the strength of the STOW-RS answer, not
+// missing (sent again at every delivery, then dead-lettered, though
+// held).
+func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part, rep *Report, log *slog.Logger) ([]dicomweb.Part, error) {
 	vctx, span := f.startSpan(ctx, "verify study (QIDO-RS)", trace.SpanKindClient)
 	start := time.Now()
 	listed, n, err := f.listed(vctx, f.opts.Verifier, studyInstanceUID, sent)
 	took := time.Since(start)
 	rep.Verify += took
 	f.m.verifyDuration.Observe(took.Seconds())
+	if errors.Is(err, dicomweb.ErrListingCapped) {
+		endSpan(span, nil)
+		f.m.verifications.WithLabelValues(verifyCapped).Inc()
+		log.Warn("destination's search cannot list every instance of the study (a series beyond its search cap): those it does not list are taken as stored on its STOW-RS answer",
+			"instances", len(sent), "listed", n, "unlisted", len(sent)-countListed(listed, sent), "err", err)
+		return nil, nil
+	}
 	if err != nil {
 		f.m.verifications.WithLabelValues(verifyError).Inc()
 		err = fmt.Errorf("verify study %s at the destination (QIDO-RS): %w", studyInstanceUID, err)
@@ -66,12 +81,24 @@ func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []
 	return missing, nil
 }
 
+// countListed is how many of sent listed names.
+func countListed(listed map[string]bool, sent []dicomweb.Part) int {
+	n := 0
+	for _, p := range sent {
+		if listed[p.SOPInstanceUID] {
+			n++
+		}
+	}
+	return n
+}
+
 // listed asks v which of sent the destination lists in the study (by
 // their original UIDs: a de-identifying destination is asked for the
 // study's pseudonym, and what it lists mapped back), and how many
 // instances it listed in all. The listing goes on until it names every
 // one sent (or ends): the destination may hold others of the study, listed
-// first.
+// first. A capped listing (dicomweb.ErrListingCapped) returns what it
+// listed with the error.
 func (f *Forwarder) listed(ctx context.Context, v Verifier, studyInstanceUID string, sent []dicomweb.Part) (map[string]bool, int, error) {
 	asked, back := studyInstanceUID, map[string]string(nil)
 	want := dicomweb.Expected{UIDs: make([]string, 0, len(sent))}
@@ -89,7 +116,7 @@ func (f *Forwarder) listed(ctx context.Context, v Verifier, studyInstanceUID str
 		}
 	}
 	uids, err := v.StudyInstanceUIDs(ctx, asked, want)
-	if err != nil {
+	if err != nil && !errors.Is(err, dicomweb.ErrListingCapped) {
 		return nil, 0, err
 	}
 	listed := make(map[string]bool, len(uids))
@@ -103,7 +130,7 @@ func (f *Forwarder) listed(ctx context.Context, v Verifier, studyInstanceUID str
 		}
 		listed[u] = true
 	}
-	return listed, len(uids), nil
+	return listed, len(uids), err
 }
 
 // missingError is the transient failure of a study whose destination still

@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -278,5 +280,101 @@ func TestVerifyAtAWSHealthImaging(t *testing.T) {
 	}
 	if got := queries.Load(); got != 3 {
 		t.Errorf("%d QIDO-RS requests, want 3 (the series, then each series' instances)", got)
+	}
+}
+
+// TestVerifyAtAWSHealthImagingCapped: HealthImaging's searches list at
+// most 10,000 records, so a series of more cannot be listed in full. The
+// study is acked at its first delivery, each instance sent once, the
+// instances past the cap taken as stored on the STOW-RS answer
+// (verifications{result="capped"}). Before, they were verified as
+// missing: sent again round after round, and the study failed.
+func TestVerifyAtAWSHealthImagingCapped(t *testing.T) {
+	const n, searchCap = 10050, 10000
+	var undocumented, posted atomic.Int32
+	var held []string
+	for i := 1; i <= n; i++ {
+		held = append(held, fmt.Sprintf("1.2.3.%d", i))
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/datastore/d1/studies" {
+			var items []string
+			for _, uid := range contentUIDs(r) {
+				items = append(items, fmt.Sprintf(`{"00081155":{"vr":"UI","Value":[%q]}}`, uid))
+			}
+			posted.Add(int32(len(items)))
+			w.Header().Set("Content-Type", "application/dicom+json")
+			fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+			return
+		}
+		seg := strings.Split(strings.TrimPrefix(r.URL.Path, "/datastore/d1/studies/"), "/")
+		switch {
+		case r.Method == http.MethodGet && len(seg) == 2 && seg[0] == "1.2.3" && seg[1] == "series":
+			w.Header().Set("Content-Type", "application/dicom+json")
+			fmt.Fprint(w, `[{"0020000E":{"vr":"UI","Value":["1.2.3.0"]}}]`)
+		case r.Method == http.MethodGet && len(seg) == 4 && seg[0] == "1.2.3" && seg[1] == "series" && seg[2] == "1.2.3.0" && seg[3] == "instances":
+			// Nothing past the cap is listed.
+			stowsink.WriteInstancePage(w, r, held[:searchCap], 200)
+		default:
+			undocumented.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `{"message":"Not Found"}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	qido, err := dicomweb.New(srv.URL+"/datastore/d1", nil, dicomweb.WithSeriesSearch())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	f := newForwarder(t, uidSource(n), srv.URL+"/datastore/d1", cons, func(o *Options) {
+		o.Verifier, o.DeadLetters = qido, dls
+		o.InstanceRetries, o.InstanceRetryDelay, o.MaxDeliveries = 3, time.Millisecond, 1
+	})
+	forwardOne(t, f, ns, cons, testEvent())
+	for _, l := range dls.all() {
+		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+	}
+	for result, want := range map[string]float64{verifyCapped: 1, verifyMissing: 0, verifyVerified: 0} {
+		if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(result)); got != want {
+			t.Errorf("verifications{result=%s} = %v, want %v", result, got, want)
+		}
+	}
+	if got := posted.Load(); got != n {
+		t.Errorf("%d instances sent, want %d (no re-send)", got, n)
+	}
+	if got := undocumented.Load(); got != 0 {
+		t.Errorf("%d requests to routes HealthImaging does not offer", got)
+	}
+}
+
+// uidSource is newMemSource(n) whose instances hold their SOP Instance
+// UID (padded to their size): partUIDs reads one byte, which names at
+// most 256 instances.
+func uidSource(n int) *memSource {
+	s := newMemSource(n)
+	for _, in := range s.instances {
+		s.data[in.ID] = fmt.Appendf(nil, "%-1024s", in.SOPInstanceUID)
+	}
+	return s
+}
+
+// contentUIDs is partUIDs for a uidSource's instances.
+func contentUIDs(r *http.Request) []string {
+	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	mr := multipart.NewReader(r.Body, params["boundary"])
+	var uids []string
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			return uids
+		}
+		b, _ := io.ReadAll(p)
+		if uid := strings.TrimSpace(string(b)); uid != "" {
+			uids = append(uids, uid)
+		}
 	}
 }
