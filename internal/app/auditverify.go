@@ -133,6 +133,9 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 		fmt.Fprintf(stderr, "; %d forwarded under an earlier de-identification key, checked by their number of instances, %d with fewer listed (never re-forwarded: see the log)",
 			sum.OtherKey, sum.OtherKeyShort)
 	}
+	if sum.Capped > 0 {
+		fmt.Fprintf(stderr, "; %d not verifiable in full, a series beyond the destination's search cap (not missing, never enqueued: see the log)", sum.Capped)
+	}
 	if sum.NotVerified > 0 {
 		fmt.Fprintf(stderr, "; %d not verified (see the log and the error below)", sum.NotVerified)
 	}

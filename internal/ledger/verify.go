@@ -148,6 +148,13 @@ type VerifySummary struct {
 	// under new pseudonyms.
 	OtherKey      int `json:"otherKey,omitempty"`
 	OtherKeyShort int `json:"otherKeyShort,omitempty"`
+	// Capped counts the studies not verifiable in full: the destination
+	// does not list some instances, and a listing reached its search
+	// cap (dicomweb.ErrListingCapped: AWS HealthImaging lists 10,000
+	// records at most), past which it may hold them. They are no
+	// findings and never enqueued: forwarded again, they would be as
+	// unverifiable.
+	Capped int `json:"capped,omitempty"`
 	// NotVerified counts the studies that could not be checked: their
 	// source could not be read, the destination not asked, or the routing
 	// rules failed on them. Verify's error says why.
@@ -306,7 +313,8 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 		want.UIDs[i] = keyed(in.SOPInstanceUID)
 	}
 	uids, err := o.Listed(ctx, keyed(st.StudyInstanceUID), want)
-	if err != nil {
+	capped := errors.Is(err, dicomweb.ErrListingCapped)
+	if err != nil && !capped {
 		return nil, fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
 	}
 	listed := make(map[string]bool, len(uids))
@@ -324,6 +332,12 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 		sum.Verified++
 		return nil, nil
 	}
+	if capped {
+		sum.Capped++
+		o.Logger.Warn("study not verifiable in full: the destination does not list some instances, and its search cannot list every instance of the study (a series beyond its search cap); not reported missing, not enqueued",
+			"destination", o.Destination, "source", source, "orthanc_study_id", id, "instances", len(instances), "unlisted", len(f.Missing), "err", err)
+		return nil, nil
+	}
 	return f, nil
 }
 
@@ -336,12 +350,19 @@ func verifyStudy(ctx context.Context, o VerifyOptions, source, id string, rec Re
 // as another study.
 func verifyOtherKey(ctx context.Context, o VerifyOptions, source, id, pseudonym string, instances int, sum *VerifySummary) error {
 	uids, err := o.Listed(ctx, pseudonym, dicomweb.Expected{Count: instances})
-	if err != nil {
+	capped := errors.Is(err, dicomweb.ErrListingCapped)
+	if err != nil && !capped {
 		return fmt.Errorf("study %s of %s: ask the destination: %w", id, source, err)
 	}
 	sum.OtherKey++
 	if len(uids) >= instances {
 		sum.Verified++
+		return nil
+	}
+	if capped {
+		sum.Capped++
+		o.Logger.Warn("study forwarded under an earlier de-identification key not verifiable in full: the destination's search cannot list every instance of the study (a series beyond its search cap)",
+			"destination", o.Destination, "source", source, "orthanc_study_id", id, "instances", instances, "listed", len(uids), "err", err)
 		return nil
 	}
 	sum.OtherKeyShort++

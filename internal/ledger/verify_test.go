@@ -552,3 +552,95 @@ func forwardedToArchive(t *testing.T, sources ...string) (*ledger.Ledger, memStu
 	}
 	return l, main
 }
+
+// bigStudy is an Orthanc source of one study, 1.2.1 (sid(1)), of n
+// instances 1.2.1.<i> in one series.
+type bigStudy struct {
+	lastUpdate string
+	n          int
+}
+
+func (b bigStudy) Study(_ context.Context, id string) (orthancapi.Study, error) {
+	return orthancapi.Study{ID: id, LastUpdate: b.lastUpdate, StudyInstanceUID: "1.2.1"}, nil
+}
+
+func (b bigStudy) StudyInstances(_ context.Context, id string) ([]orthancapi.Instance, error) {
+	out := make([]orthancapi.Instance, b.n)
+	for i := range out {
+		out[i] = orthancapi.Instance{ID: fmt.Sprintf("%d-%s", i, id), SOPInstanceUID: fmt.Sprintf("1.2.1.%d", i)}
+	}
+	return out, nil
+}
+
+// TestVerifyCappedListing: AWS HealthImaging's search lists at most
+// 10,000 records, so a study with a series of more cannot be verified in
+// full. audit --verify counts it as such (Capped), not as missing
+// instances, and --enqueue does not queue it: before, the instances past
+// the cap were reported missing and the study enqueued at every run,
+// forwarded again to no end.
+func TestVerifyCappedListing(t *testing.T) {
+	const lastUpdate, n, searchCap = "20261205T100000", 10050, 10000
+	var held []string
+	for i := range n {
+		held = append(held, fmt.Sprintf("1.2.1.%d", i))
+	}
+	var undocumented atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/datastore/d1/studies/1.2.1/series":
+			w.Header().Set("Content-Type", "application/dicom+json")
+			fmt.Fprint(w, `[{"0020000E":{"vr":"UI","Value":["1.2.1.0"]}}]`)
+		case "/datastore/d1/studies/1.2.1/series/1.2.1.0/instances":
+			// Nothing past the cap is listed.
+			stowsink.WriteInstancePage(w, r, held[:searchCap], 200)
+		default:
+			undocumented.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `{"message":"Not Found"}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	qido, err := dicomweb.New(srv.URL+"/datastore/d1", nil, dicomweb.WithSeriesSearch())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testnats.Start(t)
+	kv, err := natsjs.DefaultTopology().EnsureLedger(t.Context(), ns.JS, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+		OrthancStudyID: sid(1), StudyInstanceUID: "1.2.1", LastUpdate: lastUpdate}
+	if err := ledger.New(ns.JS, kv).Completed(t.Context(), ev, ledger.Outcome{}); err != nil {
+		t.Fatal(err)
+	}
+	var published int
+	opts := ledger.VerifyOptions{
+		Destination: "archive",
+		Ledger:      ledger.New(ns.JS, kv),
+		SourceFor:   func(string) (ledger.VerifySource, error) { return bigStudy{lastUpdate, n}, nil },
+		Listed:      qido.StudyInstanceUIDs,
+		Publish: func(context.Context, *events.StudyStable, string) (*jetstream.PubAck, error) {
+			published++
+			return &jetstream.PubAck{Sequence: 1}, nil
+		},
+	}
+	var found []ledger.VerifyFinding
+	sum, err := ledger.Verify(t.Context(), opts, true, func(f ledger.VerifyFinding) error {
+		found = append(found, f)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (ledger.VerifySummary{Studies: 1, Capped: 1}); sum != want {
+		t.Errorf("summary %+v, want %+v", sum, want)
+	}
+	if len(found) != 0 || published != 0 {
+		t.Errorf("findings %d (%d enqueued), want none", len(found), published)
+	}
+	if got := undocumented.Load(); got != 0 {
+		t.Errorf("%d requests to routes HealthImaging does not offer", got)
+	}
+}
