@@ -303,7 +303,7 @@ func (f *Forwarder) lister() Verifier {
 // dead-lettered at every delivery for a search that cannot see them.
 func (f *Forwarder) confirmNonPrimary(ctx context.Context, ev *events.StudyStable, suspects []Instance, log *slog.Logger) ([]Instance, error) {
 	lister := f.lister()
-	if lister == nil {
+	if lister == nil || len(suspects) == 0 {
 		return suspects, nil
 	}
 	parts := make([]dicomweb.Part, len(suspects))

@@ -255,3 +255,47 @@ func TestSettleUnsureCappedSearch(t *testing.T) {
 		})
 	}
 }
+
+// In buffer mode a correction sent again under the UIDs of instances an
+// earlier attempt stored from other files is not confirmed by a search:
+// the search lists the earlier copy, in the primary image set, whatever
+// set the correction went to. Acked on the search's word, the study was
+// recorded forwarded and buffer mode deleted the correction from Orthanc;
+// it stays a non-primary conflict, as before the search. An instance not
+// stored before is confirmed as ever.
+func TestNonPrimaryCorrectionNotConfirmedBySearch(t *testing.T) {
+	fake := &awsImageSetFake{listed: []string{"1.2.3.1", "1.2.3.2"}}
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	rig := newBufferRig(t)
+	src := newMemSource(2)
+	for i := range src.instances {
+		src.instances[i].FileUUID = fmt.Sprintf("corrected-file-%d", i)
+	}
+	dls := &memDeadLetters{}
+	f := newForwarder(t, src, srv.URL+"/datastore/d1", rig.cons, func(o *Options) {
+		o.Destination, o.DeadLetters, o.MaxDeliveries = awsClient(t, srv), dls, 1
+		o.Conflicts = ConflictPolicy{Action: ConflictSkip}
+		o.Completed = recordedOK
+		o.CleanerFor = func(string) (SourceCleaner, error) { return rig.cleaner, nil }
+		o.Failures = &memFailureLog{}
+	})
+	// An earlier attempt stored 1.2.3.1 from another file.
+	if err := f.rememberStored(t.Context(), rig.ev, []string{uidID("1.2.3.1")}); err != nil {
+		t.Fatal(err)
+	}
+	f.handle(t.Context(), rig.deliver(t), "")
+	letters := dls.all()
+	var named []string
+	if len(letters) == 1 {
+		for _, in := range letters[0].Failures {
+			named = append(named, in.SOPInstanceUID)
+		}
+	}
+	if len(letters) != 1 || letters[0].Class != Conflict || !slices.Equal(named, []string{"1.2.3.1"}) {
+		t.Errorf("dead letters %+v; want one conflict naming the correction 1.2.3.1 as non-primary", letters)
+	}
+	if len(rig.cleaner.deleted) != 0 {
+		t.Errorf("deleted %v from the source, want nothing deleted", rig.cleaner.deleted)
+	}
+}

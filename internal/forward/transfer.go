@@ -389,7 +389,22 @@ rounds:
 			unsure = append(unsure, out.unsure...)
 		}
 		if len(suspects) > 0 {
+			// One stored before from another file (buffer mode's
+			// record) is a correction sent again under its UIDs: a
+			// search lists the earlier copy, in the primary image set,
+			// whatever set the correction went to. It stays a
+			// non-primary suspect, a conflict, unsearched: acked, buffer
+			// mode would delete the correction from the source.
+			var refiled []Instance
+			suspects = slices.DeleteFunc(suspects, func(in Instance) bool {
+				if keptBefore[in.SOPInstanceUID] == keptRefiled {
+					refiled = append(refiled, in)
+					return true
+				}
+				return false
+			})
 			np, err := f.confirmNonPrimary(ctx, ev, suspects, log)
+			np = append(np, refiled...)
 			if err != nil {
 				return rep, f.carrying(err, st, rejected)
 			}
