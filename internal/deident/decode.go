@@ -268,10 +268,12 @@ func (d *decoder) release() {
 
 // reset starts a new hold, after the previous one was written, from
 // what is held until the rewrite ends; the large slot is kept while
-// that is over the allowance, or the input is before keepUntil.
+// that is over the allowance, or the input has not passed keepUntil
+// (the byte that asked for it: released there, another waiter would
+// take it, and the rerun fail busy at the same byte again and again).
 func (d *decoder) reset() {
 	d.held = d.lasting
-	if d.mem == nil || (d.held <= d.mem.allowance && d.pos >= d.keepUntil) {
+	if d.mem == nil || (d.held <= d.mem.allowance && d.pos > d.keepUntil) {
 		d.release()
 	}
 }

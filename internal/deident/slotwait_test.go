@@ -213,3 +213,62 @@ func TestSlotWaitOutlastsOrthancTimeout(t *testing.T) {
 	}
 	t.Logf("B's file opened %d times", opened.Load())
 }
+
+// Two rewrites whose held element after Pixel Data needs the large slot
+// both wait for it. Each rerun released the slot at the byte that asked
+// for it (the reset just before the element reached where the first run
+// stopped), the other waiter took it, and the rerun failed busy at the
+// same byte: the two handed the slot back and forth, each round reading
+// the whole file again (165 to 1,415 opens). Kept until the input passes
+// that byte, each opens its source twice.
+func TestSlotWaitersDoNotHandTheSlotBackAndForth(t *testing.T) {
+	in := enhancedMRWith(t, 1, pixels(1<<20),
+		str(0x7FE10010, "LO", "STOWLINE TEST"),
+		str(0x7FE11001, "UT", strings.Repeat("after the pixels ", 60000/17)))
+	d := boundedDeidentifier(t, 48<<10)
+	if err := d.mem.acquire(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var opened, closed atomic.Int32
+	open := func(context.Context) (io.ReadCloser, error) {
+		opened.Add(1)
+		return closeCounter{Reader: bytes.NewReader(in), closed: &closed}, nil
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 2)
+	for range 2 {
+		rc, err := d.Reader(ctx, open)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			_, err := io.Copy(io.Discard, rc)
+			rc.Close()
+			done <- err
+		}()
+	}
+	// Both read their source up to the element, found the slot taken,
+	// and closed it to wait.
+	waitFor(t, "both rewrites to close their source to wait", func() bool { return closed.Load() == 2 })
+	d.mem.release()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("rewrite: %v (sources opened %d times)", err, opened.Load())
+		}
+	}
+	if n := opened.Load(); n > 4 {
+		t.Errorf("sources opened %d times, want at most 4 (each once more after its wait)", n)
+	}
+}
+
+// closeCounter counts its Closes in closed.
+type closeCounter struct {
+	io.Reader
+	closed *atomic.Int32
+}
+
+func (c closeCounter) Close() error {
+	c.closed.Add(1)
+	return nil
+}
