@@ -284,10 +284,13 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 			"variable", d.VarName("STOW_MAX_BYTES_PER_SECOND"), "bytes_per_second", int64(d.StowMaxBytesPerSecond))
 	}
 	o := &forward.Options{
-		DestinationName:       d.Name,
-		SourceFor:             r.sourceFor,
-		SourceProbe:           r.sourceProbe,
-		MaxParked:             r.maxParked(p.topo.MaxAckPending),
+		DestinationName: d.Name,
+		SourceFor:       r.sourceFor,
+		SourceProbe:     r.sourceProbe,
+		MaxParked:       r.maxParked(p.topo.MaxAckPending),
+		// As parked studies: a quarter of the window at most, the rest
+		// left to the studies of the sources it knows.
+		MaxUnknownSource:      max(1, p.topo.MaxAckPending/4),
 		Destination:           client.STOW,
 		Concurrency:           fc.Concurrency,
 		MaxInstances:          d.StowMaxInstances,

@@ -157,8 +157,15 @@ type Options struct {
 	// freeing their workers for the other sources, over the replicas
 	// serving the destination (SetReplicas shares it); 0: such a study
 	// holds its worker (one source).
-	MaxParked   int
-	Destination Destination
+	MaxParked int
+	// MaxUnknownSource is the most events of a source the forwarder does
+	// not know that it gives back at once, for a forwarder that knows it,
+	// over the replicas serving the destination (SetReplicas shares it):
+	// each holds a place of the consumer's MaxAckPending until it is
+	// offered again. Past it such an event is dead-lettered at once. 0:
+	// no bound.
+	MaxUnknownSource int
+	Destination      Destination
 	// Router, if set, selects what of each study goes to the destination;
 	// without it every instance of every study does.
 	Router Router
@@ -330,6 +337,8 @@ type Forwarder struct {
 	stopHard context.CancelFunc
 	// parking is nil unless MaxParked is set.
 	parking *sourceParking
+	// unknown is nil unless MaxUnknownSource is set.
+	unknown *givenBack
 	// retention is the event stream's MaxAge as last read
 	// (setRetention), in nanoseconds; 0: not known.
 	retention atomic.Int64
@@ -375,7 +384,7 @@ func New(opts Options) (*Forwarder, error) {
 	if opts.MinRequestConcurrency > max(opts.RequestConcurrency, 1) {
 		errs = append(errs, errors.New("the request concurrency floor must not exceed its ceiling"))
 	}
-	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 || opts.MaxParked < 0 {
+	if opts.MaxDeliveries < 0 || opts.InstanceRetries < 0 || opts.MaxParked < 0 || opts.MaxUnknownSource < 0 {
 		errs = append(errs, errors.New("max deliveries, instance retries and max parked must not be negative"))
 	}
 	if opts.CleanerFor != nil && opts.Completed == nil {
@@ -434,6 +443,9 @@ func New(opts Options) (*Forwarder, error) {
 	m.laneAge.setClock(fw.plan.now)
 	fw.retention.Store(int64(opts.EventsRetention))
 	m.retention.Set(opts.EventsRetention.Seconds())
+	if opts.MaxUnknownSource > 0 {
+		fw.unknown = &givenBack{limit: opts.MaxUnknownSource, replicas: 1}
+	}
 	if opts.MaxParked > 0 && opts.SourceProbe != nil {
 		fw.parking = &sourceParking{limit: opts.MaxParked, replicas: 1, sources: map[string][]*parkedStudy{}}
 	}

@@ -105,6 +105,11 @@ func newLimiter(opts *Options, reg prometheus.Registerer, log *slog.Logger) (*fl
 // MaxParked, so that together they stay within them.
 func (f *Forwarder) SetReplicas(n int) {
 	f.limit.SetReplicas(n)
+	if f.unknown != nil {
+		f.unknown.mu.Lock()
+		f.unknown.replicas = n
+		f.unknown.mu.Unlock()
+	}
 	if f.parking != nil {
 		f.parking.mu.Lock()
 		f.parking.replicas = n
