@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/stowline/stowline/internal/stowsink"
 )
 
 // awsSearchServer is a destination that, like AWS HealthImaging, searches
@@ -71,9 +73,7 @@ func awsSearchServer(t *testing.T, held map[string][]int, pageCap int, asked, un
 			return
 		}
 		undocumented.Add(1)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusNotFound)
-		fmt.Fprint(w, `{"message":"Not Found"}`)
+		stowsink.WriteNotFoundJSON(w)
 	}))
 	t.Cleanup(srv.Close)
 	return srv

@@ -67,9 +67,7 @@ func (a *awsImageSetFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		stowsink.WriteInstancePage(w, r, a.listed, 200)
 	default:
 		a.undocumented.Add(1)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusNotFound)
-		fmt.Fprint(w, `{"message":"Not Found"}`)
+		stowsink.WriteNotFoundJSON(w)
 	}
 }
 

@@ -244,16 +244,11 @@ func TestVerifyAtAWSHealthImaging(t *testing.T) {
 			stowsink.WriteInstancePage(w, r, series[seg[2]], 200)
 		default:
 			undocumented.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			fmt.Fprint(w, `{"message":"Not Found"}`)
+			stowsink.WriteNotFoundJSON(w)
 		}
 	}))
 	t.Cleanup(srv.Close)
-	qido, err := dicomweb.New(srv.URL+"/datastore/d1", nil, dicomweb.WithSeriesSearch())
-	if err != nil {
-		t.Fatal(err)
-	}
+	qido := awsClient(t, srv)
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
 	dls := &memDeadLetters{}
@@ -317,16 +312,11 @@ func TestVerifyAtAWSHealthImagingCapped(t *testing.T) {
 			stowsink.WriteInstancePage(w, r, held[:searchCap], 200)
 		default:
 			undocumented.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			fmt.Fprint(w, `{"message":"Not Found"}`)
+			stowsink.WriteNotFoundJSON(w)
 		}
 	}))
 	t.Cleanup(srv.Close)
-	qido, err := dicomweb.New(srv.URL+"/datastore/d1", nil, dicomweb.WithSeriesSearch())
-	if err != nil {
-		t.Fatal(err)
-	}
+	qido := awsClient(t, srv)
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
 	dls := &memDeadLetters{}

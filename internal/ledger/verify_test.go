@@ -595,9 +595,7 @@ func TestVerifyCappedListing(t *testing.T) {
 			stowsink.WriteInstancePage(w, r, held[:searchCap], 200)
 		default:
 			undocumented.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			fmt.Fprint(w, `{"message":"Not Found"}`)
+			stowsink.WriteNotFoundJSON(w)
 		}
 	}))
 	t.Cleanup(srv.Close)

@@ -232,6 +232,15 @@ func WriteAnswer(w http.ResponseWriter, stored, failed []string) {
 	_, _ = io.WriteString(w, "{"+strings.Join(fields, ",")+"}")
 }
 
+// WriteNotFoundJSON answers 404 with a JSON body, as AWS HealthImaging
+// answers a route it does not serve: for test destinations that serve
+// only its documented routes.
+func WriteNotFoundJSON(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusNotFound)
+	_, _ = io.WriteString(w, `{"message":"Not Found"}`)
+}
+
 // WriteInstancePage writes the QIDO-RS answer of a destination holding
 // the instances held (SOP Instance UIDs, in its order) to r: the page r's
 // limit and offset ask, of pageCap items at most, as a server capping its
