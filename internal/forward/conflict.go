@@ -220,12 +220,11 @@ func (f *Forwarder) keepConflict(st *conflictState, cf conflicted) {
 // STOW_ON_CONFLICT; the others (failed) it does not hold, so their code
 // was a failure, which skip must not count as stored nor deadletter
 // take for a conflict. Unlisted, or the destination not asked (no
-// QIDO-RS client, or it failed), they are failed. Unlisted by a listing
-// capped by the destination's search limit (dicomweb.ErrListingCapped),
-// they are held: past the cap no search can show them, and taken as
-// failed they would be sent again, answered 409 again, at every
-// delivery until dead-lettered; the destination's own answer, a
-// conflict's code, is what is known, as verify takes the STOW-RS answer.
+// QIDO-RS client, or it failed), they are failed, a listing capped by
+// the destination's search limit (dicomweb.ErrListingCapped) too: the
+// cap is the study's, not a series', so an instance of a series listed
+// in full would be taken as held, and under skip as stored, though the
+// destination failed it (HealthImaging answers no conflict at all).
 func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, unsure []conflicted, log *slog.Logger) (held, failed []conflicted) {
 	lister := f.lister()
 	var listed map[string]bool
@@ -239,23 +238,12 @@ func (f *Forwarder) settleUnsure(ctx context.Context, ev *events.StudyStable, un
 		}
 		listed, _, err = f.listed(ctx, lister, ev.StudyInstanceUID, parts)
 	}
-	capped := errors.Is(err, dicomweb.ErrListingCapped)
-	unseen := 0
 	for _, c := range unsure {
 		if !listed[c.part.SOPInstanceUID] {
-			if capped {
-				unseen++
-				held = append(held, c)
-				continue
-			}
 			failed = append(failed, c)
 			continue
 		}
 		held = append(held, c)
-	}
-	if unseen > 0 {
-		log.Warn("destination answered 409 with a Failure Reason that is a conflict only for an instance it holds, and its search cannot list every instance of the study (a series beyond its search cap): "+
-			"those it does not list are taken as held, conflicts for STOW_ON_CONFLICT", "instances", unseen, "err", err)
 	}
 	if len(failed) > 0 {
 		first := failed[0]

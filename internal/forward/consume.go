@@ -282,10 +282,12 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 // unknown source only past policy.unknownSource's bound.
 func (f *Forwarder) unknownSource(ctx context.Context, msg jetstream.Msg, a *Attempt, err error, log *slog.Logger) {
 	d := f.policy.unknownSource(a.Number, err)
-	if d.action == retry && f.policy.canDeadLetter && !f.unknown.take(time.Now(), d.delay) {
-		d = decision{action: deadLetter, class: Permanent, reason: fmt.Sprintf(
-			"%s; not given back for a forwarder that knows the source: %d events of unknown sources wait given back already, this forwarder's share of the queue's in-flight window, which other sources' studies need: "+
-				"add the source to the forwarders' ORTHANC_SOURCES, then replay", err, f.unknown.share())}
+	if d.action == retry && f.policy.canDeadLetter {
+		if ok, share := f.unknown.take(time.Now(), d.delay); !ok {
+			d = decision{action: deadLetter, class: Permanent, reason: fmt.Sprintf(
+				"%s; not given back for a forwarder that knows the source: %d events of unknown sources wait given back already, this forwarder's share of the queue's in-flight window, which other sources' studies need: "+
+					"add the source to the forwarders' ORTHANC_SOURCES, then replay", err, share)}
+		}
 	}
 	if d.action != retry {
 		f.settle(ctx, msg, a, d, Report{}, err, 0, log)

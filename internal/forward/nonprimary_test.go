@@ -208,10 +208,10 @@ func TestNonPrimarySearchFails(t *testing.T) {
 
 // TestSettleUnsureCappedSearch: a 409 whose code is a conflict only for
 // an instance the destination holds is settled by its listing. An
-// instance a listing capped by HealthImaging's 10,000 records cannot
-// show is held (a conflict, for STOW_ON_CONFLICT), as the answer's code
-// says. Before, it was failed: sent again, answered 409 again, at every
-// delivery until dead-lettered. One an uncapped listing lacks is failed.
+// instance the listing lacks is failed, a listing capped by
+// HealthImaging's 10,000 records too: the cap is the study's, not a
+// series', and held, under skip an instance of a series listed in full
+// was counted stored, the study acked, though HealthImaging failed it.
 func TestSettleUnsureCappedSearch(t *testing.T) {
 	uids := func(n int) []string {
 		var out []string
@@ -225,7 +225,7 @@ func TestSettleUnsureCappedSearch(t *testing.T) {
 		listed     []string
 		wantFailed []string
 	}{
-		{name: "capped", listed: uids(10000)},
+		{name: "capped", listed: uids(10000), wantFailed: []string{"1.2.3.10030"}},
 		{name: "not capped", listed: uids(3), wantFailed: []string{"1.2.3.10030"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

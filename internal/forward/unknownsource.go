@@ -22,24 +22,20 @@ type givenBack struct {
 	due      []time.Time // when each event given back is offered again
 }
 
-// share is this replica's part of the limit.
-func (g *givenBack) share() int {
-	return max(1, g.limit/max(g.replicas, 1))
-}
-
 // take counts one more event given back now, offered again after delay,
-// and reports false, counting nothing, when this replica's share is
-// taken. A nil givenBack takes any.
-func (g *givenBack) take(now time.Time, delay time.Duration) bool {
+// and reports false, counting nothing, when this replica's share of the
+// limit is taken; share is that share. A nil givenBack takes any.
+func (g *givenBack) take(now time.Time, delay time.Duration) (ok bool, share int) {
 	if g == nil {
-		return true
+		return true, 0
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	share = max(1, g.limit/max(g.replicas, 1))
 	g.due = slices.DeleteFunc(g.due, func(t time.Time) bool { return !t.After(now) })
-	if len(g.due) >= g.share() {
-		return false
+	if len(g.due) >= share {
+		return false, share
 	}
 	g.due = append(g.due, now.Add(delay))
-	return true
+	return true, share
 }

@@ -40,16 +40,20 @@ func TestUnknownSourceGiveBacksBounded(t *testing.T) {
 func TestGivenBackFreesPlacesWhenOfferedAgain(t *testing.T) {
 	g := &givenBack{limit: 2, replicas: 1}
 	now := time.Now()
-	if !g.take(now, time.Minute) || !g.take(now, 2*time.Minute) {
+	take := func(at time.Time, delay time.Duration) bool {
+		ok, _ := g.take(at, delay)
+		return ok
+	}
+	if !take(now, time.Minute) || !take(now, 2*time.Minute) {
 		t.Fatal("the share of 2 refused within it")
 	}
-	if g.take(now, time.Minute) {
+	if take(now, time.Minute) {
 		t.Fatal("a third taken past the share")
 	}
-	if !g.take(now.Add(time.Minute), time.Minute) {
+	if !take(now.Add(time.Minute), time.Minute) {
 		t.Error("the place of the event offered again after a minute not freed")
 	}
-	if (*givenBack)(nil).take(now, time.Minute) != true {
+	if ok, _ := (*givenBack)(nil).take(now, time.Minute); !ok {
 		t.Error("no bound refused one")
 	}
 }

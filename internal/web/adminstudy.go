@@ -2,13 +2,16 @@ package web
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/ledger"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // studyDestination is what GET /admin/studies/{source}/{id} says of one
@@ -43,8 +46,15 @@ const maxStudyLetters = 20
 // A study waiting for a retry is on the status page.
 func (a *AdminAPI) study(w http.ResponseWriter, r *http.Request) {
 	source, id := chi.URLParam(r, "source"), chi.URLParam(r, "orthancStudyId")
-	if source == "" || id == "" {
-		WriteError(w, http.StatusBadRequest, "want /admin/studies/{source}/{orthancStudyId}")
+	// Checked as the ledger's keys assume: a "*" read another study's
+	// record, and a StudyInstanceUID (what staff usually have) or a
+	// mistyped name answered "not forwarded" of a study that may be.
+	if !events.ValidSource(source) {
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("source %q: not a source name (ORTHANC_SOURCE_NAME)", source))
+		return
+	}
+	if !orthancapi.ValidID(id) {
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("orthancStudyId %q: not an Orthanc ID (five groups of 8 hex digits, as Orthanc's explorer or the log's orthanc_study_id shows it; not a StudyInstanceUID)", id))
 		return
 	}
 	dests := make([]studyDestination, 0, len(a.Destinations))

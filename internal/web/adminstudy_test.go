@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +83,33 @@ func TestAdminStudyTellsWhereItWent(t *testing.T) {
 	}
 	if len(body.DeadLetters) != 1 || body.DeadLetters[0].OrthancStudyID != ev.OrthancStudyID || body.DeadLetters[0].Destination != "ai" {
 		t.Errorf("dead letters %+v, want the study's one, at ai", body.DeadLetters)
+	}
+}
+
+// A path that is no source name or no Orthanc ID is refused, naming what
+// it wants: "*" read another study's ledger record, and a
+// StudyInstanceUID answered "not forwarded" of a study that may be.
+func TestAdminStudyRefusesWhatIsNoID(t *testing.T) {
+	ns := testnats.Start(t)
+	dlStream, err := natsjs.DefaultTopology().EnsureDeadLetters(t.Context(), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, JS: ns.JS, Store: deadletter.NewStore(ns.JS, dlStream), Destinations: []string{natsjs.DefaultDestination},
+		Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, tt := range []struct{ path, want string }{
+		{"/admin/studies/orthanc-a/*", "not an Orthanc ID"},
+		{"/admin/studies/orthanc-a/1.2.826.0.1.3680043.2.1125.70", "not a StudyInstanceUID"},
+		{"/admin/studies/orthanc.a/6b9e19d9-62094390-5f9ddb01-4a191ae7-9766b715", "not a source name"},
+	} {
+		req := httptest.NewRequest(http.MethodGet, tt.path, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), tt.want) {
+			t.Errorf("GET %s: %d %s; want 400 saying %q", tt.path, rec.Code, rec.Body, tt.want)
+		}
 	}
 }
