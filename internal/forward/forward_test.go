@@ -83,6 +83,17 @@ type sink struct {
 // partUIDs reads a STOW-RS request's parts, as memSource made them: the
 // first byte of instance i is i-1, its SOP Instance UID 1.2.3.i.
 func partUIDs(r *http.Request) []string {
+	return partsNamed(r, func(b []byte) string {
+		if len(b) == 0 {
+			return ""
+		}
+		return fmt.Sprintf("1.2.3.%d", int(b[0])+1)
+	})
+}
+
+// partsNamed reads a STOW-RS request's parts and returns the SOP
+// Instance UID uid names each by its content ("": none).
+func partsNamed(r *http.Request, uid func(content []byte) string) []string {
 	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	mr := multipart.NewReader(r.Body, params["boundary"])
 	var uids []string
@@ -92,8 +103,8 @@ func partUIDs(r *http.Request) []string {
 			return uids
 		}
 		b, _ := io.ReadAll(p)
-		if len(b) > 0 {
-			uids = append(uids, fmt.Sprintf("1.2.3.%d", int(b[0])+1))
+		if u := uid(b); u != "" {
+			uids = append(uids, u)
 		}
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"mime"
-	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -187,15 +185,7 @@ func TestVerifyPagesUntilEverySentIsListed(t *testing.T) {
 		o.InstanceRetries, o.InstanceRetryDelay, o.MaxDeliveries = 1, time.Millisecond, 1
 	})
 	forwardOne(t, f, ns, cons, testEvent())
-	for _, l := range dls.all() {
-		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-	}
-	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyVerified)); got != 1 {
-		t.Errorf("verifications{result=verified} = %v, want 1", got)
-	}
-	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyMissing)); got != 0 {
-		t.Errorf("verifications{result=missing} = %v, want 0", got)
-	}
+	checkVerified(t, f, dls)
 	if got := queries.Load(); got != 2 {
 		t.Errorf("%d QIDO-RS pages asked, want 2", got)
 	}
@@ -258,15 +248,7 @@ func TestVerifyAtAWSHealthImaging(t *testing.T) {
 		o.InstanceRetries, o.InstanceRetryDelay, o.MaxDeliveries = 3, time.Millisecond, 1
 	})
 	forwardOne(t, f, ns, cons, testEvent())
-	for _, l := range dls.all() {
-		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
-	}
-	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyVerified)); got != 1 {
-		t.Errorf("verifications{result=verified} = %v, want 1", got)
-	}
-	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyMissing)); got != 0 {
-		t.Errorf("verifications{result=missing} = %v, want 0", got)
-	}
+	checkVerified(t, f, dls)
 	if got := posted.Load(); got != n {
 		t.Errorf("%d instances sent, want %d (no re-send)", got, n)
 	}
@@ -354,17 +336,20 @@ func uidSource(n int) *memSource {
 
 // contentUIDs is partUIDs for a uidSource's instances.
 func contentUIDs(r *http.Request) []string {
-	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	mr := multipart.NewReader(r.Body, params["boundary"])
-	var uids []string
-	for {
-		p, err := mr.NextPart()
-		if err != nil {
-			return uids
-		}
-		b, _ := io.ReadAll(p)
-		if uid := strings.TrimSpace(string(b)); uid != "" {
-			uids = append(uids, uid)
-		}
+	return partsNamed(r, func(b []byte) string { return strings.TrimSpace(string(b)) })
+}
+
+// checkVerified checks that f's one study was verified, nothing missing
+// and nothing dead-lettered.
+func checkVerified(t *testing.T, f *Forwarder, dls *memDeadLetters) {
+	t.Helper()
+	for _, l := range dls.all() {
+		t.Errorf("dead-lettered (class %s): %s", l.Class, l.Reason)
+	}
+	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyVerified)); got != 1 {
+		t.Errorf("verifications{result=verified} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(f.m.verifications.WithLabelValues(verifyMissing)); got != 0 {
+		t.Errorf("verifications{result=missing} = %v, want 0", got)
 	}
 }
