@@ -1223,3 +1223,55 @@ func TestComposeLeavesOrthancThreadsForViewers(t *testing.T) {
 		}
 	}
 }
+
+// TestDashboardPicksDataSourceAndNamespace: the dashboard named the
+// provisioned data source's uid ("prometheus"), so imported into a site's
+// own Grafana every panel showed "data source not found", and with two
+// Helm releases scraped it summed them. Each panel now reads the
+// dashboard's data source variable and each series selector keeps the
+// namespace variable (All matches scrapes without the label: compose,
+// systemd).
+func TestDashboardPicksDataSourceAndNamespace(t *testing.T) {
+	var d struct {
+		Templating struct {
+			List []struct{ Name, Type string } `json:"list"`
+		} `json:"templating"`
+		Panels []struct {
+			Title      string          `json:"title"`
+			Datasource json.RawMessage `json:"datasource"`
+			Targets    []struct {
+				Datasource json.RawMessage `json:"datasource"`
+				Expr       string          `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(readFile(t, "deploy/grafana/dashboards/stowline.json"), &d); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{}
+	for _, v := range d.Templating.List {
+		vars[v.Name] = v.Type
+	}
+	if vars["datasource"] != "datasource" || vars["namespace"] != "query" {
+		t.Errorf("template variables %v, want datasource (datasource) and namespace (query)", vars)
+	}
+	selector := regexp.MustCompile(`\b(stowline_[a-z_]+|up)\b(\{[^}]*\})?`)
+	usesVariable := func(raw json.RawMessage) bool {
+		return len(raw) == 0 || strings.Contains(string(raw), `"${datasource}"`)
+	}
+	for _, p := range d.Panels {
+		if !usesVariable(p.Datasource) {
+			t.Errorf("panel %q: data source %s, want uid ${datasource}", p.Title, p.Datasource)
+		}
+		for _, tg := range p.Targets {
+			if !usesVariable(tg.Datasource) {
+				t.Errorf("panel %q: target data source %s, want uid ${datasource}", p.Title, tg.Datasource)
+			}
+			for _, m := range selector.FindAllStringSubmatch(tg.Expr, -1) {
+				if !strings.Contains(m[2], `namespace=~"$namespace"`) {
+					t.Errorf("panel %q: %s does not select namespace=~\"$namespace\" in %s", p.Title, m[1], tg.Expr)
+				}
+			}
+		}
+	}
+}
