@@ -26,6 +26,7 @@ import (
 // auditUsage heads `forwarder audit -h`.
 const auditUsage = `Usage: forwarder audit [--destination NAME] [--enqueue [--priority P]] [--json]
        forwarder audit --verify --destination NAME [--since 7d] [--enqueue [--priority P]] [--json]
+       forwarder audit --kept [--destination NAME] [--since 30d] [--json]
 
 Lists, for each destination (those with a consumer on the event stream, or
 the one named), the stable studies present in each Orthanc source that
@@ -33,8 +34,8 @@ have no record of a completed forward of their current state
 (LastUpdate), and with --enqueue publishes their events for the
 destinations that lack them, in the low lane (--priority routine or stat
 to change it: docs/priority-lanes.md), so the forwarders send them. It
-reads every study: --since is for --verify only (for a window of
-an archive, forwarder backfill --from source --since --until). Studies go to
+reads every study: --since is for --verify and --kept only (for a window
+of an archive, forwarder backfill --from source --since --until). Studies go to
 stdout (a table, or one JSON object a line), the summary and logs to
 stderr. Exit status: 0 nothing missing, or all of it queued or already
 queued (its event stored within the event stream's duplicate window, or
@@ -57,6 +58,15 @@ to that destination alone. --verify reads the destination's variables
 (DICOMWEB_URL or DESTINATION_<NAME>_URL, OAUTH_*, TLS_*...) as the
 forwarder does (docs/verification.md).
 
+With --kept it lists, from each destination's ledger alone (not
+Orthanc), the studies recorded as forwarded (within --since, or all)
+whose record keeps instances the destination does not hold as sent: a
+conflict skipped (STOW_ON_CONFLICT=skip: a correction the archive
+refused), a copy stowline cannot prove it stored, one the destination
+changed (B000, B006). The plain audit counts them forwarded; buffer mode
+keeps those instances in Orthanc. --json gives their SOP Instance UIDs.
+Exit status: 0 listed (found or not), 1 a failure, 2 a usage error.
+
 `
 
 // RunAudit runs `forwarder audit ARGS` against the NATS server of a
@@ -74,7 +84,8 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 	only := fs.String("destination", "", "audit only this destination")
 	asJSON := fs.Bool("json", false, "write one JSON object a line instead of a table")
 	verify := fs.Bool("verify", false, "ask the destination (QIDO-RS) whether it holds every instance of the studies forwarded to it within --since; needs --destination")
-	since := fs.String("since", "7d", "with --verify: how far back forwards are checked, e.g. 7d, 36h")
+	since := fs.String("since", "7d", "with --verify: how far back forwards are checked, e.g. 7d, 36h; with --kept: how far back forwards are listed (default: all)")
+	kept := fs.Bool("kept", false, "list the studies forwarded whose ledger record keeps instances the destination does not hold as sent (a conflict skipped, an unproven copy, one it changed), from the ledger alone")
 	lane := laneFlag(fs)
 	var cfg config.Audit
 	if done, err := parseCommand(fs, auditUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
@@ -85,16 +96,30 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		// every destination; --priority "" would be routine.
 		return &usageError{fmt.Errorf("%s: %s: empty: give a value or leave the flag out", program, strings.Join(blank, ", "))}
 	}
-	if !*verify && flagSet(fs, "since") {
-		// Only --verify reads it: an audit that took it for a window
-		// would look at every study all the same.
-		return &usageError{fmt.Errorf("%s: --since works only with --verify (for a window of an archive use forwarder backfill --from source --since --until)", program)}
+	if !*verify && !*kept && flagSet(fs, "since") {
+		// Only --verify and --kept read it: an audit that took it for a
+		// window would look at every study all the same.
+		return &usageError{fmt.Errorf("%s: --since works only with --verify or --kept (for a window of an archive use forwarder backfill --from source --since --until)", program)}
+	}
+	if *kept && (*verify || *enqueue) {
+		// A listing: what to do about each study is an operator's call.
+		return &usageError{fmt.Errorf("%s: --kept lists only: not with --verify or --enqueue", program)}
 	}
 	if err := lane.parse(); err != nil {
 		return &usageError{fmt.Errorf("%s: %w", program, err)}
 	}
 	if !*enqueue && flagSet(fs, "priority") {
 		return &usageError{fmt.Errorf("%s: --priority works only with --enqueue", program)}
+	}
+	if *kept {
+		var window time.Duration
+		if flagSet(fs, "since") {
+			var err error
+			if window, err = parseSince(*since); err != nil {
+				return &usageError{fmt.Errorf("%s: --since: %w", program, err)}
+			}
+		}
+		return runKeptAudit(ctx, cfg, *only, window, *asJSON, stdout, stderr)
 	}
 	if *verify {
 		window, err := parseSince(*since)
@@ -226,6 +251,70 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return fmt.Errorf("%d studies %w (--enqueue queues them)", sum.Missing, ErrMissing)
 	}
 	return nil
+}
+
+// runKeptAudit is `forwarder audit --kept`: it lists the studies each
+// destination's ledger records as forwarded within window (0: all)
+// whose record keeps instances (ledger.ListKept).
+func runKeptAudit(ctx context.Context, cfg config.Audit, only string, window time.Duration, asJSON bool, stdout, stderr io.Writer) error {
+	log := NewLogger(stderr, cfg.Log)
+	js, err := connectTool(ctx, cfg.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer js.Close()
+	dests, _, err := auditDestinations(ctx, js, only, log)
+	if err != nil {
+		return err
+	}
+	var since time.Time
+	if window > 0 {
+		since = time.Now().Add(-window)
+	}
+	report, flush := keptReporter(stdout, asJSON)
+	total := 0
+	var errs []error
+	for _, d := range dests {
+		records, ok := d.Records.(ledger.ForwardedRecords)
+		if !ok {
+			errs = append(errs, fmt.Errorf("destination %s: its ledger cannot be listed", d.Name))
+			continue
+		}
+		n, err := ledger.ListKept(ctx, d.Name, records, since, report)
+		total += n
+		if err != nil {
+			// One destination's ledger unreadable must not hide the
+			// others' kept studies.
+			errs = append(errs, err)
+		}
+	}
+	if err := flush(); err != nil {
+		errs = append(errs, err)
+	}
+	fmt.Fprintf(stderr, "audit --kept: %d studies forwarded with instances the destination does not hold as sent (a study once per destination)\n", total)
+	return errors.Join(errs...)
+}
+
+// keptReporter writes audit --kept's studies to stdout: one JSON object a
+// line, with every kept SOP Instance UID, or a table naming how many and
+// the first. flush writes what is left.
+func keptReporter(stdout io.Writer, asJSON bool) (report func(ledger.KeptStudy) error, flush func() error) {
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		return func(k ledger.KeptStudy) error { return enc.Encode(k) }, func() error { return nil }
+	}
+	t := newBlockTable(stdout, "DESTINATION\tSOURCE\tORTHANC STUDY ID\tSTUDY INSTANCE UID\tLAST UPDATE\tFORWARDED AT\tKEPT\tFIRST KEPT SOP INSTANCE UID")
+	report = func(k ledger.KeptStudy) error {
+		n, first := strconv.Itoa(len(k.Kept)), "-"
+		if k.KeptAll {
+			n = "all"
+		} else if len(k.Kept) > 0 {
+			first = slices.Min(k.Kept)
+		}
+		return t.row("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", k.Destination, k.Source, k.OrthancStudyID, k.StudyInstanceUID, k.LastUpdate,
+			k.ForwardedAt.UTC().Format(time.RFC3339), n, first)
+	}
+	return report, t.flush
 }
 
 // streamDuplicateWindow says the event stream's duplicate window, " (2m0s)",
@@ -395,4 +484,9 @@ type noLedger struct{}
 
 func (noLedger) Lookup(context.Context, string, string) (ledger.Record, error) {
 	return ledger.Record{}, ledger.ErrNotRecorded
+}
+
+// Forwarded walks no record: none was written.
+func (noLedger) Forwarded(context.Context, time.Time, func(string, string, ledger.Record) error) error {
+	return nil
 }

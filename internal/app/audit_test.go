@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +111,9 @@ func TestAuditRefusesItsCommandLine(t *testing.T) {
 		{[]string{"--enqueue", "--priority", "urgent"}, "--priority"},
 		{[]string{"--priority", "routine"}, "--priority works only with --enqueue"},
 		{[]string{"--verify", "--destination", "ai", "--priority", "stat"}, "--priority works only with --enqueue"},
+		{[]string{"--kept", "--enqueue"}, "--kept lists only"},
+		{[]string{"--kept", "--verify", "--destination", "ai"}, "--kept lists only"},
+		{[]string{"--kept", "--since", "yesterday"}, "--since"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			err := RunAudit(t.Context(), tt.args, func(k string) string { return env[k] }, io.Discard, io.Discard)
@@ -709,4 +714,81 @@ func streamMsgs(t *testing.T, srv *testnats.Server) uint64 {
 		t.Fatal(err)
 	}
 	return st.CachedInfo().State.Msgs
+}
+
+// TestAuditListsKeptStudies: a study whose corrected copy the archive
+// refused (STOW_ON_CONFLICT=skip) is recorded forwarded, with the
+// instances it keeps, and the plain audit counts it forwarded: nothing
+// listed such studies. `forwarder audit --kept` lists them from the
+// ledgers alone (no Orthanc answers here), for every destination or the
+// one named, within --since; a destination with no ledger yet has none.
+func TestAuditListsKeptStudies(t *testing.T) {
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	ctx := t.Context()
+	if _, err := natsjs.DefaultTopology().EnsureLanes(ctx, srv.JS, []string{"archive", "ai"}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := natsjs.DefaultTopology().EnsureLedger(ctx, srv.JS, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	selected := []orthancapi.Instance{{ID: "i1", SOPInstanceUID: "1.2.1.1"}, {ID: "i2", SOPInstanceUID: "1.2.1.2"}}
+	for i, r := range []struct {
+		at   time.Time
+		kept []string
+	}{
+		{time.Now(), []string{"1.2.1.2"}},
+		{time.Now(), nil},
+		{time.Now().Add(-72 * time.Hour), []string{"1.2.1.1"}},
+	} {
+		ev, err := events.NewStudyStable("main", fmt.Sprintf("%08d-00000000-00000000-00000000-00000000", i), fmt.Sprintf("1.2.%d", i), "20261201T100000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ledger.New(srv.JS, kv, ledger.WithClock(func() time.Time { return r.at })).Completed(ctx, ev, ledger.Outcome{Selected: selected, Kept: r.kept}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_URL": "http://127.0.0.1:1"}
+	for _, tt := range []struct {
+		args []string
+		want []string // Orthanc study IDs listed, in the ledger's order
+	}{
+		{[]string{"--kept"}, []string{"00000000-00000000-00000000-00000000-00000000", "00000002-00000000-00000000-00000000-00000000"}},
+		{[]string{"--kept", "--destination", "archive", "--since", "2d"}, []string{"00000000-00000000-00000000-00000000-00000000"}},
+		{[]string{"--kept", "--destination", "ai"}, nil},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			err := RunAudit(ctx, append(tt.args, "--json"), func(k string) string { return env[k] }, &stdout, &stderr)
+			if err != nil {
+				t.Fatalf("audit: %v\n%s", err, stderr.String())
+			}
+			var got []string
+			for line := range strings.Lines(stdout.String()) {
+				var k ledger.KeptStudy
+				if err := json.Unmarshal([]byte(line), &k); err != nil {
+					t.Fatalf("%q: %v", line, err)
+				}
+				if k.Destination != "archive" || k.Source != "main" || len(k.Kept) != 1 || k.KeptAll {
+					t.Errorf("listed %+v; want archive's study of source main keeping one instance", k)
+				}
+				got = append(got, k.OrthancStudyID)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("listed %v, want %v", got, tt.want)
+			}
+			if summary := fmt.Sprintf("audit --kept: %d studies", len(tt.want)); !strings.Contains(stderr.String(), summary) {
+				t.Errorf("stderr lacks %q:\n%s", summary, stderr.String())
+			}
+		})
+	}
+	// The table names the count and the first UID kept.
+	var stdout strings.Builder
+	if err := RunAudit(ctx, []string{"--kept", "--since", "2d"}, func(k string) string { return env[k] }, &stdout, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if out := stdout.String(); !strings.Contains(out, "FIRST KEPT SOP INSTANCE UID") || !regexp.MustCompile(`archive +main +00000000-\S+ +1\.2\.0 +20261201T100000 +\S+ +1 +1\.2\.1\.2\n`).MatchString(out) {
+		t.Errorf("table:\n%s", out)
+	}
 }

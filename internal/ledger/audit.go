@@ -359,6 +359,51 @@ func (a *Auditor) study(ctx context.Context, source string, st orthancapi.Study,
 	return out, forwardedAt, nil
 }
 
+// KeptStudy is a study a destination's ledger records as forwarded whose
+// record keeps instances: the destination does not hold them as sent (a
+// conflict skipped under STOW_ON_CONFLICT=skip, a copy stowline cannot
+// prove it stored, one the destination changed: B000, B006). The study
+// was acked all the same, so the plain audit counts it forwarded.
+type KeptStudy struct {
+	Destination      string    `json:"destination"`
+	Source           string    `json:"source"`
+	OrthancStudyID   string    `json:"orthancStudyId"`
+	StudyInstanceUID string    `json:"studyInstanceUid,omitempty"`
+	LastUpdate       string    `json:"lastUpdate"`
+	ForwardedAt      time.Time `json:"forwardedAt"`
+	// Kept are the SOP Instance UIDs kept (Record.Kept); KeptAll: more
+	// than a record holds, every instance of the study counts as kept.
+	Kept    []string `json:"kept,omitempty"`
+	KeptAll bool     `json:"keptAll,omitempty"`
+}
+
+// ForwardedRecords walks the records of a destination's forwards
+// (*Ledger).
+type ForwardedRecords interface {
+	Forwarded(ctx context.Context, since time.Time, fn func(source, orthancStudyID string, r Record) error) error
+}
+
+// ListKept calls report for each study records holds as forwarded to
+// destination at or after since (zero: every one) whose record keeps
+// instances, in the ledger's order, and returns how many it reported.
+// It reads the ledger alone, not Orthanc: buffer mode may have deleted
+// the rest of such a study, and the record outlives the source's copy.
+func ListKept(ctx context.Context, destination string, records ForwardedRecords, since time.Time, report func(KeptStudy) error) (int, error) {
+	n := 0
+	err := records.Forwarded(ctx, since, func(source, id string, r Record) error {
+		if len(r.Kept) == 0 && !r.KeptAll {
+			return nil
+		}
+		n++
+		return report(KeptStudy{Destination: destination, Source: source, OrthancStudyID: id, StudyInstanceUID: r.StudyInstanceUID,
+			LastUpdate: r.LastUpdate, ForwardedAt: r.ForwardedAt, Kept: r.Kept, KeptAll: r.KeptAll})
+	})
+	if err != nil {
+		return n, fmt.Errorf("destination %s: kept studies: %w", destination, err)
+	}
+	return n, nil
+}
+
 // electionWait bounds how long the audit reads a record again while
 // JetStream does not answer: a cluster electing the leader of a ledger's
 // stream (4 to 9 s) answers nobody, and Lookup reads from the leader.

@@ -674,3 +674,75 @@ func TestAuditFailureEndsTheOtherReads(t *testing.T) {
 		t.Errorf("the electing ledger was read %d times after the other failed, want its wait ended", asked)
 	}
 }
+
+// TestListKept: the studies recorded forwarded whose record keeps
+// instances (a conflict skipped, an unproven copy, a warning that the
+// destination changed them) are listed, with the kept UIDs, and only
+// those forwarded within the window: the plain audit counts them
+// forwarded, and only a Warn line named them before.
+func TestListKept(t *testing.T) {
+	selected := []orthancapi.Instance{{ID: "i1", SOPInstanceUID: "1.1"}, {ID: "i2", SOPInstanceUID: "1.2"}}
+	many := make([]string, 1001) // past a record's bound: every instance kept
+	for i := range many {
+		many[i] = fmt.Sprintf("1.9.%d", i)
+	}
+	day := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	records := []struct {
+		k       int
+		at      time.Time
+		outcome ledger.Outcome
+	}{
+		{1, day, ledger.Outcome{Selected: selected, Kept: []string{"1.2"}}},
+		{2, day, ledger.Outcome{Selected: selected}},
+		{3, day, ledger.Outcome{NotSelected: true}},
+		{4, day.Add(48 * time.Hour), ledger.Outcome{Selected: selected, Kept: many}},
+		{5, day.Add(48 * time.Hour), ledger.Outcome{Selected: selected, Kept: []string{"1.1", "1.2"}}},
+	}
+	js, kv := ledger.NewTestBucket(t)
+	for _, r := range records {
+		ev := &events.StudyStable{Type: events.TypeStudyStable, Version: events.Version, Source: "main",
+			OrthancStudyID: sid(r.k), StudyInstanceUID: fmt.Sprintf("1.2.%d", r.k), LastUpdate: "20261201T100000"}
+		l := ledger.New(js, kv, ledger.WithClock(func() time.Time { return r.at }))
+		if err := l.Completed(t.Context(), ev, r.outcome); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(k int, at time.Time, all bool, kept ...string) ledger.KeptStudy {
+		return ledger.KeptStudy{Destination: "archive", Source: "main", OrthancStudyID: sid(k), StudyInstanceUID: fmt.Sprintf("1.2.%d", k),
+			LastUpdate: "20261201T100000", ForwardedAt: at, Kept: kept, KeptAll: all}
+	}
+	tests := []struct {
+		name  string
+		since time.Time
+		want  []ledger.KeptStudy
+	}{
+		{"every record", time.Time{}, []ledger.KeptStudy{want(1, day, false, "1.2"), want(4, day.Add(48*time.Hour), true), want(5, day.Add(48*time.Hour), false, "1.1", "1.2")}},
+		{"within the window", day.Add(time.Hour), []ledger.KeptStudy{want(4, day.Add(48*time.Hour), true), want(5, day.Add(48*time.Hour), false, "1.1", "1.2")}},
+		{"none so recent", day.Add(72 * time.Hour), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []ledger.KeptStudy
+			n, err := ledger.ListKept(t.Context(), "archive", ledger.New(js, kv), tt.since, func(k ledger.KeptStudy) error {
+				got = append(got, k)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.SortFunc(got, func(a, b ledger.KeptStudy) int { return strings.Compare(a.OrthancStudyID, b.OrthancStudyID) })
+			if n != len(tt.want) || !slices.EqualFunc(got, tt.want, func(a, b ledger.KeptStudy) bool {
+				return a.Destination == b.Destination && a.Source == b.Source && a.OrthancStudyID == b.OrthancStudyID &&
+					a.StudyInstanceUID == b.StudyInstanceUID && a.LastUpdate == b.LastUpdate && a.ForwardedAt.Equal(b.ForwardedAt) &&
+					slices.Equal(a.Kept, b.Kept) && a.KeptAll == b.KeptAll
+			}) {
+				t.Errorf("ListKept = %d, %+v\nwant %+v", n, got, tt.want)
+			}
+		})
+	}
+	// A report failing stops the walk, its error returned.
+	stop := errors.New("stdout closed")
+	if _, err := ledger.ListKept(t.Context(), "archive", ledger.New(js, kv), time.Time{}, func(ledger.KeptStudy) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("ListKept with a failing report = %v, want %v", err, stop)
+	}
+}
