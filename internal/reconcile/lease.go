@@ -16,9 +16,9 @@ import (
 var errLeaseLost = errors.New("reconcile: lease lost to another replica")
 
 // leaseValue is what a lease key holds. Holder and RenewedAt are for
-// operators (nats kv get); takeover does not compare clocks: a contender
-// waits until it has seen the same revision for a whole TTL on its own
-// monotonic clock.
+// operators (nats kv get); nothing compares RenewedAt, the writer's clock:
+// a contender waits until it has seen the same revision for a whole TTL
+// on its own monotonic clock, and leaseLive reads the server's stamp.
 type leaseValue struct {
 	Holder    string    `json:"holder"`
 	RenewedAt time.Time `json:"renewedAt"`

@@ -274,9 +274,12 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context, sys orthancapi.System, 
 	return true, nil
 }
 
-// leaseLive reports whether source's lease was renewed within two of its
-// TTLs, on the writer's wall clock: a replica still serves that name. A
-// clean stop deletes the lease; a crashed holder's counts until then.
+// leaseLive reports whether source's lease was written within two of its
+// TTLs: a replica still serves that name. A clean stop deletes the lease;
+// a crashed holder's counts until then. The write is timed by the NATS
+// server's stamp against the server's clock, never by the value's
+// RenewedAt: that is the writer's clock, another host's, and a holder
+// whose clock runs behind would look dead while it polls.
 func (s *sourceRunner) leaseLive(ctx context.Context, source string) (bool, error) {
 	entry, err := s.r.opts.KV.Get(ctx, leaseKey(source))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -293,5 +296,23 @@ func (s *sourceRunner) leaseLive(ctx context.Context, source string) (bool, erro
 	if err != nil || ttl <= 0 {
 		ttl = s.r.opts.LeaseTTL
 	}
-	return time.Since(v.RenewedAt) < 2*ttl, nil
+	now, err := serverNow(ctx, s.r.opts.KV)
+	if err != nil {
+		return false, fmt.Errorf("lease %s: %w", leaseKey(source), err)
+	}
+	return now.Sub(entry.Created()) < 2*ttl, nil
+}
+
+// serverNow is the NATS server's clock, as its answer on the bucket gave
+// it, read after the entry it is compared with. A server that gives none
+// leaves this host's clock, compared with the server's stamp still.
+func serverNow(ctx context.Context, kv jetstream.KeyValue) (time.Time, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the bucket's status for the NATS server's clock: %w", err)
+	}
+	if b, ok := st.(*jetstream.KeyValueBucketStatus); ok && b.StreamInfo() != nil && !b.StreamInfo().TimeStamp.IsZero() {
+		return b.StreamInfo().TimeStamp, nil
+	}
+	return time.Now(), nil
 }

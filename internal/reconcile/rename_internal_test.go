@@ -57,7 +57,9 @@ func TestRenamedCursorTakenOnceItsLeaseIsFree(t *testing.T) {
 				}
 			}
 			if tc.held {
-				lv, err := json.Marshal(leaseValue{Holder: "other", RenewedAt: time.Now().UTC(), TTL: "1h"})
+				// Written just now by a holder whose clock runs 3 h
+				// behind: still held (TestLeaseLiveJudgedByTheServersClock).
+				lv, err := json.Marshal(leaseValue{Holder: "other", RenewedAt: time.Now().Add(-3 * time.Hour).UTC(), TTL: "1h"})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -567,5 +569,53 @@ func TestRenamedSourceCarriesItsOwnCursorOver(t *testing.T) {
 	}
 	if warned.has("not carried over") {
 		t.Errorf("warned of a cursor not carried over: %q", warned.all())
+	}
+}
+
+// Whether a replica still serves a name is judged by when the NATS server
+// stored its lease, not by the RenewedAt its writer put in: that is
+// another host's clock. A live holder whose clock runs behind looked dead
+// (its cursor taken while it polled), and a dead one whose clock ran
+// ahead looked alive for as long.
+func TestLeaseLiveJudgedByTheServersClock(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		skew     time.Duration // of the writer's clock
+		ttl      string
+		wantLive bool
+	}{
+		{"writer's clock right, renewed", 0, "15s", true},
+		{"writer's clock 40s behind, renewed", -40 * time.Second, "15s", true},
+		{"writer's clock an hour behind, renewed", -time.Hour, "15s", true},
+		{"writer's clock an hour ahead, stopped renewing", time.Hour, "50ms", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kv := testBucket(t)
+			ctx := t.Context()
+			lv, err := json.Marshal(leaseValue{Holder: "other", RenewedAt: time.Now().Add(tc.skew).UTC(), TTL: tc.ttl})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Put(ctx, leaseKey("old"), lv); err != nil {
+				t.Fatal(err)
+			}
+			s := &sourceRunner{r: &Reconciler{opts: Options{KV: kv, LeaseTTL: 15 * time.Second}}}
+			live := func() bool {
+				t.Helper()
+				live, err := s.leaseLive(ctx, "old")
+				if err != nil {
+					t.Fatal(err)
+				}
+				return live
+			}
+			if tc.wantLive {
+				if !live() {
+					t.Fatal("a lease written just now was judged dead")
+				}
+				return
+			}
+			// Two TTLs after the write, on the server's clock.
+			waitUntil(t, "the lease its holder stopped renewing judged dead", func() bool { return !live() })
+		})
 	}
 }
