@@ -185,6 +185,9 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	}
 	if len(fc.Windows) > 0 {
 		log.Info("lanes are pulled only in their hours (FORWARD_WINDOWS), in the process's local time", "windows", fc.Windows.String(), "zone", time.Now().Format("MST -07:00"))
+		if err := fc.RetentionWarning(p.topo.Retention); err != nil {
+			log.Warn("a failing study of a lane with forwarding windows may outlive the event stream's retention before its dead letter", "err", err)
+		}
 	}
 	keys, err := newKeyGuard(r.keys, reg, log)
 	if err != nil {

@@ -215,3 +215,59 @@ func TestForwardWindowsAcrossDaylightSaving(t *testing.T) {
 		})
 	}
 }
+
+// A failing study of a lane FORWARD_WINDOWS limits waits for the lane to
+// open before each retry due while it is closed, so its deliveries span
+// days: a short window with the default EVENTS_RETENTION let its event
+// expire before its dead letter, and the start said nothing. It warns
+// now, naming the variables. Without windows the waits are 7h0m30s.
+func TestRetentionWarningCountsForwardWindows(t *testing.T) {
+	for _, tc := range []struct {
+		windows   string
+		retention string
+		// The estimated span: at least min and at most max.
+		wantLane string
+		min, max time.Duration
+		warn     bool
+	}{
+		{"", "168h", "", 0, 0, false},
+		{"stat=00:00-24:00", "168h", "stat", 7*time.Hour + 30*time.Second, 7*time.Hour + 30*time.Second, false},
+		// A night's window holds the whole sequence but for the last
+		// minutes of it.
+		{"low=22:00-07:00", "168h", "low", 20 * time.Hour, 30 * time.Hour, false},
+		{"low=02:00-03:00", "168h", "low", 6 * 24 * time.Hour, 8 * 24 * time.Hour, true},
+		{"low=02:00-03:00", "240h", "low", 6 * 24 * time.Hour, 8 * 24 * time.Hour, false},
+		// The review's case: about 1 day per 3 attempts at the 10 min cap.
+		{"backfill=02:00-02:30", "168h", "low", 12 * 24 * time.Hour, 16 * 24 * time.Hour, true},
+		{"backfill=02:00-02:30", "720h", "low", 12 * 24 * time.Hour, 16 * 24 * time.Hour, false},
+		{"routine=20:00-21:00,low=02:00-02:30", "168h", "low", 12 * 24 * time.Hour, 16 * 24 * time.Hour, true},
+		{"stat=02:00-02:30", "168h", "stat", 12 * 24 * time.Hour, 16 * 24 * time.Hour, true},
+		{"low=02:00-02:30,low=14:00-14:30", "168h", "low", 6 * 24 * time.Hour, 8 * 24 * time.Hour, true},
+	} {
+		t.Run(tc.windows+" "+tc.retention, func(t *testing.T) {
+			e := baseEnv()
+			e["FORWARD_WINDOWS"] = tc.windows
+			e["EVENTS_RETENTION"] = tc.retention
+			var c SingleHost
+			if err := Load(mapEnv(e), &c); err != nil {
+				t.Fatal(err)
+			}
+			lane, waits := c.windowedRetryWaits(30 * 24 * time.Hour)
+			if lane != tc.wantLane || waits < tc.min || waits > tc.max {
+				t.Errorf("windowedRetryWaits() = %q, %s; want %q, %s to %s", lane, waits, tc.wantLane, tc.min, tc.max)
+			}
+			err := c.RetentionWarning(c.EventsRetention)
+			if (err != nil) != tc.warn {
+				t.Fatalf("RetentionWarning() = %v, want a warning: %v", err, tc.warn)
+			}
+			if err == nil {
+				return
+			}
+			for _, name := range []string{"EVENTS_RETENTION=" + c.EventsRetention.String(), "FORWARD_WINDOWS", "FORWARDER_MAX_DELIVERIES=48", tc.wantLane + " lane"} {
+				if !strings.Contains(err.Error(), name) {
+					t.Errorf("RetentionWarning() = %v, want it to name %s", err, name)
+				}
+			}
+		})
+	}
+}

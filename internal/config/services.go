@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -115,6 +116,94 @@ func retryWaits(f Forwarder, limit time.Duration) time.Duration {
 		d = min(2*d, f.RetryMaxDelay)
 	}
 	return waits
+}
+
+// RetentionWarning says, naming the variables, when a lane's
+// FORWARD_WINDOWS may spread a failing study's deliveries past
+// retention (EVENTS_RETENTION), its event then expiring before its dead
+// letter; nil otherwise. A warning at start, not a refusal as
+// retentionCoversRetries: it is an estimate, and the stream alerts
+// (StowlineEventsNearRetention) before an event expires.
+func (f *Forwarder) RetentionWarning(retention time.Duration) error {
+	lane, waits := f.windowedRetryWaits(retention)
+	if waits < retention {
+		return nil
+	}
+	return fmt.Errorf("EVENTS_RETENTION=%s: a failing study of the %s lane, pulled only in its FORWARD_WINDOWS hours (%s), "+
+		"may take %s or more between its first delivery and its last (FORWARDER_MAX_DELIVERIES=%d, FORWARDER_RETRY_DELAY=%s doubling up to "+
+		"FORWARDER_RETRY_MAX_DELAY=%s, each retry due while the lane is closed waiting for it to open), so its event may expire before "+
+		"its dead letter; want a longer EVENTS_RETENTION, longer windows or fewer deliveries",
+		retention, lane, f.Windows.String(), waits.Round(time.Hour), f.MaxDeliveries, f.RetryDelay, f.RetryMaxDelay)
+}
+
+// windowedRetryWaits is, of the lanes FORWARD_WINDOWS limits, the one
+// whose failing study spans its deliveries the longest, and that span:
+// a retry due while its lane is closed waits for the lane to open, so a
+// short window spreads the deliveries over days. Each delay counts at
+// its nominal value, from the worst minute of the lane's windows to
+// start in; the attempts themselves and the wait in the queue before
+// the first come on top. Counted until the span passes limit. "" and 0
+// without windows or without a dead letter (FORWARDER_MAX_DELIVERIES=0).
+func (f *Forwarder) windowedRetryWaits(limit time.Duration) (lane string, waits time.Duration) {
+	if f.MaxDeliveries == 0 || f.RetryDelay <= 0 || f.RetryMaxDelay < f.RetryDelay {
+		return "", 0
+	}
+	for _, l := range []string{"stat", "routine", "low"} {
+		ws, limited := f.Windows[l]
+		if !limited {
+			continue
+		}
+		if w := windowedWaits(f, ws, limit); w > waits {
+			lane, waits = l, w
+		}
+	}
+	return lane, waits
+}
+
+// maxWindowedSteps bounds windowedWaits' work for a setting of very many
+// deliveries with tiny delays: what it counted by then is a lower bound.
+const maxWindowedSteps = 1 << 21
+
+// windowedWaits is the longest span of a failing study's deliveries in a
+// lane pulled only in ws, over the minutes of the day it may start in.
+func windowedWaits(f *Forwarder, ws []DailyWindow, limit time.Duration) time.Duration {
+	open := func(t time.Duration) bool {
+		m := int(t/time.Minute) % minutesPerDay
+		return slices.ContainsFunc(ws, func(w DailyWindow) bool { return w.Contains(m) })
+	}
+	// opens is t, or the start of the next window after it.
+	opens := func(t time.Duration) time.Duration {
+		if open(t) {
+			return t
+		}
+		m := int(t / time.Minute)
+		next := minutesPerDay
+		for _, w := range ws {
+			next = min(next, (w.From-m%minutesPerDay+minutesPerDay)%minutesPerDay)
+		}
+		return time.Duration(m+next) * time.Minute
+	}
+	var longest time.Duration
+	steps := 0
+	for m := range minutesPerDay {
+		start := time.Duration(m) * time.Minute
+		if !open(start) {
+			continue
+		}
+		t, d := start, f.RetryDelay
+		for range f.MaxDeliveries - 1 {
+			t = opens(t + d)
+			d = min(2*d, f.RetryMaxDelay)
+			if steps++; t-start > limit || steps > maxWindowedSteps {
+				break
+			}
+		}
+		longest = max(longest, t-start)
+		if longest > limit || steps > maxWindowedSteps {
+			break
+		}
+	}
+	return longest
 }
 
 // SingleHost is what cmd/stowline reads: ingest, reconciler and forwarder
