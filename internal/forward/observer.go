@@ -150,6 +150,15 @@ func (f *Forwarder) retrying(a *Attempt, class Class, err error, delay time.Dura
 	}
 }
 
+// Lane is the lane a's study was pulled from: a retry waits for its
+// lane's window, which the status page tells.
+func (a *Attempt) Lane() events.Priority {
+	if a.lane == "" {
+		return events.PriorityRoutine
+	}
+	return a.lane
+}
+
 type noObserver struct{}
 
 func (noObserver) Started(*Attempt)                  {}

@@ -945,3 +945,53 @@ func TestTrackerListsStudiesWaitingForARetry(t *testing.T) {
 		}
 	}
 }
+
+// TestTrackerKeepsARetryHeldByItsLaneOrBreaker: a study whose retry is
+// due while its lane is outside its FORWARD_WINDOWS hours, or while its
+// destination's breaker is open, is not pulled at its due time. It was
+// dropped a minute past it all the same, its reason with it, though it
+// was still queued; it stays listed now, saying what holds it.
+func TestTrackerKeepsARetryHeldByItsLaneOrBreaker(t *testing.T) {
+	opens := time.Now().Add(14 * time.Hour).Truncate(time.Minute)
+	for _, tc := range []struct {
+		name      string
+		state     forward.DestinationStatus
+		wantHeld  string
+		wantOpens time.Time
+	}{
+		{"nothing holds it", forward.DestinationStatus{Destination: "archive", State: "closed"}, "", time.Time{}},
+		{"its lane closed", forward.DestinationStatus{Destination: "archive", State: "closed",
+			ClosedLanes: []forward.ClosedLane{{Lane: events.PriorityRoutine, Opens: opens}}}, status.HeldLane, opens},
+		{"its lane closed, not within two days", forward.DestinationStatus{Destination: "archive", State: "closed",
+			ClosedLanes: []forward.ClosedLane{{Lane: events.PriorityRoutine}}}, status.HeldLane, time.Time{}},
+		{"another lane closed", forward.DestinationStatus{Destination: "archive", State: "closed",
+			ClosedLanes: []forward.ClosedLane{{Lane: events.PriorityLow, Opens: opens}}}, "", time.Time{}},
+		{"another destination's lane closed", forward.DestinationStatus{Destination: "other", State: "closed",
+			ClosedLanes: []forward.ClosedLane{{Lane: events.PriorityRoutine, Opens: opens}}}, "", time.Time{}},
+		{"its breaker open", forward.DestinationStatus{Destination: "archive", State: "open"}, status.HeldBreaker, time.Time{}},
+		{"its breaker half-open", forward.DestinationStatus{Destination: "archive", State: "half-open"}, status.HeldBreaker, time.Time{}},
+		{"its breaker off", forward.DestinationStatus{Destination: "archive", State: "off"}, "", time.Time{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := status.NewTracker(4)
+			tr.WatchDestination(func() forward.DestinationStatus { return tc.state })
+			a := &forward.Attempt{Destination: "archive", Event: event(1), Number: 2, Seq: 1}
+			tr.Started(a)
+			tr.Retrying(a, forward.Transient, "HTTP 503", time.Now().Add(-2*time.Minute))
+			tr.Finished(a, forward.ResultRetry, forward.Report{})
+			w := tr.Snapshot().Waiting
+			if tc.wantHeld == "" {
+				if len(w) != 0 {
+					t.Fatalf("waiting %+v; want it dropped a minute past its due time", w)
+				}
+				return
+			}
+			if len(w) != 1 {
+				t.Fatalf("%d waiting; want the held study listed", len(w))
+			}
+			if w[0].HeldBy != tc.wantHeld || !w[0].Opens.Equal(tc.wantOpens) || w[0].Lane != events.PriorityRoutine || w[0].Reason != "HTTP 503" {
+				t.Errorf("waiting %+v; want held by %q until %v, lane routine, its reason kept", w[0], tc.wantHeld, tc.wantOpens)
+			}
+		})
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/forward"
 )
@@ -67,7 +68,24 @@ type Waiting struct {
 	Reason           string        `json:"reason"`
 	FailedAt         time.Time     `json:"failedAt"`
 	Due              time.Time     `json:"due"`
+	// Lane is the lane its event waits in (empty from older forwarders).
+	Lane events.Priority `json:"lane,omitempty"`
+	// HeldBy says what keeps the study from being pulled now, whatever
+	// Due says: HeldLane (its lane is outside its FORWARD_WINDOWS hours
+	// until Opens, zero when not within two days) or HeldBreaker (the
+	// destination's circuit breaker is not closed: nothing is pulled);
+	// empty when nothing does. A held study stays listed.
+	HeldBy string    `json:"heldBy,omitempty"`
+	Opens  time.Time `json:"opens,omitzero"`
+	// heldAt is when the tracker last saw it held.
+	heldAt time.Time
 }
+
+// What holds a waiting study (Waiting.HeldBy).
+const (
+	HeldLane    = "lane"
+	HeldBreaker = "breaker"
+)
 
 // How many waiting studies a Tracker remembers, with reasons cut to
 // maxWaitingReason bytes: the snapshot is written to the status bucket
@@ -76,9 +94,10 @@ type Waiting struct {
 const (
 	maxWaiting       = 50
 	maxWaitingReason = 300
-	// waitingGrace keeps a study listed this long past its due time:
-	// another replica may have taken the redelivery, and its Started
-	// never reaches this tracker.
+	// waitingGrace keeps a study listed this long past its due time,
+	// or past the last snapshot that found it held (a closed lane, an
+	// open breaker): another replica may have taken the redelivery, and
+	// its Started never reaches this tracker.
 	waitingGrace = time.Minute
 )
 
@@ -203,14 +222,52 @@ func (t *Tracker) Snapshot() Snapshot {
 		s.Recent = append(s.Recent, t.recent[i])
 	}
 	for k, w := range t.waiting {
-		if s.UpdatedAt.Sub(w.Due) > waitingGrace {
+		w.HeldBy, w.Opens = heldBy(s.Destinations, w)
+		if w.HeldBy != "" {
+			w.heldAt = s.UpdatedAt
+		}
+		// Past its due time a study held by its lane or its breaker
+		// was dropped, its reason with it, though it was still queued.
+		if s.UpdatedAt.Sub(later(w.Due, w.heldAt)) > waitingGrace {
 			delete(t.waiting, k)
 			continue
 		}
+		t.waiting[k] = w
 		s.Waiting = append(s.Waiting, w)
 	}
 	slices.SortFunc(s.Waiting, func(a, b Waiting) int { return a.Due.Compare(b.Due) })
 	return s
+}
+
+// heldBy says what keeps w's study from being pulled, as its
+// destination's state dests tells it: its lane closed, or the breaker
+// not closed (half-open pulls only its trial).
+func heldBy(dests []forward.DestinationStatus, w Waiting) (string, time.Time) {
+	lane := w.Lane
+	if lane == "" {
+		lane = events.PriorityRoutine
+	}
+	for _, d := range dests {
+		if d.Destination != w.Destination {
+			continue
+		}
+		for _, c := range d.ClosedLanes {
+			if c.Lane == lane {
+				return HeldLane, c.Opens
+			}
+		}
+		if d.State == forward.BreakerOpen.String() || d.State == forward.BreakerHalfOpen.String() {
+			return HeldBreaker, time.Time{}
+		}
+	}
+	return "", time.Time{}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // SetKeyFingerprints sets the snapshots' KeyFingerprints.
@@ -270,6 +327,7 @@ func (t *Tracker) Retrying(a *forward.Attempt, class forward.Class, reason strin
 	w := Waiting{
 		Destination: a.Destination, Source: ev.Source, OrthancStudyID: ev.OrthancStudyID, StudyInstanceUID: ev.StudyInstanceUID,
 		Attempt: a.Number, Class: class, Reason: ellipsis.Truncate(reason, maxWaitingReason), FailedAt: time.Now().UTC(), Due: due.UTC(),
+		Lane: a.Lane(),
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -406,7 +406,7 @@ var funcs = template.FuncMap{
 	"trunc":  func(n int, s string) string { return ellipsis.Truncate(strings.TrimSpace(s), n) },
 	"host":   hostOf,
 	"opens":  opensAt,
-	"due":    dueIn,
+	"next":   nextAttempt,
 }
 
 // dueIn says when a study waiting for a retry is due again.
@@ -416,6 +416,24 @@ func dueIn(t, now time.Time) string {
 		return "now"
 	}
 	return "in " + d.String()
+}
+
+// nextAttempt says when a study waiting for a retry is pulled again: at
+// its due time, unless its lane's window or its destination's breaker
+// holds it past then ("now" it said, then the study was gone).
+func nextAttempt(w status.Waiting, now time.Time) string {
+	switch w.HeldBy {
+	case status.HeldLane:
+		if w.Opens.IsZero() || w.Opens.After(w.Due) {
+			return "when the " + string(w.Lane) + " lane opens (FORWARD_WINDOWS): " + opensAt(w.Opens, now)
+		}
+	case status.HeldBreaker:
+		if !w.Due.After(now) {
+			return "when the destination's circuit breaker closes"
+		}
+		return dueIn(w.Due, now) + ", once the destination's circuit breaker closes"
+	}
+	return dueIn(w.Due, now)
 }
 
 // opensAt says when a closed lane opens: the forwarder's clock time, with

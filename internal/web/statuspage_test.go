@@ -731,6 +731,52 @@ func TestRetryingStudySaysWhyAndWhen(t *testing.T) {
 	}
 }
 
+// TestHeldRetrySaysWhatHoldsIt: a study whose retry is held past its
+// due time by its lane's closed window, or by its destination's open
+// breaker, says so in "next attempt". The page said "now", then the
+// study was gone from the list a minute later, its reason with it,
+// though it was still queued.
+func TestHeldRetrySaysWhatHoldsIt(t *testing.T) {
+	f := start(t)
+	opens := time.Now().Add(14*time.Hour + 30*time.Second).Truncate(time.Minute)
+	for _, tc := range []struct {
+		name  string
+		state forward.DestinationStatus
+		want  *regexp.Regexp
+	}{
+		{"lane closed", forward.DestinationStatus{Destination: natsjs.DefaultDestination, State: "closed",
+			ClosedLanes: []forward.ClosedLane{{Lane: events.PriorityRoutine, Opens: opens}}},
+			regexp.MustCompile(`>when the routine lane opens \(FORWARD_WINDOWS\): ` + opens.Format("15:04") + ` \(UTC[^)]+\), in 1[34]h \d\dm<`)},
+		{"breaker open", forward.DestinationStatus{Destination: natsjs.DefaultDestination, State: "open"},
+			regexp.MustCompile(`>when the destination&#39;s circuit breaker closes<`)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := status.NewTracker(2)
+			tr.WatchDestination(func() forward.DestinationStatus { return tc.state })
+			ev := f.ev
+			ev.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.62"
+			a := &forward.Attempt{Destination: natsjs.DefaultDestination, Event: &ev, Number: 3, Seq: 2}
+			tr.Started(a)
+			tr.Retrying(a, forward.Transient, "stow: POST https://archive.example/studies: HTTP 503 Service Unavailable", time.Now().Add(-2*time.Minute))
+			tr.Finished(a, forward.ResultRetry, forward.Report{})
+			page := &fixture{srv: statusPage(t, f.ns, true, tr), ns: f.ns, store: f.store, ev: f.ev}
+			resp, body := page.get(t, page.browser(t), "/ui/", adminToken)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /ui = %d: %s", resp.StatusCode, body)
+			}
+			sec := section(t, body, "waiting")
+			i := strings.Index(sec, `>`+ev.StudyInstanceUID+`</td>`)
+			if i < 0 {
+				t.Fatalf("no waiting row for the held study:\n%s", sec)
+			}
+			row := sec[i : i+strings.Index(sec[i:], "</tr>")]
+			if !tc.want.MatchString(row) || !strings.Contains(row, "HTTP 503 Service Unavailable") {
+				t.Errorf("the waiting row does not say what holds the retry (%s), with its reason:\n%s", tc.want, row)
+			}
+		})
+	}
+}
+
 // TestReplayKeepsAutoRefresh clicks a dead letter's Replay button in a
 // real Chromium on an auto-refreshing page: the page the replay leads to
 // refreshes too, and its refresh leaves the replay's address (a reload
