@@ -42,7 +42,8 @@ the fingerprint of its key, which every forwarder serving it logs at
 start. It prints a verdict for each and exits non-zero when a check
 fails. Like the forwarder, it refuses (exit 2) a variable set but not
 read whose name looks like a de-identification setting
-(STOW_DEIDENTIFIY), and, with tracing on, an OTEL_* variable the
+(STOW_DEIDENTIFIY) or a routing rule (DESTINATION_AI_MATCHES,
+DESTINATION_AI2_MATCH for ai-2), and, with tracing on, an OTEL_* variable the
 forwarder would refuse (docs/tracing.md). Logs go to stderr.
 
 `

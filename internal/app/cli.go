@@ -78,22 +78,30 @@ func Main[T any, P interface {
 
 // unreadVariables returns the variables of environ that cfg does not read
 // (config.Unread), to warn about, and a usage error naming those that
-// stop the start (config.StopsStart): a de-identification setting not
-// read may send a destination the originals. `forwarder check` refuses
-// the same names as the forwarder.
+// stop the start: a de-identification setting not read
+// (config.StopsStart) may send a destination the originals, a routing
+// rule not read (config.UnreadRule) every study. `forwarder check`
+// refuses the same names as the forwarder.
 func unreadVariables(program string, environ []string, cfg any) (warn []string, err error) {
 	var refused []string
+	var errs []error
 	for _, name := range config.Unread(environ, cfg) {
 		if config.StopsStart(name) {
 			refused = append(refused, name)
-		} else {
-			warn = append(warn, name)
+			continue
 		}
+		if err := config.UnreadRule(name, cfg); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		warn = append(warn, name)
 	}
 	if len(refused) > 0 {
-		return warn, &usageError{fmt.Errorf("%s: invalid configuration:\n%s: set but not read: misspelt, or for a destination DESTINATIONS does not name; "+
-			"a de-identification setting not read may send a destination the originals, identified\n(run %s -h for the list of variables)",
-			program, strings.Join(refused, ", "), program)}
+		errs = append(errs, fmt.Errorf("%s: set but not read: misspelt, or for a destination DESTINATIONS does not name; "+
+			"a de-identification setting not read may send a destination the originals, identified", strings.Join(refused, ", ")))
+	}
+	if len(errs) > 0 {
+		return warn, &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, errors.Join(errs...), program)}
 	}
 	return warn, nil
 }

@@ -84,6 +84,71 @@ func TestMainRefusesUnreadDeidentifyVariables(t *testing.T) {
 	}
 }
 
+// A routing rule set but not read stops the start, and `forwarder
+// check`, naming the variable and the destination it could be for: as a
+// warning, DESTINATION_AI_MATCHES sent the AI vendor every study.
+func TestUnreadRoutingRulesStopTheStart(t *testing.T) {
+	tests := []struct {
+		name  string
+		extra map[string]string
+		want  string // "" starts
+	}{
+		{name: "MATCHES", extra: map[string]string{"DESTINATION_AI_MATCHES": "'MR' in study.modalities"}, want: `DESTINATION_AI_MATCHES: set but not read: a misspelt routing rule`},
+		{name: "ai-2 without its underscore", extra: map[string]string{"DESTINATION_AI2_MATCH": "'MR' in study.modalities"}, want: `Its destination could be "ai-2" (DESTINATION_AI_2_MATCH, DESTINATION_AI_2_INSTANCE_MATCH)`},
+		{name: "INSTANCE_MATCHS", extra: map[string]string{"DESTINATION_AI_2_INSTANCE_MATCHS": "instance.modality == 'MR'"}, want: "DESTINATION_AI_2_INSTANCE_MATCHS: set but not read"},
+		{name: "lower case", extra: map[string]string{"destination_ai_2_match": "false"}, want: "destination_ai_2_match: set but not read"},
+		{name: "with a misspelt de-identification variable, both named", extra: map[string]string{"DESTINATION_AI2_MATCH": "false", "DESTINATION_AI_2_STOW_DEIDENTIFIY": "basic"},
+			want: "DESTINATION_AI2_MATCH: set but not read: a misspelt routing rule, or one of a destination DESTINATIONS does not name (then remove it); " +
+				`a destination whose rule is not read takes every study. Its destination could be "ai-2" (DESTINATION_AI_2_MATCH, DESTINATION_AI_2_INSTANCE_MATCH)` +
+				"\nDESTINATION_AI_2_STOW_DEIDENTIFIY: set but not read"},
+		{name: "another misspelling is a warning", extra: map[string]string{"DESTINATION_AI_2_STOW_PARALLEL_REQUEST": "8"}},
+	}
+	for _, tt := range tests {
+		env := map[string]string{
+			"INGEST_TOKEN": "0123456789abcdef", "DESTINATIONS": "archive,ai-2",
+			"DESTINATION_ARCHIVE_URL": "http://archive.invalid/dicom-web", "DESTINATION_AI_2_URL": "http://ai.invalid/dicom-web",
+			"ORTHANC_URL": "http://orthanc.invalid:8042",
+		}
+		for k, v := range tt.extra {
+			env[k] = v
+		}
+		var environ []string
+		for k, v := range env {
+			environ = append(environ, k+"="+v)
+		}
+		getenv := func(k string) string { return env[k] }
+		check := func(t *testing.T, err error, started bool) {
+			t.Helper()
+			if tt.want == "" {
+				if err != nil || !started {
+					t.Fatalf("err %v, started %v", err, started)
+				}
+				return
+			}
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.want) || started {
+				t.Fatalf("err %v, started %v; want a usage error saying %q, nothing started", err, started, tt.want)
+			}
+			if strings.Contains(err.Error(), "modalities") {
+				t.Errorf("the value is in the error: %v", err)
+			}
+		}
+		t.Run(tt.name, func(t *testing.T) {
+			started := false
+			err := Main[config.SingleHost](t.Context(), "stowline", nil, getenv, environ, io.Discard, io.Discard,
+				func(context.Context, *config.SingleHost, *slog.Logger) error { started = true; return nil })
+			check(t, err, started)
+		})
+		if tt.want == "" {
+			continue // check would go on to probe the destinations
+		}
+		t.Run(tt.name+", forwarder check", func(t *testing.T) {
+			var stdout bytes.Buffer
+			err := RunCheck(t.Context(), nil, getenv, environ, &stdout, io.Discard)
+			check(t, err, stdout.Len() > 0)
+		})
+	}
+}
+
 // A stop (SIGTERM, Ctrl-C) while the process is still starting (the
 // embedded store recovering, JetStream being provisioned) is a normal
 // stop, exit 0: it returned 'context canceled', exit 1, and systemd or an

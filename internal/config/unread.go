@@ -1,9 +1,12 @@
 package config
 
 import (
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/stowline/stowline/internal/natsjs"
 )
 
 // checkedFamilies are the prefixes of the variables Unread checks, where
@@ -62,7 +65,8 @@ func Unread(environ []string, cfg any) []string {
 			}
 		}
 	}
-	if d, ok := cfg.(interface{ DestinationList() []NamedDestination }); ok {
+	d, hasDestinations := cfg.(interface{ DestinationList() []NamedDestination })
+	if hasDestinations {
 		families = append(families, "DESTINATION_")
 		for _, nd := range d.DestinationList() {
 			if nd.Var == "" {
@@ -92,7 +96,7 @@ func Unread(environ []string, cfg any) []string {
 		if known[name] || serviceLink.MatchString(name) || slices.Contains(natsCLIVars, name) || orthancImageVars.MatchString(name) || slices.Contains(out, name) {
 			continue
 		}
-		if deidentifies && StopsStart(name) {
+		if deidentifies && StopsStart(name) || hasDestinations && ruleName.MatchString(name) {
 			out = append(out, name)
 			continue
 		}
@@ -118,3 +122,62 @@ var deidentName = regexp.MustCompile(`(?i)deident|(^|[^a-zA-Z0-9])deid`)
 // not read (DESTINATION_RESEARCH_STOW_DEIDENTIFIY) left its destination
 // receiving the originals, identified.
 func StopsStart(name string) bool { return deidentName.MatchString(name) }
+
+// ruleName matches the name of a destination's routing rule, misspelt
+// too: DESTINATION_ (any case, '-' for '_') and MATCH, or MATCH with two
+// letters swapped or one left out, after it (DESTINATION_AI_MATCHES,
+// destination_ai_instance_mtach, DESTINATION_AI-2_MATCH).
+var ruleName = regexp.MustCompile(`(?i)^destination[_-].*(matc|mtch|macth|mathc|mtach|amtch)`)
+
+// UnreadRule returns, for name, a variable Unread returned for cfg, an
+// error naming it and the destinations it could be for when it looks
+// like a routing rule (ruleName); nil otherwise. Such a variable must
+// stop the start: a destination whose rule is not read takes every
+// study, identified (DESTINATION_AI_MATCHES sent an AI vendor every
+// modality).
+func UnreadRule(name string, cfg any) error {
+	d, ok := cfg.(interface{ DestinationList() []NamedDestination })
+	if !ok || !ruleName.MatchString(name) {
+		return nil
+	}
+	var named []NamedDestination
+	for _, nd := range d.DestinationList() {
+		if nd.Var != "" {
+			named = append(named, nd)
+		}
+	}
+	if len(named) == 0 {
+		return fmt.Errorf("%s: set but not read, a routing rule with DESTINATIONS unset: only the destinations DESTINATIONS names have rules, and the one destination, %q, takes every study (docs/routing.md)", name, natsjs.DefaultDestination)
+	}
+	// The destinations whose name, letters and digits only, starts
+	// what follows DESTINATION_ (AI2 for ai-2); else every one.
+	rest, _ := strings.CutPrefix(alnumUpper(name), "DESTINATION")
+	var could []NamedDestination
+	for _, nd := range named {
+		if strings.HasPrefix(rest, alnumUpper(nd.Name)) {
+			could = append(could, nd)
+		}
+	}
+	if len(could) == 0 {
+		could = named
+	}
+	var dests []string
+	for _, nd := range could {
+		dests = append(dests, fmt.Sprintf("%q (%sMATCH, %sINSTANCE_MATCH)", nd.Name, nd.Var, nd.Var))
+	}
+	return fmt.Errorf("%s: set but not read: a misspelt routing rule, or one of a destination DESTINATIONS does not name (then remove it); "+
+		"a destination whose rule is not read takes every study. Its destination could be %s", name, strings.Join(dests, " or "))
+}
+
+// alnumUpper is s in upper case, its letters and digits only.
+func alnumUpper(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
+		}
+		return -1
+	}, s)
+}

@@ -114,6 +114,14 @@ func TestUnread(t *testing.T) {
 			cfg:   func() any { return &ForwarderService{} },
 			extra: map[string]string{"STOW_DEIDENITFY": "basic", "stow_deidentify": "basic", "DESTINATION_AI_2_DEID_KEY_FILE": "/k", "K8S_NODEID": "n1"},
 			want:  []string{"DESTINATION_AI_2_DEID_KEY_FILE", "STOW_DEIDENITFY", "stow_deidentify"}},
+		// A routing rule not read, in any case: its destination took
+		// every study.
+		{name: "misspelt routing rules", env: destEnv,
+			cfg:   func() any { return &ForwarderService{} },
+			extra: map[string]string{"DESTINATION_ARCHIVE_MATCHES": "true", "destination_ai_2_match": "true", "DESTINATION_AI-2_INSTANCE_MATCH": "true"},
+			want:  []string{"DESTINATION_AI-2_INSTANCE_MATCH", "DESTINATION_ARCHIVE_MATCHES", "destination_ai_2_match"}},
+		{name: "the ingest is not told about routing rules", env: func(*testing.T) map[string]string { return baseEnv() },
+			cfg: func() any { return &IngestService{} }, extra: map[string]string{"destination_ai_match": "true", "DESTINATION_AI_MATCHES": "true"}},
 		{name: "the ingest is not told about de-identification variables", env: func(*testing.T) map[string]string { return baseEnv() },
 			cfg: func() any { return &IngestService{} }, extra: map[string]string{"DEIDENTIFY_KEY_FILE": "/k", "STOW_DEIDENTIFY": "basic"}},
 		{name: "the forwarder is not told about the ingest's variables", env: func(*testing.T) map[string]string { return baseEnv() },
@@ -175,5 +183,79 @@ func TestStopsStartNamesNoVariableRead(t *testing.T) {
 		if StopsStart(v.Name) && !strings.Contains(v.Name, "DEIDENTIFY") {
 			t.Errorf("%s, a variable stowline reads, looks like a misspelt de-identification setting", v.Name)
 		}
+	}
+}
+
+// TestUnreadRule: a routing rule not read stops the start, naming the
+// variable and the destinations it could be for: as a warning,
+// DESTINATION_AI_MATCHES sent the AI vendor every study.
+func TestUnreadRule(t *testing.T) {
+	tests := []struct {
+		name         string
+		destinations string // DESTINATIONS; "" unset
+		variable     string
+		want         []string // in the error; none: no error
+		notWant      string
+	}{
+		{name: "MATCHES", destinations: "archive,ai", variable: "DESTINATION_AI_MATCHES",
+			want: []string{"DESTINATION_AI_MATCHES: set but not read", `"ai" (DESTINATION_AI_MATCH, DESTINATION_AI_INSTANCE_MATCH)`, "takes every study"}, notWant: "archive"},
+		{name: "INSTANCE_MATCHS", destinations: "archive,ai", variable: "DESTINATION_AI_INSTANCE_MATCHS",
+			want: []string{"DESTINATION_AI_INSTANCE_MATCHS", `"ai" (DESTINATION_AI_MATCH, DESTINATION_AI_INSTANCE_MATCH)`}, notWant: "archive"},
+		{name: "ai-2 without its underscore", destinations: "archive,ai-2", variable: "DESTINATION_AI2_MATCH",
+			want: []string{"DESTINATION_AI2_MATCH", `"ai-2" (DESTINATION_AI_2_MATCH, DESTINATION_AI_2_INSTANCE_MATCH)`}, notWant: "archive"},
+		{name: "ai-2 with its hyphen", destinations: "archive,ai-2", variable: "DESTINATION_AI-2_MATCH",
+			want: []string{"DESTINATION_AI-2_MATCH", `"ai-2"`}, notWant: "archive"},
+		{name: "lower case", destinations: "archive,ai", variable: "destination_ai_match",
+			want: []string{"destination_ai_match", `"ai"`}, notWant: "archive"},
+		{name: "letters swapped", destinations: "archive,ai", variable: "DESTINATION_AI_MACTH",
+			want: []string{"DESTINATION_AI_MACTH", `"ai"`}},
+		{name: "a prefix of two names", destinations: "ai,ai-2", variable: "DESTINATION_AI2_MATCH",
+			want: []string{`"ai" (DESTINATION_AI_MATCH`, `or "ai-2" (DESTINATION_AI_2_MATCH`}},
+		{name: "a destination DESTINATIONS does not name", destinations: "archive,ai", variable: "DESTINATION_RESEARCH_MATCH",
+			want: []string{"DESTINATION_RESEARCH_MATCH", "then remove it", `"archive" (DESTINATION_ARCHIVE_MATCH`, `or "ai" (DESTINATION_AI_MATCH`}},
+		{name: "without DESTINATIONS", variable: "DESTINATION_DEFAULT_MATCH",
+			want: []string{"DESTINATION_DEFAULT_MATCH", "with DESTINATIONS unset", `"default", takes every study`}},
+		{name: "another destination variable", destinations: "archive,ai", variable: "DESTINATION_AI_STOW_PARALLEL_REQUEST"},
+		{name: "a destination named like a rule", destinations: "archive,ai", variable: "DESTINATION_MACHINE_URL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := baseEnv()
+			if tt.destinations != "" {
+				delete(env, "DICOMWEB_URL")
+				env["DESTINATIONS"] = tt.destinations
+				for _, n := range strings.Split(tt.destinations, ",") {
+					env[DestinationVarPrefix(n)+"URL"] = "https://" + n + ".example.org/dicomweb"
+				}
+			}
+			var cfg SingleHost
+			if err := Load(mapEnv(env), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if got := Unread([]string{tt.variable + "=true"}, &cfg); !slices.Equal(got, []string{tt.variable}) {
+				t.Fatalf("Unread = %q, want %q", got, tt.variable)
+			}
+			err := UnreadRule(tt.variable, &cfg)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("UnreadRule = %v, want nil (a warning)", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("UnreadRule = nil, want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("UnreadRule = %v, want it to say %q", err, w)
+				}
+			}
+			if tt.notWant != "" && strings.Contains(err.Error(), tt.notWant) {
+				t.Errorf("UnreadRule = %v: names %q, which it cannot be for", err, tt.notWant)
+			}
+		})
+	}
+	if err := UnreadRule("DESTINATION_AI_MATCHES", &IngestService{}); err != nil {
+		t.Errorf("UnreadRule for the ingest = %v: it reads no destination", err)
 	}
 }
