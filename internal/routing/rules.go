@@ -17,6 +17,7 @@ import (
 	"github.com/google/cel-go/cel"
 	"github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/operators"
+	"github.com/google/cel-go/common/overloads"
 	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/ext"
 )
@@ -91,7 +92,7 @@ func CompileStudyRule(expr string) (*StudyRule, error) {
 		ext.NativeTypes(reflect.TypeFor[Study](), ext.ParseStructTags(true)),
 		cel.Variable("source", cel.StringType),
 		cel.Variable("study", cel.ObjectType("routing.Study")),
-		cel.ASTValidators(cel.ValidateRegexLiterals()),
+		cel.ASTValidators(regexLiterals{}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
@@ -123,7 +124,7 @@ func CompileInstanceRule(expr string) (*InstanceRule, error) {
 	env, err := cel.NewEnv(
 		ext.NativeTypes(reflect.TypeFor[Instance](), ext.ParseStructTags(true)),
 		cel.Variable("instance", cel.ObjectType("routing.Instance")),
-		cel.ASTValidators(cel.ValidateRegexLiterals()),
+		cel.ASTValidators(regexLiterals{}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
@@ -138,6 +139,34 @@ func CompileInstanceRule(expr string) (*InstanceRule, error) {
 	}
 	fields, whole := reads(checked, "instance")
 	return &InstanceRule{prg: prg, metadata: whole || anyOf(fields, "sopClassUid", "transferSyntaxUid", "callingAet")}, nil
+}
+
+// regexLiterals checks, at compile time, a regular expression written as
+// a literal in either form of matches: text.matches('re') and
+// matches(text, 're'). cel.ValidateRegexLiterals checks the call's first
+// argument, the text in the global form, so a bad pattern there compiled
+// and then failed every study the rule reached.
+type regexLiterals struct{}
+
+func (regexLiterals) Name() string { return "stowline.routing.regex_literals" }
+
+func (regexLiterals) Validate(_ *cel.Env, _ cel.ValidatorConfig, a *ast.AST, iss *cel.Issues) {
+	for _, e := range ast.MatchDescendants(ast.NavigateAST(a), ast.FunctionMatcher(overloads.Matches)) {
+		c := e.AsCall()
+		pattern := 0 // text.matches(pattern)
+		if !c.IsMemberFunction() {
+			pattern = 1 // matches(text, pattern)
+		}
+		if len(c.Args()) != pattern+1 {
+			continue
+		}
+		arg := c.Args()[pattern]
+		if re, ok := constantString(arg); ok {
+			if _, err := regexp.Compile(re); err != nil {
+				iss.ReportErrorAtID(arg.ID(), "invalid matches argument: %v", err)
+			}
+		}
+	}
 }
 
 // compile parses and type-checks expr, which must be boolean; the error

@@ -50,14 +50,41 @@ func TestBadRulesFailAtCompile(t *testing.T) {
 		{"source ==", "1:10"},
 		{"sauce == 'x'", "undeclared reference to 'sauce'"},
 		{"study.description.matches('[')", "invalid matches argument"},
+		// The global form: cel.ValidateRegexLiterals checked its text,
+		// not its pattern, and every study the rule reached failed.
+		{"matches(study.description, '[')", "1:28: invalid matches argument: error parsing regexp: missing closing ]"},
+		{"'MG' in study.modalities && matches(study.description, '(?i)screening(')", "invalid matches argument"},
 	} {
 		_, err := CompileStudyRule(tt.rule)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: err = %v, want it to mention %q", tt.rule, err, tt.want)
 		}
 	}
-	if _, err := CompileInstanceRule("instance.sopClass == 'x'"); err == nil || !strings.Contains(err.Error(), "undefined field 'sopClass'") {
-		t.Errorf("instance rule with a misspelt field: err = %v", err)
+	for _, tt := range []struct{ rule, want string }{
+		{"instance.sopClass == 'x'", "undefined field 'sopClass'"},
+		{"instance.seriesDescription.matches('[')", "invalid matches argument"},
+		{"matches(instance.seriesDescription, '[')", "invalid matches argument"},
+	} {
+		if _, err := CompileInstanceRule(tt.rule); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: err = %v, want it to mention %q", tt.rule, err, tt.want)
+		}
+	}
+}
+
+// A literal pattern that parses compiles in either form of matches, and a
+// literal text with a pattern read from the study is not taken for a
+// pattern.
+func TestRegexLiteralsThatParse(t *testing.T) {
+	for _, rule := range []string{
+		"study.description.matches('(?i)screening')",
+		"matches(study.description, '(?i)screening')",
+		"matches('a(b', study.description)",
+		"'a(b'.matches(study.description)",
+		"matches(study.description, study.institution)",
+	} {
+		if _, err := CompileStudyRule(rule); err != nil {
+			t.Errorf("%q: %v", rule, err)
+		}
 	}
 }
 
