@@ -15,7 +15,7 @@ import (
 // Destinations names the destinations of a deployment with several, each
 // configured by its own DESTINATION_<NAME>_ variables.
 type Destinations struct {
-	Names List `env:"DESTINATIONS" desc:"names of several destinations, comma-separated (letters, digits, - and _; at most 32 characters each). Each is set with the DESTINATION_<NAME>_ variables below, and the default destination's variables (DICOMWEB_URL, OAUTH_*, AZURE_IMDS_ENDPOINT, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TLS_INSECURE_SKIP_VERIFY, STOW_*, DEIDENTIFY_KEY_FILE) must then be unset; AWS_REGION, GOOGLE_APPLICATION_CREDENTIALS, GCE_METADATA_HOST, AZURE_TENANT_ID, AZURE_AUTHORITY_HOST and AZURE_FEDERATED_TOKEN_FILE, which platforms set on their own, are ignored (logged at start). Unset: one destination, named default, set by DICOMWEB_URL and the variables after it"`
+	Names List `env:"DESTINATIONS" desc:"names of several destinations, comma-separated (letters, digits, - and _; at most 32 characters each). Each is set with the DESTINATION_<NAME>_ variables below, and the default destination's variables (DICOMWEB_URL, OAUTH_*, AZURE_IMDS_ENDPOINT, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TLS_INSECURE_SKIP_VERIFY, STOW_*, DEIDENTIFY_KEY_FILE) must then be unset; AWS_REGION, GOOGLE_APPLICATION_CREDENTIALS, GCE_METADATA_HOST, AZURE_TENANT_ID, AZURE_AUTHORITY_HOST and AZURE_FEDERATED_TOKEN_FILE, which platforms set on their own, are ignored (logged at start). Unset: one destination, named default, set by DICOMWEB_URL and the variables after it; named in DESTINATIONS, it is written default, in lower case"`
 	Serve List `env:"FORWARDER_DESTINATIONS" desc:"the destinations this forwarder process serves, comma-separated (default: every destination), so that the forwarders of each destination scale on their own"`
 
 	// The per-destination variables are read by readDynamic; these
@@ -178,6 +178,14 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 	for _, name := range f.Names {
 		if !natsjs.ValidDestination(name) {
 			errs = append(errs, fmt.Errorf("DESTINATIONS: %q is not a destination name (1-%d characters of A-Z a-z 0-9 _ -)", name, natsjs.MaxDestinationName))
+			continue
+		}
+		if name != natsjs.DefaultDestination && strings.EqualFold(name, natsjs.DefaultDestination) {
+			// Its variables are default's (DESTINATION_DEFAULT_), but its
+			// consumers, ledger and dead letters would be new ones: the
+			// events queued for default, its ledger and its dead letters
+			// left behind by a rename nobody meant.
+			errs = append(errs, fmt.Errorf("DESTINATIONS: %q: write it %q, in lower case: the default destination's queue, ledger and dead letters are found by that name; %q would be a new destination, starting with new events and an empty ledger (docs/routing.md)", name, natsjs.DefaultDestination, name))
 			continue
 		}
 		p := DestinationVarPrefix(name)
