@@ -17,6 +17,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/tracing"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // ErrForwardedBefore: Options.Completed kept the record of a forward of
@@ -235,13 +236,60 @@ func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable
 		return false, false
 	}
 	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept, Replaced: rep.replaced}
-	if err := f.recordCompleted(ctx, ev, c); errors.Is(err, ErrForwardedBefore) {
+	if err := f.recordCompleted(ctx, recordedState(ev, rep, log), c); errors.Is(err, ErrForwardedBefore) {
 		return true, true
 	} else if err != nil {
 		log.Warn("study forwarded but not recorded as completed", "err", err)
 		return false, false
 	}
 	return true, false
+}
+
+// studyReader is a Source that reads the study itself (an Orthanc: GET
+// /studies/{id}).
+type studyReader interface {
+	Study(ctx context.Context, studyID string) (orthancapi.Study, error)
+}
+
+// sourceLastUpdate reads ev's study's LastUpdate in src, one request,
+// before transfer lists its instances: the ledger records that state, not
+// the event's. The webhook takes an event's lastUpdate as sent (a forged
+// one, an Orthanc whose clock ran ahead), and a record is never moved
+// back: a far-future one kept the study "forwarded" for good, to the
+// audit and to buffer mode. Read before the listing, a study changing
+// during the attempt reads newer than what is recorded, and its next
+// event is forwarded again. "" when src cannot tell (the event's is
+// recorded then).
+func sourceLastUpdate(ctx context.Context, src Source, ev *events.StudyStable) (string, error) {
+	sr, ok := src.(studyReader)
+	if !ok {
+		return "", nil
+	}
+	st, err := sr.Study(ctx, ev.OrthancStudyID)
+	if errors.Is(err, orthancapi.ErrNotFound) {
+		return "", Errorf(SourceMissing, "study %s is no longer in Orthanc source %s: %w", ev.OrthancStudyID, ev.Source, err)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read study %s: %w", ev.OrthancStudyID, err)
+	}
+	return st.LastUpdate, nil
+}
+
+// recordedState is ev as the ledger records it: with the study's
+// LastUpdate the attempt read from the source, when it read one.
+func recordedState(ev *events.StudyStable, rep Report, log *slog.Logger) *events.StudyStable {
+	if rep.lastUpdate == "" || rep.lastUpdate == ev.LastUpdate {
+		return ev
+	}
+	if ev.LastUpdate > rep.lastUpdate {
+		// The study cannot be older than its event: the event's is
+		// wrong (or the Orthanc clock went back since).
+		log.Warn("the event's lastUpdate is later than the study's in the source (a wrong or forged event, or the Orthanc clock was ahead when it was sent): the ledger records the source's",
+			"source_last_update", rep.lastUpdate)
+	}
+	rec := *ev
+	rec.LastUpdate = rep.lastUpdate
+	return &rec
 }
 
 // completedRetry is the first wait before a completed forward's record is

@@ -69,6 +69,9 @@ type Report struct {
 	// the attempt's last write to the failure log did not take (NATS
 	// unreachable); the ack writes them again.
 	unrecorded []string
+	// lastUpdate is the study's LastUpdate in the source, read before
+	// its listing (sourceLastUpdate): the state the ledger records.
+	lastUpdate string
 }
 
 // Completion is what the destination holds of a study state it is done
@@ -107,6 +110,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	src, err := f.opts.SourceFor(ev.Source)
 	if err != nil {
 		return rep, &Error{Class: Permanent, Err: err}
+	}
+	if rep.lastUpdate, err = sourceLastUpdate(ctx, src, ev); err != nil {
+		return rep, err
 	}
 	lctx, span := f.startSpan(ctx, "orthanc list instances", trace.SpanKindClient)
 	instances, err := src.StudyInstances(lctx, ev.OrthancStudyID)
