@@ -27,6 +27,15 @@ const Version = 1
 // written without a zone (Orthanc 1.10 and 1.12 alike, whatever TZ).
 const lastUpdateLayout = "20060102T150405"
 
+// LastUpdateTime is e.LastUpdate as a time (UTC), for a Validated event.
+func (e *StudyStable) LastUpdateTime() (time.Time, error) {
+	t, err := time.Parse(lastUpdateLayout, e.LastUpdate)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("lastUpdate: %w", err)
+	}
+	return t, nil
+}
+
 // StudyStable says that a study in an Orthanc source became stable and must
 // be forwarded. Orthanc IDs and UIDs only: never patient data.
 type StudyStable struct {

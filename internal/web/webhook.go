@@ -219,6 +219,7 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ev.ReceivedAt = h.now().UTC()
+	h.lastUpdateAhead(ev, r)
 
 	// A trace starts with each valid event (not with rejected requests,
 	// which anyone can send): a new root, whatever the request carried.
@@ -278,6 +279,26 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
 		"stream_seq", ack.Sequence, "duplicate", ack.Duplicate)
 	WriteJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})
+}
+
+// maxLastUpdateAhead is how far after its arrival an event's lastUpdate
+// may be before the ingest warns of it.
+const maxLastUpdateAhead = 24 * time.Hour
+
+// lastUpdateAhead counts and logs an event whose lastUpdate is more than
+// maxLastUpdateAhead after its arrival: an Orthanc whose clock runs ahead,
+// or a forged event. It is queued all the same: refused, the study of an
+// Orthanc with a wrong clock would be lost. The forwarders record in the
+// ledger the LastUpdate they read from Orthanc, not the event's.
+func (h *Webhook) lastUpdateAhead(ev *events.StudyStable, r *http.Request) {
+	lu, err := ev.LastUpdateTime()
+	if err != nil || lu.Sub(ev.ReceivedAt) <= maxLastUpdateAhead {
+		return
+	}
+	h.m.lastUpdateAhead.Inc()
+	h.log.Warn("event's lastUpdate is more than a day after its arrival: the sending Orthanc's clock is ahead, or the event is forged (queued all the same; the forwarders record Orthanc's own LastUpdate)",
+		"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "last_update", ev.LastUpdate,
+		"received_at", ev.ReceivedAt.Format(time.RFC3339), "client", clientIP(r, h.proxies))
 }
 
 // decodeEvent reads one JSON event and validates it; on error it returns the

@@ -13,6 +13,9 @@ type metrics struct {
 	// previousToken counts requests authenticated by a token other than
 	// the first (INGEST_TOKEN_PREVIOUS): at 0 the rotation is done.
 	previousToken prometheus.Counter
+	// lastUpdateAhead counts events stored whose lastUpdate is more than
+	// maxLastUpdateAhead after their arrival.
+	lastUpdateAhead prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,6 +37,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "stowline_ingest_previous_token_total",
 			Help: "Webhook requests authenticated with INGEST_TOKEN_PREVIOUS rather than INGEST_TOKEN: an Orthanc not yet given the new token.",
 		}),
+		lastUpdateAhead: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stowline_ingest_events_lastupdate_ahead_total",
+			Help: "Valid webhook events (authenticated, queued or not) whose lastUpdate is more than a day after the ingest received them: an Orthanc clock ahead, or a forged event (the ledger records Orthanc's own LastUpdate, not the event's).",
+		}),
 	}
 	for _, r := range []string{"accepted", "duplicate"} {
 		m.received.WithLabelValues(r)
@@ -43,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"jetstream_unavailable", "jetstream_full", "unauthorized", "bad_signature"} {
 		m.rejected.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds, m.previousToken} {
+	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds, m.previousToken, m.lastUpdateAhead} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ingest: register metrics: %w", err)
 		}
