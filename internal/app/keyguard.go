@@ -203,8 +203,10 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 			}
 		}
 		peers := strings.Join(others, "; ")
-		g.held[d] = "live forwarders serving it have other de-identification keys: " + peers + ", this one " + mine +
-			"; every forwarder of the destination stops until they agree (docs/deidentification.md, Rotation)"
+		// Neither fingerprints nor hosts: /readyz answers anyone who
+		// reaches the port, and a fingerprint is a fast check of a
+		// guessed key. The log names them.
+		g.held[d] = heldForKeys(len(hosts)-1, hosts[status.NoKey] != nil && mine != status.NoKey)
 		g.disagree.WithLabelValues(d).Set(1)
 		if g.peers[d] != peers {
 			g.peers[d] = peers
@@ -212,4 +214,16 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 				"destination", d, "key_fingerprint", mine, "other_key_fingerprints", others)
 		}
 	}
+}
+
+// heldForKeys is the readiness text of a destination held because the
+// live forwarders serving it have n keys other than this one's, one of
+// them none (a forwarder sending the originals) if noKey.
+func heldForKeys(n int, noKey bool) string {
+	why := fmt.Sprintf("live forwarders serving it have %d other de-identification key(s)", n)
+	if noKey {
+		why += ", or none (sending the originals)"
+	}
+	return why + "; this forwarder's log names their fingerprints and hosts (\"other live forwarders serving the destination have another de-identification key\"); " +
+		"every forwarder of the destination stops until they agree (docs/deidentification.md, Rotation)"
 }
