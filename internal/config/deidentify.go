@@ -67,10 +67,14 @@ func (d *Deidentify) validate() []error {
 	}
 	if d.KeyFile == "" {
 		errs = append(errs, errors.New("DEIDENTIFY_KEY_FILE is required with STOW_DEIDENTIFY=basic: the pseudonyms are keyed with it"))
-	} else if _, err := deident.ReadKeyFile(d.KeyFile); err != nil {
+	} else if key, err := deident.ReadKeyFile(d.KeyFile); err != nil {
 		// Read as the forwarder reads it, so that a short key is a
 		// configuration error (exit 2), not a failure once NATS is set up.
 		errs = append(errs, fmt.Errorf("DEIDENTIFY_KEY_FILE: %w", err))
+	} else if err := checkCredential("DEIDENTIFY_KEY_FILE", bytesAsText(key), deident.MinKeyLen); err != nil {
+		// As the tokens: a guessed key recomputes every pseudonym, and
+		// its fingerprint checks a guess with one HMAC.
+		errs = append(errs, fmt.Errorf("%w (file %s: the pseudonyms' key must be random, docs/deidentification.md)", err, d.KeyFile))
 	}
 	for _, o := range d.Options {
 		switch {
@@ -179,4 +183,15 @@ func validTag(s string) bool {
 		}
 	}
 	return true
+}
+
+// bytesAsText is b with each byte a character of its own, so that
+// checkCredential counts a binary key's different bytes: as UTF-8, every
+// invalid byte reads as the same U+FFFD.
+func bytesAsText(b []byte) string {
+	r := make([]rune, len(b))
+	for i, c := range b {
+		r[i] = rune(c)
+	}
+	return string(r)
 }

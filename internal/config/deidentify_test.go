@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/rand"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,12 +15,24 @@ func TestDeidentify(t *testing.T) {
 	if err := os.WriteFile(shortKey, []byte("0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A key must be random, as the tokens: a guessed one recomputes every
+	// pseudonym. Long enough is not random enough.
+	binaryKey := make([]byte, 48) // trailing newlines are trimmed
+	if _, err := rand.Read(binaryKey); err != nil {
+		t.Fatal(err)
+	}
+	oneCharacter, placeholder, binary := writeKey(t, strings.Repeat("k", 40)), writeKey(t, "changeme-Zq3vXk9pL2mRt7wYc4hN8sBd"), writeKey(t, string(binaryKey))
 	tests := []struct {
 		name string
 		env  map[string]string
 		err  string // substring of the error; "" means valid
 	}{
 		{name: "off by default", env: nil},
+		{name: "key of one character", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": oneCharacter},
+			err: "DEIDENTIFY_KEY_FILE: want a random value (it has fewer than 8 different characters), e.g. head -c 24 /dev/urandom | base64 (file " + oneCharacter + ": the pseudonyms' key must be random"},
+		{name: "placeholder key", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": placeholder},
+			err: `DEIDENTIFY_KEY_FILE: the value is a placeholder from an example ("changeme")`},
+		{name: "random binary key", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": binary}},
 		{name: "basic with a key", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key}},
 		{name: "all options and lists", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key,
 			"STOW_DEIDENTIFY_OPTIONS": "retain-dates,retain-patient-characteristics,retain-device-identity,clean-descriptors",
@@ -162,12 +175,18 @@ func TestDeidentifyPerDestination(t *testing.T) {
 	}
 }
 
-// keyFile is a readable de-identification key file.
-func keyFile(t *testing.T) string {
+// writeKey writes a de-identification key file holding key.
+func writeKey(t *testing.T, key string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(path, []byte(strings.Repeat("k", 40)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// keyFile is a readable de-identification key file.
+func keyFile(t *testing.T) string {
+	t.Helper()
+	return writeKey(t, "Zq3vXk9pL2mRt7wYc4hN8sBd6fGj1aEu")
 }
