@@ -220,10 +220,16 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 // live forwarders serving it have n keys other than this one's, one of
 // them none (a forwarder sending the originals) if noKey.
 func heldForKeys(n int, noKey bool) string {
-	why := fmt.Sprintf("live forwarders serving it have %d other de-identification key(s)", n)
+	var have []string
 	if noKey {
-		why += ", or none (sending the originals)"
+		n--
 	}
-	return why + "; this forwarder's log names their fingerprints and hosts (\"other live forwarders serving the destination have another de-identification key\"); " +
+	if n > 0 {
+		have = append(have, fmt.Sprintf("%d other de-identification key(s)", n))
+	}
+	if noKey {
+		have = append(have, "no key (sending the originals)")
+	}
+	return "live forwarders serving it have " + strings.Join(have, " and ") + "; this forwarder's log names their fingerprints and hosts (\"other live forwarders serving the destination have another de-identification key\"); " +
 		"every forwarder of the destination stops until they agree (docs/deidentification.md, Rotation)"
 }

@@ -63,7 +63,11 @@ func TestKeyGuardCompare(t *testing.T) {
 			wantHeld: "have 1 other de-identification key(s);"},
 		{name: "peer sending identifiable copies", ownListed: true, peers: []status.Snapshot{
 			{Host: "fwd-1", KeyFingerprints: map[string]string{"research": status.NoKey}}},
-			wantHeld: "have 1 other de-identification key(s), or none (sending the originals)"},
+			wantHeld: "have no key (sending the originals);"},
+		{name: "another key and a peer sending identifiable copies", ownListed: true, peers: []status.Snapshot{
+			{Host: "fwd-1", KeyFingerprints: map[string]string{"research": status.NoKey}},
+			{Host: "fwd-2", KeyFingerprints: map[string]string{"research": other}}},
+			wantHeld: "have 1 other de-identification key(s) and no key (sending the originals);"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,7 +87,7 @@ func TestKeyGuardCompare(t *testing.T) {
 				t.Errorf("readiness names a key fingerprint or a host: %v", err)
 			}
 			wantMetric := 0.0
-			if strings.Contains(tt.wantHeld, "other de-identification key") {
+			if strings.Contains(tt.wantHeld, "have ") {
 				wantMetric = 1
 			}
 			if got := testutil.ToFloat64(g.disagree.WithLabelValues("research")); got != wantMetric {
