@@ -309,6 +309,11 @@ func (c *Client) send(ctx context.Context, method string, parts []Part) (*Result
 		// says so (Result.Resent), for the caller to read an "already
 		// exists" as perhaps its own copy.
 		res, _, err = c.sendOnce(ctx, method, parts)
+		if resend && err != nil && !MaybeStored(err) {
+			// The first sending went unanswered: whatever became of
+			// this one (no connection, a refusal), it may have stored.
+			err = answerUnread(err)
+		}
 		if resend && res != nil {
 			res.Resent = true
 		}
@@ -384,8 +389,12 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 			return nil, false, werr
 		}
 		if stalled {
-			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w (no byte moved for %s, or no answer %s after the body)",
+			err := noAnswer(fmt.Errorf("stow: %s %s: %w (no byte moved for %s, or no answer %s after the body)",
 				method, c.logURL, errStalled, c.stallTimeout, c.responseTimeout))
+			if connected.Load() {
+				err = answerUnread(err) // the body may have gone
+			}
+			return nil, false, err
 		}
 		if refusedRedirect(doErr) {
 			return nil, false, fmt.Errorf("%w: stow: %s %s: %w", ErrRedirected, method, c.logURL, c.redact(doErr))
@@ -398,7 +407,12 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		// signing transport turned into an error (nothing was stored;
 		// send sends it again as skewed).
 		err := noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, c.redact(doErr)))
-		return nil, reused.Load() && errors.Is(err, ErrNoAnswer), err
+		resend := reused.Load() && errors.Is(err, ErrNoAnswer)
+		if errors.Is(err, ErrNoAnswer) {
+			// Connected, so the body may have gone (MaybeStored).
+			err = answerUnread(err)
+		}
+		return nil, resend, err
 	}
 	if r := resp.Request; r != nil && r.Method != method {
 		// The http.Client followed a 301/302/303 and re-sent the request

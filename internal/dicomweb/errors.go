@@ -2,6 +2,7 @@ package dicomweb
 
 import (
 	"errors"
+	"net/http"
 
 	"github.com/stowline/stowline/auth"
 )
@@ -94,6 +95,42 @@ type noAnswerError struct{ err error }
 
 func (e *noAnswerError) Error() string   { return e.err.Error() }
 func (e *noAnswerError) Unwrap() []error { return []error{e.err, ErrNoAnswer} }
+
+// errAnswerUnread marks a STOW-RS request whose body went, whole or in
+// part, and whose answer could not be read (MaybeStored).
+var errAnswerUnread = errors.New("stow: the request's answer was not read")
+
+// answerUnread marks err as errAnswerUnread and keeps its text.
+func answerUnread(err error) error { return &answerUnreadError{err: err} }
+
+type answerUnreadError struct{ err error }
+
+func (e *answerUnreadError) Error() string   { return e.err.Error() }
+func (e *answerUnreadError) Unwrap() []error { return []error{e.err, errAnswerUnread} }
+
+// MaybeStored reports whether a failed Store or Upsert may have stored
+// its instances all the same: its body went, whole or in part, and no
+// answer saying what became of them was read (the connection broke or
+// stalled after it was sent, on a new connection or twice; a 2xx answer
+// unreadable or too large; a 408 or 5xx without a STOW-RS body, such as
+// a proxy's 502 or 504 while the server behind it went on storing, but
+// 501, 503 and 505, which say it was not served). A
+// later "already exists" for one of them may then be the caller's own
+// copy.
+func MaybeStored(err error) bool {
+	if errors.Is(err, errAnswerUnread) {
+		return true
+	}
+	he, ok := errors.AsType[*HTTPError](err)
+	if !ok || he.Result != nil && len(he.Result.Stored)+len(he.Result.Failed) > 0 {
+		return false
+	}
+	switch he.StatusCode {
+	case http.StatusNotImplemented, http.StatusServiceUnavailable, http.StatusHTTPVersionNotSupported:
+		return false // the request was not served (RFC 9110 15.6)
+	}
+	return he.StatusCode == http.StatusRequestTimeout || he.StatusCode >= 500
+}
 
 // notDICOMweb marks err as ErrNotDICOMweb and keeps its text.
 func notDICOMweb(err error) error { return &notDICOMwebError{err: err} }

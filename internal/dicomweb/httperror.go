@@ -31,13 +31,13 @@ func (c *Client) handleResponse(resp *http.Response, body []byte, tooLarge bool,
 			return nil, fmt.Errorf("stow: server answered %d but %w: %w", status, errIncompleteBody, writeErr)
 		}
 		if readErr != nil {
-			return nil, fmt.Errorf("stow: read %d response: %w", status, readErr)
+			return nil, answerUnread(fmt.Errorf("stow: read %d response: %w", status, readErr))
 		}
 		if tooLarge {
 			// Not read, so not known stored: the next delivery may
-			// find them "already there".
-			return nil, fmt.Errorf("%w: %d answer to a request of %d instances over %d bytes: not read, so none of them is known stored (the destination may hold them)",
-				errResponseTooLarge, status, parts, limit)
+			// find them "already there" (MaybeStored).
+			return nil, answerUnread(fmt.Errorf("%w: %d answer to a request of %d instances over %d bytes: not read, so none of them is known stored (the destination may hold them)",
+				errResponseTooLarge, status, parts, limit))
 		}
 		res, err := parseResponse(ct, body, parts)
 		if err != nil {
