@@ -681,6 +681,15 @@ func sentID(ev *events.StudyStable, in orthancapi.Instance) string {
 // word, would take it for forwarded and buffer mode delete it.
 func keptID(id string) string { return "kept:" + id }
 
+// maybeID is the entry of the stored-instances record that marks the
+// instance sent as id (sentID) as perhaps stored: sent in a request that
+// got no readable answer, or that broke off after it
+// (batchOutcome.unanswered). A later delivery reads its "already exists"
+// as perhaps stowline's own copy, unproven, not a conflict. Builds before
+// it never ask for such an entry (the record holds hashes of what is
+// asked for): to them it is one they ignore.
+func maybeID(id string) string { return "maybe:" + id }
+
 // uidID is the entry of the stored-instances record that says an attempt
 // got the instance stored, from whatever file: with the destination's
 // copy (an Orthanc with OverwriteInstances false, any server that

@@ -230,6 +230,18 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// likely stowline's own copy, unproven: stored as it says, kept in
 	// the source (batchOutcome.unproven), not a conflict.
 	unanswered := map[string]bool{}
+	// mayHold: unanswered, or marked by an earlier delivery as sent in
+	// such a request, or in one whose answer could not be read (a proxy's
+	// 502 or 504 while the destination went on storing: maybeID), which
+	// failed that attempt before any answer could tell.
+	mayHold := func(uid string) bool {
+		if unanswered[uid] {
+			return true
+		}
+		id := maybeID(sentID(ev, byUID[uid]))
+		// Asked after ours, whose read served the answer asking.
+		return unrecorded[id] || earlier.holds(id, time.Time{})
+	}
 	// storedBefore: an earlier delivery got it stored (one killed before
 	// its ack, or that failed), or an earlier run of this one (held,
 	// then sent again); a destination that stores it again without a
@@ -254,6 +266,10 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	buffer := f.opts.CleanerFor != nil
 	remember := func(out batchOutcome) {
 		changed := map[string]bool{}
+		confirmed := make(map[string]bool, len(out.confirmed))
+		for _, uid := range out.confirmed {
+			confirmed[uid] = true
+		}
 		for _, w := range out.warned {
 			if changedByDestination(w) {
 				changed[w.SOPInstanceUID] = true
@@ -278,6 +294,11 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				ids = append(ids, keptID(id))
 			}
 			ids = append(ids, uidID(uid))
+		}
+		for _, uid := range out.unanswered {
+			if !confirmed[uid] {
+				ids = append(ids, maybeID(sentID(ev, byUID[uid])))
+			}
 		}
 		sent.add(ids)
 	}
@@ -339,8 +360,7 @@ rounds:
 				if budget > 0 {
 					budget = max(budget-dicomweb.MaxFraming(size), 1)
 				}
-				own := ownership{oursAt: ours, storedBefore: storedBefore, unanswered: func(uid string) bool { return unanswered[uid] },
-					unreadable: earlier.unreadable}
+				own := ownership{oursAt: ours, storedBefore: storedBefore, unanswered: mayHold, unreadable: earlier.unreadable}
 				return f.sendAll(ctx, a, plan, f.batches(send.parts, size, budget), &rep, send.put, own, remember)
 			}()
 			// What was confirmed counts, whether or not another request
@@ -420,7 +440,7 @@ rounds:
 		if len(unsure) > 0 {
 			held, failed := f.settleUnsure(ctx, ev, unsure, log)
 			for _, c := range held {
-				if unanswered[c.part.SOPInstanceUID] {
+				if mayHold(c.part.SOPInstanceUID) {
 					// Listed, after a request that got no answer: as
 					// batchOutcome.unproven.
 					unproven = append(unproven, c.part.SOPInstanceUID)
@@ -869,7 +889,7 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 			// A wait of the de-identifier for memory is not the
 			// destination's time: the permit leaves it out.
 			out, err = f.send(flow.WithWaitReport(ctx, permit.Waited), plan, batch, &local, put, own, answered)
-			if len(out.confirmed) > 0 {
+			if len(out.confirmed) > 0 || len(out.unanswered) > 0 {
 				// Now, not as the attempt ends: a killed process runs no
 				// deferred write. The writer does not hold the place.
 				confirmed(out)
@@ -966,7 +986,10 @@ type batchOutcome struct {
 	reasons map[string]int
 	// unanswered are the SOP Instance UIDs the destination may have
 	// stored without saying so: those before the break of a body that
-	// broke off, every one of a request sent again (Result.Resent).
+	// broke off, every one of a request sent again (Result.Resent), or
+	// whose answer could not be read (dicomweb.MaybeStored; send returns
+	// them with its error). The record marks them (maybeID) for later
+	// deliveries.
 	unanswered []string
 }
 
@@ -975,8 +998,9 @@ type batchOutcome struct {
 // (oursAt: as known when an answer received at that time asks, the
 // record read again for it; send sets ours from it for its answer);
 // storedBefore, by an earlier delivery or run (counted as already
-// stored); unanswered, sent by this attempt in a request that got no
-// answer or broke off after it (transfer); unreadable, the record of
+// stored); unanswered, sent in a request that got no readable answer or
+// broke off after it, by this attempt or, as marked, an earlier one
+// (transfer); unreadable, the record of
 // earlier copies could not be read (nil: it could).
 type ownership struct {
 	oursAt                         func(uid string, answered time.Time) bool
@@ -1023,6 +1047,13 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		// read again in the next round, the others are sent again now.
 		return unreadOutcome(batch, ue), nil
 	}
+	var ge *goneError
+	if errors.As(err, &ge) && slices.ContainsFunc(batch, func(p dicomweb.Part) bool { return p.SOPInstanceUID == ge.SOPInstanceUID }) {
+		// An instance deleted from the source broke the body off: the
+		// attempt fails (the next one lists the study again), and
+		// those before it may be stored already.
+		return batchOutcome{unanswered: sentBefore(batch, ge.SOPInstanceUID)}, err
+	}
 	if err != nil {
 		// A STOW response on an error status still says per instance
 		// what happened (Orthanc answers 400 when one part is broken and
@@ -1032,7 +1063,18 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		// outage's, and the whole error goes to the circuit breaker.
 		if !errors.As(err, &he) || he.Result == nil || len(he.Result.Stored)+len(he.Result.Failed)+len(he.Result.OtherFailures) == 0 ||
 			len(he.Result.Stored)+len(he.Result.Failed) == 0 && DestinationDown(err) {
-			return batchOutcome{}, err
+			var out batchOutcome
+			if dicomweb.MaybeStored(err) {
+				// The body went and no answer says what became of it:
+				// the destination may hold it (a proxy's 504 while it
+				// went on storing). Marked, a later delivery reads its
+				// "already exists" as perhaps stowline's own copy
+				// (unproven), not a conflict.
+				for _, p := range batch {
+					out.unanswered = append(out.unanswered, p.SOPInstanceUID)
+				}
+			}
+			return out, err
 		}
 		res = he.Result
 		res.StatusCode = he.StatusCode

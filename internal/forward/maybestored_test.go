@@ -1,0 +1,143 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// answerLostOnce stands in front of an Azure-like store: the first POST
+// reaches the store, which stores it, and its answer is lost on the way
+// back, as answer says (a proxy's 504 while the store went on storing,
+// a 2xx cut off).
+type answerLostOnce struct {
+	d      *azureLike
+	answer func(w http.ResponseWriter)
+	done   atomic.Bool
+}
+
+func (u *answerLostOnce) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && u.done.CompareAndSwap(false, true) {
+		u.d.ServeHTTP(httptest.NewRecorder(), r) // the store took it
+		u.answer(w)
+		return
+	}
+	u.d.ServeHTTP(w, r)
+}
+
+// gatewayTimeout is a reverse proxy's 504 page: no STOW-RS body.
+func gatewayTimeout(w http.ResponseWriter) {
+	http.Error(w, "<html>504 Gateway Time-out</html>", http.StatusGatewayTimeout)
+}
+
+// cutAnswer is a 200 whose body breaks off: it announces more bytes
+// than it holds, so the server closes the connection mid-body.
+func cutAnswer(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/dicom+json")
+	w.Header().Set("Content-Length", "1000")
+	w.WriteHeader(http.StatusOK)
+	w.Write([]byte(`{"00081199":`))
+}
+
+// goneSource is a memSource whose instance gone leaves it as it is first
+// read (Orthanc's 404), after the study was listed: the request's body
+// breaks off there, the instances before it sent whole.
+type goneSource struct {
+	*memSource
+	gone string
+
+	mu   sync.Mutex
+	left bool
+}
+
+func (s *goneSource) StudyInstances(ctx context.Context, id string) ([]orthancapi.Instance, error) {
+	list, err := s.memSource.StudyInstances(ctx, id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.left {
+		list = slices.DeleteFunc(slices.Clone(list), func(in orthancapi.Instance) bool { return in.SOPInstanceUID == s.gone })
+	}
+	return list, err
+}
+
+func (s *goneSource) OpenInstanceFile(ctx context.Context, id string) (io.ReadCloser, int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := slices.IndexFunc(s.instances, func(in orthancapi.Instance) bool { return in.ID == id }); i >= 0 && s.instances[i].SOPInstanceUID == s.gone {
+		s.left = true
+		return nil, 0, fmt.Errorf("GET /instances/%s/file: %w", id, orthancapi.ErrNotFound)
+	}
+	return s.memSource.OpenInstanceFile(ctx, id)
+}
+
+// TestUnreadAnswerIsNoConflictLater: a request the destination stored but
+// whose answer stowline could not read fails the delivery; the next one
+// finds its instances "already there" (45070). They are perhaps
+// stowline's own copies (unproven: counted stored, warned), not copies
+// with other content: no conflict dead letter under deadletter (one no
+// replay could heal), no skipped conflict under skip.
+func TestUnreadAnswerIsNoConflictLater(t *testing.T) {
+	for _, tc := range []struct {
+		name, action string
+		// answer: the first request's answer, lost; nil: none lost.
+		answer func(http.ResponseWriter)
+		// gone: an instance that leaves the source as it is read,
+		// breaking off the body after the others.
+		gone    string
+		already int // the instances answered 45070 at the next delivery
+	}{
+		{"gateway 504, deadletter", ConflictDeadLetter, gatewayTimeout, "", 2},
+		{"gateway 504, skip", ConflictSkip, gatewayTimeout, "", 2},
+		{"2xx cut off, deadletter", ConflictDeadLetter, cutAnswer, "", 2},
+		{"body broken by a 404 from the source, deadletter", ConflictDeadLetter, nil, "1.2.3.2", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dest := &azureLike{held: map[string]bool{}}
+			var h http.Handler = dest
+			if tc.answer != nil {
+				h = &answerLostOnce{d: dest, answer: tc.answer}
+			}
+			srv := httptest.NewServer(h)
+			t.Cleanup(srv.Close)
+			ns := testnats.Start(t)
+			cons := consumer(t, ns)
+			var out outcome
+			src := newMemSource(2)
+			f := newForwarder(t, src, srv.URL, cons, out.options, func(o *Options) {
+				if tc.gone != "" {
+					gs := &goneSource{memSource: src, gone: tc.gone}
+					o.SourceFor = func(string) (Source, error) { return gs, nil }
+				}
+				o.Failures = &memFailureLog{}
+				o.MaxDeliveries = 5
+				o.MaxInstances = 2
+				o.RetryDelay = 20 * time.Millisecond
+				o.RetryMaxDelay = 40 * time.Millisecond
+				o.Conflicts = azureConflicts(tc.action)
+			})
+			forwardOne(t, f, ns, cons, testEvent())
+			answers := dest.answered()
+			if strings.Count(answers, ":45070") != tc.already {
+				t.Fatalf("answers %s: want %d answered 45070, or the test tests nothing", answers, tc.already)
+			}
+			out.settled(t, 1)
+			if got := testutil.ToFloat64(f.m.unproven); got != float64(tc.already) {
+				t.Errorf("instances_unproven_total = %v, want %d", got, tc.already)
+			}
+			noneSkipped(t, f)
+		})
+	}
+}
