@@ -82,7 +82,13 @@ func newRegistry() *prometheus.Registry {
 // connect connects to NATS_URL with its credentials, or starts the
 // embedded server when it is empty (ctx ends a wait for its recovery).
 func connect(ctx context.Context, c config.NATS, log *slog.Logger) (*natsjs.Conn, error) {
-	o := natsjs.ConnectOptions{URL: c.URL, StoreDir: c.StoreDir}
+	return connectWaiting(ctx, c, nil, log)
+}
+
+// connectWaiting is connect waiting for a NATS server that does not
+// answer yet when unreachable is set (natsjs.ConnectOptions.Unreachable).
+func connectWaiting(ctx context.Context, c config.NATS, unreachable func(error), log *slog.Logger) (*natsjs.Conn, error) {
+	o := natsjs.ConnectOptions{URL: c.URL, StoreDir: c.StoreDir, Unreachable: unreachable}
 	if !c.Embedded() {
 		var err error
 		if o.Auth, err = natsAuthOptions(c); err != nil {
@@ -136,9 +142,11 @@ func newRouter() *chi.Mux {
 }
 
 // serveHTTP listens now on addr, the value of variable addrVar (so a busy
-// port fails startup, naming it), and serves in g until ctx ends, then
-// gives in-flight requests grace; over HTTPS when serverTLS is not nil.
-func serveHTTP(ctx context.Context, g *errgroup.Group, name, addrVar, addr string, h http.Handler, serverTLS *tls.Config, grace time.Duration, log *slog.Logger, stopped func()) error {
+// port fails startup, naming it), taking it over from starting (nil: none),
+// and serves in g until ctx ends, then gives in-flight requests grace;
+// over HTTPS when serverTLS is not nil.
+func serveHTTP(ctx context.Context, g *errgroup.Group, starting *startingServer, name, addrVar, addr string, h http.Handler, serverTLS *tls.Config, grace time.Duration, log *slog.Logger, stopped func()) error {
+	starting.release(addr)
 	ln, err := web.Listen(addr)
 	if err != nil {
 		return fmt.Errorf("%s: %s=%s: %w", name, addrVar, addr, err)

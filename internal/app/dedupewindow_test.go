@@ -37,7 +37,7 @@ func TestOnlyTheIngestLowersTheDedupeWindow(t *testing.T) {
 			if tt.forwarder {
 				fc = &config.Forwarder{}
 			}
-			p, err := newProcess(t.Context(), nc, fc, config.ListenTLS{}, config.Admin{}, tt.singleHost, nil, slog.New(slog.DiscardHandler))
+			p, err := newProcess(t.Context(), nc, fc, config.ListenTLS{}, config.Admin{}, tt.singleHost, "", nil, slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Fatal(err)
 			}

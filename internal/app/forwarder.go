@@ -223,7 +223,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
 		mountDisabled(router, "/admin", "the admin API is disabled: ADMIN_TOKEN is not set on this forwarder; set ADMIN_TOKEN (or ADMIN_TOKEN_FILE), its bearer token, and restart")
 	}
-	if err := serveHTTP(ctx, g, "forwarder", "FORWARDER_ADDR", fc.Addr, router, p.serverTLS, HTTPShutdownGrace, log, nil); err != nil {
+	if err := serveHTTP(ctx, g, p.starting, "forwarder", "FORWARDER_ADDR", fc.Addr, router, p.serverTLS, HTTPShutdownGrace, log, nil); err != nil {
 		return err
 	}
 	replicas, err := newReplicasGauge(reg)

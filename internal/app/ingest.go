@@ -88,7 +88,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 	// Once the webhook takes no more events, those it answered for that
 	// still wait for PRIORITY_RULE are stored before the process closes
 	// its JetStream connection.
-	return serveHTTP(ctx, g, "ingest", "INGEST_ADDR", r.cfg.Addr, router, p.serverTLS, ingestHTTPGrace(r.cfg.PublishTimeout), p.log, func() { pub.drainTriage(triageShutdownWait-triageShutdownQueue, triageShutdownQueue) })
+	return serveHTTP(ctx, g, p.starting, "ingest", "INGEST_ADDR", r.cfg.Addr, router, p.serverTLS, ingestHTTPGrace(r.cfg.PublishTimeout), p.log, func() { pub.drainTriage(triageShutdownWait-triageShutdownQueue, triageShutdownQueue) })
 }
 
 // warnWebhookAuth logs, once at start, the webhook settings that refuse

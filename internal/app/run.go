@@ -39,7 +39,7 @@ func runIngest(ctx context.Context, c *config.IngestService, streamCheckEvery ti
 		return err
 	}
 	defer stopTracing()
-	p, err := newProcess(ctx, c.NATS, nil, c.ListenTLS, c.Admin, false, tp, log)
+	p, err := newProcess(ctx, c.NATS, nil, c.ListenTLS, c.Admin, false, c.Ingest.Addr, tp, log)
 	if err != nil {
 		return err
 	}
@@ -65,7 +65,7 @@ func runForwarder(ctx context.Context, c *config.ForwarderService, streamCheckEv
 		return err
 	}
 	defer stopTracing()
-	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, false, tp, log)
+	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, false, c.Forwarder.Addr, tp, log)
 	if err != nil {
 		return err
 	}
@@ -91,7 +91,7 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 		return err
 	}
 	defer stopTracing()
-	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, true, tp, log)
+	p, err := newProcess(ctx, c.NATS, &c.Forwarder, c.ListenTLS, c.Admin, true, c.Ingest.Addr, tp, log)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,10 @@ type process struct {
 	// stream the process started with was made.
 	streamCheckEvery time.Duration
 	streamCreated    time.Time
-	log              *slog.Logger
+	// starting answers the probes on the process's HTTP address until a
+	// role listens there; nil when none does (an embedded server).
+	starting *startingServer
+	log      *slog.Logger
 }
 
 // role is one service of the process: it starts its goroutines in g and
@@ -124,26 +127,39 @@ type role interface {
 
 // newProcess connects to JetStream and creates the event stream; fc is
 // nil without a forwarder, tp without tracing. A process without a
-// forwarder, or a single host's, runs the ingest.
+// forwarder, or a single host's, runs the ingest. With a NATS server of
+// its own (NATS_URL) it waits for one that does not answer yet, until ctx
+// ends, its probes answered on addr meanwhile (startingServer).
 func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt config.ListenTLS, admin config.Admin, singleHost bool,
-	tp trace.TracerProvider, log *slog.Logger) (*process, error) {
+	addr string, tp trace.TracerProvider, log *slog.Logger) (*process, error) {
 	limitMemoryToCgroup(log)
 	serverTLS, err := listenTLS(lt, log)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := connect(ctx, nc, log)
+	var starting *startingServer
+	var unreachable func(error)
+	if !nc.Embedded() {
+		if starting, err = startStarting(addr, serverTLS, log); err != nil {
+			return nil, err
+		}
+		unreachable = starting.waiting
+	}
+	conn, err := connectWaiting(ctx, nc, unreachable, log)
 	if err != nil {
+		starting.close()
 		return nil, err
 	}
+	starting.waiting(errors.New("starting: creating the JetStream streams, consumers and buckets"))
 	warnSingleHostStore(nc, log)
 	p := &process{conn: conn, topo: topology(nc, fc, fc == nil || singleHost), serverTLS: serverTLS, tracer: tp,
-		streamCheckEvery: eventStreamCheckEvery, log: log}
+		streamCheckEvery: eventStreamCheckEvery, starting: starting, log: log}
 	p.topo.Log = log
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
 	stream, err := p.topo.EnsureEvents(pctx, conn.JS)
 	if err != nil {
+		starting.close()
 		conn.Close()
 		return nil, err
 	}
@@ -160,6 +176,7 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 // ack is flushed.
 func (p *process) run(ctx context.Context, roles ...role) error {
 	defer p.conn.Close()
+	defer p.starting.close() // a role that failed to start before listening
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)

@@ -28,8 +28,15 @@ type ConnectOptions struct {
 	// Auth holds the client options of an external server's
 	// authentication and TLS.
 	Auth []nats.Option
+	// Unreachable, when set, has Connect wait for an external server
+	// that does not answer yet (the services: NATS may come up after
+	// them), and is given each failed attempt's error; nil fails at once
+	// (the operator's commands).
+	Unreachable func(error)
 	// pingInterval replaces the keepalive's pingInterval, for tests.
 	pingInterval time.Duration
+	// firstRetry replaces the first connection's firstRetry, for tests.
+	firstRetry time.Duration
 }
 
 // Conn is a connection to JetStream, embedded or external.
@@ -45,7 +52,8 @@ type Conn struct {
 
 // Connect connects to o.URL, or starts the embedded server when it is
 // empty. The connection reconnects forever: a NATS restart must never stop
-// stowline. Create-or-update calls through JS are retried when a cluster
+// stowline; nor does a NATS server not reachable yet, which Connect
+// waits for until ctx ends. Create-or-update calls through JS are retried when a cluster
 // does not answer them (provision.go).
 func Connect(ctx context.Context, o ConnectOptions, log *slog.Logger) (*Conn, error) {
 	refused := &refusals{log: log, repeated: repeatlog.Failures{Every: time.Minute}, now: time.Now}
@@ -100,7 +108,7 @@ func Connect(ctx context.Context, o ConnectOptions, log *slog.Logger) (*Conn, er
 		log.Info("embedded JetStream server started (single-host mode)", "store_dir", o.StoreDir)
 		c.NC, err = c.embedded.Connect(opts...)
 	} else {
-		c.NC, err = nats.Connect(o.URL, append(opts, o.Auth...)...)
+		c.NC, err = connectRetrying(ctx, o, append(opts, o.Auth...), log)
 		if err == nil {
 			log.Info("connected to NATS", "url", urlWithoutUser(c.NC))
 		}
@@ -121,6 +129,61 @@ func Connect(ctx context.Context, o ConnectOptions, log *slog.Logger) (*Conn, er
 	}
 	c.JS = acceptedJS{JetStream: c.JS, refused: refused}
 	return c, nil
+}
+
+// Retries of the first connection: the first after firstRetry, each
+// next one twice as late, up to maxRetry apart.
+const (
+	firstRetry = 250 * time.Millisecond
+	maxRetry   = 5 * time.Second
+)
+
+// connectRetrying connects to o.URL, trying again until it connects or
+// ctx ends while no server answers: NATS coming up after stowline (a
+// host's reboot, a cluster restarting, JetStream recovering its store)
+// is an outage like those the connection reconnects through later, not
+// a configuration error. Exiting instead spent the systemd unit's
+// restart budget and sent Kubernetes pods into CrashLoopBackOff. Other
+// errors (authentication, TLS) are returned at once, and every error
+// without o.Unreachable.
+func connectRetrying(ctx context.Context, o ConnectOptions, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+	retry := cmp.Or(o.firstRetry, firstRetry)
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(o.URL, opts...)
+		if err == nil || o.Unreachable == nil || !errors.Is(err, nats.ErrNoServers) {
+			return nc, err
+		}
+		url := urlsWithoutUser(o.URL)
+		o.Unreachable(fmt.Errorf("waiting for NATS at %s: %w", url, err))
+		log.Warn("cannot reach NATS: retrying (the process waits for it; /readyz says not ready)",
+			"url", url, "attempt", attempt, "retry_in", retry.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no NATS server reached before the stop (%d attempts): %w", attempt, err)
+		case <-time.After(retry):
+		}
+		retry = min(2*retry, maxRetry)
+	}
+}
+
+// urlsWithoutUser is NATS_URL's comma-separated URLs without their user
+// info (a password or a token), for the log.
+func urlsWithoutUser(urls string) string {
+	var out []string
+	for _, s := range strings.Split(urls, ",") {
+		s = strings.TrimSpace(s)
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := url.Parse(s)
+		if err != nil {
+			out = append(out, "(unparsable URL)")
+			continue
+		}
+		u.User = nil
+		out = append(out, u.String())
+	}
+	return strings.Join(out, ",")
 }
 
 // EmbeddedStorageLimits is the embedded server's JetStream storage

@@ -27,3 +27,12 @@ func (o ConnectOptions) WithPingInterval(d time.Duration) ConnectOptions {
 	o.pingInterval = d
 	return o
 }
+
+// WithFirstRetry returns o retrying its first connection after d.
+func (o ConnectOptions) WithFirstRetry(d time.Duration) ConnectOptions {
+	o.firstRetry = d
+	return o
+}
+
+// URLsWithoutUser is urlsWithoutUser.
+var URLsWithoutUser = urlsWithoutUser

@@ -1,0 +1,84 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+
+	"github.com/stowline/stowline/internal/web"
+)
+
+// startingServer answers the probes on the process's HTTP address while
+// it waits for its NATS server and creates its streams, before its role
+// listens there: /healthz is ok (a liveness or startup probe must not
+// have the process killed for an outage of NATS, which it waits out) and
+// /readyz is 503, naming what it waits for. The role's listener takes
+// the address over (process.serveHTTP).
+type startingServer struct {
+	addr string
+	srv  *http.Server
+	done chan struct{}
+
+	mu     sync.Mutex
+	reason error
+}
+
+// startStarting listens on addr and serves the probes until close; nil
+// when addr is empty.
+func startStarting(addr string, serverTLS *tls.Config, log *slog.Logger) (*startingServer, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	ln, err := web.Listen(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	if serverTLS != nil {
+		ln = tls.NewListener(ln, serverTLS)
+	}
+	s := &startingServer{addr: addr, done: make(chan struct{}), reason: errors.New("starting: connecting to NATS")}
+	router := newRouter()
+	web.MountHealth(router, newRegistry(), map[string]web.Check{"jetstream": s.ready})
+	s.srv = web.NewServer(router, log)
+	go func() {
+		defer close(s.done)
+		_ = s.srv.Serve(ln) // ends at close
+	}()
+	return s, nil
+}
+
+func (s *startingServer) ready(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reason
+}
+
+// waiting sets the reason /readyz gives.
+func (s *startingServer) waiting(reason error) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reason = reason
+}
+
+// release closes s when a role is to listen on its address.
+func (s *startingServer) release(addr string) {
+	if s != nil && s.addr == addr {
+		s.close()
+	}
+}
+
+// close stops serving and frees the address; it may be called again.
+func (s *startingServer) close() {
+	if s == nil {
+		return
+	}
+	_ = s.srv.Close()
+	<-s.done
+}
