@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -44,6 +45,7 @@ func runIngest(ctx context.Context, c *config.IngestService, streamCheckEvery ti
 		return err
 	}
 	p.streamCheckEvery = streamCheckEvery
+	p.stopTracing = stopTracing
 	return p.run(ctx, in)
 }
 
@@ -70,6 +72,7 @@ func runForwarder(ctx context.Context, c *config.ForwarderService, streamCheckEv
 		return err
 	}
 	p.streamCheckEvery = streamCheckEvery
+	p.stopTracing = stopTracing
 	return p.run(ctx, &forwarderRole{cfg: &c.Forwarder, sources: sources})
 }
 
@@ -95,6 +98,7 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 	if err != nil {
 		return err
 	}
+	p.stopTracing = stopTracing
 	// The forwarder starts first: the webhook's /readyz then says the
 	// whole process is up, not only its ingest.
 	return p.run(ctx, &forwarderRole{cfg: &c.Forwarder, sources: sources}, in)
@@ -107,7 +111,9 @@ type process struct {
 	serverTLS *tls.Config
 	status    *statusWiring
 	// tracer is the process's TracerProvider; nil when tracing is off.
-	tracer trace.TracerProvider
+	// stopTracing flushes its spans (startTracing), at close; may be nil.
+	tracer      trace.TracerProvider
+	stopTracing func()
 	// streamCheckEvery is how often watchEventStream checks that the
 	// event stream exists; 0 does not check. streamCreated is when the
 	// stream the process started with was made.
@@ -175,7 +181,7 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 // connection closes last, so every accepted event is published and every
 // ack is flushed.
 func (p *process) run(ctx context.Context, roles ...role) error {
-	defer p.conn.Close()
+	defer p.close()
 	defer p.starting.close() // a role that failed to start before listening
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -209,6 +215,20 @@ func (p *process) run(ctx context.Context, roles ...role) error {
 	err := g.Wait()
 	p.log.Info("stowline stopped", "err", err)
 	return err
+}
+
+// close closes the JetStream connection and flushes the traces side by
+// side: each waits up to 5 s for a server that does not answer, and one
+// after the other they took a forwarder's stop to its grace + 17 s, past
+// the grace + 15 s the chart and compose give it (forward's
+// settleAfterGrace, then the status key's removal, 2 s, then these).
+func (p *process) close() {
+	var wg sync.WaitGroup
+	if p.stopTracing != nil {
+		wg.Go(p.stopTracing)
+	}
+	p.conn.Close()
+	wg.Wait()
 }
 
 // eventStreamCheckEvery is how often watchEventStream checks the event

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -102,13 +103,14 @@ func startTracing(ctx context.Context, program, service string, log *slog.Logger
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
 	log.Info("tracing on: spans are exported with OTLP/HTTP", "protocol", otlpProtocol(os.Getenv),
 		"service_name", serviceName(res, service), "sampler", cmp.Or(os.Getenv("OTEL_TRACES_SAMPLER"), "parentbased_always_on"))
-	stop := func() {
+	// Once: a process's close flushes, and its Run's defer is then a no-op.
+	stop := sync.OnceFunc(func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tracingShutdownTimeout)
 		defer cancel()
 		if err := tp.Shutdown(sctx); err != nil {
 			log.Warn("tracing: spans not flushed at shutdown", "err", err)
 		}
-	}
+	})
 	return tp, stop, nil
 }
 
