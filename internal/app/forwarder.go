@@ -214,6 +214,15 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		}
 	}
 
+	// The listener serves on until the forwarders have drained (below):
+	// meanwhile the process is not ready, so that what routes by
+	// readiness leaves it.
+	checks["shutdown"] = func(context.Context) error {
+		if ctx.Err() != nil {
+			return errors.New("stopping: the studies in hand finish or go back to the queue")
+		}
+		return nil
+	}
 	router := newRouter()
 	web.MountHealth(router, reg, checks)
 	if p.status.adminToken != "" {
@@ -223,7 +232,12 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		log.Info("ADMIN_TOKEN is empty: the admin API (dead letters, replay) is disabled")
 		mountDisabled(router, "/admin", "the admin API is disabled: ADMIN_TOKEN is not set on this forwarder; set ADMIN_TOKEN (or ADMIN_TOKEN_FILE), its bearer token, and restart")
 	}
-	if err := serveHTTP(ctx, g, p.starting, "forwarder", "FORWARDER_ADDR", fc.Addr, router, p.serverTLS, HTTPShutdownGrace, log, nil); err != nil {
+	// Served until the studies in hand are handed back, not closed at the
+	// stop: the Service keeps routing to a stopping pod
+	// (publishNotReadyAddresses, for the admin API), whose requests were
+	// refused, and its last /metrics went unscraped. Then only a short
+	// grace, within the stop timeout (forwarderHTTPStopGrace).
+	if err := serveHTTP(drained, g, p.starting, "forwarder", "FORWARDER_ADDR", fc.Addr, router, p.serverTLS, forwarderHTTPStopGrace, log, nil); err != nil {
 		return err
 	}
 	replicas, err := newReplicasGauge(reg)
@@ -519,6 +533,14 @@ func lanesPresent(destination string, lanes []forward.Lane) web.Check {
 		return nil
 	}
 }
+
+// forwarderHTTPStopGrace is what the forwarder's HTTP server gives its
+// requests in flight once the forwarders have drained: they ran through
+// the shutdown grace already, and the stop's budget after it (the chart's
+// terminationGracePeriodSeconds check: grace + 15 s) has no room for
+// HTTPShutdownGrace. It runs alongside the removal of the status key
+// (2 s at most).
+const forwarderHTTPStopGrace = 2 * time.Second
 
 // whenDrained returns a context that ends once ctx has ended and running
 // is done.
