@@ -135,7 +135,8 @@ type role interface {
 // nil without a forwarder, tp without tracing. A process without a
 // forwarder, or a single host's, runs the ingest. With a NATS server of
 // its own (NATS_URL) it waits for one that does not answer yet, until ctx
-// ends, its probes answered on addr meanwhile (startingServer).
+// ends, its probes answered on addr from then until its role listens
+// there (startingServer).
 func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt config.ListenTLS, admin config.Admin, singleHost bool,
 	addr string, tp trace.TracerProvider, log *slog.Logger) (*process, error) {
 	limitMemoryToCgroup(log)
@@ -143,13 +144,23 @@ func newProcess(ctx context.Context, nc config.NATS, fc *config.Forwarder, lt co
 	if err != nil {
 		return nil, err
 	}
+	// Opened at the first failed attempt only: with NATS up the address
+	// stays closed until the role listens, so /healthz still means the
+	// service is up there.
 	var starting *startingServer
 	var unreachable func(error)
 	if !nc.Embedded() {
-		if starting, err = startStarting(addr, serverTLS, log); err != nil {
-			return nil, err
+		opened := false
+		unreachable = func(err error) {
+			if !opened {
+				opened = true
+				var lerr error
+				if starting, lerr = startStarting(addr, serverTLS, log); lerr != nil {
+					log.Warn("cannot answer the probes while waiting for NATS", "err", lerr)
+				}
+			}
+			starting.waiting(err)
 		}
-		unreachable = starting.waiting
 	}
 	conn, err := connectWaiting(ctx, nc, unreachable, log)
 	if err != nil {
