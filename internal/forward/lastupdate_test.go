@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"sync"
 	"testing"
@@ -10,10 +11,12 @@ import (
 	"github.com/stowline/stowline/internal/testharness"
 )
 
-// The ledger records the study's LastUpdate the forwarder read from the
-// source, not the event's: an event's is taken as sent (a forged one, an
-// Orthanc whose clock ran ahead), and a ledger record never moves back,
-// so a far-future one kept the study "forwarded" for good.
+// The ledger records the earlier of the event's LastUpdate and the one
+// the forwarder read from the source: an event's is taken as sent (a
+// forged one, an Orthanc whose clock ran ahead), and a ledger record
+// never moves back, so a far-future one kept the study "forwarded" for
+// good. A far-past one is recorded: the audit then queues the study
+// again, the safe direction.
 func TestLedgerRecordsTheSourcesLastUpdate(t *testing.T) {
 	if testing.Short() && os.Getenv("CI") == "" {
 		t.Skip("starts real Orthanc servers; skipped in -short mode")
@@ -22,11 +25,11 @@ func TestLedgerRecordsTheSourcesLastUpdate(t *testing.T) {
 	dest := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "lastupdate-dest", DicomWeb: true})
 	genuine, client := uploadStudy(t, src, 2)
 	for _, tt := range []struct {
-		name, lastUpdate string
+		name, lastUpdate, want string
 	}{
-		{"genuine", genuine.LastUpdate},
-		{"far future", "99991231T235959"},
-		{"far past", "00010101T000000"},
+		{"genuine", genuine.LastUpdate, genuine.LastUpdate},
+		{"far future", "99991231T235959", genuine.LastUpdate},
+		{"far past", "00010101T000000", "00010101T000000"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var mu sync.Mutex
@@ -47,8 +50,36 @@ func TestLedgerRecordsTheSourcesLastUpdate(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			if len(recorded) != 1 || recorded[0] != genuine.LastUpdate {
-				t.Errorf("the ledger was told %q, want the source's %q once", recorded, genuine.LastUpdate)
+			if len(recorded) != 1 || recorded[0] != tt.want {
+				t.Errorf("the ledger was told %q, want %q once", recorded, tt.want)
+			}
+		})
+	}
+}
+
+// The source's LastUpdate, read mid-attempt, may be the second an
+// instance the listing missed was stored in; the event's was sent only
+// once its second had passed. The earlier of the two is recorded.
+func TestRecordedStateIsTheEarlierLastUpdate(t *testing.T) {
+	for _, tt := range []struct {
+		name, event, source, want string
+	}{
+		{"the same", "20261207T101010", "20261207T101010", "20261207T101010"},
+		{"the study changed since the event", "20261207T101010", "20261207T101011", "20261207T101010"},
+		{"a day later in the source", "20261207T101010", "20261208T101010", "20261207T101010"},
+		{"an event ahead of the source", "99991231T235959", "20261207T101010", "20261207T101010"},
+		{"an event a second ahead", "20261207T101011", "20261207T101010", "20261207T101010"},
+		{"a source that cannot tell", "20261207T101010", "", "20261207T101010"},
+		{"not an Orthanc timestamp in the source", "20261207T101010", "2026-12-07T10:10:09", "20261207T101010"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := &events.StudyStable{Source: "main", OrthancStudyID: "s", LastUpdate: tt.event}
+			got := recordedState(ev, Report{lastUpdate: tt.source}, slog.New(slog.DiscardHandler))
+			if got.LastUpdate != tt.want {
+				t.Errorf("recorded %q, want %q", got.LastUpdate, tt.want)
+			}
+			if ev.LastUpdate != tt.event {
+				t.Errorf("the event changed to %q", ev.LastUpdate)
 			}
 		})
 	}

@@ -252,14 +252,12 @@ type studyReader interface {
 }
 
 // sourceLastUpdate reads ev's study's LastUpdate in src, one request,
-// before transfer lists its instances: the ledger records that state, not
-// the event's. The webhook takes an event's lastUpdate as sent (a forged
-// one, an Orthanc whose clock ran ahead), and a record is never moved
-// back: a far-future one kept the study "forwarded" for good, to the
-// audit and to buffer mode. Read before the listing, a study changing
-// during the attempt reads newer than what is recorded, and its next
-// event is forwarded again. "" when src cannot tell (the event's is
-// recorded then).
+// before transfer lists its instances: the ledger records the earlier of
+// it and the event's (recordedState). The webhook takes an event's
+// lastUpdate as sent (a forged one, an Orthanc whose clock ran ahead),
+// and a record is never moved back by a nearer one: a far-future one kept
+// the study "forwarded" for good, to the audit and to buffer mode. ""
+// when src cannot tell (the event's is recorded then).
 func sourceLastUpdate(ctx context.Context, src Source, ev *events.StudyStable) (string, error) {
 	sr, ok := src.(studyReader)
 	if !ok {
@@ -275,20 +273,34 @@ func sourceLastUpdate(ctx context.Context, src Source, ev *events.StudyStable) (
 	return st.LastUpdate, nil
 }
 
-// recordedState is ev as the ledger records it: with the study's
-// LastUpdate the attempt read from the source, when it read one.
+// recordedState is ev as the ledger records it: with the earlier of its
+// LastUpdate and the study's the attempt read from the source, both read
+// as Orthanc's timestamps. The event's alone was sent once it was before
+// Orthanc's current second (the Lua script, the reconciler), so every
+// instance stamped with it was listed; the source's, read mid-attempt, may
+// be the second an instance the listing missed was stored in. The
+// source's alone stands for an event that is later (forged, or sent while
+// the Orthanc clock was ahead).
 func recordedState(ev *events.StudyStable, rep Report, log *slog.Logger) *events.StudyStable {
 	if rep.lastUpdate == "" || rep.lastUpdate == ev.LastUpdate {
 		return ev
 	}
-	if ev.LastUpdate > rep.lastUpdate {
-		// The study cannot be older than its event: the event's is
-		// wrong (or the Orthanc clock went back since).
-		log.Warn("the event's lastUpdate is later than the study's in the source (a wrong or forged event, or the Orthanc clock was ahead when it was sent): the ledger records the source's",
-			"source_last_update", rep.lastUpdate)
-	}
 	rec := *ev
 	rec.LastUpdate = rep.lastUpdate
+	source, err := rec.LastUpdateTime()
+	if err != nil {
+		log.Warn("the study's LastUpdate in the source is not an Orthanc timestamp: the ledger records the event's",
+			"source_last_update", rep.lastUpdate, "err", err)
+		return ev
+	}
+	event, err := ev.LastUpdateTime()
+	if err != nil || !event.After(source) {
+		return ev
+	}
+	// The study cannot be older than its event: the event's is wrong (or
+	// the Orthanc clock went back since).
+	log.Warn("the event's lastUpdate is later than the study's in the source (a wrong or forged event, or the Orthanc clock was ahead when it was sent): the ledger records the source's",
+		"source_last_update", rep.lastUpdate)
 	return &rec
 }
 

@@ -70,7 +70,8 @@ type Report struct {
 	// unreachable); the ack writes them again.
 	unrecorded []string
 	// lastUpdate is the study's LastUpdate in the source, read before
-	// its listing (sourceLastUpdate): the state the ledger records.
+	// its listing (sourceLastUpdate): the ledger records the earlier of
+	// it and the event's (recordedState).
 	lastUpdate string
 }
 

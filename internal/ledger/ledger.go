@@ -37,12 +37,13 @@ var (
 
 // Record is one completed forward.
 type Record struct {
-	// LastUpdate is the study's Orthanc LastUpdate, as the forwarder read
-	// it from Orthanc before listing the study's instances (the event's
-	// with a source that cannot tell): every instance Orthanc held at that
-	// time that the destination's rules select was delivered. Not the
-	// event's own, which the webhook takes as sent: a record never moves
-	// back, and a far-future one would stand for good.
+	// LastUpdate is the study's Orthanc LastUpdate delivered: the earlier
+	// of the event's and the one the forwarder read from Orthanc before
+	// listing the study's instances (the event's with a source that cannot
+	// tell). Every instance Orthanc held at that time that the
+	// destination's rules select was delivered. Not the event's alone,
+	// which the webhook takes as sent: a record never moves back, and a
+	// far-future one would stand.
 	LastUpdate       string    `json:"lastUpdate"`
 	StudyInstanceUID string    `json:"studyInstanceUid,omitempty"`
 	ForwardedAt      time.Time `json:"forwardedAt"`
