@@ -116,7 +116,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		if err != nil {
 			return err
 		}
-		ledgers[d.Name] = ledger.New(p.conn.JS, ledgerKV)
+		ledgers[d.Name] = ledger.New(p.conn.JS, ledgerKV, ledger.WithLogger(log.With("destination", d.Name)))
 	}
 	// Studies go on sending for up to ShutdownGrace after shutdown starts:
 	// until the forwarders have drained, their tokens are still renewed,

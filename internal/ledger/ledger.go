@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -42,8 +43,8 @@ type Record struct {
 	// listing the study's instances (the event's with a source that cannot
 	// tell). Every instance Orthanc held at that time that the
 	// destination's rules select was delivered. Not the event's alone,
-	// which the webhook takes as sent: a record never moves back, and a
-	// far-future one would stand.
+	// which the webhook takes as sent: a record moves back only from more
+	// than a day ahead of the forwarder's clock (Completed).
 	LastUpdate       string    `json:"lastUpdate"`
 	StudyInstanceUID string    `json:"studyInstanceUid,omitempty"`
 	ForwardedAt      time.Time `json:"forwardedAt"`
@@ -125,6 +126,7 @@ type Ledger struct {
 	// read is latest; tests give a reader answering stale first.
 	read func(ctx context.Context, key string) (entry, error)
 	now  func() time.Time
+	log  *slog.Logger
 	// pseudonym maps a Study Instance UID to the destination's; nil: the
 	// destination receives the originals.
 	pseudonym func(uid string) string
@@ -135,6 +137,9 @@ type Option func(*Ledger)
 
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(l *Ledger) { l.now = now } }
+
+// WithLogger logs through log rather than slog.Default().
+func WithLogger(log *slog.Logger) Option { return func(l *Ledger) { l.log = log } }
 
 // WithPseudonyms returns the ledger recording, for a destination that
 // receives de-identified copies, the Study Instance UID it holds each
@@ -169,7 +174,7 @@ func Open(ctx context.Context, js jetstream.JetStream, destination string, opts 
 }
 
 func newLedger(js jetstream.JetStream, kv jetstream.KeyValue, opts []Option) *Ledger {
-	l := &Ledger{js: js, kv: kv, now: time.Now}
+	l := &Ledger{js: js, kv: kv, now: time.Now, log: slog.Default()}
 	l.read = l.latest
 	for _, o := range opts {
 		o(l)
@@ -196,10 +201,19 @@ func (l *Ledger) Record(ctx context.Context, ev *events.StudyStable) error {
 	return l.Completed(ctx, ev, Outcome{})
 }
 
+// maxAhead is how far after the forwarder's clock a record's LastUpdate
+// may be and still stand against an older state (the ingest warns of an
+// event past the same margin).
+const maxAhead = 24 * time.Hour
+
 // Completed stores that ev's study is done for the destination: forwarded,
 // or not selected by its rules. A record is never moved back to an older
-// LastUpdate (events may be forwarded out of order), nor is a state
-// recorded forwarded recorded again as not selected (ErrForwardedBefore).
+// LastUpdate (events may be forwarded out of order), unless it lies more
+// than maxAhead after l's clock: an Orthanc whose clock ran ahead stamped
+// it, and kept, it would stand for every later change up to that date
+// (the audit counting them forwarded, buffer mode never releasing the
+// study). Nor is a state recorded forwarded recorded again as not
+// selected (ErrForwardedBefore).
 func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcome) error {
 	notSelected := o.NotSelected
 	if !events.ValidSource(ev.Source) || !orthancapi.ValidID(ev.OrthancStudyID) {
@@ -237,8 +251,13 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 		if e.live {
 			var old Record
 			if json.Unmarshal(e.value, &old) == nil {
-				if old.LastUpdate > ev.LastUpdate {
+				if old.LastUpdate > ev.LastUpdate && !l.ahead(old.LastUpdate) {
 					return nil // a newer state of the study was already forwarded
+				}
+				if old.LastUpdate > ev.LastUpdate {
+					l.log.Warn("the ledger's record of the study is dated more than a day after this forwarder's clock (an Orthanc clock that ran ahead, or a forged event): recorded at this forward's state instead",
+						"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
+						"recorded_last_update", old.LastUpdate, "last_update", ev.LastUpdate)
 				}
 				if old.LastUpdate == ev.LastUpdate && notSelected && !old.NotSelected {
 					// A redelivery after an ack not confirmed, buffer
@@ -273,6 +292,14 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 		return nil
 	}
 	return fmt.Errorf("ledger: write %s: still conflicting after %d attempts", key, maxAttempts)
+}
+
+// ahead reports whether lastUpdate, an Orthanc timestamp (UTC), is more
+// than maxAhead after l's clock. No real state of a study is: once the
+// Orthanc clock is mended, its later changes are stamped earlier.
+func (l *Ledger) ahead(lastUpdate string) bool {
+	t, err := (&events.StudyStable{LastUpdate: lastUpdate}).LastUpdateTime()
+	return err == nil && t.Sub(l.now()) > maxAhead
 }
 
 // refused is err, a write that timed out, as the refusal it was when

@@ -1,9 +1,11 @@
 package ledger_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -336,4 +338,51 @@ func (stallingKV) Create(ctx context.Context, _ string, _ []byte, _ ...jetstream
 func (stallingKV) Update(ctx context.Context, _ string, _ []byte, _ uint64) (uint64, error) {
 	<-ctx.Done()
 	return 0, ctx.Err()
+}
+
+// A record dated more than a day after the forwarder's clock was stamped
+// by an Orthanc whose clock ran ahead (or a forged event): kept, it would
+// stand for every later change of the study up to that date. A later
+// forward moves it back, and says so; a record within the day, or in the
+// past, still never moves back.
+func TestRecordFarAheadMovesBack(t *testing.T) {
+	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	stamp := func(d time.Duration) string { return now.Add(d).Format("20060102T150405") }
+	tests := []struct {
+		name, recorded, then, want string
+		warned                     bool
+	}{
+		{"30 days ahead", stamp(30 * 24 * time.Hour), stamp(0), stamp(0), true},
+		{"in year 9999", "99991231T235959", stamp(-time.Hour), stamp(-time.Hour), true},
+		{"25 hours ahead, then a state also ahead", stamp(25 * time.Hour), stamp(2 * time.Hour), stamp(2 * time.Hour), true},
+		{"23 hours ahead", stamp(23 * time.Hour), stamp(0), stamp(23 * time.Hour), false},
+		{"newer, in the past", stamp(-time.Hour), stamp(-2 * time.Hour), stamp(-time.Hour), false},
+		{"older", stamp(-2 * time.Hour), stamp(-time.Hour), stamp(-time.Hour), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			var logs bytes.Buffer
+			js, kv := ledger.NewTestBucket(t)
+			l := ledger.New(js, kv, ledger.WithClock(func() time.Time { return now }),
+				ledger.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+			if err := l.Completed(ctx, event("a", tt.recorded), ledger.Outcome{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Completed(ctx, event("a", tt.then), ledger.Outcome{}); err != nil {
+				t.Fatal(err)
+			}
+			r, err := l.Lookup(ctx, "a", studyID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.LastUpdate != tt.want {
+				t.Errorf("record at %s, want %s", r.LastUpdate, tt.want)
+			}
+			warned := strings.Contains(logs.String(), `"level":"WARN"`) && strings.Contains(logs.String(), `"recorded_last_update":"`+tt.recorded+`"`)
+			if warned != tt.warned {
+				t.Errorf("warned %v, want %v; log: %s", warned, tt.warned, logs.String())
+			}
+		})
+	}
 }

@@ -288,15 +288,16 @@ const maxLastUpdateAhead = 24 * time.Hour
 // lastUpdateAhead counts and logs an event whose lastUpdate is more than
 // maxLastUpdateAhead after its arrival: an Orthanc whose clock runs ahead,
 // or a forged event. It is queued all the same: refused, the study of an
-// Orthanc with a wrong clock would be lost. The forwarders record in the
-// ledger the LastUpdate they read from Orthanc, not the event's.
+// Orthanc with a wrong clock would be lost. The forwarders record a
+// forged value no later than the study's LastUpdate in Orthanc; a clock
+// ahead stamps that one too, and only the clock's mending helps.
 func (h *Webhook) lastUpdateAhead(ev *events.StudyStable, r *http.Request) {
 	lu, err := ev.LastUpdateTime()
 	if err != nil || lu.Sub(ev.ReceivedAt) <= maxLastUpdateAhead {
 		return
 	}
 	h.m.lastUpdateAhead.Inc()
-	h.log.Warn("event's lastUpdate is more than a day after its arrival: the sending Orthanc's clock is ahead, or the event is forged (queued all the same; the forwarders record Orthanc's own LastUpdate)",
+	h.log.Warn("event's lastUpdate is more than a day after its arrival: the sending Orthanc's clock is ahead, or the event is forged (queued all the same; a forged value is not recorded, but a clock ahead stamps the study in Orthanc too and its ledger records stay ahead until it is mended)",
 		"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "last_update", ev.LastUpdate,
 		"received_at", ev.ReceivedAt.Format(time.RFC3339), "client", clientIP(r, h.proxies))
 }

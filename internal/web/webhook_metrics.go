@@ -39,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		lastUpdateAhead: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "stowline_ingest_events_lastupdate_ahead_total",
-			Help: "Valid webhook events (authenticated, queued or not) whose lastUpdate is more than a day after the ingest received them: an Orthanc clock ahead, or a forged event (the ledger records Orthanc's own LastUpdate, not the event's).",
+			Help: "Valid webhook events (authenticated, queued or not) whose lastUpdate is more than a day after the ingest received them: an Orthanc clock ahead, which also dates the study and its ledger records ahead: mend it; or a forged event, whose value the forwarders do not record.",
 		}),
 	}
 	for _, r := range []string{"accepted", "duplicate"} {
