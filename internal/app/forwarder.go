@@ -159,7 +159,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 		o.Failures = deadletter.NewFailureLog(failureKV, d.Name)
 		l := ledgers[d.Name].WithPseudonyms(forward.StudyPseudonym(o.Destination))
 		o.Completed = func(ctx context.Context, ev *events.StudyStable, c forward.Completion) error {
-			err := l.Completed(ctx, ev, ledger.Outcome{NotSelected: c.NotSelected, Selected: c.Selected, Kept: c.Kept, Replaced: c.Replaced})
+			err := l.Completed(ctx, ev, ledger.Outcome{NotSelected: c.NotSelected, Selected: c.Selected, Kept: c.Kept, Replaced: c.Replaced, StoredAsSent: c.StoredAsSent})
 			if errors.Is(err, ledger.ErrForwardedBefore) {
 				return fmt.Errorf("%w: %w", forward.ErrForwardedBefore, err)
 			}

@@ -235,7 +235,7 @@ func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable
 	if f.opts.Completed == nil {
 		return false, false
 	}
-	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept, Replaced: rep.replaced}
+	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept, Replaced: rep.replaced, StoredAsSent: f.heldAsSent(rep)}
 	if err := f.recordCompleted(ctx, recordedState(ev, rep, log), c); errors.Is(err, ErrForwardedBefore) {
 		return true, true
 	} else if err != nil {
@@ -243,6 +243,34 @@ func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable
 		return false, false
 	}
 	return true, false
+}
+
+// heldAsSent returns the SOP Instance UIDs of a completed forward that
+// the destination confirmed to this delivery and that it did not keep:
+// it holds them as sent, so a record of this state that kept them (a
+// conflict skipped, which the operator then deleted in the archive before
+// a backfill) keeps them no more, and forwarder audit --kept stops
+// listing the study. None in buffer mode: there the ledger's Kept also
+// keeps the original in the source, and a destination that stores an
+// instance again without a word (having changed it the first time, B000)
+// would get it deleted once the record of stored instances no longer
+// tells.
+func (f *Forwarder) heldAsSent(rep Report) []string {
+	if rep.NotSelected || f.opts.CleanerFor != nil {
+		return nil
+	}
+	var uids []string
+	for _, in := range rep.selected {
+		// Both sorted (transfer).
+		if _, kept := slices.BinarySearch(rep.kept, in.SOPInstanceUID); kept {
+			continue
+		}
+		if _, replaced := slices.BinarySearch(rep.replaced, in.SOPInstanceUID); replaced {
+			continue
+		}
+		uids = append(uids, in.SOPInstanceUID)
+	}
+	return uids
 }
 
 // studyReader is a Source that reads the study itself (an Orthanc: GET

@@ -85,10 +85,13 @@ type Completion struct {
 	// skipped (it holds other content), or stored with a warning (it may
 	// have coerced or discarded attributes). Buffer mode never deletes a
 	// kept instance from the source. Replaced are the SOP Instance UIDs of
-	// conflicts replaced: no longer kept if an earlier delivery kept them.
-	Selected []orthancapi.Instance
-	Kept     []string
-	Replaced []string
+	// conflicts replaced: no longer kept if an earlier delivery kept them;
+	// nor are StoredAsSent, those this delivery got confirmed as sent
+	// (heldAsSent).
+	Selected     []orthancapi.Instance
+	Kept         []string
+	Replaced     []string
+	StoredAsSent []string
 }
 
 func (r *Report) add(o Report) {

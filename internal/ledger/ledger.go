@@ -99,6 +99,10 @@ type Outcome struct {
 	// replaced, STOW_ON_CONFLICT=replace): it holds them as sent now, so a
 	// record of this state that kept them keeps them no more.
 	Replaced []string
+	// StoredAsSent are the SOP Instance UIDs of those this delivery got
+	// confirmed as sent and did not keep (a conflict the operator deleted
+	// in the archive, then stored by a backfill): no longer kept either.
+	StoredAsSent []string
 }
 
 // SelectionDigest identifies a set of instances by their SOP Instance
@@ -268,7 +272,7 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 					return fmt.Errorf("%w: %s", ErrForwardedBefore, key)
 				}
 				if old.LastUpdate == ev.LastUpdate {
-					write = rec.keepingAlso(old, o.Replaced)
+					write = rec.keepingAlso(old, o.Replaced, o.StoredAsSent)
 				}
 			}
 		}
@@ -337,17 +341,22 @@ func encode(r Record) ([]byte, error) {
 }
 
 // keepingAlso is r, which replaces old, a record of the same state of the
-// study, still keeping what old kept but what r's delivery replaced: a
-// later delivery of that state (an ack not confirmed, a duplicate event, a
-// backfill) finds those instances stored already and keeps none of them,
-// and buffer mode would delete the originals of instances the destination
-// changed; one it replaced (STOW_ON_CONFLICT switched from skip to
-// replace, then a backfill) the destination holds as sent.
-func (r Record) keepingAlso(old Record, replaced []string) Record {
+// study, still keeping what old kept but what r's delivery replaced or
+// stored as sent: a later delivery of that state (an ack not confirmed, a
+// duplicate event, a backfill) may find those instances stored already
+// and keep none of them, and buffer mode would delete the originals of
+// instances the destination changed; one it replaced (STOW_ON_CONFLICT
+// switched from skip to replace, then a backfill) or stored as sent (the
+// archive's copy deleted, then a backfill) the destination holds as sent.
+func (r Record) keepingAlso(old Record, replaced, storedAsSent []string) Record {
 	if r.NotSelected || old.NotSelected {
 		return r // nothing was kept of a study not selected
 	}
-	oldKept := slices.DeleteFunc(slices.Clone(old.Kept), func(uid string) bool { return slices.Contains(replaced, uid) })
+	held := make(map[string]bool, len(replaced)+len(storedAsSent))
+	for _, uid := range slices.Concat(replaced, storedAsSent) {
+		held[uid] = true
+	}
+	oldKept := slices.DeleteFunc(slices.Clone(old.Kept), func(uid string) bool { return held[uid] })
 	kept := slices.Compact(slices.Sorted(slices.Values(slices.Concat(oldKept, r.Kept))))
 	if r.KeptAll || old.KeptAll || len(kept) > maxKept {
 		r.Kept, r.KeptAll = nil, true

@@ -172,6 +172,12 @@ func TestSameStateKeepsWhatWasKept(t *testing.T) {
 		// to replace, a backfill): the destination holds it as sent.
 		{"kept, then replaced", forwarded("1.1", "1.2"), ledger.Outcome{Selected: selected, Replaced: []string{"1.1"}}, lu, []string{"1.2"}, false, false},
 		{"kept, then replaced and kept (a warning)", forwarded("1.1"), ledger.Outcome{Selected: selected, Kept: []string{"1.1"}, Replaced: []string{"1.1"}}, lu, []string{"1.1"}, false, false},
+		// A conflict skipped, then deleted in the archive by the operator
+		// and stored by a backfill of the same state: held as sent.
+		{"kept, then stored as sent", forwarded("1.1"), ledger.Outcome{Selected: selected, StoredAsSent: []string{"1.1", "1.2"}}, lu, nil, false, false},
+		{"two kept, then one stored as sent", forwarded("1.1", "1.2"), ledger.Outcome{Selected: selected, StoredAsSent: []string{"1.1"}}, lu, []string{"1.2"}, false, false},
+		{"kept, then another stored as sent", forwarded("1.1"), ledger.Outcome{Selected: selected, StoredAsSent: []string{"1.2"}}, lu, []string{"1.1"}, false, false},
+		{"all kept, then stored as sent", forwarded(many...), ledger.Outcome{Selected: selected, StoredAsSent: []string{"1.1", "1.2"}}, lu, nil, true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
