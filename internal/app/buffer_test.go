@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
@@ -100,6 +101,37 @@ func TestReleaseFunc(t *testing.T) {
 				t.Errorf("released %v, want %v", ids, tt.want)
 			}
 		})
+	}
+}
+
+// An Orthanc whose clock ran ahead dated a study, and so its ledger
+// records, far in the future; once its clock is mended, the study's next
+// change is stamped earlier. Each destination's forward of it moves its
+// record back, and buffer mode releases the study: kept, the records
+// never equalled a later event, and the study stayed in Orthanc.
+func TestReleaseAfterRecordsDatedAhead(t *testing.T) {
+	x, y := orthancapi.Instance{ID: "x", SOPInstanceUID: "1.2.3"}, orthancapi.Instance{ID: "y", SOPInstanceUID: "1.2.4"}
+	listed := []orthancapi.Instance{x, y}
+	both := ledger.Outcome{Selected: listed}
+	ledgers := testLedgers(t, "archive", "ai")
+	ev := &events.StudyStable{Source: "main", OrthancStudyID: "0b1f7a3e-5c0d4e2a-9f8b7c6d-1a2b3c4d-5e6f7a8b", StudyInstanceUID: "1.2.9",
+		LastUpdate: time.Now().UTC().Add(-time.Minute).Format("20060102T150405")}
+	ahead := *ev
+	ahead.LastUpdate = time.Now().UTC().Add(90 * 24 * time.Hour).Format("20060102T150405")
+	for _, name := range []string{"archive", "ai"} {
+		for _, e := range []*events.StudyStable{&ahead, ev} {
+			if err := ledgers[name].Completed(t.Context(), e, both); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	dests := []config.NamedDestination{{Name: "archive"}, {Name: "ai"}}
+	got, err := selectFunc(dests, map[string]*route{}, ledgers)(ev, listed).Release(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Errorf("released %d instances, want both", len(got))
 	}
 }
 
