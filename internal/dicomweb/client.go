@@ -381,8 +381,9 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 		stalled := cause == errStalled
 		_, werr := finish()
 		if cause == errSourceStalled {
-			return nil, false, fmt.Errorf("stow: %s %s: %s: %w (its source gave no byte for %s)",
-				method, c.logURL, body.current(), errSourceStalled, c.stallTimeout)
+			name, uid := body.current()
+			return nil, false, &brokenBodyError{uid: uid, err: fmt.Errorf("stow: %s %s: %s: %w (its source gave no byte for %s)",
+				method, c.logURL, name, errSourceStalled, c.stallTimeout)}
 		}
 		if isWriteFailure(werr) && !stalled {
 			// The transport only saw a broken body; the body knows why.

@@ -132,6 +132,29 @@ func MaybeStored(err error) bool {
 	return he.StatusCode == http.StatusRequestTimeout || he.StatusCode >= 500
 }
 
+// brokenBodyError is a request whose body broke off on one part: its
+// source failed, stalled or did not hold Part.Size bytes.
+type brokenBodyError struct {
+	uid string
+	err error
+}
+
+func (e *brokenBodyError) Error() string { return e.err.Error() }
+func (e *brokenBodyError) Unwrap() error { return e.err }
+
+// BrokenAt reports the SOP Instance UID of the part on which a failed
+// Store or Upsert's body broke off, whatever broke it (its source's
+// error, a stall, a size other than Part.Size), answered or not: the
+// parts before it went whole, so a destination that stores parts as it
+// reads them may hold them.
+func BrokenAt(err error) (uid string, ok bool) {
+	be, ok := errors.AsType[*brokenBodyError](err)
+	if !ok {
+		return "", false
+	}
+	return be.uid, true
+}
+
 // notDICOMweb marks err as ErrNotDICOMweb and keeps its text.
 func notDICOMweb(err error) error { return &notDICOMwebError{err: err} }
 

@@ -255,17 +255,20 @@ func (b *requestBody) queueNext() {
 // closes the part's source.
 func (b *requestBody) fail(err error) error {
 	p := b.parts[b.next]
-	b.err = fmt.Errorf("stow: part %d (SOP Instance UID %q): %w", b.next+1, p.SOPInstanceUID, err)
+	b.err = &brokenBodyError{uid: p.SOPInstanceUID,
+		err: fmt.Errorf("stow: part %d (SOP Instance UID %q): %w", b.next+1, p.SOPInstanceUID, err)}
 	b.closeSource()
 	return b.err
 }
 
-// current names the part being encoded, for an error; call it after stop.
-func (b *requestBody) current() string {
+// current names the part being encoded, for an error, and gives its SOP
+// Instance UID; call it after stop.
+func (b *requestBody) current() (name, uid string) {
 	b.use.Lock()
 	defer b.use.Unlock()
 	i := min(b.next, len(b.parts)-1)
-	return fmt.Sprintf("part %d (SOP Instance UID %q)", i+1, b.parts[i].SOPInstanceUID)
+	uid = b.parts[i].SOPInstanceUID
+	return fmt.Sprintf("part %d (SOP Instance UID %q)", i+1, uid), uid
 }
 
 func (b *requestBody) closeSource() {
