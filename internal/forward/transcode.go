@@ -105,7 +105,7 @@ func (f *Forwarder) planSyntaxes(ctx context.Context, src Source, instances []or
 		g.Go(func() error {
 			m, err := tc.InstanceMetadata(gctx, inst.ID)
 			if err != nil {
-				return fmt.Errorf("read the transfer syntax of instance %s: %w", inst.ID, instanceGone(err, inst.ID, inst.SOPInstanceUID))
+				return fmt.Errorf("read the transfer syntax of instance %s: %w", inst.ID, instanceGone(err, inst.ID))
 			}
 			syntaxes[i] = m.TransferSyntaxUID
 			return nil
@@ -192,7 +192,7 @@ func (f *Forwarder) plainPart(src Source, inst orthancapi.Instance) dicomweb.Par
 		Open: func(ctx context.Context) (io.ReadCloser, error) {
 			if asStored {
 				rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
-				return rc, instanceUnread(instanceGone(err, inst.ID, inst.SOPInstanceUID), inst.SOPInstanceUID)
+				return rc, instanceUnread(instanceGone(err, inst.ID), inst.SOPInstanceUID)
 			}
 			pf, err := openPlain(ctx, src, inst)
 			if err != nil {
@@ -219,7 +219,7 @@ type plainFile struct {
 func openPlain(ctx context.Context, src Source, inst orthancapi.Instance) (*plainFile, error) {
 	rc, _, err := src.OpenInstanceFile(ctx, inst.ID)
 	if err != nil {
-		return nil, instanceUnread(instanceGone(err, inst.ID, inst.SOPInstanceUID), inst.SOPInstanceUID)
+		return nil, instanceUnread(instanceGone(err, inst.ID), inst.SOPInstanceUID)
 	}
 	// The metadata read of a file stored without file meta is made while
 	// its stream is open: it must not wait for a slot of
@@ -312,7 +312,7 @@ func partTenPrefix(ctx context.Context, src Source, inst orthancapi.Instance, he
 	}
 	m, err := ms.InstanceMetadata(ctx, inst.ID)
 	if err != nil {
-		return nil, 0, instanceUnread(instanceGone(fmt.Errorf("read the metadata of instance %s, stored without file meta: %w", inst.ID, err), inst.ID, inst.SOPInstanceUID), inst.SOPInstanceUID)
+		return nil, 0, instanceUnread(instanceGone(fmt.Errorf("read the metadata of instance %s, stored without file meta: %w", inst.ID, err), inst.ID), inst.SOPInstanceUID)
 	}
 	if m.TransferSyntaxUID == "" || m.SOPClassUID == "" {
 		// Orthanc records both for every instance it stores; without
@@ -358,24 +358,13 @@ func instanceUnread(err error, uid string) error {
 // The next attempt lists the study again and sends what it holds; taken
 // for the study gone (source-missing), it was dead-lettered at once with
 // the rest of it unsent.
-func instanceGone(err error, instanceID, sopInstanceUID string) error {
+func instanceGone(err error, instanceID string) error {
 	if !errors.Is(err, orthancapi.ErrNotFound) {
 		return err
 	}
-	return &Error{Class: Transient, Err: &goneError{SOPInstanceUID: sopInstanceUID, err: fmt.Errorf(
-		"instance %s left the source Orthanc while its study was forwarded; the next attempt lists the study again: %w", instanceID, err)}}
+	return &Error{Class: Transient, Err: fmt.Errorf(
+		"instance %s left the source Orthanc while its study was forwarded; the next attempt lists the study again: %w", instanceID, err)}
 }
-
-// goneError is instanceGone's failure: it names the instance, so that a
-// request whose body it broke off marks those sent before it as perhaps
-// stored (send).
-type goneError struct {
-	SOPInstanceUID string
-	err            error
-}
-
-func (e *goneError) Error() string { return e.err.Error() }
-func (e *goneError) Unwrap() error { return e.err }
 
 // convertedPart reads the instance from Orthanc converted to the plan's
 // target. Its size is unknown (-1). Between uncompressed syntaxes it
@@ -425,7 +414,7 @@ func cannotTranscode(err error) bool {
 // on its read's span).
 func (f *Forwarder) openConverted(ctx context.Context, p *syntaxPlan, uid string, in planned) (io.ReadCloser, error) {
 	body, err := p.src.OpenTranscodedInstance(ctx, in.id, p.target)
-	err = instanceGone(err, in.id, uid)
+	err = instanceGone(err, in.id)
 	if cannotTranscode(err) {
 		f.m.conversions.WithLabelValues(convFailed).Inc()
 		return nil, f.conversionError(uid, in.syntax, p.target, err)

@@ -1051,13 +1051,6 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		// read again in the next round, the others are sent again now.
 		return unreadOutcome(batch, ue), nil
 	}
-	var ge *goneError
-	if errors.As(err, &ge) && slices.ContainsFunc(batch, func(p dicomweb.Part) bool { return p.SOPInstanceUID == ge.SOPInstanceUID }) {
-		// An instance deleted from the source broke the body off: the
-		// attempt fails (the next one lists the study again), and
-		// those before it may be stored already.
-		return batchOutcome{unanswered: sentBefore(batch, ge.SOPInstanceUID)}, err
-	}
 	if err != nil {
 		// A STOW response on an error status still says per instance
 		// what happened (Orthanc answers 400 when one part is broken and
@@ -1067,16 +1060,23 @@ func (f *Forwarder) send(ctx context.Context, plan *syntaxPlan, batch []dicomweb
 		// outage's, and the whole error goes to the circuit breaker.
 		if !errors.As(err, &he) || he.Result == nil || len(he.Result.Stored)+len(he.Result.Failed)+len(he.Result.OtherFailures) == 0 ||
 			len(he.Result.Stored)+len(he.Result.Failed) == 0 && DestinationDown(err) {
+			// Marked, the instances the destination may hold read as
+			// perhaps stowline's own copies (unproven) at a later
+			// delivery's "already exists", not as conflicts.
 			var out batchOutcome
-			if dicomweb.MaybeStored(err) {
-				// The body went and no answer says what became of it:
-				// the destination may hold it (a proxy's 504 while it
-				// went on storing). Marked, a later delivery reads its
-				// "already exists" as perhaps stowline's own copy
-				// (unproven), not a conflict.
+			uid, broken := dicomweb.BrokenAt(err)
+			switch {
+			case dicomweb.MaybeStored(err):
+				// The body went and no answer says what became of it
+				// (a proxy's 504 while the destination went on storing).
 				for _, p := range batch {
 					out.unanswered = append(out.unanswered, p.SOPInstanceUID)
 				}
+			case broken:
+				// The body broke off on uid, whatever broke it (Orthanc
+				// restarting, its 404 or 503, a stall, a file of another
+				// size): those before it went whole. The attempt fails.
+				out.unanswered = sentBefore(batch, uid)
 			}
 			return out, err
 		}
