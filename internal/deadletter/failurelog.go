@@ -103,7 +103,8 @@ func (l *FailureLog) sentKey(ev *events.StudyStable) string {
 
 // uidHash is how an entry of the record is kept: 8 bytes, so a study of
 // 120,000 instances fits a JetStream message, 60,000 in buffer mode
-// (forward writes each instance's UID alone too).
+// (forward writes each instance's UID alone too), fewer when instances
+// are marked perhaps stored (an entry more each).
 func uidHash(uid string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(uid))
@@ -113,7 +114,9 @@ func uidHash(uid string) uint64 {
 // maxSentBytes bounds a study's record (960 KB, within JetStream's 1 MB
 // message), however many entries an instance writes to it (in buffer
 // mode forward writes its UID alone next to its sentID, and a mark of one
-// kept): past it, the entries recorded longest ago are dropped for what
+// kept; in either mode, 8 bytes more for one marked perhaps stored, sent
+// in a request whose answer was not read or before the break of a broken
+// body): past it, the entries recorded longest ago are dropped for what
 // this write adds (those instances then answer as conflicts). The record
 // keeps its entries in the order they were last written, so that those
 // of earlier versions and attempts go first, not those this attempt wrote
