@@ -40,10 +40,16 @@ func TestForwarderStartWarnsOfWindowsPastRetention(t *testing.T) {
 			done := make(chan error, 1)
 			go func() { done <- runForwarder(ctx, &c, 0, slog.New(slog.NewTextHandler(logs, nil))) }()
 			t.Cleanup(func() { stop(); <-done })
-			// Logged next to the windows, before the workers start.
-			waitFor(t, "the start to log the forwarding windows", func() bool {
-				return strings.Contains(logs.String(), "lanes are pulled only in their hours")
+			// The warning is logged before the forwarder's listener opens,
+			// by the same goroutine: once "listening" is logged, a warning
+			// not there is none (the windows' Info line is written just
+			// before the warning, so reading the log after it could miss it).
+			waitFor(t, "the start to open the forwarder's listener", func() bool {
+				return strings.Contains(logs.String(), " server=forwarder addr=")
 			})
+			if !strings.Contains(logs.String(), "lanes are pulled only in their hours") {
+				t.Fatalf("the start did not log the forwarding windows:\n%s", logs.String())
+			}
 			got := strings.Contains(logs.String(), "may outlive the event stream's retention")
 			if got != tc.warn {
 				t.Fatalf("warned: %v, want %v; log:\n%s", got, tc.warn, logs.String())
