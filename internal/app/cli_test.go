@@ -101,7 +101,16 @@ func TestUnreadRoutingRulesStopTheStart(t *testing.T) {
 			want: "DESTINATION_AI2_MATCH: set but not read: a misspelt routing rule, or one of a destination DESTINATIONS does not name (then remove it); " +
 				`a destination whose rule is not read takes every study. Its destination could be "ai-2" (DESTINATION_AI_2_MATCH, DESTINATION_AI_2_INSTANCE_MATCH)` +
 				"\nDESTINATION_AI_2_STOW_DEIDENTIFIY: set but not read"},
+		// A misspelt prefix started silently, and its destination took
+		// every study.
+		{name: "DESTINATIONS_ prefix", extra: map[string]string{"DESTINATIONS_AI_2_MATCH": "'MR' in study.modalities"}, want: `DESTINATIONS_AI_2_MATCH: set but not read: a misspelt routing rule`},
+		{name: "DESTINATON_ prefix", extra: map[string]string{"DESTINATON_AI_2_MATCH": "'MR' in study.modalities"}, want: `Its destination could be "ai-2" (DESTINATION_AI_2_MATCH`},
+		{name: "prefix without its underscore", extra: map[string]string{"DESTINATIONAI_2_MATCH": "'MR' in study.modalities"}, want: "DESTINATIONAI_2_MATCH: set but not read"},
+		// MATCH with one letter left out or doubled was a warning only.
+		{name: "MATH", extra: map[string]string{"DESTINATION_AI_2_MATH": "'MR' in study.modalities"}, want: "DESTINATION_AI_2_MATH: set but not read: a misspelt routing rule"},
+		{name: "MATTCH", extra: map[string]string{"DESTINATION_AI_2_INSTANCE_MATTCH": "false"}, want: "DESTINATION_AI_2_INSTANCE_MATTCH: set but not read"},
 		{name: "another misspelling is a warning", extra: map[string]string{"DESTINATION_AI_2_STOW_PARALLEL_REQUEST": "8"}},
+		{name: "another misspelling under DESTINATIONS_ is a warning", extra: map[string]string{"DESTINATIONS_AI_2_STOW_PARALLEL_REQUEST": "8"}},
 	}
 	for _, tt := range tests {
 		env := map[string]string{

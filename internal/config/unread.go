@@ -67,7 +67,8 @@ func Unread(environ []string, cfg any) []string {
 	}
 	d, hasDestinations := cfg.(interface{ DestinationList() []NamedDestination })
 	if hasDestinations {
-		families = append(families, "DESTINATION_")
+		// DESTINATIONS_: a per-destination variable under the list's name.
+		families = append(families, "DESTINATION_", "DESTINATIONS_")
 		for _, nd := range d.DestinationList() {
 			if nd.Var == "" {
 				continue
@@ -96,7 +97,7 @@ func Unread(environ []string, cfg any) []string {
 		if known[name] || serviceLink.MatchString(name) || slices.Contains(natsCLIVars, name) || orthancImageVars.MatchString(name) || slices.Contains(out, name) {
 			continue
 		}
-		if deidentifies && StopsStart(name) || hasDestinations && ruleName.MatchString(name) {
+		if deidentifies && StopsStart(name) || hasDestinations && isRuleName(name) {
 			out = append(out, name)
 			continue
 		}
@@ -123,21 +124,69 @@ var deidentName = regexp.MustCompile(`(?i)deident|(^|[^a-zA-Z0-9])deid`)
 // receiving the originals, identified.
 func StopsStart(name string) bool { return deidentName.MatchString(name) }
 
-// ruleName matches the name of a destination's routing rule, misspelt
-// too: DESTINATION_ (any case, '-' for '_') and MATCH, or MATCH with two
-// letters swapped or one left out, after it (DESTINATION_AI_MATCHES,
-// destination_ai_instance_mtach, DESTINATION_AI-2_MATCH).
-var ruleName = regexp.MustCompile(`(?i)^destination[_-].*(matc|mtch|macth|mathc|mtach|amtch)`)
+// isRuleName reports whether name looks like a destination's routing
+// rule, misspelt too: a name starting DEST (any case), so a misspelt
+// prefix too (DESTINATIONS_AI_MATCH, DESTINATON_AI_MATCH,
+// DESTINATIONAI_MATCH), with a word ('_' or '-' between words) that
+// holds MATCH with two letters swapped (DESTINATION_AI_MACTH,
+// destination_ai_instance_mtach, DESTINATION_AI_MATCHES), or that is
+// MATCH with one letter left out or added (DESTINATION_AI_MATH, _MACH,
+// _ATCH, _MATTCH). Those short forms count as a whole word only:
+// DESTINATION_MACHINE_URL is a destination's, not a rule.
+func isRuleName(name string) bool {
+	upper := strings.ToUpper(name)
+	if !strings.HasPrefix(upper, "DEST") {
+		return false
+	}
+	for _, word := range strings.FieldsFunc(upper, func(r rune) bool { return r == '_' || r == '-' }) {
+		if ruleWord.MatchString(word) || oneEditOf(word, "MATCH") {
+			return true
+		}
+	}
+	return false
+}
+
+// ruleWord matches a word holding MATCH, or it with two letters swapped
+// or the last left out, anywhere in it (AIMATCH, MATCHES, MTACH).
+var ruleWord = regexp.MustCompile(`MATC|MTCH|MACTH|MATHC|MTACH|AMTCH`)
+
+// oneEditOf reports whether word is want with one letter left out or
+// added, or two adjacent ones swapped; want itself too. Not one letter
+// changed: BATCH, WATCH or PATCH may name a destination.
+func oneEditOf(word, want string) bool {
+	switch len(word) - len(want) {
+	case 0:
+		var diff []int
+		for i := range word {
+			if word[i] != want[i] {
+				diff = append(diff, i)
+			}
+		}
+		return len(diff) == 0 ||
+			len(diff) == 2 && diff[1] == diff[0]+1 && word[diff[0]] == want[diff[1]] && word[diff[1]] == want[diff[0]]
+	case 1:
+		word, want = want, word
+		fallthrough
+	case -1:
+		// word is want with one letter left out.
+		for i := range want {
+			if want[:i]+want[i+1:] == word {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // UnreadRule returns, for name, a variable Unread returned for cfg, an
 // error naming it and the destinations it could be for when it looks
-// like a routing rule (ruleName); nil otherwise. Such a variable must
+// like a routing rule (isRuleName); nil otherwise. Such a variable must
 // stop the start: a destination whose rule is not read takes every
 // study, identified (DESTINATION_AI_MATCHES sent an AI vendor every
 // modality).
 func UnreadRule(name string, cfg any) error {
 	d, ok := cfg.(interface{ DestinationList() []NamedDestination })
-	if !ok || !ruleName.MatchString(name) {
+	if !ok || !isRuleName(name) {
 		return nil
 	}
 	var named []NamedDestination
@@ -149,13 +198,29 @@ func UnreadRule(name string, cfg any) error {
 	if len(named) == 0 {
 		return fmt.Errorf("%s: set but not read, a routing rule with DESTINATIONS unset: only the destinations DESTINATIONS names have rules, and the one destination, %q, takes every study (docs/routing.md)", name, natsjs.DefaultDestination)
 	}
-	// The destinations whose name, letters and digits only, starts
-	// what follows DESTINATION_ (AI2 for ai-2); else every one.
-	rest, _ := strings.CutPrefix(alnumUpper(name), "DESTINATION")
+	// The destinations whose name, letters and digits only, starts what
+	// follows DESTINATION (AI2 for ai-2), or a misspelt prefix: DESTINATIONS,
+	// or the first word (DESTINATON_); else every one.
+	upper := alnumUpper(name)
+	var rests []string
+	if r, ok := strings.CutPrefix(upper, "DESTINATION"); ok {
+		rests = append(rests, r)
+		if r, ok := strings.CutPrefix(r, "S"); ok {
+			rests = append(rests, r)
+		}
+	}
+	if i := strings.IndexAny(name, "_-"); i >= 0 {
+		rests = append(rests, alnumUpper(name[i+1:]))
+	}
 	var could []NamedDestination
-	for _, nd := range named {
-		if strings.HasPrefix(rest, alnumUpper(nd.Name)) {
-			could = append(could, nd)
+	for _, rest := range rests {
+		for _, nd := range named {
+			if strings.HasPrefix(rest, alnumUpper(nd.Name)) {
+				could = append(could, nd)
+			}
+		}
+		if len(could) > 0 {
+			break
 		}
 	}
 	if len(could) == 0 {

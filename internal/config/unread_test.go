@@ -215,8 +215,25 @@ func TestUnreadRule(t *testing.T) {
 			want: []string{"DESTINATION_RESEARCH_MATCH", "then remove it", `"archive" (DESTINATION_ARCHIVE_MATCH`, `or "ai" (DESTINATION_AI_MATCH`}},
 		{name: "without DESTINATIONS", variable: "DESTINATION_DEFAULT_MATCH",
 			want: []string{"DESTINATION_DEFAULT_MATCH", "with DESTINATIONS unset", `"default", takes every study`}},
+		// A misspelt prefix: not even warned of, and ai took every study.
+		{name: "DESTINATIONS_ prefix", destinations: "archive,ai", variable: "DESTINATIONS_AI_MATCH",
+			want: []string{"DESTINATIONS_AI_MATCH: set but not read", `"ai" (DESTINATION_AI_MATCH, DESTINATION_AI_INSTANCE_MATCH)`}, notWant: "archive"},
+		{name: "DESTINATON_ prefix", destinations: "archive,ai", variable: "DESTINATON_AI_MATCH",
+			want: []string{"DESTINATON_AI_MATCH", `"ai" (DESTINATION_AI_MATCH`}, notWant: "archive"},
+		{name: "prefix without its underscore", destinations: "archive,ai", variable: "DESTINATIONAI_MATCH",
+			want: []string{"DESTINATIONAI_MATCH", `"ai" (DESTINATION_AI_MATCH`}, notWant: "archive"},
+		{name: "a destination whose name starts with S", destinations: "archive,sales", variable: "DESTINATION_SALES_MATCHES",
+			want: []string{`"sales" (DESTINATION_SALES_MATCH`}, notWant: "archive"},
+		// MATCH with one letter left out or doubled was a warning only.
+		{name: "MATH", destinations: "archive,ai", variable: "DESTINATION_AI_MATH", want: []string{"DESTINATION_AI_MATH", `"ai"`}, notWant: "archive"},
+		{name: "MACH", destinations: "archive,ai", variable: "DESTINATION_AI_MACH", want: []string{"DESTINATION_AI_MACH", `"ai"`}, notWant: "archive"},
+		{name: "ATCH", destinations: "archive,ai", variable: "DESTINATION_AI_ATCH", want: []string{"DESTINATION_AI_ATCH", `"ai"`}, notWant: "archive"},
+		{name: "MATTCH", destinations: "archive,ai", variable: "DESTINATION_AI_INSTANCE_MATTCH", want: []string{"DESTINATION_AI_INSTANCE_MATTCH", `"ai"`}, notWant: "archive"},
+		{name: "MTCH", destinations: "archive,ai", variable: "DESTINATION_AI_MTCH", want: []string{"DESTINATION_AI_MTCH", `"ai"`}, notWant: "archive"},
 		{name: "another destination variable", destinations: "archive,ai", variable: "DESTINATION_AI_STOW_PARALLEL_REQUEST"},
+		{name: "another destination variable under DESTINATIONS_", destinations: "archive,ai", variable: "DESTINATIONS_AI_STOW_PARALLEL_REQUEST"},
 		{name: "a destination named like a rule", destinations: "archive,ai", variable: "DESTINATION_MACHINE_URL"},
+		{name: "a destination named one letter from MATCH", destinations: "archive,ai", variable: "DESTINATION_BATCH_URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
