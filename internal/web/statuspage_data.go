@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,8 +42,8 @@ type pageData struct {
 	InFlight      []flightRow
 	Totals        status.Totals
 
-	// Waiting lists studies back in the queue after a failure, due
-	// soonest first; WaitingCount counts them all.
+	// Waiting lists studies back in the queue after a failure, the next
+	// attempt soonest first (attemptOrder); WaitingCount counts them all.
 	Waiting      []waitingRow
 	WaitingCount int
 
@@ -226,11 +227,11 @@ func (h *StatusPage) load(ctx context.Context) *pageData {
 	return p
 }
 
-// waiting gathers the forwarders' studies waiting for a retry, due
-// soonest first: for each study and destination the latest failure (the
-// forwarders that failed it before have older ones), none for a study in
-// flight again or finished since (not as a retry), as another forwarder
-// may have.
+// waiting gathers the forwarders' studies waiting for a retry, the next
+// attempt soonest first (attemptOrder): for each study and destination
+// the latest failure (the forwarders that failed it before have older
+// ones), none for a study in flight again or finished since (not as a
+// retry), as another forwarder may have.
 func waiting(forwarders []status.Snapshot, inFlight []flightRow, finished ...[]status.Forward) []waitingRow {
 	type key struct{ destination, source, study string }
 	latest := map[key]waitingRow{}
@@ -257,8 +258,35 @@ func waiting(forwarders []status.Snapshot, inFlight []flightRow, finished ...[]s
 		}
 	}
 	rows := slices.Collect(maps.Values(latest))
-	slices.SortFunc(rows, func(a, b waitingRow) int { return a.Due.Compare(b.Due) })
+	slices.SortFunc(rows, func(a, b waitingRow) int {
+		ra, ta := attemptOrder(a.Waiting)
+		rb, tb := attemptOrder(b.Waiting)
+		return cmp.Or(cmp.Compare(ra, rb), ta.Compare(tb), a.Due.Compare(b.Due),
+			cmp.Compare(a.Destination, b.Destination), cmp.Compare(a.Source, b.Source), cmp.Compare(a.OrthancStudyID, b.OrthancStudyID))
+	})
 	return rows
+}
+
+// attemptOrder places a waiting study by its next attempt, the one the
+// page shows first: rank 0, at the later of its due time and its lane's
+// opening; rank 1, held by a lane that opens not within two days; rank
+// 2, held by a breaker not closed, whose reopening nobody knows. By Due
+// alone, studies held for hours by a closed lane or a breaker, their Due
+// long past, came first and filled the rows shown, hiding the stat and
+// routine retries due within minutes.
+func attemptOrder(w status.Waiting) (rank int, at time.Time) {
+	switch w.HeldBy {
+	case status.HeldBreaker:
+		return 2, w.Due
+	case status.HeldLane:
+		if w.Opens.IsZero() {
+			return 1, w.Due
+		}
+		if w.Opens.After(w.Due) {
+			return 0, w.Opens
+		}
+	}
+	return 0, w.Due
 }
 
 // destinations makes a row for every destination any source names: a
