@@ -180,14 +180,10 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 			errs = append(errs, fmt.Errorf("DESTINATIONS: %q is not a destination name (1-%d characters of A-Z a-z 0-9 _ -)", name, natsjs.MaxDestinationName))
 			continue
 		}
-		if name != natsjs.DefaultDestination && strings.EqualFold(name, natsjs.DefaultDestination) {
-			// Its variables are default's (DESTINATION_DEFAULT_), but its
-			// consumers, ledger and dead letters would be new ones: the
-			// events queued for default, its ledger and its dead letters
-			// left behind by a rename nobody meant.
-			errs = append(errs, fmt.Errorf("DESTINATIONS: %q: write it %q, in lower case: the default destination's queue, ledger and dead letters are found by that name; %q would be a new destination, starting with new events and an empty ledger (docs/routing.md)", name, natsjs.DefaultDestination, name))
-			continue
-		}
+		// DEFAULT (default in another case) is not refused here: a
+		// deployment that earlier builds let make it forwards through it,
+		// and only JetStream tells whether its consumer exists (the
+		// forwarder's start refuses a new one: app.checkMiscasedDefault).
 		p := DestinationVarPrefix(name)
 		if other, dup := prefixes[p]; dup {
 			errs = append(errs, fmt.Errorf("DESTINATIONS: %q and %q would both be configured by %s* variables: rename one", other, name, p))

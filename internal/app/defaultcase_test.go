@@ -1,0 +1,99 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/testnats"
+)
+
+// DESTINATIONS=DEFAULT,ai, which earlier builds accepted: a deployment
+// that forwards through stowline-forwarder-DEFAULT starts, with a
+// warning; a new one, without that consumer, is refused (exit 2) before
+// any consumer is made. The configuration refused both, stopping every
+// forwarder of an existing deployment at the upgrade.
+func TestForwarderStartRefusesOnlyANewMiscasedDefault(t *testing.T) {
+	tests := []struct {
+		name     string
+		names    string   // DESTINATIONS
+		existing []string // destinations whose consumers exist before the start
+		refused  string   // "" starts
+	}{
+		{name: "DEFAULT forwarding before the upgrade", names: "DEFAULT,ai", existing: []string{"DEFAULT", "ai"}},
+		{name: "a new DEFAULT", names: "DEFAULT,ai", refused: `DESTINATIONS: "DEFAULT": write it "default", in lower case`},
+		{name: "a new DEFAULT beside an existing default", names: "DEFAULT,ai", existing: []string{natsjs.DefaultDestination, "ai"}, refused: `"DEFAULT" has no consumer on the event stream yet`},
+		{name: "Default, where DEFAULT forwarded", names: "ai,Default", existing: []string{"DEFAULT", "ai"}, refused: `DESTINATIONS: "Default": write it "default"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = testharness.FreePort(t), false })
+			if len(tt.existing) > 0 {
+				if _, err := natsjs.DefaultTopology().EnsureConsumers(replayCtx(t), ns.JS, tt.existing); err != nil {
+					t.Fatal(err)
+				}
+			}
+			env := map[string]string{"NATS_URL": ns.ClientURL(), "FORWARDER_ADDR": testharness.FreeAddr(t), "DESTINATIONS": tt.names,
+				"DESTINATION_DEFAULT_URL": "http://127.0.0.1:1/dicomweb", "DESTINATION_AI_URL": "http://127.0.0.1:1/dicomweb"}
+			var c config.ForwarderService
+			if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
+				t.Fatal(err)
+			}
+			logs := &testharness.LogBuffer{}
+			ctx, stop := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() { done <- runForwarder(ctx, &c, 0, slog.New(slog.NewTextHandler(logs, nil))) }()
+			if tt.refused != "" {
+				var err error
+				waitFor(t, "the start to end", func() bool {
+					select {
+					case err = <-done:
+						return true
+					default:
+						if strings.Contains(logs.String(), " server=forwarder addr=") {
+							stop()
+							t.Fatalf("started: %v; want a usage error saying %q", <-done, tt.refused)
+						}
+						return false
+					}
+				})
+				stop()
+				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.refused) {
+					t.Fatalf("start: %v; want a usage error saying %q", err, tt.refused)
+				}
+				// Refused before the start made the new destination's consumers.
+				miscased, _, _ := strings.Cut(strings.TrimPrefix(tt.names, "ai,"), ",")
+				if _, err := ns.JS.Consumer(replayCtx(t), natsjs.EventStream, natsjs.ConsumerName(miscased)); !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+					t.Errorf("consumer %s: %v; want none made", natsjs.ConsumerName(miscased), err)
+				}
+				return
+			}
+			t.Cleanup(func() { stop(); <-done })
+			waitFor(t, "the forwarder's listener", func() bool {
+				select {
+				case err := <-done:
+					t.Fatalf("start: %v; want it to start", err)
+				default:
+				}
+				return strings.Contains(logs.String(), " server=forwarder addr=")
+			})
+			for _, want := range []string{"level=WARN msg=\"DESTINATIONS names the default destination in another case", "destination=DEFAULT consumer=stowline-"} {
+				if !strings.Contains(logs.String(), want) {
+					t.Errorf("the log does not say %q:\n%s", want, logs.String())
+				}
+			}
+			// It serves DEFAULT's own consumer, not default's.
+			if _, err := ns.JS.Consumer(replayCtx(t), natsjs.EventStream, natsjs.ConsumerName(natsjs.DefaultDestination)); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				t.Errorf("consumer %s: %v; want none made", natsjs.ConsumerName(natsjs.DefaultDestination), err)
+			}
+		})
+	}
+}
