@@ -183,7 +183,8 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 		// DEFAULT (default in another case) is not refused here: a
 		// deployment that earlier builds let make it forwards through it,
 		// and only JetStream tells whether its consumer exists (the
-		// forwarder's start refuses a new one: app.checkMiscasedDefault).
+		// forwarder's start refuses a new one beside default's:
+		// app.checkMiscasedDefault).
 		p := DestinationVarPrefix(name)
 		if other, dup := prefixes[p]; dup {
 			errs = append(errs, fmt.Errorf("DESTINATIONS: %q and %q would both be configured by %s* variables: rename one", other, name, p))
