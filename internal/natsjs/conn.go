@@ -3,10 +3,14 @@ package natsjs
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -143,14 +147,18 @@ const (
 // host's reboot, a cluster restarting, JetStream recovering its store)
 // is an outage like those the connection reconnects through later, not
 // a configuration error. Exiting instead spent the systemd unit's
-// restart budget and sent Kubernetes pods into CrashLoopBackOff. Other
-// errors (authentication, TLS) are returned at once, and every error
-// without o.Unreachable.
+// restart budget and sent Kubernetes pods into CrashLoopBackOff. Any
+// error is retried (refused, timed out, no route, a name that does not
+// resolve yet: a NATS host still booting, a container or pod not up)
+// but those a wait cannot cure (authentication, TLS: refusedForGood), which
+// are returned at once, as is every error without o.Unreachable. A
+// stop during the wait returns an error wrapping ctx.Err(): the caller
+// tells a stop from a failure by it.
 func connectRetrying(ctx context.Context, o ConnectOptions, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
 	retry := cmp.Or(o.firstRetry, firstRetry)
 	for attempt := 1; ; attempt++ {
 		nc, err := nats.Connect(o.URL, opts...)
-		if err == nil || o.Unreachable == nil || !errors.Is(err, nats.ErrNoServers) {
+		if err == nil || o.Unreachable == nil || refusedForGood(err) {
 			return nc, err
 		}
 		url := urlsWithoutUser(o.URL)
@@ -159,11 +167,51 @@ func connectRetrying(ctx context.Context, o ConnectOptions, opts []nats.Option, 
 			"url", url, "attempt", attempt, "retry_in", retry.String(), "err", err)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("no NATS server reached before the stop (%d attempts): %w", attempt, err)
+			return nil, fmt.Errorf("no NATS server reached before the stop (%d attempts, last: %v): %w", attempt, err, ctx.Err())
 		case <-time.After(retry):
 		}
 		retry = min(2*retry, maxRetry)
 	}
+}
+
+// refusedForGood reports whether err, of a first connection, is one a
+// wait does not cure: the server refusing the credentials, or TLS (a
+// certificate not trusted or expired, TLS wanted on one side only, the
+// client's TLS configuration). Anything else, unknown errors included,
+// is taken for NATS not up yet: a wrong guess only waits, with a
+// warning each attempt and /readyz naming the error.
+func refusedForGood(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// Even in a TLS handshake: a server slow to answer, not a refusal.
+		return false
+	}
+	for _, target := range []error{
+		nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired,
+		nats.ErrNkeysNotSupported, nats.ErrUserButNoSigCB, nats.ErrNkeyButNoSigCB, nats.ErrNoUserCB,
+		nats.ErrNkeyAndUser, nats.ErrTokenAlreadySet, nats.ErrUserInfoAlreadySet,
+		nats.ErrSecureConnRequired, nats.ErrSecureConnWanted, nats.ErrClientCertOrRootCAsRequired,
+		nats.ErrMultipleTLSConfigs, nats.ErrTLS, nats.ErrConnectionNotTLS,
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	var (
+		verify    *tls.CertificateVerificationError
+		record    tls.RecordHeaderError
+		alert     tls.AlertError
+		authority x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		op        *net.OpError
+	)
+	if errors.As(err, &verify) || errors.As(err, &record) || errors.As(err, &alert) ||
+		errors.As(err, &authority) || errors.As(err, &hostname) || errors.As(err, &invalid) {
+		return true
+	}
+	// The server's TLS alert (a client certificate it refuses) comes as
+	// a net.OpError "remote error" around crypto/tls's unexported alert.
+	return errors.As(err, &op) && op.Op == "remote error" || strings.HasPrefix(err.Error(), "tls: ")
 }
 
 // urlsWithoutUser is NATS_URL's comma-separated URLs without their user

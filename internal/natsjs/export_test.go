@@ -36,3 +36,6 @@ func (o ConnectOptions) WithFirstRetry(d time.Duration) ConnectOptions {
 
 // URLsWithoutUser is urlsWithoutUser.
 var URLsWithoutUser = urlsWithoutUser
+
+// RefusedForGood is refusedForGood.
+var RefusedForGood = refusedForGood

@@ -3,18 +3,26 @@ package natsjs_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -142,8 +150,10 @@ func TestConnectWaitEndsWithContext(t *testing.T) {
 	cancel()
 	select {
 	case err := <-done:
-		if err == nil || !errors.Is(err, context.Canceled) && !strings.Contains(err.Error(), "no NATS server reached") {
-			t.Errorf("Connect = %v, want the wait given up", err)
+		// context.Canceled is how app tells a stop (exit 0) from a
+		// failure (exit 1).
+		if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "no NATS server reached before the stop") {
+			t.Errorf("Connect = %v, want the wait given up, wrapping context.Canceled", err)
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("Connect still waiting 2 s after ctx ended")
@@ -168,5 +178,148 @@ func TestConnectWithoutWaitFailsAtOnce(t *testing.T) {
 	url := "nats://127.0.0.1:" + strconv.Itoa(freePort(t))
 	if _, err := natsjs.Connect(t.Context(), natsjs.ConnectOptions{URL: url}, slog.New(slog.DiscardHandler)); err == nil {
 		t.Fatal("Connect to nothing succeeded")
+	}
+}
+
+// silentListener accepts connections and never answers: a server whose
+// host takes the connection and whose NATS does not speak (still
+// starting), or, to the client, a dial through a firewall that drops.
+func silentListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				_ = c.Close()
+			}
+		}()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, conn)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+	})
+	return ln.Addr().String()
+}
+
+// Every outage is waited for, not only "connection refused" (which
+// nats.go alone turns into ErrNoServers): a NATS host still booting (a
+// time-out, no route to it) or a name not in the DNS yet (a container
+// or pod not up) exited at once, the process with it.
+func TestConnectWaitsThroughEveryOutage(t *testing.T) {
+	for _, tc := range []struct{ name, url string }{
+		{"refused", "nats://127.0.0.1:" + strconv.Itoa(freePort(t))},
+		{"time-out", "nats://" + silentListener(t)},
+		{"name not resolved", "nats://nats-not-up-yet.invalid:4222"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			attempts := make(chan error, 100)
+			w := newWarnings()
+			done := make(chan error, 1)
+			go func() {
+				o := natsjs.ConnectOptions{
+					URL:         tc.url,
+					Auth:        []nats.Option{nats.Timeout(100 * time.Millisecond)},
+					Unreachable: func(err error) { attempts <- err },
+				}.WithFirstRetry(10 * time.Millisecond)
+				_, err := natsjs.Connect(ctx, o, w.logger())
+				done <- err
+			}()
+			for i := range 2 {
+				select {
+				case err := <-attempts:
+					if !strings.Contains(err.Error(), "waiting for NATS at "+tc.url) {
+						t.Errorf("attempt %d: /readyz would say %q, want the URL waited for", i+1, err)
+					}
+				case err := <-done:
+					t.Fatalf("Connect returned after %d attempts, want a wait: %v", i+1, err)
+				case <-time.After(10 * time.Second):
+					t.Fatalf("no attempt %d within 10 s", i+1)
+				}
+				if line := w.await(t); !strings.Contains(line, "cannot reach NATS") {
+					t.Errorf("warning %s, want the failed attempt", line)
+				}
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("Connect = %v at the stop, want context.Canceled wrapped", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Connect still waiting 5 s after ctx ended")
+			}
+		})
+	}
+}
+
+// What a wait does not cure ends the start at once, with the error,
+// even with Unreachable set: credentials the server refuses, TLS wanted
+// by the client of a server without it.
+func TestConnectRefusedForGoodFailsAtOnce(t *testing.T) {
+	const token = "s3cr3tToken"
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: testharness.FreePort(t), Configure: func(o *server.Options) { o.Authorization = token }})
+	for _, tc := range []struct {
+		name string
+		url  string
+		auth []nats.Option
+		want error
+	}{
+		{"wrong token", strings.Replace(srv.ClientURL(), "://", "://wrong-token@", 1), nil, nats.ErrAuthorization},
+		{"TLS not offered", strings.Replace(srv.ClientURL(), "://", "://"+token+"@", 1), []nats.Option{nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12})}, nats.ErrSecureConnWanted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var attempts atomic.Int32
+			o := natsjs.ConnectOptions{URL: tc.url, Auth: tc.auth, Unreachable: func(error) { attempts.Add(1) }}
+			c, err := natsjs.Connect(t.Context(), o, slog.New(slog.DiscardHandler))
+			if err == nil {
+				c.Close()
+				t.Fatal("Connect succeeded")
+			}
+			if !errors.Is(err, tc.want) || attempts.Load() != 0 {
+				t.Errorf("Connect = %v after %d waits, want %v at once", err, attempts.Load(), tc.want)
+			}
+		})
+	}
+}
+
+func TestRefusedForGood(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"refused", nats.ErrNoServers, false},
+		{"dial time-out", &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}, false},
+		{"no route", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.EHOSTUNREACH}, false},
+		{"name not found", &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "nats.invalid", IsNotFound: true}}, false},
+		{"INFO not received", nats.ErrNoInfoReceived, false},
+		{"TLS handshake timed out", fmt.Errorf("%w: %w", nats.ErrTLS, os.ErrDeadlineExceeded), false},
+		{"unknown", errors.New("something else"), false},
+		{"authorization", nats.ErrAuthorization, true},
+		{"authentication expired", nats.ErrAuthExpired, true},
+		{"TLS required", nats.ErrSecureConnRequired, true},
+		{"certificate not trusted", fmt.Errorf("%w: %w", nats.ErrTLS, &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}), true},
+		{"hostname", x509.HostnameError{Host: "nats"}, true},
+		{"server's TLS alert", &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}, true},
+		{"not TLS", tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, true},
+	} {
+		if got := natsjs.RefusedForGood(tc.err); got != tc.want {
+			t.Errorf("%s: refusedForGood(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
 	}
 }
