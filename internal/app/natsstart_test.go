@@ -3,7 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 )
@@ -39,37 +38,28 @@ func getProbe(addr, path string) (probe, bool) {
 
 // The services wait for a NATS server that comes up after them, alive
 // to /healthz and not ready, naming why, meanwhile; they exited with
-// "connect to NATS: no servers available", and a SIGTERM still stops
-// them while they wait.
+// "connect to NATS: no servers available". /metrics fails meanwhile, so
+// that up reads 0 and StowlineDown fires (deploy/alerts_test.yml): it
+// answered 200 without the stowline series, and no shipped alert fired.
+// A SIGTERM still stops them while they wait, as a stop (exit status
+// 0): it was a failure (exit status 1) for systemd to record.
 func TestServicesWaitForNATSStartedLate(t *testing.T) {
 	services := []struct {
 		name string
 		env  map[string]string
-		run  func(ctx context.Context, getenv func(string) string) error
+		run  func(ctx context.Context, getenv func(string) string, environ []string) error
 	}{
 		{"ingest", map[string]string{"INGEST_TOKEN": "ingest-token-0123456789", "RECONCILE_ENABLED": "false"},
-			func(ctx context.Context, getenv func(string) string) error {
-				var c config.IngestService
-				if err := config.Load(getenv, &c); err != nil {
-					return err
-				}
-				return RunIngest(ctx, &c, slog.New(slog.DiscardHandler))
+			func(ctx context.Context, getenv func(string) string, environ []string) error {
+				return Main(ctx, "ingest", nil, getenv, environ, io.Discard, io.Discard, RunIngest)
 			}},
 		{"forwarder", map[string]string{"DICOMWEB_URL": "http://127.0.0.1:1/dicomweb"},
-			func(ctx context.Context, getenv func(string) string) error {
-				var c config.ForwarderService
-				if err := config.Load(getenv, &c); err != nil {
-					return err
-				}
-				return RunForwarder(ctx, &c, slog.New(slog.DiscardHandler))
+			func(ctx context.Context, getenv func(string) string, environ []string) error {
+				return Main(ctx, "forwarder", nil, getenv, environ, io.Discard, io.Discard, RunForwarder)
 			}},
 		{"single host", map[string]string{"DICOMWEB_URL": "http://127.0.0.1:1/dicomweb", "INGEST_TOKEN": "ingest-token-0123456789", "RECONCILE_ENABLED": "false"},
-			func(ctx context.Context, getenv func(string) string) error {
-				var c config.SingleHost
-				if err := config.Load(getenv, &c); err != nil {
-					return err
-				}
-				return RunSingleHost(ctx, &c, slog.New(slog.DiscardHandler))
+			func(ctx context.Context, getenv func(string) string, environ []string) error {
+				return Main(ctx, "stowline", nil, getenv, environ, io.Discard, io.Discard, RunSingleHost)
 			}},
 	}
 	for _, tt := range services {
@@ -92,7 +82,11 @@ func TestServicesWaitForNATSStartedLate(t *testing.T) {
 				ctx, stop := context.WithCancel(t.Context())
 				defer stop()
 				done := make(chan error, 1)
-				go func() { done <- tt.run(ctx, func(k string) string { return env[k] }) }()
+				var environ []string
+				for k, v := range env {
+					environ = append(environ, k+"="+v)
+				}
+				go func() { done <- tt.run(ctx, func(k string) string { return env[k] }, environ) }()
 				running := func() {
 					t.Helper()
 					select {
@@ -110,10 +104,17 @@ func TestServicesWaitForNATSStartedLate(t *testing.T) {
 					ready, ok := getProbe(addr, "/readyz")
 					return ok && ready.status == http.StatusServiceUnavailable && strings.Contains(ready.failed["jetstream"], "waiting for NATS at "+url)
 				})
+				if metrics, ok := getProbe(addr, "/metrics"); !ok || metrics.status != http.StatusServiceUnavailable {
+					t.Errorf("/metrics while waiting for NATS: %d (answered: %v), want 503: a scrape that fails", metrics.status, ok)
+				}
 				if !natsComes {
 					stop()
 					select {
-					case <-done:
+					case err := <-done:
+						var stderr strings.Builder
+						if code := ExitCode(tt.name, err, &stderr); code != 0 {
+							t.Errorf("%s stopped while waiting for NATS: exit status %d, want 0 (a stop): %s", tt.name, code, stderr.String())
+						}
 					case <-time.After(5 * time.Second):
 						t.Fatalf("%s still waiting for NATS 5 s after its stop", tt.name)
 					}

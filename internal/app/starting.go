@@ -16,8 +16,12 @@ import (
 // it waits for its NATS server and creates its streams, before its role
 // listens there: /healthz is ok (a liveness or startup probe must not
 // have the process killed for an outage of NATS, which it waits out) and
-// /readyz is 503, naming what it waits for. The role's listener takes
-// the address over (process.serveHTTP).
+// /readyz is 503, naming what it waits for. /metrics is 503 too: the
+// scrape fails, up reads 0 and StowlineDown fires after 5 min of a wait,
+// as it did when the process exited instead; answered 200 without the
+// stowline series, it kept every shipped alert silent however long NATS
+// stayed away. The role's listener takes the address over
+// (process.serveHTTP).
 type startingServer struct {
 	addr string
 	srv  *http.Server
@@ -42,6 +46,7 @@ func startStarting(addr string, serverTLS *tls.Config, log *slog.Logger) (*start
 	}
 	s := &startingServer{addr: addr, done: make(chan struct{}), reason: errors.New("starting: connecting to NATS")}
 	router := newRouter()
+	router.Use(noMetrics)
 	web.MountHealth(router, newRegistry(), map[string]web.Check{"jetstream": s.ready})
 	s.srv = web.NewServer(router, log)
 	go func() {
@@ -49,6 +54,17 @@ func startStarting(addr string, serverTLS *tls.Config, log *slog.Logger) (*start
 		_ = s.srv.Serve(ln) // ends at close
 	}()
 	return s, nil
+}
+
+// noMetrics answers /metrics 503 (startingServer says why).
+func noMetrics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			http.Error(w, "starting: no metrics until connected to NATS", http.StatusServiceUnavailable)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *startingServer) ready(context.Context) error {
