@@ -213,7 +213,8 @@ const maxAhead = 24 * time.Hour
 // Completed stores that ev's study is done for the destination: forwarded,
 // or not selected by its rules. A record is never moved back to an older
 // LastUpdate (events may be forwarded out of order), unless it lies more
-// than maxAhead after l's clock: an Orthanc whose clock ran ahead stamped
+// than maxAhead after l's clock and the older state does not: an Orthanc
+// whose clock ran ahead stamped
 // it, and kept, it would stand for every later change up to that date
 // (the audit counting them forwarded, buffer mode never releasing the
 // study). Nor is a state recorded forwarded recorded again as not
@@ -255,8 +256,12 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 		if e.live {
 			var old Record
 			if json.Unmarshal(e.value, &old) == nil {
-				if old.LastUpdate > ev.LastUpdate && !l.ahead(old.LastUpdate) {
-					return nil // a newer state of the study was already forwarded
+				// A newer state of the study was already forwarded. Moved
+				// back only to a state within the day: while the Orthanc
+				// clock is still ahead, an older attempt finishing late
+				// (a retry, another replica) is no mended state.
+				if old.LastUpdate > ev.LastUpdate && (!l.ahead(old.LastUpdate) || l.ahead(ev.LastUpdate)) {
+					return nil
 				}
 				if old.LastUpdate > ev.LastUpdate {
 					l.log.Warn("the ledger's record of the study is dated more than a day after this forwarder's clock (an Orthanc clock that ran ahead, or a forged event): recorded at this forward's state instead",

@@ -349,8 +349,9 @@ func (stallingKV) Update(ctx context.Context, _ string, _ []byte, _ uint64) (uin
 // A record dated more than a day after the forwarder's clock was stamped
 // by an Orthanc whose clock ran ahead (or a forged event): kept, it would
 // stand for every later change of the study up to that date. A later
-// forward moves it back, and says so; a record within the day, or in the
-// past, still never moves back.
+// forward of a state within the day moves it back, and says so; a record
+// within the day, or in the past, still never moves back, nor one far
+// ahead to a state also far ahead.
 func TestRecordFarAheadMovesBack(t *testing.T) {
 	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
 	stamp := func(d time.Duration) string { return now.Add(d).Format("20060102T150405") }
@@ -362,6 +363,9 @@ func TestRecordFarAheadMovesBack(t *testing.T) {
 		{"in year 9999", "99991231T235959", stamp(-time.Hour), stamp(-time.Hour), true},
 		{"25 hours ahead, then a state also ahead", stamp(25 * time.Hour), stamp(2 * time.Hour), stamp(2 * time.Hour), true},
 		{"23 hours ahead", stamp(23 * time.Hour), stamp(0), stamp(23 * time.Hour), false},
+		// The Orthanc clock still ahead: an older attempt finishing late
+		// (a retry, another replica) is no mended state.
+		{"30 days ahead, then an older state also far ahead", stamp(30 * 24 * time.Hour), stamp(29 * 24 * time.Hour), stamp(30 * 24 * time.Hour), false},
 		{"newer, in the past", stamp(-time.Hour), stamp(-2 * time.Hour), stamp(-time.Hour), false},
 		{"older", stamp(-2 * time.Hour), stamp(-time.Hour), stamp(-time.Hour), false},
 	}
