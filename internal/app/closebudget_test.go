@@ -1,58 +1,21 @@
 package app
 
 import (
-	"bufio"
 	"context"
 	"log/slog"
-	"net"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testnats"
 )
-
-// silentNATS is a NATS server that completes the handshake, then answers
-// nothing: a server gone silent (a node cut off) at a stop.
-func silentNATS(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		if _, err := conn.Write([]byte(`INFO {"server_id":"silent","version":"2.12.0","proto":1,"max_payload":1048576,"headers":true}` + "\r\n")); err != nil {
-			return
-		}
-		r := bufio.NewReader(conn)
-		for answered := false; ; {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			if strings.HasPrefix(line, "PING") && !answered {
-				answered = true // the handshake's: the last answer
-				if _, err := conn.Write([]byte("PONG\r\n")); err != nil {
-					return
-				}
-			}
-		}
-	}()
-	return "nats://" + ln.Addr().String()
-}
 
 // A process's close drains its NATS connection and flushes its traces
 // side by side: with a NATS server and an OTLP collector that both stopped
 // answering, one after the other they took 10 s, and a forwarder's whole
 // stop its grace + 17 s, past the grace + 15 s the chart checks.
 func TestCloseDrainsAndFlushesSideBySide(t *testing.T) {
-	conn, err := natsjs.Connect(t.Context(), natsjs.ConnectOptions{URL: silentNATS(t)}, slog.New(slog.DiscardHandler))
+	conn, err := natsjs.Connect(t.Context(), natsjs.ConnectOptions{URL: testnats.Silent(t)}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
