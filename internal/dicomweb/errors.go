@@ -155,6 +155,22 @@ func BrokenAt(err error) (uid string, ok bool) {
 	return be.uid, true
 }
 
+// RenameBroken returns err with the part BrokenAt names renamed by
+// rename: a wrapper that sends parts under other UIDs (a de-identifying
+// destination) maps the name back to the caller's. err is returned as it
+// is when its body did not break or rename does not know the name.
+func RenameBroken(err error, rename func(uid string) (string, bool)) error {
+	uid, ok := BrokenAt(err)
+	if !ok {
+		return err
+	}
+	to, ok := rename(uid)
+	if !ok {
+		return err
+	}
+	return &brokenBodyError{uid: to, err: err}
+}
+
 // notDICOMweb marks err as ErrNotDICOMweb and keeps its text.
 func notDICOMweb(err error) error { return &notDICOMwebError{err: err} }
 

@@ -110,6 +110,9 @@ func (x *deidentified) Store(ctx context.Context, parts []dicomweb.Part) (*dicom
 	if errors.As(err, &he) {
 		mapBack(he.Result, back)
 	}
+	// The part a broken body names is the caller's too: send marks the
+	// parts before it as perhaps stored.
+	err = dicomweb.RenameBroken(err, func(uid string) (string, bool) { o, ok := back[uid]; return o, ok })
 	return res, err
 }
 

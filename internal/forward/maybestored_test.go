@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
@@ -234,5 +236,68 @@ func TestBrokenBodyIsNoConflictLater(t *testing.T) {
 			}
 			noneSkipped(t, f)
 		})
+	}
+}
+
+// TestBrokenBodyDeidentified: on a de-identifying destination the part
+// a body broke off on is named by its original UID, so only the parts
+// before it are marked as perhaps stored, not the broken part nor those
+// after it, which never went.
+func TestBrokenBodyDeidentified(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	client, err := dicomweb.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, d := testDeidentifier(t)
+	dst, err := Deidentified(client, d, DeidentifyOptions{Setting: "X"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batch []dicomweb.Part
+	for _, uid := range []string{"1.2.3.1", "1.2.3.2", "1.2.3.3"} {
+		var b bytes.Buffer
+		if err := dicomgen.WriteInstance(&b, dicomgen.InstanceSpec{StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.0", SOPInstanceUID: uid, Rows: 8, Columns: 8}); err != nil {
+			t.Fatal(err)
+		}
+		p := filePart(uid, b.Bytes())
+		if uid == "1.2.3.2" {
+			p.Open = func(context.Context) (io.ReadCloser, error) {
+				return nil, fmt.Errorf("GET /instances/x/file: %w", syscall.ECONNRESET)
+			}
+		}
+		batch = append(batch, p)
+	}
+	_, err = dst.Store(t.Context(), batch)
+	uid, ok := dicomweb.BrokenAt(err)
+	if !ok || uid != "1.2.3.2" {
+		t.Fatalf("BrokenAt(%v) = %q, %v; want 1.2.3.2 (its pseudonym is %s)", err, uid, ok, k.UID("1.2.3.2"))
+	}
+	if got := sentBefore(batch, uid); !slices.Equal(got, []string{"1.2.3.1"}) {
+		t.Errorf("sentBefore = %v, want [1.2.3.1]", got)
+	}
+}
+
+// TestSentBefore: the parts before the one named, and none when the
+// name is not in the batch (a name the caller does not know marks
+// nothing rather than everything).
+func TestSentBefore(t *testing.T) {
+	batch := []dicomweb.Part{{SOPInstanceUID: "1.2.3.1"}, {SOPInstanceUID: "1.2.3.2"}, {SOPInstanceUID: "1.2.3.3"}}
+	for _, tc := range []struct {
+		broken string
+		want   []string
+	}{
+		{"1.2.3.1", nil},
+		{"1.2.3.2", []string{"1.2.3.1"}},
+		{"1.2.3.3", []string{"1.2.3.1", "1.2.3.2"}},
+		{"2.25.1", nil},
+	} {
+		if got := sentBefore(batch, tc.broken); !slices.Equal(got, tc.want) {
+			t.Errorf("sentBefore(%s) = %v, want %v", tc.broken, got, tc.want)
+		}
 	}
 }

@@ -1362,13 +1362,15 @@ func conversionOutcome(batch []dicomweb.Part, ce *conversionError) batchOutcome 
 
 // sentBefore lists the instances of a request's body before the one it
 // broke off on: sent whole, and stored already by a destination that
-// stores parts as it reads them.
+// stores parts as it reads them. A name not in the batch marks nothing:
+// better to miss a mark than to mark parts that never went.
 func sentBefore(batch []dicomweb.Part, broken string) []string {
+	i := slices.IndexFunc(batch, func(p dicomweb.Part) bool { return p.SOPInstanceUID == broken })
+	if i < 0 {
+		return nil
+	}
 	var uids []string
-	for _, p := range batch {
-		if p.SOPInstanceUID == broken {
-			break
-		}
+	for _, p := range batch[:i] {
 		uids = append(uids, p.SOPInstanceUID)
 	}
 	return uids
