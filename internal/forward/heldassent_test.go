@@ -22,15 +22,20 @@ import (
 // the archive's copy deleted and the same state of the study forwarded
 // again (a backfill), stores it as sent: the study is listed no more. In
 // buffer mode the ledger's Kept also keeps the original in the source,
-// and a later delivery's word alone does not clear it.
+// and a later delivery's word alone does not clear it. Nor does it clear
+// one the destination changed (B000, B006) when it first stored it, and
+// stores again without a word: its copy is still the changed one.
 func TestStoredAsSentClearsWhatTheLedgerKept(t *testing.T) {
 	tests := []struct {
 		name     string
+		first    *sink // the first delivery's destination
 		buffer   bool
 		wantKept []string // after the backfill
 	}{
-		{name: "forwarding", wantKept: nil},
-		{name: "buffer mode", buffer: true, wantKept: []string{"1.2.3.2"}},
+		{name: "forwarding", first: &sink{failures: map[string]int{"1.2.3.2": 0x0111}}, wantKept: nil},
+		{name: "buffer mode", first: &sink{failures: map[string]int{"1.2.3.2": 0x0111}}, buffer: true, wantKept: []string{"1.2.3.2"}},
+		{name: "coerced (B000), then stored without a word", first: &sink{warnings: map[string]int{"1.2.3.2": 0xB000}}, wantKept: []string{"1.2.3.2"}},
+		{name: "elements discarded (B006), then stored without a word", first: &sink{warnings: map[string]int{"1.2.3.2": 0xB006}}, wantKept: []string{"1.2.3.2"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -41,6 +46,8 @@ func TestStoredAsSentClearsWhatTheLedgerKept(t *testing.T) {
 				t.Fatal(err)
 			}
 			l := ledger.New(ns.JS, kv)
+			// The record of stored instances, shared by the deliveries.
+			stored := &memFailureLog{}
 			ev := testEvent()
 			// deliver forwards ev to a destination answering k, and
 			// records it in l as the forwarder does.
@@ -50,6 +57,7 @@ func TestStoredAsSentClearsWhatTheLedgerKept(t *testing.T) {
 				t.Cleanup(srv.Close)
 				f := newForwarder(t, newMemSource(3), srv.URL, nil, func(o *Options) {
 					o.Registerer = prometheus.NewRegistry()
+					o.Failures = stored
 					o.Conflicts = ConflictPolicy{Action: ConflictSkip, Rules: []dicomweb.ConflictRule{{Code: 0x0111, Mask: 0xFFFF}}}
 					o.Completed = func(ctx context.Context, ev *events.StudyStable, c Completion) error {
 						return l.Completed(ctx, ev, ledger.Outcome{NotSelected: c.NotSelected, Selected: c.Selected, Kept: c.Kept, Replaced: c.Replaced, StoredAsSent: c.StoredAsSent})
@@ -77,13 +85,13 @@ func TestStoredAsSentClearsWhatTheLedgerKept(t *testing.T) {
 				}
 				return uids
 			}
-			deliver(&sink{failures: map[string]int{"1.2.3.2": 0x0111}})
+			deliver(tt.first)
 			if got := kept(); !slices.Equal(got, []string{"1.2.3.2"}) {
-				t.Fatalf("after the conflict skipped, audit --kept lists %v, want [1.2.3.2]", got)
+				t.Fatalf("after the first delivery, audit --kept lists %v, want [1.2.3.2]", got)
 			}
 			deliver(&sink{})
 			if got := kept(); !slices.Equal(got, tt.wantKept) {
-				t.Errorf("after the backfill stored it as sent, audit --kept lists %v, want %v", got, tt.wantKept)
+				t.Errorf("after the backfill stored it without a word, audit --kept lists %v, want %v", got, tt.wantKept)
 			}
 		})
 	}

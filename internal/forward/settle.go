@@ -235,7 +235,7 @@ func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable
 	if f.opts.Completed == nil {
 		return false, false
 	}
-	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept, Replaced: rep.replaced, StoredAsSent: f.heldAsSent(rep)}
+	c := Completion{NotSelected: rep.NotSelected, Selected: rep.selected, Kept: rep.kept, Replaced: rep.replaced, StoredAsSent: f.heldAsSent(ctx, ev, rep, log)}
 	if err := f.recordCompleted(ctx, recordedState(ev, rep, log), c); errors.Is(err, ErrForwardedBefore) {
 		return true, true
 	} else if err != nil {
@@ -249,17 +249,21 @@ func (f *Forwarder) recordCompletion(ctx context.Context, ev *events.StudyStable
 // the destination confirmed to this delivery and that it did not keep:
 // it holds them as sent, so a record of this state that kept them (a
 // conflict skipped, which the operator then deleted in the archive before
-// a backfill) keeps them no more, and forwarder audit --kept stops
-// listing the study. None in buffer mode: there the ledger's Kept also
-// keeps the original in the source, and a destination that stores an
-// instance again without a word (having changed it the first time, B000)
-// would get it deleted once the record of stored instances no longer
-// tells.
-func (f *Forwarder) heldAsSent(rep Report) []string {
+// a backfill; one kept as unproven) keeps them no more, and forwarder
+// audit --kept stops listing the study. Not one an earlier delivery got
+// stored with a warning that the destination changed it (keptID in the
+// stored-instances record): a destination that stores it again without a
+// word still holds its changed copy. When that record cannot be read,
+// none: the ledger keeps what it kept. None in buffer mode either: there
+// the ledger's Kept also keeps the original in the source, and a
+// destination that stores an instance again without a word (having
+// changed it the first time, B000) would get it deleted once the record
+// of stored instances no longer tells.
+func (f *Forwarder) heldAsSent(ctx context.Context, ev *events.StudyStable, rep Report, log *slog.Logger) []string {
 	if rep.NotSelected || f.opts.CleanerFor != nil {
 		return nil
 	}
-	var uids []string
+	var held []orthancapi.Instance
 	for _, in := range rep.selected {
 		// Both sorted (transfer).
 		if _, kept := slices.BinarySearch(rep.kept, in.SOPInstanceUID); kept {
@@ -268,7 +272,21 @@ func (f *Forwarder) heldAsSent(rep Report) []string {
 		if _, replaced := slices.BinarySearch(rep.replaced, in.SOPInstanceUID); replaced {
 			continue
 		}
-		uids = append(uids, in.SOPInstanceUID)
+		held = append(held, in)
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	has, err := f.readStored(ctx, ev, false)
+	if err != nil {
+		log.Warn("read which instances earlier deliveries got changed by the destination: the ledger keeps what it kept", "err", err)
+		return nil
+	}
+	uids := make([]string, 0, len(held))
+	for _, in := range held {
+		if !has(keptID(sentID(ev, in))) {
+			uids = append(uids, in.SOPInstanceUID)
+		}
 	}
 	return uids
 }

@@ -286,6 +286,12 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 				ids = append(ids, id)
 			}
 			if !buffer {
+				// Marked kept all the same: a later delivery it stores
+				// again without a word does not clear it from the
+				// ledger's Kept (heldAsSent).
+				if changed[uid] {
+					ids = append(ids, keptID(id))
+				}
 				continue
 			}
 			// Kept in the source, now and by any later attempt: one
