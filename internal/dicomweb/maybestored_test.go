@@ -266,3 +266,33 @@ func TestBrokenAt(t *testing.T) {
 		})
 	}
 }
+
+// TestRenameBroken: the part a broken body names is renamed when the
+// renamer knows it, the error's chain kept; any other error, or a name
+// it does not know, is returned as it is.
+func TestRenameBroken(t *testing.T) {
+	names := map[string]string{"2.25.1": "1.2"}
+	rename := func(uid string) (string, bool) { o, ok := names[uid]; return o, ok }
+	cause := syscall.ECONNRESET
+	for _, tt := range []struct {
+		name   string
+		err    error
+		want   string // BrokenAt after the rename; "": none
+		wantIs error
+	}{
+		{"known", &brokenBodyError{uid: "2.25.1", err: cause}, "1.2", cause},
+		{"unknown", &brokenBodyError{uid: "2.25.2", err: cause}, "2.25.2", cause},
+		{"not broken", cause, "", cause},
+		{"nil", nil, "", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := RenameBroken(tt.err, rename)
+			if uid, ok := BrokenAt(err); uid != tt.want || ok != (tt.want != "") {
+				t.Errorf("BrokenAt = %q, %v; want %q", uid, ok, tt.want)
+			}
+			if !errors.Is(err, tt.wantIs) {
+				t.Errorf("%v is not %v: the chain was lost", err, tt.wantIs)
+			}
+		})
+	}
+}
