@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -147,18 +148,18 @@ const (
 // host's reboot, a cluster restarting, JetStream recovering its store)
 // is an outage like those the connection reconnects through later, not
 // a configuration error. Exiting instead spent the systemd unit's
-// restart budget and sent Kubernetes pods into CrashLoopBackOff. Any
-// error is retried (refused, timed out, no route, a name that does not
-// resolve yet: a NATS host still booting, a container or pod not up)
-// but those a wait cannot cure (authentication, TLS: refusedForGood), which
-// are returned at once, as is every error without o.Unreachable. A
+// restart budget and sent Kubernetes pods into CrashLoopBackOff. The
+// errors of a server not reached are retried (refused, timed out, no
+// route, a name that does not resolve yet: a NATS host still booting, a
+// container or pod not up: waitCures); others are returned at once, as is
+// every error without o.Unreachable. A
 // stop during the wait returns an error wrapping ctx.Err(): the caller
 // tells a stop from a failure by it.
 func connectRetrying(ctx context.Context, o ConnectOptions, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
 	retry := cmp.Or(o.firstRetry, firstRetry)
 	for attempt := 1; ; attempt++ {
 		nc, err := nats.Connect(o.URL, opts...)
-		if err == nil || o.Unreachable == nil || refusedForGood(err) {
+		if err == nil || o.Unreachable == nil || !waitCures(err) {
 			return nc, err
 		}
 		url := urlsWithoutUser(o.URL)
@@ -174,12 +175,34 @@ func connectRetrying(ctx context.Context, o ConnectOptions, opts []nats.Option, 
 	}
 }
 
+// waitCures reports whether err, of a first connection, says the server
+// was not reached (yet): refused, reset, timed out, no route, a name not
+// resolved, no INFO. Anything else fails the start at once with its
+// cause: a refusal (refusedForGood) and the client's own configuration
+// that nats.go reads only at the connection (a client key not matching
+// its certificate, a CA file holding no certificate, a .creds file
+// without its seed), which a wait would only hide behind "cannot reach
+// NATS" lines.
+func waitCures(err error) bool {
+	if refusedForGood(err) {
+		return false
+	}
+	var (
+		op  *net.OpError
+		dns *net.DNSError
+	)
+	for _, target := range []error{nats.ErrNoServers, nats.ErrNoInfoReceived, nats.ErrTimeout, os.ErrDeadlineExceeded, io.EOF, io.ErrUnexpectedEOF} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return errors.As(err, &op) || errors.As(err, &dns)
+}
+
 // refusedForGood reports whether err, of a first connection, is one a
 // wait does not cure: the server refusing the credentials, or TLS (a
 // certificate not trusted or expired, TLS wanted on one side only, the
-// client's TLS configuration). Anything else, unknown errors included,
-// is taken for NATS not up yet: a wrong guess only waits, with a
-// warning each attempt and /readyz naming the error.
+// client's TLS configuration), even when it comes as a network error.
 func refusedForGood(err error) bool {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		// Even in a TLS handshake: a server slow to answer, not a refusal.

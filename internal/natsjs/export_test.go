@@ -37,5 +37,5 @@ func (o ConnectOptions) WithFirstRetry(d time.Duration) ConnectOptions {
 // URLsWithoutUser is urlsWithoutUser.
 var URLsWithoutUser = urlsWithoutUser
 
-// RefusedForGood is refusedForGood.
-var RefusedForGood = refusedForGood
+// WaitCures is waitCures.
+var WaitCures = waitCures

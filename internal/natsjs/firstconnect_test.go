@@ -7,9 +7,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +26,7 @@ import (
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/internal/testpki"
 )
 
 // freePort is a TCP port nothing listens on (for now).
@@ -297,29 +300,71 @@ func TestConnectRefusedForGoodFailsAtOnce(t *testing.T) {
 	}
 }
 
-func TestRefusedForGood(t *testing.T) {
+// A first connection waits only for a server not reached; a refusal, or
+// the client's own configuration that nats.go reads only at the
+// connection, fails the start at once with its cause.
+func TestWaitCures(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		err  error
 		want bool
 	}{
-		{"refused", nats.ErrNoServers, false},
-		{"dial time-out", &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}, false},
-		{"no route", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.EHOSTUNREACH}, false},
-		{"name not found", &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "nats.invalid", IsNotFound: true}}, false},
-		{"INFO not received", nats.ErrNoInfoReceived, false},
-		{"TLS handshake timed out", fmt.Errorf("%w: %w", nats.ErrTLS, os.ErrDeadlineExceeded), false},
+		{"refused", nats.ErrNoServers, true},
+		{"dial time-out", &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}, true},
+		{"no route", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.EHOSTUNREACH}, true},
+		{"name not found", &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "nats.invalid", IsNotFound: true}}, true},
+		{"INFO not received", nats.ErrNoInfoReceived, true},
+		{"closed in the handshake", fmt.Errorf("read: %w", io.EOF), true},
+		{"TLS handshake timed out", fmt.Errorf("%w: %w", nats.ErrTLS, os.ErrDeadlineExceeded), true},
 		{"unknown", errors.New("something else"), false},
-		{"authorization", nats.ErrAuthorization, true},
-		{"authentication expired", nats.ErrAuthExpired, true},
-		{"TLS required", nats.ErrSecureConnRequired, true},
-		{"certificate not trusted", fmt.Errorf("%w: %w", nats.ErrTLS, &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}), true},
-		{"hostname", x509.HostnameError{Host: "nats"}, true},
-		{"server's TLS alert", &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}, true},
-		{"not TLS", tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, true},
+		{"a .creds file without its seed", errors.New("nats: error signing nonce: nkeys: no nkey seed found"), false},
+		{"authorization", nats.ErrAuthorization, false},
+		{"authentication expired", nats.ErrAuthExpired, false},
+		{"TLS required", nats.ErrSecureConnRequired, false},
+		{"certificate not trusted", fmt.Errorf("%w: %w", nats.ErrTLS, &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}), false},
+		{"hostname", x509.HostnameError{Host: "nats"}, false},
+		{"server's TLS alert", &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}, false},
+		{"not TLS", tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, false},
 	} {
-		if got := natsjs.RefusedForGood(tc.err); got != tc.want {
-			t.Errorf("%s: refusedForGood(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		if got := natsjs.WaitCures(tc.err); got != tc.want {
+			t.Errorf("%s: waitCures(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
 		}
+	}
+}
+
+// The client's own files, readable and PEM (what the configuration
+// checks), but wrong: nats.go reads them only at the connection. They
+// waited for ever, "cannot reach NATS" every 5 s, as an outage would.
+func TestConnectConfigurationErrorsFailAtOnce(t *testing.T) {
+	ca := testpki.NewCA(t, "ca")
+	_, certFile, keyFile := ca.Issue(t, "client", false)
+	_, _, otherKey := testpki.NewCA(t, "other").Issue(t, "client2", false)
+	jwtOnly := filepath.Join(t.TempDir(), "user.jwt")
+	if err := os.WriteFile(jwtOnly, []byte("-----BEGIN NATS USER JWT-----\neyJhbGciOiJlZDI1NTE5LW5rZXkiLCJ0eXAiOiJKV1QifQ.e30.sig\n------END NATS USER JWT------\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startEmbedded(t, natsjs.EmbeddedOptions{Port: testharness.FreePort(t)})
+	for _, tc := range []struct {
+		name string
+		auth []nats.Option
+	}{
+		{"cert and key do not match", []nats.Option{nats.ClientCert(certFile, otherKey)}},
+		{"cert and key swapped", []nats.Option{nats.ClientCert(keyFile, certFile)}},
+		{"CA file holds a key", []nats.Option{nats.RootCAs(keyFile)}},
+		{"creds file without its seed", []nats.Option{nats.UserCredentials(jwtOnly)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			var waited atomic.Int32
+			o := natsjs.ConnectOptions{URL: srv.ClientURL(), Auth: tc.auth, Unreachable: func(error) { waited.Add(1) }}.WithFirstRetry(10 * time.Millisecond)
+			c, err := natsjs.Connect(ctx, o, slog.New(slog.DiscardHandler))
+			if c != nil {
+				c.Close()
+			}
+			if err == nil || ctx.Err() != nil || waited.Load() != 0 {
+				t.Errorf("Connect: %v after %d waits (context: %v); want its error at once", err, waited.Load(), ctx.Err())
+			}
+		})
 	}
 }
