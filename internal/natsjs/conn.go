@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -196,7 +197,9 @@ func waitCures(err error) bool {
 			return true
 		}
 	}
-	return errors.As(err, &op) || errors.As(err, &dns)
+	// A WebSocket upgrade answered other than 101 (a proxy's 502 or 503
+	// while NATS restarts behind it): nats.go gives it no sentinel.
+	return errors.As(err, &op) || errors.As(err, &dns) || strings.Contains(err.Error(), "invalid websocket connection")
 }
 
 // refusedForGood reports whether err, of a first connection, is one a
@@ -204,8 +207,9 @@ func waitCures(err error) bool {
 // certificate not trusted or expired, TLS wanted on one side only, the
 // client's TLS configuration), even when it comes as a network error.
 func refusedForGood(err error) bool {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		// Even in a TLS handshake: a server slow to answer, not a refusal.
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		// Even in a TLS handshake: a server slow to answer, or one
+		// dropping the connection (restarting), not a refusal.
 		return false
 	}
 	for _, target := range []error{

@@ -316,6 +316,10 @@ func TestWaitCures(t *testing.T) {
 		{"INFO not received", nats.ErrNoInfoReceived, true},
 		{"closed in the handshake", fmt.Errorf("read: %w", io.EOF), true},
 		{"TLS handshake timed out", fmt.Errorf("%w: %w", nats.ErrTLS, os.ErrDeadlineExceeded), true},
+		{"TLS handshake dropped", fmt.Errorf("%w: %w", nats.ErrTLS, io.EOF), true},
+		{"TLS handshake reset", fmt.Errorf("%w: %w", nats.ErrTLS, &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}), true},
+		// nats.go's text for an upgrade answered other than 101.
+		{"a WebSocket proxy's 502", errors.New("invalid websocket connection"), true},
 		{"unknown", errors.New("something else"), false},
 		{"a .creds file without its seed", errors.New("nats: error signing nonce: nkeys: no nkey seed found"), false},
 		{"authorization", nats.ErrAuthorization, false},
