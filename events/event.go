@@ -27,6 +27,19 @@ const Version = 1
 // written without a zone (Orthanc 1.10 and 1.12 alike, whatever TZ).
 const lastUpdateLayout = "20060102T150405"
 
+// MaxLastUpdateAhead is how far after a clock an Orthanc LastUpdate may
+// lie and still be taken for a real state of the study: the ingest warns
+// of an event past it, and a ledger record past it moves back.
+const MaxLastUpdateAhead = 24 * time.Hour
+
+// LastUpdateAhead reports whether e.LastUpdate lies more than
+// MaxLastUpdateAhead after now (an Orthanc clock ahead, or a forged
+// event); false when it is no Orthanc timestamp.
+func (e *StudyStable) LastUpdateAhead(now time.Time) bool {
+	t, err := e.LastUpdateTime()
+	return err == nil && t.Sub(now) > MaxLastUpdateAhead
+}
+
 // LastUpdateTime is e.LastUpdate as a time (UTC), for a Validated event.
 func (e *StudyStable) LastUpdateTime() (time.Time, error) {
 	t, err := time.Parse(lastUpdateLayout, e.LastUpdate)

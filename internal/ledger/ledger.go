@@ -205,15 +205,10 @@ func (l *Ledger) Record(ctx context.Context, ev *events.StudyStable) error {
 	return l.Completed(ctx, ev, Outcome{})
 }
 
-// maxAhead is how far after the forwarder's clock a record's LastUpdate
-// may be and still stand against an older state (the ingest warns of an
-// event past the same margin).
-const maxAhead = 24 * time.Hour
-
 // Completed stores that ev's study is done for the destination: forwarded,
 // or not selected by its rules. A record is never moved back to an older
 // LastUpdate (events may be forwarded out of order), unless it lies more
-// than maxAhead after l's clock and the older state does not: an Orthanc
+// than events.MaxLastUpdateAhead after l's clock and the older state does not: an Orthanc
 // whose clock ran ahead stamped
 // it, and kept, it would stand for every later change up to that date
 // (the audit counting them forwarded, buffer mode never releasing the
@@ -304,11 +299,10 @@ func (l *Ledger) Completed(ctx context.Context, ev *events.StudyStable, o Outcom
 }
 
 // ahead reports whether lastUpdate, an Orthanc timestamp (UTC), is more
-// than maxAhead after l's clock. No real state of a study is: once the
+// than events.MaxLastUpdateAhead after l's clock. No real state of a study is: once the
 // Orthanc clock is mended, its later changes are stamped earlier.
 func (l *Ledger) ahead(lastUpdate string) bool {
-	t, err := (&events.StudyStable{LastUpdate: lastUpdate}).LastUpdateTime()
-	return err == nil && t.Sub(l.now()) > maxAhead
+	return (&events.StudyStable{LastUpdate: lastUpdate}).LastUpdateAhead(l.now())
 }
 
 // refused is err, a write that timed out, as the refusal it was when

@@ -281,19 +281,14 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	WriteJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})
 }
 
-// maxLastUpdateAhead is how far after its arrival an event's lastUpdate
-// may be before the ingest warns of it.
-const maxLastUpdateAhead = 24 * time.Hour
-
 // lastUpdateAhead counts and logs an event whose lastUpdate is more than
-// maxLastUpdateAhead after its arrival: an Orthanc whose clock runs ahead,
+// events.MaxLastUpdateAhead after its arrival: an Orthanc whose clock runs ahead,
 // or a forged event. It is queued all the same: refused, the study of an
 // Orthanc with a wrong clock would be lost. The forwarders record a
 // forged value no later than the study's LastUpdate in Orthanc; a clock
 // ahead stamps that one too, and only the clock's mending helps.
 func (h *Webhook) lastUpdateAhead(ev *events.StudyStable, r *http.Request) {
-	lu, err := ev.LastUpdateTime()
-	if err != nil || lu.Sub(ev.ReceivedAt) <= maxLastUpdateAhead {
+	if !ev.LastUpdateAhead(ev.ReceivedAt) {
 		return
 	}
 	h.m.lastUpdateAhead.Inc()

@@ -14,7 +14,7 @@ type metrics struct {
 	// the first (INGEST_TOKEN_PREVIOUS): at 0 the rotation is done.
 	previousToken prometheus.Counter
 	// lastUpdateAhead counts events stored whose lastUpdate is more than
-	// maxLastUpdateAhead after their arrival.
+	// events.MaxLastUpdateAhead after their arrival.
 	lastUpdateAhead prometheus.Counter
 }
 
