@@ -92,7 +92,7 @@ func CompileStudyRule(expr string) (*StudyRule, error) {
 		ext.NativeTypes(reflect.TypeFor[Study](), ext.ParseStructTags(true)),
 		cel.Variable("source", cel.StringType),
 		cel.Variable("study", cel.ObjectType("routing.Study")),
-		cel.ASTValidators(regexLiterals{}),
+		cel.ASTValidators(regexLiterals{}, cel.ValidateDurationLiterals(), cel.ValidateTimestampLiterals()),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)
@@ -124,7 +124,7 @@ func CompileInstanceRule(expr string) (*InstanceRule, error) {
 	env, err := cel.NewEnv(
 		ext.NativeTypes(reflect.TypeFor[Instance](), ext.ParseStructTags(true)),
 		cel.Variable("instance", cel.ObjectType("routing.Instance")),
-		cel.ASTValidators(regexLiterals{}),
+		cel.ASTValidators(regexLiterals{}, cel.ValidateDurationLiterals(), cel.ValidateTimestampLiterals()),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("routing: %w", err)

@@ -54,6 +54,9 @@ func TestBadRulesFailAtCompile(t *testing.T) {
 		// not its pattern, and every study the rule reached failed.
 		{"matches(study.description, '[')", "1:28: invalid matches argument: error parsing regexp: missing closing ]"},
 		{"'MG' in study.modalities && matches(study.description, '(?i)screening(')", "invalid matches argument"},
+		// A bad time literal failed every study the rule reached.
+		{"study.description != '' || timestamp('2026-13-01T00:00:00Z') > timestamp('2026-01-01T00:00:00Z')", "invalid timestamp argument"},
+		{"duration('2 days') > duration('1h')", "invalid duration argument"},
 	} {
 		_, err := CompileStudyRule(tt.rule)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -64,6 +67,7 @@ func TestBadRulesFailAtCompile(t *testing.T) {
 		{"instance.sopClass == 'x'", "undefined field 'sopClass'"},
 		{"instance.seriesDescription.matches('[')", "invalid matches argument"},
 		{"matches(instance.seriesDescription, '[')", "invalid matches argument"},
+		{"timestamp('yesterday') < timestamp('2026-01-01T00:00:00Z')", "invalid timestamp argument"},
 	} {
 		if _, err := CompileInstanceRule(tt.rule); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: err = %v, want it to mention %q", tt.rule, err, tt.want)
@@ -81,6 +85,7 @@ func TestRegexLiteralsThatParse(t *testing.T) {
 		"matches('a(b', study.description)",
 		"'a(b'.matches(study.description)",
 		"matches(study.description, study.institution)",
+		"timestamp('2026-01-01T00:00:00Z') - duration('24h') < timestamp('2026-01-01T00:00:00Z')",
 	} {
 		if _, err := CompileStudyRule(rule); err != nil {
 			t.Errorf("%q: %v", rule, err)
