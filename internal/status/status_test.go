@@ -442,6 +442,19 @@ stowline_forwarder_token_fetches_total{destination="default"} 3
 	if !tw.Status().OK() {
 		t.Error("a success after an error is OK again")
 	}
+	// The duration histogram reaches the token client's 30 s time-out.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "stowline_forwarder_token_fetch_duration_seconds" {
+			b := mf.GetMetric()[0].GetHistogram().GetBucket()
+			if top := b[len(b)-1].GetUpperBound(); top < 30 {
+				t.Errorf("token fetch duration: top bucket %g s, want at least 30 s", top)
+			}
+		}
+	}
 	// Without OAuth2 nothing is registered (no alert on a token that is never fetched).
 	reg2 := prometheus.NewRegistry()
 	if _, err := status.NewTokenWatch("default", "dicom.example.org", "", false, reg2); err != nil {

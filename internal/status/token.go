@@ -62,7 +62,7 @@ func NewTokenWatch(destination, host, tokenHost string, oauth bool, reg promethe
 	w.duration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "stowline_forwarder_token_fetch_duration_seconds", ConstLabels: labels,
 		Help:    "Time of one request to the destination's OAuth2 token endpoint.",
-		Buckets: prometheus.ExponentialBuckets(0.01, 2, 12),
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 13), // to 41 s: the client times out at 30 s
 	})
 	w.lastSuccess = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "stowline_forwarder_token_last_success_timestamp_seconds", ConstLabels: labels,

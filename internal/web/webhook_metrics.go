@@ -31,7 +31,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "stowline_ingest_publish_duration_seconds",
 			Help:    "Time from publish to JetStream acknowledgement.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18), // to 65.5 s: INGEST_PUBLISH_TIMEOUT reaches 50 s
 		}),
 		previousToken: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "stowline_ingest_previous_token_total",

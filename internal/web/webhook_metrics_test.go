@@ -42,3 +42,27 @@ func TestWebhookAlertedRefusalsStartAtZero(t *testing.T) {
 		}
 	}
 }
+
+// The publish histogram reaches INGEST_PUBLISH_TIMEOUT's largest value
+// (50 s): a slow JetStream past the top bucket counted only in +Inf, so
+// the p99 metrics.md tells operators to watch stayed flat at 4 s.
+func TestPublishBucketsCoverTheTimeout(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if _, err := web.NewWebhook(web.WebhookOptions{Tokens: []string{token}, Publisher: natsjs.Publisher{}, Registerer: reg}); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "stowline_ingest_publish_duration_seconds" {
+			b := mf.GetMetric()[0].GetHistogram().GetBucket()
+			if top := b[len(b)-1].GetUpperBound(); top < 50 {
+				t.Errorf("top bucket %g s, want at least 50 s", top)
+			}
+			return
+		}
+	}
+	t.Fatal("stowline_ingest_publish_duration_seconds not registered")
+}
