@@ -856,6 +856,41 @@ func TestFailureLogWritesWithoutReadingBack(t *testing.T) {
 	}
 }
 
+// A large study's record (past 64 KiB, 8,192 instances) is not read back
+// either: each of a 20,000-instance study's 200 writes read its whole
+// record first, 13 MB of reads for a 160 KB record.
+func TestFailureLogLargeRecordNotReadBack(t *testing.T) {
+	ns := testnats.Start(t)
+	bucket, err := natsjs.DefaultTopology().EnsureFailureLog(testCtx(t), ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := &countingKV{KeyValue: bucket}
+	log := deadletter.NewFailureLog(kv, "default")
+	ev := &events.StudyStable{Source: "orthanc-a", StudyInstanceUID: "1.2.826.0.1.3680043.2.1143.9", LastUpdate: "20261207T091500"}
+	ids := make([]string, 100)
+	for req := range 200 {
+		for i := range ids {
+			ids[i] = fmt.Sprintf("1.2.3.%d.%d", req, i)
+		}
+		if err := log.RememberSent(testCtx(t), ev, ids); err != nil {
+			t.Fatalf("request %d: RememberSent: %v", req, err)
+		}
+	}
+	if n := kv.gets.Load(); n != 1 {
+		t.Errorf("%d reads for 200 writes, want the first only", n)
+	}
+	sent, err := deadletter.NewFailureLog(bucket, "default").Sent(testCtx(t), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"1.2.3.0.0", "1.2.3.199.99"} {
+		if !sent(id) {
+			t.Errorf("%s is not remembered", id)
+		}
+	}
+}
+
 func TestFailureLogStoredInstances(t *testing.T) {
 	ns := testnats.Start(t)
 	kv, err := natsjs.DefaultTopology().EnsureFailureLog(testCtx(t), ns.JS)

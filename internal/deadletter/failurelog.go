@@ -33,8 +33,9 @@ type FailureLog struct {
 	// as each request is answered, and the next write then skips reading
 	// the record back (a JetStream round trip). An entry another writer
 	// made stale only fails the compare-and-set, and the record is read.
-	mu      sync.Mutex
-	written map[string]sentRecord
+	mu           sync.Mutex
+	written      map[string]sentRecord
+	writtenBytes int // of the records in written
 }
 
 // sentRecord is a record of stored instances as written, at revision rev.
@@ -44,11 +45,12 @@ type sentRecord struct {
 }
 
 // maxWritten and maxWrittenBytes bound FailureLog.written: the studies
-// being forwarded at once, each up to 8,192 instances (larger records
-// are read back).
+// being forwarded at once, in records of 8 MiB together, so that a few
+// studies of 100,000 instances are not read back before each write
+// either (a 20,000-instance study's record is 160 KB, re-read 200 times).
 const (
 	maxWritten      = 64
-	maxWrittenBytes = 64 << 10
+	maxWrittenBytes = 8 << 20
 )
 
 // NewFailureLog returns the destination's log kept in kv
@@ -182,22 +184,29 @@ func (l *FailureLog) lastWritten(key string) (sentRecord, bool) {
 func (l *FailureLog) keepWritten(key string, r sentRecord) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.dropWritten(key)
 	if len(r.data) > maxWrittenBytes {
-		delete(l.written, key)
 		return
 	}
-	if _, ok := l.written[key]; !ok && len(l.written) >= maxWritten {
-		for k := range l.written { // any one: most belong to finished attempts
-			delete(l.written, k)
+	for k := range l.written { // any ones: most belong to finished attempts
+		if len(l.written) < maxWritten && l.writtenBytes+len(r.data) <= maxWrittenBytes {
 			break
 		}
+		l.dropWritten(k)
 	}
 	l.written[key] = r
+	l.writtenBytes += len(r.data)
 }
 
 func (l *FailureLog) forgetWritten(key string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.dropWritten(key)
+}
+
+// dropWritten removes key's record from written; l.mu is held.
+func (l *FailureLog) dropWritten(key string) {
+	l.writtenBytes -= len(l.written[key].data)
 	delete(l.written, key)
 }
 

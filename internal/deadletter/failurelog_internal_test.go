@@ -70,3 +70,28 @@ func TestStoredRecordPastItsBound(t *testing.T) {
 		t.Errorf("after %s was written again: recorded %v, %s recorded %v; want it kept and the oldest dropped", earlier[4], sent(earlier[4]), earlier[5], sent(earlier[5]))
 	}
 }
+
+// The records kept to skip reading back stay within maxWritten and
+// maxWrittenBytes, and writtenBytes counts them.
+func TestWrittenRecordsBounded(t *testing.T) {
+	l := NewFailureLog(nil, "default")
+	for i := range 200 {
+		size := 8 << 10
+		if i%3 == 0 {
+			size = maxSentBytes
+		}
+		l.keepWritten(fmt.Sprint("k", i%80), sentRecord{data: make([]byte, size), rev: uint64(i)})
+		total := 0
+		for _, r := range l.written {
+			total += len(r.data)
+		}
+		if total != l.writtenBytes || total > maxWrittenBytes || len(l.written) > maxWritten {
+			t.Fatalf("after %d writes: %d records of %d bytes (counted %d), want at most %d of %d", i+1, len(l.written), total, l.writtenBytes, maxWritten, maxWrittenBytes)
+		}
+	}
+	l.forgetWritten("k199")
+	l.forgetWritten("k0")
+	if _, ok := l.written["k0"]; ok {
+		t.Error("k0 still kept after forgetWritten")
+	}
+}
