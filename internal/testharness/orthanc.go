@@ -53,6 +53,11 @@ type OrthancOptions struct {
 	// recursively, Extra winning: e.g. "DicomWeb": {"Servers": {...}}
 	// keeps Enable and Root.
 	Extra map[string]any
+	// ConfigFiles are more configuration files, by name, written beside
+	// the harness's own in a directory that Orthanc is given, as Debian's
+	// package gives it /etc/orthanc/: Orthanc refuses a key two of them
+	// define.
+	ConfigFiles map[string]string
 	// Env holds extra KEY=VALUE variables; Orthanc expands ${KEY} in its
 	// configuration.
 	Env []string
@@ -182,9 +187,21 @@ func LaunchOrthanc(ctx context.Context, dir string, opts OrthancOptions) (*Ortha
 			return nil, fmt.Errorf("testharness: DICOMweb plugin of Orthanc %s %s: %w", opts.Release.Name, p, ErrMissing)
 		}
 	}
-	for _, sub := range []string{"storage", "index"} {
+	for _, sub := range []string{"storage", "index", "conf"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, err
+		}
+	}
+	configPath := filepath.Join(dir, "orthanc.json")
+	if len(opts.ConfigFiles) > 0 {
+		configPath = filepath.Join(dir, "conf", "orthanc.json")
+		for name, text := range opts.ConfigFiles {
+			if name != filepath.Base(name) || name == "orthanc.json" || filepath.Ext(name) != ".json" {
+				return nil, fmt.Errorf("testharness: ConfigFiles: %q is not a .json file name other than orthanc.json", name)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "conf", name), []byte(text), 0o600); err != nil {
+				return nil, err
+			}
 		}
 	}
 	o := &Orthanc{
@@ -194,7 +211,7 @@ func LaunchOrthanc(ctx context.Context, dir string, opts OrthancOptions) (*Ortha
 		Dir:        dir,
 		Username:   opts.Username,
 		Password:   opts.Password,
-		ConfigPath: filepath.Join(dir, "orthanc.json"),
+		ConfigPath: configPath,
 		LogPath:    filepath.Join(dir, "orthanc.log"),
 		opts:       opts,
 		client:     &http.Client{Timeout: 2 * time.Minute, Transport: closingBeforeOrthanc()},
@@ -319,7 +336,11 @@ func (o *Orthanc) start(ctx context.Context) error {
 	if o.opts.Verbose {
 		args = append(args, "--verbose")
 	}
-	args = append(args, o.ConfigPath)
+	if len(o.opts.ConfigFiles) > 0 {
+		args = append(args, filepath.Dir(o.ConfigPath)) // every file of it
+	} else {
+		args = append(args, o.ConfigPath)
+	}
 	argv, env, err := o.Release.command(args...)
 	if err != nil {
 		logf.Close()
