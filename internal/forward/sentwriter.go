@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/stowline/stowline/events"
 )
@@ -13,9 +14,13 @@ import (
 // hand it their confirmed instances and go on, their place in the
 // request limit not held for the write (the limiter would take the write
 // for the destination's latency), and it writes what came in since its
-// last write, one write at a time. Once a write fails, or while NATS is
-// unreachable (a write would wait out rememberTimeout), the rest waits
-// for close, which writes what is left once.
+// last write, one write at a time. While NATS is unreachable (a write
+// would wait out rememberTimeout), and for a backoff after a failed write
+// (1 s, doubling to 30 s), what comes in waits for the next request's
+// answer, or for close, which writes what is left once: giving up at the
+// first failure left hours of a large study's stored instances
+// unrecorded if the process then died, and a later delivery took them
+// for conflicts.
 type sentWriter struct {
 	f    *Forwarder
 	ctx  context.Context
@@ -26,11 +31,22 @@ type sentWriter struct {
 
 	mu      sync.Mutex
 	pending []string
-	failed  bool // a write failed: the rest waits for close
+	// After a failed write, the next waits until retryAt; backoff is the
+	// wait after the next failure.
+	retryAt time.Time
+	backoff time.Duration
 }
 
+// sentWriterBackoff bounds the wait between a failed write of the record
+// and the next try: a bucket without a leader is not asked at every
+// request's answer, and one back is written again soon.
+const (
+	sentWriterFirstBackoff = time.Second
+	sentWriterMaxBackoff   = 30 * time.Second
+)
+
 func (f *Forwarder) newSentWriter(ctx context.Context, ev *events.StudyStable, log *slog.Logger) *sentWriter {
-	w := &sentWriter{f: f, ctx: ctx, ev: ev, log: log, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &sentWriter{f: f, ctx: ctx, ev: ev, log: log, kick: make(chan struct{}, 1), done: make(chan struct{}), backoff: sentWriterFirstBackoff}
 	go w.run()
 	return w
 }
@@ -54,18 +70,22 @@ func (w *sentWriter) run() {
 	for range w.kick {
 		w.mu.Lock()
 		ids := w.pending
-		if w.failed || len(ids) == 0 || (w.f.opts.Connected != nil && !w.f.opts.Connected()) {
+		if len(ids) == 0 || time.Now().Before(w.retryAt) || (w.f.opts.Connected != nil && !w.f.opts.Connected()) {
 			w.mu.Unlock()
 			continue
 		}
 		w.pending = nil
 		w.mu.Unlock()
-		if err := w.f.rememberStored(w.ctx, w.ev, ids); err != nil {
-			w.mu.Lock()
-			w.failed = true
+		err := w.f.rememberStored(w.ctx, w.ev, ids)
+		w.mu.Lock()
+		if err != nil {
+			w.retryAt = time.Now().Add(w.backoff)
+			w.backoff = min(2*w.backoff, sentWriterMaxBackoff)
 			w.pending = append(ids, w.pending...)
-			w.mu.Unlock()
+		} else {
+			w.retryAt, w.backoff = time.Time{}, sentWriterFirstBackoff
 		}
+		w.mu.Unlock()
 	}
 }
 

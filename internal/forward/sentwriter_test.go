@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/testnats"
@@ -40,8 +41,10 @@ func (b *blockingFailureLog) RememberSent(ctx context.Context, ev *events.StudyS
 // goes on, without the request waiting for the write (it held its place
 // in the request limit through the write, which the limiter took for the
 // destination's latency); what came in during a write goes in the next
-// one; and what a failed write held is written again as the attempt ends
-// (it was dropped, and a later delivery took those copies for conflicts).
+// one; and what a failed write held is written again (it was dropped,
+// and a later delivery took those copies for conflicts), after a backoff
+// and while the attempt goes on, not only as it ends: a process that died
+// later in a study of hours left all it stored since unrecorded.
 func TestSentWriter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		log := &blockingFailureLog{release: make(chan struct{}), fail: 2}
@@ -54,18 +57,24 @@ func TestSentWriter(t *testing.T) {
 		w.add([]string{"c"}) // neither waited for the write under way
 		close(log.release)   // the second write, of both, fails
 		synctest.Wait()
-		w.add([]string{"d"}) // after a failure: kept for the end
+		w.add([]string{"d"}) // within the backoff: kept for the next
 		synctest.Wait()
+		if n := len(log.calls); n != 2 {
+			t.Errorf("%d writes, want none more within the backoff after a failure", n)
+		}
+		time.Sleep(sentWriterFirstBackoff)
+		w.add([]string{"e"}) // past it: written with what failed
+		synctest.Wait()
+		sent, _ := log.Sent(t.Context(), ev)
+		for _, id := range []string{"a", "b", "c", "d", "e"} {
+			if !sent(id) {
+				t.Errorf("%s not recorded while the attempt goes on", id)
+			}
+		}
 		w.close()
-		want := [][]string{{"a"}, {"b", "c"}, {"b", "c", "d"}}
+		want := [][]string{{"a"}, {"b", "c"}, {"b", "c", "d", "e"}}
 		if !slices.EqualFunc(log.calls, want, slices.Equal) {
 			t.Errorf("writes %v, want %v", log.calls, want)
-		}
-		sent, _ := log.Sent(t.Context(), ev)
-		for _, id := range []string{"a", "b", "c", "d"} {
-			if !sent(id) {
-				t.Errorf("%s not recorded", id)
-			}
 		}
 	})
 }
