@@ -327,6 +327,8 @@ type parkedMsg struct {
 	jetstream.Msg
 	mu              sync.Mutex
 	naks, signals   int
+	lastSignal      time.Time     // of the last signal, or the first call to gap
+	maxGap          time.Duration // the longest time between two signals
 	failSignals     bool
 	takenAtGiveBack bool // the event was out of hand when given back
 	f               *Forwarder
@@ -349,6 +351,10 @@ func (m *parkedMsg) InProgress() error {
 		return errors.New("nats: connection closed")
 	}
 	m.signals++
+	if !m.lastSignal.IsZero() {
+		m.maxGap = max(m.maxGap, time.Since(m.lastSignal))
+	}
+	m.lastSignal = time.Now()
 	return nil
 }
 
@@ -411,6 +417,30 @@ func TestParkedStudiesGoBackAfterTwoGoodProbes(t *testing.T) {
 		}
 		if signals == 0 {
 			t.Error("no in-progress signal while parked")
+		}
+	})
+}
+
+// A parked study is signalled while its source's probe waits out its
+// time-out (an Orthanc blackholed): with FORWARDER_ACK_WAIT at 3 to 11 s
+// each probe let it lapse, JetStream delivered it again, and after
+// FORWARDER_MAX_DELIVERIES of them an outage dead-lettered it as a crash.
+func TestParkedStudySignalledWhileProbing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ackWait = 3 * time.Second
+		_, msg, _ := parkOne(t, nil, func(o *Options) {
+			o.AckWait = ackWait
+			o.SourceProbe = func(ctx context.Context, _ string) error {
+				<-ctx.Done() // no answer: the probe's time-out
+				return errSourceDown
+			}
+		})
+		time.Sleep(5 * time.Minute)
+		synctest.Wait()
+		msg.mu.Lock()
+		defer msg.mu.Unlock()
+		if msg.signals == 0 || msg.maxGap >= ackWait {
+			t.Errorf("%d signals, at most %v apart; want them within the ack wait %v", msg.signals, msg.maxGap, ackWait)
 		}
 	})
 }

@@ -159,7 +159,9 @@ func (f *Forwarder) park(p *parkedStudy, state string, whileParked bool) bool {
 // watchParkedSource keeps source's parked studies in progress and probes
 // source, at waits doubling from sourceHoldWait to sourceHoldMaxWait,
 // until it answers two probes in a row or shutdown starts, and then gives
-// its parked studies back to the queue.
+// its parked studies back to the queue. The probe runs on its own, so
+// that the signals go on while it waits for a source that does not
+// answer (sourceProbeTimeout, longer than a short ack wait).
 func (f *Forwarder) watchParkedSource(source, state string) {
 	defer f.parking.watchers.Done()
 	start := time.Now()
@@ -170,17 +172,28 @@ func (f *Forwarder) watchParkedSource(source, state string) {
 	wait := sourceHoldWait
 	probeAt := time.NewTimer(wait)
 	defer probeAt.Stop()
+	probed := make(chan error, 1)
+	probing := false
 	for {
+		var err error
 		select {
 		case <-f.stopping:
+			if probing {
+				<-probed // ends with shutdown's start
+			}
 			f.unpark(source, true)
 			return
 		case <-signals.C:
 			f.signalParked(source, &failures)
 			continue
 		case <-probeAt.C:
+			probing = true
+			go func() { probed <- f.probeUntilStopping(source) }()
+			continue
+		case err = <-probed:
+			probing = false
 		}
-		if !sourceUnavailable(f.probeUntilStopping(source)) {
+		if !sourceUnavailable(err) {
 			if answered {
 				f.log.Info("source Orthanc answers again: its parked studies go back to the queue", "source", source, "was", state,
 					"held_s", int(time.Since(start).Seconds()))
