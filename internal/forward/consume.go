@@ -204,7 +204,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 	f.obs.Started(a)
 
 	if d, poison := f.policy.exhausted(a.Number); poison {
-		f.settle(ctx, msg, a, d, Report{}, errors.New(d.reason), 0, log)
+		f.settle(ctx, msg, a, d, Report{}, errors.New(d.reason), 0, log, nil)
 		return
 	}
 	if _, err := f.opts.SourceFor(ev.Source); errors.Is(err, ErrUnknownSource) {
@@ -263,7 +263,6 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 			err = fmt.Errorf("%w: %w", pe, errShutdown)
 		}
 	}
-	stopProgress()
 	f.m.inFlight.Dec()
 	var ce *crashError
 	if errors.As(err, &ce) {
@@ -271,7 +270,7 @@ func (f *Forwarder) handle(ctx context.Context, msg jetstream.Msg, lane events.P
 			"panic", ce.value, "frames", strings.Join(ce.frames, " < "))
 	}
 	d := f.policy.decide(a.Number, err, ctx.Err() != nil || errors.Is(err, errShutdown))
-	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log)
+	f.settle(ctx, msg, a, d, rep, err, time.Since(start), log, stopProgress)
 }
 
 // unknownSource settles a delivery whose event names a source this
@@ -290,7 +289,7 @@ func (f *Forwarder) unknownSource(ctx context.Context, msg jetstream.Msg, a *Att
 		}
 	}
 	if d.action != retry {
-		f.settle(ctx, msg, a, d, Report{}, err, 0, log)
+		f.settle(ctx, msg, a, d, Report{}, err, 0, log, nil)
 		return
 	}
 	log.Warn("event of a source this forwarder does not know given back for a forwarder that knows it (a source being added: configure it in every forwarder)",

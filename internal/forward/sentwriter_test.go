@@ -10,6 +10,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
@@ -120,4 +122,66 @@ func TestStoredInstancesWrittenOnce(t *testing.T) {
 	if !sent(sentID(ev, orthancapi.Instance{SOPInstanceUID: "1.2.3.8"})) {
 		t.Error("the last instance is not recorded")
 	}
+}
+
+// slowRecordLog is a memFailureLog whose Record takes a bucket's
+// election (a leader lost) to answer.
+type slowRecordLog struct {
+	memFailureLog
+	wait time.Duration
+}
+
+func (s *slowRecordLog) Record(ctx context.Context, seq uint64, now time.Time) (FailureTimes, error) {
+	time.Sleep(s.wait)
+	return s.memFailureLog.Record(ctx, seq, now)
+}
+
+// signalOrderMsg counts in-progress signals, and those after the event
+// was NAKed or terminated.
+type signalOrderMsg struct {
+	jetstream.Msg
+	mu                     sync.Mutex
+	signals, afterSettling int
+	settled                bool
+}
+
+func (m *signalOrderMsg) InProgress() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.signals++
+	if m.settled {
+		m.afterSettling++
+	}
+	return nil
+}
+
+func (m *signalOrderMsg) NakWithDelay(time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.settled = true
+	return nil
+}
+
+// settle's writes before a NAK (the failure times, what the attempt
+// stored) are covered by the event's in-progress signals, stopped just
+// before the NAK: they were stopped before the writes, which may take
+// settleTimeout through a bucket's election, and under a short
+// FORWARDER_ACK_WAIT the event went to another replica meanwhile, which
+// retried it at once, its backoff skipped.
+func TestSettleSignalsThroughItsWrites(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fl := &slowRecordLog{wait: 10 * time.Second}
+		f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) { o.Failures = fl })
+		msg := &signalOrderMsg{}
+		stop := keepAlive(msg, time.Second, nil, f.log)
+		a := &Attempt{Destination: "default", Number: 1, Seq: 7, Event: testEvent()}
+		d := decision{action: retry, class: Transient, delay: time.Minute}
+		f.settle(t.Context(), msg, a, d, Report{}, errors.New("destination refused"), 0, f.log, stop)
+		synctest.Wait()
+		msg.mu.Lock()
+		defer msg.mu.Unlock()
+		if !msg.settled || msg.signals < 9 || msg.afterSettling != 0 {
+			t.Errorf("NAKed %v; %d signals during a 10 s write, %d after the NAK; want 9 or more, none after", msg.settled, msg.signals, msg.afterSettling)
+		}
+	})
 }

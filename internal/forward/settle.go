@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,8 +53,18 @@ func (f *Forwarder) settleContext(ctx context.Context, d time.Duration) (context
 
 // settle carries d out on msg and the stores, counts it and tells the
 // observer. ctx is the work context: shutdown stops buffer-mode deletes,
-// never the ack.
-func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d decision, rep Report, ferr error, elapsed time.Duration, log *slog.Logger) {
+// never the ack. stopProgress (nil: none) stops the event's in-progress
+// signals; settle calls it just before the ack, NAK or termination, so
+// that its writes before them (up to settleTimeout through a bucket's
+// election) do not let the event lapse to another replica under a short
+// FORWARDER_ACK_WAIT.
+func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d decision, rep Report, ferr error, elapsed time.Duration, log *slog.Logger, stopProgress func()) {
+	stop := sync.OnceFunc(func() {
+		if stopProgress != nil {
+			stopProgress()
+		}
+	})
+	defer stop()
 	sctx, cancel := f.settleContext(ctx, settleTimeout)
 	defer cancel()
 	var result Result
@@ -86,8 +97,10 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 	}
 	switch d.action {
 	case ack:
+		stop()
 		result, recorded, before = f.ack(sctx, msg, a, rep, elapsed, log)
 	case giveBack:
+		stop()
 		handBack(msg, f.opts.Connected, rep, log)
 		result = ResultInterrupted
 	case retry:
@@ -95,10 +108,11 @@ func (f *Forwarder) settle(ctx context.Context, msg jetstream.Msg, a *Attempt, d
 		f.recordFailure(sctx, a, log)
 		log.Warn("study not forwarded; will retry", "class", d.class, "err", ferr, "retry_in", d.delay.String(),
 			"instances_sent", rep.Instances, "duration_ms", elapsed.Milliseconds())
+		stop()
 		result = f.nakWithDelay(msg, d.delay, log)
 		f.retrying(a, d.class, ferr, d.delay)
 	case deadLetter:
-		result = f.deadLetter(sctx, msg, a, d, rep, ferr, log)
+		result = f.deadLetter(sctx, msg, a, d, rep, ferr, log, stop)
 		// Counted once, as its letter is stored: a letter stored
 		// already (this delivery came as the termination was lost), or
 		// one not stored (the event stays queued, and its next delivery,
@@ -404,7 +418,7 @@ func (f *Forwarder) recordFailure(ctx context.Context, a *Attempt, log *slog.Log
 
 // deadLetter stores the study's dead letter and terminates its event. A
 // study is never dropped: without its dead letter it stays queued.
-func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt, d decision, rep Report, ferr error, log *slog.Logger) Result {
+func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt, d decision, rep Report, ferr error, log *slog.Logger, stopProgress func()) Result {
 	times := f.recordFailure(ctx, a, log)
 	letter := &DeadLetter{
 		Destination:    a.Destination,
@@ -424,8 +438,9 @@ func (f *Forwarder) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attemp
 	}
 	result := f.storeDeadLetter(ctx, msg, a, letter, lettering{
 		what: "study", tag: string(d.class), result: ResultDeadLettered,
-		why:  []any{"class", d.class},
-		more: []any{"err", ferr, "failed_instances", len(letter.Failures) + letter.MoreFailures, "instances_stored", rep.Instances},
+		why:          []any{"class", d.class},
+		more:         []any{"err", ferr, "failed_instances", len(letter.Failures) + letter.MoreFailures, "instances_stored", rep.Instances},
+		stopProgress: stopProgress,
 	}, log)
 	if result != ResultRetry && f.opts.Failures != nil {
 		if err := f.countStoreFull(storeFullFailureTime, f.opts.Failures.Forget(ctx, a.Seq)); err != nil {
@@ -478,11 +493,13 @@ func (f *Forwarder) undecodable(ctx context.Context, msg jetstream.Msg, a *Attem
 // lettering is what storeDeadLetter says of a letter: the subject of its
 // log lines, the tag of the event's termination reason, the result once
 // the letter is stored, the log attributes of every line (why) and those
-// of the line that says it is stored (more).
+// of the line that says it is stored (more), and what stops the event's
+// in-progress signals before its NAK or termination (nil: none).
 type lettering struct {
-	what, tag string
-	result    Result
-	why, more []any
+	what, tag    string
+	result       Result
+	why, more    []any
+	stopProgress func()
 }
 
 // storeDeadLetter stores letter and terminates msg's event; without its
@@ -494,6 +511,9 @@ func (f *Forwarder) storeDeadLetter(ctx context.Context, msg jetstream.Msg, a *A
 	if err := f.countStoreFull(storeFullDeadLetter, err); err != nil {
 		delay := f.policy.backoff(a.Number, nil)
 		log.Error("dead letter not stored; the "+l.what+" stays queued", slices.Concat(l.why, []any{"err", err, "retry_in", delay.String()})...)
+		if l.stopProgress != nil {
+			l.stopProgress()
+		}
 		return f.nakWithDelay(msg, delay, log)
 	}
 	trace.SpanFromContext(ctx).SetAttributes(tracing.DeadLetterSeq.Int64(int64(dlSeq)))
@@ -506,6 +526,9 @@ func (f *Forwarder) storeDeadLetter(ctx context.Context, msg jetstream.Msg, a *A
 			"dead_letter_seq", dlSeq)
 	} else {
 		log.Error(l.what+" dead-lettered", slices.Concat(l.why, []any{"dead_letter_seq", dlSeq}, l.more)...)
+	}
+	if l.stopProgress != nil {
+		l.stopProgress()
 	}
 	if err := msg.TermWithReason(fmt.Sprintf("dead-lettered as %d (%s)", dlSeq, l.tag)); err != nil {
 		log.Warn("terminate dead-lettered event", "err", err)
@@ -569,7 +592,7 @@ func (f *Forwarder) pausedAtShutdown(ctx context.Context, msg jetstream.Msg, lan
 			"(or this one's could not be compared with theirs); kept, not tried, until the forwarder shut down, "+
 			"since given back it would have come past the limit; replay it once the forwarders agree", n, f.policy.maxDeliveries)}
 	f.obs.Started(a)
-	f.settle(ctx, msg, a, d, Report{}, errors.New(d.reason), 0, log)
+	f.settle(ctx, msg, a, d, Report{}, errors.New(d.reason), 0, log, nil)
 }
 
 // handBack NAKs a study at shutdown so another replica takes it at once.
