@@ -944,6 +944,69 @@ func TestSeveralSources(t *testing.T) {
 	}
 }
 
+// TestSeveralSourcesRefuseTheOneSource: with ORTHANC_SOURCES the ingest
+// and the forwarders refuse ORTHANC_URL, _USERNAME, _SOURCE_NAME and the
+// password (internal/config: "is set but ORTHANC_SOURCES names the
+// sources"), which the chart sets from orthanc.* and the Secret's
+// ORTHANC_PASSWORD key. A site adding a second Orthanc that kept those
+// rendered without a word, and every pod then exited at start. The chart
+// refuses it, naming each value, in whichever env map ORTHANC_SOURCES is.
+func TestSeveralSourcesRefuseTheOneSource(t *testing.T) {
+	const but = " set but ORTHANC_SOURCES (env) names the sources: configure each source with ORTHANC_<NAME>_*"
+	sources := func(over map[string]any) map[string]any {
+		return merged(merged(required(), twoSources("http://orthanc.pacs.svc:8042", "http://orthanc.cardio.svc:8042")), over)
+	}
+	orthanc := func(k, v string) map[string]any { return map[string]any{"orthanc": map[string]any{k: v}} }
+	// ORTHANC_SOURCES in one component's env map rather than the shared one.
+	inMap := func(where string) map[string]any {
+		v := merged(required(), map[string]any{"secrets": map[string]any{"values": map[string]any{"ORTHANC_PASSWORD": ""}}})
+		v["orthanc"] = map[string]any{"url": "http://orthanc.pacs.svc:8042"}
+		src := map[string]any{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://orthanc.pacs.svc:8042"}
+		switch where {
+		case "ingest.env":
+			v["ingest"] = map[string]any{"env": src}
+		case "forwarders[default].env":
+			f := v["forwarders"].([]any)[0].(map[string]any)
+			maps.Copy(f["env"].(map[string]any), src)
+		}
+		return v
+	}
+	tests := []struct {
+		name   string
+		values map[string]any
+		want   string // "": rendered
+	}{
+		{"the sources alone", sources(nil), ""},
+		{"ORTHANC_SOURCES empty", merged(required(), map[string]any{"env": map[string]any{"ORTHANC_SOURCES": ""}}), ""},
+		{"orthanc.url", sources(orthanc("url", "http://orthanc.pacs.svc:8042")), "orthanc.url (ORTHANC_URL)" + but},
+		{"orthanc.username", sources(orthanc("username", "stowline")), "orthanc.username (ORTHANC_USERNAME)" + but},
+		{"orthanc.sourceName", sources(orthanc("sourceName", "orthanc-main")), "orthanc.sourceName (ORTHANC_SOURCE_NAME)" + but},
+		{"ORTHANC_PASSWORD in values", sources(map[string]any{"secrets": map[string]any{"values": map[string]any{"ORTHANC_PASSWORD": "x"}}}),
+			"the Secret's ORTHANC_PASSWORD key (ORTHANC_PASSWORD_FILE)" + but},
+		{"ORTHANC_PASSWORD in an existing Secret", sources(map[string]any{"secrets": map[string]any{"existingSecret": "mine",
+			"existingSecretKeys": []any{"INGEST_TOKEN", "ORTHANC_MAIN_PASSWORD", "ORTHANC_PASSWORD", "OAUTH_CLIENT_SECRET"}}}),
+			"the Secret's ORTHANC_PASSWORD key (ORTHANC_PASSWORD_FILE)" + but},
+		{"ORTHANC_PASSWORD from a Secret of one's own", sources(map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{
+			"ORTHANC_PASSWORD": map[string]any{"valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "orthanc", "key": "password"}}}}}}),
+			"ORTHANC_PASSWORD in forwarderDefaults.env" + but},
+		// The upgrade of a one-Orthanc site as the review found it: all at once.
+		{"the one source's values kept", merged(required(), map[string]any{"env": map[string]any{
+			"ORTHANC_SOURCES": "pacs-1,pacs-2", "ORTHANC_PACS_1_URL": "http://orthanc.pacs.svc:8042", "ORTHANC_PACS_2_URL": "http://orthanc-2.pacs.svc:8042",
+		}}), "orthanc.url (ORTHANC_URL), orthanc.username (ORTHANC_USERNAME), orthanc.sourceName (ORTHANC_SOURCE_NAME), the Secret's ORTHANC_PASSWORD key (ORTHANC_PASSWORD_FILE)" + but},
+		{"in ingest.env", inMap("ingest.env"), "orthanc.url (ORTHANC_URL) set but ORTHANC_SOURCES (ingest.env) names the sources"},
+		{"in a group's env", inMap("forwarders[default].env"), "orthanc.url (ORTHANC_URL) set but ORTHANC_SOURCES (forwarders[default].env) names the sources"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkRenderError(t, tt.values, tt.want)
+			if tt.want != "" {
+				// The templates' own check, not only the schema.
+				checkRenderErrorWithoutSchema(t, tt.values, tt.want)
+			}
+		})
+	}
+}
+
 // TestNetworkPolicyOpensTheURLsPorts: the egress rules open the ports the
 // configured URLs name (NATS servers, each Orthanc source, a forwarder
 // group's destination and its token endpoint), besides the listed

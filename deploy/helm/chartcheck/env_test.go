@@ -410,8 +410,9 @@ func TestUnreadSecretKeysRefused(t *testing.T) {
 			v["secrets"].(map[string]any)["values"].(map[string]any)["DESTINATION_PACS_OAUTH_CLIENT_SECRET"] = "x"
 		}), "secrets: DESTINATION_PACS_OAUTH_CLIENT_SECRET is no secret"},
 		{"a source's password", merged(required(), map[string]any{
+			"orthanc": map[string]any{"url": "", "username": "", "sourceName": ""},
 			"env":     map[string]any{"ORTHANC_SOURCES": "pacs-2", "ORTHANC_PACS_2_URL": "http://orthanc-2.pacs.svc:8042"},
-			"secrets": map[string]any{"values": map[string]any{"ORTHANC_PACS_2_PASSWORD": "x"}},
+			"secrets": map[string]any{"values": map[string]any{"ORTHANC_PASSWORD": "", "ORTHANC_PACS_2_PASSWORD": "x"}},
 		}), ""},
 		{"every key the commands read", merged(required(), existing("INGEST_TOKEN", "INGEST_TOKEN_PREVIOUS", "INGEST_HMAC_SECRET", "ADMIN_TOKEN", "ORTHANC_PASSWORD", "NATS_PASSWORD", "OAUTH_CLIENT_SECRET")), ""},
 		{"a destination's", withDestinations(map[string]any{"name": "all"}), ""},

@@ -724,6 +724,7 @@ other, whose destinations would go unserved without a word. */}}
 {{- end -}}
 {{- range .Values.forwarders }}{{ if .destinations }}{{ fail (printf "forwarders[%s].destinations: declare the destinations first (top-level destinations)" .name) }}{{ end }}{{ end -}}
 {{- end -}}
+{{- include "stowline.validateSources" . -}}
 {{- if and (not .Values.orthanc.url) (not .Values.env.ORTHANC_SOURCES) -}}
 {{- fail "orthanc.url is required: Orthanc's REST API as the pods reach it (ORTHANC_URL), or several sources with ORTHANC_SOURCES in env" -}}
 {{- end -}}
@@ -982,6 +983,37 @@ these. internal/config, Destination; chartcheck checks the list. */}}
 {{- $hit := has $k $names -}}
 {{- range $prefixes }}{{ if hasPrefix . $k }}{{ $hit = true }}{{ end }}{{ end -}}
 {{- if $hit }}true{{ end -}}
+{{- end -}}
+
+{{/*
+With several sources (ORTHANC_SOURCES in any env map) the ingest and the
+forwarders refuse the one source's variables (internal/config,
+Orthanc.readDynamic), which the chart sets from orthanc.url, username,
+sourceName and the Secret's ORTHANC_PASSWORD key: every pod would exit at
+start, taking the release down instead of failing the upgrade.
+*/}}
+{{- define "stowline.validateSources" -}}
+{{- $maps := dict "env" (default dict .Values.env) "ingest.env" (default dict .Values.ingest.env) "forwarderDefaults.env" (default dict .Values.forwarderDefaults.env) -}}
+{{- range .Values.forwarders }}{{ $_ := set $maps (printf "forwarders[%s].env" .name) (default dict .env) }}{{ end -}}
+{{- $in := list -}}
+{{- range $where, $env := $maps }}{{ if regexMatch `[^,\s]` (toString (default "" $env.ORTHANC_SOURCES)) }}{{ $in = append $in $where }}{{ end }}{{ end -}}
+{{- if $in -}}
+{{- $set := list -}}
+{{- range list (list "url" "ORTHANC_URL") (list "username" "ORTHANC_USERNAME") (list "sourceName" "ORTHANC_SOURCE_NAME") -}}
+{{- if get $.Values.orthanc (first .) }}{{ $set = append $set (printf "orthanc.%s (%s)" (first .) (last .)) }}{{ end -}}
+{{- end -}}
+{{- if has "ORTHANC_PASSWORD" (splitList " " (include "stowline.secretKeys" .)) -}}
+{{- $set = append $set "the Secret's ORTHANC_PASSWORD key (ORTHANC_PASSWORD_FILE)" -}}
+{{- end -}}
+{{- range $where, $env := $maps -}}
+{{- range $k := list "ORTHANC_PASSWORD" "ORTHANC_PASSWORD_FILE" -}}
+{{- if get $env $k }}{{ $set = append $set (printf "%s in %s" $k $where) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- if $set -}}
+{{- fail (printf "%s set but ORTHANC_SOURCES (%s) names the sources: configure each source with ORTHANC_<NAME>_* instead (ORTHANC_<NAME>_URL and _USERNAME in env, the key ORTHANC_<NAME>_PASSWORD in secrets) and leave those unset; the ingest and the forwarders refuse to start with both" (join ", " $set) (join ", " $in)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Checks of declared destinations and the forwarder groups serving them. */}}
