@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -220,3 +221,53 @@ func TestScaleDownBehavior(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestNotesWarnWhenKEDAScalesAClosedLane: KEDA's lag counts a consumer's
+// pending and unacknowledged studies, so a routine or stat lane outside
+// its FORWARD_WINDOWS hours took the group to its ceiling for the whole
+// closed time, replicas that may not pull. The chart renders it (the
+// replicas are waste, nothing is lost), and the notes say so under the
+// group whose env limits such a lane; the low lane has no trigger.
+func TestNotesWarnWhenKEDAScalesAClosedLane(t *testing.T) {
+	const warning = "KEDA counts the studies waiting\noutside those hours as lag"
+	keda := map[string]any{"keda": map[string]any{"enabled": true}}
+	windows := func(w string) map[string]any {
+		return merged(keda, map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"FORWARD_WINDOWS": w, "TZ": "Europe/Paris"}}})
+	}
+	twoGroups := withDestinations(
+		map[string]any{"name": "archive", "destinations": []any{"archive"}, "env": map[string]any{"FORWARD_WINDOWS": "routine=19:00-07:00"}},
+		map[string]any{"name": "ai", "destinations": []any{"ai"}})
+	tests := []struct {
+		name   string
+		values map[string]any
+		want   map[string]string // group: its warning's lanes; none: no warning
+	}{
+		{"no windows", keda, nil},
+		{"the low lane only", windows("backfill=22:00-07:00, low=12:00-13:00"), nil},
+		{"the routine lane", windows("routine=19:00-07:00"), map[string]string{"default": "their routine lane to hours"}},
+		{"stat and routine", windows(" low=22:00-07:00,routine=19:00-23:00, stat=08:00-18:00,routine=00:00-07:00"),
+			map[string]string{"default": "their stat and routine lanes to hours"}},
+		{"without KEDA", merged(windows("routine=19:00-07:00"), map[string]any{"keda": map[string]any{"enabled": false}}), nil},
+		{"one group of two", merged(twoGroups, keda), map[string]string{"archive": "their routine lane to hours"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			values := merged(required(), tt.values)
+			if _, ok := tt.values["destinations"]; ok {
+				values = tt.values
+			}
+			notes := renderNotes(t, values)
+			if strings.Count(notes, warning) != len(tt.want) {
+				t.Errorf("notes warn %d times, want %d (%v):\n%s", strings.Count(notes, warning), len(tt.want), tt.want, notes)
+			}
+			for group, lanes := range tt.want {
+				// The group's paragraph of the notes.
+				_, para, _ := strings.Cut(notes, "\nForwarders \""+group+"\"")
+				para, _, _ = strings.Cut(para, "\n\n")
+				if !strings.Contains(para, lanes) || !strings.Contains(para, warning) || !strings.Contains(para, "keda.maxReplicaCount") {
+					t.Errorf("group %s's notes, want %q in a warning:\n%s", group, lanes, para)
+				}
+			}
+		})
+	}
+}
