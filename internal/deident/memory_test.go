@@ -307,6 +307,109 @@ func TestWaitForTheLargeSlotIsReported(t *testing.T) {
 	}
 }
 
+// TestDeidentifiersShareTheirBudget: two Deidentifiers given one Budget
+// (two de-identifying destinations of a forwarder) never hold two large
+// headers at once: while A's rewrite holds the large slot, B's waits for
+// it, until A's header is written. With a Budget each, B does not wait
+// (two large holds at once, over the process's documented bound).
+func TestDeidentifiersShareTheirBudget(t *testing.T) {
+	in := enhancedMR(t, 600) // ~12 MB charged, over the 1 MiB allowance
+	for _, tt := range []struct {
+		name   string
+		shared bool
+		want   []time.Duration // B's reported waits for the slot
+	}{
+		{"one budget", true, []time.Duration{time.Second}},
+		{"a budget each", false, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				shared := &Budget{mem: newMemory(1<<20, 1)}
+				deidentifier := func() *Deidentifier {
+					t.Helper()
+					k, err := NewKeyer(testKey, "ANON-")
+					if err != nil {
+						t.Fatal(err)
+					}
+					b := shared
+					if !tt.shared {
+						b = &Budget{mem: newMemory(1<<20, 1)}
+					}
+					d, err := New(k, Options{CleanDescriptors: true, Budget: b})
+					if err != nil {
+						t.Fatal(err)
+					}
+					d.heldLimit = 16 << 20
+					return d
+				}
+				a, b := deidentifier(), deidentifier()
+				ra, err := a.Reader(t.Context(), opens(in))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ra.Close()
+				// A's first byte: A holds the slot until its header is read.
+				if _, err := io.ReadFull(ra, make([]byte, 1)); err != nil {
+					t.Fatal(err)
+				}
+				var (
+					mu  sync.Mutex
+					got []time.Duration
+				)
+				ctx := flow.WithWaitReport(t.Context(), func(w time.Duration) {
+					mu.Lock()
+					defer mu.Unlock()
+					got = append(got, w)
+				})
+				done := make(chan error, 1)
+				go func() {
+					rb, err := b.Reader(ctx, opens(in))
+					if err != nil {
+						done <- err
+						return
+					}
+					defer rb.Close()
+					_, err = io.Copy(io.Discard, rb)
+					done <- err
+				}()
+				synctest.Wait() // B is done, or waits for the slot
+				time.Sleep(time.Second)
+				if _, err := io.Copy(io.Discard, ra); err != nil {
+					t.Fatalf("rewrite A: %v", err)
+				}
+				if err := <-done; err != nil {
+					t.Fatalf("rewrite B: %v", err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if !slices.Equal(got, tt.want) {
+					t.Errorf("B reported waits %v, want %v", got, tt.want)
+				}
+				for _, d := range []*Deidentifier{a, b} {
+					if k := len(d.mem.large); k != 0 {
+						t.Errorf("%d large slots still taken after the rewrites", k)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestNewRefusesAZeroBudget: a Budget not made by NewBudget would bound
+// nothing; New refuses it rather than run its rewrites unbounded.
+func TestNewRefusesAZeroBudget(t *testing.T) {
+	k, err := NewKeyer(testKey, "ANON-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(k, Options{Budget: &Budget{}}); err == nil {
+		t.Fatal("New took a zero Budget")
+	}
+	if _, err := New(k, Options{Budget: NewBudget()}); err != nil {
+		t.Fatalf("New with NewBudget's: %v", err)
+	}
+}
+
 // A rewrite waiting for the large slot yields no byte for as long as the
 // holder's consumer (its STOW-RS request to a slow destination) takes to
 // read the holder's header: the wait is a flow.BoundedWait, so the stall
