@@ -38,12 +38,17 @@ const ReadyTimeout = 5 * time.Second
 // (in parallel, ReadyTimeout at most) and answers 503 with a JSON body naming each
 // failed check; failed Advisory checks are listed under "degraded" and do
 // not make the process unready.
+// Both answer HEAD too (RFC 9110 asks it of every server; chi does not
+// route it to GET): a balancer whose monitor sends HEAD got 405 and took
+// every replica out.
 func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]Check) {
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+	healthz := func(w http.ResponseWriter, _ *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	}
+	r.Get("/healthz", healthz)
+	r.Head("/healthz", healthz)
 	ready := &sharedChecks{checks: checks, reuse: readyReuse}
-	r.Get("/readyz", func(w http.ResponseWriter, req *http.Request) {
+	readyz := func(w http.ResponseWriter, req *http.Request) {
 		failed, degraded := ready.run(req.Context())
 		body := map[string]any{"status": "ready", "checks": sortedNames(checks)}
 		if len(degraded) > 0 {
@@ -56,7 +61,9 @@ func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]C
 			status = http.StatusServiceUnavailable
 		}
 		WriteJSON(w, status, body)
-	})
+	}
+	r.Get("/readyz", readyz)
+	r.Head("/readyz", readyz)
 	r.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 }
 

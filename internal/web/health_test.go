@@ -78,6 +78,17 @@ func TestHealthAndReadiness(t *testing.T) {
 	if _, _, raw := get("/metrics"); !strings.Contains(raw, "stowline_test_total") {
 		t.Errorf("/metrics does not expose the registry: %q", raw)
 	}
+	// A balancer's monitor may send HEAD: it gets the status GET would.
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 503} {
+		resp, err := http.Head(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("HEAD %s = %d, want %d", path, resp.StatusCode, want)
+		}
+	}
 }
 
 // /readyz answers anyone who can reach the port, and each request ran
