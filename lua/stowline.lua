@@ -286,8 +286,9 @@ local function postStableStudy(studyId, tags, metadata)
     -- The ingest logs every refusal of its webhook, but not a request to
     -- a path it does not serve, and a proxy's error never reaches it.
     print('stowline: study ' .. studyId .. ' not announced: ' .. s.url ..
-      ' answered with an HTTP error (a wrong IngestToken, an event refused, the rate limit' ..
-      ' or JetStream unavailable: the ingest logs why; if it logged nothing, the post did not' ..
+      ' answered with an HTTP error (a wrong IngestToken, an event refused, the rate limit,' ..
+      ' JetStream unavailable or the ingest still waiting for NATS at its start: the ingest' ..
+      ' logs why; if it logged nothing, the post did not' ..
       ' reach its webhook: check the path of IngestUrl and any proxy in between;' ..
       ' the reconciler will pick it up)')
   end

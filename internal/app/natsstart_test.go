@@ -14,6 +14,7 @@ import (
 
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
+	"github.com/stowline/stowline/internal/web"
 )
 
 // probe is one answer of a probe: its status, and for /readyz the
@@ -106,6 +107,18 @@ func TestServicesWaitForNATSStartedLate(t *testing.T) {
 				})
 				if metrics, ok := getProbe(addr, "/metrics"); !ok || metrics.status != http.StatusServiceUnavailable {
 					t.Errorf("/metrics while waiting for NATS: %d (answered: %v), want 503: a scrape that fails", metrics.status, ok)
+				}
+				// What the role serves once started answers 503 with the
+				// reason: a 404 to the webhook sent Orthanc's script to
+				// "check the path of IngestUrl".
+				post, err := http.Post("http://"+addr+web.WebhookPath, "application/json", strings.NewReader(`{}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(post.Body)
+				post.Body.Close()
+				if post.StatusCode != http.StatusServiceUnavailable || post.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "waiting for NATS at") {
+					t.Errorf("webhook while waiting for NATS: %d, Retry-After %q, %s; want 503 naming the wait, with Retry-After", post.StatusCode, post.Header.Get("Retry-After"), body)
 				}
 				if !natsComes {
 					stop()

@@ -48,6 +48,11 @@ func startStarting(addr string, serverTLS *tls.Config, log *slog.Logger) (*start
 	router := newRouter()
 	router.Use(noMetrics)
 	web.MountHealth(router, newRegistry(), map[string]web.Check{"jetstream": s.ready})
+	// The webhook, the admin API and the status page are not served yet:
+	// 503 with the reason, as the ingest answers while NATS reconnects. A
+	// bare 404 sent Orthanc's script to "check the path of IngestUrl".
+	router.NotFound(s.notYet)
+	router.MethodNotAllowed(s.notYet)
 	s.srv = web.NewServer(router, log)
 	go func() {
 		defer close(s.done)
@@ -65,6 +70,12 @@ func noMetrics(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// notYet answers a request for what the process serves once started.
+func (s *startingServer) notYet(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Retry-After", "5")
+	web.WriteError(w, http.StatusServiceUnavailable, "not serving yet, retry later: "+s.ready(context.Background()).Error())
 }
 
 func (s *startingServer) ready(context.Context) error {
