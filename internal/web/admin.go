@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
+	"github.com/stowline/stowline/internal/ellipsis"
 )
 
 // AdminAPI is the admin HTTP API over dead letters and re-forwarding,
@@ -106,6 +108,14 @@ func adminMethodNotAllowed(w http.ResponseWriter, req *http.Request) {
 
 func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	// A misspelt key (?clas=permanent) listed every letter.
+	keys := []string{"destination", "source", "seq", "study", "orthancStudyId", "class", "reason", "since", "limit", "after"}
+	for k := range q {
+		if !slices.Contains(keys, k) {
+			WriteError(w, http.StatusBadRequest, ellipsis.Truncate(k, 40)+": not a key of this listing; keys: "+strings.Join(keys, ", "))
+			return
+		}
+	}
 	args := deadletter.FilterArgs{Destination: q.Get("destination"), Source: q.Get("source"), Seq: q.Get("seq"), Study: q.Get("study"), OrthancStudyID: q.Get("orthancStudyId"),
 		Class: q.Get("class"), Reason: q.Get("reason"), Since: q.Get("since")}
 	for _, k := range []string{"destination", "source", "seq", "study", "orthancStudyId", "class", "reason", "since"} {
@@ -250,6 +260,35 @@ func givenEmpty(raw json.RawMessage) error {
 	return errors.New(strings.Join(given, "; ") + ": give a value or leave it out")
 }
 
+// repeatedKeys refuses a JSON object that gives a key twice, in any
+// case (encoding/json matches keys whatever their case and keeps the
+// last): which one was meant cannot be told.
+func repeatedKeys(raw json.RawMessage) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil // not an object: the strict decode says why
+	}
+	var seen []string
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		key, _ := t.(string)
+		for _, k := range seen {
+			if strings.EqualFold(k, key) {
+				return fmt.Errorf("%s: given twice (keys match whatever their case): give it once", ellipsis.Truncate(key, 40))
+			}
+		}
+		seen = append(seen, key)
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return nil
+		}
+	}
+	return nil
+}
+
 // seqArg is the text of a seq given as a JSON number or string, for
 // FilterArgs.Filter to check (givenEmpty refused "" and null).
 func seqArg(raw json.RawMessage) string {
@@ -392,6 +431,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 			WriteError(w, http.StatusBadRequest, `empty body: send one JSON object: to replay or purge, as {"seq":42,"dryRun":true}; to re-forward, as {"since":"2026-11-01T00:00Z"}`)
 			return false
 		}
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			WriteError(w, http.StatusRequestEntityTooLarge, "body over 64 KiB: send one JSON object of filters")
+			return false
+		}
 		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
 		return false
 	}
@@ -399,6 +442,12 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	// would purge for good.
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		WriteError(w, http.StatusBadRequest, "malformed JSON body: more than one value (send one JSON object)")
+		return false
+	}
+	// A key given twice is refused: the decode keeps the last, so
+	// {"all":true,"dryRun":true,"dryRun":false} purged for good.
+	if err := repeatedKeys(raw); err != nil {
+		WriteError(w, http.StatusBadRequest, err.Error())
 		return false
 	}
 	// A key given "" or null is refused before it can mean "any".

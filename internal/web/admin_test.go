@@ -197,6 +197,42 @@ func TestAdminRefusesABodyOfSeveralValues(t *testing.T) {
 	}
 }
 
+// TestAdminRefusesAKeyGivenTwice: a purge whose body gives a key twice,
+// in any case, is refused with 400 and does nothing: the decode kept the
+// last, so {"all":true,"dryRun":true,"dryRun":false} deleted every dead
+// letter for good. A body over 64 KiB is 413, as the webhook's.
+func TestAdminRefusesAKeyGivenTwice(t *testing.T) {
+	f := start(t) // one dead letter
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	for _, tt := range []struct {
+		body string
+		code int
+		want string
+	}{
+		{`{"all":true,"dryRun":true,"dryRun":false}`, http.StatusBadRequest, "dryRun: given twice"},
+		{`{"dryRun":true,"all":true,"DryRun":false}`, http.StatusBadRequest, "DryRun: given twice"},
+		{`{"all":true,"study":"1.2.3","study":"1.2.4"}`, http.StatusBadRequest, "study: given twice"},
+		{`{"all":true,"dryRun":true,"x":"` + strings.Repeat("a", 70<<10) + `"}`, http.StatusRequestEntityTooLarge, "over 64 KiB"},
+	} {
+		req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(tt.body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		if rec.Code != tt.code || !strings.Contains(rec.Body.String(), tt.want) {
+			t.Errorf("purge with body %.60s: status %d, body %.200s; want %d naming %q", tt.body, rec.Code, rec.Body, tt.code, tt.want)
+		}
+	}
+	left, err := f.store.List(t.Context(), deadletter.Filter{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 {
+		t.Errorf("%d dead letters left, want the one there was", len(left))
+	}
+}
+
 // TestAdminPurgeLogsEachStudy: a purge through the admin API deletes
 // dead letters for good, and its log line said only how many ("dead
 // letters purged", count 1): which studies a night's purge took was
@@ -686,6 +722,8 @@ func TestAdminRefusesAFilterGivenEmpty(t *testing.T) {
 		{http.MethodGet, "/admin/deadletters?destination=default&study=", "", "study: empty"},
 		{http.MethodGet, "/admin/deadletters?destination=default&after=", "", "after: empty"},
 		{http.MethodGet, "/admin/deadletters?limit=&after=1", "", "limit: empty"},
+		// Not "empty", but refused alike: a misspelt key listed every letter.
+		{http.MethodGet, "/admin/deadletters?clas=permanent", "", "clas: not a key of this listing"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":"","dryRun":true}`, "destination: empty"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":null,"dryRun":true}`, "destination: null"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","until":"","dryRun":true}`, "until: empty"},
