@@ -31,6 +31,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/tracing"
 )
@@ -191,7 +192,7 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
 		h.reject(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type",
-			fmt.Sprintf("Content-Type must be application/json, got %q", r.Header.Get("Content-Type")))
+			fmt.Sprintf("Content-Type must be application/json, got %q", ellipsis.Truncate(r.Header.Get("Content-Type"), 100)))
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))

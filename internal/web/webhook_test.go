@@ -98,6 +98,9 @@ func TestWebhook(t *testing.T) {
 		{"basic auth", "application/json", "Basic dXNlcjpwYXNz", validBody, 401, "bearer token", ""},
 		{"text body", "text/plain", bearer, validBody, 415, "application/json", ""},
 		{"no content type", "", bearer, validBody, 415, "application/json", ""},
+		// Quoted back in part: a header of up to 1 MB went whole into
+		// the answer and the log.
+		{"long content type", "text/" + strings.Repeat("x", 2000), bearer, validBody, 415, "application/json", strings.Repeat("x", 200)},
 		{"malformed", "application/json", bearer, `{"type":`, 400, "malformed JSON", ""},
 		{"empty", "application/json", bearer, ``, 400, "empty body", ""},
 		{"two values", "application/json", bearer, validBody + validBody, 400, "more than one", ""},
