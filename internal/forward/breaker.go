@@ -315,8 +315,8 @@ type breakerConfig struct {
 // no delivery. After the probe interval a prober (QIDO-RS) asks the
 // destination whether it answers; when it does, the breaker is half-open
 // and one study is sent as a trial (chooseTrial): it closes the breaker
-// when it is stored, and the held studies go again at once within their
-// delivery.
+// when the destination stores its first request (trialStored), and the
+// held studies go again at once within their delivery.
 type breaker struct {
 	cfg    breakerConfig
 	prober Prober
@@ -399,6 +399,11 @@ type breaker struct {
 	trialSeq uint64
 	triedAt  map[uint64]uint64
 	trials   uint64
+	// cutShort holds the trials ended at their first request stored
+	// (trialStored) whose outcome record has not counted yet, each
+	// with whether a probe vouched for it: a later down failure marks
+	// the study as a failed trial's.
+	cutShort map[trialToken]bool
 	// pullTrial, if set, pulls one event from the queue and handles it
 	// as the trial, in a goroutine of its own; pulledTrials counts those
 	// in hand (held ones too), at most maxPulledTrials.
@@ -437,7 +442,7 @@ func newBreaker(cfg breakerConfig, prober Prober, onChange func(from, to Breaker
 	probeCtx, cancelProbe := context.WithCancel(context.Background())
 	return &breaker{cfg: cfg, prober: prober, onChange: onChange, now: time.Now,
 		changed: make(chan struct{}), wait: cfg.interval, probeCtx: probeCtx, cancelProbe: cancelProbe,
-		heldSeqs: map[uint64]int{}, failedTrials: map[uint64]bool{}, vouchedFailed: map[uint64]uint64{}, triedAt: map[uint64]uint64{}}
+		heldSeqs: map[uint64]int{}, failedTrials: map[uint64]bool{}, vouchedFailed: map[uint64]uint64{}, triedAt: map[uint64]uint64{}, cutShort: map[trialToken]bool{}}
 }
 
 func (b *breaker) enabled() bool { return b != nil && b.cfg.failures > 0 }
@@ -509,6 +514,8 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	trial := b.takeTrial(token)
+	vouched, cut := b.cutShort[token]
+	delete(b.cutShort, token)
 	if b.settling && !b.settleUntil.IsZero() && !b.now().Before(b.settleUntil) {
 		b.settling = false // no failure came within settleWindow of a stored close
 	}
@@ -516,17 +523,7 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	switch {
 	case err == nil:
 		delete(b.vouchedFailed, seq)
-		b.stores++
-		closing := b.state != BreakerClosed
-		b.settling = false // a close below makes it true again
-		b.failures = 0
-		b.spent = false
-		clear(b.failedTrials)
-		clear(b.triedAt)
-		b.setState(BreakerClosed)
-		if closing {
-			b.settleUntil = b.now().Add(settleWindow)
-		}
+		b.stored()
 		return false
 	case !down:
 		// The destination answered (or the failure was the source's):
@@ -539,6 +536,16 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 	b.failures++
 	b.noteDown(err)
 	b.refused = errors.As(err, new(*refusedError))
+	if cut && b.prober != nil {
+		// A trial ended at its first request stored (trialStored) that
+		// fails later for the destination counts as any study's, and is
+		// marked as a failed trial all the same (after the settling
+		// rule below read the marks): a study a proxy answers 503 for
+		// past its first request (a poison one) would be the fresh
+		// trial again at every half-open, close the breaker at its
+		// first request, and be held again, for ever.
+		defer b.markFailedTrial(seq, err, vouched)
+	}
 	if trial {
 		// The destination answered the probe but failed the study. If
 		// a prober vouched for it and the failure may be the study's
@@ -561,17 +568,10 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		// cycle.
 		spend := false
 		if b.prober != nil {
-			marked, ok := b.vouchedFailed[seq]
-			vouched, own := b.failedProbes == 0, studyMayFail(err) || ok && marked < b.stores
-			if vouched && own {
+			vouched := b.failedProbes == 0
+			if own := b.markFailedTrial(seq, err, vouched); vouched && own {
 				spend = !b.spent
 				b.spent = true
-			}
-			if vouched || own {
-				b.failedTrials[seq] = true
-			}
-			if vouched {
-				b.markVouchedFailed(seq)
 			}
 		}
 		b.open(studyUID)
@@ -601,6 +601,63 @@ func (b *breaker) record(err error, token trialToken, studyUID string, seq uint6
 		b.probeStudy = studyUID
 	}
 	return b.state != BreakerClosed
+}
+
+// stored closes the breaker on a study stored, or on a trial's first
+// request stored (trialStored): the destination stores again. Under mu.
+func (b *breaker) stored() {
+	b.stores++
+	closing := b.state != BreakerClosed
+	b.settling = false // a close below makes it true again
+	b.failures = 0
+	b.spent = false
+	clear(b.failedTrials)
+	clear(b.triedAt)
+	b.setState(BreakerClosed)
+	if closing {
+		b.settleUntil = b.now().Add(settleWindow)
+	}
+}
+
+// trialStored is told that the destination stored instances of a request
+// of the trial token let through, and reports whether that ended the
+// trial: the breaker closes then, as at a study stored. Waiting for the
+// whole study shut the destination for its whole re-send (hours for a
+// large one, stat studies too) when its first answer already said the
+// destination stores again. The study goes on as an ordinary one: its
+// outcome, recorded with a token no longer the trial's, counts as any
+// study's (a later failure too, which, settling, opens the breaker
+// again).
+func (b *breaker) trialStored(token trialToken) bool {
+	if !b.enabled() || token == 0 {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.takeTrial(token) {
+		return false // another half-open's, or this one's ended already
+	}
+	// Read before the close resets failedProbes; record reads it.
+	b.cutShort[token] = b.failedProbes == 0
+	b.stored()
+	return true
+}
+
+// markFailedTrial marks the study at seq as one whose trial failed with
+// err (failedTrials, vouchedFailed), and reports whether the failure may
+// be its own: studyMayFail, or it failed a vouched trial before a study
+// was stored since. vouched: a probe vouched for the destination. Under
+// mu.
+func (b *breaker) markFailedTrial(seq uint64, err error, vouched bool) (own bool) {
+	marked, ok := b.vouchedFailed[seq]
+	own = studyMayFail(err) || ok && marked < b.stores
+	if vouched || own {
+		b.failedTrials[seq] = true
+	}
+	if vouched {
+		b.markVouchedFailed(seq)
+	}
+	return own
 }
 
 // markVouchedFailed adds seq to vouchedFailed, dropping the oldest (the
@@ -658,6 +715,7 @@ func (b *breaker) trialSaidNothing(token trialToken, pulled bool) {
 func (b *breaker) endTrial(token trialToken) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	delete(b.cutShort, token)
 	if b.takeTrial(token) && b.state == BreakerHalfOpen && !b.stopped {
 		b.open("")
 	}
@@ -1116,6 +1174,14 @@ func (f *Forwarder) transferGuarded(ctx context.Context, a *Attempt, log *slog.L
 			}
 		}
 		a.unrecorded = unrecorded
+		// Its first request stored ends the trial (trialStored), and
+		// record then counts the outcome as an ordinary study's. Not
+		// one sent beside its study's held delivery: closing the
+		// breaker, it would let that delivery go at once, beside it.
+		a.trial = 0
+		if !a.beside {
+			a.trial = trial
+		}
 		rep, err := f.transferRecovering(ctx, a)
 		rep.unrecorded = append(unrecorded, rep.unrecorded...)
 		unrecorded = rep.unrecorded

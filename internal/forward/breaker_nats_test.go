@@ -606,3 +606,102 @@ func TestBreakerHoldsThroughALongThrottle(t *testing.T) {
 		t.Fatalf("%d dead letters during the throttle", n)
 	}
 }
+
+// sizedSource lists every instance of its memSource for the study big,
+// the first one alone for any other.
+type sizedSource struct {
+	*memSource
+	big string
+}
+
+func (s sizedSource) StudyInstances(_ context.Context, id string) ([]orthancapi.Instance, error) {
+	if id == s.big {
+		return s.instances, nil
+	}
+	return s.instances[:1], nil
+}
+
+// TestBreakerTrialEndsAtItsFirstStoredRequest: after a short outage, the
+// held study that is the half-open breaker's trial is a large one, sent
+// again whole. The destination's first answer storing some of it closes
+// the breaker: a stat study published meanwhile is stored while the
+// trial still sends. Before, the breaker stayed half-open for the whole
+// re-send (hours for 20,000 instances) and no worker pulled, the stat
+// one included.
+func TestBreakerTrialEndsAtItsFirstStoredRequest(t *testing.T) {
+	ns := testnats.Start(t)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	all, err := topo.EnsureLanes(t.Context(), ns.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lanes := all[natsjs.DefaultDestination]
+	big := testEvent()
+	big.OrthancStudyID, big.StudyInstanceUID = "bbbbbbbb-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.1"
+	stat := testEvent()
+	stat.OrthancStudyID, stat.StudyInstanceUID = "aaaaaaaa-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.2"
+	src := sizedSource{memSource: newMemSource(40), big: big.OrthancStudyID}
+
+	var k sink
+	stores := k.handler(nil)
+	var down atomic.Bool
+	down.Store(true)
+	var storedPosts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case down.Load():
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case r.Method == http.MethodGet:
+			answerProbe(w, new(atomic.Int32))
+		default:
+			// A slow destination: the large study's 20 requests, one at
+			// a time, take 6 s.
+			time.Sleep(300 * time.Millisecond)
+			stores.ServeHTTP(w, r)
+			storedPosts.Add(1)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	f := newForwarder(t, src.memSource, srv.URL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.Concurrency, o.StatWorkers = 1, 1
+		o.MaxInstances, o.RequestConcurrency = 2, 1
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: newProber(t, srv.URL)}
+	})
+	runForwarder(t, f)
+	publish := func(ev *events.StudyStable, lane events.Priority) {
+		t.Helper()
+		if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.LaneSubject(lane, "", ev.Source), ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(big, events.PriorityRoutine)
+	waitOpenHolding(t, f, 1)
+	down.Store(false)
+	// The trial is sending: its first request was stored.
+	deadline := time.Now().Add(15 * time.Second)
+	for storedPosts.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no trial request stored; breaker %+v", f.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	publish(stat, events.PriorityStat)
+	waitConsumer(t, lanes[events.PriorityStat], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 })
+	info, err := lanes[events.PriorityRoutine].Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.AckFloor.Stream != 0 || info.NumAckPending != 1 {
+		t.Fatalf("the stat study was stored only after the trial's whole re-send (large study acked up to %d, %d in hand; %d requests stored)",
+			info.AckFloor.Stream, info.NumAckPending, storedPosts.Load())
+	}
+	// The trial goes on as an ordinary study, and is stored whole.
+	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	if st := f.Status(); st.State != "closed" || st.Held != 0 || st.Failures != 0 {
+		t.Errorf("breaker %+v, want closed, nothing held", st)
+	}
+}

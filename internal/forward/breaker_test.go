@@ -2110,3 +2110,85 @@ func TestBreakerVouchedFailedDropsTheOldest(t *testing.T) {
 		}
 	}
 }
+
+// TestBreakerTrialStored: the trial's first request stored closes the
+// breaker, as a study stored does, once; the study then goes on as an
+// ordinary one, and its outcome counts as any study's: a later failure,
+// settling, opens the breaker again (a 500 spending its delivery, a 503
+// held). A down failure marks it as a failed trial all the same, so that
+// the next trial is another study.
+func TestBreakerTrialStored(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		err        error // the rest of the study's outcome
+		wantHold   bool
+		wantState  BreakerState
+		wantMarked bool
+	}{
+		{"then stored whole", nil, false, BreakerClosed, false},
+		{"then 503", &dicomweb.HTTPError{StatusCode: 503}, true, BreakerOpen, true},
+		{"then 500", &dicomweb.HTTPError{StatusCode: 500}, false, BreakerOpen, true},
+		{"then refused (400)", &dicomweb.HTTPError{StatusCode: 400}, false, BreakerClosed, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := openedBy503s(t, time.Second)
+				trial := vouchedTrial(t, b, 1)
+				if trial == 0 {
+					t.Fatal("no trial")
+				}
+				if b.trialStored(0) {
+					t.Error("trialStored(0) ended a trial")
+				}
+				if !b.trialStored(trial) {
+					t.Fatal("the trial's first request stored did not end the trial")
+				}
+				if b.trialStored(trial) {
+					t.Error("the trial ended twice")
+				}
+				b.mu.Lock()
+				st, failures, settling, until := b.state, b.failures, b.settling, b.settleUntil
+				b.mu.Unlock()
+				if st != BreakerClosed || failures != 0 || !settling || until.IsZero() {
+					t.Fatalf("after the trial's first store: %v, %d failures, settling %v until %v; want closed, 0, settling on a store", st, failures, settling, until)
+				}
+				if hold := b.record(tt.err, trial, "1.2.1", 1); hold != tt.wantHold {
+					t.Errorf("held %v, want %v", hold, tt.wantHold)
+				}
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				if b.state != tt.wantState || b.failedTrials[1] != tt.wantMarked {
+					t.Errorf("breaker %v, failed trial marked %v; want %v, %v", b.state, b.failedTrials[1], tt.wantState, tt.wantMarked)
+				}
+				if len(b.cutShort) != 0 {
+					t.Errorf("%d trials ended early still remembered", len(b.cutShort))
+				}
+			})
+		})
+	}
+}
+
+// A large study a proxy answers 503 for past its first request (a poison
+// study: the server crashes on one of its instances) is the trial alone
+// held; each trial closes the breaker at its first request stored. Its
+// first such failure is held; the next, a study (its own first request)
+// stored since, spends its delivery, as a failed trial's: else it went
+// from trial to close to hold for ever, spending nothing.
+func TestBreakerTrialStoredThenPoison(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := openedBy503s(t, time.Second)
+		down := &dicomweb.HTTPError{StatusCode: 503}
+		for i, wantHold := range []bool{true, false} {
+			trial := vouchedTrial(t, b, 1)
+			if trial == 0 || !b.trialStored(trial) {
+				t.Fatalf("cycle %d: trial %v not ended at its first request stored", i+1, trial)
+			}
+			if hold := b.record(down, trial, "1.2.1", 1); hold != wantHold {
+				t.Fatalf("cycle %d: held %v, want %v", i+1, hold, wantHold)
+			}
+			if s := b.status().state; s != BreakerOpen {
+				t.Fatalf("cycle %d: breaker %v, want open", i+1, s)
+			}
+		}
+	})
+}

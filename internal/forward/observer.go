@@ -32,6 +32,9 @@ type Attempt struct {
 	// turn it took once no longer the trial (transferGuarded).
 	beside   bool
 	lateTurn func()
+	// trial is the token of the breaker's trial this run is (0: none),
+	// for sendAll to end it at its first request stored (trialStored).
+	trial trialToken
 	// log is the delivery's logger (handle's: source, study, attempt,
 	// stream_seq, trace_id), so that the study's lines from transfer
 	// can be told apart when studies run at once; nil outside a

@@ -856,7 +856,8 @@ func (f *Forwarder) requestSize(n int) int {
 // "already exists" a conflict on the next delivery. Each answered request
 // is reported to the observer. own tells which of the destination's copies
 // may be stowline's (sortAnswer); confirmed is told each request's
-// outcome once answered with instances stored.
+// outcome once answered with instances stored. The first such answer
+// ends the breaker's trial that a is (trialStored).
 func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, batches [][]dicomweb.Part, rep *Report, put bool, own ownership, confirmed func(batchOutcome)) ([]batchOutcome, error) {
 	outs := make([]batchOutcome, len(batches))
 	prio := requestPriority(a.lane)
@@ -903,6 +904,9 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 				// Now, not as the attempt ends: a killed process runs no
 				// deferred write. The writer does not hold the place.
 				confirmed(out)
+			}
+			if len(out.confirmed) > 0 && f.breaker.trialStored(a.trial) {
+				f.attemptLog(a).Info("circuit breaker trial: the destination stored the study's first request; the breaker closes and the study goes on as an ordinary one")
 			}
 			reason, retryAfter, overloaded := overload(ctx, err)
 			if overloaded {
