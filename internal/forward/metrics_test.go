@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stowline/stowline/internal/testharness"
 )
 
 // The duration histograms reach the times large studies take: a study
@@ -17,35 +19,12 @@ func TestDurationBucketsCoverLargeStudies(t *testing.T) {
 	if _, err := newMetrics(reg, "x"); err != nil {
 		t.Fatal(err)
 	}
-	checkTopBucket(t, reg, map[string]time.Duration{
+	for name, want := range map[string]time.Duration{
 		"stowline_forwarder_study_duration_seconds":  6 * time.Hour,
 		"stowline_forwarder_verify_duration_seconds": 10 * time.Minute,
-	})
-}
-
-// checkTopBucket fails unless each named histogram's largest finite
-// bucket is at least its duration.
-func checkTopBucket(t *testing.T, g prometheus.Gatherer, want map[string]time.Duration) {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	for _, mf := range mfs {
-		d, ok := want[mf.GetName()]
-		if !ok {
-			continue
-		}
-		seen[mf.GetName()] = true
-		b := mf.GetMetric()[0].GetHistogram().GetBucket()
-		if top := b[len(b)-1].GetUpperBound(); top < d.Seconds() {
-			t.Errorf("%s: top bucket %g s, want at least %v", mf.GetName(), top, d)
-		}
-	}
-	for name := range want {
-		if !seen[name] {
-			t.Errorf("%s not registered", name)
+	} {
+		if top := testharness.HistogramTop(t, reg, name); top < want.Seconds() {
+			t.Errorf("%s: top bucket %g s, want at least %v", name, top, want)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 )
 
@@ -443,17 +444,8 @@ stowline_forwarder_token_fetches_total{destination="default"} 3
 		t.Error("a success after an error is OK again")
 	}
 	// The duration histogram reaches the token client's 30 s time-out.
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "stowline_forwarder_token_fetch_duration_seconds" {
-			b := mf.GetMetric()[0].GetHistogram().GetBucket()
-			if top := b[len(b)-1].GetUpperBound(); top < 30 {
-				t.Errorf("token fetch duration: top bucket %g s, want at least 30 s", top)
-			}
-		}
+	if top := testharness.HistogramTop(t, reg, "stowline_forwarder_token_fetch_duration_seconds"); top < 30 {
+		t.Errorf("token fetch duration: top bucket %g s, want at least 30 s", top)
 	}
 	// Without OAuth2 nothing is registered (no alert on a token that is never fetched).
 	reg2 := prometheus.NewRegistry()

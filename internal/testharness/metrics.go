@@ -7,7 +7,32 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
+
+// HistogramTop returns the largest finite bucket bound of the histogram
+// name that g gathers (its first series); a histogram not gathered fails
+// the test. A value above it counts only in +Inf, where
+// histogram_quantile answers that bound whatever the value.
+func HistogramTop(t testing.TB, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			b := mf.GetMetric()[0].GetHistogram().GetBucket()
+			if len(b) == 0 {
+				t.Fatalf("%s: not a histogram with buckets", name)
+			}
+			return b[len(b)-1].GetUpperBound()
+		}
+	}
+	t.Fatalf("%s not gathered", name)
+	return 0
+}
 
 // Metric reads a Prometheus text page at url and sums the samples that
 // match sample: a metric name, optionally with labels
