@@ -54,12 +54,17 @@ forwarder would refuse (docs/tracing.md). Logs go to stderr.
 func RunCheck(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) error {
 	const program = "forwarder check"
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
-	timeout := fs.Duration("timeout", 30*time.Second, "bound on each step (credential, request)")
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on each step (credential, request), above 0")
 	only := fs.String("destination", "", "check only this destination (and no source unless --source is set)")
 	onlySource := fs.String("source", "", "check only this source Orthanc (and no destination unless --destination is set)")
 	var cfg config.CheckCommand
 	if done, err := parseCommand(fs, checkUsage, args, getenv, stdout, stderr, &cfg); done || err != nil {
 		return err
+	}
+	if *timeout <= 0 {
+		// Taken for "no limit", it expired every step at once, and each
+		// source was reported down.
+		return &usageError{fmt.Errorf("%s: --timeout %s: out of range: want a duration above 0 (e.g. 30s, the default)", program, *timeout)}
 	}
 	// The forwarder's own refusal: a check that passes a configuration
 	// the forwarder will not start with misleads. Other unread variables
