@@ -89,19 +89,26 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	// that a backfill of a whole archive holds no list in memory and
 	// shows its progress.
 	w := newBlockTable(stdout, "SOURCE\tORTHANC STUDY\tSTUDY UID\tLAST UPDATE\tNOTE")
-	emit := func(ev *events.StudyStable, duplicate bool) {
+	invalid := 0
+	emit := func(ev *events.StudyStable, duplicate bool, invalidErr error) {
 		note := "-"
-		if duplicate {
+		switch {
+		case invalidErr != nil:
+			invalid++
+			note = "not queued: invalid event (" + invalidErr.Error() + ")"
+		case duplicate:
 			note = "not queued again (duplicate)"
 		}
-		_ = w.row("%s\t%s\t%s\t%s\t%s", ev.Source, ev.OrthancStudyID, ev.StudyInstanceUID, ev.LastUpdate, note)
+		// One line each: an invalid study's fields are as Orthanc has
+		// them, a tab or an escape sequence included.
+		_ = w.row("%s\t%s\t%s\t%s\t%s", oneLine(ev.Source), oneLine(ev.OrthancStudyID), oneLine(ev.StudyInstanceUID), oneLine(ev.LastUpdate), oneLine(note))
 	}
 	dups, unreadable := 0, 0
 	if *from == "stream" {
 		var evs []events.StudyStable
 		evs, unreadable, err = deadletter.ReforwardIn(ctx, conn.JS, *destination, lane.lane, start, end, *dryRun)
 		for i := range evs {
-			emit(&evs[i], false)
+			emit(&evs[i], false, nil)
 		}
 	} else {
 		dups, err = backfillFromSources(ctx, conn, &cfg.Orthanc, *destination, lane.lane, start, end, *dryRun, emit)
@@ -111,7 +118,10 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	if *dryRun {
 		verb = "would be queued for"
 	}
-	fmt.Fprintf(stdout, "%d studies %s %s\n", w.rows-dups, verb, *destination)
+	fmt.Fprintf(stdout, "%d studies %s %s\n", w.rows-dups-invalid, verb, *destination)
+	if invalid > 0 {
+		fmt.Fprintf(stdout, "%d studies not queued: their event would be invalid (the NOTE says why; the error names them)\n", invalid)
+	}
 	if *from == "stream" {
 		unreadableNote(unreadable, stdout)
 		streamWindowNote(ctx, conn.JS, start, end, stdout)
@@ -153,8 +163,12 @@ const sourcePage = 500
 // dropped it as queued by a backfill before, within the dedupe window;
 // dups counts those. Orthanc writes LastUpdate in UTC. A source that cannot be
 // read does not keep the others' studies from being queued: the error
-// names each source not read to its end.
-func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool, emit func(ev *events.StudyStable, duplicate bool)) (dups int, err error) {
+// names each source not read to its end. Nor does a study whose event
+// would be invalid (a malformed UID Orthanc stored) keep its source's
+// later studies from being queued, as it did when it ended the walk: it
+// is given to emit, in its place, with why (its fields as Orthanc lists
+// them), not queued, and the error names it.
+func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool, emit func(ev *events.StudyStable, duplicate bool, invalid error)) (dups int, err error) {
 	sources, err := NewSources(oc)
 	if err != nil {
 		return 0, err
@@ -181,20 +195,30 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 		// (those in flight are ended). The next page is read while the
 		// last one's acks are awaited.
 		p := inorder.New(natsjs.PublishWindow)
+		var invalid []string // the Orthanc IDs of the studies not queued
 		err := orthancapi.EachStudy(ctx, src.Client, sourcePage, func(st orthancapi.Study) error {
 			if !st.IsStable || st.LastUpdate < from || (to != "" && st.LastUpdate >= to) {
 				return nil
 			}
-			ev, err := events.NewStudyStable(name, st.ID, st.StudyInstanceUID, st.LastUpdate)
-			if err != nil {
-				return fmt.Errorf("study %s: %w", st.ID, err)
+			ev, invalidErr := events.NewStudyStable(name, st.ID, st.StudyInstanceUID, st.LastUpdate)
+			skip := func() {
+				invalid = append(invalid, st.ID)
+				emit(ev, false, invalidErr)
 			}
 			if dryRun {
-				emit(ev, false)
+				if invalidErr != nil {
+					skip()
+				} else {
+					emit(ev, false, nil)
+				}
 				return nil
 			}
 			if err := ctx.Err(); err != nil {
 				return err
+			}
+			if invalidErr != nil {
+				// Listed after the publishes in flight: in Orthanc's order.
+				return p.Run(func() error { return nil }, func(error) error { skip(); return nil })
 			}
 			var ack *jetstream.PubAck
 			return p.Run(func() (err error) {
@@ -210,7 +234,7 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 				if ack.Duplicate {
 					dups++
 				}
-				emit(ev, ack.Duplicate)
+				emit(ev, ack.Duplicate, nil)
 				return nil
 			})
 		})
@@ -221,13 +245,31 @@ func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orth
 			err = perr
 		}
 		if err != nil {
+			err = fmt.Errorf("source %s: %w", name, err)
+		}
+		if len(invalid) > 0 {
+			err = errors.Join(err, fmt.Errorf("source %s: %d studies not queued, their event would be invalid (the table's NOTE says why): %s", name, len(invalid), someIDs(invalid)))
+		}
+		if err != nil {
 			if ctx.Err() != nil {
-				return dups, fmt.Errorf("source %s: %w", name, err)
+				return dups, err
 			}
-			errs = append(errs, fmt.Errorf("source %s: %w", name, err))
+			errs = append(errs, err)
 		}
 	}
 	return dups, errors.Join(errs...)
+}
+
+// maxNamedIDs bounds the Orthanc IDs an error names: a source could
+// hold thousands of studies not queued, each in the table already.
+const maxNamedIDs = 20
+
+// someIDs lists ids, up to maxNamedIDs of them, and how many more.
+func someIDs(ids []string) string {
+	if len(ids) <= maxNamedIDs {
+		return strings.Join(ids, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(ids[:maxNamedIDs], ", "), len(ids)-maxNamedIDs)
 }
 
 // backfillMsgID is the dedupe ID of a backfill's event: one a study

@@ -70,7 +70,7 @@ func BenchmarkBackfillFromSources(b *testing.B) {
 				b.StartTimer()
 				n := 0
 				dups, err := backfillFromSources(context.Background(), conn, oc, destination, events.PriorityLow, since, time.Time{}, bb.dry,
-					func(*events.StudyStable, bool) { n++ })
+					func(*events.StudyStable, bool, error) { n++ })
 				if err != nil || dups != 0 || n != benchStudies {
 					b.Fatalf("backfill = %d studies, %d duplicates, %v; want %d, 0, nil", n, dups, err, benchStudies)
 				}

@@ -1,19 +1,25 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testnats"
 	"github.com/stowline/stowline/orthancapi"
 )
@@ -72,7 +78,7 @@ func TestBackfillFromSourcesPublishesSeveralAtATime(t *testing.T) {
 			flags := 0
 			dups, err := backfillFromSources(runCtx, &natsjs.Conn{JS: js}, &config.Orthanc{URL: o.URL, SourceName: "main"},
 				tt.destination, events.PriorityLow, time.Now().Add(-24*time.Hour), time.Time{}, false,
-				func(ev *events.StudyStable, duplicate bool) {
+				func(ev *events.StudyStable, duplicate bool, _ error) {
 					listed = append(listed, ev)
 					if duplicate {
 						flags++
@@ -171,4 +177,107 @@ func storedMsgIDs(t *testing.T, js jetstream.JetStream, subject string) map[stri
 		}
 	}
 	return counts
+}
+
+// TestBackfillFromSourcesGoesOnPastAnInvalidStudy: a study whose event
+// would be invalid (a malformed multi-valued StudyInstanceUID, which
+// Orthanc stores) ended the walk of its source: no study Orthanc lists
+// after it was queued, on every run. It is now listed, not queued, with
+// why, the walk goes on, and the run fails (exit 1) naming it. Real
+// Orthanc, listing [valid, invalid, valid].
+func TestBackfillFromSourcesGoesOnPastAnInvalidStudy(t *testing.T) {
+	srv := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = -1, false })
+	if _, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), srv.JS, []string{"new"}); err != nil {
+		t.Fatal(err)
+	}
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "backfill-invalid", StableAge: 1})
+	for i := range 3 {
+		// One at a time: Orthanc 1.10 lists studies in the order it made
+		// them.
+		uid := dicomgen.NewUID()
+		files, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{StudyInstanceUID: uid, Series: 1, InstancesPerSeries: 1, Rows: 8, Columns: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			// Two values, as a faulty modality sends them: dicomgen writes
+			// valid UIDs only, so the file is changed, the length kept.
+			at := strings.LastIndexByte(uid, '.')
+			multi := uid[:at] + `\` + uid[at+1:]
+			b, err := os.ReadFile(files[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := bytes.Count(b, []byte(uid)); n != 1 {
+				t.Fatalf("the StudyInstanceUID is %d times in the file, want once", n)
+			}
+			if err := os.WriteFile(files[0], bytes.Replace(b, []byte(uid), []byte(multi), 1), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if res := o.Upload(t, files...); len(res.Failed) > 0 {
+			t.Fatal(res.Failed)
+		}
+		o.WaitStudies(t, i+1, 20*time.Second)
+	}
+	o.WaitStable(t, 20*time.Second)
+	client, err := orthancapi.New(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, err := client.Studies(t.Context(), 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var valid []*events.StudyStable
+	var bad string
+	for i, st := range listed {
+		ev, err := events.NewStudyStable("main", st.ID, st.StudyInstanceUID, st.LastUpdate)
+		switch {
+		case err == nil:
+			valid = append(valid, ev)
+		case i == 1:
+			bad = st.ID
+		default:
+			t.Fatalf("study %d of %d listed invalid: %v", i, len(listed), err)
+		}
+	}
+	if len(valid) != 2 || bad == "" {
+		t.Fatalf("Orthanc lists %d studies, the invalid one %q second; want [valid, invalid, valid]", len(listed), bad)
+	}
+	env := map[string]string{"NATS_URL": srv.ClientURL(), "ORTHANC_URL": o.URL, "ORTHANC_SOURCE_NAME": "main"}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"dry run", []string{"--dry-run"}, "2 studies would be queued for new"},
+		{"run", nil, "2 studies queued for new"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			err := RunBackfill(t.Context(), append([]string{"--destination", "new", "--from", "source", "--since", "24h"}, tt.args...),
+				func(k string) string { return env[k] }, &out, io.Discard)
+			if code := ExitCode("forwarder backfill", err, io.Discard); code != 1 || !strings.Contains(err.Error(), bad) {
+				t.Errorf("exit %d, err %v; want 1, naming study %s", code, err, bad)
+			}
+			for _, want := range []string{tt.want, "not queued: invalid event", "1 studies not queued: their event would be invalid"} {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+			if tt.args != nil {
+				return
+			}
+			stored := storedMsgIDs(t, srv.JS, natsjs.LaneSubject(events.PriorityLow, "new", "main"))
+			for _, ev := range valid {
+				if id := backfillMsgID(ev, "new", events.PriorityLow); stored[id] != 1 {
+					t.Errorf("study %s stored %d times, want once", ev.OrthancStudyID, stored[id])
+				}
+			}
+			if len(stored) != len(valid) {
+				t.Errorf("%d events stored, want %d", len(stored), len(valid))
+			}
+		})
+	}
 }
