@@ -41,5 +41,5 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	return cmd(ctx, &replayCLI{Store: store, JS: js.JS, Stdout: stdout})
+	return cmd(ctx, &replayCLI{Store: store, JS: js.JS, Stdout: stdout, Log: log})
 }

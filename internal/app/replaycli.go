@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -64,6 +65,7 @@ type replayCLI struct {
 	JS     jetstream.JetStream
 	Stdout io.Writer
 	Now    func() time.Time
+	Log    *slog.Logger // to stderr; nil logs nothing
 }
 
 // Run executes one command line (without the leading "replay").
@@ -272,9 +274,23 @@ func (c *replayCLI) mutate(ctx context.Context, name string, f deadletter.Filter
 		fmt.Fprintf(c.Stdout, "{\n  \"dryRun\": %t,\n  \"entries\": ", dryRun)
 	}
 	// Printed as the store reads them, a page at a time: thousands of
-	// letters of up to 512 KB each are never all in memory.
+	// letters of up to 512 KB each are never all in memory. The table
+	// is written out a block of rows at a time, as it goes: a run cut
+	// off (a lost ssh session's SIGHUP) leaves the rows of most letters
+	// it took, and a long one shows its progress.
 	out := newLetterPrinter(c.Stdout, asJSON, "  ")
-	n, err := op(ctx, f, dryRun, out.print)
+	done := out.print
+	if name == "purge" && !dryRun && c.Log != nil {
+		// Each letter by name, as the admin API's purge: a purge is for
+		// good, and the log, on stderr, is what says which studies it
+		// took when the table is lost (stdout not kept, the run killed).
+		done = func(e *deadletter.Entry) {
+			c.Log.Info("dead letter purged by forwarder replay purge", "dead_letter_seq", e.Seq, "destination", deadletter.DestinationOf(&e.DeadLetter),
+				"source", e.Event.Source, "orthanc_study_id", e.Event.OrthancStudyID, "study_instance_uid", e.Event.StudyInstanceUID, "class", e.Class)
+			out.print(e)
+		}
+	}
+	n, err := op(ctx, f, dryRun, done)
 	if perr := out.close(); perr != nil {
 		return errors.Join(err, perr)
 	}
@@ -350,12 +366,13 @@ func (c *replayCLI) reforward(ctx context.Context, destination string, lane even
 	return err
 }
 
-// letterPrinter prints dead letters one at a time, as a table (whose
-// columns are aligned when it is closed) or as an indented JSON array.
+// letterPrinter prints dead letters one at a time, as a table written
+// out a block of rows at a time (its columns aligned within a block) or
+// as an indented JSON array.
 type letterPrinter struct {
 	out    io.Writer
-	table  *tabwriter.Writer // nil: JSON
-	indent string            // of the JSON array's brackets
+	table  *blockTable // nil: JSON
+	indent string      // of the JSON array's brackets
 	n      int
 	err    error
 }
@@ -363,8 +380,7 @@ type letterPrinter struct {
 func newLetterPrinter(out io.Writer, asJSON bool, indent string) *letterPrinter {
 	p := &letterPrinter{out: out, indent: indent}
 	if !asJSON {
-		p.table = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(p.table, "SEQ\tDEAD-LETTERED\tDESTINATION\tCLASS\tATTEMPTS\tSOURCE\tORTHANC STUDY\tSTUDY UID\tREASON")
+		p.table = newBlockTable(out, "SEQ\tDEAD-LETTERED\tDESTINATION\tCLASS\tATTEMPTS\tSOURCE\tORTHANC STUDY\tSTUDY UID\tREASON")
 	}
 	return p
 }
@@ -375,7 +391,7 @@ func (p *letterPrinter) print(e *deadletter.Entry) {
 	}
 	p.n++
 	if p.table != nil {
-		_, p.err = fmt.Fprintf(p.table, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
+		p.err = p.table.row("%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s", e.Seq, e.DeadLetteredAt.Format(time.RFC3339),
 			deadletter.DestinationOf(&e.DeadLetter), e.Class, e.Attempts, e.Event.Source, e.Event.OrthancStudyID, oneLine(e.Event.StudyInstanceUID), ellipsis.Truncate(oneLine(e.Reason), 80))
 		return
 	}
@@ -395,7 +411,7 @@ func (p *letterPrinter) print(e *deadletter.Entry) {
 func (p *letterPrinter) close() error {
 	switch {
 	case p.table != nil:
-		if err := p.table.Flush(); p.err == nil {
+		if err := p.table.flush(); p.err == nil {
 			p.err = err
 		}
 	case p.n == 0:
