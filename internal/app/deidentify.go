@@ -41,15 +41,11 @@ var deidentReadable = []string{
 
 // deidentify wraps the destination of o in the de-identifying rewrite
 // when the destination's STOW_DEIDENTIFY is basic, and returns its key's
-// fingerprint (status.NoKey without). Its rewrites share the role's
-// memory budget with those of the other de-identifying destinations it
-// serves. The key file is read once, here; its content is never logged.
-func (r *forwarderRole) deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger) (fingerprint string, err error) {
+// fingerprint (status.NoKey without). The key file is read once, here;
+// its content is never logged.
+func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger) (fingerprint string, err error) {
 	if !d.Deidentifies() {
 		return status.NoKey, nil
-	}
-	if r.budget == nil {
-		r.budget = deident.NewBudget()
 	}
 	k, err := keyer(d)
 	if err != nil {
@@ -61,7 +57,6 @@ func (r *forwarderRole) deidentify(o *forward.Options, d *config.NamedDestinatio
 	if err != nil {
 		return "", fmt.Errorf("destination %q: %w", d.Name, err)
 	}
-	opts.Budget = r.budget
 	di, err := deident.New(k, opts)
 	if err != nil {
 		return "", fmt.Errorf("destination %q: %w", d.Name, err)

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"testing/synctest"
 
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deident"
@@ -59,7 +58,7 @@ func TestDeidentifyWiring(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			o := &forward.Options{Destination: nopDestination{}, TransferSyntaxes: tt.syntax}
-			_, err := new(forwarderRole).deidentify(o, dest(tt.key), log)
+			_, err := deidentify(o, dest(tt.key), log)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
@@ -98,7 +97,7 @@ func TestDeidentifyLogsKeyFingerprint(t *testing.T) {
 	d := &config.NamedDestination{Name: "ai", Var: "DESTINATION_AI_", Destination: config.Destination{Deidentify: config.Deidentify{
 		Mode: config.DeidentifyBasic, KeyFile: key, PatientPrefix: "ANON-", BurnedIn: config.DeidentifyBurnedInExclude}}}
 	var logs bytes.Buffer
-	if _, err := new(forwarderRole).deidentify(&forward.Options{Destination: nopDestination{}}, d, slog.New(slog.NewJSONHandler(&logs, nil))); err != nil {
+	if _, err := deidentify(&forward.Options{Destination: nopDestination{}}, d, slog.New(slog.NewJSONHandler(&logs, nil))); err != nil {
 		t.Fatal(err)
 	}
 	// printf 'stowline key fingerprint' | openssl dgst -sha256 -hmac "$(cat key)", first 16 hex digits.
@@ -126,7 +125,7 @@ func TestDeidentifyKeepsEveryReadableSyntax(t *testing.T) {
 	d := &config.NamedDestination{Name: "ai", Var: "DESTINATION_AI_", Destination: config.Destination{Deidentify: config.Deidentify{
 		Mode: config.DeidentifyBasic, KeyFile: key, PatientPrefix: "ANON-", BurnedIn: config.DeidentifyBurnedInInclude}}}
 	o := &forward.Options{Destination: nopDestination{}}
-	if _, err := new(forwarderRole).deidentify(o, d, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := deidentify(o, d, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	k, err := deident.NewKeyer([]byte(strings.Repeat("k", 40)), "ANON-")
@@ -216,89 +215,4 @@ func minimalFile(ts string) []byte {
 		header(&b, 0xFFFE, 0xE0DD, "", 0, true)
 	}
 	return b.Bytes()
-}
-
-// TestDeidentifyingDestinationsShareTheMemoryBudget: the de-identifying
-// destinations a forwarder serves share one memory budget: while one's
-// rewrite holds a header over the 16 MiB allowance (the large slot),
-// another's large header waits for it, so the documented bound
-// (docs/deidentification.md) is the process's, whatever their number.
-func TestDeidentifyingDestinationsShareTheMemoryBudget(t *testing.T) {
-	key := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(key, []byte(strings.Repeat("k", 40)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// A palette lookup table of 17 MiB before Pixel Data: held, and
-	// charged about its size, over the allowance.
-	f := minimalFile("1.2.840.10008.1.2.1")
-	at := bytes.Index(f, []byte{0xE0, 0x7F, 0x10, 0x00})
-	lut := binary.LittleEndian.AppendUint32([]byte{0x28, 0x00, 0x01, 0x12, 'O', 'W', 0, 0}, 17<<20)
-	large := slices.Concat(f[:at], lut, make([]byte, 17<<20), f[at:])
-	part := dicomweb.Part{SOPInstanceUID: "1.2.826.0.1.3680043.8.498.1", Size: int64(len(large)),
-		Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(large)), nil }}
-	synctest.Test(t, func(t *testing.T) {
-		r := new(forwarderRole)
-		holding, release := make(chan struct{}), make(chan struct{})
-		a := &forward.Options{Destination: readingDestination{afterFirstByte: func() { close(holding); <-release }}}
-		b := &forward.Options{Destination: readingDestination{}}
-		for name, o := range map[string]*forward.Options{"ai": a, "research": b} {
-			d := &config.NamedDestination{Name: name, Var: "DESTINATION_" + strings.ToUpper(name) + "_", Destination: config.Destination{Deidentify: config.Deidentify{
-				Mode: config.DeidentifyBasic, KeyFile: key, PatientPrefix: "ANON-", BurnedIn: config.DeidentifyBurnedInInclude}}}
-			if _, err := r.deidentify(o, d, slog.New(slog.DiscardHandler)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		errA, errB := make(chan error, 1), make(chan error, 1)
-		go func() {
-			_, err := a.Destination.Store(t.Context(), []dicomweb.Part{part})
-			errA <- err
-		}()
-		<-holding // A's header is held and being sent
-		go func() {
-			_, err := b.Destination.Store(t.Context(), []dicomweb.Part{part})
-			errB <- err
-		}()
-		synctest.Wait() // B is done, or waits for the large slot
-		select {
-		case err := <-errB:
-			t.Errorf("the second destination's large header was rewritten while the first's held the large slot: a memory budget each")
-			errB <- err // for the end below
-		default:
-		}
-		close(release)
-		if err := <-errA; err != nil {
-			t.Fatalf("first destination: %v", err)
-		}
-		if err := <-errB; err != nil {
-			t.Fatalf("second destination: %v", err)
-		}
-	})
-}
-
-// readingDestination reads the copy of every part to its end;
-// afterFirstByte, if set, runs after each copy's first byte.
-type readingDestination struct{ afterFirstByte func() }
-
-func (d readingDestination) Store(ctx context.Context, parts []dicomweb.Part) (*dicomweb.Result, error) {
-	for _, p := range parts {
-		rc, err := p.Open(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if d.afterFirstByte != nil {
-			if _, err := io.ReadFull(rc, make([]byte, 1)); err != nil {
-				_ = rc.Close()
-				return nil, err
-			}
-			d.afterFirstByte()
-		}
-		_, err = io.Copy(io.Discard, rc)
-		if cerr := rc.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	return &dicomweb.Result{}, nil
 }

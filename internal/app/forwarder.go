@@ -22,7 +22,6 @@ import (
 	"github.com/stowline/stowline/internal/bandwidth"
 	"github.com/stowline/stowline/internal/config"
 	"github.com/stowline/stowline/internal/deadletter"
-	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/ledger"
 	"github.com/stowline/stowline/internal/natsjs"
@@ -43,10 +42,6 @@ type forwarderRole struct {
 	// keys are the key fingerprints of the destinations served, by name
 	// (status.NoKey: not de-identified), for the key guard.
 	keys map[string]string
-	// budget is the memory bound shared by the rewrites of every
-	// de-identifying destination served: the documented bound is the
-	// process's, whatever their number.
-	budget *deident.Budget
 }
 
 func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process) error {
@@ -347,7 +342,7 @@ func (r *forwarderRole) destination(ctx context.Context, p *process, d config.Na
 			Prober:           client.STOW,
 		},
 	}
-	fp, err := r.deidentify(o, &d, log)
+	fp, err := deidentify(o, &d, log)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,13 +7,11 @@ import (
 	"github.com/stowline/stowline/internal/flow"
 )
 
-// Defaults of the bound shared by the rewrites of every Deidentifier of
-// a process (Budget). Real memory is ~1.4 to 1.7 times the charge: 16
-// STOW-RS requests in flight (STOW_PARALLEL_REQUESTS) of which 15 hold
-// the allowance and one the whole maxHeld stay under ~800 MB, below the
-// Helm chart's 1 GiB. The one large hold is the process's, whatever the
-// number of de-identifying destinations it serves: each further one adds
-// only its own requests' allowances.
+// Defaults of the bound shared by the rewrites of one Deidentifier.
+// Real memory is ~1.4 to 1.7 times the charge: 16 STOW-RS requests in
+// flight (STOW_PARALLEL_REQUESTS) of which 15 hold the allowance and one
+// the whole maxHeld stay under ~800 MB, below the Helm chart's 1 GiB,
+// for one de-identifying destination: each further one adds its own.
 const (
 	// heldAllowance is what a rewrite may hold without a large slot:
 	// an ordinary header (a few hundred KB on disk, a few MB charged)
@@ -24,17 +22,7 @@ const (
 	largeSlots = 1
 )
 
-// Budget is the memory bound of the rewrites of every Deidentifier given
-// it (Options.Budget). A process gives all its Deidentifiers the same
-// one: one each, two destinations' large headers could be held at once,
-// over the documented bound (docs/deidentification.md).
-type Budget struct{ mem *memory }
-
-// NewBudget returns a bound with the defaults above: a rewrite holds up
-// to 16 MiB freely, and one at a time may hold more.
-func NewBudget() *Budget { return &Budget{mem: newMemory(heldAllowance, largeSlots)} }
-
-// memory bounds what the rewrites sharing it hold at once:
+// memory bounds what the rewrites of one Deidentifier hold at once:
 // each holds up to allowance freely; beyond it, it takes one of the
 // large slots, waiting for one, and gives it back when its held tree is
 // released (decoder.release). A slot holder never waits for anything of

@@ -206,8 +206,7 @@ var table2024b = []Tag{
 	0x3006004E, // ROI Interpreter Sequence
 }
 
-// Options selects the profile's options and a destination's own lists,
-// and the memory bound its rewrites share.
+// Options selects the profile's options and a destination's own lists.
 type Options struct {
 	// RetainDates: Retain Longitudinal Temporal Information with Modified
 	// Dates. Dates and date-times move back by the patient's keyed offset
@@ -236,11 +235,6 @@ type Options struct {
 	// classes of identifyingClass, and an overlay plane embedded in Pixel
 	// Data's unused bits. Pixel data is never de-identified.
 	IncludeBurnedIn bool
-	// Budget bounds the memory the rewrites hold, together with those of
-	// every Deidentifier given the same one: a process serving several
-	// de-identifying destinations gives them one Budget (NewBudget), so
-	// that one large header at a time is held in it. Nil: one of its own.
-	Budget *Budget
 }
 
 // identifyingClass names the kind of a SOP class whose instances

@@ -50,8 +50,7 @@ type Deidentifier struct {
 	p *profile
 	// heldLimit replaces maxHeld when set (tests).
 	heldLimit int64
-	// mem bounds what all its rewrites hold at once, with those of
-	// the Deidentifiers sharing its Options.Budget.
+	// mem bounds what all its rewrites hold at once.
 	mem *memory
 	// noDiscard builds dropped sequences whole, as before 3b15d8e
 	// (tests: the discard path must write the same bytes).
@@ -67,15 +66,7 @@ func New(k *Keyer, opts Options) (*Deidentifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	mem := newMemory(heldAllowance, largeSlots)
-	if opts.Budget != nil {
-		if opts.Budget.mem == nil {
-			// A zero Budget would bound nothing.
-			return nil, errors.New("deident: a Budget is made by NewBudget")
-		}
-		mem = opts.Budget.mem
-	}
-	return &Deidentifier{k: k, p: p, mem: mem}, nil
+	return &Deidentifier{k: k, p: p, mem: newMemory(heldAllowance, largeSlots)}, nil
 }
 
 // CheckOptions reports what New would refuse in opts (an error matching
@@ -103,7 +94,7 @@ type Instance struct {
 // Rewrite reads one DICOM file from r and writes its de-identified copy
 // to w, as a Part-10 file in the same transfer syntax. On error, w holds
 // a partial file that must be discarded. A header held beyond the
-// per-rewrite allowance waits for its Budget's large slot (see
+// per-rewrite allowance waits for the Deidentifier's large slot (see
 // Reader, which stops waiting with its context).
 func (d *Deidentifier) Rewrite(w io.Writer, r io.Reader) (Instance, error) {
 	return d.rewrite(context.Background(), w, r, nil)
