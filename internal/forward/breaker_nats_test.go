@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -703,5 +704,84 @@ func TestBreakerTrialEndsAtItsFirstStoredRequest(t *testing.T) {
 	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
 	if st := f.Status(); st.State != "closed" || st.Held != 0 || st.Failures != 0 {
 		t.Errorf("breaker %+v, want closed, nothing held", st)
+	}
+}
+
+// A destination whose storage fills while a study is half sent: from
+// then on it answers each new instance 0xA700 (out of resources) and each
+// instance it holds 0x0111 (duplicate), in a 409, from its index, while
+// its QIDO-RS answers. The held study is the trial and is sent again from
+// its start: its first request, answered "already exists" whole, closed
+// the breaker (a2a10110), which spent a delivery at every trial and
+// dead-lettered the study, where an outage spends two at most.
+func TestBreakerTrialNotEndedByDuplicatesAlone(t *testing.T) {
+	ns := testnats.Start(t)
+	var mu sync.Mutex
+	held := map[string]bool{}
+	var posts, probes atomic.Int32
+	item := func(uid string, code int) string {
+		return fmt.Sprintf(`{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["%s"]},"00081197":{"vr":"US","Value":[%d]}}`, uid, code)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			answerProbe(w, &probes)
+			return
+		}
+		uids := partUIDs(r)
+		n := posts.Add(1)
+		w.Header().Set("Content-Type", "application/dicom+json")
+		mu.Lock()
+		defer mu.Unlock()
+		if n <= 2 { // stored: the storage fills after these
+			var items []string
+			for _, u := range uids {
+				held[u] = true
+				items = append(items, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+u+`"]}}`)
+			}
+			fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+			return
+		}
+		var failed []string
+		for _, u := range uids {
+			if held[u] {
+				failed = append(failed, item(u, 0x0111))
+			} else {
+				failed = append(failed, item(u, 0xA700))
+			}
+		}
+		w.WriteHeader(http.StatusConflict)
+		fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[%s]}}`, strings.Join(failed, ","))
+	}))
+	t.Cleanup(srv.Close)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	obs := &deliveryObserver{delivered: map[uint64]uint64{}}
+	f := newForwarder(t, newMemSource(8), srv.URL, cons, func(o *Options) {
+		o.Concurrency, o.MaxInstances, o.RequestConcurrency = 1, 2, 1
+		o.Failures = &memFailureLog{}
+		o.DeadLetters, o.MaxDeliveries = dls, 6
+		o.Observer = obs
+		o.RetryDelay, o.RetryMaxDelay = 100*time.Millisecond, 200*time.Millisecond
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: newProber(t, srv.URL)}
+	})
+	runForwarder(t, f)
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(t.Context(), testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	// Thirty probes passed, each followed by a trial (or the study was
+	// dead-lettered, as before).
+	deadline := time.Now().Add(30 * time.Second)
+	for probes.Load() < 30 && len(dls.all()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d probes in 30 s", probes.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	obs.mu.Lock()
+	delivered := maps.Clone(obs.delivered)
+	obs.mu.Unlock()
+	if len(dls.all()) > 0 || delivered[1] > 2 {
+		t.Errorf("the study spent %d deliveries (%d dead letters) over %d probes while the destination's storage was full, want at most 2",
+			delivered[1], len(dls.all()), probes.Load())
 	}
 }

@@ -905,8 +905,13 @@ func (f *Forwarder) sendAll(ctx context.Context, a *Attempt, plan *syntaxPlan, b
 				// deferred write. The writer does not hold the place.
 				confirmed(out)
 			}
-			if len(out.confirmed) > 0 && f.breaker.trialStored(a.trial) {
-				f.attemptLog(a).Info("circuit breaker trial: the destination stored the study's first request; the breaker closes and the study goes on as an ordinary one")
+			// A request stored whole, some of it anew, ends the trial:
+			// not one answered "already exists" alone (a held study is
+			// sent again from its start, and a destination whose storage
+			// refuses writes may still answer duplicates), nor one
+			// partly refused.
+			if out.fresh > 0 && err == nil && len(out.retry) == 0 && f.breaker.trialStored(a.trial) {
+				f.attemptLog(a).Info("circuit breaker trial: the destination stored a request of the study; the breaker closes and the study goes on as an ordinary one")
 			}
 			reason, retryAfter, overloaded := overload(ctx, err)
 			if overloaded {
@@ -991,6 +996,10 @@ type batchOutcome struct {
 	// confirmed are the SOP Instance UIDs the destination holds as sent:
 	// stored, or already stored by stowline before.
 	confirmed []string
+	// fresh counts those the answer listed as stored now (not answered
+	// "already exists"): a destination whose storage refuses writes may
+	// still answer duplicates from its index.
+	fresh int
 	// outOfResources counts the instances of retry refused with 0xA7xx
 	// (out of resources).
 	outOfResources int
@@ -1238,6 +1247,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 	for _, p := range batch {
 		if stored[p.SOPInstanceUID] {
 			confirmed++
+			out.fresh++
 			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 			if own.storedBefore(p.SOPInstanceUID) {
 				rep.AlreadyStored++
