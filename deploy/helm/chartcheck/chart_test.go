@@ -993,8 +993,13 @@ func TestSeveralSourcesRefuseTheOneSource(t *testing.T) {
 		{"the one source's values kept", merged(required(), map[string]any{"env": map[string]any{
 			"ORTHANC_SOURCES": "pacs-1,pacs-2", "ORTHANC_PACS_1_URL": "http://orthanc.pacs.svc:8042", "ORTHANC_PACS_2_URL": "http://orthanc-2.pacs.svc:8042",
 		}}), "orthanc.url (ORTHANC_URL), orthanc.username (ORTHANC_USERNAME), orthanc.sourceName (ORTHANC_SOURCE_NAME), the Secret's ORTHANC_PASSWORD key (ORTHANC_PASSWORD_FILE)" + but},
-		{"in ingest.env", inMap("ingest.env"), "orthanc.url (ORTHANC_URL) set but ORTHANC_SOURCES (ingest.env) names the sources"},
-		{"in a group's env", inMap("forwarders[default].env"), "orthanc.url (ORTHANC_URL) set but ORTHANC_SOURCES (forwarders[default].env) names the sources"},
+		// Only env's is read for the sources' passwords and orthanc.url's
+		// check: elsewhere, with orthanc.url set or not, no values rendered
+		// (one check said leave it unset, the other that it is required).
+		{"in ingest.env", inMap("ingest.env"), "ORTHANC_SOURCES in ingest.env: set it in env"},
+		{"in a group's env", inMap("forwarders[default].env"), "ORTHANC_SOURCES in forwarders[default].env: set it in env"},
+		{"in ingest.env, orthanc.url unset", func() map[string]any { v := inMap("ingest.env"); v["orthanc"] = map[string]any{}; return v }(),
+			"ORTHANC_SOURCES in ingest.env: set it in env"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -997,6 +997,10 @@ start, taking the release down instead of failing the upgrade.
 {{- range .Values.forwarders }}{{ $_ := set $maps (printf "forwarders[%s].env" .name) (default dict .env) }}{{ end -}}
 {{- $in := list -}}
 {{- range $where, $env := $maps }}{{ if regexMatch `[^,\s]` (toString (default "" $env.ORTHANC_SOURCES)) }}{{ $in = append $in $where }}{{ end }}{{ end -}}
+{{- $elsewhere := without $in "env" -}}
+{{- if $elsewhere -}}
+{{- fail (printf "ORTHANC_SOURCES in %s: set it in env: the chart reads it there alone, to mount each source's password (the key ORTHANC_<NAME>_PASSWORD in secrets) and to let orthanc.url stay unset, and every pod needs the same sources" (join ", " $elsewhere)) -}}
+{{- end -}}
 {{- if $in -}}
 {{- $set := list -}}
 {{- range list (list "url" "ORTHANC_URL") (list "username" "ORTHANC_USERNAME") (list "sourceName" "ORTHANC_SOURCE_NAME") -}}
