@@ -110,9 +110,13 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	// A misspelt key (?clas=permanent) listed every letter.
 	keys := []string{"destination", "source", "seq", "study", "orthancStudyId", "class", "reason", "since", "limit", "after"}
-	for k := range q {
+	for k, v := range q {
 		if !slices.Contains(keys, k) {
 			WriteError(w, http.StatusBadRequest, ellipsis.Truncate(k, 40)+": not a key of this listing; keys: "+strings.Join(keys, ", "))
+			return
+		}
+		if len(v) > 1 { // only the first was read
+			WriteError(w, http.StatusBadRequest, k+": given twice: give it once")
 			return
 		}
 	}

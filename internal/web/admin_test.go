@@ -724,6 +724,7 @@ func TestAdminRefusesAFilterGivenEmpty(t *testing.T) {
 		{http.MethodGet, "/admin/deadletters?limit=&after=1", "", "limit: empty"},
 		// Not "empty", but refused alike: a misspelt key listed every letter.
 		{http.MethodGet, "/admin/deadletters?clas=permanent", "", "clas: not a key of this listing"},
+		{http.MethodGet, "/admin/deadletters?class=permanent&class=transient", "", "class: given twice"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":"","dryRun":true}`, "destination: empty"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","destination":null,"dryRun":true}`, "destination: null"},
 		{http.MethodPost, "/admin/reforward", `{"since":"1h","until":"","dryRun":true}`, "until: empty"},
