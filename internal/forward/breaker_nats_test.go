@@ -259,6 +259,26 @@ type deliveryObserver struct {
 	delivered map[uint64]uint64
 }
 
+// snapshot returns the delivery numbers seen so far.
+func (o *deliveryObserver) snapshot() map[uint64]uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.delivered)
+}
+
+// waitProbes waits, 30 s at most, until n probes have passed or done
+// reports true (what the test guards against came anyway).
+func waitProbes(t *testing.T, probes *atomic.Int32, n int32, done func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for probes.Load() < n && !done() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d probes in 30 s", probes.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (o *deliveryObserver) Started(a *Attempt) {
 	o.recordingObserver.Started(a)
 	o.mu.Lock()
@@ -311,16 +331,8 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	publishStudies(t, ns, 0, studies)
 	// Sixty probes passed, each followed by a trial (or every study was
 	// dead-lettered, as before).
-	deadline := time.Now().Add(30 * time.Second)
-	for probes.Load() < 60 && len(dls.all()) < studies {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d probes in 30 s", probes.Load())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	obs.mu.Lock()
-	delivered := maps.Clone(obs.delivered)
-	obs.mu.Unlock()
+	waitProbes(t, &probes, 60, func() bool { return len(dls.all()) >= studies })
+	delivered := obs.snapshot()
 	var total uint64
 	for seq, n := range delivered {
 		total += n
@@ -338,6 +350,7 @@ func TestBreakerStoreDownWhileQIDOAnswersJetStream(t *testing.T) {
 	// delivery, while it waits out its retry delay. Read while the
 	// breaker is open: half-open, the trial is out of its hold, being
 	// sent.
+	deadline := time.Now().Add(30 * time.Second)
 	for b := f.Status(); b.State != "open" || b.Held < studies-1; b = f.Status() {
 		if b.State == "closed" || time.Now().After(deadline) {
 			t.Fatalf("breaker %+v while the store is down, want open with %d held, or %d", b, studies, studies-1)
@@ -770,16 +783,8 @@ func TestBreakerTrialNotEndedByDuplicatesAlone(t *testing.T) {
 	}
 	// Thirty probes passed, each followed by a trial (or the study was
 	// dead-lettered, as before).
-	deadline := time.Now().Add(30 * time.Second)
-	for probes.Load() < 30 && len(dls.all()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d probes in 30 s", probes.Load())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	obs.mu.Lock()
-	delivered := maps.Clone(obs.delivered)
-	obs.mu.Unlock()
+	waitProbes(t, &probes, 30, func() bool { return len(dls.all()) > 0 })
+	delivered := obs.snapshot()
 	if len(dls.all()) > 0 || delivered[1] > 2 {
 		t.Errorf("the study spent %d deliveries (%d dead letters) over %d probes while the destination's storage was full, want at most 2",
 			delivered[1], len(dls.all()), probes.Load())
