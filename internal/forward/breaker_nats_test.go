@@ -721,13 +721,22 @@ func TestBreakerTrialEndsAtItsFirstStoredRequest(t *testing.T) {
 }
 
 // A destination whose storage fills while a study is half sent: from
-// then on it answers each new instance 0xA700 (out of resources) and each
-// instance it holds 0x0111 (duplicate), in a 409, from its index, while
-// its QIDO-RS answers. The held study is the trial and is sent again from
-// its start: its first request, answered "already exists" whole, closed
-// the breaker (a2a10110), which spent a delivery at every trial and
-// dead-lettered the study, where an outage spends two at most.
+// then on it refuses each new instance 0xA700 (out of resources), in a
+// 409, while its QIDO-RS answers, and answers each instance it holds
+// from its index: 0x0111 (duplicate), or as stored again (Orthanc). The
+// held study is the trial and is sent again from its start: its first
+// request, answered for duplicates alone, closed the breaker (a2a10110),
+// which spent a delivery at every trial and dead-lettered the study,
+// where an outage spends two at most.
 func TestBreakerTrialNotEndedByDuplicatesAlone(t *testing.T) {
+	for _, orthancLike := range []bool{false, true} {
+		t.Run(map[bool]string{false: "0x0111", true: "stored again"}[orthancLike], func(t *testing.T) {
+			trialNotEndedByDuplicates(t, orthancLike)
+		})
+	}
+}
+
+func trialNotEndedByDuplicates(t *testing.T, orthancLike bool) {
 	ns := testnats.Start(t)
 	var mu sync.Mutex
 	held := map[string]bool{}
@@ -754,16 +763,27 @@ func TestBreakerTrialNotEndedByDuplicatesAlone(t *testing.T) {
 			fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
 			return
 		}
-		var failed []string
+		var failed, stored []string
 		for _, u := range uids {
-			if held[u] {
-				failed = append(failed, item(u, 0x0111))
-			} else {
+			switch {
+			case !held[u]:
 				failed = append(failed, item(u, 0xA700))
+			case orthancLike:
+				stored = append(stored, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+u+`"]}}`)
+			default:
+				failed = append(failed, item(u, 0x0111))
 			}
 		}
-		w.WriteHeader(http.StatusConflict)
-		fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[%s]}}`, strings.Join(failed, ","))
+		switch {
+		case len(failed) == 0:
+			fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(stored, ","))
+		case len(stored) == 0:
+			w.WriteHeader(http.StatusConflict)
+			fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[%s]}}`, strings.Join(failed, ","))
+		default:
+			w.WriteHeader(http.StatusAccepted)
+			fmt.Fprintf(w, `{"00081198":{"vr":"SQ","Value":[%s]},"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(failed, ","), strings.Join(stored, ","))
+		}
 	}))
 	t.Cleanup(srv.Close)
 	cons := consumer(t, ns)

@@ -996,9 +996,10 @@ type batchOutcome struct {
 	// confirmed are the SOP Instance UIDs the destination holds as sent:
 	// stored, or already stored by stowline before.
 	confirmed []string
-	// fresh counts those the answer listed as stored now (not answered
-	// "already exists"): a destination whose storage refuses writes may
-	// still answer duplicates from its index.
+	// fresh counts those the answer listed as stored, not stored before
+	// (answered "already exists", or as stored again, as Orthanc does):
+	// a destination whose storage refuses writes may still answer
+	// duplicates from its index.
 	fresh int
 	// outOfResources counts the instances of retry refused with 0xA7xx
 	// (out of resources).
@@ -1247,11 +1248,13 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 	for _, p := range batch {
 		if stored[p.SOPInstanceUID] {
 			confirmed++
-			out.fresh++
 			out.confirmed = append(out.confirmed, p.SOPInstanceUID)
 			if own.storedBefore(p.SOPInstanceUID) {
+				// Stored again without a word (Orthanc): not anew.
 				rep.AlreadyStored++
 				f.m.alreadyStored.Inc()
+			} else {
+				out.fresh++
 			}
 			continue
 		}
