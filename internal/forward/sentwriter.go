@@ -37,9 +37,10 @@ type sentWriter struct {
 	backoff time.Duration
 }
 
-// sentWriterBackoff bounds the wait between a failed write of the record
-// and the next try: a bucket without a leader is not asked at every
-// request's answer, and one back is written again soon.
+// sentWriterFirstBackoff and sentWriterMaxBackoff bound the wait between
+// a failed write of the record and the next try: a bucket without a
+// leader is not asked at every request's answer, and one back is written
+// again soon.
 const (
 	sentWriterFirstBackoff = time.Second
 	sentWriterMaxBackoff   = 30 * time.Second
