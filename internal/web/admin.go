@@ -428,15 +428,29 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 // and keys given "" or null refused; it answers 400 and reports false
 // otherwise.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	if problem := contentCodingProblem(r.Header); problem != "" {
+		WriteError(w, http.StatusUnsupportedMediaType, problem)
+		return false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			WriteError(w, http.StatusRequestEntityTooLarge, "body over 64 KiB: send one JSON object of filters")
+			return false
+		}
+		WriteError(w, http.StatusBadRequest, "reading the body: "+err.Error())
+		return false
+	}
+	body, problem := jsonText(body)
+	if problem != "" {
+		WriteError(w, http.StatusBadRequest, problem)
+		return false
+	}
 	var raw json.RawMessage
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&raw); err != nil {
 		if errors.Is(err, io.EOF) { // Go's answer would be "EOF"
 			WriteError(w, http.StatusBadRequest, `empty body: send one JSON object: to replay or purge, as {"seq":42,"dryRun":true}; to re-forward, as {"since":"2026-11-01T00:00Z"}`)
-			return false
-		}
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			WriteError(w, http.StatusRequestEntityTooLarge, "body over 64 KiB: send one JSON object of filters")
 			return false
 		}
 		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())

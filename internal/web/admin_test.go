@@ -911,3 +911,46 @@ func postReforwardHour(t *testing.T, js jetstream.JetStream) *httptest.ResponseR
 	r.ServeHTTP(rec, req)
 	return rec
 }
+
+// TestAdminSaysWhyABodyIsNoUTF8JSON: a purge whose body is compressed or
+// UTF-16 is refused naming that, and does nothing; a UTF-8 byte-order
+// mark is read past. They were "malformed JSON body: invalid character
+// 'ï'" (or '\x1f'), which named no cause.
+func TestAdminSaysWhyABodyIsNoUTF8JSON(t *testing.T) {
+	f := start(t) // one dead letter
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler)}).Mount(r)
+	const purge = `{"all":true}`
+	for _, tt := range []struct {
+		name, body, encoding string
+		code                 int
+		want                 string
+	}{
+		{"gzip header", purge, "gzip", http.StatusUnsupportedMediaType, `gzip\" is not supported: send the body uncompressed`},
+		{"gzip bytes", "\x1f\x8b\x08\x00rest", "", http.StatusBadRequest, "gzip-compressed"},
+		{"UTF-16 LE with its mark", "\xff\xfe{\x00\"\x00", "", http.StatusBadRequest, "UTF-16"},
+		{"UTF-16 BE without a mark", "\x00{\x00\"", "", http.StatusBadRequest, "UTF-16"},
+		{"UTF-8 mark", "\xef\xbb\xbf" + `{"all":true,"dryRun":true}`, "identity", http.StatusOK, `"dryRun":true`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodPost, "/admin/deadletters/purge", strings.NewReader(tt.body))
+			req.Header.Set("Authorization", "Bearer "+token)
+			if tt.encoding != "" {
+				req.Header.Set("Content-Encoding", tt.encoding)
+			}
+			rec := httptest.NewRecorder()
+			r.ServeHTTP(rec, req)
+			if rec.Code != tt.code || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Errorf("status %d, body %.200s; want %d naming %q", rec.Code, rec.Body, tt.code, tt.want)
+			}
+		})
+	}
+	left, err := f.store.List(t.Context(), deadletter.Filter{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 {
+		t.Errorf("%d dead letters left, want the one there was", len(left))
+	}
+}

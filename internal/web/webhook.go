@@ -195,6 +195,10 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("Content-Type must be application/json, got %q", ellipsis.Truncate(r.Header.Get("Content-Type"), 100)))
 		return
 	}
+	if problem := contentCodingProblem(r.Header); problem != "" {
+		h.reject(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", problem)
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
@@ -213,6 +217,12 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			h.reject(w, r, http.StatusUnauthorized, "bad_signature", err.Error())
 			return
 		}
+	}
+	// After the signature, which covers the bytes as they came.
+	body, problem := jsonText(body)
+	if problem != "" {
+		h.reject(w, r, http.StatusBadRequest, "malformed", problem)
+		return
 	}
 	ev, status, reason, err := decodeEvent(body)
 	if err != nil {

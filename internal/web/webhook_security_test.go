@@ -39,6 +39,13 @@ func (p *fakePublisher) Publish(_ context.Context, _ *events.StudyStable) (*jets
 	return &jetstream.PubAck{Stream: natsjs.EventStream, Sequence: uint64(p.n)}, nil
 }
 
+// published is how many events p acknowledged.
+func (p *fakePublisher) published() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n
+}
+
 // clock is a settable clock.
 type clock struct {
 	mu sync.Mutex

@@ -122,6 +122,12 @@ func TestWebhook(t *testing.T) {
 		{"one byte over the limit", "application/json", bearer, validBody + strings.Repeat(" ", web.MaxBodyBytes+1-len(validBody)), 413, "larger than", ""},
 		{"exactly the limit", "application/json", bearer, validBody + strings.Repeat(" ", web.MaxBodyBytes-len(validBody)), 202, "", ""},
 		{"accepted", "application/json; charset=utf-8", bearer, validBody, 202, "", ""},
+		// A Windows tool's UTF-8 byte-order mark is read past (RFC 8259
+		// 8.1); UTF-16 and gzip were "invalid character", naming no cause.
+		{"UTF-8 byte-order mark", "application/json", bearer, "\xef\xbb\xbf" + validBody, 202, "", ""},
+		{"UTF-16 LE with its mark", "application/json", bearer, "\xff\xfe{\x00\"\x00", 400, "UTF-16", ""},
+		{"UTF-16 BE without a mark", "application/json", bearer, "\x00{\x00\"", 400, "UTF-16", ""},
+		{"gzip without its header", "application/json", bearer, "\x1f\x8b\x08\x00rest", 400, "gzip-compressed", ""},
 		{"scheme in lower case (RFC 9110: case-insensitive)", "application/json", "bearer " + token, validBody, 202, "", ""},
 		{"two spaces after the scheme (RFC 9110: 1*SP)", "application/json", "Bearer  " + token, validBody, 202, "", ""},
 		{"scheme without a space", "application/json", "Bearer" + token, validBody, 401, "bearer token", ""},
@@ -331,6 +337,44 @@ func TestWebhookWrongMethodSaysWhy(t *testing.T) {
 	}
 	if status, body := post(t, srv.URL, "application/json", "Bearer "+token, validBody); status != http.StatusAccepted {
 		t.Errorf("POST: status %d (%v), want 202", status, body)
+	}
+}
+
+// TestWebhookRefusesACompressedBody: an event sent with a content coding
+// is answered 415 naming it, and nothing is published; "identity" is no
+// coding. A gzip body was read as JSON and refused as malformed.
+func TestWebhookRefusesACompressedBody(t *testing.T) {
+	pub := &fakePublisher{}
+	srv := newServer(t, pub, storedPublishTimeout)
+	for _, tt := range []struct {
+		encoding string
+		status   int
+	}{{"gzip", 415}, {"identity, br", 415}, {"identity", 202}} {
+		t.Run(tt.encoding, func(t *testing.T) {
+			req, err := http.NewRequest(http.MethodPost, srv.URL+web.WebhookPath, strings.NewReader(validBody))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Content-Encoding", tt.encoding)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body map[string]any
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatalf("status %d, body not JSON: %v", resp.StatusCode, err)
+			}
+			msg, _ := body["error"].(string)
+			if resp.StatusCode != tt.status || (tt.status == 415 && !strings.Contains(msg, "Content-Encoding")) {
+				t.Errorf("status %d, error %q; want %d", resp.StatusCode, msg, tt.status)
+			}
+		})
+	}
+	if n := pub.published(); n != 1 {
+		t.Errorf("%d events published, want the identity one", n)
 	}
 }
 
