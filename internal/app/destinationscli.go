@@ -36,7 +36,9 @@ until it is removed here.
                 cluster, its servers offline or electing a leader) is
                 printed with ? and named, and the command exits 1
   remove NAME   delete the destination's consumer (requires --yes): it is
-                given no more studies. The stream keeps every event for the
+                given no more studies, and the events it had not
+                forwarded are dropped for it (counted in the last line).
+                The stream keeps every event for the
                 other destinations; the destination's dead letters and
                 ledger stay (forwarder replay purge --destination NAME).
                 Take NAME out of DESTINATIONS first: a forwarder whose
@@ -130,8 +132,10 @@ func removeDestination(ctx context.Context, js jetstream.JetStream, name string,
 	// lanes), its routine consumer last: should a deletion fail, the
 	// command run again still finds the routine consumer and retries.
 	var deleted []string
+	var dropped dropCount
 	for _, lane := range []events.Priority{events.PriorityStat, events.PriorityLow} {
 		c := natsjs.LaneConsumerName(name, lane)
+		dropped.add(ctx, js, c)
 		if err := js.DeleteConsumer(ctx, natsjs.EventStream, c); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return fmt.Errorf("delete consumer %s of destination %s: %w", c, name, err)
 		} else if err == nil {
@@ -141,6 +145,7 @@ func removeDestination(ctx context.Context, js jetstream.JetStream, name string,
 	// A routine consumer already gone while lanes were left is no error:
 	// an earlier version deleted it first and stopped when a lane failed.
 	consumer := natsjs.ConsumerName(name)
+	dropped.add(ctx, js, consumer)
 	switch err := js.DeleteConsumer(ctx, natsjs.EventStream, consumer); {
 	case err == nil:
 		deleted = append([]string{consumer}, deleted...)
@@ -149,8 +154,46 @@ func removeDestination(ctx context.Context, js jetstream.JetStream, name string,
 	case len(deleted) == 0:
 		return fmt.Errorf("destination %s has no consumer %s on stream %s", name, consumer, natsjs.EventStream)
 	}
-	fmt.Fprintf(stdout, "destination %s removed: consumers %s deleted\n", name, strings.Join(deleted, ", "))
+	fmt.Fprintf(stdout, "destination %s removed: consumers %s deleted; %s\n", name, strings.Join(deleted, ", "), dropped)
 	return nil
+}
+
+// dropCount adds up the events a destination's consumers had not
+// forwarded when they were deleted: its studies from then on are not
+// sent, and the command said only "removed", which hid a destination
+// removed with a backlog (or while forwarders still served it).
+type dropCount struct {
+	pending, inFlight uint64
+	unread            []string
+}
+
+// add counts consumer c's events, if it exists.
+func (d *dropCount) add(ctx context.Context, js jetstream.JetStream, c string) {
+	ictx, cancel := context.WithTimeout(ctx, destinationsReadTimeout)
+	defer cancel()
+	cons, err := js.Consumer(ictx, natsjs.EventStream, c)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return
+	}
+	if err != nil {
+		d.unread = append(d.unread, c)
+		return
+	}
+	info := cons.CachedInfo()
+	d.pending += info.NumPending
+	d.inFlight += uint64(info.NumAckPending)
+}
+
+// String says what was dropped, for the command's last line.
+func (d dropCount) String() string {
+	s := fmt.Sprintf("%d events not yet given to it and %d given and not acknowledged were dropped for it (the other destinations keep theirs)", d.pending, d.inFlight)
+	if len(d.unread) > 0 {
+		s += "; not counted: " + strings.Join(d.unread, ", ") + " did not answer"
+	}
+	if d.inFlight > 0 {
+		s += "; a forwarder still holding one of its events finishes or gives up that study, and a forwarder whose DESTINATIONS still names it creates its consumer again, from new events on"
+	}
+	return s
 }
 
 // destinationsReadTimeout bounds `destinations list`'s reads of the

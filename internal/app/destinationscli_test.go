@@ -75,8 +75,30 @@ func TestDestinationsCommand(t *testing.T) {
 		t.Fatalf("a refused remove deleted the consumer: %v", err)
 	}
 
-	if out, err := run("remove", "ai", "--yes"); err != nil || !strings.Contains(out, "removed") {
+	// Three events not forwarded to ai, one of them pulled and not
+	// acknowledged: remove says what it dropped.
+	for _, lastUpdate := range []string{"20261126T101500", "20261126T101600", "20261126T101700"} {
+		ev, err := events.NewStudyStable("main", "27f7126f-4f66fb14-03f4081b-f9341db2-53925988", "1.2.3", lastUpdate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := ns.JS.Consumer(ctx, natsjs.EventStream, natsjs.ConsumerName("ai"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run("remove", "ai", "--yes")
+	if err != nil || !strings.Contains(out, "removed") {
 		t.Fatalf("remove ai: %q, %v", out, err)
+	}
+	if want := "2 events not yet given to it and 1 given and not acknowledged were dropped for it"; !strings.Contains(out, want) {
+		t.Errorf("remove ai said %q, want it to say %q", out, want)
 	}
 	for _, c := range []string{natsjs.ConsumerName("ai"), natsjs.StatConsumerPrefix + "ai", natsjs.LowConsumerPrefix + "ai"} {
 		if _, err := ns.JS.Consumer(ctx, natsjs.EventStream, c); !errors.Is(err, jetstream.ErrConsumerNotFound) {
