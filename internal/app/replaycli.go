@@ -280,12 +280,14 @@ func (c *replayCLI) mutate(ctx context.Context, name string, f deadletter.Filter
 	// it took, and a long one shows its progress.
 	out := newLetterPrinter(c.Stdout, asJSON, "  ")
 	done := out.print
-	if name == "purge" && !dryRun && c.Log != nil {
-		// Each letter by name, as the admin API's purge: a purge is for
-		// good, and the log, on stderr, is what says which studies it
-		// took when the table is lost (stdout not kept, the run killed).
+	if !dryRun && c.Log != nil {
+		// Each letter by name, as the admin API logs it: a purge is for
+		// good, and the log, on stderr (the journal, a syslog), is what
+		// says which studies it took, or sent again, when the table is
+		// lost (stdout not kept, the run killed).
+		msg := "dead letter " + verb + " by forwarder replay " + name
 		done = func(e *deadletter.Entry) {
-			c.Log.Info("dead letter purged by forwarder replay purge", "dead_letter_seq", e.Seq, "destination", deadletter.DestinationOf(&e.DeadLetter),
+			c.Log.Info(msg, "dead_letter_seq", e.Seq, "destination", deadletter.DestinationOf(&e.DeadLetter),
 				"source", e.Event.Source, "orthanc_study_id", e.Event.OrthancStudyID, "study_instance_uid", e.Event.StudyInstanceUID, "class", e.Class)
 			out.print(e)
 		}

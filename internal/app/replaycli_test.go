@@ -530,74 +530,76 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 // its whole table in a tabwriter until the end, and logged no letter: a
 // purge killed part-way (a lost ssh session's SIGHUP) left no record of
 // the letters it had deleted for good. The rows are written out a block
-// at a time as the letters are purged, and each purged letter is logged
-// (to stderr) as the admin API's purge logs it; a dry run logs none.
+// at a time as the letters are purged or replayed, and each such letter
+// is logged (to stderr) as the admin API logs it; a dry run logs none.
 func TestReplayPurgeWritesAsItGoes(t *testing.T) {
-	r := newReplayRig(t)
 	const letters = tableBlock + 100
-	want := map[uint64]events.StudyStable{}
-	for i := range letters {
-		seq, ev := r.deadLetter(t, i+1, forward.Permanent, "HTTP 415")
-		want[seq] = ev
-	}
-	for _, dryRun := range []bool{true, false} {
-		t.Run(fmt.Sprintf("dry run %v", dryRun), func(t *testing.T) {
-			var tl timeline
-			r.cli.Stdout, r.cli.Log = tl.writer("stdout"), slog.New(slog.NewJSONHandler(tl.writer("log"), nil))
-			args := []string{"purge", "--all"}
-			if dryRun {
-				args = append(args, "--dry-run")
-			}
-			if err := r.cli.Run(replayCtx(t), args); err != nil {
-				t.Fatal(err)
-			}
-			var out strings.Builder
-			logged := map[uint64]bool{}
-			loggedBeforeRows := -1 // letters logged before the first rows reached stdout
-			for _, e := range tl.events {
-				if e.writer == "stdout" {
-					if loggedBeforeRows < 0 {
-						loggedBeforeRows = len(logged)
+	for _, tt := range []struct{ command, verb string }{{"purge", "purged"}, {"run", "replayed"}} {
+		r := newReplayRig(t)
+		want := map[uint64]events.StudyStable{}
+		for i := range letters {
+			seq, ev := r.deadLetter(t, i+1, forward.Permanent, "HTTP 415")
+			want[seq] = ev
+		}
+		for _, dryRun := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s dry run %v", tt.command, dryRun), func(t *testing.T) {
+				var tl timeline
+				r.cli.Stdout, r.cli.Log = tl.writer("stdout"), slog.New(slog.NewJSONHandler(tl.writer("log"), nil))
+				args := []string{tt.command, "--all"}
+				if dryRun {
+					args = append(args, "--dry-run")
+				}
+				if err := r.cli.Run(replayCtx(t), args); err != nil {
+					t.Fatal(err)
+				}
+				var out strings.Builder
+				logged := map[uint64]bool{}
+				loggedBeforeRows := -1 // letters logged before the first rows reached stdout
+				for _, e := range tl.events {
+					if e.writer == "stdout" {
+						if loggedBeforeRows < 0 {
+							loggedBeforeRows = len(logged)
+						}
+						out.WriteString(e.data)
+						continue
 					}
-					out.WriteString(e.data)
-					continue
+					var line struct {
+						Msg              string `json:"msg"`
+						Seq              uint64 `json:"dead_letter_seq"`
+						Destination      string `json:"destination"`
+						Source           string `json:"source"`
+						OrthancStudyID   string `json:"orthanc_study_id"`
+						StudyInstanceUID string `json:"study_instance_uid"`
+					}
+					if err := json.Unmarshal([]byte(e.data), &line); err != nil {
+						t.Fatalf("log line %q: %v", e.data, err)
+					}
+					ev, ok := want[line.Seq]
+					if !ok || line.Msg != "dead letter "+tt.verb+" by forwarder replay "+tt.command || line.Destination != natsjs.DefaultDestination ||
+						line.Source != ev.Source || line.OrthancStudyID != ev.OrthancStudyID || line.StudyInstanceUID != ev.StudyInstanceUID {
+						t.Fatalf("log line %q does not name a purged letter", e.data)
+					}
+					logged[line.Seq] = true
 				}
-				var line struct {
-					Msg              string `json:"msg"`
-					Seq              uint64 `json:"dead_letter_seq"`
-					Destination      string `json:"destination"`
-					Source           string `json:"source"`
-					OrthancStudyID   string `json:"orthanc_study_id"`
-					StudyInstanceUID string `json:"study_instance_uid"`
+				if rows := strings.Count(out.String(), "HTTP 415"); rows != letters {
+					t.Errorf("%d rows written, want %d", rows, letters)
 				}
-				if err := json.Unmarshal([]byte(e.data), &line); err != nil {
-					t.Fatalf("log line %q: %v", e.data, err)
+				if dryRun {
+					if len(logged) > 0 {
+						t.Errorf("a dry run logged %d letters as %s", len(logged), tt.verb)
+					}
+					return
 				}
-				ev, ok := want[line.Seq]
-				if !ok || line.Msg != "dead letter purged by forwarder replay purge" || line.Destination != natsjs.DefaultDestination ||
-					line.Source != ev.Source || line.OrthancStudyID != ev.OrthancStudyID || line.StudyInstanceUID != ev.StudyInstanceUID {
-					t.Fatalf("log line %q does not name a purged letter", e.data)
+				if !strings.Contains(out.String(), fmt.Sprintf("%d dead letters %s", letters, tt.verb)) {
+					t.Errorf("output lacks the count:\n%s", out.String())
 				}
-				logged[line.Seq] = true
-			}
-			if rows := strings.Count(out.String(), "HTTP 415"); rows != letters {
-				t.Errorf("%d rows written, want %d", rows, letters)
-			}
-			if dryRun {
-				if len(logged) > 0 {
-					t.Errorf("a dry run logged %d letters as purged", len(logged))
+				if len(logged) != letters {
+					t.Errorf("%d %s letters logged, want %d", len(logged), tt.verb, letters)
 				}
-				return
-			}
-			if !strings.Contains(out.String(), fmt.Sprintf("%d dead letters purged", letters)) {
-				t.Errorf("output lacks the count:\n%s", out.String())
-			}
-			if len(logged) != letters {
-				t.Errorf("%d purged letters logged, want %d", len(logged), letters)
-			}
-			if loggedBeforeRows > tableBlock {
-				t.Errorf("%d letters purged before the first rows reached stdout, want at most a block (%d)", loggedBeforeRows, tableBlock)
-			}
-		})
+				if loggedBeforeRows > tableBlock {
+					t.Errorf("%d letters %s before the first rows reached stdout, want at most a block (%d)", loggedBeforeRows, tt.verb, tableBlock)
+				}
+			})
+		}
 	}
 }
