@@ -74,6 +74,9 @@ func StartEmbedded(ctx context.Context, opts EmbeddedOptions, log *slog.Logger) 
 	if err := os.MkdirAll(opts.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("embedded NATS: create store directory (NATS_STORE_DIR): %w", err)
 	}
+	if err := checkStoreOwner(opts.StoreDir); err != nil {
+		return nil, err
+	}
 	unlock, err := lockStore(opts.StoreDir)
 	if err != nil {
 		return nil, err
