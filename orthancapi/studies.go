@@ -75,8 +75,11 @@ func (c *Client) Studies(ctx context.Context, since, limit int) ([]Study, error)
 	return out, nil
 }
 
-// LastChange returns the sequence number of the newest entry of the change
-// log (GET /changes?last), 0 when it is empty.
+// LastChange returns the sequence number of the newest entry still in the
+// change log (GET /changes?last). Orthanc deletes a resource's changes
+// with it, so this may be below the highest number it gave, which it
+// returns only when the log is empty (0 for a new database). That number
+// is the Last of a page of Changes read past the end of the log.
 func (c *Client) LastChange(ctx context.Context) (int64, error) {
 	u := c.endpoint("changes")
 	u.RawQuery = "last"

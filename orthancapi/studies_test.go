@@ -178,6 +178,42 @@ func testStudyListingAgainstOrthanc(t *testing.T, rel testharness.Release) {
 			t.Errorf("study %s not given", st.ID)
 		}
 	}
+
+	// Buffer mode deletes a study once forwarded, and Orthanc its changes
+	// with it. The newest study deleted, GET /changes?last is the newest
+	// change left, before the highest number given; a page read past it
+	// reports that number, which the reconciler judges the log's end by
+	// (RECONCILE_ADOPT_CURSOR_FROM). A patient of its own: deleted with
+	// the study, with its StablePatient change, the newest.
+	uid := dicomgen.NewUID()
+	paths, err := dicomgen.WriteStudy(t.TempDir(), dicomgen.StudySpec{StudyInstanceUID: uid, PatientID: "LASTCHANGE", Series: 1, InstancesPerSeries: 1, Rows: 8, Columns: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := o.Upload(t, paths...); len(res.Failed) != 0 {
+		t.Fatalf("upload: %v", res.Failed)
+	}
+	o.WaitStable(t, time.Minute)
+	end, err := c.LastChange(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err = c.Studies(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range left {
+		if st.StudyInstanceUID == uid {
+			remove(st.ID)
+		}
+	}
+	last, err = c.LastChange(ctx)
+	if err != nil || last >= end {
+		t.Errorf("LastChange after the newest study was deleted = %d, %v; want the newest change left, before %d", last, err, end)
+	}
+	if past, err := c.Changes(ctx, end-1, 1); err != nil || len(past.Changes) != 0 || past.Last < end {
+		t.Errorf("changes after %d = %+v, %v; want none, Last at least %d", end-1, past, err, end)
+	}
 }
 
 // uploadStudies stores n studies of one tiny instance each in o and

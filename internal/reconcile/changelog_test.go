@@ -104,9 +104,14 @@ func changesPage(changes []orthancapi.Change, last, since int64, limit int, type
 	return page
 }
 
+// LastChange answers GET /changes?last as Orthanc does: the newest change
+// still in the log, the highest number given only when it is empty.
 func (o *swappableOrthanc) LastChange(context.Context) (int64, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if n := len(o.log.changes); n > 0 {
+		return o.log.changes[n-1].Seq, nil
+	}
 	return o.log.last, nil
 }
 

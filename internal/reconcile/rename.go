@@ -209,13 +209,13 @@ func (s *sourceRunner) adoptRenamed(ctx context.Context, sys orthancapi.System, 
 			// forwarded, and Orthanc its changes with it, so it is more
 			// often gone than not. Named by the operator, the cursor is
 			// taken unless the log ends before it (a recreated database,
-			// which poll would take for a reset).
-			last, err := s.orthanc.LastChange(ctx)
-			if err != nil {
-				return false, fmt.Errorf("orthanc: read the end of the change log: %w", err)
-			}
-			if last < c.Seq {
-				why = fmt.Sprintf("this Orthanc's change log ends at %d, before its position (%d): another Orthanc's cursor, or this one's database was recreated", last, c.Seq)
+			// which poll would take for a reset). The page tells: a later
+			// change is in it, or, empty, its Last is the highest number
+			// Orthanc gave. Not GET /changes?last: that is the newest
+			// change still in the log, before the cursor when buffer mode
+			// deleted the last study handled and none came since.
+			if len(page.Changes) == 0 && page.Last < c.Seq {
+				why = fmt.Sprintf("this Orthanc's change log ends at %d, before its position (%d): another Orthanc's cursor, or this one's database was recreated", page.Last, c.Seq)
 				continue
 			}
 		}

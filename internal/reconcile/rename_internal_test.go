@@ -323,48 +323,69 @@ func (w *warnings) has(parts ...string) bool {
 // changes with it: the change a configured source's old cursor points
 // at is gone by the time the source is renamed. Named by the operator
 // (RECONCILE_ADOPT_CURSOR_FROM), the cursor is carried over unless the
-// change log ends before it (a recreated database); a study stored
-// while the ingest was down is then published. Not carried over, a Warn
-// says why, and the old cursor is kept.
+// change log ends before it (a recreated database): a study stored
+// while the ingest was down, or one pending in it, is then published.
+// Renamed while idle, no change is after the cursor, and GET
+// /changes?last (the newest change still in the log) is before it: the
+// log's end is the highest number Orthanc gave. Not carried over, a
+// Warn says why, and the old cursor is kept.
 func TestAdoptedCursorWhoseChangeWasDeleted(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		seq     int64 // the old cursor's position
+		name string
+		// build logs the studies and deletes those buffer mode
+		// forwarded; it returns the old name's cursor and the study
+		// its adoption publishes.
+		build   func(l *changeLog) (cursor, string)
 		adopted bool
 		reason  string
 	}{
-		{"its change deleted with its study", 4, true, ""},
-		{"the log ends before it", 20, false, "ends at 8, before its position (20)"},
+		{"its change deleted with its study", func(l *changeLog) (cursor, string) {
+			return studyAfterForwarded(l, 4), orthancID(2)
+		}, true, ""},
+		{"the log ends before it", func(l *changeLog) (cursor, string) {
+			return studyAfterForwarded(l, 20), orthancID(2)
+		}, false, "ends at 8, before its position (20)"},
+		{"renamed while idle, its pending study left", func(l *changeLog) (cursor, string) {
+			l.addStudy(1) // changes 1 to 4: not stable yet when the ingest stopped
+			l.addStudy(2) // changes 5 to 8: forwarded, deleted with its changes
+			c := cursor{Seq: 8, Change: markOf(l.changes[7]), Pending: map[string]int64{orthancID(1): 2}}
+			l.remove(5, 8)
+			delete(l.studies, orthancID(2))
+			return c, orthancID(1)
+		}, true, ""},
+		{"a shorter log, idle", func(l *changeLog) (cursor, string) {
+			l.addStudy(1) // changes 1 to 4
+			return cursor{Seq: 9, Change: markOf(l.changes[3]), Pending: map[string]int64{orthancID(1): 2}}, orthancID(1)
+		}, false, "ends at 4, before its position (9)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, kv := testBucket(t)
 			ctx := t.Context()
 			o := &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}
-			o.log.addStudy(1) // changes 1 to 4
-			b, err := json.Marshal(cursor{Seq: tc.seq, Change: markOf(o.log.changes[3])})
+			old, want := tc.build(o.log)
+			b, err := json.Marshal(old)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if _, err := kv.Put(ctx, cursorKey("old"), b); err != nil {
 				t.Fatal(err)
 			}
-			// Forwarded, buffer mode deleted study 1 and its changes;
-			// study 2 came while the ingest was down, its webhook lost.
-			o.log.remove(1, 4)
-			delete(o.log.studies, orthancID(1))
-			o.log.addStudy(2) // changes 5 to 8
 			warned := &warnings{}
 			pub := &publishedIDs{}
 			runReconciler(t, Options{Sources: []Source{{Name: "new", Orthanc: o}}, KV: kv, Publisher: pub,
 				AdoptCursor: CursorAdoption{To: "new", From: "old"}, Logger: slog.New(warned),
 				PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: time.Second})
 			store := &cursorStore{kv: kv, key: cursorKey("new")}
-			waitUntil(t, "the new name's cursor at the end of the log", func() bool {
-				c, found, err := store.load(ctx)
-				return err == nil && found && c.Seq >= 8
+			waitUntil(t, "the new name's cursor", func() bool {
+				_, found, err := store.load(ctx)
+				return err == nil && found
 			})
 			if tc.adopted {
-				waitUntil(t, "the study stored while the ingest was down", func() bool { return pub.has(orthancID(2)) })
+				// Logged before the new name's cursor is stored.
+				if warned.has("RECONCILE_ADOPT_CURSOR_FROM") {
+					t.Fatalf("the cursor was not carried over; warnings: %q", warned.all())
+				}
+				waitUntil(t, "the study the old name's cursor left to publish", func() bool { return pub.has(want) })
 				if _, err := kv.Get(ctx, cursorKey("old")); !errors.Is(err, jetstream.ErrKeyNotFound) {
 					t.Errorf("the old name's cursor is still stored (%v)", err)
 				}
@@ -373,7 +394,7 @@ func TestAdoptedCursorWhoseChangeWasDeleted(t *testing.T) {
 			if !warned.has("RECONCILE_ADOPT_CURSOR_FROM", "previous_source=old", tc.reason) {
 				t.Errorf("no Warn saying why the cursor was not carried over; warnings: %q", warned.all())
 			}
-			if pub.has(orthancID(2)) {
+			if pub.has(want) {
 				t.Error("a study before the end of the log was published from a cursor not carried over")
 			}
 			if _, err := kv.Get(ctx, cursorKey("old")); err != nil {
@@ -381,6 +402,19 @@ func TestAdoptedCursorWhoseChangeWasDeleted(t *testing.T) {
 			}
 		})
 	}
+}
+
+// studyAfterForwarded logs study 1 (changes 1 to 4), which buffer mode
+// forwarded and deleted with its changes, then study 2 (changes 5 to 8),
+// stored while the ingest was down, its webhook lost. It returns a
+// cursor at seq whose change was study 1's StableStudy.
+func studyAfterForwarded(l *changeLog, seq int64) cursor {
+	l.addStudy(1)
+	c := cursor{Seq: seq, Change: markOf(l.changes[3])}
+	l.remove(1, 4)
+	delete(l.studies, orthancID(1))
+	l.addStudy(2)
+	return c
 }
 
 // A configured source renamed without RECONCILE_ADOPT_CURSOR_FROM (which
