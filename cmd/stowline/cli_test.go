@@ -30,6 +30,24 @@ func TestHelpListsVariables(t *testing.T) {
 	}
 }
 
+// TestOperatorCommandNamesTheForwarder: a single host installs stowline
+// alone, and `stowline check` (or replay, as operations.md once wrote)
+// answered "unexpected arguments": it now names `forwarder check` and
+// how to build it, before reading any configuration.
+func TestOperatorCommandNamesTheForwarder(t *testing.T) {
+	for _, command := range []string{"check", "replay", "audit", "backfill", "destinations", "pseudonym"} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), []string{command, "list"}, func(string) string { return "" }, nil, &stdout, &stderr)
+		if err == nil || !errors.Is(err, app.ErrUsage) || !strings.Contains(err.Error(), "`forwarder "+command+"`") || !strings.Contains(err.Error(), "./cmd/forwarder") {
+			t.Errorf("stowline %s: err %v, want a usage error naming `forwarder %[1]s` and how to build it", command, err)
+		}
+	}
+	err := run(context.Background(), []string{"frobnicate"}, func(string) string { return "" }, nil, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "unexpected arguments") {
+		t.Errorf("stowline frobnicate: err %v, want unexpected arguments", err)
+	}
+}
+
 func TestBadConfigFailsAtStartup(t *testing.T) {
 	tests := []struct {
 		name string

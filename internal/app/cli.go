@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/stowline/stowline/internal/config"
@@ -22,6 +23,10 @@ type usageError struct{ err error }
 func (e *usageError) Error() string        { return e.err.Error() }
 func (e *usageError) Unwrap() error        { return e.err }
 func (e *usageError) Is(target error) bool { return target == ErrUsage }
+
+// forwarderCommands are cmd/forwarder's commands: the other programs,
+// given one, say where it is.
+var forwarderCommands = []string{"check", "audit", "backfill", "destinations", "replay", "pseudonym"}
 
 // Main parses flags and configuration into cfg and calls start. Bad
 // configuration fails here, before anything starts, naming the variable.
@@ -52,6 +57,11 @@ func Main[T any, P interface {
 		return nil
 	}
 	if fs.NArg() > 0 {
+		if program != "forwarder" && slices.Contains(forwarderCommands, fs.Arg(0)) {
+			// A single host installs stowline alone, and operations.md
+			// once wrote "stowline replay": the answer names the binary.
+			return &usageError{fmt.Errorf("%s has no commands: `forwarder %s` is the operator's command (build it with `go build -o forwarder ./cmd/forwarder`; on a single host run it as the service's user, docs/operations.md)", program, fs.Arg(0))}
+		}
 		return &usageError{fmt.Errorf("unexpected arguments %q (all configuration comes from the environment; see -h)", fs.Args())}
 	}
 	if err := config.Load(getenv, P(&cfg)); err != nil {
