@@ -74,9 +74,11 @@ type DestinationStatus struct {
 	// highest first: their events wait, and the page says until when.
 	ClosedLanes []ClosedLane `json:"closedLanes,omitempty"`
 	// Paused: this process pulls nothing for the destination now
-	// (Options.Paused: its de-identification keys differ from another
-	// replica's); studies in hand go on.
-	Paused bool `json:"paused,omitempty"`
+	// (Options.Paused: the de-identification key guard); studies in hand
+	// go on. PausedReason says why (Options.PauseReason): "" from a
+	// release before it, which paused for either.
+	Paused       bool   `json:"paused,omitempty"`
+	PausedReason string `json:"pausedReason,omitempty"`
 	// LastDown is the last failure that said the destination is down
 	// (a study's, or a probe's while the breaker is open), and
 	// LastDownAt when: with the breaker open, what the operator asks
@@ -84,6 +86,20 @@ type DestinationStatus struct {
 	LastDown   string    `json:"lastDown,omitempty"`
 	LastDownAt time.Time `json:"lastDownAt,omitzero"`
 }
+
+// Why the de-identification key guard pauses a forwarder
+// (DestinationStatus.PausedReason); also the reason label of
+// stowline_forwarder_deidentify_paused.
+const (
+	// PausedKeysDiffer: live forwarders serving the destination publish
+	// another key fingerprint, or none (sending the originals).
+	PausedKeysDiffer = "keys_differ"
+	// PausedNotCompared: no read of the status bucket found this
+	// process's own entry yet: the first seconds after start, a bucket
+	// lost until the next put, or for good while the forwarder's NATS
+	// user may not read or put it, or NATS storage is full.
+	PausedNotCompared = "not_compared"
+)
 
 // Prober asks the destination whether it answers at all: one cheap
 // authenticated request (a QIDO-RS query). An error for which
@@ -1109,7 +1125,9 @@ func (f *Forwarder) Status() DestinationStatus {
 	reason, at := f.limit.LastChange()
 	st.LimitReason, st.LimitChanged = string(reason), at
 	st.ClosedLanes = f.plan.closed()
-	st.Paused = f.plan.isPaused()
+	if st.Paused = f.plan.isPaused(); st.Paused && f.opts.PauseReason != nil {
+		st.PausedReason = f.opts.PauseReason()
+	}
 	if !f.breaker.enabled() {
 		st.State = "off"
 		return st

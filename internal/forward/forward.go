@@ -136,6 +136,9 @@ type Options struct {
 	// in hand go on. The de-identification key guard sets it (app,
 	// keyguard.go): no study is sent under two keys.
 	Paused func() bool
+	// PauseReason, if set, says why Paused reports true (PausedKeysDiffer
+	// or PausedNotCompared), for Status: the status page names it.
+	PauseReason func() string
 	// Stream, if set, is the event stream the lanes' consumers read: how
 	// old the oldest event a lane has not acknowledged is, is read from
 	// it (lanes.go, probeLane); nil: only whether it holds any.

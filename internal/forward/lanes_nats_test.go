@@ -695,6 +695,7 @@ func TestPausedForwarderPullsNothing(t *testing.T) {
 	f := newForwarder(t, newMemSource(2), sinkURL, nil, func(o *Options) {
 		o.Lanes = laneList(lanes)
 		o.Paused = paused.Load
+		o.PauseReason = func() string { return PausedNotCompared }
 		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 	})
 	routine := lanes[events.PriorityRoutine]
@@ -714,8 +715,8 @@ func TestPausedForwarderPullsNothing(t *testing.T) {
 	if msg, _, _ := f.next(ctx, false); msg != nil {
 		t.Fatal("a paused forwarder pulled an event")
 	}
-	if !f.Status().Paused {
-		t.Error("the status a paused forwarder reports (the status page's) does not say it is paused")
+	if st := f.Status(); !st.Paused || st.PausedReason != PausedNotCompared {
+		t.Errorf("the status a paused forwarder reports (the status page's) says paused %v, for %q; want paused, for %q", st.Paused, st.PausedReason, PausedNotCompared)
 	}
 	if info := waitConsumer(t, routine, func(*jetstream.ConsumerInfo) bool { return true }); info.Delivered.Stream != 0 {
 		t.Fatalf("delivered while paused: %+v", info)
@@ -723,8 +724,8 @@ func TestPausedForwarderPullsNothing(t *testing.T) {
 
 	// Running, the event sent.
 	paused.Store(false)
-	if f.Status().Paused {
-		t.Error("the status says paused once the pause ended")
+	if st := f.Status(); st.Paused || st.PausedReason != "" {
+		t.Errorf("the status says paused %v, for %q, once the pause ended", st.Paused, st.PausedReason)
 	}
 	if msg, lane, done := f.next(ctx, false); msg == nil {
 		t.Fatal("nothing pulled once running")
