@@ -108,9 +108,47 @@ type destinationRow struct {
 	// ClosedLanes are its lanes outside their FORWARD_WINDOWS hours now,
 	// highest first: their events wait, by configuration.
 	ClosedLanes []closedLane
-	// Paused counts its forwarders that pull nothing now: their
-	// de-identification keys differ (the key guard).
-	Paused int
+	// Paused counts its forwarders that pull nothing now (the
+	// de-identification key guard), pausedBy them by reason
+	// (forward.DestinationStatus.PausedReason); PausedWhy and PausedHelp
+	// say why in words, for the badge and its title.
+	Paused                int
+	pausedBy              map[string]int
+	PausedWhy, PausedHelp string
+}
+
+// pauseWords are the status page's words for why a forwarder pulls
+// nothing (forward.DestinationStatus.PausedReason), in the order shown.
+// A key not compared said "keys differ", and the operator looked for a
+// second key that did not exist.
+var pauseWords = []pauseWord{
+	{forward.PausedKeysDiffer, "de-identification keys differ",
+		"its forwarders run different de-identification keys (or one sends the originals): no event is pulled for this destination until they run one; their logs and the alert StowlineDeidentifyKeysDiffer name the fingerprints"},
+	{forward.PausedNotCompared, "de-identification key not compared (status bucket " + natsjs.StatusBucket + ")",
+		"no event is pulled for this destination until a forwarder's read of the status bucket " + natsjs.StatusBucket + " finds its own entry (a few seconds after start): for longer, its NATS user may not read or put the bucket (docs/nats-permissions.md) or NATS storage is full; its /readyz names the error, and the alert StowlineDeidentifyKeyNotCompared fires"},
+	// A forwarder of a release before PausedReason.
+	{"", "de-identification keys differ or not compared",
+		"no event is pulled for this destination until its forwarders' de-identification keys are compared and the same: their /readyz (destination_deidentify_key) says which"},
+}
+
+// pauseWord is the words for one pause reason.
+type pauseWord struct{ reason, why, help string }
+
+// explainPause sets r's PausedWhy and PausedHelp from pausedBy: with
+// several reasons, each with how many forwarders.
+func (r *destinationRow) explainPause() {
+	var why, help []string
+	for _, w := range pauseWords {
+		n := r.pausedBy[w.reason]
+		if n == 0 {
+			continue
+		}
+		why, help = append(why, w.why), append(help, w.help)
+		if len(r.pausedBy) > 1 {
+			why[len(why)-1] += fmt.Sprintf(" (%d)", n)
+		}
+	}
+	r.PausedWhy, r.PausedHelp = strings.Join(why, "; "), strings.Join(help, "; ")+"; studies in hand go on"
 }
 
 // closedLane is a lane its forwarders report outside its hours: Closed of
@@ -336,6 +374,14 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 			r.Held += d.Held
 			if d.Paused {
 				r.Paused++
+				reason := d.PausedReason
+				if !slices.ContainsFunc(pauseWords, func(w pauseWord) bool { return w.reason == reason }) {
+					reason = "" // a later release's: said as the unknown
+				}
+				if r.pausedBy == nil {
+					r.pausedBy = map[string]int{}
+				}
+				r.pausedBy[reason]++
 			}
 			if breakerRank[d.State] > breakerRank[r.Breaker] {
 				r.Breaker, r.BreakerSince = d.State, d.Since
@@ -383,6 +429,9 @@ func destinations(p *pageData, ledgers []status.DestinationLedger, ring []status
 	}
 	out := make([]destinationRow, 0, len(rows))
 	for _, r := range rows {
+		if r.Paused > 0 {
+			r.explainPause()
+		}
 		out = append(out, *r)
 	}
 	slices.SortFunc(out, func(a, b destinationRow) int { return strings.Compare(a.Name, b.Name) })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -885,45 +886,62 @@ func TestClosedLaneSaysWhenItOpens(t *testing.T) {
 	}
 }
 
-// TestPausedDestinationSaysWhy: forwarders the key guard paused (their
-// de-identification keys differ) are named in their destination's row,
-// with how many of them when not all. The page showed the breaker
-// closed and the queue growing, nothing of why no study was pulled.
+// TestPausedDestinationSaysWhy: forwarders the key guard paused are
+// named in their destination's row, with why (their de-identification
+// keys differ, or a key not compared: the status bucket unreadable) and
+// how many of them when not all. The page showed the breaker closed and
+// the queue growing, nothing of why no study was pulled; then it said
+// "keys differ" for a key not compared, and the operator looked for a
+// second key that did not exist.
 func TestPausedDestinationSaysWhy(t *testing.T) {
 	f := start(t)
 	if _, err := natsjs.DefaultTopology().EnsureConsumer(t.Context(), f.ns.JS, natsjs.DefaultDestination); err != nil {
 		t.Fatal(err)
 	}
+	const pulling = "pulling" // a forwarder not paused
 	tests := []struct {
-		paused []bool
-		want   string // "": no pause shown
+		name      string
+		reasons   []string // by forwarder: its PausedReason, or pulling
+		want      string   // "": no pause shown
+		wantTitle string   // in the badge's title
 	}{
-		{[]bool{false, false}, ""},
-		{[]bool{true, false}, "pulling paused on 1 of 2 forwarders: de-identification keys differ"},
-		{[]bool{true, true}, "pulling paused: de-identification keys differ"},
+		{"pulling", []string{pulling, pulling}, "", ""},
+		{"one of two, keys differ", []string{forward.PausedKeysDiffer, pulling}, "pulling paused on 1 of 2 forwarders: de-identification keys differ", "StowlineDeidentifyKeysDiffer"},
+		{"keys differ", []string{forward.PausedKeysDiffer, forward.PausedKeysDiffer}, "pulling paused: de-identification keys differ", "StowlineDeidentifyKeysDiffer"},
+		{"not compared", []string{forward.PausedNotCompared}, "pulling paused: de-identification key not compared (status bucket stowline_forwarders)",
+			"its NATS user may not read or put the bucket (docs/nats-permissions.md) or NATS storage is full"},
+		{"both", []string{forward.PausedNotCompared, forward.PausedKeysDiffer, pulling},
+			"pulling paused on 2 of 3 forwarders: de-identification keys differ (1); de-identification key not compared (status bucket stowline_forwarders) (1)", "StowlineDeidentifyKeyNotCompared"},
+		{"older release", []string{""}, "pulling paused: de-identification keys differ or not compared", "destination_deidentify_key"},
 	}
 	for _, tt := range tests {
-		t.Run(fmt.Sprint(tt.paused), func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
 			var trackers []*status.Tracker
-			for _, paused := range tt.paused {
+			for _, reason := range tt.reasons {
 				tok, err := status.NewTokenWatch(natsjs.DefaultDestination, "dicom.example.org", "", false, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
 				tr := status.NewTracker(2, tok) // a forwarder serving it
 				tr.WatchDestination(func() forward.DestinationStatus {
-					return forward.DestinationStatus{Destination: natsjs.DefaultDestination, State: "closed", Requests: 4, Ceiling: 4, Paused: paused}
+					st := forward.DestinationStatus{Destination: natsjs.DefaultDestination, State: "closed", Requests: 4, Ceiling: 4}
+					if reason != pulling {
+						st.Paused, st.PausedReason = true, reason
+					}
+					return st
 				})
 				trackers = append(trackers, tr)
 			}
 			f.srv = statusPage(t, f.ns, false, trackers...)
 			_, body := f.get(t, f.browser(t), "/ui/", adminToken)
-			got := regexp.MustCompile(`id="dest-default-paused"[^>]*>([^<]*)<`).FindStringSubmatch(body)
+			got := regexp.MustCompile(`id="dest-default-paused" title="([^"]*)">([^<]*)<`).FindStringSubmatch(body)
 			switch {
 			case tt.want == "" && got != nil:
-				t.Errorf("no forwarder paused, the page says %q", got[1])
-			case tt.want != "" && (got == nil || got[1] != tt.want):
+				t.Errorf("no forwarder paused, the page says %q", got[2])
+			case tt.want != "" && (got == nil || html.UnescapeString(got[2]) != tt.want):
 				t.Errorf("the destination's row says %v, want %q", got, tt.want)
+			case tt.want != "" && !strings.Contains(html.UnescapeString(got[1]), tt.wantTitle):
+				t.Errorf("the badge's title %q lacks %q", got[1], tt.wantTitle)
 			}
 		})
 	}
