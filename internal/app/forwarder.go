@@ -203,7 +203,7 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	}
 	for i, o := range opts {
 		if _, ok := keys.own[o.DestinationName]; ok {
-			o.Paused = keys.paused(o.DestinationName)
+			o.Paused, o.PauseReason = keys.paused(o.DestinationName), keys.reason(o.DestinationName)
 			checks[checkName("destination_deidentify_key", served[i])] = keys.check(o.DestinationName)
 		}
 		o.Observer = tracker

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/web"
@@ -34,6 +35,11 @@ type keyGuard struct {
 	own      map[string]string // by destination: this process's fingerprint
 	log      *slog.Logger
 	disagree *prometheus.GaugeVec
+	// pausedBy is, by destination and reason (forward.PausedKeysDiffer,
+	// PausedNotCompared), 1 while held for it: a key never compared
+	// (the status bucket unreadable) pulls nothing either, with
+	// disagree at 0.
+	pausedBy *prometheus.GaugeVec
 	now      func() time.Time
 
 	mu sync.Mutex
@@ -69,19 +75,63 @@ const agreeSettle = 2 * status.ShareInterval
 // de-identify (not status.NoKey), with its metric registered in reg.
 func newKeyGuard(fingerprints map[string]string, reg prometheus.Registerer, log *slog.Logger) (*keyGuard, error) {
 	g := &keyGuard{own: map[string]string{}, log: log, now: time.Now, held: map[string]string{}, peers: map[string]string{}, agreeing: map[string]time.Time{}}
-	for d, fp := range fingerprints {
-		if fp != status.NoKey {
-			g.own[d], g.held[d] = fp, keyNotCompared
-		}
-	}
 	g.disagree = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "stowline_forwarder_deidentify_key_disagreement",
 		Help: "1 while live forwarders serving the de-identifying destination publish different key fingerprints (or one sends identifiable copies): this process pulls none of its studies until they agree.",
 	}, []string{"destination"})
-	for d := range g.own {
-		g.disagree.WithLabelValues(d).Set(0)
+	g.pausedBy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stowline_forwarder_deidentify_paused",
+		Help: "1 while this process pulls none of the de-identifying destination's studies, for reason: keys_differ (another live forwarder's key) or not_compared (its key not yet compared: the status bucket not read, or lacking this process's entry).",
+	}, []string{"destination", "reason"})
+	for d, fp := range fingerprints {
+		if fp != status.NoKey {
+			g.own[d] = fp
+			g.disagree.WithLabelValues(d).Set(0)
+			g.hold(d, keyNotCompared)
+		}
 	}
-	return g, reg.Register(g.disagree)
+	if err := reg.Register(g.disagree); err != nil {
+		return nil, fmt.Errorf("key guard: %w", err)
+	}
+	if err := reg.Register(g.pausedBy); err != nil {
+		return nil, fmt.Errorf("key guard: %w", err)
+	}
+	return g, nil
+}
+
+// hold sets why destination d's studies are not pulled ("": they are)
+// and its stowline_forwarder_deidentify_paused series; g.mu held, or
+// g not yet shared.
+func (g *keyGuard) hold(d, why string) {
+	g.held[d] = why
+	r := pauseReason(why)
+	for _, reason := range []string{forward.PausedKeysDiffer, forward.PausedNotCompared} {
+		v := 0.0
+		if reason == r {
+			v = 1
+		}
+		g.pausedBy.WithLabelValues(d, reason).Set(v)
+	}
+}
+
+// pauseReason is the forward.Paused* reason of held text why; "" for "".
+func pauseReason(why string) string {
+	switch why {
+	case "":
+		return ""
+	case keyNotCompared:
+		return forward.PausedNotCompared
+	}
+	return forward.PausedKeysDiffer
+}
+
+// reason is forward.Options.PauseReason of destination d.
+func (g *keyGuard) reason(d string) func() string {
+	return func() string {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return pauseReason(g.held[d])
+	}
 }
 
 // paused is forward.Options.Paused of destination d.
@@ -172,7 +222,7 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 				// The others may not have seen this one: its pulls wait.
 				// A disagreement already found stays until a comparison.
 				if g.held[d] == "" {
-					g.held[d] = keyNotCompared
+					g.hold(d, keyNotCompared)
 					g.log.Warn("this forwarder's snapshot is missing from the status bucket (lost or recreated, or not yet put): the de-identifying destination's studies are not pulled until its key is compared with the other forwarders' again",
 						"destination", d, "bucket", natsjs.StatusBucket, "key_fingerprint", mine)
 				}
@@ -192,7 +242,8 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 				g.log.Info("the forwarders serving the destination agree on its de-identification key again: its studies are pulled",
 					"destination", d, "key_fingerprint", mine)
 			}
-			g.held[d], g.peers[d] = "", ""
+			g.hold(d, "")
+			g.peers[d] = ""
 			g.disagree.WithLabelValues(d).Set(0)
 			continue
 		}
@@ -206,7 +257,7 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 		// Neither fingerprints nor hosts: /readyz answers anyone who
 		// reaches the port, and a fingerprint is a fast check of a
 		// guessed key. The log names them.
-		g.held[d] = heldForKeys(len(hosts)-1, hosts[status.NoKey] != nil && mine != status.NoKey)
+		g.hold(d, heldForKeys(len(hosts)-1, hosts[status.NoKey] != nil && mine != status.NoKey))
 		g.disagree.WithLabelValues(d).Set(1)
 		if g.peers[d] != peers {
 			g.peers[d] = peers

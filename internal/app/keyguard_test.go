@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/status"
 	"github.com/stowline/stowline/internal/testharness"
@@ -92,6 +93,22 @@ func TestKeyGuardCompare(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(g.disagree.WithLabelValues("research")); got != wantMetric {
 				t.Errorf("stowline_forwarder_deidentify_key_disagreement %v, want %v", got, wantMetric)
+			}
+			wantReason := map[string]string{"": "", "not yet compared": forward.PausedNotCompared}[tt.wantHeld]
+			if wantMetric == 1 {
+				wantReason = forward.PausedKeysDiffer
+			}
+			if got := g.reason("research")(); got != wantReason {
+				t.Errorf("pause reason %q, want %q", got, wantReason)
+			}
+			for _, reason := range []string{forward.PausedKeysDiffer, forward.PausedNotCompared} {
+				want := 0.0
+				if reason == wantReason {
+					want = 1
+				}
+				if got := testutil.ToFloat64(g.pausedBy.WithLabelValues("research", reason)); got != want {
+					t.Errorf("stowline_forwarder_deidentify_paused{reason=%q} %v, want %v", reason, got, want)
+				}
 			}
 			for _, part := range tt.wantLog {
 				if !strings.Contains(logs.String(), part) {
@@ -339,8 +356,10 @@ func TestKeyGuardStatusBucketLost(t *testing.T) {
 
 // A NATS user that may not read the status bucket, or put this process's
 // snapshot in it, leaves a de-identifying destination's key never
-// compared: no study of it is pulled. /readyz names the error, and the
-// warnings say that the destination pulls nothing.
+// compared: no study of it is pulled. /readyz names the error, the
+// warnings say that the destination pulls nothing, and the metric
+// stowline_forwarder_deidentify_paused says so with reason not_compared
+// (the disagreement gauge, 0, was all an alert had), as does the status.
 func TestKeyGuardWithoutTheStatusBucket(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -376,7 +395,8 @@ func TestKeyGuardWithoutTheStatusBucket(t *testing.T) {
 			ctx, g := runGroup(t)
 			keys := map[string]string{"archive": "1111111111111111"}
 			s := trackArchiveWithKeys(t, ctx, g, conn, keys, log)
-			guard, err := newKeyGuard(keys, prometheus.NewRegistry(), log)
+			reg := prometheus.NewRegistry()
+			guard, err := newKeyGuard(keys, reg, log)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -403,6 +423,18 @@ func TestKeyGuardWithoutTheStatusBucket(t *testing.T) {
 			})
 			if !guard.paused("archive")() {
 				t.Error("the destination's studies are pulled")
+			}
+			if got := guard.reason("archive")(); got != forward.PausedNotCompared {
+				t.Errorf("pause reason %q, want %q", got, forward.PausedNotCompared)
+			}
+			want := `
+# HELP stowline_forwarder_deidentify_paused 1 while this process pulls none of the de-identifying destination's studies, for reason: keys_differ (another live forwarder's key) or not_compared (its key not yet compared: the status bucket not read, or lacking this process's entry).
+# TYPE stowline_forwarder_deidentify_paused gauge
+stowline_forwarder_deidentify_paused{destination="archive",reason="keys_differ"} 0
+stowline_forwarder_deidentify_paused{destination="archive",reason="not_compared"} 1
+`
+			if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "stowline_forwarder_deidentify_paused"); err != nil {
+				t.Error(err)
 			}
 			if testing.Verbose() {
 				t.Logf("readiness: %v\nlog:\n%s", ready, logs.String())
