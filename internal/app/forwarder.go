@@ -63,8 +63,8 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
-	// Before EnsureLanesServing makes the consumers of a new DEFAULT.
-	if err := checkMiscasedDefault(pctx, p.conn.JS, names, log); err != nil {
+	// Before EnsureLanesServing makes the consumers of a renamed one.
+	if err := checkRenamedDestinations(pctx, p.conn.JS, names, log); err != nil {
 		return err
 	}
 	// Only the served destinations' lanes are used (lanes[d] below): an

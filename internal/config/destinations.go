@@ -184,7 +184,7 @@ func (f *Forwarder) readDynamic(getenv func(string) string) error {
 		// deployment that earlier builds let make it forwards through it,
 		// and only JetStream tells whether its consumer exists (the
 		// forwarder's start refuses a new one beside default's:
-		// app.checkMiscasedDefault).
+		// app.checkRenamedDestinations).
 		p := DestinationVarPrefix(name)
 		if other, dup := prefixes[p]; dup {
 			errs = append(errs, fmt.Errorf("DESTINATIONS: %q and %q would both be configured by %s* variables: rename one", other, name, p))

@@ -102,3 +102,45 @@ func TestForwarderStartRefusesOnlyANewMiscasedDefault(t *testing.T) {
 		})
 	}
 }
+
+// TestRenamedDestinationRefused: DESTINATIONS "tidied" from ai to AI (or
+// ai-2 to ai_2) reads the same DESTINATION_AI_ variables, and started a
+// new destination with new events and an empty ledger, ai's backlog,
+// retries and dead letters left for no forwarder, without a word; only
+// the default destination's name was checked. Each name written alike
+// but without a consumer of its own is now refused, naming the other;
+// one with its own consumer, or with none alike, passes.
+func TestRenamedDestinationRefused(t *testing.T) {
+	tests := []struct {
+		name     string
+		names    []string // DESTINATIONS
+		existing []string // destinations whose consumers exist
+		refused  string   // "" passes
+	}{
+		{"ai written AI", []string{natsjs.DefaultDestination, "AI"}, []string{natsjs.DefaultDestination, "ai"}, `"AI" has no consumer on the event stream yet, while "ai" does`},
+		{"ai-2 written ai_2", []string{"ai_2"}, []string{"ai-2"}, "run `forwarder destinations remove ai-2 --yes` first"},
+		{"its own consumer beside one alike", []string{"AI"}, []string{"ai", "AI"}, ""},
+		{"a new destination", []string{"ai", "research"}, []string{"ai"}, ""},
+		{"no stream yet", []string{"AI"}, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testnats.Start(t)
+			if len(tt.existing) > 0 {
+				if _, err := natsjs.DefaultTopology().EnsureConsumers(replayCtx(t), ns.JS, tt.existing); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := checkRenamedDestinations(replayCtx(t), ns.JS, tt.names, slog.New(slog.DiscardHandler))
+			if tt.refused == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.refused) {
+				t.Fatalf("err %v; want a usage error saying %q", err, tt.refused)
+			}
+		})
+	}
+}
