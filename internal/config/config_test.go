@@ -158,6 +158,9 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"dicomweb url with a trailing space", map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v1 "}, "", `DICOMWEB_URL="https://dicom.example.org/v1 ": the URL holds white space`},
 		{"dicomweb url with a space in its key", map[string]string{"DICOMWEB_URL": "https://fn.example.org/api?code=abc def"}, "", `DICOMWEB_URL="https://fn.example.org/api?…": the URL holds white space`},
 		{"orthanc url with a space", map[string]string{"ORTHANC_URL": "http://orthanc:8042/ "}, "", `ORTHANC_URL="http://orthanc:8042/ ": the URL holds white space`},
+		// The README's examples carry comments; systemd keeps them in the
+		// value, and "a stray space at its end?" named no cause.
+		{"url with an inline comment", map[string]string{"OAUTH_ISSUER_URL": "https://keycloak.example.org/realms/imaging   # or OAUTH_TOKEN_URL"}, "", `OAUTH_ISSUER_URL="https://keycloak.example.org/realms/imaging   # or OAUTH_TOKEN_URL": the URL is followed by an inline # comment`},
 		{"named destination url with a trailing space", map[string]string{"DICOMWEB_URL": "", "DESTINATIONS": "ai", "DESTINATION_AI_URL": "https://ai.example.org/v1 "}, "", `DESTINATION_AI_URL="https://ai.example.org/v1 ": the URL holds white space`},
 	}
 	for _, tt := range tests {

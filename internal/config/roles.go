@@ -353,6 +353,11 @@ func validateAddr(name, addr string) error {
 func validateHTTPURL(name, raw, instead string) error {
 	// url.Parse keeps a space in the path or query: a stray one at the
 	// end sent every request to .../v1%20/studies, or a wrong API key.
+	if i := strings.IndexFunc(raw, unicode.IsSpace); i >= 0 && strings.HasPrefix(strings.TrimLeftFunc(raw[i:], unicode.IsSpace), "#") {
+		// systemd's EnvironmentFile and docker --env-file keep an inline
+		// comment, copied from the README's examples, in the value.
+		return fmt.Errorf("%s=%q: the URL is followed by an inline # comment, which systemd's EnvironmentFile and docker --env-file keep in the value: put the comment on a line of its own", name, withoutSecrets(raw))
+	}
 	if strings.ContainsFunc(raw, unicode.IsSpace) {
 		return fmt.Errorf("%s=%q: the URL holds white space (a stray space at its end?); write one that belongs in it as %%20", name, withoutSecrets(raw))
 	}
