@@ -37,6 +37,14 @@ type prioritizer struct {
 	timeout time.Duration
 	log     *slog.Logger
 	events  *prometheus.CounterVec
+	// notQueued counts the webhook events whose triage copy was stored
+	// (Orthanc told 202) but whose store in a lane failed for budget:
+	// with the reconciler off nothing else queues them, and an alert
+	// must see them (the log line alone reached no one).
+	notQueued prometheus.Counter
+	// budget bounds how long triage tries to store an event in its lane
+	// (triageBudget).
+	budget time.Duration
 	// triaging counts the webhook events still being triaged: the ingest
 	// waits for them at shutdown (drainTriage), the webhook having
 	// answered for them. Once drained (under mu) no triage starts: a
@@ -82,15 +90,21 @@ func newPrioritizer(js jetstream.JetStream, expr string, sources *Sources, reg p
 	readsCut, cutReads := context.WithCancel(context.Background())
 	p := &prioritizer{
 		next: natsjs.Publisher{JS: js}, js: js, rule: rule, sources: sources, timeout: priorityRuleTimeout, log: log,
-		turns: make(chan struct{}, triageReads), backlog: triageBacklog, readsCut: readsCut, cutReads: cutReads,
+		turns: make(chan struct{}, triageReads), backlog: triageBacklog, readsCut: readsCut, cutReads: cutReads, budget: triageBudget,
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stowline_ingest_priority_total",
 			Help: "Events the webhook and the reconciler stored (not their duplicates), by lane (priority: stat, routine, low) and by what chose it (by: event, rule, default; rule_error: PRIORITY_RULE failed and the study went routine; shutdown: the stopping ingest queued it routine without the rule's read; triage_full: the webhook's triage backlog was full and it went routine without the rule's read).",
 		}, []string{"priority", "by"}),
+		notQueued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stowline_ingest_triage_not_queued_total",
+			Help: "Webhook events stored for PRIORITY_RULE's triage (answered 202) whose store in their lane then failed for 5 minutes: only the reconciler queues those studies, or `forwarder audit --enqueue --priority routine` when it is off.",
+		}),
 	}
-	if err := reg.Register(p.events); err != nil {
-		cutReads()
-		return nil, err
+	for _, c := range []prometheus.Collector{p.events, p.notQueued} {
+		if err := reg.Register(c); err != nil {
+			cutReads()
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -345,7 +359,7 @@ func (p *prioritizer) drainTriage(reads, queue time.Duration) {
 func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 	stopping, stopped, warnedStopping := ctx.Done(), false, false
 	ctx = context.WithoutCancel(ctx)
-	deadline := time.Now().Add(triageBudget)
+	deadline := time.Now().Add(p.budget)
 	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
 		// A burst of stable studies is read triageReads at a time, so the
 		// source is not flooded, at shutdown too (a rolling restart may
@@ -389,6 +403,7 @@ func (p *prioritizer) triage(ctx context.Context, ev *events.StudyStable) {
 			wait = shutdownRetry
 		}
 		if time.Now().Add(wait).After(deadline) {
+			p.notQueued.Inc()
 			p.log.Error("a study waiting for PRIORITY_RULE could not be queued; the reconciler queues it, or `forwarder audit --enqueue` when the reconciler is off",
 				"source", ev.Source, "orthanc_study_id", ev.OrthancStudyID, "err", err)
 			return

@@ -668,3 +668,49 @@ func TestTriageBacklogBounded(t *testing.T) {
 		}
 	}
 }
+
+// A webhook event whose triage copy is stored (Orthanc told 202) but whose
+// lane refuses it for the whole triage budget is counted: with the
+// reconciler off nothing else queues that study, and the log line alone
+// reached no alert. One stored in its lane is not counted.
+func TestTriageNotQueuedCounted(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		maxMsgs  int64 // the event stream's cap; 1 holds the triage copy only
+		wantLane uint64
+		wantLost float64
+	}{
+		{"lane stored", -1, 1, 0},
+		{"lane refused for the budget", 1, 0, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, ns, src := slowSourcePrioritizer(t)
+			src.answer() // the source answers at once (503: the rule fails, routine)
+			p.budget = 1500 * time.Millisecond
+			s, err := ns.JS.Stream(t.Context(), natsjs.EventStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := s.CachedInfo().Config
+			cfg.MaxMsgs = tt.maxMsgs
+			if _, err := ns.JS.UpdateStream(t.Context(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			ev, err := events.NewStudyStable("main", "66666666-66666666-66666666-66666666-66666666", "1.2.3", "20261203T101500")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := (webhookPublisher{p: p, ctx: t.Context()}).Publish(t.Context(), ev); err != nil {
+				t.Fatalf("Publish = %v, want the triage copy stored", err)
+			}
+			p.triaging.Wait()
+			got := subjectCounts(t, ns.JS)
+			if got[natsjs.TriageSubject("main")] != 1 || got["stowline.study.stable.main"] != tt.wantLane {
+				t.Errorf("subjects %v, want the triage copy and %d in the routine lane", got, tt.wantLane)
+			}
+			if n := testutil.ToFloat64(p.notQueued); n != tt.wantLost {
+				t.Errorf("stowline_ingest_triage_not_queued_total = %v, want %v", n, tt.wantLost)
+			}
+		})
+	}
+}

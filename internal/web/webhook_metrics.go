@@ -46,8 +46,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.received.WithLabelValues(r)
 	}
 	// From 0, so that an alert on their increase (StowlineNATSStorageFull,
-	// StowlineWebhookRefused) fires at the first refusal, not the second.
-	for _, r := range []string{"jetstream_unavailable", "jetstream_full", "unauthorized", "bad_signature"} {
+	// StowlineWebhookRefused, StowlineWebhookNotStored: every refusal of
+	// an authenticated post) fires at the first refusal, not the second.
+	for _, r := range []string{"jetstream_unavailable", "jetstream_full", "unauthorized", "bad_signature",
+		"unsupported_media_type", "malformed", "invalid", "too_large", "timeout"} {
 		m.rejected.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds, m.previousToken, m.lastUpdateAhead} {

@@ -37,7 +37,8 @@ func TestWebhookAlertedRefusalsStartAtZero(t *testing.T) {
 			}
 		}
 	}
-	for _, reason := range []string{"jetstream_unavailable", "jetstream_full", "unauthorized", "bad_signature"} {
+	for _, reason := range []string{"jetstream_unavailable", "jetstream_full", "unauthorized", "bad_signature",
+		"unsupported_media_type", "malformed", "invalid", "too_large", "timeout"} {
 		if !exported[reason] {
 			t.Errorf("stowline_ingest_events_rejected_total{reason=%q} is not exported before the first refusal", reason)
 		}
