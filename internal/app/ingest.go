@@ -116,6 +116,9 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 		}
 		return nil
 	}
+	if err := r.reconcile.AlertWarning(); err != nil {
+		log.Warn("RECONCILE_POLL_INTERVAL is too long for an alert", "err", err)
+	}
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
 	kv, err := p.topo.EnsureReconcile(pctx, p.conn.JS)

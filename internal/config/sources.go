@@ -211,6 +211,24 @@ func (r *Reconcile) adoptsFromOwn(o *Orthanc) error {
 	return errors.Join(errs...)
 }
 
+// webhookFailingMaxInterval is the longest RECONCILE_POLL_INTERVAL
+// StowlineWebhookFailing sees: it needs a study stored by the reconciler
+// in every 30 minutes, and a poll's own time and the scrape interval
+// come on top of the interval.
+const webhookFailingMaxInterval = 25 * time.Minute
+
+// AlertWarning says when RECONCILE_POLL_INTERVAL is too long for
+// StowlineWebhookFailing to fire; nil otherwise. A warning at start, not
+// a refusal: the setting accepts up to 1h, and an upgrade must not stop
+// the sites that set more.
+func (r *Reconcile) AlertWarning() error {
+	if !r.Enabled || r.PollInterval <= webhookFailingMaxInterval {
+		return nil
+	}
+	return fmt.Errorf("RECONCILE_POLL_INTERVAL=%s: above %s the alert StowlineWebhookFailing cannot fire (it needs a study the reconciler queued in every 30 minutes), so a broken Lua script webhook goes unalerted; "+
+		"StowlineReconcilerFailing waits two intervals (docs/operations.md)", r.PollInterval, webhookFailingMaxInterval)
+}
+
 // Validate names the variable that is out of range.
 func (r *Reconcile) Validate() error {
 	var errs []error

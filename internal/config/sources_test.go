@@ -204,6 +204,39 @@ func TestReconcileDisabledIgnoresItsSettings(t *testing.T) {
 	}
 }
 
+// A RECONCILE_POLL_INTERVAL too long for StowlineWebhookFailing is
+// warned about at start, not refused (an upgrade would stop the sites
+// that set one); the reconciler off, it is not.
+func TestReconcileIntervalAlertWarning(t *testing.T) {
+	for _, tt := range []struct {
+		enabled, interval string
+		warn              bool
+	}{
+		{"true", "10s", false},
+		{"true", "25m", false},
+		{"true", "26m", true},
+		{"true", "40m", true},
+		{"true", "1h", true},
+		{"false", "1h", false},
+	} {
+		t.Run(tt.enabled+" "+tt.interval, func(t *testing.T) {
+			e := baseEnv()
+			e["RECONCILE_ENABLED"], e["RECONCILE_POLL_INTERVAL"] = tt.enabled, tt.interval
+			var c SingleHost
+			if err := Load(mapEnv(e), &c); err != nil {
+				t.Fatalf("RECONCILE_POLL_INTERVAL=%s refused: %v", tt.interval, err)
+			}
+			err := c.Reconcile.AlertWarning()
+			if (err != nil) != tt.warn {
+				t.Fatalf("AlertWarning() = %v, want a warning: %v", err, tt.warn)
+			}
+			if err != nil && (!strings.Contains(err.Error(), "StowlineWebhookFailing") || !strings.Contains(err.Error(), "RECONCILE_POLL_INTERVAL="+tt.interval)) {
+				t.Errorf("AlertWarning() = %v, want it to name the alert and the setting", err)
+			}
+		})
+	}
+}
+
 func TestUsageListsSourcePattern(t *testing.T) {
 	var buf bytes.Buffer
 	Usage(&buf, "ingest", &IngestService{})

@@ -354,3 +354,35 @@ func TestBacklogProgressStoredAtStopAndFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestLastPollSuccessTimestamp: the last successful poll's time is
+// exported per source, with RECONCILE_POLL_INTERVAL, so that
+// StowlineReconcilerFailing waits as long as the interval asks: counts
+// over a fixed 15 minutes could not fire at an interval above it. It
+// stays put while polls fail and moves once one succeeds again.
+func TestLastPollSuccessTimestamp(t *testing.T) {
+	_, kv := testBucket(t)
+	o := &failingChanges{swappableOrthanc: &swappableOrthanc{log: &changeLog{studies: map[string]orthancapi.Study{}}}}
+	started := float64(time.Now().UnixNano()) / 1e9
+	r, ctx := runReconciler(t, Options{Sources: []Source{{Name: "s", Orthanc: o}}, KV: kv, Publisher: &publishedIDs{},
+		PollInterval: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, LeaseTTL: 5 * time.Second})
+	if got := testutil.ToFloat64(r.m.interval); got != 0.01 {
+		t.Errorf("stowline_reconcile_poll_interval_seconds = %v, want 0.01", got)
+	}
+	last := func() float64 { return testutil.ToFloat64(r.m.lastSuccess.WithLabelValues("s")) }
+	errs := func() float64 { return testutil.ToFloat64(r.m.pollErrors.WithLabelValues("s")) }
+	waitFirstCursor(ctx, t, kv, "s")
+	waitUntil(t, "a successful poll", func() bool { return testutil.ToFloat64(r.m.polls.WithLabelValues("s")) >= 1 })
+	if l := last(); l < started {
+		t.Errorf("last success %v, want at least the start, %v", l, started)
+	}
+	o.failures.Store(1 << 30)
+	waitUntil(t, "a failed poll", func() bool { return errs() >= 1 })
+	failing := last()
+	waitUntil(t, "more failed polls", func() bool { return errs() >= 4 })
+	if l := last(); l != failing {
+		t.Errorf("last success moved from %v to %v while every poll failed", failing, l)
+	}
+	o.failures.Store(0)
+	waitUntil(t, "the last success moving once a poll succeeds", func() bool { return last() > failing })
+}

@@ -25,6 +25,11 @@ type metrics struct {
 	// cursorMissing counts starts without a cursor for a source the
 	// event stream holds events of (cursorLost).
 	cursorMissing *prometheus.CounterVec
+	// lastSuccess and interval let StowlineReconcilerFailing wait for a
+	// poll as long as RECONCILE_POLL_INTERVAL asks: counts of polls over
+	// a fixed window missed an interval longer than the window.
+	lastSuccess *prometheus.GaugeVec
+	interval    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -77,8 +82,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "stowline_reconcile_cursor_missing_total",
 			Help: "Times the reconciler found no cursor for a source whose events the event stream holds (its bucket lost or recreated, the cursor deleted): it started at the end of the change log, so studies whose webhook was lost before are not published; run forwarder audit --enqueue.",
 		}, []string{"source"}),
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "stowline_reconcile_last_poll_success_timestamp_seconds",
+			Help: "Unix time of this replica's last poll of the source that read the change log and stored the cursor; the time it took the source's lease, if none succeeded before; 0 before it took the lease.",
+		}, []string{"source"}),
+		interval: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stowline_reconcile_poll_interval_seconds",
+			Help: "RECONCILE_POLL_INTERVAL: the pause between polls once a source's change log is read to its end.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.polls, m.resets, m.changeLogTrimmed, m.clockUnavailable, m.cursorMissing} {
+	for _, c := range []prometheus.Collector{m.lag, m.leaseHeld, m.pending, m.published, m.skipped, m.changesSkipped, m.pollErrors, m.polls, m.resets, m.changeLogTrimmed, m.clockUnavailable, m.cursorMissing, m.lastSuccess, m.interval} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("reconcile: register metrics: %w", err)
 		}
@@ -105,13 +118,14 @@ func (m *metrics) init(source string) {
 	m.changeLogTrimmed.WithLabelValues(source)
 	m.clockUnavailable.WithLabelValues(source)
 	m.cursorMissing.WithLabelValues(source)
+	m.lastSuccess.WithLabelValues(source)
 }
 
 // drop deletes the series of a source, renamed since.
 func (m *metrics) drop(source string) {
 	for _, v := range []*prometheus.MetricVec{m.lag.MetricVec, m.leaseHeld.MetricVec, m.pending.MetricVec,
 		m.published.MetricVec, m.skipped.MetricVec, m.changesSkipped.MetricVec, m.pollErrors.MetricVec, m.polls.MetricVec, m.resets.MetricVec,
-		m.changeLogTrimmed.MetricVec, m.clockUnavailable.MetricVec, m.cursorMissing.MetricVec} {
+		m.changeLogTrimmed.MetricVec, m.clockUnavailable.MetricVec, m.cursorMissing.MetricVec, m.lastSuccess.MetricVec} {
 		v.DeletePartialMatch(prometheus.Labels{"source": source})
 	}
 }

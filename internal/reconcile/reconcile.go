@@ -176,6 +176,7 @@ func New(opts Options) (*Reconciler, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.interval.Set(opts.PollInterval.Seconds())
 	r := &Reconciler{opts: opts, log: log, m: m,
 		tracer: tracing.Tracer(opts.TracerProvider, "github.com/stowline/stowline/internal/reconcile")}
 	for _, s := range opts.Sources {

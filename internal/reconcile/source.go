@@ -34,7 +34,10 @@ type sourceRunner struct {
 	// savedAt is when cur was last stored (save), which a backlog's
 	// pages wait for (cursorSaveEvery).
 	savedAt time.Time
-	recent  map[string]string // study ID -> LastUpdate published in this term
+	// timed is the source name whose last-success gauge this runner has
+	// set (at its first lease or poll): a lease taken again keeps it.
+	timed  string
+	recent map[string]string // study ID -> LastUpdate published in this term
 	// changeTypes filter the change log when Orthanc can (detectFilter).
 	changeTypes []string
 	stuck       stuckChange
@@ -194,6 +197,13 @@ func (s *sourceRunner) lead(ctx context.Context) (renamed bool) {
 	opts := &s.r.opts
 	s.r.m.leaseHeld.WithLabelValues(s.name).Set(1)
 	defer s.r.m.leaseHeld.WithLabelValues(s.name).Set(0)
+	// The wait for a first success starts with the first lease; one
+	// taken again keeps the last success, so a lease moving between
+	// replicas that all fail does not restart the wait.
+	if s.timed != s.name {
+		s.r.m.lastSuccess.WithLabelValues(s.name).SetToCurrentTime()
+		s.timed = s.name
+	}
 	// Only the holder reports these: a sum over replicas counts once.
 	defer s.r.m.lag.WithLabelValues(s.name).Set(0)
 	defer s.r.m.pending.WithLabelValues(s.name).Set(0)
@@ -340,6 +350,7 @@ func (s *sourceRunner) pollLoop(ctx context.Context, stop context.CancelCauseFun
 		}
 		s.setStatus(nil)
 		s.r.m.polls.WithLabelValues(s.name).Inc()
+		s.r.m.lastSuccess.WithLabelValues(s.name).SetToCurrentTime()
 		delay = opts.PollInterval
 		if !more {
 			sleep(ctx, opts.PollInterval)
