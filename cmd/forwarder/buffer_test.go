@@ -105,6 +105,35 @@ func testBufferMode(t *testing.T, rel testharness.Release) {
 	r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="deleted"}`, 4+3+1+2, 30*time.Second)
 }
 
+// Orthanc 1.12.1 and later move a study's LastUpdate when one of its
+// instances is deleted, logging no change. Buffer mode, which looks at the
+// study again every 32 deletes, took its own deletes for a change: a study
+// of more than 32 instances (any CT) kept all but 32 in the source, and no
+// next event came to delete them.
+func TestBufferModeDeletesAStudyOfMoreThan32Instances(t *testing.T) {
+	testharness.ForEachRelease(t, func(t *testing.T, rel testharness.Release) {
+		const n = 40
+		r := newRigOn(t, rel)
+		r.startForwarder(t, map[string]string{"FORWARDER_DELETE_FROM_SOURCE": "true"})
+		study := r.addStudy(t, n, 8)
+		// Its event comes at StableStudy, as the ingest's does: the
+		// deletes fall in a later second than LastUpdate's, and move it.
+		testharness.WaitFor(t, "the study stable in the source", 30*time.Second, func() bool {
+			var st struct{ IsStable bool }
+			r.src.GetJSON(t, "/studies/"+study, &st)
+			return st.IsStable
+		})
+		r.publish(t, study)
+		r.waitDest(t, n, 120*time.Second)
+		// Every instance accounted for: deleted, or not.
+		r.waitMetric(t, `stowline_forwarder_source_deletes_total`, n, 60*time.Second)
+		r.waitMetric(t, `stowline_forwarder_source_deletes_total{result="deleted"}`, n, time.Second)
+		if left := r.sourceInstances(t); left != 0 {
+			t.Fatalf("source holds %d instances of the forwarded study, want 0", left)
+		}
+	})
+}
+
 // A corrected study sent again under the same SOP Instance UIDs after
 // buffer mode deleted the first copy: the destination Orthanc keeps the
 // copy it holds (OverwriteInstances false, its default) and answers the

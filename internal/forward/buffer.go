@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -19,10 +20,10 @@ const recheckEvery = 32
 // this forward sent and the destination confirmed, so an instance that
 // arrived since the study was listed is never deleted. With several
 // destinations, Release keeps those another destination selected and has
-// not stored yet. A study whose LastUpdate moved since its event is left
-// alone: its next event forwards it again (what the destination holds
-// counts as stored) and deletes it then. Every failure leaves instances in
-// Orthanc, never loses one; shutdown stops the deletes.
+// not stored yet. A study that changed since its event (studyChanged) is
+// left alone: its next event forwards it again (what the destination
+// holds counts as stored) and deletes it then. Every failure leaves
+// instances in Orthanc, never loses one; shutdown stops the deletes.
 //
 // sel is the study's selection if kept_unselected's count made it
 // already; nil, it is made here when needed.
@@ -56,7 +57,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	// Gone (404): another destination that finished the study at the
 	// same moment, or someone else, deleted it first. Not a failure:
 	// what buffer mode wanted is done.
-	st, err := c.Study(ctx, ev.OrthancStudyID)
+	changed, lastUpdate, err := studyChanged(ctx, c, ev, listed)
 	if errors.Is(err, orthancapi.ErrNotFound) {
 		f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
 		return
@@ -66,9 +67,9 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		f.m.sourceDeletes.WithLabelValues("failed").Add(float64(stake))
 		return
 	}
-	if st.LastUpdate != ev.LastUpdate {
+	if changed {
 		log.Info("forwarded study not deleted from the source: it changed since its event, its next event forwards and deletes it",
-			"source_last_update", st.LastUpdate)
+			"source_last_update", lastUpdate)
 		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(stake))
 		return
 	}
@@ -134,8 +135,10 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			// elections since the look above) and every recheckEvery
 			// deletes: an instance sent anew (a modality's
 			// retransmission, an overwrite) gets the ID of the one
-			// deleted, and must not go unsent.
-			st, err := c.Study(ctx, ev.OrthancStudyID)
+			// deleted, and must not go unsent. On Orthanc 1.12.1 and
+			// later these deletes move LastUpdate themselves:
+			// studyChanged tells them from new content.
+			changed, _, err := studyChanged(ctx, c, ev, listed)
 			if errors.Is(err, orthancapi.ErrNotFound) {
 				gone += len(instances) - i // deleted meanwhile, as above
 				break
@@ -144,7 +147,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 				firstErr = err // the rest counts as failed
 				break
 			}
-			if st.LastUpdate != ev.LastUpdate {
+			if changed {
 				skipped = len(instances) - i
 				log.Info("forwarded study changed while it was deleted from the source; the rest stays for its next event", "deleted", deleted, "left", skipped)
 				break
@@ -178,6 +181,42 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		return
 	}
 	log.Info("forwarded instances deleted from the source", "deleted", deleted)
+}
+
+// studyChanged tells whether ev's study changed since its event, and
+// returns the LastUpdate read. Unmoved, it did not. Orthanc 1.12.1 and
+// later also move a study's LastUpdate when one of its instances is
+// deleted (buffer mode's deletes, this one's or another destination's),
+// logging no change and no StableStudy: then the study is listed, and it
+// changed if it holds an instance that listed, the forward's listing,
+// does not, or holds with another file (an overwrite, or an instance
+// deleted and sent anew: both keep the ID, never the file), or one whose
+// file it cannot tell. Moved with nothing gone, no delete moved it: a
+// change, as on earlier releases.
+func studyChanged(ctx context.Context, c SourceCleaner, ev *events.StudyStable, listed []orthancapi.Instance) (changed bool, lastUpdate string, err error) {
+	st, err := c.Study(ctx, ev.OrthancStudyID)
+	if err != nil {
+		return false, "", err
+	}
+	if st.LastUpdate == ev.LastUpdate {
+		return false, st.LastUpdate, nil
+	}
+	now, err := c.StudyInstances(ctx, ev.OrthancStudyID)
+	if err != nil {
+		return false, st.LastUpdate, fmt.Errorf("list the study again, its LastUpdate moved: %w", err)
+	}
+	file := make(map[string]string, len(listed))
+	for _, in := range listed {
+		file[in.ID] = in.FileUUID
+	}
+	for _, in := range now {
+		if f, ok := file[in.ID]; !ok || f == "" || f != in.FileUUID {
+			return true, st.LastUpdate, nil
+		}
+	}
+	// Every instance there is listed, with its file: fewer than listed
+	// means some were deleted.
+	return len(now) >= len(listed), st.LastUpdate, nil
 }
 
 // release is the selection's Release, asked through a JetStream leader

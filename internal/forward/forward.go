@@ -55,6 +55,9 @@ type Destination interface {
 // SourceCleaner deletes forwarded instances from a source (buffer mode).
 type SourceCleaner interface {
 	Study(ctx context.Context, studyID string) (orthancapi.Study, error)
+	// StudyInstances lists the study when its LastUpdate moved: Orthanc
+	// 1.12.1 and later move it on a delete too.
+	StudyInstances(ctx context.Context, studyID string) ([]orthancapi.Instance, error)
 	DeleteInstance(ctx context.Context, instanceID string) error
 }
 

@@ -13,6 +13,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -566,6 +567,16 @@ type memCleaner struct {
 	deleted    []string
 	// changeAfter: the study changes once that many were deleted.
 	changeAfter int
+	// study is what Orthanc holds of it, which StudyInstances lists and
+	// the deletes shrink. Nil: a LastUpdate that moved came with an
+	// instance no listing holds.
+	study []orthancapi.Instance
+	// deletesMove: each delete moves LastUpdate, as Orthanc 1.12.1 and
+	// later do.
+	deletesMove bool
+	// afterDelete, if set, runs after each delete: what arrives meanwhile.
+	afterDelete func(c *memCleaner)
+	listErr     error // StudyInstances'
 }
 
 func (c *memCleaner) Study(context.Context, string) (orthancapi.Study, error) {
@@ -573,6 +584,16 @@ func (c *memCleaner) Study(context.Context, string) (orthancapi.Study, error) {
 		return orthancapi.Study{LastUpdate: "20991231T235959"}, nil
 	}
 	return orthancapi.Study{LastUpdate: c.lastUpdate}, c.studyErr
+}
+
+func (c *memCleaner) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	if c.listErr != nil {
+		return nil, c.listErr
+	}
+	if c.study == nil {
+		return []orthancapi.Instance{{ID: "new", FileUUID: "new"}}, nil
+	}
+	return slices.Clone(c.study), nil
 }
 
 func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
@@ -583,6 +604,13 @@ func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
 		return fmt.Errorf("DELETE: %w", orthancapi.ErrNotFound)
 	}
 	c.deleted = append(c.deleted, id)
+	c.study = slices.DeleteFunc(c.study, func(in orthancapi.Instance) bool { return in.ID == id })
+	if c.deletesMove {
+		c.lastUpdate = fmt.Sprintf("20261126T2%05d", len(c.deleted))
+	}
+	if c.afterDelete != nil {
+		c.afterDelete(c)
+	}
 	return nil
 }
 
@@ -650,6 +678,87 @@ func TestDeleteForwarded(t *testing.T) {
 				t.Errorf("deleted %v, want %v", tt.cleaner.deleted, tt.wantDeleted)
 			}
 			for i, r := range []string{"deleted", "failed", "skipped", "gone", "waiting"} {
+				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
+					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+// Orthanc 1.12.1 and later move a study's LastUpdate when an instance of
+// it is deleted: buffer mode's own deletes, or another destination's,
+// must not read as a change, or a study of more than recheckEvery
+// instances kept all but the first recheckEvery for good (no next event
+// comes). What arrives meanwhile still stops the deletes: a new instance,
+// or one deleted sent anew or one not deleted yet overwritten (the same
+// ID, another file).
+func TestDeleteForwardedWhileDeletesMoveLastUpdate(t *testing.T) {
+	const n = recheckEvery + 8
+	var listed []orthancapi.Instance
+	for i := range n {
+		listed = append(listed, orthancapi.Instance{ID: fmt.Sprintf("i%02d", i), FileUUID: fmt.Sprintf("f%02d", i)})
+	}
+	// arriving runs once, after the tenth delete.
+	arriving := func(arrive func(c *memCleaner)) func(*memCleaner) {
+		return func(c *memCleaner) {
+			if len(c.deleted) == 10 {
+				arrive(c)
+			}
+		}
+	}
+	tests := []struct {
+		name    string
+		setup   func(c *memCleaner)
+		unnamed bool       // no FileUUID listed
+		want    [4]float64 // deleted, skipped, gone, failed
+	}{
+		{name: "its own deletes", want: [4]float64{n, 0, 0, 0}},
+		{name: "another destination deleted one before", setup: func(c *memCleaner) {
+			c.study = c.study[:n-1]
+			c.lastUpdate = "20261126T100001"
+			c.goneIDs = map[string]bool{listed[n-1].ID: true}
+		}, want: [4]float64{n - 1, 0, 1, 0}},
+		// A stale event: no delete moved it.
+		{name: "moved before any delete", setup: func(c *memCleaner) { c.lastUpdate = "20261126T100001" },
+			want: [4]float64{0, n, 0, 0}},
+		{name: "a new instance arrives", setup: func(c *memCleaner) {
+			c.afterDelete = arriving(func(c *memCleaner) { c.study = append(c.study, orthancapi.Instance{ID: "new", FileUUID: "fnew"}) })
+		}, want: [4]float64{recheckEvery, n - recheckEvery, 0, 0}},
+		{name: "one deleted is sent again", setup: func(c *memCleaner) {
+			c.afterDelete = arriving(func(c *memCleaner) {
+				c.study = append(c.study, orthancapi.Instance{ID: listed[0].ID, FileUUID: "f00-again"})
+			})
+		}, want: [4]float64{recheckEvery, n - recheckEvery, 0, 0}},
+		{name: "one not deleted yet is overwritten", setup: func(c *memCleaner) {
+			c.afterDelete = arriving(func(c *memCleaner) { c.study[len(c.study)-1].FileUUID = "f-overwritten" })
+		}, want: [4]float64{recheckEvery, n - recheckEvery, 0, 0}},
+		// A source that names no files cannot tell a file sent anew.
+		{name: "files unnamed", unnamed: true, want: [4]float64{recheckEvery, n - recheckEvery, 0, 0}},
+		{name: "the study unlistable", setup: func(c *memCleaner) {
+			c.afterDelete = arriving(func(c *memCleaner) { c.listErr = errors.New("timeout") })
+		}, want: [4]float64{recheckEvery, 0, 0, n - recheckEvery}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			listed := slices.Clone(listed)
+			if tt.unnamed {
+				for i := range listed {
+					listed[i].FileUUID = ""
+				}
+			}
+			cleaner := &memCleaner{lastUpdate: "20261126T100000", study: slices.Clone(listed), deletesMove: true}
+			if tt.setup != nil {
+				tt.setup(cleaner)
+			}
+			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
+				o.Registerer = prometheus.NewRegistry()
+				o.Completed = recordedOK
+				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+			})
+			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+			f.deleteForwarded(t.Context(), ev, listed, listed, nil, f.log)
+			for i, r := range []string{"deleted", "skipped", "gone", "failed"} {
 				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
 					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
 				}

@@ -1,0 +1,110 @@
+package forward
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stowline/stowline/events"
+	"github.com/stowline/stowline/internal/dicomgen"
+	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/orthancapi"
+)
+
+// Buffer mode's deletes on real Orthanc servers, both releases: 1.12.1 and
+// later move a study's LastUpdate at each delete. A study of more than
+// recheckEvery instances is deleted whole; an instance deleted and sent
+// again meanwhile (a modality's retransmission: the same Orthanc ID, a new
+// file) still stops the deletes, and stays.
+func TestDeleteForwardedOnOrthanc(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") == "" {
+		t.Skip("starts real Orthanc servers; skipped in -short mode")
+	}
+	testharness.ForEachRelease(t, testDeleteForwardedOnOrthanc)
+}
+
+func testDeleteForwardedOnOrthanc(t *testing.T, rel testharness.Release) {
+	const n = recheckEvery + 8
+	tests := []struct {
+		name string
+		// resendAfter: the whole study is sent again after that many
+		// deletes (0: never); those deleted come back.
+		resendAfter int
+		// want counts of the metric by result: deleted, skipped, gone,
+		// failed; then the instances left in the source.
+		want [4]float64
+		left int
+	}{
+		{name: "nothing arrives", want: [4]float64{n, 0, 0, 0}},
+		{name: "the first ten sent again", resendAfter: 10, want: [4]float64{recheckEvery, n - recheckEvery, 0, 0}, left: n - recheckEvery + 10},
+	}
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "buffer-src", Release: rel})
+	client, err := orthancapi.New(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o.DeleteAll(t)
+			paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: n, Rows: 8, Columns: 8})
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.Upload(t, paths...)
+			// Its event comes at StableStudy: the deletes fall in a later
+			// second than its LastUpdate.
+			o.WaitStable(t, 30*time.Second)
+			var studies []string
+			o.GetJSON(t, "/studies", &studies)
+			if len(studies) != 1 {
+				t.Fatalf("the source holds %d studies, want 1", len(studies))
+			}
+			st, err := client.Study(t.Context(), studies[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			listed, err := client.StudyInstances(t.Context(), st.ID)
+			if err != nil || len(listed) != n {
+				t.Fatalf("listing: %d instances, %v", len(listed), err)
+			}
+			cleaner := &resendingCleaner{Client: client, after: tt.resendAfter, resend: func() { o.Upload(t, paths...) }}
+			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(op *Options) {
+				op.Registerer = prometheus.NewRegistry()
+				op.Completed = recordedOK
+				op.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+			})
+			ev := &events.StudyStable{Source: "src", OrthancStudyID: st.ID, LastUpdate: st.LastUpdate}
+			f.deleteForwarded(t.Context(), ev, listed, listed, nil, f.log)
+			for i, r := range []string{"deleted", "skipped", "gone", "failed"} {
+				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
+					t.Errorf("%s = %v, want %v", r, got, tt.want[i])
+				}
+			}
+			if left := o.Statistics(t).CountInstances; left != tt.left {
+				t.Errorf("the source holds %d instances, want %d", left, tt.left)
+			}
+		})
+	}
+}
+
+// resendingCleaner is a real Orthanc client whose deletes, after the
+// after-th, see the study sent again.
+type resendingCleaner struct {
+	*orthancapi.Client
+	after   int
+	resend  func()
+	deletes int
+}
+
+func (c *resendingCleaner) DeleteInstance(ctx context.Context, id string) error {
+	err := c.Client.DeleteInstance(ctx, id)
+	if c.deletes++; c.deletes == c.after {
+		c.resend()
+	}
+	return err
+}
