@@ -223,6 +223,13 @@ end
 --
 -- A study or clock that cannot be read posts as before: the reconciler's
 -- copy is then the fallback, as for any post.
+
+-- What queues a study whose post failed: the ingest's reconciler, when
+-- RECONCILE_ENABLED (the default) and once it has run; a study stable
+-- before its first start, or with it off, only an audit.
+local catchUp = 'the ingest\'s reconciler queues it later; with RECONCILE_ENABLED=false, or before the' ..
+  ' ingest first ran, run forwarder audit --enqueue'
+
 local function postStableStudy(studyId, tags, metadata)
   local s, problem = settings()
   if s == nil then
@@ -281,7 +288,7 @@ local function postStableStudy(studyId, tags, metadata)
         ' in Orthanc\'s HttpsCACertificates)'
     end
     print('stowline: study ' .. studyId .. ' not announced: cannot reach ' .. s.url .. via ..
-      ' or no answer within ' .. within .. ' (the reconciler will pick it up)')
+      ' or no answer within ' .. within .. ' (' .. catchUp .. ')')
   elseif answer == '' then
     -- The ingest logs every refusal of its webhook, but not a request to
     -- a path it does not serve, and a proxy's error never reaches it.
@@ -289,8 +296,8 @@ local function postStableStudy(studyId, tags, metadata)
       ' answered with an HTTP error (a wrong IngestToken, an event refused, the rate limit,' ..
       ' JetStream unavailable or the ingest still waiting for NATS at its start: the ingest' ..
       ' logs why; if it logged nothing, the post did not' ..
-      ' reach its webhook: check the path of IngestUrl and any proxy in between;' ..
-      ' the reconciler will pick it up)')
+      ' reach its webhook: check the path of IngestUrl and any proxy in between; ' ..
+      catchUp .. ')')
   end
 end
 

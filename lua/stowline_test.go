@@ -159,12 +159,13 @@ func TestScriptOnEachRelease(t *testing.T) {
 		in.setStatus(http.StatusNotFound)
 		id = addStudy(t, o)
 		waitPost(t, in, 3)
-		waitLog(t, o, "stowline: study "+id+" not announced: ", "answered with an HTTP error", "check the path of IngestUrl")
+		waitLog(t, o, "stowline: study "+id+" not announced: ", "answered with an HTTP error", "check the path of IngestUrl",
+			"with RECONCILE_ENABLED=false, or before the ingest first ran, run forwarder audit --enqueue")
 
 		// The ingest is down.
 		in.down()
 		id = addStudy(t, o)
-		waitLog(t, o, "stowline: study "+id+" not announced: cannot reach ")
+		waitLog(t, o, "stowline: study "+id+" not announced: cannot reach ", "run forwarder audit --enqueue")
 
 		// Back up: the next study is announced again.
 		in.setStatus(http.StatusAccepted)
