@@ -186,12 +186,12 @@ func (d *dropCount) add(ctx context.Context, js jetstream.JetStream, c string) {
 
 // String says what was dropped, for the command's last line.
 func (d dropCount) String() string {
-	s := fmt.Sprintf("%d events not yet given to it and %d given and not acknowledged were dropped for it (the other destinations keep theirs)", d.pending, d.inFlight)
+	s := fmt.Sprintf("%d events not yet given to it and %d given and not acknowledged (being sent, or waiting for a retry) were dropped for it (the other destinations keep theirs)", d.pending, d.inFlight)
 	if len(d.unread) > 0 {
 		s += "; not counted: " + strings.Join(d.unread, ", ") + " did not answer"
 	}
 	if d.inFlight > 0 {
-		s += "; a forwarder still holding one of its events finishes or gives up that study, and a forwarder whose DESTINATIONS still names it creates its consumer again, from new events on"
+		s += "; a forwarder still sending one of them finishes or gives up that study, and a forwarder whose DESTINATIONS still names it creates its consumer again, from new events on"
 	}
 	return s
 }

@@ -97,7 +97,7 @@ func TestDestinationsCommand(t *testing.T) {
 	if err != nil || !strings.Contains(out, "removed") {
 		t.Fatalf("remove ai: %q, %v", out, err)
 	}
-	if want := "2 events not yet given to it and 1 given and not acknowledged were dropped for it"; !strings.Contains(out, want) {
+	if want := "2 events not yet given to it and 1 given and not acknowledged (being sent, or waiting for a retry) were dropped for it"; !strings.Contains(out, want) {
 		t.Errorf("remove ai said %q, want it to say %q", out, want)
 	}
 	for _, c := range []string{natsjs.ConsumerName("ai"), natsjs.StatConsumerPrefix + "ai", natsjs.LowConsumerPrefix + "ai"} {

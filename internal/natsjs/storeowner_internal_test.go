@@ -12,8 +12,7 @@ import (
 // TestStoreOwnerChecked: a process run as root on a store another user
 // owns is refused before it writes anything (its files, 0600, stopped the
 // service's next start); a process that cannot write an entry of its
-// store is told to chown it. Entries shared through group or other bits
-// pass.
+// store is told to chown it, a lost+found at its top left alone.
 func TestStoreOwnerChecked(t *testing.T) {
 	t.Run("root on another user's store", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "nats")
@@ -22,7 +21,7 @@ func TestStoreOwnerChecked(t *testing.T) {
 		}
 		if os.Geteuid() != 0 {
 			// Not root: the store is already another user's than root's.
-			if err := storeOwnerProblem(dir, 0); err == nil || !strings.Contains(err.Error(), "runs as root") {
+			if err := storeOwnerProblem(dir, 0, kernelAccess); err == nil || !strings.Contains(err.Error(), "runs as root") {
 				t.Fatalf("err %v, want a refusal naming root", err)
 			}
 			return
@@ -38,37 +37,51 @@ func TestStoreOwnerChecked(t *testing.T) {
 			t.Errorf("the refused start wrote %d entries in the store", len(entries))
 		}
 	})
+	// The walk asks the kernel; here, as if for a process that may use
+	// only what tt.usable names.
 	tests := []struct {
 		name      string
-		dir, file os.FileMode
-		refused   bool
+		lostFound bool
+		usable    func(rel string) bool
+		refused   string // the entry named; "" passes
 	}{
-		{"file of another user, 0600", 0o777, 0o600, true},
-		{"directory of another user, 0750", 0o750, 0o666, true},
-		{"shared with everyone", 0o777, 0o666, false},
+		{"a block file it cannot write", false, func(rel string) bool { return rel != "jetstream/2.blk" }, "jetstream/2.blk"},
+		{"a directory it cannot enter", false, func(rel string) bool { return rel != "jetstream" }, "jetstream"},
+		{"all usable", false, func(string) bool { return true }, ""},
+		// mkfs's lost+found, the store on a file system of its own.
+		{"lost+found at the top", true, func(rel string) bool { return rel != "lost+found" }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "nats")
 			block := filepath.Join(dir, "jetstream", "2.blk")
-			if err := os.MkdirAll(filepath.Dir(block), 0o777); err != nil {
+			if err := os.MkdirAll(filepath.Dir(block), 0o750); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(block, nil, tt.file); err != nil {
+			if err := os.WriteFile(block, nil, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			for path, mode := range map[string]os.FileMode{dir: tt.dir, filepath.Dir(block): 0o777, block: tt.file} {
-				if err := os.Chmod(path, mode); err != nil {
+			if tt.lostFound {
+				if err := os.Mkdir(filepath.Join(dir, "lost+found"), 0o700); err != nil {
 					t.Fatal(err)
 				}
 			}
-			// The entries are this process's; the check runs as if for
-			// another uid, not root.
-			other := os.Geteuid() + 1
-			err := storeOwnerProblem(dir, other)
-			if tt.refused != (err != nil) || tt.refused && !strings.Contains(err.Error(), "chown -R") {
-				t.Fatalf("err %v, want refused %v, naming chown -R", err, tt.refused)
+			usable := func(path string, _ bool) bool {
+				rel, _ := filepath.Rel(dir, path)
+				return tt.usable(rel)
+			}
+			err := storeOwnerProblem(dir, os.Geteuid()+1, usable)
+			if (tt.refused != "") != (err != nil) || err != nil && (!strings.Contains(err.Error(), filepath.Join(dir, tt.refused)+" in the store") || !strings.Contains(err.Error(), "chown -R")) {
+				t.Fatalf("err %v, want refused naming %q and chown -R", err, tt.refused)
 			}
 		})
+	}
+	// The kernel's answer: this process may use what it made.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "1.blk"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := storeOwnerProblem(dir, os.Geteuid()+1, kernelAccess); err != nil {
+		t.Errorf("a store of this process's own files: %v", err)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // checkStoreOwner refuses a store that this process would leave, or
@@ -22,11 +24,23 @@ import (
 // owner. systemd's StateDirectory= does not repair it: it descends only
 // when the top directory is owned wrongly.
 func checkStoreOwner(dir string) error {
-	return storeOwnerProblem(dir, os.Geteuid())
+	return storeOwnerProblem(dir, os.Geteuid(), kernelAccess)
 }
 
-// storeOwnerProblem is checkStoreOwner for a process of uid euid.
-func storeOwnerProblem(dir string, euid int) error {
+// kernelAccess asks the kernel whether this process may read and write
+// path (and enter it, a directory): it honours ACLs, and on NFS the
+// server answers (a squashed export).
+func kernelAccess(path string, dir bool) bool {
+	mode := uint32(unix.R_OK | unix.W_OK)
+	if dir {
+		mode |= unix.X_OK
+	}
+	return unix.Faccessat(unix.AT_FDCWD, path, mode, unix.AT_EACCESS) == nil
+}
+
+// storeOwnerProblem is checkStoreOwner for a process of uid euid whose
+// access to an entry usable tells.
+func storeOwnerProblem(dir string, euid int, usable func(path string, dir bool) bool) error {
 	info, err := os.Stat(dir)
 	if err != nil {
 		return nil // MkdirAll or the lock says why
@@ -35,8 +49,13 @@ func storeOwnerProblem(dir string, euid int) error {
 	if !ok {
 		return nil
 	}
-	owner := int(st.Uid)
-	if euid == 0 && owner != 0 {
+	if owner := int(st.Uid); euid == 0 && owner != 0 {
+		// A no-op chown tells whether root's files here would be root's:
+		// an NFS export squashing root refuses it, and writes as the
+		// squashed user.
+		if err := os.Lchown(dir, owner, int(st.Gid)); errors.Is(err, fs.ErrPermission) {
+			return nil
+		}
 		return fmt.Errorf("embedded NATS: store directory %s (NATS_STORE_DIR) belongs to %s, and this process runs as root: "+
 			"files it wrote would stop the service's next start; run it as that user (on a systemd host: "+
 			"systemd-run --pipe --wait -p User=%s -p EnvironmentFile=/etc/stowline/stowline.env ..., docs/operations.md)",
@@ -44,12 +63,6 @@ func storeOwnerProblem(dir string, euid int) error {
 	}
 	if euid == 0 {
 		return nil
-	}
-	groups := map[int]bool{os.Getegid(): true}
-	if gs, err := os.Getgroups(); err == nil {
-		for _, g := range gs {
-			groups[g] = true
-		}
 	}
 	foreign := ""
 	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
@@ -60,11 +73,12 @@ func storeOwnerProblem(dir string, euid int) error {
 			}
 			return nil
 		}
-		info, err := d.Info()
-		if err != nil {
-			return nil
+		if d.IsDir() && d.Name() == "lost+found" && filepath.Dir(path) == dir {
+			// The store on a file system of its own: mkfs's, root's,
+			// never nats-server's.
+			return filepath.SkipDir
 		}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok && !usableBy(info, st, euid, groups) {
+		if !usable(path, d.IsDir()) {
 			foreign = path
 			return filepath.SkipAll
 		}
@@ -75,25 +89,6 @@ func storeOwnerProblem(dir string, euid int) error {
 	}
 	return fmt.Errorf("embedded NATS: %s in the store (NATS_STORE_DIR) belongs to another user (a command run as root?), and this process, %s, cannot write it: "+
 		"chown -R %s %s, then start again", foreign, userName(euid), userLogin(euid), dir)
-}
-
-// usableBy reports whether the process of uid euid, in groups, may read
-// and write the entry (and enter it, a directory), by its owner's,
-// group's or others' bits: a volume shared through a group is usable.
-func usableBy(info fs.FileInfo, st *syscall.Stat_t, euid int, groups map[int]bool) bool {
-	need := fs.FileMode(0o6)
-	if info.IsDir() {
-		need = 0o7
-	}
-	perm := info.Mode().Perm()
-	switch {
-	case int(st.Uid) == euid:
-		return perm>>6&need == need
-	case groups[int(st.Gid)]:
-		return perm>>3&need == need
-	default:
-		return perm&need == need
-	}
 }
 
 // userName names uid for a message: "user stowline (uid 998)".
