@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -62,6 +63,9 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		TracerProvider: p.tracer,
 	})
 	if err != nil {
+		return err
+	}
+	if err := reg.Register(natsReconnects(p.conn.NC)); err != nil {
 		return err
 	}
 	checks := map[string]web.Check{
@@ -155,4 +159,16 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 	}
 	g.Go(named("reconciler", func() error { return rec.Run(ctx) }))
 	return nil
+}
+
+// natsReconnects counts the ingest's reconnects to NATS. While it is
+// cut off, its readiness fails, and a Kubernetes Service (or a balancer)
+// refuses Orthanc's posts before they reach the webhook, uncounted by
+// stowline_ingest_events_rejected_total: with the reconciler off those
+// studies are lost, and StowlineWebhookNotStored reads this too.
+func natsReconnects(nc *nats.Conn) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "stowline_ingest_nats_reconnects_total",
+		Help: "Times the ingest's NATS connection was lost and made again (Orthanc's posts meanwhile may have been refused before they reached it).",
+	}, func() float64 { return float64(nc.Stats().Reconnects) })
 }

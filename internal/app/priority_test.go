@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -713,4 +714,29 @@ func TestTriageNotQueuedCounted(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIngestCountsNATSReconnects: while the ingest is cut off from NATS
+// its readiness fails, and a Service refuses Orthanc's posts before the
+// webhook counts them; the reconnect is counted instead, for
+// StowlineWebhookNotStored.
+func TestIngestCountsNATSReconnects(t *testing.T) {
+	ns := testnats.StartWith(t, func(o *server.Options) { o.Port, o.DontListen = testharness.FreePort(t), false })
+	c, err := natsjs.Connect(t.Context(), natsjs.ConnectOptions{URL: ns.ClientURL()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	reconnects := natsReconnects(c.NC)
+	if n := testutil.ToFloat64(reconnects); n != 0 {
+		t.Fatalf("stowline_ingest_nats_reconnects_total = %v at start, want 0", n)
+	}
+	id, err := c.NC.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.NATSServer().DisconnectClientByID(id); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reconnect counted", func() bool { return testutil.ToFloat64(reconnects) == 1 && c.NC.IsConnected() })
 }
