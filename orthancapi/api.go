@@ -80,6 +80,26 @@ type instanceJSON struct {
 	}
 }
 
+// Instance returns one instance (GET /instances/{id}) with its file
+// (FileUUID); SeriesInstanceUID is left empty, its series unread. An
+// instance gone returns ErrNotFound.
+func (c *Client) Instance(ctx context.Context, instanceID string) (Instance, error) {
+	if err := checkID("instance", instanceID); err != nil {
+		return Instance{}, err
+	}
+	var in instanceJSON
+	if err := c.getJSON(ctx, c.endpoint("instances", instanceID), &in); err != nil {
+		return Instance{}, err
+	}
+	return Instance{
+		ID:             in.ID,
+		SOPInstanceUID: in.MainDicomTags.SOPInstanceUID,
+		SeriesID:       in.ParentSeries,
+		FileSize:       in.FileSize,
+		FileUUID:       in.FileUUID,
+	}, nil
+}
+
 // StudyInstances returns every instance of a study, ordered by
 // SeriesInstanceUID, then InstanceNumber (numerically; missing ones
 // last), then SOPInstanceUID, so the order does not depend on arrival.

@@ -126,6 +126,10 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			return
 		}
 	}
+	file := make(map[string]string, len(listed))
+	for _, in := range listed {
+		file[in.ID] = in.FileUUID
+	}
 	deleted, gone, skipped := 0, 0, 0
 	var firstErr error
 	for i, inst := range instances {
@@ -133,12 +137,12 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			// The study is looked at again before the first delete
 			// (Unconfigured and Release may have waited through leader
 			// elections since the look above) and every recheckEvery
-			// deletes: an instance sent anew (a modality's
-			// retransmission, an overwrite) gets the ID of the one
-			// deleted, and must not go unsent. On Orthanc 1.12.1 and
-			// later these deletes move LastUpdate themselves:
-			// studyChanged tells them from new content.
-			changed, _, err := studyChanged(ctx, c, ev, listed)
+			// deletes: an instance overwritten, or deleted and sent anew
+			// (a modality's retransmission), keeps its ID and must not
+			// be deleted unsent. On Orthanc 1.12.1 and later these
+			// deletes move LastUpdate themselves: batchChanged tells
+			// them from new content.
+			changed, err := batchChanged(ctx, c, ev, file, instances[i:min(i+recheckEvery, len(instances))])
 			if errors.Is(err, orthancapi.ErrNotFound) {
 				gone += len(instances) - i // deleted meanwhile, as above
 				break
@@ -149,7 +153,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 			}
 			if changed {
 				skipped = len(instances) - i
-				log.Info("forwarded study changed while it was deleted from the source; the rest stays for its next event", "deleted", deleted, "left", skipped)
+				log.Info("forwarded study changed while it was deleted from the source (an instance overwritten or sent anew); the rest stays for its next event", "deleted", deleted, "left", skipped)
 				break
 			}
 		}
@@ -184,10 +188,10 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 }
 
 // studyChanged tells whether ev's study changed since its event, and
-// returns the LastUpdate read. Unmoved, it did not. Orthanc 1.12.1 and
-// later also move a study's LastUpdate when one of its instances is
-// deleted (buffer mode's deletes, this one's or another destination's),
-// logging no change and no StableStudy: then the study is listed, and it
+// returns the LastUpdate read, before the deletes. Unmoved, it did not.
+// Orthanc 1.12.1 and later also move a study's LastUpdate when one of its
+// instances is deleted (another destination's deletes), logging no change
+// and no StableStudy: then the study is listed, once, and it
 // changed if it holds an instance that listed, the forward's listing,
 // does not, or holds with another file (an overwrite, or an instance
 // deleted and sent anew: both keep the ID, never the file), or one whose
@@ -217,6 +221,40 @@ func studyChanged(ctx context.Context, c SourceCleaner, ev *events.StudyStable, 
 	// Every instance there is listed, with its file: fewer than listed
 	// means some were deleted.
 	return len(now) >= len(listed), st.LastUpdate, nil
+}
+
+// batchChanged tells whether an instance of batch, the next deletes,
+// changed since the forward listed it (file, by ID). Unmoved, the study's
+// LastUpdate says none did. Moved (on Orthanc 1.12.1 and later the
+// deletes move it too), each is read, one request: it changed if its file
+// (FileUuid) is not the listed one or unnamed, an overwrite or an
+// instance deleted and sent anew (both keep the ID, never the file). One
+// gone is no change. Instances outside batch are not read: those not
+// listed are never deleted (their own event comes), those deleted already
+// are not deleted again, and each later batch is read before its
+// deletes; listing the study at each look instead cost the square of its
+// size.
+func batchChanged(ctx context.Context, c SourceCleaner, ev *events.StudyStable, file map[string]string, batch []orthancapi.Instance) (bool, error) {
+	st, err := c.Study(ctx, ev.OrthancStudyID)
+	if err != nil {
+		return false, err
+	}
+	if st.LastUpdate == ev.LastUpdate {
+		return false, nil
+	}
+	for _, in := range batch {
+		now, err := c.Instance(ctx, in.ID)
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			continue // its delete counts it gone
+		}
+		if err != nil {
+			return false, fmt.Errorf("read an instance to delete, the study's LastUpdate moved: %w", err)
+		}
+		if f := file[in.ID]; f == "" || f != now.FileUUID {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // release is the selection's Release, asked through a JetStream leader

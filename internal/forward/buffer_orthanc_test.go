@@ -18,9 +18,9 @@ import (
 
 // Buffer mode's deletes on real Orthanc servers, both releases: 1.12.1 and
 // later move a study's LastUpdate at each delete. A study of more than
-// recheckEvery instances is deleted whole; an instance deleted and sent
-// again meanwhile (a modality's retransmission: the same Orthanc ID, a new
-// file) still stops the deletes, and stays.
+// recheckEvery instances is deleted whole. An instance not deleted yet,
+// deleted and sent again (a modality's retransmission: the same Orthanc
+// ID, a new file), stops the deletes and stays.
 func TestDeleteForwardedOnOrthanc(t *testing.T) {
 	if testing.Short() && os.Getenv("CI") == "" {
 		t.Skip("starts real Orthanc servers; skipped in -short mode")
@@ -30,18 +30,38 @@ func TestDeleteForwardedOnOrthanc(t *testing.T) {
 
 func testDeleteForwardedOnOrthanc(t *testing.T, rel testharness.Release) {
 	const n = recheckEvery + 8
+	const studyUID = "1.2.826.0.1.3680043.8.498.4242"
 	tests := []struct {
 		name string
-		// resendAfter: the whole study is sent again after that many
-		// deletes (0: never); those deleted come back.
+		// beforeListing runs once the event is taken, before the
+		// forward lists the study.
+		beforeListing func(t *testing.T, o *testharness.Orthanc, study string)
+		// resendAfter: after that many deletes (0: never), resend runs.
 		resendAfter int
+		resend      func(t *testing.T, o *testharness.Orthanc, listed []orthancapi.Instance, paths []string)
 		// want counts of the metric by result: deleted, skipped, gone,
 		// failed; then the instances left in the source.
 		want [4]float64
 		left int
 	}{
 		{name: "nothing arrives", want: [4]float64{n, 0, 0, 0}},
-		{name: "the first ten sent again", resendAfter: 10, want: [4]float64{recheckEvery, n - recheckEvery, 0, 0}, left: n - recheckEvery + 10},
+		// Those deleted come back under their IDs, not deleted again:
+		// their own event forwards and deletes them. The others Orthanc
+		// keeps as they were (OverwriteInstances false).
+		{name: "the first ten sent again", resendAfter: 10,
+			resend: func(t *testing.T, o *testharness.Orthanc, _ []orthancapi.Instance, paths []string) {
+				o.Upload(t, paths...)
+			},
+			want: [4]float64{n, 0, 0, 0}, left: 10},
+		// The last one listed, deleted by hand and sent anew with the
+		// rest: the same ID, a new file, unsent; the look before its
+		// batch stops the deletes.
+		{name: "the last one deleted and sent again", resendAfter: 10,
+			resend: func(t *testing.T, o *testharness.Orthanc, listed []orthancapi.Instance, paths []string) {
+				deleteByHand(t, o, listed[n-1].ID)
+				o.Upload(t, paths...)
+			},
+			want: [4]float64{recheckEvery, n - recheckEvery, 0, 0}, left: n - recheckEvery + 10},
 	}
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "buffer-src", Release: rel})
 	client, err := orthancapi.New(o.URL)
@@ -51,13 +71,13 @@ func testDeleteForwardedOnOrthanc(t *testing.T, rel testharness.Release) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			o.DeleteAll(t)
-			paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{Series: 1, InstancesPerSeries: n, Rows: 8, Columns: 8})
+			paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "study"), dicomgen.StudySpec{StudyInstanceUID: studyUID, Series: 1, InstancesPerSeries: n, Rows: 8, Columns: 8})
 			if err != nil {
 				t.Fatal(err)
 			}
 			o.Upload(t, paths...)
-			// Its event comes at StableStudy: the deletes fall in a later
-			// second than its LastUpdate.
+			// Its event comes at StableStudy: what follows falls in a
+			// later second than its LastUpdate.
 			o.WaitStable(t, 30*time.Second)
 			var studies []string
 			o.GetJSON(t, "/studies", &studies)
@@ -68,17 +88,23 @@ func testDeleteForwardedOnOrthanc(t *testing.T, rel testharness.Release) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			listed, err := client.StudyInstances(t.Context(), st.ID)
-			if err != nil || len(listed) != n {
-				t.Fatalf("listing: %d instances, %v", len(listed), err)
+			ev := &events.StudyStable{Source: "src", OrthancStudyID: st.ID, LastUpdate: st.LastUpdate}
+			if tt.beforeListing != nil {
+				tt.beforeListing(t, o, st.ID)
 			}
-			cleaner := &resendingCleaner{Client: client, after: tt.resendAfter, resend: func() { o.Upload(t, paths...) }}
+			listed, err := client.StudyInstances(t.Context(), st.ID)
+			if err != nil {
+				t.Fatalf("listing: %v", err)
+			}
+			cleaner := &resendingCleaner{Client: client, after: tt.resendAfter}
+			if tt.resend != nil {
+				cleaner.resend = func() { tt.resend(t, o, listed, paths) }
+			}
 			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(op *Options) {
 				op.Registerer = prometheus.NewRegistry()
 				op.Completed = recordedOK
 				op.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
 			})
-			ev := &events.StudyStable{Source: "src", OrthancStudyID: st.ID, LastUpdate: st.LastUpdate}
 			f.deleteForwarded(t.Context(), ev, listed, listed, nil, f.log)
 			for i, r := range []string{"deleted", "skipped", "gone", "failed"} {
 				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
@@ -89,6 +115,14 @@ func testDeleteForwardedOnOrthanc(t *testing.T, rel testharness.Release) {
 				t.Errorf("the source holds %d instances, want %d", left, tt.left)
 			}
 		})
+	}
+}
+
+// deleteByHand deletes an instance as Orthanc Explorer does.
+func deleteByHand(t *testing.T, o *testharness.Orthanc, id string) {
+	t.Helper()
+	if err := o.Do(t.Context(), "DELETE", "/instances/"+id, nil, nil); err != nil {
+		t.Fatal(err)
 	}
 }
 
