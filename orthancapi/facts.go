@@ -60,6 +60,10 @@ type InstanceMetadata struct {
 	RemoteAET         string
 	SOPClassUID       string
 	TransferSyntaxUID string
+	// ReceptionDate is when Orthanc stored it, in the form and clock of a
+	// study's LastUpdate ("20240131T104501"), which it sets to the same
+	// second.
+	ReceptionDate string
 }
 
 // InstanceMetadata returns an instance's metadata in one request.
@@ -73,5 +77,5 @@ func (c *Client) InstanceMetadata(ctx context.Context, instanceID string) (Insta
 	if err := c.getJSON(ctx, u, &m); err != nil {
 		return InstanceMetadata{}, err
 	}
-	return InstanceMetadata{RemoteAET: m["RemoteAET"], SOPClassUID: m["SopClassUid"], TransferSyntaxUID: m["TransferSyntax"]}, nil
+	return InstanceMetadata{RemoteAET: m["RemoteAET"], SOPClassUID: m["SopClassUid"], TransferSyntaxUID: m["TransferSyntax"], ReceptionDate: m["ReceptionDate"]}, nil
 }

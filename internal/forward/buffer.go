@@ -20,9 +20,9 @@ const recheckEvery = 32
 // this forward sent and the destination confirmed, so an instance that
 // arrived since the study was listed is never deleted. With several
 // destinations, Release keeps those another destination selected and has
-// not stored yet. A study that changed since its event (studyChanged) is
-// left alone: its next event forwards it again (what the destination
-// holds counts as stored) and deletes it then. Every failure leaves
+// not stored yet. A study that received instances since its event
+// (staleEvent) is left alone: its next event forwards it again (what the
+// destination holds counts as stored) and deletes it then. Every failure leaves
 // instances in Orthanc, never loses one; shutdown stops the deletes.
 //
 // sel is the study's selection if kept_unselected's count made it
@@ -57,7 +57,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	// Gone (404): another destination that finished the study at the
 	// same moment, or someone else, deleted it first. Not a failure:
 	// what buffer mode wanted is done.
-	changed, lastUpdate, err := studyChanged(ctx, c, ev, listed)
+	changed, lastUpdate, err := staleEvent(ctx, c, ev, listed)
 	if errors.Is(err, orthancapi.ErrNotFound) {
 		f.m.sourceDeletes.WithLabelValues("gone").Add(float64(stake))
 		return
@@ -68,7 +68,7 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 		return
 	}
 	if changed {
-		log.Info("forwarded study not deleted from the source: it changed since its event, its next event forwards and deletes it",
+		log.Info("forwarded study not deleted from the source: it received instances since its event, its next event forwards and deletes it",
 			"source_last_update", lastUpdate)
 		f.m.sourceDeletes.WithLabelValues("skipped").Add(float64(stake))
 		return
@@ -187,17 +187,21 @@ func (f *Forwarder) deleteForwarded(ctx context.Context, ev *events.StudyStable,
 	log.Info("forwarded instances deleted from the source", "deleted", deleted)
 }
 
-// studyChanged tells whether ev's study changed since its event, and
-// returns the LastUpdate read, before the deletes. Unmoved, it did not.
-// Orthanc 1.12.1 and later also move a study's LastUpdate when one of its
-// instances is deleted (another destination's deletes), logging no change
-// and no StableStudy: then the study is listed, once, and it
-// changed if it holds an instance that listed, the forward's listing,
-// does not, or holds with another file (an overwrite, or an instance
-// deleted and sent anew: both keep the ID, never the file), or one whose
-// file it cannot tell. Moved with nothing gone, no delete moved it: a
-// change, as on earlier releases.
-func studyChanged(ctx context.Context, c SourceCleaner, ev *events.StudyStable, listed []orthancapi.Instance) (changed bool, lastUpdate string, err error) {
+// staleEvent tells whether ev is stale, the study having received
+// instances since (its next event forwards and deletes it), and returns
+// the LastUpdate read. Unmoved, it is not. Orthanc 1.12.1 and later also
+// move a study's LastUpdate when one of its instances is deleted
+// (buffer mode's, or by hand between the event and the forward's
+// listing), logging no change and no StableStudy: then it is stale only
+// if an instance of listed, the forward's listing, was received after
+// the event (Orthanc sets ReceptionDate and LastUpdate from the same
+// clock, to the second), or when it can't be told. Deleted since the
+// event, with nothing received, no next event comes: the listing is what
+// the study holds, all forwarded, and its deletes go on. An instance
+// received after the listing is not in it, never deleted: its own event
+// comes. Only when LastUpdate moved are listed's instances read, one
+// request each.
+func staleEvent(ctx context.Context, c SourceCleaner, ev *events.StudyStable, listed []orthancapi.Instance) (stale bool, lastUpdate string, err error) {
 	st, err := c.Study(ctx, ev.OrthancStudyID)
 	if err != nil {
 		return false, "", err
@@ -205,22 +209,20 @@ func studyChanged(ctx context.Context, c SourceCleaner, ev *events.StudyStable, 
 	if st.LastUpdate == ev.LastUpdate {
 		return false, st.LastUpdate, nil
 	}
-	now, err := c.StudyInstances(ctx, ev.OrthancStudyID)
-	if err != nil {
-		return false, st.LastUpdate, fmt.Errorf("list the study again, its LastUpdate moved: %w", err)
-	}
-	file := make(map[string]string, len(listed))
 	for _, in := range listed {
-		file[in.ID] = in.FileUUID
-	}
-	for _, in := range now {
-		if f, ok := file[in.ID]; !ok || f == "" || f != in.FileUUID {
+		md, err := c.InstanceMetadata(ctx, in.ID)
+		if errors.Is(err, orthancapi.ErrNotFound) {
+			continue // deleted since: no new content
+		}
+		if err != nil {
+			return false, st.LastUpdate, fmt.Errorf("read an instance's reception, the study's LastUpdate moved: %w", err)
+		}
+		// Orthanc's timestamps order as text.
+		if md.ReceptionDate == "" || md.ReceptionDate > ev.LastUpdate {
 			return true, st.LastUpdate, nil
 		}
 	}
-	// Every instance there is listed, with its file: fewer than listed
-	// means some were deleted.
-	return len(now) >= len(listed), st.LastUpdate, nil
+	return false, st.LastUpdate, nil
 }
 
 // batchChanged tells whether an instance of batch, the next deletes,

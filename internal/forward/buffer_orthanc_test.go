@@ -18,9 +18,13 @@ import (
 
 // Buffer mode's deletes on real Orthanc servers, both releases: 1.12.1 and
 // later move a study's LastUpdate at each delete. A study of more than
-// recheckEvery instances is deleted whole. An instance not deleted yet,
-// deleted and sent again (a modality's retransmission: the same Orthanc
-// ID, a new file), stops the deletes and stays.
+// recheckEvery instances is deleted whole; so is one whose instances were
+// deleted by hand between its event and the forward's listing (1.12
+// moved its LastUpdate for that alone, and no next event comes). An
+// instance not deleted yet, deleted and sent again (a modality's
+// retransmission: the same Orthanc ID, a new file), stops the deletes and
+// stays; a stale event (an instance listed received after it) deletes
+// nothing, its next event does.
 func TestDeleteForwardedOnOrthanc(t *testing.T) {
 	if testing.Short() && os.Getenv("CI") == "" {
 		t.Skip("starts real Orthanc servers; skipped in -short mode")
@@ -62,6 +66,22 @@ func testDeleteForwardedOnOrthanc(t *testing.T, rel testharness.Release) {
 				o.Upload(t, paths...)
 			},
 			want: [4]float64{recheckEvery, n - recheckEvery, 0, 0}, left: n - recheckEvery + 10},
+		{name: "four deleted by hand before the listing", beforeListing: func(t *testing.T, o *testharness.Orthanc, study string) {
+			var ids []struct{ ID string }
+			o.GetJSON(t, "/studies/"+study+"/instances", &ids)
+			for _, in := range ids[:4] {
+				deleteByHand(t, o, in.ID)
+			}
+		}, want: [4]float64{n - 4, 0, 0, 0}},
+		// A stale event: the listing holds an instance received after
+		// it, which its next event (StableStudy) deletes with the rest.
+		{name: "one received before the listing", beforeListing: func(t *testing.T, o *testharness.Orthanc, _ string) {
+			paths, err := dicomgen.WriteStudy(filepath.Join(t.TempDir(), "late"), dicomgen.StudySpec{StudyInstanceUID: studyUID, Series: 1, InstancesPerSeries: 1, Rows: 8, Columns: 8})
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.Upload(t, paths...)
+		}, want: [4]float64{0, n + 1, 0, 0}, left: n + 1},
 	}
 	o := testharness.StartOrthanc(t, testharness.OrthancOptions{Name: "buffer-src", Release: rel})
 	client, err := orthancapi.New(o.URL)

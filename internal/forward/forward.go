@@ -55,11 +55,11 @@ type Destination interface {
 // SourceCleaner deletes forwarded instances from a source (buffer mode).
 type SourceCleaner interface {
 	Study(ctx context.Context, studyID string) (orthancapi.Study, error)
-	// StudyInstances lists the study, once, when its LastUpdate moved
-	// since its event (Orthanc 1.12.1 and later move it on a delete too);
-	// Instance reads the instances to delete then.
-	StudyInstances(ctx context.Context, studyID string) ([]orthancapi.Instance, error)
+	// Instance and InstanceMetadata read the instances to delete when
+	// the study's LastUpdate moved (Orthanc 1.12.1 and later move it on a
+	// delete too): their file, and when they were received.
 	Instance(ctx context.Context, instanceID string) (orthancapi.Instance, error)
+	InstanceMetadata(ctx context.Context, instanceID string) (orthancapi.InstanceMetadata, error)
 	DeleteInstance(ctx context.Context, instanceID string) error
 }
 

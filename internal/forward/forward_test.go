@@ -567,19 +567,21 @@ type memCleaner struct {
 	deleted    []string
 	// changeAfter: the study changes once that many were deleted.
 	changeAfter int
-	// study is what Orthanc holds of it, which StudyInstances lists,
-	// Instance reads and the deletes shrink. Nil: a LastUpdate that moved
-	// came with new content, an instance no listing holds, every instance
-	// read with another file.
+	// study is what Orthanc holds of it, whose instances Instance and
+	// InstanceMetadata read and the deletes shrink. Nil: a LastUpdate
+	// that moved came with new content, every instance read with another
+	// file, received later than any event.
 	study []orthancapi.Instance
+	// received is an instance's ReceptionDate by ID; one not there was
+	// received before the events of the tests.
+	received map[string]string
 	// deletesMove: each delete moves LastUpdate, as Orthanc 1.12.1 and
 	// later do.
 	deletesMove bool
 	// afterDelete, if set, runs after each delete: what arrives meanwhile.
 	afterDelete func(c *memCleaner)
-	listErr     error // StudyInstances'
-	readErr     error // Instance's
-	// reads counts the instances StudyInstances and Instance read.
+	readErr     error // Instance's and InstanceMetadata's
+	// reads counts the instances Instance and InstanceMetadata read.
 	reads int
 }
 
@@ -605,16 +607,17 @@ func (c *memCleaner) Instance(_ context.Context, id string) (orthancapi.Instance
 	return c.study[i], nil
 }
 
-func (c *memCleaner) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
-	if c.listErr != nil {
-		return nil, c.listErr
+func (c *memCleaner) InstanceMetadata(ctx context.Context, id string) (orthancapi.InstanceMetadata, error) {
+	if _, err := c.Instance(ctx, id); err != nil {
+		return orthancapi.InstanceMetadata{}, err
 	}
 	if c.study == nil {
-		c.reads++
-		return []orthancapi.Instance{{ID: "new", FileUUID: "new"}}, nil
+		return orthancapi.InstanceMetadata{ReceptionDate: "20991231T235959"}, nil
 	}
-	c.reads += len(c.study)
-	return slices.Clone(c.study), nil
+	if r, ok := c.received[id]; ok {
+		return orthancapi.InstanceMetadata{ReceptionDate: r}, nil
+	}
+	return orthancapi.InstanceMetadata{ReceptionDate: "20261126T090000"}, nil
 }
 
 func (c *memCleaner) DeleteInstance(_ context.Context, id string) error {
@@ -708,13 +711,14 @@ func TestDeleteForwarded(t *testing.T) {
 }
 
 // Orthanc 1.12.1 and later move a study's LastUpdate when an instance of
-// it is deleted: buffer mode's own deletes, or another destination's,
-// must not read as a change, or a study of more than recheckEvery
-// instances kept all but the first recheckEvery for good (no next event
-// comes). A stale event still keeps the study for its next event, and an
-// instance not deleted yet overwritten (the same ID, another file) still
-// stops the deletes. A new instance, or one deleted and sent anew, is not
-// deleted: its own event comes.
+// it is deleted: buffer mode's own deletes, another destination's, or
+// one's by hand before the forward listed it, must not read as a change,
+// or a study kept all but the first recheckEvery instances, or all, for
+// good (no next event comes). A stale event (an instance listed received
+// after it) still keeps the study for its next event, and an instance
+// not deleted yet overwritten (the same ID, another file) still stops the
+// deletes. A new instance, or one deleted and sent anew, is not deleted:
+// its own event comes.
 func TestDeleteForwardedWhileDeletesMoveLastUpdate(t *testing.T) {
 	const n = recheckEvery + 8
 	var listed []orthancapi.Instance
@@ -732,8 +736,10 @@ func TestDeleteForwardedWhileDeletesMoveLastUpdate(t *testing.T) {
 	tests := []struct {
 		name    string
 		setup   func(c *memCleaner)
-		unnamed bool       // no FileUUID listed
-		want    [4]float64 // deleted, skipped, gone, failed
+		unnamed bool // no FileUUID listed
+		// listedLacks: the listing lacks the last ones, as the study.
+		listedLacks int
+		want        [4]float64 // deleted, skipped, gone, failed
 		// left: the IDs the source holds after, if any.
 		left []string
 	}{
@@ -743,9 +749,16 @@ func TestDeleteForwardedWhileDeletesMoveLastUpdate(t *testing.T) {
 			c.lastUpdate = "20261126T100001"
 			c.goneIDs = map[string]bool{listed[n-1].ID: true}
 		}, want: [4]float64{n - 1, 0, 1, 0}},
-		// A stale event: no delete moved it.
-		{name: "moved before any delete", setup: func(c *memCleaner) { c.lastUpdate = "20261126T100001" },
-			want: [4]float64{0, n, 0, 0}},
+		// A stale event: an instance the forward listed came after it.
+		{name: "one listed received after the event", setup: func(c *memCleaner) {
+			c.lastUpdate = "20261126T100007"
+			c.received = map[string]string{listed[n/2].ID: "20261126T100007"}
+		}, want: [4]float64{0, n, 0, 0}},
+		// Deleted by hand after the event, before the forward listed
+		// it: listed lacks it, and nothing else comes to delete the rest.
+		{name: "one deleted by hand before the listing", listedLacks: 1, setup: func(c *memCleaner) {
+			c.lastUpdate = "20261126T100007"
+		}, want: [4]float64{n - 1, 0, 0, 0}},
 		// Its own event forwards and deletes the new one: these deletes
 		// go on, and leave it.
 		{name: "a new instance arrives", setup: func(c *memCleaner) {
@@ -766,12 +779,14 @@ func TestDeleteForwardedWhileDeletesMoveLastUpdate(t *testing.T) {
 		{name: "an instance unreadable", setup: func(c *memCleaner) {
 			c.afterDelete = arriving(func(c *memCleaner) { c.readErr = errors.New("timeout") })
 		}, want: [4]float64{recheckEvery, 0, 0, n - recheckEvery}},
-		{name: "the study unlistable", setup: func(c *memCleaner) { c.lastUpdate = "20261126T100001"; c.listErr = errors.New("timeout") },
-			want: [4]float64{0, 0, 0, n}},
+		{name: "receptions unreadable", setup: func(c *memCleaner) {
+			c.lastUpdate = "20261126T100007"
+			c.readErr = errors.New("timeout")
+		}, want: [4]float64{0, 0, 0, n}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			listed := slices.Clone(listed)
+			listed := slices.Clone(listed[:n-tt.listedLacks])
 			if tt.unnamed {
 				for i := range listed {
 					listed[i].FileUUID = ""
