@@ -120,6 +120,22 @@ func testAgainstOrthanc(t *testing.T, rel testharness.Release) {
 		if in.FileUUID == "" {
 			t.Errorf("%s: no FileUUID", in.ID)
 		}
+		// Read alone, as buffer mode's deletes do: the same file, and a
+		// reception no later than the study's LastUpdate, in its form.
+		one, err := c.Instance(ctx, in.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if one.ID != in.ID || one.FileUUID != in.FileUUID || one.SOPInstanceUID != in.SOPInstanceUID || one.SeriesID != in.SeriesID {
+			t.Errorf("instance read alone %+v, listed %+v", one, in)
+		}
+		md, err := c.InstanceMetadata(ctx, in.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(md.ReceptionDate) != len(st.LastUpdate) || md.ReceptionDate > st.LastUpdate {
+			t.Errorf("%s: ReceptionDate %q, study LastUpdate %q", in.ID, md.ReceptionDate, st.LastUpdate)
+		}
 		rc, size, err := c.OpenInstanceFile(ctx, in.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -156,6 +172,9 @@ func testAgainstOrthanc(t *testing.T, rel testharness.Release) {
 	}
 	if _, err := c.StudyInstances(ctx, missingID); !errors.Is(err, orthancapi.ErrNotFound) {
 		t.Errorf("unknown study instances: err = %v, want ErrNotFound", err)
+	}
+	if _, err := c.Instance(ctx, missingID); !errors.Is(err, orthancapi.ErrNotFound) {
+		t.Errorf("unknown instance: err = %v, want ErrNotFound", err)
 	}
 	_, _, err = c.OpenInstanceFile(ctx, missingID)
 	var oe *orthancapi.Error
