@@ -86,7 +86,6 @@ func newKeyGuard(fingerprints map[string]string, reg prometheus.Registerer, log 
 	for d, fp := range fingerprints {
 		if fp != status.NoKey {
 			g.own[d] = fp
-			g.disagree.WithLabelValues(d).Set(0)
 			g.hold(d, keyNotCompared)
 		}
 	}
@@ -100,11 +99,17 @@ func newKeyGuard(fingerprints map[string]string, reg prometheus.Registerer, log 
 }
 
 // hold sets why destination d's studies are not pulled ("": they are)
-// and its stowline_forwarder_deidentify_paused series; g.mu held, or
-// g not yet shared.
+// and its gauges: stowline_forwarder_deidentify_paused by reason, and
+// the disagreement, 1 while held for keys that differ; g.mu held, or g
+// not yet shared.
 func (g *keyGuard) hold(d, why string) {
 	g.held[d] = why
 	r := pauseReason(why)
+	disagree := 0.0
+	if r == forward.PausedKeysDiffer {
+		disagree = 1
+	}
+	g.disagree.WithLabelValues(d).Set(disagree)
 	for _, reason := range []string{forward.PausedKeysDiffer, forward.PausedNotCompared} {
 		v := 0.0
 		if reason == r {
@@ -244,7 +249,6 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 			}
 			g.hold(d, "")
 			g.peers[d] = ""
-			g.disagree.WithLabelValues(d).Set(0)
 			continue
 		}
 		var others []string
@@ -258,7 +262,6 @@ func (g *keyGuard) compare(snaps []status.Snapshot, ownListed bool) {
 		// reaches the port, and a fingerprint is a fast check of a
 		// guessed key. The log names them.
 		g.hold(d, heldForKeys(len(hosts)-1, hosts[status.NoKey] != nil && mine != status.NoKey))
-		g.disagree.WithLabelValues(d).Set(1)
 		if g.peers[d] != peers {
 			g.peers[d] = peers
 			g.log.Error("other live forwarders serving the destination have another de-identification key: no study of it is pulled until every forwarder serving it has the same key (stop those with the wrong one, docs/deidentification.md, Rotation); studies in hand go on",
