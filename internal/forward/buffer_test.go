@@ -533,12 +533,7 @@ func bufferForwarder(t *testing.T, set func(*Options)) (*Forwarder, *events.Stud
 	t.Helper()
 	ev := testEvent()
 	cleaner := &memCleaner{lastUpdate: ev.LastUpdate}
-	f := newForwarder(t, newMemSource(3), "http://127.0.0.1:1", nil, func(o *Options) {
-		o.Registerer = prometheus.NewRegistry()
-		o.Completed = recordedOK
-		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-		set(o)
-	})
+	f, _ := cleaningForwarder(t, cleaner, set)
 	return f, ev, cleaner
 }
 

@@ -796,12 +796,7 @@ func TestDeleteForwardedWhileDeletesMoveLastUpdate(t *testing.T) {
 			if tt.setup != nil {
 				tt.setup(cleaner)
 			}
-			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
-				o.Registerer = prometheus.NewRegistry()
-				o.Completed = recordedOK
-				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-			})
-			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+			f, ev := cleaningForwarder(t, cleaner, nil)
 			f.deleteForwarded(t.Context(), ev, listed, listed, nil, f.log)
 			for i, r := range []string{"deleted", "skipped", "gone", "failed"} {
 				if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues(r)); got != tt.want[i] {
@@ -833,12 +828,7 @@ func TestDeleteForwardedReadsLinearly(t *testing.T) {
 		listed = append(listed, orthancapi.Instance{ID: fmt.Sprintf("i%04d", i), FileUUID: fmt.Sprintf("f%04d", i)})
 	}
 	cleaner := &memCleaner{lastUpdate: "20261126T100000", study: slices.Clone(listed), deletesMove: true}
-	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
-		o.Registerer = prometheus.NewRegistry()
-		o.Completed = recordedOK
-		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-	})
-	ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+	f, ev := cleaningForwarder(t, cleaner, nil)
 	f.deleteForwarded(t.Context(), ev, listed, listed, nil, f.log)
 	if got := testutil.ToFloat64(f.m.sourceDeletes.WithLabelValues("deleted")); got != n {
 		t.Fatalf("deleted = %v, want %d", got, n)
@@ -904,13 +894,7 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 			if tt.changed {
 				cleaner.lastUpdate = "20261126T110000"
 			}
-			f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
-				o.Registerer = prometheus.NewRegistry()
-				o.Completed = recordedOK
-				o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-				o.Select = tt.release
-			})
-			ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+			f, ev := cleaningForwarder(t, cleaner, func(o *Options) { o.Select = tt.release })
 			var logged bytes.Buffer
 			f.deleteForwarded(t.Context(), ev, nil, listed, nil, slog.New(slog.NewTextHandler(&logged, nil)))
 			if fmt.Sprint(cleaner.deleted) != fmt.Sprint(tt.wantDeleted) {
@@ -926,6 +910,22 @@ func TestDeleteForwardedNothingOfItsOwn(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cleaningForwarder is a forwarder whose source cleaner is cleaner, its
+// forwards recorded, with set's options (nil: none), and an event of the
+// study its deletes are asked for (bufferForwarder forwards testEvent).
+func cleaningForwarder(t *testing.T, cleaner *memCleaner, set func(*Options)) (*Forwarder, *events.StudyStable) {
+	t.Helper()
+	f := newForwarder(t, newMemSource(3), "http://127.0.0.1:1", nil, func(o *Options) {
+		o.Registerer = prometheus.NewRegistry()
+		o.Completed = recordedOK
+		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
+		if set != nil {
+			set(o)
+		}
+	})
+	return f, &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
 }
 
 // failingOnce answers err, then no unconfigured destination.
@@ -956,13 +956,7 @@ func TestDeleteForwardedStopsWhenTheStudyChanges(t *testing.T) {
 		instances = append(instances, orthancapi.Instance{ID: fmt.Sprintf("%08x-00000000-00000000-00000000-00000000", i)})
 	}
 	cleaner := &memCleaner{lastUpdate: "20261126T100000", changeAfter: 5}
-	reg := prometheus.NewRegistry()
-	f := newForwarder(t, newMemSource(1), "http://127.0.0.1:1", nil, func(o *Options) {
-		o.Registerer = reg
-		o.Completed = recordedOK
-		o.CleanerFor = func(string) (SourceCleaner, error) { return cleaner, nil }
-	})
-	ev := &events.StudyStable{Source: "src", OrthancStudyID: "00000000-00000000-00000000-00000000-00000000", LastUpdate: "20261126T100000"}
+	f, ev := cleaningForwarder(t, cleaner, nil)
 	f.deleteForwarded(context.Background(), ev, instances, instances, nil, f.log)
 	if len(cleaner.deleted) != recheckEvery {
 		t.Errorf("deleted %d, want the %d before the first look", len(cleaner.deleted), recheckEvery)
