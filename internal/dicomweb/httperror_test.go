@@ -107,6 +107,16 @@ func TestRedactValues(t *testing.T) {
 			`{"message":"{\"detail\":\"(0010,0010) - Content \\\"[value removed]\\\" does not validate VR PN\"}"}`},
 		{`{"message":"with value \\u0027D\\u0027\\u00C1vila^Ana\\u0027 does not"}`, `{"message":"with value \\u0027[value removed]\\u0027 does not"}`},
 		{`Content \'DOE^JANE\' does not`, `Content \'[value removed]\' does not`},
+		// A nickname in quotes inside a name; the keyword followed by a
+		// colon or an equals sign, or a JSON key.
+		{`(0010,0010) - Content "SMITH^ROBERT "BOBBY"" does not validate VR PN`, `(0010,0010) - Content "[value removed]"" does not validate VR PN`},
+		{`Invalid value: "DOE^JOHN" for (0010,0010)`, `Invalid value: "[value removed]" for (0010,0010)`},
+		{`value="PID12345"; Value:"PID2"`, `value="[value removed]"; Value:"[value removed]"`},
+		{`{"field":"PatientID","value":"PID12345"}`, `{"field":"PatientID","value":"[value removed]"}`},
+		// A UID-shaped value of another VR.
+		{`(0010,0020) - Content "756.1234.5678.97" does not validate VR LO`, `(0010,0020) - Content "[value removed]" does not validate VR LO`},
+		{`with value \u0027756.1234.5678.97\u0027 does not validate VR \u0027LO\u0027`, `with value \u0027[value removed]\u0027 does not validate VR \u0027LO\u0027`},
+		{`(0020,000D) - Content "1.2.3.4" does not validate VR UI`, `(0020,000D) - Content "1.2.3.4" does not validate VR UI`},
 	}
 	for _, tt := range tests {
 		if got := redactValues(tt.in); got != tt.want {
@@ -125,7 +135,22 @@ func TestRedactDICOMValues(t *testing.T) {
 		{`{"00100020":{"vr":"LO","Value":["PID-`, `{"00100020":{"vr":"LO","Value":["[value removed]"`},
 		{`<DicomAttribute tag="00100010" vr="PN" keyword="PatientName"><PersonName number="1"><Alphabetic><FamilyName>Doe</FamilyName><GivenName>Jane</GivenName></Alphabetic></PersonName></DicomAttribute>`,
 			`<DicomAttribute tag="00100010" vr="PN" keyword="PatientName"><PersonName number="1"><Alphabetic><FamilyName>[value removed]</FamilyName><GivenName>[value removed]</GivenName></Alphabetic></PersonName></DicomAttribute>`},
-		{`<Value number="1">1.2.3</Value><Value number="2">ACC-9`, `<Value number="1">1.2.3</Value><Value number="2">[value removed]`},
+		{`<Value number="1">1.2.3</Value><Value number="2">ACC-9`, `<Value number="1">[value removed]</Value><Value number="2">[value removed]`},
+		// Only an attribute of VR UI keeps a value shaped like a UID: a
+		// Swiss AHV number is a Patient ID, dots and all.
+		{`{"00100020":{"vr":"LO","Value":["756.1234.5678.97"]},"0020000D":{"vr":"UI","Value":["1.2.3.4"]},"00101000":{"Value":["12.345.678"],"vr":"UI"}}`,
+			`{"00100020":{"vr":"LO","Value":["[value removed]"]},"0020000D":{"vr":"UI","Value":["1.2.3.4"]},"00101000":{"Value":["[value removed]"],"vr":"UI"}}`},
+		{`{"00100010":{"vr":"PN","Value":[{"Alphabetic":"1.2.3"}]}}`, `{"00100010":{"vr":"PN","Value":[{"Alphabetic":"[value removed]"}]}}`},
+		{`{"0020000D":{"vr":"UI","Value":["1.2.3.4"]}}`, `{"0020000D":{"vr":"UI","Value":["1.2.3.4"]}}`},
+		{`<DicomAttribute tag="00081199" vr="SQ"><Item number="1"><DicomAttribute tag="00081155" vr="UI"><Value number="1">1.2.3.4</Value></DicomAttribute>` +
+			`<DicomAttribute tag="00100020" vr="LO"><Value number="1">756.1234.5678.97</Value></DicomAttribute></Item></DicomAttribute>`,
+			`<DicomAttribute tag="00081199" vr="SQ"><Item number="1"><DicomAttribute tag="00081155" vr="UI"><Value number="1">1.2.3.4</Value></DicomAttribute>` +
+				`<DicomAttribute tag="00100020" vr="LO"><Value number="1">[value removed]</Value></DicomAttribute></Item></DicomAttribute>`},
+		// A namespace prefix, a CDATA section, one cut short.
+		{`<dcm:DicomAttribute tag="00100010" vr="PN"><dcm:PersonName number="1"><dcm:Alphabetic><dcm:FamilyName>DOE</dcm:FamilyName><dcm:GivenName>JOHN</dcm:GivenName>`,
+			`<dcm:DicomAttribute tag="00100010" vr="PN"><dcm:PersonName number="1"><dcm:Alphabetic><dcm:FamilyName>[value removed]</dcm:FamilyName><dcm:GivenName>[value removed]</dcm:GivenName>`},
+		{`<DicomAttribute tag="00100020" vr="LO"><Value number="1"><![CDATA[PID<12345>]]></Value></DicomAttribute><Value number="1">A<![CDATA[PID12`,
+			`<DicomAttribute tag="00100020" vr="LO"><Value number="1">[value removed]</Value></DicomAttribute><Value number="1">[value removed]`},
 		{`{"HttpError":"Unsupported Media Type","HttpStatus":415}`, `{"HttpError":"Unsupported Media Type","HttpStatus":415}`},
 		// Digits alone are no UID: a Patient ID, a birth date.
 		{`{"00100020":{"vr":"LO","Value":["12345678"]},"00100030":{"vr":"DA","Value":["19800101"]}}`,

@@ -27,15 +27,24 @@ func redactBody(s string) string {
 // DICOM service keeps, writes "Dicom element \u0027PatientName\u0027 with
 // value \u0027...\u0027"), and escaped again when a gateway wraps that
 // body in a JSON string of its own (\\\", \\u0027).
-var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)\s+(\\*"|\\*'|\\+u0022|\\+u0027)`)
+//
+// The keyword may be followed by a colon or an equals sign (`value:
+// "..."`, `value="..."`) and, in a JSON body, be a key itself
+// (`"value": "..."`).
+var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)(?:\\*")?(?:\s+|\s*[:=]\s*)(\\*"|\\*'|\\+u0022|\\+u0027)`)
+
+// namedVR finds the VR an error text names after a value (Azure's "does
+// not validate VR LO", "VR \u0027PN\u0027").
+var namedVR = regexp.MustCompile(`^[^.;\n]{0,80}?\bVR[\s\\'"]*(?:u00(?:22|27))?([A-Z]{2})\b`)
 
 // valueRemoved stands for a removed value.
 const valueRemoved = "[value removed]"
 
 // redactValues replaces the values a destination quotes in an error text
 // with valueRemoved, except UIDs (digits and dots), which stowline logs
-// on purpose. An unterminated value (a text cut short) is removed to the
-// end.
+// on purpose, unless the text names another VR for the value: a Swiss
+// AHV number (756.1234.5678.97) is a Patient ID shaped like a UID. An
+// unterminated value (a text cut short) is removed to the end.
 func redactValues(s string) string {
 	if !quotedValue.MatchString(s) {
 		return s
@@ -55,7 +64,7 @@ func redactValues(s string) string {
 			b.WriteString(valueRemoved)
 			return b.String()
 		}
-		if v := rest[:end]; isUIDText(v) {
+		if v := rest[:end]; isUIDText(v) && !namesOtherVR(rest[end+len(quote):]) {
 			b.WriteString(v)
 		} else {
 			b.WriteString(valueRemoved)
@@ -65,13 +74,18 @@ func redactValues(s string) string {
 	}
 }
 
+// namesOtherVR reports whether the text after a value names its VR,
+// and one other than UI.
+func namesOtherVR(after string) bool {
+	m := namedVR.FindStringSubmatch(after)
+	return m != nil && m[1] != "UI"
+}
+
 // closingQuote is the index in rest of the quote that ends a value, -1
-// if none. A single quote followed by a letter or digit is an apostrophe
-// inside the value (O'Brien), not its end.
+// if none. A quote followed by a letter or digit is inside the value,
+// not its end: an apostrophe (O'Brien), a nickname in a name (SMITH^ROBERT
+// "BOBBY").
 func closingQuote(rest, quote string) int {
-	if q := strings.TrimLeft(quote, `\`); q != "'" && !strings.EqualFold(q, "u0027") {
-		return strings.Index(rest, quote)
-	}
 	for i := 0; i < len(rest); i++ {
 		if !strings.HasPrefix(rest[i:], quote) {
 			continue
@@ -89,22 +103,34 @@ func closingQuote(rest, quote string) int {
 // a data set in an error answer or a malformed one, possibly inside a
 // gateway's own JSON string (its quotes then escaped, once or more);
 // those texts go to logs and dead letters.
+//
+// Only the values of an attribute of VR UI are kept: a Patient ID may be
+// shaped like a UID (a Swiss AHV number, 756.1234.5678.97). An XML
+// writer may give the elements a namespace prefix (dcm:Value) and a
+// value may be a CDATA section, cut short at the end of the text too.
 var (
-	jsonValueKey = regexp.MustCompile(`\\*"(?:Value|Alphabetic|Ideographic|Phonetic)\\*"\s*:\s*`)
-	xmlValue     = regexp.MustCompile(`(<(?:Value|FamilyName|GivenName|MiddleName|NamePrefix|NameSuffix)\b[^>]*>)([^<]*)`)
+	jsonValueKey = regexp.MustCompile(`\\*"(Value|Alphabetic|Ideographic|Phonetic)\\*"\s*:\s*`)
+	jsonVRUI     = regexp.MustCompile(`\\*"vr\\*"\s*:\s*\\*"UI\\*"`)
+	xmlValue     = regexp.MustCompile(`(<(?:[\w.-]+:)?(?:Value|FamilyName|GivenName|MiddleName|NamePrefix|NameSuffix)\b[^>]*>)((?:<!\[CDATA\[(?:[\s\S]*?\]\]>|[\s\S]*$)|[^<])*)`)
+	xmlAttribute = regexp.MustCompile(`<(?:[\w.-]+:)?DicomAttribute\b[^>]*>`)
+	xmlVRUI      = regexp.MustCompile(`\bvr\s*=\s*["']UI["']`)
 )
 
 // redactDICOMValues replaces the values of a DICOM data set in s with
-// valueRemoved, except UIDs, and keeps its structure. A value cut at the
-// end of s is removed too.
+// valueRemoved, except those of VR UI, and keeps its structure. A value
+// cut at the end of s is removed too.
 func redactDICOMValues(s string) string {
 	var b strings.Builder
 	for {
-		loc := jsonValueKey.FindStringIndex(s)
+		loc := jsonValueKey.FindStringSubmatchIndex(s)
 		if loc == nil {
 			b.WriteString(s)
 			break
 		}
+		// The attribute's "vr" precedes its "Value" in the same object,
+		// as PS3.18 F.2.2 writes them; one written after it, or a name
+		// component's key, leaves the value removed.
+		keepUIDs := s[loc[2]:loc[3]] == "Value" && jsonVRUI.MatchString(s[strings.LastIndexByte(s[:loc[0]], '{')+1:loc[0]])
 		b.WriteString(s[:loc[1]])
 		s = s[loc[1]:]
 		if strings.HasPrefix(s, "[") {
@@ -114,7 +140,7 @@ func redactDICOMValues(s string) string {
 			s = s[1:]
 			for len(s) > 0 && s[0] != ']' && s[0] != '{' {
 				if q := quoteAt(s); q > 0 {
-					s = writeRedactedString(&b, s, q)
+					s = writeRedactedString(&b, s, q, keepUIDs)
 					continue
 				}
 				b.WriteByte(s[0])
@@ -123,16 +149,39 @@ func redactDICOMValues(s string) string {
 			continue
 		}
 		if q := quoteAt(s); q > 0 {
-			s = writeRedactedString(&b, s, q)
+			s = writeRedactedString(&b, s, q, keepUIDs)
 		}
 	}
-	return xmlValue.ReplaceAllStringFunc(b.String(), func(m string) string {
-		sub := xmlValue.FindStringSubmatch(m)
-		if isUIDText(sub[2]) {
-			return m
+	return redactXMLValues(b.String())
+}
+
+// redactXMLValues replaces the values of a PS3.19 data set in s with
+// valueRemoved, except those of an attribute of VR UI.
+func redactXMLValues(s string) string {
+	var b strings.Builder
+	last := 0
+	for _, m := range xmlValue.FindAllStringSubmatchIndex(s, -1) {
+		b.WriteString(s[last:m[3]])
+		last = m[1]
+		value := s[m[4]:m[5]]
+		if isUIDText(value) && xmlVRUI.MatchString(enclosingAttribute(s[:m[0]])) {
+			b.WriteString(value)
+			continue
 		}
-		return sub[1] + valueRemoved
-	})
+		b.WriteString(valueRemoved)
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// enclosingAttribute is the start tag of the last DicomAttribute element
+// in before, "" if none: the attribute of a value that follows it.
+func enclosingAttribute(before string) string {
+	all := xmlAttribute.FindAllString(before, -1)
+	if len(all) == 0 {
+		return ""
+	}
+	return all[len(all)-1]
 }
 
 // quoteAt is the length of the quote that opens a string at the start
@@ -146,10 +195,10 @@ func quoteAt(s string) int {
 }
 
 // writeRedactedString writes the string that opens s with a quote of
-// length q, its value removed unless it is a UID, and returns what
-// follows it. It ends at a quote escaped as its opening one (exactly
-// q-1 backslashes before it), or at the end of s.
-func writeRedactedString(b *strings.Builder, s string, q int) string {
+// length q, its value removed unless it is a UID kept (keepUIDs), and
+// returns what follows it. It ends at a quote escaped as its opening one
+// (exactly q-1 backslashes before it), or at the end of s.
+func writeRedactedString(b *strings.Builder, s string, q int, keepUIDs bool) string {
 	quote := s[:q]
 	rest := s[q:]
 	end := -1
@@ -171,7 +220,7 @@ func writeRedactedString(b *strings.Builder, s string, q int) string {
 		b.WriteString(valueRemoved + quote)
 		return ""
 	}
-	if v := rest[:end]; isUIDText(v) {
+	if v := rest[:end]; keepUIDs && isUIDText(v) {
 		b.WriteString(v)
 	} else {
 		b.WriteString(valueRemoved)
