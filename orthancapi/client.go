@@ -16,9 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +93,9 @@ type Client struct {
 	// MaxConnsPerHost: short metadata reads would wait there, unseen,
 	// behind long streams until their request timeout.
 	slots chan struct{}
+	// owners are the shares of slots ShareSlots gave each owner (a
+	// destination), nil before: one semaphore each, taken before slots.
+	owners atomic.Pointer[map[string]chan struct{}]
 	// waits counts the requests that found every slot taken, waited
 	// their total wait in nanoseconds (Slots).
 	waits, waited atomic.Int64
@@ -474,27 +479,98 @@ func unslotted(ctx context.Context) context.Context {
 	return context.WithValue(ctx, holdingBodyKey{}, true)
 }
 
+// slotOwnerKey carries the owner of ForSlotOwner.
+type slotOwnerKey struct{}
+
+// ForSlotOwner returns ctx for requests made for owner (a destination),
+// which take a slot of owner's share (ShareSlots) as well.
+func ForSlotOwner(ctx context.Context, owner string) context.Context {
+	return context.WithValue(ctx, slotOwnerKey{}, owner)
+}
+
+// ShareSlots bounds the slots of WithMaxRequests each owner's requests
+// (ForSlotOwner) hold at once to the cap less one for each other owner,
+// at least one: the file streams of a destination that stopped reading
+// its STOW-RS bodies hold their slots until its stall time-out (minutes),
+// and must leave a slot to each other destination. Requests of no owner
+// take a slot of the cap alone. Call it before the owners' requests; a
+// client without a cap ignores it.
+func (c *Client) ShareSlots(owners []string) {
+	if c.slots == nil {
+		return
+	}
+	share := max(1, cap(c.slots)-(len(owners)-1))
+	m := make(map[string]chan struct{}, len(owners))
+	for _, o := range owners {
+		m[o] = make(chan struct{}, share)
+	}
+	c.owners.Store(&m)
+}
+
 // takeSlot waits for a request slot, or for ctx to end (its error, then),
 // and returns the function that gives it back.
 func (c *Client) takeSlot(ctx context.Context) (release func(), err error) {
 	if c.slots == nil || ctx.Value(holdingBodyKey{}) != nil {
 		return func() {}, nil
 	}
-	release = func() { <-c.slots }
+	var own chan struct{}
+	if m := c.owners.Load(); m != nil {
+		if o, ok := ctx.Value(slotOwnerKey{}).(string); ok {
+			own = (*m)[o]
+		}
+	}
+	if own == nil {
+		if err := c.acquire(ctx, c.slots); err != nil {
+			return nil, err
+		}
+		return func() { <-c.slots }, nil
+	}
+	// The owner's share first: waiting for it holds none of the cap.
+	if err := c.acquire(ctx, own); err != nil {
+		return nil, fmt.Errorf("%w (this destination holds %d, its share)", err, cap(own))
+	}
+	if err := c.acquire(ctx, c.slots); err != nil {
+		<-own
+		return nil, fmt.Errorf("%w (held: %s)", err, c.heldByOwners())
+	}
+	return func() { <-c.slots; <-own }, nil
+}
+
+// acquire takes a slot of sem, waiting for one within ctx.
+func (c *Client) acquire(ctx context.Context, sem chan struct{}) error {
 	select {
-	case c.slots <- struct{}{}:
-		return release, nil
+	case sem <- struct{}{}:
+		return nil
 	default:
 	}
 	c.waits.Add(1)
 	start := time.Now()
 	defer func() { c.waited.Add(int64(time.Since(start))) }()
 	select {
-	case c.slots <- struct{}{}:
-		return release, nil
+	case sem <- struct{}{}:
+		return nil
 	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+		return context.Cause(ctx)
 	}
+}
+
+// heldByOwners names the owners holding slots now, with their counts,
+// for the error of a request that found none free.
+func (c *Client) heldByOwners() string {
+	m := c.owners.Load()
+	if m == nil {
+		return "no destination's"
+	}
+	var held []string
+	for _, o := range slices.Sorted(maps.Keys(*m)) {
+		if n := len((*m)[o]); n > 0 {
+			held = append(held, fmt.Sprintf("%s %d", o, n))
+		}
+	}
+	if len(held) == 0 {
+		return "no destination's"
+	}
+	return strings.Join(held, ", ")
 }
 
 // RequestSlots is how a client's WithMaxRequests cap is used.

@@ -277,3 +277,53 @@ func TestMaxRequestsRefusesNegative(t *testing.T) {
 		t.Fatal("New accepted WithMaxRequests(-1)")
 	}
 }
+
+// TestShareSlotsLeavesOneToEachOtherOwner: with a cap of 4 shared by
+// three destinations, one whose streams stall holds at most 2 (the cap
+// less one for each other), its third request waits and says so, and the
+// others still get a slot each; a request of no owner takes one of the
+// cap alone. A full cap's error names who holds the slots.
+func TestShareSlotsLeavesOneToEachOtherOwner(t *testing.T) {
+	s, srv := newSlotOrthanc(t)
+	c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ShareSlots([]string{"ai", "archive", "dr"})
+	next := 0
+	open := func(owner string, wait time.Duration) (io.ReadCloser, error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		if owner != "" {
+			ctx = orthancapi.ForSlotOwner(ctx, owner)
+		}
+		next++
+		id := slotInstance(next)
+		rc, _, err := c.OpenInstanceFile(ctx, id)
+		if err == nil {
+			t.Cleanup(func() { s.finish(id); rc.Close() })
+		}
+		return rc, err
+	}
+	mustOpen := func(owner string) {
+		t.Helper()
+		if _, err := open(owner, 10*time.Second); err != nil {
+			t.Fatalf("%s: %v", owner, err)
+		}
+	}
+	mustOpen("ai")
+	mustOpen("ai")
+	if _, err := open("ai", 100*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "this destination holds 2, its share") {
+		t.Fatalf("ai's third request: got %v, want it to wait for its share", err)
+	}
+	mustOpen("archive")
+	mustOpen("") // no owner: the cap's last slot
+	_, err = open("dr", 100*time.Millisecond)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "held: ai 2, archive 1") {
+		t.Fatalf("dr with the cap full: got %v, want the holders named", err)
+	}
+	if got := c.Slots(); got.InUse != 4 {
+		t.Errorf("Slots().InUse = %d, want 4", got.InUse)
+	}
+}

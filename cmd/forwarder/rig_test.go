@@ -159,6 +159,13 @@ func (r *rig) addStudyFiles(t *testing.T, n, rows int) (id string, files []strin
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r.storeStudy(t, uid, files), files
+}
+
+// storeStudy stores a generated study's files in the source with
+// storescu and returns its Orthanc ID.
+func (r *rig) storeStudy(t *testing.T, uid string, files []string) string {
+	t.Helper()
 	if res := r.src.StoreSCU(t, files...); len(res.Failed) > 0 {
 		t.Fatalf("storescu refused %d generated files", len(res.Failed))
 	}
@@ -170,11 +177,11 @@ func (r *rig) addStudyFiles(t *testing.T, n, rows int) (id string, files []strin
 	}
 	for _, f := range found {
 		if f.Type == "Study" {
-			return f.ID, files
+			return f.ID
 		}
 	}
 	t.Fatalf("generated study %s not found in the source", uid)
-	return "", nil
+	return ""
 }
 
 // publish queues the stable-study event for an Orthanc study, as the

@@ -132,6 +132,13 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 	defer running.Done()
 	drained := whenDrained(ctx, &running)
 
+	// A destination whose requests stall (it stopped reading the STOW-RS
+	// bodies Orthanc's file streams feed) must not hold every slot of
+	// ORTHANC_MAX_CONNECTIONS: each leaves one to each other.
+	for _, src := range r.sources.List() {
+		src.Client.ShareSlots(servedNames)
+	}
+
 	var forwarders []*forward.Forwarder
 	var tokens []*status.TokenWatch
 	var opts []*forward.Options

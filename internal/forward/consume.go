@@ -16,6 +16,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/repeatlog"
 	"github.com/stowline/stowline/internal/tracing"
+	"github.com/stowline/stowline/orthancapi"
 )
 
 // Run pulls and forwards events until ctx ends. Then it stops pulling,
@@ -29,6 +30,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	// The source's request slots are shared with the other destinations
+	// of the process: this one's requests take its share (ShareSlots).
+	workCtx = orthancapi.ForSlotOwner(workCtx, f.opts.DestinationName)
 	stopGrace := context.AfterFunc(ctx, func() {
 		f.log.Info("shutdown: no more studies are pulled; those in progress have the grace to finish, the rest go back to the queue",
 			"grace", f.opts.ShutdownGrace.String())
