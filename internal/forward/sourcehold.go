@@ -99,13 +99,13 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	switch oe, _ := errors.AsType[*orthancapi.Error](perr); {
 	case !sourceRefusesUs(perr):
 		log.Warn("source Orthanc unreachable: the study is held until it answers; no delivery is spent",
-			"source", a.Event.Source, "err", cause, "probe_err", perr)
+			"err", cause, "probe_err", perr)
 	case oe.StatusCode == http.StatusUnauthorized:
 		log.Warn("source Orthanc refuses the forwarder's credentials: the study is held until it accepts them; no delivery is spent",
-			"source", a.Event.Source, "err", cause, "probe_err", perr)
+			"err", cause, "probe_err", perr)
 	default:
 		log.Warn("source Orthanc refuses the forwarder (403: its user's rights, an authorization plugin, RemoteAccessAllowed or a proxy): the study is held until it accepts it; no delivery is spent",
-			"source", a.Event.Source, "err", cause, "probe_err", perr)
+			"err", cause, "probe_err", perr)
 	}
 	start := time.Now()
 	for wait := sourceHoldWait; ; wait = min(2*wait, sourceHoldMaxWait) {
@@ -122,7 +122,7 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 		case <-t.C:
 		}
 		if perr = probe(); !sourceUnavailable(perr) {
-			log.Info("source Orthanc answers again: the held study is sent", "source", a.Event.Source, "was", state,
+			log.Info("source Orthanc answers again: the held study is sent", "was", state,
 				"held_s", int(time.Since(start).Seconds()))
 			return true, nil
 		}

@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,6 +52,39 @@ func TestSourceOutageHoldsTheStudy(t *testing.T) {
 	if !strings.Contains(logs.String(), "source Orthanc answers again") {
 		t.Errorf("no log of the source's return:\n%s", logs.String())
 	}
+	// A key twice in one JSON object: pipelines that refuse those
+	// (OpenSearch) would drop the lines an outage's runbook looks for.
+	for line := range strings.Lines(logs.String()) {
+		if k := repeatedKey(line); k != "" {
+			t.Errorf("key %q twice in %s", k, line)
+		}
+	}
+}
+
+// repeatedKey returns a key a JSON log line's object holds twice, ""
+// if none (or the line is not JSON).
+func repeatedKey(line string) string {
+	dec := json.NewDecoder(strings.NewReader(line))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		k, _ := t.(string)
+		if seen[k] {
+			return k
+		}
+		seen[k] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return ""
+		}
+	}
+	return ""
 }
 
 // A source Orthanc that refuses the forwarder's credentials (a password
