@@ -401,7 +401,7 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 			return nil, false, fmt.Errorf("%w: stow: %s %s: %w", ErrRedirected, method, c.logURL, c.redact(doErr))
 		}
 		if !connected.Load() {
-			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w: %w", method, c.logURL, ErrNotConnected, c.redact(doErr)))
+			return nil, false, noAnswer(fmt.Errorf("stow: %s %s: %w", method, c.logURL, notConnected(c.redact(doErr))))
 		}
 		// Only a request with no answer is sent again as Resent: noAnswer
 		// leaves unmarked a refusal of this host's clock, an answer the

@@ -148,7 +148,7 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 		}
 		err = c.redact(err)
 		if !connected.Load() {
-			err = fmt.Errorf("%w: %w", ErrNotConnected, err)
+			err = notConnected(err)
 		}
 		return noAnswer(fmt.Errorf("stow: DELETE %s/…/instances/%s: %w%s", c.logURL, sop, err, c.gaveUp(ctx)))
 	}

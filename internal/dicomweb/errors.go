@@ -2,6 +2,7 @@ package dicomweb
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/stowline/stowline/auth"
@@ -178,3 +179,20 @@ type notDICOMwebError struct{ err error }
 
 func (e *notDICOMwebError) Error() string   { return e.err.Error() }
 func (e *notDICOMwebError) Unwrap() []error { return []error{e.err, ErrNotDICOMweb} }
+
+// notConnected marks err, a request's that got no connection to the
+// destination, as ErrNotConnected; worded "no token" when the request
+// had no token to send (the token endpoint refused the credentials or
+// failed): said "no connection", it sent the operator to the network.
+func notConnected(err error) error {
+	if errors.As(err, new(*auth.TokenError)) {
+		return noToken{err}
+	}
+	return fmt.Errorf("%w: %w", ErrNotConnected, err)
+}
+
+// noToken is an ErrNotConnected for want of a token.
+type noToken struct{ err error }
+
+func (e noToken) Error() string   { return "no token for the destination: " + e.err.Error() }
+func (e noToken) Unwrap() []error { return []error{ErrNotConnected, e.err} }

@@ -1,10 +1,12 @@
 package dicomweb
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -162,5 +164,35 @@ func TestCrossOriginRedirectIsRedirected(t *testing.T) {
 		if err := tt.call(); errors.Is(err, ErrRedirected) || !errors.As(err, &te) {
 			t.Errorf("%s with a redirecting token endpoint: err = %v; want the TokenError, not ErrRedirected", tt.name, err)
 		}
+	}
+}
+
+// A client secret the identity provider refuses (a rotation not made in
+// stowline's file yet) fails the request before it connects: the error
+// says there was no token, naming the refusal, not "no connection to the
+// destination", which sent the operator to the network; it still counts
+// as not connected, the destination's fault whatever the study.
+func TestRefusedSecretSaysNoToken(t *testing.T) {
+	const clientID = "stowline-rotated"
+	idp := testidp.Start(t, testidp.WithClient(clientID, "the-new-secret-0123456789"))
+	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the destination was asked %s %s without a token", r.Method, r.URL.Path)
+	}))
+	t.Cleanup(dest.Close)
+	ts, err := auth.NewTokenSource(t.Context(), auth.Config{TokenURL: idp.TokenURL, ClientID: clientID, ClientSecret: "the-old-secret-0123456789"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(dest.URL+"/dicom-web", &http.Client{Transport: auth.Transport(ts, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Store(t.Context(), []Part{{SOPInstanceUID: "1.2.3.4", Size: 4, Open: func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader("DICM")), nil
+	}}})
+	if !errors.Is(err, ErrNotConnected) || !errors.Is(err, ErrNoAnswer) || !errors.As(err, new(*auth.TokenError)) ||
+		!strings.Contains(err.Error(), "no token for the destination: ") || strings.Contains(err.Error(), "no connection") ||
+		!strings.Contains(err.Error(), "invalid_client") || strings.Contains(err.Error(), "the-old-secret") {
+		t.Errorf("got %v: want no token, naming the refusal and not the secret, counted as not connected", err)
 	}
 }
