@@ -61,10 +61,8 @@ func TestStalledDestinationLeavesSlotsToTheOthers(t *testing.T) {
 	// stall with a file stream open each.
 	r.publish(t, r.addModalityStudy(t, "MR", 8, 1536))
 	r.waitDest(t, 8, time.Minute)
+	// Its share: the cap of 4 less one for the archive.
 	r.waitMetric(t, "stowline_orthanc_request_slots_in_use", 3, 30*time.Second)
-	if got := r.metric(t, "stowline_orthanc_request_slots_in_use", ""); got != 3 {
-		t.Errorf("slots in use with stuck stalled: %v, want 3 (the cap of 4 less one for the archive)", got)
-	}
 	// The archive's next study goes at once (about a second alone).
 	r.publish(t, r.addModalityStudy(t, "CT", 2, 64))
 	r.waitDest(t, 10, 30*time.Second)
