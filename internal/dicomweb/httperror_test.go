@@ -109,7 +109,12 @@ func TestRedactValues(t *testing.T) {
 		{`Content \'DOE^JANE\' does not`, `Content \'[value removed]\' does not`},
 		// A nickname in quotes inside a name; the keyword followed by a
 		// colon or an equals sign, or a JSON key.
-		{`(0010,0010) - Content "SMITH^ROBERT "BOBBY"" does not validate VR PN`, `(0010,0010) - Content "[value removed]"" does not validate VR PN`},
+		{`(0010,0010) - Content "SMITH^ROBERT "BOBBY"" does not validate VR PN`, `(0010,0010) - Content "[value removed]" does not validate VR PN`},
+		{`(0010,0010) - Content "DOE^JANE "JJ" MARIE" does not validate VR PN`, `(0010,0010) - Content "[value removed]" does not validate VR PN`},
+		{`(0010,0010) - Content "SMITH^"BOBBY" ROBERT" does not validate VR PN`, `(0010,0010) - Content "[value removed]" does not validate VR PN`},
+		{`{"detail":"(0010,0010) - Content \"DOE^JANE \\\"JJ\\\" MARIE\" does not validate VR PN"}`,
+			`{"detail":"(0010,0010) - Content \"[value removed]\" does not validate VR PN"}`},
+		{`Value '756.1234.5678.97' of (0010,0020) is invalid`, `Value '[value removed]' of (0010,0020) is invalid`},
 		{`Invalid value: "DOE^JOHN" for (0010,0010)`, `Invalid value: "[value removed]" for (0010,0010)`},
 		{`value="PID12345"; Value:"PID2"`, `value="[value removed]"; Value:"[value removed]"`},
 		{`{"field":"PatientID","value":"PID12345"}`, `{"field":"PatientID","value":"[value removed]"}`},
@@ -159,6 +164,10 @@ func TestRedactDICOMValues(t *testing.T) {
 		// A data set inside a gateway's JSON string.
 		{`{"message":"{\"00100010\":{\"vr\":\"PN\",\"Value\":[{\"Alphabetic\":\"DOE^JANE\"}]},\"00100020\":{\"vr\":\"LO\",\"Value\":[\"PID \\\"7\\\"\"]}}"}`,
 			`{"message":"{\"00100010\":{\"vr\":\"PN\",\"Value\":[{\"Alphabetic\":\"[value removed]\"}]},\"00100020\":{\"vr\":\"LO\",\"Value\":[\"[value removed]\"]}}"}`},
+		{`{"field":"PatientID","value":["PID12345"]}`, `{"field":"PatientID","value":["[value removed]"]}`},
+		// Empty values stay: no patient data, and a body of many grows
+		// no longer.
+		{`{"00100020":{"vr":"LO","Value":["", " "]}}<Value number="1"></Value>`, `{"00100020":{"vr":"LO","Value":["", " "]}}<Value number="1"></Value>`},
 		// A bracket inside a value does not end the array.
 		{`{"00081030":{"vr":"LO","Value":["A]B", "C"]}}`, `{"00081030":{"vr":"LO","Value":["[value removed]", "[value removed]"]}}`},
 	}

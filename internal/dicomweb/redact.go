@@ -33,18 +33,19 @@ func redactBody(s string) string {
 // (`"value": "..."`).
 var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)(?:\\*")?(?:\s+|\s*[:=]\s*)(\\*"|\\*'|\\+u0022|\\+u0027)`)
 
-// namedVR finds the VR an error text names after a value (Azure's "does
+// vrNamed finds the VR an error text names after a value (Azure's "does
 // not validate VR LO", "VR \u0027PN\u0027").
-var namedVR = regexp.MustCompile(`^[^.;\n]{0,80}?\bVR[\s\\'"]*(?:u00(?:22|27))?([A-Z]{2})\b`)
+var vrNamed = regexp.MustCompile(`^[^.;\n]{0,80}?\bVR[\s\\'"]*(?:u00(?:22|27))?([A-Z]{2})\b`)
 
 // valueRemoved stands for a removed value.
 const valueRemoved = "[value removed]"
 
 // redactValues replaces the values a destination quotes in an error text
-// with valueRemoved, except UIDs (digits and dots), which stowline logs
-// on purpose, unless the text names another VR for the value: a Swiss
-// AHV number (756.1234.5678.97) is a Patient ID shaped like a UID. An
-// unterminated value (a text cut short) is removed to the end.
+// with valueRemoved, except a UID (digits and dots) the text says is one
+// (VR UI) and DICOM's own UIDs (1.2.840.10008..., a transfer syntax, a
+// SOP class): a Swiss AHV number (756.1234.5678.97) is a Patient ID
+// shaped like a UID. An empty value stays. An unterminated value (a text
+// cut short) is removed to the end.
 func redactValues(s string) string {
 	if !quotedValue.MatchString(s) {
 		return s
@@ -64,7 +65,7 @@ func redactValues(s string) string {
 			b.WriteString(valueRemoved)
 			return b.String()
 		}
-		if v := rest[:end]; isUIDText(v) && !namesOtherVR(rest[end+len(quote):]) {
+		if v := rest[:end]; strings.TrimSpace(v) == "" || isUIDText(v) && (strings.HasPrefix(v, dicomUIDRoot) || namedVR(rest[end+len(quote):]) == "UI") {
 			b.WriteString(v)
 		} else {
 			b.WriteString(valueRemoved)
@@ -74,23 +75,39 @@ func redactValues(s string) string {
 	}
 }
 
-// namesOtherVR reports whether the text after a value names its VR,
-// and one other than UI.
-func namesOtherVR(after string) bool {
-	m := namedVR.FindStringSubmatch(after)
-	return m != nil && m[1] != "UI"
+// dicomUIDRoot is the root of the UIDs PS3.6 defines, never a patient's.
+const dicomUIDRoot = "1.2.840.10008."
+
+// namedVR is the VR an error text names for a value, in the words that
+// follow it, "" if none.
+func namedVR(after string) string {
+	if m := vrNamed.FindStringSubmatch(after); m != nil {
+		return m[1]
+	}
+	return ""
 }
 
 // closingQuote is the index in rest of the quote that ends a value, -1
-// if none. A quote followed by a letter or digit is inside the value,
-// not its end: an apostrophe (O'Brien), a nickname in a name (SMITH^ROBERT
-// "BOBBY").
+// if none. Inside a value: a quote escaped more than the value's (\\\"
+// in a value quoted \"), an apostrophe (a quote between letters or
+// digits: O'Brien), and a quotation (a quote after a space, a caret or
+// the value's start, before a letter or digit, to the next quote:
+// SMITH^"BOBBY" ROBERT, DOE^JANE "JJ" MARIE).
 func closingQuote(rest, quote string) int {
+	inner := false
 	for i := 0; i < len(rest); i++ {
-		if !strings.HasPrefix(rest[i:], quote) {
+		if !strings.HasPrefix(rest[i:], quote) || i > 0 && rest[i-1] == '\\' {
 			continue
 		}
-		if r := nextRune(rest[i+len(quote):]); !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+		switch after := nextRune(rest[i+len(quote):]); {
+		case inner:
+			inner = false
+		case unicode.IsLetter(after) || unicode.IsDigit(after):
+			before, _ := utf8.DecodeLastRuneInString(rest[:i])
+			if i == 0 || before == ' ' || before == '^' {
+				inner = true
+			}
+		default:
 			return i
 		}
 	}
@@ -109,7 +126,7 @@ func closingQuote(rest, quote string) int {
 // writer may give the elements a namespace prefix (dcm:Value) and a
 // value may be a CDATA section, cut short at the end of the text too.
 var (
-	jsonValueKey = regexp.MustCompile(`\\*"(Value|Alphabetic|Ideographic|Phonetic)\\*"\s*:\s*`)
+	jsonValueKey = regexp.MustCompile(`(?i)\\*"(Value|Alphabetic|Ideographic|Phonetic)\\*"\s*:\s*`)
 	jsonVRUI     = regexp.MustCompile(`\\*"vr\\*"\s*:\s*\\*"UI\\*"`)
 	xmlValue     = regexp.MustCompile(`(<(?:[\w.-]+:)?(?:Value|FamilyName|GivenName|MiddleName|NamePrefix|NameSuffix)\b[^>]*>)((?:<!\[CDATA\[(?:[\s\S]*?\]\]>|[\s\S]*$)|[^<])*)`)
 	xmlAttribute = regexp.MustCompile(`<(?:[\w.-]+:)?DicomAttribute\b[^>]*>`)
@@ -130,7 +147,7 @@ func redactDICOMValues(s string) string {
 		// The attribute's "vr" precedes its "Value" in the same object,
 		// as PS3.18 F.2.2 writes them; one written after it, or a name
 		// component's key, leaves the value removed.
-		keepUIDs := s[loc[2]:loc[3]] == "Value" && jsonVRUI.MatchString(s[strings.LastIndexByte(s[:loc[0]], '{')+1:loc[0]])
+		keepUIDs := strings.EqualFold(s[loc[2]:loc[3]], "Value") && jsonVRUI.MatchString(s[strings.LastIndexByte(s[:loc[0]], '{')+1:loc[0]])
 		b.WriteString(s[:loc[1]])
 		s = s[loc[1]:]
 		if strings.HasPrefix(s, "[") {
@@ -164,7 +181,7 @@ func redactXMLValues(s string) string {
 		b.WriteString(s[last:m[3]])
 		last = m[1]
 		value := s[m[4]:m[5]]
-		if isUIDText(value) && xmlVRUI.MatchString(enclosingAttribute(s[:m[0]])) {
+		if strings.TrimSpace(value) == "" || isUIDText(value) && xmlVRUI.MatchString(enclosingAttribute(s[:m[0]])) {
 			b.WriteString(value)
 			continue
 		}
@@ -220,7 +237,7 @@ func writeRedactedString(b *strings.Builder, s string, q int, keepUIDs bool) str
 		b.WriteString(valueRemoved + quote)
 		return ""
 	}
-	if v := rest[:end]; keepUIDs && isUIDText(v) {
+	if v := rest[:end]; strings.TrimSpace(v) == "" || keepUIDs && isUIDText(v) {
 		b.WriteString(v)
 	} else {
 		b.WriteString(valueRemoved)
