@@ -94,8 +94,8 @@ type Client struct {
 	// behind long streams until their request timeout.
 	slots chan struct{}
 	// owners are the shares of slots ShareSlots gave each owner (a
-	// destination), nil before: one semaphore each, taken before slots.
-	owners atomic.Pointer[map[string]chan struct{}]
+	// destination), nil before.
+	owners atomic.Pointer[map[string]*slotShare]
 	// waits counts the requests that found every slot taken, waited
 	// their total wait in nanoseconds (Slots).
 	waits, waited atomic.Int64
@@ -489,22 +489,33 @@ func ForSlotOwner(ctx context.Context, owner string) context.Context {
 }
 
 // ShareSlots bounds the slots of WithMaxRequests each owner's requests
-// (ForSlotOwner) hold at once to the cap less one for each other owner,
-// at least one: the file streams of a destination that stopped reading
-// its STOW-RS bodies hold their slots until its stall time-out (minutes),
-// and must leave a slot to each other destination. Requests of no owner
-// take a slot of the cap alone. Call it before the owners' requests; a
-// client without a cap ignores it.
-func (c *Client) ShareSlots(owners []string) {
+// (ForSlotOwner) hold at once to the cap less one for each other owner
+// and less unowned, at least one: the file streams of a destination that
+// stopped reading its STOW-RS bodies hold their slots until its stall
+// time-out (minutes), and must leave a slot to each other destination,
+// and unowned to the requests of no owner (the single-host process's
+// reconciler and PRIORITY_RULE reads), which take a slot of the cap
+// alone. Call it before the owners' requests; a client without a cap
+// ignores it.
+func (c *Client) ShareSlots(owners []string, unowned int) {
 	if c.slots == nil {
 		return
 	}
-	share := max(1, cap(c.slots)-(len(owners)-1))
-	m := make(map[string]chan struct{}, len(owners))
+	share := max(1, cap(c.slots)-(len(owners)-1)-unowned)
+	m := make(map[string]*slotShare, len(owners))
 	for _, o := range owners {
-		m[o] = make(chan struct{}, share)
+		m[o] = &slotShare{sem: make(chan struct{}, share)}
 	}
 	c.owners.Store(&m)
+}
+
+// slotShare is an owner's share of the slots.
+type slotShare struct {
+	// sem is taken before a slot of the cap, and given back with it: a
+	// request waiting for the cap holds one too.
+	sem chan struct{}
+	// held counts the slots of the cap the owner's requests hold.
+	held atomic.Int32
 }
 
 // takeSlot waits for a request slot, or for ctx to end (its error, then),
@@ -513,33 +524,38 @@ func (c *Client) takeSlot(ctx context.Context) (release func(), err error) {
 	if c.slots == nil || ctx.Value(holdingBodyKey{}) != nil {
 		return func() {}, nil
 	}
-	var own chan struct{}
+	var sh *slotShare
 	if m := c.owners.Load(); m != nil {
 		if o, ok := ctx.Value(slotOwnerKey{}).(string); ok {
-			own = (*m)[o]
+			sh = (*m)[o]
 		}
 	}
-	if own == nil {
-		if err := c.acquire(ctx, c.slots); err != nil {
+	if sh == nil {
+		if err := c.acquire(ctx); err != nil {
 			return nil, err
 		}
 		return func() { <-c.slots }, nil
 	}
-	// The owner's share first: waiting for it holds none of the cap.
-	if err := c.acquire(ctx, own); err != nil {
-		return nil, fmt.Errorf("%w (this destination holds %d, its share)", err, cap(own))
+	// The owner's share first: waiting for it holds none of the cap. Not
+	// counted as a wait for the cap (Slots).
+	select {
+	case sh.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w (all %d of this destination's share are its requests in flight or waiting; held: %s)",
+			context.Cause(ctx), cap(sh.sem), c.heldByOwners())
 	}
-	if err := c.acquire(ctx, c.slots); err != nil {
-		<-own
+	if err := c.acquire(ctx); err != nil {
+		<-sh.sem
 		return nil, fmt.Errorf("%w (held: %s)", err, c.heldByOwners())
 	}
-	return func() { <-c.slots; <-own }, nil
+	sh.held.Add(1)
+	return func() { sh.held.Add(-1); <-c.slots; <-sh.sem }, nil
 }
 
-// acquire takes a slot of sem, waiting for one within ctx.
-func (c *Client) acquire(ctx context.Context, sem chan struct{}) error {
+// acquire takes a slot of the cap, waiting for one within ctx.
+func (c *Client) acquire(ctx context.Context) error {
 	select {
-	case sem <- struct{}{}:
+	case c.slots <- struct{}{}:
 		return nil
 	default:
 	}
@@ -547,15 +563,15 @@ func (c *Client) acquire(ctx context.Context, sem chan struct{}) error {
 	start := time.Now()
 	defer func() { c.waited.Add(int64(time.Since(start))) }()
 	select {
-	case sem <- struct{}{}:
+	case c.slots <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
 }
 
-// heldByOwners names the owners holding slots now, with their counts,
-// for the error of a request that found none free.
+// heldByOwners names the owners holding slots of the cap now, with their
+// counts, for the error of a request that found none free.
 func (c *Client) heldByOwners() string {
 	m := c.owners.Load()
 	if m == nil {
@@ -563,7 +579,7 @@ func (c *Client) heldByOwners() string {
 	}
 	var held []string
 	for _, o := range slices.Sorted(maps.Keys(*m)) {
-		if n := len((*m)[o]); n > 0 {
+		if n := (*m)[o].held.Load(); n > 0 {
 			held = append(held, fmt.Sprintf("%s %d", o, n))
 		}
 	}

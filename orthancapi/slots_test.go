@@ -282,16 +282,20 @@ func TestMaxRequestsRefusesNegative(t *testing.T) {
 // three destinations, one whose streams stall holds at most 2 (the cap
 // less one for each other), its third request waits and says so, and the
 // others still get a slot each; a request of no owner takes one of the
-// cap alone. A full cap's error names who holds the slots.
+// cap alone. A full cap's error names who holds the slots. Given one
+// slot for requests of no owner (the single host's ingest), a lone
+// destination leaves it one.
 func TestShareSlotsLeavesOneToEachOtherOwner(t *testing.T) {
 	s, srv := newSlotOrthanc(t)
-	c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(4))
-	if err != nil {
-		t.Fatal(err)
+	newClient := func(max int) *orthancapi.Client {
+		c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(max))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	c.ShareSlots([]string{"ai", "archive", "dr"})
 	next := 0
-	open := func(owner string, wait time.Duration) (io.ReadCloser, error) {
+	open := func(c *orthancapi.Client, owner string, wait time.Duration) error {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
@@ -304,26 +308,82 @@ func TestShareSlotsLeavesOneToEachOtherOwner(t *testing.T) {
 		if err == nil {
 			t.Cleanup(func() { s.finish(id); rc.Close() })
 		}
-		return rc, err
+		return err
 	}
-	mustOpen := func(owner string) {
+	mustOpen := func(c *orthancapi.Client, owner string) {
 		t.Helper()
-		if _, err := open(owner, 10*time.Second); err != nil {
+		if err := open(c, owner, 10*time.Second); err != nil {
 			t.Fatalf("%s: %v", owner, err)
 		}
 	}
-	mustOpen("ai")
-	mustOpen("ai")
-	if _, err := open("ai", 100*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "this destination holds 2, its share") {
-		t.Fatalf("ai's third request: got %v, want it to wait for its share", err)
+	waits := func(c *orthancapi.Client, owner, want string) {
+		t.Helper()
+		if err := open(c, owner, 100*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: got %v, want it to wait, saying %q", owner, err, want)
+		}
 	}
-	mustOpen("archive")
-	mustOpen("") // no owner: the cap's last slot
-	_, err = open("dr", 100*time.Millisecond)
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "held: ai 2, archive 1") {
-		t.Fatalf("dr with the cap full: got %v, want the holders named", err)
+
+	c := newClient(4)
+	c.ShareSlots([]string{"ai", "archive", "dr"}, 0)
+	mustOpen(c, "ai")
+	mustOpen(c, "ai")
+	waits(c, "ai", "all 2 of this destination's share are its requests in flight or waiting; held: ai 2)")
+	mustOpen(c, "archive")
+	mustOpen(c, "") // no owner: the cap's last slot
+	waits(c, "dr", "(held: ai 2, archive 1)")
+	if got := c.Slots(); got.InUse != 4 || got.Waits != 1 {
+		t.Errorf("Slots() = %+v, want 4 in use, 1 wait for the cap (dr's; ai's was for its share)", got)
 	}
-	if got := c.Slots(); got.InUse != 4 {
-		t.Errorf("Slots().InUse = %d, want 4", got.InUse)
+
+	lone := newClient(2)
+	lone.ShareSlots([]string{"archive"}, 1)
+	mustOpen(lone, "archive")
+	waits(lone, "archive", "all 1 of this destination's share")
+	mustOpen(lone, "")
+}
+
+// Requests of a destination waiting for the cap hold slots of its share,
+// not of the cap: a request that then finds its share full names who
+// holds the cap's slots, the hung destination, not itself.
+func TestShareSlotsNamesTheHolders(t *testing.T) {
+	s, srv := newSlotOrthanc(t)
+	c, err := orthancapi.New(srv.URL, orthancapi.WithMaxRequests(4))
+	if err != nil {
+		t.Fatal(err)
 	}
+	c.ShareSlots([]string{"ai", "archive"}, 0)
+	var wg sync.WaitGroup
+	for i := range 4 {
+		owner := "ai"
+		if i == 3 {
+			owner = "archive"
+		}
+		rc, _, err := c.OpenInstanceFile(orthancapi.ForSlotOwner(t.Context(), owner), slotInstance(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.finish(slotInstance(i)); rc.Close() })
+	}
+	// Two more of archive's wait for the cap, holding its share's last
+	// two places.
+	ctx, cancel := context.WithCancel(t.Context())
+	for i := range 2 {
+		wg.Go(func() {
+			if _, _, err := c.OpenInstanceFile(orthancapi.ForSlotOwner(ctx, "archive"), slotInstance(10+i)); err == nil {
+				t.Error("a request got a slot of a full cap")
+			}
+		})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Slots().Waits < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	short, cancelShort := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancelShort()
+	_, _, err = c.OpenInstanceFile(orthancapi.ForSlotOwner(short, "archive"), slotInstance(20))
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "held: ai 3, archive 1)") {
+		t.Errorf("archive's request with its share full: got %v, want the cap's holders named truly", err)
+	}
+	cancel()
+	wg.Wait()
 }

@@ -36,6 +36,10 @@ import (
 type forwarderRole struct {
 	cfg     *config.Forwarder
 	sources *Sources
+	// sharedWithIngest: the process's ingest reads Orthanc through
+	// sources too (the single host's reconciler, PRIORITY_RULE), and the
+	// destinations leave it a slot of ORTHANC_MAX_CONNECTIONS.
+	sharedWithIngest bool
 	// limiters are the bandwidth caps of the destinations served that
 	// have one (STOW_MAX_BYTES_PER_SECOND), by name.
 	limiters map[string]*bandwidth.Limiter
@@ -134,9 +138,14 @@ func (r *forwarderRole) start(ctx context.Context, g *errgroup.Group, p *process
 
 	// A destination whose requests stall (it stopped reading the STOW-RS
 	// bodies Orthanc's file streams feed) must not hold every slot of
-	// ORTHANC_MAX_CONNECTIONS: each leaves one to each other.
+	// ORTHANC_MAX_CONNECTIONS: each leaves one to each other, and to the
+	// ingest of the process.
+	unowned := 0
+	if r.sharedWithIngest {
+		unowned = 1
+	}
 	for _, src := range r.sources.List() {
-		src.Client.ShareSlots(servedNames)
+		src.Client.ShareSlots(servedNames, unowned)
 	}
 
 	var forwarders []*forward.Forwarder

@@ -101,7 +101,7 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 	p.stopTracing = stopTracing
 	// The forwarder starts first: the webhook's /readyz then says the
 	// whole process is up, not only its ingest.
-	return p.run(ctx, &forwarderRole{cfg: &c.Forwarder, sources: sources}, in)
+	return p.run(ctx, &forwarderRole{cfg: &c.Forwarder, sources: sources, sharedWithIngest: in.sources != nil}, in)
 }
 
 // process is what the roles of one process share.
