@@ -71,8 +71,10 @@ func sourceState(probeErr error) string {
 //
 // held is false when the source answers (the failure is the study's: the
 // usual retry follows). err is set, with held, when the forwarder stops
-// or ctx ends while held: the study goes back to the queue. holding, if
-// set, is called once the study is held, before the wait.
+// or ctx ends while held: the study goes back to the queue; and without,
+// a transient failure, when the study could be neither parked nor held
+// (reserveHold). holding, if set, is called once the study is held,
+// before the wait.
 func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, log *slog.Logger, holding func()) (held bool, err error) {
 	probe := func() error {
 		pctx, cancel := context.WithTimeout(ctx, sourceProbeTimeout)
@@ -87,6 +89,16 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	if f.reservePark(a.Number) {
 		return false, &parkError{source: a.Event.Source, state: state, cause: cause}
 	}
+	release, ok := f.reserveHold()
+	if !ok {
+		log.Warn("source Orthanc "+state+": its studies parked reach their limit and every worker but one holds a study for its source; "+
+			"this one is retried as a transient failure, spending a delivery, so that the other sources' studies keep a worker",
+			"err", cause, "probe_err", perr)
+		// Transient even for credentials refused (permanent as a study's
+		// own failure): the source's, retried once it is fixed.
+		return false, Errorf(Transient, "source Orthanc %q %s, its parked studies at their limit and the other workers but one held: %w", a.Event.Source, state, cause)
+	}
+	defer release()
 	if holding != nil {
 		holding()
 	}

@@ -783,3 +783,75 @@ func TestParkedStudyKeptInProgressWhileItsRecordIsWritten(t *testing.T) {
 		})
 	}
 }
+
+// refusingSource answers as an Orthanc that refuses the forwarder's
+// credentials.
+type refusingSource struct{ *memSource }
+
+func (refusingSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
+	return nil, &orthancapi.Error{StatusCode: http.StatusUnauthorized}
+}
+
+// Source a refuses the forwarders' credentials (its password rotated in
+// Orthanc, not in stowline) while its Lua script goes on queuing its
+// studies; b is healthy. Once a's parked studies reach MaxParked, a's
+// next ones held every worker, and b's study waited for a to be fixed:
+// one worker is left to the other sources, and a's study past it is
+// retried later, spending a delivery.
+func TestParkingFullLeavesAWorkerToOtherSources(t *testing.T) {
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	k := &sink{}
+	srv := httptest.NewServer(k.handler(nil))
+	t.Cleanup(srv.Close)
+	a, b := refusingSource{newMemSource(1)}, newMemSource(1)
+	dls := &memDeadLetters{}
+	var logs testharness.LogBuffer
+	f := newForwarder(t, b, srv.URL, cons, func(o *Options) {
+		o.Concurrency = 2
+		o.SourceFor = func(s string) (Source, error) {
+			if s == "a" {
+				return a, nil
+			}
+			return b, nil
+		}
+		o.SourceProbe = func(_ context.Context, s string) error {
+			if s == "a" {
+				return &orthancapi.Error{StatusCode: http.StatusUnauthorized}
+			}
+			return nil
+		}
+		o.MaxParked, o.MaxDeliveries, o.DeadLetters = 3, 48, dls
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i := range 5 {
+		ev := testEvent()
+		ev.LastUpdate = fmt.Sprintf("20261205T05000%d", i)
+		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i)
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evB := testEvent()
+	evB.Source = "b"
+	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, evB); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for k.requests.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("b's study got no STOW-RS request in 20 s while a refuses:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "so that the other sources' studies keep a worker") {
+		t.Errorf("no log of a's study retried past the holds:\n%s", logs.String())
+	}
+	if n := len(dls.all()); n != 0 {
+		t.Errorf("%d dead letters, want none: %+v", n, dls.all())
+	}
+}

@@ -35,7 +35,13 @@ import (
 // every replica: Options.MaxParked bounds them over the replicas serving
 // the destination (SetReplicas shares it). Past it, and on an event's
 // last delivery (its give-back would dead-letter it as a crash), the
-// study holds its worker as with one source.
+// study holds its worker as with one source, but only while another
+// worker is left (reserveHold): a source whose Lua script goes on
+// queuing studies the forwarders cannot read (its credentials refused,
+// a path cut for them only) would otherwise take every worker once its
+// parked studies reached the limit, and stop the other sources' studies
+// until it was fixed. Past that the study is retried as any transient
+// failure, spending deliveries.
 
 // sourceParking holds the parked studies by source.
 type sourceParking struct {
@@ -45,7 +51,10 @@ type sourceParking struct {
 	replicas int
 	// n counts the parked studies and the places reserved for studies
 	// about to be (reservePark).
-	n       int
+	n int
+	// held counts the workers holding a study for its source
+	// (reserveHold).
+	held    int
 	sources map[string][]*parkedStudy
 	// watchers are the goroutines probing a source and keeping its
 	// studies in progress, one per source with parked studies.
@@ -101,6 +110,28 @@ func (f *Forwarder) reservePark(n uint64) bool {
 	}
 	f.parking.n++
 	return true
+}
+
+// reserveHold reserves a worker's hold of a study whose source is
+// unavailable, and returns the function that ends it. Where several
+// sources feed the forwarder it reports false once all the workers
+// but one hold studies for their sources, so that the other sources'
+// studies keep a worker.
+func (f *Forwarder) reserveHold() (release func(), ok bool) {
+	if f.parking == nil {
+		return func() {}, true
+	}
+	f.parking.mu.Lock()
+	defer f.parking.mu.Unlock()
+	if f.parking.held >= f.opts.Concurrency-1 {
+		return nil, false
+	}
+	f.parking.held++
+	return sync.OnceFunc(func() {
+		f.parking.mu.Lock()
+		defer f.parking.mu.Unlock()
+		f.parking.held--
+	}), true
 }
 
 // isStopping reports whether shutdown has started.
