@@ -76,6 +76,13 @@ func NewSources(c *config.Orthanc) (*Sources, error) {
 	if len(s.list) == 0 {
 		return nil, errors.New("no Orthanc source is configured")
 	}
+	// A former name reads its source's Orthanc: Lookup only, the list
+	// (the reconciler's, the audit's) keeps the configured names.
+	for old, name := range c.Aliases() {
+		if client, ok := s.byName[name]; ok {
+			s.byName[old] = client
+		}
+	}
 	return s, nil
 }
 

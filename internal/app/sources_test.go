@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -254,5 +255,31 @@ func TestReadinessOfSeveralSources(t *testing.T) {
 	cardio.Stop(t)
 	if err := anyReady(); err == nil || !strings.Contains(err.Error(), "no Orthanc source answers") || !strings.Contains(err.Error(), "orthanc cardio") {
 		t.Errorf("AnyReady with none answering = %v, want an error naming them", err)
+	}
+}
+
+// ORTHANC_SOURCE_ALIASES: an event of a source's former name reads that
+// source's Orthanc, while the list the reconciler and the audit read
+// keeps the configured names only (both names configured, the reconciler
+// queued every study twice).
+func TestSourceAliasReadsItsSourcesOrthanc(t *testing.T) {
+	s := sourcesFromEnv(t, map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://main:8042", "ORTHANC_MR_URL": "http://mr:8042",
+		"ORTHANC_SOURCE_ALIASES": "MyOrthanc=main"})
+	main, err := s.Lookup("main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Lookup("MyOrthanc"); err != nil || got != main {
+		t.Errorf("Lookup(MyOrthanc) = %p, %v; want main's client %p", got, err, main)
+	}
+	if _, err := s.Lookup("other"); !errors.Is(err, ErrUnknownSource) {
+		t.Errorf("Lookup(other) = %v, want ErrUnknownSource", err)
+	}
+	var names []string
+	for _, src := range s.List() {
+		names = append(names, src.Name)
+	}
+	if !slices.Equal(names, []string{"main", "mr"}) {
+		t.Errorf("List() names %v, want the configured sources alone", names)
 	}
 }

@@ -23,6 +23,11 @@ type Orthanc struct {
 	MaxConnections  int           `env:"ORTHANC_MAX_CONNECTIONS" envDefault:"0" desc:"most requests each stowline process has in flight to one Orthanc source at once, file streams included, which Orthanc's HTTP threads (HttpThreadsCount, default 50) share with its viewers; 0: no cap. Applies to every source; ORTHANC_<NAME>_MAX_CONNECTIONS sets one source's (docs/orthanc-access.md)"`
 	CAFile          string        `env:"ORTHANC_CA_FILE" desc:"PEM CA certificates trusted, besides the system's, for HTTPS to every Orthanc source (an Orthanc behind a private PKI)"`
 	Sources         List          `env:"ORTHANC_SOURCES" desc:"names of several Orthanc sources, comma-separated; each is set with the ORTHANC_<NAME>_ variables below, and ORTHANC_URL, _USERNAME, _PASSWORD and _SOURCE_NAME must then be unset"`
+	// SourceAliases: a source renamed while events of its old name are
+	// queued or dead-lettered, where the ingest and the forwarders read
+	// one configuration (single host, the Helm chart's env): with both
+	// names configured the reconciler would queue each study twice.
+	SourceAliases List `env:"ORTHANC_SOURCE_ALIASES" desc:"<old name>=<source>, comma-separated: events of a source's former name (queued before it was renamed, or dead-lettered) are read from that configured source's Orthanc; the reconciler and the audit do not read the old name. Set it with RECONCILE_ADOPT_CURSOR_FROM for a rename (docs/guarantees.md), remove it once no queued event or letter carries the old name"`
 
 	// The per-source variables are read by readDynamic, not by the env
 	// library (which skips blank fields); these fields declare them for -h
@@ -58,6 +63,18 @@ type OrthancSource struct {
 // ORTHANC_SOURCES: "cardio-2" is configured by ORTHANC_CARDIO_2_URL etc.
 func SourceVarPrefix(name string) string {
 	return "ORTHANC_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_"
+}
+
+// Aliases returns ORTHANC_SOURCE_ALIASES: the configured source each
+// former name stands for (Validate checked them).
+func (o *Orthanc) Aliases() map[string]string {
+	m := map[string]string{}
+	for _, a := range o.SourceAliases {
+		if old, name, ok := strings.Cut(a, "="); ok {
+			m[strings.TrimSpace(old)] = strings.TrimSpace(name)
+		}
+	}
+	return m
 }
 
 // SourceList returns the configured sources: the ones ORTHANC_SOURCES names, or
@@ -136,6 +153,7 @@ func (o *Orthanc) Validate() error {
 	if o.MaxConnections < 0 {
 		errs = append(errs, fmt.Errorf("ORTHANC_MAX_CONNECTIONS=%d: want 0 (no cap) or more", o.MaxConnections))
 	}
+	errs = append(errs, o.validateAliases())
 	for _, s := range o.SourceList() {
 		if s.URL == "" {
 			continue // reported by readDynamic
@@ -162,6 +180,43 @@ func (o *Orthanc) Validate() error {
 		if strings.ContainsRune(s.Username, ':') {
 			errs = append(errs, fmt.Errorf("%sUSERNAME holds a colon, which HTTP basic auth cannot carry in a user name: give the user name alone, and the password as %sPASSWORD", s.Var, s.Var))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// validateAliases checks ORTHANC_SOURCE_ALIASES: each entry a former
+// name, not configured, for a configured source.
+func (o *Orthanc) validateAliases() error {
+	if len(o.SourceAliases) == 0 {
+		return nil
+	}
+	names := map[string]bool{}
+	for _, s := range o.SourceList() {
+		if s.Name != "" {
+			names[s.Name] = true
+		}
+	}
+	if len(names) == 0 {
+		return errors.New("ORTHANC_SOURCE_ALIASES is set, but the one Orthanc has no name (ORTHANC_SOURCE_NAME): it takes every source's events already; unset it")
+	}
+	var errs []error
+	seen := map[string]bool{}
+	for _, a := range o.SourceAliases {
+		old, name, ok := strings.Cut(a, "=")
+		old, name = strings.TrimSpace(old), strings.TrimSpace(name)
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_ALIASES: %q: want <old name>=<source>, e.g. MyOrthanc=main", a))
+		case !events.ValidSource(old):
+			errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_ALIASES: %q: %q is not a source name (1-64 characters of A-Z a-z 0-9 _ -)", a, old))
+		case names[old]:
+			errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_ALIASES: %q: %q is a configured source: an alias names a former one", a, old))
+		case !names[name]:
+			errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_ALIASES: %q: %q is not a configured source (ORTHANC_SOURCES, or ORTHANC_SOURCE_NAME)", a, name))
+		case seen[old]:
+			errs = append(errs, fmt.Errorf("ORTHANC_SOURCE_ALIASES: %q is given twice", old))
+		}
+		seen[old] = true
 	}
 	return errors.Join(errs...)
 }

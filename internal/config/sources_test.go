@@ -108,6 +108,12 @@ func TestSourceErrorsNameTheVariable(t *testing.T) {
 		{"negative max connections with sources", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAX_CONNECTIONS": "-1"}, "ORTHANC_MAX_CONNECTIONS=-1"},
 		{"negative source max connections", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAIN_MAX_CONNECTIONS": "-3"}, "ORTHANC_MAIN_MAX_CONNECTIONS=-3"},
 		{"word as source max connections", map[string]string{"ORTHANC_SOURCES": "main", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MAIN_MAX_CONNECTIONS": "ten"}, `ORTHANC_MAIN_MAX_CONNECTIONS="ten"`},
+		{"alias without equals", map[string]string{"ORTHANC_SOURCE_NAME": "main", "ORTHANC_SOURCE_ALIASES": "MyOrthanc"}, "want <old name>=<source>"},
+		{"alias of no source", map[string]string{"ORTHANC_SOURCE_NAME": "main", "ORTHANC_SOURCE_ALIASES": "MyOrthanc=mr"}, `"mr" is not a configured source`},
+		{"alias that is a source", map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MR_URL": "http://p:8042", "ORTHANC_SOURCE_ALIASES": "mr=main"}, `"mr" is a configured source`},
+		{"alias twice", map[string]string{"ORTHANC_SOURCE_NAME": "main", "ORTHANC_SOURCE_ALIASES": "old=main,old=main"}, `"old" is given twice`},
+		{"bad alias name", map[string]string{"ORTHANC_SOURCE_NAME": "main", "ORTHANC_SOURCE_ALIASES": "a.b=main"}, `"a.b" is not a source name`},
+		{"alias of the unnamed Orthanc", map[string]string{"ORTHANC_SOURCE_ALIASES": "old=main"}, "the one Orthanc has no name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
