@@ -112,6 +112,16 @@ func TestRedactValues(t *testing.T) {
 		{`(0010,0010) - Content "SMITH^ROBERT "BOBBY"" does not validate VR PN`, `(0010,0010) - Content "[value removed]" does not validate VR PN`},
 		{`(0010,0010) - Content "DOE^JANE "JJ" MARIE" does not validate VR PN`, `(0010,0010) - Content "[value removed]" does not validate VR PN`},
 		{`(0010,0010) - Content "SMITH^"BOBBY" ROBERT" does not validate VR PN`, `(0010,0010) - Content "[value removed]" does not validate VR PN`},
+		{`(0010,0010) - Content "DOE^JANE ("JJ") MARIE" does not validate VR PN`, `(0010,0010) - Content "[value removed]" does not validate VR PN`},
+		{`(0010,0010) - Content "DOE^JANE "#1" MARIE" does not validate VR PN`, `(0010,0010) - Content "[value removed]" does not validate VR PN`},
+		// A value ending in a backslash does not swallow the next one's
+		// opening quote.
+		{`(0010,0020) - Content "PID\" does not validate VR LO; (0010,0010) - Content "(555) 123 SMITH" does not validate VR PN`,
+			`(0010,0020) - Content "[value removed]" does not validate VR LO; (0010,0010) - Content "[value removed]" does not validate VR PN`},
+		// VR UI named for another attribute, after this one's tag.
+		{`Value '756.1234.5678.97' of (0010,0020) conflicts with (0020,000D) VR UI`, `Value '[value removed]' of (0010,0020) conflicts with (0020,000D) VR UI`},
+		// A string value ending in punctuation, then JSON: its structure stays.
+		{`{"value":"DOE.","next":"x"}`, `{"value":"[value removed]","next":"x"}`},
 		{`{"detail":"(0010,0010) - Content \"DOE^JANE \\\"JJ\\\" MARIE\" does not validate VR PN"}`,
 			`{"detail":"(0010,0010) - Content \"[value removed]\" does not validate VR PN"}`},
 		{`Value '756.1234.5678.97' of (0010,0020) is invalid`, `Value '[value removed]' of (0010,0020) is invalid`},

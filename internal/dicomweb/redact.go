@@ -35,7 +35,10 @@ var quotedValue = regexp.MustCompile(`(?i)\b(?:content|value)(?:\\*")?(?:\s+|\s*
 
 // vrNamed finds the VR an error text names after a value (Azure's "does
 // not validate VR LO", "VR \u0027PN\u0027").
-var vrNamed = regexp.MustCompile(`^[^.;\n]{0,80}?\bVR[\s\\'"]*(?:u00(?:22|27))?([A-Z]{2})\b`)
+//
+// Before another attribute's tag, "(0020,000D)", or another quote: those
+// name another value's.
+var vrNamed = regexp.MustCompile(`^[^.;\n()"']{0,80}?\bVR[\s\\'"]*(?:u00(?:22|27))?([A-Z]{2})\b`)
 
 // valueRemoved stands for a removed value.
 const valueRemoved = "[value removed]"
@@ -90,23 +93,32 @@ func namedVR(after string) string {
 // closingQuote is the index in rest of the quote that ends a value, -1
 // if none. Inside a value: a quote escaped more than the value's (\\\"
 // in a value quoted \"), an apostrophe (a quote between letters or
-// digits: O'Brien), and a quotation (a quote after a space, a caret or
-// the value's start, before a letter or digit, to the next quote:
-// SMITH^"BOBBY" ROBERT, DOE^JANE "JJ" MARIE).
+// digits: O'Brien), and a quotation (a quote after anything but a letter
+// or digit, before anything but a space, the text's end or punctuation
+// that closes (",;:)]}\"), to the next quote: SMITH^"BOBBY" ROBERT,
+// DOE^JANE ("JJ") MARIE). Where that reads too far, more is removed,
+// never less.
 func closingQuote(rest, quote string) int {
+	escapes := len(quote) - len(strings.TrimLeft(quote, `\`))
 	inner := false
 	for i := 0; i < len(rest); i++ {
-		if !strings.HasPrefix(rest[i:], quote) || i > 0 && rest[i-1] == '\\' {
+		if !strings.HasPrefix(rest[i:], quote) {
 			continue
 		}
-		switch after := nextRune(rest[i+len(quote):]); {
+		if escapes > 0 && i > 0 && rest[i-1] == '\\' {
+			continue // escaped more than the value's quote
+		}
+		after := rest[i+len(quote):]
+		next := nextRune(after)
+		before, _ := utf8.DecodeLastRuneInString(rest[:i])
+		alnum := func(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
+		switch {
 		case inner:
 			inner = false
-		case unicode.IsLetter(after) || unicode.IsDigit(after):
-			before, _ := utf8.DecodeLastRuneInString(rest[:i])
-			if i == 0 || before == ' ' || before == '^' {
-				inner = true
-			}
+		case alnum(before) && alnum(next):
+			// an apostrophe
+		case !alnum(before) && after != "" && !unicode.IsSpace(next) && !strings.ContainsRune(`,;:)]}\`, next):
+			inner = true
 		default:
 			return i
 		}

@@ -6,6 +6,8 @@ import (
 	"mime"
 	"strconv"
 	"strings"
+
+	"github.com/stowline/stowline/internal/ellipsis"
 )
 
 // A decoded answer takes memory by its values, not its bytes: 16 MiB of
@@ -94,8 +96,9 @@ func parseResponse(contentType string, data []byte, instances int) (*Result, err
 // bodySnippet is the start of an answer stowline could not read, for an
 // error that goes to logs and dead letters: a malformed answer may be a
 // data set (patient data) or echo the request's credentials.
+// Bounded again after the redaction, which lengthens short values.
 func bodySnippet(b []byte) string {
-	return redactBody(snippet(b, 200))
+	return ellipsis.Truncate(redactBody(snippet(b, 200)), 300)
 }
 
 func mediaType(ct string) string {
