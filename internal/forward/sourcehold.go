@@ -72,8 +72,8 @@ func sourceState(probeErr error) string {
 // held is false when the source answers (the failure is the study's: the
 // usual retry follows). err is set, with held, when the forwarder stops
 // or ctx ends while held: the study goes back to the queue; and without,
-// a transient failure, when the study could be neither parked nor held
-// (reserveHold). holding, if set, is called once the study is held,
+// a transient failure, when the study of a source refusing the
+// forwarders could be neither parked nor held (reserveHold). holding, if set, is called once the study is held,
 // before the wait.
 func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, log *slog.Logger, holding func()) (held bool, err error) {
 	probe := func() error {
@@ -89,7 +89,7 @@ func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, 
 	if f.reservePark(a.Number) {
 		return false, &parkError{source: a.Event.Source, state: state, cause: cause}
 	}
-	release, ok := f.reserveHold()
+	release, ok := f.reserveHold(sourceRefusesUs(perr))
 	if !ok {
 		log.Warn("source Orthanc "+state+": its studies parked reach their limit and every worker but one holds a study for its source; "+
 			"this one is retried as a transient failure, spending a delivery, so that the other sources' studies keep a worker",

@@ -855,3 +855,47 @@ func TestParkingFullLeavesAWorkerToOtherSources(t *testing.T) {
 		t.Errorf("%d dead letters, want none: %+v", n, dls.all())
 	}
 }
+
+// With several sources, an Orthanc down holds its studies past the
+// parking limit on every worker, as with one source: it announces nothing
+// new, and retried, its studies would be dead-lettered by a long outage.
+// Only a source refusing the forwarders leaves a worker to the others.
+func TestParkingFullHoldsADownSourceOnEveryWorker(t *testing.T) {
+	ns := testnats.Start(t)
+	cons := consumer(t, ns)
+	dls := &memDeadLetters{}
+	src := downSource{newMemSource(1)}
+	f := newForwarder(t, src.memSource, "http://127.0.0.1:1", cons, func(o *Options) {
+		o.Concurrency = 2
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.SourceProbe = func(context.Context, string) error {
+			return &orthancapi.Error{StatusCode: http.StatusBadGateway, NotFromOrthanc: "proxy"}
+		}
+		o.MaxParked, o.MaxDeliveries, o.DeadLetters = 1, 3, dls
+		o.RetryDelay, o.RetryMaxDelay = 100*time.Millisecond, 200*time.Millisecond
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i := range 3 {
+		ev := testEvent()
+		ev.LastUpdate = fmt.Sprintf("20261205T05000%d", i)
+		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i)
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One parked, two held: every study in hand, none retried.
+	deadline := time.Now().Add(20 * time.Second)
+	for testutil.ToFloat64(f.m.sourceHeld) < 3 {
+		if time.Now().After(deadline) || len(dls.all()) > 0 {
+			t.Fatalf("held or parked %v, dead letters %+v; want the three held or parked, none dead-lettered",
+				testutil.ToFloat64(f.m.sourceHeld), dls.all())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultRetry))); n != 0 {
+		t.Errorf("%v retries, want none", n)
+	}
+}

@@ -35,12 +35,12 @@ import (
 // every replica: Options.MaxParked bounds them over the replicas serving
 // the destination (SetReplicas shares it). Past it, and on an event's
 // last delivery (its give-back would dead-letter it as a crash), the
-// study holds its worker as with one source, but only while another
-// worker is left (reserveHold): a source whose Lua script goes on
-// queuing studies the forwarders cannot read (its credentials refused,
-// a path cut for them only) would otherwise take every worker once its
-// parked studies reached the limit, and stop the other sources' studies
-// until it was fixed. Past that the study is retried as any transient
+// study holds its worker as with one source; one of a source that
+// refuses the forwarders, only while another worker is left
+// (reserveHold): its Lua script goes on queuing studies the forwarders
+// cannot read, which would otherwise take every worker once its parked
+// studies reached the limit, and stop the other sources' studies until
+// it was fixed. Past that such a study is retried as any transient
 // failure, spending deliveries.
 
 // sourceParking holds the parked studies by source.
@@ -114,16 +114,18 @@ func (f *Forwarder) reservePark(n uint64) bool {
 
 // reserveHold reserves a worker's hold of a study whose source is
 // unavailable, and returns the function that ends it. Where several
-// sources feed the forwarder it reports false once all the workers
-// but one hold studies for their sources, so that the other sources'
-// studies keep a worker.
-func (f *Forwarder) reserveHold() (release func(), ok bool) {
+// sources feed the forwarder, a source that refuses the forwarders
+// (refuses true) may not take the last free worker: it reports false
+// once every worker but one holds. An Orthanc down announces nothing
+// new, so its held studies are bounded by what was queued, and each is
+// held as before: retried, a long outage would dead-letter them.
+func (f *Forwarder) reserveHold(refuses bool) (release func(), ok bool) {
 	if f.parking == nil {
 		return func() {}, true
 	}
 	f.parking.mu.Lock()
 	defer f.parking.mu.Unlock()
-	if f.parking.held >= f.opts.Concurrency-1 {
+	if refuses && f.parking.held >= f.opts.Concurrency-1 {
 		return nil, false
 	}
 	f.parking.held++
