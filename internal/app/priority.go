@@ -181,7 +181,7 @@ func (p *prioritizer) matches(ctx context.Context, ev *events.StudyStable) (bool
 			return false, fmt.Errorf("list the study's instances: %w", err)
 		}
 	}
-	return p.rule.Selects(ctx, o, ev.Source, ev.OrthancStudyID, instances)
+	return p.rule.Selects(ctx, o, p.sources.Name(ev.Source), ev.OrthancStudyID, instances)
 }
 
 // errReadsCut: the ingest stops, and drainTriage no longer waits for the
@@ -192,7 +192,7 @@ var errReadsCut = errors.New("the ingest stops: PRIORITY_RULE reads nothing more
 // ORTHANC_SOURCES): only its studies can be left to it.
 func (p *prioritizer) polled(ev *events.StudyStable) bool {
 	_, err := p.source(ev)
-	return err == nil
+	return err == nil && p.sources.Name(ev.Source) == ev.Source // not a former name
 }
 
 // errLeftToReconciler: the ingest stops, its reads cut short, and leaves

@@ -51,7 +51,9 @@ func (r *route) Select(ctx context.Context, source, studyID string, instances []
 
 // selectFrom is Select reading the study from o.
 func (r *route) selectFrom(ctx context.Context, o routing.Orthanc, source, studyID string, instances []orthancapi.Instance) ([]orthancapi.Instance, error) {
-	selected, err := r.rules.Select(ctx, o, source, studyID, instances)
+	// A former name (ORTHANC_SOURCE_ALIASES) is the source's for the
+	// rules: rules renamed with it select its queued and replayed studies.
+	selected, err := r.rules.Select(ctx, o, r.sources.Name(source), studyID, instances)
 	var re *routing.RuleError
 	if errors.As(err, &re) {
 		name := r.match

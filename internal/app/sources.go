@@ -38,6 +38,9 @@ type Source struct {
 type Sources struct {
 	list   []Source
 	byName map[string]*orthancapi.Client
+	// aliases are the configured source of each former name
+	// (ORTHANC_SOURCE_ALIASES).
+	aliases map[string]string
 }
 
 // NewSources builds an Orthanc client per configured source.
@@ -78,7 +81,8 @@ func NewSources(c *config.Orthanc) (*Sources, error) {
 	}
 	// A former name reads its source's Orthanc: Lookup only, the list
 	// (the reconciler's, the audit's) keeps the configured names.
-	for old, name := range c.Aliases() {
+	s.aliases = c.Aliases()
+	for old, name := range s.aliases {
 		if client, ok := s.byName[name]; ok {
 			s.byName[old] = client
 		}
@@ -117,6 +121,15 @@ func environmentProxy(u *url.URL) (*url.URL, error) {
 
 // List returns the sources in configuration order.
 func (s *Sources) List() []Source { return s.list }
+
+// Name returns the configured source a former name stands for
+// (ORTHANC_SOURCE_ALIASES), any other name as it is.
+func (s *Sources) Name(source string) string {
+	if name, ok := s.aliases[source]; ok {
+		return name
+	}
+	return source
+}
 
 // Lookup returns the Orthanc of an event's source: the named one, or the
 // one unnamed Orthanc of the ORTHANC_URL setup.

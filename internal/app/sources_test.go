@@ -272,6 +272,13 @@ func TestSourceAliasReadsItsSourcesOrthanc(t *testing.T) {
 	if got, err := s.Lookup("MyOrthanc"); err != nil || got != main {
 		t.Errorf("Lookup(MyOrthanc) = %p, %v; want main's client %p", got, err, main)
 	}
+	// The rules (a destination's, PRIORITY_RULE) see the source's name.
+	if got := s.Name("MyOrthanc"); got != "main" {
+		t.Errorf("Name(MyOrthanc) = %q, want main", got)
+	}
+	if got := s.Name("mr"); got != "mr" {
+		t.Errorf("Name(mr) = %q, want mr", got)
+	}
 	if _, err := s.Lookup("other"); !errors.Is(err, ErrUnknownSource) {
 		t.Errorf("Lookup(other) = %v, want ErrUnknownSource", err)
 	}
