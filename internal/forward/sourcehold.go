@@ -73,8 +73,8 @@ func sourceState(probeErr error) string {
 // usual retry follows). err is set, with held, when the forwarder stops
 // or ctx ends while held: the study goes back to the queue; and without,
 // a transient failure, when the study of a source refusing the
-// forwarders could be neither parked nor held (reserveHold). holding, if set, is called once the study is held,
-// before the wait.
+// forwarders could be neither parked nor held (reserveHold). holding, if
+// set, is called once the study is held, before the wait.
 func (f *Forwarder) holdForSource(ctx context.Context, a *Attempt, cause error, log *slog.Logger, holding func()) (held bool, err error) {
 	probe := func() error {
 		pctx, cancel := context.WithTimeout(ctx, sourceProbeTimeout)
