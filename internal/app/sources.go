@@ -123,8 +123,12 @@ func environmentProxy(u *url.URL) (*url.URL, error) {
 func (s *Sources) List() []Source { return s.list }
 
 // Name returns the configured source a former name stands for
-// (ORTHANC_SOURCE_ALIASES), any other name as it is.
+// (ORTHANC_SOURCE_ALIASES), any other name as it is; on nil Sources (a
+// route without sources) as it is too.
 func (s *Sources) Name(source string) string {
+	if s == nil {
+		return source
+	}
 	if name, ok := s.aliases[source]; ok {
 		return name
 	}
