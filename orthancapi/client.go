@@ -571,12 +571,10 @@ func (c *Client) acquire(ctx context.Context) error {
 }
 
 // heldByOwners names the owners holding slots of the cap now, with their
-// counts, for the error of a request that found none free.
+// counts, for the error of a request that found none free; only asked
+// once ShareSlots ran.
 func (c *Client) heldByOwners() string {
 	m := c.owners.Load()
-	if m == nil {
-		return "no destination's"
-	}
 	var held []string
 	for _, o := range slices.Sorted(maps.Keys(*m)) {
 		if n := (*m)[o].held.Load(); n > 0 {

@@ -111,7 +111,6 @@ func closingQuote(rest, quote string) int {
 		after := rest[i+len(quote):]
 		next := nextRune(after)
 		before, _ := utf8.DecodeLastRuneInString(rest[:i])
-		alnum := func(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
 		switch {
 		case inner:
 			inner = false
@@ -125,6 +124,8 @@ func closingQuote(rest, quote string) int {
 	}
 	return -1
 }
+
+func alnum(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
 
 // A DICOM data set in a JSON (PS3.18 F) or XML (PS3.19 A) answer holds
 // its values in Value arrays, person names in Alphabetic, Ideographic and

@@ -828,14 +828,7 @@ func TestParkingFullLeavesAWorkerToOtherSources(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	for i := range 5 {
-		ev := testEvent()
-		ev.LastUpdate = fmt.Sprintf("20261205T05000%d", i)
-		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i)
-		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publishStudiesOfA(t, ctx, ns, 5)
 	evB := testEvent()
 	evB.Source = "b"
 	if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, evB); err != nil {
@@ -878,14 +871,7 @@ func TestParkingFullHoldsADownSourceOnEveryWorker(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	for i := range 3 {
-		ev := testEvent()
-		ev.LastUpdate = fmt.Sprintf("20261205T05000%d", i)
-		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i)
-		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publishStudiesOfA(t, ctx, ns, 3)
 	// One parked, two held: every study in hand, none retried.
 	deadline := time.Now().Add(20 * time.Second)
 	for testutil.ToFloat64(f.m.sourceHeld) < 3 {
@@ -897,5 +883,18 @@ func TestParkingFullHoldsADownSourceOnEveryWorker(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(f.m.studies.WithLabelValues(string(ResultRetry))); n != 0 {
 		t.Errorf("%v retries, want none", n)
+	}
+}
+
+// publishStudiesOfA queues n studies of source a, each its own.
+func publishStudiesOfA(t *testing.T, ctx context.Context, ns *testnats.Server, n int) {
+	t.Helper()
+	for i := range n {
+		ev := testEvent()
+		ev.LastUpdate = fmt.Sprintf("20261205T05000%d", i)
+		ev.OrthancStudyID = fmt.Sprintf("27f7126f-4f66fb14-03f4081b-f9341db2-5392598%d", i)
+		if _, err := (natsjs.Publisher{JS: ns.JS}).Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
