@@ -339,7 +339,7 @@ func (c *CheckCommand) readDynamic(getenv func(string) string) error {
 
 // Validate checks every part; the errors name the variables.
 func (c *CheckCommand) Validate() error {
-	return errors.Join(c.Log.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate())
+	return errors.Join(c.Log.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(), c.Forwarder.rulesNameSources(&c.Orthanc))
 }
 
 // LogConfig returns the logging part.

@@ -282,6 +282,16 @@ func (f *Forwarder) destinationsValidate() error {
 	return errors.Join(errs...)
 }
 
+// rulesNameSources checks the names each destination's rule compares
+// source with against the configured sources (ruleNamesSources).
+func (f *Forwarder) rulesNameSources(o *Orthanc) error {
+	var errs []error
+	for _, d := range f.named {
+		errs = append(errs, o.ruleNamesSources(d.Var+"MATCH", d.Match))
+	}
+	return errors.Join(errs...)
+}
+
 // destinationVars are the default destination's variable names.
 var destinationVars = func() map[string]bool {
 	out := map[string]bool{}

@@ -26,7 +26,8 @@ type IngestService struct {
 // Validate checks every part; the errors name the variables.
 func (c *IngestService) Validate() error {
 	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Ingest.Validate(),
-		c.reconcileValidate(), c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
+		c.reconcileValidate(), c.Orthanc.ruleNamesSources("PRIORITY_RULE", c.Ingest.Priority.Rule),
+		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
 }
 
 // reconcileValidate checks the reconciler and, when it runs or
@@ -82,7 +83,7 @@ type ForwarderService struct {
 // Validate checks every part; the errors name the variables.
 func (c *ForwarderService) Validate() error {
 	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Forwarder.Validate(), c.Orthanc.Validate(),
-		c.Admin.Validate(), c.ListenTLS.Validate(), retentionCoversRetries(c.NATS, c.Forwarder))
+		c.Forwarder.rulesNameSources(&c.Orthanc), c.Admin.Validate(), c.ListenTLS.Validate(), retentionCoversRetries(c.NATS, c.Forwarder))
 }
 
 // retentionCoversRetries refuses an event stream that drops a failing
@@ -222,6 +223,7 @@ type SingleHost struct {
 // Validate checks every part; the errors name the variables.
 func (c *SingleHost) Validate() error {
 	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
+		c.Forwarder.rulesNameSources(&c.Orthanc), c.Orthanc.ruleNamesSources("PRIORITY_RULE", c.Ingest.Priority.Rule),
 		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
 	if c.Reconcile.Enabled {
 		err = errors.Join(err, c.Reconcile.Validate(), c.Reconcile.adoptsFromOwn(&c.Orthanc))

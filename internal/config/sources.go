@@ -3,12 +3,15 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/reconcile"
+	"github.com/stowline/stowline/internal/routing"
 )
 
 // Orthanc configures the Orthanc servers stowline reads studies from, the
@@ -184,18 +187,60 @@ func (o *Orthanc) Validate() error {
 	return errors.Join(errs...)
 }
 
-// validateAliases checks ORTHANC_SOURCE_ALIASES: each entry a former
-// name, not configured, for a configured source.
-func (o *Orthanc) validateAliases() error {
-	if len(o.SourceAliases) == 0 {
-		return nil
-	}
+// sourceNames are the configured sources' names: none for the one
+// Orthanc without ORTHANC_SOURCE_NAME, which takes every source's events.
+func (o *Orthanc) sourceNames() map[string]bool {
 	names := map[string]bool{}
 	for _, s := range o.SourceList() {
 		if s.Name != "" {
 			names[s.Name] = true
 		}
 	}
+	return names
+}
+
+// ruleNamesSources refuses a rule (the variable, its CEL) that compares
+// source with a name no configured source has. A rule sees only the
+// configured names (an alias's old name is read as its source's), so
+// source == 'mian' is never true: the destination would get none of
+// those studies, silently, and buffer mode would delete them from the
+// source once the other destinations hold them. Not checked with one
+// Orthanc without a name, which takes every source's events; a rule
+// that does not compile is reported where it is compiled.
+func (o *Orthanc) ruleNamesSources(variable, expr string) error {
+	names := o.sourceNames()
+	if len(names) == 0 || strings.TrimSpace(expr) == "" {
+		return nil
+	}
+	rule, err := routing.CompileStudyRule(expr)
+	if err != nil {
+		return nil
+	}
+	aliases := o.Aliases()
+	var errs []error
+	seen := map[string]bool{}
+	for _, name := range rule.ComparedSources() {
+		if names[name] || seen[name] {
+			continue
+		}
+		seen[name] = true
+		if to, ok := aliases[name]; ok {
+			errs = append(errs, fmt.Errorf("%s compares source with %q, a former name (ORTHANC_SOURCE_ALIASES %s=%s): a rule sees the source's name, %q", variable, name, name, to, to))
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%s compares source with %q, which is not a configured source (%s): a rule sees only those names, so that comparison never holds",
+			variable, name, strings.Join(slices.Sorted(maps.Keys(names)), ", ")))
+	}
+	return errors.Join(errs...)
+}
+
+// validateAliases checks ORTHANC_SOURCE_ALIASES: each entry a former
+// name, not configured, for a configured source.
+func (o *Orthanc) validateAliases() error {
+	if len(o.SourceAliases) == 0 {
+		return nil
+	}
+	names := o.sourceNames()
 	if len(names) == 0 {
 		return errors.New("ORTHANC_SOURCE_ALIASES is set, but the one Orthanc has no name (ORTHANC_SOURCE_NAME): it takes every source's events already; unset it")
 	}
@@ -250,12 +295,7 @@ func (r *Reconcile) adoptsFromOwn(o *Orthanc) error {
 	if a == (reconcile.CursorAdoption{}) {
 		return nil
 	}
-	names := map[string]bool{}
-	for _, s := range o.SourceList() {
-		if s.Name != "" {
-			names[s.Name] = true
-		}
-	}
+	names := o.sourceNames()
 	var errs []error
 	if !names[a.To] {
 		errs = append(errs, fmt.Errorf("RECONCILE_ADOPT_CURSOR_FROM=%q: %q is not a configured source (ORTHANC_SOURCES, or ORTHANC_SOURCE_NAME)", r.AdoptCursor, a.To))

@@ -2,9 +2,11 @@ package config
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -249,6 +251,63 @@ func TestUsageListsSourcePattern(t *testing.T) {
 	for _, want := range []string{"ORTHANC_SOURCES", "ORTHANC_<NAME>_URL", "ORTHANC_<NAME>_PASSWORD_FILE", "RECONCILE_LEASE_TTL"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("ingest -h does not list %s", want)
+		}
+	}
+}
+
+// A rule comparing source with a name no configured source has is never
+// true (or always, with !=): refused at start in every process that
+// reads the rule, naming the variable and the name.
+func TestRulesNameConfiguredSources(t *testing.T) {
+	two := map[string]string{"ORTHANC_SOURCES": "main,cardio", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_CARDIO_URL": "http://p:8042",
+		"NATS_URL": "nats://nats:4222", "DESTINATIONS": "archive,ai", "DESTINATION_ARCHIVE_URL": "https://a.example.org/dicomweb", "DESTINATION_AI_URL": "https://b.example.org/dicomweb"}
+	commands := map[string]func() any{
+		"single host": func() any { return &SingleHost{} },
+		"ingest":      func() any { return &IngestService{} },
+		"forwarder":   func() any { return &ForwarderService{} },
+		"check":       func() any { return &CheckCommand{} },
+	}
+	tests := []struct {
+		name string
+		set  map[string]string
+		want string // "" loads
+		// reads: the commands that read the variable; the others load.
+		reads []string
+	}{
+		{"match typo", map[string]string{"DESTINATION_AI_MATCH": "source == 'cardo'"},
+			`DESTINATION_AI_MATCH compares source with "cardo", which is not a configured source (cardio, main)`, []string{"single host", "forwarder", "check"}},
+		{"match in a list", map[string]string{"DESTINATION_AI_MATCH": "source in ['main', 'mr'] && 'MR' in study.modalities"},
+			`DESTINATION_AI_MATCH compares source with "mr"`, []string{"single host", "forwarder", "check"}},
+		{"match of a former name", map[string]string{"DESTINATION_AI_MATCH": "source != 'MyOrthanc'", "ORTHANC_SOURCE_ALIASES": "MyOrthanc=main"},
+			`DESTINATION_AI_MATCH compares source with "MyOrthanc", a former name (ORTHANC_SOURCE_ALIASES MyOrthanc=main): a rule sees the source's name, "main"`, []string{"single host", "forwarder", "check"}},
+		{"priority typo", map[string]string{"PRIORITY_RULE": "source == 'mian' && study.description.contains('STAT')"},
+			`PRIORITY_RULE compares source with "mian"`, []string{"single host", "ingest"}},
+		{"configured names", map[string]string{"DESTINATION_AI_MATCH": "source in ['main', 'cardio']", "PRIORITY_RULE": "'cardio' == source"}, "", nil},
+		// One Orthanc without a name takes every source's events.
+		{"unnamed Orthanc", map[string]string{"ORTHANC_SOURCES": "", "ORTHANC_MAIN_URL": "", "ORTHANC_CARDIO_URL": "",
+			"DESTINATION_AI_MATCH": "source == 'anything'", "PRIORITY_RULE": "source == 'else'"}, "", nil},
+	}
+	for _, tt := range tests {
+		for cmd, c := range commands {
+			t.Run(tt.name+"/"+cmd, func(t *testing.T) {
+				e := baseEnv()
+				maps.Copy(e, two)
+				maps.Copy(e, tt.set)
+				delete(e, "DICOMWEB_URL")
+				if cmd == "single host" {
+					delete(e, "NATS_URL")
+				}
+				err := Load(mapEnv(e), c())
+				if tt.want == "" || !slices.Contains(tt.reads, cmd) {
+					if err != nil {
+						t.Fatalf("Load() = %v, want no error", err)
+					}
+					return
+				}
+				if err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
+				}
+			})
 		}
 	}
 }

@@ -65,6 +65,8 @@ type StudyRule struct {
 	// partial evaluates the rule with perInstanceFacts unknown, for a
 	// rule that reads them (matchWithoutMetadata).
 	partial cel.Program
+	// sources are the names the rule compares source with.
+	sources []string
 }
 
 // perInstanceFacts are the study's facts that take one request per
@@ -106,7 +108,8 @@ func CompileStudyRule(expr string) (*StudyRule, error) {
 		return nil, fmt.Errorf("routing: %w", err)
 	}
 	fields, whole := reads(checked, "study")
-	r := &StudyRule{prg: prg, perInstance: whole || anyOf(fields, "callingAets", "sopClasses"), counts: whole || fields["instances"]}
+	r := &StudyRule{prg: prg, perInstance: whole || anyOf(fields, "callingAets", "sopClasses"), counts: whole || fields["instances"],
+		sources: comparedSources(checked)}
 	if r.perInstance {
 		if r.partial, err = env.Program(checked, cel.CostLimit(CostLimit), cel.EvalOptions(cel.OptPartialEval)); err != nil {
 			return nil, fmt.Errorf("routing: %w", err)
@@ -220,6 +223,45 @@ func reads(checked *cel.Ast, v string) (fields map[string]bool, whole bool) {
 	return fields, whole
 }
 
+// comparedSources are the names the checked expression compares the
+// variable source with, as literals: source == 'x' (either way round),
+// source != 'x', source in ['x', 'y']. None when a comprehension names
+// its own variable source, which hides the event's there.
+func comparedSources(checked *cel.Ast) []string {
+	root := ast.NavigateAST(checked.NativeRep())
+	for _, e := range ast.MatchDescendants(root, ast.KindMatcher(ast.ComprehensionKind)) {
+		if c := e.AsComprehension(); c.IterVar() == "source" || c.IterVar2() == "source" {
+			return nil
+		}
+	}
+	isSource := func(e ast.Expr) bool { return e.Kind() == ast.IdentKind && e.AsIdent() == "source" }
+	var names []string
+	for _, e := range ast.MatchDescendants(root, ast.KindMatcher(ast.CallKind)) {
+		c := e.AsCall()
+		args := c.Args()
+		if len(args) != 2 {
+			continue
+		}
+		switch c.FunctionName() {
+		case operators.Equals, operators.NotEquals:
+			for i := range args {
+				if s, ok := constantString(args[1-i]); ok && isSource(args[i]) {
+					names = append(names, s)
+				}
+			}
+		case operators.In:
+			if isSource(args[0]) && args[1].Kind() == ast.ListKind {
+				for _, el := range args[1].AsList().Elements() {
+					if s, ok := constantString(el); ok {
+						names = append(names, s)
+					}
+				}
+			}
+		}
+	}
+	return names
+}
+
 // indexes reports whether c indexes the expression operand (operand[key]).
 func indexes(c ast.CallExpr, operand int64) bool {
 	return (c.FunctionName() == operators.Index || c.FunctionName() == operators.OptIndex) &&
@@ -238,6 +280,16 @@ func constantString(e ast.Expr) (string, bool) {
 // anyOf reports whether any of names is in fields.
 func anyOf(fields map[string]bool, names ...string) bool {
 	return slices.ContainsFunc(names, func(n string) bool { return fields[n] })
+}
+
+// ComparedSources returns the source names the rule compares source
+// with as literals (source == 'main', source in ['main', 'cardio']), for
+// the configuration to check against the configured sources.
+func (r *StudyRule) ComparedSources() []string {
+	if r == nil {
+		return nil
+	}
+	return r.sources
 }
 
 // All reports whether the rule selects every study without looking.

@@ -2,6 +2,7 @@ package routing
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -252,5 +253,38 @@ func TestRuleFailureQuotesNoValue(t *testing.T) {
 				t.Errorf("err = %v: the modality was cut out of CEL's words", err)
 			}
 		})
+	}
+}
+
+// The names a rule compares source with, for the configuration to check
+// against the sources it has.
+func TestComparedSources(t *testing.T) {
+	for _, tt := range []struct {
+		rule string
+		want []string
+	}{
+		{"", nil},
+		{"'MR' in study.modalities", nil},
+		{"source == 'main'", []string{"main"}},
+		{"'main' == source || source != 'cardio'", []string{"main", "cardio"}},
+		{"source in ['main', 'cardio'] && study.description == 'x'", []string{"main", "cardio"}},
+		// Not a comparison with a literal name: nothing to check.
+		{"source.startsWith('ma')", nil},
+		{"study.description == 'main'", nil},
+		{"source == study.description", nil},
+		// A comprehension's own source hides the event's.
+		{"['a'].exists(source, source == 'a') || source == 'main'", nil},
+	} {
+		r, err := CompileStudyRule(tt.rule)
+		if err != nil {
+			t.Fatalf("%q: %v", tt.rule, err)
+		}
+		got := r.ComparedSources()
+		slices.Sort(got)
+		want := slices.Clone(tt.want)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%q: ComparedSources = %q, want %q", tt.rule, got, want)
+		}
 	}
 }
