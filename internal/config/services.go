@@ -83,7 +83,8 @@ type ForwarderService struct {
 // Validate checks every part; the errors name the variables.
 func (c *ForwarderService) Validate() error {
 	return errors.Join(c.Log.Validate(), c.NATS.Validate(), requireExternalNATS(c.NATS), c.Forwarder.Validate(), c.Orthanc.Validate(),
-		c.Forwarder.rulesNameSources(&c.Orthanc), c.Admin.Validate(), c.ListenTLS.Validate(), retentionCoversRetries(c.NATS, c.Forwarder))
+		c.Forwarder.rulesNameSources(&c.Orthanc), c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), false),
+		c.Admin.Validate(), c.ListenTLS.Validate(), retentionCoversRetries(c.NATS, c.Forwarder))
 }
 
 // retentionCoversRetries refuses an event stream that drops a failing
@@ -224,7 +225,7 @@ type SingleHost struct {
 func (c *SingleHost) Validate() error {
 	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
 		c.Forwarder.rulesNameSources(&c.Orthanc), c.Orthanc.ruleNamesSources("PRIORITY_RULE", c.Ingest.Priority.Rule),
-		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
+		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), c.Reconcile.Enabled || c.Ingest.Priority.Rule != ""), c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
 	if c.Reconcile.Enabled {
 		err = errors.Join(err, c.Reconcile.Validate(), c.Reconcile.adoptsFromOwn(&c.Orthanc))
 	}

@@ -234,6 +234,44 @@ func (o *Orthanc) ruleNamesSources(variable, expr string) error {
 	return errors.Join(errs...)
 }
 
+// capsLeaveEachASlot refuses a cap of requests to a source
+// (ORTHANC_MAX_CONNECTIONS, or the source's own) below the slots its
+// share of them keeps free: one for each destination the process serves,
+// and one more for its ingest's reads (the reconciler, PRIORITY_RULE) on
+// a single host. Below it a destination that stops reading its STOW-RS
+// requests mid-body holds, until its stall check (5 minutes), the slots
+// the others need, and their studies fail meanwhile.
+func (o *Orthanc) capsLeaveEachASlot(served []NamedDestination, ingestReads bool) error {
+	need, names := len(served), make([]string, len(served))
+	for i, d := range served {
+		names[i] = d.Name
+	}
+	who := "a slot for each destination this process serves (" + strings.Join(names, ", ") + ")"
+	if ingestReads {
+		need++
+		who += " and one for its ingest's reads of Orthanc (the reconciler, PRIORITY_RULE)"
+	}
+	var errs []error
+	reported := false
+	for _, s := range o.SourceList() {
+		if s.MaxConnections <= 0 || s.MaxConnections >= need {
+			continue
+		}
+		variable := s.Var + "MAX_CONNECTIONS"
+		if s.MaxConnections == o.MaxConnections && s.Var != "ORTHANC_" {
+			// Inherited: reported once, under the name the operator set.
+			if reported {
+				continue
+			}
+			variable, reported = "ORTHANC_MAX_CONNECTIONS", true
+		}
+		errs = append(errs, fmt.Errorf("%s=%d: below %d, %s: a destination that stops reading its requests mid-body would hold the slots the others need until its stall check; "+
+			"want %d or more, or 0 for no cap (better the sum of the destinations' STOW_PARALLEL_REQUESTS, plus one for the ingest, so that none waits for another's)",
+			variable, s.MaxConnections, need, who, need))
+	}
+	return errors.Join(errs...)
+}
+
 // validateAliases checks ORTHANC_SOURCE_ALIASES: each entry a former
 // name, not configured, for a configured source.
 func (o *Orthanc) validateAliases() error {

@@ -311,3 +311,64 @@ func TestRulesNameConfiguredSources(t *testing.T) {
 		}
 	}
 }
+
+// A cap of requests to a source below one slot for each destination
+// served (and one for the single host's ingest reads) would let a hung
+// destination hold the slots the others need: refused at start.
+func TestCapLeavesEachDestinationASlot(t *testing.T) {
+	two := map[string]string{"NATS_URL": "nats://nats:4222", "DESTINATIONS": "archive,ai",
+		"DESTINATION_ARCHIVE_URL": "https://a.example.org/dicomweb", "DESTINATION_AI_URL": "https://b.example.org/dicomweb"}
+	sources := map[string]string{"ORTHANC_SOURCES": "main,mr", "ORTHANC_MAIN_URL": "http://o:8042", "ORTHANC_MR_URL": "http://p:8042"}
+	tests := []struct {
+		name   string
+		single bool // SingleHost, else ForwarderService
+		set    map[string]string
+		want   string // "" loads
+	}{
+		{"forwarder, one slot each", false, map[string]string{"ORTHANC_MAX_CONNECTIONS": "2"}, ""},
+		{"forwarder below", false, map[string]string{"ORTHANC_MAX_CONNECTIONS": "1"},
+			"ORTHANC_MAX_CONNECTIONS=1: below 2, a slot for each destination this process serves (archive, ai):"},
+		{"forwarder serving one", false, map[string]string{"ORTHANC_MAX_CONNECTIONS": "1", "FORWARDER_DESTINATIONS": "ai"}, ""},
+		{"no cap", false, map[string]string{"ORTHANC_MAX_CONNECTIONS": "0"}, ""},
+		{"single host with its reconciler", true, map[string]string{"ORTHANC_MAX_CONNECTIONS": "2"},
+			"ORTHANC_MAX_CONNECTIONS=2: below 3, a slot for each destination this process serves (archive, ai) and one for its ingest's reads of Orthanc"},
+		{"single host without reads", true, map[string]string{"ORTHANC_MAX_CONNECTIONS": "2", "RECONCILE_ENABLED": "false"}, ""},
+		{"single host, one destination", true, map[string]string{"ORTHANC_MAX_CONNECTIONS": "1", "DESTINATIONS": "", "DESTINATION_ARCHIVE_URL": "",
+			"DESTINATION_AI_URL": "", "DICOMWEB_URL": "https://a.example.org/dicomweb"}, "ORTHANC_MAX_CONNECTIONS=1: below 2"},
+		// Inherited by every source: named once, as set.
+		{"inherited", false, mergedEnv(sources, map[string]string{"ORTHANC_MAX_CONNECTIONS": "1"}), "ORTHANC_MAX_CONNECTIONS=1: below 2"},
+		{"a source's own", false, mergedEnv(sources, map[string]string{"ORTHANC_MR_MAX_CONNECTIONS": "1"}), "ORTHANC_MR_MAX_CONNECTIONS=1: below 2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := baseEnv()
+			delete(e, "DICOMWEB_URL")
+			maps.Copy(e, two)
+			maps.Copy(e, tt.set)
+			var c any = &ForwarderService{}
+			if tt.single {
+				delete(e, "NATS_URL")
+				c = &SingleHost{}
+			}
+			err := Load(mapEnv(e), c)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Load() = %v, want no error", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
+			}
+			if n := strings.Count(err.Error(), "MAX_CONNECTIONS="); n != 1 {
+				t.Errorf("Load() = %v: %d caps named, want 1", err, n)
+			}
+		})
+	}
+}
+
+func mergedEnv(a, b map[string]string) map[string]string {
+	out := maps.Clone(a)
+	maps.Copy(out, b)
+	return out
+}

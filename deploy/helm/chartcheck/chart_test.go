@@ -244,6 +244,9 @@ func TestRefused(t *testing.T) {
 			"keda":              map[string]any{"enabled": true},
 			"forwarderDefaults": map[string]any{"env": map[string]any{"ORTHANC_MAIN_MAX_CONNECTIONS": 30}},
 		}), "ORTHANC_MAIN_MAX_CONNECTIONS in env: a source's own cap replaces ORTHANC_MAX_CONNECTIONS"},
+		{"a cap below the destinations served", merged(withDestinations(map[string]any{"name": "all"}), map[string]any{
+			"forwarderDefaults": map[string]any{"env": map[string]any{"ORTHANC_MAX_CONNECTIONS": 1}},
+		}), "ORTHANC_MAX_CONNECTIONS 1 in env is below the 2 destinations the group serves"},
 		{"alerts without the ServiceMonitor", merged(required(), map[string]any{
 			"prometheusRule": map[string]any{"enabled": true},
 		}), "prometheusRule.enabled needs serviceMonitor.enabled"},

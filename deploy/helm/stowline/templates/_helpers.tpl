@@ -387,6 +387,13 @@ streams), unless env sets it (its value then counts; "" leaves no cap). */ -}}
 {{- $_ := set $env "ORTHANC_MAX_CONNECTIONS" (int (include "stowline.forwarderConnections" .)) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The forwarder refuses a cap below the destinations it serves:
+each keeps a slot free for the others (a hung one cannot take them). */ -}}
+{{- $cap := int (default 0 (get $env "ORTHANC_MAX_CONNECTIONS")) -}}
+{{- $served := len (include "stowline.servedDestinations" . | fromYamlArray) -}}
+{{- if and (gt $cap 0) (lt $cap $served) -}}
+{{- fail (printf "forwarders[%s]: ORTHANC_MAX_CONNECTIONS %d in env is below the %d destinations the group serves, which the forwarder refuses at start: each keeps a slot to Orthanc free for the others; want %d or more (better the sum of their stowParallelRequests), or leave it to the chart" $f.name $cap $served $served) -}}
+{{- end -}}
 {{- range (include "stowline.secretFiles" . | fromYamlArray) }}{{ $_ := set $env .var (printf "%s/%s" .dir .key) }}{{ end -}}
 {{- toYaml $env -}}
 {{- end -}}
