@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -642,10 +643,16 @@ func TestSecretsRefusedInEnvMaps(t *testing.T) {
 	for _, where := range slices.Sorted(maps.Keys(in)) {
 		for _, k := range names {
 			values := func(v any) map[string]any { return merged(required(), in[where](k, v)) }
+			// From a Secret, the other role's secret is refused as
+			// any of its variables (TestOtherRoleVarsRefused).
+			fromRef := ""
+			if otherRole(where, k) {
+				fromRef = where + ": " + k + " is read by the "
+			}
 			t.Run(where+"/"+k, func(t *testing.T) {
 				checkRenderError(t, values("x"), where+": "+k+" is a secret")
 				checkRenderError(t, values(12345), where+": "+k+" is a secret")
-				checkRenderError(t, values(ref), "")
+				checkRenderError(t, values(ref), fromRef)
 				checkRenderError(t, values(""), "")
 			})
 		}
@@ -658,5 +665,93 @@ func TestSecretsRefusedInEnvMaps(t *testing.T) {
 		values := withDestinations(map[string]any{"name": "all"})
 		values["destinations"].([]any)[1].(map[string]any)["env"].(map[string]any)[k] = "x"
 		checkRenderError(t, values, "destinations[ai].env: "+k+": give the variable without the prefix")
+	}
+}
+
+// otherRole reports whether the secret variable k belongs to the role the
+// env map where does not configure.
+func otherRole(where, k string) bool {
+	switch where {
+	case "ingest.env":
+		return strings.HasPrefix(k, "OAUTH_") || strings.HasPrefix(k, "DESTINATION_")
+	case "forwarderDefaults.env", "forwarders[default].env":
+		return strings.HasPrefix(k, "INGEST_")
+	}
+	return false
+}
+
+// TestOtherRoleVarsRefused: a variable only the other role reads, in a
+// role's own env map, reached no process that reads it (a forwarder's
+// PRIORITY_RULE left every stat study routine, an ingest's
+// FORWARD_WINDOWS limited no lane), and the process said nothing: the
+// chart refuses it there, naming the map to use; in env, which every pod
+// gets, it passes. The variables come from internal/config's structs.
+func TestOtherRoleVarsRefused(t *testing.T) {
+	ingestOnly, err := structEnvVars("internal/config", "Ingest", "WebhookSecurity", "Priority", "Reconcile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forwarderAll, err := structEnvVars("internal/config", "Forwarder", "Lanes", "Destinations", "Destination", "DestinationAuth", "Deidentify", "TLSFiles")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, err := structEnvVars("internal/config", "Log", "NATS", "NATSAuth", "Orthanc", "Admin", "ListenTLS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read by a cloud SDK or the Go runtime as well: a pod may carry
+	// them for other reasons.
+	sdk := regexp.MustCompile(`^(AZURE_|GOOGLE_|GCE_|AWS_|TZ$)`)
+	var forwarderOnly []string
+	for k := range forwarderAll {
+		if _, both := shared[k]; !both && !sdk.MatchString(k) && !strings.Contains(k, "<") {
+			forwarderOnly = append(forwarderOnly, k)
+		}
+	}
+	slices.Sort(forwarderOnly)
+	for _, want := range []string{"FORWARD_WINDOWS", "STOW_PARALLEL_REQUESTS", "OAUTH_TOKEN_URL", "DEADLETTER_RETENTION"} {
+		if !slices.Contains(forwarderOnly, want) {
+			t.Fatalf("forwarder variables read from internal/config %v lack %s", forwarderOnly, want)
+		}
+	}
+	for _, want := range []string{"PRIORITY_RULE", "RECONCILE_POLL_INTERVAL", "INGEST_RATE_LIMIT"} {
+		if _, ok := ingestOnly[want]; !ok {
+			t.Fatalf("ingest variables read from internal/config %v lack %s", ingestOnly, want)
+		}
+	}
+	inIngest := func(k string) map[string]any {
+		return merged(required(), map[string]any{"ingest": map[string]any{"env": map[string]any{k: "x"}}})
+	}
+	inForwarders := func(k string) map[string]any {
+		return merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{k: "x"}}})
+	}
+	inEnv := func(k string) map[string]any {
+		return merged(required(), map[string]any{"env": map[string]any{k: "x"}})
+	}
+	for _, k := range slices.Sorted(maps.Keys(ingestOnly)) {
+		if ingestOnly[k] {
+			continue // a secret: refused everywhere as a literal (TestSecretsRefusedInEnvMaps)
+		}
+		t.Run("ingest/"+k, func(t *testing.T) {
+			checkRenderError(t, inForwarders(k), "forwarderDefaults.env: "+k+" is read by the ingest alone, not by the pods forwarderDefaults.env configures: set it in ingest.env")
+			_, err := renderFiles(t, inIngest(k))
+			if err != nil && strings.Contains(err.Error(), "alone, not by the pods") {
+				t.Errorf("in ingest.env: %v", err)
+			}
+		})
+	}
+	for _, k := range forwarderOnly {
+		if forwarderAll[k] {
+			continue // a secret
+		}
+		t.Run("forwarder/"+k, func(t *testing.T) {
+			checkRenderError(t, inIngest(k), "ingest.env: "+k+" is read by the forwarders alone, not by the pods ingest.env configures: set it in forwarderDefaults.env or forwarders[].env")
+			for where, values := range map[string]map[string]any{"forwarderDefaults.env": inForwarders(k), "env": inEnv(k)} {
+				_, err := renderFiles(t, values)
+				if err != nil && strings.Contains(err.Error(), "alone, not by the pods") {
+					t.Errorf("in %s: %v", where, err)
+				}
+			}
+		})
 	}
 }

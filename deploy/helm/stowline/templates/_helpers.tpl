@@ -837,6 +837,19 @@ Refuses, in every env map, a variable the chart sets itself
 (stowline.managedEnv) or a declared destination's DESTINATION_<NAME>_*
 one, naming the value to set instead, and a secret written as a value.
 */}}
+{{/*
+The other role, when it alone reads variable k: "ingest" for the
+webhook's, the reconciler's and PRIORITY_RULE, "forwarders" for the
+destinations' and the forwarding ones; empty for a variable the given
+role reads, or both, or neither. Arguments: (dict "k" $k "role"
+"ingest"|"forwarder").
+*/}}
+{{- define "stowline.otherRoleVar" -}}
+{{- if and (eq .role "forwarder") (regexMatch "^(INGEST_|RECONCILE_|PRIORITY_RULE$)" .k) -}}ingest
+{{- else if and (eq .role "ingest") (regexMatch "^(FORWARDER_|FORWARD_WINDOWS$|STOW_|OAUTH_|DESTINATIONS$|DESTINATION_|DICOMWEB_URL$|DEADLETTER_RETENTION$|STORED_RECORD_RETENTION$|DEIDENTIFY_KEY_FILE$|TLS_(CA|CERT|KEY)_FILE$|TLS_INSECURE_SKIP_VERIFY$)" .k) -}}forwarders
+{{- end -}}
+{{- end -}}
+
 {{- define "stowline.validateEnvMaps" -}}
 {{- $root := . -}}
 {{- $prefixes := dict -}}
@@ -885,6 +898,17 @@ Deployments: a secret goes in the Secret, mounted as a file. From a
 Secret of the operator's (valueFrom), or empty (not written), it passes. */ -}}
 {{- if and (include "stowline.secretVar" $k) (not (kindIs "map" $v)) (ne (ternary "" (toString $v) (kindIs "invalid" $v)) "") -}}
 {{- fail (printf "%s: %s is a secret: written here, its value would be in the Deployment for anyone who can read it; put it in secrets instead (secrets.values.%s, or secrets.existingSecret with the key in secrets.existingSecretKeys), which the pods that read it get as a file" $c.where $k $k) -}}
+{{- end -}}
+{{- /* A role's own map holding the other role's variable: nothing reads
+it there (a forwarder's PRIORITY_RULE leaves every stat study routine,
+an ingest's FORWARD_WINDOWS limits no lane), and the process, which
+does not look at the other role's variables, says nothing. Empty, it is
+not written: it passes. */ -}}
+{{- if and (ne $c.where "env") (ne (ternary "" (toString $v) (kindIs "invalid" $v)) "") -}}
+{{- $other := include "stowline.otherRoleVar" (dict "k" $k "role" $c.role.role) -}}
+{{- if $other -}}
+{{- fail (printf "%s: %s is read by the %s alone, not by the pods %s configures: set it in %s (or in env, which every pod gets)" $c.where $k $other $c.where (ternary "ingest.env" "forwarderDefaults.env or forwarders[].env" (eq $other "ingest"))) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
