@@ -294,39 +294,44 @@ func TestCheckMutualTLS(t *testing.T) {
 
 // TestCheckRedactsDestinationURL: a query in DICOMWEB_URL (a
 // signature or function key some gateways take there) is never printed
-// or logged, whether the destination can be set up or not.
+// or logged, whether the destination passes the check or its
+// configuration is refused (a CA file that holds no certificate);
+// internal/app's TestCheckRedactsTheURLOfADestinationNotSetUp covers a
+// set-up that fails.
 func TestCheckRedactsDestinationURL(t *testing.T) {
 	const secret = "query-secret-0123456789"
 	dest := httptest.NewServer(qido(""))
 	t.Cleanup(dest.Close)
-	// A PEM block that holds no certificate passes the configuration and
-	// fails the destination's set-up.
 	notCert := t.TempDir() + "/ca.pem"
 	if err := os.WriteFile(notCert, []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		name    string
-		env     map[string]string
-		wantErr bool
-		want    string
+		name      string
+		env       map[string]string
+		wantUsage bool // refused as configuration (exit 2); else passes
+		want      string
 	}{
 		{name: "check passes", env: map[string]string{"DICOMWEB_URL": dest.URL + "/v2?code=" + secret},
 			want: "destination  " + dest.URL + "/v2\n"},
-		{name: "destination cannot be set up", env: map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2?code=" + secret, "TLS_CA_FILE": notCert},
-			wantErr: true, want: "destination  https://dicom.example.org/v2\nverdict      FAIL"},
+		{name: "configuration refused", env: map[string]string{"DICOMWEB_URL": "https://dicom.example.org/v2?code=" + secret, "TLS_CA_FILE": notCert},
+			wantUsage: true, want: "TLS_CA_FILE: invalid TLS configuration: CA file " + notCert + " holds no PEM certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			out, logs, err := runCheck(t, tt.env)
-			if (err != nil) != tt.wantErr || errors.Is(err, app.ErrUsage) {
-				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			if errors.Is(err, app.ErrUsage) != tt.wantUsage || !tt.wantUsage && err != nil {
+				t.Fatalf("err = %v, want a usage error %v", err, tt.wantUsage)
 			}
-			if !strings.Contains(out, tt.want) {
-				t.Errorf("output lacks %q", tt.want)
+			got := out
+			if err != nil {
+				got += err.Error()
 			}
-			if strings.Contains(out+logs, secret) {
-				t.Errorf("the URL's query was printed or logged:\n%s%s", out, logs)
+			if !strings.Contains(got, tt.want) {
+				t.Errorf("output and error lack %q:\n%s", tt.want, got)
+			}
+			if strings.Contains(got+logs, secret) {
+				t.Errorf("the URL's query was printed or logged:\n%s%s", got, logs)
 			}
 		})
 	}

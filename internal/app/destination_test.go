@@ -81,11 +81,12 @@ func TestDestinationUsesHTTP2(t *testing.T) {
 	}
 }
 
-// TestDestinationTLSErrorNamesIt: TLS files that pass the configuration
-// but cannot be used (a client certificate and a key of different pairs,
-// a PEM block that is no certificate) fail the start naming the
-// destination and its variables: with several destinations, the bare
-// "private key does not match public key" named none.
+// TestDestinationTLSErrorNamesIt: TLS files that cannot be used (a
+// client certificate and a key of different pairs, a PEM block that is
+// no certificate) fail the destination's set-up naming the destination
+// and its variables: with several destinations, the bare "private key
+// does not match public key" named none. The configuration refuses them
+// (internal/config); here they changed after it read them.
 func TestDestinationTLSErrorNamesIt(t *testing.T) {
 	ca := testpki.NewCA(t, "tls-error-ca")
 	_, certFile, _ := ca.Issue(t, "client-a", false)
@@ -96,12 +97,12 @@ func TestDestinationTLSErrorNamesIt(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		set  map[string]string
+		set  func(*config.NamedDestination)
 		want []string
 	}{
-		{name: "key of another pair", set: map[string]string{"DESTINATION_AI_TLS_CERT_FILE": certFile, "DESTINATION_AI_TLS_KEY_FILE": otherKey},
+		{name: "key of another pair", set: func(d *config.NamedDestination) { d.TLSCertFile, d.TLSKeyFile = certFile, otherKey },
 			want: []string{"destination ai", "DESTINATION_AI_TLS_CERT_FILE", "DESTINATION_AI_TLS_KEY_FILE"}},
-		{name: "CA block that is no certificate", set: map[string]string{"DESTINATION_AI_TLS_CA_FILE": notCert},
+		{name: "CA block that is no certificate", set: func(d *config.NamedDestination) { d.TLSCAFile = notCert },
 			want: []string{"destination ai", "DESTINATION_AI_TLS_CA_FILE"}},
 	}
 	for _, tt := range tests {
@@ -110,8 +111,8 @@ func TestDestinationTLSErrorNamesIt(t *testing.T) {
 				"NATS_URL": "nats://127.0.0.1:4222", "DESTINATIONS": "archive,ai",
 				"DESTINATION_ARCHIVE_URL": "https://archive.example.org/dicomweb", "DESTINATION_AI_URL": "https://ai.example.org/dicomweb",
 			}
-			maps.Copy(env, tt.set)
 			ai := loadedDestination(t, env, 1)
+			tt.set(&ai)
 			_, err := newDestination(t.Context(), &ai, nil, nil, slog.New(slog.DiscardHandler))
 			if err == nil {
 				t.Fatal("newDestination accepted the TLS files")
@@ -373,5 +374,32 @@ func TestCheckSendsTheProfilesSearches(t *testing.T) {
 				t.Errorf("asked %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestCheckRedactsTheURLOfADestinationNotSetUp: a destination whose set-up
+// fails (its CA file changed to one that holds no certificate after the
+// configuration read it) is named by its URL without the query, a
+// signature or function key some gateways take there.
+func TestCheckRedactsTheURLOfADestinationNotSetUp(t *testing.T) {
+	const secret = "query-secret-0123456789"
+	env := map[string]string{"NATS_URL": "nats://127.0.0.1:4222", "INGEST_TOKEN": "0123456789abcdef0123",
+		"DICOMWEB_URL": "https://dicom.example.org/v2?code=" + secret}
+	dest := loadedDestination(t, env, 0)
+	dest.TLSCAFile = filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(dest.TLSCAFile, []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	logs := &strings.Builder{}
+	err := checkDestination(t.Context(), &out, dest, 5*time.Second, slog.New(slog.NewTextHandler(logs, nil)))
+	if err == nil {
+		t.Fatalf("check passed:\n%s", out.String())
+	}
+	if want := "destination  https://dicom.example.org/v2\nverdict      FAIL"; !strings.Contains(out.String(), want) {
+		t.Errorf("output lacks %q:\n%s", want, out.String())
+	}
+	if strings.Contains(out.String()+logs.String()+err.Error(), secret) {
+		t.Errorf("the URL's query was printed, logged or returned:\n%s%s%v", out.String(), logs.String(), err)
 	}
 }

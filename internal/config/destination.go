@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/stowline/stowline/auth"
 	"github.com/stowline/stowline/auth/google"
 )
 
@@ -165,7 +167,8 @@ func (f *Destination) authValidate() error {
 				add("%s=%q: the example's placeholder: set your own (Entra ID shows both on the app registration's Overview page)", name, v)
 			}
 		}
-		errs = append(errs, pemFileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
+		// Entra ID signs with PS256 and needs the certificate's thumbprint.
+		errs = append(errs, assertionKeyLoads(d.AssertionKeyFile, "", auth.WithAlgorithm(jose.PS256), auth.WithCertificateRequired()))
 	case ProviderGoogle:
 		generic["OAUTH_CLIENT_ID"] = f.OAuthClientID != ""
 		generic["OAUTH_CLIENT_SECRET"] = f.OAuthClientSecret != ""
@@ -202,8 +205,24 @@ func (f *Destination) authValidate() error {
 	// PEM as the listener's and NATS's files are: a DER file (a Windows
 	// CA's .cer export) would otherwise fail only once NATS is set up,
 	// naming neither the variable nor the destination.
+	pemOK := true
 	for name, path := range map[string]string{"TLS_CA_FILE": d.TLSCAFile, "TLS_CERT_FILE": d.TLSCertFile, "TLS_KEY_FILE": d.TLSKeyFile} {
-		errs = append(errs, pemFileReadable(name, path))
+		if err := pemFileReadable(name, path); err != nil {
+			errs, pemOK = append(errs, err), false
+		}
+	}
+	// Loaded as the destination's client loads them: a CA file holding
+	// only a key, or a certificate that does not match its key, failed
+	// only once NATS was set up.
+	if pemOK && d.TLSCAFile != "" {
+		if _, err := NewTLSConfig(TLSFiles{CAFile: d.TLSCAFile}, nil); err != nil {
+			add("TLS_CA_FILE: %w", err)
+		}
+	}
+	if pemOK && d.TLSCertFile != "" && d.TLSKeyFile != "" {
+		if _, err := NewTLSConfig(TLSFiles{CertFile: d.TLSCertFile, KeyFile: d.TLSKeyFile}, nil); err != nil {
+			add("TLS_CERT_FILE and TLS_KEY_FILE: %w", err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -247,7 +266,9 @@ func (f *Destination) genericValidate() []error {
 	}
 	// PEM as the TLS files are: a DER key or a .pfx failed only once NATS
 	// was set up, naming the path but not the variable.
-	errs = append(errs, pemFileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", d.AssertionKeyFile))
+	if f.AuthStyle() == AuthStylePrivateKeyJWT {
+		errs = append(errs, assertionKeyLoads(d.AssertionKeyFile, d.AssertionKeyID))
+	}
 	return errs
 }
 
@@ -302,6 +323,23 @@ func fileReadable(name, path string) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	_ = f.Close()
+	return nil
+}
+
+// assertionKeyLoads checks OAUTH_CLIENT_ASSERTION_KEY_FILE as the
+// destination's token source reads it: a file without the private key,
+// or without the certificate Entra ID needs, failed only once NATS was
+// set up. The error names the path, never the content.
+func assertionKeyLoads(path, keyID string, opts ...auth.AssertionOption) error {
+	if path == "" {
+		return nil
+	}
+	if err := pemFileReadable("OAUTH_CLIENT_ASSERTION_KEY_FILE", path); err != nil {
+		return err
+	}
+	if _, err := auth.NewAssertionKey(path, keyID, opts...); err != nil {
+		return fmt.Errorf("OAUTH_CLIENT_ASSERTION_KEY_FILE: %w", err)
+	}
 	return nil
 }
 

@@ -1,18 +1,59 @@
 package config
 
 import (
+	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stowline/stowline/internal/testpki"
 )
 
-func TestDestinationAuthValidation(t *testing.T) {
-	key := filepath.Join(t.TempDir(), "key.pem")
-	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
+// assertionFiles writes an RSA private key alone, the key with its
+// self-signed certificate (as Entra ID's certificate credential wants
+// it), and the certificate alone, as PEM files.
+func assertionFiles(t *testing.T) (keyOnly, keyAndCert, certOnly string) {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
 		t.Fatal(err)
 	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stowline"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	dir := t.TempDir()
+	write := func(name string, data ...[]byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, bytes.Join(data, nil), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	return write("key.pem", keyPEM), write("key-and-cert.pem", keyPEM, certPEM), write("cert.pem", certPEM)
+}
+
+func TestDestinationAuthValidation(t *testing.T) {
+	key, keyAndCert, certOnly := assertionFiles(t)
+	ca := testpki.NewCA(t, "private-root")
+	_, clientCert, clientKey := ca.Issue(t, "client", false)
+	_, otherCert, _ := ca.Issue(t, "other", false)
 	der, pemFile := filepath.Join(t.TempDir(), "ca.cer"), filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(der, []byte{0x30, 0x82, 0x03, 0x5a, 0x30, 0x82}, 0o600); err != nil {
 		t.Fatal(err)
@@ -54,7 +95,14 @@ func TestDestinationAuthValidation(t *testing.T) {
 		{name: "bad auth style", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s", "OAUTH_AUTH_STYLE": "basic"}, want: "OAUTH_AUTH_STYLE"},
 		{name: "unknown provider", set: map[string]string{"OAUTH_PROVIDER": "okta"}, want: "OAUTH_PROVIDER"},
 		{name: "azure secret", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s"}},
-		{name: "azure certificate", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key}},
+		{name: "azure certificate", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": keyAndCert}},
+		// The key without the certificate, whose thumbprint Entra ID
+		// needs, and a certificate without its key: both failed only once
+		// NATS was set up, with exit 1.
+		{name: "azure key without certificate", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": key},
+			want: "OAUTH_CLIENT_ASSERTION_KEY_FILE: auth: invalid config: client assertion key " + key + ": no CERTIFICATE block"},
+		{name: "private_key_jwt with a certificate alone", set: map[string]string{"OAUTH_TOKEN_URL": "https://idp/token", "OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_ASSERTION_KEY_FILE": certOnly},
+			want: "OAUTH_CLIENT_ASSERTION_KEY_FILE: auth: invalid config: client assertion key " + certOnly},
 		{name: "azure managed identity", set: map[string]string{"OAUTH_PROVIDER": "azure"}},
 		{name: "azure tenant without credential", set: map[string]string{"OAUTH_PROVIDER": "azure", "AZURE_TENANT_ID": "t", "OAUTH_CLIENT_ID": "c"}, want: "neither OAUTH_CLIENT_SECRET"},
 		// What AKS workload identity's webhook sets, and OAUTH_CLIENT_ID:
@@ -93,7 +141,12 @@ func TestDestinationAuthValidation(t *testing.T) {
 		// naming neither the variable nor the destination.
 		{name: "TLS CA not PEM", set: map[string]string{"TLS_CA_FILE": der}, want: "TLS_CA_FILE: " + der + " holds no PEM block"},
 		{name: "TLS client pair not PEM", set: map[string]string{"TLS_CERT_FILE": der, "TLS_KEY_FILE": der}, want: "TLS_KEY_FILE: " + der + " holds no PEM block"},
-		{name: "TLS files in PEM", set: map[string]string{"TLS_CA_FILE": pemFile, "TLS_CERT_FILE": pemFile, "TLS_KEY_FILE": pemFile}},
+		{name: "TLS files in PEM", set: map[string]string{"TLS_CA_FILE": ca.CAFile, "TLS_CERT_FILE": clientCert, "TLS_KEY_FILE": clientKey}},
+		// Loaded as the client loads them: these failed only once NATS was
+		// set up, with exit 1.
+		{name: "TLS certificate of another key", set: map[string]string{"TLS_CERT_FILE": otherCert, "TLS_KEY_FILE": clientKey},
+			want: "TLS_CERT_FILE and TLS_KEY_FILE: invalid TLS configuration: client certificate: load TLS certificate " + otherCert},
+		{name: "TLS CA file holding a key", set: map[string]string{"TLS_CA_FILE": clientKey}, want: "TLS_CA_FILE: invalid TLS configuration: CA file " + clientKey + " holds no PEM certificate"},
 		{name: "negative margin", set: map[string]string{"OAUTH_REFRESH_MARGIN": "-1s"}, want: "OAUTH_REFRESH_MARGIN"},
 	}
 	for _, tt := range tests {

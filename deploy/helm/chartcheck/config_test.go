@@ -4,9 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,9 +117,10 @@ func configLoads(t *testing.T, command string, env map[string]string) {
 			// INGEST_TOKEN.
 			content := "chartcheck-" + strings.ToLower(k) + "-0123456789abcdef\n"
 			if strings.HasSuffix(k, "CA_FILE") || strings.HasSuffix(k, "CERT_FILE") || strings.HasSuffix(k, "KEY_FILE") {
-				// Certificates and keys must hold a PEM block to pass the
-				// configuration; the block itself is parsed where it is used.
-				content = "-----BEGIN CERTIFICATE-----\nY2hhcnRjaGVjaw==\n-----END CERTIFICATE-----\n"
+				// Certificates and keys are loaded by the configuration:
+				// one file holding a key and its certificate serves as
+				// any of them (a CA, a client pair, an assertion key).
+				content = keyAndCertificate(t)
 			}
 			if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
 				t.Fatal(err)
@@ -219,4 +226,38 @@ func parseUsage(s string) (commandVarSet, error) {
 		return set, fmt.Errorf("only %d variables found: the usage format changed?\n%s", len(set.names), s)
 	}
 	return set, nil
+}
+
+var (
+	pemOnce    sync.Once
+	pemContent string
+	pemErr     error
+)
+
+// keyAndCertificate is an RSA private key and its self-signed
+// certificate, in PEM: made once.
+func keyAndCertificate(t *testing.T) string {
+	t.Helper()
+	pemOnce.Do(func() {
+		var k *rsa.PrivateKey
+		if k, pemErr = rsa.GenerateKey(rand.Reader, 2048); pemErr != nil {
+			return
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "chartcheck"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+		var der, pkcs8 []byte
+		if der, pemErr = x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k); pemErr != nil {
+			return
+		}
+		if pkcs8, pemErr = x509.MarshalPKCS8PrivateKey(k); pemErr != nil {
+			return
+		}
+		pemContent = string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})) +
+			string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	})
+	if pemErr != nil {
+		t.Fatal(pemErr)
+	}
+	return pemContent
 }
