@@ -377,7 +377,8 @@ func (c *CheckCommand) readDynamic(getenv func(string) string) error {
 
 // Validate checks every part; the errors name the variables.
 func (c *CheckCommand) Validate() error {
-	return errors.Join(c.Log.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(), c.Forwarder.rulesNameSources(&c.Orthanc))
+	return errors.Join(c.Log.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(), c.Forwarder.rulesNameSources(&c.Orthanc),
+		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), false))
 }
 
 // LogConfig returns the logging part.

@@ -57,6 +57,9 @@ type OrthancSource struct {
 	PasswordFile string
 	// MaxConnections caps the requests in flight to it (0: no cap).
 	MaxConnections int
+	// ownCap: MaxConnections is the source's own
+	// ORTHANC_<NAME>_MAX_CONNECTIONS, not ORTHANC_MAX_CONNECTIONS's.
+	ownCap bool
 	// Var is the prefix of the source's variables ("ORTHANC_" or
 	// "ORTHANC_CARDIO_"), for error messages.
 	Var string
@@ -132,7 +135,7 @@ func (o *Orthanc) readDynamic(getenv func(string) string) error {
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%sMAX_CONNECTIONS=%q: want a whole number, 0 for no cap", p, v))
 			}
-			src.MaxConnections = n
+			src.MaxConnections, src.ownCap = n, true
 		}
 		o.named = append(o.named, src)
 	}
@@ -163,7 +166,7 @@ func (o *Orthanc) Validate() error {
 		}
 		// One inherited from ORTHANC_MAX_CONNECTIONS is reported above,
 		// under the name the operator set.
-		if s.MaxConnections < 0 && s.MaxConnections != o.MaxConnections {
+		if s.MaxConnections < 0 && s.ownCap {
 			errs = append(errs, fmt.Errorf("%sMAX_CONNECTIONS=%d: want 0 (no cap) or more", s.Var, s.MaxConnections))
 		}
 		if err := validateOrthancURL(s.Var+"URL", s.URL); err != nil {
@@ -228,7 +231,7 @@ func (o *Orthanc) ruleNamesSources(variable, expr string) error {
 			errs = append(errs, fmt.Errorf("%s compares source with %q, a former name (ORTHANC_SOURCE_ALIASES %s=%s): a rule sees the source's name, %q", variable, name, name, to, to))
 			continue
 		}
-		errs = append(errs, fmt.Errorf("%s compares source with %q, which is not a configured source (%s): a rule sees only those names, so that comparison never holds",
+		errs = append(errs, fmt.Errorf("%s compares source with %q, which is not a configured source (%s): a rule sees only those names: compared with it, == never holds and != always does",
 			variable, name, strings.Join(slices.Sorted(maps.Keys(names)), ", ")))
 	}
 	return errors.Join(errs...)
@@ -247,9 +250,11 @@ func (o *Orthanc) capsLeaveEachASlot(served []NamedDestination, ingestReads bool
 		names[i] = d.Name
 	}
 	who := "a slot for each destination this process serves (" + strings.Join(names, ", ") + ")"
+	sizing := "the sum of the destinations' STOW_PARALLEL_REQUESTS"
 	if ingestReads {
 		need++
 		who += " and one for its ingest's reads of Orthanc (the reconciler, PRIORITY_RULE)"
+		sizing += ", plus one for the ingest"
 	}
 	var errs []error
 	reported := false
@@ -258,7 +263,7 @@ func (o *Orthanc) capsLeaveEachASlot(served []NamedDestination, ingestReads bool
 			continue
 		}
 		variable := s.Var + "MAX_CONNECTIONS"
-		if s.MaxConnections == o.MaxConnections && s.Var != "ORTHANC_" {
+		if !s.ownCap {
 			// Inherited: reported once, under the name the operator set.
 			if reported {
 				continue
@@ -266,8 +271,8 @@ func (o *Orthanc) capsLeaveEachASlot(served []NamedDestination, ingestReads bool
 			variable, reported = "ORTHANC_MAX_CONNECTIONS", true
 		}
 		errs = append(errs, fmt.Errorf("%s=%d: below %d, %s: a destination that stops reading its requests mid-body would hold the slots the others need until its stall check; "+
-			"want %d or more, or 0 for no cap (better the sum of the destinations' STOW_PARALLEL_REQUESTS, plus one for the ingest, so that none waits for another's)",
-			variable, s.MaxConnections, need, who, need))
+			"want %d or more, or 0 for no cap (better %s, so that none waits for another's)",
+			variable, s.MaxConnections, need, who, need, sizing))
 	}
 	return errors.Join(errs...)
 }

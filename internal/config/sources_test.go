@@ -275,7 +275,7 @@ func TestRulesNameConfiguredSources(t *testing.T) {
 		reads []string
 	}{
 		{"match typo", map[string]string{"DESTINATION_AI_MATCH": "source == 'cardo'"},
-			`DESTINATION_AI_MATCH compares source with "cardo", which is not a configured source (cardio, main)`, []string{"single host", "forwarder", "check"}},
+			`DESTINATION_AI_MATCH compares source with "cardo", which is not a configured source (cardio, main): a rule sees only those names: compared with it, == never holds and != always does`, []string{"single host", "forwarder", "check"}},
 		{"match in a list", map[string]string{"DESTINATION_AI_MATCH": "source in ['main', 'mr'] && 'MR' in study.modalities"},
 			`DESTINATION_AI_MATCH compares source with "mr"`, []string{"single host", "forwarder", "check"}},
 		{"match of a former name", map[string]string{"DESTINATION_AI_MATCH": "source != 'MyOrthanc'", "ORTHANC_SOURCE_ALIASES": "MyOrthanc=main"},
@@ -338,6 +338,10 @@ func TestCapLeavesEachDestinationASlot(t *testing.T) {
 		// Inherited by every source: named once, as set.
 		{"inherited", false, mergedEnv(sources, map[string]string{"ORTHANC_MAX_CONNECTIONS": "1"}), "ORTHANC_MAX_CONNECTIONS=1: below 2"},
 		{"a source's own", false, mergedEnv(sources, map[string]string{"ORTHANC_MR_MAX_CONNECTIONS": "1"}), "ORTHANC_MR_MAX_CONNECTIONS=1: below 2"},
+		// The same value as the global one, set for the source: named too,
+		// or raising the global as told fails the next start again.
+		{"a source's own equal to the global", false, mergedEnv(sources, map[string]string{"ORTHANC_MAX_CONNECTIONS": "1", "ORTHANC_MR_MAX_CONNECTIONS": "1"}),
+			"ORTHANC_MR_MAX_CONNECTIONS=1: below 2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -360,8 +364,15 @@ func TestCapLeavesEachDestinationASlot(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
 			}
-			if n := strings.Count(err.Error(), "MAX_CONNECTIONS="); n != 1 {
-				t.Errorf("Load() = %v: %d caps named, want 1", err, n)
+			want := 1
+			if tt.set["ORTHANC_MAX_CONNECTIONS"] != "" && tt.set["ORTHANC_MR_MAX_CONNECTIONS"] != "" {
+				want = 2
+			}
+			if n := strings.Count(err.Error(), "MAX_CONNECTIONS="); n != want {
+				t.Errorf("Load() = %v: %d caps named, want %d", err, n, want)
+			}
+			if strings.Contains(err.Error(), "plus one for the ingest") != tt.single {
+				t.Errorf("Load() = %v: the ingest's slot counted in a forwarder, or not on a single host", err)
 			}
 		})
 	}
@@ -371,4 +382,15 @@ func mergedEnv(a, b map[string]string) map[string]string {
 	out := maps.Clone(a)
 	maps.Copy(out, b)
 	return out
+}
+
+// forwarder check, run before an upgrade, refuses the cap the forwarder
+// would refuse.
+func TestCheckRefusesTheForwardersCap(t *testing.T) {
+	e := map[string]string{"DESTINATIONS": "archive,ai", "DESTINATION_ARCHIVE_URL": "https://a.example.org/dicomweb",
+		"DESTINATION_AI_URL": "https://b.example.org/dicomweb", "ORTHANC_MAX_CONNECTIONS": "1"}
+	err := Load(mapEnv(e), &CheckCommand{})
+	if want := "ORTHANC_MAX_CONNECTIONS=1: below 2"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Load() = %v, want an error containing %q", err, want)
+	}
 }

@@ -225,18 +225,24 @@ func reads(checked *cel.Ast, v string) (fields map[string]bool, whole bool) {
 
 // comparedSources are the names the checked expression compares the
 // variable source with, as literals: source == 'x' (either way round),
-// source != 'x', source in ['x', 'y']. None when a comprehension names
-// its own variable source, which hides the event's there.
+// source != 'x', source in ['x', 'y']. Not inside a comprehension that
+// names its own variable source, which hides the event's there.
 func comparedSources(checked *cel.Ast) []string {
 	root := ast.NavigateAST(checked.NativeRep())
+	hidden := map[int64]bool{}
 	for _, e := range ast.MatchDescendants(root, ast.KindMatcher(ast.ComprehensionKind)) {
 		if c := e.AsComprehension(); c.IterVar() == "source" || c.IterVar2() == "source" {
-			return nil
+			for _, d := range ast.MatchDescendants(e, ast.AllMatcher()) {
+				hidden[d.ID()] = true
+			}
 		}
 	}
 	isSource := func(e ast.Expr) bool { return e.Kind() == ast.IdentKind && e.AsIdent() == "source" }
 	var names []string
 	for _, e := range ast.MatchDescendants(root, ast.KindMatcher(ast.CallKind)) {
+		if hidden[e.ID()] {
+			continue
+		}
 		c := e.AsCall()
 		args := c.Args()
 		if len(args) != 2 {

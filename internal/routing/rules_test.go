@@ -272,8 +272,10 @@ func TestComparedSources(t *testing.T) {
 		{"source.startsWith('ma')", nil},
 		{"study.description == 'main'", nil},
 		{"source == study.description", nil},
-		// A comprehension's own source hides the event's.
-		{"['a'].exists(source, source == 'a') || source == 'main'", nil},
+		// A comprehension's own source hides the event's, there only.
+		{"['a'].exists(source, source == 'a') || source == 'main'", []string{"main"}},
+		{"source != 'reserch' && !study.modalities.exists(source, source == 'SR')", []string{"reserch"}},
+		{"study.modalities.all(source, source != 'SR')", nil},
 	} {
 		r, err := CompileStudyRule(tt.rule)
 		if err != nil {

@@ -247,6 +247,9 @@ func TestRefused(t *testing.T) {
 		{"a cap below the destinations served", merged(withDestinations(map[string]any{"name": "all"}), map[string]any{
 			"forwarderDefaults": map[string]any{"env": map[string]any{"ORTHANC_MAX_CONNECTIONS": 1}},
 		}), "ORTHANC_MAX_CONNECTIONS 1 in env is below the 2 destinations the group serves"},
+		{"a source's cap below the destinations served", merged(withDestinations(map[string]any{"name": "all"}), map[string]any{
+			"forwarderDefaults": map[string]any{"env": map[string]any{"ORTHANC_MR_MAX_CONNECTIONS": "1"}},
+		}), "ORTHANC_MR_MAX_CONNECTIONS 1 in env is below the 2 destinations the group serves"},
 		{"alerts without the ServiceMonitor", merged(required(), map[string]any{
 			"prometheusRule": map[string]any{"enabled": true},
 		}), "prometheusRule.enabled needs serviceMonitor.enabled"},

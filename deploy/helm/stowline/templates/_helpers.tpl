@@ -389,10 +389,14 @@ streams), unless env sets it (its value then counts; "" leaves no cap). */ -}}
 {{- end -}}
 {{- /* The forwarder refuses a cap below the destinations it serves:
 each keeps a slot free for the others (a hung one cannot take them). */ -}}
-{{- $cap := int (default 0 (get $env "ORTHANC_MAX_CONNECTIONS")) -}}
 {{- $served := len (include "stowline.servedDestinations" . | fromYamlArray) -}}
+{{- range $k, $v := $env -}}
+{{- if regexMatch "^ORTHANC_(.+_)?MAX_CONNECTIONS$" $k -}}
+{{- $cap := int (default 0 $v) -}}
 {{- if and (gt $cap 0) (lt $cap $served) -}}
-{{- fail (printf "forwarders[%s]: ORTHANC_MAX_CONNECTIONS %d in env is below the %d destinations the group serves, which the forwarder refuses at start: each keeps a slot to Orthanc free for the others; want %d or more (better the sum of their stowParallelRequests), or leave it to the chart" $f.name $cap $served $served) -}}
+{{- fail (printf "forwarders[%s]: %s %d in env is below the %d destinations the group serves, which the forwarder refuses at start: each keeps a slot to Orthanc free for the others; want %d or more (better the sum of their stowParallelRequests), or leave it to the chart" $f.name $k $cap $served $served) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- range (include "stowline.secretFiles" . | fromYamlArray) }}{{ $_ := set $env .var (printf "%s/%s" .dir .key) }}{{ end -}}
 {{- toYaml $env -}}
