@@ -225,7 +225,8 @@ type SingleHost struct {
 func (c *SingleHost) Validate() error {
 	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
 		c.Forwarder.rulesNameSources(&c.Orthanc), c.Orthanc.ruleNamesSources("PRIORITY_RULE", c.Ingest.Priority.Rule),
-		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), c.Reconcile.Enabled || c.Ingest.Priority.Rule != ""), c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
+		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), c.Reconcile.Enabled || c.Ingest.Priority.Rule != ""),
+		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
 	if c.Reconcile.Enabled {
 		err = errors.Join(err, c.Reconcile.Validate(), c.Reconcile.adoptsFromOwn(&c.Orthanc))
 	}

@@ -228,36 +228,33 @@ func parseUsage(s string) (commandVarSet, error) {
 	return set, nil
 }
 
-var (
-	pemOnce    sync.Once
-	pemContent string
-	pemErr     error
-)
-
 // keyAndCertificate is an RSA private key and its self-signed
 // certificate, in PEM: made once.
 func keyAndCertificate(t *testing.T) string {
 	t.Helper()
-	pemOnce.Do(func() {
-		var k *rsa.PrivateKey
-		if k, pemErr = rsa.GenerateKey(rand.Reader, 2048); pemErr != nil {
-			return
-		}
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "chartcheck"},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-		var der, pkcs8 []byte
-		if der, pemErr = x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k); pemErr != nil {
-			return
-		}
-		if pkcs8, pemErr = x509.MarshalPKCS8PrivateKey(k); pemErr != nil {
-			return
-		}
-		pemContent = string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})) +
-			string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	})
-	if pemErr != nil {
-		t.Fatal(pemErr)
+	content, err := keyAndCertificatePEM()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return pemContent
+	return content
 }
+
+var keyAndCertificatePEM = sync.OnceValues(func() (string, error) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return "", err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "chartcheck"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		return "", err
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return "", err
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})) +
+		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), nil
+})
