@@ -294,6 +294,22 @@ func TestHoldForSource(t *testing.T) {
 // downSource answers as an Orthanc behind a proxy that lost it.
 type downSource struct{ *memSource }
 
+// downSourceForwarder is a forwarder of 2 workers, parking at most one
+// study, whose source (of instances instances a study) is down behind a
+// proxy, its probe answered 502; more sets the rest.
+func downSourceForwarder(t *testing.T, cons jetstream.Consumer, instances int, more func(*Options)) *Forwarder {
+	t.Helper()
+	src := downSource{newMemSource(instances)}
+	return newForwarder(t, src.memSource, "http://127.0.0.1:1", cons, func(o *Options) {
+		o.Concurrency, o.MaxParked = 2, 1
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.SourceProbe = func(context.Context, string) error {
+			return &orthancapi.Error{StatusCode: http.StatusBadGateway, NotFromOrthanc: "proxy"}
+		}
+		more(o)
+	})
+}
+
 func (downSource) StudyInstances(context.Context, string) ([]orthancapi.Instance, error) {
 	return nil, &orthancapi.Error{StatusCode: http.StatusServiceUnavailable, NotFromOrthanc: "proxy"}
 }
@@ -306,14 +322,8 @@ func TestParkingFullHoldsAndShutdownGivesBack(t *testing.T) {
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
 	dls := &memDeadLetters{}
-	src := downSource{newMemSource(2)}
-	f := newForwarder(t, src.memSource, "http://127.0.0.1:1", cons, func(o *Options) {
-		o.Concurrency = 2
-		o.SourceFor = func(string) (Source, error) { return src, nil }
-		o.SourceProbe = func(context.Context, string) error {
-			return &orthancapi.Error{StatusCode: http.StatusBadGateway, NotFromOrthanc: "proxy"}
-		}
-		o.MaxParked, o.MaxDeliveries, o.DeadLetters = 1, 5, dls
+	f := downSourceForwarder(t, cons, 2, func(o *Options) {
+		o.MaxDeliveries, o.DeadLetters = 5, dls
 	})
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
@@ -857,14 +867,8 @@ func TestParkingFullHoldsADownSourceOnEveryWorker(t *testing.T) {
 	ns := testnats.Start(t)
 	cons := consumer(t, ns)
 	dls := &memDeadLetters{}
-	src := downSource{newMemSource(1)}
-	f := newForwarder(t, src.memSource, "http://127.0.0.1:1", cons, func(o *Options) {
-		o.Concurrency = 2
-		o.SourceFor = func(string) (Source, error) { return src, nil }
-		o.SourceProbe = func(context.Context, string) error {
-			return &orthancapi.Error{StatusCode: http.StatusBadGateway, NotFromOrthanc: "proxy"}
-		}
-		o.MaxParked, o.MaxDeliveries, o.DeadLetters = 1, 3, dls
+	f := downSourceForwarder(t, cons, 1, func(o *Options) {
+		o.MaxDeliveries, o.DeadLetters = 3, dls
 		o.RetryDelay, o.RetryMaxDelay = 100*time.Millisecond, 200*time.Millisecond
 	})
 	ctx, cancel := context.WithCancel(t.Context())
