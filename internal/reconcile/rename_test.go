@@ -33,8 +33,12 @@ func TestUnnamedSourceRenamed(t *testing.T) {
 				_, reg, stop := r.start(t, "")
 				waitFirstCursor(t, r, "recon-old")
 				upload(t, r.orthanc, writeStudy(t, 1))
-				testharness.WaitFor(t, "the first study's event", 20*time.Second, func() bool {
-					return len(streamEvents(t, r.nats.JS)) == 1
+				// And the cursor past its StableStudy change: a study
+				// announced stable before that change was logged (seen
+				// under load) is announced again from it, and under the new
+				// name that is no duplicate.
+				testharness.WaitFor(t, "the first study's event, and the cursor past its StableStudy change", 20*time.Second, func() bool {
+					return len(streamEvents(t, r.nats.JS)) == 1 && cursorPastStable(t, r, "recon-old")
 				})
 				if tc.stopped {
 					stop()
