@@ -516,6 +516,9 @@ type slotShare struct {
 	sem chan struct{}
 	// held counts the slots of the cap the owner's requests hold.
 	held atomic.Int32
+	// waits counts the owner's requests that found its share full, waited
+	// their total wait for it in nanoseconds (Slots).
+	waits, waited atomic.Int64
 }
 
 // takeSlot waits for a request slot, or for ctx to end (its error, then),
@@ -536,13 +539,11 @@ func (c *Client) takeSlot(ctx context.Context) (release func(), err error) {
 		}
 		return func() { <-c.slots }, nil
 	}
-	// The owner's share first: waiting for it holds none of the cap. Not
-	// counted as a wait for the cap (Slots).
-	select {
-	case sh.sem <- struct{}{}:
-	case <-ctx.Done():
+	// The owner's share first: waiting for it holds none of the cap.
+	// Counted as the owner's wait, not as a wait for the cap (Slots).
+	if err := sh.acquire(ctx); err != nil {
 		return nil, fmt.Errorf("%w (all %d of this destination's share are its requests in flight or waiting; held: %s)",
-			context.Cause(ctx), cap(sh.sem), c.heldByOwners())
+			err, cap(sh.sem), c.heldByOwners())
 	}
 	if err := c.acquire(ctx); err != nil {
 		<-sh.sem
@@ -564,6 +565,24 @@ func (c *Client) acquire(ctx context.Context) error {
 	defer func() { c.waited.Add(int64(time.Since(start))) }()
 	select {
 	case c.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// acquire takes a place of the share, waiting for one within ctx.
+func (sh *slotShare) acquire(ctx context.Context) error {
+	select {
+	case sh.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	sh.waits.Add(1)
+	start := time.Now()
+	defer func() { sh.waited.Add(int64(time.Since(start))) }()
+	select {
+	case sh.sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)
@@ -595,15 +614,37 @@ type RequestSlots struct {
 	// their total wait (including those whose context ended first).
 	Waits  int64
 	Waited time.Duration
+	// Shares are the owners' shares (ShareSlots), by owner; nil before.
+	Shares []SlotShare
+}
+
+// SlotShare is how one owner (a destination) uses its share of the cap.
+type SlotShare struct {
+	Owner string
+	Size  int // the most slots the owner's requests hold at once
+	Held  int // slots of the cap its requests hold now
+	// Waits counts its requests that found the share full, Waited is
+	// their total wait for it (not for the cap: RequestSlots.Waited).
+	Waits  int64
+	Waited time.Duration
 }
 
 // Slots reports how the WithMaxRequests cap is used: a cap that keeps
-// requests waiting while Orthanc has threads to spare is set too low.
+// requests waiting while Orthanc has threads to spare is set too low; a
+// share held whole for long is a destination whose file streams stall.
 func (c *Client) Slots() RequestSlots {
 	if c.slots == nil {
 		return RequestSlots{}
 	}
-	return RequestSlots{Max: cap(c.slots), InUse: len(c.slots), Waits: c.waits.Load(), Waited: time.Duration(c.waited.Load())}
+	u := RequestSlots{Max: cap(c.slots), InUse: len(c.slots), Waits: c.waits.Load(), Waited: time.Duration(c.waited.Load())}
+	if m := c.owners.Load(); m != nil {
+		for _, o := range slices.Sorted(maps.Keys(*m)) {
+			sh := (*m)[o]
+			u.Shares = append(u.Shares, SlotShare{Owner: o, Size: cap(sh.sem), Held: int(sh.held.Load()),
+				Waits: sh.waits.Load(), Waited: time.Duration(sh.waited.Load())})
+		}
+	}
+	return u
 }
 
 // slotBody gives its request's slot back when it is closed.

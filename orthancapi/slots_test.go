@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,7 +137,7 @@ func TestMaxRequestsCapsRequestsInFlight(t *testing.T) {
 		got := c.Slots()
 		waited := got.Waited
 		got.Waited = 0
-		if got != want || waited < minWaited {
+		if !reflect.DeepEqual(got, want) || waited < minWaited {
 			t.Errorf("%s: Slots() = %+v waited %v, want %+v waited at least %v", when, got, waited, want, minWaited)
 		}
 	}
@@ -173,7 +174,7 @@ func TestMaxRequestsCapsRequestsInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := uncapped.Slots(); got != (orthancapi.RequestSlots{}) {
+	if got := uncapped.Slots(); !reflect.DeepEqual(got, orthancapi.RequestSlots{}) {
 		t.Errorf("uncapped client: Slots() = %+v, want zero", got)
 	}
 
@@ -331,8 +332,19 @@ func TestShareSlotsLeavesOneToEachOtherOwner(t *testing.T) {
 	mustOpen(c, "archive")
 	mustOpen(c, "") // no owner: the cap's last slot
 	waits(c, "dr", "(held: ai 2, archive 1)")
-	if got := c.Slots(); got.InUse != 4 || got.Waits != 1 {
+	got := c.Slots()
+	if got.InUse != 4 || got.Waits != 1 {
 		t.Errorf("Slots() = %+v, want 4 in use, 1 wait for the cap (dr's; ai's was for its share)", got)
+	}
+	// ai's wait was for its share, dr's for the cap.
+	for i := range got.Shares {
+		if got.Shares[i].Waited < 100*time.Millisecond*time.Duration(got.Shares[i].Waits) {
+			t.Errorf("%s's share waited %v for %d waits, want at least 100 ms each", got.Shares[i].Owner, got.Shares[i].Waited, got.Shares[i].Waits)
+		}
+		got.Shares[i].Waited = 0
+	}
+	if want := []orthancapi.SlotShare{{Owner: "ai", Size: 2, Held: 2, Waits: 1}, {Owner: "archive", Size: 2, Held: 1}, {Owner: "dr", Size: 2}}; !reflect.DeepEqual(got.Shares, want) {
+		t.Errorf("Slots().Shares = %+v, want %+v", got.Shares, want)
 	}
 
 	lone := newClient(2)

@@ -63,6 +63,20 @@ func TestStalledDestinationLeavesSlotsToTheOthers(t *testing.T) {
 	r.waitDest(t, 8, time.Minute)
 	// Its share: the cap of 4 less one for the archive.
 	r.waitMetric(t, "stowline_orthanc_request_slots_in_use", 3, 30*time.Second)
+	// The metrics name the destination holding them.
+	for _, m := range []struct {
+		sample string
+		want   float64
+	}{
+		{`stowline_orthanc_request_slot_share{destination="stuck"}`, 3},
+		{`stowline_orthanc_request_slot_share_in_use{destination="stuck"}`, 3},
+		{`stowline_orthanc_request_slot_share{destination="archive"}`, 3},
+		{`stowline_orthanc_request_slot_share_in_use{destination="archive"}`, 0},
+	} {
+		if got := r.metric(t, m.sample, ""); got != m.want {
+			t.Errorf("%s = %v, want %v", m.sample, got, m.want)
+		}
+	}
 	// The archive's next study goes at once (about a second alone).
 	r.publish(t, r.addModalityStudy(t, "CT", 2, 64))
 	r.waitDest(t, 10, 30*time.Second)

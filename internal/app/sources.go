@@ -198,10 +198,13 @@ func (s *Sources) ready(ctx context.Context) []error {
 type slotsCollector struct {
 	sources                     *Sources
 	max, inUse, waits, waitTime *prometheus.Desc
+	// the same of each destination's share (Client.ShareSlots)
+	share, shareInUse, shareWaits, shareWaitTime *prometheus.Desc
 }
 
 func (s *Sources) collector() prometheus.Collector {
 	labels := []string{"source"}
+	shareLabels := []string{"source", "destination"}
 	return &slotsCollector{
 		sources: s,
 		max: prometheus.NewDesc("stowline_orthanc_request_slots",
@@ -212,12 +215,20 @@ func (s *Sources) collector() prometheus.Collector {
 			"Requests to the source Orthanc that found every slot of ORTHANC_MAX_CONNECTIONS taken and waited.", labels, nil),
 		waitTime: prometheus.NewDesc("stowline_orthanc_request_slot_wait_seconds_total",
 			"Time requests to the source Orthanc spent waiting for a slot of ORTHANC_MAX_CONNECTIONS: rising while Orthanc has HTTP threads to spare, the cap is set too low.", labels, nil),
+		share: prometheus.NewDesc("stowline_orthanc_request_slot_share",
+			"The most slots of ORTHANC_MAX_CONNECTIONS the destination's requests to the source Orthanc hold at once: the cap less one for each other destination of the process (and one for a single host's ingest), at least one.", shareLabels, nil),
+		shareInUse: prometheus.NewDesc("stowline_orthanc_request_slot_share_in_use",
+			"Slots of ORTHANC_MAX_CONNECTIONS the destination's requests to the source Orthanc hold now: at its share for long, the destination takes its file streams slowly or not at all.", shareLabels, nil),
+		shareWaits: prometheus.NewDesc("stowline_orthanc_request_slot_share_waits_total",
+			"The destination's requests to the source Orthanc that found its share of ORTHANC_MAX_CONNECTIONS full and waited.", shareLabels, nil),
+		shareWaitTime: prometheus.NewDesc("stowline_orthanc_request_slot_share_wait_seconds_total",
+			"Time the destination's requests to the source Orthanc spent waiting for a place in its share of ORTHANC_MAX_CONNECTIONS (not counted in stowline_orthanc_request_slot_wait_seconds_total).", shareLabels, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *slotsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.max, c.inUse, c.waits, c.waitTime} {
+	for _, d := range []*prometheus.Desc{c.max, c.inUse, c.waits, c.waitTime, c.share, c.shareInUse, c.shareWaits, c.shareWaitTime} {
 		ch <- d
 	}
 }
@@ -233,5 +244,11 @@ func (c *slotsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(u.InUse), src.Name)
 		ch <- prometheus.MustNewConstMetric(c.waits, prometheus.CounterValue, float64(u.Waits), src.Name)
 		ch <- prometheus.MustNewConstMetric(c.waitTime, prometheus.CounterValue, u.Waited.Seconds(), src.Name)
+		for _, sh := range u.Shares {
+			ch <- prometheus.MustNewConstMetric(c.share, prometheus.GaugeValue, float64(sh.Size), src.Name, sh.Owner)
+			ch <- prometheus.MustNewConstMetric(c.shareInUse, prometheus.GaugeValue, float64(sh.Held), src.Name, sh.Owner)
+			ch <- prometheus.MustNewConstMetric(c.shareWaits, prometheus.CounterValue, float64(sh.Waits), src.Name, sh.Owner)
+			ch <- prometheus.MustNewConstMetric(c.shareWaitTime, prometheus.CounterValue, sh.Waited.Seconds(), src.Name, sh.Owner)
+		}
 	}
 }
