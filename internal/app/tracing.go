@@ -42,7 +42,7 @@ var TracingVars = []string{
 	"OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
 	"OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY",
 	"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-	"OTEL_EXPORTER_OTLP_INSECURE",
+	"OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
 	"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
 	"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
 	"OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
@@ -219,6 +219,7 @@ func checkTracingEnv(getenv func(string) string) error {
 			checkOTLPCompression(prefix+"COMPRESSION", getenv(prefix+"COMPRESSION")),
 		)
 	}
+	errs = append(errs, checkOTLPTransport(getenv))
 	errs = append(errs, checkSampler(getenv("OTEL_TRACES_SAMPLER"), getenv("OTEL_TRACES_SAMPLER_ARG")))
 	errs = append(errs, checkResourceAttributes(getenv("OTEL_RESOURCE_ATTRIBUTES")))
 	errs = append(errs, checkBatchSpanProcessor(getenv)...)
@@ -235,10 +236,13 @@ const (
 	// is more than any needs, and far from the overflow of
 	// time.Duration a larger number of milliseconds reaches.
 	maxTracingMillis = 3_600_000
-	// maxBatchSpans bounds the batch span processor's sizes: it
-	// allocates its queue whole at start (16 bytes a span, 16 MB here),
-	// and OTEL_BSP_MAX_QUEUE_SIZE=99999999999 ran out of memory.
-	maxBatchSpans = 1_000_000
+	// maxBatchSpans bounds the batch span processor's sizes. A queued
+	// span keeps its attributes, about 1.3 KB with stowline's (250,000
+	// grew the heap by 311 MB): while the collector hangs the queue stays
+	// full, and a queue of a million held more than a forwarder pod's
+	// memory limit. 32,768 hold about 43 MB.
+	// OTEL_BSP_MAX_QUEUE_SIZE=99999999999 ran out of memory at start.
+	maxBatchSpans = 32_768
 )
 
 // checkBatchSpanProcessor checks the OTEL_BSP_* variables as the SDK
@@ -334,6 +338,10 @@ func checkSampler(sampler, arg string) error {
 	sampler, arg = strings.ToLower(strings.TrimSpace(sampler)), strings.TrimSpace(arg)
 	switch sampler {
 	case "", "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
+		if arg != "" {
+			// Ignored by these samplers: every study would still be traced.
+			return fmt.Errorf("OTEL_TRACES_SAMPLER_ARG=%q is a ratio only traceidratio and parentbased_traceidratio read, and OTEL_TRACES_SAMPLER is %s: set OTEL_TRACES_SAMPLER=parentbased_traceidratio, or unset the ratio", arg, cmp.Or(sampler, "parentbased_always_on (the default)"))
+		}
 		return nil
 	case "traceidratio", "parentbased_traceidratio":
 		if arg == "" {
@@ -379,7 +387,10 @@ func checkOTLPHeaders(name, raw string) error {
 // ("otel-collector:4318") parses with the host as its scheme and no
 // host, and every export fails; one that does not parse the SDK prints,
 // credentials included, and exports to https://localhost:4318 instead.
-// The error never quotes the value: it may hold user:password.
+// The exporter keeps only the scheme, host and path: a user and
+// password, or a query (a vendor's key), it drops without a word, and
+// every export is refused. The error never quotes the value: it may hold
+// user:password.
 func checkOTLPEndpoint(name, raw string) error {
 	v := strings.TrimSpace(raw)
 	if v == "" {
@@ -393,8 +404,62 @@ func checkOTLPEndpoint(name, raw string) error {
 		return fmt.Errorf("%s has no http:// or https:// scheme (host:port alone is read as a scheme): want http://<host>:4318 or https://<host>:4318", name)
 	case u.Hostname() == "":
 		return fmt.Errorf("%s has no host: want http://<host>:4318 or https://<host>:4318", name)
+	case u.User != nil, u.RawQuery != "", u.ForceQuery, u.Fragment != "":
+		return fmt.Errorf("%s holds a user, a query or a fragment, which the exporter drops: give the collector's credentials in OTEL_EXPORTER_OTLP_HEADERS (e.g. Authorization=Bearer%%20<token>)", name)
 	}
 	return nil
+}
+
+// checkOTLPTransport checks whether the exporter speaks TLS as the
+// endpoint's scheme says. The SDK takes http:// or https:// from the
+// endpoint (the TRACES_ one winning), then lets a set
+// OTEL_EXPORTER_OTLP_(TRACES_)INSECURE decide whatever the scheme:
+// "false" (the default written out) or any value but "true" made it
+// speak TLS to a plain collector, every export failing, and "true" sent
+// the spans and OTEL_EXPORTER_OTLP_HEADERS (a vendor's key) in clear
+// text to an https:// one. With TLS off, a CA or client certificate
+// failed the exporter's start with no variable named.
+func checkOTLPTransport(getenv func(string) string) error {
+	var errs []error
+	endpoint := strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+	if endpoint == "" {
+		endpoint = strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_ENDPOINT"))
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil // checkOTLPEndpoint names it
+	}
+	plain := u.Scheme == "http"
+	insecure := ""
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_TRACES_INSECURE"} {
+		v := strings.TrimSpace(getenv(name))
+		if v == "" {
+			continue
+		}
+		if !strings.EqualFold(v, "true") && !strings.EqualFold(v, "false") {
+			errs = append(errs, fmt.Errorf("%s=%q: want true or false, or leave it unset (the endpoint's http:// or https:// decides); the exporter reads anything but true as false, and speaks TLS", name, v))
+			continue
+		}
+		insecure = name
+		plain = strings.EqualFold(v, "true")
+	}
+	if insecure != "" && plain != (u.Scheme == "http") {
+		if plain {
+			errs = append(errs, fmt.Errorf("%s=true with an https:// endpoint: the exporter would send the spans, and OTEL_EXPORTER_OTLP_HEADERS, unencrypted: leave it unset", insecure))
+		} else {
+			errs = append(errs, fmt.Errorf("%s=false with an http:// endpoint: the exporter would speak TLS to it and every export would fail: leave it unset", insecure))
+		}
+		return errors.Join(errs...)
+	}
+	if plain {
+		for _, name := range []string{"OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+			"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE"} {
+			if strings.TrimSpace(getenv(name)) != "" {
+				errs = append(errs, fmt.Errorf("%s is set with an http:// endpoint, which the exporter refuses: give the collector's https:// URL, or unset it", name))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // checkOTLPCertificate checks an OTLP CA file variable as the SDK reads

@@ -158,8 +158,17 @@ func TestStartTracingRefusesBadEndpoints(t *testing.T) {
 		{"a client key without its certificate", map[string]string{endpoint: "https://collector:4318", tracesClientKey: keyFile}, tracesClientKey},
 		{"an unreadable client key", map[string]string{endpoint: "https://collector:4318", clientCert: certFile, clientKey: filepath.Join(t.TempDir(), "missing.key")}, clientKey},
 		{"a key of another certificate", map[string]string{endpoint: "https://collector:4318", tracesClientCert: otherCert, tracesClientKey: keyFile}, tracesClientCert},
-		{"good", map[string]string{endpoint: " https://user:pw@collector:4318/otlp ", traces: "HTTPS://collector:4318/v1/traces", cert: ca.CAFile, tracesCert: ca.CAFile,
+		// The exporter keeps only scheme, host and path.
+		{"credentials in the URL", map[string]string{endpoint: "https://SECRETUSER:SECRETPASS@collector:4318/otlp"}, endpoint},
+		{"a key in the query", map[string]string{endpoint: "https://collector:4318", traces: "https://collector:4318/v1/traces?api-key=SECRETKEY"}, traces},
+		{"a fragment", map[string]string{endpoint: "https://collector:4318/otlp#x"}, endpoint},
+		// TLS on one side only: the exporter refused to start, naming nothing.
+		{"a CA with an http endpoint", map[string]string{endpoint: "http://collector:4318", cert: ca.CAFile}, cert},
+		{"a client certificate with an http traces endpoint", map[string]string{endpoint: "https://collector:4318", traces: "http://collector:4318/v1/traces",
+			tracesClientCert: certFile, tracesClientKey: keyFile}, tracesClientCert},
+		{"good", map[string]string{endpoint: " https://collector:4318/otlp ", traces: "HTTPS://collector:4318/v1/traces", cert: ca.CAFile, tracesCert: ca.CAFile,
 			clientCert: certFile, clientKey: keyFile, tracesClientCert: certFile, tracesClientKey: keyFile}, ""},
+		{"good, plain", map[string]string{endpoint: "http://collector:4318/otlp"}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, name := range []string{endpoint, traces, cert, tracesCert, clientCert, clientKey, tracesClientCert, tracesClientKey} {
@@ -199,7 +208,14 @@ func TestCheckTracingEnv(t *testing.T) {
 			"OTEL_BSP_MAX_QUEUE_SIZE": "2048", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "512", "OTEL_EXPORTER_OTLP_TIMEOUT": "10000",
 			"OTEL_EXPORTER_OTLP_COMPRESSION": "none", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod"}, ""},
 		{"the ceilings", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "3600000", "OTEL_BSP_EXPORT_TIMEOUT": "3600000",
-			"OTEL_BSP_MAX_QUEUE_SIZE": "1000000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1000000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3600000"}, ""},
+			"OTEL_BSP_MAX_QUEUE_SIZE": "32768", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "32768", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3600000"}, ""},
+		{"insecure as the scheme says", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_INSECURE": "TRUE"}, ""},
+		{"secure as the scheme says", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4318", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": " false"}, ""},
+		{"the traces flag wins", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+			"OTEL_EXPORTER_OTLP_INSECURE": "false", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true"}, ""},
+		{"the traces endpoint's scheme wins", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+			"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://vendor.example/v1/traces", "OTEL_EXPORTER_OTLP_INSECURE": "false"}, ""},
+		{"a ratio", map[string]string{"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}, ""},
 		{"no limits", map[string]string{"OTEL_BSP_EXPORT_TIMEOUT": "0", "OTEL_EXPORTER_OTLP_TIMEOUT": "0"}, ""},
 		{"the smallest", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "1", "OTEL_BSP_MAX_QUEUE_SIZE": "1", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1"}, ""},
 		{"a queue smaller than the default batch", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, ""},
@@ -209,6 +225,21 @@ func TestCheckTracingEnv(t *testing.T) {
 		{"negative queue", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "-5"}, "OTEL_BSP_MAX_QUEUE_SIZE"},
 		{"zero queue", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "OTEL_BSP_MAX_QUEUE_SIZE"},
 		{"huge queue", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "99999999999"}, "OTEL_BSP_MAX_QUEUE_SIZE"},
+		// About 1.3 GB of spans while the collector hangs.
+		{"a queue of a million", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "1000000"}, "OTEL_BSP_MAX_QUEUE_SIZE"},
+		{"a batch of a million", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "32768", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1000000"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
+		// Exports spoke TLS to a plain collector, or sent the headers in clear text.
+		{"insecure false, the default written out, with http", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+			"OTEL_EXPORTER_OTLP_INSECURE": "false"}, "OTEL_EXPORTER_OTLP_INSECURE"},
+		{"insecure 1, read as false", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+			"OTEL_EXPORTER_OTLP_INSECURE": "1"}, "OTEL_EXPORTER_OTLP_INSECURE"},
+		{"insecure true with https", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "https://vendor.example",
+			"OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true"}, "OTEL_EXPORTER_OTLP_TRACES_INSECURE"},
+		{"traces insecure false over a right insecure", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+			"OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false"}, "OTEL_EXPORTER_OTLP_TRACES_INSECURE"},
+		// Every study traced all the same.
+		{"a ratio with the default sampler", map[string]string{"OTEL_TRACES_SAMPLER_ARG": "0.1"}, "OTEL_TRACES_SAMPLER_ARG"},
+		{"a ratio with always_on", map[string]string{"OTEL_TRACES_SAMPLER": "parentbased_always_on", "OTEL_TRACES_SAMPLER_ARG": "0.1"}, "OTEL_TRACES_SAMPLER_ARG"},
 		{"negative batch", map[string]string{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "-1"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
 		{"batch over the default queue", map[string]string{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
 		{"batch over the queue", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "200"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},

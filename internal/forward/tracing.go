@@ -90,6 +90,20 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
+// endPanicked, deferred after a span's start, ends it as failed by a
+// panic when its code did not end it: only a panic skips the endSpan of
+// every path, and the span of the request that crashed is the one the
+// trace needs. It does not recover: the panic goes on to the recover
+// that makes the study a crash failure, its frames as they were.
+func endPanicked(span trace.Span) {
+	if !span.IsRecording() {
+		return // ended, or never recorded
+	}
+	span.SetAttributes(tracing.FailureClass.String(string(Crash)), tracing.ErrorType.String("panic"))
+	span.SetStatus(codes.Error, string(Crash))
+	span.End()
+}
+
 // resultParked is the result on the span of an attempt whose study was
 // parked (sourcepark.go) until its source answers. A span's result only,
 // not a label of stowline_forwarder_studies_total: a parked study is
@@ -163,6 +177,12 @@ func (f *Forwarder) store(ctx context.Context, batch []dicomweb.Part, put bool) 
 	}
 	span.SetAttributes(tracing.Destination.String(f.opts.DestinationName), tracing.Instances.Int(len(batch)))
 	reads := &batchReads{}
+	defer func() {
+		if span.IsRecording() { // a panic
+			reads.record(ctx, f.tracer)
+			endPanicked(span)
+		}
+	}()
 	res, err := do(ctx, reads.wrap(batch))
 	reads.record(ctx, f.tracer)
 	answer := res

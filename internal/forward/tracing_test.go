@@ -310,3 +310,44 @@ func TestStudyLinesCarryTheDeliveryKeys(t *testing.T) {
 		})
 	}
 }
+
+// panickingDestination's Store panics, as a bug in parsing an answer would.
+type panickingDestination struct{}
+
+func (panickingDestination) Store(context.Context, []dicomweb.Part) (*dicomweb.Result, error) {
+	panic("an answer parser bug")
+}
+
+// TestSpanOfAPanickedRequest: a request that panics ends its "stow
+// request" span as a crash with error.type panic (it was left unended,
+// missing from the trace of the very study to debug), and the panic goes
+// on to the recover that dead-letters the study with its frames as they
+// were, the panicking function first.
+func TestSpanOfAPanickedRequest(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	f := &Forwarder{opts: Options{Destination: panickingDestination{}}, tracer: tp.Tracer("test")}
+	var crash *crashError
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				crash = newCrashError(v)
+			}
+		}()
+		_, _ = f.store(context.Background(), []dicomweb.Part{{SOPInstanceUID: "1.2.3"}}, false)
+	}()
+	if crash == nil || len(crash.frames) == 0 || !strings.Contains(crash.frames[0], "panickingDestination.Store") {
+		t.Fatalf("recovered %v: want the panic, its first frame the destination's Store", crash)
+	}
+	ended := rec.Ended()
+	if len(ended) != 1 || ended[0].Name() != "stow request" {
+		t.Fatalf("ended spans %v, want the stow request", ended)
+	}
+	got := map[string]string{}
+	for _, kv := range ended[0].Attributes() {
+		got[string(kv.Key)] = kv.Value.String()
+	}
+	if got["error.type"] != "panic" || got["stowline.failure_class"] != "crash" || ended[0].Status().Code != codes.Error {
+		t.Errorf("stow request: attributes %v, status %v; want error.type panic, class crash, an error status", got, ended[0].Status())
+	}
+}

@@ -119,6 +119,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 		return rep, err
 	}
 	lctx, span := f.startSpan(ctx, "orthanc list instances", trace.SpanKindClient)
+	defer endPanicked(span)
 	instances, err := src.StudyInstances(lctx, ev.OrthancStudyID)
 	if span.IsRecording() {
 		span.SetAttributes(tracing.Source.String(ev.Source), tracing.OrthancStudyID.String(ev.OrthancStudyID), tracing.Instances.Int(len(instances)))
@@ -136,6 +137,7 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	rep.Listed, rep.listed = len(instances), instances
 	if f.opts.Router != nil {
 		rctx, span := f.startSpan(ctx, "route", trace.SpanKindInternal)
+		defer endPanicked(span)
 		instances, err = f.opts.Router.Select(rctx, ev.Source, ev.OrthancStudyID, instances)
 		if span.IsRecording() {
 			span.SetAttributes(tracing.Listed.Int(rep.Listed), tracing.Selected.Int(len(instances)))

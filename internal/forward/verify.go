@@ -44,6 +44,7 @@ const maxMissingNamed = 3
 // held).
 func (f *Forwarder) verify(ctx context.Context, studyInstanceUID string, sent []dicomweb.Part, rep *Report, log *slog.Logger) ([]dicomweb.Part, error) {
 	vctx, span := f.startSpan(ctx, "verify study (QIDO-RS)", trace.SpanKindClient)
+	defer endPanicked(span)
 	start := time.Now()
 	listed, n, err := f.listed(vctx, f.opts.Verifier, studyInstanceUID, sent)
 	took := time.Since(start)

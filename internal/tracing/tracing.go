@@ -35,8 +35,7 @@ const (
 	// Source and Destination are configured names.
 	Source      = attribute.Key("stowline.source")
 	Destination = attribute.Key("stowline.destination")
-	// Origin is who published an event: webhook, reconciler, audit or
-	// backfill.
+	// Origin is who published an event: webhook, reconciler or audit.
 	Origin = attribute.Key("stowline.origin")
 	// OrthancStudyID, StudyInstanceUID and LastUpdate name the study
 	// state an event announces (Orthanc's LastUpdate is a timestamp).

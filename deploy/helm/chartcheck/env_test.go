@@ -62,6 +62,12 @@ func TestChartSetVarsRefused(t *testing.T) {
 			"NATS_CREDS_FILE is set by the chart, from nats.credsSecret"},
 		{"OTEL_TRACES_SAMPLER with tracing.otlpEndpoint", merged(required(), map[string]any{"tracing": map[string]any{"otlpEndpoint": "http://c:4318"}, "env": map[string]any{"OTEL_TRACES_SAMPLER": "always_on"}}),
 			"OTEL_TRACES_SAMPLER is set by the chart, from tracing.sampler"},
+		// The commands refuse it at start: the default sampler ignores the
+		// ratio and traces every study.
+		{"a ratio with the default sampler", merged(required(), map[string]any{"tracing": map[string]any{"otlpEndpoint": "http://c:4318", "samplerArg": "0.1"}}),
+			"tracing.samplerArg (0.1) is a ratio only tracing.sampler traceidratio or parentbased_traceidratio reads"},
+		{"a ratio with always_on", merged(required(), map[string]any{"tracing": map[string]any{"otlpEndpoint": "http://c:4318", "sampler": "always_on", "samplerArg": 0.25}}),
+			"tracing.sampler is \"always_on\""},
 		{"DESTINATIONS in forwarderDefaults.env", set(twoGroups(), func(v map[string]any) {
 			v["forwarderDefaults"] = map[string]any{"env": map[string]any{"DESTINATIONS": "archive"}}
 		}), "DESTINATIONS is set by the chart, from destinations"},
@@ -116,7 +122,7 @@ func TestEveryChartSetVarRefused(t *testing.T) {
 	configs := map[string]map[string]any{
 		"one destination": merged(required(), map[string]any{
 			"nats":    map[string]any{"credsSecret": "stowline-nats"},
-			"tracing": map[string]any{"otlpEndpoint": "http://otel-collector.observability.svc:4318", "samplerArg": "0.5"},
+			"tracing": map[string]any{"otlpEndpoint": "http://otel-collector.observability.svc:4318", "sampler": "parentbased_traceidratio", "samplerArg": "0.5"},
 		}),
 		"destinations": withDestinations(
 			map[string]any{"name": "archive", "destinations": []any{"archive"}},
@@ -263,7 +269,7 @@ func TestEnvNumbersAsWritten(t *testing.T) {
 	}{
 		{"a size in bytes", "forwarderDefaults:\n  env:\n    STOW_MAX_BYTES: 104857600\n", "STOW_MAX_BYTES", "104857600"},
 		{"a million", "forwarderDefaults:\n  env:\n    STOW_MAX_BYTES_PER_SECOND: 1000000\n", "STOW_MAX_BYTES_PER_SECOND", "1000000"},
-		{"a fraction", "tracing:\n  otlpEndpoint: http://otel.observability.svc:4318\n  samplerArg: 0.1\n", "OTEL_TRACES_SAMPLER_ARG", "0.1"},
+		{"a fraction", "tracing:\n  otlpEndpoint: http://otel.observability.svc:4318\n  sampler: parentbased_traceidratio\n  samplerArg: 0.1\n", "OTEL_TRACES_SAMPLER_ARG", "0.1"},
 		{"a quoted number", "forwarderDefaults:\n  env:\n    STOW_MAX_BYTES: \"104857600\"\n", "STOW_MAX_BYTES", "104857600"},
 		{"a long client ID", "forwarders:\n  - name: default\n    dicomwebURL: https://dicom.example.org/v1\n    env:\n      OAUTH_TOKEN_URL: https://login.example.org/token\n      OAUTH_CLIENT_ID: 123456789012345678901\n",
 			"", "OAUTH_CLIENT_ID: write the value in quotes"},

@@ -63,6 +63,11 @@ func TestSchemaRefuses(t *testing.T) {
 		// the upgrade, where helm can refuse it first.
 		{"a collector without its scheme", "tracing:\n  otlpEndpoint: otel-collector.observability.svc:4318\n",
 			"at '/tracing/otlpEndpoint'"},
+		// The exporter drops them: every export refused by the collector.
+		{"a collector's password in its URL", "tracing:\n  otlpEndpoint: https://user:pw@otel.example.org\n",
+			"at '/tracing/otlpEndpoint'"},
+		{"a collector's key in the query", "tracing:\n  otlpEndpoint: https://otel.example.org/otlp?api-key=k\n",
+			"at '/tracing/otlpEndpoint'"},
 		{"a Service type", "ingest:\n  service:\n    type: Headless\n",
 			"at '/ingest/service/type'"},
 		{"a scrape interval without its unit", "serviceMonitor:\n  interval: 30\n",
